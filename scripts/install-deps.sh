@@ -1,0 +1,30 @@
+#!/bin/sh
+# Installs the Debian 12 packages hsmd needs to build, test and benchmark.
+# Idempotent: only missing packages are installed, so `make` stays fast on a
+# machine that already has them.  Must run as root when anything is missing.
+set -eu
+
+PKGS="build-essential cmake pkg-config openssl
+libssl-dev libsqlite3-dev libjansson-dev libcmocka-dev libevent-dev
+sqlite3 awscli python3 python3-boto3 python3-botocore python3-pytest python3-requests
+python3-jwt python3-jwcrypto python3-cryptography python3-pykcs11 opensc
+softhsm2 gnuplot-nox"
+
+missing=""
+for p in $PKGS; do
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+		missing="$missing $p"
+	fi
+done
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+	echo "hsmd needs these Debian packages:$missing" >&2
+	echo "run 'sudo make deps' (or install them with apt-get) and try again" >&2
+	exit 1
+fi
+echo "installing:$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+# shellcheck disable=SC2086
+apt-get install -y -q --no-install-recommends $missing

@@ -1,0 +1,89 @@
+#include "common/secret.h"
+
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+struct hsm_secret {
+	size_t len;
+	uint8_t *bytes; /* points at storage: lets a const handle yield writable bytes */
+	uint8_t storage[];
+};
+
+hsm_result hsm_secret_new(size_t len, hsm_secret **out)
+{
+	HSM_ASSERT(len > 0 && len < ((size_t)1 << 24));
+	hsm_secret *s = OPENSSL_secure_zalloc(sizeof(*s) + len);
+	HSM_ENSURE(s != NULL, HSM_ERR_NOMEM, "secure heap exhausted");
+	s->len = len;
+	s->bytes = s->storage;
+	*out = s;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_secret_from(const void *p, size_t len, hsm_secret **out)
+{
+	hsm_secret *s;
+	HSM_GUARD(hsm_secret_new(len, &s));
+	memcpy(s->bytes, p, len);
+	*out = s;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_secret_random(size_t len, hsm_secret **out)
+{
+	hsm_secret *s;
+	HSM_GUARD(hsm_secret_new(len, &s));
+	if (len > (size_t)INT32_MAX || RAND_priv_bytes(s->bytes, (int)len) != 1) {
+		hsm_secret_free(s);
+		return HSM_FAIL(HSM_ERR_CRYPTO, "random generator failed");
+	}
+	*out = s;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_secret_dup(const hsm_secret *s, hsm_secret **out)
+{
+	return hsm_secret_from(s->bytes, s->len, out);
+}
+
+void hsm_secret_free(hsm_secret *s)
+{
+	if (s == NULL)
+		return;
+	OPENSSL_secure_clear_free(s, sizeof(*s) + s->len);
+}
+
+size_t hsm_secret_len(const hsm_secret *s)
+{
+	return s->len;
+}
+
+uint8_t *hsm_secret_bytes(const hsm_secret *s)
+{
+	return s->bytes;
+}
+
+hsm_result hsm_secure_process_init(size_t heap_size)
+{
+	struct rlimit none = {0, 0};
+	HSM_ENSURE(setrlimit(RLIMIT_CORE, &none) == 0, HSM_ERR_INTERNAL, "cannot disable core dumps");
+	HSM_ENSURE(prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0, HSM_ERR_INTERNAL,
+	           "cannot mark the process non-dumpable");
+	if (CRYPTO_secure_malloc_initialized())
+		return HSM_SUCCESS;
+	/* Locking the heap may need a larger RLIMIT_MEMLOCK; raise it when we may. */
+	struct rlimit ml;
+	if (getrlimit(RLIMIT_MEMLOCK, &ml) == 0 && ml.rlim_cur < heap_size &&
+	    (ml.rlim_max == RLIM_INFINITY || ml.rlim_max >= heap_size)) {
+		ml.rlim_cur = heap_size;
+		(void)setrlimit(RLIMIT_MEMLOCK, &ml);
+	}
+	/* 1 = locked heap, 2 = heap allocated but mlock refused (still excluded from dumps). */
+	int rc = CRYPTO_secure_malloc_init(heap_size, 32);
+	HSM_ENSURE(rc != 0, HSM_ERR_NOMEM, "cannot create the secure heap");
+	return HSM_SUCCESS;
+}

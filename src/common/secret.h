@@ -1,0 +1,42 @@
+/*
+ * secret.h - owned secrets in OpenSSL's secure heap.
+ *
+ * Key material, the domain master key, shares, PINs, access-key secrets and
+ * plaintext data keys live in hsm_secret.  Storage comes from the secure heap
+ * (mlock'ed, MADV_DONTDUMP), is wiped on free, and is only reachable through
+ * hsm_secret_bytes(): grep for it to find every place a secret is read.
+ * There is deliberately no printf-style accessor.
+ */
+#ifndef HSM_SECRET_H
+#define HSM_SECRET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/result.h"
+
+typedef struct hsm_secret hsm_secret;
+
+/* Allocates a zero-filled secret of len bytes (len > 0). */
+hsm_result hsm_secret_new(size_t len, hsm_secret **out) HSM_MUST_CHECK;
+/* Allocates a secret holding a copy of p[0..len). */
+hsm_result hsm_secret_from(const void *p, size_t len, hsm_secret **out) HSM_MUST_CHECK;
+/* Allocates a secret holding len random bytes. */
+hsm_result hsm_secret_random(size_t len, hsm_secret **out) HSM_MUST_CHECK;
+hsm_result hsm_secret_dup(const hsm_secret *s, hsm_secret **out) HSM_MUST_CHECK;
+/* Wipes and frees.  NULL is a no-op. */
+void hsm_secret_free(hsm_secret *s);
+size_t hsm_secret_len(const hsm_secret *s);
+/* The one accessor for the secret's bytes; the pointer lives as long as s. */
+uint8_t *hsm_secret_bytes(const hsm_secret *s);
+
+/*
+ * Process start-up for anything that holds secrets: initializes the secure
+ * heap (heap_size bytes, a power of two), disables core dumps and ptrace
+ * attach (PR_SET_DUMPABLE 0).  Safe to call once per process.
+ */
+hsm_result hsm_secure_process_init(size_t heap_size) HSM_MUST_CHECK;
+
+#define HSM_SECURE_HEAP_DEFAULT ((size_t)64 << 20)
+
+#endif

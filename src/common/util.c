@@ -1,0 +1,212 @@
+#include "common/util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include "common/buf.h"
+
+int64_t hsm_now(void)
+{
+	return (int64_t)time(NULL);
+}
+
+int64_t hsm_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+uint64_t hsm_mono_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+void hsm_format_time(int64_t t, char out[21])
+{
+	time_t tt = (time_t)t;
+	struct tm tm;
+	gmtime_r(&tt, &tm);
+	strftime(out, 21, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+void hsm_format_time_ms(int64_t t_ms, char out[25])
+{
+	char base[21];
+	hsm_format_time(t_ms / 1000, base);
+	base[19] = '\0'; /* drop the 'Z' */
+	unsigned ms = (unsigned)(t_ms % 1000) % 1000U;
+	snprintf(out, 25, "%.19s.%03uZ", base, ms);
+}
+
+hsm_result hsm_uuid_new(char out[HSM_UUID_STRLEN + 1])
+{
+	uint8_t u[16];
+	HSM_ENSURE(RAND_bytes(u, sizeof(u)) == 1, HSM_ERR_CRYPTO, "random generator failed");
+	u[6] = (uint8_t)((u[6] & 0x0fU) | 0x40U); /* version 4 */
+	u[8] = (uint8_t)((u[8] & 0x3fU) | 0x80U); /* RFC 4122 variant */
+	snprintf(out, HSM_UUID_STRLEN + 1,
+	         "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
+	         u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14],
+	         u[15]);
+	return HSM_SUCCESS;
+}
+
+bool hsm_is_uuid(const char *s)
+{
+	if (strlen(s) != HSM_UUID_STRLEN)
+		return false;
+	for (int i = 0; i < HSM_UUID_STRLEN; i++) {
+		char c = s[i];
+		if (i == 8 || i == 13 || i == 18 || i == 23) {
+			if (c != '-')
+				return false;
+		} else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
+			return false;
+		}
+	}
+	return true;
+}
+
+hsm_result hsm_strcpy(char *dst, size_t cap, const char *src)
+{
+	size_t n = strlen(src);
+	HSM_ENSURE(n < cap, HSM_ERR_VALIDATION, "value is too long (at most %zu characters)", cap - 1);
+	memcpy(dst, src, n + 1);
+	return HSM_SUCCESS;
+}
+
+bool hsm_str_has_prefix(const char *s, const char *prefix)
+{
+	return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+hsm_result hsm_parse_i64(const char *s, int64_t min, int64_t max, int64_t *out)
+{
+	HSM_ENSURE(s != NULL && *s != '\0', HSM_ERR_VALIDATION, "a number is required");
+	errno = 0;
+	char *end = NULL;
+	long long v = strtoll(s, &end, 10);
+	HSM_ENSURE(errno == 0 && end != NULL && *end == '\0', HSM_ERR_VALIDATION,
+	           "not a whole number");
+	HSM_ENSURE(v >= min && v <= max, HSM_ERR_VALIDATION,
+	           "number out of range [%lld, %lld]", (long long)min, (long long)max);
+	*out = (int64_t)v;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_read_file(const char *path, size_t max, hsm_buf *out)
+{
+	hsm_result res = HSM_SUCCESS;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	HSM_ENSURE(fd >= 0, HSM_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+	for (;;) {
+		uint8_t chunk[4096];
+		ssize_t n = read(fd, chunk, sizeof(chunk));
+		if (n < 0 && errno == EINTR)
+			continue;
+		HSM_CHECK(n >= 0, HSM_ERR_IO, "cannot read %s: %s", path, strerror(errno));
+		if (n == 0)
+			break;
+		HSM_CHECK(out->len + (size_t)n <= max, HSM_ERR_LIMIT_EXCEEDED,
+		          "%s is larger than %zu bytes", path, max);
+		HSM_TRY(hsm_buf_put(out, chunk, (size_t)n));
+		OPENSSL_cleanse(chunk, sizeof(chunk));
+	}
+out:
+	close(fd);
+	return res;
+}
+
+static hsm_result write_all(int fd, const uint8_t *p, size_t n, const char *path)
+{
+	while (n > 0) {
+		ssize_t w = write(fd, p, n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		HSM_ENSURE(w > 0, HSM_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+		p += w;
+		n -= (size_t)w;
+	}
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_fsync_dir(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	HSM_ENSURE(fd >= 0, HSM_ERR_IO, "cannot open directory %s: %s", path, strerror(errno));
+	int rc = fsync(fd);
+	int saved = errno;
+	close(fd);
+	HSM_ENSURE(rc == 0, HSM_ERR_IO, "cannot sync directory %s: %s", path, strerror(saved));
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_write_file_atomic(const char *path, const void *p, size_t n, unsigned mode)
+{
+	hsm_result res = HSM_SUCCESS;
+	char tmp[PATH_MAX], dir[PATH_MAX];
+	int fd = -1;
+	HSM_CHECK((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid()) < sizeof(tmp),
+	          HSM_ERR_VALIDATION, "path too long");
+	HSM_TRY(hsm_strcpy(dir, sizeof(dir), path));
+	char *slash = strrchr(dir, '/');
+	if (slash == NULL)
+		HSM_TRY(hsm_strcpy(dir, sizeof(dir), "."));
+	else if (slash == dir)
+		slash[1] = '\0';
+	else
+		*slash = '\0';
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, (mode_t)mode);
+	HSM_CHECK(fd >= 0, HSM_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
+	HSM_TRY(write_all(fd, p, n, tmp));
+	HSM_CHECK(fsync(fd) == 0, HSM_ERR_IO, "cannot sync %s: %s", tmp, strerror(errno));
+	HSM_CHECK(close(fd) == 0, HSM_ERR_IO, "cannot close %s: %s", tmp, strerror(errno));
+	fd = -1;
+	HSM_CHECK(rename(tmp, path) == 0, HSM_ERR_IO, "cannot rename to %s: %s", path,
+	          strerror(errno));
+	HSM_TRY(hsm_fsync_dir(dir));
+out:
+	if (fd >= 0) {
+		close(fd);
+		unlink(tmp);
+	}
+	return res;
+}
+
+hsm_result hsm_mkdir_p(const char *path)
+{
+	char tmp[PATH_MAX];
+	HSM_GUARD(hsm_strcpy(tmp, sizeof(tmp), path));
+	for (char *p = tmp + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
+			return HSM_FAIL(HSM_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
+		*p = '/';
+	}
+	if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
+		return HSM_FAIL(HSM_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
+	struct stat st;
+	HSM_ENSURE(stat(tmp, &st) == 0 && S_ISDIR(st.st_mode), HSM_ERR_IO, "%s is not a directory",
+	           tmp);
+	return HSM_SUCCESS;
+}
+
+bool hsm_ct_equal(const void *a, const void *b, size_t n)
+{
+	return CRYPTO_memcmp(a, b, n) == 0;
+}

@@ -1,0 +1,53 @@
+/*
+ * util.h - small helpers: time, identifiers, strings, files.
+ */
+#ifndef HSM_UTIL_H
+#define HSM_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/result.h"
+
+struct hsm_buf;
+
+#define HSM_UUID_STRLEN 36
+
+/* Wall-clock time in seconds / milliseconds since the epoch (UTC). */
+int64_t hsm_now(void);
+int64_t hsm_now_ms(void);
+/* Monotonic clock in nanoseconds, for latencies and timeouts. */
+uint64_t hsm_mono_ns(void);
+/* Formats t (epoch seconds) as "2026-11-29T01:30:12Z"; out must hold 21 bytes. */
+void hsm_format_time(int64_t t, char out[21]);
+/* Same with milliseconds: "2026-11-29T01:30:12.345Z"; out must hold 25 bytes. */
+void hsm_format_time_ms(int64_t t_ms, char out[25]);
+
+/* A version-4 (random) UUID in lowercase text form; out holds 37 bytes. */
+hsm_result hsm_uuid_new(char out[HSM_UUID_STRLEN + 1]) HSM_MUST_CHECK;
+bool hsm_is_uuid(const char *s);
+
+/* Copies src into dst (capacity cap), failing rather than truncating. */
+hsm_result hsm_strcpy(char *dst, size_t cap, const char *src) HSM_MUST_CHECK;
+bool hsm_str_has_prefix(const char *s, const char *prefix);
+/* Parses a decimal integer in [min, max]; the whole string must be consumed. */
+hsm_result hsm_parse_i64(const char *s, int64_t min, int64_t max, int64_t *out) HSM_MUST_CHECK;
+
+/* Reads a whole file (at most max bytes) into out. */
+hsm_result hsm_read_file(const char *path, size_t max, struct hsm_buf *out) HSM_MUST_CHECK;
+/*
+ * Writes a file atomically and durably: temp file in the same directory,
+ * fsync, rename, fsync of the directory.  mode is the permission of the new file.
+ */
+hsm_result hsm_write_file_atomic(const char *path, const void *p, size_t n,
+                                 unsigned mode) HSM_MUST_CHECK;
+/* Creates a directory (mode 0700) unless it already exists. */
+hsm_result hsm_mkdir_p(const char *path) HSM_MUST_CHECK;
+/* fsyncs a directory so that a rename or a create inside it is durable. */
+hsm_result hsm_fsync_dir(const char *path) HSM_MUST_CHECK;
+
+/* Compares in time independent of the contents (CRYPTO_memcmp). */
+bool hsm_ct_equal(const void *a, const void *b, size_t n);
+
+#endif

@@ -1,0 +1,27 @@
+/*
+ * hsmctl.h - the operator's command-line tool: shared declarations.
+ *
+ * Each command group lives in its own cmd_<group>.c and registers its
+ * commands in the table in main.c.  A command returns a process exit code:
+ * 0 success, 1 failure (message already printed), 2 usage error.
+ */
+#ifndef HSMCTL_H
+#define HSMCTL_H
+
+#include "common/result.h"
+
+typedef int (*hsmctl_fn)(int argc, char **argv);
+
+typedef struct hsmctl_command {
+	const char *name;    /* "init", "key create", ... */
+	const char *args;    /* argument synopsis for help */
+	const char *summary; /* one line */
+	hsmctl_fn fn;
+} hsmctl_command;
+
+/* Prints this thread's last failure as "hsmctl: <context>: <message>" and returns 1. */
+int hsmctl_fail(const char *context);
+/* Prints a usage error for a command and returns 2. */
+int hsmctl_usage(const char *command, const char *fmt, ...) HSM_PRINTF(2, 3);
+
+#endif

@@ -1,0 +1,98 @@
+/*
+ * hsmctl - init, unseal, ceremony, keys, users, audit and reports.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "hsmctl/hsmctl.h"
+
+static int cmd_version(int argc, char **argv);
+static int cmd_help(int argc, char **argv);
+
+static const hsmctl_command commands[] = {
+    {"version", "", "print the version", cmd_version},
+    {"help", "", "list the commands", cmd_help},
+};
+
+#define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+int hsmctl_fail(const char *context)
+{
+	fprintf(stderr, "hsmctl: %s: %s\n", context, hsm_last_message());
+	return 1;
+}
+
+int hsmctl_usage(const char *command, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "hsmctl %s: %s (see 'hsmctl help')\n", command, msg);
+	return 2;
+}
+
+static int cmd_version(int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	printf("hsmctl %s\n", HSM_VERSION);
+	return 0;
+}
+
+static int cmd_help(int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	printf("usage: hsmctl COMMAND [ARGS]\n\ncommands:\n");
+	for (size_t i = 0; i < N_COMMANDS; i++) {
+		char head[96];
+		snprintf(head, sizeof(head), "%s %s", commands[i].name, commands[i].args);
+		printf("  %-58s %s\n", head, commands[i].summary);
+	}
+	return 0;
+}
+
+/* Finds the longest command name matching the leading words of argv. */
+static const hsmctl_command *lookup(int argc, char **argv, int *consumed)
+{
+	const hsmctl_command *best = NULL;
+	int best_words = 0;
+	for (size_t i = 0; i < N_COMMANDS; i++) {
+		char name[64];
+		snprintf(name, sizeof(name), "%s", commands[i].name);
+		int words = 0;
+		bool match = true;
+		for (char *save = NULL, *w = strtok_r(name, " ", &save); w != NULL;
+		     w = strtok_r(NULL, " ", &save)) {
+			if (words >= argc || strcmp(argv[words], w) != 0) {
+				match = false;
+				break;
+			}
+			words++;
+		}
+		if (match && words > best_words) {
+			best = &commands[i];
+			best_words = words;
+		}
+	}
+	*consumed = best_words;
+	return best;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2)
+		return cmd_help(0, NULL);
+	int words = 0;
+	const hsmctl_command *cmd = lookup(argc - 1, argv + 1, &words);
+	if (cmd == NULL) {
+		fprintf(stderr, "hsmctl: unknown command '%s' (see 'hsmctl help')\n", argv[1]);
+		return 2;
+	}
+	/* The command sees argv[0] = its own name, then its arguments. */
+	return cmd->fn(argc - words, argv + words);
+}
