@@ -47,17 +47,33 @@ hsm_result hsm_material_generate(hsm_key_spec spec, hsm_material **out) HSM_MUST
  * for AES and HMAC.  out must be a secure buffer (hsm_buf_init_secure).
  */
 hsm_result hsm_material_export(const hsm_material *m, hsm_buf *out) HSM_MUST_CHECK;
-/* Inverse of export; checks that the bytes really are a key of this spec. */
+/*
+ * Inverse of export; checks that the bytes really are a key of this spec:
+ * AES/HMAC keys must have the spec's exact length; asymmetric keys must be
+ * one DER PrivateKeyInfo (no trailing bytes) of the spec's type, modulus size
+ * or curve, RSA keys with an odd public exponent 2^16 < e < 2^256 (FIPS 186-5
+ * A.1.1), and must pass OpenSSL's pairwise check and a sign/verify test.
+ * Bytes that are not such a key fail with HSM_ERR_VALIDATION.
+ */
 hsm_result hsm_material_import(hsm_key_spec spec, const uint8_t *p, size_t n,
                                hsm_material **out) HSM_MUST_CHECK;
 /* DER SubjectPublicKeyInfo of an asymmetric key (appended to out). */
 hsm_result hsm_material_public_der(const hsm_material *m, hsm_buf *out) HSM_MUST_CHECK;
 /*
+ * The key spec a DER SubjectPublicKeyInfo corresponds to (RSA modulus of
+ * exactly 2048/3072/4096 bits, one of the spec table's curves, Ed25519);
+ * anything else, or trailing bytes, is HSM_ERR_VALIDATION.
+ */
+hsm_result hsm_spki_spec(const uint8_t *spki, size_t spki_len, hsm_key_spec *out) HSM_MUST_CHECK;
+/*
  * Pairwise consistency test (FIPS 140-3 IG 10.3.A): sign-and-verify or
- * encrypt-and-decrypt with the new key.  Fails with HSM_ERR_CRYPTO.
+ * encrypt-and-decrypt with the new key.  Fails with HSM_ERR_CRYPTO; a usage
+ * the spec does not allow is HSM_ERR_INVALID_KEY_USAGE.  AES and HMAC keys
+ * have no pair to test and always pass.
  */
 hsm_result hsm_material_pairwise_test(const hsm_material *m, hsm_key_usage usage) HSM_MUST_CHECK;
 hsm_key_spec hsm_material_spec(const hsm_material *m);
+/* Drops one reference; the last one wipes and frees the key.  NULL is a no-op. */
 void hsm_material_free(hsm_material *m);
 /* Adds a reference (for caches); released by hsm_material_free. */
 hsm_material *hsm_material_ref(hsm_material *m);
@@ -91,15 +107,50 @@ hsm_result hsm_aes_gcm_open_raw(const hsm_secret *key, const uint8_t iv[HSM_GCM_
                                 size_t ct_len, const uint8_t tag[HSM_GCM_TAG_LEN],
                                 hsm_buf *pt_out) HSM_MUST_CHECK;
 
+/*
+ * A material of the wrong spec passed to any operation below fails with
+ * HSM_ERR_INVALID_KEY_USAGE, as does an algorithm the spec does not allow.
+ */
+
+/* ---- AES key wrap with padding (RFC 5649) --------------------------------- */
+
+/*
+ * Wraps pt (1 byte or more) under a 256-bit AES key with the RFC 5649
+ * algorithm (AES-KWP), appending ceil(pt_len / 8) * 8 + 8 bytes to out.
+ * Deterministic: use it for keys (PKCS#11 C_WrapKey, backups), not for data.
+ */
+hsm_result hsm_aes_kwp_wrap(const hsm_material *m, const uint8_t *pt, size_t pt_len,
+                            hsm_buf *out) HSM_MUST_CHECK;
+/*
+ * Unwraps and checks the integrity value and padding; appends the key to
+ * pt_out (a secure buffer).  Every failure is HSM_ERR_INVALID_CIPHERTEXT
+ * with the same message, and nothing is appended.
+ */
+hsm_result hsm_aes_kwp_unwrap(const hsm_material *m, const uint8_t *ct, size_t ct_len,
+                              hsm_buf *pt_out) HSM_MUST_CHECK;
+/* Same with a raw 32-byte key-encryption key. */
+hsm_result hsm_aes_kwp_wrap_raw(const hsm_secret *kek, const uint8_t *pt, size_t pt_len,
+                                hsm_buf *out) HSM_MUST_CHECK;
+hsm_result hsm_aes_kwp_unwrap_raw(const hsm_secret *kek, const uint8_t *ct, size_t ct_len,
+                                  hsm_buf *pt_out) HSM_MUST_CHECK;
+
 /* ---- RSAES-OAEP ---------------------------------------------------------- */
+
+/*
+ * RSAES_OAEP_SHA_1 / _SHA_256 as in KMS: OAEP (RFC 8017 section 7.1) with
+ * that hash, MGF1 with the same hash, and an empty label.
+ */
 
 /* Encrypts with the public half; pt longer than hsm_rsa_oaep_max_plaintext fails (VALIDATION). */
 hsm_result hsm_rsa_oaep_encrypt(const hsm_material *m, hsm_enc_alg alg, const uint8_t *pt,
                                 size_t pt_len, hsm_buf *out) HSM_MUST_CHECK;
-/* Same with a DER SubjectPublicKeyInfo instead of material. */
+/* Same with a DER SubjectPublicKeyInfo of an RSA key spec instead of material. */
 hsm_result hsm_rsa_oaep_encrypt_pub(const uint8_t *spki, size_t spki_len, hsm_enc_alg alg,
                                     const uint8_t *pt, size_t pt_len, hsm_buf *out) HSM_MUST_CHECK;
-/* Decrypts; any failure is HSM_ERR_INVALID_CIPHERTEXT (no padding oracle detail). */
+/*
+ * Decrypts into pt_out (a secure buffer); any failure is
+ * HSM_ERR_INVALID_CIPHERTEXT with one message (no padding oracle detail).
+ */
 hsm_result hsm_rsa_oaep_decrypt(const hsm_material *m, hsm_enc_alg alg, const uint8_t *ct,
                                 size_t ct_len, hsm_buf *pt_out) HSM_MUST_CHECK;
 
@@ -114,27 +165,49 @@ hsm_result hsm_rsa_oaep_decrypt(const hsm_material *m, hsm_enc_alg alg, const ui
  */
 hsm_result hsm_sign(const hsm_material *m, hsm_sign_alg alg, hsm_message_type type,
                     const uint8_t *msg, size_t msg_len, hsm_buf *sig_out) HSM_MUST_CHECK;
-/* Verifies; a wrong signature is HSM_ERR_INVALID_SIGNATURE. */
+/*
+ * Verifies; a wrong signature of any kind (bad value, bad encoding, wrong
+ * length, garbage) is HSM_ERR_INVALID_SIGNATURE.  Message type rules as for
+ * hsm_sign.  RSASSA-PSS requires salt length = digest length.
+ */
 hsm_result hsm_verify(const hsm_material *m, hsm_sign_alg alg, hsm_message_type type,
                       const uint8_t *msg, size_t msg_len, const uint8_t *sig,
                       size_t sig_len) HSM_MUST_CHECK;
-/* Same, with a DER SubjectPublicKeyInfo. */
+/*
+ * Same, with a DER SubjectPublicKeyInfo whose key must be of a spec that
+ * allows alg (see hsm_spki_spec); an unusable SPKI is HSM_ERR_VALIDATION,
+ * a key of another spec HSM_ERR_INVALID_KEY_USAGE.
+ */
 hsm_result hsm_verify_pub(const uint8_t *spki, size_t spki_len, hsm_sign_alg alg,
                           hsm_message_type type, const uint8_t *msg, size_t msg_len,
                           const uint8_t *sig, size_t sig_len) HSM_MUST_CHECK;
 
-/* ECDSA signature formats: DER (X9.62 Ecdsa-Sig-Value) <-> IEEE P1363 r||s. */
+/*
+ * ECDSA signature formats: DER (X9.62 Ecdsa-Sig-Value, SEQUENCE of two
+ * INTEGERs) <-> IEEE P1363 r||s with each half field_len bytes (JOSE,
+ * RFC 7518 section 3.4).  DER input must be strict DER: minimal lengths and
+ * integers, no negative or zero r or s, nothing after the SEQUENCE, values
+ * that fit field_len.  P1363 input must be exactly 2 * field_len bytes with
+ * non-zero halves.  Malformed input is HSM_ERR_INVALID_SIGNATURE; the result
+ * is appended to out.
+ */
 hsm_result hsm_ecdsa_der_to_p1363(const uint8_t *der, size_t der_len, size_t field_len,
                                   hsm_buf *out) HSM_MUST_CHECK;
-hsm_result hsm_ecdsa_p1363_to_der(const uint8_t *sig, size_t sig_len, hsm_buf *out) HSM_MUST_CHECK;
-/* Byte length of r or s for an EC spec (32, 48, 66). */
+hsm_result hsm_ecdsa_p1363_to_der(const uint8_t *sig, size_t sig_len, size_t field_len,
+                                  hsm_buf *out) HSM_MUST_CHECK;
+/* Byte length of r or s for an EC spec (32, 48, 66); 0 for other specs. */
 size_t hsm_ec_field_len(hsm_key_spec spec);
 
 /* ---- HMAC ---------------------------------------------------------------- */
 
+/* Appends the full HMAC (RFC 2104) of msg, mac_len bytes of the algorithm, to mac_out. */
 hsm_result hsm_hmac(const hsm_material *m, hsm_mac_alg alg, const uint8_t *msg, size_t msg_len,
                     hsm_buf *mac_out) HSM_MUST_CHECK;
-/* Recomputes and compares in constant time; mismatch is HSM_ERR_INVALID_MAC. */
+/*
+ * Recomputes and compares in constant time; a mismatch, and any mac_len but
+ * the algorithm's full length (truncated MACs are not accepted, as in KMS
+ * VerifyMac), is HSM_ERR_INVALID_MAC.
+ */
 hsm_result hsm_hmac_verify(const hsm_material *m, hsm_mac_alg alg, const uint8_t *msg,
                            size_t msg_len, const uint8_t *mac, size_t mac_len) HSM_MUST_CHECK;
 
@@ -145,9 +218,13 @@ void hsm_sha256(const void *p, size_t n, uint8_t out[HSM_SHA256_LEN]);
 /* HMAC-SHA256 with a raw key. */
 hsm_result hsm_hmac_sha256(const uint8_t *key, size_t key_len, const void *msg, size_t msg_len,
                            uint8_t out[HSM_SHA256_LEN]) HSM_MUST_CHECK;
-/* HKDF-SHA256 (RFC 5869) into a new secret of out_len bytes. */
+/*
+ * HKDF-SHA256 (RFC 5869) into a new secret of out_len bytes (1..8160); info
+ * is the NUL-terminated label that separates purposes, salt may be empty.
+ */
 hsm_result hsm_hkdf_sha256(const hsm_secret *ikm, const uint8_t *salt, size_t salt_len,
                            const char *info, size_t out_len, hsm_secret **out) HSM_MUST_CHECK;
+/* Public random bytes (IVs, identifiers) from the DRBG; secrets use hsm_secret_random. */
 hsm_result hsm_random_bytes(uint8_t *out, size_t n) HSM_MUST_CHECK;
 
 /* ---- Power-on self-tests ------------------------------------------------- */
@@ -160,5 +237,8 @@ hsm_result hsm_random_bytes(uint8_t *out, size_t n) HSM_MUST_CHECK;
  * made to fail (so tests can prove the error state works).
  */
 hsm_result hsm_selftest_run(void) HSM_MUST_CHECK;
+/* The self-tests' names, for HSM_SELFTEST_FORCE_FAIL: i in [0, hsm_selftest_count()). */
+size_t hsm_selftest_count(void);
+const char *hsm_selftest_name(size_t i);
 
 #endif
