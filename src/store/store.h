@@ -26,6 +26,8 @@
  *   HSM_ERR_NOMEM              out of memory
  *   HSM_ERR_VALIDATION         a value the store cannot hold (too long, empty
  *                              identifier, limit out of range)
+ * An identifier too long to exist (key id, alias, user, access key) is
+ * NOT_FOUND where it is looked up.  NULL where a pointer is required aborts.
  *
  * List callbacks run after the backend has finished reading and released its
  * resources, so a callback may call any store function (keys_due's callback
@@ -180,6 +182,8 @@ hsm_result hsm_key_record_copy(hsm_key_record *dst, const hsm_key_record *src) H
  * know) is refused with HSM_ERR_STORE; an older one is migrated, one
  * transaction per schema step.  A location naming another backend
  * ("scheme://...") that is not built in fails with HSM_ERR_VALIDATION.
+ * A handle belongs to the process that opened it: a child of fork() opens
+ * its own (after the parent closed the directory) instead of using it.
  */
 hsm_result hsm_store_open(const char *location, hsm_store **out) HSM_MUST_CHECK;
 /* Releases the handle and its lock.  No call on s may be running.  NULL is a no-op. */
@@ -191,7 +195,7 @@ int hsm_store_schema_version(hsm_store *s);
 
 /*
  * Replaces the contents of out (keeping its secure flag) with the value.
- * HSM_ERR_NOT_FOUND when absent.
+ * HSM_ERR_NOT_FOUND when absent.  Names are 1..255 bytes.
  */
 hsm_result hsm_store_meta_get(hsm_store *s, const char *name, hsm_buf *out) HSM_MUST_CHECK;
 /* Writes n values atomically and durably (insert or replace); n == 0 does nothing. */

@@ -9,6 +9,7 @@
  *   foreign_keys=ON      versions, aliases and tags cannot outlive their key
  *   secure_delete=ON     deleted or overwritten bytes are zeroed in the file
  *   busy_timeout         lock waits end in HSM_ERR_DEPENDENCY_TIMEOUT
+ *   temp_store=MEMORY    no row data in temporary files, which nothing erases
  *   trusted_schema=OFF, SQLITE_DBCONFIG_DEFENSIVE: a tampered database file
  *                        cannot make SQL functions or schema edits run
  */
@@ -167,7 +168,7 @@ static hsm_result conn_open(const char *path, bool writer, sq_conn **out)
 	if (writer)
 		HSM_TRY(conn_set_wal(c));
 	HSM_TRY(conn_exec(c, "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"
-	                     "PRAGMA secure_delete=ON;"));
+	                     "PRAGMA secure_delete=ON; PRAGMA temp_store=MEMORY;"));
 	if (!writer)
 		HSM_TRY(conn_exec(c, "PRAGMA query_only=ON;"));
 	*out = c;

@@ -139,8 +139,8 @@ void sq_vec_free(sq_vec *v, void (*clear)(void *item));
 /* Reads one row of st into a zeroed item; on failure the caller's clear releases it. */
 typedef hsm_result (*sq_row_reader)(sqlite3_stmt *st, void *item);
 /*
- * Steps st, appending up to max rows to v; *more (if not NULL) tells whether
- * another row followed.  Does not reset st.
+ * Steps st, appending rows to v until v holds max items; *more (if not NULL)
+ * tells whether another row followed.  Does not reset st.
  */
 hsm_result sq_collect(sq_conn *c, sqlite3_stmt *st, size_t max, sq_row_reader read,
                       void (*clear)(void *item), sq_vec *v, bool *more) HSM_MUST_CHECK;

@@ -110,16 +110,17 @@ static const char SQL_USER_AUTH[] =
 	"THEN 1 ELSE locked END "
 	"WHERE name = ?1 RETURNING " USER_COLS;
 
-static hsm_result user_write(sq_conn *w, const char *sql, const hsm_user_record *u)
+/* Inserts the user, or replaces its mutable fields (created is set only on insert). */
+static hsm_result user_write(sq_conn *w, bool insert, const hsm_user_record *u)
 {
 	sqlite3_stmt *st;
-	HSM_GUARD(sq_prepare(w, sql, &st));
+	HSM_GUARD(sq_prepare(w, insert ? SQL_USER_INSERT : SQL_USER_PUT, &st));
 	sq_bind_text(w, st, 1, u->name);
 	sq_bind_text(w, st, 2, hsm_role_name(u->role));
 	sq_bind_i64(w, st, 3, u->disabled ? 1 : 0);
 	sq_bind_i64(w, st, 4, u->locked ? 1 : 0);
 	sq_bind_i64(w, st, 5, u->failed_auth);
-	if (sql == SQL_USER_INSERT)
+	if (insert)
 		sq_bind_i64(w, st, 6, u->created);
 	hsm_result res = sq_exec(w, st);
 	sq_reset(st);
@@ -131,7 +132,7 @@ static hsm_result user_create_in(sq_conn *w, const hsm_user_record *u)
 	bool found = false;
 	HSM_GUARD(sq_exists(w, SQL_USER_EXISTS, u->name, &found));
 	HSM_ENSURE(!found, HSM_ERR_ALREADY_EXISTS, "user %s already exists", u->name);
-	return user_write(w, SQL_USER_INSERT, u);
+	return user_write(w, true, u);
 }
 
 hsm_result sq_user_create(hsm_store *base, const hsm_user_record *u)
@@ -153,7 +154,7 @@ static hsm_result user_require(sq_conn *c, const char *name)
 static hsm_result user_put_in(sq_conn *w, const hsm_user_record *u)
 {
 	HSM_GUARD(user_require(w, u->name));
-	return user_write(w, SQL_USER_PUT, u);
+	return user_write(w, false, u);
 }
 
 hsm_result sq_user_put(hsm_store *base, const hsm_user_record *u)
