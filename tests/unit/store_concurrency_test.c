@@ -127,16 +127,6 @@ static void *read_worker(void *arg)
 	return NULL;
 }
 
-static void create_key(hsm_store *s, const char *id)
-{
-	hsm_key_record k;
-	hsm_version_record v;
-	st_key(&k, id);
-	st_version(&v, id, 1, "w", 1);
-	assert_true(hsm_ok(hsm_store_key_create(s, &k, &v)));
-	hsm_version_record_clear(&v);
-}
-
 static hsm_result check_version(const hsm_version_record *v, void *arg)
 {
 	uint32_t *expect = arg;
@@ -153,8 +143,8 @@ static void test_no_lost_updates(void **state)
 	shared sh = {0};
 	pthread_mutex_init(&sh.error_lock, NULL);
 	assert_true(hsm_ok(hsm_store_open(dir, &sh.s)));
-	create_key(sh.s, "counter");
-	create_key(sh.s, "rotating");
+	st_create_key(sh.s, "counter", "w", 1);
+	st_create_key(sh.s, "rotating", "w", 1);
 	hsm_user_record u = {.name = "eve", .role = HSM_ROLE_CRYPTO_USER};
 	assert_true(hsm_ok(hsm_store_user_create(sh.s, &u)));
 

@@ -9,50 +9,15 @@
 #include "store/store.h"
 #include "store_test_util.h"
 
-typedef struct fixture {
-	char dir[PATH_MAX];
-	hsm_store *s;
-} fixture;
-
-static void create_key(hsm_store *s, const char *id)
-{
-	hsm_key_record k;
-	hsm_version_record v;
-	st_key(&k, id);
-	st_version(&v, id, 1, "w", 1);
-	assert_true(hsm_ok(hsm_store_key_create(s, &k, &v)));
-	hsm_version_record_clear(&v);
-}
-
+/* Every test starts with two keys, k1 and k2. */
 static int setup(void **state)
 {
-	fixture *f = calloc(1, sizeof(*f));
-	assert_non_null(f);
-	st_tmpdir(f->dir);
-	assert_true(hsm_ok(hsm_store_open(f->dir, &f->s)));
-	create_key(f->s, "k1");
-	create_key(f->s, "k2");
-	*state = f;
+	st_setup(state);
+	st_fixture *f = *state;
+	st_create_key(f->s, "k1", "w", 1);
+	st_create_key(f->s, "k2", "w", 1);
 	return 0;
 }
-
-static int teardown(void **state)
-{
-	fixture *f = *state;
-	hsm_store_close(f->s);
-	st_rm_rf(f->dir);
-	free(f);
-	return 0;
-}
-
-#define EXPECT_ERR(expr, code)                                                             \
-	do {                                                                                   \
-		hsm_result r_ = (expr);                                                            \
-		if (r_.err != (code))                                                              \
-			fail_msg("%s: expected %s, got %s (%s)", #expr, hsm_err_code_name(code),     \
-			         hsm_err_code_name(r_.err), hsm_last_message());                     \
-	} while (0)
-#define EXPECT_OK(expr) EXPECT_ERR(expr, HSM_OK)
 
 /* ---- Aliases -------------------------------------------------------------------------- */
 
@@ -74,7 +39,7 @@ static hsm_result collect_alias(const hsm_alias_record *a, void *arg)
 
 static void test_alias_lifecycle(void **state)
 {
-	fixture *f = *state;
+	st_fixture *f = *state;
 	hsm_alias_record a;
 	EXPECT_OK(hsm_store_alias_create(f->s, "alias/app", "k1", 100));
 	EXPECT_ERR(hsm_store_alias_create(f->s, "alias/app", "k2", 101), HSM_ERR_ALREADY_EXISTS);
@@ -82,6 +47,7 @@ static void test_alias_lifecycle(void **state)
 	EXPECT_ERR(hsm_store_alias_get(f->s, "alias/other", &a), HSM_ERR_NOT_FOUND);
 	EXPECT_ERR(hsm_store_alias_create(f->s, "", "k1", 101), HSM_ERR_VALIDATION);
 
+	st_reopen(f);
 	EXPECT_OK(hsm_store_alias_get(f->s, "alias/app", &a));
 	assert_string_equal(a.name, "alias/app");
 	assert_string_equal(a.key_id, "k1");
@@ -117,7 +83,7 @@ static void test_alias_lifecycle(void **state)
 static void list_aliases(hsm_store *s, const char *key_id, size_t limit, names *all,
                          size_t *pages)
 {
-	char after[HSM_ALIAS_MAX + 1] = "";
+	char after[HSM_TAG_KEY_MAX * 4 + 1] = ""; /* as wide as names.v */
 	memset(all, 0, sizeof(*all));
 	*pages = 0;
 	for (;;) {
@@ -139,7 +105,7 @@ static void list_aliases(hsm_store *s, const char *key_id, size_t limit, names *
 
 static void test_alias_list(void **state)
 {
-	fixture *f = *state;
+	st_fixture *f = *state;
 	const char *order[] = {"alias/a", "alias/b", "alias/c", "alias/d", "alias/e"};
 	const char *keys[] = {"k1", "k2", "k1", "k2", "k1"};
 	for (int i = 4; i >= 0; i--)
@@ -207,13 +173,14 @@ static size_t count_tags(hsm_store *s, const char *key_id, names *out)
 
 static void test_tags_put_replace_remove(void **state)
 {
-	fixture *f = *state;
+	st_fixture *f = *state;
 	hsm_tag t[3];
 	names got;
 	tag(&t[0], "team", "payments");
 	tag(&t[1], "env", "prod");
 	tag(&t[2], "empty", "");
 	EXPECT_OK(hsm_store_tags_put(f->s, "k1", 3, t));
+	st_reopen(f);
 	assert_int_equal(count_tags(f->s, "k1", &got), 3);
 	assert_string_equal(got.v[0], "empty"); /* ordered by tag key */
 	assert_string_equal(got.extra[0], "");
@@ -246,7 +213,7 @@ static void test_tags_put_replace_remove(void **state)
 
 static void test_tags_limit(void **state)
 {
-	fixture *f = *state;
+	st_fixture *f = *state;
 	hsm_tag t[HSM_MAX_TAGS_PER_KEY + 1];
 	names got;
 	for (int i = 0; i <= HSM_MAX_TAGS_PER_KEY; i++) {
@@ -279,7 +246,7 @@ static void test_tags_limit(void **state)
 
 static void test_tags_pagination(void **state)
 {
-	fixture *f = *state;
+	st_fixture *f = *state;
 	hsm_tag t[7];
 	for (int i = 0; i < 7; i++) {
 		char key[16];
@@ -312,11 +279,11 @@ static void test_tags_pagination(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_alias_lifecycle, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_alias_list, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_tags_put_replace_remove, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_tags_limit, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_tags_pagination, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_alias_lifecycle, setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_alias_list, setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_tags_put_replace_remove, setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_tags_limit, setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_tags_pagination, setup, st_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

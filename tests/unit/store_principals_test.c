@@ -10,46 +10,6 @@
 #include "store/store.h"
 #include "store_test_util.h"
 
-typedef struct fixture {
-	char dir[PATH_MAX];
-	hsm_store *s;
-} fixture;
-
-static int setup(void **state)
-{
-	fixture *f = calloc(1, sizeof(*f));
-	assert_non_null(f);
-	st_tmpdir(f->dir);
-	assert_true(hsm_ok(hsm_store_open(f->dir, &f->s)));
-	*state = f;
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	fixture *f = *state;
-	hsm_store_close(f->s);
-	st_rm_rf(f->dir);
-	free(f);
-	return 0;
-}
-
-static void reopen(fixture *f)
-{
-	hsm_store_close(f->s);
-	f->s = NULL;
-	assert_true(hsm_ok(hsm_store_open(f->dir, &f->s)));
-}
-
-#define EXPECT_ERR(expr, code)                                                             \
-	do {                                                                                   \
-		hsm_result r_ = (expr);                                                            \
-		if (r_.err != (code))                                                              \
-			fail_msg("%s: expected %s, got %s (%s)", #expr, hsm_err_code_name(code),     \
-			         hsm_err_code_name(r_.err), hsm_last_message());                     \
-	} while (0)
-#define EXPECT_OK(expr) EXPECT_ERR(expr, HSM_OK)
-
 static void user(hsm_user_record *u, const char *name, hsm_role role)
 {
 	memset(u, 0, sizeof(*u));
@@ -75,7 +35,7 @@ static hsm_result collect_user(const hsm_user_record *u, void *arg)
 
 static void test_user_crud(void **state)
 {
-	fixture *f = *state;
+	st_fixture *f = *state;
 	hsm_user_record u, got;
 	user(&u, "olivia", HSM_ROLE_CRYPTO_OFFICER);
 	EXPECT_OK(hsm_store_user_create(f->s, &u));
@@ -101,7 +61,7 @@ static void test_user_crud(void **state)
 	u.failed_auth = 4;
 	u.created = 5;
 	EXPECT_OK(hsm_store_user_put(f->s, &u));
-	reopen(f);
+	st_reopen(f);
 	EXPECT_OK(hsm_store_user_get(f->s, "olivia", &got));
 	assert_int_equal(got.role, HSM_ROLE_CRYPTO_USER);
 	assert_true(got.disabled);
@@ -120,7 +80,7 @@ static void test_user_crud(void **state)
 
 static void test_auth_result_counts_and_locks(void **state)
 {
-	fixture *f = *state;
+	st_fixture *f = *state;
 	hsm_user_record u, got;
 	user(&u, "carol", HSM_ROLE_CRYPTO_USER);
 	EXPECT_OK(hsm_store_user_create(f->s, &u));
@@ -133,13 +93,13 @@ static void test_auth_result_counts_and_locks(void **state)
 	EXPECT_OK(hsm_store_user_auth_result(f->s, "carol", false, 3, &got));
 	assert_int_equal(got.failed_auth, 2);
 	assert_false(got.locked);
-	reopen(f); /* the count survives a restart */
+	st_reopen(f); /* the count survives a restart */
 	EXPECT_OK(hsm_store_user_get(f->s, "carol", &got));
 	assert_int_equal(got.failed_auth, 2);
 	EXPECT_OK(hsm_store_user_auth_result(f->s, "carol", false, 3, &got));
 	assert_int_equal(got.failed_auth, 3);
 	assert_true(got.locked); /* at the threshold */
-	reopen(f);
+	st_reopen(f);
 	EXPECT_OK(hsm_store_user_get(f->s, "carol", &got));
 	assert_true(got.locked);
 	/* A success resets the counter but does not unlock. */
@@ -190,7 +150,7 @@ static void access_key(hsm_access_key_record *k, const char *id, const char *u)
 
 static void test_access_keys(void **state)
 {
-	fixture *f = *state;
+	st_fixture *f = *state;
 	hsm_user_record u;
 	user(&u, "olivia", HSM_ROLE_CRYPTO_OFFICER);
 	EXPECT_OK(hsm_store_user_create(f->s, &u));
@@ -212,7 +172,7 @@ static void test_access_keys(void **state)
 	EXPECT_ERR(hsm_store_access_key_create(f->s, &k), HSM_ERR_NOT_FOUND);
 	hsm_access_key_record_clear(&k);
 
-	reopen(f);
+	st_reopen(f);
 	EXPECT_OK(hsm_store_access_key_get(f->s, "AKIAZZZZZZZZZZZZZZZ1", &got));
 	assert_string_equal(got.user, "ulrich");
 	assert_true(got.active);
@@ -247,9 +207,9 @@ static void test_access_keys(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_user_crud, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_auth_result_counts_and_locks, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_access_keys, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_user_crud, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_auth_result_counts_and_locks, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_access_keys, st_setup, st_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

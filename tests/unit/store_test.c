@@ -1,77 +1,23 @@
 /*
  * store_test.c - the store contract (store.h) on the SQLite backend: opening,
- * the directory lock, schema migrations, metadata, keys, versions, updates,
- * destruction (with a scan of the raw files for erased material), lists and
- * due work.  Aliases and tags: store_names_test.c; principals:
- * store_principals_test.c; threads: store_concurrency_test.c.
+ * the directory lock, schema migrations, metadata, names of enumerations and
+ * the mapping of a busy database.  Keys and versions: store_keys_test.c;
+ * aliases and tags: store_names_test.c; principals: store_principals_test.c;
+ * threads: store_concurrency_test.c; kill -9: store_crash_test.c; speed:
+ * store_scale_test.c.
  */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include <errno.h>
-#include <fcntl.h>
-#include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-
-#include <openssl/rand.h>
 
 #include "common/util.h"
 #include "store/store.h"
 #include "store/store_impl.h"
 #include "store_test_util.h"
-
-typedef struct fixture {
-	char dir[PATH_MAX];
-	hsm_store *s;
-} fixture;
-
-static int setup(void **state)
-{
-	fixture *f = calloc(1, sizeof(*f));
-	assert_non_null(f);
-	st_tmpdir(f->dir);
-	assert_true(hsm_ok(hsm_store_open(f->dir, &f->s)));
-	*state = f;
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	fixture *f = *state;
-	hsm_store_close(f->s);
-	st_rm_rf(f->dir);
-	free(f);
-	return 0;
-}
-
-static void reopen(fixture *f)
-{
-	hsm_store_close(f->s);
-	f->s = NULL;
-	assert_true(hsm_ok(hsm_store_open(f->dir, &f->s)));
-}
-
-static void create_key(hsm_store *s, const char *id, const void *wrapped, size_t n)
-{
-	hsm_key_record k;
-	hsm_version_record v;
-	st_key(&k, id);
-	st_version(&v, id, 1, wrapped, n);
-	assert_true(hsm_ok(hsm_store_key_create(s, &k, &v)));
-	hsm_version_record_clear(&v);
-}
-
-#define EXPECT_ERR(expr, code)                                                             \
-	do {                                                                                   \
-		hsm_result r_ = (expr);                                                            \
-		if (r_.err != (code))                                                              \
-			fail_msg("%s: expected %s, got %s (%s)", #expr, hsm_err_code_name(code),     \
-			         hsm_err_code_name(r_.err), hsm_last_message());                     \
-	} while (0)
-#define EXPECT_OK(expr) EXPECT_ERR(expr, HSM_OK)
 
 /* ---- Opening, locking, migrations ------------------------------------------------ */
 
@@ -119,7 +65,7 @@ static void test_open_rejects_bad_locations(void **state)
 
 static void test_lock_conflict(void **state)
 {
-	fixture *f = *state;
+	st_fixture *f = *state;
 	hsm_store *second = NULL;
 	EXPECT_ERR(hsm_store_open(f->dir, &second), HSM_ERR_CONFLICT);
 	assert_null(second);
@@ -158,7 +104,7 @@ static void test_migrates_version_zero_store(void **state)
 	hsm_store *s = NULL;
 	EXPECT_OK(hsm_store_open(dir, &s));
 	assert_int_equal(hsm_store_schema_version(s), hsm_store_sqlite_schema_latest());
-	create_key(s, "k1", "w", 1);
+	st_create_key(s, "k1", "w", 1);
 	hsm_store_close(s);
 	assert_int_equal(st_raw_int(dir, "SELECT max(version) FROM schema_version"),
 	                 hsm_store_sqlite_schema_latest());
@@ -186,7 +132,7 @@ static void test_failed_migration_changes_nothing(void **state)
 
 static void test_refuses_newer_schema_and_foreign_files(void **state)
 {
-	fixture *f = *state;
+	st_fixture *f = *state;
 	hsm_store_close(f->s);
 	f->s = NULL;
 	assert_int_equal(st_raw_exec(f->dir, "INSERT INTO schema_version VALUES (999, 0)"), SQLITE_OK);
@@ -204,7 +150,7 @@ static void test_refuses_newer_schema_and_foreign_files(void **state)
 
 static void test_connection_settings(void **state)
 {
-	fixture *f = *state;
+	st_fixture *f = *state;
 	char path[PATH_MAX];
 	sqlite3 *db = NULL;
 	sqlite3_stmt *st = NULL;
@@ -221,7 +167,7 @@ static void test_connection_settings(void **state)
 
 static void test_meta(void **state)
 {
-	fixture *f = *state;
+	st_fixture *f = *state;
 	hsm_buf out = {0};
 	EXPECT_ERR(hsm_store_meta_get(f->s, "store_id", &out), HSM_ERR_NOT_FOUND);
 	hsm_buf a = {0}, b = {0}, empty = {0};
@@ -242,7 +188,7 @@ static void test_meta(void **state)
 	EXPECT_OK(hsm_store_meta_put(f->s, 1, one, va));
 	hsm_buf sec;
 	hsm_buf_init_secure(&sec);
-	reopen(f);
+	st_reopen(f);
 	EXPECT_OK(hsm_store_meta_get(f->s, "kcv", &sec));
 	assert_true(sec.secure);
 	assert_int_equal(sec.len, 5);
@@ -260,7 +206,7 @@ static void test_meta(void **state)
 
 static void test_meta_batch_is_atomic(void **state)
 {
-	fixture *f = *state;
+	st_fixture *f = *state;
 	hsm_store_close(f->s);
 	f->s = NULL;
 	/* Fault injection: the second value of the batch makes the store fail. */
@@ -281,593 +227,6 @@ static void test_meta_batch_is_atomic(void **state)
 	EXPECT_OK(hsm_store_meta_get(f->s, "first", &out));
 	hsm_buf_free(&v);
 	hsm_buf_free(&out);
-}
-
-/* ---- Keys ------------------------------------------------------------------------------- */
-
-static void test_key_create_get_roundtrip(void **state)
-{
-	fixture *f = *state;
-	hsm_key_record k, got = {0};
-	hsm_version_record v, gv = {0};
-	st_key(&k, "1b4e28ba-2fa1-41d2-883f-0016d3cca427");
-	k.description = (char *)"signing key";
-	k.spec = HSM_SPEC_ECC_NIST_P256;
-	k.usage = HSM_USAGE_SIGN_VERIFY;
-	k.origin = HSM_ORIGIN_EXTERNAL;
-	k.state = HSM_KEY_PENDING_DELETION;
-	k.created = 11;
-	k.deletion_date = 22;
-	k.pending_window_days = 7;
-	k.rotation_enabled = true;
-	k.rotation_period_days = 90;
-	k.next_rotation = 33;
-	k.policy = (char *)"{\"p\":1}";
-	k.flags = HSM_KEYFLAG_JWT;
-	k.updated = 44;
-	st_version(&v, k.key_id, 1, "wrapped-bytes", 13);
-	assert_true(hsm_ok(hsm_buf_set(&v.public_der, "\x30\x59", 2)));
-	EXPECT_OK(hsm_store_key_create(f->s, &k, &v));
-	reopen(f);
-	EXPECT_OK(hsm_store_key_get(f->s, k.key_id, &got));
-	assert_string_equal(got.key_id, k.key_id);
-	assert_string_equal(got.description, "signing key");
-	assert_int_equal(got.spec, HSM_SPEC_ECC_NIST_P256);
-	assert_int_equal(got.usage, HSM_USAGE_SIGN_VERIFY);
-	assert_int_equal(got.origin, HSM_ORIGIN_EXTERNAL);
-	assert_int_equal(got.state, HSM_KEY_PENDING_DELETION);
-	assert_int_equal(got.created, 11);
-	assert_int_equal(got.deletion_date, 22);
-	assert_int_equal(got.pending_window_days, 7);
-	assert_true(got.rotation_enabled);
-	assert_int_equal(got.rotation_period_days, 90);
-	assert_int_equal(got.next_rotation, 33);
-	assert_int_equal(got.primary_version, 1);
-	assert_string_equal(got.policy, "{\"p\":1}");
-	assert_int_equal(got.flags, HSM_KEYFLAG_JWT);
-	assert_int_equal(got.updated, 44);
-	EXPECT_OK(hsm_store_version_get(f->s, k.key_id, 1, &gv));
-	assert_string_equal(gv.key_id, k.key_id);
-	assert_int_equal(gv.version, 1);
-	assert_int_equal(gv.created, 1700000001);
-	assert_int_equal(gv.rotation_type, HSM_ROTATION_NONE);
-	assert_int_equal(gv.wrapped.len, 13);
-	assert_memory_equal(gv.wrapped.data, "wrapped-bytes", 13);
-	assert_int_equal(gv.public_der.len, 2);
-
-	hsm_key_record copy;
-	EXPECT_OK(hsm_key_record_copy(&copy, &got));
-	assert_ptr_not_equal(copy.description, got.description);
-	assert_string_equal(copy.policy, got.policy);
-	hsm_key_record_clear(&copy);
-	hsm_key_record_clear(&got);
-	assert_null(got.description);
-	hsm_version_record_clear(&gv);
-	hsm_version_record_clear(&v);
-}
-
-static void test_key_create_errors(void **state)
-{
-	fixture *f = *state;
-	hsm_key_record k, got = {0};
-	hsm_version_record v;
-	st_key(&k, "dup");
-	k.description = NULL;
-	k.policy = NULL;
-	st_version(&v, "dup", 1, "w", 1);
-	EXPECT_OK(hsm_store_key_create(f->s, &k, &v));
-	EXPECT_ERR(hsm_store_key_create(f->s, &k, &v), HSM_ERR_ALREADY_EXISTS);
-	EXPECT_OK(hsm_store_key_get(f->s, "dup", &got));
-	assert_string_equal(got.description, ""); /* NULL is stored as "" */
-	assert_string_equal(got.policy, "");
-	hsm_key_record_clear(&got);
-
-	st_key(&k, "other");
-	EXPECT_ERR(hsm_store_key_create(f->s, &k, &v), HSM_ERR_VALIDATION); /* version of "dup" */
-	snprintf(v.key_id, sizeof(v.key_id), "other");
-	v.version = 2;
-	EXPECT_ERR(hsm_store_key_create(f->s, &k, &v), HSM_ERR_VALIDATION); /* not the primary */
-	v.version = 1;
-	k.state = HSM_KEY_DESTROYED;
-	EXPECT_ERR(hsm_store_key_create(f->s, &k, &v), HSM_ERR_INVALID_STATE);
-	k.state = HSM_KEY_ENABLED;
-	k.key_id[0] = '\0';
-	EXPECT_ERR(hsm_store_key_create(f->s, &k, &v), HSM_ERR_VALIDATION);
-	EXPECT_ERR(hsm_store_key_get(f->s, "other", &got), HSM_ERR_NOT_FOUND);
-	EXPECT_ERR(hsm_store_key_get(f->s, "", &got), HSM_ERR_VALIDATION);
-	EXPECT_ERR(hsm_store_key_get(f->s, "0123456789012345678901234567890123456789", &got),
-	           HSM_ERR_NOT_FOUND);
-	hsm_version_record_clear(&v);
-}
-
-static void test_key_create_is_atomic(void **state)
-{
-	fixture *f = *state;
-	hsm_store_close(f->s);
-	f->s = NULL;
-	/* The version insert fails: the key row must not stay behind. */
-	assert_int_equal(st_raw_exec(f->dir, "CREATE TRIGGER poison BEFORE INSERT ON key_versions "
-	                                     "WHEN NEW.key_id = 'victim' BEGIN SELECT RAISE(ABORT, "
-	                                     "'injected'); END"),
-	                 SQLITE_OK);
-	EXPECT_OK(hsm_store_open(f->dir, &f->s));
-	hsm_key_record k, got;
-	hsm_version_record v;
-	st_key(&k, "victim");
-	st_version(&v, "victim", 1, "w", 1);
-	EXPECT_ERR(hsm_store_key_create(f->s, &k, &v), HSM_ERR_STORE);
-	EXPECT_ERR(hsm_store_key_get(f->s, "victim", &got), HSM_ERR_NOT_FOUND);
-	uint64_t n = 99;
-	EXPECT_OK(hsm_store_key_count(f->s, &n));
-	assert_int_equal(n, 0);
-	hsm_version_record_clear(&v);
-}
-
-/* ---- Updates ------------------------------------------------------------------------------- */
-
-typedef struct edit {
-	const char *description;
-	hsm_key_state state;
-	uint32_t primary; /* 0: leave */
-	int64_t deletion_date; /* 0: leave */
-	hsm_err fail;     /* HSM_OK: succeed */
-	int calls;
-} edit;
-
-static hsm_result apply_edit(hsm_key_record *k, void *arg)
-{
-	edit *e = arg;
-	e->calls++;
-	free(k->description);
-	k->description = strdup(e->description);
-	if (k->description == NULL)
-		return HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
-	k->state = e->state;
-	k->updated = 555;
-	if (e->primary != 0)
-		k->primary_version = e->primary;
-	if (e->deletion_date != 0)
-		k->deletion_date = e->deletion_date;
-	if (e->fail != HSM_OK)
-		return HSM_FAIL(e->fail, "edit refused");
-	return HSM_SUCCESS;
-}
-
-static void assert_unchanged(hsm_store *s, const char *id, uint32_t primary)
-{
-	hsm_key_record got = {0};
-	EXPECT_OK(hsm_store_key_get(s, id, &got));
-	assert_string_equal(got.description, "test key");
-	assert_int_equal(got.state, HSM_KEY_ENABLED);
-	assert_int_equal(got.updated, 1700000000);
-	assert_int_equal(got.primary_version, primary);
-	hsm_key_record_clear(&got);
-}
-
-static void test_key_update(void **state)
-{
-	fixture *f = *state;
-	create_key(f->s, "k", "w1", 2);
-	edit e = {.description = "renamed", .state = HSM_KEY_DISABLED};
-	hsm_key_record after = {0}, got = {0};
-	EXPECT_OK(hsm_store_key_update(f->s, "k", apply_edit, &e, NULL, &after));
-	assert_int_equal(e.calls, 1);
-	assert_string_equal(after.description, "renamed");
-	assert_int_equal(after.state, HSM_KEY_DISABLED);
-	EXPECT_OK(hsm_store_key_get(f->s, "k", &got));
-	assert_string_equal(got.description, "renamed");
-	assert_int_equal(got.state, HSM_KEY_DISABLED);
-	assert_int_equal(got.updated, 555);
-	hsm_key_record_clear(&after);
-	hsm_key_record_clear(&got);
-	EXPECT_OK(hsm_store_key_update(f->s, "k", apply_edit, &e, NULL, NULL));
-	EXPECT_ERR(hsm_store_key_update(f->s, "missing", apply_edit, &e, NULL, NULL),
-	           HSM_ERR_NOT_FOUND);
-}
-
-static void test_key_update_failure_changes_nothing(void **state)
-{
-	fixture *f = *state;
-	create_key(f->s, "k", "w1", 2);
-	hsm_key_record after = {0};
-	edit e = {.description = "nope", .state = HSM_KEY_DISABLED, .fail = HSM_ERR_DISABLED};
-	EXPECT_ERR(hsm_store_key_update(f->s, "k", apply_edit, &e, NULL, &after), HSM_ERR_DISABLED);
-	assert_string_equal(hsm_last_message(), "edit refused");
-	assert_null(after.description); /* outputs only on success */
-	assert_unchanged(f->s, "k", 1);
-
-	/* The same with a version: neither the record nor the version is written. */
-	hsm_version_record v2, gv;
-	st_version(&v2, "k", 2, "w2", 2);
-	EXPECT_ERR(hsm_store_key_update(f->s, "k", apply_edit, &e, &v2, NULL), HSM_ERR_DISABLED);
-	assert_unchanged(f->s, "k", 1);
-	EXPECT_ERR(hsm_store_version_get(f->s, "k", 2, &gv), HSM_ERR_NOT_FOUND);
-	hsm_version_record_clear(&v2);
-}
-
-static void test_key_update_adds_version(void **state)
-{
-	fixture *f = *state;
-	create_key(f->s, "k", "w1", 2);
-	hsm_version_record v, gv = {0};
-	hsm_key_record after = {0};
-	edit e = {.description = "rotated", .state = HSM_KEY_ENABLED};
-
-	/* Wrong numbers: CONFLICT, fn not called, nothing written. */
-	st_version(&v, "k", 3, "w3", 2);
-	EXPECT_ERR(hsm_store_key_update(f->s, "k", apply_edit, &e, &v, NULL), HSM_ERR_CONFLICT);
-	v.version = 1;
-	EXPECT_ERR(hsm_store_key_update(f->s, "k", apply_edit, &e, &v, NULL), HSM_ERR_CONFLICT);
-	assert_int_equal(e.calls, 0);
-	assert_unchanged(f->s, "k", 1);
-	EXPECT_ERR(hsm_store_version_get(f->s, "k", 3, &gv), HSM_ERR_NOT_FOUND);
-
-	/* The right number: the store makes it primary whatever fn set. */
-	v.version = 2;
-	e.primary = 7;
-	EXPECT_OK(hsm_store_key_update(f->s, "k", apply_edit, &e, &v, &after));
-	assert_int_equal(after.primary_version, 2);
-	hsm_key_record_clear(&after);
-	EXPECT_OK(hsm_store_key_get(f->s, "k", &after));
-	assert_int_equal(after.primary_version, 2);
-	assert_string_equal(after.description, "rotated");
-	hsm_key_record_clear(&after);
-	EXPECT_OK(hsm_store_version_get(f->s, "k", 2, &gv));
-	assert_int_equal(gv.rotation_type, HSM_ROTATION_ON_DEMAND);
-	assert_memory_equal(gv.wrapped.data, "w3", 2);
-	hsm_version_record_clear(&gv);
-
-	/* A version of another key is refused before anything runs. */
-	snprintf(v.key_id, sizeof(v.key_id), "x");
-	v.version = 3;
-	EXPECT_ERR(hsm_store_key_update(f->s, "k", apply_edit, &e, &v, NULL), HSM_ERR_VALIDATION);
-	hsm_version_record_clear(&v);
-}
-
-static void test_key_update_write_failure_rolls_back(void **state)
-{
-	fixture *f = *state;
-	create_key(f->s, "k", "w1", 2);
-	hsm_store_close(f->s);
-	f->s = NULL;
-	/* fn succeeds, then writing the version fails: the record change is undone too. */
-	assert_int_equal(st_raw_exec(f->dir, "CREATE TRIGGER poison BEFORE INSERT ON key_versions "
-	                                     "WHEN NEW.version = 2 BEGIN SELECT RAISE(ABORT, "
-	                                     "'injected'); END"),
-	                 SQLITE_OK);
-	EXPECT_OK(hsm_store_open(f->dir, &f->s));
-	hsm_version_record v;
-	st_version(&v, "k", 2, "w2", 2);
-	edit e = {.description = "rotated", .state = HSM_KEY_ENABLED};
-	EXPECT_ERR(hsm_store_key_update(f->s, "k", apply_edit, &e, &v, NULL), HSM_ERR_STORE);
-	assert_int_equal(e.calls, 1);
-	assert_unchanged(f->s, "k", 1);
-	hsm_version_record_clear(&v);
-}
-
-static void test_key_state_rules(void **state)
-{
-	fixture *f = *state;
-	create_key(f->s, "k", "w1", 2);
-	edit e = {.description = "x", .state = HSM_KEY_DESTROYED};
-	EXPECT_ERR(hsm_store_key_update(f->s, "k", apply_edit, &e, NULL, NULL), HSM_ERR_INVALID_STATE);
-	assert_unchanged(f->s, "k", 1);
-	EXPECT_OK(hsm_store_key_destroy(f->s, "k", 1800000000));
-	e.state = HSM_KEY_ENABLED;
-	EXPECT_ERR(hsm_store_key_update(f->s, "k", apply_edit, &e, NULL, NULL), HSM_ERR_INVALID_STATE);
-	/* Other fields of a tombstone may still change (e.g. its description). */
-	e.state = HSM_KEY_DESTROYED;
-	EXPECT_OK(hsm_store_key_update(f->s, "k", apply_edit, &e, NULL, NULL));
-	hsm_version_record v;
-	st_version(&v, "k", 2, "w2", 2);
-	EXPECT_ERR(hsm_store_key_update(f->s, "k", apply_edit, &e, &v, NULL), HSM_ERR_INVALID_STATE);
-	hsm_version_record_clear(&v);
-}
-
-/* Writing from inside fn would wait for the lock fn's own transaction holds. */
-static hsm_result reenter(hsm_key_record *k, void *arg)
-{
-	(void)k;
-	return hsm_store_alias_create(arg, "alias/x", "k", 0);
-}
-
-static void test_key_update_reentry_aborts(void **state)
-{
-	fixture *f = *state;
-	create_key(f->s, "k", "w1", 2);
-	/* The child opens its own handle: a connection must not cross fork(). */
-	hsm_store_close(f->s);
-	f->s = NULL;
-	pid_t child = fork();
-	assert_true(child >= 0);
-	if (child == 0) {
-		hsm_store *s = NULL;
-		int devnull = open("/dev/null", O_WRONLY);
-		dup2(devnull, 2);
-		if (hsm_failed(hsm_store_open(f->dir, &s)))
-			_exit(2);
-		hsm_result r = hsm_store_key_update(s, "k", reenter, s, NULL, NULL);
-		_exit(r.err == HSM_OK ? 0 : 1); /* not reached: the store aborts */
-	}
-	int status = 0;
-	assert_int_equal(waitpid(child, &status, 0), child);
-	assert_true(WIFSIGNALED(status));
-	assert_int_equal(WTERMSIG(status), SIGABRT);
-	/* Nothing of the aborted transaction remains. */
-	EXPECT_OK(hsm_store_open(f->dir, &f->s));
-	hsm_alias_record a;
-	EXPECT_ERR(hsm_store_alias_get(f->s, "alias/x", &a), HSM_ERR_NOT_FOUND);
-	assert_unchanged(f->s, "k", 1);
-}
-
-/* ---- Destruction ----------------------------------------------------------------------------- */
-
-/* Whether the 64-byte pattern occurs anywhere in the file (a missing file holds nothing). */
-static bool file_contains(const char *dir, const char *name, const uint8_t pattern[64])
-{
-	char path[PATH_MAX];
-	st_path(path, dir, name);
-	FILE *fp = fopen(path, "rb");
-	if (fp == NULL)
-		return false;
-	fseek(fp, 0, SEEK_END);
-	long size = ftell(fp);
-	fseek(fp, 0, SEEK_SET);
-	uint8_t *data = malloc(size > 0 ? (size_t)size : 1);
-	assert_non_null(data);
-	size_t n = fread(data, 1, (size_t)size, fp);
-	fclose(fp);
-	bool found = false;
-	for (size_t i = 0; !found && n >= 64 && i <= n - 64; i++)
-		found = data[i] == pattern[0] && memcmp(data + i, pattern, 64) == 0; /* lint-ok: raw-memcmp test data, not secret */
-	free(data);
-	return found;
-}
-
-static bool files_contain(const char *dir, const uint8_t pattern[64])
-{
-	return file_contains(dir, "hsmd.db", pattern) || file_contains(dir, "hsmd.db-wal", pattern);
-}
-
-static void test_destroy_erases_material(void **state)
-{
-	fixture *f = *state;
-	uint8_t p1[64], p2[64];
-	assert_int_equal(RAND_bytes(p1, sizeof(p1)), 1);
-	assert_int_equal(RAND_bytes(p2, sizeof(p2)), 1);
-	create_key(f->s, "victim", p1, sizeof(p1));
-	create_key(f->s, "bystander", "keep", 4);
-	hsm_version_record v2, gv = {0};
-	st_version(&v2, "victim", 2, p2, sizeof(p2));
-	assert_true(hsm_ok(hsm_buf_set(&v2.public_der, "PUBLIC", 6)));
-	edit e = {.description = "test key", .state = HSM_KEY_PENDING_DELETION,
-	          .deletion_date = 1890000000};
-	EXPECT_OK(hsm_store_key_update(f->s, "victim", apply_edit, &e, &v2, NULL));
-	EXPECT_OK(hsm_store_alias_create(f->s, "alias/victim", "victim", 1));
-	EXPECT_OK(hsm_store_alias_create(f->s, "alias/bystander", "bystander", 1));
-	/* Control: the scan sees the material while it is stored. */
-	reopen(f);
-	assert_true(files_contain(f->dir, p1));
-	assert_true(files_contain(f->dir, p2));
-
-	EXPECT_OK(hsm_store_key_destroy(f->s, "victim", 1900000000));
-	/* Scanned while the store is still open: the WAL has been emptied already. */
-	assert_false(files_contain(f->dir, p1));
-	assert_false(files_contain(f->dir, p2));
-	hsm_store_close(f->s);
-	f->s = NULL;
-	assert_false(files_contain(f->dir, p1));
-	assert_false(files_contain(f->dir, p2));
-
-	EXPECT_OK(hsm_store_open(f->dir, &f->s));
-	hsm_key_record got = {0};
-	EXPECT_OK(hsm_store_key_get(f->s, "victim", &got)); /* the tombstone stays */
-	assert_int_equal(got.state, HSM_KEY_DESTROYED);
-	assert_int_equal(got.updated, 1900000000);
-	assert_int_equal(got.deletion_date, 1890000000); /* kept as it was */
-	assert_int_equal(got.primary_version, 2);
-	hsm_key_record_clear(&got);
-	for (uint32_t ver = 1; ver <= 2; ver++) {
-		EXPECT_OK(hsm_store_version_get(f->s, "victim", ver, &gv));
-		assert_int_equal(gv.wrapped.len, 0);
-		hsm_version_record_clear(&gv);
-	}
-	EXPECT_OK(hsm_store_version_get(f->s, "victim", 2, &gv));
-	assert_int_equal(gv.public_der.len, 6); /* public parts remain */
-	hsm_version_record_clear(&gv);
-	hsm_alias_record a;
-	EXPECT_ERR(hsm_store_alias_get(f->s, "alias/victim", &a), HSM_ERR_NOT_FOUND);
-	EXPECT_OK(hsm_store_alias_get(f->s, "alias/bystander", &a));
-	EXPECT_OK(hsm_store_version_get(f->s, "bystander", 1, &gv));
-	assert_int_equal(gv.wrapped.len, 4);
-	hsm_version_record_clear(&gv);
-
-	/* Idempotent; missing keys are reported. */
-	EXPECT_OK(hsm_store_key_destroy(f->s, "victim", 1900000001));
-	EXPECT_ERR(hsm_store_key_destroy(f->s, "nobody", 1), HSM_ERR_NOT_FOUND);
-	hsm_version_record_clear(&v2);
-}
-
-/* ---- Lists ------------------------------------------------------------------------------------ */
-
-typedef struct page {
-	char ids[16][HSM_UUID_STRLEN + 1];
-	size_t n;
-	size_t fail_at; /* 0: never */
-} page;
-
-static hsm_result collect_key(const hsm_key_record *k, void *arg)
-{
-	page *p = arg;
-	if (p->fail_at != 0 && p->n + 1 == p->fail_at)
-		return HSM_FAIL(HSM_ERR_THROTTLING, "stop");
-	assert_true(p->n < 16);
-	snprintf(p->ids[p->n++], HSM_UUID_STRLEN + 1, "%s", k->key_id);
-	return HSM_SUCCESS;
-}
-
-/* Walks every page of size limit and checks the page sizes and the order. */
-static void walk_pages(hsm_store *s, size_t limit, size_t total, bool include_destroyed)
-{
-	char after[HSM_UUID_STRLEN + 1] = "";
-	size_t seen = 0, pages = 0;
-	for (;;) {
-		page p = {0};
-		bool truncated = true;
-		EXPECT_OK(hsm_store_key_list(s, pages == 0 ? NULL : after, limit, include_destroyed,
-		                             collect_key, &p, &truncated));
-		size_t expect = total - seen < limit ? total - seen : limit;
-		assert_int_equal(p.n, expect);
-		for (size_t i = 0; i < p.n; i++) {
-			char id[HSM_UUID_STRLEN + 1];
-			st_key_id(id, (unsigned)(seen + i + 1));
-			assert_string_equal(p.ids[i], id);
-		}
-		seen += p.n;
-		pages++;
-		assert_int_equal(truncated, seen < total);
-		if (!truncated)
-			break;
-		snprintf(after, sizeof(after), "%s", p.ids[p.n - 1]);
-	}
-	assert_int_equal(seen, total);
-	assert_int_equal(pages, total == 0 ? 1 : (total + limit - 1) / limit);
-}
-
-static void test_key_list_pagination(void **state)
-{
-	fixture *f = *state;
-	walk_pages(f->s, 1, 0, false);
-	for (unsigned i = 5; i >= 1; i--) { /* created out of order */
-		char id[HSM_UUID_STRLEN + 1];
-		st_key_id(id, i);
-		create_key(f->s, id, "w", 1);
-	}
-	for (size_t limit = 1; limit <= 6; limit++)
-		walk_pages(f->s, limit, 5, false);
-
-	/* Destroyed keys: skipped unless asked for. */
-	char id6[HSM_UUID_STRLEN + 1];
-	st_key_id(id6, 6);
-	create_key(f->s, id6, "w", 1);
-	EXPECT_OK(hsm_store_key_destroy(f->s, id6, 1));
-	walk_pages(f->s, 5, 5, false); /* exact boundary: the destroyed sixth is not "more" */
-	walk_pages(f->s, 2, 6, true);
-	uint64_t n = 0;
-	EXPECT_OK(hsm_store_key_count(f->s, &n));
-	assert_int_equal(n, 5);
-
-	/* A callback failure stops the listing and is returned. */
-	page p = {.fail_at = 2};
-	bool truncated = false;
-	EXPECT_ERR(hsm_store_key_list(f->s, NULL, 5, false, collect_key, &p, &truncated),
-	           HSM_ERR_THROTTLING);
-	assert_int_equal(p.n, 1);
-	EXPECT_ERR(hsm_store_key_list(f->s, NULL, 0, false, collect_key, &p, &truncated),
-	           HSM_ERR_VALIDATION);
-	EXPECT_ERR(hsm_store_key_list(f->s, NULL, HSM_STORE_LIST_MAX + 1, false, collect_key, &p,
-	                              &truncated),
-	           HSM_ERR_VALIDATION);
-}
-
-typedef struct due_ctx {
-	hsm_store *s;
-	page p;
-	bool destroy;
-} due_ctx;
-
-static hsm_result on_due(const hsm_key_record *k, void *arg)
-{
-	due_ctx *d = arg;
-	HSM_GUARD(collect_key(k, &d->p));
-	/* The scheduler's shape: act on the key from inside the callback. */
-	if (d->destroy && k->state == HSM_KEY_PENDING_DELETION)
-		return hsm_store_key_destroy(d->s, k->key_id, 2000);
-	return HSM_SUCCESS;
-}
-
-static void add_due_key(hsm_store *s, const char *id, hsm_key_state st, int64_t deletion,
-                        bool rotation, int64_t next)
-{
-	hsm_key_record k;
-	hsm_version_record v;
-	st_key(&k, id);
-	k.state = st;
-	k.deletion_date = deletion;
-	k.rotation_enabled = rotation;
-	k.next_rotation = next;
-	st_version(&v, id, 1, "w", 1);
-	EXPECT_OK(hsm_store_key_create(s, &k, &v));
-	hsm_version_record_clear(&v);
-}
-
-static void test_keys_due(void **state)
-{
-	fixture *f = *state;
-	add_due_key(f->s, "del-late", HSM_KEY_PENDING_DELETION, 900, false, 0);
-	add_due_key(f->s, "del-early", HSM_KEY_PENDING_DELETION, 100, false, 0);
-	add_due_key(f->s, "del-future", HSM_KEY_PENDING_DELETION, 5000, false, 0);
-	add_due_key(f->s, "rot-due", HSM_KEY_ENABLED, 0, true, 500);
-	add_due_key(f->s, "rot-future", HSM_KEY_ENABLED, 0, true, 5000);
-	add_due_key(f->s, "rot-disabled", HSM_KEY_DISABLED, 0, true, 500);
-	add_due_key(f->s, "rot-off", HSM_KEY_ENABLED, 0, false, 500);
-
-	due_ctx d = {.s = f->s};
-	EXPECT_OK(hsm_store_keys_due(f->s, 1000, 10, on_due, &d));
-	assert_int_equal(d.p.n, 3);
-	assert_string_equal(d.p.ids[0], "del-early");
-	assert_string_equal(d.p.ids[1], "del-late");
-	assert_string_equal(d.p.ids[2], "rot-due");
-
-	memset(&d.p, 0, sizeof(d.p));
-	EXPECT_OK(hsm_store_keys_due(f->s, 1000, 2, on_due, &d));
-	assert_int_equal(d.p.n, 2);
-	assert_string_equal(d.p.ids[1], "del-late");
-
-	/* Destroying from the callback works (no reader holds the WAL) and ends the work. */
-	memset(&d.p, 0, sizeof(d.p));
-	d.destroy = true;
-	EXPECT_OK(hsm_store_keys_due(f->s, 1000, 10, on_due, &d));
-	assert_int_equal(d.p.n, 3);
-	memset(&d.p, 0, sizeof(d.p));
-	EXPECT_OK(hsm_store_keys_due(f->s, 1000, 10, on_due, &d));
-	assert_int_equal(d.p.n, 1);
-	assert_string_equal(d.p.ids[0], "rot-due");
-	EXPECT_ERR(hsm_store_keys_due(f->s, 1000, 0, on_due, &d), HSM_ERR_VALIDATION);
-}
-
-/* ---- Versions --------------------------------------------------------------------------------- */
-
-static hsm_result collect_version(const hsm_version_record *v, void *arg)
-{
-	uint32_t *seen = arg;
-	seen[++seen[0]] = v->version;
-	return HSM_SUCCESS;
-}
-
-static void test_versions(void **state)
-{
-	fixture *f = *state;
-	create_key(f->s, "k", "w1", 2);
-	edit e = {.description = "test key", .state = HSM_KEY_ENABLED};
-	for (uint32_t ver = 2; ver <= 4; ver++) {
-		hsm_version_record v;
-		st_version(&v, "k", ver, "wn", 2);
-		EXPECT_OK(hsm_store_key_update(f->s, "k", apply_edit, &e, &v, NULL));
-		hsm_version_record_clear(&v);
-	}
-	uint32_t seen[8] = {0};
-	EXPECT_OK(hsm_store_version_list(f->s, "k", collect_version, seen));
-	assert_int_equal(seen[0], 4);
-	for (uint32_t i = 1; i <= 4; i++)
-		assert_int_equal(seen[i], i);
-	hsm_version_record gv;
-	EXPECT_ERR(hsm_store_version_get(f->s, "k", 5, &gv), HSM_ERR_NOT_FOUND);
-	assert_non_null(strstr(hsm_last_message(), "no version 5"));
-	EXPECT_ERR(hsm_store_version_get(f->s, "k", 0, &gv), HSM_ERR_NOT_FOUND);
-	EXPECT_ERR(hsm_store_version_get(f->s, "nokey", 1, &gv), HSM_ERR_NOT_FOUND);
-	assert_non_null(strstr(hsm_last_message(), "does not exist"));
-	EXPECT_ERR(hsm_store_version_list(f->s, "nokey", collect_version, seen), HSM_ERR_NOT_FOUND);
 }
 
 /* ---- Names and errors --------------------------------------------------------------------------- */
@@ -899,7 +258,7 @@ static void test_enum_names(void **state)
 
 static void test_busy_maps_to_dependency_timeout(void **state)
 {
-	fixture *f = *state;
+	st_fixture *f = *state;
 	/* Another connection holds the write lock for longer than the store waits. */
 	char path[PATH_MAX];
 	sqlite3 *db = NULL;
@@ -927,30 +286,15 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_open_creates_private_files),
 		cmocka_unit_test(test_open_rejects_bad_locations),
-		cmocka_unit_test_setup_teardown(test_lock_conflict, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lock_conflict, st_setup, st_teardown),
 		cmocka_unit_test(test_migrates_version_zero_store),
 		cmocka_unit_test(test_failed_migration_changes_nothing),
-		cmocka_unit_test_setup_teardown(test_refuses_newer_schema_and_foreign_files, setup,
-		                                teardown),
-		cmocka_unit_test_setup_teardown(test_connection_settings, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_meta, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_meta_batch_is_atomic, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_key_create_get_roundtrip, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_key_create_errors, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_key_create_is_atomic, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_key_update, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_key_update_failure_changes_nothing, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_key_update_adds_version, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_key_update_write_failure_rolls_back, setup,
-		                                teardown),
-		cmocka_unit_test_setup_teardown(test_key_state_rules, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_key_update_reentry_aborts, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_destroy_erases_material, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_key_list_pagination, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_keys_due, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_versions, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_refuses_newer_schema_and_foreign_files, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_connection_settings, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_meta, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_meta_batch_is_atomic, st_setup, st_teardown),
 		cmocka_unit_test(test_enum_names),
-		cmocka_unit_test_setup_teardown(test_busy_maps_to_dependency_timeout, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_busy_maps_to_dependency_timeout, st_setup, st_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,6 +1,6 @@
 /*
  * store_test_util.h - helpers shared by the store tests (header only: each
- * store_*_test.c is its own program).
+ * store_*_test.c is its own program).  Include it after <cmocka.h>.
  */
 #ifndef HSM_STORE_TEST_UTIL_H
 #define HSM_STORE_TEST_UTIL_H
@@ -112,6 +112,59 @@ static inline long long st_raw_int(const char *dir, const char *sql)
 	sqlite3_finalize(st);
 	sqlite3_close(db);
 	return v;
+}
+
+/* Asserts a result code, printing the failure's message when it differs. */
+#define EXPECT_ERR(expr, code)                                                             \
+	do {                                                                                   \
+		hsm_result r_ = (expr);                                                            \
+		if (r_.err != (code))                                                              \
+			fail_msg("%s: expected %s, got %s (%s)", #expr, hsm_err_code_name(code),     \
+			         hsm_err_code_name(r_.err), hsm_last_message());                     \
+	} while (0)
+#define EXPECT_OK(expr) EXPECT_ERR(expr, HSM_OK)
+
+/* A store opened on a fresh directory for one test. */
+typedef struct st_fixture {
+	char dir[PATH_MAX];
+	hsm_store *s;
+} st_fixture;
+
+static inline int st_setup(void **state)
+{
+	st_fixture *f = calloc(1, sizeof(*f));
+	assert_non_null(f);
+	st_tmpdir(f->dir);
+	EXPECT_OK(hsm_store_open(f->dir, &f->s));
+	*state = f;
+	return 0;
+}
+
+static inline int st_teardown(void **state)
+{
+	st_fixture *f = *state;
+	hsm_store_close(f->s);
+	st_rm_rf(f->dir);
+	free(f);
+	return 0;
+}
+
+static inline void st_reopen(st_fixture *f)
+{
+	hsm_store_close(f->s);
+	f->s = NULL;
+	EXPECT_OK(hsm_store_open(f->dir, &f->s));
+}
+
+/* Creates an Enabled key whose first version holds the given wrapped bytes. */
+static inline void st_create_key(hsm_store *s, const char *id, const void *wrapped, size_t n)
+{
+	hsm_key_record k;
+	hsm_version_record v;
+	st_key(&k, id);
+	st_version(&v, id, 1, wrapped, n);
+	EXPECT_OK(hsm_store_key_create(s, &k, &v));
+	hsm_version_record_clear(&v);
 }
 
 #endif
