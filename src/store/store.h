@@ -16,7 +16,24 @@
  *  - Deleted secrets are overwritten, not just unlinked (secure_delete).
  *
  * Records are plain structs; strings the store returns in them are owned by
- * the record and released with the matching *_clear() function.
+ * the record and released with the matching *_clear() function.  A function
+ * with an output record overwrites it (without freeing what it held) only on
+ * success; on failure the output is untouched.
+ *
+ * Errors every function may return besides those it names:
+ *   HSM_ERR_STORE              the backend failed (its message, no data values)
+ *   HSM_ERR_DEPENDENCY_TIMEOUT the backend stayed busy beyond its timeout
+ *   HSM_ERR_NOMEM              out of memory
+ *   HSM_ERR_VALIDATION         a value the store cannot hold (too long, empty
+ *                              identifier, limit out of range)
+ * An identifier too long to exist (key id, alias, user, access key) is
+ * NOT_FOUND where it is looked up.  NULL where a pointer is required aborts.
+ *
+ * List callbacks run after the backend has finished reading and released its
+ * resources, so a callback may call any store function (keys_due's callback
+ * typically rotates or destroys the key it is given).  The record passed to a
+ * callback is valid only during the call.  A callback's failure stops the
+ * listing and is returned.
  */
 #ifndef HSM_STORE_H
 #define HSM_STORE_H
@@ -58,9 +75,19 @@ typedef enum hsm_role {
 	HSM_ROLE_COUNT
 } hsm_role;
 
+/*
+ * Names of the enumerations (the KMS spelling where KMS has one).  The name
+ * functions abort on a value outside the enumeration; the parse functions
+ * return HSM_ERR_VALIDATION for an unknown name.
+ */
 const char *hsm_key_state_name(hsm_key_state s); /* "Enabled", "Disabled", "PendingDeletion", "Destroyed" */
 const char *hsm_role_name(hsm_role r);           /* "crypto-officer", "crypto-user", "auditor" */
+const char *hsm_key_origin_name(hsm_key_origin o);      /* "AWS_KMS", "EXTERNAL" (KMS Origin) */
+const char *hsm_rotation_type_name(hsm_rotation_type t); /* "NONE", "AUTOMATIC", "ON_DEMAND" */
 hsm_result hsm_role_parse(const char *name, hsm_role *out) HSM_MUST_CHECK;
+hsm_result hsm_key_state_parse(const char *name, hsm_key_state *out) HSM_MUST_CHECK;
+hsm_result hsm_key_origin_parse(const char *name, hsm_key_origin *out) HSM_MUST_CHECK;
+hsm_result hsm_rotation_type_parse(const char *name, hsm_rotation_type *out) HSM_MUST_CHECK;
 
 /* Key flags (bit set). */
 #define HSM_KEYFLAG_JWT 0x1U /* published in the JWKS and usable for token signing */
@@ -130,11 +157,15 @@ typedef struct hsm_access_key_record {
 	hsm_buf wrapped_secret; /* the secret access key, wrapped by the keystore */
 } hsm_access_key_record;
 
+/* Free what the record owns and zero it; NULL is a no-op.  A zeroed record is clear. */
 void hsm_key_record_clear(hsm_key_record *r);
 void hsm_version_record_clear(hsm_version_record *r);
 void hsm_access_key_record_clear(hsm_access_key_record *r);
-/* Deep copy (dst is overwritten; clear it afterwards). */
+/* Deep copy (dst is overwritten, set only on success; clear it afterwards). */
 hsm_result hsm_key_record_copy(hsm_key_record *dst, const hsm_key_record *src) HSM_MUST_CHECK;
+
+/* Largest page a list function returns (its limit must be in [1, this]). */
+#define HSM_STORE_LIST_MAX 10000
 
 /* ---- Opening ---------------------------------------------------------------- */
 
@@ -142,23 +173,44 @@ hsm_result hsm_key_record_copy(hsm_key_record *dst, const hsm_key_record *src) H
  * Opens (creating if needed) the store at location: a directory path for the
  * embedded SQLite backend ("DIR" or "sqlite:DIR").  Runs pending schema
  * migrations.  The caller owns *out and releases it with hsm_store_close.
+ *
+ * SQLite: DIR is created with mode 0700 when missing and holds hsmd.db
+ * (0600, with its -wal and -shm files) and hsmd.lock.  The handle holds an
+ * exclusive lock on hsmd.lock for its life; opening a directory another
+ * handle or process holds fails with HSM_ERR_CONFLICT naming the holder's
+ * pid.  A store written by a newer hsmd (a schema version this one does not
+ * know) is refused with HSM_ERR_STORE; an older one is migrated, one
+ * transaction per schema step.  A location naming another backend
+ * ("scheme://...") that is not built in fails with HSM_ERR_VALIDATION.
+ * A handle belongs to the process that opened it: a child of fork() opens
+ * its own (after the parent closed the directory) instead of using it.
  */
 hsm_result hsm_store_open(const char *location, hsm_store **out) HSM_MUST_CHECK;
+/* Releases the handle and its lock.  No call on s may be running.  NULL is a no-op. */
 void hsm_store_close(hsm_store *s);
 /* Schema version the store is at (for status output and tests). */
 int hsm_store_schema_version(hsm_store *s);
 
 /* ---- Metadata: small named values (store id, KCV, quorum settings, ...) ---- */
 
-/* HSM_ERR_NOT_FOUND when absent. */
+/*
+ * Replaces the contents of out (keeping its secure flag) with the value.
+ * HSM_ERR_NOT_FOUND when absent.  Names are 1..255 bytes.
+ */
 hsm_result hsm_store_meta_get(hsm_store *s, const char *name, hsm_buf *out) HSM_MUST_CHECK;
-/* Writes n values atomically and durably (insert or replace). */
+/* Writes n values atomically and durably (insert or replace); n == 0 does nothing. */
 hsm_result hsm_store_meta_put(hsm_store *s, size_t n, const char *const names[],
                               const hsm_buf *const values[]) HSM_MUST_CHECK;
 
 /* ---- Keys ------------------------------------------------------------------ */
 
-/* Inserts a key and its first version atomically.  ALREADY_EXISTS on a duplicate id. */
+/*
+ * Inserts a key and its first version atomically.  ALREADY_EXISTS on a
+ * duplicate id.  first->key_id must equal key->key_id and first->version
+ * key->primary_version (HSM_ERR_VALIDATION otherwise); a key cannot be
+ * created Destroyed (HSM_ERR_INVALID_STATE).  NULL description or policy
+ * is stored as "".
+ */
 hsm_result hsm_store_key_create(hsm_store *s, const hsm_key_record *key,
                                 const hsm_version_record *first) HSM_MUST_CHECK;
 /* NOT_FOUND when there is no such key (Destroyed keys are still returned). */
@@ -171,6 +223,21 @@ hsm_result hsm_store_key_get(hsm_store *s, const char *key_id, hsm_key_record *o
  * HSM_ERR_CONFLICT).  fn may change any field but key_id; its failure aborts
  * the transaction and is returned.  On success *after (if not NULL) receives
  * the record as written.
+ *
+ * When add_version is given the store makes it primary: after fn returns it
+ * sets primary_version to add_version->version, so fn need not (and any other
+ * value fn chose is overwritten).  add_version->key_id must equal key_id
+ * (HSM_ERR_VALIDATION).  The store keeps `updated` as fn leaves it.
+ *
+ * State rules the store enforces (HSM_ERR_INVALID_STATE, nothing changes):
+ * only hsm_store_key_destroy makes a key Destroyed, a Destroyed key never
+ * leaves that state, and a Destroyed key gets no new version.
+ *
+ * fn runs inside the backend's write transaction, which other writers wait
+ * for: keep it short and do not call store functions from it (doing so is a
+ * contract violation and aborts).  The record's strings are malloc'ed: fn
+ * replaces one by freeing it and storing a malloc'ed string; the store frees
+ * it afterwards.
  */
 typedef hsm_result (*hsm_key_update_fn)(hsm_key_record *key, void *arg);
 hsm_result hsm_store_key_update(hsm_store *s, const char *key_id, hsm_key_update_fn fn, void *arg,
@@ -178,15 +245,21 @@ hsm_result hsm_store_key_update(hsm_store *s, const char *key_id, hsm_key_update
                                 hsm_key_record *after) HSM_MUST_CHECK;
 
 /*
- * Destroys a key: in one transaction sets state Destroyed and erases the
- * wrapped material of every version (public keys and metadata remain as a
- * tombstone), then makes sure the erased bytes are overwritten on disk.
+ * Destroys a key: in one transaction sets state Destroyed (deletion_date is
+ * kept, updated becomes now), erases the wrapped material of every version
+ * (public keys and metadata remain as a tombstone) and deletes the key's
+ * aliases, then makes sure the erased bytes are overwritten on disk
+ * (SQLite: secure_delete plus a truncating WAL checkpoint).  NOT_FOUND when
+ * there is no such key.  Destroying a Destroyed key repeats the erasure, so
+ * a call that failed in the final step (e.g. DEPENDENCY_TIMEOUT while readers
+ * held the WAL) can simply be retried.
  */
 hsm_result hsm_store_key_destroy(hsm_store *s, const char *key_id, int64_t now) HSM_MUST_CHECK;
 
 /*
  * Lists keys ordered by key id, starting after `after` (NULL or "" for the
- * first page), at most limit records; *truncated tells whether more follow.
+ * first page), at most limit records; *truncated tells whether more follow
+ * (then the last key id passed to cb is the next page's `after`).
  * Destroyed keys are skipped unless include_destroyed.
  */
 typedef hsm_result (*hsm_key_cb)(const hsm_key_record *key, void *arg);
@@ -199,16 +272,19 @@ hsm_result hsm_store_key_count(hsm_store *s, uint64_t *out) HSM_MUST_CHECK;
 /*
  * Keys with work due at `now`: PendingDeletion whose deletion_date <= now, or
  * rotation enabled with next_rotation <= now (Enabled keys only).  At most
- * limit keys per call.
+ * limit keys per call: deletions first, oldest due first, then rotations,
+ * oldest due first.  A key whose work keeps failing stays due, so a caller
+ * that cannot make progress on a key should not simply call again.
  */
 hsm_result hsm_store_keys_due(hsm_store *s, int64_t now, size_t limit, hsm_key_cb cb,
                               void *arg) HSM_MUST_CHECK;
 
 /* ---- Key versions ----------------------------------------------------------- */
 
+/* NOT_FOUND when the key or the version does not exist. */
 hsm_result hsm_store_version_get(hsm_store *s, const char *key_id, uint32_t version,
                                  hsm_version_record *out) HSM_MUST_CHECK;
-/* All versions of a key, ascending. */
+/* All versions of a key, ascending.  NOT_FOUND when the key does not exist. */
 typedef hsm_result (*hsm_version_cb)(const hsm_version_record *v, void *arg);
 hsm_result hsm_store_version_list(hsm_store *s, const char *key_id, hsm_version_cb cb,
                                   void *arg) HSM_MUST_CHECK;
@@ -218,12 +294,17 @@ hsm_result hsm_store_version_list(hsm_store *s, const char *key_id, hsm_version_
 /* ALREADY_EXISTS when the name is taken; NOT_FOUND when the key does not exist. */
 hsm_result hsm_store_alias_create(hsm_store *s, const char *name, const char *key_id,
                                   int64_t now) HSM_MUST_CHECK;
-/* Points an existing alias at another key; NOT_FOUND when the alias does not exist. */
+/* Points an existing alias at another key; NOT_FOUND when the alias or the key does not exist. */
 hsm_result hsm_store_alias_update(hsm_store *s, const char *name, const char *key_id,
                                   int64_t now) HSM_MUST_CHECK;
+/* NOT_FOUND when the alias does not exist. */
 hsm_result hsm_store_alias_delete(hsm_store *s, const char *name) HSM_MUST_CHECK;
 hsm_result hsm_store_alias_get(hsm_store *s, const char *name, hsm_alias_record *out) HSM_MUST_CHECK;
-/* Ordered by name, after `after`; key_id filters to one key when not NULL. */
+/*
+ * Ordered by name, after `after` (NULL or "" for the first page), at most
+ * limit; key_id filters to one key when not NULL (NOT_FOUND when that key
+ * does not exist).
+ */
 typedef hsm_result (*hsm_alias_cb)(const hsm_alias_record *a, void *arg);
 hsm_result hsm_store_alias_list(hsm_store *s, const char *key_id, const char *after, size_t limit,
                                 hsm_alias_cb cb, void *arg, bool *truncated) HSM_MUST_CHECK;
@@ -232,40 +313,52 @@ hsm_result hsm_store_alias_delete_for_key(hsm_store *s, const char *key_id) HSM_
 
 /* ---- Tags ------------------------------------------------------------------- */
 
-/* Adds or replaces tags atomically; LIMIT_EXCEEDED past HSM_MAX_TAGS_PER_KEY. */
+/*
+ * Adds or replaces tags atomically (a key given twice: the last value wins);
+ * LIMIT_EXCEEDED when the key would hold more than HSM_MAX_TAGS_PER_KEY,
+ * NOT_FOUND when the key does not exist, VALIDATION for an empty tag key.
+ */
 hsm_result hsm_store_tags_put(hsm_store *s, const char *key_id, size_t n,
                               const hsm_tag tags[]) HSM_MUST_CHECK;
-/* Removes the named tag keys (absent ones are ignored). */
+/* Removes the named tag keys (absent ones are ignored); NOT_FOUND when the key does not exist. */
 hsm_result hsm_store_tags_remove(hsm_store *s, const char *key_id, size_t n,
                                  const char *const keys[]) HSM_MUST_CHECK;
 typedef hsm_result (*hsm_tag_cb)(const hsm_tag *t, void *arg);
-/* Ordered by tag key, after `after`. */
+/* Ordered by tag key, after `after` (NULL or ""), at most limit; NOT_FOUND for a missing key. */
 hsm_result hsm_store_tags_list(hsm_store *s, const char *key_id, const char *after, size_t limit,
                                hsm_tag_cb cb, void *arg, bool *truncated) HSM_MUST_CHECK;
 
 /* ---- Principals --------------------------------------------------------------- */
 
+/* ALREADY_EXISTS when the name is taken; VALIDATION for an empty name. */
 hsm_result hsm_store_user_create(hsm_store *s, const hsm_user_record *u) HSM_MUST_CHECK;
+/* NOT_FOUND when there is no such user. */
 hsm_result hsm_store_user_get(hsm_store *s, const char *name, hsm_user_record *out) HSM_MUST_CHECK;
-/* Replaces the mutable fields (role, disabled, locked, failed_auth). */
+/* Replaces the mutable fields (role, disabled, locked, failed_auth); NOT_FOUND when absent. */
 hsm_result hsm_store_user_put(hsm_store *s, const hsm_user_record *u) HSM_MUST_CHECK;
 /*
- * Records an authentication outcome atomically: success resets the counter;
- * failure increments it and locks the user once it reaches lock_after.
- * *out (if not NULL) receives the updated record.
+ * Records an authentication outcome atomically: success resets the counter
+ * (it does not unlock a locked user: callers refuse locked users before
+ * authenticating them); failure increments it and locks the user once it
+ * reaches lock_after (0: never lock).  *out (if not NULL) receives the
+ * updated record.  NOT_FOUND when there is no such user.
  */
 hsm_result hsm_store_user_auth_result(hsm_store *s, const char *name, bool success,
                                       uint32_t lock_after, hsm_user_record *out) HSM_MUST_CHECK;
+/* All users, ordered by name. */
 typedef hsm_result (*hsm_user_cb)(const hsm_user_record *u, void *arg);
 hsm_result hsm_store_user_list(hsm_store *s, hsm_user_cb cb, void *arg) HSM_MUST_CHECK;
 
+/* ALREADY_EXISTS on a duplicate id; NOT_FOUND when the user does not exist. */
 hsm_result hsm_store_access_key_create(hsm_store *s, const hsm_access_key_record *k) HSM_MUST_CHECK;
+/* NOT_FOUND when absent. */
 hsm_result hsm_store_access_key_get(hsm_store *s, const char *access_key_id,
                                     hsm_access_key_record *out) HSM_MUST_CHECK;
+/* NOT_FOUND when absent. */
 hsm_result hsm_store_access_key_set_active(hsm_store *s, const char *access_key_id,
                                            bool active) HSM_MUST_CHECK;
 typedef hsm_result (*hsm_access_key_cb)(const hsm_access_key_record *k, void *arg);
-/* user filters to one user when not NULL. */
+/* Ordered by access key id; user filters to one user when not NULL (NOT_FOUND if absent). */
 hsm_result hsm_store_access_key_list(hsm_store *s, const char *user, hsm_access_key_cb cb,
                                      void *arg) HSM_MUST_CHECK;
 

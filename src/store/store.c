@@ -1,0 +1,545 @@
+/*
+ * store.c - the public store functions: argument checks, then dispatch to
+ * the backend's ops table (store_impl.h); plus the record helpers and the
+ * enumeration name tables.
+ */
+#include "store/store.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "store/store_impl.h"
+
+/* ---- Enumeration names ------------------------------------------------------ */
+
+/* KMS KeyState values (AWS KMS API reference, KeyMetadata). */
+static const char *const key_state_names[HSM_KEY_STATE_COUNT] = {
+	[HSM_KEY_ENABLED] = "Enabled",
+	[HSM_KEY_DISABLED] = "Disabled",
+	[HSM_KEY_PENDING_DELETION] = "PendingDeletion",
+	[HSM_KEY_DESTROYED] = "Destroyed",
+};
+
+static const char *const role_names[HSM_ROLE_COUNT] = {
+	[HSM_ROLE_CRYPTO_OFFICER] = "crypto-officer",
+	[HSM_ROLE_CRYPTO_USER] = "crypto-user",
+	[HSM_ROLE_AUDITOR] = "auditor",
+};
+
+/* KMS Origin values (KeyMetadata.Origin). */
+static const char *const origin_names[] = {
+	[HSM_ORIGIN_AWS_KMS] = "AWS_KMS",
+	[HSM_ORIGIN_EXTERNAL] = "EXTERNAL",
+};
+
+/* KMS RotationType values (ListKeyRotations); NONE marks a key's first version. */
+static const char *const rotation_type_names[] = {
+	[HSM_ROTATION_NONE] = "NONE",
+	[HSM_ROTATION_AUTOMATIC] = "AUTOMATIC",
+	[HSM_ROTATION_ON_DEMAND] = "ON_DEMAND",
+};
+
+#define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
+
+static hsm_result name_parse(const char *const *names, size_t n, const char *name,
+                             const char *what, unsigned *out)
+{
+	HSM_ASSERT(name != NULL && out != NULL);
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(names[i], name) == 0) {
+			*out = (unsigned)i;
+			return HSM_SUCCESS;
+		}
+	}
+	return HSM_FAIL(HSM_ERR_VALIDATION, "unknown %s '%.64s'", what, name);
+}
+
+const char *hsm_key_state_name(hsm_key_state s)
+{
+	HSM_ASSERT((unsigned)s < COUNT_OF(key_state_names));
+	return key_state_names[s];
+}
+
+const char *hsm_role_name(hsm_role r)
+{
+	HSM_ASSERT((unsigned)r < COUNT_OF(role_names));
+	return role_names[r];
+}
+
+const char *hsm_key_origin_name(hsm_key_origin o)
+{
+	HSM_ASSERT((unsigned)o < COUNT_OF(origin_names));
+	return origin_names[o];
+}
+
+const char *hsm_rotation_type_name(hsm_rotation_type t)
+{
+	HSM_ASSERT((unsigned)t < COUNT_OF(rotation_type_names));
+	return rotation_type_names[t];
+}
+
+hsm_result hsm_role_parse(const char *name, hsm_role *out)
+{
+	unsigned v;
+	HSM_GUARD(name_parse(role_names, COUNT_OF(role_names), name,
+	                     "role (expected crypto-officer, crypto-user or auditor)", &v));
+	*out = (hsm_role)v;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_key_state_parse(const char *name, hsm_key_state *out)
+{
+	unsigned v;
+	HSM_GUARD(name_parse(key_state_names, COUNT_OF(key_state_names), name, "key state", &v));
+	*out = (hsm_key_state)v;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_key_origin_parse(const char *name, hsm_key_origin *out)
+{
+	unsigned v;
+	HSM_GUARD(name_parse(origin_names, COUNT_OF(origin_names), name, "key origin", &v));
+	*out = (hsm_key_origin)v;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_rotation_type_parse(const char *name, hsm_rotation_type *out)
+{
+	unsigned v;
+	HSM_GUARD(name_parse(rotation_type_names, COUNT_OF(rotation_type_names), name,
+	                     "rotation type", &v));
+	*out = (hsm_rotation_type)v;
+	return HSM_SUCCESS;
+}
+
+/* ---- Records ------------------------------------------------------------------ */
+
+void hsm_key_record_clear(hsm_key_record *r)
+{
+	if (r == NULL)
+		return;
+	free(r->description);
+	free(r->policy);
+	memset(r, 0, sizeof(*r));
+}
+
+void hsm_version_record_clear(hsm_version_record *r)
+{
+	if (r == NULL)
+		return;
+	hsm_buf_free(&r->wrapped);
+	hsm_buf_free(&r->public_der);
+	memset(r, 0, sizeof(*r));
+}
+
+void hsm_access_key_record_clear(hsm_access_key_record *r)
+{
+	if (r == NULL)
+		return;
+	hsm_buf_free(&r->wrapped_secret);
+	memset(r, 0, sizeof(*r));
+}
+
+static hsm_result dup_or_null(const char *s, char **out)
+{
+	*out = NULL;
+	if (s == NULL)
+		return HSM_SUCCESS;
+	*out = strdup(s);
+	HSM_ENSURE(*out != NULL, HSM_ERR_NOMEM, "out of memory");
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_key_record_copy(hsm_key_record *dst, const hsm_key_record *src)
+{
+	HSM_ASSERT(dst != NULL && src != NULL);
+	hsm_result res = HSM_SUCCESS;
+	hsm_key_record tmp = *src;
+	tmp.description = NULL;
+	tmp.policy = NULL;
+	HSM_TRY(dup_or_null(src->description, &tmp.description));
+	HSM_TRY(dup_or_null(src->policy, &tmp.policy));
+	*dst = tmp;
+	return HSM_SUCCESS;
+out:
+	hsm_key_record_clear(&tmp);
+	return res;
+}
+
+/* ---- Argument checks ---------------------------------------------------------- */
+
+/* A string that must be non-empty and fit a field of cap bytes (with the NUL). */
+static hsm_result check_name(const char *s, size_t cap, const char *what)
+{
+	HSM_ASSERT(s != NULL);
+	size_t n = strnlen(s, cap);
+	HSM_ENSURE(n > 0, HSM_ERR_VALIDATION, "%s must not be empty", what);
+	HSM_ENSURE(n < cap, HSM_ERR_VALIDATION, "%s is longer than %zu bytes", what, cap - 1);
+	return HSM_SUCCESS;
+}
+
+/*
+ * Identifiers used for lookups: one that cannot fit the field cannot exist,
+ * so it is reported as absent rather than malformed.
+ */
+static hsm_result check_lookup(const char *s, size_t cap, const char *what)
+{
+	HSM_ASSERT(s != NULL);
+	size_t n = strnlen(s, cap);
+	HSM_ENSURE(n > 0, HSM_ERR_VALIDATION, "%s must not be empty", what);
+	HSM_ENSURE(n < cap, HSM_ERR_NOT_FOUND, "%s does not exist", what);
+	return HSM_SUCCESS;
+}
+
+#define KEY_ID_CAP (HSM_UUID_STRLEN + 1)
+
+static hsm_result check_limit(size_t limit)
+{
+	HSM_ENSURE(limit >= 1 && limit <= HSM_STORE_LIST_MAX, HSM_ERR_VALIDATION,
+	           "limit must be between 1 and %d", HSM_STORE_LIST_MAX);
+	return HSM_SUCCESS;
+}
+
+static const char *cursor_or_empty(const char *after)
+{
+	return after != NULL ? after : "";
+}
+
+static hsm_result check_key_record(const hsm_key_record *k)
+{
+	HSM_ASSERT(k != NULL);
+	HSM_GUARD(check_name(k->key_id, sizeof(k->key_id), "key id"));
+	HSM_ASSERT((unsigned)k->spec < HSM_SPEC_COUNT && (unsigned)k->usage < HSM_USAGE_COUNT);
+	HSM_ASSERT((unsigned)k->origin < COUNT_OF(origin_names));
+	HSM_ASSERT((unsigned)k->state < HSM_KEY_STATE_COUNT);
+	HSM_ENSURE(k->primary_version >= 1, HSM_ERR_VALIDATION, "key versions start at 1");
+	return HSM_SUCCESS;
+}
+
+static hsm_result check_version_record(const hsm_version_record *v)
+{
+	HSM_ASSERT(v != NULL);
+	HSM_GUARD(check_name(v->key_id, sizeof(v->key_id), "key id"));
+	HSM_ASSERT((unsigned)v->rotation_type < COUNT_OF(rotation_type_names));
+	HSM_ENSURE(v->version >= 1, HSM_ERR_VALIDATION, "key versions start at 1");
+	return HSM_SUCCESS;
+}
+
+static hsm_result check_user_record(const hsm_user_record *u)
+{
+	HSM_ASSERT(u != NULL);
+	HSM_GUARD(check_name(u->name, sizeof(u->name), "user name"));
+	HSM_ASSERT((unsigned)u->role < HSM_ROLE_COUNT);
+	return HSM_SUCCESS;
+}
+
+/* ---- Opening -------------------------------------------------------------------- */
+
+static const struct backend {
+	const char *prefix;
+	hsm_store_backend_open_fn open;
+} backends[] = {
+	{"sqlite:", hsm_store_sqlite_open},
+};
+
+hsm_result hsm_store_open(const char *location, hsm_store **out)
+{
+	HSM_ASSERT(location != NULL && out != NULL);
+	HSM_ENSURE(*location != '\0', HSM_ERR_VALIDATION, "the store location is empty");
+	for (size_t i = 0; i < COUNT_OF(backends); i++) {
+		if (hsm_str_has_prefix(location, backends[i].prefix)) {
+			const char *rest = location + strlen(backends[i].prefix);
+			HSM_ENSURE(*rest != '\0', HSM_ERR_VALIDATION, "the store location is empty");
+			return backends[i].open(rest, out);
+		}
+	}
+	/* Anything shaped like a URL names a backend this build does not have. */
+	HSM_ENSURE(strstr(location, "://") == NULL, HSM_ERR_VALIDATION,
+	           "unsupported store location (expected a directory or sqlite:DIR)");
+	return hsm_store_sqlite_open(location, out);
+}
+
+void hsm_store_close(hsm_store *s)
+{
+	if (s != NULL)
+		s->ops->close(s);
+}
+
+int hsm_store_schema_version(hsm_store *s)
+{
+	HSM_ASSERT(s != NULL);
+	return s->ops->schema_version(s);
+}
+
+/* ---- Metadata -------------------------------------------------------------------- */
+
+#define META_NAME_CAP 256
+
+hsm_result hsm_store_meta_get(hsm_store *s, const char *name, hsm_buf *out)
+{
+	HSM_ASSERT(s != NULL && out != NULL);
+	HSM_GUARD(check_lookup(name, META_NAME_CAP, "metadata name"));
+	return s->ops->meta_get(s, name, out);
+}
+
+hsm_result hsm_store_meta_put(hsm_store *s, size_t n, const char *const names[],
+                              const hsm_buf *const values[])
+{
+	HSM_ASSERT(s != NULL);
+	if (n == 0)
+		return HSM_SUCCESS;
+	HSM_ASSERT(names != NULL && values != NULL);
+	for (size_t i = 0; i < n; i++) {
+		HSM_GUARD(check_name(names[i], META_NAME_CAP, "metadata name"));
+		HSM_ASSERT(values[i] != NULL);
+	}
+	return s->ops->meta_put(s, n, names, values);
+}
+
+/* ---- Keys ---------------------------------------------------------------------------- */
+
+hsm_result hsm_store_key_create(hsm_store *s, const hsm_key_record *key,
+                                const hsm_version_record *first)
+{
+	HSM_ASSERT(s != NULL);
+	HSM_GUARD(check_key_record(key));
+	HSM_GUARD(check_version_record(first));
+	HSM_ENSURE(strcmp(key->key_id, first->key_id) == 0, HSM_ERR_VALIDATION,
+	           "the first version belongs to another key");
+	HSM_ENSURE(first->version == key->primary_version, HSM_ERR_VALIDATION,
+	           "the first version must be the key's primary version");
+	HSM_ENSURE(key->state != HSM_KEY_DESTROYED, HSM_ERR_INVALID_STATE,
+	           "a key cannot be created destroyed");
+	return s->ops->key_create(s, key, first);
+}
+
+hsm_result hsm_store_key_get(hsm_store *s, const char *key_id, hsm_key_record *out)
+{
+	HSM_ASSERT(s != NULL && out != NULL);
+	HSM_GUARD(check_lookup(key_id, KEY_ID_CAP, "key"));
+	return s->ops->key_get(s, key_id, out);
+}
+
+hsm_result hsm_store_key_update(hsm_store *s, const char *key_id, hsm_key_update_fn fn, void *arg,
+                                const hsm_version_record *add_version, hsm_key_record *after)
+{
+	HSM_ASSERT(s != NULL && fn != NULL);
+	HSM_GUARD(check_lookup(key_id, KEY_ID_CAP, "key"));
+	if (add_version != NULL) {
+		HSM_GUARD(check_version_record(add_version));
+		HSM_ENSURE(strcmp(add_version->key_id, key_id) == 0, HSM_ERR_VALIDATION,
+		           "the new version belongs to another key");
+	}
+	return s->ops->key_update(s, key_id, fn, arg, add_version, after);
+}
+
+hsm_result hsm_store_key_destroy(hsm_store *s, const char *key_id, int64_t now)
+{
+	HSM_ASSERT(s != NULL);
+	HSM_GUARD(check_lookup(key_id, KEY_ID_CAP, "key"));
+	return s->ops->key_destroy(s, key_id, now);
+}
+
+hsm_result hsm_store_key_list(hsm_store *s, const char *after, size_t limit,
+                              bool include_destroyed, hsm_key_cb cb, void *arg, bool *truncated)
+{
+	HSM_ASSERT(s != NULL && cb != NULL && truncated != NULL);
+	HSM_GUARD(check_limit(limit));
+	return s->ops->key_list(s, cursor_or_empty(after), limit, include_destroyed, cb, arg,
+	                        truncated);
+}
+
+hsm_result hsm_store_key_count(hsm_store *s, uint64_t *out)
+{
+	HSM_ASSERT(s != NULL && out != NULL);
+	return s->ops->key_count(s, out);
+}
+
+hsm_result hsm_store_keys_due(hsm_store *s, int64_t now, size_t limit, hsm_key_cb cb, void *arg)
+{
+	HSM_ASSERT(s != NULL && cb != NULL);
+	HSM_GUARD(check_limit(limit));
+	return s->ops->keys_due(s, now, limit, cb, arg);
+}
+
+/* ---- Key versions ------------------------------------------------------------------------ */
+
+hsm_result hsm_store_version_get(hsm_store *s, const char *key_id, uint32_t version,
+                                 hsm_version_record *out)
+{
+	HSM_ASSERT(s != NULL && out != NULL);
+	HSM_GUARD(check_lookup(key_id, KEY_ID_CAP, "key"));
+	HSM_ENSURE(version >= 1, HSM_ERR_NOT_FOUND, "key version 0 does not exist");
+	return s->ops->version_get(s, key_id, version, out);
+}
+
+hsm_result hsm_store_version_list(hsm_store *s, const char *key_id, hsm_version_cb cb, void *arg)
+{
+	HSM_ASSERT(s != NULL && cb != NULL);
+	HSM_GUARD(check_lookup(key_id, KEY_ID_CAP, "key"));
+	return s->ops->version_list(s, key_id, cb, arg);
+}
+
+/* ---- Aliases ------------------------------------------------------------------------------ */
+
+#define ALIAS_CAP (HSM_ALIAS_MAX + 1)
+
+hsm_result hsm_store_alias_create(hsm_store *s, const char *name, const char *key_id, int64_t now)
+{
+	HSM_ASSERT(s != NULL);
+	HSM_GUARD(check_name(name, ALIAS_CAP, "alias name"));
+	HSM_GUARD(check_lookup(key_id, KEY_ID_CAP, "key"));
+	return s->ops->alias_create(s, name, key_id, now);
+}
+
+hsm_result hsm_store_alias_update(hsm_store *s, const char *name, const char *key_id, int64_t now)
+{
+	HSM_ASSERT(s != NULL);
+	HSM_GUARD(check_lookup(name, ALIAS_CAP, "alias"));
+	HSM_GUARD(check_lookup(key_id, KEY_ID_CAP, "key"));
+	return s->ops->alias_update(s, name, key_id, now);
+}
+
+hsm_result hsm_store_alias_delete(hsm_store *s, const char *name)
+{
+	HSM_ASSERT(s != NULL);
+	HSM_GUARD(check_lookup(name, ALIAS_CAP, "alias"));
+	return s->ops->alias_delete(s, name);
+}
+
+hsm_result hsm_store_alias_get(hsm_store *s, const char *name, hsm_alias_record *out)
+{
+	HSM_ASSERT(s != NULL && out != NULL);
+	HSM_GUARD(check_lookup(name, ALIAS_CAP, "alias"));
+	return s->ops->alias_get(s, name, out);
+}
+
+hsm_result hsm_store_alias_list(hsm_store *s, const char *key_id, const char *after, size_t limit,
+                                hsm_alias_cb cb, void *arg, bool *truncated)
+{
+	HSM_ASSERT(s != NULL && cb != NULL && truncated != NULL);
+	HSM_GUARD(check_limit(limit));
+	if (key_id != NULL)
+		HSM_GUARD(check_lookup(key_id, KEY_ID_CAP, "key"));
+	return s->ops->alias_list(s, key_id, cursor_or_empty(after), limit, cb, arg, truncated);
+}
+
+hsm_result hsm_store_alias_delete_for_key(hsm_store *s, const char *key_id)
+{
+	HSM_ASSERT(s != NULL);
+	HSM_GUARD(check_lookup(key_id, KEY_ID_CAP, "key"));
+	return s->ops->alias_delete_for_key(s, key_id);
+}
+
+/* ---- Tags ---------------------------------------------------------------------------------- */
+
+hsm_result hsm_store_tags_put(hsm_store *s, const char *key_id, size_t n, const hsm_tag tags[])
+{
+	HSM_ASSERT(s != NULL);
+	HSM_GUARD(check_lookup(key_id, KEY_ID_CAP, "key"));
+	if (n == 0)
+		return HSM_SUCCESS;
+	HSM_ASSERT(tags != NULL);
+	HSM_ENSURE(n <= HSM_MAX_TAGS_PER_KEY, HSM_ERR_LIMIT_EXCEEDED,
+	           "a key holds at most %d tags", HSM_MAX_TAGS_PER_KEY);
+	for (size_t i = 0; i < n; i++) {
+		HSM_GUARD(check_name(tags[i].key, sizeof(tags[i].key), "tag key"));
+		HSM_ENSURE(strnlen(tags[i].value, sizeof(tags[i].value)) < sizeof(tags[i].value),
+		           HSM_ERR_VALIDATION, "tag value is too long");
+	}
+	return s->ops->tags_put(s, key_id, n, tags);
+}
+
+hsm_result hsm_store_tags_remove(hsm_store *s, const char *key_id, size_t n,
+                                 const char *const keys[])
+{
+	HSM_ASSERT(s != NULL);
+	HSM_GUARD(check_lookup(key_id, KEY_ID_CAP, "key"));
+	if (n == 0)
+		return HSM_SUCCESS;
+	HSM_ASSERT(keys != NULL);
+	for (size_t i = 0; i < n; i++)
+		HSM_ASSERT(keys[i] != NULL);
+	return s->ops->tags_remove(s, key_id, n, keys);
+}
+
+hsm_result hsm_store_tags_list(hsm_store *s, const char *key_id, const char *after, size_t limit,
+                               hsm_tag_cb cb, void *arg, bool *truncated)
+{
+	HSM_ASSERT(s != NULL && cb != NULL && truncated != NULL);
+	HSM_GUARD(check_lookup(key_id, KEY_ID_CAP, "key"));
+	HSM_GUARD(check_limit(limit));
+	return s->ops->tags_list(s, key_id, cursor_or_empty(after), limit, cb, arg, truncated);
+}
+
+/* ---- Principals ---------------------------------------------------------------------------- */
+
+#define USER_CAP (HSM_USER_NAME_MAX + 1)
+#define ACCESS_KEY_CAP (HSM_ACCESS_KEY_ID_LEN + 1)
+
+hsm_result hsm_store_user_create(hsm_store *s, const hsm_user_record *u)
+{
+	HSM_ASSERT(s != NULL);
+	HSM_GUARD(check_user_record(u));
+	return s->ops->user_create(s, u);
+}
+
+hsm_result hsm_store_user_get(hsm_store *s, const char *name, hsm_user_record *out)
+{
+	HSM_ASSERT(s != NULL && out != NULL);
+	HSM_GUARD(check_lookup(name, USER_CAP, "user"));
+	return s->ops->user_get(s, name, out);
+}
+
+hsm_result hsm_store_user_put(hsm_store *s, const hsm_user_record *u)
+{
+	HSM_ASSERT(s != NULL);
+	HSM_GUARD(check_user_record(u));
+	return s->ops->user_put(s, u);
+}
+
+hsm_result hsm_store_user_auth_result(hsm_store *s, const char *name, bool success,
+                                      uint32_t lock_after, hsm_user_record *out)
+{
+	HSM_ASSERT(s != NULL);
+	HSM_GUARD(check_lookup(name, USER_CAP, "user"));
+	return s->ops->user_auth_result(s, name, success, lock_after, out);
+}
+
+hsm_result hsm_store_user_list(hsm_store *s, hsm_user_cb cb, void *arg)
+{
+	HSM_ASSERT(s != NULL && cb != NULL);
+	return s->ops->user_list(s, cb, arg);
+}
+
+hsm_result hsm_store_access_key_create(hsm_store *s, const hsm_access_key_record *k)
+{
+	HSM_ASSERT(s != NULL && k != NULL);
+	HSM_GUARD(check_name(k->access_key_id, sizeof(k->access_key_id), "access key id"));
+	HSM_GUARD(check_lookup(k->user, sizeof(k->user), "user"));
+	return s->ops->access_key_create(s, k);
+}
+
+hsm_result hsm_store_access_key_get(hsm_store *s, const char *access_key_id,
+                                    hsm_access_key_record *out)
+{
+	HSM_ASSERT(s != NULL && out != NULL);
+	HSM_GUARD(check_lookup(access_key_id, ACCESS_KEY_CAP, "access key"));
+	return s->ops->access_key_get(s, access_key_id, out);
+}
+
+hsm_result hsm_store_access_key_set_active(hsm_store *s, const char *access_key_id, bool active)
+{
+	HSM_ASSERT(s != NULL);
+	HSM_GUARD(check_lookup(access_key_id, ACCESS_KEY_CAP, "access key"));
+	return s->ops->access_key_set_active(s, access_key_id, active);
+}
+
+hsm_result hsm_store_access_key_list(hsm_store *s, const char *user, hsm_access_key_cb cb,
+                                     void *arg)
+{
+	HSM_ASSERT(s != NULL && cb != NULL);
+	if (user != NULL)
+		HSM_GUARD(check_lookup(user, USER_CAP, "user"));
+	return s->ops->access_key_list(s, user, cb, arg);
+}

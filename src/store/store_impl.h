@@ -1,0 +1,95 @@
+/*
+ * store_impl.h - what a storage backend implements (see store.h).
+ *
+ * store.c checks every argument of the public functions (NULL pointers abort,
+ * malformed values are rejected) and then calls the backend through the ops
+ * table below, so a backend may rely on:
+ *   - pointers the public contract makes mandatory are non-NULL;
+ *   - strings are NUL-terminated and fit the record fields they name;
+ *   - limits are in [1, HSM_STORE_LIST_MAX];
+ *   - "after" cursors are "" (never NULL) for the first page;
+ *   - n-element arrays have n >= 1 elements.
+ * A backend keeps every rule listed at the top of store.h, returns outputs
+ * only on success, and maps its own failures to HSM_ERR_STORE (or a precise
+ * code) with a message that holds no data values.
+ *
+ * Adding a backend: write store_<name>*.c exposing one open function with the
+ * signature of hsm_store_backend_open_fn, and list it in store.c's backend
+ * table under its location prefix.
+ */
+#ifndef HSM_STORE_IMPL_H
+#define HSM_STORE_IMPL_H
+
+#include "store/store.h"
+
+typedef struct hsm_store_ops hsm_store_ops;
+
+/* Every backend's handle begins with this header. */
+struct hsm_store {
+	const hsm_store_ops *ops;
+};
+
+struct hsm_store_ops {
+	const char *name; /* "sqlite", ... */
+	void (*close)(hsm_store *s);
+	int (*schema_version)(hsm_store *s);
+
+	hsm_result (*meta_get)(hsm_store *s, const char *name, hsm_buf *out);
+	hsm_result (*meta_put)(hsm_store *s, size_t n, const char *const names[],
+	                       const hsm_buf *const values[]);
+
+	hsm_result (*key_create)(hsm_store *s, const hsm_key_record *key,
+	                         const hsm_version_record *first);
+	hsm_result (*key_get)(hsm_store *s, const char *key_id, hsm_key_record *out);
+	hsm_result (*key_update)(hsm_store *s, const char *key_id, hsm_key_update_fn fn, void *arg,
+	                         const hsm_version_record *add_version, hsm_key_record *after);
+	hsm_result (*key_destroy)(hsm_store *s, const char *key_id, int64_t now);
+	hsm_result (*key_list)(hsm_store *s, const char *after, size_t limit, bool include_destroyed,
+	                       hsm_key_cb cb, void *arg, bool *truncated);
+	hsm_result (*key_count)(hsm_store *s, uint64_t *out);
+	hsm_result (*keys_due)(hsm_store *s, int64_t now, size_t limit, hsm_key_cb cb, void *arg);
+
+	hsm_result (*version_get)(hsm_store *s, const char *key_id, uint32_t version,
+	                          hsm_version_record *out);
+	hsm_result (*version_list)(hsm_store *s, const char *key_id, hsm_version_cb cb, void *arg);
+
+	hsm_result (*alias_create)(hsm_store *s, const char *name, const char *key_id, int64_t now);
+	hsm_result (*alias_update)(hsm_store *s, const char *name, const char *key_id, int64_t now);
+	hsm_result (*alias_delete)(hsm_store *s, const char *name);
+	hsm_result (*alias_get)(hsm_store *s, const char *name, hsm_alias_record *out);
+	/* key_id is NULL for all keys. */
+	hsm_result (*alias_list)(hsm_store *s, const char *key_id, const char *after, size_t limit,
+	                         hsm_alias_cb cb, void *arg, bool *truncated);
+	hsm_result (*alias_delete_for_key)(hsm_store *s, const char *key_id);
+
+	hsm_result (*tags_put)(hsm_store *s, const char *key_id, size_t n, const hsm_tag tags[]);
+	hsm_result (*tags_remove)(hsm_store *s, const char *key_id, size_t n,
+	                          const char *const keys[]);
+	hsm_result (*tags_list)(hsm_store *s, const char *key_id, const char *after, size_t limit,
+	                        hsm_tag_cb cb, void *arg, bool *truncated);
+
+	hsm_result (*user_create)(hsm_store *s, const hsm_user_record *u);
+	hsm_result (*user_get)(hsm_store *s, const char *name, hsm_user_record *out);
+	hsm_result (*user_put)(hsm_store *s, const hsm_user_record *u);
+	hsm_result (*user_auth_result)(hsm_store *s, const char *name, bool success,
+	                               uint32_t lock_after, hsm_user_record *out);
+	hsm_result (*user_list)(hsm_store *s, hsm_user_cb cb, void *arg);
+
+	hsm_result (*access_key_create)(hsm_store *s, const hsm_access_key_record *k);
+	hsm_result (*access_key_get)(hsm_store *s, const char *access_key_id,
+	                             hsm_access_key_record *out);
+	hsm_result (*access_key_set_active)(hsm_store *s, const char *access_key_id, bool active);
+	/* user is NULL for all users. */
+	hsm_result (*access_key_list)(hsm_store *s, const char *user, hsm_access_key_cb cb,
+	                              void *arg);
+};
+
+/* Opens a backend at its location (the part after the prefix). */
+typedef hsm_result (*hsm_store_backend_open_fn)(const char *location, hsm_store **out);
+
+/* The embedded SQLite backend (store_sqlite*.c); location is a directory. */
+hsm_result hsm_store_sqlite_open(const char *dir, hsm_store **out) HSM_MUST_CHECK;
+/* The SQLite schema version this build writes; opening migrates older stores to it. */
+int hsm_store_sqlite_schema_latest(void);
+
+#endif

@@ -1,0 +1,387 @@
+/*
+ * store_sqlite.c - the embedded SQLite backend: opening, the data-directory
+ * lock, connection setup, the read pool and write transactions.
+ *
+ * Settings (https://www.sqlite.org/pragma.html):
+ *   journal_mode=WAL     readers never wait for the writer
+ *   synchronous=FULL     a commit is on disk before it is acknowledged, even
+ *                        across power loss (NORMAL would only survive kill -9)
+ *   foreign_keys=ON      versions, aliases and tags cannot outlive their key
+ *   secure_delete=ON     deleted or overwritten bytes are zeroed in the file
+ *   busy_timeout         lock waits end in HSM_ERR_DEPENDENCY_TIMEOUT
+ *   temp_store=MEMORY    no row data in temporary files, which nothing erases
+ *   trusted_schema=OFF, SQLITE_DBCONFIG_DEFENSIVE: a tampered database file
+ *                        cannot make SQL functions or schema edits run
+ */
+#include "store/store_sqlite.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/log.h"
+
+/* The store whose write lock this thread holds (catches re-entry from a key_update fn). */
+static _Thread_local const sq_store *sq_writing;
+
+static hsm_result join_path(char *out, size_t cap, const char *dir, const char *name)
+{
+	int n = snprintf(out, cap, "%s/%s", dir, name);
+	HSM_ENSURE(n > 0 && (size_t)n < cap, HSM_ERR_VALIDATION, "store directory path is too long");
+	return HSM_SUCCESS;
+}
+
+/* ---- The data-directory lock ------------------------------------------------------- */
+
+/* Best effort: the pid the holder wrote into the lock file, or 0. */
+static long lock_holder(int fd)
+{
+	char text[32] = {0};
+	ssize_t n = pread(fd, text, sizeof(text) - 1, 0);
+	if (n <= 0)
+		return 0;
+	text[n] = '\0';
+	char *nl = strchr(text, '\n');
+	if (nl != NULL)
+		*nl = '\0';
+	int64_t pid = 0;
+	if (hsm_failed(hsm_parse_i64(text, 1, INT32_MAX, &pid)))
+		return 0;
+	return (long)pid;
+}
+
+/*
+ * An exclusive, non-blocking flock on DIR/hsmd.lock for the life of the
+ * handle: two writers on one SQLite file would each believe they own the
+ * schema and the WAL.  flock locks belong to the open file description, so a
+ * second handle in this same process is refused too.
+ */
+static hsm_result lock_directory(const char *dir, int *out)
+{
+	hsm_result res = HSM_SUCCESS;
+	char path[PATH_MAX];
+	HSM_GUARD(join_path(path, sizeof(path), dir, "hsmd.lock"));
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	HSM_ENSURE(fd >= 0, HSM_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+	if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+		int err = errno;
+		HSM_CHECK(err == EWOULDBLOCK, HSM_ERR_IO, "cannot lock %s: %s", path, strerror(err));
+		long pid = lock_holder(fd);
+		if (pid > 0)
+			res = HSM_FAIL(HSM_ERR_CONFLICT, "data directory %s is in use by process %ld", dir,
+			               pid);
+		else
+			res = HSM_FAIL(HSM_ERR_CONFLICT, "data directory %s is in use by another process",
+			               dir);
+		goto out;
+	}
+	char text[32];
+	int n = snprintf(text, sizeof(text), "%ld\n", (long)getpid());
+	HSM_CHECK(ftruncate(fd, 0) == 0 && pwrite(fd, text, (size_t)n, 0) == (ssize_t)n,
+	          HSM_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+	*out = fd;
+	fd = -1;
+out:
+	if (fd >= 0)
+		close(fd);
+	return res;
+}
+
+/*
+ * Creates the database file with mode 0600 before SQLite opens it: SQLite
+ * creates files with 0644 (less the umask) and gives the -wal and -shm files
+ * the database file's mode.
+ */
+static hsm_result prepare_db_file(const char *path)
+{
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	HSM_ENSURE(fd >= 0, HSM_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+	int rc = fchmod(fd, 0600);
+	int err = errno;
+	close(fd);
+	HSM_ENSURE(rc == 0, HSM_ERR_IO, "cannot restrict %s to its owner: %s", path, strerror(err));
+	return HSM_SUCCESS;
+}
+
+/* ---- Connections ------------------------------------------------------------------------ */
+
+static void conn_close(sq_conn *c)
+{
+	if (c == NULL)
+		return;
+	for (size_t i = 0; i < SQ_STMT_SLOTS; i++)
+		sqlite3_finalize(c->stmts[i].st);
+	if (sqlite3_close(c->db) != SQLITE_OK)
+		hsm_warn("store: closing a connection failed: %s", sqlite3_errmsg(c->db));
+	free(c);
+}
+
+static hsm_result conn_exec(sq_conn *c, const char *sql)
+{
+	int rc = sqlite3_exec(c->db, sql, NULL, NULL, NULL);
+	if (rc != SQLITE_OK)
+		return sq_fail(c, rc, "configure a connection");
+	return HSM_SUCCESS;
+}
+
+/* journal_mode answers with the mode in force, which must be WAL. */
+static hsm_result conn_set_wal(sq_conn *c)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = sqlite3_prepare_v2(c->db, "PRAGMA journal_mode=WAL", -1, &st, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(st);
+	bool wal = rc == SQLITE_ROW &&
+	           sqlite3_stricmp((const char *)sqlite3_column_text(st, 0), "wal") == 0;
+	hsm_result res = HSM_SUCCESS;
+	if (rc != SQLITE_ROW)
+		res = sq_fail(c, rc, "switch to WAL mode");
+	else if (!wal)
+		res = HSM_FAIL(HSM_ERR_STORE, "the store's file system does not support WAL mode");
+	sqlite3_finalize(st);
+	return res;
+}
+
+static hsm_result conn_open(const char *path, bool writer, sq_conn **out)
+{
+	hsm_result res = HSM_SUCCESS;
+	sq_conn *c = calloc(1, sizeof(*c));
+	HSM_ENSURE(c != NULL, HSM_ERR_NOMEM, "out of memory");
+	/* NOMUTEX: each connection is used by one thread at a time (store_sqlite.h). */
+	int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_PRIVATECACHE |
+	            SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_EXRESCODE;
+	int rc = sqlite3_open_v2(path, &c->db, flags, NULL);
+	HSM_CHECK(c->db != NULL, HSM_ERR_NOMEM, "out of memory opening the store");
+	if (rc != SQLITE_OK) {
+		res = sq_fail(c, rc, "open the database");
+		goto out;
+	}
+	sqlite3_busy_timeout(c->db, SQ_BUSY_TIMEOUT_MS);
+	HSM_CHECK(sqlite3_db_config(c->db, SQLITE_DBCONFIG_DEFENSIVE, 1, NULL) == SQLITE_OK &&
+	              sqlite3_db_config(c->db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, NULL) == SQLITE_OK,
+	          HSM_ERR_STORE, "cannot harden the store connection");
+	if (writer)
+		HSM_TRY(conn_set_wal(c));
+	HSM_TRY(conn_exec(c, "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"
+	                     "PRAGMA secure_delete=ON; PRAGMA temp_store=MEMORY;"));
+	if (!writer)
+		HSM_TRY(conn_exec(c, "PRAGMA query_only=ON;"));
+	*out = c;
+	c = NULL;
+out:
+	conn_close(c);
+	return res;
+}
+
+/* ---- Read pool ------------------------------------------------------------------------------ */
+
+hsm_result sq_read_begin(sq_store *s, sq_conn **out)
+{
+	pthread_mutex_lock(&s->pool_lock);
+	sq_conn *c = s->idle;
+	if (c != NULL) {
+		s->idle = c->next;
+		s->idle_count--;
+	}
+	pthread_mutex_unlock(&s->pool_lock);
+	if (c == NULL)
+		HSM_GUARD(conn_open(s->db_path, false, &c));
+	c->next = NULL;
+	*out = c;
+	return HSM_SUCCESS;
+}
+
+void sq_read_end(sq_store *s, sq_conn *c)
+{
+	if (c == NULL)
+		return;
+	pthread_mutex_lock(&s->pool_lock);
+	bool keep = s->idle_count < SQ_POOL_IDLE_MAX;
+	if (keep) {
+		c->next = s->idle;
+		s->idle = c;
+		s->idle_count++;
+	}
+	pthread_mutex_unlock(&s->pool_lock);
+	if (!keep)
+		conn_close(c);
+}
+
+/* ---- Write transactions ------------------------------------------------------------------------ */
+
+static hsm_result run_cached(sq_conn *c, const char *sql)
+{
+	sqlite3_stmt *st;
+	HSM_GUARD(sq_prepare(c, sql, &st));
+	hsm_result res = sq_exec(c, st);
+	sq_reset(st);
+	return res;
+}
+
+static const char SQL_BEGIN[] = "BEGIN IMMEDIATE";
+static const char SQL_COMMIT[] = "COMMIT";
+
+hsm_result sq_write_begin(sq_store *s, sq_conn **out)
+{
+	HSM_ASSERT(sq_writing != s); /* a key_update fn called back into the store */
+	pthread_mutex_lock(&s->write_lock);
+	sq_writing = s;
+	hsm_result res = run_cached(s->writer, SQL_BEGIN);
+	if (hsm_failed(res)) {
+		sq_writing = NULL;
+		pthread_mutex_unlock(&s->write_lock);
+		return res;
+	}
+	*out = s->writer;
+	return HSM_SUCCESS;
+}
+
+/*
+ * Rolls back whatever is still open.  Uses SQLite directly so a failure here
+ * does not overwrite the error that caused the rollback.
+ */
+static void rollback_if_open(sq_conn *c)
+{
+	if (sqlite3_get_autocommit(c->db))
+		return;
+	if (sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL) != SQLITE_OK)
+		hsm_warn("store: rollback failed: %s", sqlite3_errmsg(c->db));
+}
+
+/*
+ * PRAGMA wal_checkpoint(TRUNCATE) as an API call: copies every WAL frame into
+ * the database, syncs it and truncates the WAL to zero bytes.  It waits (busy
+ * handler) for readers still on older snapshots.
+ */
+static hsm_result checkpoint_truncate(sq_conn *c)
+{
+	int rc = sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+	if (rc != SQLITE_OK)
+		return sq_fail(c, rc, "checkpoint the write-ahead log");
+	return HSM_SUCCESS;
+}
+
+static hsm_result write_finish(sq_store *s, sq_conn *c, hsm_result res, bool scrub)
+{
+	HSM_ASSERT(c == s->writer && sq_writing == s);
+	if (hsm_ok(res))
+		res = run_cached(c, SQL_COMMIT);
+	rollback_if_open(c);
+	if (hsm_ok(res) && scrub)
+		res = checkpoint_truncate(c);
+	sq_writing = NULL;
+	pthread_mutex_unlock(&s->write_lock);
+	return res;
+}
+
+hsm_result sq_write_end(sq_store *s, sq_conn *c, hsm_result res)
+{
+	return write_finish(s, c, res, false);
+}
+
+hsm_result sq_write_end_scrub(sq_store *s, sq_conn *c, hsm_result res)
+{
+	return write_finish(s, c, res, true);
+}
+
+/* ---- Open and close ---------------------------------------------------------------------------- */
+
+static void sq_close(hsm_store *base)
+{
+	sq_store *s = sq_of(base);
+	while (s->idle != NULL) {
+		sq_conn *c = s->idle;
+		s->idle = c->next;
+		conn_close(c);
+	}
+	/* The writer goes last: the last connection to close checkpoints the WAL. */
+	conn_close(s->writer);
+	if (s->lock_fd >= 0)
+		close(s->lock_fd); /* releases the flock; the file stays for the next holder */
+	pthread_mutex_destroy(&s->write_lock);
+	pthread_mutex_destroy(&s->pool_lock);
+	free(s);
+}
+
+static int sq_schema_version_op(hsm_store *base)
+{
+	return sq_of(base)->schema_version;
+}
+
+static const hsm_store_ops sqlite_ops = {
+	.name = "sqlite",
+	.close = sq_close,
+	.schema_version = sq_schema_version_op,
+	.meta_get = sq_meta_get,
+	.meta_put = sq_meta_put,
+	.key_create = sq_key_create,
+	.key_get = sq_key_get,
+	.key_update = sq_key_update,
+	.key_destroy = sq_key_destroy,
+	.key_list = sq_key_list,
+	.key_count = sq_key_count,
+	.keys_due = sq_keys_due,
+	.version_get = sq_version_get,
+	.version_list = sq_version_list,
+	.alias_create = sq_alias_create,
+	.alias_update = sq_alias_update,
+	.alias_delete = sq_alias_delete,
+	.alias_get = sq_alias_get,
+	.alias_list = sq_alias_list,
+	.alias_delete_for_key = sq_alias_delete_for_key,
+	.tags_put = sq_tags_put,
+	.tags_remove = sq_tags_remove,
+	.tags_list = sq_tags_list,
+	.user_create = sq_user_create,
+	.user_get = sq_user_get,
+	.user_put = sq_user_put,
+	.user_auth_result = sq_user_auth_result,
+	.user_list = sq_user_list,
+	.access_key_create = sq_access_key_create,
+	.access_key_get = sq_access_key_get,
+	.access_key_set_active = sq_access_key_set_active,
+	.access_key_list = sq_access_key_list,
+};
+
+static hsm_result store_alloc(sq_store **out)
+{
+	/* Connections are shared across threads (one at a time): SQLite must be thread-safe. */
+	HSM_ENSURE(sqlite3_threadsafe() != 0, HSM_ERR_STORE,
+	           "the SQLite library was built without thread support");
+	sq_store *s = calloc(1, sizeof(*s));
+	HSM_ENSURE(s != NULL, HSM_ERR_NOMEM, "out of memory");
+	s->base.ops = &sqlite_ops;
+	s->lock_fd = -1;
+	pthread_mutex_init(&s->write_lock, NULL);
+	pthread_mutex_init(&s->pool_lock, NULL);
+	*out = s;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_store_sqlite_open(const char *dir, hsm_store **out)
+{
+	HSM_ASSERT(dir != NULL && out != NULL);
+	hsm_result res = HSM_SUCCESS;
+	sq_store *s = NULL;
+	HSM_TRY(store_alloc(&s));
+	HSM_TRY(hsm_strcpy(s->dir, sizeof(s->dir), dir));
+	HSM_TRY(join_path(s->db_path, sizeof(s->db_path), dir, "hsmd.db"));
+	HSM_TRY(hsm_mkdir_p(dir));
+	HSM_TRY(lock_directory(dir, &s->lock_fd));
+	HSM_TRY(prepare_db_file(s->db_path));
+	HSM_TRY(conn_open(s->db_path, true, &s->writer));
+	HSM_TRY(sq_schema_migrate(s->writer, &s->schema_version));
+	/* The database, -wal and -shm files may be new: make their directory entries durable. */
+	HSM_TRY(hsm_fsync_dir(dir));
+	*out = &s->base;
+	s = NULL;
+out:
+	if (s != NULL)
+		sq_close(&s->base);
+	return res;
+}

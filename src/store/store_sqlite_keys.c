@@ -1,0 +1,487 @@
+/*
+ * store_sqlite_keys.c - keys and key versions in SQLite.
+ */
+#include "store/store_sqlite.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- Row codecs ------------------------------------------------------------------ */
+
+/* Column order shared by every key SELECT and by bind_key's parameters ?1..?16. */
+#define KEY_COLS                                                                       \
+	"id, description, spec, usage, origin, state, created, deletion_date, "            \
+	"pending_window_days, rotation_enabled, rotation_period_days, next_rotation, " \
+	"primary_version, policy, flags, updated"
+
+#define VERSION_COLS "key_id, version, created, rotation_type, wrapped, public_der"
+
+static void bind_key(sq_conn *c, sqlite3_stmt *st, const hsm_key_record *k)
+{
+	sq_bind_text(c, st, 1, k->key_id);
+	sq_bind_text(c, st, 2, k->description);
+	sq_bind_text(c, st, 3, hsm_spec_name(k->spec));
+	sq_bind_text(c, st, 4, hsm_usage_name(k->usage));
+	sq_bind_text(c, st, 5, hsm_key_origin_name(k->origin));
+	sq_bind_text(c, st, 6, hsm_key_state_name(k->state));
+	sq_bind_i64(c, st, 7, k->created);
+	sq_bind_i64(c, st, 8, k->deletion_date);
+	sq_bind_i64(c, st, 9, k->pending_window_days);
+	sq_bind_i64(c, st, 10, k->rotation_enabled ? 1 : 0);
+	sq_bind_i64(c, st, 11, k->rotation_period_days);
+	sq_bind_i64(c, st, 12, k->next_rotation);
+	sq_bind_i64(c, st, 13, k->primary_version);
+	sq_bind_text(c, st, 14, k->policy);
+	sq_bind_i64(c, st, 15, k->flags);
+	sq_bind_i64(c, st, 16, k->updated);
+}
+
+/* Enumerations are stored by name; a name this build does not know is corruption. */
+static hsm_result corrupt_unless(hsm_result r, const char *what)
+{
+	return hsm_ok(r) ? r : sq_corrupt(what);
+}
+
+static hsm_result read_key_enums(sqlite3_stmt *st, hsm_key_record *k)
+{
+	char text[64];
+	HSM_GUARD(sq_col_text(st, 2, text, sizeof(text)));
+	HSM_GUARD(corrupt_unless(hsm_spec_parse(text, &k->spec), "unknown key spec"));
+	HSM_GUARD(sq_col_text(st, 3, text, sizeof(text)));
+	HSM_GUARD(corrupt_unless(hsm_usage_parse(text, &k->usage), "unknown key usage"));
+	HSM_GUARD(sq_col_text(st, 4, text, sizeof(text)));
+	HSM_GUARD(corrupt_unless(hsm_key_origin_parse(text, &k->origin), "unknown key origin"));
+	HSM_GUARD(sq_col_text(st, 5, text, sizeof(text)));
+	HSM_GUARD(corrupt_unless(hsm_key_state_parse(text, &k->state), "unknown key state"));
+	return HSM_SUCCESS;
+}
+
+/* Fills k from a KEY_COLS row; on failure k may hold strings the caller clears. */
+static hsm_result read_key(sqlite3_stmt *st, void *item)
+{
+	hsm_key_record *k = item;
+	HSM_GUARD(sq_col_text(st, 0, k->key_id, sizeof(k->key_id)));
+	HSM_GUARD(sq_col_strdup(st, 1, &k->description));
+	HSM_GUARD(read_key_enums(st, k));
+	k->created = sqlite3_column_int64(st, 6);
+	k->deletion_date = sqlite3_column_int64(st, 7);
+	HSM_GUARD(sq_col_i32(st, 8, &k->pending_window_days));
+	HSM_GUARD(sq_col_bool(st, 9, &k->rotation_enabled));
+	HSM_GUARD(sq_col_i32(st, 10, &k->rotation_period_days));
+	k->next_rotation = sqlite3_column_int64(st, 11);
+	HSM_GUARD(sq_col_u32(st, 12, &k->primary_version));
+	HSM_GUARD(sq_col_strdup(st, 13, &k->policy));
+	HSM_GUARD(sq_col_u32(st, 14, &k->flags));
+	k->updated = sqlite3_column_int64(st, 15);
+	return HSM_SUCCESS;
+}
+
+static hsm_result read_version(sqlite3_stmt *st, void *item)
+{
+	hsm_version_record *v = item;
+	char text[32];
+	HSM_GUARD(sq_col_text(st, 0, v->key_id, sizeof(v->key_id)));
+	HSM_GUARD(sq_col_u32(st, 1, &v->version));
+	v->created = sqlite3_column_int64(st, 2);
+	HSM_GUARD(sq_col_text(st, 3, text, sizeof(text)));
+	HSM_GUARD(corrupt_unless(hsm_rotation_type_parse(text, &v->rotation_type),
+	                         "unknown rotation type"));
+	HSM_GUARD(sq_col_blob(st, 4, &v->wrapped));
+	HSM_GUARD(sq_col_blob(st, 5, &v->public_der));
+	return HSM_SUCCESS;
+}
+
+static void clear_key(void *item)
+{
+	hsm_key_record_clear(item);
+}
+
+static void clear_version(void *item)
+{
+	hsm_version_record_clear(item);
+}
+
+static hsm_result emit_keys(const sq_vec *v, hsm_key_cb cb, void *arg)
+{
+	for (size_t i = 0; i < v->n; i++)
+		HSM_GUARD(cb(sq_vec_at(v, i), arg));
+	return HSM_SUCCESS;
+}
+
+/* ---- Shared lookups ---------------------------------------------------------------- */
+
+static const char SQL_KEY_EXISTS[] = "SELECT 1 FROM keys WHERE id = ?1";
+
+hsm_result sq_key_exists(sq_conn *c, const char *key_id, bool *found)
+{
+	return sq_exists(c, SQL_KEY_EXISTS, key_id, found);
+}
+
+hsm_result sq_key_require(sq_conn *c, const char *key_id)
+{
+	bool found = false;
+	HSM_GUARD(sq_key_exists(c, key_id, &found));
+	HSM_ENSURE(found, HSM_ERR_NOT_FOUND, "key %s does not exist", key_id);
+	return HSM_SUCCESS;
+}
+
+static const char SQL_KEY_GET[] = "SELECT " KEY_COLS " FROM keys WHERE id = ?1";
+
+static hsm_result load_key(sq_conn *c, const char *key_id, hsm_key_record *rec)
+{
+	sqlite3_stmt *st;
+	HSM_GUARD(sq_prepare(c, SQL_KEY_GET, &st));
+	sq_bind_text(c, st, 1, key_id);
+	bool row = false;
+	hsm_result res = sq_step(c, st, &row);
+	if (hsm_ok(res) && !row)
+		res = HSM_FAIL(HSM_ERR_NOT_FOUND, "key %s does not exist", key_id);
+	if (hsm_ok(res))
+		res = read_key(st, rec);
+	sq_reset(st);
+	return res;
+}
+
+static const char SQL_KEY_INSERT[] = "INSERT INTO keys (" KEY_COLS ") VALUES "
+                                     "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, "
+                                     "?14, ?15, ?16)";
+static const char SQL_KEY_UPDATE[] =
+	"UPDATE keys SET description = ?2, spec = ?3, usage = ?4, origin = ?5, state = ?6, "
+	"created = ?7, deletion_date = ?8, pending_window_days = ?9, rotation_enabled = ?10, "
+	"rotation_period_days = ?11, next_rotation = ?12, primary_version = ?13, policy = ?14, "
+	"flags = ?15, updated = ?16 WHERE id = ?1";
+static const char SQL_VERSION_INSERT[] = "INSERT INTO key_versions (" VERSION_COLS
+                                         ") VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+static hsm_result write_key(sq_conn *w, const char *sql, const hsm_key_record *k)
+{
+	sqlite3_stmt *st;
+	HSM_GUARD(sq_prepare(w, sql, &st));
+	bind_key(w, st, k);
+	hsm_result res = sq_exec(w, st);
+	sq_reset(st);
+	return res;
+}
+
+static hsm_result insert_version(sq_conn *w, const hsm_version_record *v)
+{
+	sqlite3_stmt *st;
+	HSM_GUARD(sq_prepare(w, SQL_VERSION_INSERT, &st));
+	sq_bind_text(w, st, 1, v->key_id);
+	sq_bind_i64(w, st, 2, v->version);
+	sq_bind_i64(w, st, 3, v->created);
+	sq_bind_text(w, st, 4, hsm_rotation_type_name(v->rotation_type));
+	sq_bind_blob(w, st, 5, &v->wrapped);
+	sq_bind_blob(w, st, 6, &v->public_der);
+	hsm_result res = sq_exec(w, st);
+	sq_reset(st);
+	return res;
+}
+
+/* ---- Create, get, update, destroy ---------------------------------------------------- */
+
+static hsm_result key_create_in(sq_conn *w, const hsm_key_record *key,
+                                const hsm_version_record *first)
+{
+	bool found = false;
+	HSM_GUARD(sq_key_exists(w, key->key_id, &found));
+	HSM_ENSURE(!found, HSM_ERR_ALREADY_EXISTS, "key %s already exists", key->key_id);
+	HSM_GUARD(write_key(w, SQL_KEY_INSERT, key));
+	return insert_version(w, first);
+}
+
+hsm_result sq_key_create(hsm_store *base, const hsm_key_record *key,
+                         const hsm_version_record *first)
+{
+	sq_store *s = sq_of(base);
+	sq_conn *w;
+	HSM_GUARD(sq_write_begin(s, &w));
+	return sq_write_end(s, w, key_create_in(w, key, first));
+}
+
+hsm_result sq_key_get(hsm_store *base, const char *key_id, hsm_key_record *out)
+{
+	sq_store *s = sq_of(base);
+	sq_conn *c;
+	hsm_key_record rec = {0};
+	HSM_GUARD(sq_read_begin(s, &c));
+	hsm_result res = load_key(c, key_id, &rec);
+	sq_read_end(s, c);
+	if (hsm_ok(res))
+		*out = rec;
+	else
+		hsm_key_record_clear(&rec);
+	return res;
+}
+
+/* The store's state rules (store.h, hsm_store_key_update). */
+static hsm_result check_transition(hsm_key_state before, hsm_key_state after, bool new_version)
+{
+	if (before == HSM_KEY_DESTROYED) {
+		HSM_ENSURE(after == HSM_KEY_DESTROYED, HSM_ERR_INVALID_STATE,
+		           "a destroyed key cannot change state");
+		HSM_ENSURE(!new_version, HSM_ERR_INVALID_STATE,
+		           "a destroyed key cannot get a new version");
+	} else {
+		HSM_ENSURE(after != HSM_KEY_DESTROYED, HSM_ERR_INVALID_STATE,
+		           "a key is destroyed only by key destroy");
+	}
+	return HSM_SUCCESS;
+}
+
+/* fn may leave a string NULL; the columns are NOT NULL and records promise "". */
+static hsm_result fill_empty(char **s)
+{
+	if (*s == NULL) {
+		*s = strdup("");
+		HSM_ENSURE(*s != NULL, HSM_ERR_NOMEM, "out of memory");
+	}
+	return HSM_SUCCESS;
+}
+
+static hsm_result key_update_in(sq_conn *w, const char *key_id, hsm_key_update_fn fn, void *arg,
+                                const hsm_version_record *add_version, hsm_key_record *rec)
+{
+	HSM_GUARD(load_key(w, key_id, rec));
+	hsm_key_state before = rec->state;
+	if (add_version != NULL) {
+		uint32_t next = rec->primary_version + 1;
+		HSM_ENSURE(add_version->version == next, HSM_ERR_CONFLICT,
+		           "key %s: version %u is not the next version (%u)", key_id,
+		           add_version->version, next);
+	}
+	HSM_GUARD(fn(rec, arg));
+	HSM_ASSERT(strcmp(rec->key_id, key_id) == 0); /* fn must not change the key id */
+	HSM_GUARD(check_transition(before, rec->state, add_version != NULL));
+	HSM_GUARD(fill_empty(&rec->description));
+	HSM_GUARD(fill_empty(&rec->policy));
+	if (add_version != NULL) {
+		rec->primary_version = add_version->version;
+		HSM_GUARD(insert_version(w, add_version));
+	}
+	return write_key(w, SQL_KEY_UPDATE, rec);
+}
+
+hsm_result sq_key_update(hsm_store *base, const char *key_id, hsm_key_update_fn fn, void *arg,
+                         const hsm_version_record *add_version, hsm_key_record *after)
+{
+	sq_store *s = sq_of(base);
+	sq_conn *w;
+	hsm_key_record rec = {0};
+	HSM_GUARD(sq_write_begin(s, &w));
+	hsm_result res = key_update_in(w, key_id, fn, arg, add_version, &rec);
+	res = sq_write_end(s, w, res);
+	if (hsm_ok(res) && after != NULL)
+		*after = rec;
+	else
+		hsm_key_record_clear(&rec);
+	return res;
+}
+
+static const char SQL_KEY_MARK_DESTROYED[] =
+	"UPDATE keys SET state = 'Destroyed', updated = ?2 WHERE id = ?1";
+/* An empty blob, not NULL: the column stays NOT NULL and records read back as empty. */
+static const char SQL_VERSIONS_ERASE[] = "UPDATE key_versions SET wrapped = x'' WHERE key_id = ?1";
+
+static hsm_result run_for_key(sq_conn *w, const char *sql, const char *key_id, const int64_t *now)
+{
+	sqlite3_stmt *st;
+	HSM_GUARD(sq_prepare(w, sql, &st));
+	sq_bind_text(w, st, 1, key_id);
+	if (now != NULL)
+		sq_bind_i64(w, st, 2, *now);
+	hsm_result res = sq_exec(w, st);
+	sq_reset(st);
+	return res;
+}
+
+static hsm_result key_destroy_in(sq_conn *w, const char *key_id, int64_t now)
+{
+	HSM_GUARD(sq_key_require(w, key_id));
+	HSM_GUARD(run_for_key(w, SQL_KEY_MARK_DESTROYED, key_id, &now));
+	HSM_GUARD(run_for_key(w, SQL_VERSIONS_ERASE, key_id, NULL));
+	return sq_alias_delete_for_key_in(w, key_id);
+}
+
+hsm_result sq_key_destroy(hsm_store *base, const char *key_id, int64_t now)
+{
+	sq_store *s = sq_of(base);
+	sq_conn *w;
+	HSM_GUARD(sq_write_begin(s, &w));
+	/*
+	 * secure_delete zeroes the old bytes inside the database pages; the
+	 * truncating checkpoint then writes those pages home and empties the WAL,
+	 * whose older frames still held the material.
+	 */
+	return sq_write_end_scrub(s, w, key_destroy_in(w, key_id, now));
+}
+
+/* ---- Lists ----------------------------------------------------------------------------- */
+
+/* Keyset pagination: the primary key index gives both the start and the order. */
+static const char SQL_KEY_PAGE_ALL[] =
+	"SELECT " KEY_COLS " FROM keys WHERE id > ?1 ORDER BY id LIMIT ?2";
+static const char SQL_KEY_PAGE_LIVE[] = "SELECT " KEY_COLS " FROM keys WHERE id > ?1 AND "
+                                        "state != 'Destroyed' ORDER BY id LIMIT ?2";
+
+static hsm_result read_page(sq_conn *c, const char *sql, const char *after, size_t limit,
+                            sq_vec *v, bool *more)
+{
+	sqlite3_stmt *st;
+	HSM_GUARD(sq_prepare(c, sql, &st));
+	sq_bind_text(c, st, 1, after);
+	sq_bind_i64(c, st, 2, (int64_t)limit + 1); /* one more row tells whether a page follows */
+	hsm_result res = sq_collect(c, st, limit, read_key, clear_key, v, more);
+	sq_reset(st);
+	return res;
+}
+
+hsm_result sq_key_list(hsm_store *base, const char *after, size_t limit, bool include_destroyed,
+                       hsm_key_cb cb, void *arg, bool *truncated)
+{
+	sq_store *s = sq_of(base);
+	sq_conn *c;
+	sq_vec v;
+	bool more = false;
+	sq_vec_init(&v, sizeof(hsm_key_record));
+	HSM_GUARD(sq_read_begin(s, &c));
+	hsm_result res = read_page(c, include_destroyed ? SQL_KEY_PAGE_ALL : SQL_KEY_PAGE_LIVE,
+	                           after, limit, &v, &more);
+	sq_read_end(s, c);
+	if (hsm_ok(res))
+		res = emit_keys(&v, cb, arg);
+	if (hsm_ok(res))
+		*truncated = more;
+	sq_vec_free(&v, clear_key);
+	return res;
+}
+
+/* count(*) of the whole table walks the smallest index; the Destroyed count is a range. */
+static const char SQL_KEY_COUNT[] =
+	"SELECT (SELECT count(*) FROM keys) - "
+	"(SELECT count(*) FROM keys WHERE state = 'Destroyed')";
+
+hsm_result sq_key_count(hsm_store *base, uint64_t *out)
+{
+	sq_store *s = sq_of(base);
+	sq_conn *c;
+	sqlite3_stmt *st = NULL;
+	bool row = false;
+	hsm_result res = HSM_SUCCESS;
+	HSM_GUARD(sq_read_begin(s, &c));
+	HSM_TRY(sq_prepare(c, SQL_KEY_COUNT, &st));
+	HSM_TRY(sq_step(c, st, &row));
+	HSM_CHECK(row, HSM_ERR_STORE, "store failed to count keys");
+	*out = (uint64_t)sqlite3_column_int64(st, 0);
+out:
+	sq_reset(st);
+	sq_read_end(s, c);
+	return res;
+}
+
+/* Each branch walks its own index in due order (keys_deletion_due, keys_rotation_due). */
+static const char SQL_DUE_DELETIONS[] =
+	"SELECT " KEY_COLS " FROM keys WHERE state = 'PendingDeletion' AND deletion_date <= ?1 "
+	"ORDER BY deletion_date LIMIT ?2";
+static const char SQL_DUE_ROTATIONS[] =
+	"SELECT " KEY_COLS " FROM keys WHERE rotation_enabled = 1 AND state = 'Enabled' AND "
+	"next_rotation <= ?1 ORDER BY next_rotation LIMIT ?2";
+
+static hsm_result read_due(sq_conn *c, const char *sql, int64_t now, size_t limit, sq_vec *v)
+{
+	sqlite3_stmt *st;
+	HSM_GUARD(sq_prepare(c, sql, &st));
+	sq_bind_i64(c, st, 1, now);
+	sq_bind_i64(c, st, 2, (int64_t)(limit - v->n));
+	hsm_result res = sq_collect(c, st, limit, read_key, clear_key, v, NULL);
+	sq_reset(st);
+	return res;
+}
+
+hsm_result sq_keys_due(hsm_store *base, int64_t now, size_t limit, hsm_key_cb cb, void *arg)
+{
+	sq_store *s = sq_of(base);
+	sq_conn *c;
+	sq_vec v;
+	sq_vec_init(&v, sizeof(hsm_key_record));
+	HSM_GUARD(sq_read_begin(s, &c));
+	hsm_result res = read_due(c, SQL_DUE_DELETIONS, now, limit, &v);
+	if (hsm_ok(res) && v.n < limit)
+		res = read_due(c, SQL_DUE_ROTATIONS, now, limit, &v);
+	sq_read_end(s, c);
+	if (hsm_ok(res))
+		res = emit_keys(&v, cb, arg);
+	sq_vec_free(&v, clear_key);
+	return res;
+}
+
+/* ---- Versions ---------------------------------------------------------------------------- */
+
+static const char SQL_VERSION_GET[] =
+	"SELECT " VERSION_COLS " FROM key_versions WHERE key_id = ?1 AND version = ?2";
+
+static hsm_result load_version(sq_conn *c, const char *key_id, uint32_t version,
+                               hsm_version_record *rec)
+{
+	sqlite3_stmt *st;
+	bool row = false;
+	HSM_GUARD(sq_prepare(c, SQL_VERSION_GET, &st));
+	sq_bind_text(c, st, 1, key_id);
+	sq_bind_i64(c, st, 2, version);
+	hsm_result res = sq_step(c, st, &row);
+	if (hsm_ok(res) && row)
+		res = read_version(st, rec);
+	sq_reset(st);
+	if (hsm_ok(res) && !row) {
+		/* Tell a missing key from a missing version. */
+		res = sq_key_require(c, key_id);
+		if (hsm_ok(res))
+			res = HSM_FAIL(HSM_ERR_NOT_FOUND, "key %s has no version %u", key_id, version);
+	}
+	return res;
+}
+
+hsm_result sq_version_get(hsm_store *base, const char *key_id, uint32_t version,
+                          hsm_version_record *out)
+{
+	sq_store *s = sq_of(base);
+	sq_conn *c;
+	hsm_version_record rec = {0};
+	HSM_GUARD(sq_read_begin(s, &c));
+	hsm_result res = load_version(c, key_id, version, &rec);
+	sq_read_end(s, c);
+	if (hsm_ok(res))
+		*out = rec;
+	else
+		hsm_version_record_clear(&rec);
+	return res;
+}
+
+static const char SQL_VERSION_LIST[] =
+	"SELECT " VERSION_COLS " FROM key_versions WHERE key_id = ?1 ORDER BY version";
+
+static hsm_result read_versions(sq_conn *c, const char *key_id, sq_vec *v)
+{
+	sqlite3_stmt *st;
+	HSM_GUARD(sq_key_require(c, key_id));
+	HSM_GUARD(sq_prepare(c, SQL_VERSION_LIST, &st));
+	sq_bind_text(c, st, 1, key_id);
+	hsm_result res = sq_collect(c, st, SIZE_MAX, read_version, clear_version, v, NULL);
+	sq_reset(st);
+	return res;
+}
+
+hsm_result sq_version_list(hsm_store *base, const char *key_id, hsm_version_cb cb, void *arg)
+{
+	sq_store *s = sq_of(base);
+	sq_conn *c;
+	sq_vec v;
+	sq_vec_init(&v, sizeof(hsm_version_record));
+	HSM_GUARD(sq_read_begin(s, &c));
+	hsm_result res = read_versions(c, key_id, &v);
+	sq_read_end(s, c);
+	for (size_t i = 0; hsm_ok(res) && i < v.n; i++)
+		res = cb(sq_vec_at(&v, i), arg);
+	sq_vec_free(&v, clear_version);
+	return res;
+}

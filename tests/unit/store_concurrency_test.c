@@ -1,0 +1,199 @@
+/*
+ * store_concurrency_test.c - the store under several threads at once: no lost
+ * updates through key_update, racing rotations resolved by CONFLICT, atomic
+ * authentication counters, and readers that keep working (and see whole
+ * records) while writers commit.
+ *
+ * cmocka's assertions are not thread-safe, so worker threads count failures
+ * and the main thread asserts on the counts.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "store/store.h"
+#include "store_test_util.h"
+
+#define WRITERS 8
+#define INCREMENTS 40
+#define READERS 3
+
+typedef struct shared {
+	hsm_store *s;
+	atomic_int failures;
+	atomic_int conflicts;
+	atomic_int reads;
+	atomic_bool stop;
+	char first_error[HSM_ERRMSG_MAX];
+	pthread_mutex_t error_lock;
+} shared;
+
+static void note_failure(shared *sh, const char *what)
+{
+	if (atomic_fetch_add(&sh->failures, 1) == 0) {
+		pthread_mutex_lock(&sh->error_lock);
+		snprintf(sh->first_error, sizeof(sh->first_error), "%s: %s (%s)", what,
+		         hsm_err_code_name(hsm_last_error()->err), hsm_last_message());
+		pthread_mutex_unlock(&sh->error_lock);
+	}
+}
+
+static hsm_result increment(hsm_key_record *k, void *arg)
+{
+	(void)arg;
+	k->rotation_period_days++;
+	k->updated++;
+	return HSM_SUCCESS;
+}
+
+static void *increment_worker(void *arg)
+{
+	shared *sh = arg;
+	for (int i = 0; i < INCREMENTS; i++) {
+		if (hsm_failed(hsm_store_key_update(sh->s, "counter", increment, NULL, NULL, NULL)))
+			note_failure(sh, "key_update");
+	}
+	return NULL;
+}
+
+/* Rotation as a caller does it: read, compute the next version, retry on CONFLICT. */
+static void *rotate_worker(void *arg)
+{
+	shared *sh = arg;
+	for (int done = 0; done < 5;) {
+		hsm_key_record k = {0};
+		if (hsm_failed(hsm_store_key_get(sh->s, "rotating", &k))) {
+			note_failure(sh, "key_get");
+			return NULL;
+		}
+		hsm_version_record v;
+		st_version(&v, "rotating", k.primary_version + 1, "next", 4);
+		hsm_key_record_clear(&k);
+		hsm_result r = hsm_store_key_update(sh->s, "rotating", increment, NULL, &v, NULL);
+		hsm_version_record_clear(&v);
+		if (r.err == HSM_ERR_CONFLICT)
+			atomic_fetch_add(&sh->conflicts, 1);
+		else if (hsm_ok(r))
+			done++;
+		else
+			note_failure(sh, "rotate");
+	}
+	return NULL;
+}
+
+static void *auth_worker(void *arg)
+{
+	shared *sh = arg;
+	for (int i = 0; i < INCREMENTS; i++) {
+		if (hsm_failed(hsm_store_user_auth_result(sh->s, "eve", false, 0, NULL)))
+			note_failure(sh, "auth_result");
+	}
+	return NULL;
+}
+
+static hsm_result count_key(const hsm_key_record *k, void *arg)
+{
+	(void)k;
+	(*(int *)arg)++;
+	return HSM_SUCCESS;
+}
+
+/* Readers: every record they see is whole, and the counter only grows. */
+static void *read_worker(void *arg)
+{
+	shared *sh = arg;
+	int32_t last = -1;
+	while (!atomic_load(&sh->stop)) {
+		hsm_key_record k = {0};
+		if (hsm_failed(hsm_store_key_get(sh->s, "counter", &k))) {
+			note_failure(sh, "reader key_get");
+			break;
+		}
+		if (k.rotation_period_days < last || k.updated != 1700000000 + k.rotation_period_days)
+			note_failure(sh, "reader saw a torn or older record");
+		last = k.rotation_period_days;
+		hsm_key_record_clear(&k);
+		int n = 0;
+		bool truncated;
+		if (hsm_failed(hsm_store_key_list(sh->s, NULL, 100, true, count_key, &n, &truncated)) ||
+		    n < 2)
+			note_failure(sh, "reader key_list");
+		atomic_fetch_add(&sh->reads, 1);
+	}
+	return NULL;
+}
+
+static hsm_result check_version(const hsm_version_record *v, void *arg)
+{
+	uint32_t *expect = arg;
+	if (v->version != ++*expect)
+		return HSM_FAIL(HSM_ERR_INTERNAL, "versions are not contiguous");
+	return HSM_SUCCESS;
+}
+
+static void test_no_lost_updates(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	st_tmpdir(dir);
+	shared sh = {0};
+	pthread_mutex_init(&sh.error_lock, NULL);
+	assert_true(hsm_ok(hsm_store_open(dir, &sh.s)));
+	st_create_key(sh.s, "counter", "w", 1);
+	st_create_key(sh.s, "rotating", "w", 1);
+	hsm_user_record u = {.name = "eve", .role = HSM_ROLE_CRYPTO_USER};
+	assert_true(hsm_ok(hsm_store_user_create(sh.s, &u)));
+
+	pthread_t readers[READERS], writers[WRITERS], rotators[4], auth[4];
+	for (int i = 0; i < READERS; i++)
+		assert_int_equal(pthread_create(&readers[i], NULL, read_worker, &sh), 0);
+	for (int i = 0; i < WRITERS; i++)
+		assert_int_equal(pthread_create(&writers[i], NULL, increment_worker, &sh), 0);
+	for (int i = 0; i < 4; i++) {
+		assert_int_equal(pthread_create(&rotators[i], NULL, rotate_worker, &sh), 0);
+		assert_int_equal(pthread_create(&auth[i], NULL, auth_worker, &sh), 0);
+	}
+	for (int i = 0; i < WRITERS; i++)
+		pthread_join(writers[i], NULL);
+	for (int i = 0; i < 4; i++) {
+		pthread_join(rotators[i], NULL);
+		pthread_join(auth[i], NULL);
+	}
+	atomic_store(&sh.stop, true);
+	for (int i = 0; i < READERS; i++)
+		pthread_join(readers[i], NULL);
+	if (atomic_load(&sh.failures) != 0)
+		fail_msg("%d failures; first: %s", atomic_load(&sh.failures), sh.first_error);
+
+	hsm_key_record k = {0};
+	assert_true(hsm_ok(hsm_store_key_get(sh.s, "counter", &k)));
+	assert_int_equal(k.rotation_period_days, WRITERS * INCREMENTS);
+	hsm_key_record_clear(&k);
+	assert_true(hsm_ok(hsm_store_key_get(sh.s, "rotating", &k)));
+	assert_int_equal(k.primary_version, 1 + 4 * 5);
+	hsm_key_record_clear(&k);
+	uint32_t expect = 0;
+	assert_true(hsm_ok(hsm_store_version_list(sh.s, "rotating", check_version, &expect)));
+	assert_int_equal(expect, 1 + 4 * 5);
+	assert_true(hsm_ok(hsm_store_user_get(sh.s, "eve", &u)));
+	assert_int_equal(u.failed_auth, 4 * INCREMENTS);
+	assert_true(atomic_load(&sh.reads) > 0);
+	print_message("reads during writes: %d, rotation conflicts resolved: %d\n",
+	              atomic_load(&sh.reads), atomic_load(&sh.conflicts));
+
+	hsm_store_close(sh.s);
+	pthread_mutex_destroy(&sh.error_lock);
+	st_rm_rf(dir);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_no_lost_updates),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,289 @@
+/*
+ * store_names_test.c - aliases and tags (store.h) on the SQLite backend.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "store/store.h"
+#include "store_test_util.h"
+
+/* Every test starts with two keys, k1 and k2. */
+static int setup(void **state)
+{
+	st_setup(state);
+	st_fixture *f = *state;
+	st_create_key(f->s, "k1", "w", 1);
+	st_create_key(f->s, "k2", "w", 1);
+	return 0;
+}
+
+/* ---- Aliases -------------------------------------------------------------------------- */
+
+typedef struct names {
+	char v[64][HSM_TAG_KEY_MAX * 4 + 1];
+	char extra[64][HSM_TAG_VALUE_MAX * 4 + 1];
+	size_t n;
+} names;
+
+static hsm_result collect_alias(const hsm_alias_record *a, void *arg)
+{
+	names *n = arg;
+	assert_true(n->n < 64);
+	snprintf(n->v[n->n], sizeof(n->v[0]), "%s", a->name);
+	snprintf(n->extra[n->n], sizeof(n->extra[0]), "%s", a->key_id);
+	n->n++;
+	return HSM_SUCCESS;
+}
+
+static void test_alias_lifecycle(void **state)
+{
+	st_fixture *f = *state;
+	hsm_alias_record a;
+	EXPECT_OK(hsm_store_alias_create(f->s, "alias/app", "k1", 100));
+	EXPECT_ERR(hsm_store_alias_create(f->s, "alias/app", "k2", 101), HSM_ERR_ALREADY_EXISTS);
+	EXPECT_ERR(hsm_store_alias_create(f->s, "alias/other", "k9", 101), HSM_ERR_NOT_FOUND);
+	EXPECT_ERR(hsm_store_alias_get(f->s, "alias/other", &a), HSM_ERR_NOT_FOUND);
+	EXPECT_ERR(hsm_store_alias_create(f->s, "", "k1", 101), HSM_ERR_VALIDATION);
+
+	st_reopen(f);
+	EXPECT_OK(hsm_store_alias_get(f->s, "alias/app", &a));
+	assert_string_equal(a.name, "alias/app");
+	assert_string_equal(a.key_id, "k1");
+	assert_int_equal(a.created, 100);
+	assert_int_equal(a.updated, 100);
+
+	EXPECT_OK(hsm_store_alias_update(f->s, "alias/app", "k2", 200));
+	EXPECT_OK(hsm_store_alias_get(f->s, "alias/app", &a));
+	assert_string_equal(a.key_id, "k2");
+	assert_int_equal(a.created, 100);
+	assert_int_equal(a.updated, 200);
+	EXPECT_ERR(hsm_store_alias_update(f->s, "alias/none", "k2", 200), HSM_ERR_NOT_FOUND);
+	EXPECT_ERR(hsm_store_alias_update(f->s, "alias/app", "k9", 300), HSM_ERR_NOT_FOUND);
+	EXPECT_OK(hsm_store_alias_get(f->s, "alias/app", &a));
+	assert_string_equal(a.key_id, "k2"); /* unchanged by the failure */
+
+	EXPECT_OK(hsm_store_alias_delete(f->s, "alias/app"));
+	EXPECT_ERR(hsm_store_alias_get(f->s, "alias/app", &a), HSM_ERR_NOT_FOUND);
+	EXPECT_ERR(hsm_store_alias_delete(f->s, "alias/app"), HSM_ERR_NOT_FOUND);
+
+	/* A name one byte too long for the field is refused on create, absent on lookup. */
+	char longname[HSM_ALIAS_MAX + 2];
+	memset(longname, 'a', sizeof(longname) - 1);
+	longname[sizeof(longname) - 1] = '\0';
+	EXPECT_ERR(hsm_store_alias_create(f->s, longname, "k1", 1), HSM_ERR_VALIDATION);
+	EXPECT_ERR(hsm_store_alias_get(f->s, longname, &a), HSM_ERR_NOT_FOUND);
+	longname[HSM_ALIAS_MAX] = '\0'; /* exactly HSM_ALIAS_MAX fits */
+	EXPECT_OK(hsm_store_alias_create(f->s, longname, "k1", 1));
+	EXPECT_OK(hsm_store_alias_get(f->s, longname, &a));
+	assert_int_equal(strlen(a.name), HSM_ALIAS_MAX);
+}
+
+static void list_aliases(hsm_store *s, const char *key_id, size_t limit, names *all,
+                         size_t *pages)
+{
+	char after[HSM_TAG_KEY_MAX * 4 + 1] = ""; /* as wide as names.v */
+	memset(all, 0, sizeof(*all));
+	*pages = 0;
+	for (;;) {
+		names p = {0};
+		bool truncated = false;
+		EXPECT_OK(hsm_store_alias_list(s, key_id, after, limit, collect_alias, &p, &truncated));
+		assert_true(p.n <= limit);
+		assert_true(!truncated || p.n == limit);
+		for (size_t i = 0; i < p.n; i++) {
+			memcpy(all->v[all->n], p.v[i], sizeof(p.v[i]));
+			memcpy(all->extra[all->n++], p.extra[i], sizeof(p.extra[i]));
+		}
+		(*pages)++;
+		if (!truncated)
+			break;
+		snprintf(after, sizeof(after), "%s", p.v[p.n - 1]);
+	}
+}
+
+static void test_alias_list(void **state)
+{
+	st_fixture *f = *state;
+	const char *order[] = {"alias/a", "alias/b", "alias/c", "alias/d", "alias/e"};
+	const char *keys[] = {"k1", "k2", "k1", "k2", "k1"};
+	for (int i = 4; i >= 0; i--)
+		EXPECT_OK(hsm_store_alias_create(f->s, order[i], keys[i], 1));
+	names all;
+	size_t pages;
+	for (size_t limit = 1; limit <= 6; limit++) {
+		list_aliases(f->s, NULL, limit, &all, &pages);
+		assert_int_equal(all.n, 5);
+		assert_int_equal(pages, limit >= 5 ? 1 : (5 + limit - 1) / limit);
+		for (size_t i = 0; i < 5; i++) {
+			assert_string_equal(all.v[i], order[i]);
+			assert_string_equal(all.extra[i], keys[i]);
+		}
+	}
+	list_aliases(f->s, "k1", 2, &all, &pages);
+	assert_int_equal(all.n, 3);
+	assert_int_equal(pages, 2);
+	assert_string_equal(all.v[0], "alias/a");
+	assert_string_equal(all.v[1], "alias/c");
+	assert_string_equal(all.v[2], "alias/e");
+
+	names p = {0};
+	bool truncated;
+	EXPECT_ERR(hsm_store_alias_list(f->s, "k9", NULL, 10, collect_alias, &p, &truncated),
+	           HSM_ERR_NOT_FOUND);
+	EXPECT_ERR(hsm_store_alias_list(f->s, NULL, NULL, 0, collect_alias, &p, &truncated),
+	           HSM_ERR_VALIDATION);
+
+	EXPECT_OK(hsm_store_alias_delete_for_key(f->s, "k1"));
+	list_aliases(f->s, NULL, 10, &all, &pages);
+	assert_int_equal(all.n, 2);
+	assert_string_equal(all.v[0], "alias/b");
+	assert_string_equal(all.v[1], "alias/d");
+	EXPECT_ERR(hsm_store_alias_delete_for_key(f->s, "k9"), HSM_ERR_NOT_FOUND);
+}
+
+/* ---- Tags ------------------------------------------------------------------------------- */
+
+static hsm_result collect_tag(const hsm_tag *t, void *arg)
+{
+	names *n = arg;
+	assert_true(n->n < 64);
+	snprintf(n->v[n->n], sizeof(n->v[0]), "%s", t->key);
+	snprintf(n->extra[n->n], sizeof(n->extra[0]), "%s", t->value);
+	n->n++;
+	return HSM_SUCCESS;
+}
+
+static void tag(hsm_tag *t, const char *key, const char *value)
+{
+	memset(t, 0, sizeof(*t));
+	snprintf(t->key, sizeof(t->key), "%s", key);
+	snprintf(t->value, sizeof(t->value), "%s", value);
+}
+
+static size_t count_tags(hsm_store *s, const char *key_id, names *out)
+{
+	bool truncated = true;
+	memset(out, 0, sizeof(*out));
+	EXPECT_OK(hsm_store_tags_list(s, key_id, NULL, 60, collect_tag, out, &truncated));
+	assert_false(truncated);
+	return out->n;
+}
+
+static void test_tags_put_replace_remove(void **state)
+{
+	st_fixture *f = *state;
+	hsm_tag t[3];
+	names got;
+	tag(&t[0], "team", "payments");
+	tag(&t[1], "env", "prod");
+	tag(&t[2], "empty", "");
+	EXPECT_OK(hsm_store_tags_put(f->s, "k1", 3, t));
+	st_reopen(f);
+	assert_int_equal(count_tags(f->s, "k1", &got), 3);
+	assert_string_equal(got.v[0], "empty"); /* ordered by tag key */
+	assert_string_equal(got.extra[0], "");
+	assert_string_equal(got.v[1], "env");
+	assert_string_equal(got.v[2], "team");
+	assert_int_equal(count_tags(f->s, "k2", &got), 0);
+
+	/* put replaces existing values; the last duplicate in one call wins. */
+	tag(&t[0], "env", "staging");
+	tag(&t[1], "env", "dev");
+	EXPECT_OK(hsm_store_tags_put(f->s, "k1", 2, t));
+	assert_int_equal(count_tags(f->s, "k1", &got), 3);
+	assert_string_equal(got.extra[1], "dev");
+
+	const char *gone[] = {"team", "absent"};
+	EXPECT_OK(hsm_store_tags_remove(f->s, "k1", 2, gone));
+	assert_int_equal(count_tags(f->s, "k1", &got), 2);
+	assert_string_equal(got.v[0], "empty");
+	assert_string_equal(got.v[1], "env");
+
+	EXPECT_ERR(hsm_store_tags_put(f->s, "k9", 1, t), HSM_ERR_NOT_FOUND);
+	EXPECT_ERR(hsm_store_tags_remove(f->s, "k9", 1, gone), HSM_ERR_NOT_FOUND);
+	bool truncated;
+	EXPECT_ERR(hsm_store_tags_list(f->s, "k9", NULL, 5, collect_tag, &got, &truncated),
+	           HSM_ERR_NOT_FOUND);
+	tag(&t[0], "", "x");
+	EXPECT_ERR(hsm_store_tags_put(f->s, "k1", 1, t), HSM_ERR_VALIDATION);
+	EXPECT_OK(hsm_store_tags_put(f->s, "k1", 0, NULL));
+}
+
+static void test_tags_limit(void **state)
+{
+	st_fixture *f = *state;
+	hsm_tag t[HSM_MAX_TAGS_PER_KEY + 1];
+	names got;
+	for (int i = 0; i <= HSM_MAX_TAGS_PER_KEY; i++) {
+		char key[16];
+		snprintf(key, sizeof(key), "t%02d", i);
+		tag(&t[i], key, "v");
+	}
+	/* More than the limit in one call. */
+	EXPECT_ERR(hsm_store_tags_put(f->s, "k1", HSM_MAX_TAGS_PER_KEY + 1, t),
+	           HSM_ERR_LIMIT_EXCEEDED);
+	assert_int_equal(count_tags(f->s, "k1", &got), 0);
+	/* Exactly the limit, in two calls. */
+	EXPECT_OK(hsm_store_tags_put(f->s, "k1", 30, t));
+	EXPECT_OK(hsm_store_tags_put(f->s, "k1", HSM_MAX_TAGS_PER_KEY - 30, t + 30));
+	assert_int_equal(count_tags(f->s, "k1", &got), HSM_MAX_TAGS_PER_KEY);
+	/* One more fails and changes nothing, even alongside a replacement. */
+	hsm_tag two[2];
+	tag(&two[0], "t00", "replaced");
+	tag(&two[1], "t50", "new");
+	EXPECT_ERR(hsm_store_tags_put(f->s, "k1", 2, two), HSM_ERR_LIMIT_EXCEEDED);
+	assert_int_equal(count_tags(f->s, "k1", &got), HSM_MAX_TAGS_PER_KEY);
+	assert_string_equal(got.extra[0], "v");
+	/* Replacing at the limit is fine. */
+	EXPECT_OK(hsm_store_tags_put(f->s, "k1", 1, two));
+	assert_int_equal(count_tags(f->s, "k1", &got), HSM_MAX_TAGS_PER_KEY);
+	assert_string_equal(got.extra[0], "replaced");
+	/* The limit is per key. */
+	EXPECT_OK(hsm_store_tags_put(f->s, "k2", 1, &two[1]));
+}
+
+static void test_tags_pagination(void **state)
+{
+	st_fixture *f = *state;
+	hsm_tag t[7];
+	for (int i = 0; i < 7; i++) {
+		char key[16];
+		snprintf(key, sizeof(key), "key-%d", 6 - i);
+		tag(&t[i], key, key);
+	}
+	EXPECT_OK(hsm_store_tags_put(f->s, "k2", 7, t));
+	for (size_t limit = 1; limit <= 8; limit++) {
+		char after[HSM_TAG_KEY_MAX * 4 + 1] = "";
+		size_t seen = 0;
+		bool truncated = true;
+		while (truncated) {
+			names p = {0};
+			EXPECT_OK(hsm_store_tags_list(f->s, "k2", after, limit, collect_tag, &p,
+			                              &truncated));
+			for (size_t i = 0; i < p.n; i++) {
+				char key[16];
+				snprintf(key, sizeof(key), "key-%zu", seen + i);
+				assert_string_equal(p.v[i], key);
+			}
+			seen += p.n;
+			assert_int_equal(truncated, seen < 7);
+			if (p.n > 0)
+				snprintf(after, sizeof(after), "%s", p.v[p.n - 1]);
+		}
+		assert_int_equal(seen, 7);
+	}
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_alias_lifecycle, setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_alias_list, setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_tags_put_replace_remove, setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_tags_limit, setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_tags_pagination, setup, st_teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,215 @@
+/*
+ * store_principals_test.c - users, authentication counters and access keys
+ * (store.h) on the SQLite backend.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "store/store.h"
+#include "store_test_util.h"
+
+static void user(hsm_user_record *u, const char *name, hsm_role role)
+{
+	memset(u, 0, sizeof(*u));
+	snprintf(u->name, sizeof(u->name), "%s", name);
+	u->role = role;
+	u->created = 1700000000;
+}
+
+/* ---- Users --------------------------------------------------------------------------- */
+
+typedef struct seen {
+	char names[8][HSM_USER_NAME_MAX + 1];
+	size_t n;
+} seen;
+
+static hsm_result collect_user(const hsm_user_record *u, void *arg)
+{
+	seen *s = arg;
+	assert_true(s->n < 8);
+	snprintf(s->names[s->n++], sizeof(s->names[0]), "%s", u->name);
+	return HSM_SUCCESS;
+}
+
+static void test_user_crud(void **state)
+{
+	st_fixture *f = *state;
+	hsm_user_record u, got;
+	user(&u, "olivia", HSM_ROLE_CRYPTO_OFFICER);
+	EXPECT_OK(hsm_store_user_create(f->s, &u));
+	EXPECT_ERR(hsm_store_user_create(f->s, &u), HSM_ERR_ALREADY_EXISTS);
+	user(&u, "aaron", HSM_ROLE_AUDITOR);
+	EXPECT_OK(hsm_store_user_create(f->s, &u));
+	user(&u, "", HSM_ROLE_AUDITOR);
+	EXPECT_ERR(hsm_store_user_create(f->s, &u), HSM_ERR_VALIDATION);
+
+	EXPECT_OK(hsm_store_user_get(f->s, "olivia", &got));
+	assert_string_equal(got.name, "olivia");
+	assert_int_equal(got.role, HSM_ROLE_CRYPTO_OFFICER);
+	assert_false(got.disabled);
+	assert_false(got.locked);
+	assert_int_equal(got.failed_auth, 0);
+	assert_int_equal(got.created, 1700000000);
+	EXPECT_ERR(hsm_store_user_get(f->s, "nobody", &got), HSM_ERR_NOT_FOUND);
+
+	/* put replaces the mutable fields, never created. */
+	user(&u, "olivia", HSM_ROLE_CRYPTO_USER);
+	u.disabled = true;
+	u.locked = true;
+	u.failed_auth = 4;
+	u.created = 5;
+	EXPECT_OK(hsm_store_user_put(f->s, &u));
+	st_reopen(f);
+	EXPECT_OK(hsm_store_user_get(f->s, "olivia", &got));
+	assert_int_equal(got.role, HSM_ROLE_CRYPTO_USER);
+	assert_true(got.disabled);
+	assert_true(got.locked);
+	assert_int_equal(got.failed_auth, 4);
+	assert_int_equal(got.created, 1700000000);
+	user(&u, "nobody", HSM_ROLE_CRYPTO_USER);
+	EXPECT_ERR(hsm_store_user_put(f->s, &u), HSM_ERR_NOT_FOUND);
+
+	seen s = {0};
+	EXPECT_OK(hsm_store_user_list(f->s, collect_user, &s));
+	assert_int_equal(s.n, 2);
+	assert_string_equal(s.names[0], "aaron");
+	assert_string_equal(s.names[1], "olivia");
+}
+
+static void test_auth_result_counts_and_locks(void **state)
+{
+	st_fixture *f = *state;
+	hsm_user_record u, got;
+	user(&u, "carol", HSM_ROLE_CRYPTO_USER);
+	EXPECT_OK(hsm_store_user_create(f->s, &u));
+	EXPECT_OK(hsm_store_user_auth_result(f->s, "carol", false, 3, &got));
+	assert_int_equal(got.failed_auth, 1);
+	assert_false(got.locked);
+	EXPECT_OK(hsm_store_user_auth_result(f->s, "carol", true, 3, &got));
+	assert_int_equal(got.failed_auth, 0); /* success resets */
+	EXPECT_OK(hsm_store_user_auth_result(f->s, "carol", false, 3, NULL));
+	EXPECT_OK(hsm_store_user_auth_result(f->s, "carol", false, 3, &got));
+	assert_int_equal(got.failed_auth, 2);
+	assert_false(got.locked);
+	st_reopen(f); /* the count survives a restart */
+	EXPECT_OK(hsm_store_user_get(f->s, "carol", &got));
+	assert_int_equal(got.failed_auth, 2);
+	EXPECT_OK(hsm_store_user_auth_result(f->s, "carol", false, 3, &got));
+	assert_int_equal(got.failed_auth, 3);
+	assert_true(got.locked); /* at the threshold */
+	st_reopen(f);
+	EXPECT_OK(hsm_store_user_get(f->s, "carol", &got));
+	assert_true(got.locked);
+	/* A success resets the counter but does not unlock. */
+	EXPECT_OK(hsm_store_user_auth_result(f->s, "carol", true, 3, &got));
+	assert_int_equal(got.failed_auth, 0);
+	assert_true(got.locked);
+
+	/* lock_after 0 never locks. */
+	user(&u, "dave", HSM_ROLE_CRYPTO_USER);
+	EXPECT_OK(hsm_store_user_create(f->s, &u));
+	for (int i = 0; i < 10; i++)
+		EXPECT_OK(hsm_store_user_auth_result(f->s, "dave", false, 0, &got));
+	assert_int_equal(got.failed_auth, 10);
+	assert_false(got.locked);
+	/* The counter saturates instead of wrapping. */
+	u.failed_auth = UINT32_MAX;
+	EXPECT_OK(hsm_store_user_put(f->s, &u));
+	EXPECT_OK(hsm_store_user_auth_result(f->s, "dave", false, 0, &got));
+	assert_int_equal(got.failed_auth, UINT32_MAX);
+	EXPECT_ERR(hsm_store_user_auth_result(f->s, "nobody", false, 3, &got), HSM_ERR_NOT_FOUND);
+}
+
+/* ---- Access keys ------------------------------------------------------------------------ */
+
+typedef struct aks {
+	char ids[8][HSM_ACCESS_KEY_ID_LEN + 1];
+	size_t n;
+} aks;
+
+static hsm_result collect_ak(const hsm_access_key_record *k, void *arg)
+{
+	aks *a = arg;
+	assert_true(a->n < 8);
+	snprintf(a->ids[a->n++], sizeof(a->ids[0]), "%s", k->access_key_id);
+	return HSM_SUCCESS;
+}
+
+static void access_key(hsm_access_key_record *k, const char *id, const char *u)
+{
+	memset(k, 0, sizeof(*k));
+	snprintf(k->access_key_id, sizeof(k->access_key_id), "%s", id);
+	snprintf(k->user, sizeof(k->user), "%s", u);
+	k->active = true;
+	k->created = 1700000100;
+	if (hsm_failed(hsm_buf_set(&k->wrapped_secret, "sealed-secret", 13)))
+		abort();
+}
+
+static void test_access_keys(void **state)
+{
+	st_fixture *f = *state;
+	hsm_user_record u;
+	user(&u, "olivia", HSM_ROLE_CRYPTO_OFFICER);
+	EXPECT_OK(hsm_store_user_create(f->s, &u));
+	user(&u, "ulrich", HSM_ROLE_CRYPTO_USER);
+	EXPECT_OK(hsm_store_user_create(f->s, &u));
+
+	hsm_access_key_record k, got = {0};
+	access_key(&k, "AKIAZZZZZZZZZZZZZZZ1", "ulrich");
+	EXPECT_OK(hsm_store_access_key_create(f->s, &k));
+	EXPECT_ERR(hsm_store_access_key_create(f->s, &k), HSM_ERR_ALREADY_EXISTS);
+	hsm_access_key_record_clear(&k);
+	access_key(&k, "AKIAAAAAAAAAAAAAAAA2", "olivia");
+	EXPECT_OK(hsm_store_access_key_create(f->s, &k));
+	hsm_access_key_record_clear(&k);
+	access_key(&k, "AKIAMMMMMMMMMMMMMMM3", "ulrich");
+	EXPECT_OK(hsm_store_access_key_create(f->s, &k));
+	hsm_access_key_record_clear(&k);
+	access_key(&k, "AKIAXXXXXXXXXXXXXXX4", "nobody");
+	EXPECT_ERR(hsm_store_access_key_create(f->s, &k), HSM_ERR_NOT_FOUND);
+	hsm_access_key_record_clear(&k);
+
+	st_reopen(f);
+	EXPECT_OK(hsm_store_access_key_get(f->s, "AKIAZZZZZZZZZZZZZZZ1", &got));
+	assert_string_equal(got.user, "ulrich");
+	assert_true(got.active);
+	assert_int_equal(got.created, 1700000100);
+	assert_int_equal(got.wrapped_secret.len, 13);
+	assert_memory_equal(got.wrapped_secret.data, "sealed-secret", 13);
+	hsm_access_key_record_clear(&got);
+	EXPECT_ERR(hsm_store_access_key_get(f->s, "AKIAXXXXXXXXXXXXXXX4", &got), HSM_ERR_NOT_FOUND);
+	EXPECT_ERR(hsm_store_access_key_get(f->s, "AKIA-much-too-long-to-be-an-id", &got),
+	           HSM_ERR_NOT_FOUND);
+
+	EXPECT_OK(hsm_store_access_key_set_active(f->s, "AKIAZZZZZZZZZZZZZZZ1", false));
+	EXPECT_OK(hsm_store_access_key_get(f->s, "AKIAZZZZZZZZZZZZZZZ1", &got));
+	assert_false(got.active);
+	hsm_access_key_record_clear(&got);
+	EXPECT_ERR(hsm_store_access_key_set_active(f->s, "AKIAXXXXXXXXXXXXXXX4", true),
+	           HSM_ERR_NOT_FOUND);
+
+	aks all = {0}, mine = {0};
+	EXPECT_OK(hsm_store_access_key_list(f->s, NULL, collect_ak, &all));
+	assert_int_equal(all.n, 3);
+	assert_string_equal(all.ids[0], "AKIAAAAAAAAAAAAAAAA2");
+	assert_string_equal(all.ids[1], "AKIAMMMMMMMMMMMMMMM3");
+	assert_string_equal(all.ids[2], "AKIAZZZZZZZZZZZZZZZ1");
+	EXPECT_OK(hsm_store_access_key_list(f->s, "ulrich", collect_ak, &mine));
+	assert_int_equal(mine.n, 2);
+	assert_string_equal(mine.ids[0], "AKIAMMMMMMMMMMMMMMM3");
+	assert_string_equal(mine.ids[1], "AKIAZZZZZZZZZZZZZZZ1");
+	EXPECT_ERR(hsm_store_access_key_list(f->s, "nobody", collect_ak, &mine), HSM_ERR_NOT_FOUND);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_user_crud, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_auth_result_counts_and_locks, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_access_keys, st_setup, st_teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

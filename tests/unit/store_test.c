@@ -1,0 +1,300 @@
+/*
+ * store_test.c - the store contract (store.h) on the SQLite backend: opening,
+ * the directory lock, schema migrations, metadata, names of enumerations and
+ * the mapping of a busy database.  Keys and versions: store_keys_test.c;
+ * aliases and tags: store_names_test.c; principals: store_principals_test.c;
+ * threads: store_concurrency_test.c; kill -9: store_crash_test.c; speed:
+ * store_scale_test.c.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include "common/util.h"
+#include "store/store.h"
+#include "store/store_impl.h"
+#include "store_test_util.h"
+
+/* ---- Opening, locking, migrations ------------------------------------------------ */
+
+static void test_open_creates_private_files(void **state)
+{
+	(void)state;
+	char base[PATH_MAX], dir[PATH_MAX], path[PATH_MAX];
+	st_tmpdir(base);
+	assert_true(snprintf(dir, sizeof(dir), "%s/a/b", base) < (int)sizeof(dir));
+	hsm_store *s = NULL;
+	EXPECT_OK(hsm_store_open(dir, &s));
+	struct stat sb;
+	assert_int_equal(stat(dir, &sb), 0);
+	assert_int_equal(sb.st_mode & 0777, 0700);
+	st_path(path, dir, "hsmd.db");
+	assert_int_equal(stat(path, &sb), 0);
+	assert_int_equal(sb.st_mode & 0777, 0600);
+	st_path(path, dir, "hsmd.db-wal");
+	assert_int_equal(stat(path, &sb), 0);
+	assert_int_equal(sb.st_mode & 0777, 0600);
+	st_path(path, dir, "hsmd.lock");
+	assert_int_equal(stat(path, &sb), 0);
+	assert_int_equal(hsm_store_schema_version(s), hsm_store_sqlite_schema_latest());
+	hsm_store_close(s);
+
+	/* The same directory through the explicit prefix, with its data intact. */
+	char loc[PATH_MAX + 8];
+	snprintf(loc, sizeof(loc), "sqlite:%s", dir);
+	EXPECT_OK(hsm_store_open(loc, &s));
+	assert_int_equal(hsm_store_schema_version(s), hsm_store_sqlite_schema_latest());
+	hsm_store_close(s);
+	hsm_store_close(NULL);
+	st_rm_rf(base);
+}
+
+static void test_open_rejects_bad_locations(void **state)
+{
+	(void)state;
+	hsm_store *s = NULL;
+	EXPECT_ERR(hsm_store_open("", &s), HSM_ERR_VALIDATION);
+	EXPECT_ERR(hsm_store_open("sqlite:", &s), HSM_ERR_VALIDATION);
+	EXPECT_ERR(hsm_store_open("postgresql://db.example/hsm", &s), HSM_ERR_VALIDATION);
+	assert_null(s);
+}
+
+static void test_lock_conflict(void **state)
+{
+	st_fixture *f = *state;
+	hsm_store *second = NULL;
+	EXPECT_ERR(hsm_store_open(f->dir, &second), HSM_ERR_CONFLICT);
+	assert_null(second);
+	char pid[32];
+	snprintf(pid, sizeof(pid), "process %ld", (long)getpid());
+	assert_non_null(strstr(hsm_last_message(), "in use"));
+	assert_non_null(strstr(hsm_last_message(), pid));
+
+	/* Another process is refused the same way. */
+	pid_t child = fork();
+	assert_true(child >= 0);
+	if (child == 0) {
+		hsm_store *s = NULL;
+		hsm_result r = hsm_store_open(f->dir, &s);
+		_exit(r.err == HSM_ERR_CONFLICT ? 0 : 1);
+	}
+	int status = 0;
+	assert_int_equal(waitpid(child, &status, 0), child);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+	/* Closing releases the lock. */
+	hsm_store_close(f->s);
+	f->s = NULL;
+	EXPECT_OK(hsm_store_open(f->dir, &f->s));
+}
+
+static void test_migrates_version_zero_store(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	st_tmpdir(dir);
+	/* A database that has the version table but no step applied yet. */
+	assert_int_equal(st_raw_exec(dir, "CREATE TABLE schema_version (version INTEGER PRIMARY "
+	                                  "KEY, applied INTEGER NOT NULL)"),
+	                 SQLITE_OK);
+	hsm_store *s = NULL;
+	EXPECT_OK(hsm_store_open(dir, &s));
+	assert_int_equal(hsm_store_schema_version(s), hsm_store_sqlite_schema_latest());
+	st_create_key(s, "k1", "w", 1);
+	hsm_store_close(s);
+	assert_int_equal(st_raw_int(dir, "SELECT max(version) FROM schema_version"),
+	                 hsm_store_sqlite_schema_latest());
+	st_rm_rf(dir);
+}
+
+static void test_failed_migration_changes_nothing(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	st_tmpdir(dir);
+	/* A table in the way makes step 1 fail part-way through. */
+	assert_int_equal(st_raw_exec(dir, "CREATE TABLE aliases (x)"), SQLITE_OK);
+	hsm_store *s = NULL;
+	EXPECT_ERR(hsm_store_open(dir, &s), HSM_ERR_STORE);
+	assert_int_equal(st_raw_int(dir, "SELECT count(*) FROM schema_version"), 0);
+	assert_int_equal(st_raw_int(dir, "SELECT count(*) FROM sqlite_schema WHERE name = 'keys'"), 0);
+	assert_int_equal(st_raw_int(dir, "PRAGMA application_id"), 0);
+	/* Once the obstacle is gone the same directory migrates. */
+	assert_int_equal(st_raw_exec(dir, "DROP TABLE aliases"), SQLITE_OK);
+	EXPECT_OK(hsm_store_open(dir, &s));
+	hsm_store_close(s);
+	st_rm_rf(dir);
+}
+
+static void test_refuses_newer_schema_and_foreign_files(void **state)
+{
+	st_fixture *f = *state;
+	hsm_store_close(f->s);
+	f->s = NULL;
+	assert_int_equal(st_raw_exec(f->dir, "INSERT INTO schema_version VALUES (999, 0)"), SQLITE_OK);
+	EXPECT_ERR(hsm_store_open(f->dir, &f->s), HSM_ERR_STORE);
+	assert_non_null(strstr(hsm_last_message(), "newer"));
+	assert_null(f->s);
+	assert_int_equal(st_raw_exec(f->dir, "DELETE FROM schema_version WHERE version = 999"),
+	                 SQLITE_OK);
+	assert_int_equal(st_raw_exec(f->dir, "PRAGMA application_id = 7"), SQLITE_OK);
+	EXPECT_ERR(hsm_store_open(f->dir, &f->s), HSM_ERR_STORE);
+	assert_non_null(strstr(hsm_last_message(), "not an hsmd store"));
+	assert_int_equal(st_raw_exec(f->dir, "PRAGMA application_id = 1213418820"), SQLITE_OK);
+	EXPECT_OK(hsm_store_open(f->dir, &f->s));
+}
+
+static void test_connection_settings(void **state)
+{
+	st_fixture *f = *state;
+	char path[PATH_MAX];
+	sqlite3 *db = NULL;
+	sqlite3_stmt *st = NULL;
+	st_path(path, f->dir, "hsmd.db");
+	assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	assert_string_equal((const char *)sqlite3_column_text(st, 0), "wal");
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+}
+
+/* ---- Metadata -------------------------------------------------------------------------- */
+
+static void test_meta(void **state)
+{
+	st_fixture *f = *state;
+	hsm_buf out = {0};
+	EXPECT_ERR(hsm_store_meta_get(f->s, "store_id", &out), HSM_ERR_NOT_FOUND);
+	hsm_buf a = {0}, b = {0}, empty = {0};
+	assert_true(hsm_ok(hsm_buf_set(&a, "alpha", 5)));
+	assert_true(hsm_ok(hsm_buf_set(&b, "\0\1\2", 3)));
+	const char *names[] = {"store_id", "kcv", "blank"};
+	const hsm_buf *values[] = {&a, &b, &empty};
+	EXPECT_OK(hsm_store_meta_put(f->s, 3, names, values));
+	EXPECT_OK(hsm_store_meta_put(f->s, 0, NULL, NULL));
+	EXPECT_OK(hsm_store_meta_get(f->s, "kcv", &out));
+	assert_int_equal(out.len, 3);
+	assert_memory_equal(out.data, "\0\1\2", 3);
+	EXPECT_OK(hsm_store_meta_get(f->s, "blank", &out));
+	assert_int_equal(out.len, 0);
+	/* Replace, and read into a secure buffer, which stays secure. */
+	const char *one[] = {"kcv"};
+	const hsm_buf *va[] = {&a};
+	EXPECT_OK(hsm_store_meta_put(f->s, 1, one, va));
+	hsm_buf sec;
+	hsm_buf_init_secure(&sec);
+	st_reopen(f);
+	EXPECT_OK(hsm_store_meta_get(f->s, "kcv", &sec));
+	assert_true(sec.secure);
+	assert_int_equal(sec.len, 5);
+	assert_memory_equal(sec.data, "alpha", 5);
+	/* A failed get leaves the output alone. */
+	EXPECT_ERR(hsm_store_meta_get(f->s, "missing", &sec), HSM_ERR_NOT_FOUND);
+	assert_int_equal(sec.len, 5);
+	const char *bad[] = {""};
+	EXPECT_ERR(hsm_store_meta_put(f->s, 1, bad, va), HSM_ERR_VALIDATION);
+	hsm_buf_free(&a);
+	hsm_buf_free(&b);
+	hsm_buf_free(&out);
+	hsm_buf_free(&sec);
+}
+
+static void test_meta_batch_is_atomic(void **state)
+{
+	st_fixture *f = *state;
+	hsm_store_close(f->s);
+	f->s = NULL;
+	/* Fault injection: the second value of the batch makes the store fail. */
+	assert_int_equal(st_raw_exec(f->dir, "CREATE TRIGGER poison BEFORE INSERT ON meta WHEN "
+	                                     "NEW.name = 'poison' BEGIN SELECT RAISE(ABORT, "
+	                                     "'injected'); END"),
+	                 SQLITE_OK);
+	EXPECT_OK(hsm_store_open(f->dir, &f->s));
+	hsm_buf v = {0}, out = {0};
+	assert_true(hsm_ok(hsm_buf_set(&v, "x", 1)));
+	const char *names[] = {"first", "poison", "third"};
+	const hsm_buf *values[] = {&v, &v, &v};
+	EXPECT_ERR(hsm_store_meta_put(f->s, 3, names, values), HSM_ERR_STORE);
+	EXPECT_ERR(hsm_store_meta_get(f->s, "first", &out), HSM_ERR_NOT_FOUND);
+	EXPECT_ERR(hsm_store_meta_get(f->s, "third", &out), HSM_ERR_NOT_FOUND);
+	/* The store keeps working after the rollback. */
+	EXPECT_OK(hsm_store_meta_put(f->s, 1, names, values));
+	EXPECT_OK(hsm_store_meta_get(f->s, "first", &out));
+	hsm_buf_free(&v);
+	hsm_buf_free(&out);
+}
+
+/* ---- Names and errors --------------------------------------------------------------------------- */
+
+static void test_enum_names(void **state)
+{
+	(void)state;
+	assert_string_equal(hsm_key_state_name(HSM_KEY_PENDING_DELETION), "PendingDeletion");
+	assert_string_equal(hsm_role_name(HSM_ROLE_CRYPTO_OFFICER), "crypto-officer");
+	assert_string_equal(hsm_key_origin_name(HSM_ORIGIN_EXTERNAL), "EXTERNAL");
+	assert_string_equal(hsm_rotation_type_name(HSM_ROTATION_ON_DEMAND), "ON_DEMAND");
+	hsm_role r;
+	hsm_key_state ks;
+	hsm_key_origin o;
+	hsm_rotation_type t;
+	EXPECT_OK(hsm_role_parse("auditor", &r));
+	assert_int_equal(r, HSM_ROLE_AUDITOR);
+	EXPECT_ERR(hsm_role_parse("root", &r), HSM_ERR_VALIDATION);
+	EXPECT_ERR(hsm_role_parse("Auditor", &r), HSM_ERR_VALIDATION);
+	EXPECT_OK(hsm_key_state_parse("Destroyed", &ks));
+	assert_int_equal(ks, HSM_KEY_DESTROYED);
+	EXPECT_ERR(hsm_key_state_parse("Gone", &ks), HSM_ERR_VALIDATION);
+	EXPECT_OK(hsm_key_origin_parse("AWS_KMS", &o));
+	assert_int_equal(o, HSM_ORIGIN_AWS_KMS);
+	EXPECT_OK(hsm_rotation_type_parse("AUTOMATIC", &t));
+	assert_int_equal(t, HSM_ROTATION_AUTOMATIC);
+	EXPECT_ERR(hsm_rotation_type_parse("", &t), HSM_ERR_VALIDATION);
+}
+
+static void test_busy_maps_to_dependency_timeout(void **state)
+{
+	st_fixture *f = *state;
+	/* Another connection holds the write lock for longer than the store waits. */
+	char path[PATH_MAX];
+	sqlite3 *db = NULL;
+	st_path(path, f->dir, "hsmd.db");
+	assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+	hsm_buf v = {0};
+	assert_true(hsm_ok(hsm_buf_set(&v, "x", 1)));
+	const char *names[] = {"n"};
+	const hsm_buf *values[] = {&v};
+	uint64_t t0 = hsm_mono_ns();
+	EXPECT_ERR(hsm_store_meta_put(f->s, 1, names, values), HSM_ERR_DEPENDENCY_TIMEOUT);
+	assert_true(hsm_mono_ns() - t0 >= 4000000000ULL);
+	/* Readers are not blocked by that writer. */
+	hsm_buf out = {0};
+	EXPECT_ERR(hsm_store_meta_get(f->s, "n", &out), HSM_ERR_NOT_FOUND);
+	assert_int_equal(sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+	EXPECT_OK(hsm_store_meta_put(f->s, 1, names, values));
+	hsm_buf_free(&v);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_open_creates_private_files),
+		cmocka_unit_test(test_open_rejects_bad_locations),
+		cmocka_unit_test_setup_teardown(test_lock_conflict, st_setup, st_teardown),
+		cmocka_unit_test(test_migrates_version_zero_store),
+		cmocka_unit_test(test_failed_migration_changes_nothing),
+		cmocka_unit_test_setup_teardown(test_refuses_newer_schema_and_foreign_files, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_connection_settings, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_meta, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_meta_batch_is_atomic, st_setup, st_teardown),
+		cmocka_unit_test(test_enum_names),
+		cmocka_unit_test_setup_teardown(test_busy_maps_to_dependency_timeout, st_setup, st_teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
