@@ -412,17 +412,20 @@ hsm_result hsm_sigv4_verify(const hsm_sigv4_config *cfg, const hsm_sigv4_request
 	hsm_result res = HSM_SUCCESS;
 	hsm_buf creq = {0};
 	scope_info info;
+	EVP_MAC_CTX *ctx = NULL;
 	uint8_t mac[HSM_SIGV4_SIG_LEN];
 	HSM_ASSERT(cfg != NULL && signing_key != NULL);
 	HSM_ASSERT(hsm_secret_len(signing_key) == HSM_SIGV4_KEY_LEN);
 	HSM_TRY(check_scope(cfg, req, auth, now, &info));
 	HSM_TRY(hsm_sigv4_build_canonical(req, auth->signed_headers, info.payload_hex, &creq));
-	HSM_TRY(hsm_sigv4_compute(&creq, info.amz_date, auth->date, auth->region, auth->service,
-	                          signing_key, mac));
+	HSM_TRY(hsm_sigv4_mac_new(signing_key, &ctx));
+	HSM_TRY(hsm_sigv4_compute(&creq, info.amz_date, auth->date, auth->region, auth->service, ctx,
+	                          mac));
 	HSM_CHECK(hsm_ct_equal(mac, auth->signature, HSM_SIGV4_SIG_LEN), HSM_ERR_BAD_SIGNATURE,
 	          MSG_MISMATCH);
 out:
 	OPENSSL_cleanse(mac, sizeof(mac));
+	EVP_MAC_CTX_free(ctx);
 	hsm_buf_free(&creq);
 	return res;
 }

@@ -278,20 +278,21 @@ out:
 /* Appends a header value trimmed, with each run of whitespace folded to one space. */
 static hsm_result put_header_value(hsm_buf *out, const char *v)
 {
-	bool pending_space = false;
-	bool any = false;
-	for (const char *p = v; *p != '\0'; p++) {
-		if (is_space(*p)) {
-			pending_space = any;
-			continue;
-		}
-		if (pending_space)
+	const char *p = v;
+	bool first = true;
+	for (;;) {
+		while (is_space(*p))
+			p++;
+		if (*p == '\0')
+			return HSM_SUCCESS;
+		const char *word = p;
+		while (*p != '\0' && !is_space(*p))
+			p++;
+		if (!first)
 			HSM_GUARD(hsm_buf_put_u8(out, ' '));
-		pending_space = false;
-		any = true;
-		HSM_GUARD(hsm_buf_put_u8(out, (uint8_t)*p));
+		first = false;
+		HSM_GUARD(hsm_buf_put(out, word, (size_t)(p - word)));
 	}
-	return HSM_SUCCESS;
 }
 
 static hsm_result put_canonical_headers(hsm_buf *out, const hsm_sigv4_request *req,

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <openssl/evp.h>
+
 #include "auth/sigv4.h"
 
 #define HSM_SIGV4_ALGORITHM "AWS4-HMAC-SHA256"
@@ -52,11 +54,18 @@ hsm_result hsm_sigv4_hmac(const uint8_t *key, size_t key_len, const void *msg, s
                           uint8_t out[HSM_SIGV4_SIG_LEN]) HSM_MUST_CHECK;
 
 /*
+ * An HMAC-SHA256 context keyed with a signing key, for computing many
+ * signatures with one key without re-deriving the HMAC pads each time.
+ * Free with EVP_MAC_CTX_free.
+ */
+hsm_result hsm_sigv4_mac_new(const hsm_secret *key, EVP_MAC_CTX **out) HSM_MUST_CHECK;
+
+/*
  * Computes the signature for a canonical request: builds the string to sign
- * from amz_date and the scope and MACs it with key (HSM_SIGV4_KEY_LEN bytes).
+ * from amz_date and the scope and MACs it with mac (from hsm_sigv4_mac_new).
  */
 hsm_result hsm_sigv4_compute(const hsm_buf *canonical, const char *amz_date, const char *date,
-                             const char *region, const char *service, const hsm_secret *key,
+                             const char *region, const char *service, EVP_MAC_CTX *mac,
                              uint8_t out[HSM_SIGV4_SIG_LEN]) HSM_MUST_CHECK;
 
 /* "YYYYMMDDTHHMMSSZ" <-> epoch seconds.  Parsing is strict (real calendar dates only). */

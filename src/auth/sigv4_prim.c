@@ -88,9 +88,24 @@ out:
 	return res;
 }
 
+hsm_result hsm_sigv4_mac_new(const hsm_secret *key, EVP_MAC_CTX **out)
+{
+	EVP_MAC_CTX *ctx;
+	HSM_ASSERT(hsm_secret_len(key) == HSM_SIGV4_KEY_LEN);
+	HSM_GUARD(prim_ready());
+	ctx = EVP_MAC_CTX_dup(prim_hmac_template);
+	HSM_ENSURE(ctx != NULL, HSM_ERR_NOMEM, "out of memory");
+	if (EVP_MAC_init(ctx, hsm_secret_bytes(key), HSM_SIGV4_KEY_LEN, NULL) != 1) {
+		EVP_MAC_CTX_free(ctx);
+		return HSM_FAIL(HSM_ERR_CRYPTO, "HMAC-SHA256 failed");
+	}
+	*out = ctx;
+	return HSM_SUCCESS;
+}
+
 /* AWS IAM User Guide, "Create a signed AWS API request", steps 2 and 4. */
 hsm_result hsm_sigv4_compute(const hsm_buf *canonical, const char *amz_date, const char *date,
-                             const char *region, const char *service, const hsm_secret *key,
+                             const char *region, const char *service, EVP_MAC_CTX *mac,
                              uint8_t out[HSM_SIGV4_SIG_LEN])
 {
 	char creq_hex[HSM_SIGV4_HEX_HASH_LEN + 1];
@@ -98,12 +113,17 @@ hsm_result hsm_sigv4_compute(const hsm_buf *canonical, const char *amz_date, con
 	char sts[sizeof(HSM_SIGV4_ALGORITHM) + HSM_SIGV4_AMZ_DATE_LEN + HSM_SIGV4_DATE_LEN +
 	         HSM_SIGV4_REGION_MAX + HSM_SIGV4_SERVICE_MAX + sizeof(HSM_SIGV4_TERMINATOR) +
 	         HSM_SIGV4_HEX_HASH_LEN + 16];
-	HSM_ASSERT(hsm_secret_len(key) == HSM_SIGV4_KEY_LEN);
+	size_t out_len = 0;
 	HSM_GUARD(hsm_sigv4_sha256_hex(canonical->data, canonical->len, creq_hex));
 	int n = snprintf(sts, sizeof(sts), "%s\n%s\n%s/%s/%s/%s\n%s", HSM_SIGV4_ALGORITHM, amz_date,
 	                 date, region, service, HSM_SIGV4_TERMINATOR, creq_hex);
 	HSM_ENSURE(n > 0 && (size_t)n < sizeof(sts), HSM_ERR_INTERNAL, "string to sign too long");
-	return hsm_sigv4_hmac(hsm_secret_bytes(key), HSM_SIGV4_KEY_LEN, sts, (size_t)n, out);
+	/* A NULL key restarts the MAC with the key the context already holds. */
+	HSM_ENSURE(EVP_MAC_init(mac, NULL, 0, NULL) == 1 && EVP_MAC_update(mac, (const uint8_t *)sts, (size_t)n) == 1 &&
+	               EVP_MAC_final(mac, out, &out_len, HSM_SIGV4_SIG_LEN) == 1 &&
+	               out_len == HSM_SIGV4_SIG_LEN,
+	           HSM_ERR_CRYPTO, "HMAC-SHA256 failed");
+	return HSM_SUCCESS;
 }
 
 /* ---- Timestamps ------------------------------------------------------------ */

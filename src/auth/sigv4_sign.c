@@ -18,7 +18,7 @@ struct hsm_sigv4_signer {
 	char service[HSM_SIGV4_SERVICE_MAX + 1];
 	hsm_secret *secret;                    /* the secret access key */
 	char key_date[HSM_SIGV4_DATE_LEN + 1]; /* scope date of `key`, "" before first use */
-	hsm_secret *key;                       /* signing key for key_date */
+	EVP_MAC_CTX *mac;                      /* HMAC keyed with the signing key of key_date */
 	hsm_buf creq;                          /* canonical request scratch */
 };
 
@@ -74,7 +74,7 @@ void hsm_sigv4_signer_free(hsm_sigv4_signer *s)
 	if (s == NULL)
 		return;
 	hsm_secret_free(s->secret);
-	hsm_secret_free(s->key);
+	EVP_MAC_CTX_free(s->mac);
 	hsm_buf_free(&s->creq);
 	free(s);
 }
@@ -82,17 +82,22 @@ void hsm_sigv4_signer_free(hsm_sigv4_signer *s)
 /* Derives the signing key when the day changed since the last signature. */
 static hsm_result refresh_key(hsm_sigv4_signer *s, const char *amz_date)
 {
+	hsm_result res = HSM_SUCCESS;
 	char date[HSM_SIGV4_DATE_LEN + 1];
-	hsm_secret *key;
-	if (s->key != NULL && strncmp(s->key_date, amz_date, HSM_SIGV4_DATE_LEN) == 0)
+	hsm_secret *key = NULL;
+	EVP_MAC_CTX *mac = NULL;
+	if (s->mac != NULL && strncmp(s->key_date, amz_date, HSM_SIGV4_DATE_LEN) == 0)
 		return HSM_SUCCESS;
 	memcpy(date, amz_date, HSM_SIGV4_DATE_LEN);
 	date[HSM_SIGV4_DATE_LEN] = '\0';
-	HSM_GUARD(hsm_sigv4_signing_key(s->secret, date, s->region, s->service, &key));
-	hsm_secret_free(s->key);
-	s->key = key;
+	HSM_TRY(hsm_sigv4_signing_key(s->secret, date, s->region, s->service, &key));
+	HSM_TRY(hsm_sigv4_mac_new(key, &mac));
+	EVP_MAC_CTX_free(s->mac);
+	s->mac = mac;
 	memcpy(s->key_date, date, sizeof(date));
-	return HSM_SUCCESS;
+out:
+	hsm_secret_free(key);
+	return res;
 }
 
 static int name_cmp(const char *a, const char *b)
@@ -188,7 +193,7 @@ hsm_result hsm_sigv4_sign(hsm_sigv4_signer *s, const hsm_sigv4_request *req, int
 	s->creq.len = 0; /* public data: no need to wipe between uses */
 	HSM_GUARD(hsm_sigv4_sha256_hex(req->body, req->body_len, payload_hex));
 	HSM_GUARD(hsm_sigv4_build_canonical(&view, list, payload_hex, &s->creq));
-	HSM_GUARD(hsm_sigv4_compute(&s->creq, amz_date, s->key_date, s->region, s->service, s->key,
+	HSM_GUARD(hsm_sigv4_compute(&s->creq, amz_date, s->key_date, s->region, s->service, s->mac,
 	                            mac));
 	for (size_t i = 0; i < HSM_SIGV4_SIG_LEN; i++) {
 		sig_hex[2 * i] = hex[mac[i] >> 4];
