@@ -1,0 +1,262 @@
+/*
+ * policy_eval.c - evaluating a parsed key policy against a request.
+ *
+ * IAM User Guide, "Policy evaluation logic": a matching Deny statement
+ * decides at once; otherwise the first matching Allow allows; otherwise
+ * the request is implicitly denied.  A statement matches when its
+ * principal, action and resource elements match and every condition holds.
+ */
+#include <string.h>
+
+#include "kms/policy_internal.h"
+
+/* Longest action name; KMS action names are far shorter. */
+#define ACTION_MAX 128
+
+bool hsm_pol_glob(const char *pattern, const char *s)
+{
+	/*
+	 * Greedy match that backtracks only to the most recent '*' (the text
+	 * between two stars can always be matched at its leftmost place), so
+	 * the cost is at most len(pattern) * len(s).  A trailing '*' ends the
+	 * match at once, which makes the common "*" and "kms:*" cheap.
+	 */
+	const char *after_star = NULL, *resume = NULL;
+	while (*s != '\0') {
+		if (*pattern == '*') {
+			while (*pattern == '*')
+				pattern++;
+			if (*pattern == '\0')
+				return true;
+			after_star = pattern;
+			resume = s;
+		} else if (*pattern != '\0' && (*pattern == '?' || *pattern == *s)) {
+			pattern++;
+			s++;
+		} else if (after_star != NULL) {
+			pattern = after_star;
+			s = ++resume;
+		} else {
+			return false;
+		}
+	}
+	while (*pattern == '*')
+		pattern++;
+	return *pattern == '\0';
+}
+
+static bool principal_matches(const pol_statement *st, const hsm_policy_request *req)
+{
+	for (size_t i = 0; i < st->n_principals; i++) {
+		const pol_principal *p = &st->principals[i];
+		switch (p->kind) {
+		case POL_PRIN_ANY:
+			return true;
+		case POL_PRIN_ACCOUNT:
+			if (strcmp(p->value, req->account_id) == 0)
+				return true;
+			break;
+		case POL_PRIN_ARN:
+			if (strcmp(p->value, req->principal_arn) == 0)
+				return true;
+			break;
+		case POL_PRIN_NONE:
+			break;
+		}
+	}
+	return false;
+}
+
+static bool any_glob(const char *const *patterns, size_t n, const char *s)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (hsm_pol_glob(patterns[i], s))
+			return true;
+	}
+	return false;
+}
+
+/* ---- Condition values ------------------------------------------------------------- */
+
+/* Walks the request values of a condition key: 0 or 1 for single-valued keys. */
+typedef struct value_iter {
+	const pol_condition *c;
+	const hsm_policy_request *req;
+	size_t next;
+} value_iter;
+
+static const char *username_of(const char *arn)
+{
+	/* aws:username exists for IAM users only: arn:aws:iam::<account>:user/<path/>name */
+	const char *user = strstr(arn, ":user/");
+	if (user == NULL || strncmp(arn, "arn:", 4) != 0)
+		return NULL;
+	const char *name = strrchr(user, '/') + 1;
+	return *name != '\0' ? name : NULL;
+}
+
+static const char *single_value(const pol_condition *c, const hsm_policy_request *req)
+{
+	switch (c->key) {
+	case POL_KEY_ACCOUNT:
+		return req->account_id;
+	case POL_KEY_PRINCIPAL_ARN:
+		return req->principal_arn;
+	case POL_KEY_USERNAME:
+		return username_of(req->principal_arn);
+	case POL_KEY_ENCRYPTION_ALGORITHM:
+		return req->encryption_algorithm;
+	case POL_KEY_SIGNING_ALGORITHM:
+		return req->signing_algorithm;
+	case POL_KEY_MAC_ALGORITHM:
+		return req->mac_algorithm;
+	case POL_KEY_KEY_SPEC:
+		return req->key_spec;
+	case POL_KEY_KEY_USAGE:
+		return req->key_usage;
+	case POL_KEY_REQUEST_ALIAS:
+		return req->request_alias;
+	default:
+		return NULL;
+	}
+}
+
+static const char *next_value(value_iter *it)
+{
+	const pol_condition *c = it->c;
+	const hsm_policy_request *r = it->req;
+	switch (c->key) {
+	case POL_KEY_ENCRYPTION_CONTEXT:
+		/* KMS matches the context key in the condition key case-insensitively. */
+		for (; it->next < r->n_encryption_context; it->next++) {
+			const hsm_policy_pair *pair = &r->encryption_context[it->next];
+			if (hsm_pol_eq_ic(pair->key, c->arg))
+				return r->encryption_context[it->next++].value;
+		}
+		return NULL;
+	case POL_KEY_ENCRYPTION_CONTEXT_KEYS:
+		return it->next < r->n_encryption_context ? r->encryption_context[it->next++].key
+		                                          : NULL;
+	case POL_KEY_EXTRA:
+		for (; it->next < r->n_extra; it->next++) {
+			if (hsm_pol_eq_ic(r->extra[it->next].key, c->arg))
+				return r->extra[it->next++].value;
+		}
+		return NULL;
+	default:
+		return it->next++ == 0 ? single_value(c, r) : NULL;
+	}
+}
+
+/* Does request value v match any of the condition's values (before negation)? */
+static bool value_matches(const pol_condition *c, const char *v)
+{
+	for (size_t i = 0; i < c->n_values; i++) {
+		const char *want = c->values[i];
+		bool hit = false;
+		switch (c->base) {
+		case POL_OP_EQUALS:
+			hit = strcmp(v, want) == 0;
+			break;
+		case POL_OP_EQUALS_IC:
+		case POL_OP_BOOL:
+			hit = hsm_pol_eq_ic(v, want);
+			break;
+		case POL_OP_LIKE:
+			hit = hsm_pol_glob(want, v);
+			break;
+		case POL_OP_NULL:
+			break;
+		}
+		if (hit)
+			return true;
+	}
+	return false;
+}
+
+static bool condition_holds(const pol_condition *c, const hsm_policy_request *req)
+{
+	value_iter it = {c, req, 0};
+	const char *v = next_value(&it);
+	if (c->base == POL_OP_NULL) {
+		/* "true" holds when the key is absent, "false" when present; values are OR'ed. */
+		for (size_t i = 0; i < c->n_values; i++) {
+			if ((strcmp(c->values[i], "true") == 0) == (v == NULL))
+				return true;
+		}
+		return false;
+	}
+	if (v == NULL && c->if_exists)
+		return true;
+	switch (c->set) {
+	case POL_SET_ANY: /* some request value satisfies the operator; false when there is none */
+		for (; v != NULL; v = next_value(&it)) {
+			if (value_matches(c, v) != c->negated)
+				return true;
+		}
+		return false;
+	case POL_SET_ALL: /* every request value satisfies it; true when there is none */
+		for (; v != NULL; v = next_value(&it)) {
+			if (value_matches(c, v) == c->negated)
+				return false;
+		}
+		return true;
+	case POL_SET_NONE:
+		break;
+	}
+	/* Without a set operator: any match; a negated operator holds when nothing matches. */
+	bool any = false;
+	for (; v != NULL && !any; v = next_value(&it))
+		any = value_matches(c, v);
+	return any != c->negated;
+}
+
+static bool statement_matches(const pol_statement *st, const hsm_policy_request *req,
+                              const char *action)
+{
+	if (principal_matches(st, req) == st->not_principal)
+		return false;
+	if (any_glob(st->actions, st->n_actions, action) == st->not_action)
+		return false;
+	if (any_glob(st->resources, st->n_resources, req->resource) == st->not_resource)
+		return false;
+	for (size_t i = 0; i < st->n_conds; i++) {
+		if (!condition_holds(&st->conds[i], req))
+			return false;
+	}
+	return true;
+}
+
+hsm_policy_decision hsm_policy_evaluate(const hsm_policy *p, const hsm_policy_request *req,
+                                        hsm_policy_verdict *out)
+{
+	char action[ACTION_MAX + 1];
+	hsm_policy_verdict v = {HSM_POLICY_IMPLICIT_DENY, -1, NULL};
+	HSM_ASSERT(p != NULL && req != NULL);
+	HSM_ASSERT(req->principal_arn != NULL && req->account_id != NULL && req->action != NULL &&
+	           req->resource != NULL);
+	HSM_ASSERT(req->n_encryption_context == 0 || req->encryption_context != NULL);
+	HSM_ASSERT(req->n_extra == 0 || req->extra != NULL);
+	/* Actions come from hsmd's operation table, never from the client. */
+	size_t n = strlen(req->action);
+	HSM_ASSERT(n <= ACTION_MAX);
+	/* Action patterns are stored lowercase. */
+	for (size_t i = 0; i <= n; i++) {
+		char ch = req->action[i];
+		action[i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch - 'A' + 'a') : ch;
+	}
+	for (size_t i = 0; i < p->n_statements; i++) {
+		const pol_statement *st = &p->statements[i];
+		if (!statement_matches(st, req, action))
+			continue;
+		if (st->deny) {
+			v = (hsm_policy_verdict){HSM_POLICY_EXPLICIT_DENY, (int)i, st->sid};
+			break;
+		}
+		if (v.decision == HSM_POLICY_IMPLICIT_DENY)
+			v = (hsm_policy_verdict){HSM_POLICY_ALLOW, (int)i, st->sid};
+	}
+	if (out != NULL)
+		*out = v;
+	return v.decision;
+}

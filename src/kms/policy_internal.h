@@ -1,0 +1,117 @@
+/*
+ * policy_internal.h - the parsed form of a key policy, shared by the parser
+ * (policy.c, policy_cond.c) and the evaluator (policy_eval.c).
+ *
+ * Everything a policy owns lives in one arena, freed at once with the
+ * policy; the parsed form holds no JSON, so evaluation touches only plain
+ * structures and pre-lowercased action patterns.
+ */
+#ifndef HSM_KMS_POLICY_INTERNAL_H
+#define HSM_KMS_POLICY_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <jansson.h>
+
+#include "kms/policy.h"
+
+typedef struct pol_chunk pol_chunk;
+
+typedef struct pol_arena {
+	pol_chunk *head;
+} pol_arena;
+
+/* Zeroed, suitably aligned storage that lives until the arena is freed; NULL when out of memory. */
+void *hsm_pol_alloc(pol_arena *a, size_t n);
+char *hsm_pol_strdup(pol_arena *a, const char *s);
+void hsm_pol_arena_free(pol_arena *a);
+
+/* Comparison an operator applies to each (request value, policy value) pair. */
+typedef enum pol_base {
+	POL_OP_EQUALS,
+	POL_OP_EQUALS_IC,
+	POL_OP_LIKE,
+	POL_OP_BOOL,
+	POL_OP_NULL,
+} pol_base;
+
+typedef enum pol_set {
+	POL_SET_NONE,
+	POL_SET_ANY, /* ForAnyValue: */
+	POL_SET_ALL, /* ForAllValues: */
+} pol_set;
+
+/* Where a condition key's values come from in hsm_policy_request. */
+typedef enum pol_key {
+	POL_KEY_EXTRA,                   /* request->extra, by name */
+	POL_KEY_ENCRYPTION_CONTEXT,      /* kms:EncryptionContext:<arg> */
+	POL_KEY_ENCRYPTION_CONTEXT_KEYS, /* kms:EncryptionContextKeys */
+	POL_KEY_ACCOUNT,                 /* kms:CallerAccount, aws:PrincipalAccount */
+	POL_KEY_PRINCIPAL_ARN,           /* aws:PrincipalArn */
+	POL_KEY_USERNAME,                /* aws:username */
+	POL_KEY_ENCRYPTION_ALGORITHM,
+	POL_KEY_SIGNING_ALGORITHM,
+	POL_KEY_MAC_ALGORITHM,
+	POL_KEY_KEY_SPEC,
+	POL_KEY_KEY_USAGE,
+	POL_KEY_REQUEST_ALIAS,
+} pol_key;
+
+typedef struct pol_condition {
+	pol_base base;
+	bool negated;   /* StringNotEquals, StringNotLike, ... */
+	bool if_exists; /* ...IfExists */
+	pol_set set;
+	pol_key key;
+	const char *arg; /* the context key, or the key name for POL_KEY_EXTRA */
+	const char **values; /* Bool/Null values are normalized to "true"/"false" */
+	size_t n_values;
+} pol_condition;
+
+typedef enum pol_principal_kind {
+	POL_PRIN_ANY,     /* "*" */
+	POL_PRIN_ACCOUNT, /* every principal of an account */
+	POL_PRIN_ARN,     /* one principal, by exact ARN */
+	POL_PRIN_NONE,    /* a service principal: never an hsmd caller */
+} pol_principal_kind;
+
+typedef struct pol_principal {
+	pol_principal_kind kind;
+	const char *value; /* account id or ARN */
+} pol_principal;
+
+typedef struct pol_statement {
+	const char *sid; /* NULL when absent */
+	bool deny;
+	bool not_principal, not_action, not_resource;
+	pol_principal *principals;
+	size_t n_principals;
+	const char **actions; /* lowercased patterns */
+	size_t n_actions;
+	const char **resources;
+	size_t n_resources;
+	pol_condition *conds;
+	size_t n_conds;
+} pol_statement;
+
+struct hsm_policy {
+	pol_arena arena;
+	pol_statement *statements;
+	size_t n_statements;
+};
+
+/*
+ * Parses a statement's Condition object into *conds (allocated in a).
+ * stmt is the 1-based statement number for messages.
+ */
+hsm_result hsm_pol_parse_conditions(pol_arena *a, json_t *cond, size_t stmt,
+                                    pol_condition **conds, size_t *n) HSM_MUST_CHECK;
+
+/* Glob match with '*' (any run) and '?' (one byte), case-sensitive. */
+bool hsm_pol_glob(const char *pattern, const char *s);
+
+/* ASCII case-insensitive equality. */
+bool hsm_pol_eq_ic(const char *a, const char *b);
+
+#endif
