@@ -24,4 +24,10 @@ int hsmctl_fail(const char *context);
 /* Prints a usage error for a command and returns 2. */
 int hsmctl_usage(const char *command, const char *fmt, ...) HSM_PRINTF(2, 3);
 
+/* Commands (cmd_*.c). */
+int hsmctl_cmd_init(int argc, char **argv);
+int hsmctl_cmd_unseal_check(int argc, char **argv);
+int hsmctl_cmd_status_local(int argc, char **argv);
+int hsmctl_cmd_key(int argc, char **argv);
+
 #endif

@@ -12,6 +12,15 @@ static int cmd_version(int argc, char **argv);
 static int cmd_help(int argc, char **argv);
 
 static const hsmctl_command commands[] = {
+    {"init", "--data-dir DIR --share-dir DIR [--shares N] [--threshold M] [--custodians a,b,..]",
+     "key ceremony: create a store, its master key and the custodians' share files",
+     hsmctl_cmd_init},
+    {"status", "--data-dir DIR", "show a data directory's state", hsmctl_cmd_status_local},
+    {"unseal", "--data-dir DIR SHARE_FILE...", "check that share files reconstruct the master key",
+     hsmctl_cmd_unseal_check},
+    {"key", "create|list|describe|enable|disable|rotate|rotation|schedule-deletion|"
+            "cancel-deletion --data-dir DIR [--share FILE]... [KEY]",
+     "manage keys on a data directory", hsmctl_cmd_key},
     {"version", "", "print the version", cmd_version},
     {"help", "", "list the commands", cmd_help},
 };
@@ -49,9 +58,7 @@ static int cmd_help(int argc, char **argv)
 	(void)argv;
 	printf("usage: hsmctl COMMAND [ARGS]\n\ncommands:\n");
 	for (size_t i = 0; i < N_COMMANDS; i++) {
-		char head[96];
-		snprintf(head, sizeof(head), "%s %s", commands[i].name, commands[i].args);
-		printf("  %-58s %s\n", head, commands[i].summary);
+		printf("  %s %s\n      %s\n", commands[i].name, commands[i].args, commands[i].summary);
 	}
 	return 0;
 }

@@ -5,6 +5,7 @@
  */
 #include "store/store.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -84,6 +85,38 @@ hsm_result hsm_role_parse(const char *name, hsm_role *out)
 	HSM_GUARD(name_parse(role_names, COUNT_OF(role_names), name,
 	                     "role (expected crypto-officer, crypto-user or auditor)", &v));
 	*out = (hsm_role)v;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_roles_format(unsigned roles, char *out, size_t cap)
+{
+	size_t used = 0;
+	HSM_ENSURE(cap > 0, HSM_ERR_INTERNAL, "no room for roles");
+	out[0] = '\0';
+	for (unsigned r = 0; r < HSM_ROLE_COUNT; r++) {
+		if ((roles & (1U << r)) == 0)
+			continue;
+		int n = snprintf(out + used, cap - used, "%s%s", used ? "," : "",
+		                 hsm_role_name((hsm_role)r));
+		HSM_ENSURE(n > 0 && (size_t)n < cap - used, HSM_ERR_INTERNAL, "roles do not fit");
+		used += (size_t)n;
+	}
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_roles_parse(const char *text, unsigned *out)
+{
+	char buf[128];
+	unsigned roles = 0;
+	HSM_GUARD(hsm_strcpy(buf, sizeof(buf), text));
+	for (char *save = NULL, *t = strtok_r(buf, ",", &save); t != NULL;
+	     t = strtok_r(NULL, ",", &save)) {
+		hsm_role r;
+		HSM_GUARD(hsm_role_parse(t, &r));
+		roles |= 1U << r;
+	}
+	HSM_ENSURE(roles != 0, HSM_ERR_VALIDATION, "at least one role is required");
+	*out = roles;
 	return HSM_SUCCESS;
 }
 
@@ -229,7 +262,7 @@ static hsm_result check_user_record(const hsm_user_record *u)
 {
 	HSM_ASSERT(u != NULL);
 	HSM_GUARD(check_name(u->name, sizeof(u->name), "user name"));
-	HSM_ASSERT((unsigned)u->role < HSM_ROLE_COUNT);
+	HSM_ASSERT(u->roles != 0 && (u->roles >> HSM_ROLE_COUNT) == 0);
 	return HSM_SUCCESS;
 }
 

@@ -85,6 +85,9 @@ const char *hsm_role_name(hsm_role r);           /* "crypto-officer", "crypto-us
 const char *hsm_key_origin_name(hsm_key_origin o);      /* "AWS_KMS", "EXTERNAL" (KMS Origin) */
 const char *hsm_rotation_type_name(hsm_rotation_type t); /* "NONE", "AUTOMATIC", "ON_DEMAND" */
 hsm_result hsm_role_parse(const char *name, hsm_role *out) HSM_MUST_CHECK;
+/* Role sets as text: "crypto-officer,crypto-user" (roles in enum order). */
+hsm_result hsm_roles_format(unsigned roles, char *out, size_t cap) HSM_MUST_CHECK;
+hsm_result hsm_roles_parse(const char *text, unsigned *out) HSM_MUST_CHECK;
 hsm_result hsm_key_state_parse(const char *name, hsm_key_state *out) HSM_MUST_CHECK;
 hsm_result hsm_key_origin_parse(const char *name, hsm_key_origin *out) HSM_MUST_CHECK;
 hsm_result hsm_rotation_type_parse(const char *name, hsm_rotation_type *out) HSM_MUST_CHECK;
@@ -141,7 +144,7 @@ typedef struct hsm_tag {
 #define HSM_USER_NAME_MAX 64
 typedef struct hsm_user_record {
 	char name[HSM_USER_NAME_MAX + 1];
-	hsm_role role;
+	unsigned roles;  /* bit (1 << hsm_role) per role held; at least one */
 	bool disabled;
 	bool locked;
 	uint32_t failed_auth; /* consecutive failures; survives restarts */

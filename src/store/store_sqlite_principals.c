@@ -79,10 +79,10 @@ hsm_result sq_meta_put(hsm_store *base, size_t n, const char *const names[],
 static hsm_result read_user(sqlite3_stmt *st, void *item)
 {
 	hsm_user_record *u = item;
-	char role[32];
+	char roles[128];
 	HSM_GUARD(sq_col_text(st, 0, u->name, sizeof(u->name)));
-	HSM_GUARD(sq_col_text(st, 1, role, sizeof(role)));
-	if (hsm_failed(hsm_role_parse(role, &u->role)))
+	HSM_GUARD(sq_col_text(st, 1, roles, sizeof(roles)));
+	if (hsm_failed(hsm_roles_parse(roles, &u->roles)))
 		return sq_corrupt("unknown role");
 	HSM_GUARD(sq_col_bool(st, 2, &u->disabled));
 	HSM_GUARD(sq_col_bool(st, 3, &u->locked));
@@ -114,9 +114,11 @@ static const char SQL_USER_AUTH[] =
 static hsm_result user_write(sq_conn *w, bool insert, const hsm_user_record *u)
 {
 	sqlite3_stmt *st;
+	char roles[128];
+	HSM_GUARD(hsm_roles_format(u->roles, roles, sizeof(roles)));
 	HSM_GUARD(sq_prepare(w, insert ? SQL_USER_INSERT : SQL_USER_PUT, &st));
 	sq_bind_text(w, st, 1, u->name);
-	sq_bind_text(w, st, 2, hsm_role_name(u->role));
+	sq_bind_text(w, st, 2, roles);
 	sq_bind_i64(w, st, 3, u->disabled ? 1 : 0);
 	sq_bind_i64(w, st, 4, u->locked ? 1 : 0);
 	sq_bind_i64(w, st, 5, u->failed_auth);

@@ -145,7 +145,7 @@ static void test_no_lost_updates(void **state)
 	assert_true(hsm_ok(hsm_store_open(dir, &sh.s)));
 	st_create_key(sh.s, "counter", "w", 1);
 	st_create_key(sh.s, "rotating", "w", 1);
-	hsm_user_record u = {.name = "eve", .role = HSM_ROLE_CRYPTO_USER};
+	hsm_user_record u = {.name = "eve", .roles = 1U << HSM_ROLE_CRYPTO_USER};
 	assert_true(hsm_ok(hsm_store_user_create(sh.s, &u)));
 
 	pthread_t readers[READERS], writers[WRITERS], rotators[4], auth[4];

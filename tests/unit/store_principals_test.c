@@ -14,7 +14,7 @@ static void user(hsm_user_record *u, const char *name, hsm_role role)
 {
 	memset(u, 0, sizeof(*u));
 	snprintf(u->name, sizeof(u->name), "%s", name);
-	u->role = role;
+	u->roles = 1U << role;
 	u->created = 1700000000;
 }
 
@@ -47,7 +47,7 @@ static void test_user_crud(void **state)
 
 	EXPECT_OK(hsm_store_user_get(f->s, "olivia", &got));
 	assert_string_equal(got.name, "olivia");
-	assert_int_equal(got.role, HSM_ROLE_CRYPTO_OFFICER);
+	assert_int_equal(got.roles, 1U << HSM_ROLE_CRYPTO_OFFICER);
 	assert_false(got.disabled);
 	assert_false(got.locked);
 	assert_int_equal(got.failed_auth, 0);
@@ -63,7 +63,7 @@ static void test_user_crud(void **state)
 	EXPECT_OK(hsm_store_user_put(f->s, &u));
 	st_reopen(f);
 	EXPECT_OK(hsm_store_user_get(f->s, "olivia", &got));
-	assert_int_equal(got.role, HSM_ROLE_CRYPTO_USER);
+	assert_int_equal(got.roles, 1U << HSM_ROLE_CRYPTO_USER);
 	assert_true(got.disabled);
 	assert_true(got.locked);
 	assert_int_equal(got.failed_auth, 4);

@@ -1,0 +1,45 @@
+/*
+ * shmap.h - a bounded, sharded map from short strings to referenced values.
+ *
+ * Used for the caches on the hot path (unwrapped key versions, key
+ * metadata).  A lookup takes one shard's mutex for a few instructions, so
+ * threads rarely contend and there is no global lock.  Values are
+ * reference-counted by the caller's functions: the map holds one reference
+ * per entry and hands out a new one on every hit, so an entry removed while
+ * in use stays valid until its user releases it.  When a shard is full the
+ * least recently used entry of that shard is evicted.
+ */
+#ifndef HSM_SHMAP_H
+#define HSM_SHMAP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/result.h"
+
+#define HSM_SHMAP_KEY_MAX 95
+
+typedef struct hsm_shmap hsm_shmap;
+typedef void *(*hsm_shmap_ref_fn)(void *value);  /* returns value with one more reference */
+typedef void (*hsm_shmap_unref_fn)(void *value); /* drops one reference */
+
+hsm_result hsm_shmap_new(size_t capacity, hsm_shmap_ref_fn ref, hsm_shmap_unref_fn unref,
+                         hsm_shmap **out) HSM_MUST_CHECK;
+/* Drops every entry and frees the map.  NULL is a no-op. */
+void hsm_shmap_free(hsm_shmap *m);
+/* On a hit, *out receives a new reference. */
+bool hsm_shmap_get(hsm_shmap *m, const char *key, void **out);
+/* Inserts or replaces; the map takes its own reference to value. */
+hsm_result hsm_shmap_put(hsm_shmap *m, const char *key, void *value) HSM_MUST_CHECK;
+void hsm_shmap_remove(hsm_shmap *m, const char *key);
+/* Removes every entry whose key starts with prefix (scans the whole map). */
+void hsm_shmap_remove_prefix(hsm_shmap *m, const char *prefix);
+void hsm_shmap_clear(hsm_shmap *m);
+
+typedef struct hsm_shmap_stats {
+	uint64_t hits, misses, entries;
+} hsm_shmap_stats;
+void hsm_shmap_get_stats(hsm_shmap *m, hsm_shmap_stats *out);
+
+#endif

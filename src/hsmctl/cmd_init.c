@@ -1,0 +1,170 @@
+/*
+ * cmd_init.c - hsmctl init: the key ceremony that creates a store.
+ *
+ * Creates the data directory and its master key, writes one share file per
+ * custodian and a ceremony transcript: what was created, when, with which
+ * quorum, each share file's fingerprint (so every custodian can confirm the
+ * file they were handed) and the audit public key auditors must keep.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/encoding.h"
+#include "common/util.h"
+#include "crypto/crypto.h"
+#include "hsmctl/hsmctl.h"
+#include "hsmctl/local.h"
+
+typedef struct init_opts {
+	const char *data_dir;
+	const char *share_dir;
+	unsigned shares, threshold;
+	char *custodians[HSM_MAX_SHARES];
+	char *custodian_list;
+	bool dev;
+} init_opts;
+
+static int parse_custodians(init_opts *o)
+{
+	unsigned n = 0;
+	for (char *save = NULL, *t = strtok_r(o->custodian_list, ",", &save); t != NULL;
+	     t = strtok_r(NULL, ",", &save)) {
+		if (n == HSM_MAX_SHARES)
+			return hsmctl_usage("init", "at most %d custodians", HSM_MAX_SHARES);
+		o->custodians[n++] = t;
+	}
+	if (n != o->shares)
+		return hsmctl_usage("init", "%u custodian names given for %u shares", n, o->shares);
+	return 0;
+}
+
+static int parse_init(int argc, char **argv, init_opts *o)
+{
+	static const struct option longopts[] = {
+	    {"data-dir", required_argument, NULL, 'd'}, {"share-dir", required_argument, NULL, 's'},
+	    {"shares", required_argument, NULL, 'n'},   {"threshold", required_argument, NULL, 't'},
+	    {"custodians", required_argument, NULL, 'c'}, {"dev", no_argument, NULL, 'D'},
+	    {NULL, 0, NULL, 0}};
+	int64_t v;
+	o->shares = HSM_DEFAULT_SHARES;
+	o->threshold = HSM_DEFAULT_THRESHOLD;
+	for (int c; (c = getopt_long(argc, argv, "", longopts, NULL)) != -1;) {
+		switch (c) {
+		case 'd': o->data_dir = optarg; break;
+		case 's': o->share_dir = optarg; break;
+		case 'c': o->custodian_list = optarg; break;
+		case 'D': o->dev = true; break;
+		case 'n':
+		case 't':
+			if (hsm_failed(hsm_parse_i64(optarg, 1, HSM_MAX_SHARES, &v)))
+				return hsmctl_usage("init", "--%s must be 1..%d",
+				                    c == 'n' ? "shares" : "threshold", HSM_MAX_SHARES);
+			*(c == 'n' ? &o->shares : &o->threshold) = (unsigned)v;
+			break;
+		default: return hsmctl_usage("init", "unknown option");
+		}
+	}
+	if (o->data_dir == NULL || o->share_dir == NULL)
+		return hsmctl_usage("init", "--data-dir and --share-dir are required");
+	if (o->custodian_list != NULL)
+		return parse_custodians(o);
+	return 0;
+}
+
+/* Writes a file that must not exist yet, readable by its owner only. */
+static hsm_result write_new_file(const char *path, const uint8_t *p, size_t n)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0400);
+	HSM_ENSURE(fd >= 0, HSM_ERR_IO, "cannot create %s: %s", path, strerror(errno));
+	ssize_t w = write(fd, p, n);
+	int ok = w == (ssize_t)n && fsync(fd) == 0;
+	close(fd);
+	HSM_ENSURE(ok, HSM_ERR_IO, "cannot write %s", path);
+	return HSM_SUCCESS;
+}
+
+static void share_path(const init_opts *o, unsigned i, char *out, size_t cap)
+{
+	if (o->custodians[0] != NULL)
+		snprintf(out, cap, "%s/%s.share", o->share_dir, o->custodians[i]);
+	else
+		snprintf(out, cap, "%s/share-%u-of-%u.share", o->share_dir, i + 1, o->shares);
+}
+
+static hsm_result write_transcript(const init_opts *o, hsmctl_local *l, hsm_buf shares[])
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_buf t = {0}, pem = {0}, hex = {0};
+	char when[21], path[PATH_MAX];
+	hsm_format_time(hsm_now(), when);
+	HSM_TRY(hsm_buf_printf(&t, "hsmd key ceremony transcript\ndate: %s\nstore: %s\n"
+	                           "quorum: %u of %u custodian shares\n%s",
+	                       when, hsm_keystore_store_id(l->ks), o->threshold, o->shares,
+	                       o->dev ? "mode: development (not for production keys)\n" : ""));
+	for (unsigned i = 0; i < o->shares; i++) {
+		uint8_t fp[HSM_SHA256_LEN];
+		hsm_sha256(shares[i].data, shares[i].len, fp);
+		hex.len = 0;
+		HSM_TRY(hsm_hex_encode(&hex, fp, sizeof(fp)));
+		share_path(o, i, path, sizeof(path));
+		HSM_TRY(hsm_buf_printf(&t, "share %u: %s sha256:%.*s\n", i + 1, path, (int)hex.len,
+		                       (const char *)hex.data));
+	}
+	HSM_TRY(hsm_ks_audit_public_pem(l->ks, &pem));
+	HSM_TRY(hsm_buf_put_str(&t, "audit public key (keep it to verify the audit trail):\n"));
+	HSM_TRY(hsm_buf_put(&t, pem.data, pem.len));
+	snprintf(path, sizeof(path), "%s/ceremony-%s.txt", o->share_dir, hsm_keystore_store_id(l->ks));
+	HSM_TRY(write_new_file(path, t.data, t.len));
+	printf("transcript: %s\n", path);
+out:
+	hsm_buf_free(&t);
+	hsm_buf_free(&pem);
+	hsm_buf_free(&hex);
+	return res;
+}
+
+static hsm_result run_init(const init_opts *o)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsmctl_local l = {0};
+	hsm_buf shares[HSM_MAX_SHARES];
+	memset(shares, 0, sizeof(shares));
+	HSM_TRY(hsm_mkdir_p(o->share_dir));
+	HSM_TRY(hsmctl_local_open(o->data_dir, 0, NULL, &l));
+	HSM_TRY(hsm_keystore_init(l.ks, o->threshold, o->shares,
+	                          o->custodians[0] != NULL ? (const char *const *)o->custodians : NULL,
+	                          o->dev, shares));
+	printf("store: %s\nquorum: %u of %u\n", hsm_keystore_store_id(l.ks), o->threshold, o->shares);
+	for (unsigned i = 0; i < o->shares; i++) {
+		char path[PATH_MAX];
+		share_path(o, i, path, sizeof(path));
+		HSM_TRY(write_new_file(path, shares[i].data, shares[i].len));
+		printf("share %u: %s\n", i + 1, path);
+	}
+	HSM_TRY(write_transcript(o, &l, shares));
+	printf("Give each custodian exactly one share file; any %u of them unseal this store.\n",
+	       o->threshold);
+out:
+	for (unsigned i = 0; i < HSM_MAX_SHARES; i++)
+		hsm_buf_free(&shares[i]);
+	hsmctl_local_close(&l);
+	return res;
+}
+
+int hsmctl_cmd_init(int argc, char **argv)
+{
+	init_opts o;
+	memset(&o, 0, sizeof(o));
+	int rc = parse_init(argc, argv, &o);
+	if (rc != 0)
+		return rc;
+	if (hsm_failed(run_init(&o)))
+		return hsmctl_fail("init");
+	return 0;
+}

@@ -1,0 +1,194 @@
+/*
+ * cmd_key.c - hsmctl key ...: key management on a data directory.
+ *
+ *   hsmctl key create   --data-dir DIR --share FILE... [--spec S] [--usage U]
+ *                       [--description TEXT] [--alias alias/NAME]
+ *   hsmctl key list     --data-dir DIR
+ *   hsmctl key describe --data-dir DIR KEY
+ *   hsmctl key enable|disable --data-dir DIR KEY
+ *   hsmctl key rotate   --data-dir DIR --share FILE... KEY
+ *   hsmctl key rotation --data-dir DIR KEY (--enable [--period DAYS] | --disable)
+ *   hsmctl key schedule-deletion --data-dir DIR KEY [--days N]
+ *   hsmctl key cancel-deletion   --data-dir DIR KEY
+ *
+ * KEY is a key id, key ARN or alias.  Commands that make key material need
+ * a quorum of custodian share files.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "hsmctl/hsmctl.h"
+#include "hsmctl/local.h"
+
+typedef struct key_opts {
+	const char *sub;
+	const char *data_dir;
+	char *shares[HSMCTL_MAX_SHARE_ARGS];
+	size_t n_shares;
+	const char *spec, *usage, *description, *alias, *key;
+	int64_t period, days;
+	bool enable, disable;
+} key_opts;
+
+static int parse_key(int argc, char **argv, key_opts *o)
+{
+	static const struct option longopts[] = {
+	    {"data-dir", required_argument, NULL, 'd'}, {"share", required_argument, NULL, 's'},
+	    {"spec", required_argument, NULL, 'k'},     {"usage", required_argument, NULL, 'u'},
+	    {"description", required_argument, NULL, 'D'}, {"alias", required_argument, NULL, 'a'},
+	    {"period", required_argument, NULL, 'p'},   {"days", required_argument, NULL, 'n'},
+	    {"enable", no_argument, NULL, 'E'},         {"disable", no_argument, NULL, 'X'},
+	    {NULL, 0, NULL, 0}};
+	for (int c; (c = getopt_long(argc, argv, "", longopts, NULL)) != -1;) {
+		switch (c) {
+		case 'd': o->data_dir = optarg; break;
+		case 's':
+			if (o->n_shares == HSMCTL_MAX_SHARE_ARGS)
+				return hsmctl_usage("key", "too many --share options");
+			o->shares[o->n_shares++] = optarg;
+			break;
+		case 'k': o->spec = optarg; break;
+		case 'u': o->usage = optarg; break;
+		case 'D': o->description = optarg; break;
+		case 'a': o->alias = optarg; break;
+		case 'E': o->enable = true; break;
+		case 'X': o->disable = true; break;
+		case 'p':
+		case 'n':
+			if (hsm_failed(hsm_parse_i64(optarg, 1, 2560, c == 'p' ? &o->period : &o->days)))
+				return hsmctl_usage("key", "%s", hsm_last_message());
+			break;
+		default: return hsmctl_usage("key", "unknown option");
+		}
+	}
+	if (optind < argc)
+		o->key = argv[optind++];
+	if (optind < argc)
+		return hsmctl_usage("key", "unexpected argument '%s'", argv[optind]);
+	return 0;
+}
+
+static void print_key(const hsm_key_record *r)
+{
+	char created[21], del[21] = "-", rot[21] = "-";
+	hsm_format_time(r->created, created);
+	if (r->deletion_date)
+		hsm_format_time(r->deletion_date, del);
+	if (r->rotation_enabled)
+		hsm_format_time(r->next_rotation, rot);
+	printf("key: %s\nspec: %s\nusage: %s\nstate: %s\ncreated: %s\nprimary-version: %u\n"
+	       "rotation: %s (period %d days, next %s)\ndeletion-date: %s\ndescription: %s\n",
+	       r->key_id, hsm_spec_name(r->spec), hsm_usage_name(r->usage),
+	       hsm_key_state_name(r->state), created, r->primary_version,
+	       r->rotation_enabled ? "enabled" : "disabled", r->rotation_period_days, rot, del,
+	       r->description);
+}
+
+static hsm_result do_create(hsmctl_local *l, const key_opts *o)
+{
+	hsm_create_key_req req = {.description = o->description,
+	                          .spec = HSM_SPEC_SYMMETRIC_DEFAULT,
+	                          .usage = HSM_USAGE_ENCRYPT_DECRYPT};
+	if (o->spec != NULL)
+		HSM_GUARD(hsm_spec_parse(o->spec, &req.spec));
+	if (o->usage != NULL)
+		HSM_GUARD(hsm_usage_parse(o->usage, &req.usage));
+	else if (hsm_spec_get(req.spec)->type == HSM_KT_HMAC)
+		req.usage = HSM_USAGE_GENERATE_VERIFY_MAC;
+	else if (req.spec != HSM_SPEC_SYMMETRIC_DEFAULT && req.spec != HSM_SPEC_RSA_2048 &&
+	         req.spec != HSM_SPEC_RSA_3072 && req.spec != HSM_SPEC_RSA_4096)
+		req.usage = HSM_USAGE_SIGN_VERIFY;
+	hsm_key_record rec;
+	memset(&rec, 0, sizeof(rec));
+	HSM_GUARD(hsm_kms_create_key(l->kms, &hsmctl_local_caller, &req, &rec));
+	hsm_result r = HSM_SUCCESS;
+	if (o->alias != NULL)
+		r = hsm_kms_create_alias(l->kms, &hsmctl_local_caller, o->alias, rec.key_id);
+	print_key(&rec);
+	hsm_key_record_clear(&rec);
+	return r;
+}
+
+static hsm_result print_one(const hsm_key_record *r, void *arg)
+{
+	char *last = arg; /* the page's last id becomes the next page's marker */
+	printf("%s %s %s %s v%u\n", r->key_id, hsm_spec_name(r->spec), hsm_usage_name(r->usage),
+	       hsm_key_state_name(r->state), r->primary_version);
+	memcpy(last, r->key_id, HSM_UUID_STRLEN + 1);
+	return HSM_SUCCESS;
+}
+
+static hsm_result do_list(hsmctl_local *l)
+{
+	char marker[HSM_UUID_STRLEN + 1] = "", last[HSM_UUID_STRLEN + 1] = "";
+	for (bool more = true; more; memcpy(marker, last, sizeof(marker)))
+		HSM_GUARD(hsm_kms_list_keys(l->kms, &hsmctl_local_caller, marker, 1000, print_one, last,
+		                            &more));
+	return HSM_SUCCESS;
+}
+
+static hsm_result show(hsmctl_local *l, const char *key)
+{
+	hsm_key_record rec;
+	memset(&rec, 0, sizeof(rec));
+	HSM_GUARD(hsm_kms_describe_key(l->kms, &hsmctl_local_caller, key, &rec));
+	print_key(&rec);
+	hsm_key_record_clear(&rec);
+	return HSM_SUCCESS;
+}
+
+static hsm_result do_sub(hsmctl_local *l, const key_opts *o)
+{
+	const hsm_caller *me = &hsmctl_local_caller;
+	hsm_key_record rec;
+	memset(&rec, 0, sizeof(rec));
+	hsm_result r = HSM_SUCCESS;
+	if (strcmp(o->sub, "describe") == 0)
+		return show(l, o->key);
+	if (strcmp(o->sub, "enable") == 0)
+		r = hsm_kms_enable_key(l->kms, me, o->key);
+	else if (strcmp(o->sub, "disable") == 0)
+		r = hsm_kms_disable_key(l->kms, me, o->key);
+	else if (strcmp(o->sub, "rotate") == 0)
+		r = hsm_kms_rotate_now(l->kms, me, o->key, &rec);
+	else if (strcmp(o->sub, "rotation") == 0 && o->enable != o->disable)
+		r = o->enable ? hsm_kms_enable_rotation(l->kms, me, o->key, (int)o->period)
+		              : hsm_kms_disable_rotation(l->kms, me, o->key);
+	else if (strcmp(o->sub, "schedule-deletion") == 0)
+		r = hsm_kms_schedule_deletion(l->kms, me, o->key, (int)o->days, &rec);
+	else if (strcmp(o->sub, "cancel-deletion") == 0)
+		r = hsm_kms_cancel_deletion(l->kms, me, o->key, &rec);
+	else
+		r = HSM_FAIL(HSM_ERR_VALIDATION, "unknown key command or missing --enable/--disable");
+	hsm_key_record_clear(&rec);
+	HSM_GUARD(r);
+	return show(l, o->key);
+}
+
+int hsmctl_cmd_key(int argc, char **argv)
+{
+	if (argc < 2)
+		return hsmctl_usage("key", "a subcommand is required");
+	key_opts o;
+	memset(&o, 0, sizeof(o));
+	o.sub = argv[1];
+	int rc = parse_key(argc - 1, argv + 1, &o);
+	if (rc != 0)
+		return rc;
+	bool needs_key = strcmp(o.sub, "create") != 0 && strcmp(o.sub, "list") != 0;
+	if (needs_key && o.key == NULL)
+		return hsmctl_usage("key", "%s needs a KEY argument", o.sub);
+	hsmctl_local l = {0};
+	hsm_result r = hsmctl_local_open(o.data_dir, o.n_shares, o.shares, &l);
+	if (hsm_ok(r)) {
+		if (strcmp(o.sub, "create") == 0)
+			r = do_create(&l, &o);
+		else if (strcmp(o.sub, "list") == 0)
+			r = do_list(&l);
+		else
+			r = do_sub(&l, &o);
+	}
+	hsmctl_local_close(&l);
+	return hsm_ok(r) ? 0 : hsmctl_fail(o.sub);
+}

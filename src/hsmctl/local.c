@@ -1,0 +1,58 @@
+#include "hsmctl/local.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "common/secret.h"
+#include "common/util.h"
+
+const hsm_caller hsmctl_local_caller = {"local-operator", "", 0, true};
+
+static hsm_result unseal_with(hsm_keystore *ks, size_t n, char *const files[])
+{
+	hsm_unseal_progress p = {0};
+	for (size_t i = 0; i < n; i++) {
+		hsm_buf text;
+		hsm_buf_init_secure(&text);
+		hsm_result r = hsm_read_file(files[i], 4096, &text);
+		if (hsm_ok(r))
+			r = hsm_keystore_unseal(ks, text.data, text.len, &p);
+		hsm_buf_free(&text);
+		if (hsm_failed(r))
+			return HSM_FAIL(r.err, "%s: %s", files[i], hsm_last_message());
+	}
+	HSM_ENSURE(p.unsealed, HSM_ERR_QUORUM_REQUIRED,
+	           "%u of %u shares given; %u more needed to unseal", p.have, p.threshold,
+	           p.threshold - p.have);
+	return HSM_SUCCESS;
+}
+
+hsm_result hsmctl_local_open(const char *data_dir, size_t n_shares, char *const shares[],
+                             hsmctl_local *out)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsmctl_local l = {0};
+	HSM_ENSURE(data_dir != NULL, HSM_ERR_VALIDATION, "--data-dir is required");
+	HSM_TRY(hsm_secure_process_init(HSM_SECURE_HEAP_DEFAULT));
+	HSM_TRY(hsm_store_open(data_dir, &l.store));
+	HSM_TRY(hsm_keystore_new(l.store, 0, &l.ks));
+	HSM_CHECK(hsm_keystore_state(l.ks) != HSM_NODE_ERROR, HSM_ERR_NODE_ERROR,
+	          "self-test failed: %s", hsm_keystore_error_reason(l.ks));
+	if (n_shares > 0)
+		HSM_TRY(unseal_with(l.ks, n_shares, shares));
+	hsm_kms_config cfg = {.region = "us-east-1", .account_id = "111122223333"};
+	HSM_TRY(hsm_kms_new(l.store, l.ks, &cfg, &l.kms));
+	*out = l;
+	memset(&l, 0, sizeof(l));
+out:
+	hsmctl_local_close(&l);
+	return res;
+}
+
+void hsmctl_local_close(hsmctl_local *l)
+{
+	hsm_kms_free(l->kms);
+	hsm_keystore_free(l->ks);
+	hsm_store_close(l->store);
+	memset(l, 0, sizeof(*l));
+}

@@ -1,0 +1,30 @@
+/*
+ * local.h - hsmctl's offline mode: working directly on a data directory.
+ *
+ * Offline commands open the store (which locks the directory, so they never
+ * run beside a live hsmd on the same data), build the keystore and the KMS
+ * service in-process and unseal with the custodian share files given on the
+ * command line.  The caller acts as the local operator.
+ */
+#ifndef HSMCTL_LOCAL_H
+#define HSMCTL_LOCAL_H
+
+#include "kms/kms.h"
+
+typedef struct hsmctl_local {
+	hsm_store *store;
+	hsm_keystore *ks;
+	hsm_kms *kms;
+} hsmctl_local;
+
+#define HSMCTL_MAX_SHARE_ARGS 16
+
+/* Opens data_dir; with n_shares > 0 also unseals with those share files. */
+hsm_result hsmctl_local_open(const char *data_dir, size_t n_shares, char *const shares[],
+                             hsmctl_local *out) HSM_MUST_CHECK;
+void hsmctl_local_close(hsmctl_local *l);
+
+/* The operator acting locally (full rights: they hold the directory and the quorum). */
+extern const hsm_caller hsmctl_local_caller;
+
+#endif

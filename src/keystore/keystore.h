@@ -1,0 +1,201 @@
+/*
+ * keystore.h - the key boundary (DESIGN.md "The key boundary").
+ *
+ * All use of key material goes through this interface: a request in ("sign
+ * these bytes with key K version V"), a result out.  Callers pass key
+ * identities (hsm_ks_keyref), never key material; the keystore fetches the
+ * wrapped material from the store, unwraps it under a DMK-derived key,
+ * caches it in the secure heap and performs the operation.  The network side
+ * (HTTP, JSON, SigV4) and the key-management logic (kms/) never hold
+ * unwrapped key material, so the keystore can later move into its own
+ * privilege-separated process without touching them.
+ *
+ * The keystore also owns the node's seal state: the domain master key is
+ * reconstructed from custodian shares here, checked against the key check
+ * value, used to derive the per-purpose wrapping keys, and wiped.
+ *
+ * Thread safety: every function may be called concurrently.  Crypto
+ * operations take no global lock.
+ */
+#ifndef HSM_KEYSTORE_H
+#define HSM_KEYSTORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/buf.h"
+#include "common/result.h"
+#include "common/secret.h"
+#include "crypto/blob.h"
+#include "crypto/keyspec.h"
+#include "store/store.h"
+
+typedef struct hsm_keystore hsm_keystore;
+
+typedef enum hsm_node_state {
+	HSM_NODE_UNINITIALIZED, /* no master key yet: run init */
+	HSM_NODE_SEALED,        /* master key unknown: collecting shares */
+	HSM_NODE_UNSEALED,      /* serving */
+	HSM_NODE_ERROR,         /* a self-test failed: serves nothing */
+} hsm_node_state;
+
+const char *hsm_node_state_name(hsm_node_state s); /* "uninitialized", "sealed", ... */
+
+/* Identity of one key version; AAD of its wrapped material binds all four. */
+typedef struct hsm_ks_keyref {
+	const char *key_id;
+	uint32_t version;
+	hsm_key_spec spec;
+	hsm_key_usage usage;
+} hsm_ks_keyref;
+
+#define HSM_DEFAULT_SHARES 5
+#define HSM_DEFAULT_THRESHOLD 3
+#define HSM_MAX_SHARES 16
+
+/* ---- Life cycle ------------------------------------------------------------ */
+
+/*
+ * Creates a keystore over an open store (not owned; must outlive it).
+ * Runs the power-on self-tests: on failure the keystore is in
+ * HSM_NODE_ERROR and performs no cryptographic operation.  cache_capacity
+ * bounds the number of unwrapped key versions kept (0 = default).
+ */
+hsm_result hsm_keystore_new(hsm_store *store, size_t cache_capacity,
+                            hsm_keystore **out) HSM_MUST_CHECK;
+/* Seals (wiping every secret) and frees.  NULL is a no-op. */
+void hsm_keystore_free(hsm_keystore *ks);
+
+hsm_node_state hsm_keystore_state(hsm_keystore *ks);
+/* The store's identity (UUID), empty before init. */
+const char *hsm_keystore_store_id(hsm_keystore *ks);
+
+/*
+ * Initializes an empty store: makes a random 256-bit DMK, records its key
+ * check value, the quorum parameters and a new share-set id, creates the
+ * audit signing key, and returns one encoded share file per custodian
+ * (shares_out[i] are secure buffers the caller writes out and frees).
+ * custodians may be NULL or `count` names.  dev allows 1-of-1.  The node is
+ * left unsealed.
+ */
+hsm_result hsm_keystore_init(hsm_keystore *ks, unsigned threshold, unsigned count,
+                             const char *const custodians[], bool dev,
+                             hsm_buf shares_out[]) HSM_MUST_CHECK;
+
+typedef struct hsm_unseal_progress {
+	unsigned have;      /* distinct valid shares collected */
+	unsigned threshold; /* shares needed in all */
+	bool unsealed;
+} hsm_unseal_progress;
+
+/*
+ * Adds one custodian's share file.  Refuses shares of another store or
+ * split, duplicates and corrupted files with a message saying which and
+ * why.  On reaching the threshold, reconstructs the DMK, checks the key
+ * check value (HSM_ERR_WRONG_MASTER_KEY, and the collected shares are
+ * discarded), derives the wrapping keys and unseals.
+ */
+hsm_result hsm_keystore_unseal(hsm_keystore *ks, const uint8_t *share_file, size_t len,
+                               hsm_unseal_progress *progress) HSM_MUST_CHECK;
+/* Progress of the current unseal without adding a share. */
+void hsm_keystore_unseal_status(hsm_keystore *ks, hsm_unseal_progress *progress);
+/* Discards shares collected so far. */
+void hsm_keystore_unseal_reset(hsm_keystore *ks);
+/* Wipes the derived keys and every cached key: back to sealed. */
+void hsm_keystore_seal(hsm_keystore *ks);
+/* Puts the node in the error state (e.g. a later self-test failed). */
+void hsm_keystore_set_error(hsm_keystore *ks, const char *why);
+const char *hsm_keystore_error_reason(hsm_keystore *ks);
+
+/* ---- Keys --------------------------------------------------------------- */
+
+/*
+ * Generates material for ref (pairwise-tested for asymmetric keys) and
+ * returns it wrapped for the store, with the public key (SPKI DER) of
+ * asymmetric keys.  Nothing is cached until first use.
+ */
+hsm_result hsm_ks_generate(hsm_keystore *ks, const hsm_ks_keyref *ref, hsm_buf *wrapped,
+                           hsm_buf *public_der) HSM_MUST_CHECK;
+/* Drops every cached version of a key (disable, deletion, destruction). */
+void hsm_ks_forget(hsm_keystore *ks, const char *key_id);
+
+/* ---- Symmetric ---------------------------------------------------------- */
+
+/* Encrypts pt into a ciphertext blob (crypto/blob.h); ctx is the canonical context. */
+hsm_result hsm_ks_encrypt(hsm_keystore *ks, const hsm_ks_keyref *ref, const hsm_buf *ctx,
+                          const uint8_t *pt, size_t pt_len, hsm_buf *blob) HSM_MUST_CHECK;
+/* Decrypts a parsed blob with the version it names; pt is a secure buffer. */
+hsm_result hsm_ks_decrypt(hsm_keystore *ks, const hsm_ks_keyref *ref, const hsm_blob *blob,
+                          const hsm_buf *ctx, hsm_buf *pt) HSM_MUST_CHECK;
+
+/* ---- RSA encryption ------------------------------------------------------ */
+
+hsm_result hsm_ks_rsa_encrypt(hsm_keystore *ks, const hsm_ks_keyref *ref, hsm_enc_alg alg,
+                              const uint8_t *pt, size_t pt_len, hsm_buf *ct) HSM_MUST_CHECK;
+hsm_result hsm_ks_rsa_decrypt(hsm_keystore *ks, const hsm_ks_keyref *ref, hsm_enc_alg alg,
+                              const uint8_t *ct, size_t ct_len, hsm_buf *pt) HSM_MUST_CHECK;
+
+/* ---- Signatures and MACs ------------------------------------------------- */
+
+hsm_result hsm_ks_sign(hsm_keystore *ks, const hsm_ks_keyref *ref, hsm_sign_alg alg,
+                       hsm_message_type type, const uint8_t *msg, size_t len,
+                       hsm_buf *sig) HSM_MUST_CHECK;
+hsm_result hsm_ks_verify(hsm_keystore *ks, const hsm_ks_keyref *ref, hsm_sign_alg alg,
+                         hsm_message_type type, const uint8_t *msg, size_t len,
+                         const uint8_t *sig, size_t sig_len) HSM_MUST_CHECK;
+hsm_result hsm_ks_mac(hsm_keystore *ks, const hsm_ks_keyref *ref, hsm_mac_alg alg,
+                      const uint8_t *msg, size_t len, hsm_buf *mac) HSM_MUST_CHECK;
+hsm_result hsm_ks_verify_mac(hsm_keystore *ks, const hsm_ks_keyref *ref, hsm_mac_alg alg,
+                             const uint8_t *msg, size_t len, const uint8_t *mac,
+                             size_t mac_len) HSM_MUST_CHECK;
+
+/* ---- Data keys ------------------------------------------------------------ */
+
+/*
+ * Makes n random bytes, returns them (secure buffer pt, may be NULL for the
+ * WithoutPlaintext form) and encrypted under ref as a blob.
+ */
+hsm_result hsm_ks_generate_data_key(hsm_keystore *ks, const hsm_ks_keyref *ref,
+                                    const hsm_buf *ctx, size_t n, hsm_buf *pt,
+                                    hsm_buf *blob) HSM_MUST_CHECK;
+/*
+ * Makes a key pair of pair_spec; returns the private key as PKCS#8 DER
+ * (secure buffer priv, may be NULL), the same encrypted under ref as a
+ * blob, and the public key as SPKI DER.
+ */
+hsm_result hsm_ks_generate_data_key_pair(hsm_keystore *ks, const hsm_ks_keyref *ref,
+                                         const hsm_buf *ctx, hsm_key_spec pair_spec,
+                                         hsm_buf *priv, hsm_buf *priv_blob,
+                                         hsm_buf *pub) HSM_MUST_CHECK;
+
+/* ---- Other secrets at rest ------------------------------------------------ */
+
+/*
+ * Wraps / unwraps a secret that is not a key version (an access key's
+ * secret, ...) under the "principal" wrapping key; identity is bound as AAD.
+ */
+hsm_result hsm_ks_wrap_secret(hsm_keystore *ks, const char *identity, const hsm_secret *secret,
+                              hsm_buf *wrapped) HSM_MUST_CHECK;
+hsm_result hsm_ks_unwrap_secret(hsm_keystore *ks, const char *identity, const uint8_t *wrapped,
+                                size_t len, hsm_secret **secret) HSM_MUST_CHECK;
+
+/* Signs an audit checkpoint with the audit signing key (Ed25519). */
+hsm_result hsm_ks_audit_sign(hsm_keystore *ks, const uint8_t *msg, size_t len,
+                             hsm_buf *sig) HSM_MUST_CHECK;
+/* Keyed hash (HMAC-SHA256, hex) of a value for the audit trail. */
+hsm_result hsm_ks_audit_hash(hsm_keystore *ks, const uint8_t *value, size_t len,
+                             char out[2 * HSM_SHA256_LEN + 1]) HSM_MUST_CHECK;
+/* The audit signing public key as PEM (available while sealed). */
+hsm_result hsm_ks_audit_public_pem(hsm_keystore *ks, hsm_buf *out) HSM_MUST_CHECK;
+
+/* Random bytes from the DRBG (GenerateRandom). */
+hsm_result hsm_ks_random(hsm_keystore *ks, size_t n, hsm_buf *out) HSM_MUST_CHECK;
+
+/* Cache statistics for metrics. */
+typedef struct hsm_ks_stats {
+	uint64_t cache_hits, cache_misses, cache_entries;
+} hsm_ks_stats;
+void hsm_ks_get_stats(hsm_keystore *ks, hsm_ks_stats *out);
+
+#endif

@@ -1,0 +1,72 @@
+/*
+ * keystore_internal.h - state shared by the keystore's source files.
+ */
+#ifndef HSM_KEYSTORE_INTERNAL_H
+#define HSM_KEYSTORE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "common/shmap.h"
+#include "crypto/crypto.h"
+#include "keystore/keystore.h"
+#include "keystore/share.h"
+
+#define KS_SET_ID_LEN 8
+#define KS_KCV_LEN 16
+#define KS_WRAP_VERSION 1
+
+/* Store meta names. */
+#define META_STORE_ID "store_id"
+#define META_SHARE_SET "share_set"
+#define META_THRESHOLD "threshold"
+#define META_SHARES "shares"
+#define META_KCV "kcv"
+#define META_CREATED "created"
+#define META_DEV "dev"
+#define META_AUDIT_KEY "audit_key"
+#define META_AUDIT_PUB "audit_pubkey"
+
+/* Keys derived from the DMK (HKDF-SHA256 with a label per purpose). */
+typedef struct ks_keys {
+	hsm_secret *material;  /* wraps key version material */
+	hsm_secret *principal; /* wraps access-key secrets */
+	hsm_secret *audit;     /* wraps the audit signing key */
+	hsm_secret *audit_hash;/* keys the audit trail's hashes of sensitive values */
+	hsm_material *audit_signer;
+} ks_keys;
+
+struct hsm_keystore {
+	hsm_store *store;
+	hsm_shmap *cache; /* "<key id>/<version>/<spec>/<usage>" -> hsm_material */
+	atomic_int state; /* hsm_node_state; read lock-free on the hot path */
+	pthread_mutex_t lock;     /* serializes init/unseal/seal */
+	pthread_rwlock_t keys_lock; /* guards `keys` against a concurrent seal */
+	ks_keys keys;
+	char store_id[HSM_UUID_STRLEN + 1];
+	uint8_t set_id[KS_SET_ID_LEN];
+	unsigned threshold, count;
+	uint8_t kcv[KS_KCV_LEN];
+	hsm_share_set *pending;
+	char error_reason[160];
+};
+
+/* Fails with the precise "sealed / error / uninitialized" error unless serving. */
+hsm_result ks_require_unsealed(hsm_keystore *ks) HSM_MUST_CHECK;
+
+/*
+ * Wrapped secret format: u8 KS_WRAP_VERSION || 12-byte IV || ciphertext ||
+ * 16-byte tag, AES-256-GCM under a derived key, with the caller's AAD.
+ */
+hsm_result ks_wrap(const hsm_secret *key, const hsm_buf *aad, const uint8_t *pt, size_t n,
+                   hsm_buf *out) HSM_MUST_CHECK;
+hsm_result ks_unwrap(const hsm_secret *key, const hsm_buf *aad, const uint8_t *p, size_t n,
+                     hsm_buf *pt) HSM_MUST_CHECK;
+/* AAD binding a key version's material to its identity. */
+hsm_result ks_material_aad(const hsm_ks_keyref *ref, hsm_buf *aad) HSM_MUST_CHECK;
+
+/* Loads the meta records of an initialized store into ks (state -> sealed). */
+hsm_result ks_load_meta(hsm_keystore *ks) HSM_MUST_CHECK;
+void ks_keys_wipe(ks_keys *k);
+
+#endif

@@ -1,0 +1,421 @@
+/*
+ * master.c - the domain master key: init, unseal from custodian shares,
+ * seal, and the keys derived from it.
+ *
+ * The DMK itself lives only for the moment it takes to check it against the
+ * key check value and derive the per-purpose keys (HKDF-SHA256, salt = store
+ * id, one label per purpose), then it is wiped.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "common/encoding.h"
+#include "common/log.h"
+#include "keystore/keystore_internal.h"
+
+#define LABEL_KCV "hsmd/v1/kcv"
+#define LABEL_MATERIAL "hsmd/v1/wrap/key-material"
+#define LABEL_PRINCIPAL "hsmd/v1/wrap/principal-secret"
+#define LABEL_AUDIT "hsmd/v1/wrap/audit-signing-key"
+#define LABEL_AUDIT_HASH "hsmd/v1/audit-hash"
+#define AAD_AUDIT_KEY "hsmd/v1/audit-signing-key"
+
+hsm_result ks_wrap(const hsm_secret *key, const hsm_buf *aad, const uint8_t *pt, size_t n,
+                   hsm_buf *out)
+{
+	uint8_t iv[HSM_GCM_IV_LEN], tag[HSM_GCM_TAG_LEN];
+	HSM_GUARD(hsm_random_bytes(iv, sizeof(iv)));
+	HSM_GUARD(hsm_buf_put_u8(out, KS_WRAP_VERSION));
+	HSM_GUARD(hsm_buf_put(out, iv, sizeof(iv)));
+	HSM_GUARD(hsm_aes_gcm_seal_raw(key, iv, aad->data, aad->len, pt, n, out, tag));
+	return hsm_buf_put(out, tag, sizeof(tag));
+}
+
+hsm_result ks_unwrap(const hsm_secret *key, const hsm_buf *aad, const uint8_t *p, size_t n,
+                     hsm_buf *pt)
+{
+	hsm_cursor c;
+	uint8_t version;
+	const uint8_t *iv, *ct, *tag;
+	hsm_cursor_init(&c, p, n);
+	HSM_ENSURE(n >= 1 + HSM_GCM_IV_LEN + HSM_GCM_TAG_LEN, HSM_ERR_KEY_UNAVAILABLE,
+	           "wrapped secret is truncated");
+	size_t ct_len = n - 1 - HSM_GCM_IV_LEN - HSM_GCM_TAG_LEN;
+	HSM_GUARD(hsm_cursor_get_u8(&c, &version, HSM_ERR_KEY_UNAVAILABLE));
+	HSM_ENSURE(version == KS_WRAP_VERSION, HSM_ERR_KEY_UNAVAILABLE,
+	           "wrapped secret has unknown format %u", version);
+	HSM_GUARD(hsm_cursor_get_bytes(&c, HSM_GCM_IV_LEN, &iv, HSM_ERR_KEY_UNAVAILABLE));
+	HSM_GUARD(hsm_cursor_get_bytes(&c, ct_len, &ct, HSM_ERR_KEY_UNAVAILABLE));
+	HSM_GUARD(hsm_cursor_get_bytes(&c, HSM_GCM_TAG_LEN, &tag, HSM_ERR_KEY_UNAVAILABLE));
+	hsm_result r = hsm_aes_gcm_open_raw(key, iv, aad->data, aad->len, ct, ct_len, tag, pt);
+	HSM_ENSURE(hsm_ok(r), HSM_ERR_KEY_UNAVAILABLE,
+	           "stored secret failed its integrity check (edited, moved or wrong master key)");
+	return HSM_SUCCESS;
+}
+
+hsm_result ks_material_aad(const hsm_ks_keyref *ref, hsm_buf *aad)
+{
+	HSM_GUARD(hsm_buf_put_lp(aad, "hsmd/v1/key-material", 20));
+	HSM_GUARD(hsm_buf_put_lp(aad, ref->key_id, strlen(ref->key_id)));
+	HSM_GUARD(hsm_buf_put_u32(aad, ref->version));
+	const char *spec = hsm_spec_name(ref->spec), *usage = hsm_usage_name(ref->usage);
+	HSM_GUARD(hsm_buf_put_lp(aad, spec, strlen(spec)));
+	return hsm_buf_put_lp(aad, usage, strlen(usage));
+}
+
+static hsm_result audit_key_aad(const char *store_id, hsm_buf *aad)
+{
+	HSM_GUARD(hsm_buf_put_lp(aad, AAD_AUDIT_KEY, strlen(AAD_AUDIT_KEY)));
+	return hsm_buf_put_lp(aad, store_id, strlen(store_id));
+}
+
+void ks_keys_wipe(ks_keys *k)
+{
+	hsm_secret_free(k->material);
+	hsm_secret_free(k->principal);
+	hsm_secret_free(k->audit);
+	hsm_secret_free(k->audit_hash);
+	hsm_material_free(k->audit_signer);
+	memset(k, 0, sizeof(*k));
+}
+
+static hsm_result derive(const hsm_secret *dmk, const char *store_id, const char *label,
+                         size_t len, hsm_secret **out)
+{
+	return hsm_hkdf_sha256(dmk, (const uint8_t *)store_id, strlen(store_id), label, len, out);
+}
+
+static hsm_result derive_all(const hsm_secret *dmk, const char *store_id, ks_keys *k)
+{
+	hsm_result res = HSM_SUCCESS;
+	ks_keys t = {0};
+	HSM_TRY(derive(dmk, store_id, LABEL_MATERIAL, HSM_AES_KEY_LEN, &t.material));
+	HSM_TRY(derive(dmk, store_id, LABEL_PRINCIPAL, HSM_AES_KEY_LEN, &t.principal));
+	HSM_TRY(derive(dmk, store_id, LABEL_AUDIT, HSM_AES_KEY_LEN, &t.audit));
+	HSM_TRY(derive(dmk, store_id, LABEL_AUDIT_HASH, HSM_SHA256_LEN, &t.audit_hash));
+	*k = t;
+	memset(&t, 0, sizeof(t));
+out:
+	ks_keys_wipe(&t);
+	return res;
+}
+
+static hsm_result compute_kcv(const hsm_secret *dmk, const char *store_id, uint8_t kcv[KS_KCV_LEN])
+{
+	hsm_secret *v = NULL;
+	HSM_GUARD(derive(dmk, store_id, LABEL_KCV, KS_KCV_LEN, &v));
+	memcpy(kcv, hsm_secret_bytes(v), KS_KCV_LEN);
+	hsm_secret_free(v);
+	return HSM_SUCCESS;
+}
+
+/* ---- meta ---------------------------------------------------------------- */
+
+static hsm_result meta_text(hsm_store *s, const char *name, char *out, size_t cap)
+{
+	hsm_buf b = {0};
+	hsm_result res = HSM_SUCCESS;
+	HSM_TRY(hsm_store_meta_get(s, name, &b));
+	HSM_CHECK(b.len < cap, HSM_ERR_STORE, "store metadata '%s' is malformed", name);
+	memcpy(out, b.data, b.len);
+	out[b.len] = '\0';
+out:
+	hsm_buf_free(&b);
+	return res;
+}
+
+static hsm_result meta_uint(hsm_store *s, const char *name, unsigned max, unsigned *out)
+{
+	char text[16];
+	int64_t v;
+	HSM_GUARD(meta_text(s, name, text, sizeof(text)));
+	hsm_result r = hsm_parse_i64(text, 1, max, &v);
+	HSM_ENSURE(hsm_ok(r), HSM_ERR_STORE, "store metadata '%s' is malformed", name);
+	*out = (unsigned)v;
+	return HSM_SUCCESS;
+}
+
+static hsm_result meta_hex(hsm_store *s, const char *name, uint8_t *out, size_t n)
+{
+	char text[2 * 64 + 1];
+	HSM_ASSERT(n <= 64);
+	HSM_GUARD(meta_text(s, name, text, sizeof(text)));
+	hsm_result r = hsm_hex_decode_exact(out, n, text, strlen(text), HSM_ERR_STORE);
+	HSM_ENSURE(hsm_ok(r), HSM_ERR_STORE, "store metadata '%s' is malformed", name);
+	return HSM_SUCCESS;
+}
+
+hsm_result ks_load_meta(hsm_keystore *ks)
+{
+	HSM_GUARD(meta_text(ks->store, META_STORE_ID, ks->store_id, sizeof(ks->store_id)));
+	HSM_ENSURE(hsm_is_uuid(ks->store_id), HSM_ERR_STORE, "store id is malformed");
+	HSM_GUARD(meta_hex(ks->store, META_SHARE_SET, ks->set_id, sizeof(ks->set_id)));
+	HSM_GUARD(meta_hex(ks->store, META_KCV, ks->kcv, sizeof(ks->kcv)));
+	HSM_GUARD(meta_uint(ks->store, META_THRESHOLD, HSM_MAX_SHARES, &ks->threshold));
+	HSM_GUARD(meta_uint(ks->store, META_SHARES, HSM_MAX_SHARES, &ks->count));
+	HSM_ENSURE(ks->threshold <= ks->count, HSM_ERR_STORE, "store quorum settings are malformed");
+	return HSM_SUCCESS;
+}
+
+/* ---- audit signing key ---------------------------------------------------- */
+
+/* Creates the audit signing key: wrapped PKCS#8 into *wrapped, PEM public key into *pem. */
+static hsm_result make_audit_key(const ks_keys *k, const char *store_id, hsm_material **signer,
+                                 hsm_buf *wrapped, hsm_buf *pem)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_material *m = NULL;
+	hsm_buf pkcs8, aad = {0}, der = {0};
+	hsm_buf_init_secure(&pkcs8);
+	HSM_TRY(hsm_material_generate(HSM_SPEC_ECC_NIST_EDWARDS25519, &m));
+	HSM_TRY(hsm_material_export(m, &pkcs8));
+	HSM_TRY(audit_key_aad(store_id, &aad));
+	HSM_TRY(ks_wrap(k->audit, &aad, pkcs8.data, pkcs8.len, wrapped));
+	HSM_TRY(hsm_material_public_der(m, &der));
+	HSM_TRY(hsm_buf_put_str(pem, "-----BEGIN PUBLIC KEY-----\n"));
+	HSM_TRY(hsm_b64_encode(pem, der.data, der.len));
+	HSM_TRY(hsm_buf_put_str(pem, "\n-----END PUBLIC KEY-----\n"));
+	*signer = m;
+	m = NULL;
+out:
+	hsm_material_free(m);
+	hsm_buf_free(&pkcs8);
+	hsm_buf_free(&aad);
+	hsm_buf_free(&der);
+	return res;
+}
+
+static hsm_result load_audit_key(hsm_keystore *ks, ks_keys *k)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_buf wrapped = {0}, aad = {0}, pkcs8;
+	hsm_buf_init_secure(&pkcs8);
+	HSM_TRY(hsm_store_meta_get(ks->store, META_AUDIT_KEY, &wrapped));
+	HSM_TRY(audit_key_aad(ks->store_id, &aad));
+	HSM_TRY(ks_unwrap(k->audit, &aad, wrapped.data, wrapped.len, &pkcs8));
+	HSM_TRY(hsm_material_import(HSM_SPEC_ECC_NIST_EDWARDS25519, pkcs8.data, pkcs8.len,
+	                            &k->audit_signer));
+out:
+	hsm_buf_free(&wrapped);
+	hsm_buf_free(&aad);
+	hsm_buf_free(&pkcs8);
+	return res;
+}
+
+/* ---- init ------------------------------------------------------------------- */
+
+static hsm_result check_quorum_params(unsigned threshold, unsigned count, bool dev)
+{
+	if (dev && threshold == 1 && count == 1)
+		return HSM_SUCCESS;
+	HSM_ENSURE(count >= 2 && count <= HSM_MAX_SHARES, HSM_ERR_VALIDATION,
+	           "shares must be between 2 and %d (1-of-1 only in dev mode)", HSM_MAX_SHARES);
+	HSM_ENSURE(threshold >= 2 && threshold <= count, HSM_ERR_VALIDATION,
+	           "threshold must be between 2 and the number of shares (%u)", count);
+	return HSM_SUCCESS;
+}
+
+static hsm_result put_init_meta(hsm_keystore *ks, bool dev, const hsm_buf *audit_wrapped,
+                                const hsm_buf *audit_pem)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_buf id = {0}, set = {0}, thr = {0}, cnt = {0}, kcv = {0}, created = {0}, devb = {0};
+	HSM_TRY(hsm_buf_put_str(&id, ks->store_id));
+	HSM_TRY(hsm_hex_encode(&set, ks->set_id, sizeof(ks->set_id)));
+	HSM_TRY(hsm_buf_printf(&thr, "%u", ks->threshold));
+	HSM_TRY(hsm_buf_printf(&cnt, "%u", ks->count));
+	HSM_TRY(hsm_hex_encode(&kcv, ks->kcv, sizeof(ks->kcv)));
+	HSM_TRY(hsm_buf_printf(&created, "%lld", (long long)hsm_now()));
+	HSM_TRY(hsm_buf_put_str(&devb, dev ? "1" : "0"));
+	const char *names[] = {META_STORE_ID, META_SHARE_SET, META_THRESHOLD, META_SHARES, META_KCV,
+	                       META_CREATED,  META_DEV,       META_AUDIT_KEY, META_AUDIT_PUB};
+	const hsm_buf *values[] = {&id, &set, &thr, &cnt, &kcv, &created, &devb, audit_wrapped,
+	                           audit_pem};
+	HSM_TRY(hsm_store_meta_put(ks->store, sizeof(names) / sizeof(names[0]), names, values));
+out:
+	hsm_buf_free(&id);
+	hsm_buf_free(&set);
+	hsm_buf_free(&thr);
+	hsm_buf_free(&cnt);
+	hsm_buf_free(&kcv);
+	hsm_buf_free(&created);
+	hsm_buf_free(&devb);
+	return res;
+}
+
+static hsm_result encode_shares(const hsm_secret *dmk, hsm_keystore *ks,
+                                const char *const custodians[], bool dev, hsm_buf out[])
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_share shares[HSM_MAX_SHARES];
+	memset(shares, 0, sizeof(shares));
+	HSM_TRY(hsm_shares_create(dmk, ks->store_id, ks->set_id, ks->threshold, ks->count,
+	                          custodians, dev, shares));
+	for (unsigned i = 0; i < ks->count; i++) {
+		hsm_buf_init_secure(&out[i]);
+		HSM_TRY(hsm_share_encode(&shares[i], &out[i]));
+	}
+out:
+	for (unsigned i = 0; i < ks->count; i++)
+		hsm_share_clear(&shares[i]);
+	if (hsm_failed(res))
+		for (unsigned i = 0; i < ks->count; i++)
+			hsm_buf_free(&out[i]);
+	return res;
+}
+
+static hsm_result init_locked(hsm_keystore *ks, unsigned threshold, unsigned count,
+                              const char *const custodians[], bool dev, hsm_buf shares_out[])
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_secret *dmk = NULL;
+	ks_keys keys = {0};
+	hsm_buf audit_wrapped = {0}, audit_pem = {0};
+	HSM_CHECK(atomic_load(&ks->state) == HSM_NODE_UNINITIALIZED, HSM_ERR_CONFLICT,
+	          "this store is already initialized (store id %s)", ks->store_id);
+	HSM_TRY(check_quorum_params(threshold, count, dev));
+	HSM_TRY(hsm_uuid_new(ks->store_id));
+	HSM_TRY(hsm_random_bytes(ks->set_id, sizeof(ks->set_id)));
+	ks->threshold = threshold;
+	ks->count = count;
+	HSM_TRY(hsm_secret_random(HSM_AES_KEY_LEN, &dmk));
+	HSM_TRY(compute_kcv(dmk, ks->store_id, ks->kcv));
+	HSM_TRY(derive_all(dmk, ks->store_id, &keys));
+	HSM_TRY(make_audit_key(&keys, ks->store_id, &keys.audit_signer, &audit_wrapped, &audit_pem));
+	HSM_TRY(encode_shares(dmk, ks, custodians, dev, shares_out));
+	res = put_init_meta(ks, dev, &audit_wrapped, &audit_pem);
+	if (hsm_failed(res)) {
+		for (unsigned i = 0; i < count; i++)
+			hsm_buf_free(&shares_out[i]);
+		goto out;
+	}
+	pthread_rwlock_wrlock(&ks->keys_lock);
+	ks->keys = keys;
+	memset(&keys, 0, sizeof(keys));
+	pthread_rwlock_unlock(&ks->keys_lock);
+	atomic_store(&ks->state, HSM_NODE_UNSEALED);
+	hsm_info("store %s initialized: %u-of-%u custodian quorum", ks->store_id, threshold, count);
+out:
+	if (hsm_failed(res) && atomic_load(&ks->state) == HSM_NODE_UNINITIALIZED)
+		ks->store_id[0] = '\0';
+	hsm_secret_free(dmk);
+	ks_keys_wipe(&keys);
+	hsm_buf_free(&audit_wrapped);
+	hsm_buf_free(&audit_pem);
+	return res;
+}
+
+hsm_result hsm_keystore_init(hsm_keystore *ks, unsigned threshold, unsigned count,
+                             const char *const custodians[], bool dev, hsm_buf shares_out[])
+{
+	pthread_mutex_lock(&ks->lock);
+	hsm_result r = atomic_load(&ks->state) == HSM_NODE_ERROR
+	                   ? HSM_FAIL(HSM_ERR_NODE_ERROR, "node is in the error state: %s",
+	                              ks->error_reason)
+	                   : init_locked(ks, threshold, count, custodians, dev, shares_out);
+	pthread_mutex_unlock(&ks->lock);
+	return r;
+}
+
+/* ---- unseal / seal ---------------------------------------------------------- */
+
+static void progress_of(hsm_keystore *ks, hsm_unseal_progress *p)
+{
+	p->threshold = ks->threshold;
+	p->have = ks->pending != NULL ? hsm_share_set_have(ks->pending) : 0;
+	p->unsealed = atomic_load(&ks->state) == HSM_NODE_UNSEALED;
+	if (p->unsealed)
+		p->have = ks->threshold;
+}
+
+/* Reconstructs, checks and installs the DMK-derived keys once the quorum is met. */
+static hsm_result complete_unseal(hsm_keystore *ks)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_secret *dmk = NULL;
+	ks_keys keys = {0};
+	uint8_t kcv[KS_KCV_LEN];
+	HSM_TRY(hsm_share_set_combine(ks->pending, &dmk));
+	HSM_TRY(compute_kcv(dmk, ks->store_id, kcv));
+	HSM_CHECK(hsm_ct_equal(kcv, ks->kcv, sizeof(kcv)), HSM_ERR_WRONG_MASTER_KEY,
+	          "the shares do not reconstruct this store's master key (key check value "
+	          "mismatch); all shares given so far were discarded");
+	HSM_TRY(derive_all(dmk, ks->store_id, &keys));
+	HSM_TRY(load_audit_key(ks, &keys));
+	pthread_rwlock_wrlock(&ks->keys_lock);
+	ks->keys = keys;
+	memset(&keys, 0, sizeof(keys));
+	pthread_rwlock_unlock(&ks->keys_lock);
+	atomic_store(&ks->state, HSM_NODE_UNSEALED);
+out:
+	hsm_share_set_free(ks->pending);
+	ks->pending = NULL;
+	hsm_secret_free(dmk);
+	ks_keys_wipe(&keys);
+	return res;
+}
+
+static hsm_result unseal_locked(hsm_keystore *ks, const uint8_t *file, size_t len,
+                                hsm_unseal_progress *progress)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_share share;
+	memset(&share, 0, sizeof(share));
+	hsm_node_state st = (hsm_node_state)atomic_load(&ks->state);
+	HSM_CHECK(st != HSM_NODE_ERROR, HSM_ERR_NODE_ERROR, "node is in the error state: %s",
+	          ks->error_reason);
+	HSM_CHECK(st != HSM_NODE_UNINITIALIZED, HSM_ERR_SEALED,
+	          "this store is not initialized: run 'hsmctl init' first");
+	HSM_CHECK(st != HSM_NODE_UNSEALED, HSM_ERR_CONFLICT, "the node is already unsealed");
+	HSM_TRY(hsm_share_decode(file, len, &share));
+	if (ks->pending == NULL)
+		HSM_TRY(hsm_share_set_new(ks->store_id, ks->set_id, ks->threshold, ks->count,
+		                          &ks->pending));
+	HSM_TRY(hsm_share_set_add(ks->pending, &share));
+	if (hsm_share_set_have(ks->pending) >= ks->threshold)
+		HSM_TRY(complete_unseal(ks));
+out:
+	hsm_share_clear(&share);
+	progress_of(ks, progress);
+	return res;
+}
+
+hsm_result hsm_keystore_unseal(hsm_keystore *ks, const uint8_t *share_file, size_t len,
+                               hsm_unseal_progress *progress)
+{
+	pthread_mutex_lock(&ks->lock);
+	hsm_result r = unseal_locked(ks, share_file, len, progress);
+	pthread_mutex_unlock(&ks->lock);
+	if (hsm_ok(r) && progress->unsealed)
+		hsm_info("store %s unsealed", ks->store_id);
+	return r;
+}
+
+void hsm_keystore_unseal_status(hsm_keystore *ks, hsm_unseal_progress *progress)
+{
+	pthread_mutex_lock(&ks->lock);
+	progress_of(ks, progress);
+	pthread_mutex_unlock(&ks->lock);
+}
+
+void hsm_keystore_unseal_reset(hsm_keystore *ks)
+{
+	pthread_mutex_lock(&ks->lock);
+	hsm_share_set_free(ks->pending);
+	ks->pending = NULL;
+	pthread_mutex_unlock(&ks->lock);
+}
+
+void hsm_keystore_seal(hsm_keystore *ks)
+{
+	pthread_mutex_lock(&ks->lock);
+	if (atomic_load(&ks->state) == HSM_NODE_UNSEALED)
+		atomic_store(&ks->state, HSM_NODE_SEALED);
+	pthread_rwlock_wrlock(&ks->keys_lock);
+	ks_keys_wipe(&ks->keys);
+	pthread_rwlock_unlock(&ks->keys_lock);
+	hsm_shmap_clear(ks->cache);
+	hsm_share_set_free(ks->pending);
+	ks->pending = NULL;
+	pthread_mutex_unlock(&ks->lock);
+}

@@ -1,0 +1,120 @@
+/*
+ * alias.c - CreateAlias, UpdateAlias, DeleteAlias, ListAliases.
+ *
+ * Naming rules from the AWS KMS API reference (CreateAlias, AliasName):
+ * "alias/" followed by a name, 1-256 characters in all, of letters, digits
+ * and "/_-:"; the "alias/aws/" prefix is reserved for AWS managed keys.
+ */
+#include <string.h>
+
+#include "kms/kms_internal.h"
+
+#define ALIAS_PREFIX "alias/"
+#define RESERVED_PREFIX "alias/aws/"
+
+static hsm_result check_alias_name(const char *name)
+{
+	size_t n = strlen(name);
+	HSM_ENSURE(n >= 1 && n <= HSM_ALIAS_MAX, HSM_ERR_VALIDATION,
+	           "AliasName must be between 1 and %d characters", HSM_ALIAS_MAX);
+	HSM_ENSURE(hsm_str_has_prefix(name, ALIAS_PREFIX) && n > strlen(ALIAS_PREFIX),
+	           HSM_ERR_INVALID_ALIAS_NAME, "Alias must start with the prefix \"alias/\" followed "
+	           "by a name");
+	for (size_t i = 0; i < n; i++) {
+		char c = name[i];
+		bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		          c == '/' || c == '_' || c == '-' || c == ':';
+		HSM_ENSURE(ok, HSM_ERR_VALIDATION,
+		           "AliasName may contain only letters, digits and /_-: characters");
+	}
+	HSM_ENSURE(!hsm_str_has_prefix(name, RESERVED_PREFIX), HSM_ERR_INVALID_ALIAS_NAME,
+	           "Alias names that begin with alias/aws/ are reserved");
+	return HSM_SUCCESS;
+}
+
+/* A target must be named by key id or key ARN, not by another alias. */
+static hsm_result check_target(const char *target)
+{
+	HSM_ENSURE(target != NULL && *target != '\0', HSM_ERR_VALIDATION, "TargetKeyId is required");
+	HSM_ENSURE(strstr(target, "alias/") == NULL, HSM_ERR_VALIDATION,
+	           "TargetKeyId must be a key ID or key ARN, not an alias");
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_kms_create_alias(hsm_kms *kms, const hsm_caller *caller, const char *alias,
+                                const char *target)
+{
+	kms_key *k = NULL;
+	HSM_GUARD(check_alias_name(alias));
+	HSM_GUARD(check_target(target));
+	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_CreateAlias, target, NULL, &k));
+	hsm_result r = hsm_store_alias_create(kms->store, alias, k->rec.key_id, kms_now(kms));
+	if (r.err == HSM_ERR_ALREADY_EXISTS)
+		r = HSM_FAIL(HSM_ERR_ALREADY_EXISTS, "An alias with the name %s already exists", alias);
+	kms_key_release(k);
+	return r;
+}
+
+/* KMS: "The current and new KMS key must be the same type ... and have the same key usage." */
+static bool same_kind(const hsm_key_record *a, const hsm_key_record *b)
+{
+	const hsm_spec_info *sa = hsm_spec_get(a->spec), *sb = hsm_spec_get(b->spec);
+	bool asym_a = hsm_spec_is_asymmetric(a->spec), asym_b = hsm_spec_is_asymmetric(b->spec);
+	return a->usage == b->usage && asym_a == asym_b &&
+	       (sa->type == HSM_KT_HMAC) == (sb->type == HSM_KT_HMAC);
+}
+
+hsm_result hsm_kms_update_alias(hsm_kms *kms, const hsm_caller *caller, const char *alias,
+                                const char *target)
+{
+	hsm_alias_record a;
+	kms_key *cur = NULL, *next = NULL;
+	hsm_result res = HSM_SUCCESS;
+	HSM_GUARD(check_alias_name(alias));
+	HSM_GUARD(check_target(target));
+	res = hsm_store_alias_get(kms->store, alias, &a);
+	if (res.err == HSM_ERR_NOT_FOUND)
+		return HSM_FAIL(HSM_ERR_NOT_FOUND, "Alias %s is not found.", alias);
+	HSM_GUARD(res);
+	HSM_TRY(kms_lookup(kms, caller, HSM_OP_UpdateAlias, a.key_id, NULL, &cur));
+	HSM_TRY(kms_lookup(kms, caller, HSM_OP_UpdateAlias, target, NULL, &next));
+	HSM_CHECK(same_kind(&cur->rec, &next->rec), HSM_ERR_VALIDATION,
+	          "%s and %s are different key types or usages: an alias can only move to a key of "
+	          "the same type and usage", cur->rec.key_id, next->rec.key_id);
+	HSM_TRY(hsm_store_alias_update(kms->store, alias, next->rec.key_id, kms_now(kms)));
+out:
+	kms_key_release(cur);
+	kms_key_release(next);
+	return res;
+}
+
+hsm_result hsm_kms_delete_alias(hsm_kms *kms, const hsm_caller *caller, const char *alias)
+{
+	hsm_alias_record a;
+	kms_key *k = NULL;
+	HSM_GUARD(check_alias_name(alias));
+	hsm_result r = hsm_store_alias_get(kms->store, alias, &a);
+	if (r.err == HSM_ERR_NOT_FOUND)
+		return HSM_FAIL(HSM_ERR_NOT_FOUND, "Alias %s is not found.", alias);
+	HSM_GUARD(r);
+	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_DeleteAlias, a.key_id, NULL, &k));
+	r = hsm_store_alias_delete(kms->store, alias);
+	kms_key_release(k);
+	return r;
+}
+
+hsm_result hsm_kms_list_aliases(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                                const char *marker, size_t limit, hsm_alias_cb cb, void *arg,
+                                bool *truncated)
+{
+	kms_key *k = NULL;
+	HSM_GUARD(kms_authorize(kms, caller, HSM_OP_ListAliases, NULL, NULL));
+	HSM_ENSURE(marker == NULL || *marker == '\0' || hsm_str_has_prefix(marker, ALIAS_PREFIX),
+	           HSM_ERR_INVALID_MARKER, "Marker is invalid");
+	if (ref != NULL)
+		HSM_GUARD(kms_lookup(kms, caller, HSM_OP_ListAliases, ref, NULL, &k));
+	hsm_result r = hsm_store_alias_list(kms->store, k != NULL ? k->rec.key_id : NULL, marker,
+	                                    limit, cb, arg, truncated);
+	kms_key_release(k);
+	return r;
+}

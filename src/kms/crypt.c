@@ -1,0 +1,267 @@
+/*
+ * crypt.c - Encrypt, Decrypt, ReEncrypt, GenerateDataKey(WithoutPlaintext),
+ * GenerateDataKeyPair(WithoutPlaintext), GenerateRandom.
+ *
+ * Symmetric keys produce self-describing blobs (crypto/blob.h), so Decrypt
+ * needs no KeyId; RSA keys use RSAES-OAEP and need KeyId and algorithm, as
+ * in KMS.  Encryption context is authenticated (AAD), never stored.
+ */
+#include <string.h>
+
+#include "kms/kms_internal.h"
+
+#define CTX_MAX_BYTES 8192
+
+hsm_result kms_canonical_ctx(const hsm_enc_ctx *ctx, hsm_buf *out)
+{
+	size_t total = 0;
+	for (size_t i = 0; i < ctx->n; i++) {
+		HSM_ENSURE(ctx->pairs[i].key[0] != '\0', HSM_ERR_VALIDATION,
+		           "EncryptionContext keys must not be empty");
+		total += strlen(ctx->pairs[i].key) + strlen(ctx->pairs[i].value);
+	}
+	HSM_ENSURE(total <= CTX_MAX_BYTES, HSM_ERR_VALIDATION,
+	           "EncryptionContext must be at most %d bytes", CTX_MAX_BYTES);
+	return hsm_enc_ctx_canonical(ctx->pairs, ctx->n, out);
+}
+
+static hsm_result require_usage(const kms_key *k, hsm_key_usage usage)
+{
+	HSM_ENSURE(k->rec.usage == usage, HSM_ERR_INVALID_KEY_USAGE,
+	           "%s key usage is %s, which is not valid for this operation", k->arn,
+	           hsm_usage_name(k->rec.usage));
+	return HSM_SUCCESS;
+}
+
+static hsm_result require_enc_alg(const kms_key *k, hsm_enc_alg alg)
+{
+	HSM_GUARD(require_usage(k, HSM_USAGE_ENCRYPT_DECRYPT));
+	HSM_ENSURE(hsm_spec_allows_enc_alg(k->rec.spec, k->rec.usage, alg), HSM_ERR_INVALID_KEY_USAGE,
+	           "EncryptionAlgorithm %s is not valid for %s (KeySpec %s)", hsm_enc_alg_name(alg),
+	           k->arn, hsm_spec_name(k->rec.spec));
+	return HSM_SUCCESS;
+}
+
+/* The default algorithm is SYMMETRIC_DEFAULT, which asymmetric keys refuse. */
+static hsm_enc_alg alg_or_default(bool has, hsm_enc_alg alg)
+{
+	return has ? alg : HSM_ENC_SYMMETRIC_DEFAULT;
+}
+
+/* Encrypts with the primary version of an already authorized key. */
+static hsm_result encrypt_with(hsm_kms *kms, const kms_key *k, hsm_enc_alg alg,
+                               const hsm_enc_ctx *ctx, const uint8_t *pt, size_t n, hsm_buf *out,
+                               hsm_used_key *used)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_buf canon = {0};
+	HSM_GUARD(require_enc_alg(k, alg));
+	HSM_ENSURE(n >= 1 && n <= HSM_MAX_PLAINTEXT, HSM_ERR_VALIDATION,
+	           "Plaintext must be between 1 and %d bytes", HSM_MAX_PLAINTEXT);
+	hsm_ks_keyref ref = kms_keyref(k, k->rec.primary_version);
+	if (alg == HSM_ENC_SYMMETRIC_DEFAULT) {
+		HSM_TRY(kms_canonical_ctx(ctx, &canon));
+		HSM_TRY(hsm_ks_encrypt(kms->ks, &ref, &canon, pt, n, out));
+	} else {
+		HSM_CHECK(ctx->n == 0, HSM_ERR_VALIDATION,
+		          "EncryptionContext is not supported with asymmetric KMS keys");
+		size_t max = hsm_rsa_oaep_max_plaintext(k->rec.spec, alg);
+		HSM_CHECK(n <= max, HSM_ERR_VALIDATION,
+		          "Plaintext is %zu bytes; %s with %s takes at most %zu", n,
+		          hsm_spec_name(k->rec.spec), hsm_enc_alg_name(alg), max);
+		HSM_TRY(hsm_ks_rsa_encrypt(kms->ks, &ref, alg, pt, n, out));
+	}
+	kms_used(k, ref.version, used);
+out:
+	hsm_buf_free(&canon);
+	return res;
+}
+
+hsm_result hsm_kms_encrypt(hsm_kms *kms, const hsm_caller *caller, const hsm_encrypt_req *req,
+                           hsm_buf *ciphertext, hsm_used_key *used)
+{
+	kms_key *k = NULL;
+	hsm_enc_alg alg = alg_or_default(req->has_alg, req->alg);
+	kms_authz_extra extra = {.ctx = &req->ctx, .encryption_algorithm = hsm_enc_alg_name(alg)};
+	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_Encrypt, req->key, &extra, &k));
+	hsm_result r = encrypt_with(kms, k, alg, &req->ctx, req->plaintext, req->plaintext_len,
+	                            ciphertext, used);
+	kms_key_release(k);
+	return r;
+}
+
+/* Decrypts a symmetric blob with the version it names. */
+static hsm_result decrypt_blob(hsm_kms *kms, const kms_key *k, const hsm_blob *blob,
+                               const hsm_enc_ctx *ctx, hsm_buf *pt, hsm_used_key *used)
+{
+	hsm_buf canon = {0};
+	HSM_ENSURE(blob->key_version >= 1 && blob->key_version <= k->rec.primary_version,
+	           HSM_ERR_INVALID_CIPHERTEXT, "The ciphertext is not valid for this key");
+	hsm_result r = kms_canonical_ctx(ctx, &canon);
+	if (hsm_ok(r)) {
+		hsm_ks_keyref ref = kms_keyref(k, blob->key_version);
+		r = hsm_ks_decrypt(kms->ks, &ref, blob, &canon, pt);
+	}
+	hsm_buf_free(&canon);
+	if (hsm_ok(r))
+		kms_used(k, blob->key_version, used);
+	return r;
+}
+
+/* RSA ciphertexts do not name their version: newest first, one uniform failure. */
+static hsm_result decrypt_rsa(hsm_kms *kms, const kms_key *k, hsm_enc_alg alg, const uint8_t *ct,
+                              size_t n, hsm_buf *pt, hsm_used_key *used)
+{
+	for (uint32_t v = k->rec.primary_version; v >= 1; v--) {
+		hsm_ks_keyref ref = kms_keyref(k, v);
+		hsm_result r = hsm_ks_rsa_decrypt(kms->ks, &ref, alg, ct, n, pt);
+		if (hsm_ok(r)) {
+			kms_used(k, v, used);
+			return r;
+		}
+		if (r.err != HSM_ERR_INVALID_CIPHERTEXT)
+			return r;
+		hsm_buf_clear(pt);
+	}
+	return HSM_FAIL(HSM_ERR_INVALID_CIPHERTEXT, "The ciphertext is not valid for this key");
+}
+
+/* Decrypt's core, shared with ReEncrypt (which authorizes as kms:ReEncryptFrom). */
+static hsm_result decrypt_any(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
+                              const char *action, const hsm_decrypt_req *req, hsm_buf *pt,
+                              hsm_used_key *used, hsm_enc_alg *alg_used)
+{
+	hsm_result res = HSM_SUCCESS;
+	kms_key *k = NULL;
+	hsm_blob blob;
+	hsm_enc_alg alg = alg_or_default(req->has_alg, req->alg);
+	kms_authz_extra extra = {action, &req->ctx, hsm_enc_alg_name(alg), NULL, NULL};
+	HSM_ENSURE(req->ciphertext_len >= 1 && req->ciphertext_len <= HSM_MAX_CIPHERTEXT_BLOB,
+	           HSM_ERR_VALIDATION, "CiphertextBlob must be between 1 and %d bytes",
+	           HSM_MAX_CIPHERTEXT_BLOB);
+	bool symmetric = alg == HSM_ENC_SYMMETRIC_DEFAULT;
+	if (symmetric) {
+		HSM_GUARD(hsm_blob_parse(req->ciphertext, req->ciphertext_len, &blob));
+		res = kms_lookup(kms, caller, op, blob.key_id, &extra, &k);
+		if (res.err == HSM_ERR_NOT_FOUND) /* a made-up or altered key id in the blob */
+			return HSM_FAIL(HSM_ERR_INVALID_CIPHERTEXT, "The ciphertext is not valid");
+		HSM_GUARD(res);
+		if (req->key != NULL && *req->key != '\0') {
+			char named[HSM_UUID_STRLEN + 1];
+			HSM_TRY(hsm_kms_resolve(kms, req->key, named));
+			HSM_CHECK(strcmp(named, k->rec.key_id) == 0, HSM_ERR_INCORRECT_KEY,
+			          "The key ID in the request does not identify the key that encrypted "
+			          "the ciphertext");
+		}
+	} else {
+		HSM_ENSURE(req->key != NULL && *req->key != '\0', HSM_ERR_VALIDATION,
+		           "KeyId is required to decrypt with an asymmetric key");
+		HSM_GUARD(kms_lookup(kms, caller, op, req->key, &extra, &k));
+	}
+	HSM_TRY(require_enc_alg(k, alg));
+	if (symmetric)
+		HSM_TRY(decrypt_blob(kms, k, &blob, &req->ctx, pt, used));
+	else
+		HSM_TRY(decrypt_rsa(kms, k, alg, req->ciphertext, req->ciphertext_len, pt, used));
+	*alg_used = alg;
+out:
+	kms_key_release(k);
+	return res;
+}
+
+hsm_result hsm_kms_decrypt(hsm_kms *kms, const hsm_caller *caller, const hsm_decrypt_req *req,
+                           hsm_buf *plaintext, hsm_used_key *used, hsm_enc_alg *alg_used)
+{
+	return decrypt_any(kms, caller, HSM_OP_Decrypt, NULL, req, plaintext, used, alg_used);
+}
+
+hsm_result hsm_kms_reencrypt(hsm_kms *kms, const hsm_caller *caller,
+                             const hsm_reencrypt_req *req, hsm_buf *ciphertext,
+                             hsm_used_key *source, hsm_enc_alg *source_alg, hsm_used_key *dest,
+                             hsm_enc_alg *dest_alg)
+{
+	hsm_result res = HSM_SUCCESS;
+	kms_key *k = NULL;
+	hsm_buf pt;
+	hsm_buf_init_secure(&pt);
+	hsm_enc_alg alg = alg_or_default(req->has_dest_alg, req->dest_alg);
+	kms_authz_extra extra = {"kms:ReEncryptTo", &req->dest_ctx, hsm_enc_alg_name(alg), NULL,
+	                         NULL};
+	HSM_ENSURE(req->dest_key != NULL && *req->dest_key != '\0', HSM_ERR_VALIDATION,
+	           "DestinationKeyId is required");
+	HSM_TRY(decrypt_any(kms, caller, HSM_OP_ReEncrypt, "kms:ReEncryptFrom", &req->source, &pt,
+	                    source, source_alg));
+	HSM_TRY(kms_lookup(kms, caller, HSM_OP_ReEncrypt, req->dest_key, &extra, &k));
+	HSM_TRY(encrypt_with(kms, k, alg, &req->dest_ctx, pt.data, pt.len, ciphertext, dest));
+	*dest_alg = alg;
+out:
+	kms_key_release(k);
+	hsm_buf_free(&pt);
+	return res;
+}
+
+/* Data keys need a symmetric encryption key. */
+static hsm_result data_key_target(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
+                                  const char *key, const hsm_enc_ctx *ctx, kms_key **out)
+{
+	kms_key *k = NULL;
+	kms_authz_extra extra = {.ctx = ctx, .encryption_algorithm = "SYMMETRIC_DEFAULT"};
+	HSM_GUARD(kms_lookup(kms, caller, op, key, &extra, &k));
+	hsm_result r = require_enc_alg(k, HSM_ENC_SYMMETRIC_DEFAULT);
+	if (hsm_failed(r)) {
+		kms_key_release(k);
+		return r;
+	}
+	*out = k;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_kms_generate_data_key(hsm_kms *kms, const hsm_caller *caller, const char *key,
+                                     size_t n_bytes, const hsm_enc_ctx *ctx, hsm_buf *plaintext,
+                                     hsm_buf *ciphertext, hsm_used_key *used)
+{
+	hsm_result res = HSM_SUCCESS;
+	kms_key *k = NULL;
+	hsm_buf canon = {0};
+	hsm_op op = plaintext != NULL ? HSM_OP_GenerateDataKey : HSM_OP_GenerateDataKeyWithoutPlaintext;
+	HSM_ENSURE(n_bytes >= 1 && n_bytes <= HSM_MAX_DATA_KEY_BYTES, HSM_ERR_VALIDATION,
+	           "NumberOfBytes must be between 1 and %d", HSM_MAX_DATA_KEY_BYTES);
+	HSM_GUARD(data_key_target(kms, caller, op, key, ctx, &k));
+	HSM_TRY(kms_canonical_ctx(ctx, &canon));
+	hsm_ks_keyref ref = kms_keyref(k, k->rec.primary_version);
+	HSM_TRY(hsm_ks_generate_data_key(kms->ks, &ref, &canon, n_bytes, plaintext, ciphertext));
+	kms_used(k, ref.version, used);
+out:
+	hsm_buf_free(&canon);
+	kms_key_release(k);
+	return res;
+}
+
+hsm_result hsm_kms_generate_data_key_pair(hsm_kms *kms, const hsm_caller *caller,
+                                          const char *key, hsm_key_spec pair_spec,
+                                          const hsm_enc_ctx *ctx, hsm_buf *priv,
+                                          hsm_buf *priv_blob, hsm_buf *pub, hsm_used_key *used)
+{
+	hsm_result res = HSM_SUCCESS;
+	kms_key *k = NULL;
+	hsm_buf canon = {0};
+	hsm_op op = priv != NULL ? HSM_OP_GenerateDataKeyPair
+	                         : HSM_OP_GenerateDataKeyPairWithoutPlaintext;
+	HSM_ENSURE(hsm_spec_get(pair_spec)->data_key_pair, HSM_ERR_VALIDATION,
+	           "KeyPairSpec %s is not supported", hsm_spec_name(pair_spec));
+	HSM_GUARD(data_key_target(kms, caller, op, key, ctx, &k));
+	HSM_TRY(kms_canonical_ctx(ctx, &canon));
+	hsm_ks_keyref ref = kms_keyref(k, k->rec.primary_version);
+	HSM_TRY(hsm_ks_generate_data_key_pair(kms->ks, &ref, &canon, pair_spec, priv, priv_blob, pub));
+	kms_used(k, ref.version, used);
+out:
+	hsm_buf_free(&canon);
+	kms_key_release(k);
+	return res;
+}
+
+hsm_result hsm_kms_generate_random(hsm_kms *kms, const hsm_caller *caller, size_t n, hsm_buf *out)
+{
+	HSM_GUARD(kms_authorize(kms, caller, HSM_OP_GenerateRandom, NULL, NULL));
+	return hsm_ks_random(kms->ks, n, out);
+}

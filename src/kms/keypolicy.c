@@ -1,0 +1,85 @@
+/*
+ * keypolicy.c - GetKeyPolicy, PutKeyPolicy, ListKeyPolicies.
+ *
+ * A key has exactly one policy, named "default" (AWS KMS API reference,
+ * GetKeyPolicy: "The only valid name is default").  The policy language and
+ * its evaluation live in policy.c.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "kms/kms_internal.h"
+
+#define POLICY_NAME "default"
+
+static hsm_result check_name(const char *name)
+{
+	HSM_ENSURE(name == NULL || strcmp(name, POLICY_NAME) == 0, HSM_ERR_NOT_FOUND,
+	           "No such policy exists: the only key policy name is \"default\"");
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_kms_get_policy(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                              const char *policy_name, hsm_buf *out)
+{
+	kms_key *k = NULL;
+	HSM_GUARD(check_name(policy_name));
+	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_GetKeyPolicy, ref, NULL, &k));
+	hsm_result r = hsm_buf_put_str(out, k->rec.policy);
+	kms_key_release(k);
+	return r;
+}
+
+static hsm_result set_policy(hsm_key_record *rec, void *arg)
+{
+	char *p = strdup(arg);
+	HSM_ENSURE(p != NULL, HSM_ERR_NOMEM, "out of memory");
+	free(rec->policy);
+	rec->policy = p;
+	return HSM_SUCCESS;
+}
+
+/* KMS's lockout safety check: the caller must still be allowed to change the policy. */
+static hsm_result lockout_check(hsm_kms *kms, const hsm_caller *caller, const kms_key *k,
+                                const hsm_policy *next)
+{
+	if (caller->local)
+		return HSM_SUCCESS;
+	hsm_buf arn = {0};
+	HSM_GUARD(hsm_kms_caller_arn(kms, caller, &arn));
+	hsm_result r = hsm_buf_terminate(&arn);
+	if (hsm_ok(r)) {
+		hsm_policy_request req = {
+		    .principal_arn = (const char *)arn.data,
+		    .account_id = kms->account,
+		    .action = "kms:PutKeyPolicy",
+		    .resource = k->arn,
+		};
+		if (hsm_policy_evaluate(next, &req, NULL) != HSM_POLICY_ALLOW)
+			r = HSM_FAIL(HSM_ERR_MALFORMED_POLICY,
+			             "The new key policy will not allow you to update the key policy in "
+			             "the future.");
+	}
+	hsm_buf_free(&arn);
+	return r;
+}
+
+hsm_result hsm_kms_put_policy(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                              const char *policy_name, const char *policy, bool bypass)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_policy *parsed = NULL;
+	kms_key *k = NULL;
+	HSM_GUARD(check_name(policy_name));
+	HSM_ENSURE(policy != NULL, HSM_ERR_VALIDATION, "Policy is required");
+	HSM_TRY(hsm_policy_parse(policy, strlen(policy), &parsed));
+	HSM_TRY(kms_lookup(kms, caller, HSM_OP_PutKeyPolicy, ref, NULL, &k));
+	if (!bypass)
+		HSM_TRY(lockout_check(kms, caller, k, parsed));
+	HSM_TRY(kms_modify(kms, caller, HSM_OP_PutKeyPolicy, k->rec.key_id, set_policy,
+	                   (void *)(uintptr_t)policy, NULL, NULL));
+out:
+	hsm_policy_free(parsed);
+	kms_key_release(k);
+	return res;
+}

@@ -1,0 +1,234 @@
+/*
+ * keys.c - key life cycle: CreateKey, DescribeKey, ListKeys, EnableKey,
+ * DisableKey, UpdateKeyDescription, ScheduleKeyDeletion, CancelKeyDeletion,
+ * and destruction once the waiting period ends.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "kms/kms_internal.h"
+
+#define DESCRIPTION_MAX 8192 /* CreateKey Description: 0-8192 characters */
+#define MIN_PENDING_DAYS 7   /* ScheduleKeyDeletion PendingWindowInDays: 7-30 */
+#define MAX_PENDING_DAYS 30
+#define DAY 86400
+
+static hsm_result check_description(const char *d)
+{
+	HSM_ENSURE(strlen(d) <= DESCRIPTION_MAX, HSM_ERR_VALIDATION,
+	           "Description must be at most %d characters", DESCRIPTION_MAX);
+	return HSM_SUCCESS;
+}
+
+static hsm_result build_record(hsm_kms *kms, const hsm_create_key_req *req, hsm_key_record *rec)
+{
+	rec->description = strdup(req->description != NULL ? req->description : "");
+	HSM_ENSURE(rec->description != NULL, HSM_ERR_NOMEM, "out of memory");
+	hsm_buf policy = {0};
+	if (req->policy != NULL)
+		HSM_GUARD(hsm_buf_put_str(&policy, req->policy));
+	else
+		HSM_GUARD(hsm_policy_default(kms->account, &policy));
+	hsm_result r = hsm_buf_terminate(&policy);
+	if (hsm_failed(r)) {
+		hsm_buf_free(&policy);
+		return r;
+	}
+	rec->policy = (char *)policy.data; /* ownership moves to the record */
+	rec->spec = req->spec;
+	rec->usage = req->usage;
+	rec->origin = HSM_ORIGIN_AWS_KMS;
+	rec->state = HSM_KEY_ENABLED;
+	rec->created = kms_now(kms);
+	rec->updated = rec->created;
+	rec->primary_version = 1;
+	rec->flags = req->flags;
+	return HSM_SUCCESS;
+}
+
+static hsm_result validate_create(const hsm_create_key_req *req)
+{
+	if (req->description != NULL)
+		HSM_GUARD(check_description(req->description));
+	HSM_ENSURE(hsm_spec_allows_usage(req->spec, req->usage), HSM_ERR_VALIDATION,
+	           "KeyUsage %s is not compatible with KeySpec %s", hsm_usage_name(req->usage),
+	           hsm_spec_name(req->spec));
+	if (req->policy != NULL) {
+		hsm_policy *p = NULL;
+		HSM_GUARD(hsm_policy_parse(req->policy, strlen(req->policy), &p));
+		hsm_policy_free(p);
+	}
+	HSM_ENSURE(req->n_tags <= HSM_MAX_TAGS_PER_KEY, HSM_ERR_LIMIT_EXCEEDED,
+	           "a key can have at most %d tags", HSM_MAX_TAGS_PER_KEY);
+	for (size_t i = 0; i < req->n_tags; i++)
+		HSM_GUARD(kms_check_tag(&req->tags[i]));
+	HSM_ENSURE((req->flags & HSM_KEYFLAG_JWT) == 0 || req->usage == HSM_USAGE_SIGN_VERIFY,
+	           HSM_ERR_VALIDATION, "only SIGN_VERIFY keys can sign tokens");
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_kms_create_key(hsm_kms *kms, const hsm_caller *caller,
+                              const hsm_create_key_req *req, hsm_key_record *out)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_key_record rec;
+	hsm_version_record v;
+	memset(&rec, 0, sizeof(rec));
+	memset(&v, 0, sizeof(v));
+	HSM_GUARD(kms_authorize(kms, caller, HSM_OP_CreateKey, NULL, NULL));
+	HSM_GUARD(validate_create(req));
+	HSM_TRY(hsm_uuid_new(rec.key_id));
+	HSM_TRY(build_record(kms, req, &rec));
+	memcpy(v.key_id, rec.key_id, sizeof(v.key_id));
+	v.version = 1;
+	v.created = rec.created;
+	v.rotation_type = HSM_ROTATION_NONE;
+	hsm_ks_keyref ref = {rec.key_id, 1, rec.spec, rec.usage};
+	HSM_TRY(hsm_ks_generate(kms->ks, &ref, &v.wrapped, &v.public_der));
+	HSM_TRY(hsm_store_key_create(kms->store, &rec, &v));
+	if (req->n_tags > 0)
+		HSM_TRY(hsm_store_tags_put(kms->store, rec.key_id, req->n_tags, req->tags));
+	*out = rec;
+	memset(&rec, 0, sizeof(rec));
+out:
+	hsm_key_record_clear(&rec);
+	hsm_version_record_clear(&v);
+	return res;
+}
+
+hsm_result hsm_kms_describe_key(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                                hsm_key_record *out)
+{
+	kms_key *k = NULL;
+	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_DescribeKey, ref, NULL, &k));
+	hsm_result r = hsm_key_record_copy(out, &k->rec);
+	kms_key_release(k);
+	return r;
+}
+
+hsm_result hsm_kms_list_keys(hsm_kms *kms, const hsm_caller *caller, const char *marker,
+                             size_t limit, hsm_key_cb cb, void *arg, bool *truncated)
+{
+	HSM_GUARD(kms_authorize(kms, caller, HSM_OP_ListKeys, NULL, NULL));
+	HSM_ENSURE(marker == NULL || *marker == '\0' || hsm_is_uuid(marker), HSM_ERR_INVALID_MARKER,
+	           "Marker is invalid");
+	return hsm_store_key_list(kms->store, marker, limit, false, cb, arg, truncated);
+}
+
+static hsm_result set_enabled(hsm_key_record *rec, void *arg)
+{
+	rec->state = *(bool *)arg ? HSM_KEY_ENABLED : HSM_KEY_DISABLED;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_kms_enable_key(hsm_kms *kms, const hsm_caller *caller, const char *ref)
+{
+	bool on = true;
+	return kms_modify(kms, caller, HSM_OP_EnableKey, ref, set_enabled, &on, NULL, NULL);
+}
+
+hsm_result hsm_kms_disable_key(hsm_kms *kms, const hsm_caller *caller, const char *ref)
+{
+	bool on = false;
+	hsm_key_record after;
+	memset(&after, 0, sizeof(after));
+	HSM_GUARD(kms_modify(kms, caller, HSM_OP_DisableKey, ref, set_enabled, &on, NULL, &after));
+	hsm_ks_forget(kms->ks, after.key_id); /* zeroize the cached material at once */
+	hsm_key_record_clear(&after);
+	return HSM_SUCCESS;
+}
+
+static hsm_result set_description(hsm_key_record *rec, void *arg)
+{
+	char *d = strdup(arg);
+	HSM_ENSURE(d != NULL, HSM_ERR_NOMEM, "out of memory");
+	free(rec->description);
+	rec->description = d;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_kms_update_description(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                                      const char *description)
+{
+	HSM_ENSURE(description != NULL, HSM_ERR_VALIDATION, "Description is required");
+	HSM_GUARD(check_description(description));
+	return kms_modify(kms, caller, HSM_OP_UpdateKeyDescription, ref, set_description,
+	                  (void *)(uintptr_t)description, NULL, NULL);
+}
+
+typedef struct schedule_arg {
+	int days;
+	int64_t now;
+} schedule_arg;
+
+static hsm_result set_pending(hsm_key_record *rec, void *arg)
+{
+	const schedule_arg *s = arg;
+	rec->state = HSM_KEY_PENDING_DELETION;
+	rec->pending_window_days = s->days;
+	rec->deletion_date = s->now + (int64_t)s->days * DAY;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_kms_schedule_deletion(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                                     int days, hsm_key_record *out)
+{
+	if (days == 0)
+		days = kms->cfg.default_pending_days;
+	HSM_ENSURE(days >= MIN_PENDING_DAYS && days <= MAX_PENDING_DAYS, HSM_ERR_VALIDATION,
+	           "PendingWindowInDays must be between %d and %d", MIN_PENDING_DAYS,
+	           MAX_PENDING_DAYS);
+	schedule_arg s = {days, kms_now(kms)};
+	HSM_GUARD(kms_modify(kms, caller, HSM_OP_ScheduleKeyDeletion, ref, set_pending, &s, NULL, out));
+	hsm_ks_forget(kms->ks, out->key_id);
+	return HSM_SUCCESS;
+}
+
+static hsm_result clear_pending(hsm_key_record *rec, void *arg)
+{
+	(void)arg;
+	/* KMS leaves a key whose deletion was cancelled Disabled. */
+	rec->state = HSM_KEY_DISABLED;
+	rec->deletion_date = 0;
+	rec->pending_window_days = 0;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_kms_cancel_deletion(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                                   hsm_key_record *out)
+{
+	return kms_modify(kms, caller, HSM_OP_CancelKeyDeletion, ref, clear_pending, NULL, NULL, out);
+}
+
+typedef struct flags_arg {
+	uint32_t set, clear;
+} flags_arg;
+
+static hsm_result set_flags(hsm_key_record *rec, void *arg)
+{
+	const flags_arg *f = arg;
+	HSM_ENSURE((f->set & HSM_KEYFLAG_JWT) == 0 || rec->usage == HSM_USAGE_SIGN_VERIFY,
+	           HSM_ERR_INVALID_KEY_USAGE, "only SIGN_VERIFY keys can sign tokens");
+	rec->flags = (rec->flags | f->set) & ~f->clear;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_kms_set_flags(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                             uint32_t set, uint32_t clear)
+{
+	flags_arg f = {set, clear};
+	return kms_modify(kms, caller, HSM_OP_UpdateKeyDescription, ref, set_flags, &f, NULL, NULL);
+}
+
+/* Destroys a key whose waiting period ended (scheduler). */
+hsm_result kms_destroy_due(hsm_kms *kms, const hsm_key_record *rec)
+{
+	hsm_result r = hsm_store_key_destroy(kms->store, rec->key_id, kms_now(kms));
+	kms_key_invalidate(kms, rec->key_id);
+	hsm_ks_forget(kms->ks, rec->key_id);
+	kms_emit(kms, "DeleteKey", rec->key_id, rec->primary_version, r);
+	if (hsm_ok(r))
+		hsm_info("key %s destroyed: its deletion waiting period ended", rec->key_id);
+	return r;
+}

@@ -1,0 +1,434 @@
+/*
+ * kms.c - the service object, the operation table, the key-state rules,
+ * key resolution, the metadata cache and authorization.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "kms/kms_internal.h"
+
+/* ---- Operation table -------------------------------------------------------- */
+
+static const hsm_op_info ops[HSM_OP_COUNT] = {
+#define HSM_OP_ROW(name, cls, roles, mutating) \
+	[HSM_OP_##name] = {HSM_OP_##name, #name, "kms:" #name, cls, roles, mutating},
+    HSM_OP_TABLE(HSM_OP_ROW)
+#undef HSM_OP_ROW
+};
+
+const hsm_op_info *hsm_op_get(hsm_op op)
+{
+	HSM_ASSERT((unsigned)op < HSM_OP_COUNT);
+	return &ops[op];
+}
+
+const hsm_op_info *hsm_op_find(const char *name)
+{
+	for (unsigned i = 0; i < HSM_OP_COUNT; i++)
+		if (strcmp(ops[i].name, name) == 0)
+			return &ops[i];
+	return NULL;
+}
+
+/*
+ * Key state x operation class, from the AWS KMS Developer Guide, "Key states
+ * of AWS KMS keys" (key state table).  Disabled keys refuse cryptographic use
+ * and rotation changes with DisabledException; keys pending deletion refuse
+ * everything but reads, alias deletion, policy changes and cancellation
+ * with KMSInvalidStateException.  Destroyed keys no longer exist for the API.
+ */
+static const hsm_err state_rules[HSM_KEY_STATE_COUNT][HSM_OPC_COUNT] = {
+    [HSM_KEY_ENABLED] =
+        {
+            [HSM_OPC_CANCEL_DELETION] = HSM_ERR_INVALID_STATE,
+        },
+    [HSM_KEY_DISABLED] =
+        {
+            [HSM_OPC_CRYPTO] = HSM_ERR_DISABLED,
+            [HSM_OPC_ROTATION] = HSM_ERR_DISABLED,
+            [HSM_OPC_CANCEL_DELETION] = HSM_ERR_INVALID_STATE,
+        },
+    [HSM_KEY_PENDING_DELETION] =
+        {
+            [HSM_OPC_CRYPTO] = HSM_ERR_INVALID_STATE,
+            [HSM_OPC_MODIFY] = HSM_ERR_INVALID_STATE,
+            [HSM_OPC_ENABLE] = HSM_ERR_INVALID_STATE,
+            [HSM_OPC_DISABLE] = HSM_ERR_INVALID_STATE,
+            [HSM_OPC_SCHEDULE_DELETION] = HSM_ERR_INVALID_STATE,
+            [HSM_OPC_ROTATION] = HSM_ERR_INVALID_STATE,
+        },
+    [HSM_KEY_DESTROYED] =
+        {
+            [HSM_OPC_CRYPTO] = HSM_ERR_NOT_FOUND,
+            [HSM_OPC_READ] = HSM_ERR_NOT_FOUND,
+            [HSM_OPC_MODIFY] = HSM_ERR_NOT_FOUND,
+            [HSM_OPC_ENABLE] = HSM_ERR_NOT_FOUND,
+            [HSM_OPC_DISABLE] = HSM_ERR_NOT_FOUND,
+            [HSM_OPC_SCHEDULE_DELETION] = HSM_ERR_NOT_FOUND,
+            [HSM_OPC_CANCEL_DELETION] = HSM_ERR_NOT_FOUND,
+            [HSM_OPC_ROTATION] = HSM_ERR_NOT_FOUND,
+        },
+};
+
+hsm_result kms_check_state(hsm_op op, const hsm_key_record *rec)
+{
+	HSM_ASSERT((unsigned)rec->state < HSM_KEY_STATE_COUNT);
+	hsm_err e = state_rules[rec->state][hsm_op_get(op)->cls];
+	if (e == HSM_OK)
+		return HSM_SUCCESS;
+	if (e == HSM_ERR_NOT_FOUND)
+		return HSM_FAIL(e, "Key '%s' does not exist", rec->key_id);
+	if (e == HSM_ERR_DISABLED)
+		return HSM_FAIL(e, "%s is disabled.", rec->key_id);
+	return HSM_FAIL(e, "%s is pending deletion.", rec->key_id);
+}
+
+/* ---- Service ---------------------------------------------------------------- */
+
+static void *key_ref(void *p)
+{
+	kms_key *k = p;
+	atomic_fetch_add_explicit(&k->refs, 1, memory_order_relaxed);
+	return k;
+}
+
+void kms_key_release(kms_key *k)
+{
+	if (k == NULL || atomic_fetch_sub_explicit(&k->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	hsm_key_record_clear(&k->rec);
+	hsm_policy_free(k->policy);
+	free(k);
+}
+
+static void key_unref(void *p)
+{
+	kms_key_release(p);
+}
+
+static int64_t system_clock(void *arg)
+{
+	(void)arg;
+	return hsm_now();
+}
+
+hsm_result hsm_kms_new(hsm_store *store, hsm_keystore *ks, const hsm_kms_config *cfg,
+                       hsm_kms **out)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_kms *kms = calloc(1, sizeof(*kms));
+	HSM_ENSURE(kms != NULL, HSM_ERR_NOMEM, "out of memory");
+	kms->store = store;
+	kms->ks = ks;
+	kms->cfg = *cfg;
+	HSM_TRY(hsm_strcpy(kms->region, sizeof(kms->region), cfg->region));
+	HSM_TRY(hsm_strcpy(kms->account, sizeof(kms->account), cfg->account_id));
+	kms->cfg.region = kms->region;
+	kms->cfg.account_id = kms->account;
+	if (kms->cfg.default_rotation_days <= 0)
+		kms->cfg.default_rotation_days = 90;
+	if (kms->cfg.default_pending_days <= 0)
+		kms->cfg.default_pending_days = 30;
+	kms->clock = system_clock;
+	HSM_TRY(hsm_shmap_new(200000, key_ref, key_unref, &kms->keys));
+	*out = kms;
+	kms = NULL;
+out:
+	hsm_kms_free(kms);
+	return res;
+}
+
+void hsm_kms_free(hsm_kms *kms)
+{
+	if (kms == NULL)
+		return;
+	hsm_shmap_free(kms->keys);
+	free(kms);
+}
+
+void hsm_kms_set_event_sink(hsm_kms *kms, hsm_kms_event_fn fn, void *arg)
+{
+	kms->event_fn = fn;
+	kms->event_arg = arg;
+}
+
+void hsm_kms_set_clock(hsm_kms *kms, int64_t (*now)(void *arg), void *arg)
+{
+	kms->clock = now != NULL ? now : system_clock;
+	kms->clock_arg = arg;
+}
+
+hsm_store *hsm_kms_store(hsm_kms *kms) { return kms->store; }
+hsm_keystore *hsm_kms_keystore(hsm_kms *kms) { return kms->ks; }
+const hsm_kms_config *hsm_kms_config_get(hsm_kms *kms) { return &kms->cfg; }
+
+int64_t kms_now(hsm_kms *kms)
+{
+	return kms->clock(kms->clock_arg);
+}
+
+void kms_emit(hsm_kms *kms, const char *operation, const char *key_id, uint32_t version,
+              hsm_result result)
+{
+	if (kms->event_fn == NULL)
+		return;
+	hsm_kms_event ev = {operation, key_id, version, result};
+	kms->event_fn(kms->event_arg, &ev);
+}
+
+/* ---- ARNs and resolution ------------------------------------------------------ */
+
+hsm_result hsm_kms_key_arn(hsm_kms *kms, const char *key_id, hsm_buf *out)
+{
+	return hsm_buf_printf(out, "arn:aws:kms:%s:%s:key/%s", kms->region, kms->account, key_id);
+}
+
+hsm_result hsm_kms_caller_arn(hsm_kms *kms, const hsm_caller *caller, hsm_buf *out)
+{
+	if (caller->local)
+		return hsm_buf_printf(out, "arn:aws:iam::%s:root", kms->account);
+	return hsm_buf_printf(out, "arn:aws:iam::%s:user/%s", kms->account, caller->user);
+}
+
+/* Strips "arn:aws:kms:<region>:<account>:" when it names this region and account. */
+static hsm_result strip_arn(hsm_kms *kms, const char *ref, const char **rest)
+{
+	char prefix[128];
+	snprintf(prefix, sizeof(prefix), "arn:aws:kms:%s:%s:", kms->region, kms->account);
+	if (hsm_str_has_prefix(ref, prefix)) {
+		*rest = ref + strlen(prefix);
+		return HSM_SUCCESS;
+	}
+	HSM_ENSURE(!hsm_str_has_prefix(ref, "arn:"), HSM_ERR_NOT_FOUND,
+	           "Key '%.256s' does not exist in this region and account", ref);
+	*rest = ref;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_kms_resolve(hsm_kms *kms, const char *ref, char key_id[HSM_UUID_STRLEN + 1])
+{
+	const char *rest = NULL;
+	HSM_ENSURE(ref != NULL && *ref != '\0', HSM_ERR_VALIDATION, "KeyId is required");
+	bool is_arn = hsm_str_has_prefix(ref, "arn:");
+	HSM_GUARD(strip_arn(kms, ref, &rest));
+	if (is_arn && hsm_str_has_prefix(rest, "key/"))
+		rest += 4;
+	if (hsm_str_has_prefix(rest, "alias/")) {
+		hsm_alias_record a;
+		hsm_result r = hsm_store_alias_get(kms->store, rest, &a);
+		if (r.err == HSM_ERR_NOT_FOUND)
+			return HSM_FAIL(HSM_ERR_NOT_FOUND, "Alias %s is not found.", ref);
+		HSM_GUARD(r);
+		memcpy(key_id, a.key_id, HSM_UUID_STRLEN + 1);
+		return HSM_SUCCESS;
+	}
+	HSM_ENSURE(hsm_is_uuid(rest) && (!is_arn || rest != ref), HSM_ERR_NOT_FOUND,
+	           "Invalid keyId '%.256s'", ref);
+	memcpy(key_id, rest, HSM_UUID_STRLEN + 1);
+	return HSM_SUCCESS;
+}
+
+/* ---- Metadata cache ------------------------------------------------------------ */
+
+static hsm_result snapshot_new(hsm_kms *kms, const hsm_key_record *rec, kms_key **out)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_buf arn = {0};
+	kms_key *k = calloc(1, sizeof(*k));
+	HSM_ENSURE(k != NULL, HSM_ERR_NOMEM, "out of memory");
+	atomic_init(&k->refs, 1);
+	HSM_TRY(hsm_key_record_copy(&k->rec, rec));
+	HSM_TRY(hsm_policy_parse(rec->policy, strlen(rec->policy), &k->policy));
+	HSM_TRY(hsm_kms_key_arn(kms, rec->key_id, &arn));
+	HSM_TRY(hsm_buf_terminate(&arn));
+	HSM_TRY(hsm_strcpy(k->arn, sizeof(k->arn), (const char *)arn.data));
+	k->loaded_ms = hsm_now_ms();
+	*out = k;
+	k = NULL;
+out:
+	kms_key_release(k);
+	hsm_buf_free(&arn);
+	return res;
+}
+
+static bool snapshot_fresh(hsm_kms *kms, const kms_key *k)
+{
+	return kms->cfg.meta_cache_ttl_ms <= 0 ||
+	       hsm_now_ms() - k->loaded_ms < kms->cfg.meta_cache_ttl_ms;
+}
+
+hsm_result kms_key_load(hsm_kms *kms, const char *key_id, kms_key **out)
+{
+	hsm_result res = HSM_SUCCESS;
+	void *hit = NULL;
+	kms_key *k = NULL;
+	hsm_key_record rec;
+	memset(&rec, 0, sizeof(rec));
+	if (hsm_shmap_get(kms->keys, key_id, &hit)) {
+		if (snapshot_fresh(kms, hit)) {
+			*out = hit;
+			return HSM_SUCCESS;
+		}
+		kms_key_release(hit);
+	}
+	res = hsm_store_key_get(kms->store, key_id, &rec);
+	if (res.err == HSM_ERR_NOT_FOUND)
+		res = HSM_FAIL(HSM_ERR_NOT_FOUND, "Key '%s' does not exist", key_id);
+	if (hsm_failed(res))
+		goto out;
+	HSM_TRY(snapshot_new(kms, &rec, &k));
+	HSM_TRY(hsm_shmap_put(kms->keys, key_id, k));
+	*out = k;
+	k = NULL;
+out:
+	kms_key_release(k);
+	hsm_key_record_clear(&rec);
+	return res;
+}
+
+void kms_key_invalidate(hsm_kms *kms, const char *key_id)
+{
+	hsm_shmap_remove(kms->keys, key_id);
+}
+
+/* ---- Authorization --------------------------------------------------------------- */
+
+static hsm_result deny(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const kms_key *key,
+                       const char *why)
+{
+	hsm_buf arn = {0};
+	hsm_result r = hsm_kms_caller_arn(kms, caller, &arn);
+	if (hsm_ok(r))
+		r = hsm_buf_terminate(&arn);
+	hsm_result out = HSM_FAIL(HSM_ERR_ACCESS_DENIED,
+	                          "User: %s is not authorized to perform: %s on resource: %s %s",
+	                          hsm_ok(r) ? (const char *)arn.data : caller->user,
+	                          hsm_op_get(op)->action, key != NULL ? key->arn : "*", why);
+	hsm_buf_free(&arn);
+	return out;
+}
+
+hsm_result kms_authorize(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const kms_key *key,
+                         const kms_authz_extra *extra)
+{
+	if (caller->local)
+		return HSM_SUCCESS; /* an operator holding the data directory and the quorum */
+	if ((hsm_op_get(op)->roles & caller->roles) == 0)
+		return deny(kms, caller, op, key, "because no role of this user allows it");
+	if (key == NULL)
+		return HSM_SUCCESS;
+	hsm_buf arn = {0};
+	HSM_GUARD(hsm_kms_caller_arn(kms, caller, &arn));
+	hsm_result r = hsm_buf_terminate(&arn);
+	if (hsm_failed(r)) {
+		hsm_buf_free(&arn);
+		return r;
+	}
+	hsm_policy_request req = {
+	    .principal_arn = (const char *)arn.data,
+	    .account_id = kms->account,
+	    .action = hsm_op_get(op)->action,
+	    .resource = key->arn,
+	    .key_spec = hsm_spec_name(key->rec.spec),
+	    .key_usage = hsm_usage_name(key->rec.usage),
+	};
+	hsm_policy_pair ctx_small[16], *ctx = ctx_small;
+	size_t n_ctx = extra != NULL && extra->ctx != NULL ? extra->ctx->n : 0;
+	if (n_ctx > 16) {
+		ctx = calloc(n_ctx, sizeof(*ctx));
+		if (ctx == NULL) {
+			hsm_buf_free(&arn);
+			return HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
+		}
+	}
+	for (size_t i = 0; i < n_ctx; i++)
+		ctx[i] = (hsm_policy_pair){extra->ctx->pairs[i].key, extra->ctx->pairs[i].value};
+	req.encryption_context = ctx;
+	req.n_encryption_context = n_ctx;
+	if (extra != NULL) {
+		if (extra->action != NULL)
+			req.action = extra->action;
+		req.encryption_algorithm = extra->encryption_algorithm;
+		req.signing_algorithm = extra->signing_algorithm;
+		req.mac_algorithm = extra->mac_algorithm;
+	}
+	hsm_policy_decision d = hsm_policy_evaluate(key->policy, &req, NULL);
+	if (ctx != ctx_small)
+		free(ctx);
+	hsm_buf_free(&arn);
+	if (d == HSM_POLICY_ALLOW)
+		return HSM_SUCCESS;
+	return deny(kms, caller, op, key,
+	            d == HSM_POLICY_EXPLICIT_DENY
+	                ? "with an explicit deny in a resource-based policy"
+	                : "because no resource-based policy allows the action");
+}
+
+hsm_result kms_lookup(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const char *ref,
+                      const kms_authz_extra *extra, kms_key **out)
+{
+	char key_id[HSM_UUID_STRLEN + 1];
+	kms_key *k = NULL;
+	HSM_GUARD(hsm_kms_resolve(kms, ref, key_id));
+	HSM_GUARD(kms_key_load(kms, key_id, &k));
+	/* A destroyed key is gone for every caller; authorization comes before other states. */
+	hsm_result r = k->rec.state == HSM_KEY_DESTROYED
+	                   ? HSM_FAIL(HSM_ERR_NOT_FOUND, "Key '%s' does not exist", k->arn)
+	                   : kms_authorize(kms, caller, op, k, extra);
+	if (hsm_ok(r))
+		r = kms_check_state(op, &k->rec);
+	if (hsm_failed(r)) {
+		kms_key_release(k);
+		return r;
+	}
+	*out = k;
+	return HSM_SUCCESS;
+}
+
+/* ---- Modification --------------------------------------------------------------- */
+
+typedef struct modify_ctx {
+	hsm_op op;
+	hsm_key_update_fn fn;
+	void *arg;
+	int64_t now;
+} modify_ctx;
+
+static hsm_result modify_in_txn(hsm_key_record *rec, void *arg)
+{
+	modify_ctx *m = arg;
+	HSM_GUARD(kms_check_state(m->op, rec)); /* the state may have changed since the lookup */
+	HSM_GUARD(m->fn(rec, m->arg));
+	rec->updated = m->now;
+	return HSM_SUCCESS;
+}
+
+hsm_result kms_modify(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const char *ref,
+                      hsm_key_update_fn fn, void *arg, const hsm_version_record *add_version,
+                      hsm_key_record *after)
+{
+	kms_key *k = NULL;
+	HSM_GUARD(kms_lookup(kms, caller, op, ref, NULL, &k));
+	modify_ctx m = {op, fn, arg, kms_now(kms)};
+	hsm_result r = hsm_store_key_update(kms->store, k->rec.key_id, modify_in_txn, &m,
+	                                    add_version, after);
+	kms_key_invalidate(kms, k->rec.key_id);
+	kms_key_release(k);
+	return r;
+}
+
+void kms_used(const kms_key *k, uint32_t version, hsm_used_key *used)
+{
+	memcpy(used->key_id, k->rec.key_id, sizeof(used->key_id));
+	used->version = version;
+	used->spec = k->rec.spec;
+	used->usage = k->rec.usage;
+}
+
+hsm_ks_keyref kms_keyref(const kms_key *k, uint32_t version)
+{
+	hsm_ks_keyref ref = {k->rec.key_id, version, k->rec.spec, k->rec.usage};
+	return ref;
+}

@@ -1,0 +1,376 @@
+/*
+ * kms.h - hsmd's key-management service: the AWS KMS operations as C
+ * functions, independent of HTTP and JSON.
+ *
+ * The API handlers (server/) parse a request into the structs below, call
+ * one function here and render the result; hsmctl's offline commands call
+ * the same functions.  This layer resolves key references (id, ARN, alias),
+ * enforces roles, key policies and the key-state rules, keeps the key
+ * metadata cache, and reaches key material only through the keystore.
+ *
+ * Every operation takes the authenticated caller.  Nothing here writes the
+ * audit trail: callers audit each request; internal events (automatic
+ * rotation, destruction) are reported through hsm_kms_event_fn.
+ */
+#ifndef HSM_KMS_H
+#define HSM_KMS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/buf.h"
+#include "common/result.h"
+#include "crypto/blob.h"
+#include "crypto/keyspec.h"
+#include "keystore/keystore.h"
+#include "store/store.h"
+
+typedef struct hsm_kms hsm_kms;
+
+/* ---- Operations, as data ------------------------------------------------- */
+
+/* Key-state classes of operations (see the state table in kms.c). */
+typedef enum hsm_op_class {
+	HSM_OPC_NONE,       /* no key involved */
+	HSM_OPC_CRYPTO,     /* uses key material */
+	HSM_OPC_READ,       /* reads metadata */
+	HSM_OPC_MODIFY,     /* changes metadata: description, tags, aliases, policy */
+	HSM_OPC_ENABLE,
+	HSM_OPC_DISABLE,
+	HSM_OPC_SCHEDULE_DELETION,
+	HSM_OPC_CANCEL_DELETION,
+	HSM_OPC_ROTATION,   /* enable/disable/perform rotation */
+	HSM_OPC_COUNT
+} hsm_op_class;
+
+#define HSM_ROLE_BIT(r) (1U << (r))
+#define HSM_ROLES_OFFICER HSM_ROLE_BIT(HSM_ROLE_CRYPTO_OFFICER)
+#define HSM_ROLES_USER HSM_ROLE_BIT(HSM_ROLE_CRYPTO_USER)
+#define HSM_ROLES_AUDITOR HSM_ROLE_BIT(HSM_ROLE_AUDITOR)
+
+typedef enum hsm_op {
+#define HSM_OP_ENUM(name, cls, roles, mutating) HSM_OP_##name,
+#define HSM_OP_TABLE(X)                                                                 \
+	X(CreateKey, HSM_OPC_NONE, HSM_ROLES_OFFICER, true)                                 \
+	X(DescribeKey, HSM_OPC_READ, HSM_ROLES_OFFICER | HSM_ROLES_USER | HSM_ROLES_AUDITOR, false) \
+	X(ListKeys, HSM_OPC_NONE, HSM_ROLES_OFFICER | HSM_ROLES_USER | HSM_ROLES_AUDITOR, false) \
+	X(EnableKey, HSM_OPC_ENABLE, HSM_ROLES_OFFICER, true)                               \
+	X(DisableKey, HSM_OPC_DISABLE, HSM_ROLES_OFFICER, true)                             \
+	X(UpdateKeyDescription, HSM_OPC_MODIFY, HSM_ROLES_OFFICER, true)                    \
+	X(ScheduleKeyDeletion, HSM_OPC_SCHEDULE_DELETION, HSM_ROLES_OFFICER, true)          \
+	X(CancelKeyDeletion, HSM_OPC_CANCEL_DELETION, HSM_ROLES_OFFICER, true)              \
+	X(Encrypt, HSM_OPC_CRYPTO, HSM_ROLES_USER, false)                                   \
+	X(Decrypt, HSM_OPC_CRYPTO, HSM_ROLES_USER, false)                                   \
+	X(ReEncrypt, HSM_OPC_CRYPTO, HSM_ROLES_USER, false)                                 \
+	X(GenerateDataKey, HSM_OPC_CRYPTO, HSM_ROLES_USER, false)                           \
+	X(GenerateDataKeyWithoutPlaintext, HSM_OPC_CRYPTO, HSM_ROLES_USER, false)           \
+	X(GenerateDataKeyPair, HSM_OPC_CRYPTO, HSM_ROLES_USER, false)                       \
+	X(GenerateDataKeyPairWithoutPlaintext, HSM_OPC_CRYPTO, HSM_ROLES_USER, false)       \
+	X(Sign, HSM_OPC_CRYPTO, HSM_ROLES_USER, false)                                      \
+	X(Verify, HSM_OPC_CRYPTO, HSM_ROLES_USER, false)                                    \
+	X(GenerateMac, HSM_OPC_CRYPTO, HSM_ROLES_USER, false)                               \
+	X(VerifyMac, HSM_OPC_CRYPTO, HSM_ROLES_USER, false)                                 \
+	X(GetPublicKey, HSM_OPC_CRYPTO, HSM_ROLES_OFFICER | HSM_ROLES_USER | HSM_ROLES_AUDITOR, false) \
+	X(GenerateRandom, HSM_OPC_NONE, HSM_ROLES_USER, false)                              \
+	X(EnableKeyRotation, HSM_OPC_ROTATION, HSM_ROLES_OFFICER, true)                     \
+	X(DisableKeyRotation, HSM_OPC_ROTATION, HSM_ROLES_OFFICER, true)                    \
+	X(GetKeyRotationStatus, HSM_OPC_READ, HSM_ROLES_OFFICER | HSM_ROLES_USER | HSM_ROLES_AUDITOR, false) \
+	X(RotateKeyOnDemand, HSM_OPC_ROTATION, HSM_ROLES_OFFICER, true)                     \
+	X(ListKeyRotations, HSM_OPC_READ, HSM_ROLES_OFFICER | HSM_ROLES_AUDITOR, false)     \
+	X(CreateAlias, HSM_OPC_MODIFY, HSM_ROLES_OFFICER, true)                             \
+	X(UpdateAlias, HSM_OPC_MODIFY, HSM_ROLES_OFFICER, true)                             \
+	X(DeleteAlias, HSM_OPC_READ, HSM_ROLES_OFFICER, true)                               \
+	X(ListAliases, HSM_OPC_NONE, HSM_ROLES_OFFICER | HSM_ROLES_USER | HSM_ROLES_AUDITOR, false) \
+	X(TagResource, HSM_OPC_MODIFY, HSM_ROLES_OFFICER, true)                             \
+	X(UntagResource, HSM_OPC_MODIFY, HSM_ROLES_OFFICER, true)                           \
+	X(ListResourceTags, HSM_OPC_READ, HSM_ROLES_OFFICER | HSM_ROLES_USER | HSM_ROLES_AUDITOR, false) \
+	X(GetKeyPolicy, HSM_OPC_READ, HSM_ROLES_OFFICER | HSM_ROLES_AUDITOR, false)         \
+	X(PutKeyPolicy, HSM_OPC_READ, HSM_ROLES_OFFICER, true)                              \
+	X(ListKeyPolicies, HSM_OPC_READ, HSM_ROLES_OFFICER | HSM_ROLES_AUDITOR, false)
+	HSM_OP_TABLE(HSM_OP_ENUM)
+#undef HSM_OP_ENUM
+	HSM_OP_COUNT
+} hsm_op;
+
+typedef struct hsm_op_info {
+	hsm_op op;
+	const char *name;   /* "Encrypt" */
+	const char *action; /* "kms:Encrypt" */
+	hsm_op_class cls;
+	unsigned roles;     /* HSM_ROLE_BIT set allowed to call it */
+	bool mutating;
+} hsm_op_info;
+
+const hsm_op_info *hsm_op_get(hsm_op op);
+/* Looks an operation up by its KMS name; NULL when unknown. */
+const hsm_op_info *hsm_op_find(const char *name);
+
+/* ---- Service --------------------------------------------------------------- */
+
+typedef struct hsm_kms_config {
+	const char *region;     /* "us-east-1" */
+	const char *account_id; /* "111122223333" */
+	int default_rotation_days;   /* 90 */
+	int default_pending_days;    /* 30 */
+	int64_t meta_cache_ttl_ms;   /* key metadata cache lifetime; 0 = until changed here */
+} hsm_kms_config;
+
+/* Internal events the caller audits (automatic rotation, destruction). */
+typedef struct hsm_kms_event {
+	const char *operation; /* "RotateKey", "DeleteKey" */
+	const char *key_id;
+	uint32_t key_version;
+	hsm_result result;
+} hsm_kms_event;
+typedef void (*hsm_kms_event_fn)(void *arg, const hsm_kms_event *ev);
+
+/* Store and keystore are borrowed and must outlive the service. */
+hsm_result hsm_kms_new(hsm_store *store, hsm_keystore *ks, const hsm_kms_config *cfg,
+                       hsm_kms **out) HSM_MUST_CHECK;
+void hsm_kms_free(hsm_kms *kms);
+void hsm_kms_set_event_sink(hsm_kms *kms, hsm_kms_event_fn fn, void *arg);
+/* Replaces the clock (tests): returns epoch seconds. */
+void hsm_kms_set_clock(hsm_kms *kms, int64_t (*now)(void *arg), void *arg);
+hsm_store *hsm_kms_store(hsm_kms *kms);
+hsm_keystore *hsm_kms_keystore(hsm_kms *kms);
+const hsm_kms_config *hsm_kms_config_get(hsm_kms *kms);
+
+/* ---- Callers ------------------------------------------------------------------ */
+
+typedef struct hsm_caller {
+	const char *user;          /* principal name */
+	const char *access_key_id; /* "" for local operators */
+	unsigned roles;            /* HSM_ROLE_BIT set */
+	bool local;                /* hsmctl on the data directory: holds the quorum */
+} hsm_caller;
+
+/* The principal's ARN: arn:aws:iam::<account>:user/<name>. */
+hsm_result hsm_kms_caller_arn(hsm_kms *kms, const hsm_caller *caller, hsm_buf *out) HSM_MUST_CHECK;
+
+/* ---- Keys ------------------------------------------------------------------- */
+
+/* The key ARN: arn:aws:kms:<region>:<account>:key/<id>. */
+hsm_result hsm_kms_key_arn(hsm_kms *kms, const char *key_id, hsm_buf *out) HSM_MUST_CHECK;
+/* Resolves an id, key ARN, alias name or alias ARN to a key id. */
+hsm_result hsm_kms_resolve(hsm_kms *kms, const char *ref,
+                           char key_id[HSM_UUID_STRLEN + 1]) HSM_MUST_CHECK;
+
+typedef struct hsm_create_key_req {
+	const char *description; /* NULL = "" */
+	hsm_key_spec spec;
+	hsm_key_usage usage;
+	const char *policy;      /* NULL = the default key policy */
+	const hsm_tag *tags;
+	size_t n_tags;
+	uint32_t flags;          /* HSM_KEYFLAG_* */
+} hsm_create_key_req;
+
+hsm_result hsm_kms_create_key(hsm_kms *kms, const hsm_caller *caller,
+                              const hsm_create_key_req *req, hsm_key_record *out) HSM_MUST_CHECK;
+hsm_result hsm_kms_describe_key(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                                hsm_key_record *out) HSM_MUST_CHECK;
+/* Lists key ids after marker (a key id; NULL for the first page). */
+hsm_result hsm_kms_list_keys(hsm_kms *kms, const hsm_caller *caller, const char *marker,
+                             size_t limit, hsm_key_cb cb, void *arg,
+                             bool *truncated) HSM_MUST_CHECK;
+hsm_result hsm_kms_enable_key(hsm_kms *kms, const hsm_caller *caller, const char *ref) HSM_MUST_CHECK;
+hsm_result hsm_kms_disable_key(hsm_kms *kms, const hsm_caller *caller, const char *ref) HSM_MUST_CHECK;
+hsm_result hsm_kms_update_description(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                                      const char *description) HSM_MUST_CHECK;
+/* days 0 = default; 7..30.  *out receives the key as scheduled. */
+hsm_result hsm_kms_schedule_deletion(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                                     int days, hsm_key_record *out) HSM_MUST_CHECK;
+hsm_result hsm_kms_cancel_deletion(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                                   hsm_key_record *out) HSM_MUST_CHECK;
+hsm_result hsm_kms_set_flags(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                             uint32_t set, uint32_t clear) HSM_MUST_CHECK;
+
+/* ---- Rotation ------------------------------------------------------------------ */
+
+/* period_days 0 = default (90); 1..2560. */
+hsm_result hsm_kms_enable_rotation(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                                   int period_days) HSM_MUST_CHECK;
+hsm_result hsm_kms_disable_rotation(hsm_kms *kms, const hsm_caller *caller,
+                                    const char *ref) HSM_MUST_CHECK;
+hsm_result hsm_kms_rotation_status(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                                   hsm_key_record *out) HSM_MUST_CHECK;
+/* Adds a version and makes it primary; *out receives the key after. */
+hsm_result hsm_kms_rotate_now(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                              hsm_key_record *out) HSM_MUST_CHECK;
+/* Versions after the first, ascending, from version `after`+1. */
+hsm_result hsm_kms_list_rotations(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                                  hsm_version_cb cb, void *arg) HSM_MUST_CHECK;
+
+/*
+ * Performs the work that is due at the current time: automatic rotations and
+ * destruction of keys whose deletion waiting period ended.  Called by the
+ * server's scheduler every few seconds; each action is reported to the
+ * event sink.  *done counts actions taken.
+ */
+hsm_result hsm_kms_run_due(hsm_kms *kms, size_t *done) HSM_MUST_CHECK;
+
+/* ---- Aliases, tags, policies -------------------------------------------------- */
+
+hsm_result hsm_kms_create_alias(hsm_kms *kms, const hsm_caller *caller, const char *alias,
+                                const char *target) HSM_MUST_CHECK;
+hsm_result hsm_kms_update_alias(hsm_kms *kms, const hsm_caller *caller, const char *alias,
+                                const char *target) HSM_MUST_CHECK;
+hsm_result hsm_kms_delete_alias(hsm_kms *kms, const hsm_caller *caller,
+                                const char *alias) HSM_MUST_CHECK;
+/* ref NULL lists every alias. */
+hsm_result hsm_kms_list_aliases(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                                const char *marker, size_t limit, hsm_alias_cb cb, void *arg,
+                                bool *truncated) HSM_MUST_CHECK;
+hsm_result hsm_kms_tag(hsm_kms *kms, const hsm_caller *caller, const char *ref, size_t n,
+                       const hsm_tag tags[]) HSM_MUST_CHECK;
+hsm_result hsm_kms_untag(hsm_kms *kms, const hsm_caller *caller, const char *ref, size_t n,
+                         const char *const keys[]) HSM_MUST_CHECK;
+hsm_result hsm_kms_list_tags(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                             const char *marker, size_t limit, hsm_tag_cb cb, void *arg,
+                             bool *truncated) HSM_MUST_CHECK;
+/* Only the policy name "default" exists, as in KMS. */
+hsm_result hsm_kms_get_policy(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                              const char *policy_name, hsm_buf *out) HSM_MUST_CHECK;
+/*
+ * Replaces the key policy.  Unless bypass_lockout_check, a policy that would
+ * stop the caller from changing the policy again is refused (KMS's policy
+ * lockout safety check).
+ */
+hsm_result hsm_kms_put_policy(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                              const char *policy_name, const char *policy,
+                              bool bypass_lockout_check) HSM_MUST_CHECK;
+
+/* ---- Cryptographic operations ------------------------------------------------- */
+
+/* Encryption context as received (validated here). */
+typedef struct hsm_enc_ctx {
+	const hsm_ctx_pair *pairs;
+	size_t n;
+} hsm_enc_ctx;
+
+/* Which key and version an operation used, for the response and the audit. */
+typedef struct hsm_used_key {
+	char key_id[HSM_UUID_STRLEN + 1];
+	uint32_t version;
+	hsm_key_spec spec;
+	hsm_key_usage usage;
+} hsm_used_key;
+
+typedef struct hsm_encrypt_req {
+	const char *key;                 /* KeyId */
+	const uint8_t *plaintext;
+	size_t plaintext_len;
+	hsm_enc_ctx ctx;
+	bool has_alg;
+	hsm_enc_alg alg;
+} hsm_encrypt_req;
+
+hsm_result hsm_kms_encrypt(hsm_kms *kms, const hsm_caller *caller, const hsm_encrypt_req *req,
+                           hsm_buf *ciphertext, hsm_used_key *used) HSM_MUST_CHECK;
+
+typedef struct hsm_decrypt_req {
+	const char *key; /* optional for symmetric ciphertexts */
+	const uint8_t *ciphertext;
+	size_t ciphertext_len;
+	hsm_enc_ctx ctx;
+	bool has_alg;
+	hsm_enc_alg alg;
+} hsm_decrypt_req;
+
+/* plaintext must be a secure buffer. */
+hsm_result hsm_kms_decrypt(hsm_kms *kms, const hsm_caller *caller, const hsm_decrypt_req *req,
+                           hsm_buf *plaintext, hsm_used_key *used,
+                           hsm_enc_alg *alg_used) HSM_MUST_CHECK;
+
+typedef struct hsm_reencrypt_req {
+	hsm_decrypt_req source;
+	const char *dest_key;
+	hsm_enc_ctx dest_ctx;
+	bool has_dest_alg;
+	hsm_enc_alg dest_alg;
+} hsm_reencrypt_req;
+
+hsm_result hsm_kms_reencrypt(hsm_kms *kms, const hsm_caller *caller,
+                             const hsm_reencrypt_req *req, hsm_buf *ciphertext,
+                             hsm_used_key *source, hsm_enc_alg *source_alg, hsm_used_key *dest,
+                             hsm_enc_alg *dest_alg) HSM_MUST_CHECK;
+
+/* plaintext NULL for GenerateDataKeyWithoutPlaintext. */
+hsm_result hsm_kms_generate_data_key(hsm_kms *kms, const hsm_caller *caller, const char *key,
+                                     size_t n_bytes, const hsm_enc_ctx *ctx, hsm_buf *plaintext,
+                                     hsm_buf *ciphertext, hsm_used_key *used) HSM_MUST_CHECK;
+/* priv NULL for the WithoutPlaintext form. */
+hsm_result hsm_kms_generate_data_key_pair(hsm_kms *kms, const hsm_caller *caller,
+                                          const char *key, hsm_key_spec pair_spec,
+                                          const hsm_enc_ctx *ctx, hsm_buf *priv,
+                                          hsm_buf *priv_blob, hsm_buf *pub,
+                                          hsm_used_key *used) HSM_MUST_CHECK;
+
+hsm_result hsm_kms_sign(hsm_kms *kms, const hsm_caller *caller, const char *key,
+                        hsm_sign_alg alg, hsm_message_type type, const uint8_t *msg, size_t len,
+                        hsm_buf *sig, hsm_used_key *used) HSM_MUST_CHECK;
+/* A wrong signature is HSM_ERR_INVALID_SIGNATURE (KMSInvalidSignatureException). */
+hsm_result hsm_kms_verify(hsm_kms *kms, const hsm_caller *caller, const char *key,
+                          hsm_sign_alg alg, hsm_message_type type, const uint8_t *msg,
+                          size_t len, const uint8_t *sig, size_t sig_len,
+                          hsm_used_key *used) HSM_MUST_CHECK;
+hsm_result hsm_kms_generate_mac(hsm_kms *kms, const hsm_caller *caller, const char *key,
+                                hsm_mac_alg alg, const uint8_t *msg, size_t len, hsm_buf *mac,
+                                hsm_used_key *used) HSM_MUST_CHECK;
+/* A wrong MAC is HSM_ERR_INVALID_MAC (KMSInvalidMacException). */
+hsm_result hsm_kms_verify_mac(hsm_kms *kms, const hsm_caller *caller, const char *key,
+                              hsm_mac_alg alg, const uint8_t *msg, size_t len,
+                              const uint8_t *mac, size_t mac_len,
+                              hsm_used_key *used) HSM_MUST_CHECK;
+/* Public key (SPKI DER) of the primary version, and the key's record. */
+hsm_result hsm_kms_get_public_key(hsm_kms *kms, const hsm_caller *caller, const char *key,
+                                  hsm_buf *spki, hsm_key_record *out) HSM_MUST_CHECK;
+/* Public key of one version (JWKS, JWT verification). */
+hsm_result hsm_kms_version_public_key(hsm_kms *kms, const char *key_id, uint32_t version,
+                                      hsm_buf *spki) HSM_MUST_CHECK;
+hsm_result hsm_kms_generate_random(hsm_kms *kms, const hsm_caller *caller, size_t n,
+                                   hsm_buf *out) HSM_MUST_CHECK;
+
+/* ---- Principals ------------------------------------------------------------------ */
+
+#define HSM_ACCESS_SECRET_LEN 40 /* characters, as AWS secret access keys */
+
+/* User names follow IAM's rules: 1-64 of [A-Za-z0-9_+=,.@-]. */
+hsm_result hsm_kms_user_create(hsm_kms *kms, const hsm_caller *caller, const char *name,
+                               unsigned roles) HSM_MUST_CHECK;
+hsm_result hsm_kms_user_list(hsm_kms *kms, const hsm_caller *caller, hsm_user_cb cb,
+                             void *arg) HSM_MUST_CHECK;
+hsm_result hsm_kms_user_set_disabled(hsm_kms *kms, const hsm_caller *caller, const char *name,
+                                     bool disabled) HSM_MUST_CHECK;
+/* Clears a lockout after too many failed authentications. */
+hsm_result hsm_kms_user_unlock(hsm_kms *kms, const hsm_caller *caller,
+                               const char *name) HSM_MUST_CHECK;
+/*
+ * Creates an access key for a user: *secret (HSM_ACCESS_SECRET_LEN bytes of
+ * text, no NUL) is shown to the caller once and stored only wrapped.
+ */
+hsm_result hsm_kms_access_key_create(hsm_kms *kms, const hsm_caller *caller, const char *user,
+                                     char access_key_id[HSM_ACCESS_KEY_ID_LEN + 1],
+                                     hsm_secret **secret) HSM_MUST_CHECK;
+/* Same with chosen values (dev mode: HSM_DEV_ACCESS_KEY_ID / HSM_DEV_SECRET_ACCESS_KEY). */
+hsm_result hsm_kms_access_key_import(hsm_kms *kms, const hsm_caller *caller, const char *user,
+                                     const char *access_key_id,
+                                     const hsm_secret *secret) HSM_MUST_CHECK;
+hsm_result hsm_kms_access_key_revoke(hsm_kms *kms, const hsm_caller *caller,
+                                     const char *access_key_id) HSM_MUST_CHECK;
+hsm_result hsm_kms_access_key_list(hsm_kms *kms, const hsm_caller *caller, const char *user,
+                                   hsm_access_key_cb cb, void *arg) HSM_MUST_CHECK;
+
+/*
+ * For SigV4: the user and unwrapped secret behind an access key id.
+ * HSM_ERR_UNRECOGNIZED_CLIENT for unknown or revoked keys,
+ * HSM_ERR_PRINCIPAL_LOCKED for disabled or locked users.
+ */
+hsm_result hsm_kms_credential(hsm_kms *kms, const char *access_key_id, hsm_user_record *user,
+                              hsm_secret **secret) HSM_MUST_CHECK;
+/* Records an authentication outcome; lock_after consecutive failures lock the user. */
+hsm_result hsm_kms_auth_outcome(hsm_kms *kms, const char *user, bool success,
+                                uint32_t lock_after) HSM_MUST_CHECK;
+
+#endif

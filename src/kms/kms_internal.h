@@ -1,0 +1,95 @@
+/*
+ * kms_internal.h - state shared by the kms/ source files.
+ */
+#ifndef HSM_KMS_INTERNAL_H
+#define HSM_KMS_INTERNAL_H
+
+#include <stdatomic.h>
+
+#include "common/shmap.h"
+#include "kms/kms.h"
+#include "kms/policy.h"
+
+#define KMS_ARN_MAX 160
+
+/* An immutable, reference-counted snapshot of one key's metadata. */
+typedef struct kms_key {
+	atomic_int refs;
+	hsm_key_record rec;
+	hsm_policy *policy;   /* parsed rec.policy */
+	int64_t loaded_ms;
+	char arn[KMS_ARN_MAX];
+} kms_key;
+
+struct hsm_kms {
+	hsm_store *store;
+	hsm_keystore *ks;
+	hsm_kms_config cfg;
+	char region[64];
+	char account[16];
+	hsm_shmap *keys;      /* key id -> kms_key */
+	hsm_kms_event_fn event_fn;
+	void *event_arg;
+	int64_t (*clock)(void *arg);
+	void *clock_arg;
+};
+
+int64_t kms_now(hsm_kms *kms);
+void kms_key_release(kms_key *k);
+/* Drops the cached snapshot of a key after a change. */
+void kms_key_invalidate(hsm_kms *kms, const char *key_id);
+void kms_emit(hsm_kms *kms, const char *operation, const char *key_id, uint32_t version,
+              hsm_result result);
+
+/* Extra facts a key policy's conditions may test. */
+typedef struct kms_authz_extra {
+	const char *action; /* overrides the operation's action (kms:ReEncryptFrom/To) */
+	const hsm_enc_ctx *ctx;
+	const char *encryption_algorithm;
+	const char *signing_algorithm;
+	const char *mac_algorithm;
+} kms_authz_extra;
+
+/*
+ * Role check for op, then (when key is not NULL) the key's policy.
+ * HSM_ERR_ACCESS_DENIED with an AWS-style message on refusal.
+ */
+hsm_result kms_authorize(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const kms_key *key,
+                         const kms_authz_extra *extra) HSM_MUST_CHECK;
+/* The key-state rule for op's class: DisabledException, KMSInvalidStateException, ... */
+hsm_result kms_check_state(hsm_op op, const hsm_key_record *rec) HSM_MUST_CHECK;
+
+/*
+ * Resolves ref, loads the key, checks the state rule and authorizes the
+ * caller.  *out is a reference the caller releases with kms_key_release.
+ */
+hsm_result kms_lookup(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const char *ref,
+                      const kms_authz_extra *extra, kms_key **out) HSM_MUST_CHECK;
+/* Same without authorization (internal work: scheduler). */
+hsm_result kms_key_load(hsm_kms *kms, const char *key_id, kms_key **out) HSM_MUST_CHECK;
+
+/*
+ * Changes a key in one store transaction: looks it up and authorizes as
+ * kms_lookup does, then re-checks the state rule inside the transaction and
+ * applies fn (and inserts add_version when not NULL).  *after (optional)
+ * receives the record as written.  The metadata cache is refreshed.
+ */
+hsm_result kms_modify(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const char *ref,
+                      hsm_key_update_fn fn, void *arg, const hsm_version_record *add_version,
+                      hsm_key_record *after) HSM_MUST_CHECK;
+
+/* Fills a hsm_used_key from a snapshot and version. */
+void kms_used(const kms_key *k, uint32_t version, hsm_used_key *used);
+/* The keyref of a version of k. */
+hsm_ks_keyref kms_keyref(const kms_key *k, uint32_t version);
+/* Validates an encryption context and appends its canonical form to out. */
+hsm_result kms_canonical_ctx(const hsm_enc_ctx *ctx, hsm_buf *out) HSM_MUST_CHECK;
+
+
+/* Validates a tag as TagResource does (key 1-128 characters, value 0-256, no "aws:" prefix). */
+hsm_result kms_check_tag(const hsm_tag *t) HSM_MUST_CHECK;
+/* Scheduler actions (keys.c, rotation.c). */
+hsm_result kms_destroy_due(hsm_kms *kms, const hsm_key_record *rec) HSM_MUST_CHECK;
+hsm_result kms_rotate_due(hsm_kms *kms, const hsm_key_record *rec) HSM_MUST_CHECK;
+
+#endif

@@ -1,0 +1,205 @@
+/*
+ * rotation.c - EnableKeyRotation, DisableKeyRotation, GetKeyRotationStatus,
+ * RotateKeyOnDemand, ListKeyRotations and automatic rotation.
+ *
+ * Rotation adds a key version and makes it primary; older versions keep
+ * decrypting and verifying.  Unlike AWS KMS, which rotates only symmetric
+ * encryption keys, hsmd rotates every key type: JWT signing keys (RSA, EC,
+ * Ed25519) and HMAC keys need rotation too.  RotationPeriodInDays is 1-2560
+ * (KMS: 90-2560), default 90.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "kms/kms_internal.h"
+
+#define MIN_PERIOD_DAYS 1
+#define MAX_PERIOD_DAYS 2560
+#define DAY 86400
+
+typedef struct rotation_arg {
+	bool enable;
+	int period;
+	int64_t now;
+} rotation_arg;
+
+static hsm_result set_rotation(hsm_key_record *rec, void *arg)
+{
+	const rotation_arg *a = arg;
+	rec->rotation_enabled = a->enable;
+	if (a->enable) {
+		rec->rotation_period_days = a->period;
+		rec->next_rotation = a->now + (int64_t)a->period * DAY;
+	} else {
+		rec->next_rotation = 0;
+	}
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_kms_enable_rotation(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                                   int period_days)
+{
+	if (period_days == 0)
+		period_days = kms->cfg.default_rotation_days;
+	HSM_ENSURE(period_days >= MIN_PERIOD_DAYS && period_days <= MAX_PERIOD_DAYS,
+	           HSM_ERR_VALIDATION, "RotationPeriodInDays must be between %d and %d",
+	           MIN_PERIOD_DAYS, MAX_PERIOD_DAYS);
+	rotation_arg a = {true, period_days, kms_now(kms)};
+	return kms_modify(kms, caller, HSM_OP_EnableKeyRotation, ref, set_rotation, &a, NULL, NULL);
+}
+
+hsm_result hsm_kms_disable_rotation(hsm_kms *kms, const hsm_caller *caller, const char *ref)
+{
+	rotation_arg a = {false, 0, kms_now(kms)};
+	return kms_modify(kms, caller, HSM_OP_DisableKeyRotation, ref, set_rotation, &a, NULL, NULL);
+}
+
+hsm_result hsm_kms_rotation_status(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                                   hsm_key_record *out)
+{
+	kms_key *k = NULL;
+	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_GetKeyRotationStatus, ref, NULL, &k));
+	hsm_result r = hsm_key_record_copy(out, &k->rec);
+	kms_key_release(k);
+	return r;
+}
+
+typedef struct rotate_arg {
+	uint32_t new_version;
+	int64_t now;
+	bool automatic;
+} rotate_arg;
+
+static hsm_result make_primary(hsm_key_record *rec, void *arg)
+{
+	const rotate_arg *a = arg;
+	HSM_ENSURE(rec->primary_version + 1 == a->new_version, HSM_ERR_CONFLICT,
+	           "another rotation of %s is in progress", rec->key_id);
+	rec->primary_version = a->new_version;
+	/* Both kinds of rotation restart the automatic rotation period. */
+	if (rec->rotation_enabled)
+		rec->next_rotation = a->now + (int64_t)rec->rotation_period_days * DAY;
+	return HSM_SUCCESS;
+}
+
+/* Generates version primary+1 of k and makes it primary in one transaction. */
+static hsm_result rotate(hsm_kms *kms, const hsm_caller *caller, const kms_key *k, bool automatic,
+                         hsm_key_record *after)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_version_record v;
+	memset(&v, 0, sizeof(v));
+	rotate_arg a = {k->rec.primary_version + 1, kms_now(kms), automatic};
+	memcpy(v.key_id, k->rec.key_id, sizeof(v.key_id));
+	v.version = a.new_version;
+	v.created = a.now;
+	v.rotation_type = automatic ? HSM_ROTATION_AUTOMATIC : HSM_ROTATION_ON_DEMAND;
+	hsm_ks_keyref ref = kms_keyref(k, v.version);
+	HSM_TRY(hsm_ks_generate(kms->ks, &ref, &v.wrapped, &v.public_der));
+	if (caller != NULL)
+		HSM_TRY(kms_modify(kms, caller, HSM_OP_RotateKeyOnDemand, k->rec.key_id, make_primary,
+		                   &a, &v, after));
+	else
+		HSM_TRY(hsm_store_key_update(kms->store, k->rec.key_id, make_primary, &a, &v, after));
+out:
+	kms_key_invalidate(kms, k->rec.key_id);
+	hsm_version_record_clear(&v);
+	return res;
+}
+
+hsm_result hsm_kms_rotate_now(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                              hsm_key_record *out)
+{
+	kms_key *k = NULL;
+	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_RotateKeyOnDemand, ref, NULL, &k));
+	hsm_result r = rotate(kms, caller, k, false, out);
+	kms_key_release(k);
+	return r;
+}
+
+typedef struct list_arg {
+	hsm_version_cb cb;
+	void *arg;
+} list_arg;
+
+static hsm_result skip_first(const hsm_version_record *v, void *arg)
+{
+	const list_arg *l = arg;
+	return v->version > 1 ? l->cb(v, l->arg) : HSM_SUCCESS;
+}
+
+hsm_result hsm_kms_list_rotations(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                                  hsm_version_cb cb, void *arg)
+{
+	kms_key *k = NULL;
+	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_ListKeyRotations, ref, NULL, &k));
+	list_arg l = {cb, arg};
+	hsm_result r = hsm_store_version_list(kms->store, k->rec.key_id, skip_first, &l);
+	kms_key_release(k);
+	return r;
+}
+
+hsm_result kms_rotate_due(hsm_kms *kms, const hsm_key_record *rec)
+{
+	kms_key *k = NULL;
+	HSM_GUARD(kms_key_load(kms, rec->key_id, &k));
+	hsm_key_record after;
+	memset(&after, 0, sizeof(after));
+	hsm_result r = HSM_SUCCESS;
+	/* Re-check on the fresh snapshot: the key may have changed since it was listed. */
+	if (k->rec.state == HSM_KEY_ENABLED && k->rec.rotation_enabled &&
+	    k->rec.next_rotation <= kms_now(kms)) {
+		r = rotate(kms, NULL, k, true, &after);
+		kms_emit(kms, "RotateKey", rec->key_id, hsm_ok(r) ? after.primary_version : 0, r);
+		if (hsm_ok(r))
+			hsm_info("key %s rotated automatically to version %u", rec->key_id,
+			         after.primary_version);
+	}
+	hsm_key_record_clear(&after);
+	kms_key_release(k);
+	return r;
+}
+
+typedef struct due_list {
+	hsm_key_record *recs;
+	size_t n, cap;
+} due_list;
+
+static hsm_result collect_due(const hsm_key_record *rec, void *arg)
+{
+	due_list *l = arg;
+	if (l->n == l->cap) {
+		size_t cap = l->cap ? 2 * l->cap : 16;
+		hsm_key_record *p = realloc(l->recs, cap * sizeof(*p));
+		HSM_ENSURE(p != NULL, HSM_ERR_NOMEM, "out of memory");
+		l->recs = p;
+		l->cap = cap;
+	}
+	memset(&l->recs[l->n], 0, sizeof(l->recs[0]));
+	HSM_GUARD(hsm_key_record_copy(&l->recs[l->n], rec));
+	l->n++;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_kms_run_due(hsm_kms *kms, size_t *done)
+{
+	/* Collect first, act after: no store write happens while a listing is open. */
+	due_list l = {0};
+	int64_t now = kms_now(kms);
+	hsm_result r = hsm_store_keys_due(kms->store, now, 1000, collect_due, &l);
+	*done = 0;
+	for (size_t i = 0; i < l.n; i++) {
+		const hsm_key_record *rec = &l.recs[i];
+		hsm_result one = rec->state == HSM_KEY_PENDING_DELETION && rec->deletion_date <= now
+		                     ? kms_destroy_due(kms, rec)
+		                     : kms_rotate_due(kms, rec);
+		if (hsm_failed(one))
+			hsm_log_failure("scheduled key work"); /* one key must not stop the others */
+		else
+			(*done)++;
+		hsm_key_record_clear(&l.recs[i]);
+	}
+	free(l.recs);
+	return r;
+}

@@ -1,0 +1,93 @@
+/*
+ * tags.c - TagResource, UntagResource, ListResourceTags.
+ *
+ * Rules from the AWS KMS API reference (Tag): TagKey 1-128 characters,
+ * TagValue 0-256 characters, Unicode letters, digits, white space and
+ * _ . : / = + - @; the "aws:" prefix is reserved (TagException).
+ */
+#include <string.h>
+
+#include "kms/kms_internal.h"
+
+/* Counts UTF-8 characters; -1 when the string is not valid UTF-8 or has control characters. */
+static long utf8_chars(const char *s)
+{
+	long n = 0;
+	const unsigned char *p = (const unsigned char *)s;
+	while (*p) {
+		unsigned c = *p, extra;
+		if (c < 0x20 || c == 0x7f)
+			return -1;
+		if (c < 0x80)
+			extra = 0;
+		else if ((c & 0xe0) == 0xc0 && c >= 0xc2)
+			extra = 1;
+		else if ((c & 0xf0) == 0xe0)
+			extra = 2;
+		else if ((c & 0xf8) == 0xf0 && c <= 0xf4)
+			extra = 3;
+		else
+			return -1;
+		p++;
+		for (unsigned i = 0; i < extra; i++, p++)
+			if ((*p & 0xc0) != 0x80)
+				return -1;
+		n++;
+	}
+	return n;
+}
+
+hsm_result kms_check_tag(const hsm_tag *t)
+{
+	long k = utf8_chars(t->key), v = utf8_chars(t->value);
+	HSM_ENSURE(k >= 1 && k <= HSM_TAG_KEY_MAX, HSM_ERR_TAG,
+	           "TagKey must be 1 to %d valid characters", HSM_TAG_KEY_MAX);
+	HSM_ENSURE(v >= 0 && v <= HSM_TAG_VALUE_MAX, HSM_ERR_TAG,
+	           "TagValue must be 0 to %d valid characters", HSM_TAG_VALUE_MAX);
+	HSM_ENSURE(strncmp(t->key, "aws:", 4) != 0, HSM_ERR_TAG,
+	           "Tag keys that begin with aws: are reserved");
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_kms_tag(hsm_kms *kms, const hsm_caller *caller, const char *ref, size_t n,
+                       const hsm_tag tags[])
+{
+	kms_key *k = NULL;
+	HSM_ENSURE(n >= 1, HSM_ERR_VALIDATION, "Tags must contain at least one tag");
+	for (size_t i = 0; i < n; i++)
+		HSM_GUARD(kms_check_tag(&tags[i]));
+	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_TagResource, ref, NULL, &k));
+	hsm_result r = hsm_store_tags_put(kms->store, k->rec.key_id, n, tags);
+	if (r.err == HSM_ERR_LIMIT_EXCEEDED)
+		r = HSM_FAIL(HSM_ERR_TAG, "a key can have at most %d tags", HSM_MAX_TAGS_PER_KEY);
+	kms_key_release(k);
+	return r;
+}
+
+hsm_result hsm_kms_untag(hsm_kms *kms, const hsm_caller *caller, const char *ref, size_t n,
+                         const char *const keys[])
+{
+	kms_key *k = NULL;
+	HSM_ENSURE(n >= 1, HSM_ERR_VALIDATION, "TagKeys must contain at least one key");
+	for (size_t i = 0; i < n; i++) {
+		long c = utf8_chars(keys[i]);
+		HSM_ENSURE(c >= 1 && c <= HSM_TAG_KEY_MAX, HSM_ERR_TAG,
+		           "TagKey must be 1 to %d valid characters", HSM_TAG_KEY_MAX);
+	}
+	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_UntagResource, ref, NULL, &k));
+	hsm_result r = hsm_store_tags_remove(kms->store, k->rec.key_id, n, keys);
+	kms_key_release(k);
+	return r;
+}
+
+hsm_result hsm_kms_list_tags(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                             const char *marker, size_t limit, hsm_tag_cb cb, void *arg,
+                             bool *truncated)
+{
+	kms_key *k = NULL;
+	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_ListResourceTags, ref, NULL, &k));
+	hsm_result r = hsm_store_tags_list(kms->store, k->rec.key_id, marker, limit, cb, arg,
+	                                   truncated);
+	kms_key_release(k);
+	return r;
+}

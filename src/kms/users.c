@@ -1,0 +1,203 @@
+/*
+ * users.c - principals: users with roles and their SigV4 access keys.
+ *
+ * Access-key secrets are stored wrapped under the keystore's principal key
+ * (AAD = the access key id), so a sealed store reveals none and a row
+ * copied onto another key id fails to unwrap.  Only crypto officers (and
+ * the local operator) manage principals.
+ */
+#include <string.h>
+
+#include "common/encoding.h"
+#include "kms/kms_internal.h"
+
+#define AKID_PREFIX "AKIA"
+
+static hsm_result require_officer(const hsm_caller *caller)
+{
+	HSM_ENSURE(caller->local || (caller->roles & HSM_ROLES_OFFICER) != 0, HSM_ERR_ACCESS_DENIED,
+	           "only a crypto-officer may manage users and access keys");
+	return HSM_SUCCESS;
+}
+
+static hsm_result check_user_name(const char *name)
+{
+	size_t n = strlen(name);
+	HSM_ENSURE(n >= 1 && n <= HSM_USER_NAME_MAX, HSM_ERR_VALIDATION,
+	           "user names are 1 to %d characters", HSM_USER_NAME_MAX);
+	for (size_t i = 0; i < n; i++) {
+		char c = name[i];
+		bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		          strchr("_+=,.@-", c) != NULL;
+		HSM_ENSURE(ok, HSM_ERR_VALIDATION, "user names may contain only letters, digits and _+=,.@-");
+	}
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_kms_user_create(hsm_kms *kms, const hsm_caller *caller, const char *name,
+                               unsigned roles)
+{
+	HSM_GUARD(require_officer(caller));
+	HSM_GUARD(check_user_name(name));
+	HSM_ENSURE(roles != 0 && (roles >> HSM_ROLE_COUNT) == 0, HSM_ERR_VALIDATION,
+	           "a user needs at least one known role");
+	hsm_user_record u;
+	memset(&u, 0, sizeof(u));
+	HSM_GUARD(hsm_strcpy(u.name, sizeof(u.name), name));
+	u.roles = roles;
+	u.created = kms_now(kms);
+	hsm_result r = hsm_store_user_create(kms->store, &u);
+	if (r.err == HSM_ERR_ALREADY_EXISTS)
+		return HSM_FAIL(HSM_ERR_ALREADY_EXISTS, "user %s already exists", name);
+	return r;
+}
+
+hsm_result hsm_kms_user_list(hsm_kms *kms, const hsm_caller *caller, hsm_user_cb cb, void *arg)
+{
+	HSM_GUARD(require_officer(caller));
+	return hsm_store_user_list(kms->store, cb, arg);
+}
+
+static hsm_result load_user(hsm_kms *kms, const char *name, hsm_user_record *u)
+{
+	hsm_result r = hsm_store_user_get(kms->store, name, u);
+	if (r.err == HSM_ERR_NOT_FOUND)
+		return HSM_FAIL(HSM_ERR_NOT_FOUND, "user %s does not exist", name);
+	return r;
+}
+
+hsm_result hsm_kms_user_set_disabled(hsm_kms *kms, const hsm_caller *caller, const char *name,
+                                     bool disabled)
+{
+	hsm_user_record u;
+	HSM_GUARD(require_officer(caller));
+	HSM_GUARD(load_user(kms, name, &u));
+	u.disabled = disabled;
+	return hsm_store_user_put(kms->store, &u);
+}
+
+hsm_result hsm_kms_user_unlock(hsm_kms *kms, const hsm_caller *caller, const char *name)
+{
+	hsm_user_record u;
+	HSM_GUARD(require_officer(caller));
+	HSM_GUARD(load_user(kms, name, &u));
+	u.locked = false;
+	u.failed_auth = 0;
+	return hsm_store_user_put(kms->store, &u);
+}
+
+/* "AKIA" + 16 characters of RFC 4648 base32, like AWS access key ids. */
+static hsm_result new_access_key_id(char out[HSM_ACCESS_KEY_ID_LEN + 1])
+{
+	static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+	uint8_t r[16];
+	HSM_GUARD(hsm_random_bytes(r, sizeof(r)));
+	memcpy(out, AKID_PREFIX, 4);
+	for (size_t i = 0; i < sizeof(r); i++)
+		out[4 + i] = alphabet[r[i] & 31U]; /* an identifier, not a secret */
+	out[HSM_ACCESS_KEY_ID_LEN] = '\0';
+	return HSM_SUCCESS;
+}
+
+static hsm_result store_access_key(hsm_kms *kms, const char *user, const char *akid,
+                                   const hsm_secret *secret)
+{
+	hsm_access_key_record k;
+	memset(&k, 0, sizeof(k));
+	HSM_GUARD(hsm_strcpy(k.access_key_id, sizeof(k.access_key_id), akid));
+	HSM_GUARD(hsm_strcpy(k.user, sizeof(k.user), user));
+	k.active = true;
+	k.created = kms_now(kms);
+	hsm_result r = hsm_ks_wrap_secret(kms->ks, akid, secret, &k.wrapped_secret);
+	if (hsm_ok(r))
+		r = hsm_store_access_key_create(kms->store, &k);
+	hsm_access_key_record_clear(&k);
+	return r;
+}
+
+hsm_result hsm_kms_access_key_create(hsm_kms *kms, const hsm_caller *caller, const char *user,
+                                     char access_key_id[HSM_ACCESS_KEY_ID_LEN + 1],
+                                     hsm_secret **secret)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_user_record u;
+	hsm_secret *raw = NULL, *text = NULL;
+	hsm_buf b64;
+	hsm_buf_init_secure(&b64);
+	HSM_GUARD(require_officer(caller));
+	HSM_GUARD(load_user(kms, user, &u));
+	HSM_TRY(new_access_key_id(access_key_id));
+	/* 30 random bytes are 40 base64 characters, the length of an AWS secret key. */
+	HSM_TRY(hsm_secret_random(30, &raw));
+	HSM_TRY(hsm_b64_encode(&b64, hsm_secret_bytes(raw), hsm_secret_len(raw)));
+	HSM_TRY(hsm_secret_from(b64.data, b64.len, &text));
+	HSM_TRY(store_access_key(kms, user, access_key_id, text));
+	*secret = text;
+	text = NULL;
+out:
+	hsm_secret_free(raw);
+	hsm_secret_free(text);
+	hsm_buf_free(&b64);
+	return res;
+}
+
+hsm_result hsm_kms_access_key_import(hsm_kms *kms, const hsm_caller *caller, const char *user,
+                                     const char *access_key_id, const hsm_secret *secret)
+{
+	hsm_user_record u;
+	HSM_GUARD(require_officer(caller));
+	HSM_GUARD(load_user(kms, user, &u));
+	size_t n = strlen(access_key_id);
+	HSM_ENSURE(n >= 16 && n <= HSM_ACCESS_KEY_ID_LEN, HSM_ERR_VALIDATION,
+	           "access key ids are 16 to %d characters", HSM_ACCESS_KEY_ID_LEN);
+	HSM_ENSURE(hsm_secret_len(secret) >= 16, HSM_ERR_VALIDATION,
+	           "secret access keys must be at least 16 characters");
+	return store_access_key(kms, user, access_key_id, secret);
+}
+
+hsm_result hsm_kms_access_key_revoke(hsm_kms *kms, const hsm_caller *caller,
+                                     const char *access_key_id)
+{
+	HSM_GUARD(require_officer(caller));
+	hsm_result r = hsm_store_access_key_set_active(kms->store, access_key_id, false);
+	if (r.err == HSM_ERR_NOT_FOUND)
+		return HSM_FAIL(HSM_ERR_NOT_FOUND, "access key %s does not exist", access_key_id);
+	return r;
+}
+
+hsm_result hsm_kms_access_key_list(hsm_kms *kms, const hsm_caller *caller, const char *user,
+                                   hsm_access_key_cb cb, void *arg)
+{
+	HSM_GUARD(require_officer(caller));
+	return hsm_store_access_key_list(kms->store, user, cb, arg);
+}
+
+hsm_result hsm_kms_credential(hsm_kms *kms, const char *access_key_id, hsm_user_record *user,
+                              hsm_secret **secret)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_access_key_record k;
+	memset(&k, 0, sizeof(k));
+	res = hsm_store_access_key_get(kms->store, access_key_id, &k);
+	if (res.err == HSM_ERR_NOT_FOUND || (hsm_ok(res) && !k.active)) {
+		res = HSM_FAIL(HSM_ERR_UNRECOGNIZED_CLIENT,
+		               "The security token included in the request is invalid.");
+		goto out;
+	}
+	HSM_TRY(res);
+	HSM_TRY(hsm_store_user_get(kms->store, k.user, user));
+	HSM_CHECK(!user->disabled && !user->locked, HSM_ERR_PRINCIPAL_LOCKED,
+	          "User %s is %s; a crypto-officer must %s it", user->name,
+	          user->disabled ? "disabled" : "locked after repeated failed authentications",
+	          user->disabled ? "enable" : "unlock");
+	HSM_TRY(hsm_ks_unwrap_secret(kms->ks, access_key_id, k.wrapped_secret.data,
+	                             k.wrapped_secret.len, secret));
+out:
+	hsm_access_key_record_clear(&k);
+	return res;
+}
+
+hsm_result hsm_kms_auth_outcome(hsm_kms *kms, const char *user, bool success, uint32_t lock_after)
+{
+	return hsm_store_user_auth_result(kms->store, user, success, lock_after, NULL);
+}

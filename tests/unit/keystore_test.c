@@ -1,0 +1,339 @@
+/*
+ * keystore_test.c - master key ceremony, unseal quorum, wrapping integrity,
+ * seal and the self-test error state.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "crypto/crypto.h"
+#include "keystore/keystore.h"
+
+typedef struct fixture {
+	char dir[64];
+	hsm_store *store;
+	hsm_keystore *ks;
+	hsm_buf shares[5];
+} fixture;
+
+static void rm_rf(const char *dir)
+{
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
+static int setup(void **state)
+{
+	fixture *f = calloc(1, sizeof(*f));
+	snprintf(f->dir, sizeof(f->dir), "/tmp/hsm-ks-test-XXXXXX");
+	if (mkdtemp(f->dir) == NULL)
+		return -1;
+	if (hsm_failed(hsm_store_open(f->dir, &f->store)) ||
+	    hsm_failed(hsm_keystore_new(f->store, 0, &f->ks)))
+		return -1;
+	if (hsm_keystore_state(f->ks) != HSM_NODE_UNINITIALIZED)
+		return -1;
+	if (hsm_failed(hsm_keystore_init(f->ks, 3, 5, NULL, false, f->shares)))
+		return -1;
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	fixture *f = *state;
+	for (int i = 0; i < 5; i++)
+		hsm_buf_free(&f->shares[i]);
+	hsm_keystore_free(f->ks);
+	hsm_store_close(f->store);
+	rm_rf(f->dir);
+	free(f);
+	return 0;
+}
+
+static hsm_result unseal_with(fixture *f, int idx, hsm_unseal_progress *p)
+{
+	return hsm_keystore_unseal(f->ks, f->shares[idx].data, f->shares[idx].len, p);
+}
+
+static void test_init_leaves_unsealed_and_refuses_second_init(void **state)
+{
+	fixture *f = *state;
+	hsm_buf more[5];
+	memset(more, 0, sizeof(more));
+	assert_int_equal(hsm_keystore_state(f->ks), HSM_NODE_UNSEALED);
+	assert_int_equal(hsm_keystore_init(f->ks, 3, 5, NULL, false, more).err, HSM_ERR_CONFLICT);
+	/* No share value reaches a share buffer twice: each differs. */
+	for (int i = 0; i < 5; i++)
+		for (int j = i + 1; j < 5; j++)
+			assert_false(f->shares[i].len == f->shares[j].len &&
+			             memcmp(f->shares[i].data, f->shares[j].data, f->shares[i].len) == 0);
+}
+
+static void test_quorum_params(void **state)
+{
+	(void)state;
+	char dir[] = "/tmp/hsm-ks-params-XXXXXX";
+	assert_non_null(mkdtemp(dir));
+	hsm_store *st;
+	hsm_keystore *ks;
+	hsm_buf sh[16];
+	memset(sh, 0, sizeof(sh));
+	assert_true(hsm_ok(hsm_store_open(dir, &st)));
+	assert_true(hsm_ok(hsm_keystore_new(st, 0, &ks)));
+	assert_int_equal(hsm_keystore_init(ks, 1, 1, NULL, false, sh).err, HSM_ERR_VALIDATION);
+	assert_int_equal(hsm_keystore_init(ks, 1, 5, NULL, false, sh).err, HSM_ERR_VALIDATION);
+	assert_int_equal(hsm_keystore_init(ks, 6, 5, NULL, false, sh).err, HSM_ERR_VALIDATION);
+	assert_int_equal(hsm_keystore_init(ks, 2, 17, NULL, false, sh).err, HSM_ERR_VALIDATION);
+	assert_int_equal(hsm_keystore_state(ks), HSM_NODE_UNINITIALIZED);
+	assert_true(hsm_ok(hsm_keystore_init(ks, 1, 1, NULL, true, sh)));
+	hsm_buf_free(&sh[0]);
+	hsm_keystore_free(ks);
+	hsm_store_close(st);
+	rm_rf(dir);
+}
+
+/* Every 3-subset of 5 shares unseals; every 2-subset leaves the node sealed. */
+static void test_all_subsets(void **state)
+{
+	fixture *f = *state;
+	int unsealed = 0, stayed_sealed = 0;
+	for (int a = 0; a < 5; a++)
+		for (int b = a + 1; b < 5; b++) {
+			hsm_unseal_progress p;
+			hsm_keystore_seal(f->ks);
+			assert_true(hsm_ok(unseal_with(f, a, &p)));
+			assert_true(hsm_ok(unseal_with(f, b, &p)));
+			assert_false(p.unsealed);
+			assert_int_equal(p.have, 2);
+			assert_int_equal(p.threshold, 3);
+			assert_int_equal(hsm_keystore_state(f->ks), HSM_NODE_SEALED);
+			stayed_sealed++;
+			for (int c = b + 1; c < 5; c++) {
+				hsm_keystore_seal(f->ks);
+				assert_true(hsm_ok(unseal_with(f, a, &p)));
+				assert_true(hsm_ok(unseal_with(f, b, &p)));
+				assert_true(hsm_ok(unseal_with(f, c, &p)));
+				assert_true(p.unsealed);
+				assert_int_equal(hsm_keystore_state(f->ks), HSM_NODE_UNSEALED);
+				unsealed++;
+			}
+		}
+	assert_int_equal(unsealed, 10);
+	assert_int_equal(stayed_sealed, 10);
+}
+
+static void test_bad_shares_named(void **state)
+{
+	fixture *f = *state;
+	hsm_unseal_progress p;
+	hsm_keystore_seal(f->ks);
+	assert_true(hsm_ok(unseal_with(f, 0, &p)));
+	assert_int_equal(unseal_with(f, 0, &p).err, HSM_ERR_SHARE_DUPLICATE);
+	assert_int_equal(p.have, 1);
+	/* A corrupted share is refused by name and does not count. */
+	hsm_buf bad = {0};
+	assert_true(hsm_ok(hsm_buf_put(&bad, f->shares[1].data, f->shares[1].len)));
+	bad.data[bad.len / 2] ^= 0x01;
+	assert_int_equal(hsm_keystore_unseal(f->ks, bad.data, bad.len, &p).err, HSM_ERR_SHARE_INVALID);
+	assert_int_equal(p.have, 1);
+	hsm_buf_free(&bad);
+	/* A share of another store is refused as a mismatch. */
+	char dir[] = "/tmp/hsm-ks-other-XXXXXX";
+	assert_non_null(mkdtemp(dir));
+	hsm_store *st;
+	hsm_keystore *other;
+	hsm_buf sh[3];
+	memset(sh, 0, sizeof(sh));
+	assert_true(hsm_ok(hsm_store_open(dir, &st)));
+	assert_true(hsm_ok(hsm_keystore_new(st, 0, &other)));
+	assert_true(hsm_ok(hsm_keystore_init(other, 2, 3, NULL, false, sh)));
+	assert_int_equal(hsm_keystore_unseal(f->ks, sh[0].data, sh[0].len, &p).err,
+	                 HSM_ERR_SHARE_MISMATCH);
+	assert_int_equal(p.have, 1);
+	for (int i = 0; i < 3; i++)
+		hsm_buf_free(&sh[i]);
+	hsm_keystore_free(other);
+	hsm_store_close(st);
+	rm_rf(dir);
+	hsm_keystore_unseal_reset(f->ks);
+}
+
+static hsm_ks_keyref ref_of(const char *id, uint32_t v, hsm_key_spec spec, hsm_key_usage u)
+{
+	hsm_ks_keyref r = {id, v, spec, u};
+	return r;
+}
+
+/* Stores a key whose version rows are given, as a row editor would. */
+static void put_key(fixture *f, const char *id, hsm_key_spec spec, hsm_key_usage usage,
+                    const hsm_buf *wrapped, uint32_t version)
+{
+	hsm_key_record k;
+	hsm_version_record v;
+	memset(&k, 0, sizeof(k));
+	memset(&v, 0, sizeof(v));
+	snprintf(k.key_id, sizeof(k.key_id), "%s", id);
+	k.description = "";
+	k.policy = "{}";
+	k.spec = spec;
+	k.usage = usage;
+	k.state = HSM_KEY_ENABLED;
+	k.created = 1;
+	k.primary_version = version;
+	snprintf(v.key_id, sizeof(v.key_id), "%s", id);
+	v.version = 1;
+	v.created = 1;
+	v.wrapped = *wrapped;
+	if (version == 1) {
+		assert_true(hsm_ok(hsm_store_key_create(f->store, &k, &v)));
+	} else {
+		/* A first version that is genuine, then the edited one as version 2. */
+		hsm_buf first = {0};
+		hsm_ks_keyref r1 = ref_of(id, 1, spec, usage);
+		assert_true(hsm_ok(hsm_ks_generate(f->ks, &r1, &first, NULL)));
+		v.wrapped = first;
+		k.primary_version = 1;
+		assert_true(hsm_ok(hsm_store_key_create(f->store, &k, &v)));
+		hsm_buf_free(&first);
+	}
+}
+
+static hsm_result bump_primary(hsm_key_record *k, void *arg)
+{
+	(void)arg;
+	k->primary_version++;
+	return HSM_SUCCESS;
+}
+
+static void test_wrapping_binds_identity(void **state)
+{
+	fixture *f = *state;
+	const char *a = "11111111-1111-4111-8111-111111111111";
+	const char *b = "22222222-2222-4222-8222-222222222222";
+	const char *c = "33333333-3333-4333-8333-333333333333";
+	hsm_buf wa = {0}, pub = {0}, ctx = {0}, blob = {0};
+	hsm_ks_keyref ra = ref_of(a, 1, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT);
+	assert_true(hsm_ok(hsm_ks_generate(f->ks, &ra, &wa, &pub)));
+	put_key(f, a, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, &wa, 1);
+	assert_true(hsm_ok(hsm_buf_put_u32(&ctx, 0)));
+	assert_true(hsm_ok(hsm_ks_encrypt(f->ks, &ra, &ctx, (const uint8_t *)"hello", 5, &blob)));
+	/* The same wrapped bytes moved to key b: refused. */
+	put_key(f, b, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, &wa, 1);
+	hsm_ks_keyref rb = ref_of(b, 1, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT);
+	hsm_buf out = {0};
+	assert_int_equal(hsm_ks_encrypt(f->ks, &rb, &ctx, (const uint8_t *)"x", 1, &out).err,
+	                 HSM_ERR_KEY_UNAVAILABLE);
+	/* Metadata edited (spec/usage): refused. */
+	hsm_ks_keyref edited = ref_of(a, 1, HSM_SPEC_HMAC_256, HSM_USAGE_GENERATE_VERIFY_MAC);
+	assert_int_equal(hsm_ks_mac(f->ks, &edited, HSM_MAC_HMAC_SHA_256, (const uint8_t *)"x", 1, &out)
+	                     .err,
+	                 HSM_ERR_KEY_UNAVAILABLE);
+	/* A version's bytes replayed as another version of the same key: refused. */
+	put_key(f, c, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, &wa, 2);
+	hsm_version_record v1, v2;
+	memset(&v1, 0, sizeof(v1));
+	memset(&v2, 0, sizeof(v2));
+	assert_true(hsm_ok(hsm_store_version_get(f->store, c, 1, &v1)));
+	snprintf(v2.key_id, sizeof(v2.key_id), "%s", c);
+	v2.version = 2;
+	v2.created = 2;
+	v2.rotation_type = HSM_ROTATION_ON_DEMAND;
+	v2.wrapped = v1.wrapped;
+	assert_true(hsm_ok(hsm_store_key_update(f->store, c, bump_primary, NULL, &v2, NULL)));
+	hsm_ks_keyref rc1 = ref_of(c, 1, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT);
+	hsm_ks_keyref rc2 = ref_of(c, 2, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT);
+	assert_true(hsm_ok(hsm_ks_encrypt(f->ks, &rc1, &ctx, (const uint8_t *)"x", 1, &out)));
+	assert_int_equal(hsm_ks_encrypt(f->ks, &rc2, &ctx, (const uint8_t *)"x", 1, &out).err,
+	                 HSM_ERR_KEY_UNAVAILABLE);
+	hsm_version_record_clear(&v1);
+	/* A flipped byte of the wrapped material: refused. */
+	wa.data[wa.len - 1] ^= 1;
+	const char *d = "44444444-4444-4444-8444-444444444444";
+	put_key(f, d, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, &wa, 1);
+	hsm_ks_keyref rd = ref_of(d, 1, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT);
+	assert_int_equal(hsm_ks_encrypt(f->ks, &rd, &ctx, (const uint8_t *)"x", 1, &out).err,
+	                 HSM_ERR_KEY_UNAVAILABLE);
+	hsm_buf_free(&wa);
+	hsm_buf_free(&pub);
+	hsm_buf_free(&ctx);
+	hsm_buf_free(&blob);
+	hsm_buf_free(&out);
+}
+
+static void test_seal_stops_crypto_and_reopen_unseals(void **state)
+{
+	fixture *f = *state;
+	const char *id = "55555555-5555-4555-8555-555555555555";
+	hsm_buf w = {0}, ctx = {0}, blob = {0}, pt;
+	hsm_buf_init_secure(&pt);
+	hsm_ks_keyref r = ref_of(id, 1, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT);
+	assert_true(hsm_ok(hsm_ks_generate(f->ks, &r, &w, NULL)));
+	put_key(f, id, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, &w, 1);
+	assert_true(hsm_ok(hsm_buf_put_u32(&ctx, 0)));
+	assert_true(hsm_ok(hsm_ks_encrypt(f->ks, &r, &ctx, (const uint8_t *)"secret", 6, &blob)));
+	hsm_keystore_seal(f->ks);
+	hsm_buf again = {0};
+	assert_int_equal(hsm_ks_encrypt(f->ks, &r, &ctx, (const uint8_t *)"x", 1, &again).err,
+	                 HSM_ERR_SEALED);
+	assert_int_equal(hsm_ks_random(f->ks, 4, &again).err, HSM_ERR_SEALED);
+	/* A new keystore over the same store starts sealed and unseals with any 3 shares. */
+	hsm_keystore_free(f->ks);
+	assert_true(hsm_ok(hsm_keystore_new(f->store, 0, &f->ks)));
+	assert_int_equal(hsm_keystore_state(f->ks), HSM_NODE_SEALED);
+	hsm_unseal_progress p;
+	for (int i = 2; i < 5; i++)
+		assert_true(hsm_ok(unseal_with(f, i, &p)));
+	assert_true(p.unsealed);
+	hsm_blob parsed;
+	assert_true(hsm_ok(hsm_blob_parse(blob.data, blob.len, &parsed)));
+	assert_true(hsm_ok(hsm_ks_decrypt(f->ks, &r, &parsed, &ctx, &pt)));
+	assert_int_equal(pt.len, 6);
+	assert_memory_equal(pt.data, "secret", 6);
+	hsm_buf_free(&w);
+	hsm_buf_free(&ctx);
+	hsm_buf_free(&blob);
+	hsm_buf_free(&pt);
+	hsm_buf_free(&again);
+}
+
+static void test_selftest_failure_is_error_state(void **state)
+{
+	fixture *f = *state;
+	setenv("HSM_SELFTEST_FORCE_FAIL", "ecdsa-p256", 1);
+	hsm_keystore *bad;
+	assert_true(hsm_ok(hsm_keystore_new(f->store, 0, &bad)));
+	unsetenv("HSM_SELFTEST_FORCE_FAIL");
+	assert_int_equal(hsm_keystore_state(bad), HSM_NODE_ERROR);
+	assert_non_null(strstr(hsm_keystore_error_reason(bad), "ecdsa-p256"));
+	hsm_unseal_progress p;
+	assert_int_equal(hsm_keystore_unseal(bad, f->shares[0].data, f->shares[0].len, &p).err,
+	                 HSM_ERR_NODE_ERROR);
+	hsm_buf out = {0};
+	assert_int_equal(hsm_ks_random(bad, 4, &out).err, HSM_ERR_NODE_ERROR);
+	hsm_buf_free(&out);
+	hsm_keystore_free(bad);
+}
+
+int main(void)
+{
+	if (hsm_failed(hsm_secure_process_init(1 << 22)))
+		return 1;
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test_setup_teardown(test_init_leaves_unsealed_and_refuses_second_init, setup,
+	                                    teardown),
+	    cmocka_unit_test(test_quorum_params),
+	    cmocka_unit_test_setup_teardown(test_all_subsets, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_bad_shares_named, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_wrapping_binds_identity, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_seal_stops_crypto_and_reopen_unseals, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_selftest_failure_is_error_state, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
