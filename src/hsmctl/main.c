@@ -10,10 +10,13 @@
 
 static int cmd_version(int argc, char **argv);
 static int cmd_help(int argc, char **argv);
+int cmd_audit_verify(int argc, char **argv);
 
 static const hsmctl_command commands[] = {
     {"version", "", "print the version", cmd_version},
     {"help", "", "list the commands", cmd_help},
+    {"audit verify", "[--pubkey FILE] [--live] FILES...",
+     "verify audit log files offline (chain, sequence, signatures)", cmd_audit_verify},
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
