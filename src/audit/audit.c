@@ -188,6 +188,14 @@ static hsm_result start(hsm_audit *a, const hsm_audit_config *cfg)
 	return HSM_SUCCESS;
 }
 
+static bool wait_until(hsm_audit *a, bool (*pred)(const hsm_audit *), uint64_t timeout_ms);
+static uint64_t close_timeout_ms(const hsm_audit *a);
+
+static bool writer_ready(const hsm_audit *a)
+{
+	return a->writer_ready;
+}
+
 static void free_state(hsm_audit *a)
 {
 	if (a->slots != NULL) {
@@ -227,6 +235,10 @@ hsm_result hsm_audit_open(const hsm_audit_config *cfg, hsm_audit **out)
 		free_state(a);
 		return res;
 	}
+	/* Return once the file exists and the open is recorded, so health is meaningful. */
+	pthread_mutex_lock(&a->mu);
+	(void)wait_until(a, writer_ready, close_timeout_ms(a));
+	pthread_mutex_unlock(&a->mu);
 	*out = a;
 	return HSM_SUCCESS;
 }

@@ -79,6 +79,7 @@ typedef struct audit_writer {
 	hsm_buf scratch;
 	audit_slot batch[AUDIT_BATCH_MAX];
 	audit_cbent cbs[AUDIT_BATCH_MAX];
+	audit_cbent drained[AUDIT_BATCH_MAX]; /* queued records failed by an outage */
 } audit_writer;
 
 typedef struct audit_syslog audit_syslog;
@@ -98,6 +99,7 @@ struct hsm_audit {
 	bool writer_idle;
 	atomic_bool healthy;
 	atomic_bool stopping;
+	bool writer_ready;       /* the open events are written (or failed) */
 	bool writer_exited;
 	bool watchdog_stop;
 

@@ -55,7 +55,7 @@ void audit_fail_locked(hsm_audit *a, audit_cbent *out, size_t *n_out, size_t max
 /* Marks the log unhealthy for reason err and fails everything queued. */
 static void outage(hsm_audit *a, int err)
 {
-	audit_cbent *buf = a->w.cbs;
+	audit_cbent *buf = a->w.drained;
 	pthread_mutex_lock(&a->mu);
 	if (atomic_load(&a->healthy)) {
 		a->outage_errno = err;
@@ -132,14 +132,14 @@ static bool flush(hsm_audit *a, const audit_cbent *cbs, size_t n, size_t from)
 			forward_to_syslog(a, from);
 		return true;
 	}
-	if (in_time) {
+	outage(a, hsm_ok(r) ? ETIMEDOUT : w->last_errno);
+	if (in_time) { /* else the watchdog has answered them */
 		pthread_mutex_lock(&a->mu);
 		a->refused_total += n;
 		a->refused_in_outage += n;
 		pthread_mutex_unlock(&a->mu);
 		fire(cbs, n, (hsm_result){HSM_ERR_AUDIT_UNAVAILABLE});
 	}
-	outage(a, hsm_ok(r) ? ETIMEDOUT : w->last_errno);
 	return false;
 }
 
@@ -452,6 +452,10 @@ void *audit_writer_main(void *arg)
 {
 	hsm_audit *a = arg;
 	write_open_events(a);
+	pthread_mutex_lock(&a->mu);
+	a->writer_ready = true;
+	pthread_cond_broadcast(&a->wake_waiters);
+	pthread_mutex_unlock(&a->mu);
 	for (;;) {
 		bool stop = false;
 		size_t n = take_batch(a, &stop);
