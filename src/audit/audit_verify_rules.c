@@ -99,10 +99,10 @@ static bool broken_link(vreader *r, const vstate *s, const ventry *e, hsm_audit_
 		if (links(next, e))
 			verify_report_at(r, rep, HSM_AUDIT_MODIFIED, p,
 			                 "modified: its hash does not match the \"prev\" of seq %llu", got);
-		else if (next == NULL)
-			verify_report_at(r, rep, HSM_AUDIT_MODIFIED, e,
-			                 "modified: \"prev\" does not match the previous record (this record "
-			                 "or the previous one was changed)");
+		else if (next == NULL) /* nothing after e attests it: p is the first that may be bad */
+			verify_report_at(r, rep, HSM_AUDIT_MODIFIED, p,
+			                 "modified: its hash does not match the \"prev\" of the last record, "
+			                 "seq %llu (this record or that one was changed)", got);
 		else
 			verify_report_at(r, rep, HSM_AUDIT_MODIFIED, e,
 			                 "modified: \"prev\" does not match the previous record");

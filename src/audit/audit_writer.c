@@ -375,7 +375,8 @@ static size_t take_batch(hsm_audit *a, bool *stop)
 		a->count--;
 		n++;
 	}
-	*stop = atomic_load(&a->stopping) && a->count == 0;
+	/* Unhealthy at shutdown: what is still queued is failed below, not waited for. */
+	*stop = atomic_load(&a->stopping) && (a->count == 0 || !atomic_load(&a->healthy));
 	pthread_mutex_unlock(&a->mu);
 	return n;
 }
@@ -467,6 +468,8 @@ void *audit_writer_main(void *arg)
 	}
 	if (atomic_load(&a->healthy))
 		(void)write_checkpoint(a, "shutdown");
+	else
+		outage(a, ETIMEDOUT); /* already unhealthy: only fails what is queued */
 	pthread_mutex_lock(&a->mu);
 	a->writer_exited = true;
 	pthread_cond_broadcast(&a->wake_waiters);

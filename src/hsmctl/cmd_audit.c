@@ -76,7 +76,7 @@ int cmd_audit_verify(int argc, char **argv)
 		       (unsigned long long)rep.line, (unsigned long long)rep.offset);
 		if (rep.seq != 0)
 			printf(", seq %llu", (unsigned long long)rep.seq);
-		printf("\nproblem: %s: %s\n", hsm_audit_problem_name(rep.problem), rep.detail);
+		printf("\nproblem: %s\n", rep.detail);
 		rc = 1;
 	}
 out:
