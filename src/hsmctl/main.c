@@ -10,6 +10,7 @@
 
 static int cmd_version(int argc, char **argv);
 static int cmd_help(int argc, char **argv);
+int cmd_audit_verify(int argc, char **argv);
 
 static const hsmctl_command commands[] = {
     {"init", "--data-dir DIR --share-dir DIR [--shares N] [--threshold M] [--custodians a,b,..]",
@@ -23,6 +24,8 @@ static const hsmctl_command commands[] = {
      "manage keys on a data directory", hsmctl_cmd_key},
     {"version", "", "print the version", cmd_version},
     {"help", "", "list the commands", cmd_help},
+    {"audit verify", "[--pubkey FILE] [--live] FILES...",
+     "verify audit log files offline (chain, sequence, signatures)", cmd_audit_verify},
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))

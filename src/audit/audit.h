@@ -1,0 +1,280 @@
+/*
+ * audit.h - the tamper-evident audit trail (see docs/audit.md for the format
+ * and the guarantees).
+ *
+ * One record per request and per internal event, written as JSON Lines into
+ * files under one directory.  Each line carries the SHA-256 of the line before
+ * it ("prev"), so the records form one hash chain across rotated files;
+ * checkpoint records carry an Ed25519 signature over the chain head, made
+ * through a signer callback (the signing key lives in the keystore, never
+ * here).  hsm_audit_verify_files() checks a set of files offline.
+ *
+ * Threads: a dedicated writer thread owns the file; a watchdog thread bounds
+ * the time any write, fsync or signature may take.  hsm_audit_submit() never
+ * blocks on I/O: it formats the record into a bounded queue and returns.
+ *
+ * Fail closed, bounded time: when the log cannot be written (write or fsync
+ * error, or an operation slower than the deadline), the module turns
+ * unhealthy, refuses new records and completes every pending one with
+ * HSM_ERR_AUDIT_UNAVAILABLE within the deadline.  It retries by itself and
+ * turns healthy again once a write and fsync succeed.
+ *
+ * Ownership: hsm_audit is opaque; hsm_audit_open gives the caller an object
+ * it releases with hsm_audit_close.  Records passed in are copied; the caller
+ * keeps ownership of every string it passes.
+ */
+#ifndef HSM_AUDIT_H
+#define HSM_AUDIT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/buf.h"
+#include "common/result.h"
+#include "common/secret.h"
+
+/* ---- Records ------------------------------------------------------------- */
+
+typedef enum hsm_audit_type {
+	HSM_AUDIT_REQUEST,
+	HSM_AUDIT_EVENT,
+	HSM_AUDIT_CHECKPOINT /* written by the module only; refused from callers */
+} hsm_audit_type;
+
+typedef enum hsm_audit_outcome {
+	HSM_AUDIT_SUCCESS,
+	HSM_AUDIT_DENIED,
+	HSM_AUDIT_ERROR
+} hsm_audit_outcome;
+
+/* One extra named field (signing algorithm, message type, hashed context...). */
+typedef struct hsm_audit_field {
+	const char *name;  /* at most HSM_AUDIT_NAME_MAX bytes are kept */
+	const char *value; /* at most HSM_AUDIT_VALUE_MAX bytes are kept */
+} hsm_audit_field;
+
+#define HSM_AUDIT_MAX_EXTRA 8
+#define HSM_AUDIT_NAME_MAX 64
+#define HSM_AUDIT_VALUE_MAX 512
+/* Longer values are cut at a UTF-8 boundary and end with this marker. */
+#define HSM_AUDIT_TRUNCATED_MARK "...[truncated]"
+
+/*
+ * What the server and keystore fill in.  Every string may be NULL (the field
+ * is then left out of the line).  Strings are copied and JSON-escaped; they
+ * must never hold plaintext, key material, shares, secrets, signatures or
+ * whole ciphertexts: sensitive values go in as keyed hashes
+ * (hsm_audit_hash_value).  Sequence number, node id and the chain hash are
+ * assigned by the module.
+ */
+typedef struct hsm_audit_record {
+	hsm_audit_type type;
+	int64_t time_ms;            /* UTC ms when it happened; 0 = when submitted */
+	const char *principal;      /* e.g. the user's ARN or name */
+	const char *access_key_id;
+	const char *source;         /* client address, "ip:port" */
+	const char *operation;      /* "Encrypt"; for events the event name */
+	const char *key_id;
+	uint32_t key_version;       /* 0 = none */
+	hsm_audit_outcome outcome;
+	const char *error;          /* error name (KMS exception) when outcome != SUCCESS */
+	const char *request_id;
+	uint64_t latency_us;        /* written for requests only */
+	const hsm_audit_field *extra;
+	size_t n_extra;             /* <= HSM_AUDIT_MAX_EXTRA */
+} hsm_audit_record;
+
+/* ---- Configuration ------------------------------------------------------- */
+
+/* Which I/O step the test hook is about to run. */
+typedef enum hsm_audit_io_op { HSM_AUDIT_IO_WRITE, HSM_AUDIT_IO_SYNC } hsm_audit_io_op;
+
+typedef struct hsm_audit_config {
+	const char *dir;              /* directory of the log files (created 0700) */
+	const char *node_id;          /* [A-Za-z0-9._-]{1,64} */
+	uint32_t fsync_interval_ms;   /* N: 0 = default 10 */
+	uint32_t fsync_max_records;   /* K: 0 = default 4096 */
+	uint32_t checkpoint_interval_ms; /* 0 = default 60000 */
+	uint32_t io_deadline_ms;      /* 0 = default 1000 */
+	uint32_t retry_interval_ms;   /* 0 = default 500 */
+	uint64_t rotate_bytes;        /* 0 = default 64 MiB */
+	uint64_t rotate_age_ms;       /* 0 = default 1 day */
+	uint32_t retention_days;      /* 0 = default 2557 (7 years) */
+	uint32_t queue_capacity;      /* records waiting for the writer; 0 = default 16384 */
+	bool syslog;                  /* also forward each line to syslog(LOG_AUTHPRIV) */
+	/* Wall clock in UTC ms; NULL = the system clock.  Tests move time with it. */
+	int64_t (*clock_ms)(void *arg);
+	void *clock_arg;
+	/*
+	 * For tests only: called by the writer before each write and fsync.  It may
+	 * block (a stuck device) or return an errno value to make that step fail
+	 * as if the kernel had returned it; 0 lets the step run.
+	 */
+	int (*test_io_hook)(void *arg, hsm_audit_io_op op);
+	void *test_io_arg;
+} hsm_audit_config;
+
+typedef struct hsm_audit hsm_audit;
+
+/*
+ * Opens (or creates) the log in cfg->dir, checks the tail of the newest file
+ * (a torn last line is moved to a side file and reported), continues the
+ * sequence and chain, applies retention and starts the threads.  Fails with
+ * HSM_ERR_IO when the directory cannot be used or is locked by another
+ * process.  cfg is copied (strings included).
+ */
+hsm_result hsm_audit_open(const hsm_audit_config *cfg, hsm_audit **out) HSM_MUST_CHECK;
+
+/*
+ * Drains the queue, writes a shutdown checkpoint, syncs and closes.  Bounded
+ * in time: if the writer is stuck in the kernel past the deadline, the
+ * pending records are failed, the state is leaked on purpose (the stuck
+ * thread still uses it) and close returns.  NULL is a no-op.
+ */
+void hsm_audit_close(hsm_audit *a);
+
+/* ---- Writing ------------------------------------------------------------- */
+
+/*
+ * Called exactly once per accepted record, from the writer or the watchdog
+ * thread, never from inside hsm_audit_submit: with HSM_SUCCESS once the line
+ * is written to the file (write(2) returned; fsync follows within the bound
+ * in docs/audit.md), or with HSM_ERR_AUDIT_UNAVAILABLE.  It must not block
+ * and must not call hsm_audit_append or hsm_audit_close.
+ */
+typedef void (*hsm_audit_done_fn)(void *cb_arg, hsm_result result);
+
+/*
+ * Copies rec into the queue without blocking on I/O.  On HSM_SUCCESS, done_cb
+ * will be called exactly once.  On failure done_cb is never called:
+ * HSM_ERR_AUDIT_UNAVAILABLE when the log is unhealthy, closing, or its queue
+ * is full; HSM_ERR_VALIDATION for a CHECKPOINT type.
+ */
+hsm_result hsm_audit_submit(hsm_audit *a, const hsm_audit_record *rec, hsm_audit_done_fn done_cb,
+                            void *cb_arg) HSM_MUST_CHECK;
+
+/*
+ * Blocking form for internal events and tools: returns once the record is
+ * written or has failed (within the deadline).  Must not be called from a
+ * done callback or a signer.
+ */
+hsm_result hsm_audit_append(hsm_audit *a, const hsm_audit_record *rec) HSM_MUST_CHECK;
+
+/* False while the log cannot be written (readyz reports it). */
+bool hsm_audit_healthy(const hsm_audit *a);
+/* True when a record submitted now would be accepted: check before executing. */
+bool hsm_audit_accepting(const hsm_audit *a);
+
+/*
+ * Starts a new file now (a checkpoint ends the old one) and applies
+ * retention; returns when done.  For operators and tests.
+ */
+hsm_result hsm_audit_rotate(hsm_audit *a) HSM_MUST_CHECK;
+
+/* Writes a checkpoint now and waits for it. */
+hsm_result hsm_audit_checkpoint(hsm_audit *a) HSM_MUST_CHECK;
+
+/* Counters for metrics. */
+typedef struct hsm_audit_stats {
+	uint64_t next_seq;        /* sequence number the next record will get */
+	uint64_t written;         /* records written since open */
+	uint64_t refused;         /* records refused or failed since open */
+	uint64_t outages;         /* times the log turned unhealthy */
+	uint64_t syslog_dropped;  /* lines not forwarded to syslog (queue full) */
+	uint64_t checkpoints_signed;
+	uint64_t checkpoints_unsigned;
+} hsm_audit_stats;
+
+void hsm_audit_get_stats(const hsm_audit *a, hsm_audit_stats *out);
+
+/* ---- Checkpoint signatures ----------------------------------------------- */
+
+/*
+ * Signs msg[0..n) with the audit signing key (Ed25519, RFC 8032) and appends
+ * the 64-byte signature to sig.  Called from the writer thread.
+ */
+typedef hsm_result (*hsm_audit_sign_fn)(void *arg, const uint8_t *msg, size_t n, hsm_buf *sig);
+
+/*
+ * Sets (fn != NULL, on unseal) or clears (fn == NULL, on seal) the signer.
+ * When it returns, the previous signer is no longer in use.  Setting a signer
+ * writes a signed checkpoint soon after, which covers every earlier record.
+ */
+void hsm_audit_set_signer(hsm_audit *a, hsm_audit_sign_fn fn, void *arg);
+
+/* ---- Keyed hashes of sensitive values ------------------------------------ */
+
+#define HSM_AUDIT_HASH_HEX_LEN 64
+
+/*
+ * HMAC-SHA256(key, value) as lowercase hex into out (HSM_AUDIT_HASH_HEX_LEN + 1
+ * bytes, NUL-terminated).  key is the audit hash key the keystore derives once
+ * unsealed.  An auditor who knows a candidate value can recompute it.
+ */
+hsm_result hsm_audit_hash_value(const hsm_secret *key, const void *value, size_t n,
+                                char out[HSM_AUDIT_HASH_HEX_LEN + 1]) HSM_MUST_CHECK;
+
+/* ---- Offline verification ------------------------------------------------ */
+
+typedef enum hsm_audit_problem {
+	HSM_AUDIT_VALID,
+	HSM_AUDIT_MALFORMED,     /* not a well-formed record (modified) */
+	HSM_AUDIT_MODIFIED,      /* contents changed: the chain or a field does not match */
+	HSM_AUDIT_DELETED,       /* sequence gap: records missing */
+	HSM_AUDIT_INSERTED,      /* a record that is not part of the chain */
+	HSM_AUDIT_REORDERED,     /* records out of order */
+	HSM_AUDIT_TORN,          /* incomplete last line */
+	HSM_AUDIT_TRUNCATED,     /* the log or a file ends early */
+	HSM_AUDIT_BAD_SIGNATURE  /* checkpoint signature does not verify */
+} hsm_audit_problem;
+
+#define HSM_AUDIT_DETAIL_MAX 256
+#define HSM_AUDIT_PATH_MAX 512
+
+typedef struct hsm_audit_verify_options {
+	const char *pubkey_pem;  /* Ed25519 public key (PEM SubjectPublicKeyInfo), or NULL */
+	bool allow_open_tail;    /* a live log: need not end with a shutdown checkpoint */
+} hsm_audit_verify_options;
+
+typedef struct hsm_audit_verify_report {
+	bool valid;
+	size_t files;
+	uint64_t records;
+	uint64_t first_seq, last_seq;
+	uint64_t checkpoints_verified; /* signed, and the signature verified */
+	uint64_t checkpoints_unchecked; /* signed, but no public key was given */
+	uint64_t checkpoints_unsigned;
+	uint64_t last_verified_seq;    /* seq of the last verified signed checkpoint, 0 = none */
+	uint64_t uncovered;            /* records after it (not covered by a signature) */
+	/* The first problem, when !valid. */
+	hsm_audit_problem problem;
+	char file[HSM_AUDIT_PATH_MAX];
+	uint64_t line;                 /* 1-based line number in that file */
+	uint64_t offset;               /* byte offset of that line */
+	uint64_t seq;                  /* its seq when it has one, else 0 */
+	char detail[HSM_AUDIT_DETAIL_MAX];
+} hsm_audit_verify_report;
+
+/*
+ * Verifies the files (sorted by name, which sorts them by first sequence
+ * number) as one log: sequence, chain, checkpoint signatures, torn or
+ * truncated tails.  Returns HSM_SUCCESS when the check ran (the verdict is in
+ * report->valid) and a failure only when a file or the key cannot be read.
+ */
+hsm_result hsm_audit_verify_files(const char *const *paths, size_t n_paths,
+                                  const hsm_audit_verify_options *opts,
+                                  hsm_audit_verify_report *report) HSM_MUST_CHECK;
+
+/*
+ * Same over contents already in memory (data[i] of lens[i] bytes, shown as
+ * names[i]), in the order given.  For tools and tests.
+ */
+hsm_result hsm_audit_verify_memory(const char *const *names, const uint8_t *const *data,
+                                   const size_t *lens, size_t n,
+                                   const hsm_audit_verify_options *opts,
+                                   hsm_audit_verify_report *report) HSM_MUST_CHECK;
+
+const char *hsm_audit_problem_name(hsm_audit_problem p);
+
+#endif

@@ -1,0 +1,188 @@
+/*
+ * audit_internal.h - state shared by the files of src/audit.  Not a public
+ * interface.
+ *
+ * Locking: `mu` guards the queue, the health flag, the watchdog's view of the
+ * current I/O operation and the request counters.  Everything in `w` (the
+ * file, the sequence, the chain head, the bytes not yet durable) belongs to
+ * the writer thread alone.  `signer_mu` is held while the signer runs, so
+ * hsm_audit_set_signer can wait for a call in progress.
+ */
+#ifndef HSM_AUDIT_INTERNAL_H
+#define HSM_AUDIT_INTERNAL_H
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <openssl/evp.h>
+
+#include "audit/audit.h"
+#include "audit/audit_format.h"
+#include "common/buf.h"
+
+#define AUDIT_BATCH_MAX 1024
+#define AUDIT_FILE_PREFIX "audit-"
+#define AUDIT_FILE_SUFFIX ".jsonl"
+#define AUDIT_SEQ_DIGITS 20
+/* How far back from the end of a file a damaged tail is looked for. */
+#define AUDIT_TAIL_WINDOW ((size_t)1 << 20)
+
+typedef struct audit_slot {
+	hsm_buf body;
+	hsm_audit_done_fn cb;
+	void *arg;
+} audit_slot;
+
+typedef struct audit_cbent {
+	hsm_audit_done_fn cb;
+	void *arg;
+} audit_cbent;
+
+/* What the open-time scan found at the end of the log. */
+typedef struct audit_tail_info {
+	uint64_t next_seq;
+	uint8_t head[AUDIT_HASH_LEN];
+	bool found;          /* some earlier record exists */
+	bool clean;          /* the last record is a shutdown checkpoint (or the log is new) */
+	bool needs_new_file; /* last file ends with a rotation checkpoint, or there is none */
+	char path[PATH_MAX]; /* file to continue (when !needs_new_file) */
+	uint64_t file_first_seq;
+	int64_t file_first_ms;
+	uint64_t torn_bytes; /* damaged bytes moved aside */
+	char torn_path[PATH_MAX];
+} audit_tail_info;
+
+/* The writer thread's own state. */
+typedef struct audit_writer {
+	int fd;                  /* -1: a new file named by next_seq is needed */
+	char path[PATH_MAX];
+	uint64_t file_first_seq;
+	int64_t file_opened_ms;
+	uint64_t synced_off;     /* file bytes known durable */
+	hsm_buf pending;         /* formatted lines after synced_off, some maybe written */
+	size_t written;          /* bytes of pending already written */
+	uint64_t pending_records;
+	uint64_t unsynced_since_ns; /* when the oldest unsynced write happened, 0 = none */
+	uint64_t next_seq;
+	uint8_t head[AUDIT_HASH_LEN]; /* SHA-256 of the last formatted line */
+	EVP_MD_CTX *md_ctx;
+	EVP_MD *sha256;
+	int64_t next_checkpoint_ms;
+	int64_t next_retention_ms;
+	uint64_t retry_at_ns;
+	uint64_t pending_first_seq; /* seq of the first line in pending */
+	bool rotate_pending;     /* a rotation checkpoint ends the file: start a new one */
+	int last_errno;          /* errno of the last failed I/O step */
+	hsm_buf scratch;
+	audit_slot batch[AUDIT_BATCH_MAX];
+	audit_cbent cbs[AUDIT_BATCH_MAX];
+	audit_cbent drained[AUDIT_BATCH_MAX]; /* queued records failed by an outage */
+} audit_writer;
+
+typedef struct audit_syslog audit_syslog;
+
+struct hsm_audit {
+	hsm_audit_config cfg;
+	char dir[PATH_MAX];
+	char node[HSM_AUDIT_NAME_MAX + 1];
+	int lock_fd;
+
+	pthread_mutex_t mu;
+	pthread_cond_t wake_writer;
+	pthread_cond_t wake_waiters;
+	pthread_cond_t wake_watchdog;
+	audit_slot *slots;
+	size_t cap, head, count;
+	bool writer_idle;
+	atomic_bool healthy;
+	atomic_bool stopping;
+	bool writer_ready;       /* the open events are written (or failed) */
+	bool writer_exited;
+	bool watchdog_stop;
+
+	/* Requests from other threads to the writer, answered by generation. */
+	bool req_rotate, req_checkpoint;
+	uint64_t req_gen, done_gen;
+	hsm_result req_result;
+
+	/* The watchdog's view of the writer's current operation. */
+	uint64_t op_start_ns;    /* 0: no blocking operation in progress */
+	bool op_timed_out;
+	const audit_cbent *inflight; /* callbacks of the batch being written, or NULL */
+	size_t n_inflight;
+	audit_cbent wd_cbs[AUDIT_BATCH_MAX];
+
+	/* The current outage (under mu). */
+	uint64_t outage_start_ns;
+	int outage_errno;        /* ETIMEDOUT when the deadline was exceeded */
+
+	/* Counters (under mu). */
+	uint64_t refused_total, refused_in_outage, written_total, outages;
+	uint64_t ckpt_signed, ckpt_unsigned;
+	atomic_uint_fast64_t next_seq_pub;
+
+	pthread_mutex_t signer_mu;
+	hsm_audit_sign_fn signer;
+	void *signer_arg;
+	atomic_bool signer_changed;
+
+	audit_syslog *syslog;
+	audit_tail_info opened; /* what the open-time scan found, for the open event */
+	audit_writer w;
+	pthread_t writer_thread, watchdog_thread;
+};
+
+/* Wall clock (UTC ms), through the configured clock. */
+int64_t audit_now_ms(const hsm_audit *a);
+
+/* ---- audit_tail.c: what is on disk at open ------------------------------- */
+
+/* Finds the log's last valid record, moves a torn tail aside. */
+hsm_result audit_tail_scan(hsm_audit *a, audit_tail_info *out) HSM_MUST_CHECK;
+/* Lists the log files of dir sorted by name (= by first seq); caller frees with audit_free_list. */
+hsm_result audit_list_files(const char *dir, char ***names, size_t *n) HSM_MUST_CHECK;
+void audit_free_list(char **names, size_t n);
+/* Parses "audit-<20 digits>.jsonl"; false for any other name. */
+bool audit_parse_file_name(const char *name, uint64_t *first_seq);
+/* Reads the last complete line of a file; false when there is none. */
+bool audit_read_last_line(const char *path, hsm_buf *line);
+/* The "time" of a line, in ms; false when it has none. */
+bool audit_line_time(const uint8_t *line, size_t n, int64_t *t_ms);
+
+/* ---- audit_io.c: the file, under the watchdog ---------------------------- */
+
+/* Marks the start and end of an operation that may block; end returns false
+ * when the watchdog declared it timed out meanwhile. */
+void audit_op_begin(hsm_audit *a, const audit_cbent *cbs, size_t n);
+bool audit_op_end(hsm_audit *a);
+/* Writes every unwritten pending byte. */
+hsm_result audit_io_write(hsm_audit *a) HSM_MUST_CHECK;
+/* fdatasync; on success every pending byte is durable and pending is emptied. */
+hsm_result audit_io_sync(hsm_audit *a) HSM_MUST_CHECK;
+/* Creates the file for next_seq (when fd < 0). */
+hsm_result audit_io_new_file(hsm_audit *a) HSM_MUST_CHECK;
+/* Brings the file back to synced_off + pending after a failure. */
+hsm_result audit_io_recover(hsm_audit *a) HSM_MUST_CHECK;
+/* Deletes files whose newest record is older than the retention.  Appends
+ * the names deleted (comma-separated) to deleted. */
+hsm_result audit_retention_apply(hsm_audit *a, hsm_buf *deleted) HSM_MUST_CHECK;
+
+/* ---- audit_writer.c ------------------------------------------------------ */
+
+void *audit_writer_main(void *arg);
+void *audit_watchdog_main(void *arg);
+/* Turns the log unhealthy (if it is not already) and fails every queued record; mu held. */
+void audit_fail_locked(hsm_audit *a, audit_cbent *out, size_t *n_out, size_t max);
+
+/* ---- audit_syslog.c ------------------------------------------------------ */
+
+hsm_result audit_syslog_start(audit_syslog **out) HSM_MUST_CHECK;
+/* Queues a copy of a line; drops it (counted) when the queue is full. */
+void audit_syslog_forward(audit_syslog *s, const uint8_t *line, size_t n);
+uint64_t audit_syslog_dropped(const audit_syslog *s);
+void audit_syslog_stop(audit_syslog *s);
+
+#endif

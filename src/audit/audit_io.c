@@ -1,0 +1,196 @@
+/*
+ * audit_io.c - the writer's file operations: write, fsync, new files,
+ * recovery after a failure, retention.  Every step that can block runs
+ * between audit_op_begin and audit_op_end, so the watchdog can bound it.
+ */
+#include "audit/audit_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/util.h"
+
+#define MS_PER_DAY (86400LL * 1000)
+
+void audit_op_begin(hsm_audit *a, const audit_cbent *cbs, size_t n)
+{
+	pthread_mutex_lock(&a->mu);
+	uint64_t now = hsm_mono_ns();
+	a->op_start_ns = now != 0 ? now : 1;
+	a->op_timed_out = false;
+	a->inflight = n > 0 ? cbs : NULL;
+	a->n_inflight = n;
+	pthread_mutex_unlock(&a->mu);
+}
+
+bool audit_op_end(hsm_audit *a)
+{
+	pthread_mutex_lock(&a->mu);
+	bool timed_out = a->op_timed_out;
+	a->op_start_ns = 0;
+	a->op_timed_out = false;
+	a->inflight = NULL;
+	a->n_inflight = 0;
+	pthread_mutex_unlock(&a->mu);
+	return !timed_out;
+}
+
+static int hook(hsm_audit *a, hsm_audit_io_op op)
+{
+	return a->cfg.test_io_hook ? a->cfg.test_io_hook(a->cfg.test_io_arg, op) : 0;
+}
+
+static hsm_result io_fail(hsm_audit *a, int err, const char *what)
+{
+	a->w.last_errno = err;
+	return HSM_FAIL(HSM_ERR_AUDIT_UNAVAILABLE, "audit log %s failed: %s", what, strerror(err));
+}
+
+hsm_result audit_io_write(hsm_audit *a)
+{
+	audit_writer *w = &a->w;
+	if (w->fd < 0)
+		return io_fail(a, EBADF, "write");
+	while (w->written < w->pending.len) {
+		int e = hook(a, HSM_AUDIT_IO_WRITE);
+		if (e != 0)
+			return io_fail(a, e, "write");
+		ssize_t n = write(w->fd, w->pending.data + w->written, w->pending.len - w->written);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return io_fail(a, n < 0 ? errno : EIO, "write");
+		w->written += (size_t)n;
+	}
+	return HSM_SUCCESS;
+}
+
+hsm_result audit_io_sync(hsm_audit *a)
+{
+	audit_writer *w = &a->w;
+	if (w->fd < 0 || w->written != w->pending.len)
+		return io_fail(a, EIO, "sync");
+	int e = hook(a, HSM_AUDIT_IO_SYNC);
+	if (e != 0)
+		return io_fail(a, e, "sync");
+	if (fdatasync(w->fd) != 0)
+		return io_fail(a, errno, "sync");
+	w->synced_off += w->pending.len;
+	w->pending.len = 0;
+	w->written = 0;
+	return HSM_SUCCESS;
+}
+
+hsm_result audit_io_new_file(hsm_audit *a)
+{
+	audit_writer *w = &a->w;
+	uint64_t first = w->pending.len > 0 ? w->pending_first_seq : w->next_seq;
+	char path[PATH_MAX];
+	HSM_ENSURE((size_t)snprintf(path, sizeof(path), "%s/" AUDIT_FILE_PREFIX "%020llu" AUDIT_FILE_SUFFIX,
+	                            a->dir, (unsigned long long)first) < sizeof(path),
+	           HSM_ERR_VALIDATION, "audit directory path too long");
+	int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return io_fail(a, errno, "create");
+	struct stat st;
+	if (fstat(fd, &st) != 0 || st.st_size != 0) {
+		close(fd);
+		hsm_error("audit file %s already exists and is not empty", path);
+		return io_fail(a, EEXIST, "create");
+	}
+	if (hsm_failed(hsm_fsync_dir(a->dir))) {
+		close(fd);
+		return io_fail(a, EIO, "directory sync");
+	}
+	w->fd = fd;
+	memcpy(w->path, path, sizeof(path));
+	w->synced_off = 0;
+	w->written = 0;
+	w->file_first_seq = first;
+	w->file_opened_ms = audit_now_ms(a);
+	return HSM_SUCCESS;
+}
+
+/*
+ * After a failed write or fsync nothing past synced_off can be trusted (a
+ * partial line, or pages the kernel dropped after a failed fsync).  Cut the
+ * file back to synced_off and write pending again: the same bytes, so the
+ * sequence and chain stay intact.
+ */
+hsm_result audit_io_recover(hsm_audit *a)
+{
+	audit_writer *w = &a->w;
+	if (w->fd >= 0) {
+		struct stat st;
+		if (fstat(w->fd, &st) != 0)
+			return io_fail(a, errno, "stat");
+		if (st.st_nlink == 0 || (uint64_t)st.st_size < w->synced_off) {
+			/* Records we had synced are gone: the verifier will show it.
+			 * Continue in a new file rather than write over the damage. */
+			hsm_error("audit file %s lost synced records; continuing in a new file", w->path);
+			close(w->fd);
+			w->fd = -1;
+		} else if ((uint64_t)st.st_size > w->synced_off &&
+		           ftruncate(w->fd, (off_t)w->synced_off) != 0) {
+			return io_fail(a, errno, "truncate");
+		}
+	}
+	if (w->fd < 0)
+		HSM_GUARD(audit_io_new_file(a));
+	w->written = 0;
+	HSM_GUARD(audit_io_write(a));
+	return audit_io_sync(a);
+}
+
+static hsm_result note_deleted(hsm_buf *deleted, const char *name)
+{
+	if (deleted->len > 0)
+		HSM_GUARD(hsm_buf_put_u8(deleted, ','));
+	return hsm_buf_put_str(deleted, name);
+}
+
+hsm_result audit_retention_apply(hsm_audit *a, hsm_buf *deleted)
+{
+	char **names = NULL;
+	size_t n = 0;
+	HSM_GUARD(audit_list_files(a->dir, &names, &n));
+	hsm_result res = HSM_SUCCESS;
+	const char *cur = a->w.fd >= 0 ? strrchr(a->w.path, '/') : NULL;
+	int64_t now = audit_now_ms(a), keep = (int64_t)a->cfg.retention_days * MS_PER_DAY;
+	hsm_buf line = {0};
+	bool any = false;
+	/* Never the newest file: it is the current one, or about to be. */
+	for (size_t i = 0; i + 1 < n; i++) {
+		if (cur != NULL && strcmp(names[i], cur + 1) == 0)
+			continue;
+		char path[PATH_MAX];
+		int64_t t;
+		if ((size_t)snprintf(path, sizeof(path), "%s/%s", a->dir, names[i]) >= sizeof(path))
+			continue;
+		line.len = 0;
+		/* A file whose newest record cannot be read is kept: deleting is the irreversible side. */
+		if (!audit_read_last_line(path, &line) || !audit_line_time(line.data, line.len, &t))
+			continue;
+		if (now - t <= keep)
+			continue;
+		if (unlink(path) != 0) {
+			hsm_warn("audit retention: cannot delete %s: %s", path, strerror(errno));
+			continue;
+		}
+		hsm_info("audit retention: deleted %s (newest record older than %u days)", names[i],
+		         a->cfg.retention_days);
+		any = true;
+		HSM_TRY(note_deleted(deleted, names[i]));
+	}
+	if (any)
+		HSM_TRY(hsm_fsync_dir(a->dir));
+out:
+	hsm_buf_free(&line);
+	audit_free_list(names, n);
+	return res;
+}

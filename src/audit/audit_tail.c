@@ -1,0 +1,304 @@
+/*
+ * audit_tail.c - what is on disk when the log opens: the file list, the last
+ * valid record (to continue seq and chain), and a torn tail left by a power
+ * loss mid-write, which is moved to a side file and cut off.
+ */
+#include "audit/audit_internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "common/log.h"
+#include "common/util.h"
+
+#define NAME_LEN (sizeof(AUDIT_FILE_PREFIX) - 1 + AUDIT_SEQ_DIGITS + sizeof(AUDIT_FILE_SUFFIX) - 1)
+#define HEAD_READ ((size_t)64 << 10)
+
+bool audit_parse_file_name(const char *name, uint64_t *first_seq)
+{
+	size_t pre = sizeof(AUDIT_FILE_PREFIX) - 1;
+	if (strlen(name) != NAME_LEN || strncmp(name, AUDIT_FILE_PREFIX, pre) != 0 ||
+	    strcmp(name + pre + AUDIT_SEQ_DIGITS, AUDIT_FILE_SUFFIX) != 0)
+		return false;
+	uint64_t v = 0;
+	for (size_t i = 0; i < AUDIT_SEQ_DIGITS; i++) {
+		char c = name[pre + i];
+		if (c < '0' || c > '9' || v > (UINT64_MAX - 9) / 10)
+			return false;
+		v = v * 10 + (uint64_t)(c - '0');
+	}
+	*first_seq = v;
+	return true;
+}
+
+static int cmp_names(const void *x, const void *y)
+{
+	return strcmp(*(char *const *)x, *(char *const *)y);
+}
+
+void audit_free_list(char **names, size_t n)
+{
+	for (size_t i = 0; i < n && names != NULL; i++)
+		free(names[i]);
+	free(names);
+}
+
+hsm_result audit_list_files(const char *dir, char ***names, size_t *n)
+{
+	hsm_result res = HSM_SUCCESS;
+	DIR *d = opendir(dir);
+	HSM_ENSURE(d != NULL, HSM_ERR_IO, "cannot open %s: %s", dir, strerror(errno));
+	char **v = NULL;
+	size_t len = 0, cap = 0;
+	for (struct dirent *e = readdir(d); e != NULL; e = readdir(d)) {
+		uint64_t seq;
+		if (!audit_parse_file_name(e->d_name, &seq))
+			continue;
+		if (len == cap) {
+			cap = cap ? cap * 2 : 16;
+			char **nv = realloc(v, cap * sizeof(*v));
+			HSM_CHECK(nv != NULL, HSM_ERR_NOMEM, "out of memory");
+			v = nv;
+		}
+		v[len] = strdup(e->d_name);
+		HSM_CHECK(v[len] != NULL, HSM_ERR_NOMEM, "out of memory");
+		len++;
+	}
+	if (len > 0)
+		qsort(v, len, sizeof(*v), cmp_names);
+	*names = v;
+	*n = len;
+	v = NULL;
+	len = 0;
+out:
+	closedir(d);
+	audit_free_list(v, len);
+	return res;
+}
+
+/* Reads n bytes at off. */
+static bool pread_all(int fd, uint8_t *p, size_t n, uint64_t off)
+{
+	while (n > 0) {
+		ssize_t r = pread(fd, p, n, (off_t)off);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return false;
+		p += r;
+		n -= (size_t)r;
+		off += (uint64_t)r;
+	}
+	return true;
+}
+
+bool audit_read_last_line(const char *path, hsm_buf *line)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	struct stat st;
+	bool ok = false;
+	uint8_t *buf = NULL;
+	if (fstat(fd, &st) != 0 || st.st_size <= 0)
+		goto out;
+	size_t size = (size_t)st.st_size, win = size < HEAD_READ ? size : HEAD_READ;
+	buf = malloc(win);
+	if (buf == NULL || !pread_all(fd, buf, win, size - win))
+		goto out;
+	size_t end = win;
+	while (end > 0 && buf[end - 1] != '\n') /* skip a torn fragment */
+		end--;
+	if (end == 0)
+		goto out;
+	size_t start = end - 1;
+	while (start > 0 && buf[start - 1] != '\n')
+		start--;
+	if (start == 0 && win < size)
+		goto out; /* the line is longer than the window */
+	ok = hsm_ok(hsm_buf_put(line, buf + start, end - 1 - start));
+out:
+	free(buf);
+	close(fd);
+	return ok;
+}
+
+bool audit_line_time(const uint8_t *line, size_t n, int64_t *t_ms)
+{
+	json_t *j = json_loadb((const char *)line, n, 0, NULL);
+	const char *s = j ? json_string_value(json_object_get(j, "time")) : NULL;
+	bool ok = s != NULL && audit_parse_time(s, t_ms);
+	json_decref(j);
+	return ok;
+}
+
+/* What a well-formed line tells the scan. */
+typedef struct line_info {
+	uint64_t seq;
+	int64_t time_ms;
+	bool shutdown, rotate;
+} line_info;
+
+static bool is_hex64(const char *s)
+{
+	if (s == NULL || strlen(s) != AUDIT_HASH_HEX)
+		return false;
+	for (size_t i = 0; i < AUDIT_HASH_HEX; i++)
+		if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+			return false;
+	return true;
+}
+
+static bool parse_line(const uint8_t *p, size_t n, line_info *li)
+{
+	json_t *j = json_loadb((const char *)p, n, JSON_REJECT_DUPLICATES, NULL);
+	json_t *seq = json_object_get(j, "seq");
+	const char *type = json_string_value(json_object_get(j, "type"));
+	const char *time = json_string_value(json_object_get(j, "time"));
+	bool ok = json_is_integer(seq) && json_integer_value(seq) > 0 && type != NULL &&
+	          time != NULL && audit_parse_time(time, &li->time_ms) &&
+	          is_hex64(json_string_value(json_object_get(j, "prev")));
+	if (ok) {
+		li->seq = (uint64_t)json_integer_value(seq);
+		const char *reason = json_string_value(
+		    json_object_get(json_object_get(j, "checkpoint"), "reason"));
+		bool ckpt = strcmp(type, "checkpoint") == 0 && reason != NULL;
+		li->shutdown = ckpt && strcmp(reason, "shutdown") == 0;
+		li->rotate = ckpt && strcmp(reason, "rotate") == 0;
+	}
+	json_decref(j);
+	return ok;
+}
+
+/*
+ * Walks back from the end of the window to the last complete, well-formed
+ * line.  *valid_end is where the good part ends (relative to the window).
+ */
+static hsm_result find_valid_end(const uint8_t *buf, size_t win, bool whole, size_t *valid_end,
+                                 line_info *li, uint8_t head[AUDIT_HASH_LEN], bool *found)
+{
+	size_t end = win;
+	*found = false;
+	while (end > 0) {
+		if (buf[end - 1] != '\n') {
+			while (end > 0 && buf[end - 1] != '\n')
+				end--;
+			continue;
+		}
+		size_t start = end - 1;
+		while (start > 0 && buf[start - 1] != '\n')
+			start--;
+		HSM_ENSURE(start > 0 || whole, HSM_ERR_IO,
+		           "the last %zu bytes of the audit log hold no valid record; verify it", win);
+		if (parse_line(buf + start, end - 1 - start, li)) {
+			EVP_Digest(buf + start, end - 1 - start, head, NULL, EVP_sha256(), NULL);
+			*found = true;
+			break;
+		}
+		end = start;
+	}
+	HSM_ENSURE(end > 0 || whole, HSM_ERR_IO,
+	           "the last %zu bytes of the audit log hold no valid record; verify it", win);
+	*valid_end = end;
+	return HSM_SUCCESS;
+}
+
+/* Copies the damaged bytes to <file>.torn-<ms> and cuts them off. */
+static hsm_result save_torn(hsm_audit *a, int fd, const char *path, const uint8_t *p, size_t n,
+                            uint64_t keep, audit_tail_info *out)
+{
+	char side[PATH_MAX];
+	HSM_ENSURE((size_t)snprintf(side, sizeof(side), "%s.torn-%lld", path,
+	                            (long long)audit_now_ms(a)) < sizeof(side),
+	           HSM_ERR_VALIDATION, "audit path too long");
+	HSM_GUARD(hsm_write_file_atomic(side, p, n, 0600));
+	HSM_ENSURE(ftruncate(fd, (off_t)keep) == 0 && fsync(fd) == 0, HSM_ERR_IO,
+	           "cannot cut the torn tail of %s: %s", path, strerror(errno));
+	hsm_warn("audit log %s had a torn tail of %zu bytes (saved to %s); continuing after the "
+	         "last valid record", path, n, side);
+	out->torn_bytes += n;
+	return hsm_strcpy(out->torn_path, sizeof(out->torn_path), side);
+}
+
+static int64_t first_line_time(int fd, int64_t fallback)
+{
+	uint8_t buf[4096];
+	ssize_t r = pread(fd, buf, sizeof(buf), 0);
+	const uint8_t *nl = r > 0 ? memchr(buf, '\n', (size_t)r) : NULL;
+	int64_t t;
+	if (nl != NULL && audit_line_time(buf, (size_t)(nl - buf), &t))
+		return t;
+	return fallback;
+}
+
+/* Scans one file; *found says whether it holds a valid record. */
+static hsm_result scan_file(hsm_audit *a, const char *path, audit_tail_info *out, bool *found)
+{
+	hsm_result res = HSM_SUCCESS;
+	uint8_t *buf = NULL;
+	int fd = open(path, O_RDWR | O_CLOEXEC);
+	HSM_ENSURE(fd >= 0, HSM_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+	struct stat st;
+	HSM_CHECK(fstat(fd, &st) == 0, HSM_ERR_IO, "cannot stat %s", path);
+	uint64_t size = (uint64_t)st.st_size;
+	size_t win = size < AUDIT_TAIL_WINDOW ? (size_t)size : AUDIT_TAIL_WINDOW;
+	uint64_t base = size - win;
+	buf = malloc(win ? win : 1);
+	HSM_CHECK(buf != NULL, HSM_ERR_NOMEM, "out of memory");
+	HSM_CHECK(pread_all(fd, buf, win, base), HSM_ERR_IO, "cannot read %s", path);
+	size_t valid_end = 0;
+	line_info li = {0};
+	HSM_TRY(find_valid_end(buf, win, base == 0, &valid_end, &li, out->head, found));
+	if (valid_end < win)
+		HSM_TRY(save_torn(a, fd, path, buf + valid_end, win - valid_end, base + valid_end, out));
+	if (*found) {
+		out->found = true;
+		out->next_seq = li.seq + 1;
+		out->clean = li.shutdown && out->torn_bytes == 0;
+		out->needs_new_file = li.rotate;
+		HSM_TRY(hsm_strcpy(out->path, sizeof(out->path), path));
+		out->file_first_ms = first_line_time(fd, li.time_ms);
+	}
+out:
+	free(buf);
+	close(fd);
+	return res;
+}
+
+hsm_result audit_tail_scan(hsm_audit *a, audit_tail_info *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->next_seq = 1;
+	out->clean = true;
+	out->needs_new_file = true;
+	char **names = NULL;
+	size_t n = 0;
+	HSM_GUARD(audit_list_files(a->dir, &names, &n));
+	hsm_result res = HSM_SUCCESS;
+	for (size_t i = n; i-- > 0;) {
+		char path[PATH_MAX];
+		bool found = false;
+		HSM_CHECK((size_t)snprintf(path, sizeof(path), "%s/%s", a->dir, names[i]) < sizeof(path),
+		          HSM_ERR_VALIDATION, "audit path too long");
+		HSM_TRY(scan_file(a, path, out, &found));
+		if (found) {
+			HSM_CHECK(audit_parse_file_name(names[i], &out->file_first_seq), HSM_ERR_INTERNAL,
+			          "bad file name");
+			break;
+		}
+		/* Empty (or emptied) newest file: the chain continues from the one before. */
+		HSM_CHECK(unlink(path) == 0, HSM_ERR_IO, "cannot remove empty %s", path);
+		HSM_TRY(hsm_fsync_dir(a->dir));
+	}
+out:
+	audit_free_list(names, n);
+	return res;
+}

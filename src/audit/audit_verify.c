@@ -1,0 +1,400 @@
+/*
+ * audit_verify.c - offline verification of audit log files (hsmctl audit
+ * verify): reads the files in order, parses each line (jansson is fine here,
+ * off the hot path), walks the chain and checks checkpoint signatures with
+ * the auditor's Ed25519 public key.
+ */
+#include "audit/audit_verify_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+#include <openssl/pem.h>
+
+#include "audit/audit_internal.h"
+#include "common/encoding.h"
+#include "common/util.h"
+
+#define VERIFY_FILE_MAX ((size_t)1 << 30)
+
+/* ---- Reader -------------------------------------------------------------- */
+
+static bool open_next_file(vreader *r)
+{
+	while (r->fi < r->n_files) {
+		size_t i = r->fi;
+		if (r->mem != NULL) {
+			r->data = r->mem[i];
+			r->len = r->mem_len[i];
+		} else {
+			r->owned.len = 0;
+			hsm_result res = hsm_read_file(r->names[i], VERIFY_FILE_MAX, &r->owned);
+			if (hsm_failed(res)) {
+				if (hsm_ok(r->io))
+					r->io = res;
+				return false;
+			}
+			r->data = r->owned.data;
+			r->len = r->owned.len;
+		}
+		r->pos = 0;
+		r->line = 0;
+		r->file_open = true;
+		if (r->len > 0)
+			return true;
+		r->fi++;
+	}
+	return false;
+}
+
+static bool is_hex64(const char *s)
+{
+	if (s == NULL || strlen(s) != AUDIT_HASH_HEX)
+		return false;
+	for (size_t i = 0; i < AUDIT_HASH_HEX; i++)
+		if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+			return false;
+	return true;
+}
+
+static void parse_checkpoint(json_t *c, ventry *e)
+{
+	const char *reason = json_string_value(json_object_get(c, "reason"));
+	json_t *sgn = json_object_get(c, "signed");
+	e->ckpt = true;
+	if (reason == NULL || !json_is_boolean(sgn) ||
+	    hsm_failed(hsm_strcpy(e->reason, sizeof(e->reason), reason))) {
+		e->kind = VE_MALFORMED;
+		return;
+	}
+	e->ckpt_signed = json_is_true(sgn);
+	if (!e->ckpt_signed)
+		return;
+	const char *alg = json_string_value(json_object_get(c, "alg"));
+	const char *sig = json_string_value(json_object_get(c, "sig"));
+	hsm_buf raw = {0};
+	e->ckpt_sig_ok_form = alg != NULL && strcmp(alg, "Ed25519") == 0 && sig != NULL &&
+	                      hsm_ok(hsm_b64_decode(&raw, sig, strlen(sig), HSM_ERR_VALIDATION)) &&
+	                      raw.len == sizeof(e->sig);
+	if (e->ckpt_sig_ok_form)
+		memcpy(e->sig, raw.data, sizeof(e->sig));
+	hsm_buf_free(&raw);
+}
+
+static void parse_entry(const uint8_t *p, size_t n, ventry *e)
+{
+	EVP_Digest(p, n, e->hash, NULL, EVP_sha256(), NULL);
+	e->kind = VE_MALFORMED;
+	json_t *j = json_loadb((const char *)p, n, JSON_REJECT_DUPLICATES, NULL);
+	json_t *seq = json_object_get(j, "seq");
+	const char *prev = json_string_value(json_object_get(j, "prev"));
+	const char *type = json_string_value(json_object_get(j, "type"));
+	const char *time = json_string_value(json_object_get(j, "time"));
+	const char *node = json_string_value(json_object_get(j, "node"));
+	int64_t t;
+	bool ok = json_is_object(j) && json_is_integer(seq) && json_integer_value(seq) > 0 &&
+	          is_hex64(prev) && type != NULL && time != NULL && audit_parse_time(time, &t) &&
+	          node != NULL && hsm_ok(hsm_strcpy(e->node, sizeof(e->node), node)) &&
+	          hsm_ok(hsm_strcpy(e->time, sizeof(e->time), time)) &&
+	          (strcmp(type, "request") == 0 || strcmp(type, "event") == 0 ||
+	           strcmp(type, "checkpoint") == 0) &&
+	          hsm_ok(hsm_hex_decode_exact(e->prev, AUDIT_HASH_LEN, prev, AUDIT_HASH_HEX,
+	                                      HSM_ERR_VALIDATION));
+	if (ok) {
+		e->kind = VE_RECORD;
+		e->seq = (uint64_t)json_integer_value(seq);
+		memcpy(e->prev_hex, prev, sizeof(e->prev_hex));
+		static const uint8_t zero[AUDIT_HASH_LEN];
+		e->genesis = hsm_ct_equal(e->prev, zero, AUDIT_HASH_LEN);
+		if (strcmp(type, "checkpoint") == 0)
+			parse_checkpoint(json_object_get(j, "checkpoint"), e);
+	}
+	json_decref(j);
+}
+
+/* Reads the next line of the log into e; false at the end. */
+static bool read_entry(vreader *r, ventry *e)
+{
+	if (!r->file_open || r->pos >= r->len) {
+		if (r->file_open)
+			r->fi++;
+		r->file_open = false;
+		if (!open_next_file(r))
+			return false;
+	}
+	memset(e, 0, sizeof(*e));
+	e->file = r->fi;
+	e->first_in_file = r->pos == 0;
+	e->offset = r->pos;
+	e->line = ++r->line;
+	const uint8_t *start = r->data + r->pos;
+	const uint8_t *nl = memchr(start, '\n', r->len - r->pos);
+	if (nl == NULL) {
+		e->kind = VE_TORN;
+		e->len = r->len - r->pos;
+		r->pos = r->len;
+		return true;
+	}
+	e->len = (size_t)(nl - start);
+	r->pos += e->len + 1;
+	parse_entry(start, e->len, e);
+	return true;
+}
+
+const ventry *vreader_peek(vreader *r, size_t i)
+{
+	while (r->win_count <= i && !r->eof) {
+		ventry *e = &r->win[(r->win_head + r->win_count) % (VERIFY_WINDOW + 1)];
+		if (!read_entry(r, e)) {
+			r->eof = true;
+			break;
+		}
+		r->win_count++;
+	}
+	return i < r->win_count ? &r->win[(r->win_head + i) % (VERIFY_WINDOW + 1)] : NULL;
+}
+
+void vreader_pop(vreader *r)
+{
+	r->win_head = (r->win_head + 1) % (VERIFY_WINDOW + 1);
+	r->win_count--;
+}
+
+const ventry *vstate_back(const vstate *s, size_t i)
+{
+	return &s->hist[(s->hist_head + VERIFY_WINDOW - 1 - i) % VERIFY_WINDOW];
+}
+
+void vstate_push(vstate *s, const ventry *e)
+{
+	s->hist[s->hist_head] = *e;
+	s->hist_head = (s->hist_head + 1) % VERIFY_WINDOW;
+	if (s->hist_count < VERIFY_WINDOW)
+		s->hist_count++;
+	s->have_p = true;
+}
+
+/* ---- Checks beyond the chain --------------------------------------------- */
+
+static bool check_signature(vreader *r, EVP_PKEY *pub, const ventry *e,
+                            hsm_audit_verify_report *rep)
+{
+	if (!e->ckpt_signed) {
+		rep->checkpoints_unsigned++;
+		return true;
+	}
+	if (!e->ckpt_sig_ok_form) {
+		verify_report_at(r, rep, HSM_AUDIT_BAD_SIGNATURE, e, "checkpoint signature is not an "
+		                 "Ed25519 signature");
+		return false;
+	}
+	if (pub == NULL) {
+		rep->checkpoints_unchecked++;
+		return true;
+	}
+	hsm_buf msg = {0};
+	bool ok = hsm_ok(audit_checkpoint_message(&msg, e->node, e->seq, e->time, e->reason,
+	                                          e->prev_hex));
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	ok = ok && ctx != NULL && EVP_DigestVerifyInit_ex(ctx, NULL, NULL, NULL, NULL, pub, NULL) == 1 &&
+	     EVP_DigestVerify(ctx, e->sig, sizeof(e->sig), msg.data, msg.len) == 1;
+	EVP_MD_CTX_free(ctx);
+	hsm_buf_free(&msg);
+	if (!ok) {
+		verify_report_at(r, rep, HSM_AUDIT_BAD_SIGNATURE, e,
+		                 "checkpoint signature does not verify with the given public key");
+		return false;
+	}
+	rep->checkpoints_verified++;
+	rep->last_verified_seq = e->seq;
+	return true;
+}
+
+/* A file must begin where its name says and end with a rotation checkpoint. */
+static bool check_file_edges(vreader *r, const ventry *e, hsm_audit_verify_report *rep)
+{
+	if (!e->first_in_file)
+		return true;
+	const char *base = strrchr(r->names[e->file], '/');
+	base = base ? base + 1 : r->names[e->file];
+	uint64_t named;
+	if (audit_parse_file_name(base, &named) && named != e->seq) {
+		verify_report_at(r, rep, named < e->seq ? HSM_AUDIT_DELETED : HSM_AUDIT_MODIFIED, e,
+		                 "the file name says it starts at seq %llu, its first record has seq %llu",
+		                 (unsigned long long)named, (unsigned long long)e->seq);
+		return false;
+	}
+	return true;
+}
+
+static bool check_file_end(vreader *r, const vstate *s, const ventry *e,
+                           hsm_audit_verify_report *rep)
+{
+	const ventry *p = s->have_p ? vstate_back(s, 0) : NULL;
+	if (p == NULL || e->file == p->file || (p->ckpt && strcmp(p->reason, "rotate") == 0))
+		return true;
+	verify_report_at(r, rep, HSM_AUDIT_TRUNCATED, p,
+	                 "truncated: the file ends at seq %llu without its rotation checkpoint",
+	                 (unsigned long long)p->seq);
+	return false;
+}
+
+static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, hsm_audit_verify_report *rep)
+{
+	const ventry *e = vreader_peek(r, 0);
+	if (e->kind == VE_TORN) {
+		verify_report_at(r, rep, HSM_AUDIT_TORN, e,
+		                 "torn: the file ends with %llu bytes of an incomplete line",
+		                 (unsigned long long)e->len);
+		return false;
+	}
+	if (e->kind == VE_MALFORMED) {
+		verify_report_at(r, rep, HSM_AUDIT_MALFORMED, e, "modified: not a valid audit record");
+		return false;
+	}
+	if (!check_file_end(r, s, e, rep) || !verify_rules_check(r, s, rep) ||
+	    !check_file_edges(r, e, rep))
+		return false;
+	if (e->ckpt && !check_signature(r, pub, e, rep))
+		return false;
+	if (rep->records == 0)
+		rep->first_seq = e->seq;
+	rep->records++;
+	rep->last_seq = e->seq;
+	vstate_push(s, e);
+	return true;
+}
+
+static bool check_end(vreader *r, const vstate *s, const hsm_audit_verify_options *o,
+                      hsm_audit_verify_report *rep)
+{
+	if (!s->have_p) {
+		rep->valid = false;
+		rep->problem = HSM_AUDIT_TRUNCATED;
+		snprintf(rep->detail, sizeof(rep->detail), "truncated: no audit records");
+		if (r->n_files > 0)
+			snprintf(rep->file, sizeof(rep->file), "%s", r->names[0]);
+		return false;
+	}
+	const ventry *p = vstate_back(s, 0);
+	if (o->allow_open_tail || (p->ckpt && strcmp(p->reason, "shutdown") == 0))
+		return true;
+	verify_report_at(r, rep, HSM_AUDIT_TRUNCATED, p,
+	                 "truncated: the log ends at seq %llu without a shutdown checkpoint (records "
+	                 "after it are missing, or the log is still being written)",
+	                 (unsigned long long)p->seq);
+	return false;
+}
+
+/* ---- Entry points -------------------------------------------------------- */
+
+static hsm_result load_pubkey(const char *pem, EVP_PKEY **out)
+{
+	BIO *bio = BIO_new_mem_buf(pem, -1);
+	HSM_ENSURE(bio != NULL, HSM_ERR_NOMEM, "out of memory");
+	EVP_PKEY *k = PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL);
+	BIO_free(bio);
+	HSM_ENSURE(k != NULL, HSM_ERR_VALIDATION, "the public key is not a PEM public key");
+	if (!EVP_PKEY_is_a(k, "ED25519")) {
+		EVP_PKEY_free(k);
+		return HSM_FAIL(HSM_ERR_VALIDATION, "the public key is not an Ed25519 key");
+	}
+	*out = k;
+	return HSM_SUCCESS;
+}
+
+static hsm_result run(vreader *r, const hsm_audit_verify_options *opts,
+                      hsm_audit_verify_report *rep)
+{
+	static const hsm_audit_verify_options none = {0};
+	const hsm_audit_verify_options *o = opts ? opts : &none;
+	memset(rep, 0, sizeof(*rep));
+	rep->valid = true;
+	rep->files = r->n_files;
+	EVP_PKEY *pub = NULL;
+	if (o->pubkey_pem != NULL)
+		HSM_GUARD(load_pubkey(o->pubkey_pem, &pub));
+	vstate *s = calloc(1, sizeof(*s));
+	hsm_result res = HSM_SUCCESS;
+	HSM_CHECK(s != NULL, HSM_ERR_NOMEM, "out of memory");
+	bool ok = true;
+	while (ok && vreader_peek(r, 0) != NULL) {
+		ok = check_entry(r, s, pub, rep);
+		if (ok)
+			vreader_pop(r);
+	}
+	HSM_TRY(r->io);
+	if (ok)
+		ok = check_end(r, s, o, rep);
+	if (rep->valid)
+		rep->problem = HSM_AUDIT_VALID;
+	rep->uncovered = rep->last_verified_seq ? rep->last_seq - rep->last_verified_seq : rep->records;
+out:
+	free(s);
+	EVP_PKEY_free(pub);
+	return res;
+}
+
+static int cmp_base(const void *x, const void *y)
+{
+	const char *a = *(const char *const *)x, *b = *(const char *const *)y;
+	const char *sa = strrchr(a, '/'), *sb = strrchr(b, '/');
+	return strcmp(sa ? sa + 1 : a, sb ? sb + 1 : b);
+}
+
+hsm_result hsm_audit_verify_files(const char *const *paths, size_t n_paths,
+                                  const hsm_audit_verify_options *opts,
+                                  hsm_audit_verify_report *report)
+{
+	HSM_ASSERT(report != NULL && (paths != NULL || n_paths == 0));
+	const char **sorted = calloc(n_paths ? n_paths : 1, sizeof(*sorted));
+	vreader *r = calloc(1, sizeof(*r));
+	hsm_result res = HSM_SUCCESS;
+	HSM_CHECK(sorted != NULL && r != NULL, HSM_ERR_NOMEM, "out of memory");
+	for (size_t i = 0; i < n_paths; i++)
+		sorted[i] = paths[i];
+	qsort(sorted, n_paths, sizeof(*sorted), cmp_base);
+	r->names = sorted;
+	r->n_files = n_paths;
+	res = run(r, opts, report);
+out:
+	if (r != NULL)
+		hsm_buf_free(&r->owned);
+	free(r);
+	free(sorted);
+	return res;
+}
+
+hsm_result hsm_audit_verify_memory(const char *const *names, const uint8_t *const *data,
+                                   const size_t *lens, size_t n,
+                                   const hsm_audit_verify_options *opts,
+                                   hsm_audit_verify_report *report)
+{
+	HSM_ASSERT(report != NULL && (n == 0 || (names != NULL && data != NULL && lens != NULL)));
+	vreader *r = calloc(1, sizeof(*r));
+	HSM_ENSURE(r != NULL, HSM_ERR_NOMEM, "out of memory");
+	r->names = names;
+	r->mem = data;
+	r->mem_len = lens;
+	r->n_files = n;
+	hsm_result res = run(r, opts, report);
+	free(r);
+	return res;
+}
+
+const char *hsm_audit_problem_name(hsm_audit_problem p)
+{
+	switch (p) {
+	case HSM_AUDIT_VALID: return "valid";
+	case HSM_AUDIT_MALFORMED: return "modified (malformed)";
+	case HSM_AUDIT_MODIFIED: return "modified";
+	case HSM_AUDIT_DELETED: return "deleted (gap)";
+	case HSM_AUDIT_INSERTED: return "inserted";
+	case HSM_AUDIT_REORDERED: return "reordered";
+	case HSM_AUDIT_TORN: return "torn";
+	case HSM_AUDIT_TRUNCATED: return "truncated";
+	case HSM_AUDIT_BAD_SIGNATURE: return "bad signature";
+	}
+	return "unknown";
+}

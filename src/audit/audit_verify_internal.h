@@ -1,0 +1,75 @@
+/*
+ * audit_verify_internal.h - the verifier's parts: a reader that turns files
+ * into parsed entries with a lookahead window, and the rules that name the
+ * first bad record.  Internal to src/audit.
+ */
+#ifndef HSM_AUDIT_VERIFY_INTERNAL_H
+#define HSM_AUDIT_VERIFY_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <openssl/evp.h>
+
+#include "audit/audit.h"
+#include "audit/audit_format.h"
+
+/* How far ahead (and back) the rules look to tell a reorder or an insertion from a change. */
+#define VERIFY_WINDOW 64
+
+typedef enum { VE_RECORD, VE_MALFORMED, VE_TORN } ventry_kind;
+
+typedef struct ventry {
+	ventry_kind kind;
+	size_t file;
+	uint64_t line, offset, len;
+	uint64_t seq;
+	uint8_t hash[AUDIT_HASH_LEN], prev[AUDIT_HASH_LEN];
+	char prev_hex[AUDIT_HASH_HEX + 1];
+	bool genesis;       /* prev is all zeros: claims to be the first record ever */
+	bool first_in_file;
+	/* Checkpoints */
+	bool ckpt, ckpt_signed, ckpt_sig_ok_form;
+	char reason[16], time[25], node[HSM_AUDIT_NAME_MAX + 1];
+	uint8_t sig[64];
+} ventry;
+
+typedef struct vreader {
+	const char *const *names; /* display names, sorted */
+	const uint8_t *const *mem; /* in-memory contents, or NULL to read names from disk */
+	const size_t *mem_len;
+	size_t n_files, fi;
+	hsm_buf owned;            /* the current file when read from disk */
+	const uint8_t *data;
+	size_t len, pos;
+	uint64_t line;
+	bool file_open;
+	hsm_result io;            /* first read failure */
+	ventry win[VERIFY_WINDOW + 1];
+	size_t win_head, win_count;
+	bool eof;
+} vreader;
+
+/* The entry i places ahead (0 = current), or NULL at the end of the log. */
+const ventry *vreader_peek(vreader *r, size_t i);
+void vreader_pop(vreader *r);
+
+/* State of the walk along the chain. */
+typedef struct vstate {
+	bool have_p;
+	ventry hist[VERIFY_WINDOW]; /* accepted records, newest at hist_head-1 */
+	size_t hist_head, hist_count;
+} vstate;
+
+const ventry *vstate_back(const vstate *s, size_t i); /* 0 = last accepted */
+void vstate_push(vstate *s, const ventry *e);
+
+/*
+ * Checks e (the current entry) against the chain so far; on a problem fills
+ * the report's problem fields and returns false.
+ */
+bool verify_rules_check(vreader *r, const vstate *s, hsm_audit_verify_report *rep);
+void verify_report_at(vreader *r, hsm_audit_verify_report *rep, hsm_audit_problem p,
+                      const ventry *e, const char *fmt, ...) HSM_PRINTF(5, 6);
+
+#endif

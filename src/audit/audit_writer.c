@@ -1,0 +1,513 @@
+/*
+ * audit_writer.c - the writer thread (sequence, chain, batches, fsync
+ * grouping, checkpoints, rotation, recovery) and the watchdog thread that
+ * bounds how long any of it may block.  See docs/audit.md for the rules this
+ * code keeps: the file is always gap-free and chain-valid, and every accepted
+ * record gets its callback within the deadline.
+ */
+#include "audit/audit_internal.h"
+
+#include <errno.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/util.h"
+
+#define NS_PER_MS 1000000ULL
+#define MAX_SLEEP_NS (250 * NS_PER_MS)
+
+static void fire(const audit_cbent *cbs, size_t n, hsm_result r)
+{
+	for (size_t i = 0; i < n; i++)
+		cbs[i].cb(cbs[i].arg, r);
+}
+
+static void timedwait_ns(pthread_cond_t *cv, pthread_mutex_t *mu, uint64_t mono_ns)
+{
+	struct timespec ts = {(time_t)(mono_ns / 1000000000ULL), (long)(mono_ns % 1000000000ULL)};
+	(void)pthread_cond_timedwait(cv, mu, &ts);
+}
+
+void audit_fail_locked(hsm_audit *a, audit_cbent *out, size_t *n_out, size_t max)
+{
+	if (atomic_load(&a->healthy)) {
+		atomic_store(&a->healthy, false);
+		a->outages++;
+		a->outage_start_ns = hsm_mono_ns();
+		a->refused_in_outage = 0;
+	}
+	size_t n = 0;
+	while (a->count > 0 && n < max) {
+		audit_slot *s = &a->slots[a->head];
+		out[n].cb = s->cb;
+		out[n].arg = s->arg;
+		n++;
+		a->head = (a->head + 1) % a->cap;
+		a->count--;
+	}
+	a->refused_total += n;
+	a->refused_in_outage += n;
+	*n_out = n;
+}
+
+/* Marks the log unhealthy for reason err and fails everything queued. */
+static void outage(hsm_audit *a, int err)
+{
+	audit_cbent *buf = a->w.drained;
+	pthread_mutex_lock(&a->mu);
+	if (atomic_load(&a->healthy)) {
+		a->outage_errno = err;
+		hsm_error("audit log unavailable: %s; refusing requests until it can be written",
+		          strerror(err));
+	}
+	for (;;) {
+		size_t n = 0;
+		audit_fail_locked(a, buf, &n, AUDIT_BATCH_MAX);
+		if (n == 0)
+			break;
+		pthread_mutex_unlock(&a->mu);
+		fire(buf, n, (hsm_result){HSM_ERR_AUDIT_UNAVAILABLE});
+		pthread_mutex_lock(&a->mu);
+	}
+	pthread_mutex_unlock(&a->mu);
+	a->w.retry_at_ns = hsm_mono_ns() + a->cfg.retry_interval_ms * NS_PER_MS;
+}
+
+/* Formats one line into pending: assigns seq, chains it, adds the newline. */
+static hsm_result append_line(hsm_audit *a, const uint8_t *body, size_t len)
+{
+	audit_writer *w = &a->w;
+	size_t start = w->pending.len;
+	uint8_t h[AUDIT_HASH_LEN];
+	hsm_result res = audit_format_line(&w->pending, w->next_seq, body, len, w->head);
+	if (hsm_ok(res) && (EVP_DigestInit_ex2(w->md_ctx, w->sha256, NULL) != 1 ||
+	                    EVP_DigestUpdate(w->md_ctx, w->pending.data + start,
+	                                     w->pending.len - start) != 1 ||
+	                    EVP_DigestFinal_ex(w->md_ctx, h, NULL) != 1))
+		res = HSM_FAIL(HSM_ERR_CRYPTO, "SHA-256 failed");
+	if (hsm_ok(res))
+		res = hsm_buf_put_u8(&w->pending, '\n');
+	if (hsm_failed(res)) {
+		w->pending.len = start;
+		return res;
+	}
+	if (start == 0)
+		w->pending_first_seq = w->next_seq;
+	memcpy(w->head, h, AUDIT_HASH_LEN);
+	w->next_seq++;
+	w->pending_records++;
+	atomic_store(&a->next_seq_pub, w->next_seq);
+	return HSM_SUCCESS;
+}
+
+static void forward_to_syslog(hsm_audit *a, size_t from)
+{
+	const hsm_buf *p = &a->w.pending;
+	size_t i = from;
+	while (i < p->len) {
+		const uint8_t *nl = memchr(p->data + i, '\n', p->len - i);
+		size_t end = nl ? (size_t)(nl - p->data) : p->len;
+		audit_syslog_forward(a->syslog, p->data + i, end - i);
+		i = end + 1;
+	}
+}
+
+/* Writes what pending holds, then acknowledges cbs (the records in it). */
+static bool flush(hsm_audit *a, const audit_cbent *cbs, size_t n, size_t from)
+{
+	audit_writer *w = &a->w;
+	audit_op_begin(a, cbs, n);
+	hsm_result r = audit_io_write(a);
+	bool in_time = audit_op_end(a);
+	if (hsm_ok(r) && in_time) {
+		if (w->unsynced_since_ns == 0)
+			w->unsynced_since_ns = hsm_mono_ns();
+		pthread_mutex_lock(&a->mu);
+		a->written_total += n;
+		pthread_mutex_unlock(&a->mu);
+		fire(cbs, n, HSM_SUCCESS);
+		if (a->syslog != NULL)
+			forward_to_syslog(a, from);
+		return true;
+	}
+	outage(a, hsm_ok(r) ? ETIMEDOUT : w->last_errno);
+	if (in_time) { /* else the watchdog has answered them */
+		pthread_mutex_lock(&a->mu);
+		a->refused_total += n;
+		a->refused_in_outage += n;
+		pthread_mutex_unlock(&a->mu);
+		fire(cbs, n, (hsm_result){HSM_ERR_AUDIT_UNAVAILABLE});
+	}
+	return false;
+}
+
+static bool sync_now(hsm_audit *a)
+{
+	audit_writer *w = &a->w;
+	if (w->pending.len == 0)
+		return true;
+	audit_op_begin(a, NULL, 0);
+	hsm_result r = audit_io_sync(a);
+	bool in_time = audit_op_end(a);
+	if (hsm_ok(r) && in_time) {
+		w->unsynced_since_ns = 0;
+		w->pending_records = 0;
+		return true;
+	}
+	outage(a, hsm_ok(r) ? ETIMEDOUT : w->last_errno);
+	return false;
+}
+
+static void process_batch(hsm_audit *a, size_t n)
+{
+	audit_writer *w = &a->w;
+	size_t from = w->pending.len, ok = 0;
+	for (; ok < n; ok++) {
+		if (hsm_failed(append_line(a, w->batch[ok].body.data, w->batch[ok].body.len)))
+			break;
+		w->batch[ok].body.len = 0;
+	}
+	if (ok < n) { /* out of memory: these got no seq, so failing them leaves no gap */
+		hsm_log_failure("audit record not formatted");
+		pthread_mutex_lock(&a->mu);
+		a->refused_total += n - ok;
+		pthread_mutex_unlock(&a->mu);
+		fire(w->cbs + ok, n - ok, (hsm_result){HSM_ERR_AUDIT_UNAVAILABLE});
+	}
+	if (flush(a, w->cbs, ok, from) && w->pending_records >= a->cfg.fsync_max_records)
+		(void)sync_now(a);
+}
+
+/* Writes an event record made by the log itself, synced. */
+static hsm_result write_event(hsm_audit *a, const char *op, hsm_audit_outcome outcome,
+                              const hsm_audit_field *extra, size_t n_extra)
+{
+	audit_writer *w = &a->w;
+	hsm_audit_record rec = {.type = HSM_AUDIT_EVENT, .operation = op, .outcome = outcome,
+	                        .extra = extra, .n_extra = n_extra};
+	w->scratch.len = 0;
+	HSM_GUARD(audit_format_body(&w->scratch, a->node, &rec, audit_now_ms(a)));
+	size_t from = w->pending.len;
+	HSM_GUARD(append_line(a, w->scratch.data, w->scratch.len));
+	HSM_ENSURE(flush(a, NULL, 0, from) && sync_now(a), HSM_ERR_AUDIT_UNAVAILABLE,
+	           "the audit log is unavailable");
+	return HSM_SUCCESS;
+}
+
+/* Asks the signer (under the watchdog) for a signature over msg. */
+static bool sign_message(hsm_audit *a, const hsm_buf *msg, hsm_buf *sig, const char **why)
+{
+	bool signed_ok = false;
+	pthread_mutex_lock(&a->signer_mu);
+	if (a->signer == NULL) {
+		*why = "sealed";
+	} else {
+		audit_op_begin(a, NULL, 0);
+		hsm_result r = a->signer(a->signer_arg, msg->data, msg->len, sig);
+		bool in_time = audit_op_end(a);
+		signed_ok = hsm_ok(r) && in_time && sig->len == 64;
+		*why = in_time ? "signer failed" : "signer timed out";
+	}
+	pthread_mutex_unlock(&a->signer_mu);
+	return signed_ok;
+}
+
+static hsm_result write_checkpoint(hsm_audit *a, const char *reason)
+{
+	audit_writer *w = &a->w;
+	hsm_result res = HSM_SUCCESS;
+	hsm_buf msg = {0}, sig = {0};
+	int64_t now = audit_now_ms(a);
+	char when[25], prev[AUDIT_HASH_HEX + 1];
+	audit_format_time(now, when);
+	audit_hex32(w->head, prev);
+	HSM_TRY(audit_checkpoint_message(&msg, a->node, w->next_seq, when, reason, prev));
+	const char *why = NULL;
+	bool signed_ok = sign_message(a, &msg, &sig, &why);
+	HSM_CHECK(atomic_load(&a->healthy), HSM_ERR_AUDIT_UNAVAILABLE, "the audit log is unavailable");
+	w->scratch.len = 0;
+	HSM_TRY(audit_format_checkpoint_body(&w->scratch, a->node, now, reason,
+	                                     signed_ok ? sig.data : NULL, sig.len, why));
+	size_t from = w->pending.len;
+	HSM_TRY(append_line(a, w->scratch.data, w->scratch.len));
+	if (strcmp(reason, "rotate") == 0)
+		w->rotate_pending = true;
+	pthread_mutex_lock(&a->mu);
+	if (signed_ok)
+		a->ckpt_signed++;
+	else
+		a->ckpt_unsigned++;
+	pthread_mutex_unlock(&a->mu);
+	HSM_CHECK(flush(a, NULL, 0, from) && sync_now(a), HSM_ERR_AUDIT_UNAVAILABLE,
+	          "the audit log is unavailable");
+	w->next_checkpoint_ms = now + a->cfg.checkpoint_interval_ms;
+out:
+	hsm_buf_free(&msg);
+	hsm_buf_free(&sig);
+	return res;
+}
+
+/* Ends the current file after the rotation checkpoint and opens the next. */
+static bool next_file(hsm_audit *a)
+{
+	audit_writer *w = &a->w;
+	if (w->fd >= 0)
+		close(w->fd);
+	w->fd = -1;
+	audit_op_begin(a, NULL, 0);
+	hsm_result r = audit_io_new_file(a);
+	bool in_time = audit_op_end(a);
+	if (hsm_ok(r) && in_time) {
+		w->rotate_pending = false;
+		return true;
+	}
+	outage(a, hsm_ok(r) ? ETIMEDOUT : w->last_errno);
+	return false;
+}
+
+static hsm_result apply_retention(hsm_audit *a)
+{
+	hsm_buf deleted = {0};
+	a->w.next_retention_ms = audit_now_ms(a) + 3600 * 1000;
+	hsm_result res = audit_retention_apply(a, &deleted);
+	if (hsm_ok(res) && deleted.len > 0 && hsm_ok(hsm_buf_terminate(&deleted))) {
+		hsm_audit_field f[] = {{"files", (const char *)deleted.data}};
+		res = write_event(a, "AuditFilesExpired", HSM_AUDIT_SUCCESS, f, 1);
+	}
+	hsm_buf_free(&deleted);
+	return res;
+}
+
+static hsm_result rotate(hsm_audit *a)
+{
+	HSM_GUARD(write_checkpoint(a, "rotate"));
+	HSM_ENSURE(next_file(a), HSM_ERR_AUDIT_UNAVAILABLE, "the audit log is unavailable");
+	return apply_retention(a);
+}
+
+static bool rotation_due(const hsm_audit *a, int64_t now)
+{
+	const audit_writer *w = &a->w;
+	uint64_t size = w->synced_off + w->pending.len;
+	if (size == 0)
+		return false;
+	return size >= a->cfg.rotate_bytes ||
+	       (now - w->file_opened_ms) >= (int64_t)a->cfg.rotate_age_ms;
+}
+
+/* After an outage: rewrite what was not durable, then note the outage. */
+static void try_recover(hsm_audit *a)
+{
+	audit_writer *w = &a->w;
+	w->retry_at_ns = hsm_mono_ns() + a->cfg.retry_interval_ms * NS_PER_MS;
+	audit_op_begin(a, NULL, 0);
+	hsm_result r = audit_io_recover(a);
+	bool in_time = audit_op_end(a);
+	if (hsm_failed(r) || !in_time)
+		return;
+	w->unsynced_since_ns = 0;
+	w->pending_records = 0;
+	if (w->rotate_pending && !next_file(a))
+		return;
+	pthread_mutex_lock(&a->mu);
+	uint64_t ms = (hsm_mono_ns() - a->outage_start_ns) / NS_PER_MS;
+	uint64_t refused = a->refused_in_outage;
+	int err = a->outage_errno;
+	pthread_mutex_unlock(&a->mu);
+	char dur[24], ref[24];
+	snprintf(dur, sizeof(dur), "%llu", (unsigned long long)ms);
+	snprintf(ref, sizeof(ref), "%llu", (unsigned long long)refused);
+	hsm_audit_field f[] = {{"duration_ms", dur}, {"refused", ref},
+	                       {"cause", err == ETIMEDOUT ? "deadline exceeded" : strerror(err)}};
+	if (hsm_failed(write_event(a, "AuditOutageEnded", HSM_AUDIT_SUCCESS, f, 3)))
+		return;
+	atomic_store(&a->healthy, true);
+	hsm_info("audit log writable again after %llu ms (%llu requests refused)",
+	         (unsigned long long)ms, (unsigned long long)refused);
+}
+
+/* The next time the writer must wake without new records (monotonic ns). */
+static uint64_t next_wakeup(const hsm_audit *a, uint64_t now)
+{
+	const audit_writer *w = &a->w;
+	uint64_t t = now + MAX_SLEEP_NS;
+	if (!atomic_load(&a->healthy))
+		return w->retry_at_ns < t ? w->retry_at_ns : t;
+	if (w->unsynced_since_ns != 0) {
+		uint64_t s = w->unsynced_since_ns + a->cfg.fsync_interval_ms * NS_PER_MS;
+		t = s < t ? s : t;
+	}
+	int64_t wall = audit_now_ms(a), due = w->next_checkpoint_ms - wall;
+	if (due <= 0)
+		return now;
+	uint64_t c = now + (uint64_t)due * NS_PER_MS;
+	return c < t ? c : t;
+}
+
+static size_t take_batch(hsm_audit *a, bool *stop)
+{
+	audit_writer *w = &a->w;
+	pthread_mutex_lock(&a->mu);
+	for (;;) {
+		if (a->count > 0 && atomic_load(&a->healthy))
+			break;
+		if (atomic_load(&a->stopping) || a->req_gen != a->done_gen ||
+		    (atomic_load(&a->signer_changed) && atomic_load(&a->healthy)))
+			break;
+		uint64_t now = hsm_mono_ns(), wake = next_wakeup(a, now);
+		if (wake <= now)
+			break;
+		a->writer_idle = true;
+		timedwait_ns(&a->wake_writer, &a->mu, wake);
+		a->writer_idle = false;
+	}
+	size_t n = 0;
+	while (atomic_load(&a->healthy) && a->count > 0 && n < AUDIT_BATCH_MAX) {
+		audit_slot *s = &a->slots[a->head];
+		hsm_buf tmp = w->batch[n].body;
+		w->batch[n].body = s->body;
+		s->body = tmp;
+		w->cbs[n].cb = s->cb;
+		w->cbs[n].arg = s->arg;
+		a->head = (a->head + 1) % a->cap;
+		a->count--;
+		n++;
+	}
+	/* Unhealthy at shutdown: what is still queued is failed below, not waited for. */
+	*stop = atomic_load(&a->stopping) && (a->count == 0 || !atomic_load(&a->healthy));
+	pthread_mutex_unlock(&a->mu);
+	return n;
+}
+
+static void answer_requests(hsm_audit *a)
+{
+	pthread_mutex_lock(&a->mu);
+	bool rot = a->req_rotate, ck = a->req_checkpoint;
+	uint64_t gen = a->req_gen;
+	a->req_rotate = a->req_checkpoint = false;
+	pthread_mutex_unlock(&a->mu);
+	if (!rot && !ck)
+		return;
+	hsm_result r = HSM_SUCCESS;
+	if (!atomic_load(&a->healthy))
+		r = HSM_FAIL(HSM_ERR_AUDIT_UNAVAILABLE, "the audit log is unavailable");
+	else if (rot)
+		r = rotate(a);
+	else
+		r = write_checkpoint(a, "manual");
+	pthread_mutex_lock(&a->mu);
+	a->done_gen = gen;
+	a->req_result = r;
+	pthread_cond_broadcast(&a->wake_waiters);
+	pthread_mutex_unlock(&a->mu);
+}
+
+static void maintain(hsm_audit *a)
+{
+	audit_writer *w = &a->w;
+	uint64_t now = hsm_mono_ns();
+	if (!atomic_load(&a->healthy)) {
+		if (now >= w->retry_at_ns && !atomic_load(&a->stopping))
+			try_recover(a);
+		answer_requests(a);
+		return;
+	}
+	if (w->unsynced_since_ns != 0 &&
+	    now - w->unsynced_since_ns >= a->cfg.fsync_interval_ms * NS_PER_MS && !sync_now(a))
+		return;
+	int64_t wall = audit_now_ms(a);
+	if (atomic_exchange(&a->signer_changed, false))
+		(void)write_checkpoint(a, "signer");
+	else if (wall >= w->next_checkpoint_ms)
+		(void)write_checkpoint(a, "interval");
+	w->next_checkpoint_ms = w->next_checkpoint_ms > wall ? w->next_checkpoint_ms
+	                                                     : wall + a->cfg.checkpoint_interval_ms;
+	if (atomic_load(&a->healthy) && rotation_due(a, wall))
+		(void)rotate(a);
+	if (atomic_load(&a->healthy) && wall >= w->next_retention_ms)
+		(void)apply_retention(a);
+	answer_requests(a);
+}
+
+static void write_open_events(hsm_audit *a)
+{
+	const audit_tail_info *t = &a->opened;
+	if (a->w.fd < 0 && !next_file(a))
+		return;
+	if (t->torn_bytes > 0) {
+		char n[24];
+		snprintf(n, sizeof(n), "%llu", (unsigned long long)t->torn_bytes);
+		const char *base = strrchr(t->torn_path, '/');
+		hsm_audit_field f[] = {{"bytes", n}, {"saved_to", base ? base + 1 : t->torn_path}};
+		if (hsm_failed(write_event(a, "AuditTornTail", HSM_AUDIT_ERROR, f, 2)))
+			return;
+	}
+	hsm_audit_field f[] = {{"previous_shutdown", t->clean ? "clean" : "unclean"}};
+	if (hsm_ok(write_event(a, "AuditLogOpened", HSM_AUDIT_SUCCESS, f, 1)))
+		(void)apply_retention(a);
+}
+
+void *audit_writer_main(void *arg)
+{
+	hsm_audit *a = arg;
+	write_open_events(a);
+	pthread_mutex_lock(&a->mu);
+	a->writer_ready = true;
+	pthread_cond_broadcast(&a->wake_waiters);
+	pthread_mutex_unlock(&a->mu);
+	for (;;) {
+		bool stop = false;
+		size_t n = take_batch(a, &stop);
+		if (n > 0)
+			process_batch(a, n);
+		maintain(a);
+		if (stop)
+			break;
+	}
+	if (atomic_load(&a->healthy))
+		(void)write_checkpoint(a, "shutdown");
+	else
+		outage(a, ETIMEDOUT); /* already unhealthy: only fails what is queued */
+	pthread_mutex_lock(&a->mu);
+	a->writer_exited = true;
+	pthread_cond_broadcast(&a->wake_waiters);
+	pthread_mutex_unlock(&a->mu);
+	return NULL;
+}
+
+void *audit_watchdog_main(void *arg)
+{
+	hsm_audit *a = arg;
+	uint64_t deadline = a->cfg.io_deadline_ms * NS_PER_MS;
+	uint64_t period = deadline / 8 < 50 * NS_PER_MS ? deadline / 8 : 50 * NS_PER_MS;
+	pthread_mutex_lock(&a->mu);
+	while (!a->watchdog_stop) {
+		timedwait_ns(&a->wake_watchdog, &a->mu, hsm_mono_ns() + period);
+		size_t n = 0, m = 0;
+		if (a->op_start_ns != 0 && !a->op_timed_out && hsm_mono_ns() - a->op_start_ns > deadline) {
+			a->op_timed_out = true;
+			if (atomic_load(&a->healthy)) {
+				a->outage_errno = ETIMEDOUT;
+				hsm_error("audit log write exceeded its %u ms deadline; refusing requests",
+				          a->cfg.io_deadline_ms);
+			}
+			n = a->n_inflight;
+			if (n > 0)
+				memcpy(a->wd_cbs, a->inflight, n * sizeof(*a->wd_cbs));
+			a->refused_total += n;
+			audit_fail_locked(a, a->wd_cbs + n, &m, AUDIT_BATCH_MAX - n);
+			a->refused_in_outage += n;
+		} else if (!atomic_load(&a->healthy) && a->count > 0) {
+			audit_fail_locked(a, a->wd_cbs, &m, AUDIT_BATCH_MAX);
+		}
+		if (n + m > 0) {
+			pthread_mutex_unlock(&a->mu);
+			fire(a->wd_cbs, n + m, (hsm_result){HSM_ERR_AUDIT_UNAVAILABLE});
+			pthread_mutex_lock(&a->mu);
+		}
+	}
+	pthread_mutex_unlock(&a->mu);
+	return NULL;
+}

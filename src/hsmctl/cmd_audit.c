@@ -1,0 +1,85 @@
+/*
+ * cmd_audit.c - hsmctl audit verify: offline verification of audit log files
+ * (chain, sequence, checkpoint signatures) for auditors.  Needs no store and
+ * no running service, only the files and the audit public key.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "audit/audit.h"
+#include "common/buf.h"
+#include "common/util.h"
+#include "hsmctl/hsmctl.h"
+
+int cmd_audit_verify(int argc, char **argv);
+
+#define PUBKEY_MAX 16384
+
+static void print_summary(const hsm_audit_verify_report *r)
+{
+	printf("files: %zu\nrecords: %llu", r->files, (unsigned long long)r->records);
+	if (r->records > 0)
+		printf(" (seq %llu to %llu)", (unsigned long long)r->first_seq,
+		       (unsigned long long)r->last_seq);
+	printf("\ncheckpoints: %llu verified, %llu signed but not checked (no --pubkey), %llu "
+	       "unsigned\n",
+	       (unsigned long long)r->checkpoints_verified, (unsigned long long)r->checkpoints_unchecked,
+	       (unsigned long long)r->checkpoints_unsigned);
+	if (r->last_verified_seq != 0)
+		printf("covered by a verified signature: up to seq %llu (%llu records after it)\n",
+		       (unsigned long long)r->last_verified_seq, (unsigned long long)r->uncovered);
+	else
+		printf("covered by a verified signature: none\n");
+	if (r->records > 0 && r->first_seq != 1)
+		printf("note: the log starts at seq %llu; earlier records were not given (or were "
+		       "removed by retention)\n",
+		       (unsigned long long)r->first_seq);
+}
+
+int cmd_audit_verify(int argc, char **argv)
+{
+	hsm_audit_verify_options opts = {0};
+	hsm_buf pem = {0};
+	int i = 1, rc = 1;
+	for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
+		if (strcmp(argv[i], "--live") == 0) {
+			opts.allow_open_tail = true;
+		} else if (strcmp(argv[i], "--pubkey") == 0 && i + 1 < argc) {
+			pem.len = 0;
+			if (hsm_failed(hsm_read_file(argv[++i], PUBKEY_MAX, &pem)) ||
+			    hsm_failed(hsm_buf_terminate(&pem))) {
+				rc = hsmctl_fail("audit verify");
+				goto out;
+			}
+			opts.pubkey_pem = (const char *)pem.data;
+		} else {
+			rc = hsmctl_usage("audit verify", "unknown option '%s'", argv[i]);
+			goto out;
+		}
+	}
+	if (i >= argc) {
+		rc = hsmctl_usage("audit verify", "give the audit files to verify");
+		goto out;
+	}
+	hsm_audit_verify_report rep;
+	if (hsm_failed(hsm_audit_verify_files((const char *const *)(argv + i), (size_t)(argc - i),
+	                                      &opts, &rep))) {
+		rc = hsmctl_fail("audit verify");
+		goto out;
+	}
+	print_summary(&rep);
+	if (rep.valid) {
+		printf("result: VALID\n");
+		rc = 0;
+	} else {
+		printf("result: INVALID\nfirst bad record: %s line %llu (byte offset %llu)", rep.file,
+		       (unsigned long long)rep.line, (unsigned long long)rep.offset);
+		if (rep.seq != 0)
+			printf(", seq %llu", (unsigned long long)rep.seq);
+		printf("\nproblem: %s\n", rep.detail);
+		rc = 1;
+	}
+out:
+	hsm_buf_free(&pem);
+	return rc;
+}

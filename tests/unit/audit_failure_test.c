@@ -1,0 +1,372 @@
+/*
+ * audit_failure_test.c - fail closed in bounded time, then recover by
+ * itself: a real full filesystem (a tiny tmpfs mounted here, or a file size
+ * limit where mounting is not allowed), a writer stuck in write or fsync
+ * (the watchdog), and an fsync that fails.  After each, the log is gap-free
+ * and its chain verifies.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/resource.h>
+
+#include "audit_test_util.h"
+
+#define DEADLINE_MS 200
+/* The watchdog looks at least every 50 ms; the rest is scheduling slack. */
+#define BOUND_MS (DEADLINE_MS + 50 + 250)
+
+typedef struct done_rec {
+	uint64_t submit_ms;
+	atomic_ullong done_ms;
+	atomic_int err; /* -1 until done */
+} done_rec;
+
+static void on_done(void *arg, hsm_result r)
+{
+	done_rec *d = arg;
+	atomic_store(&d->err, (int)r.err);
+	atomic_store(&d->done_ms, t_now_ms());
+}
+
+static bool wait_healthy(hsm_audit *a, uint64_t ms)
+{
+	uint64_t end = t_now_ms() + ms;
+	while (!hsm_audit_healthy(a) && t_now_ms() < end)
+		usleep(10000);
+	return hsm_audit_healthy(a);
+}
+
+static bool wait_done(done_rec *d, size_t n, uint64_t ms)
+{
+	uint64_t end = t_now_ms() + ms;
+	for (;;) {
+		size_t left = 0;
+		for (size_t i = 0; i < n; i++)
+			left += atomic_load(&d[i].err) == -1;
+		if (left == 0)
+			return true;
+		if (t_now_ms() > end)
+			return false;
+		usleep(2000);
+	}
+}
+
+static void check_recovered_log(const char *dir, const char *cause)
+{
+	hsm_audit_verify_report r = t_verify_dir(dir, NULL, false);
+	assert_true(r.valid);
+	assert_int_equal(r.first_seq, 1);
+	assert_int_equal(r.records, r.last_seq); /* no sequence gap */
+	static char paths[T_MAX_FILES][PATH_MAX];
+	size_t n = t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES);
+	bool found = false;
+	for (size_t i = 0; i < n && !found; i++) {
+		char *s = t_slurp(paths[i], NULL);
+		char *ev = strstr(s, "\"op\":\"AuditOutageEnded\"");
+		found = ev != NULL && strstr(ev, cause) != NULL && strstr(ev, "\"refused\":\"") != NULL &&
+		        strstr(ev, "\"duration_ms\":\"") != NULL;
+		free(s);
+	}
+	assert_true(found);
+}
+
+/* ---- A full filesystem --------------------------------------------------- */
+
+typedef struct space {
+	char mnt[PATH_MAX];
+	char filler[PATH_MAX];
+	bool mounted;
+	struct rlimit saved;
+} space;
+
+/* Makes the log directory's filesystem full (tmpfs) or its files unable to grow (rlimit). */
+static void space_setup(space *s, char dir[PATH_MAX])
+{
+	t_mkdtemp(s->mnt, "audit-full");
+	s->mounted = mount("tmpfs", s->mnt, "tmpfs", 0, "size=256k,mode=0700") == 0;
+	if (!s->mounted)
+		print_message("tmpfs mount not permitted (%s): using RLIMIT_FSIZE instead\n",
+		              strerror(errno));
+	assert_true(snprintf(dir, PATH_MAX, "%s/log", s->mnt) < PATH_MAX);
+	assert_true(snprintf(s->filler, sizeof(s->filler), "%s/filler", s->mnt) < PATH_MAX);
+}
+
+static void space_fill(space *s, const char *current_file)
+{
+	if (s->mounted) {
+		int fd = open(s->filler, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+		assert_true(fd >= 0);
+		char block[4096];
+		memset(block, 'z', sizeof(block));
+		while (write(fd, block, sizeof(block)) > 0)
+			;
+		assert_int_equal(errno, ENOSPC);
+		/* Leave room for a few dozen records, so the disk fills while in use. */
+		off_t size = lseek(fd, 0, SEEK_END);
+		assert_int_equal(ftruncate(fd, size - 65536), 0);
+		close(fd);
+		return;
+	}
+	struct stat st;
+	assert_int_equal(stat(current_file, &st), 0);
+	signal(SIGXFSZ, SIG_IGN); /* the write fails with EFBIG instead */
+	assert_int_equal(getrlimit(RLIMIT_FSIZE, &s->saved), 0);
+	struct rlimit lim = {(rlim_t)st.st_size + 4096, s->saved.rlim_max};
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+}
+
+static void space_free(space *s)
+{
+	if (s->mounted)
+		assert_int_equal(unlink(s->filler), 0);
+	else
+		assert_int_equal(setrlimit(RLIMIT_FSIZE, &s->saved), 0);
+}
+
+static void space_teardown(space *s)
+{
+	if (s->mounted)
+		assert_int_equal(umount(s->mnt), 0);
+	t_rm_rf(s->mnt);
+}
+
+static void test_full_disk_fails_closed_then_recovers(void **state)
+{
+	(void)state;
+	space sp;
+	char dir[PATH_MAX];
+	space_setup(&sp, dir);
+	hsm_audit_config c = t_config(dir);
+	c.io_deadline_ms = DEADLINE_MS;
+	c.retry_interval_ms = 50;
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	static char paths[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES), 1);
+	space_fill(&sp, paths[0]);
+
+	/* Submit until the log refuses; every accepted record must be answered in time. */
+	enum { MAX = 20000 };
+	done_rec *d = calloc(MAX, sizeof(*d));
+	assert_non_null(d);
+	size_t n = 0;
+	bool refused = false;
+	while (n < MAX && !refused) {
+		atomic_store(&d[n].err, -1);
+		d[n].submit_ms = t_now_ms();
+		hsm_audit_record r = t_record((unsigned)n);
+		hsm_result res = hsm_audit_submit(a, &r, on_done, &d[n]);
+		if (hsm_failed(res)) {
+			assert_int_equal(res.err, HSM_ERR_AUDIT_UNAVAILABLE);
+			refused = true;
+		} else {
+			n++;
+		}
+		if (n % 8 == 0)
+			usleep(1000);
+	}
+	assert_true(refused);
+	assert_true(wait_done(d, n, BOUND_MS));
+	size_t ok = 0, failed = 0;
+	for (size_t i = 0; i < n; i++) {
+		int e = atomic_load(&d[i].err);
+		assert_true(e == HSM_OK || e == HSM_ERR_AUDIT_UNAVAILABLE);
+		if (e == HSM_OK) {
+			ok++;
+		} else {
+			failed++;
+			assert_true(atomic_load(&d[i].done_ms) - d[i].submit_ms <= BOUND_MS);
+		}
+	}
+	print_message("full disk: %zu written, %zu failed, then refused at submit\n", ok, failed);
+	assert_true(ok > 0);
+	assert_false(hsm_audit_healthy(a));
+	assert_false(hsm_audit_accepting(a));
+	hsm_audit_record r = t_record(1);
+	assert_int_equal(hsm_audit_append(a, &r).err, HSM_ERR_AUDIT_UNAVAILABLE);
+
+	/* Space comes back: the log resumes by itself. */
+	space_free(&sp);
+	assert_true(wait_healthy(a, 3000));
+	assert_true(hsm_audit_accepting(a));
+	for (unsigned i = 0; i < 10; i++) {
+		r = t_record(i);
+		assert_true(hsm_ok(hsm_audit_append(a, &r)));
+	}
+	hsm_audit_stats st;
+	hsm_audit_get_stats(a, &st);
+	assert_int_equal(st.outages, 1);
+	assert_true(st.refused >= failed + 2);
+	hsm_audit_close(a);
+	check_recovered_log(dir, sp.mounted ? "No space left on device" : "File too large");
+	free(d);
+	space_teardown(&sp);
+}
+
+/* ---- A stuck device (watchdog) and a failing fsync ----------------------- */
+
+typedef struct stall {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool stuck;
+	hsm_audit_io_op op;
+	atomic_int fail_errno;
+	atomic_int hits;
+} stall;
+
+static int stall_hook(void *arg, hsm_audit_io_op op)
+{
+	stall *s = arg;
+	int e = atomic_load(&s->fail_errno);
+	if (e != 0 && op == HSM_AUDIT_IO_SYNC)
+		return e;
+	pthread_mutex_lock(&s->mu);
+	while (s->stuck && op == s->op) {
+		atomic_fetch_add(&s->hits, 1);
+		pthread_cond_wait(&s->cv, &s->mu);
+	}
+	pthread_mutex_unlock(&s->mu);
+	return 0;
+}
+
+static void set_stuck(stall *s, bool stuck)
+{
+	pthread_mutex_lock(&s->mu);
+	s->stuck = stuck;
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+}
+
+static void run_stall(hsm_audit_io_op op)
+{
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-stall");
+	stall s = {.stuck = false, .op = op};
+	pthread_mutex_init(&s.mu, NULL);
+	pthread_cond_init(&s.cv, NULL);
+	hsm_audit_config c = t_config(dir);
+	c.io_deadline_ms = DEADLINE_MS;
+	c.retry_interval_ms = 50;
+	c.fsync_interval_ms = 5;
+	c.test_io_hook = stall_hook;
+	c.test_io_arg = &s;
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	for (unsigned i = 0; i < 5; i++) {
+		hsm_audit_record r = t_record(i);
+		assert_true(hsm_ok(hsm_audit_append(a, &r)));
+	}
+	usleep(20000); /* let the group fsync of those run */
+	set_stuck(&s, true);
+	enum { N = 50 };
+	static done_rec d[N];
+	for (size_t i = 0; i < N; i++) {
+		atomic_store(&d[i].err, -1);
+		d[i].submit_ms = t_now_ms();
+		hsm_audit_record r = t_record((unsigned)(100 + i));
+		hsm_result res = hsm_audit_submit(a, &r, on_done, &d[i]);
+		if (hsm_failed(res)) { /* already refused: counts as answered now */
+			assert_int_equal(res.err, HSM_ERR_AUDIT_UNAVAILABLE);
+			atomic_store(&d[i].err, HSM_ERR_AUDIT_UNAVAILABLE);
+			atomic_store(&d[i].done_ms, t_now_ms());
+		}
+		usleep(2000);
+	}
+	/* Every callback fires within the bound although the writer is still blocked. */
+	assert_true(wait_done(d, N, BOUND_MS + 200));
+	size_t unavailable = 0;
+	for (size_t i = 0; i < N; i++) {
+		uint64_t took = atomic_load(&d[i].done_ms) - d[i].submit_ms;
+		if (took > BOUND_MS)
+			print_message("record %zu answered after %llu ms\n", i, (unsigned long long)took);
+		assert_true(took <= BOUND_MS);
+		unavailable += atomic_load(&d[i].err) == HSM_ERR_AUDIT_UNAVAILABLE;
+	}
+	assert_true(atomic_load(&s.hits) >= 1);
+	assert_true(unavailable >= N - 5); /* at most what was written before the stall */
+	assert_false(hsm_audit_healthy(a));
+	uint64_t t0 = t_now_ms();
+	hsm_audit_record r = t_record(7);
+	assert_int_equal(hsm_audit_append(a, &r).err, HSM_ERR_AUDIT_UNAVAILABLE);
+	assert_true(t_now_ms() - t0 < 50); /* refused at once, not after a wait */
+
+	set_stuck(&s, false);
+	assert_true(wait_healthy(a, 3000));
+	for (unsigned i = 0; i < 5; i++) {
+		r = t_record(200 + i);
+		assert_true(hsm_ok(hsm_audit_append(a, &r)));
+	}
+	hsm_audit_close(a);
+	check_recovered_log(dir, "deadline exceeded");
+	pthread_mutex_destroy(&s.mu);
+	pthread_cond_destroy(&s.cv);
+	t_rm_rf(dir);
+}
+
+static void test_stuck_write_watchdog(void **state)
+{
+	(void)state;
+	run_stall(HSM_AUDIT_IO_WRITE);
+}
+
+static void test_stuck_fsync_watchdog(void **state)
+{
+	(void)state;
+	run_stall(HSM_AUDIT_IO_SYNC);
+}
+
+static void test_fsync_error_rewrites_and_recovers(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-eio");
+	stall s = {.stuck = false};
+	pthread_mutex_init(&s.mu, NULL);
+	pthread_cond_init(&s.cv, NULL);
+	hsm_audit_config c = t_config(dir);
+	c.io_deadline_ms = DEADLINE_MS;
+	c.retry_interval_ms = 50;
+	c.test_io_hook = stall_hook;
+	c.test_io_arg = &s;
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	hsm_audit_record r0 = t_record(0);
+	assert_true(hsm_ok(hsm_audit_append(a, &r0)));
+	usleep(20000); /* its group fsync */
+	atomic_store(&s.fail_errno, EIO);
+	/* Written (acknowledged) but its fsync fails: the log turns unhealthy. */
+	hsm_audit_record r = t_record(1);
+	assert_true(hsm_ok(hsm_audit_append(a, &r)));
+	uint64_t end = t_now_ms() + 1000;
+	while (hsm_audit_healthy(a) && t_now_ms() < end)
+		usleep(5000);
+	assert_false(hsm_audit_healthy(a));
+	usleep(200000); /* several retries fail too */
+	assert_false(hsm_audit_healthy(a));
+	atomic_store(&s.fail_errno, 0);
+	assert_true(wait_healthy(a, 3000));
+	r = t_record(2);
+	assert_true(hsm_ok(hsm_audit_append(a, &r)));
+	hsm_audit_close(a);
+	check_recovered_log(dir, "Input/output error");
+	pthread_mutex_destroy(&s.mu);
+	pthread_cond_destroy(&s.cv);
+	t_rm_rf(dir);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_full_disk_fails_closed_then_recovers),
+	    cmocka_unit_test(test_stuck_write_watchdog),
+	    cmocka_unit_test(test_stuck_fsync_watchdog),
+	    cmocka_unit_test(test_fsync_error_rewrites_and_recovers),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

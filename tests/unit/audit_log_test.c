@@ -1,0 +1,313 @@
+/*
+ * audit_log_test.c - the audit log on disk: sequence continuity across
+ * reopen and rotation, retention, torn tails, checkpoints, syslog.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "audit_test_util.h"
+
+static void append_n(hsm_audit *a, unsigned from, unsigned n)
+{
+	for (unsigned i = from; i < from + n; i++) {
+		hsm_audit_record r = t_record(i);
+		assert_true(hsm_ok(hsm_audit_append(a, &r)));
+	}
+}
+
+static void test_continuity_across_reopen(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-reopen");
+	hsm_audit_config c = t_config(dir);
+	hsm_audit *a = NULL;
+	uint64_t next_before = 0;
+	for (int round = 0; round < 3; round++) {
+		assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+		hsm_audit_stats st;
+		hsm_audit_get_stats(a, &st);
+		if (round > 0) /* continues exactly where the last run ended (+ its open event) */
+			assert_true(st.next_seq >= next_before);
+		append_n(a, (unsigned)round * 100, 100);
+		hsm_audit_get_stats(a, &st);
+		next_before = st.next_seq + 1; /* the shutdown checkpoint takes one */
+		hsm_audit_close(a);
+	}
+	hsm_audit_verify_report r = t_verify_dir(dir, NULL, false);
+	assert_true(r.valid);
+	assert_int_equal(r.first_seq, 1);
+	assert_int_equal(r.last_seq, next_before - 1);
+	assert_int_equal(r.records, r.last_seq); /* gap-free */
+	/* Every run wrote an open event and a shutdown checkpoint: 3 x (100 + 2). */
+	assert_int_equal(r.records, 306);
+	assert_int_equal(r.checkpoints_unsigned, 3);
+	t_rm_rf(dir);
+}
+
+static void test_continuity_across_rotation(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-rotate");
+	hsm_audit_config c = t_config(dir);
+	c.rotate_bytes = 8192;
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	append_n(a, 0, 300);
+	assert_true(hsm_ok(hsm_audit_rotate(a)));
+	append_n(a, 300, 10);
+	hsm_audit_close(a);
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	append_n(a, 310, 10);
+	hsm_audit_close(a);
+
+	static char paths[T_MAX_FILES][PATH_MAX];
+	size_t n = t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES);
+	assert_true(n >= 5);
+	hsm_audit_verify_report r = t_verify_dir(dir, NULL, false);
+	assert_true(r.valid);
+	assert_int_equal(r.files, n);
+	assert_int_equal(r.first_seq, 1);
+	assert_int_equal(r.records, r.last_seq);
+	/* Each closed file ends with its rotation checkpoint. */
+	for (size_t i = 0; i + 1 < n; i++) {
+		char *s = t_slurp(paths[i], NULL);
+		char *last = strrchr(s, '\n');
+		*last = '\0';
+		char *line = strrchr(s, '\n');
+		line = line ? line + 1 : s;
+		assert_non_null(strstr(line, "\"checkpoint\":{\"reason\":\"rotate\""));
+		free(s);
+	}
+	/* Dropping a middle file is reported as a gap, with the file it happened in. */
+	assert_int_equal(unlink(paths[2]), 0);
+	r = t_verify_dir(dir, NULL, false);
+	assert_false(r.valid);
+	assert_int_equal(r.problem, HSM_AUDIT_DELETED);
+	assert_string_equal(r.file, paths[3]);
+	assert_int_equal(r.line, 1);
+	t_rm_rf(dir);
+}
+
+/* ---- Retention with a movable clock -------------------------------------- */
+
+static atomic_llong fake_now;
+static int64_t fake_clock(void *arg)
+{
+	(void)arg;
+	return atomic_load(&fake_now);
+}
+
+#define DAY_MS (86400LL * 1000)
+
+static void test_retention_deletes_only_expired(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-retention");
+	int64_t now = hsm_now_ms();
+	hsm_audit_config c = t_config(dir);
+	c.clock_ms = fake_clock;
+	c.checkpoint_interval_ms = 3600 * 1000;
+	c.rotate_age_ms = (uint64_t)200000 * DAY_MS; /* only the explicit rotations below */
+	hsm_audit *a = NULL;
+	atomic_store(&fake_now, now - 3000 * DAY_MS);
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	append_n(a, 0, 5);
+	assert_true(hsm_ok(hsm_audit_rotate(a))); /* file 1: newest record 3000 days old */
+	atomic_store(&fake_now, now - 2556 * DAY_MS);
+	append_n(a, 5, 5);
+	assert_true(hsm_ok(hsm_audit_rotate(a))); /* file 2: 2556 days old, still kept */
+	static char before[T_MAX_FILES][PATH_MAX];
+	size_t nb = t_list(dir, "audit-", ".jsonl", before, T_MAX_FILES);
+	assert_int_equal(nb, 3);
+	atomic_store(&fake_now, now);
+	append_n(a, 10, 5);
+	assert_true(hsm_ok(hsm_audit_rotate(a))); /* retention runs after rotation */
+	static char after[T_MAX_FILES][PATH_MAX];
+	size_t na = t_list(dir, "audit-", ".jsonl", after, T_MAX_FILES);
+	assert_int_equal(na, 3); /* file 1 gone, file 2, file 3 and the new current one */
+	assert_string_equal(after[0], before[1]);
+	assert_string_equal(after[1], before[2]);
+	/* The deletion itself is audited (in whichever file was current then). */
+	char *f1 = t_slurp(after[1], NULL), *f2 = t_slurp(after[2], NULL);
+	const char *b1 = strrchr(before[0], '/') + 1;
+	char *ev = strstr(f1, "AuditFilesExpired") ? strstr(f1, "AuditFilesExpired")
+	                                           : strstr(f2, "AuditFilesExpired");
+	assert_non_null(ev);
+	assert_non_null(strstr(ev, b1));
+	free(f1);
+	free(f2);
+	/* Far in the future every closed file has expired, but the current one stays. */
+	char current[PATH_MAX];
+	snprintf(current, sizeof(current), "%s", after[2]);
+	atomic_store(&fake_now, now + 100000 * DAY_MS);
+	assert_true(hsm_ok(hsm_audit_checkpoint(a)));
+	hsm_audit_close(a);
+	na = t_list(dir, "audit-", ".jsonl", after, T_MAX_FILES);
+	assert_int_equal(na, 1);
+	assert_string_equal(after[0], current);
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	hsm_audit_close(a);
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", after, T_MAX_FILES), 1);
+	/* What remains still verifies: a chain anchored after the deleted start. */
+	hsm_audit_verify_report r = t_verify_dir(dir, NULL, false);
+	assert_true(r.valid);
+	assert_true(r.first_seq > 1);
+	t_rm_rf(dir);
+}
+
+/* ---- Torn tail ----------------------------------------------------------- */
+
+static void test_torn_tail_detected_preserved_continued(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-torn");
+	hsm_audit_config c = t_config(dir);
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	append_n(a, 0, 20);
+	hsm_audit_stats st;
+	hsm_audit_get_stats(a, &st);
+	hsm_audit_close(a);
+	uint64_t last_good = st.next_seq; /* the shutdown checkpoint's seq */
+
+	static char paths[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES), 1);
+	size_t len = 0;
+	char *s = t_slurp(paths[0], &len);
+	size_t lines = t_count_lines(s);
+	/* A power loss mid-write: half a line, no newline. */
+	const char torn[] = "{\"seq\":999,\"time\":\"2026-01-01T00:00:00.000Z\",\"node\":\"no";
+	char *damaged = malloc(len + sizeof(torn));
+	assert_non_null(damaged);
+	memcpy(damaged, s, len);
+	memcpy(damaged + len, torn, sizeof(torn) - 1);
+	t_spit(paths[0], damaged, len + sizeof(torn) - 1);
+
+	hsm_audit_verify_report r = t_verify_dir(dir, NULL, true);
+	assert_false(r.valid);
+	assert_int_equal(r.problem, HSM_AUDIT_TORN);
+	assert_int_equal(r.line, lines + 1);
+	assert_int_equal(r.offset, len);
+	char want[48];
+	snprintf(want, sizeof(want), "%zu bytes", sizeof(torn) - 1);
+	assert_non_null(strstr(r.detail, want));
+
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	append_n(a, 20, 5);
+	hsm_audit_close(a);
+	/* The damaged bytes are kept aside, byte for byte. */
+	static char side[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(dir, "audit-", "", side, T_MAX_FILES), 2);
+	size_t sl = 0;
+	char *saved = t_slurp(strstr(side[0], ".torn-") ? side[0] : side[1], &sl);
+	assert_int_equal(sl, sizeof(torn) - 1);
+	assert_memory_equal(saved, torn, sl);
+	/* The log continues from the last valid record, says what happened, and verifies. */
+	char *now = t_slurp(paths[0], NULL);
+	assert_memory_equal(now, s, len);
+	char expect[64];
+	snprintf(expect, sizeof(expect), "{\"seq\":%llu,", (unsigned long long)last_good + 1);
+	assert_non_null(strstr(now, expect));
+	assert_non_null(strstr(now, "\"op\":\"AuditTornTail\""));
+	snprintf(want, sizeof(want), "\"bytes\":\"%zu\"", sizeof(torn) - 1);
+	assert_non_null(strstr(now, want));
+	assert_non_null(strstr(now, "\"previous_shutdown\":\"unclean\""));
+	r = t_verify_dir(dir, NULL, false);
+	assert_true(r.valid);
+	assert_int_equal(r.records, r.last_seq);
+	free(s);
+	free(damaged);
+	free(saved);
+	free(now);
+	t_rm_rf(dir);
+}
+
+static void test_damaged_last_lines_cut_back_to_valid(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-zeros");
+	hsm_audit_config c = t_config(dir);
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	append_n(a, 0, 10);
+	hsm_audit_close(a);
+	static char paths[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES), 1);
+	size_t len = 0;
+	char *s = t_slurp(paths[0], &len);
+	/* The last line's blocks came back as zeros, newline included. */
+	char *last = s + len - 1;
+	while (last > s && last[-1] != '\n')
+		last--;
+	size_t keep = (size_t)(last - s);
+	memset(last, 0, len - keep);
+	t_spit(paths[0], s, len);
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	hsm_audit_close(a);
+	char *now = t_slurp(paths[0], NULL);
+	assert_memory_equal(now, s, keep);
+	hsm_audit_verify_report r = t_verify_dir(dir, NULL, false);
+	assert_true(r.valid);
+	assert_int_equal(r.records, r.last_seq);
+	free(s);
+	free(now);
+	t_rm_rf(dir);
+}
+
+static void test_second_writer_refused_and_checkpoint_type_refused(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-lock");
+	hsm_audit_config c = t_config(dir);
+	hsm_audit *a = NULL, *b = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	assert_int_equal(hsm_audit_open(&c, &b).err, HSM_ERR_IO);
+	hsm_audit_record r = t_record(1);
+	r.type = HSM_AUDIT_CHECKPOINT;
+	assert_int_equal(hsm_audit_append(a, &r).err, HSM_ERR_VALIDATION);
+	hsm_audit_config bad = t_config(dir);
+	bad.node_id = "node\nx";
+	assert_int_equal(hsm_audit_open(&bad, &b).err, HSM_ERR_VALIDATION);
+	hsm_audit_close(a);
+	t_rm_rf(dir);
+}
+
+static void test_syslog_forwarding_never_blocks_the_log(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-syslog");
+	hsm_audit_config c = t_config(dir);
+	c.syslog = true;
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	append_n(a, 0, 50);
+	hsm_audit_stats st;
+	hsm_audit_get_stats(a, &st);
+	assert_int_equal(st.written, 50);
+	hsm_audit_close(a);
+	assert_true(t_verify_dir(dir, NULL, false).valid);
+	t_rm_rf(dir);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_continuity_across_reopen),
+	    cmocka_unit_test(test_continuity_across_rotation),
+	    cmocka_unit_test(test_retention_deletes_only_expired),
+	    cmocka_unit_test(test_torn_tail_detected_preserved_continued),
+	    cmocka_unit_test(test_damaged_last_lines_cut_back_to_valid),
+	    cmocka_unit_test(test_second_writer_refused_and_checkpoint_type_refused),
+	    cmocka_unit_test(test_syslog_forwarding_never_blocks_the_log),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,444 @@
+/*
+ * audit_verify_test.c - the verifier against a real 1,000-record log: every
+ * single-byte change in the first 50 records, deletions, insertions,
+ * reorders and truncations are all detected at the right (first bad) record;
+ * checkpoint signatures verify with the right Ed25519 key and fail when
+ * forged or checked with another key.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "audit_test_util.h"
+
+#define N_RECORDS 1000
+#define MAX_LINES 1100
+
+typedef struct log_fixture {
+	char *data;        /* the file's bytes */
+	size_t len;
+	size_t n_lines;
+	size_t off[MAX_LINES + 1]; /* off[i] = start of line i (0-based); off[n] = len */
+	char *pem;
+	t_signer signer;
+} log_fixture;
+
+static log_fixture fx;
+static const char *const NAME = "audit-00000000000000000001.jsonl";
+
+static int build_log(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-verify");
+	t_signer_init(&fx.signer);
+	hsm_audit_config c = t_config(dir);
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	hsm_audit_set_signer(a, t_sign, &fx.signer);
+	for (unsigned i = 0; i < N_RECORDS; i++) {
+		hsm_audit_record r = t_record(i);
+		assert_true(hsm_ok(hsm_audit_append(a, &r)));
+		if (i == 20 || i % 250 == 249)
+			assert_true(hsm_ok(hsm_audit_checkpoint(a)));
+	}
+	hsm_audit_close(a);
+	static char paths[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES), 1);
+	fx.data = t_slurp(paths[0], &fx.len);
+	fx.pem = t_signer_pem(&fx.signer);
+	for (size_t i = 0; i < fx.len; i++)
+		if (i == 0 || fx.data[i - 1] == '\n')
+			fx.off[fx.n_lines++] = i;
+	fx.off[fx.n_lines] = fx.len;
+	assert_true(fx.n_lines > N_RECORDS && fx.n_lines < MAX_LINES);
+	t_rm_rf(dir);
+	return 0;
+}
+
+static int free_log(void **state)
+{
+	(void)state;
+	free(fx.data);
+	free(fx.pem);
+	EVP_PKEY_free(fx.signer.key);
+	return 0;
+}
+
+static hsm_audit_verify_report verify_buf(const char *p, size_t n, const char *pem)
+{
+	const char *names[1] = {NAME};
+	const uint8_t *data[1] = {(const uint8_t *)p};
+	size_t lens[1] = {n};
+	hsm_audit_verify_options o = {.pubkey_pem = pem};
+	hsm_audit_verify_report r;
+	assert_true(hsm_ok(hsm_audit_verify_memory(names, data, lens, 1, &o, &r)));
+	return r;
+}
+
+/* Builds a log from the fixture's lines in the order given (indices, 0-based). */
+static char *assemble(const size_t *order, size_t n, size_t *len)
+{
+	char *out = malloc(fx.len * 2 + 1);
+	assert_non_null(out);
+	size_t o = 0;
+	for (size_t i = 0; i < n; i++) {
+		size_t l = fx.off[order[i] + 1] - fx.off[order[i]];
+		memcpy(out + o, fx.data + fx.off[order[i]], l);
+		o += l;
+	}
+	*len = o;
+	return out;
+}
+
+static void expect_bad(hsm_audit_verify_report r, hsm_audit_problem p, uint64_t line)
+{
+	if (r.valid || r.problem != p || r.line != line)
+		print_message("expected %s at line %llu, got %s at line %llu: %s\n",
+		              hsm_audit_problem_name(p), (unsigned long long)line,
+		              hsm_audit_problem_name(r.problem), (unsigned long long)r.line, r.detail);
+	assert_false(r.valid);
+	assert_int_equal(r.problem, p);
+	assert_int_equal(r.line, line);
+}
+
+static void test_intact_log_verifies(void **state)
+{
+	(void)state;
+	hsm_audit_verify_report r = verify_buf(fx.data, fx.len, fx.pem);
+	assert_true(r.valid);
+	assert_int_equal(r.records, fx.n_lines);
+	assert_int_equal(r.first_seq, 1);
+	assert_int_equal(r.last_seq, fx.n_lines);
+	assert_int_equal(r.checkpoints_verified, 1 + 1 + 4 + 1); /* signer, i==20, 4 x 250, shutdown */
+	assert_int_equal(r.checkpoints_unsigned, 0);
+	assert_int_equal(r.last_verified_seq, fx.n_lines);
+	assert_int_equal(r.uncovered, 0);
+}
+
+/* Every byte of the first 50 records, each changed to two other values. */
+static void test_every_single_byte_change_detected(void **state)
+{
+	(void)state;
+	char *buf = malloc(fx.len);
+	assert_non_null(buf);
+	memcpy(buf, fx.data, fx.len);
+	size_t tried = 0, detected = 0;
+	for (size_t line = 0; line < 50; line++) {
+		for (size_t i = fx.off[line]; i < fx.off[line + 1]; i++) {
+			char orig = buf[i];
+			const char variants[2] = {(char)(orig ^ 0x01), orig == '\n' ? 'x' : '\n'};
+			for (int v = 0; v < 2; v++) {
+				buf[i] = variants[v];
+				hsm_audit_verify_report r = verify_buf(buf, fx.len, NULL);
+				tried++;
+				bool ok = !r.valid && r.line == line + 1 &&
+				          (r.problem == HSM_AUDIT_MODIFIED || r.problem == HSM_AUDIT_MALFORMED ||
+				           /* a checkpoint's base64 no longer decodes to a signature */
+				           r.problem == HSM_AUDIT_BAD_SIGNATURE);
+				if (!ok)
+					print_message("byte %zu of line %zu (0x%02x->0x%02x): %s at line %llu: %s\n",
+					              i - fx.off[line], line + 1, (unsigned char)orig,
+					              (unsigned char)variants[v], r.valid ? "valid" : "reported",
+					              (unsigned long long)r.line, r.detail);
+				detected += ok;
+			}
+			buf[i] = orig;
+		}
+	}
+	print_message("single-byte changes: %zu tried, %zu detected at the right record\n", tried,
+	              detected);
+	assert_true(tried > 50 * 200);
+	assert_int_equal(detected, tried);
+	free(buf);
+}
+
+/* With the public key, a changed signature byte is caught as a bad signature at that line. */
+static void test_signature_byte_changes_detected_with_key(void **state)
+{
+	(void)state;
+	const char *ck = strstr(fx.data, "\"sig\":\"");
+	assert_non_null(ck);
+	size_t line = 0;
+	while (fx.off[line + 1] <= (size_t)(ck - fx.data))
+		line++;
+	char *buf = malloc(fx.len);
+	assert_non_null(buf);
+	memcpy(buf, fx.data, fx.len);
+	size_t s = (size_t)(ck - fx.data) + 7;
+	for (size_t i = s; i < s + 86; i++) {
+		char orig = buf[i];
+		buf[i] = orig == 'A' ? 'B' : 'A';
+		hsm_audit_verify_report r = verify_buf(buf, fx.len, fx.pem);
+		assert_false(r.valid);
+		assert_int_equal(r.line, line + 1);
+		assert_true(r.problem == HSM_AUDIT_BAD_SIGNATURE || r.problem == HSM_AUDIT_MODIFIED);
+		buf[i] = orig;
+	}
+	free(buf);
+}
+
+static void test_deletions_detected(void **state)
+{
+	(void)state;
+	static size_t order[MAX_LINES];
+	for (size_t k = 0; k < fx.n_lines; k += (k < 60 ? 1 : 13)) {
+		for (size_t width = 1; width <= 3; width += 2) {
+			if (k + width > fx.n_lines)
+				continue;
+			size_t n = 0;
+			for (size_t i = 0; i < fx.n_lines; i++)
+				if (i < k || i >= k + width)
+					order[n++] = i;
+			size_t len;
+			char *b = assemble(order, n, &len);
+			hsm_audit_verify_report r = verify_buf(b, len, NULL);
+			if (k + width == fx.n_lines) /* the tail is gone: ends without shutdown */
+				expect_bad(r, HSM_AUDIT_TRUNCATED, k);
+			else
+				expect_bad(r, HSM_AUDIT_DELETED, k + 1);
+			free(b);
+		}
+	}
+}
+
+static void test_insertions_detected(void **state)
+{
+	(void)state;
+	static size_t order[MAX_LINES + 1];
+	for (size_t k = 1; k + 2 < fx.n_lines; k += (k < 60 ? 1 : 17)) {
+		/* A copy of an earlier record, and of the record itself, after line k. */
+		size_t copies[2] = {k / 2, k};
+		for (int c = 0; c < 2; c++) {
+			size_t n = 0;
+			for (size_t i = 0; i < fx.n_lines; i++) {
+				order[n++] = i;
+				if (i == k)
+					order[n++] = copies[c];
+			}
+			size_t len;
+			char *b = assemble(order, n, &len);
+			expect_bad(verify_buf(b, len, NULL), HSM_AUDIT_INSERTED, k + 2);
+			free(b);
+		}
+	}
+}
+
+/* A forger who computes seq and prev right is still caught at the next record. */
+static void test_forged_inserted_record_detected(void **state)
+{
+	(void)state;
+	size_t k = 30; /* insert after line index 30 (seq 31) */
+	uint8_t h[32];
+	EVP_Digest(fx.data + fx.off[k], fx.off[k + 1] - fx.off[k] - 1, h, NULL, EVP_sha256(), NULL);
+	char hex[65];
+	for (int i = 0; i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", h[i]);
+	char forged[512];
+	int fl = snprintf(forged, sizeof(forged),
+	                  "{\"seq\":%zu,\"time\":\"2026-01-01T00:00:00.000Z\",\"node\":\"node-test\","
+	                  "\"type\":\"request\",\"op\":\"Decrypt\",\"outcome\":\"success\","
+	                  "\"latency_us\":1,\"prev\":\"%s\"}\n", k + 2, hex);
+	char *b = malloc(fx.len + (size_t)fl);
+	assert_non_null(b);
+	size_t cut = fx.off[k + 1];
+	memcpy(b, fx.data, cut);
+	memcpy(b + cut, forged, (size_t)fl);
+	memcpy(b + cut + fl, fx.data + cut, fx.len - cut);
+	expect_bad(verify_buf(b, fx.len + (size_t)fl, NULL), HSM_AUDIT_INSERTED, k + 2);
+	/* Garbage inserted is a malformed record at its line. */
+	memcpy(b + cut, "hello\n", 6);
+	memcpy(b + cut + 6, fx.data + cut, fx.len - cut);
+	expect_bad(verify_buf(b, fx.len + 6, NULL), HSM_AUDIT_MALFORMED, k + 2);
+	free(b);
+}
+
+static void test_reorders_detected(void **state)
+{
+	(void)state;
+	static size_t order[MAX_LINES];
+	for (size_t k = 1; k + 8 < fx.n_lines; k += (k < 60 ? 1 : 11)) {
+		for (int kind = 0; kind < 3; kind++) {
+			size_t n = 0;
+			for (size_t i = 0; i < fx.n_lines; i++)
+				order[n++] = i;
+			if (kind == 0) { /* swap k and k+1 */
+				order[k] = k + 1;
+				order[k + 1] = k;
+			} else if (kind == 1) { /* move k after k+5 */
+				for (size_t i = k; i < k + 5; i++)
+					order[i] = i + 1;
+				order[k + 5] = k;
+			} else { /* move k+5 before k */
+				for (size_t i = k + 5; i > k; i--)
+					order[i] = i - 1;
+				order[k] = k + 5;
+			}
+			size_t len;
+			char *b = assemble(order, n, &len);
+			expect_bad(verify_buf(b, len, NULL), HSM_AUDIT_REORDERED, k + 1);
+			free(b);
+		}
+	}
+}
+
+static void test_truncations_detected(void **state)
+{
+	(void)state;
+	size_t tried = 0;
+	for (size_t cut = 0; cut < fx.len; cut += (cut < 4000 ? 7 : 997)) {
+		hsm_audit_verify_report r = verify_buf(fx.data, cut, NULL);
+		size_t line = 0; /* lines wholly kept */
+		while (line < fx.n_lines && fx.off[line + 1] <= cut)
+			line++;
+		if (cut == 0)
+			assert_int_equal(r.problem, HSM_AUDIT_TRUNCATED);
+		else if (fx.off[line] == cut)
+			expect_bad(r, HSM_AUDIT_TRUNCATED, line);
+		else
+			expect_bad(r, HSM_AUDIT_TORN, line + 1);
+		tried++;
+	}
+	/* Every line boundary too (a clean cut between records). */
+	for (size_t line = 1; line < fx.n_lines; line++) {
+		expect_bad(verify_buf(fx.data, fx.off[line], NULL), HSM_AUDIT_TRUNCATED, line);
+		tried++;
+	}
+	assert_true(tried > 1500);
+	/* A live log may end anywhere between checkpoints when the caller says so. */
+	const char *names[1] = {NAME};
+	const uint8_t *data[1] = {(const uint8_t *)fx.data};
+	size_t lens[1] = {fx.off[500]};
+	hsm_audit_verify_options o = {.allow_open_tail = true};
+	hsm_audit_verify_report r;
+	assert_true(hsm_ok(hsm_audit_verify_memory(names, data, lens, 1, &o, &r)));
+	assert_true(r.valid);
+}
+
+/* Replaces the "prev" of every line from index `from` so the chain is consistent again. */
+static char *rechain(const char *src, size_t len, size_t from)
+{
+	char *b = malloc(len + 1);
+	assert_non_null(b);
+	memcpy(b, src, len);
+	b[len] = '\0';
+	size_t start = 0, idx = 0, prev_start = 0, prev_len = 0;
+	while (start < len) {
+		char *nl = memchr(b + start, '\n', len - start);
+		assert_non_null(nl);
+		size_t l = (size_t)(nl - (b + start));
+		if (idx >= from) {
+			uint8_t h[32];
+			EVP_Digest(b + prev_start, prev_len, h, NULL, EVP_sha256(), NULL);
+			char *p = b + start + l - 66; /* "prev":"<64 hex>"} ends the line */
+			for (int i = 0; i < 32; i++) {
+				char two[3];
+				snprintf(two, sizeof(two), "%02x", h[i]);
+				p[2 * i] = two[0];
+				p[2 * i + 1] = two[1];
+			}
+		}
+		prev_start = start;
+		prev_len = l;
+		start += l + 1;
+		idx++;
+	}
+	return b;
+}
+
+static void test_checkpoint_signatures(void **state)
+{
+	(void)state;
+	/* A different key: the first signed checkpoint fails. */
+	t_signer other;
+	t_signer_init(&other);
+	char *other_pem = t_signer_pem(&other);
+	hsm_audit_verify_report r = verify_buf(fx.data, fx.len, other_pem);
+	size_t first_ck = 0;
+	while (strstr(fx.data + fx.off[first_ck], "\"signed\":true") > fx.data + fx.off[first_ck + 1] ||
+	       strstr(fx.data + fx.off[first_ck], "\"signed\":true") == NULL)
+		first_ck++;
+	expect_bad(r, HSM_AUDIT_BAD_SIGNATURE, first_ck + 1);
+	/* Without a key the signatures are counted as unchecked, not as verified. */
+	r = verify_buf(fx.data, fx.len, NULL);
+	assert_true(r.valid);
+	assert_int_equal(r.checkpoints_verified, 0);
+	assert_int_equal(r.checkpoints_unchecked, 7);
+	assert_int_equal(r.last_verified_seq, 0);
+
+	/* A forger rewrites a checkpoint's signature with their own key and fixes the chain. */
+	size_t ck = first_ck;
+	char *sig = strstr(fx.data + fx.off[ck], "\"sig\":\"") + 7;
+	size_t sig_off = (size_t)(sig - fx.data);
+	hsm_buf fsig = {0};
+	assert_true(hsm_ok(t_sign(&other, (const uint8_t *)"forged", 6, &fsig)));
+	unsigned char enc[128];
+	int el = EVP_EncodeBlock(enc, fsig.data, (int)fsig.len);
+	assert_int_equal(el, 88);
+	char *forged = malloc(fx.len);
+	assert_non_null(forged);
+	memcpy(forged, fx.data, fx.len);
+	memcpy(forged + sig_off, enc, 88);
+	char *fixed = rechain(forged, fx.len, ck + 1);
+	r = verify_buf(fixed, fx.len, fx.pem);
+	expect_bad(r, HSM_AUDIT_BAD_SIGNATURE, ck + 1);
+	/* The same forgery is invisible to the chain alone: that is what the signature is for. */
+	r = verify_buf(fixed, fx.len, NULL);
+	assert_true(r.valid);
+	free(fixed);
+	free(forged);
+	hsm_buf_free(&fsig);
+	free(other_pem);
+	EVP_PKEY_free(other.key);
+}
+
+static void test_sealed_checkpoints_unsigned_then_covered(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-sealed");
+	hsm_audit_config c = t_config(dir);
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	hsm_audit_record rec = t_record(1);
+	assert_true(hsm_ok(hsm_audit_append(a, &rec)));
+	assert_true(hsm_ok(hsm_audit_checkpoint(a))); /* sealed: unsigned */
+	hsm_audit_set_signer(a, t_sign, &fx.signer);
+	assert_true(hsm_ok(hsm_audit_append(a, &rec)));
+	assert_true(hsm_ok(hsm_audit_checkpoint(a)));
+	hsm_audit_set_signer(a, NULL, NULL); /* sealed again */
+	int calls = atomic_load(&fx.signer.calls);
+	assert_true(hsm_ok(hsm_audit_append(a, &rec)));
+	hsm_audit_close(a);
+	assert_int_equal(atomic_load(&fx.signer.calls), calls); /* no use after clearing */
+	hsm_audit_verify_report r = t_verify_dir(dir, fx.pem, false);
+	assert_true(r.valid);
+	assert_true(r.checkpoints_verified >= 1);
+	assert_int_equal(r.checkpoints_unsigned, 2); /* the sealed one and the shutdown */
+	assert_true(r.last_verified_seq > 3);
+	assert_int_equal(r.uncovered, r.last_seq - r.last_verified_seq);
+	static char paths[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES), 1);
+	char *s = t_slurp(paths[0], NULL);
+	assert_non_null(strstr(s, "\"signed\":false,\"why\":\"sealed\""));
+	free(s);
+	t_rm_rf(dir);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_intact_log_verifies),
+	    cmocka_unit_test(test_every_single_byte_change_detected),
+	    cmocka_unit_test(test_signature_byte_changes_detected_with_key),
+	    cmocka_unit_test(test_deletions_detected),
+	    cmocka_unit_test(test_insertions_detected),
+	    cmocka_unit_test(test_forged_inserted_record_detected),
+	    cmocka_unit_test(test_reorders_detected),
+	    cmocka_unit_test(test_truncations_detected),
+	    cmocka_unit_test(test_checkpoint_signatures),
+	    cmocka_unit_test(test_sealed_checkpoints_unsigned_then_covered),
+	};
+	return cmocka_run_group_tests(tests, build_log, free_log);
+}
