@@ -52,7 +52,8 @@ hsm_result hsm_material_export(const hsm_material *m, hsm_buf *out) HSM_MUST_CHE
  * AES/HMAC keys must have the spec's exact length; asymmetric keys must be
  * one DER PrivateKeyInfo (no trailing bytes) of the spec's type, modulus size
  * or curve, RSA keys with an odd public exponent 2^16 < e < 2^256 (FIPS 186-5
- * A.1.1), and must pass OpenSSL's pairwise check and a sign/verify test.
+ * A.1.1); EC keys must pass OpenSSL's pairwise check (public point = d*G),
+ * and every asymmetric key a sign/verify test (RSA also encrypt/decrypt).
  * Bytes that are not such a key fail with HSM_ERR_VALIDATION.
  */
 hsm_result hsm_material_import(hsm_key_spec spec, const uint8_t *p, size_t n,

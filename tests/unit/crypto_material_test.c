@@ -248,6 +248,23 @@ static void test_mismatched_key_pair_refused(void **state)
 	hsm_buf_free(&pub);
 }
 
+/* An RSA key whose modulus was altered no longer signs verifiably: refused. */
+static void test_corrupt_rsa_key_refused(void **state)
+{
+	(void)state;
+	hsm_material *m = NULL;
+	hsm_buf der;
+	hsm_buf_init_secure(&der);
+	assert_succeeds(hsm_material_export(fixture_key(HSM_SPEC_RSA_2048), &der));
+	/* PrivateKeyInfo header (26 bytes), version, then the 257-byte modulus from offset 38. */
+	assert_memory_equal(der.data + 33, "\x02\x82\x01\x01\x00", 5);
+	der.data[100] ^= 0x01;
+	assert_fails_with(hsm_material_import(HSM_SPEC_RSA_2048, der.data, der.len, &m),
+	                  HSM_ERR_VALIDATION);
+	assert_null(m);
+	hsm_buf_free(&der);
+}
+
 static void test_spki_spec_refuses_junk(void **state)
 {
 	(void)state;
@@ -321,6 +338,7 @@ int main(void)
 	    cmocka_unit_test(test_malformed_pkcs8_refused),
 	    cmocka_unit_test(test_small_rsa_exponent_refused),
 	    cmocka_unit_test(test_mismatched_key_pair_refused),
+	    cmocka_unit_test(test_corrupt_rsa_key_refused),
 	    cmocka_unit_test(test_spki_spec_refuses_junk),
 	    cmocka_unit_test(test_refcount),
 	    cmocka_unit_test(test_concurrent_use),
