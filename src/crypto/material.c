@@ -230,11 +230,14 @@ static hsm_result decode_pkcs8(const uint8_t *p, size_t n, EVP_PKEY **out)
 	EVP_PKEY *pkey = NULL;
 	const unsigned char *data = p;
 	size_t left = n;
+	/* The decoder tries several key types and leaves errors behind even when one succeeds. */
+	ERR_set_mark();
 	OSSL_DECODER_CTX *dctx = OSSL_DECODER_CTX_new_for_pkey(&pkey, "DER", "PrivateKeyInfo", NULL,
 	                                                       EVP_PKEY_KEYPAIR, NULL, NULL);
-	HSM_OSSL_CHECK(dctx != NULL, HSM_ERR_CRYPTO, "no PKCS#8 decoder available");
-	HSM_OSSL_CHECK(OSSL_DECODER_from_data(dctx, &data, &left) == 1 && pkey != NULL,
-	               HSM_ERR_VALIDATION, "the key material is not a DER PKCS#8 private key");
+	bool decoded = dctx != NULL && OSSL_DECODER_from_data(dctx, &data, &left) == 1 && pkey != NULL;
+	ERR_pop_to_mark();
+	HSM_CHECK(dctx != NULL, HSM_ERR_CRYPTO, "no PKCS#8 decoder available");
+	HSM_CHECK(decoded, HSM_ERR_VALIDATION, "the key material is not a DER PKCS#8 private key");
 	HSM_CHECK(left == 0, HSM_ERR_VALIDATION, "the key material has trailing bytes");
 	*out = pkey;
 	pkey = NULL;

@@ -9,6 +9,7 @@
 
 #include <openssl/core_names.h>
 #include <openssl/encoder.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
@@ -65,6 +66,7 @@ static void round_trip(hsm_key_spec spec)
 	if (!hsm_spec_is_asymmetric(spec))
 		assert_int_equal(exp.len, s->secret_len);
 	assert_succeeds(hsm_material_import(spec, exp.data, exp.len, &back));
+	assert_int_equal(ERR_peek_error(), 0); /* no stale OpenSSL errors left behind */
 	assert_int_equal(hsm_material_spec(back), spec);
 	assert_succeeds(hsm_material_export(back, &exp2));
 	assert_int_equal(exp.len, exp2.len);
@@ -185,6 +187,7 @@ static void test_malformed_pkcs8_refused(void **state)
 	assert_fails_with(hsm_material_import(HSM_SPEC_RSA_2048, junk, sizeof(junk), &m),
 	                  HSM_ERR_VALIDATION);
 	assert_null(m);
+	assert_int_equal(ERR_peek_error(), 0);
 	hsm_buf_free(&der);
 }
 
