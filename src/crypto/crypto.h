@@ -79,6 +79,11 @@ void hsm_material_free(hsm_material *m);
 /* Adds a reference (for caches); released by hsm_material_free. */
 hsm_material *hsm_material_ref(hsm_material *m);
 
+/*
+ * A material of the wrong spec passed to any operation below fails with
+ * HSM_ERR_INVALID_KEY_USAGE, as does an algorithm the spec does not allow.
+ */
+
 /* ---- AES-256-GCM --------------------------------------------------------- */
 
 /*
@@ -107,11 +112,6 @@ hsm_result hsm_aes_gcm_open_raw(const hsm_secret *key, const uint8_t iv[HSM_GCM_
                                 const uint8_t *aad, size_t aad_len, const uint8_t *ct,
                                 size_t ct_len, const uint8_t tag[HSM_GCM_TAG_LEN],
                                 hsm_buf *pt_out) HSM_MUST_CHECK;
-
-/*
- * A material of the wrong spec passed to any operation below fails with
- * HSM_ERR_INVALID_KEY_USAGE, as does an algorithm the spec does not allow.
- */
 
 /* ---- AES key wrap with padding (RFC 5649) --------------------------------- */
 

@@ -32,6 +32,10 @@ static void test_hmac_sha256_rfc4231(void **state)
 	assert_succeeds(hsm_hmac_sha256(key6, sizeof(key6), tc6, sizeof(tc6) - 1, out));
 	fixture_unhex("60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54", &want);
 	assert_memory_equal(out, want.data, 32);
+	/* An empty key and an empty message are legal HMAC inputs. */
+	assert_succeeds(hsm_hmac_sha256(NULL, 0, NULL, 0, out));
+	fixture_unhex("b613679a0814d9ec772f95d778c35fc5ff1697c493715653c6c712144292c5ad", &want);
+	assert_memory_equal(out, want.data, 32);
 	hsm_buf_free(&want);
 }
 
