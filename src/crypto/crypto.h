@@ -52,7 +52,8 @@ hsm_result hsm_material_export(const hsm_material *m, hsm_buf *out) HSM_MUST_CHE
  * AES/HMAC keys must have the spec's exact length; asymmetric keys must be
  * one DER PrivateKeyInfo (no trailing bytes) of the spec's type, modulus size
  * or curve, RSA keys with an odd public exponent 2^16 < e < 2^256 (FIPS 186-5
- * A.1.1), and must pass OpenSSL's pairwise check and a sign/verify test.
+ * A.1.1); EC keys must pass OpenSSL's pairwise check (public point = d*G),
+ * and every asymmetric key a sign/verify test (RSA also encrypt/decrypt).
  * Bytes that are not such a key fail with HSM_ERR_VALIDATION.
  */
 hsm_result hsm_material_import(hsm_key_spec spec, const uint8_t *p, size_t n,
@@ -77,6 +78,11 @@ hsm_key_spec hsm_material_spec(const hsm_material *m);
 void hsm_material_free(hsm_material *m);
 /* Adds a reference (for caches); released by hsm_material_free. */
 hsm_material *hsm_material_ref(hsm_material *m);
+
+/*
+ * A material of the wrong spec passed to any operation below fails with
+ * HSM_ERR_INVALID_KEY_USAGE, as does an algorithm the spec does not allow.
+ */
 
 /* ---- AES-256-GCM --------------------------------------------------------- */
 
@@ -106,11 +112,6 @@ hsm_result hsm_aes_gcm_open_raw(const hsm_secret *key, const uint8_t iv[HSM_GCM_
                                 const uint8_t *aad, size_t aad_len, const uint8_t *ct,
                                 size_t ct_len, const uint8_t tag[HSM_GCM_TAG_LEN],
                                 hsm_buf *pt_out) HSM_MUST_CHECK;
-
-/*
- * A material of the wrong spec passed to any operation below fails with
- * HSM_ERR_INVALID_KEY_USAGE, as does an algorithm the spec does not allow.
- */
 
 /* ---- AES key wrap with padding (RFC 5649) --------------------------------- */
 

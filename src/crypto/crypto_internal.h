@@ -70,8 +70,9 @@ hsm_result hsm_hmac_compute(const uint8_t *key, size_t key_len, const char *dige
 hsm_result hsm_spki_parse(const uint8_t *spki, size_t spki_len, EVP_PKEY **out) HSM_MUST_CHECK;
 
 /*
- * Failure after an OpenSSL call: drops this thread's OpenSSL error queue so it
- * cannot grow without bound nor leak detail into a later, unrelated failure.
+ * Failure after an OpenSSL call: drops this thread's OpenSSL error queue, so
+ * stale entries never surface in a later, unrelated failure (hsm_result
+ * carries the error; OpenSSL's detail is not shown to clients).
  */
 #define HSM_OSSL_FAIL(err, ...) (ERR_clear_error(), HSM_FAIL((err), __VA_ARGS__))
 

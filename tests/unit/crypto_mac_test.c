@@ -1,0 +1,120 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include <openssl/evp.h>
+
+#include "crypto/crypto.h"
+#include "support/crypto_fixture.h"
+
+static const uint8_t msg[] = "a message to authenticate";
+#define MSG_LEN (sizeof(msg) - 1)
+
+/* RFC 4231 test cases 1, 2 and 6 (a key longer than the block) for the raw-key function. */
+static void test_hmac_sha256_rfc4231(void **state)
+{
+	(void)state;
+	uint8_t key1[20], key6[131], out[HSM_SHA256_LEN];
+	hsm_buf want = {0};
+	memset(key1, 0x0b, sizeof(key1));
+	memset(key6, 0xaa, sizeof(key6));
+	assert_succeeds(hsm_hmac_sha256(key1, sizeof(key1), "Hi There", 8, out));
+	fixture_unhex("b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7", &want);
+	assert_memory_equal(out, want.data, 32);
+	assert_succeeds(hsm_hmac_sha256((const uint8_t *)"Jefe", 4, "what do ya want for nothing?",
+	                                28, out));
+	fixture_unhex("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843", &want);
+	assert_memory_equal(out, want.data, 32);
+	static const char tc6[] = "Test Using Larger Than Block-Size Key - Hash Key First";
+	assert_succeeds(hsm_hmac_sha256(key6, sizeof(key6), tc6, sizeof(tc6) - 1, out));
+	fixture_unhex("60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54", &want);
+	assert_memory_equal(out, want.data, 32);
+	/* An empty key and an empty message are legal HMAC inputs. */
+	assert_succeeds(hsm_hmac_sha256(NULL, 0, NULL, 0, out));
+	fixture_unhex("b613679a0814d9ec772f95d778c35fc5ff1697c493715653c6c712144292c5ad", &want);
+	assert_memory_equal(out, want.data, 32);
+	hsm_buf_free(&want);
+}
+
+/* Every HMAC spec: the MAC is OpenSSL's HMAC of the exported key; verify is exact. */
+static void check_spec(hsm_key_spec spec, hsm_mac_alg alg)
+{
+	const hsm_mac_alg_info *info = hsm_mac_alg_get(alg);
+	const hsm_material *m = fixture_key(spec);
+	hsm_buf key, mac = {0};
+	hsm_buf_init_secure(&key);
+	assert_succeeds(hsm_material_export(m, &key));
+	assert_succeeds(hsm_hmac(m, alg, msg, MSG_LEN, &mac));
+	assert_int_equal(mac.len, info->mac_len);
+	uint8_t ref[EVP_MAX_MD_SIZE];
+	size_t ref_len = 0;
+	assert_non_null(EVP_Q_mac(NULL, "HMAC", NULL, info->digest, NULL, key.data, key.len, msg,
+	                          MSG_LEN, ref, sizeof(ref), &ref_len));
+	assert_int_equal(ref_len, mac.len);
+	assert_memory_equal(ref, mac.data, mac.len);
+
+	assert_succeeds(hsm_hmac_verify(m, alg, msg, MSG_LEN, mac.data, mac.len));
+	assert_fails_with(hsm_hmac_verify(m, alg, msg, MSG_LEN - 1, mac.data, mac.len),
+	                  HSM_ERR_INVALID_MAC);
+	/* Truncated, extended, empty, flipped: all invalid. */
+	assert_fails_with(hsm_hmac_verify(m, alg, msg, MSG_LEN, mac.data, mac.len - 1),
+	                  HSM_ERR_INVALID_MAC);
+	assert_fails_with(hsm_hmac_verify(m, alg, msg, MSG_LEN, mac.data, 16), HSM_ERR_INVALID_MAC);
+	assert_fails_with(hsm_hmac_verify(m, alg, msg, MSG_LEN, NULL, 0), HSM_ERR_INVALID_MAC);
+	assert_succeeds(hsm_buf_put_u8(&mac, 0));
+	assert_fails_with(hsm_hmac_verify(m, alg, msg, MSG_LEN, mac.data, mac.len),
+	                  HSM_ERR_INVALID_MAC);
+	mac.len--;
+	for (size_t i = 0; i < mac.len; i++) {
+		mac.data[i] ^= 0x80;
+		assert_fails_with(hsm_hmac_verify(m, alg, msg, MSG_LEN, mac.data, mac.len),
+		                  HSM_ERR_INVALID_MAC);
+		mac.data[i] ^= 0x80;
+	}
+	/* The empty message is a message like any other. */
+	hsm_buf_clear(&mac);
+	assert_succeeds(hsm_hmac(m, alg, NULL, 0, &mac));
+	assert_succeeds(hsm_hmac_verify(m, alg, NULL, 0, mac.data, mac.len));
+	hsm_buf_free(&key);
+	hsm_buf_free(&mac);
+}
+
+static void test_every_hmac_spec(void **state)
+{
+	(void)state;
+	check_spec(HSM_SPEC_HMAC_224, HSM_MAC_HMAC_SHA_224);
+	check_spec(HSM_SPEC_HMAC_256, HSM_MAC_HMAC_SHA_256);
+	check_spec(HSM_SPEC_HMAC_384, HSM_MAC_HMAC_SHA_384);
+	check_spec(HSM_SPEC_HMAC_512, HSM_MAC_HMAC_SHA_512);
+}
+
+static void test_wrong_key_or_algorithm(void **state)
+{
+	(void)state;
+	hsm_buf mac = {0};
+	uint8_t tag[32] = {0};
+	assert_fails_with(hsm_hmac(fixture_key(HSM_SPEC_HMAC_256), HSM_MAC_HMAC_SHA_512, msg,
+	                           MSG_LEN, &mac),
+	                  HSM_ERR_INVALID_KEY_USAGE);
+	assert_fails_with(hsm_hmac(fixture_key(HSM_SPEC_SYMMETRIC_DEFAULT), HSM_MAC_HMAC_SHA_256,
+	                           msg, MSG_LEN, &mac),
+	                  HSM_ERR_INVALID_KEY_USAGE);
+	assert_fails_with(hsm_hmac_verify(fixture_key(HSM_SPEC_ECC_NIST_P256), HSM_MAC_HMAC_SHA_256,
+	                                  msg, MSG_LEN, tag, 32),
+	                  HSM_ERR_INVALID_KEY_USAGE);
+	assert_int_equal(mac.len, 0);
+	hsm_buf_free(&mac);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_hmac_sha256_rfc4231),
+	    cmocka_unit_test(test_every_hmac_spec),
+	    cmocka_unit_test(test_wrong_key_or_algorithm),
+	};
+	return cmocka_run_group_tests(tests, crypto_fixture_setup, crypto_fixture_teardown);
+}
