@@ -20,6 +20,12 @@
  * requests from reaching the store and from filling a signing-key cache
  * with keys for arbitrary dates and regions.
  *
+ * Only hsm_sigv4_signing_key touches the access key's secret.  It is a pure
+ * function so that it can run on the keystore side of the key boundary
+ * (DESIGN.md), which then hands the network side just the derived key: that
+ * key verifies requests for one day, region and service and reveals nothing
+ * about the secret.
+ *
  * Client side, hsm_sigv4_signer holds the credentials and the signing key
  * of the current day, so each signature costs two SHA-256 and one HMAC.
  *
