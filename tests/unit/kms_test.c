@@ -1,0 +1,388 @@
+/*
+ * kms_test.c - the KMS service layer: key life cycle, the key-state rules,
+ * rotation (on demand and automatic), scheduled destruction, aliases, key
+ * policies with roles, and persistence across a restart.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kms/kms.h"
+
+typedef struct fx {
+	char dir[64];
+	hsm_store *store;
+	hsm_keystore *ks;
+	hsm_kms *kms;
+	hsm_buf shares[2];
+	int64_t now;
+} fx;
+
+static const hsm_caller officer = {"olivia", "AKIAOLIVIA0000000000",
+                                   HSM_ROLE_BIT(HSM_ROLE_CRYPTO_OFFICER), false};
+static const hsm_caller user = {"ursula", "AKIAURSULA0000000000",
+                                HSM_ROLE_BIT(HSM_ROLE_CRYPTO_USER), false};
+static const hsm_caller auditor = {"audrey", "AKIAAUDREY0000000000",
+                                   HSM_ROLE_BIT(HSM_ROLE_AUDITOR), false};
+
+static int64_t test_clock(void *arg)
+{
+	return ((fx *)arg)->now;
+}
+
+static void open_all(fx *f)
+{
+	assert_true(hsm_ok(hsm_store_open(f->dir, &f->store)));
+	assert_true(hsm_ok(hsm_keystore_new(f->store, 0, &f->ks)));
+	hsm_kms_config cfg = {.region = "us-east-1", .account_id = "111122223333"};
+	assert_true(hsm_ok(hsm_kms_new(f->store, f->ks, &cfg, &f->kms)));
+	hsm_kms_set_clock(f->kms, test_clock, f);
+}
+
+static void close_all(fx *f)
+{
+	hsm_kms_free(f->kms);
+	hsm_keystore_free(f->ks);
+	hsm_store_close(f->store);
+}
+
+static int setup(void **state)
+{
+	fx *f = calloc(1, sizeof(*f));
+	snprintf(f->dir, sizeof(f->dir), "/tmp/hsm-kms-test-XXXXXX");
+	if (mkdtemp(f->dir) == NULL)
+		return -1;
+	f->now = 1800000000;
+	open_all(f);
+	if (hsm_failed(hsm_keystore_init(f->ks, 2, 2, NULL, false, f->shares)))
+		return -1;
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	fx *f = *state;
+	close_all(f);
+	hsm_buf_free(&f->shares[0]);
+	hsm_buf_free(&f->shares[1]);
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
+	if (system(cmd) != 0)
+		return -1;
+	free(f);
+	return 0;
+}
+
+static void create(fx *f, hsm_key_spec spec, hsm_key_usage usage, const char *policy,
+                   hsm_key_record *out)
+{
+	hsm_create_key_req req = {.description = "test", .spec = spec, .usage = usage,
+	                          .policy = policy};
+	memset(out, 0, sizeof(*out));
+	assert_true(hsm_ok(hsm_kms_create_key(f->kms, &officer, &req, out)));
+}
+
+static hsm_result encrypt(fx *f, const hsm_caller *c, const char *key, hsm_buf *ct)
+{
+	hsm_encrypt_req req = {.key = key, .plaintext = (const uint8_t *)"data", .plaintext_len = 4};
+	hsm_used_key used;
+	hsm_buf_clear(ct);
+	return hsm_kms_encrypt(f->kms, c, &req, ct, &used);
+}
+
+static hsm_result decrypt(fx *f, const hsm_buf *ct, hsm_used_key *used)
+{
+	hsm_decrypt_req req = {.ciphertext = ct->data, .ciphertext_len = ct->len};
+	hsm_buf pt;
+	hsm_enc_alg alg;
+	hsm_buf_init_secure(&pt);
+	hsm_result r = hsm_kms_decrypt(f->kms, &user, &req, &pt, used, &alg);
+	if (hsm_ok(r))
+		assert_memory_equal(pt.data, "data", 4);
+	hsm_buf_free(&pt);
+	return r;
+}
+
+static void test_spec_usage_combinations(void **state)
+{
+	fx *f = *state;
+	hsm_create_key_req req = {0};
+	hsm_key_record out;
+	for (unsigned s = 0; s < HSM_SPEC_COUNT; s++) {
+		for (unsigned u = 0; u < HSM_USAGE_COUNT; u++) {
+			req.spec = (hsm_key_spec)s;
+			req.usage = (hsm_key_usage)u;
+			memset(&out, 0, sizeof(out));
+			/* RSA-4096 and 3072 generation is slow: check them by refusal only. */
+			bool allowed = hsm_spec_allows_usage(req.spec, req.usage);
+			if (allowed && (s == HSM_SPEC_RSA_4096 || s == HSM_SPEC_RSA_3072))
+				continue;
+			hsm_result r = hsm_kms_create_key(f->kms, &officer, &req, &out);
+			assert_int_equal(r.err, allowed ? HSM_OK : HSM_ERR_VALIDATION);
+			if (allowed)
+				assert_int_equal(out.state, HSM_KEY_ENABLED);
+			hsm_key_record_clear(&out);
+		}
+	}
+	/* A crypto-user may not create keys; an auditor neither. */
+	req.spec = HSM_SPEC_SYMMETRIC_DEFAULT;
+	req.usage = HSM_USAGE_ENCRYPT_DECRYPT;
+	assert_int_equal(hsm_kms_create_key(f->kms, &user, &req, &out).err, HSM_ERR_ACCESS_DENIED);
+	assert_int_equal(hsm_kms_create_key(f->kms, &auditor, &req, &out).err,
+	                 HSM_ERR_ACCESS_DENIED);
+}
+
+static void test_state_rules(void **state)
+{
+	fx *f = *state;
+	hsm_key_record k, r;
+	hsm_buf ct = {0};
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, NULL, &k);
+	assert_true(hsm_ok(encrypt(f, &user, k.key_id, &ct)));
+	hsm_buf keep = {0};
+	assert_true(hsm_ok(hsm_buf_put(&keep, ct.data, ct.len)));
+	assert_true(hsm_ok(hsm_kms_disable_key(f->kms, &officer, k.key_id)));
+	assert_int_equal(encrypt(f, &user, k.key_id, &ct).err, HSM_ERR_DISABLED);
+	hsm_used_key used;
+	assert_int_equal(decrypt(f, &keep, &used).err, HSM_ERR_DISABLED);
+	assert_int_equal(hsm_kms_enable_rotation(f->kms, &officer, k.key_id, 0).err, HSM_ERR_DISABLED);
+	assert_int_equal(hsm_kms_cancel_deletion(f->kms, &officer, k.key_id, &r).err,
+	                 HSM_ERR_INVALID_STATE);
+	memset(&r, 0, sizeof(r));
+	assert_true(hsm_ok(hsm_kms_schedule_deletion(f->kms, &officer, k.key_id, 7, &r)));
+	assert_int_equal(r.state, HSM_KEY_PENDING_DELETION);
+	assert_true(r.deletion_date == f->now + 7 * 86400);
+	hsm_key_record_clear(&r);
+	assert_int_equal(encrypt(f, &user, k.key_id, &ct).err, HSM_ERR_INVALID_STATE);
+	assert_int_equal(hsm_kms_enable_key(f->kms, &officer, k.key_id).err, HSM_ERR_INVALID_STATE);
+	assert_int_equal(hsm_kms_schedule_deletion(f->kms, &officer, k.key_id, 7, &r).err,
+	                 HSM_ERR_INVALID_STATE);
+	assert_int_equal(hsm_kms_update_description(f->kms, &officer, k.key_id, "x").err,
+	                 HSM_ERR_INVALID_STATE);
+	assert_int_equal(hsm_kms_schedule_deletion(f->kms, &officer, k.key_id, 6, &r).err,
+	                 HSM_ERR_VALIDATION);
+	memset(&r, 0, sizeof(r));
+	assert_true(hsm_ok(hsm_kms_cancel_deletion(f->kms, &officer, k.key_id, &r)));
+	assert_int_equal(r.state, HSM_KEY_DISABLED); /* as in KMS */
+	hsm_key_record_clear(&r);
+	assert_true(hsm_ok(hsm_kms_enable_key(f->kms, &officer, k.key_id)));
+	assert_true(hsm_ok(decrypt(f, &keep, &used)));
+	/* Crypto users may not change key state. */
+	assert_int_equal(hsm_kms_disable_key(f->kms, &user, k.key_id).err, HSM_ERR_ACCESS_DENIED);
+	hsm_key_record_clear(&k);
+	hsm_buf_free(&ct);
+	hsm_buf_free(&keep);
+}
+
+static void test_destruction_after_waiting_period(void **state)
+{
+	fx *f = *state;
+	hsm_key_record k, r;
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, NULL, &k);
+	assert_true(hsm_ok(hsm_kms_create_alias(f->kms, &officer, "alias/doomed", k.key_id)));
+	memset(&r, 0, sizeof(r));
+	assert_true(hsm_ok(hsm_kms_schedule_deletion(f->kms, &officer, k.key_id, 0, &r)));
+	assert_int_equal(r.pending_window_days, 30);
+	hsm_key_record_clear(&r);
+	size_t done = 0;
+	f->now += 30 * 86400 - 1;
+	assert_true(hsm_ok(hsm_kms_run_due(f->kms, &done)));
+	assert_int_equal(done, 0);
+	f->now += 1;
+	assert_true(hsm_ok(hsm_kms_run_due(f->kms, &done)));
+	assert_int_equal(done, 1);
+	assert_int_equal(hsm_kms_describe_key(f->kms, &officer, k.key_id, &r).err, HSM_ERR_NOT_FOUND);
+	char id[HSM_UUID_STRLEN + 1];
+	assert_int_equal(hsm_kms_resolve(f->kms, "alias/doomed", id).err, HSM_ERR_NOT_FOUND);
+	/* The tombstone remains; the material is gone. */
+	hsm_key_record tomb;
+	hsm_version_record v;
+	memset(&tomb, 0, sizeof(tomb));
+	memset(&v, 0, sizeof(v));
+	assert_true(hsm_ok(hsm_store_key_get(f->store, k.key_id, &tomb)));
+	assert_int_equal(tomb.state, HSM_KEY_DESTROYED);
+	assert_true(hsm_ok(hsm_store_version_get(f->store, k.key_id, 1, &v)));
+	assert_int_equal(v.wrapped.len, 0);
+	hsm_version_record_clear(&v);
+	hsm_key_record_clear(&tomb);
+	hsm_key_record_clear(&k);
+}
+
+static void test_rotation_keeps_old_versions(void **state)
+{
+	fx *f = *state;
+	hsm_key_record k, r;
+	hsm_buf ct1 = {0}, ct2 = {0}, sig = {0};
+	hsm_used_key used;
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, NULL, &k);
+	assert_true(hsm_ok(encrypt(f, &user, k.key_id, &ct1)));
+	assert_int_equal(hsm_kms_enable_rotation(f->kms, &officer, k.key_id, 2561).err,
+	                 HSM_ERR_VALIDATION);
+	assert_true(hsm_ok(hsm_kms_enable_rotation(f->kms, &officer, k.key_id, 1)));
+	size_t done = 0;
+	f->now += 86400;
+	assert_true(hsm_ok(hsm_kms_run_due(f->kms, &done)));
+	assert_int_equal(done, 1);
+	memset(&r, 0, sizeof(r));
+	assert_true(hsm_ok(hsm_kms_rotation_status(f->kms, &user, k.key_id, &r)));
+	assert_int_equal(r.primary_version, 2);
+	assert_true(r.next_rotation == f->now + 86400);
+	hsm_key_record_clear(&r);
+	assert_true(hsm_ok(hsm_kms_rotate_now(f->kms, &officer, k.key_id, &r)));
+	assert_int_equal(r.primary_version, 3);
+	hsm_key_record_clear(&r);
+	assert_true(hsm_ok(encrypt(f, &user, k.key_id, &ct2)));
+	assert_true(hsm_ok(decrypt(f, &ct1, &used)));
+	assert_int_equal(used.version, 1);
+	assert_true(hsm_ok(decrypt(f, &ct2, &used)));
+	assert_int_equal(used.version, 3);
+	/* Asymmetric keys rotate too; old signatures keep verifying. */
+	hsm_key_record s;
+	create(f, HSM_SPEC_ECC_NIST_P256, HSM_USAGE_SIGN_VERIFY, NULL, &s);
+	assert_true(hsm_ok(hsm_kms_sign(f->kms, &user, s.key_id, HSM_SIGN_ECDSA_SHA_256, HSM_MSG_RAW,
+	                                (const uint8_t *)"m", 1, &sig, &used)));
+	assert_true(hsm_ok(hsm_kms_rotate_now(f->kms, &officer, s.key_id, &r)));
+	hsm_key_record_clear(&r);
+	assert_true(hsm_ok(hsm_kms_verify(f->kms, &user, s.key_id, HSM_SIGN_ECDSA_SHA_256,
+	                                  HSM_MSG_RAW, (const uint8_t *)"m", 1, sig.data, sig.len,
+	                                  &used)));
+	assert_int_equal(used.version, 1);
+	assert_int_equal(hsm_kms_verify(f->kms, &user, s.key_id, HSM_SIGN_ECDSA_SHA_256, HSM_MSG_RAW,
+	                                (const uint8_t *)"n", 1, sig.data, sig.len, &used)
+	                     .err,
+	                 HSM_ERR_INVALID_SIGNATURE);
+	hsm_key_record_clear(&s);
+	hsm_key_record_clear(&k);
+	hsm_buf_free(&ct1);
+	hsm_buf_free(&ct2);
+	hsm_buf_free(&sig);
+}
+
+static void test_aliases(void **state)
+{
+	fx *f = *state;
+	hsm_key_record a, b, m;
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, NULL, &a);
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, NULL, &b);
+	create(f, HSM_SPEC_HMAC_256, HSM_USAGE_GENERATE_VERIFY_MAC, NULL, &m);
+	assert_int_equal(hsm_kms_create_alias(f->kms, &officer, "alias/aws/x", a.key_id).err,
+	                 HSM_ERR_INVALID_ALIAS_NAME);
+	assert_int_equal(hsm_kms_create_alias(f->kms, &officer, "noprefix", a.key_id).err,
+	                 HSM_ERR_INVALID_ALIAS_NAME);
+	assert_int_equal(hsm_kms_create_alias(f->kms, &officer, "alias/bad name", a.key_id).err,
+	                 HSM_ERR_VALIDATION);
+	assert_true(hsm_ok(hsm_kms_create_alias(f->kms, &officer, "alias/app", a.key_id)));
+	assert_int_equal(hsm_kms_create_alias(f->kms, &officer, "alias/app", b.key_id).err,
+	                 HSM_ERR_ALREADY_EXISTS);
+	char id[HSM_UUID_STRLEN + 1];
+	assert_true(hsm_ok(hsm_kms_resolve(f->kms, "alias/app", id)));
+	assert_string_equal(id, a.key_id);
+	assert_true(hsm_ok(
+	    hsm_kms_resolve(f->kms, "arn:aws:kms:us-east-1:111122223333:alias/app", id)));
+	assert_string_equal(id, a.key_id);
+	assert_int_equal(
+	    hsm_kms_resolve(f->kms, "arn:aws:kms:eu-west-1:111122223333:alias/app", id).err,
+	    HSM_ERR_NOT_FOUND);
+	assert_int_equal(hsm_kms_update_alias(f->kms, &officer, "alias/app", m.key_id).err,
+	                 HSM_ERR_VALIDATION);
+	assert_true(hsm_ok(hsm_kms_update_alias(f->kms, &officer, "alias/app", b.key_id)));
+	assert_true(hsm_ok(hsm_kms_resolve(f->kms, "alias/app", id)));
+	assert_string_equal(id, b.key_id);
+	assert_true(hsm_ok(hsm_kms_delete_alias(f->kms, &officer, "alias/app")));
+	assert_int_equal(hsm_kms_delete_alias(f->kms, &officer, "alias/app").err, HSM_ERR_NOT_FOUND);
+	hsm_key_record_clear(&a);
+	hsm_key_record_clear(&b);
+	hsm_key_record_clear(&m);
+}
+
+static void test_policy_with_context_condition(void **state)
+{
+	fx *f = *state;
+	const char *policy =
+	    "{\"Version\":\"2012-10-17\",\"Statement\":["
+	    "{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"arn:aws:iam::111122223333:user/olivia\"},"
+	    "\"Action\":\"kms:*\",\"Resource\":\"*\"},"
+	    "{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"arn:aws:iam::111122223333:user/ursula\"},"
+	    "\"Action\":\"kms:Encrypt\",\"Resource\":\"*\","
+	    "\"Condition\":{\"StringEquals\":{\"kms:EncryptionContext:app\":\"billing\"}}}]}";
+	hsm_key_record k;
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, policy, &k);
+	hsm_ctx_pair good = {"app", "billing"}, bad = {"app", "other"};
+	hsm_encrypt_req req = {.key = k.key_id, .plaintext = (const uint8_t *)"x", .plaintext_len = 1};
+	hsm_buf ct = {0};
+	hsm_used_key used;
+	req.ctx = (hsm_enc_ctx){&good, 1};
+	assert_true(hsm_ok(hsm_kms_encrypt(f->kms, &user, &req, &ct, &used)));
+	req.ctx = (hsm_enc_ctx){&bad, 1};
+	assert_int_equal(hsm_kms_encrypt(f->kms, &user, &req, &ct, &used).err, HSM_ERR_ACCESS_DENIED);
+	/* Decrypt is not granted to ursula at all. */
+	hsm_decrypt_req d = {.ciphertext = ct.data, .ciphertext_len = ct.len,
+	                     .ctx = (hsm_enc_ctx){&good, 1}};
+	hsm_buf pt;
+	hsm_enc_alg alg;
+	hsm_buf_init_secure(&pt);
+	assert_int_equal(hsm_kms_decrypt(f->kms, &user, &d, &pt, &used, &alg).err,
+	                 HSM_ERR_ACCESS_DENIED);
+	/* The lockout check refuses a policy that would lock olivia out. */
+	assert_int_equal(hsm_kms_put_policy(f->kms, &officer, k.key_id, NULL,
+	                                    "{\"Version\":\"2012-10-17\",\"Statement\":[]}", false)
+	                     .err,
+	                 HSM_ERR_MALFORMED_POLICY);
+	hsm_buf_free(&pt);
+	hsm_buf_free(&ct);
+	hsm_key_record_clear(&k);
+}
+
+static void test_persistence_across_restart(void **state)
+{
+	fx *f = *state;
+	hsm_key_record k, r;
+	hsm_buf ct = {0};
+	hsm_used_key used;
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, NULL, &k);
+	assert_true(hsm_ok(hsm_kms_create_alias(f->kms, &officer, "alias/kept", k.key_id)));
+	assert_true(hsm_ok(encrypt(f, &user, "alias/kept", &ct)));
+	assert_true(hsm_ok(hsm_kms_rotate_now(f->kms, &officer, k.key_id, &r)));
+	hsm_key_record_clear(&r);
+	assert_true(hsm_ok(hsm_kms_disable_key(f->kms, &officer, k.key_id)));
+	close_all(f);
+	open_all(f);
+	assert_int_equal(hsm_keystore_state(f->ks), HSM_NODE_SEALED);
+	hsm_buf other = {0};
+	assert_int_equal(encrypt(f, &user, "alias/kept", &other).err, HSM_ERR_DISABLED);
+	hsm_buf_free(&other);
+	assert_true(hsm_ok(hsm_kms_enable_key(f->kms, &officer, "alias/kept")));
+	assert_int_equal(decrypt(f, &ct, &used).err, HSM_ERR_SEALED);
+	hsm_unseal_progress p;
+	for (int i = 0; i < 2; i++)
+		assert_true(hsm_ok(hsm_keystore_unseal(f->ks, f->shares[i].data, f->shares[i].len, &p)));
+	assert_true(hsm_ok(decrypt(f, &ct, &used)));
+	memset(&r, 0, sizeof(r));
+	assert_true(hsm_ok(hsm_kms_describe_key(f->kms, &auditor, "alias/kept", &r)));
+	assert_int_equal(r.primary_version, 2);
+	assert_int_equal(r.state, HSM_KEY_ENABLED);
+	hsm_key_record_clear(&r);
+	hsm_key_record_clear(&k);
+	hsm_buf_free(&ct);
+}
+
+int main(void)
+{
+	if (hsm_failed(hsm_secure_process_init(1 << 22)))
+		return 1;
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test_setup_teardown(test_spec_usage_combinations, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_state_rules, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_destruction_after_waiting_period, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_rotation_keeps_old_versions, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_aliases, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_policy_with_context_condition, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_persistence_across_restart, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
