@@ -1,0 +1,186 @@
+/*
+ * http.h - hsmd's HTTP/1.1 server (plain or TLS), built on libevent 2.1's
+ * evhttp; libevent parses HTTP, this layer adds threads, limits, TLS policy,
+ * asynchronous completion and the response headers every answer carries.
+ *
+ * Threads.  hsm_http_server_start() runs W worker threads.  Each owns an
+ * event_base, an evhttp and a listening socket (its own SO_REUSEPORT socket,
+ * or one socket shared by all workers), and every connection it accepts stays
+ * with it.  The handler is called on the worker that read the request, so it
+ * must be thread-safe; it must not block for long, because the worker's other
+ * connections wait meanwhile.
+ *
+ * Requests.  The handler receives an hsm_http_req whose method, path, headers
+ * and body have been fully read and checked against the configured limits.
+ * The handler (or whoever it hands the request to) answers exactly once with
+ * hsm_http_respond(), immediately or later, from any thread.  A response made
+ * on another thread is queued to the owning worker and written there: one
+ * wakeup per batch, and no evhttp call ever happens off its worker.
+ *
+ * What the framework answers by itself: methods other than GET, POST and HEAD
+ * get 405 with an Allow header; unknown methods 501; a body over the limit 413
+ * (as soon as the Content-Length says so, without reading the body); an
+ * oversized or malformed header block 400.  A client that takes longer than
+ * the read timeout to send a request (counted from its first byte, or from
+ * accept for the first request) is disconnected, as is one idle longer than
+ * the idle timeout or not reading a response for longer than the write
+ * timeout.  Connections beyond max_connections are accepted and closed at
+ * once, so they cannot starve the others.
+ *
+ * Every response carries Content-Type, Content-Length, Date and
+ * x-amzn-RequestId (the request id); keep-alive follows HTTP/1.1 (RFC 9112
+ * section 9.3), and while the server stops, responses say Connection: close.
+ */
+#ifndef HSM_SERVER_HTTP_H
+#define HSM_SERVER_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "common/result.h"
+
+#define HSM_HTTP_DEFAULT_MAX_BODY ((size_t)1 << 20)
+#define HSM_HTTP_DEFAULT_MAX_HEADERS ((size_t)16 << 10)
+#define HSM_HTTP_DEFAULT_READ_TIMEOUT_MS 10000U
+#define HSM_HTTP_DEFAULT_IDLE_TIMEOUT_MS 60000U
+#define HSM_HTTP_DEFAULT_WRITE_TIMEOUT_MS 10000U
+#define HSM_HTTP_DEFAULT_MAX_CONNECTIONS 10000U
+#define HSM_HTTP_MAX_WORKERS 256U
+/* "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:65535" plus the NUL. */
+#define HSM_HTTP_ADDR_MAX 56
+
+typedef enum hsm_http_client_auth {
+	HSM_HTTP_CLIENT_AUTH_NONE,     /* no certificate requested */
+	HSM_HTTP_CLIENT_AUTH_OPTIONAL, /* requested; a presented one must verify */
+	HSM_HTTP_CLIENT_AUTH_REQUIRED, /* a verified certificate is mandatory */
+} hsm_http_client_auth;
+
+/*
+ * Server settings.  Strings are borrowed only for the duration of
+ * hsm_http_server_new().  Start from hsm_http_config_defaults().
+ */
+typedef struct hsm_http_config {
+	const char *listen;          /* "127.0.0.1:8443", "[::1]:8443"; port 0 picks a free port */
+	unsigned workers;            /* 0: one per online CPU */
+	size_t max_body_bytes;       /* larger bodies get 413 */
+	size_t max_header_bytes;     /* request line + headers; larger get 400 */
+	uint32_t read_timeout_ms;    /* whole request, first byte to last */
+	uint32_t idle_timeout_ms;    /* keep-alive connection with no request */
+	uint32_t write_timeout_ms;   /* no progress writing a response */
+	uint32_t max_connections;    /* open connections, all workers together */
+	bool shared_listener;        /* one socket for all workers instead of SO_REUSEPORT */
+	const char *tls_cert;        /* PEM certificate chain; NULL: plain HTTP */
+	const char *tls_key;         /* PEM private key (unencrypted), required with tls_cert */
+	const char *tls_client_ca;   /* PEM CA bundle for client certificates */
+	hsm_http_client_auth client_auth;
+} hsm_http_config;
+
+void hsm_http_config_defaults(hsm_http_config *cfg);
+
+typedef struct hsm_http_server hsm_http_server;
+typedef struct hsm_http_req hsm_http_req;
+
+/*
+ * Called on a worker thread for each GET, POST or HEAD request.  The handler
+ * takes ownership of req and must pass it to hsm_http_respond() exactly once,
+ * on any thread, now or later.
+ */
+typedef void (*hsm_http_handler)(hsm_http_req *req, void *arg);
+
+/*
+ * Creates the server and binds its listening sockets (so the port is known
+ * and a busy address fails here), loading the TLS certificate and key when
+ * configured.  Nothing is served before hsm_http_server_start().
+ */
+hsm_result hsm_http_server_new(const hsm_http_config *cfg, hsm_http_handler handler, void *arg,
+                               hsm_http_server **out) HSM_MUST_CHECK;
+/* Starts the worker threads.  They block every signal; the caller's thread keeps them. */
+hsm_result hsm_http_server_start(hsm_http_server *srv) HSM_MUST_CHECK;
+/*
+ * Graceful stop: closes the listening sockets and idle connections, lets
+ * requests in progress finish (their responses say Connection: close) for at
+ * most grace_ms, then drops what is left and joins the workers.  Requests
+ * still held by their handler after that may still be passed to
+ * hsm_http_respond(), which then only releases them.  Idempotent.
+ */
+void hsm_http_server_stop(hsm_http_server *srv, uint32_t grace_ms);
+/*
+ * Stops (with no grace) if needed and frees.  Every request must have been
+ * passed to hsm_http_respond() before; if some have not, the server is
+ * deliberately leaked (and an error logged) rather than freed under them.
+ * NULL is a no-op.
+ */
+void hsm_http_server_free(hsm_http_server *srv);
+/* The bound TCP port (useful with port 0). */
+uint16_t hsm_http_server_port(const hsm_http_server *srv);
+unsigned hsm_http_server_workers(const hsm_http_server *srv);
+/* Requests handed to the handler and not yet responded to (approximate while running). */
+size_t hsm_http_server_inflight(const hsm_http_server *srv);
+
+/*
+ * Request accessors.  They may be called from any thread while the caller
+ * owns req; every pointer returned stays valid until hsm_http_respond(req).
+ */
+const char *hsm_http_req_method(const hsm_http_req *req);  /* "GET", "POST" or "HEAD" */
+/* The request target's path as received (still percent-encoded), e.g. "/". */
+const char *hsm_http_req_path(const hsm_http_req *req);
+/* The raw query string without '?', or "" when there is none. */
+const char *hsm_http_req_query(const hsm_http_req *req);
+/* The first header of that name (compared case-insensitively), or NULL. */
+const char *hsm_http_req_header(const hsm_http_req *req, const char *name);
+
+/* Iterates the headers in the order received: zero-initialize, then call until false. */
+typedef struct hsm_http_header_iter {
+	const void *next_;
+	bool started_;
+} hsm_http_header_iter;
+bool hsm_http_req_next_header(const hsm_http_req *req, hsm_http_header_iter *it,
+                              const char **name, const char **value);
+
+/* The body (possibly empty, then *len is 0); bounded by max_body_bytes. */
+const uint8_t *hsm_http_req_body(const hsm_http_req *req, size_t *len);
+/* The peer's IP address as text ("127.0.0.1", "::1") and port. */
+const char *hsm_http_req_remote_addr(const hsm_http_req *req);
+uint16_t hsm_http_req_remote_port(const hsm_http_req *req);
+bool hsm_http_req_is_tls(const hsm_http_req *req);
+/*
+ * The subject (RFC 4514 string) of the client certificate, when the client
+ * presented one and it verified against tls_client_ca; otherwise NULL.
+ */
+const char *hsm_http_req_client_subject(const hsm_http_req *req);
+/* A fresh version-4 UUID naming this request; sent back as x-amzn-RequestId. */
+const char *hsm_http_req_id(const hsm_http_req *req);
+/* CLOCK_MONOTONIC nanoseconds (hsm_mono_ns) when the request had been fully read. */
+uint64_t hsm_http_req_start_ns(const hsm_http_req *req);
+
+typedef struct hsm_http_header {
+	const char *name;
+	const char *value;
+} hsm_http_header;
+
+/*
+ * Answers req and gives it back: req must not be touched afterwards.  Callable
+ * once per request, from any thread.  status is a final status (200..599);
+ * content_type NULL means "application/octet-stream".  body, the content type
+ * and the extra headers are copied before this returns (the body into wiped
+ * memory: it may hold plaintext).  Extra headers must not repeat the ones the
+ * framework sets; a name or value that is not valid HTTP (CR, LF, ...) is
+ * dropped and logged.  If the response cannot be built (out of memory) the
+ * client gets a bare 500.  HEAD responses carry the Content-Length of body
+ * but not the body.
+ */
+void hsm_http_respond(hsm_http_req *req, int status, const char *content_type, const void *body,
+                      size_t len, size_t n_headers, const hsm_http_header *headers);
+
+/*
+ * Parses a listen address: "a.b.c.d:port" or "[ipv6]:port", numeric only,
+ * port 0..65535.  Used by the configuration to validate "listen".
+ */
+hsm_result hsm_http_parse_addr(const char *text, struct sockaddr_storage *ss,
+                               socklen_t *len) HSM_MUST_CHECK;
+/* True when ss is an IPv4 127/8 or the IPv6 ::1 address. */
+bool hsm_http_addr_is_loopback(const struct sockaddr_storage *ss);
+
+#endif

@@ -1,0 +1,174 @@
+/*
+ * http_tls.c - the server's TLS policy (one SSL_CTX shared by all workers).
+ *
+ * - TLS 1.2 is the floor and 1.3 is preferred (RFC 8446; RFC 9325 section
+ *   3.1.1 recommends against anything older).
+ * - TLS 1.2 suites are ECDHE with an AEAD only (RFC 9325 section 4.2); TLS 1.3
+ *   keeps OpenSSL's default suites, which are all AEAD.
+ * - Renegotiation is refused (a CPU-exhaustion lever, and nothing here needs it).
+ * - Resumption uses the server-side session cache, not stateless tickets:
+ *   OpenSSL never rotates its ticket key, so one stolen key would decrypt
+ *   every recorded ticket-resumed session of the process's lifetime; cached
+ *   sessions expire with the cache (RFC 9325 section 3.4 on ticket key rotation).
+ * - Client certificates are verified against tls_client_ca; a certificate that
+ *   fails verification ends the handshake in both "optional" and "required"
+ *   modes, and "required" also fails a handshake without one.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include "common/buf.h"
+#include "common/log.h"
+#include "server/http_internal.h"
+
+#define TLS12_CIPHERS                                                                      \
+	"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"                           \
+	"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"                           \
+	"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+#define TLS_GROUPS "X25519:P-256:P-384"
+#define TLS_SESSION_CACHE_SIZE 20000L
+#define TLS_SESSION_TIMEOUT_S 600L
+#define TLS_VERIFY_DEPTH 4
+#define TLS_KEY_FILE_MAX ((size_t)64 << 10)
+#define SUBJECT_MAX 1024
+
+/* The reason of OpenSSL's last error, for messages; clears the queue. */
+static const char *ossl_reason(void)
+{
+	unsigned long e = ERR_peek_last_error();
+	const char *r = e ? ERR_reason_error_string(e) : NULL;
+	ERR_clear_error();
+	return r ? r : "unknown error";
+}
+
+/* A passphrase callback that refuses: encrypted keys would need a prompt. */
+static int no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+	(void)buf, (void)size, (void)rwflag, (void)u;
+	return -1;
+}
+
+static void warn_key_permissions(const char *path)
+{
+	struct stat st;
+	if (stat(path, &st) != 0)
+		return;
+	if ((st.st_mode & (S_IRWXG | S_IRWXO)) != 0)
+		hsm_warn("tls_key %s is accessible to group or others (mode %04o); use chmod 600",
+		         path, (unsigned)(st.st_mode & 07777));
+}
+
+/* Loads the private key through wiped memory: the file's bytes are the key. */
+static hsm_result load_key(SSL_CTX *ctx, const char *path)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_buf pem;
+	BIO *bio = NULL;
+	EVP_PKEY *pkey = NULL;
+	hsm_buf_init_secure(&pem);
+	warn_key_permissions(path);
+	HSM_TRY(hsm_read_file(path, TLS_KEY_FILE_MAX, &pem));
+	HSM_CHECK(pem.len <= (size_t)INT32_MAX, HSM_ERR_VALIDATION, "tls_key %s is too large", path);
+	bio = BIO_new_mem_buf(pem.data, (int)pem.len);
+	HSM_CHECK(bio != NULL, HSM_ERR_NOMEM, "out of memory");
+	pkey = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL);
+	HSM_CHECK(pkey != NULL, HSM_ERR_VALIDATION,
+	          "tls_key %s: not an unencrypted PEM private key (%s)", path, ossl_reason());
+	HSM_CHECK(SSL_CTX_use_PrivateKey(ctx, pkey) == 1, HSM_ERR_VALIDATION, "tls_key %s: %s", path,
+	          ossl_reason());
+	HSM_CHECK(SSL_CTX_check_private_key(ctx) == 1, HSM_ERR_VALIDATION,
+	          "tls_key %s does not match the certificate in tls_cert", path);
+out:
+	EVP_PKEY_free(pkey);
+	BIO_free(bio);
+	hsm_buf_free(&pem);
+	return res;
+}
+
+static hsm_result set_policy(SSL_CTX *ctx)
+{
+	HSM_ENSURE(SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) == 1 &&
+	               SSL_CTX_set_cipher_list(ctx, TLS12_CIPHERS) == 1 &&
+	               SSL_CTX_set1_groups_list(ctx, TLS_GROUPS) == 1,
+	           HSM_ERR_CRYPTO, "cannot set the TLS policy: %s", ossl_reason());
+	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
+	                             SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_TICKET);
+	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+	SSL_CTX_sess_set_cache_size(ctx, TLS_SESSION_CACHE_SIZE);
+	SSL_CTX_set_timeout(ctx, TLS_SESSION_TIMEOUT_S);
+	/* With SSL_OP_NO_TICKET, TLS 1.3 tickets are cache references; one is enough. */
+	HSM_ENSURE(SSL_CTX_set_num_tickets(ctx, 1) == 1, HSM_ERR_CRYPTO, "cannot set tickets");
+	static const unsigned char sid_ctx[] = "hsmd";
+	HSM_ENSURE(SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1) == 1,
+	           HSM_ERR_CRYPTO, "cannot set the session context");
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+	return HSM_SUCCESS;
+}
+
+static hsm_result set_client_auth(SSL_CTX *ctx, const hsm_http_config *cfg)
+{
+	if (cfg->client_auth == HSM_HTTP_CLIENT_AUTH_NONE)
+		return HSM_SUCCESS;
+	HSM_ENSURE(cfg->tls_client_ca != NULL, HSM_ERR_VALIDATION,
+	           "client certificates need tls_client_ca");
+	HSM_ENSURE(SSL_CTX_load_verify_file(ctx, cfg->tls_client_ca) == 1, HSM_ERR_VALIDATION,
+	           "tls_client_ca %s: %s", cfg->tls_client_ca, ossl_reason());
+	STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(cfg->tls_client_ca);
+	HSM_ENSURE(names != NULL, HSM_ERR_VALIDATION, "tls_client_ca %s holds no certificate",
+	           cfg->tls_client_ca);
+	SSL_CTX_set_client_CA_list(ctx, names); /* takes ownership */
+	int mode = SSL_VERIFY_PEER;
+	if (cfg->client_auth == HSM_HTTP_CLIENT_AUTH_REQUIRED)
+		mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
+	SSL_CTX_set_verify(ctx, mode, NULL);
+	SSL_CTX_set_verify_depth(ctx, TLS_VERIFY_DEPTH);
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_http_tls_new(const hsm_http_config *cfg, SSL_CTX **out)
+{
+	hsm_result res = HSM_SUCCESS;
+	HSM_ENSURE(cfg->tls_key != NULL, HSM_ERR_VALIDATION, "tls_cert needs tls_key");
+	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+	HSM_CHECK(ctx != NULL, HSM_ERR_CRYPTO, "cannot create a TLS context: %s", ossl_reason());
+	HSM_TRY(set_policy(ctx));
+	HSM_CHECK(SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert) == 1, HSM_ERR_VALIDATION,
+	          "tls_cert %s: %s", cfg->tls_cert, ossl_reason());
+	HSM_TRY(load_key(ctx, cfg->tls_key));
+	HSM_TRY(set_client_auth(ctx, cfg));
+	*out = ctx;
+	ctx = NULL;
+out:
+	SSL_CTX_free(ctx);
+	return res;
+}
+
+char *hsm_http_tls_client_subject(SSL *ssl)
+{
+	X509 *cert = SSL_get0_peer_certificate(ssl);
+	if (cert == NULL || SSL_get_verify_result(ssl) != X509_V_OK)
+		return NULL;
+	BIO *bio = BIO_new(BIO_s_mem());
+	if (bio == NULL)
+		return NULL;
+	char *subject = NULL;
+	if (X509_NAME_print_ex(bio, X509_get_subject_name(cert), 0, XN_FLAG_RFC2253) >= 0) {
+		char *p = NULL;
+		long n = BIO_get_mem_data(bio, &p);
+		if (n >= 0 && n < SUBJECT_MAX && p != NULL) {
+			subject = malloc((size_t)n + 1);
+			if (subject != NULL) {
+				memcpy(subject, p, (size_t)n);
+				subject[n] = '\0';
+			}
+		}
+	}
+	BIO_free(bio);
+	return subject;
+}
