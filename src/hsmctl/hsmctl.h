@@ -8,7 +8,10 @@
 #ifndef HSMCTL_H
 #define HSMCTL_H
 
+#include <stdbool.h>
+
 #include "common/result.h"
+#include "hsmctl/client.h"
 
 typedef int (*hsmctl_fn)(int argc, char **argv);
 
@@ -24,7 +27,19 @@ int hsmctl_fail(const char *context);
 /* Prints a usage error for a command and returns 2. */
 int hsmctl_usage(const char *command, const char *fmt, ...) HSM_PRINTF(2, 3);
 
+/* Options given before the command: hsmctl [--endpoint URL] [--ca-file F] COMMAND ... */
+typedef struct hsmctl_globals_t {
+	hsmctl_client client;
+} hsmctl_globals_t;
+extern hsmctl_globals_t hsmctl_globals;
+/* True when --endpoint (or HSM_ENDPOINT) names a running hsmd. */
+bool hsmctl_online(void);
+
 /* Commands (cmd_*.c). */
+int hsmctl_cmd_online(int argc, char **argv);
+int hsmctl_cmd_user(int argc, char **argv);
+int hsmctl_cmd_access_key(int argc, char **argv);
+int hsmctl_cmd_audit_online(int argc, char **argv);
 int hsmctl_cmd_init(int argc, char **argv);
 int hsmctl_cmd_unseal_check(int argc, char **argv);
 int hsmctl_cmd_status_local(int argc, char **argv);

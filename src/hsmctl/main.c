@@ -3,6 +3,7 @@
  */
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/log.h"
@@ -12,13 +13,42 @@ static int cmd_version(int argc, char **argv);
 static int cmd_help(int argc, char **argv);
 int cmd_audit_verify(int argc, char **argv);
 
+hsmctl_globals_t hsmctl_globals;
+
+bool hsmctl_online(void)
+{
+	return hsmctl_globals.client.endpoints != NULL && *hsmctl_globals.client.endpoints != '\0';
+}
+
+/* status and unseal work on a data directory or, with --endpoint, on a running hsmd. */
+static int cmd_status(int argc, char **argv)
+{
+	return hsmctl_online() ? hsmctl_cmd_online(argc, argv) : hsmctl_cmd_status_local(argc, argv);
+}
+
+static int cmd_unseal(int argc, char **argv)
+{
+	return hsmctl_online() ? hsmctl_cmd_online(argc, argv) : hsmctl_cmd_unseal_check(argc, argv);
+}
+
 static const hsmctl_command commands[] = {
     {"init", "--data-dir DIR --share-dir DIR [--shares N] [--threshold M] [--custodians a,b,..]",
      "key ceremony: create a store, its master key and the custodians' share files",
      hsmctl_cmd_init},
-    {"status", "--data-dir DIR", "show a data directory's state", hsmctl_cmd_status_local},
-    {"unseal", "--data-dir DIR SHARE_FILE...", "check that share files reconstruct the master key",
-     hsmctl_cmd_unseal_check},
+    {"status", "--data-dir DIR | (with --endpoint)",
+     "show a data directory's or a running hsmd's state", cmd_status},
+    {"unseal", "--data-dir DIR SHARE_FILE... | (with --endpoint) SHARE_FILE",
+     "give a custodian share to a running hsmd, or check shares offline", cmd_unseal},
+    {"seal", "(with --endpoint)", "seal a running hsmd: wipe its keys from memory",
+     hsmctl_cmd_online},
+    {"user", "create NAME --roles R[,R] | list | disable|enable|unlock NAME (with --endpoint)",
+     "manage users (roles: crypto-officer, crypto-user, auditor)", hsmctl_cmd_user},
+    {"access-key", "create USER | revoke AKID | list [USER] (with --endpoint)",
+     "manage SigV4 access keys", hsmctl_cmd_access_key},
+    {"audit hash", "VALUE (with --endpoint)",
+     "keyed hash of a value, to match the hashes in audit records", hsmctl_cmd_audit_online},
+    {"audit pubkey", "(with --endpoint)", "print the audit signing public key (PEM)",
+     hsmctl_cmd_audit_online},
     {"key", "create|list|describe|enable|disable|rotate|rotation|schedule-deletion|"
             "cancel-deletion --data-dir DIR [--share FILE]... [KEY]",
      "manage keys on a data directory", hsmctl_cmd_key},
@@ -93,8 +123,32 @@ static const hsmctl_command *lookup(int argc, char **argv, int *consumed)
 	return best;
 }
 
+/* Consumes leading global options; returns the index of the command word. */
+static int parse_globals(int argc, char **argv)
+{
+	hsmctl_client *c = &hsmctl_globals.client;
+	c->endpoints = getenv("HSM_ENDPOINT");
+	c->ca_file = getenv("HSM_CA_FILE");
+	int i = 1;
+	while (i + 1 < argc && argv[i][0] == '-' && argv[i][1] == '-') {
+		if (strcmp(argv[i], "--endpoint") == 0)
+			c->endpoints = argv[i + 1];
+		else if (strcmp(argv[i], "--ca-file") == 0)
+			c->ca_file = argv[i + 1];
+		else if (strcmp(argv[i], "--region") == 0)
+			c->region = argv[i + 1];
+		else
+			break;
+		i += 2;
+	}
+	return i;
+}
+
 int main(int argc, char **argv)
 {
+	int first = parse_globals(argc, argv);
+	argc -= first - 1;
+	argv += first - 1;
 	if (argc < 2)
 		return cmd_help(0, NULL);
 	int words = 0;

@@ -1,0 +1,197 @@
+/*
+ * cmd_online.c - hsmctl commands against a running hsmd (--endpoint URL).
+ *
+ *   hsmctl --endpoint URL unseal SHARE_FILE...      one custodian share per call
+ *   hsmctl --endpoint URL status | seal
+ *   hsmctl --endpoint URL user create NAME --roles crypto-officer,crypto-user
+ *   hsmctl --endpoint URL user list | disable NAME | enable NAME | unlock NAME
+ *   hsmctl --endpoint URL access-key create USER | revoke AKID | list [USER]
+ *   hsmctl --endpoint URL audit hash VALUE | audit pubkey
+ */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+#include "hsmctl/client.h"
+#include "hsmctl/hsmctl.h"
+
+/* Calls target with a JSON object built from name/value pairs (NULL-terminated). */
+static hsm_result call(const char *target, bool sign, json_t *body, json_t **out)
+{
+	char *text = json_dumps(body, JSON_COMPACT);
+	json_decref(body);
+	HSM_ENSURE(text != NULL, HSM_ERR_NOMEM, "out of memory");
+	hsm_buf resp;
+	hsm_buf_init_secure(&resp); /* may hold a secret access key */
+	hsm_result r = hsmctl_call_ok(&hsmctl_globals.client, target, text, sign, &resp);
+	free(text);
+	if (hsm_ok(r)) {
+		json_error_t e;
+		*out = json_loadb((const char *)resp.data, resp.len, 0, &e);
+		if (*out == NULL)
+			r = HSM_FAIL(HSM_ERR_SERIALIZATION, "the server's answer is not JSON");
+	}
+	hsm_buf_free(&resp);
+	return r;
+}
+
+static void print_fields(json_t *o)
+{
+	const char *k;
+	json_t *v;
+	json_object_foreach(o, k, v)
+	{
+		char *s = json_is_string(v) ? NULL : json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+		printf("%s: %s\n", k, s ? s : json_string_value(v));
+		free(s);
+	}
+}
+
+static int simple(const char *ctx, const char *target, bool sign, json_t *body)
+{
+	json_t *out = NULL;
+	if (hsm_failed(call(target, sign, body, &out)))
+		return hsmctl_fail(ctx);
+	print_fields(out);
+	json_decref(out);
+	return 0;
+}
+
+static int unseal_online(int argc, char **argv)
+{
+	if (argc < 2)
+		return hsmctl_usage("unseal", "give a share file");
+	for (int i = 1; i < argc; i++) {
+		hsm_buf text;
+		hsm_buf_init_secure(&text);
+		hsm_result r = hsm_read_file(argv[i], 4096, &text);
+		if (hsm_ok(r))
+			r = hsm_buf_terminate(&text);
+		json_t *body = json_object(), *out = NULL;
+		if (hsm_ok(r)) {
+			json_object_set_new(body, "Share", json_stringn((const char *)text.data, text.len));
+			r = call("HsmdAdmin.Unseal", false, body, &out);
+		} else {
+			json_decref(body);
+		}
+		hsm_buf_free(&text);
+		if (hsm_failed(r))
+			return hsmctl_fail(argv[i]);
+		bool sealed = json_is_true(json_object_get(out, "Sealed"));
+		printf("%s: accepted; %lld of %lld shares%s\n", argv[i],
+		       (long long)json_integer_value(json_object_get(out, "Progress")),
+		       (long long)json_integer_value(json_object_get(out, "Threshold")),
+		       sealed ? "" : "; unsealed");
+		json_decref(out);
+	}
+	return 0;
+}
+
+int hsmctl_cmd_online(int argc, char **argv)
+{
+	const char *cmd = argv[0];
+	if (strcmp(cmd, "unseal") == 0)
+		return unseal_online(argc, argv);
+	if (strcmp(cmd, "status") == 0)
+		return simple("status", "HsmdAdmin.Status", false, json_object());
+	if (strcmp(cmd, "seal") == 0)
+		return simple("seal", "HsmdAdmin.Seal", true, json_object());
+	return hsmctl_usage(cmd, "not available with --endpoint");
+}
+
+static json_t *roles_array(const char *list)
+{
+	json_t *a = json_array();
+	char buf[128];
+	snprintf(buf, sizeof(buf), "%s", list);
+	for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save))
+		json_array_append_new(a, json_string(t));
+	return a;
+}
+
+static int list_of(const char *target, json_t *body, const char *member)
+{
+	json_t *out = NULL;
+	if (hsm_failed(call(target, true, body, &out)))
+		return hsmctl_fail(target);
+	size_t i;
+	json_t *item;
+	json_array_foreach(json_object_get(out, member), i, item)
+	{
+		print_fields(item);
+		printf("\n");
+	}
+	json_decref(out);
+	return 0;
+}
+
+int hsmctl_cmd_user(int argc, char **argv)
+{
+	if (!hsmctl_online())
+		return hsmctl_usage("user", "needs --endpoint (a running hsmd)");
+	if (argc >= 2 && strcmp(argv[1], "list") == 0)
+		return list_of("HsmdAdmin.ListUsers", json_object(), "Users");
+	if (argc < 3)
+		return hsmctl_usage("user", "create NAME --roles R,R | list | disable|enable|unlock NAME");
+	json_t *body = json_pack("{s:s}", "UserName", argv[2]);
+	if (strcmp(argv[1], "create") == 0) {
+		if (argc != 5 || strcmp(argv[3], "--roles") != 0) {
+			json_decref(body);
+			return hsmctl_usage("user", "create NAME --roles crypto-officer,crypto-user,auditor");
+		}
+		json_object_set_new(body, "Roles", roles_array(argv[4]));
+		return simple("user create", "HsmdAdmin.CreateUser", true, body);
+	}
+	const char *target = strcmp(argv[1], "disable") == 0  ? "HsmdAdmin.DisableUser"
+	                     : strcmp(argv[1], "enable") == 0 ? "HsmdAdmin.EnableUser"
+	                     : strcmp(argv[1], "unlock") == 0 ? "HsmdAdmin.UnlockUser"
+	                                                      : NULL;
+	if (target == NULL) {
+		json_decref(body);
+		return hsmctl_usage("user", "unknown subcommand '%s'", argv[1]);
+	}
+	return simple(argv[1], target, true, body);
+}
+
+int hsmctl_cmd_access_key(int argc, char **argv)
+{
+	if (!hsmctl_online())
+		return hsmctl_usage("access-key", "needs --endpoint (a running hsmd)");
+	if (argc >= 2 && strcmp(argv[1], "list") == 0) {
+		json_t *body = argc >= 3 ? json_pack("{s:s}", "UserName", argv[2]) : json_object();
+		return list_of("HsmdAdmin.ListAccessKeys", body, "AccessKeys");
+	}
+	if (argc != 3)
+		return hsmctl_usage("access-key", "create USER | revoke AKID | list [USER]");
+	if (strcmp(argv[1], "create") == 0)
+		return simple("access-key create", "HsmdAdmin.CreateAccessKey", true,
+		              json_pack("{s:s}", "UserName", argv[2]));
+	if (strcmp(argv[1], "revoke") == 0)
+		return simple("access-key revoke", "HsmdAdmin.RevokeAccessKey", true,
+		              json_pack("{s:s}", "AccessKeyId", argv[2]));
+	return hsmctl_usage("access-key", "unknown subcommand '%s'", argv[1]);
+}
+
+int hsmctl_cmd_audit_online(int argc, char **argv)
+{
+	if (!hsmctl_online())
+		return hsmctl_usage("audit", "hash and pubkey need --endpoint (a running hsmd)");
+	if (strcmp(argv[0], "pubkey") == 0) {
+		json_t *out = NULL;
+		if (hsm_failed(call("HsmdAdmin.AuditPublicKey", true, json_object(), &out)))
+			return hsmctl_fail("audit pubkey");
+		fputs(json_string_value(json_object_get(out, "PublicKey")), stdout);
+		json_decref(out);
+		return 0;
+	}
+	if (argc != 2)
+		return hsmctl_usage("audit hash", "give exactly one VALUE");
+	json_t *out = NULL;
+	if (hsm_failed(call("HsmdAdmin.AuditHash", true, json_pack("{s:s}", "Value", argv[1]), &out)))
+		return hsmctl_fail("audit hash");
+	printf("%s\n", json_string_value(json_object_get(out, "Hash")));
+	json_decref(out);
+	return 0;
+}

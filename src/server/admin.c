@@ -1,0 +1,239 @@
+/*
+ * admin.c - hsmd's own API next to the KMS one (X-Amz-Target: HsmdAdmin.<Op>).
+ *
+ * Unseal and Status work while the node is sealed and without SigV4: access
+ * key secrets are themselves sealed under the master key, so no signature
+ * can be checked before unseal.  A custodian's share file is the credential
+ * of Unseal (it is checksummed, bound to this store, and worthless below the
+ * threshold), as with other HSMs' unseal endpoints; both are audited.  Every
+ * other admin operation needs SigV4 and the crypto-officer role (AuditHash
+ * and AuditPublicKey also the auditor role).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "server/server.h"
+
+#define SHARE_FILE_MAX 512
+
+static hsm_result op_unseal(hsm_admin_ctx *c)
+{
+	const char *share;
+	hsm_unseal_progress p;
+	HSM_GUARD(hsm_json_str(c->req, "Share", true, 1, SHARE_FILE_MAX, &share));
+	hsm_result r = hsm_keystore_unseal(c->s->ks, (const uint8_t *)share, strlen(share), &p);
+	if (hsm_failed(r))
+		return r;
+	if (p.unsealed) {
+		hsm_audit_set_signer(c->s->audit, hsm_server_audit_signer, c->s->ks);
+		hsm_server_auth_flush(c->s);
+	}
+	hsm_jw_bool(c->w, "Sealed", !p.unsealed);
+	hsm_jw_int(c->w, "Progress", p.have);
+	hsm_jw_int(c->w, "Threshold", p.threshold);
+	return HSM_SUCCESS;
+}
+
+static hsm_result op_status(hsm_admin_ctx *c)
+{
+	hsm_unseal_progress p;
+	uint64_t keys = 0;
+	hsm_keystore_unseal_status(c->s->ks, &p);
+	hsm_node_state st = hsm_keystore_state(c->s->ks);
+	if (st == HSM_NODE_UNSEALED)
+		HSM_GUARD(hsm_store_key_count(c->s->store, &keys));
+	hsm_jw_str(c->w, "State", hsm_node_state_name(st));
+	hsm_jw_bool(c->w, "Sealed", st != HSM_NODE_UNSEALED);
+	hsm_jw_int(c->w, "Progress", p.have);
+	hsm_jw_int(c->w, "Threshold", p.threshold);
+	hsm_jw_str(c->w, "Version", HSM_VERSION);
+	hsm_jw_str(c->w, "StoreId", hsm_keystore_store_id(c->s->ks));
+	hsm_jw_str(c->w, "NodeId", c->s->node_id);
+	if (st == HSM_NODE_UNSEALED)
+		hsm_jw_int(c->w, "KeyCount", (int64_t)keys);
+	hsm_jw_bool(c->w, "AuditHealthy", hsm_audit_healthy(c->s->audit));
+	if (st == HSM_NODE_ERROR)
+		hsm_jw_str(c->w, "Error", hsm_keystore_error_reason(c->s->ks));
+	return HSM_SUCCESS;
+}
+
+static hsm_result require_role(hsm_admin_ctx *c, unsigned roles)
+{
+	HSM_ENSURE((c->auth->caller.roles & roles) != 0, HSM_ERR_ACCESS_DENIED,
+	           "User %s may not perform this operation (role required: %s)", c->auth->user,
+	           (roles & HSM_ROLES_AUDITOR) ? "crypto-officer or auditor" : "crypto-officer");
+	return HSM_SUCCESS;
+}
+
+static hsm_result op_seal(hsm_admin_ctx *c)
+{
+	HSM_GUARD(require_role(c, HSM_ROLES_OFFICER));
+	hsm_audit_set_signer(c->s->audit, NULL, NULL);
+	hsm_keystore_seal(c->s->ks);
+	hsm_server_auth_flush(c->s);
+	hsm_warn("sealed by %s", c->auth->user);
+	hsm_jw_bool(c->w, "Sealed", true);
+	return HSM_SUCCESS;
+}
+
+static hsm_result read_roles(hsm_admin_ctx *c, unsigned *roles)
+{
+	const char **names = NULL;
+	size_t n = 0;
+	HSM_GUARD(hsm_json_string_list(c->req, "Roles", true, HSM_ROLE_COUNT, &names, &n));
+	hsm_result r = HSM_SUCCESS;
+	*roles = 0;
+	for (size_t i = 0; i < n && hsm_ok(r); i++) {
+		hsm_role role;
+		r = hsm_role_parse(names[i], &role);
+		if (hsm_ok(r))
+			*roles |= HSM_ROLE_BIT(role);
+	}
+	free(names);
+	return r;
+}
+
+static hsm_result op_create_user(hsm_admin_ctx *c)
+{
+	const char *name;
+	unsigned roles;
+	HSM_GUARD(hsm_json_str(c->req, "UserName", true, 1, HSM_USER_NAME_MAX, &name));
+	HSM_GUARD(read_roles(c, &roles));
+	HSM_GUARD(hsm_kms_user_create(c->s->kms, &c->auth->caller, name, roles));
+	hsm_jw_str(c->w, "UserName", name);
+	return HSM_SUCCESS;
+}
+
+static hsm_result write_user(const hsm_user_record *u, void *arg)
+{
+	hsm_jw *w = arg;
+	hsm_jw_begin_object(w);
+	hsm_jw_str(w, "UserName", u->name);
+	hsm_jw_key_begin_array(w, "Roles");
+	for (unsigned r = 0; r < HSM_ROLE_COUNT; r++)
+		if (u->roles & HSM_ROLE_BIT(r))
+			hsm_jw_value_str(w, hsm_role_name((hsm_role)r));
+	hsm_jw_end_array(w);
+	hsm_jw_bool(w, "Disabled", u->disabled);
+	hsm_jw_bool(w, "Locked", u->locked);
+	hsm_jw_int(w, "FailedAuthentications", u->failed_auth);
+	hsm_jw_time(w, "CreationDate", u->created);
+	hsm_jw_end(w);
+	return HSM_SUCCESS;
+}
+
+static hsm_result op_list_users(hsm_admin_ctx *c)
+{
+	hsm_jw_key_begin_array(c->w, "Users");
+	HSM_GUARD(hsm_kms_user_list(c->s->kms, &c->auth->caller, write_user, c->w));
+	hsm_jw_end_array(c->w);
+	return HSM_SUCCESS;
+}
+
+static hsm_result user_change(hsm_admin_ctx *c, int what)
+{
+	const char *name;
+	HSM_GUARD(hsm_json_str(c->req, "UserName", true, 1, HSM_USER_NAME_MAX, &name));
+	hsm_result r = what == 2 ? hsm_kms_user_unlock(c->s->kms, &c->auth->caller, name)
+	                         : hsm_kms_user_set_disabled(c->s->kms, &c->auth->caller, name,
+	                                                     what == 1);
+	hsm_server_auth_flush(c->s);
+	return r;
+}
+
+static hsm_result op_disable_user(hsm_admin_ctx *c) { return user_change(c, 1); }
+static hsm_result op_enable_user(hsm_admin_ctx *c) { return user_change(c, 0); }
+static hsm_result op_unlock_user(hsm_admin_ctx *c) { return user_change(c, 2); }
+
+static hsm_result op_create_access_key(hsm_admin_ctx *c)
+{
+	const char *name;
+	char akid[HSM_ACCESS_KEY_ID_LEN + 1];
+	hsm_secret *secret = NULL;
+	HSM_GUARD(hsm_json_str(c->req, "UserName", true, 1, HSM_USER_NAME_MAX, &name));
+	HSM_GUARD(hsm_kms_access_key_create(c->s->kms, &c->auth->caller, name, akid, &secret));
+	hsm_jw_str(c->w, "UserName", name);
+	hsm_jw_str(c->w, "AccessKeyId", akid);
+	hsm_jw_str_n(c->w, "SecretAccessKey", (const char *)hsm_secret_bytes(secret),
+	             hsm_secret_len(secret));
+	hsm_secret_free(secret);
+	return HSM_SUCCESS;
+}
+
+static hsm_result op_revoke_access_key(hsm_admin_ctx *c)
+{
+	const char *akid;
+	HSM_GUARD(hsm_json_str(c->req, "AccessKeyId", true, 16, HSM_ACCESS_KEY_ID_LEN, &akid));
+	hsm_result r = hsm_kms_access_key_revoke(c->s->kms, &c->auth->caller, akid);
+	hsm_server_auth_flush(c->s);
+	return r;
+}
+
+static hsm_result write_access_key(const hsm_access_key_record *k, void *arg)
+{
+	hsm_jw *w = arg;
+	hsm_jw_begin_object(w);
+	hsm_jw_str(w, "AccessKeyId", k->access_key_id);
+	hsm_jw_str(w, "UserName", k->user);
+	hsm_jw_str(w, "Status", k->active ? "Active" : "Inactive");
+	hsm_jw_time(w, "CreationDate", k->created);
+	hsm_jw_end(w);
+	return HSM_SUCCESS;
+}
+
+static hsm_result op_list_access_keys(hsm_admin_ctx *c)
+{
+	const char *name = NULL;
+	HSM_GUARD(hsm_json_str(c->req, "UserName", false, 1, HSM_USER_NAME_MAX, &name));
+	hsm_jw_key_begin_array(c->w, "AccessKeys");
+	HSM_GUARD(hsm_kms_access_key_list(c->s->kms, &c->auth->caller, name, write_access_key, c->w));
+	hsm_jw_end_array(c->w);
+	return HSM_SUCCESS;
+}
+
+static hsm_result op_audit_hash(hsm_admin_ctx *c)
+{
+	const char *value;
+	char hash[2 * HSM_SHA256_LEN + 1];
+	HSM_GUARD(require_role(c, HSM_ROLES_OFFICER | HSM_ROLES_AUDITOR));
+	HSM_GUARD(hsm_json_str(c->req, "Value", true, 0, 8192, &value));
+	HSM_GUARD(hsm_ks_audit_hash(c->s->ks, (const uint8_t *)value, strlen(value), hash));
+	hsm_jw_str(c->w, "Hash", hash);
+	return HSM_SUCCESS;
+}
+
+static hsm_result op_audit_public_key(hsm_admin_ctx *c)
+{
+	hsm_buf pem = {0};
+	HSM_GUARD(require_role(c, HSM_ROLES_OFFICER | HSM_ROLES_AUDITOR));
+	hsm_result r = hsm_ks_audit_public_pem(c->s->ks, &pem);
+	if (hsm_ok(r))
+		hsm_jw_str_n(c->w, "PublicKey", (const char *)pem.data, pem.len);
+	hsm_buf_free(&pem);
+	return r;
+}
+
+static const hsm_admin_op admin_ops[] = {
+    {"Unseal", false, op_unseal},
+    {"Status", false, op_status},
+    {"Seal", true, op_seal},
+    {"CreateUser", true, op_create_user},
+    {"ListUsers", true, op_list_users},
+    {"DisableUser", true, op_disable_user},
+    {"EnableUser", true, op_enable_user},
+    {"UnlockUser", true, op_unlock_user},
+    {"CreateAccessKey", true, op_create_access_key},
+    {"RevokeAccessKey", true, op_revoke_access_key},
+    {"ListAccessKeys", true, op_list_access_keys},
+    {"AuditHash", true, op_audit_hash},
+    {"AuditPublicKey", true, op_audit_public_key},
+};
+
+const hsm_admin_op *hsm_admin_find(const char *name)
+{
+	for (size_t i = 0; i < sizeof(admin_ops) / sizeof(admin_ops[0]); i++)
+		if (strcmp(admin_ops[i].name, name) == 0)
+			return &admin_ops[i];
+	return NULL;
+}

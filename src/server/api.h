@@ -1,0 +1,101 @@
+/*
+ * api.h - the KMS JSON API: handlers and the table that dispatches to them.
+ *
+ * One handler per operation, grouped by family in api_<family>.c.  A
+ * handler reads its request members from c->req (json.h accessors), calls
+ * one kms/ function with the authenticated caller, and writes the response
+ * members with c->w (the dispatcher has opened the top-level object and
+ * closes it).  On failure it just returns the error: the dispatcher renders
+ * the KMS error body and discards anything written.  Handlers note what the
+ * audit record needs (key, version, algorithm, encryption context) in
+ * c->audit.  Handlers never see key material: they speak to kms/ only.
+ */
+#ifndef HSM_SERVER_API_H
+#define HSM_SERVER_API_H
+
+#include <jansson.h>
+
+#include "kms/kms.h"
+#include "server/json.h"
+
+/* What a request's audit record says beyond who, what and the outcome. */
+typedef struct hsm_api_audit {
+	char key_id[HSM_UUID_STRLEN + 1];
+	uint32_t key_version;
+	const char *algorithm;       /* static string or NULL */
+	const char *message_type;    /* "RAW" / "DIGEST" or NULL */
+	hsm_ctx_pair *ctx;           /* encryption context (hashed in the record); points into req */
+	size_t n_ctx;
+} hsm_api_audit;
+
+typedef struct hsm_api_ctx {
+	hsm_kms *kms;
+	const hsm_caller *caller;
+	json_t *req;
+	hsm_jw *w;
+	hsm_buf *out;          /* the response body the writer fills */
+	bool secret_response;  /* set when out holds plaintext (a secure buffer) */
+	hsm_api_audit audit;
+} hsm_api_ctx;
+
+typedef hsm_result (*hsm_api_handler)(hsm_api_ctx *c);
+
+/* The handler of a KMS operation (never NULL for a valid op). */
+hsm_api_handler hsm_api_handler_for(hsm_op op);
+
+/* Records the key and version an operation used (for the audit record). */
+void hsm_api_note_key(hsm_api_ctx *c, const hsm_used_key *used);
+
+/* Handlers, by family. */
+hsm_result hsm_api_create_key(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_describe_key(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_list_keys(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_enable_key(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_disable_key(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_update_key_description(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_schedule_key_deletion(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_cancel_key_deletion(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_encrypt(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_decrypt(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_reencrypt(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_generate_data_key(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_generate_data_key_without_plaintext(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_generate_data_key_pair(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_generate_data_key_pair_without_plaintext(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_generate_random(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_sign(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_verify(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_generate_mac(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_verify_mac(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_get_public_key(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_enable_key_rotation(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_disable_key_rotation(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_get_key_rotation_status(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_rotate_key_on_demand(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_list_key_rotations(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_create_alias(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_update_alias(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_delete_alias(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_list_aliases(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_tag_resource(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_untag_resource(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_list_resource_tags(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_get_key_policy(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_put_key_policy(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_list_key_policies(hsm_api_ctx *c) HSM_MUST_CHECK;
+
+/* Shared request pieces. */
+#define HSM_KEYID_MAX 2048
+/* The required KeyId member (1-2048 characters). */
+hsm_result hsm_api_key_id(hsm_api_ctx *c, const char *member, const char **out) HSM_MUST_CHECK;
+/* Limit (1..max, default def) and Marker (1..1024 characters, optional). */
+hsm_result hsm_api_paging(hsm_api_ctx *c, int64_t max, int64_t def, size_t *limit,
+                          const char **marker) HSM_MUST_CHECK;
+/* Writes KeyMetadata for a key record. */
+void hsm_api_write_key_metadata(hsm_api_ctx *c, const char *member, const hsm_key_record *r);
+/* Writes "KeyId": <key ARN>. */
+void hsm_api_write_key_arn(hsm_api_ctx *c, const char *member, const char *key_id);
+/* Writes the algorithm lists of a spec (EncryptionAlgorithms / SigningAlgorithms / MacAlgorithms). */
+void hsm_api_write_algorithms(hsm_api_ctx *c, hsm_key_spec spec, hsm_key_usage usage);
+
+#endif

@@ -1,0 +1,269 @@
+/*
+ * api_keys.c - CreateKey, DescribeKey, ListKeys, EnableKey, DisableKey,
+ * UpdateKeyDescription, ScheduleKeyDeletion, CancelKeyDeletion, and the
+ * shared request/response pieces (KeyId, paging, KeyMetadata).
+ *
+ * Members and limits follow the AWS KMS API reference for each operation.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/api.h"
+
+#define POLICY_MAX 32768
+
+hsm_result hsm_api_key_id(hsm_api_ctx *c, const char *member, const char **out)
+{
+	return hsm_json_str(c->req, member, true, 1, HSM_KEYID_MAX, out);
+}
+
+hsm_result hsm_api_paging(hsm_api_ctx *c, int64_t max, int64_t def, size_t *limit,
+                          const char **marker)
+{
+	int64_t l = def;
+	bool present;
+	HSM_GUARD(hsm_json_int(c->req, "Limit", false, 1, max, &l, &present));
+	HSM_GUARD(hsm_json_str(c->req, "Marker", false, 1, 1024, marker));
+	*limit = (size_t)(present ? l : def);
+	return HSM_SUCCESS;
+}
+
+void hsm_api_note_key(hsm_api_ctx *c, const hsm_used_key *used)
+{
+	memcpy(c->audit.key_id, used->key_id, sizeof(c->audit.key_id));
+	c->audit.key_version = used->version;
+}
+
+static void note_record(hsm_api_ctx *c, const hsm_key_record *r)
+{
+	memcpy(c->audit.key_id, r->key_id, sizeof(c->audit.key_id));
+	c->audit.key_version = r->primary_version;
+}
+
+void hsm_api_write_key_arn(hsm_api_ctx *c, const char *member, const char *key_id)
+{
+	hsm_buf arn = {0};
+	if (hsm_ok(hsm_kms_key_arn(c->kms, key_id, &arn)))
+		hsm_jw_str_n(c->w, member, (const char *)arn.data, arn.len);
+	else
+		c->w->err = HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
+	hsm_buf_free(&arn);
+}
+
+void hsm_api_write_algorithms(hsm_api_ctx *c, hsm_key_spec spec, hsm_key_usage usage)
+{
+	const hsm_spec_info *s = hsm_spec_get(spec);
+	if (usage == HSM_USAGE_ENCRYPT_DECRYPT) {
+		hsm_jw_key_begin_array(c->w, "EncryptionAlgorithms");
+		for (unsigned a = 0; a < HSM_ENC_COUNT; a++)
+			if (s->enc_algs & (1U << a))
+				hsm_jw_value_str(c->w, hsm_enc_alg_name((hsm_enc_alg)a));
+		hsm_jw_end_array(c->w);
+	} else if (usage == HSM_USAGE_SIGN_VERIFY) {
+		hsm_jw_key_begin_array(c->w, "SigningAlgorithms");
+		for (unsigned a = 0; a < HSM_SIGN_COUNT; a++)
+			if (s->sign_algs & (1U << a))
+				hsm_jw_value_str(c->w, hsm_sign_alg_name((hsm_sign_alg)a));
+		hsm_jw_end_array(c->w);
+	} else {
+		hsm_jw_key_begin_array(c->w, "MacAlgorithms");
+		for (unsigned a = 0; a < HSM_MAC_COUNT; a++)
+			if (s->mac_algs & (1U << a))
+				hsm_jw_value_str(c->w, hsm_mac_alg_name((hsm_mac_alg)a));
+		hsm_jw_end_array(c->w);
+	}
+}
+
+void hsm_api_write_key_metadata(hsm_api_ctx *c, const char *member, const hsm_key_record *r)
+{
+	const hsm_kms_config *cfg = hsm_kms_config_get(c->kms);
+	hsm_jw_key_begin_object(c->w, member);
+	hsm_jw_str(c->w, "AWSAccountId", cfg->account_id);
+	hsm_jw_str(c->w, "KeyId", r->key_id);
+	hsm_api_write_key_arn(c, "Arn", r->key_id);
+	hsm_jw_time(c->w, "CreationDate", r->created);
+	hsm_jw_bool(c->w, "Enabled", r->state == HSM_KEY_ENABLED);
+	hsm_jw_str(c->w, "Description", r->description);
+	hsm_jw_str(c->w, "KeyUsage", hsm_usage_name(r->usage));
+	hsm_jw_str(c->w, "KeyState", hsm_key_state_name(r->state));
+	if (r->state == HSM_KEY_PENDING_DELETION) {
+		hsm_jw_time(c->w, "DeletionDate", r->deletion_date);
+		hsm_jw_int(c->w, "PendingDeletionWindowInDays", r->pending_window_days);
+	}
+	hsm_jw_str(c->w, "Origin", "AWS_KMS");
+	hsm_jw_str(c->w, "KeyManager", "CUSTOMER");
+	hsm_jw_str(c->w, "CustomerMasterKeySpec", hsm_spec_name(r->spec));
+	hsm_jw_str(c->w, "KeySpec", hsm_spec_name(r->spec));
+	hsm_api_write_algorithms(c, r->spec, r->usage);
+	hsm_jw_bool(c->w, "MultiRegion", false);
+	hsm_jw_end(c->w);
+}
+
+/* KeySpec (or the deprecated CustomerMasterKeySpec) and KeyUsage with KMS's defaults. */
+static hsm_result read_spec_usage(hsm_api_ctx *c, hsm_create_key_req *req)
+{
+	const char *spec = NULL, *cmk = NULL, *usage = NULL;
+	HSM_GUARD(hsm_json_str(c->req, "KeySpec", false, 1, 64, &spec));
+	HSM_GUARD(hsm_json_str(c->req, "CustomerMasterKeySpec", false, 1, 64, &cmk));
+	HSM_GUARD(hsm_json_str(c->req, "KeyUsage", false, 1, 64, &usage));
+	HSM_ENSURE(spec == NULL || cmk == NULL, HSM_ERR_VALIDATION,
+	           "Specify KeySpec or CustomerMasterKeySpec, not both");
+	req->spec = HSM_SPEC_SYMMETRIC_DEFAULT;
+	req->usage = HSM_USAGE_ENCRYPT_DECRYPT;
+	if (spec != NULL || cmk != NULL)
+		HSM_GUARD(hsm_spec_parse(spec != NULL ? spec : cmk, &req->spec));
+	if (usage != NULL)
+		HSM_GUARD(hsm_usage_parse(usage, &req->usage));
+	return HSM_SUCCESS;
+}
+
+/* Members hsmd does not offer are refused explicitly rather than ignored. */
+static hsm_result refuse_unsupported(hsm_api_ctx *c)
+{
+	const char *origin = NULL, *store = NULL, *xks = NULL;
+	bool multi = false, present;
+	HSM_GUARD(hsm_json_str(c->req, "Origin", false, 1, 32, &origin));
+	HSM_GUARD(hsm_json_str(c->req, "CustomKeyStoreId", false, 1, 64, &store));
+	HSM_GUARD(hsm_json_str(c->req, "XksKeyId", false, 1, 128, &xks));
+	HSM_GUARD(hsm_json_bool(c->req, "MultiRegion", &multi, &present));
+	HSM_ENSURE(origin == NULL || strcmp(origin, "AWS_KMS") == 0, HSM_ERR_UNSUPPORTED_OPERATION,
+	           "Origin %s is not supported: hsmd generates all key material itself", origin);
+	HSM_ENSURE(store == NULL && xks == NULL, HSM_ERR_UNSUPPORTED_OPERATION,
+	           "custom key stores are not supported");
+	HSM_ENSURE(!multi, HSM_ERR_UNSUPPORTED_OPERATION,
+	           "multi-Region keys are not supported: replicate the store instead");
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_api_create_key(hsm_api_ctx *c)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_create_key_req req = {0};
+	hsm_tag *tags = NULL;
+	hsm_key_record rec;
+	memset(&rec, 0, sizeof(rec));
+	HSM_TRY(refuse_unsupported(c));
+	HSM_TRY(read_spec_usage(c, &req));
+	HSM_TRY(hsm_json_str(c->req, "Description", false, 0, 8192, &req.description));
+	HSM_TRY(hsm_json_str(c->req, "Policy", false, 1, POLICY_MAX, &req.policy));
+	HSM_TRY(hsm_json_tags(c->req, "Tags", &tags, &req.n_tags));
+	req.tags = tags;
+	HSM_TRY(hsm_kms_create_key(c->kms, c->caller, &req, &rec));
+	note_record(c, &rec);
+	hsm_api_write_key_metadata(c, "KeyMetadata", &rec);
+out:
+	free(tags);
+	hsm_key_record_clear(&rec);
+	return res;
+}
+
+hsm_result hsm_api_describe_key(hsm_api_ctx *c)
+{
+	const char *key;
+	hsm_key_record rec;
+	memset(&rec, 0, sizeof(rec));
+	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
+	HSM_GUARD(hsm_kms_describe_key(c->kms, c->caller, key, &rec));
+	note_record(c, &rec);
+	hsm_api_write_key_metadata(c, "KeyMetadata", &rec);
+	hsm_key_record_clear(&rec);
+	return HSM_SUCCESS;
+}
+
+typedef struct list_state {
+	hsm_api_ctx *c;
+	char last[HSM_UUID_STRLEN + 1];
+} list_state;
+
+static hsm_result write_key_entry(const hsm_key_record *r, void *arg)
+{
+	list_state *s = arg;
+	hsm_jw_begin_object(s->c->w);
+	hsm_jw_str(s->c->w, "KeyId", r->key_id);
+	hsm_api_write_key_arn(s->c, "KeyArn", r->key_id);
+	hsm_jw_end(s->c->w);
+	memcpy(s->last, r->key_id, sizeof(s->last));
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_api_list_keys(hsm_api_ctx *c)
+{
+	size_t limit;
+	const char *marker;
+	bool truncated = false;
+	list_state s = {c, ""};
+	HSM_GUARD(hsm_api_paging(c, 1000, 100, &limit, &marker));
+	hsm_jw_key_begin_array(c->w, "Keys");
+	HSM_GUARD(hsm_kms_list_keys(c->kms, c->caller, marker, limit, write_key_entry, &s,
+	                            &truncated));
+	hsm_jw_end_array(c->w);
+	if (truncated)
+		hsm_jw_str(c->w, "NextMarker", s.last);
+	hsm_jw_bool(c->w, "Truncated", truncated);
+	return HSM_SUCCESS;
+}
+
+/* Resolves KeyId once more for the audit record (state changes return nothing). */
+static void note_ref(hsm_api_ctx *c, const char *key)
+{
+	char id[HSM_UUID_STRLEN + 1];
+	if (hsm_ok(hsm_kms_resolve(c->kms, key, id)))
+		memcpy(c->audit.key_id, id, sizeof(id));
+}
+
+hsm_result hsm_api_enable_key(hsm_api_ctx *c)
+{
+	const char *key;
+	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
+	note_ref(c, key);
+	return hsm_kms_enable_key(c->kms, c->caller, key);
+}
+
+hsm_result hsm_api_disable_key(hsm_api_ctx *c)
+{
+	const char *key;
+	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
+	note_ref(c, key);
+	return hsm_kms_disable_key(c->kms, c->caller, key);
+}
+
+hsm_result hsm_api_update_key_description(hsm_api_ctx *c)
+{
+	const char *key, *description;
+	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
+	HSM_GUARD(hsm_json_str(c->req, "Description", true, 0, 8192, &description));
+	note_ref(c, key);
+	return hsm_kms_update_description(c->kms, c->caller, key, description);
+}
+
+hsm_result hsm_api_schedule_key_deletion(hsm_api_ctx *c)
+{
+	const char *key;
+	int64_t days = 0;
+	bool present;
+	hsm_key_record rec;
+	memset(&rec, 0, sizeof(rec));
+	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
+	HSM_GUARD(hsm_json_int(c->req, "PendingWindowInDays", false, 7, 30, &days, &present));
+	HSM_GUARD(hsm_kms_schedule_deletion(c->kms, c->caller, key, (int)days, &rec));
+	note_record(c, &rec);
+	hsm_api_write_key_arn(c, "KeyId", rec.key_id);
+	hsm_jw_time(c->w, "DeletionDate", rec.deletion_date);
+	hsm_jw_str(c->w, "KeyState", hsm_key_state_name(rec.state));
+	hsm_jw_int(c->w, "PendingWindowInDays", rec.pending_window_days);
+	hsm_key_record_clear(&rec);
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_api_cancel_key_deletion(hsm_api_ctx *c)
+{
+	const char *key;
+	hsm_key_record rec;
+	memset(&rec, 0, sizeof(rec));
+	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
+	HSM_GUARD(hsm_kms_cancel_deletion(c->kms, c->caller, key, &rec));
+	note_record(c, &rec);
+	hsm_api_write_key_arn(c, "KeyId", rec.key_id);
+	hsm_key_record_clear(&rec);
+	return HSM_SUCCESS;
+}

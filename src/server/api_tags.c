@@ -1,0 +1,125 @@
+/*
+ * api_tags.c - TagResource, UntagResource, ListResourceTags, GetKeyPolicy,
+ * PutKeyPolicy, ListKeyPolicies.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/api.h"
+
+static void note_ref(hsm_api_ctx *c, const char *key)
+{
+	char id[HSM_UUID_STRLEN + 1];
+	if (hsm_ok(hsm_kms_resolve(c->kms, key, id)))
+		memcpy(c->audit.key_id, id, sizeof(id));
+}
+
+hsm_result hsm_api_tag_resource(hsm_api_ctx *c)
+{
+	const char *key;
+	hsm_tag *tags = NULL;
+	size_t n = 0;
+	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
+	HSM_GUARD(hsm_json_tags(c->req, "Tags", &tags, &n));
+	note_ref(c, key);
+	hsm_result r = n == 0 ? HSM_FAIL(HSM_ERR_VALIDATION, "Tags must not be empty")
+	                      : hsm_kms_tag(c->kms, c->caller, key, n, tags);
+	free(tags);
+	return r;
+}
+
+hsm_result hsm_api_untag_resource(hsm_api_ctx *c)
+{
+	const char *key;
+	const char **keys = NULL;
+	size_t n = 0;
+	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
+	HSM_GUARD(hsm_json_string_list(c->req, "TagKeys", true, HSM_MAX_TAGS_PER_KEY, &keys, &n));
+	note_ref(c, key);
+	hsm_result r = n == 0 ? HSM_FAIL(HSM_ERR_VALIDATION, "TagKeys must not be empty")
+	                      : hsm_kms_untag(c->kms, c->caller, key, n, keys);
+	free(keys);
+	return r;
+}
+
+typedef struct tag_list {
+	hsm_api_ctx *c;
+	char last[sizeof(((hsm_tag *)0)->key)];
+} tag_list;
+
+static hsm_result write_tag(const hsm_tag *t, void *arg)
+{
+	tag_list *l = arg;
+	hsm_jw_begin_object(l->c->w);
+	hsm_jw_str(l->c->w, "TagKey", t->key);
+	hsm_jw_str(l->c->w, "TagValue", t->value);
+	hsm_jw_end(l->c->w);
+	memcpy(l->last, t->key, sizeof(l->last));
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_api_list_resource_tags(hsm_api_ctx *c)
+{
+	const char *key, *marker;
+	size_t limit;
+	bool truncated = false;
+	tag_list l = {c, ""};
+	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
+	HSM_GUARD(hsm_api_paging(c, 50, 50, &limit, &marker));
+	note_ref(c, key);
+	hsm_jw_key_begin_array(c->w, "Tags");
+	HSM_GUARD(hsm_kms_list_tags(c->kms, c->caller, key, marker, limit, write_tag, &l, &truncated));
+	hsm_jw_end_array(c->w);
+	if (truncated)
+		hsm_jw_str(c->w, "NextMarker", l.last);
+	hsm_jw_bool(c->w, "Truncated", truncated);
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_api_get_key_policy(hsm_api_ctx *c)
+{
+	const char *key, *name = NULL;
+	hsm_buf policy = {0};
+	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
+	HSM_GUARD(hsm_json_str(c->req, "PolicyName", false, 1, 128, &name));
+	note_ref(c, key);
+	hsm_result r = hsm_kms_get_policy(c->kms, c->caller, key, name, &policy);
+	if (hsm_ok(r)) {
+		hsm_jw_str_n(c->w, "Policy", (const char *)policy.data, policy.len);
+		hsm_jw_str(c->w, "PolicyName", "default");
+	}
+	hsm_buf_free(&policy);
+	return r;
+}
+
+hsm_result hsm_api_put_key_policy(hsm_api_ctx *c)
+{
+	const char *key, *name = NULL, *policy;
+	bool bypass = false, present;
+	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
+	HSM_GUARD(hsm_json_str(c->req, "PolicyName", false, 1, 128, &name));
+	HSM_GUARD(hsm_json_str(c->req, "Policy", true, 1, 32768, &policy));
+	HSM_GUARD(hsm_json_bool(c->req, "BypassPolicyLockoutSafetyCheck", &bypass, &present));
+	note_ref(c, key);
+	return hsm_kms_put_policy(c->kms, c->caller, key, name, policy, bypass);
+}
+
+hsm_result hsm_api_list_key_policies(hsm_api_ctx *c)
+{
+	const char *key, *marker;
+	size_t limit;
+	hsm_key_record rec;
+	memset(&rec, 0, sizeof(rec));
+	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
+	HSM_GUARD(hsm_api_paging(c, 1000, 100, &limit, &marker));
+	/* Reading the key checks that it exists and that the caller may see it. */
+	hsm_buf policy = {0};
+	HSM_GUARD(hsm_kms_get_policy(c->kms, c->caller, key, NULL, &policy));
+	hsm_buf_free(&policy);
+	note_ref(c, key);
+	hsm_jw_key_begin_array(c->w, "PolicyNames");
+	hsm_jw_value_str(c->w, "default");
+	hsm_jw_end_array(c->w);
+	hsm_jw_bool(c->w, "Truncated", false);
+	return HSM_SUCCESS;
+}

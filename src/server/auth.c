@@ -1,0 +1,174 @@
+/*
+ * auth.c - SigV4 authentication of API requests and the lockout rule.
+ *
+ * Verified credentials are cached per (access key id, signing date): the
+ * derived SigV4 signing key and a snapshot of the user.  A hit costs one
+ * map lookup, so authentication adds two SHA-256 and one HMAC to a request.
+ * The cache is flushed on seal and on any principal change made here, and
+ * entries expire after CRED_TTL_MS so changes made by another node sharing
+ * the store take effect quickly.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "server/server.h"
+
+#define CRED_TTL_MS 2000
+#define CRED_CAPACITY 4096
+
+typedef struct cred {
+	atomic_int refs;
+	hsm_user_record user;
+	hsm_secret *signing_key;
+	int64_t loaded_ms;
+} cred;
+
+static void *cred_ref(void *p)
+{
+	cred *c = p;
+	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+	return c;
+}
+
+static void cred_unref(void *p)
+{
+	cred *c = p;
+	if (c == NULL || atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	hsm_secret_free(c->signing_key);
+	free(c);
+}
+
+hsm_result hsm_server_auth_init(hsm_server *s)
+{
+	s->sigv4.region = s->region;
+	s->sigv4.service = HSM_SIGV4_SERVICE_KMS;
+	s->sigv4.max_skew = s->opt.sigv4_skew_seconds;
+	return hsm_shmap_new(CRED_CAPACITY, cred_ref, cred_unref, &s->creds);
+}
+
+void hsm_server_auth_free(hsm_server *s)
+{
+	hsm_shmap_free(s->creds);
+	s->creds = NULL;
+}
+
+void hsm_server_auth_flush(hsm_server *s)
+{
+	hsm_shmap_clear(s->creds);
+}
+
+/* The request as SigV4 sees it; header pointers borrow from req. */
+typedef struct sig_view {
+	hsm_sigv4_request r;
+	hsm_sigv4_header headers[HSM_SIGV4_MAX_HEADERS];
+} sig_view;
+
+static hsm_result view_of(hsm_http_req *req, sig_view *v)
+{
+	hsm_http_header_iter it = {0};
+	const char *name, *value;
+	size_t n = 0;
+	while (hsm_http_req_next_header(req, &it, &name, &value)) {
+		HSM_ENSURE(n < HSM_SIGV4_MAX_HEADERS, HSM_ERR_VALIDATION, "too many headers");
+		v->headers[n].name = name;
+		v->headers[n].value = value;
+		n++;
+	}
+	size_t len = 0;
+	v->r.method = hsm_http_req_method(req);
+	v->r.path = hsm_http_req_path(req);
+	v->r.query = hsm_http_req_query(req);
+	v->r.headers = v->headers;
+	v->r.n_headers = n;
+	v->r.body = hsm_http_req_body(req, &len);
+	v->r.body_len = len;
+	return HSM_SUCCESS;
+}
+
+/* Loads and caches the credential of an access key for one signing date. */
+static hsm_result load_cred(hsm_server *s, const hsm_sigv4_auth *a, const char *key, cred **out)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_secret *secret = NULL;
+	cred *c = calloc(1, sizeof(*c));
+	HSM_ENSURE(c != NULL, HSM_ERR_NOMEM, "out of memory");
+	atomic_init(&c->refs, 1);
+	res = hsm_kms_credential(s->kms, a->access_key_id, &c->user, &secret);
+	if (res.err == HSM_ERR_UNRECOGNIZED_CLIENT)
+		res = hsm_sigv4_unknown_key(a);
+	if (hsm_failed(res))
+		goto out;
+	HSM_TRY(hsm_sigv4_signing_key(secret, a->date, a->region, a->service, &c->signing_key));
+	c->loaded_ms = hsm_now_ms();
+	HSM_TRY(hsm_shmap_put(s->creds, key, c));
+	*out = c;
+	c = NULL;
+out:
+	hsm_secret_free(secret);
+	cred_unref(c);
+	return res;
+}
+
+static hsm_result find_cred(hsm_server *s, const hsm_sigv4_auth *a, cred **out)
+{
+	char key[HSM_SHMAP_KEY_MAX + 1];
+	void *hit = NULL;
+	snprintf(key, sizeof(key), "%.80s/%s", a->access_key_id, a->date);
+	if (hsm_shmap_get(s->creds, key, &hit)) {
+		cred *c = hit;
+		if (hsm_now_ms() - c->loaded_ms < CRED_TTL_MS) {
+			*out = c;
+			return HSM_SUCCESS;
+		}
+		cred_unref(c);
+	}
+	return load_cred(s, a, key, out);
+}
+
+/* A wrong signature for a known user counts toward the lockout. */
+static void count_failure(hsm_server *s, const char *user)
+{
+	hsm_result r = hsm_kms_auth_outcome(s->kms, user, false, s->opt.lockout_threshold);
+	if (hsm_failed(r))
+		hsm_log_failure("recording a failed authentication");
+	hsm_server_auth_flush(s); /* the user may be locked now: no cached entry may outlive that */
+}
+
+hsm_result hsm_server_authenticate(hsm_server *s, hsm_http_req *req, hsm_auth_result *out)
+{
+	hsm_result res = HSM_SUCCESS;
+	sig_view *v = malloc(sizeof(*v));
+	hsm_sigv4_auth a;
+	cred *c = NULL;
+	int64_t now = hsm_now();
+	HSM_ENSURE(v != NULL, HSM_ERR_NOMEM, "out of memory");
+	memset(out, 0, sizeof(*out));
+	HSM_TRY(view_of(req, v));
+	HSM_TRY(hsm_sigv4_parse(&v->r, &a));
+	snprintf(out->akid, sizeof(out->akid), "%s", a.access_key_id);
+	HSM_TRY(hsm_sigv4_check_scope(&s->sigv4, &v->r, &a, now));
+	HSM_TRY(find_cred(s, &a, &c));
+	res = hsm_sigv4_verify(&s->sigv4, &v->r, &a, c->signing_key, now);
+	if (res.err == HSM_ERR_BAD_SIGNATURE) {
+		count_failure(s, c->user.name);
+		res = HSM_FAIL(HSM_ERR_BAD_SIGNATURE,
+		               "The request signature we calculated does not match the signature you "
+		               "provided. Check your AWS Secret Access Key and signing method.");
+	}
+	HSM_TRY(res);
+	if (c->user.failed_auth > 0) {
+		HSM_TRY(hsm_kms_auth_outcome(s->kms, c->user.name, true, s->opt.lockout_threshold));
+		hsm_server_auth_flush(s);
+	}
+	snprintf(out->user, sizeof(out->user), "%s", c->user.name);
+	out->caller.user = out->user;
+	out->caller.access_key_id = out->akid;
+	out->caller.roles = c->user.roles;
+	out->caller.local = false;
+out:
+	cred_unref(c);
+	free(v);
+	return res;
+}

@@ -1,0 +1,381 @@
+/*
+ * dispatch.c - the request pipeline.
+ *
+ *   route -> (sealed?) -> authenticate -> audit accepting? -> parse ->
+ *   execute (handler, which authorizes through kms/) -> render ->
+ *   audit record written -> response sent
+ *
+ * The response of every API request is sent only once its audit record is
+ * written: the pending response travels through the audit writer, whose
+ * completion callback hands it back to the HTTP layer.  If the record cannot
+ * be written, the client gets ServiceUnavailableException instead of the
+ * result (fail closed).  /healthz, /readyz, /metrics and the JWKS document
+ * are read-only, touch no key material and are not audited; they are the
+ * documented exceptions to authentication.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "server/api.h"
+#include "server/server.h"
+
+#define CONTENT_TYPE_JSON "application/x-amz-json-1.1"
+#define KMS_PREFIX "TrentService."
+#define ADMIN_PREFIX "HsmdAdmin."
+
+/* A response waiting for its audit record. */
+typedef struct pending {
+	hsm_server *s;
+	hsm_http_req *req;
+	unsigned slot;
+	int status;
+	hsm_buf body;
+} pending;
+
+static void respond_now(hsm_server *s, hsm_http_req *req, unsigned slot, int status,
+                        const char *type, const hsm_buf *body)
+{
+	hsm_metrics_observe(&s->metrics, slot, status, hsm_mono_ns() - hsm_http_req_start_ns(req));
+	hsm_http_respond(req, status, type, body->data, body->len, 0, NULL);
+}
+
+/* The KMS error body: {"__type": "...", "message": "..."}. */
+static void error_body(hsm_err err, const char *message, hsm_buf *out)
+{
+	hsm_jw w;
+	hsm_buf_clear(out);
+	hsm_jw_init(&w, out);
+	hsm_jw_begin(&w);
+	hsm_jw_str(&w, "__type", hsm_err_kms_name(err));
+	hsm_jw_str(&w, "message", message);
+	hsm_jw_end(&w);
+	if (hsm_failed(hsm_jw_finish(&w)))
+		hsm_buf_clear(out);
+}
+
+static void audit_done(void *arg, hsm_result result)
+{
+	pending *p = arg;
+	if (hsm_failed(result)) {
+		atomic_fetch_add_explicit(&p->s->metrics.audit_refusals, 1, memory_order_relaxed);
+		p->status = hsm_err_http_status(HSM_ERR_AUDIT_UNAVAILABLE);
+		error_body(HSM_ERR_AUDIT_UNAVAILABLE,
+		           "the request could not be audited, so its result is withheld; retry later",
+		           &p->body);
+	}
+	respond_now(p->s, p->req, p->slot, p->status, CONTENT_TYPE_JSON, &p->body);
+	hsm_buf_free(&p->body);
+	free(p);
+}
+
+/* What a finished request tells the audit trail. */
+typedef struct outcome {
+	const char *operation;
+	const hsm_auth_result *auth; /* may be NULL */
+	const hsm_api_audit *api;    /* may be NULL */
+	hsm_err err;
+} outcome;
+
+static hsm_audit_outcome audit_outcome_of(hsm_err err)
+{
+	if (err == HSM_OK)
+		return HSM_AUDIT_SUCCESS;
+	switch (err) {
+	case HSM_ERR_ACCESS_DENIED:
+	case HSM_ERR_UNRECOGNIZED_CLIENT:
+	case HSM_ERR_BAD_SIGNATURE:
+	case HSM_ERR_INCOMPLETE_SIGNATURE:
+	case HSM_ERR_MISSING_AUTH:
+	case HSM_ERR_PRINCIPAL_LOCKED:
+	case HSM_ERR_SEALED:
+		return HSM_AUDIT_DENIED;
+	default:
+		return HSM_AUDIT_ERROR;
+	}
+}
+
+/* "k1=<hash>,k2=<hash>" with 128-bit keyed-hash prefixes of the values. */
+static void context_field(hsm_server *s, const hsm_api_audit *a, char *out, size_t cap)
+{
+	size_t used = 0;
+	out[0] = '\0';
+	for (size_t i = 0; i < a->n_ctx && used + 1 < cap; i++) {
+		char h[2 * HSM_SHA256_LEN + 1];
+		if (hsm_failed(hsm_ks_audit_hash(s->ks, (const uint8_t *)a->ctx[i].value,
+		                                 strlen(a->ctx[i].value), h)))
+			snprintf(h, sizeof(h), "unavailable");
+		int n = snprintf(out + used, cap - used, "%s%s=%.32s", i ? "," : "", a->ctx[i].key, h);
+		if (n < 0)
+			break;
+		used += (size_t)n;
+	}
+}
+
+static void submit_audit(pending *p, const outcome *o)
+{
+	hsm_server *s = p->s;
+	hsm_audit_field extra[4];
+	size_t n_extra = 0;
+	char ctx[HSM_AUDIT_VALUE_MAX], principal[160] = "";
+	char source[HSM_HTTP_ADDR_MAX + 8];
+	snprintf(source, sizeof(source), "%s:%u", hsm_http_req_remote_addr(p->req),
+	         hsm_http_req_remote_port(p->req));
+	if (o->auth != NULL && o->auth->user[0] != '\0')
+		snprintf(principal, sizeof(principal), "arn:aws:iam::%s:user/%s", s->account,
+		         o->auth->user);
+	if (o->api != NULL && o->api->algorithm != NULL)
+		extra[n_extra++] = (hsm_audit_field){"algorithm", o->api->algorithm};
+	if (o->api != NULL && o->api->message_type != NULL)
+		extra[n_extra++] = (hsm_audit_field){"message_type", o->api->message_type};
+	if (o->api != NULL && o->api->n_ctx > 0) {
+		context_field(s, o->api, ctx, sizeof(ctx));
+		extra[n_extra++] = (hsm_audit_field){"encryption_context", ctx};
+	}
+	hsm_audit_record rec = {
+	    .type = HSM_AUDIT_REQUEST,
+	    .principal = principal[0] ? principal : NULL,
+	    .access_key_id = o->auth != NULL && o->auth->akid[0] ? o->auth->akid : NULL,
+	    .source = source,
+	    .operation = o->operation,
+	    .key_id = o->api != NULL && o->api->key_id[0] ? o->api->key_id : NULL,
+	    .key_version = o->api != NULL ? o->api->key_version : 0,
+	    .outcome = audit_outcome_of(o->err),
+	    .error = o->err != HSM_OK ? hsm_err_kms_name(o->err) : NULL,
+	    .request_id = hsm_http_req_id(p->req),
+	    .latency_us = (hsm_mono_ns() - hsm_http_req_start_ns(p->req)) / 1000,
+	    .extra = extra,
+	    .n_extra = n_extra,
+	};
+	hsm_result r = hsm_audit_submit(s->audit, &rec, audit_done, p);
+	if (hsm_failed(r))
+		audit_done(p, r); /* not queued: the callback will never come */
+}
+
+/* Finishes a request: error or success body already in p->body. */
+static void finish(pending *p, const outcome *o)
+{
+	submit_audit(p, o);
+}
+
+static pending *pending_new(hsm_server *s, hsm_http_req *req, unsigned slot, bool secure)
+{
+	pending *p = calloc(1, sizeof(*p));
+	if (p == NULL)
+		return NULL;
+	p->s = s;
+	p->req = req;
+	p->slot = slot;
+	p->status = 200;
+	if (secure)
+		hsm_buf_init_secure(&p->body);
+	return p;
+}
+
+static void fail_request(pending *p, outcome *o, hsm_result r)
+{
+	o->err = r.err;
+	p->status = hsm_err_http_status(r.err);
+	error_body(r.err, hsm_last_message(), &p->body);
+	finish(p, o);
+}
+
+/* Operations whose responses carry plaintext or private keys. */
+static bool returns_secret(hsm_op op)
+{
+	return op == HSM_OP_Decrypt || op == HSM_OP_GenerateDataKey ||
+	       op == HSM_OP_GenerateDataKeyPair || op == HSM_OP_GenerateRandom;
+}
+
+/* Runs the handler; *doc keeps the request document alive until the audit record is built. */
+static hsm_result run_kms(hsm_server *s, hsm_http_req *req, hsm_op op, const hsm_auth_result *auth,
+                          pending *p, hsm_api_audit *audit, json_t **doc)
+{
+	size_t len = 0;
+	const uint8_t *raw = hsm_http_req_body(req, &len);
+	HSM_GUARD(hsm_json_parse(raw, len, doc));
+	hsm_jw w;
+	hsm_jw_init(&w, &p->body);
+	hsm_jw_begin(&w);
+	hsm_api_ctx c = {.kms = s->kms, .caller = &auth->caller, .req = *doc, .w = &w, .out = &p->body};
+	hsm_result r = hsm_api_handler_for(op)(&c);
+	hsm_jw_end(&w);
+	if (hsm_ok(r))
+		r = hsm_jw_finish(&w);
+	*audit = c.audit;
+	return r;
+}
+
+/* The sealed/error/uninitialized refusal with its precise message. */
+static hsm_result require_serving(hsm_server *s)
+{
+	if (hsm_keystore_state(s->ks) == HSM_NODE_UNSEALED)
+		return HSM_SUCCESS;
+	atomic_fetch_add_explicit(&s->metrics.sealed_refusals, 1, memory_order_relaxed);
+	hsm_buf none = {0};
+	hsm_result r = hsm_ks_random(s->ks, 1, &none);
+	hsm_buf_free(&none);
+	return hsm_failed(r) ? r : HSM_FAIL(HSM_ERR_SEALED, "hsmd is sealed");
+}
+
+static hsm_result admit(hsm_server *s, hsm_http_req *req, hsm_auth_result *auth)
+{
+	HSM_GUARD(require_serving(s));
+	hsm_result r = hsm_server_authenticate(s, req, auth);
+	if (hsm_failed(r)) {
+		atomic_fetch_add_explicit(&s->metrics.auth_failures, 1, memory_order_relaxed);
+		return r;
+	}
+	HSM_ENSURE(hsm_audit_accepting(s->audit), HSM_ERR_AUDIT_UNAVAILABLE,
+	           "the audit trail cannot be written, so no request is served; retry later");
+	return HSM_SUCCESS;
+}
+
+static void handle_kms(hsm_server *s, hsm_http_req *req, const char *name)
+{
+	const hsm_op_info *info = hsm_op_find(name);
+	unsigned slot = info != NULL ? (unsigned)info->op : HSM_METRIC_NONE;
+	pending *p = pending_new(s, req, slot, info != NULL && returns_secret(info->op));
+	if (p == NULL) {
+		hsm_http_respond(req, 500, NULL, NULL, 0, 0, NULL);
+		return;
+	}
+	hsm_auth_result auth;
+	hsm_api_audit audit;
+	json_t *doc = NULL;
+	memset(&auth, 0, sizeof(auth));
+	memset(&audit, 0, sizeof(audit));
+	outcome o = {name, &auth, &audit, HSM_OK};
+	hsm_result r = admit(s, req, &auth);
+	if (hsm_ok(r) && info == NULL)
+		r = HSM_FAIL(HSM_ERR_UNKNOWN_OPERATION, "Operation %.64s is not supported", name);
+	if (hsm_ok(r))
+		r = run_kms(s, req, info->op, &auth, p, &audit, &doc);
+	if (hsm_failed(r))
+		fail_request(p, &o, r);
+	else
+		finish(p, &o);
+	/* The record was copied by the submission: the document and context can go now. */
+	free(audit.ctx);
+	json_decref(doc);
+}
+
+static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
+{
+	const hsm_admin_op *op = hsm_admin_find(name);
+	pending *p = pending_new(s, req, HSM_METRIC_ADMIN, true);
+	if (p == NULL) {
+		hsm_http_respond(req, 500, NULL, NULL, 0, 0, NULL);
+		return;
+	}
+	hsm_auth_result auth;
+	json_t *doc = NULL;
+	memset(&auth, 0, sizeof(auth));
+	outcome o = {name, &auth, NULL, HSM_OK};
+	char source[HSM_HTTP_ADDR_MAX + 8];
+	snprintf(source, sizeof(source), "%s:%u", hsm_http_req_remote_addr(req),
+	         hsm_http_req_remote_port(req));
+	hsm_result r = op == NULL ? HSM_FAIL(HSM_ERR_UNKNOWN_OPERATION,
+	                                     "Operation %.64s is not supported", name)
+	                          : HSM_SUCCESS;
+	if (hsm_ok(r) && op->needs_auth)
+		r = admit(s, req, &auth);
+	else if (hsm_ok(r) && !hsm_audit_accepting(s->audit))
+		r = HSM_FAIL(HSM_ERR_AUDIT_UNAVAILABLE, "the audit trail cannot be written; retry later");
+	size_t len = 0;
+	const uint8_t *raw = hsm_http_req_body(req, &len);
+	if (hsm_ok(r))
+		r = hsm_json_parse(raw, len, &doc);
+	if (hsm_ok(r)) {
+		hsm_jw w;
+		hsm_jw_init(&w, &p->body);
+		hsm_jw_begin(&w);
+		hsm_admin_ctx c = {s, op->needs_auth ? &auth : NULL, doc, &w, source};
+		r = op->fn(&c);
+		hsm_jw_end(&w);
+		if (hsm_ok(r))
+			r = hsm_jw_finish(&w);
+	}
+	if (hsm_failed(r))
+		fail_request(p, &o, r);
+	else
+		finish(p, &o);
+	json_decref(doc);
+}
+
+static void handle_post(hsm_server *s, hsm_http_req *req)
+{
+	const char *target = hsm_http_req_header(req, "X-Amz-Target");
+	hsm_buf body = {0};
+	if (target != NULL && hsm_str_has_prefix(target, KMS_PREFIX)) {
+		handle_kms(s, req, target + strlen(KMS_PREFIX));
+		return;
+	}
+	if (target != NULL && hsm_str_has_prefix(target, ADMIN_PREFIX)) {
+		handle_admin(s, req, target + strlen(ADMIN_PREFIX));
+		return;
+	}
+	error_body(HSM_ERR_UNKNOWN_OPERATION,
+	           "X-Amz-Target must name an operation: TrentService.<Operation>", &body);
+	respond_now(s, req, HSM_METRIC_NONE, 400, CONTENT_TYPE_JSON, &body);
+	hsm_buf_free(&body);
+}
+
+static void handle_readyz(hsm_server *s, hsm_http_req *req)
+{
+	hsm_buf body = {0};
+	hsm_node_state st = hsm_keystore_state(s->ks);
+	bool audit_ok = hsm_audit_healthy(s->audit);
+	bool ready = st == HSM_NODE_UNSEALED && audit_ok;
+	hsm_jw w;
+	hsm_jw_init(&w, &body);
+	hsm_jw_begin(&w);
+	hsm_jw_bool(&w, "ready", ready);
+	hsm_jw_str(&w, "state", hsm_node_state_name(st));
+	hsm_jw_bool(&w, "audit", audit_ok);
+	hsm_jw_end(&w);
+	if (hsm_failed(hsm_jw_finish(&w)))
+		hsm_buf_clear(&body);
+	respond_now(s, req, HSM_METRIC_NONE, ready ? 200 : 503, "application/json", &body);
+	hsm_buf_free(&body);
+}
+
+static void handle_get(hsm_server *s, hsm_http_req *req, const char *path)
+{
+	hsm_buf body = {0};
+	int status = 200;
+	const char *type = "text/plain; charset=utf-8";
+	if (strcmp(path, "/healthz") == 0) {
+		if (hsm_failed(hsm_buf_put_str(&body, "ok\n")))
+			status = 500;
+	} else if (strcmp(path, "/readyz") == 0) {
+		handle_readyz(s, req);
+		return;
+	} else if (strcmp(path, "/metrics") == 0) {
+		type = "text/plain; version=0.0.4; charset=utf-8";
+		if (hsm_failed(hsm_server_render_metrics(s, &body)))
+			status = 500;
+	} else {
+		status = 404;
+		type = CONTENT_TYPE_JSON;
+		error_body(HSM_ERR_NOT_FOUND, "no such resource", &body);
+	}
+	respond_now(s, req, HSM_METRIC_NONE, status, type, &body);
+	hsm_buf_free(&body);
+}
+
+void hsm_server_on_request(hsm_http_req *req, void *arg)
+{
+	hsm_server *s = arg;
+	const char *method = hsm_http_req_method(req), *path = hsm_http_req_path(req);
+	if (strcmp(method, "POST") == 0 && strcmp(path, "/") == 0) {
+		handle_post(s, req);
+	} else if (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0) {
+		handle_get(s, req, path);
+	} else {
+		hsm_buf body = {0};
+		error_body(HSM_ERR_NOT_FOUND, "no such resource", &body);
+		respond_now(s, req, HSM_METRIC_NONE, 404, CONTENT_TYPE_JSON, &body);
+		hsm_buf_free(&body);
+	}
+}

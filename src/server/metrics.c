@@ -1,0 +1,91 @@
+#include "server/metrics.h"
+
+/* Upper bounds in seconds (the latency targets are p95 < 50 ms, p99 < 2 ms). */
+static const double bucket_le[HSM_METRIC_BUCKETS] = {0.0005, 0.001, 0.002, 0.005, 0.01, 0.025,
+                                                     0.05,   0.1,   0.25,  0.5,   1.0,   2.5};
+static const char *const outcome_names[HSM_METRIC_OUTCOMES] = {"ok", "client_error",
+                                                               "server_error"};
+
+const char *hsm_metrics_slot_name(unsigned slot)
+{
+	if (slot < HSM_OP_COUNT)
+		return hsm_op_get((hsm_op)slot)->name;
+	return slot == HSM_METRIC_ADMIN ? "Admin" : "None";
+}
+
+void hsm_metrics_observe(hsm_metrics *m, unsigned slot, int http_status, uint64_t latency_ns)
+{
+	if (slot >= HSM_METRIC_SLOTS)
+		slot = HSM_METRIC_NONE;
+	hsm_metric_outcome o = http_status < 400   ? HSM_METRIC_OK
+	                       : http_status < 500 ? HSM_METRIC_CLIENT_ERROR
+	                                           : HSM_METRIC_SERVER_ERROR;
+	atomic_fetch_add_explicit(&m->requests[slot][o], 1, memory_order_relaxed);
+	double s = (double)latency_ns / 1e9;
+	for (unsigned b = 0; b < HSM_METRIC_BUCKETS; b++) {
+		if (s <= bucket_le[b]) {
+			atomic_fetch_add_explicit(&m->buckets[slot][b], 1, memory_order_relaxed);
+			break;
+		}
+	}
+	atomic_fetch_add_explicit(&m->latency_us_sum[slot], latency_ns / 1000, memory_order_relaxed);
+}
+
+static uint64_t load(const atomic_uint_fast64_t *v)
+{
+	return atomic_load_explicit(v, memory_order_relaxed);
+}
+
+static hsm_result render_histogram(const hsm_metrics *m, unsigned slot, hsm_buf *out)
+{
+	const char *op = hsm_metrics_slot_name(slot);
+	uint64_t total = 0, cumulative = 0;
+	for (unsigned o = 0; o < HSM_METRIC_OUTCOMES; o++)
+		total += load(&m->requests[slot][o]);
+	if (total == 0)
+		return HSM_SUCCESS;
+	for (unsigned o = 0; o < HSM_METRIC_OUTCOMES; o++)
+		HSM_GUARD(hsm_buf_printf(out, "hsmd_requests_total{operation=\"%s\",outcome=\"%s\"} %llu\n",
+		                         op, outcome_names[o],
+		                         (unsigned long long)load(&m->requests[slot][o])));
+	for (unsigned b = 0; b < HSM_METRIC_BUCKETS; b++) {
+		cumulative += load(&m->buckets[slot][b]);
+		HSM_GUARD(hsm_buf_printf(out,
+		                         "hsmd_request_duration_seconds_bucket{operation=\"%s\",le=\"%g\"} "
+		                         "%llu\n",
+		                         op, bucket_le[b], (unsigned long long)cumulative));
+	}
+	HSM_GUARD(hsm_buf_printf(out,
+	                         "hsmd_request_duration_seconds_bucket{operation=\"%s\",le=\"+Inf\"} "
+	                         "%llu\n",
+	                         op, (unsigned long long)total));
+	HSM_GUARD(hsm_buf_printf(out, "hsmd_request_duration_seconds_sum{operation=\"%s\"} %.6f\n", op,
+	                         (double)load(&m->latency_us_sum[slot]) / 1e6));
+	return hsm_buf_printf(out, "hsmd_request_duration_seconds_count{operation=\"%s\"} %llu\n", op,
+	                      (unsigned long long)total);
+}
+
+hsm_result hsm_metrics_render(const hsm_metrics *m, hsm_buf *out)
+{
+	HSM_GUARD(hsm_buf_put_str(out, "# HELP hsmd_requests_total Requests by operation and outcome.\n"
+	                               "# TYPE hsmd_requests_total counter\n"
+	                               "# HELP hsmd_request_duration_seconds Request latency.\n"
+	                               "# TYPE hsmd_request_duration_seconds histogram\n"));
+	for (unsigned slot = 0; slot < HSM_METRIC_SLOTS; slot++)
+		HSM_GUARD(render_histogram(m, slot, out));
+	return hsm_buf_printf(out,
+	                      "# TYPE hsmd_auth_failures_total counter\nhsmd_auth_failures_total %llu\n"
+	                      "# TYPE hsmd_sealed_refusals_total counter\n"
+	                      "hsmd_sealed_refusals_total %llu\n"
+	                      "# TYPE hsmd_audit_refusals_total counter\n"
+	                      "hsmd_audit_refusals_total %llu\n"
+	                      "# TYPE hsmd_scheduler_actions_total counter\n"
+	                      "hsmd_scheduler_actions_total %llu\n"
+	                      "# TYPE hsmd_scheduler_failures_total counter\n"
+	                      "hsmd_scheduler_failures_total %llu\n",
+	                      (unsigned long long)load(&m->auth_failures),
+	                      (unsigned long long)load(&m->sealed_refusals),
+	                      (unsigned long long)load(&m->audit_refusals),
+	                      (unsigned long long)load(&m->scheduler_actions),
+	                      (unsigned long long)load(&m->scheduler_failures));
+}

@@ -1,0 +1,311 @@
+/*
+ * server.c - hsmd's life cycle: open the store, keystore, audit trail and
+ * KMS service, serve, run scheduled key work, stop.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "server/server.h"
+
+#define SCHEDULER_PERIOD_S 5
+#define DEV_SHARE_FILE "dev-unseal.share"
+#define DEV_USER "dev"
+
+hsm_result hsm_server_audit_signer(void *arg, const uint8_t *msg, size_t n, hsm_buf *sig)
+{
+	return hsm_ks_audit_sign(arg, msg, n, sig);
+}
+
+void hsm_server_event(hsm_server *s, const char *event, const char *key_id, uint32_t version,
+                      hsm_result result, const hsm_audit_field *extra, size_t n_extra)
+{
+	hsm_audit_record rec = {
+	    .type = HSM_AUDIT_EVENT,
+	    .principal = "hsmd",
+	    .operation = event,
+	    .key_id = key_id,
+	    .key_version = version,
+	    .outcome = hsm_ok(result) ? HSM_AUDIT_SUCCESS : HSM_AUDIT_ERROR,
+	    .error = hsm_ok(result) ? NULL : hsm_err_kms_name(result.err),
+	    .extra = extra,
+	    .n_extra = n_extra,
+	};
+	if (s->audit == NULL || hsm_failed(hsm_audit_append(s->audit, &rec)))
+		hsm_error("could not audit event %s (key %s)", event, key_id ? key_id : "-");
+}
+
+static void on_kms_event(void *arg, const hsm_kms_event *ev)
+{
+	hsm_server_event(arg, ev->operation, ev->key_id, ev->key_version, ev->result, NULL, 0);
+}
+
+static hsm_result copy_opt(char *dst, size_t cap, const char *src, const char *what)
+{
+	HSM_ENSURE(src != NULL && *src != '\0', HSM_ERR_VALIDATION, "%s is required", what);
+	return hsm_strcpy(dst, cap, src);
+}
+
+static hsm_result open_audit(hsm_server *s)
+{
+	hsm_audit_config ac = {
+	    .dir = s->audit_dir,
+	    .node_id = s->node_id,
+	    .fsync_interval_ms = s->opt.audit_fsync_ms,
+	    .checkpoint_interval_ms = s->opt.audit_checkpoint_seconds * 1000U,
+	    .rotate_bytes = s->opt.audit_rotate_bytes,
+	    .rotate_age_ms = s->opt.audit_rotate_seconds * 1000U,
+	    .retention_days = s->opt.audit_retention_days,
+	    .syslog = s->opt.audit_syslog,
+	};
+	return hsm_audit_open(&ac, &s->audit);
+}
+
+static hsm_result open_parts(hsm_server *s)
+{
+	HSM_GUARD(hsm_mkdir_p(s->data_dir));
+	HSM_GUARD(hsm_store_open(s->data_dir, &s->store));
+	HSM_GUARD(open_audit(s));
+	HSM_GUARD(hsm_keystore_new(s->store, 0, &s->ks));
+	hsm_node_state st = hsm_keystore_state(s->ks);
+	hsm_audit_field f = {"self_test", st == HSM_NODE_ERROR ? hsm_keystore_error_reason(s->ks)
+	                                                        : "passed"};
+	hsm_server_event(s, "Startup", NULL, 0,
+	                 st == HSM_NODE_ERROR ? HSM_FAIL(HSM_ERR_NODE_ERROR, "self-test failed")
+	                                      : HSM_SUCCESS,
+	                 &f, 1);
+	hsm_kms_config kc = {.region = s->region, .account_id = s->account};
+	HSM_GUARD(hsm_kms_new(s->store, s->ks, &kc, &s->kms));
+	hsm_kms_set_event_sink(s->kms, on_kms_event, s);
+	HSM_GUARD(hsm_server_auth_init(s));
+	return hsm_http_server_new(&s->opt.http, hsm_server_on_request, s, &s->http);
+}
+
+hsm_result hsm_server_new(const hsm_server_options *opt, hsm_server **out)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_server *s = calloc(1, sizeof(*s));
+	HSM_ENSURE(s != NULL, HSM_ERR_NOMEM, "out of memory");
+	s->opt = *opt;
+	pthread_mutex_init(&s->stop_lock, NULL);
+	pthread_cond_init(&s->stop_cond, NULL);
+	s->started = hsm_now();
+	HSM_TRY(copy_opt(s->data_dir, sizeof(s->data_dir), opt->data_dir, "data_dir"));
+	if (opt->audit_dir != NULL && *opt->audit_dir != '\0')
+		HSM_TRY(hsm_strcpy(s->audit_dir, sizeof(s->audit_dir), opt->audit_dir));
+	else
+		HSM_CHECK((size_t)snprintf(s->audit_dir, sizeof(s->audit_dir), "%s/audit", s->data_dir) <
+		              sizeof(s->audit_dir),
+		          HSM_ERR_VALIDATION, "data_dir is too long");
+	HSM_TRY(copy_opt(s->node_id, sizeof(s->node_id), opt->node_id, "node_id"));
+	HSM_TRY(copy_opt(s->region, sizeof(s->region), opt->region, "region"));
+	HSM_TRY(copy_opt(s->account, sizeof(s->account), opt->account_id, "account_id"));
+	s->opt.data_dir = s->data_dir;
+	s->opt.audit_dir = s->audit_dir;
+	if (s->opt.lockout_threshold == 0)
+		s->opt.lockout_threshold = 5;
+	HSM_TRY(open_parts(s));
+	*out = s;
+	s = NULL;
+out:
+	hsm_server_free(s);
+	return res;
+}
+
+/* ---- development mode ------------------------------------------------------ */
+
+static hsm_result dev_share_path(hsm_server *s, char *out, size_t cap)
+{
+	HSM_ENSURE((size_t)snprintf(out, cap, "%s/%s", s->data_dir, DEV_SHARE_FILE) < cap,
+	           HSM_ERR_VALIDATION, "data_dir is too long");
+	return HSM_SUCCESS;
+}
+
+static hsm_result dev_init_or_unseal(hsm_server *s)
+{
+	char path[4200];
+	hsm_buf share;
+	hsm_unseal_progress p;
+	HSM_GUARD(dev_share_path(s, path, sizeof(path)));
+	hsm_buf_init_secure(&share);
+	hsm_result r = HSM_SUCCESS;
+	if (hsm_keystore_state(s->ks) == HSM_NODE_UNINITIALIZED) {
+		r = hsm_keystore_init(s->ks, 1, 1, NULL, true, &share);
+		if (hsm_ok(r))
+			r = hsm_write_file_atomic(path, share.data, share.len, 0600);
+		hsm_server_event(s, "Init", NULL, 0, r, NULL, 0);
+	} else if (hsm_keystore_state(s->ks) == HSM_NODE_SEALED) {
+		r = hsm_read_file(path, 4096, &share);
+		if (hsm_ok(r))
+			r = hsm_keystore_unseal(s->ks, share.data, share.len, &p);
+		hsm_server_event(s, "Unseal", NULL, 0, r, NULL, 0);
+	}
+	hsm_buf_free(&share);
+	if (hsm_ok(r))
+		hsm_audit_set_signer(s->audit, hsm_server_audit_signer, s->ks);
+	return r;
+}
+
+hsm_result hsm_server_dev_bootstrap(hsm_server *s, const char *akid, const hsm_secret *secret)
+{
+	static const hsm_caller local = {"dev-bootstrap", "", 0, true};
+	HSM_GUARD(dev_init_or_unseal(s));
+	hsm_user_record u;
+	if (hsm_failed(hsm_store_user_get(s->store, DEV_USER, &u)))
+		HSM_GUARD(hsm_kms_user_create(s->kms, &local, DEV_USER,
+		                              HSM_ROLES_OFFICER | HSM_ROLES_USER | HSM_ROLES_AUDITOR));
+	hsm_access_key_record k;
+	memset(&k, 0, sizeof(k));
+	hsm_result have = hsm_store_access_key_get(s->store, akid, &k);
+	hsm_access_key_record_clear(&k);
+	if (have.err == HSM_ERR_NOT_FOUND)
+		HSM_GUARD(hsm_kms_access_key_import(s->kms, &local, DEV_USER, akid, secret));
+	else
+		HSM_GUARD(have);
+	/* The secret of an existing key id must be the one given, or clients would fail later. */
+	hsm_user_record who;
+	hsm_secret *stored = NULL;
+	HSM_GUARD(hsm_kms_credential(s->kms, akid, &who, &stored));
+	bool same = hsm_secret_len(stored) == hsm_secret_len(secret) &&
+	            hsm_ct_equal(hsm_secret_bytes(stored), hsm_secret_bytes(secret),
+	                         hsm_secret_len(secret));
+	hsm_secret_free(stored);
+	HSM_ENSURE(same, HSM_ERR_CONFLICT,
+	           "access key %s already exists in %s with another secret; use that secret or a "
+	           "new data directory",
+	           akid, s->data_dir);
+	return HSM_SUCCESS;
+}
+
+/* ---- running ------------------------------------------------------------------- */
+
+static void *scheduler_main(void *arg)
+{
+	hsm_server *s = arg;
+	pthread_mutex_lock(&s->stop_lock);
+	while (!s->stopping) {
+		struct timespec until;
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += SCHEDULER_PERIOD_S;
+		pthread_cond_timedwait(&s->stop_cond, &s->stop_lock, &until);
+		if (s->stopping)
+			break;
+		pthread_mutex_unlock(&s->stop_lock);
+		if (hsm_keystore_state(s->ks) == HSM_NODE_UNSEALED && hsm_audit_accepting(s->audit)) {
+			size_t done = 0;
+			hsm_result r = hsm_kms_run_due(s->kms, &done);
+			atomic_fetch_add(&s->metrics.scheduler_actions, done);
+			if (hsm_failed(r)) {
+				atomic_fetch_add(&s->metrics.scheduler_failures, 1);
+				hsm_log_failure("scheduled key work");
+			}
+		}
+		pthread_mutex_lock(&s->stop_lock);
+	}
+	pthread_mutex_unlock(&s->stop_lock);
+	return NULL;
+}
+
+hsm_result hsm_server_start(hsm_server *s)
+{
+	HSM_GUARD(hsm_http_server_start(s->http));
+	HSM_ENSURE(pthread_create(&s->scheduler, NULL, scheduler_main, s) == 0, HSM_ERR_INTERNAL,
+	           "cannot start the scheduler thread");
+	s->scheduler_running = true;
+	return HSM_SUCCESS;
+}
+
+void hsm_server_stop(hsm_server *s)
+{
+	pthread_mutex_lock(&s->stop_lock);
+	s->stopping = true;
+	pthread_cond_broadcast(&s->stop_cond);
+	pthread_mutex_unlock(&s->stop_lock);
+	if (s->scheduler_running) {
+		pthread_join(s->scheduler, NULL);
+		s->scheduler_running = false;
+	}
+	if (s->http != NULL)
+		hsm_http_server_stop(s->http, 5000);
+}
+
+void hsm_server_free(hsm_server *s)
+{
+	if (s == NULL)
+		return;
+	hsm_server_stop(s);
+	hsm_http_server_free(s->http);
+	if (s->audit != NULL && s->ks != NULL)
+		hsm_server_event(s, "Shutdown", NULL, 0, HSM_SUCCESS, NULL, 0);
+	if (s->audit != NULL)
+		hsm_audit_set_signer(s->audit, NULL, NULL);
+	hsm_server_auth_free(s);
+	hsm_kms_free(s->kms);
+	hsm_keystore_free(s->ks);
+	hsm_audit_close(s->audit);
+	hsm_store_close(s->store);
+	pthread_cond_destroy(&s->stop_cond);
+	pthread_mutex_destroy(&s->stop_lock);
+	free(s);
+}
+
+uint16_t hsm_server_port(hsm_server *s)
+{
+	return hsm_http_server_port(s->http);
+}
+
+/* ---- /metrics --------------------------------------------------------------------- */
+
+typedef struct due_count {
+	int64_t horizon;
+	uint64_t rotations;
+} due_count;
+
+static hsm_result count_due(const hsm_key_record *r, void *arg)
+{
+	due_count *d = arg;
+	if (r->state == HSM_KEY_ENABLED && r->rotation_enabled && r->next_rotation <= d->horizon)
+		d->rotations++;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
+{
+	hsm_node_state st = hsm_keystore_state(s->ks);
+	uint64_t keys = 0;
+	due_count due = {hsm_now() + 7 * 86400, 0};
+	if (st == HSM_NODE_UNSEALED) {
+		HSM_GUARD(hsm_store_key_count(s->store, &keys));
+		HSM_GUARD(hsm_store_keys_due(s->store, due.horizon, HSM_STORE_LIST_MAX, count_due, &due));
+	}
+	hsm_audit_stats as;
+	hsm_audit_get_stats(s->audit, &as);
+	hsm_ks_stats ks;
+	hsm_ks_get_stats(s->ks, &ks);
+	HSM_GUARD(hsm_buf_printf(
+	    out,
+	    "# TYPE hsmd_up gauge\nhsmd_up 1\n"
+	    "# TYPE hsmd_sealed gauge\nhsmd_sealed %d\n"
+	    "# TYPE hsmd_error_state gauge\nhsmd_error_state %d\n"
+	    "# TYPE hsmd_start_time_seconds gauge\nhsmd_start_time_seconds %lld\n"
+	    "# TYPE hsmd_keys gauge\nhsmd_keys %llu\n"
+	    "# HELP hsmd_keys_rotation_due_7d Keys whose automatic rotation is due within 7 days.\n"
+	    "# TYPE hsmd_keys_rotation_due_7d gauge\nhsmd_keys_rotation_due_7d %llu\n"
+	    "# TYPE hsmd_audit_healthy gauge\nhsmd_audit_healthy %d\n"
+	    "# TYPE hsmd_audit_records_total counter\nhsmd_audit_records_total %llu\n"
+	    "# TYPE hsmd_audit_failed_records_total counter\nhsmd_audit_failed_records_total %llu\n"
+	    "# TYPE hsmd_audit_outages_total counter\nhsmd_audit_outages_total %llu\n"
+	    "# TYPE hsmd_audit_next_sequence gauge\nhsmd_audit_next_sequence %llu\n"
+	    "# TYPE hsmd_key_cache_hits_total counter\nhsmd_key_cache_hits_total %llu\n"
+	    "# TYPE hsmd_key_cache_misses_total counter\nhsmd_key_cache_misses_total %llu\n"
+	    "# TYPE hsmd_key_cache_entries gauge\nhsmd_key_cache_entries %llu\n",
+	    st != HSM_NODE_UNSEALED, st == HSM_NODE_ERROR, (long long)s->started,
+	    (unsigned long long)keys, (unsigned long long)due.rotations, hsm_audit_healthy(s->audit),
+	    (unsigned long long)as.written, (unsigned long long)as.refused,
+	    (unsigned long long)as.outages, (unsigned long long)as.next_seq,
+	    (unsigned long long)ks.cache_hits, (unsigned long long)ks.cache_misses,
+	    (unsigned long long)ks.cache_entries));
+	return hsm_metrics_render(&s->metrics, out);
+}

@@ -1,0 +1,125 @@
+/*
+ * server.h - the hsmd daemon: store, keystore, KMS service, audit trail and
+ * HTTP front end wired together, plus the request pipeline
+ *
+ *   parse -> authenticate -> authorize -> execute -> audit -> render
+ *
+ * for the KMS API (TrentService.*), hsmd's admin API (HsmdAdmin.*) and the
+ * unauthenticated monitoring endpoints (/healthz, /readyz, /metrics) and
+ * the JWKS document.
+ */
+#ifndef HSM_SERVER_H
+#define HSM_SERVER_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "audit/audit.h"
+#include "auth/sigv4.h"
+#include "common/shmap.h"
+#include "kms/kms.h"
+#include "server/http.h"
+#include "server/json.h"
+#include "server/metrics.h"
+
+typedef struct hsm_server_options {
+	const char *data_dir;
+	const char *audit_dir;       /* NULL: <data_dir>/audit */
+	const char *node_id;
+	const char *region;
+	const char *account_id;
+	hsm_http_config http;
+	int64_t sigv4_skew_seconds;
+	uint32_t lockout_threshold;
+	uint32_t audit_fsync_ms;
+	uint64_t audit_rotate_bytes;
+	uint64_t audit_rotate_seconds;
+	uint32_t audit_retention_days;
+	uint32_t audit_checkpoint_seconds;
+	bool audit_syslog;
+	int64_t jwt_default_lifetime;
+	int64_t jwt_max_lifetime;
+	size_t secure_heap_bytes;
+	bool dev;
+} hsm_server_options;
+
+typedef struct hsm_server {
+	hsm_server_options opt;
+	char data_dir[4096];
+	char audit_dir[4096];
+	char node_id[65];
+	char region[64];
+	char account[16];
+	hsm_store *store;
+	hsm_keystore *ks;
+	hsm_kms *kms;
+	hsm_audit *audit;
+	hsm_http_server *http;
+	hsm_shmap *creds; /* access key id -> authenticated credential (auth.c) */
+	hsm_sigv4_config sigv4;
+	hsm_metrics metrics;
+	pthread_t scheduler;
+	bool scheduler_running;
+	pthread_mutex_t stop_lock;
+	pthread_cond_t stop_cond;
+	bool stopping;
+	int64_t started;
+} hsm_server;
+
+hsm_result hsm_server_new(const hsm_server_options *opt, hsm_server **out) HSM_MUST_CHECK;
+/* Development mode: initializes (1-of-1) on first start, unseals, ensures the dev user. */
+hsm_result hsm_server_dev_bootstrap(hsm_server *s, const char *akid,
+                                    const hsm_secret *secret) HSM_MUST_CHECK;
+hsm_result hsm_server_start(hsm_server *s) HSM_MUST_CHECK;
+void hsm_server_stop(hsm_server *s);
+void hsm_server_free(hsm_server *s);
+uint16_t hsm_server_port(hsm_server *s);
+
+/* ---- Pipeline pieces (server-internal) ----------------------------------------- */
+
+/* The authenticated caller of a request (auth.c). */
+typedef struct hsm_auth_result {
+	hsm_caller caller;
+	char user[HSM_USER_NAME_MAX + 1];
+	char akid[HSM_SIGV4_AKID_MAX + 1]; /* as claimed, even when authentication failed */
+} hsm_auth_result;
+
+hsm_result hsm_server_auth_init(hsm_server *s) HSM_MUST_CHECK;
+void hsm_server_auth_free(hsm_server *s);
+/* Verifies SigV4 and loads the principal; counts failures toward the lockout. */
+hsm_result hsm_server_authenticate(hsm_server *s, hsm_http_req *req,
+                                   hsm_auth_result *out) HSM_MUST_CHECK;
+/* Forgets cached credentials (after seal, principal changes). */
+void hsm_server_auth_flush(hsm_server *s);
+
+/* The handler registered with the HTTP layer (dispatch.c). */
+void hsm_server_on_request(hsm_http_req *req, void *arg);
+
+/* Admin API (admin.c): HsmdAdmin.<Op>. */
+typedef struct hsm_admin_ctx {
+	hsm_server *s;
+	const hsm_auth_result *auth; /* NULL for the unauthenticated operations */
+	json_t *req;
+	hsm_jw *w;
+	const char *source;
+} hsm_admin_ctx;
+
+typedef struct hsm_admin_op {
+	const char *name;
+	bool needs_auth;  /* false: Unseal and Status, usable while sealed */
+	hsm_result (*fn)(hsm_admin_ctx *c);
+} hsm_admin_op;
+
+const hsm_admin_op *hsm_admin_find(const char *name);
+
+/* The audit trail's checkpoint signer: the keystore's audit key (arg: hsm_keystore). */
+hsm_result hsm_server_audit_signer(void *arg, const uint8_t *msg, size_t n, hsm_buf *sig) HSM_MUST_CHECK;
+
+/* Writes /metrics (metrics.c). */
+hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out) HSM_MUST_CHECK;
+/* Audits an internal event synchronously (startup, seal, rotation, ...). */
+void hsm_server_event(hsm_server *s, const char *event, const char *key_id, uint32_t version,
+                      hsm_result result, const hsm_audit_field *extra, size_t n_extra);
+
+#endif
