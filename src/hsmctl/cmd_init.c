@@ -27,6 +27,7 @@ typedef struct init_opts {
 	unsigned shares, threshold;
 	char *custodians[HSM_MAX_SHARES];
 	char *custodian_list;
+	const char *admin;
 	bool dev;
 } init_opts;
 
@@ -50,6 +51,7 @@ static int parse_init(int argc, char **argv, init_opts *o)
 	    {"data-dir", required_argument, NULL, 'd'}, {"share-dir", required_argument, NULL, 's'},
 	    {"shares", required_argument, NULL, 'n'},   {"threshold", required_argument, NULL, 't'},
 	    {"custodians", required_argument, NULL, 'c'}, {"dev", no_argument, NULL, 'D'},
+	    {"admin", required_argument, NULL, 'a'},
 	    {NULL, 0, NULL, 0}};
 	int64_t v;
 	o->shares = HSM_DEFAULT_SHARES;
@@ -60,6 +62,7 @@ static int parse_init(int argc, char **argv, init_opts *o)
 		case 's': o->share_dir = optarg; break;
 		case 'c': o->custodian_list = optarg; break;
 		case 'D': o->dev = true; break;
+		case 'a': o->admin = optarg; break;
 		case 'n':
 		case 't':
 			if (hsm_failed(hsm_parse_i64(optarg, 1, HSM_MAX_SHARES, &v)))
@@ -129,6 +132,41 @@ out:
 	return res;
 }
 
+/*
+ * Creates the first crypto-officer and an access key for it, written as an
+ * AWS credentials file (0400) for the officer to take: without it a new
+ * store would have no principal able to sign a request.
+ */
+static hsm_result bootstrap_admin(const init_opts *o, hsmctl_local *l)
+{
+	hsm_result res = HSM_SUCCESS;
+	char akid[HSM_ACCESS_KEY_ID_LEN + 1], path[PATH_MAX];
+	hsm_secret *secret = NULL;
+	hsm_buf text;
+	hsm_buf_init_secure(&text);
+	res = hsm_kms_user_create(l->kms, &hsmctl_local_caller, o->admin,
+	                          HSM_ROLES_OFFICER | HSM_ROLES_AUDITOR);
+	HSM_TRY(hsmctl_local_audit(l, "CreateUser", NULL, 0, res));
+	HSM_TRY(res);
+	HSM_TRY(hsm_kms_access_key_create(l->kms, &hsmctl_local_caller, o->admin, akid, &secret));
+	HSM_TRY(hsm_buf_printf(&text, "[%s]\naws_access_key_id = %s\naws_secret_access_key = ",
+	                       o->admin, akid));
+	HSM_TRY(hsm_buf_put(&text, hsm_secret_bytes(secret), hsm_secret_len(secret)));
+	HSM_TRY(hsm_buf_put_str(&text, "\n"));
+	snprintf(path, sizeof(path), "%s/%s.credentials", o->share_dir, o->admin);
+	HSM_TRY(write_new_file(path, text.data, text.len));
+	printf("officer: %s (crypto-officer, auditor)\ncredentials: %s\n", o->admin, path);
+out:
+	hsm_secret_free(secret);
+	hsm_buf_free(&text);
+	return res;
+}
+
+static hsm_result init_signer(void *arg, const uint8_t *msg, size_t n, hsm_buf *sig)
+{
+	return hsm_ks_audit_sign(arg, msg, n, sig);
+}
+
 static hsm_result run_init(const init_opts *o)
 {
 	hsm_result res = HSM_SUCCESS;
@@ -137,9 +175,13 @@ static hsm_result run_init(const init_opts *o)
 	memset(shares, 0, sizeof(shares));
 	HSM_TRY(hsm_mkdir_p(o->share_dir));
 	HSM_TRY(hsmctl_local_open(o->data_dir, 0, NULL, &l));
-	HSM_TRY(hsm_keystore_init(l.ks, o->threshold, o->shares,
-	                          o->custodians[0] != NULL ? (const char *const *)o->custodians : NULL,
-	                          o->dev, shares));
+	res = hsm_keystore_init(l.ks, o->threshold, o->shares,
+	                        o->custodians[0] != NULL ? (const char *const *)o->custodians : NULL,
+	                        o->dev, shares);
+	hsm_result audited = hsmctl_local_audit(&l, "Init", NULL, 0, res);
+	HSM_TRY(res);
+	HSM_TRY(audited);
+	hsm_audit_set_signer(l.audit, init_signer, l.ks);
 	printf("store: %s\nquorum: %u of %u\n", hsm_keystore_store_id(l.ks), o->threshold, o->shares);
 	for (unsigned i = 0; i < o->shares; i++) {
 		char path[PATH_MAX];
@@ -148,6 +190,8 @@ static hsm_result run_init(const init_opts *o)
 		printf("share %u: %s\n", i + 1, path);
 	}
 	HSM_TRY(write_transcript(o, &l, shares));
+	if (o->admin != NULL)
+		HSM_TRY(bootstrap_admin(o, &l));
 	printf("Give each custodian exactly one share file; any %u of them unseal this store.\n",
 	       o->threshold);
 out:

@@ -101,10 +101,15 @@ static hsm_result do_create(hsmctl_local *l, const key_opts *o)
 		req.usage = HSM_USAGE_SIGN_VERIFY;
 	hsm_key_record rec;
 	memset(&rec, 0, sizeof(rec));
-	HSM_GUARD(hsm_kms_create_key(l->kms, &hsmctl_local_caller, &req, &rec));
-	hsm_result r = HSM_SUCCESS;
-	if (o->alias != NULL)
+	hsm_result r = hsm_kms_create_key(l->kms, &hsmctl_local_caller, &req, &rec);
+	HSM_GUARD(hsmctl_local_audit(l, "CreateKey", hsm_ok(r) ? rec.key_id : NULL, 1, r));
+	HSM_GUARD(r);
+	if (o->alias != NULL) {
 		r = hsm_kms_create_alias(l->kms, &hsmctl_local_caller, o->alias, rec.key_id);
+		hsm_result a = hsmctl_local_audit(l, "CreateAlias", rec.key_id, 0, r);
+		if (hsm_ok(r))
+			r = a;
+	}
 	print_key(&rec);
 	hsm_key_record_clear(&rec);
 	return r;
@@ -144,8 +149,16 @@ static hsm_result do_sub(hsmctl_local *l, const key_opts *o)
 	hsm_key_record rec;
 	memset(&rec, 0, sizeof(rec));
 	hsm_result r = HSM_SUCCESS;
+	const char *op = "";
 	if (strcmp(o->sub, "describe") == 0)
 		return show(l, o->key);
+	op = strcmp(o->sub, "enable") == 0               ? "EnableKey"
+	     : strcmp(o->sub, "disable") == 0            ? "DisableKey"
+	     : strcmp(o->sub, "rotate") == 0             ? "RotateKeyOnDemand"
+	     : strcmp(o->sub, "rotation") == 0           ? (o->enable ? "EnableKeyRotation"
+	                                                              : "DisableKeyRotation")
+	     : strcmp(o->sub, "schedule-deletion") == 0 ? "ScheduleKeyDeletion"
+	                                                 : "CancelKeyDeletion";
 	if (strcmp(o->sub, "enable") == 0)
 		r = hsm_kms_enable_key(l->kms, me, o->key);
 	else if (strcmp(o->sub, "disable") == 0)
@@ -160,9 +173,14 @@ static hsm_result do_sub(hsmctl_local *l, const key_opts *o)
 	else if (strcmp(o->sub, "cancel-deletion") == 0)
 		r = hsm_kms_cancel_deletion(l->kms, me, o->key, &rec);
 	else
-		r = HSM_FAIL(HSM_ERR_VALIDATION, "unknown key command or missing --enable/--disable");
+		return HSM_FAIL(HSM_ERR_VALIDATION, "unknown key command or missing --enable/--disable");
+	char id[HSM_UUID_STRLEN + 1] = "";
+	if (hsm_failed(hsm_kms_resolve(l->kms, o->key, id)))
+		id[0] = '\0';
+	hsm_result a = hsmctl_local_audit(l, op, id[0] ? id : NULL, rec.primary_version, r);
 	hsm_key_record_clear(&rec);
 	HSM_GUARD(r);
+	HSM_GUARD(a);
 	return show(l, o->key);
 }
 

@@ -1,7 +1,9 @@
 #include "hsmctl/local.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/secret.h"
 #include "common/util.h"
@@ -27,6 +29,41 @@ static hsm_result unseal_with(hsm_keystore *ks, size_t n, char *const files[])
 	return HSM_SUCCESS;
 }
 
+static hsm_result local_signer(void *arg, const uint8_t *msg, size_t n, hsm_buf *sig)
+{
+	return hsm_ks_audit_sign(arg, msg, n, sig);
+}
+
+static hsm_result open_audit(const char *data_dir, hsm_audit **out)
+{
+	char dir[PATH_MAX], node[80], host[64] = "localhost";
+	HSM_ENSURE((size_t)snprintf(dir, sizeof(dir), "%s/audit", data_dir) < sizeof(dir),
+	           HSM_ERR_VALIDATION, "--data-dir is too long");
+	(void)gethostname(host, sizeof(host) - 1);
+	host[strcspn(host, ".")] = '\0';
+	snprintf(node, sizeof(node), "hsmctl-%.50s", host);
+	hsm_audit_config cfg = {.dir = dir, .node_id = node};
+	return hsm_audit_open(&cfg, out);
+}
+
+hsm_result hsmctl_local_audit(hsmctl_local *l, const char *operation, const char *key_id,
+                              uint32_t version, hsm_result outcome)
+{
+	char who[64];
+	snprintf(who, sizeof(who), "local:uid=%u", (unsigned)getuid());
+	hsm_audit_record rec = {
+	    .type = HSM_AUDIT_REQUEST,
+	    .principal = who,
+	    .source = "hsmctl",
+	    .operation = operation,
+	    .key_id = key_id,
+	    .key_version = version,
+	    .outcome = hsm_ok(outcome) ? HSM_AUDIT_SUCCESS : HSM_AUDIT_ERROR,
+	    .error = hsm_ok(outcome) ? NULL : hsm_err_kms_name(outcome.err),
+	};
+	return hsm_audit_append(l->audit, &rec);
+}
+
 hsm_result hsmctl_local_open(const char *data_dir, size_t n_shares, char *const shares[],
                              hsmctl_local *out)
 {
@@ -35,11 +72,14 @@ hsm_result hsmctl_local_open(const char *data_dir, size_t n_shares, char *const 
 	HSM_ENSURE(data_dir != NULL, HSM_ERR_VALIDATION, "--data-dir is required");
 	HSM_TRY(hsm_secure_process_init(HSM_SECURE_HEAP_DEFAULT));
 	HSM_TRY(hsm_store_open(data_dir, &l.store));
+	HSM_TRY(open_audit(data_dir, &l.audit));
 	HSM_TRY(hsm_keystore_new(l.store, 0, &l.ks));
 	HSM_CHECK(hsm_keystore_state(l.ks) != HSM_NODE_ERROR, HSM_ERR_NODE_ERROR,
 	          "self-test failed: %s", hsm_keystore_error_reason(l.ks));
-	if (n_shares > 0)
+	if (n_shares > 0) {
 		HSM_TRY(unseal_with(l.ks, n_shares, shares));
+		hsm_audit_set_signer(l.audit, local_signer, l.ks);
+	}
 	hsm_kms_config cfg = {.region = "us-east-1", .account_id = "111122223333"};
 	HSM_TRY(hsm_kms_new(l.store, l.ks, &cfg, &l.kms));
 	*out = l;
@@ -52,6 +92,7 @@ out:
 void hsmctl_local_close(hsmctl_local *l)
 {
 	hsm_kms_free(l->kms);
+	hsm_audit_close(l->audit); /* its shutdown checkpoint is still signed when unsealed */
 	hsm_keystore_free(l->ks);
 	hsm_store_close(l->store);
 	memset(l, 0, sizeof(*l));

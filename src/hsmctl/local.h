@@ -9,12 +9,14 @@
 #ifndef HSMCTL_LOCAL_H
 #define HSMCTL_LOCAL_H
 
+#include "audit/audit.h"
 #include "kms/kms.h"
 
 typedef struct hsmctl_local {
 	hsm_store *store;
 	hsm_keystore *ks;
 	hsm_kms *kms;
+	hsm_audit *audit; /* <data dir>/audit: offline changes are audited like API calls */
 } hsmctl_local;
 
 #define HSMCTL_MAX_SHARE_ARGS 16
@@ -23,6 +25,12 @@ typedef struct hsmctl_local {
 hsm_result hsmctl_local_open(const char *data_dir, size_t n_shares, char *const shares[],
                              hsmctl_local *out) HSM_MUST_CHECK;
 void hsmctl_local_close(hsmctl_local *l);
+/*
+ * Records an offline operation in the audit trail (blocking).  Fails closed:
+ * the caller reports a failure to record as the command's failure.
+ */
+hsm_result hsmctl_local_audit(hsmctl_local *l, const char *operation, const char *key_id,
+                              uint32_t version, hsm_result outcome) HSM_MUST_CHECK;
 
 /* The operator acting locally (full rights: they hold the directory and the quorum). */
 extern const hsm_caller hsmctl_local_caller;

@@ -32,7 +32,8 @@ static int cmd_unseal(int argc, char **argv)
 }
 
 static const hsmctl_command commands[] = {
-    {"init", "--data-dir DIR --share-dir DIR [--shares N] [--threshold M] [--custodians a,b,..]",
+    {"init", "--data-dir DIR --share-dir DIR [--shares N] [--threshold M] [--custodians a,b,..] "
+             "[--admin NAME]",
      "key ceremony: create a store, its master key and the custodians' share files",
      hsmctl_cmd_init},
     {"status", "--data-dir DIR | (with --endpoint)",
