@@ -43,6 +43,7 @@ static int parse(int argc, char **argv, cli *c)
 	    {"dev", no_argument, NULL, 'D'},          {"listen", required_argument, NULL, 'l'},
 	    {"data-dir", required_argument, NULL, 'd'}, {"tls-cert", required_argument, NULL, 'c'},
 	    {"tls-key", required_argument, NULL, 'k'}, {"help", no_argument, NULL, 'h'},
+	    {"audit-dir", required_argument, NULL, 'a'},
 	    {NULL, 0, NULL, 0}};
 	hsm_http_config_defaults(&c->opt.http);
 	for (int o; (o = getopt_long(argc, argv, "", longopts, NULL)) != -1;) {
@@ -52,6 +53,7 @@ static int parse(int argc, char **argv, cli *c)
 		case 'd': c->opt.data_dir = optarg; break;
 		case 'c': c->opt.http.tls_cert = optarg; break;
 		case 'k': c->opt.http.tls_key = optarg; break;
+		case 'a': c->opt.audit_dir = optarg; break;
 		default: return usage();
 		}
 	}
