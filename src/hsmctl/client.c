@@ -28,6 +28,7 @@ typedef struct endpoint {
 } endpoint;
 
 typedef struct exchange {
+	struct event_base *base;
 	int status;        /* 0: no HTTP answer (connection failed) */
 	hsm_buf *resp;
 	hsm_result res;
@@ -69,6 +70,7 @@ static hsm_result parse_endpoint(const char *text, size_t n, endpoint *ep)
 static void on_response(struct evhttp_request *req, void *arg)
 {
 	exchange *x = arg;
+	event_base_loopexit(x->base, NULL); /* one exchange per loop: done either way */
 	if (req == NULL || evhttp_request_get_response_code(req) == 0) {
 		x->status = 0;
 		return;
@@ -140,6 +142,7 @@ static hsm_result one_exchange(const hsmctl_client *c, const endpoint *ep, const
 	hsm_sigv4_signature sig;
 	char host[300];
 	HSM_CHECK(base != NULL, HSM_ERR_NOMEM, "out of memory");
+	x->base = base;
 	if (sign)
 		HSM_TRY(sign_request(ep, c, target, body, &sig));
 	if (ep->tls) {
@@ -161,6 +164,7 @@ static hsm_result one_exchange(const hsmctl_client *c, const endpoint *ep, const
 	evhttp_add_header(h, "Host", host);
 	evhttp_add_header(h, "Content-Type", "application/x-amz-json-1.1");
 	evhttp_add_header(h, "X-Amz-Target", target);
+	evhttp_add_header(h, "Connection", "close");
 	if (sign) {
 		evhttp_add_header(h, "X-Amz-Date", sig.amz_date);
 		evhttp_add_header(h, "Authorization", sig.authorization);
@@ -193,7 +197,7 @@ hsm_result hsmctl_call(const hsmctl_client *c, const char *target, const char *b
 		size_t n = strcspn(p, ",");
 		endpoint ep;
 		HSM_GUARD(parse_endpoint(p, n, &ep));
-		exchange x = {0, resp, HSM_SUCCESS};
+		exchange x = {NULL, 0, resp, HSM_SUCCESS};
 		HSM_GUARD(one_exchange(c, &ep, target, body, sign, &x));
 		if (x.status != 0) {
 			*status = x.status;

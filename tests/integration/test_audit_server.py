@@ -1,0 +1,238 @@
+"""The audit trail as hsmd writes it: one record per request, no secrets,
+fail closed with bounded refusals when the log cannot be written, automatic
+recovery, and a chain that verifies across restarts."""
+import base64
+import glob
+import json
+import os
+import subprocess
+import tempfile
+import time
+
+import botocore.exceptions
+import pytest
+
+from conftest import (DEV_AKID, DEV_SECRET, HSMCTL, client, signed_call, start_dev)
+
+
+def records(server):
+    out = []
+    for path in sorted(glob.glob(os.path.join(server.data_dir, "audit", "audit-*.jsonl"))):
+        with open(path) as f:
+            out += [json.loads(line) for line in f if line.strip()]
+    return out
+
+
+def verify(server, pubkey=None, live=False):
+    files = sorted(glob.glob(os.path.join(server.data_dir, "audit", "audit-*.jsonl")))
+    cmd = [HSMCTL, "audit", "verify"] + (["--live"] if live else [])
+    if pubkey:
+        cmd += ["--pubkey", pubkey]
+    return subprocess.run(cmd + files, capture_output=True, text=True)
+
+
+def wait_for(pred, timeout=10.0, step=0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return False
+
+
+def test_every_request_is_recorded_with_its_request_id():
+    server = start_dev()
+    try:
+        kms = client(server)
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        ids = []
+        for i in range(5):
+            r = kms.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext={"n": str(i)})
+            ids.append(r["ResponseMetadata"]["RequestId"])
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            kms.describe_key(KeyId="alias/missing")
+        ids.append(e.value.response["ResponseMetadata"]["RequestId"])
+        bad = client(server, secret=DEV_SECRET + "x")
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            bad.list_keys()
+        denied_id = e.value.response["ResponseMetadata"]["RequestId"]
+        by_id = {r.get("request_id"): r for r in records(server)}
+        for rid in ids[:5]:
+            rec = by_id[rid]
+            assert rec["op"] == "Encrypt" and rec["outcome"] == "success"
+            assert rec["key_id"] == key and rec["key_version"] == 1
+            assert rec["principal"].endswith(":user/dev") and rec["access_key"] == DEV_AKID
+        assert by_id[ids[5]]["outcome"] == "error" and by_id[ids[5]]["error"] == "NotFoundException"
+        assert by_id[denied_id]["outcome"] == "denied"
+        assert by_id[denied_id]["error"] == "InvalidSignatureException"
+        seqs = [r["seq"] for r in records(server)]
+        assert seqs == list(range(1, len(seqs) + 1))
+    finally:
+        server.cleanup()
+
+
+def test_encryption_context_values_are_keyed_hashes():
+    server = start_dev()
+    try:
+        kms = client(server)
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        r = kms.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext={"tenant": "CANARY-TENANT-77"})
+        rec = next(x for x in records(server)
+                   if x.get("request_id") == r["ResponseMetadata"]["RequestId"])
+        field = rec["extra"]["encryption_context"]
+        assert field.startswith("tenant=") and "CANARY" not in field
+        env = dict(os.environ, AWS_ACCESS_KEY_ID=DEV_AKID, AWS_SECRET_ACCESS_KEY=DEV_SECRET)
+        out = subprocess.run([HSMCTL, "--endpoint", server.endpoint, "audit", "hash",
+                              "CANARY-TENANT-77"], capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr
+        assert field == "tenant=" + out.stdout.strip()[:32]
+        other = subprocess.run([HSMCTL, "--endpoint", server.endpoint, "audit", "hash",
+                                "CANARY-TENANT-78"], capture_output=True, text=True, env=env)
+        assert field != "tenant=" + other.stdout.strip()[:32]
+    finally:
+        server.cleanup()
+
+
+def forms(secret: bytes):
+    """The ways a secret could leak into text: raw, hex, base64 (std/url)."""
+    out = {secret, secret.hex().encode(), base64.b64encode(secret),
+           base64.urlsafe_b64encode(secret).rstrip(b"=")}
+    return {f for f in out if len(f) >= 8}
+
+
+def test_secrets_never_reach_logs_or_store():
+    server = start_dev()
+    try:
+        kms = client(server)
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        canaries = set()
+        plaintext = b"CANARY-PLAINTEXT-" + os.urandom(8).hex().encode()
+        ct = kms.encrypt(KeyId=key, Plaintext=plaintext)["CiphertextBlob"]
+        canaries |= forms(plaintext)
+        for _ in range(3):
+            canaries |= forms(kms.generate_data_key(KeyId=key, KeySpec="AES_256")["Plaintext"])
+        canaries |= forms(kms.decrypt(CiphertextBlob=ct)["Plaintext"])
+        canaries |= forms(DEV_SECRET.encode())
+        # A new access key's secret.
+        st, out = signed_call(server, "HsmdAdmin.CreateUser",
+                              {"UserName": "canary", "Roles": ["crypto-user"]})
+        assert st == 200, out
+        st, out = signed_call(server, "HsmdAdmin.CreateAccessKey", {"UserName": "canary"})
+        assert st == 200, out
+        canaries |= forms(out["SecretAccessKey"].encode())
+        with open(os.path.join(server.data_dir, "dev-unseal.share")) as f:
+            share_value = [l.split()[1] for l in f if l.startswith("value ")][0]
+        canaries |= forms(share_value.encode()) | forms(bytes.fromhex(share_value))
+        log_text = server.read_log()
+        server.stop()
+        haystacks = {"hsmd output": log_text.encode()}
+        for path in glob.glob(os.path.join(server.data_dir, "**"), recursive=True):
+            if os.path.isfile(path) and not path.endswith("dev-unseal.share"):
+                with open(path, "rb") as f:
+                    haystacks[path] = f.read()
+        assert any("audit-" in p for p in haystacks) and any("hsmd.db" in p for p in haystacks)
+        for name, data in haystacks.items():
+            for c in canaries:
+                if c == DEV_SECRET.encode() and name == "hsmd output":
+                    continue  # dev mode prints its own credentials on purpose
+                assert c not in data, f"secret found in {name}"
+    finally:
+        server.cleanup()
+
+
+def test_chain_continues_across_restarts_and_verifies_with_the_audit_key():
+    tmp = tempfile.mkdtemp(prefix="hsmd-audit-restart-")
+    data = os.path.join(tmp, "data")
+    server = start_dev(["--data-dir", data])
+    try:
+        kms = client(server)
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        kms.encrypt(KeyId=key, Plaintext=b"one")
+        st, pub = signed_call(server, "HsmdAdmin.AuditPublicKey", {})
+        assert st == 200 and "BEGIN PUBLIC KEY" in pub["PublicKey"]
+        server.stop()
+        server2 = start_dev(["--data-dir", data])
+        try:
+            client(server2).encrypt(KeyId=key, Plaintext=b"two")
+        finally:
+            server2.stop()
+        pem = os.path.join(tmp, "audit.pem")
+        with open(pem, "w") as f:
+            f.write(pub["PublicKey"])
+        server.data_dir = data
+        res = verify(server, pubkey=pem)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "VALID" in res.stdout
+        seqs = [r["seq"] for r in records(server)]
+        assert seqs == list(range(1, len(seqs) + 1))
+        ops = [r.get("op") for r in records(server)]
+        assert ops.count("Startup") == 2 and ops.count("Shutdown") == 2
+        # One changed byte anywhere is caught.
+        path = sorted(glob.glob(os.path.join(data, "audit", "audit-*.jsonl")))[0]
+        with open(path, "rb") as f:
+            raw = bytearray(f.read())
+        i = raw.index(b'"op":"Encrypt"') + 6
+        raw[i] ^= 0x01
+        with open(path, "wb") as f:
+            f.write(raw)
+        res = verify(server, pubkey=pem)
+        assert res.returncode != 0 and "line" in (res.stdout + res.stderr)
+    finally:
+        server.cleanup()
+        subprocess.run(["rm", "-rf", tmp])
+
+
+def mount_tmpfs(path, size):
+    os.makedirs(path, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, ("this test needs to mount a small tmpfs (run as root): "
+                               + r.stderr)
+
+
+def test_full_disk_fails_closed_quickly_and_recovers():
+    tmp = tempfile.mkdtemp(prefix="hsmd-audit-full-")
+    audit_dir = os.path.join(tmp, "audit")
+    mount_tmpfs(audit_dir, "1m")
+    server = None
+    try:
+        server = start_dev(["--audit-dir", audit_dir])
+        kms = client(server)
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        kms.encrypt(KeyId=key, Plaintext=b"before")
+        filler = os.path.join(audit_dir, "filler")
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
+        refused = 0
+        for _ in range(40):
+            t0 = time.time()
+            try:
+                kms.encrypt(KeyId=key, Plaintext=b"x" * 2000,
+                            EncryptionContext={"pad": "y" * 400})
+            except botocore.exceptions.ClientError as e:
+                assert e.response["Error"]["Code"] == "ServiceUnavailableException"
+                assert e.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+                refused += 1
+            assert time.time() - t0 < 3.0, "a refusal must come within a bounded time"
+            if refused >= 3:
+                break
+        assert refused >= 3, "requests kept succeeding on a full audit disk"
+        st, body, _ = server.get("/readyz")
+        assert st == 503 and json.loads(body)["audit"] is False
+        os.remove(filler)
+        assert wait_for(lambda: server.get("/readyz")[0] == 200, timeout=10)
+        kms.encrypt(KeyId=key, Plaintext=b"after")
+        server.stop()
+        files = sorted(glob.glob(os.path.join(audit_dir, "audit-*.jsonl")))
+        res = subprocess.run([HSMCTL, "audit", "verify"] + files, capture_output=True, text=True)
+        assert res.returncode == 0, res.stdout + res.stderr
+        recs = []
+        for p in files:
+            with open(p) as f:
+                recs += [json.loads(l) for l in f if l.strip()]
+        assert [r["seq"] for r in recs] == list(range(1, len(recs) + 1))
+        assert any(r.get("op") == "AuditOutageEnded" for r in recs)
+    finally:
+        if server is not None:
+            server.cleanup()
+        subprocess.run(["umount", "-l", audit_dir])
+        subprocess.run(["rm", "-rf", tmp])
