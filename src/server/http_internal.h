@@ -148,6 +148,8 @@ void hsm_http_sockaddr_set_port(struct sockaddr_storage *ss, uint16_t port);
 
 /* http_tls.c */
 hsm_result hsm_http_tls_new(const hsm_http_config *cfg, SSL_CTX **out) HSM_MUST_CHECK;
+/* http_tls_ticket.c: session tickets under keys rotated hourly. */
+hsm_result hsm_http_tls_tickets_init(SSL_CTX *ctx) HSM_MUST_CHECK;
 /* The verified client certificate's subject, or NULL (also on allocation failure). */
 char *hsm_http_tls_client_subject(SSL *ssl);
 
