@@ -4,9 +4,9 @@
  * asynchronous completion and the response headers every answer carries.
  *
  * Threads.  hsm_http_server_start() runs W worker threads.  Each owns an
- * event_base, an evhttp and a listening socket (its own SO_REUSEPORT socket,
- * or one socket shared by all workers), and every connection it accepts stays
- * with it.  The handler is called on the worker that read the request, so it
+ * event_base and an evhttp listening on one socket shared by all workers (or,
+ * with reuseport, on its own SO_REUSEPORT socket), and every connection it
+ * accepts stays with it.  The handler is called on the worker that read the request, so it
  * must be thread-safe; it must not block for long, because the worker's other
  * connections wait meanwhile.
  *
@@ -70,7 +70,7 @@ typedef struct hsm_http_config {
 	uint32_t idle_timeout_ms;    /* keep-alive connection with no request */
 	uint32_t write_timeout_ms;   /* no progress writing a response */
 	uint32_t max_connections;    /* open connections, all workers together */
-	bool shared_listener;        /* one socket for all workers instead of SO_REUSEPORT */
+	bool reuseport;              /* one SO_REUSEPORT socket per worker instead of one shared */
 	const char *tls_cert;        /* PEM certificate chain; NULL: plain HTTP */
 	const char *tls_key;         /* PEM private key (unencrypted), required with tls_cert */
 	const char *tls_client_ca;   /* PEM CA bundle for client certificates */

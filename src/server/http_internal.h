@@ -83,6 +83,7 @@ struct hsm_http_req {
 	 * n_extra name/value pairs (each NUL-terminated), then the body. */
 	int status;
 	bool failed; /* the copy failed: answer a bare 500 */
+	bool close;  /* end the connection after this response */
 	size_t n_extra;
 	size_t resp_body_off;
 	size_t resp_body_len;

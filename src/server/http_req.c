@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -165,8 +166,32 @@ static bool fill_req(hsm_http_req *req, struct evhttp_request *evreq, const char
 	req->start_ns = hsm_mono_ns();
 	req->status = 0;
 	req->failed = false;
+	req->close = false;
 	req->n_extra = 0;
 	return next_id(req->w, req->id);
+}
+
+/*
+ * RFC 9112 section 6.3: a request with both Transfer-Encoding and
+ * Content-Length, a transfer coding other than chunked, or several or
+ * malformed Content-Length values is framed ambiguously, and a proxy in front
+ * may have read it differently (request smuggling, RFC 9112 section 11.2).
+ * evhttp has read it one way; refuse it and close the connection.
+ */
+static bool framing_ok(struct evhttp_request *evreq)
+{
+	const struct evkeyval *kv = evhttp_request_get_input_headers(evreq)->tqh_first;
+	const char *te = NULL, *cl = NULL;
+	unsigned n_te = 0, n_cl = 0;
+	for (; kv != NULL; kv = kv->next.tqe_next) {
+		if (strcasecmp(kv->key, "Transfer-Encoding") == 0)
+			te = kv->value, n_te++;
+		else if (strcasecmp(kv->key, "Content-Length") == 0)
+			cl = kv->value, n_cl++;
+	}
+	if (n_te > 0)
+		return n_te == 1 && n_cl == 0 && strcasecmp(te, "chunked") == 0;
+	return n_cl == 0 || (n_cl == 1 && cl[0] != '\0' && strspn(cl, "0123456789") == strlen(cl));
 }
 
 /* evhttp_set_gencb: a complete request has arrived. */
@@ -188,6 +213,10 @@ void hsm_http_request_cb(struct evhttp_request *evreq, void *arg)
 	hsm_http_inflight_add(w, 1);
 	if (!ok) {
 		hsm_http_respond(req, 500, NULL, NULL, 0, 0, NULL);
+	} else if (!framing_ok(evreq)) {
+		static const char bad[] = "{\"message\":\"Ambiguous message framing\"}";
+		req->close = true;
+		hsm_http_respond(req, 400, "application/json", bad, sizeof(bad) - 1, 0, NULL);
 	} else if (method == NULL) {
 		/* RFC 9110 section 15.5.6: 405 lists the methods that are allowed. */
 		static const hsm_http_header allow = {"Allow", "GET, POST, HEAD"};

@@ -177,7 +177,7 @@ static bool build(hsm_http_req *req, struct evhttp_request *evreq, int status)
 		snprintf(clen, sizeof(clen), "%zu", len);
 		add_header(h, "Content-Length", clen);
 	}
-	if (req->w->stopping)
+	if (req->close || req->w->stopping)
 		add_header(h, "Connection", "close");
 	if (req->failed)
 		return false;

@@ -226,6 +226,8 @@ typedef struct completer {
 	size_t n;
 	bool shuffle;
 	unsigned delay_ms;
+	uint16_t probe_port; /* if set, try to connect there first */
+	bool probe_refused;
 } completer;
 
 /* Answers every held request from this (non-worker) thread. */
@@ -234,6 +236,11 @@ static void *complete_held(void *arg)
 	completer *cp = arg;
 	if (cp->delay_ms > 0)
 		usleep(cp->delay_ms * 1000U);
+	if (cp->probe_port != 0) {
+		tc_conn *probe = tc_connect(cp->probe_port, false, 1000);
+		cp->probe_refused = probe == NULL;
+		tc_close(probe);
+	}
 	pthread_mutex_lock(&T.mu);
 	size_t n = T.n_held < cp->n ? T.n_held : cp->n;
 	hsm_http_req **reqs = calloc(n ? n : 1, sizeof(*reqs));
@@ -387,6 +394,41 @@ static void test_header_limit_and_garbage(void **state)
 	tc_resp_clear(&r);
 	assert_int_equal(atomic_load(&T.calls), 0);
 	assert_true(tc_simple(port, "GET / HTTP/1.1\r\nHost: t\r\n\r\n", 200, &r));
+	tc_resp_clear(&r);
+	hsm_http_server_free(srv);
+}
+
+static void test_ambiguous_framing(void **state)
+{
+	(void)state;
+	hsm_http_server *srv = start_default(ECHO);
+	uint16_t port = hsm_http_server_port(srv);
+	const char *bad[] = {
+	    "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+	    "3\r\nabc\r\n0\r\n\r\n",
+	    "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc",
+	    "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+	    "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: +3\r\n\r\nabc",
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		tc_conn *c = tc_connect(port, false, 5000);
+		assert_non_null(c);
+		tc_resp r;
+		assert_true(tc_send(c, bad[i], strlen(bad[i])) && tc_read(c, &r, false));
+		assert_int_equal(r.status, 400);
+		char v[32];
+		assert_true(tc_header(&r, "Connection", v, sizeof(v)));
+		assert_string_equal(v, "close");
+		tc_resp_clear(&r);
+		assert_true(tc_wait_closed(c, 2000) >= 0);
+		tc_close(c);
+	}
+	assert_int_equal(atomic_load(&T.calls), 0);
+	tc_resp r;
+	assert_true(tc_simple(port, "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+	                            "3\r\nabc\r\n0\r\n\r\n",
+	                      200, &r));
+	assert_non_null(strstr(r.body, "len=3 "));
 	tc_resp_clear(&r);
 	hsm_http_server_free(srv);
 }
@@ -549,7 +591,7 @@ static void test_graceful_stop(void **state)
 		assert_true(tc_sendf(busy[i], "GET /busy%d HTTP/1.1\r\nHost: t\r\n\r\n", i));
 	}
 	assert_true(wait_held(3));
-	completer cp = {.n = 3, .delay_ms = 300};
+	completer cp = {.n = 3, .delay_ms = 300, .probe_port = port};
 	pthread_t t;
 	assert_int_equal(pthread_create(&t, NULL, complete_held, &cp), 0);
 	struct timespec start;
@@ -558,6 +600,7 @@ static void test_graceful_stop(void **state)
 	long took = tc_ms_since(&start);
 	pthread_join(t, NULL);
 	assert_true(took >= 250 && took < 3000); /* waited for the requests, not the grace */
+	assert_true(cp.probe_refused); /* new clients are refused during the grace period */
 	for (int i = 0; i < 3; i++) {
 		assert_true(tc_read(busy[i], &r, false));
 		assert_int_equal(r.status, 200);
@@ -593,6 +636,25 @@ static void test_stop_grace_expires(void **state)
 	/* Answering after the stop only releases the request. */
 	completer cp = {.n = 1};
 	complete_held(&cp);
+	hsm_http_server_free(srv);
+}
+
+static void test_reuseport_listeners(void **state)
+{
+	(void)state;
+	hsm_http_config cfg;
+	hsm_http_config_defaults(&cfg);
+	cfg.workers = 3;
+	cfg.reuseport = true;
+	hsm_http_server *srv = start(&cfg, ECHO);
+	for (int i = 0; i < 30; i++) {
+		tc_resp r;
+		assert_true(tc_simple(hsm_http_server_port(srv), "GET / HTTP/1.1\r\nHost: t\r\n\r\n", 200,
+		                      &r));
+		tc_resp_clear(&r);
+	}
+	hsm_http_server_stop(srv, 1000);
+	assert_null(tc_connect(hsm_http_server_port(srv), false, 1000));
 	hsm_http_server_free(srv);
 }
 
@@ -647,11 +709,13 @@ int main(void)
 	    cmocka_unit_test(test_client_gone_before_completion),
 	    cmocka_unit_test(test_body_limit),
 	    cmocka_unit_test(test_header_limit_and_garbage),
+	    cmocka_unit_test(test_ambiguous_framing),
 	    cmocka_unit_test(test_methods),
 	    cmocka_unit_test(test_slow_clients_cut_off),
 	    cmocka_unit_test(test_max_connections),
 	    cmocka_unit_test(test_graceful_stop),
 	    cmocka_unit_test(test_stop_grace_expires),
+	    cmocka_unit_test(test_reuseport_listeners),
 	    cmocka_unit_test(test_ipv6_and_addresses),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
