@@ -164,8 +164,8 @@ typedef struct hsm_http_header {
  * Answers req and gives it back: req must not be touched afterwards.  Callable
  * once per request, from any thread.  status is a final status (200..599);
  * content_type NULL means "application/octet-stream".  body, the content type
- * and the extra headers are copied before this returns (the body into wiped
- * memory: it may hold plaintext).  Extra headers must not repeat the ones the
+ * and the extra headers are copied before this returns (the copy is wiped once
+ * sent: a body may hold plaintext).  Extra headers must not repeat the ones the
  * framework sets; a name or value that is not valid HTTP (CR, LF, ...) is
  * dropped and logged.  If the response cannot be built (out of memory) the
  * client gets a bare 500.  HEAD responses carry the Content-Length of body

@@ -87,7 +87,7 @@ struct hsm_http_req {
 	size_t n_extra;
 	size_t resp_body_off;
 	size_t resp_body_len;
-	hsm_buf out; /* secure: the body may be plaintext; wiped before reuse */
+	hsm_buf out; /* wiped before reuse or free: the body may be plaintext */
 };
 
 #define HSM_HTTP_RAND_POOL 4096
