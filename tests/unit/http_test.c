@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,10 +63,28 @@ static void echo(hsm_http_req *req)
 	hsm_http_respond(req, 200, "text/plain", out, (size_t)n, n_extra, extra);
 }
 
+/* /big answers 32 MiB: more than the socket buffers hold. */
+static void big(hsm_http_req *req)
+{
+	size_t n = (size_t)32 << 20;
+	char *body = malloc(n);
+	if (body == NULL) {
+		hsm_http_respond(req, 500, NULL, NULL, 0, 0, NULL);
+		return;
+	}
+	memset(body, 'z', n);
+	hsm_http_respond(req, 200, NULL, body, n, 0, NULL);
+	free(body);
+}
+
 static void handler(hsm_http_req *req, void *arg)
 {
 	(void)arg;
 	atomic_fetch_add(&T.calls, 1);
+	if (strcmp(hsm_http_req_path(req), "/big") == 0) {
+		big(req);
+		return;
+	}
 	pthread_mutex_lock(&T.mu);
 	snprintf(T.last_id, sizeof(T.last_id), "%s", hsm_http_req_id(req));
 	if (T.mode == HOLD && T.n_held < MAX_HELD) {
@@ -518,6 +537,47 @@ static void test_slow_clients_cut_off(void **state)
 	hsm_http_server_free(srv);
 }
 
+/* A client that stops reading its response is dropped after the write timeout. */
+static void test_write_timeout(void **state)
+{
+	(void)state;
+	hsm_http_config cfg;
+	hsm_http_config_defaults(&cfg);
+	cfg.workers = 1;
+	cfg.write_timeout_ms = 300;
+	hsm_http_server *srv = start(&cfg, ECHO);
+	tc_conn *c = tc_connect(hsm_http_server_port(srv), false, 5000);
+	assert_non_null(c);
+	assert_true(tc_sendf(c, "GET /big HTTP/1.1\r\nHost: t\r\n\r\n"));
+	usleep(1500 * 1000); /* read nothing: the server's writes stall */
+	size_t got = 0;
+	char buf[65536];
+	for (;;) {
+		ssize_t n = recv(c->fd, buf, sizeof(buf), 0);
+		if (n <= 0)
+			break;
+		got += (size_t)n;
+	}
+	assert_true(got > 0 && got < ((size_t)32 << 20)); /* cut off, not completed */
+	tc_close(c);
+	/* The server is fine, and a reading client gets all of it. */
+	c = tc_connect(hsm_http_server_port(srv), false, 5000);
+	assert_non_null(c);
+	assert_true(tc_sendf(c, "GET /big HTTP/1.1\r\nHost: t\r\n\r\n"));
+	got = 0;
+	char head[4096];
+	ssize_t n = recv(c->fd, head, sizeof(head), 0);
+	assert_true(n > 0);
+	got = (size_t)n;
+	while (got < ((size_t)32 << 20)) {
+		n = recv(c->fd, buf, sizeof(buf), 0);
+		assert_true(n > 0);
+		got += (size_t)n;
+	}
+	tc_close(c);
+	hsm_http_server_free(srv);
+}
+
 static void test_max_connections(void **state)
 {
 	(void)state;
@@ -712,6 +772,7 @@ int main(void)
 	    cmocka_unit_test(test_ambiguous_framing),
 	    cmocka_unit_test(test_methods),
 	    cmocka_unit_test(test_slow_clients_cut_off),
+	    cmocka_unit_test(test_write_timeout),
 	    cmocka_unit_test(test_max_connections),
 	    cmocka_unit_test(test_graceful_stop),
 	    cmocka_unit_test(test_stop_grace_expires),

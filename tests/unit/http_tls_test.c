@@ -397,6 +397,40 @@ static void expect_new_fails(hsm_http_config *cfg, const char *message_part)
 		fail_msg("'%s' does not mention '%s'", hsm_last_message(), message_part);
 }
 
+/* A key file readable by others is accepted, with a warning on stderr. */
+static void test_tls_key_permissions_warned(void **state)
+{
+	(void)state;
+	int fds[2];
+	assert_int_equal(pipe(fds), 0);
+	fflush(stderr);
+	int saved = dup(2);
+	assert_true(saved >= 0);
+	assert_true(dup2(fds[1], 2) >= 0);
+	hsm_http_config cfg;
+	hsm_http_config_defaults(&cfg);
+	cfg.listen = "127.0.0.1:0";
+	cfg.workers = 1;
+	cfg.tls_cert = path_srv;
+	cfg.tls_key = path_srv_key;
+	hsm_http_server *srv = NULL;
+	assert_int_equal(chmod(path_srv_key, 0644), 0);
+	hsm_result r = hsm_http_server_new(&cfg, handler, NULL, &srv);
+	assert_int_equal(chmod(path_srv_key, 0600), 0);
+	fflush(stderr);
+	dup2(saved, 2);
+	close(saved);
+	close(fds[1]);
+	char out[4096] = "";
+	ssize_t n = read(fds[0], out, sizeof(out) - 1);
+	close(fds[0]);
+	assert_true(hsm_ok(r));
+	hsm_http_server_free(srv);
+	assert_true(n > 0);
+	out[n] = '\0';
+	assert_non_null(strstr(out, "accessible to group or others (mode 0644)"));
+}
+
 static void test_tls_config_errors(void **state)
 {
 	(void)state;
@@ -431,6 +465,7 @@ int main(void)
 	    cmocka_unit_test(test_client_cert_required),
 	    cmocka_unit_test(test_client_cert_optional),
 	    cmocka_unit_test(test_tls_client_gone),
+	    cmocka_unit_test(test_tls_key_permissions_warned),
 	    cmocka_unit_test(test_tls_config_errors),
 	};
 	return cmocka_run_group_tests(tests, setup_certs, teardown_certs);
