@@ -4,9 +4,9 @@
  * asynchronous completion and the response headers every answer carries.
  *
  * Threads.  hsm_http_server_start() runs W worker threads.  Each owns an
- * event_base, an evhttp and a listening socket (its own SO_REUSEPORT socket,
- * or one socket shared by all workers), and every connection it accepts stays
- * with it.  The handler is called on the worker that read the request, so it
+ * event_base and an evhttp listening on one socket shared by all workers (or,
+ * with reuseport, on its own SO_REUSEPORT socket), and every connection it
+ * accepts stays with it.  The handler is called on the worker that read the request, so it
  * must be thread-safe; it must not block for long, because the worker's other
  * connections wait meanwhile.
  *
@@ -70,7 +70,7 @@ typedef struct hsm_http_config {
 	uint32_t idle_timeout_ms;    /* keep-alive connection with no request */
 	uint32_t write_timeout_ms;   /* no progress writing a response */
 	uint32_t max_connections;    /* open connections, all workers together */
-	bool shared_listener;        /* one socket for all workers instead of SO_REUSEPORT */
+	bool reuseport;              /* one SO_REUSEPORT socket per worker instead of one shared */
 	const char *tls_cert;        /* PEM certificate chain; NULL: plain HTTP */
 	const char *tls_key;         /* PEM private key (unencrypted), required with tls_cert */
 	const char *tls_client_ca;   /* PEM CA bundle for client certificates */
@@ -103,7 +103,8 @@ hsm_result hsm_http_server_start(hsm_http_server *srv) HSM_MUST_CHECK;
  * requests in progress finish (their responses say Connection: close) for at
  * most grace_ms, then drops what is left and joins the workers.  Requests
  * still held by their handler after that may still be passed to
- * hsm_http_respond(), which then only releases them.  Idempotent.
+ * hsm_http_respond(), which then only releases them.  Idempotent; call it from
+ * one thread, never from a handler running on a worker (it joins them).
  */
 void hsm_http_server_stop(hsm_http_server *srv, uint32_t grace_ms);
 /*
@@ -164,8 +165,8 @@ typedef struct hsm_http_header {
  * Answers req and gives it back: req must not be touched afterwards.  Callable
  * once per request, from any thread.  status is a final status (200..599);
  * content_type NULL means "application/octet-stream".  body, the content type
- * and the extra headers are copied before this returns (the body into wiped
- * memory: it may hold plaintext).  Extra headers must not repeat the ones the
+ * and the extra headers are copied before this returns (the copy is wiped once
+ * sent: a body may hold plaintext).  Extra headers must not repeat the ones the
  * framework sets; a name or value that is not valid HTTP (CR, LF, ...) is
  * dropped and logged.  If the response cannot be built (out of memory) the
  * client gets a bare 500.  HEAD responses carry the Content-Length of body

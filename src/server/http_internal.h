@@ -83,10 +83,11 @@ struct hsm_http_req {
 	 * n_extra name/value pairs (each NUL-terminated), then the body. */
 	int status;
 	bool failed; /* the copy failed: answer a bare 500 */
+	bool close;  /* end the connection after this response */
 	size_t n_extra;
 	size_t resp_body_off;
 	size_t resp_body_len;
-	hsm_buf out; /* secure: the body may be plaintext; wiped before reuse */
+	hsm_buf out; /* wiped before reuse or free: the body may be plaintext */
 };
 
 #define HSM_HTTP_RAND_POOL 4096
@@ -148,6 +149,8 @@ void hsm_http_sockaddr_set_port(struct sockaddr_storage *ss, uint16_t port);
 
 /* http_tls.c */
 hsm_result hsm_http_tls_new(const hsm_http_config *cfg, SSL_CTX **out) HSM_MUST_CHECK;
+/* http_tls_ticket.c: session tickets under keys rotated hourly. */
+hsm_result hsm_http_tls_tickets_init(SSL_CTX *ctx) HSM_MUST_CHECK;
 /* The verified client certificate's subject, or NULL (also on allocation failure). */
 char *hsm_http_tls_client_subject(SSL *ssl);
 

@@ -4,13 +4,17 @@
  *
  * Requests are recycled through a per-worker pool, so in the steady state a
  * request costs no allocation of ours (libevent makes its own).  A response is
- * copied once, into the request's wiped buffer, and libevent writes it from
- * there by reference; the buffer is wiped when the socket has taken the bytes
- * (or the connection died), so no copy of a response body is left in freed memory.
+ * copied once, into the request's buffer, and libevent writes it from there by
+ * reference; the buffer is wiped when the socket has taken the bytes (or the
+ * connection died), so no copy of a response body (which may hold a plaintext
+ * or a data key) is left behind in freed memory.  The buffer is ordinary heap,
+ * not the secure heap: a thousand pooled buffers per worker would compete with
+ * key material for it, and the bytes are bound for the socket anyway.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -18,13 +22,14 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 
 #include "common/log.h"
 #include "server/http_internal.h"
 
-/* Larger response buffers are not kept in the pool. */
-#define POOL_BUF_MAX ((size_t)64 << 10)
+/* Larger response buffers are not kept in the pool (KMS answers are far smaller). */
+#define POOL_BUF_MAX ((size_t)16 << 10)
 
 static const char not_allowed_body[] = "{\"message\":\"Method Not Allowed\"}";
 
@@ -40,7 +45,7 @@ hsm_http_req *hsm_http_req_get(hsm_http_worker *w)
 		req = calloc(1, sizeof(*req));
 		if (req == NULL)
 			return NULL;
-		hsm_buf_init_secure(&req->out);
+		hsm_buf_init(&req->out);
 		req->w = w;
 	}
 	req->next = NULL;
@@ -50,15 +55,17 @@ hsm_http_req *hsm_http_req_get(hsm_http_worker *w)
 void hsm_http_req_put(hsm_http_req *req)
 {
 	hsm_http_worker *w = req->w;
+	/* Bytes are only ever written below len (stash reserves before copying). */
+	if (req->out.data != NULL)
+		OPENSSL_cleanse(req->out.data, req->out.len);
+	req->out.len = 0;
 	if (req->out.cap > POOL_BUF_MAX)
 		hsm_buf_free(&req->out);
-	else
-		hsm_buf_clear(&req->out); /* wipes */
 	req->state = REQ_FREE;
 	req->evreq = NULL;
 	req->conn = NULL;
 	if (w->n_pool >= HSM_HTTP_REQ_POOL_MAX) {
-		hsm_buf_free(&req->out);
+		hsm_buf_free(&req->out); /* already wiped */
 		free(req);
 		return;
 	}
@@ -138,35 +145,67 @@ static const char *method_name(enum evhttp_cmd_type type)
 	}
 }
 
+/* Fills req from evreq; false (req still answerable) if the body or id failed. */
 static bool fill_req(hsm_http_req *req, struct evhttp_request *evreq, const char *method)
 {
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(evreq);
 	const char *path = uri != NULL ? evhttp_uri_get_path(uri) : NULL;
 	const char *query = uri != NULL ? evhttp_uri_get_query(uri) : NULL;
-	struct evbuffer *in = evhttp_request_get_input_buffer(evreq);
-	size_t len = evbuffer_get_length(in);
-	req->body = (const uint8_t *)"";
-	if (len > 0) {
-		req->body = evbuffer_pullup(in, -1);
-		if (req->body == NULL)
-			return false;
-	}
-	req->body_len = len;
-	req->method = method;
-	req->head = evhttp_request_get_command(evreq) == EVHTTP_REQ_HEAD;
-	req->path = path != NULL ? path : "";
-	req->query = query != NULL ? query : "";
 	char *addr = NULL;
 	ev_uint16_t port = 0;
 	evhttp_connection_get_peer(evhttp_request_get_connection(evreq), &addr, &port);
 	req->remote_addr = addr != NULL ? addr : "";
 	req->remote_port = port;
+	req->method = method;
+	req->head = evhttp_request_get_command(evreq) == EVHTTP_REQ_HEAD;
+	req->path = path != NULL ? path : "";
+	req->query = query != NULL ? query : "";
 	req->evreq = evreq;
 	req->start_ns = hsm_mono_ns();
 	req->status = 0;
 	req->failed = false;
+	req->close = false;
 	req->n_extra = 0;
-	return next_id(req->w, req->id);
+	req->body = (const uint8_t *)"";
+	req->body_len = 0;
+	if (!next_id(req->w, req->id)) {
+		snprintf(req->id, sizeof(req->id), "00000000-0000-0000-0000-000000000000");
+		return false;
+	}
+	struct evbuffer *in = evhttp_request_get_input_buffer(evreq);
+	size_t len = evbuffer_get_length(in);
+	if (len > 0) {
+		req->body = evbuffer_pullup(in, -1); /* contiguous; a copy only if in pieces */
+		if (req->body == NULL) {
+			req->body = (const uint8_t *)"";
+			return false;
+		}
+	}
+	req->body_len = len;
+	return true;
+}
+
+/*
+ * RFC 9112 section 6.3: a request with both Transfer-Encoding and
+ * Content-Length, a transfer coding other than chunked, or several or
+ * malformed Content-Length values is framed ambiguously, and a proxy in front
+ * may have read it differently (request smuggling, RFC 9112 section 11.2).
+ * evhttp has read it one way; refuse it and close the connection.
+ */
+static bool framing_ok(struct evhttp_request *evreq)
+{
+	const struct evkeyval *kv = evhttp_request_get_input_headers(evreq)->tqh_first;
+	const char *te = NULL, *cl = NULL;
+	unsigned n_te = 0, n_cl = 0;
+	for (; kv != NULL; kv = kv->next.tqe_next) {
+		if (strcasecmp(kv->key, "Transfer-Encoding") == 0)
+			te = kv->value, n_te++;
+		else if (strcasecmp(kv->key, "Content-Length") == 0)
+			cl = kv->value, n_cl++;
+	}
+	if (n_te > 0)
+		return n_te == 1 && n_cl == 0 && strcasecmp(te, "chunked") == 0;
+	return n_cl == 0 || (n_cl == 1 && cl[0] != '\0' && strspn(cl, "0123456789") == strlen(cl));
 }
 
 /* evhttp_set_gencb: a complete request has arrived. */
@@ -188,6 +227,10 @@ void hsm_http_request_cb(struct evhttp_request *evreq, void *arg)
 	hsm_http_inflight_add(w, 1);
 	if (!ok) {
 		hsm_http_respond(req, 500, NULL, NULL, 0, 0, NULL);
+	} else if (!framing_ok(evreq)) {
+		static const char bad[] = "{\"message\":\"Ambiguous message framing\"}";
+		req->close = true;
+		hsm_http_respond(req, 400, "application/json", bad, sizeof(bad) - 1, 0, NULL);
 	} else if (method == NULL) {
 		/* RFC 9110 section 15.5.6: 405 lists the methods that are allowed. */
 		static const hsm_http_header allow = {"Allow", "GET, POST, HEAD"};

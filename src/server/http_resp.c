@@ -94,10 +94,17 @@ static hsm_result stash(hsm_http_req *req, const char *ctype, const void *body, 
 			hsm_warn("request %s: invalid Content-Type replaced", req->id);
 		ctype = DEFAULT_CONTENT_TYPE;
 	}
+	/* Room for everything first: growing (realloc) after the body is in
+	 * would leave an unwiped copy in freed memory. */
+	size_t need = strlen(ctype) + 1 + len;
+	for (size_t i = 0; i < n_headers; i++) {
+		HSM_ASSERT(headers[i].name != NULL && headers[i].value != NULL);
+		need += strlen(headers[i].name) + strlen(headers[i].value) + 2;
+	}
+	HSM_GUARD(hsm_buf_reserve(out, need));
 	HSM_GUARD(put_cstr(out, ctype));
 	for (size_t i = 0; i < n_headers; i++) {
 		const char *name = headers[i].name, *value = headers[i].value;
-		HSM_ASSERT(name != NULL && value != NULL);
 		if (!is_token(name) || !is_field_value(value) || is_reserved(name)) {
 			hsm_warn("request %s: response header %zu dropped (invalid or reserved)", req->id,
 			         i);
@@ -177,7 +184,7 @@ static bool build(hsm_http_req *req, struct evhttp_request *evreq, int status)
 		snprintf(clen, sizeof(clen), "%zu", len);
 		add_header(h, "Content-Length", clen);
 	}
-	if (req->w->stopping)
+	if (req->close || req->w->stopping)
 		add_header(h, "Connection", "close");
 	if (req->failed)
 		return false;

@@ -6,10 +6,7 @@
  * - TLS 1.2 suites are ECDHE with an AEAD only (RFC 9325 section 4.2); TLS 1.3
  *   keeps OpenSSL's default suites, which are all AEAD.
  * - Renegotiation is refused (a CPU-exhaustion lever, and nothing here needs it).
- * - Resumption uses the server-side session cache, not stateless tickets:
- *   OpenSSL never rotates its ticket key, so one stolen key would decrypt
- *   every recorded ticket-resumed session of the process's lifetime; cached
- *   sessions expire with the cache (RFC 9325 section 3.4 on ticket key rotation).
+ * - Resumption uses session tickets under rotating keys (http_tls_ticket.c).
  * - Client certificates are verified against tls_client_ca; a certificate that
  *   fails verification ends the handshake in both "optional" and "required"
  *   modes, and "required" also fails a handshake without one.
@@ -32,8 +29,6 @@
 	"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"                           \
 	"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 #define TLS_GROUPS "X25519:P-256:P-384"
-#define TLS_SESSION_CACHE_SIZE 20000L
-#define TLS_SESSION_TIMEOUT_S 600L
 #define TLS_VERIFY_DEPTH 4
 #define TLS_KEY_FILE_MAX ((size_t)64 << 10)
 #define SUBJECT_MAX 1024
@@ -98,12 +93,11 @@ static hsm_result set_policy(SSL_CTX *ctx)
 	               SSL_CTX_set1_groups_list(ctx, TLS_GROUPS) == 1,
 	           HSM_ERR_CRYPTO, "cannot set the TLS policy: %s", ossl_reason());
 	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
-	                             SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_TICKET);
-	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
-	SSL_CTX_sess_set_cache_size(ctx, TLS_SESSION_CACHE_SIZE);
-	SSL_CTX_set_timeout(ctx, TLS_SESSION_TIMEOUT_S);
-	/* With SSL_OP_NO_TICKET, TLS 1.3 tickets are cache references; one is enough. */
+	                             SSL_OP_CIPHER_SERVER_PREFERENCE);
+	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+	/* One TLS 1.3 ticket per handshake is enough for a client to resume. */
 	HSM_ENSURE(SSL_CTX_set_num_tickets(ctx, 1) == 1, HSM_ERR_CRYPTO, "cannot set tickets");
+	HSM_GUARD(hsm_http_tls_tickets_init(ctx));
 	static const unsigned char sid_ctx[] = "hsmd";
 	HSM_ENSURE(SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1) == 1,
 	           HSM_ERR_CRYPTO, "cannot set the session context");

@@ -1,6 +1,7 @@
 /*
  * http_test.c - the HTTP server over plain sockets: round trips, keep-alive,
- * asynchronous completion, limits, timeouts, stop.  TLS is in http_tls_test.c.
+ * asynchronous completion, stop.  Limits and timeouts are in
+ * http_limits_test.c, TLS in http_tls_test.c.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,6 +12,7 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -226,6 +228,8 @@ typedef struct completer {
 	size_t n;
 	bool shuffle;
 	unsigned delay_ms;
+	uint16_t probe_port; /* if set, try to connect there first */
+	bool probe_refused;
 } completer;
 
 /* Answers every held request from this (non-worker) thread. */
@@ -234,6 +238,11 @@ static void *complete_held(void *arg)
 	completer *cp = arg;
 	if (cp->delay_ms > 0)
 		usleep(cp->delay_ms * 1000U);
+	if (cp->probe_port != 0) {
+		tc_conn *probe = tc_connect(cp->probe_port, false, 1000);
+		cp->probe_refused = probe == NULL;
+		tc_close(probe);
+	}
 	pthread_mutex_lock(&T.mu);
 	size_t n = T.n_held < cp->n ? T.n_held : cp->n;
 	hsm_http_req **reqs = calloc(n ? n : 1, sizeof(*reqs));
@@ -315,211 +324,13 @@ static void test_client_gone_before_completion(void **state)
 	hsm_http_server_free(srv);
 }
 
-/* ---- limits and timeouts ----------------------------------------------------- */
 
-static void test_body_limit(void **state)
-{
-	(void)state;
-	hsm_http_config cfg;
-	hsm_http_config_defaults(&cfg);
-	cfg.workers = 1;
-	cfg.max_body_bytes = 1024;
-	hsm_http_server *srv = start(&cfg, ECHO);
-	uint16_t port = hsm_http_server_port(srv);
-	tc_resp r;
-	/* Refused on the Content-Length alone: the body is never sent. */
-	assert_true(tc_simple(port, "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 2048\r\n\r\n", 413,
-	                      &r));
-	tc_resp_clear(&r);
-	assert_true(tc_simple(port, "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999\r\n\r\n",
-	                      413, &r));
-	tc_resp_clear(&r);
-	assert_int_equal(atomic_load(&T.calls), 0);
-	/* Chunked: refused once the chunks pass the limit. */
-	tc_conn *c = tc_connect(port, false, 5000);
-	assert_non_null(c);
-	char chunk[601];
-	memset(chunk, 'a', 600);
-	chunk[600] = '\0';
-	assert_true(tc_sendf(c, "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-	                        "258\r\n%s\r\n258\r\n%s\r\n", chunk, chunk));
-	assert_true(tc_read(c, &r, false));
-	assert_int_equal(r.status, 413);
-	tc_resp_clear(&r);
-	tc_close(c);
-	/* Exactly at the limit is fine. */
-	c = tc_connect(port, false, 5000);
-	assert_non_null(c);
-	char *big = malloc(1025);
-	memset(big, 'b', 1024);
-	big[1024] = '\0';
-	assert_true(tc_sendf(c, "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1024\r\n\r\n"));
-	assert_true(tc_send(c, big, 1024));
-	free(big);
-	assert_true(tc_read(c, &r, false));
-	assert_int_equal(r.status, 200);
-	assert_non_null(strstr(r.body, "len=1024 "));
-	tc_resp_clear(&r);
-	tc_close(c);
-	hsm_http_server_free(srv);
-}
 
-static void test_header_limit_and_garbage(void **state)
-{
-	(void)state;
-	hsm_http_config cfg;
-	hsm_http_config_defaults(&cfg);
-	cfg.workers = 1;
-	cfg.max_header_bytes = 1024;
-	hsm_http_server *srv = start(&cfg, ECHO);
-	uint16_t port = hsm_http_server_port(srv);
-	char req[4096], fill[2001];
-	memset(fill, 'h', 2000);
-	fill[2000] = '\0';
-	tc_resp r;
-	snprintf(req, sizeof(req), "GET / HTTP/1.1\r\nHost: t\r\nX-Big: %s\r\n\r\n", fill);
-	assert_true(tc_simple(port, req, 400, &r));
-	tc_resp_clear(&r);
-	snprintf(req, sizeof(req), "GET /%s HTTP/1.1\r\nHost: t\r\n\r\n", fill);
-	assert_true(tc_simple(port, req, 400, &r));
-	tc_resp_clear(&r);
-	assert_true(tc_simple(port, "GARBAGE\r\n\r\n", 400, &r));
-	tc_resp_clear(&r);
-	assert_int_equal(atomic_load(&T.calls), 0);
-	assert_true(tc_simple(port, "GET / HTTP/1.1\r\nHost: t\r\n\r\n", 200, &r));
-	tc_resp_clear(&r);
-	hsm_http_server_free(srv);
-}
 
-static void test_methods(void **state)
-{
-	(void)state;
-	hsm_http_server *srv = start_default(ECHO);
-	uint16_t port = hsm_http_server_port(srv);
-	tc_resp r;
-	char v[64];
-	assert_true(tc_simple(port, "DELETE /x HTTP/1.1\r\nHost: t\r\n\r\n", 405, &r));
-	assert_true(tc_header(&r, "Allow", v, sizeof(v)));
-	assert_string_equal(v, "GET, POST, HEAD");
-	assert_true(tc_header(&r, "x-amzn-RequestId", v, sizeof(v)));
-	tc_resp_clear(&r);
-	assert_true(tc_simple(port, "PUT / HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nab", 405, &r));
-	tc_resp_clear(&r);
-	assert_true(tc_simple(port, "OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n", 405, &r));
-	tc_resp_clear(&r);
-	assert_true(tc_simple(port, "BREW / HTTP/1.1\r\nHost: t\r\n\r\n", 501, &r));
-	tc_resp_clear(&r);
-	assert_int_equal(atomic_load(&T.calls), 0);
-	hsm_http_server_free(srv);
-}
 
-/*
- * Sends `head` and then one byte every step_ms until the server closes the
- * connection; returns the ms from the first byte to the close (-1: not
- * closed within limit_ms).
- */
-static long trickle(tc_conn *c, const char *head, int step_ms, int limit_ms)
-{
-	struct timespec start;
-	clock_gettime(CLOCK_MONOTONIC, &start);
-	if (head[0] != '\0' && !tc_send(c, head, strlen(head)))
-		return tc_ms_since(&start);
-	while (tc_ms_since(&start) < limit_ms) {
-		if (tc_wait_closed(c, step_ms) >= 0)
-			return tc_ms_since(&start);
-		if (!tc_send(c, "a", 1))
-			return tc_ms_since(&start);
-	}
-	return -1;
-}
 
-static void test_slow_clients_cut_off(void **state)
-{
-	(void)state;
-	hsm_http_config cfg;
-	hsm_http_config_defaults(&cfg);
-	cfg.workers = 1;
-	cfg.read_timeout_ms = 400;
-	cfg.idle_timeout_ms = 1200;
-	hsm_http_server *srv = start(&cfg, ECHO);
-	uint16_t port = hsm_http_server_port(srv);
-	/* Slowloris: a header trickled byte by byte is cut at the read deadline. */
-	tc_conn *c = tc_connect(port, false, 5000);
-	assert_non_null(c);
-	long ms = trickle(c, "GET / HTTP/1.1\r\nX-Slow: ", 50, 5000);
-	assert_true(ms >= 350 && ms < 1000);
-	tc_close(c);
-	/* Connected, silent: the first request has the same deadline. */
-	c = tc_connect(port, false, 5000);
-	assert_non_null(c);
-	ms = tc_wait_closed(c, 5000);
-	assert_true(ms >= 350 && ms < 1000);
-	tc_close(c);
-	/* Keep-alive: idle is allowed up to the idle timeout... */
-	c = tc_connect(port, false, 5000);
-	assert_non_null(c);
-	tc_resp r;
-	assert_true(tc_sendf(c, "GET / HTTP/1.1\r\nHost: t\r\n\r\n") && tc_read(c, &r, false));
-	tc_resp_clear(&r);
-	ms = tc_wait_closed(c, 5000);
-	assert_true(ms >= 1100 && ms < 2500);
-	tc_close(c);
-	/* ...and a request begun after an idle spell gets the read deadline from its first byte. */
-	c = tc_connect(port, false, 5000);
-	assert_non_null(c);
-	assert_true(tc_sendf(c, "GET / HTTP/1.1\r\nHost: t\r\n\r\n") && tc_read(c, &r, false));
-	tc_resp_clear(&r);
-	usleep(600 * 1000);
-	ms = trickle(c, "GET / HTTP/1.1\r\nX-Slow: ", 50, 5000);
-	assert_true(ms >= 350 && ms < 1000);
-	tc_close(c);
-	hsm_http_server_free(srv);
-}
 
-static void test_max_connections(void **state)
-{
-	(void)state;
-	hsm_http_config cfg;
-	hsm_http_config_defaults(&cfg);
-	cfg.workers = 2;
-	cfg.max_connections = 4;
-	hsm_http_server *srv = start(&cfg, ECHO);
-	uint16_t port = hsm_http_server_port(srv);
-	tc_conn *c[4];
-	tc_resp r;
-	for (int i = 0; i < 4; i++) {
-		c[i] = tc_connect(port, false, 5000);
-		assert_non_null(c[i]);
-		assert_true(tc_sendf(c[i], "GET / HTTP/1.1\r\nHost: t\r\n\r\n") && tc_read(c[i], &r, false));
-		tc_resp_clear(&r);
-	}
-	/* The fifth is closed at once, unanswered. */
-	tc_conn *extra = tc_connect(port, false, 5000);
-	if (extra != NULL) {
-		(void)tc_sendf(extra, "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
-		assert_false(tc_read(extra, &r, false));
-		tc_close(extra);
-	}
-	for (int i = 0; i < 4; i++) {
-		assert_true(tc_sendf(c[i], "GET / HTTP/1.1\r\nHost: t\r\n\r\n") && tc_read(c[i], &r, false));
-		assert_int_equal(r.status, 200);
-		tc_resp_clear(&r);
-	}
-	/* A slot freed is a slot available again. */
-	tc_close(c[0]);
-	bool ok = false;
-	for (int tries = 0; tries < 100 && !ok; tries++) {
-		ok = tc_simple(port, "GET / HTTP/1.1\r\nHost: t\r\n\r\n", 200, &r);
-		if (ok)
-			tc_resp_clear(&r);
-		else
-			usleep(20 * 1000);
-	}
-	assert_true(ok);
-	for (int i = 1; i < 4; i++)
-		tc_close(c[i]);
-	hsm_http_server_free(srv);
-}
+
 
 /* ---- stop -------------------------------------------------------------------- */
 
@@ -549,7 +360,7 @@ static void test_graceful_stop(void **state)
 		assert_true(tc_sendf(busy[i], "GET /busy%d HTTP/1.1\r\nHost: t\r\n\r\n", i));
 	}
 	assert_true(wait_held(3));
-	completer cp = {.n = 3, .delay_ms = 300};
+	completer cp = {.n = 3, .delay_ms = 300, .probe_port = port};
 	pthread_t t;
 	assert_int_equal(pthread_create(&t, NULL, complete_held, &cp), 0);
 	struct timespec start;
@@ -558,6 +369,7 @@ static void test_graceful_stop(void **state)
 	long took = tc_ms_since(&start);
 	pthread_join(t, NULL);
 	assert_true(took >= 250 && took < 3000); /* waited for the requests, not the grace */
+	assert_true(cp.probe_refused); /* new clients are refused during the grace period */
 	for (int i = 0; i < 3; i++) {
 		assert_true(tc_read(busy[i], &r, false));
 		assert_int_equal(r.status, 200);
@@ -593,6 +405,58 @@ static void test_stop_grace_expires(void **state)
 	/* Answering after the stop only releases the request. */
 	completer cp = {.n = 1};
 	complete_held(&cp);
+	hsm_http_server_free(srv);
+}
+
+static void expect_new_fails(hsm_http_config *cfg, const char *part)
+{
+	hsm_http_server *srv = NULL;
+	assert_true(hsm_failed(hsm_http_server_new(cfg, handler, NULL, &srv)));
+	assert_null(srv);
+	if (strstr(hsm_last_message(), part) == NULL)
+		fail_msg("'%s' does not mention '%s'", hsm_last_message(), part);
+}
+
+static void test_new_errors(void **state)
+{
+	(void)state;
+	hsm_http_server *srv = start_default(ECHO);
+	char taken[32];
+	snprintf(taken, sizeof(taken), "127.0.0.1:%u", (unsigned)hsm_http_server_port(srv));
+	hsm_http_config cfg;
+	hsm_http_config_defaults(&cfg);
+	cfg.workers = 2;
+	cfg.listen = taken;
+	expect_new_fails(&cfg, "Address already in use"); /* a second instance cannot share it */
+	cfg.reuseport = true;
+	expect_new_fails(&cfg, "Address already in use");
+	cfg.listen = "127.0.0.1";
+	expect_new_fails(&cfg, "address:port");
+	cfg.listen = "127.0.0.1:0";
+	cfg.workers = HSM_HTTP_MAX_WORKERS + 1;
+	expect_new_fails(&cfg, "workers");
+	cfg.workers = 1;
+	cfg.max_connections = 0;
+	expect_new_fails(&cfg, "max_connections");
+	hsm_http_server_free(srv);
+}
+
+static void test_reuseport_listeners(void **state)
+{
+	(void)state;
+	hsm_http_config cfg;
+	hsm_http_config_defaults(&cfg);
+	cfg.workers = 3;
+	cfg.reuseport = true;
+	hsm_http_server *srv = start(&cfg, ECHO);
+	for (int i = 0; i < 30; i++) {
+		tc_resp r;
+		assert_true(tc_simple(hsm_http_server_port(srv), "GET / HTTP/1.1\r\nHost: t\r\n\r\n", 200,
+		                      &r));
+		tc_resp_clear(&r);
+	}
+	hsm_http_server_stop(srv, 1000);
+	assert_null(tc_connect(hsm_http_server_port(srv), false, 1000));
 	hsm_http_server_free(srv);
 }
 
@@ -645,13 +509,10 @@ int main(void)
 	    cmocka_unit_test(test_keep_alive_and_pipelining),
 	    cmocka_unit_test(test_async_batch_out_of_order),
 	    cmocka_unit_test(test_client_gone_before_completion),
-	    cmocka_unit_test(test_body_limit),
-	    cmocka_unit_test(test_header_limit_and_garbage),
-	    cmocka_unit_test(test_methods),
-	    cmocka_unit_test(test_slow_clients_cut_off),
-	    cmocka_unit_test(test_max_connections),
 	    cmocka_unit_test(test_graceful_stop),
 	    cmocka_unit_test(test_stop_grace_expires),
+	    cmocka_unit_test(test_new_errors),
+	    cmocka_unit_test(test_reuseport_listeners),
 	    cmocka_unit_test(test_ipv6_and_addresses),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,325 @@
+/*
+ * config_test.c - configuration loading: precedence of flags, environment,
+ * file and defaults; value syntax; every validation error naming its
+ * setting and source; the production TLS rule.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "server/config.h"
+
+static char dir[64];
+static char conf[128], cert[128], key[128], ca[128];
+
+static void write_text(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	close(fd);
+}
+
+static int setup(void **state)
+{
+	(void)state;
+	snprintf(dir, sizeof(dir), "/tmp/hsm-cfg-XXXXXX");
+	assert_non_null(mkdtemp(dir));
+	snprintf(conf, sizeof(conf), "%s/hsmd.conf", dir);
+	snprintf(cert, sizeof(cert), "%s/cert.pem", dir);
+	snprintf(key, sizeof(key), "%s/key.pem", dir);
+	snprintf(ca, sizeof(ca), "%s/ca.pem", dir);
+	/* The configuration checks only that TLS files are readable; the server parses them. */
+	write_text(cert, "cert\n");
+	write_text(key, "key\n");
+	write_text(ca, "ca\n");
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	unlink(conf), unlink(cert), unlink(key), unlink(ca);
+	rmdir(dir);
+	return 0;
+}
+
+/* Loads with argv = {"hsmd", args...} (NULL-terminated) and the given environment. */
+static hsm_result load_v(hsm_config *cfg, char *const *env, const char *const *args)
+{
+	char *argv[32] = {"hsmd"};
+	int argc = 1;
+	while (args[argc - 1] != NULL && argc < 31) {
+		argv[argc] = (char *)args[argc - 1];
+		argc++;
+	}
+	hsm_config_action action;
+	char *empty[] = {NULL};
+	hsm_result r = hsm_config_load(cfg, argc, argv, env != NULL ? env : empty, &action);
+	if (hsm_ok(r))
+		assert_int_equal(action, HSM_CONFIG_RUN);
+	return r;
+}
+
+#define LOAD(cfg, env, ...) load_v((cfg), (env), (const char *const[]){__VA_ARGS__, NULL})
+
+static void expect_error(char *const *env, const char *part, const char *const *args)
+{
+	hsm_config cfg;
+	assert_true(hsm_failed(load_v(&cfg, env, args)));
+	if (strstr(hsm_last_message(), part) == NULL)
+		fail_msg("error '%s' does not contain '%s'", hsm_last_message(), part);
+}
+
+#define EXPECT_ERROR(env, part, ...) expect_error((env), (part), (const char *const[]){__VA_ARGS__, NULL})
+
+static void test_precedence(void **state)
+{
+	(void)state;
+	write_text(conf, "# settings file\n"
+	                 "max_body_bytes = 2M\n"
+	                 "region = eu-west-1\n"
+	                 "sigv4_skew_seconds = 100\n"
+	                 "lockout_threshold = 7\n"
+	                 "dev = true\n");
+	char *env[] = {"HSM_MAX_BODY_BYTES=3M", "HSM_REGION=ap-south-1", "HSM_SIGV4_SKEW_SECONDS=200",
+	               "PATH=/usr/bin", NULL};
+	hsm_config cfg;
+	char flag[160];
+	snprintf(flag, sizeof(flag), "--config=%s", conf);
+	assert_true(hsm_ok(LOAD(&cfg, env, flag, "--max-body-bytes", "4M")));
+	assert_int_equal(cfg.max_body_bytes, 4 << 20);   /* flag over env and file */
+	assert_string_equal(cfg.region, "ap-south-1");    /* env over file */
+	assert_int_equal(cfg.sigv4_skew_seconds, 200);    /* env over file */
+	assert_int_equal(cfg.lockout_threshold, 7);       /* file over default */
+	assert_int_equal(cfg.jwt_default_lifetime_seconds, 900); /* default */
+	assert_true(cfg.dev);
+	assert_string_equal(cfg.config_file, conf);
+	/* The file may also be named by HSM_CONFIG; a --config flag wins over it. */
+	char env_conf[160];
+	snprintf(env_conf, sizeof(env_conf), "HSM_CONFIG=%s", conf);
+	char *env2[] = {env_conf, NULL};
+	assert_true(hsm_ok(LOAD(&cfg, env2, "--workers=3")));
+	assert_string_equal(cfg.region, "eu-west-1");
+	assert_int_equal(cfg.workers, 3);
+	char *env3[] = {"HSM_CONFIG=/nonexistent/hsmd.conf", NULL};
+	assert_true(hsm_ok(LOAD(&cfg, env3, flag)));
+	EXPECT_ERROR(env3, "config file (from HSM_CONFIG)", "--dev");
+}
+
+static void test_defaults(void **state)
+{
+	(void)state;
+	hsm_config cfg;
+	assert_true(hsm_ok(LOAD(&cfg, NULL, "--dev")));
+	assert_string_equal(cfg.listen, "127.0.0.1:8080");
+	assert_string_equal(cfg.data_dir, "dev-data");
+	assert_string_equal(cfg.audit_dir, "dev-data/audit");
+	assert_string_equal(cfg.region, "us-east-1");
+	assert_string_equal(cfg.account_id, "111122223333");
+	assert_int_equal(cfg.audit_retention_days, 2557);
+	assert_int_equal(cfg.jwt_max_lifetime_seconds, 86400);
+	assert_int_equal(cfg.sigv4_skew_seconds, 300);
+	assert_int_equal(cfg.lockout_threshold, 5);
+	assert_int_equal(cfg.max_body_bytes, 1 << 20);
+	assert_int_equal(cfg.max_header_bytes, 16 << 10);
+	assert_int_equal(cfg.read_timeout_ms, 10000);
+	assert_int_equal(cfg.idle_timeout_ms, 60000);
+	assert_int_equal(cfg.max_connections, 10000);
+	assert_int_equal(cfg.secure_heap_bytes, 64 << 20);
+	assert_int_equal(cfg.log_level, HSM_LOG_INFO);
+	assert_int_equal(cfg.tls_client_auth, HSM_HTTP_CLIENT_AUTH_NONE);
+	assert_true(cfg.workers >= 1);
+	assert_true(strlen(cfg.node_id) > 0);
+	assert_false(cfg.audit_syslog);
+	assert_true(hsm_ok(LOAD(&cfg, NULL, "--dev", "--data-dir=/srv/hsm", "--listen=[::1]:9")));
+	assert_string_equal(cfg.audit_dir, "/srv/hsm/audit");
+	assert_string_equal(cfg.listen, "[::1]:9");
+	assert_true(hsm_ok(LOAD(&cfg, NULL, "--tls-cert", cert, "--tls-key", key)));
+	assert_false(cfg.dev);
+	assert_string_equal(cfg.listen, "127.0.0.1:8443");
+	assert_string_equal(cfg.data_dir, "/var/lib/hsmd");
+	hsm_http_config http;
+	hsm_config_http(&cfg, &http);
+	assert_string_equal(http.listen, "127.0.0.1:8443");
+	assert_string_equal(http.tls_cert, cert);
+	assert_null(http.tls_client_ca);
+	assert_int_equal(http.max_body_bytes, 1 << 20);
+	assert_int_equal(http.workers, cfg.workers);
+}
+
+static void test_booleans_and_sizes(void **state)
+{
+	(void)state;
+	hsm_config cfg;
+	assert_true(hsm_ok(LOAD(&cfg, NULL, "--dev=yes", "--audit-syslog=ON")));
+	assert_true(cfg.dev && cfg.audit_syslog);
+	assert_true(hsm_ok(LOAD(&cfg, NULL, "--dev", "--audit-syslog=0")));
+	assert_false(cfg.audit_syslog);
+	char *env[] = {"HSM_DEV=on", "HSM_AUDIT_SYSLOG=False", NULL};
+	assert_true(hsm_ok(LOAD(&cfg, env, "--max-header-bytes=16K")));
+	assert_true(cfg.dev);
+	assert_false(cfg.audit_syslog);
+	assert_int_equal(cfg.max_header_bytes, 16384);
+	const struct {
+		const char *text;
+		uint64_t bytes;
+	} sizes[] = {{"1048576", 1 << 20}, {"2048k", 2 << 20}, {"2MiB", 2 << 20}, {"3 MB", 3 << 20},
+	             {"1G", 1ULL << 30},   {"8gib", 8ULL << 30}};
+	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		char flag[64];
+		snprintf(flag, sizeof(flag), "--audit-rotate-bytes=%s", sizes[i].text);
+		assert_true(hsm_ok(LOAD(&cfg, NULL, "--dev", flag)));
+		assert_int_equal(cfg.audit_rotate_bytes, sizes[i].bytes);
+	}
+	EXPECT_ERROR(NULL, "unknown size unit", "--dev", "--audit-rotate-bytes=1T");
+	EXPECT_ERROR(NULL, "size too large", "--dev", "--audit-rotate-bytes=999999999999G");
+	EXPECT_ERROR(NULL, "expected a size", "--dev", "--audit-rotate-bytes=M");
+	EXPECT_ERROR(NULL, "dev = 'maybe' (from --dev): expected true or false", "--dev=maybe");
+}
+
+static void test_validation_errors(void **state)
+{
+	(void)state;
+	char *env[] = {"HSM_READ_TIMEOUT_MS=abc", NULL};
+	EXPECT_ERROR(env, "read_timeout_ms = 'abc' (from HSM_READ_TIMEOUT_MS): expected a whole number",
+	             "--dev");
+	EXPECT_ERROR(NULL, "workers = '300' (from --workers): out of range [0, 256]", "--dev",
+	             "--workers=300");
+	EXPECT_ERROR(NULL, "read_timeout_ms = '-5' (from --read-timeout-ms)", "--dev",
+	             "--read-timeout-ms=-5");
+	EXPECT_ERROR(NULL, "max_body_bytes = '1' (from --max-body-bytes): out of range", "--dev",
+	             "--max-body-bytes=1");
+	EXPECT_ERROR(NULL, "listen = '1.2.3.4' (from --listen)", "--dev", "--listen=1.2.3.4");
+	EXPECT_ERROR(NULL, "listen = 'localhost:80'", "--dev", "--listen", "localhost:80");
+	EXPECT_ERROR(NULL, "tls_cert = '/nonexistent/c.pem' (from --tls-cert): no such file",
+	             "--tls-cert=/nonexistent/c.pem", "--tls-key", key);
+	EXPECT_ERROR(NULL, "tls_key = '/tmp' (from --tls-key): not a regular file", "--tls-cert", cert,
+	             "--tls-key=/tmp");
+	EXPECT_ERROR(NULL, "tls_client_auth = 'maybe'", "--dev", "--tls-client-auth=maybe");
+	EXPECT_ERROR(NULL, "log_level = 'loud'", "--dev", "--log-level=loud");
+	EXPECT_ERROR(NULL, "region = 'US_EAST'", "--dev", "--region=US_EAST");
+	EXPECT_ERROR(NULL, "account_id = '123' (from --account-id): expected 12 digits", "--dev",
+	             "--account-id=123");
+	EXPECT_ERROR(NULL, "node_id = 'a b'", "--dev", "--node-id=a b");
+	EXPECT_ERROR(NULL, "data_dir = '' (from --data-dir): a directory is required", "--dev",
+	             "--data-dir=");
+	EXPECT_ERROR(NULL, "secure_heap_bytes (from --secure-heap-bytes) must be a power of two", "--dev",
+	             "--secure-heap-bytes=3M");
+	EXPECT_ERROR(NULL, "jwt_default_lifetime_seconds (from --jwt-default-lifetime-seconds) is longer "
+	                   "than jwt_max_lifetime_seconds (from default)",
+	             "--dev", "--jwt-default-lifetime-seconds=90000");
+	EXPECT_ERROR(NULL, "tls_cert (from --tls-cert) and tls_key (from default) must be set together",
+	             "--tls-cert", cert);
+	EXPECT_ERROR(NULL, "tls_client_auth (from --tls-client-auth) needs tls_client_ca", "--tls-cert",
+	             cert, "--tls-key", key, "--tls-client-auth=required");
+	EXPECT_ERROR(NULL, "needs TLS", "--dev", "--tls-client-auth=optional", "--tls-client-ca", ca);
+	/* Command-line syntax. */
+	EXPECT_ERROR(NULL, "unknown option '--bogus'", "--dev", "--bogus=1");
+	EXPECT_ERROR(NULL, "unknown option '--max_body_bytes'", "--dev", "--max_body_bytes=2M");
+	EXPECT_ERROR(NULL, "unexpected argument 'serve'", "--dev", "serve");
+	EXPECT_ERROR(NULL, "option '--listen' needs a value", "--dev", "--listen");
+	hsm_config cfg;
+	assert_true(hsm_ok(LOAD(&cfg, NULL, "--dev", "--tls-cert", cert, "--tls-key", key,
+	                        "--tls-client-auth=required", "--tls-client-ca", ca)));
+	assert_int_equal(cfg.tls_client_auth, HSM_HTTP_CLIENT_AUTH_REQUIRED);
+}
+
+static void test_file_syntax(void **state)
+{
+	(void)state;
+	char flag[160], want[200];
+	snprintf(flag, sizeof(flag), "--config=%s", conf);
+	write_text(conf, "region = us-east-1\r\n\n   # a comment\nfoo = 1\n");
+	snprintf(want, sizeof(want), "%s:4: unknown key 'foo'", conf);
+	EXPECT_ERROR(NULL, want, flag, "--dev");
+	write_text(conf, "dev = true\nlisten 127.0.0.1:1\n");
+	snprintf(want, sizeof(want), "%s:2: expected 'key = value'", conf);
+	EXPECT_ERROR(NULL, want, flag);
+	write_text(conf, "dev = true\nregion = eu-west-1\nregion = eu-west-2\n");
+	snprintf(want, sizeof(want), "%s:3: 'region' is already set on line 2", conf);
+	EXPECT_ERROR(NULL, want, flag);
+	write_text(conf, "dev = true\nnode_id = \"unterminated\n");
+	EXPECT_ERROR(NULL, "unterminated quoted value", flag);
+	write_text(conf, "dev = true\n\nlisten = 1.2.3.4\n");
+	snprintf(want, sizeof(want), "listen = '1.2.3.4' (from %s:3)", conf);
+	EXPECT_ERROR(NULL, want, flag);
+	/* Blanks around keys and values, quotes, '#' inside a value, CRLF, no final newline. */
+	write_text(conf, "  dev=yes  \r\n\tdata_dir = \"/srv/with space/#1 \"\r\nnode_id =n-1");
+	hsm_config cfg;
+	assert_true(hsm_ok(LOAD(&cfg, NULL, flag)));
+	assert_string_equal(cfg.data_dir, "/srv/with space/#1 ");
+	assert_string_equal(cfg.node_id, "n-1");
+	write_text(conf, "");
+	assert_true(hsm_ok(LOAD(&cfg, NULL, flag, "--dev")));
+}
+
+static void test_production_requires_tls(void **state)
+{
+	(void)state;
+	hsm_config cfg;
+	EXPECT_ERROR(NULL, "production mode needs TLS", "--listen=127.0.0.1:9000");
+	EXPECT_ERROR(NULL, "production mode needs TLS", "--dev=false");
+	assert_true(hsm_ok(LOAD(&cfg, NULL, "--listen=127.0.0.1:9000", "--allow-plaintext-loopback")));
+	assert_true(hsm_ok(LOAD(&cfg, NULL, "--listen=[::1]:9000", "--allow-plaintext-loopback=true")));
+	EXPECT_ERROR(NULL, "not listen (from --listen)", "--listen=0.0.0.0:9000",
+	             "--allow-plaintext-loopback");
+	char *env[] = {"HSM_LISTEN=10.0.0.1:9000", "HSM_ALLOW_PLAINTEXT_LOOPBACK=1", NULL};
+	EXPECT_ERROR(env, "not listen (from HSM_LISTEN)", "--log-level=warn");
+	assert_true(hsm_ok(LOAD(&cfg, NULL, "--listen=0.0.0.0:9000", "--tls-cert", cert, "--tls-key",
+	                        key)));
+	/* Dev mode allows plain HTTP; off loopback it says so. */
+	assert_true(hsm_ok(LOAD(&cfg, NULL, "--dev", "--listen=0.0.0.0:9000")));
+	assert_int_equal(cfg.n_warnings, 1);
+	assert_non_null(strstr(cfg.warnings[0], "not a loopback address"));
+}
+
+static void test_environment_and_actions(void **state)
+{
+	(void)state;
+	char *env[] = {"HSM_DEV=1", "HSM_LISTN=127.0.0.1:1", "HSM_DEV_ACCESS_KEY_ID=AKIDEXAMPLE",
+	               "HSM_DEV_SECRET_ACCESS_KEY=not-a-setting", "HSM_listen=1", "HOME=/root", NULL};
+	hsm_config cfg;
+	assert_true(hsm_ok(LOAD(&cfg, env, "--log-level=debug")));
+	assert_int_equal(cfg.log_level, HSM_LOG_DEBUG);
+	assert_int_equal(cfg.n_warnings, 2);
+	assert_non_null(strstr(cfg.warnings[0], "HSM_LISTN is not a setting"));
+	assert_non_null(strstr(cfg.warnings[1], "HSM_listen is not a setting"));
+	for (unsigned i = 0; i < cfg.n_warnings; i++)
+		assert_null(strstr(cfg.warnings[i], "not-a-setting")); /* values never echoed */
+	hsm_config_action action;
+	char *argv[] = {"hsmd", "--bogus", "--help", NULL};
+	assert_true(hsm_ok(hsm_config_load(&cfg, 3, argv, env, &action)));
+	assert_int_equal(action, HSM_CONFIG_SHOW_HELP);
+	char *argv2[] = {"hsmd", "--version", NULL};
+	assert_true(hsm_ok(hsm_config_load(&cfg, 2, argv2, env, &action)));
+	assert_int_equal(action, HSM_CONFIG_SHOW_VERSION);
+	const char *usage = hsm_config_usage();
+	const char *flags[] = {"--listen ADDR", "--tls-client-auth MODE", "--dev[=BOOL]",
+	                       "--audit-retention-days DAYS", "--config FILE", "--help",
+	                       "--version", "--secure-heap-bytes SIZE", "allow_plaintext_loopback"};
+	for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
+		if (strstr(usage, flags[i]) == NULL)
+			fail_msg("usage lacks %s", flags[i]);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_precedence),
+	    cmocka_unit_test(test_defaults),
+	    cmocka_unit_test(test_booleans_and_sizes),
+	    cmocka_unit_test(test_validation_errors),
+	    cmocka_unit_test(test_file_syntax),
+	    cmocka_unit_test(test_production_requires_tls),
+	    cmocka_unit_test(test_environment_and_actions),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -1,0 +1,356 @@
+/*
+ * http_limits_test.c - the HTTP server's defences: body and header limits,
+ * ambiguous framing, methods, the read (slowloris), idle and write timeouts,
+ * and max_connections.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "server/http.h"
+#include "support/http_client.h"
+
+static atomic_int calls;
+
+/* /big answers 32 MiB: more than the socket buffers hold. */
+static void big(hsm_http_req *req)
+{
+	size_t n = (size_t)32 << 20;
+	char *body = malloc(n);
+	if (body == NULL) {
+		hsm_http_respond(req, 500, NULL, NULL, 0, 0, NULL);
+		return;
+	}
+	memset(body, 'z', n);
+	hsm_http_respond(req, 200, NULL, body, n, 0, NULL);
+	free(body);
+}
+
+static void handler(hsm_http_req *req, void *arg)
+{
+	(void)arg;
+	atomic_fetch_add(&calls, 1);
+	if (strcmp(hsm_http_req_path(req), "/big") == 0) {
+		big(req);
+		return;
+	}
+	char out[256];
+	size_t len = 0;
+	(void)hsm_http_req_body(req, &len);
+	int n = snprintf(out, sizeof(out), "path=%s len=%zu ", hsm_http_req_path(req), len);
+	hsm_http_respond(req, 200, "text/plain", out, (size_t)n, 0, NULL);
+}
+
+/* The defaults, with this many workers. */
+static hsm_http_config defaults(unsigned workers)
+{
+	hsm_http_config cfg;
+	hsm_http_config_defaults(&cfg);
+	cfg.listen = "127.0.0.1:0";
+	cfg.workers = workers;
+	return cfg;
+}
+
+static hsm_http_server *start(const hsm_http_config *cfg)
+{
+	atomic_store(&calls, 0);
+	hsm_http_server *srv = NULL;
+	assert_true(hsm_ok(hsm_http_server_new(cfg, handler, NULL, &srv)));
+	assert_true(hsm_ok(hsm_http_server_start(srv)));
+	return srv;
+}
+
+static void test_body_limit(void **state)
+{
+	(void)state;
+	hsm_http_config cfg = defaults(1);
+	cfg.max_body_bytes = 1024;
+	hsm_http_server *srv = start(&cfg);
+	uint16_t port = hsm_http_server_port(srv);
+	tc_resp r;
+	/* Refused on the Content-Length alone: the body is never sent. */
+	assert_true(tc_simple(port, "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 2048\r\n\r\n", 413,
+	                      &r));
+	tc_resp_clear(&r);
+	assert_true(tc_simple(port, "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999\r\n\r\n",
+	                      413, &r));
+	tc_resp_clear(&r);
+	assert_int_equal(atomic_load(&calls), 0);
+	/* Chunked: refused once the chunks pass the limit. */
+	tc_conn *c = tc_connect(port, false, 5000);
+	assert_non_null(c);
+	char chunk[601];
+	memset(chunk, 'a', 600);
+	chunk[600] = '\0';
+	assert_true(tc_sendf(c, "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+	                        "258\r\n%s\r\n258\r\n%s\r\n", chunk, chunk));
+	assert_true(tc_read(c, &r, false));
+	assert_int_equal(r.status, 413);
+	tc_resp_clear(&r);
+	tc_close(c);
+	/* Exactly at the limit is fine. */
+	c = tc_connect(port, false, 5000);
+	assert_non_null(c);
+	char *big = malloc(1025);
+	memset(big, 'b', 1024);
+	big[1024] = '\0';
+	assert_true(tc_sendf(c, "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1024\r\n\r\n"));
+	assert_true(tc_send(c, big, 1024));
+	free(big);
+	assert_true(tc_read(c, &r, false));
+	assert_int_equal(r.status, 200);
+	assert_non_null(strstr(r.body, "len=1024 "));
+	tc_resp_clear(&r);
+	tc_close(c);
+	hsm_http_server_free(srv);
+}
+
+static void test_header_limit_and_garbage(void **state)
+{
+	(void)state;
+	hsm_http_config cfg = defaults(1);
+	cfg.max_header_bytes = 1024;
+	hsm_http_server *srv = start(&cfg);
+	uint16_t port = hsm_http_server_port(srv);
+	char req[4096], fill[2001];
+	memset(fill, 'h', 2000);
+	fill[2000] = '\0';
+	tc_resp r;
+	snprintf(req, sizeof(req), "GET / HTTP/1.1\r\nHost: t\r\nX-Big: %s\r\n\r\n", fill);
+	assert_true(tc_simple(port, req, 400, &r));
+	tc_resp_clear(&r);
+	snprintf(req, sizeof(req), "GET /%s HTTP/1.1\r\nHost: t\r\n\r\n", fill);
+	assert_true(tc_simple(port, req, 400, &r));
+	tc_resp_clear(&r);
+	assert_true(tc_simple(port, "GARBAGE\r\n\r\n", 400, &r));
+	tc_resp_clear(&r);
+	assert_int_equal(atomic_load(&calls), 0);
+	assert_true(tc_simple(port, "GET / HTTP/1.1\r\nHost: t\r\n\r\n", 200, &r));
+	tc_resp_clear(&r);
+	hsm_http_server_free(srv);
+}
+
+static void test_ambiguous_framing(void **state)
+{
+	(void)state;
+	hsm_http_config cfg = defaults(2);
+	hsm_http_server *srv = start(&cfg);
+	uint16_t port = hsm_http_server_port(srv);
+	const char *bad[] = {
+	    "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+	    "3\r\nabc\r\n0\r\n\r\n",
+	    "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc",
+	    "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+	    "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: +3\r\n\r\nabc",
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		tc_conn *c = tc_connect(port, false, 5000);
+		assert_non_null(c);
+		tc_resp r;
+		assert_true(tc_send(c, bad[i], strlen(bad[i])) && tc_read(c, &r, false));
+		assert_int_equal(r.status, 400);
+		char v[32];
+		assert_true(tc_header(&r, "Connection", v, sizeof(v)));
+		assert_string_equal(v, "close");
+		tc_resp_clear(&r);
+		assert_true(tc_wait_closed(c, 2000) >= 0);
+		tc_close(c);
+	}
+	assert_int_equal(atomic_load(&calls), 0);
+	tc_resp r;
+	assert_true(tc_simple(port, "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+	                            "3\r\nabc\r\n0\r\n\r\n",
+	                      200, &r));
+	assert_non_null(strstr(r.body, "len=3 "));
+	tc_resp_clear(&r);
+	hsm_http_server_free(srv);
+}
+
+static void test_methods(void **state)
+{
+	(void)state;
+	hsm_http_config cfg = defaults(2);
+	hsm_http_server *srv = start(&cfg);
+	uint16_t port = hsm_http_server_port(srv);
+	tc_resp r;
+	char v[64];
+	assert_true(tc_simple(port, "DELETE /x HTTP/1.1\r\nHost: t\r\n\r\n", 405, &r));
+	assert_true(tc_header(&r, "Allow", v, sizeof(v)));
+	assert_string_equal(v, "GET, POST, HEAD");
+	assert_true(tc_header(&r, "x-amzn-RequestId", v, sizeof(v)));
+	tc_resp_clear(&r);
+	assert_true(tc_simple(port, "PUT / HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nab", 405, &r));
+	tc_resp_clear(&r);
+	assert_true(tc_simple(port, "OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n", 405, &r));
+	tc_resp_clear(&r);
+	assert_true(tc_simple(port, "BREW / HTTP/1.1\r\nHost: t\r\n\r\n", 501, &r));
+	tc_resp_clear(&r);
+	assert_int_equal(atomic_load(&calls), 0);
+	hsm_http_server_free(srv);
+}
+
+/*
+ * Sends `head` and then one byte every step_ms until the server closes the
+ * connection; returns the ms from the first byte to the close (-1: not
+ * closed within limit_ms).
+ */
+static long trickle(tc_conn *c, const char *head, int step_ms, int limit_ms)
+{
+	struct timespec start;
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	if (head[0] != '\0' && !tc_send(c, head, strlen(head)))
+		return tc_ms_since(&start);
+	while (tc_ms_since(&start) < limit_ms) {
+		if (tc_wait_closed(c, step_ms) >= 0)
+			return tc_ms_since(&start);
+		if (!tc_send(c, "a", 1))
+			return tc_ms_since(&start);
+	}
+	return -1;
+}
+
+static void test_slow_clients_cut_off(void **state)
+{
+	(void)state;
+	hsm_http_config cfg = defaults(1);
+	cfg.read_timeout_ms = 400;
+	cfg.idle_timeout_ms = 1200;
+	hsm_http_server *srv = start(&cfg);
+	uint16_t port = hsm_http_server_port(srv);
+	/* Slowloris: a header trickled byte by byte is cut at the read deadline. */
+	tc_conn *c = tc_connect(port, false, 5000);
+	assert_non_null(c);
+	long ms = trickle(c, "GET / HTTP/1.1\r\nX-Slow: ", 50, 5000);
+	assert_true(ms >= 350 && ms < 1000);
+	tc_close(c);
+	/* Connected, silent: the first request has the same deadline. */
+	c = tc_connect(port, false, 5000);
+	assert_non_null(c);
+	ms = tc_wait_closed(c, 5000);
+	assert_true(ms >= 350 && ms < 1000);
+	tc_close(c);
+	/* Keep-alive: idle is allowed up to the idle timeout... */
+	c = tc_connect(port, false, 5000);
+	assert_non_null(c);
+	tc_resp r;
+	assert_true(tc_sendf(c, "GET / HTTP/1.1\r\nHost: t\r\n\r\n") && tc_read(c, &r, false));
+	tc_resp_clear(&r);
+	ms = tc_wait_closed(c, 5000);
+	assert_true(ms >= 1100 && ms < 2500);
+	tc_close(c);
+	/* ...and a request begun after an idle spell gets the read deadline from its first byte. */
+	c = tc_connect(port, false, 5000);
+	assert_non_null(c);
+	assert_true(tc_sendf(c, "GET / HTTP/1.1\r\nHost: t\r\n\r\n") && tc_read(c, &r, false));
+	tc_resp_clear(&r);
+	usleep(600 * 1000);
+	ms = trickle(c, "GET / HTTP/1.1\r\nX-Slow: ", 50, 5000);
+	assert_true(ms >= 350 && ms < 1000);
+	tc_close(c);
+	hsm_http_server_free(srv);
+}
+
+/* A client that stops reading its response is dropped after the write timeout. */
+static void test_write_timeout(void **state)
+{
+	(void)state;
+	hsm_http_config cfg = defaults(1);
+	cfg.write_timeout_ms = 300;
+	hsm_http_server *srv = start(&cfg);
+	tc_conn *c = tc_connect(hsm_http_server_port(srv), false, 5000);
+	assert_non_null(c);
+	assert_true(tc_sendf(c, "GET /big HTTP/1.1\r\nHost: t\r\n\r\n"));
+	usleep(1500 * 1000); /* read nothing: the server's writes stall */
+	size_t got = 0;
+	char buf[65536];
+	for (;;) {
+		ssize_t n = recv(c->fd, buf, sizeof(buf), 0);
+		if (n <= 0)
+			break;
+		got += (size_t)n;
+	}
+	assert_true(got > 0 && got < ((size_t)32 << 20)); /* cut off, not completed */
+	tc_close(c);
+	/* The server is fine, and a reading client gets all of it. */
+	c = tc_connect(hsm_http_server_port(srv), false, 5000);
+	assert_non_null(c);
+	assert_true(tc_sendf(c, "GET /big HTTP/1.1\r\nHost: t\r\n\r\n"));
+	got = 0;
+	char head[4096];
+	ssize_t n = recv(c->fd, head, sizeof(head), 0);
+	assert_true(n > 0);
+	got = (size_t)n;
+	while (got < ((size_t)32 << 20)) {
+		n = recv(c->fd, buf, sizeof(buf), 0);
+		assert_true(n > 0);
+		got += (size_t)n;
+	}
+	tc_close(c);
+	hsm_http_server_free(srv);
+}
+
+static void test_max_connections(void **state)
+{
+	(void)state;
+	hsm_http_config cfg = defaults(2);
+	cfg.max_connections = 4;
+	hsm_http_server *srv = start(&cfg);
+	uint16_t port = hsm_http_server_port(srv);
+	tc_conn *c[4];
+	tc_resp r;
+	for (int i = 0; i < 4; i++) {
+		c[i] = tc_connect(port, false, 5000);
+		assert_non_null(c[i]);
+		assert_true(tc_sendf(c[i], "GET / HTTP/1.1\r\nHost: t\r\n\r\n") && tc_read(c[i], &r, false));
+		tc_resp_clear(&r);
+	}
+	/* The fifth is closed at once, unanswered. */
+	tc_conn *extra = tc_connect(port, false, 5000);
+	if (extra != NULL) {
+		(void)tc_sendf(extra, "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+		assert_false(tc_read(extra, &r, false));
+		tc_close(extra);
+	}
+	for (int i = 0; i < 4; i++) {
+		assert_true(tc_sendf(c[i], "GET / HTTP/1.1\r\nHost: t\r\n\r\n") && tc_read(c[i], &r, false));
+		assert_int_equal(r.status, 200);
+		tc_resp_clear(&r);
+	}
+	/* A slot freed is a slot available again. */
+	tc_close(c[0]);
+	bool ok = false;
+	for (int tries = 0; tries < 100 && !ok; tries++) {
+		ok = tc_simple(port, "GET / HTTP/1.1\r\nHost: t\r\n\r\n", 200, &r);
+		if (ok)
+			tc_resp_clear(&r);
+		else
+			usleep(20 * 1000);
+	}
+	assert_true(ok);
+	for (int i = 1; i < 4; i++)
+		tc_close(c[i]);
+	hsm_http_server_free(srv);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_body_limit),
+	    cmocka_unit_test(test_header_limit_and_garbage),
+	    cmocka_unit_test(test_ambiguous_framing),
+	    cmocka_unit_test(test_methods),
+	    cmocka_unit_test(test_slow_clients_cut_off),
+	    cmocka_unit_test(test_write_timeout),
+	    cmocka_unit_test(test_max_connections),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,472 @@
+/*
+ * http_tls_test.c - the HTTP server over TLS: handshake policy (versions,
+ * suites), client certificates in optional and required modes, resumption,
+ * and configuration errors.  A throwaway CA, server and client certificates
+ * are made with the OpenSSL API in a temporary directory.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+#include "common/util.h"
+#include "server/http.h"
+#include "support/http_client.h"
+
+static char dir[64];
+static char path_ca[128], path_srv[128], path_srv_key[128], path_cli[128], path_cli_key[128];
+static char path_rogue[128], path_rogue_key[128], path_enc_key[128];
+
+/* ---- certificates ------------------------------------------------------------ */
+
+static void add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
+{
+	X509V3_CTX ctx;
+	X509V3_set_ctx_nodb(&ctx);
+	X509V3_set_ctx(&ctx, issuer, cert, NULL, NULL, 0);
+	X509_EXTENSION *ext = X509V3_EXT_nconf_nid(NULL, &ctx, nid, value);
+	assert_non_null(ext);
+	assert_int_equal(X509_add_ext(cert, ext, -1), 1);
+	X509_EXTENSION_free(ext);
+}
+
+/* A certificate for key named cn, signed by issuer (self-signed when NULL). */
+static X509 *make_cert(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY *issuer_key,
+                       const char *kind)
+{
+	static long serial = 1;
+	X509 *x = X509_new();
+	assert_non_null(x);
+	X509_set_version(x, 2);
+	ASN1_INTEGER_set(X509_get_serialNumber(x), serial++);
+	X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+	X509_gmtime_adj(X509_getm_notAfter(x), 86400);
+	X509_set_pubkey(x, key);
+	X509_NAME *name = X509_get_subject_name(x);
+	X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC, (const unsigned char *)"hsmd-test", -1, -1,
+	                           0);
+	X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
+	X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : name);
+	X509 *iss = issuer ? issuer : x;
+	if (strcmp(kind, "ca") == 0) {
+		add_ext(x, iss, NID_basic_constraints, "critical,CA:TRUE");
+		add_ext(x, iss, NID_key_usage, "critical,keyCertSign,cRLSign");
+	} else {
+		add_ext(x, iss, NID_basic_constraints, "critical,CA:FALSE");
+		add_ext(x, iss, NID_ext_key_usage, strcmp(kind, "server") == 0 ? "serverAuth" : "clientAuth");
+		if (strcmp(kind, "server") == 0)
+			add_ext(x, iss, NID_subject_alt_name, "IP:127.0.0.1");
+	}
+	assert_true(X509_sign(x, issuer_key ? issuer_key : key, EVP_sha256()) > 0);
+	return x;
+}
+
+static void write_pem(const char *path, X509 *cert, EVP_PKEY *key, const char *pass)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	assert_true(fd >= 0);
+	FILE *f = fdopen(fd, "w");
+	assert_non_null(f);
+	if (cert != NULL)
+		assert_int_equal(PEM_write_X509(f, cert), 1);
+	if (key != NULL && pass == NULL)
+		assert_int_equal(PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL), 1);
+	if (key != NULL && pass != NULL)
+		assert_int_equal(PEM_write_PKCS8PrivateKey(f, key, EVP_aes_256_cbc(), NULL, 0, NULL,
+		                                           (void *)pass),
+		                 1);
+	fclose(f);
+}
+
+static int setup_certs(void **state)
+{
+	(void)state;
+	snprintf(dir, sizeof(dir), "/tmp/hsm-tls-XXXXXX");
+	assert_non_null(mkdtemp(dir));
+	snprintf(path_ca, sizeof(path_ca), "%s/ca.pem", dir);
+	snprintf(path_srv, sizeof(path_srv), "%s/server.pem", dir);
+	snprintf(path_srv_key, sizeof(path_srv_key), "%s/server.key", dir);
+	snprintf(path_cli, sizeof(path_cli), "%s/client.pem", dir);
+	snprintf(path_cli_key, sizeof(path_cli_key), "%s/client.key", dir);
+	snprintf(path_rogue, sizeof(path_rogue), "%s/rogue.pem", dir);
+	snprintf(path_rogue_key, sizeof(path_rogue_key), "%s/rogue.key", dir);
+	snprintf(path_enc_key, sizeof(path_enc_key), "%s/enc.key", dir);
+	EVP_PKEY *ca_key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+	/* RSA for the server, so that RSA-only and DHE suites would be possible but for the policy. */
+	EVP_PKEY *srv_key = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
+	EVP_PKEY *cli_key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+	EVP_PKEY *rogue_key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+	assert_true(ca_key && srv_key && cli_key && rogue_key);
+	X509 *ca = make_cert(ca_key, "test-ca", NULL, NULL, "ca");
+	X509 *srv = make_cert(srv_key, "127.0.0.1", ca, ca_key, "server");
+	X509 *cli = make_cert(cli_key, "client-1", ca, ca_key, "client");
+	X509 *rogue = make_cert(rogue_key, "client-1", NULL, NULL, "client");
+	write_pem(path_ca, ca, NULL, NULL);
+	write_pem(path_srv, srv, NULL, NULL);
+	write_pem(path_srv_key, NULL, srv_key, NULL);
+	write_pem(path_cli, cli, NULL, NULL);
+	write_pem(path_cli_key, NULL, cli_key, NULL);
+	write_pem(path_rogue, rogue, NULL, NULL);
+	write_pem(path_rogue_key, NULL, rogue_key, NULL);
+	write_pem(path_enc_key, NULL, srv_key, "secret");
+	X509_free(ca), X509_free(srv), X509_free(cli), X509_free(rogue);
+	EVP_PKEY_free(ca_key), EVP_PKEY_free(srv_key), EVP_PKEY_free(cli_key), EVP_PKEY_free(rogue_key);
+	return 0;
+}
+
+static int teardown_certs(void **state)
+{
+	(void)state;
+	const char *files[] = {path_ca, path_srv, path_srv_key, path_cli, path_cli_key,
+	                       path_rogue, path_rogue_key, path_enc_key};
+	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
+		unlink(files[i]);
+	rmdir(dir);
+	return 0;
+}
+
+/* ---- server and client --------------------------------------------------------- */
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static hsm_http_req *held;
+static bool hold;
+
+static void handler(hsm_http_req *req, void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&mu);
+	if (hold && held == NULL) {
+		held = req;
+		pthread_mutex_unlock(&mu);
+		return;
+	}
+	pthread_mutex_unlock(&mu);
+	char out[1024];
+	const char *subject = hsm_http_req_client_subject(req);
+	int n = snprintf(out, sizeof(out), "tls=%d subject=%s path=%s", hsm_http_req_is_tls(req),
+	                 subject ? subject : "-", hsm_http_req_path(req));
+	hsm_http_respond(req, 200, "text/plain", out, (size_t)n, 0, NULL);
+}
+
+static hsm_http_server *start(hsm_http_client_auth auth)
+{
+	hsm_http_config cfg;
+	hsm_http_config_defaults(&cfg);
+	cfg.listen = "127.0.0.1:0";
+	cfg.workers = 2;
+	cfg.tls_cert = path_srv;
+	cfg.tls_key = path_srv_key;
+	cfg.client_auth = auth;
+	cfg.tls_client_ca = auth != HSM_HTTP_CLIENT_AUTH_NONE ? path_ca : NULL;
+	hsm_http_server *srv = NULL;
+	assert_true(hsm_ok(hsm_http_server_new(&cfg, handler, NULL, &srv)));
+	assert_true(hsm_ok(hsm_http_server_start(srv)));
+	return srv;
+}
+
+/* A client context trusting the test CA, optionally with a client certificate. */
+static SSL_CTX *client_ctx(const char *cert, const char *key)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+	assert_non_null(ctx);
+	assert_int_equal(SSL_CTX_load_verify_file(ctx, path_ca), 1);
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	assert_int_equal(X509_VERIFY_PARAM_set1_ip_asc(SSL_CTX_get0_param(ctx), "127.0.0.1"), 1);
+	if (cert != NULL) {
+		assert_int_equal(SSL_CTX_use_certificate_file(ctx, cert, SSL_FILETYPE_PEM), 1);
+		assert_int_equal(SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM), 1);
+	}
+	return ctx;
+}
+
+/*
+ * Connects, handshakes and makes one request.  Returns the body (malloc'd)
+ * or NULL; *reason gets OpenSSL's reason code of a failure.
+ */
+static char *request(uint16_t port, SSL_CTX *ctx, int *reason, SSL_SESSION **session)
+{
+	ERR_clear_error();
+	*reason = 0;
+	tc_conn *c = tc_connect(port, false, 5000);
+	assert_non_null(c);
+	char *body = NULL;
+	bool ok = false;
+	c->ssl = SSL_new(ctx);
+	if (c->ssl != NULL && session != NULL && *session != NULL)
+		SSL_set_session(c->ssl, *session);
+	if (c->ssl != NULL && SSL_set_fd(c->ssl, c->fd) == 1 && SSL_connect(c->ssl) == 1) {
+		/* A TLS 1.3 server may refuse the client only after the handshake: even if
+		 * the request cannot be written, read to collect the server's alert. */
+		(void)tc_sendf(c, "GET /tls HTTP/1.1\r\nHost: t\r\n\r\n");
+		ok = true;
+	}
+	tc_resp r;
+	if (ok && tc_read(c, &r, false) && r.status == 200)
+		body = r.body;
+	if (body == NULL)
+		*reason = ERR_GET_REASON(ERR_peek_last_error());
+	if (body != NULL && session != NULL) {
+		if (*session != NULL)
+			SSL_SESSION_free(*session);
+		*session = SSL_get1_session(c->ssl);
+	}
+	tc_close(c);
+	return body;
+}
+
+/* ---- tests ---------------------------------------------------------------------- */
+
+static void test_tls_round_trip(void **state)
+{
+	(void)state;
+	hsm_http_server *srv = start(HSM_HTTP_CLIENT_AUTH_NONE);
+	uint16_t port = hsm_http_server_port(srv);
+	SSL_CTX *ctx = client_ctx(NULL, NULL);
+	tc_conn *c = tc_connect(port, false, 5000);
+	assert_non_null(c);
+	assert_true(tc_tls(c, ctx));
+	assert_int_equal(SSL_version(c->ssl), TLS1_3_VERSION); /* preferred when offered */
+	for (int i = 0; i < 50; i++) {
+		tc_resp r;
+		assert_true(tc_sendf(c, "GET /k%d HTTP/1.1\r\nHost: t\r\n\r\n", i));
+		assert_true(tc_read(c, &r, false));
+		assert_int_equal(r.status, 200);
+		char want[64];
+		snprintf(want, sizeof(want), "tls=1 subject=- path=/k%d", i);
+		assert_string_equal(r.body, want);
+		tc_resp_clear(&r);
+	}
+	tc_close(c);
+	/* Resumption from the server's session cache. */
+	SSL_SESSION *sess = NULL;
+	int reason;
+	char *body = request(port, ctx, &reason, &sess);
+	assert_non_null(body);
+	free(body);
+	c = tc_connect(port, false, 5000);
+	assert_non_null(c);
+	c->ssl = SSL_new(ctx);
+	SSL_set_session(c->ssl, sess);
+	SSL_set_fd(c->ssl, c->fd);
+	assert_int_equal(SSL_connect(c->ssl), 1);
+	tc_resp r;
+	assert_true(tc_sendf(c, "GET / HTTP/1.1\r\nHost: t\r\n\r\n") && tc_read(c, &r, false));
+	assert_int_equal(SSL_session_reused(c->ssl), 1);
+	tc_resp_clear(&r);
+	tc_close(c);
+	SSL_SESSION_free(sess);
+	SSL_CTX_free(ctx);
+	hsm_http_server_free(srv);
+}
+
+/* A client limited to TLS 1.2 and the given suites. */
+static SSL_CTX *tls12_ctx(const char *ciphers, int max_version)
+{
+	SSL_CTX *ctx = client_ctx(NULL, NULL);
+	assert_int_equal(SSL_CTX_set_min_proto_version(ctx, 0), 1);
+	assert_int_equal(SSL_CTX_set_max_proto_version(ctx, max_version), 1);
+	assert_int_equal(SSL_CTX_set_cipher_list(ctx, ciphers), 1);
+	return ctx;
+}
+
+static void test_tls_versions_and_suites(void **state)
+{
+	(void)state;
+	hsm_http_server *srv = start(HSM_HTTP_CLIENT_AUTH_NONE);
+	uint16_t port = hsm_http_server_port(srv);
+	int reason;
+	/* TLS 1.2 with ECDHE and an AEAD works... */
+	SSL_CTX *ctx = tls12_ctx("ECDHE-RSA-AES128-GCM-SHA256", TLS1_2_VERSION);
+	char *body = request(port, ctx, &reason, NULL);
+	assert_non_null(body);
+	free(body);
+	SSL_CTX_free(ctx);
+	/* ...but not CBC, static RSA key exchange or finite-field DHE. */
+	const char *weak[] = {"ECDHE-RSA-AES128-SHA", "AES128-GCM-SHA256", "DHE-RSA-AES128-GCM-SHA256"};
+	for (size_t i = 0; i < sizeof(weak) / sizeof(weak[0]); i++) {
+		ctx = tls12_ctx(weak[i], TLS1_2_VERSION);
+		assert_null(request(port, ctx, &reason, NULL));
+		assert_int_equal(reason, SSL_R_SSLV3_ALERT_HANDSHAKE_FAILURE);
+		SSL_CTX_free(ctx);
+	}
+	/* TLS 1.1 and 1.0: the server answers with a protocol_version alert. */
+	int old[] = {TLS1_1_VERSION, TLS1_VERSION};
+	for (size_t i = 0; i < 2; i++) {
+		ctx = tls12_ctx("DEFAULT:@SECLEVEL=0", old[i]);
+		assert_null(request(port, ctx, &reason, NULL));
+		assert_int_equal(reason, SSL_R_TLSV1_ALERT_PROTOCOL_VERSION);
+		SSL_CTX_free(ctx);
+	}
+	hsm_http_server_free(srv);
+}
+
+static void check_client_certs(hsm_http_client_auth auth)
+{
+	hsm_http_server *srv = start(auth);
+	uint16_t port = hsm_http_server_port(srv);
+	int reason;
+	SSL_CTX *good = client_ctx(path_cli, path_cli_key);
+	char *body = request(port, good, &reason, NULL);
+	assert_non_null(body);
+	assert_string_equal(body, "tls=1 subject=CN=client-1,O=hsmd-test path=/tls");
+	free(body);
+	SSL_CTX *rogue = client_ctx(path_rogue, path_rogue_key);
+	assert_null(request(port, rogue, &reason, NULL));
+	assert_int_equal(reason, SSL_R_TLSV1_ALERT_UNKNOWN_CA);
+	SSL_CTX *none = client_ctx(NULL, NULL);
+	body = request(port, none, &reason, NULL);
+	if (auth == HSM_HTTP_CLIENT_AUTH_REQUIRED) {
+		assert_null(body);
+		assert_int_equal(reason, SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED);
+	} else {
+		assert_non_null(body);
+		assert_string_equal(body, "tls=1 subject=- path=/tls");
+		free(body);
+	}
+	SSL_CTX_free(good), SSL_CTX_free(rogue), SSL_CTX_free(none);
+	hsm_http_server_free(srv);
+}
+
+static void test_client_cert_required(void **state)
+{
+	(void)state;
+	check_client_certs(HSM_HTTP_CLIENT_AUTH_REQUIRED);
+}
+
+static void test_client_cert_optional(void **state)
+{
+	(void)state;
+	check_client_certs(HSM_HTTP_CLIENT_AUTH_OPTIONAL);
+}
+
+static void test_tls_client_gone(void **state)
+{
+	(void)state;
+	hsm_http_server *srv = start(HSM_HTTP_CLIENT_AUTH_NONE);
+	uint16_t port = hsm_http_server_port(srv);
+	SSL_CTX *ctx = client_ctx(NULL, NULL);
+	pthread_mutex_lock(&mu);
+	hold = true;
+	held = NULL;
+	pthread_mutex_unlock(&mu);
+	tc_conn *c = tc_connect(port, false, 5000);
+	assert_non_null(c);
+	assert_true(tc_tls(c, ctx));
+	assert_true(tc_sendf(c, "GET /held HTTP/1.1\r\nHost: t\r\n\r\n"));
+	hsm_http_req *req = NULL;
+	for (int i = 0; i < 500 && req == NULL; i++) {
+		pthread_mutex_lock(&mu);
+		req = held;
+		pthread_mutex_unlock(&mu);
+		if (req == NULL)
+			usleep(10 * 1000);
+	}
+	assert_non_null(req);
+	tc_close(c);
+	usleep(50 * 1000);
+	hsm_http_respond(req, 200, NULL, "late", 4, 0, NULL); /* from this thread, client gone */
+	pthread_mutex_lock(&mu);
+	hold = false;
+	pthread_mutex_unlock(&mu);
+	int reason;
+	char *body = request(port, ctx, &reason, NULL);
+	assert_non_null(body);
+	free(body);
+	SSL_CTX_free(ctx);
+	hsm_http_server_free(srv);
+}
+
+static void expect_new_fails(hsm_http_config *cfg, const char *message_part)
+{
+	hsm_http_server *srv = NULL;
+	assert_true(hsm_failed(hsm_http_server_new(cfg, handler, NULL, &srv)));
+	assert_null(srv);
+	if (strstr(hsm_last_message(), message_part) == NULL)
+		fail_msg("'%s' does not mention '%s'", hsm_last_message(), message_part);
+}
+
+/* A key file readable by others is accepted, with a warning on stderr. */
+static void test_tls_key_permissions_warned(void **state)
+{
+	(void)state;
+	int fds[2];
+	assert_int_equal(pipe(fds), 0);
+	fflush(stderr);
+	int saved = dup(2);
+	assert_true(saved >= 0);
+	assert_true(dup2(fds[1], 2) >= 0);
+	hsm_http_config cfg;
+	hsm_http_config_defaults(&cfg);
+	cfg.listen = "127.0.0.1:0";
+	cfg.workers = 1;
+	cfg.tls_cert = path_srv;
+	cfg.tls_key = path_srv_key;
+	hsm_http_server *srv = NULL;
+	assert_int_equal(chmod(path_srv_key, 0644), 0);
+	hsm_result r = hsm_http_server_new(&cfg, handler, NULL, &srv);
+	assert_int_equal(chmod(path_srv_key, 0600), 0);
+	fflush(stderr);
+	dup2(saved, 2);
+	close(saved);
+	close(fds[1]);
+	char out[4096] = "";
+	ssize_t n = read(fds[0], out, sizeof(out) - 1);
+	close(fds[0]);
+	assert_true(hsm_ok(r));
+	hsm_http_server_free(srv);
+	assert_true(n > 0);
+	out[n] = '\0';
+	assert_non_null(strstr(out, "accessible to group or others (mode 0644)"));
+}
+
+static void test_tls_config_errors(void **state)
+{
+	(void)state;
+	hsm_http_config cfg;
+	hsm_http_config_defaults(&cfg);
+	cfg.listen = "127.0.0.1:0";
+	cfg.tls_cert = "/nonexistent/cert.pem";
+	cfg.tls_key = path_srv_key;
+	expect_new_fails(&cfg, "tls_cert /nonexistent/cert.pem");
+	cfg.tls_cert = path_srv;
+	cfg.tls_key = path_cli_key;
+	expect_new_fails(&cfg, "does not match");
+	cfg.tls_key = path_enc_key;
+	expect_new_fails(&cfg, "not an unencrypted PEM private key");
+	cfg.tls_key = NULL;
+	expect_new_fails(&cfg, "go together");
+	cfg.tls_key = path_srv_key;
+	cfg.client_auth = HSM_HTTP_CLIENT_AUTH_REQUIRED;
+	expect_new_fails(&cfg, "tls_client_ca");
+	cfg.tls_client_ca = path_srv_key;
+	expect_new_fails(&cfg, "tls_client_ca");
+	cfg.tls_cert = NULL;
+	cfg.tls_key = NULL;
+	expect_new_fails(&cfg, "need TLS");
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_tls_round_trip),
+	    cmocka_unit_test(test_tls_versions_and_suites),
+	    cmocka_unit_test(test_client_cert_required),
+	    cmocka_unit_test(test_client_cert_optional),
+	    cmocka_unit_test(test_tls_client_gone),
+	    cmocka_unit_test(test_tls_key_permissions_warned),
+	    cmocka_unit_test(test_tls_config_errors),
+	};
+	return cmocka_run_group_tests(tests, setup_certs, teardown_certs);
+}
