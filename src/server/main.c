@@ -1,7 +1,7 @@
 /*
- * hsmd - the daemon.  See the README for running, configuring and operating it.
+ * hsmd - the daemon.  Settings come from flags, HSM_* environment variables
+ * and a config file (server/config.h); see `hsmd --help` and the README.
  */
-#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,83 +10,50 @@
 
 #include "common/log.h"
 #include "common/secret.h"
+#include "server/config.h"
 #include "server/server.h"
 
-#define DEV_DEFAULT_LISTEN "127.0.0.1:8080"
-#define DEV_DEFAULT_DIR "./dev-data"
 #define DEV_DEFAULT_AKID "AKIAHSMDDEVELOPMENT1"
+#define DEV_DEFAULT_SECRET "hsmd-dev-secret-do-not-use-in-production"
 
-static volatile sig_atomic_t stop_requested;
+extern char **environ;
 
-static void on_signal(int sig)
+static void options_from(const hsm_config *cfg, hsm_server_options *o)
 {
-	(void)sig;
-	stop_requested = 1;
-}
-
-typedef struct cli {
-	hsm_server_options opt;
-	const char *listen;
-	char node[65];
-} cli;
-
-static int usage(void)
-{
-	fprintf(stderr, "usage: hsmd [--dev] [--listen ADDR:PORT] [--data-dir DIR] [--tls-cert F "
-	                "--tls-key F]\n");
-	return 2;
-}
-
-static int parse(int argc, char **argv, cli *c)
-{
-	static const struct option longopts[] = {
-	    {"dev", no_argument, NULL, 'D'},          {"listen", required_argument, NULL, 'l'},
-	    {"data-dir", required_argument, NULL, 'd'}, {"tls-cert", required_argument, NULL, 'c'},
-	    {"tls-key", required_argument, NULL, 'k'}, {"help", no_argument, NULL, 'h'},
-	    {"audit-dir", required_argument, NULL, 'a'},
-	    {NULL, 0, NULL, 0}};
-	hsm_http_config_defaults(&c->opt.http);
-	for (int o; (o = getopt_long(argc, argv, "", longopts, NULL)) != -1;) {
-		switch (o) {
-		case 'D': c->opt.dev = true; break;
-		case 'l': c->listen = optarg; break;
-		case 'd': c->opt.data_dir = optarg; break;
-		case 'c': c->opt.http.tls_cert = optarg; break;
-		case 'k': c->opt.http.tls_key = optarg; break;
-		case 'a': c->opt.audit_dir = optarg; break;
-		default: return usage();
-		}
-	}
-	if (c->opt.dev && c->listen == NULL)
-		c->listen = DEV_DEFAULT_LISTEN;
-	if (c->opt.dev && c->opt.data_dir == NULL)
-		c->opt.data_dir = DEV_DEFAULT_DIR;
-	if (c->listen == NULL)
-		c->listen = "127.0.0.1:8443";
-	c->opt.http.listen = c->listen;
-	if (gethostname(c->node, sizeof(c->node) - 1) != 0)
-		snprintf(c->node, sizeof(c->node), "hsmd");
-	c->opt.node_id = c->node;
-	c->opt.region = "us-east-1";
-	c->opt.account_id = "111122223333";
-	c->opt.sigv4_skew_seconds = 300;
-	c->opt.lockout_threshold = 5;
-	c->opt.audit_retention_days = 2557;
-	return 0;
+	memset(o, 0, sizeof(*o));
+	hsm_config_http(cfg, &o->http);
+	o->data_dir = cfg->data_dir;
+	o->audit_dir = cfg->audit_dir[0] ? cfg->audit_dir : NULL;
+	o->node_id = cfg->node_id;
+	o->region = cfg->region;
+	o->account_id = cfg->account_id;
+	o->sigv4_skew_seconds = cfg->sigv4_skew_seconds;
+	o->lockout_threshold = cfg->lockout_threshold;
+	o->audit_fsync_ms = cfg->audit_fsync_ms;
+	o->audit_rotate_bytes = cfg->audit_rotate_bytes;
+	o->audit_rotate_seconds = cfg->audit_rotate_seconds;
+	o->audit_retention_days = cfg->audit_retention_days;
+	o->audit_checkpoint_seconds = cfg->audit_checkpoint_seconds;
+	o->audit_syslog = cfg->audit_syslog;
+	o->jwt_default_lifetime = cfg->jwt_default_lifetime_seconds;
+	o->jwt_max_lifetime = cfg->jwt_max_lifetime_seconds;
+	o->secure_heap_bytes = cfg->secure_heap_bytes;
+	o->dev = cfg->dev;
 }
 
 static hsm_result dev_credentials(char *akid, size_t cap, hsm_secret **secret)
 {
 	const char *id = getenv("HSM_DEV_ACCESS_KEY_ID"), *key = getenv("HSM_DEV_SECRET_ACCESS_KEY");
 	HSM_GUARD(hsm_strcpy(akid, cap, id != NULL ? id : DEV_DEFAULT_AKID));
-	if (key != NULL)
-		return hsm_secret_from(key, strlen(key), secret);
-	/* Without a fixed secret, dev mode makes one per data directory on first start. */
-	return hsm_secret_from("hsmd-dev-secret-change-me-0000000000000", 39, secret);
+	if (key == NULL)
+		key = DEV_DEFAULT_SECRET;
+	return hsm_secret_from(key, strlen(key), secret);
 }
 
 static void announce_dev(hsm_server *s, const char *akid, const hsm_secret *secret)
 {
+	int n = (int)hsm_secret_len(secret);
+	const char *k = (const char *)hsm_secret_bytes(secret);
 	fprintf(stderr,
 	        "\n*** hsmd DEVELOPMENT MODE: 1-of-1 master key share stored next to the data,\n"
 	        "*** auto-unsealed, plain HTTP.  Never use it for real keys.\n\n"
@@ -95,50 +62,89 @@ static void announce_dev(hsm_server *s, const char *akid, const hsm_secret *secr
 	        "access key id:     %s\n"
 	        "secret access key: %.*s\n"
 	        "region:            %s\n\n"
-	        "  export AWS_ACCESS_KEY_ID=%s AWS_SECRET_ACCESS_KEY=%.*s AWS_REGION=%s\n"
+	        "  export AWS_ACCESS_KEY_ID=%s AWS_SECRET_ACCESS_KEY=%.*s AWS_DEFAULT_REGION=%s\n"
 	        "  aws kms create-key --endpoint-url http://%s\n\n",
-	        s->opt.http.listen, s->data_dir, akid, (int)hsm_secret_len(secret),
-	        (const char *)hsm_secret_bytes(secret), s->region, akid, (int)hsm_secret_len(secret),
-	        (const char *)hsm_secret_bytes(secret), s->region, s->opt.http.listen);
+	        s->opt.http.listen, s->data_dir, akid, n, k, s->region, akid, n, k, s->region,
+	        s->opt.http.listen);
+}
+
+/* Loads the configuration; returns -1 to continue, else the exit code. */
+static int load_config(int argc, char **argv, hsm_config *cfg)
+{
+	hsm_config_action action;
+	if (hsm_failed(hsm_config_load(cfg, argc, argv, environ, &action))) {
+		fprintf(stderr, "hsmd: %s\n", hsm_last_message());
+		return 2;
+	}
+	if (action == HSM_CONFIG_SHOW_HELP) {
+		fputs(hsm_config_usage(), stdout);
+		return 0;
+	}
+	if (action == HSM_CONFIG_SHOW_VERSION) {
+		printf("hsmd %s\n", HSM_VERSION);
+		return 0;
+	}
+	hsm_log_set_level(cfg->log_level);
+	for (unsigned i = 0; i < cfg->n_warnings; i++)
+		hsm_warn("%s", cfg->warnings[i]);
+	return -1;
+}
+
+/* Start-up: the server, and in dev mode the automatic init/unseal and dev user. */
+static hsm_result start(const hsm_config *cfg, hsm_server **out)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_server_options opt;
+	hsm_server *s = NULL;
+	hsm_secret *dev_secret = NULL;
+	char akid[64];
+	options_from(cfg, &opt);
+	HSM_TRY(hsm_server_new(&opt, &s));
+	if (cfg->dev) {
+		HSM_TRY(dev_credentials(akid, sizeof(akid), &dev_secret));
+		HSM_TRY(hsm_server_dev_bootstrap(s, akid, dev_secret));
+	}
+	HSM_TRY(hsm_server_start(s));
+	if (cfg->dev)
+		announce_dev(s, akid, dev_secret);
+	*out = s;
+	s = NULL;
+out:
+	hsm_secret_free(dev_secret);
+	hsm_server_free(s);
+	return res;
 }
 
 int main(int argc, char **argv)
 {
-	cli c;
-	memset(&c, 0, sizeof(c));
-	if (parse(argc, argv, &c) != 0)
-		return 2;
-	if (hsm_failed(hsm_secure_process_init(HSM_SECURE_HEAP_DEFAULT))) {
+	static hsm_config cfg;
+	int rc = load_config(argc, argv, &cfg);
+	if (rc >= 0)
+		return rc;
+	if (hsm_failed(hsm_secure_process_init(cfg.secure_heap_bytes))) {
 		hsm_log_failure("start-up");
 		return 1;
 	}
+	/* Every thread inherits this mask; main alone takes the signals, with sigwait. */
+	sigset_t sigs;
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
-	signal(SIGINT, on_signal);
-	signal(SIGTERM, on_signal);
 	hsm_server *s = NULL;
-	hsm_secret *dev_secret = NULL;
-	char akid[64];
-	hsm_result r = hsm_server_new(&c.opt, &s);
-	if (hsm_ok(r) && c.opt.dev) {
-		r = dev_credentials(akid, sizeof(akid), &dev_secret);
-		if (hsm_ok(r))
-			r = hsm_server_dev_bootstrap(s, akid, dev_secret);
-	}
-	if (hsm_ok(r))
-		r = hsm_server_start(s);
-	if (hsm_failed(r)) {
+	if (hsm_failed(start(&cfg, &s))) {
 		hsm_log_failure("start-up");
-		hsm_secret_free(dev_secret);
-		hsm_server_free(s);
 		return 1;
 	}
-	if (c.opt.dev)
-		announce_dev(s, akid, dev_secret);
-	hsm_secret_free(dev_secret);
-	hsm_info("hsmd %s listening on %s (%s)", HSM_VERSION, c.opt.http.listen,
+	hsm_info("hsmd %s listening on %s (%s)", HSM_VERSION, s->opt.http.listen,
 	         hsm_node_state_name(hsm_keystore_state(s->ks)));
-	while (!stop_requested)
-		pause();
+	for (;;) {
+		int sig = 0;
+		if (sigwait(&sigs, &sig) == 0 && sig != SIGHUP)
+			break;
+	}
 	hsm_info("stopping");
 	hsm_server_free(s);
 	return 0;
