@@ -48,8 +48,9 @@ hsm_result hsm_json_parse(const uint8_t *body, size_t n, json_t **out)
 		return HSM_SUCCESS;
 	}
 	json_t *root = json_loadb((const char *)body, n, JSON_REJECT_DUPLICATES, &err);
-	HSM_ENSURE(root != NULL, HSM_ERR_SERIALIZATION, "The request body is not valid JSON: %s",
-	           err.text);
+	/* Position only: jansson's text quotes the input, which may be a plaintext. */
+	HSM_ENSURE(root != NULL, HSM_ERR_SERIALIZATION,
+	           "The request body is not valid JSON (line %d, column %d)", err.line, err.column);
 	if (!json_is_object(root)) {
 		json_decref(root);
 		return HSM_FAIL(HSM_ERR_SERIALIZATION, "The request body must be a JSON object");
