@@ -31,6 +31,7 @@ typedef struct exchange {
 	int status;        /* 0: no HTTP answer (connection failed) */
 	hsm_buf *resp;
 	hsm_result res;
+	struct event_base *base; /* stopped once the answer is in */
 } exchange;
 
 static hsm_result parse_endpoint(const char *text, size_t n, endpoint *ep)
@@ -69,6 +70,8 @@ static hsm_result parse_endpoint(const char *text, size_t n, endpoint *ep)
 static void on_response(struct evhttp_request *req, void *arg)
 {
 	exchange *x = arg;
+	/* The connection stays open (keep-alive): without this the loop waits for its timeout. */
+	event_base_loopexit(x->base, NULL);
 	if (req == NULL || evhttp_request_get_response_code(req) == 0) {
 		x->status = 0;
 		return;
@@ -166,6 +169,7 @@ static hsm_result one_exchange(const hsmctl_client *c, const endpoint *ep, const
 		evhttp_add_header(h, "Authorization", sig.authorization);
 	}
 	evbuffer_add(evhttp_request_get_output_buffer(req), body, strlen(body));
+	x->base = base;
 	HSM_CHECK(evhttp_make_request(conn, req, EVHTTP_REQ_POST, "/") == 0, HSM_ERR_IO,
 	          "cannot send the request to %s", host);
 	event_base_dispatch(base);
@@ -193,7 +197,7 @@ hsm_result hsmctl_call(const hsmctl_client *c, const char *target, const char *b
 		size_t n = strcspn(p, ",");
 		endpoint ep;
 		HSM_GUARD(parse_endpoint(p, n, &ep));
-		exchange x = {0, resp, HSM_SUCCESS};
+		exchange x = {0, resp, HSM_SUCCESS, NULL};
 		HSM_GUARD(one_exchange(c, &ep, target, body, sign, &x));
 		if (x.status != 0) {
 			*status = x.status;
