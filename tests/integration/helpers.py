@@ -9,6 +9,7 @@ import datetime
 import glob
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -76,7 +77,15 @@ def restart_dev(server):
     """Stops a dev node and starts a new one on the same data directory (new port)."""
     server.stop()
     env = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
-    return Hsmd(["--dev"], env=env, data_dir=server.data_dir)
+    new = Hsmd(["--dev"], env=env, data_dir=server.data_dir)
+    own_cleanup = new.cleanup
+
+    def cleanup():  # the data directory lives in the first node's temporary directory
+        own_cleanup()
+        server.cleanup()
+
+    new.cleanup = cleanup
+    return new
 
 
 # ---- audit trail --------------------------------------------------------------------------
@@ -151,6 +160,9 @@ class AwsCli:
             "AWS_MAX_ATTEMPTS": "1", "AWS_RETRY_MODE": "standard",
             "AWS_EC2_METADATA_DISABLED": "true", "HOME": self.dir,
         })
+
+    def close(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def path(self, name):
         return os.path.join(self.dir, name)

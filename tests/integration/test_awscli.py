@@ -11,7 +11,9 @@ from helpers import AWS_CLI, AwsCli, key_arn
 
 @pytest.fixture(scope="module")
 def cli(hsmd):
-    return AwsCli(hsmd)
+    c = AwsCli(hsmd)
+    yield c
+    c.close()
 
 
 def test_it_is_aws_cli_v2():
@@ -107,5 +109,9 @@ def test_errors_name_the_kms_exception(cli):
 
 
 def test_bad_credentials(hsmd):
-    p = AwsCli(hsmd, akid="AKIANOSUCHKEY0000000", secret="x" * 40).run("list-keys", check=False)
-    assert p.returncode != 0 and "UnrecognizedClientException" in p.stderr, p.stderr
+    stranger = AwsCli(hsmd, akid="AKIANOSUCHKEY0000000", secret="x" * 40)
+    try:
+        p = stranger.run("list-keys", check=False)
+        assert p.returncode != 0 and "UnrecognizedClientException" in p.stderr, p.stderr
+    finally:
+        stranger.close()
