@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from conftest import REGION
-from helpers import ACCOUNT, call_error, call_ok, key_arn, raises
+from conftest import REGION, client, start_dev
+from helpers import ACCOUNT, call_error, call_ok, key_arn, raises, restart_dev
 
 DAY = 86400
 
@@ -368,3 +368,27 @@ def test_keys_pending_deletion_are_still_listed(kms, hsmd):
     assert kid in [k["KeyId"] for k in kms.list_keys(Limit=1000)["Keys"]]
     out = call_ok(hsmd, "DescribeKey", {"KeyId": kid})
     assert out["KeyMetadata"]["KeyState"] == "PendingDeletion"
+
+
+def test_keys_survive_a_restart():
+    server = start_dev()
+    try:
+        kms = client(server)
+        kid = new_key(kms, Description="durable", Tags=[{"TagKey": "t", "TagValue": "v"}])
+        kms.create_alias(AliasName="alias/durable", TargetKeyId=kid)
+        blob = kms.encrypt(KeyId=kid, Plaintext=b"still here")["CiphertextBlob"]
+        sk = new_key(kms, KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")
+        sig = kms.sign(KeyId=sk, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")["Signature"]
+        kms.disable_key(KeyId=sk)
+        server = restart_dev(server)
+        kms = client(server)
+        m = kms.describe_key(KeyId="alias/durable")["KeyMetadata"]
+        assert (m["KeyId"], m["Description"]) == (kid, "durable")
+        assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"still here"
+        assert kms.list_resource_tags(KeyId=kid)["Tags"] == [{"TagKey": "t", "TagValue": "v"}]
+        assert kms.describe_key(KeyId=sk)["KeyMetadata"]["KeyState"] == "Disabled"
+        kms.enable_key(KeyId=sk)
+        assert kms.verify(KeyId=sk, Message=b"m", Signature=sig,
+                          SigningAlgorithm="ECDSA_SHA_256")["SignatureValid"]
+    finally:
+        server.cleanup()
