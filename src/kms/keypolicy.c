@@ -39,9 +39,8 @@ static hsm_result set_policy(hsm_key_record *rec, void *arg)
 	return HSM_SUCCESS;
 }
 
-/* KMS's lockout safety check: the caller must still be allowed to change the policy. */
-static hsm_result lockout_check(hsm_kms *kms, const hsm_caller *caller, const kms_key *k,
-                                const hsm_policy *next)
+hsm_result kms_lockout_check(hsm_kms *kms, const hsm_caller *caller, const char *key_arn,
+                             const hsm_policy *next)
 {
 	if (caller->local)
 		return HSM_SUCCESS;
@@ -53,7 +52,7 @@ static hsm_result lockout_check(hsm_kms *kms, const hsm_caller *caller, const km
 		    .principal_arn = (const char *)arn.data,
 		    .account_id = kms->account,
 		    .action = "kms:PutKeyPolicy",
-		    .resource = k->arn,
+		    .resource = key_arn,
 		};
 		if (hsm_policy_evaluate(next, &req, NULL) != HSM_POLICY_ALLOW)
 			r = HSM_FAIL(HSM_ERR_MALFORMED_POLICY,
@@ -75,7 +74,7 @@ hsm_result hsm_kms_put_policy(hsm_kms *kms, const hsm_caller *caller, const char
 	HSM_TRY(hsm_policy_parse(policy, strlen(policy), &parsed));
 	HSM_TRY(kms_lookup(kms, caller, HSM_OP_PutKeyPolicy, ref, NULL, &k));
 	if (!bypass)
-		HSM_TRY(lockout_check(kms, caller, k, parsed));
+		HSM_TRY(kms_lockout_check(kms, caller, k->arn, parsed));
 	HSM_TRY(kms_modify(kms, caller, HSM_OP_PutKeyPolicy, k->rec.key_id, set_policy,
 	                   (void *)(uintptr_t)policy, NULL, NULL));
 out:

@@ -211,11 +211,14 @@ hsm_result hsm_kms_resolve(hsm_kms *kms, const char *ref, char key_id[HSM_UUID_S
 {
 	const char *rest = NULL;
 	HSM_ENSURE(ref != NULL && *ref != '\0', HSM_ERR_VALIDATION, "KeyId is required");
-	bool is_arn = hsm_str_has_prefix(ref, "arn:");
+	bool is_arn = hsm_str_has_prefix(ref, "arn:"), is_key_arn = false;
 	HSM_GUARD(strip_arn(kms, ref, &rest));
-	if (is_arn && hsm_str_has_prefix(rest, "key/"))
+	if (is_arn && hsm_str_has_prefix(rest, "key/")) {
 		rest += 4;
-	if (hsm_str_has_prefix(rest, "alias/")) {
+		is_key_arn = true;
+	}
+	/* A key ARN's resource is "key/<id>", an alias ARN's "alias/<name>": nothing else. */
+	if (!is_key_arn && hsm_str_has_prefix(rest, "alias/")) {
 		hsm_alias_record a;
 		hsm_result r = hsm_store_alias_get(kms->store, rest, &a);
 		if (r.err == HSM_ERR_NOT_FOUND)
@@ -224,7 +227,7 @@ hsm_result hsm_kms_resolve(hsm_kms *kms, const char *ref, char key_id[HSM_UUID_S
 		memcpy(key_id, a.key_id, HSM_UUID_STRLEN + 1);
 		return HSM_SUCCESS;
 	}
-	HSM_ENSURE(hsm_is_uuid(rest) && (!is_arn || rest != ref), HSM_ERR_NOT_FOUND,
+	HSM_ENSURE(hsm_is_uuid(rest) && (!is_arn || is_key_arn), HSM_ERR_NOT_FOUND,
 	           "Invalid keyId '%.256s'", ref);
 	memcpy(key_id, rest, HSM_UUID_STRLEN + 1);
 	return HSM_SUCCESS;

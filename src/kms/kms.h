@@ -161,6 +161,7 @@ typedef struct hsm_create_key_req {
 	hsm_key_spec spec;
 	hsm_key_usage usage;
 	const char *policy;      /* NULL = the default key policy */
+	bool bypass_lockout_check; /* skip the policy lockout safety check for policy */
 	const hsm_tag *tags;
 	size_t n_tags;
 	uint32_t flags;          /* HSM_KEYFLAG_* */

@@ -82,6 +82,13 @@ hsm_result kms_modify(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const c
 void kms_used(const kms_key *k, uint32_t version, hsm_used_key *used);
 /* The keyref of a version of k. */
 hsm_ks_keyref kms_keyref(const kms_key *k, uint32_t version);
+/*
+ * KMS's policy lockout safety check (PutKeyPolicy and CreateKey,
+ * BypassPolicyLockoutSafetyCheck): the caller must still be allowed to
+ * change the policy of the key key_arn under the policy next.
+ */
+hsm_result kms_lockout_check(hsm_kms *kms, const hsm_caller *caller, const char *key_arn,
+                             const hsm_policy *next) HSM_MUST_CHECK;
 /* Validates an encryption context and appends its canonical form to out. */
 hsm_result kms_canonical_ctx(const hsm_enc_ctx *ctx, hsm_buf *out) HSM_MUST_CHECK;
 

@@ -140,12 +140,15 @@ hsm_result hsm_api_create_key(hsm_api_ctx *c)
 	hsm_result res = HSM_SUCCESS;
 	hsm_create_key_req req = {0};
 	hsm_tag *tags = NULL;
+	bool present;
 	hsm_key_record rec;
 	memset(&rec, 0, sizeof(rec));
 	HSM_TRY(refuse_unsupported(c));
 	HSM_TRY(read_spec_usage(c, &req));
 	HSM_TRY(hsm_json_str(c->req, "Description", false, 0, 8192, &req.description));
 	HSM_TRY(hsm_json_str(c->req, "Policy", false, 1, POLICY_MAX, &req.policy));
+	HSM_TRY(hsm_json_bool(c->req, "BypassPolicyLockoutSafetyCheck", &req.bypass_lockout_check,
+	                      &present));
 	HSM_TRY(hsm_json_tags(c->req, "Tags", &tags, &req.n_tags));
 	req.tags = tags;
 	HSM_TRY(hsm_kms_create_key(c->kms, c->caller, &req, &rec));

@@ -50,6 +50,8 @@ class Hsmd:
         full_env = dict(os.environ)
         full_env.update(env or {})
         cmd = [HSMD, "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.data_dir] + args
+        if not tls_ca and "--dev" not in args:
+            cmd.append("--allow-plaintext-loopback")  # production mode, plain HTTP on loopback
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
         self.wait_alive()
@@ -121,15 +123,17 @@ def kms(hsmd):
     return client(hsmd)
 
 
-def signed_call(server, target, body, akid=DEV_AKID, secret=DEV_SECRET, mutate=None):
-    """POSTs a JSON request signed by botocore's own SigV4 signer.
+def signed_request(server, target, body, akid=DEV_AKID, secret=DEV_SECRET, mutate=None,
+                   raw=None, send_path="/"):
+    """POSTs a request signed by botocore's own SigV4 signer; returns the requests.Response.
 
-    target is e.g. "TrentService.RotateKeyOnDemand" or "HsmdAdmin.CreateUser".
-    mutate(request) may change the signed request before it is sent.
-    Returns (status, parsed JSON body).
+    body is JSON-encoded unless raw (bytes, sent and signed as given) is set.
+    mutate(headers, payload) may change the signed request before it is sent
+    and returns the (headers, payload) to send.  The request is signed for
+    path "/" and sent to send_path (path and query).
     """
     import requests
-    data = json.dumps(body).encode()
+    data = raw if raw is not None else json.dumps(body).encode()
     req = botocore.awsrequest.AWSRequest(
         method="POST", url=server.endpoint + "/", data=data,
         headers={"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": target})
@@ -140,13 +144,26 @@ def signed_call(server, target, body, akid=DEV_AKID, secret=DEV_SECRET, mutate=N
     payload = prepared.body
     if mutate is not None:
         headers, payload = mutate(headers, payload)
-    r = requests.post(server.endpoint + "/", data=payload, headers=headers, timeout=30,
-                      verify=server.tls_ca if server.tls_ca else True)
+    return requests.post(server.endpoint + send_path, data=payload, headers=headers, timeout=30,
+                         verify=server.tls_ca if server.tls_ca else True)
+
+
+def parsed_body(r):
     try:
-        parsed = r.json()
+        return r.json()
     except ValueError:
-        parsed = {"raw": r.text}
-    return r.status_code, parsed
+        return {"raw": r.text}
+
+
+def signed_call(server, target, body, akid=DEV_AKID, secret=DEV_SECRET, mutate=None):
+    """POSTs a JSON request signed by botocore's own SigV4 signer.
+
+    target is e.g. "TrentService.RotateKeyOnDemand" or "HsmdAdmin.CreateUser".
+    mutate(headers, payload) may change the signed request before it is sent.
+    Returns (status, parsed JSON body).
+    """
+    r = signed_request(server, target, body, akid=akid, secret=secret, mutate=mutate)
+    return r.status_code, parsed_body(r)
 
 
 def unsigned_call(server, target, body):

@@ -1,0 +1,189 @@
+"""Helpers shared by the integration tests (not a test module itself).
+
+Assertions on KMS errors, the admin API, users with chosen roles, the audit
+trail, aws-cli, and restarting a dev node on the same data directory.
+"""
+import base64
+import contextlib
+import datetime
+import glob
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import types
+import unittest.mock
+
+import botocore.auth
+import botocore.exceptions
+import pytest
+
+from conftest import (DEV_AKID, DEV_SECRET, REGION, Hsmd, signed_call, signed_request,
+                      parsed_body)
+
+AWS_CLI = "/usr/bin/aws"
+ACCOUNT = "111122223333"
+
+
+def key_arn(key_id):
+    return f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{key_id}"
+
+
+def raises(code, fn, *args, status=None, message=None, **kwargs):
+    """Calls a boto3 method expecting the KMS error `code`; returns the error response."""
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        fn(*args, **kwargs)
+    resp = e.value.response
+    assert resp["Error"]["Code"] == code, resp
+    if status is not None:
+        assert resp["ResponseMetadata"]["HTTPStatusCode"] == status, resp
+    if message is not None:
+        assert message.lower() in resp["Error"]["Message"].lower(), resp
+    return resp
+
+
+def call_error(server, op, body, code, status=400, **kw):
+    """A signed TrentService call (for what boto3 would refuse to send) expecting `code`."""
+    st, out = signed_call(server, "TrentService." + op, body, **kw)
+    assert (st, out.get("__type")) == (status, code), (st, out)
+    return out
+
+
+def call_ok(server, op, body, **kw):
+    st, out = signed_call(server, "TrentService." + op, body, **kw)
+    assert st == 200, (st, out)
+    return out
+
+
+def admin(server, op, body=None, akid=DEV_AKID, secret=DEV_SECRET, expect=200):
+    """An HsmdAdmin.<op> call signed by botocore; asserts the HTTP status."""
+    st, out = signed_call(server, "HsmdAdmin." + op, body or {}, akid=akid, secret=secret)
+    assert st == expect, (op, st, out)
+    return out
+
+
+def new_user(server, name, roles):
+    """Creates a user with roles (as the dev officer) and an access key; returns (akid, secret)."""
+    admin(server, "CreateUser", {"UserName": name, "Roles": list(roles)})
+    k = admin(server, "CreateAccessKey", {"UserName": name})
+    assert k["UserName"] == name and k["AccessKeyId"].startswith("AKIA")
+    assert len(k["SecretAccessKey"]) == 40
+    return k["AccessKeyId"], k["SecretAccessKey"]
+
+
+def restart_dev(server):
+    """Stops a dev node and starts a new one on the same data directory (new port)."""
+    server.stop()
+    env = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
+    new = Hsmd(["--dev"], env=env, data_dir=server.data_dir)
+    own_cleanup = new.cleanup
+
+    def cleanup():  # the data directory lives in the first node's temporary directory
+        own_cleanup()
+        server.cleanup()
+
+    new.cleanup = cleanup
+    return new
+
+
+# ---- audit trail --------------------------------------------------------------------------
+
+def audit_records(data_dir):
+    recs = []
+    for path in sorted(glob.glob(os.path.join(data_dir, "audit", "*.jsonl"))):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    recs.append(json.loads(line))
+    return recs
+
+
+def audit_record(data_dir, request_id, timeout=5.0):
+    """The audit record of a request, waiting for the writer to flush it."""
+    deadline = time.time() + timeout
+    while True:
+        found = [r for r in audit_records(data_dir) if r.get("request_id") == request_id]
+        if found or time.time() > deadline:
+            break
+        time.sleep(0.05)
+    assert len(found) == 1, f"request {request_id}: {len(found)} audit records"
+    return found[0]
+
+
+def request_id(resp):
+    rid = resp.headers.get("x-amzn-RequestId")
+    assert rid, dict(resp.headers)
+    return rid
+
+
+# ---- signing at another time ----------------------------------------------------------------
+
+@contextlib.contextmanager
+def signing_clock(when):
+    """Makes botocore's SigV4 signer sign as if the UTC time were `when`."""
+    class Clock(datetime.datetime):
+        @classmethod
+        def utcnow(cls):
+            return when
+
+    fake = types.SimpleNamespace(**{k: getattr(datetime, k) for k in dir(datetime)
+                                    if not k.startswith("__")})
+    fake.datetime = Clock
+    with unittest.mock.patch.object(botocore.auth, "datetime", fake):
+        yield
+
+
+def signed_at(server, when, target, body, **kw):
+    with signing_clock(when):
+        return signed_request(server, target, body, **kw)
+
+
+# ---- aws-cli ------------------------------------------------------------------------------
+
+class AwsCli:
+    """Runs Debian's aws-cli v2 against a node, isolated from the machine's AWS config."""
+
+    def __init__(self, server, akid=DEV_AKID, secret=DEV_SECRET):
+        self.server = server
+        self.dir = tempfile.mkdtemp(prefix="hsmd-cli-")
+        config = os.path.join(self.dir, "config")
+        creds = os.path.join(self.dir, "credentials")
+        for p in (config, creds):
+            open(p, "w").close()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        self.env.update({
+            "AWS_ACCESS_KEY_ID": akid, "AWS_SECRET_ACCESS_KEY": secret,
+            "AWS_DEFAULT_REGION": REGION, "AWS_CONFIG_FILE": config,
+            "AWS_SHARED_CREDENTIALS_FILE": creds, "AWS_PAGER": "",
+            "AWS_MAX_ATTEMPTS": "1", "AWS_RETRY_MODE": "standard",
+            "AWS_EC2_METADATA_DISABLED": "true", "HOME": self.dir,
+        })
+
+    def close(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def run(self, *args, check=True):
+        cmd = [AWS_CLI, "kms"] + list(args) + ["--endpoint-url", self.server.endpoint,
+                                                "--output", "json"]
+        p = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=60)
+        if check:
+            assert p.returncode == 0, (cmd, p.returncode, p.stderr)
+        return p
+
+    def json(self, *args):
+        out = self.run(*args).stdout
+        return json.loads(out) if out.strip() else {}
+
+
+def b64(data):
+    return base64.b64encode(data).decode()
+
+
+__all__ = ["AWS_CLI", "ACCOUNT", "AwsCli", "admin", "audit_record", "audit_records", "b64",
+           "call_error", "call_ok", "key_arn", "new_user", "parsed_body", "raises",
+           "request_id", "restart_dev", "signed_at", "signing_clock"]

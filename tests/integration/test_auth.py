@@ -1,0 +1,320 @@
+"""SigV4 authentication of the KMS API, its audit trail and the lockout rule.
+
+Requests are signed by botocore's own signer (signed_request/signed_call in
+conftest.py) and then altered: every part the signature covers, changed by
+one byte, must be refused with 403 and audited with the same error.
+"""
+import datetime
+import time
+
+import boto3
+import botocore.exceptions
+import pytest
+import requests
+
+from conftest import DEV_AKID, DEV_SECRET, REGION, signed_request, start_dev, unsigned_call
+from helpers import admin, audit_record, new_user, parsed_body, request_id, restart_dev, signed_at
+
+TARGET = "TrentService.ListKeys"
+BODY = {"Limit": 5}
+USER = "sig-tester"
+
+
+@pytest.fixture(scope="module")
+def creds(hsmd):
+    return new_user(hsmd, USER, ["crypto-user", "auditor"])
+
+
+def swap_char(s, i):
+    """s with the character at i replaced by a different one of the same kind."""
+    c = s[i]
+    if c.isdigit():
+        r = "0" if c != "0" else "1"
+    elif c.isalpha():
+        r = "x" if c.lower() != "x" else "y"
+        r = r.upper() if c.isupper() else r
+    else:
+        r = "_" if c != "_" else "-"
+    return s[:i] + r + s[i + 1:]
+
+
+def hex_flip(sig, i):
+    """sig with hex digit i changed to another hex digit."""
+    return sig[:i] + format(int(sig[i], 16) ^ 1, "x") + sig[i + 1:]
+
+
+def header(name, fn):
+    def mutate(headers, payload):
+        headers = dict(headers)
+        headers[name] = fn(headers.get(name, ""))
+        return headers, payload
+    return mutate
+
+
+def auth_part(fn):
+    """Rewrites the Authorization value's Credential, SignedHeaders or Signature."""
+    def mutate(headers, payload):
+        headers = dict(headers)
+        alg, rest = headers["Authorization"].split(" ", 1)
+        parts = dict(p.strip().split("=", 1) for p in rest.split(","))
+        fn(parts)
+        headers["Authorization"] = alg + " " + ", ".join(f"{k}={v}" for k, v in parts.items())
+        return headers, payload
+    return mutate
+
+
+def scope(index, fn):
+    def change(parts):
+        c = parts["Credential"].split("/")
+        c[index] = fn(c[index])
+        parts["Credential"] = "/".join(c)
+    return auth_part(change)
+
+
+def drop(name):
+    def mutate(headers, payload):
+        return {k: v for k, v in headers.items() if k.lower() != name.lower()}, payload
+    return mutate
+
+
+def flip_body(headers, payload):
+    return headers, payload.replace(b"5", b"4")
+
+
+def refused(server, resp, code, akid=None, status=403, op="ListKeys"):
+    """Asserts the refusal and finds its audit record by the x-amzn-RequestId header."""
+    body = parsed_body(resp)
+    assert (resp.status_code, body.get("__type")) == (status, code), (resp.status_code, body)
+    assert body.get("message")
+    rec = audit_record(server.data_dir, request_id(resp))
+    assert rec["type"] == "request" and rec["op"] == op
+    assert rec["outcome"] == "denied" and rec["error"] == code, rec
+    if akid is not None:
+        assert rec["access_key"] == akid
+    assert "principal" not in rec  # nobody was authenticated
+    return rec
+
+
+def good_call(server, akid, secret):
+    r = signed_request(server, TARGET, BODY, akid=akid, secret=secret)
+    assert r.status_code == 200, r.text
+    rec = audit_record(server.data_dir, request_id(r))
+    assert rec["outcome"] == "success" and rec["access_key"] == akid
+    return r
+
+
+BAD_SIGNATURE = [
+    ("x-amz-target", header("X-Amz-Target", lambda v: swap_char(v, len(v) - 1))),
+    ("x-amz-target-other-op", header("X-Amz-Target", lambda v: "TrentService.ListAliases")),
+    ("content-type", header("Content-Type", lambda v: swap_char(v, len(v) - 1))),
+    ("host", header("Host", lambda v: "127.0.0.2" + v[len("127.0.0.1"):])),
+    ("x-amz-date-second", header("X-Amz-Date", lambda v: swap_char(v, 14))),
+    ("body", flip_body),
+    ("region", scope(2, lambda v: swap_char(v, len(v) - 1))),
+    ("service", scope(3, lambda v: swap_char(v, 2))),
+    ("scope-date", scope(1, lambda v: swap_char(v, 0))),
+    ("terminator", scope(4, lambda v: swap_char(v, len(v) - 1))),
+    ("signature", auth_part(lambda p: p.update(Signature=hex_flip(p["Signature"], 10)))),
+    ("signed-headers-without-target",
+     auth_part(lambda p: p.update(SignedHeaders="content-type;host;x-amz-date"))),
+    ("signed-headers-without-host",
+     auth_part(lambda p: p.update(SignedHeaders="content-type;x-amz-date;x-amz-target"))),
+]
+
+
+@pytest.mark.parametrize("what,mutate", BAD_SIGNATURE, ids=[w for w, _ in BAD_SIGNATURE])
+def test_changed_signed_part_is_refused(hsmd, creds, what, mutate):
+    akid, secret = creds
+    sent = {}
+
+    def record(headers, payload):
+        headers, payload = mutate(headers, payload)
+        sent.update(headers)
+        return headers, payload
+
+    r = signed_request(hsmd, TARGET, BODY, akid=akid, secret=secret, mutate=record)
+    # The record names the operation as requested.  A wrong scope terminator
+    # fails while the Authorization header is parsed, before the key id is read.
+    refused(hsmd, r, "InvalidSignatureException", None if what == "terminator" else akid,
+            op=sent["X-Amz-Target"].split(".", 1)[1])
+    good_call(hsmd, akid, secret)  # and resets the failure counter
+
+
+def test_changed_query_string_is_refused(hsmd, creds):
+    akid, secret = creds
+    r = signed_request(hsmd, TARGET, BODY, akid=akid, secret=secret, send_path="/?Action=x")
+    refused(hsmd, r, "InvalidSignatureException", akid)
+    good_call(hsmd, akid, secret)
+
+
+def test_other_path_is_not_an_api_endpoint(hsmd, creds):
+    akid, secret = creds
+    r = signed_request(hsmd, TARGET, BODY, akid=akid, secret=secret, send_path="/x")
+    assert r.status_code == 404 and r.json()["__type"] == "NotFoundException"
+
+
+@pytest.mark.parametrize("method,status", [("PUT", 405), ("DELETE", 405), ("GET", 404)])
+def test_only_post_reaches_the_api(hsmd, kms, method, status):
+    """KMS takes only POST /: the same signed request replayed with another method does
+    nothing."""
+    before = len(kms.list_keys(Limit=1000)["Keys"])
+    signed = signed_request(hsmd, "TrentService.CreateKey", {})
+    assert signed.status_code == 200
+    r = requests.request(method, hsmd.endpoint + "/", data=signed.request.body,
+                         headers=dict(signed.request.headers), timeout=10)
+    assert r.status_code == status
+    assert len(kms.list_keys(Limit=1000)["Keys"]) == before + 1  # only the POST made a key
+
+
+INCOMPLETE = [
+    ("signature-not-hex", auth_part(lambda p: p.update(Signature="Z" + p["Signature"][1:]))),
+    ("signature-short", auth_part(lambda p: p.update(Signature=p["Signature"][:-2]))),
+    ("no-signature", auth_part(lambda p: p.pop("Signature"))),
+    ("no-signed-headers", auth_part(lambda p: p.pop("SignedHeaders"))),
+    ("credential-parts", scope(4, lambda v: v + "/extra")),
+    ("signed-headers-unsorted",
+     auth_part(lambda p: p.update(SignedHeaders="host;content-type;x-amz-date;x-amz-target"))),
+    ("algorithm", header("Authorization", lambda v: v.replace("AWS4-HMAC-SHA256",
+                                                              "AWS4-HMAC-SHA512"))),
+    ("signed-header-missing", drop("Content-Type")),
+    ("no-date", drop("X-Amz-Date")),
+    ("bad-date", header("X-Amz-Date", lambda v: "yesterday")),
+]
+
+
+@pytest.mark.parametrize("what,mutate", INCOMPLETE, ids=[w for w, _ in INCOMPLETE])
+def test_malformed_authorization(hsmd, creds, what, mutate):
+    akid, secret = creds
+    r = signed_request(hsmd, TARGET, BODY, akid=akid, secret=secret, mutate=mutate)
+    refused(hsmd, r, "IncompleteSignatureException")
+    good_call(hsmd, akid, secret)
+
+
+def test_unsigned_request(hsmd):
+    st, body = unsigned_call(hsmd, TARGET, BODY)
+    assert (st, body["__type"]) == (403, "MissingAuthenticationTokenException")
+    r = signed_request(hsmd, TARGET, BODY, mutate=drop("Authorization"))
+    refused(hsmd, r, "MissingAuthenticationTokenException")
+
+
+def test_unknown_access_key(hsmd):
+    r = signed_request(hsmd, TARGET, BODY, akid="AKIAUNKNOWNUNKNOWN00", secret=DEV_SECRET)
+    refused(hsmd, r, "UnrecognizedClientException", "AKIAUNKNOWNUNKNOWN00")
+
+
+def test_wrong_secret(hsmd, creds):
+    akid, secret = creds
+    r = signed_request(hsmd, TARGET, BODY, akid=akid, secret=secret[:-1] + "A")
+    refused(hsmd, r, "InvalidSignatureException", akid)
+    good_call(hsmd, akid, secret)
+
+
+def test_revoked_access_key(hsmd):
+    akid, secret = new_user(hsmd, "revoked-user", ["crypto-user"])
+    good_call(hsmd, akid, secret)
+    admin(hsmd, "RevokeAccessKey", {"AccessKeyId": akid})
+    time.sleep(0.1)
+    r = signed_request(hsmd, TARGET, BODY, akid=akid, secret=secret)
+    refused(hsmd, r, "UnrecognizedClientException", akid)
+    keys = admin(hsmd, "ListAccessKeys", {"UserName": "revoked-user"})["AccessKeys"]
+    assert [(k["AccessKeyId"], k["Status"]) for k in keys] == [(akid, "Inactive")]
+
+
+@pytest.mark.parametrize("minutes", [-6, -30, 6, 60 * 24])
+def test_stale_or_future_request_time(hsmd, creds, minutes):
+    akid, secret = creds
+    when = datetime.datetime.utcnow() + datetime.timedelta(minutes=minutes)
+    r = signed_at(hsmd, when, TARGET, BODY, akid=akid, secret=secret)
+    refused(hsmd, r, "InvalidSignatureException", akid)
+
+
+@pytest.mark.parametrize("minutes", [-4, 4])
+def test_clock_skew_within_five_minutes_is_accepted(hsmd, creds, minutes):
+    akid, secret = creds
+    when = datetime.datetime.utcnow() + datetime.timedelta(minutes=minutes)
+    r = signed_at(hsmd, when, TARGET, BODY, akid=akid, secret=secret)
+    assert r.status_code == 200, r.text
+
+
+def test_region_is_checked_with_boto3(hsmd):
+    def kms_in(region):
+        return boto3.client("kms", region_name=region, endpoint_url=hsmd.endpoint,
+                            aws_access_key_id=DEV_AKID, aws_secret_access_key=DEV_SECRET)
+
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        kms_in("eu-west-1").list_keys()
+    assert e.value.response["Error"]["Code"] == "InvalidSignatureException"
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert "Keys" in kms_in(REGION).list_keys()
+
+
+# ---- Lockout --------------------------------------------------------------------------------
+
+BAD_SIG = auth_part(lambda p: p.update(Signature=hex_flip(p["Signature"], 0)))
+
+
+def users(server):
+    return {u["UserName"]: u for u in admin(server, "ListUsers")["Users"]}
+
+
+def bad(server, akid, secret, n):
+    for _ in range(n):
+        r = signed_request(server, TARGET, BODY, akid=akid, secret=secret, mutate=BAD_SIG)
+        refused(server, r, "InvalidSignatureException", akid)
+
+
+def test_lockout_after_five_bad_signatures_survives_restart():
+    server = start_dev()
+    try:
+        akid, secret = new_user(server, "lock-me", ["crypto-user"])
+        # Failures that are not consecutive do not lock.
+        bad(server, akid, secret, 4)
+        assert users(server)["lock-me"]["FailedAuthentications"] == 4
+        good_call(server, akid, secret)
+        assert users(server)["lock-me"]["FailedAuthentications"] == 0
+        # Three now, two after a restart: the counter is persistent.
+        bad(server, akid, secret, 3)
+        server = restart_dev(server)
+        u = users(server)["lock-me"]
+        assert (u["FailedAuthentications"], u["Locked"]) == (3, False)
+        bad(server, akid, secret, 2)
+        assert users(server)["lock-me"]["Locked"] is True
+        # The correct signature is refused now, and so audited.
+        r = signed_request(server, TARGET, BODY, akid=akid, secret=secret)
+        refused(server, r, "AccessDeniedException", akid)
+        assert "locked" in r.json()["message"]
+        # Still locked after a restart.
+        server = restart_dev(server)
+        r = signed_request(server, TARGET, BODY, akid=akid, secret=secret)
+        refused(server, r, "AccessDeniedException", akid)
+        # Other users are not affected; an officer unlocks.
+        admin(server, "UnlockUser", {"UserName": "lock-me"})
+        u = users(server)["lock-me"]
+        assert (u["Locked"], u["FailedAuthentications"]) == (False, 0)
+        good_call(server, akid, secret)
+        # Only a crypto-officer may unlock.
+        bad(server, akid, secret, 5)
+        admin(server, "UnlockUser", {"UserName": "lock-me"}, akid=akid, secret=secret, expect=403)
+        admin(server, "UnlockUser", {"UserName": "lock-me"})
+        good_call(server, akid, secret)
+        admin(server, "UnlockUser", {"UserName": "nobody"}, expect=400)
+    finally:
+        server.cleanup()
+
+
+def test_disabled_user_is_refused(hsmd):
+    akid, secret = new_user(hsmd, "to-disable", ["crypto-user"])
+    good_call(hsmd, akid, secret)
+    admin(hsmd, "DisableUser", {"UserName": "to-disable"})
+    r = signed_request(hsmd, TARGET, BODY, akid=akid, secret=secret)
+    refused(hsmd, r, "AccessDeniedException", akid)
+    assert "disabled" in r.json()["message"]
+    admin(hsmd, "EnableUser", {"UserName": "to-disable"})
+    good_call(hsmd, akid, secret)
+
+
+def test_unknown_keys_do_not_lock_anyone(hsmd):
+    for _ in range(6):
+        r = signed_request(hsmd, TARGET, BODY, akid="AKIAUNKNOWNUNKNOWN01", secret="x" * 40)
+        assert r.status_code == 403
+    good_call(hsmd, DEV_AKID, DEV_SECRET)

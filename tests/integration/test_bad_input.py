@@ -1,0 +1,167 @@
+"""Malformed requests, correctly signed by botocore: each gets a KMS-style
+error and changes nothing (DESIGN.md invariant 5)."""
+import json
+
+import pytest
+
+from conftest import signed_request
+from helpers import audit_record, parsed_body, request_id
+
+
+@pytest.fixture(scope="module")
+def key(kms):
+    return kms.create_key()["KeyMetadata"]["KeyId"]
+
+
+def state(kms):
+    keys = kms.list_keys(Limit=1000)["Keys"]
+    aliases = kms.list_aliases(Limit=100)["Aliases"]
+    return len(keys), len(aliases)
+
+
+def raw_call(server, op, data, target=None):
+    r = signed_request(server, target if target is not None else "TrentService." + op, None,
+                       raw=data)
+    return r.status_code, parsed_body(r), r
+
+
+def expect(server, kms, op, data, code, status=400, target=None):
+    before = state(kms)
+    st, out, r = raw_call(server, op, data, target)
+    assert (st, out.get("__type")) == (status, code), (st, out)
+    assert out.get("message"), out
+    assert state(kms) == before
+    assert server.get("/healthz")[0] == 200
+    return r
+
+
+MALFORMED_JSON = [b"{", b"{\"KeyId\": }", b"[]", b"\"text\"", b"42", b"null",
+                  b"{\"a\": 1} trailing", b"\xff\xfe{}", b"{\"Description\": \"\xc3\x28\"}",
+                  b"{\"Description\": \"a\", \"Description\": \"b\"}", b"[" * 5000 + b"]" * 5000,
+                  b"{\"Description\": \"ab\\u0000cd\"}"]
+
+
+@pytest.mark.parametrize("data", MALFORMED_JSON, ids=range(len(MALFORMED_JSON)))
+def test_malformed_json(hsmd, kms, data):
+    expect(hsmd, kms, "CreateKey", data, "SerializationException")
+
+
+WRONG_TYPES = [
+    ("CreateKey", {"Description": 5}),
+    ("CreateKey", {"KeySpec": ["RSA_2048"]}),
+    ("CreateKey", {"MultiRegion": "false"}),
+    ("CreateKey", {"Tags": {"TagKey": "a", "TagValue": "b"}}),
+    ("CreateKey", {"Tags": ["a"]}),
+    ("CreateKey", {"Tags": [{"TagKey": 1, "TagValue": "b"}]}),
+    ("Encrypt", {"KeyId": 123, "Plaintext": "YQ=="}),
+    ("Encrypt", {"KeyId": "{key}", "Plaintext": 5}),
+    ("Encrypt", {"KeyId": "{key}", "Plaintext": "YQ==", "EncryptionContext": "a=b"}),
+    ("Encrypt", {"KeyId": "{key}", "Plaintext": "YQ==", "EncryptionContext": {"a": 1}}),
+    ("Encrypt", {"KeyId": "{key}", "Plaintext": "YQ==", "EncryptionContext": {"a": None}}),
+    ("ListKeys", {"Limit": "10"}),
+    ("ListKeys", {"Limit": 1.5}),
+    ("ListKeys", {"Limit": True}),
+    ("GenerateDataKey", {"KeyId": "{key}", "NumberOfBytes": "32"}),
+    ("ScheduleKeyDeletion", {"KeyId": "{key}", "PendingWindowInDays": 7.0}),
+    ("UntagResource", {"KeyId": "{key}", "TagKeys": "a"}),
+    ("UntagResource", {"KeyId": "{key}", "TagKeys": [1]}),
+    ("PutKeyPolicy", {"KeyId": "{key}", "PolicyName": "default", "Policy": {"Statement": []}}),
+    ("PutKeyPolicy", {"KeyId": "{key}", "PolicyName": "default", "Policy": "{}",
+                      "BypassPolicyLockoutSafetyCheck": "yes"}),
+]
+
+
+@pytest.mark.parametrize("op,body", WRONG_TYPES, ids=[f"{o}-{i}" for i, (o, _) in
+                                                      enumerate(WRONG_TYPES)])
+def test_wrong_json_types(hsmd, kms, key, op, body):
+    data = json.dumps(body).replace("{key}", key).encode()
+    expect(hsmd, kms, op, data, "SerializationException")
+
+
+INVALID_BASE64 = ["!!!!", "YQ", "YQ=", "Y===", "YQ==YQ==", "YQ\u00e9=", "a b="]
+
+
+@pytest.mark.parametrize("blob", INVALID_BASE64)
+def test_invalid_base64(hsmd, kms, key, blob):
+    expect(hsmd, kms, "Encrypt", json.dumps({"KeyId": key, "Plaintext": blob}).encode(),
+           "SerializationException")
+    expect(hsmd, kms, "Decrypt", json.dumps({"CiphertextBlob": blob}).encode(),
+           "SerializationException")
+
+
+MISSING = [
+    ("Encrypt", {"Plaintext": "YQ=="}),
+    ("Encrypt", {"KeyId": "{key}"}),
+    ("Decrypt", {}),
+    ("DescribeKey", {}),
+    ("Sign", {"KeyId": "{key}", "Message": "YQ=="}),
+    ("Verify", {"KeyId": "{key}", "Message": "YQ==", "SigningAlgorithm": "ECDSA_SHA_256"}),
+    ("GenerateMac", {"KeyId": "{key}", "Message": "YQ=="}),
+    ("CreateAlias", {"AliasName": "alias/missing-target"}),
+    ("CreateAlias", {"TargetKeyId": "{key}"}),
+    ("TagResource", {"KeyId": "{key}"}),
+    ("UntagResource", {"KeyId": "{key}"}),
+    ("PutKeyPolicy", {"KeyId": "{key}", "PolicyName": "default"}),
+    ("GenerateDataKeyPair", {"KeyId": "{key}"}),
+    ("ReEncrypt", {"CiphertextBlob": "YQ=="}),
+    ("GenerateRandom", {}),
+    ("UpdateKeyDescription", {"KeyId": "{key}"}),
+    ("Encrypt", {"KeyId": None, "Plaintext": "YQ=="}),
+    ("Encrypt", {"KeyId": "", "Plaintext": "YQ=="}),
+]
+
+
+@pytest.mark.parametrize("op,body", MISSING, ids=[f"{o}-{i}" for i, (o, _) in
+                                                  enumerate(MISSING)])
+def test_missing_required_members(hsmd, kms, key, op, body):
+    data = json.dumps(body).replace("{key}", key).encode()
+    expect(hsmd, kms, op, data, "ValidationException")
+
+
+@pytest.mark.parametrize("target", ["TrentService.Frobnicate", "TrentService.CreateGrant",
+                                    "TrentService.ImportKeyMaterial", "TrentService.",
+                                    "TrentService.encrypt", "HsmdAdmin.Frobnicate"])
+def test_unknown_operation(hsmd, kms, target):
+    r = expect(hsmd, kms, None, b"{}", "UnknownOperationException", target=target)
+    rec = audit_record(hsmd.data_dir, request_id(r))
+    assert rec["outcome"] == "error" and rec["error"] == "UnknownOperationException"
+
+
+@pytest.mark.parametrize("target", ["Frobnicate", "KMS.ListKeys", ""])
+def test_target_without_a_known_service(hsmd, kms, target):
+    expect(hsmd, kms, None, b"{}", "UnknownOperationException", target=target)
+
+
+def test_oversized_body(hsmd, kms, key):
+    before = state(kms)
+    big = json.dumps({"Description": "x" * (1 << 20)}).encode()
+    st, _, _ = raw_call(hsmd, "CreateKey", big)
+    assert st == 413
+    # Just under the limit: parsed, then refused by the member's own limit.
+    near = json.dumps({"Description": "x" * ((1 << 20) - 100)}).encode()
+    st, out, _ = raw_call(hsmd, "CreateKey", near)
+    assert (st, out["__type"]) == (400, "ValidationException")
+    assert state(kms) == before
+    assert hsmd.get("/healthz")[0] == 200
+
+
+def test_empty_body_is_an_empty_request(hsmd, kms):
+    st, out, _ = raw_call(hsmd, "ListKeys", b"")
+    assert st == 200 and "Keys" in out
+    st, out, _ = raw_call(hsmd, "GenerateRandom", b"")
+    assert (st, out["__type"]) == (400, "ValidationException")
+
+
+def test_unknown_members_are_ignored(hsmd, kms, key):
+    # As in KMS's JSON protocol, members a newer SDK might send are ignored.
+    st, out, _ = raw_call(hsmd, "DescribeKey", json.dumps({"KeyId": key, "Future": 1}).encode())
+    assert st == 200 and out["KeyMetadata"]["KeyId"] == key
+
+
+def test_failures_are_audited(hsmd, kms, key):
+    st, out, r = raw_call(hsmd, "Encrypt", json.dumps({"KeyId": key, "Plaintext": "!!"}).encode())
+    assert st == 400
+    rec = audit_record(hsmd.data_dir, request_id(r))
+    assert (rec["op"], rec["outcome"], rec["error"]) == ("Encrypt", "error",
+                                                         "SerializationException")
+    assert rec["principal"].endswith(":user/dev")

@@ -1,0 +1,295 @@
+"""Aliases (CreateAlias, UpdateAlias, DeleteAlias, ListAliases), tags
+(TagResource, UntagResource, ListResourceTags) and key policies
+(GetKeyPolicy, PutKeyPolicy, ListKeyPolicies) with boto3."""
+import json
+import uuid
+
+import pytest
+
+from conftest import REGION
+from helpers import ACCOUNT, call_error, key_arn, raises
+
+DEV_ARN = f"arn:aws:iam::{ACCOUNT}:user/dev"
+
+
+def new_key(kms, **kw):
+    return kms.create_key(**kw)["KeyMetadata"]["KeyId"]
+
+
+def aliases_of(kms, kid=None):
+    kw = {"KeyId": kid} if kid else {}
+    return {a["AliasName"]: a for a in kms.list_aliases(Limit=100, **kw)["Aliases"]}
+
+
+# ---- Aliases --------------------------------------------------------------------------------
+
+def test_create_alias_and_use_it(kms):
+    kid = new_key(kms)
+    kms.create_alias(AliasName="alias/app/orders_v1-x:y", TargetKeyId=key_arn(kid))
+    a = aliases_of(kms)["alias/app/orders_v1-x:y"]
+    assert a["TargetKeyId"] == kid
+    assert a["AliasArn"] == f"arn:aws:kms:{REGION}:{ACCOUNT}:alias/app/orders_v1-x:y"
+    assert a["CreationDate"] and a["LastUpdatedDate"]
+    assert list(aliases_of(kms, kid)) == ["alias/app/orders_v1-x:y"]
+    blob = kms.encrypt(KeyId="alias/app/orders_v1-x:y", Plaintext=b"p")["CiphertextBlob"]
+    assert kms.decrypt(CiphertextBlob=blob)["KeyId"] == key_arn(kid)
+
+
+@pytest.mark.parametrize("name,code", [
+    ("orders", "InvalidAliasNameException"),          # no alias/ prefix
+    ("alias/", "InvalidAliasNameException"),          # no name
+    ("alias/aws/mine", "InvalidAliasNameException"),  # reserved for AWS managed keys
+    ("alias/has space", "ValidationException"),
+    ("alias/caf\u00e9", "ValidationException"),
+    ("alias/semi;colon", "ValidationException"),
+])
+def test_alias_naming_rules(kms, name, code):
+    kid = new_key(kms)
+    raises(code, kms.create_alias, AliasName=name, TargetKeyId=kid, status=400)
+    assert aliases_of(kms, kid) == {}
+
+
+def test_alias_length(kms, hsmd):
+    kid = new_key(kms)
+    longest = "alias/" + "a" * 250
+    kms.create_alias(AliasName=longest, TargetKeyId=kid)
+    call_error(hsmd, "CreateAlias", {"AliasName": longest + "b", "TargetKeyId": kid},
+               "ValidationException")
+    call_error(hsmd, "CreateAlias", {"AliasName": "alias/no-target"}, "ValidationException")
+
+
+def test_alias_duplicates_and_targets(kms):
+    k1, k2 = new_key(kms), new_key(kms)
+    kms.create_alias(AliasName="alias/dup", TargetKeyId=k1)
+    raises("AlreadyExistsException", kms.create_alias, AliasName="alias/dup", TargetKeyId=k2,
+           status=400)
+    raises("AlreadyExistsException", kms.create_alias, AliasName="alias/dup", TargetKeyId=k1)
+    # A key may have several aliases.
+    kms.create_alias(AliasName="alias/dup-2", TargetKeyId=k1)
+    assert sorted(aliases_of(kms, k1)) == ["alias/dup", "alias/dup-2"]
+    # The target must be a key id or key ARN of an existing key, not an alias.
+    raises("ValidationException", kms.create_alias, AliasName="alias/x1", TargetKeyId="alias/dup")
+    raises("NotFoundException", kms.create_alias, AliasName="alias/x2",
+           TargetKeyId=str(uuid.uuid4()))
+    assert "alias/x1" not in aliases_of(kms) and "alias/x2" not in aliases_of(kms)
+
+
+def test_update_alias(kms):
+    k1, k2 = new_key(kms), new_key(kms)
+    kms.create_alias(AliasName="alias/moving", TargetKeyId=k1)
+    kms.update_alias(AliasName="alias/moving", TargetKeyId=k2)
+    assert aliases_of(kms)["alias/moving"]["TargetKeyId"] == k2
+    assert kms.describe_key(KeyId="alias/moving")["KeyMetadata"]["KeyId"] == k2
+    # Only to a key of the same type and usage.
+    rsa_enc = new_key(kms, KeySpec="RSA_2048", KeyUsage="ENCRYPT_DECRYPT")
+    hmac = new_key(kms, KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")
+    ec_sign = new_key(kms, KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")
+    for other in (rsa_enc, hmac, ec_sign):
+        raises("ValidationException", kms.update_alias, AliasName="alias/moving",
+               TargetKeyId=other)
+    assert aliases_of(kms)["alias/moving"]["TargetKeyId"] == k2
+    raises("NotFoundException", kms.update_alias, AliasName="alias/never-made", TargetKeyId=k1)
+    raises("NotFoundException", kms.update_alias, AliasName="alias/moving",
+           TargetKeyId=str(uuid.uuid4()))
+    raises("InvalidAliasNameException", kms.update_alias, AliasName="alias/aws/x",
+           TargetKeyId=k1)
+
+
+def test_delete_alias(kms):
+    kid = new_key(kms)
+    kms.create_alias(AliasName="alias/short-lived", TargetKeyId=kid)
+    kms.delete_alias(AliasName="alias/short-lived")
+    assert "alias/short-lived" not in aliases_of(kms)
+    raises("NotFoundException", kms.describe_key, KeyId="alias/short-lived")
+    raises("NotFoundException", kms.delete_alias, AliasName="alias/short-lived")
+    # The key is untouched, and the name can be used again.
+    assert kms.describe_key(KeyId=kid)["KeyMetadata"]["KeyState"] == "Enabled"
+    kms.create_alias(AliasName="alias/short-lived", TargetKeyId=kid)
+
+
+def test_list_aliases_pagination(kms):
+    kid = new_key(kms)
+    for i in range(5):
+        kms.create_alias(AliasName=f"alias/page-{i}", TargetKeyId=kid)
+    full = kms.list_aliases(Limit=100)
+    assert full["Truncated"] is False
+    names = [a["AliasName"] for a in full["Aliases"]]
+    assert names == sorted(names) and len(names) >= 5
+    got, marker = [], None
+    while True:
+        kw = {"Limit": 2} if marker is None else {"Limit": 2, "Marker": marker}
+        page = kms.list_aliases(**kw)
+        assert 1 <= len(page["Aliases"]) <= 2
+        got += [a["AliasName"] for a in page["Aliases"]]
+        if not page["Truncated"]:
+            break
+        marker = page["NextMarker"]
+    assert got == names
+    assert [a["AliasName"] for a in kms.list_aliases(KeyId=kid)["Aliases"]] == [
+        f"alias/page-{i}" for i in range(5)]
+    raises("InvalidMarkerException", kms.list_aliases, Marker="bogus")
+    raises("NotFoundException", kms.list_aliases, KeyId=str(uuid.uuid4()))
+
+
+# ---- Tags -----------------------------------------------------------------------------------
+
+def tags_of(kms, kid):
+    return {t["TagKey"]: t["TagValue"] for t in kms.list_resource_tags(KeyId=kid)["Tags"]}
+
+
+def test_tag_untag_list(kms):
+    kid = new_key(kms)
+    assert kms.list_resource_tags(KeyId=kid)["Tags"] == []
+    kms.tag_resource(KeyId=kid, Tags=[{"TagKey": "env", "TagValue": "prod"},
+                                      {"TagKey": "owner", "TagValue": "team a"},
+                                      {"TagKey": "empty", "TagValue": ""}])
+    assert tags_of(kms, kid) == {"env": "prod", "owner": "team a", "empty": ""}
+    kms.tag_resource(KeyId=key_arn(kid), Tags=[{"TagKey": "env", "TagValue": "staging"}])
+    assert tags_of(kms, kid)["env"] == "staging"
+    kms.untag_resource(KeyId=kid, TagKeys=["owner", "not-there"])
+    assert tags_of(kms, kid) == {"env": "staging", "empty": ""}
+    kms.create_alias(AliasName="alias/tagged", TargetKeyId=kid)
+    assert tags_of(kms, "alias/tagged") == {"env": "staging", "empty": ""}
+
+
+def test_tag_limits(kms, hsmd):
+    kid = new_key(kms)
+    kms.tag_resource(KeyId=kid, Tags=[{"TagKey": f"k{i:02}", "TagValue": "v"} for i in range(50)])
+    assert len(tags_of(kms, kid)) == 50
+    raises("TagException", kms.tag_resource, KeyId=kid, Tags=[{"TagKey": "k50", "TagValue": "v"}],
+           status=400)
+    # Changing an existing tag's value is still allowed at the limit.
+    kms.tag_resource(KeyId=kid, Tags=[{"TagKey": "k00", "TagValue": "changed"}])
+    assert len(tags_of(kms, kid)) == 50 and tags_of(kms, kid)["k00"] == "changed"
+    # Pagination over 50 tags.
+    page = kms.list_resource_tags(KeyId=kid, Limit=20)
+    assert len(page["Tags"]) == 20 and page["Truncated"] is True
+    rest = kms.list_resource_tags(KeyId=kid, Limit=50, Marker=page["NextMarker"])
+    assert len(rest["Tags"]) == 30 and rest["Truncated"] is False
+    assert {t["TagKey"] for t in page["Tags"] + rest["Tags"]} == set(tags_of(kms, kid))
+
+    other = new_key(kms)
+    raises("TagException", kms.tag_resource, KeyId=other,
+           Tags=[{"TagKey": "aws:created-by", "TagValue": "me"}])
+    raises("TagException", kms.tag_resource, KeyId=other,
+           Tags=[{"TagKey": f"t{i}", "TagValue": "v"} for i in range(51)])
+    call_error(hsmd, "TagResource", {"KeyId": other, "Tags": [{"TagKey": "k" * 129,
+                                                               "TagValue": "v"}]},
+               "ValidationException")
+    call_error(hsmd, "TagResource", {"KeyId": other, "Tags": [{"TagKey": "k",
+                                                               "TagValue": "v" * 257}]},
+               "ValidationException")
+    call_error(hsmd, "TagResource", {"KeyId": other, "Tags": []}, "ValidationException")
+    call_error(hsmd, "UntagResource", {"KeyId": other, "TagKeys": []}, "ValidationException")
+    assert tags_of(kms, other) == {}
+    # Exactly the longest key and value are accepted.
+    kms.tag_resource(KeyId=other, Tags=[{"TagKey": "k" * 128, "TagValue": "v" * 256}])
+    assert tags_of(kms, other) == {"k" * 128: "v" * 256}
+
+
+def test_tags_of_unknown_key(kms):
+    ghost = str(uuid.uuid4())
+    raises("NotFoundException", kms.tag_resource, KeyId=ghost,
+           Tags=[{"TagKey": "a", "TagValue": "b"}])
+    raises("NotFoundException", kms.list_resource_tags, KeyId=ghost)
+    raises("NotFoundException", kms.untag_resource, KeyId=ghost, TagKeys=["a"])
+
+
+# ---- Key policies ---------------------------------------------------------------------------
+
+def policy(*statements):
+    return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
+
+
+ADMIN = {"Sid": "Admin", "Effect": "Allow", "Principal": {"AWS": DEV_ARN}, "Action": "kms:*",
+         "Resource": "*"}
+
+
+def test_get_and_list_key_policies(kms):
+    kid = new_key(kms)
+    r = kms.get_key_policy(KeyId=kid, PolicyName="default")
+    doc = json.loads(r["Policy"])
+    assert doc["Version"] == "2012-10-17" and doc["Statement"]
+    names = kms.list_key_policies(KeyId=kid)
+    assert (names["PolicyNames"], names["Truncated"]) == (["default"], False)
+    raises("NotFoundException", kms.get_key_policy, KeyId=kid, PolicyName="other")
+    raises("NotFoundException", kms.get_key_policy, KeyId=str(uuid.uuid4()), PolicyName="default")
+    raises("NotFoundException", kms.list_key_policies, KeyId=str(uuid.uuid4()))
+
+
+def test_put_key_policy(kms):
+    kid = new_key(kms)
+    p = policy(ADMIN, {"Sid": "ReadOnly", "Effect": "Allow",
+                       "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/reader"},
+                       "Action": ["kms:Describe*", "kms:Get*"], "Resource": "*"})
+    kms.put_key_policy(KeyId=kid, PolicyName="default", Policy=p)
+    assert kms.get_key_policy(KeyId=kid, PolicyName="default")["Policy"] == p
+    raises("NotFoundException", kms.put_key_policy, KeyId=kid, PolicyName="custom", Policy=p)
+    # The caller is still allowed by the new policy.
+    kms.encrypt(KeyId=kid, Plaintext=b"x")
+
+
+@pytest.mark.parametrize("doc", [
+    "not json",
+    "[]",
+    json.dumps({"Version": "2012-10-17"}),
+    json.dumps({"Version": "2012-10-17", "Statement": []}),
+    json.dumps({"Version": "1999-01-01", "Statement": [ADMIN]}),
+    policy(dict(ADMIN, Effect="Maybe")),
+    policy({k: v for k, v in ADMIN.items() if k != "Action"}),
+    policy({k: v for k, v in ADMIN.items() if k != "Principal"}),
+    policy(dict(ADMIN, Condition={"NumericLessThan": {"kms:GrantCount": "1"}})),
+    policy(dict(ADMIN, Condition={"StringEquals": {"kms:NoSuchConditionKey": "x"}})),
+    policy(ADMIN, dict(ADMIN)),  # duplicate Sid
+])
+def test_malformed_policies(kms, doc):
+    kid = new_key(kms)
+    before = kms.get_key_policy(KeyId=kid, PolicyName="default")["Policy"]
+    raises("MalformedPolicyDocumentException", kms.put_key_policy, KeyId=kid, PolicyName="default",
+           Policy=doc, status=400)
+    assert kms.get_key_policy(KeyId=kid, PolicyName="default")["Policy"] == before
+
+
+def test_policy_size_limit(kms, hsmd):
+    kid = new_key(kms)
+    big = policy(dict(ADMIN, Sid="x" * 33000))
+    call_error(hsmd, "PutKeyPolicy", {"KeyId": kid, "PolicyName": "default", "Policy": big},
+               "ValidationException")
+
+
+def test_policy_lockout_safety_check(kms):
+    kid = new_key(kms)
+    before = kms.get_key_policy(KeyId=kid, PolicyName="default")["Policy"]
+    lockout = policy({"Sid": "OnlyBob", "Effect": "Allow",
+                      "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/bob"},
+                      "Action": "kms:*", "Resource": "*"})
+    raises("MalformedPolicyDocumentException", kms.put_key_policy, KeyId=kid,
+           PolicyName="default", Policy=lockout)
+    # A policy that lets the caller do anything but change the policy is refused too.
+    no_put = policy(ADMIN, {"Sid": "NoPut", "Effect": "Deny", "Principal": {"AWS": DEV_ARN},
+                            "Action": "kms:PutKeyPolicy", "Resource": "*"})
+    raises("MalformedPolicyDocumentException", kms.put_key_policy, KeyId=kid,
+           PolicyName="default", Policy=no_put)
+    assert kms.get_key_policy(KeyId=kid, PolicyName="default")["Policy"] == before
+    # The check can be bypassed; then the caller has locked itself out of the key.
+    kms.put_key_policy(KeyId=kid, PolicyName="default", Policy=lockout,
+                       BypassPolicyLockoutSafetyCheck=True)
+    raises("AccessDeniedException", kms.put_key_policy, KeyId=kid, PolicyName="default",
+           Policy=before, BypassPolicyLockoutSafetyCheck=True)
+    raises("AccessDeniedException", kms.encrypt, KeyId=kid, Plaintext=b"x")
+    raises("AccessDeniedException", kms.get_key_policy, KeyId=kid, PolicyName="default")
+    raises("AccessDeniedException", kms.describe_key, KeyId=kid)
+
+
+def test_create_key_policy_lockout_safety_check(kms):
+    n = len(kms.list_keys(Limit=1000)["Keys"])
+    lockout = policy({"Sid": "OnlyBob", "Effect": "Allow",
+                      "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/bob"},
+                      "Action": "kms:*", "Resource": "*"})
+    raises("MalformedPolicyDocumentException", kms.create_key, Policy=lockout, status=400)
+    assert len(kms.list_keys(Limit=1000)["Keys"]) == n
+    kid = kms.create_key(Policy=lockout, BypassPolicyLockoutSafetyCheck=True)["KeyMetadata"][
+        "KeyId"]
+    raises("AccessDeniedException", kms.describe_key, KeyId=kid)
+    # A policy naming the caller passes the check.
+    kms.create_key(Policy=policy(ADMIN))

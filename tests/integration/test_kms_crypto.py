@@ -1,0 +1,358 @@
+"""Encrypt, Decrypt, ReEncrypt, GenerateDataKey(WithoutPlaintext),
+GenerateDataKeyPair(WithoutPlaintext) and GenerateRandom with boto3; RSA and
+data keys are checked for interoperability with the `cryptography` package."""
+import glob
+import os
+import uuid
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from helpers import admin, audit_record, b64, call_error, call_ok, key_arn, raises
+
+HEADER = 33     # version(1) key id(16) key version(4) IV(12)
+TAG = 16
+
+
+@pytest.fixture(scope="module")
+def sym(kms):
+    return kms.create_key(Description="crypto")["KeyMetadata"]["KeyId"]
+
+
+@pytest.fixture(scope="module")
+def sym2(kms):
+    return kms.create_key()["KeyMetadata"]["KeyId"]
+
+
+@pytest.fixture(scope="module")
+def rsa2048(kms):
+    return kms.create_key(KeySpec="RSA_2048", KeyUsage="ENCRYPT_DECRYPT")["KeyMetadata"]["KeyId"]
+
+
+@pytest.fixture(scope="module")
+def rsa4096(kms):
+    return kms.create_key(KeySpec="RSA_4096", KeyUsage="ENCRYPT_DECRYPT")["KeyMetadata"]["KeyId"]
+
+
+def oaep(alg):
+    h = hashes.SHA1() if alg == "RSAES_OAEP_SHA_1" else hashes.SHA256()
+    return padding.OAEP(mgf=padding.MGF1(algorithm=h), algorithm=h, label=None)
+
+
+def public_key(kms, kid):
+    return serialization.load_der_public_key(kms.get_public_key(KeyId=kid)["PublicKey"])
+
+
+def flip(blob, i):
+    b = bytearray(blob)
+    b[i] ^= 0x01
+    return bytes(b)
+
+
+# ---- symmetric Encrypt / Decrypt ----------------------------------------------------------
+
+def test_encrypt_decrypt_round_trip(kms, sym):
+    for pt in (b"\x00", b"hello", os.urandom(4096)):
+        r = kms.encrypt(KeyId=sym, Plaintext=pt)
+        assert r["KeyId"] == key_arn(sym)
+        assert r["EncryptionAlgorithm"] == "SYMMETRIC_DEFAULT"
+        blob = r["CiphertextBlob"]
+        assert len(blob) == HEADER + len(pt) + TAG
+        assert pt not in blob or len(pt) < 8
+        d = kms.decrypt(CiphertextBlob=blob)  # no KeyId needed for symmetric blobs
+        assert (d["Plaintext"], d["KeyId"], d["EncryptionAlgorithm"]) == (
+            pt, key_arn(sym), "SYMMETRIC_DEFAULT")
+    # Two encryptions of the same plaintext differ (fresh IV).
+    assert kms.encrypt(KeyId=sym, Plaintext=b"same")["CiphertextBlob"] != \
+        kms.encrypt(KeyId=sym, Plaintext=b"same")["CiphertextBlob"]
+
+
+def test_encrypt_by_alias_and_decrypt_naming_the_key(kms, sym):
+    kms.create_alias(AliasName="alias/crypto-main", TargetKeyId=sym)
+    blob = kms.encrypt(KeyId="alias/crypto-main", Plaintext=b"p")["CiphertextBlob"]
+    for ref in (sym, key_arn(sym), "alias/crypto-main"):
+        assert kms.decrypt(CiphertextBlob=blob, KeyId=ref)["Plaintext"] == b"p"
+
+
+def test_encryption_context(kms, sym):
+    ctx = {"app": "billing", "tenant": "42", "\u00e9t\u00e9": "\u00fc"}
+    blob = kms.encrypt(KeyId=sym, Plaintext=b"secret", EncryptionContext=ctx)["CiphertextBlob"]
+    # The order of the pairs does not matter.
+    rev = dict(reversed(list(ctx.items())))
+    assert kms.decrypt(CiphertextBlob=blob, EncryptionContext=rev)["Plaintext"] == b"secret"
+    bad = [None, {}, {"app": "billing"}, dict(ctx, tenant="43"), dict(ctx, extra="x"),
+           {"APP": "billing", "tenant": "42", "\u00e9t\u00e9": "\u00fc"}]
+    for c in bad:
+        kw = {} if c is None else {"EncryptionContext": c}
+        raises("InvalidCiphertextException", kms.decrypt, CiphertextBlob=blob, status=400, **kw)
+    # A blob made without context does not open with one.
+    plain = kms.encrypt(KeyId=sym, Plaintext=b"x")["CiphertextBlob"]
+    raises("InvalidCiphertextException", kms.decrypt, CiphertextBlob=plain,
+           EncryptionContext={"a": "b"})
+
+
+def test_encryption_context_validation(kms, sym):
+    raises("ValidationException", kms.encrypt, KeyId=sym, Plaintext=b"x",
+           EncryptionContext={"": "empty key"})
+    raises("ValidationException", kms.encrypt, KeyId=sym, Plaintext=b"x",
+           EncryptionContext={"k": "v" * 8192})
+
+
+@pytest.mark.parametrize("where,offsets", [
+    ("format-version", [0]),
+    ("key-id", [1, 8, 16]),
+    ("key-version", [17, 20]),
+    ("iv", [21, 32]),
+    ("ciphertext", [HEADER, HEADER + 5]),
+    ("tag", [-16, -1]),
+])
+def test_tampered_blob_is_refused(kms, sym, where, offsets):
+    blob = kms.encrypt(KeyId=sym, Plaintext=b"0123456789", EncryptionContext={"a": "b"})[
+        "CiphertextBlob"]
+    for i in offsets:
+        for kw in ({}, {"KeyId": sym}):
+            raises("InvalidCiphertextException", kms.decrypt, CiphertextBlob=flip(blob, i),
+                   EncryptionContext={"a": "b"}, **kw)
+    assert kms.decrypt(CiphertextBlob=blob, EncryptionContext={"a": "b"})["Plaintext"] == \
+        b"0123456789"
+
+
+def test_malformed_blobs(kms, sym):
+    blob = kms.encrypt(KeyId=sym, Plaintext=b"abc")["CiphertextBlob"]
+    for bad in (blob[:HEADER], blob[:-1], blob + b"\x00", b"\x01", os.urandom(64),
+                b"\x01" + uuid.uuid4().bytes + blob[17:]):
+        raises("InvalidCiphertextException", kms.decrypt, CiphertextBlob=bad)
+
+
+def test_ciphertext_of_another_key(kms, sym, sym2):
+    blob = kms.encrypt(KeyId=sym, Plaintext=b"abc")["CiphertextBlob"]
+    raises("IncorrectKeyException", kms.decrypt, CiphertextBlob=blob, KeyId=sym2, status=400)
+    raises("IncorrectKeyException", kms.decrypt, CiphertextBlob=blob, KeyId=key_arn(sym2))
+    raises("NotFoundException", kms.decrypt, CiphertextBlob=blob, KeyId="alias/crypto-missing")
+    # A well-formed id of no key did not encrypt it either.
+    raises("IncorrectKeyException", kms.decrypt, CiphertextBlob=blob, KeyId=str(uuid.uuid4()))
+
+
+def test_plaintext_size_limits(kms, hsmd, sym):
+    assert len(kms.encrypt(KeyId=sym, Plaintext=b"x" * 4096)["CiphertextBlob"]) == \
+        HEADER + 4096 + TAG
+    raises("ValidationException", kms.encrypt, KeyId=sym, Plaintext=b"x" * 4097, status=400)
+    call_error(hsmd, "Encrypt", {"KeyId": sym, "Plaintext": ""}, "ValidationException")
+
+
+def test_encrypt_with_keys_of_other_usages(kms, sym, rsa2048):
+    sign = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    mac = kms.create_key(KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")["KeyMetadata"][
+        "KeyId"]
+    for kid in (sign, mac):
+        raises("InvalidKeyUsageException", kms.encrypt, KeyId=kid, Plaintext=b"x", status=400)
+        raises("InvalidKeyUsageException", kms.generate_data_key, KeyId=kid, KeySpec="AES_256")
+    # RSA keys need an RSAES algorithm; symmetric keys refuse one.
+    raises("InvalidKeyUsageException", kms.encrypt, KeyId=rsa2048, Plaintext=b"x")
+    raises("InvalidKeyUsageException", kms.encrypt, KeyId=sym, Plaintext=b"x",
+           EncryptionAlgorithm="RSAES_OAEP_SHA_256")
+    raises("ValidationException", kms.encrypt, KeyId=sym, Plaintext=b"x",
+           EncryptionAlgorithm="AES_GCM")
+
+
+# ---- RSA ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("alg,limit2048,limit4096", [
+    ("RSAES_OAEP_SHA_1", 214, 470), ("RSAES_OAEP_SHA_256", 190, 446)])
+def test_rsa_oaep(kms, rsa2048, rsa4096, alg, limit2048, limit4096):
+    for kid, limit, bits in ((rsa2048, limit2048, 2048), (rsa4096, limit4096, 4096)):
+        pub = public_key(kms, kid)
+        assert isinstance(pub, rsa.RSAPublicKey) and pub.key_size == bits
+        pt = os.urandom(limit)
+        r = kms.encrypt(KeyId=kid, Plaintext=pt, EncryptionAlgorithm=alg)
+        assert (r["EncryptionAlgorithm"], len(r["CiphertextBlob"])) == (alg, bits // 8)
+        d = kms.decrypt(CiphertextBlob=r["CiphertextBlob"], KeyId=kid, EncryptionAlgorithm=alg)
+        assert (d["Plaintext"], d["EncryptionAlgorithm"], d["KeyId"]) == (pt, alg, key_arn(kid))
+        raises("ValidationException", kms.encrypt, KeyId=kid, Plaintext=pt + b"x",
+               EncryptionAlgorithm=alg)
+        # Interoperability: encrypt locally with the public key, decrypt in hsmd.
+        local = pub.encrypt(pt, oaep(alg))
+        assert kms.decrypt(CiphertextBlob=local, KeyId=kid, EncryptionAlgorithm=alg)[
+            "Plaintext"] == pt
+
+
+def test_rsa_decrypt_errors(kms, rsa2048, hsmd):
+    ct = kms.encrypt(KeyId=rsa2048, Plaintext=b"rsa", EncryptionAlgorithm="RSAES_OAEP_SHA_256")[
+        "CiphertextBlob"]
+    raises("InvalidCiphertextException", kms.decrypt, CiphertextBlob=ct, KeyId=rsa2048,
+           EncryptionAlgorithm="RSAES_OAEP_SHA_1")
+    raises("InvalidCiphertextException", kms.decrypt, CiphertextBlob=flip(ct, 100),
+           KeyId=rsa2048, EncryptionAlgorithm="RSAES_OAEP_SHA_256")
+    # RSA ciphertexts do not name their key: KeyId is required.
+    raises("ValidationException", kms.decrypt, CiphertextBlob=ct,
+           EncryptionAlgorithm="RSAES_OAEP_SHA_256")
+    # Without an algorithm the ciphertext is read as a symmetric blob, which it is not.
+    raises("InvalidCiphertextException", kms.decrypt, CiphertextBlob=ct)
+    raises("InvalidCiphertextException", kms.decrypt, CiphertextBlob=ct, KeyId=rsa2048)
+    # Encryption context is for symmetric keys only.
+    raises("ValidationException", kms.encrypt, KeyId=rsa2048, Plaintext=b"x",
+           EncryptionAlgorithm="RSAES_OAEP_SHA_256", EncryptionContext={"a": "b"})
+
+
+# ---- ReEncrypt ----------------------------------------------------------------------------
+
+def test_reencrypt_symmetric(kms, sym, sym2):
+    blob = kms.encrypt(KeyId=sym, Plaintext=b"move me", EncryptionContext={"a": "1"})[
+        "CiphertextBlob"]
+    r = kms.re_encrypt(CiphertextBlob=blob, SourceEncryptionContext={"a": "1"},
+                       DestinationKeyId=sym2, DestinationEncryptionContext={"b": "2"})
+    assert r["SourceKeyId"] == key_arn(sym) and r["KeyId"] == key_arn(sym2)
+    assert r["SourceEncryptionAlgorithm"] == r["DestinationEncryptionAlgorithm"] == \
+        "SYMMETRIC_DEFAULT"
+    d = kms.decrypt(CiphertextBlob=r["CiphertextBlob"], EncryptionContext={"b": "2"})
+    assert (d["Plaintext"], d["KeyId"]) == (b"move me", key_arn(sym2))
+    raises("InvalidCiphertextException", kms.decrypt, CiphertextBlob=r["CiphertextBlob"],
+           EncryptionContext={"a": "1"})
+    # Same key, new context only.
+    r2 = kms.re_encrypt(CiphertextBlob=blob, SourceEncryptionContext={"a": "1"},
+                        DestinationKeyId=sym)
+    assert kms.decrypt(CiphertextBlob=r2["CiphertextBlob"])["Plaintext"] == b"move me"
+    # Wrong source context, wrong SourceKeyId.
+    raises("InvalidCiphertextException", kms.re_encrypt, CiphertextBlob=blob,
+           DestinationKeyId=sym2)
+    raises("IncorrectKeyException", kms.re_encrypt, CiphertextBlob=blob, SourceKeyId=sym2,
+           SourceEncryptionContext={"a": "1"}, DestinationKeyId=sym2)
+    raises("NotFoundException", kms.re_encrypt, CiphertextBlob=blob,
+           SourceEncryptionContext={"a": "1"}, DestinationKeyId=str(uuid.uuid4()))
+
+
+def test_reencrypt_with_rsa(kms, sym, rsa2048):
+    ct = kms.encrypt(KeyId=rsa2048, Plaintext=b"from rsa",
+                     EncryptionAlgorithm="RSAES_OAEP_SHA_1")["CiphertextBlob"]
+    r = kms.re_encrypt(CiphertextBlob=ct, SourceKeyId=rsa2048,
+                       SourceEncryptionAlgorithm="RSAES_OAEP_SHA_1", DestinationKeyId=sym)
+    assert r["SourceEncryptionAlgorithm"] == "RSAES_OAEP_SHA_1"
+    assert r["SourceKeyId"] == key_arn(rsa2048)
+    assert kms.decrypt(CiphertextBlob=r["CiphertextBlob"])["Plaintext"] == b"from rsa"
+    # And back to RSA.
+    back = kms.re_encrypt(CiphertextBlob=r["CiphertextBlob"], DestinationKeyId=rsa2048,
+                          DestinationEncryptionAlgorithm="RSAES_OAEP_SHA_256")
+    assert back["DestinationEncryptionAlgorithm"] == "RSAES_OAEP_SHA_256"
+    assert kms.decrypt(CiphertextBlob=back["CiphertextBlob"], KeyId=rsa2048,
+                       EncryptionAlgorithm="RSAES_OAEP_SHA_256")["Plaintext"] == b"from rsa"
+    raises("ValidationException", kms.re_encrypt, CiphertextBlob=ct,
+           SourceEncryptionAlgorithm="RSAES_OAEP_SHA_1", DestinationKeyId=sym)
+
+
+# ---- Data keys ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw,n", [({"KeySpec": "AES_256"}, 32), ({"KeySpec": "AES_128"}, 16),
+                                  ({"NumberOfBytes": 1}, 1), ({"NumberOfBytes": 64}, 64),
+                                  ({"NumberOfBytes": 1024}, 1024)])
+def test_generate_data_key_sizes(kms, sym, kw, n):
+    r = kms.generate_data_key(KeyId=sym, **kw)
+    assert len(r["Plaintext"]) == n and r["KeyId"] == key_arn(sym)
+    assert kms.decrypt(CiphertextBlob=r["CiphertextBlob"])["Plaintext"] == r["Plaintext"]
+    w = kms.generate_data_key_without_plaintext(KeyId=sym, **kw)
+    assert "Plaintext" not in w and w["KeyId"] == key_arn(sym)
+    assert len(kms.decrypt(CiphertextBlob=w["CiphertextBlob"])["Plaintext"]) == n
+
+
+def test_generate_data_key_size_errors(kms, hsmd, sym):
+    for op in ("GenerateDataKey", "GenerateDataKeyWithoutPlaintext"):
+        call_error(hsmd, op, {"KeyId": sym}, "ValidationException")
+        call_error(hsmd, op, {"KeyId": sym, "KeySpec": "AES_256", "NumberOfBytes": 32},
+                   "ValidationException")
+        call_error(hsmd, op, {"KeyId": sym, "NumberOfBytes": 0}, "ValidationException")
+        call_error(hsmd, op, {"KeyId": sym, "NumberOfBytes": 1025}, "ValidationException")
+        call_error(hsmd, op, {"KeyId": sym, "KeySpec": "AES_512"}, "ValidationException")
+
+
+def test_envelope_encryption(kms, sym):
+    ctx = {"file": "report.pdf"}
+    dk = kms.generate_data_key(KeyId=sym, KeySpec="AES_256", EncryptionContext=ctx)
+    nonce, data = os.urandom(12), os.urandom(10000)
+    sealed = AESGCM(dk["Plaintext"]).encrypt(nonce, data, b"report.pdf")
+    stored_key = dk["CiphertextBlob"]
+    del dk
+    # Later: unwrap the data key through hsmd, decrypt locally.
+    key = kms.decrypt(CiphertextBlob=stored_key, EncryptionContext=ctx)["Plaintext"]
+    assert AESGCM(key).decrypt(nonce, sealed, b"report.pdf") == data
+    raises("InvalidCiphertextException", kms.decrypt, CiphertextBlob=stored_key)
+
+
+@pytest.mark.parametrize("spec", ["RSA_2048", "ECC_NIST_P256"])
+def test_generate_data_key_pair(kms, sym, spec):
+    ctx = {"purpose": "pair"}
+    r = kms.generate_data_key_pair(KeyId=sym, KeyPairSpec=spec, EncryptionContext=ctx)
+    assert (r["KeyPairSpec"], r["KeyId"]) == (spec, key_arn(sym))
+    priv = serialization.load_der_private_key(r["PrivateKeyPlaintext"], password=None)
+    pub = serialization.load_der_public_key(r["PublicKey"])
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    assert priv.public_key().public_bytes(*spki) == r["PublicKey"]
+    if spec == "RSA_2048":
+        assert isinstance(priv, rsa.RSAPrivateKey) and priv.key_size == 2048
+        sig = priv.sign(b"m", padding.PKCS1v15(), hashes.SHA256())
+        pub.verify(sig, b"m", padding.PKCS1v15(), hashes.SHA256())
+    else:
+        assert isinstance(priv, ec.EllipticCurvePrivateKey) and priv.curve.name == "secp256r1"
+        pub.verify(priv.sign(b"m", ec.ECDSA(hashes.SHA256())), b"m", ec.ECDSA(hashes.SHA256()))
+    # The encrypted private key decrypts (with the context) to the same PKCS#8 key.
+    d = kms.decrypt(CiphertextBlob=r["PrivateKeyCiphertextBlob"], EncryptionContext=ctx)
+    assert d["Plaintext"] == r["PrivateKeyPlaintext"]
+    raises("InvalidCiphertextException", kms.decrypt, CiphertextBlob=r["PrivateKeyCiphertextBlob"])
+
+    w = kms.generate_data_key_pair_without_plaintext(KeyId=sym, KeyPairSpec=spec)
+    assert "PrivateKeyPlaintext" not in w and w["KeyPairSpec"] == spec
+    priv2 = serialization.load_der_private_key(
+        kms.decrypt(CiphertextBlob=w["PrivateKeyCiphertextBlob"])["Plaintext"], password=None)
+    assert priv2.public_key().public_bytes(*spki) == w["PublicKey"]
+    assert w["PublicKey"] != r["PublicKey"]
+
+
+def test_generate_data_key_pair_errors(kms, sym, rsa2048):
+    for spec in ("HMAC_256", "SYMMETRIC_DEFAULT", "RSA_1024"):
+        raises("ValidationException", kms.generate_data_key_pair, KeyId=sym, KeyPairSpec=spec)
+    raises("InvalidKeyUsageException", kms.generate_data_key_pair, KeyId=rsa2048,
+           KeyPairSpec="ECC_NIST_P256")
+    raises("InvalidKeyUsageException", kms.generate_data_key_pair_without_plaintext,
+           KeyId=rsa2048, KeyPairSpec="ECC_NIST_P256")
+
+
+# ---- GenerateRandom -----------------------------------------------------------------------
+
+def test_generate_random(kms, hsmd):
+    for n in (1, 16, 1024):
+        assert len(kms.generate_random(NumberOfBytes=n)["Plaintext"]) == n
+    a, b = (kms.generate_random(NumberOfBytes=32)["Plaintext"] for _ in range(2))
+    assert a != b
+    for n in (0, 1025, -1):
+        call_error(hsmd, "GenerateRandom", {"NumberOfBytes": n}, "ValidationException")
+    call_error(hsmd, "GenerateRandom", {}, "ValidationException")
+    raises("UnsupportedOperationException", kms.generate_random, NumberOfBytes=8,
+           CustomKeyStoreId="cks-1234567890abcdef0")
+
+
+def test_base64_of_blobs_is_standard(hsmd, sym):
+    # Raw JSON: blobs travel as standard base64 (what every SDK sends).
+    out = call_ok(hsmd, "Encrypt", {"KeyId": sym, "Plaintext": b64(b"\xfb\xff\xfe")})
+    back = call_ok(hsmd, "Decrypt", {"CiphertextBlob": out["CiphertextBlob"]})
+    assert back["Plaintext"] == b64(b"\xfb\xff\xfe")
+
+
+def test_crypto_requests_are_audited_without_secrets(kms, hsmd, sym):
+    secret_pt = b"plaintext-that-must-not-be-logged"
+    r = kms.encrypt(KeyId=sym, Plaintext=secret_pt, EncryptionContext={"app": "ctx-value-42"})
+    rec = audit_record(hsmd.data_dir, r["ResponseMetadata"]["RequestId"])
+    assert (rec["op"], rec["key_id"], rec["key_version"], rec["outcome"]) == (
+        "Encrypt", sym, 1, "success")
+    # The context value is recorded only as a keyed hash an auditor can recompute.
+    h = admin(hsmd, "AuditHash", {"Value": "ctx-value-42"})["Hash"]
+    assert rec["extra"]["encryption_context"] == "app=" + h[:32]
+    d = kms.decrypt(CiphertextBlob=r["CiphertextBlob"], EncryptionContext={"app": "ctx-value-42"})
+    rec = audit_record(hsmd.data_dir, d["ResponseMetadata"]["RequestId"])
+    assert (rec["op"], rec["key_id"], rec["outcome"]) == ("Decrypt", sym, "success")
+    dk = kms.generate_data_key(KeyId=sym, KeySpec="AES_256")
+    audit_record(hsmd.data_dir, dk["ResponseMetadata"]["RequestId"])
+    log = b"".join(open(p, "rb").read() for p in glob.glob(f"{hsmd.data_dir}/audit/*.jsonl"))
+    for needle in (secret_pt, b"ctx-value-42", b64(secret_pt).encode(),
+                   b64(r["CiphertextBlob"]).encode(), b64(dk["Plaintext"]).encode(),
+                   dk["Plaintext"].hex().encode()):
+        assert needle not in log

@@ -1,0 +1,194 @@
+"""The sealed node: `hsmctl init` with a 3-of-5 quorum, hsmd starting sealed,
+unsealing share by share with `hsmctl --endpoint ... unseal`, and sealing
+again (HsmdAdmin.Seal, which needs a crypto-officer)."""
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from conftest import HSMCTL, Hsmd, client, signed_call, start_dev, unsigned_call
+from helpers import admin, audit_record, audit_records, raises
+
+CUSTODIANS = ["alice", "bob", "carol", "dave", "erin"]
+
+
+def hsmctl(*args, endpoint=None):
+    cmd = [HSMCTL] + (["--endpoint", endpoint] if endpoint else []) + list(args)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HSM_"))}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+
+
+def init_store(base, name="data"):
+    data, shares = os.path.join(base, name), os.path.join(base, name + "-shares")
+    p = hsmctl("init", "--data-dir", data, "--share-dir", shares, "--shares", "5",
+               "--threshold", "3", "--custodians", ",".join(CUSTODIANS), "--admin", "ops")
+    assert p.returncode == 0, p.stderr
+    assert "quorum: 3 of 5" in p.stdout
+    files = {c: os.path.join(shares, c + ".share") for c in CUSTODIANS}
+    assert all(os.path.exists(f) for f in files.values())
+    return data, files
+
+
+def status(server):
+    st, out = unsigned_call(server, "HsmdAdmin.Status", {})
+    assert st == 200, out
+    return out
+
+
+def assert_sealed(server):
+    st, body, _ = server.get("/readyz")
+    assert st == 503 and b'"ready":false' in body and b'"state":"sealed"' in body
+    assert server.get("/healthz")[0] == 200
+    e = raises("ServiceUnavailableException", client(server).list_keys, status=503)
+    assert "sealed" in e["Error"]["Message"]
+    rec = audit_record(server.data_dir, e["ResponseMetadata"]["RequestId"])
+    assert (rec["op"], rec["outcome"], rec["error"]) == ("ListKeys", "denied",
+                                                         "ServiceUnavailableException")
+    raises("ServiceUnavailableException", client(server).generate_random, NumberOfBytes=8,
+           status=503)
+    s = status(server)
+    assert s["Sealed"] is True and s["State"] == "sealed"
+    assert "KeyCount" not in s
+
+
+def unseal(server, share_file):
+    return hsmctl("unseal", share_file, endpoint=server.endpoint)
+
+
+def create_first_officer(server, data_dir, share_files):
+    """The first crypto-officer of a production store: `hsmctl init --admin ops`
+    wrote its access key as an AWS credentials file next to the shares."""
+    path = os.path.join(os.path.dirname(next(iter(share_files.values()))), "ops.credentials")
+    with open(path) as f:
+        fields = dict(l.split(" = ", 1) for l in f.read().splitlines() if " = " in l)
+    assert oct(os.stat(path).st_mode & 0o777) == "0o400"
+    return fields["aws_access_key_id"], fields["aws_secret_access_key"]
+
+
+@pytest.fixture(scope="module")
+def prod():
+    base = tempfile.mkdtemp(prefix="hsmd-sealed-")
+    data, shares = init_store(base)
+    server = Hsmd([], data_dir=data)
+    yield server, data, shares, base
+    server.cleanup()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_production_node_starts_sealed(prod):
+    server, _, _, _ = prod
+    assert_sealed(server)
+    s = status(server)
+    assert (s["Progress"], s["Threshold"]) == (0, 3)
+    assert re.fullmatch(r"[0-9a-f-]{36}", s["StoreId"])
+    # hsmctl status over the API says the same.
+    p = hsmctl("status", endpoint=server.endpoint)
+    assert p.returncode == 0 and "Sealed: true" in p.stdout, p.stdout + p.stderr
+
+
+def test_unseal_share_by_share(prod):
+    server, data, shares, base = prod
+    p = unseal(server, shares["alice"])
+    assert p.returncode == 0, p.stderr
+    assert "1 of 3 shares" in p.stdout and "unsealed" not in p.stdout
+    p = unseal(server, shares["carol"])
+    assert p.returncode == 0 and "2 of 3 shares" in p.stdout, p.stdout + p.stderr
+    assert_sealed(server)
+    assert status(server)["Progress"] == 2
+
+    # A share given twice, a corrupted share and a share of another store are refused
+    # and change nothing.
+    p = unseal(server, shares["alice"])
+    assert p.returncode == 1 and "InvalidShareException" in p.stderr, p.stdout + p.stderr
+    assert "already provided" in p.stderr
+    corrupted = os.path.join(base, "corrupted.share")
+    with open(shares["dave"]) as f:
+        text = f.read()
+    value = re.search(r"^value ([0-9a-f]+)$", text, re.M)
+    i = value.start(1) + 5
+    with open(corrupted, "w") as f:
+        f.write(text[:i] + ("0" if text[i] != "0" else "1") + text[i + 1:])
+    other_store = init_store(base, "other")[1]["dave"]
+    for bad, why in ((corrupted, "checksum"), (other_store, "store")):
+        p = unseal(server, bad)
+        assert p.returncode == 1 and "InvalidShareException" in p.stderr, p.stdout + p.stderr
+        st, out = unsigned_call(server, "HsmdAdmin.Unseal", {"Share": open(bad).read()})
+        assert (st, out["__type"]) == (400, "InvalidShareException"), out
+        assert why in out["message"].lower(), out
+        # The refusal names the problem, never the share's value.
+        with open(bad) as f:
+            bad_value = re.search(r"^value ([0-9a-f]+)$", f.read(), re.M).group(1)
+        assert bad_value[:16] not in out["message"] and bad_value[:16] not in p.stderr
+    st, out = unsigned_call(server, "HsmdAdmin.Unseal", {"Share": "not a share"})
+    assert (st, out["__type"]) == (400, "InvalidShareException")
+    assert status(server)["Progress"] == 2
+    assert_sealed(server)
+
+    # The third distinct share unseals.
+    p = unseal(server, shares["erin"])
+    assert p.returncode == 0 and "3 of 3 shares; unsealed" in p.stdout, p.stdout + p.stderr
+    st, body, _ = server.get("/readyz")
+    assert st == 200 and b'"ready":true' in body
+    s = status(server)
+    assert (s["Sealed"], s["State"], s["KeyCount"]) == (False, "unsealed", 0)
+    # Unseal attempts are audited, failures included; no share value is in the log.
+    recs = [r for r in audit_records(data) if r.get("op") == "Unseal"]
+    assert [r["outcome"] for r in recs].count("success") == 3
+    assert any(r["outcome"] != "success" and r.get("error") == "InvalidShareException"
+               for r in recs)
+    with open(shares["erin"]) as f:
+        erin_value = re.search(r"^value ([0-9a-f]+)$", f.read(), re.M).group(1)
+    for path in os.listdir(os.path.join(data, "audit")):
+        with open(os.path.join(data, "audit", path), errors="replace") as f:
+            assert erin_value not in f.read()
+
+
+def test_unsealed_production_node_has_no_users(prod):
+    server, _, _, _ = prod
+    if status(server)["Sealed"]:
+        pytest.fail("the previous test did not unseal the node")
+    # Serving now, but no access key exists yet.
+    raises("UnrecognizedClientException", client(server).list_keys, status=403)
+
+
+def test_seal_with_an_officer(prod):
+    server, data, shares, _ = prod
+    akid, secret = create_first_officer(server, data, shares)
+    kms = client(server, akid, secret)
+    kms.list_keys()
+    out = admin(server, "Seal", akid=akid, secret=secret)
+    assert out["Sealed"] is True
+    assert_sealed(server)
+    for c in ("alice", "bob", "carol"):
+        assert unseal(server, shares[c]).returncode == 0
+    kms.list_keys()
+
+
+def test_seal_and_unseal_in_dev_mode():
+    """Seal needs a crypto-officer; the dev user is one."""
+    server = start_dev()
+    try:
+        kms = client(server)
+        kid = kms.create_key()["KeyMetadata"]["KeyId"]
+        blob = kms.encrypt(KeyId=kid, Plaintext=b"survives a seal")["CiphertextBlob"]
+        assert admin(server, "Seal")["Sealed"] is True
+        assert_sealed(server)
+        raises("ServiceUnavailableException", kms.decrypt, CiphertextBlob=blob, status=503)
+        # Every signed call, Seal included, is refused while sealed: access key
+        # secrets are sealed too, so no signature can be checked.
+        st, out = signed_call(server, "HsmdAdmin.Seal", {})
+        assert (st, out["__type"]) == (503, "ServiceUnavailableException"), out
+        with open(os.path.join(server.data_dir, "dev-unseal.share")) as f:
+            share = f.read()
+        st, out = unsigned_call(server, "HsmdAdmin.Unseal", {"Share": share})
+        assert st == 200 and out["Sealed"] is False, out
+        st, body, _ = server.get("/readyz")
+        assert st == 200
+        assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"survives a seal"
+        ops = [r.get("op") for r in audit_records(server.data_dir)]
+        assert "Seal" in ops and "Unseal" in ops
+    finally:
+        server.cleanup()

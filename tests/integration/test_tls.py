@@ -1,0 +1,137 @@
+"""hsmd over TLS: a CA and a server certificate for 127.0.0.1 (IP SAN) made
+with the openssl CLI, boto3 verifying against the CA, and the protocol
+floor (TLS 1.2; TLS 1.1 and plain HTTP refused)."""
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import pytest
+import requests
+
+from conftest import DEV_AKID, DEV_SECRET, HSMCTL, REGION, Hsmd, client, signed_call
+
+
+def openssl(*args, cwd):
+    p = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return p
+
+
+def make_pki(d):
+    """ca.pem, server.pem (CN and IP SAN 127.0.0.1, signed by the CA), server.key; P-256."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=hsmd test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1",
+            cwd=d)
+    with open(os.path.join(d, "ext.cnf"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+                "basicConstraints=CA:FALSE\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
+    # A second CA that did not sign the server certificate.
+    openssl("req", "-x509", *ec, "-keyout", "other.key", "-out", "other-ca.pem", "-days", "2",
+            "-subj", "/CN=another CA", cwd=d)
+    return {n: os.path.join(d, n) for n in ("ca.pem", "server.pem", "server.key",
+                                            "other-ca.pem")}
+
+
+@pytest.fixture(scope="module")
+def tls():
+    d = tempfile.mkdtemp(prefix="hsmd-pki-")
+    pki = make_pki(d)
+    env = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
+    server = Hsmd(["--dev", "--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"]],
+                  env=env, tls_ca=pki["ca.pem"])
+    yield server, pki
+    server.cleanup()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_boto3_over_tls(tls):
+    server, _ = tls
+    assert server.endpoint.startswith("https://127.0.0.1:")
+    kms = client(server)
+    kid = kms.create_key()["KeyMetadata"]["KeyId"]
+    blob = kms.encrypt(KeyId=kid, Plaintext=b"over tls")["CiphertextBlob"]
+    assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"over tls"
+    assert server.get("/healthz")[0] == 200
+    st, out = signed_call(server, "TrentService.ListKeys", {})
+    assert st == 200 and kid in [k["KeyId"] for k in out["Keys"]]
+
+
+def test_certificate_is_verified(tls):
+    server, pki = tls
+    cfg = botocore.config.Config(retries={"max_attempts": 1}, connect_timeout=5, read_timeout=10)
+    for verify in (pki["other-ca.pem"], True):  # a CA that did not sign it; the system store
+        kms = boto3.client("kms", region_name=REGION, endpoint_url=server.endpoint,
+                           aws_access_key_id=DEV_AKID, aws_secret_access_key=DEV_SECRET,
+                           config=cfg, verify=verify)
+        with pytest.raises(botocore.exceptions.SSLError):
+            kms.list_keys()
+
+
+def test_plain_http_to_the_tls_port_fails(tls):
+    server, _ = tls
+    url = server.endpoint.replace("https://", "http://")
+    try:
+        r = requests.post(url + "/", data=b"{}", timeout=10,
+                          headers={"X-Amz-Target": "TrentService.ListKeys",
+                                   "Content-Type": "application/x-amz-json-1.1"})
+    except requests.exceptions.ConnectionError:
+        return
+    # If anything comes back, it is not an HTTP answer to the request.
+    pytest.fail(f"plain HTTP got an answer: {r.status_code} {r.text[:200]!r}")
+
+
+def handshake(server, ca, minimum, maximum):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(ca)
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client offer old protocols at all
+    ctx.minimum_version, ctx.maximum_version = minimum, maximum
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        with ctx.wrap_socket(sock, server_hostname="127.0.0.1") as tls_sock:
+            return tls_sock.version()
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+def test_tls_versions(tls):
+    server, pki = tls
+    assert handshake(server, pki["ca.pem"], ssl.TLSVersion.TLSv1_2,
+                     ssl.TLSVersion.TLSv1_2) == "TLSv1.2"
+    assert handshake(server, pki["ca.pem"], ssl.TLSVersion.TLSv1_3,
+                     ssl.TLSVersion.TLSv1_3) == "TLSv1.3"
+    for old in (ssl.TLSVersion.TLSv1_1, ssl.TLSVersion.TLSv1):
+        with pytest.raises(ssl.SSLError) as e:
+            handshake(server, pki["ca.pem"], ssl.TLSVersion.TLSv1, old)
+        # The server refused the version (an alert), rather than the client offering nothing.
+        assert "ALERT_PROTOCOL_VERSION" in str(e.value).upper(), e.value
+
+
+def test_openssl_s_client_tls1_1_is_refused(tls):
+    server, pki = tls
+    base = ["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", "-CAfile",
+            pki["ca.pem"], "-verify_return_error", "-brief"]
+    ok = subprocess.run(base + ["-tls1_2"], input="", capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0 and "TLSv1.2" in ok.stdout + ok.stderr, ok.stderr
+    old = subprocess.run(base + ["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"], input="",
+                         capture_output=True, text=True, timeout=30)
+    assert old.returncode != 0
+    assert "protocol version" in (old.stdout + old.stderr).lower(), old.stderr
+
+
+def test_hsmctl_over_tls(tls):
+    server, pki = tls
+    p = subprocess.run([HSMCTL, "--endpoint", server.endpoint, "--ca-file", pki["ca.pem"],
+                        "status"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and "Sealed: false" in p.stdout, p.stdout + p.stderr
+    p = subprocess.run([HSMCTL, "--endpoint", server.endpoint, "--ca-file", pki["other-ca.pem"],
+                        "status"], capture_output=True, text=True, timeout=30)
+    assert p.returncode != 0
