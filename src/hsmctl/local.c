@@ -8,7 +8,7 @@
 #include "common/secret.h"
 #include "common/util.h"
 
-const hsm_caller hsmctl_local_caller = {"local-operator", "", 0, true};
+const hsm_caller hsmctl_local_caller = {"local-operator", "", 0, true, false};
 
 static hsm_result unseal_with(hsm_keystore *ks, size_t n, char *const files[])
 {

@@ -149,6 +149,11 @@ static hsm_result decrypt_any(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
 		if (req->key != NULL && *req->key != '\0') {
 			char named[HSM_UUID_STRLEN + 1];
 			HSM_TRY(hsm_kms_resolve(kms, req->key, named));
+			if (strcmp(named, k->rec.key_id) != 0) {
+				kms_key *other = NULL; /* a key that does not exist is NotFound */
+				HSM_TRY(kms_key_load(kms, named, &other));
+				kms_key_release(other);
+			}
 			HSM_CHECK(strcmp(named, k->rec.key_id) == 0, HSM_ERR_INCORRECT_KEY,
 			          "The key ID in the request does not identify the key that encrypted "
 			          "the ciphertext");

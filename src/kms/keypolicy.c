@@ -71,8 +71,9 @@ hsm_result hsm_kms_put_policy(hsm_kms *kms, const hsm_caller *caller, const char
 	kms_key *k = NULL;
 	HSM_GUARD(check_name(policy_name));
 	HSM_ENSURE(policy != NULL, HSM_ERR_VALIDATION, "Policy is required");
-	HSM_TRY(hsm_policy_parse(policy, strlen(policy), &parsed));
+	/* Who may change the policy is decided before what the new policy says. */
 	HSM_TRY(kms_lookup(kms, caller, HSM_OP_PutKeyPolicy, ref, NULL, &k));
+	HSM_TRY(hsm_policy_parse(policy, strlen(policy), &parsed));
 	if (!bypass)
 		HSM_TRY(kms_lockout_check(kms, caller, k->arn, parsed));
 	HSM_TRY(kms_modify(kms, caller, HSM_OP_PutKeyPolicy, k->rec.key_id, set_policy,

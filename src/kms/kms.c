@@ -382,6 +382,9 @@ hsm_result kms_lookup(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const c
 	                   : kms_authorize(kms, caller, op, k, extra);
 	if (hsm_ok(r))
 		r = kms_check_state(op, &k->rec);
+	if (hsm_ok(r) && caller->dry_run)
+		r = HSM_FAIL(HSM_ERR_DRY_RUN,
+		             "The request would have succeeded, but the DryRun option is set.");
 	if (hsm_failed(r)) {
 		kms_key_release(k);
 		return r;

@@ -143,6 +143,12 @@ typedef struct hsm_caller {
 	const char *access_key_id; /* "" for local operators */
 	unsigned roles;            /* HSM_ROLE_BIT set */
 	bool local;                /* hsmctl on the data directory: holds the quorum */
+	/*
+	 * DryRun (KMS API, cryptographic operations): check permissions, key
+	 * state and parameters, then fail with DryRunOperationException instead
+	 * of performing the operation.
+	 */
+	bool dry_run;
 } hsm_caller;
 
 /* The principal's ARN: arn:aws:iam::<account>:user/<name>. */

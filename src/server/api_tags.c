@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/encoding.h"
 #include "server/api.h"
 
 static void note_ref(hsm_api_ctx *c, const char *key)
@@ -64,16 +65,34 @@ hsm_result hsm_api_list_resource_tags(hsm_api_ctx *c)
 	size_t limit;
 	bool truncated = false;
 	tag_list l = {c, ""};
+	hsm_buf after = {0}, next = {0};
 	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
 	HSM_GUARD(hsm_api_paging(c, 50, 50, &limit, &marker));
+	/* Markers are opaque to clients: the base64url of the last tag key returned. */
+	if (marker != NULL) {
+		hsm_result m = hsm_b64url_decode(&after, marker, strlen(marker), HSM_ERR_INVALID_MARKER);
+		if (hsm_ok(m))
+			m = hsm_buf_terminate(&after);
+		if (hsm_failed(m) || after.len == 0 || strlen((const char *)after.data) != after.len) {
+			hsm_buf_free(&after);
+			return HSM_FAIL(HSM_ERR_INVALID_MARKER, "Marker is invalid");
+		}
+	}
 	note_ref(c, key);
 	hsm_jw_key_begin_array(c->w, "Tags");
-	HSM_GUARD(hsm_kms_list_tags(c->kms, c->caller, key, marker, limit, write_tag, &l, &truncated));
+	hsm_result r = hsm_kms_list_tags(c->kms, c->caller, key,
+	                                 marker != NULL ? (const char *)after.data : NULL, limit,
+	                                 write_tag, &l, &truncated);
 	hsm_jw_end_array(c->w);
-	if (truncated)
-		hsm_jw_str(c->w, "NextMarker", l.last);
+	if (hsm_ok(r) && truncated) {
+		r = hsm_b64url_encode(&next, (const uint8_t *)l.last, strlen(l.last));
+		if (hsm_ok(r))
+			hsm_jw_str_n(c->w, "NextMarker", (const char *)next.data, next.len);
+	}
 	hsm_jw_bool(c->w, "Truncated", truncated);
-	return HSM_SUCCESS;
+	hsm_buf_free(&after);
+	hsm_buf_free(&next);
+	return r;
 }
 
 hsm_result hsm_api_get_key_policy(hsm_api_ctx *c)

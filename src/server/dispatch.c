@@ -194,10 +194,15 @@ static hsm_result run_kms(hsm_server *s, hsm_http_req *req, hsm_op op, const hsm
 	size_t len = 0;
 	const uint8_t *raw = hsm_http_req_body(req, &len);
 	HSM_GUARD(hsm_json_parse(raw, len, doc));
+	/* DryRun (cryptographic operations): everything is checked, nothing performed. */
+	bool dry = false, present;
+	HSM_GUARD(hsm_json_bool(*doc, "DryRun", &dry, &present));
+	hsm_caller caller = auth->caller;
+	caller.dry_run = dry && hsm_op_get(op)->cls == HSM_OPC_CRYPTO;
 	hsm_jw w;
 	hsm_jw_init(&w, &p->body);
 	hsm_jw_begin(&w);
-	hsm_api_ctx c = {.kms = s->kms, .caller = &auth->caller, .req = *doc, .w = &w, .out = &p->body};
+	hsm_api_ctx c = {.kms = s->kms, .caller = &caller, .req = *doc, .w = &w, .out = &p->body};
 	hsm_result r = hsm_api_handler_for(op)(&c);
 	hsm_jw_end(&w);
 	if (hsm_ok(r))

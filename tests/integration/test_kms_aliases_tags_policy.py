@@ -167,6 +167,7 @@ def test_tag_limits(kms, hsmd):
     rest = kms.list_resource_tags(KeyId=kid, Limit=50, Marker=page["NextMarker"])
     assert len(rest["Tags"]) == 30 and rest["Truncated"] is False
     assert {t["TagKey"] for t in page["Tags"] + rest["Tags"]} == set(tags_of(kms, kid))
+    raises("InvalidMarkerException", kms.list_resource_tags, KeyId=kid, Marker="not base64!")
 
     other = new_key(kms)
     raises("TagException", kms.tag_resource, KeyId=other,

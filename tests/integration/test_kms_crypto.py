@@ -1,6 +1,7 @@
 """Encrypt, Decrypt, ReEncrypt, GenerateDataKey(WithoutPlaintext),
 GenerateDataKeyPair(WithoutPlaintext) and GenerateRandom with boto3; RSA and
 data keys are checked for interoperability with the `cryptography` package."""
+import base64
 import glob
 import os
 import uuid
@@ -10,6 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from conftest import signed_call
 from helpers import admin, audit_record, b64, call_error, call_ok, key_arn, raises
 
 HEADER = 33     # version(1) key id(16) key version(4) IV(12)
@@ -131,8 +133,29 @@ def test_ciphertext_of_another_key(kms, sym, sym2):
     raises("IncorrectKeyException", kms.decrypt, CiphertextBlob=blob, KeyId=sym2, status=400)
     raises("IncorrectKeyException", kms.decrypt, CiphertextBlob=blob, KeyId=key_arn(sym2))
     raises("NotFoundException", kms.decrypt, CiphertextBlob=blob, KeyId="alias/crypto-missing")
-    # A well-formed id of no key did not encrypt it either.
-    raises("IncorrectKeyException", kms.decrypt, CiphertextBlob=blob, KeyId=str(uuid.uuid4()))
+    # A well-formed id of no key: the key named does not exist.
+    raises("NotFoundException", kms.decrypt, CiphertextBlob=blob, KeyId=str(uuid.uuid4()))
+
+
+def test_dry_run_checks_everything_and_performs_nothing(hsmd, kms, sym):
+    blob = kms.encrypt(KeyId=sym, Plaintext=b"abc")["CiphertextBlob"]
+    blob64 = base64.b64encode(blob).decode()
+    st, out = signed_call(hsmd, "TrentService.Decrypt",
+                          {"CiphertextBlob": blob64, "DryRun": True})
+    assert (st, out["__type"]) == (412, "DryRunOperationException") and "Plaintext" not in out
+    st, out = signed_call(hsmd, "TrentService.Encrypt",
+                          {"KeyId": sym, "Plaintext": "YWJj", "DryRun": True})
+    assert (st, out["__type"]) == (412, "DryRunOperationException") and "CiphertextBlob" not in out
+    # What would fail still fails with its own error.
+    st, out = signed_call(hsmd, "TrentService.Encrypt",
+                          {"KeyId": "alias/crypto-missing", "Plaintext": "YWJj", "DryRun": True})
+    assert (st, out["__type"]) == (400, "NotFoundException")
+    st, out = signed_call(hsmd, "TrentService.Decrypt",
+                          {"CiphertextBlob": blob64, "DryRun": "yes"})
+    assert (st, out["__type"]) == (400, "SerializationException")
+    st, out = signed_call(hsmd, "TrentService.Decrypt",
+                          {"CiphertextBlob": blob64, "DryRun": False})
+    assert st == 200 and base64.b64decode(out["Plaintext"]) == b"abc"
 
 
 def test_plaintext_size_limits(kms, hsmd, sym):

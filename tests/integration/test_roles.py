@@ -81,6 +81,8 @@ def test_crypto_user(clients, keys):
     denied(c.tag_resource, KeyId=keys["sym"], Tags=[{"TagKey": "a", "TagValue": "b"}])
     denied(c.enable_key_rotation, KeyId=keys["sym"])
     denied(c.put_key_policy, KeyId=keys["sym"], PolicyName="default", Policy=VALID_POLICY)
+    # Who may change a policy is decided before what the new policy says.
+    denied(c.put_key_policy, KeyId=keys["sym"], PolicyName="default", Policy="{not json")
     denied(c.get_key_policy, KeyId=keys["sym"], PolicyName="default")
     # What a crypto-user is for.
     blob = c.encrypt(KeyId=keys["sym"], Plaintext=b"u")["CiphertextBlob"]
@@ -136,6 +138,8 @@ def test_auditor(hsmd, clients, keys, blob):
     denied(c.create_key)
     denied(c.disable_key, KeyId=keys["sym"])
     denied(c.put_key_policy, KeyId=keys["sym"], PolicyName="default", Policy=VALID_POLICY)
+    # Who may change a policy is decided before what the new policy says.
+    denied(c.put_key_policy, KeyId=keys["sym"], PolicyName="default", Policy="{not json")
     # The audit helpers of the admin API; user management is for officers only.
     h = admin(hsmd, "AuditHash", {"Value": "billing"}, akid=akid, secret=secret)
     assert len(h["Hash"]) == 64

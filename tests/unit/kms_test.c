@@ -22,12 +22,12 @@ typedef struct fx {
 	int64_t now;
 } fx;
 
-static const hsm_caller officer = {"olivia", "AKIAOLIVIA0000000000",
-                                   HSM_ROLE_BIT(HSM_ROLE_CRYPTO_OFFICER), false};
-static const hsm_caller user = {"ursula", "AKIAURSULA0000000000",
-                                HSM_ROLE_BIT(HSM_ROLE_CRYPTO_USER), false};
-static const hsm_caller auditor = {"audrey", "AKIAAUDREY0000000000",
-                                   HSM_ROLE_BIT(HSM_ROLE_AUDITOR), false};
+static const hsm_caller officer = {.user = "olivia", .access_key_id = "AKIAOLIVIA0000000000",
+                                   .roles = HSM_ROLE_BIT(HSM_ROLE_CRYPTO_OFFICER)};
+static const hsm_caller user = {.user = "ursula", .access_key_id = "AKIAURSULA0000000000",
+                                .roles = HSM_ROLE_BIT(HSM_ROLE_CRYPTO_USER)};
+static const hsm_caller auditor = {.user = "audrey", .access_key_id = "AKIAAUDREY0000000000",
+                                   .roles = HSM_ROLE_BIT(HSM_ROLE_AUDITOR)};
 
 static int64_t test_clock(void *arg)
 {
