@@ -10,6 +10,7 @@
 
 #include "common/log.h"
 #include "common/secret.h"
+#include "common/util.h"
 #include "server/server.h"
 
 #define DEV_DEFAULT_LISTEN "127.0.0.1:8080"
@@ -33,8 +34,16 @@ typedef struct cli {
 static int usage(void)
 {
 	fprintf(stderr, "usage: hsmd [--dev] [--listen ADDR:PORT] [--data-dir DIR] [--tls-cert F "
-	                "--tls-key F]\n");
+	                "--tls-key F]\n"
+	                "            [--jwt-default-lifetime S] [--jwt-max-lifetime S] "
+	                "[--jwt-clock-skew S]\n");
 	return 2;
+}
+
+/* A JWT setting in seconds (1 s to 10 years); see docs/jwt.md. */
+static bool seconds(const char *arg, int64_t *out)
+{
+	return hsm_ok(hsm_parse_i64(arg, 1, 3650LL * 86400, out));
 }
 
 static int parse(int argc, char **argv, cli *c)
@@ -43,6 +52,9 @@ static int parse(int argc, char **argv, cli *c)
 	    {"dev", no_argument, NULL, 'D'},          {"listen", required_argument, NULL, 'l'},
 	    {"data-dir", required_argument, NULL, 'd'}, {"tls-cert", required_argument, NULL, 'c'},
 	    {"tls-key", required_argument, NULL, 'k'}, {"help", no_argument, NULL, 'h'},
+	    {"jwt-default-lifetime", required_argument, NULL, 'J'},
+	    {"jwt-max-lifetime", required_argument, NULL, 'M'},
+	    {"jwt-clock-skew", required_argument, NULL, 'S'},
 	    {NULL, 0, NULL, 0}};
 	hsm_http_config_defaults(&c->opt.http);
 	for (int o; (o = getopt_long(argc, argv, "", longopts, NULL)) != -1;) {
@@ -52,6 +64,9 @@ static int parse(int argc, char **argv, cli *c)
 		case 'd': c->opt.data_dir = optarg; break;
 		case 'c': c->opt.http.tls_cert = optarg; break;
 		case 'k': c->opt.http.tls_key = optarg; break;
+		case 'J': if (!seconds(optarg, &c->opt.jwt_default_lifetime)) return usage(); break;
+		case 'M': if (!seconds(optarg, &c->opt.jwt_max_lifetime)) return usage(); break;
+		case 'S': if (!seconds(optarg, &c->opt.jwt_clock_skew)) return usage(); break;
 		default: return usage();
 		}
 	}
