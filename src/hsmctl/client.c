@@ -161,6 +161,8 @@ static hsm_result one_exchange(const hsmctl_client *c, const endpoint *ep, const
 	evhttp_add_header(h, "Host", host);
 	evhttp_add_header(h, "Content-Type", "application/x-amz-json-1.1");
 	evhttp_add_header(h, "X-Amz-Target", target);
+	/* One request per connection: without this the loop waits out the keep-alive timeout. */
+	evhttp_add_header(h, "Connection", "close");
 	if (sign) {
 		evhttp_add_header(h, "X-Amz-Date", sig.amz_date);
 		evhttp_add_header(h, "Authorization", sig.authorization);
@@ -254,6 +256,7 @@ static hsm_result get_exchange(const hsmctl_client *c, const endpoint *ep, const
 	HSM_CHECK(req != NULL, HSM_ERR_NOMEM, "out of memory");
 	snprintf(host, sizeof(host), "%s:%u", ep->host, ep->port);
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Host", host);
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
 	HSM_CHECK(evhttp_make_request(conn, req, EVHTTP_REQ_GET, path) == 0, HSM_ERR_IO,
 	          "cannot send the request to %s", host);
 	event_base_dispatch(base);
