@@ -375,6 +375,7 @@ static void expect_jwk_refused(const char *json)
 	hsm_buf spki = {0};
 	assert_fails_with(hsm_jwk_to_spki(jwk, &spki), HSM_ERR_VALIDATION);
 	assert_int_equal(spki.len, 0);
+	hsm_buf_free(&spki);
 	json_decref(jwk);
 }
 
