@@ -33,4 +33,11 @@ hsm_result hsmctl_call(const hsmctl_client *c, const char *target, const char *b
 hsm_result hsmctl_call_ok(const hsmctl_client *c, const char *target, const char *body, bool sign,
                           hsm_buf *resp) HSM_MUST_CHECK;
 
+/*
+ * GETs one URL ("https://host:port/path"; TLS verified with c->ca_file as
+ * for calls) without signing, and appends the body of a 200 answer to resp;
+ * any other status is a failure.  For public documents such as the JWKS.
+ */
+hsm_result hsmctl_get(const hsmctl_client *c, const char *url, hsm_buf *resp) HSM_MUST_CHECK;
+
 #endif

@@ -109,6 +109,8 @@ hsm_result hsm_kms_create_key(hsm_kms *kms, const hsm_caller *caller,
 	HSM_TRY(hsm_store_key_create(kms->store, &rec, &v));
 	if (req->n_tags > 0)
 		HSM_TRY(hsm_store_tags_put(kms->store, rec.key_id, req->n_tags, req->tags));
+	if (req->flags != 0)
+		kms_key_invalidate(kms, rec.key_id); /* a key to publish appeared (JWKS cache) */
 	*out = rec;
 	memset(&rec, 0, sizeof(rec));
 out:
@@ -238,7 +240,9 @@ hsm_result hsm_kms_set_flags(hsm_kms *kms, const hsm_caller *caller, const char 
                              uint32_t set, uint32_t clear)
 {
 	flags_arg f = {set, clear};
-	return kms_modify(kms, caller, HSM_OP_UpdateKeyDescription, ref, set_flags, &f, NULL, NULL);
+	/* The only flag marks keys for JWT signing: its own action, not a description change. */
+	hsm_op op = (set & HSM_KEYFLAG_JWT) != 0 ? HSM_OP_EnableJwtSigning : HSM_OP_DisableJwtSigning;
+	return kms_modify(kms, caller, op, ref, set_flags, &f, NULL, NULL);
 }
 
 /* Destroys a key whose waiting period ended (scheduler). */

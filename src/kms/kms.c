@@ -133,6 +133,7 @@ hsm_result hsm_kms_new(hsm_store *store, hsm_keystore *ks, const hsm_kms_config 
 		kms->cfg.default_pending_days = 30;
 	kms->clock = system_clock;
 	HSM_TRY(hsm_shmap_new(200000, key_ref, key_unref, &kms->keys));
+	HSM_TRY(kms_jwks_new(&kms->jwks));
 	*out = kms;
 	kms = NULL;
 out:
@@ -145,6 +146,7 @@ void hsm_kms_free(hsm_kms *kms)
 	if (kms == NULL)
 		return;
 	hsm_shmap_free(kms->keys);
+	kms_jwks_free(kms->jwks);
 	free(kms);
 }
 
@@ -294,6 +296,7 @@ out:
 void kms_key_invalidate(hsm_kms *kms, const char *key_id)
 {
 	hsm_shmap_remove(kms->keys, key_id);
+	atomic_fetch_add_explicit(&kms->generation, 1, memory_order_release); /* JWKS cache */
 }
 
 /* ---- Authorization --------------------------------------------------------------- */

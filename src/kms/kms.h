@@ -87,7 +87,11 @@ typedef enum hsm_op {
 	X(ListResourceTags, HSM_OPC_READ, HSM_ROLES_OFFICER | HSM_ROLES_USER | HSM_ROLES_AUDITOR, false) \
 	X(GetKeyPolicy, HSM_OPC_READ, HSM_ROLES_OFFICER | HSM_ROLES_AUDITOR, false)         \
 	X(PutKeyPolicy, HSM_OPC_READ, HSM_ROLES_OFFICER, true)                              \
-	X(ListKeyPolicies, HSM_OPC_READ, HSM_ROLES_OFFICER | HSM_ROLES_AUDITOR, false)
+	X(ListKeyPolicies, HSM_OPC_READ, HSM_ROLES_OFFICER | HSM_ROLES_AUDITOR, false)     \
+	/* hsmd's token operations (X-Amz-Target HsmdJwt.<Op>, kms/jwt.h) */              \
+	X(SignToken, HSM_OPC_CRYPTO, HSM_ROLES_USER, false)                                 \
+	X(EnableJwtSigning, HSM_OPC_MODIFY, HSM_ROLES_OFFICER, true)                        \
+	X(DisableJwtSigning, HSM_OPC_MODIFY, HSM_ROLES_OFFICER, true)
 	HSM_OP_TABLE(HSM_OP_ENUM)
 #undef HSM_OP_ENUM
 	HSM_OP_COUNT
@@ -114,6 +118,9 @@ typedef struct hsm_kms_config {
 	int default_rotation_days;   /* 90 */
 	int default_pending_days;    /* 30 */
 	int64_t meta_cache_ttl_ms;   /* key metadata cache lifetime; 0 = until changed here */
+	int64_t jwt_default_lifetime; /* seconds; 0 = 900 (kms/jwt.h) */
+	int64_t jwt_max_lifetime;     /* seconds; 0 = 86400 */
+	int64_t jwt_clock_skew;       /* seconds; 0 = 60 */
 } hsm_kms_config;
 
 /* Internal events the caller audits (automatic rotation, destruction). */

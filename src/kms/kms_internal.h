@@ -32,6 +32,8 @@ struct hsm_kms {
 	void *event_arg;
 	int64_t (*clock)(void *arg);
 	void *clock_arg;
+	atomic_uint_fast64_t generation; /* bumped on every key change (kms_key_invalidate) */
+	struct kms_jwks *jwks;           /* the JWK Set cache (kms_jwks.c) */
 };
 
 int64_t kms_now(hsm_kms *kms);
@@ -95,6 +97,11 @@ hsm_result kms_canonical_ctx(const hsm_enc_ctx *ctx, hsm_buf *out) HSM_MUST_CHEC
 
 /* Validates a tag as TagResource does (key 1-128 characters, value 0-256, no "aws:" prefix). */
 hsm_result kms_check_tag(const hsm_tag *t) HSM_MUST_CHECK;
+/* The JWK Set cache (kms_jwks.c). */
+struct kms_jwks;
+hsm_result kms_jwks_new(struct kms_jwks **out) HSM_MUST_CHECK;
+void kms_jwks_free(struct kms_jwks *j);
+
 /* Scheduler actions (keys.c, rotation.c). */
 hsm_result kms_destroy_due(hsm_kms *kms, const hsm_key_record *rec) HSM_MUST_CHECK;
 hsm_result kms_rotate_due(hsm_kms *kms, const hsm_key_record *rec) HSM_MUST_CHECK;

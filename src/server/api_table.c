@@ -43,6 +43,9 @@ static const hsm_api_handler handlers[HSM_OP_COUNT] = {
     [HSM_OP_GetKeyPolicy] = hsm_api_get_key_policy,
     [HSM_OP_PutKeyPolicy] = hsm_api_put_key_policy,
     [HSM_OP_ListKeyPolicies] = hsm_api_list_key_policies,
+    [HSM_OP_SignToken] = hsm_api_sign_token,
+    [HSM_OP_EnableJwtSigning] = hsm_api_enable_jwt_signing,
+    [HSM_OP_DisableJwtSigning] = hsm_api_disable_jwt_signing,
 };
 
 hsm_api_handler hsm_api_handler_for(hsm_op op)

@@ -78,6 +78,7 @@ typedef struct hsm_config {
 	/* authentication and tokens */
 	uint32_t jwt_default_lifetime_seconds;
 	uint32_t jwt_max_lifetime_seconds;
+	uint32_t jwt_clock_skew_seconds;
 	uint32_t sigv4_skew_seconds;
 	uint32_t lockout_threshold;
 	/* process */

@@ -72,6 +72,8 @@ const key_def hsm_config_keys[] = {
      "900", "S", "lifetime of a signed token when the request names none"},
     {"jwt_max_lifetime_seconds", K_U32, FIELD(jwt_max_lifetime_seconds), 1, 30 * DAY, "86400", "S",
      "longest token lifetime a request may ask for"},
+    {"jwt_clock_skew_seconds", K_U32, FIELD(jwt_clock_skew_seconds), 1, 3600, "60", "S",
+     "verifiers' clock skew that the JWKS grace period for retired key versions allows"},
     {"sigv4_skew_seconds", K_U32, FIELD(sigv4_skew_seconds), 1, 3600, "300", "S",
      "clock difference allowed on SigV4-signed requests"},
     {"lockout_threshold", K_U32, FIELD(lockout_threshold), 1, 1000, "5", "N",

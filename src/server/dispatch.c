@@ -23,6 +23,8 @@
 #define CONTENT_TYPE_JSON "application/x-amz-json-1.1"
 #define KMS_PREFIX "TrentService."
 #define ADMIN_PREFIX "HsmdAdmin."
+#define JWT_PREFIX "HsmdJwt."
+#define JWKS_PATH "/.well-known/jwks.json"
 
 /* A response waiting for its audit record. */
 typedef struct pending {
@@ -236,9 +238,11 @@ static hsm_result admit(hsm_server *s, hsm_http_req *req, hsm_auth_result *auth)
 	return HSM_SUCCESS;
 }
 
-static void handle_kms(hsm_server *s, hsm_http_req *req, const char *name)
+static void handle_kms(hsm_server *s, hsm_http_req *req, const char *name, bool jwt)
 {
 	const hsm_op_info *info = hsm_op_find(name);
+	if (info != NULL && hsm_api_is_jwt_op(info->op) != jwt)
+		info = NULL; /* token operations answer under HsmdJwt. only, KMS ones under TrentService. */
 	unsigned slot = info != NULL ? (unsigned)info->op : HSM_METRIC_NONE;
 	pending *p = pending_new(s, req, slot, info != NULL && returns_secret(info->op));
 	if (p == NULL) {
@@ -313,7 +317,11 @@ static void handle_post(hsm_server *s, hsm_http_req *req)
 	const char *target = hsm_http_req_header(req, "X-Amz-Target");
 	hsm_buf body = {0};
 	if (target != NULL && hsm_str_has_prefix(target, KMS_PREFIX)) {
-		handle_kms(s, req, target + strlen(KMS_PREFIX));
+		handle_kms(s, req, target + strlen(KMS_PREFIX), false);
+		return;
+	}
+	if (target != NULL && hsm_str_has_prefix(target, JWT_PREFIX)) {
+		handle_kms(s, req, target + strlen(JWT_PREFIX), true);
 		return;
 	}
 	if (target != NULL && hsm_str_has_prefix(target, ADMIN_PREFIX)) {
@@ -355,6 +363,9 @@ static void handle_get(hsm_server *s, hsm_http_req *req, const char *path)
 			status = 500;
 	} else if (strcmp(path, "/readyz") == 0) {
 		handle_readyz(s, req);
+		return;
+	} else if (strcmp(path, JWKS_PATH) == 0) {
+		hsm_server_jwks(s, req); /* public keys: see jwks.c for why it is unauthenticated */
 		return;
 	} else if (strcmp(path, "/metrics") == 0) {
 		type = "text/plain; version=0.0.4; charset=utf-8";

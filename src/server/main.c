@@ -37,6 +37,7 @@ static void options_from(const hsm_config *cfg, hsm_server_options *o)
 	o->audit_syslog = cfg->audit_syslog;
 	o->jwt_default_lifetime = cfg->jwt_default_lifetime_seconds;
 	o->jwt_max_lifetime = cfg->jwt_max_lifetime_seconds;
+	o->jwt_clock_skew = cfg->jwt_clock_skew_seconds;
 	o->secure_heap_bytes = cfg->secure_heap_bytes;
 	o->dev = cfg->dev;
 }

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "kms/jwt.h"
 #include "server/server.h"
 
 #define SCHEDULER_PERIOD_S 5
@@ -76,11 +77,33 @@ static hsm_result open_parts(hsm_server *s)
 	                 st == HSM_NODE_ERROR ? HSM_FAIL(HSM_ERR_NODE_ERROR, "self-test failed")
 	                                      : HSM_SUCCESS,
 	                 &f, 1);
-	hsm_kms_config kc = {.region = s->region, .account_id = s->account};
+	hsm_kms_config kc = {.region = s->region,
+	                     .account_id = s->account,
+	                     .jwt_default_lifetime = s->opt.jwt_default_lifetime,
+	                     .jwt_max_lifetime = s->opt.jwt_max_lifetime,
+	                     .jwt_clock_skew = s->opt.jwt_clock_skew};
 	HSM_GUARD(hsm_kms_new(s->store, s->ks, &kc, &s->kms));
 	hsm_kms_set_event_sink(s->kms, on_kms_event, s);
 	HSM_GUARD(hsm_server_auth_init(s));
 	return hsm_http_server_new(&s->opt.http, hsm_server_on_request, s, &s->http);
+}
+
+/* Token lifetimes (kms/jwt.h): 15 minutes by default, at most a day, 60 s of skew. */
+static hsm_result jwt_defaults(hsm_server_options *o)
+{
+	if (o->jwt_max_lifetime == 0)
+		o->jwt_max_lifetime = HSM_JWT_MAX_LIFETIME;
+	if (o->jwt_default_lifetime == 0)
+		o->jwt_default_lifetime = o->jwt_max_lifetime < HSM_JWT_DEFAULT_LIFETIME
+		                              ? o->jwt_max_lifetime
+		                              : HSM_JWT_DEFAULT_LIFETIME;
+	if (o->jwt_clock_skew == 0)
+		o->jwt_clock_skew = HSM_JWT_DEFAULT_CLOCK_SKEW;
+	HSM_ENSURE(o->jwt_max_lifetime >= 1 && o->jwt_default_lifetime >= 1 &&
+	               o->jwt_default_lifetime <= o->jwt_max_lifetime && o->jwt_clock_skew >= 1,
+	           HSM_ERR_VALIDATION,
+	           "token lifetimes must satisfy 1 <= default <= maximum, and the clock skew >= 1");
+	return HSM_SUCCESS;
 }
 
 hsm_result hsm_server_new(const hsm_server_options *opt, hsm_server **out)
@@ -106,6 +129,7 @@ hsm_result hsm_server_new(const hsm_server_options *opt, hsm_server **out)
 	s->opt.audit_dir = s->audit_dir;
 	if (s->opt.lockout_threshold == 0)
 		s->opt.lockout_threshold = 5;
+	HSM_TRY(jwt_defaults(&s->opt));
 	HSM_TRY(open_parts(s));
 	*out = s;
 	s = NULL;

@@ -40,6 +40,7 @@ typedef struct hsm_server_options {
 	bool audit_syslog;
 	int64_t jwt_default_lifetime;
 	int64_t jwt_max_lifetime;
+	int64_t jwt_clock_skew;      /* verifiers' clock skew the JWKS grace period allows */
 	size_t secure_heap_bytes;
 	bool dev;
 } hsm_server_options;
@@ -115,6 +116,9 @@ const hsm_admin_op *hsm_admin_find(const char *name);
 
 /* The audit trail's checkpoint signer: the keystore's audit key (arg: hsm_keystore). */
 hsm_result hsm_server_audit_signer(void *arg, const uint8_t *msg, size_t n, hsm_buf *sig) HSM_MUST_CHECK;
+
+/* Answers GET /.well-known/jwks.json (jwks.c). */
+void hsm_server_jwks(hsm_server *s, hsm_http_req *req);
 
 /* Writes /metrics (metrics.c). */
 hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out) HSM_MUST_CHECK;

@@ -94,6 +94,7 @@ hsm_result hsm_rotation_type_parse(const char *name, hsm_rotation_type *out) HSM
 
 /* Key flags (bit set). */
 #define HSM_KEYFLAG_JWT 0x1U /* published in the JWKS and usable for token signing */
+/* Bits 8-15 are taken: a JWT key's JWS algorithm (HSM_KEYFLAG_JWT_ALG_MASK, kms/jwt.h). */
 
 /* ---- Records -------------------------------------------------------------- */
 

@@ -1,0 +1,246 @@
+/*
+ * cmd_jwt.c - tokens: sign with a running hsmd, verify offline.
+ *
+ *   hsmctl jwt sign [--endpoint URL] KEY --claims JSON|@FILE [--lifetime S] [--alg A]
+ *                   [--typ T] [--cty C]
+ *   hsmctl jwt verify --jwks FILE|URL TOKEN|- [--issuer I] [--audience A] [--leeway S]
+ *   hsmctl jwt enable [--endpoint URL] KEY [--alg A]
+ *   hsmctl jwt disable [--endpoint URL] KEY
+ *
+ * sign prints the token; verify prints its header and claims and exits 0
+ * only for a token that verifies (signature, kid/alg, exp, nbf, iss, aud),
+ * using the shared code of kms/jwt.h, so the check is the one hsmd's own
+ * tests rely on.  A token is a bearer credential: give "-" to read it from
+ * standard input rather than the command line.
+ */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+#include "hsmctl/client.h"
+#include "hsmctl/hsmctl.h"
+#include "kms/jwt.h"
+
+#define JWKS_FILE_MAX ((size_t)1 << 20)
+#define DEFAULT_LEEWAY 60
+
+typedef struct jwt_args {
+	const char *key, *claims, *alg, *typ, *cty, *jwks, *token, *issuer, *audience;
+	int64_t lifetime, leeway;
+} jwt_args;
+
+/* Options may come in any order around the positional arguments. */
+static int parse_args(const char *cmd, int argc, char **argv, jwt_args *a)
+{
+	const char *positional[2] = {NULL, NULL};
+	int npos = 0;
+	a->leeway = DEFAULT_LEEWAY;
+	for (int i = 1; i < argc; i++) {
+		const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+		const char **dst = strcmp(o, "--claims") == 0     ? &a->claims
+		                   : strcmp(o, "--alg") == 0      ? &a->alg
+		                   : strcmp(o, "--typ") == 0      ? &a->typ
+		                   : strcmp(o, "--cty") == 0      ? &a->cty
+		                   : strcmp(o, "--jwks") == 0     ? &a->jwks
+		                   : strcmp(o, "--issuer") == 0   ? &a->issuer
+		                   : strcmp(o, "--audience") == 0 ? &a->audience
+		                   : strcmp(o, "--endpoint") == 0 ? &hsmctl_globals.client.endpoints
+		                                                  : NULL;
+		bool num = strcmp(o, "--lifetime") == 0 || strcmp(o, "--leeway") == 0;
+		if ((dst != NULL || num) && v == NULL)
+			return hsmctl_usage(cmd, "%s needs a value", o);
+		if (dst != NULL) {
+			*dst = v;
+			i++;
+		} else if (num) {
+			int64_t *n = strcmp(o, "--lifetime") == 0 ? &a->lifetime : &a->leeway;
+			if (hsm_failed(hsm_parse_i64(v, 0, 3650LL * 86400, n)))
+				return hsmctl_usage(cmd, "%s takes a number of seconds", o);
+			i++;
+		} else if (o[0] == '-' && o[1] == '-') {
+			return hsmctl_usage(cmd, "unknown option %s", o);
+		} else if (npos < 2) {
+			positional[npos++] = o;
+		} else {
+			return hsmctl_usage(cmd, "too many arguments");
+		}
+	}
+	a->key = positional[0];
+	a->token = positional[0];
+	return npos == 1 ? 0 : hsmctl_usage(cmd, "give exactly one %s",
+	                                    strcmp(cmd, "jwt verify") == 0 ? "TOKEN" : "KEY");
+}
+
+/* Text of --claims: inline JSON, or @FILE. */
+static hsm_result load_json(const char *arg, const char *what, json_t **out)
+{
+	hsm_buf text = {0};
+	json_error_t e;
+	if (arg[0] == '@')
+		HSM_GUARD(hsm_read_file(arg + 1, JWKS_FILE_MAX, &text));
+	else
+		HSM_GUARD(hsm_buf_put_str(&text, arg));
+	*out = json_loadb((const char *)text.data, text.len, JSON_REJECT_DUPLICATES, &e);
+	hsm_buf_free(&text);
+	HSM_ENSURE(*out != NULL, HSM_ERR_VALIDATION, "%s is not JSON: %s", what, e.text);
+	return HSM_SUCCESS;
+}
+
+/* POSTs body to an HsmdJwt target and parses the answer. */
+static hsm_result call(const char *op, json_t *body, json_t **out)
+{
+	char target[64];
+	snprintf(target, sizeof(target), "HsmdJwt.%s", op);
+	char *text = json_dumps(body, JSON_COMPACT);
+	HSM_ENSURE(text != NULL, HSM_ERR_NOMEM, "out of memory");
+	hsm_buf resp = {0};
+	hsm_result r = hsmctl_call_ok(&hsmctl_globals.client, target, text, true, &resp);
+	free(text);
+	if (hsm_ok(r)) {
+		json_error_t e;
+		*out = json_loadb((const char *)resp.data, resp.len, 0, &e);
+		if (*out == NULL)
+			r = HSM_FAIL(HSM_ERR_SERIALIZATION, "the server's answer is not JSON");
+	}
+	hsm_buf_free(&resp);
+	return r;
+}
+
+static int jwt_sign(jwt_args *a)
+{
+	json_t *claims = NULL, *out = NULL;
+	if (a->claims == NULL)
+		return hsmctl_usage("jwt sign", "--claims JSON is required");
+	if (hsm_failed(load_json(a->claims, "--claims", &claims)))
+		return hsmctl_fail("jwt sign");
+	json_t *body = json_pack("{s:s, s:o}", "KeyId", a->key, "Claims", claims);
+	if (a->alg != NULL)
+		json_object_set_new(body, "Algorithm", json_string(a->alg));
+	if (a->lifetime > 0)
+		json_object_set_new(body, "LifetimeSeconds", json_integer(a->lifetime));
+	if (a->typ != NULL || a->cty != NULL) {
+		json_t *h = json_object();
+		if (a->typ != NULL)
+			json_object_set_new(h, "typ", json_string(a->typ));
+		if (a->cty != NULL)
+			json_object_set_new(h, "cty", json_string(a->cty));
+		json_object_set_new(body, "Header", h);
+	}
+	hsm_result r = body != NULL ? call("SignToken", body, &out)
+	                            : HSM_FAIL(HSM_ERR_VALIDATION, "KEY must be UTF-8 text");
+	json_decref(body);
+	if (hsm_failed(r))
+		return hsmctl_fail("jwt sign");
+	printf("%s\n", json_string_value(json_object_get(out, "Token")));
+	json_decref(out);
+	return 0;
+}
+
+static int jwt_mark(const char *op, jwt_args *a)
+{
+	json_t *out = NULL, *body = json_pack("{s:s}", "KeyId", a->key);
+	if (a->alg != NULL && body != NULL)
+		json_object_set_new(body, "Algorithm", json_string(a->alg));
+	hsm_result r = body != NULL ? call(op, body, &out)
+	                            : HSM_FAIL(HSM_ERR_VALIDATION, "KEY must be UTF-8 text");
+	json_decref(body);
+	if (hsm_failed(r))
+		return hsmctl_fail(op);
+	const char *k;
+	json_t *v;
+	json_object_foreach(out, k, v)
+	{
+		char *s = json_is_string(v) ? NULL : json_dumps(v, JSON_ENCODE_ANY);
+		printf("%s: %s\n", k, s != NULL ? s : json_string_value(v));
+		free(s);
+	}
+	json_decref(out);
+	return 0;
+}
+
+/* The JWK Set from a file or an http(s) URL. */
+static hsm_result load_jwks(const char *where, json_t **out)
+{
+	hsm_buf text = {0};
+	json_error_t e;
+	hsm_result r = hsm_str_has_prefix(where, "http://") || hsm_str_has_prefix(where, "https://")
+	                   ? hsmctl_get(&hsmctl_globals.client, where, &text)
+	                   : hsm_read_file(where, JWKS_FILE_MAX, &text);
+	if (hsm_ok(r)) {
+		*out = json_loadb((const char *)text.data, text.len, 0, &e);
+		if (*out == NULL)
+			r = HSM_FAIL(HSM_ERR_VALIDATION, "%.128s is not a JSON JWK Set", where);
+	}
+	hsm_buf_free(&text);
+	return r;
+}
+
+/* The token argument, or standard input for "-" (trailing whitespace removed). */
+static hsm_result load_token(const char *arg, hsm_buf *out)
+{
+	if (strcmp(arg, "-") != 0)
+		return hsm_buf_put_str(out, arg);
+	char chunk[4096];
+	size_t n;
+	while ((n = fread(chunk, 1, sizeof(chunk), stdin)) > 0) {
+		HSM_ENSURE(out->len + n <= HSM_JWT_TOKEN_MAX, HSM_ERR_VALIDATION, "the token is too long");
+		HSM_GUARD(hsm_buf_put(out, chunk, n));
+	}
+	while (out->len > 0 && strchr(" \t\r\n", out->data[out->len - 1]) != NULL)
+		out->len--;
+	return HSM_SUCCESS;
+}
+
+static void print_json(const char *label, const json_t *v)
+{
+	char *s = json_dumps(v, JSON_INDENT(2));
+	printf("%s: %s\n", label, s != NULL ? s : "?");
+	free(s);
+}
+
+static int jwt_verify(jwt_args *a)
+{
+	json_t *jwks = NULL, *header = NULL, *claims = NULL;
+	hsm_buf token = {0};
+	if (a->jwks == NULL)
+		return hsmctl_usage("jwt verify", "--jwks FILE|URL is required");
+	hsm_jwt_verify_opts o = {hsm_now(), a->leeway, a->issuer, a->audience};
+	hsm_result r = load_jwks(a->jwks, &jwks);
+	if (hsm_ok(r))
+		r = load_token(a->token, &token);
+	if (hsm_ok(r))
+		r = hsm_jwt_verify((const char *)token.data, token.len, jwks, &o, &header, &claims);
+	hsm_buf_free(&token);
+	json_decref(jwks);
+	if (hsm_failed(r))
+		return hsmctl_fail("jwt verify");
+	printf("valid\n");
+	print_json("header", header);
+	print_json("claims", claims);
+	json_decref(header);
+	json_decref(claims);
+	return 0;
+}
+
+int hsmctl_cmd_jwt(int argc, char **argv)
+{
+	jwt_args a;
+	memset(&a, 0, sizeof(a));
+	const char *sub = argv[0];
+	char cmd[32];
+	snprintf(cmd, sizeof(cmd), "jwt %s", sub);
+	int rc = parse_args(cmd, argc, argv, &a);
+	if (rc != 0)
+		return rc;
+	if (strcmp(sub, "verify") == 0)
+		return jwt_verify(&a);
+	if (!hsmctl_online())
+		return hsmctl_usage(cmd, "needs --endpoint URL (a running hsmd)");
+	if (strcmp(sub, "sign") == 0)
+		return jwt_sign(&a);
+	if (strcmp(sub, "enable") == 0)
+		return jwt_mark("EnableJwtSigning", &a);
+	return jwt_mark("DisableJwtSigning", &a);
+}

@@ -1,0 +1,446 @@
+"""JWT signing (HsmdJwt.*) and the JWKS, checked with independent JOSE libraries.
+
+Tokens signed by a real hsmd are verified by PyJWT (PyJWKClient fetching
+/.well-known/jwks.json) and by jwcrypto (JWKSet), for every algorithm; the
+rotation grace period is observed on an hsmd started with a short maximum
+token lifetime; hsmctl's jwt commands are run end to end.
+"""
+import base64
+import glob
+import json
+import os
+import subprocess
+import time
+import urllib.request
+
+import jwt as pyjwt
+import pytest
+from jwcrypto import jwk as jcjwk
+from jwcrypto import jwt as jcjwt
+
+from conftest import (ACCOUNT, DEV_AKID, DEV_SECRET, HSMCTL, signed_call, start_dev,
+                      unsigned_call)
+
+JWKS_PATH = "/.well-known/jwks.json"
+ISSUER = "catalytic-computing-api"
+AUDIENCE = ["catalytic-api", "saas-api"]
+
+# (KeySpec, JWS algorithm) for every algorithm hsmd signs with.
+EVERY_ALG = [
+    ("RSA_2048", "RS256"), ("RSA_2048", "RS384"), ("RSA_2048", "RS512"),
+    ("RSA_2048", "PS256"), ("RSA_2048", "PS384"), ("RSA_2048", "PS512"),
+    ("ECC_NIST_P256", "ES256"), ("ECC_NIST_P384", "ES384"), ("ECC_NIST_P521", "ES512"),
+    ("ECC_NIST_EDWARDS25519", "EdDSA"),
+]
+
+
+def jwt_call(server, op, body, **kw):
+    return signed_call(server, "HsmdJwt." + op, body, **kw)
+
+
+def ok(result):
+    status, body = result
+    assert status == 200, body
+    return body
+
+
+def error(result):
+    status, body = result
+    assert status != 200, body
+    return body["__type"], body["message"]
+
+
+def new_key(kms, spec, usage="SIGN_VERIFY"):
+    return kms.create_key(KeySpec=spec, KeyUsage=usage)["KeyMetadata"]["KeyId"]
+
+
+def jwt_key(server, kms, spec, alg=None):
+    key = new_key(kms, spec)
+    body = {"KeyId": key}
+    if alg:
+        body["Algorithm"] = alg
+    out = ok(jwt_call(server, "EnableJwtSigning", body))
+    assert out["JwtSigningEnabled"] is True
+    return key, out["Algorithm"]
+
+
+def sign(server, key, claims, **extra):
+    body = {"KeyId": key, "Claims": claims}
+    body.update(extra)
+    return ok(jwt_call(server, "SignToken", body))
+
+
+def fetch_jwks(server):
+    status, body, headers = server.get(JWKS_PATH)
+    assert status == 200, body
+    return json.loads(body), headers
+
+
+def b64url_json(part):
+    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
+def pyjwt_verify(server, token, alg, **kw):
+    """PyJWT with a fresh PyJWKClient on hsmd's JWKS (no cached set between checks)."""
+    client = pyjwt.PyJWKClient(server.endpoint + JWKS_PATH, cache_jwk_set=False)
+    key = client.get_signing_key_from_jwt(token)
+    return pyjwt.decode(token, key.key, algorithms=[alg], **kw)
+
+
+def jwcrypto_verify(server, token, alg, leeway=60):
+    jwks, _ = fetch_jwks(server)
+    keyset = jcjwk.JWKSet.from_json(json.dumps(jwks))
+    t = jcjwt.JWT()
+    t.leeway = leeway
+    t.deserialize(token, keyset)
+    if alg:
+        assert json.loads(t.header)["alg"] == alg
+    return json.loads(t.claims)
+
+
+def tamper(token, part, offset=5):
+    parts = token.split(".")
+    s = parts[part]
+    c = "B" if s[offset] == "A" else "A"
+    parts[part] = s[:offset] + c + s[offset + 1:]
+    return ".".join(parts)
+
+
+PLATFORM_CLAIMS = {"iss": ISSUER, "aud": AUDIENCE, "sub": "user-42"}
+
+
+@pytest.mark.parametrize("spec,alg", EVERY_ALG)
+def test_every_algorithm_verifies_through_the_jwks(hsmd, kms, spec, alg):
+    key, got_alg = jwt_key(hsmd, kms, spec, alg)
+    assert got_alg == alg
+    out = sign(hsmd, key, PLATFORM_CLAIMS)
+    token = out["Token"]
+    assert out["Algorithm"] == alg and out["KeyVersion"] == 1
+    assert out["Kid"] == f"{key}.v1"
+    assert out["KeyId"] == f"arn:aws:kms:us-east-1:{ACCOUNT}:key/{key}"
+    header = b64url_json(token.split(".")[0])
+    assert header == {"alg": alg, "kid": f"{key}.v1", "typ": "JWT"}
+
+    claims = pyjwt_verify(hsmd, token, alg, audience="saas-api", issuer=ISSUER)
+    assert claims["sub"] == "user-42" and claims["aud"] == AUDIENCE
+    assert claims["exp"] - claims["iat"] == 900 and claims["nbf"] == claims["iat"]
+    assert claims["iat"] == out["IssuedAt"] and claims["exp"] == out["ExpiresAt"]
+    assert jwcrypto_verify(hsmd, token, alg)["sub"] == "user-42"
+
+    # The JWK hsmd publishes for it: RFC 7517/7518/8037 members, one algorithm.
+    jwks, _ = fetch_jwks(hsmd)
+    (entry,) = [k for k in jwks["keys"] if k["kid"] == f"{key}.v1"]
+    assert entry["use"] == "sig" and entry["alg"] == alg
+    assert "d" not in entry
+    if spec.startswith("RSA"):
+        assert entry["kty"] == "RSA" and set(entry) == {"kty", "use", "alg", "kid", "n", "e"}
+    elif alg == "EdDSA":
+        assert entry["kty"] == "OKP" and entry["crv"] == "Ed25519"
+        assert set(entry) == {"kty", "use", "alg", "kid", "crv", "x"}
+    else:
+        assert entry["kty"] == "EC" and set(entry) == {"kty", "use", "alg", "kid", "crv", "x", "y"}
+        # ES*: R || S of fixed length (RFC 7518 3.4), not DER.
+        sig = base64.urlsafe_b64decode(token.split(".")[2] + "==")
+        assert len(sig) == {"ES256": 64, "ES384": 96, "ES512": 132}[alg]
+
+    # A changed byte in the header, the payload or the signature fails in both libraries.
+    for part in (0, 1, 2):
+        bad = tamper(token, part)
+        with pytest.raises(Exception):
+            pyjwt_verify(hsmd, bad, alg, audience="saas-api", issuer=ISSUER)
+        with pytest.raises(Exception):
+            jwcrypto_verify(hsmd, bad, alg)
+    # Verification with another algorithm than the key's is refused by the library.
+    other = "RS256" if alg != "RS256" else "PS256"
+    with pytest.raises(pyjwt.exceptions.InvalidAlgorithmError):
+        pyjwt_verify(hsmd, token, other, audience="saas-api", issuer=ISSUER)
+
+
+def test_expired_token_fails(hsmd, kms):
+    key, alg = jwt_key(hsmd, kms, "ECC_NIST_P256")
+    out = sign(hsmd, key, {"sub": "s"}, LifetimeSeconds=3)
+    assert out["ExpiresAt"] - out["IssuedAt"] == 3
+    pyjwt_verify(hsmd, out["Token"], alg)
+    time.sleep(max(0.0, out["ExpiresAt"] + 1.2 - time.time()))
+    with pytest.raises(pyjwt.exceptions.ExpiredSignatureError):
+        pyjwt_verify(hsmd, out["Token"], alg)
+    with pytest.raises(jcjwt.JWTExpired):
+        jwcrypto_verify(hsmd, out["Token"], alg, leeway=0)
+
+
+def test_header_typ_and_cty(hsmd, kms):
+    key, alg = jwt_key(hsmd, kms, "ECC_NIST_EDWARDS25519")
+    out = sign(hsmd, key, {"sub": "s"}, Header={"typ": "at+jwt"}, Algorithm="EdDSA")
+    assert b64url_json(out["Token"].split(".")[0]) == {
+        "alg": "EdDSA", "kid": f"{key}.v1", "typ": "at+jwt"}
+    pyjwt_verify(hsmd, out["Token"], alg)
+
+
+def test_bad_input_gets_clear_errors(hsmd, kms):
+    key, _ = jwt_key(hsmd, kms, "RSA_2048")
+    cases = [
+        ({"Claims": ["a"]}, "ValidationException", "JSON object"),
+        ({"Claims": "text"}, "ValidationException", "JSON object"),
+        ({}, "ValidationException", "claims"),
+        ({"Claims": {"exp": 1}}, "ValidationException", '"exp"'),
+        ({"Claims": {"iat": 1}}, "ValidationException", '"iat"'),
+        ({"Claims": {"nbf": 1}}, "ValidationException", '"nbf"'),
+        ({"Claims": {"iss": 7}}, "ValidationException", '"iss"'),
+        ({"Claims": {"sub": None}}, "ValidationException", '"sub"'),
+        ({"Claims": {"aud": []}}, "ValidationException", '"aud"'),
+        ({"Claims": {"aud": ["a", 1]}}, "ValidationException", '"aud"'),
+        ({"Claims": {"pad": "x" * 17000}}, "ValidationException", "16384"),
+        ({"Claims": {}, "Header": {"alg": "none"}}, "ValidationException", '"alg"'),
+        ({"Claims": {}, "Header": {"kid": "other"}}, "ValidationException", '"kid"'),
+        ({"Claims": {}, "Header": {"crit": ["exp"]}}, "ValidationException", '"crit"'),
+        ({"Claims": {}, "Header": "JWT"}, "ValidationException", "Header"),
+        ({"Claims": {}, "Algorithm": "none"}, "ValidationException", "Algorithm"),
+        ({"Claims": {}, "Algorithm": "HS256"}, "ValidationException", "Algorithm"),
+        ({"Claims": {}, "Algorithm": "ES256"}, "InvalidKeyUsageException", "RS256"),
+        ({"Claims": {}, "Algorithm": "PS256"}, "InvalidKeyUsageException", "RS256"),
+        ({"Claims": {}, "LifetimeSeconds": 0}, "ValidationException", "lifetimeSeconds"),
+        ({"Claims": {}, "LifetimeSeconds": 86401}, "ValidationException", "86400"),
+        ({"Claims": {}, "LifetimeSeconds": "60"}, "SerializationException", "LifetimeSeconds"),
+    ]
+    for extra, code, needle in cases:
+        body = {"KeyId": key}
+        body.update(extra)
+        got_code, message = error(jwt_call(hsmd, "SignToken", body))
+        assert (got_code, needle in message) == (code, True), (extra, got_code, message)
+
+    # Keys that cannot sign tokens, or may not yet.
+    plain = new_key(kms, "RSA_2048")
+    assert error(jwt_call(hsmd, "SignToken", {"KeyId": plain, "Claims": {}}))[0] == \
+        "InvalidKeyUsageException"
+    for spec, usage in [("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT"), ("HMAC_256", "GENERATE_VERIFY_MAC"),
+                        ("ECC_SECG_P256K1", "SIGN_VERIFY")]:
+        k = new_key(kms, spec, usage)
+        assert error(jwt_call(hsmd, "EnableJwtSigning", {"KeyId": k}))[0] == \
+            "InvalidKeyUsageException"
+    assert error(jwt_call(hsmd, "EnableJwtSigning", {"KeyId": plain, "Algorithm": "EdDSA"}))[0] == \
+        "InvalidKeyUsageException"
+    code, message = error(jwt_call(hsmd, "EnableJwtSigning", {"KeyId": key, "Algorithm": "PS256"}))
+    assert code == "ValidationException" and "RS256" in message
+    missing = "11111111-2222-4333-8444-555555555555"
+    assert error(jwt_call(hsmd, "SignToken", {"KeyId": missing, "Claims": {}}))[0] == \
+        "NotFoundException"
+    # Each target prefix answers only its own operations; signatures are required.
+    assert error(signed_call(hsmd, "TrentService.SignToken", {"KeyId": key, "Claims": {}}))[0] == \
+        "UnknownOperationException"
+    assert error(jwt_call(hsmd, "Encrypt", {"KeyId": key, "Plaintext": "AA=="}))[0] == \
+        "UnknownOperationException"
+    status, body = unsigned_call(hsmd, "HsmdJwt.SignToken", {"KeyId": key, "Claims": {}})
+    assert status == 403 and body["__type"] == "MissingAuthenticationTokenException"
+
+
+def test_disabled_key_is_refused_and_unpublished(hsmd, kms):
+    key, alg = jwt_key(hsmd, kms, "ECC_NIST_P256")
+    token = sign(hsmd, key, {"sub": "s"})["Token"]
+    pyjwt_verify(hsmd, token, alg)
+    kms.disable_key(KeyId=key)
+    code, _ = error(jwt_call(hsmd, "SignToken", {"KeyId": key, "Claims": {}}))
+    assert code == "DisabledException"
+    # Disabling is revocation: the key leaves the JWKS and its tokens stop verifying.
+    with pytest.raises(pyjwt.exceptions.PyJWKClientError):
+        pyjwt_verify(hsmd, token, alg)
+    kms.enable_key(KeyId=key)
+    pyjwt_verify(hsmd, token, alg)
+    ok(jwt_call(hsmd, "DisableJwtSigning", {"KeyId": key}))
+    assert not any(k["kid"].startswith(key) for k in fetch_jwks(hsmd)[0]["keys"])
+    assert error(jwt_call(hsmd, "SignToken", {"KeyId": key, "Claims": {}}))[0] == \
+        "InvalidKeyUsageException"
+
+
+def test_jwks_http_caching(hsmd, kms):
+    status, body, headers = hsmd.get(JWKS_PATH)
+    assert status == 200
+    assert headers["Content-Type"] == "application/json"
+    assert headers["Cache-Control"] == "public, max-age=300"
+    etag = headers["ETag"]
+    assert etag.startswith('"') and etag.endswith('"') and len(etag) == 24
+    json.loads(body)
+
+    def get(h):
+        req = urllib.request.Request(hsmd.endpoint + JWKS_PATH, headers=h)
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, r.read(), r.headers
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), e.headers
+
+    for inm in (etag, "W/" + etag, f'"other", {etag}', "*"):
+        status, payload, h = get({"If-None-Match": inm})
+        assert status == 304 and payload == b"" and h["ETag"] == etag, inm
+        assert h["Cache-Control"] == "public, max-age=300"
+    status, payload, _ = get({"If-None-Match": '"stale"'})
+    assert status == 200 and payload == body
+    # HEAD: headers without the body.
+    req = urllib.request.Request(hsmd.endpoint + JWKS_PATH, method="HEAD")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert r.status == 200 and r.read() == b"" and r.headers["ETag"] == etag
+    # Publishing a key changes the document and its ETag at once.
+    jwt_key(hsmd, kms, "ECC_NIST_P256")
+    status, body2, headers2 = hsmd.get(JWKS_PATH)
+    assert status == 200 and headers2["ETag"] != etag and body2 != body
+    status, _, _ = get({"If-None-Match": etag})
+    assert status == 200
+
+
+def test_signing_is_audited_and_counted(hsmd, kms):
+    key, _ = jwt_key(hsmd, kms, "ECC_NIST_P384")
+    out = sign(hsmd, key, {"sub": "s"})
+    error(jwt_call(hsmd, "SignToken", {"KeyId": key, "Claims": {"exp": 1}}))
+    deadline = time.time() + 5
+    records = []
+    while time.time() < deadline:
+        records = []
+        for path in glob.glob(os.path.join(hsmd.data_dir, "audit", "*.jsonl")):
+            with open(path) as f:
+                records += [json.loads(line) for line in f if key in line]
+        if len(records) >= 3:
+            break
+        time.sleep(0.1)
+    ops = [(r["op"], r["outcome"]) for r in records]
+    assert ("EnableJwtSigning", "success") in ops
+    assert ("SignToken", "success") in ops and ("SignToken", "error") in ops
+    (good,) = [r for r in records if r["op"] == "SignToken" and r["outcome"] == "success"]
+    assert good["key_version"] == 1 and good["extra"]["algorithm"] == "ES384"
+    # Neither the token nor the claims are written to the audit trail.
+    assert all(out["Token"].split(".")[2] not in json.dumps(r) for r in records)
+    status, metrics, _ = hsmd.get("/metrics")
+    assert b'operation="SignToken"' in metrics
+
+
+@pytest.fixture(scope="module")
+def short_hsmd():
+    """hsmd whose tokens live at most 8 s, with 2 s of clock skew: a 10 s grace period."""
+    server = start_dev(["--jwt-max-lifetime-seconds", "8", "--jwt-default-lifetime-seconds", "8",
+                        "--jwt-clock-skew-seconds", "2"])
+    yield server
+    server.cleanup()
+
+
+def test_rotation_grace_period(short_hsmd):
+    server = short_hsmd
+    from conftest import client
+    k = client(server)
+    key, alg = jwt_key(server, k, "ECC_NIST_P256")
+    _, headers = fetch_jwks(server)
+    assert headers["Cache-Control"] == "public, max-age=2"  # (8 + 2) / 4
+    old = sign(server, key, PLATFORM_CLAIMS)
+    assert old["ExpiresAt"] - old["IssuedAt"] == 8  # the default, capped by the maximum
+    assert error(jwt_call(server, "SignToken", {"KeyId": key, "Claims": {},
+                                                "LifetimeSeconds": 9}))[0] == "ValidationException"
+    ok(signed_call(server, "TrentService.RotateKeyOnDemand", {"KeyId": key}))
+    rotated = time.time()
+    new = sign(server, key, PLATFORM_CLAIMS)
+    assert new["Kid"] == f"{key}.v2" and new["KeyVersion"] == 2
+    assert b64url_json(new["Token"].split(".")[0])["kid"] == f"{key}.v2"
+    kids = {k["kid"] for k in fetch_jwks(server)[0]["keys"]}
+    assert {f"{key}.v1", f"{key}.v2"} <= kids
+    # The token of the old version still verifies, in both libraries.
+    pyjwt_verify(server, old["Token"], alg, audience="catalytic-api", issuer=ISSUER)
+    jwcrypto_verify(server, old["Token"], alg, leeway=0)
+    pyjwt_verify(server, new["Token"], alg, audience="catalytic-api", issuer=ISSUER)
+    # After max lifetime + skew the old version leaves the JWKS; the new one stays.
+    assert time.time() < old["ExpiresAt"], "too slow to observe the grace period"
+    time.sleep(max(0.0, rotated + 10 + 1.1 - time.time()))
+    kids = {k["kid"] for k in fetch_jwks(server)[0]["keys"]}
+    assert f"{key}.v1" not in kids and f"{key}.v2" in kids
+    with pytest.raises(pyjwt.exceptions.PyJWKClientError):
+        pyjwt.PyJWKClient(server.endpoint + JWKS_PATH).get_signing_key_from_jwt(old["Token"])
+    fresh = sign(server, key, PLATFORM_CLAIMS)
+    pyjwt_verify(server, fresh["Token"], alg, audience="saas-api", issuer=ISSUER)
+
+
+def test_platform_flow(hsmd, kms):
+    """RSA-4096 key, 90-day rotation, 15-minute access and 1-day refresh tokens."""
+    key = kms.create_key(KeySpec="RSA_4096", KeyUsage="SIGN_VERIFY",
+                         Description="platform JWT signing")["KeyMetadata"]["KeyId"]
+    kms.create_alias(AliasName="alias/platform-jwt", TargetKeyId=key)
+    marked = ok(jwt_call(hsmd, "EnableJwtSigning", {"KeyId": "alias/platform-jwt"}))
+    assert marked["Algorithm"] == "RS256" and marked["Kid"] == f"{key}.v1"
+    ok(signed_call(hsmd, "TrentService.EnableKeyRotation",
+                   {"KeyId": key, "RotationPeriodInDays": 90}))
+    status = ok(signed_call(hsmd, "TrentService.GetKeyRotationStatus", {"KeyId": key}))
+    assert status["KeyRotationEnabled"] and status["RotationPeriodInDays"] == 90
+
+    access = sign(hsmd, "alias/platform-jwt",
+                  dict(PLATFORM_CLAIMS, token_use="access", scope="read write"),
+                  LifetimeSeconds=900)
+    refresh = sign(hsmd, "alias/platform-jwt",
+                   dict(PLATFORM_CLAIMS, token_use="refresh", jti="r-1"),
+                   LifetimeSeconds=86400)
+    client = pyjwt.PyJWKClient(hsmd.endpoint + JWKS_PATH)
+    for out, lifetime, use in ((access, 900, "access"), (refresh, 86400, "refresh")):
+        signing_key = client.get_signing_key_from_jwt(out["Token"])
+        assert signing_key.key_id == f"{key}.v1"
+        assert signing_key.key.key_size == 4096
+        claims = pyjwt.decode(out["Token"], signing_key.key, algorithms=["RS256"],
+                              audience="catalytic-api", issuer=ISSUER,
+                              options={"require": ["exp", "iat", "nbf", "iss", "aud", "sub"]})
+        assert claims["token_use"] == use and claims["exp"] - claims["iat"] == lifetime
+        with pytest.raises(pyjwt.exceptions.InvalidAudienceError):
+            pyjwt.decode(out["Token"], signing_key.key, algorithms=["RS256"],
+                         audience="other-api", issuer=ISSUER)
+        with pytest.raises(pyjwt.exceptions.InvalidIssuerError):
+            pyjwt.decode(out["Token"], signing_key.key, algorithms=["RS256"],
+                         audience="saas-api", issuer="someone-else")
+
+
+def hsmctl(*args, stdin=None):
+    env = dict(os.environ, AWS_ACCESS_KEY_ID=DEV_AKID, AWS_SECRET_ACCESS_KEY=DEV_SECRET,
+               AWS_REGION="us-east-1")
+    return subprocess.run([HSMCTL, *args], input=stdin, capture_output=True, text=True,
+                          env=env, timeout=60)
+
+
+def test_hsmctl_jwt_sign_and_verify(hsmd, kms, tmp_path):
+    key = new_key(kms, "ECC_NIST_P256")
+    r = hsmctl("jwt", "enable", "--endpoint", hsmd.endpoint, key, "--alg", "ES256")
+    assert r.returncode == 0 and "Algorithm: ES256" in r.stdout, r.stderr
+    claims = json.dumps(PLATFORM_CLAIMS)
+    r = hsmctl("jwt", "sign", "--endpoint", hsmd.endpoint, key, "--claims", claims,
+               "--lifetime", "120")
+    assert r.returncode == 0, r.stderr
+    token = r.stdout.strip()
+    body = pyjwt_verify(hsmd, token, "ES256", audience="saas-api", issuer=ISSUER)
+    assert body["exp"] - body["iat"] == 120
+
+    url = hsmd.endpoint + JWKS_PATH
+    r = hsmctl("jwt", "verify", "--jwks", url, token, "--issuer", ISSUER, "--audience", "saas-api")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("valid") and '"sub": "user-42"' in r.stdout
+    # From a JWKS file and with the token on stdin.
+    jwks_file = tmp_path / "jwks.json"
+    jwks_file.write_bytes(hsmd.get(JWKS_PATH)[1])
+    r = hsmctl("jwt", "verify", "--jwks", str(jwks_file), "-", "--audience", "catalytic-api",
+               stdin=token + "\n")
+    assert r.returncode == 0, r.stderr
+    # Refusals: tampered payload, wrong audience, wrong issuer, no audience given.
+    for args, needle in [
+        ((tamper(token, 1), "--audience", "saas-api"), "signature"),
+        ((token, "--audience", "other"), "audience"),
+        ((token, "--audience", "saas-api", "--issuer", "x"), "issuer"),
+        ((token,), "aud"),
+    ]:
+        r = hsmctl("jwt", "verify", "--jwks", url, *args)
+        assert r.returncode == 1 and needle in r.stderr, (args, r.stderr)
+    # Expired: beyond the leeway.
+    r = hsmctl("jwt", "sign", "--endpoint", hsmd.endpoint, key, "--claims", '{"sub":"s"}',
+               "--lifetime", "1")
+    short = r.stdout.strip()
+    time.sleep(2.2)
+    r = hsmctl("jwt", "verify", "--jwks", url, short, "--leeway", "0")
+    assert r.returncode == 1 and "expired" in r.stderr, r.stderr
+    r = hsmctl("jwt", "verify", "--jwks", url, short, "--leeway", "30")
+    assert r.returncode == 0, r.stderr
+    # Server errors come back by name; the key was marked for ES256 only.
+    r = hsmctl("jwt", "sign", "--endpoint", hsmd.endpoint, key, "--claims", "{}", "--alg", "RS256")
+    assert r.returncode == 1 and "InvalidKeyUsageException" in r.stderr
+    r = hsmctl("jwt", "sign", "--endpoint", hsmd.endpoint, key, "--claims", "[1]")
+    assert r.returncode == 1 and "JSON object" in r.stderr
+    r = hsmctl("jwt", "disable", "--endpoint", hsmd.endpoint, key)
+    assert r.returncode == 0 and "JwtSigningEnabled: false" in r.stdout
+    r = hsmctl("jwt", "verify", "--jwks", url, token, "--audience", "saas-api")
+    assert r.returncode == 1 and "kid" in r.stderr

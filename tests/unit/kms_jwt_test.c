@@ -1,0 +1,441 @@
+/*
+ * kms_jwt_test.c - kms/kms_jwt.c and kms/kms_jwks.c: SignToken with its
+ * roles, key policy actions, key states and one-algorithm-per-key rule;
+ * marking keys for JWT signing; and the JWK Set: which versions it holds
+ * around a rotation (the grace rule, on a test clock), its cache and ETag.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "kms/jwt.h"
+#include "kms/kms.h"
+
+#define T0 1800000000
+#define MAX_LIFETIME 600
+#define SKEW 60
+#define GRACE (MAX_LIFETIME + SKEW)
+
+typedef struct fx {
+	char dir[64];
+	hsm_store *store;
+	hsm_keystore *ks;
+	hsm_kms *kms;
+	hsm_buf shares[2];
+	int64_t now;
+} fx;
+
+static const hsm_caller officer = {.user = "olivia", .access_key_id = "AKIAOLIVIA0000000000",
+                                   .roles = HSM_ROLE_BIT(HSM_ROLE_CRYPTO_OFFICER)};
+static const hsm_caller user = {.user = "ursula", .access_key_id = "AKIAURSULA0000000000",
+                                .roles = HSM_ROLE_BIT(HSM_ROLE_CRYPTO_USER)};
+
+static int64_t test_clock(void *arg)
+{
+	return ((fx *)arg)->now;
+}
+
+static int setup(void **state)
+{
+	fx *f = calloc(1, sizeof(*f));
+	snprintf(f->dir, sizeof(f->dir), "/tmp/hsm-kmsjwt-test-XXXXXX");
+	if (mkdtemp(f->dir) == NULL)
+		return -1;
+	f->now = T0;
+	hsm_kms_config cfg = {.region = "us-east-1", .account_id = "111122223333",
+	                      .jwt_default_lifetime = 300, .jwt_max_lifetime = MAX_LIFETIME,
+	                      .jwt_clock_skew = SKEW};
+	if (hsm_failed(hsm_store_open(f->dir, &f->store)) ||
+	    hsm_failed(hsm_keystore_new(f->store, 0, &f->ks)) ||
+	    hsm_failed(hsm_kms_new(f->store, f->ks, &cfg, &f->kms)) ||
+	    hsm_failed(hsm_keystore_init(f->ks, 2, 2, NULL, false, f->shares)))
+		return -1;
+	hsm_kms_set_clock(f->kms, test_clock, f);
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	fx *f = *state;
+	hsm_kms_free(f->kms);
+	hsm_keystore_free(f->ks);
+	hsm_store_close(f->store);
+	hsm_buf_free(&f->shares[0]);
+	hsm_buf_free(&f->shares[1]);
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
+	if (system(cmd) != 0)
+		return -1;
+	free(f);
+	return 0;
+}
+
+static void create(fx *f, hsm_key_spec spec, hsm_key_usage usage, const char *policy,
+                   hsm_key_record *out)
+{
+	hsm_create_key_req req = {.spec = spec, .usage = usage, .policy = policy};
+	memset(out, 0, sizeof(*out));
+	assert_true(hsm_ok(hsm_kms_create_key(f->kms, &officer, &req, out)));
+}
+
+/* Signs {"sub":"s"} with key; the token is left in t (cleared first). */
+static hsm_result sign(fx *f, const hsm_caller *c, const char *key, hsm_jws_alg alg,
+                       int64_t lifetime, hsm_buf *t, hsm_jwt_issued *issued)
+{
+	json_t *claims = json_pack("{s:s}", "sub", "s");
+	hsm_jwt_sign_req req = {.key = key, .claims = claims, .alg = alg, .lifetime = lifetime};
+	hsm_buf_clear(t);
+	hsm_result r = hsm_kms_sign_token(f->kms, c, &req, t, issued);
+	json_decref(claims);
+	return r;
+}
+
+/* The JWK Set at the test clock, parsed. */
+static json_t *jwks_now(fx *f, int64_t *valid_until)
+{
+	hsm_buf doc = {0};
+	int64_t until = 0;
+	json_error_t e;
+	assert_true(hsm_ok(hsm_kms_jwks_render(f->kms, f->now, &doc, &until)));
+	json_t *j = json_loadb((const char *)doc.data, doc.len, 0, &e);
+	assert_non_null(j);
+	hsm_buf_free(&doc);
+	if (valid_until != NULL)
+		*valid_until = until;
+	return j;
+}
+
+static bool has_kid(const json_t *jwks, const char *key_id, uint32_t version)
+{
+	char kid[HSM_JWT_KID_MAX];
+	assert_true(hsm_ok(hsm_jwt_kid(key_id, version, kid)));
+	const json_t *keys = json_object_get(jwks, "keys");
+	for (size_t i = 0; i < json_array_size(keys); i++)
+		if (strcmp(json_string_value(json_object_get(json_array_get(keys, i), "kid")), kid) == 0)
+			return true;
+	return false;
+}
+
+static void verify_ok(fx *f, const hsm_buf *t)
+{
+	json_t *jwks = jwks_now(f, NULL);
+	hsm_jwt_verify_opts o = {f->now, 0, NULL, NULL};
+	hsm_result r = hsm_jwt_verify((const char *)t->data, t->len, jwks, &o, NULL, NULL);
+	if (hsm_failed(r))
+		fail_msg("token does not verify: %s", hsm_last_message());
+	json_decref(jwks);
+}
+
+static void test_marking_and_signing(void **state)
+{
+	fx *f = *state;
+	hsm_key_record k, after;
+	hsm_buf t = {0};
+	hsm_jwt_issued is;
+	create(f, HSM_SPEC_RSA_2048, HSM_USAGE_SIGN_VERIFY, NULL, &k);
+	/* Not marked: no token, nothing published. */
+	assert_int_equal(sign(f, &user, k.key_id, HSM_JWS_NONE, 0, &t, &is).err,
+	                 HSM_ERR_INVALID_KEY_USAGE);
+	json_t *jwks = jwks_now(f, NULL);
+	assert_int_equal(json_array_size(json_object_get(jwks, "keys")), 0);
+	json_decref(jwks);
+	/* Marking is the officer's; the algorithm must fit the key. */
+	assert_int_equal(hsm_kms_enable_jwt(f->kms, &user, k.key_id, HSM_JWS_NONE, NULL).err,
+	                 HSM_ERR_ACCESS_DENIED);
+	assert_int_equal(hsm_kms_enable_jwt(f->kms, &officer, k.key_id, HSM_JWS_ES256, NULL).err,
+	                 HSM_ERR_INVALID_KEY_USAGE);
+	assert_true(hsm_ok(hsm_kms_enable_jwt(f->kms, &officer, k.key_id, HSM_JWS_PS256, &after)));
+	assert_true(after.flags & HSM_KEYFLAG_JWT);
+	hsm_key_record_clear(&after);
+	assert_true(hsm_ok(hsm_kms_enable_jwt(f->kms, &officer, k.key_id, HSM_JWS_PS256, NULL)));
+	assert_int_equal(hsm_kms_enable_jwt(f->kms, &officer, k.key_id, HSM_JWS_RS256, NULL).err,
+	                 HSM_ERR_VALIDATION);
+	/* Signing is the crypto-user's, with the key's algorithm only. */
+	assert_int_equal(sign(f, &officer, k.key_id, HSM_JWS_NONE, 0, &t, &is).err,
+	                 HSM_ERR_ACCESS_DENIED);
+	assert_int_equal(sign(f, &user, k.key_id, HSM_JWS_RS256, 0, &t, &is).err,
+	                 HSM_ERR_INVALID_KEY_USAGE);
+	assert_true(hsm_ok(sign(f, &user, k.key_id, HSM_JWS_PS256, 0, &t, &is)));
+	assert_true(hsm_ok(sign(f, &user, k.key_id, HSM_JWS_NONE, 0, &t, &is)));
+	assert_int_equal(is.alg, HSM_JWS_PS256);
+	assert_int_equal(is.used.version, 1);
+	assert_int_equal(is.issued_at, T0);
+	assert_int_equal(is.expires_at, T0 + 300); /* the configured default lifetime */
+	char kid[HSM_JWT_KID_MAX];
+	snprintf(kid, sizeof(kid), "%s.v1", k.key_id);
+	assert_string_equal(is.kid, kid);
+	verify_ok(f, &t);
+	/* Lifetime: 1..max. */
+	assert_true(hsm_ok(sign(f, &user, k.key_id, HSM_JWS_NONE, MAX_LIFETIME, &t, &is)));
+	assert_int_equal(is.expires_at, T0 + MAX_LIFETIME);
+	assert_int_equal(sign(f, &user, k.key_id, HSM_JWS_NONE, MAX_LIFETIME + 1, &t, &is).err,
+	                 HSM_ERR_VALIDATION);
+	assert_int_equal(sign(f, &user, k.key_id, HSM_JWS_NONE, -1, &t, &is).err, HSM_ERR_VALIDATION);
+	/* Aliases and ARNs name the key as for every operation. */
+	assert_true(hsm_ok(hsm_kms_create_alias(f->kms, &officer, "alias/platform-jwt", k.key_id)));
+	assert_true(hsm_ok(sign(f, &user, "alias/platform-jwt", HSM_JWS_NONE, 0, &t, &is)));
+	assert_string_equal(is.kid, kid);
+	/* Disabling JWT signing unpublishes the key and stops it signing. */
+	assert_true(hsm_ok(hsm_kms_disable_jwt(f->kms, &officer, k.key_id, NULL)));
+	assert_true(hsm_ok(hsm_kms_disable_jwt(f->kms, &officer, k.key_id, NULL)));
+	assert_int_equal(sign(f, &user, k.key_id, HSM_JWS_NONE, 0, &t, &is).err,
+	                 HSM_ERR_INVALID_KEY_USAGE);
+	jwks = jwks_now(f, NULL);
+	assert_false(has_kid(jwks, k.key_id, 1));
+	json_decref(jwks);
+	hsm_buf_free(&t);
+	hsm_key_record_clear(&k);
+}
+
+static void test_keys_that_cannot_sign_tokens(void **state)
+{
+	fx *f = *state;
+	static const struct {
+		hsm_key_spec spec;
+		hsm_key_usage usage;
+	} cases[] = {{HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT},
+	             {HSM_SPEC_HMAC_256, HSM_USAGE_GENERATE_VERIFY_MAC},
+	             {HSM_SPEC_RSA_2048, HSM_USAGE_ENCRYPT_DECRYPT},
+	             {HSM_SPEC_ECC_SECG_P256K1, HSM_USAGE_SIGN_VERIFY}};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		hsm_key_record k;
+		create(f, cases[i].spec, cases[i].usage, NULL, &k);
+		assert_int_equal(hsm_kms_enable_jwt(f->kms, &officer, k.key_id, HSM_JWS_NONE, NULL).err,
+		                 HSM_ERR_INVALID_KEY_USAGE);
+		hsm_key_record_clear(&k);
+	}
+}
+
+static void test_key_states(void **state)
+{
+	fx *f = *state;
+	hsm_key_record k, out;
+	hsm_buf t = {0};
+	hsm_jwt_issued is;
+	create(f, HSM_SPEC_ECC_NIST_P256, HSM_USAGE_SIGN_VERIFY, NULL, &k);
+	assert_true(hsm_ok(hsm_kms_enable_jwt(f->kms, &officer, k.key_id, HSM_JWS_NONE, NULL)));
+	assert_true(hsm_ok(sign(f, &user, k.key_id, HSM_JWS_ES256, 0, &t, &is)));
+	/* A disabled key signs nothing and is not published: its tokens stop verifying. */
+	assert_true(hsm_ok(hsm_kms_disable_key(f->kms, &officer, k.key_id)));
+	assert_int_equal(sign(f, &user, k.key_id, HSM_JWS_NONE, 0, &t, &is).err, HSM_ERR_DISABLED);
+	json_t *jwks = jwks_now(f, NULL);
+	assert_false(has_kid(jwks, k.key_id, 1));
+	json_decref(jwks);
+	assert_true(hsm_ok(hsm_kms_enable_key(f->kms, &officer, k.key_id)));
+	jwks = jwks_now(f, NULL);
+	assert_true(has_kid(jwks, k.key_id, 1));
+	json_decref(jwks);
+	/* Pending deletion: KMSInvalidStateException for signing and for marking. */
+	assert_true(hsm_ok(hsm_kms_schedule_deletion(f->kms, &officer, k.key_id, 7, &out)));
+	hsm_key_record_clear(&out);
+	assert_int_equal(sign(f, &user, k.key_id, HSM_JWS_NONE, 0, &t, &is).err,
+	                 HSM_ERR_INVALID_STATE);
+	assert_int_equal(hsm_kms_disable_jwt(f->kms, &officer, k.key_id, NULL).err,
+	                 HSM_ERR_INVALID_STATE);
+	jwks = jwks_now(f, NULL);
+	assert_false(has_kid(jwks, k.key_id, 1));
+	json_decref(jwks);
+	assert_int_equal(sign(f, &user, "alias/none", HSM_JWS_NONE, 0, &t, &is).err,
+	                 HSM_ERR_NOT_FOUND);
+	hsm_buf_free(&t);
+	hsm_key_record_clear(&k);
+}
+
+#define POLICY_HEAD                                                                         \
+	"{\"Version\":\"2012-10-17\",\"Statement\":["                                          \
+	"{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"arn:aws:iam::111122223333:user/olivia\"}," \
+	"\"Action\":[\"kms:PutKeyPolicy\",\"kms:UpdateKeyDescription\",\"kms:GetKeyPolicy\"],"   \
+	"\"Resource\":\"*\"},"
+
+static void test_policy_actions(void **state)
+{
+	fx *f = *state;
+	hsm_key_record k;
+	hsm_buf t = {0};
+	hsm_jwt_issued is;
+	/* Olivia may change the description but was not given kms:EnableJwtSigning. */
+	const char *p1 = POLICY_HEAD
+	    "{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"arn:aws:iam::111122223333:user/ursula\"},"
+	    "\"Action\":\"kms:Sign\",\"Resource\":\"*\"}]}";
+	create(f, HSM_SPEC_RSA_2048, HSM_USAGE_SIGN_VERIFY, p1, &k);
+	assert_int_equal(hsm_kms_enable_jwt(f->kms, &officer, k.key_id, HSM_JWS_NONE, NULL).err,
+	                 HSM_ERR_ACCESS_DENIED);
+	assert_int_equal(hsm_kms_set_flags(f->kms, &officer, k.key_id, HSM_KEYFLAG_JWT, 0).err,
+	                 HSM_ERR_ACCESS_DENIED);
+	assert_true(hsm_ok(hsm_kms_update_description(f->kms, &officer, k.key_id, "d")));
+	/* With kms:EnableJwtSigning she may; ursula's kms:Sign does not cover kms:SignToken. */
+	const char *p2 = POLICY_HEAD
+	    "{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"arn:aws:iam::111122223333:user/olivia\"},"
+	    "\"Action\":\"kms:EnableJwtSigning\",\"Resource\":\"*\"},"
+	    "{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"arn:aws:iam::111122223333:user/ursula\"},"
+	    "\"Action\":\"kms:Sign\",\"Resource\":\"*\"}]}";
+	assert_true(hsm_ok(hsm_kms_put_policy(f->kms, &officer, k.key_id, NULL, p2, false)));
+	assert_true(hsm_ok(hsm_kms_enable_jwt(f->kms, &officer, k.key_id, HSM_JWS_PS384, NULL)));
+	assert_int_equal(sign(f, &user, k.key_id, HSM_JWS_NONE, 0, &t, &is).err,
+	                 HSM_ERR_ACCESS_DENIED);
+	/* kms:SignToken, conditioned on the KMS name of the key's algorithm. */
+	const char *p3 = POLICY_HEAD
+	    "{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"arn:aws:iam::111122223333:user/ursula\"},"
+	    "\"Action\":\"kms:SignToken\",\"Resource\":\"*\",\"Condition\":{\"StringEquals\":"
+	    "{\"kms:SigningAlgorithm\":\"RSASSA_PSS_SHA_384\"}}}]}";
+	assert_true(hsm_ok(hsm_kms_put_policy(f->kms, &officer, k.key_id, NULL, p3, false)));
+	assert_true(hsm_ok(sign(f, &user, k.key_id, HSM_JWS_NONE, 0, &t, &is)));
+	/* Asking for another algorithm is evaluated as that algorithm: denied before usage. */
+	assert_int_equal(sign(f, &user, k.key_id, HSM_JWS_RS256, 0, &t, &is).err,
+	                 HSM_ERR_ACCESS_DENIED);
+	/* An explicit deny wins. */
+	const char *p4 = POLICY_HEAD
+	    "{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"arn:aws:iam::111122223333:user/ursula\"},"
+	    "\"Action\":\"kms:*\",\"Resource\":\"*\"},"
+	    "{\"Effect\":\"Deny\",\"Principal\":\"*\",\"Action\":\"kms:SignToken\",\"Resource\":\"*\"}"
+	    "]}";
+	assert_true(hsm_ok(hsm_kms_put_policy(f->kms, &officer, k.key_id, NULL, p4, false)));
+	assert_int_equal(sign(f, &user, k.key_id, HSM_JWS_NONE, 0, &t, &is).err,
+	                 HSM_ERR_ACCESS_DENIED);
+	hsm_buf_free(&t);
+	hsm_key_record_clear(&k);
+}
+
+/*
+ * The grace rule: v stays published while now < created(v+1) + max_lifetime
+ * + clock_skew, and tokens v signed keep verifying until they expire.
+ */
+static void test_jwks_grace_after_rotation(void **state)
+{
+	fx *f = *state;
+	hsm_key_record k, r;
+	hsm_buf t1 = {0}, t2 = {0};
+	hsm_jwt_issued is;
+	int64_t until = 0;
+	create(f, HSM_SPEC_ECC_NIST_EDWARDS25519, HSM_USAGE_SIGN_VERIFY, NULL, &k);
+	assert_true(hsm_ok(hsm_kms_enable_jwt(f->kms, &officer, k.key_id, HSM_JWS_NONE, NULL)));
+	json_t *jwks = jwks_now(f, &until);
+	assert_true(has_kid(jwks, k.key_id, 1));
+	assert_int_equal(until, INT64_MAX); /* nothing leaves by itself */
+	json_decref(jwks);
+	f->now += 1000;
+	assert_true(hsm_ok(sign(f, &user, k.key_id, HSM_JWS_NONE, MAX_LIFETIME, &t1, &is)));
+	f->now += 5;
+	int64_t rotated = f->now;
+	assert_true(hsm_ok(hsm_kms_rotate_now(f->kms, &officer, k.key_id, &r)));
+	hsm_key_record_clear(&r);
+	assert_true(hsm_ok(sign(f, &user, k.key_id, HSM_JWS_NONE, MAX_LIFETIME, &t2, &is)));
+	assert_int_equal(is.used.version, 2);
+	jwks = jwks_now(f, &until);
+	assert_true(has_kid(jwks, k.key_id, 1));
+	assert_true(has_kid(jwks, k.key_id, 2));
+	assert_int_equal(until, rotated + GRACE);
+	json_decref(jwks);
+	/* The old token verifies until it expires; the JWKS keeps v1 a little longer. */
+	f->now = rotated + MAX_LIFETIME - 10;
+	verify_ok(f, &t1);
+	verify_ok(f, &t2);
+	f->now = rotated + GRACE - 1;
+	jwks = jwks_now(f, NULL);
+	assert_true(has_kid(jwks, k.key_id, 1));
+	json_decref(jwks);
+	f->now = rotated + GRACE;
+	jwks = jwks_now(f, &until);
+	assert_false(has_kid(jwks, k.key_id, 1));
+	assert_true(has_kid(jwks, k.key_id, 2));
+	assert_int_equal(until, INT64_MAX);
+	json_decref(jwks);
+	/* Two quick rotations: v2 and v3 in grace, v4 primary. */
+	assert_true(hsm_ok(hsm_kms_rotate_now(f->kms, &officer, k.key_id, &r)));
+	hsm_key_record_clear(&r);
+	f->now += 100;
+	assert_true(hsm_ok(hsm_kms_rotate_now(f->kms, &officer, k.key_id, &r)));
+	hsm_key_record_clear(&r);
+	jwks = jwks_now(f, &until);
+	assert_false(has_kid(jwks, k.key_id, 1));
+	assert_true(has_kid(jwks, k.key_id, 2) && has_kid(jwks, k.key_id, 3) &&
+	            has_kid(jwks, k.key_id, 4));
+	assert_int_equal(until, rotated + GRACE + GRACE);
+	json_decref(jwks);
+	hsm_buf_free(&t1);
+	hsm_buf_free(&t2);
+	hsm_key_record_clear(&k);
+}
+
+static char *doc_text(hsm_jwks_doc *d)
+{
+	size_t len = 0;
+	const uint8_t *p = hsm_jwks_doc_body(d, &len);
+	char *s = strndup((const char *)p, len);
+	assert_non_null(s);
+	return s;
+}
+
+/* The cached document follows local changes and the grace clock; the ETag follows the body. */
+static void test_jwks_cache(void **state)
+{
+	fx *f = *state;
+	hsm_key_record k, r;
+	hsm_jwks_doc *a = NULL, *b = NULL, *c = NULL;
+	create(f, HSM_SPEC_ECC_NIST_P384, HSM_USAGE_SIGN_VERIFY, NULL, &k);
+	assert_true(hsm_ok(hsm_kms_jwks(f->kms, &a)));
+	assert_true(hsm_ok(hsm_kms_jwks(f->kms, &b)));
+	assert_ptr_equal(a, b); /* shared, not rebuilt */
+	assert_int_equal(hsm_jwks_doc_max_age(a), GRACE / 4);
+	assert_int_equal(strlen(hsm_jwks_doc_etag(a)), 24); /* quotes + 22 base64url characters */
+	hsm_jwks_doc_release(b);
+	assert_true(hsm_ok(hsm_kms_enable_jwt(f->kms, &officer, k.key_id, HSM_JWS_NONE, NULL)));
+	assert_true(hsm_ok(hsm_kms_jwks(f->kms, &b)));
+	assert_ptr_not_equal(a, b);
+	assert_string_not_equal(hsm_jwks_doc_etag(a), hsm_jwks_doc_etag(b));
+	char *text = doc_text(b);
+	assert_non_null(strstr(text, k.key_id));
+	assert_non_null(strstr(text, "\"alg\":\"ES384\""));
+	free(text);
+	/* A rotation shows at once; v1 leaves when its grace ends, with no other change. */
+	f->now += 10;
+	int64_t rotated = f->now;
+	assert_true(hsm_ok(hsm_kms_rotate_now(f->kms, &officer, k.key_id, &r)));
+	hsm_key_record_clear(&r);
+	assert_true(hsm_ok(hsm_kms_jwks(f->kms, &c)));
+	text = doc_text(c);
+	assert_non_null(strstr(text, ".v1\""));
+	assert_non_null(strstr(text, ".v2\""));
+	free(text);
+	hsm_jwks_doc_release(c);
+	f->now = rotated + GRACE;
+	assert_true(hsm_ok(hsm_kms_jwks(f->kms, &c)));
+	text = doc_text(c);
+	assert_null(strstr(text, ".v1\""));
+	assert_non_null(strstr(text, ".v2\""));
+	free(text);
+	/* The same content gives the same ETag, whenever it was built. */
+	hsm_jwks_doc *d = NULL;
+	f->now += HSM_JWKS_CACHE_TTL;
+	assert_true(hsm_ok(hsm_kms_jwks(f->kms, &d)));
+	assert_ptr_not_equal(c, d);
+	assert_string_equal(hsm_jwks_doc_etag(c), hsm_jwks_doc_etag(d));
+	hsm_jwks_doc_release(a);
+	hsm_jwks_doc_release(b);
+	hsm_jwks_doc_release(c);
+	hsm_jwks_doc_release(d);
+	hsm_key_record_clear(&k);
+}
+
+int main(void)
+{
+	if (hsm_failed(hsm_secure_process_init(1 << 22)))
+		return 1;
+	if (hsm_failed(hsm_crypto_init()))
+		return 1;
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test_setup_teardown(test_marking_and_signing, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_keys_that_cannot_sign_tokens, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_key_states, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_policy_actions, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_jwks_grace_after_rotation, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_jwks_cache, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
