@@ -30,6 +30,14 @@ hsm_result hsm_kms_get_policy(hsm_kms *kms, const hsm_caller *caller, const char
 	return r;
 }
 
+hsm_result hsm_kms_list_policies(hsm_kms *kms, const hsm_caller *caller, const char *ref)
+{
+	kms_key *k = NULL;
+	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_ListKeyPolicies, ref, NULL, &k));
+	kms_key_release(k);
+	return HSM_SUCCESS;
+}
+
 static hsm_result set_policy(hsm_key_record *rec, void *arg)
 {
 	char *p = strdup(arg);

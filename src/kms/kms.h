@@ -243,6 +243,9 @@ hsm_result hsm_kms_untag(hsm_kms *kms, const hsm_caller *caller, const char *ref
 hsm_result hsm_kms_list_tags(hsm_kms *kms, const hsm_caller *caller, const char *ref,
                              const char *marker, size_t limit, hsm_tag_cb cb, void *arg,
                              bool *truncated) HSM_MUST_CHECK;
+/* The names of a key's policies: only "default" exists, as in KMS (ListKeyPolicies). */
+hsm_result hsm_kms_list_policies(hsm_kms *kms, const hsm_caller *caller,
+                                 const char *ref) HSM_MUST_CHECK;
 /* Only the policy name "default" exists, as in KMS. */
 hsm_result hsm_kms_get_policy(hsm_kms *kms, const hsm_caller *caller, const char *ref,
                               const char *policy_name, hsm_buf *out) HSM_MUST_CHECK;

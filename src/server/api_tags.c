@@ -127,14 +127,9 @@ hsm_result hsm_api_list_key_policies(hsm_api_ctx *c)
 {
 	const char *key, *marker;
 	size_t limit;
-	hsm_key_record rec;
-	memset(&rec, 0, sizeof(rec));
 	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
 	HSM_GUARD(hsm_api_paging(c, 1000, 100, &limit, &marker));
-	/* Reading the key checks that it exists and that the caller may see it. */
-	hsm_buf policy = {0};
-	HSM_GUARD(hsm_kms_get_policy(c->kms, c->caller, key, NULL, &policy));
-	hsm_buf_free(&policy);
+	HSM_GUARD(hsm_kms_list_policies(c->kms, c->caller, key));
 	note_ref(c, key);
 	hsm_jw_key_begin_array(c->w, "PolicyNames");
 	hsm_jw_value_str(c->w, "default");
