@@ -52,23 +52,17 @@ hsm_result kms_lockout_check(hsm_kms *kms, const hsm_caller *caller, const char 
 {
 	if (caller->local)
 		return HSM_SUCCESS;
-	hsm_buf arn = {0};
-	HSM_GUARD(hsm_kms_caller_arn(kms, caller, &arn));
-	hsm_result r = hsm_buf_terminate(&arn);
-	if (hsm_ok(r)) {
-		hsm_policy_request req = {
-		    .principal_arn = (const char *)arn.data,
-		    .account_id = kms->account,
-		    .action = "kms:PutKeyPolicy",
-		    .resource = key_arn,
-		};
-		if (hsm_policy_evaluate(next, &req, NULL) != HSM_POLICY_ALLOW)
-			r = HSM_FAIL(HSM_ERR_MALFORMED_POLICY,
-			             "The new key policy will not allow you to update the key policy in "
-			             "the future.");
-	}
-	hsm_buf_free(&arn);
-	return r;
+	char arn[HSM_PRINCIPAL_ARN_MAX];
+	hsm_kms_caller_arn(kms, caller, arn);
+	hsm_policy_request req = {
+	    .principal_arn = arn,
+	    .account_id = kms->account,
+	    .action = "kms:PutKeyPolicy",
+	    .resource = key_arn,
+	};
+	HSM_ENSURE(hsm_policy_evaluate(next, &req, NULL) == HSM_POLICY_ALLOW, HSM_ERR_MALFORMED_POLICY,
+	           "The new key policy will not allow you to update the key policy in the future.");
+	return HSM_SUCCESS;
 }
 
 hsm_result hsm_kms_put_policy(hsm_kms *kms, const hsm_caller *caller, const char *ref,

@@ -187,11 +187,14 @@ hsm_result hsm_kms_key_arn(hsm_kms *kms, const char *key_id, hsm_buf *out)
 	return hsm_buf_printf(out, "arn:aws:kms:%s:%s:key/%s", kms->region, kms->account, key_id);
 }
 
-hsm_result hsm_kms_caller_arn(hsm_kms *kms, const hsm_caller *caller, hsm_buf *out)
+void hsm_kms_caller_arn(hsm_kms *kms, const hsm_caller *caller, char out[HSM_PRINCIPAL_ARN_MAX])
 {
+	/* Account ids are 12 digits and user names at most 64 characters: it always fits. */
 	if (caller->local)
-		return hsm_buf_printf(out, "arn:aws:iam::%s:root", kms->account);
-	return hsm_buf_printf(out, "arn:aws:iam::%s:user/%s", kms->account, caller->user);
+		snprintf(out, HSM_PRINCIPAL_ARN_MAX, "arn:aws:iam::%s:root", kms->account);
+	else
+		snprintf(out, HSM_PRINCIPAL_ARN_MAX, "arn:aws:iam::%s:user/%.64s", kms->account,
+		         caller->user);
 }
 
 /* Strips "arn:aws:kms:<region>:<account>:" when it names this region and account. */
@@ -304,16 +307,11 @@ void kms_key_invalidate(hsm_kms *kms, const char *key_id)
 static hsm_result deny(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const kms_key *key,
                        const char *why)
 {
-	hsm_buf arn = {0};
-	hsm_result r = hsm_kms_caller_arn(kms, caller, &arn);
-	if (hsm_ok(r))
-		r = hsm_buf_terminate(&arn);
-	hsm_result out = HSM_FAIL(HSM_ERR_ACCESS_DENIED,
-	                          "User: %s is not authorized to perform: %s on resource: %s %s",
-	                          hsm_ok(r) ? (const char *)arn.data : caller->user,
-	                          hsm_op_get(op)->action, key != NULL ? key->arn : "*", why);
-	hsm_buf_free(&arn);
-	return out;
+	char arn[HSM_PRINCIPAL_ARN_MAX];
+	hsm_kms_caller_arn(kms, caller, arn);
+	return HSM_FAIL(HSM_ERR_ACCESS_DENIED,
+	                "User: %s is not authorized to perform: %s on resource: %s %s", arn,
+	                hsm_op_get(op)->action, key != NULL ? key->arn : "*", why);
 }
 
 hsm_result kms_authorize(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const kms_key *key,
@@ -325,15 +323,10 @@ hsm_result kms_authorize(hsm_kms *kms, const hsm_caller *caller, hsm_op op, cons
 		return deny(kms, caller, op, key, "because no role of this user allows it");
 	if (key == NULL)
 		return HSM_SUCCESS;
-	hsm_buf arn = {0};
-	HSM_GUARD(hsm_kms_caller_arn(kms, caller, &arn));
-	hsm_result r = hsm_buf_terminate(&arn);
-	if (hsm_failed(r)) {
-		hsm_buf_free(&arn);
-		return r;
-	}
+	char arn[HSM_PRINCIPAL_ARN_MAX];
+	hsm_kms_caller_arn(kms, caller, arn);
 	hsm_policy_request req = {
-	    .principal_arn = (const char *)arn.data,
+	    .principal_arn = arn,
 	    .account_id = kms->account,
 	    .action = hsm_op_get(op)->action,
 	    .resource = key->arn,
@@ -344,10 +337,8 @@ hsm_result kms_authorize(hsm_kms *kms, const hsm_caller *caller, hsm_op op, cons
 	size_t n_ctx = extra != NULL && extra->ctx != NULL ? extra->ctx->n : 0;
 	if (n_ctx > 16) {
 		ctx = calloc(n_ctx, sizeof(*ctx));
-		if (ctx == NULL) {
-			hsm_buf_free(&arn);
+		if (ctx == NULL)
 			return HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
-		}
 	}
 	for (size_t i = 0; i < n_ctx; i++)
 		ctx[i] = (hsm_policy_pair){extra->ctx->pairs[i].key, extra->ctx->pairs[i].value};
@@ -363,7 +354,6 @@ hsm_result kms_authorize(hsm_kms *kms, const hsm_caller *caller, hsm_op op, cons
 	hsm_policy_decision d = hsm_policy_evaluate(key->policy, &req, NULL);
 	if (ctx != ctx_small)
 		free(ctx);
-	hsm_buf_free(&arn);
 	if (d == HSM_POLICY_ALLOW)
 		return HSM_SUCCESS;
 	return deny(kms, caller, op, key,

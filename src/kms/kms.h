@@ -158,8 +158,9 @@ typedef struct hsm_caller {
 	bool dry_run;
 } hsm_caller;
 
-/* The principal's ARN: arn:aws:iam::<account>:user/<name>. */
-hsm_result hsm_kms_caller_arn(hsm_kms *kms, const hsm_caller *caller, hsm_buf *out) HSM_MUST_CHECK;
+/* The principal's ARN: arn:aws:iam::<account>:user/<name> (the account root for local operators). */
+#define HSM_PRINCIPAL_ARN_MAX 128
+void hsm_kms_caller_arn(hsm_kms *kms, const hsm_caller *caller, char out[HSM_PRINCIPAL_ARN_MAX]);
 
 /* ---- Keys ------------------------------------------------------------------- */
 

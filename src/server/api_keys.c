@@ -42,12 +42,15 @@ static void note_record(hsm_api_ctx *c, const hsm_key_record *r)
 
 void hsm_api_write_key_arn(hsm_api_ctx *c, const char *member, const char *key_id)
 {
-	hsm_buf arn = {0};
-	if (hsm_ok(hsm_kms_key_arn(c->kms, key_id, &arn)))
-		hsm_jw_str_n(c->w, member, (const char *)arn.data, arn.len);
+	/* On every response: built on the stack, no allocation. */
+	const hsm_kms_config *cfg = hsm_kms_config_get(c->kms);
+	char arn[160];
+	int n = snprintf(arn, sizeof(arn), "arn:aws:kms:%s:%s:key/%.36s", cfg->region,
+	                 cfg->account_id, key_id);
+	if (n > 0 && (size_t)n < sizeof(arn))
+		hsm_jw_str_n(c->w, member, arn, (size_t)n);
 	else
-		c->w->err = HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
-	hsm_buf_free(&arn);
+		c->w->err = HSM_FAIL(HSM_ERR_INTERNAL, "key ARN does not fit");
 }
 
 void hsm_api_write_algorithms(hsm_api_ctx *c, hsm_key_spec spec, hsm_key_usage usage)
