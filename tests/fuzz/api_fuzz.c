@@ -10,6 +10,7 @@
  *   alias/fuzz-ec     ECC_NIST_P256      SIGN_VERIFY
  *   alias/fuzz-ed     ECC_NIST_EDWARDS25519 SIGN_VERIFY
  *   alias/fuzz-hmac   HMAC_256           GENERATE_VERIFY_MAC
+ *   alias/fuzz-pending SYMMETRIC_DEFAULT, kept pending deletion
  *
  * Input:
  *   byte 0     the operation (index into kms.h's HSM_OP_TABLE)
@@ -24,6 +25,9 @@
  * of the error table whose HTTP status is a client error (4xx), or
  * KMSInternalException only for out-of-memory, with a message; a success
  * renders a valid JSON object.
+ *
+ * HSM_FUZZ_VERBOSE=1 in the environment prints each operation's outcome
+ * (to check what the seeds reach).
  *
  * The service keeps state between inputs.  To keep runs comparable, the
  * fixture keys are put back (enabled, not pending deletion, default policy,
@@ -46,15 +50,17 @@ typedef struct fixture {
 	const char *alias;
 	hsm_key_spec spec;
 	hsm_key_usage usage;
+	bool pending; /* kept pending deletion, so CancelKeyDeletion has work */
 	char key_id[HSM_UUID_STRLEN + 1];
 } fixture;
 
 static fixture fixtures[] = {
-    {"alias/fuzz-aes", HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, ""},
-    {"alias/fuzz-rsa", HSM_SPEC_RSA_2048, HSM_USAGE_ENCRYPT_DECRYPT, ""},
-    {"alias/fuzz-ec", HSM_SPEC_ECC_NIST_P256, HSM_USAGE_SIGN_VERIFY, ""},
-    {"alias/fuzz-ed", HSM_SPEC_ECC_NIST_EDWARDS25519, HSM_USAGE_SIGN_VERIFY, ""},
-    {"alias/fuzz-hmac", HSM_SPEC_HMAC_256, HSM_USAGE_GENERATE_VERIFY_MAC, ""},
+    {"alias/fuzz-aes", HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, false, ""},
+    {"alias/fuzz-rsa", HSM_SPEC_RSA_2048, HSM_USAGE_ENCRYPT_DECRYPT, false, ""},
+    {"alias/fuzz-ec", HSM_SPEC_ECC_NIST_P256, HSM_USAGE_SIGN_VERIFY, false, ""},
+    {"alias/fuzz-ed", HSM_SPEC_ECC_NIST_EDWARDS25519, HSM_USAGE_SIGN_VERIFY, false, ""},
+    {"alias/fuzz-hmac", HSM_SPEC_HMAC_256, HSM_USAGE_GENERATE_VERIFY_MAC, false, ""},
+    {"alias/fuzz-pending", HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, true, ""},
 };
 #define N_FIXTURES (sizeof(fixtures) / sizeof(fixtures[0]))
 
@@ -102,6 +108,8 @@ static void make_blob(void)
 	hsm_buf_free(&ct);
 }
 
+static void restore_fixtures(void);
+
 static void init_once(void)
 {
 	static bool done;
@@ -138,6 +146,7 @@ static void init_once(void)
 		                                        fixtures[i].key_id)));
 	}
 	make_blob();
+	restore_fixtures();
 }
 
 /* Puts the fixture keys back as set up; failures here mean "already so". */
@@ -155,6 +164,10 @@ static void restore_fixtures(void)
 		                                      (const char *)g.policy.data, true)));
 		if (hsm_failed(hsm_kms_update_alias(g.kms, &local, fixtures[i].alias, id)))
 			FUZZ_ASSERT(hsm_ok(hsm_kms_create_alias(g.kms, &local, fixtures[i].alias, id)));
+		if (fixtures[i].pending) {
+			FUZZ_ASSERT(hsm_ok(hsm_kms_schedule_deletion(g.kms, &local, id, 30, &rec)));
+			hsm_key_record_clear(&rec);
+		}
 	}
 }
 
@@ -214,6 +227,9 @@ static void run(hsm_op op, const hsm_caller *caller, json_t *doc)
 	hsm_jw_end(&w);
 	if (hsm_ok(r))
 		r = hsm_jw_finish(&w);
+	if (getenv("HSM_FUZZ_VERBOSE") != NULL)
+		fprintf(stderr, "%s: %s %s\n", hsm_op_get(op)->name, hsm_err_code_name(r.err),
+		        hsm_failed(r) ? hsm_last_message() : "");
 	if (hsm_failed(r)) {
 		check_failure(r);
 	} else {
