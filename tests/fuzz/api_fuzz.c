@@ -23,8 +23,11 @@
  *
  * Properties (DESIGN.md invariant 5): no crash or leak; a failure is a code
  * of the error table whose HTTP status is a client error (4xx), or
- * KMSInternalException only for out-of-memory, with a message; a success
- * renders a valid JSON object.
+ * KMSInternalException only for out-of-memory, with a message that does not
+ * hold the fixture plaintext; a failed request commits nothing to the store
+ * (a second SQLite connection watches PRAGMA data_version, which moves on
+ * every commit by another connection); a success renders a valid JSON
+ * object.
  *
  * HSM_FUZZ_VERBOSE=1 in the environment prints each operation's outcome
  * (to check what the seeds reach).
@@ -35,6 +38,7 @@
  * generate RSA-3072/4096 keys are skipped (seconds each, no new code paths).
  */
 #include <ftw.h>
+#include <sqlite3.h>
 #include <unistd.h>
 
 #include "fuzz.h"
@@ -71,7 +75,10 @@ static struct {
 	hsm_kms *kms;
 	hsm_buf policy; /* the default key policy, NUL-terminated */
 	hsm_buf blob_b64;
+	sqlite3 *watch; /* read-only connection to the store's database */
 } g;
+
+#define FIXTURE_PLAINTEXT "fuzz plaintext"
 
 static const hsm_caller local = {"fuzz-operator", "", 0, true};
 
@@ -85,6 +92,7 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
 
 static void cleanup(void)
 {
+	sqlite3_close(g.watch);
 	hsm_kms_free(g.kms);
 	hsm_keystore_free(g.ks);
 	hsm_store_close(g.store);
@@ -98,8 +106,8 @@ static void make_blob(void)
 {
 	hsm_ctx_pair pair = {"purpose", "fuzz"};
 	hsm_encrypt_req req = {.key = fixtures[0].key_id,
-	                       .plaintext = (const uint8_t *)"fuzz plaintext",
-	                       .plaintext_len = 14,
+	                       .plaintext = (const uint8_t *)FIXTURE_PLAINTEXT,
+	                       .plaintext_len = sizeof(FIXTURE_PLAINTEXT) - 1,
 	                       .ctx = {&pair, 1}};
 	hsm_buf ct = {0};
 	hsm_used_key used;
@@ -147,6 +155,20 @@ static void init_once(void)
 	}
 	make_blob();
 	restore_fixtures();
+	char db[sizeof(g.dir) + 16];
+	snprintf(db, sizeof(db), "%s/hsmd.db", g.dir);
+	FUZZ_ASSERT(sqlite3_open_v2(db, &g.watch, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK);
+}
+
+/* Changes whenever the store's connection commits (SQLite "PRAGMA data_version"). */
+static int64_t data_version(void)
+{
+	sqlite3_stmt *st = NULL;
+	FUZZ_ASSERT(sqlite3_prepare_v2(g.watch, "PRAGMA data_version", -1, &st, NULL) == SQLITE_OK);
+	FUZZ_ASSERT(sqlite3_step(st) == SQLITE_ROW);
+	int64_t v = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	return v;
 }
 
 /* Puts the fixture keys back as set up; failures here mean "already so". */
@@ -207,12 +229,14 @@ static bool too_slow(json_t *doc)
 	return false;
 }
 
-static void check_failure(hsm_result r)
+static void check_failure(hsm_result r, int64_t version_before)
 {
 	FUZZ_ASSERT(r.err > HSM_OK && r.err < HSM_ERR_COUNT_);
 	int status = hsm_err_http_status(r.err);
 	FUZZ_ASSERT((status >= 400 && status < 500) || r.err == HSM_ERR_NOMEM);
-	FUZZ_ASSERT(hsm_last_message()[0] != '\0');
+	const char *msg = hsm_last_message();
+	FUZZ_ASSERT(msg[0] != '\0' && strstr(msg, FIXTURE_PLAINTEXT) == NULL);
+	FUZZ_ASSERT(data_version() == version_before);
 }
 
 static void run(hsm_op op, const hsm_caller *caller, json_t *doc)
@@ -223,15 +247,17 @@ static void run(hsm_op op, const hsm_caller *caller, json_t *doc)
 	hsm_jw_init(&w, &out);
 	hsm_jw_begin(&w);
 	hsm_api_ctx c = {.kms = g.kms, .caller = caller, .req = doc, .w = &w, .out = &out};
+	int64_t version = data_version();
 	hsm_result r = hsm_api_handler_for(op)(&c);
 	hsm_jw_end(&w);
 	if (hsm_ok(r))
 		r = hsm_jw_finish(&w);
 	if (getenv("HSM_FUZZ_VERBOSE") != NULL)
-		fprintf(stderr, "%s: %s %s\n", hsm_op_get(op)->name, hsm_err_code_name(r.err),
+		fprintf(stderr, "%s: %s%s %s\n", hsm_op_get(op)->name, hsm_err_code_name(r.err),
+		        data_version() != version ? " (store changed)" : "",
 		        hsm_failed(r) ? hsm_last_message() : "");
 	if (hsm_failed(r)) {
-		check_failure(r);
+		check_failure(r, version);
 	} else {
 		json_error_t err;
 		json_t *resp = json_loadb((const char *)out.data, out.len, JSON_REJECT_DUPLICATES, &err);
