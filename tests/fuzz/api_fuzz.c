@@ -301,7 +301,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FUZZ_ASSERT(r.err == HSM_ERR_SERIALIZATION);
 	} else if (!too_slow(doc)) {
 		bool echoes = body.len > 0 && memmem(body.data, body.len, FIXTURE_PLAINTEXT,
-		                     sizeof(FIXTURE_PLAINTEXT) - 1) != NULL;
+		                                     sizeof(FIXTURE_PLAINTEXT) - 1) != NULL;
 		run(op, &caller, doc, echoes);
 		if (hsm_op_get(op)->mutating)
 			restore_fixtures();
