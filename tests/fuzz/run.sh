@@ -24,9 +24,11 @@ for t in "$@"; do
 	mkdir -p "$work" "$art" "$(dirname "$log")"
 	set -- -max_total_time="$seconds" -print_final_stats=1 -artifact_prefix="$art/"
 	[ -f "$src/dict/$t.dict" ] && set -- "$@" -dict="$src/dict/$t.dict"
+	# libFuzzer writes what it finds into the first directory: the work corpus.
+	set -- "$@" "$work" "$src/corpus/$t"
 	[ -d "$src/regressions/$t" ] && set -- "$@" "$src/regressions/$t"
 	printf '%-14s %4ss ... ' "$t" "$seconds"
-	"$exe" "$@" "$work" "$src/corpus/$t" >"$log" 2>&1
+	"$exe" "$@" >"$log" 2>&1
 	rc=$?
 	summary=$(grep -E '^#[0-9]+' "$log" | tail -n 1 | sed 's/^\(#[0-9]*\)[[:space:]]*[A-Z]*[[:space:]]*/\1 /')
 	if [ $rc -eq 0 ]; then
