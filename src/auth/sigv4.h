@@ -146,7 +146,9 @@ hsm_result hsm_sigv4_signing_key(const hsm_secret *secret_access_key, const char
  * over req with signing_key (from hsm_sigv4_signing_key for auth's scope)
  * and compares it with auth->signature in constant time.  The work before
  * the comparison depends only on the request, never on the key's bytes.
- * Errors as hsm_sigv4_check_scope, and HSM_ERR_BAD_SIGNATURE on mismatch.
+ * Errors as hsm_sigv4_check_scope, HSM_ERR_BAD_SIGNATURE on mismatch, and
+ * HSM_ERR_VALIDATION when the path or query has no canonical form (a path
+ * not starting with '/', a malformed percent-escape, bounds exceeded).
  */
 hsm_result hsm_sigv4_verify(const hsm_sigv4_config *cfg, const hsm_sigv4_request *req,
                             const hsm_sigv4_auth *auth, const hsm_secret *signing_key,

@@ -1,0 +1,312 @@
+/*
+ * api_fuzz.c - the KMS JSON API handlers (server/api_*.c) behind
+ * hsm_api_handler_for, over a real store, keystore and KMS service.
+ *
+ * Set-up, once per process: a store in a fresh temporary directory, a
+ * keystore initialized 1-of-1 in dev mode (so unsealed), the KMS service,
+ * and fixture keys reachable through aliases:
+ *   alias/fuzz-aes    SYMMETRIC_DEFAULT  ENCRYPT_DECRYPT
+ *   alias/fuzz-rsa    RSA_2048           ENCRYPT_DECRYPT
+ *   alias/fuzz-ec     ECC_NIST_P256      SIGN_VERIFY
+ *   alias/fuzz-ed     ECC_NIST_EDWARDS25519 SIGN_VERIFY
+ *   alias/fuzz-hmac   HMAC_256           GENERATE_VERIFY_MAC
+ *   alias/fuzz-pending SYMMETRIC_DEFAULT, kept pending deletion
+ *
+ * Input:
+ *   byte 0     the operation (index into kms.h's HSM_OP_TABLE)
+ *   byte 1     the caller's roles (bit 0 crypto-officer, 1 crypto-user,
+ *              2 auditor)
+ *   the rest   the JSON request body; "@BLOB@" stands for the base64 of a
+ *              ciphertext made by alias/fuzz-aes with the context
+ *              {"purpose":"fuzz"}, "@KEYID@" for that key's id (key ids
+ *              are random, so seeds cannot spell them)
+ *
+ * Properties (DESIGN.md invariant 5): no crash or leak; a failure is a code
+ * of the error table whose HTTP status is a client error (4xx), or
+ * KMSInternalException only for out-of-memory, with a message that does not
+ * hold the fixture plaintext; a failed request commits nothing to the store
+ * (a second SQLite connection watches PRAGMA data_version, which moves on
+ * every commit by another connection); a success renders a valid JSON
+ * object.
+ *
+ * HSM_FUZZ_VERBOSE=1 in the environment prints each operation's outcome
+ * (to check what the seeds reach).
+ *
+ * The service keeps state between inputs.  To keep runs comparable, the
+ * fixture keys are put back (enabled, not pending deletion, default policy,
+ * aliases pointing at them) after every input, and requests that would
+ * generate RSA-3072/4096 keys are skipped (seconds each, no new code paths).
+ */
+#include <ftw.h>
+#include <sqlite3.h>
+#include <unistd.h>
+
+#include "fuzz.h"
+
+#include "common/encoding.h"
+#include "common/log.h"
+#include "kms/policy.h"
+#include "server/api.h"
+
+#define MAX_BODY 65536
+
+typedef struct fixture {
+	const char *alias;
+	hsm_key_spec spec;
+	hsm_key_usage usage;
+	bool pending; /* kept pending deletion, so CancelKeyDeletion has work */
+	char key_id[HSM_UUID_STRLEN + 1];
+} fixture;
+
+static fixture fixtures[] = {
+    {"alias/fuzz-aes", HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, false, ""},
+    {"alias/fuzz-rsa", HSM_SPEC_RSA_2048, HSM_USAGE_ENCRYPT_DECRYPT, false, ""},
+    {"alias/fuzz-ec", HSM_SPEC_ECC_NIST_P256, HSM_USAGE_SIGN_VERIFY, false, ""},
+    {"alias/fuzz-ed", HSM_SPEC_ECC_NIST_EDWARDS25519, HSM_USAGE_SIGN_VERIFY, false, ""},
+    {"alias/fuzz-hmac", HSM_SPEC_HMAC_256, HSM_USAGE_GENERATE_VERIFY_MAC, false, ""},
+    {"alias/fuzz-pending", HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, true, ""},
+};
+#define N_FIXTURES (sizeof(fixtures) / sizeof(fixtures[0]))
+
+static struct {
+	char dir[64];
+	hsm_store *store;
+	hsm_keystore *ks;
+	hsm_kms *kms;
+	hsm_buf policy; /* the default key policy, NUL-terminated */
+	hsm_buf blob_b64;
+	sqlite3 *watch; /* read-only connection to the store's database */
+} g;
+
+#define FIXTURE_PLAINTEXT "fuzz plaintext"
+
+static const hsm_caller local = {"fuzz-operator", "", 0, true};
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)flag;
+	(void)ftw;
+	return remove(path);
+}
+
+static void cleanup(void)
+{
+	sqlite3_close(g.watch);
+	hsm_kms_free(g.kms);
+	hsm_keystore_free(g.ks);
+	hsm_store_close(g.store);
+	hsm_buf_free(&g.policy);
+	hsm_buf_free(&g.blob_b64);
+	if (g.dir[0] != '\0')
+		(void)nftw(g.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static void make_blob(void)
+{
+	hsm_ctx_pair pair = {"purpose", "fuzz"};
+	hsm_encrypt_req req = {.key = fixtures[0].key_id,
+	                       .plaintext = (const uint8_t *)FIXTURE_PLAINTEXT,
+	                       .plaintext_len = sizeof(FIXTURE_PLAINTEXT) - 1,
+	                       .ctx = {&pair, 1}};
+	hsm_buf ct = {0};
+	hsm_used_key used;
+	FUZZ_ASSERT(hsm_ok(hsm_kms_encrypt(g.kms, &local, &req, &ct, &used)));
+	FUZZ_ASSERT(hsm_ok(hsm_b64_encode(&g.blob_b64, ct.data, ct.len)));
+	hsm_buf_free(&ct);
+}
+
+static void restore_fixtures(void);
+
+static void init_once(void)
+{
+	static bool done;
+	if (done)
+		return;
+	done = true;
+	const char *tmp = getenv("TMPDIR") != NULL ? getenv("TMPDIR") : "/tmp";
+	FUZZ_ASSERT(snprintf(g.dir, sizeof(g.dir), "%s/hsm-fuzz-api-XXXXXX", tmp) < (int)sizeof(g.dir));
+	FUZZ_ASSERT(mkdtemp(g.dir) != NULL);
+	atexit(cleanup);
+	hsm_log_set_level(HSM_LOG_ERROR);
+	FUZZ_ASSERT(hsm_ok(hsm_crypto_init()));
+	FUZZ_ASSERT(hsm_ok(hsm_store_open(g.dir, &g.store)));
+	FUZZ_ASSERT(hsm_ok(hsm_keystore_new(g.store, 0, &g.ks)));
+	hsm_buf share[1];
+	hsm_buf_init_secure(&share[0]);
+	FUZZ_ASSERT(hsm_ok(hsm_keystore_init(g.ks, 1, 1, NULL, true, share)));
+	hsm_buf_free(&share[0]);
+	FUZZ_ASSERT(hsm_keystore_state(g.ks) == HSM_NODE_UNSEALED);
+	hsm_kms_config cfg = {.region = "us-east-1", .account_id = "111122223333"};
+	FUZZ_ASSERT(hsm_ok(hsm_kms_new(g.store, g.ks, &cfg, &g.kms)));
+	FUZZ_ASSERT(hsm_ok(hsm_policy_default("111122223333", &g.policy)));
+	FUZZ_ASSERT(hsm_ok(hsm_buf_terminate(&g.policy)));
+	for (size_t i = 0; i < N_FIXTURES; i++) {
+		hsm_create_key_req req = {.description = "fuzz fixture",
+		                          .spec = fixtures[i].spec,
+		                          .usage = fixtures[i].usage};
+		hsm_key_record rec;
+		memset(&rec, 0, sizeof(rec));
+		FUZZ_ASSERT(hsm_ok(hsm_kms_create_key(g.kms, &local, &req, &rec)));
+		memcpy(fixtures[i].key_id, rec.key_id, sizeof(fixtures[i].key_id));
+		hsm_key_record_clear(&rec);
+		FUZZ_ASSERT(hsm_ok(hsm_kms_create_alias(g.kms, &local, fixtures[i].alias,
+		                                        fixtures[i].key_id)));
+	}
+	make_blob();
+	restore_fixtures();
+	char db[sizeof(g.dir) + 16];
+	snprintf(db, sizeof(db), "%s/hsmd.db", g.dir);
+	FUZZ_ASSERT(sqlite3_open_v2(db, &g.watch, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK);
+}
+
+/* Changes whenever the store's connection commits (SQLite "PRAGMA data_version"). */
+static int64_t data_version(void)
+{
+	sqlite3_stmt *st = NULL;
+	FUZZ_ASSERT(sqlite3_prepare_v2(g.watch, "PRAGMA data_version", -1, &st, NULL) == SQLITE_OK);
+	FUZZ_ASSERT(sqlite3_step(st) == SQLITE_ROW);
+	int64_t v = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	return v;
+}
+
+/* Puts the fixture keys back as set up; failures here mean "already so". */
+static void restore_fixtures(void)
+{
+	for (size_t i = 0; i < N_FIXTURES; i++) {
+		const char *id = fixtures[i].key_id;
+		hsm_key_record rec;
+		memset(&rec, 0, sizeof(rec));
+		if (hsm_ok(hsm_kms_cancel_deletion(g.kms, &local, id, &rec)))
+			hsm_key_record_clear(&rec);
+		hsm_result r = hsm_kms_enable_key(g.kms, &local, id);
+		FUZZ_ASSERT(hsm_ok(r) || r.err == HSM_ERR_INVALID_STATE);
+		FUZZ_ASSERT(hsm_ok(hsm_kms_put_policy(g.kms, &local, id, NULL,
+		                                      (const char *)g.policy.data, true)));
+		if (hsm_failed(hsm_kms_update_alias(g.kms, &local, fixtures[i].alias, id)))
+			FUZZ_ASSERT(hsm_ok(hsm_kms_create_alias(g.kms, &local, fixtures[i].alias, id)));
+		if (fixtures[i].pending) {
+			FUZZ_ASSERT(hsm_ok(hsm_kms_schedule_deletion(g.kms, &local, id, 30, &rec)));
+			hsm_key_record_clear(&rec);
+		}
+	}
+}
+
+/* Replaces each occurrence of token in body by value. */
+static bool substitute(hsm_buf *body, const char *token, const uint8_t *value, size_t vlen)
+{
+	size_t tlen = strlen(token);
+	hsm_buf out = {0};
+	bool ok = true;
+	for (size_t i = 0; ok && i < body->len;) {
+		if (body->len - i >= tlen && memcmp(body->data + i, token, tlen) == 0) {
+			ok = hsm_ok(hsm_buf_put(&out, value, vlen));
+			i += tlen;
+		} else {
+			ok = hsm_ok(hsm_buf_put_u8(&out, body->data[i]));
+			i++;
+		}
+	}
+	if (ok && out.len <= MAX_BODY) {
+		hsm_buf_free(body);
+		*body = out;
+		return true;
+	}
+	hsm_buf_free(&out);
+	return false;
+}
+
+/* Key generation that costs seconds and adds no code paths. */
+static bool too_slow(json_t *doc)
+{
+	static const char *const members[] = {"KeySpec", "CustomerMasterKeySpec", "KeyPairSpec"};
+	for (size_t i = 0; i < sizeof(members) / sizeof(members[0]); i++) {
+		const char *v = json_string_value(json_object_get(doc, members[i]));
+		if (v != NULL && (strcmp(v, "RSA_3072") == 0 || strcmp(v, "RSA_4096") == 0))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * echoes: whether the request itself holds the fixture plaintext, which a
+ * message may then quote back (an invalid key id, for instance).
+ */
+static void check_failure(hsm_result r, int64_t version_before, bool echoes)
+{
+	FUZZ_ASSERT(r.err > HSM_OK && r.err < HSM_ERR_COUNT_);
+	int status = hsm_err_http_status(r.err);
+	FUZZ_ASSERT((status >= 400 && status < 500) || r.err == HSM_ERR_NOMEM);
+	const char *msg = hsm_last_message();
+	FUZZ_ASSERT(msg[0] != '\0' && (echoes || strstr(msg, FIXTURE_PLAINTEXT) == NULL));
+	FUZZ_ASSERT(data_version() == version_before);
+}
+
+static void run(hsm_op op, const hsm_caller *caller, json_t *doc, bool echoes)
+{
+	hsm_buf out;
+	hsm_jw w;
+	hsm_buf_init_secure(&out);
+	hsm_jw_init(&w, &out);
+	hsm_jw_begin(&w);
+	hsm_api_ctx c = {.kms = g.kms, .caller = caller, .req = doc, .w = &w, .out = &out};
+	int64_t version = data_version();
+	hsm_result r = hsm_api_handler_for(op)(&c);
+	hsm_jw_end(&w);
+	if (hsm_ok(r))
+		r = hsm_jw_finish(&w);
+	if (getenv("HSM_FUZZ_VERBOSE") != NULL)
+		fprintf(stderr, "%s: %s%s %s\n", hsm_op_get(op)->name, hsm_err_code_name(r.err),
+		        data_version() != version ? " (store changed)" : "",
+		        hsm_failed(r) ? hsm_last_message() : "");
+	if (hsm_failed(r)) {
+		check_failure(r, version, echoes);
+	} else {
+		json_error_t err;
+		json_t *resp = json_loadb((const char *)out.data, out.len, JSON_REJECT_DUPLICATES, &err);
+		FUZZ_ASSERT(resp != NULL && json_is_object(resp));
+		json_decref(resp);
+	}
+	FUZZ_ASSERT(c.audit.key_id[0] == '\0' || hsm_is_uuid(c.audit.key_id));
+	free(c.audit.ctx);
+	hsm_buf_free(&out);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	init_once();
+	fuzz_in in = {data, size};
+	hsm_op op = (hsm_op)(fuzz_u8(&in) % HSM_OP_COUNT);
+	uint8_t roles = fuzz_u8(&in);
+	hsm_caller caller = {"fuzzer", "AKIAFUZZER0000000000", 0, false};
+	if (roles & 1)
+		caller.roles |= HSM_ROLE_BIT(HSM_ROLE_CRYPTO_OFFICER);
+	if (roles & 2)
+		caller.roles |= HSM_ROLE_BIT(HSM_ROLE_CRYPTO_USER);
+	if (roles & 4)
+		caller.roles |= HSM_ROLE_BIT(HSM_ROLE_AUDITOR);
+	if (in.n > MAX_BODY)
+		return 0;
+	hsm_buf body = {0};
+	FUZZ_ASSERT(hsm_ok(hsm_buf_set(&body, in.p, in.n)));
+	if (!substitute(&body, "@BLOB@", g.blob_b64.data, g.blob_b64.len) ||
+	    !substitute(&body, "@KEYID@", (const uint8_t *)fixtures[0].key_id, HSM_UUID_STRLEN)) {
+		hsm_buf_free(&body);
+		return 0;
+	}
+	json_t *doc = NULL;
+	hsm_result r = hsm_json_parse(body.data, body.len, &doc);
+	if (hsm_failed(r)) {
+		FUZZ_ASSERT(r.err == HSM_ERR_SERIALIZATION);
+	} else if (!too_slow(doc)) {
+		bool echoes = body.len > 0 && memmem(body.data, body.len, FIXTURE_PLAINTEXT,
+		                                     sizeof(FIXTURE_PLAINTEXT) - 1) != NULL;
+		run(op, &caller, doc, echoes);
+		if (hsm_op_get(op)->mutating)
+			restore_fixtures();
+	}
+	json_decref(doc);
+	hsm_buf_free(&body);
+	return 0;
+}
