@@ -130,8 +130,12 @@ static hsm_result sign_request(const endpoint *ep, const hsmctl_client *c, const
 	return r;
 }
 
-static hsm_result one_exchange(const hsmctl_client *c, const endpoint *ep, const char *target,
-                               const char *body, bool sign, exchange *x)
+/*
+ * One request on a fresh connection: POST / of a KMS-style JSON body (target
+ * set) or GET path (target NULL).  Runs the event loop until the answer.
+ */
+static hsm_result run_exchange(const hsmctl_client *c, const endpoint *ep, const char *path,
+                               const char *target, const char *body, bool sign, exchange *x)
 {
 	hsm_result res = HSM_SUCCESS;
 	struct event_base *base = event_base_new();
@@ -162,17 +166,20 @@ static hsm_result one_exchange(const hsmctl_client *c, const endpoint *ep, const
 	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
 	snprintf(host, sizeof(host), "%s:%u", ep->host, ep->port);
 	evhttp_add_header(h, "Host", host);
-	evhttp_add_header(h, "Content-Type", "application/x-amz-json-1.1");
-	evhttp_add_header(h, "X-Amz-Target", target);
 	/* One request per connection: without this the loop waits out the keep-alive timeout. */
 	evhttp_add_header(h, "Connection", "close");
+	if (target != NULL) {
+		evhttp_add_header(h, "Content-Type", "application/x-amz-json-1.1");
+		evhttp_add_header(h, "X-Amz-Target", target);
+		evbuffer_add(evhttp_request_get_output_buffer(req), body, strlen(body));
+	}
 	if (sign) {
 		evhttp_add_header(h, "X-Amz-Date", sig.amz_date);
 		evhttp_add_header(h, "Authorization", sig.authorization);
 	}
-	evbuffer_add(evhttp_request_get_output_buffer(req), body, strlen(body));
-	HSM_CHECK(evhttp_make_request(conn, req, EVHTTP_REQ_POST, "/") == 0, HSM_ERR_IO,
-	          "cannot send the request to %s", host);
+	HSM_CHECK(evhttp_make_request(conn, req, target != NULL ? EVHTTP_REQ_POST : EVHTTP_REQ_GET,
+	                              path) == 0,
+	          HSM_ERR_IO, "cannot send the request to %s", host);
 	event_base_dispatch(base);
 	res = x->res;
 out:
@@ -199,7 +206,7 @@ hsm_result hsmctl_call(const hsmctl_client *c, const char *target, const char *b
 		endpoint ep;
 		HSM_GUARD(parse_endpoint(p, n, &ep));
 		exchange x = {NULL, 0, resp, HSM_SUCCESS};
-		HSM_GUARD(one_exchange(c, &ep, target, body, sign, &x));
+		HSM_GUARD(run_exchange(c, &ep, "/", target, body, sign, &x));
 		if (x.status != 0) {
 			*status = x.status;
 			return HSM_SUCCESS;
@@ -232,51 +239,6 @@ hsm_result hsmctl_call_ok(const hsmctl_client *c, const char *target, const char
 
 /* ---- Unsigned GET of a public document ------------------------------------------- */
 
-static hsm_result get_exchange(const hsmctl_client *c, const endpoint *ep, const char *path,
-                               exchange *x)
-{
-	hsm_result res = HSM_SUCCESS;
-	struct event_base *base = event_base_new();
-	SSL_CTX *ctx = NULL;
-	SSL *ssl = NULL;
-	struct bufferevent *bev = NULL;
-	struct evhttp_connection *conn = NULL;
-	char host[300];
-	HSM_CHECK(base != NULL, HSM_ERR_NOMEM, "out of memory");
-	x->base = base;
-	if (ep->tls) {
-		HSM_TRY(make_ssl(c, ep, &ctx, &ssl));
-		bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
-		                                     BEV_OPT_CLOSE_ON_FREE);
-		ssl = NULL; /* owned by bev */
-		HSM_CHECK(bev != NULL, HSM_ERR_NOMEM, "cannot create a TLS connection");
-	}
-	conn = evhttp_connection_base_bufferevent_new(base, NULL, bev, ep->host,
-	                                              (unsigned short)ep->port);
-	HSM_CHECK(conn != NULL, HSM_ERR_NOMEM, "cannot create a connection");
-	bev = NULL; /* owned by conn */
-	evhttp_connection_set_timeout(conn, c->timeout_s > 0 ? c->timeout_s : 30);
-	struct evhttp_request *req = evhttp_request_new(on_response, x);
-	HSM_CHECK(req != NULL, HSM_ERR_NOMEM, "out of memory");
-	snprintf(host, sizeof(host), "%s:%u", ep->host, ep->port);
-	evhttp_add_header(evhttp_request_get_output_headers(req), "Host", host);
-	evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
-	HSM_CHECK(evhttp_make_request(conn, req, EVHTTP_REQ_GET, path) == 0, HSM_ERR_IO,
-	          "cannot send the request to %s", host);
-	event_base_dispatch(base);
-	res = x->res;
-out:
-	if (conn != NULL)
-		evhttp_connection_free(conn);
-	if (bev != NULL)
-		bufferevent_free(bev);
-	SSL_free(ssl);
-	SSL_CTX_free(ctx);
-	if (base != NULL)
-		event_base_free(base);
-	return res;
-}
-
 hsm_result hsmctl_get(const hsmctl_client *c, const char *url, hsm_buf *resp)
 {
 	endpoint ep;
@@ -286,7 +248,7 @@ hsm_result hsmctl_get(const hsmctl_client *c, const char *url, hsm_buf *resp)
 	           "URL '%.128s' needs a path (https://host:port/.well-known/jwks.json)", url);
 	HSM_GUARD(parse_endpoint(url, (size_t)(path - url), &ep));
 	exchange x = {NULL, 0, resp, HSM_SUCCESS};
-	HSM_GUARD(get_exchange(c, &ep, path, &x));
+	HSM_GUARD(run_exchange(c, &ep, path, NULL, NULL, false, &x));
 	HSM_ENSURE(x.status != 0, HSM_ERR_IO, "no answer from %.128s", url);
 	HSM_ENSURE(x.status == 200, HSM_ERR_IO, "%.128s answered HTTP %d", url, x.status);
 	return HSM_SUCCESS;

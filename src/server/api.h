@@ -45,6 +45,8 @@ hsm_api_handler hsm_api_handler_for(hsm_op op);
 
 /* Records the key and version an operation used (for the audit record). */
 void hsm_api_note_key(hsm_api_ctx *c, const hsm_used_key *used);
+/* Records the key a reference (id, ARN, alias) names, when it resolves. */
+void hsm_api_note_ref(hsm_api_ctx *c, const char *ref);
 
 /* Handlers, by family. */
 hsm_result hsm_api_create_key(hsm_api_ctx *c) HSM_MUST_CHECK;

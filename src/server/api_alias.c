@@ -10,19 +10,12 @@ static hsm_result alias_name(hsm_api_ctx *c, const char **out)
 	return hsm_json_str(c->req, "AliasName", true, 1, HSM_ALIAS_MAX, out);
 }
 
-static void note_alias_target(hsm_api_ctx *c, const char *ref)
-{
-	char id[HSM_UUID_STRLEN + 1];
-	if (ref != NULL && hsm_ok(hsm_kms_resolve(c->kms, ref, id)))
-		memcpy(c->audit.key_id, id, sizeof(id));
-}
-
 hsm_result hsm_api_create_alias(hsm_api_ctx *c)
 {
 	const char *alias, *target;
 	HSM_GUARD(alias_name(c, &alias));
 	HSM_GUARD(hsm_api_key_id(c, "TargetKeyId", &target));
-	note_alias_target(c, target);
+	hsm_api_note_ref(c, target);
 	return hsm_kms_create_alias(c->kms, c->caller, alias, target);
 }
 
@@ -31,7 +24,7 @@ hsm_result hsm_api_update_alias(hsm_api_ctx *c)
 	const char *alias, *target;
 	HSM_GUARD(alias_name(c, &alias));
 	HSM_GUARD(hsm_api_key_id(c, "TargetKeyId", &target));
-	note_alias_target(c, target);
+	hsm_api_note_ref(c, target);
 	return hsm_kms_update_alias(c->kms, c->caller, alias, target);
 }
 
@@ -39,7 +32,7 @@ hsm_result hsm_api_delete_alias(hsm_api_ctx *c)
 {
 	const char *alias;
 	HSM_GUARD(alias_name(c, &alias));
-	note_alias_target(c, alias);
+	hsm_api_note_ref(c, alias);
 	return hsm_kms_delete_alias(c->kms, c->caller, alias);
 }
 

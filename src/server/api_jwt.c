@@ -19,14 +19,6 @@ bool hsm_api_is_jwt_op(hsm_op op)
 	       op == HSM_OP_DisableJwtSigning;
 }
 
-/* The audit record names the key even when the operation fails after resolving it. */
-static void note_ref(hsm_api_ctx *c, const char *key)
-{
-	char id[HSM_UUID_STRLEN + 1];
-	if (hsm_ok(hsm_kms_resolve(c->kms, key, id)))
-		memcpy(c->audit.key_id, id, sizeof(id));
-}
-
 static hsm_result read_alg(hsm_api_ctx *c, hsm_jws_alg *alg)
 {
 	const char *name = NULL;
@@ -63,7 +55,7 @@ hsm_result hsm_api_sign_token(hsm_api_ctx *c)
 	memset(&req, 0, sizeof(req));
 	hsm_kms_jwt_limits(c->kms, &lim);
 	HSM_TRY(hsm_api_key_id(c, "KeyId", &req.key));
-	note_ref(c, req.key);
+	hsm_api_note_ref(c, req.key);
 	HSM_TRY(read_token_parts(c, &req));
 	HSM_TRY(read_alg(c, &req.alg));
 	HSM_TRY(hsm_json_int(c->req, "LifetimeSeconds", false, 1, lim.max_lifetime, &req.lifetime,
@@ -108,7 +100,7 @@ hsm_result hsm_api_enable_jwt_signing(hsm_api_ctx *c)
 	hsm_key_record rec;
 	memset(&rec, 0, sizeof(rec));
 	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
-	note_ref(c, key);
+	hsm_api_note_ref(c, key);
 	HSM_GUARD(read_alg(c, &alg));
 	HSM_GUARD(hsm_kms_enable_jwt(c->kms, c->caller, key, alg, &rec));
 	write_marking(c, &rec);
@@ -122,7 +114,7 @@ hsm_result hsm_api_disable_jwt_signing(hsm_api_ctx *c)
 	hsm_key_record rec;
 	memset(&rec, 0, sizeof(rec));
 	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
-	note_ref(c, key);
+	hsm_api_note_ref(c, key);
 	HSM_GUARD(hsm_kms_disable_jwt(c->kms, c->caller, key, &rec));
 	write_marking(c, &rec);
 	hsm_key_record_clear(&rec);

@@ -34,6 +34,14 @@ void hsm_api_note_key(hsm_api_ctx *c, const hsm_used_key *used)
 	c->audit.key_version = used->version;
 }
 
+void hsm_api_note_ref(hsm_api_ctx *c, const char *ref)
+{
+	/* State changes return no key: resolve the reference once more for the record. */
+	char id[HSM_UUID_STRLEN + 1];
+	if (ref != NULL && hsm_ok(hsm_kms_resolve(c->kms, ref, id)))
+		memcpy(c->audit.key_id, id, sizeof(id));
+}
+
 static void note_record(hsm_api_ctx *c, const hsm_key_record *r)
 {
 	memcpy(c->audit.key_id, r->key_id, sizeof(c->audit.key_id));
@@ -209,19 +217,11 @@ hsm_result hsm_api_list_keys(hsm_api_ctx *c)
 	return HSM_SUCCESS;
 }
 
-/* Resolves KeyId once more for the audit record (state changes return nothing). */
-static void note_ref(hsm_api_ctx *c, const char *key)
-{
-	char id[HSM_UUID_STRLEN + 1];
-	if (hsm_ok(hsm_kms_resolve(c->kms, key, id)))
-		memcpy(c->audit.key_id, id, sizeof(id));
-}
-
 hsm_result hsm_api_enable_key(hsm_api_ctx *c)
 {
 	const char *key;
 	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
-	note_ref(c, key);
+	hsm_api_note_ref(c, key);
 	return hsm_kms_enable_key(c->kms, c->caller, key);
 }
 
@@ -229,7 +229,7 @@ hsm_result hsm_api_disable_key(hsm_api_ctx *c)
 {
 	const char *key;
 	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
-	note_ref(c, key);
+	hsm_api_note_ref(c, key);
 	return hsm_kms_disable_key(c->kms, c->caller, key);
 }
 
@@ -238,7 +238,7 @@ hsm_result hsm_api_update_key_description(hsm_api_ctx *c)
 	const char *key, *description;
 	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
 	HSM_GUARD(hsm_json_str(c->req, "Description", true, 0, 8192, &description));
-	note_ref(c, key);
+	hsm_api_note_ref(c, key);
 	return hsm_kms_update_description(c->kms, c->caller, key, description);
 }
 

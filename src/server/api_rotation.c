@@ -8,13 +8,6 @@
 
 #include "server/api.h"
 
-static void note_ref(hsm_api_ctx *c, const char *key)
-{
-	char id[HSM_UUID_STRLEN + 1];
-	if (hsm_ok(hsm_kms_resolve(c->kms, key, id)))
-		memcpy(c->audit.key_id, id, sizeof(id));
-}
-
 hsm_result hsm_api_enable_key_rotation(hsm_api_ctx *c)
 {
 	const char *key;
@@ -23,7 +16,7 @@ hsm_result hsm_api_enable_key_rotation(hsm_api_ctx *c)
 	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
 	/* hsmd allows 1-2560 days (KMS: 90-2560); the default is 90. */
 	HSM_GUARD(hsm_json_int(c->req, "RotationPeriodInDays", false, 1, 2560, &period, &present));
-	note_ref(c, key);
+	hsm_api_note_ref(c, key);
 	return hsm_kms_enable_rotation(c->kms, c->caller, key, (int)period);
 }
 
@@ -31,7 +24,7 @@ hsm_result hsm_api_disable_key_rotation(hsm_api_ctx *c)
 {
 	const char *key;
 	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
-	note_ref(c, key);
+	hsm_api_note_ref(c, key);
 	return hsm_kms_disable_rotation(c->kms, c->caller, key);
 }
 
@@ -107,7 +100,7 @@ hsm_result hsm_api_list_key_rotations(hsm_api_ctx *c)
 		HSM_ENSURE(hsm_ok(m), HSM_ERR_INVALID_MARKER, "Marker is invalid");
 		r.after = (uint32_t)v;
 	}
-	note_ref(c, key);
+	hsm_api_note_ref(c, key);
 	hsm_jw_key_begin_array(c->w, "Rotations");
 	HSM_GUARD(hsm_kms_list_rotations(c->kms, c->caller, key, write_rotation, &r));
 	hsm_jw_end_array(c->w);

@@ -8,13 +8,6 @@
 #include "common/encoding.h"
 #include "server/api.h"
 
-static void note_ref(hsm_api_ctx *c, const char *key)
-{
-	char id[HSM_UUID_STRLEN + 1];
-	if (hsm_ok(hsm_kms_resolve(c->kms, key, id)))
-		memcpy(c->audit.key_id, id, sizeof(id));
-}
-
 hsm_result hsm_api_tag_resource(hsm_api_ctx *c)
 {
 	const char *key;
@@ -22,7 +15,7 @@ hsm_result hsm_api_tag_resource(hsm_api_ctx *c)
 	size_t n = 0;
 	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
 	HSM_GUARD(hsm_json_tags(c->req, "Tags", &tags, &n));
-	note_ref(c, key);
+	hsm_api_note_ref(c, key);
 	hsm_result r = n == 0 ? HSM_FAIL(HSM_ERR_VALIDATION, "Tags must not be empty")
 	                      : hsm_kms_tag(c->kms, c->caller, key, n, tags);
 	free(tags);
@@ -36,7 +29,7 @@ hsm_result hsm_api_untag_resource(hsm_api_ctx *c)
 	size_t n = 0;
 	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
 	HSM_GUARD(hsm_json_string_list(c->req, "TagKeys", true, HSM_MAX_TAGS_PER_KEY, &keys, &n));
-	note_ref(c, key);
+	hsm_api_note_ref(c, key);
 	hsm_result r = n == 0 ? HSM_FAIL(HSM_ERR_VALIDATION, "TagKeys must not be empty")
 	                      : hsm_kms_untag(c->kms, c->caller, key, n, keys);
 	free(keys);
@@ -78,7 +71,7 @@ hsm_result hsm_api_list_resource_tags(hsm_api_ctx *c)
 			return HSM_FAIL(HSM_ERR_INVALID_MARKER, "Marker is invalid");
 		}
 	}
-	note_ref(c, key);
+	hsm_api_note_ref(c, key);
 	hsm_jw_key_begin_array(c->w, "Tags");
 	hsm_result r = hsm_kms_list_tags(c->kms, c->caller, key,
 	                                 marker != NULL ? (const char *)after.data : NULL, limit,
@@ -101,7 +94,7 @@ hsm_result hsm_api_get_key_policy(hsm_api_ctx *c)
 	hsm_buf policy = {0};
 	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
 	HSM_GUARD(hsm_json_str(c->req, "PolicyName", false, 1, 128, &name));
-	note_ref(c, key);
+	hsm_api_note_ref(c, key);
 	hsm_result r = hsm_kms_get_policy(c->kms, c->caller, key, name, &policy);
 	if (hsm_ok(r)) {
 		hsm_jw_str_n(c->w, "Policy", (const char *)policy.data, policy.len);
@@ -119,7 +112,7 @@ hsm_result hsm_api_put_key_policy(hsm_api_ctx *c)
 	HSM_GUARD(hsm_json_str(c->req, "PolicyName", false, 1, 128, &name));
 	HSM_GUARD(hsm_json_str(c->req, "Policy", true, 1, 32768, &policy));
 	HSM_GUARD(hsm_json_bool(c->req, "BypassPolicyLockoutSafetyCheck", &bypass, &present));
-	note_ref(c, key);
+	hsm_api_note_ref(c, key);
 	return hsm_kms_put_policy(c->kms, c->caller, key, name, policy, bypass);
 }
 
@@ -130,7 +123,7 @@ hsm_result hsm_api_list_key_policies(hsm_api_ctx *c)
 	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
 	HSM_GUARD(hsm_api_paging(c, 1000, 100, &limit, &marker));
 	HSM_GUARD(hsm_kms_list_policies(c->kms, c->caller, key));
-	note_ref(c, key);
+	hsm_api_note_ref(c, key);
 	hsm_jw_key_begin_array(c->w, "PolicyNames");
 	hsm_jw_value_str(c->w, "default");
 	hsm_jw_end_array(c->w);
