@@ -70,6 +70,28 @@ def children_cpu_seconds():
     return ru.ru_utime + ru.ru_stime
 
 
+def wait_quiet(max_wait_s, busy_below=0.3, quiet_for_s=10):
+    """Waits (at most max_wait_s) until the machine has been nearly idle for quiet_for_s.
+
+    Other work on the machine shares the cores with the benchmark; every
+    result records how much it took, and this gives a run a fair start.
+    Returns the busy cores seen last.
+    """
+    t_end = time.monotonic() + max_wait_s
+    quiet_since, busy = None, 0.0
+    while True:
+        m0, t0 = machine_cpu_seconds()[0], time.monotonic()
+        time.sleep(1)
+        busy = (machine_cpu_seconds()[0] - m0) / (time.monotonic() - t0)
+        now = time.monotonic()
+        quiet_since = (quiet_since or t0) if busy < busy_below else None
+        if quiet_since is not None and now - quiet_since >= quiet_for_s:
+            return busy
+        if now >= t_end:
+            log(f"the machine is still busy ({busy:.2f} cores); starting anyway")
+            return busy
+
+
 def rss_kib(pid):
     out = {}
     with open(f"/proc/{pid}/status") as f:
@@ -231,8 +253,10 @@ def api_ops(kms, keys):
 
 
 class Loadgen:
-    def __init__(self, binary, workdir):
+    def __init__(self, binary, workdir, retry_budget=12, wait_budget_s=300):
         self.binary, self.workdir = binary, workdir
+        # Retries and waits left for the whole run, so it stays bounded in time.
+        self.retry_budget, self.wait_budget_s = retry_budget, wait_budget_s
 
     def run(self, node, op, rate=0, connections=32, duration=5, warmup=1, label=None,
             keys_file=None, random_keys=False):
@@ -279,26 +303,59 @@ class Loadgen:
         """
         best = None
         for i in range(attempts):
+            if self.wait_budget_s > 0:  # start when the machine has been idle for a second
+                t0 = time.monotonic()
+                wait_quiet(min(30, self.wait_budget_s), busy_below=max_other, quiet_for_s=1)
+                self.wait_budget_s -= time.monotonic() - t0
             r = self.run(node, op, **kw)
             r["attempts"] = i + 1
             if best is None or r["other_cpu_cores"] < best["other_cpu_cores"]:
                 best = r
-            if r["other_cpu_cores"] <= max_other:
+            if r["other_cpu_cores"] <= max_other or self.retry_budget <= 0:
                 break
+            self.retry_budget -= 1
             log(f"{op.ident}: other processes used {r['other_cpu_cores']} cores; retrying")
-            time.sleep(5)
+            time.sleep(3)
         return best
 
 
-def run_inprocess(binary, duration, env=None, ops=None):
-    """Runs limit or softhsm; returns {op: result}."""
+def _inprocess_once(binary, duration, env, ops):
+    """One invocation; each op's result gets the CPU other processes used meanwhile."""
     args = [binary, "--duration", str(duration)]
     for o in ops or []:
         args += ["--op", o]
-    p = subprocess.run(args, capture_output=True, text=True, env=env)
-    if p.returncode != 0:
-        raise RuntimeError(f"{binary} failed: {p.stderr.strip()}")
-    return {r["op"]: r for r in map(json.loads, p.stdout.splitlines())}
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    out = {}
+    m0, c0, t0 = machine_cpu_seconds()[0], proc_cpu_seconds(p.pid), time.monotonic()
+    for line in p.stdout:
+        m1, c1, t1 = machine_cpu_seconds()[0], proc_cpu_seconds(p.pid), time.monotonic()
+        r = json.loads(line)
+        r["other_cpu_cores"] = round(max(0.0, ((m1 - m0) - (c1 - c0)) / (t1 - t0)), 3)
+        out[r["op"]] = r
+        m0, c0, t0 = m1, c1, t1
+    err = p.stderr.read()
+    if p.wait() != 0:
+        raise RuntimeError(f"{binary} failed: {err.strip()}")
+    return out
+
+
+def run_inprocess(binary, duration, env=None, ops=None, max_other=0.3):
+    """Runs limit or softhsm; returns {op: result}.
+
+    Operations during which other processes took more than max_other cores
+    are run once more, and the less disturbed result is kept (its
+    other_cpu_cores tells how disturbed it was).
+    """
+    out = _inprocess_once(binary, duration, env, ops)
+    noisy = [op for op, r in out.items() if r["other_cpu_cores"] > max_other]
+    if noisy:
+        log(f"{os.path.basename(binary)}: other processes were busy during {noisy}; once more")
+        time.sleep(5)
+        for op, r in _inprocess_once(binary, duration, env, noisy).items():
+            r["attempts"] = 2
+            if r["other_cpu_cores"] < out[op]["other_cpu_cores"]:
+                out[op] = r
+    return out
 
 
 def softhsm_env(workdir):

@@ -73,7 +73,7 @@ def impl_label(r):
 
 def cpu_split(r):
     if r["server_cores"] is None:
-        return f"{r['threads']} threads"
+        return f"{r['threads']} threads; other {r['other_cores'] or 0:.2f}"
     return f"{r['server_cores']:.2f} / {r['client_cores']:.2f} / {r['other_cores']:.2f}"
 
 

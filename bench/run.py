@@ -32,6 +32,8 @@ def parse_args():
     p.add_argument("--quick", action="store_true", help="short runs, for trying things out")
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--only", action="append", help="operation ids to run (default: all)")
+    p.add_argument("--wait-quiet", type=int, default=300,
+                   help="seconds to wait at most for other work on the machine to stop")
     return p.parse_args()
 
 
@@ -93,10 +95,13 @@ def main():
     work = hb.scratch_dir("hsmd-bench-", "/tmp")
     t0 = time.monotonic()
     hb.log(f"machine: {results['machine']}; scratch {work}")
+    hb.wait_quiet(args.wait_quiet)
     try:
         only = args.only
+        hb.wait_quiet(60, quiet_for_s=3)
         hb.log("physical limit (OpenSSL, all cores)")
         results["limit"] = hb.run_inprocess(os.path.join(build, "bench", "limit"), d["inproc"], ops=only)
+        hb.wait_quiet(60, quiet_for_s=3)
         hb.log("SoftHSMv2 (PKCS#11, all cores)")
         results["softhsm"] = hb.run_inprocess(os.path.join(build, "bench", "softhsm"), d["inproc"],
                                               env=hb.softhsm_env(work), ops=only)

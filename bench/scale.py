@@ -33,6 +33,8 @@ def parse_args():
     p.add_argument("--sizes", default="1000,1000000", help="key counts to benchmark")
     p.add_argument("--startup-size", type=int, default=100000)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--wait-quiet", type=int, default=300,
+                   help="seconds to wait at most for other work on the machine to stop")
     return p.parse_args()
 
 
@@ -113,6 +115,7 @@ def main():
     lg = hb.Loadgen(os.path.join(build, "bench", "loadgen"), work)
     res = {"machine": hb.machine_info(), "params": d, "sizes": {}}
     rates = {}
+    hb.wait_quiet(args.wait_quiet)
     t0 = time.monotonic()
     for n in sorted(set(sizes + [args.startup_size])):
         label = str(n)
