@@ -64,6 +64,7 @@ def build_store(build, work, n, label):
         hb.log(f"{n} keys made in {time.monotonic() - t0:.1f} s")
         dest = os.path.join(work, f"data-{label}")
         shutil.copytree(data, dest)
+        os.sync()  # its writeback would otherwise land in the measurements
         return dest, hot, ids
     finally:
         hb.remove(shm)
