@@ -215,7 +215,9 @@ def write_md(res, rs, path):
         "# hsmd benchmark results", "",
         f"- Machine: {m['cpu']}, {m['cores']} cores; kernel {m['kernel']}; {m['openssl']}",
         f"- Date: {m['date']}; whole run {res.get('elapsed_s', '?')} s",
-        f"- limit and SoftHSMv2: {d['inproc']} s per operation, one thread per core.",
+        f"- limit and SoftHSMv2: {d['inproc']} s per operation, one thread per core.  SoftHSMv2 "
+        "2.6 offers no CKM_ECDSA_SHA256, so its P-256 signature is C_Digest (SHA-256) then "
+        "CKM_ECDSA, both in the token.",
         f"- hsmd: `hsmd --dev` (audit on, store and audit trail on disk), {d['conns']} keep-alive "
         f"connections from one loadgen thread, SigV4 on every request; {d['warmup']} s warm-up, "
         f"then {d['api']} s closed loop (peak) and {d['rate']} s at a constant rate of half that "

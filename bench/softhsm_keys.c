@@ -61,6 +61,10 @@ hsm_result open_token(p11 *p, void **lib)
 
 #define ATTR(t, v) {(t), (void *)(uintptr_t)&(v), sizeof(v)}
 
+/*
+ * A session key pair: RSA of `bits` when ec_params is NULL (public exponent
+ * 65537), else EC or EdDSA on the curve ec_params names (DER OID).
+ */
 static hsm_result make_pair(p11 *p, CK_MECHANISM_TYPE m, CK_KEY_TYPE kt, const uint8_t *ec_params,
                             size_t ec_len, CK_ULONG bits, CK_OBJECT_HANDLE *priv,
                             CK_OBJECT_HANDLE *pub)
@@ -69,22 +73,18 @@ static hsm_result make_pair(p11 *p, CK_MECHANISM_TYPE m, CK_KEY_TYPE kt, const u
 	static const uint8_t e[] = {1, 0, 1};
 	CK_MECHANISM mech = {m, NULL, 0};
 	CK_OBJECT_HANDLE pub_h = 0, priv_h = 0;
-	CK_ATTRIBUTE pub_t[4] = {ATTR(CKA_TOKEN, no), ATTR(CKA_VERIFY, yes), ATTR(CKA_KEY_TYPE, kt)};
+	CK_ATTRIBUTE pub_t[5] = {ATTR(CKA_TOKEN, no), ATTR(CKA_VERIFY, yes), ATTR(CKA_KEY_TYPE, kt)};
 	CK_ULONG n_pub = 3;
 	if (ec_params != NULL) {
 		pub_t[n_pub++] = (CK_ATTRIBUTE){CKA_EC_PARAMS, (void *)(uintptr_t)ec_params, ec_len};
 	} else {
 		pub_t[n_pub++] = (CK_ATTRIBUTE){CKA_MODULUS_BITS, &bits, sizeof(bits)};
+		pub_t[n_pub++] = (CK_ATTRIBUTE){CKA_PUBLIC_EXPONENT, (void *)(uintptr_t)e, sizeof(e)};
 	}
-	CK_ATTRIBUTE pub_rsa_e = {CKA_PUBLIC_EXPONENT, (void *)(uintptr_t)e, sizeof(e)};
-	CK_ATTRIBUTE pub_all[5];
-	memcpy(pub_all, pub_t, sizeof(pub_t));
-	if (ec_params == NULL)
-		pub_all[n_pub++] = pub_rsa_e;
 	CK_ATTRIBUTE priv_t[] = {ATTR(CKA_TOKEN, no), ATTR(CKA_PRIVATE, yes), ATTR(CKA_SIGN, yes),
 	                         ATTR(CKA_SENSITIVE, yes), ATTR(CKA_KEY_TYPE, kt)};
-	HSM_GUARD(ck(p->f->C_GenerateKeyPair(p->setup, &mech, pub_all, n_pub, priv_t, 5, &pub_h,
-	                                     &priv_h),
+	HSM_GUARD(ck(p->f->C_GenerateKeyPair(p->setup, &mech, pub_t, n_pub, priv_t,
+	                                     sizeof(priv_t) / sizeof(priv_t[0]), &pub_h, &priv_h),
 	             "C_GenerateKeyPair"));
 	*priv = priv_h;
 	if (pub != NULL)
