@@ -134,6 +134,9 @@ def main():
     finally:
         hb.remove(os.path.join(work, "data"))
         hb.remove(os.path.join(work, "softhsm-tokens"))
+        for name in ("tls.key", "tls.crt"):
+            if os.path.exists(os.path.join(work, name)):
+                os.unlink(os.path.join(work, name))
 
 
 if __name__ == "__main__":
