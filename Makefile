@@ -1,6 +1,7 @@
 # hsmd - top-level entry points.  `make run` and `make test` are the two
 # commands a newcomer needs; both install missing Debian packages first.
 BUILD      ?= build
+BENCH_BUILD ?= build-bench
 ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
@@ -8,7 +9,8 @@ FUZZ_TARGETS ?=
 JOBS       ?= $(shell nproc)
 CMAKE_ARGS ?=
 
-.PHONY: all deps build run test test-unit test-integration test-asan lint bench fuzz clean
+.PHONY: all deps build run test test-unit test-integration test-asan lint bench bench-build \
+	bench-scale bench-profile fuzz clean
 
 all: build
 
@@ -51,5 +53,29 @@ fuzz: deps
 	@cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzzers
 	@tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
+
+# Benchmarks (not part of `make test`; see the README's "Benchmarks").  They
+# build hsmd and the bench programs in their own directory, then measure.
+BENCH_TARGETS = hsmd loadgen limit softhsm bulkkeys hsmd-noaudit
+BENCH_ARGS ?=
+
+bench-build: deps
+	@cmake -S . -B $(BENCH_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHSM_BENCH=ON \
+		-DHSM_INTEGRATION=OFF $(CMAKE_ARGS) >/dev/null
+	@cmake --build $(BENCH_BUILD) -j $(JOBS) --target $(BENCH_TARGETS)
+
+# About 8 minutes on 2 cores; writes bench/results/results.{md,csv,png}.
+bench: bench-build
+	/usr/bin/python3 bench/run.py --build $(BENCH_BUILD) $(BENCH_ARGS)
+
+# 1,000 and 1,000,000 keys, start-up with 100,000: about 10 minutes; bench/results/scale.*.
+bench-scale: bench-build
+	/usr/bin/python3 bench/scale.py --build $(BENCH_BUILD) $(BENCH_ARGS)
+
+# perf profiles of hsmd under load (Encrypt 64 B, Sign RSA-2048) into a scratch directory.
+bench-profile: bench-build
+	@command -v perf >/dev/null || { echo "bench-profile needs perf (apt-get install linux-perf)"; exit 1; }
+	/usr/bin/python3 bench/profile.py --build $(BENCH_BUILD) $(BENCH_ARGS)
+
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) $(BENCH_BUILD)

@@ -8,7 +8,7 @@ PKGS="build-essential cmake pkg-config openssl
 libssl-dev libsqlite3-dev libjansson-dev libcmocka-dev libevent-dev
 sqlite3 awscli python3 python3-boto3 python3-botocore python3-pytest python3-requests
 python3-jwt python3-jwcrypto python3-cryptography python3-pykcs11 opensc
-softhsm2 gnuplot-nox wrk"
+softhsm2 libp11-kit-dev gnuplot-nox wrk"
 # valgrind: memcheck checks that the Shamir code never branches or indexes on secrets.
 PKGS="$PKGS valgrind"
 # clang and its runtime (libFuzzer, sanitizers): `make fuzz`.
