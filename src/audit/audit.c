@@ -17,6 +17,7 @@
 
 #define DEFAULT_FSYNC_MS 10
 #define DEFAULT_FSYNC_RECORDS 4096
+#define DEFAULT_FSYNC_LAG_MS 50
 #define DEFAULT_CHECKPOINT_MS 60000
 #define DEFAULT_DEADLINE_MS 1000
 #define DEFAULT_RETRY_MS 500
@@ -82,6 +83,8 @@ static void apply_defaults(hsm_audit_config *c)
 		c->fsync_interval_ms = DEFAULT_FSYNC_MS;
 	if (c->fsync_max_records == 0)
 		c->fsync_max_records = DEFAULT_FSYNC_RECORDS;
+	if (c->fsync_max_lag_ms == 0)
+		c->fsync_max_lag_ms = DEFAULT_FSYNC_LAG_MS;
 	if (c->checkpoint_interval_ms == 0)
 		c->checkpoint_interval_ms = DEFAULT_CHECKPOINT_MS;
 	if (c->io_deadline_ms == 0)
@@ -107,7 +110,8 @@ static hsm_result init_sync(hsm_audit *a)
 	bool ok = pthread_mutex_init(&a->mu, NULL) == 0 && pthread_mutex_init(&a->signer_mu, NULL) == 0 &&
 	          pthread_cond_init(&a->wake_writer, &ca) == 0 &&
 	          pthread_cond_init(&a->wake_waiters, &ca) == 0 &&
-	          pthread_cond_init(&a->wake_watchdog, &ca) == 0;
+	          pthread_cond_init(&a->wake_watchdog, &ca) == 0 &&
+	          pthread_cond_init(&a->wake_syncer, &ca) == 0;
 	pthread_condattr_destroy(&ca);
 	HSM_ENSURE(ok, HSM_ERR_INTERNAL, "cannot create audit locks");
 	return HSM_SUCCESS;
@@ -156,6 +160,7 @@ static hsm_result start(hsm_audit *a, const hsm_audit_config *cfg)
 	apply_defaults(&a->cfg);
 	a->lock_fd = -1;
 	a->w.fd = -1;
+	a->sync_fd = -1;
 	HSM_GUARD(hsm_strcpy(a->dir, sizeof(a->dir), cfg->dir));
 	HSM_GUARD(hsm_strcpy(a->node, sizeof(a->node), cfg->node_id));
 	a->cfg.dir = a->dir;
@@ -177,12 +182,16 @@ static hsm_result start(hsm_audit *a, const hsm_audit_config *cfg)
 	a->req_result = HSM_SUCCESS;
 	HSM_ENSURE(pthread_create(&a->watchdog_thread, NULL, audit_watchdog_main, a) == 0,
 	           HSM_ERR_INTERNAL, "cannot start the audit watchdog");
-	if (pthread_create(&a->writer_thread, NULL, audit_writer_main, a) != 0) {
+	bool syncer = pthread_create(&a->syncer_thread, NULL, audit_syncer_main, a) == 0;
+	if (!syncer || pthread_create(&a->writer_thread, NULL, audit_writer_main, a) != 0) {
 		pthread_mutex_lock(&a->mu);
-		a->watchdog_stop = true;
+		a->watchdog_stop = a->syncer_stop = true;
 		pthread_cond_signal(&a->wake_watchdog);
+		pthread_cond_signal(&a->wake_syncer);
 		pthread_mutex_unlock(&a->mu);
 		pthread_join(a->watchdog_thread, NULL);
+		if (syncer)
+			pthread_join(a->syncer_thread, NULL);
 		return HSM_FAIL(HSM_ERR_INTERNAL, "cannot start the audit writer");
 	}
 	return HSM_SUCCESS;
@@ -218,6 +227,7 @@ static void free_state(hsm_audit *a)
 	pthread_cond_destroy(&a->wake_writer);
 	pthread_cond_destroy(&a->wake_waiters);
 	pthread_cond_destroy(&a->wake_watchdog);
+	pthread_cond_destroy(&a->wake_syncer);
 	free(a);
 }
 
@@ -261,6 +271,11 @@ static bool writer_gone(const hsm_audit *a)
 	return a->writer_exited;
 }
 
+static bool syncer_gone(const hsm_audit *a)
+{
+	return a->syncer_exited;
+}
+
 /* Long enough to drain a full queue; short enough that close never hangs. */
 static uint64_t close_timeout_ms(const hsm_audit *a)
 {
@@ -282,10 +297,24 @@ void hsm_audit_close(hsm_audit *a)
 		 * leaking it at shutdown. */
 		hsm_error("audit writer is stuck in I/O; audit state left allocated");
 		pthread_detach(a->writer_thread);
+		pthread_detach(a->syncer_thread);
 		pthread_detach(a->watchdog_thread);
 		return;
 	}
 	pthread_join(a->writer_thread, NULL);
+	/* The writer waited for any sync in progress unless the watchdog gave up on it. */
+	pthread_mutex_lock(&a->mu);
+	a->syncer_stop = true;
+	pthread_cond_signal(&a->wake_syncer);
+	exited = wait_until(a, syncer_gone, a->cfg.io_deadline_ms + 1000ULL);
+	pthread_mutex_unlock(&a->mu);
+	if (!exited) {
+		hsm_error("audit fsync is stuck in I/O; audit state left allocated");
+		pthread_detach(a->syncer_thread);
+		pthread_detach(a->watchdog_thread);
+		return;
+	}
+	pthread_join(a->syncer_thread, NULL);
 	pthread_mutex_lock(&a->mu);
 	a->watchdog_stop = true;
 	pthread_cond_signal(&a->wake_watchdog);

@@ -95,6 +95,9 @@ typedef struct hsm_audit_config {
 	const char *node_id;          /* [A-Za-z0-9._-]{1,64} */
 	uint32_t fsync_interval_ms;   /* N: 0 = default 10 */
 	uint32_t fsync_max_records;   /* K: 0 = default 4096 */
+	/* L: records are not acknowledged while the oldest one not yet durable is
+	 * older than this and a sync is running; 0 = default 50 */
+	uint32_t fsync_max_lag_ms;
 	uint32_t checkpoint_interval_ms; /* 0 = default 60000 */
 	uint32_t io_deadline_ms;      /* 0 = default 1000 */
 	uint32_t retry_interval_ms;   /* 0 = default 500 */
@@ -107,9 +110,10 @@ typedef struct hsm_audit_config {
 	int64_t (*clock_ms)(void *arg);
 	void *clock_arg;
 	/*
-	 * For tests only: called by the writer before each write and fsync.  It may
-	 * block (a stuck device) or return an errno value to make that step fail
-	 * as if the kernel had returned it; 0 lets the step run.
+	 * For tests only: called before each write and fsync (by the writer or
+	 * the syncer thread).  It may block (a stuck device) or return an errno
+	 * value to make that step fail as if the kernel had returned it; 0 lets
+	 * the step run.
 	 */
 	int (*test_io_hook)(void *arg, hsm_audit_io_op op);
 	void *test_io_arg;

@@ -3,9 +3,9 @@
  * interface.
  *
  * Locking: `mu` guards the queue, the health flag, the watchdog's view of the
- * current I/O operation and the request counters.  Everything in `w` (the
- * file, the sequence, the chain head, the bytes not yet durable) belongs to
- * the writer thread alone.  `signer_mu` is held while the signer runs, so
+ * current I/O operation, the hand-over to the syncer thread and the request
+ * counters.  Everything in `w` (the file, the sequence, the chain head, the
+ * bytes not yet durable) belongs to the writer thread alone.  `signer_mu` is held while the signer runs, so
  * hsm_audit_set_signer can wait for a call in progress.
  */
 #ifndef HSM_AUDIT_INTERNAL_H
@@ -36,6 +36,14 @@ typedef struct audit_slot {
 	void *arg;
 } audit_slot;
 
+/* The hand-over of one background fdatasync between writer and syncer. */
+typedef enum audit_sync_state {
+	AUDIT_SYNC_IDLE,      /* nothing asked */
+	AUDIT_SYNC_REQUESTED, /* the writer asked; the syncer has not started */
+	AUDIT_SYNC_RUNNING,   /* the syncer is inside fdatasync */
+	AUDIT_SYNC_DONE,      /* finished; result in sync_err, for the writer to collect */
+} audit_sync_state;
+
 typedef struct audit_cbent {
 	hsm_audit_done_fn cb;
 	void *arg;
@@ -65,7 +73,11 @@ typedef struct audit_writer {
 	hsm_buf pending;         /* formatted lines after synced_off, some maybe written */
 	size_t written;          /* bytes of pending already written */
 	uint64_t pending_records;
-	uint64_t unsynced_since_ns; /* when the oldest unsynced write happened, 0 = none */
+	uint64_t unsynced_since_ns; /* oldest write no sync covers yet, 0 = none */
+	uint64_t lag_since_ns;   /* oldest write not yet durable (covered or not), 0 = none */
+	uint64_t req_off;        /* file offset the background sync in flight covers */
+	uint64_t req_records;    /* pending records it covers */
+	uint64_t req_seq;        /* next_seq when it was asked */
 	uint64_t next_seq;
 	uint8_t head[AUDIT_HASH_LEN]; /* SHA-256 of the last formatted line */
 	EVP_MD_CTX *md_ctx;
@@ -115,6 +127,15 @@ struct hsm_audit {
 	size_t n_inflight;
 	audit_cbent wd_cbs[AUDIT_BATCH_MAX];
 
+	/* The background sync (under mu): see audit_sync_state. */
+	pthread_cond_t wake_syncer;
+	audit_sync_state sync_state;
+	int sync_fd;             /* the file to sync, while REQUESTED or RUNNING */
+	int sync_err;            /* 0 or the errno of the finished sync */
+	uint64_t sync_start_ns;  /* when RUNNING began, for the watchdog */
+	bool sync_timed_out;     /* the watchdog gave up on the running sync */
+	bool syncer_stop, syncer_exited;
+
 	/* The current outage (under mu). */
 	uint64_t outage_start_ns;
 	int outage_errno;        /* ETIMEDOUT when the deadline was exceeded */
@@ -132,7 +153,7 @@ struct hsm_audit {
 	audit_syslog *syslog;
 	audit_tail_info opened; /* what the open-time scan found, for the open event */
 	audit_writer w;
-	pthread_t writer_thread, watchdog_thread;
+	pthread_t writer_thread, watchdog_thread, syncer_thread;
 };
 
 /* Wall clock (UTC ms), through the configured clock. */
@@ -166,6 +187,8 @@ hsm_result audit_io_sync(hsm_audit *a) HSM_MUST_CHECK;
 hsm_result audit_io_new_file(hsm_audit *a) HSM_MUST_CHECK;
 /* Brings the file back to synced_off + pending after a failure. */
 hsm_result audit_io_recover(hsm_audit *a) HSM_MUST_CHECK;
+/* fdatasync(fd) (through the test hook): 0 or an errno value.  Touches no writer state. */
+int audit_io_fdatasync(hsm_audit *a, int fd);
 /* Deletes files whose newest record is older than the retention.  Appends
  * the names deleted (comma-separated) to deleted. */
 hsm_result audit_retention_apply(hsm_audit *a, hsm_buf *deleted) HSM_MUST_CHECK;
@@ -174,6 +197,7 @@ hsm_result audit_retention_apply(hsm_audit *a, hsm_buf *deleted) HSM_MUST_CHECK;
 
 void *audit_writer_main(void *arg);
 void *audit_watchdog_main(void *arg);
+void *audit_syncer_main(void *arg);
 /* Turns the log unhealthy (if it is not already) and fails every queued record; mu held. */
 void audit_fail_locked(hsm_audit *a, audit_cbent *out, size_t *n_out, size_t max);
 

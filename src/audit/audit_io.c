@@ -75,15 +75,21 @@ hsm_result audit_io_sync(hsm_audit *a)
 	audit_writer *w = &a->w;
 	if (w->fd < 0 || w->written != w->pending.len)
 		return io_fail(a, EIO, "sync");
-	int e = hook(a, HSM_AUDIT_IO_SYNC);
+	int e = audit_io_fdatasync(a, w->fd);
 	if (e != 0)
 		return io_fail(a, e, "sync");
-	if (fdatasync(w->fd) != 0)
-		return io_fail(a, errno, "sync");
 	w->synced_off += w->pending.len;
 	w->pending.len = 0;
 	w->written = 0;
 	return HSM_SUCCESS;
+}
+
+int audit_io_fdatasync(hsm_audit *a, int fd)
+{
+	int e = hook(a, HSM_AUDIT_IO_SYNC);
+	if (e == 0 && fdatasync(fd) != 0)
+		e = errno != 0 ? errno : EIO;
+	return e;
 }
 
 hsm_result audit_io_new_file(hsm_audit *a)

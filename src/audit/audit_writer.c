@@ -1,7 +1,8 @@
 /*
  * audit_writer.c - the writer thread (sequence, chain, batches, fsync
- * grouping, checkpoints, rotation, recovery) and the watchdog thread that
- * bounds how long any of it may block.  See docs/audit.md for the rules this
+ * grouping, checkpoints, rotation, recovery), the syncer thread that runs
+ * the grouped fdatasync while the writer goes on writing, and the watchdog
+ * thread that bounds how long any of it may block.  See docs/audit.md for the rules this
  * code keeps: the file is always gap-free and chain-valid, and every accepted
  * record gets its callback within the deadline.
  */
@@ -121,18 +122,25 @@ static bool flush(hsm_audit *a, const audit_cbent *cbs, size_t n, size_t from)
 	audit_op_begin(a, cbs, n);
 	hsm_result r = audit_io_write(a);
 	bool in_time = audit_op_end(a);
-	if (hsm_ok(r) && in_time) {
-		if (w->unsynced_since_ns == 0)
-			w->unsynced_since_ns = hsm_mono_ns();
-		pthread_mutex_lock(&a->mu);
+	pthread_mutex_lock(&a->mu);
+	/* Nothing more is acknowledged once a background sync failed or ran out of time. */
+	bool sync_bad = a->sync_timed_out || (a->sync_state == AUDIT_SYNC_DONE && a->sync_err != 0);
+	int sync_e = a->sync_timed_out ? ETIMEDOUT : a->sync_err;
+	if (hsm_ok(r) && in_time && !sync_bad)
 		a->written_total += n;
-		pthread_mutex_unlock(&a->mu);
+	pthread_mutex_unlock(&a->mu);
+	if (hsm_ok(r) && in_time && !sync_bad) {
+		uint64_t now = hsm_mono_ns();
+		if (w->unsynced_since_ns == 0)
+			w->unsynced_since_ns = now;
+		if (w->lag_since_ns == 0)
+			w->lag_since_ns = now;
 		fire(cbs, n, HSM_SUCCESS);
 		if (a->syslog != NULL)
 			forward_to_syslog(a, from);
 		return true;
 	}
-	outage(a, hsm_ok(r) ? ETIMEDOUT : w->last_errno);
+	outage(a, hsm_failed(r) ? w->last_errno : !in_time ? ETIMEDOUT : sync_e);
 	if (in_time) { /* else the watchdog has answered them */
 		pthread_mutex_lock(&a->mu);
 		a->refused_total += n;
@@ -143,9 +151,126 @@ static bool flush(hsm_audit *a, const audit_cbent *cbs, size_t n, size_t from)
 	return false;
 }
 
+/* ---- The background sync ----------------------------------------------------
+ *
+ * The writer asks the syncer thread for an fdatasync of everything written so
+ * far and goes on writing and acknowledging while it runs, so a slow disk
+ * does not hold every response for the length of an fsync.  Two limits keep
+ * the durability bound: acknowledgements stop while the oldest record that is
+ * not yet durable is older than fsync_max_lag_ms and a sync is running, and a
+ * sync that outlasts the deadline makes the log unhealthy (the watchdog).  At
+ * most one sync runs at a time, and the writer closes or rewrites the file only
+ * while none does.
+ */
+
+static bool sync_busy_locked(const hsm_audit *a)
+{
+	return a->sync_state == AUDIT_SYNC_REQUESTED || a->sync_state == AUDIT_SYNC_RUNNING;
+}
+
+/* The bytes the finished sync covered are durable: drop them from pending. */
+static void sync_succeeded(audit_writer *w)
+{
+	size_t k = (size_t)(w->req_off - w->synced_off);
+	HSM_ASSERT(w->req_off >= w->synced_off && k <= w->written && w->written <= w->pending.len);
+	memmove(w->pending.data, w->pending.data + k, w->pending.len - k);
+	w->pending.len -= k;
+	w->written -= k;
+	w->synced_off = w->req_off;
+	w->pending_records -= w->req_records;
+	w->pending_first_seq = w->req_seq;
+	w->lag_since_ns = w->unsynced_since_ns; /* the oldest write after the request */
+}
+
+/* Takes the result of a finished background sync.  False when the log is in
+ * an outage because of it (failed, or the watchdog gave up on it). */
+static bool collect_sync(hsm_audit *a)
+{
+	pthread_mutex_lock(&a->mu);
+	audit_sync_state st = a->sync_state;
+	int err = a->sync_err;
+	bool timed_out = a->sync_timed_out;
+	if (st == AUDIT_SYNC_DONE) {
+		a->sync_state = AUDIT_SYNC_IDLE;
+		a->sync_timed_out = false;
+	}
+	pthread_mutex_unlock(&a->mu);
+	if (st != AUDIT_SYNC_DONE)
+		return !timed_out;
+	if (err != 0) {
+		outage(a, err);
+		return false;
+	}
+	sync_succeeded(&a->w);
+	return !timed_out; /* late success: durable, but the outage stands until recovery */
+}
+
+/* Asks the syncer to make everything written so far durable (if it is idle). */
+static void request_sync(hsm_audit *a)
+{
+	audit_writer *w = &a->w;
+	if (w->fd < 0 || w->written != w->pending.len || w->unsynced_since_ns == 0)
+		return;
+	pthread_mutex_lock(&a->mu);
+	if (a->sync_state == AUDIT_SYNC_IDLE && atomic_load(&a->healthy)) {
+		a->sync_state = AUDIT_SYNC_REQUESTED;
+		a->sync_fd = w->fd;
+		w->req_off = w->synced_off + w->pending.len;
+		w->req_records = w->pending_records;
+		w->req_seq = w->next_seq;
+		w->unsynced_since_ns = 0;
+		pthread_cond_signal(&a->wake_syncer);
+	}
+	pthread_mutex_unlock(&a->mu);
+}
+
+/* Waits until no background sync runs, then collects it.  The watchdog bounds
+ * the wait: it marks a sync that outlasts the deadline and wakes the writer. */
+static bool wait_sync_idle(hsm_audit *a)
+{
+	pthread_mutex_lock(&a->mu);
+	while (sync_busy_locked(a) && !a->sync_timed_out)
+		timedwait_ns(&a->wake_writer, &a->mu, hsm_mono_ns() + 50 * NS_PER_MS);
+	pthread_mutex_unlock(&a->mu);
+	return collect_sync(a);
+}
+
+void *audit_syncer_main(void *arg)
+{
+	hsm_audit *a = arg;
+	pthread_mutex_lock(&a->mu);
+	for (;;) {
+		while (!a->syncer_stop && a->sync_state != AUDIT_SYNC_REQUESTED)
+			pthread_cond_wait(&a->wake_syncer, &a->mu);
+		if (a->sync_state != AUDIT_SYNC_REQUESTED)
+			break;
+		int fd = a->sync_fd;
+		uint64_t now = hsm_mono_ns();
+		a->sync_state = AUDIT_SYNC_RUNNING;
+		a->sync_start_ns = now != 0 ? now : 1;
+		a->sync_timed_out = false;
+		pthread_mutex_unlock(&a->mu);
+		int e = audit_io_fdatasync(a, fd);
+		pthread_mutex_lock(&a->mu);
+		a->sync_start_ns = 0;
+		a->sync_err = e;
+		a->sync_state = AUDIT_SYNC_DONE;
+		pthread_cond_signal(&a->wake_writer);
+	}
+	a->syncer_exited = true;
+	pthread_cond_broadcast(&a->wake_waiters);
+	pthread_mutex_unlock(&a->mu);
+	return NULL;
+}
+
+/* A synchronous sync of everything pending, for checkpoints, events and recovery. */
 static bool sync_now(hsm_audit *a)
 {
 	audit_writer *w = &a->w;
+	if (!wait_sync_idle(a)) {
+		outage(a, ETIMEDOUT); /* already unhealthy: fails what is queued */
+		return false;
+	}
 	if (w->pending.len == 0)
 		return true;
 	audit_op_begin(a, NULL, 0);
@@ -153,6 +278,7 @@ static bool sync_now(hsm_audit *a)
 	bool in_time = audit_op_end(a);
 	if (hsm_ok(r) && in_time) {
 		w->unsynced_since_ns = 0;
+		w->lag_since_ns = 0;
 		w->pending_records = 0;
 		return true;
 	}
@@ -177,7 +303,7 @@ static void process_batch(hsm_audit *a, size_t n)
 		fire(w->cbs + ok, n - ok, (hsm_result){HSM_ERR_AUDIT_UNAVAILABLE});
 	}
 	if (flush(a, w->cbs, ok, from) && w->pending_records >= a->cfg.fsync_max_records)
-		(void)sync_now(a);
+		request_sync(a);
 }
 
 /* Writes an event record made by the log itself, synced. */
@@ -302,12 +428,18 @@ static void try_recover(hsm_audit *a)
 {
 	audit_writer *w = &a->w;
 	w->retry_at_ns = hsm_mono_ns() + a->cfg.retry_interval_ms * NS_PER_MS;
+	pthread_mutex_lock(&a->mu);
+	bool busy = a->sync_state != AUDIT_SYNC_IDLE; /* a stuck sync still holds the file */
+	pthread_mutex_unlock(&a->mu);
+	if (busy)
+		return;
 	audit_op_begin(a, NULL, 0);
 	hsm_result r = audit_io_recover(a);
 	bool in_time = audit_op_end(a);
 	if (hsm_failed(r) || !in_time)
 		return;
 	w->unsynced_since_ns = 0;
+	w->lag_since_ns = 0;
 	w->pending_records = 0;
 	if (w->rotate_pending && !next_file(a))
 		return;
@@ -335,7 +467,7 @@ static uint64_t next_wakeup(const hsm_audit *a, uint64_t now)
 	uint64_t t = now + MAX_SLEEP_NS;
 	if (!atomic_load(&a->healthy))
 		return w->retry_at_ns < t ? w->retry_at_ns : t;
-	if (w->unsynced_since_ns != 0) {
+	if (w->unsynced_since_ns != 0 && a->sync_state == AUDIT_SYNC_IDLE) {
 		uint64_t s = w->unsynced_since_ns + a->cfg.fsync_interval_ms * NS_PER_MS;
 		t = s < t ? s : t;
 	}
@@ -346,12 +478,25 @@ static uint64_t next_wakeup(const hsm_audit *a, uint64_t now)
 	return c < t ? c : t;
 }
 
+/* Records wait while the oldest one not yet durable is older than the lag
+ * bound and a sync is asked, running or not yet collected; mu held. */
+static bool acks_held_locked(const hsm_audit *a, uint64_t now)
+{
+	const audit_writer *w = &a->w;
+	return a->sync_state != AUDIT_SYNC_IDLE && w->lag_since_ns != 0 &&
+	       now - w->lag_since_ns > a->cfg.fsync_max_lag_ms * NS_PER_MS;
+}
+
 static size_t take_batch(hsm_audit *a, bool *stop)
 {
 	audit_writer *w = &a->w;
+	bool held = false;
 	pthread_mutex_lock(&a->mu);
 	for (;;) {
-		if (a->count > 0 && atomic_load(&a->healthy))
+		held = acks_held_locked(a, hsm_mono_ns());
+		if (a->count > 0 && atomic_load(&a->healthy) && !held)
+			break;
+		if (a->sync_state == AUDIT_SYNC_DONE)
 			break;
 		if (atomic_load(&a->stopping) || a->req_gen != a->done_gen ||
 		    (atomic_load(&a->signer_changed) && atomic_load(&a->healthy)))
@@ -364,7 +509,7 @@ static size_t take_batch(hsm_audit *a, bool *stop)
 		a->writer_idle = false;
 	}
 	size_t n = 0;
-	while (atomic_load(&a->healthy) && a->count > 0 && n < AUDIT_BATCH_MAX) {
+	while (!held && atomic_load(&a->healthy) && a->count > 0 && n < AUDIT_BATCH_MAX) {
 		audit_slot *s = &a->slots[a->head];
 		hsm_buf tmp = w->batch[n].body;
 		w->batch[n].body = s->body;
@@ -407,6 +552,7 @@ static void answer_requests(hsm_audit *a)
 static void maintain(hsm_audit *a)
 {
 	audit_writer *w = &a->w;
+	(void)collect_sync(a);
 	uint64_t now = hsm_mono_ns();
 	if (!atomic_load(&a->healthy)) {
 		if (now >= w->retry_at_ns && !atomic_load(&a->stopping))
@@ -415,8 +561,8 @@ static void maintain(hsm_audit *a)
 		return;
 	}
 	if (w->unsynced_since_ns != 0 &&
-	    now - w->unsynced_since_ns >= a->cfg.fsync_interval_ms * NS_PER_MS && !sync_now(a))
-		return;
+	    now - w->unsynced_since_ns >= a->cfg.fsync_interval_ms * NS_PER_MS)
+		request_sync(a);
 	int64_t wall = audit_now_ms(a);
 	if (atomic_exchange(&a->signer_changed, false))
 		(void)write_checkpoint(a, "signer");
@@ -499,6 +645,16 @@ void *audit_watchdog_main(void *arg)
 			a->refused_total += n;
 			audit_fail_locked(a, a->wd_cbs + n, &m, AUDIT_BATCH_MAX - n);
 			a->refused_in_outage += n;
+		} else if (a->sync_start_ns != 0 && !a->sync_timed_out &&
+		           hsm_mono_ns() - a->sync_start_ns > deadline) {
+			a->sync_timed_out = true;
+			if (atomic_load(&a->healthy)) {
+				a->outage_errno = ETIMEDOUT;
+				hsm_error("audit log fsync exceeded its %u ms deadline; refusing requests",
+				          a->cfg.io_deadline_ms);
+			}
+			audit_fail_locked(a, a->wd_cbs, &m, AUDIT_BATCH_MAX);
+			pthread_cond_signal(&a->wake_writer);
 		} else if (!atomic_load(&a->healthy) && a->count > 0) {
 			audit_fail_locked(a, a->wd_cbs, &m, AUDIT_BATCH_MAX);
 		}

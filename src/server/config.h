@@ -70,6 +70,7 @@ typedef struct hsm_config {
 	/* audit */
 	char audit_dir[HSM_CONFIG_PATH_MAX];
 	uint32_t audit_fsync_ms;
+	uint32_t audit_fsync_max_lag_ms;
 	uint64_t audit_rotate_bytes;
 	uint32_t audit_rotate_seconds;
 	uint32_t audit_retention_days;

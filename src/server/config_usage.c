@@ -26,9 +26,9 @@ static const char usage_head[] =
     "optional K, M or G suffix (1K = 1024).  Without --dev, hsmd needs tls_cert and\n"
     "tls_key, unless it listens on a loopback address with allow_plaintext_loopback.\n"
     "\n"
-    "  --config FILE                      read settings from FILE (also HSM_CONFIG)\n"
-    "  --help                             show this text and exit\n"
-    "  --version                          show the version and exit\n"
+    "  --config FILE                       read settings from FILE (also HSM_CONFIG)\n"
+    "  --help                              show this text and exit\n"
+    "  --version                           show the version and exit\n"
     "\n"
     "Settings:\n";
 
@@ -59,7 +59,7 @@ static void build(void)
 			snprintf(flag + f, sizeof(flag) - f, "[=%s]", k->arg);
 		else
 			snprintf(flag + f, sizeof(flag) - f, " %s", k->arg);
-		append(&o, "  --%-32s %s", flag, k->help);
+		append(&o, "  --%-33s %s", flag, k->help);
 		if (k->def != NULL && k->def[0] != '\0')
 			append(&o, " (default %s)", k->def);
 		append(&o, "\n");

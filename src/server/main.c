@@ -30,6 +30,7 @@ static void options_from(const hsm_config *cfg, hsm_server_options *o)
 	o->sigv4_skew_seconds = cfg->sigv4_skew_seconds;
 	o->lockout_threshold = cfg->lockout_threshold;
 	o->audit_fsync_ms = cfg->audit_fsync_ms;
+	o->audit_fsync_max_lag_ms = cfg->audit_fsync_max_lag_ms;
 	o->audit_rotate_bytes = cfg->audit_rotate_bytes;
 	o->audit_rotate_seconds = cfg->audit_rotate_seconds;
 	o->audit_retention_days = cfg->audit_retention_days;

@@ -55,6 +55,7 @@ static hsm_result open_audit(hsm_server *s)
 	    .dir = s->audit_dir,
 	    .node_id = s->node_id,
 	    .fsync_interval_ms = s->opt.audit_fsync_ms,
+	    .fsync_max_lag_ms = s->opt.audit_fsync_max_lag_ms,
 	    .checkpoint_interval_ms = s->opt.audit_checkpoint_seconds * 1000U,
 	    .rotate_bytes = s->opt.audit_rotate_bytes,
 	    .rotate_age_ms = s->opt.audit_rotate_seconds * 1000U,

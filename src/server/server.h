@@ -33,6 +33,7 @@ typedef struct hsm_server_options {
 	int64_t sigv4_skew_seconds;
 	uint32_t lockout_threshold;
 	uint32_t audit_fsync_ms;
+	uint32_t audit_fsync_max_lag_ms;
 	uint64_t audit_rotate_bytes;
 	uint64_t audit_rotate_seconds;
 	uint32_t audit_retention_days;

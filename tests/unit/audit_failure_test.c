@@ -2,7 +2,7 @@
  * audit_failure_test.c - fail closed in bounded time, then recover by
  * itself: a real full filesystem (a tiny tmpfs mounted here, or a file size
  * limit where mounting is not allowed), a writer stuck in write or fsync
- * (the watchdog), and an fsync that fails.  After each, the log is gap-free
+ * (the watchdog), a slow fsync (the lag bound), and an fsync that fails.  After each, the log is gap-free
  * and its chain verifies.
  */
 #include <stdarg.h>
@@ -329,6 +329,73 @@ static void test_stuck_fsync_watchdog(void **state)
 	run_stall(HSM_AUDIT_IO_SYNC);
 }
 
+/*
+ * A slow fsync (inside the deadline) runs beside the writer: records keep
+ * being acknowledged while it runs, until the oldest record not yet durable
+ * is older than fsync_max_lag_ms; then they wait for the sync, and go out
+ * once it finishes.  The log never turns unhealthy.
+ */
+static void test_slow_fsync_holds_acks_only_past_the_lag(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-lag");
+	stall s = {.stuck = false, .op = HSM_AUDIT_IO_SYNC};
+	pthread_mutex_init(&s.mu, NULL);
+	pthread_cond_init(&s.cv, NULL);
+	hsm_audit_config c = t_config(dir);
+	c.io_deadline_ms = 5000;
+	c.fsync_interval_ms = 5;
+	c.fsync_max_lag_ms = 300;
+	c.test_io_hook = stall_hook;
+	c.test_io_arg = &s;
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	hsm_audit_record r = t_record(0);
+	assert_true(hsm_ok(hsm_audit_append(a, &r)));
+	usleep(30000); /* its group fsync */
+
+	set_stuck(&s, true);
+	r = t_record(1);
+	uint64_t t0 = t_now_ms();
+	assert_true(hsm_ok(hsm_audit_append(a, &r))); /* A: written, its sync will hang */
+	while (atomic_load(&s.hits) == 0 && t_now_ms() - t0 < 2000)
+		usleep(1000);
+	assert_true(atomic_load(&s.hits) >= 1); /* the sync covering A is stuck now */
+
+	/* B, inside the lag: acknowledged although the sync has not finished. */
+	done_rec b = {.submit_ms = t_now_ms()};
+	atomic_store(&b.err, -1);
+	r = t_record(2);
+	assert_true(hsm_ok(hsm_audit_submit(a, &r, on_done, &b)));
+	assert_true(wait_done(&b, 1, 250));
+	assert_int_equal(atomic_load(&b.err), HSM_OK);
+
+	/* C, past the lag: held until the sync finishes. */
+	while (t_now_ms() - t0 < 400)
+		usleep(5000);
+	done_rec d = {.submit_ms = t_now_ms()};
+	atomic_store(&d.err, -1);
+	r = t_record(3);
+	assert_true(hsm_ok(hsm_audit_submit(a, &r, on_done, &d)));
+	assert_false(wait_done(&d, 1, 200));
+	assert_true(hsm_audit_healthy(a));
+	set_stuck(&s, false);
+	assert_true(wait_done(&d, 1, 2000));
+	assert_int_equal(atomic_load(&d.err), HSM_OK);
+	assert_true(hsm_audit_healthy(a));
+	hsm_audit_stats st;
+	hsm_audit_get_stats(a, &st);
+	assert_int_equal(st.outages, 0);
+	hsm_audit_close(a);
+	hsm_audit_verify_report rep = t_verify_dir(dir, NULL, false);
+	assert_true(rep.valid);
+	assert_int_equal(rep.records, rep.last_seq);
+	pthread_mutex_destroy(&s.mu);
+	pthread_cond_destroy(&s.cv);
+	t_rm_rf(dir);
+}
+
 static void test_fsync_error_rewrites_and_recovers(void **state)
 {
 	(void)state;
@@ -374,6 +441,7 @@ int main(void)
 	    cmocka_unit_test(test_full_disk_fails_closed_then_recovers),
 	    cmocka_unit_test(test_stuck_write_watchdog),
 	    cmocka_unit_test(test_stuck_fsync_watchdog),
+	    cmocka_unit_test(test_slow_fsync_holds_acks_only_past_the_lag),
 	    cmocka_unit_test(test_fsync_error_rewrites_and_recovers),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
