@@ -44,7 +44,8 @@ typedef struct job {
 
 static void *creator(void *arg)
 {
-	static const hsm_caller local = {"bench-bulkkeys", "", HSM_ROLES_OFFICER, true};
+	static const hsm_caller local = {.user = "bench-bulkkeys", .access_key_id = "",
+	                                 .roles = HSM_ROLES_OFFICER, .local = true};
 	job *j = arg;
 	hsm_create_key_req req = {.description = "bulk", .spec = j->spec, .usage = j->usage};
 	for (;;) {
