@@ -5,9 +5,14 @@ conftest.py) and then altered: every part the signature covers, changed by
 one byte, must be refused with 403 and audited with the same error.
 """
 import datetime
+import http.client
+import json
 import time
 
 import boto3
+import botocore.auth
+import botocore.awsrequest
+import botocore.credentials
 import botocore.exceptions
 import pytest
 import requests
@@ -195,6 +200,38 @@ def test_unsigned_request(hsmd):
     assert (st, body["__type"]) == (403, "MissingAuthenticationTokenException")
     r = signed_request(hsmd, TARGET, BODY, mutate=drop("Authorization"))
     refused(hsmd, r, "MissingAuthenticationTokenException")
+
+
+def send_with_header_count(server, total):
+    """A signed ListKeys sent with exactly `total` header lines (unsigned X-Pad-<i> fill)."""
+    data = json.dumps(BODY).encode()
+    req = botocore.awsrequest.AWSRequest(
+        method="POST", url=server.endpoint + "/", data=data,
+        headers={"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": TARGET})
+    botocore.auth.SigV4Auth(botocore.credentials.Credentials(DEV_AKID, DEV_SECRET), "kms",
+                            REGION).add_auth(req)
+    headers = {k: v for k, v in req.prepare().headers.items() if k.lower() != "content-length"}
+    headers["Content-Length"] = str(len(data))
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.putrequest("POST", "/", skip_host=True, skip_accept_encoding=True)
+    conn.putheader("Host", f"127.0.0.1:{server.port}")
+    for name, value in headers.items():
+        conn.putheader(name, value)
+    for i in range(total - 1 - len(headers)):
+        conn.putheader(f"X-Pad-{i}", "x")
+    conn.endheaders(data)
+    r = conn.getresponse()
+    status, body = r.status, json.loads(r.read() or b"{}")
+    conn.close()
+    return status, body
+
+
+def test_header_count_limit(hsmd):
+    """SigV4 looks at up to 128 header lines (HSM_SIGV4_MAX_HEADERS); more is a 400."""
+    assert send_with_header_count(hsmd, 128)[0] == 200
+    status, body = send_with_header_count(hsmd, 129)
+    assert (status, body.get("__type"), body.get("message")) == (
+        400, "ValidationException", "too many headers")
 
 
 def test_unknown_access_key(hsmd):
