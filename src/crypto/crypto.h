@@ -88,7 +88,7 @@ hsm_material *hsm_material_ref(hsm_material *m);
 
 /*
  * Seals pt under the material's AES key.  iv must be fresh random bytes for
- * every call (hsm_random_bytes); the caller chooses it because the blob
+ * every call (hsm_random_iv); the caller chooses it because the blob
  * header that carries it is part of the AAD.  Appends the ciphertext (same
  * length as pt) to ct_out and writes the tag.
  */
@@ -225,8 +225,15 @@ hsm_result hsm_hmac_sha256(const uint8_t *key, size_t key_len, const void *msg, 
  */
 hsm_result hsm_hkdf_sha256(const hsm_secret *ikm, const uint8_t *salt, size_t salt_len,
                            const char *info, size_t out_len, hsm_secret **out) HSM_MUST_CHECK;
-/* Public random bytes (IVs, identifiers) from the DRBG; secrets use hsm_secret_random. */
+/* Public random bytes (identifiers, GenerateRandom) from the DRBG; secrets use hsm_secret_random. */
 hsm_result hsm_random_bytes(uint8_t *out, size_t n) HSM_MUST_CHECK;
+/*
+ * A fresh random 96-bit GCM IV from the public DRBG, through a per-thread
+ * pool (no RAND_bytes call for most IVs).  Never the same bytes twice, and
+ * HSM_ERR_CRYPTO rather than stale or zero bytes when the DRBG fails.
+ * Thread-safe and fork-safe.
+ */
+hsm_result hsm_random_iv(uint8_t iv[HSM_GCM_IV_LEN]) HSM_MUST_CHECK;
 
 /* ---- Power-on self-tests ------------------------------------------------- */
 

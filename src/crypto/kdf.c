@@ -2,13 +2,16 @@
  * kdf.c - SHA-256, HKDF-SHA256 (RFC 5869) and the random generator.
  *
  * Secrets (keys, the domain master key) come from RAND_priv_bytes through
- * hsm_secret_random; hsm_random_bytes serves public values such as IVs and
- * GenerateRandom output from RAND_bytes, OpenSSL's separate public DRBG.
+ * hsm_secret_random; hsm_random_bytes serves public values such as
+ * GenerateRandom output from RAND_bytes, OpenSSL's separate public DRBG, and
+ * hsm_random_iv serves GCM IVs from the same DRBG through a per-thread pool.
  */
 #include <limits.h>
+#include <pthread.h>
 #include <string.h>
 
 #include <openssl/core_names.h>
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 
 #include "crypto/crypto_internal.h"
@@ -73,5 +76,75 @@ hsm_result hsm_random_bytes(uint8_t *out, size_t n)
 		return HSM_SUCCESS;
 	HSM_ENSURE(n <= INT_MAX, HSM_ERR_VALIDATION, "too many random bytes requested");
 	HSM_OSSL_ENSURE(RAND_bytes(out, (int)n) == 1, HSM_ERR_CRYPTO, "random generator failed");
+	return HSM_SUCCESS;
+}
+
+/* ---- GCM IVs ------------------------------------------------------------- */
+
+/*
+ * Each GCM IV is 96 fresh bits from the public DRBG (NIST SP 800-38D section
+ * 8.2.2, the RBG-based construction), but drawn from a per-thread pool filled
+ * by one RAND_bytes call per IV_POOL_IVS IVs rather than one per encryption:
+ * in OpenSSL 3.0 every RAND_bytes call takes a lock and makes a getpid()
+ * system call (its fork check).
+ *
+ * Uniqueness rests on three rules.  A pool belongs to one thread
+ * (thread-local), so no two threads read the same bytes.  Bytes are handed
+ * out once and wiped as they go, so no used IV stays in memory or comes out
+ * twice.  A refill that fails leaves the pool empty and the call fails: never
+ * stale or zero bytes.  A new thread's pool starts empty; bytes a thread
+ * leaves unused when it exits are never handed out.
+ *
+ * Fork: a child would inherit its parent's pool and repeat the parent's next
+ * IVs under the same keys.  hsmd does not fork after start-up, but a
+ * pthread_atfork child handler empties the pool of the forking thread (the
+ * only thread the child has) all the same; if that handler cannot be
+ * registered, every IV comes straight from RAND_bytes instead.
+ */
+#define IV_POOL_IVS (4096 / HSM_GCM_IV_LEN) /* 341 IVs, 4,092 bytes, per refill */
+#define IV_POOL_BYTES (IV_POOL_IVS * HSM_GCM_IV_LEN)
+
+typedef struct iv_pool {
+	uint8_t bytes[IV_POOL_BYTES];
+	size_t left; /* unused bytes, at the end of `bytes`; 0 = empty (the initial state) */
+} iv_pool;
+
+static _Thread_local iv_pool thread_pool;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static bool atfork_ok;
+
+static void iv_pool_empty(iv_pool *p)
+{
+	OPENSSL_cleanse(p->bytes, sizeof(p->bytes));
+	p->left = 0;
+}
+
+static void iv_pool_after_fork(void)
+{
+	iv_pool_empty(&thread_pool);
+}
+
+static void register_atfork(void)
+{
+	atfork_ok = pthread_atfork(NULL, NULL, iv_pool_after_fork) == 0;
+}
+
+hsm_result hsm_random_iv(uint8_t iv[HSM_GCM_IV_LEN])
+{
+	HSM_ASSERT(iv != NULL);
+	iv_pool *p = &thread_pool;
+	if (pthread_once(&atfork_once, register_atfork) != 0 || !atfork_ok)
+		return hsm_random_bytes(iv, HSM_GCM_IV_LEN);
+	if (p->left == 0) {
+		if (RAND_bytes(p->bytes, (int)sizeof(p->bytes)) != 1) {
+			iv_pool_empty(p); /* RAND_bytes may have written part of it */
+			return HSM_OSSL_FAIL(HSM_ERR_CRYPTO, "random generator failed");
+		}
+		p->left = sizeof(p->bytes);
+	}
+	uint8_t *next = p->bytes + (sizeof(p->bytes) - p->left);
+	memcpy(iv, next, HSM_GCM_IV_LEN);
+	OPENSSL_cleanse(next, HSM_GCM_IV_LEN);
+	p->left -= HSM_GCM_IV_LEN;
 	return HSM_SUCCESS;
 }

@@ -247,7 +247,7 @@ hsm_result hsm_ks_encrypt(hsm_keystore *ks, const hsm_ks_keyref *ref, const hsm_
 	hsm_buf aad = {0};
 	size_t start = blob->len;
 	HSM_GUARD(material_get(ks, ref, &m));
-	HSM_TRY(hsm_random_bytes(iv, sizeof(iv)));
+	HSM_TRY(hsm_random_iv(iv));
 	HSM_TRY(hsm_blob_write_header(blob, ref->key_id, ref->version, iv));
 	HSM_TRY(hsm_buf_put(&aad, blob->data + start, HSM_BLOB_HEADER_LEN));
 	HSM_TRY(hsm_buf_put(&aad, ctx->data, ctx->len));

@@ -24,7 +24,7 @@ hsm_result ks_wrap(const hsm_secret *key, const hsm_buf *aad, const uint8_t *pt,
                    hsm_buf *out)
 {
 	uint8_t iv[HSM_GCM_IV_LEN], tag[HSM_GCM_TAG_LEN];
-	HSM_GUARD(hsm_random_bytes(iv, sizeof(iv)));
+	HSM_GUARD(hsm_random_iv(iv));
 	HSM_GUARD(hsm_buf_put_u8(out, KS_WRAP_VERSION));
 	HSM_GUARD(hsm_buf_put(out, iv, sizeof(iv)));
 	HSM_GUARD(hsm_aes_gcm_seal_raw(key, iv, aad->data, aad->len, pt, n, out, tag));

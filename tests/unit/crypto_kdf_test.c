@@ -1,9 +1,20 @@
+/* RAND_set_rand_method (deprecated in OpenSSL 3.0) is the simple way to make RAND_bytes fail. */
+#define OPENSSL_SUPPRESS_DEPRECATED
+
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include <pthread.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cmocka.h>
+
+#include <openssl/rand.h>
 
 #include "crypto/crypto.h"
 #include "support/crypto_fixture.h"
@@ -92,6 +103,140 @@ static void test_random(void **state)
 	assert_memory_not_equal(a, b, sizeof(a));
 }
 
+/* ---- GCM IVs ---- */
+
+#define IVS_PER_REFILL (4096 / HSM_GCM_IV_LEN) /* kdf.c's pool: 341 IVs per RAND_bytes call */
+#define IV_THREADS 4
+#define IVS_PER_THREAD (3 * IVS_PER_REFILL + 7)
+
+static int iv_cmp(const void *a, const void *b)
+{
+	return memcmp(a, b, HSM_GCM_IV_LEN);
+}
+
+static void *draw_ivs(void *arg)
+{
+	uint8_t *out = arg;
+	for (size_t i = 0; i < IVS_PER_THREAD; i++)
+		if (hsm_failed(hsm_random_iv(out + i * HSM_GCM_IV_LEN)))
+			return arg;
+	return NULL;
+}
+
+/* IVs drawn across several refills, from several threads at once: all distinct, none zero. */
+static void test_random_iv_unique(void **state)
+{
+	(void)state;
+	size_t n = (IV_THREADS + 1) * IVS_PER_THREAD;
+	uint8_t *ivs = calloc(n, HSM_GCM_IV_LEN);
+	static const uint8_t zero[HSM_GCM_IV_LEN];
+	pthread_t t[IV_THREADS];
+	assert_non_null(ivs);
+	for (size_t i = 0; i < IV_THREADS; i++)
+		assert_int_equal(pthread_create(&t[i], NULL, draw_ivs,
+		                                ivs + (i + 1) * IVS_PER_THREAD * HSM_GCM_IV_LEN),
+		                 0);
+	assert_null(draw_ivs(ivs));
+	for (size_t i = 0; i < IV_THREADS; i++) {
+		void *failed = NULL;
+		assert_int_equal(pthread_join(t[i], &failed), 0);
+		assert_null(failed);
+	}
+	qsort(ivs, n, HSM_GCM_IV_LEN, iv_cmp);
+	for (size_t i = 0; i < n; i++) {
+		assert_memory_not_equal(ivs + i * HSM_GCM_IV_LEN, zero, HSM_GCM_IV_LEN);
+		if (i > 0)
+			assert_memory_not_equal(ivs + (i - 1) * HSM_GCM_IV_LEN,
+			                        ivs + i * HSM_GCM_IV_LEN, HSM_GCM_IV_LEN);
+	}
+	free(ivs);
+}
+
+static int failing_calls;
+static int failing_bytes(unsigned char *buf, int num)
+{
+	(void)buf;
+	(void)num;
+	failing_calls++;
+	return 0;
+}
+static int failing_status(void)
+{
+	return 0;
+}
+static const RAND_METHOD failing_rand = {.bytes = failing_bytes, .status = failing_status};
+
+/*
+ * A refill that fails is an error, every time, until the DRBG works again:
+ * the pool never falls back to stale or zero bytes.  Runs in a new thread,
+ * whose pool starts empty, so the refills happen at known calls; cmocka's
+ * assertions stay in the test's own thread, so the thread returns the line
+ * of the first check that failed, or 0.
+ */
+#define CHECK(cond)                                \
+	do {                                           \
+		if (!(cond))                               \
+			return (void *)(intptr_t)__LINE__;     \
+	} while (0)
+
+static void *refill_failure(void *arg)
+{
+	(void)arg;
+	static uint8_t seen[IVS_PER_REFILL + 1][HSM_GCM_IV_LEN];
+	uint8_t iv[HSM_GCM_IV_LEN], before[HSM_GCM_IV_LEN];
+	const RAND_METHOD *saved = RAND_get_rand_method();
+	CHECK(hsm_ok(hsm_random_iv(seen[0]))); /* fills the pool */
+	CHECK(RAND_set_rand_method(&failing_rand) == 1);
+	for (size_t i = 1; i < IVS_PER_REFILL; i++)
+		CHECK(hsm_ok(hsm_random_iv(seen[i])));
+	CHECK(failing_calls == 0);
+	memset(iv, 0xa5, sizeof(iv));
+	memcpy(before, iv, sizeof(iv));
+	CHECK(hsm_random_iv(iv).err == HSM_ERR_CRYPTO);
+	CHECK(hsm_random_iv(iv).err == HSM_ERR_CRYPTO);
+	CHECK(failing_calls == 2 && memcmp(iv, before, sizeof(iv)) == 0);
+	CHECK(RAND_set_rand_method(saved) == 1);
+	CHECK(hsm_ok(hsm_random_iv(seen[IVS_PER_REFILL])));
+	for (size_t i = 0; i < IVS_PER_REFILL; i++)
+		CHECK(memcmp(seen[i], seen[IVS_PER_REFILL], HSM_GCM_IV_LEN) != 0);
+	return NULL;
+}
+
+static void test_random_iv_refill_failure(void **state)
+{
+	(void)state;
+	pthread_t t;
+	void *failed_at = NULL;
+	assert_int_equal(pthread_create(&t, NULL, refill_failure, NULL), 0);
+	assert_int_equal(pthread_join(t, &failed_at), 0);
+	assert_int_equal((intptr_t)failed_at, 0);
+}
+
+/* A child of fork() does not repeat the IVs its parent is about to use. */
+static void test_random_iv_fork(void **state)
+{
+	(void)state;
+	uint8_t parent[HSM_GCM_IV_LEN], child[HSM_GCM_IV_LEN];
+	int fds[2];
+	assert_succeeds(hsm_random_iv(parent)); /* the pool now holds the parent's next IVs */
+	assert_int_equal(pipe(fds), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		uint8_t iv[HSM_GCM_IV_LEN];
+		int ok = hsm_ok(hsm_random_iv(iv)) && write(fds[1], iv, sizeof(iv)) == sizeof(iv);
+		_exit(ok ? 0 : 1);
+	}
+	close(fds[1]);
+	int status = 0;
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	assert_int_equal(read(fds[0], child, sizeof(child)), sizeof(child));
+	close(fds[0]);
+	assert_succeeds(hsm_random_iv(parent));
+	assert_memory_not_equal(parent, child, sizeof(parent));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -99,6 +244,9 @@ int main(void)
 	    cmocka_unit_test(test_hkdf_rfc5869),
 	    cmocka_unit_test(test_hkdf_limits_and_separation),
 	    cmocka_unit_test(test_random),
+	    cmocka_unit_test(test_random_iv_unique),
+	    cmocka_unit_test(test_random_iv_refill_failure),
+	    cmocka_unit_test(test_random_iv_fork),
 	};
 	return cmocka_run_group_tests(tests, crypto_fixture_setup, crypto_fixture_teardown);
 }
