@@ -1,5 +1,6 @@
 #include "common/encoding.h"
 
+#include <endian.h>
 #include <string.h>
 
 /* Constant-time helpers: each returns all-ones (0xff...) when true, 0 otherwise. */
@@ -9,7 +10,6 @@ static unsigned ct_range(unsigned c, unsigned lo, unsigned hi)
 	/* c, lo, hi are byte values; (x - y) >> 8 is 1 exactly when x < y. */
 	return ct_ge(c, lo) & ct_ge(hi, c);
 }
-static unsigned ct_eq(unsigned a, unsigned b) { return ct_range(a, b, b); }
 
 static char hex_digit(unsigned v)
 {
@@ -77,66 +77,178 @@ size_t hsm_b64_encoded_len(size_t n)
 	return (n + 2) / 3 * 4;
 }
 
-static char b64_char(unsigned v, bool url)
+/*
+ * Base64 eight characters at a time.
+ *
+ * Both directions work on a uint64_t holding eight 6-bit values, one per
+ * byte ("lane"), so six bytes of data <-> eight characters per step.  The
+ * per-character work is done for all eight lanes at once with plain
+ * additions, shifts and masks ("SWAR"): no branch and no memory address
+ * depends on the data, only on lengths and on where padding starts, which
+ * are public.  Every step keeps each lane within 0..255, so no carry or
+ * borrow ever crosses from one lane into the next.
+ *
+ * The first character of a group is the most significant: words are loaded
+ * and stored big-endian, so character j of a step sits in lane 7 - j.
+ */
+#define LANES_LOW UINT64_C(0x0101010101010101)
+#define LANES_HIGH UINT64_C(0x8080808080808080)
+#define LANES(v) ((uint64_t)(v) * LANES_LOW) /* v (a byte) in every lane */
+/*
+ * The step functions and the two codec bodies are inlined into each public
+ * function, so that the alphabet's characters become constants and the
+ * loops keep everything in registers.
+ */
+#define B64_INLINE __attribute__((always_inline)) static inline
+
+/* Bit 0 of each lane set where that lane of x (each below 128) is >= k, 1 <= k <= 128. */
+B64_INLINE uint64_t lanes_ge(uint64_t x, unsigned k)
 {
-	/* v in 0..63 -> alphabet character, branch- and table-free. */
-	unsigned c = v + 'A';
-	c += ct_ge(v, 26) & ('a' - 'A' - 26);
-	c += ct_ge(v, 52) & (unsigned)('0' - 'a' - 26);
-	unsigned c62 = url ? '-' : '+', c63 = url ? '_' : '/';
-	c = (c & ~ct_eq(v, 62)) | (ct_eq(v, 62) & c62);
-	c = (c & ~ct_eq(v, 63)) | (ct_eq(v, 63) & c63);
-	return (char)(c & 0xffU);
+	/* lane + 128 - k reaches 128 (its top bit) exactly when lane >= k; it stays below 256. */
+	return (x + LANES(128U - k)) >> 7 & LANES_LOW;
 }
 
-static unsigned b64_value(unsigned c, bool url, unsigned *bad)
+/* Bit 0 of each lane set where that lane of x (each below 128) is in first..last. */
+B64_INLINE uint64_t lanes_in(uint64_t x, unsigned first, unsigned last)
 {
-	unsigned up = ct_range(c, 'A', 'Z'), lo = ct_range(c, 'a', 'z'), dg = ct_range(c, '0', '9');
-	unsigned s62 = ct_eq(c, url ? '-' : '+'), s63 = ct_eq(c, url ? '_' : '/');
-	unsigned v = (up & (c - 'A')) | (lo & (c - 'a' + 26)) | (dg & (c - '0' + 52)) | (s62 & 62U) |
-	             (s63 & 63U);
-	*bad |= ~(up | lo | dg | s62 | s63) & 1U;
-	return v & 63U;
+	return lanes_ge(x, first) & ~lanes_ge(x, last + 1);
 }
 
-static hsm_result b64_encode(hsm_buf *out, const uint8_t *p, size_t n, bool url)
+/* The two alphabets share 'A'..'Z', 'a'..'z' and '0'..'9' for 0..61. */
+typedef struct b64_alphabet {
+	int c62, c63; /* the characters for 62 and 63 */
+	bool padded;  /* '=' pads the text to a multiple of 4 characters */
+} b64_alphabet;
+
+/* RFC 4648 section 4 (base64) and section 5 (base64url, unpadded as in RFC 7515 section 2). */
+static const b64_alphabet B64 = {'+', '/', true};
+static const b64_alphabet B64URL = {'-', '_', false};
+
+/* Eight 6-bit values (one per lane) -> their characters. */
+B64_INLINE uint64_t b64_chars(uint64_t v, const b64_alphabet *a)
+{
+	/*
+	 * v + (first character - first value) of v's range: start from the
+	 * range 'A'..'Z' and change the offset at each boundary.  The
+	 * increases come first, so that no lane ever goes below 0 (nor above
+	 * 255); this needs c63 > c62 and c62 < '0' + 10, as in both alphabets.
+	 */
+	uint64_t c = v + LANES('A');
+	c += lanes_ge(v, 26) * (unsigned)(('a' - 26) - 'A');
+	c += lanes_ge(v, 63) * (unsigned)((a->c63 - 63) - (a->c62 - 62));
+	c -= lanes_ge(v, 52) * (unsigned)(('a' - 26) - ('0' - 52));
+	c -= lanes_ge(v, 62) * (unsigned)(('0' - 52) - (a->c62 - 62));
+	return c;
+}
+
+#define OFFSET64(d) ((unsigned)(d) & 63U) /* d mod 64 */
+
+/* Eight characters -> their 6-bit values; sets *bad's top bit in the lanes of other characters. */
+B64_INLINE uint64_t b64_values(uint64_t x, const b64_alphabet *a, uint64_t *bad)
+{
+	uint64_t c = x & ~LANES_HIGH; /* 7 bits; a set top bit is refused below */
+	uint64_t up = lanes_in(c, 'A', 'Z'), lo = lanes_in(c, 'a', 'z'), dg = lanes_in(c, '0', '9');
+	uint64_t s62 = lanes_in(c, (unsigned)a->c62, (unsigned)a->c62);
+	uint64_t s63 = lanes_in(c, (unsigned)a->c63, (unsigned)a->c63);
+	/* value = character + (first value - first character) of its range (they are disjoint), mod 64 */
+	uint64_t off = up * OFFSET64(0 - 'A') | lo * OFFSET64(26 - 'a') | dg * OFFSET64(52 - '0') |
+	               s62 * OFFSET64(62 - a->c62) | s63 * OFFSET64(63 - a->c63);
+	*bad |= (x | ~((up | lo | dg | s62 | s63) << 7)) & LANES_HIGH;
+	return (c + off) & LANES(63);
+}
+
+/* Lane i (counted from the least significant) gets bits 6i..6i+5 of the 48-bit x. */
+B64_INLINE uint64_t spread6(uint64_t x)
+{
+	x = (x & 0x0000000000ffffff) | (x << 8 & 0x00ffffff00000000);
+	x = (x & 0x00000fff00000fff) | (x << 4 & 0x0fff00000fff0000);
+	return (x & 0x003f003f003f003f) | (x << 2 & 0x3f003f003f003f00);
+}
+
+/* The inverse of spread6: eight 6-bit lanes -> 48 bits. */
+B64_INLINE uint64_t pack6(uint64_t v)
+{
+	v = (v & 0x003f003f003f003f) | (v >> 2 & 0x0fc00fc00fc00fc0);
+	v = (v & 0x00000fff00000fff) | (v >> 4 & 0x00fff00000fff000);
+	return (v & 0x0000000000ffffff) | (v >> 8 & 0x0000ffffff000000);
+}
+
+B64_INLINE uint64_t load_be64(const uint8_t *p)
+{
+	uint64_t x;
+	memcpy(&x, p, sizeof(x));
+	return be64toh(x);
+}
+
+B64_INLINE void store_be64(uint8_t *p, uint64_t x)
+{
+	x = htobe64(x);
+	memcpy(p, &x, sizeof(x));
+}
+
+/* The low 48 bits of x, big-endian. */
+B64_INLINE void store_be48(uint8_t *p, uint64_t x)
+{
+	uint32_t hi = htobe32((uint32_t)(x >> 16));
+	uint16_t lo = htobe16((uint16_t)x);
+	memcpy(p, &hi, sizeof(hi));
+	memcpy(p + sizeof(hi), &lo, sizeof(lo));
+}
+
+/* For the last partial step: p[0..n) big-endian into a w-byte word (n <= w <= 8), then `fill`s. */
+static uint64_t load_be_partial(const uint8_t *p, size_t n, size_t w, uint8_t fill)
+{
+	uint64_t x = 0;
+	for (size_t j = 0; j < w; j++)
+		x = x << 8 | (j < n ? p[j] : fill);
+	return x;
+}
+
+/* For the last partial step: the top n bytes of the w-byte word x (n <= w <= 8), big-endian. */
+static void store_be_partial(uint8_t *p, uint64_t x, size_t n, size_t w)
+{
+	for (size_t j = 0; j < n; j++)
+		p[j] = (uint8_t)(x >> (8 * (w - 1 - j)));
+}
+
+B64_INLINE hsm_result b64_encode(hsm_buf *out, const uint8_t *p, size_t n, const b64_alphabet *a)
 {
 	HSM_ENSURE(n <= HSM_BUF_MAX / 2, HSM_ERR_LIMIT_EXCEEDED, "input too long");
 	uint8_t *dst;
 	HSM_GUARD(hsm_buf_append_space(out, hsm_b64_encoded_len(n), &dst));
-	size_t o = 0;
-	for (size_t i = 0; i < n; i += 3) {
-		unsigned b0 = p[i], b1 = i + 1 < n ? p[i + 1] : 0, b2 = i + 2 < n ? p[i + 2] : 0;
-		unsigned w = b0 << 16 | b1 << 8 | b2;
-		dst[o++] = (uint8_t)b64_char(w >> 18 & 63U, url);
-		dst[o++] = (uint8_t)b64_char(w >> 12 & 63U, url);
-		if (i + 1 < n)
-			dst[o++] = (uint8_t)b64_char(w >> 6 & 63U, url);
-		else if (!url)
-			dst[o++] = '=';
-		if (i + 2 < n)
-			dst[o++] = (uint8_t)b64_char(w & 63U, url);
-		else if (!url)
-			dst[o++] = '=';
+	size_t i = 0, o = 0;
+	for (; n - i >= 8; i += 6, o += 8) /* reads 8 bytes, uses 6 */
+		store_be64(dst + o, b64_chars(spread6(load_be64(p + i) >> 16), a));
+	while (i < n) {
+		/* The last 1..7 bytes; zero bits complete the last group (RFC 4648 section 4). */
+		size_t take = n - i < 6 ? n - i : 6, chars = (8 * take + 5) / 6;
+		uint64_t c = b64_chars(spread6(load_be_partial(p + i, take, 6, 0)), a);
+		store_be_partial(dst + o, c, chars, 8);
+		i += take;
+		o += chars;
 	}
+	for (; a->padded && o % 4 != 0; o++)
+		dst[o] = '=';
 	out->len -= hsm_b64_encoded_len(n) - o; /* url form drops padding */
 	return HSM_SUCCESS;
 }
 
 hsm_result hsm_b64_encode(hsm_buf *out, const uint8_t *p, size_t n)
 {
-	return b64_encode(out, p, n, false);
+	return b64_encode(out, p, n, &B64);
 }
 
 hsm_result hsm_b64url_encode(hsm_buf *out, const uint8_t *p, size_t n)
 {
-	return b64_encode(out, p, n, true);
+	return b64_encode(out, p, n, &B64URL);
 }
 
-static hsm_result b64_decode(hsm_buf *out, const char *s, size_t n, bool url, hsm_err err)
+B64_INLINE hsm_result b64_decode(hsm_buf *out, const char *text, size_t n, const b64_alphabet *a,
+                                 hsm_err err)
 {
+	const uint8_t *s = (const uint8_t *)text;
 	size_t pad = 0;
-	if (!url) {
+	if (a->padded) {
 		HSM_ENSURE(n % 4 == 0, err, "base64 length is not a multiple of 4");
 		if (n >= 1 && s[n - 1] == '=')
 			pad++;
@@ -150,18 +262,19 @@ static hsm_result b64_decode(hsm_buf *out, const char *s, size_t n, bool url, hs
 	size_t start = out->len;
 	uint8_t *dst;
 	HSM_GUARD(hsm_buf_append_space(out, outlen, &dst));
-	unsigned bad = 0, acc = 0, bits = 0;
-	size_t o = 0;
-	for (size_t i = 0; i < chars; i++) {
-		acc = (acc << 6 | b64_value((unsigned char)s[i], url, &bad)) & 0xffffffU;
-		bits += 6;
-		if (bits >= 8) {
-			bits -= 8;
-			dst[o++] = (uint8_t)(acc >> bits);
-		}
+	uint64_t bad = 0;
+	size_t i = 0, o = 0;
+	for (; chars - i >= 8; i += 8, o += 6) /* 8 characters -> 6 bytes */
+		store_be48(dst + o, pack6(b64_values(load_be64(s + i), a, &bad)));
+	if (i < chars) {
+		/* 2, 3, 4, 6 or 7 characters left; 'A' (value 0) stands for the missing ones. */
+		size_t left = chars - i, bytes = left * 6 / 8;
+		uint64_t v = pack6(b64_values(load_be_partial(s + i, left, 8, 'A'), a, &bad));
+		store_be_partial(dst + o, v, bytes, 6);
+		o += bytes;
+		/* The bits past the last whole byte must be zero: each byte string has one encoding. */
+		bad |= v & (((uint64_t)1 << (48 - 8 * bytes)) - 1);
 	}
-	/* Leftover bits must be zero: each byte string has exactly one encoding. */
-	bad |= (acc & ((1U << bits) - 1U)) != 0;
 	if (bad != 0 || o != outlen) {
 		memset(dst, 0, outlen);
 		out->len = start;
@@ -172,10 +285,10 @@ static hsm_result b64_decode(hsm_buf *out, const char *s, size_t n, bool url, hs
 
 hsm_result hsm_b64_decode(hsm_buf *out, const char *s, size_t n, hsm_err err)
 {
-	return b64_decode(out, s, n, false, err);
+	return b64_decode(out, s, n, &B64, err);
 }
 
 hsm_result hsm_b64url_decode(hsm_buf *out, const char *s, size_t n, hsm_err err)
 {
-	return b64_decode(out, s, n, true, err);
+	return b64_decode(out, s, n, &B64URL, err);
 }

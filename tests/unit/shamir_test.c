@@ -2,18 +2,15 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
-#include <fcntl.h>
-#include <limits.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <openssl/rand.h>
 
 #include "common/secret.h"
 #include "crypto/shamir.h"
+#include "support/ct_probe.h"
 
 #define SECRET_LEN 32
 
@@ -311,7 +308,7 @@ static void test_combine_rejects_bad_points(void **state)
 	hsm_secret_free(secret);
 }
 
-/* ---- Constant time, checked by valgrind's memcheck ------------------------
+/* ---- Constant time, checked by valgrind's memcheck (support/ct_probe.h) ---
  *
  * The probe marks the secret "undefined" for memcheck before splitting and
  * combining it.  memcheck then reports every conditional branch and every
@@ -323,14 +320,6 @@ static void test_combine_rejects_bad_points(void **state)
  * Data-dependent instruction timing (none is used: only shifts, xors, ands)
  * is outside what memcheck can see.
  */
-#if defined(__SANITIZE_ADDRESS__)
-#define HSM_TEST_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define HSM_TEST_ASAN 1
-#endif
-#endif
-
 #ifdef HSM_TEST_ASAN
 /* valgrind cannot run an AddressSanitizer build; the regular build runs these tests. */
 #define CT_PROBE_TESTS
@@ -341,9 +330,6 @@ static int ct_probe_main(const char *mode)
 }
 #else
 #include <valgrind/memcheck.h>
-
-#define VALGRIND_PATH "/usr/bin/valgrind"
-#define PROBE_LEAKS 99 /* valgrind's exit code when memcheck reported an error */
 
 static volatile uint8_t probe_sink;
 static uint8_t probe_table[256];
@@ -400,46 +386,18 @@ static int ct_probe_main(const char *mode)
 	return rc;
 }
 
-/* Runs this test binary under memcheck in the given probe mode; returns its exit code. */
-static int run_probe(const char *mode, bool quiet)
-{
-	if (access(VALGRIND_PATH, X_OK) != 0)
-		fail_msg("%s is needed for the constant-time check (scripts/install-deps.sh installs it)",
-		         VALGRIND_PATH);
-	char self[PATH_MAX];
-	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	assert_true(n > 0);
-	self[n] = '\0';
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		int fd = open("/dev/null", O_WRONLY);
-		if (fd >= 0) {
-			dup2(fd, STDOUT_FILENO);
-			if (quiet)
-				dup2(fd, STDERR_FILENO);
-		}
-		execl(VALGRIND_PATH, "valgrind", "-q", "--error-exitcode=99", self, mode, (char *)NULL);
-		_exit(127);
-	}
-	int status = 0;
-	assert_int_equal(waitpid(pid, &status, 0), pid);
-	assert_true(WIFEXITED(status));
-	return WEXITSTATUS(status);
-}
-
 static void test_constant_time_under_memcheck(void **state)
 {
 	(void)state;
 	/* 0: memcheck saw no branch or address depending on the secret, and the result was right. */
-	assert_int_equal(run_probe("--ct-probe", false), 0);
+	assert_int_equal(ct_probe_run("--ct-probe", false), 0);
 }
 
 static void test_memcheck_catches_leaks(void **state)
 {
 	(void)state;
-	assert_int_equal(run_probe("--ct-probe-leaky-table", true), PROBE_LEAKS);
-	assert_int_equal(run_probe("--ct-probe-leaky-branch", true), PROBE_LEAKS);
+	assert_int_equal(ct_probe_run("--ct-probe-leaky-table", true), CT_PROBE_LEAKS);
+	assert_int_equal(ct_probe_run("--ct-probe-leaky-branch", true), CT_PROBE_LEAKS);
 }
 
 #define CT_PROBE_TESTS                                  \
