@@ -93,6 +93,7 @@ static void begin_stop(hsm_http_worker *w)
 		w->bound = NULL;
 	}
 	event_del(w->resume_ev);
+	event_del(w->rearm_ev);
 	hsm_http_conn_close_idle(w, false);
 	struct timeval tv = tv_ms(atomic_load(&w->srv->grace_ms));
 	event_add(w->stop_ev, &tv);
@@ -109,6 +110,8 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
 	hsm_http_worker_drain(w, true);
 	if (atomic_load(&w->srv->stopping) && !w->stopping)
 		begin_stop(w);
+	else
+		hsm_http_balance(w, false);
 }
 
 /* The grace period is over: drop whatever is left and leave the loop. */
@@ -148,7 +151,7 @@ static void on_resume_accept(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd, (void)what;
 	hsm_http_worker *w = arg;
-	if (!w->stopping && w->bound != NULL)
+	if (!w->stopping && w->bound != NULL && !w->balance_paused)
 		evconnlistener_enable(evhttp_bound_socket_get_listener(w->bound));
 }
 
@@ -190,7 +193,9 @@ static hsm_result worker_events(hsm_http_worker *w)
 	w->sweep_ev = event_new(w->base, -1, EV_PERSIST, hsm_http_conn_sweep_cb, w);
 	w->stop_ev = evtimer_new(w->base, on_grace_over, w);
 	w->resume_ev = evtimer_new(w->base, on_resume_accept, w);
-	HSM_ENSURE(w->wake_ev && w->adopt_ev && w->sweep_ev && w->stop_ev && w->resume_ev,
+	w->rearm_ev = evtimer_new(w->base, hsm_http_balance_rearm_cb, w);
+	HSM_ENSURE(w->wake_ev && w->adopt_ev && w->sweep_ev && w->stop_ev && w->resume_ev &&
+	               w->rearm_ev,
 	           HSM_ERR_NOMEM, "out of memory");
 	/* A quarter of the read timeout: a late request is cut within 1.25 times it. */
 	uint32_t sweep = cfg->read_timeout_ms / 4U;
@@ -246,7 +251,8 @@ static void worker_free(hsm_http_worker *w)
 		hsm_http_conn_adopt_cb(-1, 0, w); /* closes connections not yet adopted */
 	if (w->http != NULL)
 		evhttp_free(w->http); /* closes every connection: on_close frees each record */
-	struct event *evs[] = {w->wake_ev, w->adopt_ev, w->sweep_ev, w->stop_ev, w->resume_ev};
+	struct event *evs[] = {w->wake_ev,  w->adopt_ev,  w->sweep_ev,
+	                       w->stop_ev,  w->resume_ev, w->rearm_ev};
 	for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
 		if (evs[i] != NULL)
 			event_free(evs[i]);
@@ -307,6 +313,7 @@ hsm_result hsm_http_server_new(const hsm_http_config *cfg, hsm_http_handler hand
 	srv->arg = arg;
 	srv->shared_fd = -1;
 	srv->n_workers = cfg->workers != 0 ? cfg->workers : cpu_count();
+	atomic_store(&srv->n_accepting, srv->n_workers);
 	if (cfg->tls_cert != NULL)
 		HSM_TRY(hsm_http_tls_new(cfg, &srv->tls));
 	srv->cfg.listen = srv->cfg.tls_cert = srv->cfg.tls_key = srv->cfg.tls_client_ca = NULL;

@@ -137,6 +137,7 @@ struct bufferevent *hsm_http_conn_bevcb(struct event_base *base, void *arg)
 	conn->reject = n > cfg->max_connections;
 	bufferevent_incref(bev); /* until adoption: see the file comment */
 	link_conn(w, conn);
+	hsm_http_balance(w, true);
 	event_active(w->adopt_ev, EV_TIMEOUT, 0);
 	return bev;
 }
@@ -150,6 +151,7 @@ static void forget_conn(hsm_http_conn *conn)
 	unlink_conn(w, conn);
 	free(conn->client_subject);
 	free(conn);
+	hsm_http_balance(w, false);
 }
 
 /* evhttp_connection_set_closecb: evhttp is about to free the connection. */

@@ -108,6 +108,7 @@ struct hsm_http_worker {
 	struct event *sweep_ev; /* enforces read deadlines */
 	struct event *stop_ev;  /* end of the grace period */
 	struct event *resume_ev; /* resumes accepting after EMFILE */
+	struct event *rearm_ev;  /* accepts again after yielding a pass (http_balance.c) */
 	_Atomic(hsm_http_req *) done; /* completion stack, pushed from any thread */
 	hsm_http_conn *conns;
 	size_t n_conns;
@@ -116,6 +117,7 @@ struct hsm_http_worker {
 	size_t n_pool;
 	_Atomic size_t inflight; /* requests with the handler or queued back */
 	bool stopping;
+	bool balance_paused;    /* not accepting: it holds more than its share (http_balance.c) */
 	uint8_t rand_pool[HSM_HTTP_RAND_POOL];
 	size_t rand_pos;
 	int64_t date_sec;
@@ -132,6 +134,7 @@ struct hsm_http_server {
 	int shared_fd;
 	uint16_t port;
 	_Atomic uint32_t n_conns;
+	_Atomic uint32_t n_accepting; /* workers not paused by the balance (shared socket) */
 	_Atomic bool stopping;
 	_Atomic uint32_t grace_ms;
 	/* Connection of each file descriptor, to find it from a request. */
@@ -176,6 +179,11 @@ void hsm_http_req_put(hsm_http_req *req);
 void hsm_http_req_pool_free(hsm_http_worker *w);
 /* The current Date header value. */
 const char *hsm_http_worker_date(hsm_http_worker *w);
+
+/* http_balance.c: after a connection was accepted by (accepted) or removed
+ * from w, on w's thread; and the rearm_ev callback. */
+void hsm_http_balance(hsm_http_worker *w, bool accepted);
+void hsm_http_balance_rearm_cb(evutil_socket_t fd, short what, void *arg);
 
 /* http_resp.c */
 /* Marks the calling thread as w's worker thread (NULL when it leaves). */

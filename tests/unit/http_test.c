@@ -34,6 +34,7 @@ typedef struct th {
 	int mode;
 	atomic_int calls;
 	hsm_http_req *held[MAX_HELD];
+	pthread_t held_by[MAX_HELD]; /* the worker thread that took each held request */
 	size_t n_held;
 	char last_id[64];
 } th;
@@ -71,6 +72,7 @@ static void handler(hsm_http_req *req, void *arg)
 	pthread_mutex_lock(&T.mu);
 	snprintf(T.last_id, sizeof(T.last_id), "%s", hsm_http_req_id(req));
 	if (T.mode == HOLD && T.n_held < MAX_HELD) {
+		T.held_by[T.n_held] = pthread_self();
 		T.held[T.n_held++] = req;
 		pthread_cond_broadcast(&T.cv);
 		pthread_mutex_unlock(&T.mu);
@@ -460,6 +462,53 @@ static void test_reuseport_listeners(void **state)
 	hsm_http_server_free(srv);
 }
 
+/*
+ * Connections opened in a burst end up spread over the workers: one worker
+ * waking first would otherwise accept them all and serve them on one core
+ * for as long as they are kept alive.
+ */
+static void test_burst_of_connections_is_spread(void **state)
+{
+	(void)state;
+	enum { N = 24, WORKERS = 2 };
+	hsm_http_server *srv = start_default(HOLD);
+	uint16_t port = hsm_http_server_port(srv);
+	tc_conn *c[N];
+	for (int i = 0; i < N; i++) {
+		c[i] = tc_connect(port, false, 10000);
+		assert_non_null(c[i]);
+	}
+	for (int i = 0; i < N; i++)
+		assert_true(tc_sendf(c[i], "GET /b%d HTTP/1.1\r\nHost: t\r\n\r\n", i));
+	assert_true(wait_held(N));
+	pthread_mutex_lock(&T.mu);
+	pthread_t seen[WORKERS + 1];
+	size_t count[WORKERS + 1] = {0}, n_seen = 0;
+	for (size_t i = 0; i < T.n_held; i++) {
+		size_t j = 0;
+		while (j < n_seen && !pthread_equal(seen[j], T.held_by[i]))
+			j++;
+		if (j == n_seen && n_seen <= WORKERS)
+			seen[n_seen++] = T.held_by[i];
+		count[j]++;
+	}
+	pthread_mutex_unlock(&T.mu);
+	print_message("connections per worker: %zu / %zu\n", count[0], count[1]);
+	assert_int_equal(n_seen, WORKERS);
+	/* An even split is 12 / 12; a share is rounded up and re-checked per accept. */
+	assert_true(count[0] >= N / 2 - 2 && count[1] >= N / 2 - 2);
+	completer cp = {.n = N};
+	complete_held(&cp);
+	for (int i = 0; i < N; i++) {
+		tc_resp r;
+		assert_true(tc_read(c[i], &r, false));
+		assert_int_equal(r.status, 200);
+		tc_resp_clear(&r);
+		tc_close(c[i]);
+	}
+	hsm_http_server_free(srv);
+}
+
 static void test_ipv6_and_addresses(void **state)
 {
 	(void)state;
@@ -513,6 +562,7 @@ int main(void)
 	    cmocka_unit_test(test_stop_grace_expires),
 	    cmocka_unit_test(test_new_errors),
 	    cmocka_unit_test(test_reuseport_listeners),
+	    cmocka_unit_test(test_burst_of_connections_is_spread),
 	    cmocka_unit_test(test_ipv6_and_addresses),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
