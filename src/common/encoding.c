@@ -69,7 +69,10 @@ hsm_result hsm_hex_decode(hsm_buf *out, const char *s, size_t n, hsm_err err)
 hsm_result hsm_hex_decode_exact(uint8_t *out, size_t n, const char *s, size_t slen, hsm_err err)
 {
 	HSM_ENSURE(slen == 2 * n, err, "expected %zu hex digits", 2 * n);
-	return hex_decode_into(out, s, n, err);
+	hsm_result r = hex_decode_into(out, s, n, err);
+	if (hsm_failed(r))
+		memset(out, 0, n); /* no half-decoded value is left behind */
+	return r;
 }
 
 size_t hsm_b64_encoded_len(size_t n)

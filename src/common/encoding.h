@@ -18,7 +18,8 @@
 hsm_result hsm_hex_encode(hsm_buf *out, const uint8_t *p, size_t n) HSM_MUST_CHECK; /* lowercase */
 /* Decodes lowercase hex only (uppercase is refused so each value has one spelling). */
 hsm_result hsm_hex_decode(hsm_buf *out, const char *s, size_t n, hsm_err err) HSM_MUST_CHECK;
-/* Fixed-size variant: s must be exactly 2*n lowercase hex digits. */
+/* Fixed-size variant: s must be exactly 2*n lowercase hex digits.  On a bad
+ * digit out is zeroed; on a wrong length it is not touched. */
 hsm_result hsm_hex_decode_exact(uint8_t *out, size_t n, const char *s, size_t slen,
                                 hsm_err err) HSM_MUST_CHECK;
 

@@ -552,6 +552,11 @@ static void test_hex(void **state)
 	assert_true(hsm_ok(hsm_hex_decode_exact(fixed, 2, "beef", 4, HSM_ERR_VALIDATION)));
 	assert_int_equal(fixed[0], 0xbe);
 	assert_int_equal(hsm_hex_decode_exact(fixed, 2, "bee", 3, HSM_ERR_VALIDATION).err, HSM_ERR_VALIDATION);
+	/* A bad digit in the second byte leaves no half-decoded value behind. */
+	assert_int_equal(hsm_hex_decode_exact(fixed, 2, "abZZ", 4, HSM_ERR_VALIDATION).err,
+	                 HSM_ERR_VALIDATION);
+	assert_int_equal(fixed[0], 0);
+	assert_int_equal(fixed[1], 0);
 	hsm_buf_free(&enc);
 	hsm_buf_free(&dec);
 }
