@@ -236,3 +236,22 @@ def test_full_disk_fails_closed_quickly_and_recovers():
             server.cleanup()
         subprocess.run(["umount", "-l", audit_dir])
         subprocess.run(["rm", "-rf", tmp])
+
+
+def test_audit_writer_yields_to_the_request_workers():
+    """One thread, the audit writer, runs ten nice levels below the rest, so it
+    batches what the busy workers queue instead of preempting them."""
+    server = start_dev()
+    try:
+        def nice_of(stat_path):
+            with open(stat_path) as f:
+                # Field 19 (nice) counted after the ")" that ends the command name.
+                return int(f.read().rsplit(")", 1)[1].split()[16])
+        pid = server.proc.pid
+        base = nice_of(f"/proc/{pid}/stat")
+        nices = [nice_of(p) for p in glob.glob(f"/proc/{pid}/task/*/stat")]
+        assert len(nices) >= 5
+        assert nices.count(min(base + 10, 19)) == 1
+        assert nices.count(base) == len(nices) - 1
+    finally:
+        server.cleanup()
