@@ -147,3 +147,20 @@ int br_wanted(const br_args *a, const char *op)
 			return 1;
 	return 0;
 }
+
+int br_run_wanted(const char *impl, const br_op *ops, size_t n, void *arg, const br_args *a)
+{
+	int rc = 0;
+	for (size_t i = 0; i < n; i++) {
+		br_result r;
+		if (!br_wanted(a, ops[i].name))
+			continue;
+		if (hsm_failed(br_run(&ops[i], arg, a->threads, a->duration_s, &r))) {
+			fprintf(stderr, "%s: %s\n", impl, hsm_last_message());
+			rc = 1;
+			continue;
+		}
+		br_print(impl, ops[i].name, a->threads, &r);
+	}
+	return rc;
+}

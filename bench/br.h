@@ -62,5 +62,7 @@ typedef struct br_args {
 hsm_result br_parse_args(int argc, char **argv, br_args *out) HSM_MUST_CHECK;
 /* True when the user asked for op (or for no op in particular). */
 int br_wanted(const br_args *a, const char *op);
+/* Runs and prints every op of ops[0..n) the user asked for; 1 if one failed, else 0. */
+int br_run_wanted(const char *impl, const br_op *ops, size_t n, void *arg, const br_args *a);
 
 #endif

@@ -382,18 +382,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "limit: %s\n", hsm_last_message());
 		return 2;
 	}
-	int rc = 0;
-	for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
-		br_result r;
-		if (!br_wanted(&a, ops[i].name))
-			continue;
-		if (hsm_failed(br_run(&ops[i], &g, a.threads, a.duration_s, &r))) {
-			fprintf(stderr, "limit: %s\n", hsm_last_message());
-			rc = 1;
-			continue;
-		}
-		br_print("limit", ops[i].name, a.threads, &r);
-	}
+	int rc = br_run_wanted("limit", ops, sizeof(ops) / sizeof(ops[0]), &g, &a);
 	EVP_PKEY_free(g.rsa2048);
 	EVP_PKEY_free(g.rsa4096);
 	EVP_PKEY_free(g.p256);

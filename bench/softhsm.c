@@ -202,18 +202,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "softhsm: %s\n", hsm_last_message());
 		return 2;
 	}
-	int rc = 0;
-	for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
-		br_result r;
-		if (!br_wanted(&a, ops[i].name))
-			continue;
-		if (hsm_failed(br_run(&ops[i], &p, a.threads, a.duration_s, &r))) {
-			fprintf(stderr, "softhsm: %s\n", hsm_last_message());
-			rc = 1;
-			continue;
-		}
-		br_print("softhsm", ops[i].name, a.threads, &r);
-	}
+	int rc = br_run_wanted("softhsm", ops, sizeof(ops) / sizeof(ops[0]), &p, &a);
 	(void)p.f->C_CloseSession(p.setup);
 	(void)p.f->C_Finalize(NULL);
 	dlclose(lib);
