@@ -237,6 +237,37 @@ hsm_result hsmctl_call_ok(const hsmctl_client *c, const char *target, const char
 	return r;
 }
 
+hsm_result hsmctl_call_json(const hsmctl_client *c, const char *target, const json_t *body,
+                            bool sign, json_t **out)
+{
+	char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
+	HSM_ENSURE(text != NULL, HSM_ERR_NOMEM, "out of memory");
+	hsm_buf resp;
+	hsm_buf_init_secure(&resp);
+	hsm_result r = hsmctl_call_ok(c, target, text, sign, &resp);
+	free(text);
+	if (hsm_ok(r)) {
+		json_error_t e;
+		*out = json_loadb((const char *)resp.data, resp.len, 0, &e);
+		if (*out == NULL)
+			r = HSM_FAIL(HSM_ERR_SERIALIZATION, "the server's answer is not JSON");
+	}
+	hsm_buf_free(&resp);
+	return r;
+}
+
+void hsmctl_print_fields(json_t *o)
+{
+	const char *k;
+	json_t *v;
+	json_object_foreach(o, k, v)
+	{
+		char *s = json_is_string(v) ? NULL : json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+		printf("%s: %s\n", k, s ? s : json_string_value(v));
+		free(s);
+	}
+}
+
 /* ---- Unsigned GET of a public document ------------------------------------------- */
 
 hsm_result hsmctl_get(const hsmctl_client *c, const char *url, hsm_buf *resp)

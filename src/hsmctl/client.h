@@ -10,6 +10,7 @@
 #ifndef HSMCTL_CLIENT_H
 #define HSMCTL_CLIENT_H
 
+#include <jansson.h>
 #include <stdbool.h>
 
 #include "common/buf.h"
@@ -32,6 +33,16 @@ hsm_result hsmctl_call(const hsmctl_client *c, const char *target, const char *b
 /* Calls and turns a non-200 answer into a failure carrying the server's message. */
 hsm_result hsmctl_call_ok(const hsmctl_client *c, const char *target, const char *body, bool sign,
                           hsm_buf *resp) HSM_MUST_CHECK;
+
+/*
+ * Sends body (a JSON object; not consumed, NULL fails as out of memory) to
+ * target and parses a 200 answer into *out.  The answer is read into secure
+ * memory: it may carry a secret access key.
+ */
+hsm_result hsmctl_call_json(const hsmctl_client *c, const char *target, const json_t *body,
+                            bool sign, json_t **out) HSM_MUST_CHECK;
+/* Prints each member of an answer as "name: value", other than strings as compact JSON. */
+void hsmctl_print_fields(json_t *o);
 
 /*
  * GETs one URL ("https://host:port/path"; TLS verified with c->ca_file as

@@ -93,19 +93,7 @@ static hsm_result call(const char *op, json_t *body, json_t **out)
 {
 	char target[64];
 	snprintf(target, sizeof(target), "HsmdJwt.%s", op);
-	char *text = json_dumps(body, JSON_COMPACT);
-	HSM_ENSURE(text != NULL, HSM_ERR_NOMEM, "out of memory");
-	hsm_buf resp = {0};
-	hsm_result r = hsmctl_call_ok(&hsmctl_globals.client, target, text, true, &resp);
-	free(text);
-	if (hsm_ok(r)) {
-		json_error_t e;
-		*out = json_loadb((const char *)resp.data, resp.len, 0, &e);
-		if (*out == NULL)
-			r = HSM_FAIL(HSM_ERR_SERIALIZATION, "the server's answer is not JSON");
-	}
-	hsm_buf_free(&resp);
-	return r;
+	return hsmctl_call_json(&hsmctl_globals.client, target, body, true, out);
 }
 
 static int jwt_sign(jwt_args *a)
@@ -148,14 +136,7 @@ static int jwt_mark(const char *op, jwt_args *a)
 	json_decref(body);
 	if (hsm_failed(r))
 		return hsmctl_fail(op);
-	const char *k;
-	json_t *v;
-	json_object_foreach(out, k, v)
-	{
-		char *s = json_is_string(v) ? NULL : json_dumps(v, JSON_ENCODE_ANY);
-		printf("%s: %s\n", k, s != NULL ? s : json_string_value(v));
-		free(s);
-	}
+	hsmctl_print_fields(out);
 	json_decref(out);
 	return 0;
 }

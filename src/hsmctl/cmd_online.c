@@ -17,36 +17,12 @@
 #include "hsmctl/client.h"
 #include "hsmctl/hsmctl.h"
 
-/* Calls target with a JSON object built from name/value pairs (NULL-terminated). */
+/* Calls target with body (consumed). */
 static hsm_result call(const char *target, bool sign, json_t *body, json_t **out)
 {
-	char *text = json_dumps(body, JSON_COMPACT);
+	hsm_result r = hsmctl_call_json(&hsmctl_globals.client, target, body, sign, out);
 	json_decref(body);
-	HSM_ENSURE(text != NULL, HSM_ERR_NOMEM, "out of memory");
-	hsm_buf resp;
-	hsm_buf_init_secure(&resp); /* may hold a secret access key */
-	hsm_result r = hsmctl_call_ok(&hsmctl_globals.client, target, text, sign, &resp);
-	free(text);
-	if (hsm_ok(r)) {
-		json_error_t e;
-		*out = json_loadb((const char *)resp.data, resp.len, 0, &e);
-		if (*out == NULL)
-			r = HSM_FAIL(HSM_ERR_SERIALIZATION, "the server's answer is not JSON");
-	}
-	hsm_buf_free(&resp);
 	return r;
-}
-
-static void print_fields(json_t *o)
-{
-	const char *k;
-	json_t *v;
-	json_object_foreach(o, k, v)
-	{
-		char *s = json_is_string(v) ? NULL : json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
-		printf("%s: %s\n", k, s ? s : json_string_value(v));
-		free(s);
-	}
 }
 
 static int simple(const char *ctx, const char *target, bool sign, json_t *body)
@@ -54,7 +30,7 @@ static int simple(const char *ctx, const char *target, bool sign, json_t *body)
 	json_t *out = NULL;
 	if (hsm_failed(call(target, sign, body, &out)))
 		return hsmctl_fail(ctx);
-	print_fields(out);
+	hsmctl_print_fields(out);
 	json_decref(out);
 	return 0;
 }
@@ -120,7 +96,7 @@ static int list_of(const char *target, json_t *body, const char *member)
 	json_t *item;
 	json_array_foreach(json_object_get(out, member), i, item)
 	{
-		print_fields(item);
+		hsmctl_print_fields(item);
 		printf("\n");
 	}
 	json_decref(out);
