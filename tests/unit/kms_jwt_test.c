@@ -15,65 +15,25 @@
 
 #include "kms/jwt.h"
 #include "kms/kms.h"
+#include "support/kms_fixture.h"
 
 #define T0 1800000000
 #define MAX_LIFETIME 600
 #define SKEW 60
 #define GRACE (MAX_LIFETIME + SKEW)
 
-typedef struct fx {
-	char dir[64];
-	hsm_store *store;
-	hsm_keystore *ks;
-	hsm_kms *kms;
-	hsm_buf shares[2];
-	int64_t now;
-} fx;
+typedef kms_fx fx;
 
 static const hsm_caller officer = {.user = "olivia", .access_key_id = "AKIAOLIVIA0000000000",
                                    .roles = HSM_ROLE_BIT(HSM_ROLE_CRYPTO_OFFICER)};
 static const hsm_caller user = {.user = "ursula", .access_key_id = "AKIAURSULA0000000000",
                                 .roles = HSM_ROLE_BIT(HSM_ROLE_CRYPTO_USER)};
 
-static int64_t test_clock(void *arg)
-{
-	return ((fx *)arg)->now;
-}
-
 static int setup(void **state)
 {
-	fx *f = calloc(1, sizeof(*f));
-	snprintf(f->dir, sizeof(f->dir), "/tmp/hsm-kmsjwt-test-XXXXXX");
-	if (mkdtemp(f->dir) == NULL)
-		return -1;
-	f->now = T0;
-	hsm_kms_config cfg = {.region = "us-east-1", .account_id = "111122223333",
-	                      .jwt_default_lifetime = 300, .jwt_max_lifetime = MAX_LIFETIME,
+	hsm_kms_config cfg = {.jwt_default_lifetime = 300, .jwt_max_lifetime = MAX_LIFETIME,
 	                      .jwt_clock_skew = SKEW};
-	if (hsm_failed(hsm_store_open(f->dir, &f->store)) ||
-	    hsm_failed(hsm_keystore_new(f->store, 0, &f->ks)) ||
-	    hsm_failed(hsm_kms_new(f->store, f->ks, &cfg, &f->kms)) ||
-	    hsm_failed(hsm_keystore_init(f->ks, 2, 2, NULL, false, f->shares)))
-		return -1;
-	hsm_kms_set_clock(f->kms, test_clock, f);
-	*state = f;
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	fx *f = *state;
-	hsm_kms_free(f->kms);
-	hsm_keystore_free(f->ks);
-	hsm_store_close(f->store);
-	hsm_buf_free(&f->shares[0]);
-	hsm_buf_free(&f->shares[1]);
-	char cmd[128];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
-	if (system(cmd) != 0)
-		return -1;
-	free(f);
-	return 0;
+	return kms_fx_setup(state, &cfg, T0);
 }
 
 static void create(fx *f, hsm_key_spec spec, hsm_key_usage usage, const char *policy,
@@ -430,12 +390,12 @@ int main(void)
 	if (hsm_failed(hsm_crypto_init()))
 		return 1;
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test_setup_teardown(test_marking_and_signing, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_keys_that_cannot_sign_tokens, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_key_states, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_policy_actions, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_jwks_grace_after_rotation, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_jwks_cache, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_marking_and_signing, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_keys_that_cannot_sign_tokens, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_key_states, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_policy_actions, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_jwks_grace_after_rotation, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_jwks_cache, setup, kms_fx_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -12,15 +12,9 @@
 #include <string.h>
 
 #include "kms/kms.h"
+#include "support/kms_fixture.h"
 
-typedef struct fx {
-	char dir[64];
-	hsm_store *store;
-	hsm_keystore *ks;
-	hsm_kms *kms;
-	hsm_buf shares[2];
-	int64_t now;
-} fx;
+typedef kms_fx fx;
 
 static const hsm_caller officer = {.user = "olivia", .access_key_id = "AKIAOLIVIA0000000000",
                                    .roles = HSM_ROLE_BIT(HSM_ROLE_CRYPTO_OFFICER)};
@@ -29,53 +23,9 @@ static const hsm_caller user = {.user = "ursula", .access_key_id = "AKIAURSULA00
 static const hsm_caller auditor = {.user = "audrey", .access_key_id = "AKIAAUDREY0000000000",
                                    .roles = HSM_ROLE_BIT(HSM_ROLE_AUDITOR)};
 
-static int64_t test_clock(void *arg)
-{
-	return ((fx *)arg)->now;
-}
-
-static void open_all(fx *f)
-{
-	assert_true(hsm_ok(hsm_store_open(f->dir, &f->store)));
-	assert_true(hsm_ok(hsm_keystore_new(f->store, 0, &f->ks)));
-	hsm_kms_config cfg = {.region = "us-east-1", .account_id = "111122223333"};
-	assert_true(hsm_ok(hsm_kms_new(f->store, f->ks, &cfg, &f->kms)));
-	hsm_kms_set_clock(f->kms, test_clock, f);
-}
-
-static void close_all(fx *f)
-{
-	hsm_kms_free(f->kms);
-	hsm_keystore_free(f->ks);
-	hsm_store_close(f->store);
-}
-
 static int setup(void **state)
 {
-	fx *f = calloc(1, sizeof(*f));
-	snprintf(f->dir, sizeof(f->dir), "/tmp/hsm-kms-test-XXXXXX");
-	if (mkdtemp(f->dir) == NULL)
-		return -1;
-	f->now = 1800000000;
-	open_all(f);
-	if (hsm_failed(hsm_keystore_init(f->ks, 2, 2, NULL, false, f->shares)))
-		return -1;
-	*state = f;
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	fx *f = *state;
-	close_all(f);
-	hsm_buf_free(&f->shares[0]);
-	hsm_buf_free(&f->shares[1]);
-	char cmd[128];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
-	if (system(cmd) != 0)
-		return -1;
-	free(f);
-	return 0;
+	return kms_fx_setup(state, NULL, 1800000000);
 }
 
 static void create(fx *f, hsm_key_spec spec, hsm_key_usage usage, const char *policy,
@@ -350,8 +300,8 @@ static void test_persistence_across_restart(void **state)
 	assert_true(hsm_ok(hsm_kms_rotate_now(f->kms, &officer, k.key_id, &r)));
 	hsm_key_record_clear(&r);
 	assert_true(hsm_ok(hsm_kms_disable_key(f->kms, &officer, k.key_id)));
-	close_all(f);
-	open_all(f);
+	kms_fx_close(f);
+	kms_fx_open(f);
 	assert_int_equal(hsm_keystore_state(f->ks), HSM_NODE_SEALED);
 	hsm_buf other = {0};
 	assert_int_equal(encrypt(f, &user, "alias/kept", &other).err, HSM_ERR_DISABLED);
@@ -376,13 +326,13 @@ int main(void)
 	if (hsm_failed(hsm_secure_process_init(1 << 22)))
 		return 1;
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test_setup_teardown(test_spec_usage_combinations, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_state_rules, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_destruction_after_waiting_period, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_rotation_keeps_old_versions, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_aliases, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_policy_with_context_condition, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_persistence_across_restart, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_spec_usage_combinations, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_state_rules, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_destruction_after_waiting_period, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_rotation_keeps_old_versions, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_aliases, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_policy_with_context_condition, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_persistence_across_restart, setup, kms_fx_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
