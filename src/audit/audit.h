@@ -110,6 +110,12 @@ typedef struct hsm_audit_config {
 	int64_t (*clock_ms)(void *arg);
 	void *clock_arg;
 	/*
+	 * Optional: called with true before the log runs a group of done
+	 * callbacks in a row and with false after the last, on the same thread
+	 * (the server batches its workers' wake-ups with it).  Must not block.
+	 */
+	void (*batch_hook)(bool begin);
+	/*
 	 * For tests only: called before each write and fsync (by the writer or
 	 * the syncer thread).  It may block (a stuck device) or return an errno
 	 * value to make that step fail as if the kernel had returned it; 0 lets

@@ -21,10 +21,17 @@
 #define NS_PER_MS 1000000ULL
 #define MAX_SLEEP_NS (250 * NS_PER_MS)
 
-static void fire(const audit_cbent *cbs, size_t n, hsm_result r)
+/* Runs n done callbacks, bracketed by the batch hook (see hsm_audit_config). */
+static void fire(const hsm_audit *a, const audit_cbent *cbs, size_t n, hsm_result r)
 {
+	if (n == 0)
+		return;
+	if (a->cfg.batch_hook != NULL)
+		a->cfg.batch_hook(true);
 	for (size_t i = 0; i < n; i++)
 		cbs[i].cb(cbs[i].arg, r);
+	if (a->cfg.batch_hook != NULL)
+		a->cfg.batch_hook(false);
 }
 
 static void timedwait_ns(pthread_cond_t *cv, pthread_mutex_t *mu, uint64_t mono_ns)
@@ -71,7 +78,7 @@ static void outage(hsm_audit *a, int err)
 		if (n == 0)
 			break;
 		pthread_mutex_unlock(&a->mu);
-		fire(buf, n, (hsm_result){HSM_ERR_AUDIT_UNAVAILABLE});
+		fire(a, buf, n, (hsm_result){HSM_ERR_AUDIT_UNAVAILABLE});
 		pthread_mutex_lock(&a->mu);
 	}
 	pthread_mutex_unlock(&a->mu);
@@ -137,7 +144,7 @@ static bool flush(hsm_audit *a, const audit_cbent *cbs, size_t n, size_t from)
 			w->unsynced_since_ns = now;
 		if (w->lag_since_ns == 0)
 			w->lag_since_ns = now;
-		fire(cbs, n, HSM_SUCCESS);
+		fire(a, cbs, n, HSM_SUCCESS);
 		if (a->syslog != NULL)
 			forward_to_syslog(a, from);
 		return true;
@@ -148,7 +155,7 @@ static bool flush(hsm_audit *a, const audit_cbent *cbs, size_t n, size_t from)
 		a->refused_total += n;
 		a->refused_in_outage += n;
 		pthread_mutex_unlock(&a->mu);
-		fire(cbs, n, (hsm_result){HSM_ERR_AUDIT_UNAVAILABLE});
+		fire(a, cbs, n, (hsm_result){HSM_ERR_AUDIT_UNAVAILABLE});
 	}
 	return false;
 }
@@ -302,7 +309,7 @@ static void process_batch(hsm_audit *a, size_t n)
 		pthread_mutex_lock(&a->mu);
 		a->refused_total += n - ok;
 		pthread_mutex_unlock(&a->mu);
-		fire(w->cbs + ok, n - ok, (hsm_result){HSM_ERR_AUDIT_UNAVAILABLE});
+		fire(a, w->cbs + ok, n - ok, (hsm_result){HSM_ERR_AUDIT_UNAVAILABLE});
 	}
 	if (flush(a, w->cbs, ok, from) && w->pending_records >= a->cfg.fsync_max_records)
 		request_sync(a);
@@ -686,7 +693,7 @@ void *audit_watchdog_main(void *arg)
 		}
 		if (n + m > 0) {
 			pthread_mutex_unlock(&a->mu);
-			fire(a->wd_cbs, n + m, (hsm_result){HSM_ERR_AUDIT_UNAVAILABLE});
+			fire(a, a->wd_cbs, n + m, (hsm_result){HSM_ERR_AUDIT_UNAVAILABLE});
 			pthread_mutex_lock(&a->mu);
 		}
 	}

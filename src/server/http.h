@@ -176,6 +176,17 @@ void hsm_http_respond(hsm_http_req *req, int status, const char *content_type, c
                       size_t len, size_t n_headers, const hsm_http_header *headers);
 
 /*
+ * Batching of wake-ups.  A thread that answers many requests in a row (the
+ * audit writer firing a batch of callbacks) brackets them with hold and
+ * release: each worker that got a response in between is then woken once, at
+ * release, instead of once per response, which would make it wake, send one
+ * response and sleep again for every record.  Per thread; the pair must not
+ * nest and release must follow hold without blocking in between.
+ */
+void hsm_http_hold_wakeups(void);
+void hsm_http_release_wakeups(void);
+
+/*
  * Parses a listen address: "a.b.c.d:port" or "[ipv6]:port", numeric only,
  * port 0..65535.  Used by the configuration to validate "listen".
  */

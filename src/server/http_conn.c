@@ -149,6 +149,8 @@ static void forget_conn(hsm_http_conn *conn)
 	if (conn->fd >= 0 && (size_t)conn->fd < w->srv->by_fd_len)
 		atomic_store_explicit(&w->srv->by_fd[conn->fd], NULL, memory_order_relaxed);
 	unlink_conn(w, conn);
+	if (conn->hold_ev != NULL)
+		event_free(conn->hold_ev);
 	free(conn->client_subject);
 	free(conn);
 	hsm_http_balance(w, false);
@@ -162,6 +164,37 @@ static void on_close(struct evhttp_connection *evcon, void *arg)
 	hsm_http_worker *w = conn->w;
 	forget_conn(conn);
 	hsm_http_worker_check_stopped(w);
+}
+
+/*
+ * The hold event.  evhttp stops reading a connection while its request is
+ * answered and starts writing when the reply comes.  A reply given in the same
+ * loop pass folds the two into one epoll change; a reply that comes later
+ * (from the audit writer: nearly every request) would take the socket out of
+ * epoll and put it back, two costlier system calls per request.  A persistent
+ * read event of our own on the socket keeps it registered throughout.  It
+ * does nothing while evhttp reads too.  It may run just after evhttp took a
+ * whole request in the same loop pass; if the socket is really readable while
+ * a request is being answered (data sent early, or the client closing), it
+ * lets go, since evhttp will not read until the reply is written and a
+ * level-triggered event would fire on every pass; the reply re-arms it.  Best
+ * effort: without it only the extra calls come back.
+ */
+static void on_hold(evutil_socket_t fd, short what, void *arg)
+{
+	(void)what;
+	hsm_http_conn *conn = arg;
+	char c;
+	if (conn->state == CONN_HANDLING && recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) != -1)
+		(void)event_del(conn->hold_ev);
+	else if (conn->state == CONN_HANDLING && errno != EAGAIN && errno != EWOULDBLOCK)
+		(void)event_del(conn->hold_ev);
+}
+
+void hsm_http_conn_hold(hsm_http_conn *conn)
+{
+	if (conn->hold_ev != NULL && !event_pending(conn->hold_ev, EV_READ, NULL))
+		(void)event_add(conn->hold_ev, NULL);
 }
 
 static void adopt(hsm_http_worker *w, hsm_http_conn *conn)
@@ -184,6 +217,8 @@ static void adopt(hsm_http_worker *w, hsm_http_conn *conn)
 		atomic_store_explicit(&w->srv->by_fd[fd], conn, memory_order_relaxed);
 		/* Each response is written whole; Nagle would only delay it. */
 		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		conn->hold_ev = event_new(w->base, fd, EV_READ | EV_PERSIST, on_hold, conn);
+		hsm_http_conn_hold(conn);
 	} else {
 		conn->reject = true;
 	}

@@ -57,6 +57,8 @@ struct hsm_http_conn {
 	bool reject;          /* over max_connections: close once adopted */
 	bool subject_done;    /* client_subject has been looked up */
 	char *client_subject; /* owned; NULL without a verified client certificate */
+	/* Keeps the socket in epoll while a response is pending (http_conn.c). */
+	struct event *hold_ev;
 	hsm_http_conn *prev, *next; /* the worker's list of connections */
 	hsm_http_conn *next_new;    /* the worker's list awaiting adoption */
 };
@@ -164,6 +166,8 @@ void hsm_http_conn_sweep_cb(evutil_socket_t fd, short what, void *arg);
 hsm_http_conn *hsm_http_conn_of(hsm_http_worker *w, struct evhttp_request *evreq);
 /* The request was handed to the handler / its response was written. */
 void hsm_http_conn_handling(hsm_http_conn *conn);
+/* Re-arms conn's hold event if it let go (http_conn.c); called as a response starts. */
+void hsm_http_conn_hold(hsm_http_conn *conn);
 void hsm_http_conn_sent(struct evhttp_request *evreq, void *arg);
 /* Closes idle connections (start of a stop) or all but those handling (its end). */
 void hsm_http_conn_close_idle(hsm_http_worker *w, bool all_but_handling);

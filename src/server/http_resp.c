@@ -7,7 +7,9 @@
  * worker's completion stack (lock-free: a compare-and-swap push; the worker
  * takes the whole stack with one exchange) and only the push that finds the
  * stack empty writes the worker's eventfd, so a batch of completions costs one
- * wakeup.  evhttp objects are only ever touched on their worker.
+ * wakeup; a thread completing many requests at once can hold those writes
+ * until its batch is done (hsm_http_hold_wakeups).  evhttp objects are only
+ * ever touched on their worker.
  */
 #include <stdio.h>
 #include <string.h>
@@ -119,6 +121,56 @@ static hsm_result stash(hsm_http_req *req, const char *ctype, const void *body, 
 	return hsm_buf_put(out, body, len);
 }
 
+static void wake(hsm_http_worker *w)
+{
+	uint64_t one = 1;
+	ssize_t n = write(w->wake_fd, &one, sizeof(one));
+	(void)n; /* only fails when the counter is already non-zero: a wakeup is pending */
+}
+
+/*
+ * Wake-ups held by this thread (hsm_http_hold_wakeups).  A push that finds
+ * the stack empty owes its worker the wake-up; while held it is noted here
+ * and paid at release.  Other threads pushing meanwhile see a non-empty stack
+ * and rely on that, which is why release must come without delay.
+ */
+#define HELD_MAX 16
+static _Thread_local struct {
+	bool on;
+	size_t n;
+	hsm_http_worker *w[HELD_MAX];
+} held;
+
+void hsm_http_hold_wakeups(void)
+{
+	HSM_ASSERT(!held.on);
+	held.on = true;
+	held.n = 0;
+}
+
+void hsm_http_release_wakeups(void)
+{
+	HSM_ASSERT(held.on);
+	held.on = false;
+	for (size_t i = 0; i < held.n; i++)
+		wake(held.w[i]);
+	held.n = 0;
+}
+
+/* Notes that w is owed a wake-up; false when it must be woken now instead. */
+static bool hold_wake(hsm_http_worker *w)
+{
+	if (!held.on)
+		return false;
+	for (size_t i = 0; i < held.n; i++)
+		if (held.w[i] == w)
+			return true;
+	if (held.n == HELD_MAX)
+		return false;
+	held.w[held.n++] = w;
+	return true;
+}
+
 static void push(hsm_http_worker *w, hsm_http_req *req)
 {
 	hsm_http_req *head = atomic_load_explicit(&w->done, memory_order_relaxed);
@@ -126,11 +178,8 @@ static void push(hsm_http_worker *w, hsm_http_req *req)
 		req->next = head;
 	} while (!atomic_compare_exchange_weak_explicit(&w->done, &head, req, memory_order_release,
 	                                                memory_order_relaxed));
-	if (head == NULL) {
-		uint64_t one = 1;
-		ssize_t n = write(w->wake_fd, &one, sizeof(one));
-		(void)n; /* only fails when the counter is already non-zero: a wakeup is pending */
-	}
+	if (head == NULL && !hold_wake(w))
+		wake(w);
 }
 
 static void finish(hsm_http_req *req);
@@ -206,6 +255,7 @@ static void finish(hsm_http_req *req)
 {
 	struct evhttp_request *evreq = req->evreq;
 	hsm_http_inflight_add(req->w, -1);
+	hsm_http_conn_hold(req->conn);
 	int status = req->failed ? 500 : req->status;
 	if (!req->failed && !req->head && req->resp_body_len > 0 && status != 204 && status != 304) {
 		req->state = REQ_SENDING;

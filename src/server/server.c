@@ -49,6 +49,15 @@ static hsm_result copy_opt(char *dst, size_t cap, const char *src, const char *w
 	return hsm_strcpy(dst, cap, src);
 }
 
+/* The audit writer answers requests in batches: one wake-up per worker per batch. */
+static void batch_hook(bool begin)
+{
+	if (begin)
+		hsm_http_hold_wakeups();
+	else
+		hsm_http_release_wakeups();
+}
+
 static hsm_result open_audit(hsm_server *s)
 {
 	hsm_audit_config ac = {
@@ -61,6 +70,7 @@ static hsm_result open_audit(hsm_server *s)
 	    .rotate_age_ms = s->opt.audit_rotate_seconds * 1000U,
 	    .retention_days = s->opt.audit_retention_days,
 	    .syslog = s->opt.audit_syslog,
+	    .batch_hook = batch_hook,
 	};
 	return hsm_audit_open(&ac, &s->audit);
 }
