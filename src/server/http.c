@@ -190,12 +190,13 @@ static hsm_result worker_events(hsm_http_worker *w)
 	HSM_ENSURE(w->wake_fd >= 0, HSM_ERR_IO, "eventfd: %s", strerror(errno));
 	w->wake_ev = event_new(w->base, w->wake_fd, EV_READ | EV_PERSIST, on_wake, w);
 	w->adopt_ev = event_new(w->base, -1, 0, hsm_http_conn_adopt_cb, w);
+	w->local_ev = event_new(w->base, -1, 0, hsm_http_local_cb, w);
 	w->sweep_ev = event_new(w->base, -1, EV_PERSIST, hsm_http_conn_sweep_cb, w);
 	w->stop_ev = evtimer_new(w->base, on_grace_over, w);
 	w->resume_ev = evtimer_new(w->base, on_resume_accept, w);
 	w->rearm_ev = evtimer_new(w->base, hsm_http_balance_rearm_cb, w);
-	HSM_ENSURE(w->wake_ev && w->adopt_ev && w->sweep_ev && w->stop_ev && w->resume_ev &&
-	               w->rearm_ev,
+	HSM_ENSURE(w->wake_ev && w->adopt_ev && w->local_ev && w->sweep_ev && w->stop_ev &&
+	               w->resume_ev && w->rearm_ev,
 	           HSM_ERR_NOMEM, "out of memory");
 	/* A quarter of the read timeout: a late request is cut within 1.25 times it. */
 	uint32_t sweep = cfg->read_timeout_ms / 4U;
@@ -251,8 +252,8 @@ static void worker_free(hsm_http_worker *w)
 		hsm_http_conn_adopt_cb(-1, 0, w); /* closes connections not yet adopted */
 	if (w->http != NULL)
 		evhttp_free(w->http); /* closes every connection: on_close frees each record */
-	struct event *evs[] = {w->wake_ev,  w->adopt_ev,  w->sweep_ev,
-	                       w->stop_ev,  w->resume_ev, w->rearm_ev};
+	struct event *evs[] = {w->wake_ev, w->adopt_ev,  w->local_ev, w->sweep_ev,
+	                       w->stop_ev, w->resume_ev, w->rearm_ev};
 	for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
 		if (evs[i] != NULL)
 			event_free(evs[i]);

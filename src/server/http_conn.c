@@ -197,6 +197,26 @@ void hsm_http_conn_hold(hsm_http_conn *conn)
 		(void)event_add(conn->hold_ev, NULL);
 }
 
+/*
+ * evhttp writes a reply when epoll next reports the socket writable: one more
+ * loop pass and two epoll changes (write on, then off again) per request.
+ * A reply queued from the completion drain is written here at once instead;
+ * when all of it went out, evhttp is told as its write event would have told
+ * it, and the changes cancel before they reach epoll.  A short or failed write
+ * leaves the rest to evhttp's own write event, as before.  TLS connections
+ * are left to the TLS bufferevent.
+ */
+void hsm_http_conn_write_now(hsm_http_conn *conn)
+{
+	if (conn->tls || conn->fd < 0)
+		return;
+	struct evbuffer *out = bufferevent_get_output(conn->bev);
+	if (evbuffer_get_length(out) == 0)
+		return;
+	if (evbuffer_write(out, conn->fd) > 0 && evbuffer_get_length(out) == 0)
+		bufferevent_trigger(conn->bev, EV_WRITE, 0); /* evhttp's write callback: may free conn */
+}
+
 static void adopt(hsm_http_worker *w, hsm_http_conn *conn)
 {
 	struct bufferevent *bev = conn->bev;

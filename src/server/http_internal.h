@@ -112,6 +112,9 @@ struct hsm_http_worker {
 	struct event *resume_ev; /* resumes accepting after EMFILE */
 	struct event *rearm_ev;  /* accepts again after yielding a pass (http_balance.c) */
 	_Atomic(hsm_http_req *) done; /* completion stack, pushed from any thread */
+	/* Replies given on the worker itself, sent later in the same loop pass */
+	hsm_http_req *local_head, *local_tail;
+	struct event *local_ev;
 	hsm_http_conn *conns;
 	size_t n_conns;
 	hsm_http_conn *new_conns;
@@ -168,6 +171,12 @@ hsm_http_conn *hsm_http_conn_of(hsm_http_worker *w, struct evhttp_request *evreq
 void hsm_http_conn_handling(hsm_http_conn *conn);
 /* Re-arms conn's hold event if it let go (http_conn.c); called as a response starts. */
 void hsm_http_conn_hold(hsm_http_conn *conn);
+/*
+ * Writes the reply evhttp has just queued on conn, now rather than on the next
+ * loop pass, and lets evhttp finish the request (which may free conn).  Only
+ * where no evhttp call is on the stack: the completion drain.
+ */
+void hsm_http_conn_write_now(hsm_http_conn *conn);
 void hsm_http_conn_sent(struct evhttp_request *evreq, void *arg);
 /* Closes idle connections (start of a stop) or all but those handling (its end). */
 void hsm_http_conn_close_idle(hsm_http_worker *w, bool all_but_handling);
@@ -199,5 +208,7 @@ void hsm_http_inflight_add(hsm_http_worker *w, int delta);
  * has stopped, only releases them.
  */
 void hsm_http_worker_drain(hsm_http_worker *w, bool send);
+/* local_ev: sends the replies given on the worker during this loop pass. */
+void hsm_http_local_cb(evutil_socket_t fd, short what, void *arg);
 
 #endif

@@ -2,8 +2,10 @@
  * http_resp.c - hsm_http_respond() and the way a response gets back to the
  * worker that owns the connection.
  *
- * On the worker's own thread (the handler answered at once) the response is
- * written straight away.  From any other thread the request is pushed on the
+ * On the worker's own thread (the handler answered at once, inside evhttp's
+ * request callback) the request goes on the worker's local list, sent in the
+ * same loop pass once that callback has returned.  From any other thread the
+ * request is pushed on the
  * worker's completion stack (lock-free: a compare-and-swap push; the worker
  * takes the whole stack with one exchange) and only the push that finds the
  * stack empty writes the worker's eventfd, so a batch of completions costs one
@@ -17,6 +19,7 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#include <event2/event.h>
 #include <event2/http.h>
 
 #include "common/log.h"
@@ -182,8 +185,6 @@ static void push(hsm_http_worker *w, hsm_http_req *req)
 		wake(w);
 }
 
-static void finish(hsm_http_req *req);
-
 void hsm_http_respond(hsm_http_req *req, int status, const char *content_type, const void *body,
                       size_t len, size_t n_headers, const hsm_http_header *headers)
 {
@@ -198,12 +199,20 @@ void hsm_http_respond(hsm_http_req *req, int status, const char *content_type, c
 		req->failed = true;
 	}
 	hsm_http_worker *w = req->w;
-	if (current_worker == w) {
-		finish(req);
+	req->state = REQ_QUEUED;
+	if (current_worker != w) {
+		push(w, req);
 		return;
 	}
-	req->state = REQ_QUEUED;
-	push(w, req);
+	/* Answered on the worker, inside evhttp's request callback: sent from
+	 * local_ev once that callback has returned, so it can be written at once. */
+	req->next = NULL;
+	if (w->local_tail != NULL)
+		w->local_tail->next = req;
+	else
+		w->local_head = req;
+	w->local_tail = req;
+	event_active(w->local_ev, EV_TIMEOUT, 0);
 }
 
 static void body_written(const void *data, size_t len, void *arg)
@@ -274,6 +283,33 @@ static void finish(hsm_http_req *req)
 	evhttp_send_reply(evreq, status, NULL, NULL);
 }
 
+/* Sends (or, when the worker is gone, releases) a list of answered requests. */
+static void send_list(hsm_http_worker *w, hsm_http_req *fifo, bool send)
+{
+	while (fifo != NULL) {
+		hsm_http_req *req = fifo;
+		fifo = req->next;
+		req->state = REQ_HANDLER;
+		if (send) {
+			hsm_http_conn *conn = req->conn;
+			finish(req);
+			hsm_http_conn_write_now(conn);
+		} else {
+			hsm_http_inflight_add(w, -1);
+			hsm_http_req_put(req);
+		}
+	}
+}
+
+void hsm_http_local_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd, (void)what;
+	hsm_http_worker *w = arg;
+	hsm_http_req *list = w->local_head;
+	w->local_head = w->local_tail = NULL;
+	send_list(w, list, true);
+}
+
 void hsm_http_worker_drain(hsm_http_worker *w, bool send)
 {
 	hsm_http_req *list = atomic_exchange_explicit(&w->done, NULL, memory_order_acquire);
@@ -284,15 +320,10 @@ void hsm_http_worker_drain(hsm_http_worker *w, bool send)
 		fifo = list;
 		list = next;
 	}
-	while (fifo != NULL) {
-		hsm_http_req *req = fifo;
-		fifo = req->next;
-		req->state = REQ_HANDLER;
-		if (send) {
-			finish(req);
-		} else {
-			hsm_http_inflight_add(w, -1);
-			hsm_http_req_put(req);
-		}
+	send_list(w, fifo, send);
+	if (!send) {
+		list = w->local_head;
+		w->local_head = w->local_tail = NULL;
+		send_list(w, list, false);
 	}
 }

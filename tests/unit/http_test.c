@@ -326,13 +326,65 @@ static void test_client_gone_before_completion(void **state)
 	hsm_http_server_free(srv);
 }
 
+/* CPU time of the whole process (all threads), in ms. */
+static long process_cpu_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+	return (long)ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
 
-
-
-
-
-
-
+/*
+ * The socket of a request being answered later stays registered for reading
+ * (http_conn.c, the hold event).  A client that sends its next request early,
+ * or closes, makes it readable while evhttp is not reading: the server must
+ * not spin on that, and must still answer both requests in order.
+ */
+static void test_early_data_while_answer_pending(void **state)
+{
+	(void)state;
+	hsm_http_server *srv = start_default(HOLD);
+	uint16_t port = hsm_http_server_port(srv);
+	tc_conn *c = tc_connect(port, false, 5000);
+	tc_conn *gone = tc_connect(port, false, 5000);
+	assert_non_null(c);
+	assert_non_null(gone);
+	assert_true(tc_sendf(c, "GET /first HTTP/1.1\r\nHost: t\r\n\r\n"));
+	assert_true(tc_sendf(gone, "GET /gone HTTP/1.1\r\nHost: t\r\n\r\n"));
+	assert_true(wait_held(2));
+	assert_true(tc_sendf(c, "GET /second HTTP/1.1\r\nHost: t\r\n\r\n"));
+	tc_close(gone);
+	long cpu0 = process_cpu_ms();
+	usleep(400 * 1000);
+	long spent = process_cpu_ms() - cpu0;
+	/* A level-triggered event left armed would keep a worker at 100 %: 400 ms. */
+	assert_true(spent < 150);
+	assert_int_equal(atomic_load(&T.calls), 2); /* /second waits for /first's reply */
+	T.mode = ECHO;
+	completer cp = {.n = 2};
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, complete_held, &cp), 0);
+	pthread_join(t, NULL);
+	const char *want[] = {"path=/first ", "path=/second "};
+	for (int i = 0; i < 2; i++) {
+		tc_resp r;
+		assert_true(tc_read(c, &r, false));
+		assert_int_equal(r.status, 200);
+		assert_non_null(strstr(r.body, want[i]));
+		tc_resp_clear(&r);
+	}
+	/* Keep-alive still works after the hold event let go and was re-armed. */
+	for (int i = 0; i < 20; i++) {
+		tc_resp r;
+		assert_true(tc_sendf(c, "GET /again%d HTTP/1.1\r\nHost: t\r\n\r\n", i));
+		assert_true(tc_read(c, &r, false));
+		assert_int_equal(r.status, 200);
+		tc_resp_clear(&r);
+	}
+	tc_close(c);
+	assert_int_equal(hsm_http_server_inflight(srv), 0);
+	hsm_http_server_free(srv);
+}
 
 /* ---- stop -------------------------------------------------------------------- */
 
@@ -558,6 +610,7 @@ int main(void)
 	    cmocka_unit_test(test_keep_alive_and_pipelining),
 	    cmocka_unit_test(test_async_batch_out_of_order),
 	    cmocka_unit_test(test_client_gone_before_completion),
+	    cmocka_unit_test(test_early_data_while_answer_pending),
 	    cmocka_unit_test(test_graceful_stop),
 	    cmocka_unit_test(test_stop_grace_expires),
 	    cmocka_unit_test(test_new_errors),
