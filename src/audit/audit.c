@@ -324,8 +324,8 @@ void hsm_audit_close(hsm_audit *a)
 	free_state(a);
 }
 
-hsm_result hsm_audit_submit(hsm_audit *a, const hsm_audit_record *rec, hsm_audit_done_fn done_cb,
-                            void *cb_arg)
+static hsm_result submit(hsm_audit *a, const hsm_audit_record *rec, hsm_audit_done_fn done_cb,
+                         void *cb_arg, bool wake)
 {
 	HSM_ASSERT(a != NULL && rec != NULL && done_cb != NULL);
 	HSM_ENSURE(rec->type != HSM_AUDIT_CHECKPOINT, HSM_ERR_VALIDATION,
@@ -346,7 +346,7 @@ hsm_result hsm_audit_submit(hsm_audit *a, const hsm_audit_record *rec, hsm_audit
 			s->cb = done_cb;
 			s->arg = cb_arg;
 			a->count++;
-			if (a->writer_idle)
+			if (wake && a->writer_idle)
 				pthread_cond_signal(&a->wake_writer);
 		}
 	} else {
@@ -357,6 +357,27 @@ hsm_result hsm_audit_submit(hsm_audit *a, const hsm_audit_record *rec, hsm_audit
 	HSM_GUARD(res);
 	HSM_ENSURE(ok, HSM_ERR_AUDIT_UNAVAILABLE, "the audit log is unavailable");
 	return HSM_SUCCESS;
+}
+
+hsm_result hsm_audit_submit(hsm_audit *a, const hsm_audit_record *rec, hsm_audit_done_fn done_cb,
+                            void *cb_arg)
+{
+	return submit(a, rec, done_cb, cb_arg, true);
+}
+
+hsm_result hsm_audit_submit_lazy(hsm_audit *a, const hsm_audit_record *rec,
+                                 hsm_audit_done_fn done_cb, void *cb_arg)
+{
+	return submit(a, rec, done_cb, cb_arg, false);
+}
+
+void hsm_audit_kick(hsm_audit *a)
+{
+	HSM_ASSERT(a != NULL);
+	pthread_mutex_lock(&a->mu);
+	if (a->count > 0 && a->writer_idle)
+		pthread_cond_signal(&a->wake_writer);
+	pthread_mutex_unlock(&a->mu);
 }
 
 typedef struct append_wait {

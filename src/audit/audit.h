@@ -165,6 +165,17 @@ hsm_result hsm_audit_submit(hsm_audit *a, const hsm_audit_record *rec, hsm_audit
                             void *cb_arg) HSM_MUST_CHECK;
 
 /*
+ * Like hsm_audit_submit, but leaves the writer asleep: the caller promises to
+ * call hsm_audit_kick() soon, without blocking in between.  An event loop
+ * submitting the records of several requests in one pass kicks once at the
+ * end of the pass, so the writer wakes once for all of them.
+ */
+hsm_result hsm_audit_submit_lazy(hsm_audit *a, const hsm_audit_record *rec,
+                                 hsm_audit_done_fn done_cb, void *cb_arg) HSM_MUST_CHECK;
+/* Wakes the writer if records are waiting for it. */
+void hsm_audit_kick(hsm_audit *a);
+
+/*
  * Blocking form for internal events and tools: returns once the record is
  * written or has failed (within the deadline).  Must not be called from a
  * done callback or a signer.

@@ -114,6 +114,11 @@ static void context_field(hsm_server *s, const hsm_api_audit *a, char *out, size
 	}
 }
 
+static void kick_audit(void *audit)
+{
+	hsm_audit_kick(audit);
+}
+
 static void submit_audit(pending *p, const outcome *o)
 {
 	hsm_server *s = p->s;
@@ -149,9 +154,12 @@ static void submit_audit(pending *p, const outcome *o)
 	    .extra = extra,
 	    .n_extra = n_extra,
 	};
-	hsm_result r = hsm_audit_submit(s->audit, &rec, audit_done, p);
+	/* The writer is woken once per loop pass of the worker, not per record. */
+	hsm_result r = hsm_audit_submit_lazy(s->audit, &rec, audit_done, p);
 	if (hsm_failed(r))
 		audit_done(p, r); /* not queued: the callback will never come */
+	else
+		hsm_http_at_pass_end(kick_audit, s->audit);
 }
 
 /* Finishes a request: error or success body already in p->body. */

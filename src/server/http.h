@@ -176,6 +176,15 @@ void hsm_http_respond(hsm_http_req *req, int status, const char *content_type, c
                       size_t len, size_t n_headers, const hsm_http_header *headers);
 
 /*
+ * Calls fn(arg) on this worker once the requests that arrived in the current
+ * event-loop pass have all been handled (once per pass for the same fn and
+ * arg); at once on any other thread, or if too many calls are pending.  A
+ * handler that queues work for another thread uses it to wake that thread
+ * once per pass instead of once per request.
+ */
+void hsm_http_at_pass_end(void (*fn)(void *), void *arg);
+
+/*
  * Batching of wake-ups.  A thread that answers many requests in a row (the
  * audit writer firing a batch of callbacks) brackets them with hold and
  * release: each worker that got a response in between is then woken once, at

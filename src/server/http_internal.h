@@ -94,6 +94,7 @@ struct hsm_http_req {
 
 #define HSM_HTTP_RAND_POOL 4096
 #define HSM_HTTP_REQ_POOL_MAX 1024
+#define HSM_HTTP_PASS_END_MAX 4
 
 struct hsm_http_worker {
 	hsm_http_server *srv;
@@ -112,8 +113,14 @@ struct hsm_http_worker {
 	struct event *resume_ev; /* resumes accepting after EMFILE */
 	struct event *rearm_ev;  /* accepts again after yielding a pass (http_balance.c) */
 	_Atomic(hsm_http_req *) done; /* completion stack, pushed from any thread */
-	/* Replies given on the worker itself, sent later in the same loop pass */
+	/* Replies given on the worker itself, sent later in the same loop pass,
+	 * and the calls asked for at the end of the pass (hsm_http_at_pass_end) */
 	hsm_http_req *local_head, *local_tail;
+	struct {
+		void (*fn)(void *);
+		void *arg;
+	} pass_end[HSM_HTTP_PASS_END_MAX];
+	size_t n_pass_end;
 	struct event *local_ev;
 	hsm_http_conn *conns;
 	size_t n_conns;
@@ -208,7 +215,8 @@ void hsm_http_inflight_add(hsm_http_worker *w, int delta);
  * has stopped, only releases them.
  */
 void hsm_http_worker_drain(hsm_http_worker *w, bool send);
-/* local_ev: sends the replies given on the worker during this loop pass. */
+/* local_ev: sends the replies given on the worker during this loop pass,
+ * then makes the calls asked for at its end. */
 void hsm_http_local_cb(evutil_socket_t fd, short what, void *arg);
 
 #endif

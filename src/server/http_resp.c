@@ -301,6 +301,26 @@ static void send_list(hsm_http_worker *w, hsm_http_req *fifo, bool send)
 	}
 }
 
+void hsm_http_at_pass_end(void (*fn)(void *), void *arg)
+{
+	hsm_http_worker *w = current_worker;
+	HSM_ASSERT(fn != NULL);
+	if (w != NULL) {
+		for (size_t i = 0; i < w->n_pass_end; i++)
+			if (w->pass_end[i].fn == fn && w->pass_end[i].arg == arg)
+				return;
+	}
+	if (w == NULL || w->n_pass_end == HSM_HTTP_PASS_END_MAX) {
+		fn(arg);
+		return;
+	}
+	w->pass_end[w->n_pass_end].fn = fn;
+	w->pass_end[w->n_pass_end].arg = arg;
+	w->n_pass_end++;
+	/* Active events run in order: this one after every socket made ready with it. */
+	event_active(w->local_ev, EV_TIMEOUT, 0);
+}
+
 void hsm_http_local_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd, (void)what;
@@ -308,6 +328,10 @@ void hsm_http_local_cb(evutil_socket_t fd, short what, void *arg)
 	hsm_http_req *list = w->local_head;
 	w->local_head = w->local_tail = NULL;
 	send_list(w, list, true);
+	size_t n = w->n_pass_end;
+	w->n_pass_end = 0;
+	for (size_t i = 0; i < n; i++)
+		w->pass_end[i].fn(w->pass_end[i].arg);
 }
 
 void hsm_http_worker_drain(hsm_http_worker *w, bool send)

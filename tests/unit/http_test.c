@@ -25,7 +25,7 @@
 
 #define MAX_HELD 1100
 
-enum { ECHO, HOLD };
+enum { ECHO, HOLD, PASS_END };
 
 /* What the handler saw and holds; shared with the test thread. */
 typedef struct th {
@@ -40,6 +40,16 @@ typedef struct th {
 } th;
 
 static th T = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+/* hsm_http_at_pass_end calls, and requests answered before each call. */
+static atomic_int pass_end_calls, answered, answered_unseen;
+
+static void on_pass_end(void *arg)
+{
+	(void)arg;
+	atomic_fetch_add(&pass_end_calls, 1);
+	atomic_store(&answered_unseen, 0);
+}
 
 static void echo(hsm_http_req *req)
 {
@@ -79,6 +89,11 @@ static void handler(hsm_http_req *req, void *arg)
 		return;
 	}
 	pthread_mutex_unlock(&T.mu);
+	if (T.mode == PASS_END) {
+		hsm_http_at_pass_end(on_pass_end, NULL);
+		atomic_fetch_add(&answered, 1);
+		atomic_fetch_add(&answered_unseen, 1);
+	}
 	echo(req);
 }
 
@@ -323,6 +338,51 @@ static void test_client_gone_before_completion(void **state)
 	tc_resp r;
 	assert_true(tc_simple(port, "GET /after HTTP/1.1\r\nHost: t\r\n\r\n", 200, &r));
 	tc_resp_clear(&r);
+	hsm_http_server_free(srv);
+}
+
+/*
+ * hsm_http_at_pass_end: once per loop pass however many requests the pass
+ * handled, after all of them; at once on a thread that is not a worker.
+ */
+static void test_at_pass_end(void **state)
+{
+	(void)state;
+	enum { CONNS = 8, EACH = 50 };
+	hsm_http_server *srv = start_default(PASS_END);
+	uint16_t port = hsm_http_server_port(srv);
+	tc_conn *c[CONNS];
+	for (int i = 0; i < CONNS; i++) {
+		c[i] = tc_connect(port, false, 5000);
+		assert_non_null(c[i]);
+	}
+	char *burst = malloc(EACH * 64);
+	assert_non_null(burst);
+	for (int round = 0; round < 3; round++) {
+		for (int i = 0; i < CONNS; i++) { /* every connection pipelines a burst */
+			size_t len = 0;
+			for (int k = 0; k < EACH; k++)
+				len += (size_t)snprintf(burst + len, 64, "GET /e%d HTTP/1.1\r\nHost: t\r\n\r\n", k);
+			assert_true(tc_send(c[i], burst, len));
+		}
+		for (int i = 0; i < CONNS; i++)
+			for (int k = 0; k < EACH; k++) {
+				tc_resp r;
+				assert_true(tc_read(c[i], &r, false));
+				assert_int_equal(r.status, 200);
+				tc_resp_clear(&r);
+			}
+	}
+	free(burst);
+	usleep(50 * 1000);
+	int calls = atomic_load(&pass_end_calls), n = atomic_load(&answered);
+	assert_int_equal(n, 3 * CONNS * EACH);
+	assert_true(calls >= 1 && calls < n);    /* batched per pass */
+	assert_int_equal(atomic_load(&answered_unseen), 0); /* the last pass ended with a call */
+	hsm_http_at_pass_end(on_pass_end, NULL); /* not a worker: runs at once */
+	assert_int_equal(atomic_load(&pass_end_calls), calls + 1);
+	for (int i = 0; i < CONNS; i++)
+		tc_close(c[i]);
 	hsm_http_server_free(srv);
 }
 
@@ -611,6 +671,7 @@ int main(void)
 	    cmocka_unit_test(test_async_batch_out_of_order),
 	    cmocka_unit_test(test_client_gone_before_completion),
 	    cmocka_unit_test(test_early_data_while_answer_pending),
+	    cmocka_unit_test(test_at_pass_end),
 	    cmocka_unit_test(test_graceful_stop),
 	    cmocka_unit_test(test_stop_grace_expires),
 	    cmocka_unit_test(test_new_errors),
