@@ -90,7 +90,18 @@ def find(rs, op, impl, transport, mode):
     return None
 
 
-def targets(rs):
+def audit_ratio(res):
+    """Median over the alternating rounds of audit-on / records-unwritten throughput."""
+    rounds = res.get("audit", {}).get("rounds") or []
+    if not rounds:
+        return None, []
+    ratios = sorted(r["ratio"] for r in rounds)
+    mid = len(ratios) // 2
+    med = ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
+    return med, rounds
+
+
+def targets(res, rs):
     """(target, measured, met) for each goal that this run measures."""
     out = []
 
@@ -108,6 +119,10 @@ def targets(rs):
     if r:
         out.append(("Encrypt 64 B >= 50,000 req/s (keep-alive, audit on)",
                     f"{r['ops_per_s']:,.0f} req/s", r["ops_per_s"] >= 50000))
+    med, rounds = audit_ratio(res)
+    if med is not None:
+        out.append(("Encrypt 64 B with audit on >= 90 % of it with records unwritten "
+                    f"(median of {len(rounds)} alternating rounds)", f"{med:.1%}", med >= 0.90))
     for op in ("encrypt-64", "sign-rsa2048"):
         for transport in ("http", "https"):
             r = find(rs, op, "hsmd", transport, "rate")
@@ -133,6 +148,13 @@ def write_csv(res, rs, path):
     if audit:
         with open(path, "a", newline="") as f:
             for name, x in audit.items():
+                if name == "rounds":  # alternating rounds: closed loop, throughput only
+                    for i, rnd in enumerate(x, 1):
+                        for variant in ("disk", "unwritten"):
+                            f.write(f"encrypt-64,Encrypt 64 B (audit round {i} {variant}),hsmd,"
+                                    f"http,closed,,{rnd[variant]['ops_per_s']:.1f}"
+                                    + "," * 13 + "\n")
+                    continue
                 for mode in ("closed", "rate"):
                     r = x[mode]
                     f.write(f"encrypt-64,Encrypt 64 B (audit {name}),hsmd,http,{mode},"
@@ -232,7 +254,7 @@ def write_md(res, rs, path):
         "## Summary", "", *summary_table(rs), "",
         "## Targets", "", "| Target | Measured | Met |", "|---|---|---|",
     ]
-    for t, v, ok in targets(rs):
+    for t, v, ok in targets(res, rs):
         lines.append(f"| {t} | {v} | {'yes' if ok else '**no**'} |")
     audit = res.get("audit", {})
     if audit and res["hsmd"].get("encrypt-64"):
@@ -255,6 +277,18 @@ def write_md(res, rs, path):
             lat = f"{us(r['p50_us'])} / {us(r['p99_us'])} / {us(r['p999_us'])} at {r['rate']:.0f}/s" if r else "-"
             cpu = us(c["server_cpu_cores"] * 1e6 / c["ops_per_s"])
             lines.append(f"| {label} | {c['ops_per_s']:,.0f} | {cpu} | {lat} |")
+        med, rounds = audit_ratio(res)
+        if rounds:
+            lines += ["", "The cost target is measured in alternating closed-loop rounds on the "
+                      "same store (hsmd, then the unwritten build, then hsmd again, ...), so the "
+                      "machine's drift falls on both alike; the median ratio counts.", "",
+                      "| Round | audit on disk | records unwritten | ratio | hsmd CPU per request "
+                      "(on / unwritten) |", "|---:|---:|---:|---:|---|"]
+            for i, r in enumerate(rounds, 1):
+                lines.append(f"| {i} | {r['disk']['ops_per_s']:,.0f} | "
+                             f"{r['unwritten']['ops_per_s']:,.0f} | {r['ratio']:.1%} | "
+                             f"{us(r['disk']['cpu_us'])} / {us(r['unwritten']['cpu_us'])} |")
+            lines.append(f"| median | | | **{med:.1%}** | |")
     lines += ["", "## All runs", "", *md_table(rs), "",
               "![ops/s per operation](results.png)", ""]
     with open(path, "w") as f:
