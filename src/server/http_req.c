@@ -218,6 +218,14 @@ void hsm_http_request_cb(struct evhttp_request *evreq, void *arg)
 		evhttp_send_error(evreq, HTTP_SERVUNAVAIL, NULL); /* untracked or out of memory */
 		return;
 	}
+	/*
+	 * Replies completed by another thread while this loop pass ran (the audit
+	 * writer) go out now rather than after the pass: a pass of several RSA
+	 * signatures lasts a millisecond.  Safe here: they belong to other
+	 * connections, whose evhttp state this callback does not hold.
+	 */
+	if (atomic_load_explicit(&w->done, memory_order_relaxed) != NULL)
+		hsm_http_worker_drain(w, true);
 	hsm_http_conn_handling(conn);
 	req->conn = conn;
 	evhttp_request_set_on_complete_cb(evreq, hsm_http_conn_sent, conn);
