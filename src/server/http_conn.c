@@ -184,10 +184,11 @@ static void on_hold(evutil_socket_t fd, short what, void *arg)
 {
 	(void)what;
 	hsm_http_conn *conn = arg;
+	if (conn->state != CONN_HANDLING)
+		return;
 	char c;
-	if (conn->state == CONN_HANDLING && recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) != -1)
-		(void)event_del(conn->hold_ev);
-	else if (conn->state == CONN_HANDLING && errno != EAGAIN && errno != EWOULDBLOCK)
+	ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT); /* data (> 0), EOF (0) or error */
+	if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
 		(void)event_del(conn->hold_ev);
 }
 
@@ -200,7 +201,7 @@ void hsm_http_conn_hold(hsm_http_conn *conn)
 /*
  * evhttp writes a reply when epoll next reports the socket writable: one more
  * loop pass and two epoll changes (write on, then off again) per request.
- * A reply queued from the completion drain is written here at once instead;
+ * A reply sent from the completion drain is written here at once instead;
  * when all of it went out, evhttp is told as its write event would have told
  * it, and the changes cancel before they reach epoll.  A short or failed write
  * leaves the rest to evhttp's own write event, as before.  TLS connections

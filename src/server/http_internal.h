@@ -181,7 +181,8 @@ void hsm_http_conn_hold(hsm_http_conn *conn);
 /*
  * Writes the reply evhttp has just queued on conn, now rather than on the next
  * loop pass, and lets evhttp finish the request (which may free conn).  Only
- * where no evhttp call is on the stack: the completion drain.
+ * where no evhttp call for conn is on the stack: the completion drain (run from
+ * the wake event, the local event, or another connection's request callback).
  */
 void hsm_http_conn_write_now(hsm_http_conn *conn);
 void hsm_http_conn_sent(struct evhttp_request *evreq, void *arg);
