@@ -298,6 +298,8 @@ static void format_skew(int64_t skew, char *out, size_t cap)
 static hsm_result check_window(int64_t t, int64_t now, int64_t skew, const char *amz_date)
 {
 	char edge[HSM_SIGV4_AMZ_DATE_LEN + 1], now_s[HSM_SIGV4_AMZ_DATE_LEN + 1], span[32];
+	if (t >= now - skew && t <= now + skew)
+		return HSM_SUCCESS;
 	hsm_sigv4_format_amz_date(now, now_s);
 	format_skew(skew, span, sizeof(span));
 	if (t < now - skew) {
@@ -306,13 +308,10 @@ static hsm_result check_window(int64_t t, int64_t now, int64_t skew, const char 
 		                "Signature expired: %s is now earlier than %s (%s - %s)", amz_date, edge,
 		                now_s, span);
 	}
-	if (t > now + skew) {
-		hsm_sigv4_format_amz_date(now + skew, edge);
-		return HSM_FAIL(HSM_ERR_BAD_SIGNATURE,
-		                "Signature not yet current: %s is still later than %s (%s + %s)",
-		                amz_date, edge, now_s, span);
-	}
-	return HSM_SUCCESS;
+	hsm_sigv4_format_amz_date(now + skew, edge);
+	return HSM_FAIL(HSM_ERR_BAD_SIGNATURE,
+	                "Signature not yet current: %s is still later than %s (%s + %s)", amz_date,
+	                edge, now_s, span);
 }
 
 static hsm_result check_payload(const hsm_sigv4_request *req, scope_info *info)

@@ -9,13 +9,13 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/params.h>
 
 #include "auth/sigv4_internal.h"
+#include "common/util.h"
 
 static pthread_once_t prim_once = PTHREAD_ONCE_INIT;
 static EVP_MD *prim_sha256;
@@ -115,11 +115,16 @@ hsm_result hsm_sigv4_compute(const hsm_buf *canonical, const char *amz_date, con
 	         HSM_SIGV4_HEX_HASH_LEN + 16];
 	size_t out_len = 0;
 	HSM_GUARD(hsm_sigv4_sha256_hex(canonical->data, canonical->len, creq_hex));
-	int n = snprintf(sts, sizeof(sts), "%s\n%s\n%s/%s/%s/%s\n%s", HSM_SIGV4_ALGORITHM, amz_date,
-	                 date, region, service, HSM_SIGV4_TERMINATOR, creq_hex);
-	HSM_ENSURE(n > 0 && (size_t)n < sizeof(sts), HSM_ERR_INTERNAL, "string to sign too long");
+	hsm_sb b;
+	hsm_sb_init(&b, sts, sizeof(sts));
+	const char *parts[] = {HSM_SIGV4_ALGORITHM, "\n", amz_date, "\n", date, "/", region, "/",
+	                       service, "/", HSM_SIGV4_TERMINATOR, "\n", creq_hex};
+	for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
+		hsm_sb_add(&b, parts[i]);
+	HSM_ENSURE(!b.cut, HSM_ERR_INTERNAL, "string to sign too long");
+	size_t n = b.len;
 	/* A NULL key restarts the MAC with the key the context already holds. */
-	HSM_ENSURE(EVP_MAC_init(mac, NULL, 0, NULL) == 1 && EVP_MAC_update(mac, (const uint8_t *)sts, (size_t)n) == 1 &&
+	HSM_ENSURE(EVP_MAC_init(mac, NULL, 0, NULL) == 1 && EVP_MAC_update(mac, (const uint8_t *)sts, n) == 1 &&
 	               EVP_MAC_final(mac, out, &out_len, HSM_SIGV4_SIG_LEN) == 1 &&
 	               out_len == HSM_SIGV4_SIG_LEN,
 	           HSM_ERR_CRYPTO, "HMAC-SHA256 failed");
@@ -141,23 +146,27 @@ static bool digits(const char *s, size_t n, int *out)
 }
 
 /* Converts broken-down UTC time to epoch seconds; false unless it is a real instant. */
+/* Days from 1970-01-01 to y-m-d (proleptic Gregorian, y >= 0). */
+static int64_t days_from_civil(int y, unsigned m, unsigned d)
+{
+	y -= m <= 2U;
+	int64_t era = y / 400;
+	unsigned yoe = (unsigned)(y - era * 400);
+	unsigned doy = (153U * (m > 2U ? m - 3U : m + 9U) + 2U) / 5U + d - 1U;
+	unsigned doe = yoe * 365U + yoe / 4U - yoe / 100U + doy;
+	return era * 146097 + (int64_t)doe - 719468;
+}
+
 static bool tm_to_epoch(int year, int mon, int day, int hh, int mm, int ss, int64_t *t)
 {
-	if (year < 1970 || year > 9999 || mon < 1 || mon > 12 || day < 1 || day > 31 || hh > 23 ||
-	    mm > 59 || ss > 59)
+	static const unsigned char mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+	if (year < 1970 || year > 9999 || mon < 1 || mon > 12 || day < 1 ||
+	    day > mdays[mon - 1] || hh > 23 || mm > 59 || ss > 59)
 		return false;
-	struct tm tm = {0};
-	tm.tm_year = year - 1900;
-	tm.tm_mon = mon - 1;
-	tm.tm_mday = day;
-	tm.tm_hour = hh;
-	tm.tm_min = mm;
-	tm.tm_sec = ss;
-	time_t v = timegm(&tm);
-	/* timegm normalizes February 30 into March: refuse dates that moved. */
-	if (v == (time_t)-1 || tm.tm_mday != day || tm.tm_mon != mon - 1 || tm.tm_sec != ss)
+	bool leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+	if (mon == 2 && day == 29 && !leap)
 		return false;
-	*t = (int64_t)v;
+	*t = days_from_civil(year, (unsigned)mon, (unsigned)day) * 86400 + hh * 3600 + mm * 60 + ss;
 	return true;
 }
 
@@ -172,12 +181,43 @@ bool hsm_sigv4_parse_amz_date(const char *s, int64_t *t)
 	return tm_to_epoch(y, mo, d, h, mi, se, t);
 }
 
+static void put_digits(char *out, unsigned v, size_t n)
+{
+	while (n-- > 0) {
+		out[n] = (char)('0' + v % 10U);
+		v /= 10U;
+	}
+}
+
+/* Every request formats a time or two; gmtime_r and strftime cost about a
+ * microsecond, days-to-civil arithmetic (proleptic Gregorian) a few
+ * nanoseconds.  Only four-digit years fit the format: times outside
+ * 0000..9999 (which neither a parsed date nor the clock gives) are clamped. */
 void hsm_sigv4_format_amz_date(int64_t t, char out[HSM_SIGV4_AMZ_DATE_LEN + 1])
 {
-	time_t tt = (time_t)t;
-	struct tm tm;
-	gmtime_r(&tt, &tm);
-	strftime(out, HSM_SIGV4_AMZ_DATE_LEN + 1, "%Y%m%dT%H%M%SZ", &tm);
+	static const int64_t first = -62167219200LL, last = 253402300799LL; /* 0000-01-01, 9999-12-31 */
+	t = t < first ? first : t > last ? last : t;
+	int64_t days = t >= 0 ? t / 86400 : (t - 86399) / 86400;
+	unsigned secs = (unsigned)(t - days * 86400);
+	/* Shift to eras of 400 years starting 0000-03-01 (day 0 = -719468). */
+	int64_t z = days + 719468;
+	int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+	unsigned doe = (unsigned)(z - era * 146097);
+	unsigned yoe = (doe - doe / 1460U + doe / 36524U - doe / 146096U) / 365U;
+	unsigned doy = doe - (365U * yoe + yoe / 4U - yoe / 100U);
+	unsigned mp = (5U * doy + 2U) / 153U;
+	unsigned day = doy - (153U * mp + 2U) / 5U + 1U;
+	unsigned mon = mp < 10U ? mp + 3U : mp - 9U;
+	int64_t year = (int64_t)yoe + era * 400 + (mon <= 2U);
+	put_digits(out, (unsigned)year, 4);
+	put_digits(out + 4, mon, 2);
+	put_digits(out + 6, day, 2);
+	out[8] = 'T';
+	put_digits(out + 9, secs / 3600U, 2);
+	put_digits(out + 11, secs / 60U % 60U, 2);
+	put_digits(out + 13, secs % 60U, 2);
+	out[15] = 'Z';
+	out[16] = '\0';
 }
 
 bool hsm_sigv4_parse_http_date(const char *s, int64_t *t)

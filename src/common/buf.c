@@ -79,6 +79,12 @@ hsm_result hsm_buf_put(hsm_buf *b, const void *p, size_t n)
 {
 	if (n == 0)
 		return HSM_SUCCESS;
+	/* Room for n bytes and the terminator already: the common case, no checks beyond. */
+	if (n < b->cap - b->len && b->len + n <= HSM_BUF_MAX) {
+		memcpy(b->data + b->len, p, n);
+		b->len += n;
+		return HSM_SUCCESS;
+	}
 	uint8_t *dst;
 	HSM_GUARD(hsm_buf_append_space(b, n, &dst));
 	memcpy(dst, p, n);

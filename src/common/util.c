@@ -51,6 +51,49 @@ void hsm_format_time_ms(int64_t t_ms, char out[25])
 	snprintf(out, 25, "%.19s.%03uZ", base, ms);
 }
 
+void hsm_sb_init(hsm_sb *b, char *buf, size_t cap)
+{
+	HSM_ASSERT(buf != NULL && cap > 0);
+	b->p = buf;
+	b->cap = cap;
+	b->len = 0;
+	b->cut = false;
+	buf[0] = '\0';
+}
+
+static void sb_put(hsm_sb *b, const char *s, size_t n)
+{
+	size_t room = b->cap - 1 - b->len;
+	if (n > room) {
+		n = room;
+		b->cut = true;
+	}
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+	b->p[b->len] = '\0';
+}
+
+void hsm_sb_add(hsm_sb *b, const char *s)
+{
+	sb_put(b, s, strlen(s));
+}
+
+void hsm_sb_addn(hsm_sb *b, const char *s, size_t max)
+{
+	sb_put(b, s, strnlen(s, max));
+}
+
+void hsm_sb_u64(hsm_sb *b, uint64_t v)
+{
+	char d[20];
+	size_t i = sizeof(d);
+	do {
+		d[--i] = (char)('0' + v % 10U);
+		v /= 10U;
+	} while (v != 0);
+	sb_put(b, d + i, sizeof(d) - i);
+}
+
 hsm_result hsm_uuid_new(char out[HSM_UUID_STRLEN + 1])
 {
 	uint8_t u[16];

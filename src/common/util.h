@@ -28,6 +28,24 @@ void hsm_format_time_ms(int64_t t_ms, char out[25]);
 hsm_result hsm_uuid_new(char out[HSM_UUID_STRLEN + 1]) HSM_MUST_CHECK;
 bool hsm_is_uuid(const char *s);
 
+/*
+ * A string assembled in a fixed buffer, for the short strings built on every
+ * request, where snprintf's format parsing costs more than the copying.
+ * Always NUL-terminated; what does not fit is cut, as snprintf would, and
+ * cut says so.  cap must be at least 1.
+ */
+typedef struct hsm_sb {
+	char *p;
+	size_t cap;
+	size_t len;
+	bool cut;
+} hsm_sb;
+void hsm_sb_init(hsm_sb *b, char *buf, size_t cap);
+void hsm_sb_add(hsm_sb *b, const char *s);
+/* At most max bytes of s (snprintf's "%.*s"). */
+void hsm_sb_addn(hsm_sb *b, const char *s, size_t max);
+void hsm_sb_u64(hsm_sb *b, uint64_t v);
+
 /* Copies src into dst (capacity cap), failing rather than truncating. */
 hsm_result hsm_strcpy(char *dst, size_t cap, const char *src) HSM_MUST_CHECK;
 bool hsm_str_has_prefix(const char *s, const char *prefix);

@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/encoding.h"
 #include "common/log.h"
+#include "common/util.h"
 #include "keystore/keystore_internal.h"
 
 #define DEFAULT_CACHE_CAPACITY 100000
@@ -170,8 +170,15 @@ static hsm_result material_get(hsm_keystore *ks, const hsm_ks_keyref *ref, hsm_m
 	HSM_GUARD(ks_require_unsealed(ks));
 	/* Spec and usage are part of the cache key: metadata that changed misses and is re-unwrapped,
 	 * which fails if the change was not genuine (the AAD binds both). */
-	snprintf(key, sizeof(key), "%.36s/%u/%d/%d", ref->key_id, ref->version, (int)ref->spec,
-	         (int)ref->usage);
+	hsm_sb b;
+	hsm_sb_init(&b, key, sizeof(key));
+	hsm_sb_addn(&b, ref->key_id, 36);
+	hsm_sb_add(&b, "/");
+	hsm_sb_u64(&b, ref->version);
+	hsm_sb_add(&b, "/");
+	hsm_sb_u64(&b, (uint64_t)ref->spec);
+	hsm_sb_add(&b, "/");
+	hsm_sb_u64(&b, (uint64_t)ref->usage);
 	if (hsm_shmap_get(ks->cache, key, &hit)) {
 		*out = hit;
 		return HSM_SUCCESS;
@@ -461,12 +468,13 @@ hsm_result hsm_ks_audit_hash(hsm_keystore *ks, const uint8_t *value, size_t len,
 	                                     hsm_secret_len(ks->keys.audit_hash), value, len, mac);
 	pthread_rwlock_unlock(&ks->keys_lock);
 	HSM_GUARD(r);
-	hsm_buf hex = {0};
-	r = hsm_hex_encode(&hex, mac, sizeof(mac));
-	if (hsm_ok(r))
-		snprintf(out, 2 * HSM_SHA256_LEN + 1, "%.*s", (int)hex.len, (const char *)hex.data);
-	hsm_buf_free(&hex);
-	return r;
+	static const char digits[] = "0123456789abcdef";
+	for (size_t i = 0; i < sizeof(mac); i++) {
+		out[2 * i] = digits[mac[i] >> 4];
+		out[2 * i + 1] = digits[mac[i] & 15U];
+	}
+	out[2 * sizeof(mac)] = '\0';
+	return HSM_SUCCESS;
 }
 
 hsm_result hsm_ks_audit_public_pem(hsm_keystore *ks, hsm_buf *out)

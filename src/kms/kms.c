@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "common/util.h"
 #include "kms/kms_internal.h"
 
 /* ---- Operation table -------------------------------------------------------- */
@@ -190,18 +191,29 @@ hsm_result hsm_kms_key_arn(hsm_kms *kms, const char *key_id, hsm_buf *out)
 void hsm_kms_caller_arn(hsm_kms *kms, const hsm_caller *caller, char out[HSM_PRINCIPAL_ARN_MAX])
 {
 	/* Account ids are 12 digits and user names at most 64 characters: it always fits. */
-	if (caller->local)
-		snprintf(out, HSM_PRINCIPAL_ARN_MAX, "arn:aws:iam::%s:root", kms->account);
-	else
-		snprintf(out, HSM_PRINCIPAL_ARN_MAX, "arn:aws:iam::%s:user/%.64s", kms->account,
-		         caller->user);
+	hsm_sb b;
+	hsm_sb_init(&b, out, HSM_PRINCIPAL_ARN_MAX);
+	hsm_sb_add(&b, "arn:aws:iam::");
+	hsm_sb_add(&b, kms->account);
+	if (caller->local) {
+		hsm_sb_add(&b, ":root");
+	} else {
+		hsm_sb_add(&b, ":user/");
+		hsm_sb_addn(&b, caller->user, 64);
+	}
 }
 
 /* Strips "arn:aws:kms:<region>:<account>:" when it names this region and account. */
 static hsm_result strip_arn(hsm_kms *kms, const char *ref, const char **rest)
 {
 	char prefix[128];
-	snprintf(prefix, sizeof(prefix), "arn:aws:kms:%s:%s:", kms->region, kms->account);
+	hsm_sb b;
+	hsm_sb_init(&b, prefix, sizeof(prefix));
+	hsm_sb_add(&b, "arn:aws:kms:");
+	hsm_sb_add(&b, kms->region);
+	hsm_sb_add(&b, ":");
+	hsm_sb_add(&b, kms->account);
+	hsm_sb_add(&b, ":");
 	if (hsm_str_has_prefix(ref, prefix)) {
 		*rest = ref + strlen(prefix);
 		return HSM_SUCCESS;

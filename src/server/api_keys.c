@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/util.h"
 #include "server/api.h"
 
 #define POLICY_MAX 32768
@@ -53,10 +54,16 @@ void hsm_api_write_key_arn(hsm_api_ctx *c, const char *member, const char *key_i
 	/* On every response: built on the stack, no allocation. */
 	const hsm_kms_config *cfg = hsm_kms_config_get(c->kms);
 	char arn[160];
-	int n = snprintf(arn, sizeof(arn), "arn:aws:kms:%s:%s:key/%.36s", cfg->region,
-	                 cfg->account_id, key_id);
-	if (n > 0 && (size_t)n < sizeof(arn))
-		hsm_jw_str_n(c->w, member, arn, (size_t)n);
+	hsm_sb b;
+	hsm_sb_init(&b, arn, sizeof(arn));
+	hsm_sb_add(&b, "arn:aws:kms:");
+	hsm_sb_add(&b, cfg->region);
+	hsm_sb_add(&b, ":");
+	hsm_sb_add(&b, cfg->account_id);
+	hsm_sb_add(&b, ":key/");
+	hsm_sb_addn(&b, key_id, 36);
+	if (!b.cut)
+		hsm_jw_str_n(c->w, member, arn, b.len);
 	else
 		c->w->err = HSM_FAIL(HSM_ERR_INTERNAL, "key ARN does not fit");
 }

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "common/util.h"
 #include "server/server.h"
 
 #define CRED_TTL_MS 2000
@@ -120,7 +121,11 @@ static hsm_result find_cred(hsm_server *s, const hsm_sigv4_auth *a, cred **out)
 {
 	char key[HSM_SHMAP_KEY_MAX + 1];
 	void *hit = NULL;
-	snprintf(key, sizeof(key), "%.80s/%s", a->access_key_id, a->date);
+	hsm_sb b;
+	hsm_sb_init(&b, key, sizeof(key));
+	hsm_sb_addn(&b, a->access_key_id, 80);
+	hsm_sb_add(&b, "/");
+	hsm_sb_add(&b, a->date);
 	if (hsm_shmap_get(s->creds, key, &hit)) {
 		cred *c = hit;
 		if (hsm_now_ms() - c->loaded_ms < CRED_TTL_MS) {
@@ -146,12 +151,14 @@ hsm_result hsm_server_authenticate(hsm_server *s, hsm_http_req *req, hsm_auth_re
 	hsm_result res = HSM_SUCCESS;
 	sig_view v;
 	hsm_sigv4_auth a;
+	hsm_sb b;
 	cred *c = NULL;
 	int64_t now = hsm_now();
 	memset(out, 0, sizeof(*out));
 	HSM_TRY(view_of(req, &v));
 	HSM_TRY(hsm_sigv4_parse(&v.r, &a));
-	snprintf(out->akid, sizeof(out->akid), "%s", a.access_key_id);
+	hsm_sb_init(&b, out->akid, sizeof(out->akid));
+	hsm_sb_add(&b, a.access_key_id);
 	HSM_TRY(hsm_sigv4_check_scope(&s->sigv4, &v.r, &a, now));
 	HSM_TRY(find_cred(s, &a, &c));
 	res = hsm_sigv4_verify(&s->sigv4, &v.r, &a, c->signing_key, now);
@@ -166,7 +173,8 @@ hsm_result hsm_server_authenticate(hsm_server *s, hsm_http_req *req, hsm_auth_re
 		HSM_TRY(hsm_kms_auth_outcome(s->kms, c->user.name, true, s->opt.lockout_threshold));
 		hsm_server_auth_flush(s);
 	}
-	snprintf(out->user, sizeof(out->user), "%s", c->user.name);
+	hsm_sb_init(&b, out->user, sizeof(out->user));
+	hsm_sb_add(&b, c->user.name);
 	out->caller.user = out->user;
 	out->caller.access_key_id = out->akid;
 	out->caller.roles = c->user.roles;

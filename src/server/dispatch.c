@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "common/util.h"
 #include "server/api.h"
 #include "server/server.h"
 
@@ -100,17 +101,18 @@ static hsm_audit_outcome audit_outcome_of(hsm_err err)
 /* "k1=<hash>,k2=<hash>" with 128-bit keyed-hash prefixes of the values. */
 static void context_field(hsm_server *s, const hsm_api_audit *a, char *out, size_t cap)
 {
-	size_t used = 0;
-	out[0] = '\0';
-	for (size_t i = 0; i < a->n_ctx && used + 1 < cap; i++) {
+	hsm_sb b;
+	hsm_sb_init(&b, out, cap);
+	for (size_t i = 0; i < a->n_ctx && !b.cut; i++) {
 		char h[2 * HSM_SHA256_LEN + 1];
 		if (hsm_failed(hsm_ks_audit_hash(s->ks, (const uint8_t *)a->ctx[i].value,
 		                                 strlen(a->ctx[i].value), h)))
-			snprintf(h, sizeof(h), "unavailable");
-		int n = snprintf(out + used, cap - used, "%s%s=%.32s", i ? "," : "", a->ctx[i].key, h);
-		if (n < 0)
-			break;
-		used += (size_t)n;
+			memcpy(h, "unavailable", sizeof("unavailable"));
+		if (i > 0)
+			hsm_sb_add(&b, ",");
+		hsm_sb_add(&b, a->ctx[i].key);
+		hsm_sb_add(&b, "=");
+		hsm_sb_addn(&b, h, 32);
 	}
 }
 
@@ -126,11 +128,18 @@ static void submit_audit(pending *p, const outcome *o)
 	size_t n_extra = 0;
 	char ctx[HSM_AUDIT_VALUE_MAX], principal[160] = "";
 	char source[HSM_HTTP_ADDR_MAX + 8];
-	snprintf(source, sizeof(source), "%s:%u", hsm_http_req_remote_addr(p->req),
-	         hsm_http_req_remote_port(p->req));
-	if (o->auth != NULL && o->auth->user[0] != '\0')
-		snprintf(principal, sizeof(principal), "arn:aws:iam::%s:user/%s", s->account,
-		         o->auth->user);
+	hsm_sb b;
+	hsm_sb_init(&b, source, sizeof(source));
+	hsm_sb_add(&b, hsm_http_req_remote_addr(p->req));
+	hsm_sb_add(&b, ":");
+	hsm_sb_u64(&b, hsm_http_req_remote_port(p->req));
+	if (o->auth != NULL && o->auth->user[0] != '\0') {
+		hsm_sb_init(&b, principal, sizeof(principal));
+		hsm_sb_add(&b, "arn:aws:iam::");
+		hsm_sb_add(&b, s->account);
+		hsm_sb_add(&b, ":user/");
+		hsm_sb_add(&b, o->auth->user);
+	}
 	if (o->api != NULL && o->api->algorithm != NULL)
 		extra[n_extra++] = (hsm_audit_field){"algorithm", o->api->algorithm};
 	if (o->api != NULL && o->api->message_type != NULL)

@@ -23,6 +23,7 @@
 #include <event2/http.h>
 
 #include "common/log.h"
+#include "common/util.h"
 #include "server/http_internal.h"
 
 #define DEFAULT_CONTENT_TYPE "application/octet-stream"
@@ -239,7 +240,9 @@ static bool build(hsm_http_req *req, struct evhttp_request *evreq, int status)
 	add_header(h, "x-amzn-RequestId", req->id);
 	add_header(h, "Date", hsm_http_worker_date(req->w));
 	if (status != 204 && status != 304) {
-		snprintf(clen, sizeof(clen), "%zu", len);
+		hsm_sb b;
+		hsm_sb_init(&b, clen, sizeof(clen));
+		hsm_sb_u64(&b, len);
 		add_header(h, "Content-Length", clen);
 	}
 	if (req->close || req->w->stopping)

@@ -8,6 +8,7 @@
 #include <cmocka.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "auth/sigv4.h"
 #include "auth/sigv4_internal.h"
@@ -556,6 +557,68 @@ static void test_date_formats(void **state)
 	assert_string_equal(s, "20150830T123600Z");
 }
 
+/* The arithmetic formatter agrees with gmtime_r everywhere (four-digit years). */
+static void expect_like_gmtime(int64_t t)
+{
+	char got[17], want[32];
+	time_t tt = (time_t)t;
+	struct tm tm;
+	assert_non_null(gmtime_r(&tt, &tm));
+	snprintf(want, sizeof(want), "%04d%02d%02dT%02d%02d%02dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+	         tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+	hsm_sigv4_format_amz_date(t, got);
+	if (strcmp(got, want) != 0)
+		fail_msg("t=%lld: got %s, want %s", (long long)t, got, want);
+	int64_t back = 0;
+	if (t >= 0 && strlen(want) == 16) { /* what the parser accepts: 1970..9999 */
+		assert_true(hsm_sigv4_parse_amz_date(got, &back));
+		assert_int_equal(back, t);
+	}
+}
+
+static void test_amz_date_arithmetic(void **state)
+{
+	(void)state;
+	static const int64_t fixed[] = {
+	    0,           -1,           86399,        86400,          951782400 /* 2000-02-29 */,
+	    951868800,   4107542400LL /* 2100-03-01 */, 4107456000LL, 253402300799LL,
+	    -62167219200LL /* 0000-01-01 */, -62135596800LL /* 0001-01-01 */,
+	    -2208988800LL /* 1900-01-01 */, 2147483647LL, 2147483648LL};
+	for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
+		for (int64_t d = -2; d <= 2; d++)
+			if (fixed[i] + d >= -62167219200LL && fixed[i] + d <= 253402300799LL)
+				expect_like_gmtime(fixed[i] + d);
+	/* Every day's first and last second over 1600..2400, and a stride through 0000..9999. */
+	for (int64_t t = -11676096000LL; t < 13569465600LL; t += 86400) {
+		expect_like_gmtime(t);
+		expect_like_gmtime(t + 86399);
+	}
+	for (int64_t t = -62167219200LL; t <= 253402300799LL; t += 9999991)
+		expect_like_gmtime(t);
+	/* The parser takes exactly the calendar's days, as timegm would. */
+	static const int years[] = {1970, 1999, 2000, 2023, 2024, 2100, 2400, 9999};
+	for (size_t i = 0; i < sizeof(years) / sizeof(years[0]); i++)
+		for (int mo = 0; mo <= 13; mo++)
+			for (int d = 0; d <= 32; d++) {
+				char in[32];
+				snprintf(in, sizeof(in), "%04d%02d%02dT235958Z", years[i], mo, d);
+				struct tm tm = {.tm_year = years[i] - 1900, .tm_mon = mo - 1,
+				                .tm_mday = d, .tm_hour = 23, .tm_min = 59, .tm_sec = 58};
+				time_t want = timegm(&tm);
+				bool valid = mo >= 1 && mo <= 12 && tm.tm_mday == d && tm.tm_mon == mo - 1;
+				int64_t got = 0;
+				assert_int_equal(hsm_sigv4_parse_amz_date(in, &got), valid);
+				if (valid)
+					assert_int_equal(got, (int64_t)want);
+			}
+	/* Outside four-digit years the nearest one that fits. */
+	char out[17];
+	hsm_sigv4_format_amz_date(253402300800LL, out);
+	assert_string_equal(out, "99991231T235959Z");
+	hsm_sigv4_format_amz_date(INT64_MIN, out);
+	assert_string_equal(out, "00000101T000000Z");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -575,6 +638,7 @@ int main(void)
 	    cmocka_unit_test(test_signer_day_rollover),
 	    cmocka_unit_test(test_signer_rejects_bad_input),
 	    cmocka_unit_test(test_date_formats),
+	    cmocka_unit_test(test_amz_date_arithmetic),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
