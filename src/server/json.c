@@ -41,16 +41,15 @@ static hsm_result bad_length(const char *name, size_t min, size_t max)
 
 hsm_result hsm_json_parse(const uint8_t *body, size_t n, json_t **out)
 {
-	json_error_t err;
 	if (n == 0) {
 		*out = json_object();
 		HSM_ENSURE(*out != NULL, HSM_ERR_NOMEM, "out of memory");
 		return HSM_SUCCESS;
 	}
-	json_t *root = json_loadb((const char *)body, n, JSON_REJECT_DUPLICATES, &err);
-	/* Position only: jansson's text quotes the input, which may be a plaintext. */
-	HSM_ENSURE(root != NULL, HSM_ERR_SERIALIZATION,
-	           "The request body is not valid JSON (line %d, column %d)", err.line, err.column);
+	json_t *root;
+	unsigned line, col;
+	/* The message gives the position only, never the input (it may be a plaintext). */
+	HSM_GUARD(hsm_json_read(body, n, &root, &line, &col));
 	if (!json_is_object(root)) {
 		json_decref(root);
 		return HSM_FAIL(HSM_ERR_SERIALIZATION, "The request body must be a JSON object");

@@ -24,6 +24,15 @@
 #include "crypto/blob.h"
 #include "store/store.h"
 
+/*
+ * Reads a JSON document (object or array at the top) into jansson values,
+ * as json_loadb(JSON_REJECT_DUPLICATES) would, nesting at most 64 deep (see
+ * json_read.c).  On a malformed document: HSM_ERR_SERIALIZATION, with the
+ * line and column (characters, from 1) where reading stopped.
+ */
+hsm_result hsm_json_read(const uint8_t *body, size_t n, json_t **out, unsigned *line,
+                         unsigned *col) HSM_MUST_CHECK;
+
 /* Parses a request body; it must be a JSON object (an empty body counts as {}). */
 hsm_result hsm_json_parse(const uint8_t *body, size_t n, json_t **out) HSM_MUST_CHECK;
 
