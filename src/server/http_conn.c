@@ -30,6 +30,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
+#include <event2/bufferevent_struct.h>
 #include <event2/event.h>
 #include <event2/http.h>
 
@@ -186,6 +187,13 @@ static void on_hold(evutil_socket_t fd, short what, void *arg)
 	hsm_http_conn *conn = arg;
 	if (conn->state != CONN_HANDLING)
 		return;
+	if (conn->hold_skip) {
+		/* Most often the bytes of the request itself, read by evhttp in this
+		 * same pass: nothing to look at.  Were they new bytes, the event stays
+		 * ready and comes back next pass. */
+		conn->hold_skip = false;
+		return;
+	}
 	char c;
 	ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT); /* data (> 0), EOF (0) or error */
 	if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
@@ -204,16 +212,22 @@ void hsm_http_conn_hold(hsm_http_conn *conn)
  * A reply sent from the completion drain is written here at once instead;
  * when all of it went out, evhttp is told as its write event would have told
  * it, and the changes cancel before they reach epoll.  A short or failed write
- * leaves the rest to evhttp's own write event, as before.  TLS connections
- * are left to the TLS bufferevent.
+ * leaves the rest to evhttp's own write event, as before.  A TLS connection's
+ * bufferevent only writes from its write event, so that event is made active
+ * instead: it runs later in this same pass, with the same effect on epoll
+ * (struct bufferevent's ev_write, libevent 2.1's bufferevent_struct.h).
  */
 void hsm_http_conn_write_now(hsm_http_conn *conn)
 {
-	if (conn->tls || conn->fd < 0)
+	if (conn->fd < 0)
 		return;
 	struct evbuffer *out = bufferevent_get_output(conn->bev);
 	if (evbuffer_get_length(out) == 0)
 		return;
+	if (conn->tls) {
+		event_active(&conn->bev->ev_write, EV_WRITE, 1);
+		return;
+	}
 	if (evbuffer_write(out, conn->fd) > 0 && evbuffer_get_length(out) == 0)
 		bufferevent_trigger(conn->bev, EV_WRITE, 0); /* evhttp's write callback: may free conn */
 }
@@ -288,6 +302,7 @@ hsm_http_conn *hsm_http_conn_of(hsm_http_worker *w, struct evhttp_request *evreq
 void hsm_http_conn_handling(hsm_http_conn *conn)
 {
 	conn->state = CONN_HANDLING;
+	conn->hold_skip = true;
 	if (conn->tls && !conn->subject_done) {
 		conn->subject_done = true;
 		conn->client_subject = hsm_http_tls_client_subject(bufferevent_openssl_get_ssl(conn->bev));

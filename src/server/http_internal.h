@@ -59,6 +59,7 @@ struct hsm_http_conn {
 	char *client_subject; /* owned; NULL without a verified client certificate */
 	/* Keeps the socket in epoll while a response is pending (http_conn.c). */
 	struct event *hold_ev;
+	bool hold_skip; /* the hold event's next run is the request's own bytes */
 	hsm_http_conn *prev, *next; /* the worker's list of connections */
 	hsm_http_conn *next_new;    /* the worker's list awaiting adoption */
 };
