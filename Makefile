@@ -10,7 +10,7 @@ JOBS       ?= $(shell nproc)
 CMAKE_ARGS ?=
 
 .PHONY: all deps build run test test-unit test-integration test-asan lint bench bench-build \
-	bench-scale bench-profile fuzz clean
+	bench-scale bench-profile bench-instructions fuzz clean
 
 all: build
 
@@ -77,6 +77,10 @@ bench-scale: bench-build
 bench-profile: bench-build
 	@command -v perf >/dev/null || { echo "bench-profile needs perf (apt-get install linux-perf)"; exit 1; }
 	/usr/bin/python3 bench/profile.py --build $(BENCH_BUILD) $(BENCH_ARGS)
+
+# Instructions per request under callgrind (deterministic, unlike throughput): about 3 minutes.
+bench-instructions: bench-build
+	/usr/bin/python3 bench/instructions.py --build $(BENCH_BUILD) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) $(BENCH_BUILD)
