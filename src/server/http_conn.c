@@ -225,6 +225,14 @@ void hsm_http_conn_write_now(hsm_http_conn *conn)
 	if (evbuffer_get_length(out) == 0)
 		return;
 	if (conn->tls) {
+		/* OpenSSL writes the header and the body as two records, two write(2)
+		 * calls: corked, they leave as one TCP segment, and the loopback or
+		 * network path runs once.  Uncorked once all of it is written
+		 * (hsm_http_conn_sent); closing the socket flushes it too. */
+		int one = 1;
+		if (!conn->corked &&
+		    setsockopt(conn->fd, IPPROTO_TCP, TCP_CORK, &one, sizeof(one)) == 0)
+			conn->corked = true;
 		event_active(&conn->bev->ev_write, EV_WRITE, 1);
 		return;
 	}
@@ -314,6 +322,11 @@ void hsm_http_conn_sent(struct evhttp_request *evreq, void *arg)
 {
 	(void)evreq;
 	hsm_http_conn *conn = arg;
+	if (conn->corked) {
+		int zero = 0;
+		(void)setsockopt(conn->fd, IPPROTO_TCP, TCP_CORK, &zero, sizeof(zero));
+		conn->corked = false;
+	}
 	struct evbuffer *in = bufferevent_get_input(conn->bev);
 	if (evbuffer_get_length(in) > 0) {
 		set_deadline(conn); /* a pipelined request has begun */

@@ -60,6 +60,7 @@ struct hsm_http_conn {
 	/* Keeps the socket in epoll while a response is pending (http_conn.c). */
 	struct event *hold_ev;
 	bool hold_skip; /* the hold event's next run is the request's own bytes */
+	bool corked;    /* TCP_CORK set until the reply is written (TLS) */
 	hsm_http_conn *prev, *next; /* the worker's list of connections */
 	hsm_http_conn *next_new;    /* the worker's list awaiting adoption */
 };
