@@ -203,17 +203,22 @@ void hsm_kms_caller_arn(hsm_kms *kms, const hsm_caller *caller, char out[HSM_PRI
 	}
 }
 
+void hsm_kms_arn_prefix(hsm_kms *kms, hsm_sb *b)
+{
+	hsm_sb_add(b, "arn:aws:kms:");
+	hsm_sb_add(b, kms->region);
+	hsm_sb_add(b, ":");
+	hsm_sb_add(b, kms->account);
+	hsm_sb_add(b, ":");
+}
+
 /* Strips "arn:aws:kms:<region>:<account>:" when it names this region and account. */
 static hsm_result strip_arn(hsm_kms *kms, const char *ref, const char **rest)
 {
 	char prefix[128];
 	hsm_sb b;
 	hsm_sb_init(&b, prefix, sizeof(prefix));
-	hsm_sb_add(&b, "arn:aws:kms:");
-	hsm_sb_add(&b, kms->region);
-	hsm_sb_add(&b, ":");
-	hsm_sb_add(&b, kms->account);
-	hsm_sb_add(&b, ":");
+	hsm_kms_arn_prefix(kms, &b);
 	if (hsm_str_has_prefix(ref, prefix)) {
 		*rest = ref + strlen(prefix);
 		return HSM_SUCCESS;

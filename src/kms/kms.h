@@ -21,6 +21,7 @@
 
 #include "common/buf.h"
 #include "common/result.h"
+#include "common/util.h"
 #include "crypto/blob.h"
 #include "crypto/keyspec.h"
 #include "keystore/keystore.h"
@@ -164,6 +165,8 @@ void hsm_kms_caller_arn(hsm_kms *kms, const hsm_caller *caller, char out[HSM_PRI
 
 /* ---- Keys ------------------------------------------------------------------- */
 
+/* Appends this node's KMS ARN prefix, "arn:aws:kms:<region>:<account>:". */
+void hsm_kms_arn_prefix(hsm_kms *kms, hsm_sb *b);
 /* The key ARN: arn:aws:kms:<region>:<account>:key/<id>. */
 hsm_result hsm_kms_key_arn(hsm_kms *kms, const char *key_id, hsm_buf *out) HSM_MUST_CHECK;
 /* Resolves an id, key ARN, alias name or alias ARN to a key id. */

@@ -52,15 +52,11 @@ static void note_record(hsm_api_ctx *c, const hsm_key_record *r)
 void hsm_api_write_key_arn(hsm_api_ctx *c, const char *member, const char *key_id)
 {
 	/* On every response: built on the stack, no allocation. */
-	const hsm_kms_config *cfg = hsm_kms_config_get(c->kms);
 	char arn[160];
 	hsm_sb b;
 	hsm_sb_init(&b, arn, sizeof(arn));
-	hsm_sb_add(&b, "arn:aws:kms:");
-	hsm_sb_add(&b, cfg->region);
-	hsm_sb_add(&b, ":");
-	hsm_sb_add(&b, cfg->account_id);
-	hsm_sb_add(&b, ":key/");
+	hsm_kms_arn_prefix(c->kms, &b);
+	hsm_sb_add(&b, "key/");
 	hsm_sb_addn(&b, key_id, 36);
 	if (!b.cut)
 		hsm_jw_str_n(c->w, member, arn, b.len);
