@@ -143,6 +143,9 @@ static int teardown_certs(void **state)
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static hsm_http_req *held;
 static bool hold;
+/* GET /big: a reply of many TLS records and several write calls. */
+#define BIG_LEN 200000
+static char big[BIG_LEN];
 
 static void handler(hsm_http_req *req, void *arg)
 {
@@ -154,6 +157,10 @@ static void handler(hsm_http_req *req, void *arg)
 		return;
 	}
 	pthread_mutex_unlock(&mu);
+	if (strcmp(hsm_http_req_path(req), "/big") == 0) {
+		hsm_http_respond(req, 200, "application/octet-stream", big, sizeof(big), 0, NULL);
+		return;
+	}
 	char out[1024];
 	const char *subject = hsm_http_req_client_subject(req);
 	int n = snprintf(out, sizeof(out), "tls=%d subject=%s path=%s", hsm_http_req_is_tls(req),
@@ -227,6 +234,13 @@ static char *request(uint16_t port, SSL_CTX *ctx, int *reason, SSL_SESSION **ses
 	return body;
 }
 
+static long ms_since(const struct timespec *t0)
+{
+	struct timespec t1;
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	return (t1.tv_sec - t0->tv_sec) * 1000L + (t1.tv_nsec - t0->tv_nsec) / 1000000L;
+}
+
 /* ---- tests ---------------------------------------------------------------------- */
 
 static void test_tls_round_trip(void **state)
@@ -241,7 +255,7 @@ static void test_tls_round_trip(void **state)
 	assert_int_equal(SSL_version(c->ssl), TLS1_3_VERSION); /* preferred when offered */
 	/* Replies are corked while written: one left corked would arrive only after
 	 * the kernel's 200 ms cork ceiling, 10 s for these 50. */
-	struct timespec t0, t1;
+	struct timespec t0;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	for (int i = 0; i < 50; i++) {
 		tc_resp r;
@@ -253,8 +267,7 @@ static void test_tls_round_trip(void **state)
 		assert_string_equal(r.body, want);
 		tc_resp_clear(&r);
 	}
-	clock_gettime(CLOCK_MONOTONIC, &t1);
-	long ms = (t1.tv_sec - t0.tv_sec) * 1000L + (t1.tv_nsec - t0.tv_nsec) / 1000000L;
+	long ms = ms_since(&t0);
 	if (ms >= 5000)
 		fail_msg("50 TLS round trips took %ld ms: a reply waited for the cork ceiling", ms);
 	tc_close(c);
@@ -276,6 +289,42 @@ static void test_tls_round_trip(void **state)
 	tc_resp_clear(&r);
 	tc_close(c);
 	SSL_SESSION_free(sess);
+	SSL_CTX_free(ctx);
+	hsm_http_server_free(srv);
+}
+
+/* Replies that take many records and several writes arrive whole, and the
+ * socket is uncorked after them: the next small reply is not held back. */
+static void test_tls_large_replies(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < sizeof(big); i++)
+		big[i] = (char)('a' + (i * 7) % 26);
+	hsm_http_server *srv = start(HSM_HTTP_CLIENT_AUTH_NONE);
+	SSL_CTX *ctx = client_ctx(NULL, NULL);
+	tc_conn *c = tc_connect(hsm_http_server_port(srv), false, 5000);
+	assert_non_null(c);
+	assert_true(tc_tls(c, ctx));
+	for (int i = 0; i < 3; i++) {
+		tc_resp r;
+		assert_true(tc_sendf(c, "GET /big HTTP/1.1\r\nHost: t\r\n\r\n"));
+		assert_true(tc_read(c, &r, false));
+		assert_int_equal(r.status, 200);
+		assert_int_equal(r.body_len, sizeof(big));
+		assert_memory_equal(r.body, big, sizeof(big));
+		tc_resp_clear(&r);
+		struct timespec t0;
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		assert_true(tc_sendf(c, "GET /small HTTP/1.1\r\nHost: t\r\n\r\n"));
+		assert_true(tc_read(c, &r, false));
+		assert_int_equal(r.status, 200);
+		assert_string_equal(r.body, "tls=1 subject=- path=/small");
+		tc_resp_clear(&r);
+		long ms = ms_since(&t0);
+		if (ms >= 1000)
+			fail_msg("a small reply after a large one took %ld ms", ms);
+	}
+	tc_close(c);
 	SSL_CTX_free(ctx);
 	hsm_http_server_free(srv);
 }
@@ -470,6 +519,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_tls_round_trip),
+	    cmocka_unit_test(test_tls_large_replies),
 	    cmocka_unit_test(test_tls_versions_and_suites),
 	    cmocka_unit_test(test_client_cert_required),
 	    cmocka_unit_test(test_client_cert_optional),
