@@ -67,13 +67,13 @@ hsm_result hsm_hmac_compute(const uint8_t *key, size_t key_len, const char *dige
 	char md_name[16]; /* OSSL_PARAM wants a writable string */
 	size_t len = 0;
 	bool named = false;
-	snprintf(md_name, sizeof(md_name), "%s", digest);
-	OSSL_PARAM params[] = {
-	    OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, md_name, 0),
-	    OSSL_PARAM_construct_end(),
-	};
+	OSSL_PARAM params[2] = {OSSL_PARAM_construct_end(), OSSL_PARAM_construct_end()};
 	EVP_MAC_CTX *ctx = mac_ctx(digest, &named);
 	HSM_OSSL_CHECK(ctx != NULL, HSM_ERR_NOMEM, "out of memory");
+	if (!named) { /* a template's clone has its digest already */
+		snprintf(md_name, sizeof(md_name), "%s", digest);
+		params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, md_name, 0);
+	}
 	/* An empty key is legal HMAC; OpenSSL wants a non-NULL pointer to tell it from "no key". */
 	HSM_OSSL_CHECK(EVP_MAC_init(ctx, key_len > 0 ? key : empty, key_len, named ? NULL : params) == 1 &&
 	                   EVP_MAC_update(ctx, msg_len > 0 ? msg : empty, msg_len) == 1 &&
