@@ -31,6 +31,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+
 #define MAX_DEPTH 64 /* a KMS request nests 3 deep; jansson allows 2048 */
 #define STACK_STR 256
 
@@ -232,7 +234,14 @@ static json_t *read_string_value(reader *r)
 	if (!read_string(r, buf, &heap, &s, &len))
 		return NULL;
 	json_t *v = json_stringn_nocheck((const char *)s, len);
-	free(heap);
+	/* The reader's own decoded copy may hold (the base64 of) a plaintext:
+	 * wiped before it is released. */
+	if (heap != NULL) {
+		OPENSSL_cleanse(heap, len);
+		free(heap);
+	} else if (s == buf) {
+		OPENSSL_cleanse(buf, len);
+	}
 	r->nomem = v == NULL;
 	return v;
 }
