@@ -15,6 +15,7 @@
 #include <openssl/params.h>
 
 #include "auth/sigv4_internal.h"
+#include "common/encoding.h"
 #include "common/util.h"
 
 static pthread_once_t prim_once = PTHREAD_ONCE_INIT;
@@ -53,7 +54,6 @@ static hsm_result prim_ready(void)
 
 hsm_result hsm_sigv4_sha256_hex(const void *p, size_t n, char out[HSM_SIGV4_HEX_HASH_LEN + 1])
 {
-	static const char hex[] = "0123456789abcdef";
 	uint8_t md[32];
 	unsigned int md_len = 0;
 	HSM_GUARD(prim_ready());
@@ -61,11 +61,7 @@ hsm_result hsm_sigv4_sha256_hex(const void *p, size_t n, char out[HSM_SIGV4_HEX_
 	HSM_ENSURE(EVP_Digest(n > 0 ? p : "", n, md, &md_len, prim_sha256, NULL) == 1 &&
 	               md_len == sizeof(md),
 	           HSM_ERR_CRYPTO, "SHA-256 failed");
-	for (size_t i = 0; i < sizeof(md); i++) {
-		out[2 * i] = hex[md[i] >> 4];
-		out[2 * i + 1] = hex[md[i] & 0x0f];
-	}
-	out[HSM_SIGV4_HEX_HASH_LEN] = '\0';
+	hsm_hex_encode_str(out, md, sizeof(md));
 	return HSM_SUCCESS;
 }
 
@@ -145,7 +141,6 @@ static bool digits(const char *s, size_t n, int *out)
 	return true;
 }
 
-/* Converts broken-down UTC time to epoch seconds; false unless it is a real instant. */
 /* Days from 1970-01-01 to y-m-d (proleptic Gregorian, y >= 0). */
 static int64_t days_from_civil(int y, unsigned m, unsigned d)
 {
@@ -157,6 +152,7 @@ static int64_t days_from_civil(int y, unsigned m, unsigned d)
 	return era * 146097 + (int64_t)doe - 719468;
 }
 
+/* Converts broken-down UTC time to epoch seconds; false unless it is a real instant. */
 static bool tm_to_epoch(int year, int mon, int day, int hh, int mm, int ss, int64_t *t)
 {
 	static const unsigned char mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};

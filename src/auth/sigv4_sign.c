@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "auth/sigv4_internal.h"
+#include "common/encoding.h"
 
 struct hsm_sigv4_signer {
 	char access_key_id[HSM_SIGV4_AKID_MAX + 1];
@@ -173,7 +174,6 @@ static hsm_result collect_headers(const hsm_sigv4_request *req, const char *amz_
 hsm_result hsm_sigv4_sign(hsm_sigv4_signer *s, const hsm_sigv4_request *req, int64_t now,
                           hsm_sigv4_signature *out)
 {
-	static const char hex[] = "0123456789abcdef";
 	hsm_sigv4_header hdrs[HSM_SIGV4_MAX_HEADERS + 1];
 	char list[HSM_SIGV4_SIGNED_HEADERS_MAX + 1];
 	char payload_hex[HSM_SIGV4_HEX_HASH_LEN + 1], sig_hex[2 * HSM_SIGV4_SIG_LEN + 1];
@@ -195,11 +195,7 @@ hsm_result hsm_sigv4_sign(hsm_sigv4_signer *s, const hsm_sigv4_request *req, int
 	HSM_GUARD(hsm_sigv4_build_canonical(&view, list, payload_hex, &s->creq));
 	HSM_GUARD(hsm_sigv4_compute(&s->creq, amz_date, s->key_date, s->region, s->service, s->mac,
 	                            mac));
-	for (size_t i = 0; i < HSM_SIGV4_SIG_LEN; i++) {
-		sig_hex[2 * i] = hex[mac[i] >> 4];
-		sig_hex[2 * i + 1] = hex[mac[i] & 0x0f];
-	}
-	sig_hex[2 * HSM_SIGV4_SIG_LEN] = '\0';
+	hsm_hex_encode_str(sig_hex, mac, HSM_SIGV4_SIG_LEN);
 	hsm_sigv4_signature sig;
 	int len = snprintf(sig.authorization, sizeof(sig.authorization),
 	                   "%s Credential=%s/%s/%s/%s/%s, SignedHeaders=%s, Signature=%s",

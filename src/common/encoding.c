@@ -39,6 +39,15 @@ hsm_result hsm_hex_encode(hsm_buf *out, const uint8_t *p, size_t n)
 	return HSM_SUCCESS;
 }
 
+void hsm_hex_encode_str(char *out, const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		out[2 * i] = (char)hex_digit(p[i] >> 4);
+		out[2 * i + 1] = (char)hex_digit(p[i] & 15U);
+	}
+	out[2 * n] = '\0';
+}
+
 static hsm_result hex_decode_into(uint8_t *dst, const char *s, size_t n, hsm_err err)
 {
 	unsigned bad = 0;

@@ -16,6 +16,8 @@
 #include "common/buf.h"
 
 hsm_result hsm_hex_encode(hsm_buf *out, const uint8_t *p, size_t n) HSM_MUST_CHECK; /* lowercase */
+/* The same into a fixed array: out holds 2*n characters and a NUL. */
+void hsm_hex_encode_str(char *out, const uint8_t *p, size_t n);
 /* Decodes lowercase hex only (uppercase is refused so each value has one spelling). */
 hsm_result hsm_hex_decode(hsm_buf *out, const char *s, size_t n, hsm_err err) HSM_MUST_CHECK;
 /* Fixed-size variant: s must be exactly 2*n lowercase hex digits.  On a bad

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/encoding.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "keystore/keystore_internal.h"
@@ -468,12 +469,7 @@ hsm_result hsm_ks_audit_hash(hsm_keystore *ks, const uint8_t *value, size_t len,
 	                                     hsm_secret_len(ks->keys.audit_hash), value, len, mac);
 	pthread_rwlock_unlock(&ks->keys_lock);
 	HSM_GUARD(r);
-	static const char digits[] = "0123456789abcdef";
-	for (size_t i = 0; i < sizeof(mac); i++) {
-		out[2 * i] = digits[mac[i] >> 4];
-		out[2 * i + 1] = digits[mac[i] & 15U];
-	}
-	out[2 * sizeof(mac)] = '\0';
+	hsm_hex_encode_str(out, mac, sizeof(mac));
 	return HSM_SUCCESS;
 }
 

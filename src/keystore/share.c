@@ -391,12 +391,7 @@ hsm_result hsm_share_set_new(const char *store_id, const uint8_t set_id[HSM_SHAR
 static void set_id_hex(const uint8_t id[HSM_SHARE_SET_ID_LEN],
                        char out[2 * HSM_SHARE_SET_ID_LEN + 1])
 {
-	static const char digits[] = "0123456789abcdef"; /* the set id is public */
-	for (size_t i = 0; i < HSM_SHARE_SET_ID_LEN; i++) {
-		out[2 * i] = digits[id[i] >> 4];
-		out[2 * i + 1] = digits[id[i] & 15U];
-	}
-	out[2 * HSM_SHARE_SET_ID_LEN] = '\0';
+	hsm_hex_encode_str(out, id, HSM_SHARE_SET_ID_LEN);
 }
 
 static hsm_result check_belongs(const hsm_share_set *set, const hsm_share *share)

@@ -557,6 +557,20 @@ static void test_hex(void **state)
 	                 HSM_ERR_VALIDATION);
 	assert_int_equal(fixed[0], 0);
 	assert_int_equal(fixed[1], 0);
+	/* Into a fixed array: the same digits for every byte value, then a NUL. */
+	uint8_t all[256];
+	char str[2 * sizeof(all) + 2];
+	for (size_t i = 0; i < sizeof(all); i++)
+		all[i] = (uint8_t)i;
+	memset(str, 'x', sizeof(str));
+	hsm_hex_encode_str(str, all, sizeof(all));
+	enc.len = 0;
+	assert_true(hsm_ok(hsm_hex_encode(&enc, all, sizeof(all))));
+	assert_memory_equal(str, enc.data, 2 * sizeof(all));
+	assert_int_equal(str[2 * sizeof(all)], '\0');
+	assert_int_equal(str[2 * sizeof(all) + 1], 'x');
+	hsm_hex_encode_str(str, all, 0);
+	assert_string_equal(str, "");
 	hsm_buf_free(&enc);
 	hsm_buf_free(&dec);
 }
