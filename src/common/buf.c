@@ -23,10 +23,12 @@ void hsm_buf_free(hsm_buf *b)
 	if (b == NULL)
 		return;
 	if (b->data != NULL) {
-		if (b->secure)
+		if (b->secure) {
 			OPENSSL_secure_clear_free(b->data, b->cap);
-		else
+		} else {
+			explicit_bzero(b->data, b->cap);
 			free(b->data);
+		}
 	}
 	bool secure = b->secure;
 	memset(b, 0, sizeof(*b));
@@ -59,8 +61,14 @@ hsm_result hsm_buf_reserve(hsm_buf *b, size_t extra)
 			OPENSSL_secure_clear_free(b->data, b->cap);
 		}
 	} else {
-		p = realloc(b->data, cap);
+		/* Not realloc: the old block would be freed with the bytes in it. */
+		p = malloc(cap);
 		HSM_ENSURE(p != NULL, HSM_ERR_NOMEM, "out of memory");
+		if (b->data != NULL) {
+			memcpy(p, b->data, b->len);
+			explicit_bzero(b->data, b->cap);
+			free(b->data);
+		}
 	}
 	b->data = p;
 	b->cap = cap;

@@ -6,9 +6,11 @@
  * types; there is no raw pointer arithmetic on untrusted bytes elsewhere.
  *
  * hsm_buf is a growable, owned output buffer.  A zero-initialized hsm_buf is
- * empty and valid.  When created with hsm_buf_init_secure() its storage comes
- * from OpenSSL's secure heap and is wiped on every reallocation and on free;
- * use that for anything that may hold key material or plaintext.
+ * empty and valid.  Its storage is wiped on every reallocation and on free,
+ * since any buffer may hold bytes of a request (encryption context values,
+ * pieces of a body).  When created with hsm_buf_init_secure() the storage
+ * comes from OpenSSL's secure heap (locked, out of core dumps); use that for
+ * anything that holds key material or plaintext.
  *
  * hsm_cursor is a read-only view over bytes owned by someone else; it never
  * reads past its end and reports HSM_ERR_VALIDATION (with the caller-chosen
@@ -35,7 +37,7 @@ typedef struct hsm_buf {
 
 void hsm_buf_init(hsm_buf *b);
 void hsm_buf_init_secure(hsm_buf *b);
-/* Frees storage (wiping it first if secure) and resets to empty.  NULL is a no-op. */
+/* Wipes and frees storage and resets to empty.  NULL is a no-op. */
 void hsm_buf_free(hsm_buf *b);
 /* Wipes contents and sets len to 0, keeping capacity. */
 void hsm_buf_clear(hsm_buf *b);

@@ -1,5 +1,7 @@
 #include "common/secret.h"
 
+#include <malloc.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -86,4 +88,37 @@ hsm_result hsm_secure_process_init(size_t heap_size)
 	int rc = CRYPTO_secure_malloc_init(heap_size, 32);
 	HSM_ENSURE(rc != 0, HSM_ERR_NOMEM, "cannot create the secure heap");
 	return HSM_SUCCESS;
+}
+
+void *hsm_wiping_malloc(size_t n)
+{
+	return malloc(n);
+}
+
+void hsm_wiping_free(void *p)
+{
+	if (p == NULL)
+		return;
+	/* explicit_bzero: a memset the compiler may not drop, at memset's speed. */
+	explicit_bzero(p, malloc_usable_size(p));
+	free(p);
+}
+
+void *hsm_wiping_realloc(void *p, size_t n)
+{
+	if (p == NULL)
+		return malloc(n);
+	if (n == 0) {
+		hsm_wiping_free(p);
+		return NULL;
+	}
+	size_t have = malloc_usable_size(p);
+	if (n <= have)
+		return p; /* the tail stays inside the block and is wiped with it */
+	void *q = malloc(n);
+	if (q == NULL)
+		return NULL; /* p is still the caller's, as with realloc */
+	memcpy(q, p, have);
+	hsm_wiping_free(p);
+	return q;
 }

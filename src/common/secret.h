@@ -39,4 +39,17 @@ hsm_result hsm_secure_process_init(size_t heap_size) HSM_MUST_CHECK;
 
 #define HSM_SECURE_HEAP_DEFAULT ((size_t)64 << 20)
 
+/*
+ * malloc, realloc and free for the libraries that hold request and response
+ * bytes in ordinary heap memory (libevent's buffers and header lists,
+ * jansson's values): a request body can carry a custodian's share, a
+ * plaintext or encryption context values, and freed memory keeps its bytes
+ * until it is reused.  hsm_wiping_free wipes the whole usable size of a block
+ * before freeing it; hsm_wiping_realloc never lets the old block go unwiped.
+ * Blocks must come from these functions (or plain malloc).
+ */
+void *hsm_wiping_malloc(size_t n);
+void *hsm_wiping_realloc(void *p, size_t n);
+void hsm_wiping_free(void *p);
+
 #endif

@@ -6,7 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "common/log.h"
+#include "common/secret.h"
 #include "hsmctl/hsmctl.h"
 
 static int cmd_version(int argc, char **argv);
@@ -155,6 +158,9 @@ static int parse_globals(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+	/* Request and response bodies (shares, secrets, data keys) pass through
+	 * jansson's memory: wipe it on free. */
+	json_set_alloc_funcs(hsm_wiping_malloc, hsm_wiping_free);
 	int first = parse_globals(argc, argv);
 	argc -= first - 1;
 	argv += first - 1;

@@ -92,8 +92,10 @@ static hsm_result set_policy(SSL_CTX *ctx)
 	               SSL_CTX_set_cipher_list(ctx, TLS12_CIPHERS) == 1 &&
 	               SSL_CTX_set1_groups_list(ctx, TLS_GROUPS) == 1,
 	           HSM_ERR_CRYPTO, "cannot set the TLS policy: %s", ossl_reason());
+	/* CLEANSE_PLAINTEXT: a decrypted record (a request body: a share, a
+	 * plaintext) is wiped from OpenSSL's read buffer once it is taken. */
 	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
-	                             SSL_OP_CIPHER_SERVER_PREFERENCE);
+	                             SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_CLEANSE_PLAINTEXT);
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 	/* One TLS 1.3 ticket per handshake is enough for a client to resume. */
 	HSM_ENSURE(SSL_CTX_set_num_tickets(ctx, 1) == 1, HSM_ERR_CRYPTO, "cannot set tickets");

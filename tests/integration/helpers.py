@@ -1,7 +1,7 @@
 """Helpers shared by the integration tests (not a test module itself).
 
 Assertions on KMS errors, the admin API, users with chosen roles, the audit
-trail, aws-cli, and restarting a dev node on the same data directory.
+trail, aws-cli, restarting a dev node on the same data directory, and a test PKI.
 """
 import base64
 import contextlib
@@ -187,3 +187,29 @@ def b64(data):
 __all__ = ["AWS_CLI", "ACCOUNT", "AwsCli", "admin", "audit_record", "audit_records", "b64",
            "call_error", "call_ok", "key_arn", "new_user", "parsed_body", "raises",
            "request_id", "restart_dev", "signed_at", "signing_clock"]
+
+
+def openssl(*args, cwd):
+    p = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return p
+
+
+def make_pki(d):
+    """ca.pem, server.pem (CN and IP SAN 127.0.0.1, signed by the CA), server.key; P-256."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=hsmd test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1",
+            cwd=d)
+    with open(os.path.join(d, "ext.cnf"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+                "basicConstraints=CA:FALSE\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
+    # A second CA that did not sign the server certificate.
+    openssl("req", "-x509", *ec, "-keyout", "other.key", "-out", "other-ca.pem", "-days", "2",
+            "-subj", "/CN=another CA", cwd=d)
+    return {n: os.path.join(d, n) for n in ("ca.pem", "server.pem", "server.key",
+                                            "other-ca.pem")}

@@ -1,0 +1,125 @@
+"""Secrets do not linger in hsmd's memory once a request is answered.
+
+A request body can carry a custodian's share, a plaintext or encryption
+context values, and a response can carry a data key.  Their bytes pass
+through libevent's buffers, jansson's values and OpenSSL's record buffers,
+which free memory without wiping it; hsmd wipes them (docs in
+src/common/secret.h).  These tests send random canaries through the real
+daemon, over plain HTTP and over TLS, then read all of its writable memory
+through /proc/PID/mem and look for any piece of every form the request path
+held each canary in.  hsmd marks itself non-dumpable, so only root may read
+its memory: the tests are skipped, saying so, for anyone else.
+"""
+import base64
+import os
+import shutil
+import tempfile
+
+import pytest
+
+from conftest import DEV_AKID, DEV_SECRET, Hsmd, client, start_dev, unsigned_call
+from helpers import admin, make_pki
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="reading a non-dumpable process's memory needs root")
+
+WINDOW = 16  # bytes of a canary that count as a trace of it
+STRIDE = 8   # windows overlap, so a trace survives a free-list pointer written over a block's start
+
+
+def writable_regions(pid):
+    """(start, end, name) of every private writable mapping: heaps, arenas, stacks, secure heap."""
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            parts = line.split()
+            start, end = (int(x, 16) for x in parts[0].split("-"))
+            name = parts[5] if len(parts) > 5 else ""
+            if parts[1].startswith("rw") and not name.startswith("/") and name not in (
+                    "[vvar]", "[vsyscall]"):
+                yield start, end, name
+
+
+def traces(pid, canaries):
+    """{label: [(region, address)]} for every window of every canary found in memory."""
+    needles = [(label, c[i:i + WINDOW]) for label, c in canaries.items()
+               for i in range(0, len(c) - WINDOW + 1, STRIDE)]
+    found = {}
+    with open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for start, end, name in writable_regions(pid):
+            try:
+                mem.seek(start)
+                data = mem.read(end - start)
+            except OSError:
+                continue  # a guard page
+            for label, n in needles:
+                at = data.find(n)
+                if at >= 0:
+                    found.setdefault(label, []).append((name or "anonymous", hex(start + at)))
+    return found
+
+
+def forms(label, raw):
+    """The forms a value takes on its way through hsmd: raw and base64 (JSON strings)."""
+    return {label: raw, label + " (base64)": base64.b64encode(raw)}
+
+
+def assert_no_traces(server, canaries):
+    # The positive control: the dev secret is in hsmd's environment, so a scan that
+    # cannot read the process (or searches wrongly) fails here instead of passing.
+    control = traces(server.proc.pid, {"control": DEV_SECRET.encode()})
+    assert "control" in control, "the memory scan did not find a value hsmd holds"
+    found = traces(server.proc.pid, canaries)
+    assert not found, f"secret bytes left in hsmd's memory: {found}"
+
+
+def exercise_crypto(kms, key, canaries, tag):
+    pt, ctx_value = os.urandom(48), base64.b64encode(os.urandom(24)).decode()
+    ctx = {"tenant": ctx_value}
+    blob = kms.encrypt(KeyId=key, Plaintext=pt, EncryptionContext=ctx)["CiphertextBlob"]
+    assert kms.decrypt(CiphertextBlob=blob, EncryptionContext=ctx)["Plaintext"] == pt
+    dk = kms.generate_data_key(KeyId=key, KeySpec="AES_256")["Plaintext"]
+    canaries.update(forms(f"{tag} plaintext", pt))
+    canaries.update(forms(f"{tag} data key", dk))
+    canaries[f"{tag} context value"] = ctx_value.encode()
+
+
+def test_plaintexts_data_keys_context_and_shares_are_wiped():
+    server = start_dev()
+    try:
+        kms = client(server)
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        canaries = {}
+        exercise_crypto(kms, key, canaries, "http")
+        with open(os.path.join(server.data_dir, "dev-unseal.share")) as f:
+            share = f.read()
+        assert admin(server, "Seal")["Sealed"] is True
+        st, out = unsigned_call(server, "HsmdAdmin.Unseal", {"Share": share})
+        assert st == 200 and out["Sealed"] is False, out
+        value = [line.split()[1] for line in share.splitlines() if line.startswith("value ")][0]
+        canaries["share"] = value.encode()
+        canaries["share (bytes)"] = bytes.fromhex(value)
+        # The node works after the unseal, and the scan runs with connections still open.
+        assert kms.decrypt(CiphertextBlob=kms.encrypt(KeyId=key, Plaintext=b"x")[
+            "CiphertextBlob"])["Plaintext"] == b"x"
+        assert_no_traces(server, canaries)
+    finally:
+        server.cleanup()
+
+
+def test_request_bodies_over_tls_are_wiped():
+    d = tempfile.mkdtemp(prefix="hsmd-pki-")
+    server = None
+    try:
+        pki = make_pki(d)
+        env = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
+        server = Hsmd(["--dev", "--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"]],
+                      env=env, tls_ca=pki["ca.pem"])
+        kms = client(server)
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        canaries = {}
+        exercise_crypto(kms, key, canaries, "tls")
+        assert_no_traces(server, canaries)
+    finally:
+        if server is not None:
+            server.cleanup()
+        shutil.rmtree(d, ignore_errors=True)
