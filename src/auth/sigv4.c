@@ -250,18 +250,12 @@ hsm_result hsm_sigv4_parse(const hsm_sigv4_request *req, hsm_sigv4_auth *out)
 
 /* ---- Scope and time ------------------------------------------------------------ */
 
-/* What the checks learn about a request and the signature computation needs. */
-typedef struct scope_info {
-	char amz_date[HSM_SIGV4_AMZ_DATE_LEN + 1]; /* request time, basic ISO 8601 */
-	char payload_hex[HSM_SIGV4_HEX_HASH_LEN + 1];
-} scope_info;
-
 /*
  * The request time: X-Amz-Date, or Date when there is no X-Amz-Date (AWS
  * General Reference, "Handling dates in Signature Version 4").
  */
 static hsm_result request_time(const hsm_sigv4_request *req, const hsm_sigv4_auth *auth,
-                               int64_t *t, scope_info *info)
+                               int64_t *t, hsm_sigv4_scope *info)
 {
 	const char *v;
 	size_t n = hsm_sigv4_header_find(req, "x-amz-date", &v);
@@ -314,7 +308,7 @@ static hsm_result check_window(int64_t t, int64_t now, int64_t skew, const char 
 	                edge, now_s, span);
 }
 
-static hsm_result check_payload(const hsm_sigv4_request *req, scope_info *info)
+static hsm_result check_payload(const hsm_sigv4_request *req, hsm_sigv4_scope *info)
 {
 	const char *v;
 	HSM_GUARD(hsm_sigv4_sha256_hex(req->body, req->body_len, info->payload_hex));
@@ -328,7 +322,7 @@ static hsm_result check_payload(const hsm_sigv4_request *req, scope_info *info)
 }
 
 static hsm_result check_scope(const hsm_sigv4_config *cfg, const hsm_sigv4_request *req,
-                              const hsm_sigv4_auth *auth, int64_t now, scope_info *info)
+                              const hsm_sigv4_auth *auth, int64_t now, hsm_sigv4_scope *info)
 {
 	int64_t t;
 	const char *service = cfg->service != NULL ? cfg->service : HSM_SIGV4_SERVICE_KMS;
@@ -365,11 +359,13 @@ static hsm_result check_scope(const hsm_sigv4_config *cfg, const hsm_sigv4_reque
 }
 
 hsm_result hsm_sigv4_check_scope(const hsm_sigv4_config *cfg, const hsm_sigv4_request *req,
-                                 const hsm_sigv4_auth *auth, int64_t now)
+                                 const hsm_sigv4_auth *auth, int64_t now, hsm_sigv4_scope *out)
 {
-	scope_info info;
-	HSM_ASSERT(cfg != NULL);
-	return check_scope(cfg, req, auth, now, &info);
+	hsm_sigv4_scope info;
+	HSM_ASSERT(cfg != NULL && out != NULL);
+	HSM_GUARD(check_scope(cfg, req, auth, now, &info));
+	*out = info;
+	return HSM_SUCCESS;
 }
 
 /* ---- Signing key and verification ---------------------------------------------- */
@@ -404,22 +400,19 @@ out:
 	return res;
 }
 
-hsm_result hsm_sigv4_verify(const hsm_sigv4_config *cfg, const hsm_sigv4_request *req,
-                            const hsm_sigv4_auth *auth, const hsm_secret *signing_key,
-                            int64_t now)
+hsm_result hsm_sigv4_verify_scoped(const hsm_sigv4_request *req, const hsm_sigv4_auth *auth,
+                                   const hsm_sigv4_scope *scope, const hsm_secret *signing_key)
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_buf creq = {0};
-	scope_info info;
 	EVP_MAC_CTX *ctx = NULL;
 	uint8_t mac[HSM_SIGV4_SIG_LEN];
-	HSM_ASSERT(cfg != NULL && signing_key != NULL);
+	HSM_ASSERT(auth != NULL && scope != NULL && signing_key != NULL);
 	HSM_ASSERT(hsm_secret_len(signing_key) == HSM_SIGV4_KEY_LEN);
-	HSM_TRY(check_scope(cfg, req, auth, now, &info));
-	HSM_TRY(hsm_sigv4_build_canonical(req, auth->signed_headers, info.payload_hex, &creq));
+	HSM_TRY(hsm_sigv4_build_canonical(req, auth->signed_headers, scope->payload_hex, &creq));
 	HSM_TRY(hsm_sigv4_mac_new(signing_key, &ctx));
-	HSM_TRY(hsm_sigv4_compute(&creq, info.amz_date, auth->date, auth->region, auth->service, ctx,
-	                          mac));
+	HSM_TRY(hsm_sigv4_compute(&creq, scope->amz_date, auth->date, auth->region, auth->service,
+	                          ctx, mac));
 	HSM_CHECK(hsm_ct_equal(mac, auth->signature, HSM_SIGV4_SIG_LEN), HSM_ERR_BAD_SIGNATURE,
 	          MSG_MISMATCH);
 out:
@@ -427,6 +420,16 @@ out:
 	EVP_MAC_CTX_free(ctx);
 	hsm_buf_free(&creq);
 	return res;
+}
+
+hsm_result hsm_sigv4_verify(const hsm_sigv4_config *cfg, const hsm_sigv4_request *req,
+                            const hsm_sigv4_auth *auth, const hsm_secret *signing_key,
+                            int64_t now)
+{
+	hsm_sigv4_scope scope;
+	HSM_ASSERT(cfg != NULL);
+	HSM_GUARD(check_scope(cfg, req, auth, now, &scope));
+	return hsm_sigv4_verify_scoped(req, auth, &scope, signing_key);
 }
 
 hsm_result hsm_sigv4_unknown_key(const hsm_sigv4_auth *auth)

@@ -11,10 +11,11 @@
  *
  *   hsm_sigv4_auth auth;
  *   HSM_TRY(hsm_sigv4_parse(&req, &auth));              syntax of Authorization
- *   HSM_TRY(hsm_sigv4_check_scope(&cfg, &req, &auth, now)); date window, region, service
+ *   hsm_sigv4_scope scope;
+ *   HSM_TRY(hsm_sigv4_check_scope(&cfg, &req, &auth, now, &scope)); date, region, service
  *   secret = lookup(auth.access_key_id)                 else hsm_sigv4_unknown_key(&auth)
  *   key = cache(auth.access_key_id, auth.date) or hsm_sigv4_signing_key(...)
- *   HSM_TRY(hsm_sigv4_verify(&cfg, &req, &auth, key, now));
+ *   HSM_TRY(hsm_sigv4_verify_scoped(&req, &auth, &scope, key));
  *
  * Checking the scope before the secret lookup keeps stale or misdirected
  * requests from reaching the store and from filling a signing-key cache
@@ -60,6 +61,7 @@
 #define HSM_SIGV4_KEY_LEN 32             /* the derived signing key */
 #define HSM_SIGV4_SIG_LEN 32             /* HMAC-SHA256 output */
 #define HSM_SIGV4_AMZ_DATE_LEN 16        /* "20150830T123600Z" */
+#define HSM_SIGV4_HEX_HASH_LEN 64        /* a SHA-256 in lowercase hex */
 #define HSM_SIGV4_DATE_LEN 8             /* "20150830" */
 #define HSM_SIGV4_DEFAULT_SKEW 300       /* seconds either way, as AWS allows */
 #define HSM_SIGV4_SERVICE_KMS "kms"
@@ -116,19 +118,27 @@ typedef struct hsm_sigv4_auth {
  */
 hsm_result hsm_sigv4_parse(const hsm_sigv4_request *req, hsm_sigv4_auth *out) HSM_MUST_CHECK;
 
+/* What hsm_sigv4_check_scope learned of a request that the signature covers. */
+typedef struct hsm_sigv4_scope {
+	char amz_date[HSM_SIGV4_AMZ_DATE_LEN + 1]; /* the request time, basic ISO 8601 */
+	char payload_hex[HSM_SIGV4_HEX_HASH_LEN + 1]; /* SHA-256 of the body */
+} hsm_sigv4_scope;
+
 /*
  * Checks everything that needs no secret: the request time (X-Amz-Date, or
  * Date when there is no X-Amz-Date) is within cfg's skew of now (epoch
  * seconds), the scope date equals its date, region and service are the
  * configured ones and the terminator is "aws4_request"; host and the date
  * header are signed; every signed header is present; X-Amz-Content-SHA256,
- * when present, is the hash of the body.
+ * when present, is the hash of the body.  On success *out holds the request
+ * time and the body's hash for hsm_sigv4_verify_scoped.
  * Errors: HSM_ERR_BAD_SIGNATURE (stale, wrong scope, unsigned host/date,
  * payload hash mismatch), HSM_ERR_INCOMPLETE_SIGNATURE (no usable date
  * header, a signed header absent from the request).
  */
 hsm_result hsm_sigv4_check_scope(const hsm_sigv4_config *cfg, const hsm_sigv4_request *req,
-                                 const hsm_sigv4_auth *auth, int64_t now) HSM_MUST_CHECK;
+                                 const hsm_sigv4_auth *auth, int64_t now,
+                                 hsm_sigv4_scope *out) HSM_MUST_CHECK;
 
 /*
  * Derives the signing key HMAC(HMAC(HMAC(HMAC("AWS4" + secret, date),
@@ -153,6 +163,15 @@ hsm_result hsm_sigv4_signing_key(const hsm_secret *secret_access_key, const char
 hsm_result hsm_sigv4_verify(const hsm_sigv4_config *cfg, const hsm_sigv4_request *req,
                             const hsm_sigv4_auth *auth, const hsm_secret *signing_key,
                             int64_t now) HSM_MUST_CHECK;
+
+/*
+ * The second half of hsm_sigv4_verify, for a request whose scope
+ * hsm_sigv4_check_scope has accepted into *scope (same req and auth): the
+ * body is not hashed a second time.
+ */
+hsm_result hsm_sigv4_verify_scoped(const hsm_sigv4_request *req, const hsm_sigv4_auth *auth,
+                                   const hsm_sigv4_scope *scope,
+                                   const hsm_secret *signing_key) HSM_MUST_CHECK;
 
 /* The failure for an access key id the caller does not know (UnrecognizedClientException). */
 hsm_result hsm_sigv4_unknown_key(const hsm_sigv4_auth *auth) HSM_MUST_CHECK;

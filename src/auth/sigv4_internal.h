@@ -16,7 +16,6 @@
 
 #define HSM_SIGV4_ALGORITHM "AWS4-HMAC-SHA256"
 #define HSM_SIGV4_TERMINATOR "aws4_request"
-#define HSM_SIGV4_HEX_HASH_LEN 64
 
 /* ASCII-only case folding: header names and hex are ASCII, and locales must not matter. */
 static inline char hsm_sigv4_lower(char c)

@@ -151,6 +151,7 @@ hsm_result hsm_server_authenticate(hsm_server *s, hsm_http_req *req, hsm_auth_re
 	hsm_result res = HSM_SUCCESS;
 	sig_view v;
 	hsm_sigv4_auth a;
+	hsm_sigv4_scope scope;
 	hsm_sb b;
 	cred *c = NULL;
 	int64_t now = hsm_now();
@@ -159,9 +160,9 @@ hsm_result hsm_server_authenticate(hsm_server *s, hsm_http_req *req, hsm_auth_re
 	HSM_TRY(hsm_sigv4_parse(&v.r, &a));
 	hsm_sb_init(&b, out->akid, sizeof(out->akid));
 	hsm_sb_add(&b, a.access_key_id);
-	HSM_TRY(hsm_sigv4_check_scope(&s->sigv4, &v.r, &a, now));
+	HSM_TRY(hsm_sigv4_check_scope(&s->sigv4, &v.r, &a, now, &scope));
 	HSM_TRY(find_cred(s, &a, &c));
-	res = hsm_sigv4_verify(&s->sigv4, &v.r, &a, c->signing_key, now);
+	res = hsm_sigv4_verify_scoped(&v.r, &a, &scope, c->signing_key);
 	if (res.err == HSM_ERR_BAD_SIGNATURE) {
 		count_failure(s, c->user.name);
 		res = HSM_FAIL(HSM_ERR_BAD_SIGNATURE,

@@ -54,7 +54,8 @@ static void check_forged(const char *const field[5])
 		return;
 	}
 	FUZZ_ASSERT(strlen(auth.date) == HSM_SIGV4_DATE_LEN);
-	r = hsm_sigv4_check_scope(&cfg, &req, &auth, NOW);
+	hsm_sigv4_scope scope;
+	r = hsm_sigv4_check_scope(&cfg, &req, &auth, NOW, &scope);
 	if (hsm_failed(r))
 		FUZZ_EXPECT_ERR(r, HSM_ERR_BAD_SIGNATURE, HSM_ERR_INCOMPLETE_SIGNATURE);
 	/* The seeds carry real signatures under "secret"; under any other key nothing verifies. */

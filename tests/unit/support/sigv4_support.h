@@ -42,7 +42,8 @@ void sv_del(sv_req *r, const char *name);
 /*
  * The server's sequence: hsm_sigv4_parse, hsm_sigv4_check_scope, lookup of
  * the access key (only SV_AKID is known), hsm_sigv4_signing_key,
- * hsm_sigv4_verify.  Returns the first failure's code (HSM_OK on success);
+ * hsm_sigv4_verify_scoped; and hsm_sigv4_verify must agree with it (else
+ * HSM_ERR_INTERNAL).  Returns the first failure's code (HSM_OK on success);
  * the message is in hsm_last_message().
  */
 hsm_err sv_verify(const hsm_sigv4_request *req, const char *region, const char *service,
