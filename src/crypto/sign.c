@@ -19,18 +19,26 @@
 
 #include "crypto/crypto_internal.h"
 
+/*
+ * RSA needs the digest named: PKCS #1 v1.5 wraps it in a DigestInfo, PSS
+ * hashes it again with MGF1.  ECDSA signs the digest's bytes as they are;
+ * naming the digest would only have OpenSSL check its length (a lookup by
+ * name per signature), and message_digest has checked that already.
+ */
 static bool configure(EVP_PKEY_CTX *ctx, const hsm_sign_alg_info *info)
 {
 	const EVP_MD *md = hsm_crypto_md(info->digest);
-	if (md == NULL || EVP_PKEY_CTX_set_signature_md(ctx, md) <= 0)
+	if (md == NULL)
 		return false;
 	switch (info->scheme) {
 	case HSM_SCHEME_RSA_PSS:
-		return EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PSS_PADDING) > 0 &&
+		return EVP_PKEY_CTX_set_signature_md(ctx, md) > 0 &&
+		       EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PSS_PADDING) > 0 &&
 		       EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx, RSA_PSS_SALTLEN_DIGEST) > 0 &&
 		       EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, md) > 0;
 	case HSM_SCHEME_RSA_PKCS1:
-		return EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) > 0;
+		return EVP_PKEY_CTX_set_signature_md(ctx, md) > 0 &&
+		       EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) > 0;
 	case HSM_SCHEME_ECDSA:
 	case HSM_SCHEME_EDDSA:
 		return true;
@@ -98,9 +106,13 @@ static hsm_result sign_digest(EVP_PKEY *pkey, const hsm_sign_alg_info *info, con
 	uint8_t *p;
 	EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, pkey, NULL);
 	HSM_OSSL_CHECK(ctx != NULL, HSM_ERR_NOMEM, "out of memory");
-	HSM_OSSL_CHECK(EVP_PKEY_sign_init(ctx) == 1 && configure(ctx, info) &&
-	                   EVP_PKEY_sign(ctx, NULL, &len, dgst, dgst_len) == 1,
-	               HSM_ERR_CRYPTO, "cannot set up %s signing", info->name);
+	HSM_OSSL_CHECK(EVP_PKEY_sign_init(ctx) == 1 && configure(ctx, info), HSM_ERR_CRYPTO,
+	               "cannot set up %s signing", info->name);
+	/* The key's maximum signature size, which EVP_PKEY keeps (asking
+	 * EVP_PKEY_sign for it would compute it again). */
+	int max = EVP_PKEY_get_size(pkey);
+	HSM_CHECK(max > 0, HSM_ERR_CRYPTO, "cannot set up %s signing", info->name);
+	len = (size_t)max;
 	HSM_TRY(hsm_buf_append_space(out, len, &p));
 	HSM_OSSL_CHECK(EVP_PKEY_sign(ctx, p, &len, dgst, dgst_len) == 1, HSM_ERR_CRYPTO,
 	               "%s signing failed", info->name);
