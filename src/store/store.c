@@ -81,7 +81,7 @@ const char *hsm_rotation_type_name(hsm_rotation_type t)
 
 hsm_result hsm_role_parse(const char *name, hsm_role *out)
 {
-	unsigned v;
+	unsigned v = 0; /* set on success; gcc -O3 cannot tell */
 	HSM_GUARD(name_parse(role_names, COUNT_OF(role_names), name,
 	                     "role (expected crypto-officer, crypto-user or auditor)", &v));
 	*out = (hsm_role)v;
@@ -122,7 +122,7 @@ hsm_result hsm_roles_parse(const char *text, unsigned *out)
 
 hsm_result hsm_key_state_parse(const char *name, hsm_key_state *out)
 {
-	unsigned v;
+	unsigned v = 0; /* set on success; gcc -O3 cannot tell */
 	HSM_GUARD(name_parse(key_state_names, COUNT_OF(key_state_names), name, "key state", &v));
 	*out = (hsm_key_state)v;
 	return HSM_SUCCESS;
@@ -130,7 +130,7 @@ hsm_result hsm_key_state_parse(const char *name, hsm_key_state *out)
 
 hsm_result hsm_key_origin_parse(const char *name, hsm_key_origin *out)
 {
-	unsigned v;
+	unsigned v = 0; /* set on success; gcc -O3 cannot tell */
 	HSM_GUARD(name_parse(origin_names, COUNT_OF(origin_names), name, "key origin", &v));
 	*out = (hsm_key_origin)v;
 	return HSM_SUCCESS;
@@ -138,7 +138,7 @@ hsm_result hsm_key_origin_parse(const char *name, hsm_key_origin *out)
 
 hsm_result hsm_rotation_type_parse(const char *name, hsm_rotation_type *out)
 {
-	unsigned v;
+	unsigned v = 0; /* set on success; gcc -O3 cannot tell */
 	HSM_GUARD(name_parse(rotation_type_names, COUNT_OF(rotation_type_names), name,
 	                     "rotation type", &v));
 	*out = (hsm_rotation_type)v;

@@ -173,8 +173,8 @@ static hsm_result column_text(sqlite3_stmt *st, int i, const char **p, size_t *n
 
 hsm_result sq_col_text(sqlite3_stmt *st, int i, char *dst, size_t cap)
 {
-	const char *p;
-	size_t n;
+	const char *p = NULL; /* set on success; gcc -O3 cannot tell */
+	size_t n = 0;
 	HSM_GUARD(column_text(st, i, &p, &n));
 	HSM_ENSURE(n < cap, HSM_ERR_STORE, "store record is corrupt: text longer than its field");
 	memcpy(dst, p, n + 1);
@@ -183,8 +183,8 @@ hsm_result sq_col_text(sqlite3_stmt *st, int i, char *dst, size_t cap)
 
 hsm_result sq_col_strdup(sqlite3_stmt *st, int i, char **out)
 {
-	const char *p;
-	size_t n;
+	const char *p = NULL; /* set on success; gcc -O3 cannot tell */
+	size_t n = 0;
 	HSM_GUARD(column_text(st, i, &p, &n));
 	char *copy = malloc(n + 1);
 	HSM_ENSURE(copy != NULL, HSM_ERR_NOMEM, "out of memory");
