@@ -220,6 +220,19 @@ void hsm_sha256(const void *p, size_t n, uint8_t out[HSM_SHA256_LEN]);
 hsm_result hsm_hmac_sha256(const uint8_t *key, size_t key_len, const void *msg, size_t msg_len,
                            uint8_t out[HSM_SHA256_LEN]) HSM_MUST_CHECK;
 /*
+ * HMAC-SHA256 of several messages under one raw key, keyed once: each MAC
+ * after the first restarts from the keyed state instead of hashing the key
+ * into its pads again.  The keyed state is wiped by hsm_keyed_hmac_free; keep
+ * one only for the messages at hand (it lives outside the secure heap).
+ */
+typedef struct hsm_keyed_hmac hsm_keyed_hmac;
+hsm_result hsm_keyed_hmac_new(const uint8_t *key, size_t key_len,
+                              hsm_keyed_hmac **out) HSM_MUST_CHECK;
+hsm_result hsm_keyed_hmac_of(hsm_keyed_hmac *h, const void *msg, size_t msg_len,
+                             uint8_t out[HSM_SHA256_LEN]) HSM_MUST_CHECK;
+/* Wipes and frees.  NULL is a no-op. */
+void hsm_keyed_hmac_free(hsm_keyed_hmac *h);
+/*
  * HKDF-SHA256 (RFC 5869) into a new secret of out_len bytes (1..8160); info
  * is the NUL-terminated label that separates purposes, salt may be empty.
  */

@@ -8,6 +8,7 @@
  */
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/core_names.h>
@@ -59,13 +60,13 @@ static EVP_MAC_CTX *mac_ctx(const char *digest, bool *named)
 	return EVP_MAC_CTX_new(hsm_crypto_algs()->hmac);
 }
 
-hsm_result hsm_hmac_compute(const uint8_t *key, size_t key_len, const char *digest,
-                            const uint8_t *msg, size_t msg_len, uint8_t *out, size_t out_len)
+/* A context for digest keyed with key (an empty key is legal HMAC). */
+static hsm_result keyed_ctx(const uint8_t *key, size_t key_len, const char *digest,
+                            EVP_MAC_CTX **out)
 {
 	static const uint8_t empty[1];
 	hsm_result res = HSM_SUCCESS;
 	char md_name[16]; /* OSSL_PARAM wants a writable string */
-	size_t len = 0;
 	bool named = false;
 	OSSL_PARAM params[2] = {OSSL_PARAM_construct_end(), OSSL_PARAM_construct_end()};
 	EVP_MAC_CTX *ctx = mac_ctx(digest, &named);
@@ -74,14 +75,76 @@ hsm_result hsm_hmac_compute(const uint8_t *key, size_t key_len, const char *dige
 		snprintf(md_name, sizeof(md_name), "%s", digest);
 		params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, md_name, 0);
 	}
-	/* An empty key is legal HMAC; OpenSSL wants a non-NULL pointer to tell it from "no key". */
-	HSM_OSSL_CHECK(EVP_MAC_init(ctx, key_len > 0 ? key : empty, key_len, named ? NULL : params) == 1 &&
-	                   EVP_MAC_update(ctx, msg_len > 0 ? msg : empty, msg_len) == 1 &&
-	                   EVP_MAC_final(ctx, out, &len, out_len) == 1 && len == out_len,
+	/* OpenSSL wants a non-NULL pointer to tell an empty key from "no key". */
+	HSM_OSSL_CHECK(EVP_MAC_init(ctx, key_len > 0 ? key : empty, key_len, named ? NULL : params) == 1,
 	               HSM_ERR_CRYPTO, "HMAC computation failed");
+	*out = ctx;
+	ctx = NULL;
 out:
 	EVP_MAC_CTX_free(ctx);
 	return res;
+}
+
+/* The MAC of msg on a keyed context, which is then spent until initialized again. */
+static hsm_result mac_of(EVP_MAC_CTX *ctx, const uint8_t *msg, size_t msg_len, uint8_t *out,
+                         size_t out_len)
+{
+	static const uint8_t empty[1];
+	size_t len = 0;
+	HSM_OSSL_ENSURE(EVP_MAC_update(ctx, msg_len > 0 ? msg : empty, msg_len) == 1 &&
+	                    EVP_MAC_final(ctx, out, &len, out_len) == 1 && len == out_len,
+	                HSM_ERR_CRYPTO, "HMAC computation failed");
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_hmac_compute(const uint8_t *key, size_t key_len, const char *digest,
+                            const uint8_t *msg, size_t msg_len, uint8_t *out, size_t out_len)
+{
+	EVP_MAC_CTX *ctx = NULL;
+	HSM_GUARD(keyed_ctx(key, key_len, digest, &ctx));
+	hsm_result res = mac_of(ctx, msg, msg_len, out, out_len);
+	EVP_MAC_CTX_free(ctx);
+	return res;
+}
+
+struct hsm_keyed_hmac {
+	EVP_MAC_CTX *ctx;
+	bool keyed; /* fresh from the key: no restart needed before the next MAC */
+};
+
+hsm_result hsm_keyed_hmac_new(const uint8_t *key, size_t key_len, hsm_keyed_hmac **out)
+{
+	HSM_ASSERT((key != NULL || key_len == 0) && out != NULL);
+	hsm_keyed_hmac *h = calloc(1, sizeof(*h));
+	HSM_ENSURE(h != NULL, HSM_ERR_NOMEM, "out of memory");
+	hsm_result res = keyed_ctx(key, key_len, "SHA256", &h->ctx);
+	if (hsm_failed(res)) {
+		free(h);
+		return res;
+	}
+	h->keyed = true;
+	*out = h;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_keyed_hmac_of(hsm_keyed_hmac *h, const void *msg, size_t msg_len,
+                             uint8_t out[HSM_SHA256_LEN])
+{
+	HSM_ASSERT(h != NULL && (msg != NULL || msg_len == 0));
+	bool keyed = h->keyed;
+	h->keyed = false;
+	/* Without a key, EVP_MAC_init restarts from the pads the key made. */
+	HSM_OSSL_ENSURE(keyed || EVP_MAC_init(h->ctx, NULL, 0, NULL) == 1, HSM_ERR_CRYPTO,
+	                "HMAC computation failed");
+	return mac_of(h->ctx, msg, msg_len, out, HSM_SHA256_LEN);
+}
+
+void hsm_keyed_hmac_free(hsm_keyed_hmac *h)
+{
+	if (h == NULL)
+		return;
+	EVP_MAC_CTX_free(h->ctx); /* cleanses the keyed state */
+	free(h);
 }
 
 static hsm_result check_alg(const hsm_material *m, hsm_mac_alg alg)

@@ -458,16 +458,25 @@ hsm_result hsm_ks_audit_sign(hsm_keystore *ks, const uint8_t *msg, size_t len, h
 	return r;
 }
 
+hsm_result hsm_ks_audit_hasher(hsm_keystore *ks, hsm_keyed_hmac **out)
+{
+	pthread_rwlock_rdlock(&ks->keys_lock);
+	hsm_result r = ks->keys.audit_hash == NULL
+	                   ? ks_require_unsealed(ks)
+	                   : hsm_keyed_hmac_new(hsm_secret_bytes(ks->keys.audit_hash),
+	                                         hsm_secret_len(ks->keys.audit_hash), out);
+	pthread_rwlock_unlock(&ks->keys_lock);
+	return r;
+}
+
 hsm_result hsm_ks_audit_hash(hsm_keystore *ks, const uint8_t *value, size_t len,
                              char out[2 * HSM_SHA256_LEN + 1])
 {
 	uint8_t mac[HSM_SHA256_LEN];
-	pthread_rwlock_rdlock(&ks->keys_lock);
-	hsm_result r = ks->keys.audit_hash == NULL
-	                   ? ks_require_unsealed(ks)
-	                   : hsm_hmac_sha256(hsm_secret_bytes(ks->keys.audit_hash),
-	                                     hsm_secret_len(ks->keys.audit_hash), value, len, mac);
-	pthread_rwlock_unlock(&ks->keys_lock);
+	hsm_keyed_hmac *h = NULL;
+	HSM_GUARD(hsm_ks_audit_hasher(ks, &h));
+	hsm_result r = hsm_keyed_hmac_of(h, value, len, mac);
+	hsm_keyed_hmac_free(h);
 	HSM_GUARD(r);
 	hsm_hex_encode_str(out, mac, sizeof(mac));
 	return HSM_SUCCESS;

@@ -183,6 +183,12 @@ hsm_result hsm_ks_unwrap_secret(hsm_keystore *ks, const char *identity, const ui
 /* Signs an audit checkpoint with the audit signing key (Ed25519). */
 hsm_result hsm_ks_audit_sign(hsm_keystore *ks, const uint8_t *msg, size_t len,
                              hsm_buf *sig) HSM_MUST_CHECK;
+/*
+ * The keyed hash of the audit trail (HMAC-SHA256 under the audit-hash key)
+ * ready for several values of one record: keyed once, freed with
+ * hsm_keyed_hmac_free before the record is submitted.
+ */
+hsm_result hsm_ks_audit_hasher(hsm_keystore *ks, hsm_keyed_hmac **out) HSM_MUST_CHECK;
 /* Keyed hash (HMAC-SHA256, hex) of a value for the audit trail. */
 hsm_result hsm_ks_audit_hash(hsm_keystore *ks, const uint8_t *value, size_t len,
                              char out[2 * HSM_SHA256_LEN + 1]) HSM_MUST_CHECK;

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/encoding.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "server/api.h"
@@ -102,11 +103,16 @@ static hsm_audit_outcome audit_outcome_of(hsm_err err)
 static void context_field(hsm_server *s, const hsm_api_audit *a, char *out, size_t cap)
 {
 	hsm_sb b;
+	hsm_keyed_hmac *hasher = NULL;
+	bool keyed = hsm_ok(hsm_ks_audit_hasher(s->ks, &hasher));
 	hsm_sb_init(&b, out, cap);
 	for (size_t i = 0; i < a->n_ctx && !b.cut; i++) {
+		const char *value = a->ctx[i].value;
+		uint8_t mac[HSM_SHA256_LEN];
 		char h[2 * HSM_SHA256_LEN + 1];
-		if (hsm_failed(hsm_ks_audit_hash(s->ks, (const uint8_t *)a->ctx[i].value,
-		                                 strlen(a->ctx[i].value), h)))
+		if (keyed && hsm_ok(hsm_keyed_hmac_of(hasher, value, strlen(value), mac)))
+			hsm_hex_encode_str(h, mac, sizeof(mac));
+		else
 			memcpy(h, "unavailable", sizeof("unavailable"));
 		if (i > 0)
 			hsm_sb_add(&b, ",");
@@ -114,6 +120,7 @@ static void context_field(hsm_server *s, const hsm_api_audit *a, char *out, size
 		hsm_sb_add(&b, "=");
 		hsm_sb_addn(&b, h, 32);
 	}
+	hsm_keyed_hmac_free(hasher);
 }
 
 static void kick_audit(void *audit)

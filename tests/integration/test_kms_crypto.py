@@ -369,6 +369,14 @@ def test_crypto_requests_are_audited_without_secrets(kms, hsmd, sym):
     # The context value is recorded only as a keyed hash an auditor can recompute.
     h = admin(hsmd, "AuditHash", {"Value": "ctx-value-42"})["Hash"]
     assert rec["extra"]["encryption_context"] == "app=" + h[:32]
+    # Several values: each has its own keyed hash (the hasher is keyed once per record).
+    ctx = {"app": "ctx-value-42", "tenant": "t-7", "region": "", "note": "ctx-value-42 again"}
+    r2 = kms.encrypt(KeyId=sym, Plaintext=b"x", EncryptionContext=ctx)
+    rec2 = audit_record(hsmd.data_dir, r2["ResponseMetadata"]["RequestId"])
+    recorded = dict(kv.split("=", 1) for kv in rec2["extra"]["encryption_context"].split(","))
+    assert recorded == {k: admin(hsmd, "AuditHash", {"Value": v})["Hash"][:32]
+                        for k, v in ctx.items()}
+    assert len(set(recorded.values())) == len(ctx)
     d = kms.decrypt(CiphertextBlob=r["CiphertextBlob"], EncryptionContext={"app": "ctx-value-42"})
     rec = audit_record(hsmd.data_dir, d["ResponseMetadata"]["RequestId"])
     assert (rec["op"], rec["key_id"], rec["outcome"]) == ("Decrypt", sym, "success")

@@ -82,6 +82,31 @@ static void check_spec(hsm_key_spec spec, hsm_mac_alg alg)
 	hsm_buf_free(&mac);
 }
 
+/* Keyed once, many MACs: each equals the one-shot MAC of its message, repeats included. */
+static void test_keyed_hmac_matches_one_shot(void **state)
+{
+	(void)state;
+	uint8_t keys[3][131], big[1000];
+	const size_t key_lens[] = {0, 20, 131}; /* empty, short, longer than the block */
+	memset(keys, 0xaa, sizeof(keys));
+	for (size_t i = 0; i < sizeof(big); i++)
+		big[i] = (uint8_t)(i * 7);
+	const size_t msg_lens[] = {0, 1, 55, 56, 63, 64, 65, 1000, 1, 0, 64};
+	for (size_t k = 0; k < 3; k++) {
+		hsm_keyed_hmac *h = NULL;
+		assert_succeeds(hsm_keyed_hmac_new(key_lens[k] ? keys[k] : NULL, key_lens[k], &h));
+		for (size_t m = 0; m < sizeof(msg_lens) / sizeof(msg_lens[0]); m++) {
+			uint8_t got[HSM_SHA256_LEN], want[HSM_SHA256_LEN];
+			assert_succeeds(hsm_keyed_hmac_of(h, big, msg_lens[m], got));
+			assert_succeeds(hsm_hmac_sha256(key_lens[k] ? keys[k] : NULL, key_lens[k], big,
+			                                msg_lens[m], want));
+			assert_memory_equal(got, want, sizeof(want));
+		}
+		hsm_keyed_hmac_free(h);
+	}
+	hsm_keyed_hmac_free(NULL);
+}
+
 static void test_every_hmac_spec(void **state)
 {
 	(void)state;
@@ -113,6 +138,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_hmac_sha256_rfc4231),
+	    cmocka_unit_test(test_keyed_hmac_matches_one_shot),
 	    cmocka_unit_test(test_every_hmac_spec),
 	    cmocka_unit_test(test_wrong_key_or_algorithm),
 	};
