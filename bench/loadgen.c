@@ -105,15 +105,21 @@ static lg_io send_request(worker *w, lg_conn *c, uint64_t sched)
 	hsm_sigv4_request req = {"POST", "/", "", h, 3, w->body.data, w->body.len};
 	if (hsm_failed(hsm_sigv4_sign(w->signer, &req, hsm_now(), &sig)))
 		return LG_IO_ERROR;
+	/* Put piece by piece: formatting with printf took a tenth of the loadgen's CPU. */
+	char clen[24];
+	hsm_sb b;
+	hsm_sb_init(&b, clen, sizeof(clen));
+	hsm_sb_u64(&b, w->body.len);
+	const char *const parts[] = {"POST / HTTP/1.1\r\nHost: ", cfg->dest.host_header,
+	                             "\r\nContent-Type: application/x-amz-json-1.1\r\nX-Amz-Target: ",
+	                             cfg->target, "\r\nX-Amz-Date: ", sig.amz_date,
+	                             "\r\nAuthorization: ", sig.authorization,
+	                             "\r\nContent-Length: ", clen, "\r\n\r\n"};
 	c->out.len = 0;
-	if (hsm_failed(hsm_buf_printf(&c->out,
-	                              "POST / HTTP/1.1\r\nHost: %s\r\n"
-	                              "Content-Type: application/x-amz-json-1.1\r\n"
-	                              "X-Amz-Target: %s\r\nX-Amz-Date: %s\r\nAuthorization: %s\r\n"
-	                              "Content-Length: %zu\r\n\r\n",
-	                              cfg->dest.host_header, cfg->target, sig.amz_date,
-	                              sig.authorization, w->body.len)) ||
-	    hsm_failed(hsm_buf_put(&c->out, w->body.data, w->body.len)))
+	for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
+		if (hsm_failed(hsm_buf_put_str(&c->out, parts[i])))
+			return LG_IO_ERROR;
+	if (hsm_failed(hsm_buf_put(&c->out, w->body.data, w->body.len)))
 		return LG_IO_ERROR;
 	c->sched_ns = sched;
 	w->sent++;

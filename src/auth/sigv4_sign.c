@@ -6,12 +6,12 @@
  * cost of a signature is the body hash, the canonical-request hash and one
  * HMAC; the canonical request is built in a buffer the signer reuses.
  */
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "auth/sigv4_internal.h"
 #include "common/encoding.h"
+#include "common/util.h"
 
 struct hsm_sigv4_signer {
 	char access_key_id[HSM_SIGV4_AKID_MAX + 1];
@@ -196,15 +196,19 @@ hsm_result hsm_sigv4_sign(hsm_sigv4_signer *s, const hsm_sigv4_request *req, int
 	HSM_GUARD(hsm_sigv4_compute(&s->creq, amz_date, s->key_date, s->region, s->service, s->mac,
 	                            mac));
 	hsm_hex_encode_str(sig_hex, mac, HSM_SIGV4_SIG_LEN);
+	/* "<alg> Credential=<akid>/<scope>, SignedHeaders=<list>, Signature=<hex>" */
 	hsm_sigv4_signature sig;
-	int len = snprintf(sig.authorization, sizeof(sig.authorization),
-	                   "%s Credential=%s/%s/%s/%s/%s, SignedHeaders=%s, Signature=%s",
-	                   HSM_SIGV4_ALGORITHM, s->access_key_id, s->key_date, s->region, s->service,
-	                   HSM_SIGV4_TERMINATOR, list, sig_hex);
-	HSM_ENSURE(len > 0 && (size_t)len < sizeof(sig.authorization), HSM_ERR_INTERNAL,
-	           "authorization header too long");
+	hsm_sb b;
+	const char *const parts[] = {HSM_SIGV4_ALGORITHM, " Credential=", s->access_key_id, "/",
+	                             s->key_date, "/", s->region, "/", s->service, "/",
+	                             HSM_SIGV4_TERMINATOR, ", SignedHeaders=", list,
+	                             ", Signature=", sig_hex};
+	hsm_sb_init(&b, sig.authorization, sizeof(sig.authorization));
+	for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
+		hsm_sb_add(&b, parts[i]);
+	HSM_ENSURE(!b.cut, HSM_ERR_INTERNAL, "authorization header too long");
 	memcpy(sig.amz_date, amz_date, sizeof(amz_date));
 	memcpy(out->amz_date, sig.amz_date, sizeof(sig.amz_date));
-	memcpy(out->authorization, sig.authorization, (size_t)len + 1);
+	memcpy(out->authorization, sig.authorization, b.len + 1);
 	return HSM_SUCCESS;
 }
