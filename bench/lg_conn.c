@@ -152,10 +152,9 @@ static lg_io pump_read(lg_conn *c)
 	}
 }
 
-lg_io lg_conn_pump(lg_conn *c)
+/* Sends what is left of the request: LG_IO_DONE once all of it is out. */
+static lg_io pump_write(lg_conn *c)
 {
-	if (c->st != LG_BUSY)
-		return LG_IO_AGAIN;
 	while (c->out_off < c->out.len) {
 		ssize_t w = io_write(c, c->out.data + c->out_off, c->out.len - c->out_off);
 		if (w < 0)
@@ -164,7 +163,15 @@ lg_io lg_conn_pump(lg_conn *c)
 			return LG_IO_AGAIN;
 		c->out_off += (size_t)w;
 	}
-	return pump_read(c);
+	return LG_IO_DONE;
+}
+
+lg_io lg_conn_pump(lg_conn *c)
+{
+	if (c->st != LG_BUSY)
+		return LG_IO_AGAIN;
+	lg_io r = pump_write(c);
+	return r == LG_IO_DONE ? pump_read(c) : r;
 }
 
 lg_io lg_conn_start(lg_conn *c)
@@ -176,7 +183,11 @@ lg_io lg_conn_start(lg_conn *c)
 	c->status = 0;
 	c->server_closes = false;
 	c->st = LG_BUSY;
-	return lg_conn_pump(c);
+	/* No answer can be there before the request has left, so no read is
+	 * tried now (it would only find nothing): the socket's next readable
+	 * edge brings the connection back through lg_conn_pump. */
+	lg_io r = pump_write(c);
+	return r == LG_IO_DONE ? LG_IO_AGAIN : r;
 }
 
 const char *lg_conn_body(const lg_conn *c, size_t *len)

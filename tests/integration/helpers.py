@@ -185,7 +185,7 @@ def b64(data):
 
 
 __all__ = ["AWS_CLI", "ACCOUNT", "AwsCli", "admin", "audit_record", "audit_records", "b64",
-           "call_error", "call_ok", "key_arn", "new_user", "parsed_body", "raises",
+           "call_error", "call_ok", "key_arn", "make_pki", "new_user", "parsed_body", "raises",
            "request_id", "restart_dev", "signed_at", "signing_clock"]
 
 
