@@ -48,16 +48,91 @@ void hsm_hex_encode_str(char *out, const uint8_t *p, size_t n)
 	out[2 * n] = '\0';
 }
 
+size_t hsm_b64_encoded_len(size_t n)
+{
+	return (n + 2) / 3 * 4;
+}
+
+/*
+ * Base64, and hex decoding, eight characters at a time.
+ *
+ * Both directions work on a uint64_t holding eight 6-bit values, one per
+ * byte ("lane"), so six bytes of data <-> eight characters per step.  The
+ * per-character work is done for all eight lanes at once with plain
+ * additions, shifts and masks ("SWAR"): no branch and no memory address
+ * depends on the data, only on lengths and on where padding starts, which
+ * are public.  Every step keeps each lane within 0..255, so no carry or
+ * borrow ever crosses from one lane into the next.
+ *
+ * In base64 the first character of a group is the most significant: words
+ * are loaded and stored big-endian, so character j of a step sits in lane
+ * 7 - j.  Hex decoding loads little-endian (see hex_values8).
+ */
+#define LANES_LOW UINT64_C(0x0101010101010101)
+#define LANES_HIGH UINT64_C(0x8080808080808080)
+#define LANES(v) ((uint64_t)(v) * LANES_LOW) /* v (a byte) in every lane */
+/*
+ * The step functions and the two codec bodies are inlined into each public
+ * function, so that the alphabet's characters become constants and the
+ * loops keep everything in registers.
+ */
+#define B64_INLINE __attribute__((always_inline)) static inline
+
+/* Bit 0 of each lane set where that lane of x (each below 128) is >= k, 1 <= k <= 128. */
+B64_INLINE uint64_t lanes_ge(uint64_t x, unsigned k)
+{
+	/* lane + 128 - k reaches 128 (its top bit) exactly when lane >= k; it stays below 256. */
+	return (x + LANES(128U - k)) >> 7 & LANES_LOW;
+}
+
+/* Bit 0 of each lane set where that lane of x (each below 128) is in first..last. */
+B64_INLINE uint64_t lanes_in(uint64_t x, unsigned first, unsigned last)
+{
+	return lanes_ge(x, first) & ~lanes_ge(x, last + 1);
+}
+
+/*
+ * Eight hex digits -> four bytes, in the low byte of each 16-bit lane; sets
+ * *bad's top bit in the lanes of characters that are not lowercase hex
+ * digits.  Characters are loaded little-endian (the first in the lowest
+ * lane) and masked below 128 for the range checks; one of 128 or more is
+ * flagged by its own top bit.
+ */
+B64_INLINE uint64_t hex_values8(const char *s, uint64_t *bad)
+{
+	uint64_t x;
+	memcpy(&x, s, sizeof(x));
+	x = le64toh(x);
+	uint64_t y = x & ~LANES_HIGH;
+	uint64_t digit = lanes_in(y, '0', '9'), lower = lanes_in(y, 'a', 'f');
+	*bad |= ((~(digit | lower) & LANES_LOW) << 7) | (x & LANES_HIGH);
+	/* y + 128 minus at most 'a' - 10 cannot borrow into the next lane. */
+	uint64_t v = ((((y | LANES_HIGH) - LANES('0')) & digit * 0xff) |
+	              (((y | LANES_HIGH) - LANES('a' - 10)) & lower * 0xff)) &
+	             LANES(0x0f);
+	/* The even characters are high nibbles. */
+	return (v & UINT64_C(0x00ff00ff00ff00ff)) << 4 | (v >> 8 & UINT64_C(0x00ff00ff00ff00ff));
+}
+
 static hsm_result hex_decode_into(uint8_t *dst, const char *s, size_t n, hsm_err err)
 {
 	unsigned bad = 0;
-	for (size_t i = 0; i < n; i++) {
+	uint64_t bad8 = 0;
+	size_t i = 0;
+	for (; i + 4 <= n; i += 4) {
+		uint64_t w = hex_values8(s + 2 * i, &bad8);
+		dst[i] = (uint8_t)w;
+		dst[i + 1] = (uint8_t)(w >> 16);
+		dst[i + 2] = (uint8_t)(w >> 32);
+		dst[i + 3] = (uint8_t)(w >> 48);
+	}
+	for (; i < n; i++) {
 		int hi = hex_value((unsigned char)s[2 * i]);
 		int lo = hex_value((unsigned char)s[2 * i + 1]);
 		bad |= (unsigned)(hi | lo) & 0x100U;
 		dst[i] = (uint8_t)((unsigned)hi << 4 | ((unsigned)lo & 15U));
 	}
-	HSM_ENSURE(bad == 0, err, "invalid hex digit (lowercase hex expected)");
+	HSM_ENSURE(bad == 0 && bad8 == 0, err, "invalid hex digit (lowercase hex expected)");
 	return HSM_SUCCESS;
 }
 
@@ -82,48 +157,6 @@ hsm_result hsm_hex_decode_exact(uint8_t *out, size_t n, const char *s, size_t sl
 	if (hsm_failed(r))
 		memset(out, 0, n); /* no half-decoded value is left behind */
 	return r;
-}
-
-size_t hsm_b64_encoded_len(size_t n)
-{
-	return (n + 2) / 3 * 4;
-}
-
-/*
- * Base64 eight characters at a time.
- *
- * Both directions work on a uint64_t holding eight 6-bit values, one per
- * byte ("lane"), so six bytes of data <-> eight characters per step.  The
- * per-character work is done for all eight lanes at once with plain
- * additions, shifts and masks ("SWAR"): no branch and no memory address
- * depends on the data, only on lengths and on where padding starts, which
- * are public.  Every step keeps each lane within 0..255, so no carry or
- * borrow ever crosses from one lane into the next.
- *
- * The first character of a group is the most significant: words are loaded
- * and stored big-endian, so character j of a step sits in lane 7 - j.
- */
-#define LANES_LOW UINT64_C(0x0101010101010101)
-#define LANES_HIGH UINT64_C(0x8080808080808080)
-#define LANES(v) ((uint64_t)(v) * LANES_LOW) /* v (a byte) in every lane */
-/*
- * The step functions and the two codec bodies are inlined into each public
- * function, so that the alphabet's characters become constants and the
- * loops keep everything in registers.
- */
-#define B64_INLINE __attribute__((always_inline)) static inline
-
-/* Bit 0 of each lane set where that lane of x (each below 128) is >= k, 1 <= k <= 128. */
-B64_INLINE uint64_t lanes_ge(uint64_t x, unsigned k)
-{
-	/* lane + 128 - k reaches 128 (its top bit) exactly when lane >= k; it stays below 256. */
-	return (x + LANES(128U - k)) >> 7 & LANES_LOW;
-}
-
-/* Bit 0 of each lane set where that lane of x (each below 128) is in first..last. */
-B64_INLINE uint64_t lanes_in(uint64_t x, unsigned first, unsigned last)
-{
-	return lanes_ge(x, first) & ~lanes_ge(x, last + 1);
 }
 
 /* The two alphabets share 'A'..'Z', 'a'..'z' and '0'..'9' for 0..61. */

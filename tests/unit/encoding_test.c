@@ -575,6 +575,73 @@ static void test_hex(void **state)
 	hsm_buf_free(&dec);
 }
 
+/* The plain definition: lowercase digits only, -1 for anything else. */
+static int ref_hex_value(unsigned char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+/* Decodes s like hsm_hex_decode is meant to; false where it must refuse. */
+static bool ref_hex_decode(const char *s, size_t n, uint8_t *out)
+{
+	if (n % 2 != 0)
+		return false;
+	for (size_t i = 0; i < n / 2; i++) {
+		int hi = ref_hex_value((unsigned char)s[2 * i]), lo = ref_hex_value((unsigned char)s[2 * i + 1]);
+		if (hi < 0 || lo < 0)
+			return false;
+		out[i] = (uint8_t)(hi << 4 | lo);
+	}
+	return true;
+}
+
+static void check_hex_decode(const char *s, size_t n)
+{
+	uint8_t want[64];
+	hsm_buf got = {0};
+	bool ok = ref_hex_decode(s, n, want);
+	hsm_result r = hsm_hex_decode(&got, s, n, HSM_ERR_VALIDATION);
+	assert_int_equal(hsm_ok(r), ok);
+	if (ok) {
+		assert_int_equal(got.len, n / 2);
+		assert_memory_equal(got.data, want, n / 2);
+	} else {
+		assert_int_equal(got.len, 0);
+	}
+	hsm_buf_free(&got);
+}
+
+/* Eight digits are decoded at a time: every byte value in every position of
+ * two such groups and of the digits after them, and random texts. */
+static void test_hex_decode_every_char_everywhere(void **state)
+{
+	(void)state;
+	char s[128];
+	for (size_t len = 16; len <= 22; len += 2) {
+		for (size_t pos = 0; pos < len; pos++) {
+			for (unsigned c = 0; c < 256; c++) {
+				for (size_t i = 0; i < len; i++)
+					s[i] = "0123456789abcdef"[(i * 7 + c) % 16];
+				s[pos] = (char)c;
+				check_hex_decode(s, len);
+			}
+		}
+	}
+	static const char alphabet[] = "0123456789abcdefABCDEFgz/:@`\x00\x7f\x80\xb0\xe6\xff";
+	for (int round = 0; round < 200000; round++) {
+		size_t len = rng_below(sizeof(s) + 1);
+		bool clean = rng_below(2) == 0;
+		for (size_t i = 0; i < len; i++)
+			s[i] = clean ? "0123456789abcdef"[rng_below(16)]
+			             : alphabet[rng_below(sizeof(alphabet) - 1)];
+		check_hex_decode(s, len);
+	}
+}
+
 /* ---- Constant time, checked by valgrind's memcheck (support/ct_probe.h) ---
  *
  * Encoding: every input byte is secret.  Decoding: the caller learns
@@ -749,6 +816,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test(test_b64_matches_reference_on_garbage),
 	    cmocka_unit_test(test_b64_speed),
 	    cmocka_unit_test(test_hex),
+	    cmocka_unit_test(test_hex_decode_every_char_everywhere),
 	    CT_PROBE_TESTS
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
