@@ -48,6 +48,9 @@ static void templates_init(void)
 	EVP_MAC_free(mac); /* the contexts keep their own references */
 }
 
+/* OpenSSL wants a non-NULL pointer for an empty key or message ("no key" is NULL). */
+static const uint8_t empty[1];
+
 /* A fresh context for digest: cloned from its template, else made and named. */
 static EVP_MAC_CTX *mac_ctx(const char *digest, bool *named)
 {
@@ -64,7 +67,6 @@ static EVP_MAC_CTX *mac_ctx(const char *digest, bool *named)
 static hsm_result keyed_ctx(const uint8_t *key, size_t key_len, const char *digest,
                             EVP_MAC_CTX **out)
 {
-	static const uint8_t empty[1];
 	hsm_result res = HSM_SUCCESS;
 	char md_name[16]; /* OSSL_PARAM wants a writable string */
 	bool named = false;
@@ -75,7 +77,6 @@ static hsm_result keyed_ctx(const uint8_t *key, size_t key_len, const char *dige
 		snprintf(md_name, sizeof(md_name), "%s", digest);
 		params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, md_name, 0);
 	}
-	/* OpenSSL wants a non-NULL pointer to tell an empty key from "no key". */
 	HSM_OSSL_CHECK(EVP_MAC_init(ctx, key_len > 0 ? key : empty, key_len, named ? NULL : params) == 1,
 	               HSM_ERR_CRYPTO, "HMAC computation failed");
 	*out = ctx;
@@ -89,7 +90,6 @@ out:
 static hsm_result mac_of(EVP_MAC_CTX *ctx, const uint8_t *msg, size_t msg_len, uint8_t *out,
                          size_t out_len)
 {
-	static const uint8_t empty[1];
 	size_t len = 0;
 	HSM_OSSL_ENSURE(EVP_MAC_update(ctx, msg_len > 0 ? msg : empty, msg_len) == 1 &&
 	                    EVP_MAC_final(ctx, out, &len, out_len) == 1 && len == out_len,
