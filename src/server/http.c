@@ -2,34 +2,35 @@
  * http.c - the HTTP server's life cycle: workers, their event loops and
  * listening sockets, start, graceful stop and free.
  *
- * Each worker is a thread running its own event_base (created without locks:
- * nothing else touches it) with its own evhttp.  By default all workers
- * accept from one shared listening socket.  Per-worker SO_REUSEPORT sockets
- * (cfg.reuseport) measured no faster on two cores, with keep-alive or with a
- * connection per request, and they have a hazard: a second process of the
- * same user binding the same port joins the group and silently receives a
- * share of the connections, where a plain socket makes it fail with
- * EADDRINUSE.  Other threads reach a worker only through its completion
- * stack and eventfd (http_resp.c).
+ * Each worker is a thread running its own epoll loop; nothing else touches
+ * its connections.  By default all workers accept from one shared listening
+ * socket.  Per-worker SO_REUSEPORT sockets (cfg.reuseport) measured no faster
+ * on two cores, with keep-alive or with a connection per request, and they
+ * have a hazard: a second process of the same user binding the same port
+ * joins the group and silently receives a share of the connections, where a
+ * plain socket makes it fail with EADDRINUSE.  Other threads reach a worker
+ * only through its completion stack and eventfd (http_resp.c).
+ *
+ * A loop pass: epoll_wait (sleeping until the next timer at most), then the
+ * ready descriptors in order (connections, the listening socket, the wakeup
+ * eventfd), then the connections queued to run again, then the calls asked
+ * for at the end of the pass (hsm_http_at_pass_end), then the timers.
  */
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <event2/event.h>
-#include <event2/http.h>
-#include <event2/listener.h>
-
 #include "common/log.h"
 #include "server/http_internal.h"
 
-#define ACCEPT_PAUSE_MS 100U
 #define SWEEP_MIN_MS 10U
 #define SWEEP_MAX_MS 1000U
+#define WORKER_EVENTS 64
 
 void hsm_http_config_defaults(hsm_http_config *cfg)
 {
@@ -45,10 +46,16 @@ void hsm_http_config_defaults(hsm_http_config *cfg)
 	cfg->client_auth = HSM_HTTP_CLIENT_AUTH_NONE;
 }
 
-static struct timeval tv_ms(uint32_t ms)
+/* A quarter of the shortest timeout: a deadline is enforced within 1.25 times it. */
+static uint32_t sweep_ms(const hsm_http_config *cfg)
 {
-	struct timeval tv = {.tv_sec = (time_t)(ms / 1000U), .tv_usec = (suseconds_t)((ms % 1000U) * 1000U)};
-	return tv;
+	uint32_t t = cfg->read_timeout_ms;
+	if (cfg->idle_timeout_ms < t)
+		t = cfg->idle_timeout_ms;
+	if (cfg->write_timeout_ms < t)
+		t = cfg->write_timeout_ms;
+	t /= 4U;
+	return t < SWEEP_MIN_MS ? SWEEP_MIN_MS : t > SWEEP_MAX_MS ? SWEEP_MAX_MS : t;
 }
 
 static hsm_result check_config(const hsm_http_config *cfg)
@@ -77,35 +84,39 @@ static unsigned cpu_count(void)
 	return n > (long)HSM_HTTP_MAX_WORKERS ? HSM_HTTP_MAX_WORKERS : (unsigned)n;
 }
 
-/* ---- worker callbacks ------------------------------------------------------ */
+/* ---- worker loop ------------------------------------------------------------ */
 
-void hsm_http_worker_check_stopped(hsm_http_worker *w)
+/* What epoll hands back for the worker's own descriptors (connections give themselves). */
+static char tag_listen, tag_wake;
+
+void hsm_http_listen_on(hsm_http_worker *w, bool on)
 {
-	if (w->stopping && w->n_conns == 0)
-		event_base_loopbreak(w->base);
+	if (w->listen_fd < 0 || w->listening == on)
+		return;
+	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &tag_listen};
+	if (epoll_ctl(w->ep, on ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, w->listen_fd, &ev) == 0)
+		w->listening = on;
+	else
+		hsm_warn("http worker %u: epoll_ctl on the listening socket: %s", w->index,
+		         strerror(errno));
 }
 
 static void begin_stop(hsm_http_worker *w)
 {
 	w->stopping = true;
-	if (w->bound != NULL) {
-		evhttp_del_accept_socket(w->http, w->bound);
-		w->bound = NULL;
+	hsm_http_listen_on(w, false);
+	if (w->own_listen_fd && w->listen_fd >= 0) {
+		close(w->listen_fd);
+		w->listen_fd = -1;
 	}
-	event_del(w->resume_ev);
-	event_del(w->rearm_ev);
 	hsm_http_conn_close_idle(w, false);
-	struct timeval tv = tv_ms(atomic_load(&w->srv->grace_ms));
-	event_add(w->stop_ev, &tv);
-	hsm_http_worker_check_stopped(w);
+	w->grace_end_ns = hsm_mono_ns() + (uint64_t)atomic_load(&w->srv->grace_ms) * 1000000ULL + 1;
 }
 
-static void on_wake(evutil_socket_t fd, short what, void *arg)
+static void on_wake(hsm_http_worker *w)
 {
-	(void)what;
-	hsm_http_worker *w = arg;
 	uint64_t v;
-	ssize_t n = read(fd, &v, sizeof(v));
+	ssize_t n = read(w->wake_fd, &v, sizeof(v));
 	(void)n; /* nothing to read only means another pass emptied it */
 	hsm_http_worker_drain(w, true);
 	if (atomic_load(&w->srv->stopping) && !w->stopping)
@@ -114,155 +125,114 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
 		hsm_http_balance(w, false);
 }
 
-/* The grace period is over: drop whatever is left and leave the loop. */
-static void on_grace_over(evutil_socket_t fd, short what, void *arg)
+/* The timers: deadline sweep, end of the grace period, accept pauses. */
+static void run_timers(hsm_http_worker *w, uint64_t now)
 {
-	(void)fd, (void)what;
-	hsm_http_worker *w = arg;
-	hsm_http_conn_close_idle(w, true);
-	event_base_loopbreak(w->base);
-}
-
-/*
- * accept() failed for lack of descriptors or memory.  The socket stays
- * readable, so pause accepting briefly instead of spinning.
- */
-static void on_accept_error(struct evconnlistener *lev, void *arg)
-{
-	(void)arg;
-	int err = errno;
-	hsm_http_worker *w = hsm_http_current_worker();
-	if (w != NULL && atomic_load(&w->srv->stopping)) {
-		evconnlistener_disable(lev); /* the shared socket was shut down under us */
-		return;
+	if (now >= w->sweep_ns) {
+		hsm_http_conn_sweep(w, now);
+		w->sweep_ns = now + (uint64_t)sweep_ms(&w->srv->cfg) * 1000000ULL;
 	}
-	if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
-		evconnlistener_disable(lev);
-		struct timeval tv = tv_ms(ACCEPT_PAUSE_MS);
-		if (w != NULL)
-			event_add(w->resume_ev, &tv);
-		hsm_warn("accept: %s; pausing for %u ms", strerror(err), ACCEPT_PAUSE_MS);
-	} else {
-		hsm_warn("accept: %s", strerror(err));
+	if (w->grace_end_ns != 0 && now >= w->grace_end_ns) {
+		hsm_http_conn_close_idle(w, true);
+		w->quit = true;
+	}
+	if (w->resume_ns != 0 && now >= w->resume_ns) {
+		w->resume_ns = 0;
+		if (hsm_http_may_accept(w))
+			hsm_http_listen_on(w, true);
+	}
+	if (w->rearm_ns != 0 && now >= w->rearm_ns) {
+		w->rearm_ns = 0;
+		hsm_http_balance_rearm(w);
 	}
 }
 
-static void on_resume_accept(evutil_socket_t fd, short what, void *arg)
+/* Milliseconds epoll_wait may sleep: until the earliest timer. */
+static int wait_ms(const hsm_http_worker *w, uint64_t now)
 {
-	(void)fd, (void)what;
-	hsm_http_worker *w = arg;
-	if (!w->stopping && w->bound != NULL && !w->balance_paused)
-		evconnlistener_enable(evhttp_bound_socket_get_listener(w->bound));
+	uint64_t next = w->sweep_ns;
+	const uint64_t t[] = {w->grace_end_ns, w->resume_ns, w->rearm_ns};
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+		if (t[i] != 0 && t[i] < next)
+			next = t[i];
+	if (next <= now)
+		return 0;
+	return (int)((next - now + 999999ULL) / 1000000ULL);
+}
+
+static void run_pass(hsm_http_worker *w, const struct epoll_event *evs, int n)
+{
+	for (int i = 0; i < n; i++) {
+		void *p = evs[i].data.ptr;
+		if (p == &tag_wake)
+			on_wake(w);
+		else if (p == &tag_listen)
+			hsm_http_accept(w);
+		else
+			hsm_http_conn_event(p, evs[i].events);
+	}
+	hsm_http_conn_pass_end(w);
+	hsm_http_run_pass_end(w);
+	hsm_http_conn_pass_end(w); /* connections the calls answered */
 }
 
 static void *worker_main(void *arg)
 {
 	hsm_http_worker *w = arg;
+	struct epoll_event evs[WORKER_EVENTS];
 	hsm_http_set_current_worker(w);
-	if (event_base_dispatch(w->base) < 0)
-		hsm_error("http worker %u: event loop failed", w->index);
+	w->sweep_ns = hsm_mono_ns() + (uint64_t)sweep_ms(&w->srv->cfg) * 1000000ULL;
+	while (!w->quit) {
+		int n = epoll_wait(w->ep, evs, WORKER_EVENTS, wait_ms(w, hsm_mono_ns()));
+		if (n < 0 && errno != EINTR) {
+			hsm_error("http worker %u: epoll_wait: %s", w->index, strerror(errno));
+			break;
+		}
+		run_pass(w, evs, n > 0 ? n : 0);
+		run_timers(w, hsm_mono_ns());
+		if (w->stopping && w->n_conns == 0)
+			w->quit = true;
+	}
+	hsm_http_conn_close_idle(w, true);
+	hsm_http_conn_pass_end(w);
 	hsm_http_set_current_worker(NULL);
 	return NULL;
 }
 
 /* ---- worker set-up and tear-down ---------------------------------------------- */
 
-static hsm_result worker_listen(hsm_http_worker *w, int fd, bool own)
-{
-	unsigned flags = LEV_OPT_CLOSE_ON_EXEC | (own ? LEV_OPT_CLOSE_ON_FREE : 0U);
-	struct evconnlistener *lev = evconnlistener_new(w->base, NULL, NULL, flags, 0, fd);
-	HSM_ENSURE(lev != NULL, HSM_ERR_NOMEM, "cannot create a listener");
-	if (own)
-		w->listen_fd = -1; /* the listener owns it now */
-	evconnlistener_set_error_cb(lev, on_accept_error);
-	w->bound = evhttp_bind_listener(w->http, lev);
-	if (w->bound == NULL) {
-		evconnlistener_free(lev);
-		return HSM_FAIL(HSM_ERR_NOMEM, "cannot bind the listener");
-	}
-	return HSM_SUCCESS;
-}
-
-static hsm_result worker_events(hsm_http_worker *w)
-{
-	const hsm_http_config *cfg = &w->srv->cfg;
-	w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	HSM_ENSURE(w->wake_fd >= 0, HSM_ERR_IO, "eventfd: %s", strerror(errno));
-	w->wake_ev = event_new(w->base, w->wake_fd, EV_READ | EV_PERSIST, on_wake, w);
-	w->adopt_ev = event_new(w->base, -1, 0, hsm_http_conn_adopt_cb, w);
-	w->local_ev = event_new(w->base, -1, 0, hsm_http_local_cb, w);
-	w->sweep_ev = event_new(w->base, -1, EV_PERSIST, hsm_http_conn_sweep_cb, w);
-	w->stop_ev = evtimer_new(w->base, on_grace_over, w);
-	w->resume_ev = evtimer_new(w->base, on_resume_accept, w);
-	w->rearm_ev = evtimer_new(w->base, hsm_http_balance_rearm_cb, w);
-	HSM_ENSURE(w->wake_ev && w->adopt_ev && w->local_ev && w->sweep_ev && w->stop_ev &&
-	               w->resume_ev && w->rearm_ev,
-	           HSM_ERR_NOMEM, "out of memory");
-	/* A quarter of the read timeout: a late request is cut within 1.25 times it. */
-	uint32_t sweep = cfg->read_timeout_ms / 4U;
-	sweep = sweep < SWEEP_MIN_MS ? SWEEP_MIN_MS : sweep > SWEEP_MAX_MS ? SWEEP_MAX_MS : sweep;
-	struct timeval tv = tv_ms(sweep);
-	HSM_ENSURE(event_add(w->wake_ev, NULL) == 0 && event_add(w->sweep_ev, &tv) == 0,
-	           HSM_ERR_INTERNAL, "cannot add events");
-	return HSM_SUCCESS;
-}
-
 static hsm_result worker_init(hsm_http_server *srv, hsm_http_worker *w, int fd, bool own)
 {
-	const hsm_http_config *cfg = &srv->cfg;
 	w->srv = srv;
-	w->listen_fd = own ? fd : -1;
+	w->listen_fd = fd;
+	w->own_listen_fd = own;
 	w->rand_pos = sizeof(w->rand_pool); /* refill on first use */
-	w->date_sec = -1;
-	struct event_config *ec = event_config_new();
-	HSM_ENSURE(ec != NULL, HSM_ERR_NOMEM, "out of memory");
-	/* evhttp switches a connection between reading and writing twice a request;
-	 * the changelist folds each switch into one epoll_ctl (2 a request, not 4:
-	 * about 15% less CPU per request measured).  No descriptor here is dup()ed,
-	 * the changelist's one caveat. */
-	event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
-	event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
-	w->base = event_base_new_with_config(ec);
-	event_config_free(ec);
-	HSM_ENSURE(w->base != NULL, HSM_ERR_INTERNAL, "cannot create an event loop");
-	w->http = evhttp_new(w->base);
-	HSM_ENSURE(w->http != NULL, HSM_ERR_NOMEM, "out of memory");
-	evhttp_set_max_body_size(w->http, (ev_ssize_t)cfg->max_body_bytes);
-	evhttp_set_max_headers_size(w->http, (ev_ssize_t)cfg->max_header_bytes);
-	/* Let every known method through so the others get 405 rather than 501. */
-	evhttp_set_allowed_methods(w->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
-	                                        EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
-	                                        EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
-	                                        EVHTTP_REQ_PATCH);
-	evhttp_set_gencb(w->http, hsm_http_request_cb, w);
-	evhttp_set_bevcb(w->http, hsm_http_conn_bevcb, w);
-	HSM_GUARD(worker_events(w));
-	return worker_listen(w, fd, own);
+	w->ep = epoll_create1(EPOLL_CLOEXEC);
+	HSM_ENSURE(w->ep >= 0, HSM_ERR_IO, "epoll_create1: %s", strerror(errno));
+	w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	HSM_ENSURE(w->wake_fd >= 0, HSM_ERR_IO, "eventfd: %s", strerror(errno));
+	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &tag_wake};
+	HSM_ENSURE(epoll_ctl(w->ep, EPOLL_CTL_ADD, w->wake_fd, &ev) == 0, HSM_ERR_IO,
+	           "epoll_ctl: %s", strerror(errno));
+	hsm_http_listen_on(w, true);
+	HSM_ENSURE(w->listening, HSM_ERR_IO, "cannot watch the listening socket");
+	return HSM_SUCCESS;
 }
 
 static void worker_free(hsm_http_worker *w)
 {
-	if (w->base == NULL) {
-		if (w->listen_fd >= 0)
-			close(w->listen_fd);
-		return;
-	}
 	w->stopping = true;
-	if (w->adopt_ev != NULL)
-		hsm_http_conn_adopt_cb(-1, 0, w); /* closes connections not yet adopted */
-	if (w->http != NULL)
-		evhttp_free(w->http); /* closes every connection: on_close frees each record */
-	struct event *evs[] = {w->wake_ev, w->adopt_ev,  w->local_ev, w->sweep_ev,
-	                       w->stop_ev, w->resume_ev, w->rearm_ev};
-	for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
-		if (evs[i] != NULL)
-			event_free(evs[i]);
-	/* Runs pending finalizers: buffers referencing response bodies release them. */
-	event_base_free(w->base);
+	hsm_http_conn_close_idle(w, true); /* workers that never ran */
+	hsm_http_conn_pass_end(w);
 	hsm_http_req_pool_free(w);
+	for (size_t i = 0; i < w->n_bufs; i++)
+		free(w->bufs[i]); /* wiped when returned */
+	w->n_bufs = 0;
 	if (w->wake_fd >= 0)
 		close(w->wake_fd);
-	if (w->listen_fd >= 0)
+	if (w->ep >= 0)
+		close(w->ep);
+	if (w->own_listen_fd && w->listen_fd >= 0)
 		close(w->listen_fd);
 }
 
@@ -318,11 +288,11 @@ hsm_result hsm_http_server_new(const hsm_http_config *cfg, hsm_http_handler hand
 	if (cfg->tls_cert != NULL)
 		HSM_TRY(hsm_http_tls_new(cfg, &srv->tls));
 	srv->cfg.listen = srv->cfg.tls_cert = srv->cfg.tls_key = srv->cfg.tls_client_ca = NULL;
-	HSM_TRY(hsm_http_fd_table_init(srv));
+	HSM_TRY(hsm_http_fd_limit(srv));
 	srv->workers = calloc(srv->n_workers, sizeof(*srv->workers));
 	HSM_CHECK(srv->workers != NULL, HSM_ERR_NOMEM, "out of memory");
 	for (unsigned i = 0; i < srv->n_workers; i++)
-		srv->workers[i].listen_fd = srv->workers[i].wake_fd = -1;
+		srv->workers[i].listen_fd = srv->workers[i].wake_fd = srv->workers[i].ep = -1;
 	HSM_TRY(open_workers(srv, &ss, len, cfg->listen));
 	*out = srv;
 	srv = NULL;
@@ -407,7 +377,6 @@ void hsm_http_server_free(hsm_http_server *srv)
 	if (srv->shared_fd >= 0)
 		close(srv->shared_fd);
 	SSL_CTX_free(srv->tls);
-	free(srv->by_fd);
 	free(srv->workers);
 	free(srv);
 }

@@ -1,12 +1,13 @@
 /*
- * http.h - hsmd's HTTP/1.1 server (plain or TLS), built on libevent 2.1's
- * evhttp; libevent parses HTTP, this layer adds threads, limits, TLS policy,
- * asynchronous completion and the response headers every answer carries.
+ * http.h - hsmd's HTTP/1.1 server (plain or TLS): its own event loops over
+ * epoll and its own request reader (http_parse.c, RFC 9112), with threads,
+ * limits, TLS policy, asynchronous completion and the response headers every
+ * answer carries.
  *
  * Threads.  hsm_http_server_start() runs W worker threads.  Each owns an
- * event_base and an evhttp listening on one socket shared by all workers (or,
- * with reuseport, on its own SO_REUSEPORT socket), and every connection it
- * accepts stays with it.  The handler is called on the worker that read the request, so it
+ * epoll loop accepting from one socket shared by all workers (or, with
+ * reuseport, its own SO_REUSEPORT socket), and every connection it accepts
+ * stays with it.  The handler is called on the worker that read the request, so it
  * must be thread-safe; it must not block for long, because the worker's other
  * connections wait meanwhile.
  *
@@ -15,12 +16,15 @@
  * The handler (or whoever it hands the request to) answers exactly once with
  * hsm_http_respond(), immediately or later, from any thread.  A response made
  * on another thread is queued to the owning worker and written there: one
- * wakeup per batch, and no evhttp call ever happens off its worker.
+ * wakeup per batch, and a connection is never touched off its worker.
  *
  * What the framework answers by itself: methods other than GET, POST and HEAD
  * get 405 with an Allow header; unknown methods 501; a body over the limit 413
  * (as soon as the Content-Length says so, without reading the body); an
- * oversized or malformed header block 400.  A client that takes longer than
+ * oversized or malformed header block, or framing a proxy could read
+ * differently (RFC 9112 section 11.2), 400; versions other than HTTP/1.0 and
+ * 1.1, 505.  After each of these the connection is closed.  "Expect:
+ * 100-continue" is answered before the body is read.  A client that takes longer than
  * the read timeout to send a request (counted from its first byte, or from
  * accept for the first request) is disconnected, as is one idle longer than
  * the idle timeout or not reading a response for longer than the write

@@ -1,360 +1,473 @@
 /*
- * http_conn.c - connection bookkeeping around evhttp: counting against
- * max_connections, the read deadline, and closing at stop.
+ * http_conn.c - connections: accepting them, running each through its
+ * request cycle (TLS handshake, reading, handling, writing, idle), the
+ * deadlines, and closing.
  *
- * evhttp tells a server little about its connections, so this file hooks in
- * at the three places libevent 2.1 offers:
- * - the bufferevent callback (evhttp_set_bevcb) runs for every accepted
- *   socket: the connection record is made there;
- * - on the next pass of the loop the record is "adopted": the evhttp
- *   connection is found (it is the bufferevent's callback argument) and given
- *   a close callback, which is where the record ends.  A reference taken on
- *   the bufferevent keeps this safe even if evhttp gave up on the socket;
- * - a callback on the bufferevent's input buffer notices the first byte of
- *   the next request on a keep-alive connection, which starts its read
- *   deadline.
- * evhttp's own bufferevent timeouts can only say "nothing arrived for N
- * seconds", which a client trickling one byte at a time never trips, so a
- * periodic sweep closes connections whose request is not complete by the
- * deadline (the defence against slowloris).  The bufferevent's read timeout
- * is the idle timeout and its write timeout the write timeout.
+ * Each socket is registered once with epoll, edge-triggered, for input and
+ * output (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET): no epoll_ctl per request.
+ * Edge-triggered means an event says "something changed", so a connection
+ * remembers that more may be readable (rd_ready) until a read comes back
+ * short or would block, and a write that would block waits for the next
+ * EPOLLOUT edge, which Linux sends once room frees up after such a write.
+ * While a request is with its handler the connection is not read at all (its
+ * input buffer holds the request's strings), so a client sending early or
+ * pipelining costs nothing until the response is out.
+ *
+ * Deadlines (the defence against slowloris and against clients that never
+ * read): a request must arrive whole within read_timeout of its first byte
+ * (of the accept, for the first one, handshake included); a keep-alive
+ * connection may idle for idle_timeout; a response must make progress within
+ * write_timeout.  A periodic sweep (http.c) closes the late ones.
+ *
+ * A connection closed while its request is with the handler is kept (its
+ * input buffer still holds the request) until the response comes back and
+ * finds it closed; any other closed connection is freed at the end of the
+ * loop pass, so events and queued runs later in the pass find it marked.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
-#include <event2/buffer.h>
-#include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
-#include <event2/bufferevent_struct.h>
-#include <event2/event.h>
-#include <event2/http.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
 
 #include "common/log.h"
 #include "server/http_internal.h"
 
-/* File descriptors above this are not tracked (and closed); see hsm_http_fd_table_init. */
-#define FD_TABLE_CAP ((size_t)1 << 22)
 /* Descriptors kept free for everything else the daemon opens. */
 #define FD_RESERVE 256U
+#define ACCEPT_PAUSE_MS 100U
+#define ACCEPT_BATCH 64
 
-static struct timeval tv_of_ms(uint32_t ms)
+static uint64_t after_ms(uint32_t ms)
 {
-	struct timeval tv = {.tv_sec = (time_t)(ms / 1000U), .tv_usec = (suseconds_t)((ms % 1000U) * 1000U)};
-	return tv;
+	return hsm_mono_ns() + (uint64_t)ms * 1000000ULL;
 }
 
-static void set_deadline(hsm_http_conn *conn)
-{
-	conn->state = CONN_READING;
-	conn->deadline_ns = hsm_mono_ns() + (uint64_t)conn->w->srv->cfg.read_timeout_ms * 1000000ULL;
-}
+/* ---- the worker's lists ---------------------------------------------------- */
 
-/* Input buffer callback: the first byte of a request after an idle spell. */
-static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+static void link_conn(hsm_http_worker *w, hsm_http_conn *c)
 {
-	hsm_http_conn *conn = arg;
-	if (info->n_added == 0 || conn->state != CONN_IDLE)
-		return;
-	set_deadline(conn);
-	evbuffer_cb_clear_flags(buf, conn->input_cb, EVBUFFER_CB_ENABLED);
-}
-
-static struct bufferevent *new_bev(hsm_http_worker *w, struct event_base *base)
-{
-	if (w->srv->tls == NULL)
-		return bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
-	SSL *ssl = SSL_new(w->srv->tls);
-	if (ssl == NULL)
-		return NULL;
-	struct bufferevent *bev = bufferevent_openssl_socket_new(base, -1, ssl,
-	                                                         BUFFEREVENT_SSL_ACCEPTING,
-	                                                         BEV_OPT_CLOSE_ON_FREE);
-	if (bev == NULL) {
-		SSL_free(ssl);
-		return NULL;
-	}
-	/* A client closing without close_notify is an ordinary end of connection:
-	 * HTTP's own framing says whether a message was complete. */
-	bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
-	return bev;
-}
-
-static void link_conn(hsm_http_worker *w, hsm_http_conn *conn)
-{
-	conn->next = w->conns;
+	c->next = w->conns;
 	if (w->conns != NULL)
-		w->conns->prev = conn;
-	w->conns = conn;
+		w->conns->prev = c;
+	w->conns = c;
 	w->n_conns++;
-	conn->next_new = w->new_conns;
-	w->new_conns = conn;
 }
 
-static void unlink_conn(hsm_http_worker *w, hsm_http_conn *conn)
+static void unlink_conn(hsm_http_worker *w, hsm_http_conn *c)
 {
-	if (conn->prev != NULL)
-		conn->prev->next = conn->next;
+	if (c->prev != NULL)
+		c->prev->next = c->next;
 	else
-		w->conns = conn->next;
-	if (conn->next != NULL)
-		conn->next->prev = conn->prev;
+		w->conns = c->next;
+	if (c->next != NULL)
+		c->next->prev = c->prev;
+	c->prev = c->next = NULL;
 	w->n_conns--;
 	atomic_fetch_sub_explicit(&w->srv->n_conns, 1, memory_order_relaxed);
 }
 
-/* evhttp_set_bevcb: runs on accept, before evhttp makes its connection. */
-struct bufferevent *hsm_http_conn_bevcb(struct event_base *base, void *arg)
+static void runq_add(hsm_http_conn *c)
 {
-	hsm_http_worker *w = arg;
-	const hsm_http_config *cfg = &w->srv->cfg;
-	hsm_http_conn *conn = calloc(1, sizeof(*conn));
-	if (conn == NULL)
-		return NULL; /* evhttp falls back to a bufferevent of its own */
-	struct bufferevent *bev = new_bev(w, base);
-	if (bev == NULL) {
-		free(conn);
-		return NULL;
-	}
-	conn->input_cb = evbuffer_add_cb(bufferevent_get_input(bev), on_input, conn);
-	if (conn->input_cb == NULL) {
-		bufferevent_free(bev);
-		free(conn);
-		return NULL;
-	}
-	conn->w = w;
-	conn->bev = bev;
-	conn->fd = -1;
-	conn->tls = w->srv->tls != NULL;
-	set_deadline(conn); /* the first request (and TLS handshake) start now */
-	evbuffer_cb_clear_flags(bufferevent_get_input(bev), conn->input_cb, EVBUFFER_CB_ENABLED);
-	struct timeval rd = tv_of_ms(cfg->idle_timeout_ms), wr = tv_of_ms(cfg->write_timeout_ms);
-	bufferevent_set_timeouts(bev, &rd, &wr);
-	uint32_t n = atomic_fetch_add_explicit(&w->srv->n_conns, 1, memory_order_relaxed) + 1;
-	conn->reject = n > cfg->max_connections;
-	bufferevent_incref(bev); /* until adoption: see the file comment */
-	link_conn(w, conn);
-	hsm_http_balance(w, true);
-	event_active(w->adopt_ev, EV_TIMEOUT, 0);
-	return bev;
+	if (c->queued || c->closed)
+		return;
+	c->queued = true;
+	c->next_q = c->w->runq;
+	c->w->runq = c;
 }
 
-static void forget_conn(hsm_http_conn *conn)
+void hsm_http_conn_free_closed(hsm_http_conn *c)
 {
-	hsm_http_worker *w = conn->w;
-	evbuffer_remove_cb_entry(bufferevent_get_input(conn->bev), conn->input_cb);
-	if (conn->fd >= 0 && (size_t)conn->fd < w->srv->by_fd_len)
-		atomic_store_explicit(&w->srv->by_fd[conn->fd], NULL, memory_order_relaxed);
-	unlink_conn(w, conn);
-	if (conn->hold_ev != NULL)
-		event_free(conn->hold_ev);
-	free(conn->client_subject);
-	free(conn);
+	hsm_http_in_release(c);
+	free(c->client_subject);
+	free(c);
+}
+
+void hsm_http_conn_close(hsm_http_conn *c)
+{
+	if (c->closed)
+		return;
+	hsm_http_worker *w = c->w;
+	c->closed = true;
+	unlink_conn(w, c);
+	SSL_free(c->ssl); /* no close_notify: HTTP's framing says what was complete */
+	c->ssl = NULL;
+	if (c->fd >= 0)
+		close(c->fd); /* also takes it out of epoll */
+	c->fd = -1;
+	if (c->state == CONN_HANDLING) {
+		/* The handler still reads the request in c->in: c lives until it answers. */
+		hsm_http_balance(w, false);
+		return;
+	}
+	if (c->req != NULL)
+		hsm_http_req_put(c->req);
+	c->req = NULL;
+	hsm_http_in_release(c);
+	c->next_grave = w->grave;
+	w->grave = c;
 	hsm_http_balance(w, false);
 }
 
-/* evhttp_connection_set_closecb: evhttp is about to free the connection. */
-static void on_close(struct evhttp_connection *evcon, void *arg)
+/* ---- TLS and socket I/O ------------------------------------------------------ */
+
+/* What a TLS call that returned r <= 0 means for the connection. */
+static hsm_io tls_result(hsm_http_conn *c, int r)
 {
-	(void)evcon;
-	hsm_http_conn *conn = arg;
-	hsm_http_worker *w = conn->w;
-	forget_conn(conn);
-	hsm_http_worker_check_stopped(w);
+	int e = SSL_get_error(c->ssl, r);
+	int err = errno;
+	ERR_clear_error();
+	switch (e) {
+	case SSL_ERROR_WANT_READ:
+		c->rd_ready = false;
+		return HSM_IO_WAIT;
+	case SSL_ERROR_WANT_WRITE:
+		return HSM_IO_WAIT; /* an EPOLLOUT edge follows once there is room */
+	case SSL_ERROR_ZERO_RETURN:
+		return HSM_IO_EOF;
+	case SSL_ERROR_SYSCALL:
+		/* No close_notify: an ordinary end of connection for HTTP. */
+		return err == 0 || err == ECONNRESET || err == EPIPE ? HSM_IO_EOF : HSM_IO_FAIL;
+	default:
+		return HSM_IO_FAIL;
+	}
 }
 
-/*
- * The hold event.  evhttp stops reading a connection while its request is
- * answered and starts writing when the reply comes.  A reply given in the same
- * loop pass folds the two into one epoll change; a reply that comes later
- * (from the audit writer: nearly every request) would take the socket out of
- * epoll and put it back, two costlier system calls per request.  A persistent
- * read event of our own on the socket keeps it registered throughout.  It
- * does nothing while evhttp reads too.  It may run just after evhttp took a
- * whole request in the same loop pass; if the socket is really readable while
- * a request is being answered (data sent early, or the client closing), it
- * lets go, since evhttp will not read until the reply is written and a
- * level-triggered event would fire on every pass; the reply re-arms it.  Best
- * effort: without it only the extra calls come back.
- */
-static void on_hold(evutil_socket_t fd, short what, void *arg)
+hsm_io hsm_http_conn_read(hsm_http_conn *c, uint8_t *p, size_t room, size_t *n)
 {
-	(void)what;
-	hsm_http_conn *conn = arg;
-	if (conn->state != CONN_HANDLING)
-		return;
-	if (conn->hold_skip) {
-		/* Most often the bytes of the request itself, read by evhttp in this
-		 * same pass: nothing to look at.  Were they new bytes, the event stays
-		 * ready and comes back next pass. */
-		conn->hold_skip = false;
+	*n = 0;
+	if (c->ssl != NULL) {
+		ERR_clear_error(); /* SSL_get_error reads the queue: only this call's errors */
+		int r = SSL_read(c->ssl, p, room > INT_MAX ? INT_MAX : (int)room);
+		if (r > 0) {
+			*n = (size_t)r;
+			return HSM_IO_DONE;
+		}
+		return tls_result(c, r);
+	}
+	for (;;) {
+		ssize_t r = read(c->fd, p, room);
+		if (r > 0) {
+			/* A short read of a stream socket emptied it: the next bytes bring a new edge. */
+			if ((size_t)r < room)
+				c->rd_ready = false;
+			*n = (size_t)r;
+			return HSM_IO_DONE;
+		}
+		if (r == 0)
+			return HSM_IO_EOF;
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK) {
+			c->rd_ready = false;
+			return HSM_IO_WAIT;
+		}
+		return errno == ECONNRESET ? HSM_IO_EOF : HSM_IO_FAIL;
+	}
+}
+
+hsm_io hsm_http_conn_write(hsm_http_conn *c, const uint8_t *p, size_t len, size_t *n)
+{
+	*n = 0;
+	if (c->ssl != NULL) {
+		ERR_clear_error();
+		int r = SSL_write(c->ssl, p, len > INT_MAX ? INT_MAX : (int)len);
+		if (r > 0) {
+			*n = (size_t)r;
+			return HSM_IO_DONE;
+		}
+		return tls_result(c, r);
+	}
+	for (;;) {
+		ssize_t r = send(c->fd, p, len, MSG_NOSIGNAL);
+		if (r >= 0) {
+			*n = (size_t)r;
+			return HSM_IO_DONE;
+		}
+		if (errno == EINTR)
+			continue;
+		return errno == EAGAIN || errno == EWOULDBLOCK ? HSM_IO_WAIT : HSM_IO_FAIL;
+	}
+}
+
+static hsm_io handshake(hsm_http_conn *c)
+{
+	ERR_clear_error();
+	int r = SSL_do_handshake(c->ssl);
+	if (r == 1)
+		return HSM_IO_DONE;
+	hsm_io io = tls_result(c, r);
+	return io == HSM_IO_EOF ? HSM_IO_FAIL : io;
+}
+
+/* ---- writing a response -------------------------------------------------- */
+
+/* The response is out: on to the next request, idling, or closing.  False when closed. */
+static bool response_done(hsm_http_conn *c)
+{
+	hsm_http_worker *w = c->w;
+	hsm_http_req *req = c->req;
+	c->req = NULL;
+	hsm_http_req_put(req);
+	hsm_http_in_consume(c, c->consumed);
+	/* A client that shut its side and sent nothing more is done. */
+	if (c->close_after || w->stopping || (c->peer_closed && c->in_len == 0 && !c->rd_ready)) {
+		hsm_http_conn_close(c);
+		return false;
+	}
+	if (c->in_len > 0) {
+		c->state = CONN_READING; /* a pipelined request has begun */
+		c->deadline_ns = after_ms(w->srv->cfg.read_timeout_ms);
+	} else {
+		c->state = CONN_IDLE;
+		c->deadline_ns = after_ms(w->srv->cfg.idle_timeout_ms);
+		hsm_http_in_release(c); /* idle connections hold no buffer */
+	}
+	return true;
+}
+
+/* Writes what is left of the response.  True when it is all out and c is open. */
+static bool send_response(hsm_http_conn *c)
+{
+	const hsm_http_req *req = c->req;
+	const uint8_t *p = req->failed ? (const uint8_t *)hsm_http_bare_500 : req->out.data;
+	size_t len = req->failed ? hsm_http_bare_500_len : req->out.len;
+	while (c->out_pos < len) {
+		size_t n = 0;
+		hsm_io io = hsm_http_conn_write(c, p + c->out_pos, len - c->out_pos, &n);
+		if (io == HSM_IO_WAIT)
+			return false;
+		if (io != HSM_IO_DONE) {
+			hsm_http_conn_close(c);
+			return false;
+		}
+		c->out_pos += n;
+		c->deadline_ns = after_ms(c->w->srv->cfg.write_timeout_ms);
+	}
+	return response_done(c);
+}
+
+void hsm_http_conn_deliver(hsm_http_req *req, bool now)
+{
+	hsm_http_conn *c = req->conn;
+	hsm_http_worker *w = req->w;
+	hsm_http_inflight_add(w, -1);
+	if (c->closed) {
+		/* The client went away while the handler had the request. */
+		hsm_http_req_put(req);
+		c->req = NULL;
+		hsm_http_conn_free_closed(c);
 		return;
 	}
-	char c;
-	ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT); /* data (> 0), EOF (0) or error */
-	if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
-		(void)event_del(conn->hold_ev);
+	req->state = REQ_SENDING;
+	c->state = CONN_WRITING;
+	c->out_pos = 0;
+	c->close_after = req->close || req->failed;
+	c->deadline_ns = after_ms(w->srv->cfg.write_timeout_ms);
+	if (now) {
+		if (send_response(c) && (c->in_len > 0 || c->rd_ready))
+			runq_add(c);
+	} else if (c != w->running) {
+		runq_add(c);
+	}
 }
 
-void hsm_http_conn_hold(hsm_http_conn *conn)
+/* ---- the request cycle -------------------------------------------------------- */
+
+/* Runs c until it has to wait for the network or for its handler. */
+static void conn_run(hsm_http_conn *c)
 {
-	if (conn->hold_ev != NULL && !event_pending(conn->hold_ev, EV_READ, NULL))
-		(void)event_add(conn->hold_ev, NULL);
+	hsm_http_worker *w = c->w;
+	hsm_http_conn *outer = w->running;
+	w->running = c;
+	while (!c->closed) {
+		if (c->state == CONN_HANDLING)
+			break;
+		if (c->state == CONN_WRITING) {
+			if (!send_response(c))
+				break;
+			continue;
+		}
+		if (c->state == CONN_HANDSHAKE) {
+			hsm_io io = handshake(c);
+			if (io == HSM_IO_DONE)
+				c->state = CONN_READING;
+			else if (io == HSM_IO_WAIT)
+				break;
+			else
+				hsm_http_conn_close(c);
+			continue;
+		}
+		if (!hsm_http_conn_input(c))
+			break;
+	}
+	w->running = outer;
 }
 
-/*
- * evhttp writes a reply when epoll next reports the socket writable: one more
- * loop pass and two epoll changes (write on, then off again) per request.
- * A reply sent from the completion drain is written here at once instead;
- * when all of it went out, evhttp is told as its write event would have told
- * it, and the changes cancel before they reach epoll.  A short or failed write
- * leaves the rest to evhttp's own write event, as before.  A TLS connection's
- * bufferevent only writes from its write event, so that event is made active
- * instead: it runs later in this same pass, with the same effect on epoll
- * (struct bufferevent's ev_write, libevent 2.1's bufferevent_struct.h).
- */
-void hsm_http_conn_write_now(hsm_http_conn *conn)
+void hsm_http_conn_event(hsm_http_conn *c, uint32_t events)
 {
-	if (conn->fd < 0)
+	if (c->closed)
 		return;
-	struct evbuffer *out = bufferevent_get_output(conn->bev);
-	if (evbuffer_get_length(out) == 0)
-		return;
-	if (conn->tls) {
-		/* OpenSSL writes the header and the body as two records, two write(2)
-		 * calls: corked, they leave as one TCP segment, and the loopback or
-		 * network path runs once.  Uncorked once all of it is written
-		 * (hsm_http_conn_sent); closing the socket flushes it too. */
-		int one = 1;
-		if (!conn->corked &&
-		    setsockopt(conn->fd, IPPROTO_TCP, TCP_CORK, &one, sizeof(one)) == 0)
-			conn->corked = true;
-		event_active(&conn->bev->ev_write, EV_WRITE, 1);
+	if ((events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0)
+		c->rd_ready = true;
+	if ((events & (EPOLLRDHUP | EPOLLHUP)) != 0)
+		c->peer_closed = true;
+	/* Reset or gone both ways while the handler works: its answer has nowhere to go. */
+	if ((events & (EPOLLHUP | EPOLLERR)) != 0 && c->state == CONN_HANDLING) {
+		hsm_http_conn_close(c);
 		return;
 	}
-	if (evbuffer_write(out, conn->fd) > 0 && evbuffer_get_length(out) == 0)
-		bufferevent_trigger(conn->bev, EV_WRITE, 0); /* evhttp's write callback: may free conn */
+	conn_run(c);
 }
 
-static void adopt(hsm_http_worker *w, hsm_http_conn *conn)
+void hsm_http_conn_pass_end(hsm_http_worker *w)
 {
-	struct bufferevent *bev = conn->bev;
-	void *evcon = NULL;
-	bufferevent_getcb(bev, NULL, NULL, NULL, &evcon);
-	if (evcon == NULL) {
-		/* evhttp dropped the socket (out of memory): only our reference is left. */
-		forget_conn(conn);
-		bufferevent_decref(bev);
+	while (w->runq != NULL) {
+		hsm_http_conn *c = w->runq;
+		w->runq = c->next_q;
+		c->queued = false;
+		c->next_q = NULL;
+		if (!c->closed)
+			conn_run(c);
+	}
+	while (w->grave != NULL) {
+		hsm_http_conn *c = w->grave;
+		w->grave = c->next_grave;
+		hsm_http_conn_free_closed(c);
+	}
+}
+
+void hsm_http_conn_sweep(hsm_http_worker *w, uint64_t now)
+{
+	hsm_http_conn *next;
+	for (hsm_http_conn *c = w->conns; c != NULL; c = next) {
+		next = c->next;
+		if (c->state != CONN_HANDLING && now >= c->deadline_ns)
+			hsm_http_conn_close(c);
+	}
+	hsm_http_conn_pass_end(w);
+}
+
+void hsm_http_conn_close_idle(hsm_http_worker *w, bool all)
+{
+	hsm_http_conn *next;
+	for (hsm_http_conn *c = w->conns; c != NULL; c = next) {
+		next = c->next;
+		if (all || (c->state == CONN_IDLE && c->in_len == 0))
+			hsm_http_conn_close(c);
+	}
+}
+
+/* ---- accepting -------------------------------------------------------------- */
+
+static void peer_text(hsm_http_conn *c, const struct sockaddr_storage *ss)
+{
+	const void *a = NULL;
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+		a = &in->sin_addr;
+		c->port = ntohs(in->sin_port);
+	} else if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+		a = &in6->sin6_addr;
+		c->port = ntohs(in6->sin6_port);
+	}
+	if (a == NULL || inet_ntop(ss->ss_family, a, c->addr, sizeof(c->addr)) == NULL)
+		c->addr[0] = '\0';
+}
+
+static hsm_http_conn *conn_new(hsm_http_worker *w, int fd, const struct sockaddr_storage *ss)
+{
+	hsm_http_conn *c = calloc(1, sizeof(*c));
+	if (c == NULL)
+		return NULL;
+	c->w = w;
+	c->fd = fd;
+	peer_text(c, ss);
+	if (w->srv->tls != NULL) {
+		c->ssl = SSL_new(w->srv->tls);
+		if (c->ssl == NULL || SSL_set_fd(c->ssl, fd) != 1) {
+			SSL_free(c->ssl);
+			free(c);
+			return NULL;
+		}
+		SSL_set_accept_state(c->ssl);
+		/* Write what the socket takes and resume from a moved pointer later. */
+		SSL_set_mode(c->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+		c->state = CONN_HANDSHAKE;
+	} else {
+		c->state = CONN_READING;
+	}
+	/* The first request (and the handshake) must arrive within the read timeout. */
+	c->deadline_ns = after_ms(w->srv->cfg.read_timeout_ms);
+	return c;
+}
+
+static void conn_open(hsm_http_worker *w, int fd, const struct sockaddr_storage *ss)
+{
+	hsm_http_server *srv = w->srv;
+	uint32_t n = atomic_fetch_add_explicit(&srv->n_conns, 1, memory_order_relaxed) + 1;
+	hsm_http_conn *c = n <= srv->cfg.max_connections && !w->stopping ? conn_new(w, fd, ss) : NULL;
+	struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = c};
+	if (c == NULL || epoll_ctl(w->ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
+		/* Over the limit (or out of memory): closed at once, so it cannot starve the others. */
+		if (c != NULL) {
+			SSL_free(c->ssl);
+			free(c);
+		}
+		close(fd);
+		atomic_fetch_sub_explicit(&srv->n_conns, 1, memory_order_relaxed);
 		return;
 	}
-	conn->evcon = evcon;
-	evhttp_connection_set_closecb(conn->evcon, on_close, conn);
-	int fd = (int)bufferevent_getfd(bev);
 	int one = 1;
-	if (fd >= 0 && (size_t)fd < w->srv->by_fd_len) {
-		conn->fd = fd;
-		atomic_store_explicit(&w->srv->by_fd[fd], conn, memory_order_relaxed);
-		/* Each response is written whole; Nagle would only delay it. */
-		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-		conn->hold_ev = event_new(w->base, fd, EV_READ | EV_PERSIST, on_hold, conn);
-		hsm_http_conn_hold(conn);
-	} else {
-		conn->reject = true;
-	}
-	bufferevent_decref(bev); /* evhttp holds its own reference */
-	if (conn->reject || w->stopping)
-		evhttp_connection_free(conn->evcon); /* calls on_close */
+	/* Each response is written whole; Nagle would only delay it. */
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	link_conn(w, c);
+	hsm_http_balance(w, true);
 }
 
-void hsm_http_conn_adopt_cb(evutil_socket_t fd, short what, void *arg)
+void hsm_http_accept(hsm_http_worker *w)
 {
-	(void)fd, (void)what;
-	hsm_http_worker *w = arg;
-	while (w->new_conns != NULL) {
-		hsm_http_conn *conn = w->new_conns;
-		w->new_conns = conn->next_new;
-		conn->next_new = NULL;
-		adopt(w, conn);
+	for (int i = 0; i < ACCEPT_BATCH && w->listening; i++) {
+		struct sockaddr_storage ss;
+		socklen_t len = sizeof(ss);
+		int fd = accept4(w->listen_fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd >= 0) {
+			conn_open(w, fd, &ss);
+			continue;
+		}
+		int err = errno;
+		if (err == EINTR || err == ECONNABORTED)
+			continue;
+		if (err == EAGAIN || err == EWOULDBLOCK)
+			return;
+		if (atomic_load(&w->srv->stopping)) {
+			hsm_http_listen_on(w, false); /* the shared socket was shut down under us */
+			return;
+		}
+		if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+			/* The socket stays readable: pause accepting instead of spinning. */
+			hsm_http_listen_on(w, false);
+			w->resume_ns = after_ms(ACCEPT_PAUSE_MS);
+			hsm_warn("accept: %s; pausing for %u ms", strerror(err), ACCEPT_PAUSE_MS);
+		} else {
+			hsm_warn("accept: %s", strerror(err));
+		}
+		return;
 	}
 }
 
-void hsm_http_conn_sweep_cb(evutil_socket_t fd, short what, void *arg)
-{
-	(void)fd, (void)what;
-	hsm_http_worker *w = arg;
-	uint64_t now = hsm_mono_ns();
-	hsm_http_conn *next;
-	for (hsm_http_conn *conn = w->conns; conn != NULL; conn = next) {
-		next = conn->next;
-		if (conn->evcon != NULL && conn->state == CONN_READING && now >= conn->deadline_ns)
-			evhttp_connection_free(conn->evcon); /* unlinks conn via on_close */
-	}
-}
-
-hsm_http_conn *hsm_http_conn_of(hsm_http_worker *w, struct evhttp_request *evreq)
-{
-	struct evhttp_connection *evcon = evhttp_request_get_connection(evreq);
-	if (evcon == NULL)
-		return NULL;
-	evutil_socket_t fd = bufferevent_getfd(evhttp_connection_get_bufferevent(evcon));
-	if (fd < 0 || (size_t)fd >= w->srv->by_fd_len)
-		return NULL;
-	hsm_http_conn *conn = atomic_load_explicit(&w->srv->by_fd[fd], memory_order_relaxed);
-	return conn != NULL && conn->w == w && conn->evcon == evcon ? conn : NULL;
-}
-
-void hsm_http_conn_handling(hsm_http_conn *conn)
-{
-	conn->state = CONN_HANDLING;
-	conn->hold_skip = true;
-	if (conn->tls && !conn->subject_done) {
-		conn->subject_done = true;
-		conn->client_subject = hsm_http_tls_client_subject(bufferevent_openssl_get_ssl(conn->bev));
-	}
-}
-
-/* evhttp_request_set_on_complete_cb: the response has been written. */
-void hsm_http_conn_sent(struct evhttp_request *evreq, void *arg)
-{
-	(void)evreq;
-	hsm_http_conn *conn = arg;
-	if (conn->corked) {
-		int zero = 0;
-		(void)setsockopt(conn->fd, IPPROTO_TCP, TCP_CORK, &zero, sizeof(zero));
-		conn->corked = false;
-	}
-	struct evbuffer *in = bufferevent_get_input(conn->bev);
-	if (evbuffer_get_length(in) > 0) {
-		set_deadline(conn); /* a pipelined request has begun */
-	} else {
-		conn->state = CONN_IDLE;
-		evbuffer_cb_set_flags(in, conn->input_cb, EVBUFFER_CB_ENABLED);
-	}
-}
-
-void hsm_http_conn_close_idle(hsm_http_worker *w, bool all_but_handling)
-{
-	hsm_http_conn *next;
-	for (hsm_http_conn *conn = w->conns; conn != NULL; conn = next) {
-		next = conn->next;
-		if (conn->evcon == NULL)
-			continue; /* adoption closes it (w->stopping) */
-		if (conn->state == CONN_IDLE || (all_but_handling && conn->state != CONN_HANDLING))
-			evhttp_connection_free(conn->evcon);
-		else if (all_but_handling && conn->fd >= 0)
-			(void)shutdown(conn->fd, SHUT_RDWR); /* its response is abandoned */
-	}
-}
-
-/*
- * Sizes the descriptor-to-connection table, raising the soft RLIMIT_NOFILE
- * toward the hard one when max_connections needs it.
- */
-hsm_result hsm_http_fd_table_init(hsm_http_server *srv)
+/* Raises the soft RLIMIT_NOFILE toward the hard one when max_connections needs it. */
+hsm_result hsm_http_fd_limit(hsm_http_server *srv)
 {
 	struct rlimit rl;
 	HSM_ENSURE(getrlimit(RLIMIT_NOFILE, &rl) == 0, HSM_ERR_IO, "getrlimit: %s", strerror(errno));
@@ -368,10 +481,5 @@ hsm_result hsm_http_fd_table_init(hsm_http_server *srv)
 			hsm_warn("open-file limit %llu is below max_connections + %u; raise it (ulimit -n)",
 			         (unsigned long long)rl.rlim_cur, FD_RESERVE);
 	}
-	size_t len = rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > FD_TABLE_CAP ? FD_TABLE_CAP
-	                                                                          : (size_t)rl.rlim_cur;
-	srv->by_fd = calloc(len, sizeof(*srv->by_fd));
-	HSM_ENSURE(srv->by_fd != NULL, HSM_ERR_NOMEM, "out of memory");
-	srv->by_fd_len = len;
 	return HSM_SUCCESS;
 }

@@ -1,14 +1,17 @@
 /*
- * http_internal.h - the HTTP server's private structures, shared by
- * http.c (server and workers), http_conn.c (connections), http_req.c
- * (requests and responses), http_tls.c and http_addr.c.
+ * http_internal.h - the HTTP server's private structures, shared by http.c
+ * (server, workers and their event loops), http_conn.c (connections: reading,
+ * parsing, writing, timeouts), http_req.c (requests), http_resp.c (responses
+ * and the way back to a worker), http_balance.c, http_tls.c and http_addr.c.
  *
- * Ownership.  The server owns its workers.  A worker owns its event_base,
- * evhttp, listener, connections (hsm_http_conn) and its pool of free
- * requests; all of them are touched only by the worker's thread, except the
+ * Ownership.  The server owns its workers.  A worker owns its epoll instance,
+ * its connections (hsm_http_conn), its pools of free requests and input
+ * buffers; all of them are touched only by the worker's thread, except the
  * completion stack (`done`) and the wakeup eventfd, which any thread may use.
  * A request (hsm_http_req) belongs to its handler between the handler call and
- * hsm_http_respond(), and to its worker otherwise.
+ * hsm_http_respond(), and to its worker otherwise.  While a request is with its
+ * handler, its connection's input buffer (where the request's strings and body
+ * live) is neither read into nor moved.
  */
 #ifndef HSM_SERVER_HTTP_INTERNAL_H
 #define HSM_SERVER_HTTP_INTERNAL_H
@@ -19,83 +22,79 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <event2/util.h>
 #include <openssl/ssl.h>
 
 #include "common/buf.h"
 #include "common/util.h"
 #include "server/http.h"
-
-struct event_base;
-struct event;
-struct evhttp;
-struct evhttp_bound_socket;
-struct evhttp_connection;
-struct evhttp_request;
-struct bufferevent;
-struct evbuffer_cb_entry;
+#include "server/http_parse.h"
 
 typedef struct hsm_http_worker hsm_http_worker;
 typedef struct hsm_http_conn hsm_http_conn;
 
 /* Where a connection is in its request cycle; decides which timeout applies. */
 typedef enum conn_state {
-	CONN_READING,  /* a request has begun (or the connection is new): read deadline */
-	CONN_HANDLING, /* a request is with the handler or being written */
-	CONN_IDLE,     /* keep-alive, waiting for the next request: idle timeout */
+	CONN_HANDSHAKE, /* TLS handshake: read deadline from accept */
+	CONN_READING,   /* a request has begun (or the connection is new): read deadline */
+	CONN_HANDLING,  /* a request is with the handler: no deadline */
+	CONN_WRITING,   /* its response is going out: write timeout since the last progress */
+	CONN_IDLE,      /* keep-alive, waiting for the next request: idle timeout */
 } conn_state;
 
 struct hsm_http_conn {
 	hsm_http_worker *w;
-	struct bufferevent *bev;
-	struct evhttp_connection *evcon; /* NULL until adopted (conn_adopt_new) */
-	struct evbuffer_cb_entry *input_cb;
-	conn_state state;
-	uint64_t deadline_ns; /* end of the read deadline, when CONN_READING */
 	int fd;
-	bool tls;
-	bool reject;          /* over max_connections: close once adopted */
-	bool subject_done;    /* client_subject has been looked up */
+	SSL *ssl; /* NULL for plain HTTP */
+	conn_state state;
+	uint64_t deadline_ns;
+	/* Bytes read and not yet consumed; wiped when consumed or freed. */
+	uint8_t *in;
+	size_t in_len, in_cap;
+	size_t scan;       /* hsm_http_head_end's resume point */
+	size_t head_len;   /* the current request's head, once parsed (else 0) */
+	size_t consumed;   /* bytes of in the current request takes, once complete */
+	hsm_http_chunked chunked;
+	hsm_http_req *req; /* the request being read, handled or answered */
+	size_t out_pos;    /* bytes of req->out written */
+	bool rd_ready;     /* may hold unread bytes without a new epoll edge */
+	bool peer_closed;  /* the client shut its side (EOF or EPOLLRDHUP) */
+	bool close_after;  /* close once the response is written */
+	bool continue_sent;
+	bool closed;       /* closed: freed at the end of the pass, or when its request returns */
+	bool queued;       /* on the worker's run queue */
+	bool subject_done; /* client_subject has been looked up */
 	char *client_subject; /* owned; NULL without a verified client certificate */
-	/* Keeps the socket in epoll while a response is pending (http_conn.c). */
-	struct event *hold_ev;
-	bool hold_skip; /* the hold event's next run is the request's own bytes */
-	bool corked;    /* TCP_CORK set until the reply is written (TLS) */
-	hsm_http_conn *prev, *next; /* the worker's list of connections */
-	hsm_http_conn *next_new;    /* the worker's list awaiting adoption */
+	char addr[HSM_HTTP_ADDR_MAX];
+	uint16_t port;
+	hsm_http_conn *prev, *next; /* the worker's list of open connections */
+	hsm_http_conn *next_q;      /* the worker's run queue */
+	hsm_http_conn *next_grave;  /* the worker's list of connections closed in this pass */
 };
 
-typedef enum req_state { REQ_FREE, REQ_HANDLER, REQ_QUEUED, REQ_SENDING } req_state;
+typedef enum req_state { REQ_FREE, REQ_READING, REQ_HANDLER, REQ_QUEUED, REQ_SENDING } req_state;
 
 struct hsm_http_req {
 	hsm_http_worker *w;
-	struct evhttp_request *evreq;
 	hsm_http_conn *conn;
-	hsm_http_req *next; /* pool or completion stack */
+	hsm_http_req *next; /* pool, completion stack or local list */
 	req_state state;
-	const char *method;
-	const char *path;
-	const char *query;
+	hsm_http_head head; /* strings point into conn->in */
 	const uint8_t *body;
 	size_t body_len;
-	const char *remote_addr;
-	uint16_t remote_port;
 	uint64_t start_ns;
-	bool head;
+	bool is_head; /* method HEAD: the response has no body */
+	bool close;   /* end the connection after this response */
 	char id[HSM_UUID_STRLEN + 1];
-	/* The response, copied by hsm_http_respond: content type, then
-	 * n_extra name/value pairs (each NUL-terminated), then the body. */
-	int status;
-	bool failed; /* the copy failed: answer a bare 500 */
-	bool close;  /* end the connection after this response */
-	size_t n_extra;
-	size_t resp_body_off;
-	size_t resp_body_len;
-	hsm_buf out; /* wiped before reuse or free: the body may be plaintext */
+	/* The whole response as it goes on the wire (status line, header, body),
+	 * built by hsm_http_respond; wiped before reuse or free: the body may be
+	 * plaintext.  A response that could not be built is sent as a bare 500. */
+	bool failed;
+	hsm_buf out;
 };
 
 #define HSM_HTTP_RAND_POOL 4096
 #define HSM_HTTP_REQ_POOL_MAX 1024
+#define HSM_HTTP_BUF_POOL_MAX 256
 #define HSM_HTTP_PASS_END_MAX 4
 
 struct hsm_http_worker {
@@ -103,40 +102,42 @@ struct hsm_http_worker {
 	unsigned index;
 	pthread_t thread;
 	bool thread_started;
-	struct event_base *base;
-	struct evhttp *http;
-	struct evhttp_bound_socket *bound;
-	int listen_fd;         /* own socket (SO_REUSEPORT) or -1 when shared */
-	int wake_fd;           /* eventfd: completions queued or stop requested */
-	struct event *wake_ev;
-	struct event *adopt_ev; /* adopts connections accepted in this loop pass */
-	struct event *sweep_ev; /* enforces read deadlines */
-	struct event *stop_ev;  /* end of the grace period */
-	struct event *resume_ev; /* resumes accepting after EMFILE */
-	struct event *rearm_ev;  /* accepts again after yielding a pass (http_balance.c) */
+	int ep;        /* epoll instance */
+	int listen_fd; /* the shared socket or this worker's own (reuseport); -1 once let go */
+	bool own_listen_fd;
+	bool listening;          /* listen_fd is in ep */
+	int wake_fd;             /* eventfd: completions queued or stop requested */
+	uint64_t resume_ns;      /* accept paused (EMFILE) until then; 0: not paused */
+	uint64_t rearm_ns;       /* accepting yielded to the others until then (http_balance.c) */
+	uint64_t sweep_ns;       /* next deadline sweep */
+	uint64_t grace_end_ns;   /* end of a stop's grace period; 0: not stopping */
+	bool quit;
 	_Atomic(hsm_http_req *) done; /* completion stack, pushed from any thread */
-	/* Replies given on the worker itself, sent later in the same loop pass,
-	 * and the calls asked for at the end of the pass (hsm_http_at_pass_end) */
+	/* Replies given on the worker itself, sent once their handler returns. */
 	hsm_http_req *local_head, *local_tail;
 	struct {
 		void (*fn)(void *);
 		void *arg;
 	} pass_end[HSM_HTTP_PASS_END_MAX];
 	size_t n_pass_end;
-	struct event *local_ev;
-	hsm_http_conn *conns;
+	hsm_http_conn *conns;  /* open connections */
 	size_t n_conns;
-	hsm_http_conn *new_conns;
+	hsm_http_conn *runq;    /* connections to run again in this pass */
+	hsm_http_conn *running; /* the connection being run (http_conn.c), or NULL */
+	hsm_http_conn *grave;  /* closed in this pass: freed at its end */
 	hsm_http_req *pool;
 	size_t n_pool;
+	uint8_t *bufs[HSM_HTTP_BUF_POOL_MAX]; /* free input buffers of HSM_HTTP_IN_BUF bytes */
+	size_t n_bufs;
 	_Atomic size_t inflight; /* requests with the handler or queued back */
 	bool stopping;
-	bool balance_paused;    /* not accepting: it holds more than its share (http_balance.c) */
+	bool balance_paused; /* not accepting: it holds more than its share (http_balance.c) */
 	uint8_t rand_pool[HSM_HTTP_RAND_POOL];
 	size_t rand_pos;
-	int64_t date_sec;
-	char date[32];
 };
+
+/* The size of a pooled input buffer: a whole KMS request, headers and body, fits. */
+#define HSM_HTTP_IN_BUF ((size_t)16 << 10)
 
 struct hsm_http_server {
 	hsm_http_config cfg; /* strings dropped: not kept after _new */
@@ -151,12 +152,13 @@ struct hsm_http_server {
 	_Atomic uint32_t n_accepting; /* workers not paused by the balance (shared socket) */
 	_Atomic bool stopping;
 	_Atomic uint32_t grace_ms;
-	/* Connection of each file descriptor, to find it from a request. */
-	_Atomic(hsm_http_conn *) *by_fd;
-	size_t by_fd_len;
 	bool started;
 	bool joined;
 };
+
+/* http.c */
+/* Adds or removes the listening socket from the worker's epoll set. */
+void hsm_http_listen_on(hsm_http_worker *w, bool on);
 
 /* http_addr.c: a listening socket bound to addr (SO_REUSEPORT if asked). */
 hsm_result hsm_http_listen_socket(const struct sockaddr_storage *ss, socklen_t len, bool reuseport,
@@ -172,41 +174,59 @@ hsm_result hsm_http_tls_tickets_init(SSL_CTX *ctx) HSM_MUST_CHECK;
 char *hsm_http_tls_client_subject(SSL *ssl);
 
 /* http_conn.c */
-struct bufferevent *hsm_http_conn_bevcb(struct event_base *base, void *arg);
-void hsm_http_conn_adopt_cb(evutil_socket_t fd, short what, void *arg);
-void hsm_http_conn_sweep_cb(evutil_socket_t fd, short what, void *arg);
-hsm_http_conn *hsm_http_conn_of(hsm_http_worker *w, struct evhttp_request *evreq);
-/* The request was handed to the handler / its response was written. */
-void hsm_http_conn_handling(hsm_http_conn *conn);
-/* Re-arms conn's hold event if it let go (http_conn.c); called as a response starts. */
-void hsm_http_conn_hold(hsm_http_conn *conn);
+typedef enum hsm_io { HSM_IO_DONE, HSM_IO_WAIT, HSM_IO_EOF, HSM_IO_FAIL } hsm_io;
+/* One read into p[0..room) or one write of p[0..len), plain or TLS; *n bytes moved. */
+hsm_io hsm_http_conn_read(hsm_http_conn *conn, uint8_t *p, size_t room, size_t *n);
+hsm_io hsm_http_conn_write(hsm_http_conn *conn, const uint8_t *p, size_t len, size_t *n);
+/* Closes conn (idempotent); see the file comment for when it is freed. */
+void hsm_http_conn_close(hsm_http_conn *conn);
+/* Accepts what is waiting on the listening socket. */
+void hsm_http_accept(hsm_http_worker *w);
+/* Runs conn after epoll reported events on it. */
+void hsm_http_conn_event(hsm_http_conn *conn, uint32_t events);
+/* Starts writing req's response (on its worker); conn runs again later in the pass if need be. */
+void hsm_http_conn_deliver(hsm_http_req *req, bool now);
+/* Runs the connections queued by deliver; frees those closed during the pass. */
+void hsm_http_conn_pass_end(hsm_http_worker *w);
+/* Closes connections whose deadline has passed. */
+void hsm_http_conn_sweep(hsm_http_worker *w, uint64_t now);
+/* Closes idle connections (start of a stop) or all (its end). */
+void hsm_http_conn_close_idle(hsm_http_worker *w, bool all);
+/* Frees a connection closed while its request was with the handler. */
+void hsm_http_conn_free_closed(hsm_http_conn *conn);
+/* Raises the open-file limit for max_connections. */
+hsm_result hsm_http_fd_limit(hsm_http_server *srv) HSM_MUST_CHECK;
+
+/* http_read.c: the input side of a connection. */
 /*
- * Writes the reply evhttp has just queued on conn, now rather than on the next
- * loop pass, and lets evhttp finish the request (which may free conn).  Only
- * where no evhttp call for conn is on the stack: the completion drain (run from
- * the wake event, the local event, or another connection's request callback).
+ * Reads and parses until a request is complete (then dispatched: true, the
+ * connection's state has changed), or it has to wait for bytes (false), or
+ * it was closed (false).
  */
-void hsm_http_conn_write_now(hsm_http_conn *conn);
-void hsm_http_conn_sent(struct evhttp_request *evreq, void *arg);
-/* Closes idle connections (start of a stop) or all but those handling (its end). */
-void hsm_http_conn_close_idle(hsm_http_worker *w, bool all_but_handling);
-void hsm_http_worker_check_stopped(hsm_http_worker *w);
-hsm_result hsm_http_fd_table_init(hsm_http_server *srv) HSM_MUST_CHECK;
+bool hsm_http_conn_input(hsm_http_conn *conn);
+/* Drops the first n bytes of conn's input, wiping them; keeps what follows. */
+void hsm_http_in_consume(hsm_http_conn *conn, size_t n);
+/* Wipes and gives back conn's input buffer (to the worker's pool when it fits). */
+void hsm_http_in_release(hsm_http_conn *conn);
 
 /* http_req.c */
-void hsm_http_request_cb(struct evhttp_request *evreq, void *arg);
 hsm_http_req *hsm_http_req_get(hsm_http_worker *w);
 /* Wipes the response buffer and returns req to its worker's pool. */
 void hsm_http_req_put(hsm_http_req *req);
 /* Frees a worker's pool of requests. */
 void hsm_http_req_pool_free(hsm_http_worker *w);
-/* The current Date header value. */
-const char *hsm_http_worker_date(hsm_http_worker *w);
+/* Gives a complete request to the handler, or answers it (405, 501) itself. */
+void hsm_http_req_dispatch(hsm_http_conn *conn, hsm_http_req *req);
+/* Answers on the framework's behalf (malformed input, limits) and closes after. */
+void hsm_http_req_refuse(hsm_http_conn *conn, hsm_http_req *req, int status, const char *message);
+/* Sets the request's id (fresh UUID) and identity fields. */
+bool hsm_http_req_begin(hsm_http_conn *conn, hsm_http_req *req);
 
 /* http_balance.c: after a connection was accepted by (accepted) or removed
- * from w, on w's thread; and the rearm_ev callback. */
+ * from w, on w's thread; and when rearm_ns has passed. */
 void hsm_http_balance(hsm_http_worker *w, bool accepted);
-void hsm_http_balance_rearm_cb(evutil_socket_t fd, short what, void *arg);
+void hsm_http_balance_rearm(hsm_http_worker *w);
+bool hsm_http_may_accept(const hsm_http_worker *w);
 
 /* http_resp.c */
 /* Marks the calling thread as w's worker thread (NULL when it leaves). */
@@ -214,12 +234,16 @@ void hsm_http_set_current_worker(hsm_http_worker *w);
 hsm_http_worker *hsm_http_current_worker(void);
 void hsm_http_inflight_add(hsm_http_worker *w, int delta);
 /*
- * Takes every queued completion of w: writes them (send) or, once the worker
- * has stopped, only releases them.
+ * Takes every queued completion of w: starts writing them (send) or, once the
+ * worker has stopped, only releases them.
  */
 void hsm_http_worker_drain(hsm_http_worker *w, bool send);
-/* local_ev: sends the replies given on the worker during this loop pass,
- * then makes the calls asked for at its end. */
-void hsm_http_local_cb(evutil_socket_t fd, short what, void *arg);
+/* Sends the replies given on the worker during a handler call. */
+void hsm_http_flush_local(hsm_http_worker *w);
+/* Makes the calls asked for at the end of the pass. */
+void hsm_http_run_pass_end(hsm_http_worker *w);
+/* A bare 500 for a response that could not be built. */
+extern const char hsm_http_bare_500[];
+extern const size_t hsm_http_bare_500_len;
 
 #endif

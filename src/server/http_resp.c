@@ -2,25 +2,25 @@
  * http_resp.c - hsm_http_respond() and the way a response gets back to the
  * worker that owns the connection.
  *
- * On the worker's own thread (the handler answered at once, inside evhttp's
- * request callback) the request goes on the worker's local list, sent in the
- * same loop pass once that callback has returned.  From any other thread the
- * request is pushed on the
- * worker's completion stack (lock-free: a compare-and-swap push; the worker
- * takes the whole stack with one exchange) and only the push that finds the
- * stack empty writes the worker's eventfd, so a batch of completions costs one
- * wakeup; a thread completing many requests at once can hold those writes
- * until its batch is done (hsm_http_hold_wakeups).  evhttp objects are only
- * ever touched on their worker.
+ * hsm_http_respond builds the response as it goes on the wire (status line,
+ * header fields, body) in the request's own buffer, on whatever thread calls
+ * it, so the worker only has to write it: one write(2) or one TLS record for
+ * a KMS-sized answer.  On the worker's own thread (the handler answered at
+ * once) the request goes on the worker's local list, written once the handler
+ * has returned.  From any other thread the request is pushed on the worker's
+ * completion stack (lock-free: a compare-and-swap push; the worker takes the
+ * whole stack with one exchange) and only the push that finds the stack empty
+ * writes the worker's eventfd, so a batch of completions costs one wakeup; a
+ * thread completing many requests at once can hold those writes until its
+ * batch is done (hsm_http_hold_wakeups).  Connections are only ever touched on
+ * their worker.
  */
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
 
-#include <event2/buffer.h>
-#include <event2/event.h>
-#include <event2/http.h>
+#include <time.h>
 
 #include "common/log.h"
 #include "common/util.h"
@@ -85,14 +85,92 @@ static bool is_reserved(const char *name)
 	return false;
 }
 
-static hsm_result put_cstr(hsm_buf *b, const char *s)
+const char hsm_http_bare_500[] = "HTTP/1.1 500 Internal Server Error\r\n"
+                                "Content-Length: 0\r\nConnection: close\r\n\r\n";
+const size_t hsm_http_bare_500_len = sizeof(hsm_http_bare_500) - 1;
+
+/* RFC 9110 section 15: the reason phrase is informative; clients go by the code. */
+static const char *reason(int status)
 {
-	return hsm_buf_put(b, s, strlen(s) + 1);
+	switch (status) {
+	case 200: return "OK";
+	case 204: return "No Content";
+	case 304: return "Not Modified";
+	case 400: return "Bad Request";
+	case 401: return "Unauthorized";
+	case 403: return "Forbidden";
+	case 404: return "Not Found";
+	case 405: return "Method Not Allowed";
+	case 409: return "Conflict";
+	case 413: return "Content Too Large";
+	case 429: return "Too Many Requests";
+	case 500: return "Internal Server Error";
+	case 501: return "Not Implemented";
+	case 503: return "Service Unavailable";
+	case 505: return "HTTP Version Not Supported";
+	default: return status < 300 ? "Success" : status < 500 ? "Client Error" : "Server Error";
+	}
 }
 
-/* Copies the response into req->out: content type, header pairs, body. */
-static hsm_result stash(hsm_http_req *req, const char *ctype, const void *body, size_t len,
-                        size_t n_headers, const hsm_http_header *headers)
+/* The Date field (RFC 9110 section 5.6.7, IMF-fixdate), rebuilt once a second per thread. */
+static const char *date_now(void)
+{
+	static const char days[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+	static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+	                                   "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+	static _Thread_local int64_t sec = -1;
+	static _Thread_local char text[32];
+	time_t now = time(NULL);
+	if ((int64_t)now != sec) {
+		struct tm tm;
+		gmtime_r(&now, &tm);
+		snprintf(text, sizeof(text), "%s, %02d %s %04d %02d:%02d:%02d GMT", days[tm.tm_wday % 7],
+		         tm.tm_mday, months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
+		         tm.tm_sec);
+		sec = (int64_t)now;
+	}
+	return text;
+}
+
+static hsm_result put_field(hsm_buf *b, const char *name, const char *value)
+{
+	HSM_GUARD(hsm_buf_put_str(b, name));
+	HSM_GUARD(hsm_buf_put(b, ": ", 2));
+	HSM_GUARD(hsm_buf_put_str(b, value));
+	return hsm_buf_put(b, "\r\n", 2);
+}
+
+/* The framework's fields: type, length, date, request id, persistence. */
+static hsm_result put_fixed(hsm_http_req *req, int status, const char *ctype, size_t len)
+{
+	hsm_buf *out = &req->out;
+	char num[24];
+	hsm_sb b;
+	hsm_sb_init(&b, num, sizeof(num));
+	hsm_sb_add(&b, "HTTP/1.1 ");
+	hsm_sb_u64(&b, (uint64_t)status);
+	hsm_sb_add(&b, " ");
+	HSM_GUARD(hsm_buf_put_str(out, num));
+	HSM_GUARD(hsm_buf_put_str(out, reason(status)));
+	HSM_GUARD(hsm_buf_put(out, "\r\n", 2));
+	HSM_GUARD(put_field(out, "Content-Type", ctype));
+	if (status != 204 && status != 304) {
+		hsm_sb_init(&b, num, sizeof(num));
+		hsm_sb_u64(&b, len);
+		HSM_GUARD(put_field(out, "Content-Length", num));
+	}
+	HSM_GUARD(put_field(out, "Date", date_now()));
+	HSM_GUARD(put_field(out, "x-amzn-RequestId", req->id));
+	if (req->close)
+		return put_field(out, "Connection", "close");
+	if (req->head.minor == 0)
+		return put_field(out, "Connection", "keep-alive"); /* RFC 9112 section 9.3 */
+	return HSM_SUCCESS;
+}
+
+/* Builds the whole response into req->out. */
+static hsm_result build(hsm_http_req *req, int status, const char *ctype, const void *body,
+                        size_t len, size_t n_headers, const hsm_http_header *headers)
 {
 	hsm_buf *out = &req->out;
 	if (ctype == NULL || !is_field_value(ctype)) {
@@ -100,15 +178,15 @@ static hsm_result stash(hsm_http_req *req, const char *ctype, const void *body, 
 			hsm_warn("request %s: invalid Content-Type replaced", req->id);
 		ctype = DEFAULT_CONTENT_TYPE;
 	}
-	/* Room for everything first: growing (realloc) after the body is in
-	 * would leave an unwiped copy in freed memory. */
-	size_t need = strlen(ctype) + 1 + len;
+	bool has_body = !req->is_head && status != 204 && status != 304;
+	/* Room for everything first: growing after the body is in would copy it. */
+	size_t need = 256 + strlen(ctype) + (has_body ? len : 0);
 	for (size_t i = 0; i < n_headers; i++) {
 		HSM_ASSERT(headers[i].name != NULL && headers[i].value != NULL);
-		need += strlen(headers[i].name) + strlen(headers[i].value) + 2;
+		need += strlen(headers[i].name) + strlen(headers[i].value) + 4;
 	}
 	HSM_GUARD(hsm_buf_reserve(out, need));
-	HSM_GUARD(put_cstr(out, ctype));
+	HSM_GUARD(put_fixed(req, status, ctype, len));
 	for (size_t i = 0; i < n_headers; i++) {
 		const char *name = headers[i].name, *value = headers[i].value;
 		if (!is_token(name) || !is_field_value(value) || is_reserved(name)) {
@@ -116,13 +194,10 @@ static hsm_result stash(hsm_http_req *req, const char *ctype, const void *body, 
 			         i);
 			continue;
 		}
-		HSM_GUARD(put_cstr(out, name));
-		HSM_GUARD(put_cstr(out, value));
-		req->n_extra++;
+		HSM_GUARD(put_field(out, name, value));
 	}
-	req->resp_body_off = out->len;
-	req->resp_body_len = len;
-	return hsm_buf_put(out, body, len);
+	HSM_GUARD(hsm_buf_put(out, "\r\n", 2));
+	return has_body ? hsm_buf_put(out, body, len) : HSM_SUCCESS;
 }
 
 static void wake(hsm_http_worker *w)
@@ -193,113 +268,51 @@ void hsm_http_respond(hsm_http_req *req, int status, const char *content_type, c
 	HSM_ASSERT(status >= 200 && status <= 599);
 	HSM_ASSERT(len == 0 || body != NULL);
 	HSM_ASSERT(n_headers == 0 || headers != NULL);
-	req->status = status;
-	req->n_extra = 0;
-	if (hsm_failed(stash(req, content_type, body, len, n_headers, headers))) {
+	hsm_http_worker *w = req->w;
+	if (atomic_load_explicit(&w->srv->stopping, memory_order_relaxed))
+		req->close = true; /* while the server stops, responses end their connection */
+	if (hsm_failed(build(req, status, content_type, body, len, n_headers, headers))) {
 		hsm_buf_clear(&req->out);
 		req->failed = true;
 	}
-	hsm_http_worker *w = req->w;
 	req->state = REQ_QUEUED;
 	if (current_worker != w) {
 		push(w, req);
 		return;
 	}
-	/* Answered on the worker, inside evhttp's request callback: sent from
-	 * local_ev once that callback has returned, so it can be written at once. */
+	/* Answered on the worker, inside its handler: written once the handler returns. */
 	req->next = NULL;
 	if (w->local_tail != NULL)
 		w->local_tail->next = req;
 	else
 		w->local_head = req;
 	w->local_tail = req;
-	event_active(w->local_ev, EV_TIMEOUT, 0);
 }
 
-static void body_written(const void *data, size_t len, void *arg)
+void hsm_http_flush_local(hsm_http_worker *w)
 {
-	(void)data, (void)len;
-	hsm_http_req_put(arg);
-}
-
-static void add_header(struct evkeyvalq *h, const char *name, const char *value)
-{
-	/* Fails only when out of memory; the response then goes out without it. */
-	(void)evhttp_add_header(h, name, value);
-}
-
-/* Adds the headers and the body; true when libevent now references req->out. */
-static bool build(hsm_http_req *req, struct evhttp_request *evreq, int status)
-{
-	struct evkeyvalq *h = evhttp_request_get_output_headers(evreq);
-	const char *p = (const char *)req->out.data;
-	bool has_body = !req->failed && status != 204 && status != 304;
-	size_t len = has_body ? req->resp_body_len : 0;
-	char clen[24];
-	add_header(h, "Content-Type", req->failed ? DEFAULT_CONTENT_TYPE : p);
-	add_header(h, "x-amzn-RequestId", req->id);
-	add_header(h, "Date", hsm_http_worker_date(req->w));
-	if (status != 204 && status != 304) {
-		hsm_sb b;
-		hsm_sb_init(&b, clen, sizeof(clen));
-		hsm_sb_u64(&b, len);
-		add_header(h, "Content-Length", clen);
+	while (w->local_head != NULL) {
+		hsm_http_req *req = w->local_head;
+		w->local_head = req->next;
+		if (w->local_head == NULL)
+			w->local_tail = NULL;
+		req->next = NULL;
+		hsm_http_conn_deliver(req, false);
 	}
-	if (req->close || req->w->stopping)
-		add_header(h, "Connection", "close");
-	if (req->failed)
-		return false;
-	p += strlen(p) + 1;
-	for (size_t i = 0; i < req->n_extra; i++) {
-		const char *value = p + strlen(p) + 1;
-		add_header(h, p, value);
-		p = value + strlen(value) + 1;
-	}
-	if (req->head || len == 0)
-		return false;
-	return evbuffer_add_reference(evhttp_request_get_output_buffer(evreq),
-	                              req->out.data + req->resp_body_off, len, body_written,
-	                              req) == 0;
 }
 
-/* On the owning worker: hands the response to evhttp. */
-static void finish(hsm_http_req *req)
+/* Releases requests whose worker has stopped. */
+static void release_list(hsm_http_worker *w, hsm_http_req *list)
 {
-	struct evhttp_request *evreq = req->evreq;
-	hsm_http_inflight_add(req->w, -1);
-	hsm_http_conn_hold(req->conn);
-	int status = req->failed ? 500 : req->status;
-	if (!req->failed && !req->head && req->resp_body_len > 0 && status != 204 && status != 304) {
-		req->state = REQ_SENDING;
-		if (!build(req, evreq, status)) {
-			/* Could not reference the body: say so rather than send a short answer. */
-			hsm_http_req_put(req);
-			evhttp_send_error(evreq, HTTP_INTERNAL, NULL);
-			return;
-		}
-		/* From here req belongs to libevent until body_written(). */
-		evhttp_send_reply(evreq, status, NULL, NULL);
-		return;
-	}
-	(void)build(req, evreq, status);
-	hsm_http_req_put(req);
-	evhttp_send_reply(evreq, status, NULL, NULL);
-}
-
-/* Sends (or, when the worker is gone, releases) a list of answered requests. */
-static void send_list(hsm_http_worker *w, hsm_http_req *fifo, bool send)
-{
-	while (fifo != NULL) {
-		hsm_http_req *req = fifo;
-		fifo = req->next;
-		req->state = REQ_HANDLER;
-		if (send) {
-			hsm_http_conn *conn = req->conn;
-			finish(req);
-			hsm_http_conn_write_now(conn);
-		} else {
-			hsm_http_inflight_add(w, -1);
-			hsm_http_req_put(req);
+	while (list != NULL) {
+		hsm_http_req *req = list;
+		list = req->next;
+		hsm_http_conn *conn = req->conn;
+		hsm_http_inflight_add(w, -1);
+		hsm_http_req_put(req);
+		if (conn != NULL && conn->closed) {
+			conn->req = NULL;
+			hsm_http_conn_free_closed(conn);
 		}
 	}
 }
@@ -320,17 +333,10 @@ void hsm_http_at_pass_end(void (*fn)(void *), void *arg)
 	w->pass_end[w->n_pass_end].fn = fn;
 	w->pass_end[w->n_pass_end].arg = arg;
 	w->n_pass_end++;
-	/* Active events run in order: this one after every socket made ready with it. */
-	event_active(w->local_ev, EV_TIMEOUT, 0);
 }
 
-void hsm_http_local_cb(evutil_socket_t fd, short what, void *arg)
+void hsm_http_run_pass_end(hsm_http_worker *w)
 {
-	(void)fd, (void)what;
-	hsm_http_worker *w = arg;
-	hsm_http_req *list = w->local_head;
-	w->local_head = w->local_tail = NULL;
-	send_list(w, list, true);
 	size_t n = w->n_pass_end;
 	w->n_pass_end = 0;
 	for (size_t i = 0; i < n; i++)
@@ -347,10 +353,17 @@ void hsm_http_worker_drain(hsm_http_worker *w, bool send)
 		fifo = list;
 		list = next;
 	}
-	send_list(w, fifo, send);
 	if (!send) {
+		release_list(w, fifo);
 		list = w->local_head;
 		w->local_head = w->local_tail = NULL;
-		send_list(w, list, false);
+		release_list(w, list);
+		return;
+	}
+	while (fifo != NULL) {
+		hsm_http_req *req = fifo;
+		fifo = req->next;
+		req->next = NULL;
+		hsm_http_conn_deliver(req, true);
 	}
 }

@@ -104,6 +104,10 @@ static hsm_result set_policy(SSL_CTX *ctx)
 	HSM_ENSURE(SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1) == 1,
 	           HSM_ERR_CRYPTO, "cannot set the session context");
 	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+	/* Read whatever has arrived in one read(2), not a record header and then
+	 * its body in two: the reader (http_conn.c) takes records until OpenSSL
+	 * wants more from the socket, so nothing read ahead is left waiting. */
+	SSL_CTX_set_read_ahead(ctx, 1);
 	return HSM_SUCCESS;
 }
 

@@ -9,9 +9,9 @@
  * for at most two periods and a key leak exposes at most that window (the
  * advice of RFC 9325 section 3.4 on ticket keys).  Keys live in the secure heap.
  *
- * A server-side session cache is not used: evhttp closes connections without
- * close_notify, and OpenSSL drops such sessions from its cache, so it would
- * never hit.
+ * A server-side session cache is not used: the server closes connections
+ * without close_notify, and OpenSSL drops such sessions from its cache, so it
+ * would never hit.
  */
 #include <pthread.h>
 #include <string.h>

@@ -8,7 +8,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <event2/event.h>
 #include <jansson.h>
 
 #include "common/log.h"
@@ -131,9 +130,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	/* Request and response bytes (shares, plaintexts, data keys, context
-	 * values) pass through libevent's and jansson's memory: wipe it on free.
-	 * libevent takes this only before its first allocation. */
-	event_set_mem_functions(hsm_wiping_malloc, hsm_wiping_realloc, hsm_wiping_free);
+	 * values) pass through jansson's memory: wipe it on free.  (The HTTP
+	 * server wipes its own buffers.) */
 	json_set_alloc_funcs(hsm_wiping_malloc, hsm_wiping_free);
 	/* Every thread inherits this mask; main alone takes the signals, with sigwait. */
 	sigset_t sigs;

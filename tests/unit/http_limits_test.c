@@ -46,7 +46,9 @@ static void handler(hsm_http_req *req, void *arg)
 	char out[256];
 	size_t len = 0;
 	(void)hsm_http_req_body(req, &len);
-	int n = snprintf(out, sizeof(out), "path=%s len=%zu ", hsm_http_req_path(req), len);
+	const char *check = hsm_http_req_header(req, "X-Check");
+	int n = snprintf(out, sizeof(out), "path=%s len=%zu method=%s check=%s ", hsm_http_req_path(req),
+	                 len, hsm_http_req_method(req), check != NULL ? check : "-");
 	hsm_http_respond(req, 200, "text/plain", out, (size_t)n, 0, NULL);
 }
 
@@ -111,6 +113,43 @@ static void test_body_limit(void **state)
 	assert_non_null(strstr(r.body, "len=1024 "));
 	tc_resp_clear(&r);
 	tc_close(c);
+	hsm_http_server_free(srv);
+}
+
+/*
+ * A head that arrives before a body larger than the first input buffer: the
+ * buffer grows under the parsed head, whose strings must follow it.
+ */
+static void test_body_after_head_grows_buffer(void **state)
+{
+	(void)state;
+	hsm_http_config cfg = defaults(1);
+	hsm_http_server *srv = start(&cfg);
+	uint16_t port = hsm_http_server_port(srv);
+	size_t n = 200000;
+	char *body = malloc(n);
+	assert_non_null(body);
+	memset(body, 'q', n);
+	for (int round = 0; round < 2; round++) {
+		tc_conn *c = tc_connect(port, false, 5000);
+		assert_non_null(c);
+		assert_true(tc_sendf(c, "POST /grow?x=1 HTTP/1.1\r\nHost: t\r\nX-Check: kept\r\n"
+		                        "Content-Length: %zu\r\n\r\n", n));
+		usleep(50 * 1000); /* the head is read and parsed on its own */
+		assert_true(tc_send(c, body, n));
+		tc_resp r;
+		assert_true(tc_read(c, &r, false));
+		assert_int_equal(r.status, 200);
+		assert_non_null(strstr(r.body, "path=/grow len=200000 method=POST check=kept "));
+		tc_resp_clear(&r);
+		/* The connection goes on with a small request. */
+		assert_true(tc_sendf(c, "GET /small HTTP/1.1\r\nHost: t\r\nX-Check: again\r\n\r\n"));
+		assert_true(tc_read(c, &r, false));
+		assert_non_null(strstr(r.body, "path=/small len=0 method=GET check=again "));
+		tc_resp_clear(&r);
+		tc_close(c);
+	}
+	free(body);
 	hsm_http_server_free(srv);
 }
 
@@ -342,6 +381,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_body_limit),
+	    cmocka_unit_test(test_body_after_head_grows_buffer),
 	    cmocka_unit_test(test_header_limit_and_garbage),
 	    cmocka_unit_test(test_ambiguous_framing),
 	    cmocka_unit_test(test_methods),
