@@ -46,6 +46,8 @@
 #define FD_RESERVE 256U
 #define ACCEPT_PAUSE_MS 100U
 #define ACCEPT_BATCH 64
+/* How long a refused client may go on sending before the connection is closed. */
+#define LINGER_MS 2000U
 
 static uint64_t after_ms(uint32_t ms)
 {
@@ -219,6 +221,21 @@ static bool response_done(hsm_http_conn *c)
 	c->req = NULL;
 	hsm_http_req_put(req);
 	hsm_http_in_consume(c, c->consumed);
+	if (c->close_after && c->linger && !c->peer_closed && !w->stopping) {
+		/*
+		 * A refused request (413 on its Content-Length, malformed input) may
+		 * still be arriving.  Closing with unread input would reset the
+		 * connection, and the reset can reach the client before the answer
+		 * does: stop sending, discard what comes until the client closes.
+		 */
+		(void)shutdown(c->fd, SHUT_WR);
+		hsm_http_in_release(c);
+		c->state = CONN_LINGER;
+		uint32_t ms = w->srv->cfg.read_timeout_ms < LINGER_MS ? w->srv->cfg.read_timeout_ms : LINGER_MS;
+		c->deadline_ns = after_ms(ms);
+		c->rd_ready = true;
+		return true;
+	}
 	/* A client that shut its side and sent nothing more is done. */
 	if (c->close_after || w->stopping || (c->peer_closed && c->in_len == 0 && !c->rd_ready)) {
 		hsm_http_conn_close(c);
@@ -283,6 +300,24 @@ void hsm_http_conn_deliver(hsm_http_req *req, bool now)
 
 /* ---- the request cycle -------------------------------------------------------- */
 
+/* CONN_LINGER: reads and drops input until EOF, or closes at once on an error. */
+static void linger_drain(hsm_http_conn *c)
+{
+	uint8_t sink[4096];
+	while (c->rd_ready) {
+		ssize_t r = recv(c->fd, sink, sizeof(sink), MSG_DONTWAIT);
+		if (r > 0 || (r < 0 && errno == EINTR))
+			continue;
+		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			c->rd_ready = false;
+			return;
+		}
+		break; /* EOF or error */
+	}
+	if (c->rd_ready)
+		hsm_http_conn_close(c);
+}
+
 /* Runs c until it has to wait for the network or for its handler. */
 static void conn_run(hsm_http_conn *c)
 {
@@ -292,6 +327,10 @@ static void conn_run(hsm_http_conn *c)
 	while (!c->closed) {
 		if (c->state == CONN_HANDLING)
 			break;
+		if (c->state == CONN_LINGER) {
+			linger_drain(c);
+			break;
+		}
 		if (c->state == CONN_WRITING) {
 			if (!send_response(c))
 				break;
@@ -362,7 +401,7 @@ void hsm_http_conn_close_idle(hsm_http_worker *w, bool all)
 	hsm_http_conn *next;
 	for (hsm_http_conn *c = w->conns; c != NULL; c = next) {
 		next = c->next;
-		if (all || (c->state == CONN_IDLE && c->in_len == 0))
+		if (all || (c->state == CONN_IDLE && c->in_len == 0) || c->state == CONN_LINGER)
 			hsm_http_conn_close(c);
 	}
 }

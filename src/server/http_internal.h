@@ -39,6 +39,7 @@ typedef enum conn_state {
 	CONN_HANDLING,  /* a request is with the handler: no deadline */
 	CONN_WRITING,   /* its response is going out: write timeout since the last progress */
 	CONN_IDLE,      /* keep-alive, waiting for the next request: idle timeout */
+	CONN_LINGER,    /* refused and answered: input discarded until EOF, briefly */
 } conn_state;
 
 struct hsm_http_conn {
@@ -59,6 +60,7 @@ struct hsm_http_conn {
 	bool rd_ready;     /* may hold unread bytes without a new epoll edge */
 	bool peer_closed;  /* the client shut its side (EOF or EPOLLRDHUP) */
 	bool close_after;  /* close once the response is written */
+	bool linger;       /* ...after reading what the client still sends (a refusal) */
 	bool continue_sent;
 	bool closed;       /* closed: freed at the end of the pass, or when its request returns */
 	bool queued;       /* on the worker's run queue */

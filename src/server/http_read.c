@@ -142,6 +142,7 @@ static bool refuse(hsm_http_conn *c, int status, const char *message)
 		c->req->conn = c;
 	}
 	c->consumed = c->in_len; /* the rest of the input is not read as requests */
+	c->linger = true;
 	hsm_http_req_refuse(c, c->req, status, message);
 	return true;
 }
