@@ -51,12 +51,32 @@ const hsm_secret *hsm_material_secret(const hsm_material *m);
 /* Which KMS key spec an OpenSSL key is, judged from its type, size and curve. */
 hsm_result hsm_pkey_spec(const EVP_PKEY *pkey, hsm_key_spec *out) HSM_MUST_CHECK;
 
+/*
+ * A ready EVP_PKEY_CTX for signing (sign) or verifying with pkey under a
+ * non-EdDSA algorithm (sign.c), or NULL; the caller frees it.
+ */
+EVP_PKEY_CTX *hsm_sign_ctx_new(EVP_PKEY *pkey, hsm_sign_alg alg, bool sign);
+/*
+ * The same for a material's key, copied from a template the material keeps
+ * (made on first use, freed with the material): a copy costs a small
+ * fraction of what setting up a new context does (a provider lookup by name
+ * and the algorithm's parameters).  NULL when out of memory.
+ */
+EVP_PKEY_CTX *hsm_material_sign_ctx(const hsm_material *m, hsm_sign_alg alg, bool sign);
+
 /* Sign / verify with a bare EVP_PKEY (sign.c); callers check the spec first. */
 hsm_result hsm_pkey_sign(EVP_PKEY *pkey, hsm_sign_alg alg, hsm_message_type type,
                          const uint8_t *msg, size_t msg_len, hsm_buf *sig_out) HSM_MUST_CHECK;
 hsm_result hsm_pkey_verify(EVP_PKEY *pkey, hsm_sign_alg alg, hsm_message_type type,
                            const uint8_t *msg, size_t msg_len, const uint8_t *sig,
                            size_t sig_len) HSM_MUST_CHECK;
+/* As above, with contexts from the material's templates when m is not NULL. */
+hsm_result hsm_key_sign(EVP_PKEY *pkey, const hsm_material *m, hsm_sign_alg alg,
+                        hsm_message_type type, const uint8_t *msg, size_t msg_len,
+                        hsm_buf *sig_out) HSM_MUST_CHECK;
+hsm_result hsm_key_verify(EVP_PKEY *pkey, const hsm_material *m, hsm_sign_alg alg,
+                          hsm_message_type type, const uint8_t *msg, size_t msg_len,
+                          const uint8_t *sig, size_t sig_len) HSM_MUST_CHECK;
 /* RSAES-OAEP encryption with a bare RSA key (rsa_oaep.c). */
 hsm_result hsm_pkey_oaep_encrypt(EVP_PKEY *pkey, hsm_key_spec spec, hsm_enc_alg alg,
                                  const uint8_t *pt, size_t pt_len, hsm_buf *out) HSM_MUST_CHECK;

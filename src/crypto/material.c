@@ -27,6 +27,12 @@ struct hsm_material {
 	hsm_key_spec spec;
 	hsm_secret *secret; /* AES and HMAC */
 	EVP_PKEY *pkey;     /* RSA, EC, Ed25519 */
+	/* Set-up verifying [0] and signing [1] contexts per algorithm, made on
+	 * first use (hsm_material_sign_ctx), only ever copied from; asymmetric
+	 * keys only.  A cache, so it may be filled through a const material. */
+	struct sign_tmpl {
+		_Atomic(EVP_PKEY_CTX *) t[2][HSM_SIGN_COUNT];
+	} *tmpl;
 };
 
 static const uint8_t pairwise_msg[] = "hsmd pairwise consistency test";
@@ -40,6 +46,15 @@ static hsm_result material_new(hsm_key_spec spec, hsm_secret *secret, EVP_PKEY *
 		hsm_secret_free(secret);
 		EVP_PKEY_free(pkey);
 		return HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
+	}
+	if (pkey != NULL) {
+		m->tmpl = calloc(1, sizeof(*m->tmpl));
+		if (m->tmpl == NULL) {
+			free(m);
+			hsm_secret_free(secret);
+			EVP_PKEY_free(pkey);
+			return HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
+		}
 	}
 	atomic_init(&m->refs, 1);
 	m->spec = spec;
@@ -64,8 +79,34 @@ void hsm_material_free(hsm_material *m)
 	if (atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) != 1)
 		return;
 	hsm_secret_free(m->secret);
+	for (size_t i = 0; m->tmpl != NULL && i < 2; i++)
+		for (size_t a = 0; a < HSM_SIGN_COUNT; a++)
+			EVP_PKEY_CTX_free(atomic_load_explicit(&m->tmpl->t[i][a], memory_order_acquire));
+	free(m->tmpl);
 	EVP_PKEY_free(m->pkey); /* OpenSSL clears private key components on free */
 	free(m);
+}
+
+EVP_PKEY_CTX *hsm_material_sign_ctx(const hsm_material *m, hsm_sign_alg alg, bool sign)
+{
+	HSM_ASSERT(m->tmpl != NULL && (unsigned)alg < HSM_SIGN_COUNT);
+	/* Set once, under a compare-and-swap. */
+	_Atomic(EVP_PKEY_CTX *) *slot = &m->tmpl->t[sign][alg];
+	EVP_PKEY_CTX *t = atomic_load_explicit(slot, memory_order_acquire);
+	if (t == NULL) {
+		EVP_PKEY_CTX *made = hsm_sign_ctx_new(m->pkey, alg, sign);
+		if (made == NULL)
+			return NULL;
+		if (atomic_compare_exchange_strong_explicit(slot, &t, made, memory_order_acq_rel,
+		                                            memory_order_acquire)) {
+			t = made;
+		} else {
+			EVP_PKEY_CTX_free(made); /* another thread's came first: t is it */
+		}
+	}
+	/* Copying reads the template and takes references (atomic counts): safe
+	 * from any number of threads at once, as the shared EVP_PKEY is. */
+	return EVP_PKEY_CTX_dup(t);
 }
 
 hsm_key_spec hsm_material_spec(const hsm_material *m) { return m->spec; }

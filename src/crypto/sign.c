@@ -9,9 +9,10 @@
  *   ED25519_SHA_512     RFC 8032 PureEdDSA over the raw message
  *
  * MessageType RAW hashes the message first; DIGEST takes the digest itself,
- * which must have exactly the algorithm's digest length.  Each call builds its
- * own EVP_PKEY_CTX from the shared, immutable EVP_PKEY, which is what makes
- * concurrent use of one key safe.
+ * which must have exactly the algorithm's digest length.  Each call uses its
+ * own EVP_PKEY_CTX over the shared, immutable EVP_PKEY, which is what makes
+ * concurrent use of one key safe; for a stored key's material it is a copy of
+ * a template the material keeps (material.c).
  */
 #include <string.h>
 
@@ -98,16 +99,33 @@ static bool eddsa_verify(EVP_PKEY *pkey, const uint8_t *msg, size_t msg_len, con
 	return ok;
 }
 
-static hsm_result sign_digest(EVP_PKEY *pkey, const hsm_sign_alg_info *info, const uint8_t *dgst,
-                              size_t dgst_len, hsm_buf *out)
+EVP_PKEY_CTX *hsm_sign_ctx_new(EVP_PKEY *pkey, hsm_sign_alg alg, bool sign)
+{
+	const hsm_sign_alg_info *info = hsm_sign_alg_get(alg);
+	EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, pkey, NULL);
+	if (ctx == NULL)
+		return NULL;
+	if ((sign ? EVP_PKEY_sign_init(ctx) : EVP_PKEY_verify_init(ctx)) != 1 || !configure(ctx, info)) {
+		EVP_PKEY_CTX_free(ctx);
+		return NULL;
+	}
+	return ctx;
+}
+
+static EVP_PKEY_CTX *op_ctx(EVP_PKEY *pkey, const hsm_material *m, hsm_sign_alg alg, bool sign)
+{
+	return m != NULL ? hsm_material_sign_ctx(m, alg, sign) : hsm_sign_ctx_new(pkey, alg, sign);
+}
+
+static hsm_result sign_digest(EVP_PKEY *pkey, const hsm_material *m, hsm_sign_alg alg,
+                              const uint8_t *dgst, size_t dgst_len, hsm_buf *out)
 {
 	hsm_result res = HSM_SUCCESS;
+	const hsm_sign_alg_info *info = hsm_sign_alg_get(alg);
 	size_t old = out->len, len = 0;
 	uint8_t *p;
-	EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, pkey, NULL);
-	HSM_OSSL_CHECK(ctx != NULL, HSM_ERR_NOMEM, "out of memory");
-	HSM_OSSL_CHECK(EVP_PKEY_sign_init(ctx) == 1 && configure(ctx, info), HSM_ERR_CRYPTO,
-	               "cannot set up %s signing", info->name);
+	EVP_PKEY_CTX *ctx = op_ctx(pkey, m, alg, true);
+	HSM_OSSL_CHECK(ctx != NULL, HSM_ERR_CRYPTO, "cannot set up %s signing", info->name);
 	/* The key's maximum signature size, which EVP_PKEY keeps (asking
 	 * EVP_PKEY_sign for it would compute it again). */
 	int max = EVP_PKEY_get_size(pkey);
@@ -124,21 +142,28 @@ out:
 	return res;
 }
 
-static bool verify_digest(EVP_PKEY *pkey, const hsm_sign_alg_info *info, const uint8_t *dgst,
-                          size_t dgst_len, const uint8_t *sig, size_t sig_len)
+static bool verify_digest(EVP_PKEY *pkey, const hsm_material *m, hsm_sign_alg alg,
+                          const uint8_t *dgst, size_t dgst_len, const uint8_t *sig, size_t sig_len)
 {
+	const hsm_sign_alg_info *info = hsm_sign_alg_get(alg);
 	/* RFC 8017 sections 8.1.2 and 8.2.2 step 1: an RSA signature is exactly k bytes. */
 	if (info->scheme != HSM_SCHEME_ECDSA && (int)sig_len != EVP_PKEY_get_size(pkey))
 		return false;
-	EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, pkey, NULL);
-	bool ok = ctx != NULL && EVP_PKEY_verify_init(ctx) == 1 && configure(ctx, info) &&
-	          EVP_PKEY_verify(ctx, sig, sig_len, dgst, dgst_len) == 1;
+	EVP_PKEY_CTX *ctx = op_ctx(pkey, m, alg, false);
+	bool ok = ctx != NULL && EVP_PKEY_verify(ctx, sig, sig_len, dgst, dgst_len) == 1;
 	EVP_PKEY_CTX_free(ctx);
 	return ok;
 }
 
 hsm_result hsm_pkey_sign(EVP_PKEY *pkey, hsm_sign_alg alg, hsm_message_type type,
                          const uint8_t *msg, size_t msg_len, hsm_buf *sig_out)
+{
+	return hsm_key_sign(pkey, NULL, alg, type, msg, msg_len, sig_out);
+}
+
+hsm_result hsm_key_sign(EVP_PKEY *pkey, const hsm_material *m, hsm_sign_alg alg,
+                        hsm_message_type type, const uint8_t *msg, size_t msg_len,
+                        hsm_buf *sig_out)
 {
 	const hsm_sign_alg_info *info = hsm_sign_alg_get(alg);
 	HSM_ASSERT(msg != NULL || msg_len == 0);
@@ -151,11 +176,18 @@ hsm_result hsm_pkey_sign(EVP_PKEY *pkey, hsm_sign_alg alg, hsm_message_type type
 	uint8_t dgst[EVP_MAX_MD_SIZE];
 	size_t dgst_len = 0;
 	HSM_GUARD(message_digest(info, type, msg, msg_len, dgst, &dgst_len));
-	return sign_digest(pkey, info, dgst, dgst_len, sig_out);
+	return sign_digest(pkey, m, alg, dgst, dgst_len, sig_out);
 }
 
 hsm_result hsm_pkey_verify(EVP_PKEY *pkey, hsm_sign_alg alg, hsm_message_type type,
                            const uint8_t *msg, size_t msg_len, const uint8_t *sig, size_t sig_len)
+{
+	return hsm_key_verify(pkey, NULL, alg, type, msg, msg_len, sig, sig_len);
+}
+
+hsm_result hsm_key_verify(EVP_PKEY *pkey, const hsm_material *m, hsm_sign_alg alg,
+                          hsm_message_type type, const uint8_t *msg, size_t msg_len,
+                          const uint8_t *sig, size_t sig_len)
 {
 	const hsm_sign_alg_info *info = hsm_sign_alg_get(alg);
 	HSM_ASSERT(msg != NULL || msg_len == 0);
@@ -169,7 +201,7 @@ hsm_result hsm_pkey_verify(EVP_PKEY *pkey, hsm_sign_alg alg, hsm_message_type ty
 		uint8_t dgst[EVP_MAX_MD_SIZE];
 		size_t dgst_len = 0;
 		HSM_GUARD(message_digest(info, type, msg, msg_len, dgst, &dgst_len));
-		ok = sig != NULL && verify_digest(pkey, info, dgst, dgst_len, sig, sig_len);
+		ok = sig != NULL && verify_digest(pkey, m, alg, dgst, dgst_len, sig, sig_len);
 	}
 	HSM_OSSL_ENSURE(ok, HSM_ERR_INVALID_SIGNATURE, "the signature is not valid");
 	return HSM_SUCCESS;
@@ -187,14 +219,14 @@ hsm_result hsm_sign(const hsm_material *m, hsm_sign_alg alg, hsm_message_type ty
                     const uint8_t *msg, size_t msg_len, hsm_buf *sig_out)
 {
 	HSM_GUARD(check_alg(hsm_material_spec(m), alg));
-	return hsm_pkey_sign(hsm_material_pkey(m), alg, type, msg, msg_len, sig_out);
+	return hsm_key_sign(hsm_material_pkey(m), m, alg, type, msg, msg_len, sig_out);
 }
 
 hsm_result hsm_verify(const hsm_material *m, hsm_sign_alg alg, hsm_message_type type,
                       const uint8_t *msg, size_t msg_len, const uint8_t *sig, size_t sig_len)
 {
 	HSM_GUARD(check_alg(hsm_material_spec(m), alg));
-	return hsm_pkey_verify(hsm_material_pkey(m), alg, type, msg, msg_len, sig, sig_len);
+	return hsm_key_verify(hsm_material_pkey(m), m, alg, type, msg, msg_len, sig, sig_len);
 }
 
 hsm_result hsm_verify_pub(const uint8_t *spki, size_t spki_len, hsm_sign_alg alg,

@@ -1,5 +1,7 @@
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -248,6 +250,71 @@ static void test_wrong_key_or_algorithm(void **state)
 	hsm_buf_free(&pub);
 }
 
+/*
+ * Signing contexts are copied from per-key templates made on first use: many
+ * threads racing to make them, and then copying them, on fresh keys, with
+ * every algorithm of the key interleaved; every signature must verify with
+ * plain OpenSSL.
+ */
+typedef struct racer {
+	const hsm_material *m;
+	const hsm_buf *pub;
+	const hsm_sign_alg *algs;
+	size_t n_algs;
+	pthread_barrier_t *start;
+	atomic_int *bad;
+} racer;
+
+static void *race_sign(void *arg)
+{
+	racer *r = arg;
+	pthread_barrier_wait(r->start);
+	for (int i = 0; i < 40; i++) {
+		hsm_sign_alg alg = r->algs[(size_t)i % r->n_algs];
+		hsm_buf sig = {0};
+		if (hsm_failed(hsm_sign(r->m, alg, HSM_MSG_RAW, msg, MSG_LEN, &sig)) ||
+		    !openssl_verifies(r->pub, alg, sig.data, sig.len) ||
+		    hsm_failed(hsm_verify(r->m, alg, HSM_MSG_RAW, msg, MSG_LEN, sig.data, sig.len)))
+			atomic_fetch_add(r->bad, 1);
+		hsm_buf_free(&sig);
+	}
+	return NULL;
+}
+
+static void test_concurrent_first_use(void **state)
+{
+	(void)state;
+	static const hsm_sign_alg rsa_algs[] = {
+	    HSM_SIGN_RSASSA_PSS_SHA_256, HSM_SIGN_RSASSA_PKCS1_V1_5_SHA_256,
+	    HSM_SIGN_RSASSA_PSS_SHA_512, HSM_SIGN_RSASSA_PKCS1_V1_5_SHA_384};
+	static const hsm_sign_alg ec_algs[] = {HSM_SIGN_ECDSA_SHA_256};
+	const struct {
+		hsm_key_spec spec;
+		const hsm_sign_alg *algs;
+		size_t n;
+	} cases[] = {{HSM_SPEC_RSA_2048, rsa_algs, 4}, {HSM_SPEC_ECC_NIST_P256, ec_algs, 1}};
+	enum { THREADS = 6 };
+	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+		hsm_material *m = NULL;
+		hsm_buf pub = {0};
+		assert_succeeds(hsm_material_generate(cases[c].spec, &m));
+		assert_succeeds(hsm_material_public_der(m, &pub));
+		atomic_int bad = 0;
+		pthread_barrier_t start;
+		pthread_barrier_init(&start, NULL, THREADS);
+		pthread_t t[THREADS];
+		racer r = {m, &pub, cases[c].algs, cases[c].n, &start, &bad};
+		for (int i = 0; i < THREADS; i++)
+			assert_int_equal(pthread_create(&t[i], NULL, race_sign, &r), 0);
+		for (int i = 0; i < THREADS; i++)
+			pthread_join(t[i], NULL);
+		pthread_barrier_destroy(&start);
+		assert_int_equal(atomic_load(&bad), 0);
+		hsm_buf_free(&pub);
+		hsm_material_free(m);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -258,6 +325,7 @@ int main(void)
 	    cmocka_unit_test(test_empty_message),
 	    cmocka_unit_test(test_garbage_signatures),
 	    cmocka_unit_test(test_wrong_key_or_algorithm),
+	    cmocka_unit_test(test_concurrent_first_use),
 	};
 	return cmocka_run_group_tests(tests, crypto_fixture_setup, crypto_fixture_teardown);
 }
