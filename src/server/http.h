@@ -182,9 +182,7 @@ void hsm_http_respond(hsm_http_req *req, int status, const char *content_type, c
 /*
  * Calls fn(arg) on this worker once the requests that arrived in the current
  * event-loop pass have all been handled (once per pass for the same fn and
- * arg), or before the next request of the pass once the call has waited
- * 200 us (a pass of slow requests); at once on any other thread, or if too
- * many calls are pending.  A
+ * arg); at once on any other thread, or if too many calls are pending.  A
  * handler that queues work for another thread uses it to wake that thread
  * once per pass instead of once per request.
  */

@@ -98,8 +98,6 @@ struct hsm_http_req {
 #define HSM_HTTP_REQ_POOL_MAX 1024
 #define HSM_HTTP_BUF_POOL_MAX 256
 #define HSM_HTTP_PASS_END_MAX 4
-/* A loop pass that has handled requests for this long makes its pass-end calls early. */
-#define HSM_HTTP_PASS_SPLIT_NS 200000ULL
 
 struct hsm_http_worker {
 	hsm_http_server *srv;
@@ -124,7 +122,6 @@ struct hsm_http_worker {
 		void *arg;
 	} pass_end[HSM_HTTP_PASS_END_MAX];
 	size_t n_pass_end;
-	uint64_t pass_end_since_ns; /* when the first of them was asked for */
 	hsm_http_conn *conns;  /* open connections */
 	size_t n_conns;
 	hsm_http_conn *runq;    /* connections to run again in this pass */

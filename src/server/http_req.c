@@ -178,13 +178,6 @@ void hsm_http_req_dispatch(hsm_http_conn *conn, hsm_http_req *req)
 	subject_once(conn);
 	conn->state = CONN_HANDLING;
 	bool ok = hsm_http_req_begin(conn, req);
-	/*
-	 * A pass of slow requests (RSA signatures: a quarter of a millisecond
-	 * each) would hold the pass-end calls (the audit writer's wake-up) until
-	 * its last request, and the first one's answer with them.
-	 */
-	if (w->n_pass_end > 0 && req->start_ns - w->pass_end_since_ns > HSM_HTTP_PASS_SPLIT_NS)
-		hsm_http_run_pass_end(w);
 	req->state = REQ_HANDLER;
 	hsm_http_inflight_add(w, 1);
 	const char *m = req->head.method;

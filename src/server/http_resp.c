@@ -330,8 +330,6 @@ void hsm_http_at_pass_end(void (*fn)(void *), void *arg)
 		fn(arg);
 		return;
 	}
-	if (w->n_pass_end == 0)
-		w->pass_end_since_ns = hsm_mono_ns();
 	w->pass_end[w->n_pass_end].fn = fn;
 	w->pass_end[w->n_pass_end].arg = arg;
 	w->n_pass_end++;
