@@ -129,15 +129,57 @@ static hsm_http_parse parse_version(const uint8_t *v, size_t n, unsigned *minor)
 	return HSM_HTTP_PARSE_OK;
 }
 
+/* "http://" or "https://" (the scheme is case-insensitive), or 0. */
+static size_t scheme_len(const uint8_t *p, size_t n)
+{
+	if (n >= 7 && ieq_n((const char *)p, 7, "http://"))
+		return 7;
+	if (n >= 8 && ieq_n((const char *)p, 8, "https://"))
+		return 8;
+	return 0;
+}
+
 /*
- * The request-target in buf[t..e): origin-form or asterisk-form only (RFC
- * 9112 section 3.2); absolute-form is for proxies and authority-form for
- * CONNECT, neither of which hsmd is.  A fragment is never sent (section 3.2).
+ * Absolute-form, buf[t..e) starting with its scheme: RFC 9112 section 3.2.2
+ * has a server accept it, and take the authority for the Host.  The
+ * authority is moved one byte left, over the scheme's last '/', to make room
+ * for its NUL; *t becomes the start of the path.
+ */
+static hsm_http_parse absolute_form(uint8_t *buf, size_t *t, size_t e, hsm_http_head *head)
+{
+	size_t a = *t + scheme_len(buf + *t, e - *t), p = a;
+	while (p < e && buf[p] != '/' && buf[p] != '?') {
+		/* userinfo ('@') is deprecated (RFC 9110 section 4.2.4) and a spoofing aid */
+		if (buf[p] < 0x21 || buf[p] > 0x7e || buf[p] == '@' || buf[p] == '#')
+			return HSM_HTTP_PARSE_BAD;
+		p++;
+	}
+	if (p == a)
+		return HSM_HTTP_PARSE_BAD;
+	memmove(buf + a - 1, buf + a, p - a);
+	buf[p - 1] = '\0';
+	head->authority = (const char *)buf + a - 1;
+	*t = p;
+	return HSM_HTTP_PARSE_OK;
+}
+
+/*
+ * The request-target in buf[t..e): origin-form, asterisk-form or
+ * absolute-form (RFC 9112 section 3.2); authority-form is for CONNECT, which
+ * hsmd does not serve.  A fragment is never sent (section 3.2).
  */
 static hsm_http_parse parse_target(uint8_t *buf, size_t t, size_t e, hsm_http_head *head)
 {
-	if (t == e || !(buf[t] == '/' || (e - t == 1 && buf[t] == '*')))
+	head->authority = NULL;
+	if (t < e && scheme_len(buf + t, e - t) > 0) {
+		hsm_http_parse r = absolute_form(buf, &t, e, head);
+		if (r != HSM_HTTP_PARSE_OK)
+			return r;
+		if (t == e || buf[t] == '?')
+			head->path = "/"; /* section 3.2.1: an empty path is "/" */
+	} else if (t == e || !(buf[t] == '/' || (e - t == 1 && buf[t] == '*'))) {
 		return HSM_HTTP_PARSE_BAD;
+	}
 	size_t q = e;
 	for (size_t i = t; i < e; i++) {
 		if (buf[i] < 0x21 || buf[i] > 0x7e || buf[i] == '#')
@@ -146,9 +188,10 @@ static hsm_http_parse parse_target(uint8_t *buf, size_t t, size_t e, hsm_http_he
 			q = i;
 	}
 	buf[e] = '\0';
-	buf[q] = '\0';
-	head->path = (const char *)buf + t;
+	if (head->authority == NULL || (t < e && buf[t] == '/'))
+		head->path = (const char *)buf + t;
 	head->query = (const char *)buf + (q < e ? q + 1 : e);
+	buf[q] = '\0';
 	return HSM_HTTP_PARSE_OK;
 }
 
@@ -345,7 +388,15 @@ hsm_http_parse hsm_http_parse_head(uint8_t *buf, size_t head_len, hsm_http_head 
 	hsm_http_parse r = parse_request_line(buf, l, head);
 	if (r == HSM_HTTP_PARSE_OK)
 		r = parse_fields(buf, head_len, pos, head);
-	return r == HSM_HTTP_PARSE_OK ? semantics(head) : r;
+	if (r == HSM_HTTP_PARSE_OK)
+		r = semantics(head);
+	if (r == HSM_HTTP_PARSE_OK && head->authority != NULL) {
+		/* Section 3.2.2: the target's authority, not the Host field, names the server. */
+		for (size_t i = 0; i < head->n_fields; i++)
+			if (ieq(head->fields[i].name, "host"))
+				head->fields[i].value = head->authority;
+	}
+	return r;
 }
 
 const char *hsm_http_head_field(const hsm_http_head *head, const char *name)

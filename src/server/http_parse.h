@@ -49,6 +49,7 @@ typedef struct hsm_http_head {
 	const char *method; /* a token, e.g. "GET"; case kept (methods are case-sensitive) */
 	const char *path;   /* the target up to '?' (still percent-encoded), e.g. "/" or "*" */
 	const char *query;  /* after the first '?', without it; "" when there is none */
+	const char *authority; /* absolute-form only: the target's host[:port]; else NULL */
 	unsigned minor;     /* HTTP/1.minor: 0 or 1 */
 	size_t n_fields;
 	hsm_http_field fields[HSM_HTTP_MAX_FIELDS]; /* in the order received */
@@ -79,7 +80,10 @@ size_t hsm_http_head_end(const uint8_t *buf, size_t len, size_t *scan) HSM_MUST_
  * skipped.  Rules (RFC 9112):
  * - request line: method SP request-target SP HTTP-version, single spaces;
  *   method a token (RFC 9110 section 5.6.2); the target in origin-form
- *   ("/" then visible ASCII 0x21-0x7e, no '#') or "*"; any other form is BAD;
+ *   ("/" then visible ASCII 0x21-0x7e, no '#'), "*", or absolute-form
+ *   ("http://" or "https://", case-insensitive, a non-empty authority without
+ *   '@', then an origin-form path or none, which is "/"; section 3.2.2: the
+ *   authority then replaces the Host field's value); any other form is BAD;
  *   "HTTP/1.0" and "HTTP/1.1" are accepted, "HTTP/d.d" with other digits is
  *   VERSION, anything else BAD;
  * - fields: a token name immediately followed by ':' (whitespace before the

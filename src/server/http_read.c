@@ -77,6 +77,7 @@ static void rebase_head(hsm_http_head *h, const uint8_t *old, size_t len, const 
 	h->method = moved(h->method, old, len, now);
 	h->path = moved(h->path, old, len, now);
 	h->query = moved(h->query, old, len, now);
+	h->authority = moved(h->authority, old, len, now);
 	for (size_t i = 0; i < h->n_fields; i++) {
 		h->fields[i].name = moved(h->fields[i].name, old, len, now);
 		h->fields[i].value = moved(h->fields[i].value, old, len, now);

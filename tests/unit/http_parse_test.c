@@ -74,6 +74,35 @@ static void test_get_with_query(void **state)
 	assert_string_equal(h.method, "X-Y.Z~!");
 }
 
+/* RFC 9112 section 3.2.2: absolute-form is accepted; its authority is the Host. */
+static void test_absolute_form(void **state)
+{
+	(void)state;
+	hsm_http_head h;
+	assert_int_equal(parse("POST http://kms.example:8443/a/b?x=1 HTTP/1.1\r\nHost: other\r\n"
+	                       "X-A: 1\r\n\r\n", &h), HSM_HTTP_PARSE_OK);
+	assert_string_equal(h.method, "POST");
+	assert_string_equal(h.path, "/a/b");
+	assert_string_equal(h.query, "x=1");
+	assert_string_equal(h.authority, "kms.example:8443");
+	assert_string_equal(hsm_http_head_field(&h, "host"), "kms.example:8443");
+	assert_string_equal(hsm_http_head_field(&h, "X-A"), "1");
+	/* An empty path is "/"; the scheme is case-insensitive. */
+	assert_int_equal(parse("GET HTTPS://kms HTTP/1.1\r\n" HOST "\r\n", &h), HSM_HTTP_PARSE_OK);
+	assert_string_equal(h.path, "/");
+	assert_string_equal(h.query, "");
+	assert_string_equal(h.authority, "kms");
+	assert_int_equal(parse("GET http://[::1]:9?q HTTP/1.1\r\n" HOST "\r\n", &h),
+	                 HSM_HTTP_PARSE_OK);
+	assert_string_equal(h.path, "/");
+	assert_string_equal(h.query, "q");
+	assert_string_equal(h.authority, "[::1]:9");
+	/* Origin-form has none. */
+	assert_int_equal(parse("GET /x HTTP/1.1\r\n" HOST "\r\n", &h), HSM_HTTP_PARSE_OK);
+	assert_null(h.authority);
+	assert_string_equal(hsm_http_head_field(&h, "Host"), "kms");
+}
+
 static void test_post_content_length(void **state)
 {
 	(void)state;
@@ -250,7 +279,11 @@ static void test_bad_request_line(void **state)
 	EXPECT("G(T / HTTP/1.1\r\n" HOST "\r\n", HSM_HTTP_PARSE_BAD);
 	EXPECT("GET /\r\n" HOST "\r\n", HSM_HTTP_PARSE_BAD);
 	EXPECT("GET\r\n" HOST "\r\n", HSM_HTTP_PARSE_BAD);
-	EXPECT("GET http://kms/ HTTP/1.1\r\n" HOST "\r\n", HSM_HTTP_PARSE_BAD);
+	EXPECT("GET http:// HTTP/1.1\r\n" HOST "\r\n", HSM_HTTP_PARSE_BAD);
+	EXPECT("GET http:///x HTTP/1.1\r\n" HOST "\r\n", HSM_HTTP_PARSE_BAD);
+	EXPECT("GET http://user@kms/ HTTP/1.1\r\n" HOST "\r\n", HSM_HTTP_PARSE_BAD);
+	EXPECT("GET ftp://kms/ HTTP/1.1\r\n" HOST "\r\n", HSM_HTTP_PARSE_BAD);
+	EXPECT("GET http:/kms/ HTTP/1.1\r\n" HOST "\r\n", HSM_HTTP_PARSE_BAD);
 	EXPECT("CONNECT kms:443 HTTP/1.1\r\n" HOST "\r\n", HSM_HTTP_PARSE_BAD);
 	EXPECT("GET *x HTTP/1.1\r\n" HOST "\r\n", HSM_HTTP_PARSE_BAD);
 	EXPECT("GET /a#frag HTTP/1.1\r\n" HOST "\r\n", HSM_HTTP_PARSE_BAD);
@@ -606,6 +639,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_get_with_query),
+	    cmocka_unit_test(test_absolute_form),
 	    cmocka_unit_test(test_post_content_length),
 	    cmocka_unit_test(test_keep_alive),
 	    cmocka_unit_test(test_line_endings),
