@@ -372,21 +372,27 @@ def _inprocess_once(binary, duration, env, ops):
     return out
 
 
-def run_inprocess(binary, duration, env=None, ops=None, max_other=0.3):
+def run_inprocess(binary, duration, env=None, ops=None, max_other=0.3, passes=3):
     """Runs limit or softhsm; returns {op: result}.
 
-    Operations during which other processes took more than max_other cores
-    are run once more, and the less disturbed result is kept (its
-    other_cpu_cores tells how disturbed it was).
+    Every operation is measured in `passes` passes a few seconds apart, and
+    the fastest pass is kept: on a shared virtual machine the host only ever
+    takes CPU time away (one pass of the RSA-2048 limit once came out 25 %
+    low), so the best pass is the nearest to what the cores can do.  A pass
+    during which other processes took more than max_other cores counts only
+    if every pass was so disturbed.  Each result says how many passes there
+    were and keeps its own other_cpu_cores.
     """
-    out = _inprocess_once(binary, duration, env, ops)
-    noisy = [op for op, r in out.items() if r["other_cpu_cores"] > max_other]
-    if noisy:
-        log(f"{os.path.basename(binary)}: other processes were busy during {noisy}; once more")
-        time.sleep(5)
-        for op, r in _inprocess_once(binary, duration, env, noisy).items():
-            r["attempts"] = 2
-            if r["other_cpu_cores"] < out[op]["other_cpu_cores"]:
+    def rank(r):
+        return (r["other_cpu_cores"] <= max_other, r.get("ops_per_s", 0))
+
+    out = {}
+    for i in range(passes):
+        if i:
+            time.sleep(2)
+        for op, r in _inprocess_once(binary, duration, env, ops).items():
+            r["passes"] = passes
+            if op not in out or rank(r) > rank(out[op]):
                 out[op] = r
     return out
 

@@ -237,7 +237,8 @@ def write_md(res, rs, path):
         "# hsmd benchmark results", "",
         f"- Machine: {m['cpu']}, {m['cores']} cores; kernel {m['kernel']}; {m['openssl']}",
         f"- Date: {m['date']}; whole run {res.get('elapsed_s', '?')} s",
-        f"- limit and SoftHSMv2: {d['inproc']} s per operation, one thread per core.  SoftHSMv2 "
+        f"- limit and SoftHSMv2: {d['inproc']} s per operation, one thread per core; the fastest "
+        "of three passes a few seconds apart counts (the host only ever takes time away).  SoftHSMv2 "
         "2.6 offers no CKM_ECDSA_SHA256, so its P-256 signature is C_Digest (SHA-256) then "
         "CKM_ECDSA, both in the token.",
         f"- hsmd: `hsmd --dev` (audit on, store and audit trail on disk), {d['conns']} keep-alive "
