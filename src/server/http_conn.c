@@ -149,8 +149,14 @@ hsm_io hsm_http_conn_read(hsm_http_conn *c, uint8_t *p, size_t room, size_t *n)
 	*n = 0;
 	if (c->ssl != NULL) {
 		ERR_clear_error(); /* SSL_get_error reads the queue: only this call's errors */
+		c->sock_drained = false;
 		int r = SSL_read(c->ssl, p, room > INT_MAX ? INT_MAX : (int)room);
 		if (r > 0) {
+			/* Nothing buffered in OpenSSL and the socket found empty by its
+			 * last read: the next bytes bring a new edge, so reading again
+			 * now could only come back with "want more". */
+			if (c->sock_drained && SSL_has_pending(c->ssl) == 0)
+				c->rd_ready = false;
 			*n = (size_t)r;
 			return HSM_IO_DONE;
 		}
@@ -199,6 +205,22 @@ hsm_io hsm_http_conn_write(hsm_http_conn *c, const uint8_t *p, size_t len, size_
 			continue;
 		return errno == EAGAIN || errno == EWOULDBLOCK ? HSM_IO_WAIT : HSM_IO_FAIL;
 	}
+}
+
+/*
+ * Watches OpenSSL's reads from the socket (BIO_set_callback_ex): one that
+ * returns fewer bytes than asked, or none, emptied the socket at that moment.
+ */
+static long watch_reads(BIO *b, int oper, const char *argp, size_t len, int argi, long argl,
+                        int ret, size_t *processed)
+{
+	(void)argp, (void)argi, (void)argl;
+	if (oper == (BIO_CB_READ | BIO_CB_RETURN)) {
+		hsm_http_conn *c = (hsm_http_conn *)BIO_get_callback_arg(b);
+		if (ret <= 0 || (processed != NULL && *processed < len))
+			c->sock_drained = true;
+	}
+	return ret;
 }
 
 static hsm_io handshake(hsm_http_conn *c)
@@ -440,6 +462,9 @@ static hsm_http_conn *conn_new(hsm_http_worker *w, int fd, const struct sockaddr
 			return NULL;
 		}
 		SSL_set_accept_state(c->ssl);
+		BIO *rbio = SSL_get_rbio(c->ssl);
+		BIO_set_callback_ex(rbio, watch_reads);
+		BIO_set_callback_arg(rbio, (char *)c);
 		/* Write what the socket takes and resume from a moved pointer later. */
 		SSL_set_mode(c->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 		c->state = CONN_HANDSHAKE;

@@ -58,6 +58,7 @@ struct hsm_http_conn {
 	hsm_http_req *req; /* the request being read, handled or answered */
 	size_t out_pos;    /* bytes of req->out written */
 	bool rd_ready;     /* may hold unread bytes without a new epoll edge */
+	bool sock_drained; /* TLS: OpenSSL's last read from the socket came back short */
 	bool peer_closed;  /* the client shut its side (EOF or EPOLLRDHUP) */
 	bool close_after;  /* close once the response is written */
 	bool linger;       /* ...after reading what the client still sends (a refusal) */
