@@ -222,8 +222,6 @@ void hsm_http_req_pool_free(hsm_http_worker *w);
 void hsm_http_req_dispatch(hsm_http_conn *conn, hsm_http_req *req);
 /* Answers on the framework's behalf (malformed input, limits) and closes after. */
 void hsm_http_req_refuse(hsm_http_conn *conn, hsm_http_req *req, int status, const char *message);
-/* Sets the request's id (fresh UUID) and identity fields. */
-bool hsm_http_req_begin(hsm_http_conn *conn, hsm_http_req *req);
 
 /* http_balance.c: after a connection was accepted by (accepted) or removed
  * from w, on w's thread; and when rearm_ns has passed. */

@@ -33,6 +33,24 @@ static bool is_value_char(uint8_t b)
 	return b == '\t' || (b >= 0x20 && b != 0x7f);
 }
 
+bool hsm_http_is_token(const char *s)
+{
+	if (*s == '\0')
+		return false;
+	for (; *s != '\0'; s++)
+		if (!is_tchar((uint8_t)*s))
+			return false;
+	return true;
+}
+
+bool hsm_http_is_field_value(const char *s)
+{
+	for (; *s != '\0'; s++)
+		if (!is_value_char((uint8_t)*s))
+			return false;
+	return true;
+}
+
 static uint8_t ascii_lower(uint8_t b)
 {
 	return b >= 'A' && b <= 'Z' ? (uint8_t)(b + ('a' - 'A')) : b;

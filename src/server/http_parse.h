@@ -102,6 +102,12 @@ size_t hsm_http_head_end(const uint8_t *buf, size_t len, size_t *scan) HSM_MUST_
 hsm_http_parse hsm_http_parse_head(uint8_t *buf, size_t head_len,
                                    hsm_http_head *head) HSM_MUST_CHECK;
 
+/* RFC 9110 section 5.6.2: s is a non-empty token (a method, a field name). */
+bool hsm_http_is_token(const char *s);
+/* RFC 9110 section 5.5: s holds only what a field value may (HTAB, SP,
+ * visible ASCII, obs-text 0x80-0xff). */
+bool hsm_http_is_field_value(const char *s);
+
 /* The first field of that name (ASCII case-insensitive), or NULL. */
 const char *hsm_http_head_field(const hsm_http_head *head, const char *name);
 

@@ -117,7 +117,8 @@ static bool is_known_method(const char *m)
 	return false;
 }
 
-bool hsm_http_req_begin(hsm_http_conn *conn, hsm_http_req *req)
+/* Sets the request's id (a fresh UUID), start time and persistence; false if no id. */
+static bool req_begin(hsm_http_conn *conn, hsm_http_req *req)
 {
 	req->conn = conn;
 	req->start_ns = hsm_mono_ns();
@@ -149,7 +150,7 @@ void hsm_http_req_refuse(hsm_http_conn *conn, hsm_http_req *req, int status, con
 	hsm_sb_add(&b, "\"}");
 	conn->state = CONN_HANDLING;
 	blank_head(req);
-	(void)hsm_http_req_begin(conn, req);
+	(void)req_begin(conn, req);
 	req->close = true;
 	req->state = REQ_HANDLER;
 	hsm_http_inflight_add(req->w, 1);
@@ -177,7 +178,7 @@ void hsm_http_req_dispatch(hsm_http_conn *conn, hsm_http_req *req)
 		hsm_http_worker_drain(w, true);
 	subject_once(conn);
 	conn->state = CONN_HANDLING;
-	bool ok = hsm_http_req_begin(conn, req);
+	bool ok = req_begin(conn, req);
 	req->state = REQ_HANDLER;
 	hsm_http_inflight_add(w, 1);
 	const char *m = req->head.method;

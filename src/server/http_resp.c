@@ -47,32 +47,6 @@ void hsm_http_inflight_add(hsm_http_worker *w, int delta)
 	atomic_store_explicit(&w->inflight, delta > 0 ? v + 1 : v - 1, memory_order_relaxed);
 }
 
-/* RFC 9110 section 5.6.2: a header name is a token. */
-static bool is_token(const char *s)
-{
-	static const char extra[] = "!#$%&'*+-.^_`|~";
-	if (*s == '\0')
-		return false;
-	for (; *s != '\0'; s++) {
-		unsigned char c = (unsigned char)*s;
-		bool alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-		if (!alnum && strchr(extra, c) == NULL)
-			return false;
-	}
-	return true;
-}
-
-/* RFC 9110 section 5.5: field values hold visible characters, SP and HTAB. */
-static bool is_field_value(const char *s)
-{
-	for (; *s != '\0'; s++) {
-		unsigned char c = (unsigned char)*s;
-		if ((c < 0x20 && c != '\t') || c == 0x7f)
-			return false;
-	}
-	return true;
-}
-
 /* Headers the framework sets itself; a handler's copy would contradict them. */
 static bool is_reserved(const char *name)
 {
@@ -173,7 +147,7 @@ static hsm_result build(hsm_http_req *req, int status, const char *ctype, const 
                         size_t len, size_t n_headers, const hsm_http_header *headers)
 {
 	hsm_buf *out = &req->out;
-	if (ctype == NULL || !is_field_value(ctype)) {
+	if (ctype == NULL || !hsm_http_is_field_value(ctype)) {
 		if (ctype != NULL)
 			hsm_warn("request %s: invalid Content-Type replaced", req->id);
 		ctype = DEFAULT_CONTENT_TYPE;
@@ -189,7 +163,7 @@ static hsm_result build(hsm_http_req *req, int status, const char *ctype, const 
 	HSM_GUARD(put_fixed(req, status, ctype, len));
 	for (size_t i = 0; i < n_headers; i++) {
 		const char *name = headers[i].name, *value = headers[i].value;
-		if (!is_token(name) || !is_field_value(value) || is_reserved(name)) {
+		if (!hsm_http_is_token(name) || !hsm_http_is_field_value(value) || is_reserved(name)) {
 			hsm_warn("request %s: response header %zu dropped (invalid or reserved)", req->id,
 			         i);
 			continue;

@@ -74,6 +74,26 @@ static void test_get_with_query(void **state)
 	assert_string_equal(h.method, "X-Y.Z~!");
 }
 
+/* The character classes the response side checks handler-given fields with. */
+static void test_token_and_value_classes(void **state)
+{
+	(void)state;
+	assert_true(hsm_http_is_token("X-Amz-Target"));
+	assert_true(hsm_http_is_token("!#$%&'*+-.^_`|~09azAZ"));
+	assert_false(hsm_http_is_token(""));
+	assert_false(hsm_http_is_token("Bad Name"));
+	assert_false(hsm_http_is_token("Bad:Name"));
+	assert_false(hsm_http_is_token("Bad\r\nHeader"));
+	assert_false(hsm_http_is_token("caf\xc3\xa9"));
+	assert_true(hsm_http_is_field_value(""));
+	assert_true(hsm_http_is_field_value("text/plain; q=0.5\tx"));
+	assert_true(hsm_http_is_field_value("obs-text \x80\xff"));
+	assert_false(hsm_http_is_field_value("a\rb"));
+	assert_false(hsm_http_is_field_value("a\nb"));
+	assert_false(hsm_http_is_field_value("a\x7f"));
+	assert_false(hsm_http_is_field_value("a\x01"));
+}
+
 /* RFC 9112 section 3.2.2: absolute-form is accepted; its authority is the Host. */
 static void test_absolute_form(void **state)
 {
@@ -640,6 +660,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_get_with_query),
 	    cmocka_unit_test(test_absolute_form),
+	    cmocka_unit_test(test_token_and_value_classes),
 	    cmocka_unit_test(test_post_content_length),
 	    cmocka_unit_test(test_keep_alive),
 	    cmocka_unit_test(test_line_endings),
