@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "common/log.h"
+#include "common/util.h"
 
 #define SYSLOG_QUEUE 4096
 #define SYSLOG_LINE_MAX 8192 /* longer lines are cut: syslog receivers cut them anyway */
@@ -33,6 +34,7 @@ static void *syslog_main(void *arg)
 {
 	audit_syslog *s = arg;
 	hsm_buf line = {0};
+	hsm_thread_name("hsmd-syslog");
 	openlog("hsmd-audit", LOG_NDELAY | LOG_PID, LOG_AUTHPRIV);
 	pthread_mutex_lock(&s->mu);
 	for (;;) {

@@ -247,6 +247,7 @@ static bool wait_sync_idle(hsm_audit *a)
 void *audit_syncer_main(void *arg)
 {
 	hsm_audit *a = arg;
+	hsm_thread_name("hsmd-audit-sync");
 	pthread_mutex_lock(&a->mu);
 	for (;;) {
 		while (!a->syncer_stop && a->sync_state != AUDIT_SYNC_REQUESTED)
@@ -632,6 +633,7 @@ static void lower_priority(void)
 void *audit_writer_main(void *arg)
 {
 	hsm_audit *a = arg;
+	hsm_thread_name("hsmd-audit");
 	lower_priority();
 	write_open_events(a);
 	pthread_mutex_lock(&a->mu);
@@ -661,6 +663,7 @@ void *audit_writer_main(void *arg)
 void *audit_watchdog_main(void *arg)
 {
 	hsm_audit *a = arg;
+	hsm_thread_name("hsmd-audit-dog");
 	uint64_t deadline = a->cfg.io_deadline_ms * NS_PER_MS;
 	uint64_t period = deadline / 8 < 50 * NS_PER_MS ? deadline / 8 : 50 * NS_PER_MS;
 	pthread_mutex_lock(&a->mu);

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,6 +93,15 @@ void hsm_sb_u64(hsm_sb *b, uint64_t v)
 		v /= 10U;
 	} while (v != 0);
 	sb_put(b, d + i, sizeof(d) - i);
+}
+
+void hsm_thread_name(const char *name)
+{
+	char n[16];
+	hsm_sb b;
+	hsm_sb_init(&b, n, sizeof(n));
+	hsm_sb_addn(&b, name, sizeof(n) - 1);
+	(void)pthread_setname_np(pthread_self(), n);
 }
 
 hsm_result hsm_uuid_new(char out[HSM_UUID_STRLEN + 1])

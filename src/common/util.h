@@ -24,6 +24,12 @@ void hsm_format_time(int64_t t, char out[21]);
 /* Same with milliseconds: "2026-11-29T01:30:12.345Z"; out must hold 25 bytes. */
 void hsm_format_time_ms(int64_t t_ms, char out[25]);
 
+/*
+ * Names the calling thread for ps, top -H and perf (at most 15 characters are
+ * kept).  Best effort: a name that cannot be set changes nothing else.
+ */
+void hsm_thread_name(const char *name);
+
 /* A version-4 (random) UUID in lowercase text form; out holds 37 bytes. */
 hsm_result hsm_uuid_new(char out[HSM_UUID_STRLEN + 1]) HSM_MUST_CHECK;
 bool hsm_is_uuid(const char *s);

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/util.h"
 #include "kms/jwt.h"
 #include "server/server.h"
 
@@ -219,6 +220,7 @@ hsm_result hsm_server_dev_bootstrap(hsm_server *s, const char *akid, const hsm_s
 static void *scheduler_main(void *arg)
 {
 	hsm_server *s = arg;
+	hsm_thread_name("hsmd-sched");
 	pthread_mutex_lock(&s->stop_lock);
 	while (!s->stopping) {
 		struct timespec until;

@@ -238,9 +238,10 @@ def test_full_disk_fails_closed_quickly_and_recovers():
         subprocess.run(["rm", "-rf", tmp])
 
 
-def test_audit_writer_yields_to_the_request_workers():
-    """One thread, the audit writer, runs five nice levels below the rest, so it
-    batches what the busy workers queue instead of preempting them."""
+def test_threads_are_named_and_the_audit_writer_yields_to_the_workers():
+    """Every thread carries its role's name (ps, top -H, perf), and the audit
+    writer, alone, runs five nice levels below the rest, so it batches what the
+    busy workers queue instead of preempting them."""
     server = start_dev()
     try:
         def nice_of(stat_path):
@@ -249,9 +250,15 @@ def test_audit_writer_yields_to_the_request_workers():
                 return int(f.read().rsplit(")", 1)[1].split()[16])
         pid = server.proc.pid
         base = nice_of(f"/proc/{pid}/stat")
-        nices = [nice_of(p) for p in glob.glob(f"/proc/{pid}/task/*/stat")]
-        assert len(nices) >= 5
-        assert nices.count(min(base + 5, 19)) == 1
-        assert nices.count(base) == len(nices) - 1
+        threads = {}
+        for task in glob.glob(f"/proc/{pid}/task/*"):
+            with open(os.path.join(task, "comm")) as f:
+                threads[f.read().strip()] = nice_of(os.path.join(task, "stat"))
+        workers = sorted(n for n in threads if n.startswith("hsmd-http-"))
+        assert workers == [f"hsmd-http-{i}" for i in range(len(workers))] and workers
+        for name in ("hsmd-audit", "hsmd-audit-sync", "hsmd-audit-dog", "hsmd-sched"):
+            assert name in threads, sorted(threads)
+        assert threads["hsmd-audit"] == min(base + 5, 19)
+        assert all(n == base for name, n in threads.items() if name != "hsmd-audit"), threads
     finally:
         server.cleanup()
