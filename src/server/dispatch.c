@@ -336,20 +336,100 @@ static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 	json_decref(doc);
 }
 
+/* ---- the lane: requests that take long ------------------------------------ */
+
+typedef enum route { ROUTE_KMS, ROUTE_JWT, ROUTE_ADMIN } route;
+
+/* A request on its way through the lane (lane.h). */
+typedef struct lane_req {
+	hsm_lane_job job;
+	hsm_server *s;
+	hsm_http_req *req;
+	const char *name; /* points into the request, which lives until it is answered */
+	route how;
+} lane_req;
+
+/*
+ * What goes to the lane: whatever writes the store (each commit waits for an
+ * fsync), generates an asymmetric key pair (RSA-4096: seconds) or administers
+ * the node (unsealing derives keys).  Everything else is quick enough to run
+ * where it arrived, and most of it is what clients call by the thousand.
+ */
+static bool takes_long(route how, const char *name)
+{
+	if (how == ROUTE_ADMIN)
+		return true;
+	const hsm_op_info *info = hsm_op_find(name);
+	if (info == NULL)
+		return false;
+	return info->mutating || info->op == HSM_OP_GenerateDataKeyPair ||
+	       info->op == HSM_OP_GenerateDataKeyPairWithoutPlaintext;
+}
+
+static void run_route(hsm_server *s, hsm_http_req *req, route how, const char *name)
+{
+	if (how == ROUTE_ADMIN)
+		handle_admin(s, req, name);
+	else
+		handle_kms(s, req, name, how == ROUTE_JWT);
+}
+
+/* The lane stopped before the request began (hsmd is stopping): refused, and audited. */
+static void refuse_stopping(hsm_server *s, hsm_http_req *req, route how, const char *name)
+{
+	const hsm_op_info *info = how == ROUTE_ADMIN ? NULL : hsm_op_find(name);
+	unsigned slot = how == ROUTE_ADMIN ? HSM_METRIC_ADMIN
+	                : info != NULL     ? (unsigned)info->op
+	                                   : HSM_METRIC_NONE;
+	pending *p = pending_new(s, req, slot, false);
+	if (p == NULL) {
+		hsm_http_respond(req, 500, NULL, NULL, 0, 0, NULL);
+		return;
+	}
+	outcome o = {name, NULL, NULL, HSM_OK};
+	fail_request(p, &o, HSM_FAIL(HSM_ERR_NODE_ERROR, "hsmd is stopping; retry on another node"));
+}
+
+static void lane_run(void *arg, bool cancelled)
+{
+	lane_req *j = arg;
+	if (cancelled)
+		refuse_stopping(j->s, j->req, j->how, j->name);
+	else
+		run_route(j->s, j->req, j->how, j->name);
+	free(j);
+}
+
+/* Runs the request here, or hands it to the lane when it takes long. */
+static void dispatch_route(hsm_server *s, hsm_http_req *req, route how, const char *name)
+{
+	if (s->lane != NULL && takes_long(how, name)) {
+		lane_req *j = malloc(sizeof(*j));
+		if (j != NULL) {
+			*j = (lane_req){.job = {.fn = lane_run}, .s = s, .req = req, .name = name, .how = how};
+			j->job.arg = j;
+			if (hsm_lane_submit(s->lane, &j->job))
+				return;
+			free(j);
+		}
+	}
+	run_route(s, req, how, name);
+}
+
 static void handle_post(hsm_server *s, hsm_http_req *req)
 {
 	const char *target = hsm_http_req_header(req, "X-Amz-Target");
 	hsm_buf body = {0};
 	if (target != NULL && hsm_str_has_prefix(target, KMS_PREFIX)) {
-		handle_kms(s, req, target + strlen(KMS_PREFIX), false);
+		dispatch_route(s, req, ROUTE_KMS, target + strlen(KMS_PREFIX));
 		return;
 	}
 	if (target != NULL && hsm_str_has_prefix(target, JWT_PREFIX)) {
-		handle_kms(s, req, target + strlen(JWT_PREFIX), true);
+		dispatch_route(s, req, ROUTE_JWT, target + strlen(JWT_PREFIX));
 		return;
 	}
 	if (target != NULL && hsm_str_has_prefix(target, ADMIN_PREFIX)) {
-		handle_admin(s, req, target + strlen(ADMIN_PREFIX));
+		dispatch_route(s, req, ROUTE_ADMIN, target + strlen(ADMIN_PREFIX));
 		return;
 	}
 	error_body(HSM_ERR_UNKNOWN_OPERATION,

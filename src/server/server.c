@@ -76,6 +76,18 @@ static hsm_result open_audit(hsm_server *s)
 	return hsm_audit_open(&ac, &s->audit);
 }
 
+/*
+ * Threads for long requests (lane.h): one per core, so they can use the whole
+ * machine as the workers did when they ran these requests themselves, and at
+ * least two, so one key generation of seconds does not hold up every store
+ * write behind it.
+ */
+static unsigned lane_threads(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	return n < 2 ? 2U : n > 16 ? 16U : (unsigned)n;
+}
+
 static hsm_result open_parts(hsm_server *s)
 {
 	HSM_GUARD(hsm_mkdir_p(s->data_dir));
@@ -97,6 +109,7 @@ static hsm_result open_parts(hsm_server *s)
 	HSM_GUARD(hsm_kms_new(s->store, s->ks, &kc, &s->kms));
 	hsm_kms_set_event_sink(s->kms, on_kms_event, s);
 	HSM_GUARD(hsm_server_auth_init(s));
+	HSM_GUARD(hsm_lane_new(lane_threads(), "hsmd-lane", &s->lane));
 	return hsm_http_server_new(&s->opt.http, hsm_server_on_request, s, &s->http);
 }
 
@@ -266,6 +279,9 @@ void hsm_server_stop(hsm_server *s)
 	}
 	if (s->http != NULL)
 		hsm_http_server_stop(s->http, 5000);
+	/* After the workers: nothing submits any more.  Before anything is freed:
+	 * a running job still uses the keystore, the store and the audit trail. */
+	hsm_lane_stop(s->lane);
 }
 
 void hsm_server_free(hsm_server *s)
@@ -274,6 +290,7 @@ void hsm_server_free(hsm_server *s)
 		return;
 	hsm_server_stop(s);
 	hsm_http_server_free(s->http);
+	hsm_lane_free(s->lane);
 	if (s->audit != NULL && s->ks != NULL)
 		hsm_server_event(s, "Shutdown", NULL, 0, HSM_SUCCESS, NULL, 0);
 	if (s->audit != NULL)
@@ -337,12 +354,15 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "# TYPE hsmd_audit_next_sequence gauge\nhsmd_audit_next_sequence %llu\n"
 	    "# TYPE hsmd_key_cache_hits_total counter\nhsmd_key_cache_hits_total %llu\n"
 	    "# TYPE hsmd_key_cache_misses_total counter\nhsmd_key_cache_misses_total %llu\n"
-	    "# TYPE hsmd_key_cache_entries gauge\nhsmd_key_cache_entries %llu\n",
+	    "# TYPE hsmd_key_cache_entries gauge\nhsmd_key_cache_entries %llu\n"
+	    "# HELP hsmd_lane_requests Long requests (key generation, store writes, administration) "
+	    "queued or running beside the HTTP workers.\n"
+	    "# TYPE hsmd_lane_requests gauge\nhsmd_lane_requests %zu\n",
 	    st != HSM_NODE_UNSEALED, st == HSM_NODE_ERROR, (long long)s->started,
 	    (unsigned long long)keys, (unsigned long long)due.rotations, hsm_audit_healthy(s->audit),
 	    (unsigned long long)as.written, (unsigned long long)as.refused,
 	    (unsigned long long)as.outages, (unsigned long long)as.next_seq,
 	    (unsigned long long)ks.cache_hits, (unsigned long long)ks.cache_misses,
-	    (unsigned long long)ks.cache_entries));
+	    (unsigned long long)ks.cache_entries, s->lane != NULL ? hsm_lane_depth(s->lane) : 0));
 	return hsm_metrics_render(&s->metrics, out);
 }

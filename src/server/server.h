@@ -21,6 +21,7 @@
 #include "kms/kms.h"
 #include "server/http.h"
 #include "server/json.h"
+#include "server/lane.h"
 #include "server/metrics.h"
 
 typedef struct hsm_server_options {
@@ -58,6 +59,7 @@ typedef struct hsm_server {
 	hsm_kms *kms;
 	hsm_audit *audit;
 	hsm_http_server *http;
+	hsm_lane *lane; /* long requests: key generation, store writes, administration */
 	hsm_shmap *creds; /* access key id -> authenticated credential (auth.c) */
 	hsm_sigv4_config sigv4;
 	hsm_metrics metrics;

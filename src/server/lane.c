@@ -1,0 +1,177 @@
+/*
+ * lane.c - the pool of threads for long requests (see lane.h).
+ *
+ * One mutex guards a FIFO of jobs and the counters; the threads sleep on one
+ * condition variable.  Jobs are rare (key generation, store writes,
+ * administration), so a lock per job costs nothing that matters.
+ */
+#include "server/lane.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+
+#define LANE_MAX_THREADS 64U
+
+struct hsm_lane {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	hsm_lane_job *head, *tail;
+	size_t queued, running;
+	bool stopping, joined;
+	unsigned n_threads; /* started */
+	char name[12];
+	pthread_t threads[];
+};
+
+typedef struct lane_start {
+	hsm_lane *l;
+	unsigned index;
+} lane_start;
+
+static void name_thread(const hsm_lane *l, unsigned index)
+{
+	char name[16];
+	hsm_sb b;
+	hsm_sb_init(&b, name, sizeof(name));
+	hsm_sb_add(&b, l->name);
+	hsm_sb_add(&b, "-");
+	hsm_sb_u64(&b, index);
+	hsm_thread_name(name);
+}
+
+/* Takes the oldest job; NULL when there is none.  Called with mu held. */
+static hsm_lane_job *pop_locked(hsm_lane *l)
+{
+	hsm_lane_job *job = l->head;
+	if (job != NULL) {
+		l->head = job->next;
+		if (l->head == NULL)
+			l->tail = NULL;
+		job->next = NULL;
+		l->queued--;
+	}
+	return job;
+}
+
+static void *lane_main(void *arg)
+{
+	lane_start *st = arg;
+	hsm_lane *l = st->l;
+	name_thread(l, st->index);
+	free(st);
+	pthread_mutex_lock(&l->mu);
+	for (;;) {
+		hsm_lane_job *job = pop_locked(l);
+		if (job == NULL) {
+			if (l->stopping)
+				break;
+			pthread_cond_wait(&l->cv, &l->mu);
+			continue;
+		}
+		bool cancelled = l->stopping;
+		l->running++;
+		pthread_mutex_unlock(&l->mu);
+		job->fn(job->arg, cancelled); /* job may be freed by now */
+		pthread_mutex_lock(&l->mu);
+		l->running--;
+	}
+	pthread_mutex_unlock(&l->mu);
+	return NULL;
+}
+
+hsm_result hsm_lane_new(unsigned threads, const char *name, hsm_lane **out)
+{
+	HSM_ASSERT(name != NULL && out != NULL);
+	*out = NULL;
+	HSM_ENSURE(threads >= 1 && threads <= LANE_MAX_THREADS, HSM_ERR_VALIDATION,
+	           "a lane has 1 to %u threads", LANE_MAX_THREADS);
+	hsm_lane *l = calloc(1, sizeof(*l) + threads * sizeof(pthread_t));
+	HSM_ENSURE(l != NULL, HSM_ERR_NOMEM, "out of memory");
+	if (pthread_mutex_init(&l->mu, NULL) != 0) {
+		free(l);
+		return HSM_FAIL(HSM_ERR_INTERNAL, "cannot set up the lane");
+	}
+	if (pthread_cond_init(&l->cv, NULL) != 0) {
+		pthread_mutex_destroy(&l->mu);
+		free(l);
+		return HSM_FAIL(HSM_ERR_INTERNAL, "cannot set up the lane");
+	}
+	hsm_sb b;
+	hsm_sb_init(&b, l->name, sizeof(l->name));
+	hsm_sb_addn(&b, name, sizeof(l->name) - 1);
+	for (unsigned i = 0; i < threads; i++) {
+		lane_start *st = malloc(sizeof(*st));
+		if (st == NULL)
+			break;
+		*st = (lane_start){l, i};
+		if (pthread_create(&l->threads[i], NULL, lane_main, st) != 0) {
+			free(st);
+			break;
+		}
+		l->n_threads++;
+	}
+	if (l->n_threads < threads) {
+		hsm_lane_free(l);
+		return HSM_FAIL(HSM_ERR_INTERNAL, "cannot start the %s threads", name);
+	}
+	*out = l;
+	return HSM_SUCCESS;
+}
+
+bool hsm_lane_submit(hsm_lane *l, hsm_lane_job *job)
+{
+	HSM_ASSERT(l != NULL && job != NULL && job->fn != NULL);
+	pthread_mutex_lock(&l->mu);
+	if (l->stopping) {
+		pthread_mutex_unlock(&l->mu);
+		return false;
+	}
+	job->next = NULL;
+	if (l->tail != NULL)
+		l->tail->next = job;
+	else
+		l->head = job;
+	l->tail = job;
+	l->queued++;
+	pthread_cond_signal(&l->cv);
+	pthread_mutex_unlock(&l->mu);
+	return true;
+}
+
+size_t hsm_lane_depth(hsm_lane *l)
+{
+	pthread_mutex_lock(&l->mu);
+	size_t n = l->queued + l->running;
+	pthread_mutex_unlock(&l->mu);
+	return n;
+}
+
+void hsm_lane_stop(hsm_lane *l)
+{
+	if (l == NULL)
+		return;
+	pthread_mutex_lock(&l->mu);
+	bool joined = l->joined;
+	l->stopping = true;
+	l->joined = true;
+	pthread_cond_broadcast(&l->cv);
+	pthread_mutex_unlock(&l->mu);
+	if (joined)
+		return;
+	/* The threads cancel what is still queued on their way out. */
+	for (unsigned i = 0; i < l->n_threads; i++)
+		pthread_join(l->threads[i], NULL);
+}
+
+void hsm_lane_free(hsm_lane *l)
+{
+	if (l == NULL)
+		return;
+	hsm_lane_stop(l);
+	pthread_cond_destroy(&l->cv);
+	pthread_mutex_destroy(&l->mu);
+	free(l);
+}

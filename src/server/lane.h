@@ -1,0 +1,61 @@
+/*
+ * lane.h - a small pool of threads for the requests that take long.
+ *
+ * An HTTP worker runs a request's handler on its own thread, and every other
+ * connection it serves waits meanwhile.  That is right for the operations
+ * clients call by the thousand (a signature, an encryption: microseconds to
+ * a few milliseconds), and wrong for the ones that take long: generating an
+ * RSA-4096 key pair takes one to three seconds, and every store write waits
+ * for an fsync.  The dispatcher hands those to the lane; the worker goes on
+ * with its other connections, and the lane's thread answers through the
+ * usual way back (hsm_http_respond from any thread).
+ *
+ * Jobs run in the order they were submitted, each on one of the lane's
+ * threads.  The job's storage is the caller's (usually inside the request's
+ * own state), so submitting allocates nothing and cannot fail for memory.
+ */
+#ifndef HSM_SERVER_LANE_H
+#define HSM_SERVER_LANE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "common/result.h"
+
+typedef struct hsm_lane hsm_lane;
+
+/*
+ * Runs a job.  cancelled is true when the lane stopped before the job began:
+ * the job must then finish quickly (refuse its request) instead of doing its
+ * work.  Either way the call is the job's last use of the lane.
+ */
+typedef void (*hsm_lane_fn)(void *arg, bool cancelled);
+
+typedef struct hsm_lane_job {
+	hsm_lane_fn fn;
+	void *arg;
+	struct hsm_lane_job *next; /* the lane's own */
+} hsm_lane_job;
+
+/* Starts threads (at least one) named name-0, name-1, ... (ps, top -H). */
+hsm_result hsm_lane_new(unsigned threads, const char *name, hsm_lane **out) HSM_MUST_CHECK;
+
+/*
+ * Queues job (fn and arg set by the caller).  False once the lane is
+ * stopping: the job was not queued, and the caller runs it itself.
+ */
+bool hsm_lane_submit(hsm_lane *l, hsm_lane_job *job);
+
+/* Jobs queued or running now (the /metrics gauge). */
+size_t hsm_lane_depth(hsm_lane *l);
+
+/*
+ * Stops taking jobs, lets the running ones finish, cancels the ones not yet
+ * begun (fn(arg, true)) and joins the threads.  Idempotent.
+ */
+void hsm_lane_stop(hsm_lane *l);
+
+/* Stops the lane if needed and frees it.  NULL is ignored. */
+void hsm_lane_free(hsm_lane *l);
+
+#endif

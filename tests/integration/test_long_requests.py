@@ -1,0 +1,118 @@
+"""Requests that take long run beside the others, not in front of them.
+
+Generating an RSA-4096 key pair takes seconds, and every store write waits for
+an fsync.  hsmd hands those requests to a pool of their own (src/server/lane.c),
+so the clients whose connections share an HTTP worker with them keep being
+answered meanwhile."""
+import glob
+import json
+import os
+import threading
+import time
+
+from conftest import client, start_dev
+from helpers import admin
+
+
+def test_key_generation_does_not_hold_up_other_connections():
+    server = start_dev(["--workers=2"])
+    try:
+        kms = client(server)
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        # Seven connections over two workers: whichever worker takes the key
+        # generations also serves some of the six encrypting clients.
+        encryptors = [client(server) for _ in range(6)]
+        for c in encryptors:
+            c.encrypt(KeyId=key, Plaintext=b"warm")  # each opens its connection now
+        keygen_ms = []
+        stop = threading.Event()
+        done = [[] for _ in encryptors]
+        errors = []
+
+        def generate():
+            try:
+                for _ in range(3):
+                    t = time.monotonic()
+                    r = kms.generate_data_key_pair_without_plaintext(KeyId=key, KeyPairSpec="RSA_4096")
+                    keygen_ms.append((time.monotonic() - t) * 1000)
+                    assert len(r["PublicKey"]) > 500
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+            finally:
+                stop.set()
+
+        def encrypt(i):
+            try:
+                while not stop.is_set():
+                    encryptors[i].encrypt(KeyId=key, Plaintext=b"x" * 64)
+                    done[i].append(time.monotonic())
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=encrypt, args=(i,)) for i in range(len(encryptors))]
+        for t in threads:
+            t.start()
+        start = time.monotonic()
+        gen = threading.Thread(target=generate)
+        gen.start()
+        gen.join(120)
+        end = time.monotonic()
+        for t in threads:
+            t.join(30)
+        assert not errors, errors
+        assert len(keygen_ms) == 3
+        # Each client went on being answered all through the key generations:
+        # its longest wait between two answers stayed well below the shortest
+        # generation (a connection stuck behind one waits at least that long).
+        longest_keygen_free_gap = min(keygen_ms) / 2
+        for i, times in enumerate(done):
+            inside = [t for t in times if start <= t <= end]
+            assert len(inside) >= 10, f"client {i} got {len(inside)} answers in {end - start:.1f} s"
+            points = [start] + inside + [end]
+            gap_ms = max(b - a for a, b in zip(points, points[1:])) * 1000
+            assert gap_ms < longest_keygen_free_gap, (
+                f"client {i} waited {gap_ms:.0f} ms for an answer; key generations took "
+                f"{', '.join(f'{k:.0f}' for k in keygen_ms)} ms")
+    finally:
+        server.cleanup()
+
+
+def test_long_requests_are_answered_audited_and_counted():
+    """Store writes and administration go through the lane too: their answers,
+    errors and audit records are those of any request, and /metrics shows the
+    lane's depth."""
+    server = start_dev(["--workers=1"])
+    try:
+        kms = client(server)
+        key = kms.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+        kms.create_alias(AliasName="alias/long", TargetKeyId=key)
+        assert kms.describe_key(KeyId="alias/long")["KeyMetadata"]["KeyId"] == key
+        pair = kms.generate_data_key_pair(KeyId=kms.create_key()["KeyMetadata"]["KeyId"],
+                                          KeyPairSpec="ECC_NIST_P256")
+        assert pair["PrivateKeyPlaintext"] and pair["PublicKey"]
+        # An error from a lane request is the precise KMS error, as anywhere.
+        try:
+            kms.create_alias(AliasName="alias/long", TargetKeyId=key)
+            raise AssertionError("a second alias of the same name was accepted")
+        except kms.exceptions.AlreadyExistsException:
+            pass
+        status = admin(server, "Status", {})
+        assert status["State"] == "unsealed" and status["Sealed"] is False, status
+        metrics = server.get("/metrics")[1].decode()
+        assert "\nhsmd_lane_requests 0\n" in metrics, metrics
+        records = [r for r in _records(server) if r.get("request_id")]
+        ops = [r.get("op") for r in records]
+        for op in ("CreateKey", "CreateAlias", "GenerateDataKeyPair", "Status"):
+            assert op in ops, ops
+        failed = [r for r in records if r.get("op") == "CreateAlias" and r["outcome"] != "success"]
+        assert len(failed) == 1 and failed[0]["error"] == "AlreadyExistsException", failed
+    finally:
+        server.cleanup()
+
+
+def _records(server):
+    out = []
+    for path in sorted(glob.glob(os.path.join(server.data_dir, "audit", "audit-*.jsonl"))):
+        with open(path) as f:
+            out += [json.loads(line) for line in f if line.strip()]
+    return out
