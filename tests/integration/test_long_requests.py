@@ -7,10 +7,11 @@ answered meanwhile."""
 import glob
 import json
 import os
+import subprocess
 import threading
 import time
 
-from conftest import client, start_dev
+from conftest import HSMCTL, client, start_dev
 from helpers import admin
 
 
@@ -106,6 +107,48 @@ def test_long_requests_are_answered_audited_and_counted():
             assert op in ops, ops
         failed = [r for r in records if r.get("op") == "CreateAlias" and r["outcome"] != "success"]
         assert len(failed) == 1 and failed[0]["error"] == "AlreadyExistsException", failed
+    finally:
+        server.cleanup()
+
+
+def test_stopping_with_long_requests_queued():
+    """SIGTERM while key generations queue in the lane: the running ones
+    finish, the ones not begun are refused with ServiceUnavailableException,
+    every request has its audit record, the chain verifies and hsmd exits 0."""
+    server = start_dev(["--workers=1"])
+    try:
+        clients = [client(server) for _ in range(12)]
+        for c in clients:
+            c.list_keys(Limit=1)  # connected and answered before anything queues
+        results = []
+
+        def create(c):
+            try:
+                c.create_key(KeySpec="RSA_4096", KeyUsage="SIGN_VERIFY")
+                results.append("created")
+            except Exception as e:  # noqa: BLE001 - the connection may close at the end of the grace period
+                results.append(type(e).__name__)
+
+        threads = [threading.Thread(target=create, args=(c,)) for c in clients]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "hsmd_lane_requests 12" not in server.get("/metrics")[1].decode():
+            time.sleep(0.01)
+        server.stop()
+        assert server.proc.returncode == 0, server.read_log()
+        for t in threads:
+            t.join(30)
+        assert len(results) == 12
+        created = [r for r in _records(server) if r.get("op") == "CreateKey"]
+        assert len(created) == 12, created
+        for r in created:
+            assert (r["outcome"], r.get("error")) in (("success", None),
+                                                       ("error", "ServiceUnavailableException")), r
+        assert results.count("created") <= sum(r["outcome"] == "success" for r in created)
+        files = sorted(glob.glob(os.path.join(server.data_dir, "audit", "audit-*.jsonl")))
+        out = subprocess.run([HSMCTL, "audit", "verify"] + files, capture_output=True, text=True)
+        assert out.returncode == 0 and "result: VALID" in out.stdout, out.stdout + out.stderr
     finally:
         server.cleanup()
 
