@@ -262,11 +262,18 @@ static hsm_result admit(hsm_server *s, hsm_http_req *req, hsm_auth_result *auth)
 	return HSM_SUCCESS;
 }
 
-static void handle_kms(hsm_server *s, hsm_http_req *req, const char *name, bool jwt)
+/* The operation a KMS or token request names; NULL when unknown under its prefix. */
+static const hsm_op_info *find_op(const char *name, bool jwt)
 {
 	const hsm_op_info *info = hsm_op_find(name);
 	if (info != NULL && hsm_api_is_jwt_op(info->op) != jwt)
 		info = NULL; /* token operations answer under HsmdJwt. only, KMS ones under TrentService. */
+	return info;
+}
+
+/* name as the request gave it, info what find_op made of it. */
+static void handle_kms(hsm_server *s, hsm_http_req *req, const char *name, const hsm_op_info *info)
+{
 	unsigned slot = info != NULL ? (unsigned)info->op : HSM_METRIC_NONE;
 	pending *p = pending_new(s, req, slot, info != NULL && returns_secret(info->op));
 	if (p == NULL) {
@@ -347,6 +354,7 @@ typedef struct lane_req {
 	hsm_http_req *req;
 	const char *name; /* points into the request, which lives until it is answered */
 	route how;
+	const hsm_op_info *info; /* KMS and token requests: find_op's answer */
 } lane_req;
 
 /*
@@ -355,29 +363,29 @@ typedef struct lane_req {
  * the node (unsealing derives keys).  Everything else is quick enough to run
  * where it arrived, and most of it is what clients call by the thousand.
  */
-static bool takes_long(route how, const char *name)
+static bool takes_long(route how, const hsm_op_info *info)
 {
 	if (how == ROUTE_ADMIN)
 		return true;
-	const hsm_op_info *info = hsm_op_find(name);
 	if (info == NULL)
 		return false;
 	return info->mutating || info->op == HSM_OP_GenerateDataKeyPair ||
 	       info->op == HSM_OP_GenerateDataKeyPairWithoutPlaintext;
 }
 
-static void run_route(hsm_server *s, hsm_http_req *req, route how, const char *name)
+static void run_route(hsm_server *s, hsm_http_req *req, route how, const char *name,
+                      const hsm_op_info *info)
 {
 	if (how == ROUTE_ADMIN)
 		handle_admin(s, req, name);
 	else
-		handle_kms(s, req, name, how == ROUTE_JWT);
+		handle_kms(s, req, name, info);
 }
 
 /* The lane stopped before the request began (hsmd is stopping): refused, and audited. */
-static void refuse_stopping(hsm_server *s, hsm_http_req *req, route how, const char *name)
+static void refuse_stopping(hsm_server *s, hsm_http_req *req, route how, const char *name,
+                            const hsm_op_info *info)
 {
-	const hsm_op_info *info = how == ROUTE_ADMIN ? NULL : hsm_op_find(name);
 	unsigned slot = how == ROUTE_ADMIN ? HSM_METRIC_ADMIN
 	                : info != NULL     ? (unsigned)info->op
 	                                   : HSM_METRIC_NONE;
@@ -394,26 +402,28 @@ static void lane_run(void *arg, bool cancelled)
 {
 	lane_req *j = arg;
 	if (cancelled)
-		refuse_stopping(j->s, j->req, j->how, j->name);
+		refuse_stopping(j->s, j->req, j->how, j->name, j->info);
 	else
-		run_route(j->s, j->req, j->how, j->name);
+		run_route(j->s, j->req, j->how, j->name, j->info);
 	free(j);
 }
 
 /* Runs the request here, or hands it to the lane when it takes long. */
 static void dispatch_route(hsm_server *s, hsm_http_req *req, route how, const char *name)
 {
-	if (s->lane != NULL && takes_long(how, name)) {
+	const hsm_op_info *info = how == ROUTE_ADMIN ? NULL : find_op(name, how == ROUTE_JWT);
+	if (s->lane != NULL && takes_long(how, info)) {
 		lane_req *j = malloc(sizeof(*j));
 		if (j != NULL) {
-			*j = (lane_req){.job = {.fn = lane_run}, .s = s, .req = req, .name = name, .how = how};
+			*j = (lane_req){.job = {.fn = lane_run}, .s = s, .req = req, .name = name, .how = how,
+			                .info = info};
 			j->job.arg = j;
 			if (hsm_lane_submit(s->lane, &j->job))
 				return;
 			free(j);
 		}
 	}
-	run_route(s, req, how, name);
+	run_route(s, req, how, name, info);
 }
 
 static void handle_post(hsm_server *s, hsm_http_req *req)

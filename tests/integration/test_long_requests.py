@@ -5,14 +5,13 @@ an fsync.  hsmd hands those requests to a pool of their own (src/server/lane.c),
 so the clients whose connections share an HTTP worker with them keep being
 answered meanwhile."""
 import glob
-import json
 import os
 import subprocess
 import threading
 import time
 
 from conftest import HSMCTL, client, start_dev
-from helpers import admin
+from helpers import admin, audit_records
 
 
 def test_key_generation_does_not_hold_up_other_connections():
@@ -102,7 +101,7 @@ def test_long_requests_are_answered_audited_and_counted():
         assert status["State"] == "unsealed" and status["Sealed"] is False, status
         metrics = server.get("/metrics")[1].decode()
         assert "\nhsmd_lane_requests 0\n" in metrics, metrics
-        records = [r for r in _records(server) if r.get("request_id")]
+        records = [r for r in audit_records(server.data_dir) if r.get("request_id")]
         ops = [r.get("op") for r in records]
         for op in ("CreateKey", "CreateAlias", "GenerateDataKeyPair", "Status"):
             assert op in ops, ops
@@ -141,7 +140,7 @@ def test_stopping_with_long_requests_queued():
         for t in threads:
             t.join(30)
         assert len(results) == 12
-        created = [r for r in _records(server) if r.get("op") == "CreateKey"]
+        created = [r for r in audit_records(server.data_dir) if r.get("op") == "CreateKey"]
         assert len(created) == 12, created
         for r in created:
             assert (r["outcome"], r.get("error")) in (("success", None),
@@ -153,10 +152,3 @@ def test_stopping_with_long_requests_queued():
     finally:
         server.cleanup()
 
-
-def _records(server):
-    out = []
-    for path in sorted(glob.glob(os.path.join(server.data_dir, "audit", "audit-*.jsonl"))):
-        with open(path) as f:
-            out += [json.loads(line) for line in f if line.strip()]
-    return out
