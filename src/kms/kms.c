@@ -313,6 +313,18 @@ out:
 	return res;
 }
 
+bool hsm_kms_spec_hint(hsm_kms *kms, const char *ref, hsm_key_spec *out)
+{
+	char id[HSM_UUID_STRLEN + 1];
+	kms_key *k = NULL;
+	if (ref == NULL || strstr(ref, "alias/") != NULL || hsm_failed(hsm_kms_resolve(kms, ref, id)) ||
+	    hsm_failed(kms_key_load(kms, id, &k)))
+		return false;
+	*out = k->rec.spec;
+	kms_key_release(k);
+	return true;
+}
+
 void kms_key_invalidate(hsm_kms *kms, const char *key_id)
 {
 	hsm_shmap_remove(kms->keys, key_id);

@@ -172,6 +172,13 @@ hsm_result hsm_kms_key_arn(hsm_kms *kms, const char *key_id, hsm_buf *out) HSM_M
 /* Resolves an id, key ARN, alias name or alias ARN to a key id. */
 hsm_result hsm_kms_resolve(hsm_kms *kms, const char *ref,
                            char key_id[HSM_UUID_STRLEN + 1]) HSM_MUST_CHECK;
+/*
+ * The key spec of ref, a key id or key ARN, from the metadata cache when the
+ * key is there.  For scheduling a request only: nothing is authorized, and
+ * false (an alias, whose lookup would cost a store read; unknown; unreadable)
+ * tells nobody anything.
+ */
+bool hsm_kms_spec_hint(hsm_kms *kms, const char *ref, hsm_key_spec *out);
 
 typedef struct hsm_create_key_req {
 	const char *description; /* NULL = "" */

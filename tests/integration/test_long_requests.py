@@ -11,7 +11,7 @@ import threading
 import time
 
 from conftest import HSMCTL, client, start_dev
-from helpers import admin, audit_records
+from helpers import admin, audit_records, call_error, raises
 
 
 def test_key_generation_does_not_hold_up_other_connections():
@@ -107,6 +107,89 @@ def test_long_requests_are_answered_audited_and_counted():
             assert op in ops, ops
         failed = [r for r in records if r.get("op") == "CreateAlias" and r["outcome"] != "success"]
         assert len(failed) == 1 and failed[0]["error"] == "AlreadyExistsException", failed
+    finally:
+        server.cleanup()
+
+
+def _lane_depths_while(server, work, seconds=1.5):
+    """Runs work() in four threads for a while; the lane depths /metrics showed meanwhile."""
+    stop = threading.Event()
+    errors = []
+
+    def loop():
+        try:
+            while not stop.is_set():
+                work()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=loop) for _ in range(4)]
+    for t in threads:
+        t.start()
+    depths = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for line in server.get("/metrics")[1].decode().splitlines():
+            if line.startswith("hsmd_lane_requests "):
+                depths.append(int(line.split()[1]))
+        time.sleep(0.01)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    return depths
+
+
+def test_rsa_signatures_and_decryptions_go_through_the_lane():
+    """Signatures and decryptions with RSA keys continue in the lane once
+    authenticated and parsed; other key types and keys named by alias stay on
+    the workers.  Through the lane the answers, errors, DryRun and audit
+    records are those of any request."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+    server = start_dev(["--workers=2"])
+    try:
+        kms = client(server)
+        big = kms.create_key(KeySpec="RSA_4096", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+        small = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+        enc = kms.create_key(KeySpec="RSA_3072", KeyUsage="ENCRYPT_DECRYPT")["KeyMetadata"]["KeyId"]
+        kms.create_alias(AliasName="alias/big", TargetKeyId=big)
+        pub = serialization.load_der_public_key(kms.get_public_key(KeyId=big)["PublicKey"])
+        clients = [client(server) for _ in range(4)]
+        it = iter(range(10**9))
+
+        def sign_big():
+            c = clients[next(it) % 4]
+            msg = b"token %d" % next(it)
+            sig = c.sign(KeyId=big, Message=msg, SigningAlgorithm="RSASSA_PKCS1_V1_5_SHA_256")["Signature"]
+            pub.verify(sig, msg, padding.PKCS1v15(), hashes.SHA256())
+
+        def sign_small():
+            clients[next(it) % 4].sign(KeyId=small, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")
+
+        def sign_alias():
+            clients[next(it) % 4].sign(KeyId="alias/big", Message=b"m",
+                                       SigningAlgorithm="RSASSA_PKCS1_V1_5_SHA_256")
+
+        assert max(_lane_depths_while(server, sign_big)) > 0
+        assert max(_lane_depths_while(server, sign_small)) == 0
+        assert max(_lane_depths_while(server, sign_alias, 1.0)) == 0
+        # RSA-3072 decryption through the lane gives the plaintext back.
+        enc_pub = serialization.load_der_public_key(kms.get_public_key(KeyId=enc)["PublicKey"])
+        ct = enc_pub.encrypt(b"secret", padding.OAEP(mgf=padding.MGF1(hashes.SHA256()),
+                                                     algorithm=hashes.SHA256(), label=None))
+        out = kms.decrypt(KeyId=enc, CiphertextBlob=ct, EncryptionAlgorithm="RSAES_OAEP_SHA_256")
+        assert out["Plaintext"] == b"secret"
+        # Errors and DryRun through the lane are the usual ones.
+        raises("InvalidKeyUsageException", kms.sign, KeyId=big, Message=b"m",
+               SigningAlgorithm="ECDSA_SHA_256")
+        call_error(server, "Sign", {"KeyId": big, "Message": "bQ==", "DryRun": True,
+                                    "SigningAlgorithm": "RSASSA_PKCS1_V1_5_SHA_256"},
+                   "DryRunOperationException", status=412)
+        # Their audit records name the caller, as on a worker.
+        signs = [r for r in audit_records(server.data_dir) if r.get("op") == "Sign"]
+        assert len(signs) > 10 and all(r.get("principal", "").startswith("arn:aws:iam::")
+                                       for r in signs), signs[:3]
     finally:
         server.cleanup()
 
