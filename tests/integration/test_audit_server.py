@@ -251,9 +251,17 @@ def test_threads_are_named_and_the_audit_writer_yields_to_the_workers():
         pid = server.proc.pid
         base = nice_of(f"/proc/{pid}/stat")
         threads = {}
-        for task in glob.glob(f"/proc/{pid}/task/*"):
-            with open(os.path.join(task, "comm")) as f:
-                threads[f.read().strip()] = nice_of(os.path.join(task, "stat"))
+
+        def all_named():
+            # Each thread names itself as it starts; the scheduler starts
+            # after the workers, so it may still be on its way when hsmd answers.
+            threads.clear()
+            for task in glob.glob(f"/proc/{pid}/task/*"):
+                with open(os.path.join(task, "comm")) as f:
+                    threads[f.read().strip()] = nice_of(os.path.join(task, "stat"))
+            return {"hsmd-audit", "hsmd-audit-sync", "hsmd-audit-dog", "hsmd-sched"} <= set(threads)
+
+        wait_for(all_named, timeout=5)
         workers = sorted(n for n in threads if n.startswith("hsmd-http-"))
         assert workers == [f"hsmd-http-{i}" for i in range(len(workers))] and workers
         for name in ("hsmd-audit", "hsmd-audit-sync", "hsmd-audit-dog", "hsmd-sched"):
