@@ -104,6 +104,17 @@ void hsm_thread_name(const char *name)
 	(void)pthread_setname_np(pthread_self(), n);
 }
 
+void hsm_thread_name_n(const char *prefix, unsigned index)
+{
+	char n[16];
+	hsm_sb b;
+	hsm_sb_init(&b, n, sizeof(n));
+	hsm_sb_add(&b, prefix);
+	hsm_sb_add(&b, "-");
+	hsm_sb_u64(&b, index);
+	hsm_thread_name(n);
+}
+
 hsm_result hsm_uuid_new(char out[HSM_UUID_STRLEN + 1])
 {
 	uint8_t u[16];

@@ -29,6 +29,8 @@ void hsm_format_time_ms(int64_t t_ms, char out[25]);
  * kept).  Best effort: a name that cannot be set changes nothing else.
  */
 void hsm_thread_name(const char *name);
+/* The same for one of a pool: prefix, a dash and index ("hsmd-http-0"). */
+void hsm_thread_name_n(const char *prefix, unsigned index);
 
 /* A version-4 (random) UUID in lowercase text form; out holds 37 bytes. */
 hsm_result hsm_uuid_new(char out[HSM_UUID_STRLEN + 1]) HSM_MUST_CHECK;

@@ -180,12 +180,7 @@ static void *worker_main(void *arg)
 {
 	hsm_http_worker *w = arg;
 	struct epoll_event evs[WORKER_EVENTS];
-	char name[16];
-	hsm_sb b;
-	hsm_sb_init(&b, name, sizeof(name));
-	hsm_sb_add(&b, "hsmd-http-");
-	hsm_sb_u64(&b, w->index);
-	hsm_thread_name(name);
+	hsm_thread_name_n("hsmd-http", w->index);
 	hsm_http_set_current_worker(w);
 	w->sweep_ns = hsm_mono_ns() + (uint64_t)sweep_ms(&w->srv->cfg) * 1000000ULL;
 	while (!w->quit) {

@@ -2,8 +2,9 @@
  * lane.c - the pool of threads for long requests (see lane.h).
  *
  * One mutex guards a FIFO of jobs and the counters; the threads sleep on one
- * condition variable.  Jobs are rare (key generation, store writes,
- * administration), so a lock per job costs nothing that matters.
+ * condition variable.  The busiest traffic through it is RSA signatures,
+ * a few thousand a second at a quarter of a millisecond each: a lock and a
+ * wake-up per job cost a few microseconds of that (bench/PROFILE.md item 29).
  */
 #include "server/lane.h"
 
@@ -31,17 +32,6 @@ typedef struct lane_start {
 	unsigned index;
 } lane_start;
 
-static void name_thread(const hsm_lane *l, unsigned index)
-{
-	char name[16];
-	hsm_sb b;
-	hsm_sb_init(&b, name, sizeof(name));
-	hsm_sb_add(&b, l->name);
-	hsm_sb_add(&b, "-");
-	hsm_sb_u64(&b, index);
-	hsm_thread_name(name);
-}
-
 /* Takes the oldest job; NULL when there is none.  Called with mu held. */
 static hsm_lane_job *pop_locked(hsm_lane *l)
 {
@@ -60,7 +50,7 @@ static void *lane_main(void *arg)
 {
 	lane_start *st = arg;
 	hsm_lane *l = st->l;
-	name_thread(l, st->index);
+	hsm_thread_name_n(l->name, st->index);
 	free(st);
 	pthread_mutex_lock(&l->mu);
 	for (;;) {

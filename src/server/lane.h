@@ -3,12 +3,14 @@
  *
  * An HTTP worker runs a request's handler on its own thread, and every other
  * connection it serves waits meanwhile.  That is right for the operations
- * clients call by the thousand (a signature, an encryption: microseconds to
- * a few milliseconds), and wrong for the ones that take long: generating an
- * RSA-4096 key pair takes one to three seconds, and every store write waits
- * for an fsync.  The dispatcher hands those to the lane; the worker goes on
- * with its other connections, and the lane's thread answers through the
- * usual way back (hsm_http_respond from any thread).
+ * that take microseconds (an encryption, an ECDSA signature), and wrong for
+ * the ones that take long: generating an RSA-4096 key pair takes one to three
+ * seconds, every store write waits for an fsync, and an RSA signature takes
+ * 0.25 to 4 ms, during which requests queued on that worker wait even when
+ * another is idle.  The dispatcher hands those to the lane (dispatch.c says
+ * which); the worker goes on with its other connections, the lane's threads
+ * share one queue, and they answer through the usual way back
+ * (hsm_http_respond from any thread).
  *
  * Jobs run in the order they were submitted, each on one of the lane's
  * threads.  The job's storage is the caller's (usually inside the request's
