@@ -109,6 +109,32 @@ static void key_unref(void *p)
 	kms_key_release(p);
 }
 
+/*
+ * A cached alias: the key it named when read, and the alias generation it
+ * was read under.  An alias write bumps the generation (after the write), so
+ * an entry read before it, even one stored after it, is never used.
+ */
+typedef struct kms_alias {
+	atomic_int refs;
+	uint_fast64_t generation;
+	int64_t loaded_ms;
+	char key_id[HSM_UUID_STRLEN + 1];
+} kms_alias;
+
+static void *alias_ref(void *p)
+{
+	kms_alias *a = p;
+	atomic_fetch_add_explicit(&a->refs, 1, memory_order_relaxed);
+	return a;
+}
+
+static void alias_unref(void *p)
+{
+	kms_alias *a = p;
+	if (atomic_fetch_sub_explicit(&a->refs, 1, memory_order_acq_rel) == 1)
+		free(a);
+}
+
 static int64_t system_clock(void *arg)
 {
 	(void)arg;
@@ -134,6 +160,7 @@ hsm_result hsm_kms_new(hsm_store *store, hsm_keystore *ks, const hsm_kms_config 
 		kms->cfg.default_pending_days = 30;
 	kms->clock = system_clock;
 	HSM_TRY(hsm_shmap_new(200000, key_ref, key_unref, &kms->keys));
+	HSM_TRY(hsm_shmap_new(200000, alias_ref, alias_unref, &kms->aliases));
 	HSM_TRY(kms_jwks_new(&kms->jwks));
 	*out = kms;
 	kms = NULL;
@@ -147,6 +174,7 @@ void hsm_kms_free(hsm_kms *kms)
 	if (kms == NULL)
 		return;
 	hsm_shmap_free(kms->keys);
+	hsm_shmap_free(kms->aliases);
 	kms_jwks_free(kms->jwks);
 	free(kms);
 }
@@ -229,7 +257,54 @@ static hsm_result strip_arn(hsm_kms *kms, const char *ref, const char **rest)
 	return HSM_SUCCESS;
 }
 
-hsm_result hsm_kms_resolve(hsm_kms *kms, const char *ref, char key_id[HSM_UUID_STRLEN + 1])
+static bool cache_fresh(hsm_kms *kms, int64_t loaded_ms)
+{
+	return kms->cfg.meta_cache_ttl_ms <= 0 || hsm_now_ms() - loaded_ms < kms->cfg.meta_cache_ttl_ms;
+}
+
+/* The key an alias names, from the cache; false when it is not there or stale. */
+static bool alias_cached(hsm_kms *kms, const char *name, char key_id[HSM_UUID_STRLEN + 1])
+{
+	void *hit = NULL;
+	if (strlen(name) > HSM_SHMAP_KEY_MAX || !hsm_shmap_get(kms->aliases, name, &hit))
+		return false;
+	kms_alias *a = hit;
+	bool ok = a->generation == atomic_load_explicit(&kms->alias_generation, memory_order_acquire) &&
+	          cache_fresh(kms, a->loaded_ms);
+	if (ok)
+		memcpy(key_id, a->key_id, HSM_UUID_STRLEN + 1);
+	alias_unref(a);
+	return ok;
+}
+
+/* Caches what the store said an alias named; read under generation.  Best effort. */
+static void alias_remember(hsm_kms *kms, const char *name, const char *key_id,
+                           uint_fast64_t generation)
+{
+	if (strlen(name) > HSM_SHMAP_KEY_MAX)
+		return;
+	kms_alias *a = calloc(1, sizeof(*a));
+	if (a == NULL)
+		return;
+	atomic_init(&a->refs, 1);
+	a->generation = generation;
+	a->loaded_ms = hsm_now_ms();
+	memcpy(a->key_id, key_id, HSM_UUID_STRLEN + 1);
+	if (hsm_failed(hsm_shmap_put(kms->aliases, name, a))) /* costs a store read next time */
+		hsm_debug("alias cache: %s not stored", name);
+	alias_unref(a);
+}
+
+void kms_aliases_changed(hsm_kms *kms)
+{
+	atomic_fetch_add_explicit(&kms->alias_generation, 1, memory_order_acq_rel);
+}
+
+/*
+ * Splits ref into what it names: *alias is "alias/<name>" (from an alias name
+ * or alias ARN) or else *id a key id (from an id or key ARN).
+ */
+static hsm_result parse_ref(hsm_kms *kms, const char *ref, const char **alias, const char **id)
 {
 	const char *rest = NULL;
 	HSM_ENSURE(ref != NULL && *ref != '\0', HSM_ERR_VALIDATION, "KeyId is required");
@@ -240,18 +315,36 @@ hsm_result hsm_kms_resolve(hsm_kms *kms, const char *ref, char key_id[HSM_UUID_S
 		is_key_arn = true;
 	}
 	/* A key ARN's resource is "key/<id>", an alias ARN's "alias/<name>": nothing else. */
+	*alias = *id = NULL;
 	if (!is_key_arn && hsm_str_has_prefix(rest, "alias/")) {
-		hsm_alias_record a;
-		hsm_result r = hsm_store_alias_get(kms->store, rest, &a);
-		if (r.err == HSM_ERR_NOT_FOUND)
-			return HSM_FAIL(HSM_ERR_NOT_FOUND, "Alias %s is not found.", ref);
-		HSM_GUARD(r);
-		memcpy(key_id, a.key_id, HSM_UUID_STRLEN + 1);
+		*alias = rest;
 		return HSM_SUCCESS;
 	}
 	HSM_ENSURE(hsm_is_uuid(rest) && (!is_arn || is_key_arn), HSM_ERR_NOT_FOUND,
 	           "Invalid keyId '%.256s'", ref);
-	memcpy(key_id, rest, HSM_UUID_STRLEN + 1);
+	*id = rest;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_kms_resolve(hsm_kms *kms, const char *ref, char key_id[HSM_UUID_STRLEN + 1])
+{
+	const char *alias = NULL, *id = NULL;
+	HSM_GUARD(parse_ref(kms, ref, &alias, &id));
+	if (id != NULL) {
+		memcpy(key_id, id, HSM_UUID_STRLEN + 1);
+		return HSM_SUCCESS;
+	}
+	if (alias_cached(kms, alias, key_id))
+		return HSM_SUCCESS;
+	/* The generation is read before the store: a write in between makes the entry stale. */
+	uint_fast64_t generation = atomic_load_explicit(&kms->alias_generation, memory_order_acquire);
+	hsm_alias_record a;
+	hsm_result r = hsm_store_alias_get(kms->store, alias, &a);
+	if (r.err == HSM_ERR_NOT_FOUND)
+		return HSM_FAIL(HSM_ERR_NOT_FOUND, "Alias %s is not found.", ref);
+	HSM_GUARD(r);
+	alias_remember(kms, alias, a.key_id, generation);
+	memcpy(key_id, a.key_id, HSM_UUID_STRLEN + 1);
 	return HSM_SUCCESS;
 }
 
@@ -278,12 +371,6 @@ out:
 	return res;
 }
 
-static bool snapshot_fresh(hsm_kms *kms, const kms_key *k)
-{
-	return kms->cfg.meta_cache_ttl_ms <= 0 ||
-	       hsm_now_ms() - k->loaded_ms < kms->cfg.meta_cache_ttl_ms;
-}
-
 hsm_result kms_key_load(hsm_kms *kms, const char *key_id, kms_key **out)
 {
 	hsm_result res = HSM_SUCCESS;
@@ -292,7 +379,7 @@ hsm_result kms_key_load(hsm_kms *kms, const char *key_id, kms_key **out)
 	hsm_key_record rec;
 	memset(&rec, 0, sizeof(rec));
 	if (hsm_shmap_get(kms->keys, key_id, &hit)) {
-		if (snapshot_fresh(kms, hit)) {
+		if (cache_fresh(kms, ((kms_key *)hit)->loaded_ms)) {
 			*out = hit;
 			return HSM_SUCCESS;
 		}
@@ -315,10 +402,16 @@ out:
 
 bool hsm_kms_spec_hint(hsm_kms *kms, const char *ref, hsm_key_spec *out)
 {
-	char id[HSM_UUID_STRLEN + 1];
+	const char *alias = NULL, *id = NULL;
+	char key_id[HSM_UUID_STRLEN + 1];
 	kms_key *k = NULL;
-	if (ref == NULL || strstr(ref, "alias/") != NULL || hsm_failed(hsm_kms_resolve(kms, ref, id)) ||
-	    hsm_failed(kms_key_load(kms, id, &k)))
+	if (hsm_failed(parse_ref(kms, ref, &alias, &id)))
+		return false;
+	if (id != NULL)
+		memcpy(key_id, id, HSM_UUID_STRLEN + 1);
+	else if (!alias_cached(kms, alias, key_id))
+		return false;
+	if (hsm_failed(kms_key_load(kms, key_id, &k)))
 		return false;
 	*out = k->rec.spec;
 	kms_key_release(k);
@@ -329,6 +422,7 @@ void kms_key_invalidate(hsm_kms *kms, const char *key_id)
 {
 	hsm_shmap_remove(kms->keys, key_id);
 	atomic_fetch_add_explicit(&kms->generation, 1, memory_order_release); /* JWKS cache */
+	kms_aliases_changed(kms); /* destroying a key deletes its aliases */
 }
 
 /* ---- Authorization --------------------------------------------------------------- */

@@ -118,7 +118,7 @@ typedef struct hsm_kms_config {
 	const char *account_id; /* "111122223333" */
 	int default_rotation_days;   /* 90 */
 	int default_pending_days;    /* 30 */
-	int64_t meta_cache_ttl_ms;   /* key metadata cache lifetime; 0 = until changed here */
+	int64_t meta_cache_ttl_ms;   /* key metadata and alias cache lifetime; 0 = until changed here */
 	int64_t jwt_default_lifetime; /* seconds; 0 = 900 (kms/jwt.h) */
 	int64_t jwt_max_lifetime;     /* seconds; 0 = 86400 */
 	int64_t jwt_clock_skew;       /* seconds; 0 = 60 */
@@ -169,14 +169,19 @@ void hsm_kms_caller_arn(hsm_kms *kms, const hsm_caller *caller, char out[HSM_PRI
 void hsm_kms_arn_prefix(hsm_kms *kms, hsm_sb *b);
 /* The key ARN: arn:aws:kms:<region>:<account>:key/<id>. */
 hsm_result hsm_kms_key_arn(hsm_kms *kms, const char *key_id, hsm_buf *out) HSM_MUST_CHECK;
-/* Resolves an id, key ARN, alias name or alias ARN to a key id. */
+/*
+ * Resolves an id, key ARN, alias name or alias ARN to a key id.  Aliases are
+ * cached; every alias write and key destruction through this object makes
+ * the cache miss until read again (a write by another process shows after
+ * meta_cache_ttl_ms, as key metadata does).
+ */
 hsm_result hsm_kms_resolve(hsm_kms *kms, const char *ref,
                            char key_id[HSM_UUID_STRLEN + 1]) HSM_MUST_CHECK;
 /*
- * The key spec of ref, a key id or key ARN, from the metadata cache when the
- * key is there.  For scheduling a request only: nothing is authorized, and
- * false (an alias, whose lookup would cost a store read; unknown; unreadable)
- * tells nobody anything.
+ * The key spec of ref (key id, key ARN, alias name or alias ARN).  An alias
+ * must be in the alias cache: the hint never reads the store for one.  For
+ * scheduling a request only: nothing is authorized, and false (an alias not
+ * cached yet; unknown; unreadable) tells nobody anything.
  */
 bool hsm_kms_spec_hint(hsm_kms *kms, const char *ref, hsm_key_spec *out);
 

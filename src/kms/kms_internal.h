@@ -33,13 +33,17 @@ struct hsm_kms {
 	int64_t (*clock)(void *arg);
 	void *clock_arg;
 	atomic_uint_fast64_t generation; /* bumped on every key change (kms_key_invalidate) */
+	hsm_shmap *aliases;              /* alias name -> kms_alias (kms.c) */
+	atomic_uint_fast64_t alias_generation; /* bumped on every alias change */
 	struct kms_jwks *jwks;           /* the JWK Set cache (kms_jwks.c) */
 };
 
 int64_t kms_now(hsm_kms *kms);
 void kms_key_release(kms_key *k);
-/* Drops the cached snapshot of a key after a change. */
+/* Drops the cached snapshot of a key after a change (and every cached alias). */
 void kms_key_invalidate(hsm_kms *kms, const char *key_id);
+/* Forgets every cached alias; called after each alias write, whatever its outcome. */
+void kms_aliases_changed(hsm_kms *kms);
 void kms_emit(hsm_kms *kms, const char *operation, const char *key_id, uint32_t version,
               hsm_result result);
 

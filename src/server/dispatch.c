@@ -435,8 +435,8 @@ static void lane_run(void *arg, bool cancelled)
  * even when another is idle; on the lane they share one queue.  Measured at
  * half of the RSA-2048 peak: p99 3.7-7.3 ms on the workers, 1.5-2.0 ms
  * through the lane; the hand-off costs about 3 % of the peak (bench/PROFILE.md).
- * Keys named by alias stay where they are (finding the key would cost a
- * store read).
+ * Keys named by alias go too once the alias is cached (the first request
+ * through an alias resolves it on the worker: the hint reads no store).
  */
 static bool rsa_private_op(hsm_server *s, const hsm_op_info *info, json_t *doc)
 {

@@ -77,9 +77,12 @@ def test_alias_duplicates_and_targets(kms):
 def test_update_alias(kms):
     k1, k2 = new_key(kms), new_key(kms)
     kms.create_alias(AliasName="alias/moving", TargetKeyId=k1)
+    # Used before the move (hsmd caches aliases), then after it.
+    assert kms.encrypt(KeyId="alias/moving", Plaintext=b"x")["KeyId"].endswith(k1)
     kms.update_alias(AliasName="alias/moving", TargetKeyId=k2)
     assert aliases_of(kms)["alias/moving"]["TargetKeyId"] == k2
     assert kms.describe_key(KeyId="alias/moving")["KeyMetadata"]["KeyId"] == k2
+    assert kms.encrypt(KeyId="alias/moving", Plaintext=b"x")["KeyId"].endswith(k2)
     # Only to a key of the same type and usage.
     rsa_enc = new_key(kms, KeySpec="RSA_2048", KeyUsage="ENCRYPT_DECRYPT")
     hmac = new_key(kms, KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")
@@ -98,6 +101,7 @@ def test_update_alias(kms):
 def test_delete_alias(kms):
     kid = new_key(kms)
     kms.create_alias(AliasName="alias/short-lived", TargetKeyId=kid)
+    assert kms.describe_key(KeyId="alias/short-lived")["KeyMetadata"]["KeyId"] == kid
     kms.delete_alias(AliasName="alias/short-lived")
     assert "alias/short-lived" not in aliases_of(kms)
     raises("NotFoundException", kms.describe_key, KeyId="alias/short-lived")

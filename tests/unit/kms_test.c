@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kms/kms.h"
 #include "support/kms_fixture.h"
@@ -135,6 +136,8 @@ static void test_destruction_after_waiting_period(void **state)
 	hsm_key_record k, r;
 	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, NULL, &k);
 	assert_true(hsm_ok(hsm_kms_create_alias(f->kms, &officer, "alias/doomed", k.key_id)));
+	char id[HSM_UUID_STRLEN + 1];
+	assert_true(hsm_ok(hsm_kms_resolve(f->kms, "alias/doomed", id))); /* now cached */
 	memset(&r, 0, sizeof(r));
 	assert_true(hsm_ok(hsm_kms_schedule_deletion(f->kms, &officer, k.key_id, 0, &r)));
 	assert_int_equal(r.pending_window_days, 30);
@@ -147,7 +150,6 @@ static void test_destruction_after_waiting_period(void **state)
 	assert_true(hsm_ok(hsm_kms_run_due(f->kms, &done)));
 	assert_int_equal(done, 1);
 	assert_int_equal(hsm_kms_describe_key(f->kms, &officer, k.key_id, &r).err, HSM_ERR_NOT_FOUND);
-	char id[HSM_UUID_STRLEN + 1];
 	assert_int_equal(hsm_kms_resolve(f->kms, "alias/doomed", id).err, HSM_ERR_NOT_FOUND);
 	/* The tombstone remains; the material is gone. */
 	hsm_key_record tomb;
@@ -250,6 +252,69 @@ static void test_aliases(void **state)
 	hsm_key_record_clear(&m);
 }
 
+/* Resolves ref, which must name want. */
+static void resolves_to(hsm_kms *kms, const char *ref, const char *want)
+{
+	char id[HSM_UUID_STRLEN + 1];
+	assert_true(hsm_ok(hsm_kms_resolve(kms, ref, id)));
+	assert_string_equal(id, want);
+}
+
+/*
+ * Aliases are cached: every change through the KMS layer shows at once, even
+ * for an alias resolved (and cached) just before; a change made by another
+ * node over the same store shows once the cache lifetime has passed.  The
+ * spec hint reads cached aliases only.
+ */
+static void test_alias_cache(void **state)
+{
+	fx *f = *state;
+	hsm_key_record a, b;
+	char id[HSM_UUID_STRLEN + 1];
+	hsm_key_spec spec;
+	create(f, HSM_SPEC_RSA_2048, HSM_USAGE_SIGN_VERIFY, NULL, &a);
+	create(f, HSM_SPEC_RSA_3072, HSM_USAGE_SIGN_VERIFY, NULL, &b);
+	assert_true(hsm_ok(hsm_kms_create_alias(f->kms, &officer, "alias/jwt", a.key_id)));
+	assert_false(hsm_kms_spec_hint(f->kms, "alias/jwt", &spec)); /* not read yet */
+	resolves_to(f->kms, "alias/jwt", a.key_id);
+	assert_true(hsm_kms_spec_hint(f->kms, "alias/jwt", &spec));
+	assert_int_equal(spec, HSM_SPEC_RSA_2048);
+	assert_true(hsm_kms_spec_hint(f->kms, "arn:aws:kms:us-east-1:111122223333:alias/jwt", &spec));
+	assert_int_equal(spec, HSM_SPEC_RSA_2048);
+	assert_true(hsm_ok(hsm_kms_update_alias(f->kms, &officer, "alias/jwt", b.key_id)));
+	resolves_to(f->kms, "arn:aws:kms:us-east-1:111122223333:alias/jwt", b.key_id);
+	resolves_to(f->kms, "alias/jwt", b.key_id);
+	assert_true(hsm_kms_spec_hint(f->kms, "alias/jwt", &spec));
+	assert_int_equal(spec, HSM_SPEC_RSA_3072);
+	assert_true(hsm_ok(hsm_kms_delete_alias(f->kms, &officer, "alias/jwt")));
+	assert_false(hsm_kms_spec_hint(f->kms, "alias/jwt", &spec));
+	assert_int_equal(hsm_kms_resolve(f->kms, "alias/jwt", id).err, HSM_ERR_NOT_FOUND);
+	assert_true(hsm_ok(hsm_kms_create_alias(f->kms, &officer, "alias/jwt", a.key_id)));
+	resolves_to(f->kms, "alias/jwt", a.key_id);
+	/* A name longer than the cache's keys is resolved from the store every time. */
+	char lng[201] = "alias/";
+	memset(lng + 6, 'x', sizeof(lng) - 7);
+	lng[sizeof(lng) - 1] = '\0';
+	assert_true(hsm_ok(hsm_kms_create_alias(f->kms, &officer, lng, a.key_id)));
+	resolves_to(f->kms, lng, a.key_id);
+	assert_true(hsm_ok(hsm_kms_update_alias(f->kms, &officer, lng, b.key_id)));
+	resolves_to(f->kms, lng, b.key_id);
+	assert_false(hsm_kms_spec_hint(f->kms, lng, &spec));
+	/* A second node over the same store with a 50 ms cache lifetime. */
+	hsm_kms_config cfg = f->cfg;
+	cfg.meta_cache_ttl_ms = 50;
+	hsm_kms *other = NULL;
+	assert_true(hsm_ok(hsm_kms_new(f->store, f->ks, &cfg, &other)));
+	resolves_to(other, "alias/jwt", a.key_id);
+	assert_true(hsm_ok(hsm_kms_update_alias(f->kms, &officer, "alias/jwt", b.key_id)));
+	struct timespec wait = {0, 60 * 1000000L};
+	nanosleep(&wait, NULL);
+	resolves_to(other, "alias/jwt", b.key_id);
+	hsm_kms_free(other);
+	hsm_key_record_clear(&a);
+	hsm_key_record_clear(&b);
+}
+
 static void test_policy_with_context_condition(void **state)
 {
 	fx *f = *state;
@@ -331,6 +396,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_destruction_after_waiting_period, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_rotation_keeps_old_versions, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_aliases, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_alias_cache, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_policy_with_context_condition, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_persistence_across_restart, setup, kms_fx_teardown),
 	};
