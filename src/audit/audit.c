@@ -111,7 +111,8 @@ static hsm_result init_sync(hsm_audit *a)
 	          pthread_cond_init(&a->wake_writer, &ca) == 0 &&
 	          pthread_cond_init(&a->wake_waiters, &ca) == 0 &&
 	          pthread_cond_init(&a->wake_watchdog, &ca) == 0 &&
-	          pthread_cond_init(&a->wake_syncer, &ca) == 0;
+	          pthread_cond_init(&a->wake_syncer, &ca) == 0 &&
+	          pthread_cond_init(&a->wake_sweeper, &ca) == 0;
 	pthread_condattr_destroy(&ca);
 	HSM_ENSURE(ok, HSM_ERR_INTERNAL, "cannot create audit locks");
 	return HSM_SUCCESS;
@@ -183,15 +184,19 @@ static hsm_result start(hsm_audit *a, const hsm_audit_config *cfg)
 	HSM_ENSURE(pthread_create(&a->watchdog_thread, NULL, audit_watchdog_main, a) == 0,
 	           HSM_ERR_INTERNAL, "cannot start the audit watchdog");
 	bool syncer = pthread_create(&a->syncer_thread, NULL, audit_syncer_main, a) == 0;
-	if (!syncer || pthread_create(&a->writer_thread, NULL, audit_writer_main, a) != 0) {
+	bool sweeper = syncer && pthread_create(&a->sweeper_thread, NULL, audit_sweeper_main, a) == 0;
+	if (!sweeper || pthread_create(&a->writer_thread, NULL, audit_writer_main, a) != 0) {
 		pthread_mutex_lock(&a->mu);
-		a->watchdog_stop = a->syncer_stop = true;
+		a->watchdog_stop = a->syncer_stop = a->sweeper_stop = true;
 		pthread_cond_signal(&a->wake_watchdog);
 		pthread_cond_signal(&a->wake_syncer);
+		pthread_cond_signal(&a->wake_sweeper);
 		pthread_mutex_unlock(&a->mu);
 		pthread_join(a->watchdog_thread, NULL);
 		if (syncer)
 			pthread_join(a->syncer_thread, NULL);
+		if (sweeper)
+			pthread_join(a->sweeper_thread, NULL);
 		return HSM_FAIL(HSM_ERR_INTERNAL, "cannot start the audit writer");
 	}
 	return HSM_SUCCESS;
@@ -216,6 +221,7 @@ static void free_state(hsm_audit *a)
 		hsm_buf_free(&a->w.batch[i].body);
 	hsm_buf_free(&a->w.pending);
 	hsm_buf_free(&a->w.scratch);
+	hsm_buf_free(&a->swept);
 	EVP_MD_CTX_free(a->w.md_ctx);
 	EVP_MD_free(a->w.sha256);
 	if (a->w.fd >= 0)
@@ -228,6 +234,7 @@ static void free_state(hsm_audit *a)
 	pthread_cond_destroy(&a->wake_waiters);
 	pthread_cond_destroy(&a->wake_watchdog);
 	pthread_cond_destroy(&a->wake_syncer);
+	pthread_cond_destroy(&a->wake_sweeper);
 	free(a);
 }
 
@@ -298,10 +305,23 @@ void hsm_audit_close(hsm_audit *a)
 		hsm_error("audit writer is stuck in I/O; audit state left allocated");
 		pthread_detach(a->writer_thread);
 		pthread_detach(a->syncer_thread);
+		pthread_detach(a->sweeper_thread);
 		pthread_detach(a->watchdog_thread);
 		return;
 	}
 	pthread_join(a->writer_thread, NULL);
+	/* The writer stopped the sweeper, waiting for it up to the I/O deadline. */
+	pthread_mutex_lock(&a->mu);
+	bool swept = a->sweeper_exited;
+	pthread_mutex_unlock(&a->mu);
+	if (!swept) {
+		hsm_error("audit retention is stuck in I/O; audit state left allocated");
+		pthread_detach(a->sweeper_thread);
+		pthread_detach(a->syncer_thread);
+		pthread_detach(a->watchdog_thread);
+		return;
+	}
+	pthread_join(a->sweeper_thread, NULL);
 	/* The writer waited for any sync in progress unless the watchdog gave up on it. */
 	pthread_mutex_lock(&a->mu);
 	a->syncer_stop = true;
@@ -474,6 +494,8 @@ void hsm_audit_get_stats(const hsm_audit *a, hsm_audit_stats *out)
 	out->outages = m->outages;
 	out->checkpoints_signed = m->ckpt_signed;
 	out->checkpoints_unsigned = m->ckpt_unsigned;
+	out->files_expired = m->files_expired;
+	out->retention_running = m->sweep_requested || m->sweep_running;
 	pthread_mutex_unlock(&m->mu);
 	out->syslog_dropped = m->syslog ? audit_syslog_dropped(m->syslog) : 0;
 }

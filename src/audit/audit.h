@@ -205,6 +205,8 @@ typedef struct hsm_audit_stats {
 	uint64_t syslog_dropped;  /* lines not forwarded to syslog (queue full) */
 	uint64_t checkpoints_signed;
 	uint64_t checkpoints_unsigned;
+	uint64_t files_expired;   /* files deleted by the retention since open */
+	bool retention_running;   /* a retention pass is asked for or running */
 } hsm_audit_stats;
 
 void hsm_audit_get_stats(const hsm_audit *a, hsm_audit_stats *out);

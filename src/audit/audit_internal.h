@@ -3,8 +3,8 @@
  * interface.
  *
  * Locking: `mu` guards the queue, the health flag, the watchdog's view of the
- * current I/O operation, the hand-over to the syncer thread and the request
- * counters.  Everything in `w` (the file, the sequence, the chain head, the
+ * current I/O operation, the hand-overs to the syncer and sweeper threads and
+ * the request counters.  Everything in `w` (the file, the sequence, the chain head, the
  * bytes not yet durable) belongs to the writer thread alone.  `signer_mu` is held while the signer runs, so
  * hsm_audit_set_signer can wait for a call in progress.
  */
@@ -135,6 +135,15 @@ struct hsm_audit {
 	uint64_t sync_start_ns;  /* when RUNNING began, for the watchdog */
 	bool sync_timed_out;     /* the watchdog gave up on the running sync */
 	bool syncer_stop, syncer_exited;
+	/* Retention, run by the sweeper thread (under mu): see audit_sweeper_main. */
+	pthread_cond_t wake_sweeper;
+	bool sweep_requested;    /* the writer asked for a pass */
+	bool sweep_running;
+	bool sweep_done;         /* a pass deleted files: wakes the writer to record them */
+	atomic_bool sweep_unrecorded; /* swept is not empty (read by the writer without mu) */
+	char sweep_keep[PATH_MAX]; /* the current file's name when asked: never deleted */
+	hsm_buf swept;           /* comma-separated names deleted, not yet recorded */
+	bool sweeper_stop, sweeper_exited;
 
 	/* The current outage (under mu). */
 	uint64_t outage_start_ns;
@@ -142,7 +151,7 @@ struct hsm_audit {
 
 	/* Counters (under mu). */
 	uint64_t refused_total, refused_in_outage, written_total, outages;
-	uint64_t ckpt_signed, ckpt_unsigned;
+	uint64_t ckpt_signed, ckpt_unsigned, files_expired;
 	atomic_uint_fast64_t next_seq_pub;
 
 	pthread_mutex_t signer_mu;
@@ -153,7 +162,7 @@ struct hsm_audit {
 	audit_syslog *syslog;
 	audit_tail_info opened; /* what the open-time scan found, for the open event */
 	audit_writer w;
-	pthread_t writer_thread, watchdog_thread, syncer_thread;
+	pthread_t writer_thread, watchdog_thread, syncer_thread, sweeper_thread;
 };
 
 /* Wall clock (UTC ms), through the configured clock. */
@@ -189,15 +198,18 @@ hsm_result audit_io_new_file(hsm_audit *a) HSM_MUST_CHECK;
 hsm_result audit_io_recover(hsm_audit *a) HSM_MUST_CHECK;
 /* fdatasync(fd) (through the test hook): 0 or an errno value.  Touches no writer state. */
 int audit_io_fdatasync(hsm_audit *a, int fd);
-/* Deletes files whose newest record is older than the retention.  Appends
- * the names deleted (comma-separated) to deleted. */
-hsm_result audit_retention_apply(hsm_audit *a, hsm_buf *deleted) HSM_MUST_CHECK;
+/* Deletes the oldest files whose newest record is older than the retention,
+ * never keep_file nor the newest file.  Appends the names deleted
+ * (comma-separated) to deleted.  Touches no writer state. */
+hsm_result audit_retention_apply(hsm_audit *a, const char *keep_file,
+                                 hsm_buf *deleted) HSM_MUST_CHECK;
 
 /* ---- audit_writer.c ------------------------------------------------------ */
 
 void *audit_writer_main(void *arg);
 void *audit_watchdog_main(void *arg);
 void *audit_syncer_main(void *arg);
+void *audit_sweeper_main(void *arg);
 /* Turns the log unhealthy (if it is not already) and fails every queued record; mu held. */
 void audit_fail_locked(hsm_audit *a, audit_cbent *out, size_t *n_out, size_t max);
 

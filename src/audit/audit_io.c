@@ -1,7 +1,8 @@
 /*
  * audit_io.c - the writer's file operations: write, fsync, new files,
- * recovery after a failure, retention.  Every step that can block runs
- * between audit_op_begin and audit_op_end, so the watchdog can bound it.
+ * recovery after a failure; and retention, which the sweeper thread runs.
+ * Every step of the writer's that can block runs between audit_op_begin and
+ * audit_op_end, so the watchdog can bound it.
  */
 #include "audit/audit_internal.h"
 
@@ -160,33 +161,37 @@ static hsm_result note_deleted(hsm_buf *deleted, const char *name)
 	return hsm_buf_put_str(deleted, name);
 }
 
-hsm_result audit_retention_apply(hsm_audit *a, hsm_buf *deleted)
+hsm_result audit_retention_apply(hsm_audit *a, const char *keep_file, hsm_buf *deleted)
 {
 	char **names = NULL;
 	size_t n = 0;
 	HSM_GUARD(audit_list_files(a->dir, &names, &n));
 	hsm_result res = HSM_SUCCESS;
-	const char *cur = a->w.fd >= 0 ? strrchr(a->w.path, '/') : NULL;
 	int64_t now = audit_now_ms(a), keep = (int64_t)a->cfg.retention_days * MS_PER_DAY;
 	hsm_buf line = {0};
 	bool any = false;
-	/* Never the newest file: it is the current one, or about to be. */
+	/*
+	 * Only a prefix of the log goes: oldest first, stopping at the first file
+	 * that stays, so retention never opens a gap inside the log and reads one
+	 * file past those it deletes, however many there are.  Never the newest
+	 * file: it is the current one, or about to be.
+	 */
 	for (size_t i = 0; i + 1 < n; i++) {
-		if (cur != NULL && strcmp(names[i], cur + 1) == 0)
-			continue;
+		if (strcmp(names[i], keep_file) == 0)
+			break;
 		char path[PATH_MAX];
 		int64_t t;
 		if ((size_t)snprintf(path, sizeof(path), "%s/%s", a->dir, names[i]) >= sizeof(path))
-			continue;
+			break;
 		line.len = 0;
 		/* A file whose newest record cannot be read is kept: deleting is the irreversible side. */
 		if (!audit_read_last_line(path, &line) || !audit_line_time(line.data, line.len, &t))
-			continue;
+			break;
 		if (now - t <= keep)
-			continue;
+			break;
 		if (unlink(path) != 0) {
 			hsm_warn("audit retention: cannot delete %s: %s", path, strerror(errno));
-			continue;
+			break;
 		}
 		hsm_info("audit retention: deleted %s (newest record older than %u days)", names[i],
 		         a->cfg.retention_days);

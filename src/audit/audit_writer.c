@@ -1,8 +1,9 @@
 /*
  * audit_writer.c - the writer thread (sequence, chain, batches, fsync
  * grouping, checkpoints, rotation, recovery), the syncer thread that runs
- * the grouped fdatasync while the writer goes on writing, and the watchdog
- * thread that bounds how long any of it may block.  See docs/audit.md for the rules this
+ * the grouped fdatasync while the writer goes on writing, the sweeper thread
+ * that applies the retention beside it, and the watchdog thread that bounds
+ * how long any of the writer's work may block.  See docs/audit.md for the rules this
  * code keeps: the file is always gap-free and chain-valid, and every accepted
  * record gets its callback within the deadline.
  */
@@ -403,24 +404,129 @@ static bool next_file(hsm_audit *a)
 	return false;
 }
 
-static hsm_result apply_retention(hsm_audit *a)
+/*
+ * Asks the sweeper for a retention pass.  Listing a directory that holds
+ * years of files, reading, deleting and syncing it takes time that every
+ * request queued behind a rotation would otherwise wait for; the sweeper
+ * deletes beside the writer, and the writer records what went (record_sweep).
+ */
+static void request_retention(hsm_audit *a)
 {
-	hsm_buf deleted = {0};
-	a->w.next_retention_ms = audit_now_ms(a) + 3600 * 1000;
-	hsm_result res = audit_retention_apply(a, &deleted);
-	if (hsm_ok(res) && deleted.len > 0 && hsm_ok(hsm_buf_terminate(&deleted))) {
-		hsm_audit_field f[] = {{"files", (const char *)deleted.data}};
-		res = write_event(a, "AuditFilesExpired", HSM_AUDIT_SUCCESS, f, 1);
+	audit_writer *w = &a->w;
+	const char *base = w->fd >= 0 ? strrchr(w->path, '/') : NULL;
+	w->next_retention_ms = audit_now_ms(a) + 3600 * 1000;
+	pthread_mutex_lock(&a->mu);
+	snprintf(a->sweep_keep, sizeof(a->sweep_keep), "%s", base != NULL ? base + 1 : "");
+	a->sweep_requested = true;
+	pthread_cond_signal(&a->wake_sweeper);
+	pthread_mutex_unlock(&a->mu);
+}
+
+/*
+ * Writes the AuditFilesExpired event for what the sweeper deleted.  On
+ * failure the names are kept for the next call (the writer's next pass);
+ * sweep_done only wakes the writer, so a failure cannot make it spin.
+ */
+static void record_sweep(hsm_audit *a)
+{
+	pthread_mutex_lock(&a->mu);
+	hsm_buf names = a->swept;
+	memset(&a->swept, 0, sizeof(a->swept));
+	a->sweep_done = false;
+	atomic_store(&a->sweep_unrecorded, false);
+	pthread_mutex_unlock(&a->mu);
+	if (names.len == 0)
+		return;
+	hsm_result r = hsm_buf_terminate(&names);
+	if (hsm_ok(r)) {
+		hsm_audit_field f[] = {{"files", (const char *)names.data}};
+		r = write_event(a, "AuditFilesExpired", HSM_AUDIT_SUCCESS, f, 1);
 	}
-	hsm_buf_free(&deleted);
-	return res;
+	if (hsm_ok(r)) {
+		hsm_buf_free(&names);
+		return;
+	}
+	/* Not recorded: kept, before any names deleted since, for the next try. */
+	pthread_mutex_lock(&a->mu);
+	if (a->swept.len > 0 && (hsm_failed(hsm_buf_put_u8(&names, ',')) ||
+	                         hsm_failed(hsm_buf_put(&names, a->swept.data, a->swept.len))))
+		hsm_error("audit retention: deleted files not recorded: %.*s", (int)a->swept.len,
+		          (const char *)a->swept.data);
+	hsm_buf_free(&a->swept);
+	a->swept = names;
+	atomic_store(&a->sweep_unrecorded, true);
+	pthread_mutex_unlock(&a->mu);
+}
+
+void *audit_sweeper_main(void *arg)
+{
+	hsm_audit *a = arg;
+	hsm_thread_name("hsmd-audit-ret");
+	char keep[PATH_MAX];
+	pthread_mutex_lock(&a->mu);
+	for (;;) {
+		while (!a->sweeper_stop && !a->sweep_requested)
+			pthread_cond_wait(&a->wake_sweeper, &a->mu);
+		if (!a->sweep_requested) /* a pass asked for before the stop still runs */
+			break;
+		a->sweep_requested = false;
+		a->sweep_running = true;
+		memcpy(keep, a->sweep_keep, sizeof(keep));
+		pthread_mutex_unlock(&a->mu);
+		hsm_buf deleted = {0};
+		if (hsm_failed(audit_retention_apply(a, keep, &deleted)))
+			hsm_log_failure("audit retention");
+		pthread_mutex_lock(&a->mu);
+		a->sweep_running = false;
+		if (deleted.len > 0) {
+			a->files_expired++;
+			for (size_t i = 0; i < deleted.len; i++)
+				a->files_expired += deleted.data[i] == ',';
+			if ((a->swept.len > 0 && hsm_failed(hsm_buf_put_u8(&a->swept, ','))) ||
+			    hsm_failed(hsm_buf_put(&a->swept, deleted.data, deleted.len)))
+				hsm_error("audit retention: deleted files not recorded: %.*s",
+				          (int)deleted.len, (const char *)deleted.data);
+			a->sweep_done = a->swept.len > 0;
+			atomic_store(&a->sweep_unrecorded, a->swept.len > 0);
+			pthread_cond_signal(&a->wake_writer);
+		}
+		pthread_cond_broadcast(&a->wake_waiters);
+		hsm_buf_free(&deleted);
+	}
+	a->sweeper_exited = true;
+	pthread_cond_broadcast(&a->wake_waiters);
+	pthread_mutex_unlock(&a->mu);
+	return NULL;
+}
+
+/* At shutdown: lets a pass in progress (or asked for) finish, then records it. */
+static void stop_sweeper(hsm_audit *a)
+{
+	uint64_t end = hsm_mono_ns() + a->cfg.io_deadline_ms * NS_PER_MS;
+	pthread_mutex_lock(&a->mu);
+	a->sweeper_stop = true;
+	pthread_cond_signal(&a->wake_sweeper);
+	while (!a->sweeper_exited && hsm_mono_ns() < end)
+		timedwait_ns(&a->wake_waiters, &a->mu, end);
+	bool exited = a->sweeper_exited;
+	pthread_mutex_unlock(&a->mu);
+	if (!exited)
+		hsm_error("audit retention still running at shutdown; its deletions may go unrecorded");
+	if (atomic_load(&a->healthy))
+		record_sweep(a);
+	pthread_mutex_lock(&a->mu);
+	if (a->swept.len > 0)
+		hsm_error("audit retention: deleted files not recorded: %.*s", (int)a->swept.len,
+		          (const char *)a->swept.data);
+	pthread_mutex_unlock(&a->mu);
 }
 
 static hsm_result rotate(hsm_audit *a)
 {
 	HSM_GUARD(write_checkpoint(a, "rotate"));
 	HSM_ENSURE(next_file(a), HSM_ERR_AUDIT_UNAVAILABLE, "the audit log is unavailable");
-	return apply_retention(a);
+	request_retention(a);
+	return HSM_SUCCESS;
 }
 
 static bool rotation_due(const hsm_audit *a, int64_t now)
@@ -506,7 +612,7 @@ static size_t take_batch(hsm_audit *a, bool *stop)
 		held = acks_held_locked(a, hsm_mono_ns());
 		if (a->count > 0 && atomic_load(&a->healthy) && !held)
 			break;
-		if (a->sync_state == AUDIT_SYNC_DONE)
+		if (a->sync_state == AUDIT_SYNC_DONE || (a->sweep_done && atomic_load(&a->healthy)))
 			break;
 		if (atomic_load(&a->stopping) || a->req_gen != a->done_gen ||
 		    (atomic_load(&a->signer_changed) && atomic_load(&a->healthy)))
@@ -583,7 +689,9 @@ static void maintain(hsm_audit *a)
 	if (atomic_load(&a->healthy) && rotation_due(a, wall))
 		(void)rotate(a);
 	if (atomic_load(&a->healthy) && wall >= w->next_retention_ms)
-		(void)apply_retention(a);
+		request_retention(a);
+	if (atomic_load(&a->healthy) && atomic_load(&a->sweep_unrecorded))
+		record_sweep(a);
 	answer_requests(a);
 }
 
@@ -602,7 +710,7 @@ static void write_open_events(hsm_audit *a)
 	}
 	hsm_audit_field f[] = {{"previous_shutdown", t->clean ? "clean" : "unclean"}};
 	if (hsm_ok(write_event(a, "AuditLogOpened", HSM_AUDIT_SUCCESS, f, 1)))
-		(void)apply_retention(a);
+		request_retention(a);
 }
 
 /*
@@ -649,6 +757,7 @@ void *audit_writer_main(void *arg)
 		if (stop)
 			break;
 	}
+	stop_sweeper(a);
 	if (atomic_load(&a->healthy))
 		(void)write_checkpoint(a, "shutdown");
 	else

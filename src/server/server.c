@@ -352,6 +352,8 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "# TYPE hsmd_audit_failed_records_total counter\nhsmd_audit_failed_records_total %llu\n"
 	    "# TYPE hsmd_audit_outages_total counter\nhsmd_audit_outages_total %llu\n"
 	    "# TYPE hsmd_audit_next_sequence gauge\nhsmd_audit_next_sequence %llu\n"
+	    "# HELP hsmd_audit_files_expired_total Audit files deleted by the retention.\n"
+	    "# TYPE hsmd_audit_files_expired_total counter\nhsmd_audit_files_expired_total %llu\n"
 	    "# TYPE hsmd_key_cache_hits_total counter\nhsmd_key_cache_hits_total %llu\n"
 	    "# TYPE hsmd_key_cache_misses_total counter\nhsmd_key_cache_misses_total %llu\n"
 	    "# TYPE hsmd_key_cache_entries gauge\nhsmd_key_cache_entries %llu\n"
@@ -362,6 +364,7 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    (unsigned long long)keys, (unsigned long long)due.rotations, hsm_audit_healthy(s->audit),
 	    (unsigned long long)as.written, (unsigned long long)as.refused,
 	    (unsigned long long)as.outages, (unsigned long long)as.next_seq,
+	    (unsigned long long)as.files_expired,
 	    (unsigned long long)ks.cache_hits, (unsigned long long)ks.cache_misses,
 	    (unsigned long long)ks.cache_entries, s->lane != NULL ? hsm_lane_depth(s->lane) : 0));
 	return hsm_metrics_render(&s->metrics, out);

@@ -259,12 +259,13 @@ def test_threads_are_named_and_the_audit_writer_yields_to_the_workers():
             for task in glob.glob(f"/proc/{pid}/task/*"):
                 with open(os.path.join(task, "comm")) as f:
                     threads[f.read().strip()] = nice_of(os.path.join(task, "stat"))
-            return {"hsmd-audit", "hsmd-audit-sync", "hsmd-audit-dog", "hsmd-sched"} <= set(threads)
+            return {"hsmd-audit", "hsmd-audit-sync", "hsmd-audit-dog", "hsmd-audit-ret",
+                    "hsmd-sched"} <= set(threads)
 
         wait_for(all_named, timeout=5)
         workers = sorted(n for n in threads if n.startswith("hsmd-http-"))
         assert workers == [f"hsmd-http-{i}" for i in range(len(workers))] and workers
-        for name in ("hsmd-audit", "hsmd-audit-sync", "hsmd-audit-dog", "hsmd-sched"):
+        for name in ("hsmd-audit", "hsmd-audit-sync", "hsmd-audit-dog", "hsmd-audit-ret", "hsmd-sched"):
             assert name in threads, sorted(threads)
         assert threads["hsmd-audit"] == min(base + 5, 19)
         assert all(n == base for name, n in threads.items() if name != "hsmd-audit"), threads

@@ -168,6 +168,20 @@ static int64_t fake_clock(void *arg)
 
 #define DAY_MS (86400LL * 1000)
 
+/* Waits (up to 10 s) for the retention pass asked for by the last rotation to end. */
+static void wait_retention(hsm_audit *a)
+{
+	hsm_audit_stats st;
+	for (int i = 0; i < 1000; i++) {
+		hsm_audit_get_stats(a, &st);
+		if (!st.retention_running)
+			return;
+		struct timespec ts = {0, 10 * 1000000L};
+		nanosleep(&ts, NULL);
+	}
+	fail_msg("the retention pass did not end");
+}
+
 static void test_retention_deletes_only_expired(void **state)
 {
 	(void)state;
@@ -183,15 +197,22 @@ static void test_retention_deletes_only_expired(void **state)
 	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
 	append_n(a, 0, 5);
 	assert_true(hsm_ok(hsm_audit_rotate(a))); /* file 1: newest record 3000 days old */
+	wait_retention(a);
 	atomic_store(&fake_now, now - 2556 * DAY_MS);
 	append_n(a, 5, 5);
 	assert_true(hsm_ok(hsm_audit_rotate(a))); /* file 2: 2556 days old, still kept */
+	wait_retention(a);
 	static char before[T_MAX_FILES][PATH_MAX];
 	size_t nb = t_list(dir, "audit-", ".jsonl", before, T_MAX_FILES);
 	assert_int_equal(nb, 3);
 	atomic_store(&fake_now, now);
 	append_n(a, 10, 5);
-	assert_true(hsm_ok(hsm_audit_rotate(a))); /* retention runs after rotation */
+	assert_true(hsm_ok(hsm_audit_rotate(a))); /* retention runs after rotation, beside the writer */
+	wait_retention(a);
+	hsm_audit_stats st;
+	hsm_audit_get_stats(a, &st);
+	assert_int_equal(st.files_expired, 1);
+	assert_true(hsm_ok(hsm_audit_checkpoint(a))); /* the deletion's record is written by now */
 	static char after[T_MAX_FILES][PATH_MAX];
 	size_t na = t_list(dir, "audit-", ".jsonl", after, T_MAX_FILES);
 	assert_int_equal(na, 3); /* file 1 gone, file 2, file 3 and the new current one */
@@ -207,14 +228,28 @@ static void test_retention_deletes_only_expired(void **state)
 	free(f1);
 	free(f2);
 	/* Far in the future every closed file has expired, but the current one stays. */
-	char current[PATH_MAX];
+	char current[PATH_MAX], old1[PATH_MAX], old2[PATH_MAX];
 	snprintf(current, sizeof(current), "%s", after[2]);
+	snprintf(old1, sizeof(old1), "%s", strrchr(after[0], '/') + 1);
+	snprintf(old2, sizeof(old2), "%s", strrchr(after[1], '/') + 1);
 	atomic_store(&fake_now, now + 100000 * DAY_MS);
-	assert_true(hsm_ok(hsm_audit_checkpoint(a)));
-	hsm_audit_close(a);
+	assert_true(hsm_ok(hsm_audit_checkpoint(a))); /* retention is due: a pass is asked for */
+	hsm_audit_close(a); /* lets the pass finish and records it before the shutdown checkpoint */
 	na = t_list(dir, "audit-", ".jsonl", after, T_MAX_FILES);
 	assert_int_equal(na, 1);
 	assert_string_equal(after[0], current);
+	char *cur = t_slurp(current, NULL);
+	char *last = strrchr(cur, '\n');
+	*last = '\0';
+	last = strrchr(cur, '\n');
+	assert_non_null(last);
+	assert_non_null(strstr(last, "\"checkpoint\":{\"reason\":\"shutdown\""));
+	*last = '\0'; /* what came before the shutdown checkpoint */
+	ev = strstr(cur, "AuditFilesExpired");
+	assert_non_null(ev);
+	assert_non_null(strstr(ev, old1));
+	assert_non_null(strstr(ev, old2));
+	free(cur);
 	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
 	hsm_audit_close(a);
 	assert_int_equal(t_list(dir, "audit-", ".jsonl", after, T_MAX_FILES), 1);
@@ -222,6 +257,52 @@ static void test_retention_deletes_only_expired(void **state)
 	hsm_audit_verify_report r = t_verify_dir(dir, NULL, false);
 	assert_true(r.valid);
 	assert_true(r.first_seq > 1);
+	t_rm_rf(dir);
+}
+
+/*
+ * Retention removes only a prefix of the log: a closed file whose newest
+ * record has expired stays while an older file is kept, here because the
+ * clock went back between them, so no gap opens inside the log.
+ */
+static void test_retention_keeps_the_log_whole(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-retention-prefix");
+	int64_t now = hsm_now_ms();
+	hsm_audit_config c = t_config(dir);
+	c.clock_ms = fake_clock;
+	c.checkpoint_interval_ms = 3600 * 1000;
+	c.rotate_age_ms = (uint64_t)200000 * DAY_MS;
+	hsm_audit *a = NULL;
+	atomic_store(&fake_now, now - 2600 * DAY_MS);
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	append_n(a, 0, 5);
+	assert_true(hsm_ok(hsm_audit_rotate(a))); /* file 1: expired at the end */
+	wait_retention(a);
+	atomic_store(&fake_now, now - 100 * DAY_MS);
+	append_n(a, 5, 5);
+	assert_true(hsm_ok(hsm_audit_rotate(a))); /* file 2: kept */
+	wait_retention(a);
+	atomic_store(&fake_now, now - 2650 * DAY_MS); /* the clock goes back */
+	append_n(a, 10, 5);
+	assert_true(hsm_ok(hsm_audit_rotate(a))); /* file 3: expired, after a kept one */
+	wait_retention(a);
+	static char before[T_MAX_FILES][PATH_MAX];
+	size_t nb = t_list(dir, "audit-", ".jsonl", before, T_MAX_FILES);
+	assert_int_equal(nb, 4);
+	atomic_store(&fake_now, now);
+	append_n(a, 15, 5);
+	assert_true(hsm_ok(hsm_audit_rotate(a)));
+	hsm_audit_close(a);
+	static char after[T_MAX_FILES][PATH_MAX];
+	size_t na = t_list(dir, "audit-", ".jsonl", after, T_MAX_FILES);
+	assert_int_equal(na, 4); /* file 1 gone; files 2, 3, 4 and the current one */
+	assert_string_equal(after[0], before[1]);
+	assert_string_equal(after[1], before[2]);
+	hsm_audit_verify_report r = t_verify_dir(dir, NULL, false);
+	assert_true(r.valid);
 	t_rm_rf(dir);
 }
 
@@ -370,6 +451,7 @@ int main(void)
 	    cmocka_unit_test(test_continuity_across_reopen),
 	    cmocka_unit_test(test_continuity_across_rotation),
 	    cmocka_unit_test(test_retention_deletes_only_expired),
+	    cmocka_unit_test(test_retention_keeps_the_log_whole),
 	    cmocka_unit_test(test_torn_tail_detected_preserved_continued),
 	    cmocka_unit_test(test_damaged_last_lines_cut_back_to_valid),
 	    cmocka_unit_test(test_second_writer_refused_and_checkpoint_type_refused),
