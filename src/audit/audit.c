@@ -289,6 +289,23 @@ static uint64_t close_timeout_ms(const hsm_audit *a)
 	return 2ULL * a->cfg.io_deadline_ms + 2000;
 }
 
+/* The threads in the order close stops them. */
+enum { STOP_WRITER, STOP_SWEEPER, STOP_SYNCER, STOP_WATCHDOG, STOP_COUNT };
+
+/*
+ * A thread is stuck in the kernel (what names it): it and the threads after
+ * it are left running and the state allocated, since freeing it under them
+ * would be worse than leaking it at shutdown.
+ */
+static void abandon(hsm_audit *a, int stuck, const char *what)
+{
+	pthread_t *t[STOP_COUNT] = {&a->writer_thread, &a->sweeper_thread, &a->syncer_thread,
+	                            &a->watchdog_thread};
+	hsm_error("audit %s is stuck in I/O; audit state left allocated", what);
+	for (int i = stuck; i < STOP_COUNT; i++)
+		pthread_detach(*t[i]);
+}
+
 void hsm_audit_close(hsm_audit *a)
 {
 	if (a == NULL)
@@ -298,15 +315,8 @@ void hsm_audit_close(hsm_audit *a)
 	pthread_cond_signal(&a->wake_writer);
 	bool exited = wait_until(a, writer_gone, close_timeout_ms(a));
 	pthread_mutex_unlock(&a->mu);
-	if (!exited) {
-		/* The writer is stuck in the kernel; the watchdog has failed every
-		 * pending record.  Freeing the state under it would be worse than
-		 * leaking it at shutdown. */
-		hsm_error("audit writer is stuck in I/O; audit state left allocated");
-		pthread_detach(a->writer_thread);
-		pthread_detach(a->syncer_thread);
-		pthread_detach(a->sweeper_thread);
-		pthread_detach(a->watchdog_thread);
+	if (!exited) { /* the watchdog has failed every pending record */
+		abandon(a, STOP_WRITER, "writer");
 		return;
 	}
 	pthread_join(a->writer_thread, NULL);
@@ -315,10 +325,7 @@ void hsm_audit_close(hsm_audit *a)
 	bool swept = a->sweeper_exited;
 	pthread_mutex_unlock(&a->mu);
 	if (!swept) {
-		hsm_error("audit retention is stuck in I/O; audit state left allocated");
-		pthread_detach(a->sweeper_thread);
-		pthread_detach(a->syncer_thread);
-		pthread_detach(a->watchdog_thread);
+		abandon(a, STOP_SWEEPER, "retention");
 		return;
 	}
 	pthread_join(a->sweeper_thread, NULL);
@@ -329,9 +336,7 @@ void hsm_audit_close(hsm_audit *a)
 	exited = wait_until(a, syncer_gone, a->cfg.io_deadline_ms + 1000ULL);
 	pthread_mutex_unlock(&a->mu);
 	if (!exited) {
-		hsm_error("audit fsync is stuck in I/O; audit state left allocated");
-		pthread_detach(a->syncer_thread);
-		pthread_detach(a->watchdog_thread);
+		abandon(a, STOP_SYNCER, "fsync");
 		return;
 	}
 	pthread_join(a->syncer_thread, NULL);

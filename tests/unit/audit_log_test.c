@@ -168,6 +168,16 @@ static int64_t fake_clock(void *arg)
 
 #define DAY_MS (86400LL * 1000)
 
+/* A log whose clock the test moves, rotated only when the test asks. */
+static hsm_audit_config retention_config(const char *dir)
+{
+	hsm_audit_config c = t_config(dir);
+	c.clock_ms = fake_clock;
+	c.checkpoint_interval_ms = 3600 * 1000;
+	c.rotate_age_ms = (uint64_t)200000 * DAY_MS;
+	return c;
+}
+
 /* Waits (up to 10 s) for the retention pass asked for by the last rotation to end. */
 static void wait_retention(hsm_audit *a)
 {
@@ -188,10 +198,7 @@ static void test_retention_deletes_only_expired(void **state)
 	char dir[PATH_MAX];
 	t_mkdtemp(dir, "audit-retention");
 	int64_t now = hsm_now_ms();
-	hsm_audit_config c = t_config(dir);
-	c.clock_ms = fake_clock;
-	c.checkpoint_interval_ms = 3600 * 1000;
-	c.rotate_age_ms = (uint64_t)200000 * DAY_MS; /* only the explicit rotations below */
+	hsm_audit_config c = retention_config(dir);
 	hsm_audit *a = NULL;
 	atomic_store(&fake_now, now - 3000 * DAY_MS);
 	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
@@ -271,10 +278,7 @@ static void test_retention_keeps_the_log_whole(void **state)
 	char dir[PATH_MAX];
 	t_mkdtemp(dir, "audit-retention-prefix");
 	int64_t now = hsm_now_ms();
-	hsm_audit_config c = t_config(dir);
-	c.clock_ms = fake_clock;
-	c.checkpoint_interval_ms = 3600 * 1000;
-	c.rotate_age_ms = (uint64_t)200000 * DAY_MS;
+	hsm_audit_config c = retention_config(dir);
 	hsm_audit *a = NULL;
 	atomic_store(&fake_now, now - 2600 * DAY_MS);
 	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
