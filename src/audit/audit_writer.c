@@ -422,6 +422,20 @@ static void request_retention(hsm_audit *a)
 	pthread_mutex_unlock(&a->mu);
 }
 
+static void unrecorded(const hsm_buf *names)
+{
+	hsm_error("audit retention: deleted files not recorded: %.*s", (int)names->len,
+	          (const char *)names->data);
+}
+
+/* Appends the names in more to list, comma-separated. */
+static void add_names(hsm_buf *list, const hsm_buf *more)
+{
+	if ((list->len > 0 && hsm_failed(hsm_buf_put_u8(list, ','))) ||
+	    hsm_failed(hsm_buf_put(list, more->data, more->len)))
+		unrecorded(more);
+}
+
 /*
  * Writes the AuditFilesExpired event for what the sweeper deleted.  On
  * failure the names are kept for the next call (the writer's next pass);
@@ -448,10 +462,8 @@ static void record_sweep(hsm_audit *a)
 	}
 	/* Not recorded: kept, before any names deleted since, for the next try. */
 	pthread_mutex_lock(&a->mu);
-	if (a->swept.len > 0 && (hsm_failed(hsm_buf_put_u8(&names, ',')) ||
-	                         hsm_failed(hsm_buf_put(&names, a->swept.data, a->swept.len))))
-		hsm_error("audit retention: deleted files not recorded: %.*s", (int)a->swept.len,
-		          (const char *)a->swept.data);
+	if (a->swept.len > 0)
+		add_names(&names, &a->swept);
 	hsm_buf_free(&a->swept);
 	a->swept = names;
 	atomic_store(&a->sweep_unrecorded, true);
@@ -482,10 +494,7 @@ void *audit_sweeper_main(void *arg)
 			a->files_expired++;
 			for (size_t i = 0; i < deleted.len; i++)
 				a->files_expired += deleted.data[i] == ',';
-			if ((a->swept.len > 0 && hsm_failed(hsm_buf_put_u8(&a->swept, ','))) ||
-			    hsm_failed(hsm_buf_put(&a->swept, deleted.data, deleted.len)))
-				hsm_error("audit retention: deleted files not recorded: %.*s",
-				          (int)deleted.len, (const char *)deleted.data);
+			add_names(&a->swept, &deleted);
 			a->sweep_done = a->swept.len > 0;
 			atomic_store(&a->sweep_unrecorded, a->swept.len > 0);
 			pthread_cond_signal(&a->wake_writer);
@@ -516,8 +525,7 @@ static void stop_sweeper(hsm_audit *a)
 		record_sweep(a);
 	pthread_mutex_lock(&a->mu);
 	if (a->swept.len > 0)
-		hsm_error("audit retention: deleted files not recorded: %.*s", (int)a->swept.len,
-		          (const char *)a->swept.data);
+		unrecorded(&a->swept);
 	pthread_mutex_unlock(&a->mu);
 }
 
