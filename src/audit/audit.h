@@ -88,7 +88,11 @@ typedef struct hsm_audit_record {
 /* ---- Configuration ------------------------------------------------------- */
 
 /* Which I/O step the test hook is about to run. */
-typedef enum hsm_audit_io_op { HSM_AUDIT_IO_WRITE, HSM_AUDIT_IO_SYNC } hsm_audit_io_op;
+typedef enum hsm_audit_io_op {
+	HSM_AUDIT_IO_WRITE,
+	HSM_AUDIT_IO_SYNC,
+	HSM_AUDIT_IO_RETENTION, /* a retention pass (on the sweeper thread) */
+} hsm_audit_io_op;
 
 typedef struct hsm_audit_config {
 	const char *dir;              /* directory of the log files (created 0700) */
@@ -117,7 +121,7 @@ typedef struct hsm_audit_config {
 	void (*batch_hook)(bool begin);
 	/*
 	 * For tests only: called before each write and fsync (by the writer or
-	 * the syncer thread).  It may block (a stuck device) or return an errno
+	 * the syncer thread) and each retention pass (by the sweeper).  It may block (a stuck device) or return an errno
 	 * value to make that step fail as if the kernel had returned it; 0 lets
 	 * the step run.
 	 */

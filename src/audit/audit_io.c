@@ -165,6 +165,8 @@ hsm_result audit_retention_apply(hsm_audit *a, const char *keep_file, hsm_buf *d
 {
 	char **names = NULL;
 	size_t n = 0;
+	int e = hook(a, HSM_AUDIT_IO_RETENTION);
+	HSM_ENSURE(e == 0, HSM_ERR_IO, "audit retention: %s", strerror(e));
 	HSM_GUARD(audit_list_files(a->dir, &names, &n));
 	hsm_result res = HSM_SUCCESS;
 	int64_t now = audit_now_ms(a), keep = (int64_t)a->cfg.retention_days * MS_PER_DAY;

@@ -330,6 +330,53 @@ static void test_stuck_fsync_watchdog(void **state)
 }
 
 /*
+ * A retention pass that does not return (a directory on a hung device) holds
+ * up no record: the writer goes on writing, acknowledging and rotating
+ * beside it, and the log stays healthy.
+ */
+static void test_stuck_retention_holds_up_nothing(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-stuck-retention");
+	stall s = {.stuck = true, .op = HSM_AUDIT_IO_RETENTION};
+	pthread_mutex_init(&s.mu, NULL);
+	pthread_cond_init(&s.cv, NULL);
+	hsm_audit_config c = t_config(dir);
+	c.io_deadline_ms = DEADLINE_MS;
+	c.test_io_hook = stall_hook;
+	c.test_io_arg = &s;
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a))); /* asks for a pass, which blocks */
+	enum { N = 50 };
+	static done_rec d[N];
+	for (size_t i = 0; i < N; i++) {
+		atomic_store(&d[i].err, -1);
+		d[i].submit_ms = t_now_ms();
+		hsm_audit_record r = t_record((unsigned)i);
+		assert_true(hsm_ok(hsm_audit_submit(a, &r, on_done, &d[i])));
+		if (i == N / 2)
+			assert_true(hsm_ok(hsm_audit_rotate(a))); /* asks for another pass */
+	}
+	assert_true(wait_done(d, N, 10000));
+	for (size_t i = 0; i < N; i++)
+		assert_int_equal(atomic_load(&d[i].err), HSM_OK);
+	assert_true(hsm_audit_healthy(a));
+	assert_true(atomic_load(&s.hits) >= 1);
+	hsm_audit_stats st;
+	hsm_audit_get_stats(a, &st);
+	assert_true(st.retention_running);
+	set_stuck(&s, false);
+	hsm_audit_close(a); /* the pass asked for by the rotation runs, then the log closes */
+	hsm_audit_verify_report rep = t_verify_dir(dir, NULL, false);
+	assert_true(rep.valid);
+	assert_int_equal(rep.records, N + 3); /* and the open event, the rotate and shutdown checkpoints */
+	pthread_mutex_destroy(&s.mu);
+	pthread_cond_destroy(&s.cv);
+	t_rm_rf(dir);
+}
+
+/*
  * A slow fsync (inside the deadline) runs beside the writer: records keep
  * being acknowledged while it runs, until the oldest record not yet durable
  * is older than fsync_max_lag_ms; then they wait for the sync, and go out
@@ -441,6 +488,7 @@ int main(void)
 	    cmocka_unit_test(test_full_disk_fails_closed_then_recovers),
 	    cmocka_unit_test(test_stuck_write_watchdog),
 	    cmocka_unit_test(test_stuck_fsync_watchdog),
+	    cmocka_unit_test(test_stuck_retention_holds_up_nothing),
 	    cmocka_unit_test(test_slow_fsync_holds_acks_only_past_the_lag),
 	    cmocka_unit_test(test_fsync_error_rewrites_and_recovers),
 	};
