@@ -98,6 +98,56 @@ def test_update_alias(kms):
            TargetKeyId=k1)
 
 
+def test_alias_moves_while_in_use(hsmd, kms):
+    """hsmd caches aliases: while four clients sign through an alias that
+    moves between two RSA keys, every signature verifies under the key its
+    answer names, and a request made after UpdateAlias has answered always
+    uses the new key."""
+    import threading
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    from conftest import client
+    keys = [new_key(kms, KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY") for _ in range(2)]
+    pubs = {k: serialization.load_der_public_key(kms.get_public_key(KeyId=k)["PublicKey"])
+            for k in keys}
+    kms.create_alias(AliasName="alias/moving-signer", TargetKeyId=keys[0])
+    stop, errors, seen = threading.Event(), [], set()
+
+    def sign_loop(c):
+        try:
+            i = 0
+            while not stop.is_set():
+                msg = b"token %d" % i
+                out = c.sign(KeyId="alias/moving-signer", Message=msg,
+                             SigningAlgorithm="RSASSA_PKCS1_V1_5_SHA_256")
+                kid = out["KeyId"].rsplit("/", 1)[1]
+                pubs[kid].verify(out["Signature"], msg, padding.PKCS1v15(), hashes.SHA256())
+                seen.add(kid)
+                i += 1
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=sign_loop, args=(client(hsmd),)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        probe = client(hsmd)
+        for i in range(1, 11):
+            target = keys[i % 2]
+            kms.update_alias(AliasName="alias/moving-signer", TargetKeyId=target)
+            out = probe.sign(KeyId="alias/moving-signer", Message=b"m",
+                             SigningAlgorithm="RSASSA_PKCS1_V1_5_SHA_256")
+            assert out["KeyId"].endswith(target), (i, out["KeyId"], target)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not errors, errors
+    assert seen == set(keys)
+
+
 def test_delete_alias(kms):
     kid = new_key(kms)
     kms.create_alias(AliasName="alias/short-lived", TargetKeyId=kid)
