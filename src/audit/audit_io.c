@@ -187,8 +187,11 @@ hsm_result audit_retention_apply(hsm_audit *a, const char *keep_file, hsm_buf *d
 			break;
 		line.len = 0;
 		/* A file whose newest record cannot be read is kept: deleting is the irreversible side. */
-		if (!audit_read_last_line(path, &line) || !audit_line_time(line.data, line.len, &t))
+		if (!audit_read_last_line(path, &line) || !audit_line_time(line.data, line.len, &t)) {
+			hsm_warn("audit retention: the newest record of %s cannot be read; it and every "
+			         "later file are kept", names[i]);
 			break;
+		}
 		if (now - t <= keep)
 			break;
 		if (unlink(path) != 0) {
