@@ -250,6 +250,7 @@ hsm_result kms_destroy_due(hsm_kms *kms, const hsm_key_record *rec)
 {
 	hsm_result r = hsm_store_key_destroy(kms->store, rec->key_id, kms_now(kms));
 	kms_key_invalidate(kms, rec->key_id);
+	kms_aliases_changed(kms); /* the store deleted the key's aliases with it */
 	hsm_ks_forget(kms->ks, rec->key_id);
 	kms_emit(kms, "DeleteKey", rec->key_id, rec->primary_version, r);
 	if (hsm_ok(r))

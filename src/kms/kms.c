@@ -422,7 +422,6 @@ void kms_key_invalidate(hsm_kms *kms, const char *key_id)
 {
 	hsm_shmap_remove(kms->keys, key_id);
 	atomic_fetch_add_explicit(&kms->generation, 1, memory_order_release); /* JWKS cache */
-	kms_aliases_changed(kms); /* destroying a key deletes its aliases */
 }
 
 /* ---- Authorization --------------------------------------------------------------- */

@@ -40,9 +40,10 @@ struct hsm_kms {
 
 int64_t kms_now(hsm_kms *kms);
 void kms_key_release(kms_key *k);
-/* Drops the cached snapshot of a key after a change (and every cached alias). */
+/* Drops the cached snapshot of a key after a change. */
 void kms_key_invalidate(hsm_kms *kms, const char *key_id);
-/* Forgets every cached alias; called after each alias write, whatever its outcome. */
+/* Forgets every cached alias; called after each alias write, whatever its
+ * outcome, and after a key's destruction (which deletes its aliases). */
 void kms_aliases_changed(hsm_kms *kms);
 void kms_emit(hsm_kms *kms, const char *operation, const char *key_id, uint32_t version,
               hsm_result result);

@@ -281,6 +281,12 @@ static void test_alias_cache(void **state)
 	assert_int_equal(spec, HSM_SPEC_RSA_2048);
 	assert_true(hsm_kms_spec_hint(f->kms, "arn:aws:kms:us-east-1:111122223333:alias/jwt", &spec));
 	assert_int_equal(spec, HSM_SPEC_RSA_2048);
+	/* Other keys' changes leave cached aliases alone (only destruction deletes aliases). */
+	hsm_key_record c;
+	create(f, HSM_SPEC_ECC_NIST_P256, HSM_USAGE_SIGN_VERIFY, NULL, &c);
+	assert_true(hsm_ok(hsm_kms_disable_key(f->kms, &officer, c.key_id)));
+	assert_true(hsm_kms_spec_hint(f->kms, "alias/jwt", &spec));
+	hsm_key_record_clear(&c);
 	assert_true(hsm_ok(hsm_kms_update_alias(f->kms, &officer, "alias/jwt", b.key_id)));
 	resolves_to(f->kms, "arn:aws:kms:us-east-1:111122223333:alias/jwt", b.key_id);
 	resolves_to(f->kms, "alias/jwt", b.key_id);
