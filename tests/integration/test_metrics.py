@@ -1,0 +1,115 @@
+"""/metrics: the Prometheus exposition hsmd's monitoring and alerts read.
+
+A fresh hsmd is driven through real clients (boto3, botocore's signer) and
+every figure the README lists for alerting is checked against what was done:
+health gauges, key counts, the 7-day rotation warning, request counters by
+operation and outcome, latency histograms, authentication failures and the
+audit trail's counters.
+"""
+import re
+
+import pytest
+
+from conftest import client, signed_call, start_dev
+from helpers import raises
+
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (-?[0-9.e+-]+|\+Inf|NaN)$')
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="([^"]*)"')
+
+
+def scrape(server):
+    """{(name, ((label, value), ...)): value}, after checking the text format."""
+    status, body, headers = server.get("/metrics")
+    assert status == 200
+    text = body.decode()
+    assert text.endswith("\n")
+    types, samples = {}, {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, family, kind = line.split(" ", 3)
+            assert kind in ("counter", "gauge", "histogram"), line
+            assert family not in types, f"TYPE given twice for {family}"
+            types[family] = kind
+            continue
+        if line.startswith("# HELP ") or not line:
+            continue
+        m = SAMPLE.match(line)
+        assert m, f"not a Prometheus sample: {line!r}"
+        name, labels, value = m.group(1), m.group(2) or "", m.group(3)
+        family = re.sub(r"_(bucket|sum|count)$", "", name)
+        family = family if family in types else name
+        assert family in types, f"{name} has no TYPE line before it"
+        if types[family] == "counter":
+            assert name.endswith("_total"), name
+        key = (name, tuple(sorted(LABEL.findall(labels))))
+        assert key not in samples, f"{key} given twice"
+        samples[key] = float(value)
+    return samples
+
+
+def value(samples, name, **labels):
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = start_dev()
+    yield s
+    s.cleanup()
+
+
+def test_metrics_follow_what_was_done(server):
+    kms = client(server)
+    before = scrape(server)
+    for name in ("hsmd_up", "hsmd_audit_healthy"):
+        assert value(before, name) == 1, name
+    for name in ("hsmd_sealed", "hsmd_error_state", "hsmd_lane_requests",
+                 "hsmd_audit_files_expired_total", "hsmd_audit_failed_records_total",
+                 "hsmd_audit_outages_total"):
+        assert value(before, name) == 0, name
+    keys0 = value(before, "hsmd_keys")
+    records0 = value(before, "hsmd_audit_records_total")
+    seq0 = value(before, "hsmd_audit_next_sequence")
+
+    # Two keys; one rotates every 5 days (due within the 7-day warning), one every 90.
+    soon = kms.create_key()["KeyMetadata"]["KeyId"]
+    later = kms.create_key()["KeyMetadata"]["KeyId"]
+    for key, days in ((soon, 5), (later, 90)):
+        status, body = signed_call(server, "TrentService.EnableKeyRotation",
+                                   {"KeyId": key, "RotationPeriodInDays": days})
+        assert status == 200, body
+    for _ in range(5):
+        kms.encrypt(KeyId=soon, Plaintext=b"x", EncryptionContext={"app": "metrics"})
+    raises("InvalidCiphertextException", kms.decrypt, CiphertextBlob=b"\x01" * 64)
+    raises("UnrecognizedClientException",
+           client(server, akid="AKIANOSUCHUSER000000", secret="wrong").list_keys)
+    made = 2 + 2 + 5 + 1 + 1  # every request above, each with its audit record
+
+    after = scrape(server)
+    assert value(after, "hsmd_keys") == keys0 + 2
+    assert value(after, "hsmd_keys_rotation_due_7d") == 1
+    assert value(after, "hsmd_requests_total", operation="Encrypt", outcome="ok") == 5
+    assert value(after, "hsmd_requests_total", operation="Encrypt", outcome="client_error") == 0
+    assert value(after, "hsmd_requests_total", operation="Decrypt", outcome="client_error") == 1
+    assert value(after, "hsmd_requests_total", operation="CreateKey", outcome="ok") == 2
+    assert value(after, "hsmd_auth_failures_total") >= value(before, "hsmd_auth_failures_total") + 1
+    assert value(after, "hsmd_audit_records_total") >= records0 + made
+    assert value(after, "hsmd_audit_next_sequence") >= seq0 + made
+    assert value(after, "hsmd_audit_failed_records_total") == 0
+
+    # The Encrypt latency histogram: cumulative buckets ending at the count.
+    buckets = sorted((float("inf") if dict(k[1])["le"] == "+Inf" else float(dict(k[1])["le"]), v)
+                     for k, v in after.items()
+                     if k[0] == "hsmd_request_duration_seconds_bucket"
+                     and dict(k[1])["operation"] == "Encrypt")
+    assert len(buckets) > 2 and buckets[-1][0] == float("inf")
+    counts = [v for _, v in buckets]
+    assert counts == sorted(counts) and counts[-1] == 5
+    assert value(after, "hsmd_request_duration_seconds_count", operation="Encrypt") == 5
+    assert 0 < value(after, "hsmd_request_duration_seconds_sum", operation="Encrypt") < 5
+
+    # Counters never go back; gauges and counters keep their names.
+    later_scrape = scrape(server)
+    for key, v in after.items():
+        if key[0].endswith("_total") and key in later_scrape:
+            assert later_scrape[key] >= v, key
