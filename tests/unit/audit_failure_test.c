@@ -243,19 +243,26 @@ static void set_stuck(stall *s, bool stuck)
 	pthread_mutex_unlock(&s->mu);
 }
 
+/* A log whose I/O steps of kind s->op block while s->stuck (set s's fields first). */
+static hsm_audit_config stall_config(stall *s, const char *dir)
+{
+	pthread_mutex_init(&s->mu, NULL);
+	pthread_cond_init(&s->cv, NULL);
+	hsm_audit_config c = t_config(dir);
+	c.test_io_hook = stall_hook;
+	c.test_io_arg = s;
+	return c;
+}
+
 static void run_stall(hsm_audit_io_op op)
 {
 	char dir[PATH_MAX];
 	t_mkdtemp(dir, "audit-stall");
 	stall s = {.stuck = false, .op = op};
-	pthread_mutex_init(&s.mu, NULL);
-	pthread_cond_init(&s.cv, NULL);
-	hsm_audit_config c = t_config(dir);
+	hsm_audit_config c = stall_config(&s, dir);
 	c.io_deadline_ms = DEADLINE_MS;
 	c.retry_interval_ms = 50;
 	c.fsync_interval_ms = 5;
-	c.test_io_hook = stall_hook;
-	c.test_io_arg = &s;
 	hsm_audit *a = NULL;
 	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
 	for (unsigned i = 0; i < 5; i++) {
@@ -340,12 +347,8 @@ static void test_stuck_retention_holds_up_nothing(void **state)
 	char dir[PATH_MAX];
 	t_mkdtemp(dir, "audit-stuck-retention");
 	stall s = {.stuck = true, .op = HSM_AUDIT_IO_RETENTION};
-	pthread_mutex_init(&s.mu, NULL);
-	pthread_cond_init(&s.cv, NULL);
-	hsm_audit_config c = t_config(dir);
+	hsm_audit_config c = stall_config(&s, dir);
 	c.io_deadline_ms = DEADLINE_MS;
-	c.test_io_hook = stall_hook;
-	c.test_io_arg = &s;
 	hsm_audit *a = NULL;
 	assert_true(hsm_ok(hsm_audit_open(&c, &a))); /* asks for a pass, which blocks */
 	enum { N = 50 };
@@ -388,14 +391,10 @@ static void test_slow_fsync_holds_acks_only_past_the_lag(void **state)
 	char dir[PATH_MAX];
 	t_mkdtemp(dir, "audit-lag");
 	stall s = {.stuck = false, .op = HSM_AUDIT_IO_SYNC};
-	pthread_mutex_init(&s.mu, NULL);
-	pthread_cond_init(&s.cv, NULL);
-	hsm_audit_config c = t_config(dir);
+	hsm_audit_config c = stall_config(&s, dir);
 	c.io_deadline_ms = 5000;
 	c.fsync_interval_ms = 5;
 	c.fsync_max_lag_ms = 300;
-	c.test_io_hook = stall_hook;
-	c.test_io_arg = &s;
 	hsm_audit *a = NULL;
 	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
 	hsm_audit_record r = t_record(0);
@@ -449,13 +448,9 @@ static void test_fsync_error_rewrites_and_recovers(void **state)
 	char dir[PATH_MAX];
 	t_mkdtemp(dir, "audit-eio");
 	stall s = {.stuck = false};
-	pthread_mutex_init(&s.mu, NULL);
-	pthread_cond_init(&s.cv, NULL);
-	hsm_audit_config c = t_config(dir);
+	hsm_audit_config c = stall_config(&s, dir);
 	c.io_deadline_ms = DEADLINE_MS;
 	c.retry_interval_ms = 50;
-	c.test_io_hook = stall_hook;
-	c.test_io_arg = &s;
 	hsm_audit *a = NULL;
 	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
 	hsm_audit_record r0 = t_record(0);
