@@ -192,6 +192,15 @@ static void wait_retention(hsm_audit *a)
 	fail_msg("the retention pass did not end");
 }
 
+/* At time at_ms: five records from first, then a rotation and its retention pass. */
+static void fill_and_rotate(hsm_audit *a, int64_t at_ms, unsigned first)
+{
+	atomic_store(&fake_now, at_ms);
+	append_n(a, first, 5);
+	assert_true(hsm_ok(hsm_audit_rotate(a)));
+	wait_retention(a);
+}
+
 static void test_retention_deletes_only_expired(void **state)
 {
 	(void)state;
@@ -202,20 +211,12 @@ static void test_retention_deletes_only_expired(void **state)
 	hsm_audit *a = NULL;
 	atomic_store(&fake_now, now - 3000 * DAY_MS);
 	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
-	append_n(a, 0, 5);
-	assert_true(hsm_ok(hsm_audit_rotate(a))); /* file 1: newest record 3000 days old */
-	wait_retention(a);
-	atomic_store(&fake_now, now - 2556 * DAY_MS);
-	append_n(a, 5, 5);
-	assert_true(hsm_ok(hsm_audit_rotate(a))); /* file 2: 2556 days old, still kept */
-	wait_retention(a);
+	fill_and_rotate(a, now - 3000 * DAY_MS, 0); /* file 1: newest record 3000 days old */
+	fill_and_rotate(a, now - 2556 * DAY_MS, 5); /* file 2: 2556 days old, still kept */
 	static char before[T_MAX_FILES][PATH_MAX];
 	size_t nb = t_list(dir, "audit-", ".jsonl", before, T_MAX_FILES);
 	assert_int_equal(nb, 3);
-	atomic_store(&fake_now, now);
-	append_n(a, 10, 5);
-	assert_true(hsm_ok(hsm_audit_rotate(a))); /* retention runs after rotation, beside the writer */
-	wait_retention(a);
+	fill_and_rotate(a, now, 10); /* retention runs after rotation, beside the writer */
 	hsm_audit_stats st;
 	hsm_audit_get_stats(a, &st);
 	assert_int_equal(st.files_expired, 1);
@@ -282,23 +283,13 @@ static void test_retention_keeps_the_log_whole(void **state)
 	hsm_audit *a = NULL;
 	atomic_store(&fake_now, now - 2600 * DAY_MS);
 	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
-	append_n(a, 0, 5);
-	assert_true(hsm_ok(hsm_audit_rotate(a))); /* file 1: expired at the end */
-	wait_retention(a);
-	atomic_store(&fake_now, now - 100 * DAY_MS);
-	append_n(a, 5, 5);
-	assert_true(hsm_ok(hsm_audit_rotate(a))); /* file 2: kept */
-	wait_retention(a);
-	atomic_store(&fake_now, now - 2650 * DAY_MS); /* the clock goes back */
-	append_n(a, 10, 5);
-	assert_true(hsm_ok(hsm_audit_rotate(a))); /* file 3: expired, after a kept one */
-	wait_retention(a);
+	fill_and_rotate(a, now - 2600 * DAY_MS, 0);  /* file 1: expired at the end */
+	fill_and_rotate(a, now - 100 * DAY_MS, 5);   /* file 2: kept */
+	fill_and_rotate(a, now - 2650 * DAY_MS, 10); /* file 3: the clock went back; expired */
 	static char before[T_MAX_FILES][PATH_MAX];
 	size_t nb = t_list(dir, "audit-", ".jsonl", before, T_MAX_FILES);
 	assert_int_equal(nb, 4);
-	atomic_store(&fake_now, now);
-	append_n(a, 15, 5);
-	assert_true(hsm_ok(hsm_audit_rotate(a)));
+	fill_and_rotate(a, now, 15);
 	hsm_audit_close(a);
 	static char after[T_MAX_FILES][PATH_MAX];
 	size_t na = t_list(dir, "audit-", ".jsonl", after, T_MAX_FILES);
