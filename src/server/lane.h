@@ -36,6 +36,12 @@ typedef void (*hsm_lane_fn)(void *arg, bool cancelled);
 typedef struct hsm_lane_job {
 	hsm_lane_fn fn;
 	void *arg;
+	/*
+	 * The job takes well under a millisecond (an RSA-2048 signature).  Calls
+	 * deferred with hsm_lane_at_batch_end may wait through a few brief jobs,
+	 * never through one that is not.
+	 */
+	bool brief;
 	struct hsm_lane_job *next; /* the lane's own */
 } hsm_lane_job;
 
@@ -47,6 +53,17 @@ hsm_result hsm_lane_new(unsigned threads, const char *name, hsm_lane **out) HSM_
  * stopping: the job was not queued, and the caller runs it itself.
  */
 bool hsm_lane_submit(hsm_lane *l, hsm_lane_job *job);
+
+/*
+ * On a lane thread: calls fn(arg) once the thread's current batch of jobs
+ * ends, once however often it is asked for (like hsm_http_at_pass_end).  A
+ * batch ends after any job that is not brief, when the next job waiting is
+ * not brief, when fewer than two jobs per thread wait, or after
+ * HSM_LANE_BATCH_MAX jobs.  Returns false, and calls nothing, on any other
+ * thread.
+ */
+#define HSM_LANE_BATCH_MAX 3U
+bool hsm_lane_at_batch_end(void (*fn)(void *), void *arg);
 
 /* Jobs queued or running now (the /metrics gauge). */
 size_t hsm_lane_depth(hsm_lane *l);

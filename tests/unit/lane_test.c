@@ -1,7 +1,8 @@
 /*
  * The lane (src/server/lane.c): jobs run once each, in order, on the lane's
  * threads and side by side; stopping lets running jobs finish, cancels the
- * queued ones and refuses new ones.
+ * queued ones and refuses new ones; calls deferred to the end of a batch
+ * wait through brief jobs only, and only while there is a backlog.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -163,6 +164,71 @@ static void test_stop_finishes_running_and_cancels_queued(void **state)
 	hsm_lane_free(l);
 }
 
+/* What the batch test saw, in order: job names, and F for each deferred call. */
+static char batch_log[64];
+static atomic_size_t batch_len;
+
+static void batch_note(char c)
+{
+	size_t i = atomic_fetch_add(&batch_len, 1);
+	if (i < sizeof(batch_log) - 1)
+		batch_log[i] = c;
+}
+
+static void batch_flush(void *arg)
+{
+	(void)arg;
+	batch_note('F');
+}
+
+typedef struct batch_job {
+	hsm_lane_job job;
+	char name;
+} batch_job;
+
+static void batch_fn(void *arg, bool cancelled)
+{
+	batch_job *b = arg;
+	assert_false(cancelled);
+	batch_note(b->name);
+	/* Asked for twice, made once. */
+	assert_true(hsm_lane_at_batch_end(batch_flush, batch_log));
+	assert_true(hsm_lane_at_batch_end(batch_flush, batch_log));
+}
+
+/*
+ * One thread, held up by a first job while the others queue: brief jobs
+ * 1-4, a long one L, brief 5 and 6.  A batch ends after three jobs (1-3),
+ * before a job that is not brief (after 4), after one (L), and when fewer
+ * than two jobs per thread wait (after 5 with one left; after 6).
+ */
+static void test_calls_wait_for_the_end_of_a_batch(void **state)
+{
+	(void)state;
+	assert_false(hsm_lane_at_batch_end(batch_flush, batch_log)); /* not a lane thread */
+	assert_int_equal(atomic_load(&batch_len), 0);
+	hsm_lane *l = NULL;
+	assert_true(hsm_ok(hsm_lane_new(1, "t", &l)));
+	atomic_store(&release_flag, false);
+	rec gate;
+	rec_init(&gate);
+	gate.release = &release_flag;
+	assert_true(hsm_lane_submit(l, &gate.job));
+	const char *names = "1234L56";
+	batch_job jobs[7];
+	for (size_t i = 0; i < 7; i++) {
+		jobs[i] = (batch_job){.job = {.fn = batch_fn, .arg = &jobs[i], .brief = names[i] != 'L'},
+		                      .name = names[i]};
+		assert_true(hsm_lane_submit(l, &jobs[i].job));
+	}
+	atomic_store(&release_flag, true);
+	wait_depth(l, 0);
+	hsm_lane_free(l);
+	batch_log[atomic_load(&batch_len)] = '\0';
+	assert_string_equal(batch_log, "123F4FLF5F6F");
+	assert_int_equal(HSM_LANE_BATCH_MAX, 3);
+}
+
 static void test_thread_counts_are_checked(void **state)
 {
 	(void)state;
@@ -180,6 +246,7 @@ int main(void)
 	    cmocka_unit_test(test_jobs_run_once_in_order_off_the_caller),
 	    cmocka_unit_test(test_jobs_run_side_by_side),
 	    cmocka_unit_test(test_stop_finishes_running_and_cancels_queued),
+	    cmocka_unit_test(test_calls_wait_for_the_end_of_a_batch),
 	    cmocka_unit_test(test_thread_counts_are_checked),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
