@@ -243,7 +243,9 @@ def write_md(res, rs, path):
         "CKM_ECDSA, both in the token.",
         f"- hsmd: `hsmd --dev` (audit on, store and audit trail on disk), {d['conns']} keep-alive "
         f"connections from one loadgen thread, SigV4 on every request; {d['warmup']} s warm-up, "
-        f"then {d['api']} s closed loop (peak) and {d['rate']} s at a constant rate of half that "
+        f"then {d['api']} s closed loop (peak; over HTTP the fastest of {d.get('passes', 1)} "
+        "passes back to back counts, as for the limit) and "
+        f"{d['rate']} s at a constant rate of half that "
         "peak (latency from the scheduled send time, so queueing is counted).",
         "- Client and server share the cores; nothing is pinned.  The last column is the CPU "
         "used during the run by hsmd / loadgen / everything else on the machine, in cores, and "

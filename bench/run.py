@@ -38,13 +38,19 @@ def parse_args():
     return p.parse_args()
 
 
-def api_phase(lg, node, ops, d, results, key, with_rate, rate_of=None):
-    """Closed loop for every op, then constant rate at half the peak where asked."""
+def api_phase(lg, node, ops, d, results, key, with_rate, rate_of=None, passes=1):
+    """Closed loop for every op, then constant rate at half the peak where asked.
+
+    With passes > 1, the closed loop runs that many times and the fastest pass
+    counts, as for the limit and SoftHSMv2 (hb.run_inprocess): the host only
+    ever takes time away, from hsmd as from them."""
     for op in ops:
-        closed = lg.run_quiet(node, op, duration=d["api"], warmup=d["warmup"],
-                              connections=d["conns"])
+        runs = [lg.run_quiet(node, op, duration=d["api"], warmup=d["warmup"],
+                             connections=d["conns"]) for _ in range(passes)]
+        closed = max(runs, key=lambda r: r["ops_per_s"])
+        closed["passes"] = [round(r["ops_per_s"]) for r in runs]
         results[key][op.ident] = {"closed": closed}
-        hb.log(f"{key} {op.ident}: {closed['ops_per_s']:.0f} ops/s "
+        hb.log(f"{key} {op.ident}: {closed['ops_per_s']:.0f} ops/s, passes {closed['passes']} "
                f"(server {closed['server_cpu_cores']} cores, client "
                f"{closed['client_cpu_cores']}, other {closed['other_cpu_cores']})")
         if not with_rate(op):
@@ -114,7 +120,7 @@ def main():
     build = os.path.abspath(args.build)
     d = {"inproc": 1 if args.quick else 2, "api": 2 if args.quick else 5,
          "rate": 2 if args.quick else 8, "warmup": 0.5 if args.quick else 1,
-         "conns": args.connections}
+         "passes": 1 if args.quick else 3, "conns": args.connections}
     results = {"machine": hb.machine_info(), "params": d, "limit": {}, "softhsm": {}, "hsmd": {},
                "tls": {}, "audit": {}}
     work = hb.scratch_dir("hsmd-bench-", "/tmp")
@@ -136,7 +142,7 @@ def main():
             ops = hb.api_ops(node.kms(), hb.create_keys(node.kms()))
             ops = [o for o in ops if not only or o.ident in only]
             hb.log(f"hsmd over HTTP ({len(ops)} operations)")
-            api_phase(lg, node, ops, d, results, "hsmd", lambda op: True)
+            api_phase(lg, node, ops, d, results, "hsmd", lambda op: True, passes=d["passes"])
         finally:
             node.stop()
         enc = [o for o in ops if o.ident == "encrypt-64"]
