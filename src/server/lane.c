@@ -92,16 +92,17 @@ static void end_batch(lane_thread *t)
 
 /*
  * Whether the batch goes on after a job: it was brief, so is the next one,
- * the batch is not full, and there is a backlog (at least two jobs waiting
- * per thread).  Without one, the load is light, a core is likely idle, and
- * the writer's wake-up costs nothing the answer should wait for: at half of
- * the RSA-2048 peak, batching without this condition raised the p99.
- * Called with mu held.
+ * the batch is not full, and there is a deep backlog
+ * (HSM_LANE_BACKLOG_PER_THREAD jobs waiting per thread).  Then each waiting
+ * job has milliseconds to wait anyway, and the cores are saturated, so a
+ * wake-up saved is throughput gained.  Under lighter load the answer goes
+ * at once: at half of the RSA-2048 peak, batching whenever a brief job
+ * waited raised the p99.  Called with mu held.
  */
 static bool batch_goes_on(const hsm_lane *l, bool brief, unsigned in_batch)
 {
 	return brief && in_batch < HSM_LANE_BATCH_MAX && l->head != NULL && l->head->brief &&
-	       l->queued >= 2 * (size_t)l->n_threads && !l->stopping;
+	       l->queued >= HSM_LANE_BACKLOG_PER_THREAD * (size_t)l->n_threads && !l->stopping;
 }
 
 static void *lane_main(void *arg)

@@ -58,11 +58,12 @@ bool hsm_lane_submit(hsm_lane *l, hsm_lane_job *job);
  * On a lane thread: calls fn(arg) once the thread's current batch of jobs
  * ends, once however often it is asked for (like hsm_http_at_pass_end).  A
  * batch ends after any job that is not brief, when the next job waiting is
- * not brief, when fewer than two jobs per thread wait, or after
- * HSM_LANE_BATCH_MAX jobs.  Returns false, and calls nothing, on any other
- * thread.
+ * not brief, when fewer than HSM_LANE_BACKLOG_PER_THREAD jobs per thread
+ * wait, or after HSM_LANE_BATCH_MAX jobs.  Returns false, and calls nothing,
+ * on any other thread.
  */
 #define HSM_LANE_BATCH_MAX 3U
+#define HSM_LANE_BACKLOG_PER_THREAD 8U
 bool hsm_lane_at_batch_end(void (*fn)(void *), void *arg);
 
 /* Jobs queued or running now (the /metrics gauge). */

@@ -198,9 +198,10 @@ static void batch_fn(void *arg, bool cancelled)
 
 /*
  * One thread, held up by a first job while the others queue: brief jobs
- * 1-4, a long one L, brief 5 and 6.  A batch ends after three jobs (1-3),
- * before a job that is not brief (after 4), after one (L), and when fewer
- * than two jobs per thread wait (after 5 with one left; after 6).
+ * 1-4, a long one L, brief 5-9 and a-e.  A batch ends after three jobs
+ * (1-3), before a job that is not brief (after 4, with ten waiting), after
+ * one (L), and when fewer than eight jobs wait (6 goes on with eight left,
+ * 8 stops with six).
  */
 static void test_calls_wait_for_the_end_of_a_batch(void **state)
 {
@@ -214,9 +215,10 @@ static void test_calls_wait_for_the_end_of_a_batch(void **state)
 	rec_init(&gate);
 	gate.release = &release_flag;
 	assert_true(hsm_lane_submit(l, &gate.job));
-	const char *names = "1234L56";
-	batch_job jobs[7];
-	for (size_t i = 0; i < 7; i++) {
+	const char *names = "1234L56789abcde";
+	enum { N = 15 };
+	batch_job jobs[N];
+	for (size_t i = 0; i < N; i++) {
 		jobs[i] = (batch_job){.job = {.fn = batch_fn, .arg = &jobs[i], .brief = names[i] != 'L'},
 		                      .name = names[i]};
 		assert_true(hsm_lane_submit(l, &jobs[i].job));
@@ -225,8 +227,9 @@ static void test_calls_wait_for_the_end_of_a_batch(void **state)
 	wait_depth(l, 0);
 	hsm_lane_free(l);
 	batch_log[atomic_load(&batch_len)] = '\0';
-	assert_string_equal(batch_log, "123F4FLF5F6F");
 	assert_int_equal(HSM_LANE_BATCH_MAX, 3);
+	assert_int_equal(HSM_LANE_BACKLOG_PER_THREAD, 8);
+	assert_string_equal(batch_log, "123F4FLF567F8F9FaFbFcFdFeF");
 }
 
 static void test_thread_counts_are_checked(void **state)
