@@ -115,6 +115,29 @@ void hsm_thread_name_n(const char *prefix, unsigned index)
 	hsm_thread_name(n);
 }
 
+void hsm_calls_add(hsm_calls *c, void (*fn)(void *), void *arg)
+{
+	HSM_ASSERT(c != NULL && fn != NULL);
+	for (size_t i = 0; i < c->n; i++)
+		if (c->at[i].fn == fn && c->at[i].arg == arg)
+			return;
+	if (c->n == HSM_CALLS_MAX) {
+		fn(arg);
+		return;
+	}
+	c->at[c->n].fn = fn;
+	c->at[c->n].arg = arg;
+	c->n++;
+}
+
+void hsm_calls_run(hsm_calls *c)
+{
+	hsm_calls now = *c; /* a call may add to the list: that is for the next run */
+	c->n = 0;
+	for (size_t i = 0; i < now.n; i++)
+		now.at[i].fn(now.at[i].arg);
+}
+
 hsm_result hsm_uuid_new(char out[HSM_UUID_STRLEN + 1])
 {
 	uint8_t u[16];

@@ -32,6 +32,24 @@ void hsm_thread_name(const char *name);
 /* The same for one of a pool: prefix, a dash and index ("hsmd-http-0"). */
 void hsm_thread_name_n(const char *prefix, unsigned index);
 
+/*
+ * Calls put off to a later point of one thread (the end of an HTTP worker's
+ * loop pass, of a lane thread's batch), each made once however often it was
+ * asked for.  Zero-initialised is empty.
+ */
+#define HSM_CALLS_MAX 4
+typedef struct hsm_calls {
+	struct {
+		void (*fn)(void *);
+		void *arg;
+	} at[HSM_CALLS_MAX];
+	size_t n;
+} hsm_calls;
+/* Adds fn(arg) unless it is there already; with the list full, calls it now. */
+void hsm_calls_add(hsm_calls *c, void (*fn)(void *), void *arg);
+/* Empties the list, then makes its calls in the order they were added. */
+void hsm_calls_run(hsm_calls *c);
+
 /* A version-4 (random) UUID in lowercase text form; out holds 37 bytes. */
 hsm_result hsm_uuid_new(char out[HSM_UUID_STRLEN + 1]) HSM_MUST_CHECK;
 bool hsm_is_uuid(const char *s);

@@ -98,7 +98,6 @@ struct hsm_http_req {
 #define HSM_HTTP_RAND_POOL 4096
 #define HSM_HTTP_REQ_POOL_MAX 1024
 #define HSM_HTTP_BUF_POOL_MAX 256
-#define HSM_HTTP_PASS_END_MAX 4
 
 struct hsm_http_worker {
 	hsm_http_server *srv;
@@ -118,11 +117,7 @@ struct hsm_http_worker {
 	_Atomic(hsm_http_req *) done; /* completion stack, pushed from any thread */
 	/* Replies given on the worker itself, sent once their handler returns. */
 	hsm_http_req *local_head, *local_tail;
-	struct {
-		void (*fn)(void *);
-		void *arg;
-	} pass_end[HSM_HTTP_PASS_END_MAX];
-	size_t n_pass_end;
+	hsm_calls pass_end; /* hsm_http_at_pass_end */
 	hsm_http_conn *conns;  /* open connections */
 	size_t n_conns;
 	hsm_http_conn *runq;    /* connections to run again in this pass */

@@ -295,26 +295,15 @@ void hsm_http_at_pass_end(void (*fn)(void *), void *arg)
 {
 	hsm_http_worker *w = current_worker;
 	HSM_ASSERT(fn != NULL);
-	if (w != NULL) {
-		for (size_t i = 0; i < w->n_pass_end; i++)
-			if (w->pass_end[i].fn == fn && w->pass_end[i].arg == arg)
-				return;
-	}
-	if (w == NULL || w->n_pass_end == HSM_HTTP_PASS_END_MAX) {
+	if (w == NULL)
 		fn(arg);
-		return;
-	}
-	w->pass_end[w->n_pass_end].fn = fn;
-	w->pass_end[w->n_pass_end].arg = arg;
-	w->n_pass_end++;
+	else
+		hsm_calls_add(&w->pass_end, fn, arg);
 }
 
 void hsm_http_run_pass_end(hsm_http_worker *w)
 {
-	size_t n = w->n_pass_end;
-	w->n_pass_end = 0;
-	for (size_t i = 0; i < n; i++)
-		w->pass_end[i].fn(w->pass_end[i].arg);
+	hsm_calls_run(&w->pass_end);
 }
 
 void hsm_http_worker_drain(hsm_http_worker *w, bool send)

@@ -20,18 +20,9 @@
 #include "common/util.h"
 
 #define LANE_MAX_THREADS 64U
-#define LANE_DEFERRED_MAX 4U
 
-/* What a lane thread was asked to call at the end of its batch. */
-typedef struct lane_thread {
-	struct {
-		void (*fn)(void *);
-		void *arg;
-	} calls[LANE_DEFERRED_MAX];
-	size_t n_calls;
-} lane_thread;
-
-static _Thread_local lane_thread *current_thread;
+/* On a lane thread, what it was asked to call at the end of its batch. */
+static _Thread_local hsm_calls *batch_end;
 
 struct hsm_lane {
 	pthread_mutex_t mu;
@@ -65,29 +56,10 @@ static hsm_lane_job *pop_locked(hsm_lane *l)
 
 bool hsm_lane_at_batch_end(void (*fn)(void *), void *arg)
 {
-	lane_thread *t = current_thread;
-	HSM_ASSERT(fn != NULL);
-	if (t == NULL)
+	if (batch_end == NULL)
 		return false;
-	for (size_t i = 0; i < t->n_calls; i++)
-		if (t->calls[i].fn == fn && t->calls[i].arg == arg)
-			return true;
-	if (t->n_calls == LANE_DEFERRED_MAX) {
-		fn(arg);
-		return true;
-	}
-	t->calls[t->n_calls].fn = fn;
-	t->calls[t->n_calls].arg = arg;
-	t->n_calls++;
+	hsm_calls_add(batch_end, fn, arg);
 	return true;
-}
-
-static void end_batch(lane_thread *t)
-{
-	size_t n = t->n_calls;
-	t->n_calls = 0;
-	for (size_t i = 0; i < n; i++)
-		t->calls[i].fn(t->calls[i].arg);
 }
 
 /*
@@ -109,11 +81,11 @@ static void *lane_main(void *arg)
 {
 	lane_start *st = arg;
 	hsm_lane *l = st->l;
-	lane_thread self = {.n_calls = 0};
+	hsm_calls calls = {.n = 0};
 	unsigned in_batch = 0;
 	hsm_thread_name_n(l->name, st->index);
 	free(st);
-	current_thread = &self;
+	batch_end = &calls;
 	pthread_mutex_lock(&l->mu);
 	for (;;) {
 		hsm_lane_job *job = pop_locked(l);
@@ -131,14 +103,14 @@ static void *lane_main(void *arg)
 		pthread_mutex_lock(&l->mu);
 		if (!batch_goes_on(l, brief, in_batch)) {
 			pthread_mutex_unlock(&l->mu);
-			end_batch(&self);
+			hsm_calls_run(&calls);
 			in_batch = 0;
 			pthread_mutex_lock(&l->mu);
 		}
 		l->running--;
 	}
 	pthread_mutex_unlock(&l->mu);
-	current_thread = NULL;
+	batch_end = NULL;
 	return NULL;
 }
 

@@ -1,6 +1,6 @@
 /*
  * The fixed-buffer string builder: what fits, what is cut, and that the
- * result is always terminated.
+ * result is always terminated.  Put-off calls: each made once, in order.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -55,11 +55,58 @@ static void test_sb_cuts_like_snprintf(void **state)
 	}
 }
 
+/* What the calls of the hsm_calls test made, in order. */
+static char calls_log[16];
+static size_t calls_len;
+static hsm_calls *calls_again; /* a list note_again adds itself to */
+
+static void note(void *arg)
+{
+	calls_log[calls_len++] = *(const char *)arg;
+}
+
+static void note_again(void *arg)
+{
+	note(arg);
+	hsm_calls_add(calls_again, note_again, arg);
+}
+
+static void test_calls_once_each_in_order(void **state)
+{
+	(void)state;
+	static const char a = 'a', b = 'b', c = 'c', d = 'd', e = 'e';
+	hsm_calls calls = {.n = 0};
+	hsm_calls_add(&calls, note, (void *)&a);
+	hsm_calls_add(&calls, note, (void *)&b);
+	hsm_calls_add(&calls, note, (void *)&a); /* there already */
+	hsm_calls_add(&calls, note, (void *)&c);
+	hsm_calls_add(&calls, note, (void *)&d);
+	assert_int_equal(calls_len, 0);
+	hsm_calls_add(&calls, note, (void *)&e); /* full: made now */
+	assert_int_equal(calls_len, 1);
+	hsm_calls_run(&calls);
+	assert_int_equal(calls.n, 0);
+	hsm_calls_run(&calls); /* nothing left */
+	calls_log[calls_len] = '\0';
+	assert_string_equal(calls_log, "eabcd");
+
+	/* A call that asks for itself again is made at the next run, not this one. */
+	calls_len = 0;
+	calls_again = &calls;
+	hsm_calls_add(&calls, note_again, (void *)&a);
+	hsm_calls_run(&calls);
+	assert_int_equal(calls_len, 1);
+	assert_int_equal(calls.n, 1);
+	hsm_calls_run(&calls);
+	assert_int_equal(calls_len, 2);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_sb_builds_what_fits),
 	    cmocka_unit_test(test_sb_cuts_like_snprintf),
+	    cmocka_unit_test(test_calls_once_each_in_order),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
