@@ -492,8 +492,8 @@ static bool defer_kms(hsm_server *s, const char *name, const hsm_op_info *info, 
 	kms_rest *k = malloc(sizeof(*k));
 	if (k == NULL)
 		return false;
-	*k = (kms_rest){.job = {.fn = kms_rest_run, .brief = brief}, .s = s, .name = name, .info = info, .p = p,
-	                .doc = doc};
+	*k = (kms_rest){.job = {.fn = kms_rest_run, .brief = brief}, .s = s, .name = name,
+	                .info = info, .p = p, .doc = doc};
 	auth_copy(&k->auth, auth);
 	k->job.arg = k;
 	if (hsm_lane_submit(s->lane, &k->job))
