@@ -2,8 +2,9 @@
  * audit_failure_test.c - fail closed in bounded time, then recover by
  * itself: a real full filesystem (a tiny tmpfs mounted here, or a file size
  * limit where mounting is not allowed), a writer stuck in write or fsync
- * (the watchdog), a slow fsync (the lag bound), and an fsync that fails.  After each, the log is gap-free
- * and its chain verifies.
+ * (the watchdog), a slow fsync (the lag bound), an fsync that fails, and a
+ * retention pass that hangs, also while the log closes.  After each, the log
+ * is gap-free and its chain verifies.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +15,7 @@
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 
 #include "audit_test_util.h"
 
@@ -380,6 +382,74 @@ static void test_stuck_retention_holds_up_nothing(void **state)
 }
 
 /*
+ * What test_close_leaves_a_stuck_retention_behind checks, in a child process
+ * (a cmocka assertion there would go on with the parent's tests): 0 when
+ * all holds, else the number of the check that failed.
+ */
+static int close_with_retention_stuck(const char *dir)
+{
+	stall s = {.stuck = true, .op = HSM_AUDIT_IO_RETENTION};
+	hsm_audit_config c = stall_config(&s, dir);
+	c.io_deadline_ms = DEADLINE_MS;
+	hsm_audit *a = NULL;
+	if (hsm_failed(hsm_audit_open(&c, &a))) /* asks for a pass, which blocks */
+		return 1;
+	hsm_audit_record r = t_record(0);
+	if (hsm_failed(hsm_audit_append(a, &r)))
+		return 2;
+	for (int i = 0; i < 2000 && atomic_load(&s.hits) == 0; i++)
+		usleep(1000);
+	if (atomic_load(&s.hits) == 0)
+		return 3;
+	uint64_t t0 = t_now_ms();
+	hsm_audit_close(a); /* waits for the pass up to the deadline, then leaves it */
+	uint64_t took = t_now_ms() - t0;
+	if (took < DEADLINE_MS || took > BOUND_MS + 1000)
+		return 4;
+	hsm_audit_verify_report rep = t_verify_dir(dir, NULL, false);
+	if (!rep.valid)
+		return 5;
+	if (rep.records != 3) /* the open event, the record, the shutdown checkpoint */
+		return 6;
+	return 0;
+}
+
+/*
+ * A retention pass still stuck when the log closes: close waits for it up
+ * to the I/O deadline, then writes the shutdown checkpoint and returns,
+ * leaving the sweeper and the log's state behind (freeing them under a
+ * thread that may wake would be worse).  The log is whole and verifies.
+ * In a child, which _exits, since the state is leaked on purpose.
+ */
+static void test_close_leaves_a_stuck_retention_behind(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-stuck-close");
+	fflush(NULL);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0)
+		_exit(close_with_retention_stuck(dir));
+	int status = 0;
+	pid_t got = 0;
+	for (int i = 0; i < 1000 && got == 0; i++) { /* close must not hang: 10 s at most */
+		got = waitpid(pid, &status, WNOHANG);
+		if (got == 0)
+			usleep(10000);
+	}
+	if (got == 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+		fail_msg("close hung on a stuck retention pass");
+	}
+	assert_int_equal(got, pid);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+	t_rm_rf(dir);
+}
+
+/*
  * A slow fsync (inside the deadline) runs beside the writer: records keep
  * being acknowledged while it runs, until the oldest record not yet durable
  * is older than fsync_max_lag_ms; then they wait for the sync, and go out
@@ -484,6 +554,7 @@ int main(void)
 	    cmocka_unit_test(test_stuck_write_watchdog),
 	    cmocka_unit_test(test_stuck_fsync_watchdog),
 	    cmocka_unit_test(test_stuck_retention_holds_up_nothing),
+	    cmocka_unit_test(test_close_leaves_a_stuck_retention_behind),
 	    cmocka_unit_test(test_slow_fsync_holds_acks_only_past_the_lag),
 	    cmocka_unit_test(test_fsync_error_rewrites_and_recovers),
 	};
