@@ -382,55 +382,70 @@ static void test_stuck_retention_holds_up_nothing(void **state)
 }
 
 /*
- * What test_close_leaves_a_stuck_retention_behind checks, in a child process
- * (a cmocka assertion there would go on with the parent's tests): 0 when
- * all holds, else the number of the check that failed.
+ * Closes a log whose I/O step op hangs, in a child process (a cmocka
+ * assertion there would go on with the parent's tests): 0 when all holds,
+ * else the number of the check that failed.  The step is stuck from the
+ * start for a retention pass (asked for at open), after one record for a
+ * write or an fsync.  close must return within its bound and leave a log
+ * whose chain verifies, with the records it acknowledged.
  */
-static int close_with_retention_stuck(const char *dir)
+static int close_while_stuck(const char *dir, hsm_audit_io_op op)
 {
-	stall s = {.stuck = true, .op = HSM_AUDIT_IO_RETENTION};
+	stall s = {.stuck = op == HSM_AUDIT_IO_RETENTION, .op = op};
 	hsm_audit_config c = stall_config(&s, dir);
 	c.io_deadline_ms = DEADLINE_MS;
 	hsm_audit *a = NULL;
-	if (hsm_failed(hsm_audit_open(&c, &a))) /* asks for a pass, which blocks */
+	if (hsm_failed(hsm_audit_open(&c, &a)))
 		return 1;
 	hsm_audit_record r = t_record(0);
 	if (hsm_failed(hsm_audit_append(a, &r)))
 		return 2;
+	if (op != HSM_AUDIT_IO_RETENTION) {
+		usleep(30000); /* the record's group fsync */
+		set_stuck(&s, true);
+		r = t_record(1);
+		hsm_err e = hsm_audit_append(a, &r).err; /* a stuck fsync may still acknowledge it */
+		if (e != HSM_ERR_AUDIT_UNAVAILABLE && (op == HSM_AUDIT_IO_WRITE || e != HSM_OK))
+			return 3;
+		for (int i = 0; i < 2000 && hsm_audit_healthy(a); i++) /* the watchdog */
+			usleep(1000);
+		if (hsm_audit_healthy(a))
+			return 3;
+	}
 	for (int i = 0; i < 2000 && atomic_load(&s.hits) == 0; i++)
 		usleep(1000);
 	if (atomic_load(&s.hits) == 0)
-		return 3;
-	uint64_t t0 = t_now_ms();
-	hsm_audit_close(a); /* waits for the pass up to the deadline, then leaves it */
-	uint64_t took = t_now_ms() - t0;
-	if (took < DEADLINE_MS || took > BOUND_MS + 1000)
 		return 4;
-	hsm_audit_verify_report rep = t_verify_dir(dir, NULL, false);
-	if (!rep.valid)
+	uint64_t t0 = t_now_ms();
+	hsm_audit_close(a); /* waits up to its bound, then leaves the stuck thread */
+	uint64_t took = t_now_ms() - t0;
+	uint64_t bound = op == HSM_AUDIT_IO_WRITE ? 2 * DEADLINE_MS + 2000 : DEADLINE_MS + 1000;
+	if (took > bound + 1000)
 		return 5;
-	if (rep.records != 3) /* the open event, the record, the shutdown checkpoint */
+	/*
+	 * With a retention pass stuck, the writer closed the log: the open event,
+	 * record 0 and the shutdown checkpoint.  With the writer or the fsync
+	 * stuck, the log ends as after a crash (no shutdown checkpoint), and
+	 * holds at least what was acknowledged: the open event and record 0.
+	 */
+	bool closed = op == HSM_AUDIT_IO_RETENTION;
+	hsm_audit_verify_report rep = t_verify_dir(dir, NULL, !closed);
+	if (!rep.valid)
 		return 6;
+	if (closed ? rep.records != 3 : rep.records < 2)
+		return 7;
 	return 0;
 }
 
-/*
- * A retention pass still stuck when the log closes: close waits for it up
- * to the I/O deadline, then writes the shutdown checkpoint and returns,
- * leaving the sweeper and the log's state behind (freeing them under a
- * thread that may wake would be worse).  The log is whole and verifies.
- * In a child, which _exits, since the state is leaked on purpose.
- */
-static void test_close_leaves_a_stuck_retention_behind(void **state)
+static void run_close_while_stuck(hsm_audit_io_op op)
 {
-	(void)state;
 	char dir[PATH_MAX];
 	t_mkdtemp(dir, "audit-stuck-close");
 	fflush(NULL);
 	pid_t pid = fork();
 	assert_true(pid >= 0);
 	if (pid == 0)
-		_exit(close_with_retention_stuck(dir));
+		_exit(close_while_stuck(dir, op));
 	int status = 0;
 	pid_t got = 0;
 	for (int i = 0; i < 1000 && got == 0; i++) { /* close must not hang: 10 s at most */
@@ -441,12 +456,36 @@ static void test_close_leaves_a_stuck_retention_behind(void **state)
 	if (got == 0) {
 		kill(pid, SIGKILL);
 		waitpid(pid, &status, 0);
-		fail_msg("close hung on a stuck retention pass");
+		fail_msg("close hung on a stuck I/O step");
 	}
 	assert_int_equal(got, pid);
 	assert_true(WIFEXITED(status));
 	assert_int_equal(WEXITSTATUS(status), 0);
 	t_rm_rf(dir);
+}
+
+/*
+ * A thread still stuck in I/O when the log closes: close waits for it up
+ * to a bound, then returns, leaving that thread and the log's state behind
+ * (freeing them under a thread that may wake would be worse).  In a child,
+ * which _exits, since the state is leaked on purpose.
+ */
+static void test_close_leaves_a_stuck_retention_behind(void **state)
+{
+	(void)state;
+	run_close_while_stuck(HSM_AUDIT_IO_RETENTION);
+}
+
+static void test_close_leaves_a_stuck_writer_behind(void **state)
+{
+	(void)state;
+	run_close_while_stuck(HSM_AUDIT_IO_WRITE);
+}
+
+static void test_close_leaves_a_stuck_fsync_behind(void **state)
+{
+	(void)state;
+	run_close_while_stuck(HSM_AUDIT_IO_SYNC);
 }
 
 /*
@@ -555,6 +594,8 @@ int main(void)
 	    cmocka_unit_test(test_stuck_fsync_watchdog),
 	    cmocka_unit_test(test_stuck_retention_holds_up_nothing),
 	    cmocka_unit_test(test_close_leaves_a_stuck_retention_behind),
+	    cmocka_unit_test(test_close_leaves_a_stuck_writer_behind),
+	    cmocka_unit_test(test_close_leaves_a_stuck_fsync_behind),
 	    cmocka_unit_test(test_slow_fsync_holds_acks_only_past_the_lag),
 	    cmocka_unit_test(test_fsync_error_rewrites_and_recovers),
 	};
