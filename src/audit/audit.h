@@ -110,6 +110,7 @@ typedef struct hsm_audit_config {
 	uint32_t retention_days;      /* 0 = default 2557 (7 years) */
 	uint32_t queue_capacity;      /* records waiting for the writer; 0 = default 16384 */
 	bool syslog;                  /* also forward each line to syslog(LOG_AUTHPRIV) */
+	bool batch_scheduling;        /* the writer under SCHED_BATCH (hsm_thread_batch) */
 	/* Wall clock in UTC ms; NULL = the system clock.  Tests move time with it. */
 	int64_t (*clock_ms)(void *arg);
 	void *clock_arg;

@@ -735,22 +735,29 @@ static void write_open_events(hsm_audit *a)
  */
 #define WRITER_NICE_OFFSET 5
 
-static void lower_priority(void)
+/*
+ * With batch_scheduling, the writer also runs under SCHED_BATCH: woken by a
+ * submission, it waits for a core instead of preempting the signature
+ * running there (bench/PROFILE.md item 33).
+ */
+static void lower_priority(const hsm_audit *a)
 {
 	id_t tid = (id_t)syscall(SYS_gettid);
 	errno = 0;
 	int cur = getpriority(PRIO_PROCESS, tid);
-	if (cur == -1 && errno != 0)
-		return;
-	int want = cur + WRITER_NICE_OFFSET > 19 ? 19 : cur + WRITER_NICE_OFFSET;
-	(void)setpriority(PRIO_PROCESS, tid, want);
+	if (cur != -1 || errno == 0) {
+		int want = cur + WRITER_NICE_OFFSET > 19 ? 19 : cur + WRITER_NICE_OFFSET;
+		(void)setpriority(PRIO_PROCESS, tid, want);
+	}
+	if (a->cfg.batch_scheduling && !hsm_thread_batch())
+		hsm_warn("audit writer: cannot run under SCHED_BATCH: %s", strerror(errno));
 }
 
 void *audit_writer_main(void *arg)
 {
 	hsm_audit *a = arg;
 	hsm_thread_name("hsmd-audit");
-	lower_priority();
+	lower_priority(a);
 	write_open_events(a);
 	pthread_mutex_lock(&a->mu);
 	a->writer_ready = true;

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -113,6 +114,12 @@ void hsm_thread_name_n(const char *prefix, unsigned index)
 	hsm_sb_add(&b, "-");
 	hsm_sb_u64(&b, index);
 	hsm_thread_name(n);
+}
+
+bool hsm_thread_batch(void)
+{
+	struct sched_param none = {.sched_priority = 0};
+	return sched_setscheduler(0, SCHED_BATCH, &none) == 0;
 }
 
 void hsm_calls_add(hsm_calls *c, void (*fn)(void *), void *arg)

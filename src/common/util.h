@@ -33,6 +33,15 @@ void hsm_thread_name(const char *name);
 void hsm_thread_name_n(const char *prefix, unsigned index);
 
 /*
+ * Puts the calling thread under SCHED_BATCH, keeping its nice value.  A
+ * thread of that policy that wakes up does not preempt the thread running on
+ * its core: it runs on an idle core, or when the running thread sleeps or
+ * its time slice ends.  Returns false, with errno set, when the policy could
+ * not be set; the thread then runs as before.
+ */
+bool hsm_thread_batch(void);
+
+/*
  * Calls put off to a later point of one thread (the end of an HTTP worker's
  * loop pass, of a lane thread's batch), each made once however often it was
  * asked for.  Zero-initialised is empty.

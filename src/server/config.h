@@ -62,6 +62,7 @@ typedef struct hsm_config {
 	uint32_t write_timeout_ms;
 	uint32_t shutdown_grace_ms;
 	uint32_t max_connections;
+	bool batch_scheduling; /* workers and audit writer under SCHED_BATCH */
 	/* identity */
 	char data_dir[HSM_CONFIG_PATH_MAX];
 	char region[HSM_CONFIG_NAME_MAX];

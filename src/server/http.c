@@ -181,6 +181,8 @@ static void *worker_main(void *arg)
 	hsm_http_worker *w = arg;
 	struct epoll_event evs[WORKER_EVENTS];
 	hsm_thread_name_n("hsmd-http", w->index);
+	if (w->srv->cfg.batch_scheduling && !hsm_thread_batch())
+		hsm_warn("http worker %u: cannot run under SCHED_BATCH: %s", w->index, strerror(errno));
 	hsm_http_set_current_worker(w);
 	w->sweep_ns = hsm_mono_ns() + (uint64_t)sweep_ms(&w->srv->cfg) * 1000000ULL;
 	while (!w->quit) {

@@ -75,6 +75,7 @@ typedef struct hsm_http_config {
 	uint32_t write_timeout_ms;   /* no progress writing a response */
 	uint32_t max_connections;    /* open connections, all workers together */
 	bool reuseport;              /* one SO_REUSEPORT socket per worker instead of one shared */
+	bool batch_scheduling;       /* workers under SCHED_BATCH (hsm_thread_batch) */
 	const char *tls_cert;        /* PEM certificate chain; NULL: plain HTTP */
 	const char *tls_key;         /* PEM private key (unencrypted), required with tls_cert */
 	const char *tls_client_ca;   /* PEM CA bundle for client certificates */

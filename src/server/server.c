@@ -71,6 +71,7 @@ static hsm_result open_audit(hsm_server *s)
 	    .rotate_age_ms = s->opt.audit_rotate_seconds * 1000U,
 	    .retention_days = s->opt.audit_retention_days,
 	    .syslog = s->opt.audit_syslog,
+	    .batch_scheduling = s->opt.http.batch_scheduling,
 	    .batch_hook = batch_hook,
 	};
 	return hsm_audit_open(&ac, &s->audit);

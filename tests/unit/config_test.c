@@ -139,6 +139,7 @@ static void test_defaults(void **state)
 	assert_true(cfg.workers >= 1);
 	assert_true(strlen(cfg.node_id) > 0);
 	assert_false(cfg.audit_syslog);
+	assert_true(cfg.batch_scheduling);
 	assert_true(hsm_ok(LOAD(&cfg, NULL, "--dev", "--data-dir=/srv/hsm", "--listen=[::1]:9")));
 	assert_string_equal(cfg.audit_dir, "/srv/hsm/audit");
 	assert_string_equal(cfg.listen, "[::1]:9");
@@ -153,6 +154,11 @@ static void test_defaults(void **state)
 	assert_null(http.tls_client_ca);
 	assert_int_equal(http.max_body_bytes, 1 << 20);
 	assert_int_equal(http.workers, cfg.workers);
+	assert_true(http.batch_scheduling);
+	assert_true(hsm_ok(LOAD(&cfg, NULL, "--dev", "--batch-scheduling=false")));
+	assert_false(cfg.batch_scheduling);
+	hsm_config_http(&cfg, &http);
+	assert_false(http.batch_scheduling);
 }
 
 static void test_booleans_and_sizes(void **state)

@@ -6,9 +6,15 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "common/util.h"
 
@@ -101,12 +107,52 @@ static void test_calls_once_each_in_order(void **state)
 	assert_int_equal(calls_len, 2);
 }
 
+typedef struct batch_seen {
+	bool set;
+	int policy, nice_before, nice_after;
+} batch_seen;
+
+static int nice_of_this_thread(void)
+{
+	errno = 0;
+	return getpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid));
+}
+
+static void *batch_thread(void *arg)
+{
+	batch_seen *seen = arg;
+	(void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice_of_this_thread() + 3);
+	seen->nice_before = nice_of_this_thread();
+	seen->set = hsm_thread_batch();
+	seen->policy = sched_getscheduler(0);
+	seen->nice_after = nice_of_this_thread();
+	return NULL;
+}
+
+/* The policy changes for the calling thread only, and its nice value stays. */
+static void test_thread_batch_keeps_nice(void **state)
+{
+	(void)state;
+	batch_seen seen = {.policy = -1};
+	int nice_main = nice_of_this_thread();
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, batch_thread, &seen), 0);
+	assert_int_equal(pthread_join(t, NULL), 0);
+	assert_true(seen.set);
+	assert_int_equal(seen.policy, SCHED_BATCH);
+	assert_int_equal(seen.nice_after, seen.nice_before);
+	assert_int_equal(seen.nice_before, nice_main + 3 > 19 ? 19 : nice_main + 3);
+	assert_int_equal(sched_getscheduler(0), SCHED_OTHER);
+	assert_int_equal(nice_of_this_thread(), nice_main);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_sb_builds_what_fits),
 	    cmocka_unit_test(test_sb_cuts_like_snprintf),
 	    cmocka_unit_test(test_calls_once_each_in_order),
+	    cmocka_unit_test(test_thread_batch_keeps_nice),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

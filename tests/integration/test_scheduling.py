@@ -1,0 +1,65 @@
+"""Which of hsmd's threads run under SCHED_BATCH (the batch_scheduling setting).
+
+By default the HTTP workers and the audit writer run under SCHED_BATCH, so that
+when woken they wait for a core instead of preempting the signature running on
+it (bench/PROFILE.md item 33); the lane threads that sign, the audit syncer
+and the watchdog keep the normal policy.  batch_scheduling = false leaves every
+thread under the normal policy.  The writer's nice value (five levels below
+the workers) holds either way."""
+import os
+
+from conftest import client, start_dev
+
+SCHED_OTHER, SCHED_BATCH = 0, 3
+
+
+def threads(pid):
+    """{thread name: [(policy, nice)]} read from /proc/PID/task/*/stat."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            name = f.read().strip()
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # fields[0] is stat's field 3 (state): nice is field 19, policy field 41.
+        out.setdefault(name, []).append((int(fields[38]), int(fields[16])))
+    return out
+
+
+def workers(seen):
+    return [v for name, vs in seen.items() if name.startswith("hsmd-http-") for v in vs]
+
+
+def lanes(seen):
+    return [v for name, vs in seen.items() if name.startswith("hsmd-lane-") for v in vs]
+
+
+def run_and_look(extra_args):
+    server = start_dev(["--workers=2"] + extra_args)
+    try:
+        kms = client(server)
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        blob = kms.encrypt(KeyId=key, Plaintext=b"x")["CiphertextBlob"]
+        assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"x"
+        return threads(server.proc.pid)
+    finally:
+        server.cleanup()
+
+
+def test_workers_and_writer_run_as_batch_by_default():
+    seen = run_and_look([])
+    own_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    assert [p for p, _ in workers(seen)] == [SCHED_BATCH, SCHED_BATCH]
+    assert [n for _, n in workers(seen)] == [own_nice, own_nice]
+    assert seen["hsmd-audit"] == [(SCHED_BATCH, min(own_nice + 5, 19))]
+    assert len(lanes(seen)) >= 2 and all(p == SCHED_OTHER for p, _ in lanes(seen))
+    for name in ("hsmd-audit-sync", "hsmd-audit-dog", "hsmd"):
+        assert [p for p, _ in seen[name]] == [SCHED_OTHER], name
+
+
+def test_batch_scheduling_off_leaves_every_thread_normal():
+    seen = run_and_look(["--batch-scheduling=false"])
+    own_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    assert {p for vs in seen.values() for p, _ in vs} == {SCHED_OTHER}
+    assert len(workers(seen)) == 2
+    assert seen["hsmd-audit"] == [(SCHED_OTHER, min(own_nice + 5, 19))]
