@@ -49,9 +49,8 @@ const key_def hsm_config_keys[] = {
     {"max_connections", K_U32, FIELD(max_connections), 1, 1000000, "10000", "N",
      "open client connections; more are closed at once"},
     {"batch_scheduling", K_BOOL, FIELD(batch_scheduling), 0, 0, "true", "BOOL",
-     "run the HTTP workers and the audit writer under SCHED_BATCH: woken, they wait for "
-     "a core instead of preempting the signature running on it (more throughput on "
-     "busy cores; false favours latency when other programs compete for the cores)"},
+     "HTTP workers and audit writer under SCHED_BATCH: more throughput on busy cores; "
+     "false favours latency beside other busy programs"},
     {"data_dir", K_DIR, FIELD(data_dir), 0, 0, NULL, "DIR",
      "database and state (default /var/lib/hsmd, --dev ./dev-data)"},
     {"region", K_REGION, FIELD(region), 0, 0, "us-east-1", "NAME", "region named in key ARNs"},
