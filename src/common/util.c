@@ -118,8 +118,13 @@ void hsm_thread_name_n(const char *prefix, unsigned index)
 
 bool hsm_thread_batch(void)
 {
+	int policy = sched_getscheduler(0);
+	if (policy < 0)
+		return false;
+	if ((policy & ~SCHED_RESET_ON_FORK) != SCHED_OTHER)
+		return true;
 	struct sched_param none = {.sched_priority = 0};
-	return sched_setscheduler(0, SCHED_BATCH, &none) == 0;
+	return sched_setscheduler(0, SCHED_BATCH | (policy & SCHED_RESET_ON_FORK), &none) == 0;
 }
 
 void hsm_calls_add(hsm_calls *c, void (*fn)(void *), void *arg)

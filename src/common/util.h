@@ -36,8 +36,10 @@ void hsm_thread_name_n(const char *prefix, unsigned index);
  * Puts the calling thread under SCHED_BATCH, keeping its nice value.  A
  * thread of that policy that wakes up does not preempt the thread running on
  * its core: it runs on an idle core, or when the running thread sleeps or
- * its time slice ends.  Returns false, with errno set, when the policy could
- * not be set; the thread then runs as before.
+ * its time slice ends.  Only the default policy is changed: a thread the
+ * operator started under another one (chrt: real-time, idle) keeps it.
+ * Returns false, with errno set, when the policy could not be read or set;
+ * the thread then runs as before.
  */
 bool hsm_thread_batch(void);
 

@@ -129,6 +129,27 @@ static void *batch_thread(void *arg)
 	return NULL;
 }
 
+static void *idle_thread(void *arg)
+{
+	int *policy = arg;
+	struct sched_param none = {.sched_priority = 0};
+	if (sched_setscheduler(0, SCHED_IDLE, &none) != 0 || !hsm_thread_batch())
+		return NULL;
+	*policy = sched_getscheduler(0);
+	return NULL;
+}
+
+/* A policy other than the default, chosen by the operator, is kept. */
+static void test_thread_batch_keeps_other_policies(void **state)
+{
+	(void)state;
+	int policy = -1;
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, idle_thread, &policy), 0);
+	assert_int_equal(pthread_join(t, NULL), 0);
+	assert_int_equal(policy, SCHED_IDLE);
+}
+
 /* The policy changes for the calling thread only, and its nice value stays. */
 static void test_thread_batch_keeps_nice(void **state)
 {
@@ -153,6 +174,7 @@ int main(void)
 	    cmocka_unit_test(test_sb_cuts_like_snprintf),
 	    cmocka_unit_test(test_calls_once_each_in_order),
 	    cmocka_unit_test(test_thread_batch_keeps_nice),
+	    cmocka_unit_test(test_thread_batch_keeps_other_policies),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
