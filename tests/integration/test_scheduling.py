@@ -26,12 +26,9 @@ def threads(pid):
     return out
 
 
-def workers(seen):
-    return [v for name, vs in seen.items() if name.startswith("hsmd-http-") for v in vs]
-
-
-def lanes(seen):
-    return [v for name, vs in seen.items() if name.startswith("hsmd-lane-") for v in vs]
+def pool(seen, prefix):
+    """(policy, nice) of every thread whose name starts with prefix."""
+    return [v for name, vs in seen.items() if name.startswith(prefix) for v in vs]
 
 
 def run_and_look(extra_args):
@@ -49,10 +46,11 @@ def run_and_look(extra_args):
 def test_workers_and_writer_run_as_batch_by_default():
     seen = run_and_look([])
     own_nice = os.getpriority(os.PRIO_PROCESS, 0)
-    assert [p for p, _ in workers(seen)] == [SCHED_BATCH, SCHED_BATCH]
-    assert [n for _, n in workers(seen)] == [own_nice, own_nice]
+    workers, lanes = pool(seen, "hsmd-http-"), pool(seen, "hsmd-lane-")
+    assert [p for p, _ in workers] == [SCHED_BATCH, SCHED_BATCH]
+    assert [n for _, n in workers] == [own_nice, own_nice]
     assert seen["hsmd-audit"] == [(SCHED_BATCH, min(own_nice + 5, 19))]
-    assert len(lanes(seen)) >= 2 and all(p == SCHED_OTHER for p, _ in lanes(seen))
+    assert len(lanes) >= 2 and all(p == SCHED_OTHER for p, _ in lanes)
     for name in ("hsmd-audit-sync", "hsmd-audit-dog", "hsmd"):
         assert [p for p, _ in seen[name]] == [SCHED_OTHER], name
 
@@ -61,5 +59,5 @@ def test_batch_scheduling_off_leaves_every_thread_normal():
     seen = run_and_look(["--batch-scheduling=false"])
     own_nice = os.getpriority(os.PRIO_PROCESS, 0)
     assert {p for vs in seen.values() for p, _ in vs} == {SCHED_OTHER}
-    assert len(workers(seen)) == 2
+    assert len(pool(seen, "hsmd-http-")) == 2
     assert seen["hsmd-audit"] == [(SCHED_OTHER, min(own_nice + 5, 19))]
