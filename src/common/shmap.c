@@ -6,12 +6,18 @@
 #include <string.h>
 
 #define SHARDS 64U
-#define BUCKETS 512U
+#define MIN_BUCKETS 16U
 
+/*
+ * Each shard is a chained hash table with at least as many buckets as it
+ * may hold entries, and a doubly linked recency list through the same
+ * entries: a hit moves its entry to the front and a full shard evicts the
+ * one at the back, so no operation but a prefix removal walks the shard.
+ */
 typedef struct entry {
-	struct entry *next;
+	struct entry *next;          /* bucket chain */
+	struct entry *newer, *older; /* recency list */
 	void *value;
-	uint64_t last_used;
 	uint64_t hash;
 	char key[HSM_SHMAP_KEY_MAX + 1];
 } entry;
@@ -19,12 +25,13 @@ typedef struct entry {
 typedef struct shard {
 	pthread_mutex_t lock;
 	size_t count;
-	uint64_t tick;
-	entry *buckets[BUCKETS];
+	entry *newest, *oldest;
+	entry **buckets;
 } shard;
 
 struct hsm_shmap {
 	size_t per_shard;
+	size_t bucket_mask;
 	hsm_shmap_ref_fn ref;
 	hsm_shmap_unref_fn unref;
 	atomic_uint_fast64_t hits, misses;
@@ -45,9 +52,48 @@ static shard *shard_of(hsm_shmap *m, uint64_t h)
 	return &m->shards[h % SHARDS];
 }
 
-static entry **bucket_of(shard *s, uint64_t h)
+/* The link that points at key's entry, or the bucket's final NULL link (lock held). */
+static entry **find(hsm_shmap *m, shard *s, uint64_t h, const char *key)
 {
-	return &s->buckets[(h / SHARDS) % BUCKETS];
+	entry **pp = &s->buckets[(h / SHARDS) & m->bucket_mask];
+	while (*pp != NULL && ((*pp)->hash != h || strcmp((*pp)->key, key) != 0))
+		pp = &(*pp)->next;
+	return pp;
+}
+
+static void unlink_recency(shard *s, entry *e)
+{
+	if (e->newer != NULL)
+		e->newer->older = e->older;
+	else
+		s->newest = e->older;
+	if (e->older != NULL)
+		e->older->newer = e->newer;
+	else
+		s->oldest = e->newer;
+	e->newer = e->older = NULL;
+}
+
+static void push_newest(shard *s, entry *e)
+{
+	e->newer = NULL;
+	e->older = s->newest;
+	if (s->newest != NULL)
+		s->newest->newer = e;
+	else
+		s->oldest = e;
+	s->newest = e;
+}
+
+/* Unlinks the entry *pp points at and drops the map's reference (lock held). */
+static void drop(hsm_shmap *m, shard *s, entry **pp)
+{
+	entry *e = *pp;
+	*pp = e->next;
+	unlink_recency(s, e);
+	m->unref(e->value);
+	free(e);
+	s->count--;
 }
 
 hsm_result hsm_shmap_new(size_t capacity, hsm_shmap_ref_fn ref, hsm_shmap_unref_fn unref,
@@ -56,10 +102,22 @@ hsm_result hsm_shmap_new(size_t capacity, hsm_shmap_ref_fn ref, hsm_shmap_unref_
 	hsm_shmap *m = calloc(1, sizeof(*m));
 	HSM_ENSURE(m != NULL, HSM_ERR_NOMEM, "out of memory");
 	m->per_shard = capacity / SHARDS > 0 ? capacity / SHARDS : 1;
+	size_t buckets = MIN_BUCKETS;
+	while (buckets < m->per_shard)
+		buckets *= 2;
+	m->bucket_mask = buckets - 1;
 	m->ref = ref;
 	m->unref = unref;
-	for (unsigned i = 0; i < SHARDS; i++)
+	bool ok = true;
+	for (unsigned i = 0; i < SHARDS; i++) {
 		pthread_mutex_init(&m->shards[i].lock, NULL);
+		m->shards[i].buckets = calloc(buckets, sizeof(entry *));
+		ok = ok && m->shards[i].buckets != NULL;
+	}
+	if (!ok) {
+		hsm_shmap_free(m);
+		return HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
+	}
 	*out = m;
 	return HSM_SUCCESS;
 }
@@ -69,49 +127,29 @@ void hsm_shmap_free(hsm_shmap *m)
 	if (m == NULL)
 		return;
 	hsm_shmap_clear(m);
-	for (unsigned i = 0; i < SHARDS; i++)
+	for (unsigned i = 0; i < SHARDS; i++) {
 		pthread_mutex_destroy(&m->shards[i].lock);
+		free(m->shards[i].buckets);
+	}
 	free(m);
-}
-
-static void drop(hsm_shmap *m, shard *s, entry **pp)
-{
-	entry *e = *pp;
-	*pp = e->next;
-	m->unref(e->value);
-	free(e);
-	s->count--;
 }
 
 bool hsm_shmap_get(hsm_shmap *m, const char *key, void **out)
 {
 	uint64_t h = hash_of(key);
 	shard *s = shard_of(m, h);
-	bool found = false;
 	pthread_mutex_lock(&s->lock);
-	for (entry *e = *bucket_of(s, h); e != NULL; e = e->next) {
-		if (e->hash == h && strcmp(e->key, key) == 0) {
-			e->last_used = ++s->tick;
-			*out = m->ref(e->value);
-			found = true;
-			break;
+	entry *e = *find(m, s, h, key);
+	if (e != NULL) {
+		if (s->newest != e) {
+			unlink_recency(s, e);
+			push_newest(s, e);
 		}
+		*out = m->ref(e->value);
 	}
 	pthread_mutex_unlock(&s->lock);
-	atomic_fetch_add_explicit(found ? &m->hits : &m->misses, 1, memory_order_relaxed);
-	return found;
-}
-
-/* Evicts the least recently used entry of a full shard (lock held). */
-static void evict_lru(hsm_shmap *m, shard *s)
-{
-	entry **victim = NULL;
-	for (unsigned b = 0; b < BUCKETS; b++)
-		for (entry **pp = &s->buckets[b]; *pp != NULL; pp = &(*pp)->next)
-			if (victim == NULL || (*pp)->last_used < (*victim)->last_used)
-				victim = pp;
-	if (victim != NULL)
-		drop(m, s, victim);
+	atomic_fetch_add_explicit(e != NULL ? &m->hits : &m->misses, 1, memory_order_relaxed);
+	return e != NULL;
 }
 
 hsm_result hsm_shmap_put(hsm_shmap *m, const char *key, void *value)
@@ -125,18 +163,16 @@ hsm_result hsm_shmap_put(hsm_shmap *m, const char *key, void *value)
 	n->value = m->ref(value);
 	shard *s = shard_of(m, n->hash);
 	pthread_mutex_lock(&s->lock);
-	entry **head = bucket_of(s, n->hash);
-	for (entry **pp = head; *pp != NULL; pp = &(*pp)->next) {
-		if ((*pp)->hash == n->hash && strcmp((*pp)->key, key) == 0) {
-			drop(m, s, pp);
-			break;
-		}
+	entry **pp = find(m, s, n->hash, key);
+	if (*pp != NULL)
+		drop(m, s, pp);
+	if (s->count >= m->per_shard) {
+		entry *victim = s->oldest;
+		drop(m, s, find(m, s, victim->hash, victim->key));
 	}
-	if (s->count >= m->per_shard)
-		evict_lru(m, s);
-	n->last_used = ++s->tick;
-	n->next = *head;
-	*head = n;
+	pp = find(m, s, n->hash, key); /* the eviction may have shortened this chain */
+	*pp = n;
+	push_newest(s, n);
 	s->count++;
 	pthread_mutex_unlock(&s->lock);
 	return HSM_SUCCESS;
@@ -147,12 +183,9 @@ void hsm_shmap_remove(hsm_shmap *m, const char *key)
 	uint64_t h = hash_of(key);
 	shard *s = shard_of(m, h);
 	pthread_mutex_lock(&s->lock);
-	for (entry **pp = bucket_of(s, h); *pp != NULL; pp = &(*pp)->next) {
-		if ((*pp)->hash == h && strcmp((*pp)->key, key) == 0) {
-			drop(m, s, pp);
-			break;
-		}
-	}
+	entry **pp = find(m, s, h, key);
+	if (*pp != NULL)
+		drop(m, s, pp);
 	pthread_mutex_unlock(&s->lock);
 }
 
@@ -162,14 +195,12 @@ static void remove_matching(hsm_shmap *m, const char *prefix)
 	for (unsigned i = 0; i < SHARDS; i++) {
 		shard *s = &m->shards[i];
 		pthread_mutex_lock(&s->lock);
-		for (unsigned b = 0; b < BUCKETS && s->count > 0; b++) {
-			entry **pp = &s->buckets[b];
-			while (*pp != NULL) {
-				if (prefix == NULL || strncmp((*pp)->key, prefix, plen) == 0)
-					drop(m, s, pp);
-				else
-					pp = &(*pp)->next;
-			}
+		entry *e = s->newest;
+		while (e != NULL) {
+			entry *older = e->older;
+			if (prefix == NULL || strncmp(e->key, prefix, plen) == 0)
+				drop(m, s, find(m, s, e->hash, e->key));
+			e = older;
 		}
 		pthread_mutex_unlock(&s->lock);
 	}
