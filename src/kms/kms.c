@@ -10,6 +10,9 @@
 #include "common/util.h"
 #include "kms/kms_internal.h"
 
+/* Distinct key policy documents whose parsed form is kept for sharing. */
+#define POLICY_CACHE_CAPACITY 4096
+
 /* ---- Operation table -------------------------------------------------------- */
 
 static const hsm_op_info ops[HSM_OP_COUNT] = {
@@ -109,6 +112,16 @@ static void key_unref(void *p)
 	kms_key_release(p);
 }
 
+static void *policy_ref(void *p)
+{
+	return hsm_policy_ref(p);
+}
+
+static void policy_unref(void *p)
+{
+	hsm_policy_free(p);
+}
+
 /*
  * A cached alias: the key it named when read, and the alias generation it
  * was read under.  An alias write bumps the generation (after the write), so
@@ -161,6 +174,7 @@ hsm_result hsm_kms_new(hsm_store *store, hsm_keystore *ks, const hsm_kms_config 
 	kms->clock = system_clock;
 	HSM_TRY(hsm_shmap_new(200000, key_ref, key_unref, &kms->keys));
 	HSM_TRY(hsm_shmap_new(200000, alias_ref, alias_unref, &kms->aliases));
+	HSM_TRY(hsm_shmap_new(POLICY_CACHE_CAPACITY, policy_ref, policy_unref, &kms->policies));
 	HSM_TRY(kms_jwks_new(&kms->jwks));
 	*out = kms;
 	kms = NULL;
@@ -174,6 +188,7 @@ void hsm_kms_free(hsm_kms *kms)
 	if (kms == NULL)
 		return;
 	hsm_shmap_free(kms->keys);
+	hsm_shmap_free(kms->policies);
 	hsm_shmap_free(kms->aliases);
 	kms_jwks_free(kms->jwks);
 	free(kms);
@@ -350,6 +365,41 @@ hsm_result hsm_kms_resolve(hsm_kms *kms, const char *ref, char key_id[HSM_UUID_S
 
 /* ---- Metadata cache ------------------------------------------------------------ */
 
+/*
+ * The parsed form of a key's policy document.  Most keys carry the same
+ * document (the default policy), so keys whose documents are byte for byte
+ * equal share one parsed policy: a cold key costs no JSON parse, and a
+ * million cached keys do not hold a million parsed copies.  The map's key
+ * is a fast hash of the document; a hit counts only if the document
+ * matches, so a collision costs a parse and nothing else.
+ */
+static hsm_result policy_of(hsm_kms *kms, const char *doc, hsm_policy **out)
+{
+	size_t len = strlen(doc);
+	uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+	for (size_t i = 0; i < len; i++)
+		h = (h ^ (uint8_t)doc[i]) * 1099511628211ULL;
+	char name[48];
+	snprintf(name, sizeof(name), "%016llx/%zu", (unsigned long long)h, len);
+	void *hit = NULL;
+	if (hsm_shmap_get(kms->policies, name, &hit)) {
+		if (hsm_policy_parsed_from(hit, doc, len)) {
+			*out = hit;
+			return HSM_SUCCESS;
+		}
+		hsm_policy_free(hit);
+	}
+	hsm_policy *p = NULL;
+	HSM_GUARD(hsm_policy_parse(doc, len, &p));
+	hsm_result r = hsm_shmap_put(kms->policies, name, p);
+	if (hsm_failed(r)) {
+		hsm_policy_free(p);
+		return r;
+	}
+	*out = p;
+	return HSM_SUCCESS;
+}
+
 static hsm_result snapshot_new(hsm_kms *kms, const hsm_key_record *rec, kms_key **out)
 {
 	hsm_result res = HSM_SUCCESS;
@@ -358,7 +408,7 @@ static hsm_result snapshot_new(hsm_kms *kms, const hsm_key_record *rec, kms_key 
 	HSM_ENSURE(k != NULL, HSM_ERR_NOMEM, "out of memory");
 	atomic_init(&k->refs, 1);
 	HSM_TRY(hsm_key_record_copy(&k->rec, rec));
-	HSM_TRY(hsm_policy_parse(rec->policy, strlen(rec->policy), &k->policy));
+	HSM_TRY(policy_of(kms, rec->policy, &k->policy));
 	HSM_TRY(hsm_kms_key_arn(kms, rec->key_id, &arn));
 	HSM_TRY(hsm_buf_terminate(&arn));
 	HSM_TRY(hsm_strcpy(k->arn, sizeof(k->arn), (const char *)arn.data));

@@ -36,6 +36,7 @@ struct hsm_kms {
 	hsm_shmap *aliases;              /* alias name -> kms_alias (kms.c) */
 	atomic_uint_fast64_t alias_generation; /* bumped on every alias change */
 	struct kms_jwks *jwks;           /* the JWK Set cache (kms_jwks.c) */
+	hsm_shmap *policies;             /* document hash -> hsm_policy, shared by keys (kms.c) */
 };
 
 int64_t kms_now(hsm_kms *kms);

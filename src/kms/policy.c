@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/util.h"
 #include "kms/policy_internal.h"
 
 #define MALFORMED HSM_ERR_MALFORMED_POLICY
@@ -380,7 +381,13 @@ hsm_result hsm_policy_parse(const char *doc, size_t len, hsm_policy **out)
 	          jerr.text, jerr.line);
 	p = calloc(1, sizeof(*p));
 	HSM_CHECK(p != NULL, HSM_ERR_NOMEM, "out of memory");
+	atomic_init(&p->refs, 1);
 	HSM_TRY(parse_document(p, root));
+	char *source = hsm_pol_alloc(&p->arena, len + 1);
+	HSM_CHECK(source != NULL, HSM_ERR_NOMEM, "out of memory");
+	memcpy(source, doc, len);
+	p->source = source;
+	p->source_len = len;
 	*out = p;
 	p = NULL;
 out:
@@ -389,12 +396,23 @@ out:
 	return res;
 }
 
+hsm_policy *hsm_policy_ref(hsm_policy *p)
+{
+	atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed);
+	return p;
+}
+
 void hsm_policy_free(hsm_policy *p)
 {
-	if (p == NULL)
+	if (p == NULL || atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) != 1)
 		return;
 	hsm_pol_arena_free(&p->arena);
 	free(p);
+}
+
+bool hsm_policy_parsed_from(const hsm_policy *p, const char *doc, size_t len)
+{
+	return p->source_len == len && hsm_ct_equal(p->source, doc, len);
 }
 
 size_t hsm_policy_statement_count(const hsm_policy *p)

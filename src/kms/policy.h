@@ -71,6 +71,7 @@
 #ifndef HSM_KMS_POLICY_H
 #define HSM_KMS_POLICY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "common/buf.h"
@@ -87,7 +88,15 @@ typedef struct hsm_policy hsm_policy;
  * statement and element at fault.  *out is set only on success.
  */
 hsm_result hsm_policy_parse(const char *doc, size_t len, hsm_policy **out) HSM_MUST_CHECK;
+/*
+ * A parsed policy is immutable and reference-counted, so keys with the same
+ * document can share one: hsm_policy_ref takes a reference, hsm_policy_free
+ * drops one and frees the policy with the last (the parse holds the first).
+ */
+hsm_policy *hsm_policy_ref(hsm_policy *p);
 void hsm_policy_free(hsm_policy *p);
+/* Whether p was parsed from exactly these len bytes. */
+bool hsm_policy_parsed_from(const hsm_policy *p, const char *doc, size_t len);
 /* Number of statements (for tests and diagnostics). */
 size_t hsm_policy_statement_count(const hsm_policy *p);
 

@@ -9,6 +9,7 @@
 #ifndef HSM_KMS_POLICY_INTERNAL_H
 #define HSM_KMS_POLICY_INTERNAL_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -96,7 +97,10 @@ typedef struct pol_statement {
 } pol_statement;
 
 struct hsm_policy {
+	atomic_uint refs;
 	pol_arena arena;
+	const char *source; /* the document parsed, in the arena */
+	size_t source_len;
 	pol_statement *statements;
 	size_t n_statements;
 };

@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "kms/kms.h"
+#include "kms/kms_internal.h"
 #include "support/kms_fixture.h"
 
 typedef kms_fx fx;
@@ -359,6 +360,72 @@ static void test_policy_with_context_condition(void **state)
 	hsm_key_record_clear(&k);
 }
 
+static const hsm_policy *parsed_policy_of(fx *f, const char *key_id)
+{
+	kms_key *k = NULL;
+	assert_true(hsm_ok(kms_key_load(f->kms, key_id, &k)));
+	const hsm_policy *p = k->policy;
+	kms_key_release(k); /* the cache keeps the snapshot, and it the policy */
+	return p;
+}
+
+static hsm_result encrypt_in(fx *f, const char *key_id, const char *app)
+{
+	hsm_ctx_pair pair = {"app", app};
+	hsm_encrypt_req req = {.key = key_id, .plaintext = (const uint8_t *)"x", .plaintext_len = 1,
+	                       .ctx = (hsm_enc_ctx){&pair, 1}};
+	hsm_buf ct = {0};
+	hsm_used_key used;
+	hsm_result r = hsm_kms_encrypt(f->kms, &user, &req, &ct, &used);
+	hsm_buf_free(&ct);
+	return r;
+}
+
+/* Keys with the same policy document share its parsed form; changing one
+ * key's policy leaves the others' as they were. */
+static void test_keys_share_equal_policies(void **state)
+{
+	fx *f = *state;
+	const char *conditional =
+	    "{\"Version\":\"2012-10-17\",\"Statement\":["
+	    "{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"arn:aws:iam::111122223333:user/olivia\"},"
+	    "\"Action\":\"kms:*\",\"Resource\":\"*\"},"
+	    "{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"arn:aws:iam::111122223333:user/ursula\"},"
+	    "\"Action\":\"kms:Encrypt\",\"Resource\":\"*\","
+	    "\"Condition\":{\"StringEquals\":{\"kms:EncryptionContext:app\":\"billing\"}}}]}";
+	const char *open =
+	    "{\"Version\":\"2012-10-17\",\"Statement\":["
+	    "{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"arn:aws:iam::111122223333:user/olivia\"},"
+	    "\"Action\":\"kms:*\",\"Resource\":\"*\"},"
+	    "{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"arn:aws:iam::111122223333:user/ursula\"},"
+	    "\"Action\":\"kms:Encrypt\",\"Resource\":\"*\"}]}";
+	hsm_key_record a, b, c, d;
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, conditional, &a);
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, conditional, &b);
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, NULL, &c);
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, NULL, &d);
+	assert_ptr_equal(parsed_policy_of(f, a.key_id), parsed_policy_of(f, b.key_id));
+	assert_ptr_equal(parsed_policy_of(f, c.key_id), parsed_policy_of(f, d.key_id));
+	assert_ptr_not_equal(parsed_policy_of(f, a.key_id), parsed_policy_of(f, c.key_id));
+	assert_true(hsm_ok(encrypt_in(f, a.key_id, "billing")));
+	assert_int_equal(encrypt_in(f, a.key_id, "other").err, HSM_ERR_ACCESS_DENIED);
+	assert_int_equal(encrypt_in(f, b.key_id, "other").err, HSM_ERR_ACCESS_DENIED);
+
+	assert_true(hsm_ok(hsm_kms_put_policy(f->kms, &officer, b.key_id, NULL, open, false)));
+	assert_ptr_not_equal(parsed_policy_of(f, a.key_id), parsed_policy_of(f, b.key_id));
+	assert_true(hsm_ok(encrypt_in(f, b.key_id, "other")));
+	assert_int_equal(encrypt_in(f, a.key_id, "other").err, HSM_ERR_ACCESS_DENIED);
+
+	/* Back to the first document: shared again, and conditional again. */
+	assert_true(hsm_ok(hsm_kms_put_policy(f->kms, &officer, b.key_id, NULL, conditional, false)));
+	assert_ptr_equal(parsed_policy_of(f, a.key_id), parsed_policy_of(f, b.key_id));
+	assert_int_equal(encrypt_in(f, b.key_id, "other").err, HSM_ERR_ACCESS_DENIED);
+	hsm_key_record_clear(&a);
+	hsm_key_record_clear(&b);
+	hsm_key_record_clear(&c);
+	hsm_key_record_clear(&d);
+}
+
 static void test_persistence_across_restart(void **state)
 {
 	fx *f = *state;
@@ -404,6 +471,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_aliases, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_alias_cache, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_policy_with_context_condition, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_keys_share_equal_policies, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_persistence_across_restart, setup, kms_fx_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

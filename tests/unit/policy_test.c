@@ -228,6 +228,27 @@ static void test_accepted_forms(void **state)
 	hsm_policy_free(p);
 }
 
+/* A parsed policy is shared by reference and knows the document it came from. */
+static void test_shared_by_reference(void **state)
+{
+	(void)state;
+	const char *doc = STMT("{" ALLOW_ALL_BODY "}");
+	size_t len = strlen(doc);
+	hsm_policy *p = parse_ok(doc);
+	assert_true(hsm_policy_parsed_from(p, doc, len));
+	assert_false(hsm_policy_parsed_from(p, doc, len - 1));
+	char other[256];
+	memcpy(other, doc, len + 1);
+	other[len - 3] = ' '; /* same length, one byte changed */
+	assert_false(hsm_policy_parsed_from(p, other, len));
+	hsm_policy_request r = req(ALICE, "kms:Encrypt");
+	assert_ptr_equal(hsm_policy_ref(p), p);
+	hsm_policy_free(p); /* the second reference still holds it (ASan would see a use after free) */
+	assert_int_equal(decide(p, &r), HSM_POLICY_ALLOW);
+	assert_true(hsm_policy_parsed_from(p, doc, len));
+	hsm_policy_free(p);
+}
+
 /* ---- Evaluation order ------------------------------------------------------------------ */
 
 static void test_default_policy(void **state)
@@ -706,6 +727,7 @@ int main(void)
 	    cmocka_unit_test(test_validation_messages),
 	    cmocka_unit_test(test_size_limit),
 	    cmocka_unit_test(test_accepted_forms),
+	    cmocka_unit_test(test_shared_by_reference),
 	    cmocka_unit_test(test_default_policy),
 	    cmocka_unit_test(test_deny_wins),
 	    cmocka_unit_test(test_not_elements),
