@@ -231,10 +231,45 @@ hsm_result hsm_server_dev_bootstrap(hsm_server *s, const char *akid, const hsm_s
 
 /* ---- running ------------------------------------------------------------------- */
 
+typedef struct due_count {
+	int64_t horizon;
+	uint64_t rotations;
+} due_count;
+
+static hsm_result count_due(const hsm_key_record *r, void *arg)
+{
+	due_count *d = arg;
+	if (r->state == HSM_KEY_ENABLED && r->rotation_enabled && r->next_rotation <= d->horizon)
+		d->rotations++;
+	return HSM_SUCCESS;
+}
+
+/* Counts the store-wide gauges of /metrics (zero while sealed, as the store's keys are then
+ * not this node's to report).  A failure keeps the last counts, whose time then falls behind. */
+static void count_store_gauges(hsm_server *s)
+{
+	uint64_t keys = 0;
+	due_count due = {hsm_now() + 7 * 86400, 0};
+	if (hsm_keystore_state(s->ks) == HSM_NODE_UNSEALED) {
+		hsm_result r = hsm_store_key_count(s->store, &keys);
+		if (hsm_ok(r))
+			r = hsm_store_keys_due(s->store, due.horizon, HSM_STORE_LIST_MAX, count_due, &due);
+		if (hsm_failed(r)) {
+			atomic_fetch_add(&s->metrics.scheduler_failures, 1);
+			hsm_log_failure("counting keys for /metrics");
+			return;
+		}
+	}
+	atomic_store(&s->gauge_keys, keys);
+	atomic_store(&s->gauge_rotations_due, due.rotations);
+	atomic_store(&s->gauges_counted_at, hsm_now());
+}
+
 static void *scheduler_main(void *arg)
 {
 	hsm_server *s = arg;
 	hsm_thread_name("hsmd-sched");
+	count_store_gauges(s);
 	pthread_mutex_lock(&s->stop_lock);
 	while (!s->stopping) {
 		struct timespec until;
@@ -244,6 +279,7 @@ static void *scheduler_main(void *arg)
 		if (s->stopping)
 			break;
 		pthread_mutex_unlock(&s->stop_lock);
+		count_store_gauges(s);
 		if (hsm_keystore_state(s->ks) == HSM_NODE_UNSEALED && hsm_audit_accepting(s->audit)) {
 			size_t done = 0;
 			hsm_result r = hsm_kms_run_due(s->kms, &done);
@@ -313,28 +349,9 @@ uint16_t hsm_server_port(hsm_server *s)
 
 /* ---- /metrics --------------------------------------------------------------------- */
 
-typedef struct due_count {
-	int64_t horizon;
-	uint64_t rotations;
-} due_count;
-
-static hsm_result count_due(const hsm_key_record *r, void *arg)
-{
-	due_count *d = arg;
-	if (r->state == HSM_KEY_ENABLED && r->rotation_enabled && r->next_rotation <= d->horizon)
-		d->rotations++;
-	return HSM_SUCCESS;
-}
-
 hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 {
 	hsm_node_state st = hsm_keystore_state(s->ks);
-	uint64_t keys = 0;
-	due_count due = {hsm_now() + 7 * 86400, 0};
-	if (st == HSM_NODE_UNSEALED) {
-		HSM_GUARD(hsm_store_key_count(s->store, &keys));
-		HSM_GUARD(hsm_store_keys_due(s->store, due.horizon, HSM_STORE_LIST_MAX, count_due, &due));
-	}
 	hsm_audit_stats as;
 	hsm_audit_get_stats(s->audit, &as);
 	hsm_ks_stats ks;
@@ -345,9 +362,12 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "# TYPE hsmd_sealed gauge\nhsmd_sealed %d\n"
 	    "# TYPE hsmd_error_state gauge\nhsmd_error_state %d\n"
 	    "# TYPE hsmd_start_time_seconds gauge\nhsmd_start_time_seconds %lld\n"
+	    "# HELP hsmd_keys Keys in the store, not destroyed (counted every few seconds).\n"
 	    "# TYPE hsmd_keys gauge\nhsmd_keys %llu\n"
 	    "# HELP hsmd_keys_rotation_due_7d Keys whose automatic rotation is due within 7 days.\n"
 	    "# TYPE hsmd_keys_rotation_due_7d gauge\nhsmd_keys_rotation_due_7d %llu\n"
+	    "# HELP hsmd_keys_counted_time_seconds When the two key gauges were last counted.\n"
+	    "# TYPE hsmd_keys_counted_time_seconds gauge\nhsmd_keys_counted_time_seconds %lld\n"
 	    "# TYPE hsmd_audit_healthy gauge\nhsmd_audit_healthy %d\n"
 	    "# TYPE hsmd_audit_records_total counter\nhsmd_audit_records_total %llu\n"
 	    "# TYPE hsmd_audit_failed_records_total counter\nhsmd_audit_failed_records_total %llu\n"
@@ -362,7 +382,9 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "queued or running beside the HTTP workers.\n"
 	    "# TYPE hsmd_lane_requests gauge\nhsmd_lane_requests %zu\n",
 	    st != HSM_NODE_UNSEALED, st == HSM_NODE_ERROR, (long long)s->started,
-	    (unsigned long long)keys, (unsigned long long)due.rotations, hsm_audit_healthy(s->audit),
+	    (unsigned long long)atomic_load(&s->gauge_keys),
+	    (unsigned long long)atomic_load(&s->gauge_rotations_due),
+	    (long long)atomic_load(&s->gauges_counted_at), hsm_audit_healthy(s->audit),
 	    (unsigned long long)as.written, (unsigned long long)as.refused,
 	    (unsigned long long)as.outages, (unsigned long long)as.next_seq,
 	    (unsigned long long)as.files_expired,

@@ -12,6 +12,7 @@
 #define HSM_SERVER_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -65,6 +66,13 @@ typedef struct hsm_server {
 	hsm_metrics metrics;
 	pthread_t scheduler;
 	bool scheduler_running;
+	/*
+	 * The store-wide gauges of /metrics, counted by the scheduler thread every
+	 * period: counting is a scan of the key table (about 20 ms with a million
+	 * keys), too long for an HTTP worker, whose other connections would wait.
+	 */
+	atomic_uint_fast64_t gauge_keys, gauge_rotations_due;
+	atomic_int_fast64_t gauges_counted_at; /* Unix seconds; 0 = not yet */
 	pthread_mutex_t stop_lock;
 	pthread_cond_t stop_cond;
 	bool stopping;
