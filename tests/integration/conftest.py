@@ -30,6 +30,18 @@ DEV_AKID = "AKIAHSMDTESTDEVKEY01"
 DEV_SECRET = "hsmd-integration-test-secret-key-0123456789"
 
 
+# Every node's scratch directory (its log; its data unless given one).  A test
+# that only stops its node, to read the log or restart on the same data, leaves
+# it behind: removed when the session ends, kept for reading if a test failed.
+_scratch = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if exitstatus == 0:
+        for d in _scratch:
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -41,6 +53,7 @@ class Hsmd:
 
     def __init__(self, args, env=None, data_dir=None, tls_ca=None):
         self.tmp = tempfile.mkdtemp(prefix="hsmd-it-")
+        _scratch.append(self.tmp)
         self.data_dir = data_dir or os.path.join(self.tmp, "data")
         self.port = free_port()
         self.scheme = "https" if tls_ca else "http"
