@@ -30,6 +30,7 @@ typedef struct shard {
 } shard;
 
 struct hsm_shmap {
+	bool grouped; /* the shard follows the key's group, the part before its first '/' */
 	size_t per_shard;
 	size_t bucket_mask;
 	hsm_shmap_ref_fn ref;
@@ -47,8 +48,17 @@ static uint64_t hash_of(const char *key)
 	return h;
 }
 
-static shard *shard_of(hsm_shmap *m, uint64_t h)
+/* The shard of a key whose whole-key hash is h. */
+static shard *shard_of(hsm_shmap *m, const char *key, uint64_t h)
 {
+	if (m->grouped) {
+		const char *slash = strchr(key, '/');
+		if (slash != NULL) {
+			h = 1469598103934665603ULL;
+			for (const char *p = key; p < slash; p++)
+				h = (h ^ (uint8_t)*p) * 1099511628211ULL;
+		}
+	}
 	return &m->shards[h % SHARDS];
 }
 
@@ -99,8 +109,15 @@ static void drop(hsm_shmap *m, shard *s, entry **pp)
 hsm_result hsm_shmap_new(size_t capacity, hsm_shmap_ref_fn ref, hsm_shmap_unref_fn unref,
                          hsm_shmap **out)
 {
+	return hsm_shmap_new_grouped(capacity, ref, unref, false, out);
+}
+
+hsm_result hsm_shmap_new_grouped(size_t capacity, hsm_shmap_ref_fn ref, hsm_shmap_unref_fn unref,
+                                 bool grouped, hsm_shmap **out)
+{
 	hsm_shmap *m = calloc(1, sizeof(*m));
 	HSM_ENSURE(m != NULL, HSM_ERR_NOMEM, "out of memory");
+	m->grouped = grouped;
 	m->per_shard = capacity / SHARDS > 0 ? capacity / SHARDS : 1;
 	size_t buckets = MIN_BUCKETS;
 	while (buckets < m->per_shard)
@@ -137,7 +154,7 @@ void hsm_shmap_free(hsm_shmap *m)
 bool hsm_shmap_get(hsm_shmap *m, const char *key, void **out)
 {
 	uint64_t h = hash_of(key);
-	shard *s = shard_of(m, h);
+	shard *s = shard_of(m, key, h);
 	pthread_mutex_lock(&s->lock);
 	entry *e = *find(m, s, h, key);
 	if (e != NULL) {
@@ -161,7 +178,7 @@ hsm_result hsm_shmap_put(hsm_shmap *m, const char *key, void *value)
 	memcpy(n->key, key, klen + 1);
 	n->hash = hash_of(key);
 	n->value = m->ref(value);
-	shard *s = shard_of(m, n->hash);
+	shard *s = shard_of(m, key, n->hash);
 	pthread_mutex_lock(&s->lock);
 	entry **pp = find(m, s, n->hash, key);
 	if (*pp != NULL)
@@ -181,7 +198,7 @@ hsm_result hsm_shmap_put(hsm_shmap *m, const char *key, void *value)
 void hsm_shmap_remove(hsm_shmap *m, const char *key)
 {
 	uint64_t h = hash_of(key);
-	shard *s = shard_of(m, h);
+	shard *s = shard_of(m, key, h);
 	pthread_mutex_lock(&s->lock);
 	entry **pp = find(m, s, h, key);
 	if (*pp != NULL)
@@ -189,21 +206,29 @@ void hsm_shmap_remove(hsm_shmap *m, const char *key)
 	pthread_mutex_unlock(&s->lock);
 }
 
-static void remove_matching(hsm_shmap *m, const char *prefix)
+static void remove_in_shard(hsm_shmap *m, shard *s, const char *prefix)
 {
 	size_t plen = prefix != NULL ? strlen(prefix) : 0;
-	for (unsigned i = 0; i < SHARDS; i++) {
-		shard *s = &m->shards[i];
-		pthread_mutex_lock(&s->lock);
-		entry *e = s->newest;
-		while (e != NULL) {
-			entry *older = e->older;
-			if (prefix == NULL || strncmp(e->key, prefix, plen) == 0)
-				drop(m, s, find(m, s, e->hash, e->key));
-			e = older;
-		}
-		pthread_mutex_unlock(&s->lock);
+	pthread_mutex_lock(&s->lock);
+	entry *e = s->newest;
+	while (e != NULL) {
+		entry *older = e->older;
+		if (prefix == NULL || strncmp(e->key, prefix, plen) == 0)
+			drop(m, s, find(m, s, e->hash, e->key));
+		e = older;
 	}
+	pthread_mutex_unlock(&s->lock);
+}
+
+static void remove_matching(hsm_shmap *m, const char *prefix)
+{
+	/* A prefix that names a whole group: every match shares the group's shard. */
+	if (m->grouped && prefix != NULL && strchr(prefix, '/') != NULL) {
+		remove_in_shard(m, shard_of(m, prefix, 0), prefix);
+		return;
+	}
+	for (unsigned i = 0; i < SHARDS; i++)
+		remove_in_shard(m, &m->shards[i], prefix);
 }
 
 void hsm_shmap_remove_prefix(hsm_shmap *m, const char *prefix)

@@ -26,6 +26,15 @@ typedef void (*hsm_shmap_unref_fn)(void *value); /* drops one reference */
 
 hsm_result hsm_shmap_new(size_t capacity, hsm_shmap_ref_fn ref, hsm_shmap_unref_fn unref,
                          hsm_shmap **out) HSM_MUST_CHECK;
+/*
+ * With grouped, keys of the form "group/rest" that share a group share a
+ * shard, so removing a prefix that contains a '/' visits that one shard
+ * instead of the whole map.  Only for keys whose groups are many and evenly
+ * spread (key ids), since a group's entries compete for one shard's room.
+ */
+hsm_result hsm_shmap_new_grouped(size_t capacity, hsm_shmap_ref_fn ref,
+                                 hsm_shmap_unref_fn unref, bool grouped,
+                                 hsm_shmap **out) HSM_MUST_CHECK;
 /* Drops every entry and frees the map.  NULL is a no-op. */
 void hsm_shmap_free(hsm_shmap *m);
 /* On a hit, *out receives a new reference. */
@@ -33,7 +42,8 @@ bool hsm_shmap_get(hsm_shmap *m, const char *key, void **out);
 /* Inserts or replaces; the map takes its own reference to value. */
 hsm_result hsm_shmap_put(hsm_shmap *m, const char *key, void *value) HSM_MUST_CHECK;
 void hsm_shmap_remove(hsm_shmap *m, const char *key);
-/* Removes every entry whose key starts with prefix (scans the whole map). */
+/* Removes every entry whose key starts with prefix (scans the whole map, or in
+ * a grouped map one shard when the prefix contains a '/'). */
 void hsm_shmap_remove_prefix(hsm_shmap *m, const char *prefix);
 void hsm_shmap_clear(hsm_shmap *m);
 

@@ -47,8 +47,9 @@ hsm_result hsm_keystore_new(hsm_store *store, size_t cache_capacity, hsm_keystor
 	pthread_mutex_init(&ks->lock, NULL);
 	pthread_rwlock_init(&ks->keys_lock, NULL);
 	atomic_init(&ks->state, HSM_NODE_UNINITIALIZED);
-	HSM_TRY(hsm_shmap_new(cache_capacity ? cache_capacity : DEFAULT_CACHE_CAPACITY, cache_ref,
-	                      cache_unref, &ks->cache));
+	/* Grouped by key id: forgetting a key's versions visits one shard. */
+	HSM_TRY(hsm_shmap_new_grouped(cache_capacity ? cache_capacity : DEFAULT_CACHE_CAPACITY,
+	                              cache_ref, cache_unref, true, &ks->cache));
 	HSM_TRY(hsm_crypto_init());
 	hsm_result st = hsm_selftest_run();
 	if (hsm_failed(st)) {

@@ -219,12 +219,61 @@ static void test_remove_prefix_and_clear(void **state)
 	assert_int_equal(vals[14].refs, 0);
 }
 
-/* Random operations against a plain array that knows what must be there. */
-static void test_matches_a_model(void **state)
+/* A grouped map keeps "group/..." keys of a group together; removing by a
+ * prefix with a '/' takes exactly the matching keys, one without takes
+ * every group it starts. */
+static void test_grouped_remove_prefix(void **state)
 {
 	(void)state;
+	enum { GROUPS = 300, VERSIONS = 4 };
+	hsm_shmap *m = NULL;
+	assert_true(hsm_ok(hsm_shmap_new_grouped(100000, counted_ref, counted_unref, true, &m)));
+	static counted vals[GROUPS][VERSIONS + 1];
+	char key[64];
+	for (int g = 0; g < GROUPS; g++) {
+		for (int v = 0; v < VERSIONS; v++) {
+			vals[g][v] = (counted){.id = g * 10 + v};
+			snprintf(key, sizeof(key), "g%d/%d/spec", g, v);
+			assert_true(hsm_ok(hsm_shmap_put(m, key, &vals[g][v])));
+		}
+		vals[g][VERSIONS] = (counted){.id = -g}; /* a key without a group */
+		snprintf(key, sizeof(key), "g%d", g);
+		assert_true(hsm_ok(hsm_shmap_put(m, key, &vals[g][VERSIONS])));
+	}
+	hsm_shmap_remove_prefix(m, "g17/");
+	hsm_shmap_remove_prefix(m, "g42/3");
+	for (int g = 0; g < GROUPS; g++)
+		for (int v = 0; v <= VERSIONS; v++) {
+			bool gone = (g == 17 && v < VERSIONS) || (g == 42 && v == 3);
+			assert_int_equal(vals[g][v].refs, gone ? 0 : 1);
+			if (v < VERSIONS)
+				snprintf(key, sizeof(key), "g%d/%d/spec", g, v);
+			else
+				snprintf(key, sizeof(key), "g%d", g);
+			assert_int_equal(holds(m, key, &vals[g][v]), !gone);
+		}
+	assert_int_equal(entries(m), GROUPS * (VERSIONS + 1) - VERSIONS - 1);
+	/* No '/': every group whose name starts so, grouped keys and plain ones. */
+	hsm_shmap_remove_prefix(m, "g29");
+	for (int g = 0; g < GROUPS; g++) {
+		char name[16];
+		snprintf(name, sizeof(name), "g%d", g);
+		bool starts = strncmp(name, "g29", 3) == 0;
+		assert_int_equal(vals[g][VERSIONS].refs, starts ? 0 : 1);
+		assert_int_equal(vals[g][0].refs, starts || g == 17 ? 0 : 1);
+	}
+	hsm_shmap_free(m);
+	for (int g = 0; g < GROUPS; g++)
+		for (int v = 0; v <= VERSIONS; v++)
+			assert_int_equal(vals[g][v].refs, 0);
+}
+
+/* Random operations against a plain array that knows what must be there. */
+static void model_check(bool grouped)
+{
 	enum { KEYS = 3000, OPS = 200000 };
-	hsm_shmap *m = new_map(1u << 20); /* never full: the model needs no eviction rule */
+	hsm_shmap *m = NULL; /* never full: the model needs no eviction rule */
+	assert_true(hsm_ok(hsm_shmap_new_grouped(1u << 20, counted_ref, counted_unref, grouped, &m)));
 	counted *vals = calloc(KEYS, sizeof(*vals));
 	bool *in = calloc(KEYS, sizeof(*in));
 	assert_non_null(vals);
@@ -237,7 +286,10 @@ static void test_matches_a_model(void **state)
 		x ^= x >> 7;
 		x ^= x << 17;
 		int k = (int)(x % KEYS);
-		name_of(key, sizeof(key), k);
+		if (grouped) /* a few versions per group, as the key cache holds them */
+			snprintf(key, sizeof(key), "3f1c2b7e-0000-4000-8000-%012d/%d/7/1", k / 3, k % 3);
+		else
+			name_of(key, sizeof(key), k);
 		switch ((x >> 32) % 4) {
 		case 0:
 		case 1:
@@ -264,6 +316,13 @@ static void test_matches_a_model(void **state)
 	free(in);
 }
 
+static void test_matches_a_model(void **state)
+{
+	(void)state;
+	model_check(false);
+	model_check(true);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -271,6 +330,7 @@ int main(void)
 	    cmocka_unit_test(test_stays_within_capacity_evicting_the_oldest),
 	    cmocka_unit_test(test_a_hit_renews_the_entry),
 	    cmocka_unit_test(test_remove_prefix_and_clear),
+	    cmocka_unit_test(test_grouped_remove_prefix),
 	    cmocka_unit_test(test_matches_a_model),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
