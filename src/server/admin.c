@@ -28,6 +28,7 @@ static hsm_result op_unseal(hsm_admin_ctx *c)
 	if (p.unsealed) {
 		hsm_audit_set_signer(c->s->audit, hsm_server_audit_signer, c->s->ks);
 		hsm_server_auth_flush(c->s);
+		hsm_server_recount(c->s);
 	}
 	hsm_jw_bool(c->w, "Sealed", !p.unsealed);
 	hsm_jw_int(c->w, "Progress", p.have);
@@ -72,6 +73,7 @@ static hsm_result op_seal(hsm_admin_ctx *c)
 	hsm_audit_set_signer(c->s->audit, NULL, NULL);
 	hsm_keystore_seal(c->s->ks);
 	hsm_server_auth_flush(c->s);
+	hsm_server_recount(c->s);
 	hsm_warn("sealed by %s", c->auth->user);
 	hsm_jw_bool(c->w, "Sealed", true);
 	return HSM_SUCCESS;

@@ -2,6 +2,7 @@
  * server.c - hsmd's life cycle: open the store, keystore, audit trail and
  * KMS service, serve, run scheduled key work, stop.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,8 @@
 #include "common/util.h"
 #include "kms/jwt.h"
 #include "server/server.h"
+
+#include <errno.h>
 
 #define SCHEDULER_PERIOD_S 5
 #define DEV_SHARE_FILE "dev-unseal.share"
@@ -265,22 +268,34 @@ static void count_store_gauges(hsm_server *s)
 	atomic_store(&s->gauges_counted_at, hsm_now());
 }
 
+void hsm_server_recount(hsm_server *s)
+{
+	pthread_mutex_lock(&s->stop_lock);
+	s->recount = true;
+	pthread_cond_broadcast(&s->stop_cond);
+	pthread_mutex_unlock(&s->stop_lock);
+}
+
 static void *scheduler_main(void *arg)
 {
 	hsm_server *s = arg;
 	hsm_thread_name("hsmd-sched");
-	count_store_gauges(s);
 	pthread_mutex_lock(&s->stop_lock);
 	while (!s->stopping) {
 		struct timespec until;
 		clock_gettime(CLOCK_REALTIME, &until);
 		until.tv_sec += SCHEDULER_PERIOD_S;
-		pthread_cond_timedwait(&s->stop_cond, &s->stop_lock, &until);
+		int rc = 0;
+		while (!s->stopping && !s->recount && rc != ETIMEDOUT)
+			rc = pthread_cond_timedwait(&s->stop_cond, &s->stop_lock, &until);
 		if (s->stopping)
 			break;
+		bool recount_only = s->recount && rc != ETIMEDOUT;
+		s->recount = false;
 		pthread_mutex_unlock(&s->stop_lock);
 		count_store_gauges(s);
-		if (hsm_keystore_state(s->ks) == HSM_NODE_UNSEALED && hsm_audit_accepting(s->audit)) {
+		if (!recount_only && hsm_keystore_state(s->ks) == HSM_NODE_UNSEALED &&
+		    hsm_audit_accepting(s->audit)) {
 			size_t done = 0;
 			hsm_result r = hsm_kms_run_due(s->kms, &done);
 			atomic_fetch_add(&s->metrics.scheduler_actions, done);
@@ -297,6 +312,7 @@ static void *scheduler_main(void *arg)
 
 hsm_result hsm_server_start(hsm_server *s)
 {
+	count_store_gauges(s); /* the first scrape reads counts, not zeros */
 	HSM_GUARD(hsm_http_server_start(s->http));
 	HSM_ENSURE(pthread_create(&s->scheduler, NULL, scheduler_main, s) == 0, HSM_ERR_INTERNAL,
 	           "cannot start the scheduler thread");

@@ -76,6 +76,7 @@ typedef struct hsm_server {
 	pthread_mutex_t stop_lock;
 	pthread_cond_t stop_cond;
 	bool stopping;
+	bool recount; /* the scheduler is to count the gauges now (seal, unseal) */
 	int64_t started;
 } hsm_server;
 
@@ -85,6 +86,8 @@ hsm_result hsm_server_dev_bootstrap(hsm_server *s, const char *akid,
                                     const hsm_secret *secret) HSM_MUST_CHECK;
 hsm_result hsm_server_start(hsm_server *s) HSM_MUST_CHECK;
 void hsm_server_stop(hsm_server *s);
+/* Has the scheduler count the store-wide gauges of /metrics now, not at its next period. */
+void hsm_server_recount(hsm_server *s);
 void hsm_server_free(hsm_server *s);
 uint16_t hsm_server_port(hsm_server *s);
 

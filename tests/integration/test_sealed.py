@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 
 import pytest
 
@@ -167,6 +168,22 @@ def test_seal_with_an_officer(prod):
     kms.list_keys()
 
 
+def gauge(server, name):
+    st, body, _ = server.get("/metrics")
+    assert st == 200
+    return float(re.search(rf"^{name} (\S+)$", body.decode(), re.M).group(1))
+
+
+def gauge_becomes(server, name, want, within):
+    """Whether the gauge reads want within `within` seconds."""
+    deadline = time.monotonic() + within
+    while gauge(server, name) != want:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def test_seal_and_unseal_in_dev_mode():
     """Seal needs a crypto-officer; the dev user is one."""
     server = start_dev()
@@ -174,8 +191,13 @@ def test_seal_and_unseal_in_dev_mode():
         kms = client(server)
         kid = kms.create_key()["KeyMetadata"]["KeyId"]
         blob = kms.encrypt(KeyId=kid, Plaintext=b"survives a seal")["CiphertextBlob"]
+        # Counted at start-up (before the first request could be served) and
+        # every 5 s; a seal or an unseal has the count made at once.
+        assert gauge(server, "hsmd_keys_counted_time_seconds") > 0
+        assert gauge_becomes(server, "hsmd_keys", 1, 6)
         assert admin(server, "Seal")["Sealed"] is True
         assert_sealed(server)
+        assert gauge_becomes(server, "hsmd_keys", 0, 1.5), "a sealed node reports no keys"
         raises("ServiceUnavailableException", kms.decrypt, CiphertextBlob=blob, status=503)
         # Every signed call, Seal included, is refused while sealed: access key
         # secrets are sealed too, so no signature can be checked.
@@ -187,6 +209,7 @@ def test_seal_and_unseal_in_dev_mode():
         assert st == 200 and out["Sealed"] is False, out
         st, body, _ = server.get("/readyz")
         assert st == 200
+        assert gauge_becomes(server, "hsmd_keys", 1, 1.5), "counted again on unseal"
         assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"survives a seal"
         ops = [r.get("op") for r in audit_records(server.data_dir)]
         assert "Seal" in ops and "Unseal" in ops
