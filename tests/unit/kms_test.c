@@ -322,16 +322,19 @@ static void test_alias_cache(void **state)
 	hsm_key_record_clear(&b);
 }
 
+/* olivia may do anything; ursula may only encrypt, with app=billing in the context. */
+static const char billing_only[] =
+    "{\"Version\":\"2012-10-17\",\"Statement\":["
+    "{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"arn:aws:iam::111122223333:user/olivia\"},"
+    "\"Action\":\"kms:*\",\"Resource\":\"*\"},"
+    "{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"arn:aws:iam::111122223333:user/ursula\"},"
+    "\"Action\":\"kms:Encrypt\",\"Resource\":\"*\","
+    "\"Condition\":{\"StringEquals\":{\"kms:EncryptionContext:app\":\"billing\"}}}]}";
+
 static void test_policy_with_context_condition(void **state)
 {
 	fx *f = *state;
-	const char *policy =
-	    "{\"Version\":\"2012-10-17\",\"Statement\":["
-	    "{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"arn:aws:iam::111122223333:user/olivia\"},"
-	    "\"Action\":\"kms:*\",\"Resource\":\"*\"},"
-	    "{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"arn:aws:iam::111122223333:user/ursula\"},"
-	    "\"Action\":\"kms:Encrypt\",\"Resource\":\"*\","
-	    "\"Condition\":{\"StringEquals\":{\"kms:EncryptionContext:app\":\"billing\"}}}]}";
+	const char *policy = billing_only;
 	hsm_key_record k;
 	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, policy, &k);
 	hsm_ctx_pair good = {"app", "billing"}, bad = {"app", "other"};
@@ -386,13 +389,7 @@ static hsm_result encrypt_in(fx *f, const char *key_id, const char *app)
 static void test_keys_share_equal_policies(void **state)
 {
 	fx *f = *state;
-	const char *conditional =
-	    "{\"Version\":\"2012-10-17\",\"Statement\":["
-	    "{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"arn:aws:iam::111122223333:user/olivia\"},"
-	    "\"Action\":\"kms:*\",\"Resource\":\"*\"},"
-	    "{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"arn:aws:iam::111122223333:user/ursula\"},"
-	    "\"Action\":\"kms:Encrypt\",\"Resource\":\"*\","
-	    "\"Condition\":{\"StringEquals\":{\"kms:EncryptionContext:app\":\"billing\"}}}]}";
+	const char *conditional = billing_only;
 	const char *open =
 	    "{\"Version\":\"2012-10-17\",\"Statement\":["
 	    "{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"arn:aws:iam::111122223333:user/olivia\"},"
