@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/util.h"
+
 #define SHARDS 64U
 #define MIN_BUCKETS 16U
 
@@ -39,13 +41,10 @@ struct hsm_shmap {
 	shard shards[SHARDS];
 };
 
-/* FNV-1a; keys are identifiers of existing objects, not attacker-chosen floods. */
+/* Keys are identifiers of existing objects, not attacker-chosen floods. */
 static uint64_t hash_of(const char *key)
 {
-	uint64_t h = 1469598103934665603ULL;
-	for (const char *p = key; *p; p++)
-		h = (h ^ (uint8_t)*p) * 1099511628211ULL;
-	return h;
+	return hsm_fnv1a(key, strlen(key));
 }
 
 /* The shard of a key whose whole-key hash is h. */
@@ -53,11 +52,8 @@ static shard *shard_of(hsm_shmap *m, const char *key, uint64_t h)
 {
 	if (m->grouped) {
 		const char *slash = strchr(key, '/');
-		if (slash != NULL) {
-			h = 1469598103934665603ULL;
-			for (const char *p = key; p < slash; p++)
-				h = (h ^ (uint8_t)*p) * 1099511628211ULL;
-		}
+		if (slash != NULL)
+			h = hsm_fnv1a(key, (size_t)(slash - key));
 	}
 	return &m->shards[h % SHARDS];
 }

@@ -105,4 +105,8 @@ hsm_result hsm_fsync_dir(const char *path) HSM_MUST_CHECK;
 /* Compares in time independent of the contents (CRYPTO_memcmp). */
 bool hsm_ct_equal(const void *a, const void *b, size_t n);
 
+/* FNV-1a over n bytes: a fast hash for cache tables, not for anything an
+ * attacker could choose to collide with. */
+uint64_t hsm_fnv1a(const void *p, size_t n);
+
 #endif

@@ -376,9 +376,7 @@ hsm_result hsm_kms_resolve(hsm_kms *kms, const char *ref, char key_id[HSM_UUID_S
 static hsm_result policy_of(hsm_kms *kms, const char *doc, hsm_policy **out)
 {
 	size_t len = strlen(doc);
-	uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-	for (size_t i = 0; i < len; i++)
-		h = (h ^ (uint8_t)doc[i]) * 1099511628211ULL;
+	uint64_t h = hsm_fnv1a(doc, len);
 	char name[48];
 	snprintf(name, sizeof(name), "%016llx/%zu", (unsigned long long)h, len);
 	void *hit = NULL;

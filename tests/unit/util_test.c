@@ -167,6 +167,16 @@ static void test_thread_batch_keeps_nice(void **state)
 	assert_int_equal(nice_of_this_thread(), nice_main);
 }
 
+/* The published FNV-1a 64-bit test values. */
+static void test_fnv1a(void **state)
+{
+	(void)state;
+	assert_true(hsm_fnv1a("", 0) == 0xcbf29ce484222325ULL);
+	assert_true(hsm_fnv1a("a", 1) == 0xaf63dc4c8601ec8cULL);
+	assert_true(hsm_fnv1a("foobar", 6) == 0x85944171f73967e8ULL);
+	assert_true(hsm_fnv1a("foobar", 3) == hsm_fnv1a("foo", 3)); /* n bytes, not to a NUL */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -175,6 +185,7 @@ int main(void)
 	    cmocka_unit_test(test_calls_once_each_in_order),
 	    cmocka_unit_test(test_thread_batch_keeps_nice),
 	    cmocka_unit_test(test_thread_batch_keeps_other_policies),
+	    cmocka_unit_test(test_fnv1a),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
