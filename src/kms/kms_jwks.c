@@ -2,7 +2,8 @@
  * kms_jwks.c - the JWK Set of the keys marked for JWT signing, and its cache.
  *
  * Which versions are published, and for how long, is stated in jwt.h
- * (hsm_kms_jwks_render).  Rendering reads every key's metadata from the
+ * (hsm_kms_jwks_render).  Rendering reads the JWT keys' metadata (an index
+ * of them: a million other keys cost nothing) and their versions from the
  * store, so the document is cached: one immutable, reference-counted
  * snapshot shared by all requests, replaced when this service changed a key
  * (kms_key_invalidate bumps kms->generation), when an old version's grace
@@ -64,8 +65,8 @@ static hsm_result list_jwt_keys(hsm_store *store, key_list *l)
 	while (more) {
 		char after[HSM_UUID_STRLEN + 1];
 		memcpy(after, l->last, sizeof(after));
-		HSM_GUARD(hsm_store_key_list(store, after, HSM_STORE_LIST_MAX, false, collect_key, l,
-		                             &more));
+		HSM_GUARD(hsm_store_jwt_key_list(store, after, HSM_STORE_LIST_MAX, collect_key, l,
+		                                 &more));
 	}
 	return HSM_SUCCESS;
 }

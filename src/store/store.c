@@ -382,6 +382,14 @@ hsm_result hsm_store_key_list(hsm_store *s, const char *after, size_t limit,
 	                        truncated);
 }
 
+hsm_result hsm_store_jwt_key_list(hsm_store *s, const char *after, size_t limit, hsm_key_cb cb,
+                                  void *arg, bool *truncated)
+{
+	HSM_ASSERT(s != NULL && cb != NULL && truncated != NULL);
+	HSM_GUARD(check_limit(limit));
+	return s->ops->jwt_key_list(s, cursor_or_empty(after), limit, cb, arg, truncated);
+}
+
 hsm_result hsm_store_key_count(hsm_store *s, uint64_t *out)
 {
 	HSM_ASSERT(s != NULL && out != NULL);

@@ -270,6 +270,13 @@ typedef hsm_result (*hsm_key_cb)(const hsm_key_record *key, void *arg);
 hsm_result hsm_store_key_list(hsm_store *s, const char *after, size_t limit,
                               bool include_destroyed, hsm_key_cb cb, void *arg,
                               bool *truncated) HSM_MUST_CHECK;
+/*
+ * As hsm_store_key_list, without destroyed keys, for the keys flagged
+ * HSM_KEYFLAG_JWT only; served by an index of those keys, so a page costs
+ * what they number whatever the store holds.
+ */
+hsm_result hsm_store_jwt_key_list(hsm_store *s, const char *after, size_t limit,
+                                  hsm_key_cb cb, void *arg, bool *truncated) HSM_MUST_CHECK;
 /* Keys not destroyed. */
 hsm_result hsm_store_key_count(hsm_store *s, uint64_t *out) HSM_MUST_CHECK;
 

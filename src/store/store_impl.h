@@ -46,6 +46,8 @@ struct hsm_store_ops {
 	hsm_result (*key_destroy)(hsm_store *s, const char *key_id, int64_t now);
 	hsm_result (*key_list)(hsm_store *s, const char *after, size_t limit, bool include_destroyed,
 	                       hsm_key_cb cb, void *arg, bool *truncated);
+	hsm_result (*jwt_key_list)(hsm_store *s, const char *after, size_t limit, hsm_key_cb cb,
+	                           void *arg, bool *truncated);
 	hsm_result (*key_count)(hsm_store *s, uint64_t *out);
 	hsm_result (*keys_due)(hsm_store *s, int64_t now, size_t limit, hsm_key_cb cb, void *arg);
 

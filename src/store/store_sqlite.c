@@ -324,6 +324,7 @@ static const hsm_store_ops sqlite_ops = {
 	.key_update = sq_key_update,
 	.key_destroy = sq_key_destroy,
 	.key_list = sq_key_list,
+	.jwt_key_list = sq_jwt_key_list,
 	.key_count = sq_key_count,
 	.keys_due = sq_keys_due,
 	.version_get = sq_version_get,

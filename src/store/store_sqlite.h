@@ -163,6 +163,8 @@ hsm_result sq_key_update(hsm_store *s, const char *key_id, hsm_key_update_fn fn,
 hsm_result sq_key_destroy(hsm_store *s, const char *key_id, int64_t now);
 hsm_result sq_key_list(hsm_store *s, const char *after, size_t limit, bool include_destroyed,
                        hsm_key_cb cb, void *arg, bool *truncated);
+hsm_result sq_jwt_key_list(hsm_store *s, const char *after, size_t limit, hsm_key_cb cb,
+                           void *arg, bool *truncated);
 hsm_result sq_key_count(hsm_store *s, uint64_t *out);
 hsm_result sq_keys_due(hsm_store *s, int64_t now, size_t limit, hsm_key_cb cb, void *arg);
 hsm_result sq_version_get(hsm_store *s, const char *key_id, uint32_t version,

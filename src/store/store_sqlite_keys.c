@@ -336,8 +336,14 @@ static hsm_result read_page(sq_conn *c, const char *sql, const char *after, size
 	return res;
 }
 
-hsm_result sq_key_list(hsm_store *base, const char *after, size_t limit, bool include_destroyed,
-                       hsm_key_cb cb, void *arg, bool *truncated)
+/* The term (flags & 1) = 1 is the keys_jwt index's own condition, so the planner walks it. */
+_Static_assert(HSM_KEYFLAG_JWT == 1, "keys_jwt indexes flag bit 0");
+static const char SQL_KEY_PAGE_JWT[] =
+	"SELECT " KEY_COLS " FROM keys WHERE (flags & 1) = 1 AND id > ?1 AND "
+	"state != 'Destroyed' ORDER BY id LIMIT ?2";
+
+static hsm_result list_page(hsm_store *base, const char *sql, const char *after, size_t limit,
+                            hsm_key_cb cb, void *arg, bool *truncated)
 {
 	sq_store *s = sq_of(base);
 	sq_conn *c;
@@ -345,8 +351,7 @@ hsm_result sq_key_list(hsm_store *base, const char *after, size_t limit, bool in
 	bool more = false;
 	sq_vec_init(&v, sizeof(hsm_key_record));
 	HSM_GUARD(sq_read_begin(s, &c));
-	hsm_result res = read_page(c, include_destroyed ? SQL_KEY_PAGE_ALL : SQL_KEY_PAGE_LIVE,
-	                           after, limit, &v, &more);
+	hsm_result res = read_page(c, sql, after, limit, &v, &more);
 	sq_read_end(s, c);
 	if (hsm_ok(res))
 		res = emit_keys(&v, cb, arg);
@@ -354,6 +359,19 @@ hsm_result sq_key_list(hsm_store *base, const char *after, size_t limit, bool in
 		*truncated = more;
 	sq_vec_free(&v, clear_key);
 	return res;
+}
+
+hsm_result sq_key_list(hsm_store *base, const char *after, size_t limit, bool include_destroyed,
+                       hsm_key_cb cb, void *arg, bool *truncated)
+{
+	return list_page(base, include_destroyed ? SQL_KEY_PAGE_ALL : SQL_KEY_PAGE_LIVE, after,
+	                 limit, cb, arg, truncated);
+}
+
+hsm_result sq_jwt_key_list(hsm_store *base, const char *after, size_t limit, hsm_key_cb cb,
+                           void *arg, bool *truncated)
+{
+	return list_page(base, SQL_KEY_PAGE_JWT, after, limit, cb, arg, truncated);
 }
 
 /* count(*) of the whole table walks the smallest index; the Destroyed count is a range. */

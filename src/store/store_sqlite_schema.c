@@ -98,6 +98,9 @@ static const migration migrations[] = {
 	 "  wrapped_secret BLOB NOT NULL"
 	 ");"
 	 "CREATE INDEX access_keys_by_user ON access_keys (user, id);"},
+	/* The keys marked for JWT signing (flag bit 0, HSM_KEYFLAG_JWT), for the JWK Set: a
+	 * partial index, so listing them costs what they number, not what the store holds. */
+	{2, "CREATE INDEX keys_jwt ON keys (id) WHERE (flags & 1) = 1;"},
 };
 
 #define MIGRATION_COUNT ((int)(sizeof(migrations) / sizeof(migrations[0])))

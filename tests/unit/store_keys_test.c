@@ -16,6 +16,7 @@
 #include <openssl/rand.h>
 
 #include "store/store.h"
+#include "store/store_impl.h"
 #include "store_test_util.h"
 
 /* ---- Keys ------------------------------------------------------------------------------- */
@@ -503,6 +504,121 @@ static void test_key_list_pagination(void **state)
 	           HSM_ERR_VALIDATION);
 }
 
+static hsm_result set_flags(hsm_key_record *k, void *arg)
+{
+	k->flags = *(const uint32_t *)arg;
+	return HSM_SUCCESS;
+}
+
+/* Every page of the JWT listing, as key numbers (st_key_id). */
+static size_t jwt_keys(hsm_store *s, size_t limit, unsigned *out, size_t cap)
+{
+	char after[HSM_UUID_STRLEN + 1] = "";
+	size_t n = 0;
+	for (bool more = true; more;) {
+		page p = {0};
+		EXPECT_OK(hsm_store_jwt_key_list(s, after, limit, collect_key, &p, &more));
+		assert_true(p.n <= limit);
+		for (size_t i = 0; i < p.n; i++) {
+			assert_true(n < cap);
+			out[n++] = (unsigned)strtoul(p.ids[i], NULL, 16);
+		}
+		if (p.n > 0)
+			snprintf(after, sizeof(after), "%s", p.ids[p.n - 1]);
+	}
+	return n;
+}
+
+/* The detail lines of the query plan of sql, joined. */
+static void query_plan(const char *dir, const char *sql, char *out, size_t cap)
+{
+	char path[PATH_MAX], q[512];
+	sqlite3 *db = NULL;
+	sqlite3_stmt *st = NULL;
+	st_path(path, dir, "hsmd.db");
+	snprintf(q, sizeof(q), "EXPLAIN QUERY PLAN %s", sql);
+	out[0] = '\0';
+	assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_prepare_v2(db, q, -1, &st, NULL), SQLITE_OK);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		size_t len = strlen(out);
+		snprintf(out + len, cap - len, "%s; ", (const char *)sqlite3_column_text(st, 3));
+	}
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+}
+
+/* The keys marked for JWT signing, listed through their own index. */
+static void test_jwt_key_list(void **state)
+{
+	st_fixture *f = *state;
+	unsigned got[16];
+	assert_int_equal(jwt_keys(f->s, 2, got, 16), 0);
+	const uint32_t jwt = HSM_KEYFLAG_JWT | (3U << 8), other = 2U << 8, none = 0;
+	for (unsigned i = 1; i <= 9; i++) {
+		char id[HSM_UUID_STRLEN + 1];
+		st_key_id(id, i);
+		st_create_key(f->s, id, "w", 1);
+		/* Keys 2, 3, 5, 7 and 9 are JWT keys; 4 has other flag bits only. */
+		const uint32_t *flags = i == 4 ? &other : (i % 2 == 1 && i > 1) || i == 2 ? &jwt : &none;
+		EXPECT_OK(hsm_store_key_update(f->s, id, set_flags, (void *)flags, NULL, NULL));
+	}
+	char id9[HSM_UUID_STRLEN + 1], id5[HSM_UUID_STRLEN + 1];
+	st_key_id(id9, 9);
+	st_key_id(id5, 5);
+	EXPECT_OK(hsm_store_key_destroy(f->s, id9, 1)); /* destroyed: not listed */
+	for (size_t limit = 1; limit <= 5; limit++) {
+		assert_int_equal(jwt_keys(f->s, limit, got, 16), 4);
+		assert_int_equal(got[0], 2);
+		assert_int_equal(got[1], 3);
+		assert_int_equal(got[2], 5);
+		assert_int_equal(got[3], 7);
+	}
+	/* The flag cleared: gone from the list (and from the index). */
+	EXPECT_OK(hsm_store_key_update(f->s, id5, set_flags, (void *)&none, NULL, NULL));
+	assert_int_equal(jwt_keys(f->s, 3, got, 16), 3);
+	assert_int_equal(got[2], 7);
+	assert_int_equal(st_raw_int(f->dir, "SELECT count(*) FROM keys INDEXED BY keys_jwt "
+	                                    "WHERE (flags & 1) = 1"),
+	                 4); /* 2, 3, 7 and the destroyed 9 */
+
+	/* The store's query walks the index, not the table (its shape, as in the store). */
+	char plan[1024];
+	query_plan(f->dir,
+	           "SELECT id FROM keys WHERE (flags & 1) = 1 AND id > '' AND "
+	           "state != 'Destroyed' ORDER BY id LIMIT 10",
+	           plan, sizeof(plan));
+	assert_non_null(strstr(plan, "USING INDEX keys_jwt"));
+}
+
+/* A store made before the index gets it when opened. */
+static void test_jwt_index_added_to_an_older_store(void **state)
+{
+	st_fixture *f = *state;
+	char id[HSM_UUID_STRLEN + 1];
+	const uint32_t jwt = HSM_KEYFLAG_JWT;
+	st_key_id(id, 1);
+	st_create_key(f->s, id, "w", 1);
+	EXPECT_OK(hsm_store_key_update(f->s, id, set_flags, (void *)&jwt, NULL, NULL));
+	hsm_store_close(f->s);
+	f->s = NULL;
+	/* Back to schema 1, as a store written before step 2 is. */
+	assert_int_equal(st_raw_exec(f->dir, "DROP INDEX keys_jwt; "
+	                                     "DELETE FROM schema_version WHERE version >= 2"),
+	                 SQLITE_OK);
+	assert_int_equal(st_raw_int(f->dir, "SELECT count(*) FROM sqlite_schema "
+	                                    "WHERE name = 'keys_jwt'"),
+	                 0);
+	EXPECT_OK(hsm_store_open(f->dir, &f->s));
+	assert_int_equal(hsm_store_schema_version(f->s), hsm_store_sqlite_schema_latest());
+	assert_int_equal(st_raw_int(f->dir, "SELECT count(*) FROM sqlite_schema "
+	                                    "WHERE name = 'keys_jwt'"),
+	                 1);
+	unsigned got[4];
+	assert_int_equal(jwt_keys(f->s, 10, got, 4), 1);
+	assert_int_equal(got[0], 1);
+}
+
 typedef struct due_ctx {
 	hsm_store *s;
 	page p;
@@ -617,6 +733,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_key_update_reentry_aborts, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_destroy_erases_material, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_key_list_pagination, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_jwt_key_list, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_jwt_index_added_to_an_older_store, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_keys_due, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_versions, st_setup, st_teardown),
 	};
