@@ -25,7 +25,7 @@ hsm_result hsm_kms_get_policy(hsm_kms *kms, const hsm_caller *caller, const char
 	kms_key *k = NULL;
 	HSM_GUARD(check_name(policy_name));
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_GetKeyPolicy, ref, NULL, &k));
-	hsm_result r = hsm_buf_put_str(out, k->rec.policy);
+	hsm_result r = hsm_buf_put_str(out, hsm_policy_source(k->policy));
 	kms_key_release(k);
 	return r;
 }

@@ -405,7 +405,11 @@ static hsm_result snapshot_new(hsm_kms *kms, const hsm_key_record *rec, kms_key 
 	kms_key *k = calloc(1, sizeof(*k));
 	HSM_ENSURE(k != NULL, HSM_ERR_NOMEM, "out of memory");
 	atomic_init(&k->refs, 1);
-	HSM_TRY(hsm_key_record_copy(&k->rec, rec));
+	/* The policy text is not copied: the shared parsed policy keeps it (a copy per key was half
+	 * of a cached key's memory, though most keys carry the same document). */
+	hsm_key_record without_policy = *rec;
+	without_policy.policy = NULL;
+	HSM_TRY(hsm_key_record_copy(&k->rec, &without_policy));
 	HSM_TRY(policy_of(kms, rec->policy, &k->policy));
 	HSM_TRY(hsm_kms_key_arn(kms, rec->key_id, &arn));
 	HSM_TRY(hsm_buf_terminate(&arn));

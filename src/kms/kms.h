@@ -198,6 +198,11 @@ typedef struct hsm_create_key_req {
 
 hsm_result hsm_kms_create_key(hsm_kms *kms, const hsm_caller *caller,
                               const hsm_create_key_req *req, hsm_key_record *out) HSM_MUST_CHECK;
+/*
+ * DescribeKey, GetKeyRotationStatus and GetPublicKey fill a copy of the
+ * key's record from the metadata cache, without its policy (NULL there):
+ * the policy document is GetKeyPolicy's (hsm_kms_get_policy).
+ */
 hsm_result hsm_kms_describe_key(hsm_kms *kms, const hsm_caller *caller, const char *ref,
                                 hsm_key_record *out) HSM_MUST_CHECK;
 /* Lists key ids after marker (a key id; NULL for the first page). */

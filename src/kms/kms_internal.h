@@ -15,8 +15,8 @@
 /* An immutable, reference-counted snapshot of one key's metadata. */
 typedef struct kms_key {
 	atomic_int refs;
-	hsm_key_record rec;
-	hsm_policy *policy;   /* parsed rec.policy */
+	hsm_key_record rec;   /* rec.policy is NULL: the text is hsm_policy_source(policy) */
+	hsm_policy *policy;   /* parsed policy document, shared with keys that have the same */
 	int64_t loaded_ms;
 	char arn[KMS_ARN_MAX];
 } kms_key;

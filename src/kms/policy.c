@@ -415,6 +415,11 @@ bool hsm_policy_parsed_from(const hsm_policy *p, const char *doc, size_t len)
 	return p->source_len == len && hsm_ct_equal(p->source, doc, len);
 }
 
+const char *hsm_policy_source(const hsm_policy *p)
+{
+	return p->source; /* the arena block is zeroed: its last byte ends the string */
+}
+
 size_t hsm_policy_statement_count(const hsm_policy *p)
 {
 	return p->n_statements;

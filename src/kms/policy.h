@@ -97,6 +97,8 @@ hsm_policy *hsm_policy_ref(hsm_policy *p);
 void hsm_policy_free(hsm_policy *p);
 /* Whether p was parsed from exactly these len bytes. */
 bool hsm_policy_parsed_from(const hsm_policy *p, const char *doc, size_t len);
+/* The document p was parsed from (NUL-terminated), alive as long as p. */
+const char *hsm_policy_source(const hsm_policy *p);
 /* Number of statements (for tests and diagnostics). */
 size_t hsm_policy_statement_count(const hsm_policy *p);
 

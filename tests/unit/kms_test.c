@@ -410,6 +410,16 @@ static void test_keys_share_equal_policies(void **state)
 
 	assert_true(hsm_ok(hsm_kms_put_policy(f->kms, &officer, b.key_id, NULL, open, false)));
 	assert_ptr_not_equal(parsed_policy_of(f, a.key_id), parsed_policy_of(f, b.key_id));
+	/* GetKeyPolicy gives each key its own document back, byte for byte. */
+	hsm_buf doc = {0};
+	assert_true(hsm_ok(hsm_kms_get_policy(f->kms, &officer, a.key_id, NULL, &doc)));
+	assert_int_equal(doc.len, strlen(conditional));
+	assert_memory_equal(doc.data, conditional, doc.len);
+	hsm_buf_clear(&doc);
+	assert_true(hsm_ok(hsm_kms_get_policy(f->kms, &officer, b.key_id, "default", &doc)));
+	assert_int_equal(doc.len, strlen(open));
+	assert_memory_equal(doc.data, open, doc.len);
+	hsm_buf_free(&doc);
 	assert_true(hsm_ok(encrypt_in(f, b.key_id, "other")));
 	assert_int_equal(encrypt_in(f, a.key_id, "other").err, HSM_ERR_ACCESS_DENIED);
 
