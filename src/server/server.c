@@ -13,8 +13,6 @@
 #include "kms/jwt.h"
 #include "server/server.h"
 
-#include <errno.h>
-
 #define SCHEDULER_PERIOD_S 5
 #define DEV_SHARE_FILE "dev-unseal.share"
 #define DEV_USER "dev"
