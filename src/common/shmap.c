@@ -21,7 +21,7 @@ typedef struct entry {
 	struct entry *newer, *older; /* recency list */
 	void *value;
 	uint64_t hash;
-	char key[HSM_SHMAP_KEY_MAX + 1];
+	char key[]; /* as long as it is: a key id is 36 bytes, the bound 95 */
 } entry;
 
 typedef struct shard {
@@ -169,7 +169,7 @@ hsm_result hsm_shmap_put(hsm_shmap *m, const char *key, void *value)
 {
 	size_t klen = strlen(key);
 	HSM_ASSERT(klen <= HSM_SHMAP_KEY_MAX);
-	entry *n = calloc(1, sizeof(*n));
+	entry *n = calloc(1, sizeof(*n) + klen + 1);
 	HSM_ENSURE(n != NULL, HSM_ERR_NOMEM, "out of memory");
 	memcpy(n->key, key, klen + 1);
 	n->hash = hash_of(key);

@@ -90,7 +90,18 @@ static void test_get_put_replace_remove(void **state)
 	assert_int_equal(b.refs, 0);
 	assert_int_equal(entries(m), 0);
 	hsm_shmap_remove(m, "absent");
+	/* Keys up to the bound, each entry sized to its key (ASan checks the bytes). */
+	char longest[HSM_SHMAP_KEY_MAX + 1];
+	memset(longest, 'k', HSM_SHMAP_KEY_MAX);
+	longest[HSM_SHMAP_KEY_MAX] = '\0';
+	assert_true(hsm_ok(hsm_shmap_put(m, longest, &a)));
+	assert_true(hsm_ok(hsm_shmap_put(m, "", &b)));
+	assert_true(holds(m, longest, &a));
+	assert_true(holds(m, "", &b));
+	longest[HSM_SHMAP_KEY_MAX - 1] = 'j';
+	assert_false(hsm_shmap_get(m, longest, &v));
 	hsm_shmap_free(m);
+	assert_int_equal(a.refs + b.refs, 0);
 }
 
 enum { N = 20000, CAPACITY = 256 }; /* 64 shards of 4 */
