@@ -38,12 +38,11 @@ static void cache_unref(void *m)
 	hsm_material_free(m);
 }
 
-hsm_result hsm_keystore_new(hsm_store *store, size_t cache_capacity, hsm_keystore **out)
+hsm_result ks_alloc(size_t cache_capacity, hsm_keystore **out)
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_keystore *ks = calloc(1, sizeof(*ks));
 	HSM_ENSURE(ks != NULL, HSM_ERR_NOMEM, "out of memory");
-	ks->store = store;
 	pthread_mutex_init(&ks->lock, NULL);
 	pthread_rwlock_init(&ks->keys_lock, NULL);
 	atomic_init(&ks->state, HSM_NODE_UNINITIALIZED);
@@ -51,10 +50,22 @@ hsm_result hsm_keystore_new(hsm_store *store, size_t cache_capacity, hsm_keystor
 	HSM_TRY(hsm_shmap_new_grouped(cache_capacity ? cache_capacity : DEFAULT_CACHE_CAPACITY,
 	                              cache_ref, cache_unref, true, &ks->cache));
 	HSM_TRY(hsm_crypto_init());
-	hsm_result st = hsm_selftest_run();
-	if (hsm_failed(st)) {
+	if (hsm_failed(hsm_selftest_run()))
 		hsm_keystore_set_error(ks, hsm_last_message());
-	} else {
+	*out = ks;
+	ks = NULL;
+out:
+	hsm_keystore_free(ks);
+	return res;
+}
+
+hsm_result hsm_keystore_new(hsm_store *store, size_t cache_capacity, hsm_keystore **out)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_keystore *ks = NULL;
+	HSM_TRY(ks_alloc(cache_capacity, &ks));
+	ks->store = store;
+	if (atomic_load(&ks->state) != HSM_NODE_ERROR) {
 		hsm_buf probe = {0};
 		hsm_result meta = hsm_store_meta_get(store, META_STORE_ID, &probe);
 		hsm_buf_free(&probe);
@@ -71,6 +82,40 @@ hsm_result hsm_keystore_new(hsm_store *store, size_t cache_capacity, hsm_keystor
 out:
 	hsm_keystore_free(ks);
 	return res;
+}
+
+hsm_result hsm_keystore_new_detached(const hsm_ks_identity *id, hsm_keystore **out)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_keystore *ks = NULL;
+	HSM_CHECK(hsm_is_uuid(id->store_id), HSM_ERR_VALIDATION, "store id is malformed");
+	HSM_CHECK(id->threshold >= 1 && id->threshold <= id->count && id->count <= HSM_MAX_SHARES,
+	          HSM_ERR_VALIDATION, "quorum settings are malformed");
+	HSM_TRY(ks_alloc(64, &ks));
+	memcpy(ks->store_id, id->store_id, sizeof(ks->store_id));
+	memcpy(ks->set_id, id->set_id, sizeof(ks->set_id));
+	memcpy(ks->kcv, id->kcv, sizeof(ks->kcv));
+	ks->threshold = id->threshold;
+	ks->count = id->count;
+	if (atomic_load(&ks->state) != HSM_NODE_ERROR)
+		atomic_store(&ks->state, HSM_NODE_SEALED);
+	*out = ks;
+	ks = NULL;
+out:
+	hsm_keystore_free(ks);
+	return res;
+}
+
+void hsm_keystore_identity(hsm_keystore *ks, hsm_ks_identity *out)
+{
+	memset(out, 0, sizeof(*out));
+	pthread_mutex_lock(&ks->lock);
+	memcpy(out->store_id, ks->store_id, sizeof(out->store_id));
+	memcpy(out->set_id, ks->set_id, sizeof(out->set_id));
+	memcpy(out->kcv, ks->kcv, sizeof(out->kcv));
+	out->threshold = ks->threshold;
+	out->count = ks->count;
+	pthread_mutex_unlock(&ks->lock);
 }
 
 void hsm_keystore_free(hsm_keystore *ks)

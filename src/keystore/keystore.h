@@ -50,6 +50,20 @@ typedef struct hsm_ks_keyref {
 	hsm_key_usage usage;
 } hsm_ks_keyref;
 
+#define HSM_KS_SET_ID_LEN 8
+#define HSM_KS_KCV_LEN 16
+
+/*
+ * What identifies a store's master key without revealing it: enough to
+ * collect and check custodian shares for it (a backup carries this).
+ */
+typedef struct hsm_ks_identity {
+	char store_id[HSM_UUID_STRLEN + 1];
+	uint8_t set_id[HSM_KS_SET_ID_LEN]; /* the share split */
+	unsigned threshold, count;
+	uint8_t kcv[HSM_KS_KCV_LEN];       /* key check value of the DMK */
+} hsm_ks_identity;
+
 #define HSM_DEFAULT_SHARES 5
 #define HSM_DEFAULT_THRESHOLD 3
 #define HSM_MAX_SHARES 16
@@ -64,12 +78,21 @@ typedef struct hsm_ks_keyref {
  */
 hsm_result hsm_keystore_new(hsm_store *store, size_t cache_capacity,
                             hsm_keystore **out) HSM_MUST_CHECK;
+/*
+ * A keystore of a store that is not open here (restoring or checking a
+ * backup): it starts sealed, unseals with the store's share files like any
+ * other, and then serves only the backup functions below.
+ */
+hsm_result hsm_keystore_new_detached(const hsm_ks_identity *id,
+                                     hsm_keystore **out) HSM_MUST_CHECK;
 /* Seals (wiping every secret) and frees.  NULL is a no-op. */
 void hsm_keystore_free(hsm_keystore *ks);
 
 hsm_node_state hsm_keystore_state(hsm_keystore *ks);
 /* The store's identity (UUID), empty before init. */
 const char *hsm_keystore_store_id(hsm_keystore *ks);
+/* The store's identity and quorum (zeroed fields before init). */
+void hsm_keystore_identity(hsm_keystore *ks, hsm_ks_identity *out);
 
 /*
  * Initializes an empty store: makes a random 256-bit DMK, records its key
@@ -194,6 +217,28 @@ hsm_result hsm_ks_audit_hash(hsm_keystore *ks, const uint8_t *value, size_t len,
                              char out[2 * HSM_SHA256_LEN + 1]) HSM_MUST_CHECK;
 /* The audit signing public key as PEM (available while sealed). */
 hsm_result hsm_ks_audit_public_pem(hsm_keystore *ks, hsm_buf *out) HSM_MUST_CHECK;
+
+/* ---- Backups ------------------------------------------------------------------ */
+
+/*
+ * The cipher of one backup file: AES-256-GCM under a key derived from the
+ * DMK's backup key and the file's own random salt, so no two files share a
+ * key and chunk i can use the nonce i.  The key stays in the keystore.
+ */
+#define HSM_KS_BACKUP_SALT_LEN 32
+typedef struct hsm_ks_backup_cipher hsm_ks_backup_cipher;
+hsm_result hsm_ks_backup_cipher_new(hsm_keystore *ks, const uint8_t salt[HSM_KS_BACKUP_SALT_LEN],
+                                    hsm_ks_backup_cipher **out) HSM_MUST_CHECK;
+/* Appends ciphertext || 16-byte tag of chunk `index`; aad binds the file's header. */
+hsm_result hsm_ks_backup_seal(hsm_ks_backup_cipher *c, uint64_t index, const uint8_t *aad,
+                              size_t aad_len, const uint8_t *pt, size_t n,
+                              hsm_buf *out) HSM_MUST_CHECK;
+/* Opens what hsm_ks_backup_seal made; HSM_ERR_INVALID_CIPHERTEXT when it does not verify. */
+hsm_result hsm_ks_backup_open(hsm_ks_backup_cipher *c, uint64_t index, const uint8_t *aad,
+                              size_t aad_len, const uint8_t *ct, size_t n,
+                              hsm_buf *pt) HSM_MUST_CHECK;
+/* Wipes and frees.  NULL is a no-op. */
+void hsm_ks_backup_cipher_free(hsm_ks_backup_cipher *c);
 
 /* Random bytes from the DRBG (GenerateRandom). */
 hsm_result hsm_ks_random(hsm_keystore *ks, size_t n, hsm_buf *out) HSM_MUST_CHECK;

@@ -12,8 +12,8 @@
 #include "keystore/keystore.h"
 #include "keystore/share.h"
 
-#define KS_SET_ID_LEN 8
-#define KS_KCV_LEN 16
+#define KS_SET_ID_LEN HSM_KS_SET_ID_LEN
+#define KS_KCV_LEN HSM_KS_KCV_LEN
 #define KS_WRAP_VERSION 1
 
 /* Store meta names. */
@@ -33,11 +33,12 @@ typedef struct ks_keys {
 	hsm_secret *principal; /* wraps access-key secrets */
 	hsm_secret *audit;     /* wraps the audit signing key */
 	hsm_secret *audit_hash;/* keys the audit trail's hashes of sensitive values */
+	hsm_secret *backup;    /* derives each backup file's key (backup.c) */
 	hsm_material *audit_signer;
 } ks_keys;
 
 struct hsm_keystore {
-	hsm_store *store;
+	hsm_store *store; /* NULL for a detached keystore (hsm_keystore_new_detached) */
 	hsm_shmap *cache; /* "<key id>/<version>/<spec>/<usage>" -> hsm_material */
 	atomic_int state; /* hsm_node_state; read lock-free on the hot path */
 	pthread_mutex_t lock;     /* serializes init/unseal/seal */
@@ -65,6 +66,8 @@ hsm_result ks_unwrap(const hsm_secret *key, const hsm_buf *aad, const uint8_t *p
 /* AAD binding a key version's material to its identity. */
 hsm_result ks_material_aad(const hsm_ks_keyref *ref, hsm_buf *aad) HSM_MUST_CHECK;
 
+/* Creates the parts every keystore has (locks, cache) and runs the self-tests. */
+hsm_result ks_alloc(size_t cache_capacity, hsm_keystore **out) HSM_MUST_CHECK;
 /* Loads the meta records of an initialized store into ks (state -> sealed). */
 hsm_result ks_load_meta(hsm_keystore *ks) HSM_MUST_CHECK;
 void ks_keys_wipe(ks_keys *k);

@@ -18,6 +18,7 @@
 #define LABEL_PRINCIPAL "hsmd/v1/wrap/principal-secret"
 #define LABEL_AUDIT "hsmd/v1/wrap/audit-signing-key"
 #define LABEL_AUDIT_HASH "hsmd/v1/audit-hash"
+#define LABEL_BACKUP "hsmd/v1/backup"
 #define AAD_AUDIT_KEY "hsmd/v1/audit-signing-key"
 
 hsm_result ks_wrap(const hsm_secret *key, const hsm_buf *aad, const uint8_t *pt, size_t n,
@@ -75,6 +76,7 @@ void ks_keys_wipe(ks_keys *k)
 	hsm_secret_free(k->principal);
 	hsm_secret_free(k->audit);
 	hsm_secret_free(k->audit_hash);
+	hsm_secret_free(k->backup);
 	hsm_material_free(k->audit_signer);
 	memset(k, 0, sizeof(*k));
 }
@@ -93,6 +95,7 @@ static hsm_result derive_all(const hsm_secret *dmk, const char *store_id, ks_key
 	HSM_TRY(derive(dmk, store_id, LABEL_PRINCIPAL, HSM_AES_KEY_LEN, &t.principal));
 	HSM_TRY(derive(dmk, store_id, LABEL_AUDIT, HSM_AES_KEY_LEN, &t.audit));
 	HSM_TRY(derive(dmk, store_id, LABEL_AUDIT_HASH, HSM_SHA256_LEN, &t.audit_hash));
+	HSM_TRY(derive(dmk, store_id, LABEL_BACKUP, HSM_SHA256_LEN, &t.backup));
 	*k = t;
 	memset(&t, 0, sizeof(t));
 out:
@@ -341,7 +344,8 @@ static hsm_result complete_unseal(hsm_keystore *ks)
 	          "the shares do not reconstruct this store's master key (key check value "
 	          "mismatch); all shares given so far were discarded");
 	HSM_TRY(derive_all(dmk, ks->store_id, &keys));
-	HSM_TRY(load_audit_key(ks, &keys));
+	if (ks->store != NULL) /* a detached keystore has no audit key to load */
+		HSM_TRY(load_audit_key(ks, &keys));
 	pthread_rwlock_wrlock(&ks->keys_lock);
 	ks->keys = keys;
 	memset(&keys, 0, sizeof(keys));

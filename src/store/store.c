@@ -396,6 +396,13 @@ hsm_result hsm_store_key_count(hsm_store *s, uint64_t *out)
 	return s->ops->key_count(s, out);
 }
 
+hsm_result hsm_store_snapshot(hsm_store *s, const char *path)
+{
+	HSM_ASSERT(s != NULL && path != NULL);
+	HSM_ENSURE(*path != '\0', HSM_ERR_VALIDATION, "snapshot path is empty");
+	return s->ops->snapshot(s, path);
+}
+
 hsm_result hsm_store_keys_due(hsm_store *s, int64_t now, size_t limit, hsm_key_cb cb, void *arg)
 {
 	HSM_ASSERT(s != NULL && cb != NULL);

@@ -290,6 +290,19 @@ hsm_result hsm_store_key_count(hsm_store *s, uint64_t *out) HSM_MUST_CHECK;
 hsm_result hsm_store_keys_due(hsm_store *s, int64_t now, size_t limit, hsm_key_cb cb,
                               void *arg) HSM_MUST_CHECK;
 
+/* ---- Backups ---------------------------------------------------------------- */
+
+/*
+ * Writes a transaction-consistent copy of the whole store to path, a new
+ * file (mode 0600; an existing file is refused).  Writers do not wait for
+ * it.  The copy is a store of the same backend that hsm_store_open opens
+ * under the backend's file name; it is not synced (the caller reads it
+ * back).  On failure nothing is left at path.
+ */
+hsm_result hsm_store_snapshot(hsm_store *s, const char *path) HSM_MUST_CHECK;
+/* The file name a SQLite store keeps its database under, inside its directory. */
+#define HSM_STORE_DB_FILE "hsmd.db"
+
 /* ---- Key versions ----------------------------------------------------------- */
 
 /* NOT_FOUND when the key or the version does not exist. */

@@ -289,6 +289,41 @@ hsm_result sq_write_end_scrub(sq_store *s, sq_conn *c, hsm_result res)
 	return write_finish(s, c, res, true);
 }
 
+/* ---- Snapshot ------------------------------------------------------------------------------- */
+
+/*
+ * VACUUM INTO reads the database in one read transaction (a consistent
+ * snapshot that the writer does not wait for) and writes a compact copy.  It
+ * needs a connection that may write, though only to the new file, so it gets
+ * its own connection rather than a pooled query-only one.  The file is made
+ * first, empty and with mode 0600, as VACUUM INTO would create it 0644.
+ */
+static hsm_result sq_snapshot(hsm_store *base, const char *path)
+{
+	sq_store *s = sq_of(base);
+	hsm_result res = HSM_SUCCESS;
+	sq_conn *c = NULL;
+	sqlite3_stmt *st = NULL;
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+	HSM_ENSURE(fd >= 0, HSM_ERR_IO, "cannot create %s: %s", path, strerror(errno));
+	close(fd);
+	HSM_TRY(conn_open(s->db_path, false, &c));
+	HSM_TRY(conn_exec(c, "PRAGMA query_only=OFF;"));
+	int rc = sqlite3_prepare_v2(c->db, "VACUUM INTO ?1", -1, &st, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_bind_text(st, 1, path, -1, SQLITE_STATIC);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(st);
+	if (rc != SQLITE_DONE)
+		res = sq_fail(c, rc, "copy the store");
+out:
+	sqlite3_finalize(st);
+	conn_close(c);
+	if (hsm_failed(res))
+		unlink(path);
+	return res;
+}
+
 /* ---- Open and close ---------------------------------------------------------------------------- */
 
 static void sq_close(hsm_store *base)
@@ -326,6 +361,7 @@ static const hsm_store_ops sqlite_ops = {
 	.key_list = sq_key_list,
 	.jwt_key_list = sq_jwt_key_list,
 	.key_count = sq_key_count,
+	.snapshot = sq_snapshot,
 	.keys_due = sq_keys_due,
 	.version_get = sq_version_get,
 	.version_list = sq_version_list,
@@ -371,7 +407,7 @@ hsm_result hsm_store_sqlite_open(const char *dir, hsm_store **out)
 	sq_store *s = NULL;
 	HSM_TRY(store_alloc(&s));
 	HSM_TRY(hsm_strcpy(s->dir, sizeof(s->dir), dir));
-	HSM_TRY(join_path(s->db_path, sizeof(s->db_path), dir, "hsmd.db"));
+	HSM_TRY(join_path(s->db_path, sizeof(s->db_path), dir, HSM_STORE_DB_FILE));
 	HSM_TRY(hsm_mkdir_p(dir));
 	HSM_TRY(lock_directory(dir, &s->lock_fd));
 	HSM_TRY(prepare_db_file(s->db_path));
