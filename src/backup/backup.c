@@ -80,6 +80,20 @@ static hsm_result sync_close(int fd, const char *path)
 	return HSM_SUCCESS;
 }
 
+/*
+ * Makes the file written at tmp (open as fd, which is closed) durable under
+ * the name final in dir: sync, rename, sync of the directory.  Once renamed,
+ * tmp[0] is cleared, so the caller's cleanup leaves the file alone.
+ */
+static hsm_result publish(int fd, char *tmp, const char *final, const char *dir)
+{
+	HSM_GUARD(sync_close(fd, tmp));
+	HSM_ENSURE(rename(tmp, final) == 0, HSM_ERR_IO, "cannot rename %s: %s", tmp,
+	           strerror(errno));
+	tmp[0] = '\0';
+	return hsm_fsync_dir(dir);
+}
+
 static hsm_result join(char *out, size_t cap, const char *dir, const char *name)
 {
 	int n = snprintf(out, cap, "%s/%s", dir, name);
@@ -309,13 +323,10 @@ hsm_result hsm_backup_create(const hsm_backup_request *req, char *path, size_t c
 	HSM_TRY(open_new(tmp, &fd));
 	HSM_TRY(encrypt_into(fd, tmp, plain, req->ks, cipher, &header, &in));
 	in.file_bytes = header.len + in.store_bytes + chunk_count(&in) * HSM_GCM_TAG_LEN;
-	res = sync_close(fd, tmp);
+	res = publish(fd, tmp, final, req->dir);
 	fd = -1;
 	if (hsm_failed(res))
 		goto out;
-	HSM_CHECK(rename(tmp, final) == 0, HSM_ERR_IO, "cannot rename %s: %s", tmp, strerror(errno));
-	tmp[0] = '\0';
-	HSM_TRY(hsm_fsync_dir(req->dir));
 	HSM_TRY(hsm_strcpy(path, cap, final));
 	*info = in;
 out:
@@ -594,13 +605,8 @@ hsm_result hsm_backup_copy(const char *path, const char *dir)
 			break;
 		HSM_TRY(write_all(dst, buf, got, tmp));
 	}
-	res = sync_close(dst, tmp);
+	res = publish(dst, tmp, final, dir);
 	dst = -1;
-	if (hsm_failed(res))
-		goto out;
-	HSM_CHECK(rename(tmp, final) == 0, HSM_ERR_IO, "cannot rename %s: %s", tmp, strerror(errno));
-	tmp[0] = '\0';
-	HSM_TRY(hsm_fsync_dir(dir));
 out:
 	if (src >= 0)
 		close(src);

@@ -10,7 +10,7 @@
 
 const hsm_caller hsmctl_local_caller = {"local-operator", "", 0, true, false};
 
-static hsm_result unseal_with(hsm_keystore *ks, size_t n, char *const files[])
+hsm_result hsmctl_unseal_files(hsm_keystore *ks, size_t n, char *const files[])
 {
 	hsm_unseal_progress p = {0};
 	for (size_t i = 0; i < n; i++) {
@@ -20,8 +20,11 @@ static hsm_result unseal_with(hsm_keystore *ks, size_t n, char *const files[])
 		if (hsm_ok(r))
 			r = hsm_keystore_unseal(ks, text.data, text.len, &p);
 		hsm_buf_free(&text);
-		if (hsm_failed(r))
-			return HSM_FAIL(r.err, "%s: %s", files[i], hsm_last_message());
+		if (hsm_failed(r)) {
+			char why[HSM_ERRMSG_MAX]; /* the message is rewritten in its own buffer */
+			snprintf(why, sizeof(why), "%s", hsm_last_message());
+			return HSM_FAIL(r.err, "%s: %s", files[i], why);
+		}
 	}
 	HSM_ENSURE(p.unsealed, HSM_ERR_QUORUM_REQUIRED,
 	           "%u of %u shares given; %u more needed to unseal", p.have, p.threshold,
@@ -49,6 +52,13 @@ static hsm_result open_audit(const char *data_dir, hsm_audit **out)
 hsm_result hsmctl_local_audit(hsmctl_local *l, const char *operation, const char *key_id,
                               uint32_t version, hsm_result outcome)
 {
+	return hsmctl_local_audit_fields(l, operation, key_id, version, outcome, NULL, 0);
+}
+
+hsm_result hsmctl_local_audit_fields(hsmctl_local *l, const char *operation, const char *key_id,
+                                     uint32_t version, hsm_result outcome,
+                                     const hsm_audit_field *extra, size_t n_extra)
+{
 	char who[64];
 	snprintf(who, sizeof(who), "local:uid=%u", (unsigned)getuid());
 	hsm_audit_record rec = {
@@ -60,6 +70,8 @@ hsm_result hsmctl_local_audit(hsmctl_local *l, const char *operation, const char
 	    .key_version = version,
 	    .outcome = hsm_ok(outcome) ? HSM_AUDIT_SUCCESS : HSM_AUDIT_ERROR,
 	    .error = hsm_ok(outcome) ? NULL : hsm_err_kms_name(outcome.err),
+	    .extra = extra,
+	    .n_extra = n_extra,
 	};
 	return hsm_audit_append(l->audit, &rec);
 }
@@ -77,7 +89,7 @@ hsm_result hsmctl_local_open(const char *data_dir, size_t n_shares, char *const 
 	HSM_CHECK(hsm_keystore_state(l.ks) != HSM_NODE_ERROR, HSM_ERR_NODE_ERROR,
 	          "self-test failed: %s", hsm_keystore_error_reason(l.ks));
 	if (n_shares > 0) {
-		HSM_TRY(unseal_with(l.ks, n_shares, shares));
+		HSM_TRY(hsmctl_unseal_files(l.ks, n_shares, shares));
 		hsm_audit_set_signer(l.audit, local_signer, l.ks);
 	}
 	hsm_kms_config cfg = {.region = "us-east-1", .account_id = "111122223333"};

@@ -32,6 +32,16 @@ void hsmctl_local_close(hsmctl_local *l);
 hsm_result hsmctl_local_audit(hsmctl_local *l, const char *operation, const char *key_id,
                               uint32_t version, hsm_result outcome) HSM_MUST_CHECK;
 
+/* The same with extra fields. */
+hsm_result hsmctl_local_audit_fields(hsmctl_local *l, const char *operation, const char *key_id,
+                                     uint32_t version, hsm_result outcome,
+                                     const hsm_audit_field *extra, size_t n_extra) HSM_MUST_CHECK;
+/*
+ * Unseals ks with share files (paths); fails naming the file at fault, or
+ * with HSM_ERR_QUORUM_REQUIRED when they are fewer than the threshold.
+ */
+hsm_result hsmctl_unseal_files(hsm_keystore *ks, size_t n, char *const files[]) HSM_MUST_CHECK;
+
 /* The operator acting locally (full rights: they hold the directory and the quorum). */
 extern const hsm_caller hsmctl_local_caller;
 

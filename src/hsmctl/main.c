@@ -1,5 +1,5 @@
 /*
- * hsmctl - init, unseal, ceremony, keys, users, audit and reports.
+ * hsmctl - init, unseal, ceremony, keys, users, backups, audit and reports.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -64,6 +64,16 @@ static const hsmctl_command commands[] = {
      "mark a key for JWT signing and publish it in the JWKS", hsmctl_cmd_jwt},
     {"jwt disable", "[--endpoint URL] KEY",
      "stop a key signing tokens and remove it from the JWKS", hsmctl_cmd_jwt},
+    {"backup create", "(with --endpoint)", "make an encrypted backup of the store now",
+     hsmctl_cmd_backup},
+    {"backup list", "(with --endpoint) | --dir DIR", "list a node's or a directory's backups",
+     hsmctl_cmd_backup},
+    {"backup inspect", "FILE", "show a backup's header: store, time, quorum (no shares needed)",
+     hsmctl_cmd_backup},
+    {"backup verify", "--share FILE... BACKUP",
+     "decrypt and authenticate a whole backup with a quorum of shares", hsmctl_cmd_backup},
+    {"restore", "--data-dir DIR --share FILE... BACKUP",
+     "restore a backup into a new data directory (a quorum of shares)", hsmctl_cmd_restore},
     {"version", "", "print the version", cmd_version},
     {"help", "", "list the commands", cmd_help},
     {"audit verify", "[--pubkey FILE] [--live] FILES...",

@@ -6,8 +6,8 @@
  * can be checked before unseal.  A custodian's share file is the credential
  * of Unseal (it is checksummed, bound to this store, and worthless below the
  * threshold), as with other HSMs' unseal endpoints; both are audited.  Every
- * other admin operation needs SigV4 and the crypto-officer role (AuditHash
- * and AuditPublicKey also the auditor role).
+ * other admin operation needs SigV4 and the crypto-officer role (AuditHash,
+ * AuditPublicKey and ListBackups also the auditor role).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -215,6 +215,51 @@ static hsm_result op_audit_public_key(hsm_admin_ctx *c)
 	return r;
 }
 
+static void write_backup(hsm_jw *w, const char *path, const hsm_backup_info *info)
+{
+	const char *slash = strrchr(path, '/');
+	hsm_jw_str(w, "BackupId", info->backup_id);
+	hsm_jw_str(w, "File", slash ? slash + 1 : path);
+	hsm_jw_str(w, "Path", path);
+	hsm_jw_str(w, "StoreId", info->identity.store_id);
+	hsm_jw_str(w, "NodeId", info->node_id);
+	hsm_jw_time(w, "CreationDate", info->created);
+	hsm_jw_int(w, "SizeBytes", (int64_t)info->file_bytes);
+	hsm_jw_int(w, "Threshold", info->identity.threshold);
+}
+
+static hsm_result op_create_backup(hsm_admin_ctx *c)
+{
+	char path[4096];
+	hsm_backup_info info;
+	bool copied;
+	HSM_GUARD(require_role(c, HSM_ROLES_OFFICER));
+	HSM_GUARD(hsm_server_backup(c->s, "requested", path, sizeof(path), &info, &copied));
+	write_backup(c->w, path, &info);
+	hsm_jw_bool(c->w, "Copied", copied);
+	return HSM_SUCCESS;
+}
+
+static hsm_result write_backup_entry(const char *path, const hsm_backup_info *info, void *arg)
+{
+	hsm_jw *w = arg;
+	hsm_jw_begin_object(w);
+	write_backup(w, path, info);
+	hsm_jw_end(w);
+	return HSM_SUCCESS;
+}
+
+static hsm_result op_list_backups(hsm_admin_ctx *c)
+{
+	HSM_GUARD(require_role(c, HSM_ROLES_OFFICER | HSM_ROLES_AUDITOR));
+	hsm_jw_str(c->w, "BackupDir", c->s->backup_dir);
+	hsm_jw_key_begin_array(c->w, "Backups");
+	HSM_GUARD(hsm_backup_list(c->s->backup_dir, hsm_keystore_store_id(c->s->ks),
+	                          write_backup_entry, c->w));
+	hsm_jw_end_array(c->w);
+	return HSM_SUCCESS;
+}
+
 static const hsm_admin_op admin_ops[] = {
     {"Unseal", false, op_unseal},
     {"Status", false, op_status},
@@ -229,6 +274,8 @@ static const hsm_admin_op admin_ops[] = {
     {"ListAccessKeys", true, op_list_access_keys},
     {"AuditHash", true, op_audit_hash},
     {"AuditPublicKey", true, op_audit_public_key},
+    {"CreateBackup", true, op_create_backup},
+    {"ListBackups", true, op_list_backups},
 };
 
 const hsm_admin_op *hsm_admin_find(const char *name)

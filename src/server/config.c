@@ -241,6 +241,8 @@ static hsm_result computed_defaults(loader *L)
 	char buf[HSM_CONFIG_PATH_MAX + 8];
 	snprintf(buf, sizeof(buf), "%s/audit", cfg->data_dir);
 	HSM_GUARD(set_computed(L, "audit_dir", buf));
+	snprintf(buf, sizeof(buf), "%s/backups", cfg->data_dir);
+	HSM_GUARD(set_computed(L, "backup_dir", buf));
 	char host[HSM_CONFIG_NAME_MAX];
 	host_name(host);
 	HSM_GUARD(set_computed(L, "node_id", host));

@@ -68,6 +68,11 @@ typedef struct hsm_config {
 	char region[HSM_CONFIG_NAME_MAX];
 	char account_id[13];
 	char node_id[HSM_CONFIG_NAME_MAX];
+	/* backups */
+	char backup_dir[HSM_CONFIG_PATH_MAX];
+	uint32_t backup_interval_seconds;
+	uint32_t backup_retention_days;
+	char backup_copy_dir[HSM_CONFIG_PATH_MAX];
 	/* audit */
 	char audit_dir[HSM_CONFIG_PATH_MAX];
 	uint32_t audit_fsync_ms;

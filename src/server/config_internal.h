@@ -15,6 +15,7 @@ typedef enum key_type {
 	K_ADDR,    /* listen address */
 	K_FILE,    /* a path to a readable file, or "" */
 	K_DIR,     /* a path (need not exist yet) */
+	K_DIR_OPT, /* a path, or "" for none */
 	K_BOOL,
 	K_U32,     /* whole number in [min, max] */
 	K_SIZE,    /* bytes with an optional K/M/G suffix, in [min, max] */

@@ -59,6 +59,14 @@ const key_def hsm_config_keys[] = {
     {"node_id", K_NODE, FIELD(node_id), 0, 0, NULL, "NAME", "this node's name (default: host name)"},
     {"audit_dir", K_DIR, FIELD(audit_dir), 0, 0, NULL, "DIR",
      "audit log directory (default DATA_DIR/audit)"},
+    {"backup_dir", K_DIR, FIELD(backup_dir), 0, 0, NULL, "DIR",
+     "encrypted backups of the store (default DATA_DIR/backups)"},
+    {"backup_interval_seconds", K_U32, FIELD(backup_interval_seconds), 0, 366 * DAY, "86400", "S",
+     "time between scheduled backups; 0 turns them off"},
+    {"backup_retention_days", K_U32, FIELD(backup_retention_days), 1, 36500, "90", "DAYS",
+     "delete backups older than this (the newest is always kept)"},
+    {"backup_copy_dir", K_DIR_OPT, FIELD(backup_copy_dir), 0, 0, "", "DIR",
+     "also copy each backup here: another disk, or a mount in another region"},
     {"audit_fsync_ms", K_U32, FIELD(audit_fsync_ms), 1, 10000, "10", "MS",
      "longest wait to group audit records into one fsync"},
     {"audit_fsync_max_lag_ms", K_U32, FIELD(audit_fsync_max_lag_ms), 1, 60000, "50", "MS",
@@ -274,6 +282,8 @@ static hsm_result parse_into(hsm_config *cfg, const key_def *k, const char *t)
 		break;
 	case K_DIR:
 		HSM_ENSURE(t[0] != '\0', HSM_ERR_VALIDATION, "a directory is required");
+		break;
+	case K_DIR_OPT:
 		break;
 	case K_REGION:
 	case K_ACCOUNT:

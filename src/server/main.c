@@ -36,6 +36,10 @@ static void options_from(const hsm_config *cfg, hsm_server_options *o)
 	o->audit_rotate_bytes = cfg->audit_rotate_bytes;
 	o->audit_rotate_seconds = cfg->audit_rotate_seconds;
 	o->audit_retention_days = cfg->audit_retention_days;
+	o->backup_dir = cfg->backup_dir;
+	o->backup_copy_dir = cfg->backup_copy_dir[0] ? cfg->backup_copy_dir : NULL;
+	o->backup_interval = cfg->backup_interval_seconds;
+	o->backup_retention_days = cfg->backup_retention_days;
 	o->audit_checkpoint_seconds = cfg->audit_checkpoint_seconds;
 	o->audit_syslog = cfg->audit_syslog;
 	o->jwt_default_lifetime = cfg->jwt_default_lifetime_seconds;

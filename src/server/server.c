@@ -141,6 +141,7 @@ hsm_result hsm_server_new(const hsm_server_options *opt, hsm_server **out)
 	s->opt = *opt;
 	pthread_mutex_init(&s->stop_lock, NULL);
 	pthread_cond_init(&s->stop_cond, NULL);
+	pthread_mutex_init(&s->backup_lock, NULL);
 	s->started = hsm_now();
 	HSM_TRY(copy_opt(s->data_dir, sizeof(s->data_dir), opt->data_dir, "data_dir"));
 	if (opt->audit_dir != NULL && *opt->audit_dir != '\0')
@@ -149,15 +150,28 @@ hsm_result hsm_server_new(const hsm_server_options *opt, hsm_server **out)
 		HSM_CHECK((size_t)snprintf(s->audit_dir, sizeof(s->audit_dir), "%s/audit", s->data_dir) <
 		              sizeof(s->audit_dir),
 		          HSM_ERR_VALIDATION, "data_dir is too long");
+	if (opt->backup_dir != NULL && *opt->backup_dir != '\0')
+		HSM_TRY(hsm_strcpy(s->backup_dir, sizeof(s->backup_dir), opt->backup_dir));
+	else
+		HSM_CHECK((size_t)snprintf(s->backup_dir, sizeof(s->backup_dir), "%s/backups",
+		                           s->data_dir) < sizeof(s->backup_dir),
+		          HSM_ERR_VALIDATION, "data_dir is too long");
+	if (opt->backup_copy_dir != NULL)
+		HSM_TRY(hsm_strcpy(s->backup_copy_dir, sizeof(s->backup_copy_dir), opt->backup_copy_dir));
+	if (s->opt.backup_retention_days == 0)
+		s->opt.backup_retention_days = 90;
 	HSM_TRY(copy_opt(s->node_id, sizeof(s->node_id), opt->node_id, "node_id"));
 	HSM_TRY(copy_opt(s->region, sizeof(s->region), opt->region, "region"));
 	HSM_TRY(copy_opt(s->account, sizeof(s->account), opt->account_id, "account_id"));
 	s->opt.data_dir = s->data_dir;
 	s->opt.audit_dir = s->audit_dir;
+	s->opt.backup_dir = s->backup_dir;
+	s->opt.backup_copy_dir = s->backup_copy_dir[0] ? s->backup_copy_dir : NULL;
 	if (s->opt.lockout_threshold == 0)
 		s->opt.lockout_threshold = 5;
 	HSM_TRY(jwt_defaults(&s->opt));
 	HSM_TRY(open_parts(s));
+	hsm_server_backup_init(s);
 	*out = s;
 	s = NULL;
 out:
@@ -301,6 +315,7 @@ static void *scheduler_main(void *arg)
 				atomic_fetch_add(&s->metrics.scheduler_failures, 1);
 				hsm_log_failure("scheduled key work");
 			}
+			hsm_server_backup_if_due(s);
 		}
 		pthread_mutex_lock(&s->stop_lock);
 	}
@@ -353,6 +368,7 @@ void hsm_server_free(hsm_server *s)
 	hsm_store_close(s->store);
 	pthread_cond_destroy(&s->stop_cond);
 	pthread_mutex_destroy(&s->stop_lock);
+	pthread_mutex_destroy(&s->backup_lock);
 	free(s);
 }
 
@@ -404,5 +420,26 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    (unsigned long long)as.files_expired,
 	    (unsigned long long)ks.cache_hits, (unsigned long long)ks.cache_misses,
 	    (unsigned long long)ks.cache_entries, s->lane != NULL ? hsm_lane_depth(s->lane) : 0));
+	HSM_GUARD(hsm_buf_printf(
+	    out,
+	    "# HELP hsmd_backup_last_success_time_seconds When the newest backup of this store in "
+	    "backup_dir was made (0: none).\n"
+	    "# TYPE hsmd_backup_last_success_time_seconds gauge\n"
+	    "hsmd_backup_last_success_time_seconds %lld\n"
+	    "# TYPE hsmd_backup_last_size_bytes gauge\nhsmd_backup_last_size_bytes %llu\n"
+	    "# TYPE hsmd_backup_last_duration_seconds gauge\nhsmd_backup_last_duration_seconds %.3f\n"
+	    "# TYPE hsmd_backups_created_total counter\nhsmd_backups_created_total %llu\n"
+	    "# HELP hsmd_backup_failures_total Backups that failed, or expired backups not deleted.\n"
+	    "# TYPE hsmd_backup_failures_total counter\nhsmd_backup_failures_total %llu\n"
+	    "# HELP hsmd_backup_copy_failures_total Backups not copied to backup_copy_dir.\n"
+	    "# TYPE hsmd_backup_copy_failures_total counter\nhsmd_backup_copy_failures_total %llu\n"
+	    "# TYPE hsmd_backups_expired_total counter\nhsmd_backups_expired_total %llu\n",
+	    (long long)atomic_load(&s->backup_last_success),
+	    (unsigned long long)atomic_load(&s->backup_last_bytes),
+	    (double)atomic_load(&s->backup_last_ms) / 1000.0,
+	    (unsigned long long)atomic_load(&s->backups_made),
+	    (unsigned long long)atomic_load(&s->backup_failures),
+	    (unsigned long long)atomic_load(&s->backup_copy_failures),
+	    (unsigned long long)atomic_load(&s->backups_expired)));
 	return hsm_metrics_render(&s->metrics, out);
 }

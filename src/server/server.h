@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "audit/audit.h"
+#include "backup/backup.h"
 #include "auth/sigv4.h"
 #include "common/shmap.h"
 #include "kms/kms.h"
@@ -28,6 +29,10 @@
 typedef struct hsm_server_options {
 	const char *data_dir;
 	const char *audit_dir;       /* NULL: <data_dir>/audit */
+	const char *backup_dir;      /* NULL: <data_dir>/backups */
+	const char *backup_copy_dir; /* NULL: backups are not copied */
+	uint32_t backup_interval;    /* seconds between scheduled backups; 0: none */
+	uint32_t backup_retention_days; /* 0: 90 */
 	const char *node_id;
 	const char *region;
 	const char *account_id;
@@ -52,6 +57,8 @@ typedef struct hsm_server {
 	hsm_server_options opt;
 	char data_dir[4096];
 	char audit_dir[4096];
+	char backup_dir[4096];
+	char backup_copy_dir[4096]; /* "" when backups are not copied */
 	char node_id[65];
 	char region[64];
 	char account[16];
@@ -77,6 +84,12 @@ typedef struct hsm_server {
 	pthread_cond_t stop_cond;
 	bool stopping;
 	bool recount; /* the scheduler is to count the gauges now (seal, unseal) */
+	/* Backups (backups.c): one at a time; the figures /metrics reports. */
+	pthread_mutex_t backup_lock;
+	int64_t backup_next_try; /* scheduler thread only: when a failed backup is tried again */
+	atomic_int_fast64_t backup_last_success; /* Unix seconds of the newest backup; 0 = none */
+	atomic_uint_fast64_t backup_last_bytes, backup_last_ms;
+	atomic_uint_fast64_t backups_made, backup_failures, backup_copy_failures, backups_expired;
 	int64_t started;
 } hsm_server;
 
@@ -133,6 +146,20 @@ hsm_result hsm_server_audit_signer(void *arg, const uint8_t *msg, size_t n, hsm_
 
 /* Answers GET /.well-known/jwks.json (jwks.c). */
 void hsm_server_jwks(hsm_server *s, hsm_http_req *req);
+
+/* ---- Backups (backups.c) ------------------------------------------------------------ */
+
+/* At start: removes what an interrupted backup left, reads the newest backup's time. */
+void hsm_server_backup_init(hsm_server *s);
+/*
+ * Makes a backup now (trigger "scheduled" or "requested"), copies it to the
+ * copy directory, deletes expired backups in both, counts and audits it.
+ * *copied says whether the copy was made (false also when none is configured).
+ */
+hsm_result hsm_server_backup(hsm_server *s, const char *trigger, char *path, size_t cap,
+                             hsm_backup_info *info, bool *copied) HSM_MUST_CHECK;
+/* The scheduler's part: a backup when one is due. */
+void hsm_server_backup_if_due(hsm_server *s);
 
 /* Writes /metrics (metrics.c). */
 hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out) HSM_MUST_CHECK;

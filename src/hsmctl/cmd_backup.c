@@ -1,0 +1,273 @@
+/*
+ * cmd_backup.c - backups and restore.
+ *
+ *   hsmctl --endpoint URL backup create         a backup now, on the node
+ *   hsmctl --endpoint URL backup list           the node's backups
+ *   hsmctl backup list --dir DIR                the backups in a directory
+ *   hsmctl backup inspect FILE                  a backup's header (no shares needed)
+ *   hsmctl backup verify --share F... FILE      decrypt and authenticate all of it
+ *   hsmctl restore --data-dir DIR --share F... FILE
+ *
+ * verify and restore need a quorum of the store's custodian shares: a
+ * backup is encrypted under a key derived from the store's master key.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "backup/backup.h"
+#include "common/encoding.h"
+#include "common/log.h"
+#include "common/secret.h"
+#include "common/util.h"
+#include "hsmctl/hsmctl.h"
+#include "hsmctl/local.h"
+
+typedef struct backup_opts {
+	const char *data_dir, *dir, *file;
+	char *shares[HSMCTL_MAX_SHARE_ARGS];
+	size_t n_shares;
+} backup_opts;
+
+static int parse(const char *cmd, int argc, char **argv, backup_opts *o)
+{
+	static const struct option longopts[] = {{"data-dir", required_argument, NULL, 'd'},
+	                                         {"share", required_argument, NULL, 's'},
+	                                         {"dir", required_argument, NULL, 'D'},
+	                                         {NULL, 0, NULL, 0}};
+	memset(o, 0, sizeof(*o));
+	optind = 1;
+	for (int c; (c = getopt_long(argc, argv, "", longopts, NULL)) != -1;) {
+		switch (c) {
+		case 'd': o->data_dir = optarg; break;
+		case 'D': o->dir = optarg; break;
+		case 's':
+			if (o->n_shares == HSMCTL_MAX_SHARE_ARGS)
+				return hsmctl_usage(cmd, "too many --share options");
+			o->shares[o->n_shares++] = optarg;
+			break;
+		default: return hsmctl_usage(cmd, "unknown option");
+		}
+	}
+	if (optind < argc)
+		o->file = argv[optind++];
+	if (optind < argc)
+		return hsmctl_usage(cmd, "unexpected argument '%s'", argv[optind]);
+	return 0;
+}
+
+static void print_info(const char *path, const hsm_backup_info *in)
+{
+	char created[21];
+	hsm_format_time(in->created, created);
+	printf("file: %s\nbackup-id: %s\nstore-id: %s\ncreated: %s\nnode: %s\n"
+	       "quorum: %u of %u custodian shares\nschema: %u\nstore-bytes: %llu\nfile-bytes: %llu\n",
+	       path, in->backup_id, in->identity.store_id, created, in->node_id,
+	       in->identity.threshold, in->identity.count, in->schema_version,
+	       (unsigned long long)in->store_bytes, (unsigned long long)in->file_bytes);
+}
+
+static hsm_result print_entry(const char *path, const hsm_backup_info *in, void *arg)
+{
+	(void)arg;
+	char created[21];
+	hsm_format_time(in->created, created);
+	printf("%s  %s  %12llu  %s\n", created, in->backup_id, (unsigned long long)in->file_bytes,
+	       path);
+	return HSM_SUCCESS;
+}
+
+static int online(const char *cmd, const char *target)
+{
+	json_t *out = NULL, *body = json_object();
+	hsm_result r = hsmctl_call_json(&hsmctl_globals.client, target, body, true, &out);
+	json_decref(body);
+	if (hsm_failed(r))
+		return hsmctl_fail(cmd);
+	json_t *list = json_object_get(out, "Backups");
+	if (json_is_array(list)) {
+		size_t i;
+		json_t *b;
+		printf("backup-dir: %s\n", json_string_value(json_object_get(out, "BackupDir")));
+		json_array_foreach(list, i, b) {
+			char created[21];
+			hsm_format_time((int64_t)json_number_value(json_object_get(b, "CreationDate")),
+			                created);
+			printf("%s  %s  %12lld  %s\n", created,
+			       json_string_value(json_object_get(b, "BackupId")),
+			       (long long)json_integer_value(json_object_get(b, "SizeBytes")),
+			       json_string_value(json_object_get(b, "Path")));
+		}
+	} else {
+		hsmctl_print_fields(out);
+	}
+	json_decref(out);
+	return 0;
+}
+
+/* A keystore for the backup's store, unsealed with the share files. */
+static hsm_result open_for(const backup_opts *o, hsm_backup_info *info, hsm_keystore **ks)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_keystore *k = NULL;
+	HSM_ENSURE(o->n_shares > 0, HSM_ERR_QUORUM_REQUIRED,
+	           "give the custodians' share files with --share (a quorum of them)");
+	HSM_GUARD(hsm_secure_process_init(HSM_SECURE_HEAP_DEFAULT));
+	HSM_GUARD(hsm_backup_read_info(o->file, info));
+	HSM_TRY(hsm_keystore_new_detached(&info->identity, &k));
+	HSM_CHECK(hsm_keystore_state(k) != HSM_NODE_ERROR, HSM_ERR_NODE_ERROR, "self-test failed: %s",
+	          hsm_keystore_error_reason(k));
+	HSM_TRY(hsmctl_unseal_files(k, o->n_shares, o->shares));
+	*ks = k;
+	k = NULL;
+out:
+	hsm_keystore_free(k);
+	return res;
+}
+
+int hsmctl_cmd_backup(int argc, char **argv)
+{
+	backup_opts o;
+	const char *sub = argv[0];
+	char cmd[32];
+	snprintf(cmd, sizeof(cmd), "backup %s", sub);
+	int rc = parse(cmd, argc, argv, &o);
+	if (rc != 0)
+		return rc;
+	if (strcmp(sub, "create") == 0 || (strcmp(sub, "list") == 0 && o.dir == NULL)) {
+		if (!hsmctl_online())
+			return hsmctl_usage(cmd, strcmp(sub, "create") == 0
+			                             ? "needs --endpoint (a running, unsealed hsmd)"
+			                             : "needs --endpoint, or --dir DIR");
+		return online(cmd, strcmp(sub, "create") == 0 ? "HsmdAdmin.CreateBackup"
+		                                               : "HsmdAdmin.ListBackups");
+	}
+	if (strcmp(sub, "list") == 0)
+		return hsm_ok(hsm_backup_list(o.dir, NULL, print_entry, NULL)) ? 0 : hsmctl_fail(cmd);
+	if (o.file == NULL)
+		return hsmctl_usage(cmd, "name the backup FILE");
+	hsm_backup_info info;
+	if (strcmp(sub, "inspect") == 0) {
+		if (hsm_failed(hsm_backup_read_info(o.file, &info)))
+			return hsmctl_fail(cmd);
+		print_info(o.file, &info);
+		return 0;
+	}
+	hsm_keystore *ks = NULL;
+	if (hsm_failed(open_for(&o, &info, &ks)))
+		return hsmctl_fail(cmd);
+	hsm_result r = hsm_backup_decrypt(o.file, ks, NULL, &info);
+	hsm_keystore_free(ks);
+	if (hsm_failed(r))
+		return hsmctl_fail(cmd);
+	print_info(o.file, &info);
+	printf("verified: every chunk authenticated\n");
+	return 0;
+}
+
+/* ---- restore --------------------------------------------------------------------------- */
+
+static hsm_result path_of(char *out, size_t cap, const char *dir, const char *name)
+{
+	int n = snprintf(out, cap, "%s/%s", dir, name);
+	HSM_ENSURE(n > 0 && (size_t)n < cap, HSM_ERR_VALIDATION, "--data-dir is too long");
+	return HSM_SUCCESS;
+}
+
+/* Removes the staging directory and what opening a store left in it. */
+static void remove_staging(const char *staging)
+{
+	static const char *const names[] = {HSM_STORE_DB_FILE, HSM_STORE_DB_FILE "-wal",
+	                                    HSM_STORE_DB_FILE "-shm", "hsmd.lock"};
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		char p[4200];
+		if (hsm_ok(path_of(p, sizeof(p), staging, names[i])))
+			unlink(p);
+	}
+	rmdir(staging);
+}
+
+/*
+ * Opens the decrypted copy as a store (bringing its schema up to date) and
+ * unseals it with the shares: proof that it is a whole store of the backup's
+ * store, opened by this quorum.
+ */
+static hsm_result check_staged(const char *staging, const backup_opts *o,
+                               const hsm_backup_info *info)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_store *st = NULL;
+	hsm_keystore *ks = NULL;
+	HSM_TRY(hsm_store_open(staging, &st));
+	HSM_TRY(hsm_keystore_new(st, 0, &ks));
+	HSM_CHECK(strcmp(hsm_keystore_store_id(ks), info->identity.store_id) == 0, HSM_ERR_CONFLICT,
+	          "the restored store's identity differs from the backup header's");
+	HSM_TRY(hsmctl_unseal_files(ks, o->n_shares, o->shares));
+out:
+	hsm_keystore_free(ks);
+	hsm_store_close(st);
+	return res;
+}
+
+static hsm_result restore(const backup_opts *o, hsm_backup_info *info)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_keystore *ks = NULL;
+	char target[4200], staging[4200], staged[4300];
+	bool made_staging = false;
+	struct stat sb;
+	HSM_ENSURE(o->data_dir != NULL, HSM_ERR_VALIDATION, "--data-dir is required");
+	HSM_GUARD(path_of(target, sizeof(target), o->data_dir, HSM_STORE_DB_FILE));
+	HSM_ENSURE(stat(target, &sb) != 0 && errno == ENOENT, HSM_ERR_CONFLICT,
+	           "%s already holds a store; restore into a new or empty data directory", o->data_dir);
+	HSM_TRY(open_for(o, info, &ks));
+	HSM_TRY(hsm_mkdir_p(o->data_dir));
+	HSM_TRY(path_of(staging, sizeof(staging), o->data_dir, ".restore"));
+	if (stat(staging, &sb) == 0)
+		remove_staging(staging); /* left by an interrupted restore */
+	HSM_CHECK(mkdir(staging, 0700) == 0, HSM_ERR_IO, "cannot create %s: %s", staging,
+	          strerror(errno));
+	made_staging = true;
+	HSM_TRY(path_of(staged, sizeof(staged), staging, HSM_STORE_DB_FILE));
+	HSM_TRY(hsm_backup_decrypt(o->file, ks, staged, info));
+	HSM_TRY(check_staged(staging, o, info));
+	HSM_CHECK(rename(staged, target) == 0, HSM_ERR_IO, "cannot move the store into %s: %s",
+	          o->data_dir, strerror(errno));
+	HSM_TRY(hsm_fsync_dir(o->data_dir));
+out:
+	if (made_staging)
+		remove_staging(staging);
+	hsm_keystore_free(ks);
+	return res;
+}
+
+int hsmctl_cmd_restore(int argc, char **argv)
+{
+	backup_opts o;
+	int rc = parse("restore", argc, argv, &o);
+	if (rc != 0)
+		return rc;
+	if (o.file == NULL)
+		return hsmctl_usage("restore", "name the backup FILE");
+	hsm_backup_info info;
+	if (hsm_failed(restore(&o, &info)))
+		return hsmctl_fail("restore");
+	/* The restored node's audit trail starts with the restore. */
+	hsmctl_local l;
+	if (hsm_failed(hsmctl_local_open(o.data_dir, o.n_shares, o.shares, &l)))
+		return hsmctl_fail("restore: opening the restored store");
+	char created[21];
+	hsm_format_time(info.created, created);
+	hsm_audit_field f[] = {{"backup_id", info.backup_id}, {"backup_created", created},
+	                       {"backup_node", info.node_id}};
+	hsm_result r = hsmctl_local_audit_fields(&l, "Restore", NULL, 0, HSM_SUCCESS, f, 3);
+	hsmctl_local_close(&l);
+	if (hsm_failed(r))
+		return hsmctl_fail("restore: auditing the restore");
+	print_info(o.file, &info);
+	printf("restored into: %s\n", o.data_dir);
+	return 0;
+}

@@ -1,0 +1,298 @@
+"""Backups and restore: `hsmctl backup create|list|inspect|verify` and
+`hsmctl restore` on a 3-of-5 store, scheduled backups with a copy directory,
+the backup metrics and audit events, and the roles that may back up."""
+import base64
+import glob
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import HSMCTL, Hsmd, client, signed_call, start_dev
+from helpers import admin, audit_records, new_user, raises
+from test_sealed import create_first_officer, init_store, unseal
+
+
+def hsmctl(*args, endpoint=None, creds=None):
+    cmd = [HSMCTL] + (["--endpoint", endpoint] if endpoint else []) + list(args)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HSM_"))}
+    if creds:
+        env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"] = creds
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+
+
+def fields(stdout):
+    return dict(l.split(": ", 1) for l in stdout.splitlines() if ": " in l)
+
+
+def metric(server, name):
+    st, body, _ = server.get("/metrics")
+    assert st == 200
+    m = re.search(rb"^" + name.encode() + rb" (\S+)$", body, re.M)
+    assert m, name
+    return float(m.group(1))
+
+
+@pytest.fixture(scope="module")
+def node():
+    """A production node (3 of 5), unsealed, with keys, an alias and a user, then a backup."""
+    base = tempfile.mkdtemp(prefix="hsmd-backup-")
+    data, shares = init_store(base)
+    server = Hsmd(["--backup-interval-seconds", "0"], data_dir=data)
+    for c in ("alice", "bob", "carol"):
+        assert unseal(server, shares[c]).returncode == 0
+    ops = create_first_officer(server, data, shares)
+    admin(server, "CreateUser", {"UserName": "app", "Roles": ["crypto-user"]}, *ops)
+    k = admin(server, "CreateAccessKey", {"UserName": "app"}, *ops)
+    app = (k["AccessKeyId"], k["SecretAccessKey"])
+    kms, use = client(server, *ops), client(server, *app)
+    key = kms.create_key(Description="payments-db-key-before-backup")["KeyMetadata"]["KeyId"]
+    kms.create_alias(AliasName="alias/payments-before-backup", TargetKeyId=key)
+    kms.tag_resource(KeyId=key, Tags=[{"TagKey": "team", "TagValue": "payments-team-tag"}])
+    ct = use.encrypt(KeyId="alias/payments-before-backup", Plaintext=b"card vault row",
+                     EncryptionContext={"table": "cards"})["CiphertextBlob"]
+    sign_key = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    sig = use.sign(KeyId=sign_key, Message=b"token", SigningAlgorithm="ECDSA_SHA_256")["Signature"]
+
+    p = hsmctl("backup", "create", endpoint=server.endpoint, creds=ops)
+    assert p.returncode == 0, p.stderr
+    made = fields(p.stdout)
+    after = kms.create_key(Description="made-after-the-backup")["KeyMetadata"]["KeyId"]
+    state = dict(server=server, data=data, shares=shares, ops=ops, app=app, key=key, ct=ct,
+                 sign_key=sign_key, sig=sig, made=made, after=after, base=base)
+    yield state
+    server.cleanup()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_backup_create_list_metrics_audit(node):
+    server, made = node["server"], node["made"]
+    path = made["Path"]
+    assert os.path.dirname(path) == os.path.join(node["data"], "backups")
+    assert made["File"] == os.path.basename(path) and path.endswith(".hsmbak")
+    assert made["Threshold"] == "3" and made["Copied"] == "false"
+    assert int(made["SizeBytes"]) == os.path.getsize(path)
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    # Nothing of the store's plain copy is left behind.
+    assert not glob.glob(os.path.join(node["data"], ".backup-*"))
+    assert not glob.glob(os.path.join(node["data"], "backups", ".*"))
+
+    p = hsmctl("backup", "list", endpoint=server.endpoint, creds=node["ops"])
+    assert p.returncode == 0, p.stderr
+    assert made["BackupId"] in p.stdout and path in p.stdout
+
+    assert metric(server, "hsmd_backups_created_total") == 1
+    assert metric(server, "hsmd_backup_failures_total") == 0
+    assert metric(server, "hsmd_backup_last_success_time_seconds") == int(made["CreationDate"])
+    assert metric(server, "hsmd_backup_last_size_bytes") == int(made["SizeBytes"])
+
+    recs = audit_records(node["data"])
+    ev = [r for r in recs if r.get("op") == "Backup"]
+    assert len(ev) == 1 and ev[0]["outcome"] == "success" and ev[0]["type"] == "event"
+    assert ev[0]["extra"] == {"trigger": "requested", "backup_id": made["BackupId"],
+                              "file": made["File"]}
+    assert any(r.get("op") == "CreateBackup" and r["outcome"] == "success" for r in recs)
+
+
+def test_backup_holds_no_plaintext(node):
+    with open(node["made"]["Path"], "rb") as f:
+        blob = f.read()
+    for text in (node["key"], node["sign_key"], "alias/payments-before-backup",
+                 "payments-db-key-before-backup", "payments-team-tag", "ops"):
+        assert text.encode() not in blob, text
+    # The store itself does hold it (in the database or its write-ahead log).
+    store = b""
+    for name in ("hsmd.db", "hsmd.db-wal"):
+        with open(os.path.join(node["data"], name), "rb") as f:
+            store += f.read()
+    assert b"payments-db-key-before-backup" in store
+
+
+def test_inspect_without_shares(node):
+    p = hsmctl("backup", "inspect", node["made"]["Path"])
+    assert p.returncode == 0, p.stderr
+    f = fields(p.stdout)
+    assert f["backup-id"] == node["made"]["BackupId"]
+    assert f["store-id"] == node["made"]["StoreId"]
+    assert f["quorum"] == "3 of 5 custodian shares"
+    assert int(f["file-bytes"]) == os.path.getsize(node["made"]["Path"])
+
+
+def test_verify_needs_the_quorum_of_this_store(node):
+    path, shares = node["made"]["Path"], node["shares"]
+    p = hsmctl("backup", "verify", "--share", shares["alice"], "--share", shares["erin"], path)
+    assert p.returncode == 1 and "1 more needed" in p.stderr, p.stderr
+    other, other_shares = init_store(node["base"], "other")
+    p = hsmctl("backup", "verify", "--share", other_shares["alice"], path)
+    assert p.returncode == 1 and "share is for store" in p.stderr, p.stderr
+    assert f"this store is {node['made']['StoreId']}" in p.stderr
+    p = hsmctl("backup", "verify", "--share", shares["bob"], "--share", shares["dave"],
+               "--share", shares["erin"], path)
+    assert p.returncode == 0, p.stderr
+    assert "verified: every chunk authenticated" in p.stdout
+
+
+def tampered(node, name, edit):
+    with open(node["made"]["Path"], "rb") as f:
+        blob = bytearray(f.read())
+    blob = edit(blob)
+    path = os.path.join(node["base"], name)
+    with open(path, "wb") as f:
+        f.write(blob)
+    return path
+
+
+def flip(i):
+    def edit(b):
+        b[i] ^= 0x01
+        return b
+    return edit
+
+
+@pytest.mark.parametrize("name,edit", [
+    ("header-created", flip(120)),
+    ("chunk-data", flip(-1 - 16 - 4096)),
+    ("last-tag", flip(-1)),
+    ("truncated", lambda b: b[:-100]),
+    ("appended", lambda b: b + b"\0"),
+])
+def test_tampered_backup_is_refused_and_restores_nothing(node, name, edit):
+    path = tampered(node, name + ".hsmbak", edit)
+    s = node["shares"]
+    three = ["--share", s["alice"], "--share", s["bob"], "--share", s["carol"]]
+    p = hsmctl("backup", "verify", *three, path)
+    assert p.returncode == 1, (name, p.stdout)
+    target = os.path.join(node["base"], "restore-" + name)
+    p = hsmctl("restore", "--data-dir", target, *three, path)
+    assert p.returncode == 1, (name, p.stdout)
+    assert re.search(r"integrity check|truncated|after its last chunk|header", p.stderr), p.stderr
+    assert not os.path.exists(os.path.join(target, "hsmd.db"))
+    assert not os.path.exists(os.path.join(target, ".restore"))
+
+
+def test_restore_on_another_machine(node):
+    """Restore with another subset of custodians, start a node on it, unseal:
+    the keys, aliases, tags, principals and ciphertexts of before the backup
+    work; the key made after it does not exist; the restore is audited."""
+    s, made = node["shares"], node["made"]
+    target = os.path.join(node["base"], "dr-site")
+    three = ["--share", s["carol"], "--share", s["dave"], "--share", s["erin"]]
+    p = hsmctl("restore", "--data-dir", target, *three, made["Path"])
+    assert p.returncode == 0, p.stderr
+    assert f"restored into: {target}" in p.stdout
+    p = hsmctl("restore", "--data-dir", target, *three, made["Path"])
+    assert p.returncode == 1 and "already holds a store" in p.stderr
+
+    restore_rec = [r for r in audit_records(target) if r.get("op") == "Restore"]
+    assert len(restore_rec) == 1 and restore_rec[0]["outcome"] == "success"
+    assert restore_rec[0]["extra"]["backup_id"] == made["BackupId"]
+
+    dr = Hsmd(["--backup-interval-seconds", "0"], data_dir=target)
+    try:
+        for c in ("carol", "dave", "erin"):
+            assert unseal(dr, s[c]).returncode == 0
+        kms, use = client(dr, *node["ops"]), client(dr, *node["app"])  # principals came back
+        out = use.decrypt(CiphertextBlob=node["ct"], EncryptionContext={"table": "cards"})
+        assert out["Plaintext"] == b"card vault row" and out["KeyId"].endswith(node["key"])
+        assert kms.describe_key(KeyId="alias/payments-before-backup")["KeyMetadata"]["KeyId"] \
+            == node["key"]
+        tags = kms.list_resource_tags(KeyId=node["key"])["Tags"]
+        assert {"TagKey": "team", "TagValue": "payments-team-tag"} in tags
+        assert use.verify(KeyId=node["sign_key"], Message=b"token", Signature=node["sig"],
+                          SigningAlgorithm="ECDSA_SHA_256")["SignatureValid"]
+        raises("NotFoundException", kms.describe_key, KeyId=node["after"])
+    finally:
+        dr.cleanup()
+
+
+def test_scheduled_backups_copy_and_roles():
+    """backup_interval_seconds=1: the scheduler (every 5 s) backs up at each
+    pass; each backup is copied to backup_copy_dir, byte for byte."""
+    copy_dir = tempfile.mkdtemp(prefix="hsmd-dr-copy-")
+    server = start_dev(["--backup-interval-seconds", "1", "--backup-copy-dir", copy_dir])
+    try:
+        deadline = time.time() + 20
+        while metric(server, "hsmd_backups_created_total") < 2 and time.time() < deadline:
+            time.sleep(0.5)
+        assert metric(server, "hsmd_backups_created_total") >= 2
+        assert metric(server, "hsmd_backup_copy_failures_total") == 0
+        time.sleep(0.5)  # the copy follows the backup
+        made = sorted(os.listdir(os.path.join(server.data_dir, "backups")))
+        made = [f for f in made if f.endswith(".hsmbak")]
+        assert len(made) >= 2
+        for f in made:
+            copy = os.path.join(copy_dir, f)
+            if os.path.exists(copy):
+                with open(os.path.join(server.data_dir, "backups", f), "rb") as a, \
+                        open(copy, "rb") as b:
+                    assert a.read() == b.read()
+        assert sum(os.path.exists(os.path.join(copy_dir, f)) for f in made) >= 2
+        ev = [r for r in audit_records(server.data_dir) if r.get("op") == "Backup"]
+        assert len(ev) >= 2 and all(r["extra"]["trigger"] == "scheduled" for r in ev)
+        p = hsmctl("backup", "list", "--dir", copy_dir)
+        assert p.returncode == 0 and all(f in p.stdout for f in made[:2]), p.stdout
+
+        # Roles: a crypto-user may not back up; an auditor may list.
+        user = new_user(server, "app", ["crypto-user"])
+        auditor = new_user(server, "auditor1", ["auditor"])
+        st, out = signed_call(server, "HsmdAdmin.CreateBackup", {}, *user)
+        assert st == 400 and out["__type"] == "AccessDeniedException", out
+        listed = admin(server, "ListBackups", akid=auditor[0], secret=auditor[1])
+        assert {b["File"] for b in listed["Backups"]} >= set(made[:2])
+        st, out = signed_call(server, "HsmdAdmin.CreateBackup", {}, *auditor)
+        assert st == 400 and out["__type"] == "AccessDeniedException", out
+    finally:
+        server.cleanup()
+        shutil.rmtree(copy_dir, ignore_errors=True)
+
+
+def test_failed_backup_is_counted_audited_and_reported():
+    """A backup directory that cannot be made: the request fails with the
+    reason, the failure counter rises (what an alert watches), the event is
+    audited as an error, and no plain copy of the store is left behind."""
+    tmp = tempfile.mkdtemp(prefix="hsmd-badbackup-")
+    blocker = os.path.join(tmp, "a-file")
+    open(blocker, "w").close()
+    server = start_dev(["--backup-interval-seconds", "0",
+                        "--backup-dir", os.path.join(blocker, "backups")])
+    try:
+        st, out = signed_call(server, "HsmdAdmin.CreateBackup", {})
+        assert st >= 400 and "backups" in out.get("message", out.get("Message", "")), out
+        assert metric(server, "hsmd_backup_failures_total") == 1
+        assert metric(server, "hsmd_backups_created_total") == 0
+        assert metric(server, "hsmd_backup_last_success_time_seconds") == 0
+        ev = [r for r in audit_records(server.data_dir) if r.get("op") == "Backup"]
+        assert len(ev) == 1 and ev[0]["outcome"] == "error", ev
+        assert not glob.glob(os.path.join(server.data_dir, ".backup-*"))
+    finally:
+        server.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_leftovers_of_an_interrupted_backup_are_removed_at_start():
+    """A crash mid-backup leaves the plain store copy in the data directory and
+    a partial file in the backup directory: the next start removes both, and
+    only those."""
+    from conftest import DEV_AKID, DEV_SECRET
+    tmp = tempfile.mkdtemp(prefix="hsmd-leftovers-")
+    data = os.path.join(tmp, "data")
+    os.makedirs(os.path.join(data, "backups"))
+    left = [os.path.join(data, ".backup-0a2fe434-118d-41e9-a909-2dee290e0c51.db"),
+            os.path.join(data, "backups", ".hsmd-x-20261130T024233Z-0a2fe434.hsmbak.part")]
+    kept = [os.path.join(data, "backups", "notes.txt"), os.path.join(data, ".backup-notes.txt")]
+    for p in left + kept:
+        with open(p, "w") as f:
+            f.write("x")
+    server = Hsmd(["--dev", "--backup-interval-seconds", "0"], data_dir=data,
+                  env={"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET})
+    try:
+        assert not any(os.path.exists(p) for p in left)
+        assert all(os.path.exists(p) for p in kept)
+        assert "left by a backup that did not finish" in server.read_log()
+    finally:
+        server.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
