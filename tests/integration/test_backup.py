@@ -43,6 +43,17 @@ def node():
     base = tempfile.mkdtemp(prefix="hsmd-backup-")
     data, shares = init_store(base)
     server = Hsmd(["--backup-interval-seconds", "0"], data_dir=data)
+    try:
+        state = populate_and_back_up(server, data, shares, base)
+    except BaseException:
+        server.cleanup()
+        raise
+    yield state
+    server.cleanup()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def populate_and_back_up(server, data, shares, base):
     for c in ("alice", "bob", "carol"):
         assert unseal(server, shares[c]).returncode == 0
     ops = create_first_officer(server, data, shares)
@@ -62,11 +73,8 @@ def node():
     assert p.returncode == 0, p.stderr
     made = fields(p.stdout)
     after = kms.create_key(Description="made-after-the-backup")["KeyMetadata"]["KeyId"]
-    state = dict(server=server, data=data, shares=shares, ops=ops, app=app, key=key, ct=ct,
-                 sign_key=sign_key, sig=sig, made=made, after=after, base=base)
-    yield state
-    server.cleanup()
-    shutil.rmtree(base, ignore_errors=True)
+    return dict(server=server, data=data, shares=shares, ops=ops, app=app, key=key, ct=ct,
+                sign_key=sign_key, sig=sig, made=made, after=after, base=base)
 
 
 def test_backup_create_list_metrics_audit(node):
