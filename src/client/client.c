@@ -1,8 +1,9 @@
 /*
  * client.c - one HTTP(S) request at a time over libevent's HTTP client,
- * with TLS from OpenSSL (peer and host name verified) and SigV4 signing.
+ * with TLS from OpenSSL (peer and host name verified) and SigV4 signing
+ * (client.h).
  */
-#include "hsmctl/client.h"
+#include "client/client.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -84,7 +85,7 @@ static void on_response(struct evhttp_request *req, void *arg)
 		evbuffer_remove(in, dst, len);
 }
 
-static hsm_result make_ssl(const hsmctl_client *c, const endpoint *ep, SSL_CTX **ctx_out,
+static hsm_result make_ssl(const hsm_client *c, const endpoint *ep, SSL_CTX **ctx_out,
                            SSL **ssl_out)
 {
 	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
@@ -106,10 +107,14 @@ static hsm_result make_ssl(const hsmctl_client *c, const endpoint *ep, SSL_CTX *
 	return HSM_SUCCESS;
 }
 
-static hsm_result sign_request(const endpoint *ep, const hsmctl_client *c, const char *target,
+static hsm_result sign_request(const endpoint *ep, const hsm_client *c, const char *target,
                                const char *body, hsm_sigv4_signature *sig)
 {
-	const char *akid = getenv("AWS_ACCESS_KEY_ID"), *secret = getenv("AWS_SECRET_ACCESS_KEY");
+	const char *akid = c->akid, *secret = c->secret;
+	if (akid == NULL) {
+		akid = getenv("AWS_ACCESS_KEY_ID");
+		secret = getenv("AWS_SECRET_ACCESS_KEY");
+	}
 	HSM_ENSURE(akid != NULL && secret != NULL, HSM_ERR_MISSING_AUTH,
 	           "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY to an hsmd access key");
 	const char *region = c->region ? c->region : getenv("AWS_REGION");
@@ -134,7 +139,7 @@ static hsm_result sign_request(const endpoint *ep, const hsmctl_client *c, const
  * One request on a fresh connection: POST / of a KMS-style JSON body (target
  * set) or GET path (target NULL).  Runs the event loop until the answer.
  */
-static hsm_result run_exchange(const hsmctl_client *c, const endpoint *ep, const char *path,
+static hsm_result run_exchange(const hsm_client *c, const endpoint *ep, const char *path,
                                const char *target, const char *body, bool sign, exchange *x)
 {
 	hsm_result res = HSM_SUCCESS;
@@ -194,7 +199,7 @@ out:
 	return res;
 }
 
-hsm_result hsmctl_call(const hsmctl_client *c, const char *target, const char *body, bool sign,
+hsm_result hsm_client_call(const hsm_client *c, const char *target, const char *body, bool sign,
                        int *status, hsm_buf *resp)
 {
 	HSM_ENSURE(c->endpoints != NULL && *c->endpoints != '\0', HSM_ERR_VALIDATION,
@@ -220,11 +225,11 @@ hsm_result hsmctl_call(const hsmctl_client *c, const char *target, const char *b
 	return HSM_FAIL(HSM_ERR_IO, "no endpoint answered (tried %s)", tried);
 }
 
-hsm_result hsmctl_call_ok(const hsmctl_client *c, const char *target, const char *body, bool sign,
+hsm_result hsm_client_call_ok(const hsm_client *c, const char *target, const char *body, bool sign,
                           hsm_buf *resp)
 {
 	int status = 0;
-	HSM_GUARD(hsmctl_call(c, target, body, sign, &status, resp));
+	HSM_GUARD(hsm_client_call(c, target, body, sign, &status, resp));
 	if (status == 200)
 		return HSM_SUCCESS;
 	json_error_t e;
@@ -237,14 +242,14 @@ hsm_result hsmctl_call_ok(const hsmctl_client *c, const char *target, const char
 	return r;
 }
 
-hsm_result hsmctl_call_json(const hsmctl_client *c, const char *target, const json_t *body,
+hsm_result hsm_client_call_json(const hsm_client *c, const char *target, const json_t *body,
                             bool sign, json_t **out)
 {
 	char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
 	HSM_ENSURE(text != NULL, HSM_ERR_NOMEM, "out of memory");
 	hsm_buf resp;
 	hsm_buf_init_secure(&resp);
-	hsm_result r = hsmctl_call_ok(c, target, text, sign, &resp);
+	hsm_result r = hsm_client_call_ok(c, target, text, sign, &resp);
 	free(text);
 	if (hsm_ok(r)) {
 		json_error_t e;
@@ -256,21 +261,9 @@ hsm_result hsmctl_call_json(const hsmctl_client *c, const char *target, const js
 	return r;
 }
 
-void hsmctl_print_fields(json_t *o)
-{
-	const char *k;
-	json_t *v;
-	json_object_foreach(o, k, v)
-	{
-		char *s = json_is_string(v) ? NULL : json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
-		printf("%s: %s\n", k, s ? s : json_string_value(v));
-		free(s);
-	}
-}
-
 /* ---- Unsigned GET of a public document ------------------------------------------- */
 
-hsm_result hsmctl_get(const hsmctl_client *c, const char *url, hsm_buf *resp)
+hsm_result hsm_client_get(const hsm_client *c, const char *url, hsm_buf *resp)
 {
 	endpoint ep;
 	size_t scheme = hsm_str_has_prefix(url, "https://") ? 8 : 7;

@@ -57,3 +57,11 @@ const char *hsm_err_kms_name(hsm_err err) { return row(err)->kms; }
 int hsm_err_http_status(hsm_err err) { return row(err)->status; }
 unsigned long hsm_err_ckr(hsm_err err) { return row(err)->ckr; }
 const char *hsm_err_code_name(hsm_err err) { return row(err)->code; }
+
+hsm_err hsm_err_from_kms_name(const char *name)
+{
+	for (int e = HSM_ERR_VALIDATION; e < HSM_ERR_COUNT_; e++)
+		if (strcmp(row((hsm_err)e)->kms, name) == 0)
+			return (hsm_err)e;
+	return HSM_ERR_INTERNAL;
+}

@@ -160,6 +160,11 @@ const char *hsm_last_message(void);
 const char *hsm_err_kms_name(hsm_err err);
 int hsm_err_http_status(hsm_err err);
 unsigned long hsm_err_ckr(hsm_err err);
+/*
+ * The first error whose KMS exception name is `name` (a client reading an
+ * answer's __type), HSM_ERR_INTERNAL for a name not in the table.
+ */
+hsm_err hsm_err_from_kms_name(const char *name);
 /* The enum's own name, e.g. "HSM_ERR_NOT_FOUND", for logs and tests. */
 const char *hsm_err_code_name(hsm_err err);
 

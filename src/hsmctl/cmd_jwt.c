@@ -19,7 +19,7 @@
 #include <string.h>
 
 #include "common/util.h"
-#include "hsmctl/client.h"
+#include "client/client.h"
 #include "hsmctl/hsmctl.h"
 #include "kms/jwt.h"
 
@@ -93,7 +93,7 @@ static hsm_result call(const char *op, json_t *body, json_t **out)
 {
 	char target[64];
 	snprintf(target, sizeof(target), "HsmdJwt.%s", op);
-	return hsmctl_call_json(&hsmctl_globals.client, target, body, true, out);
+	return hsm_client_call_json(&hsmctl_globals.client, target, body, true, out);
 }
 
 static int jwt_sign(jwt_args *a)
@@ -147,7 +147,7 @@ static hsm_result load_jwks(const char *where, json_t **out)
 	hsm_buf text = {0};
 	json_error_t e;
 	hsm_result r = hsm_str_has_prefix(where, "http://") || hsm_str_has_prefix(where, "https://")
-	                   ? hsmctl_get(&hsmctl_globals.client, where, &text)
+	                   ? hsm_client_get(&hsmctl_globals.client, where, &text)
 	                   : hsm_read_file(where, JWKS_FILE_MAX, &text);
 	if (hsm_ok(r)) {
 		*out = json_loadb((const char *)text.data, text.len, 0, &e);

@@ -14,13 +14,13 @@
 #include <string.h>
 
 #include "common/util.h"
-#include "hsmctl/client.h"
+#include "client/client.h"
 #include "hsmctl/hsmctl.h"
 
 /* Calls target with body (consumed). */
 static hsm_result call(const char *target, bool sign, json_t *body, json_t **out)
 {
-	hsm_result r = hsmctl_call_json(&hsmctl_globals.client, target, body, sign, out);
+	hsm_result r = hsm_client_call_json(&hsmctl_globals.client, target, body, sign, out);
 	json_decref(body);
 	return r;
 }

@@ -11,7 +11,7 @@
 #include <stdbool.h>
 
 #include "common/result.h"
-#include "hsmctl/client.h"
+#include "client/client.h"
 
 typedef int (*hsmctl_fn)(int argc, char **argv);
 
@@ -24,12 +24,14 @@ typedef struct hsmctl_command {
 
 /* Prints this thread's last failure as "hsmctl: <context>: <message>" and returns 1. */
 int hsmctl_fail(const char *context);
+/* Prints each member of an answer as "name: value", other than strings as compact JSON. */
+void hsmctl_print_fields(json_t *o);
 /* Prints a usage error for a command and returns 2. */
 int hsmctl_usage(const char *command, const char *fmt, ...) HSM_PRINTF(2, 3);
 
 /* Options given before the command: hsmctl [--endpoint URL] [--ca-file F] COMMAND ... */
 typedef struct hsmctl_globals_t {
-	hsmctl_client client;
+	hsm_client client;
 } hsmctl_globals_t;
 extern hsmctl_globals_t hsmctl_globals;
 /* True when --endpoint (or HSM_ENDPOINT) names a running hsmd. */

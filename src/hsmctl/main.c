@@ -88,6 +88,18 @@ int hsmctl_fail(const char *context)
 	return 1;
 }
 
+void hsmctl_print_fields(json_t *o)
+{
+	const char *k;
+	json_t *v;
+	json_object_foreach(o, k, v)
+	{
+		char *s = json_is_string(v) ? NULL : json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+		printf("%s: %s\n", k, s ? s : json_string_value(v));
+		free(s);
+	}
+}
+
 int hsmctl_usage(const char *command, const char *fmt, ...)
 {
 	char msg[512];
@@ -148,7 +160,7 @@ static const hsmctl_command *lookup(int argc, char **argv, int *consumed)
 /* Consumes leading global options; returns the index of the command word. */
 static int parse_globals(int argc, char **argv)
 {
-	hsmctl_client *c = &hsmctl_globals.client;
+	hsm_client *c = &hsmctl_globals.client;
 	c->endpoints = getenv("HSM_ENDPOINT");
 	c->ca_file = getenv("HSM_CA_FILE");
 	int i = 1;

@@ -1,0 +1,638 @@
+/*
+ * module.c - the PKCS#11 entry points other than objects and signatures
+ * (p11.h): initialization, slot and token, sessions, login, mechanisms,
+ * random numbers, and the functions this token does not offer.
+ *
+ * Configuration comes from the environment at C_Initialize:
+ *   HSM_PKCS11_ENDPOINT  hsmd's URL, or several separated by commas (tried in order)
+ *   HSM_PKCS11_CA_FILE   PEM bundle that verifies hsmd's TLS certificate
+ *   HSM_PKCS11_REGION    the SigV4 region (default us-east-1)
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "common/encoding.h"
+#include "pkcs11/p11.h"
+
+p11_module p11;
+pthread_mutex_t p11_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Blank-padded, not terminated: PKCS#11's fixed-size strings. */
+static void pad(unsigned char *dst, size_t n, const char *src)
+{
+	size_t len = strlen(src);
+	memset(dst, ' ', n);
+	memcpy(dst, src, len < n ? len : n);
+}
+
+static void env_copy(char *dst, size_t cap, const char *name, const char *def)
+{
+	const char *v = getenv(name);
+	snprintf(dst, cap, "%s", v != NULL && *v != '\0' ? v : def);
+}
+
+static void wipe_credentials(void)
+{
+	OPENSSL_cleanse(p11.secret, sizeof(p11.secret));
+	OPENSSL_cleanse(p11.akid, sizeof(p11.akid));
+	p11.client.akid = NULL;
+	p11.client.secret = NULL;
+	p11.logged_in = false;
+}
+
+static void close_session(p11_session *s)
+{
+	p11_op_reset(&s->sign);
+	p11_op_reset(&s->verify);
+	free(s->find.handles);
+	memset(s, 0, sizeof(*s));
+}
+
+CK_RV C_Initialize(CK_VOID_PTR init_args)
+{
+	if (init_args != NULL) {
+		CK_C_INITIALIZE_ARGS *a = init_args;
+		if (a->pReserved != NULL)
+			return CKR_ARGUMENTS_BAD;
+		bool some = a->CreateMutex || a->DestroyMutex || a->LockMutex || a->UnlockMutex;
+		bool all = a->CreateMutex && a->DestroyMutex && a->LockMutex && a->UnlockMutex;
+		if (some && !all)
+			return CKR_ARGUMENTS_BAD;
+		/* Application mutexes without OS locking: this module only has OS locking. */
+		if (all && !(a->flags & CKF_OS_LOCKING_OK))
+			return CKR_CANT_LOCK;
+	}
+	pthread_mutex_lock(&p11_lock);
+	if (p11.initialized) {
+		pthread_mutex_unlock(&p11_lock);
+		return CKR_CRYPTOKI_ALREADY_INITIALIZED;
+	}
+	memset(&p11, 0, sizeof(p11));
+	env_copy(p11.endpoints, sizeof(p11.endpoints), "HSM_PKCS11_ENDPOINT", "");
+	env_copy(p11.ca_file, sizeof(p11.ca_file), "HSM_PKCS11_CA_FILE", "");
+	env_copy(p11.region, sizeof(p11.region), "HSM_PKCS11_REGION", "us-east-1");
+	p11.client.endpoints = p11.endpoints;
+	p11.client.ca_file = p11.ca_file[0] ? p11.ca_file : NULL;
+	p11.client.region = p11.region;
+	p11.client.timeout_s = 30;
+	p11.next_handle = 1;
+	p11.initialized = true;
+	pthread_mutex_unlock(&p11_lock);
+	return CKR_OK;
+}
+
+CK_RV C_Finalize(CK_VOID_PTR reserved)
+{
+	if (reserved != NULL)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	for (size_t i = 0; i < P11_MAX_SESSIONS; i++)
+		close_session(&p11.sessions[i]);
+	p11_objects_clear();
+	wipe_credentials();
+	p11.initialized = false;
+	LEAVE(CKR_OK);
+}
+
+CK_RV C_GetInfo(CK_INFO_PTR info)
+{
+	if (info == NULL)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	memset(info, 0, sizeof(*info));
+	info->cryptokiVersion.major = 2;
+	info->cryptokiVersion.minor = 40;
+	pad(info->manufacturerID, sizeof(info->manufacturerID), "hsmd");
+	pad(info->libraryDescription, sizeof(info->libraryDescription), "hsmd PKCS#11 module");
+	info->libraryVersion.major = 0;
+	info->libraryVersion.minor = 1;
+	LEAVE(CKR_OK);
+}
+
+/* ---- slot and token --------------------------------------------------------------------- */
+
+CK_RV C_GetSlotList(CK_BBOOL token_present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count)
+{
+	(void)token_present;
+	if (count == NULL)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	CK_RV rv = CKR_OK;
+	if (list != NULL && *count < 1)
+		rv = CKR_BUFFER_TOO_SMALL;
+	else if (list != NULL)
+		list[0] = P11_SLOT;
+	*count = 1;
+	LEAVE(rv);
+}
+
+CK_RV C_GetSlotInfo(CK_SLOT_ID slot, CK_SLOT_INFO_PTR info)
+{
+	if (info == NULL)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	if (slot != P11_SLOT)
+		LEAVE(CKR_SLOT_ID_INVALID);
+	memset(info, 0, sizeof(*info));
+	char desc[160];
+	snprintf(desc, sizeof(desc), "hsmd at %.120s", p11.endpoints[0] ? p11.endpoints : "(no endpoint)");
+	pad(info->slotDescription, sizeof(info->slotDescription), desc);
+	pad(info->manufacturerID, sizeof(info->manufacturerID), "hsmd");
+	info->flags = CKF_TOKEN_PRESENT | CKF_REMOVABLE_DEVICE | CKF_HW_SLOT;
+	LEAVE(CKR_OK);
+}
+
+CK_RV C_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info)
+{
+	if (info == NULL)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	if (slot != P11_SLOT)
+		LEAVE(CKR_SLOT_ID_INVALID);
+	memset(info, 0, sizeof(*info));
+	pad(info->label, sizeof(info->label), "hsmd");
+	pad(info->manufacturerID, sizeof(info->manufacturerID), "hsmd");
+	pad(info->model, sizeof(info->model), "hsmd KMS");
+	pad(info->serialNumber, sizeof(info->serialNumber), "1");
+	info->flags = CKF_RNG | CKF_LOGIN_REQUIRED | CKF_USER_PIN_INITIALIZED |
+	              CKF_TOKEN_INITIALIZED;
+	info->ulMaxSessionCount = P11_MAX_SESSIONS;
+	info->ulMaxRwSessionCount = P11_MAX_SESSIONS;
+	CK_ULONG n = 0;
+	for (size_t i = 0; i < P11_MAX_SESSIONS; i++)
+		n += p11.sessions[i].open;
+	info->ulSessionCount = n;
+	info->ulRwSessionCount = CK_UNAVAILABLE_INFORMATION;
+	info->ulMinPinLen = 3;
+	info->ulMaxPinLen = 255;
+	info->ulTotalPublicMemory = info->ulFreePublicMemory = CK_UNAVAILABLE_INFORMATION;
+	info->ulTotalPrivateMemory = info->ulFreePrivateMemory = CK_UNAVAILABLE_INFORMATION;
+	info->hardwareVersion.major = 0;
+	info->firmwareVersion.major = 0;
+	memset(info->utcTime, ' ', sizeof(info->utcTime));
+	LEAVE(CKR_OK);
+}
+
+CK_RV C_GetMechanismList(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list, CK_ULONG_PTR count)
+{
+	if (count == NULL)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	if (slot != P11_SLOT)
+		LEAVE(CKR_SLOT_ID_INVALID);
+	CK_RV rv = CKR_OK;
+	if (list != NULL && *count < p11_n_mechs)
+		rv = CKR_BUFFER_TOO_SMALL;
+	else if (list != NULL)
+		for (size_t i = 0; i < p11_n_mechs; i++)
+			list[i] = p11_mechs[i].type;
+	*count = p11_n_mechs;
+	LEAVE(rv);
+}
+
+CK_RV C_GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR info)
+{
+	if (info == NULL)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	if (slot != P11_SLOT)
+		LEAVE(CKR_SLOT_ID_INVALID);
+	const p11_mech *m = p11_mech_find(type);
+	if (m == NULL)
+		LEAVE(CKR_MECHANISM_INVALID);
+	info->ulMinKeySize = m->min_bits;
+	info->ulMaxKeySize = m->max_bits;
+	info->flags = m->flags;
+	LEAVE(CKR_OK);
+}
+
+/* ---- sessions ------------------------------------------------------------------------------ */
+
+p11_session *p11_session_get(CK_SESSION_HANDLE h)
+{
+	if (h == CK_INVALID_HANDLE || h > P11_MAX_SESSIONS || !p11.sessions[h - 1].open)
+		return NULL;
+	return &p11.sessions[h - 1];
+}
+
+CK_RV C_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app, CK_NOTIFY notify,
+                    CK_SESSION_HANDLE_PTR session)
+{
+	(void)app;
+	(void)notify;
+	if (session == NULL)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	if (slot != P11_SLOT)
+		LEAVE(CKR_SLOT_ID_INVALID);
+	if (!(flags & CKF_SERIAL_SESSION))
+		LEAVE(CKR_SESSION_PARALLEL_NOT_SUPPORTED);
+	for (size_t i = 0; i < P11_MAX_SESSIONS; i++) {
+		if (!p11.sessions[i].open) {
+			memset(&p11.sessions[i], 0, sizeof(p11.sessions[i]));
+			p11.sessions[i].open = true;
+			p11.sessions[i].flags = flags;
+			*session = (CK_SESSION_HANDLE)(i + 1);
+			LEAVE(CKR_OK);
+		}
+	}
+	LEAVE(CKR_SESSION_COUNT);
+}
+
+static bool any_session_open(void)
+{
+	for (size_t i = 0; i < P11_MAX_SESSIONS; i++)
+		if (p11.sessions[i].open)
+			return true;
+	return false;
+}
+
+CK_RV C_CloseSession(CK_SESSION_HANDLE h)
+{
+	ENTER();
+	p11_session *s = p11_session_get(h);
+	if (s == NULL)
+		LEAVE(CKR_SESSION_HANDLE_INVALID);
+	close_session(s);
+	if (!any_session_open()) /* the login ends with the last session */
+		wipe_credentials();
+	LEAVE(CKR_OK);
+}
+
+CK_RV C_CloseAllSessions(CK_SLOT_ID slot)
+{
+	ENTER();
+	if (slot != P11_SLOT)
+		LEAVE(CKR_SLOT_ID_INVALID);
+	for (size_t i = 0; i < P11_MAX_SESSIONS; i++)
+		close_session(&p11.sessions[i]);
+	wipe_credentials();
+	LEAVE(CKR_OK);
+}
+
+CK_RV C_GetSessionInfo(CK_SESSION_HANDLE h, CK_SESSION_INFO_PTR info)
+{
+	if (info == NULL)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	p11_session *s = p11_session_get(h);
+	if (s == NULL)
+		LEAVE(CKR_SESSION_HANDLE_INVALID);
+	bool rw = (s->flags & CKF_RW_SESSION) != 0;
+	info->slotID = P11_SLOT;
+	info->state = p11.logged_in ? (rw ? CKS_RW_USER_FUNCTIONS : CKS_RO_USER_FUNCTIONS)
+	                            : (rw ? CKS_RW_PUBLIC_SESSION : CKS_RO_PUBLIC_SESSION);
+	info->flags = s->flags;
+	info->ulDeviceError = 0;
+	LEAVE(CKR_OK);
+}
+
+/* ---- calling hsmd ---------------------------------------------------------------------------- */
+
+CK_RV p11_call(const char *target, json_t *body, json_t **out)
+{
+	*out = NULL;
+	char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
+	json_decref(body);
+	if (text == NULL)
+		return CKR_HOST_MEMORY;
+	if (p11.endpoints[0] == '\0') {
+		free(text);
+		return CKR_DEVICE_ERROR; /* HSM_PKCS11_ENDPOINT is not set */
+	}
+	hsm_buf resp;
+	hsm_buf_init_secure(&resp);
+	int status = 0;
+	hsm_result r = hsm_client_call(&p11.client, target, text, true, &status, &resp);
+	OPENSSL_cleanse(text, strlen(text));
+	free(text);
+	CK_RV rv = CKR_OK;
+	json_error_t e;
+	json_t *j = hsm_ok(r) ? json_loadb((const char *)resp.data, resp.len, 0, &e) : NULL;
+	if (hsm_failed(r)) {
+		rv = r.err == HSM_ERR_NOMEM ? CKR_HOST_MEMORY : CKR_DEVICE_ERROR;
+	} else if (j == NULL) {
+		rv = CKR_DEVICE_ERROR;
+	} else if (status != 200) {
+		const char *type = json_string_value(json_object_get(j, "__type"));
+		hsm_err err = type != NULL ? hsm_err_from_kms_name(type) : HSM_ERR_INTERNAL;
+		if (err == HSM_ERR_ACCESS_DENIED && status == 403) /* hsmd's answer to a locked user */
+			err = HSM_ERR_PRINCIPAL_LOCKED;
+		rv = type != NULL ? hsm_err_ckr(err) : CKR_DEVICE_ERROR;
+		json_decref(j);
+		j = NULL;
+	}
+	hsm_buf_free(&resp);
+	*out = j;
+	return rv;
+}
+
+CK_RV p11_b64_member(json_t *o, const char *name, hsm_buf *out)
+{
+	const char *v = json_string_value(json_object_get(o, name));
+	if (v == NULL || hsm_failed(hsm_b64_decode(out, v, strlen(v), HSM_ERR_VALIDATION)))
+		return CKR_DEVICE_ERROR;
+	return CKR_OK;
+}
+
+/* ---- login ------------------------------------------------------------------------------------- */
+
+CK_RV C_Login(CK_SESSION_HANDLE h, CK_USER_TYPE type, CK_UTF8CHAR_PTR pin, CK_ULONG pin_len)
+{
+	ENTER();
+	if (p11_session_get(h) == NULL)
+		LEAVE(CKR_SESSION_HANDLE_INVALID);
+	if (type != CKU_USER) /* no security officer: hsmd's officers administer it */
+		LEAVE(CKR_USER_TYPE_INVALID);
+	if (p11.logged_in)
+		LEAVE(CKR_USER_ALREADY_LOGGED_IN);
+	if (pin == NULL)
+		LEAVE(CKR_ARGUMENTS_BAD);
+	const char *colon = memchr(pin, ':', pin_len);
+	size_t id_len = colon ? (size_t)(colon - (const char *)pin) : 0;
+	size_t secret_len = colon ? pin_len - id_len - 1 : 0;
+	if (colon == NULL || id_len == 0 || id_len >= sizeof(p11.akid) || secret_len == 0 ||
+	    secret_len >= sizeof(p11.secret))
+		LEAVE(CKR_PIN_INCORRECT);
+	memcpy(p11.akid, pin, id_len);
+	p11.akid[id_len] = '\0';
+	memcpy(p11.secret, colon + 1, secret_len);
+	p11.secret[secret_len] = '\0';
+	p11.client.akid = p11.akid;
+	p11.client.secret = p11.secret;
+	/* The credentials are good when hsmd accepts a request signed with them. */
+	json_t *out = NULL;
+	CK_RV rv = p11_call("TrentService.ListKeys", json_pack("{s:i}", "Limit", 1), &out);
+	json_decref(out);
+	if (rv == CKR_OK) {
+		p11.logged_in = true;
+		rv = p11_objects_refresh();
+	}
+	if (rv != CKR_OK)
+		wipe_credentials();
+	LEAVE(rv);
+}
+
+CK_RV C_Logout(CK_SESSION_HANDLE h)
+{
+	ENTER();
+	if (p11_session_get(h) == NULL)
+		LEAVE(CKR_SESSION_HANDLE_INVALID);
+	if (!p11.logged_in)
+		LEAVE(CKR_USER_NOT_LOGGED_IN);
+	for (size_t i = 0; i < P11_MAX_SESSIONS; i++) {
+		p11_op_reset(&p11.sessions[i].sign);
+		p11_op_reset(&p11.sessions[i].verify);
+	}
+	wipe_credentials();
+	p11_objects_clear();
+	LEAVE(CKR_OK);
+}
+
+/* ---- random ------------------------------------------------------------------------------------- */
+
+CK_RV C_GenerateRandom(CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG len)
+{
+	if (out == NULL && len > 0)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	if (p11_session_get(h) == NULL)
+		LEAVE(CKR_SESSION_HANDLE_INVALID);
+	if (!p11.logged_in)
+		LEAVE(CKR_USER_NOT_LOGGED_IN);
+	CK_RV rv = CKR_OK;
+	for (CK_ULONG done = 0; done < len && rv == CKR_OK;) {
+		CK_ULONG n = len - done > 1024 ? 1024 : len - done; /* GenerateRandom's bound */
+		json_t *ans = NULL;
+		hsm_buf bytes;
+		hsm_buf_init_secure(&bytes);
+		rv = p11_call("TrentService.GenerateRandom", json_pack("{s:i}", "NumberOfBytes", (int)n),
+		              &ans);
+		if (rv == CKR_OK)
+			rv = p11_b64_member(ans, "Plaintext", &bytes);
+		if (rv == CKR_OK && bytes.len != n)
+			rv = CKR_DEVICE_ERROR;
+		if (rv == CKR_OK)
+			memcpy(out + done, bytes.data, n);
+		done += n;
+		hsm_buf_free(&bytes);
+		json_decref(ans);
+	}
+	LEAVE(rv);
+}
+
+CK_RV C_SeedRandom(CK_SESSION_HANDLE h, CK_BYTE_PTR seed, CK_ULONG len)
+{
+	(void)seed;
+	(void)len;
+	ENTER();
+	LEAVE(p11_session_get(h) == NULL ? CKR_SESSION_HANDLE_INVALID : CKR_RANDOM_SEED_NOT_SUPPORTED);
+}
+
+/* ---- what this token does not do ---------------------------------------------------------------
+ * Keys are made and managed in hsmd (C_GenerateKeyPair makes one); its
+ * users, PINs and the token itself are hsmd's administration.  Symmetric
+ * encryption goes through hsmd's KMS API, whose ciphertexts are its own
+ * format rather than raw AES blocks, so no encryption mechanism is offered.
+ */
+
+CK_RV C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR slot, CK_VOID_PTR reserved)
+{
+	(void)flags;
+	(void)slot;
+	(void)reserved;
+	return CKR_FUNCTION_NOT_SUPPORTED;
+}
+
+#define NOT_SUPPORTED(name, params, uses) \
+	CK_RV name params                    \
+	{                                    \
+		uses;                            \
+		return CKR_FUNCTION_NOT_SUPPORTED; \
+	}
+
+NOT_SUPPORTED(C_InitToken, (CK_SLOT_ID a, CK_UTF8CHAR_PTR b, CK_ULONG c, CK_UTF8CHAR_PTR d),
+              (void)a; (void)b; (void)c; (void)d)
+NOT_SUPPORTED(C_InitPIN, (CK_SESSION_HANDLE a, CK_UTF8CHAR_PTR b, CK_ULONG c),
+              (void)a; (void)b; (void)c)
+NOT_SUPPORTED(C_SetPIN,
+              (CK_SESSION_HANDLE a, CK_UTF8CHAR_PTR b, CK_ULONG c, CK_UTF8CHAR_PTR d, CK_ULONG e),
+              (void)a; (void)b; (void)c; (void)d; (void)e)
+NOT_SUPPORTED(C_GetOperationState, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG_PTR c),
+              (void)a; (void)b; (void)c)
+NOT_SUPPORTED(C_SetOperationState,
+              (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_OBJECT_HANDLE d,
+               CK_OBJECT_HANDLE e),
+              (void)a; (void)b; (void)c; (void)d; (void)e)
+NOT_SUPPORTED(C_CreateObject,
+              (CK_SESSION_HANDLE a, CK_ATTRIBUTE_PTR b, CK_ULONG c, CK_OBJECT_HANDLE_PTR d),
+              (void)a; (void)b; (void)c; (void)d)
+NOT_SUPPORTED(C_CopyObject,
+              (CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b, CK_ATTRIBUTE_PTR c, CK_ULONG d,
+               CK_OBJECT_HANDLE_PTR e),
+              (void)a; (void)b; (void)c; (void)d; (void)e)
+NOT_SUPPORTED(C_EncryptInit, (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c),
+              (void)a; (void)b; (void)c)
+NOT_SUPPORTED(C_Encrypt,
+              (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e),
+              (void)a; (void)b; (void)c; (void)d; (void)e)
+NOT_SUPPORTED(C_EncryptUpdate,
+              (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e),
+              (void)a; (void)b; (void)c; (void)d; (void)e)
+NOT_SUPPORTED(C_EncryptFinal, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG_PTR c),
+              (void)a; (void)b; (void)c)
+NOT_SUPPORTED(C_DecryptInit, (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c),
+              (void)a; (void)b; (void)c)
+NOT_SUPPORTED(C_Decrypt,
+              (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e),
+              (void)a; (void)b; (void)c; (void)d; (void)e)
+NOT_SUPPORTED(C_DecryptUpdate,
+              (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e),
+              (void)a; (void)b; (void)c; (void)d; (void)e)
+NOT_SUPPORTED(C_DecryptFinal, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG_PTR c),
+              (void)a; (void)b; (void)c)
+NOT_SUPPORTED(C_DigestInit, (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b), (void)a; (void)b)
+NOT_SUPPORTED(C_Digest,
+              (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e),
+              (void)a; (void)b; (void)c; (void)d; (void)e)
+NOT_SUPPORTED(C_DigestUpdate, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c),
+              (void)a; (void)b; (void)c)
+NOT_SUPPORTED(C_DigestKey, (CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b), (void)a; (void)b)
+NOT_SUPPORTED(C_DigestFinal, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG_PTR c),
+              (void)a; (void)b; (void)c)
+NOT_SUPPORTED(C_SignRecoverInit, (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c),
+              (void)a; (void)b; (void)c)
+NOT_SUPPORTED(C_SignRecover,
+              (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e),
+              (void)a; (void)b; (void)c; (void)d; (void)e)
+NOT_SUPPORTED(C_VerifyRecoverInit,
+              (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c),
+              (void)a; (void)b; (void)c)
+NOT_SUPPORTED(C_VerifyRecover,
+              (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e),
+              (void)a; (void)b; (void)c; (void)d; (void)e)
+NOT_SUPPORTED(C_DigestEncryptUpdate,
+              (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e),
+              (void)a; (void)b; (void)c; (void)d; (void)e)
+NOT_SUPPORTED(C_DecryptDigestUpdate,
+              (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e),
+              (void)a; (void)b; (void)c; (void)d; (void)e)
+NOT_SUPPORTED(C_SignEncryptUpdate,
+              (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e),
+              (void)a; (void)b; (void)c; (void)d; (void)e)
+NOT_SUPPORTED(C_DecryptVerifyUpdate,
+              (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e),
+              (void)a; (void)b; (void)c; (void)d; (void)e)
+NOT_SUPPORTED(C_GenerateKey,
+              (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_ATTRIBUTE_PTR c, CK_ULONG d,
+               CK_OBJECT_HANDLE_PTR e),
+              (void)a; (void)b; (void)c; (void)d; (void)e)
+NOT_SUPPORTED(C_WrapKey,
+              (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c, CK_OBJECT_HANDLE d,
+               CK_BYTE_PTR e, CK_ULONG_PTR f),
+              (void)a; (void)b; (void)c; (void)d; (void)e; (void)f)
+NOT_SUPPORTED(C_UnwrapKey,
+              (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c, CK_BYTE_PTR d,
+               CK_ULONG e, CK_ATTRIBUTE_PTR f, CK_ULONG g, CK_OBJECT_HANDLE_PTR h),
+              (void)a; (void)b; (void)c; (void)d; (void)e; (void)f; (void)g; (void)h)
+NOT_SUPPORTED(C_DeriveKey,
+              (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c, CK_ATTRIBUTE_PTR d,
+               CK_ULONG e, CK_OBJECT_HANDLE_PTR f),
+              (void)a; (void)b; (void)c; (void)d; (void)e; (void)f)
+
+CK_RV C_GetFunctionStatus(CK_SESSION_HANDLE h)
+{
+	(void)h;
+	return CKR_FUNCTION_NOT_PARALLEL;
+}
+
+CK_RV C_CancelFunction(CK_SESSION_HANDLE h)
+{
+	(void)h;
+	return CKR_FUNCTION_NOT_PARALLEL;
+}
+
+/* ---- the function list ------------------------------------------------------------------------- */
+
+static CK_FUNCTION_LIST function_list = {
+    .version = {2, 40},
+    .C_Initialize = C_Initialize,
+    .C_Finalize = C_Finalize,
+    .C_GetInfo = C_GetInfo,
+    .C_GetFunctionList = C_GetFunctionList,
+    .C_GetSlotList = C_GetSlotList,
+    .C_GetSlotInfo = C_GetSlotInfo,
+    .C_GetTokenInfo = C_GetTokenInfo,
+    .C_GetMechanismList = C_GetMechanismList,
+    .C_GetMechanismInfo = C_GetMechanismInfo,
+    .C_InitToken = C_InitToken,
+    .C_InitPIN = C_InitPIN,
+    .C_SetPIN = C_SetPIN,
+    .C_OpenSession = C_OpenSession,
+    .C_CloseSession = C_CloseSession,
+    .C_CloseAllSessions = C_CloseAllSessions,
+    .C_GetSessionInfo = C_GetSessionInfo,
+    .C_GetOperationState = C_GetOperationState,
+    .C_SetOperationState = C_SetOperationState,
+    .C_Login = C_Login,
+    .C_Logout = C_Logout,
+    .C_CreateObject = C_CreateObject,
+    .C_CopyObject = C_CopyObject,
+    .C_DestroyObject = C_DestroyObject,
+    .C_GetObjectSize = C_GetObjectSize,
+    .C_GetAttributeValue = C_GetAttributeValue,
+    .C_SetAttributeValue = C_SetAttributeValue,
+    .C_FindObjectsInit = C_FindObjectsInit,
+    .C_FindObjects = C_FindObjects,
+    .C_FindObjectsFinal = C_FindObjectsFinal,
+    .C_EncryptInit = C_EncryptInit,
+    .C_Encrypt = C_Encrypt,
+    .C_EncryptUpdate = C_EncryptUpdate,
+    .C_EncryptFinal = C_EncryptFinal,
+    .C_DecryptInit = C_DecryptInit,
+    .C_Decrypt = C_Decrypt,
+    .C_DecryptUpdate = C_DecryptUpdate,
+    .C_DecryptFinal = C_DecryptFinal,
+    .C_DigestInit = C_DigestInit,
+    .C_Digest = C_Digest,
+    .C_DigestUpdate = C_DigestUpdate,
+    .C_DigestKey = C_DigestKey,
+    .C_DigestFinal = C_DigestFinal,
+    .C_SignInit = C_SignInit,
+    .C_Sign = C_Sign,
+    .C_SignUpdate = C_SignUpdate,
+    .C_SignFinal = C_SignFinal,
+    .C_SignRecoverInit = C_SignRecoverInit,
+    .C_SignRecover = C_SignRecover,
+    .C_VerifyInit = C_VerifyInit,
+    .C_Verify = C_Verify,
+    .C_VerifyUpdate = C_VerifyUpdate,
+    .C_VerifyFinal = C_VerifyFinal,
+    .C_VerifyRecoverInit = C_VerifyRecoverInit,
+    .C_VerifyRecover = C_VerifyRecover,
+    .C_DigestEncryptUpdate = C_DigestEncryptUpdate,
+    .C_DecryptDigestUpdate = C_DecryptDigestUpdate,
+    .C_SignEncryptUpdate = C_SignEncryptUpdate,
+    .C_DecryptVerifyUpdate = C_DecryptVerifyUpdate,
+    .C_GenerateKey = C_GenerateKey,
+    .C_GenerateKeyPair = C_GenerateKeyPair,
+    .C_WrapKey = C_WrapKey,
+    .C_UnwrapKey = C_UnwrapKey,
+    .C_DeriveKey = C_DeriveKey,
+    .C_SeedRandom = C_SeedRandom,
+    .C_GenerateRandom = C_GenerateRandom,
+    .C_GetFunctionStatus = C_GetFunctionStatus,
+    .C_CancelFunction = C_CancelFunction,
+    .C_WaitForSlotEvent = C_WaitForSlotEvent,
+};
+
+CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out)
+{
+	if (out == NULL)
+		return CKR_ARGUMENTS_BAD;
+	*out = &function_list;
+	return CKR_OK;
+}

@@ -1,0 +1,740 @@
+/*
+ * objects.c - hsmd's keys as token objects (p11.h).
+ *
+ * After login, and again at each C_FindObjectsInit, the module lists the
+ * user's view of hsmd's keys (ListKeys, ListAliases, DescribeKey,
+ * GetPublicKey).  Keys that are not pending deletion become objects:
+ *   - SIGN_VERIFY RSA and NIST/secp256k1 EC keys: a private key object (sign)
+ *     and a public key object (verify, with the public values);
+ *   - HMAC keys: a secret key object (sign and verify a MAC).
+ * CKA_ID is the key id, CKA_LABEL its first alias without "alias/" (or the
+ * key id).  A key keeps its handles across listings.  Private values are
+ * never in hsmd's answers: CKA_VALUE and the like are CKR_ATTRIBUTE_SENSITIVE.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/x509.h>
+
+#include "pkcs11/p11.h"
+
+/* ---- the object table ---------------------------------------------------------------------- */
+
+static void object_free(p11_object *o)
+{
+	hsm_buf_free(&o->spki);
+	hsm_buf_free(&o->modulus);
+	hsm_buf_free(&o->exponent);
+	hsm_buf_free(&o->ec_params);
+	hsm_buf_free(&o->ec_point);
+}
+
+void p11_objects_clear(void)
+{
+	for (size_t i = 0; i < p11.n_objects; i++)
+		object_free(&p11.objects[i]);
+	free(p11.objects);
+	p11.objects = NULL;
+	p11.n_objects = p11.cap_objects = 0;
+}
+
+p11_object *p11_object_get(CK_OBJECT_HANDLE h)
+{
+	for (size_t i = 0; i < p11.n_objects; i++)
+		if (p11.objects[i].handle == h)
+			return &p11.objects[i];
+	return NULL;
+}
+
+static p11_object *object_of(const char *key_id, CK_OBJECT_CLASS cls)
+{
+	for (size_t i = 0; i < p11.n_objects; i++)
+		if (p11.objects[i].cls == cls && strcmp(p11.objects[i].key_id, key_id) == 0)
+			return &p11.objects[i];
+	return NULL;
+}
+
+static p11_object *object_add(const char *key_id, CK_OBJECT_CLASS cls)
+{
+	if (p11.n_objects == p11.cap_objects) {
+		size_t cap = p11.cap_objects ? 2 * p11.cap_objects : 32;
+		p11_object *v = realloc(p11.objects, cap * sizeof(*v));
+		if (v == NULL)
+			return NULL;
+		p11.objects = v;
+		p11.cap_objects = cap;
+	}
+	p11_object *o = &p11.objects[p11.n_objects++];
+	memset(o, 0, sizeof(*o));
+	o->handle = p11.next_handle++;
+	o->cls = cls;
+	snprintf(o->key_id, sizeof(o->key_id), "%s", key_id);
+	return o;
+}
+
+/* Drops the objects not seen in the last listing (or, with key_id, that key's objects). */
+static void objects_remove(const char *key_id)
+{
+	size_t j = 0;
+	for (size_t i = 0; i < p11.n_objects; i++) {
+		p11_object *o = &p11.objects[i];
+		bool drop = key_id != NULL ? strcmp(o->key_id, key_id) == 0 : !o->seen;
+		if (drop)
+			object_free(o);
+		else
+			p11.objects[j++] = *o;
+	}
+	p11.n_objects = j;
+}
+
+/* ---- public values ---------------------------------------------------------------------------- */
+
+/* DER OIDs of the named curves (CKA_EC_PARAMS). */
+static const struct curve {
+	hsm_key_spec spec;
+	const char *group;
+	uint8_t der[12];
+	size_t len;
+} curves[] = {
+    {HSM_SPEC_ECC_NIST_P256, "prime256v1", {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07}, 10},
+    {HSM_SPEC_ECC_NIST_P384, "secp384r1", {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22}, 7},
+    {HSM_SPEC_ECC_NIST_P521, "secp521r1", {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23}, 7},
+    {HSM_SPEC_ECC_SECG_P256K1, "secp256k1", {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a}, 7},
+};
+
+static const struct curve *curve_of(hsm_key_spec spec)
+{
+	for (size_t i = 0; i < sizeof(curves) / sizeof(curves[0]); i++)
+		if (curves[i].spec == spec)
+			return &curves[i];
+	return NULL;
+}
+
+static CK_RV put_bn(EVP_PKEY *pk, const char *name, hsm_buf *out)
+{
+	BIGNUM *bn = NULL;
+	if (!EVP_PKEY_get_bn_param(pk, name, &bn))
+		return CKR_DEVICE_ERROR;
+	uint8_t *p;
+	size_t n = (size_t)BN_num_bytes(bn);
+	CK_RV rv = hsm_ok(hsm_buf_append_space(out, n, &p)) ? CKR_OK : CKR_HOST_MEMORY;
+	if (rv == CKR_OK)
+		BN_bn2bin(bn, p);
+	BN_free(bn);
+	return rv;
+}
+
+/* The public values of o from its SubjectPublicKeyInfo. */
+static CK_RV parse_public(p11_object *o)
+{
+	const unsigned char *p = o->spki.data;
+	EVP_PKEY *pk = d2i_PUBKEY(NULL, &p, (long)o->spki.len);
+	if (pk == NULL)
+		return CKR_DEVICE_ERROR;
+	hsm_buf_clear(&o->modulus);
+	hsm_buf_clear(&o->exponent);
+	hsm_buf_clear(&o->ec_params);
+	hsm_buf_clear(&o->ec_point);
+	CK_RV rv = CKR_OK;
+	const struct curve *c = curve_of(o->spec);
+	if (o->key_type == CKK_RSA) {
+		rv = put_bn(pk, OSSL_PKEY_PARAM_RSA_N, &o->modulus);
+		if (rv == CKR_OK)
+			rv = put_bn(pk, OSSL_PKEY_PARAM_RSA_E, &o->exponent);
+		o->modulus_bits = (CK_ULONG)EVP_PKEY_get_bits(pk);
+	} else if (c != NULL) {
+		uint8_t point[160];
+		size_t n = 0;
+		if (!EVP_PKEY_get_octet_string_param(pk, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, point,
+		                                     sizeof(point), &n) ||
+		    n < 1 || point[0] != 0x04)
+			rv = CKR_DEVICE_ERROR;
+		/* CKA_EC_POINT: the uncompressed point as a DER OCTET STRING. */
+		else if (hsm_failed(hsm_buf_put_u8(&o->ec_point, 0x04)) ||
+		         (n >= 128 && hsm_failed(hsm_buf_put_u8(&o->ec_point, 0x81))) ||
+		         hsm_failed(hsm_buf_put_u8(&o->ec_point, (uint8_t)n)) ||
+		         hsm_failed(hsm_buf_put(&o->ec_point, point, n)) ||
+		         hsm_failed(hsm_buf_put(&o->ec_params, c->der, c->len)))
+			rv = CKR_HOST_MEMORY;
+	} else {
+		rv = CKR_DEVICE_ERROR;
+	}
+	EVP_PKEY_free(pk);
+	return rv;
+}
+
+/* ---- listing --------------------------------------------------------------------------------- */
+
+static CK_RV list_aliases(json_t *all)
+{
+	const char *marker = NULL;
+	json_t *ans = NULL;
+	for (;;) {
+		json_t *body = json_pack("{s:i}", "Limit", 100);
+		if (marker != NULL)
+			json_object_set_new(body, "Marker", json_string(marker));
+		json_decref(ans);
+		CK_RV rv = p11_call("TrentService.ListAliases", body, &ans);
+		if (rv != CKR_OK)
+			return rv;
+		json_array_extend(all, json_object_get(ans, "Aliases"));
+		marker = json_string_value(json_object_get(ans, "NextMarker"));
+		if (!json_is_true(json_object_get(ans, "Truncated")) || marker == NULL)
+			break;
+	}
+	json_decref(ans);
+	return CKR_OK;
+}
+
+static void label_of(json_t *aliases, const char *key_id, char *out, size_t cap)
+{
+	size_t i;
+	json_t *a;
+	json_array_foreach(aliases, i, a) {
+		const char *target = json_string_value(json_object_get(a, "TargetKeyId"));
+		const char *name = json_string_value(json_object_get(a, "AliasName"));
+		if (target != NULL && name != NULL && strcmp(target, key_id) == 0) {
+			snprintf(out, cap, "%s", hsm_str_has_prefix(name, "alias/") ? name + 6 : name);
+			return;
+		}
+	}
+	snprintf(out, cap, "%s", key_id);
+}
+
+static bool is_hmac(hsm_key_spec s)
+{
+	return s == HSM_SPEC_HMAC_224 || s == HSM_SPEC_HMAC_256 || s == HSM_SPEC_HMAC_384 ||
+	       s == HSM_SPEC_HMAC_512;
+}
+
+static bool is_rsa(hsm_key_spec s)
+{
+	return s == HSM_SPEC_RSA_2048 || s == HSM_SPEC_RSA_3072 || s == HSM_SPEC_RSA_4096;
+}
+
+static CK_RV upsert(const char *key_id, CK_OBJECT_CLASS cls, hsm_key_spec spec, CK_KEY_TYPE kt,
+                    const char *label, const hsm_buf *spki)
+{
+	p11_object *o = object_of(key_id, cls);
+	if (o == NULL && (o = object_add(key_id, cls)) == NULL)
+		return CKR_HOST_MEMORY;
+	o->seen = true;
+	o->spec = spec;
+	o->key_type = kt;
+	snprintf(o->label, sizeof(o->label), "%s", label);
+	if (spki == NULL)
+		return CKR_OK;
+	if (hsm_failed(hsm_buf_set(&o->spki, spki->data, spki->len)))
+		return CKR_HOST_MEMORY;
+	return parse_public(o);
+}
+
+/* Makes the objects of one key (if it is one this token shows). */
+static CK_RV load_key(const char *key_id, json_t *aliases)
+{
+	json_t *ans = NULL;
+	CK_RV rv = p11_call("TrentService.DescribeKey", json_pack("{s:s}", "KeyId", key_id), &ans);
+	if (rv != CKR_OK)
+		return rv;
+	json_t *md = json_object_get(ans, "KeyMetadata");
+	const char *state = json_string_value(json_object_get(md, "KeyState"));
+	const char *spec_name = json_string_value(json_object_get(md, "KeySpec"));
+	const char *usage_name = json_string_value(json_object_get(md, "KeyUsage"));
+	hsm_key_spec spec;
+	hsm_key_usage usage;
+	char label[P11_LABEL_MAX + 1];
+	hsm_buf spki = {0};
+	if (state == NULL || spec_name == NULL || usage_name == NULL ||
+	    hsm_failed(hsm_spec_parse(spec_name, &spec)) ||
+	    hsm_failed(hsm_usage_parse(usage_name, &usage)) ||
+	    (strcmp(state, "Enabled") != 0 && strcmp(state, "Disabled") != 0))
+		goto out; /* not an object of this token */
+	label_of(aliases, key_id, label, sizeof(label));
+	if (usage == HSM_USAGE_GENERATE_VERIFY_MAC && is_hmac(spec)) {
+		rv = upsert(key_id, CKO_SECRET_KEY, spec, CKK_GENERIC_SECRET, label, NULL);
+	} else if (usage == HSM_USAGE_SIGN_VERIFY && (is_rsa(spec) || curve_of(spec) != NULL)) {
+		json_t *pub = NULL;
+		rv = p11_call("TrentService.GetPublicKey", json_pack("{s:s}", "KeyId", key_id), &pub);
+		if (rv == CKR_OK)
+			rv = p11_b64_member(pub, "PublicKey", &spki);
+		json_decref(pub);
+		CK_KEY_TYPE kt = is_rsa(spec) ? CKK_RSA : CKK_EC;
+		if (rv == CKR_OK)
+			rv = upsert(key_id, CKO_PRIVATE_KEY, spec, kt, label, &spki);
+		if (rv == CKR_OK)
+			rv = upsert(key_id, CKO_PUBLIC_KEY, spec, kt, label, &spki);
+	}
+out:
+	hsm_buf_free(&spki);
+	json_decref(ans);
+	return rv;
+}
+
+CK_RV p11_objects_refresh(void)
+{
+	if (!p11.logged_in)
+		return CKR_USER_NOT_LOGGED_IN;
+	for (size_t i = 0; i < p11.n_objects; i++)
+		p11.objects[i].seen = false;
+	json_t *aliases = json_array(), *ans = NULL;
+	CK_RV rv = aliases != NULL ? list_aliases(aliases) : CKR_HOST_MEMORY;
+	char marker[1024] = "";
+	while (rv == CKR_OK) {
+		json_t *body = json_pack("{s:i}", "Limit", 1000);
+		if (marker[0] != '\0')
+			json_object_set_new(body, "Marker", json_string(marker));
+		json_decref(ans);
+		rv = p11_call("TrentService.ListKeys", body, &ans);
+		if (rv != CKR_OK)
+			break;
+		size_t i;
+		json_t *k;
+		json_array_foreach(json_object_get(ans, "Keys"), i, k) {
+			const char *id = json_string_value(json_object_get(k, "KeyId"));
+			if (id != NULL && hsm_is_uuid(id) && (rv = load_key(id, aliases)) != CKR_OK)
+				break;
+		}
+		const char *next = json_string_value(json_object_get(ans, "NextMarker"));
+		if (rv != CKR_OK || !json_is_true(json_object_get(ans, "Truncated")) || next == NULL)
+			break;
+		snprintf(marker, sizeof(marker), "%s", next);
+	}
+	json_decref(ans);
+	json_decref(aliases);
+	if (rv == CKR_OK)
+		objects_remove(NULL);
+	return rv;
+}
+
+/* ---- attributes --------------------------------------------------------------------------------- */
+
+typedef enum { A_OK, A_SENSITIVE, A_INVALID } a_status;
+
+typedef struct a_value {
+	const void *p;
+	CK_ULONG n;
+	union {
+		CK_BBOOL b;
+		CK_ULONG u;
+	} scratch;
+} a_value;
+
+static a_status boolean(a_value *v, bool b)
+{
+	v->scratch.b = b ? CK_TRUE : CK_FALSE;
+	v->p = &v->scratch.b;
+	v->n = sizeof(CK_BBOOL);
+	return A_OK;
+}
+
+static a_status ulong_value(a_value *v, CK_ULONG u)
+{
+	v->scratch.u = u;
+	v->p = &v->scratch.u;
+	v->n = sizeof(CK_ULONG);
+	return A_OK;
+}
+
+static a_status bytes(a_value *v, const void *p, size_t n)
+{
+	v->p = p;
+	v->n = (CK_ULONG)n;
+	return A_OK;
+}
+
+static a_status attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
+{
+	bool priv = o->cls == CKO_PRIVATE_KEY, pub = o->cls == CKO_PUBLIC_KEY;
+	bool secret = o->cls == CKO_SECRET_KEY, rsa = o->key_type == CKK_RSA;
+	switch (t) {
+	case CKA_CLASS: return ulong_value(v, o->cls);
+	case CKA_KEY_TYPE: return ulong_value(v, o->key_type);
+	case CKA_TOKEN: return boolean(v, true);
+	case CKA_PRIVATE: return boolean(v, !pub);
+	case CKA_MODIFIABLE:
+	case CKA_COPYABLE:
+	case CKA_DERIVE:
+	case CKA_ENCRYPT:
+	case CKA_DECRYPT:
+	case CKA_WRAP:
+	case CKA_UNWRAP:
+	case CKA_SIGN_RECOVER:
+	case CKA_VERIFY_RECOVER:
+	case CKA_TRUSTED:
+	case CKA_WRAP_WITH_TRUSTED:
+	case CKA_ALWAYS_AUTHENTICATE: return boolean(v, false);
+	case CKA_DESTROYABLE:
+	case CKA_LOCAL: return boolean(v, true);
+	case CKA_LABEL: return bytes(v, o->label, strlen(o->label));
+	case CKA_ID: return bytes(v, o->key_id, strlen(o->key_id));
+	case CKA_START_DATE:
+	case CKA_END_DATE: return bytes(v, "", 0);
+	case CKA_SIGN: return boolean(v, priv || secret);
+	case CKA_VERIFY: return boolean(v, pub || secret);
+	case CKA_KEY_GEN_MECHANISM:
+		return ulong_value(v, rsa      ? CKM_RSA_PKCS_KEY_PAIR_GEN
+		                      : secret ? CKM_GENERIC_SECRET_KEY_GEN
+		                               : CKM_EC_KEY_PAIR_GEN);
+	case CKA_SENSITIVE:
+	case CKA_ALWAYS_SENSITIVE:
+	case CKA_NEVER_EXTRACTABLE:
+		if (pub)
+			break;
+		return boolean(v, true);
+	case CKA_EXTRACTABLE:
+		if (pub)
+			break;
+		return boolean(v, false);
+	case CKA_SUBJECT: return pub || priv ? bytes(v, "", 0) : A_INVALID;
+	case CKA_VALUE_LEN:
+		if (!secret)
+			break;
+		return ulong_value(v, o->spec == HSM_SPEC_HMAC_224   ? 28
+		                      : o->spec == HSM_SPEC_HMAC_256 ? 32
+		                      : o->spec == HSM_SPEC_HMAC_384 ? 48
+		                                                     : 64);
+	case CKA_VALUE: return pub ? A_INVALID : A_SENSITIVE;
+	case CKA_PUBLIC_KEY_INFO:
+		if (secret)
+			break;
+		return bytes(v, o->spki.data, o->spki.len);
+	case CKA_MODULUS:
+		if (!rsa)
+			break;
+		return bytes(v, o->modulus.data, o->modulus.len);
+	case CKA_PUBLIC_EXPONENT:
+		if (!rsa)
+			break;
+		return bytes(v, o->exponent.data, o->exponent.len);
+	case CKA_MODULUS_BITS:
+		if (!rsa)
+			break;
+		return ulong_value(v, o->modulus_bits);
+	case CKA_PRIVATE_EXPONENT:
+	case CKA_PRIME_1:
+	case CKA_PRIME_2:
+	case CKA_EXPONENT_1:
+	case CKA_EXPONENT_2:
+	case CKA_COEFFICIENT:
+		return priv && rsa ? A_SENSITIVE : A_INVALID;
+	case CKA_EC_PARAMS:
+		if (o->key_type != CKK_EC)
+			break;
+		return bytes(v, o->ec_params.data, o->ec_params.len);
+	case CKA_EC_POINT:
+		if (!pub || o->key_type != CKK_EC)
+			break;
+		return bytes(v, o->ec_point.data, o->ec_point.len);
+	default: break;
+	}
+	return A_INVALID;
+}
+
+CK_RV C_GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR tmpl,
+                          CK_ULONG count)
+{
+	if (tmpl == NULL && count > 0)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	if (p11_session_get(h) == NULL)
+		LEAVE(CKR_SESSION_HANDLE_INVALID);
+	const p11_object *o = p11_object_get(obj);
+	if (o == NULL)
+		LEAVE(CKR_OBJECT_HANDLE_INVALID);
+	CK_RV rv = CKR_OK;
+	for (CK_ULONG i = 0; i < count; i++) {
+		a_value v;
+		a_status st = attribute(o, tmpl[i].type, &v);
+		if (st != A_OK) {
+			tmpl[i].ulValueLen = CK_UNAVAILABLE_INFORMATION;
+			rv = st == A_SENSITIVE ? CKR_ATTRIBUTE_SENSITIVE : CKR_ATTRIBUTE_TYPE_INVALID;
+		} else if (tmpl[i].pValue == NULL) {
+			tmpl[i].ulValueLen = v.n;
+		} else if (tmpl[i].ulValueLen < v.n) {
+			tmpl[i].ulValueLen = CK_UNAVAILABLE_INFORMATION;
+			rv = CKR_BUFFER_TOO_SMALL;
+		} else {
+			if (v.n > 0)
+				memcpy(tmpl[i].pValue, v.p, v.n);
+			tmpl[i].ulValueLen = v.n;
+		}
+	}
+	LEAVE(rv);
+}
+
+CK_RV C_SetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR tmpl,
+                          CK_ULONG count)
+{
+	(void)tmpl;
+	(void)count;
+	ENTER();
+	if (p11_session_get(h) == NULL)
+		LEAVE(CKR_SESSION_HANDLE_INVALID);
+	/* Objects are views of hsmd's keys: change a key through hsmd's API. */
+	LEAVE(p11_object_get(obj) == NULL ? CKR_OBJECT_HANDLE_INVALID : CKR_ACTION_PROHIBITED);
+}
+
+CK_RV C_GetObjectSize(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ULONG_PTR size)
+{
+	if (size == NULL)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	if (p11_session_get(h) == NULL)
+		LEAVE(CKR_SESSION_HANDLE_INVALID);
+	if (p11_object_get(obj) == NULL)
+		LEAVE(CKR_OBJECT_HANDLE_INVALID);
+	*size = CK_UNAVAILABLE_INFORMATION;
+	LEAVE(CKR_OK);
+}
+
+/* ---- search ---------------------------------------------------------------------------------------- */
+
+static bool matches(const p11_object *o, const CK_ATTRIBUTE *tmpl, CK_ULONG count)
+{
+	for (CK_ULONG i = 0; i < count; i++) {
+		a_value v;
+		if (attribute(o, tmpl[i].type, &v) != A_OK || v.n != tmpl[i].ulValueLen ||
+		    (v.n > 0 && (tmpl[i].pValue == NULL || !hsm_ct_equal(v.p, tmpl[i].pValue, v.n))))
+			return false;
+	}
+	return true;
+}
+
+CK_RV C_FindObjectsInit(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count)
+{
+	if (tmpl == NULL && count > 0)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	p11_session *s = p11_session_get(h);
+	if (s == NULL)
+		LEAVE(CKR_SESSION_HANDLE_INVALID);
+	if (s->find.active)
+		LEAVE(CKR_OPERATION_ACTIVE);
+	/* Before login this token shows nothing: every object is one of the user's keys. */
+	if (p11.logged_in) {
+		CK_RV rv = p11_objects_refresh();
+		if (rv != CKR_OK)
+			LEAVE(rv);
+	}
+	free(s->find.handles);
+	memset(&s->find, 0, sizeof(s->find));
+	s->find.handles = calloc(p11.n_objects + 1, sizeof(CK_OBJECT_HANDLE));
+	if (s->find.handles == NULL)
+		LEAVE(CKR_HOST_MEMORY);
+	for (size_t i = 0; i < p11.n_objects; i++)
+		if (matches(&p11.objects[i], tmpl, count))
+			s->find.handles[s->find.n++] = p11.objects[i].handle;
+	s->find.active = true;
+	LEAVE(CKR_OK);
+}
+
+CK_RV C_FindObjects(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE_PTR out, CK_ULONG max,
+                    CK_ULONG_PTR count)
+{
+	if (out == NULL || count == NULL)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	p11_session *s = p11_session_get(h);
+	if (s == NULL)
+		LEAVE(CKR_SESSION_HANDLE_INVALID);
+	if (!s->find.active)
+		LEAVE(CKR_OPERATION_NOT_INITIALIZED);
+	CK_ULONG n = 0;
+	while (n < max && s->find.pos < s->find.n)
+		out[n++] = s->find.handles[s->find.pos++];
+	*count = n;
+	LEAVE(CKR_OK);
+}
+
+CK_RV C_FindObjectsFinal(CK_SESSION_HANDLE h)
+{
+	ENTER();
+	p11_session *s = p11_session_get(h);
+	if (s == NULL)
+		LEAVE(CKR_SESSION_HANDLE_INVALID);
+	if (!s->find.active)
+		LEAVE(CKR_OPERATION_NOT_INITIALIZED);
+	free(s->find.handles);
+	memset(&s->find, 0, sizeof(s->find));
+	LEAVE(CKR_OK);
+}
+
+/* ---- destruction --------------------------------------------------------------------------------- */
+
+CK_RV C_DestroyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj)
+{
+	ENTER();
+	if (p11_session_get(h) == NULL)
+		LEAVE(CKR_SESSION_HANDLE_INVALID);
+	if (!p11.logged_in)
+		LEAVE(CKR_USER_NOT_LOGGED_IN);
+	const p11_object *o = p11_object_get(obj);
+	if (o == NULL)
+		LEAVE(CKR_OBJECT_HANDLE_INVALID);
+	/* A public key is part of its key pair: it goes when the private key goes. */
+	if (o->cls == CKO_PUBLIC_KEY)
+		LEAVE(CKR_ACTION_PROHIBITED);
+	char key_id[HSM_UUID_STRLEN + 1];
+	snprintf(key_id, sizeof(key_id), "%s", o->key_id);
+	json_t *ans = NULL;
+	/* hsmd's shortest waiting period: the key can still be recovered with CancelKeyDeletion. */
+	CK_RV rv = p11_call("TrentService.ScheduleKeyDeletion",
+	                    json_pack("{s:s,s:i}", "KeyId", key_id, "PendingWindowInDays", 7), &ans);
+	json_decref(ans);
+	if (rv == CKR_OK)
+		objects_remove(key_id);
+	LEAVE(rv);
+}
+
+/* ---- key pair generation ---------------------------------------------------------------------------- */
+
+static const CK_ATTRIBUTE *find_attr(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type)
+{
+	for (CK_ULONG i = 0; i < n; i++)
+		if (t[i].type == type)
+			return &t[i];
+	return NULL;
+}
+
+static bool attr_bool(const CK_ATTRIBUTE *a, bool *out)
+{
+	if (a == NULL || a->pValue == NULL || a->ulValueLen != sizeof(CK_BBOOL))
+		return false;
+	*out = *(const CK_BBOOL *)a->pValue != CK_FALSE;
+	return true;
+}
+
+/* The KMS key spec a key pair template asks for. */
+static CK_RV pair_spec(CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *pub, CK_ULONG n_pub,
+                       hsm_key_spec *spec)
+{
+	if (mech == CKM_RSA_PKCS_KEY_PAIR_GEN) {
+		const CK_ATTRIBUTE *bits = find_attr(pub, n_pub, CKA_MODULUS_BITS);
+		if (bits == NULL || bits->pValue == NULL || bits->ulValueLen != sizeof(CK_ULONG))
+			return CKR_TEMPLATE_INCOMPLETE;
+		CK_ULONG b = *(const CK_ULONG *)bits->pValue;
+		if (b != 2048 && b != 3072 && b != 4096)
+			return CKR_ATTRIBUTE_VALUE_INVALID;
+		*spec = b == 2048 ? HSM_SPEC_RSA_2048 : b == 3072 ? HSM_SPEC_RSA_3072 : HSM_SPEC_RSA_4096;
+		const CK_ATTRIBUTE *e = find_attr(pub, n_pub, CKA_PUBLIC_EXPONENT);
+		if (e != NULL) { /* hsmd's RSA keys have e = 65537 */
+			const uint8_t *p = e->pValue;
+			CK_ULONG i = 0, n = e->ulValueLen;
+			while (p != NULL && i < n && p[i] == 0)
+				i++;
+			if (p == NULL || n - i != 3 || p[i] != 1 || p[i + 1] != 0 || p[i + 2] != 1)
+				return CKR_ATTRIBUTE_VALUE_INVALID;
+		}
+		return CKR_OK;
+	}
+	if (mech == CKM_EC_KEY_PAIR_GEN) {
+		const CK_ATTRIBUTE *ec = find_attr(pub, n_pub, CKA_EC_PARAMS);
+		if (ec == NULL || ec->pValue == NULL)
+			return CKR_TEMPLATE_INCOMPLETE;
+		for (size_t i = 0; i < sizeof(curves) / sizeof(curves[0]); i++)
+			if (ec->ulValueLen == curves[i].len &&
+			    hsm_ct_equal(ec->pValue, curves[i].der, curves[i].len)) {
+				*spec = curves[i].spec;
+				return CKR_OK;
+			}
+		return CKR_CURVE_NOT_SUPPORTED;
+	}
+	return CKR_MECHANISM_INVALID;
+}
+
+/* A label usable as a KMS alias name (alias/<label>). */
+static CK_RV pair_label(const CK_ATTRIBUTE *a, char *out, size_t cap)
+{
+	out[0] = '\0';
+	if (a == NULL)
+		return CKR_OK;
+	if (a->pValue == NULL || a->ulValueLen == 0 || a->ulValueLen > 200 || a->ulValueLen >= cap)
+		return CKR_ATTRIBUTE_VALUE_INVALID;
+	const char *p = a->pValue;
+	for (CK_ULONG i = 0; i < a->ulValueLen; i++)
+		if (!((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= 'A' && p[i] <= 'Z') ||
+		      (p[i] >= '0' && p[i] <= '9') || strchr("/_-", p[i]) != NULL) ||
+		    p[i] == '\0')
+			return CKR_ATTRIBUTE_VALUE_INVALID;
+	memcpy(out, p, a->ulValueLen);
+	out[a->ulValueLen] = '\0';
+	return hsm_str_has_prefix(out, "aws/") ? CKR_ATTRIBUTE_VALUE_INVALID : CKR_OK;
+}
+
+static CK_RV check_private_template(const CK_ATTRIBUTE *t, CK_ULONG n)
+{
+	bool b;
+	/* hsmd's keys never leave it: a template asking otherwise cannot be met. */
+	if (attr_bool(find_attr(t, n, CKA_EXTRACTABLE), &b) && b)
+		return CKR_ATTRIBUTE_VALUE_INVALID;
+	if (attr_bool(find_attr(t, n, CKA_SENSITIVE), &b) && !b)
+		return CKR_ATTRIBUTE_VALUE_INVALID;
+	/* The pair is a signing key: CKA_DECRYPT or CKA_DERIVE (which tools such as
+	 * pkcs11-tool set by default) are not granted and read false afterwards. */
+	return CKR_OK;
+}
+
+CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR pub,
+                        CK_ULONG n_pub, CK_ATTRIBUTE_PTR priv, CK_ULONG n_priv,
+                        CK_OBJECT_HANDLE_PTR pub_out, CK_OBJECT_HANDLE_PTR priv_out)
+{
+	if (mech == NULL || pub_out == NULL || priv_out == NULL || (pub == NULL && n_pub > 0) ||
+	    (priv == NULL && n_priv > 0))
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	if (p11_session_get(h) == NULL)
+		LEAVE(CKR_SESSION_HANDLE_INVALID);
+	if (!p11.logged_in)
+		LEAVE(CKR_USER_NOT_LOGGED_IN);
+	hsm_key_spec spec;
+	char label[P11_LABEL_MAX + 1];
+	CK_RV rv = pair_spec(mech->mechanism, pub, n_pub, &spec);
+	if (rv == CKR_OK)
+		rv = check_private_template(priv, n_priv);
+	if (rv == CKR_OK) {
+		const CK_ATTRIBUTE *l = find_attr(priv, n_priv, CKA_LABEL);
+		rv = pair_label(l != NULL ? l : find_attr(pub, n_pub, CKA_LABEL), label, sizeof(label));
+	}
+	if (rv != CKR_OK)
+		LEAVE(rv);
+	json_t *ans = NULL;
+	rv = p11_call("TrentService.CreateKey",
+	              json_pack("{s:s,s:s,s:s}", "KeySpec", hsm_spec_name(spec), "KeyUsage",
+	                        "SIGN_VERIFY", "Description", "made through PKCS#11"),
+	              &ans);
+	char key_id[HSM_UUID_STRLEN + 1] = "";
+	const char *id = json_string_value(json_object_get(json_object_get(ans, "KeyMetadata"), "KeyId"));
+	if (rv == CKR_OK && (id == NULL || !hsm_is_uuid(id)))
+		rv = CKR_DEVICE_ERROR;
+	if (rv == CKR_OK)
+		snprintf(key_id, sizeof(key_id), "%s", id);
+	json_decref(ans);
+	if (rv == CKR_OK && label[0] != '\0') {
+		char alias[P11_LABEL_MAX + 8];
+		snprintf(alias, sizeof(alias), "alias/%s", label);
+		rv = p11_call("TrentService.CreateAlias",
+		              json_pack("{s:s,s:s}", "AliasName", alias, "TargetKeyId", key_id), &ans);
+		json_decref(ans);
+		if (rv != CKR_OK) { /* no half-made key pair: the key goes again */
+			json_t *del = NULL;
+			(void)p11_call("TrentService.ScheduleKeyDeletion",
+			               json_pack("{s:s,s:i}", "KeyId", key_id, "PendingWindowInDays", 7),
+			               &del);
+			json_decref(del);
+			rv = rv == CKR_TEMPLATE_INCONSISTENT ? rv : CKR_ATTRIBUTE_VALUE_INVALID;
+		}
+	}
+	if (rv == CKR_OK)
+		rv = p11_objects_refresh();
+	const p11_object *po = rv == CKR_OK ? object_of(key_id, CKO_PUBLIC_KEY) : NULL;
+	const p11_object *ko = rv == CKR_OK ? object_of(key_id, CKO_PRIVATE_KEY) : NULL;
+	if (rv == CKR_OK && (po == NULL || ko == NULL))
+		rv = CKR_DEVICE_ERROR;
+	if (rv == CKR_OK) {
+		*pub_out = po->handle;
+		*priv_out = ko->handle;
+	}
+	LEAVE(rv);
+}

@@ -1,0 +1,145 @@
+/*
+ * p11.h - libhsm_pkcs11.so, hsmd's PKCS#11 (v2.40) module: state shared by
+ * its files.
+ *
+ *   module.c   C_GetFunctionList, initialization, slot and token, sessions,
+ *              login, mechanisms, random numbers, the unsupported functions
+ *   objects.c  hsmd's keys as token objects: loading, attributes, search,
+ *              key pair generation, destruction
+ *   sign.c     signing and verification
+ *
+ * The module is a thin client: it holds no key material.  Each operation is
+ * an ordinary SigV4-signed call of hsmd's KMS API (authenticated, authorized
+ * by the user's roles and the key policy, and audited there) with the
+ * credentials given as the PIN, "<access key id>:<secret access key>".  One
+ * slot (0) with one token, "hsmd".  Every entry point takes one module lock:
+ * calls are serialized, as each is a network round trip anyway.
+ */
+#ifndef HSM_P11_H
+#define HSM_P11_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <p11-kit/pkcs11.h>
+
+#include "client/client.h"
+#include "common/buf.h"
+#include "common/util.h"
+#include "crypto/keyspec.h"
+
+#define P11_SLOT 0
+#define P11_MAX_SESSIONS 256
+#define P11_LABEL_MAX 256
+
+/* A token object: one of hsmd's keys seen as a PKCS#11 object. */
+typedef struct p11_object {
+	CK_OBJECT_HANDLE handle;
+	CK_OBJECT_CLASS cls; /* CKO_PRIVATE_KEY, CKO_PUBLIC_KEY or CKO_SECRET_KEY */
+	char key_id[HSM_UUID_STRLEN + 1];
+	char label[P11_LABEL_MAX + 1];
+	hsm_key_spec spec;
+	CK_KEY_TYPE key_type; /* CKK_RSA, CKK_EC, CKK_GENERIC_SECRET */
+	bool seen;            /* in the last listing */
+	/* Public values (asymmetric keys), from the key's SubjectPublicKeyInfo. */
+	hsm_buf spki, modulus, exponent, ec_params, ec_point;
+	CK_ULONG modulus_bits;
+} p11_object;
+
+/* What a mechanism does with a key (sign.c's table). */
+typedef enum p11_family { P11_RSA_PKCS, P11_RSA_PSS, P11_ECDSA, P11_HMAC, P11_KEYGEN } p11_family;
+
+typedef struct p11_mech {
+	CK_MECHANISM_TYPE type;
+	p11_family family;
+	const char *md;   /* hashing mechanisms: the digest the module computes; NULL: raw input */
+	CK_ULONG min_bits, max_bits;
+	CK_FLAGS flags;
+} p11_mech;
+
+/* A signing or verification in progress. */
+typedef struct p11_op {
+	bool active;
+	bool fed; /* C_Sign gave the data (a length query came first) */
+	const p11_mech *mech;
+	CK_OBJECT_HANDLE key;
+	const char *hash;  /* the KMS algorithm's digest: "SHA_256", ... */
+	EVP_MD_CTX *md;    /* hashing mechanisms */
+	hsm_buf data;      /* raw input, or an HMAC's message */
+} p11_op;
+
+typedef struct p11_find {
+	bool active;
+	CK_OBJECT_HANDLE *handles;
+	size_t n, pos;
+} p11_find;
+
+typedef struct p11_session {
+	bool open;
+	CK_FLAGS flags;
+	p11_find find;
+	p11_op sign, verify;
+} p11_session;
+
+typedef struct p11_module {
+	bool initialized;
+	char endpoints[1024];
+	char ca_file[1024];
+	char region[64];
+	hsm_client client;
+	bool logged_in;
+	char akid[129];
+	char secret[129];
+	p11_session sessions[P11_MAX_SESSIONS];
+	p11_object *objects;
+	size_t n_objects, cap_objects;
+	CK_OBJECT_HANDLE next_handle;
+} p11_module;
+
+extern p11_module p11;
+
+/* The module lock: every entry point holds it (ENTER ... LEAVE). */
+extern pthread_mutex_t p11_lock;
+#define ENTER()                                   \
+	do {                                          \
+		pthread_mutex_lock(&p11_lock);            \
+		if (!p11.initialized) {                   \
+			pthread_mutex_unlock(&p11_lock);      \
+			return CKR_CRYPTOKI_NOT_INITIALIZED; \
+		}                                         \
+	} while (0)
+#define LEAVE(rv)                          \
+	do {                                   \
+		CK_RV leave_rv__ = (rv);           \
+		pthread_mutex_unlock(&p11_lock);   \
+		return leave_rv__;                 \
+	} while (0)
+
+/* ---- module.c ---- */
+/* The session behind a handle, or NULL. */
+p11_session *p11_session_get(CK_SESSION_HANDLE h);
+/*
+ * Calls hsmd: target "TrentService.Sign", ...; body is consumed.  On a 200
+ * answer *out is the parsed JSON; otherwise the CKR_* value of the answer's
+ * error (CKR_DEVICE_ERROR when no endpoint answered).
+ */
+CK_RV p11_call(const char *target, json_t *body, json_t **out);
+/* A base64 member of an answer, decoded. */
+CK_RV p11_b64_member(json_t *o, const char *name, hsm_buf *out);
+
+/* ---- objects.c ---- */
+/* Reads hsmd's keys again (login, FindObjectsInit, after changes). */
+CK_RV p11_objects_refresh(void);
+void p11_objects_clear(void);
+p11_object *p11_object_get(CK_OBJECT_HANDLE h);
+
+/* ---- sign.c ---- */
+extern const p11_mech p11_mechs[];
+extern const size_t p11_n_mechs;
+const p11_mech *p11_mech_find(CK_MECHANISM_TYPE type);
+void p11_op_reset(p11_op *op);
+
+#endif

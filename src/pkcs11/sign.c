@@ -1,0 +1,496 @@
+/*
+ * sign.c - signing and verification through hsmd (p11.h).
+ *
+ * Hashing mechanisms (CKM_SHA256_RSA_PKCS, CKM_ECDSA_SHA256, ...) hash the
+ * data here, as the data is the caller's and not secret, and send hsmd the
+ * digest (Sign with MessageType DIGEST), so there is no bound on its size.
+ * CKM_RSA_PKCS takes a DigestInfo, CKM_RSA_PKCS_PSS and CKM_ECDSA a digest
+ * of the key's hash.  hsmd returns ECDSA signatures in DER, PKCS#11 wants
+ * r || s: converted both ways.  HMAC mechanisms send the message itself
+ * (GenerateMac / VerifyMac, at most 4096 bytes, hsmd's bound).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "common/encoding.h"
+#include "crypto/crypto.h"
+#include "pkcs11/p11.h"
+
+#define SIGN_VERIFY (CKF_SIGN | CKF_VERIFY)
+#define EC_FLAGS (CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS)
+#define RAW_MAX 1024   /* a DigestInfo or a digest */
+#define HMAC_MAX 4096  /* hsmd's largest MAC message */
+
+const p11_mech p11_mechs[] = {
+    {CKM_RSA_PKCS_KEY_PAIR_GEN, P11_KEYGEN, NULL, 2048, 4096, CKF_GENERATE_KEY_PAIR},
+    {CKM_EC_KEY_PAIR_GEN, P11_KEYGEN, NULL, 256, 521, CKF_GENERATE_KEY_PAIR | EC_FLAGS},
+    {CKM_RSA_PKCS, P11_RSA_PKCS, NULL, 2048, 4096, SIGN_VERIFY},
+    {CKM_SHA256_RSA_PKCS, P11_RSA_PKCS, "SHA256", 2048, 4096, SIGN_VERIFY},
+    {CKM_SHA384_RSA_PKCS, P11_RSA_PKCS, "SHA384", 2048, 4096, SIGN_VERIFY},
+    {CKM_SHA512_RSA_PKCS, P11_RSA_PKCS, "SHA512", 2048, 4096, SIGN_VERIFY},
+    {CKM_RSA_PKCS_PSS, P11_RSA_PSS, NULL, 2048, 4096, SIGN_VERIFY},
+    {CKM_SHA256_RSA_PKCS_PSS, P11_RSA_PSS, "SHA256", 2048, 4096, SIGN_VERIFY},
+    {CKM_SHA384_RSA_PKCS_PSS, P11_RSA_PSS, "SHA384", 2048, 4096, SIGN_VERIFY},
+    {CKM_SHA512_RSA_PKCS_PSS, P11_RSA_PSS, "SHA512", 2048, 4096, SIGN_VERIFY},
+    {CKM_ECDSA, P11_ECDSA, NULL, 256, 521, SIGN_VERIFY | EC_FLAGS},
+    {CKM_ECDSA_SHA256, P11_ECDSA, "SHA256", 256, 521, SIGN_VERIFY | EC_FLAGS},
+    {CKM_ECDSA_SHA384, P11_ECDSA, "SHA384", 256, 521, SIGN_VERIFY | EC_FLAGS},
+    {CKM_ECDSA_SHA512, P11_ECDSA, "SHA512", 256, 521, SIGN_VERIFY | EC_FLAGS},
+    {CKM_SHA224_HMAC, P11_HMAC, "SHA224", 28, 28, SIGN_VERIFY},
+    {CKM_SHA256_HMAC, P11_HMAC, "SHA256", 32, 32, SIGN_VERIFY},
+    {CKM_SHA384_HMAC, P11_HMAC, "SHA384", 48, 48, SIGN_VERIFY},
+    {CKM_SHA512_HMAC, P11_HMAC, "SHA512", 64, 64, SIGN_VERIFY},
+};
+const size_t p11_n_mechs = sizeof(p11_mechs) / sizeof(p11_mechs[0]);
+
+const p11_mech *p11_mech_find(CK_MECHANISM_TYPE type)
+{
+	for (size_t i = 0; i < p11_n_mechs; i++)
+		if (p11_mechs[i].type == type)
+			return &p11_mechs[i];
+	return NULL;
+}
+
+void p11_op_reset(p11_op *op)
+{
+	EVP_MD_CTX_free(op->md);
+	hsm_buf_free(&op->data);
+	memset(op, 0, sizeof(*op));
+}
+
+/* ---- hashes ------------------------------------------------------------------------------------ */
+
+typedef struct hash_def {
+	const char *md;  /* OpenSSL's name */
+	const char *kms; /* in KMS algorithm names */
+	CK_MECHANISM_TYPE ck;
+	CK_RSA_PKCS_MGF_TYPE mgf;
+	size_t len;
+	uint8_t prefix[19]; /* DigestInfo before the digest */
+} hash_def;
+
+static const hash_def hashes[] = {
+    {"SHA224", "SHA_224", CKM_SHA224, CKG_MGF1_SHA224, 28, {0}},
+    {"SHA256", "SHA_256", CKM_SHA256, CKG_MGF1_SHA256, 32,
+     {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
+      0x05, 0x00, 0x04, 0x20}},
+    {"SHA384", "SHA_384", CKM_SHA384, CKG_MGF1_SHA384, 48,
+     {0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02,
+      0x05, 0x00, 0x04, 0x30}},
+    {"SHA512", "SHA_512", CKM_SHA512, CKG_MGF1_SHA512, 64,
+     {0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03,
+      0x05, 0x00, 0x04, 0x40}},
+};
+#define N_HASHES (sizeof(hashes) / sizeof(hashes[0]))
+
+static const hash_def *hash_by_md(const char *md)
+{
+	for (size_t i = 0; md != NULL && i < N_HASHES; i++)
+		if (strcmp(hashes[i].md, md) == 0)
+			return &hashes[i];
+	return NULL;
+}
+
+static const hash_def *hash_by_ck(CK_MECHANISM_TYPE ck)
+{
+	for (size_t i = 0; i < N_HASHES; i++)
+		if (hashes[i].ck == ck)
+			return &hashes[i];
+	return NULL;
+}
+
+/* The hash an EC or HMAC key's KMS algorithm uses. */
+static const hash_def *key_hash(hsm_key_spec spec)
+{
+	switch (spec) {
+	case HSM_SPEC_ECC_NIST_P256:
+	case HSM_SPEC_ECC_SECG_P256K1:
+	case HSM_SPEC_HMAC_256: return hash_by_md("SHA256");
+	case HSM_SPEC_ECC_NIST_P384:
+	case HSM_SPEC_HMAC_384: return hash_by_md("SHA384");
+	case HSM_SPEC_ECC_NIST_P521:
+	case HSM_SPEC_HMAC_512: return hash_by_md("SHA512");
+	case HSM_SPEC_HMAC_224: return hash_by_md("SHA224");
+	default: return NULL;
+	}
+}
+
+/* ---- init ------------------------------------------------------------------------------------------- */
+
+static CK_RV pss_params(const CK_MECHANISM *mech, const hash_def **h)
+{
+	if (mech->pParameter == NULL || mech->ulParameterLen != sizeof(CK_RSA_PKCS_PSS_PARAMS))
+		return CKR_MECHANISM_PARAM_INVALID;
+	const CK_RSA_PKCS_PSS_PARAMS *p = mech->pParameter;
+	const hash_def *ph = hash_by_ck(p->hashAlg);
+	/* hsmd's PSS: MGF1 with the message's hash, a salt as long as the hash. */
+	if (ph == NULL || ph->len == 28 || (*h != NULL && *h != ph) || p->mgf != ph->mgf ||
+	    p->sLen != ph->len)
+		return CKR_MECHANISM_PARAM_INVALID;
+	*h = ph;
+	return CKR_OK;
+}
+
+static CK_RV op_init(CK_SESSION_HANDLE hs, bool sign, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key)
+{
+	p11_session *s = p11_session_get(hs);
+	if (s == NULL)
+		return CKR_SESSION_HANDLE_INVALID;
+	p11_op *op = sign ? &s->sign : &s->verify;
+	if (op->active)
+		return CKR_OPERATION_ACTIVE;
+	if (!p11.logged_in)
+		return CKR_USER_NOT_LOGGED_IN;
+	if (mech == NULL)
+		return CKR_ARGUMENTS_BAD;
+	const p11_mech *m = p11_mech_find(mech->mechanism);
+	if (m == NULL || m->family == P11_KEYGEN)
+		return CKR_MECHANISM_INVALID;
+	const p11_object *o = p11_object_get(key);
+	if (o == NULL)
+		return CKR_KEY_HANDLE_INVALID;
+	CK_OBJECT_CLASS want = m->family == P11_HMAC ? CKO_SECRET_KEY
+	                       : sign               ? CKO_PRIVATE_KEY
+	                                            : CKO_PUBLIC_KEY;
+	CK_KEY_TYPE kt = m->family == P11_HMAC    ? CKK_GENERIC_SECRET
+	                 : m->family == P11_ECDSA ? CKK_EC
+	                                          : CKK_RSA;
+	if (o->cls != want)
+		return CKR_KEY_FUNCTION_NOT_PERMITTED;
+	if (o->key_type != kt)
+		return CKR_KEY_TYPE_INCONSISTENT;
+	const hash_def *h = hash_by_md(m->md);
+	CK_RV rv = CKR_OK;
+	if (m->family == P11_RSA_PSS)
+		rv = pss_params(mech, &h);
+	else if ((m->family == P11_ECDSA || m->family == P11_HMAC) && h == NULL)
+		h = key_hash(o->spec);
+	else if ((m->family == P11_ECDSA || m->family == P11_HMAC) && h != key_hash(o->spec))
+		rv = CKR_KEY_TYPE_INCONSISTENT; /* hsmd: P-256 with SHA-256, HMAC_256 with SHA-256, ... */
+	if (rv != CKR_OK)
+		return rv;
+	memset(op, 0, sizeof(*op));
+	op->mech = m;
+	op->key = key;
+	op->hash = h != NULL ? h->kms : NULL;
+	if (m->family != P11_HMAC && m->md != NULL) {
+		op->md = EVP_MD_CTX_new();
+		if (op->md == NULL || !EVP_DigestInit_ex(op->md, EVP_get_digestbyname(m->md), NULL)) {
+			p11_op_reset(op);
+			return CKR_HOST_MEMORY;
+		}
+	}
+	op->active = true;
+	return CKR_OK;
+}
+
+CK_RV C_SignInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key)
+{
+	ENTER();
+	LEAVE(op_init(h, true, mech, key));
+}
+
+CK_RV C_VerifyInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key)
+{
+	ENTER();
+	LEAVE(op_init(h, false, mech, key));
+}
+
+/* ---- data --------------------------------------------------------------------------------------------- */
+
+static CK_RV op_update(p11_op *op, const CK_BYTE *data, CK_ULONG len)
+{
+	if (op->md != NULL)
+		return EVP_DigestUpdate(op->md, data, len) ? CKR_OK : CKR_DEVICE_ERROR;
+	size_t max = op->mech->family == P11_HMAC ? HMAC_MAX : RAW_MAX;
+	if (op->data.len + len > max)
+		return CKR_DATA_LEN_RANGE;
+	return hsm_ok(hsm_buf_put(&op->data, data, len)) ? CKR_OK : CKR_HOST_MEMORY;
+}
+
+/* The digest hsmd signs (hashing and raw mechanisms), or the MAC's message. */
+static CK_RV op_input(p11_op *op, hsm_buf *out)
+{
+	if (op->md != NULL) {
+		uint8_t d[EVP_MAX_MD_SIZE];
+		unsigned n = 0;
+		if (!EVP_DigestFinal_ex(op->md, d, &n))
+			return CKR_DEVICE_ERROR;
+		return hsm_ok(hsm_buf_put(out, d, n)) ? CKR_OK : CKR_HOST_MEMORY;
+	}
+	const uint8_t *p = op->data.data;
+	size_t n = op->data.len;
+	if (op->mech->family == P11_RSA_PKCS) { /* a DigestInfo: which hash, then the digest */
+		for (size_t i = 1; i < N_HASHES; i++) {
+			if (n == sizeof(hashes[i].prefix) + hashes[i].len &&
+			    hsm_ct_equal(p, hashes[i].prefix, sizeof(hashes[i].prefix))) {
+				op->hash = hashes[i].kms;
+				return hsm_ok(hsm_buf_put(out, p + sizeof(hashes[i].prefix), hashes[i].len))
+				           ? CKR_OK
+				           : CKR_HOST_MEMORY;
+			}
+		}
+		return CKR_DATA_INVALID;
+	}
+	if (op->mech->family != P11_HMAC) { /* a digest of the key's (or the parameters') hash */
+		const hash_def *h = NULL;
+		for (size_t i = 0; i < N_HASHES; i++)
+			if (strcmp(hashes[i].kms, op->hash) == 0)
+				h = &hashes[i];
+		if (h == NULL || n != h->len)
+			return CKR_DATA_LEN_RANGE;
+	}
+	return hsm_ok(hsm_buf_put(out, p, n)) ? CKR_OK : CKR_HOST_MEMORY;
+}
+
+static CK_ULONG sig_len(const p11_op *op, const p11_object *o)
+{
+	switch (op->mech->family) {
+	case P11_RSA_PKCS:
+	case P11_RSA_PSS: return (CK_ULONG)o->modulus.len;
+	case P11_ECDSA: return (CK_ULONG)(2 * hsm_ec_field_len(o->spec));
+	case P11_HMAC: return (CK_ULONG)key_hash(o->spec)->len;
+	case P11_KEYGEN: break;
+	}
+	return 0;
+}
+
+static const char *family_prefix(p11_family f)
+{
+	return f == P11_RSA_PKCS ? "RSASSA_PKCS1_V1_5_"
+	       : f == P11_RSA_PSS ? "RSASSA_PSS_"
+	       : f == P11_ECDSA   ? "ECDSA_"
+	                          : "HMAC_";
+}
+
+static json_t *b64_string(const uint8_t *p, size_t n)
+{
+	hsm_buf b = {0};
+	json_t *s = NULL;
+	if (hsm_ok(hsm_b64_encode(&b, p, n)))
+		s = json_stringn((const char *)b.data, b.len);
+	hsm_buf_free(&b);
+	return s;
+}
+
+/* Signs: out (sig_len bytes) receives the signature. */
+static CK_RV do_sign(p11_op *op, const p11_object *o, CK_BYTE_PTR out)
+{
+	hsm_buf input = {0}, sig = {0}, raw = {0};
+	json_t *ans = NULL;
+	char alg[40];
+	CK_RV rv = op_input(op, &input);
+	if (rv != CKR_OK)
+		goto out;
+	snprintf(alg, sizeof(alg), "%s%s", family_prefix(op->mech->family), op->hash);
+	json_t *msg = b64_string(input.data, input.len);
+	if (op->mech->family == P11_HMAC)
+		rv = p11_call("TrentService.GenerateMac",
+		              json_pack("{s:s,s:o,s:s}", "KeyId", o->key_id, "Message", msg,
+		                        "MacAlgorithm", alg),
+		              &ans);
+	else
+		rv = p11_call("TrentService.Sign",
+		              json_pack("{s:s,s:o,s:s,s:s}", "KeyId", o->key_id, "Message", msg,
+		                        "MessageType", "DIGEST", "SigningAlgorithm", alg),
+		              &ans);
+	if (rv != CKR_OK)
+		goto out;
+	rv = p11_b64_member(ans, op->mech->family == P11_HMAC ? "Mac" : "Signature", &raw);
+	if (rv != CKR_OK)
+		goto out;
+	if (op->mech->family == P11_ECDSA) {
+		if (hsm_failed(hsm_ecdsa_der_to_p1363(raw.data, raw.len, hsm_ec_field_len(o->spec), &sig)))
+			rv = CKR_DEVICE_ERROR;
+	} else if (hsm_failed(hsm_buf_set(&sig, raw.data, raw.len))) {
+		rv = CKR_HOST_MEMORY;
+	}
+	if (rv == CKR_OK && sig.len != sig_len(op, o))
+		rv = CKR_DEVICE_ERROR;
+	if (rv == CKR_OK)
+		memcpy(out, sig.data, sig.len);
+out:
+	json_decref(ans);
+	hsm_buf_free(&input);
+	hsm_buf_free(&sig);
+	hsm_buf_free(&raw);
+	return rv;
+}
+
+static CK_RV do_verify(p11_op *op, const p11_object *o, const CK_BYTE *sig, CK_ULONG sig_n)
+{
+	hsm_buf input = {0}, der = {0};
+	json_t *ans = NULL;
+	char alg[40];
+	if (sig_n != sig_len(op, o))
+		return CKR_SIGNATURE_LEN_RANGE;
+	CK_RV rv = op_input(op, &input);
+	if (rv != CKR_OK)
+		goto out;
+	snprintf(alg, sizeof(alg), "%s%s", family_prefix(op->mech->family), op->hash);
+	if (op->mech->family == P11_ECDSA &&
+	    hsm_failed(hsm_ecdsa_p1363_to_der(sig, sig_n, hsm_ec_field_len(o->spec), &der))) {
+		rv = CKR_SIGNATURE_INVALID;
+		goto out;
+	}
+	json_t *msg = b64_string(input.data, input.len);
+	json_t *s = der.len ? b64_string(der.data, der.len) : b64_string(sig, sig_n);
+	if (op->mech->family == P11_HMAC)
+		rv = p11_call("TrentService.VerifyMac",
+		              json_pack("{s:s,s:o,s:o,s:s}", "KeyId", o->key_id, "Message", msg, "Mac", s,
+		                        "MacAlgorithm", alg),
+		              &ans);
+	else
+		rv = p11_call("TrentService.Verify",
+		              json_pack("{s:s,s:o,s:s,s:o,s:s}", "KeyId", o->key_id, "Message", msg,
+		                        "MessageType", "DIGEST", "Signature", s, "SigningAlgorithm", alg),
+		              &ans);
+	const char *valid = op->mech->family == P11_HMAC ? "MacValid" : "SignatureValid";
+	if (rv == CKR_OK && !json_is_true(json_object_get(ans, valid)))
+		rv = CKR_SIGNATURE_INVALID;
+out:
+	json_decref(ans);
+	hsm_buf_free(&input);
+	hsm_buf_free(&der);
+	return rv;
+}
+
+/* ---- the entry points ---------------------------------------------------------------------------------- */
+
+/* Ends a signature: the length query and a short buffer leave the operation running. */
+static CK_RV sign_final(p11_session *s, CK_BYTE_PTR sig, CK_ULONG_PTR sig_n)
+{
+	const p11_object *o = p11_object_get(s->sign.key);
+	CK_RV rv;
+	if (o == NULL) {
+		rv = CKR_KEY_HANDLE_INVALID;
+	} else {
+		CK_ULONG need = sig_len(&s->sign, o);
+		if (sig == NULL) {
+			*sig_n = need;
+			return CKR_OK;
+		}
+		if (*sig_n < need) {
+			*sig_n = need;
+			return CKR_BUFFER_TOO_SMALL;
+		}
+		rv = do_sign(&s->sign, o, sig);
+		if (rv == CKR_OK)
+			*sig_n = need;
+	}
+	p11_op_reset(&s->sign);
+	return rv;
+}
+
+static p11_session *active(CK_SESSION_HANDLE h, bool sign, CK_RV *rv)
+{
+	p11_session *s = p11_session_get(h);
+	*rv = s == NULL                         ? CKR_SESSION_HANDLE_INVALID
+	      : !(sign ? s->sign : s->verify).active ? CKR_OPERATION_NOT_INITIALIZED
+	                                              : CKR_OK;
+	return *rv == CKR_OK ? s : NULL;
+}
+
+CK_RV C_Sign(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR sig,
+             CK_ULONG_PTR sig_n)
+{
+	if ((data == NULL && len > 0) || sig_n == NULL)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	CK_RV rv;
+	p11_session *s = active(h, true, &rv);
+	if (s == NULL)
+		LEAVE(rv);
+	/* After a length query or a short buffer the caller repeats C_Sign with the same data. */
+	if (!s->sign.fed) {
+		rv = op_update(&s->sign, data, len);
+		if (rv != CKR_OK) {
+			p11_op_reset(&s->sign);
+			LEAVE(rv);
+		}
+		s->sign.fed = true;
+	}
+	LEAVE(sign_final(s, sig, sig_n));
+}
+
+CK_RV C_SignUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len)
+{
+	if (data == NULL && len > 0)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	CK_RV rv;
+	p11_session *s = active(h, true, &rv);
+	if (s == NULL)
+		LEAVE(rv);
+	rv = op_update(&s->sign, data, len);
+	if (rv != CKR_OK)
+		p11_op_reset(&s->sign);
+	LEAVE(rv);
+}
+
+CK_RV C_SignFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG_PTR sig_n)
+{
+	if (sig_n == NULL)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	CK_RV rv;
+	p11_session *s = active(h, true, &rv);
+	if (s == NULL)
+		LEAVE(rv);
+	LEAVE(sign_final(s, sig, sig_n));
+}
+
+static CK_RV verify_final(p11_session *s, const CK_BYTE *sig, CK_ULONG sig_n)
+{
+	const p11_object *o = p11_object_get(s->verify.key);
+	CK_RV rv = o == NULL ? CKR_KEY_HANDLE_INVALID : do_verify(&s->verify, o, sig, sig_n);
+	p11_op_reset(&s->verify);
+	return rv;
+}
+
+CK_RV C_Verify(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR sig,
+               CK_ULONG sig_n)
+{
+	if ((data == NULL && len > 0) || sig == NULL)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	CK_RV rv;
+	p11_session *s = active(h, false, &rv);
+	if (s == NULL)
+		LEAVE(rv);
+	rv = op_update(&s->verify, data, len);
+	if (rv != CKR_OK) {
+		p11_op_reset(&s->verify);
+		LEAVE(rv);
+	}
+	LEAVE(verify_final(s, sig, sig_n));
+}
+
+CK_RV C_VerifyUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len)
+{
+	if (data == NULL && len > 0)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	CK_RV rv;
+	p11_session *s = active(h, false, &rv);
+	if (s == NULL)
+		LEAVE(rv);
+	rv = op_update(&s->verify, data, len);
+	if (rv != CKR_OK)
+		p11_op_reset(&s->verify);
+	LEAVE(rv);
+}
+
+CK_RV C_VerifyFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG sig_n)
+{
+	if (sig == NULL)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	CK_RV rv;
+	p11_session *s = active(h, false, &rv);
+	if (s == NULL)
+		LEAVE(rv);
+	LEAVE(verify_final(s, sig, sig_n));
+}

@@ -1,0 +1,608 @@
+"""The PKCS#11 module (libhsm_pkcs11.so) against a real hsmd, with real clients.
+
+PyKCS11 loads the module into this process (HSM_PKCS11_ENDPOINT set before
+C_Initialize) and checks: the slot, token and mechanism list; login with an
+"<AccessKeyId>:<SecretAccessKey>" PIN; the token objects made from keys
+created with boto3 (classes, CKA_ID/CKA_LABEL, flags, public values equal to
+GetPublicKey's, sensitive values refused; AES and RSA ENCRYPT_DECRYPT keys not
+shown); the signing mechanisms on every curve and several RSA and HMAC sizes,
+one-shot and multi-part, each signature checked with python3-cryptography and
+HMACs against GenerateMac; verification through the module; refused inputs and
+parameters; C_GenerateKeyPair seen by DescribeKey; C_DestroyObject scheduling
+deletion; C_GenerateRandom; the audit trail of signatures made through the
+module. opensc's pkcs11-tool is run as a second client (signatures verified by
+`openssl dgst`), also for the endpoint list, HTTPS with HSM_PKCS11_CA_FILE and
+HSM_PKCS11_REGION.
+"""
+import contextlib
+import datetime
+import hashlib
+import os
+import subprocess
+import time
+import types
+
+import PyKCS11
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
+from PyKCS11 import LowLevel, Mechanism, RSA_PSS_Mechanism, ckbytelist
+from PyKCS11 import (CKA_ALWAYS_SENSITIVE, CKA_CLASS, CKA_DECRYPT, CKA_EC_PARAMS, CKA_EC_POINT,
+                     CKA_EXTRACTABLE, CKA_ID, CKA_KEY_TYPE, CKA_LABEL, CKA_MODULUS,
+                     CKA_MODULUS_BITS, CKA_NEVER_EXTRACTABLE, CKA_PRIME_1, CKA_PRIVATE,
+                     CKA_PRIVATE_EXPONENT, CKA_PUBLIC_EXPONENT, CKA_SENSITIVE, CKA_SIGN,
+                     CKA_TOKEN, CKA_VALUE, CKA_VERIFY, CKK_EC, CKK_GENERIC_SECRET, CKK_RSA,
+                     CKM, CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKO_SECRET_KEY, CKR, CKR_OK)
+
+from conftest import ACCOUNT, BUILD, DEV_AKID, DEV_SECRET, Hsmd, client, free_port, start_dev
+from helpers import audit_records, make_pki, new_user
+
+MODULE = os.path.join(BUILD, "libhsm_pkcs11.so")
+CKR_ACTION_PROHIBITED = 0x1B  # PKCS#11 v2.40; not among PyKCS11 1.5's names
+CKA_UNKNOWN = 0x8000ABCD      # a vendor-defined attribute the module does not know
+P256_OID = bytes.fromhex("06082a8648ce3d030107")
+DIGESTINFO_SHA256 = bytes.fromhex("3031300d060960864801650304020105000420")
+MECHANISMS = {CKM[n] for n in (
+    "CKM_RSA_PKCS_KEY_PAIR_GEN", "CKM_EC_KEY_PAIR_GEN", "CKM_RSA_PKCS", "CKM_SHA256_RSA_PKCS",
+    "CKM_SHA384_RSA_PKCS", "CKM_SHA512_RSA_PKCS", "CKM_RSA_PKCS_PSS", "CKM_SHA256_RSA_PKCS_PSS",
+    "CKM_SHA384_RSA_PKCS_PSS", "CKM_SHA512_RSA_PKCS_PSS", "CKM_ECDSA", "CKM_ECDSA_SHA256",
+    "CKM_ECDSA_SHA384", "CKM_ECDSA_SHA512", "CKM_SHA224_HMAC", "CKM_SHA256_HMAC",
+    "CKM_SHA384_HMAC", "CKM_SHA512_HMAC")}
+MSG = b"GET /v1/accounts/42 HTTP/1.1\r\nHost: api.example\r\n\r\n"
+PSS_SHA256 = (CKM["CKM_SHA256"], PyKCS11.CKG_MGF1_SHA256, 32)
+
+
+# ---- fixtures --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server():
+    s = start_dev()
+    yield s
+    s.cleanup()
+
+
+@pytest.fixture(scope="module")
+def officer(server):
+    return client(server)
+
+
+@pytest.fixture(scope="module")
+def user(server):
+    """The crypto-user whose PIN the signing tests log in with."""
+    akid, secret = new_user(server, "p11-app", ["crypto-user"])
+    return types.SimpleNamespace(akid=akid, pin=f"{akid}:{secret}",
+                                 kms=client(server, akid, secret),
+                                 arn=f"arn:aws:iam::{ACCOUNT}:user/p11-app")
+
+
+@pytest.fixture(scope="module")
+def keys(officer):
+    def create(spec, usage, alias=None):
+        kid = officer.create_key(KeySpec=spec, KeyUsage=usage)["KeyMetadata"]["KeyId"]
+        if alias:
+            officer.create_alias(AliasName=alias, TargetKeyId=kid)
+        return kid
+    return {"rsa": create("RSA_2048", "SIGN_VERIFY", "alias/web-tls"),
+            "ec": create("ECC_NIST_P256", "SIGN_VERIFY"),
+            "mac": create("HMAC_256", "GENERATE_VERIFY_MAC", "alias/api-mac"),
+            "aes": create("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT", "alias/not-a-p11-key"),
+            "rsa_enc": create("RSA_2048", "ENCRYPT_DECRYPT", "alias/rsa-enc")}
+
+
+@pytest.fixture(scope="module")
+def p11(server, keys):
+    """The module, loaded and initialized with the node's endpoint."""
+    assert os.path.exists(MODULE), f"{MODULE} is not built"
+    old = os.environ.get("HSM_PKCS11_ENDPOINT")
+    os.environ["HSM_PKCS11_ENDPOINT"] = server.endpoint
+    lib = PyKCS11.PyKCS11Lib()
+    lib.load(MODULE)
+    yield lib
+    lib.lib.Unload()  # C_Finalize
+    if old is None:
+        os.environ.pop("HSM_PKCS11_ENDPOINT", None)
+    else:
+        os.environ["HSM_PKCS11_ENDPOINT"] = old
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def session(lib, pin=None):
+    """A R/W session on slot 0, logged in with pin if given (logged out on exit)."""
+    s = lib.openSession(0, PyKCS11.CKF_SERIAL_SESSION | PyKCS11.CKF_RW_SESSION)
+    try:
+        if pin is not None:
+            s.login(pin)
+        yield s
+    finally:
+        if pin is not None:
+            with contextlib.suppress(PyKCS11.PyKCS11Error):
+                s.logout()
+        s.closeSession()
+
+
+def refused(fn, *args):
+    """Calls a PyKCS11 method expecting some PKCS#11 error; returns its code."""
+    with pytest.raises(PyKCS11.PyKCS11Error) as e:
+        fn(*args)
+    return e.value.value
+
+
+def ckr(code, fn, *args):
+    """Calls a PyKCS11 method expecting the PKCS#11 error `code`."""
+    got = refused(fn, *args)
+    assert got == code, f"got {CKR.get(got, hex(got))}, expected {CKR.get(code, hex(code))}"
+
+
+def check(rv, what):
+    assert rv == CKR_OK, f"{what}: {CKR.get(rv, hex(rv))}"
+
+
+def find(s, cls, key_id):
+    tpl = [(CKA_ID, key_id.encode())] + ([(CKA_CLASS, cls)] if cls is not None else [])
+    return s.findObjects(tpl)
+
+
+def attrs(s, obj, *types_):
+    """Attribute values; binary ones as bytes. PyKCS11 gives None for a refused attribute."""
+    out = s.getAttributeValue(obj, list(types_))
+    return [bytes(v) if isinstance(v, (tuple, list, LowLevel.ckbytelist)) else v for v in out]
+
+
+def attr_rv(s, obj, t):
+    """The return value of C_GetAttributeValue for one attribute."""
+    tpl = LowLevel.ckattrlist(1)
+    tpl[0].SetType(t)
+    return s.lib.C_GetAttributeValue(s.session, obj, tpl)
+
+
+def sign(s, key, mech, data):
+    return bytes(s.sign(key, data, mech))
+
+
+def sign_parts(s, key, mech, parts):
+    """C_SignInit, C_SignUpdate for each part, C_SignFinal (size, then signature)."""
+    check(s.lib.C_SignInit(s.session, mech.to_native(), key), "C_SignInit")
+    for p in parts:
+        check(s.lib.C_SignUpdate(s.session, ckbytelist(p)), "C_SignUpdate")
+    out = ckbytelist()
+    check(s.lib.C_SignFinal(s.session, out), "C_SignFinal (length)")
+    check(s.lib.C_SignFinal(s.session, out), "C_SignFinal")
+    return bytes(out)
+
+
+def verify_parts(s, key, mech, parts, sig):
+    check(s.lib.C_VerifyInit(s.session, mech.to_native(), key), "C_VerifyInit")
+    for p in parts:
+        check(s.lib.C_VerifyUpdate(s.session, ckbytelist(p)), "C_VerifyUpdate")
+    return s.lib.C_VerifyFinal(s.session, ckbytelist(sig))
+
+
+def sign_rv(lib, key, mech, data):
+    """In a fresh session: the first error of C_SignInit / C_Sign, or CKR_OK if it signed."""
+    with session(lib) as s:
+        rv = s.lib.C_SignInit(s.session, mech.to_native(), key)
+        out = ckbytelist()
+        for _ in range(2):  # length query, then the signature
+            if rv == CKR_OK:
+                rv = s.lib.C_Sign(s.session, ckbytelist(data), out)
+        return rv
+
+
+def public_key(kms, key_id):
+    der = kms.get_public_key(KeyId=key_id)["PublicKey"]
+    return serialization.load_der_public_key(der)
+
+
+def der_ecdsa(raw):
+    n = len(raw) // 2
+    r, s = int.from_bytes(raw[:n], "big"), int.from_bytes(raw[n:], "big")
+    return utils.encode_dss_signature(r, s)
+
+
+def flip(sig):
+    return sig[:-1] + bytes([sig[-1] ^ 1])
+
+
+def ec_point(pub):
+    """CKA_EC_POINT: a DER OCTET STRING wrapping the uncompressed point."""
+    pt = pub.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    return b"\x04" + (bytes([len(pt)]) if len(pt) < 128 else bytes([0x81, len(pt)])) + pt
+
+
+# ---- 1. slot, token, mechanisms --------------------------------------------------------------
+
+def test_slot_token_and_mechanisms(p11):
+    assert p11.getSlotList(tokenPresent=True) == [0]
+    assert p11.getSlotList() == [0]
+    info = p11.getTokenInfo(0)
+    assert info.label == "hsmd".ljust(32), repr(info.label)
+    assert info.manufacturerID == "hsmd".ljust(32), repr(info.manufacturerID)
+    for flag in ("CKF_LOGIN_REQUIRED", "CKF_USER_PIN_INITIALIZED", "CKF_TOKEN_INITIALIZED",
+                 "CKF_RNG"):
+        assert info.flags & getattr(PyKCS11, flag), (flag, info.flags2text())
+    mechs = p11.getMechanismList(0)
+    assert len(mechs) == len(MECHANISMS) and {CKM[m] for m in mechs} == MECHANISMS, mechs
+
+
+# ---- 2. login --------------------------------------------------------------------------------
+
+def test_login(p11, user, keys):
+    with session(p11) as s, session(p11) as other:
+        assert s.findObjects() == []  # nothing before login
+        ckr(PyKCS11.CKR_USER_TYPE_INVALID, s.login, user.pin, PyKCS11.CKU_SO)
+        ckr(PyKCS11.CKR_PIN_INCORRECT, s.login, user.akid + ":" + "x" * 40)
+        ckr(PyKCS11.CKR_PIN_INCORRECT, s.login, user.akid + "no-colon-in-this-pin")
+        assert s.findObjects() == []
+        s.login(user.pin)
+        # Login is per token: the other session sees the objects too.
+        (priv,) = find(other, CKO_PRIVATE_KEY, keys["rsa"])
+        s.logout()
+        assert other.findObjects() == []
+        ckr(PyKCS11.CKR_USER_NOT_LOGGED_IN, other.sign, priv, MSG,
+            Mechanism(PyKCS11.CKM_SHA256_RSA_PKCS))
+
+
+# ---- 3. objects ------------------------------------------------------------------------------
+
+def test_objects_mirror_the_kms_keys(p11, user, officer, keys):
+    with session(p11, user.pin) as s:
+        ids = {attrs(s, o, CKA_ID)[0] for o in s.findObjects()}
+        assert {keys[k].encode() for k in ("rsa", "ec", "mac")} <= ids, ids
+        assert keys["aes"].encode() not in ids and keys["rsa_enc"].encode() not in ids
+        for name, label, ktype in (("rsa", "web-tls", CKK_RSA), ("ec", keys["ec"], CKK_EC)):
+            kid = keys[name].encode()
+            assert len(find(s, None, keys[name])) == 2
+            (priv,) = find(s, CKO_PRIVATE_KEY, keys[name])
+            (pub,) = find(s, CKO_PUBLIC_KEY, keys[name])
+            for o in (priv, pub):
+                assert attrs(s, o, CKA_ID, CKA_LABEL, CKA_TOKEN, CKA_KEY_TYPE) == [
+                    kid, label, True, ktype]
+            assert attrs(s, priv, CKA_PRIVATE, CKA_SIGN, CKA_DECRYPT, CKA_SENSITIVE,
+                         CKA_EXTRACTABLE, CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE) == [
+                True, True, False, True, False, True, True]
+            assert attrs(s, pub, CKA_PRIVATE, CKA_VERIFY) == [False, True]
+            assert attr_rv(s, priv, CKA_VALUE) == PyKCS11.CKR_ATTRIBUTE_SENSITIVE
+            assert attr_rv(s, priv, CKA_UNKNOWN) == PyKCS11.CKR_ATTRIBUTE_TYPE_INVALID
+            assert attr_rv(s, pub, CKA_UNKNOWN) == PyKCS11.CKR_ATTRIBUTE_TYPE_INVALID
+            pk = public_key(officer, keys[name])
+            if name == "rsa":
+                for t in (CKA_PRIVATE_EXPONENT, CKA_PRIME_1):
+                    assert attr_rv(s, priv, t) == PyKCS11.CKR_ATTRIBUTE_SENSITIVE, PyKCS11.CKA[t]
+                for o in (priv, pub):
+                    n, e, bits = attrs(s, o, CKA_MODULUS, CKA_PUBLIC_EXPONENT, CKA_MODULUS_BITS)
+                    assert int.from_bytes(n, "big") == pk.public_numbers().n
+                    assert int.from_bytes(e, "big") == pk.public_numbers().e == 65537
+                    assert bits == 2048
+            else:
+                assert attrs(s, priv, CKA_EC_PARAMS) == [P256_OID]
+                assert attrs(s, pub, CKA_EC_PARAMS, CKA_EC_POINT) == [
+                    P256_OID, ec_point(pk)]
+        (mac,) = find(s, None, keys["mac"])
+        assert attrs(s, mac, CKA_CLASS, CKA_KEY_TYPE, CKA_LABEL, CKA_TOKEN, CKA_SIGN, CKA_VERIFY,
+                     CKA_SENSITIVE, CKA_EXTRACTABLE) == [
+            CKO_SECRET_KEY, CKK_GENERIC_SECRET, "api-mac", True, True, True, True, False]
+        assert attr_rv(s, mac, CKA_VALUE) == PyKCS11.CKR_ATTRIBUTE_SENSITIVE
+
+
+# ---- 4. signing and verification -------------------------------------------------------------
+
+def test_rsa_signatures(p11, user, officer, keys):
+    pk = public_key(officer, keys["rsa"])
+    digest = hashlib.sha256(MSG).digest()
+    with session(p11, user.pin) as s:
+        (priv,) = find(s, CKO_PRIVATE_KEY, keys["rsa"])
+        (pub,) = find(s, CKO_PUBLIC_KEY, keys["rsa"])
+        m = Mechanism(PyKCS11.CKM_SHA256_RSA_PKCS)
+        sig = sign(s, priv, m, MSG)
+        pk.verify(sig, MSG, padding.PKCS1v15(), hashes.SHA256())
+        # PKCS#1 v1.5 is deterministic: a DigestInfo through CKM_RSA_PKCS, and the
+        # message in parts, give the same signature.
+        assert sign(s, priv, Mechanism(PyKCS11.CKM_RSA_PKCS), DIGESTINFO_SHA256 + digest) == sig
+        assert sign_parts(s, priv, m, [MSG[:7], MSG[7:30], MSG[30:]]) == sig
+        assert s.verify(pub, MSG, ckbytelist(sig), m) is True
+        assert s.verify(pub, MSG, ckbytelist(flip(sig)), m) is False  # CKR_SIGNATURE_INVALID
+        assert verify_parts(s, pub, m, [MSG[:9], MSG[9:]], sig) == CKR_OK
+        assert verify_parts(s, pub, m, [MSG[:9], MSG[9:]], flip(sig)) == \
+            PyKCS11.CKR_SIGNATURE_INVALID
+        pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+        sig = sign(s, priv, RSA_PSS_Mechanism(PyKCS11.CKM_SHA256_RSA_PKCS_PSS, *PSS_SHA256), MSG)
+        pk.verify(sig, MSG, pss, hashes.SHA256())
+        sig = sign(s, priv, RSA_PSS_Mechanism(PyKCS11.CKM_RSA_PKCS_PSS, *PSS_SHA256), digest)
+        pk.verify(sig, digest, pss, utils.Prehashed(hashes.SHA256()))
+        assert s.verify(pub, digest, ckbytelist(sig),
+                        RSA_PSS_Mechanism(PyKCS11.CKM_RSA_PKCS_PSS, *PSS_SHA256)) is True
+
+
+def test_ecdsa_signatures(p11, user, officer, keys):
+    pk = public_key(officer, keys["ec"])
+    digest = hashlib.sha256(MSG).digest()
+    with session(p11, user.pin) as s:
+        (priv,) = find(s, CKO_PRIVATE_KEY, keys["ec"])
+        (pub,) = find(s, CKO_PUBLIC_KEY, keys["ec"])
+        m = Mechanism(PyKCS11.CKM_ECDSA_SHA256)
+        sig = sign(s, priv, m, MSG)
+        assert len(sig) == 64  # r||s
+        pk.verify(der_ecdsa(sig), MSG, ec.ECDSA(hashes.SHA256()))
+        sig = sign_parts(s, priv, m, [MSG[:3], MSG[3:]])
+        assert len(sig) == 64
+        pk.verify(der_ecdsa(sig), MSG, ec.ECDSA(hashes.SHA256()))
+        assert s.verify(pub, MSG, ckbytelist(sig), m) is True
+        assert s.verify(pub, MSG, ckbytelist(flip(sig)), m) is False
+        raw = sign(s, priv, Mechanism(PyKCS11.CKM_ECDSA), digest)  # the digest as input
+        assert len(raw) == 64
+        pk.verify(der_ecdsa(raw), digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+        assert s.verify(pub, digest, ckbytelist(raw), Mechanism(PyKCS11.CKM_ECDSA)) is True
+
+
+def test_hmac_matches_generate_mac(p11, user, keys):
+    expected = user.kms.generate_mac(KeyId=keys["mac"], Message=MSG,
+                                     MacAlgorithm="HMAC_SHA_256")["Mac"]
+    with session(p11, user.pin) as s:
+        (key,) = find(s, CKO_SECRET_KEY, keys["mac"])
+        m = Mechanism(PyKCS11.CKM_SHA256_HMAC)
+        assert sign(s, key, m, MSG) == expected
+        assert sign_parts(s, key, m, [MSG[:20], MSG[20:]]) == expected
+        assert s.verify(key, MSG, ckbytelist(expected), m) is True
+        assert s.verify(key, MSG, ckbytelist(flip(expected)), m) is False
+
+
+def test_refused_inputs_and_parameters(p11, user, keys):
+    with session(p11, user.pin) as s:
+        (rsa,) = find(s, CKO_PRIVATE_KEY, keys["rsa"])
+        (eck,) = find(s, CKO_PRIVATE_KEY, keys["ec"])
+        (mac,) = find(s, CKO_SECRET_KEY, keys["mac"])
+        ecdsa = Mechanism(PyKCS11.CKM_ECDSA)
+        assert sign_rv(p11, eck, ecdsa, b"\x5a" * 32) == CKR_OK
+        rv = sign_rv(p11, eck, ecdsa, b"\x5a" * 20)
+        assert rv != CKR_OK, "a 20-byte CKM_ECDSA input on P-256 was signed"
+        # CKM_RSA_PKCS signs DigestInfos only.
+        assert sign_rv(p11, rsa, Mechanism(PyKCS11.CKM_RSA_PKCS), hashlib.sha256(MSG).digest()) \
+            in (PyKCS11.CKR_DATA_INVALID, PyKCS11.CKR_DATA_LEN_RANGE)
+        # PSS: the salt is the hash length, the MGF the hash's.
+        for params in ((CKM["CKM_SHA256"], PyKCS11.CKG_MGF1_SHA256, 20),
+                       (CKM["CKM_SHA256"], PyKCS11.CKG_MGF1_SHA1, 32),
+                       (CKM["CKM_SHA_1"], PyKCS11.CKG_MGF1_SHA1, 20)):
+            mech = RSA_PSS_Mechanism(PyKCS11.CKM_SHA256_RSA_PKCS_PSS, *params)
+            assert sign_rv(p11, rsa, mech, MSG) == PyKCS11.CKR_MECHANISM_PARAM_INVALID, params
+        # The curve's hash only; an HMAC key only with its own hash.
+        assert sign_rv(p11, eck, Mechanism(PyKCS11.CKM_ECDSA_SHA384), MSG) in (
+            PyKCS11.CKR_KEY_TYPE_INCONSISTENT, PyKCS11.CKR_MECHANISM_INVALID)
+        assert sign_rv(p11, mac, Mechanism(PyKCS11.CKM_SHA384_HMAC), MSG) != CKR_OK
+        # A key of another type.
+        assert sign_rv(p11, eck, Mechanism(PyKCS11.CKM_SHA256_RSA_PKCS), MSG) != CKR_OK
+
+
+def test_pss_requires_its_parameters(p11, user, keys):
+    """Only hashAlg SHA256/384/512 with its MGF1 and sLen are valid: no parameters are not."""
+    with session(p11, user.pin) as s:
+        (rsa,) = find(s, CKO_PRIVATE_KEY, keys["rsa"])
+        for mech in (PyKCS11.CKM_SHA256_RSA_PKCS_PSS, PyKCS11.CKM_RSA_PKCS_PSS):
+            data = MSG if mech == PyKCS11.CKM_SHA256_RSA_PKCS_PSS else hashlib.sha256(MSG).digest()
+            rv = sign_rv(p11, rsa, Mechanism(mech), data)
+            assert rv == PyKCS11.CKR_MECHANISM_PARAM_INVALID, (CKM[mech], CKR.get(rv, rv))
+
+
+@pytest.mark.parametrize("spec,oid,mech,hash_,size", [
+    ("ECC_NIST_P384", "06052b81040022", "CKM_ECDSA_SHA384", hashes.SHA384, 96),
+    ("ECC_NIST_P521", "06052b81040023", "CKM_ECDSA_SHA512", hashes.SHA512, 132)])
+def test_larger_curves(p11, officer, user, spec, oid, mech, hash_, size):
+    kid = officer.create_key(KeySpec=spec, KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    pk = public_key(officer, kid)
+    digest = hashes.Hash(hash_())
+    digest.update(MSG)
+    digest = digest.finalize()
+    with session(p11, user.pin) as s:
+        (priv,) = find(s, CKO_PRIVATE_KEY, kid)
+        (pub,) = find(s, CKO_PUBLIC_KEY, kid)
+        assert attrs(s, pub, CKA_EC_PARAMS, CKA_EC_POINT) == [bytes.fromhex(oid), ec_point(pk)]
+        sig = sign(s, priv, Mechanism(CKM[mech]), MSG)
+        assert len(sig) == size
+        pk.verify(der_ecdsa(sig), MSG, ec.ECDSA(hash_()))
+        raw = sign(s, priv, Mechanism(PyKCS11.CKM_ECDSA), digest)
+        assert len(raw) == size
+        pk.verify(der_ecdsa(raw), digest, ec.ECDSA(utils.Prehashed(hash_())))
+        assert sign_rv(p11, priv, Mechanism(PyKCS11.CKM_ECDSA), digest[:32]) != CKR_OK
+        assert sign_rv(p11, priv, Mechanism(PyKCS11.CKM_ECDSA_SHA256), MSG) in (
+            PyKCS11.CKR_KEY_TYPE_INCONSISTENT, PyKCS11.CKR_MECHANISM_INVALID)
+
+
+def test_other_rsa_and_hmac_sizes(p11, officer, user):
+    rsa = officer.create_key(KeySpec="RSA_3072", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    macs = {n: officer.create_key(KeySpec=f"HMAC_{n}", KeyUsage="GENERATE_VERIFY_MAC")[
+        "KeyMetadata"]["KeyId"] for n in (224, 384, 512)}
+    pk = public_key(officer, rsa)
+    with session(p11, user.pin) as s:
+        (priv,) = find(s, CKO_PRIVATE_KEY, rsa)
+        assert attrs(s, priv, CKA_MODULUS_BITS) == [3072]
+        sig = sign(s, priv, Mechanism(PyKCS11.CKM_SHA384_RSA_PKCS), MSG)
+        pk.verify(sig, MSG, padding.PKCS1v15(), hashes.SHA384())
+        params = (CKM["CKM_SHA512"], PyKCS11.CKG_MGF1_SHA512, 64)
+        sig = sign(s, priv, RSA_PSS_Mechanism(PyKCS11.CKM_SHA512_RSA_PKCS_PSS, *params), MSG)
+        pk.verify(sig, MSG, padding.PSS(padding.MGF1(hashes.SHA512()), 64), hashes.SHA512())
+        for n, kid in macs.items():
+            (key,) = find(s, CKO_SECRET_KEY, kid)
+            expected = user.kms.generate_mac(KeyId=kid, Message=MSG,
+                                             MacAlgorithm=f"HMAC_SHA_{n}")["Mac"]
+            assert sign(s, key, Mechanism(CKM[f"CKM_SHA{n}_HMAC"]), MSG) == expected, n
+
+
+# ---- 5. key generation -----------------------------------------------------------------------
+
+def generate(s, kind, label, label_in_public):
+    if kind == "rsa":
+        pub = [(CKA_MODULUS_BITS, 2048), (CKA_PUBLIC_EXPONENT, b"\x01\x00\x01")]
+        mech = PyKCS11.MechanismRSAGENERATEKEYPAIR
+    else:
+        pub = [(CKA_EC_PARAMS, P256_OID)]
+        mech = PyKCS11.MechanismECGENERATEKEYPAIR
+    pub += [(CKA_TOKEN, True), (CKA_VERIFY, True), (CKA_ID, b"ignored-id")]
+    priv = [(CKA_TOKEN, True), (CKA_PRIVATE, True), (CKA_SENSITIVE, True), (CKA_SIGN, True)]
+    (pub if label_in_public else priv).append((CKA_LABEL, label))
+    hpub, hpriv = s.generateKeyPair(pub, priv, mech)
+    kid, priv_id = attrs(s, hpub, CKA_ID) + attrs(s, hpriv, CKA_ID)
+    assert kid == priv_id and len(kid) == 36 and kid != b"ignored-id", (kid, priv_id)
+    return kid.decode()
+
+
+def test_generate_key_pairs(p11, user, officer):
+    with session(p11, f"{DEV_AKID}:{DEV_SECRET}") as s:
+        rsa = generate(s, "rsa", "p11-rsa", label_in_public=True)
+        eck = generate(s, "ec", "p11-ec", label_in_public=False)
+        count = len(officer.list_keys(Limit=1000)["Keys"])
+        bad = [(CKA_TOKEN, True), (CKA_MODULUS_BITS, 2048), (CKA_PUBLIC_EXPONENT, b"\x03")]
+        refused(s.generateKeyPair, bad, [(CKA_SIGN, True)], PyKCS11.MechanismRSAGENERATEKEYPAIR)
+        assert len(officer.list_keys(Limit=1000)["Keys"]) == count  # no key for e = 3
+    for kid, spec, alias in ((rsa, "RSA_2048", "alias/p11-rsa"),
+                             (eck, "ECC_NIST_P256", "alias/p11-ec")):
+        md = officer.describe_key(KeyId=kid)["KeyMetadata"]
+        assert (md["KeySpec"], md["KeyUsage"], md["KeyState"]) == (spec, "SIGN_VERIFY", "Enabled")
+        assert [a["AliasName"] for a in officer.list_aliases(KeyId=kid)["Aliases"]] == [alias]
+    # A new login reads them; the crypto-user signs with them.
+    with session(p11, user.pin) as s:
+        (priv,) = find(s, CKO_PRIVATE_KEY, rsa)
+        (pub,) = find(s, CKO_PUBLIC_KEY, rsa)
+        assert attrs(s, priv, CKA_LABEL) == ["p11-rsa"]
+        pk = public_key(officer, rsa)
+        assert int.from_bytes(attrs(s, pub, CKA_MODULUS)[0], "big") == pk.public_numbers().n
+        sig = sign(s, priv, Mechanism(PyKCS11.CKM_SHA256_RSA_PKCS), MSG)
+        pk.verify(sig, MSG, padding.PKCS1v15(), hashes.SHA256())
+        (priv,) = find(s, CKO_PRIVATE_KEY, eck)
+        assert attrs(s, priv, CKA_LABEL, CKA_EC_PARAMS) == ["p11-ec", P256_OID]
+        sig = sign(s, priv, Mechanism(PyKCS11.CKM_ECDSA_SHA256), MSG)
+        public_key(officer, eck).verify(der_ecdsa(sig), MSG, ec.ECDSA(hashes.SHA256()))
+
+
+# ---- 6. destruction --------------------------------------------------------------------------
+
+def assert_pending_deletion(officer, kid):
+    md = officer.describe_key(KeyId=kid)["KeyMetadata"]
+    assert md["KeyState"] == "PendingDeletion", md
+    left = md["DeletionDate"] - datetime.datetime.now(datetime.timezone.utc)
+    days = left.total_seconds() / 86400
+    assert 6.9 < days <= 7.01, md["DeletionDate"]
+
+
+def test_destroy_object_schedules_deletion(p11, officer):
+    mac = officer.create_key(KeySpec="HMAC_384", KeyUsage="GENERATE_VERIFY_MAC")[
+        "KeyMetadata"]["KeyId"]
+    with session(p11, f"{DEV_AKID}:{DEV_SECRET}") as s:
+        eck = generate(s, "ec", "p11-doomed", label_in_public=True)
+        (pub,) = find(s, CKO_PUBLIC_KEY, eck)
+        ckr(CKR_ACTION_PROHIBITED, s.destroyObject, pub)
+        assert officer.describe_key(KeyId=eck)["KeyMetadata"]["KeyState"] == "Enabled"
+        (priv,) = find(s, CKO_PRIVATE_KEY, eck)
+        s.destroyObject(priv)
+        assert_pending_deletion(officer, eck)
+        assert find(s, None, eck) == []
+        (secret,) = find(s, CKO_SECRET_KEY, mac)
+        s.destroyObject(secret)
+        assert_pending_deletion(officer, mac)
+        assert find(s, None, mac) == []
+    with session(p11, f"{DEV_AKID}:{DEV_SECRET}") as s:  # not back after a new login
+        assert find(s, None, eck) == [] and find(s, None, mac) == []
+
+
+# ---- 7. random -------------------------------------------------------------------------------
+
+def test_generate_random(p11, user):
+    with session(p11, user.pin) as s:
+        a, b = bytes(s.generateRandom(32)), bytes(s.generateRandom(32))
+        assert len(a) == len(b) == 32 and a != b
+        big = bytes(s.generateRandom(4096))
+        assert len(big) == 4096 and len(set(big)) > 200
+
+
+# ---- 8. pkcs11-tool --------------------------------------------------------------------------
+
+def tool(endpoint, *args, **settings):
+    """Runs pkcs11-tool on the module; settings are HSM_PKCS11_* variables (ca_file=...)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HSM_PKCS11_")}
+    if endpoint:
+        env["HSM_PKCS11_ENDPOINT"] = endpoint
+    env.update({"HSM_PKCS11_" + k.upper(): v for k, v in settings.items()})
+    return subprocess.run(["pkcs11-tool", "--module", MODULE] + list(args), env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def login_fails(p):
+    return p.returncode != 0 and "C_Login failed" in p.stderr
+
+
+def test_pkcs11_tool(server, user, officer, keys, tmp_path):
+    p = tool(server.endpoint, "-L")
+    assert p.returncode == 0, p.stderr
+    assert "Slot 0 (0x0)" in p.stdout and "token label        : hsmd\n" in p.stdout, p.stdout
+    assert "token manufacturer : hsmd\n" in p.stdout, p.stdout
+    # Without an endpoint the slot is still listed, but nobody can log in.
+    p = tool(None, "-L")
+    assert p.returncode == 0 and "token label        : hsmd\n" in p.stdout, (p.stdout, p.stderr)
+    assert login_fails(tool(None, "--login", "--pin", user.pin, "-O"))
+    # The endpoints are tried in order: a dead one first.
+    dead = f"http://127.0.0.1:{free_port()}"
+    p = tool(f"{dead},{server.endpoint}", "--login", "--pin", user.pin, "-O")
+    assert p.returncode == 0, p.stderr
+    for kind, kid, label in (("RSA", keys["rsa"], "web-tls"), ("EC", keys["ec"], keys["ec"])):
+        block = f"Private Key Object; {kind}"
+        assert block in p.stdout, p.stdout
+        assert f"label:      {label}\n  ID:         {kid.encode().hex()}\n" in p.stdout, p.stdout
+    assert keys["aes"].encode().hex() not in p.stdout
+    data = tmp_path / "data"
+    data.write_bytes(MSG * 3)
+    for kid, mech, extra in ((keys["rsa"], "SHA256-RSA-PKCS", []),
+                             (keys["ec"], "ECDSA-SHA256", ["--signature-format", "openssl"])):
+        sig, pem = tmp_path / f"{mech}.sig", tmp_path / f"{mech}.pem"
+        pem.write_bytes(public_key(officer, kid).public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        p = tool(server.endpoint, "--login", "--pin", user.pin, "--sign", "-m", mech,
+                 "--id", kid.encode().hex(), "-i", str(data), "-o", str(sig), *extra)
+        assert p.returncode == 0, (mech, p.stdout, p.stderr)
+        v = subprocess.run(["openssl", "dgst", "-sha256", "-verify", str(pem), "-signature",
+                            str(sig), str(data)], capture_output=True, text=True, timeout=60)
+        assert v.returncode == 0 and "Verified OK" in v.stdout, (mech, v.stdout, v.stderr)
+
+
+def test_pkcs11_tool_over_https_and_region(tmp_path):
+    pki = make_pki(str(tmp_path))
+    server = Hsmd(["--dev", "--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"]],
+                  env={"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET},
+                  tls_ca=pki["ca.pem"])
+    try:
+        kid = client(server).create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")[
+            "KeyMetadata"]["KeyId"]
+        args = ("--login", "--pin", f"{DEV_AKID}:{DEV_SECRET}", "-O")
+        p = tool(server.endpoint, *args, ca_file=pki["ca.pem"])
+        assert p.returncode == 0 and kid.encode().hex() in p.stdout, (p.stdout, p.stderr)
+        p = tool(server.endpoint, *args, ca_file=pki["ca.pem"], region="us-east-1")
+        assert p.returncode == 0 and kid.encode().hex() in p.stdout, (p.stdout, p.stderr)
+        # An untrusted server, or credentials scoped to another region, do not log in.
+        assert login_fails(tool(server.endpoint, *args, ca_file=pki["other-ca.pem"]))
+        assert login_fails(tool(server.endpoint, *args))
+        assert login_fails(tool(server.endpoint, *args, ca_file=pki["ca.pem"], region="eu-west-1"))
+    finally:
+        server.cleanup()
+
+
+# ---- 9. audit --------------------------------------------------------------------------------
+
+def audited(server, op, user, key_id):
+    return [r for r in audit_records(server.data_dir)
+            if r.get("op") == op and r.get("principal") == user.arn and r.get("key_id") == key_id]
+
+
+def test_signatures_are_audited_as_the_pin_user(p11, server, user, keys):
+    before = {op: len(audited(server, op, user, keys[k]))
+              for op, k in (("Sign", "ec"), ("GenerateMac", "mac"))}
+    with session(p11, user.pin) as s:
+        (priv,) = find(s, CKO_PRIVATE_KEY, keys["ec"])
+        sign(s, priv, Mechanism(PyKCS11.CKM_ECDSA_SHA256), b"audited message")
+        (mac,) = find(s, CKO_SECRET_KEY, keys["mac"])
+        sign(s, mac, Mechanism(PyKCS11.CKM_SHA256_HMAC), b"audited message")
+    for op, k in (("Sign", "ec"), ("GenerateMac", "mac")):
+        deadline = time.time() + 5
+        while len(audited(server, op, user, keys[k])) <= before[op] and time.time() < deadline:
+            time.sleep(0.05)
+        new = audited(server, op, user, keys[k])[before[op]:]
+        assert new, f"no {op} by {user.arn} on {keys[k]} in the audit trail"
+        assert all(r["outcome"] == "success" and r["access_key"] == user.akid for r in new), new
