@@ -218,6 +218,13 @@ p11_session *p11_session_get(CK_SESSION_HANDLE h)
 	return &p11.sessions[h - 1];
 }
 
+CK_RV p11_user_session(CK_SESSION_HANDLE h)
+{
+	return p11_session_get(h) == NULL ? CKR_SESSION_HANDLE_INVALID
+	       : !p11.logged_in          ? CKR_USER_NOT_LOGGED_IN
+	                                 : CKR_OK;
+}
+
 CK_RV C_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app, CK_NOTIFY notify,
                     CK_SESSION_HANDLE_PTR session)
 {
@@ -399,11 +406,7 @@ CK_RV C_GenerateRandom(CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG len)
 	if (out == NULL && len > 0)
 		return CKR_ARGUMENTS_BAD;
 	ENTER();
-	if (p11_session_get(h) == NULL)
-		LEAVE(CKR_SESSION_HANDLE_INVALID);
-	if (!p11.logged_in)
-		LEAVE(CKR_USER_NOT_LOGGED_IN);
-	CK_RV rv = CKR_OK;
+	CK_RV rv = p11_user_session(h);
 	for (CK_ULONG done = 0; done < len && rv == CKR_OK;) {
 		CK_ULONG n = len - done > 1024 ? 1024 : len - done; /* GenerateRandom's bound */
 		json_t *ans = NULL;

@@ -563,13 +563,22 @@ CK_RV C_FindObjectsFinal(CK_SESSION_HANDLE h)
 
 /* ---- destruction --------------------------------------------------------------------------------- */
 
+/* hsmd's shortest waiting period: the key can still be recovered with CancelKeyDeletion. */
+static CK_RV schedule_deletion(const char *key_id)
+{
+	json_t *ans = NULL;
+	CK_RV rv = p11_call("TrentService.ScheduleKeyDeletion",
+	                    json_pack("{s:s,s:i}", "KeyId", key_id, "PendingWindowInDays", 7), &ans);
+	json_decref(ans);
+	return rv;
+}
+
 CK_RV C_DestroyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj)
 {
 	ENTER();
-	if (p11_session_get(h) == NULL)
-		LEAVE(CKR_SESSION_HANDLE_INVALID);
-	if (!p11.logged_in)
-		LEAVE(CKR_USER_NOT_LOGGED_IN);
+	CK_RV rv = p11_user_session(h);
+	if (rv != CKR_OK)
+		LEAVE(rv);
 	const p11_object *o = p11_object_get(obj);
 	if (o == NULL)
 		LEAVE(CKR_OBJECT_HANDLE_INVALID);
@@ -578,11 +587,7 @@ CK_RV C_DestroyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj)
 		LEAVE(CKR_ACTION_PROHIBITED);
 	char key_id[HSM_UUID_STRLEN + 1];
 	snprintf(key_id, sizeof(key_id), "%s", o->key_id);
-	json_t *ans = NULL;
-	/* hsmd's shortest waiting period: the key can still be recovered with CancelKeyDeletion. */
-	CK_RV rv = p11_call("TrentService.ScheduleKeyDeletion",
-	                    json_pack("{s:s,s:i}", "KeyId", key_id, "PendingWindowInDays", 7), &ans);
-	json_decref(ans);
+	rv = schedule_deletion(key_id);
 	if (rv == CKR_OK)
 		objects_remove(key_id);
 	LEAVE(rv);
@@ -684,13 +689,11 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE
 	    (priv == NULL && n_priv > 0))
 		return CKR_ARGUMENTS_BAD;
 	ENTER();
-	if (p11_session_get(h) == NULL)
-		LEAVE(CKR_SESSION_HANDLE_INVALID);
-	if (!p11.logged_in)
-		LEAVE(CKR_USER_NOT_LOGGED_IN);
 	hsm_key_spec spec;
 	char label[P11_LABEL_MAX + 1];
-	CK_RV rv = pair_spec(mech->mechanism, pub, n_pub, &spec);
+	CK_RV rv = p11_user_session(h);
+	if (rv == CKR_OK)
+		rv = pair_spec(mech->mechanism, pub, n_pub, &spec);
 	if (rv == CKR_OK)
 		rv = check_private_template(priv, n_priv);
 	if (rv == CKR_OK) {
@@ -718,12 +721,8 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE
 		              json_pack("{s:s,s:s}", "AliasName", alias, "TargetKeyId", key_id), &ans);
 		json_decref(ans);
 		if (rv != CKR_OK) { /* no half-made key pair: the key goes again */
-			json_t *del = NULL;
-			(void)p11_call("TrentService.ScheduleKeyDeletion",
-			               json_pack("{s:s,s:i}", "KeyId", key_id, "PendingWindowInDays", 7),
-			               &del);
-			json_decref(del);
-			rv = rv == CKR_TEMPLATE_INCONSISTENT ? rv : CKR_ATTRIBUTE_VALUE_INVALID;
+			(void)schedule_deletion(key_id);
+			rv = CKR_ATTRIBUTE_VALUE_INVALID; /* the label: taken, or not an alias name */
 		}
 	}
 	if (rv == CKR_OK)

@@ -121,6 +121,8 @@ extern pthread_mutex_t p11_lock;
 /* ---- module.c ---- */
 /* The session behind a handle, or NULL. */
 p11_session *p11_session_get(CK_SESSION_HANDLE h);
+/* CKR_OK when h is an open session and the user is logged in. */
+CK_RV p11_user_session(CK_SESSION_HANDLE h);
 /*
  * Calls hsmd: target "TrentService.Sign", ...; body is consumed.  On a 200
  * answer *out is the parsed JSON; otherwise the CKR_* value of the answer's

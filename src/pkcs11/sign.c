@@ -135,14 +135,13 @@ static CK_RV pss_params(const CK_MECHANISM *mech, const hash_def **h)
 
 static CK_RV op_init(CK_SESSION_HANDLE hs, bool sign, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key)
 {
+	CK_RV rv = p11_user_session(hs);
+	if (rv != CKR_OK)
+		return rv;
 	p11_session *s = p11_session_get(hs);
-	if (s == NULL)
-		return CKR_SESSION_HANDLE_INVALID;
 	p11_op *op = sign ? &s->sign : &s->verify;
 	if (op->active)
 		return CKR_OPERATION_ACTIVE;
-	if (!p11.logged_in)
-		return CKR_USER_NOT_LOGGED_IN;
 	if (mech == NULL)
 		return CKR_ARGUMENTS_BAD;
 	const p11_mech *m = p11_mech_find(mech->mechanism);
@@ -162,7 +161,6 @@ static CK_RV op_init(CK_SESSION_HANDLE hs, bool sign, CK_MECHANISM_PTR mech, CK_
 	if (o->key_type != kt)
 		return CKR_KEY_TYPE_INCONSISTENT;
 	const hash_def *h = hash_by_md(m->md);
-	CK_RV rv = CKR_OK;
 	if (m->family == P11_RSA_PSS)
 		rv = pss_params(mech, &h);
 	else if ((m->family == P11_ECDSA || m->family == P11_HMAC) && h == NULL)
@@ -393,6 +391,23 @@ static p11_session *active(CK_SESSION_HANDLE h, bool sign, CK_RV *rv)
 	return *rv == CKR_OK ? s : NULL;
 }
 
+/* C_SignUpdate and C_VerifyUpdate: a failure ends the operation. */
+static CK_RV update_entry(CK_SESSION_HANDLE h, bool sign, const CK_BYTE *data, CK_ULONG len)
+{
+	if (data == NULL && len > 0)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	CK_RV rv;
+	p11_session *s = active(h, sign, &rv);
+	if (s == NULL)
+		LEAVE(rv);
+	p11_op *op = sign ? &s->sign : &s->verify;
+	rv = op_update(op, data, len);
+	if (rv != CKR_OK)
+		p11_op_reset(op);
+	LEAVE(rv);
+}
+
 CK_RV C_Sign(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR sig,
              CK_ULONG_PTR sig_n)
 {
@@ -417,17 +432,7 @@ CK_RV C_Sign(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR si
 
 CK_RV C_SignUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len)
 {
-	if (data == NULL && len > 0)
-		return CKR_ARGUMENTS_BAD;
-	ENTER();
-	CK_RV rv;
-	p11_session *s = active(h, true, &rv);
-	if (s == NULL)
-		LEAVE(rv);
-	rv = op_update(&s->sign, data, len);
-	if (rv != CKR_OK)
-		p11_op_reset(&s->sign);
-	LEAVE(rv);
+	return update_entry(h, true, data, len);
 }
 
 CK_RV C_SignFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG_PTR sig_n)
@@ -470,17 +475,7 @@ CK_RV C_Verify(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR 
 
 CK_RV C_VerifyUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len)
 {
-	if (data == NULL && len > 0)
-		return CKR_ARGUMENTS_BAD;
-	ENTER();
-	CK_RV rv;
-	p11_session *s = active(h, false, &rv);
-	if (s == NULL)
-		LEAVE(rv);
-	rv = op_update(&s->verify, data, len);
-	if (rv != CKR_OK)
-		p11_op_reset(&s->verify);
-	LEAVE(rv);
+	return update_entry(h, false, data, len);
 }
 
 CK_RV C_VerifyFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG sig_n)
