@@ -5,7 +5,7 @@
 set -eu
 
 PKGS="build-essential cmake pkg-config openssl
-libssl-dev libsqlite3-dev libjansson-dev libcmocka-dev libevent-dev
+libssl-dev libsqlite3-dev libjansson-dev libcmocka-dev
 sqlite3 awscli python3 python3-boto3 python3-botocore python3-pytest python3-requests
 python3-jwt python3-jwcrypto python3-cryptography python3-pykcs11 opensc
 softhsm2 libp11-kit-dev gnuplot-nox wrk"

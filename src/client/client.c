@@ -1,20 +1,27 @@
 /*
- * client.c - one HTTP(S) request at a time over libevent's HTTP client,
- * with TLS from OpenSSL (peer and host name verified) and SigV4 signing
- * (client.h).
+ * client.c - HTTP/1.1 requests to hsmd over one kept-alive connection (plain
+ * or TLS from OpenSSL, peer and host name verified), signed with SigV4
+ * (client.h).  Blocking, one request at a time, with the client's timeout on
+ * connecting, sending and receiving.
  */
 #include "client/client.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
 
-#include <event2/buffer.h>
-#include <event2/bufferevent_ssl.h>
-#include <event2/event.h>
-#include <event2/http.h>
-#include <event2/keyvalq_struct.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -28,12 +35,18 @@ typedef struct endpoint {
 	unsigned port;
 } endpoint;
 
-typedef struct exchange {
-	struct event_base *base;
-	int status;        /* 0: no HTTP answer (connection failed) */
-	hsm_buf *resp;
-	hsm_result res;
-} exchange;
+#define HEAD_MAX (64 * 1024)
+#define BODY_MAX (16 * 1024 * 1024)
+
+/* The kept-alive connection: to one endpoint, reused while it stays open. */
+struct hsm_client_conn {
+	endpoint ep;
+	int fd;
+	SSL_CTX *ctx;
+	SSL *ssl;
+	uint8_t buf[16384]; /* bytes received and not yet consumed */
+	size_t have, off;
+};
 
 static hsm_result parse_endpoint(const char *text, size_t n, endpoint *ep)
 {
@@ -66,23 +79,6 @@ static hsm_result parse_endpoint(const char *text, size_t n, endpoint *ep)
 	HSM_GUARD(hsm_parse_i64(port, 1, 65535, &p));
 	ep->port = (unsigned)p;
 	return HSM_SUCCESS;
-}
-
-static void on_response(struct evhttp_request *req, void *arg)
-{
-	exchange *x = arg;
-	event_base_loopexit(x->base, NULL); /* one exchange per loop: done either way */
-	if (req == NULL || evhttp_request_get_response_code(req) == 0) {
-		x->status = 0;
-		return;
-	}
-	x->status = evhttp_request_get_response_code(req);
-	struct evbuffer *in = evhttp_request_get_input_buffer(req);
-	size_t len = evbuffer_get_length(in);
-	uint8_t *dst;
-	x->res = hsm_buf_append_space(x->resp, len, &dst);
-	if (hsm_ok(x->res))
-		evbuffer_remove(in, dst, len);
 }
 
 static hsm_result make_ssl(const hsm_client *c, const endpoint *ep, SSL_CTX **ctx_out,
@@ -135,72 +131,354 @@ static hsm_result sign_request(const endpoint *ep, const hsm_client *c, const ch
 	return r;
 }
 
-/*
- * One request on a fresh connection: POST / of a KMS-style JSON body (target
- * set) or GET path (target NULL).  Runs the event loop until the answer.
- */
-static hsm_result run_exchange(const hsm_client *c, const endpoint *ep, const char *path,
-                               const char *target, const char *body, bool sign, exchange *x)
+/* ---- the connection ------------------------------------------------------------------ */
+
+static void conn_free(struct hsm_client_conn *k)
 {
-	hsm_result res = HSM_SUCCESS;
-	struct event_base *base = event_base_new();
-	SSL_CTX *ctx = NULL;
-	SSL *ssl = NULL;
-	struct bufferevent *bev = NULL;
-	struct evhttp_connection *conn = NULL;
-	hsm_sigv4_signature sig;
-	char host[300];
-	HSM_CHECK(base != NULL, HSM_ERR_NOMEM, "out of memory");
-	x->base = base;
-	if (sign)
-		HSM_TRY(sign_request(ep, c, target, body, &sig));
+	if (k == NULL)
+		return;
+	if (k->ssl != NULL)
+		SSL_free(k->ssl);
+	SSL_CTX_free(k->ctx);
+	if (k->fd >= 0)
+		close(k->fd);
+	OPENSSL_cleanse(k->buf, sizeof(k->buf));
+	free(k);
+}
+
+void hsm_client_close(hsm_client *c)
+{
+	conn_free(c->conn);
+	c->conn = NULL;
+}
+
+static int timeout_ms(const hsm_client *c)
+{
+	return (c->timeout_s > 0 ? c->timeout_s : 30) * 1000;
+}
+
+/* A TCP connection to ep within the timeout; -1 with the reason in *err. */
+static int tcp_connect(const hsm_client *c, const endpoint *ep, int *err)
+{
+	char port[8];
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai = NULL;
+	snprintf(port, sizeof(port), "%u", ep->port);
+	*err = EHOSTUNREACH;
+	if (getaddrinfo(ep->host, port, &hints, &ai) != 0)
+		return -1;
+	int fd = -1;
+	for (struct addrinfo *a = ai; a != NULL && fd < 0; a = a->ai_next) {
+		fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
+		if (fd < 0)
+			continue;
+		int rc = connect(fd, a->ai_addr, a->ai_addrlen);
+		if (rc != 0 && errno == EINPROGRESS) {
+			struct pollfd p = {.fd = fd, .events = POLLOUT};
+			socklen_t len = sizeof(*err);
+			rc = poll(&p, 1, timeout_ms(c)) == 1 &&
+			             getsockopt(fd, SOL_SOCKET, SO_ERROR, err, &len) == 0 && *err == 0
+			         ? 0
+			         : -1;
+			if (rc != 0 && *err == 0)
+				*err = ETIMEDOUT;
+		} else if (rc != 0) {
+			*err = errno;
+		}
+		if (rc != 0) {
+			close(fd);
+			fd = -1;
+		}
+	}
+	freeaddrinfo(ai);
+	if (fd < 0)
+		return -1;
+	/* Blocking from here on, each read and write bounded by the timeout. */
+	int one = 1, flags = fcntl(fd, F_GETFL);
+	struct timeval tv = {.tv_sec = timeout_ms(c) / 1000};
+	if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) != 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0) {
+		*err = errno;
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/*
+ * Connects to ep.  *reached is false when no connection could be made at all
+ * (the caller then tries the next endpoint); a TLS failure is an error.
+ */
+static hsm_result conn_open(const hsm_client *c, const endpoint *ep, struct hsm_client_conn **out,
+                            bool *reached)
+{
+	*reached = false;
+	struct hsm_client_conn *k = calloc(1, sizeof(*k));
+	HSM_ENSURE(k != NULL, HSM_ERR_NOMEM, "out of memory");
+	k->ep = *ep;
+	int err = 0;
+	k->fd = tcp_connect(c, ep, &err);
+	if (k->fd < 0) {
+		conn_free(k);
+		return HSM_FAIL(HSM_ERR_IO, "cannot connect to %s:%u: %s", ep->host, ep->port,
+		                strerror(err));
+	}
+	*reached = true;
 	if (ep->tls) {
-		HSM_TRY(make_ssl(c, ep, &ctx, &ssl));
-		bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
-		                                     BEV_OPT_CLOSE_ON_FREE);
-		ssl = NULL; /* owned by bev */
-		HSM_CHECK(bev != NULL, HSM_ERR_NOMEM, "cannot create a TLS connection");
+		hsm_result r = make_ssl(c, ep, &k->ctx, &k->ssl);
+		if (hsm_ok(r) && (SSL_set_fd(k->ssl, k->fd) != 1 || SSL_connect(k->ssl) != 1)) {
+			long v = SSL_get_verify_result(k->ssl);
+			r = HSM_FAIL(HSM_ERR_IO, "TLS with %s:%u failed: %s", ep->host, ep->port,
+			             v != X509_V_OK ? X509_verify_cert_error_string(v) : "handshake failed");
+			ERR_clear_error();
+		}
+		if (hsm_failed(r)) {
+			conn_free(k);
+			return r;
+		}
 	}
-	conn = evhttp_connection_base_bufferevent_new(base, NULL, bev, ep->host,
-	                                              (unsigned short)ep->port);
-	HSM_CHECK(conn != NULL, HSM_ERR_NOMEM, "cannot create a connection");
-	bev = NULL; /* owned by conn */
-	evhttp_connection_set_timeout(conn, c->timeout_s > 0 ? c->timeout_s : 30);
-	struct evhttp_request *req = evhttp_request_new(on_response, x);
-	HSM_CHECK(req != NULL, HSM_ERR_NOMEM, "out of memory");
-	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-	snprintf(host, sizeof(host), "%s:%u", ep->host, ep->port);
-	evhttp_add_header(h, "Host", host);
-	/* One request per connection: without this the loop waits out the keep-alive timeout. */
-	evhttp_add_header(h, "Connection", "close");
-	if (target != NULL) {
-		evhttp_add_header(h, "Content-Type", "application/x-amz-json-1.1");
-		evhttp_add_header(h, "X-Amz-Target", target);
-		evbuffer_add(evhttp_request_get_output_buffer(req), body, strlen(body));
+	*out = k;
+	return HSM_SUCCESS;
+}
+
+static hsm_result conn_write(struct hsm_client_conn *k, const void *p, size_t n)
+{
+	const uint8_t *b = p;
+	while (n > 0) {
+		ssize_t w;
+		if (k->ssl != NULL) {
+			size_t done = 0;
+			w = SSL_write_ex(k->ssl, b, n, &done) == 1 ? (ssize_t)done : -1;
+			ERR_clear_error();
+		} else {
+			w = send(k->fd, b, n, MSG_NOSIGNAL);
+			if (w < 0 && errno == EINTR)
+				continue;
+		}
+		HSM_ENSURE(w > 0, HSM_ERR_IO, "cannot send to %s:%u", k->ep.host, k->ep.port);
+		b += w;
+		n -= (size_t)w;
 	}
-	if (sign) {
-		evhttp_add_header(h, "X-Amz-Date", sig.amz_date);
-		evhttp_add_header(h, "Authorization", sig.authorization);
+	return HSM_SUCCESS;
+}
+
+/* Refills the receive buffer; 0 bytes at the end of the stream. */
+static hsm_result conn_fill(struct hsm_client_conn *k, size_t *got)
+{
+	k->have = k->off = 0;
+	ssize_t r;
+	if (k->ssl != NULL) {
+		size_t done = 0;
+		int rc = SSL_read_ex(k->ssl, k->buf, sizeof(k->buf), &done);
+		int e = rc == 1 ? SSL_ERROR_NONE : SSL_get_error(k->ssl, rc);
+		ERR_clear_error();
+		r = rc == 1 ? (ssize_t)done : e == SSL_ERROR_ZERO_RETURN ? 0 : -1;
+	} else {
+		do
+			r = recv(k->fd, k->buf, sizeof(k->buf), 0);
+		while (r < 0 && errno == EINTR);
 	}
-	HSM_CHECK(evhttp_make_request(conn, req, target != NULL ? EVHTTP_REQ_POST : EVHTTP_REQ_GET,
-	                              path) == 0,
-	          HSM_ERR_IO, "cannot send the request to %s", host);
-	event_base_dispatch(base);
-	res = x->res;
+	HSM_ENSURE(r >= 0, HSM_ERR_IO, "no answer from %s:%u (%s)", k->ep.host, k->ep.port,
+	           errno == EAGAIN ? "timed out" : "connection failed");
+	k->have = (size_t)r;
+	*got = k->have;
+	return HSM_SUCCESS;
+}
+
+/* ---- one exchange ------------------------------------------------------------------------ */
+
+typedef struct answer {
+	int status;
+	bool close;     /* the server closes the connection after it */
+	bool any;       /* some byte of it arrived */
+} answer;
+
+/* Reads the status line and headers; *length is -1 when the body ends with the stream. */
+static hsm_result read_head(struct hsm_client_conn *k, answer *a, int64_t *length, bool *chunked)
+{
+	char head[HEAD_MAX + 1];
+	size_t n = 0;
+	for (;;) {
+		if (k->off == k->have) {
+			size_t got;
+			HSM_GUARD(conn_fill(k, &got));
+			HSM_ENSURE(got > 0, HSM_ERR_IO, "%s:%u closed the connection%s", k->ep.host,
+			           k->ep.port, a->any ? " during its answer" : "");
+		}
+		a->any = true;
+		HSM_ENSURE(n < HEAD_MAX, HSM_ERR_IO, "the answer's header is too long");
+		head[n++] = (char)k->buf[k->off++];
+		if (n >= 4 && hsm_ct_equal(head + n - 4, "\r\n\r\n", 4))
+			break;
+	}
+	head[n] = '\0';
+	int minor = 0;
+	HSM_ENSURE(sscanf(head, "HTTP/1.%d %d", &minor, &a->status) == 2 && a->status >= 100 &&
+	               a->status <= 599,
+	           HSM_ERR_IO, "the answer is not HTTP");
+	a->close = minor == 0;
+	*length = -1;
+	*chunked = false;
+	for (char *save = NULL, *line = strtok_r(strchr(head, '\n') + 1, "\r\n", &save); line;
+	     line = strtok_r(NULL, "\r\n", &save)) {
+		char *colon = strchr(line, ':');
+		if (colon == NULL)
+			continue;
+		*colon = '\0';
+		const char *v = colon + 1 + strspn(colon + 1, " \t");
+		if (strcasecmp(line, "Content-Length") == 0) {
+			HSM_GUARD(hsm_parse_i64(v, 0, BODY_MAX, length));
+		} else if (strcasecmp(line, "Transfer-Encoding") == 0) {
+			*chunked = strcasecmp(v, "chunked") == 0;
+		} else if (strcasecmp(line, "Connection") == 0) {
+			a->close = strcasecmp(v, "close") == 0 ? true
+			           : strcasecmp(v, "keep-alive") == 0 ? false
+			                                             : a->close;
+		}
+	}
+	return HSM_SUCCESS;
+}
+
+/* Appends n body bytes (n < 0: up to the end of the stream) to resp. */
+static hsm_result read_body(struct hsm_client_conn *k, int64_t n, hsm_buf *resp)
+{
+	while (n != 0) {
+		if (k->off == k->have) {
+			size_t got;
+			HSM_GUARD(conn_fill(k, &got));
+			if (got == 0) {
+				HSM_ENSURE(n < 0, HSM_ERR_IO, "the answer was cut short");
+				return HSM_SUCCESS;
+			}
+		}
+		size_t avail = k->have - k->off;
+		size_t take = n < 0 || (uint64_t)n > avail ? avail : (size_t)n;
+		HSM_ENSURE(resp->len + take <= BODY_MAX, HSM_ERR_IO, "the answer is too long");
+		HSM_GUARD(hsm_buf_put(resp, k->buf + k->off, take));
+		k->off += take;
+		if (n > 0)
+			n -= (int64_t)take;
+	}
+	return HSM_SUCCESS;
+}
+
+static hsm_result read_line(struct hsm_client_conn *k, char *line, size_t cap)
+{
+	size_t n = 0;
+	for (;;) {
+		if (k->off == k->have) {
+			size_t got;
+			HSM_GUARD(conn_fill(k, &got));
+			HSM_ENSURE(got > 0, HSM_ERR_IO, "the answer was cut short");
+		}
+		char ch = (char)k->buf[k->off++];
+		if (ch == '\n')
+			break;
+		HSM_ENSURE(n + 1 < cap, HSM_ERR_IO, "malformed chunked answer");
+		if (ch != '\r')
+			line[n++] = ch;
+	}
+	line[n] = '\0';
+	return HSM_SUCCESS;
+}
+
+static hsm_result read_chunked(struct hsm_client_conn *k, hsm_buf *resp)
+{
+	char line[256];
+	for (;;) {
+		HSM_GUARD(read_line(k, line, sizeof(line)));
+		char *end;
+		unsigned long long n = strtoull(line, &end, 16);
+		HSM_ENSURE(end != line && n <= BODY_MAX, HSM_ERR_IO, "malformed chunked answer");
+		if (n == 0)
+			break;
+		HSM_GUARD(read_body(k, (int64_t)n, resp));
+		HSM_GUARD(read_line(k, line, sizeof(line)));
+	}
+	do /* trailer fields, up to the empty line */
+		HSM_GUARD(read_line(k, line, sizeof(line)));
+	while (line[0] != '\0');
+	return HSM_SUCCESS;
+}
+
+/* Sends a request (POST with target and body, or GET of path) and reads its answer. */
+static hsm_result exchange(struct hsm_client_conn *k, const hsm_client *c, const char *path,
+                           const char *target, const char *body, bool sign, answer *a,
+                           hsm_buf *resp)
+{
+	hsm_buf req = {0};
+	hsm_sigv4_signature sig;
+	hsm_result res = HSM_SUCCESS;
+	int64_t length;
+	bool chunked;
+	memset(a, 0, sizeof(*a));
+	if (sign)
+		HSM_TRY(sign_request(&k->ep, c, target, body, &sig));
+	HSM_TRY(hsm_buf_printf(&req, "%s %s HTTP/1.1\r\nHost: %s:%u\r\n", target ? "POST" : "GET",
+	                       path, k->ep.host, k->ep.port));
+	if (target != NULL)
+		HSM_TRY(hsm_buf_printf(&req,
+		                       "Content-Type: application/x-amz-json-1.1\r\nX-Amz-Target: %s\r\n"
+		                       "Content-Length: %zu\r\n",
+		                       target, strlen(body)));
+	if (sign)
+		HSM_TRY(hsm_buf_printf(&req, "X-Amz-Date: %s\r\nAuthorization: %s\r\n", sig.amz_date,
+		                       sig.authorization));
+	HSM_TRY(hsm_buf_put_str(&req, "\r\n"));
+	if (target != NULL)
+		HSM_TRY(hsm_buf_put_str(&req, body));
+	HSM_TRY(conn_write(k, req.data, req.len));
+	size_t mark = resp->len;
+	HSM_TRY(read_head(k, a, &length, &chunked));
+	if (chunked)
+		res = read_chunked(k, resp);
+	else
+		res = read_body(k, length, resp);
+	if (length < 0 && !chunked)
+		a->close = true; /* the body ended with the stream */
+	if (hsm_failed(res))
+		resp->len = mark;
+	/* Answers can carry secrets (a new access key's, data keys): not kept here. */
+	OPENSSL_cleanse(k->buf, sizeof(k->buf));
+	k->have = k->off = 0;
 out:
-	if (conn != NULL)
-		evhttp_connection_free(conn);
-	if (bev != NULL)
-		bufferevent_free(bev);
-	SSL_free(ssl);
-	SSL_CTX_free(ctx);
-	if (base != NULL)
-		event_base_free(base);
+	hsm_buf_free(&req);
 	return res;
 }
 
-hsm_result hsm_client_call(const hsm_client *c, const char *target, const char *body, bool sign,
-                       int *status, hsm_buf *resp)
+/*
+ * One request over the kept connection to ep, opening it if needed.  A kept
+ * connection the server has closed meanwhile (idle timeout) fails before any
+ * byte of an answer: then once more on a new connection.
+ */
+static hsm_result request(hsm_client *c, const endpoint *ep, const char *target,
+                          const char *body, bool sign, answer *a, hsm_buf *resp, bool *reached)
+{
+	struct hsm_client_conn *k = c->conn;
+	if (k != NULL && (k->ep.tls != ep->tls || k->ep.port != ep->port ||
+	                  strcmp(k->ep.host, ep->host) != 0)) {
+		hsm_client_close(c);
+		k = NULL;
+	}
+	for (int attempt = 0;; attempt++) {
+		bool reused = k != NULL;
+		*reached = true;
+		if (k == NULL) {
+			HSM_GUARD(conn_open(c, ep, &k, reached));
+			c->conn = k;
+		}
+		hsm_result r = exchange(k, c, "/", target, body, sign, a, resp);
+		if (hsm_failed(r) || a->close)
+			hsm_client_close(c);
+		if (hsm_ok(r) || !reused || a->any || attempt > 0)
+			return r;
+		k = NULL;
+	}
+}
+
+hsm_result hsm_client_call(hsm_client *c, const char *target, const char *body, bool sign,
+                           int *status, hsm_buf *resp)
 {
 	HSM_ENSURE(c->endpoints != NULL && *c->endpoints != '\0', HSM_ERR_VALIDATION,
 	           "--endpoint is required (or HSM_ENDPOINT)");
@@ -209,13 +487,16 @@ hsm_result hsm_client_call(const hsm_client *c, const char *target, const char *
 	while (*p != '\0') {
 		size_t n = strcspn(p, ",");
 		endpoint ep;
+		answer a;
+		bool reached;
 		HSM_GUARD(parse_endpoint(p, n, &ep));
-		exchange x = {NULL, 0, resp, HSM_SUCCESS};
-		HSM_GUARD(run_exchange(c, &ep, "/", target, body, sign, &x));
-		if (x.status != 0) {
-			*status = x.status;
+		hsm_result r = request(c, &ep, target, body, sign, &a, resp, &reached);
+		if (hsm_ok(r)) {
+			*status = a.status;
 			return HSM_SUCCESS;
 		}
+		if (reached) /* it answered, or TLS failed: not a reason to try another node */
+			return r;
 		size_t used = strlen(tried);
 		snprintf(tried + used, sizeof(tried) - used, "%s%.*s", used ? ", " : "", (int)n, p);
 		p += n;
@@ -225,7 +506,7 @@ hsm_result hsm_client_call(const hsm_client *c, const char *target, const char *
 	return HSM_FAIL(HSM_ERR_IO, "no endpoint answered (tried %s)", tried);
 }
 
-hsm_result hsm_client_call_ok(const hsm_client *c, const char *target, const char *body, bool sign,
+hsm_result hsm_client_call_ok(hsm_client *c, const char *target, const char *body, bool sign,
                           hsm_buf *resp)
 {
 	int status = 0;
@@ -242,7 +523,7 @@ hsm_result hsm_client_call_ok(const hsm_client *c, const char *target, const cha
 	return r;
 }
 
-hsm_result hsm_client_call_json(const hsm_client *c, const char *target, const json_t *body,
+hsm_result hsm_client_call_json(hsm_client *c, const char *target, const json_t *body,
                             bool sign, json_t **out)
 {
 	char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
@@ -271,9 +552,13 @@ hsm_result hsm_client_get(const hsm_client *c, const char *url, hsm_buf *resp)
 	HSM_ENSURE(path != NULL && strlen(path) < 2048, HSM_ERR_VALIDATION,
 	           "URL '%.128s' needs a path (https://host:port/.well-known/jwks.json)", url);
 	HSM_GUARD(parse_endpoint(url, (size_t)(path - url), &ep));
-	exchange x = {NULL, 0, resp, HSM_SUCCESS};
-	HSM_GUARD(run_exchange(c, &ep, path, NULL, NULL, false, &x));
-	HSM_ENSURE(x.status != 0, HSM_ERR_IO, "no answer from %.128s", url);
-	HSM_ENSURE(x.status == 200, HSM_ERR_IO, "%.128s answered HTTP %d", url, x.status);
+	struct hsm_client_conn *k = NULL;
+	bool reached;
+	answer a;
+	HSM_GUARD(conn_open(c, &ep, &k, &reached));
+	hsm_result r = exchange(k, c, path, NULL, NULL, false, &a, resp);
+	conn_free(k);
+	HSM_GUARD(r);
+	HSM_ENSURE(a.status == 200, HSM_ERR_IO, "%.128s answered HTTP %d", url, a.status);
 	return HSM_SUCCESS;
 }

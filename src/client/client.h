@@ -25,17 +25,21 @@ typedef struct hsm_client {
 	int timeout_s;
 	const char *akid;   /* NULL: the environment's credentials */
 	const char *secret; /* with akid */
+	struct hsm_client_conn *conn; /* the kept-alive connection (client.c); NULL at first */
 } hsm_client;
+
+/* Closes the kept-alive connection (the client stays usable). */
+void hsm_client_close(hsm_client *c);
 
 /*
  * POSTs body (JSON) with X-Amz-Target: target.  On an HTTP answer sets
  * *status and appends the response body to resp (both even for 4xx/5xx).
  */
-hsm_result hsm_client_call(const hsm_client *c, const char *target, const char *body, bool sign,
+hsm_result hsm_client_call(hsm_client *c, const char *target, const char *body, bool sign,
                        int *status, hsm_buf *resp) HSM_MUST_CHECK;
 
 /* Calls and turns a non-200 answer into a failure carrying the server's message. */
-hsm_result hsm_client_call_ok(const hsm_client *c, const char *target, const char *body, bool sign,
+hsm_result hsm_client_call_ok(hsm_client *c, const char *target, const char *body, bool sign,
                           hsm_buf *resp) HSM_MUST_CHECK;
 
 /*
@@ -43,7 +47,7 @@ hsm_result hsm_client_call_ok(const hsm_client *c, const char *target, const cha
  * target and parses a 200 answer into *out.  The answer is read into secure
  * memory: it may carry a secret access key.
  */
-hsm_result hsm_client_call_json(const hsm_client *c, const char *target, const json_t *body,
+hsm_result hsm_client_call_json(hsm_client *c, const char *target, const json_t *body,
                             bool sign, json_t **out) HSM_MUST_CHECK;
 
 /*

@@ -41,8 +41,7 @@ hsm_result hsm_secure_process_init(size_t heap_size) HSM_MUST_CHECK;
 
 /*
  * malloc, realloc and free for the libraries that hold request and response
- * bytes in ordinary heap memory (libevent's buffers and header lists,
- * jansson's values): a request body can carry a custodian's share, a
+ * bytes in ordinary heap memory (jansson's values): a request body can carry a custodian's share, a
  * plaintext or encryption context values, and freed memory keeps its bytes
  * until it is reused.  hsm_wiping_free wipes the whole usable size of a block
  * before freeing it; hsm_wiping_realloc never lets the old block go unwiped.

@@ -195,5 +195,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	/* The command sees argv[0] = its own name, then its arguments. */
-	return cmd->fn(argc - words, argv + words);
+	int rc = cmd->fn(argc - words, argv + words);
+	hsm_client_close(&hsmctl_globals.client);
+	return rc;
 }

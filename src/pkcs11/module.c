@@ -66,11 +66,20 @@ CK_RV C_Initialize(CK_VOID_PTR init_args)
 			return CKR_CANT_LOCK;
 	}
 	pthread_mutex_lock(&p11_lock);
-	if (p11.initialized) {
+	if (p11.initialized && p11.pid == getpid()) {
 		pthread_mutex_unlock(&p11_lock);
 		return CKR_CRYPTOKI_ALREADY_INITIALIZED;
 	}
+	/* A child of fork() starts afresh; the parent's connection and sessions stay the parent's. */
+	if (p11.initialized) {
+		for (size_t i = 0; i < P11_MAX_SESSIONS; i++)
+			close_session(&p11.sessions[i]);
+		p11_objects_clear();
+		wipe_credentials();
+		hsm_client_close(&p11.client);
+	}
 	memset(&p11, 0, sizeof(p11));
+	p11.pid = getpid();
 	env_copy(p11.endpoints, sizeof(p11.endpoints), "HSM_PKCS11_ENDPOINT", "");
 	env_copy(p11.ca_file, sizeof(p11.ca_file), "HSM_PKCS11_CA_FILE", "");
 	env_copy(p11.region, sizeof(p11.region), "HSM_PKCS11_REGION", "us-east-1");
@@ -93,6 +102,7 @@ CK_RV C_Finalize(CK_VOID_PTR reserved)
 		close_session(&p11.sessions[i]);
 	p11_objects_clear();
 	wipe_credentials();
+	hsm_client_close(&p11.client);
 	p11.initialized = false;
 	LEAVE(CKR_OK);
 }
@@ -395,6 +405,7 @@ CK_RV C_Logout(CK_SESSION_HANDLE h)
 		p11_op_reset(&p11.sessions[i].verify);
 	}
 	wipe_credentials();
+	hsm_client_close(&p11.client);
 	p11_objects_clear();
 	LEAVE(CKR_OK);
 }

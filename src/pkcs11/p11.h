@@ -21,6 +21,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <openssl/evp.h>
@@ -86,6 +87,7 @@ typedef struct p11_session {
 
 typedef struct p11_module {
 	bool initialized;
+	pid_t pid; /* of the process that initialized the module (a forked child must again) */
 	char endpoints[1024];
 	char ca_file[1024];
 	char region[64];
@@ -106,7 +108,7 @@ extern pthread_mutex_t p11_lock;
 #define ENTER()                                   \
 	do {                                          \
 		pthread_mutex_lock(&p11_lock);            \
-		if (!p11.initialized) {                   \
+		if (!p11.initialized || p11.pid != getpid()) { \
 			pthread_mutex_unlock(&p11_lock);      \
 			return CKR_CRYPTOKI_NOT_INITIALIZED; \
 		}                                         \

@@ -606,3 +606,52 @@ def test_signatures_are_audited_as_the_pin_user(p11, server, user, keys):
         new = audited(server, op, user, keys[k])[before[op]:]
         assert new, f"no {op} by {user.arn} on {keys[k]} in the audit trail"
         assert all(r["outcome"] == "success" and r["access_key"] == user.akid for r in new), new
+
+
+# ---- 10. the connection ----------------------------------------------------------------------
+
+KEEPALIVE_SCRIPT = """
+import sys, time, PyKCS11
+lib = PyKCS11.PyKCS11Lib()
+lib.load(sys.argv[1])
+s = lib.openSession(0)
+s.login(sys.argv[2])
+(key,) = s.findObjects([(PyKCS11.CKA_CLASS, PyKCS11.CKO_PRIVATE_KEY),
+                        (PyKCS11.CKA_ID, sys.argv[3].encode())])
+mech = PyKCS11.Mechanism(PyKCS11.CKM_ECDSA_SHA256)
+for i in range(10):
+    s.sign(key, b"kept alive %d" % i, mech)
+time.sleep(1.0)  # hsmd closes the idle connection meanwhile
+s.sign(key, b"after the idle timeout", mech)
+print("signed")
+"""
+
+
+def test_one_connection_kept_alive_and_renewed(tmp_path):
+    """The module keeps one connection to hsmd (a TLS handshake per call would
+    cost more than the signature): ten signatures arrive from one client
+    address.  When hsmd closes it for being idle, the next call opens another
+    and succeeds."""
+    server = start_dev(["--idle-timeout-ms", "300"])
+    try:
+        kid = client(server).create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")[
+            "KeyMetadata"]["KeyId"]
+        script = tmp_path / "keepalive.py"
+        script.write_text(KEEPALIVE_SCRIPT)
+        env = dict(os.environ, HSM_PKCS11_ENDPOINT=server.endpoint)
+        p = subprocess.run(["/usr/bin/python3", str(script), MODULE, f"{DEV_AKID}:{DEV_SECRET}",
+                            kid], env=env, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0 and "signed" in p.stdout, (p.stdout, p.stderr)
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            signs = [r for r in audit_records(server.data_dir)
+                     if r.get("op") == "Sign" and r.get("key_id") == kid]
+            if len(signs) == 11:
+                break
+            time.sleep(0.05)
+        assert len(signs) == 11 and all(r["outcome"] == "success" for r in signs), signs
+        sources = [r["source"] for r in signs]
+        assert len(set(sources[:10])) == 1, sources
+        assert sources[10] != sources[0], sources
+    finally:
+        server.cleanup()
