@@ -167,12 +167,15 @@ static CK_RV parse_public(p11_object *o)
 
 /* ---- listing --------------------------------------------------------------------------------- */
 
-static CK_RV list_aliases(json_t *all)
+/* The aliases (of one key, or of all with key_id NULL) into the array all. */
+static CK_RV list_aliases(json_t *all, const char *key_id)
 {
 	const char *marker = NULL;
 	json_t *ans = NULL;
 	for (;;) {
 		json_t *body = json_pack("{s:i}", "Limit", 100);
+		if (key_id != NULL)
+			json_object_set_new(body, "KeyId", json_string(key_id));
 		if (marker != NULL)
 			json_object_set_new(body, "Marker", json_string(marker));
 		json_decref(ans);
@@ -279,7 +282,7 @@ CK_RV p11_objects_refresh(void)
 	for (size_t i = 0; i < p11.n_objects; i++)
 		p11.objects[i].seen = false;
 	json_t *aliases = json_array(), *ans = NULL;
-	CK_RV rv = aliases != NULL ? list_aliases(aliases) : CKR_HOST_MEMORY;
+	CK_RV rv = aliases != NULL ? list_aliases(aliases, NULL) : CKR_HOST_MEMORY;
 	char marker[1024] = "";
 	while (rv == CKR_OK) {
 		json_t *body = json_pack("{s:i}", "Limit", 1000);
@@ -305,6 +308,79 @@ CK_RV p11_objects_refresh(void)
 	json_decref(aliases);
 	if (rv == CKR_OK)
 		objects_remove(NULL);
+	return rv;
+}
+
+/*
+ * Reads one key again: what a search naming a key (by CKA_ID, or by a label
+ * that is an alias or a key id) needs, in three calls instead of a listing of
+ * every key.  A key that is gone or no longer shown loses its objects.
+ */
+static CK_RV refresh_key(const char *key_id)
+{
+	for (size_t i = 0; i < p11.n_objects; i++)
+		if (strcmp(p11.objects[i].key_id, key_id) == 0)
+			p11.objects[i].seen = false;
+	json_t *aliases = json_array();
+	CK_RV rv = aliases != NULL ? list_aliases(aliases, key_id) : CKR_HOST_MEMORY;
+	if (rv == CKR_OK)
+		rv = load_key(key_id, aliases);
+	json_decref(aliases);
+	if (rv == CKR_KEY_HANDLE_INVALID) /* NotFoundException: no such key (any more) */
+		rv = CKR_OK;
+	if (rv == CKR_OK)
+		objects_remove(NULL); /* outside a refresh every other object is marked seen */
+	else
+		for (size_t i = 0; i < p11.n_objects; i++)
+			p11.objects[i].seen = true;
+	return rv;
+}
+
+static const CK_ATTRIBUTE *find_attr(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type);
+
+/* Refreshes what a search template asks for: the key it names, or every key. */
+static CK_RV refresh_for(const CK_ATTRIBUTE *tmpl, CK_ULONG count)
+{
+	const CK_ATTRIBUTE *id = find_attr(tmpl, count, CKA_ID);
+	const CK_ATTRIBUTE *label = find_attr(tmpl, count, CKA_LABEL);
+	char name[P11_LABEL_MAX + 8] = "";
+	const CK_ATTRIBUTE *named = id != NULL ? id : label;
+	if (named == NULL || named->pValue == NULL || named->ulValueLen == 0 ||
+	    named->ulValueLen > P11_LABEL_MAX)
+		return p11_objects_refresh();
+	memcpy(name, named->pValue, named->ulValueLen);
+	name[named->ulValueLen] = '\0';
+	if (hsm_is_uuid(name))
+		return refresh_key(name);
+	if (named == id) /* not a key id: no key has it */
+		return CKR_OK;
+	/* A label is an alias name without "alias/": ask hsmd which key it names now. */
+	char alias[P11_LABEL_MAX + 8];
+	snprintf(alias, sizeof(alias), "alias/%s", name);
+	json_t *ans = NULL;
+	CK_RV rv = p11_call("TrentService.DescribeKey", json_pack("{s:s}", "KeyId", alias), &ans);
+	const char *target =
+	    json_string_value(json_object_get(json_object_get(ans, "KeyMetadata"), "KeyId"));
+	char key_id[HSM_UUID_STRLEN + 1] = "";
+	if (rv == CKR_OK && target != NULL && hsm_is_uuid(target))
+		snprintf(key_id, sizeof(key_id), "%s", target);
+	json_decref(ans);
+	if (rv != CKR_OK && rv != CKR_KEY_HANDLE_INVALID)
+		return rv;
+	if (key_id[0] != '\0' && (rv = refresh_key(key_id)) != CKR_OK)
+		return rv;
+	/* Keys whose objects had this label before (the alias moved or went) are read again. */
+	size_t n = 0;
+	char (*others)[HSM_UUID_STRLEN + 1] = calloc(p11.n_objects + 1, sizeof(*others));
+	if (others == NULL)
+		return CKR_HOST_MEMORY;
+	for (size_t i = 0; i < p11.n_objects; i++)
+		if (strcmp(p11.objects[i].label, name) == 0 && strcmp(p11.objects[i].key_id, key_id) != 0)
+			snprintf(others[n++], sizeof(others[0]), "%s", p11.objects[i].key_id);
+	rv = CKR_OK;
+	for (size_t i = 0; i < n && rv == CKR_OK; i++)
+		rv = refresh_key(others[i]);
+	free(others);
 	return rv;
 }
 
@@ -514,7 +590,7 @@ CK_RV C_FindObjectsInit(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR tmpl, CK_ULONG cou
 		LEAVE(CKR_OPERATION_ACTIVE);
 	/* Before login this token shows nothing: every object is one of the user's keys. */
 	if (p11.logged_in) {
-		CK_RV rv = p11_objects_refresh();
+		CK_RV rv = refresh_for(tmpl, count);
 		if (rv != CKR_OK)
 			LEAVE(rv);
 	}

@@ -655,3 +655,60 @@ def test_one_connection_kept_alive_and_renewed(tmp_path):
         assert sources[10] != sources[0], sources
     finally:
         server.cleanup()
+
+
+# ---- 11. searches that name a key ------------------------------------------------------------
+
+def calls_by(server, user, ops=("ListKeys", "ListAliases", "DescribeKey", "GetPublicKey")):
+    """How many of each listing call the user has made, as the audit trail records them."""
+    recs = [r for r in audit_records(server.data_dir) if r.get("principal") == user.arn]
+    return {op: sum(r.get("op") == op for r in recs) for op in ops}
+
+
+def settled_calls(server, user, before_total):
+    deadline = time.time() + 5
+    while True:
+        now = calls_by(server, user)
+        if sum(now.values()) > before_total or time.time() > deadline:
+            time.sleep(0.2)  # the audit writer flushes in batches
+            return calls_by(server, user)
+        time.sleep(0.05)
+
+
+def test_search_by_id_or_label_reads_that_key_only(p11, server, user, officer, keys):
+    """An application naming its key (CKA_ID, or CKA_LABEL as a pkcs11 URI does)
+    costs a few calls, not a listing of every key; and what it finds is current:
+    a moved alias finds the key it names now, a key deleted elsewhere is gone."""
+    for _ in range(12):  # enough keys that a listing would show in the counts
+        officer.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")
+    with session(p11, user.pin) as s:
+        base = calls_by(server, user)
+        assert len(s.findObjects([])) >= 2 * 12  # a search naming nothing reads every key
+        full = settled_calls(server, user, sum(base.values()))
+        assert full["ListKeys"] - base["ListKeys"] >= 1
+        assert full["DescribeKey"] - base["DescribeKey"] >= 14
+
+        (priv,) = find(s, CKO_PRIVATE_KEY, keys["rsa"])
+        by_id = settled_calls(server, user, sum(full.values()))
+        assert by_id["ListKeys"] == full["ListKeys"]
+        assert by_id["DescribeKey"] - full["DescribeKey"] == 1
+        assert by_id["GetPublicKey"] - full["GetPublicKey"] == 1
+
+        assert len(s.findObjects([(CKA_LABEL, "web-tls")])) == 2
+        by_label = settled_calls(server, user, sum(by_id.values()))
+        assert by_label["ListKeys"] == by_id["ListKeys"]
+        assert by_label["DescribeKey"] - by_id["DescribeKey"] == 2  # the alias, then the key
+
+        # The alias moves to another RSA key: the label now finds that key's objects.
+        other = officer.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+        officer.update_alias(AliasName="alias/web-tls", TargetKeyId=other)
+        try:
+            found = s.findObjects([(CKA_LABEL, "web-tls"), (CKA_CLASS, CKO_PRIVATE_KEY)])
+            assert [attrs(s, o, CKA_ID)[0] for o in found] == [other.encode()]
+            (old,) = find(s, CKO_PRIVATE_KEY, keys["rsa"])
+            assert attrs(s, old, CKA_LABEL)[0] == keys["rsa"]  # no alias left: its id
+        finally:
+            officer.update_alias(AliasName="alias/web-tls", TargetKeyId=keys["rsa"])
+        # Deleted through the KMS API: a search by its id finds nothing.
+        officer.schedule_key_deletion(KeyId=other, PendingWindowInDays=7)
+        assert find(s, None, other) == []
