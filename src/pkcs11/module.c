@@ -47,6 +47,8 @@ static void close_session(p11_session *s)
 {
 	p11_op_reset(&s->sign);
 	p11_op_reset(&s->verify);
+	p11_op_reset(&s->encrypt);
+	p11_op_reset(&s->decrypt);
 	free(s->find.handles);
 	memset(s, 0, sizeof(*s));
 }
@@ -403,6 +405,8 @@ CK_RV C_Logout(CK_SESSION_HANDLE h)
 	for (size_t i = 0; i < P11_MAX_SESSIONS; i++) {
 		p11_op_reset(&p11.sessions[i].sign);
 		p11_op_reset(&p11.sessions[i].verify);
+		p11_op_reset(&p11.sessions[i].encrypt);
+		p11_op_reset(&p11.sessions[i].decrypt);
 	}
 	wipe_credentials();
 	hsm_client_close(&p11.client);
@@ -450,7 +454,8 @@ CK_RV C_SeedRandom(CK_SESSION_HANDLE h, CK_BYTE_PTR seed, CK_ULONG len)
  * Keys are made and managed in hsmd (C_GenerateKeyPair makes one); its
  * users, PINs and the token itself are hsmd's administration.  Symmetric
  * encryption goes through hsmd's KMS API, whose ciphertexts are its own
- * format rather than raw AES blocks, so no encryption mechanism is offered.
+ * format rather than raw AES blocks: only RSA-OAEP is offered (crypt.c), in
+ * one part as the mechanism is.
  */
 
 CK_RV C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR slot, CK_VOID_PTR reserved)
@@ -488,21 +493,11 @@ NOT_SUPPORTED(C_CopyObject,
               (CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b, CK_ATTRIBUTE_PTR c, CK_ULONG d,
                CK_OBJECT_HANDLE_PTR e),
               (void)a; (void)b; (void)c; (void)d; (void)e)
-NOT_SUPPORTED(C_EncryptInit, (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c),
-              (void)a; (void)b; (void)c)
-NOT_SUPPORTED(C_Encrypt,
-              (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e),
-              (void)a; (void)b; (void)c; (void)d; (void)e)
 NOT_SUPPORTED(C_EncryptUpdate,
               (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e),
               (void)a; (void)b; (void)c; (void)d; (void)e)
 NOT_SUPPORTED(C_EncryptFinal, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG_PTR c),
               (void)a; (void)b; (void)c)
-NOT_SUPPORTED(C_DecryptInit, (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c),
-              (void)a; (void)b; (void)c)
-NOT_SUPPORTED(C_Decrypt,
-              (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e),
-              (void)a; (void)b; (void)c; (void)d; (void)e)
 NOT_SUPPORTED(C_DecryptUpdate,
               (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e),
               (void)a; (void)b; (void)c; (void)d; (void)e)

@@ -217,14 +217,15 @@ static bool is_rsa(hsm_key_spec s)
 	return s == HSM_SPEC_RSA_2048 || s == HSM_SPEC_RSA_3072 || s == HSM_SPEC_RSA_4096;
 }
 
-static CK_RV upsert(const char *key_id, CK_OBJECT_CLASS cls, hsm_key_spec spec, CK_KEY_TYPE kt,
-                    const char *label, const hsm_buf *spki)
+static CK_RV upsert(const char *key_id, CK_OBJECT_CLASS cls, hsm_key_spec spec,
+                    hsm_key_usage usage, CK_KEY_TYPE kt, const char *label, const hsm_buf *spki)
 {
 	p11_object *o = object_of(key_id, cls);
 	if (o == NULL && (o = object_add(key_id, cls)) == NULL)
 		return CKR_HOST_MEMORY;
 	o->seen = true;
 	o->spec = spec;
+	o->usage = usage;
 	o->key_type = kt;
 	snprintf(o->label, sizeof(o->label), "%s", label);
 	if (spki == NULL)
@@ -256,8 +257,9 @@ static CK_RV load_key(const char *key_id, json_t *aliases)
 		goto out; /* not an object of this token */
 	label_of(aliases, key_id, label, sizeof(label));
 	if (usage == HSM_USAGE_GENERATE_VERIFY_MAC && is_hmac(spec)) {
-		rv = upsert(key_id, CKO_SECRET_KEY, spec, CKK_GENERIC_SECRET, label, NULL);
-	} else if (usage == HSM_USAGE_SIGN_VERIFY && (is_rsa(spec) || curve_of(spec) != NULL)) {
+		rv = upsert(key_id, CKO_SECRET_KEY, spec, usage, CKK_GENERIC_SECRET, label, NULL);
+	} else if ((usage == HSM_USAGE_SIGN_VERIFY && (is_rsa(spec) || curve_of(spec) != NULL)) ||
+	           (usage == HSM_USAGE_ENCRYPT_DECRYPT && is_rsa(spec))) {
 		json_t *pub = NULL;
 		rv = p11_call("TrentService.GetPublicKey", json_pack("{s:s}", "KeyId", key_id), &pub);
 		if (rv == CKR_OK)
@@ -265,9 +267,9 @@ static CK_RV load_key(const char *key_id, json_t *aliases)
 		json_decref(pub);
 		CK_KEY_TYPE kt = is_rsa(spec) ? CKK_RSA : CKK_EC;
 		if (rv == CKR_OK)
-			rv = upsert(key_id, CKO_PRIVATE_KEY, spec, kt, label, &spki);
+			rv = upsert(key_id, CKO_PRIVATE_KEY, spec, usage, kt, label, &spki);
 		if (rv == CKR_OK)
-			rv = upsert(key_id, CKO_PUBLIC_KEY, spec, kt, label, &spki);
+			rv = upsert(key_id, CKO_PUBLIC_KEY, spec, usage, kt, label, &spki);
 	}
 out:
 	hsm_buf_free(&spki);
@@ -432,8 +434,6 @@ static a_status attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
 	case CKA_MODIFIABLE:
 	case CKA_COPYABLE:
 	case CKA_DERIVE:
-	case CKA_ENCRYPT:
-	case CKA_DECRYPT:
 	case CKA_WRAP:
 	case CKA_UNWRAP:
 	case CKA_SIGN_RECOVER:
@@ -447,8 +447,10 @@ static a_status attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
 	case CKA_ID: return bytes(v, o->key_id, strlen(o->key_id));
 	case CKA_START_DATE:
 	case CKA_END_DATE: return bytes(v, "", 0);
-	case CKA_SIGN: return boolean(v, priv || secret);
-	case CKA_VERIFY: return boolean(v, pub || secret);
+	case CKA_SIGN: return boolean(v, (priv && o->usage == HSM_USAGE_SIGN_VERIFY) || secret);
+	case CKA_VERIFY: return boolean(v, (pub && o->usage == HSM_USAGE_SIGN_VERIFY) || secret);
+	case CKA_DECRYPT: return boolean(v, priv && o->usage == HSM_USAGE_ENCRYPT_DECRYPT);
+	case CKA_ENCRYPT: return boolean(v, pub && o->usage == HSM_USAGE_ENCRYPT_DECRYPT);
 	case CKA_KEY_GEN_MECHANISM:
 		return ulong_value(v, rsa      ? CKM_RSA_PKCS_KEY_PAIR_GEN
 		                      : secret ? CKM_GENERIC_SECRET_KEY_GEN

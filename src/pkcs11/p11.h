@@ -7,6 +7,7 @@
  *   objects.c  hsmd's keys as token objects: loading, attributes, search,
  *              key pair generation, destruction
  *   sign.c     signing and verification
+ *   crypt.c    RSA-OAEP encryption and decryption
  *
  * The module is a thin client: it holds no key material.  Each operation is
  * an ordinary SigV4-signed call of hsmd's KMS API (authenticated, authorized
@@ -43,6 +44,7 @@ typedef struct p11_object {
 	char key_id[HSM_UUID_STRLEN + 1];
 	char label[P11_LABEL_MAX + 1];
 	hsm_key_spec spec;
+	hsm_key_usage usage;  /* SIGN_VERIFY, ENCRYPT_DECRYPT (RSA) or GENERATE_VERIFY_MAC */
 	CK_KEY_TYPE key_type; /* CKK_RSA, CKK_EC, CKK_GENERIC_SECRET */
 	bool seen;            /* in the last listing */
 	/* Public values (asymmetric keys), from the key's SubjectPublicKeyInfo. */
@@ -51,7 +53,14 @@ typedef struct p11_object {
 } p11_object;
 
 /* What a mechanism does with a key (sign.c's table). */
-typedef enum p11_family { P11_RSA_PKCS, P11_RSA_PSS, P11_ECDSA, P11_HMAC, P11_KEYGEN } p11_family;
+typedef enum p11_family {
+	P11_RSA_PKCS,
+	P11_RSA_PSS,
+	P11_ECDSA,
+	P11_HMAC,
+	P11_RSA_OAEP, /* encryption (crypt.c) */
+	P11_KEYGEN,
+} p11_family;
 
 typedef struct p11_mech {
 	CK_MECHANISM_TYPE type;
@@ -82,7 +91,7 @@ typedef struct p11_session {
 	bool open;
 	CK_FLAGS flags;
 	p11_find find;
-	p11_op sign, verify;
+	p11_op sign, verify, encrypt, decrypt;
 } p11_session;
 
 typedef struct p11_module {

@@ -42,6 +42,7 @@ const p11_mech p11_mechs[] = {
     {CKM_SHA256_HMAC, P11_HMAC, "SHA256", 32, 32, SIGN_VERIFY},
     {CKM_SHA384_HMAC, P11_HMAC, "SHA384", 48, 48, SIGN_VERIFY},
     {CKM_SHA512_HMAC, P11_HMAC, "SHA512", 64, 64, SIGN_VERIFY},
+    {CKM_RSA_PKCS_OAEP, P11_RSA_OAEP, NULL, 2048, 4096, CKF_ENCRYPT | CKF_DECRYPT},
 };
 const size_t p11_n_mechs = sizeof(p11_mechs) / sizeof(p11_mechs[0]);
 
@@ -145,11 +146,13 @@ static CK_RV op_init(CK_SESSION_HANDLE hs, bool sign, CK_MECHANISM_PTR mech, CK_
 	if (mech == NULL)
 		return CKR_ARGUMENTS_BAD;
 	const p11_mech *m = p11_mech_find(mech->mechanism);
-	if (m == NULL || m->family == P11_KEYGEN)
+	if (m == NULL || m->family == P11_KEYGEN || m->family == P11_RSA_OAEP)
 		return CKR_MECHANISM_INVALID;
 	const p11_object *o = p11_object_get(key);
 	if (o == NULL)
 		return CKR_KEY_HANDLE_INVALID;
+	if (o->usage == HSM_USAGE_ENCRYPT_DECRYPT) /* an RSA key for decryption does not sign */
+		return CKR_KEY_FUNCTION_NOT_PERMITTED;
 	CK_OBJECT_CLASS want = m->family == P11_HMAC ? CKO_SECRET_KEY
 	                       : sign               ? CKO_PRIVATE_KEY
 	                                            : CKO_PUBLIC_KEY;
@@ -250,6 +253,7 @@ static CK_ULONG sig_len(const p11_op *op, const p11_object *o)
 	case P11_RSA_PSS: return (CK_ULONG)o->modulus.len;
 	case P11_ECDSA: return (CK_ULONG)(2 * hsm_ec_field_len(o->spec));
 	case P11_HMAC: return (CK_ULONG)key_hash(o->spec)->len;
+	case P11_RSA_OAEP:
 	case P11_KEYGEN: break;
 	}
 	return 0;

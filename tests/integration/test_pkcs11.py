@@ -4,8 +4,8 @@ PyKCS11 loads the module into this process (HSM_PKCS11_ENDPOINT set before
 C_Initialize) and checks: the slot, token and mechanism list; login with an
 "<AccessKeyId>:<SecretAccessKey>" PIN; the token objects made from keys
 created with boto3 (classes, CKA_ID/CKA_LABEL, flags, public values equal to
-GetPublicKey's, sensitive values refused; AES and RSA ENCRYPT_DECRYPT keys not
-shown); the signing mechanisms on every curve and several RSA and HMAC sizes,
+GetPublicKey's, sensitive values refused; AES keys not shown); RSA-OAEP
+encryption and decryption with ENCRYPT_DECRYPT RSA keys; the signing mechanisms on every curve and several RSA and HMAC sizes,
 one-shot and multi-part, each signature checked with python3-cryptography and
 HMACs against GenerateMac; verification through the module; refused inputs and
 parameters; C_GenerateKeyPair seen by DescribeKey; C_DestroyObject scheduling
@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
 from PyKCS11 import LowLevel, Mechanism, RSA_PSS_Mechanism, ckbytelist
 from PyKCS11 import (CKA_ALWAYS_SENSITIVE, CKA_CLASS, CKA_DECRYPT, CKA_EC_PARAMS, CKA_EC_POINT,
-                     CKA_EXTRACTABLE, CKA_ID, CKA_KEY_TYPE, CKA_LABEL, CKA_MODULUS,
+                     CKA_ENCRYPT, CKA_EXTRACTABLE, CKA_ID, CKA_KEY_TYPE, CKA_LABEL, CKA_MODULUS,
                      CKA_MODULUS_BITS, CKA_NEVER_EXTRACTABLE, CKA_PRIME_1, CKA_PRIVATE,
                      CKA_PRIVATE_EXPONENT, CKA_PUBLIC_EXPONENT, CKA_SENSITIVE, CKA_SIGN,
                      CKA_TOKEN, CKA_VALUE, CKA_VERIFY, CKK_EC, CKK_GENERIC_SECRET, CKK_RSA,
@@ -47,7 +47,7 @@ MECHANISMS = {CKM[n] for n in (
     "CKM_SHA384_RSA_PKCS", "CKM_SHA512_RSA_PKCS", "CKM_RSA_PKCS_PSS", "CKM_SHA256_RSA_PKCS_PSS",
     "CKM_SHA384_RSA_PKCS_PSS", "CKM_SHA512_RSA_PKCS_PSS", "CKM_ECDSA", "CKM_ECDSA_SHA256",
     "CKM_ECDSA_SHA384", "CKM_ECDSA_SHA512", "CKM_SHA224_HMAC", "CKM_SHA256_HMAC",
-    "CKM_SHA384_HMAC", "CKM_SHA512_HMAC")}
+    "CKM_SHA384_HMAC", "CKM_SHA512_HMAC", "CKM_RSA_PKCS_OAEP")}
 MSG = b"GET /v1/accounts/42 HTTP/1.1\r\nHost: api.example\r\n\r\n"
 PSS_SHA256 = (CKM["CKM_SHA256"], PyKCS11.CKG_MGF1_SHA256, 32)
 
@@ -249,8 +249,14 @@ def test_login(p11, user, keys):
 def test_objects_mirror_the_kms_keys(p11, user, officer, keys):
     with session(p11, user.pin) as s:
         ids = {attrs(s, o, CKA_ID)[0] for o in s.findObjects()}
-        assert {keys[k].encode() for k in ("rsa", "ec", "mac")} <= ids, ids
-        assert keys["aes"].encode() not in ids and keys["rsa_enc"].encode() not in ids
+        assert {keys[k].encode() for k in ("rsa", "ec", "mac", "rsa_enc")} <= ids, ids
+        assert keys["aes"].encode() not in ids
+        # An RSA key for encryption: a pair that decrypts and encrypts, and does not sign.
+        (dec,) = find(s, CKO_PRIVATE_KEY, keys["rsa_enc"])
+        (enc,) = find(s, CKO_PUBLIC_KEY, keys["rsa_enc"])
+        assert attrs(s, dec, CKA_LABEL, CKA_DECRYPT, CKA_SIGN, CKA_SENSITIVE,
+                     CKA_EXTRACTABLE) == ["rsa-enc", True, False, True, False]
+        assert attrs(s, enc, CKA_ENCRYPT, CKA_VERIFY) == [True, False]
         for name, label, ktype in (("rsa", "web-tls", CKK_RSA), ("ec", keys["ec"], CKK_EC)):
             kid = keys[name].encode()
             assert len(find(s, None, keys[name])) == 2
@@ -712,3 +718,54 @@ def test_search_by_id_or_label_reads_that_key_only(p11, server, user, officer, k
         # Deleted through the KMS API: a search by its id finds nothing.
         officer.schedule_key_deletion(KeyId=other, PendingWindowInDays=7)
         assert find(s, None, other) == []
+
+
+# ---- 12. RSA-OAEP ----------------------------------------------------------------------------
+
+def oaep(hash_ck, mgf):
+    return PyKCS11.RSAOAEPMechanism(hash_ck, mgf)
+
+
+def test_rsa_oaep_encrypt_and_decrypt(p11, user, officer, keys):
+    """ENCRYPT_DECRYPT RSA keys: C_Encrypt is hsmd's Encrypt, C_Decrypt its Decrypt
+    (RSAES_OAEP_SHA_1 / SHA_256), interchangeable with boto3 and with OAEP done
+    locally with the public key; parameters hsmd's OAEP cannot honour are refused."""
+    pk = public_key(officer, keys["rsa_enc"])
+    with session(p11, user.pin) as s:
+        (dec,) = find(s, CKO_PRIVATE_KEY, keys["rsa_enc"])
+        (enc,) = find(s, CKO_PUBLIC_KEY, keys["rsa_enc"])
+        for hash_ck, mgf, h, kms_alg in (
+                (CKM["CKM_SHA256"], PyKCS11.CKG_MGF1_SHA256, hashes.SHA256(), "RSAES_OAEP_SHA_256"),
+                (CKM["CKM_SHA_1"], PyKCS11.CKG_MGF1_SHA1, hashes.SHA1(), "RSAES_OAEP_SHA_1")):
+            m = oaep(hash_ck, mgf)
+            secret = os.urandom(32)
+            ct = bytes(s.encrypt(enc, secret, m))
+            assert len(ct) == 256
+            assert bytes(s.decrypt(dec, ct, m)) == secret
+            # hsmd's own Decrypt opens what the module encrypted, and the reverse.
+            assert user.kms.decrypt(KeyId=keys["rsa_enc"], CiphertextBlob=ct,
+                                    EncryptionAlgorithm=kms_alg)["Plaintext"] == secret
+            ct2 = user.kms.encrypt(KeyId=keys["rsa_enc"], Plaintext=b"from boto3",
+                                   EncryptionAlgorithm=kms_alg)["CiphertextBlob"]
+            assert bytes(s.decrypt(dec, ct2, m)) == b"from boto3"
+            # OAEP done locally with the public key, as a relying party would.
+            local = pk.encrypt(b"local", padding.OAEP(padding.MGF1(h), h, None))
+            assert bytes(s.decrypt(dec, local, m)) == b"local"
+        m = oaep(CKM["CKM_SHA256"], PyKCS11.CKG_MGF1_SHA256)
+        bad = bytearray(s.encrypt(enc, b"x" * 16, m))
+        bad[100] ^= 1
+        assert refused(s.decrypt, dec, bytes(bad), m) == PyKCS11.CKR_ENCRYPTED_DATA_INVALID
+        assert refused(s.decrypt, dec, bytes(bad[:255]), m) == \
+            PyKCS11.CKR_ENCRYPTED_DATA_LEN_RANGE
+        assert refused(s.encrypt, enc, b"x" * 191, m) == PyKCS11.CKR_DATA_LEN_RANGE  # 256-2*32-2
+        mixed = oaep(CKM["CKM_SHA256"], PyKCS11.CKG_MGF1_SHA1)
+        assert refused(s.decrypt, dec, bytes(bad), mixed) == PyKCS11.CKR_MECHANISM_PARAM_INVALID
+        labelled = PyKCS11.RSAOAEPMechanism(CKM["CKM_SHA256"], PyKCS11.CKG_MGF1_SHA256, b"label")
+        assert refused(s.encrypt, enc, b"x", labelled) == PyKCS11.CKR_MECHANISM_PARAM_INVALID
+        # The pair decrypts only; signing keys do not decrypt.
+        assert refused(s.sign, dec, b"x", Mechanism(PyKCS11.CKM_SHA256_RSA_PKCS)) == \
+            PyKCS11.CKR_KEY_FUNCTION_NOT_PERMITTED
+        (signer,) = find(s, CKO_PRIVATE_KEY, keys["rsa"])
+        assert refused(s.decrypt, signer, bytes(bad), m) == PyKCS11.CKR_KEY_FUNCTION_NOT_PERMITTED
+        (ec_pub,) = find(s, CKO_PUBLIC_KEY, keys["ec"])
+        assert refused(s.encrypt, ec_pub, b"x", m) == PyKCS11.CKR_KEY_TYPE_INCONSISTENT

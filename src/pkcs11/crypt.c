@@ -1,0 +1,188 @@
+/*
+ * crypt.c - RSA-OAEP through hsmd (p11.h): C_Encrypt with the public key
+ * object of an ENCRYPT_DECRYPT RSA key is hsmd's Encrypt, C_Decrypt with its
+ * private key object hsmd's Decrypt, with EncryptionAlgorithm
+ * RSAES_OAEP_SHA_1 or RSAES_OAEP_SHA_256.  Those are OAEP with MGF1 of the
+ * same hash and no label, so only such CK_RSA_PKCS_OAEP_PARAMS are accepted.
+ * One part only, as the mechanism is.
+ */
+#include <string.h>
+
+#include "common/encoding.h"
+#include "pkcs11/p11.h"
+
+/* The KMS algorithm of OAEP parameters, or NULL; *hash_len receives the hash's size. */
+static const char *oaep_algorithm(const CK_MECHANISM *mech, size_t *hash_len)
+{
+	if (mech->pParameter == NULL || mech->ulParameterLen != sizeof(CK_RSA_PKCS_OAEP_PARAMS))
+		return NULL;
+	const CK_RSA_PKCS_OAEP_PARAMS *p = mech->pParameter;
+	if (p->source != CKZ_DATA_SPECIFIED && p->source != 0)
+		return NULL;
+	if (p->pSourceData != NULL && p->ulSourceDataLen != 0) /* hsmd's OAEP has no label */
+		return NULL;
+	if (p->hashAlg == CKM_SHA_1 && p->mgf == CKG_MGF1_SHA1) {
+		*hash_len = 20;
+		return "RSAES_OAEP_SHA_1";
+	}
+	if (p->hashAlg == CKM_SHA256 && p->mgf == CKG_MGF1_SHA256) {
+		*hash_len = 32;
+		return "RSAES_OAEP_SHA_256";
+	}
+	return NULL;
+}
+
+static CK_RV crypt_init(CK_SESSION_HANDLE hs, bool encrypt, CK_MECHANISM_PTR mech,
+                        CK_OBJECT_HANDLE key)
+{
+	CK_RV rv = p11_user_session(hs);
+	if (rv != CKR_OK)
+		return rv;
+	p11_session *s = p11_session_get(hs);
+	p11_op *op = encrypt ? &s->encrypt : &s->decrypt;
+	if (op->active)
+		return CKR_OPERATION_ACTIVE;
+	if (mech == NULL)
+		return CKR_ARGUMENTS_BAD;
+	if (mech->mechanism != CKM_RSA_PKCS_OAEP)
+		return CKR_MECHANISM_INVALID;
+	const p11_object *o = p11_object_get(key);
+	if (o == NULL)
+		return CKR_KEY_HANDLE_INVALID;
+	if (o->key_type != CKK_RSA)
+		return CKR_KEY_TYPE_INCONSISTENT;
+	if (o->usage != HSM_USAGE_ENCRYPT_DECRYPT ||
+	    o->cls != (encrypt ? CKO_PUBLIC_KEY : CKO_PRIVATE_KEY))
+		return CKR_KEY_FUNCTION_NOT_PERMITTED;
+	size_t hash_len = 0;
+	const char *alg = oaep_algorithm(mech, &hash_len);
+	if (alg == NULL)
+		return CKR_MECHANISM_PARAM_INVALID;
+	memset(op, 0, sizeof(*op));
+	op->mech = p11_mech_find(CKM_RSA_PKCS_OAEP);
+	op->key = key;
+	op->hash = alg;
+	op->active = true;
+	return CKR_OK;
+}
+
+CK_RV C_EncryptInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key)
+{
+	ENTER();
+	LEAVE(crypt_init(h, true, mech, key));
+}
+
+CK_RV C_DecryptInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key)
+{
+	ENTER();
+	LEAVE(crypt_init(h, false, mech, key));
+}
+
+/* The largest plaintext OAEP carries in a modulus of k bytes. */
+static size_t oaep_max(const p11_op *op, size_t k)
+{
+	size_t h = strcmp(op->hash, "RSAES_OAEP_SHA_1") == 0 ? 20 : 32;
+	return k > 2 * h + 2 ? k - 2 * h - 2 : 0;
+}
+
+/* Calls hsmd with input as `in_name` and decodes `out_name` of the answer into out. */
+static CK_RV call_crypt(const char *target, const p11_op *op, const p11_object *o,
+                        const char *in_name, const CK_BYTE *in, CK_ULONG n,
+                        const char *out_name, hsm_buf *out)
+{
+	hsm_buf b64;
+	hsm_buf_init_secure(&b64);
+	if (hsm_failed(hsm_b64_encode(&b64, in, n))) {
+		hsm_buf_free(&b64);
+		return CKR_HOST_MEMORY;
+	}
+	json_t *ans = NULL;
+	CK_RV rv = p11_call(target,
+	                    json_pack("{s:s,s:s%,s:s}", "KeyId", o->key_id, in_name,
+	                              (const char *)b64.data, b64.len, "EncryptionAlgorithm",
+	                              op->hash),
+	                    &ans);
+	hsm_buf_free(&b64);
+	if (rv == CKR_OK)
+		rv = p11_b64_member(ans, out_name, out);
+	json_decref(ans);
+	return rv;
+}
+
+CK_RV C_Encrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR out,
+                CK_ULONG_PTR out_n)
+{
+	if ((data == NULL && len > 0) || out_n == NULL)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	p11_session *s = p11_session_get(h);
+	if (s == NULL)
+		LEAVE(CKR_SESSION_HANDLE_INVALID);
+	if (!s->encrypt.active)
+		LEAVE(CKR_OPERATION_NOT_INITIALIZED);
+	const p11_object *o = p11_object_get(s->encrypt.key);
+	CK_RV rv = CKR_OK;
+	if (o == NULL) {
+		rv = CKR_KEY_HANDLE_INVALID;
+	} else if (len == 0 || len > oaep_max(&s->encrypt, o->modulus.len)) {
+		rv = CKR_DATA_LEN_RANGE;
+	} else {
+		CK_ULONG need = (CK_ULONG)o->modulus.len;
+		if (out == NULL || *out_n < need) { /* the length query leaves the operation running */
+			*out_n = need;
+			LEAVE(out == NULL ? CKR_OK : CKR_BUFFER_TOO_SMALL);
+		}
+		hsm_buf ct = {0};
+		rv = call_crypt("TrentService.Encrypt", &s->encrypt, o, "Plaintext", data, len,
+		                "CiphertextBlob", &ct);
+		if (rv == CKR_OK && ct.len != need)
+			rv = CKR_DEVICE_ERROR;
+		if (rv == CKR_OK) {
+			memcpy(out, ct.data, ct.len);
+			*out_n = need;
+		}
+		hsm_buf_free(&ct);
+	}
+	p11_op_reset(&s->encrypt);
+	LEAVE(rv);
+}
+
+CK_RV C_Decrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR out,
+                CK_ULONG_PTR out_n)
+{
+	if ((data == NULL && len > 0) || out_n == NULL)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	p11_session *s = p11_session_get(h);
+	if (s == NULL)
+		LEAVE(CKR_SESSION_HANDLE_INVALID);
+	if (!s->decrypt.active)
+		LEAVE(CKR_OPERATION_NOT_INITIALIZED);
+	const p11_object *o = p11_object_get(s->decrypt.key);
+	CK_RV rv = CKR_OK;
+	if (o == NULL) {
+		rv = CKR_KEY_HANDLE_INVALID;
+	} else if (len != o->modulus.len) {
+		rv = CKR_ENCRYPTED_DATA_LEN_RANGE;
+	} else if (out == NULL) { /* an upper bound: the exact length is known once decrypted */
+		*out_n = (CK_ULONG)oaep_max(&s->decrypt, o->modulus.len);
+		LEAVE(CKR_OK);
+	} else {
+		hsm_buf pt;
+		hsm_buf_init_secure(&pt);
+		rv = call_crypt("TrentService.Decrypt", &s->decrypt, o, "CiphertextBlob", data, len,
+		                "Plaintext", &pt);
+		if (rv == CKR_OK && *out_n < pt.len) {
+			*out_n = (CK_ULONG)pt.len;
+			hsm_buf_free(&pt);
+			LEAVE(CKR_BUFFER_TOO_SMALL); /* the caller asks again with room */
+		}
+		if (rv == CKR_OK) {
+			memcpy(out, pt.data, pt.len);
+			*out_n = (CK_ULONG)pt.len;
+		}
+		hsm_buf_free(&pt);
+	}
+	p11_op_reset(&s->decrypt);
+	LEAVE(rv);
+}
