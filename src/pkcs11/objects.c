@@ -357,7 +357,7 @@ static CK_RV refresh_for(const CK_ATTRIBUTE *tmpl, CK_ULONG count)
 	if (named == id) /* not a key id: no key has it */
 		return CKR_OK;
 	/* A label is an alias name without "alias/": ask hsmd which key it names now. */
-	char alias[P11_LABEL_MAX + 8];
+	char alias[sizeof(name) + 8];
 	snprintf(alias, sizeof(alias), "alias/%s", name);
 	json_t *ans = NULL;
 	CK_RV rv = p11_call("TrentService.DescribeKey", json_pack("{s:s}", "KeyId", alias), &ans);
