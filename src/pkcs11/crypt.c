@@ -85,11 +85,16 @@ static size_t oaep_max(const p11_op *op, size_t k)
 	return k > 2 * h + 2 ? k - 2 * h - 2 : 0;
 }
 
-/* Calls hsmd with input as `in_name` and decodes `out_name` of the answer into out. */
+/*
+ * Calls hsmd with input as `in_name` and decodes `out_name` of the answer
+ * into out.  The module lock is let go meanwhile: o is not used after.
+ */
 static CK_RV call_crypt(const char *target, const p11_op *op, const p11_object *o,
                         const char *in_name, const CK_BYTE *in, CK_ULONG n,
                         const char *out_name, hsm_buf *out)
 {
+	char key_id[HSM_UUID_STRLEN + 1];
+	snprintf(key_id, sizeof(key_id), "%s", o->key_id);
 	hsm_buf b64;
 	hsm_buf_init_secure(&b64);
 	if (hsm_failed(hsm_b64_encode(&b64, in, n))) {
@@ -97,8 +102,8 @@ static CK_RV call_crypt(const char *target, const p11_op *op, const p11_object *
 		return CKR_HOST_MEMORY;
 	}
 	json_t *ans = NULL;
-	CK_RV rv = p11_call(target,
-	                    json_pack("{s:s,s:s%,s:s}", "KeyId", o->key_id, in_name,
+	CK_RV rv = p11_call_unlocked(target,
+	                    json_pack("{s:s,s:s%,s:s}", "KeyId", key_id, in_name,
 	                              (const char *)b64.data, b64.len, "EncryptionAlgorithm",
 	                              op->hash),
 	                    &ans);

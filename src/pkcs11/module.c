@@ -38,9 +38,46 @@ static void wipe_credentials(void)
 {
 	OPENSSL_cleanse(p11.secret, sizeof(p11.secret));
 	OPENSSL_cleanse(p11.akid, sizeof(p11.akid));
-	p11.client.akid = NULL;
-	p11.client.secret = NULL;
 	p11.logged_in = false;
+}
+
+/* ---- the connection pool ------------------------------------------------------------------ */
+
+static hsm_client *client_acquire(void)
+{
+	hsm_client *c = p11.pool_n > 0 ? p11.pool[--p11.pool_n] : calloc(1, sizeof(*c));
+	if (c == NULL)
+		return NULL;
+	c->endpoints = p11.endpoints;
+	c->ca_file = p11.ca_file[0] ? p11.ca_file : NULL;
+	c->region = p11.region;
+	c->timeout_s = 30;
+	/* Always the PIN's credentials (empty before login): never the environment's. */
+	c->akid = p11.akid;
+	c->secret = p11.secret;
+	return c;
+}
+
+static void client_release(hsm_client *c, unsigned gen)
+{
+	if (c == NULL)
+		return;
+	if (p11.initialized && gen == p11.gen && p11.pool_n < P11_POOL_MAX) {
+		p11.pool[p11.pool_n++] = c;
+		return;
+	}
+	hsm_client_close(c);
+	free(c);
+}
+
+void p11_pool_drain(void)
+{
+	while (p11.pool_n > 0) {
+		hsm_client *c = p11.pool[--p11.pool_n];
+		hsm_client_close(c);
+		free(c);
+	}
+	p11.gen++;
 }
 
 static void close_session(p11_session *s)
@@ -78,17 +115,13 @@ CK_RV C_Initialize(CK_VOID_PTR init_args)
 			close_session(&p11.sessions[i]);
 		p11_objects_clear();
 		wipe_credentials();
-		hsm_client_close(&p11.client);
+		p11_pool_drain();
 	}
 	memset(&p11, 0, sizeof(p11));
 	p11.pid = getpid();
 	env_copy(p11.endpoints, sizeof(p11.endpoints), "HSM_PKCS11_ENDPOINT", "");
 	env_copy(p11.ca_file, sizeof(p11.ca_file), "HSM_PKCS11_CA_FILE", "");
 	env_copy(p11.region, sizeof(p11.region), "HSM_PKCS11_REGION", "us-east-1");
-	p11.client.endpoints = p11.endpoints;
-	p11.client.ca_file = p11.ca_file[0] ? p11.ca_file : NULL;
-	p11.client.region = p11.region;
-	p11.client.timeout_s = 30;
 	p11.next_handle = 1;
 	p11.initialized = true;
 	pthread_mutex_unlock(&p11_lock);
@@ -104,7 +137,7 @@ CK_RV C_Finalize(CK_VOID_PTR reserved)
 		close_session(&p11.sessions[i]);
 	p11_objects_clear();
 	wipe_credentials();
-	hsm_client_close(&p11.client);
+	p11_pool_drain();
 	p11.initialized = false;
 	LEAVE(CKR_OK);
 }
@@ -311,7 +344,7 @@ CK_RV C_GetSessionInfo(CK_SESSION_HANDLE h, CK_SESSION_INFO_PTR info)
 
 /* ---- calling hsmd ---------------------------------------------------------------------------- */
 
-CK_RV p11_call(const char *target, json_t *body, json_t **out)
+static CK_RV call(const char *target, json_t *body, json_t **out, bool unlock)
 {
 	*out = NULL;
 	char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
@@ -322,10 +355,21 @@ CK_RV p11_call(const char *target, json_t *body, json_t **out)
 		free(text);
 		return CKR_DEVICE_ERROR; /* HSM_PKCS11_ENDPOINT is not set */
 	}
+	hsm_client *c = client_acquire();
+	if (c == NULL) {
+		free(text);
+		return CKR_HOST_MEMORY;
+	}
+	unsigned gen = p11.gen;
 	hsm_buf resp;
 	hsm_buf_init_secure(&resp);
 	int status = 0;
-	hsm_result r = hsm_client_call(&p11.client, target, text, true, &status, &resp);
+	if (unlock)
+		pthread_mutex_unlock(&p11_lock);
+	hsm_result r = hsm_client_call(c, target, text, true, &status, &resp);
+	if (unlock)
+		pthread_mutex_lock(&p11_lock);
+	client_release(c, gen);
 	OPENSSL_cleanse(text, strlen(text));
 	free(text);
 	CK_RV rv = CKR_OK;
@@ -347,6 +391,16 @@ CK_RV p11_call(const char *target, json_t *body, json_t **out)
 	hsm_buf_free(&resp);
 	*out = j;
 	return rv;
+}
+
+CK_RV p11_call(const char *target, json_t *body, json_t **out)
+{
+	return call(target, body, out, false);
+}
+
+CK_RV p11_call_unlocked(const char *target, json_t *body, json_t **out)
+{
+	return call(target, body, out, true);
 }
 
 CK_RV p11_b64_member(json_t *o, const char *name, hsm_buf *out)
@@ -380,8 +434,6 @@ CK_RV C_Login(CK_SESSION_HANDLE h, CK_USER_TYPE type, CK_UTF8CHAR_PTR pin, CK_UL
 	p11.akid[id_len] = '\0';
 	memcpy(p11.secret, colon + 1, secret_len);
 	p11.secret[secret_len] = '\0';
-	p11.client.akid = p11.akid;
-	p11.client.secret = p11.secret;
 	/* The credentials are good when hsmd accepts a request signed with them. */
 	json_t *out = NULL;
 	CK_RV rv = p11_call("TrentService.ListKeys", json_pack("{s:i}", "Limit", 1), &out);
@@ -409,7 +461,7 @@ CK_RV C_Logout(CK_SESSION_HANDLE h)
 		p11_op_reset(&p11.sessions[i].decrypt);
 	}
 	wipe_credentials();
-	hsm_client_close(&p11.client);
+	p11_pool_drain();
 	p11_objects_clear();
 	LEAVE(CKR_OK);
 }
@@ -427,8 +479,8 @@ CK_RV C_GenerateRandom(CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG len)
 		json_t *ans = NULL;
 		hsm_buf bytes;
 		hsm_buf_init_secure(&bytes);
-		rv = p11_call("TrentService.GenerateRandom", json_pack("{s:i}", "NumberOfBytes", (int)n),
-		              &ans);
+		rv = p11_call_unlocked("TrentService.GenerateRandom",
+		                       json_pack("{s:i}", "NumberOfBytes", (int)n), &ans);
 		if (rv == CKR_OK)
 			rv = p11_b64_member(ans, "Plaintext", &bytes);
 		if (rv == CKR_OK && bytes.len != n)

@@ -13,8 +13,11 @@
  * an ordinary SigV4-signed call of hsmd's KMS API (authenticated, authorized
  * by the user's roles and the key policy, and audited there) with the
  * credentials given as the PIN, "<access key id>:<secret access key>".  One
- * slot (0) with one token, "hsmd".  Every entry point takes one module lock:
- * calls are serialized, as each is a network round trip anyway.
+ * slot (0) with one token, "hsmd".  Every entry point takes one module lock.
+ * Signatures, verifications, encryptions, decryptions and random bytes let
+ * it go while their request is on the network (each on a connection of its
+ * own from a pool), so threads using separate sessions run in parallel;
+ * listings and key management keep it, as they change the object table.
  */
 #ifndef HSM_P11_H
 #define HSM_P11_H
@@ -36,6 +39,7 @@
 #define P11_SLOT 0
 #define P11_MAX_SESSIONS 256
 #define P11_LABEL_MAX 256
+#define P11_POOL_MAX 16
 
 /* A token object: one of hsmd's keys seen as a PKCS#11 object. */
 typedef struct p11_object {
@@ -100,7 +104,10 @@ typedef struct p11_module {
 	char endpoints[1024];
 	char ca_file[1024];
 	char region[64];
-	hsm_client client;
+	/* Idle clients, each with its kept-alive connection; calls take one and give it back. */
+	hsm_client *pool[P11_POOL_MAX];
+	size_t pool_n;
+	unsigned gen; /* bumped at logout and C_Finalize: clients out at the time are not kept */
 	bool logged_in;
 	char akid[129];
 	char secret[129];
@@ -137,9 +144,14 @@ CK_RV p11_user_session(CK_SESSION_HANDLE h);
 /*
  * Calls hsmd: target "TrentService.Sign", ...; body is consumed.  On a 200
  * answer *out is the parsed JSON; otherwise the CKR_* value of the answer's
- * error (CKR_DEVICE_ERROR when no endpoint answered).
+ * error (CKR_DEVICE_ERROR when no endpoint answered).  Called with the module
+ * lock held; p11_call_unlocked lets it go during the exchange, so its caller
+ * must hold no pointer into the object table across the call.
  */
 CK_RV p11_call(const char *target, json_t *body, json_t **out);
+CK_RV p11_call_unlocked(const char *target, json_t *body, json_t **out);
+/* Closes the idle connections; those in use are closed when given back. */
+void p11_pool_drain(void);
 /* A base64 member of an answer, decoded. */
 CK_RV p11_b64_member(json_t *o, const char *name, hsm_buf *out);
 

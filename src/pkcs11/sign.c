@@ -277,39 +277,60 @@ static json_t *b64_string(const uint8_t *p, size_t n)
 	return s;
 }
 
+/*
+ * What a signature or verification needs from the key, copied: the module
+ * lock is let go while hsmd answers, and the object table may change meanwhile.
+ */
+typedef struct key_copy {
+	char key_id[HSM_UUID_STRLEN + 1];
+	p11_family family;
+	size_t field_len; /* ECDSA */
+	CK_ULONG sig_len;
+	char alg[40];
+} key_copy;
+
+static void copy_key(const p11_op *op, const p11_object *o, key_copy *k)
+{
+	snprintf(k->key_id, sizeof(k->key_id), "%s", o->key_id);
+	k->family = op->mech->family;
+	k->field_len = hsm_ec_field_len(o->spec);
+	k->sig_len = sig_len(op, o);
+	snprintf(k->alg, sizeof(k->alg), "%s%s", family_prefix(k->family), op->hash);
+}
+
 /* Signs: out (sig_len bytes) receives the signature. */
 static CK_RV do_sign(p11_op *op, const p11_object *o, CK_BYTE_PTR out)
 {
 	hsm_buf input = {0}, sig = {0}, raw = {0};
 	json_t *ans = NULL;
-	char alg[40];
+	key_copy k;
 	CK_RV rv = op_input(op, &input);
 	if (rv != CKR_OK)
 		goto out;
-	snprintf(alg, sizeof(alg), "%s%s", family_prefix(op->mech->family), op->hash);
+	copy_key(op, o, &k); /* after op_input: a DigestInfo names the hash */
 	json_t *msg = b64_string(input.data, input.len);
-	if (op->mech->family == P11_HMAC)
-		rv = p11_call("TrentService.GenerateMac",
-		              json_pack("{s:s,s:o,s:s}", "KeyId", o->key_id, "Message", msg,
-		                        "MacAlgorithm", alg),
-		              &ans);
+	if (k.family == P11_HMAC)
+		rv = p11_call_unlocked("TrentService.GenerateMac",
+		                       json_pack("{s:s,s:o,s:s}", "KeyId", k.key_id, "Message", msg,
+		                                 "MacAlgorithm", k.alg),
+		                       &ans);
 	else
-		rv = p11_call("TrentService.Sign",
-		              json_pack("{s:s,s:o,s:s,s:s}", "KeyId", o->key_id, "Message", msg,
-		                        "MessageType", "DIGEST", "SigningAlgorithm", alg),
-		              &ans);
+		rv = p11_call_unlocked("TrentService.Sign",
+		                       json_pack("{s:s,s:o,s:s,s:s}", "KeyId", k.key_id, "Message", msg,
+		                                 "MessageType", "DIGEST", "SigningAlgorithm", k.alg),
+		                       &ans);
 	if (rv != CKR_OK)
 		goto out;
-	rv = p11_b64_member(ans, op->mech->family == P11_HMAC ? "Mac" : "Signature", &raw);
+	rv = p11_b64_member(ans, k.family == P11_HMAC ? "Mac" : "Signature", &raw);
 	if (rv != CKR_OK)
 		goto out;
-	if (op->mech->family == P11_ECDSA) {
-		if (hsm_failed(hsm_ecdsa_der_to_p1363(raw.data, raw.len, hsm_ec_field_len(o->spec), &sig)))
+	if (k.family == P11_ECDSA) {
+		if (hsm_failed(hsm_ecdsa_der_to_p1363(raw.data, raw.len, k.field_len, &sig)))
 			rv = CKR_DEVICE_ERROR;
 	} else if (hsm_failed(hsm_buf_set(&sig, raw.data, raw.len))) {
 		rv = CKR_HOST_MEMORY;
 	}
-	if (rv == CKR_OK && sig.len != sig_len(op, o))
+	if (rv == CKR_OK && sig.len != k.sig_len)
 		rv = CKR_DEVICE_ERROR;
 	if (rv == CKR_OK)
 		memcpy(out, sig.data, sig.len);
@@ -325,31 +346,31 @@ static CK_RV do_verify(p11_op *op, const p11_object *o, const CK_BYTE *sig, CK_U
 {
 	hsm_buf input = {0}, der = {0};
 	json_t *ans = NULL;
-	char alg[40];
+	key_copy k;
 	if (sig_n != sig_len(op, o))
 		return CKR_SIGNATURE_LEN_RANGE;
 	CK_RV rv = op_input(op, &input);
 	if (rv != CKR_OK)
 		goto out;
-	snprintf(alg, sizeof(alg), "%s%s", family_prefix(op->mech->family), op->hash);
-	if (op->mech->family == P11_ECDSA &&
-	    hsm_failed(hsm_ecdsa_p1363_to_der(sig, sig_n, hsm_ec_field_len(o->spec), &der))) {
+	copy_key(op, o, &k);
+	if (k.family == P11_ECDSA && hsm_failed(hsm_ecdsa_p1363_to_der(sig, sig_n, k.field_len, &der))) {
 		rv = CKR_SIGNATURE_INVALID;
 		goto out;
 	}
 	json_t *msg = b64_string(input.data, input.len);
 	json_t *s = der.len ? b64_string(der.data, der.len) : b64_string(sig, sig_n);
-	if (op->mech->family == P11_HMAC)
-		rv = p11_call("TrentService.VerifyMac",
-		              json_pack("{s:s,s:o,s:o,s:s}", "KeyId", o->key_id, "Message", msg, "Mac", s,
-		                        "MacAlgorithm", alg),
-		              &ans);
+	if (k.family == P11_HMAC)
+		rv = p11_call_unlocked("TrentService.VerifyMac",
+		                       json_pack("{s:s,s:o,s:o,s:s}", "KeyId", k.key_id, "Message", msg,
+		                                 "Mac", s, "MacAlgorithm", k.alg),
+		                       &ans);
 	else
-		rv = p11_call("TrentService.Verify",
-		              json_pack("{s:s,s:o,s:s,s:o,s:s}", "KeyId", o->key_id, "Message", msg,
-		                        "MessageType", "DIGEST", "Signature", s, "SigningAlgorithm", alg),
-		              &ans);
-	const char *valid = op->mech->family == P11_HMAC ? "MacValid" : "SignatureValid";
+		rv = p11_call_unlocked("TrentService.Verify",
+		                       json_pack("{s:s,s:o,s:s,s:o,s:s}", "KeyId", k.key_id, "Message",
+		                                 msg, "MessageType", "DIGEST", "Signature", s,
+		                                 "SigningAlgorithm", k.alg),
+		                       &ans);
+	const char *valid = k.family == P11_HMAC ? "MacValid" : "SignatureValid";
 	if (rv == CKR_OK && !json_is_true(json_object_get(ans, valid)))
 		rv = CKR_SIGNATURE_INVALID;
 out:

@@ -769,3 +769,34 @@ def test_rsa_oaep_encrypt_and_decrypt(p11, user, officer, keys):
         assert refused(s.decrypt, signer, bytes(bad), m) == PyKCS11.CKR_KEY_FUNCTION_NOT_PERMITTED
         (ec_pub,) = find(s, CKO_PUBLIC_KEY, keys["ec"])
         assert refused(s.encrypt, ec_pub, b"x", m) == PyKCS11.CKR_KEY_TYPE_INCONSISTENT
+
+
+# ---- 13. threads -----------------------------------------------------------------------------
+
+def test_threads_sign_at_once(tmp_path, server, user, officer, keys):
+    """Eight threads, each in its own session, sign at once through the module
+    (which lets its lock go while hsmd answers, each request on a connection of
+    its own): every one of the 400 signatures verifies for its own message."""
+    exe = tmp_path / "pkcs11_threads"
+    src = os.path.join(os.path.dirname(__file__), "pkcs11_threads.c")
+    cc = subprocess.run(["cc", "-O2", "-Wall", "-Werror", "-I/usr/include/p11-kit-1", "-o",
+                         str(exe), src, "-ldl", "-lpthread"], capture_output=True, text=True,
+                        timeout=120)
+    assert cc.returncode == 0, cc.stderr
+    env = dict(os.environ, HSM_PKCS11_ENDPOINT=server.endpoint)
+    p = subprocess.run([str(exe), MODULE, user.pin, keys["ec"], "8", "50"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, (p.stdout[-2000:], p.stderr)
+    lines = p.stdout.splitlines()
+    assert lines[-1].startswith("rate ")
+    pk = public_key(officer, keys["ec"])
+    seen = set()
+    for line in lines[:-1]:
+        msg, sig = line.split(" ")
+        sig = bytes.fromhex(sig)
+        assert len(sig) == 64
+        der = utils.encode_dss_signature(int.from_bytes(sig[:32], "big"),
+                                         int.from_bytes(sig[32:], "big"))
+        pk.verify(der, msg.encode(), ec.ECDSA(hashes.SHA256()))
+        seen.add(msg)
+    assert seen == {f"thread-{t}-message-{i}" for t in range(8) for i in range(50)}
