@@ -4,8 +4,8 @@
  * After login, and again at each C_FindObjectsInit, the module lists the
  * user's view of hsmd's keys (ListKeys, ListAliases, DescribeKey,
  * GetPublicKey).  Keys that are not pending deletion become objects:
- *   - SIGN_VERIFY RSA and NIST/secp256k1 EC keys: a private key object (sign)
- *     and a public key object (verify, with the public values);
+ *   - SIGN_VERIFY RSA, NIST/secp256k1 EC and Ed25519 keys: a private key
+ *     object (sign) and a public key object (verify, with the public values);
  *   - HMAC keys: a secret key object (sign and verify a MAC).
  * CKA_ID is the key id, CKA_LABEL its first alias without "alias/" (or the
  * key id).  A key keeps its handles across listings.  Private values are
@@ -102,7 +102,11 @@ static const struct curve {
     {HSM_SPEC_ECC_NIST_P384, "secp384r1", {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22}, 7},
     {HSM_SPEC_ECC_NIST_P521, "secp521r1", {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23}, 7},
     {HSM_SPEC_ECC_SECG_P256K1, "secp256k1", {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a}, 7},
+    /* id-Ed25519 (RFC 8410); key generation also takes PrintableString "edwards25519". */
+    {HSM_SPEC_ECC_NIST_EDWARDS25519, "ED25519", {0x06, 0x03, 0x2b, 0x65, 0x70}, 5},
 };
+static const uint8_t edwards25519_name[] = {0x13, 0x0c, 'e', 'd', 'w', 'a', 'r', 'd', 's',
+                                            '2',  '5',  '5', '1', '9'};
 
 static const struct curve *curve_of(hsm_key_spec spec)
 {
@@ -146,10 +150,13 @@ static CK_RV parse_public(p11_object *o)
 		o->modulus_bits = (CK_ULONG)EVP_PKEY_get_bits(pk);
 	} else if (c != NULL) {
 		uint8_t point[160];
-		size_t n = 0;
-		if (!EVP_PKEY_get_octet_string_param(pk, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, point,
-		                                     sizeof(point), &n) ||
-		    n < 1 || point[0] != 0x04)
+		size_t n = sizeof(point);
+		bool ok = o->key_type == CKK_EC_EDWARDS /* the point is the 32-byte key itself */
+		              ? EVP_PKEY_get_raw_public_key(pk, point, &n) && n == 32
+		              : EVP_PKEY_get_octet_string_param(pk, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY,
+		                                                point, sizeof(point), &n) &&
+		                    n >= 1 && point[0] == 0x04;
+		if (!ok)
 			rv = CKR_DEVICE_ERROR;
 		/* CKA_EC_POINT: the uncompressed point as a DER OCTET STRING. */
 		else if (hsm_failed(hsm_buf_put_u8(&o->ec_point, 0x04)) ||
@@ -265,7 +272,9 @@ static CK_RV load_key(const char *key_id, json_t *aliases)
 		if (rv == CKR_OK)
 			rv = p11_b64_member(pub, "PublicKey", &spki);
 		json_decref(pub);
-		CK_KEY_TYPE kt = is_rsa(spec) ? CKK_RSA : CKK_EC;
+		CK_KEY_TYPE kt = is_rsa(spec)                             ? CKK_RSA
+		                 : spec == HSM_SPEC_ECC_NIST_EDWARDS25519 ? CKK_EC_EDWARDS
+		                                                          : CKK_EC;
 		if (rv == CKR_OK)
 			rv = upsert(key_id, CKO_PRIVATE_KEY, spec, usage, kt, label, &spki);
 		if (rv == CKR_OK)
@@ -452,9 +461,10 @@ static a_status attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
 	case CKA_DECRYPT: return boolean(v, priv && o->usage == HSM_USAGE_ENCRYPT_DECRYPT);
 	case CKA_ENCRYPT: return boolean(v, pub && o->usage == HSM_USAGE_ENCRYPT_DECRYPT);
 	case CKA_KEY_GEN_MECHANISM:
-		return ulong_value(v, rsa      ? CKM_RSA_PKCS_KEY_PAIR_GEN
-		                      : secret ? CKM_GENERIC_SECRET_KEY_GEN
-		                               : CKM_EC_KEY_PAIR_GEN);
+		return ulong_value(v, rsa                            ? CKM_RSA_PKCS_KEY_PAIR_GEN
+		                      : secret                       ? CKM_GENERIC_SECRET_KEY_GEN
+		                      : o->key_type == CKK_EC_EDWARDS ? CKM_EC_EDWARDS_KEY_PAIR_GEN
+		                                                      : CKM_EC_KEY_PAIR_GEN);
 	case CKA_SENSITIVE:
 	case CKA_ALWAYS_SENSITIVE:
 	case CKA_NEVER_EXTRACTABLE:
@@ -498,11 +508,11 @@ static a_status attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
 	case CKA_COEFFICIENT:
 		return priv && rsa ? A_SENSITIVE : A_INVALID;
 	case CKA_EC_PARAMS:
-		if (o->key_type != CKK_EC)
+		if (o->key_type != CKK_EC && o->key_type != CKK_EC_EDWARDS)
 			break;
 		return bytes(v, o->ec_params.data, o->ec_params.len);
 	case CKA_EC_POINT:
-		if (!pub || o->key_type != CKK_EC)
+		if (!pub || (o->key_type != CKK_EC && o->key_type != CKK_EC_EDWARDS))
 			break;
 		return bytes(v, o->ec_point.data, o->ec_point.len);
 	default: break;
@@ -712,13 +722,22 @@ static CK_RV pair_spec(CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *pub, CK_ULONG
 		}
 		return CKR_OK;
 	}
-	if (mech == CKM_EC_KEY_PAIR_GEN) {
+	if (mech == CKM_EC_KEY_PAIR_GEN || mech == CKM_EC_EDWARDS_KEY_PAIR_GEN) {
+		bool edwards_mech = mech == CKM_EC_EDWARDS_KEY_PAIR_GEN;
 		const CK_ATTRIBUTE *ec = find_attr(pub, n_pub, CKA_EC_PARAMS);
 		if (ec == NULL || ec->pValue == NULL)
 			return CKR_TEMPLATE_INCOMPLETE;
+		if (edwards_mech && ec->ulValueLen == sizeof(edwards25519_name) &&
+		    hsm_ct_equal(ec->pValue, edwards25519_name, sizeof(edwards25519_name))) {
+			*spec = HSM_SPEC_ECC_NIST_EDWARDS25519;
+			return CKR_OK;
+		}
 		for (size_t i = 0; i < sizeof(curves) / sizeof(curves[0]); i++)
 			if (ec->ulValueLen == curves[i].len &&
 			    hsm_ct_equal(ec->pValue, curves[i].der, curves[i].len)) {
+				bool edwards = curves[i].spec == HSM_SPEC_ECC_NIST_EDWARDS25519;
+				if (edwards != edwards_mech)
+					return CKR_TEMPLATE_INCONSISTENT; /* the curve is the other mechanism's */
 				*spec = curves[i].spec;
 				return CKR_OK;
 			}

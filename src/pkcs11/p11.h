@@ -49,7 +49,7 @@ typedef struct p11_object {
 	char label[P11_LABEL_MAX + 1];
 	hsm_key_spec spec;
 	hsm_key_usage usage;  /* SIGN_VERIFY, ENCRYPT_DECRYPT (RSA) or GENERATE_VERIFY_MAC */
-	CK_KEY_TYPE key_type; /* CKK_RSA, CKK_EC, CKK_GENERIC_SECRET */
+	CK_KEY_TYPE key_type; /* CKK_RSA, CKK_EC, CKK_EC_EDWARDS, CKK_GENERIC_SECRET */
 	bool seen;            /* in the last listing */
 	/* Public values (asymmetric keys), from the key's SubjectPublicKeyInfo. */
 	hsm_buf spki, modulus, exponent, ec_params, ec_point;
@@ -62,6 +62,7 @@ typedef enum p11_family {
 	P11_RSA_PSS,
 	P11_ECDSA,
 	P11_HMAC,
+	P11_EDDSA,    /* Ed25519 over the message itself */
 	P11_RSA_OAEP, /* encryption (crypt.c) */
 	P11_KEYGEN,
 } p11_family;

@@ -6,8 +6,9 @@
  * digest (Sign with MessageType DIGEST), so there is no bound on its size.
  * CKM_RSA_PKCS takes a DigestInfo, CKM_RSA_PKCS_PSS and CKM_ECDSA a digest
  * of the key's hash.  hsmd returns ECDSA signatures in DER, PKCS#11 wants
- * r || s: converted both ways.  HMAC mechanisms send the message itself
- * (GenerateMac / VerifyMac, at most 4096 bytes, hsmd's bound).
+ * r || s: converted both ways.  HMAC mechanisms and CKM_EDDSA (Ed25519,
+ * which hashes inside the signature) send the message itself (GenerateMac,
+ * Sign with MessageType RAW; at most 4096 bytes, hsmd's bound).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +43,8 @@ const p11_mech p11_mechs[] = {
     {CKM_SHA256_HMAC, P11_HMAC, "SHA256", 32, 32, SIGN_VERIFY},
     {CKM_SHA384_HMAC, P11_HMAC, "SHA384", 48, 48, SIGN_VERIFY},
     {CKM_SHA512_HMAC, P11_HMAC, "SHA512", 64, 64, SIGN_VERIFY},
+    {CKM_EC_EDWARDS_KEY_PAIR_GEN, P11_KEYGEN, NULL, 255, 255, CKF_GENERATE_KEY_PAIR},
+    {CKM_EDDSA, P11_EDDSA, NULL, 255, 255, SIGN_VERIFY},
     {CKM_RSA_PKCS_OAEP, P11_RSA_OAEP, NULL, 2048, 4096, CKF_ENCRYPT | CKF_DECRYPT},
 };
 const size_t p11_n_mechs = sizeof(p11_mechs) / sizeof(p11_mechs[0]);
@@ -134,6 +137,13 @@ static CK_RV pss_params(const CK_MECHANISM *mech, const hash_def **h)
 	return CKR_OK;
 }
 
+/* CK_EDDSA_PARAMS of PKCS#11 v3.0 (this module's header is v2.40's). */
+typedef struct eddsa_params {
+	CK_BBOOL phFlag;
+	CK_ULONG ulContextDataLen;
+	CK_BYTE_PTR pContextData;
+} eddsa_params;
+
 static CK_RV op_init(CK_SESSION_HANDLE hs, bool sign, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key)
 {
 	CK_RV rv = p11_user_session(hs);
@@ -158,11 +168,18 @@ static CK_RV op_init(CK_SESSION_HANDLE hs, bool sign, CK_MECHANISM_PTR mech, CK_
 	                                            : CKO_PUBLIC_KEY;
 	CK_KEY_TYPE kt = m->family == P11_HMAC    ? CKK_GENERIC_SECRET
 	                 : m->family == P11_ECDSA ? CKK_EC
+	                 : m->family == P11_EDDSA ? CKK_EC_EDWARDS
 	                                          : CKK_RSA;
 	if (o->cls != want)
 		return CKR_KEY_FUNCTION_NOT_PERMITTED;
 	if (o->key_type != kt)
 		return CKR_KEY_TYPE_INCONSISTENT;
+	/* Ed25519 as hsmd signs it (RFC 8032 PureEdDSA): no prehash, no context. */
+	if (m->family == P11_EDDSA && mech->pParameter != NULL) {
+		const eddsa_params *p = mech->pParameter;
+		if (mech->ulParameterLen != sizeof(*p) || p->phFlag || p->ulContextDataLen != 0)
+			return CKR_MECHANISM_PARAM_INVALID;
+	}
 	const hash_def *h = hash_by_md(m->md);
 	if (m->family == P11_RSA_PSS)
 		rv = pss_params(mech, &h);
@@ -205,7 +222,8 @@ static CK_RV op_update(p11_op *op, const CK_BYTE *data, CK_ULONG len)
 {
 	if (op->md != NULL)
 		return EVP_DigestUpdate(op->md, data, len) ? CKR_OK : CKR_DEVICE_ERROR;
-	size_t max = op->mech->family == P11_HMAC ? HMAC_MAX : RAW_MAX;
+	/* The message itself goes to hsmd (HMAC, Ed25519): at most what hsmd takes. */
+	size_t max = op->mech->family == P11_HMAC || op->mech->family == P11_EDDSA ? HMAC_MAX : RAW_MAX;
 	if (op->data.len + len > max)
 		return CKR_DATA_LEN_RANGE;
 	return hsm_ok(hsm_buf_put(&op->data, data, len)) ? CKR_OK : CKR_HOST_MEMORY;
@@ -235,7 +253,7 @@ static CK_RV op_input(p11_op *op, hsm_buf *out)
 		}
 		return CKR_DATA_INVALID;
 	}
-	if (op->mech->family != P11_HMAC) { /* a digest of the key's (or the parameters') hash */
+	if (op->mech->family != P11_HMAC && op->mech->family != P11_EDDSA) { /* a digest */
 		const hash_def *h = NULL;
 		for (size_t i = 0; i < N_HASHES; i++)
 			if (strcmp(hashes[i].kms, op->hash) == 0)
@@ -253,6 +271,7 @@ static CK_ULONG sig_len(const p11_op *op, const p11_object *o)
 	case P11_RSA_PSS: return (CK_ULONG)o->modulus.len;
 	case P11_ECDSA: return (CK_ULONG)(2 * hsm_ec_field_len(o->spec));
 	case P11_HMAC: return (CK_ULONG)key_hash(o->spec)->len;
+	case P11_EDDSA: return 64;
 	case P11_RSA_OAEP:
 	case P11_KEYGEN: break;
 	}
@@ -287,6 +306,7 @@ typedef struct key_copy {
 	size_t field_len; /* ECDSA */
 	CK_ULONG sig_len;
 	char alg[40];
+	const char *message_type; /* DIGEST, or RAW for Ed25519 */
 } key_copy;
 
 static void copy_key(const p11_op *op, const p11_object *o, key_copy *k)
@@ -295,7 +315,11 @@ static void copy_key(const p11_op *op, const p11_object *o, key_copy *k)
 	k->family = op->mech->family;
 	k->field_len = hsm_ec_field_len(o->spec);
 	k->sig_len = sig_len(op, o);
-	snprintf(k->alg, sizeof(k->alg), "%s%s", family_prefix(k->family), op->hash);
+	if (k->family == P11_EDDSA)
+		snprintf(k->alg, sizeof(k->alg), "ED25519_SHA_512");
+	else
+		snprintf(k->alg, sizeof(k->alg), "%s%s", family_prefix(k->family), op->hash);
+	k->message_type = k->family == P11_EDDSA ? "RAW" : "DIGEST";
 }
 
 /* Signs: out (sig_len bytes) receives the signature. */
@@ -317,7 +341,8 @@ static CK_RV do_sign(p11_op *op, const p11_object *o, CK_BYTE_PTR out)
 	else
 		rv = p11_call_unlocked("TrentService.Sign",
 		                       json_pack("{s:s,s:o,s:s,s:s}", "KeyId", k.key_id, "Message", msg,
-		                                 "MessageType", "DIGEST", "SigningAlgorithm", k.alg),
+		                                 "MessageType", k.message_type, "SigningAlgorithm",
+		                                 k.alg),
 		                       &ans);
 	if (rv != CKR_OK)
 		goto out;
@@ -367,7 +392,7 @@ static CK_RV do_verify(p11_op *op, const p11_object *o, const CK_BYTE *sig, CK_U
 	else
 		rv = p11_call_unlocked("TrentService.Verify",
 		                       json_pack("{s:s,s:o,s:s,s:o,s:s}", "KeyId", k.key_id, "Message",
-		                                 msg, "MessageType", "DIGEST", "Signature", s,
+		                                 msg, "MessageType", k.message_type, "Signature", s,
 		                                 "SigningAlgorithm", k.alg),
 		                       &ans);
 	const char *valid = k.family == P11_HMAC ? "MacValid" : "SignatureValid";

@@ -47,7 +47,8 @@ MECHANISMS = {CKM[n] for n in (
     "CKM_SHA384_RSA_PKCS", "CKM_SHA512_RSA_PKCS", "CKM_RSA_PKCS_PSS", "CKM_SHA256_RSA_PKCS_PSS",
     "CKM_SHA384_RSA_PKCS_PSS", "CKM_SHA512_RSA_PKCS_PSS", "CKM_ECDSA", "CKM_ECDSA_SHA256",
     "CKM_ECDSA_SHA384", "CKM_ECDSA_SHA512", "CKM_SHA224_HMAC", "CKM_SHA256_HMAC",
-    "CKM_SHA384_HMAC", "CKM_SHA512_HMAC", "CKM_RSA_PKCS_OAEP")}
+    "CKM_SHA384_HMAC", "CKM_SHA512_HMAC", "CKM_RSA_PKCS_OAEP", "CKM_EC_EDWARDS_KEY_PAIR_GEN",
+    "CKM_EDDSA")}
 MSG = b"GET /v1/accounts/42 HTTP/1.1\r\nHost: api.example\r\n\r\n"
 PSS_SHA256 = (CKM["CKM_SHA256"], PyKCS11.CKG_MGF1_SHA256, 32)
 
@@ -800,3 +801,55 @@ def test_threads_sign_at_once(tmp_path, server, user, officer, keys):
         pk.verify(der, msg.encode(), ec.ECDSA(hashes.SHA256()))
         seen.add(msg)
     assert seen == {f"thread-{t}-message-{i}" for t in range(8) for i in range(50)}
+
+
+# ---- 14. Ed25519 -----------------------------------------------------------------------------
+
+ED25519_OID = bytes.fromhex("06032b6570")
+
+
+def test_ed25519(p11, user, officer):
+    """ECC_NIST_EDWARDS25519 keys as CKK_EC_EDWARDS objects, CKM_EDDSA (PureEdDSA
+    over the message, as hsmd signs), and CKM_EC_EDWARDS_KEY_PAIR_GEN."""
+    kid = officer.create_key(KeySpec="ECC_NIST_EDWARDS25519", KeyUsage="SIGN_VERIFY")[
+        "KeyMetadata"]["KeyId"]
+    pk = public_key(officer, kid)
+    raw = pk.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    m = Mechanism(CKM["CKM_EDDSA"])
+    with session(p11, user.pin) as s:
+        (priv,) = find(s, CKO_PRIVATE_KEY, kid)
+        (pub,) = find(s, CKO_PUBLIC_KEY, kid)
+        assert attrs(s, pub, CKA_KEY_TYPE, CKA_EC_PARAMS, CKA_EC_POINT) == [
+            PyKCS11.CKK_EC_EDWARDS, ED25519_OID, b"\x04\x20" + raw]
+        assert attrs(s, priv, CKA_SIGN, CKA_SENSITIVE, CKA_EXTRACTABLE) == [True, True, False]
+        for msg in (b"an EdDSA-signed token", MSG * 60):
+            sig = sign(s, priv, m, msg)
+            assert len(sig) == 64
+            pk.verify(sig, msg)  # raises if not valid
+            assert s.verify(pub, msg, ckbytelist(sig), m) is True
+        bad = bytearray(sign(s, priv, m, b"x"))
+        bad[5] ^= 1
+        assert s.verify(pub, b"x", ckbytelist(bytes(bad)), m) is False  # CKR_SIGNATURE_INVALID
+        assert refused(s.sign, priv, b"x" * 4097, m) == PyKCS11.CKR_DATA_LEN_RANGE
+        assert refused(s.sign, priv, b"x", Mechanism(PyKCS11.CKM_ECDSA_SHA256)) == \
+            PyKCS11.CKR_KEY_TYPE_INCONSISTENT
+
+    # Key generation: the OID, or the curve's name as PKCS#11 v3.0 also writes it.
+    with session(p11, DEV_AKID + ":" + DEV_SECRET) as s:
+        made = []
+        for params in (ED25519_OID, bytes([0x13, 0x0c]) + b"edwards25519"):
+            pubk, privk = s.generateKeyPair(
+                [(CKA_TOKEN, True), (CKA_EC_PARAMS, params)], [(CKA_TOKEN, True)],
+                mecha=Mechanism(CKM["CKM_EC_EDWARDS_KEY_PAIR_GEN"]))
+            new = attrs(s, privk, CKA_ID)[0].decode()
+            md = officer.describe_key(KeyId=new)["KeyMetadata"]
+            assert (md["KeySpec"], md["KeyUsage"]) == ("ECC_NIST_EDWARDS25519", "SIGN_VERIFY")
+            sig = sign(s, privk, m, b"made through PKCS#11")
+            public_key(officer, new).verify(sig, b"made through PKCS#11")
+            made.append(new)
+        with pytest.raises(PyKCS11.PyKCS11Error) as e:  # an Edwards curve is not for EC_KEY_PAIR_GEN
+            s.generateKeyPair([(CKA_EC_PARAMS, ED25519_OID)], [],
+                              mecha=Mechanism(CKM["CKM_EC_KEY_PAIR_GEN"]))
+        assert e.value.value == PyKCS11.CKR_TEMPLATE_INCONSISTENT
+        for k in made:
+            officer.schedule_key_deletion(KeyId=k, PendingWindowInDays=7)
