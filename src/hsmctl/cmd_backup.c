@@ -115,6 +115,7 @@ static hsm_result open_for(const backup_opts *o, hsm_backup_info *info, hsm_keys
 	hsm_keystore *k = NULL;
 	HSM_ENSURE(o->n_shares > 0, HSM_ERR_QUORUM_REQUIRED,
 	           "give the custodians' share files with --share (a quorum of them)");
+	hsm_log_set_level(HSM_LOG_WARN); /* the command reports what it did; no "unsealed" lines */
 	HSM_GUARD(hsm_secure_process_init(HSM_SECURE_HEAP_DEFAULT));
 	HSM_GUARD(hsm_backup_read_info(o->file, info));
 	HSM_TRY(hsm_keystore_new_detached(&info->identity, &k));
