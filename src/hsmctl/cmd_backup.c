@@ -2,6 +2,7 @@
  * cmd_backup.c - backups and restore.
  *
  *   hsmctl --endpoint URL backup create         a backup now, on the node
+ *   hsmctl backup create --data-dir DIR --share F... [--dir OUT]   of a stopped node
  *   hsmctl --endpoint URL backup list           the node's backups
  *   hsmctl backup list --dir DIR                the backups in a directory
  *   hsmctl backup inspect FILE                  a backup's header (no shares needed)
@@ -129,6 +130,48 @@ out:
 	return res;
 }
 
+/*
+ * A backup of a stopped node's data directory (right after the key ceremony,
+ * before an upgrade): the shares unseal it here, as for `hsmctl key`; the
+ * backup goes to --dir (default DATA_DIR/backups) and is audited there.
+ */
+static int create_offline(const char *cmd, const backup_opts *o)
+{
+	if (o->n_shares == 0)
+		return hsmctl_usage(cmd, "--data-dir needs the custodians' --share files (a quorum)");
+	char dir[4200], path[4200], host[64] = "localhost";
+	snprintf(dir, sizeof(dir), "%s/backups", o->data_dir);
+	(void)gethostname(host, sizeof(host) - 1);
+	host[strcspn(host, ".")] = '\0';
+	hsm_log_set_level(HSM_LOG_WARN);
+	hsmctl_local l;
+	if (hsm_failed(hsmctl_local_open(o->data_dir, o->n_shares, o->shares, &l)))
+		return hsmctl_fail(cmd);
+	hsm_backup_request req = {.store = l.store,
+	                          .ks = l.ks,
+	                          .dir = o->dir != NULL ? o->dir : dir,
+	                          .work_dir = o->data_dir,
+	                          .node_id = host,
+	                          .now = hsm_now()};
+	hsm_backup_info info;
+	hsm_result r = hsm_backup_create(&req, path, sizeof(path), &info);
+	char why[HSM_ERRMSG_MAX];
+	snprintf(why, sizeof(why), "%s", hsm_last_message());
+	hsm_audit_field f[] = {{"trigger", "offline"},
+	                       {"backup_id", hsm_ok(r) ? info.backup_id : ""},
+	                       {"file", hsm_ok(r) ? strrchr(path, '/') + 1 : ""}};
+	hsm_result a = hsmctl_local_audit_fields(&l, "Backup", NULL, 0, r, f, hsm_ok(r) ? 3 : 1);
+	hsmctl_local_close(&l);
+	if (hsm_failed(r)) {
+		fprintf(stderr, "hsmctl: %s: %s\n", cmd, why);
+		return 1;
+	}
+	if (hsm_failed(a))
+		return hsmctl_fail("backup create: auditing the backup");
+	print_info(path, &info);
+	return 0;
+}
+
 int hsmctl_cmd_backup(int argc, char **argv)
 {
 	backup_opts o;
@@ -138,10 +181,13 @@ int hsmctl_cmd_backup(int argc, char **argv)
 	int rc = parse(cmd, argc, argv, &o);
 	if (rc != 0)
 		return rc;
+	if (strcmp(sub, "create") == 0 && o.data_dir != NULL)
+		return create_offline(cmd, &o);
 	if (strcmp(sub, "create") == 0 || (strcmp(sub, "list") == 0 && o.dir == NULL)) {
 		if (!hsmctl_online())
 			return hsmctl_usage(cmd, strcmp(sub, "create") == 0
-			                             ? "needs --endpoint (a running, unsealed hsmd)"
+			                             ? "needs --endpoint (a running, unsealed hsmd), or "
+			                               "--data-dir DIR --share FILE... (a stopped one)"
 			                             : "needs --endpoint, or --dir DIR");
 		return online(cmd, strcmp(sub, "create") == 0 ? "HsmdAdmin.CreateBackup"
 		                                               : "HsmdAdmin.ListBackups");

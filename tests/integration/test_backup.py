@@ -304,3 +304,45 @@ def test_leftovers_of_an_interrupted_backup_are_removed_at_start():
     finally:
         server.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_offline_backup_of_a_stopped_node():
+    """Right after the key ceremony (or before an upgrade) a stopped node's data
+    directory is backed up with a quorum of shares; the backup is audited in that
+    directory and restores a node the custodians can unseal.  A running node's
+    directory is locked, and two shares are not a quorum."""
+    base = tempfile.mkdtemp(prefix="hsmd-offline-backup-")
+    try:
+        data, shares = init_store(base)
+        out = os.path.join(base, "offline-media")
+        quorum = ["--share", shares["alice"], "--share", shares["dave"], "--share", shares["erin"]]
+        p = hsmctl("backup", "create", "--data-dir", data, "--share", shares["alice"],
+                   "--share", shares["bob"])
+        assert p.returncode == 1 and "1 more needed" in p.stderr, p.stderr
+        p = hsmctl("backup", "create", "--data-dir", data, *quorum, "--dir", out)
+        assert p.returncode == 0, p.stderr
+        made = fields(p.stdout)
+        assert os.path.dirname(made["file"]) == out and made["quorum"] == "3 of 5 custodian shares"
+        ev = [r for r in audit_records(data) if r.get("op") == "Backup"]
+        assert len(ev) == 1 and ev[0]["outcome"] == "success", ev
+        assert ev[0]["extra"] == {"trigger": "offline", "backup_id": made["backup-id"],
+                                  "file": os.path.basename(made["file"])}
+        assert not glob.glob(os.path.join(data, ".backup-*"))
+
+        target = os.path.join(base, "restored")
+        p = hsmctl("restore", "--data-dir", target, "--share", shares["bob"], "--share",
+                   shares["carol"], "--share", shares["dave"], made["file"])
+        assert p.returncode == 0, p.stderr
+        node = Hsmd(["--backup-interval-seconds", "0"], data_dir=target)
+        try:
+            for c in ("bob", "carol", "dave"):
+                assert unseal(node, shares[c]).returncode == 0
+            st, body, _ = node.get("/readyz")
+            assert st == 200, body
+            # While it runs, its directory cannot be backed up offline.
+            p = hsmctl("backup", "create", "--data-dir", target, *quorum)
+            assert p.returncode == 1 and f"in use by process {node.proc.pid}" in p.stderr, p.stderr
+        finally:
+            node.cleanup()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
