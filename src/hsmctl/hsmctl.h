@@ -29,9 +29,18 @@ void hsmctl_print_fields(json_t *o);
 /* Prints a usage error for a command and returns 2. */
 int hsmctl_usage(const char *command, const char *fmt, ...) HSM_PRINTF(2, 3);
 
-/* Options given before the command: hsmctl [--endpoint URL] [--ca-file F] COMMAND ... */
+/*
+ * Options given before the command:
+ *   hsmctl [--endpoint URL] [--ca-file F] [--region R] [--store URI] COMMAND ...
+ */
 typedef struct hsmctl_globals_t {
 	hsm_client client;
+	/*
+	 * Offline commands: the store several nodes share (--store or HSM_STORE, a
+	 * postgresql:// URI), instead of the SQLite store in --data-dir, which then
+	 * only keeps hsmctl's own audit trail.  NULL: the data directory's store.
+	 */
+	const char *store;
 } hsmctl_globals_t;
 extern hsmctl_globals_t hsmctl_globals;
 /* True when --endpoint (or HSM_ENDPOINT) names a running hsmd. */

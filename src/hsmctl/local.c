@@ -7,6 +7,7 @@
 
 #include "common/secret.h"
 #include "common/util.h"
+#include "hsmctl/hsmctl.h"
 
 const hsm_caller hsmctl_local_caller = {"local-operator", "", 0, true, false};
 
@@ -76,6 +77,12 @@ hsm_result hsmctl_local_audit_fields(hsmctl_local *l, const char *operation, con
 	return hsm_audit_append(l->audit, &rec);
 }
 
+const char *hsmctl_store_location(const char *data_dir)
+{
+	const char *shared = hsmctl_globals.store;
+	return shared != NULL && shared[0] != '\0' ? shared : data_dir;
+}
+
 hsm_result hsmctl_local_open(const char *data_dir, size_t n_shares, char *const shares[],
                              hsmctl_local *out)
 {
@@ -83,7 +90,7 @@ hsm_result hsmctl_local_open(const char *data_dir, size_t n_shares, char *const 
 	hsmctl_local l = {0};
 	HSM_ENSURE(data_dir != NULL, HSM_ERR_VALIDATION, "--data-dir is required");
 	HSM_TRY(hsm_secure_process_init(HSM_SECURE_HEAP_DEFAULT));
-	HSM_TRY(hsm_store_open(data_dir, &l.store));
+	HSM_TRY(hsm_store_open(hsmctl_store_location(data_dir), &l.store));
 	HSM_TRY(open_audit(data_dir, &l.audit));
 	HSM_TRY(hsm_keystore_new(l.store, 0, &l.ks));
 	HSM_CHECK(hsm_keystore_state(l.ks) != HSM_NODE_ERROR, HSM_ERR_NODE_ERROR,

@@ -21,7 +21,12 @@ typedef struct hsmctl_local {
 
 #define HSMCTL_MAX_SHARE_ARGS 16
 
-/* Opens data_dir; with n_shares > 0 also unseals with those share files. */
+/* The store offline commands open: --store when given, else data_dir's own. */
+const char *hsmctl_store_location(const char *data_dir);
+/*
+ * Opens the store (hsmctl_store_location) and data_dir's audit trail; with
+ * n_shares > 0 also unseals with those share files.
+ */
 hsm_result hsmctl_local_open(const char *data_dir, size_t n_shares, char *const shares[],
                              hsmctl_local *out) HSM_MUST_CHECK;
 void hsmctl_local_close(hsmctl_local *l);

@@ -124,7 +124,11 @@ static int cmd_help(int argc, char **argv)
 {
 	(void)argc;
 	(void)argv;
-	printf("usage: hsmctl COMMAND [ARGS]\n\ncommands:\n");
+	printf("usage: hsmctl [--endpoint URL[,URL...]] [--ca-file FILE] [--region R] [--store URI] "
+	       "COMMAND [ARGS]\n\n"
+	       "  --endpoint  running hsmd nodes, tried in order (HSM_ENDPOINT)\n"
+	       "  --store     offline commands: the postgresql:// store nodes share, instead of\n"
+	       "              the SQLite store in --data-dir (HSM_STORE)\n\ncommands:\n");
 	for (size_t i = 0; i < N_COMMANDS; i++) {
 		printf("  %s %s\n      %s\n", commands[i].name, commands[i].args, commands[i].summary);
 	}
@@ -164,6 +168,7 @@ static int parse_globals(int argc, char **argv)
 	hsm_client *c = &hsmctl_globals.client;
 	c->endpoints = getenv("HSM_ENDPOINT");
 	c->ca_file = getenv("HSM_CA_FILE");
+	hsmctl_globals.store = getenv("HSM_STORE");
 	int i = 1;
 	while (i + 1 < argc && argv[i][0] == '-' && argv[i][1] == '-') {
 		if (strcmp(argv[i], "--endpoint") == 0)
@@ -172,6 +177,8 @@ static int parse_globals(int argc, char **argv)
 			c->ca_file = argv[i + 1];
 		else if (strcmp(argv[i], "--region") == 0)
 			c->region = argv[i + 1];
+		else if (strcmp(argv[i], "--store") == 0)
+			hsmctl_globals.store = argv[i + 1];
 		else
 			break;
 		i += 2;

@@ -160,6 +160,29 @@ hsm_result ks_load_meta(hsm_keystore *ks)
 	return HSM_SUCCESS;
 }
 
+/*
+ * Several nodes may share one store (PostgreSQL): a node that started before
+ * another node initialized the store still believes it uninitialized.  Under
+ * ks->lock, reads the store again and moves an uninitialized node to Sealed
+ * when the store now holds a master key.  A read failure leaves it as it was.
+ */
+static void refresh_uninitialized(hsm_keystore *ks)
+{
+	if (ks->store == NULL || atomic_load(&ks->state) != HSM_NODE_UNINITIALIZED)
+		return;
+	hsm_buf probe = {0};
+	hsm_result meta = hsm_store_meta_get(ks->store, META_STORE_ID, &probe);
+	hsm_buf_free(&probe);
+	if (hsm_failed(meta))
+		return;
+	if (hsm_failed(ks_load_meta(ks))) {
+		ks->store_id[0] = '\0';
+		return;
+	}
+	atomic_store(&ks->state, HSM_NODE_SEALED);
+	hsm_info("store %s was initialized by another node; this node is sealed", ks->store_id);
+}
+
 /* ---- audit signing key ---------------------------------------------------- */
 
 /* Creates the audit signing key: wrapped PKCS#8 into *wrapped, PEM public key into *pem. */
@@ -274,6 +297,7 @@ static hsm_result init_locked(hsm_keystore *ks, unsigned threshold, unsigned cou
 	hsm_secret *dmk = NULL;
 	ks_keys keys = {0};
 	hsm_buf audit_wrapped = {0}, audit_pem = {0};
+	refresh_uninitialized(ks);
 	HSM_CHECK(atomic_load(&ks->state) == HSM_NODE_UNINITIALIZED, HSM_ERR_CONFLICT,
 	          "this store is already initialized (store id %s)", ks->store_id);
 	HSM_TRY(check_quorum_params(threshold, count, dev));
@@ -290,6 +314,13 @@ static hsm_result init_locked(hsm_keystore *ks, unsigned threshold, unsigned cou
 	if (hsm_failed(res)) {
 		for (unsigned i = 0; i < count; i++)
 			hsm_buf_free(&shares_out[i]);
+		if (res.err == HSM_ERR_ALREADY_EXISTS) {
+			/* Another node sharing the store initialized it first; its master key stands. */
+			ks->store_id[0] = '\0';
+			refresh_uninitialized(ks);
+			res = HSM_FAIL(HSM_ERR_CONFLICT,
+			               "this store was initialized by another node meanwhile");
+		}
 		goto out;
 	}
 	pthread_rwlock_wrlock(&ks->keys_lock);
@@ -368,6 +399,8 @@ static hsm_result unseal_locked(hsm_keystore *ks, const uint8_t *file, size_t le
 	hsm_node_state st = (hsm_node_state)atomic_load(&ks->state);
 	HSM_CHECK(st != HSM_NODE_ERROR, HSM_ERR_NODE_ERROR, "node is in the error state: %s",
 	          ks->error_reason);
+	refresh_uninitialized(ks);
+	st = (hsm_node_state)atomic_load(&ks->state);
 	HSM_CHECK(st != HSM_NODE_UNINITIALIZED, HSM_ERR_SEALED,
 	          "this store is not initialized: run 'hsmctl init' first");
 	HSM_CHECK(st != HSM_NODE_UNSEALED, HSM_ERR_CONFLICT, "the node is already unsealed");
@@ -398,6 +431,7 @@ hsm_result hsm_keystore_unseal(hsm_keystore *ks, const uint8_t *share_file, size
 void hsm_keystore_unseal_status(hsm_keystore *ks, hsm_unseal_progress *progress)
 {
 	pthread_mutex_lock(&ks->lock);
+	refresh_uninitialized(ks);
 	progress_of(ks, progress);
 	pthread_mutex_unlock(&ks->lock);
 }

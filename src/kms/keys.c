@@ -248,6 +248,18 @@ hsm_result hsm_kms_set_flags(hsm_kms *kms, const hsm_caller *caller, const char 
 /* Destroys a key whose waiting period ended (scheduler). */
 hsm_result kms_destroy_due(hsm_kms *kms, const hsm_key_record *rec)
 {
+	/*
+	 * Look again just before: the deletion may have been cancelled since the
+	 * listing, here or by another node sharing the store, or that node may
+	 * have destroyed the key already.
+	 */
+	hsm_key_record now_rec;
+	memset(&now_rec, 0, sizeof(now_rec));
+	HSM_GUARD(hsm_store_key_get(kms->store, rec->key_id, &now_rec));
+	bool due = now_rec.state == HSM_KEY_PENDING_DELETION && now_rec.deletion_date <= kms_now(kms);
+	hsm_key_record_clear(&now_rec);
+	if (!due)
+		return HSM_SUCCESS;
 	hsm_result r = hsm_store_key_destroy(kms->store, rec->key_id, kms_now(kms));
 	kms_key_invalidate(kms, rec->key_id);
 	kms_aliases_changed(kms); /* the store deleted the key's aliases with it */

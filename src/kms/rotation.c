@@ -143,6 +143,8 @@ hsm_result hsm_kms_list_rotations(hsm_kms *kms, const hsm_caller *caller, const 
 hsm_result kms_rotate_due(hsm_kms *kms, const hsm_key_record *rec)
 {
 	kms_key *k = NULL;
+	/* Read the key afresh: another node sharing the store may have rotated it already. */
+	kms_key_invalidate(kms, rec->key_id);
 	HSM_GUARD(kms_key_load(kms, rec->key_id, &k));
 	hsm_key_record after;
 	memset(&after, 0, sizeof(after));

@@ -243,6 +243,8 @@ static hsm_result computed_defaults(loader *L)
 	HSM_GUARD(set_computed(L, "audit_dir", buf));
 	snprintf(buf, sizeof(buf), "%s/backups", cfg->data_dir);
 	HSM_GUARD(set_computed(L, "backup_dir", buf));
+	/* One node alone sees every change it makes; nodes sharing a store see each other's late. */
+	HSM_GUARD(set_computed(L, "store_cache_ms", cfg->store[0] == '\0' ? "0" : "1000"));
 	char host[HSM_CONFIG_NAME_MAX];
 	host_name(host);
 	HSM_GUARD(set_computed(L, "node_id", host));
@@ -331,6 +333,10 @@ static hsm_result check_together(loader *L)
 	           HSM_ERR_VALIDATION, "%s is longer than %s",
 	           described(L, "jwt_default_lifetime_seconds", a, sizeof(a)),
 	           described(L, "jwt_max_lifetime_seconds", b, sizeof(b)));
+	/* Dev mode keeps its 1-of-1 share beside the data: never beside a store other nodes use. */
+	HSM_ENSURE(!cfg->dev || cfg->store[0] == '\0', HSM_ERR_VALIDATION,
+	           "dev mode keeps its store in data_dir; a shared store (store = ...) needs a key "
+	           "ceremony: run 'hsmctl init --store ...' and start the nodes without --dev");
 	/* CRYPTO_secure_malloc_init takes a power of two. */
 	HSM_ENSURE((cfg->secure_heap_bytes & (cfg->secure_heap_bytes - 1)) == 0, HSM_ERR_VALIDATION,
 	           "%s must be a power of two", described(L, "secure_heap_bytes", a, sizeof(a)));

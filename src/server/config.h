@@ -65,6 +65,8 @@ typedef struct hsm_config {
 	bool batch_scheduling; /* workers and audit writer under SCHED_BATCH */
 	/* identity */
 	char data_dir[HSM_CONFIG_PATH_MAX];
+	char store[HSM_CONFIG_PATH_MAX]; /* "" for SQLite in data_dir; a URI may hold a password */
+	uint32_t store_cache_ms;         /* key metadata cache lifetime; 0: until changed here */
 	char region[HSM_CONFIG_NAME_MAX];
 	char account_id[13];
 	char node_id[HSM_CONFIG_NAME_MAX];

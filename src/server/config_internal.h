@@ -24,6 +24,7 @@ typedef enum key_type {
 	K_REGION,  /* lower-case letters, digits and dashes: us-east-1 */
 	K_ACCOUNT, /* twelve digits */
 	K_NODE,    /* letters, digits, '.', '_', '-' */
+	K_STORE,   /* "" or a postgresql:// URI; may hold a password: never echoed */
 } key_type;
 
 typedef struct key_def {

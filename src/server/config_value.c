@@ -53,6 +53,12 @@ const key_def hsm_config_keys[] = {
      "false favours latency beside other busy programs"},
     {"data_dir", K_DIR, FIELD(data_dir), 0, 0, NULL, "DIR",
      "database and state (default /var/lib/hsmd, --dev ./dev-data)"},
+    {"store", K_STORE, FIELD(store), 0, 0, "", "URI",
+     "a store several nodes share: postgresql://USER@HOST[:PORT]/DB[?OPTIONS] (libpq; give the "
+     "password in PGPASSFILE or HSM_STORE, not on the command line); empty: SQLite in DATA_DIR"},
+    {"store_cache_ms", K_U32, FIELD(store_cache_ms), 0, 3600000, NULL, "MS",
+     "how long cached key metadata and aliases are trusted before the store is read again; "
+     "0: until this node changes them (default 0 with SQLite, 1000 with a shared store)"},
     {"region", K_REGION, FIELD(region), 0, 0, "us-east-1", "NAME", "region named in key ARNs"},
     {"account_id", K_ACCOUNT, FIELD(account_id), 0, 0, "111122223333", "ID",
      "12-digit account named in key ARNs"},
@@ -285,6 +291,11 @@ static hsm_result parse_into(hsm_config *cfg, const key_def *k, const char *t)
 		break;
 	case K_DIR_OPT:
 		break;
+	case K_STORE:
+		HSM_ENSURE(t[0] == '\0' || hsm_str_has_prefix(t, "postgresql://") ||
+		               hsm_str_has_prefix(t, "postgres://"),
+		           HSM_ERR_VALIDATION, "expected a postgresql:// URI, or nothing for SQLite");
+		break;
 	case K_REGION:
 	case K_ACCOUNT:
 	case K_NODE:
@@ -303,5 +314,7 @@ hsm_result hsm_config_set_value(hsm_config *cfg, const key_def *k, const setting
 	char why[HSM_ERRMSG_MAX], where[HSM_CONFIG_PATH_MAX + 16];
 	snprintf(why, sizeof(why), "%s", hsm_last_message());
 	hsm_config_where(cfg, k, s, where, sizeof(where));
+	if (k->type == K_STORE) /* the value may hold a password */
+		return HSM_FAIL(HSM_ERR_VALIDATION, "%s (from %s): %s", k->name, where, why);
 	return HSM_FAIL(HSM_ERR_VALIDATION, "%s = '%.64s' (from %s): %s", k->name, text, where, why);
 }

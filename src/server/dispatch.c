@@ -547,13 +547,15 @@ static void handle_readyz(hsm_server *s, hsm_http_req *req)
 	hsm_buf body = {0};
 	hsm_node_state st = hsm_keystore_state(s->ks);
 	bool audit_ok = hsm_audit_healthy(s->audit);
-	bool ready = st == HSM_NODE_UNSEALED && audit_ok;
+	bool store_ok = atomic_load(&s->store_up);
+	bool ready = st == HSM_NODE_UNSEALED && audit_ok && store_ok;
 	hsm_jw w;
 	hsm_jw_init(&w, &body);
 	hsm_jw_begin(&w);
 	hsm_jw_bool(&w, "ready", ready);
 	hsm_jw_str(&w, "state", hsm_node_state_name(st));
 	hsm_jw_bool(&w, "audit", audit_ok);
+	hsm_jw_bool(&w, "store", store_ok);
 	hsm_jw_end(&w);
 	if (hsm_failed(hsm_jw_finish(&w)))
 		hsm_buf_clear(&body);

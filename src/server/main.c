@@ -25,6 +25,8 @@ static void options_from(const hsm_config *cfg, hsm_server_options *o)
 	memset(o, 0, sizeof(*o));
 	hsm_config_http(cfg, &o->http);
 	o->data_dir = cfg->data_dir;
+	o->store = cfg->store;
+	o->store_cache_ms = cfg->store_cache_ms;
 	o->audit_dir = cfg->audit_dir[0] ? cfg->audit_dir : NULL;
 	o->node_id = cfg->node_id;
 	o->region = cfg->region;

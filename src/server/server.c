@@ -93,7 +93,9 @@ static unsigned lane_threads(void)
 static hsm_result open_parts(hsm_server *s)
 {
 	HSM_GUARD(hsm_mkdir_p(s->data_dir));
-	HSM_GUARD(hsm_store_open(s->data_dir, &s->store));
+	bool shared = s->opt.store != NULL && s->opt.store[0] != '\0';
+	HSM_GUARD(hsm_store_open(shared ? s->opt.store : s->data_dir, &s->store));
+	atomic_store(&s->store_up, true);
 	HSM_GUARD(open_audit(s));
 	HSM_GUARD(hsm_keystore_new(s->store, 0, &s->ks));
 	hsm_node_state st = hsm_keystore_state(s->ks);
@@ -107,7 +109,8 @@ static hsm_result open_parts(hsm_server *s)
 	                     .account_id = s->account,
 	                     .jwt_default_lifetime = s->opt.jwt_default_lifetime,
 	                     .jwt_max_lifetime = s->opt.jwt_max_lifetime,
-	                     .jwt_clock_skew = s->opt.jwt_clock_skew};
+	                     .jwt_clock_skew = s->opt.jwt_clock_skew,
+	                     .meta_cache_ttl_ms = s->opt.store_cache_ms};
 	HSM_GUARD(hsm_kms_new(s->store, s->ks, &kc, &s->kms));
 	hsm_kms_set_event_sink(s->kms, on_kms_event, s);
 	HSM_GUARD(hsm_server_auth_init(s));
@@ -261,8 +264,25 @@ static hsm_result count_due(const hsm_key_record *r, void *arg)
 
 /* Counts the store-wide gauges of /metrics (zero while sealed, as the store's keys are then
  * not this node's to report).  A failure keeps the last counts, whose time then falls behind. */
+/* Reads one small value: can this node reach its store?  Logs only changes. */
+static void probe_store(hsm_server *s)
+{
+	hsm_buf id = {0};
+	hsm_result r = hsm_store_meta_get(s->store, "store_id", &id);
+	hsm_buf_free(&id);
+	bool up = hsm_ok(r) || r.err == HSM_ERR_NOT_FOUND; /* NOT_FOUND: not initialized yet */
+	bool was = atomic_exchange(&s->store_up, up);
+	if (was && !up)
+		hsm_log_failure("the store does not answer; this node is not ready");
+	else if (!was && up)
+		hsm_info("the store answers again");
+}
+
 static void count_store_gauges(hsm_server *s)
 {
+	probe_store(s);
+	if (!atomic_load(&s->store_up))
+		return;
 	uint64_t keys = 0;
 	due_count due = {hsm_now() + 7 * 86400, 0};
 	if (hsm_keystore_state(s->ks) == HSM_NODE_UNSEALED) {
@@ -399,6 +419,8 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "# HELP hsmd_keys_counted_time_seconds When the two key gauges were last counted.\n"
 	    "# TYPE hsmd_keys_counted_time_seconds gauge\nhsmd_keys_counted_time_seconds %lld\n"
 	    "# TYPE hsmd_audit_healthy gauge\nhsmd_audit_healthy %d\n"
+	    "# HELP hsmd_store_up Whether the store answered the last probe (every 5 s).\n"
+	    "# TYPE hsmd_store_up gauge\nhsmd_store_up %d\n"
 	    "# TYPE hsmd_audit_records_total counter\nhsmd_audit_records_total %llu\n"
 	    "# TYPE hsmd_audit_failed_records_total counter\nhsmd_audit_failed_records_total %llu\n"
 	    "# TYPE hsmd_audit_outages_total counter\nhsmd_audit_outages_total %llu\n"
@@ -415,6 +437,7 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    (unsigned long long)atomic_load(&s->gauge_keys),
 	    (unsigned long long)atomic_load(&s->gauge_rotations_due),
 	    (long long)atomic_load(&s->gauges_counted_at), hsm_audit_healthy(s->audit),
+	    (int)atomic_load(&s->store_up),
 	    (unsigned long long)as.written, (unsigned long long)as.refused,
 	    (unsigned long long)as.outages, (unsigned long long)as.next_seq,
 	    (unsigned long long)as.files_expired,

@@ -28,6 +28,8 @@
 
 typedef struct hsm_server_options {
 	const char *data_dir;
+	const char *store;           /* NULL or "": SQLite in data_dir; else a store location */
+	uint32_t store_cache_ms;     /* key metadata cache lifetime; 0: until changed here */
 	const char *audit_dir;       /* NULL: <data_dir>/audit */
 	const char *backup_dir;      /* NULL: <data_dir>/backups */
 	const char *backup_copy_dir; /* NULL: backups are not copied */
@@ -80,6 +82,12 @@ typedef struct hsm_server {
 	 */
 	atomic_uint_fast64_t gauge_keys, gauge_rotations_due;
 	atomic_int_fast64_t gauges_counted_at; /* Unix seconds; 0 = not yet */
+	/*
+	 * Whether the store answered the scheduler's last probe.  A node that
+	 * cannot reach a shared store is not ready (/readyz), so a load balancer
+	 * sends its clients to a node that can.
+	 */
+	atomic_bool store_up;
 	pthread_mutex_t stop_lock;
 	pthread_cond_t stop_cond;
 	bool stopping;

@@ -202,7 +202,12 @@ int hsm_store_schema_version(hsm_store *s);
  * HSM_ERR_NOT_FOUND when absent.  Names are 1..255 bytes.
  */
 hsm_result hsm_store_meta_get(hsm_store *s, const char *name, hsm_buf *out) HSM_MUST_CHECK;
-/* Writes n values atomically and durably (insert or replace); n == 0 does nothing. */
+/*
+ * Writes n new values atomically and durably; n == 0 does nothing.  Values
+ * are written once: when any of the names is already set, nothing is written
+ * and the result is ALREADY_EXISTS (two nodes initializing one shared store
+ * at the same moment: exactly one of them succeeds).
+ */
 hsm_result hsm_store_meta_put(hsm_store *s, size_t n, const char *const names[],
                               const hsm_buf *const values[]) HSM_MUST_CHECK;
 

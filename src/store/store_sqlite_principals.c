@@ -8,8 +8,8 @@
 /* ---- Metadata ----------------------------------------------------------------------- */
 
 static const char SQL_META_GET[] = "SELECT value FROM meta WHERE name = ?1";
-static const char SQL_META_PUT[] = "INSERT INTO meta (name, value) VALUES (?1, ?2) "
-                                   "ON CONFLICT (name) DO UPDATE SET value = excluded.value";
+/* Insert only: a node initializing a store another node initialized meanwhile must fail. */
+static const char SQL_META_PUT[] = "INSERT INTO meta (name, value) VALUES (?1, ?2)";
 
 static hsm_result load_meta(sq_conn *c, const char *name, hsm_buf *value)
 {

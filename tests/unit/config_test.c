@@ -316,11 +316,38 @@ static void test_environment_and_actions(void **state)
 			fail_msg("usage lacks %s", flags[i]);
 }
 
+/* The shared store: its URI may hold a password, which no error repeats. */
+static void test_store(void **state)
+{
+	(void)state;
+	hsm_config cfg;
+	assert_true(hsm_ok(LOAD(&cfg, NULL, "--dev")));
+	assert_string_equal(cfg.store, "");
+	assert_int_equal(cfg.store_cache_ms, 0); /* one node sees its own changes at once */
+	char *env[] = {"HSM_STORE=postgresql://hsmd:s3cr3t-pw@db.example:5432/hsm", NULL};
+	assert_true(hsm_ok(LOAD(&cfg, env, "--tls-cert", cert, "--tls-key", key)));
+	assert_string_equal(cfg.store, "postgresql://hsmd:s3cr3t-pw@db.example:5432/hsm");
+	assert_int_equal(cfg.store_cache_ms, 1000); /* other nodes' changes show within a second */
+	assert_true(hsm_ok(LOAD(&cfg, env, "--tls-cert", cert, "--tls-key", key,
+	                        "--store-cache-ms=250")));
+	assert_int_equal(cfg.store_cache_ms, 250);
+	assert_true(hsm_ok(LOAD(&cfg, NULL, "--tls-cert", cert, "--tls-key", key,
+	                        "--store=postgres://db/hsm")));
+	char *bad[] = {"HSM_STORE=mysql://hsmd:s3cr3t-pw@db/hsm", NULL};
+	EXPECT_ERROR(bad, "store (from HSM_STORE): expected a postgresql:// URI", "--tls-cert", cert,
+	             "--tls-key", key);
+	assert_null(strstr(hsm_last_message(), "s3cr3t"));
+	EXPECT_ERROR(env, "dev mode keeps its store in data_dir", "--dev");
+	assert_null(strstr(hsm_last_message(), "s3cr3t"));
+	EXPECT_ERROR(NULL, "store_cache_ms = '3600001'", "--dev", "--store-cache-ms=3600001");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_precedence),
 	    cmocka_unit_test(test_defaults),
+	    cmocka_unit_test(test_store),
 	    cmocka_unit_test(test_booleans_and_sizes),
 	    cmocka_unit_test(test_validation_errors),
 	    cmocka_unit_test(test_file_syntax),

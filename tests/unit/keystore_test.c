@@ -6,11 +6,13 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "crypto/blob.h"
 #include "crypto/crypto.h"
 #include "keystore/keystore.h"
 
@@ -321,6 +323,144 @@ static void test_selftest_failure_is_error_state(void **state)
 	hsm_keystore_free(bad);
 }
 
+/* ---- Nodes sharing one store ----------------------------------------------------- */
+
+/* A second node (keystore) on the fixture's store, opened before the store was initialized. */
+static void test_late_node_sees_initialization(void **state)
+{
+	(void)state;
+	char dir[] = "/tmp/hsm-ks-test-XXXXXX";
+	assert_non_null(mkdtemp(dir));
+	hsm_store *store = NULL;
+	hsm_keystore *a = NULL, *b = NULL;
+	hsm_buf shares[5], more[5];
+	memset(shares, 0, sizeof(shares));
+	memset(more, 0, sizeof(more));
+	assert_true(hsm_ok(hsm_store_open(dir, &store)));
+	assert_true(hsm_ok(hsm_keystore_new(store, 0, &a)));
+	assert_true(hsm_ok(hsm_keystore_new(store, 0, &b)));
+	assert_true(hsm_ok(hsm_keystore_init(a, 2, 3, NULL, false, shares)));
+	/* b still believes the store uninitialized until it looks again. */
+	assert_int_equal(hsm_keystore_state(b), HSM_NODE_UNINITIALIZED);
+	hsm_unseal_progress p = {0};
+	hsm_keystore_unseal_status(b, &p);
+	assert_int_equal(hsm_keystore_state(b), HSM_NODE_SEALED);
+	assert_int_equal(p.threshold, 2);
+	assert_false(p.unsealed);
+	/* Initializing it again from b is refused and leaves a's master key in place. */
+	assert_int_equal(hsm_keystore_init(b, 1, 1, NULL, false, more).err, HSM_ERR_CONFLICT);
+	assert_null(more[0].data);
+	/* a's shares unseal b, and b decrypts what a encrypted. */
+	hsm_ks_keyref ref = ref_of("11111111-2222-3333-4444-555555555555", 1,
+	                           HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT);
+	hsm_buf wrapped = {0}, ctx = {0}, blob = {0}, plain;
+	hsm_buf_init_secure(&plain);
+	assert_true(hsm_ok(hsm_ks_generate(a, &ref, &wrapped, NULL)));
+	hsm_key_record k;
+	hsm_version_record v;
+	memset(&k, 0, sizeof(k));
+	memset(&v, 0, sizeof(v));
+	snprintf(k.key_id, sizeof(k.key_id), "%s", ref.key_id);
+	k.description = "";
+	k.policy = "{}";
+	k.spec = ref.spec;
+	k.usage = ref.usage;
+	k.state = HSM_KEY_ENABLED;
+	k.created = 1;
+	k.primary_version = 1;
+	snprintf(v.key_id, sizeof(v.key_id), "%s", ref.key_id);
+	v.version = 1;
+	v.created = 1;
+	v.wrapped = wrapped;
+	assert_true(hsm_ok(hsm_store_key_create(store, &k, &v)));
+	assert_true(hsm_ok(hsm_ks_encrypt(a, &ref, &ctx, (const uint8_t *)"shared", 6, &blob)));
+	assert_true(hsm_ok(hsm_keystore_unseal(b, shares[2].data, shares[2].len, &p)));
+	assert_true(hsm_ok(hsm_keystore_unseal(b, shares[0].data, shares[0].len, &p)));
+	assert_true(p.unsealed);
+	hsm_blob parsed;
+	assert_true(hsm_ok(hsm_blob_parse(blob.data, blob.len, &parsed)));
+	assert_true(hsm_ok(hsm_ks_decrypt(b, &ref, &parsed, &ctx, &plain)));
+	assert_int_equal(plain.len, 6);
+	assert_memory_equal(plain.data, "shared", 6);
+	hsm_buf_free(&wrapped);
+	hsm_buf_free(&blob);
+	hsm_buf_free(&plain);
+	for (int i = 0; i < 5; i++)
+		hsm_buf_free(&shares[i]);
+	hsm_keystore_free(a);
+	hsm_keystore_free(b);
+	hsm_store_close(store);
+	rm_rf(dir);
+}
+
+typedef struct racer {
+	hsm_keystore *ks;
+	pthread_barrier_t *start;
+	hsm_result r;
+	hsm_buf shares[5];
+} racer;
+
+static void *race_init(void *arg)
+{
+	racer *x = arg;
+	pthread_barrier_wait(x->start);
+	x->r = hsm_keystore_init(x->ks, 3, 5, NULL, false, x->shares);
+	return NULL;
+}
+
+/* Nodes initializing one store at the same moment: exactly one master key results. */
+static void test_concurrent_init_one_wins(void **state)
+{
+	(void)state;
+	for (int round = 0; round < 20; round++) {
+		char dir[] = "/tmp/hsm-ks-test-XXXXXX";
+		assert_non_null(mkdtemp(dir));
+		hsm_store *store = NULL;
+		assert_true(hsm_ok(hsm_store_open(dir, &store)));
+		racer x[4];
+		pthread_t t[4];
+		pthread_barrier_t start;
+		memset(x, 0, sizeof(x));
+		pthread_barrier_init(&start, NULL, 4);
+		for (int i = 0; i < 4; i++) {
+			assert_true(hsm_ok(hsm_keystore_new(store, 0, &x[i].ks)));
+			x[i].start = &start;
+			assert_int_equal(pthread_create(&t[i], NULL, race_init, &x[i]), 0);
+		}
+		int won = -1;
+		for (int i = 0; i < 4; i++) {
+			pthread_join(t[i], NULL);
+			if (hsm_ok(x[i].r)) {
+				assert_int_equal(won, -1);
+				won = i;
+			} else {
+				assert_int_equal(x[i].r.err, HSM_ERR_CONFLICT);
+				assert_null(x[i].shares[0].data);
+				assert_int_equal(hsm_keystore_state(x[i].ks), HSM_NODE_SEALED);
+			}
+		}
+		assert_int_not_equal(won, -1);
+		/* The winner's shares unseal every other node. */
+		for (int i = 0; i < 4; i++) {
+			if (i == won)
+				continue;
+			hsm_unseal_progress p = {0};
+			for (int j = 0; j < 3; j++)
+				assert_true(hsm_ok(hsm_keystore_unseal(x[i].ks, x[won].shares[j].data,
+				                                       x[won].shares[j].len, &p)));
+			assert_true(p.unsealed);
+		}
+		for (int i = 0; i < 4; i++) {
+			for (int j = 0; j < 5; j++)
+				hsm_buf_free(&x[i].shares[j]);
+			hsm_keystore_free(x[i].ks);
+		}
+		pthread_barrier_destroy(&start);
+		hsm_store_close(store);
+		rm_rf(dir);
+	}
+}
+
 int main(void)
 {
 	if (hsm_failed(hsm_secure_process_init(1 << 22)))
@@ -329,6 +469,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_init_leaves_unsealed_and_refuses_second_init, setup,
 	                                    teardown),
 	    cmocka_unit_test(test_quorum_params),
+	    cmocka_unit_test(test_late_node_sees_initialization),
+	    cmocka_unit_test(test_concurrent_init_one_wins),
 	    cmocka_unit_test_setup_teardown(test_all_subsets, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_bad_shares_named, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_wrapping_binds_identity, setup, teardown),

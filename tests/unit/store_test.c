@@ -182,15 +182,22 @@ static void test_meta(void **state)
 	assert_memory_equal(out.data, "\0\1\2", 3);
 	EXPECT_OK(hsm_store_meta_get(f->s, "blank", &out));
 	assert_int_equal(out.len, 0);
-	/* Replace, and read into a secure buffer, which stays secure. */
-	const char *one[] = {"kcv"};
-	const hsm_buf *va[] = {&a};
+	/* A value is written once: a put naming a set value writes nothing, not even its new names. */
+	const char *two[] = {"fresh", "kcv"};
+	const hsm_buf *va[] = {&a, &a};
+	EXPECT_ERR(hsm_store_meta_put(f->s, 2, two, va), HSM_ERR_ALREADY_EXISTS);
+	EXPECT_ERR(hsm_store_meta_get(f->s, "fresh", &out), HSM_ERR_NOT_FOUND);
+	const char *one[] = {"fresh"};
 	EXPECT_OK(hsm_store_meta_put(f->s, 1, one, va));
+	/* Read into a secure buffer, which stays secure. */
 	hsm_buf sec;
 	hsm_buf_init_secure(&sec);
 	st_reopen(f);
 	EXPECT_OK(hsm_store_meta_get(f->s, "kcv", &sec));
 	assert_true(sec.secure);
+	assert_int_equal(sec.len, 3);
+	assert_memory_equal(sec.data, "\0\1\2", 3);
+	EXPECT_OK(hsm_store_meta_get(f->s, "fresh", &sec));
 	assert_int_equal(sec.len, 5);
 	assert_memory_equal(sec.data, "alpha", 5);
 	/* A failed get leaves the output alone. */
