@@ -7,7 +7,8 @@
  *   hsmctl backup list --dir DIR                the backups in a directory
  *   hsmctl backup inspect FILE                  a backup's header (no shares needed)
  *   hsmctl backup verify --share F... FILE      decrypt and authenticate all of it
- *   hsmctl restore --data-dir DIR --share F... FILE
+ *   hsmctl restore --data-dir DIR --share F... FILE   (into DIR, or with --store into an
+ *                                                     empty shared store; DIR keeps the audit)
  *
  * verify and restore need a quorum of the store's custodian shares: a
  * backup is encrypted under a key derived from the store's master key.
@@ -259,16 +260,37 @@ out:
 	return res;
 }
 
+/*
+ * Copies the checked store in staging into the shared store --store names,
+ * which must be empty: a restore never mixes two stores' records.
+ */
+static hsm_result copy_to_shared(const char *staging)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_store *src = NULL, *dst = NULL;
+	HSM_TRY(hsm_store_open(staging, &src));
+	HSM_TRY(hsm_store_open(hsmctl_globals.store, &dst));
+	res = hsm_store_copy(src, dst);
+	if (res.err == HSM_ERR_CONFLICT)
+		res = HSM_FAIL(HSM_ERR_CONFLICT, "the store --store names is not empty; restore into "
+		                                 "a new, empty database");
+out:
+	hsm_store_close(dst);
+	hsm_store_close(src);
+	return res;
+}
+
 static hsm_result restore(const backup_opts *o, hsm_backup_info *info)
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_keystore *ks = NULL;
 	char target[4200], staging[4200], staged[4300];
 	bool made_staging = false;
+	bool shared = hsmctl_store_location(o->data_dir) != o->data_dir;
 	struct stat sb;
 	HSM_ENSURE(o->data_dir != NULL, HSM_ERR_VALIDATION, "--data-dir is required");
 	HSM_GUARD(path_of(target, sizeof(target), o->data_dir, HSM_STORE_DB_FILE));
-	HSM_ENSURE(stat(target, &sb) != 0 && errno == ENOENT, HSM_ERR_CONFLICT,
+	HSM_ENSURE(shared || (stat(target, &sb) != 0 && errno == ENOENT), HSM_ERR_CONFLICT,
 	           "%s already holds a store; restore into a new or empty data directory", o->data_dir);
 	HSM_TRY(open_for(o, info, &ks));
 	HSM_TRY(hsm_mkdir_p(o->data_dir));
@@ -281,9 +303,13 @@ static hsm_result restore(const backup_opts *o, hsm_backup_info *info)
 	HSM_TRY(path_of(staged, sizeof(staged), staging, HSM_STORE_DB_FILE));
 	HSM_TRY(hsm_backup_decrypt(o->file, ks, staged, info));
 	HSM_TRY(check_staged(staging, o, info));
-	HSM_CHECK(rename(staged, target) == 0, HSM_ERR_IO, "cannot move the store into %s: %s",
-	          o->data_dir, strerror(errno));
-	HSM_TRY(hsm_fsync_dir(o->data_dir));
+	if (shared) {
+		HSM_TRY(copy_to_shared(staging));
+	} else {
+		HSM_CHECK(rename(staged, target) == 0, HSM_ERR_IO, "cannot move the store into %s: %s",
+		          o->data_dir, strerror(errno));
+		HSM_TRY(hsm_fsync_dir(o->data_dir));
+	}
 out:
 	if (made_staging)
 		remove_staging(staging);
@@ -315,6 +341,7 @@ int hsmctl_cmd_restore(int argc, char **argv)
 	if (hsm_failed(r))
 		return hsmctl_fail("restore: auditing the restore");
 	print_info(o.file, &info);
-	printf("restored into: %s\n", o.data_dir);
+	printf("restored into: %s\n",
+	       hsmctl_store_location(o.data_dir) != o.data_dir ? "the store --store names" : o.data_dir);
 	return 0;
 }

@@ -74,7 +74,12 @@ static const hsmctl_command commands[] = {
     {"backup verify", "--share FILE... BACKUP",
      "decrypt and authenticate a whole backup with a quorum of shares", hsmctl_cmd_backup},
     {"restore", "--data-dir DIR --share FILE... BACKUP",
-     "restore a backup into a new data directory (a quorum of shares)", hsmctl_cmd_restore},
+     "restore a backup into a new data directory, or with --store into an empty shared store "
+     "(a quorum of shares)",
+     hsmctl_cmd_restore},
+    {"store copy", "--data-dir DIR [--to URI]",
+     "copy a stopped node's store into an empty shared store (--to, --store or HSM_STORE)",
+     hsmctl_cmd_store},
     {"version", "", "print the version", cmd_version},
     {"help", "", "list the commands", cmd_help},
     {"audit verify", "[--pubkey FILE] [--live] FILES...",

@@ -298,7 +298,8 @@ hsm_result hsm_kms_jwks_render(hsm_kms *kms, int64_t now, hsm_buf *out,
 /*
  * The rendered JWK Set, cached: rebuilt when a key of this service changed
  * (any change: the cache does not guess which ones matter), when an old
- * version's grace ends, and at the latest every HSM_JWKS_CACHE_TTL seconds
+ * version's grace ends, and at the latest every HSM_JWKS_CACHE_TTL seconds,
+ * or every meta_cache_ttl_ms (rounded up to a second) when that is shorter
  * (changes made by other nodes sharing the store).  Documents are immutable
  * and reference-counted: release each with hsm_jwks_doc_release.
  */

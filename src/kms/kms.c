@@ -442,6 +442,9 @@ hsm_result kms_key_load(hsm_kms *kms, const char *key_id, kms_key **out)
 		res = HSM_FAIL(HSM_ERR_NOT_FOUND, "Key '%s' does not exist", key_id);
 	if (hsm_failed(res))
 		goto out;
+	/* Destroyed by another node sharing the store: drop what this node still holds of it. */
+	if (rec.state == HSM_KEY_DESTROYED)
+		hsm_ks_forget(kms->ks, key_id);
 	HSM_TRY(snapshot_new(kms, &rec, &k));
 	HSM_TRY(hsm_shmap_put(kms->keys, key_id, k));
 	*out = k;

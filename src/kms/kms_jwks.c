@@ -7,7 +7,8 @@
  * store, so the document is cached: one immutable, reference-counted
  * snapshot shared by all requests, replaced when this service changed a key
  * (kms_key_invalidate bumps kms->generation), when an old version's grace
- * ends, or after HSM_JWKS_CACHE_TTL seconds for changes made elsewhere.
+ * ends, or after HSM_JWKS_CACHE_TTL seconds (at most the key metadata
+ * cache's lifetime, rounded up to a second) for changes made elsewhere.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -235,7 +236,11 @@ static hsm_result build(hsm_kms *kms, uint64_t generation, int64_t now, hsm_jwks
 	/* Refreshed several times within a grace period, and never less than once in 5 minutes. */
 	int64_t age = (lim.max_lifetime + lim.clock_skew) / 4;
 	d->max_age = age < 1 ? 1 : age > HSM_JWKS_MAX_AGE ? HSM_JWKS_MAX_AGE : age;
-	d->expires = until < now + HSM_JWKS_CACHE_TTL ? until : now + HSM_JWKS_CACHE_TTL;
+	/* Nodes sharing a store: another node's rotation shows as soon as its metadata would. */
+	int64_t ttl = HSM_JWKS_CACHE_TTL;
+	if (kms->cfg.meta_cache_ttl_ms > 0 && kms->cfg.meta_cache_ttl_ms / 1000 < ttl)
+		ttl = kms->cfg.meta_cache_ttl_ms < 1000 ? 1 : kms->cfg.meta_cache_ttl_ms / 1000;
+	d->expires = until < now + ttl ? until : now + ttl;
 	d->generation = generation;
 	*out = d;
 	return HSM_SUCCESS;

@@ -1,0 +1,488 @@
+"""Several hsmd nodes sharing one PostgreSQL store.
+
+A throwaway PostgreSQL server (tests/support/pg-server.sh) holds the store.
+`hsmctl --store URI init` runs the key ceremony against it; two nodes started
+with HSM_STORE=URI unseal with the custodians' shares and serve the same keys:
+what one node creates or changes, the other uses; a node that stops is
+replaced by the next endpoint of a client's list (hsmctl, the PKCS#11
+module); a node that cannot reach the store says so on /readyz; the store
+survives a PostgreSQL restart under running nodes; a backup of the shared
+store restores into a single SQLite node and into another PostgreSQL
+database.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import types
+import urllib.parse
+
+import pytest
+
+from conftest import BUILD, HSMCTL, Hsmd, client, signed_call
+from helpers import admin, audit_records
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
+PG_SERVER = os.path.join(ROOT, "tests/support/pg-server.sh")
+MODULE = os.path.join(BUILD, "libhsm_pkcs11.so")
+CUSTODIANS = ["alice", "bob", "carol", "dave", "erin"]
+CACHE_MS = 500
+
+
+class Postgres:
+    """A PostgreSQL server of its own, on a free loopback port."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="hsmd-pg-")
+        p = subprocess.run([PG_SERVER, "start", self.dir], capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode == 0, p.stdout + p.stderr
+        self.uri = p.stdout.strip().splitlines()[-1]
+        assert self.uri.startswith("postgresql://"), self.uri
+
+    def database(self, name):
+        """A new empty database; its URI."""
+        p = subprocess.run(["psql", self.uri, "-q", "-c", f"CREATE DATABASE {name}"],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        u = urllib.parse.urlsplit(self.uri)
+        return urllib.parse.urlunsplit(u._replace(path="/" + name))
+
+    def sql(self, uri, query):
+        p = subprocess.run(["psql", uri, "-At", "-c", query], capture_output=True, text=True,
+                           timeout=60)
+        assert p.returncode == 0, p.stderr
+        return p.stdout.strip()
+
+    def ctl(self, action):
+        p = subprocess.run([PG_SERVER, action, self.dir], capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode == 0, p.stdout + p.stderr
+
+    def close(self):
+        subprocess.run([PG_SERVER, "stop", self.dir], capture_output=True, timeout=120)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def hsmctl(*args, endpoint=None, store=None, check=True):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HSM_"))}
+    if store:
+        env["HSM_STORE"] = store  # the password stays off the command line
+    cmd = [HSMCTL] + (["--endpoint", endpoint] if endpoint else []) + list(args)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    if check:
+        assert p.returncode == 0, p.stdout + p.stderr
+    return p
+
+
+def ceremony(base, store):
+    shares = os.path.join(base, "shares")
+    p = hsmctl("init", "--data-dir", os.path.join(base, "ceremony"), "--share-dir", shares,
+               "--shares", "5", "--threshold", "3", "--custodians", ",".join(CUSTODIANS),
+               "--admin", "ops", store=store)
+    assert "quorum: 3 of 5" in p.stdout
+    with open(os.path.join(shares, "ops.credentials")) as f:
+        fields = dict(l.split(" = ", 1) for l in f.read().splitlines() if " = " in l)
+    files = {c: os.path.join(shares, c + ".share") for c in CUSTODIANS}
+    return files, (fields["aws_access_key_id"], fields["aws_secret_access_key"])
+
+
+def node(store, name):
+    return Hsmd(["--node-id", name, "--store-cache-ms", str(CACHE_MS)], env={"HSM_STORE": store})
+
+
+def unseal(server, files, who=("alice", "carol", "erin")):
+    for c in who:
+        hsmctl("unseal", files[c], endpoint=server.endpoint)
+    st, body, _ = server.get("/readyz")
+    assert st == 200, body
+
+
+def readyz(server):
+    st, body, _ = server.get("/readyz")
+    return st, json.loads(body)
+
+
+def eventually(fn, within):
+    """Polls fn until it returns a true value; that value, or None after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        v = fn()
+        if v or time.monotonic() > deadline:
+            return v
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def pg():
+    server = Postgres()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(pg):
+    base = tempfile.mkdtemp(prefix="hsmd-cluster-")
+    store = pg.database("hsm")
+    files, ops = ceremony(base, store)
+    a, b = node(store, "node-a"), node(store, "node-b")
+    for n in (a, b):
+        unseal(n, files)
+    k = admin(a, "CreateUser", {"UserName": "app", "Roles": ["crypto-user"]},
+              akid=ops[0], secret=ops[1])
+    k = admin(a, "CreateAccessKey", {"UserName": "app"}, akid=ops[0], secret=ops[1])
+    app = (k["AccessKeyId"], k["SecretAccessKey"])
+    yield types.SimpleNamespace(store=store, a=a, b=b, files=files, ops=ops, app=app, base=base)
+    for n in (a, b):
+        n.cleanup()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def kms(server, who):
+    return client(server, who[0], who[1])
+
+
+def test_nodes_serve_the_same_keys(cluster):
+    a_off, b_off = kms(cluster.a, cluster.ops), kms(cluster.b, cluster.ops)
+    a_app, b_app = kms(cluster.a, cluster.app), kms(cluster.b, cluster.app)
+    kid = a_off.create_key(Description="shared")["KeyMetadata"]["KeyId"]
+    a_off.create_alias(AliasName="alias/shared", TargetKeyId=kid)
+    # A key, an alias and a user made through node A are there on node B at once:
+    # nothing about them was cached on B yet.
+    assert b_off.describe_key(KeyId="alias/shared")["KeyMetadata"]["KeyId"] == kid
+    blob = a_app.encrypt(KeyId="alias/shared", Plaintext=b"made on a",
+                         EncryptionContext={"tenant": "t1"})["CiphertextBlob"]
+    out = b_app.decrypt(CiphertextBlob=blob, EncryptionContext={"tenant": "t1"})
+    assert out["Plaintext"] == b"made on a" and out["KeyId"].endswith(kid)
+    sk = b_off.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    sig = b_app.sign(KeyId=sk, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")["Signature"]
+    assert a_app.verify(KeyId=sk, Message=b"m", Signature=sig,
+                        SigningAlgorithm="ECDSA_SHA_256")["SignatureValid"]
+    listed = {k["KeyId"] for k in a_off.list_keys()["Keys"]}
+    assert {kid, sk} <= listed == {k["KeyId"] for k in b_off.list_keys()["Keys"]}
+    # Each node audits its own requests, in its own trail.
+    ops_a = [r.get("op") for r in audit_records(cluster.a.data_dir)]
+    ops_b = [r.get("op") for r in audit_records(cluster.b.data_dir)]
+    assert "CreateAlias" in ops_a and "CreateAlias" not in ops_b
+    assert "Decrypt" in ops_b and "Decrypt" not in ops_a
+
+
+def test_a_change_on_one_node_shows_on_the_other_within_the_cache_lifetime(cluster):
+    off_a, app_b = kms(cluster.a, cluster.ops), kms(cluster.b, cluster.app)
+    kid = off_a.create_key()["KeyMetadata"]["KeyId"]
+    blob = app_b.encrypt(KeyId=kid, Plaintext=b"x")["CiphertextBlob"]  # B caches the key
+    off_a.disable_key(KeyId=kid)
+    t0 = time.monotonic()
+
+    def refused():
+        try:
+            app_b.encrypt(KeyId=kid, Plaintext=b"x")
+            return False
+        except app_b.exceptions.DisabledException:
+            return True
+    assert eventually(refused, 5), "node B still encrypts with a key node A disabled"
+    waited = time.monotonic() - t0
+    assert waited < CACHE_MS / 1000 + 1.0, waited
+    off_a.enable_key(KeyId=kid)
+    assert eventually(lambda: _try(lambda: app_b.decrypt(CiphertextBlob=blob)["Plaintext"] == b"x"),
+                      5)
+    # An access key revoked on A stops working on B (credentials are cached 2 s).
+    k = admin(cluster.a, "CreateAccessKey", {"UserName": "app"}, akid=cluster.ops[0],
+              secret=cluster.ops[1])
+    temp = kms(cluster.b, (k["AccessKeyId"], k["SecretAccessKey"]))
+    temp.generate_random(NumberOfBytes=8)
+    admin(cluster.a, "RevokeAccessKey", {"AccessKeyId": k["AccessKeyId"]},
+          akid=cluster.ops[0], secret=cluster.ops[1])
+
+    def revoked():
+        try:
+            temp.generate_random(NumberOfBytes=8)
+            return False
+        except Exception as e:  # botocore's ClientError
+            return "UnrecognizedClient" in str(e) or "InvalidSignature" in str(e) or \
+                "AccessDenied" in str(e)
+    assert eventually(revoked, 5), "a revoked access key still works on the other node"
+
+
+def test_a_token_signed_on_one_node_verifies_through_the_other_nodes_jwks(cluster):
+    """After a rotation on node A, node B publishes the new version within the cache
+    lifetime, so a verifier fetching B's JWK Set accepts A's new tokens."""
+    import jwt as pyjwt
+    off = kms(cluster.a, cluster.ops)
+    kid = off.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    st, out = signed_call(cluster.a, "HsmdJwt.EnableJwtSigning", {"KeyId": kid},
+                          akid=cluster.ops[0], secret=cluster.ops[1])
+    assert st == 200, out
+
+    def token():
+        st, out = signed_call(cluster.a, "HsmdJwt.SignToken",
+                              {"KeyId": kid, "Claims": {"sub": "svc"}},
+                              akid=cluster.app[0], secret=cluster.app[1])
+        assert st == 200, out
+        return out["Token"]
+
+    def verifies_on_b(tok):
+        client = pyjwt.PyJWKClient(cluster.b.endpoint + "/.well-known/jwks.json",
+                                   cache_jwk_set=False)
+        try:
+            key = client.get_signing_key_from_jwt(tok)
+        except pyjwt.exceptions.PyJWKClientError:
+            return False
+        return pyjwt.decode(tok, key.key, algorithms=["ES256"])["sub"] == "svc"
+
+    assert eventually(lambda: verifies_on_b(token()), 3)
+    st, out = signed_call(cluster.a, "TrentService.RotateKeyOnDemand", {"KeyId": kid},
+                          akid=cluster.ops[0], secret=cluster.ops[1])
+    assert st == 200, out
+    t0 = time.monotonic()
+    tok = token()
+    assert pyjwt.get_unverified_header(tok)["kid"] == f"{kid}.v2"
+    assert eventually(lambda: verifies_on_b(tok), 5), "node B never published version 2"
+    assert time.monotonic() - t0 < 2.5
+
+
+def test_concurrent_writes_through_both_nodes(cluster):
+    """Tags written through both nodes at once on one key all land (no lost update)."""
+    import concurrent.futures
+    off = [kms(cluster.a, cluster.ops), kms(cluster.b, cluster.ops)]
+    kid = off[0].create_key()["KeyMetadata"]["KeyId"]
+
+    def tag(i):
+        off[i % 2].tag_resource(KeyId=kid, Tags=[{"TagKey": f"k{i}", "TagValue": str(i)}])
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        list(ex.map(tag, range(40)))
+    tags = off[1].list_resource_tags(KeyId=kid, Limit=50)["Tags"]
+    assert {t["TagKey"] for t in tags} == {f"k{i}" for i in range(40)}
+    # Rotations through both nodes at once: each makes one new version, none is lost.
+    def rotate(i):
+        return signed_call(cluster.a if i % 2 else cluster.b, "TrentService.RotateKeyOnDemand",
+                           {"KeyId": kid}, akid=cluster.ops[0], secret=cluster.ops[1])
+    with concurrent.futures.ThreadPoolExecutor(6) as ex:
+        results = list(ex.map(rotate, range(6)))
+    ok = sum(1 for st, _ in results if st == 200)
+    assert ok >= 1 and all(st in (200, 400, 409) for st, _ in results), results
+    st, out = signed_call(cluster.b, "TrentService.ListKeyRotations", {"KeyId": kid},
+                          akid=cluster.ops[0], secret=cluster.ops[1])
+    assert st == 200 and len(out["Rotations"]) == ok, (ok, out)
+
+
+def test_node_started_before_the_ceremony(pg, tmp_path):
+    """A node pointed at an empty store waits uninitialized, then unseals with the shares
+    of a ceremony run after it started; a second ceremony on that store is refused."""
+    store = pg.database("late")
+    n = node(store, "early")
+    try:
+        st, out = signed_call(n, "HsmdAdmin.Status", {})
+        assert out["State"] == "uninitialized", out
+        files, _ = ceremony(str(tmp_path), store)
+        st, out = signed_call(n, "HsmdAdmin.Status", {})
+        assert (out["State"], out["Threshold"]) == ("sealed", 3), out
+        unseal(n, files)
+        p = hsmctl("init", "--data-dir", str(tmp_path / "again"), "--share-dir",
+                   str(tmp_path / "again-shares"), store=store, check=False)
+        assert p.returncode != 0 and "already initialized" in p.stderr, p.stderr
+        assert not os.path.exists(tmp_path / "again-shares" / "share-1-of-3.share")
+        assert n.get("/readyz")[0] == 200
+    finally:
+        n.cleanup()
+
+
+def pkcs11_tool(endpoints, *args):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HSM_PKCS11_")}
+    env["HSM_PKCS11_ENDPOINT"] = endpoints
+    return subprocess.run(["pkcs11-tool", "--module", MODULE] + list(args), env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_clients_fail_over_to_the_next_node(pg, tmp_path):
+    store = pg.database("failover")
+    files, ops = ceremony(str(tmp_path), store)
+    a, b = node(store, "fo-a"), node(store, "fo-b")
+    try:
+        for n in (a, b):
+            unseal(n, files)
+        off = kms(a, ops)
+        kid = off.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+        pub = off.get_public_key(KeyId=kid)["PublicKey"]
+        admin(a, "CreateUser", {"UserName": "signer", "Roles": ["crypto-user"]},
+              akid=ops[0], secret=ops[1])
+        k = admin(a, "CreateAccessKey", {"UserName": "signer"}, akid=ops[0], secret=ops[1])
+        endpoints = f"{a.endpoint},{b.endpoint}"
+        pin = f"{k['AccessKeyId']}:{k['SecretAccessKey']}"
+        data = tmp_path / "msg"
+        data.write_bytes(b"signed through whichever node answers")
+        a.stop(signal.SIGKILL)  # node A dies without a word
+        for tool_args in (["--login", "--pin", pin, "--sign", "-m", "ECDSA-SHA256",
+                           "--id", kid.encode().hex(), "-i", str(data), "-o",
+                           str(tmp_path / "sig")],):
+            p = pkcs11_tool(endpoints, *tool_args)
+            assert p.returncode == 0, p.stdout + p.stderr
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, utils
+        raw = (tmp_path / "sig").read_bytes()
+        der = utils.encode_dss_signature(int.from_bytes(raw[:32], "big"),
+                                         int.from_bytes(raw[32:], "big"))
+        serialization.load_der_public_key(pub).verify(der, data.read_bytes(),
+                                                      ec.ECDSA(hashes.SHA256()))
+        # hsmctl takes the same list.
+        p = hsmctl("status", endpoint=endpoints)
+        assert "Sealed: false" in p.stdout, p.stdout
+        recs = audit_records(b.data_dir)
+        assert any(r.get("op") == "Sign" and r.get("key_id") == kid for r in recs)
+    finally:
+        a.cleanup()
+        b.cleanup()
+
+
+def test_store_outage_and_postgres_restart(cluster, pg):
+    app = kms(cluster.b, cluster.app)
+    off = kms(cluster.a, cluster.ops)
+    kid = off.create_key()["KeyMetadata"]["KeyId"]
+    app.encrypt(KeyId=kid, Plaintext=b"before")
+    pg.ctl("halt")
+    try:
+        # Within a probe period (5 s) both nodes say they are not ready, naming the store.
+        for n in (cluster.a, cluster.b):
+            assert eventually(lambda: readyz(n)[0] == 503, 8), readyz(n)
+            st, body = readyz(n)
+            assert body["store"] is False and body["state"] == "unsealed", body
+        # A write cannot succeed; it fails with a KMS error, and the node stays up.
+        with pytest.raises(Exception) as e:
+            off.create_key()
+        assert re.search(r"KMSInternal|DependencyTimeout|ServiceUnavailable", str(e.value))
+        assert cluster.a.get("/healthz")[0] == 200
+    finally:
+        pg.ctl("resume")
+    for n in (cluster.a, cluster.b):
+        assert eventually(lambda: readyz(n)[0] == 200, 8), readyz(n)
+    # Reconnected: reads and writes work again on both nodes, with no restart of hsmd.
+    assert eventually(lambda: _try(lambda: off.create_key()["KeyMetadata"]["KeyId"]), 5)
+    assert eventually(lambda: _try(lambda: kms(cluster.b, cluster.ops).create_key()), 5)
+    blob = app.encrypt(KeyId=kid, Plaintext=b"after")["CiphertextBlob"]
+    assert kms(cluster.a, cluster.app).decrypt(CiphertextBlob=blob)["Plaintext"] == b"after"
+
+
+def _try(fn):
+    try:
+        return fn() or True
+    except Exception:
+        return False
+
+
+def test_backup_of_the_shared_store(cluster, pg, tmp_path):
+    off = kms(cluster.a, cluster.ops)
+    kid = off.create_key(Description="in the backup")["KeyMetadata"]["KeyId"]
+    off.create_alias(AliasName="alias/backed-up", TargetKeyId=kid)
+    blob = kms(cluster.a, cluster.app).encrypt(KeyId=kid, Plaintext=b"kept")["CiphertextBlob"]
+    out = admin(cluster.b, "CreateBackup", {}, akid=cluster.ops[0], secret=cluster.ops[1])
+    path = out["Path"]
+    assert os.path.dirname(path) == os.path.join(cluster.b.data_dir, "backups"), out
+    shares = [cluster.files[c] for c in ("bob", "dave", "erin")]
+    share_args = [x for f in shares for x in ("--share", f)]
+    # Into a single node's SQLite directory ...
+    dest = tmp_path / "restored"
+    hsmctl("restore", "--data-dir", str(dest), *share_args, path)
+    single = Hsmd([], data_dir=str(dest))
+    try:
+        unseal(single, cluster.files, who=("bob", "dave", "erin"))
+        app = kms(single, cluster.app)
+        assert app.decrypt(CiphertextBlob=blob)["Plaintext"] == b"kept"
+        assert kms(single, cluster.ops).describe_key(
+            KeyId="alias/backed-up")["KeyMetadata"]["KeyId"] == kid
+    finally:
+        single.cleanup()
+    # ... and into another, empty PostgreSQL database, served by a new node.
+    store2 = pg.database("restored")
+    hsmctl("restore", "--data-dir", str(tmp_path / "restore-audit"), *share_args, path,
+           store=store2)
+    n = node(store2, "restored")
+    try:
+        unseal(n, cluster.files, who=("alice", "bob", "carol"))
+        assert kms(n, cluster.app).decrypt(CiphertextBlob=blob)["Plaintext"] == b"kept"
+        assert kms(n, cluster.ops).describe_key(
+            KeyId="alias/backed-up")["KeyMetadata"]["KeyId"] == kid
+    finally:
+        n.cleanup()
+    # A store that is not empty is never restored over.
+    p = hsmctl("restore", "--data-dir", str(tmp_path / "again"), *share_args, path,
+               store=cluster.store, check=False)
+    assert p.returncode != 0 and "not empty" in p.stderr, p.stderr
+
+
+def test_no_password_in_logs_or_errors(cluster, pg):
+    password = urllib.parse.urlsplit(cluster.store).password
+    assert password
+    for n in (cluster.a, cluster.b):
+        assert password not in n.read_log()
+        st, body, _ = n.get("/metrics")
+        assert password.encode() not in body
+    bad = cluster.store.replace(password, password + "-wrong")
+    p = subprocess.run([os.path.join(BUILD, "hsmd"), "--listen", "127.0.0.1:1", "--data-dir",
+                        tempfile.mkdtemp(prefix="hsmd-badpw-"), "--allow-plaintext-loopback"],
+                       env=dict(os.environ, HSM_STORE=bad), capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode != 0
+    assert password not in p.stdout + p.stderr
+    assert "store" in (p.stdout + p.stderr).lower()
+
+
+def test_a_single_node_moves_to_the_shared_store(pg, tmp_path):
+    """`hsmctl store copy` moves a stopped SQLite node's store, record for record, into an
+    empty PostgreSQL database; its custodians then unseal nodes of the shared store."""
+    data = str(tmp_path / "single")
+    p = hsmctl("init", "--data-dir", data, "--share-dir", str(tmp_path / "shares"),
+               "--shares", "3", "--threshold", "2", "--admin", "ops")
+    shares = [str(tmp_path / "shares" / f"share-{i}-of-3.share") for i in (1, 2, 3)]
+    with open(tmp_path / "shares" / "ops.credentials") as f:
+        fields = dict(l.split(" = ", 1) for l in f.read().splitlines() if " = " in l)
+    ops = (fields["aws_access_key_id"], fields["aws_secret_access_key"])
+    single = Hsmd([], data_dir=data)
+    try:
+        for f in shares[:2]:
+            hsmctl("unseal", f, endpoint=single.endpoint)
+        off = kms(single, ops)
+        kid = off.create_key(Description="moved")["KeyMetadata"]["KeyId"]
+        off.create_alias(AliasName="alias/moved", TargetKeyId=kid)
+        off.tag_resource(KeyId=kid, Tags=[{"TagKey": "team", "TagValue": "platform"}])
+        doomed = off.create_key()["KeyMetadata"]["KeyId"]
+        off.schedule_key_deletion(KeyId=doomed, PendingWindowInDays=7)
+        admin(single, "CreateUser", {"UserName": "app", "Roles": ["crypto-user"]},
+              akid=ops[0], secret=ops[1])
+        k = admin(single, "CreateAccessKey", {"UserName": "app"}, akid=ops[0], secret=ops[1])
+        app = (k["AccessKeyId"], k["SecretAccessKey"])
+        blob = kms(single, app).encrypt(KeyId="alias/moved", Plaintext=b"moved")["CiphertextBlob"]
+        store = pg.database("moved")
+        # Not beside the running node: the directory is locked.
+        p = hsmctl("store", "copy", "--data-dir", data, "--to", store, check=False)
+        assert p.returncode != 0 and "in use" in p.stderr, p.stderr
+    finally:
+        single.stop()
+    p = hsmctl("store", "copy", "--data-dir", data, store=store)
+    assert "keys: 2" in p.stdout, p.stdout
+    password = urllib.parse.urlsplit(store).password
+    assert password not in p.stdout + p.stderr
+    rec = [r for r in audit_records(data) if r.get("op") == "StoreCopy"]
+    assert len(rec) == 1 and rec[0]["outcome"] == "success", rec
+    assert rec[0]["extra"]["to"] == store.replace(f"hsmd:{password}@", ""), rec
+    # The copy holds what the node held.
+    n = node(store, "moved")
+    try:
+        for f in shares[1:]:
+            hsmctl("unseal", f, endpoint=n.endpoint)
+        assert kms(n, app).decrypt(CiphertextBlob=blob)["Plaintext"] == b"moved"
+        off = kms(n, ops)
+        assert off.describe_key(KeyId="alias/moved")["KeyMetadata"]["Description"] == "moved"
+        assert off.list_resource_tags(KeyId=kid)["Tags"] == [
+            {"TagKey": "team", "TagValue": "platform"}]
+        assert off.describe_key(KeyId=doomed)["KeyMetadata"]["KeyState"] == "PendingDeletion"
+    finally:
+        n.cleanup()
+    # Never into a store that is not empty.
+    p = hsmctl("store", "copy", "--data-dir", data, "--to", store, check=False)
+    assert p.returncode != 0 and "not empty" in p.stderr, p.stderr
+    rec = [r for r in audit_records(data) if r.get("op") == "StoreCopy"]
+    assert [r["outcome"] for r in rec] == ["success", "error"], rec
