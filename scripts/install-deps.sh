@@ -11,6 +11,8 @@ python3-jwt python3-jwcrypto python3-cryptography python3-pykcs11 opensc
 softhsm2 libp11-kit-dev gnuplot-nox wrk"
 # valgrind: memcheck checks that the Shamir code never branches or indexes on secrets.
 PKGS="$PKGS valgrind"
+# The PostgreSQL store backend: libpq to build, a server for its tests (tests/support/pg-server.sh).
+PKGS="$PKGS postgresql libpq-dev"
 # clang and its runtime (libFuzzer, sanitizers): `make fuzz`.
 PKGS="$PKGS clang libclang-rt-14-dev"
 

@@ -270,9 +270,13 @@ static hsm_result check_user_record(const hsm_user_record *u)
 
 static const struct backend {
 	const char *prefix;
+	bool whole; /* the backend gets the whole location, prefix included */
 	hsm_store_backend_open_fn open;
 } backends[] = {
-	{"sqlite:", hsm_store_sqlite_open},
+	{"sqlite:", false, hsm_store_sqlite_open},
+	/* libpq takes the URI as it is (its own two spellings of the scheme). */
+	{"postgresql://", true, hsm_store_pg_open},
+	{"postgres://", true, hsm_store_pg_open},
 };
 
 hsm_result hsm_store_open(const char *location, hsm_store **out)
@@ -283,12 +287,13 @@ hsm_result hsm_store_open(const char *location, hsm_store **out)
 		if (hsm_str_has_prefix(location, backends[i].prefix)) {
 			const char *rest = location + strlen(backends[i].prefix);
 			HSM_ENSURE(*rest != '\0', HSM_ERR_VALIDATION, "the store location is empty");
-			return backends[i].open(rest, out);
+			return backends[i].open(backends[i].whole ? location : rest, out);
 		}
 	}
 	/* Anything shaped like a URL names a backend this build does not have. */
 	HSM_ENSURE(strstr(location, "://") == NULL, HSM_ERR_VALIDATION,
-	           "unsupported store location (expected a directory or sqlite:DIR)");
+	           "unsupported store location (expected a directory, sqlite:DIR or "
+	           "postgresql://...)");
 	return hsm_store_sqlite_open(location, out);
 }
 

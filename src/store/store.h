@@ -1,19 +1,25 @@
 /*
  * store.h - the storage seam (DESIGN.md "Storage and scale").
  *
- * Everything hsmd persists goes through these functions; a backend (SQLite
- * today, PostgreSQL later) implements them behind hsm_store_ops
- * (store/store_impl.h).  Rules every backend keeps:
+ * Everything hsmd persists goes through these functions; a backend (SQLite,
+ * embedded; PostgreSQL, shared by several nodes) implements them behind
+ * hsm_store_ops (store/store_impl.h).  Rules every backend keeps:
  *
  *  - One transaction per logical change.  A function either applies its whole
  *    change or none of it.
  *  - Durability before acknowledgement: when a function that writes key
  *    material or principals' secrets returns success, the change survives
- *    kill -9 and power loss (SQLite: WAL with synchronous=FULL).
+ *    kill -9 and power loss (SQLite: WAL with synchronous=FULL; PostgreSQL:
+ *    the commit is flushed, synchronous_commit never lowered).
  *  - Thread safety: any function may be called from any thread concurrently.
  *  - The store never sees plaintext key material: version records carry
  *    material wrapped by the keystore.
- *  - Deleted secrets are overwritten, not just unlinked (secure_delete).
+ *  - Deleted secrets are overwritten, not just unlinked (SQLite:
+ *    secure_delete).  PostgreSQL cannot promise this: an old row version
+ *    stays on disk as a dead tuple until VACUUM, and in its WAL, base backups
+ *    and replicas.  There, erased material leaves every live row in the same
+ *    transaction, and what lingers is wrapped under the domain master key,
+ *    which the database never holds (store_pg.h, "Erasure").
  *
  * Records are plain structs; strings the store returns in them are owned by
  * the record and released with the matching *_clear() function.  A function
@@ -175,7 +181,9 @@ hsm_result hsm_key_record_copy(hsm_key_record *dst, const hsm_key_record *src) H
 
 /*
  * Opens (creating if needed) the store at location: a directory path for the
- * embedded SQLite backend ("DIR" or "sqlite:DIR").  Runs pending schema
+ * embedded SQLite backend ("DIR" or "sqlite:DIR"), or a libpq connection URI
+ * for PostgreSQL ("postgresql://user:password@host:port/dbname?param=value",
+ * "postgres://" alike; the whole URI goes to libpq).  Runs pending schema
  * migrations.  The caller owns *out and releases it with hsm_store_close.
  *
  * SQLite: DIR is created with mode 0700 when missing and holds hsmd.db
@@ -186,11 +194,19 @@ hsm_result hsm_key_record_copy(hsm_key_record *dst, const hsm_key_record *src) H
  * know) is refused with HSM_ERR_STORE; an older one is migrated, one
  * transaction per schema step.  A location naming another backend
  * ("scheme://...") that is not built in fails with HSM_ERR_VALIDATION.
+ *
+ * PostgreSQL: several nodes (hsmd processes, here or elsewhere) open the
+ * same database at once; there is no lock on it.  Nodes opening an empty
+ * database together create the schema once.  The database must exist and the
+ * role must be able to create tables in its search_path schema.  A URI that
+ * libpq cannot parse is HSM_ERR_VALIDATION; a server that cannot be reached
+ * is HSM_ERR_STORE (HSM_ERR_DEPENDENCY_TIMEOUT after connect_timeout,
+ * 5 seconds unless the URI sets it).  No message holds the password.
  * A handle belongs to the process that opened it: a child of fork() opens
  * its own (after the parent closed the directory) instead of using it.
  */
 hsm_result hsm_store_open(const char *location, hsm_store **out) HSM_MUST_CHECK;
-/* Releases the handle and its lock.  No call on s may be running.  NULL is a no-op. */
+/* Releases the handle (SQLite: and its lock; PostgreSQL: its connections).  No call on s may be running.  NULL is a no-op. */
 void hsm_store_close(hsm_store *s);
 /* Schema version the store is at (for status output and tests). */
 int hsm_store_schema_version(hsm_store *s);
@@ -295,11 +311,27 @@ hsm_result hsm_store_keys_due(hsm_store *s, int64_t now, size_t limit, hsm_key_c
 /*
  * Writes a transaction-consistent copy of the whole store to path, a new
  * file (mode 0600; an existing file is refused).  Writers do not wait for
- * it.  The copy is a store of the same backend that hsm_store_open opens
- * under the backend's file name; it is not synced (the caller reads it
- * back).  On failure nothing is left at path.
+ * it.  The copy is a SQLite store file, which hsm_store_open opens from a
+ * directory holding it as HSM_STORE_DB_FILE, whatever the backend: a
+ * PostgreSQL store is read in one REPEATABLE READ transaction and written
+ * out record for record.  It is not synced (the caller reads it back).  On
+ * failure nothing is left at path.
  */
 hsm_result hsm_store_snapshot(hsm_store *s, const char *path) HSM_MUST_CHECK;
+
+/*
+ * Copies everything src holds into dst, record for record and exactly:
+ * metadata, keys in every state (Destroyed ones with their erased versions)
+ * with all their versions, aliases and tags, users with their counters and
+ * lock state, access keys with their active flags, every timestamp as
+ * stored.  Any backends (SQLite to PostgreSQL to move a node, a restored
+ * backup into PostgreSQL, ...).  src is read in one read transaction and dst
+ * written in one write transaction: dst receives one consistent state of
+ * src, whole or not at all.  dst must be empty (no metadata, keys or users):
+ * else HSM_ERR_CONFLICT and nothing changes.  src and dst must be different
+ * handles; writers of src do not wait for the copy.
+ */
+hsm_result hsm_store_copy(hsm_store *src, hsm_store *dst) HSM_MUST_CHECK;
 /* The file name a SQLite store keeps its database under, inside its directory. */
 #define HSM_STORE_DB_FILE "hsmd.db"
 

@@ -24,6 +24,26 @@
 
 typedef struct hsm_store_ops hsm_store_ops;
 
+/*
+ * Every record a store holds, one call per record, for hsm_store_copy and
+ * snapshots.  Records come in an order that puts each record after those it
+ * refers to: metadata, users, access keys, keys, versions, aliases, tags.
+ * Records are valid only during the call.
+ */
+typedef struct hsm_store_sink {
+	void *arg;
+	hsm_result (*meta)(void *arg, const char *name, const hsm_buf *value);
+	hsm_result (*user)(void *arg, const hsm_user_record *u);
+	hsm_result (*access_key)(void *arg, const hsm_access_key_record *k);
+	hsm_result (*key)(void *arg, const hsm_key_record *k);
+	hsm_result (*version)(void *arg, const hsm_version_record *v);
+	hsm_result (*alias)(void *arg, const hsm_alias_record *a);
+	hsm_result (*tag)(void *arg, const char *key_id, const hsm_tag *t);
+} hsm_store_sink;
+
+/* Feeds records to a sink (in hsm_store_copy: the source store's export). */
+typedef hsm_result (*hsm_store_producer)(const hsm_store_sink *sink, void *arg);
+
 /* Every backend's handle begins with this header. */
 struct hsm_store {
 	const hsm_store_ops *ops;
@@ -85,14 +105,43 @@ struct hsm_store_ops {
 	/* user is NULL for all users. */
 	hsm_result (*access_key_list)(hsm_store *s, const char *user, hsm_access_key_cb cb,
 	                              void *arg);
+
+	/*
+	 * Passes every record to sink, all read in one read transaction (one
+	 * consistent state of the store).  Unlike list callbacks, the sink runs
+	 * while that transaction is open: it must not call this store.  A sink's
+	 * failure stops the export and is returned.
+	 */
+	hsm_result (*export_all)(hsm_store *s, const hsm_store_sink *sink);
+	/*
+	 * In one write transaction: fails with HSM_ERR_CONFLICT unless the store
+	 * holds no metadata, keys or users; then calls produce with a sink that
+	 * writes each record exactly as given (states, timestamps, counters and
+	 * erased material included, which the public functions cannot all
+	 * express), and commits only if produce succeeds.
+	 */
+	hsm_result (*import_all)(hsm_store *s, hsm_store_producer produce, void *arg);
 };
 
-/* Opens a backend at its location (the part after the prefix). */
+/* Opens a backend at its location (the part after the prefix, or all of it: store.c's table). */
 typedef hsm_result (*hsm_store_backend_open_fn)(const char *location, hsm_store **out);
 
 /* The embedded SQLite backend (store_sqlite*.c); location is a directory. */
 hsm_result hsm_store_sqlite_open(const char *dir, hsm_store **out) HSM_MUST_CHECK;
 /* The SQLite schema version this build writes; opening migrates older stores to it. */
 int hsm_store_sqlite_schema_latest(void);
+
+/* The PostgreSQL backend (store_pg*.c); location is the whole libpq connection URI. */
+hsm_result hsm_store_pg_open(const char *location, hsm_store **out) HSM_MUST_CHECK;
+/* The PostgreSQL schema version this build writes (numbered apart from SQLite's). */
+int hsm_store_pg_schema_latest(void);
+
+/*
+ * Writes a SQLite store file at path (new, mode 0600) holding a copy of src,
+ * read through src's export (one consistent read): how a backend without
+ * files of its own takes a snapshot that backups and restores can use.
+ * Nothing is left at path on failure.
+ */
+hsm_result hsm_store_snapshot_to_sqlite(hsm_store *src, const char *path) HSM_MUST_CHECK;
 
 #endif

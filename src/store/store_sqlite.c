@@ -383,6 +383,8 @@ static const hsm_store_ops sqlite_ops = {
 	.access_key_get = sq_access_key_get,
 	.access_key_set_active = sq_access_key_set_active,
 	.access_key_list = sq_access_key_list,
+	.export_all = sq_export,
+	.import_all = sq_import,
 };
 
 static hsm_result store_alloc(sq_store **out)

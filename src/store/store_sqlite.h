@@ -9,6 +9,7 @@
  *   store_sqlite_keys.c        keys and key versions
  *   store_sqlite_names.c       aliases and tags
  *   store_sqlite_principals.c  metadata, users, access keys
+ *   store_sqlite_copy.c        export and import (hsm_store_copy)
  *
  * Concurrency: one write connection, guarded by a mutex and used only inside
  * BEGIN IMMEDIATE transactions; reads use connections from a pool, so in WAL
@@ -150,6 +151,31 @@ hsm_result sq_collect(sq_conn *c, sqlite3_stmt *st, size_t max, sq_row_reader re
 /* Brings the database on the write connection to the latest schema; *version receives it. */
 hsm_result sq_schema_migrate(sq_conn *w, int *version) HSM_MUST_CHECK;
 
+/* ---- Row codecs shared with the copy code (store_sqlite_copy.c) ---------------------------- */
+
+#define SQ_KEY_COLS                                                                    \
+	"id, description, spec, usage, origin, state, created, deletion_date, "            \
+	"pending_window_days, rotation_enabled, rotation_period_days, next_rotation, " \
+	"primary_version, policy, flags, updated"
+#define SQ_VERSION_COLS "key_id, version, created, rotation_type, wrapped, public_der"
+#define SQ_ALIAS_COLS "name, key_id, created, updated"
+#define SQ_USER_COLS "name, role, disabled, locked, failed_auth, created"
+#define SQ_ACCESS_KEY_COLS "id, user, active, created, wrapped_secret"
+
+hsm_result sq_read_key(sqlite3_stmt *st, void *item);
+hsm_result sq_read_version(sqlite3_stmt *st, void *item);
+hsm_result sq_read_alias(sqlite3_stmt *st, void *item);
+hsm_result sq_read_user(sqlite3_stmt *st, void *item);
+hsm_result sq_read_access_key(sqlite3_stmt *st, void *item);
+/* Insert records exactly as given, inside the caller's write transaction. */
+hsm_result sq_insert_key(sq_conn *w, const hsm_key_record *k) HSM_MUST_CHECK;
+hsm_result sq_insert_version(sq_conn *w, const hsm_version_record *v) HSM_MUST_CHECK;
+hsm_result sq_insert_alias(sq_conn *w, const hsm_alias_record *a) HSM_MUST_CHECK;
+hsm_result sq_insert_tag(sq_conn *w, const char *key_id, const hsm_tag *t) HSM_MUST_CHECK;
+hsm_result sq_insert_user(sq_conn *w, const hsm_user_record *u) HSM_MUST_CHECK;
+hsm_result sq_insert_access_key(sq_conn *w, const hsm_access_key_record *k) HSM_MUST_CHECK;
+hsm_result sq_put_meta(sq_conn *w, const char *name, const hsm_buf *value) HSM_MUST_CHECK;
+
 /* ---- Operations (the ops table in store_sqlite.c points at these) --------------------------- */
 
 hsm_result sq_meta_get(hsm_store *s, const char *name, hsm_buf *out);
@@ -200,5 +226,7 @@ hsm_result sq_access_key_create(hsm_store *s, const hsm_access_key_record *k);
 hsm_result sq_access_key_get(hsm_store *s, const char *access_key_id, hsm_access_key_record *out);
 hsm_result sq_access_key_set_active(hsm_store *s, const char *access_key_id, bool active);
 hsm_result sq_access_key_list(hsm_store *s, const char *user, hsm_access_key_cb cb, void *arg);
+hsm_result sq_export(hsm_store *s, const hsm_store_sink *sink);
+hsm_result sq_import(hsm_store *s, hsm_store_producer produce, void *arg);
 
 #endif

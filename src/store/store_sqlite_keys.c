@@ -8,13 +8,9 @@
 
 /* ---- Row codecs ------------------------------------------------------------------ */
 
-/* Column order shared by every key SELECT and by bind_key's parameters ?1..?16. */
-#define KEY_COLS                                                                       \
-	"id, description, spec, usage, origin, state, created, deletion_date, "            \
-	"pending_window_days, rotation_enabled, rotation_period_days, next_rotation, " \
-	"primary_version, policy, flags, updated"
-
-#define VERSION_COLS "key_id, version, created, rotation_type, wrapped, public_der"
+/* Column order shared by every key SELECT and by bind_key's parameters ?1..?16 (store_sqlite.h). */
+#define KEY_COLS SQ_KEY_COLS
+#define VERSION_COLS SQ_VERSION_COLS
 
 static void bind_key(sq_conn *c, sqlite3_stmt *st, const hsm_key_record *k)
 {
@@ -57,7 +53,7 @@ static hsm_result read_key_enums(sqlite3_stmt *st, hsm_key_record *k)
 }
 
 /* Fills k from a KEY_COLS row; on failure k may hold strings the caller clears. */
-static hsm_result read_key(sqlite3_stmt *st, void *item)
+hsm_result sq_read_key(sqlite3_stmt *st, void *item)
 {
 	hsm_key_record *k = item;
 	HSM_GUARD(sq_col_text(st, 0, k->key_id, sizeof(k->key_id)));
@@ -76,7 +72,7 @@ static hsm_result read_key(sqlite3_stmt *st, void *item)
 	return HSM_SUCCESS;
 }
 
-static hsm_result read_version(sqlite3_stmt *st, void *item)
+hsm_result sq_read_version(sqlite3_stmt *st, void *item)
 {
 	hsm_version_record *v = item;
 	char text[32];
@@ -137,7 +133,7 @@ static hsm_result load_key(sq_conn *c, const char *key_id, hsm_key_record *rec)
 	if (hsm_ok(res) && !row)
 		res = HSM_FAIL(HSM_ERR_NOT_FOUND, "key %s does not exist", key_id);
 	if (hsm_ok(res))
-		res = read_key(st, rec);
+		res = sq_read_key(st, rec);
 	sq_reset(st);
 	return res;
 }
@@ -163,7 +159,7 @@ static hsm_result write_key(sq_conn *w, const char *sql, const hsm_key_record *k
 	return res;
 }
 
-static hsm_result insert_version(sq_conn *w, const hsm_version_record *v)
+hsm_result sq_insert_version(sq_conn *w, const hsm_version_record *v)
 {
 	sqlite3_stmt *st;
 	HSM_GUARD(sq_prepare(w, SQL_VERSION_INSERT, &st));
@@ -178,6 +174,11 @@ static hsm_result insert_version(sq_conn *w, const hsm_version_record *v)
 	return res;
 }
 
+hsm_result sq_insert_key(sq_conn *w, const hsm_key_record *k)
+{
+	return write_key(w, SQL_KEY_INSERT, k);
+}
+
 /* ---- Create, get, update, destroy ---------------------------------------------------- */
 
 static hsm_result key_create_in(sq_conn *w, const hsm_key_record *key,
@@ -187,7 +188,7 @@ static hsm_result key_create_in(sq_conn *w, const hsm_key_record *key,
 	HSM_GUARD(sq_key_exists(w, key->key_id, &found));
 	HSM_ENSURE(!found, HSM_ERR_ALREADY_EXISTS, "key %s already exists", key->key_id);
 	HSM_GUARD(write_key(w, SQL_KEY_INSERT, key));
-	return insert_version(w, first);
+	return sq_insert_version(w, first);
 }
 
 hsm_result sq_key_create(hsm_store *base, const hsm_key_record *key,
@@ -257,7 +258,7 @@ static hsm_result key_update_in(sq_conn *w, const char *key_id, hsm_key_update_f
 	HSM_GUARD(fill_empty(&rec->policy));
 	if (add_version != NULL) {
 		rec->primary_version = add_version->version;
-		HSM_GUARD(insert_version(w, add_version));
+		HSM_GUARD(sq_insert_version(w, add_version));
 	}
 	return write_key(w, SQL_KEY_UPDATE, rec);
 }
@@ -331,7 +332,7 @@ static hsm_result read_page(sq_conn *c, const char *sql, const char *after, size
 	HSM_GUARD(sq_prepare(c, sql, &st));
 	sq_bind_text(c, st, 1, after);
 	sq_bind_i64(c, st, 2, (int64_t)limit + 1); /* one more row tells whether a page follows */
-	hsm_result res = sq_collect(c, st, limit, read_key, clear_key, v, more);
+	hsm_result res = sq_collect(c, st, limit, sq_read_key, clear_key, v, more);
 	sq_reset(st);
 	return res;
 }
@@ -411,7 +412,7 @@ static hsm_result read_due(sq_conn *c, const char *sql, int64_t now, size_t limi
 	HSM_GUARD(sq_prepare(c, sql, &st));
 	sq_bind_i64(c, st, 1, now);
 	sq_bind_i64(c, st, 2, (int64_t)(limit - v->n));
-	hsm_result res = sq_collect(c, st, limit, read_key, clear_key, v, NULL);
+	hsm_result res = sq_collect(c, st, limit, sq_read_key, clear_key, v, NULL);
 	sq_reset(st);
 	return res;
 }
@@ -448,7 +449,7 @@ static hsm_result load_version(sq_conn *c, const char *key_id, uint32_t version,
 	sq_bind_i64(c, st, 2, version);
 	hsm_result res = sq_step(c, st, &row);
 	if (hsm_ok(res) && row)
-		res = read_version(st, rec);
+		res = sq_read_version(st, rec);
 	sq_reset(st);
 	if (hsm_ok(res) && !row) {
 		/* Tell a missing key from a missing version. */
@@ -484,7 +485,7 @@ static hsm_result read_versions(sq_conn *c, const char *key_id, sq_vec *v)
 	HSM_GUARD(sq_key_require(c, key_id));
 	HSM_GUARD(sq_prepare(c, SQL_VERSION_LIST, &st));
 	sq_bind_text(c, st, 1, key_id);
-	hsm_result res = sq_collect(c, st, SIZE_MAX, read_version, clear_version, v, NULL);
+	hsm_result res = sq_collect(c, st, SIZE_MAX, sq_read_version, clear_version, v, NULL);
 	sq_reset(st);
 	return res;
 }

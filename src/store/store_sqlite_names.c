@@ -7,9 +7,9 @@
 
 /* ---- Aliases ---------------------------------------------------------------------- */
 
-#define ALIAS_COLS "name, key_id, created, updated"
+#define ALIAS_COLS SQ_ALIAS_COLS
 
-static hsm_result read_alias(sqlite3_stmt *st, void *item)
+hsm_result sq_read_alias(sqlite3_stmt *st, void *item)
 {
 	hsm_alias_record *a = item;
 	HSM_GUARD(sq_col_text(st, 0, a->name, sizeof(a->name)));
@@ -22,6 +22,8 @@ static hsm_result read_alias(sqlite3_stmt *st, void *item)
 static const char SQL_ALIAS_EXISTS[] = "SELECT 1 FROM aliases WHERE name = ?1";
 static const char SQL_ALIAS_INSERT[] =
 	"INSERT INTO aliases (" ALIAS_COLS ") VALUES (?1, ?2, ?3, ?3)";
+static const char SQL_ALIAS_IMPORT[] =
+	"INSERT INTO aliases (" ALIAS_COLS ") VALUES (?1, ?2, ?3, ?4)";
 static const char SQL_ALIAS_UPDATE[] =
 	"UPDATE aliases SET key_id = ?2, updated = ?3 WHERE name = ?1";
 static const char SQL_ALIAS_DELETE[] = "DELETE FROM aliases WHERE name = ?1";
@@ -103,6 +105,19 @@ hsm_result sq_alias_delete(hsm_store *base, const char *name)
 	return sq_write_end(s, w, alias_delete_in(w, name));
 }
 
+hsm_result sq_insert_alias(sq_conn *w, const hsm_alias_record *a)
+{
+	sqlite3_stmt *st;
+	HSM_GUARD(sq_prepare(w, SQL_ALIAS_IMPORT, &st));
+	sq_bind_text(w, st, 1, a->name);
+	sq_bind_text(w, st, 2, a->key_id);
+	sq_bind_i64(w, st, 3, a->created);
+	sq_bind_i64(w, st, 4, a->updated);
+	hsm_result res = sq_exec(w, st);
+	sq_reset(st);
+	return res;
+}
+
 hsm_result sq_alias_delete_for_key_in(sq_conn *w, const char *key_id)
 {
 	return alias_write(w, SQL_ALIAS_DELETE_FOR_KEY, key_id, NULL, 0);
@@ -129,7 +144,7 @@ static hsm_result load_alias(sq_conn *c, const char *name, hsm_alias_record *rec
 	if (hsm_ok(res) && !row)
 		res = HSM_FAIL(HSM_ERR_NOT_FOUND, "alias %s does not exist", name);
 	if (hsm_ok(res))
-		res = read_alias(st, rec);
+		res = sq_read_alias(st, rec);
 	sq_reset(st);
 	return res;
 }
@@ -158,7 +173,7 @@ static hsm_result read_alias_page(sq_conn *c, const char *key_id, const char *af
 	sq_bind_i64(c, st, 2, (int64_t)limit + 1);
 	if (key_id != NULL)
 		sq_bind_text(c, st, 3, key_id);
-	hsm_result res = sq_collect(c, st, limit, read_alias, NULL, v, more);
+	hsm_result res = sq_collect(c, st, limit, sq_read_alias, NULL, v, more);
 	sq_reset(st);
 	return res;
 }
@@ -206,6 +221,11 @@ static hsm_result tag_write(sq_conn *w, const char *sql, const char *key_id, con
 	hsm_result res = sq_exec(w, st);
 	sq_reset(st);
 	return res;
+}
+
+hsm_result sq_insert_tag(sq_conn *w, const char *key_id, const hsm_tag *t)
+{
+	return tag_write(w, SQL_TAG_UPSERT, key_id, t->key, t->value);
 }
 
 static hsm_result tag_count(sq_conn *w, const char *key_id, int64_t *out)

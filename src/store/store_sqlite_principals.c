@@ -48,18 +48,22 @@ hsm_result sq_meta_get(hsm_store *base, const char *name, hsm_buf *out)
 	return res;
 }
 
+hsm_result sq_put_meta(sq_conn *w, const char *name, const hsm_buf *value)
+{
+	sqlite3_stmt *st;
+	HSM_GUARD(sq_prepare(w, SQL_META_PUT, &st));
+	sq_bind_text(w, st, 1, name);
+	sq_bind_blob(w, st, 2, value);
+	hsm_result res = sq_exec(w, st);
+	sq_reset(st);
+	return res;
+}
+
 static hsm_result meta_put_in(sq_conn *w, size_t n, const char *const names[],
                               const hsm_buf *const values[])
 {
-	for (size_t i = 0; i < n; i++) {
-		sqlite3_stmt *st;
-		HSM_GUARD(sq_prepare(w, SQL_META_PUT, &st));
-		sq_bind_text(w, st, 1, names[i]);
-		sq_bind_blob(w, st, 2, values[i]);
-		hsm_result res = sq_exec(w, st);
-		sq_reset(st);
-		HSM_GUARD(res);
-	}
+	for (size_t i = 0; i < n; i++)
+		HSM_GUARD(sq_put_meta(w, names[i], values[i]));
 	return HSM_SUCCESS;
 }
 
@@ -74,9 +78,9 @@ hsm_result sq_meta_put(hsm_store *base, size_t n, const char *const names[],
 
 /* ---- Users -------------------------------------------------------------------------------- */
 
-#define USER_COLS "name, role, disabled, locked, failed_auth, created"
+#define USER_COLS SQ_USER_COLS
 
-static hsm_result read_user(sqlite3_stmt *st, void *item)
+hsm_result sq_read_user(sqlite3_stmt *st, void *item)
 {
 	hsm_user_record *u = item;
 	char roles[128];
@@ -127,6 +131,11 @@ static hsm_result user_write(sq_conn *w, bool insert, const hsm_user_record *u)
 	hsm_result res = sq_exec(w, st);
 	sq_reset(st);
 	return res;
+}
+
+hsm_result sq_insert_user(sq_conn *w, const hsm_user_record *u)
+{
+	return user_write(w, true, u);
 }
 
 static hsm_result user_create_in(sq_conn *w, const hsm_user_record *u)
@@ -180,7 +189,7 @@ hsm_result sq_user_get(hsm_store *base, const char *name, hsm_user_record *out)
 	sq_bind_text(c, st, 1, name);
 	HSM_TRY(sq_step(c, st, &row));
 	HSM_CHECK(row, HSM_ERR_NOT_FOUND, "user %s does not exist", name);
-	HSM_TRY(read_user(st, &rec));
+	HSM_TRY(sq_read_user(st, &rec));
 	*out = rec;
 out:
 	sq_reset(st);
@@ -201,7 +210,7 @@ static hsm_result user_auth_in(sq_conn *w, const char *name, bool success, uint3
 	if (hsm_ok(res) && !row)
 		res = HSM_FAIL(HSM_ERR_NOT_FOUND, "user %s does not exist", name);
 	if (hsm_ok(res))
-		res = read_user(st, rec);
+		res = sq_read_user(st, rec);
 	if (hsm_ok(res))
 		res = sq_step(w, st, &row); /* RETURNING finishes its work on the last step */
 	sq_reset(st);
@@ -233,7 +242,7 @@ hsm_result sq_user_list(hsm_store *base, hsm_user_cb cb, void *arg)
 		return res;
 	res = sq_prepare(c, SQL_USER_LIST, &st);
 	if (hsm_ok(res))
-		res = sq_collect(c, st, SIZE_MAX, read_user, NULL, &v, NULL);
+		res = sq_collect(c, st, SIZE_MAX, sq_read_user, NULL, &v, NULL);
 	sq_reset(st);
 	sq_read_end(s, c);
 	for (size_t i = 0; hsm_ok(res) && i < v.n; i++)
@@ -244,9 +253,9 @@ hsm_result sq_user_list(hsm_store *base, hsm_user_cb cb, void *arg)
 
 /* ---- Access keys ---------------------------------------------------------------------------- */
 
-#define ACCESS_KEY_COLS "id, user, active, created, wrapped_secret"
+#define ACCESS_KEY_COLS SQ_ACCESS_KEY_COLS
 
-static hsm_result read_access_key(sqlite3_stmt *st, void *item)
+hsm_result sq_read_access_key(sqlite3_stmt *st, void *item)
 {
 	hsm_access_key_record *k = item;
 	HSM_GUARD(sq_col_text(st, 0, k->access_key_id, sizeof(k->access_key_id)));
@@ -276,6 +285,11 @@ static hsm_result access_key_create_in(sq_conn *w, const hsm_access_key_record *
 	HSM_GUARD(sq_exists(w, SQL_AK_EXISTS, k->access_key_id, &found));
 	HSM_ENSURE(!found, HSM_ERR_ALREADY_EXISTS, "access key %s already exists", k->access_key_id);
 	HSM_GUARD(user_require(w, k->user));
+	return sq_insert_access_key(w, k);
+}
+
+hsm_result sq_insert_access_key(sq_conn *w, const hsm_access_key_record *k)
+{
 	sqlite3_stmt *st;
 	HSM_GUARD(sq_prepare(w, SQL_AK_INSERT, &st));
 	sq_bind_text(w, st, 1, k->access_key_id);
@@ -310,7 +324,7 @@ hsm_result sq_access_key_get(hsm_store *base, const char *access_key_id,
 	sq_bind_text(c, st, 1, access_key_id);
 	HSM_TRY(sq_step(c, st, &row));
 	HSM_CHECK(row, HSM_ERR_NOT_FOUND, "access key %s does not exist", access_key_id);
-	HSM_TRY(read_access_key(st, &rec));
+	HSM_TRY(sq_read_access_key(st, &rec));
 	*out = rec;
 	rec = (hsm_access_key_record){0};
 out:
@@ -350,7 +364,7 @@ static hsm_result read_access_keys(sq_conn *c, const char *user, sq_vec *v)
 	HSM_GUARD(sq_prepare(c, user != NULL ? SQL_AK_LIST_USER : SQL_AK_LIST, &st));
 	if (user != NULL)
 		sq_bind_text(c, st, 1, user);
-	hsm_result res = sq_collect(c, st, SIZE_MAX, read_access_key, clear_access_key, v, NULL);
+	hsm_result res = sq_collect(c, st, SIZE_MAX, sq_read_access_key, clear_access_key, v, NULL);
 	sq_reset(st);
 	return res;
 }

@@ -138,11 +138,11 @@ static hsm_result check_version(const hsm_version_record *v, void *arg)
 static void test_no_lost_updates(void **state)
 {
 	(void)state;
-	char dir[PATH_MAX];
-	st_tmpdir(dir);
+	st_fixture f = {0};
+	st_fresh_location(&f);
 	shared sh = {0};
 	pthread_mutex_init(&sh.error_lock, NULL);
-	assert_true(hsm_ok(hsm_store_open(dir, &sh.s)));
+	assert_true(hsm_ok(hsm_store_open(f.loc, &sh.s)));
 	st_create_key(sh.s, "counter", "w", 1);
 	st_create_key(sh.s, "rotating", "w", 1);
 	hsm_user_record u = {.name = "eve", .roles = 1U << HSM_ROLE_CRYPTO_USER};
@@ -187,7 +187,7 @@ static void test_no_lost_updates(void **state)
 
 	hsm_store_close(sh.s);
 	pthread_mutex_destroy(&sh.error_lock);
-	st_rm_rf(dir);
+	st_release_location(&f);
 }
 
 int main(void)

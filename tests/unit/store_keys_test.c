@@ -119,14 +119,8 @@ static void test_key_create_errors(void **state)
 static void test_key_create_is_atomic(void **state)
 {
 	st_fixture *f = *state;
-	hsm_store_close(f->s);
-	f->s = NULL;
 	/* The version insert fails: the key row must not stay behind. */
-	assert_int_equal(st_raw_exec(f->dir, "CREATE TRIGGER poison BEFORE INSERT ON key_versions "
-	                                     "WHEN NEW.key_id = 'victim' BEGIN SELECT RAISE(ABORT, "
-	                                     "'injected'); END"),
-	                 SQLITE_OK);
-	EXPECT_OK(hsm_store_open(f->dir, &f->s));
+	st_poison(f, "key_versions", "NEW.key_id = 'victim'");
 	hsm_key_record k, got;
 	hsm_version_record v;
 	st_key(&k, "victim");
@@ -264,14 +258,8 @@ static void test_key_update_write_failure_rolls_back(void **state)
 {
 	st_fixture *f = *state;
 	st_create_key(f->s, "k", "w1", 2);
-	hsm_store_close(f->s);
-	f->s = NULL;
 	/* fn succeeds, then writing the version fails: the record change is undone too. */
-	assert_int_equal(st_raw_exec(f->dir, "CREATE TRIGGER poison BEFORE INSERT ON key_versions "
-	                                     "WHEN NEW.version = 2 BEGIN SELECT RAISE(ABORT, "
-	                                     "'injected'); END"),
-	                 SQLITE_OK);
-	EXPECT_OK(hsm_store_open(f->dir, &f->s));
+	st_poison(f, "key_versions", "NEW.version = 2");
 	hsm_version_record v;
 	st_version(&v, "k", 2, "w2", 2);
 	edit e = {.description = "rotated", .state = HSM_KEY_ENABLED};
@@ -320,7 +308,7 @@ static void test_key_update_reentry_aborts(void **state)
 		hsm_store *s = NULL;
 		int devnull = open("/dev/null", O_WRONLY);
 		dup2(devnull, 2);
-		if (hsm_failed(hsm_store_open(f->dir, &s)))
+		if (hsm_failed(hsm_store_open(f->loc, &s)))
 			_exit(2);
 		hsm_result r = hsm_store_key_update(s, "k", reenter, s, NULL, NULL);
 		_exit(r.err == HSM_OK ? 0 : 1); /* not reached: the store aborts */
@@ -330,7 +318,7 @@ static void test_key_update_reentry_aborts(void **state)
 	assert_true(WIFSIGNALED(status));
 	assert_int_equal(WTERMSIG(status), SIGABRT);
 	/* Nothing of the aborted transaction remains. */
-	EXPECT_OK(hsm_store_open(f->dir, &f->s));
+	EXPECT_OK(hsm_store_open(f->loc, &f->s));
 	hsm_alias_record a;
 	EXPECT_ERR(hsm_store_alias_get(f->s, "alias/x", &a), HSM_ERR_NOT_FOUND);
 	assert_unchanged(f->s, "k", 1);
@@ -366,6 +354,7 @@ static bool files_contain(const char *dir, const uint8_t pattern[64])
 static void test_destroy_erases_material(void **state)
 {
 	st_fixture *f = *state;
+	st_sqlite_only(); /* PostgreSQL: store_pg_test.c, test_destroy_leaves_no_live_material */
 	uint8_t p1[64], p2[64];
 	assert_int_equal(RAND_bytes(p1, sizeof(p1)), 1);
 	assert_int_equal(RAND_bytes(p2, sizeof(p2)), 1);
@@ -578,6 +567,13 @@ static void test_jwt_key_list(void **state)
 	EXPECT_OK(hsm_store_key_update(f->s, id5, set_flags, (void *)&none, NULL, NULL));
 	assert_int_equal(jwt_keys(f->s, 3, got, 16), 3);
 	assert_int_equal(got[2], 7);
+	if (st_is_pg()) {
+		/* The partial index exists; the planner's choice on nine rows proves nothing. */
+		assert_int_equal(st_pg_int(f->db, "SELECT count(*) FROM pg_indexes "
+		                                  "WHERE indexname = 'keys_jwt'"),
+		                 1);
+		return;
+	}
 	assert_int_equal(st_raw_int(f->dir, "SELECT count(*) FROM keys INDEXED BY keys_jwt "
 	                                    "WHERE (flags & 1) = 1"),
 	                 4); /* 2, 3, 7 and the destroyed 9 */
@@ -594,6 +590,7 @@ static void test_jwt_key_list(void **state)
 /* A store made before the index gets it when opened. */
 static void test_jwt_index_added_to_an_older_store(void **state)
 {
+	st_sqlite_only();
 	st_fixture *f = *state;
 	char id[HSM_UUID_STRLEN + 1];
 	const uint32_t jwt = HSM_KEYFLAG_JWT;

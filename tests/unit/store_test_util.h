@@ -1,6 +1,14 @@
 /*
  * store_test_util.h - helpers shared by the store tests (header only: each
  * store_*_test.c is its own program).  Include it after <cmocka.h>.
+ *
+ * The backend under test: SQLite, unless HSM_TEST_STORE=pg, which runs the
+ * same tests on PostgreSQL.  Then HSM_TEST_PG_DIR names the directory of a
+ * server started by tests/support/pg-server.sh (its connection URI is in
+ * DIR/uri), and every fixture gets a database of its own, created from
+ * template0 and dropped afterwards.  A test that needs SQLite's files
+ * (fault injection through the raw database, file modes) calls
+ * st_sqlite_only() and is skipped on PostgreSQL.
  */
 #ifndef HSM_STORE_TEST_UTIL_H
 #define HSM_STORE_TEST_UTIL_H
@@ -12,6 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <libpq-fe.h>
 #include <sqlite3.h>
 
 #include "common/util.h"
@@ -124,18 +133,148 @@ static inline long long st_raw_int(const char *dir, const char *sql)
 	} while (0)
 #define EXPECT_OK(expr) EXPECT_ERR(expr, HSM_OK)
 
-/* A store opened on a fresh directory for one test. */
+/* ---- PostgreSQL ---------------------------------------------------------------- */
+
+static inline bool st_is_pg(void)
+{
+	const char *b = getenv("HSM_TEST_STORE");
+	return b != NULL && strcmp(b, "pg") == 0;
+}
+
+#define ST_URI_MAX (PATH_MAX + 64)
+
+/*
+ * The test server's URI (for its "postgres" database).  Missing server:
+ * the test fails, it never passes without having run.
+ */
+static inline void st_pg_server_uri(char out[ST_URI_MAX])
+{
+	const char *dir = getenv("HSM_TEST_PG_DIR");
+	char path[PATH_MAX];
+	if (dir == NULL || *dir == '\0')
+		fail_msg("HSM_TEST_STORE=pg needs HSM_TEST_PG_DIR (a tests/support/pg-server.sh "
+		         "directory)");
+	st_path(path, dir, "uri");
+	FILE *fp = fopen(path, "r");
+	if (fp == NULL)
+		fail_msg("no PostgreSQL test server: %s is missing (did pg-server.sh start fail? "
+		         "PostgreSQL 15 comes with scripts/install-deps.sh)", path);
+	if (fgets(out, ST_URI_MAX, fp) == NULL)
+		fail_msg("%s is empty", path);
+	fclose(fp);
+	out[strcspn(out, "\n")] = '\0';
+}
+
+/* The URI of another database on the test server. */
+static inline void st_pg_uri_for(char out[ST_URI_MAX], const char *db)
+{
+	char server[ST_URI_MAX];
+	st_pg_server_uri(server);
+	char *slash = strrchr(server, '/');
+	assert_non_null(slash);
+	*slash = '\0';
+	if (snprintf(out, ST_URI_MAX, "%s/%s", server, db) >= ST_URI_MAX)
+		abort();
+}
+
+/* Runs SQL on a database of the test server (NULL: the server's "postgres"); 0 on success. */
+static inline int st_pg_exec(const char *db, const char *sql)
+{
+	char uri[ST_URI_MAX];
+	if (db != NULL)
+		st_pg_uri_for(uri, db);
+	else
+		st_pg_server_uri(uri);
+	PGconn *c = PQconnectdb(uri);
+	int rc = -1;
+	if (PQstatus(c) == CONNECTION_OK) {
+		PGresult *r = PQexec(c, sql);
+		ExecStatusType st = PQresultStatus(r);
+		rc = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK ? 0 : -1;
+		if (rc != 0)
+			print_message("st_pg_exec: %s", PQresultErrorMessage(r));
+		PQclear(r);
+	} else {
+		print_message("st_pg_exec: %s", PQerrorMessage(c));
+	}
+	PQfinish(c);
+	return rc;
+}
+
+/* One integer from a query on a test database, or -1. */
+static inline long long st_pg_int(const char *db, const char *sql)
+{
+	char uri[ST_URI_MAX];
+	st_pg_uri_for(uri, db);
+	PGconn *c = PQconnectdb(uri);
+	long long v = -1;
+	if (PQstatus(c) == CONNECTION_OK) {
+		PGresult *r = PQexec(c, sql);
+		if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0)
+			v = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+		PQclear(r);
+	}
+	PQfinish(c);
+	return v;
+}
+
+/* A fresh, empty database; out receives its name. */
+static inline void st_pg_create_db(char out[64])
+{
+	static unsigned counter;
+	char sql[128];
+	snprintf(out, 64, "hsmt_%ld_%u", (long)getpid(), counter++);
+	snprintf(sql, sizeof(sql), "CREATE DATABASE %s TEMPLATE template0", out);
+	if (st_pg_exec(NULL, sql) != 0)
+		fail_msg("cannot create test database %s", out);
+}
+
+static inline void st_pg_drop_db(const char *db)
+{
+	char sql[128];
+	snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS %s WITH (FORCE)", db);
+	(void)st_pg_exec(NULL, sql);
+}
+
+/* ---- Fixture ------------------------------------------------------------------------- */
+
+/*
+ * A store opened on a fresh location for one test: a fresh directory
+ * (SQLite), or a fresh database (PostgreSQL; dir is then a scratch
+ * directory for files a test writes).
+ */
 typedef struct st_fixture {
 	char dir[PATH_MAX];
+	char loc[ST_URI_MAX]; /* what hsm_store_open is given */
+	char db[64];          /* PostgreSQL: the database's name */
 	hsm_store *s;
 } st_fixture;
+
+/* Sets f->dir and f->loc to a fresh, empty location of the backend under test. */
+static inline void st_fresh_location(st_fixture *f)
+{
+	st_tmpdir(f->dir);
+	if (st_is_pg()) {
+		st_pg_create_db(f->db);
+		st_pg_uri_for(f->loc, f->db);
+	} else {
+		snprintf(f->loc, sizeof(f->loc), "%s", f->dir);
+	}
+}
+
+static inline void st_release_location(st_fixture *f)
+{
+	if (f->db[0] != '\0')
+		st_pg_drop_db(f->db);
+	st_rm_rf(f->dir);
+}
 
 static inline int st_setup(void **state)
 {
 	st_fixture *f = calloc(1, sizeof(*f));
 	assert_non_null(f);
-	st_tmpdir(f->dir);
-	EXPECT_OK(hsm_store_open(f->dir, &f->s));
+	st_fresh_location(f);
+	EXPECT_OK(hsm_store_open(f->loc, &f->s));
 	*state = f;
 	return 0;
 }
@@ -144,7 +283,7 @@ static inline int st_teardown(void **state)
 {
 	st_fixture *f = *state;
 	hsm_store_close(f->s);
-	st_rm_rf(f->dir);
+	st_release_location(f);
 	free(f);
 	return 0;
 }
@@ -153,8 +292,43 @@ static inline void st_reopen(st_fixture *f)
 {
 	hsm_store_close(f->s);
 	f->s = NULL;
-	EXPECT_OK(hsm_store_open(f->dir, &f->s));
+	EXPECT_OK(hsm_store_open(f->loc, &f->s));
 }
+
+/*
+ * Fault injection: a trigger that makes inserts into table fail where cond
+ * holds (a condition on NEW, valid in both SQL dialects).  The store is
+ * closed around the change and reopened.
+ */
+static inline void st_poison(st_fixture *f, const char *table, const char *cond)
+{
+	char sql[1024];
+	hsm_store_close(f->s);
+	f->s = NULL;
+	if (st_is_pg()) {
+		snprintf(sql, sizeof(sql),
+		         "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS "
+		         "$$BEGIN RAISE EXCEPTION 'injected'; END$$;"
+		         "CREATE TRIGGER poison BEFORE INSERT ON %s FOR EACH ROW WHEN (%s) "
+		         "EXECUTE FUNCTION poison()",
+		         table, cond);
+		assert_int_equal(st_pg_exec(f->db, sql), 0);
+	} else {
+		snprintf(sql, sizeof(sql),
+		         "CREATE TRIGGER poison BEFORE INSERT ON %s WHEN %s BEGIN "
+		         "SELECT RAISE(ABORT, 'injected'); END",
+		         table, cond);
+		assert_int_equal(st_raw_exec(f->dir, sql), SQLITE_OK);
+	}
+	EXPECT_OK(hsm_store_open(f->loc, &f->s));
+}
+
+/* For tests of SQLite's files and raw database: skipped when PostgreSQL is under test. */
+#define st_sqlite_only()            \
+	do {                            \
+		if (st_is_pg())             \
+			skip();                 \
+	} while (0)
 
 /* Creates an Enabled key whose first version holds the given wrapped bytes. */
 static inline void st_create_key(hsm_store *s, const char *id, const void *wrapped, size_t n)

@@ -1,0 +1,382 @@
+/*
+ * store_pg.c - the PostgreSQL backend: opening, the connection pool,
+ * reconnection and transactions (design notes in store_pg.h).
+ *
+ * Location: a libpq connection URI, "postgresql://user:password@host:port/db"
+ * or "postgres://...", with any libpq parameter in its query string
+ * (https://www.postgresql.org/docs/15/libpq-connect.html#LIBPQ-CONNSTRING).
+ * Defaults the URI may override: connect_timeout=5,
+ * target_session_attrs=read-write (after a failover, only the new primary is
+ * accepted), application_name=hsmd.  The URI may hold the password: it is
+ * kept only to reconnect and appears in no message.
+ */
+#include "store/store_pg.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/crypto.h>
+
+#include "common/log.h"
+
+/* The store whose write transaction this thread is inside (catches re-entry from a key_update fn). */
+static _Thread_local const pg_store *pg_writing;
+
+/* ---- Connections ------------------------------------------------------------------------- */
+
+static void conn_close(pg_conn *c)
+{
+	if (c == NULL)
+		return;
+	PQfinish(c->db);
+	free(c);
+}
+
+/* libpq's message for a failed connection, first line only (it never holds the password). */
+static hsm_result connect_failure(PGconn *db)
+{
+	char msg[160];
+	const char *text = db != NULL ? PQerrorMessage(db) : "out of memory";
+	snprintf(msg, sizeof(msg), "%s", text);
+	msg[strcspn(msg, "\n")] = '\0';
+	if (strstr(text, "timeout expired") != NULL)
+		return HSM_FAIL(HSM_ERR_DEPENDENCY_TIMEOUT, "cannot connect to PostgreSQL: %s", msg);
+	return HSM_FAIL(HSM_ERR_STORE, "cannot connect to PostgreSQL: %s", msg);
+}
+
+/*
+ * Session settings.  Timeouts turn waits into DEPENDENCY_TIMEOUT; the
+ * commit level is raised to on where the server's default is off, and never
+ * lowered (a server may require remote_apply from its synchronous standbys).
+ */
+#define STR_(x) #x
+#define STR(x) STR_(x)
+static const char SQL_SESSION[] =
+	"SET statement_timeout = " STR(PG_STATEMENT_TIMEOUT_MS) ";"
+	"SET lock_timeout = " STR(PG_LOCK_TIMEOUT_MS) ";"
+	"SET idle_in_transaction_session_timeout = " STR(PG_IDLE_TX_TIMEOUT_MS) ";"
+	"SET default_transaction_isolation = 'read committed';"
+	"SET client_min_messages = warning;"
+	"SELECT set_config('synchronous_commit', 'on', false)"
+	" WHERE current_setting('synchronous_commit') = 'off'";
+
+/*
+ * libpq prints server notices and warnings on stderr by default; the store's
+ * own statements cause none worth an operator's attention (and a notice may
+ * quote values), so they are dropped.
+ */
+static void drop_notice(void *arg, const char *message)
+{
+	(void)arg;
+	(void)message;
+}
+
+static hsm_result conn_open(const pg_store *s, pg_conn **out)
+{
+	hsm_result res = HSM_SUCCESS;
+	pg_conn *c = calloc(1, sizeof(*c));
+	HSM_ENSURE(c != NULL, HSM_ERR_NOMEM, "out of memory");
+	/*
+	 * Keywords before dbname are defaults the URI overrides (the URI is
+	 * expanded where dbname appears); those after it are imposed.
+	 */
+	const char *const keys[] = {"connect_timeout", "target_session_attrs", "application_name",
+	                            "dbname", "client_encoding", NULL};
+	const char *const values[] = {PG_CONNECT_TIMEOUT_S, "read-write", "hsmd", s->conninfo,
+	                              "UTF8", NULL};
+	c->db = PQconnectdbParams(keys, values, 1);
+	if (c->db == NULL || PQstatus(c->db) != CONNECTION_OK) {
+		res = connect_failure(c->db);
+		goto out;
+	}
+	PQsetNoticeProcessor(c->db, drop_notice, NULL);
+	HSM_TRY(pg_simple(c, SQL_SESSION, "configure a connection"));
+	c->ok = 0;
+	*out = c;
+	c = NULL;
+out:
+	conn_close(c);
+	return res;
+}
+
+/* ---- The pool -------------------------------------------------------------------------------- */
+
+static void deadline_after_ms(struct timespec *ts, long ms)
+{
+	clock_gettime(CLOCK_MONOTONIC, ts);
+	ts->tv_sec += ms / 1000;
+	ts->tv_nsec += (ms % 1000) * 1000000L;
+	if (ts->tv_nsec >= 1000000000L) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000L;
+	}
+}
+
+/*
+ * An idle connection, else a new one while fewer than PG_POOL_MAX are open,
+ * else waits up to PG_POOL_WAIT_MS for one to come back.
+ */
+static hsm_result pool_get(pg_store *s, pg_conn **out)
+{
+	struct timespec deadline;
+	deadline_after_ms(&deadline, PG_POOL_WAIT_MS);
+	pthread_mutex_lock(&s->pool_lock);
+	while (s->idle == NULL && s->open_count >= PG_POOL_MAX) {
+		int rc = pthread_cond_timedwait(&s->pool_free, &s->pool_lock, &deadline);
+		if (rc == ETIMEDOUT && s->idle == NULL && s->open_count >= PG_POOL_MAX) {
+			pthread_mutex_unlock(&s->pool_lock);
+			return HSM_FAIL(HSM_ERR_DEPENDENCY_TIMEOUT,
+			                "all %d PostgreSQL connections stayed busy beyond %d ms",
+			                PG_POOL_MAX, PG_POOL_WAIT_MS);
+		}
+	}
+	pg_conn *c = s->idle;
+	if (c != NULL) {
+		s->idle = c->next;
+		pthread_mutex_unlock(&s->pool_lock);
+		c->next = NULL;
+		c->ok = 0;
+		*out = c;
+		return HSM_SUCCESS;
+	}
+	s->open_count++; /* reserved while connecting outside the lock */
+	pthread_mutex_unlock(&s->pool_lock);
+	hsm_result res = conn_open(s, &c);
+	if (hsm_failed(res)) {
+		pthread_mutex_lock(&s->pool_lock);
+		s->open_count--;
+		pthread_cond_signal(&s->pool_free);
+		pthread_mutex_unlock(&s->pool_lock);
+		return res;
+	}
+	*out = c;
+	return HSM_SUCCESS;
+}
+
+/*
+ * Returns c to the pool, or closes it when broken or left inside a
+ * transaction.  A connection that lost its server usually means the server
+ * restarted or failed over, so the idle ones are closed with it: they would
+ * fail the same way, and a retry must get a fresh connection, not the next
+ * dead one.
+ */
+static void pool_put(pg_store *s, pg_conn *c)
+{
+	bool keep = !c->broken && PQstatus(c->db) == CONNECTION_OK &&
+	            PQtransactionStatus(c->db) == PQTRANS_IDLE;
+	pg_conn *stale = NULL;
+	if (!keep)
+		conn_close(c);
+	pthread_mutex_lock(&s->pool_lock);
+	if (keep) {
+		c->next = s->idle;
+		s->idle = c;
+	} else {
+		s->open_count--;
+		stale = s->idle;
+		s->idle = NULL;
+		for (pg_conn *i = stale; i != NULL; i = i->next)
+			s->open_count--;
+	}
+	pthread_cond_broadcast(&s->pool_free);
+	pthread_mutex_unlock(&s->pool_lock);
+	while (stale != NULL) {
+		pg_conn *next = stale->next;
+		conn_close(stale);
+		stale = next;
+	}
+}
+
+/* ---- Transactions ------------------------------------------------------------------------------ */
+
+/*
+ * Whether a failed attempt may be repeated on a fresh connection: only when
+ * the connection turned out dead before any statement succeeded on it, so
+ * nothing of the attempt can have taken effect.
+ */
+static bool may_retry(const pg_conn *c, hsm_result res, int attempt)
+{
+	return hsm_failed(res) && c->broken && c->ok == 0 && attempt == 0;
+}
+
+hsm_result pg_read(pg_store *s, pg_body body, void *arg)
+{
+	for (int attempt = 0;; attempt++) {
+		pg_conn *c;
+		HSM_GUARD(pool_get(s, &c));
+		hsm_result res = body(c, arg);
+		bool retry = may_retry(c, res, attempt);
+		pool_put(s, c);
+		if (!retry)
+			return res;
+		hsm_debug("store: PostgreSQL connection lost; retrying the read on a new one");
+	}
+}
+
+/* Rolls back whatever is open, through libpq directly so the body's error is kept. */
+static void rollback_if_open(pg_conn *c)
+{
+	if (c->broken || PQtransactionStatus(c->db) == PQTRANS_IDLE)
+		return;
+	PGresult *r = PQexec(c->db, "ROLLBACK");
+	if (PQresultStatus(r) != PGRES_COMMAND_OK)
+		c->broken = true; /* not reused in an unknown state */
+	PQclear(r);
+}
+
+static hsm_result commit(pg_conn *c)
+{
+	hsm_result res = pg_simple(c, "COMMIT", "commit a transaction");
+	if (hsm_failed(res) && c->broken)
+		return HSM_FAIL(HSM_ERR_STORE, "lost the connection to PostgreSQL during COMMIT: the "
+		                               "change may or may not have been applied");
+	return res;
+}
+
+static hsm_result transaction(pg_store *s, const char *begin, pg_body body, void *arg)
+{
+	for (int attempt = 0;; attempt++) {
+		pg_conn *c;
+		HSM_GUARD(pool_get(s, &c));
+		hsm_result res = pg_simple(c, begin, "begin a transaction");
+		if (hsm_failed(res)) {
+			bool retry = may_retry(c, res, attempt);
+			pool_put(s, c);
+			if (retry)
+				continue;
+			return res;
+		}
+		res = body(c, arg);
+		if (hsm_ok(res))
+			res = commit(c);
+		rollback_if_open(c);
+		pool_put(s, c);
+		return res;
+	}
+}
+
+hsm_result pg_write(pg_store *s, pg_body body, void *arg)
+{
+	HSM_ASSERT(pg_writing != s); /* a key_update fn called back into the store */
+	pg_writing = s;
+	hsm_result res = transaction(s, "BEGIN", body, arg);
+	pg_writing = NULL;
+	return res;
+}
+
+hsm_result pg_read_snapshot(pg_store *s, pg_body body, void *arg)
+{
+	return transaction(s, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", body, arg);
+}
+
+/* ---- Open and close ---------------------------------------------------------------------------- */
+
+static void pg_close(hsm_store *base)
+{
+	pg_store *s = pg_of(base);
+	while (s->idle != NULL) {
+		pg_conn *c = s->idle;
+		s->idle = c->next;
+		conn_close(c);
+	}
+	if (s->conninfo != NULL) {
+		OPENSSL_cleanse(s->conninfo, strlen(s->conninfo)); /* holds the password */
+		free(s->conninfo);
+	}
+	pthread_cond_destroy(&s->pool_free);
+	pthread_mutex_destroy(&s->pool_lock);
+	free(s);
+}
+
+static int pg_schema_version_op(hsm_store *base)
+{
+	return pg_of(base)->schema_version;
+}
+
+static const hsm_store_ops pg_ops = {
+	.name = "postgresql",
+	.close = pg_close,
+	.schema_version = pg_schema_version_op,
+	.meta_get = pg_meta_get,
+	.meta_put = pg_meta_put,
+	.key_create = pg_key_create,
+	.key_get = pg_key_get,
+	.key_update = pg_key_update,
+	.key_destroy = pg_key_destroy,
+	.key_list = pg_key_list,
+	.jwt_key_list = pg_jwt_key_list,
+	.key_count = pg_key_count,
+	.snapshot = pg_snapshot,
+	.keys_due = pg_keys_due,
+	.version_get = pg_version_get,
+	.version_list = pg_version_list,
+	.alias_create = pg_alias_create,
+	.alias_update = pg_alias_update,
+	.alias_delete = pg_alias_delete,
+	.alias_get = pg_alias_get,
+	.alias_list = pg_alias_list,
+	.alias_delete_for_key = pg_alias_delete_for_key,
+	.tags_put = pg_tags_put,
+	.tags_remove = pg_tags_remove,
+	.tags_list = pg_tags_list,
+	.user_create = pg_user_create,
+	.user_get = pg_user_get,
+	.user_put = pg_user_put,
+	.user_auth_result = pg_user_auth_result,
+	.user_list = pg_user_list,
+	.access_key_create = pg_access_key_create,
+	.access_key_get = pg_access_key_get,
+	.access_key_set_active = pg_access_key_set_active,
+	.access_key_list = pg_access_key_list,
+	.export_all = pg_export,
+	.import_all = pg_import,
+};
+
+static hsm_result store_alloc(const char *location, pg_store **out)
+{
+	/* Connections move between threads (one at a time): libpq must be thread-safe. */
+	HSM_ENSURE(PQisthreadsafe() != 0, HSM_ERR_STORE,
+	           "the libpq library was built without thread support");
+	pg_store *s = calloc(1, sizeof(*s));
+	HSM_ENSURE(s != NULL, HSM_ERR_NOMEM, "out of memory");
+	s->base.ops = &pg_ops;
+	pthread_mutex_init(&s->pool_lock, NULL);
+	pthread_condattr_t attr;
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(&s->pool_free, &attr);
+	pthread_condattr_destroy(&attr);
+	s->conninfo = strdup(location);
+	if (s->conninfo == NULL) {
+		pg_close(&s->base);
+		return HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
+	}
+	*out = s;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_store_pg_open(const char *location, hsm_store **out)
+{
+	HSM_ASSERT(location != NULL && out != NULL);
+	hsm_result res = HSM_SUCCESS;
+	pg_store *s = NULL;
+	/* Parse first, so a malformed URI is a validation error, not a connection failure. */
+	char *err = NULL;
+	PQconninfoOption *opts = PQconninfoParse(location, &err);
+	PQconninfoFree(opts);
+	if (opts == NULL) {
+		PQfreemem(err); /* libpq's message may quote the URI, password included */
+		return HSM_FAIL(HSM_ERR_VALIDATION, "the PostgreSQL connection URI is malformed");
+	}
+	HSM_TRY(store_alloc(location, &s));
+	HSM_TRY(pg_schema_migrate(s, &s->schema_version));
+	*out = &s->base;
+	s = NULL;
+out:
+	if (s != NULL)
+		pg_close(&s->base);
+	return res;
+}

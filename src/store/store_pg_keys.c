@@ -1,0 +1,527 @@
+/*
+ * store_pg_keys.c - keys and key versions in PostgreSQL.
+ *
+ * Same semantics as store_sqlite_keys.c; what differs is that other nodes
+ * write the same rows, so every read-modify-write locks the key's row first
+ * (SELECT ... FOR UPDATE): a second node's key_update waits for the first to
+ * commit and then reads what it wrote, so no update is lost.
+ */
+#include "store/store_pg.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- Row codecs ------------------------------------------------------------------ */
+
+/* Enumerations are stored by name; a name this build does not know is corruption. */
+static hsm_result corrupt_unless(hsm_result r, const char *what)
+{
+	return hsm_ok(r) ? r : pg_corrupt(what);
+}
+
+static hsm_result read_key_enums(const PGresult *r, int row, hsm_key_record *k)
+{
+	char text[64];
+	HSM_GUARD(pg_col_text(r, row, 2, text, sizeof(text)));
+	HSM_GUARD(corrupt_unless(hsm_spec_parse(text, &k->spec), "unknown key spec"));
+	HSM_GUARD(pg_col_text(r, row, 3, text, sizeof(text)));
+	HSM_GUARD(corrupt_unless(hsm_usage_parse(text, &k->usage), "unknown key usage"));
+	HSM_GUARD(pg_col_text(r, row, 4, text, sizeof(text)));
+	HSM_GUARD(corrupt_unless(hsm_key_origin_parse(text, &k->origin), "unknown key origin"));
+	HSM_GUARD(pg_col_text(r, row, 5, text, sizeof(text)));
+	HSM_GUARD(corrupt_unless(hsm_key_state_parse(text, &k->state), "unknown key state"));
+	return HSM_SUCCESS;
+}
+
+/* Fills k from a PG_KEY_COLS row; on failure k may hold strings the caller clears. */
+hsm_result pg_read_key(const PGresult *r, int row, void *item)
+{
+	hsm_key_record *k = item;
+	HSM_GUARD(pg_col_text(r, row, 0, k->key_id, sizeof(k->key_id)));
+	HSM_GUARD(pg_col_strdup(r, row, 1, &k->description));
+	HSM_GUARD(read_key_enums(r, row, k));
+	HSM_GUARD(pg_col_i64(r, row, 6, &k->created));
+	HSM_GUARD(pg_col_i64(r, row, 7, &k->deletion_date));
+	HSM_GUARD(pg_col_i32(r, row, 8, &k->pending_window_days));
+	HSM_GUARD(pg_col_bool(r, row, 9, &k->rotation_enabled));
+	HSM_GUARD(pg_col_i32(r, row, 10, &k->rotation_period_days));
+	HSM_GUARD(pg_col_i64(r, row, 11, &k->next_rotation));
+	HSM_GUARD(pg_col_u32(r, row, 12, &k->primary_version));
+	HSM_GUARD(pg_col_strdup(r, row, 13, &k->policy));
+	HSM_GUARD(pg_col_u32(r, row, 14, &k->flags));
+	HSM_GUARD(pg_col_i64(r, row, 15, &k->updated));
+	return HSM_SUCCESS;
+}
+
+hsm_result pg_read_version(const PGresult *r, int row, void *item)
+{
+	hsm_version_record *v = item;
+	char text[32];
+	HSM_GUARD(pg_col_text(r, row, 0, v->key_id, sizeof(v->key_id)));
+	HSM_GUARD(pg_col_u32(r, row, 1, &v->version));
+	HSM_GUARD(pg_col_i64(r, row, 2, &v->created));
+	HSM_GUARD(pg_col_text(r, row, 3, text, sizeof(text)));
+	HSM_GUARD(corrupt_unless(hsm_rotation_type_parse(text, &v->rotation_type),
+	                         "unknown rotation type"));
+	HSM_GUARD(pg_col_bytea(r, row, 4, &v->wrapped));
+	HSM_GUARD(pg_col_bytea(r, row, 5, &v->public_der));
+	return HSM_SUCCESS;
+}
+
+static void clear_key(void *item)
+{
+	hsm_key_record_clear(item);
+}
+
+static void clear_version(void *item)
+{
+	hsm_version_record_clear(item);
+}
+
+/* Parameters $1..$16 in PG_KEY_COLS order. */
+static void bind_key(pg_params *p, const hsm_key_record *k)
+{
+	pg_p_text(p, k->key_id);
+	pg_p_text(p, k->description);
+	pg_p_text(p, hsm_spec_name(k->spec));
+	pg_p_text(p, hsm_usage_name(k->usage));
+	pg_p_text(p, hsm_key_origin_name(k->origin));
+	pg_p_text(p, hsm_key_state_name(k->state));
+	pg_p_i64(p, k->created);
+	pg_p_i64(p, k->deletion_date);
+	pg_p_i64(p, k->pending_window_days);
+	pg_p_bool(p, k->rotation_enabled);
+	pg_p_i64(p, k->rotation_period_days);
+	pg_p_i64(p, k->next_rotation);
+	pg_p_i64(p, k->primary_version);
+	pg_p_text(p, k->policy);
+	pg_p_i64(p, k->flags);
+	pg_p_i64(p, k->updated);
+}
+
+static const char SQL_KEY_INSERT[] = "INSERT INTO keys (" PG_KEY_COLS ") VALUES "
+                                     "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
+                                     "$14, $15, $16)";
+static const char SQL_KEY_UPDATE[] =
+	"UPDATE keys SET description = $2, spec = $3, usage = $4, origin = $5, state = $6, "
+	"created = $7, deletion_date = $8, pending_window_days = $9, rotation_enabled = $10, "
+	"rotation_period_days = $11, next_rotation = $12, primary_version = $13, policy = $14, "
+	"flags = $15, updated = $16 WHERE id = $1";
+static const char SQL_VERSION_INSERT[] = "INSERT INTO key_versions (" PG_VERSION_COLS
+                                         ") VALUES ($1, $2, $3, $4, $5, $6)";
+
+static hsm_result write_key(pg_conn *w, const char *sql, const hsm_key_record *k)
+{
+	pg_params p;
+	pg_params_init(&p);
+	bind_key(&p, k);
+	return pg_run(w, sql, &p, NULL);
+}
+
+hsm_result pg_insert_key(pg_conn *w, const hsm_key_record *k)
+{
+	return write_key(w, SQL_KEY_INSERT, k);
+}
+
+hsm_result pg_insert_version(pg_conn *w, const hsm_version_record *v)
+{
+	pg_params p;
+	pg_params_init(&p);
+	pg_p_text(&p, v->key_id);
+	pg_p_i64(&p, v->version);
+	pg_p_i64(&p, v->created);
+	pg_p_text(&p, hsm_rotation_type_name(v->rotation_type));
+	pg_p_bytea(&p, &v->wrapped);
+	pg_p_bytea(&p, &v->public_der);
+	return pg_run(w, SQL_VERSION_INSERT, &p, NULL);
+}
+
+/* ---- Shared lookups ------------------------------------------------------------------ */
+
+static const char SQL_KEY_EXISTS[] = "SELECT 1 FROM keys WHERE id = $1";
+/* FOR SHARE: the key cannot be updated or destroyed until this transaction ends. */
+static const char SQL_KEY_EXISTS_LOCKED[] = "SELECT 1 FROM keys WHERE id = $1 FOR SHARE";
+
+hsm_result pg_key_require(pg_conn *c, const char *key_id)
+{
+	bool found = false;
+	HSM_GUARD(pg_exists(c, SQL_KEY_EXISTS, key_id, &found));
+	HSM_ENSURE(found, HSM_ERR_NOT_FOUND, "key %s does not exist", key_id);
+	return HSM_SUCCESS;
+}
+
+hsm_result pg_key_require_locked(pg_conn *w, const char *key_id)
+{
+	bool found = false;
+	HSM_GUARD(pg_exists(w, SQL_KEY_EXISTS_LOCKED, key_id, &found));
+	HSM_ENSURE(found, HSM_ERR_NOT_FOUND, "key %s does not exist", key_id);
+	return HSM_SUCCESS;
+}
+
+static const char SQL_KEY_GET[] = "SELECT " PG_KEY_COLS " FROM keys WHERE id = $1";
+static const char SQL_KEY_GET_FOR_UPDATE[] =
+	"SELECT " PG_KEY_COLS " FROM keys WHERE id = $1 FOR UPDATE";
+
+static hsm_result load_key(pg_conn *c, const char *sql, const char *key_id, hsm_key_record *rec)
+{
+	pg_params p;
+	PGresult *r = NULL;
+	pg_params_init(&p);
+	pg_p_text(&p, key_id);
+	HSM_GUARD(pg_run(c, sql, &p, &r));
+	hsm_result res = HSM_SUCCESS;
+	if (PQntuples(r) == 0)
+		res = HSM_FAIL(HSM_ERR_NOT_FOUND, "key %s does not exist", key_id);
+	else
+		res = pg_read_key(r, 0, rec);
+	PQclear(r);
+	return res;
+}
+
+/* ---- Create, get, update, destroy ------------------------------------------------------ */
+
+typedef struct key_op {
+	const char *key_id;
+	const hsm_key_record *key;
+	const hsm_version_record *version;
+	hsm_key_update_fn fn;
+	void *arg;
+	hsm_key_record rec;
+	int64_t now;
+} key_op;
+
+static hsm_result key_create_body(pg_conn *w, void *arg)
+{
+	key_op *op = arg;
+	bool found = false;
+	HSM_GUARD(pg_exists(w, SQL_KEY_EXISTS, op->key->key_id, &found));
+	HSM_ENSURE(!found, HSM_ERR_ALREADY_EXISTS, "key %s already exists", op->key->key_id);
+	/* Another node may insert the same id meanwhile: the primary key then says ALREADY_EXISTS. */
+	HSM_GUARD(pg_insert_key(w, op->key));
+	return pg_insert_version(w, op->version);
+}
+
+hsm_result pg_key_create(hsm_store *base, const hsm_key_record *key,
+                         const hsm_version_record *first)
+{
+	key_op op = {.key = key, .version = first};
+	return pg_write(pg_of(base), key_create_body, &op);
+}
+
+static hsm_result key_get_body(pg_conn *c, void *arg)
+{
+	key_op *op = arg;
+	hsm_key_record_clear(&op->rec); /* a retried attempt starts afresh */
+	return load_key(c, SQL_KEY_GET, op->key_id, &op->rec);
+}
+
+hsm_result pg_key_get(hsm_store *base, const char *key_id, hsm_key_record *out)
+{
+	key_op op = {.key_id = key_id};
+	hsm_result res = pg_read(pg_of(base), key_get_body, &op);
+	if (hsm_ok(res))
+		*out = op.rec;
+	else
+		hsm_key_record_clear(&op.rec);
+	return res;
+}
+
+/* The store's state rules (store.h, hsm_store_key_update). */
+static hsm_result check_transition(hsm_key_state before, hsm_key_state after, bool new_version)
+{
+	if (before == HSM_KEY_DESTROYED) {
+		HSM_ENSURE(after == HSM_KEY_DESTROYED, HSM_ERR_INVALID_STATE,
+		           "a destroyed key cannot change state");
+		HSM_ENSURE(!new_version, HSM_ERR_INVALID_STATE,
+		           "a destroyed key cannot get a new version");
+	} else {
+		HSM_ENSURE(after != HSM_KEY_DESTROYED, HSM_ERR_INVALID_STATE,
+		           "a key is destroyed only by key destroy");
+	}
+	return HSM_SUCCESS;
+}
+
+/* fn may leave a string NULL; the columns are NOT NULL and records promise "". */
+static hsm_result fill_empty(char **s)
+{
+	if (*s == NULL) {
+		*s = strdup("");
+		HSM_ENSURE(*s != NULL, HSM_ERR_NOMEM, "out of memory");
+	}
+	return HSM_SUCCESS;
+}
+
+static hsm_result key_update_body(pg_conn *w, void *arg)
+{
+	key_op *op = arg;
+	hsm_key_record *rec = &op->rec;
+	const hsm_version_record *add = op->version;
+	/* The row stays locked until COMMIT: other nodes' updates of this key wait here. */
+	HSM_GUARD(load_key(w, SQL_KEY_GET_FOR_UPDATE, op->key_id, rec));
+	hsm_key_state before = rec->state;
+	if (add != NULL) {
+		uint32_t next = rec->primary_version + 1;
+		HSM_ENSURE(add->version == next, HSM_ERR_CONFLICT,
+		           "key %s: version %u is not the next version (%u)", op->key_id, add->version,
+		           next);
+	}
+	HSM_GUARD(op->fn(rec, op->arg));
+	HSM_ASSERT(strcmp(rec->key_id, op->key_id) == 0); /* fn must not change the key id */
+	HSM_GUARD(check_transition(before, rec->state, add != NULL));
+	HSM_GUARD(fill_empty(&rec->description));
+	HSM_GUARD(fill_empty(&rec->policy));
+	if (add != NULL) {
+		rec->primary_version = add->version;
+		HSM_GUARD(pg_insert_version(w, add));
+	}
+	return write_key(w, SQL_KEY_UPDATE, rec);
+}
+
+hsm_result pg_key_update(hsm_store *base, const char *key_id, hsm_key_update_fn fn, void *arg,
+                         const hsm_version_record *add_version, hsm_key_record *after)
+{
+	key_op op = {.key_id = key_id, .fn = fn, .arg = arg, .version = add_version};
+	hsm_result res = pg_write(pg_of(base), key_update_body, &op);
+	if (hsm_ok(res) && after != NULL)
+		*after = op.rec;
+	else
+		hsm_key_record_clear(&op.rec);
+	return res;
+}
+
+static const char SQL_KEY_LOCK[] = "SELECT 1 FROM keys WHERE id = $1 FOR UPDATE";
+static const char SQL_KEY_MARK_DESTROYED[] =
+	"UPDATE keys SET state = 'Destroyed', updated = $2 WHERE id = $1";
+/*
+ * An empty value, not NULL.  The row's new version holds no material; the old
+ * version remains a dead tuple until VACUUM (store_pg.h, "Erasure").
+ */
+static const char SQL_VERSIONS_ERASE[] =
+	"UPDATE key_versions SET wrapped = '\\x'::bytea WHERE key_id = $1 AND wrapped <> '\\x'::bytea";
+
+static hsm_result key_destroy_body(pg_conn *w, void *arg)
+{
+	key_op *op = arg;
+	pg_params p;
+	bool found = false;
+	HSM_GUARD(pg_exists(w, SQL_KEY_LOCK, op->key_id, &found));
+	HSM_ENSURE(found, HSM_ERR_NOT_FOUND, "key %s does not exist", op->key_id);
+	pg_params_init(&p);
+	pg_p_text(&p, op->key_id);
+	pg_p_i64(&p, op->now);
+	HSM_GUARD(pg_run(w, SQL_KEY_MARK_DESTROYED, &p, NULL));
+	pg_params_init(&p);
+	pg_p_text(&p, op->key_id);
+	HSM_GUARD(pg_run(w, SQL_VERSIONS_ERASE, &p, NULL));
+	return pg_alias_delete_for_key_in(w, op->key_id);
+}
+
+hsm_result pg_key_destroy(hsm_store *base, const char *key_id, int64_t now)
+{
+	key_op op = {.key_id = key_id, .now = now};
+	return pg_write(pg_of(base), key_destroy_body, &op);
+}
+
+/* ---- Lists ----------------------------------------------------------------------------- */
+
+static const char SQL_KEY_PAGE_ALL[] =
+	"SELECT " PG_KEY_COLS " FROM keys WHERE id > $1 ORDER BY id LIMIT $2";
+static const char SQL_KEY_PAGE_LIVE[] = "SELECT " PG_KEY_COLS " FROM keys WHERE id > $1 AND "
+                                        "state <> 'Destroyed' ORDER BY id LIMIT $2";
+/* The term (flags & 1) = 1 is the keys_jwt index's own predicate, so the planner can use it. */
+_Static_assert(HSM_KEYFLAG_JWT == 1, "keys_jwt indexes flag bit 0");
+static const char SQL_KEY_PAGE_JWT[] =
+	"SELECT " PG_KEY_COLS " FROM keys WHERE (flags & 1) = 1 AND id > $1 AND "
+	"state <> 'Destroyed' ORDER BY id LIMIT $2";
+
+typedef struct page_op {
+	const char *sql;
+	const char *after;
+	const char *key_id;
+	size_t limit;
+	int64_t now;
+	pg_vec v;
+	bool more;
+} page_op;
+
+static hsm_result key_page_body(pg_conn *c, void *arg)
+{
+	page_op *op = arg;
+	pg_params p;
+	PGresult *r = NULL;
+	pg_params_init(&p);
+	pg_p_text(&p, op->after);
+	pg_p_i64(&p, (int64_t)op->limit + 1); /* one more row tells whether a page follows */
+	HSM_GUARD(pg_run(c, op->sql, &p, &r));
+	hsm_result res = pg_collect(r, op->limit, pg_read_key, clear_key, &op->v, &op->more);
+	PQclear(r);
+	return res;
+}
+
+static hsm_result emit_keys(const pg_vec *v, hsm_key_cb cb, void *arg)
+{
+	for (size_t i = 0; i < v->n; i++)
+		HSM_GUARD(cb(pg_vec_at(v, i), arg));
+	return HSM_SUCCESS;
+}
+
+static hsm_result list_page(hsm_store *base, const char *sql, const char *after, size_t limit,
+                            hsm_key_cb cb, void *arg, bool *truncated)
+{
+	page_op op = {.sql = sql, .after = after, .limit = limit};
+	pg_vec_init(&op.v, sizeof(hsm_key_record));
+	hsm_result res = pg_read(pg_of(base), key_page_body, &op);
+	if (hsm_ok(res))
+		res = emit_keys(&op.v, cb, arg);
+	if (hsm_ok(res))
+		*truncated = op.more;
+	pg_vec_free(&op.v, clear_key);
+	return res;
+}
+
+hsm_result pg_key_list(hsm_store *base, const char *after, size_t limit, bool include_destroyed,
+                       hsm_key_cb cb, void *arg, bool *truncated)
+{
+	return list_page(base, include_destroyed ? SQL_KEY_PAGE_ALL : SQL_KEY_PAGE_LIVE, after,
+	                 limit, cb, arg, truncated);
+}
+
+hsm_result pg_jwt_key_list(hsm_store *base, const char *after, size_t limit, hsm_key_cb cb,
+                           void *arg, bool *truncated)
+{
+	return list_page(base, SQL_KEY_PAGE_JWT, after, limit, cb, arg, truncated);
+}
+
+static const char SQL_KEY_COUNT[] = "SELECT count(*) FROM keys WHERE state <> 'Destroyed'";
+
+static hsm_result key_count_body(pg_conn *c, void *arg)
+{
+	PGresult *r = NULL;
+	HSM_GUARD(pg_run(c, SQL_KEY_COUNT, NULL, &r));
+	hsm_result res = pg_col_i64(r, 0, 0, arg);
+	PQclear(r);
+	return res;
+}
+
+hsm_result pg_key_count(hsm_store *base, uint64_t *out)
+{
+	int64_t n = 0;
+	HSM_GUARD(pg_read(pg_of(base), key_count_body, &n));
+	HSM_ENSURE(n >= 0, HSM_ERR_STORE, "PostgreSQL returned a negative count");
+	*out = (uint64_t)n;
+	return HSM_SUCCESS;
+}
+
+static const char SQL_DUE_DELETIONS[] =
+	"SELECT " PG_KEY_COLS " FROM keys WHERE state = 'PendingDeletion' AND deletion_date <= $1 "
+	"ORDER BY deletion_date, id LIMIT $2";
+static const char SQL_DUE_ROTATIONS[] =
+	"SELECT " PG_KEY_COLS " FROM keys WHERE rotation_enabled AND state = 'Enabled' AND "
+	"next_rotation <= $1 ORDER BY next_rotation, id LIMIT $2";
+
+static hsm_result read_due(pg_conn *c, const char *sql, page_op *op)
+{
+	pg_params p;
+	PGresult *r = NULL;
+	pg_params_init(&p);
+	pg_p_i64(&p, op->now);
+	pg_p_i64(&p, (int64_t)(op->limit - op->v.n));
+	HSM_GUARD(pg_run(c, sql, &p, &r));
+	hsm_result res = pg_collect(r, op->limit, pg_read_key, clear_key, &op->v, NULL);
+	PQclear(r);
+	return res;
+}
+
+static hsm_result keys_due_body(pg_conn *c, void *arg)
+{
+	page_op *op = arg;
+	HSM_GUARD(read_due(c, SQL_DUE_DELETIONS, op));
+	if (op->v.n < op->limit)
+		HSM_GUARD(read_due(c, SQL_DUE_ROTATIONS, op));
+	return HSM_SUCCESS;
+}
+
+hsm_result pg_keys_due(hsm_store *base, int64_t now, size_t limit, hsm_key_cb cb, void *arg)
+{
+	page_op op = {.now = now, .limit = limit};
+	pg_vec_init(&op.v, sizeof(hsm_key_record));
+	hsm_result res = pg_read(pg_of(base), keys_due_body, &op);
+	if (hsm_ok(res))
+		res = emit_keys(&op.v, cb, arg);
+	pg_vec_free(&op.v, clear_key);
+	return res;
+}
+
+/* ---- Versions ---------------------------------------------------------------------------- */
+
+static const char SQL_VERSION_GET[] =
+	"SELECT " PG_VERSION_COLS " FROM key_versions WHERE key_id = $1 AND version = $2";
+
+typedef struct version_op {
+	const char *key_id;
+	uint32_t version;
+	hsm_version_record rec;
+	pg_vec v;
+} version_op;
+
+static hsm_result version_get_body(pg_conn *c, void *arg)
+{
+	version_op *op = arg;
+	pg_params p;
+	PGresult *r = NULL;
+	hsm_version_record_clear(&op->rec);
+	pg_params_init(&p);
+	pg_p_text(&p, op->key_id);
+	pg_p_i64(&p, op->version);
+	HSM_GUARD(pg_run(c, SQL_VERSION_GET, &p, &r));
+	bool row = PQntuples(r) > 0;
+	hsm_result res = row ? pg_read_version(r, 0, &op->rec) : HSM_SUCCESS;
+	PQclear(r);
+	HSM_GUARD(res);
+	if (!row) {
+		/* Tell a missing key from a missing version. */
+		HSM_GUARD(pg_key_require(c, op->key_id));
+		return HSM_FAIL(HSM_ERR_NOT_FOUND, "key %s has no version %u", op->key_id, op->version);
+	}
+	return HSM_SUCCESS;
+}
+
+hsm_result pg_version_get(hsm_store *base, const char *key_id, uint32_t version,
+                          hsm_version_record *out)
+{
+	version_op op = {.key_id = key_id, .version = version};
+	hsm_result res = pg_read(pg_of(base), version_get_body, &op);
+	if (hsm_ok(res))
+		*out = op.rec;
+	else
+		hsm_version_record_clear(&op.rec);
+	return res;
+}
+
+static const char SQL_VERSION_LIST[] =
+	"SELECT " PG_VERSION_COLS " FROM key_versions WHERE key_id = $1 ORDER BY version";
+
+static hsm_result version_list_body(pg_conn *c, void *arg)
+{
+	version_op *op = arg;
+	pg_params p;
+	PGresult *r = NULL;
+	HSM_GUARD(pg_key_require(c, op->key_id));
+	pg_params_init(&p);
+	pg_p_text(&p, op->key_id);
+	HSM_GUARD(pg_run(c, SQL_VERSION_LIST, &p, &r));
+	hsm_result res = pg_collect(r, SIZE_MAX, pg_read_version, clear_version, &op->v, NULL);
+	PQclear(r);
+	return res;
+}
+
+hsm_result pg_version_list(hsm_store *base, const char *key_id, hsm_version_cb cb, void *arg)
+{
+	version_op op = {.key_id = key_id};
+	pg_vec_init(&op.v, sizeof(hsm_version_record));
+	hsm_result res = pg_read(pg_of(base), version_list_body, &op);
+	for (size_t i = 0; hsm_ok(res) && i < op.v.n; i++)
+		res = cb(pg_vec_at(&op.v, i), arg);
+	pg_vec_free(&op.v, clear_version);
+	return res;
+}

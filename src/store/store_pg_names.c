@@ -1,0 +1,327 @@
+/*
+ * store_pg_names.c - aliases and tags in PostgreSQL.
+ *
+ * Writes lock the key row they depend on (FOR SHARE), so an alias cannot be
+ * attached to a key another node is destroying at that moment, and two nodes
+ * tagging one key cannot together pass the tag limit.
+ */
+#include "store/store_pg.h"
+
+#include <string.h>
+
+/* ---- Aliases ---------------------------------------------------------------------- */
+
+hsm_result pg_read_alias(const PGresult *r, int row, void *item)
+{
+	hsm_alias_record *a = item;
+	HSM_GUARD(pg_col_text(r, row, 0, a->name, sizeof(a->name)));
+	HSM_GUARD(pg_col_text(r, row, 1, a->key_id, sizeof(a->key_id)));
+	HSM_GUARD(pg_col_i64(r, row, 2, &a->created));
+	return pg_col_i64(r, row, 3, &a->updated);
+}
+
+static const char SQL_ALIAS_EXISTS[] = "SELECT 1 FROM aliases WHERE name = $1";
+static const char SQL_ALIAS_EXISTS_LOCKED[] = "SELECT 1 FROM aliases WHERE name = $1 FOR UPDATE";
+static const char SQL_ALIAS_INSERT[] =
+	"INSERT INTO aliases (" PG_ALIAS_COLS ") VALUES ($1, $2, $3, $4)";
+static const char SQL_ALIAS_UPDATE[] =
+	"UPDATE aliases SET key_id = $2, updated = $3 WHERE name = $1";
+static const char SQL_ALIAS_DELETE[] = "DELETE FROM aliases WHERE name = $1";
+static const char SQL_ALIAS_DELETE_FOR_KEY[] = "DELETE FROM aliases WHERE key_id = $1";
+static const char SQL_ALIAS_GET[] = "SELECT " PG_ALIAS_COLS " FROM aliases WHERE name = $1";
+static const char SQL_ALIAS_PAGE[] =
+	"SELECT " PG_ALIAS_COLS " FROM aliases WHERE name > $1 ORDER BY name LIMIT $2";
+static const char SQL_ALIAS_PAGE_FOR_KEY[] = "SELECT " PG_ALIAS_COLS " FROM aliases "
+                                             "WHERE key_id = $3 AND name > $1 "
+                                             "ORDER BY name LIMIT $2";
+
+hsm_result pg_insert_alias(pg_conn *w, const hsm_alias_record *a)
+{
+	pg_params p;
+	pg_params_init(&p);
+	pg_p_text(&p, a->name);
+	pg_p_text(&p, a->key_id);
+	pg_p_i64(&p, a->created);
+	pg_p_i64(&p, a->updated);
+	return pg_run(w, SQL_ALIAS_INSERT, &p, NULL);
+}
+
+typedef struct alias_op {
+	const char *name;
+	const char *key_id;
+	int64_t now;
+	const char *after;
+	size_t limit;
+	hsm_alias_record rec;
+	pg_vec v;
+	bool more;
+} alias_op;
+
+static hsm_result alias_create_body(pg_conn *w, void *arg)
+{
+	alias_op *op = arg;
+	bool taken = false;
+	HSM_GUARD(pg_exists(w, SQL_ALIAS_EXISTS, op->name, &taken));
+	HSM_ENSURE(!taken, HSM_ERR_ALREADY_EXISTS, "alias %s already exists", op->name);
+	HSM_GUARD(pg_key_require_locked(w, op->key_id));
+	/* A concurrent create of the same name ends in the primary key: ALREADY_EXISTS. */
+	hsm_alias_record a = {.created = op->now, .updated = op->now};
+	HSM_GUARD(hsm_strcpy(a.name, sizeof(a.name), op->name));
+	HSM_GUARD(hsm_strcpy(a.key_id, sizeof(a.key_id), op->key_id));
+	return pg_insert_alias(w, &a);
+}
+
+hsm_result pg_alias_create(hsm_store *base, const char *name, const char *key_id, int64_t now)
+{
+	alias_op op = {.name = name, .key_id = key_id, .now = now};
+	return pg_write(pg_of(base), alias_create_body, &op);
+}
+
+static hsm_result alias_require_locked(pg_conn *w, const char *name)
+{
+	bool found = false;
+	HSM_GUARD(pg_exists(w, SQL_ALIAS_EXISTS_LOCKED, name, &found));
+	HSM_ENSURE(found, HSM_ERR_NOT_FOUND, "alias %s does not exist", name);
+	return HSM_SUCCESS;
+}
+
+static hsm_result alias_update_body(pg_conn *w, void *arg)
+{
+	alias_op *op = arg;
+	pg_params p;
+	HSM_GUARD(alias_require_locked(w, op->name));
+	HSM_GUARD(pg_key_require_locked(w, op->key_id));
+	pg_params_init(&p);
+	pg_p_text(&p, op->name);
+	pg_p_text(&p, op->key_id);
+	pg_p_i64(&p, op->now);
+	return pg_run(w, SQL_ALIAS_UPDATE, &p, NULL);
+}
+
+hsm_result pg_alias_update(hsm_store *base, const char *name, const char *key_id, int64_t now)
+{
+	alias_op op = {.name = name, .key_id = key_id, .now = now};
+	return pg_write(pg_of(base), alias_update_body, &op);
+}
+
+static hsm_result run_one_text(pg_conn *w, const char *sql, const char *text)
+{
+	pg_params p;
+	pg_params_init(&p);
+	pg_p_text(&p, text);
+	return pg_run(w, sql, &p, NULL);
+}
+
+static hsm_result alias_delete_body(pg_conn *w, void *arg)
+{
+	alias_op *op = arg;
+	HSM_GUARD(alias_require_locked(w, op->name));
+	return run_one_text(w, SQL_ALIAS_DELETE, op->name);
+}
+
+hsm_result pg_alias_delete(hsm_store *base, const char *name)
+{
+	alias_op op = {.name = name};
+	return pg_write(pg_of(base), alias_delete_body, &op);
+}
+
+hsm_result pg_alias_delete_for_key_in(pg_conn *w, const char *key_id)
+{
+	return run_one_text(w, SQL_ALIAS_DELETE_FOR_KEY, key_id);
+}
+
+static hsm_result alias_delete_for_key_body(pg_conn *w, void *arg)
+{
+	alias_op *op = arg;
+	HSM_GUARD(pg_key_require_locked(w, op->key_id));
+	return pg_alias_delete_for_key_in(w, op->key_id);
+}
+
+hsm_result pg_alias_delete_for_key(hsm_store *base, const char *key_id)
+{
+	alias_op op = {.key_id = key_id};
+	return pg_write(pg_of(base), alias_delete_for_key_body, &op);
+}
+
+static hsm_result alias_get_body(pg_conn *c, void *arg)
+{
+	alias_op *op = arg;
+	pg_params p;
+	PGresult *r = NULL;
+	pg_params_init(&p);
+	pg_p_text(&p, op->name);
+	HSM_GUARD(pg_run(c, SQL_ALIAS_GET, &p, &r));
+	hsm_result res = HSM_SUCCESS;
+	if (PQntuples(r) == 0)
+		res = HSM_FAIL(HSM_ERR_NOT_FOUND, "alias %s does not exist", op->name);
+	else
+		res = pg_read_alias(r, 0, &op->rec);
+	PQclear(r);
+	return res;
+}
+
+hsm_result pg_alias_get(hsm_store *base, const char *name, hsm_alias_record *out)
+{
+	alias_op op = {.name = name};
+	HSM_GUARD(pg_read(pg_of(base), alias_get_body, &op));
+	*out = op.rec;
+	return HSM_SUCCESS;
+}
+
+static hsm_result alias_page_body(pg_conn *c, void *arg)
+{
+	alias_op *op = arg;
+	pg_params p;
+	PGresult *r = NULL;
+	if (op->key_id != NULL)
+		HSM_GUARD(pg_key_require(c, op->key_id));
+	pg_params_init(&p);
+	pg_p_text(&p, op->after);
+	pg_p_i64(&p, (int64_t)op->limit + 1);
+	if (op->key_id != NULL)
+		pg_p_text(&p, op->key_id);
+	HSM_GUARD(pg_run(c, op->key_id != NULL ? SQL_ALIAS_PAGE_FOR_KEY : SQL_ALIAS_PAGE, &p, &r));
+	hsm_result res = pg_collect(r, op->limit, pg_read_alias, NULL, &op->v, &op->more);
+	PQclear(r);
+	return res;
+}
+
+hsm_result pg_alias_list(hsm_store *base, const char *key_id, const char *after, size_t limit,
+                         hsm_alias_cb cb, void *arg, bool *truncated)
+{
+	alias_op op = {.key_id = key_id, .after = after, .limit = limit};
+	pg_vec_init(&op.v, sizeof(hsm_alias_record));
+	hsm_result res = pg_read(pg_of(base), alias_page_body, &op);
+	for (size_t i = 0; hsm_ok(res) && i < op.v.n; i++)
+		res = cb(pg_vec_at(&op.v, i), arg);
+	if (hsm_ok(res))
+		*truncated = op.more;
+	pg_vec_free(&op.v, NULL);
+	return res;
+}
+
+/* ---- Tags ----------------------------------------------------------------------------- */
+
+/* TagResource replaces the value of a tag key that exists (AWS KMS API reference). */
+static const char SQL_TAG_UPSERT[] =
+	"INSERT INTO tags (key_id, tag_key, tag_value) VALUES ($1, $2, $3) "
+	"ON CONFLICT (key_id, tag_key) DO UPDATE SET tag_value = excluded.tag_value";
+static const char SQL_TAG_INSERT[] =
+	"INSERT INTO tags (key_id, tag_key, tag_value) VALUES ($1, $2, $3)";
+static const char SQL_KEY_LOCK[] = "SELECT 1 FROM keys WHERE id = $1 FOR NO KEY UPDATE";
+static const char SQL_TAG_COUNT[] = "SELECT count(*) FROM tags WHERE key_id = $1";
+static const char SQL_TAG_DELETE[] = "DELETE FROM tags WHERE key_id = $1 AND tag_key = $2";
+static const char SQL_TAG_PAGE[] = "SELECT tag_key, tag_value FROM tags "
+                                   "WHERE key_id = $1 AND tag_key > $2 "
+                                   "ORDER BY tag_key LIMIT $3";
+
+static hsm_result tag_write(pg_conn *w, const char *sql, const char *key_id, const char *tag_key,
+                            const char *value)
+{
+	pg_params p;
+	pg_params_init(&p);
+	pg_p_text(&p, key_id);
+	pg_p_text(&p, tag_key);
+	if (value != NULL)
+		pg_p_text(&p, value);
+	return pg_run(w, sql, &p, NULL);
+}
+
+hsm_result pg_insert_tag(pg_conn *w, const char *key_id, const hsm_tag *t)
+{
+	return tag_write(w, SQL_TAG_INSERT, key_id, t->key, t->value);
+}
+
+typedef struct tag_op {
+	const char *key_id;
+	size_t n;
+	const hsm_tag *tags;
+	const char *const *keys;
+	const char *after;
+	size_t limit;
+	pg_vec v;
+	bool more;
+} tag_op;
+
+static hsm_result tags_put_body(pg_conn *w, void *arg)
+{
+	tag_op *op = arg;
+	PGresult *r = NULL;
+	pg_params p;
+	bool found = false;
+	/* The key row lock serializes tag writers of this key on every node. */
+	HSM_GUARD(pg_exists(w, SQL_KEY_LOCK, op->key_id, &found));
+	HSM_ENSURE(found, HSM_ERR_NOT_FOUND, "key %s does not exist", op->key_id);
+	for (size_t i = 0; i < op->n; i++)
+		HSM_GUARD(tag_write(w, SQL_TAG_UPSERT, op->key_id, op->tags[i].key, op->tags[i].value));
+	/* Counted after the writes so replaced values do not count twice. */
+	pg_params_init(&p);
+	pg_p_text(&p, op->key_id);
+	HSM_GUARD(pg_run(w, SQL_TAG_COUNT, &p, &r));
+	int64_t count = 0;
+	hsm_result res = pg_col_i64(r, 0, 0, &count);
+	PQclear(r);
+	HSM_GUARD(res);
+	HSM_ENSURE(count <= HSM_MAX_TAGS_PER_KEY, HSM_ERR_LIMIT_EXCEEDED,
+	           "key %s would have %lld tags; at most %d are allowed", op->key_id,
+	           (long long)count, HSM_MAX_TAGS_PER_KEY);
+	return HSM_SUCCESS;
+}
+
+hsm_result pg_tags_put(hsm_store *base, const char *key_id, size_t n, const hsm_tag tags[])
+{
+	tag_op op = {.key_id = key_id, .n = n, .tags = tags};
+	return pg_write(pg_of(base), tags_put_body, &op);
+}
+
+static hsm_result tags_remove_body(pg_conn *w, void *arg)
+{
+	tag_op *op = arg;
+	HSM_GUARD(pg_key_require_locked(w, op->key_id));
+	for (size_t i = 0; i < op->n; i++)
+		HSM_GUARD(tag_write(w, SQL_TAG_DELETE, op->key_id, op->keys[i], NULL));
+	return HSM_SUCCESS;
+}
+
+hsm_result pg_tags_remove(hsm_store *base, const char *key_id, size_t n, const char *const keys[])
+{
+	tag_op op = {.key_id = key_id, .n = n, .keys = keys};
+	return pg_write(pg_of(base), tags_remove_body, &op);
+}
+
+static hsm_result read_tag(const PGresult *r, int row, void *item)
+{
+	hsm_tag *t = item;
+	HSM_GUARD(pg_col_text(r, row, 0, t->key, sizeof(t->key)));
+	return pg_col_text(r, row, 1, t->value, sizeof(t->value));
+}
+
+static hsm_result tag_page_body(pg_conn *c, void *arg)
+{
+	tag_op *op = arg;
+	pg_params p;
+	PGresult *r = NULL;
+	HSM_GUARD(pg_key_require(c, op->key_id));
+	pg_params_init(&p);
+	pg_p_text(&p, op->key_id);
+	pg_p_text(&p, op->after);
+	pg_p_i64(&p, (int64_t)op->limit + 1);
+	HSM_GUARD(pg_run(c, SQL_TAG_PAGE, &p, &r));
+	hsm_result res = pg_collect(r, op->limit, read_tag, NULL, &op->v, &op->more);
+	PQclear(r);
+	return res;
+}
+
+hsm_result pg_tags_list(hsm_store *base, const char *key_id, const char *after, size_t limit,
+                        hsm_tag_cb cb, void *arg, bool *truncated)
+{
+	tag_op op = {.key_id = key_id, .after = after, .limit = limit};
+	pg_vec_init(&op.v, sizeof(hsm_tag));
+	hsm_result res = pg_read(pg_of(base), tag_page_body, &op);
+	for (size_t i = 0; hsm_ok(res) && i < op.v.n; i++)
+		res = cb(pg_vec_at(&op.v, i), arg);
+	if (hsm_ok(res))
+		*truncated = op.more;
+	pg_vec_free(&op.v, NULL);
+	return res;
+}

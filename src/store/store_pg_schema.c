@@ -1,0 +1,174 @@
+/*
+ * store_pg_schema.c - the PostgreSQL schema, versioned.
+ *
+ * As in the SQLite backend (store_sqlite_schema.c), the schema is a list of
+ * migrations, each applied in one transaction that also records its number;
+ * a database newer than the last step is refused.  PostgreSQL's version
+ * numbers are its own: the two backends' schemas evolve separately.
+ *
+ * Several nodes may open one empty database at the same moment.  Each step's
+ * transaction first takes a transaction-scoped advisory lock (released at
+ * COMMIT or ROLLBACK, so a crashed node never leaves it held) and then
+ * re-reads the version, so exactly one node applies each step and the others
+ * see it done.
+ *
+ * Conventions: enumerations stored as their names, times as bigint epoch
+ * seconds, other integers as bigint (read back with range checks), flags as
+ * boolean, blobs as bytea.  Text keys use the "C" collation, so ordering and
+ * keyset pagination compare bytes, as SQLite does, whatever the database's
+ * locale.
+ */
+#include "store/store_pg.h"
+
+#include <stdio.h>
+
+/* pg_advisory_xact_lock key: "HSMD" as a number, so other applications' locks do not collide. */
+#define PG_SCHEMA_LOCK "1213418820"
+
+typedef struct migration {
+	int version;
+	const char *sql;
+} migration;
+
+static const migration migrations[] = {
+	{1,
+	 "CREATE TABLE meta ("
+	 "  name  text COLLATE \"C\" PRIMARY KEY,"
+	 "  value bytea NOT NULL"
+	 ");"
+
+	 "CREATE TABLE keys ("
+	 "  id                   text COLLATE \"C\" PRIMARY KEY,"
+	 "  description          text NOT NULL,"
+	 "  spec                 text NOT NULL,"
+	 "  usage                text NOT NULL,"
+	 "  origin               text NOT NULL,"
+	 "  state                text NOT NULL CHECK (state IN"
+	 "                         ('Enabled', 'Disabled', 'PendingDeletion', 'Destroyed')),"
+	 "  created              bigint NOT NULL,"
+	 "  deletion_date        bigint NOT NULL,"
+	 "  pending_window_days  bigint NOT NULL,"
+	 "  rotation_enabled     boolean NOT NULL,"
+	 "  rotation_period_days bigint NOT NULL,"
+	 "  next_rotation        bigint NOT NULL,"
+	 "  primary_version      bigint NOT NULL CHECK (primary_version >= 1),"
+	 "  policy               text NOT NULL,"
+	 "  flags                bigint NOT NULL,"
+	 "  updated              bigint NOT NULL"
+	 ");"
+	 /* keys_due: pending deletions by date; rotations of Enabled keys by date. */
+	 "CREATE INDEX keys_deletion_due ON keys (state, deletion_date);"
+	 "CREATE INDEX keys_rotation_due ON keys (rotation_enabled, state, next_rotation);"
+	 /* The JWT-flagged keys (HSM_KEYFLAG_JWT, bit 0), for the JWK Set. */
+	 "CREATE INDEX keys_jwt ON keys (id) WHERE (flags & 1) = 1;"
+
+	 "CREATE TABLE key_versions ("
+	 "  key_id        text COLLATE \"C\" NOT NULL REFERENCES keys (id),"
+	 "  version       bigint NOT NULL CHECK (version >= 1),"
+	 "  created       bigint NOT NULL,"
+	 "  rotation_type text NOT NULL,"
+	 "  wrapped       bytea NOT NULL,"
+	 "  public_der    bytea NOT NULL,"
+	 "  PRIMARY KEY (key_id, version)"
+	 ");"
+
+	 "CREATE TABLE aliases ("
+	 "  name    text COLLATE \"C\" PRIMARY KEY,"
+	 "  key_id  text COLLATE \"C\" NOT NULL REFERENCES keys (id),"
+	 "  created bigint NOT NULL,"
+	 "  updated bigint NOT NULL"
+	 ");"
+	 "CREATE INDEX aliases_by_key ON aliases (key_id, name);"
+
+	 "CREATE TABLE tags ("
+	 "  key_id    text COLLATE \"C\" NOT NULL REFERENCES keys (id),"
+	 "  tag_key   text COLLATE \"C\" NOT NULL,"
+	 "  tag_value text NOT NULL,"
+	 "  PRIMARY KEY (key_id, tag_key)"
+	 ");"
+
+	 "CREATE TABLE users ("
+	 "  name        text COLLATE \"C\" PRIMARY KEY,"
+	 "  roles       text NOT NULL,"
+	 "  disabled    boolean NOT NULL,"
+	 "  locked      boolean NOT NULL,"
+	 "  failed_auth bigint NOT NULL CHECK (failed_auth >= 0),"
+	 "  created     bigint NOT NULL"
+	 ");"
+
+	 "CREATE TABLE access_keys ("
+	 "  id             text COLLATE \"C\" PRIMARY KEY,"
+	 "  user_name      text COLLATE \"C\" NOT NULL REFERENCES users (name),"
+	 "  active         boolean NOT NULL,"
+	 "  created        bigint NOT NULL,"
+	 "  wrapped_secret bytea NOT NULL"
+	 ");"
+	 "CREATE INDEX access_keys_by_user ON access_keys (user_name, id);"},
+};
+
+#define MIGRATION_COUNT ((int)(sizeof(migrations) / sizeof(migrations[0])))
+
+int pg_schema_latest(void)
+{
+	return migrations[MIGRATION_COUNT - 1].version;
+}
+
+int hsm_store_pg_schema_latest(void)
+{
+	return pg_schema_latest();
+}
+
+static const char SQL_LOCK[] = "SELECT pg_advisory_xact_lock(" PG_SCHEMA_LOCK ")";
+static const char SQL_VERSION_TABLE[] = "CREATE TABLE IF NOT EXISTS schema_version ("
+                                        "  version bigint PRIMARY KEY,"
+                                        "  applied bigint NOT NULL)";
+static const char SQL_CURRENT[] = "SELECT coalesce(max(version), 0) FROM schema_version";
+static const char SQL_RECORD[] = "INSERT INTO schema_version (version, applied) "
+                                 "VALUES ($1, extract(epoch FROM now())::bigint)";
+
+typedef struct step {
+	const migration *m; /* NULL: only create the version table and read the version */
+	int64_t current;
+} step;
+
+/* Under the lock: reads the version and applies m if the database is still below it. */
+static hsm_result step_body(pg_conn *c, void *arg)
+{
+	step *st = arg;
+	PGresult *r = NULL;
+	HSM_GUARD(pg_simple(c, SQL_LOCK, "lock the schema"));
+	HSM_GUARD(pg_simple(c, SQL_VERSION_TABLE, "create the schema version table"));
+	HSM_GUARD(pg_run(c, SQL_CURRENT, NULL, &r));
+	hsm_result res = pg_col_i64(r, 0, 0, &st->current);
+	PQclear(r);
+	HSM_GUARD(res);
+	if (st->m == NULL || st->current >= st->m->version)
+		return HSM_SUCCESS;
+	HSM_GUARD(pg_simple(c, st->m->sql, "apply a schema migration"));
+	pg_params p;
+	pg_params_init(&p);
+	pg_p_i64(&p, st->m->version);
+	HSM_GUARD(pg_run(c, SQL_RECORD, &p, NULL));
+	st->current = st->m->version;
+	return HSM_SUCCESS;
+}
+
+hsm_result pg_schema_migrate(pg_store *s, int *version)
+{
+	step st = {NULL, 0};
+	HSM_GUARD(pg_write(s, step_body, &st));
+	int latest = pg_schema_latest();
+	HSM_ENSURE(st.current <= latest, HSM_ERR_STORE,
+	           "the store has schema version %lld, newer than this hsmd knows (%d): "
+	           "upgrade hsmd to open it",
+	           (long long)st.current, latest);
+	HSM_ENSURE(st.current >= 0, HSM_ERR_STORE, "the store's schema version is corrupt");
+	for (int i = 0; i < MIGRATION_COUNT; i++) {
+		if (migrations[i].version <= st.current)
+			continue;
+		st.m = &migrations[i];
+		HSM_GUARD(pg_write(s, step_body, &st));
+	}
+	*version = latest;
+	return HSM_SUCCESS;
+}

@@ -1,0 +1,356 @@
+/*
+ * store_pg_util.c - the PostgreSQL backend's statements, parameters, column
+ * readers, error mapping and result vectors.
+ *
+ * Results are requested in binary (integers in network order, text and bytea
+ * as raw bytes), so nothing is parsed from text and bytea needs no unescaping
+ * into buffers that would not be wiped.
+ */
+#include "store/store_pg.h"
+
+#include <endian.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- Errors ----------------------------------------------------------------------- */
+
+/* SQLSTATEs after which the connection is gone (class 08, and the server shutting down). */
+static bool state_is_lost(const char *state)
+{
+	return strncmp(state, "08", 2) == 0 || strcmp(state, "57P01") == 0 ||
+	       strcmp(state, "57P02") == 0 || strcmp(state, "57P03") == 0;
+}
+
+hsm_result pg_fail(pg_conn *c, const PGresult *r, const char *what)
+{
+	const char *state = r != NULL ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+	/*
+	 * Only the SQLSTATE and the constraint name are passed on: the message
+	 * and its DETAIL line may quote row values (a duplicate key, a value
+	 * that failed a check), which must not reach logs or clients.
+	 */
+	const char *constraint = r != NULL ? PQresultErrorField(r, PG_DIAG_CONSTRAINT_NAME) : NULL;
+	if (constraint == NULL)
+		constraint = "";
+	if (c != NULL && (PQstatus(c->db) == CONNECTION_BAD || (state && state_is_lost(state)))) {
+		c->broken = true;
+		return HSM_FAIL(HSM_ERR_STORE, "lost the connection to PostgreSQL while trying to %s",
+		                what);
+	}
+	if (state == NULL)
+		return HSM_FAIL(HSM_ERR_STORE, "PostgreSQL failed to %s (no SQLSTATE)", what);
+	if (strcmp(state, "23505") == 0)
+		return HSM_FAIL(HSM_ERR_ALREADY_EXISTS, "cannot %s: already exists (%.63s)", what,
+		                constraint);
+	if (strcmp(state, "23503") == 0)
+		return HSM_FAIL(HSM_ERR_NOT_FOUND, "cannot %s: a referenced record does not exist (%.63s)",
+		                what, constraint);
+	/* lock_not_available (lock_timeout), query_canceled (statement_timeout). */
+	if (strcmp(state, "55P03") == 0 || strcmp(state, "57014") == 0)
+		return HSM_FAIL(HSM_ERR_DEPENDENCY_TIMEOUT,
+		                "PostgreSQL stayed busy beyond its timeout while trying to %s", what);
+	/* serialization_failure, deadlock_detected: contention a caller may retry. */
+	if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0)
+		return HSM_FAIL(HSM_ERR_DEPENDENCY_TIMEOUT,
+		                "PostgreSQL aborted a conflicting transaction while trying to %s", what);
+	if (strncmp(state, "53", 2) == 0)
+		return HSM_FAIL(HSM_ERR_STORE, "PostgreSQL is out of resources (SQLSTATE %.5s) while "
+		                "trying to %s", state, what);
+	if (strcmp(state, "25006") == 0)
+		return HSM_FAIL(HSM_ERR_STORE, "PostgreSQL is read-only (a standby?) while trying to %s",
+		                what);
+	if (*constraint != '\0')
+		return HSM_FAIL(HSM_ERR_STORE, "PostgreSQL failed to %s: SQLSTATE %.5s (%.63s)", what,
+		                state, constraint);
+	return HSM_FAIL(HSM_ERR_STORE, "PostgreSQL failed to %s: SQLSTATE %.5s", what, state);
+}
+
+hsm_result pg_corrupt(const char *what)
+{
+	return HSM_FAIL(HSM_ERR_STORE, "store record is corrupt: %s", what);
+}
+
+/* ---- Parameters ---------------------------------------------------------------------- */
+
+void pg_params_init(pg_params *p)
+{
+	memset(p, 0, sizeof(*p));
+}
+
+static int next_param(pg_params *p)
+{
+	HSM_ASSERT(p->n < PG_MAX_PARAMS);
+	return p->n++;
+}
+
+void pg_p_text(pg_params *p, const char *v)
+{
+	int i = next_param(p);
+	p->values[i] = v != NULL ? v : "";
+}
+
+void pg_p_i64(pg_params *p, int64_t v)
+{
+	int i = next_param(p);
+	snprintf(p->ints[i], sizeof(p->ints[i]), "%" PRId64, v);
+	p->values[i] = p->ints[i];
+}
+
+void pg_p_bool(pg_params *p, bool v)
+{
+	int i = next_param(p);
+	p->values[i] = v ? "t" : "f";
+}
+
+void pg_p_bytea(pg_params *p, const hsm_buf *v)
+{
+	int i = next_param(p);
+	HSM_ASSERT(v->len <= INT32_MAX);
+	/* A NULL value pointer would be SQL NULL: an empty bytea needs a non-NULL pointer. */
+	p->values[i] = v->len > 0 ? (const char *)v->data : "";
+	p->lengths[i] = (int)v->len;
+	p->formats[i] = 1;
+}
+
+/* ---- Statements ------------------------------------------------------------------------- */
+
+static size_t slot_of(const char *sql)
+{
+	/* Fibonacci hashing of the address; the low bits are alignment. */
+	uint64_t h = (uint64_t)(uintptr_t)sql * 0x9E3779B97F4A7C15ULL;
+	return (size_t)(h >> 40) % PG_STMT_SLOTS;
+}
+
+/* The prepared statement's name for sql on c ("s<slot>"), preparing it on first use. */
+static hsm_result prepared_name(pg_conn *c, const char *sql, int nparams, char name[16])
+{
+	size_t i = slot_of(sql);
+	for (size_t probe = 0; probe < PG_STMT_SLOTS; probe++, i = (i + 1) % PG_STMT_SLOTS) {
+		struct pg_slot *slot = &c->stmts[i];
+		snprintf(name, 16, "s%zu", i);
+		if (slot->sql == sql)
+			return HSM_SUCCESS;
+		if (slot->sql != NULL)
+			continue;
+		PGresult *r = PQprepare(c->db, name, sql, nparams, NULL);
+		hsm_result res = HSM_SUCCESS;
+		if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+			res = pg_fail(c, r, "prepare a statement");
+		} else {
+			slot->sql = sql;
+			c->ok++;
+		}
+		PQclear(r);
+		return res;
+	}
+	/* More distinct statements than slots: raise PG_STMT_SLOTS. */
+	hsm_abort_at(__FILE__, __LINE__, "statement cache full");
+}
+
+hsm_result pg_run(pg_conn *c, const char *sql, const pg_params *p, PGresult **out)
+{
+	static const pg_params none;
+	if (p == NULL)
+		p = &none;
+	char name[16];
+	HSM_GUARD(prepared_name(c, sql, p->n, name));
+	PGresult *r = PQexecPrepared(c->db, name, p->n, p->values, p->lengths, p->formats, 1);
+	ExecStatusType st = PQresultStatus(r);
+	if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+		hsm_result res = pg_fail(c, r, "run a statement");
+		PQclear(r);
+		return res;
+	}
+	c->ok++;
+	if (out != NULL)
+		*out = r;
+	else
+		PQclear(r);
+	return HSM_SUCCESS;
+}
+
+hsm_result pg_simple(pg_conn *c, const char *sql, const char *what)
+{
+	PGresult *r = PQexec(c->db, sql);
+	hsm_result res = HSM_SUCCESS;
+	ExecStatusType st = PQresultStatus(r);
+	if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
+		res = pg_fail(c, r, what);
+	else
+		c->ok++;
+	PQclear(r);
+	return res;
+}
+
+hsm_result pg_exists(pg_conn *c, const char *sql, const char *text, bool *found)
+{
+	pg_params p;
+	PGresult *r = NULL;
+	pg_params_init(&p);
+	pg_p_text(&p, text);
+	HSM_GUARD(pg_run(c, sql, &p, &r));
+	*found = PQntuples(r) > 0;
+	PQclear(r);
+	return HSM_SUCCESS;
+}
+
+/* ---- Column readers --------------------------------------------------------------------- */
+
+static hsm_result col_bytes(const PGresult *r, int row, int col, const char **p, size_t *n)
+{
+	if (PQgetisnull(r, row, col))
+		return pg_corrupt("unexpected NULL");
+	*p = PQgetvalue(r, row, col);
+	*n = (size_t)PQgetlength(r, row, col);
+	return HSM_SUCCESS;
+}
+
+hsm_result pg_col_text(const PGresult *r, int row, int col, char *dst, size_t cap)
+{
+	const char *p = NULL; /* set on success; gcc -O3 cannot tell */
+	size_t n = 0;
+	HSM_GUARD(col_bytes(r, row, col, &p, &n));
+	HSM_ENSURE(n < cap, HSM_ERR_STORE, "store record is corrupt: text longer than its field");
+	memcpy(dst, p, n);
+	dst[n] = '\0';
+	return HSM_SUCCESS;
+}
+
+hsm_result pg_col_strdup(const PGresult *r, int row, int col, char **out)
+{
+	const char *p = NULL;
+	size_t n = 0;
+	HSM_GUARD(col_bytes(r, row, col, &p, &n));
+	char *copy = malloc(n + 1);
+	HSM_ENSURE(copy != NULL, HSM_ERR_NOMEM, "out of memory");
+	memcpy(copy, p, n);
+	copy[n] = '\0';
+	*out = copy;
+	return HSM_SUCCESS;
+}
+
+hsm_result pg_col_bytea(const PGresult *r, int row, int col, hsm_buf *out)
+{
+	const char *p = NULL;
+	size_t n = 0;
+	HSM_GUARD(col_bytes(r, row, col, &p, &n));
+	if (n == 0) {
+		hsm_buf_clear(out);
+		return HSM_SUCCESS;
+	}
+	return hsm_buf_set(out, p, n);
+}
+
+hsm_result pg_col_i64(const PGresult *r, int row, int col, int64_t *out)
+{
+	const char *p = NULL;
+	size_t n = 0;
+	HSM_GUARD(col_bytes(r, row, col, &p, &n));
+	if (n == 8) {
+		uint64_t be;
+		memcpy(&be, p, 8);
+		*out = (int64_t)be64toh(be);
+	} else if (n == 4) {
+		uint32_t be;
+		memcpy(&be, p, 4);
+		*out = (int32_t)be32toh(be);
+	} else {
+		return pg_corrupt("integer of unexpected width");
+	}
+	return HSM_SUCCESS;
+}
+
+hsm_result pg_col_i32(const PGresult *r, int row, int col, int32_t *out)
+{
+	int64_t v = 0;
+	HSM_GUARD(pg_col_i64(r, row, col, &v));
+	HSM_ENSURE(v >= INT32_MIN && v <= INT32_MAX, HSM_ERR_STORE,
+	           "store record is corrupt: number out of range");
+	*out = (int32_t)v;
+	return HSM_SUCCESS;
+}
+
+hsm_result pg_col_u32(const PGresult *r, int row, int col, uint32_t *out)
+{
+	int64_t v = 0;
+	HSM_GUARD(pg_col_i64(r, row, col, &v));
+	HSM_ENSURE(v >= 0 && v <= (int64_t)UINT32_MAX, HSM_ERR_STORE,
+	           "store record is corrupt: number out of range");
+	*out = (uint32_t)v;
+	return HSM_SUCCESS;
+}
+
+hsm_result pg_col_bool(const PGresult *r, int row, int col, bool *out)
+{
+	const char *p = NULL;
+	size_t n = 0;
+	HSM_GUARD(col_bytes(r, row, col, &p, &n));
+	HSM_ENSURE(n == 1 && (p[0] == 0 || p[0] == 1), HSM_ERR_STORE,
+	           "store record is corrupt: flag out of range");
+	*out = p[0] == 1;
+	return HSM_SUCCESS;
+}
+
+/* ---- Result vectors ----------------------------------------------------------------------- */
+
+void pg_vec_init(pg_vec *v, size_t item_size)
+{
+	memset(v, 0, sizeof(*v));
+	v->size = item_size;
+}
+
+hsm_result pg_vec_push(pg_vec *v, void **item)
+{
+	if (v->n == v->cap) {
+		size_t cap = v->cap ? v->cap * 2 : 16;
+		HSM_ENSURE(cap <= SIZE_MAX / v->size, HSM_ERR_NOMEM, "out of memory");
+		unsigned char *p = realloc(v->items, cap * v->size);
+		HSM_ENSURE(p != NULL, HSM_ERR_NOMEM, "out of memory");
+		v->items = p;
+		v->cap = cap;
+	}
+	void *slot = v->items + v->n * v->size;
+	memset(slot, 0, v->size);
+	v->n++;
+	*item = slot;
+	return HSM_SUCCESS;
+}
+
+void *pg_vec_at(const pg_vec *v, size_t i)
+{
+	HSM_ASSERT(i < v->n);
+	return v->items + i * v->size;
+}
+
+void pg_vec_free(pg_vec *v, void (*clear)(void *item))
+{
+	if (clear != NULL) {
+		for (size_t i = 0; i < v->n; i++)
+			clear(v->items + i * v->size);
+	}
+	free(v->items);
+	memset(v, 0, sizeof(*v));
+}
+
+hsm_result pg_collect(const PGresult *r, size_t max, pg_row_reader read,
+                      void (*clear)(void *item), pg_vec *v, bool *more)
+{
+	int rows = PQntuples(r);
+	int row = 0;
+	for (; row < rows && v->n < max; row++) {
+		void *item;
+		HSM_GUARD(pg_vec_push(v, &item));
+		hsm_result res = read(r, row, item);
+		if (hsm_failed(res)) {
+			if (clear != NULL)
+				clear(item);
+			v->n--;
+			return res;
+		}
+	}
+	if (more != NULL)
+		*more = row < rows;
+	return HSM_SUCCESS;
+}

@@ -1,0 +1,479 @@
+/*
+ * store_copy_test.c - hsm_store_copy and snapshots, record for record.
+ *
+ * A store is filled with every kind of record in every state the public
+ * functions can reach (destroyed keys with erased versions, locked users,
+ * inactive access keys, rotated keys, binary and empty metadata), copied,
+ * and every record of both stores compared through a canonical dump.  With
+ * HSM_TEST_STORE=pg the copies go SQLite -> PostgreSQL -> SQLite and
+ * PostgreSQL -> PostgreSQL, and PostgreSQL's snapshot is opened as a SQLite
+ * store; without it, SQLite -> SQLite.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include "store/store.h"
+#include "store/store_impl.h"
+#include "store_test_util.h"
+
+/* ---- Filling a store ------------------------------------------------------------------- */
+
+static const char *const meta_names[] = {"store_id", "kcv", "blank", "binary"};
+
+static hsm_result edit_fn(hsm_key_record *k, void *arg)
+{
+	const hsm_key_record *want = arg;
+	free(k->description);
+	k->description = strdup(want->description);
+	if (k->description == NULL)
+		return HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
+	k->state = want->state;
+	k->deletion_date = want->deletion_date;
+	k->rotation_enabled = want->rotation_enabled;
+	k->rotation_period_days = want->rotation_period_days;
+	k->next_rotation = want->next_rotation;
+	k->flags = want->flags;
+	k->updated = want->updated;
+	return HSM_SUCCESS;
+}
+
+static void add_version(hsm_store *s, const char *id, uint32_t version, const char *wrapped)
+{
+	hsm_key_record want;
+	hsm_key_record cur = {0};
+	EXPECT_OK(hsm_store_key_get(s, id, &cur));
+	want = cur;
+	want.updated = cur.updated + 10;
+	hsm_version_record v;
+	st_version(&v, id, version, wrapped, strlen(wrapped));
+	v.rotation_type = version % 2 ? HSM_ROTATION_AUTOMATIC : HSM_ROTATION_ON_DEMAND;
+	assert_true(hsm_ok(hsm_buf_set(&v.public_der, "\x30\x00PUB", 5)));
+	EXPECT_OK(hsm_store_key_update(s, id, edit_fn, &want, &v, NULL));
+	hsm_version_record_clear(&v);
+	hsm_key_record_clear(&cur);
+}
+
+static void edit(hsm_store *s, const char *id, const char *desc, hsm_key_state state,
+                 int64_t deletion, bool rotation, uint32_t flags)
+{
+	hsm_key_record want;
+	st_key(&want, id);
+	want.description = (char *)desc;
+	want.state = state;
+	want.deletion_date = deletion;
+	want.rotation_enabled = rotation;
+	want.rotation_period_days = rotation ? 90 : 0;
+	want.next_rotation = rotation ? 1800000000 : 0;
+	want.flags = flags;
+	want.updated = 1750000000;
+	EXPECT_OK(hsm_store_key_update(s, id, edit_fn, &want, NULL, NULL));
+}
+
+static void fill(hsm_store *s)
+{
+	/* Metadata: text, binary with NULs, empty. */
+	hsm_buf a = {0}, b = {0}, empty = {0}, bin = {0};
+	assert_true(hsm_ok(hsm_buf_set(&a, "store-1", 7)));
+	assert_true(hsm_ok(hsm_buf_set(&b, "\x00\x01\xff", 3)));
+	assert_true(hsm_ok(hsm_buf_set(&bin, "\x00\x00\x00\x80", 4)));
+	const hsm_buf *values[] = {&a, &b, &empty, &bin};
+	EXPECT_OK(hsm_store_meta_put(s, 4, meta_names, values));
+
+	/* Keys in every state. */
+	st_create_key(s, "k-enabled", "W1", 2);
+	add_version(s, "k-enabled", 2, "W2");
+	add_version(s, "k-enabled", 3, "W3");
+	edit(s, "k-enabled", "rotating, jwt", HSM_KEY_ENABLED, 0, true,
+	     HSM_KEYFLAG_JWT | (3U << 8));
+	st_create_key(s, "k-disabled", "D1", 2);
+	edit(s, "k-disabled", "", HSM_KEY_DISABLED, 0, false, 0);
+	st_create_key(s, "k-pending", "P1", 2);
+	edit(s, "k-pending", "going", HSM_KEY_PENDING_DELETION, 1760000000, false, 0);
+	st_create_key(s, "k-destroyed", "X1", 2);
+	add_version(s, "k-destroyed", 2, "X2");
+	edit(s, "k-destroyed", "gone", HSM_KEY_PENDING_DELETION, 1760000000, false, 0);
+	EXPECT_OK(hsm_store_alias_create(s, "alias/destroyed", "k-destroyed", 5));
+	EXPECT_OK(hsm_store_key_destroy(s, "k-destroyed", 1770000000));
+
+	/* Aliases (one moved, so created != updated) and tags (one replaced). */
+	EXPECT_OK(hsm_store_alias_create(s, "alias/a", "k-enabled", 100));
+	EXPECT_OK(hsm_store_alias_create(s, "alias/b", "k-disabled", 101));
+	EXPECT_OK(hsm_store_alias_update(s, "alias/b", "k-enabled", 202));
+	EXPECT_OK(hsm_store_alias_create(s, "alias/\xc3\xa9t\xc3\xa9", "k-pending", 103));
+	hsm_tag tags[3];
+	memset(tags, 0, sizeof(tags));
+	snprintf(tags[0].key, sizeof(tags[0].key), "team");
+	snprintf(tags[0].value, sizeof(tags[0].value), "crypto");
+	snprintf(tags[1].key, sizeof(tags[1].key), "cost-center");
+	tags[1].value[0] = '\0'; /* an empty value */
+	snprintf(tags[2].key, sizeof(tags[2].key), "team");
+	snprintf(tags[2].value, sizeof(tags[2].value), "platform");
+	EXPECT_OK(hsm_store_tags_put(s, "k-enabled", 3, tags));
+	EXPECT_OK(hsm_store_tags_put(s, "k-pending", 1, tags));
+
+	/* Users: a locked one with failures counted, a disabled one; access keys, one inactive. */
+	hsm_user_record u1 = {.name = "alice", .roles = 1U << HSM_ROLE_CRYPTO_OFFICER,
+	                      .created = 1700000001};
+	hsm_user_record u2 = {.name = "bob",
+	                      .roles = (1U << HSM_ROLE_CRYPTO_USER) | (1U << HSM_ROLE_AUDITOR),
+	                      .created = 1700000002};
+	EXPECT_OK(hsm_store_user_create(s, &u1));
+	EXPECT_OK(hsm_store_user_create(s, &u2));
+	for (int i = 0; i < 3; i++)
+		EXPECT_OK(hsm_store_user_auth_result(s, "alice", false, 3, NULL));
+	u2.disabled = true;
+	EXPECT_OK(hsm_store_user_put(s, &u2));
+	EXPECT_OK(hsm_store_user_auth_result(s, "bob", false, 0, NULL));
+	hsm_access_key_record k1 = {.access_key_id = "AKIAAAAAAAAAAAAAAAA1", .user = "alice",
+	                            .active = true, .created = 1700000100};
+	hsm_access_key_record k2 = {.access_key_id = "AKIAAAAAAAAAAAAAAAA2", .user = "bob",
+	                            .active = true, .created = 1700000200};
+	assert_true(hsm_ok(hsm_buf_set(&k1.wrapped_secret, "SECRET-1", 8)));
+	assert_true(hsm_ok(hsm_buf_set(&k2.wrapped_secret, "SECRET-2", 8)));
+	EXPECT_OK(hsm_store_access_key_create(s, &k1));
+	EXPECT_OK(hsm_store_access_key_create(s, &k2));
+	EXPECT_OK(hsm_store_access_key_set_active(s, "AKIAAAAAAAAAAAAAAAA2", false));
+	hsm_access_key_record_clear(&k1);
+	hsm_access_key_record_clear(&k2);
+	hsm_buf_free(&a);
+	hsm_buf_free(&b);
+	hsm_buf_free(&bin);
+}
+
+/* ---- A canonical dump of every record ---------------------------------------------------------- */
+
+static void put_hex(hsm_buf *out, const hsm_buf *b)
+{
+	for (size_t i = 0; i < b->len; i++)
+		assert_true(hsm_ok(hsm_buf_printf(out, "%02x", b->data[i])));
+	assert_true(hsm_ok(hsm_buf_put_str(out, "|")));
+}
+
+static hsm_result dump_version(const hsm_version_record *v, void *arg)
+{
+	hsm_buf *out = arg;
+	HSM_GUARD(hsm_buf_printf(out, "  version %s %u %lld %d ", v->key_id, v->version,
+	                         (long long)v->created, (int)v->rotation_type));
+	put_hex(out, &v->wrapped);
+	put_hex(out, &v->public_der);
+	return hsm_buf_put_str(out, "\n");
+}
+
+static hsm_result dump_alias(const hsm_alias_record *a, void *arg)
+{
+	return hsm_buf_printf(arg, "alias %s -> %s %lld %lld\n", a->name, a->key_id,
+	                      (long long)a->created, (long long)a->updated);
+}
+
+static hsm_result dump_tag(const hsm_tag *t, void *arg)
+{
+	return hsm_buf_printf(arg, "  tag %s=%s\n", t->key, t->value);
+}
+
+typedef struct dump_ctx {
+	hsm_store *s;
+	hsm_buf *out;
+} dump_ctx;
+
+static hsm_result dump_key(const hsm_key_record *k, void *arg)
+{
+	dump_ctx *d = arg;
+	bool more = false;
+	HSM_GUARD(hsm_buf_printf(d->out,
+	                         "key %s desc=%s spec=%d usage=%d origin=%d state=%d created=%lld "
+	                         "del=%lld window=%d rot=%d period=%d next=%lld primary=%u "
+	                         "policy=%s flags=%u updated=%lld\n",
+	                         k->key_id, k->description, (int)k->spec, (int)k->usage,
+	                         (int)k->origin, (int)k->state, (long long)k->created,
+	                         (long long)k->deletion_date, k->pending_window_days,
+	                         k->rotation_enabled, k->rotation_period_days,
+	                         (long long)k->next_rotation, k->primary_version, k->policy, k->flags,
+	                         (long long)k->updated));
+	HSM_GUARD(hsm_store_version_list(d->s, k->key_id, dump_version, d->out));
+	HSM_GUARD(hsm_store_tags_list(d->s, k->key_id, NULL, HSM_STORE_LIST_MAX, dump_tag, d->out,
+	                              &more));
+	HSM_ENSURE(!more, HSM_ERR_INTERNAL, "more tags than a page");
+	return HSM_SUCCESS;
+}
+
+static hsm_result dump_user(const hsm_user_record *u, void *arg)
+{
+	return hsm_buf_printf(arg, "user %s roles=%u disabled=%d locked=%d failed=%u created=%lld\n",
+	                      u->name, u->roles, u->disabled, u->locked, u->failed_auth,
+	                      (long long)u->created);
+}
+
+static hsm_result dump_access_key(const hsm_access_key_record *k, void *arg)
+{
+	hsm_buf *out = arg;
+	HSM_GUARD(hsm_buf_printf(out, "access key %s user=%s active=%d created=%lld ",
+	                         k->access_key_id, k->user, k->active, (long long)k->created));
+	put_hex(out, &k->wrapped_secret);
+	return hsm_buf_put_str(out, "\n");
+}
+
+/* Everything the store holds, read through the public functions, as text. */
+static void dump(hsm_store *s, hsm_buf *out)
+{
+	bool more = false;
+	hsm_buf_clear(out);
+	for (size_t i = 0; i < sizeof(meta_names) / sizeof(meta_names[0]); i++) {
+		hsm_buf v = {0};
+		EXPECT_OK(hsm_store_meta_get(s, meta_names[i], &v));
+		assert_true(hsm_ok(hsm_buf_printf(out, "meta %s ", meta_names[i])));
+		put_hex(out, &v);
+		assert_true(hsm_ok(hsm_buf_put_str(out, "\n")));
+		hsm_buf_free(&v);
+	}
+	dump_ctx d = {s, out};
+	EXPECT_OK(hsm_store_key_list(s, NULL, HSM_STORE_LIST_MAX, true, dump_key, &d, &more));
+	assert_false(more);
+	EXPECT_OK(hsm_store_alias_list(s, NULL, NULL, HSM_STORE_LIST_MAX, dump_alias, out, &more));
+	assert_false(more);
+	EXPECT_OK(hsm_store_user_list(s, dump_user, out));
+	EXPECT_OK(hsm_store_access_key_list(s, NULL, dump_access_key, out));
+	uint64_t n = 0;
+	EXPECT_OK(hsm_store_key_count(s, &n));
+	assert_true(hsm_ok(hsm_buf_printf(out, "count %llu\n", (unsigned long long)n)));
+	assert_true(hsm_ok(hsm_buf_terminate(out)));
+}
+
+/* Records the export passes on, counted by kind (meta, users, access keys, keys, versions, aliases, tags). */
+typedef struct census {
+	int n[7];
+} census;
+static hsm_result c_meta(void *a, const char *n, const hsm_buf *v)
+{
+	(void)n, (void)v;
+	((census *)a)->n[0]++;
+	return HSM_SUCCESS;
+}
+static hsm_result c_user(void *a, const hsm_user_record *u)
+{
+	(void)u;
+	((census *)a)->n[1]++;
+	return HSM_SUCCESS;
+}
+static hsm_result c_ak(void *a, const hsm_access_key_record *k)
+{
+	(void)k;
+	((census *)a)->n[2]++;
+	return HSM_SUCCESS;
+}
+static hsm_result c_key(void *a, const hsm_key_record *k)
+{
+	(void)k;
+	((census *)a)->n[3]++;
+	return HSM_SUCCESS;
+}
+static hsm_result c_version(void *a, const hsm_version_record *v)
+{
+	(void)v;
+	((census *)a)->n[4]++;
+	return HSM_SUCCESS;
+}
+static hsm_result c_alias(void *a, const hsm_alias_record *r)
+{
+	(void)r;
+	((census *)a)->n[5]++;
+	return HSM_SUCCESS;
+}
+static hsm_result c_tag(void *a, const char *id, const hsm_tag *t)
+{
+	(void)id, (void)t;
+	((census *)a)->n[6]++;
+	return HSM_SUCCESS;
+}
+
+/* The export holds exactly what fill() wrote, no more (the dump looks up known names only). */
+static void assert_census(hsm_store *s)
+{
+	census c = {{0}};
+	hsm_store_sink sink = {&c, c_meta, c_user, c_ak, c_key, c_version, c_alias, c_tag};
+	EXPECT_OK(s->ops->export_all(s, &sink));
+	const int want[7] = {4, 2, 2, 4, 7, 3, 3};
+	for (int i = 0; i < 7; i++)
+		assert_int_equal(c.n[i], want[i]);
+}
+
+static void assert_same(hsm_store *a, hsm_store *b)
+{
+	hsm_buf da = {0}, db = {0};
+	dump(a, &da);
+	dump(b, &db);
+	if (strcmp((const char *)da.data, (const char *)db.data) != 0)
+		fail_msg("stores differ:\n--- source\n%s--- copy\n%s", (const char *)da.data,
+		         (const char *)db.data);
+	assert_census(a);
+	assert_census(b);
+	hsm_buf_free(&da);
+	hsm_buf_free(&db);
+}
+
+/* ---- Fixtures: stores of either backend -------------------------------------------------------- */
+
+typedef struct side {
+	st_fixture f;
+	bool pg;
+} side;
+
+static void side_open(side *x, bool pg)
+{
+	memset(x, 0, sizeof(*x));
+	x->pg = pg;
+	const char *saved = getenv("HSM_TEST_STORE");
+	char keep[16] = "";
+	if (saved != NULL)
+		snprintf(keep, sizeof(keep), "%s", saved);
+	setenv("HSM_TEST_STORE", pg ? "pg" : "sqlite", 1);
+	st_fresh_location(&x->f);
+	if (saved != NULL)
+		setenv("HSM_TEST_STORE", keep, 1);
+	else
+		unsetenv("HSM_TEST_STORE");
+	EXPECT_OK(hsm_store_open(x->f.loc, &x->f.s));
+}
+
+static void side_close(side *x)
+{
+	hsm_store_close(x->f.s);
+	x->f.s = NULL;
+	st_release_location(&x->f);
+}
+
+/* ---- Tests ----------------------------------------------------------------------------------------- */
+
+/* src -> dst for each backend pair the run covers, then back into a third store. */
+static void copy_between(bool src_pg, bool dst_pg)
+{
+	side src, dst, back;
+	side_open(&src, src_pg);
+	side_open(&dst, dst_pg);
+	side_open(&back, src_pg);
+	fill(src.f.s);
+	EXPECT_OK(hsm_store_copy(src.f.s, dst.f.s));
+	assert_same(src.f.s, dst.f.s);
+	/* The copy is a working store: reopened, it still holds everything and takes writes. */
+	st_reopen(&dst.f);
+	assert_same(src.f.s, dst.f.s);
+	EXPECT_OK(hsm_store_copy(dst.f.s, back.f.s));
+	assert_same(src.f.s, back.f.s);
+	EXPECT_OK(hsm_store_alias_create(dst.f.s, "alias/new", "k-enabled", 7));
+	add_version(dst.f.s, "k-enabled", 4, "W4");
+	hsm_version_record v = {0};
+	EXPECT_OK(hsm_store_version_get(dst.f.s, "k-destroyed", 2, &v));
+	assert_int_equal(v.wrapped.len, 0); /* still erased */
+	hsm_version_record_clear(&v);
+	side_close(&src);
+	side_close(&dst);
+	side_close(&back);
+}
+
+static void test_copy_same_backend(void **state)
+{
+	(void)state;
+	copy_between(st_is_pg(), st_is_pg());
+}
+
+static void test_copy_sqlite_to_pg_and_back(void **state)
+{
+	(void)state;
+	if (!st_is_pg())
+		skip(); /* PostgreSQL runs only */
+	copy_between(false, true);
+	copy_between(true, false);
+}
+
+static void test_copy_refuses_a_store_in_use(void **state)
+{
+	(void)state;
+	side src, dst;
+	side_open(&src, st_is_pg());
+	side_open(&dst, st_is_pg());
+	fill(src.f.s);
+	/* A destination with metadata only, or keys only, or users only: CONFLICT, unchanged. */
+	hsm_buf v = {0};
+	assert_true(hsm_ok(hsm_buf_set(&v, "x", 1)));
+	const char *names[] = {"other"};
+	const hsm_buf *values[] = {&v};
+	EXPECT_OK(hsm_store_meta_put(dst.f.s, 1, names, values));
+	EXPECT_ERR(hsm_store_copy(src.f.s, dst.f.s), HSM_ERR_CONFLICT);
+	hsm_key_record k = {0};
+	EXPECT_ERR(hsm_store_key_get(dst.f.s, "k-enabled", &k), HSM_ERR_NOT_FOUND);
+	side_close(&dst);
+
+	side_open(&dst, st_is_pg());
+	st_create_key(dst.f.s, "mine", "w", 1);
+	EXPECT_ERR(hsm_store_copy(src.f.s, dst.f.s), HSM_ERR_CONFLICT);
+	side_close(&dst);
+
+	side_open(&dst, st_is_pg());
+	hsm_user_record u = {.name = "carol", .roles = 1U << HSM_ROLE_AUDITOR};
+	EXPECT_OK(hsm_store_user_create(dst.f.s, &u));
+	EXPECT_ERR(hsm_store_copy(src.f.s, dst.f.s), HSM_ERR_CONFLICT);
+	side_close(&dst);
+	hsm_buf_free(&v);
+	side_close(&src);
+}
+
+/* The snapshot is a SQLite store file, whatever the backend, holding the same records. */
+static void test_snapshot_opens_as_sqlite_store(void **state)
+{
+	(void)state;
+	side src;
+	side_open(&src, st_is_pg());
+	fill(src.f.s);
+	char file[PATH_MAX], restored[PATH_MAX], db[PATH_MAX];
+	st_path(file, src.f.dir, "snapshot.db");
+	EXPECT_OK(hsm_store_snapshot(src.f.s, file));
+	struct stat sb;
+	assert_int_equal(stat(file, &sb), 0);
+	assert_int_equal(sb.st_mode & 0777, 0600);
+	/* An existing file is refused and left alone; nothing else is left beside it. */
+	EXPECT_ERR(hsm_store_snapshot(src.f.s, file), HSM_ERR_IO);
+	assert_int_equal(stat(file, &sb), 0);
+
+	/* Restore opens it as a store directory holding it as hsmd.db. */
+	st_path(restored, src.f.dir, "restored");
+	assert_int_equal(mkdir(restored, 0700), 0);
+	st_path(db, restored, HSM_STORE_DB_FILE);
+	assert_int_equal(rename(file, db), 0);
+	hsm_store *copy = NULL;
+	EXPECT_OK(hsm_store_open(restored, &copy));
+	assert_string_equal(copy->ops->name, "sqlite");
+	assert_same(src.f.s, copy);
+	hsm_store_close(copy);
+	side_close(&src);
+}
+
+/* A failing snapshot leaves nothing at its path. */
+static void test_snapshot_failure_leaves_nothing(void **state)
+{
+	(void)state;
+	side src;
+	side_open(&src, st_is_pg());
+	fill(src.f.s);
+	char file[PATH_MAX];
+	st_path(file, src.f.dir, "no-such-dir/snapshot.db");
+	EXPECT_ERR(hsm_store_snapshot(src.f.s, file), HSM_ERR_IO);
+	struct stat sb;
+	assert_int_not_equal(stat(file, &sb), 0);
+	side_close(&src);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_copy_same_backend),
+		cmocka_unit_test(test_copy_sqlite_to_pg_and_back),
+		cmocka_unit_test(test_copy_refuses_a_store_in_use),
+		cmocka_unit_test(test_snapshot_opens_as_sqlite_store),
+		cmocka_unit_test(test_snapshot_failure_leaves_nothing),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,332 @@
+/*
+ * store_pg_test.c - what only the PostgreSQL backend has to get right:
+ * several nodes (handles) on one database, concurrent first opens, lost
+ * connections, lock timeouts, messages without data values or passwords,
+ * erasure from live rows.  The contract itself is tested by the other
+ * store_*_test programs, which run on PostgreSQL too (HSM_TEST_STORE=pg).
+ * Needs the test server (store_test_util.h); fails without it.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "store/store.h"
+#include "store/store_impl.h"
+#include "store_test_util.h"
+
+static int pg_setup(void **state)
+{
+	if (!st_is_pg())
+		setenv("HSM_TEST_STORE", "pg", 1); /* this program is about PostgreSQL only */
+	return st_setup(state);
+}
+
+/* ---- Two nodes ------------------------------------------------------------------------ */
+
+#define NODES 2
+#define THREADS_PER_NODE 4
+#define INCREMENTS 25
+
+typedef struct node_run {
+	hsm_store *s;
+	atomic_int *failures;
+} node_run;
+
+static hsm_result increment(hsm_key_record *k, void *arg)
+{
+	(void)arg;
+	k->rotation_period_days++;
+	return HSM_SUCCESS;
+}
+
+static void *node_worker(void *arg)
+{
+	node_run *n = arg;
+	for (int i = 0; i < INCREMENTS; i++) {
+		if (hsm_failed(hsm_store_key_update(n->s, "shared", increment, NULL, NULL, NULL)))
+			atomic_fetch_add(n->failures, 1);
+		if (hsm_failed(hsm_store_user_auth_result(n->s, "eve", false, 0, NULL)))
+			atomic_fetch_add(n->failures, 1);
+	}
+	return NULL;
+}
+
+static void test_two_nodes_no_lost_update(void **state)
+{
+	st_fixture *f = *state;
+	hsm_store *nodes[NODES] = {f->s, NULL};
+	EXPECT_OK(hsm_store_open(f->loc, &nodes[1])); /* no lock: a second node may open it */
+	st_create_key(f->s, "shared", "w", 1);
+	hsm_user_record u = {.name = "eve", .roles = 1U << HSM_ROLE_CRYPTO_USER};
+	EXPECT_OK(hsm_store_user_create(f->s, &u));
+
+	atomic_int failures = 0;
+	node_run runs[NODES * THREADS_PER_NODE];
+	pthread_t threads[NODES * THREADS_PER_NODE];
+	uint64_t t0 = hsm_mono_ns();
+	for (int i = 0; i < NODES * THREADS_PER_NODE; i++) {
+		runs[i] = (node_run){nodes[i % NODES], &failures};
+		assert_int_equal(pthread_create(&threads[i], NULL, node_worker, &runs[i]), 0);
+	}
+	for (int i = 0; i < NODES * THREADS_PER_NODE; i++)
+		pthread_join(threads[i], NULL);
+	double secs = (double)(hsm_mono_ns() - t0) / 1e9;
+	assert_int_equal(atomic_load(&failures), 0);
+
+	hsm_key_record k = {0};
+	EXPECT_OK(hsm_store_key_get(nodes[1], "shared", &k));
+	assert_int_equal(k.rotation_period_days, NODES * THREADS_PER_NODE * INCREMENTS);
+	hsm_key_record_clear(&k);
+	EXPECT_OK(hsm_store_user_get(nodes[0], "eve", &u));
+	assert_int_equal(u.failed_auth, NODES * THREADS_PER_NODE * INCREMENTS);
+	print_message("%d contended key updates + %d counter updates from 2 nodes in %.2f s\n",
+	              NODES * THREADS_PER_NODE * INCREMENTS, NODES * THREADS_PER_NODE * INCREMENTS,
+	              secs);
+	hsm_store_close(nodes[1]);
+}
+
+/* ---- Concurrent first open -------------------------------------------------------------- */
+
+#define OPENERS 4
+
+typedef struct opener {
+	const char *loc;
+	pthread_barrier_t *start;
+	hsm_result res;
+	hsm_store *s;
+} opener;
+
+static void *open_worker(void *arg)
+{
+	opener *o = arg;
+	pthread_barrier_wait(o->start);
+	o->res = hsm_store_open(o->loc, &o->s);
+	return NULL;
+}
+
+static void test_concurrent_first_open(void **state)
+{
+	(void)state;
+	setenv("HSM_TEST_STORE", "pg", 1);
+	for (int round = 0; round < 3; round++) {
+		st_fixture f = {0};
+		st_fresh_location(&f); /* an empty database */
+		pthread_barrier_t start;
+		pthread_barrier_init(&start, NULL, OPENERS);
+		opener o[OPENERS];
+		pthread_t t[OPENERS];
+		for (int i = 0; i < OPENERS; i++) {
+			o[i] = (opener){.loc = f.loc, .start = &start};
+			assert_int_equal(pthread_create(&t[i], NULL, open_worker, &o[i]), 0);
+		}
+		for (int i = 0; i < OPENERS; i++)
+			pthread_join(t[i], NULL);
+		pthread_barrier_destroy(&start);
+		for (int i = 0; i < OPENERS; i++) {
+			if (hsm_failed(o[i].res))
+				fail_msg("opener %d: %s", i, hsm_err_code_name(o[i].res.err));
+			assert_int_equal(hsm_store_schema_version(o[i].s), hsm_store_pg_schema_latest());
+		}
+		/* One schema, recorded once. */
+		assert_int_equal(st_pg_int(f.db, "SELECT count(*) FROM schema_version"),
+		                 hsm_store_pg_schema_latest());
+		st_create_key(o[0].s, "k", "w", 1);
+		hsm_key_record k = {0};
+		EXPECT_OK(hsm_store_key_get(o[OPENERS - 1].s, "k", &k));
+		hsm_key_record_clear(&k);
+		for (int i = 0; i < OPENERS; i++)
+			hsm_store_close(o[i].s);
+		st_release_location(&f);
+	}
+}
+
+static void test_refuses_newer_schema(void **state)
+{
+	st_fixture *f = *state;
+	hsm_store_close(f->s);
+	f->s = NULL;
+	assert_int_equal(st_pg_exec(f->db, "INSERT INTO schema_version VALUES (999, 0)"), 0);
+	EXPECT_ERR(hsm_store_open(f->loc, &f->s), HSM_ERR_STORE);
+	assert_non_null(strstr(hsm_last_message(), "newer"));
+	assert_null(f->s);
+	assert_int_equal(st_pg_exec(f->db, "DELETE FROM schema_version WHERE version = 999"), 0);
+	EXPECT_OK(hsm_store_open(f->loc, &f->s));
+}
+
+/* ---- Lost connections ------------------------------------------------------------------------ */
+
+/* Ends every server session of the test database but the caller's own. */
+static void kill_sessions(const char *db)
+{
+	char sql[256];
+	snprintf(sql, sizeof(sql),
+	         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+	         "WHERE datname = '%s' AND pid <> pg_backend_pid()",
+	         db);
+	assert_int_equal(st_pg_exec(NULL, sql), 0);
+}
+
+/* Holds a pooled connection for a moment, so concurrent readers each open one. */
+static void *reader(void *arg)
+{
+	for (int i = 0; i < 20; i++) {
+		hsm_key_record k = {0};
+		if (hsm_ok(hsm_store_key_get(arg, "k", &k)))
+			hsm_key_record_clear(&k);
+	}
+	return NULL;
+}
+
+static void test_connection_killed_under_the_store(void **state)
+{
+	st_fixture *f = *state;
+	hsm_key_record k = {0};
+	st_create_key(f->s, "k", "w", 1);
+
+	/* A read on a pooled connection that died: retried on a new one. */
+	kill_sessions(f->db);
+	EXPECT_OK(hsm_store_key_get(f->s, "k", &k));
+	hsm_key_record_clear(&k);
+
+	/* A write: BEGIN finds the connection dead before anything happened, so it is retried. */
+	kill_sessions(f->db);
+	EXPECT_OK(hsm_store_key_update(f->s, "k", increment, NULL, NULL, NULL));
+	EXPECT_OK(hsm_store_key_get(f->s, "k", &k));
+	assert_int_equal(k.rotation_period_days, 1); /* applied exactly once */
+	hsm_key_record_clear(&k);
+
+	/*
+	 * Every pooled connection lost at once (a server restart): the pool holds
+	 * several (readers ran side by side), and the next call still succeeds.
+	 */
+	for (int i = 0; i < 3; i++) {
+		pthread_t t[4];
+		for (int j = 0; j < 4; j++)
+			assert_int_equal(pthread_create(&t[j], NULL, reader, f->s), 0);
+		for (int j = 0; j < 4; j++)
+			pthread_join(t[j], NULL);
+		kill_sessions(f->db);
+		uint64_t n = 0;
+		EXPECT_OK(hsm_store_key_count(f->s, &n));
+		assert_int_equal(n, 1);
+	}
+}
+
+/* ---- Timeouts and messages -------------------------------------------------------------------- */
+
+static void test_lock_wait_maps_to_dependency_timeout(void **state)
+{
+	st_fixture *f = *state;
+	char uri[ST_URI_MAX];
+	st_pg_uri_for(uri, f->db);
+	/* Another session inserts the same name and does not commit: the upsert must wait for it. */
+	PGconn *other = PQconnectdb(uri);
+	assert_int_equal(PQstatus(other), CONNECTION_OK);
+	PGresult *r = PQexec(other, "BEGIN; INSERT INTO meta VALUES ('n', '\\x01')");
+	assert_int_equal(PQresultStatus(r), PGRES_COMMAND_OK);
+	PQclear(r);
+	hsm_buf v = {0}, out = {0};
+	assert_true(hsm_ok(hsm_buf_set(&v, "x", 1)));
+	const char *names[] = {"n"};
+	const hsm_buf *values[] = {&v};
+	uint64_t t0 = hsm_mono_ns();
+	EXPECT_ERR(hsm_store_meta_put(f->s, 1, names, values), HSM_ERR_DEPENDENCY_TIMEOUT);
+	assert_true(hsm_mono_ns() - t0 >= 4000000000ULL);
+	/* Readers do not wait for that writer. */
+	EXPECT_ERR(hsm_store_meta_get(f->s, "n", &out), HSM_ERR_NOT_FOUND);
+	r = PQexec(other, "ROLLBACK");
+	PQclear(r);
+	PQfinish(other);
+	EXPECT_OK(hsm_store_meta_put(f->s, 1, names, values));
+	hsm_buf_free(&v);
+	hsm_buf_free(&out);
+}
+
+static void test_messages_hold_no_values(void **state)
+{
+	st_fixture *f = *state;
+	/* A failure whose server message and DETAIL quote the row's value. */
+	assert_int_equal(
+		st_pg_exec(f->db, "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$"
+		                  "BEGIN RAISE EXCEPTION 'bad value %', encode(NEW.value, 'escape') "
+		                  "USING DETAIL = 'value ' || encode(NEW.value, 'escape'); END $$;"
+		                  "CREATE TRIGGER poison BEFORE INSERT ON meta FOR EACH ROW "
+		                  "EXECUTE FUNCTION poison()"),
+		0);
+	hsm_buf v = {0};
+	assert_true(hsm_ok(hsm_buf_set(&v, "SECRETVALUE", 11)));
+	const char *names[] = {"n"};
+	const hsm_buf *values[] = {&v};
+	EXPECT_ERR(hsm_store_meta_put(f->s, 1, names, values), HSM_ERR_STORE);
+	assert_null(strstr(hsm_last_message(), "SECRETVALUE"));
+	assert_non_null(strstr(hsm_last_message(), "P0001")); /* the SQLSTATE is what is told */
+	hsm_buf_free(&v);
+}
+
+static void test_bad_locations_and_passwords(void **state)
+{
+	(void)state;
+	char uri[ST_URI_MAX], bad[ST_URI_MAX];
+	st_pg_server_uri(uri);
+	hsm_store *s = NULL;
+	/* Wrong password: refused, and the password appears in no message. */
+	char *at = strchr(uri + strlen("postgresql://"), '@');
+	assert_non_null(at);
+	snprintf(bad, sizeof(bad), "postgresql://hsmd:WRONGPASSWORD%s", at);
+	EXPECT_ERR(hsm_store_open(bad, &s), HSM_ERR_STORE);
+	assert_null(strstr(hsm_last_message(), "WRONGPASSWORD"));
+	/* Nobody listening. */
+	EXPECT_ERR(hsm_store_open("postgresql://hsmd:TOPSECRET@127.0.0.1:1/x", &s), HSM_ERR_STORE);
+	assert_null(strstr(hsm_last_message(), "TOPSECRET"));
+	/* Not a URI libpq accepts. */
+	EXPECT_ERR(hsm_store_open("postgresql://hsmd:TOPSECRET@h/db?nosuchparam=1", &s),
+	           HSM_ERR_VALIDATION);
+	assert_null(strstr(hsm_last_message(), "TOPSECRET"));
+	EXPECT_ERR(hsm_store_open("postgresql://", &s), HSM_ERR_VALIDATION);
+	assert_null(s);
+}
+
+/* ---- Erasure ------------------------------------------------------------------------------------- */
+
+static void test_destroy_leaves_no_live_material(void **state)
+{
+	st_fixture *f = *state;
+	st_create_key(f->s, "victim", "MATERIAL", 8);
+	st_create_key(f->s, "bystander", "KEEP", 4);
+	EXPECT_OK(hsm_store_alias_create(f->s, "alias/victim", "victim", 1));
+	EXPECT_OK(hsm_store_key_destroy(f->s, "victim", 1900000000));
+	assert_int_equal(st_pg_int(f->db, "SELECT count(*) FROM key_versions "
+	                                  "WHERE position('MATERIAL'::bytea IN wrapped) > 0"),
+	                 0);
+	assert_int_equal(st_pg_int(f->db, "SELECT length(wrapped) FROM key_versions "
+	                                  "WHERE key_id = 'victim'"),
+	                 0);
+	assert_int_equal(st_pg_int(f->db, "SELECT count(*) FROM aliases"), 0);
+	assert_int_equal(st_pg_int(f->db, "SELECT length(wrapped) FROM key_versions "
+	                                  "WHERE key_id = 'bystander'"),
+	                 4);
+	/* Repeating the destruction is harmless. */
+	EXPECT_OK(hsm_store_key_destroy(f->s, "victim", 1900000001));
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_two_nodes_no_lost_update, pg_setup, st_teardown),
+		cmocka_unit_test(test_concurrent_first_open),
+		cmocka_unit_test_setup_teardown(test_refuses_newer_schema, pg_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_connection_killed_under_the_store, pg_setup,
+		                                st_teardown),
+		cmocka_unit_test_setup_teardown(test_lock_wait_maps_to_dependency_timeout, pg_setup,
+		                                st_teardown),
+		cmocka_unit_test_setup_teardown(test_messages_hold_no_values, pg_setup, st_teardown),
+		cmocka_unit_test(test_bad_locations_and_passwords),
+		cmocka_unit_test_setup_teardown(test_destroy_leaves_no_live_material, pg_setup,
+		                                st_teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
