@@ -362,9 +362,39 @@ static void remove_matching(const char *dir, const char *prefix, const char *suf
 	closedir(d);
 }
 
+/*
+ * A store that is not a SQLite file (PostgreSQL) is copied into a SQLite
+ * store in a directory beside the snapshot's path, <path>.tmp-XXXXXX: removes
+ * such directories of .backup-*.db paths, with the files opening a store
+ * left in them (the directory holds nothing else).
+ */
+static void remove_snapshot_dirs(const char *work_dir)
+{
+	static const char *const names[] = {HSM_STORE_DB_FILE, HSM_STORE_DB_FILE "-wal",
+	                                    HSM_STORE_DB_FILE "-shm", HSM_STORE_DB_FILE "-journal",
+	                                    "hsmd.lock"};
+	DIR *d = opendir(work_dir);
+	if (d == NULL)
+		return;
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		char path[4096], file[4200];
+		if (strncmp(de->d_name, ".backup-", 8) != 0 || strstr(de->d_name, ".db.tmp-") == NULL ||
+		    hsm_failed(join(path, sizeof(path), work_dir, de->d_name)))
+			continue;
+		for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+			if (hsm_ok(join(file, sizeof(file), path, names[i])))
+				unlink(file);
+		if (rmdir(path) == 0)
+			hsm_warn("removed %s, left by a backup that did not finish", path);
+	}
+	closedir(d);
+}
+
 void hsm_backup_remove_leftovers(const char *dir, const char *work_dir)
 {
 	remove_matching(work_dir, ".backup-", ".db");
+	remove_snapshot_dirs(work_dir);
 	remove_matching(dir, ".", HSM_BACKUP_SUFFIX ".part");
 }
 

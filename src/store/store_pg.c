@@ -156,11 +156,18 @@ static hsm_result pool_get(pg_store *s, pg_conn **out)
 	return HSM_SUCCESS;
 }
 
-/* Returns c to the pool, or closes it when broken or left inside a transaction. */
+/*
+ * Returns c to the pool, or closes it when broken or left inside a
+ * transaction.  A connection that lost its server usually means the server
+ * restarted or failed over, so the idle ones are closed with it: they would
+ * fail the same way, and a retry must get a fresh connection, not the next
+ * dead one.
+ */
 static void pool_put(pg_store *s, pg_conn *c)
 {
 	bool keep = !c->broken && PQstatus(c->db) == CONNECTION_OK &&
 	            PQtransactionStatus(c->db) == PQTRANS_IDLE;
+	pg_conn *stale = NULL;
 	if (!keep)
 		conn_close(c);
 	pthread_mutex_lock(&s->pool_lock);
@@ -169,9 +176,18 @@ static void pool_put(pg_store *s, pg_conn *c)
 		s->idle = c;
 	} else {
 		s->open_count--;
+		stale = s->idle;
+		s->idle = NULL;
+		for (pg_conn *i = stale; i != NULL; i = i->next)
+			s->open_count--;
 	}
-	pthread_cond_signal(&s->pool_free);
+	pthread_cond_broadcast(&s->pool_free);
 	pthread_mutex_unlock(&s->pool_lock);
+	while (stale != NULL) {
+		pg_conn *next = stale->next;
+		conn_close(stale);
+		stale = next;
+	}
 }
 
 /* ---- Transactions ------------------------------------------------------------------------------ */

@@ -282,9 +282,9 @@ def test_failed_backup_is_counted_audited_and_reported():
 
 
 def test_leftovers_of_an_interrupted_backup_are_removed_at_start():
-    """A crash mid-backup leaves the plain store copy in the data directory and
-    a partial file in the backup directory: the next start removes both, and
-    only those."""
+    """A crash mid-backup leaves the plain store copy in the data directory (for a
+    PostgreSQL store, a directory holding it) and a partial file in the backup
+    directory: the next start removes them, and only those."""
     from conftest import DEV_AKID, DEV_SECRET
     tmp = tempfile.mkdtemp(prefix="hsmd-leftovers-")
     data = os.path.join(tmp, "data")
@@ -292,9 +292,14 @@ def test_leftovers_of_an_interrupted_backup_are_removed_at_start():
     left = [os.path.join(data, ".backup-0a2fe434-118d-41e9-a909-2dee290e0c51.db"),
             os.path.join(data, "backups", ".hsmd-x-20261130T024233Z-0a2fe434.hsmbak.part")]
     kept = [os.path.join(data, "backups", "notes.txt"), os.path.join(data, ".backup-notes.txt")]
+    # A PostgreSQL store's snapshot is first a SQLite store in a directory beside it.
+    snapdir = os.path.join(data, ".backup-7d1e2b9c-55aa-4a0e-9d0e-1f2e3d4c5b6a.db.tmp-Ab12Cd")
+    os.makedirs(snapdir)
+    left += [os.path.join(snapdir, n) for n in ("hsmd.db", "hsmd.db-wal", "hsmd.lock")]
     for p in left + kept:
         with open(p, "w") as f:
             f.write("x")
+    left.append(snapdir)
     server = Hsmd(["--dev", "--backup-interval-seconds", "0"], data_dir=data,
                   env={"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET})
     try:

@@ -6,9 +6,10 @@ with HSM_STORE=URI unseal with the custodians' shares and serve the same keys:
 what one node creates or changes, the other uses; a node that stops is
 replaced by the next endpoint of a client's list (hsmctl, the PKCS#11
 module); a node that cannot reach the store says so on /readyz; the store
-survives a PostgreSQL restart under running nodes; a backup of the shared
-store restores into a single SQLite node and into another PostgreSQL
-database.
+survives a PostgreSQL restart under running nodes, and follows a standby
+promoted after the primary died; a backup of the shared store restores into
+a single SQLite node and into another PostgreSQL database; `hsmctl store
+copy` moves a single node's store into PostgreSQL.
 """
 import json
 import os
@@ -486,3 +487,52 @@ def test_a_single_node_moves_to_the_shared_store(pg, tmp_path):
     assert p.returncode != 0 and "not empty" in p.stderr, p.stderr
     rec = [r for r in audit_records(data) if r.get("op") == "StoreCopy"]
     assert [r["outcome"] for r in rec] == ["success", "error"], rec
+
+
+def test_the_store_fails_over_to_a_promoted_standby(tmp_path):
+    """A node given both PostgreSQL servers (postgresql://...@primary,standby/db) follows
+    the primary: after the primary dies and the standby is promoted, the node serves
+    again without a restart, with every key the standby had replayed."""
+    primary = Postgres()
+    standby_dir = tempfile.mkdtemp(prefix="hsmd-pg-standby-")
+    n = None
+    try:
+        p = subprocess.run([PG_SERVER, "standby", standby_dir, primary.dir], capture_output=True,
+                           text=True, timeout=120)
+        assert p.returncode == 0, p.stdout + p.stderr
+        standby_uri = p.stdout.strip().splitlines()[-1]
+        store = primary.database("ha")  # replicated to the standby like any change
+        pu, su = urllib.parse.urlsplit(store), urllib.parse.urlsplit(standby_uri)
+        both = store.replace(pu.netloc, f"{pu.netloc},{su.hostname}:{su.port}")
+        on_standby = urllib.parse.urlunsplit(su._replace(path="/ha"))
+        files, ops = ceremony(str(tmp_path), both)
+        n = node(both, "follows-primary")
+        unseal(n, files)
+        off = kms(n, ops)
+        kid = off.create_key(Description="before the failover")["KeyMetadata"]["KeyId"]
+        admin(n, "CreateUser", {"UserName": "app", "Roles": ["crypto-user"]},
+              akid=ops[0], secret=ops[1])
+        k = admin(n, "CreateAccessKey", {"UserName": "app"}, akid=ops[0], secret=ops[1])
+        app = kms(n, (k["AccessKeyId"], k["SecretAccessKey"]))
+        blob = app.encrypt(KeyId=kid, Plaintext=b"survives")["CiphertextBlob"]
+        # Asynchronous replication: wait until the standby has replayed all of it.
+        lsn = primary.sql(store, "SELECT pg_current_wal_lsn()")
+        assert eventually(lambda: primary.sql(
+            on_standby, f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn") == "t", 10)
+        primary.ctl("halt")
+        subprocess.run([PG_SERVER, "promote", standby_dir], check=True, capture_output=True,
+                       timeout=120)
+        made = eventually(lambda: _try(lambda: off.create_key(
+            Description="after the failover")["KeyMetadata"]["KeyId"]), 15)
+        assert made, "no key could be created after the failover:\n" + n.read_log()[-2000:]
+        assert eventually(lambda: readyz(n)[0] == 200, 8), readyz(n)
+        assert app.decrypt(CiphertextBlob=blob)["Plaintext"] == b"survives"
+        # The new key is in the promoted server, which was the standby.
+        assert primary.sql(on_standby, "SELECT count(*) FROM keys WHERE id = "
+                                       f"'{made}'") == "1"
+        assert urllib.parse.urlsplit(both).password not in n.read_log()
+    finally:
+        if n is not None:
+            n.cleanup()
+        subprocess.run([PG_SERVER, "stop", standby_dir], capture_output=True, timeout=120)
+        primary.close()

@@ -11,6 +11,11 @@
 #   pg-server.sh stop DIR    stops the cluster (if running) and removes DIR.
 #   pg-server.sh halt DIR    stops the cluster, keeping DIR (an outage)
 #   pg-server.sh resume DIR  starts it again on the same port (the same URI)
+#   pg-server.sh standby DIR PRIMARY_DIR
+#                            a streaming-replication standby of the running
+#                            cluster in PRIMARY_DIR (pg_basebackup), on a port
+#                            of its own; prints its URI (same role, password)
+#   pg-server.sh promote DIR makes that standby the primary
 #
 # PostgreSQL refuses to run as root, so under uid 0 the server programs run as
 # the `postgres` system user (Debian's package creates it) and DIR belongs to
@@ -20,10 +25,10 @@
 set -eu
 
 usage() {
-	echo "usage: $0 start|stop|halt|resume DIR" >&2
+	echo "usage: $0 start|stop|halt|resume|promote DIR, or standby DIR PRIMARY_DIR" >&2
 	exit 2
 }
-[ $# -eq 2 ] || usage
+[ $# -ge 2 ] || usage
 cmd=$1
 dir=$2
 case $dir in
@@ -134,6 +139,51 @@ stop() {
 	rm -rf "$dir"
 }
 
+standby() {
+	primary=$1
+	case $primary in
+	/*) ;;
+	*) primary="$(pwd)/$primary" ;;
+	esac
+	puri=$(cat "$primary/uri")
+	pport=${puri##*:}
+	pport=${pport%%/*}
+	pass=${puri#postgresql://hsmd:}
+	pass=${pass%%@*}
+	if [ -e "$dir" ] && [ -n "$(ls -A "$dir" 2>/dev/null)" ]; then
+		echo "pg-server.sh: $dir exists and is not empty" >&2
+		exit 1
+	fi
+	mkdir -p "$dir"
+	chmod 0700 "$dir"
+	[ "$(id -u)" -ne 0 ] || chown postgres: "$dir"
+	as_pg env PGPASSWORD="$pass" "$bindir/pg_basebackup" -h 127.0.0.1 -p "$pport" -U hsmd \
+		-D "$dir/data" -R -X stream >"$dir/basebackup.log" 2>&1 || {
+		echo "pg-server.sh: pg_basebackup failed:" >&2
+		cat "$dir/basebackup.log" >&2
+		exit 1
+	}
+	sockdir="$dir"
+	[ ${#dir} -le 80 ] || sockdir=""
+	port=$(free_port)
+	cat >>"$dir/data/postgresql.conf" <<-EOF
+		port = $port
+		unix_socket_directories = '$sockdir'
+	EOF
+	as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null 2>&1 || {
+		echo "pg-server.sh: the standby did not start:" >&2
+		tail -n 20 "$dir/server.log" >&2 || true
+		exit 1
+	}
+	uri="postgresql://hsmd:$pass@127.0.0.1:$port/postgres"
+	printf '%s\n' "$uri" >"$dir/uri"
+	printf '%s\n' "$uri"
+}
+
+promote() {
+	as_pg "$bindir/pg_ctl" -D "$dir/data" -w -t 60 promote >/dev/null
+}
+
 halt() {
 	as_pg "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
 }
@@ -145,6 +195,11 @@ resume() {
 case $cmd in
 start) start ;;
 stop) stop ;;
+standby)
+	[ $# -eq 3 ] || usage
+	standby "$3"
+	;;
+promote) promote ;;
 halt) halt ;;
 resume) resume ;;
 *) usage ;;

@@ -421,6 +421,27 @@ static void test_copy_refuses_a_store_in_use(void **state)
 	side_close(&src);
 }
 
+/* A copy that fails part-way leaves the destination empty, so it can simply be run again. */
+static void test_failed_copy_changes_nothing(void **state)
+{
+	(void)state;
+	side src, dst;
+	side_open(&src, st_is_pg());
+	side_open(&dst, st_is_pg());
+	fill(src.f.s);
+	/* The destination refuses the last key's versions, after most records went in. */
+	st_poison(&dst.f, "key_versions", "NEW.key_id = 'k-pending'");
+	EXPECT_ERR(hsm_store_copy(src.f.s, dst.f.s), HSM_ERR_STORE);
+	hsm_key_record k = {0};
+	EXPECT_ERR(hsm_store_key_get(dst.f.s, "k-enabled", &k), HSM_ERR_NOT_FOUND);
+	hsm_user_record u;
+	EXPECT_ERR(hsm_store_user_get(dst.f.s, "alice", &u), HSM_ERR_NOT_FOUND);
+	hsm_buf v = {0};
+	EXPECT_ERR(hsm_store_meta_get(dst.f.s, "store_id", &v), HSM_ERR_NOT_FOUND);
+	side_close(&dst);
+	side_close(&src);
+}
+
 /* The snapshot is a SQLite store file, whatever the backend, holding the same records. */
 static void test_snapshot_opens_as_sqlite_store(void **state)
 {
@@ -472,6 +493,7 @@ int main(void)
 		cmocka_unit_test(test_copy_same_backend),
 		cmocka_unit_test(test_copy_sqlite_to_pg_and_back),
 		cmocka_unit_test(test_copy_refuses_a_store_in_use),
+		cmocka_unit_test(test_failed_copy_changes_nothing),
 		cmocka_unit_test(test_snapshot_opens_as_sqlite_store),
 		cmocka_unit_test(test_snapshot_failure_leaves_nothing),
 	};

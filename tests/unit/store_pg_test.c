@@ -11,8 +11,11 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/socket.h>
 
 #include "store/store.h"
 #include "store/store_impl.h"
@@ -170,6 +173,17 @@ static void kill_sessions(const char *db)
 	assert_int_equal(st_pg_exec(NULL, sql), 0);
 }
 
+/* Holds a pooled connection for a moment, so concurrent readers each open one. */
+static void *reader(void *arg)
+{
+	for (int i = 0; i < 20; i++) {
+		hsm_key_record k = {0};
+		if (hsm_ok(hsm_store_key_get(arg, "k", &k)))
+			hsm_key_record_clear(&k);
+	}
+	return NULL;
+}
+
 static void test_connection_killed_under_the_store(void **state)
 {
 	st_fixture *f = *state;
@@ -188,8 +202,16 @@ static void test_connection_killed_under_the_store(void **state)
 	assert_int_equal(k.rotation_period_days, 1); /* applied exactly once */
 	hsm_key_record_clear(&k);
 
-	/* Every pooled connection lost at once (a server restart): each is replaced in turn. */
+	/*
+	 * Every pooled connection lost at once (a server restart): the pool holds
+	 * several (readers ran side by side), and the next call still succeeds.
+	 */
 	for (int i = 0; i < 3; i++) {
+		pthread_t t[4];
+		for (int j = 0; j < 4; j++)
+			assert_int_equal(pthread_create(&t[j], NULL, reader, f->s), 0);
+		for (int j = 0; j < 4; j++)
+			pthread_join(t[j], NULL);
 		kill_sessions(f->db);
 		uint64_t n = 0;
 		EXPECT_OK(hsm_store_key_count(f->s, &n));
@@ -271,6 +293,63 @@ static void test_bad_locations_and_passwords(void **state)
 	assert_null(s);
 }
 
+/* A server that accepts connections and never answers: libpq's connect_timeout ends the wait. */
+static void test_connect_timeout_maps_to_dependency_timeout(void **state)
+{
+	(void)state;
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(fd >= 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t len = sizeof(a);
+	assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(fd, 8), 0); /* the kernel completes handshakes; nobody reads */
+	assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+	char uri[128];
+	snprintf(uri, sizeof(uri), "postgresql://hsmd:TOPSECRET@127.0.0.1:%u/x?connect_timeout=2",
+	         (unsigned)ntohs(a.sin_port));
+	hsm_store *s = NULL;
+	uint64_t t0 = hsm_mono_ns();
+	EXPECT_ERR(hsm_store_open(uri, &s), HSM_ERR_DEPENDENCY_TIMEOUT);
+	uint64_t waited = hsm_mono_ns() - t0;
+	assert_true(waited >= 1500000000ULL && waited < 10000000000ULL);
+	assert_null(strstr(hsm_last_message(), "TOPSECRET"));
+	close(fd);
+}
+
+/*
+ * Durability is never lowered: a database whose default is off gets on; one
+ * that asks for more (remote_apply) keeps it.  A trigger records the setting
+ * the store's own session commits with.
+ */
+static void test_synchronous_commit_never_lowered(void **state)
+{
+	st_fixture *f = *state;
+	char sql[256];
+	assert_int_equal(
+		st_pg_exec(f->db, "CREATE TABLE seen (v text);"
+		                  "CREATE FUNCTION note() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN "
+		                  "INSERT INTO seen VALUES (current_setting('synchronous_commit')); "
+		                  "RETURN NEW; END$$;"
+		                  "CREATE TRIGGER note BEFORE INSERT ON meta FOR EACH ROW "
+		                  "EXECUTE FUNCTION note()"),
+		0);
+	const char *levels[][2] = {{"off", "on"}, {"remote_apply", "remote_apply"}};
+	for (int i = 0; i < 2; i++) {
+		hsm_store_close(f->s);
+		f->s = NULL;
+		snprintf(sql, sizeof(sql), "ALTER DATABASE %s SET synchronous_commit = %s", f->db,
+		         levels[i][0]);
+		assert_int_equal(st_pg_exec(NULL, sql), 0);
+		EXPECT_OK(hsm_store_open(f->loc, &f->s));
+		hsm_buf v = {0};
+		const char *names[] = {i == 0 ? "a" : "b"};
+		const hsm_buf *values[] = {&v};
+		EXPECT_OK(hsm_store_meta_put(f->s, 1, names, values));
+		snprintf(sql, sizeof(sql), "SELECT count(*) FROM seen WHERE v = '%s'", levels[i][1]);
+		assert_int_equal(st_pg_int(f->db, sql), 1);
+	}
+}
+
 /* ---- Erasure ------------------------------------------------------------------------------------- */
 
 static void test_destroy_leaves_no_live_material(void **state)
@@ -306,6 +385,9 @@ int main(void)
 		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_messages_hold_no_values, pg_setup, st_teardown),
 		cmocka_unit_test(test_bad_locations_and_passwords),
+		cmocka_unit_test(test_connect_timeout_maps_to_dependency_timeout),
+		cmocka_unit_test_setup_teardown(test_synchronous_commit_never_lowered, pg_setup,
+		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_destroy_leaves_no_live_material, pg_setup,
 		                                st_teardown),
 	};
