@@ -596,3 +596,73 @@ hsm_result hsm_store_access_key_list(hsm_store *s, const char *user, hsm_access_
 		HSM_GUARD(check_lookup(user, USER_CAP, "user"));
 	return s->ops->access_key_list(s, user, cb, arg);
 }
+
+/* ---- Helpers every backend uses ------------------------------------------------------ */
+
+void st_vec_init(st_vec *v, size_t item_size)
+{
+	memset(v, 0, sizeof(*v));
+	v->size = item_size;
+}
+
+hsm_result st_vec_push(st_vec *v, void **item)
+{
+	if (v->n == v->cap) {
+		size_t cap = v->cap ? v->cap * 2 : 16;
+		HSM_ENSURE(cap <= SIZE_MAX / v->size, HSM_ERR_NOMEM, "out of memory");
+		unsigned char *p = realloc(v->items, cap * v->size);
+		HSM_ENSURE(p != NULL, HSM_ERR_NOMEM, "out of memory");
+		v->items = p;
+		v->cap = cap;
+	}
+	void *slot = v->items + v->n * v->size;
+	memset(slot, 0, v->size);
+	v->n++;
+	*item = slot;
+	return HSM_SUCCESS;
+}
+
+void *st_vec_at(const st_vec *v, size_t i)
+{
+	HSM_ASSERT(i < v->n);
+	return v->items + i * v->size;
+}
+
+void st_vec_pop(st_vec *v)
+{
+	HSM_ASSERT(v->n > 0);
+	v->n--;
+}
+
+void st_vec_free(st_vec *v, void (*clear)(void *item))
+{
+	if (clear != NULL) {
+		for (size_t i = 0; i < v->n; i++)
+			clear(v->items + i * v->size);
+	}
+	free(v->items);
+	memset(v, 0, sizeof(*v));
+}
+
+hsm_result st_check_transition(hsm_key_state before, hsm_key_state after, bool new_version)
+{
+	if (before == HSM_KEY_DESTROYED) {
+		HSM_ENSURE(after == HSM_KEY_DESTROYED, HSM_ERR_INVALID_STATE,
+		           "a destroyed key cannot change state");
+		HSM_ENSURE(!new_version, HSM_ERR_INVALID_STATE,
+		           "a destroyed key cannot get a new version");
+	} else {
+		HSM_ENSURE(after != HSM_KEY_DESTROYED, HSM_ERR_INVALID_STATE,
+		           "a key is destroyed only by key destroy");
+	}
+	return HSM_SUCCESS;
+}
+
+hsm_result st_fill_empty(char **s)
+{
+	if (*s == NULL) {
+		*s = strdup("");
+		HSM_ENSURE(*s != NULL, HSM_ERR_NOMEM, "out of memory");
+	}
+	return HSM_SUCCESS;
+}

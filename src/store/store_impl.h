@@ -123,6 +123,29 @@ struct hsm_store_ops {
 	hsm_result (*import_all)(hsm_store *s, hsm_store_producer produce, void *arg);
 };
 
+/* ---- Helpers every backend uses (store.c) ------------------------------------------- */
+
+/* A growable array of records, so list callbacks run after the backend's resources are released. */
+typedef struct st_vec {
+	unsigned char *items;
+	size_t n, cap, size;
+} st_vec;
+
+void st_vec_init(st_vec *v, size_t item_size);
+/* Appends a zeroed item and points *item at it (valid until the next push). */
+hsm_result st_vec_push(st_vec *v, void **item) HSM_MUST_CHECK;
+void *st_vec_at(const st_vec *v, size_t i);
+/* Drops the last item (after a failed read into it); clear has released its contents. */
+void st_vec_pop(st_vec *v);
+/* Calls clear on every item (when not NULL) and frees the array. */
+void st_vec_free(st_vec *v, void (*clear)(void *item));
+
+/* The state rules of hsm_store_key_update (store.h): INVALID_STATE when broken. */
+hsm_result st_check_transition(hsm_key_state before, hsm_key_state after,
+                               bool new_version) HSM_MUST_CHECK;
+/* A string an update fn left NULL becomes "": the records promise non-NULL strings. */
+hsm_result st_fill_empty(char **s) HSM_MUST_CHECK;
+
 /* Opens a backend at its location (the part after the prefix, or all of it: store.c's table). */
 typedef hsm_result (*hsm_store_backend_open_fn)(const char *location, hsm_store **out);
 

@@ -139,15 +139,6 @@ hsm_result pg_col_bool(const PGresult *r, int row, int col, bool *out) HSM_MUST_
 
 /* ---- Result collection for list callbacks --------------------------------------------------- */
 
-typedef struct pg_vec {
-	unsigned char *items;
-	size_t n, cap, size;
-} pg_vec;
-
-void pg_vec_init(pg_vec *v, size_t item_size);
-hsm_result pg_vec_push(pg_vec *v, void **item) HSM_MUST_CHECK;
-void *pg_vec_at(const pg_vec *v, size_t i);
-void pg_vec_free(pg_vec *v, void (*clear)(void *item));
 
 /* Reads row `row` of r into a zeroed item; on failure the caller's clear releases it. */
 typedef hsm_result (*pg_row_reader)(const PGresult *r, int row, void *item);
@@ -156,7 +147,7 @@ typedef hsm_result (*pg_row_reader)(const PGresult *r, int row, void *item);
  * whether r held a row beyond them.
  */
 hsm_result pg_collect(const PGresult *r, size_t max, pg_row_reader read,
-                      void (*clear)(void *item), pg_vec *v, bool *more) HSM_MUST_CHECK;
+                      void (*clear)(void *item), st_vec *v, bool *more) HSM_MUST_CHECK;
 
 /* ---- Transactions (store_pg.c) ----------------------------------------------------------------- */
 

@@ -175,7 +175,7 @@ typedef struct export_op {
 
 /* One page after the cursor into v; *more tells whether the table may hold more. */
 static hsm_result export_page(pg_conn *c, const table *t, const char *a, const char *b,
-                              int64_t n, pg_vec *v, bool *more)
+                              int64_t n, st_vec *v, bool *more)
 {
 	pg_params p;
 	PGresult *r = NULL;
@@ -200,19 +200,19 @@ static hsm_result export_table(pg_conn *c, const table *t, const hsm_store_sink 
 	int64_t n = 0;
 	hsm_result res = HSM_SUCCESS;
 	for (bool more = true; more && hsm_ok(res);) {
-		pg_vec v;
-		pg_vec_init(&v, t->item_size);
+		st_vec v;
+		st_vec_init(&v, t->item_size);
 		res = export_page(c, t, a, b, n, &v, &more);
 		for (size_t i = 0; hsm_ok(res) && i < v.n; i++)
-			res = t->emit(sink, pg_vec_at(&v, i));
+			res = t->emit(sink, st_vec_at(&v, i));
 		if (hsm_ok(res) && v.n > 0) {
 			const char *ca = "", *cb = "";
-			t->cursor(pg_vec_at(&v, v.n - 1), &ca, &cb, &n);
+			t->cursor(st_vec_at(&v, v.n - 1), &ca, &cb, &n);
 			res = hsm_strcpy(a, sizeof(a), ca);
 			if (hsm_ok(res))
 				res = hsm_strcpy(b, sizeof(b), cb);
 		}
-		pg_vec_free(&v, t->clear);
+		st_vec_free(&v, t->clear);
 	}
 	return res;
 }

@@ -226,30 +226,6 @@ hsm_result pg_key_get(hsm_store *base, const char *key_id, hsm_key_record *out)
 	return res;
 }
 
-/* The store's state rules (store.h, hsm_store_key_update). */
-static hsm_result check_transition(hsm_key_state before, hsm_key_state after, bool new_version)
-{
-	if (before == HSM_KEY_DESTROYED) {
-		HSM_ENSURE(after == HSM_KEY_DESTROYED, HSM_ERR_INVALID_STATE,
-		           "a destroyed key cannot change state");
-		HSM_ENSURE(!new_version, HSM_ERR_INVALID_STATE,
-		           "a destroyed key cannot get a new version");
-	} else {
-		HSM_ENSURE(after != HSM_KEY_DESTROYED, HSM_ERR_INVALID_STATE,
-		           "a key is destroyed only by key destroy");
-	}
-	return HSM_SUCCESS;
-}
-
-/* fn may leave a string NULL; the columns are NOT NULL and records promise "". */
-static hsm_result fill_empty(char **s)
-{
-	if (*s == NULL) {
-		*s = strdup("");
-		HSM_ENSURE(*s != NULL, HSM_ERR_NOMEM, "out of memory");
-	}
-	return HSM_SUCCESS;
-}
 
 static hsm_result key_update_body(pg_conn *w, void *arg)
 {
@@ -267,9 +243,9 @@ static hsm_result key_update_body(pg_conn *w, void *arg)
 	}
 	HSM_GUARD(op->fn(rec, op->arg));
 	HSM_ASSERT(strcmp(rec->key_id, op->key_id) == 0); /* fn must not change the key id */
-	HSM_GUARD(check_transition(before, rec->state, add != NULL));
-	HSM_GUARD(fill_empty(&rec->description));
-	HSM_GUARD(fill_empty(&rec->policy));
+	HSM_GUARD(st_check_transition(before, rec->state, add != NULL));
+	HSM_GUARD(st_fill_empty(&rec->description));
+	HSM_GUARD(st_fill_empty(&rec->policy));
 	if (add != NULL) {
 		rec->primary_version = add->version;
 		HSM_GUARD(pg_insert_version(w, add));
@@ -340,7 +316,7 @@ typedef struct page_op {
 	const char *key_id;
 	size_t limit;
 	int64_t now;
-	pg_vec v;
+	st_vec v;
 	bool more;
 } page_op;
 
@@ -358,10 +334,10 @@ static hsm_result key_page_body(pg_conn *c, void *arg)
 	return res;
 }
 
-static hsm_result emit_keys(const pg_vec *v, hsm_key_cb cb, void *arg)
+static hsm_result emit_keys(const st_vec *v, hsm_key_cb cb, void *arg)
 {
 	for (size_t i = 0; i < v->n; i++)
-		HSM_GUARD(cb(pg_vec_at(v, i), arg));
+		HSM_GUARD(cb(st_vec_at(v, i), arg));
 	return HSM_SUCCESS;
 }
 
@@ -369,13 +345,13 @@ static hsm_result list_page(hsm_store *base, const char *sql, const char *after,
                             hsm_key_cb cb, void *arg, bool *truncated)
 {
 	page_op op = {.sql = sql, .after = after, .limit = limit};
-	pg_vec_init(&op.v, sizeof(hsm_key_record));
+	st_vec_init(&op.v, sizeof(hsm_key_record));
 	hsm_result res = pg_read(pg_of(base), key_page_body, &op);
 	if (hsm_ok(res))
 		res = emit_keys(&op.v, cb, arg);
 	if (hsm_ok(res))
 		*truncated = op.more;
-	pg_vec_free(&op.v, clear_key);
+	st_vec_free(&op.v, clear_key);
 	return res;
 }
 
@@ -444,11 +420,11 @@ static hsm_result keys_due_body(pg_conn *c, void *arg)
 hsm_result pg_keys_due(hsm_store *base, int64_t now, size_t limit, hsm_key_cb cb, void *arg)
 {
 	page_op op = {.now = now, .limit = limit};
-	pg_vec_init(&op.v, sizeof(hsm_key_record));
+	st_vec_init(&op.v, sizeof(hsm_key_record));
 	hsm_result res = pg_read(pg_of(base), keys_due_body, &op);
 	if (hsm_ok(res))
 		res = emit_keys(&op.v, cb, arg);
-	pg_vec_free(&op.v, clear_key);
+	st_vec_free(&op.v, clear_key);
 	return res;
 }
 
@@ -461,7 +437,7 @@ typedef struct version_op {
 	const char *key_id;
 	uint32_t version;
 	hsm_version_record rec;
-	pg_vec v;
+	st_vec v;
 } version_op;
 
 static hsm_result version_get_body(pg_conn *c, void *arg)
@@ -518,10 +494,10 @@ static hsm_result version_list_body(pg_conn *c, void *arg)
 hsm_result pg_version_list(hsm_store *base, const char *key_id, hsm_version_cb cb, void *arg)
 {
 	version_op op = {.key_id = key_id};
-	pg_vec_init(&op.v, sizeof(hsm_version_record));
+	st_vec_init(&op.v, sizeof(hsm_version_record));
 	hsm_result res = pg_read(pg_of(base), version_list_body, &op);
 	for (size_t i = 0; hsm_ok(res) && i < op.v.n; i++)
-		res = cb(pg_vec_at(&op.v, i), arg);
-	pg_vec_free(&op.v, clear_version);
+		res = cb(st_vec_at(&op.v, i), arg);
+	st_vec_free(&op.v, clear_version);
 	return res;
 }

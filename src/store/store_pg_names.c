@@ -53,7 +53,7 @@ typedef struct alias_op {
 	const char *after;
 	size_t limit;
 	hsm_alias_record rec;
-	pg_vec v;
+	st_vec v;
 	bool more;
 } alias_op;
 
@@ -190,13 +190,13 @@ hsm_result pg_alias_list(hsm_store *base, const char *key_id, const char *after,
                          hsm_alias_cb cb, void *arg, bool *truncated)
 {
 	alias_op op = {.key_id = key_id, .after = after, .limit = limit};
-	pg_vec_init(&op.v, sizeof(hsm_alias_record));
+	st_vec_init(&op.v, sizeof(hsm_alias_record));
 	hsm_result res = pg_read(pg_of(base), alias_page_body, &op);
 	for (size_t i = 0; hsm_ok(res) && i < op.v.n; i++)
-		res = cb(pg_vec_at(&op.v, i), arg);
+		res = cb(st_vec_at(&op.v, i), arg);
 	if (hsm_ok(res))
 		*truncated = op.more;
-	pg_vec_free(&op.v, NULL);
+	st_vec_free(&op.v, NULL);
 	return res;
 }
 
@@ -239,7 +239,7 @@ typedef struct tag_op {
 	const char *const *keys;
 	const char *after;
 	size_t limit;
-	pg_vec v;
+	st_vec v;
 	bool more;
 } tag_op;
 
@@ -316,12 +316,12 @@ hsm_result pg_tags_list(hsm_store *base, const char *key_id, const char *after, 
                         hsm_tag_cb cb, void *arg, bool *truncated)
 {
 	tag_op op = {.key_id = key_id, .after = after, .limit = limit};
-	pg_vec_init(&op.v, sizeof(hsm_tag));
+	st_vec_init(&op.v, sizeof(hsm_tag));
 	hsm_result res = pg_read(pg_of(base), tag_page_body, &op);
 	for (size_t i = 0; hsm_ok(res) && i < op.v.n; i++)
-		res = cb(pg_vec_at(&op.v, i), arg);
+		res = cb(st_vec_at(&op.v, i), arg);
 	if (hsm_ok(res))
 		*truncated = op.more;
-	pg_vec_free(&op.v, NULL);
+	st_vec_free(&op.v, NULL);
 	return res;
 }

@@ -152,7 +152,7 @@ typedef struct user_op {
 	const hsm_access_key_record *key;
 	hsm_access_key_record key_rec;
 	bool active;
-	pg_vec v;
+	st_vec v;
 } user_op;
 
 static hsm_result user_create_body(pg_conn *w, void *arg)
@@ -258,11 +258,11 @@ static hsm_result user_list_body(pg_conn *c, void *arg)
 hsm_result pg_user_list(hsm_store *base, hsm_user_cb cb, void *arg)
 {
 	user_op op = {0};
-	pg_vec_init(&op.v, sizeof(hsm_user_record));
+	st_vec_init(&op.v, sizeof(hsm_user_record));
 	hsm_result res = pg_read(pg_of(base), user_list_body, &op);
 	for (size_t i = 0; hsm_ok(res) && i < op.v.n; i++)
-		res = cb(pg_vec_at(&op.v, i), arg);
-	pg_vec_free(&op.v, NULL);
+		res = cb(st_vec_at(&op.v, i), arg);
+	st_vec_free(&op.v, NULL);
 	return res;
 }
 
@@ -392,10 +392,10 @@ static hsm_result access_key_list_body(pg_conn *c, void *arg)
 hsm_result pg_access_key_list(hsm_store *base, const char *user, hsm_access_key_cb cb, void *arg)
 {
 	user_op op = {.name = user};
-	pg_vec_init(&op.v, sizeof(hsm_access_key_record));
+	st_vec_init(&op.v, sizeof(hsm_access_key_record));
 	hsm_result res = pg_read(pg_of(base), access_key_list_body, &op);
 	for (size_t i = 0; hsm_ok(res) && i < op.v.n; i++)
-		res = cb(pg_vec_at(&op.v, i), arg);
-	pg_vec_free(&op.v, clear_access_key);
+		res = cb(st_vec_at(&op.v, i), arg);
+	st_vec_free(&op.v, clear_access_key);
 	return res;
 }

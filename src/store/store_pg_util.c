@@ -293,55 +293,16 @@ hsm_result pg_col_bool(const PGresult *r, int row, int col, bool *out)
 	return HSM_SUCCESS;
 }
 
-/* ---- Result vectors ----------------------------------------------------------------------- */
-
-void pg_vec_init(pg_vec *v, size_t item_size)
-{
-	memset(v, 0, sizeof(*v));
-	v->size = item_size;
-}
-
-hsm_result pg_vec_push(pg_vec *v, void **item)
-{
-	if (v->n == v->cap) {
-		size_t cap = v->cap ? v->cap * 2 : 16;
-		HSM_ENSURE(cap <= SIZE_MAX / v->size, HSM_ERR_NOMEM, "out of memory");
-		unsigned char *p = realloc(v->items, cap * v->size);
-		HSM_ENSURE(p != NULL, HSM_ERR_NOMEM, "out of memory");
-		v->items = p;
-		v->cap = cap;
-	}
-	void *slot = v->items + v->n * v->size;
-	memset(slot, 0, v->size);
-	v->n++;
-	*item = slot;
-	return HSM_SUCCESS;
-}
-
-void *pg_vec_at(const pg_vec *v, size_t i)
-{
-	HSM_ASSERT(i < v->n);
-	return v->items + i * v->size;
-}
-
-void pg_vec_free(pg_vec *v, void (*clear)(void *item))
-{
-	if (clear != NULL) {
-		for (size_t i = 0; i < v->n; i++)
-			clear(v->items + i * v->size);
-	}
-	free(v->items);
-	memset(v, 0, sizeof(*v));
-}
+/* ---- Collecting rows ----------------------------------------------------------------------- */
 
 hsm_result pg_collect(const PGresult *r, size_t max, pg_row_reader read,
-                      void (*clear)(void *item), pg_vec *v, bool *more)
+                      void (*clear)(void *item), st_vec *v, bool *more)
 {
 	int rows = PQntuples(r);
 	int row = 0;
 	for (; row < rows && v->n < max; row++) {
 		void *item;
-		HSM_GUARD(pg_vec_push(v, &item));
+		HSM_GUARD(st_vec_push(v, &item));
 		hsm_result res = read(r, row, item);
 		if (hsm_failed(res)) {
 			if (clear != NULL)

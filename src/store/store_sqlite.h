@@ -122,20 +122,6 @@ hsm_result sq_write_end_scrub(sq_store *s, sq_conn *c, hsm_result res) HSM_MUST_
 
 /* ---- Result collection for list callbacks ----------------------------------------------- */
 
-/* A growable array of records, so callbacks run after the connection is released. */
-typedef struct sq_vec {
-	unsigned char *items;
-	size_t n, cap, size;
-} sq_vec;
-
-void sq_vec_init(sq_vec *v, size_t item_size);
-/* Appends a zeroed item and points *item at it (valid until the next push). */
-hsm_result sq_vec_push(sq_vec *v, void **item) HSM_MUST_CHECK;
-void *sq_vec_at(const sq_vec *v, size_t i);
-/* Drops the last item (after a failed read into it); clear has released its contents. */
-void sq_vec_pop(sq_vec *v);
-/* Calls clear on every item (when not NULL) and frees the array. */
-void sq_vec_free(sq_vec *v, void (*clear)(void *item));
 
 /* Reads one row of st into a zeroed item; on failure the caller's clear releases it. */
 typedef hsm_result (*sq_row_reader)(sqlite3_stmt *st, void *item);
@@ -144,7 +130,7 @@ typedef hsm_result (*sq_row_reader)(sqlite3_stmt *st, void *item);
  * tells whether another row followed.  Does not reset st.
  */
 hsm_result sq_collect(sq_conn *c, sqlite3_stmt *st, size_t max, sq_row_reader read,
-                      void (*clear)(void *item), sq_vec *v, bool *more) HSM_MUST_CHECK;
+                      void (*clear)(void *item), st_vec *v, bool *more) HSM_MUST_CHECK;
 
 /* ---- Schema (store_sqlite_schema.c) --------------------------------------------------------- */
 

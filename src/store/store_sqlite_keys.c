@@ -97,10 +97,10 @@ static void clear_version(void *item)
 	hsm_version_record_clear(item);
 }
 
-static hsm_result emit_keys(const sq_vec *v, hsm_key_cb cb, void *arg)
+static hsm_result emit_keys(const st_vec *v, hsm_key_cb cb, void *arg)
 {
 	for (size_t i = 0; i < v->n; i++)
-		HSM_GUARD(cb(sq_vec_at(v, i), arg));
+		HSM_GUARD(cb(st_vec_at(v, i), arg));
 	return HSM_SUCCESS;
 }
 
@@ -215,30 +215,6 @@ hsm_result sq_key_get(hsm_store *base, const char *key_id, hsm_key_record *out)
 	return res;
 }
 
-/* The store's state rules (store.h, hsm_store_key_update). */
-static hsm_result check_transition(hsm_key_state before, hsm_key_state after, bool new_version)
-{
-	if (before == HSM_KEY_DESTROYED) {
-		HSM_ENSURE(after == HSM_KEY_DESTROYED, HSM_ERR_INVALID_STATE,
-		           "a destroyed key cannot change state");
-		HSM_ENSURE(!new_version, HSM_ERR_INVALID_STATE,
-		           "a destroyed key cannot get a new version");
-	} else {
-		HSM_ENSURE(after != HSM_KEY_DESTROYED, HSM_ERR_INVALID_STATE,
-		           "a key is destroyed only by key destroy");
-	}
-	return HSM_SUCCESS;
-}
-
-/* fn may leave a string NULL; the columns are NOT NULL and records promise "". */
-static hsm_result fill_empty(char **s)
-{
-	if (*s == NULL) {
-		*s = strdup("");
-		HSM_ENSURE(*s != NULL, HSM_ERR_NOMEM, "out of memory");
-	}
-	return HSM_SUCCESS;
-}
 
 static hsm_result key_update_in(sq_conn *w, const char *key_id, hsm_key_update_fn fn, void *arg,
                                 const hsm_version_record *add_version, hsm_key_record *rec)
@@ -253,9 +229,9 @@ static hsm_result key_update_in(sq_conn *w, const char *key_id, hsm_key_update_f
 	}
 	HSM_GUARD(fn(rec, arg));
 	HSM_ASSERT(strcmp(rec->key_id, key_id) == 0); /* fn must not change the key id */
-	HSM_GUARD(check_transition(before, rec->state, add_version != NULL));
-	HSM_GUARD(fill_empty(&rec->description));
-	HSM_GUARD(fill_empty(&rec->policy));
+	HSM_GUARD(st_check_transition(before, rec->state, add_version != NULL));
+	HSM_GUARD(st_fill_empty(&rec->description));
+	HSM_GUARD(st_fill_empty(&rec->policy));
 	if (add_version != NULL) {
 		rec->primary_version = add_version->version;
 		HSM_GUARD(sq_insert_version(w, add_version));
@@ -326,7 +302,7 @@ static const char SQL_KEY_PAGE_LIVE[] = "SELECT " KEY_COLS " FROM keys WHERE id 
                                         "state != 'Destroyed' ORDER BY id LIMIT ?2";
 
 static hsm_result read_page(sq_conn *c, const char *sql, const char *after, size_t limit,
-                            sq_vec *v, bool *more)
+                            st_vec *v, bool *more)
 {
 	sqlite3_stmt *st;
 	HSM_GUARD(sq_prepare(c, sql, &st));
@@ -348,9 +324,9 @@ static hsm_result list_page(hsm_store *base, const char *sql, const char *after,
 {
 	sq_store *s = sq_of(base);
 	sq_conn *c;
-	sq_vec v;
+	st_vec v;
 	bool more = false;
-	sq_vec_init(&v, sizeof(hsm_key_record));
+	st_vec_init(&v, sizeof(hsm_key_record));
 	HSM_GUARD(sq_read_begin(s, &c));
 	hsm_result res = read_page(c, sql, after, limit, &v, &more);
 	sq_read_end(s, c);
@@ -358,7 +334,7 @@ static hsm_result list_page(hsm_store *base, const char *sql, const char *after,
 		res = emit_keys(&v, cb, arg);
 	if (hsm_ok(res))
 		*truncated = more;
-	sq_vec_free(&v, clear_key);
+	st_vec_free(&v, clear_key);
 	return res;
 }
 
@@ -406,7 +382,7 @@ static const char SQL_DUE_ROTATIONS[] =
 	"SELECT " KEY_COLS " FROM keys WHERE rotation_enabled = 1 AND state = 'Enabled' AND "
 	"next_rotation <= ?1 ORDER BY next_rotation LIMIT ?2";
 
-static hsm_result read_due(sq_conn *c, const char *sql, int64_t now, size_t limit, sq_vec *v)
+static hsm_result read_due(sq_conn *c, const char *sql, int64_t now, size_t limit, st_vec *v)
 {
 	sqlite3_stmt *st;
 	HSM_GUARD(sq_prepare(c, sql, &st));
@@ -421,8 +397,8 @@ hsm_result sq_keys_due(hsm_store *base, int64_t now, size_t limit, hsm_key_cb cb
 {
 	sq_store *s = sq_of(base);
 	sq_conn *c;
-	sq_vec v;
-	sq_vec_init(&v, sizeof(hsm_key_record));
+	st_vec v;
+	st_vec_init(&v, sizeof(hsm_key_record));
 	HSM_GUARD(sq_read_begin(s, &c));
 	hsm_result res = read_due(c, SQL_DUE_DELETIONS, now, limit, &v);
 	if (hsm_ok(res) && v.n < limit)
@@ -430,7 +406,7 @@ hsm_result sq_keys_due(hsm_store *base, int64_t now, size_t limit, hsm_key_cb cb
 	sq_read_end(s, c);
 	if (hsm_ok(res))
 		res = emit_keys(&v, cb, arg);
-	sq_vec_free(&v, clear_key);
+	st_vec_free(&v, clear_key);
 	return res;
 }
 
@@ -479,7 +455,7 @@ hsm_result sq_version_get(hsm_store *base, const char *key_id, uint32_t version,
 static const char SQL_VERSION_LIST[] =
 	"SELECT " VERSION_COLS " FROM key_versions WHERE key_id = ?1 ORDER BY version";
 
-static hsm_result read_versions(sq_conn *c, const char *key_id, sq_vec *v)
+static hsm_result read_versions(sq_conn *c, const char *key_id, st_vec *v)
 {
 	sqlite3_stmt *st;
 	HSM_GUARD(sq_key_require(c, key_id));
@@ -494,13 +470,13 @@ hsm_result sq_version_list(hsm_store *base, const char *key_id, hsm_version_cb c
 {
 	sq_store *s = sq_of(base);
 	sq_conn *c;
-	sq_vec v;
-	sq_vec_init(&v, sizeof(hsm_version_record));
+	st_vec v;
+	st_vec_init(&v, sizeof(hsm_version_record));
 	HSM_GUARD(sq_read_begin(s, &c));
 	hsm_result res = read_versions(c, key_id, &v);
 	sq_read_end(s, c);
 	for (size_t i = 0; hsm_ok(res) && i < v.n; i++)
-		res = cb(sq_vec_at(&v, i), arg);
-	sq_vec_free(&v, clear_version);
+		res = cb(st_vec_at(&v, i), arg);
+	st_vec_free(&v, clear_version);
 	return res;
 }

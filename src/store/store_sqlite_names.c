@@ -163,7 +163,7 @@ hsm_result sq_alias_get(hsm_store *base, const char *name, hsm_alias_record *out
 }
 
 static hsm_result read_alias_page(sq_conn *c, const char *key_id, const char *after,
-                                  size_t limit, sq_vec *v, bool *more)
+                                  size_t limit, st_vec *v, bool *more)
 {
 	sqlite3_stmt *st;
 	if (key_id != NULL)
@@ -183,17 +183,17 @@ hsm_result sq_alias_list(hsm_store *base, const char *key_id, const char *after,
 {
 	sq_store *s = sq_of(base);
 	sq_conn *c;
-	sq_vec v;
+	st_vec v;
 	bool more = false;
-	sq_vec_init(&v, sizeof(hsm_alias_record));
+	st_vec_init(&v, sizeof(hsm_alias_record));
 	HSM_GUARD(sq_read_begin(s, &c));
 	hsm_result res = read_alias_page(c, key_id, after, limit, &v, &more);
 	sq_read_end(s, c);
 	for (size_t i = 0; hsm_ok(res) && i < v.n; i++)
-		res = cb(sq_vec_at(&v, i), arg);
+		res = cb(st_vec_at(&v, i), arg);
 	if (hsm_ok(res))
 		*truncated = more;
-	sq_vec_free(&v, NULL);
+	st_vec_free(&v, NULL);
 	return res;
 }
 
@@ -290,7 +290,7 @@ static hsm_result read_tag(sqlite3_stmt *st, void *item)
 }
 
 static hsm_result read_tag_page(sq_conn *c, const char *key_id, const char *after, size_t limit,
-                                sq_vec *v, bool *more)
+                                st_vec *v, bool *more)
 {
 	sqlite3_stmt *st;
 	HSM_GUARD(sq_key_require(c, key_id));
@@ -308,16 +308,16 @@ hsm_result sq_tags_list(hsm_store *base, const char *key_id, const char *after, 
 {
 	sq_store *s = sq_of(base);
 	sq_conn *c;
-	sq_vec v;
+	st_vec v;
 	bool more = false;
-	sq_vec_init(&v, sizeof(hsm_tag));
+	st_vec_init(&v, sizeof(hsm_tag));
 	HSM_GUARD(sq_read_begin(s, &c));
 	hsm_result res = read_tag_page(c, key_id, after, limit, &v, &more);
 	sq_read_end(s, c);
 	for (size_t i = 0; hsm_ok(res) && i < v.n; i++)
-		res = cb(sq_vec_at(&v, i), arg);
+		res = cb(st_vec_at(&v, i), arg);
 	if (hsm_ok(res))
 		*truncated = more;
-	sq_vec_free(&v, NULL);
+	st_vec_free(&v, NULL);
 	return res;
 }

@@ -235,8 +235,8 @@ hsm_result sq_user_list(hsm_store *base, hsm_user_cb cb, void *arg)
 	sq_store *s = sq_of(base);
 	sq_conn *c;
 	sqlite3_stmt *st = NULL;
-	sq_vec v;
-	sq_vec_init(&v, sizeof(hsm_user_record));
+	st_vec v;
+	st_vec_init(&v, sizeof(hsm_user_record));
 	hsm_result res = sq_read_begin(s, &c);
 	if (hsm_failed(res))
 		return res;
@@ -246,8 +246,8 @@ hsm_result sq_user_list(hsm_store *base, hsm_user_cb cb, void *arg)
 	sq_reset(st);
 	sq_read_end(s, c);
 	for (size_t i = 0; hsm_ok(res) && i < v.n; i++)
-		res = cb(sq_vec_at(&v, i), arg);
-	sq_vec_free(&v, NULL);
+		res = cb(st_vec_at(&v, i), arg);
+	st_vec_free(&v, NULL);
 	return res;
 }
 
@@ -356,7 +356,7 @@ hsm_result sq_access_key_set_active(hsm_store *base, const char *access_key_id, 
 	return sq_write_end(s, w, access_key_set_active_in(w, access_key_id, active));
 }
 
-static hsm_result read_access_keys(sq_conn *c, const char *user, sq_vec *v)
+static hsm_result read_access_keys(sq_conn *c, const char *user, st_vec *v)
 {
 	sqlite3_stmt *st;
 	if (user != NULL)
@@ -373,13 +373,13 @@ hsm_result sq_access_key_list(hsm_store *base, const char *user, hsm_access_key_
 {
 	sq_store *s = sq_of(base);
 	sq_conn *c;
-	sq_vec v;
-	sq_vec_init(&v, sizeof(hsm_access_key_record));
+	st_vec v;
+	st_vec_init(&v, sizeof(hsm_access_key_record));
 	HSM_GUARD(sq_read_begin(s, &c));
 	hsm_result res = read_access_keys(c, user, &v);
 	sq_read_end(s, c);
 	for (size_t i = 0; hsm_ok(res) && i < v.n; i++)
-		res = cb(sq_vec_at(&v, i), arg);
-	sq_vec_free(&v, clear_access_key);
+		res = cb(st_vec_at(&v, i), arg);
+	st_vec_free(&v, clear_access_key);
 	return res;
 }

@@ -232,55 +232,10 @@ hsm_result sq_col_bool(sqlite3_stmt *st, int i, bool *out)
 	return HSM_SUCCESS;
 }
 
-/* ---- Result vectors -------------------------------------------------------------------- */
-
-void sq_vec_init(sq_vec *v, size_t item_size)
-{
-	memset(v, 0, sizeof(*v));
-	v->size = item_size;
-}
-
-hsm_result sq_vec_push(sq_vec *v, void **item)
-{
-	if (v->n == v->cap) {
-		size_t cap = v->cap ? v->cap * 2 : 16;
-		HSM_ENSURE(cap <= SIZE_MAX / v->size, HSM_ERR_NOMEM, "out of memory");
-		unsigned char *p = realloc(v->items, cap * v->size);
-		HSM_ENSURE(p != NULL, HSM_ERR_NOMEM, "out of memory");
-		v->items = p;
-		v->cap = cap;
-	}
-	void *slot = v->items + v->n * v->size;
-	memset(slot, 0, v->size);
-	v->n++;
-	*item = slot;
-	return HSM_SUCCESS;
-}
-
-void *sq_vec_at(const sq_vec *v, size_t i)
-{
-	HSM_ASSERT(i < v->n);
-	return v->items + i * v->size;
-}
-
-void sq_vec_pop(sq_vec *v)
-{
-	HSM_ASSERT(v->n > 0);
-	v->n--;
-}
-
-void sq_vec_free(sq_vec *v, void (*clear)(void *item))
-{
-	if (clear != NULL) {
-		for (size_t i = 0; i < v->n; i++)
-			clear(v->items + i * v->size);
-	}
-	free(v->items);
-	memset(v, 0, sizeof(*v));
-}
+/* ---- Collecting rows -------------------------------------------------------------------- */
 
 hsm_result sq_collect(sq_conn *c, sqlite3_stmt *st, size_t max, sq_row_reader read,
-                      void (*clear)(void *item), sq_vec *v, bool *more)
+                      void (*clear)(void *item), st_vec *v, bool *more)
 {
 	bool row = false;
 	for (;;) {
@@ -288,12 +243,12 @@ hsm_result sq_collect(sq_conn *c, sqlite3_stmt *st, size_t max, sq_row_reader re
 		if (!row || v->n == max)
 			break;
 		void *item;
-		HSM_GUARD(sq_vec_push(v, &item));
+		HSM_GUARD(st_vec_push(v, &item));
 		hsm_result res = read(st, item);
 		if (hsm_failed(res)) {
 			if (clear != NULL)
 				clear(item);
-			sq_vec_pop(v);
+			st_vec_pop(v);
 			return res;
 		}
 	}
