@@ -10,7 +10,7 @@ JOBS       ?= $(shell nproc)
 CMAKE_ARGS ?=
 
 .PHONY: all deps build run test test-unit test-integration test-asan lint bench bench-build \
-	bench-scale bench-profile bench-instructions fuzz clean
+	bench-scale bench-store bench-profile bench-instructions fuzz clean
 
 all: build
 
@@ -57,7 +57,7 @@ fuzz: deps
 
 # Benchmarks (not part of `make test`; see the README's "Benchmarks").  They
 # build hsmd and the bench programs in their own directory, then measure.
-BENCH_TARGETS = hsmd loadgen limit softhsm bulkkeys hsmd-noaudit
+BENCH_TARGETS = hsmd hsmctl loadgen limit softhsm bulkkeys hsmd-noaudit
 BENCH_ARGS ?=
 
 bench-build: deps
@@ -72,6 +72,10 @@ bench: bench-build
 # 1,000 and 1,000,000 keys, start-up with 100,000: about 10 minutes; bench/results/scale.*.
 bench-scale: bench-build
 	/usr/bin/python3 bench/scale.py --build $(BENCH_BUILD) $(BENCH_ARGS)
+
+# One node on SQLite against one on a local PostgreSQL, side by side.
+bench-store: bench-build
+	/usr/bin/python3 bench/store.py --build $(BENCH_BUILD) $(BENCH_ARGS)
 
 # perf profiles of hsmd under load (Encrypt 64 B, Sign RSA-2048) into a scratch directory.
 bench-profile: bench-build

@@ -285,7 +285,7 @@ class Loadgen:
         self.retry_budget, self.wait_budget_s = retry_budget, wait_budget_s
 
     def run(self, node, op, rate=0, connections=32, duration=5, warmup=1, label=None,
-            keys_file=None, random_keys=False):
+            keys_file=None, random_keys=False, creds=(AKID, SECRET)):
         """Runs loadgen once against node; adds the CPU split to its JSON result."""
         body = json.dumps(op.body, separators=(",", ":"))
         args = [self.binary, "--url", node.url, "--op", op.target, "--body", body,
@@ -299,7 +299,7 @@ class Loadgen:
             args += ["--key", k]
         if random_keys:
             args.append("--random-keys")
-        env = dict(os.environ, AWS_ACCESS_KEY_ID=AKID, AWS_SECRET_ACCESS_KEY=SECRET)
+        env = dict(os.environ, AWS_ACCESS_KEY_ID=creds[0], AWS_SECRET_ACCESS_KEY=creds[1])
         c0, d0, w0 = children_cpu_seconds(), disk_written_bytes(), proc_written_bytes(node.proc.pid)
         s0, (m0, i0), t0 = proc_cpu_seconds(node.proc.pid), machine_cpu_seconds(), time.monotonic()
         p = subprocess.run(args, env=env, capture_output=True, text=True)
