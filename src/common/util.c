@@ -192,6 +192,24 @@ bool hsm_str_has_prefix(const char *s, const char *prefix)
 	return strncmp(s, prefix, strlen(prefix)) == 0;
 }
 
+void hsm_location_shown(const char *location, char *out, size_t cap)
+{
+	const char *sep = strstr(location, "://");
+	if (sep == NULL || cap == 0) {
+		if (cap > 0)
+			snprintf(out, cap, "%s", location);
+		return;
+	}
+	const char *host = sep + 3, *rest = host;
+	size_t authority = strcspn(host, "/?#");
+	/* The last '@' of the authority ends the userinfo (a password may hold one). */
+	for (size_t i = 0; i < authority; i++)
+		if (host[i] == '@')
+			rest = host + i + 1;
+	size_t keep = strcspn(rest, "?#");
+	snprintf(out, cap, "%.*s%.*s", (int)(host - location), location, (int)keep, rest);
+}
+
 hsm_result hsm_parse_i64(const char *s, int64_t min, int64_t max, int64_t *out)
 {
 	HSM_ENSURE(s != NULL && *s != '\0', HSM_ERR_VALIDATION, "a number is required");

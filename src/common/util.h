@@ -86,6 +86,13 @@ void hsm_sb_u64(hsm_sb *b, uint64_t v);
 /* Copies src into dst (capacity cap), failing rather than truncating. */
 hsm_result hsm_strcpy(char *dst, size_t cap, const char *src) HSM_MUST_CHECK;
 bool hsm_str_has_prefix(const char *s, const char *prefix);
+/*
+ * A location as it may be shown in logs and audit records: a URI loses its
+ * userinfo (user:password@), its query (?password=...) and its fragment,
+ * keeping scheme://hosts/path; anything else (a directory) is copied.
+ * Truncated to fit cap.
+ */
+void hsm_location_shown(const char *location, char *out, size_t cap);
 /* Parses a decimal integer in [min, max]; the whole string must be consumed. */
 hsm_result hsm_parse_i64(const char *s, int64_t min, int64_t max, int64_t *out) HSM_MUST_CHECK;
 

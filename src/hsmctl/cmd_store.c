@@ -18,22 +18,6 @@
 #include "hsmctl/hsmctl.h"
 #include "hsmctl/local.h"
 
-/* scheme://[userinfo@]rest -> scheme://rest: a store's location without credentials. */
-static void without_credentials(const char *uri, char *out, size_t cap)
-{
-	const char *scheme_end = strstr(uri, "://");
-	if (scheme_end == NULL) {
-		snprintf(out, cap, "%s", uri);
-		return;
-	}
-	const char *host = scheme_end + 3, *rest = host;
-	/* The last '@' of the authority ends the userinfo (a password may hold one). */
-	for (size_t i = 0, n = strcspn(host, "/?"); i < n; i++)
-		if (host[i] == '@')
-			rest = host + i + 1;
-	snprintf(out, cap, "%.*s%s", (int)(host - uri), uri, rest);
-}
-
 static hsm_result copy_store(const char *data_dir, const char *to, uint64_t *keys)
 {
 	hsm_result res = HSM_SUCCESS;
@@ -70,7 +54,7 @@ int hsmctl_cmd_store(int argc, char **argv)
 	if (to == NULL || to[0] == '\0')
 		return hsmctl_usage("store copy", "name the destination: --to URI, --store or HSM_STORE");
 	char shown[1024];
-	without_credentials(to, shown, sizeof(shown));
+	hsm_location_shown(to, shown, sizeof(shown));
 	uint64_t keys = 0;
 	hsm_result copied = copy_store(data_dir, to, &keys);
 	char why[HSM_ERRMSG_MAX] = "";

@@ -152,8 +152,10 @@ int main(int argc, char **argv)
 		hsm_log_failure("start-up");
 		return 1;
 	}
-	hsm_info("hsmd %s listening on %s (%s)", HSM_VERSION, s->opt.http.listen,
-	         hsm_node_state_name(hsm_keystore_state(s->ks)));
+	char store[256];
+	hsm_location_shown(cfg.store[0] != '\0' ? cfg.store : cfg.data_dir, store, sizeof(store));
+	hsm_info("hsmd %s listening on %s (%s), store %s", HSM_VERSION, s->opt.http.listen,
+	         hsm_node_state_name(hsm_keystore_state(s->ks)), store);
 	for (;;) {
 		int sig = 0;
 		if (sigwait(&sigs, &sig) == 0 && sig != SIGHUP)

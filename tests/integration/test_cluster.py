@@ -246,6 +246,23 @@ def test_a_token_signed_on_one_node_verifies_through_the_other_nodes_jwks(cluste
     assert time.monotonic() - t0 < 2.5
 
 
+def test_hsmctl_works_on_the_shared_store_beside_running_nodes(cluster, tmp_path):
+    """`hsmctl --store` key commands write to the store the nodes serve; the nodes see
+    the new key at once and a disabled one within the cache lifetime."""
+    quorum = [x for c in ("alice", "bob", "dave") for x in ("--share", cluster.files[c])]
+    audit_dir = str(tmp_path / "operator")
+    p = hsmctl("key", "create", "--data-dir", audit_dir, *quorum, "--description", "offline",
+               "--alias", "alias/made-offline", store=cluster.store)
+    kid = re.search(r"^key: (\S+)$", p.stdout, re.M).group(1)
+    app = kms(cluster.b, cluster.app)
+    blob = app.encrypt(KeyId="alias/made-offline", Plaintext=b"o")["CiphertextBlob"]
+    hsmctl("key", "disable", "--data-dir", audit_dir, kid, store=cluster.store)
+    assert eventually(lambda: not _try(lambda: app.decrypt(CiphertextBlob=blob)), 5)
+    # hsmctl's own audit trail, in --data-dir, records both changes.
+    ops = [r.get("op") for r in audit_records(audit_dir)]
+    assert "CreateKey" in ops and "DisableKey" in ops, ops
+
+
 def test_concurrent_writes_through_both_nodes(cluster):
     """Tags written through both nodes at once on one key all land (no lost update)."""
     import concurrent.futures
@@ -417,8 +434,11 @@ def test_backup_of_the_shared_store(cluster, pg, tmp_path):
 def test_no_password_in_logs_or_errors(cluster, pg):
     password = urllib.parse.urlsplit(cluster.store).password
     assert password
+    u = urllib.parse.urlsplit(cluster.store)
     for n in (cluster.a, cluster.b):
         assert password not in n.read_log()
+        # The start-up line names the store, without its credentials.
+        assert f"store postgresql://{u.hostname}:{u.port}{u.path}\n" in n.read_log()
         st, body, _ = n.get("/metrics")
         assert password.encode() not in body
     bad = cluster.store.replace(password, password + "-wrong")

@@ -77,6 +77,28 @@ static void note_again(void *arg)
 	hsm_calls_add(calls_again, note_again, arg);
 }
 
+static void test_location_shown_has_no_credentials(void **state)
+{
+	(void)state;
+	static const char *const cases[][2] = {
+	    {"postgresql://hsmd:s3cr3t@db.example:5432/hsm", "postgresql://db.example:5432/hsm"},
+	    {"postgres://u:p@ss@w0rd@db1,db2:6432/hsm?sslmode=verify-full&password=s3cr3t",
+	     "postgres://db1,db2:6432/hsm"},
+	    {"postgresql://db/hsm?password=s3cr3t", "postgresql://db/hsm"},
+	    {"postgresql://hsmd@db", "postgresql://db"},
+	    {"postgresql://db/hsm#frag", "postgresql://db/hsm"},
+	    {"postgresql://?host=db&password=s3cr3t", "postgresql://"},
+	    {"/var/lib/hsmd", "/var/lib/hsmd"},
+	};
+	char out[128];
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		hsm_location_shown(cases[i][0], out, sizeof(out));
+		assert_string_equal(out, cases[i][1]);
+	}
+	hsm_location_shown("postgresql://u:pw@db.example/hsm", out, 12); /* cut, never overrun */
+	assert_string_equal(out, "postgresql:");
+}
+
 static void test_calls_once_each_in_order(void **state)
 {
 	(void)state;
@@ -183,6 +205,7 @@ int main(void)
 	    cmocka_unit_test(test_sb_builds_what_fits),
 	    cmocka_unit_test(test_sb_cuts_like_snprintf),
 	    cmocka_unit_test(test_calls_once_each_in_order),
+	    cmocka_unit_test(test_location_shown_has_no_credentials),
 	    cmocka_unit_test(test_thread_batch_keeps_nice),
 	    cmocka_unit_test(test_thread_batch_keeps_other_policies),
 	    cmocka_unit_test(test_fnv1a),
