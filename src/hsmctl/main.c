@@ -15,6 +15,7 @@
 static int cmd_version(int argc, char **argv);
 static int cmd_help(int argc, char **argv);
 int cmd_audit_verify(int argc, char **argv);
+int cmd_audit_report(int argc, char **argv);
 
 hsmctl_globals_t hsmctl_globals;
 
@@ -84,6 +85,11 @@ static const hsmctl_command commands[] = {
     {"help", "", "list the commands", cmd_help},
     {"audit verify", "[--pubkey FILE] [--live] FILES...",
      "verify audit log files offline (chain, sequence, signatures)", cmd_audit_verify},
+    {"audit report",
+     "[--pubkey FILE] [--live] [--since T] [--until T] [--key KEY_ID] [--json] FILES...",
+     "verify, then summarize a trail: operations, principals, failed authentications, every "
+     "change and node event",
+     cmd_audit_report},
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))

@@ -230,6 +230,14 @@ static hsm_result run_kms(hsm_server *s, hsm_op op, const hsm_auth_result *auth,
 	hsm_jw_begin(&w);
 	hsm_api_ctx c = {.kms = s->kms, .caller = &caller, .req = doc, .w = &w, .out = &p->body};
 	hsm_result r = hsm_api_handler_for(op)(&c);
+	if (hsm_failed(r) && c.audit.key_id[0] == '\0') {
+		/* Refused or failed before the handler named its key: the record still says
+		 * which key the caller asked for (when it resolves), so a key's trail shows
+		 * the attempts on it that failed.  Only failures pay for this lookup. */
+		const char *ref = json_string_value(json_object_get(doc, "KeyId"));
+		if (ref != NULL && strlen(ref) <= HSM_KEYID_MAX)
+			hsm_api_note_ref(&c, ref);
+	}
 	hsm_jw_end(&w);
 	if (hsm_ok(r))
 		r = hsm_jw_finish(&w);

@@ -5,6 +5,7 @@ import base64
 import glob
 import json
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -271,3 +272,79 @@ def test_threads_are_named_and_the_audit_writer_yields_to_the_workers():
         assert all(n == base for name, n in threads.items() if name != "hsmd-audit"), threads
     finally:
         server.cleanup()
+
+
+def report(files, *args):
+    return subprocess.run([HSMCTL, "audit", "report"] + list(args) + files, capture_output=True,
+                          text=True)
+
+
+def test_audit_report_summarizes_a_verified_trail():
+    """`hsmctl audit report` verifies the files first, then counts operations, principals
+    and failed authentications and lists every change and node event; --key, --since,
+    --until and --json narrow and reshape it; a tampered trail gives no report."""
+    tmp = tempfile.mkdtemp(prefix="hsmd-audit-report-")
+    data = os.path.join(tmp, "data")
+    server = start_dev(["--data-dir", data])
+    try:
+        kms = client(server)
+        key = kms.create_key(Description="reported")["KeyMetadata"]["KeyId"]
+        other = kms.create_key()["KeyMetadata"]["KeyId"]
+        kms.encrypt(KeyId=key, Plaintext=b"x")
+        kms.disable_key(KeyId=key)
+        with pytest.raises(botocore.exceptions.ClientError):
+            kms.encrypt(KeyId=key, Plaintext=b"x")
+        with pytest.raises(botocore.exceptions.ClientError):
+            client(server, secret="wrong-secret-wrong-secret-wrong-secret-00").list_keys()
+        kms.schedule_key_deletion(KeyId=other, PendingWindowInDays=7)
+        st, pub = signed_call(server, "HsmdAdmin.AuditPublicKey", {})
+        assert st == 200
+        before = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
+        after = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+    finally:
+        server.stop()
+    pem = os.path.join(tmp, "audit.pem")
+    with open(pem, "w") as f:
+        f.write(pub["PublicKey"])
+    files = sorted(glob.glob(os.path.join(data, "audit", "audit-*.jsonl")))
+    p = report(files, "--pubkey", pem)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    assert out.startswith("verified: ") and " 0 signed checkpoints" not in out, out
+    rows = {m.group(1): tuple(map(int, m.group(2).split()))
+            for m in re.finditer(r"^  (\S+)\s+((?:\d+\s+){3}\d+)$", out, re.M)}
+    assert rows["CreateKey"] == (2, 2, 0, 0) and rows["Encrypt"] == (2, 1, 1, 0), rows
+    assert rows["ListKeys"] == (1, 0, 0, 1) and rows["DisableKey"] == (1, 1, 0, 0), rows
+    assert re.search(rf"^  {DEV_AKID} from 127\.0\.0\.1:\d+\s+1$", out, re.M), out
+    changes = out.split("\nchanges (")[1].split("\nnode events (")[0]
+    assert changes.startswith("4)"), changes
+    for op, k in (("CreateKey", key), ("CreateKey", other), ("DisableKey", key),
+                  ("ScheduleKeyDeletion", other)):
+        assert re.search(rf" {op} key={k}\b.* by=arn:aws:iam::\d+:user/", changes), (op, changes)
+    assert "Encrypt" not in changes and "ListKeys" not in changes
+    events = out.split("\nnode events (")[1]
+    assert " Startup by=hsmd self_test=passed" in events and " Shutdown by=hsmd" in events
+    # One key's story, and the same report as JSON.
+    p = report(files, "--key", key, "--json")
+    j = json.loads(p.stdout)
+    assert j["verified"]["valid"] is True and j["key_id"] == key
+    assert {op: c["total"] for op, c in j["operations"].items()} == \
+        {"CreateKey": 1, "Encrypt": 2, "DisableKey": 1}
+    assert [c["op"] for c in j["changes"]] == ["CreateKey", "DisableKey"]
+    assert j["records"] == 4 and j["events"] == []
+    # A time window: everything happened after `before` and before `after`.
+    assert "records: 0\n" in report(files, "--since", after).stdout
+    assert "records: 0\n" in report(files, "--until", before).stdout
+    assert report(files, "--since", before, "--until", after).stdout == \
+        report(files).stdout.replace("period:", "period:").replace(
+            "\nrecords:", f" (asked: from {before[:19]}.000Z until {after[:19]}.000Z)\nrecords:", 1)
+    p = report(files, "--since", "yesterday")
+    assert p.returncode == 2 and "expected a UTC date or time" in p.stderr
+    # A trail that does not verify gives no report.
+    with open(files[0], "r+b") as f:
+        raw = f.read()
+        i = raw.index(b'"CreateKey"')
+        f.seek(i + 1)
+        f.write(b"D")
+    p = report(files, "--pubkey", pem)
+    assert p.returncode == 1 and "does not verify" in p.stderr and p.stdout == "", p
