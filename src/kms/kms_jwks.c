@@ -238,8 +238,8 @@ static hsm_result build(hsm_kms *kms, uint64_t generation, int64_t now, hsm_jwks
 	d->max_age = age < 1 ? 1 : age > HSM_JWKS_MAX_AGE ? HSM_JWKS_MAX_AGE : age;
 	/* Nodes sharing a store: another node's rotation shows as soon as its metadata would. */
 	int64_t ttl = HSM_JWKS_CACHE_TTL;
-	if (kms->cfg.meta_cache_ttl_ms > 0 && kms->cfg.meta_cache_ttl_ms / 1000 < ttl)
-		ttl = kms->cfg.meta_cache_ttl_ms < 1000 ? 1 : kms->cfg.meta_cache_ttl_ms / 1000;
+	if (kms->cfg.meta_cache_ttl_ms > 0 && (kms->cfg.meta_cache_ttl_ms + 999) / 1000 < ttl)
+		ttl = (kms->cfg.meta_cache_ttl_ms + 999) / 1000;
 	d->expires = until < now + ttl ? until : now + ttl;
 	d->generation = generation;
 	*out = d;

@@ -131,6 +131,75 @@ static void test_state_rules(void **state)
 	hsm_buf_free(&keep);
 }
 
+/* ---- Two nodes sharing one store ------------------------------------------------- */
+
+static int64_t test_clock(void *arg)
+{
+	return ((fx *)arg)->now;
+}
+
+static void count_event(void *arg, const hsm_kms_event *ev)
+{
+	(void)ev;
+	(*(int *)arg)++;
+}
+
+/*
+ * Node B listed a key as due, then node A (sharing the store) acted on it
+ * before B did: B must look again and leave it alone, even though its own
+ * cache (which never expires here) still holds the old record.
+ */
+static void test_scheduled_work_listed_stale_is_left_alone(void **state)
+{
+	fx *f = *state;
+	hsm_kms *b = NULL;
+	int b_events = 0;
+	assert_true(hsm_ok(hsm_kms_new(f->store, f->ks, &f->cfg, &b)));
+	hsm_kms_set_clock(b, test_clock, f);
+	hsm_kms_set_event_sink(b, count_event, &b_events);
+	hsm_key_record k, d, listed_k, listed_d, r;
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, NULL, &k);
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, NULL, &d);
+	assert_true(hsm_ok(hsm_kms_enable_rotation(f->kms, &officer, k.key_id, 1)));
+	memset(&r, 0, sizeof(r));
+	assert_true(hsm_ok(hsm_kms_schedule_deletion(f->kms, &officer, d.key_id, 7, &r)));
+	hsm_key_record_clear(&r);
+	f->now += 7 * 86400;
+	/* B reads both (its cache keeps them) and lists them as due. */
+	memset(&r, 0, sizeof(r));
+	assert_true(hsm_ok(hsm_kms_rotation_status(b, &user, k.key_id, &r)));
+	hsm_key_record_clear(&r);
+	memset(&listed_k, 0, sizeof(listed_k));
+	memset(&listed_d, 0, sizeof(listed_d));
+	assert_true(hsm_ok(hsm_store_key_get(f->store, k.key_id, &listed_k)));
+	assert_true(hsm_ok(hsm_store_key_get(f->store, d.key_id, &listed_d)));
+	/* A rotates the key and the deletion is cancelled, before B gets to them. */
+	memset(&r, 0, sizeof(r));
+	assert_true(hsm_ok(hsm_kms_rotate_now(f->kms, &officer, k.key_id, &r)));
+	assert_int_equal(r.primary_version, 2);
+	hsm_key_record_clear(&r);
+	memset(&r, 0, sizeof(r));
+	assert_true(hsm_ok(hsm_kms_cancel_deletion(f->kms, &officer, d.key_id, &r)));
+	hsm_key_record_clear(&r);
+	/* B acts on what it listed: nothing happens, nothing fails. */
+	assert_true(hsm_ok(kms_rotate_due(b, &listed_k)));
+	assert_true(hsm_ok(kms_destroy_due(b, &listed_d)));
+	assert_int_equal(b_events, 0);
+	memset(&r, 0, sizeof(r));
+	assert_true(hsm_ok(hsm_store_key_get(f->store, k.key_id, &r)));
+	assert_int_equal(r.primary_version, 2);
+	hsm_key_record_clear(&r);
+	memset(&r, 0, sizeof(r));
+	assert_true(hsm_ok(hsm_store_key_get(f->store, d.key_id, &r)));
+	assert_int_equal(r.state, HSM_KEY_DISABLED); /* cancelled, not destroyed */
+	hsm_key_record_clear(&r);
+	hsm_key_record_clear(&listed_k);
+	hsm_key_record_clear(&listed_d);
+	hsm_key_record_clear(&k);
+	hsm_key_record_clear(&d);
+	hsm_kms_free(b);
+}
+
 static void test_destruction_after_waiting_period(void **state)
 {
 	fx *f = *state;
@@ -475,6 +544,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_state_rules, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_destruction_after_waiting_period, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_rotation_keeps_old_versions, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_scheduled_work_listed_stale_is_left_alone, setup,
+	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_aliases, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_alias_cache, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_policy_with_context_condition, setup, kms_fx_teardown),
