@@ -149,6 +149,13 @@ typedef hsm_result (*pg_row_reader)(const PGresult *r, int row, void *item);
 hsm_result pg_collect(const PGresult *r, size_t max, pg_row_reader read,
                       void (*clear)(void *item), st_vec *v, bool *more) HSM_MUST_CHECK;
 
+/*
+ * Runs sql with one text parameter ($1 = id) and reads its first row into
+ * item with read; NOT_FOUND ("<what> <id> does not exist") when it has none.
+ */
+hsm_result pg_get_one(pg_conn *c, const char *sql, const char *id, const char *what,
+                      pg_row_reader read, void *item) HSM_MUST_CHECK;
+
 /* ---- Transactions (store_pg.c) ----------------------------------------------------------------- */
 
 /* The body of an operation, run on a connection; the kind decides the transaction around it. */

@@ -164,18 +164,7 @@ static const char SQL_KEY_GET_FOR_UPDATE[] =
 
 static hsm_result load_key(pg_conn *c, const char *sql, const char *key_id, hsm_key_record *rec)
 {
-	pg_params p;
-	PGresult *r = NULL;
-	pg_params_init(&p);
-	pg_p_text(&p, key_id);
-	HSM_GUARD(pg_run(c, sql, &p, &r));
-	hsm_result res = HSM_SUCCESS;
-	if (PQntuples(r) == 0)
-		res = HSM_FAIL(HSM_ERR_NOT_FOUND, "key %s does not exist", key_id);
-	else
-		res = pg_read_key(r, 0, rec);
-	PQclear(r);
-	return res;
+	return pg_get_one(c, sql, key_id, "key", pg_read_key, rec);
 }
 
 /* ---- Create, get, update, destroy ------------------------------------------------------ */

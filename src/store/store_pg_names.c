@@ -146,18 +146,7 @@ hsm_result pg_alias_delete_for_key(hsm_store *base, const char *key_id)
 static hsm_result alias_get_body(pg_conn *c, void *arg)
 {
 	alias_op *op = arg;
-	pg_params p;
-	PGresult *r = NULL;
-	pg_params_init(&p);
-	pg_p_text(&p, op->name);
-	HSM_GUARD(pg_run(c, SQL_ALIAS_GET, &p, &r));
-	hsm_result res = HSM_SUCCESS;
-	if (PQntuples(r) == 0)
-		res = HSM_FAIL(HSM_ERR_NOT_FOUND, "alias %s does not exist", op->name);
-	else
-		res = pg_read_alias(r, 0, &op->rec);
-	PQclear(r);
-	return res;
+	return pg_get_one(c, SQL_ALIAS_GET, op->name, "alias", pg_read_alias, &op->rec);
 }
 
 hsm_result pg_alias_get(hsm_store *base, const char *name, hsm_alias_record *out)

@@ -194,18 +194,7 @@ hsm_result pg_user_put(hsm_store *base, const hsm_user_record *u)
 static hsm_result user_get_body(pg_conn *c, void *arg)
 {
 	user_op *op = arg;
-	pg_params p;
-	PGresult *r = NULL;
-	pg_params_init(&p);
-	pg_p_text(&p, op->name);
-	HSM_GUARD(pg_run(c, SQL_USER_GET, &p, &r));
-	hsm_result res = HSM_SUCCESS;
-	if (PQntuples(r) == 0)
-		res = HSM_FAIL(HSM_ERR_NOT_FOUND, "user %s does not exist", op->name);
-	else
-		res = pg_read_user(r, 0, &op->rec);
-	PQclear(r);
-	return res;
+	return pg_get_one(c, SQL_USER_GET, op->name, "user", pg_read_user, &op->rec);
 }
 
 hsm_result pg_user_get(hsm_store *base, const char *name, hsm_user_record *out)
@@ -324,19 +313,8 @@ hsm_result pg_access_key_create(hsm_store *base, const hsm_access_key_record *k)
 static hsm_result access_key_get_body(pg_conn *c, void *arg)
 {
 	user_op *op = arg;
-	pg_params p;
-	PGresult *r = NULL;
 	hsm_access_key_record_clear(&op->key_rec);
-	pg_params_init(&p);
-	pg_p_text(&p, op->name);
-	HSM_GUARD(pg_run(c, SQL_AK_GET, &p, &r));
-	hsm_result res = HSM_SUCCESS;
-	if (PQntuples(r) == 0)
-		res = HSM_FAIL(HSM_ERR_NOT_FOUND, "access key %s does not exist", op->name);
-	else
-		res = pg_read_access_key(r, 0, &op->key_rec);
-	PQclear(r);
-	return res;
+	return pg_get_one(c, SQL_AK_GET, op->name, "access key", pg_read_access_key, &op->key_rec);
 }
 
 hsm_result pg_access_key_get(hsm_store *base, const char *access_key_id,

@@ -295,6 +295,21 @@ hsm_result pg_col_bool(const PGresult *r, int row, int col, bool *out)
 
 /* ---- Collecting rows ----------------------------------------------------------------------- */
 
+hsm_result pg_get_one(pg_conn *c, const char *sql, const char *id, const char *what,
+                      pg_row_reader read, void *item)
+{
+	pg_params p;
+	PGresult *r = NULL;
+	pg_params_init(&p);
+	pg_p_text(&p, id);
+	HSM_GUARD(pg_run(c, sql, &p, &r));
+	hsm_result res = PQntuples(r) == 0
+	                     ? HSM_FAIL(HSM_ERR_NOT_FOUND, "%s %s does not exist", what, id)
+	                     : read(r, 0, item);
+	PQclear(r);
+	return res;
+}
+
 hsm_result pg_collect(const PGresult *r, size_t max, pg_row_reader read,
                       void (*clear)(void *item), st_vec *v, bool *more)
 {
