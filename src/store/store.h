@@ -167,10 +167,32 @@ typedef struct hsm_access_key_record {
 	hsm_buf wrapped_secret; /* the secret access key, wrapped by the keystore */
 } hsm_access_key_record;
 
+/*
+ * A grant (KMS CreateGrant): permission for one principal to use one key in
+ * the listed operations.  The store keeps operations as an opaque bit set and
+ * constraints as opaque text; the KMS layer gives them meaning.
+ */
+#define HSM_GRANT_ID_LEN 64          /* lowercase hex */
+#define HSM_GRANT_NAME_MAX 256
+#define HSM_GRANT_PRINCIPAL_MAX 256
+#define HSM_MAX_GRANTS_PER_KEY 50000
+#define HSM_MAX_GRANTS_PER_GRANTEE 500 /* per key and grantee principal */
+typedef struct hsm_grant_record {
+	char grant_id[HSM_GRANT_ID_LEN + 1];
+	char key_id[HSM_UUID_STRLEN + 1];
+	char name[HSM_GRANT_NAME_MAX + 1];          /* "" when none */
+	char grantee[HSM_GRANT_PRINCIPAL_MAX + 1];  /* never empty */
+	char retiring[HSM_GRANT_PRINCIPAL_MAX + 1]; /* "" when none */
+	uint32_t operations;                        /* bit set, at least one bit */
+	char *constraints;                          /* owned text; never NULL after a get ("" when none) */
+	int64_t created;                            /* epoch seconds */
+} hsm_grant_record;
+
 /* Free what the record owns and zero it; NULL is a no-op.  A zeroed record is clear. */
 void hsm_key_record_clear(hsm_key_record *r);
 void hsm_version_record_clear(hsm_version_record *r);
 void hsm_access_key_record_clear(hsm_access_key_record *r);
+void hsm_grant_record_clear(hsm_grant_record *r);
 /* Deep copy (dst is overwritten, set only on success; clear it afterwards). */
 hsm_result hsm_key_record_copy(hsm_key_record *dst, const hsm_key_record *src) HSM_MUST_CHECK;
 
@@ -273,7 +295,7 @@ hsm_result hsm_store_key_update(hsm_store *s, const char *key_id, hsm_key_update
  * Destroys a key: in one transaction sets state Destroyed (deletion_date is
  * kept, updated becomes now), erases the wrapped material of every version
  * (public keys and metadata remain as a tombstone) and deletes the key's
- * aliases, then makes sure the erased bytes are overwritten on disk
+ * aliases and grants, then makes sure the erased bytes are overwritten on disk
  * (SQLite: secure_delete plus a truncating WAL checkpoint).  NOT_FOUND when
  * there is no such key.  Destroying a Destroyed key repeats the erasure, so
  * a call that failed in the final step (e.g. DEPENDENCY_TIMEOUT while readers
@@ -327,7 +349,7 @@ hsm_result hsm_store_snapshot(hsm_store *s, const char *path) HSM_MUST_CHECK;
 /*
  * Copies everything src holds into dst, record for record and exactly:
  * metadata, keys in every state (Destroyed ones with their erased versions)
- * with all their versions, aliases and tags, users with their counters and
+ * with all their versions, aliases, tags and grants, users with their counters and
  * lock state, access keys with their active flags, every timestamp as
  * stored.  Any backends (SQLite to PostgreSQL to move a node, a restored
  * backup into PostgreSQL, ...).  src is read in one read transaction and dst
@@ -388,6 +410,46 @@ typedef hsm_result (*hsm_tag_cb)(const hsm_tag *t, void *arg);
 /* Ordered by tag key, after `after` (NULL or ""), at most limit; NOT_FOUND for a missing key. */
 hsm_result hsm_store_tags_list(hsm_store *s, const char *key_id, const char *after, size_t limit,
                                hsm_tag_cb cb, void *arg, bool *truncated) HSM_MUST_CHECK;
+
+/* ---- Grants ------------------------------------------------------------------ */
+
+/*
+ * Adds a grant (g->grant_id unique in the whole store, g->key_id an existing
+ * key that is not Destroyed).  NULL constraints is stored as "".
+ *
+ * Retried creation (KMS CreateGrant with a Name): when g->name is not empty
+ * and the key already holds a grant with the same name, grantee, retiring
+ * principal, operations and constraints, nothing is written and *g is
+ * overwritten with that grant's grant_id and created (constraints left as
+ * given); *existed (optional) tells which happened.
+ *
+ * NOT_FOUND when the key does not exist, INVALID_STATE when it is Destroyed,
+ * ALREADY_EXISTS for a duplicate grant_id, LIMIT_EXCEEDED when the key would
+ * hold more than HSM_MAX_GRANTS_PER_KEY grants, or more than
+ * HSM_MAX_GRANTS_PER_GRANTEE for that grantee; VALIDATION for an empty
+ * grant_id or grantee or an operations set of 0.  All checked in one write
+ * transaction, so concurrent creators on a shared store cannot exceed a limit.
+ */
+hsm_result hsm_store_grant_create(hsm_store *s, hsm_grant_record *g, bool *existed) HSM_MUST_CHECK;
+/* NOT_FOUND when the key holds no grant with that id. */
+hsm_result hsm_store_grant_get(hsm_store *s, const char *key_id, const char *grant_id,
+                               hsm_grant_record *out) HSM_MUST_CHECK;
+/* Deletes one grant; NOT_FOUND when the key holds no grant with that id. */
+hsm_result hsm_store_grant_delete(hsm_store *s, const char *key_id,
+                                  const char *grant_id) HSM_MUST_CHECK;
+/*
+ * A key's grants ordered by grant_id, after `after` (NULL or "" for the
+ * first page), at most limit; grantee (NULL: any) keeps only that grantee's.
+ * NOT_FOUND when the key does not exist.
+ */
+typedef hsm_result (*hsm_grant_cb)(const hsm_grant_record *g, void *arg);
+hsm_result hsm_store_grant_list(hsm_store *s, const char *key_id, const char *grantee,
+                                const char *after, size_t limit, hsm_grant_cb cb, void *arg,
+                                bool *truncated) HSM_MUST_CHECK;
+/* Every key's grants whose retiring principal is `retiring`, ordered by grant_id (paged as above). */
+hsm_result hsm_store_grant_list_retiring(hsm_store *s, const char *retiring, const char *after,
+                                         size_t limit, hsm_grant_cb cb, void *arg,
+                                         bool *truncated) HSM_MUST_CHECK;
 
 /* ---- Principals --------------------------------------------------------------- */
 
