@@ -173,6 +173,14 @@ void hsm_access_key_record_clear(hsm_access_key_record *r)
 	memset(r, 0, sizeof(*r));
 }
 
+void hsm_grant_record_clear(hsm_grant_record *r)
+{
+	if (r == NULL)
+		return;
+	free(r->constraints);
+	memset(r, 0, sizeof(*r));
+}
+
 static hsm_result dup_or_null(const char *s, char **out)
 {
 	*out = NULL;
@@ -208,6 +216,15 @@ static hsm_result check_name(const char *s, size_t cap, const char *what)
 	size_t n = strnlen(s, cap);
 	HSM_ENSURE(n > 0, HSM_ERR_VALIDATION, "%s must not be empty", what);
 	HSM_ENSURE(n < cap, HSM_ERR_VALIDATION, "%s is longer than %zu bytes", what, cap - 1);
+	return HSM_SUCCESS;
+}
+
+/* A string that may be empty but must fit a field of cap bytes (with the NUL). */
+static hsm_result check_fits(const char *s, size_t cap, const char *what)
+{
+	HSM_ASSERT(s != NULL);
+	HSM_ENSURE(strnlen(s, cap) < cap, HSM_ERR_VALIDATION, "%s is longer than %zu bytes", what,
+	           cap - 1);
 	return HSM_SUCCESS;
 }
 
@@ -523,6 +540,90 @@ hsm_result hsm_store_tags_list(hsm_store *s, const char *key_id, const char *aft
 	HSM_GUARD(check_lookup(key_id, KEY_ID_CAP, "key"));
 	HSM_GUARD(check_limit(limit));
 	return s->ops->tags_list(s, key_id, cursor_or_empty(after), limit, cb, arg, truncated);
+}
+
+/* ---- Grants ---------------------------------------------------------------------------------- */
+
+#define GRANT_PRINCIPAL_CAP (HSM_GRANT_PRINCIPAL_MAX + 1)
+
+/*
+ * Grant ids have one shape (64 lowercase hex digits, store.h), so any other
+ * text is malformed rather than absent, in lookups too: the KMS layer tells
+ * an invalid grant id from an unknown one.
+ */
+static hsm_result check_grant_id(const char *id)
+{
+	HSM_ASSERT(id != NULL);
+	size_t n = strnlen(id, HSM_GRANT_ID_LEN + 1);
+	bool ok = n == HSM_GRANT_ID_LEN;
+	for (size_t i = 0; ok && i < n; i++)
+		ok = (id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f');
+	HSM_ENSURE(ok, HSM_ERR_VALIDATION, "a grant id is %d lowercase hex digits", HSM_GRANT_ID_LEN);
+	return HSM_SUCCESS;
+}
+
+static hsm_result check_grant_record(const hsm_grant_record *g)
+{
+	HSM_ASSERT(g != NULL);
+	HSM_GUARD(check_grant_id(g->grant_id));
+	HSM_GUARD(check_lookup(g->key_id, sizeof(g->key_id), "key"));
+	HSM_GUARD(check_fits(g->name, sizeof(g->name), "grant name"));
+	HSM_GUARD(check_name(g->grantee, sizeof(g->grantee), "grantee principal"));
+	HSM_GUARD(check_fits(g->retiring, sizeof(g->retiring), "retiring principal"));
+	HSM_ENSURE(g->operations != 0, HSM_ERR_VALIDATION, "a grant allows at least one operation");
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_store_grant_create(hsm_store *s, hsm_grant_record *g, bool *existed)
+{
+	HSM_ASSERT(s != NULL);
+	HSM_GUARD(check_grant_record(g));
+	bool found = false;
+	HSM_GUARD(s->ops->grant_create(s, g, &found));
+	if (existed != NULL)
+		*existed = found;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_store_grant_get(hsm_store *s, const char *key_id, const char *grant_id,
+                               hsm_grant_record *out)
+{
+	HSM_ASSERT(s != NULL && out != NULL);
+	HSM_GUARD(check_lookup(key_id, KEY_ID_CAP, "key"));
+	HSM_GUARD(check_grant_id(grant_id));
+	return s->ops->grant_get(s, key_id, grant_id, out);
+}
+
+hsm_result hsm_store_grant_delete(hsm_store *s, const char *key_id, const char *grant_id)
+{
+	HSM_ASSERT(s != NULL);
+	HSM_GUARD(check_lookup(key_id, KEY_ID_CAP, "key"));
+	HSM_GUARD(check_grant_id(grant_id));
+	return s->ops->grant_delete(s, key_id, grant_id);
+}
+
+hsm_result hsm_store_grant_list(hsm_store *s, const char *key_id, const char *grantee,
+                                const char *after, size_t limit, hsm_grant_cb cb, void *arg,
+                                bool *truncated)
+{
+	HSM_ASSERT(s != NULL && cb != NULL && truncated != NULL);
+	HSM_GUARD(check_lookup(key_id, KEY_ID_CAP, "key"));
+	if (grantee != NULL)
+		HSM_GUARD(check_name(grantee, GRANT_PRINCIPAL_CAP, "grantee principal"));
+	HSM_GUARD(check_limit(limit));
+	return s->ops->grant_list(s, key_id, grantee, cursor_or_empty(after), limit, cb, arg,
+	                          truncated);
+}
+
+hsm_result hsm_store_grant_list_retiring(hsm_store *s, const char *retiring, const char *after,
+                                         size_t limit, hsm_grant_cb cb, void *arg,
+                                         bool *truncated)
+{
+	HSM_ASSERT(s != NULL && cb != NULL && truncated != NULL);
+	HSM_GUARD(check_name(retiring, GRANT_PRINCIPAL_CAP, "retiring principal"));
+	HSM_GUARD(check_limit(limit));
+	return s->ops->grant_list_retiring(s, retiring, cursor_or_empty(after), limit, cb, arg,
+	                                   truncated);
 }
 
 /* ---- Principals ---------------------------------------------------------------------------- */

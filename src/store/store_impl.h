@@ -27,8 +27,8 @@ typedef struct hsm_store_ops hsm_store_ops;
 /*
  * Every record a store holds, one call per record, for hsm_store_copy and
  * snapshots.  Records come in an order that puts each record after those it
- * refers to: metadata, users, access keys, keys, versions, aliases, tags.
- * Records are valid only during the call.
+ * refers to: metadata, users, access keys, keys, versions, aliases, tags,
+ * grants.  Records are valid only during the call.
  */
 typedef struct hsm_store_sink {
 	void *arg;
@@ -39,6 +39,7 @@ typedef struct hsm_store_sink {
 	hsm_result (*version)(void *arg, const hsm_version_record *v);
 	hsm_result (*alias)(void *arg, const hsm_alias_record *a);
 	hsm_result (*tag)(void *arg, const char *key_id, const hsm_tag *t);
+	hsm_result (*grant)(void *arg, const hsm_grant_record *g);
 } hsm_store_sink;
 
 /* Feeds records to a sink (in hsm_store_copy: the source store's export). */
@@ -90,6 +91,21 @@ struct hsm_store_ops {
 	                          const char *const keys[]);
 	hsm_result (*tags_list)(hsm_store *s, const char *key_id, const char *after, size_t limit,
 	                        hsm_tag_cb cb, void *arg, bool *truncated);
+
+	/*
+	 * g->constraints may be NULL (stored as ""); existed is never NULL.  On
+	 * a retried creation the backend sets g->grant_id and g->created only.
+	 */
+	hsm_result (*grant_create)(hsm_store *s, hsm_grant_record *g, bool *existed);
+	hsm_result (*grant_get)(hsm_store *s, const char *key_id, const char *grant_id,
+	                        hsm_grant_record *out);
+	hsm_result (*grant_delete)(hsm_store *s, const char *key_id, const char *grant_id);
+	/* grantee is NULL for every grantee. */
+	hsm_result (*grant_list)(hsm_store *s, const char *key_id, const char *grantee,
+	                         const char *after, size_t limit, hsm_grant_cb cb, void *arg,
+	                         bool *truncated);
+	hsm_result (*grant_list_retiring)(hsm_store *s, const char *retiring, const char *after,
+	                                  size_t limit, hsm_grant_cb cb, void *arg, bool *truncated);
 
 	hsm_result (*user_create)(hsm_store *s, const hsm_user_record *u);
 	hsm_result (*user_get)(hsm_store *s, const char *name, hsm_user_record *out);

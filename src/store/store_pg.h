@@ -8,6 +8,7 @@
  *   store_pg_schema.c      versioned schema and migrations
  *   store_pg_keys.c        keys and key versions
  *   store_pg_names.c       aliases and tags
+ *   store_pg_grants.c      grants
  *   store_pg_principals.c  metadata, users, access keys
  *   store_pg_copy.c        export, import and snapshot
  *
@@ -197,12 +198,15 @@ hsm_result pg_schema_migrate(pg_store *s, int *version) HSM_MUST_CHECK;
 #define PG_ALIAS_COLS "name, key_id, created, updated"
 #define PG_USER_COLS "name, roles, disabled, locked, failed_auth, created"
 #define PG_ACCESS_KEY_COLS "id, user_name, active, created, wrapped_secret"
+#define PG_GRANT_COLS \
+	"grant_id, key_id, name, grantee, retiring, operations, constraints, created"
 
 hsm_result pg_read_key(const PGresult *r, int row, void *item);
 hsm_result pg_read_version(const PGresult *r, int row, void *item);
 hsm_result pg_read_alias(const PGresult *r, int row, void *item);
 hsm_result pg_read_user(const PGresult *r, int row, void *item);
 hsm_result pg_read_access_key(const PGresult *r, int row, void *item);
+hsm_result pg_read_grant(const PGresult *r, int row, void *item);
 /* Inserts records exactly as given (the import path; the create paths use them too). */
 hsm_result pg_insert_key(pg_conn *w, const hsm_key_record *k) HSM_MUST_CHECK;
 hsm_result pg_insert_version(pg_conn *w, const hsm_version_record *v) HSM_MUST_CHECK;
@@ -210,6 +214,7 @@ hsm_result pg_insert_alias(pg_conn *w, const hsm_alias_record *a) HSM_MUST_CHECK
 hsm_result pg_insert_tag(pg_conn *w, const char *key_id, const hsm_tag *t) HSM_MUST_CHECK;
 hsm_result pg_insert_user(pg_conn *w, const hsm_user_record *u) HSM_MUST_CHECK;
 hsm_result pg_insert_access_key(pg_conn *w, const hsm_access_key_record *k) HSM_MUST_CHECK;
+hsm_result pg_insert_grant(pg_conn *w, const hsm_grant_record *g) HSM_MUST_CHECK;
 hsm_result pg_put_meta(pg_conn *w, const char *name, const hsm_buf *value) HSM_MUST_CHECK;
 /* NOT_FOUND unless the key exists; locks its row against key_update/destroy (FOR SHARE). */
 hsm_result pg_key_require_locked(pg_conn *w, const char *key_id) HSM_MUST_CHECK;
@@ -250,6 +255,18 @@ hsm_result pg_tags_put(hsm_store *s, const char *key_id, size_t n, const hsm_tag
 hsm_result pg_tags_remove(hsm_store *s, const char *key_id, size_t n, const char *const keys[]);
 hsm_result pg_tags_list(hsm_store *s, const char *key_id, const char *after, size_t limit,
                         hsm_tag_cb cb, void *arg, bool *truncated);
+
+hsm_result pg_grant_create(hsm_store *s, hsm_grant_record *g, bool *existed);
+hsm_result pg_grant_get(hsm_store *s, const char *key_id, const char *grant_id,
+                        hsm_grant_record *out);
+hsm_result pg_grant_delete(hsm_store *s, const char *key_id, const char *grant_id);
+hsm_result pg_grant_list(hsm_store *s, const char *key_id, const char *grantee,
+                         const char *after, size_t limit, hsm_grant_cb cb, void *arg,
+                         bool *truncated);
+hsm_result pg_grant_list_retiring(hsm_store *s, const char *retiring, const char *after,
+                                  size_t limit, hsm_grant_cb cb, void *arg, bool *truncated);
+/* Deletes a key's grants inside the caller's write transaction. */
+hsm_result pg_grant_delete_for_key_in(pg_conn *w, const char *key_id) HSM_MUST_CHECK;
 
 hsm_result pg_user_create(hsm_store *s, const hsm_user_record *u);
 hsm_result pg_user_get(hsm_store *s, const char *name, hsm_user_record *out);

@@ -70,6 +70,10 @@ static void clear_access_key(void *item)
 {
 	hsm_access_key_record_clear(item);
 }
+static void clear_grant(void *item)
+{
+	hsm_grant_record_clear(item);
+}
 
 static hsm_result emit_meta(const hsm_store_sink *k, const void *item)
 {
@@ -100,6 +104,10 @@ static hsm_result emit_tag(const hsm_store_sink *k, const void *item)
 {
 	const tag_item *t = item;
 	return k->tag(k->arg, t->key_id, &t->tag);
+}
+static hsm_result emit_grant(const hsm_store_sink *k, const void *item)
+{
+	return k->grant(k->arg, item);
 }
 
 static void cursor_meta(const void *item, const char **a, const char **b, int64_t *n)
@@ -141,6 +149,11 @@ static void cursor_tag(const void *item, const char **a, const char **b, int64_t
 	*a = t->key_id;
 	*b = t->tag.key;
 }
+static void cursor_grant(const void *item, const char **a, const char **b, int64_t *n)
+{
+	(void)b, (void)n;
+	*a = ((const hsm_grant_record *)item)->grant_id;
+}
 
 /* $2 is unused by single-column keys but still typed, so every statement takes three. */
 static const table tables[] = {
@@ -167,6 +180,9 @@ static const table tables[] = {
 	{"SELECT key_id, tag_key, tag_value FROM tags WHERE (key_id, tag_key) > ($1, $2::text) "
 	 "ORDER BY key_id, tag_key LIMIT $3",
 	 sizeof(tag_item), read_tag_item, NULL, emit_tag, cursor_tag, false},
+	{"SELECT " PG_GRANT_COLS " FROM grants WHERE grant_id > $1 AND $2::text IS NOT NULL "
+	 "ORDER BY grant_id LIMIT $3",
+	 sizeof(hsm_grant_record), pg_read_grant, clear_grant, emit_grant, cursor_grant, false},
 };
 
 typedef struct export_op {
@@ -261,6 +277,10 @@ static hsm_result sink_tag(void *arg, const char *key_id, const hsm_tag *t)
 {
 	return pg_insert_tag(arg, key_id, t);
 }
+static hsm_result sink_grant(void *arg, const hsm_grant_record *g)
+{
+	return pg_insert_grant(arg, g);
+}
 
 typedef struct import_op {
 	hsm_store_producer produce;
@@ -281,8 +301,8 @@ static hsm_result import_body(pg_conn *w, void *arg)
 	 * the import one step (writers wait; LOCK waits at most lock_timeout).
 	 */
 	HSM_GUARD(pg_simple(w,
-	                    "LOCK TABLE meta, keys, key_versions, aliases, tags, users, access_keys "
-	                    "IN SHARE ROW EXCLUSIVE MODE",
+	                    "LOCK TABLE meta, keys, key_versions, aliases, tags, grants, users, "
+	                    "access_keys IN SHARE ROW EXCLUSIVE MODE",
 	                    "lock the store for an import"));
 	HSM_GUARD(pg_run(w, SQL_EMPTY, NULL, &r));
 	hsm_result res = pg_col_i64(r, 0, 0, &held);
@@ -290,8 +310,9 @@ static hsm_result import_body(pg_conn *w, void *arg)
 	HSM_GUARD(res);
 	HSM_ENSURE(held == 0, HSM_ERR_CONFLICT,
 	           "the destination store is not empty (it holds metadata, keys or users)");
-	const hsm_store_sink sink = {w,        sink_meta,    sink_user, sink_access_key,
-	                             sink_key, sink_version, sink_alias, sink_tag};
+	const hsm_store_sink sink = {w,          sink_meta,    sink_user,  sink_access_key,
+	                             sink_key,   sink_version, sink_alias, sink_tag,
+	                             sink_grant};
 	return op->produce(&sink, op->arg);
 }
 

@@ -278,7 +278,8 @@ static hsm_result key_destroy_body(pg_conn *w, void *arg)
 	pg_params_init(&p);
 	pg_p_text(&p, op->key_id);
 	HSM_GUARD(pg_run(w, SQL_VERSIONS_ERASE, &p, NULL));
-	return pg_alias_delete_for_key_in(w, op->key_id);
+	HSM_GUARD(pg_alias_delete_for_key_in(w, op->key_id));
+	return pg_grant_delete_for_key_in(w, op->key_id);
 }
 
 hsm_result pg_key_destroy(hsm_store *base, const char *key_id, int64_t now)

@@ -104,6 +104,25 @@ static const migration migrations[] = {
 	 "  wrapped_secret bytea NOT NULL"
 	 ");"
 	 "CREATE INDEX access_keys_by_user ON access_keys (user_name, id);"},
+	/*
+	 * Grants (KMS CreateGrant), with the SQLite schema's indexes (its step 3):
+	 * a key's grants in grant id order, a key's grants of one grantee, grants
+	 * by retiring principal across keys.
+	 */
+	{2,
+	 "CREATE TABLE grants ("
+	 "  grant_id    text COLLATE \"C\" PRIMARY KEY,"
+	 "  key_id      text COLLATE \"C\" NOT NULL REFERENCES keys (id),"
+	 "  name        text NOT NULL,"
+	 "  grantee     text COLLATE \"C\" NOT NULL,"
+	 "  retiring    text COLLATE \"C\" NOT NULL,"
+	 "  operations  bigint NOT NULL CHECK (operations BETWEEN 1 AND 4294967295),"
+	 "  constraints text NOT NULL,"
+	 "  created     bigint NOT NULL"
+	 ");"
+	 "CREATE INDEX grants_by_key ON grants (key_id, grant_id);"
+	 "CREATE INDEX grants_by_grantee ON grants (key_id, grantee, grant_id);"
+	 "CREATE INDEX grants_by_retiring ON grants (retiring, grant_id);"},
 };
 
 #define MIGRATION_COUNT ((int)(sizeof(migrations) / sizeof(migrations[0])))

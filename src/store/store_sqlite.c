@@ -6,7 +6,7 @@
  *   journal_mode=WAL     readers never wait for the writer
  *   synchronous=FULL     a commit is on disk before it is acknowledged, even
  *                        across power loss (NORMAL would only survive kill -9)
- *   foreign_keys=ON      versions, aliases and tags cannot outlive their key
+ *   foreign_keys=ON      versions, aliases, tags and grants cannot outlive their key
  *   secure_delete=ON     deleted or overwritten bytes are zeroed in the file
  *   busy_timeout         lock waits end in HSM_ERR_DEPENDENCY_TIMEOUT
  *   temp_store=MEMORY    no row data in temporary files, which nothing erases
@@ -374,6 +374,11 @@ static const hsm_store_ops sqlite_ops = {
 	.tags_put = sq_tags_put,
 	.tags_remove = sq_tags_remove,
 	.tags_list = sq_tags_list,
+	.grant_create = sq_grant_create,
+	.grant_get = sq_grant_get,
+	.grant_delete = sq_grant_delete,
+	.grant_list = sq_grant_list,
+	.grant_list_retiring = sq_grant_list_retiring,
 	.user_create = sq_user_create,
 	.user_get = sq_user_get,
 	.user_put = sq_user_put,

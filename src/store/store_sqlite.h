@@ -8,6 +8,7 @@
  *   store_sqlite_schema.c      versioned schema and migrations
  *   store_sqlite_keys.c        keys and key versions
  *   store_sqlite_names.c       aliases and tags
+ *   store_sqlite_grants.c      grants
  *   store_sqlite_principals.c  metadata, users, access keys
  *   store_sqlite_copy.c        export and import (hsm_store_copy)
  *
@@ -147,12 +148,15 @@ hsm_result sq_schema_migrate(sq_conn *w, int *version) HSM_MUST_CHECK;
 #define SQ_ALIAS_COLS "name, key_id, created, updated"
 #define SQ_USER_COLS "name, role, disabled, locked, failed_auth, created"
 #define SQ_ACCESS_KEY_COLS "id, user, active, created, wrapped_secret"
+#define SQ_GRANT_COLS \
+	"grant_id, key_id, name, grantee, retiring, operations, constraints, created"
 
 hsm_result sq_read_key(sqlite3_stmt *st, void *item);
 hsm_result sq_read_version(sqlite3_stmt *st, void *item);
 hsm_result sq_read_alias(sqlite3_stmt *st, void *item);
 hsm_result sq_read_user(sqlite3_stmt *st, void *item);
 hsm_result sq_read_access_key(sqlite3_stmt *st, void *item);
+hsm_result sq_read_grant(sqlite3_stmt *st, void *item);
 /* Insert records exactly as given, inside the caller's write transaction. */
 hsm_result sq_insert_key(sq_conn *w, const hsm_key_record *k) HSM_MUST_CHECK;
 hsm_result sq_insert_version(sq_conn *w, const hsm_version_record *v) HSM_MUST_CHECK;
@@ -160,6 +164,7 @@ hsm_result sq_insert_alias(sq_conn *w, const hsm_alias_record *a) HSM_MUST_CHECK
 hsm_result sq_insert_tag(sq_conn *w, const char *key_id, const hsm_tag *t) HSM_MUST_CHECK;
 hsm_result sq_insert_user(sq_conn *w, const hsm_user_record *u) HSM_MUST_CHECK;
 hsm_result sq_insert_access_key(sq_conn *w, const hsm_access_key_record *k) HSM_MUST_CHECK;
+hsm_result sq_insert_grant(sq_conn *w, const hsm_grant_record *g) HSM_MUST_CHECK;
 hsm_result sq_put_meta(sq_conn *w, const char *name, const hsm_buf *value) HSM_MUST_CHECK;
 
 /* ---- Operations (the ops table in store_sqlite.c points at these) --------------------------- */
@@ -201,6 +206,18 @@ hsm_result sq_tags_put(hsm_store *s, const char *key_id, size_t n, const hsm_tag
 hsm_result sq_tags_remove(hsm_store *s, const char *key_id, size_t n, const char *const keys[]);
 hsm_result sq_tags_list(hsm_store *s, const char *key_id, const char *after, size_t limit,
                         hsm_tag_cb cb, void *arg, bool *truncated);
+
+hsm_result sq_grant_create(hsm_store *s, hsm_grant_record *g, bool *existed);
+hsm_result sq_grant_get(hsm_store *s, const char *key_id, const char *grant_id,
+                        hsm_grant_record *out);
+hsm_result sq_grant_delete(hsm_store *s, const char *key_id, const char *grant_id);
+hsm_result sq_grant_list(hsm_store *s, const char *key_id, const char *grantee,
+                         const char *after, size_t limit, hsm_grant_cb cb, void *arg,
+                         bool *truncated);
+hsm_result sq_grant_list_retiring(hsm_store *s, const char *retiring, const char *after,
+                                  size_t limit, hsm_grant_cb cb, void *arg, bool *truncated);
+/* Deletes a key's grants inside the caller's write transaction. */
+hsm_result sq_grant_delete_for_key_in(sq_conn *w, const char *key_id) HSM_MUST_CHECK;
 
 hsm_result sq_user_create(hsm_store *s, const hsm_user_record *u);
 hsm_result sq_user_get(hsm_store *s, const char *name, hsm_user_record *out);

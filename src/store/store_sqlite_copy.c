@@ -29,9 +29,19 @@ typedef union any_row {
 	hsm_version_record version;
 	hsm_alias_record alias;
 	tag_row tag;
+	hsm_grant_record grant;
 } any_row;
 
-typedef enum row_kind { ROW_META, ROW_USER, ROW_AK, ROW_KEY, ROW_VERSION, ROW_ALIAS, ROW_TAG } row_kind;
+typedef enum row_kind {
+	ROW_META,
+	ROW_USER,
+	ROW_AK,
+	ROW_KEY,
+	ROW_VERSION,
+	ROW_ALIAS,
+	ROW_TAG,
+	ROW_GRANT
+} row_kind;
 
 /* Tables in the sink's order (referenced rows first), each in primary-key order. */
 static const struct table {
@@ -45,6 +55,7 @@ static const struct table {
 	{ROW_VERSION, "SELECT " SQ_VERSION_COLS " FROM key_versions ORDER BY key_id, version"},
 	{ROW_ALIAS, "SELECT " SQ_ALIAS_COLS " FROM aliases ORDER BY name"},
 	{ROW_TAG, "SELECT key_id, tag_key, tag_value FROM tags ORDER BY key_id, tag_key"},
+	{ROW_GRANT, "SELECT " SQ_GRANT_COLS " FROM grants ORDER BY grant_id"},
 };
 
 static hsm_result read_row(row_kind kind, sqlite3_stmt *st, any_row *row)
@@ -68,6 +79,8 @@ static hsm_result read_row(row_kind kind, sqlite3_stmt *st, any_row *row)
 		HSM_GUARD(sq_col_text(st, 0, row->tag.key_id, sizeof(row->tag.key_id)));
 		HSM_GUARD(sq_col_text(st, 1, row->tag.tag.key, sizeof(row->tag.tag.key)));
 		return sq_col_text(st, 2, row->tag.tag.value, sizeof(row->tag.tag.value));
+	case ROW_GRANT:
+		return sq_read_grant(st, &row->grant);
 	}
 	hsm_abort_at(__FILE__, __LINE__, "unknown row kind");
 }
@@ -89,6 +102,8 @@ static hsm_result emit_row(row_kind kind, const any_row *row, const hsm_store_si
 		return k->alias(k->arg, &row->alias);
 	case ROW_TAG:
 		return k->tag(k->arg, row->tag.key_id, &row->tag.tag);
+	case ROW_GRANT:
+		return k->grant(k->arg, &row->grant);
 	}
 	hsm_abort_at(__FILE__, __LINE__, "unknown row kind");
 }
@@ -107,6 +122,9 @@ static void clear_row(row_kind kind, any_row *row)
 		break;
 	case ROW_VERSION:
 		hsm_version_record_clear(&row->version);
+		break;
+	case ROW_GRANT:
+		hsm_grant_record_clear(&row->grant);
 		break;
 	default:
 		break;
@@ -184,6 +202,10 @@ static hsm_result sink_tag(void *arg, const char *key_id, const hsm_tag *t)
 {
 	return sq_insert_tag(arg, key_id, t);
 }
+static hsm_result sink_grant(void *arg, const hsm_grant_record *g)
+{
+	return sq_insert_grant(arg, g);
+}
 
 static const char SQL_HOLDS_ANY[] = "SELECT 1 FROM meta UNION ALL SELECT 1 FROM keys "
                                     "UNION ALL SELECT 1 FROM users LIMIT 1";
@@ -198,8 +220,9 @@ static hsm_result import_in(sq_conn *w, hsm_store_producer produce, void *arg)
 	HSM_GUARD(res);
 	HSM_ENSURE(!row, HSM_ERR_CONFLICT,
 	           "the destination store is not empty (it holds metadata, keys or users)");
-	const hsm_store_sink sink = {w,        sink_meta,    sink_user,  sink_access_key,
-	                             sink_key, sink_version, sink_alias, sink_tag};
+	const hsm_store_sink sink = {w,          sink_meta,    sink_user,  sink_access_key,
+	                             sink_key,   sink_version, sink_alias, sink_tag,
+	                             sink_grant};
 	return produce(&sink, arg);
 }
 

@@ -277,7 +277,8 @@ static hsm_result key_destroy_in(sq_conn *w, const char *key_id, int64_t now)
 	HSM_GUARD(sq_key_require(w, key_id));
 	HSM_GUARD(run_for_key(w, SQL_KEY_MARK_DESTROYED, key_id, &now));
 	HSM_GUARD(run_for_key(w, SQL_VERSIONS_ERASE, key_id, NULL));
-	return sq_alias_delete_for_key_in(w, key_id);
+	HSM_GUARD(sq_alias_delete_for_key_in(w, key_id));
+	return sq_grant_delete_for_key_in(w, key_id);
 }
 
 hsm_result sq_key_destroy(hsm_store *base, const char *key_id, int64_t now)

@@ -101,6 +101,27 @@ static const migration migrations[] = {
 	/* The keys marked for JWT signing (flag bit 0, HSM_KEYFLAG_JWT), for the JWK Set: a
 	 * partial index, so listing them costs what they number, not what the store holds. */
 	{2, "CREATE INDEX keys_jwt ON keys (id) WHERE (flags & 1) = 1;"},
+	/*
+	 * Grants (KMS CreateGrant).  Indexes: a key's grants in grant id order
+	 * (ListGrants, the per-key limit, key destruction); a key's grants of one
+	 * grantee (ListGrants filtered by GranteePrincipal, the per-grantee limit,
+	 * a retried CreateGrant); grants by retiring principal across keys
+	 * (ListRetirableGrants).
+	 */
+	{3,
+	 "CREATE TABLE grants ("
+	 "  grant_id    TEXT PRIMARY KEY,"
+	 "  key_id      TEXT NOT NULL REFERENCES keys (id),"
+	 "  name        TEXT NOT NULL,"
+	 "  grantee     TEXT NOT NULL,"
+	 "  retiring    TEXT NOT NULL,"
+	 "  operations  INTEGER NOT NULL CHECK (operations BETWEEN 1 AND 4294967295),"
+	 "  constraints TEXT NOT NULL,"
+	 "  created     INTEGER NOT NULL"
+	 ");"
+	 "CREATE INDEX grants_by_key ON grants (key_id, grant_id);"
+	 "CREATE INDEX grants_by_grantee ON grants (key_id, grantee, grant_id);"
+	 "CREATE INDEX grants_by_retiring ON grants (retiring, grant_id);"},
 };
 
 #define MIGRATION_COUNT ((int)(sizeof(migrations) / sizeof(migrations[0])))

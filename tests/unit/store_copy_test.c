@@ -4,7 +4,7 @@
  * A store is filled with every kind of record in every state the public
  * functions can reach (destroyed keys with erased versions, locked users,
  * inactive access keys, rotated keys, binary and empty metadata), copied,
- * and every record of both stores compared through a canonical dump.  With
+ * (grants too) and every record of both stores compared through a canonical dump.  With
  * HSM_TEST_STORE=pg the copies go SQLite -> PostgreSQL -> SQLite and
  * PostgreSQL -> PostgreSQL, and PostgreSQL's snapshot is opened as a SQLite
  * store; without it, SQLite -> SQLite.
@@ -74,6 +74,23 @@ static void edit(hsm_store *s, const char *id, const char *desc, hsm_key_state s
 	EXPECT_OK(hsm_store_key_update(s, id, edit_fn, &want, NULL, NULL));
 }
 
+/* A grant with id "<c> x 64" (grantee, retiring principal and constraints point at literals). */
+static void add_grant(hsm_store *s, char c, const char *key_id, const char *name,
+                      const char *grantee, const char *retiring, uint32_t ops,
+                      const char *constraints)
+{
+	hsm_grant_record g = {.operations = ops, .created = 1700000300 + c};
+	bool existed = true;
+	memset(g.grant_id, c, HSM_GRANT_ID_LEN);
+	snprintf(g.key_id, sizeof(g.key_id), "%s", key_id);
+	snprintf(g.name, sizeof(g.name), "%s", name);
+	snprintf(g.grantee, sizeof(g.grantee), "%s", grantee);
+	snprintf(g.retiring, sizeof(g.retiring), "%s", retiring);
+	g.constraints = (char *)constraints;
+	EXPECT_OK(hsm_store_grant_create(s, &g, &existed));
+	assert_false(existed);
+}
+
 static void fill(hsm_store *s)
 {
 	/* Metadata: text, binary with NULs, empty. */
@@ -98,6 +115,7 @@ static void fill(hsm_store *s)
 	add_version(s, "k-destroyed", 2, "X2");
 	edit(s, "k-destroyed", "gone", HSM_KEY_PENDING_DELETION, 1760000000, false, 0);
 	EXPECT_OK(hsm_store_alias_create(s, "alias/destroyed", "k-destroyed", 5));
+	add_grant(s, 'f', "k-destroyed", "", "app", "ops", 1, ""); /* destroyed with its key */
 	EXPECT_OK(hsm_store_key_destroy(s, "k-destroyed", 1770000000));
 
 	/* Aliases (one moved, so created != updated) and tags (one replaced). */
@@ -115,6 +133,15 @@ static void fill(hsm_store *s)
 	snprintf(tags[2].value, sizeof(tags[2].value), "platform");
 	EXPECT_OK(hsm_store_tags_put(s, "k-enabled", 3, tags));
 	EXPECT_OK(hsm_store_tags_put(s, "k-pending", 1, tags));
+
+	/* Grants: named with a retiring principal and constraints; bare; on another key. */
+	add_grant(s, 'b', "k-enabled", "nightly-\xc3\xa9", "arn:aws:iam::111122223333:role/app",
+	          "arn:aws:iam::111122223333:role/ops", 0x7,
+	          "{\"EncryptionContextSubset\":{\"team\":\"\xc3\xa9\"}}");
+	add_grant(s, 'a', "k-enabled", "", "arn:aws:iam::111122223333:role/batch", "",
+	          0x80000000U, NULL);
+	add_grant(s, '1', "k-pending", "", "arn:aws:iam::111122223333:role/app",
+	          "arn:aws:iam::111122223333:role/ops", 0x1, "{}");
 
 	/* Users: a locked one with failures counted, a disabled one; access keys, one inactive. */
 	hsm_user_record u1 = {.name = "alice", .roles = 1U << HSM_ROLE_CRYPTO_OFFICER,
@@ -175,6 +202,15 @@ static hsm_result dump_tag(const hsm_tag *t, void *arg)
 	return hsm_buf_printf(arg, "  tag %s=%s\n", t->key, t->value);
 }
 
+static hsm_result dump_grant(const hsm_grant_record *g, void *arg)
+{
+	return hsm_buf_printf(arg,
+	                      "  grant %s key=%s name=%s grantee=%s retiring=%s ops=%u "
+	                      "constraints=%s created=%lld\n",
+	                      g->grant_id, g->key_id, g->name, g->grantee, g->retiring,
+	                      g->operations, g->constraints, (long long)g->created);
+}
+
 typedef struct dump_ctx {
 	hsm_store *s;
 	hsm_buf *out;
@@ -198,6 +234,9 @@ static hsm_result dump_key(const hsm_key_record *k, void *arg)
 	HSM_GUARD(hsm_store_tags_list(d->s, k->key_id, NULL, HSM_STORE_LIST_MAX, dump_tag, d->out,
 	                              &more));
 	HSM_ENSURE(!more, HSM_ERR_INTERNAL, "more tags than a page");
+	HSM_GUARD(hsm_store_grant_list(d->s, k->key_id, NULL, NULL, HSM_STORE_LIST_MAX, dump_grant,
+	                               d->out, &more));
+	HSM_ENSURE(!more, HSM_ERR_INTERNAL, "more grants than a page");
 	return HSM_SUCCESS;
 }
 
@@ -243,9 +282,12 @@ static void dump(hsm_store *s, hsm_buf *out)
 	assert_true(hsm_ok(hsm_buf_terminate(out)));
 }
 
-/* Records the export passes on, counted by kind (meta, users, access keys, keys, versions, aliases, tags). */
+/*
+ * Records the export passes on, counted by kind (meta, users, access keys,
+ * keys, versions, aliases, tags, grants).
+ */
 typedef struct census {
-	int n[7];
+	int n[8];
 } census;
 static hsm_result c_meta(void *a, const char *n, const hsm_buf *v)
 {
@@ -289,15 +331,21 @@ static hsm_result c_tag(void *a, const char *id, const hsm_tag *t)
 	((census *)a)->n[6]++;
 	return HSM_SUCCESS;
 }
+static hsm_result c_grant(void *a, const hsm_grant_record *g)
+{
+	(void)g;
+	((census *)a)->n[7]++;
+	return HSM_SUCCESS;
+}
 
 /* The export holds exactly what fill() wrote, no more (the dump looks up known names only). */
 static void assert_census(hsm_store *s)
 {
 	census c = {{0}};
-	hsm_store_sink sink = {&c, c_meta, c_user, c_ak, c_key, c_version, c_alias, c_tag};
+	hsm_store_sink sink = {&c, c_meta, c_user, c_ak, c_key, c_version, c_alias, c_tag, c_grant};
 	EXPECT_OK(s->ops->export_all(s, &sink));
-	const int want[7] = {4, 2, 2, 4, 7, 3, 3};
-	for (int i = 0; i < 7; i++)
+	const int want[8] = {4, 2, 2, 4, 7, 3, 3, 3};
+	for (int i = 0; i < 8; i++)
 		assert_int_equal(c.n[i], want[i]);
 }
 
