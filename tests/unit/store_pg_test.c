@@ -1,10 +1,11 @@
 /*
  * store_pg_test.c - what only the PostgreSQL backend has to get right:
- * several nodes (handles) on one database, concurrent first opens, lost
- * connections, lock timeouts, messages without data values or passwords,
- * erasure from live rows.  The contract itself is tested by the other
- * store_*_test programs, which run on PostgreSQL too (HSM_TEST_STORE=pg).
- * Needs the test server (store_test_util.h); fails without it.
+ * several nodes (handles) on one database, grant limits against creators on
+ * both, concurrent first opens, lost connections, lock timeouts, messages
+ * without data values or passwords, erasure from live rows.  The contract
+ * itself is tested by the other store_*_test programs, which run on
+ * PostgreSQL too (HSM_TEST_STORE=pg).  Needs the test server
+ * (store_test_util.h); fails without it.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -89,6 +90,107 @@ static void test_two_nodes_no_lost_update(void **state)
 	print_message("%d contended key updates + %d counter updates from 2 nodes in %.2f s\n",
 	              NODES * THREADS_PER_NODE * INCREMENTS, NODES * THREADS_PER_NODE * INCREMENTS,
 	              secs);
+	hsm_store_close(nodes[1]);
+}
+
+/* ---- Grants created on two nodes at once ---------------------------------------------------- */
+
+#define GRANT_THREADS 8
+#define GRANT_TRIES 75 /* 600 attempts in all, for a limit of 500 */
+
+typedef struct granter {
+	hsm_store *s;
+	unsigned first; /* this thread's grant ids: first, first + 1, ... */
+	unsigned tries;
+	const char *name;
+	pthread_barrier_t *start;
+	atomic_int *created, *existed, *refused, *failed;
+	char id[HSM_GRANT_ID_LEN + 1]; /* the id the last success returned */
+} granter;
+
+static void *grant_worker(void *arg)
+{
+	granter *w = arg;
+	pthread_barrier_wait(w->start);
+	for (unsigned i = 0; i < w->tries; i++) {
+		hsm_grant_record g = {.operations = 1, .created = 1};
+		bool existed = false;
+		snprintf(g.grant_id, sizeof(g.grant_id), "%064x", w->first + i);
+		snprintf(g.key_id, sizeof(g.key_id), "shared");
+		snprintf(g.grantee, sizeof(g.grantee), "app");
+		snprintf(g.name, sizeof(g.name), "%s", w->name);
+		hsm_result r = hsm_store_grant_create(w->s, &g, &existed);
+		if (hsm_ok(r)) {
+			atomic_fetch_add(existed ? w->existed : w->created, 1);
+			memcpy(w->id, g.grant_id, sizeof(w->id));
+		} else {
+			atomic_fetch_add(r.err == HSM_ERR_LIMIT_EXCEEDED ? w->refused : w->failed, 1);
+		}
+	}
+	return NULL;
+}
+
+/* Threads on two nodes create grants of one key at once; returns the counts of outcomes. */
+static void create_grants_at_once(hsm_store *nodes[NODES], unsigned tries, const char *name,
+                                  granter w[GRANT_THREADS], int counts[4])
+{
+	atomic_int created = 0, existed = 0, refused = 0, failed = 0;
+	pthread_barrier_t start;
+	pthread_t t[GRANT_THREADS];
+	pthread_barrier_init(&start, NULL, GRANT_THREADS);
+	for (int i = 0; i < GRANT_THREADS; i++) {
+		w[i] = (granter){nodes[i % NODES], 1000U * (unsigned)(i + 1), tries, name, &start,
+		                 &created, &existed, &refused, &failed, ""};
+		assert_int_equal(pthread_create(&t[i], NULL, grant_worker, &w[i]), 0);
+	}
+	for (int i = 0; i < GRANT_THREADS; i++)
+		pthread_join(t[i], NULL);
+	pthread_barrier_destroy(&start);
+	counts[0] = atomic_load(&created);
+	counts[1] = atomic_load(&existed);
+	counts[2] = atomic_load(&refused);
+	counts[3] = atomic_load(&failed);
+}
+
+/* The per-grantee limit holds against creators on two nodes: the key row lock serializes them. */
+static void test_two_nodes_grant_limit(void **state)
+{
+	st_fixture *f = *state;
+	hsm_store *nodes[NODES] = {f->s, NULL};
+	EXPECT_OK(hsm_store_open(f->loc, &nodes[1]));
+	st_create_key(f->s, "shared", "w", 1);
+	granter w[GRANT_THREADS];
+	int n[4];
+	uint64_t t0 = hsm_mono_ns();
+	create_grants_at_once(nodes, GRANT_TRIES, "", w, n);
+	print_message("%d concurrent grant creations from 2 nodes in %.2f s\n",
+	              GRANT_THREADS * GRANT_TRIES, (double)(hsm_mono_ns() - t0) / 1e9);
+	assert_int_equal(n[3], 0);
+	assert_int_equal(n[0], HSM_MAX_GRANTS_PER_GRANTEE);
+	assert_int_equal(n[1], 0);
+	assert_int_equal(n[2], GRANT_THREADS * GRANT_TRIES - HSM_MAX_GRANTS_PER_GRANTEE);
+	assert_int_equal(st_pg_int(f->db, "SELECT count(*) FROM grants"),
+	                 HSM_MAX_GRANTS_PER_GRANTEE);
+	hsm_store_close(nodes[1]);
+}
+
+/* A named grant requested by threads on two nodes at once is created once; all get its id. */
+static void test_two_nodes_retried_grant(void **state)
+{
+	st_fixture *f = *state;
+	hsm_store *nodes[NODES] = {f->s, NULL};
+	EXPECT_OK(hsm_store_open(f->loc, &nodes[1]));
+	st_create_key(f->s, "shared", "w", 1);
+	granter w[GRANT_THREADS];
+	int n[4];
+	create_grants_at_once(nodes, 1, "once", w, n);
+	assert_int_equal(n[3], 0);
+	assert_int_equal(n[2], 0);
+	assert_int_equal(n[0], 1);
+	assert_int_equal(n[1], GRANT_THREADS - 1);
+	for (int i = 1; i < GRANT_THREADS; i++)
+		assert_string_equal(w[i].id, w[0].id);
+	assert_int_equal(st_pg_int(f->db, "SELECT count(*) FROM grants"), 1);
 	hsm_store_close(nodes[1]);
 }
 
@@ -358,6 +460,9 @@ static void test_destroy_leaves_no_live_material(void **state)
 	st_create_key(f->s, "victim", "MATERIAL", 8);
 	st_create_key(f->s, "bystander", "KEEP", 4);
 	EXPECT_OK(hsm_store_alias_create(f->s, "alias/victim", "victim", 1));
+	hsm_grant_record g = {.key_id = "victim", .grantee = "app", .operations = 1};
+	memset(g.grant_id, 'a', HSM_GRANT_ID_LEN);
+	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL));
 	EXPECT_OK(hsm_store_key_destroy(f->s, "victim", 1900000000));
 	assert_int_equal(st_pg_int(f->db, "SELECT count(*) FROM key_versions "
 	                                  "WHERE position('MATERIAL'::bytea IN wrapped) > 0"),
@@ -366,6 +471,7 @@ static void test_destroy_leaves_no_live_material(void **state)
 	                                  "WHERE key_id = 'victim'"),
 	                 0);
 	assert_int_equal(st_pg_int(f->db, "SELECT count(*) FROM aliases"), 0);
+	assert_int_equal(st_pg_int(f->db, "SELECT count(*) FROM grants"), 0);
 	assert_int_equal(st_pg_int(f->db, "SELECT length(wrapped) FROM key_versions "
 	                                  "WHERE key_id = 'bystander'"),
 	                 4);
@@ -377,6 +483,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_two_nodes_no_lost_update, pg_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_two_nodes_grant_limit, pg_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_two_nodes_retried_grant, pg_setup, st_teardown),
 		cmocka_unit_test(test_concurrent_first_open),
 		cmocka_unit_test_setup_teardown(test_refuses_newer_schema, pg_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_connection_killed_under_the_store, pg_setup,
