@@ -51,6 +51,7 @@
 	X(HSM_ERR_INVALID_ARN, "InvalidArnException", 400, 0x007UL)                      \
 	X(HSM_ERR_INVALID_MARKER, "InvalidMarkerException", 400, 0x007UL)                \
 	X(HSM_ERR_INVALID_GRANT_TOKEN, "InvalidGrantTokenException", 400, 0x007UL)      \
+	X(HSM_ERR_INVALID_GRANT_ID, "InvalidGrantIdException", 400, 0x007UL)            \
 	X(HSM_ERR_LIMIT_EXCEEDED, "LimitExceededException", 400, 0x031UL /* DEVICE_MEMORY */) \
 	X(HSM_ERR_TAG, "TagException", 400, 0x013UL)                                     \
 	X(HSM_ERR_MALFORMED_POLICY, "MalformedPolicyDocumentException", 400, 0x013UL)   \

@@ -9,7 +9,7 @@
 #include "common/util.h"
 #include "hsmctl/hsmctl.h"
 
-const hsm_caller hsmctl_local_caller = {"local-operator", "", 0, true, false};
+const hsm_caller hsmctl_local_caller = {.user = "local-operator", .access_key_id = "", .local = true};
 
 hsm_result hsmctl_unseal_files(hsm_keystore *ks, size_t n, char *const files[])
 {

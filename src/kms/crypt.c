@@ -135,7 +135,8 @@ static hsm_result decrypt_any(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
 	kms_key *k = NULL;
 	hsm_blob blob;
 	hsm_enc_alg alg = alg_or_default(req->has_alg, req->alg);
-	kms_authz_extra extra = {action, &req->ctx, hsm_enc_alg_name(alg), NULL, NULL};
+	kms_authz_extra extra = {
+	    .action = action, .ctx = &req->ctx, .encryption_algorithm = hsm_enc_alg_name(alg)};
 	HSM_ENSURE(req->ciphertext_len >= 1 && req->ciphertext_len <= HSM_MAX_CIPHERTEXT_BLOB,
 	           HSM_ERR_VALIDATION, "CiphertextBlob must be between 1 and %d bytes",
 	           HSM_MAX_CIPHERTEXT_BLOB);
@@ -190,8 +191,9 @@ hsm_result hsm_kms_reencrypt(hsm_kms *kms, const hsm_caller *caller,
 	hsm_buf pt;
 	hsm_buf_init_secure(&pt);
 	hsm_enc_alg alg = alg_or_default(req->has_dest_alg, req->dest_alg);
-	kms_authz_extra extra = {"kms:ReEncryptTo", &req->dest_ctx, hsm_enc_alg_name(alg), NULL,
-	                         NULL};
+	kms_authz_extra extra = {.action = "kms:ReEncryptTo",
+	                         .ctx = &req->dest_ctx,
+	                         .encryption_algorithm = hsm_enc_alg_name(alg)};
 	HSM_ENSURE(req->dest_key != NULL && *req->dest_key != '\0', HSM_ERR_VALIDATION,
 	           "DestinationKeyId is required");
 	HSM_TRY(decrypt_any(kms, caller, HSM_OP_ReEncrypt, "kms:ReEncryptFrom", &req->source, &pt,

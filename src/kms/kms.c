@@ -104,6 +104,7 @@ void kms_key_release(kms_key *k)
 		return;
 	hsm_key_record_clear(&k->rec);
 	hsm_policy_free(k->policy);
+	kms_grant_set_free(atomic_load_explicit(&k->grants, memory_order_acquire));
 	free(k);
 }
 
@@ -527,12 +528,21 @@ hsm_result kms_authorize(hsm_kms *kms, const hsm_caller *caller, hsm_op op, cons
 		req.encryption_algorithm = extra->encryption_algorithm;
 		req.signing_algorithm = extra->signing_algorithm;
 		req.mac_algorithm = extra->mac_algorithm;
+		req.extra = extra->more;
+		req.n_extra = extra->n_more;
 	}
 	hsm_policy_decision d = hsm_policy_evaluate(key->policy, &req, NULL);
 	if (ctx != ctx_small)
 		free(ctx);
 	if (d == HSM_POLICY_ALLOW)
 		return HSM_SUCCESS;
+	/* Grants only allow: an explicit deny in the key policy stands. */
+	if (d == HSM_POLICY_IMPLICIT_DENY) {
+		bool granted = false;
+		HSM_GUARD(kms_grants_allow(kms, caller, arn, op, key, extra, &granted));
+		if (granted)
+			return HSM_SUCCESS;
+	}
 	return deny(kms, caller, op, key,
 	            d == HSM_POLICY_EXPLICIT_DENY
 	                ? "with an explicit deny in a resource-based policy"

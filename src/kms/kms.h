@@ -89,6 +89,11 @@ typedef enum hsm_op {
 	X(GetKeyPolicy, HSM_OPC_READ, HSM_ROLES_OFFICER | HSM_ROLES_AUDITOR, false)         \
 	X(PutKeyPolicy, HSM_OPC_READ, HSM_ROLES_OFFICER, true)                              \
 	X(ListKeyPolicies, HSM_OPC_READ, HSM_ROLES_OFFICER | HSM_ROLES_AUDITOR, false)     \
+	X(CreateGrant, HSM_OPC_MODIFY, HSM_ROLES_OFFICER | HSM_ROLES_USER, true)            \
+	X(ListGrants, HSM_OPC_READ, HSM_ROLES_OFFICER | HSM_ROLES_USER | HSM_ROLES_AUDITOR, false) \
+	X(ListRetirableGrants, HSM_OPC_NONE, HSM_ROLES_OFFICER | HSM_ROLES_AUDITOR, false)   \
+	X(RetireGrant, HSM_OPC_READ, HSM_ROLES_OFFICER | HSM_ROLES_USER | HSM_ROLES_AUDITOR, true) \
+	X(RevokeGrant, HSM_OPC_READ, HSM_ROLES_OFFICER, true)                               \
 	/* hsmd's token operations (X-Amz-Target HsmdJwt.<Op>, kms/jwt.h) */              \
 	X(SignToken, HSM_OPC_CRYPTO, HSM_ROLES_USER, false)                                 \
 	X(EnableJwtSigning, HSM_OPC_MODIFY, HSM_ROLES_OFFICER, true)                        \
@@ -157,6 +162,12 @@ typedef struct hsm_caller {
 	 * of performing the operation.
 	 */
 	bool dry_run;
+	/*
+	 * The request carried grant tokens (checked for form by the caller):
+	 * grants are read from the store for it instead of the metadata cache,
+	 * so a grant just made on another node takes effect at once.
+	 */
+	bool grant_tokens;
 } hsm_caller;
 
 /* The principal's ARN: arn:aws:iam::<account>:user/<name> (the account root for local operators). */
@@ -278,6 +289,82 @@ hsm_result hsm_kms_get_policy(hsm_kms *kms, const hsm_caller *caller, const char
 hsm_result hsm_kms_put_policy(hsm_kms *kms, const hsm_caller *caller, const char *ref,
                               const char *policy_name, const char *policy,
                               bool bypass_lockout_check) HSM_MUST_CHECK;
+
+/* ---- Grants -------------------------------------------------------------------- */
+
+/*
+ * The operations a grant can allow (KMS GrantOperation), as bits of
+ * hsm_grant_record.operations: bit i is hsm_grant_op_name(i).
+ */
+#define HSM_GRANT_OP_COUNT 17
+/* "Decrypt", "Encrypt", ...; NULL past the last. */
+const char *hsm_grant_op_name(unsigned i);
+/* ValidationException naming the value for an unknown operation. */
+hsm_result hsm_grant_op_parse(const char *name, uint32_t *bit) HSM_MUST_CHECK;
+
+/* Encryption context pairs of a grant constraint (keys compared without case). */
+typedef struct hsm_grant_ctx {
+	bool present;
+	hsm_ctx_pair *pairs; /* owned by the hsm_grant_constraints holding it */
+	size_t n;
+} hsm_grant_ctx;
+typedef struct hsm_grant_constraints {
+	hsm_grant_ctx equals; /* EncryptionContextEquals */
+	hsm_grant_ctx subset; /* EncryptionContextSubset */
+} hsm_grant_constraints;
+/* Parses the stored form ("" = none); free with hsm_grant_constraints_free. */
+hsm_result hsm_grant_constraints_parse(const char *text, hsm_grant_constraints *out) HSM_MUST_CHECK;
+void hsm_grant_constraints_free(hsm_grant_constraints *c);
+
+typedef struct hsm_create_grant_req {
+	const char *key;      /* KeyId: key id or key ARN */
+	const char *grantee;  /* GranteePrincipal */
+	const char *retiring; /* RetiringPrincipal; NULL = none */
+	const char *const *operations;
+	size_t n_operations;
+	hsm_grant_constraints constraints; /* borrowed */
+	const char *name;     /* NULL = none */
+} hsm_create_grant_req;
+
+#define HSM_GRANT_TOKEN_MAX 8192 /* characters, as KMS's GrantTokenType */
+#define HSM_GRANT_TOKENS_MAX 10  /* tokens per request */
+/*
+ * CreateGrant.  *existed tells that a grant with the same name and fields
+ * was already there (its id is returned, as KMS does for a retried
+ * request).  token receives the grant token (text, not terminated).
+ */
+hsm_result hsm_kms_create_grant(hsm_kms *kms, const hsm_caller *caller,
+                                const hsm_create_grant_req *req,
+                                char grant_id[HSM_GRANT_ID_LEN + 1], hsm_buf *token,
+                                char key_id[HSM_UUID_STRLEN + 1]) HSM_MUST_CHECK;
+/* Checks a grant token's form (InvalidGrantTokenException) and names its grant. */
+hsm_result hsm_grant_token_parse(const char *token, char key_id[HSM_UUID_STRLEN + 1],
+                                 char grant_id[HSM_GRANT_ID_LEN + 1]) HSM_MUST_CHECK;
+/*
+ * ListGrants: a key's grants, optionally only grant_id (NULL: any) and only
+ * those of grantee (NULL: any), paged after marker (a grant id).
+ */
+hsm_result hsm_kms_list_grants(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                               const char *grant_id, const char *grantee, const char *marker,
+                               size_t limit, hsm_grant_cb cb, void *arg,
+                               bool *truncated) HSM_MUST_CHECK;
+/* ListRetirableGrants: every key's grants that name `retiring` as retiring principal. */
+hsm_result hsm_kms_list_retirable_grants(hsm_kms *kms, const hsm_caller *caller,
+                                         const char *retiring, const char *marker,
+                                         size_t limit, hsm_grant_cb cb, void *arg,
+                                         bool *truncated) HSM_MUST_CHECK;
+/*
+ * RetireGrant, by token (ref and grant_id NULL) or by key and grant id.
+ * Allowed to the grant's retiring principal, to its grantee when the grant
+ * allows RetireGrant, and to local operators; key policies do not decide.
+ * *key_id receives the grant's key.
+ */
+hsm_result hsm_kms_retire_grant(hsm_kms *kms, const hsm_caller *caller, const char *token,
+                                const char *ref, const char *grant_id,
+                                char key_id[HSM_UUID_STRLEN + 1]) HSM_MUST_CHECK;
+/* RevokeGrant (kms:RevokeGrant in the key policy). */
+hsm_result hsm_kms_revoke_grant(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                                const char *grant_id) HSM_MUST_CHECK;
 
 /* ---- Cryptographic operations ------------------------------------------------- */
 

@@ -19,6 +19,8 @@ typedef struct kms_key {
 	hsm_policy *policy;   /* parsed policy document, shared with keys that have the same */
 	int64_t loaded_ms;
 	char arn[KMS_ARN_MAX];
+	/* The key's grants, read when first needed (grants.c); NULL until then. */
+	_Atomic(struct kms_grant_set *) grants;
 } kms_key;
 
 struct hsm_kms {
@@ -56,6 +58,12 @@ typedef struct kms_authz_extra {
 	const char *encryption_algorithm;
 	const char *signing_algorithm;
 	const char *mac_algorithm;
+	/* Further condition keys (kms:GranteePrincipal, ...); a name may repeat. */
+	const hsm_policy_pair *more;
+	size_t n_more;
+	/* CreateGrant: the grant asked for, which a grant allowing CreateGrant must cover. */
+	uint32_t new_grant_ops;
+	const hsm_grant_constraints *new_grant_constraints;
 } kms_authz_extra;
 
 /*
@@ -107,6 +115,18 @@ hsm_result kms_check_tag(const hsm_tag *t) HSM_MUST_CHECK;
 struct kms_jwks;
 hsm_result kms_jwks_new(struct kms_jwks **out) HSM_MUST_CHECK;
 void kms_jwks_free(struct kms_jwks *j);
+
+/* ---- Grants (grants.c) ---- */
+struct kms_grant_set;
+void kms_grant_set_free(struct kms_grant_set *set);
+/*
+ * Whether a grant of key allows caller (whose ARN is arn) op, with extra's
+ * encryption context meeting the grant's constraints.  Reads the key's grants
+ * once per snapshot (from the store when the caller carried grant tokens).
+ */
+hsm_result kms_grants_allow(hsm_kms *kms, const hsm_caller *caller, const char *arn, hsm_op op,
+                            const kms_key *key, const kms_authz_extra *extra,
+                            bool *allowed) HSM_MUST_CHECK;
 
 /* Scheduler actions (keys.c, rotation.c). */
 hsm_result kms_destroy_due(hsm_kms *kms, const hsm_key_record *rec) HSM_MUST_CHECK;

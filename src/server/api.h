@@ -85,6 +85,11 @@ hsm_result hsm_api_list_resource_tags(hsm_api_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_api_get_key_policy(hsm_api_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_api_put_key_policy(hsm_api_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_api_list_key_policies(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_create_grant(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_list_grants(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_list_retirable_grants(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_retire_grant(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_revoke_grant(hsm_api_ctx *c) HSM_MUST_CHECK;
 /* hsmd's token operations (api_jwt.c), served under X-Amz-Target HsmdJwt.<Op> only. */
 hsm_result hsm_api_sign_token(hsm_api_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_api_enable_jwt_signing(hsm_api_ctx *c) HSM_MUST_CHECK;

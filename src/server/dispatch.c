@@ -225,6 +225,19 @@ static hsm_result run_kms(hsm_server *s, hsm_op op, const hsm_auth_result *auth,
 	HSM_GUARD(hsm_json_bool(doc, "DryRun", &dry, &present));
 	hsm_caller caller = auth->caller;
 	caller.dry_run = dry && hsm_op_get(op)->cls == HSM_OPC_CRYPTO;
+	/* GrantTokens (any operation that uses a key): well-formed, and a reason to read grants afresh. */
+	const char **tokens = NULL;
+	size_t n_tokens = 0;
+	HSM_GUARD(hsm_json_string_list(doc, "GrantTokens", false, HSM_GRANT_TOKENS_MAX, &tokens,
+	                               &n_tokens));
+	hsm_result tr = HSM_SUCCESS;
+	for (size_t i = 0; i < n_tokens && hsm_ok(tr); i++) {
+		char tk[HSM_UUID_STRLEN + 1], tg[HSM_GRANT_ID_LEN + 1];
+		tr = hsm_grant_token_parse(tokens[i], tk, tg);
+	}
+	free(tokens);
+	HSM_GUARD(tr);
+	caller.grant_tokens = n_tokens > 0;
 	hsm_jw w;
 	hsm_jw_init(&w, &p->body);
 	hsm_jw_begin(&w);

@@ -218,7 +218,7 @@ static hsm_result dev_init_or_unseal(hsm_server *s)
 
 hsm_result hsm_server_dev_bootstrap(hsm_server *s, const char *akid, const hsm_secret *secret)
 {
-	static const hsm_caller local = {"dev-bootstrap", "", 0, true, false};
+	static const hsm_caller local = {.user = "dev-bootstrap", .access_key_id = "", .local = true};
 	HSM_GUARD(dev_init_or_unseal(s));
 	hsm_user_record u;
 	if (hsm_failed(hsm_store_user_get(s->store, DEV_USER, &u)))

@@ -80,7 +80,7 @@ static struct {
 
 #define FIXTURE_PLAINTEXT "fuzz plaintext"
 
-static const hsm_caller local = {"fuzz-operator", "", 0, true, false};
+static const hsm_caller local = {.user = "fuzz-operator", .access_key_id = "", .local = true};
 
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
@@ -279,7 +279,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	fuzz_in in = {data, size};
 	hsm_op op = (hsm_op)(fuzz_u8(&in) % HSM_OP_COUNT);
 	uint8_t roles = fuzz_u8(&in);
-	hsm_caller caller = {"fuzzer", "AKIAFUZZER0000000000", 0, false, false};
+	hsm_caller caller = {.user = "fuzzer", .access_key_id = "AKIAFUZZER0000000000"};
 	caller.dry_run = (roles & 0x80) != 0; /* DryRun must perform nothing either */
 	if (roles & 1)
 		caller.roles |= HSM_ROLE_BIT(HSM_ROLE_CRYPTO_OFFICER);

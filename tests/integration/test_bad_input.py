@@ -118,7 +118,7 @@ def test_missing_required_members(hsmd, kms, key, op, body):
     expect(hsmd, kms, op, data, "ValidationException")
 
 
-@pytest.mark.parametrize("target", ["TrentService.Frobnicate", "TrentService.CreateGrant",
+@pytest.mark.parametrize("target", ["TrentService.Frobnicate", "TrentService.ReplicateKey",
                                     "TrentService.ImportKeyMaterial", "TrentService.",
                                     "TrentService.encrypt", "HsmdAdmin.Frobnicate"])
 def test_unknown_operation(hsmd, kms, target):

@@ -209,6 +209,38 @@ def test_a_change_on_one_node_shows_on_the_other_within_the_cache_lifetime(clust
     assert eventually(revoked, 5), "a revoked access key still works on the other node"
 
 
+def test_grants_made_on_one_node_hold_on_the_other(cluster):
+    off_a, off_b = kms(cluster.a, cluster.ops), kms(cluster.b, cluster.ops)
+    app_b = kms(cluster.b, cluster.app)
+    ops_arn = "arn:aws:iam::111122223333:user/ops"
+    policy = json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"AWS": ops_arn}, "Action": "kms:*",
+        "Resource": "*"}]})
+    kid = off_a.create_key(Policy=policy)["KeyMetadata"]["KeyId"]
+    denied = app_b.exceptions.ClientError
+
+    def refused():
+        try:
+            app_b.encrypt(KeyId=kid, Plaintext=b"x")
+            return False
+        except denied as e:
+            assert e.response["Error"]["Code"] == "AccessDeniedException", e.response
+            return True
+    assert refused()  # node B now holds the key, and that it has no grant, in its cache
+    g = off_a.create_grant(KeyId=kid, GranteePrincipal="arn:aws:iam::111122223333:user/app",
+                           Operations=["Encrypt", "Decrypt"])
+    # With the grant's token, B reads the grants afresh: the grant holds at once.
+    blob = app_b.encrypt(KeyId=kid, Plaintext=b"x", GrantTokens=[g["GrantToken"]])
+    assert blob["KeyId"].endswith(kid)
+    # Without it, within the cache lifetime.
+    assert eventually(lambda: not refused(), 5), "node B never honoured node A's grant"
+    assert [x["GrantId"] for x in off_b.list_grants(KeyId=kid)["Grants"]] == [g["GrantId"]]
+    off_a.revoke_grant(KeyId=kid, GrantId=g["GrantId"])
+    t0 = time.monotonic()
+    assert eventually(refused, 5), "node B still honours a revoked grant"
+    assert time.monotonic() - t0 < CACHE_MS / 1000 + 1.0
+
+
 def test_a_token_signed_on_one_node_verifies_through_the_other_nodes_jwks(cluster):
     """After a rotation on node A, node B publishes the new version within the cache
     lifetime, so a verifier fetching B's JWK Set accepts A's new tokens."""

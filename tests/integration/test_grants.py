@@ -1,0 +1,401 @@
+"""Grants: CreateGrant, ListGrants, ListRetirableGrants, RetireGrant, RevokeGrant,
+and requests a grant allows, through boto3 and botocore-signed requests.
+
+Keys here carry a key policy that allows only the dev user, so whatever other
+users may do with them comes from grants alone."""
+import datetime
+import json
+import re
+
+import pytest
+
+from conftest import client, signed_request, start_dev
+from helpers import (ACCOUNT, AwsCli, audit_record, call_error, key_arn, new_user, raises,
+                     restart_dev)
+
+USERS = {"app": ["crypto-user"], "other": ["crypto-user"], "retirer": ["crypto-user"],
+         "officer": ["crypto-officer"], "auditor": ["auditor"]}
+
+
+def arn(user):
+    return f"arn:aws:iam::{ACCOUNT}:user/{user}"
+
+
+ROOT = f"arn:aws:iam::{ACCOUNT}:root"
+DEV_ONLY = json.dumps({"Version": "2012-10-17", "Statement": [{
+    "Sid": "dev", "Effect": "Allow", "Principal": {"AWS": arn("dev")}, "Action": "kms:*",
+    "Resource": "*"}]})
+
+
+@pytest.fixture(scope="module")
+def users(hsmd):
+    out = {}
+    for name, roles in USERS.items():
+        akid, secret = new_user(hsmd, name, roles)
+        out[name] = client(hsmd, akid, secret)
+        out[name + "-creds"] = (akid, secret)
+    return out
+
+
+def dev_key(kms, **kw):
+    return kms.create_key(Policy=DEV_ONLY, **kw)["KeyMetadata"]["KeyId"]
+
+
+def denied(fn, **kw):
+    return raises("AccessDeniedException", fn, status=400, **kw)
+
+
+def test_a_grant_allows_its_grantee_what_the_key_policy_does_not(hsmd, kms, users):
+    key = dev_key(kms)
+    app, other = users["app"], users["other"]
+    denied(app.encrypt, KeyId=key, Plaintext=b"x")
+    g = kms.create_grant(KeyId=key, GranteePrincipal=arn("app"),
+                         Operations=["Encrypt", "Decrypt"])
+    assert re.fullmatch(r"[0-9a-f]{64}", g["GrantId"]), g
+    assert g["GrantToken"] and len(g["GrantToken"]) <= 8192
+    # At once, with the token and without it (one node: the store is the truth).
+    blob = app.encrypt(KeyId=key, Plaintext=b"granted", GrantTokens=[g["GrantToken"]])
+    assert blob["KeyId"] == key_arn(key)
+    blob = app.encrypt(KeyId=key, Plaintext=b"granted")["CiphertextBlob"]
+    assert app.decrypt(CiphertextBlob=blob)["Plaintext"] == b"granted"
+    # Only the operations granted, only to the grantee.
+    denied(app.generate_data_key, KeyId=key, KeySpec="AES_256")
+    denied(app.describe_key, KeyId=key)
+    denied(other.encrypt, KeyId=key, Plaintext=b"x")
+    denied(other.decrypt, CiphertextBlob=blob)
+
+
+def test_grants_are_listed_with_every_field_and_filtered(hsmd, kms, users):
+    key = dev_key(kms)
+    before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    g1 = kms.create_grant(KeyId=key, GranteePrincipal=arn("app"), RetiringPrincipal=arn("retirer"),
+                          Operations=["Decrypt", "Encrypt", "DescribeKey"], Name="app-grant",
+                          Constraints={"EncryptionContextSubset": {"Dept": "IT"}})
+    g2 = kms.create_grant(KeyId=key_arn(key), GranteePrincipal=arn("other"),
+                          Operations=["GenerateDataKey"],
+                          Constraints={"EncryptionContextEquals": {"a": "1", "b": "2"}})
+    g3 = kms.create_grant(KeyId=key, GranteePrincipal=arn("app"), Operations=["ReEncryptFrom"])
+    out = kms.list_grants(KeyId=key)
+    assert out["Truncated"] is False and "NextMarker" not in out
+    grants = {g["GrantId"]: g for g in out["Grants"]}
+    assert set(grants) == {g1["GrantId"], g2["GrantId"], g3["GrantId"]}
+    first = grants[g1["GrantId"]]
+    assert first["KeyId"] == key_arn(key)
+    assert first["Name"] == "app-grant"
+    assert first["GranteePrincipal"] == arn("app")
+    assert first["RetiringPrincipal"] == arn("retirer")
+    assert first["IssuingAccount"] == ROOT
+    assert sorted(first["Operations"]) == ["Decrypt", "DescribeKey", "Encrypt"]
+    assert first["Constraints"] == {"EncryptionContextSubset": {"Dept": "IT"}}
+    assert before <= first["CreationDate"] <= datetime.datetime.now(datetime.timezone.utc)
+    second = grants[g2["GrantId"]]
+    assert second["Constraints"] == {"EncryptionContextEquals": {"a": "1", "b": "2"}}
+    assert "Name" not in second and "RetiringPrincipal" not in second
+    assert "Constraints" not in grants[g3["GrantId"]]
+    # Filters.
+    only = kms.list_grants(KeyId=key, GrantId=g2["GrantId"])["Grants"]
+    assert [g["GrantId"] for g in only] == [g2["GrantId"]]
+    mine = kms.list_grants(KeyId=key, GranteePrincipal=arn("app"))["Grants"]
+    assert {g["GrantId"] for g in mine} == {g1["GrantId"], g3["GrantId"]}
+    assert kms.list_grants(KeyId=key, GrantId=g2["GrantId"],
+                           GranteePrincipal=arn("app"))["Grants"] == []
+    assert kms.list_grants(KeyId=key, GrantId="0" * 64)["Grants"] == []
+    # Pages of one, in order, each id once.
+    seen, marker = [], None
+    while True:
+        page = kms.list_grants(KeyId=key, Limit=1, **({"Marker": marker} if marker else {}))
+        seen += [g["GrantId"] for g in page["Grants"]]
+        if not page["Truncated"]:
+            break
+        marker = page["NextMarker"]
+    assert seen == sorted(grants)
+    raises("InvalidMarkerException", kms.list_grants, KeyId=key, Marker="not-a-marker")
+    # Other keys' grants are not listed; auditors may list, the key policy still decides.
+    assert kms.list_grants(KeyId=dev_key(kms))["Grants"] == []
+    denied(users["auditor"].list_grants, KeyId=key)
+    open_key = kms.create_key()["KeyMetadata"]["KeyId"]
+    kms.create_grant(KeyId=open_key, GranteePrincipal=arn("app"), Operations=["Encrypt"])
+    assert len(users["auditor"].list_grants(KeyId=open_key)["Grants"]) == 1
+
+
+def test_constraints_match_keys_without_case_and_values_exactly(kms, users):
+    key = dev_key(kms)
+    app = users["app"]
+    kms.create_grant(KeyId=key, GranteePrincipal=arn("app"), Operations=["Encrypt", "Decrypt"],
+                     Constraints={"EncryptionContextSubset": {"Dept": "IT"}})
+    blob = app.encrypt(KeyId=key, Plaintext=b"s", EncryptionContext={"dept": "IT", "x": "y"})
+    assert app.decrypt(CiphertextBlob=blob["CiphertextBlob"],
+                       EncryptionContext={"dept": "IT", "x": "y"})["Plaintext"] == b"s"
+    denied(app.encrypt, KeyId=key, Plaintext=b"s", EncryptionContext={"Dept": "it"})
+    denied(app.encrypt, KeyId=key, Plaintext=b"s")
+    key2 = dev_key(kms)
+    kms.create_grant(KeyId=key2, GranteePrincipal=arn("other"), Operations=["GenerateDataKey"],
+                     Constraints={"EncryptionContextEquals": {"a": "1"}})
+    other = users["other"]
+    assert len(other.generate_data_key(KeyId=key2, KeySpec="AES_256",
+                                       EncryptionContext={"A": "1"})["Plaintext"]) == 32
+    denied(other.generate_data_key, KeyId=key2, KeySpec="AES_256",
+           EncryptionContext={"a": "1", "b": "2"})
+    denied(other.generate_data_key, KeyId=key2, KeySpec="AES_256", EncryptionContext={})
+
+
+def test_grants_on_signing_and_mac_keys(kms, users):
+    sign = dev_key(kms, KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")
+    mac = dev_key(kms, KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")
+    app = users["app"]
+    denied(app.sign, KeyId=sign, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")
+    kms.create_grant(KeyId=sign, GranteePrincipal=arn("app"),
+                     Operations=["Sign", "Verify", "GetPublicKey"])
+    sig = app.sign(KeyId=sign, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")["Signature"]
+    assert app.verify(KeyId=sign, Message=b"m", Signature=sig,
+                      SigningAlgorithm="ECDSA_SHA_256")["SignatureValid"] is True
+    assert app.get_public_key(KeyId=sign)["KeySpec"] == "ECC_NIST_P256"
+    kms.create_grant(KeyId=mac, GranteePrincipal=ROOT, Operations=["GenerateMac"])
+    # A grant to the account is a grant to each of its users (within their roles).
+    for who in ("app", "other"):
+        assert len(users[who].generate_mac(KeyId=mac, Message=b"m",
+                                           MacAlgorithm="HMAC_SHA_256")["Mac"]) == 32
+    denied(app.verify_mac, KeyId=mac, Message=b"m", MacAlgorithm="HMAC_SHA_256", Mac=b"0" * 32)
+    # Operations must suit the key; constraints exist only on symmetric encryption keys.
+    raises("ValidationException", kms.create_grant, KeyId=sign, GranteePrincipal=arn("app"),
+           Operations=["Encrypt"], message="not valid for a key with KeySpec ECC_NIST_P256")
+    raises("ValidationException", kms.create_grant, KeyId=mac, GranteePrincipal=arn("app"),
+           Operations=["GenerateMac"], Constraints={"EncryptionContextSubset": {"a": "b"}})
+    raises("ValidationException", kms.create_grant, KeyId=dev_key(kms), GranteePrincipal=arn("app"),
+           Operations=["Sign"])
+
+
+def test_bad_requests_are_refused_and_create_nothing(hsmd, kms):
+    key = dev_key(kms)
+    raises("ValidationException", kms.create_grant, KeyId="alias/nope",
+           GranteePrincipal=arn("app"), Operations=["Encrypt"])
+    raises("NotFoundException", kms.create_grant, KeyId="4d3f3e0a-0000-4000-8000-000000000000",
+           GranteePrincipal=arn("app"), Operations=["Encrypt"])
+    call_error(hsmd, "CreateGrant", {"KeyId": key, "GranteePrincipal": arn("app"),
+                                     "Operations": ["Encrypt", "Frobnicate"]},
+               "ValidationException")
+    call_error(hsmd, "CreateGrant", {"KeyId": key, "GranteePrincipal": arn("app"),
+                                     "Operations": []}, "ValidationException")
+    call_error(hsmd, "CreateGrant", {"KeyId": key, "GranteePrincipal": "no spaces allowed",
+                                     "Operations": ["Encrypt"]}, "ValidationException")
+    call_error(hsmd, "CreateGrant", {"KeyId": key, "GranteePrincipal": arn("app"),
+                                     "Operations": ["Encrypt"], "Name": "bad name!"},
+               "ValidationException")
+    call_error(hsmd, "CreateGrant", {"KeyId": key, "GranteePrincipal": arn("app"),
+                                     "Operations": ["Encrypt"], "Constraints": {
+                                         "EncryptionContextSubset": {str(i): "v" for i in
+                                                                     range(9)}}},
+               "ValidationException")
+    call_error(hsmd, "CreateGrant", {"KeyId": key, "GranteePrincipal": arn("app"),
+                                     "Operations": ["Encrypt"], "Constraints": {
+                                         "EncryptionContextEquals": {"k": "v" * 385}}},
+               "ValidationException")
+    assert kms.list_grants(KeyId=key)["Grants"] == []
+    # Grant tokens in any request are checked for form.
+    raises("InvalidGrantTokenException", kms.encrypt, KeyId=key, Plaintext=b"x",
+           GrantTokens=["not a token"])
+    call_error(hsmd, "Encrypt", {"KeyId": key, "Plaintext": "eA==",
+                                 "GrantTokens": ["x"] * 11}, "ValidationException")
+
+
+def test_a_retried_create_with_the_same_name_returns_the_same_grant(kms):
+    key = dev_key(kms)
+    args = dict(KeyId=key, GranteePrincipal=arn("app"), Operations=["Encrypt", "Decrypt"],
+                Name="retry-me", Constraints={"EncryptionContextSubset": {"a": "b"}})
+    first = kms.create_grant(**args)
+    again = kms.create_grant(**dict(args, Operations=["Decrypt", "Encrypt"]))
+    assert again["GrantId"] == first["GrantId"]
+    changed = kms.create_grant(**dict(args, Operations=["Encrypt"]))
+    assert changed["GrantId"] != first["GrantId"]
+    assert len(kms.list_grants(KeyId=key)["Grants"]) == 2
+
+
+def test_retire_by_token_by_id_and_who_may(hsmd, kms, users):
+    key = dev_key(kms)
+    app, retirer = users["app"], users["retirer"]
+    g = kms.create_grant(KeyId=key, GranteePrincipal=arn("app"), RetiringPrincipal=arn("retirer"),
+                         Operations=["Encrypt"])
+    app.encrypt(KeyId=key, Plaintext=b"x")
+    # The grantee may not retire a grant that does not allow it; nor may a stranger.
+    denied(app.retire_grant, GrantToken=g["GrantToken"])
+    denied(users["other"].retire_grant, KeyId=key, GrantId=g["GrantId"])
+    r = signed_request(hsmd, "TrentService.RetireGrant", {"GrantToken": g["GrantToken"]},
+                       *users["retirer-creds"])
+    assert r.status_code == 200, r.text
+    rec = audit_record(hsmd.data_dir, r.headers["x-amzn-RequestId"])
+    assert (rec["op"], rec["outcome"], rec["key_id"]) == ("RetireGrant", "success", key)
+    assert rec["principal"] == arn("retirer")
+    denied(app.encrypt, KeyId=key, Plaintext=b"x")
+    raises("NotFoundException", retirer.retire_grant, GrantToken=g["GrantToken"])
+    # A grantee whose grant allows RetireGrant retires it by key and grant id.
+    g2 = kms.create_grant(KeyId=key, GranteePrincipal=arn("app"),
+                          Operations=["Encrypt", "RetireGrant"])
+    app.retire_grant(KeyId=key_arn(key), GrantId=g2["GrantId"])
+    assert kms.list_grants(KeyId=key)["Grants"] == []
+    raises("InvalidGrantTokenException", retirer.retire_grant, GrantToken="garbage")
+    raises("InvalidGrantIdException", retirer.retire_grant, KeyId=key, GrantId="xyz")
+    raises("ValidationException", retirer.retire_grant, KeyId=key)
+
+
+def test_revoke_follows_the_key_policy(kms, users):
+    key = dev_key(kms)
+    g = kms.create_grant(KeyId=key, GranteePrincipal=arn("app"), Operations=["Encrypt"])
+    denied(users["app"].revoke_grant, KeyId=key, GrantId=g["GrantId"])  # no role for it
+    denied(users["officer"].revoke_grant, KeyId=key, GrantId=g["GrantId"])  # not in the policy
+    users["app"].encrypt(KeyId=key, Plaintext=b"x")
+    kms.revoke_grant(KeyId=key, GrantId=g["GrantId"])
+    denied(users["app"].encrypt, KeyId=key, Plaintext=b"x")
+    raises("NotFoundException", kms.revoke_grant, KeyId=key, GrantId=g["GrantId"])
+    raises("InvalidGrantIdException", kms.revoke_grant, KeyId=key, GrantId="G" * 64)
+
+
+def test_list_retirable_grants_spans_keys(kms, users):
+    k1, k2 = dev_key(kms), dev_key(kms)
+    ids = {kms.create_grant(KeyId=k, GranteePrincipal=arn("app"), Operations=["Encrypt"],
+                            RetiringPrincipal=arn("auditor"))["GrantId"] for k in (k1, k2)}
+    kms.create_grant(KeyId=k1, GranteePrincipal=arn("app"), Operations=["Decrypt"],
+                     RetiringPrincipal=arn("other"))
+    out = users["auditor"].list_retirable_grants(RetiringPrincipal=arn("auditor"))
+    assert {g["GrantId"] for g in out["Grants"]} == ids
+    assert {g["KeyId"] for g in out["Grants"]} == {key_arn(k1), key_arn(k2)}
+    page = kms.list_retirable_grants(RetiringPrincipal=arn("auditor"), Limit=1)
+    assert page["Truncated"] is True and len(page["Grants"]) == 1
+    rest = kms.list_retirable_grants(RetiringPrincipal=arn("auditor"), Marker=page["NextMarker"])
+    assert {g["GrantId"] for g in page["Grants"] + rest["Grants"]} == ids
+    denied(users["app"].list_retirable_grants, RetiringPrincipal=arn("app"))
+
+
+def test_an_explicit_deny_in_the_key_policy_beats_a_grant(kms, users):
+    policy = json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": arn("dev")}, "Action": "kms:*",
+         "Resource": "*"},
+        {"Effect": "Deny", "Principal": {"AWS": arn("app")}, "Action": "kms:Decrypt",
+         "Resource": "*"}]})
+    key = kms.create_key(Policy=policy)["KeyMetadata"]["KeyId"]
+    kms.create_grant(KeyId=key, GranteePrincipal=arn("app"), Operations=["Encrypt", "Decrypt"])
+    blob = users["app"].encrypt(KeyId=key, Plaintext=b"x")["CiphertextBlob"]
+    r = denied(users["app"].decrypt, CiphertextBlob=blob)
+    assert "explicit deny" in r["Error"]["Message"]
+
+
+def test_roles_still_bound_what_a_grant_allows(kms, users):
+    key = dev_key(kms)
+    kms.create_grant(KeyId=key, GranteePrincipal=arn("auditor"), Operations=["Encrypt"])
+    r = denied(users["auditor"].encrypt, KeyId=key, Plaintext=b"x")
+    assert "no role" in r["Error"]["Message"]
+
+
+def test_a_grantee_may_grant_only_what_it_holds(kms, users):
+    key = dev_key(kms)
+    app, other = users["app"], users["other"]
+    kms.create_grant(KeyId=key, GranteePrincipal=arn("app"),
+                     Operations=["Encrypt", "Decrypt", "CreateGrant"],
+                     Constraints={"EncryptionContextSubset": {"team": "a"}})
+    # More operations, or looser constraints, than its own grant: refused.
+    denied(app.create_grant, KeyId=key, GranteePrincipal=arn("other"),
+           Operations=["Encrypt", "GenerateDataKey"],
+           Constraints={"EncryptionContextSubset": {"team": "a"}})
+    denied(app.create_grant, KeyId=key, GranteePrincipal=arn("other"), Operations=["Encrypt"])
+    denied(app.create_grant, KeyId=key, GranteePrincipal=arn("other"), Operations=["Encrypt"],
+           Constraints={"EncryptionContextSubset": {"team": "b"}})
+    # Narrower: allowed, and it works for the new grantee.
+    kms_g = app.create_grant(KeyId=key, GranteePrincipal=arn("other"), Operations=["Encrypt"],
+                             Constraints={"EncryptionContextSubset": {"team": "a", "x": "1"}})
+    assert kms_g["GrantId"]
+    app.create_grant(KeyId=key, GranteePrincipal=arn("other"), Operations=["Decrypt"],
+                     Constraints={"EncryptionContextEquals": {"TEAM": "a"}})
+    other.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext={"team": "a", "x": "1"})
+    denied(other.encrypt, KeyId=key, Plaintext=b"x", EncryptionContext={"team": "a"})
+    assert len(kms.list_grants(KeyId=key)["Grants"]) == 3
+
+
+def test_key_policy_conditions_on_grant_requests(kms, users):
+    policy = json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": arn("dev")}, "Action": "kms:*",
+         "Resource": "*"},
+        {"Effect": "Allow", "Principal": {"AWS": arn("officer")}, "Action": "kms:CreateGrant",
+         "Resource": "*", "Condition": {
+             "StringEquals": {"kms:GranteePrincipal": arn("app")},
+             "ForAllValues:StringEquals": {"kms:GrantOperations": ["Encrypt", "Decrypt"]},
+             "Bool": {"kms:GrantIsForAWSResource": "false"}}}]})
+    key = kms.create_key(Policy=policy)["KeyMetadata"]["KeyId"]
+    officer = users["officer"]
+    officer.create_grant(KeyId=key, GranteePrincipal=arn("app"), Operations=["Encrypt"])
+    denied(officer.create_grant, KeyId=key, GranteePrincipal=arn("other"), Operations=["Encrypt"])
+    denied(officer.create_grant, KeyId=key, GranteePrincipal=arn("app"),
+           Operations=["Encrypt", "GenerateDataKey"])
+
+
+def test_grant_operations_follow_the_key_state(kms, users):
+    key = dev_key(kms)
+    kms.create_grant(KeyId=key, GranteePrincipal=arn("app"), Operations=["Encrypt"])
+    kms.disable_key(KeyId=key)
+    raises("DisabledException", users["app"].encrypt, KeyId=key, Plaintext=b"x")
+    g = kms.create_grant(KeyId=key, GranteePrincipal=arn("other"), Operations=["Encrypt"])
+    kms.enable_key(KeyId=key)
+    users["other"].encrypt(KeyId=key, Plaintext=b"x")
+    kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
+    raises("KMSInvalidStateException", kms.create_grant, KeyId=key, GranteePrincipal=arn("app"),
+           Operations=["Decrypt"])
+    assert len(kms.list_grants(KeyId=key)["Grants"]) == 2
+    kms.revoke_grant(KeyId=key, GrantId=g["GrantId"])
+
+
+def test_grant_requests_are_audited(hsmd, kms, users):
+    key = dev_key(kms)
+    r = signed_request(hsmd, "TrentService.CreateGrant", {
+        "KeyId": key, "GranteePrincipal": arn("app"), "Operations": ["Encrypt"]})
+    assert r.status_code == 200, r.text
+    rec = audit_record(hsmd.data_dir, r.headers["x-amzn-RequestId"])
+    assert (rec["op"], rec["outcome"], rec["key_id"]) == ("CreateGrant", "success", key)
+    r = signed_request(hsmd, "TrentService.Encrypt", {"KeyId": key, "Plaintext": "eA=="},
+                       *users["app-creds"])
+    assert r.status_code == 200, r.text
+    rec = audit_record(hsmd.data_dir, r.headers["x-amzn-RequestId"])
+    assert (rec["op"], rec["outcome"], rec["principal"]) == ("Encrypt", "success", arn("app"))
+    r = signed_request(hsmd, "TrentService.RevokeGrant", {"KeyId": key, "GrantId": "0" * 64},
+                       *users["app-creds"])
+    rec = audit_record(hsmd.data_dir, r.headers["x-amzn-RequestId"])
+    assert (rec["op"], rec["outcome"], rec["key_id"]) == ("RevokeGrant", "denied", key)
+
+
+def test_aws_cli_creates_lists_and_revokes_grants(hsmd, kms):
+    cli = AwsCli(hsmd)
+    try:
+        key = dev_key(kms)
+        gid = cli.json("create-grant", "--key-id", key, "--grantee-principal", arn("app"),
+                       "--operations", "Encrypt", "Decrypt")["GrantId"]
+        listed = cli.json("list-grants", "--key-id", key)["Grants"]
+        assert [g["GrantId"] for g in listed] == [gid]
+        cli.run("revoke-grant", "--key-id", key, "--grant-id", gid)
+        assert cli.json("list-grants", "--key-id", key)["Grants"] == []
+    finally:
+        cli.close()
+
+
+def test_grants_survive_a_restart():
+    node = start_dev()
+    try:
+        akid, secret = new_user(node, "app", ["crypto-user"])
+        key = dev_key(client(node))
+        client(node).create_grant(KeyId=key, GranteePrincipal=arn("app"), Operations=["Encrypt"])
+        node = restart_dev(node)
+        client(node, akid, secret).encrypt(KeyId=key, Plaintext=b"after restart")
+        assert len(client(node).list_grants(KeyId=key)["Grants"]) == 1
+    finally:
+        node.cleanup()
+
+
+def test_a_key_with_more_grants_than_a_node_caches(kms, users):
+    # Past 256 grants a node stops caching a key's grants and asks the store per grantee.
+    key = dev_key(kms)
+    for i in range(300):
+        kms.create_grant(KeyId=key, GranteePrincipal=arn(f"svc-{i}"), Operations=["Encrypt"])
+    app = users["app"]
+    denied(app.encrypt, KeyId=key, Plaintext=b"x")
+    g = kms.create_grant(KeyId=key, GranteePrincipal=arn("app"), Operations=["Encrypt"])
+    app.encrypt(KeyId=key, Plaintext=b"x")
+    app.encrypt(KeyId=key, Plaintext=b"x", GrantTokens=[g["GrantToken"]])
+    kms.revoke_grant(KeyId=key, GrantId=g["GrantId"])
+    denied(app.encrypt, KeyId=key, Plaintext=b"x")
+    assert len(kms.list_grants(KeyId=key, Limit=100)["Grants"]) == 100
