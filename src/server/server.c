@@ -308,6 +308,25 @@ void hsm_server_recount(hsm_server *s)
 	pthread_mutex_unlock(&s->stop_lock);
 }
 
+/*
+ * Asks for the store's leadership when this node can do the scheduled work
+ * (unsealed, its audit trail accepting records), and gives it up when it
+ * cannot, so another node sharing the store does it instead.  Logs changes.
+ */
+static bool lead(hsm_server *s, bool can_work)
+{
+	bool leading = false;
+	hsm_result r = hsm_store_lead(s->store, can_work, &leading);
+	bool was = atomic_exchange(&s->leading, leading);
+	if (hsm_failed(r) && was)
+		hsm_log_failure("the store's leadership is lost");
+	else if (leading && !was)
+		hsm_info("this node runs the store's scheduled work (rotation, destruction, backups)");
+	else if (!leading && was)
+		hsm_info("this node no longer runs the store's scheduled work");
+	return leading;
+}
+
 static void *scheduler_main(void *arg)
 {
 	hsm_server *s = arg;
@@ -326,8 +345,9 @@ static void *scheduler_main(void *arg)
 		s->recount = false;
 		pthread_mutex_unlock(&s->stop_lock);
 		count_store_gauges(s);
-		if (!recount_only && hsm_keystore_state(s->ks) == HSM_NODE_UNSEALED &&
-		    hsm_audit_accepting(s->audit)) {
+		bool can_work = hsm_keystore_state(s->ks) == HSM_NODE_UNSEALED &&
+		                hsm_audit_accepting(s->audit);
+		if (lead(s, can_work) && !recount_only) {
 			size_t done = 0;
 			hsm_result r = hsm_kms_run_due(s->kms, &done);
 			atomic_fetch_add(&s->metrics.scheduler_actions, done);
@@ -421,6 +441,9 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "# TYPE hsmd_audit_healthy gauge\nhsmd_audit_healthy %d\n"
 	    "# HELP hsmd_store_up Whether the store answered the last probe (every 5 s).\n"
 	    "# TYPE hsmd_store_up gauge\nhsmd_store_up %d\n"
+	    "# HELP hsmd_scheduler_leader Whether this node runs the store's scheduled work "
+	    "(rotation, destruction, scheduled backups): one node of those sharing a store.\n"
+	    "# TYPE hsmd_scheduler_leader gauge\nhsmd_scheduler_leader %d\n"
 	    "# TYPE hsmd_audit_records_total counter\nhsmd_audit_records_total %llu\n"
 	    "# TYPE hsmd_audit_failed_records_total counter\nhsmd_audit_failed_records_total %llu\n"
 	    "# TYPE hsmd_audit_outages_total counter\nhsmd_audit_outages_total %llu\n"
@@ -437,7 +460,7 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    (unsigned long long)atomic_load(&s->gauge_keys),
 	    (unsigned long long)atomic_load(&s->gauge_rotations_due),
 	    (long long)atomic_load(&s->gauges_counted_at), hsm_audit_healthy(s->audit),
-	    (int)atomic_load(&s->store_up),
+	    (int)atomic_load(&s->store_up), (int)atomic_load(&s->leading),
 	    (unsigned long long)as.written, (unsigned long long)as.refused,
 	    (unsigned long long)as.outages, (unsigned long long)as.next_seq,
 	    (unsigned long long)as.files_expired,

@@ -88,6 +88,13 @@ typedef struct hsm_server {
 	 * sends its clients to a node that can.
 	 */
 	atomic_bool store_up;
+	/*
+	 * Whether this node holds the store's leadership (hsm_store_lead) and so
+	 * runs the scheduled work: rotation, destruction, scheduled backups.
+	 * Nodes sharing a store take turns: exactly one runs it at a time, and
+	 * another takes over when it stops, dies, is sealed or loses the store.
+	 */
+	atomic_bool leading;
 	pthread_mutex_t stop_lock;
 	pthread_cond_t stop_cond;
 	bool stopping;

@@ -418,6 +418,13 @@ hsm_result hsm_store_key_count(hsm_store *s, uint64_t *out)
 	return s->ops->key_count(s, out);
 }
 
+hsm_result hsm_store_lead(hsm_store *s, bool want, bool *leading)
+{
+	HSM_ASSERT(s != NULL && leading != NULL);
+	*leading = false;
+	return s->ops->lead(s, want, leading);
+}
+
 hsm_result hsm_store_snapshot(hsm_store *s, const char *path)
 {
 	HSM_ASSERT(s != NULL && path != NULL);

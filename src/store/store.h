@@ -333,6 +333,24 @@ hsm_result hsm_store_key_count(hsm_store *s, uint64_t *out) HSM_MUST_CHECK;
 hsm_result hsm_store_keys_due(hsm_store *s, int64_t now, size_t limit, hsm_key_cb cb,
                               void *arg) HSM_MUST_CHECK;
 
+/* ---- Leadership -------------------------------------------------------------- */
+
+/*
+ * Leadership of the store, for the work exactly one of the nodes sharing a
+ * store should do at a time (scheduled rotation and destruction, scheduled
+ * backups).  With want, takes the leadership when nobody holds it and tells
+ * whether this handle holds it; each such call also makes sure a leadership
+ * already held is still held.  Without want, gives it up (*leading false).
+ *
+ * SQLite: one process holds the store (its directory lock), so it leads
+ * whenever it wants to.  PostgreSQL: a session advisory lock on a connection
+ * kept for it alone; the server releases it when that session ends, because
+ * the node gave it up, closed the store, died, or lost the database, and the
+ * next node to ask takes it.  A failure to reach the database is returned
+ * (*leading false): a node that cannot reach it does not lead.
+ */
+hsm_result hsm_store_lead(hsm_store *s, bool want, bool *leading) HSM_MUST_CHECK;
+
 /* ---- Backups ---------------------------------------------------------------- */
 
 /*

@@ -274,6 +274,56 @@ hsm_result pg_read_snapshot(pg_store *s, pg_body body, void *arg)
 
 /* ---- Open and close ---------------------------------------------------------------------------- */
 
+/* ---- Leadership -------------------------------------------------------------------------------- */
+
+/* pg_try_advisory_lock key: "HSML" as a number (the schema lock is "HSMD"). */
+#define PG_LEAD_LOCK "1213418828"
+static const char SQL_LEAD_TRY[] = "SELECT pg_try_advisory_lock(" PG_LEAD_LOCK ")";
+static const char SQL_ALIVE[] = "SELECT 1";
+
+static void lead_drop(pg_store *s)
+{
+	conn_close(s->lead); /* ending the session releases the lock */
+	s->lead = NULL;
+	s->leading = false;
+}
+
+static hsm_result lead_try(pg_store *s)
+{
+	if (s->lead != NULL) {
+		/* A round trip proves the session, and so the lock it holds, still lives. */
+		hsm_result r = pg_simple(s->lead, SQL_ALIVE, "check the leadership session");
+		if (hsm_failed(r))
+			lead_drop(s);
+	}
+	if (s->lead == NULL)
+		HSM_GUARD(conn_open(s, &s->lead));
+	if (s->leading)
+		return HSM_SUCCESS;
+	PGresult *res = NULL;
+	hsm_result r = pg_run(s->lead, SQL_LEAD_TRY, NULL, &res);
+	if (hsm_ok(r))
+		r = pg_col_bool(res, 0, 0, &s->leading);
+	PQclear(res);
+	if (hsm_failed(r))
+		lead_drop(s);
+	return r;
+}
+
+static hsm_result pg_lead(hsm_store *base, bool want, bool *leading)
+{
+	pg_store *s = pg_of(base);
+	hsm_result r = HSM_SUCCESS;
+	pthread_mutex_lock(&s->lead_lock);
+	if (!want)
+		lead_drop(s);
+	else
+		r = lead_try(s);
+	*leading = hsm_ok(r) && s->leading;
+	pthread_mutex_unlock(&s->lead_lock);
+	return r;
+}
+
 static void pg_close(hsm_store *base)
 {
 	pg_store *s = pg_of(base);
@@ -286,6 +336,8 @@ static void pg_close(hsm_store *base)
 		OPENSSL_cleanse(s->conninfo, strlen(s->conninfo)); /* holds the password */
 		free(s->conninfo);
 	}
+	lead_drop(s);
+	pthread_mutex_destroy(&s->lead_lock);
 	pthread_cond_destroy(&s->pool_free);
 	pthread_mutex_destroy(&s->pool_lock);
 	free(s);
@@ -310,6 +362,7 @@ static const hsm_store_ops pg_ops = {
 	.jwt_key_list = pg_jwt_key_list,
 	.key_count = pg_key_count,
 	.snapshot = pg_snapshot,
+	.lead = pg_lead,
 	.keys_due = pg_keys_due,
 	.version_get = pg_version_get,
 	.version_list = pg_version_list,
@@ -349,6 +402,7 @@ static hsm_result store_alloc(const char *location, pg_store **out)
 	HSM_ENSURE(s != NULL, HSM_ERR_NOMEM, "out of memory");
 	s->base.ops = &pg_ops;
 	pthread_mutex_init(&s->pool_lock, NULL);
+	pthread_mutex_init(&s->lead_lock, NULL);
 	pthread_condattr_t attr;
 	pthread_condattr_init(&attr);
 	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);

@@ -83,6 +83,10 @@ typedef struct pg_store {
 	pthread_cond_t pool_free;
 	pg_conn *idle;
 	size_t open_count; /* connections open, idle or in use */
+	/* Leadership (hsm_store_lead): a session of its own, holding the advisory lock when leading. */
+	pthread_mutex_t lead_lock;
+	pg_conn *lead;
+	bool leading;
 } pg_store;
 
 static inline pg_store *pg_of(hsm_store *s)

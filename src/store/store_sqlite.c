@@ -348,6 +348,14 @@ static int sq_schema_version_op(hsm_store *base)
 	return sq_of(base)->schema_version;
 }
 
+/* The directory lock makes this process the store's only user: it leads when it wants to. */
+static hsm_result sq_lead(hsm_store *base, bool want, bool *leading)
+{
+	(void)base;
+	*leading = want;
+	return HSM_SUCCESS;
+}
+
 static const hsm_store_ops sqlite_ops = {
 	.name = "sqlite",
 	.close = sq_close,
@@ -362,6 +370,7 @@ static const hsm_store_ops sqlite_ops = {
 	.jwt_key_list = sq_jwt_key_list,
 	.key_count = sq_key_count,
 	.snapshot = sq_snapshot,
+	.lead = sq_lead,
 	.keys_due = sq_keys_due,
 	.version_get = sq_version_get,
 	.version_list = sq_version_list,

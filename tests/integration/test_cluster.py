@@ -341,6 +341,60 @@ def test_node_started_before_the_ceremony(pg, tmp_path):
         n.cleanup()
 
 
+def gauge(server, name):
+    st, body, _ = server.get("/metrics")
+    assert st == 200
+    m = re.search(rf"^{name} (\S+)$", body.decode(), re.M)
+    assert m, name
+    return float(m.group(1))
+
+
+def backups(server):
+    d = os.path.join(server.data_dir, "backups")
+    return sorted(f for f in os.listdir(d) if f.endswith(".hsmbak")) if os.path.isdir(d) else []
+
+
+def test_one_node_at_a_time_runs_the_scheduled_work(pg, tmp_path):
+    store = pg.database("leader")
+    files, ops = ceremony(str(tmp_path), store)
+    args = ["--store-cache-ms", str(CACHE_MS), "--backup-interval-seconds", "1"]
+    nodes = [Hsmd(["--node-id", f"node-{n}"] + args, env={"HSM_STORE": store}) for n in "cd"]
+    try:
+        for n in nodes:
+            unseal(n, files)
+
+        def one_leader():
+            flags = [gauge(n, "hsmd_scheduler_leader") for n in nodes]
+            return sorted(flags) == [0, 1] and nodes[flags.index(1)]
+        leader = eventually(one_leader, 15)
+        assert leader, "no single node took the store's leadership"
+        follower = nodes[1 - nodes.index(leader)]
+        # Scheduled backups (every scheduler period here) come from the leader alone.
+        assert eventually(lambda: len(backups(leader)) >= 2, 20), leader.read_log()
+        assert backups(follower) == [] and gauge(follower, "hsmd_scheduler_leader") == 0
+        assert "runs the store's scheduled work" in leader.read_log()
+        # The leader dies: the other node takes over within a few scheduler periods.
+        leader.stop(signal.SIGKILL)
+        t0 = time.monotonic()
+        assert eventually(lambda: gauge(follower, "hsmd_scheduler_leader") == 1, 20)
+        assert time.monotonic() - t0 < 15
+        assert eventually(lambda: len(backups(follower)) >= 1, 15), follower.read_log()
+        # A sealed leader gives the work up, to a node that can do it.
+        back = Hsmd(["--node-id", "node-e"] + args, env={"HSM_STORE": store})
+        nodes.append(back)
+        unseal(back, files)
+        time.sleep(6)  # a scheduler period: it asks, and the live leader keeps the work
+        assert gauge(back, "hsmd_scheduler_leader") == 0 and backups(back) == []
+        admin(follower, "Seal", {}, akid=ops[0], secret=ops[1])
+        assert eventually(lambda: gauge(back, "hsmd_scheduler_leader") == 1, 20)
+        assert gauge(follower, "hsmd_scheduler_leader") == 0
+        assert "no longer runs the store's scheduled work" in follower.read_log()
+        assert eventually(lambda: len(backups(back)) >= 1, 15), back.read_log()
+    finally:
+        for n in nodes:
+            n.cleanup()
+
+
 def pkcs11_tool(endpoints, *args):
     env = {k: v for k, v in os.environ.items() if not k.startswith("HSM_PKCS11_")}
     env["HSM_PKCS11_ENDPOINT"] = endpoints

@@ -122,3 +122,11 @@ def test_metrics_follow_what_was_done(server):
     for key, v in after.items():
         if key[0].endswith("_total") and key in later_scrape:
             assert later_scrape[key] >= v, key
+
+
+def test_a_lone_node_runs_the_scheduled_work(server):
+    # One node on its own store leads from the scheduler's first pass (every 5 s).
+    deadline = time.monotonic() + 15
+    while value(scrape(server), "hsmd_scheduler_leader") != 1:
+        assert time.monotonic() < deadline, "the node never took its store's leadership"
+        time.sleep(0.2)

@@ -321,6 +321,45 @@ static void test_connection_killed_under_the_store(void **state)
 	}
 }
 
+/* ---- Leadership ---------------------------------------------------------------------------------- */
+
+static bool leads(hsm_store *s)
+{
+	bool leading = true;
+	EXPECT_OK(hsm_store_lead(s, true, &leading));
+	return leading;
+}
+
+static void test_one_leader_at_a_time(void **state)
+{
+	st_fixture *f = *state;
+	hsm_store *b = NULL;
+	EXPECT_OK(hsm_store_open(f->loc, &b));
+	assert_true(leads(f->s));
+	assert_false(leads(b));
+	/* Asked again: the leader keeps it. */
+	assert_true(leads(f->s));
+	assert_false(leads(b));
+	/* Given up: the next to ask takes it. */
+	bool leading = true;
+	EXPECT_OK(hsm_store_lead(f->s, false, &leading));
+	assert_false(leading);
+	assert_true(leads(b));
+	assert_false(leads(f->s));
+	/*
+	 * Every session ends (the leader died, or the server restarted): the
+	 * first to ask leads, and the old leader finds out it no longer does.
+	 */
+	kill_sessions(f->db);
+	assert_true(leads(f->s));
+	assert_false(leads(b));
+	/* The leader's handle closed: the other takes over. */
+	hsm_store_close(f->s);
+	f->s = NULL;
+	assert_true(leads(b));
+	hsm_store_close(b);
+}
+
 /* ---- Timeouts and messages -------------------------------------------------------------------- */
 
 static void test_lock_wait_maps_to_dependency_timeout(void **state)
@@ -489,6 +528,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_refuses_newer_schema, pg_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_connection_killed_under_the_store, pg_setup,
 		                                st_teardown),
+		cmocka_unit_test_setup_teardown(test_one_leader_at_a_time, pg_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_lock_wait_maps_to_dependency_timeout, pg_setup,
 		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_messages_hold_no_values, pg_setup, st_teardown),

@@ -294,6 +294,21 @@ static void test_busy_maps_to_dependency_timeout(void **state)
 	hsm_buf_free(&v);
 }
 
+/* One handle alone leads whenever it wants to, and stops when it gives the leadership up. */
+static void test_a_lone_handle_leads(void **state)
+{
+	st_fixture *f = *state;
+	bool leading = false;
+	for (int i = 0; i < 2; i++) {
+		EXPECT_OK(hsm_store_lead(f->s, true, &leading));
+		assert_true(leading);
+		EXPECT_OK(hsm_store_lead(f->s, true, &leading));
+		assert_true(leading);
+		EXPECT_OK(hsm_store_lead(f->s, false, &leading));
+		assert_false(leading);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -307,6 +322,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_meta, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_meta_batch_is_atomic, st_setup, st_teardown),
 		cmocka_unit_test(test_enum_names),
+		cmocka_unit_test_setup_teardown(test_a_lone_handle_leads, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_busy_maps_to_dependency_timeout, st_setup, st_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
