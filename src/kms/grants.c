@@ -58,23 +58,23 @@ enum {
 };
 
 static const char *const grant_ops[HSM_GRANT_OP_COUNT] = {
-	"Decrypt",
-	"Encrypt",
-	"GenerateDataKey",
-	"GenerateDataKeyWithoutPlaintext",
-	"ReEncryptFrom",
-	"ReEncryptTo",
-	"Sign",
-	"Verify",
-	"GetPublicKey",
-	"CreateGrant",
-	"RetireGrant",
-	"DescribeKey",
-	"GenerateDataKeyPair",
-	"GenerateDataKeyPairWithoutPlaintext",
-	"GenerateMac",
-	"VerifyMac",
-	"DeriveSharedSecret",
+    "Decrypt",
+    "Encrypt",
+    "GenerateDataKey",
+    "GenerateDataKeyWithoutPlaintext",
+    "ReEncryptFrom",
+    "ReEncryptTo",
+    "Sign",
+    "Verify",
+    "GetPublicKey",
+    "CreateGrant",
+    "RetireGrant",
+    "DescribeKey",
+    "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext",
+    "GenerateMac",
+    "VerifyMac",
+    "DeriveSharedSecret",
 };
 
 #define BIT(g) (1U << (g))
@@ -199,7 +199,7 @@ static hsm_result ctx_from_json(json_t *obj, hsm_grant_ctx *out)
 			free(vc);
 			return HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
 		}
-		out->pairs[out->n++] = (hsm_ctx_pair){ kc, vc };
+		out->pairs[out->n++] = (hsm_ctx_pair){kc, vc};
 	}
 	return HSM_SUCCESS;
 }
@@ -294,7 +294,7 @@ static bool constraints_met(const hsm_grant_constraints *c, const hsm_enc_ctx *c
 {
 	size_t n = ctx != NULL ? ctx->n : 0;
 	if (c->equals.present) {
-		hsm_enc_ctx want = { c->equals.pairs, c->equals.n };
+		hsm_enc_ctx want = {c->equals.pairs, c->equals.n};
 		/* Same pairs both ways: every constraint pair in the request, and no other
 		 * pair. */
 		if (n != c->equals.n || !ctx_holds_all(ctx, &c->equals))
@@ -313,13 +313,13 @@ static bool constraints_within(const hsm_grant_constraints *inner,
                                const hsm_grant_constraints *outer)
 {
 	if (outer->equals.present) {
-		hsm_enc_ctx e = { inner->equals.pairs, inner->equals.n };
+		hsm_enc_ctx e = {inner->equals.pairs, inner->equals.n};
 		if (!inner->equals.present || !constraints_met(outer, &e))
 			return false;
 	}
 	if (outer->subset.present) {
-		hsm_enc_ctx e = { inner->equals.pairs, inner->equals.n };
-		hsm_enc_ctx s = { inner->subset.pairs, inner->subset.n };
+		hsm_enc_ctx e = {inner->equals.pairs, inner->equals.n};
+		hsm_enc_ctx s = {inner->subset.pairs, inner->subset.n};
 		bool by_equals = inner->equals.present && ctx_holds_all(&e, &outer->subset);
 		bool by_subset = inner->subset.present && ctx_holds_all(&s, &outer->subset);
 		if (!by_equals && !by_subset)
@@ -331,6 +331,7 @@ static bool constraints_within(const hsm_grant_constraints *inner,
 /* ---- A key's grants, as authorization reads them --------------------------------------- */
 
 typedef struct kms_grant {
+	char grant_id[HSM_GRANT_ID_LEN + 1];
 	char grantee[HSM_GRANT_PRINCIPAL_MAX + 1];
 	uint32_t ops;
 	hsm_grant_constraints constraints;
@@ -368,6 +369,7 @@ static hsm_result set_add(const hsm_grant_record *r, void *arg)
 	}
 	kms_grant *g = &set->g[set->n];
 	memset(g, 0, sizeof(*g));
+	memcpy(g->grant_id, r->grant_id, sizeof(g->grant_id));
 	memcpy(g->grantee, r->grantee, sizeof(g->grantee));
 	g->ops = r->operations;
 	HSM_GUARD(hsm_grant_constraints_parse(r->constraints, &g->constraints));
@@ -398,8 +400,10 @@ static bool principal_is(const char *grantee, const char *arn, const char *root)
 	return strcmp(grantee, arn) == 0 || strcmp(grantee, root) == 0;
 }
 
-static bool set_allows(const kms_grant_set *set, const char *arn, const char *root, uint32_t want,
-                       const hsm_key_record *rec, const kms_authz_extra *extra)
+/* The first grant of the set that allows the request, or NULL. */
+static const kms_grant *set_allows(const kms_grant_set *set, const char *arn, const char *root,
+                                   uint32_t want, const hsm_key_record *rec,
+                                   const kms_authz_extra *extra)
 {
 	for (size_t i = 0; i < set->n; i++) {
 		const kms_grant *g = &set->g[i];
@@ -407,7 +411,7 @@ static bool set_allows(const kms_grant_set *set, const char *arn, const char *ro
 			continue;
 		if (want == BIT(G_CreateGrant)) {
 			/* The new grant must fit inside this one. */
-			const hsm_grant_constraints none = { 0 };
+			const hsm_grant_constraints none = {0};
 			const hsm_grant_constraints *asked =
 			    extra != NULL && extra->new_grant_constraints != NULL
 			        ? extra->new_grant_constraints
@@ -415,20 +419,27 @@ static bool set_allows(const kms_grant_set *set, const char *arn, const char *ro
 			uint32_t asked_ops = extra != NULL ? extra->new_grant_ops : 0;
 			if ((asked_ops & ~g->ops) == 0 &&
 			    constraints_within(asked, &g->constraints))
-				return true;
+				return g;
 			continue;
 		}
 		if ((want & CTX_OPS) != 0 && rec->spec == HSM_SPEC_SYMMETRIC_DEFAULT &&
 		    !constraints_met(&g->constraints, extra != NULL ? extra->ctx : NULL))
 			continue;
-		return true;
+		return g;
 	}
-	return false;
+	return NULL;
+}
+
+/* Says which grant allowed the request, for its audit record. */
+static void note_grant(const hsm_caller *caller, const kms_grant *g)
+{
+	if (g != NULL && caller->note != NULL)
+		memcpy(caller->note->grant_id, g->grant_id, sizeof(caller->note->grant_id));
 }
 
 static void root_arn(hsm_kms *kms, char out[HSM_PRINCIPAL_ARN_MAX])
 {
-	hsm_caller root = { .local = true };
+	hsm_caller root = {.local = true};
 	hsm_kms_caller_arn(kms, &root, out);
 }
 
@@ -465,18 +476,21 @@ hsm_result kms_grants_allow(hsm_kms *kms, const hsm_caller *caller, const char *
 		}
 	}
 	if (set != NULL && set->complete) {
-		*allowed = set_allows(set, arn, root, want, &key->rec, extra);
+		const kms_grant *g = set_allows(set, arn, root, want, &key->rec, extra);
+		note_grant(caller, g);
+		*allowed = g != NULL;
 		return HSM_SUCCESS;
 	}
-	/* Asked afresh: the grantee's own grants and those made to the whole account.
-	 */
-	const char *who[2] = { arn, root };
+	/* Asked afresh: the grantee's own grants and those made to the whole account. */
+	const char *who[2] = {arn, root};
 	for (size_t i = 0; i < 2 && !*allowed; i++) {
 		if (i == 1 && strcmp(arn, root) == 0)
 			break;
 		kms_grant_set *own = NULL;
 		HSM_GUARD(set_read(kms, key->rec.key_id, who[i], HSM_MAX_GRANTS_PER_GRANTEE, &own));
-		*allowed = set_allows(own, arn, root, want, &key->rec, extra);
+		const kms_grant *g = set_allows(own, arn, root, want, &key->rec, extra);
+		note_grant(caller, g);
+		*allowed = g != NULL;
 		kms_grant_set_free(own);
 	}
 	return HSM_SUCCESS;
@@ -530,7 +544,7 @@ static hsm_result make_token(const char *key_id, const char *grant_id, hsm_buf *
 hsm_result hsm_grant_token_parse(const char *token, char key_id[HSM_UUID_STRLEN + 1],
                                  char grant_id[HSM_GRANT_ID_LEN + 1])
 {
-	hsm_buf raw = { 0 };
+	hsm_buf raw = {0};
 	size_t n = strlen(token);
 	hsm_result r = n >= 1 && n <= HSM_GRANT_TOKEN_MAX
 	                   ? hsm_b64url_decode(&raw, token, n, HSM_ERR_INVALID_GRANT_TOKEN)
@@ -624,20 +638,19 @@ hsm_result hsm_kms_create_grant(hsm_kms *kms, const hsm_caller *caller,
 	/* Condition keys a key policy may test on CreateGrant. */
 	hsm_policy_pair more[HSM_GRANT_OP_COUNT + 5];
 	size_t n_more = 0;
-	more[n_more++] = (hsm_policy_pair){ "kms:GranteePrincipal", req->grantee };
+	more[n_more++] = (hsm_policy_pair){"kms:GranteePrincipal", req->grantee};
 	if (req->retiring != NULL)
-		more[n_more++] = (hsm_policy_pair){ "kms:RetiringPrincipal", req->retiring };
-	more[n_more++] = (hsm_policy_pair){ "kms:GrantIsForAWSResource", "false" };
+		more[n_more++] = (hsm_policy_pair){"kms:RetiringPrincipal", req->retiring};
+	more[n_more++] = (hsm_policy_pair){"kms:GrantIsForAWSResource", "false"};
 	if (c->equals.present)
-		more[n_more++] = (hsm_policy_pair){ "kms:GrantConstraintType", EQUALS };
+		more[n_more++] = (hsm_policy_pair){"kms:GrantConstraintType", EQUALS};
 	if (c->subset.present)
-		more[n_more++] = (hsm_policy_pair){ "kms:GrantConstraintType", SUBSET };
+		more[n_more++] = (hsm_policy_pair){"kms:GrantConstraintType", SUBSET};
 	for (unsigned i = 0; i < HSM_GRANT_OP_COUNT; i++)
 		if (ops & BIT(i))
-			more[n_more++] = (hsm_policy_pair){ "kms:GrantOperations", grant_ops[i] };
+			more[n_more++] = (hsm_policy_pair){"kms:GrantOperations", grant_ops[i]};
 	kms_authz_extra extra = {
-		.more = more, .n_more = n_more, .new_grant_ops = ops, .new_grant_constraints = c
-	};
+	    .more = more, .n_more = n_more, .new_grant_ops = ops, .new_grant_constraints = c};
 
 	HSM_TRY(resolve_key(kms, req->key, key_id));
 	HSM_TRY(kms_lookup(kms, caller, HSM_OP_CreateGrant, key_id, &extra, &k));

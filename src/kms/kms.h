@@ -151,6 +151,12 @@ const hsm_kms_config *hsm_kms_config_get(hsm_kms *kms);
 
 /* ---- Callers ------------------------------------------------------------------ */
 
+/* What authorization found out, for the request's audit record. */
+typedef struct hsm_authz_note {
+	/* The grant that allowed the request (hex id); "" when the key policy did, or none did. */
+	char grant_id[HSM_GRANT_ID_LEN + 1];
+} hsm_authz_note;
+
 typedef struct hsm_caller {
 	const char *user;          /* principal name */
 	const char *access_key_id; /* "" for local operators */
@@ -168,6 +174,8 @@ typedef struct hsm_caller {
 	 * so a grant just made on another node takes effect at once.
 	 */
 	bool grant_tokens;
+	/* Filled when authorization has something to say (NULL: nobody asks). */
+	hsm_authz_note *note;
 } hsm_caller;
 
 /* The principal's ARN: arn:aws:iam::<account>:user/<name> (the account root for local operators). */

@@ -26,6 +26,8 @@ typedef struct hsm_api_audit {
 	const char *message_type;    /* "RAW" / "DIGEST" or NULL */
 	hsm_ctx_pair *ctx;           /* encryption context (hashed in the record); points into req */
 	size_t n_ctx;
+	char grant_id[HSM_GRANT_ID_LEN + 1]; /* the grant CreateGrant made, or Retire/RevokeGrant ended */
+	char via_grant[HSM_GRANT_ID_LEN + 1]; /* the grant that allowed the request ("": none) */
 } hsm_api_audit;
 
 typedef struct hsm_api_ctx {

@@ -12,6 +12,18 @@ static void note_key_id(hsm_api_ctx *c, const char *key_id)
 	memcpy(c->audit.key_id, key_id, sizeof(c->audit.key_id));
 }
 
+/* The grant a request names, for its audit record: only a well-formed id is recorded. */
+static void note_grant_id(hsm_api_ctx *c, const char *grant_id)
+{
+	size_t n = grant_id != NULL ? strlen(grant_id) : 0;
+	bool ok = n == HSM_GRANT_ID_LEN;
+	for (size_t i = 0; ok && i < n; i++)
+		ok = (grant_id[i] >= '0' && grant_id[i] <= '9') ||
+		     (grant_id[i] >= 'a' && grant_id[i] <= 'f');
+	if (ok)
+		memcpy(c->audit.grant_id, grant_id, sizeof(c->audit.grant_id));
+}
+
 /* Reads one constraint map of Constraints; absent stays not present. */
 static hsm_result read_constraint(json_t *cons, const char *member, hsm_grant_ctx *out)
 {
@@ -30,10 +42,10 @@ static hsm_result read_constraint(json_t *cons, const char *member, hsm_grant_ct
 hsm_result hsm_api_create_grant(hsm_api_ctx *c)
 {
 	hsm_result res = HSM_SUCCESS;
-	hsm_create_grant_req req = { 0 };
+	hsm_create_grant_req req = {0};
 	const char **ops = NULL;
 	char grant_id[HSM_GRANT_ID_LEN + 1], key_id[HSM_UUID_STRLEN + 1] = "";
-	hsm_buf token = { 0 };
+	hsm_buf token = {0};
 	HSM_TRY(hsm_api_key_id(c, "KeyId", &req.key));
 	HSM_TRY(hsm_json_str(c->req, "GranteePrincipal", true, 1, HSM_GRANT_PRINCIPAL_MAX,
 	                     &req.grantee));
@@ -57,6 +69,7 @@ hsm_result hsm_api_create_grant(hsm_api_ctx *c)
 		goto out;
 	hsm_jw_str_n(c->w, "GrantToken", (const char *)token.data, token.len);
 	hsm_jw_str(c->w, "GrantId", grant_id);
+	memcpy(c->audit.grant_id, grant_id, sizeof(c->audit.grant_id));
 out:
 	/* The pairs point into the request document: only the arrays are ours. */
 	free(req.constraints.equals.pairs);
@@ -131,7 +144,7 @@ static void list_begin(hsm_api_ctx *c, grant_list *l)
 {
 	memset(l, 0, sizeof(*l));
 	l->c = c;
-	hsm_caller root = { .local = true };
+	hsm_caller root = {.local = true};
 	hsm_kms_caller_arn(c->kms, &root, l->issuing);
 	hsm_jw_key_begin_array(c->w, "Grants");
 }
@@ -188,6 +201,13 @@ hsm_result hsm_api_retire_grant(hsm_api_ctx *c)
 	HSM_GUARD(hsm_json_str(c->req, "GrantToken", false, 1, HSM_GRANT_TOKEN_MAX, &token));
 	HSM_GUARD(hsm_json_str(c->req, "KeyId", false, 1, HSM_KEYID_MAX, &key));
 	HSM_GUARD(hsm_json_str(c->req, "GrantId", false, 1, 128, &grant_id));
+	if (token != NULL) {
+		char tk[HSM_UUID_STRLEN + 1], tg[HSM_GRANT_ID_LEN + 1];
+		if (hsm_ok(hsm_grant_token_parse(token, tk, tg)))
+			note_grant_id(c, tg);
+	} else {
+		note_grant_id(c, grant_id);
+	}
 	hsm_result r = hsm_kms_retire_grant(c->kms, c->caller, token, token != NULL ? NULL : key,
 	                                    token != NULL ? NULL : grant_id, key_id);
 	if (key_id[0] != '\0')
@@ -201,5 +221,6 @@ hsm_result hsm_api_revoke_grant(hsm_api_ctx *c)
 	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
 	HSM_GUARD(hsm_json_str(c->req, "GrantId", true, 1, 128, &grant_id));
 	hsm_api_note_ref(c, key);
+	note_grant_id(c, grant_id);
 	return hsm_kms_revoke_grant(c->kms, c->caller, key, grant_id);
 }

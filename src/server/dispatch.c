@@ -131,7 +131,7 @@ static void kick_audit(void *audit)
 static void submit_audit(pending *p, const outcome *o)
 {
 	hsm_server *s = p->s;
-	hsm_audit_field extra[4];
+	hsm_audit_field extra[6];
 	size_t n_extra = 0;
 	char ctx[HSM_AUDIT_VALUE_MAX], principal[160] = "";
 	char source[HSM_HTTP_ADDR_MAX + 8];
@@ -151,6 +151,10 @@ static void submit_audit(pending *p, const outcome *o)
 		extra[n_extra++] = (hsm_audit_field){"algorithm", o->api->algorithm};
 	if (o->api != NULL && o->api->message_type != NULL)
 		extra[n_extra++] = (hsm_audit_field){"message_type", o->api->message_type};
+	if (o->api != NULL && o->api->grant_id[0] != '\0')
+		extra[n_extra++] = (hsm_audit_field){"grant_id", o->api->grant_id};
+	if (o->api != NULL && o->api->via_grant[0] != '\0')
+		extra[n_extra++] = (hsm_audit_field){"via_grant", o->api->via_grant};
 	if (o->api != NULL && o->api->n_ctx > 0) {
 		context_field(s, o->api, ctx, sizeof(ctx));
 		extra[n_extra++] = (hsm_audit_field){"encryption_context", ctx};
@@ -238,6 +242,8 @@ static hsm_result run_kms(hsm_server *s, hsm_op op, const hsm_auth_result *auth,
 	free(tokens);
 	HSM_GUARD(tr);
 	caller.grant_tokens = n_tokens > 0;
+	hsm_authz_note note = {""};
+	caller.note = &note;
 	hsm_jw w;
 	hsm_jw_init(&w, &p->body);
 	hsm_jw_begin(&w);
@@ -254,6 +260,7 @@ static hsm_result run_kms(hsm_server *s, hsm_op op, const hsm_auth_result *auth,
 	hsm_jw_end(&w);
 	if (hsm_ok(r))
 		r = hsm_jw_finish(&w);
+	memcpy(c.audit.via_grant, note.grant_id, sizeof(c.audit.via_grant));
 	*audit = c.audit;
 	return r;
 }

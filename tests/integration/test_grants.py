@@ -224,7 +224,7 @@ def test_retire_by_token_by_id_and_who_may(hsmd, kms, users):
     assert r.status_code == 200, r.text
     rec = audit_record(hsmd.data_dir, r.headers["x-amzn-RequestId"])
     assert (rec["op"], rec["outcome"], rec["key_id"]) == ("RetireGrant", "success", key)
-    assert rec["principal"] == arn("retirer")
+    assert rec["principal"] == arn("retirer") and rec["extra"]["grant_id"] == g["GrantId"], rec
     denied(app.encrypt, KeyId=key, Plaintext=b"x")
     raises("NotFoundException", retirer.retire_grant, GrantToken=g["GrantToken"])
     # A grantee whose grant allows RetireGrant retires it by key and grant id.
@@ -348,15 +348,26 @@ def test_grant_requests_are_audited(hsmd, kms, users):
     assert r.status_code == 200, r.text
     rec = audit_record(hsmd.data_dir, r.headers["x-amzn-RequestId"])
     assert (rec["op"], rec["outcome"], rec["key_id"]) == ("CreateGrant", "success", key)
+    gid = r.json()["GrantId"]
+    assert rec["extra"]["grant_id"] == gid and "via_grant" not in rec["extra"]
+    # A request a grant allowed names the grant; one the key policy allowed names none.
     r = signed_request(hsmd, "TrentService.Encrypt", {"KeyId": key, "Plaintext": "eA=="},
                        *users["app-creds"])
     assert r.status_code == 200, r.text
     rec = audit_record(hsmd.data_dir, r.headers["x-amzn-RequestId"])
     assert (rec["op"], rec["outcome"], rec["principal"]) == ("Encrypt", "success", arn("app"))
-    r = signed_request(hsmd, "TrentService.RevokeGrant", {"KeyId": key, "GrantId": "0" * 64},
+    assert rec["extra"]["via_grant"] == gid
+    r = signed_request(hsmd, "TrentService.Encrypt", {"KeyId": key, "Plaintext": "eA=="})
+    rec = audit_record(hsmd.data_dir, r.headers["x-amzn-RequestId"])
+    assert rec["outcome"] == "success" and "via_grant" not in rec.get("extra", {})
+    r = signed_request(hsmd, "TrentService.RevokeGrant", {"KeyId": key, "GrantId": gid},
                        *users["app-creds"])
     rec = audit_record(hsmd.data_dir, r.headers["x-amzn-RequestId"])
     assert (rec["op"], rec["outcome"], rec["key_id"]) == ("RevokeGrant", "denied", key)
+    assert rec["extra"]["grant_id"] == gid
+    r = signed_request(hsmd, "TrentService.RevokeGrant", {"KeyId": key, "GrantId": gid})
+    rec = audit_record(hsmd.data_dir, r.headers["x-amzn-RequestId"])
+    assert (rec["op"], rec["outcome"], rec["extra"]["grant_id"]) == ("RevokeGrant", "success", gid)
 
 
 def test_aws_cli_creates_lists_and_revokes_grants(hsmd, kms):

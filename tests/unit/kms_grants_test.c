@@ -16,16 +16,16 @@
 
 typedef kms_fx fx;
 
-static const hsm_caller officer = { .user = "olivia",
-	                            .access_key_id = "AKIAOLIVIA0000000000",
-	                            .roles = HSM_ROLE_BIT(HSM_ROLE_CRYPTO_OFFICER) |
-	                                     HSM_ROLE_BIT(HSM_ROLE_CRYPTO_USER) };
-static const hsm_caller alice = { .user = "alice",
-	                          .access_key_id = "AKIAALICE00000000000",
-	                          .roles = HSM_ROLE_BIT(HSM_ROLE_CRYPTO_USER) };
-static const hsm_caller bob = { .user = "bob",
-	                        .access_key_id = "AKIABOB0000000000000",
-	                        .roles = HSM_ROLE_BIT(HSM_ROLE_CRYPTO_USER) };
+static const hsm_caller officer = {.user = "olivia",
+                                   .access_key_id = "AKIAOLIVIA0000000000",
+                                   .roles = HSM_ROLE_BIT(HSM_ROLE_CRYPTO_OFFICER) |
+                                            HSM_ROLE_BIT(HSM_ROLE_CRYPTO_USER)};
+static const hsm_caller alice = {.user = "alice",
+                                 .access_key_id = "AKIAALICE00000000000",
+                                 .roles = HSM_ROLE_BIT(HSM_ROLE_CRYPTO_USER)};
+static const hsm_caller bob = {.user = "bob",
+                               .access_key_id = "AKIABOB0000000000000",
+                               .roles = HSM_ROLE_BIT(HSM_ROLE_CRYPTO_USER)};
 
 #define ALICE "arn:aws:iam::111122223333:user/alice"
 #define BOB "arn:aws:iam::111122223333:user/bob"
@@ -42,7 +42,7 @@ static int setup(void **state)
 
 static void create_key(fx *f, hsm_key_spec spec, hsm_key_usage usage, char id[HSM_UUID_STRLEN + 1])
 {
-	hsm_create_key_req req = { .spec = spec, .usage = usage, .policy = OFFICER_ONLY };
+	hsm_create_key_req req = {.spec = spec, .usage = usage, .policy = OFFICER_ONLY};
 	hsm_key_record out;
 	memset(&out, 0, sizeof(out));
 	assert_true(hsm_ok(hsm_kms_create_key(f->kms, &officer, &req, &out)));
@@ -62,19 +62,19 @@ typedef struct grant_args {
 static hsm_result grant(fx *f, const hsm_caller *c, const char *key, const grant_args *a,
                         char id[HSM_GRANT_ID_LEN + 1], hsm_buf *token)
 {
-	hsm_create_grant_req req = { .key = key,
-		                     .grantee = a->grantee,
-		                     .retiring = a->retiring,
-		                     .operations = a->ops,
-		                     .name = a->name };
+	hsm_create_grant_req req = {.key = key,
+	                            .grantee = a->grantee,
+	                            .retiring = a->retiring,
+	                            .operations = a->ops,
+	                            .name = a->name};
 	while (req.n_operations < 4 && a->ops[req.n_operations] != NULL)
 		req.n_operations++;
 	if (a->n_equals != SIZE_MAX)
 		req.constraints.equals =
-		    (hsm_grant_ctx){ true, (hsm_ctx_pair *)a->equals, a->n_equals };
+		    (hsm_grant_ctx){true, (hsm_ctx_pair *)a->equals, a->n_equals};
 	if (a->n_subset != SIZE_MAX)
 		req.constraints.subset =
-		    (hsm_grant_ctx){ true, (hsm_ctx_pair *)a->subset, a->n_subset };
+		    (hsm_grant_ctx){true, (hsm_ctx_pair *)a->subset, a->n_subset};
 	char key_id[HSM_UUID_STRLEN + 1];
 	hsm_buf_clear(token);
 	return hsm_kms_create_grant(f->kms, c, &req, id, token, key_id);
@@ -83,12 +83,10 @@ static hsm_result grant(fx *f, const hsm_caller *c, const char *key, const grant
 static hsm_result encrypt(fx *f, const hsm_caller *c, const char *key, const hsm_ctx_pair *ctx,
                           size_t n)
 {
-	hsm_encrypt_req req = { .key = key,
-		                .plaintext = (const uint8_t *)"data",
-		                .plaintext_len = 4,
-		                .ctx = { ctx, n } };
+	hsm_encrypt_req req = {
+	    .key = key, .plaintext = (const uint8_t *)"data", .plaintext_len = 4, .ctx = {ctx, n}};
 	hsm_used_key used;
-	hsm_buf ct = { 0 };
+	hsm_buf ct = {0};
 	hsm_result r = hsm_kms_encrypt(f->kms, c, &req, &ct, &used);
 	hsm_buf_free(&ct);
 	return r;
@@ -115,12 +113,11 @@ static void test_grant_allows_grantee_only(void **state)
 {
 	fx *f = *state;
 	char key[HSM_UUID_STRLEN + 1], id[HSM_GRANT_ID_LEN + 1];
-	hsm_buf token = { 0 };
+	hsm_buf token = {0};
 	create_key(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, key);
 	assert_int_equal(encrypt(f, &alice, key, NULL, 0).err, HSM_ERR_ACCESS_DENIED);
 	grant_args a = {
-		.grantee = ALICE, .ops = { "Encrypt" }, .n_equals = SIZE_MAX, .n_subset = SIZE_MAX
-	};
+	    .grantee = ALICE, .ops = {"Encrypt"}, .n_equals = SIZE_MAX, .n_subset = SIZE_MAX};
 	assert_int_equal(grant(f, &officer, key, &a, id, &token).err, HSM_OK);
 	assert_int_equal(strlen(id), HSM_GRANT_ID_LEN);
 	assert_int_equal(encrypt(f, &alice, key, NULL, 0).err, HSM_OK);
@@ -150,29 +147,27 @@ static void test_constraints(void **state)
 {
 	fx *f = *state;
 	char key[HSM_UUID_STRLEN + 1], id[HSM_GRANT_ID_LEN + 1];
-	hsm_buf token = { 0 };
+	hsm_buf token = {0};
 	create_key(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, key);
-	grant_args a = { .grantee = ALICE,
-		         .ops = { "Encrypt" },
-		         .n_equals = SIZE_MAX,
-		         .subset = { { "Tenant", "acme" } },
-		         .n_subset = 1 };
+	grant_args a = {.grantee = ALICE,
+	                .ops = {"Encrypt"},
+	                .n_equals = SIZE_MAX,
+	                .subset = {{"Tenant", "acme"}},
+	                .n_subset = 1};
 	assert_int_equal(grant(f, &officer, key, &a, id, &token).err, HSM_OK);
-	hsm_ctx_pair ok[] = { { "tenant", "acme" }, { "x", "y" } },
-	             wrong[] = { { "tenant", "ACME" } };
+	hsm_ctx_pair ok[] = {{"tenant", "acme"}, {"x", "y"}}, wrong[] = {{"tenant", "ACME"}};
 	assert_int_equal(encrypt(f, &alice, key, ok, 2).err, HSM_OK);
 	assert_int_equal(encrypt(f, &alice, key, wrong, 1).err, HSM_ERR_ACCESS_DENIED);
 	assert_int_equal(encrypt(f, &alice, key, NULL, 0).err, HSM_ERR_ACCESS_DENIED);
 
-	grant_args e = { .grantee = BOB,
-		         .ops = { "Encrypt" },
-		         .equals = { { "a", "1" }, { "b", "2" } },
-		         .n_equals = 2,
-		         .n_subset = SIZE_MAX };
+	grant_args e = {.grantee = BOB,
+	                .ops = {"Encrypt"},
+	                .equals = {{"a", "1"}, {"b", "2"}},
+	                .n_equals = 2,
+	                .n_subset = SIZE_MAX};
 	assert_int_equal(grant(f, &officer, key, &e, id, &token).err, HSM_OK);
-	hsm_ctx_pair same[] = { { "B", "2" }, { "A", "1" } },
-	             more[] = { { "a", "1" }, { "b", "2" }, { "c", "3" } },
-	             less[] = { { "a", "1" } };
+	hsm_ctx_pair same[] = {{"B", "2"}, {"A", "1"}},
+	             more[] = {{"a", "1"}, {"b", "2"}, {"c", "3"}}, less[] = {{"a", "1"}};
 	assert_int_equal(encrypt(f, &bob, key, same, 2).err, HSM_OK);
 	assert_int_equal(encrypt(f, &bob, key, more, 3).err, HSM_ERR_ACCESS_DENIED);
 	assert_int_equal(encrypt(f, &bob, key, less, 1).err, HSM_ERR_ACCESS_DENIED);
@@ -180,17 +175,17 @@ static void test_constraints(void **state)
 	/* Two keys differing only by case, and an empty key: refused, nothing stored.
 	 */
 	size_t before = count_grants(f, key);
-	grant_args dup = { .grantee = ALICE,
-		           .ops = { "Encrypt" },
-		           .n_equals = SIZE_MAX,
-		           .subset = { { "k", "1" }, { "K", "2" } },
-		           .n_subset = 2 };
+	grant_args dup = {.grantee = ALICE,
+	                  .ops = {"Encrypt"},
+	                  .n_equals = SIZE_MAX,
+	                  .subset = {{"k", "1"}, {"K", "2"}},
+	                  .n_subset = 2};
 	assert_int_equal(grant(f, &officer, key, &dup, id, &token).err, HSM_ERR_VALIDATION);
-	grant_args empty = { .grantee = ALICE,
-		             .ops = { "Encrypt" },
-		             .n_equals = SIZE_MAX,
-		             .subset = { { "", "1" } },
-		             .n_subset = 1 };
+	grant_args empty = {.grantee = ALICE,
+	                    .ops = {"Encrypt"},
+	                    .n_equals = SIZE_MAX,
+	                    .subset = {{"", "1"}},
+	                    .n_subset = 1};
 	assert_int_equal(grant(f, &officer, key, &empty, id, &token).err, HSM_ERR_VALIDATION);
 	assert_int_equal(count_grants(f, key), before);
 	hsm_buf_free(&token);
@@ -200,63 +195,60 @@ static void test_grantee_grants_within_its_own(void **state)
 {
 	fx *f = *state;
 	char key[HSM_UUID_STRLEN + 1], id[HSM_GRANT_ID_LEN + 1];
-	hsm_buf token = { 0 };
+	hsm_buf token = {0};
 	create_key(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, key);
-	grant_args a = { .grantee = ALICE,
-		         .ops = { "Encrypt", "Decrypt", "CreateGrant" },
-		         .n_equals = SIZE_MAX,
-		         .subset = { { "team", "a" } },
-		         .n_subset = 1 };
+	grant_args a = {.grantee = ALICE,
+	                .ops = {"Encrypt", "Decrypt", "CreateGrant"},
+	                .n_equals = SIZE_MAX,
+	                .subset = {{"team", "a"}},
+	                .n_subset = 1};
 	assert_int_equal(grant(f, &officer, key, &a, id, &token).err, HSM_OK);
 	struct {
 		grant_args g;
 		hsm_err want;
 	} cases[] = {
-		/* more operations than its own */
-		{ { .grantee = BOB,
-		    .ops = { "Encrypt", "GenerateDataKey" },
-		    .n_equals = SIZE_MAX,
-		    .subset = { { "team", "a" } },
-		    .n_subset = 1 },
-		  HSM_ERR_ACCESS_DENIED },
-		/* no constraint, or another value */
-		{ { .grantee = BOB,
-		    .ops = { "Encrypt" },
-		    .n_equals = SIZE_MAX,
-		    .n_subset = SIZE_MAX },
-		  HSM_ERR_ACCESS_DENIED },
-		{ { .grantee = BOB,
-		    .ops = { "Encrypt" },
-		    .n_equals = SIZE_MAX,
-		    .subset = { { "team", "b" } },
-		    .n_subset = 1 },
-		  HSM_ERR_ACCESS_DENIED },
-		{ { .grantee = BOB,
-		    .ops = { "Encrypt" },
-		    .equals = { { "x", "1" } },
-		    .n_equals = 1,
-		    .n_subset = SIZE_MAX },
-		  HSM_ERR_ACCESS_DENIED },
-		/* stricter: a larger subset, or an exact context holding the pair */
-		{ { .grantee = BOB,
-		    .ops = { "Encrypt" },
-		    .n_equals = SIZE_MAX,
-		    .subset = { { "TEAM", "a" }, { "x", "1" } },
-		    .n_subset = 2 },
-		  HSM_OK },
-		{ { .grantee = BOB,
-		    .ops = { "Decrypt" },
-		    .equals = { { "team", "a" }, { "y", "2" } },
-		    .n_equals = 2,
-		    .n_subset = SIZE_MAX },
-		  HSM_OK },
+	    /* more operations than its own */
+	    {{.grantee = BOB,
+	      .ops = {"Encrypt", "GenerateDataKey"},
+	      .n_equals = SIZE_MAX,
+	      .subset = {{"team", "a"}},
+	      .n_subset = 1},
+	     HSM_ERR_ACCESS_DENIED},
+	    /* no constraint, or another value */
+	    {{.grantee = BOB, .ops = {"Encrypt"}, .n_equals = SIZE_MAX, .n_subset = SIZE_MAX},
+	     HSM_ERR_ACCESS_DENIED},
+	    {{.grantee = BOB,
+	      .ops = {"Encrypt"},
+	      .n_equals = SIZE_MAX,
+	      .subset = {{"team", "b"}},
+	      .n_subset = 1},
+	     HSM_ERR_ACCESS_DENIED},
+	    {{.grantee = BOB,
+	      .ops = {"Encrypt"},
+	      .equals = {{"x", "1"}},
+	      .n_equals = 1,
+	      .n_subset = SIZE_MAX},
+	     HSM_ERR_ACCESS_DENIED},
+	    /* stricter: a larger subset, or an exact context holding the pair */
+	    {{.grantee = BOB,
+	      .ops = {"Encrypt"},
+	      .n_equals = SIZE_MAX,
+	      .subset = {{"TEAM", "a"}, {"x", "1"}},
+	      .n_subset = 2},
+	     HSM_OK},
+	    {{.grantee = BOB,
+	      .ops = {"Decrypt"},
+	      .equals = {{"team", "a"}, {"y", "2"}},
+	      .n_equals = 2,
+	      .n_subset = SIZE_MAX},
+	     HSM_OK},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		hsm_result r = grant(f, &alice, key, &cases[i].g, id, &token);
 		if (r.err != cases[i].want)
 			fail_msg("case %zu: %d", i, r.err);
 	}
-	hsm_ctx_pair ctx[] = { { "team", "a" }, { "x", "1" } };
+	hsm_ctx_pair ctx[] = {{"team", "a"}, {"x", "1"}};
 	assert_int_equal(encrypt(f, &bob, key, ctx, 2).err, HSM_OK);
 	assert_int_equal(encrypt(f, &bob, key, ctx, 1).err, HSM_ERR_ACCESS_DENIED);
 	hsm_buf_free(&token);
@@ -267,7 +259,7 @@ static void test_operations_must_suit_the_key(void **state)
 	fx *f = *state;
 	char sym[HSM_UUID_STRLEN + 1], sig[HSM_UUID_STRLEN + 1], mac[HSM_UUID_STRLEN + 1],
 	    id[HSM_GRANT_ID_LEN + 1];
-	hsm_buf token = { 0 };
+	hsm_buf token = {0};
 	create_key(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, sym);
 	create_key(f, HSM_SPEC_ECC_NIST_P256, HSM_USAGE_SIGN_VERIFY, sig);
 	create_key(f, HSM_SPEC_HMAC_256, HSM_USAGE_GENERATE_VERIFY_MAC, mac);
@@ -275,32 +267,31 @@ static void test_operations_must_suit_the_key(void **state)
 		const char *key, *op;
 		hsm_err want;
 	} cases[] = {
-		{ sym, "Encrypt", HSM_OK },
-		{ sym, "GenerateDataKeyPair", HSM_OK },
-		{ sym, "Sign", HSM_ERR_VALIDATION },
-		{ sym, "GetPublicKey", HSM_ERR_VALIDATION },
-		{ sig, "Sign", HSM_OK },
-		{ sig, "GetPublicKey", HSM_OK },
-		{ sig, "Decrypt", HSM_ERR_VALIDATION },
-		{ mac, "VerifyMac", HSM_OK },
-		{ mac, "Encrypt", HSM_ERR_VALIDATION },
-		{ mac, "DescribeKey", HSM_OK },
-		{ sig, "DeriveSharedSecret", HSM_ERR_VALIDATION },
-		{ sig, "Frobnicate", HSM_ERR_VALIDATION },
+	    {sym, "Encrypt", HSM_OK},
+	    {sym, "GenerateDataKeyPair", HSM_OK},
+	    {sym, "Sign", HSM_ERR_VALIDATION},
+	    {sym, "GetPublicKey", HSM_ERR_VALIDATION},
+	    {sig, "Sign", HSM_OK},
+	    {sig, "GetPublicKey", HSM_OK},
+	    {sig, "Decrypt", HSM_ERR_VALIDATION},
+	    {mac, "VerifyMac", HSM_OK},
+	    {mac, "Encrypt", HSM_ERR_VALIDATION},
+	    {mac, "DescribeKey", HSM_OK},
+	    {sig, "DeriveSharedSecret", HSM_ERR_VALIDATION},
+	    {sig, "Frobnicate", HSM_ERR_VALIDATION},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		grant_args a = { .grantee = ALICE,
-			         .ops = { cases[i].op },
-			         .n_equals = SIZE_MAX,
-			         .n_subset = SIZE_MAX };
+		grant_args a = {.grantee = ALICE,
+		                .ops = {cases[i].op},
+		                .n_equals = SIZE_MAX,
+		                .n_subset = SIZE_MAX};
 		hsm_result r = grant(f, &officer, cases[i].key, &a, id, &token);
 		if (r.err != cases[i].want)
 			fail_msg("case %zu (%s): %d", i, cases[i].op, r.err);
 	}
 	/* Aliases are not taken; a grant to an unknown key is NotFound. */
 	grant_args a = {
-		.grantee = ALICE, .ops = { "Encrypt" }, .n_equals = SIZE_MAX, .n_subset = SIZE_MAX
-	};
+	    .grantee = ALICE, .ops = {"Encrypt"}, .n_equals = SIZE_MAX, .n_subset = SIZE_MAX};
 	assert_int_equal(hsm_kms_create_alias(f->kms, &officer, "alias/g", sym).err, HSM_OK);
 	assert_int_equal(grant(f, &officer, "alias/g", &a, id, &token).err, HSM_ERR_VALIDATION);
 	assert_int_equal(
@@ -313,13 +304,13 @@ static void test_retire_and_destruction(void **state)
 {
 	fx *f = *state;
 	char key[HSM_UUID_STRLEN + 1], id[HSM_GRANT_ID_LEN + 1], kid[HSM_UUID_STRLEN + 1];
-	hsm_buf token = { 0 };
+	hsm_buf token = {0};
 	create_key(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, key);
-	grant_args a = { .grantee = ALICE,
-		         .retiring = BOB,
-		         .ops = { "Encrypt" },
-		         .n_equals = SIZE_MAX,
-		         .n_subset = SIZE_MAX };
+	grant_args a = {.grantee = ALICE,
+	                .retiring = BOB,
+	                .ops = {"Encrypt"},
+	                .n_equals = SIZE_MAX,
+	                .n_subset = SIZE_MAX};
 	assert_int_equal(grant(f, &officer, key, &a, id, &token).err, HSM_OK);
 	assert_int_equal(hsm_kms_retire_grant(f->kms, &alice, NULL, key, id, kid).err,
 	                 HSM_ERR_ACCESS_DENIED);
@@ -354,15 +345,13 @@ static void test_retire_and_destruction(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_grant_allows_grantee_only, setup,
-		                                kms_fx_teardown),
-		cmocka_unit_test_setup_teardown(test_constraints, setup, kms_fx_teardown),
-		cmocka_unit_test_setup_teardown(test_grantee_grants_within_its_own, setup,
-		                                kms_fx_teardown),
-		cmocka_unit_test_setup_teardown(test_operations_must_suit_the_key, setup,
-		                                kms_fx_teardown),
-		cmocka_unit_test_setup_teardown(test_retire_and_destruction, setup,
-		                                kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_grant_allows_grantee_only, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_constraints, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_grantee_grants_within_its_own, setup,
+	                                    kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_operations_must_suit_the_key, setup,
+	                                    kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_retire_and_destruction, setup, kms_fx_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
