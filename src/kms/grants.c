@@ -561,15 +561,19 @@ hsm_result hsm_grant_token_parse(const char *token, char key_id[HSM_UUID_STRLEN 
 	return r;
 }
 
-static hsm_result check_grant_id(const char *grant_id)
+bool hsm_grant_id_valid(const char *s)
 {
-	size_t n = grant_id != NULL ? strlen(grant_id) : 0;
+	size_t n = s != NULL ? strlen(s) : 0;
 	bool ok = n == HSM_GRANT_ID_LEN;
 	for (size_t i = 0; ok && i < n; i++)
-		ok = isdigit((unsigned char)grant_id[i]) ||
-		     (grant_id[i] >= 'a' && grant_id[i] <= 'f');
-	HSM_ENSURE(ok, HSM_ERR_INVALID_GRANT_ID, "Invalid grant ID '%.128s'",
-	           grant_id != NULL ? grant_id : "");
+		ok = isdigit((unsigned char)s[i]) || (s[i] >= 'a' && s[i] <= 'f');
+	return ok;
+}
+
+static hsm_result check_grant_id(const char *grant_id)
+{
+	HSM_ENSURE(hsm_grant_id_valid(grant_id), HSM_ERR_INVALID_GRANT_ID,
+	           "Invalid grant ID '%.128s'", grant_id != NULL ? grant_id : "");
 	return HSM_SUCCESS;
 }
 

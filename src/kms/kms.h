@@ -345,6 +345,8 @@ hsm_result hsm_kms_create_grant(hsm_kms *kms, const hsm_caller *caller,
                                 const hsm_create_grant_req *req,
                                 char grant_id[HSM_GRANT_ID_LEN + 1], hsm_buf *token,
                                 char key_id[HSM_UUID_STRLEN + 1]) HSM_MUST_CHECK;
+/* Whether s is a grant id in form: HSM_GRANT_ID_LEN lowercase hex digits. */
+bool hsm_grant_id_valid(const char *s);
 /* Checks a grant token's form (InvalidGrantTokenException) and names its grant. */
 hsm_result hsm_grant_token_parse(const char *token, char key_id[HSM_UUID_STRLEN + 1],
                                  char grant_id[HSM_GRANT_ID_LEN + 1]) HSM_MUST_CHECK;

@@ -15,12 +15,7 @@ static void note_key_id(hsm_api_ctx *c, const char *key_id)
 /* The grant a request names, for its audit record: only a well-formed id is recorded. */
 static void note_grant_id(hsm_api_ctx *c, const char *grant_id)
 {
-	size_t n = grant_id != NULL ? strlen(grant_id) : 0;
-	bool ok = n == HSM_GRANT_ID_LEN;
-	for (size_t i = 0; ok && i < n; i++)
-		ok = (grant_id[i] >= '0' && grant_id[i] <= '9') ||
-		     (grant_id[i] >= 'a' && grant_id[i] <= 'f');
-	if (ok)
+	if (hsm_grant_id_valid(grant_id))
 		memcpy(c->audit.grant_id, grant_id, sizeof(c->audit.grant_id));
 }
 
@@ -131,12 +126,8 @@ static hsm_result write_grant(const hsm_grant_record *g, void *arg)
 /* Markers are grant ids (what the previous page ended with). */
 static hsm_result grant_marker(const char *marker)
 {
-	size_t n = marker != NULL ? strlen(marker) : HSM_GRANT_ID_LEN;
-	bool ok = n == HSM_GRANT_ID_LEN;
-	for (size_t i = 0; marker != NULL && ok && i < n; i++)
-		ok = (marker[i] >= '0' && marker[i] <= '9') ||
-		     (marker[i] >= 'a' && marker[i] <= 'f');
-	HSM_ENSURE(ok, HSM_ERR_INVALID_MARKER, "Marker is invalid");
+	HSM_ENSURE(marker == NULL || hsm_grant_id_valid(marker), HSM_ERR_INVALID_MARKER,
+	           "Marker is invalid");
 	return HSM_SUCCESS;
 }
 
