@@ -67,8 +67,9 @@ hsm_result hsm_material_public_der(const hsm_material *m, hsm_buf *out) HSM_MUST
  */
 hsm_result hsm_spki_spec(const uint8_t *spki, size_t spki_len, hsm_key_spec *out) HSM_MUST_CHECK;
 /*
- * Pairwise consistency test (FIPS 140-3 IG 10.3.A): sign-and-verify or
- * encrypt-and-decrypt with the new key.  Fails with HSM_ERR_CRYPTO; a usage
+ * Pairwise consistency test (FIPS 140-3 IG 10.3.A): sign-and-verify,
+ * encrypt-and-decrypt, or for KEY_AGREEMENT an ECDH with an ephemeral peer
+ * key computed from both sides.  Fails with HSM_ERR_CRYPTO; a usage
  * the spec does not allow is HSM_ERR_INVALID_KEY_USAGE.  AES and HMAC keys
  * have no pair to test and always pass.
  */
@@ -212,6 +213,23 @@ hsm_result hsm_hmac(const hsm_material *m, hsm_mac_alg alg, const uint8_t *msg, 
 hsm_result hsm_hmac_verify(const hsm_material *m, hsm_mac_alg alg, const uint8_t *msg,
                            size_t msg_len, const uint8_t *mac, size_t mac_len) HSM_MUST_CHECK;
 
+/* ---- Key agreement ------------------------------------------------------- */
+
+/*
+ * ECDH as KMS DeriveSharedSecret computes it (ecdh.c): the raw shared
+ * secret Z, the x-coordinate of the shared point as field-length bytes (32,
+ * 48 or 66), appended to secret_out (a secure buffer).  peer_spki is the
+ * peer's DER SubjectPublicKeyInfo: an EC key with a named curve, the
+ * material's curve, and a valid point (not at infinity, on the curve).
+ * Anything else is HSM_ERR_VALIDATION; a material whose spec offers no key
+ * agreement is HSM_ERR_INVALID_KEY_USAGE.  Nothing is appended on failure.
+ */
+hsm_result hsm_ecdh_derive(const hsm_material *m, const uint8_t *peer_spki, size_t peer_len,
+                           hsm_buf *secret_out) HSM_MUST_CHECK;
+/* The checks of hsm_ecdh_derive on a peer key for a key of spec, without deriving. */
+hsm_result hsm_ecdh_check_peer(hsm_key_spec spec, const uint8_t *peer_spki,
+                               size_t peer_len) HSM_MUST_CHECK;
+
 /* ---- Hashes, KDF, randomness --------------------------------------------- */
 
 #define HSM_SHA256_LEN 32
@@ -252,7 +270,8 @@ hsm_result hsm_random_iv(uint8_t iv[HSM_GCM_IV_LEN]) HSM_MUST_CHECK;
 
 /*
  * Known-answer tests for every algorithm hsmd offers (AES-GCM, HMAC, HKDF,
- * SHA-2, RSA PKCS#1 v1.5 / PSS / OAEP, ECDSA on each curve, Ed25519, DRBG).
+ * SHA-2, RSA PKCS#1 v1.5 / PSS / OAEP, ECDSA on each curve, Ed25519, ECDH
+ * on each NIST curve, DRBG).
  * On failure returns HSM_ERR_CRYPTO naming the failed test.  When the
  * environment variable HSM_SELFTEST_FORCE_FAIL names a test, that test is
  * made to fail (so tests can prove the error state works).

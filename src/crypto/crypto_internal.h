@@ -81,6 +81,13 @@ hsm_result hsm_key_verify(EVP_PKEY *pkey, const hsm_material *m, hsm_sign_alg al
 hsm_result hsm_pkey_oaep_encrypt(EVP_PKEY *pkey, hsm_key_spec spec, hsm_enc_alg alg,
                                  const uint8_t *pt, size_t pt_len, hsm_buf *out) HSM_MUST_CHECK;
 
+/*
+ * ECDH of priv with peer (ecdh.c), whose point the caller has validated;
+ * appends the secret, which must be want bytes long, to secret_out.
+ */
+hsm_result hsm_pkey_derive(EVP_PKEY *priv, EVP_PKEY *peer, size_t want,
+                           hsm_buf *secret_out) HSM_MUST_CHECK;
+
 /* HMAC with any key length and a digest named as in keyspec.c; out_len is the digest length. */
 hsm_result hsm_hmac_compute(const uint8_t *key, size_t key_len, const char *digest,
                             const uint8_t *msg, size_t msg_len, uint8_t *out,

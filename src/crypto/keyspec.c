@@ -6,6 +6,8 @@
 #define U_ENC BIT(HSM_USAGE_ENCRYPT_DECRYPT)
 #define U_SIGN BIT(HSM_USAGE_SIGN_VERIFY)
 #define U_MAC BIT(HSM_USAGE_GENERATE_VERIFY_MAC)
+#define U_AGREE BIT(HSM_USAGE_KEY_AGREEMENT)
+#define ECDH BIT(HSM_AGREE_ECDH)
 #define RSA_ENC (BIT(HSM_ENC_RSAES_OAEP_SHA_1) | BIT(HSM_ENC_RSAES_OAEP_SHA_256))
 #define RSA_SIGN                                                                             \
 	(BIT(HSM_SIGN_RSASSA_PSS_SHA_256) | BIT(HSM_SIGN_RSASSA_PSS_SHA_384) |                   \
@@ -16,43 +18,54 @@
  * KMS Developer Guide, "Key spec reference".  Ed25519 offers ED25519_SHA_512
  * (PureEdDSA over the RAW message); ED25519_PH_SHA_512 needs Ed25519ph,
  * which the OpenSSL 3.0 of Debian 12 does not provide, so it is not offered.
+ * KEY_AGREEMENT (ECDH) is for the NIST curves only: KMS API reference,
+ * CreateKey KeyUsage ("ECC_SECG_P256K1 ... specify SIGN_VERIFY").
  */
 static const hsm_spec_info specs[HSM_SPEC_COUNT] = {
     [HSM_SPEC_SYMMETRIC_DEFAULT] = {HSM_SPEC_SYMMETRIC_DEFAULT, "SYMMETRIC_DEFAULT", HSM_KT_AES,
-                                    256, NULL, 32, U_ENC, BIT(HSM_ENC_SYMMETRIC_DEFAULT), 0, 0,
+                                    256, NULL, 32, U_ENC, BIT(HSM_ENC_SYMMETRIC_DEFAULT), 0, 0, 0,
                                     false},
     [HSM_SPEC_RSA_2048] = {HSM_SPEC_RSA_2048, "RSA_2048", HSM_KT_RSA, 2048, NULL, 0,
-                           U_ENC | U_SIGN, RSA_ENC, RSA_SIGN, 0, true},
+                           U_ENC | U_SIGN, RSA_ENC, RSA_SIGN, 0, 0, true},
     [HSM_SPEC_RSA_3072] = {HSM_SPEC_RSA_3072, "RSA_3072", HSM_KT_RSA, 3072, NULL, 0,
-                           U_ENC | U_SIGN, RSA_ENC, RSA_SIGN, 0, true},
+                           U_ENC | U_SIGN, RSA_ENC, RSA_SIGN, 0, 0, true},
     [HSM_SPEC_RSA_4096] = {HSM_SPEC_RSA_4096, "RSA_4096", HSM_KT_RSA, 4096, NULL, 0,
-                           U_ENC | U_SIGN, RSA_ENC, RSA_SIGN, 0, true},
+                           U_ENC | U_SIGN, RSA_ENC, RSA_SIGN, 0, 0, true},
     [HSM_SPEC_ECC_NIST_P256] = {HSM_SPEC_ECC_NIST_P256, "ECC_NIST_P256", HSM_KT_EC, 256,
-                                "P-256", 0, U_SIGN, 0, BIT(HSM_SIGN_ECDSA_SHA_256), 0, true},
+                                "P-256", 0, U_SIGN | U_AGREE, 0, BIT(HSM_SIGN_ECDSA_SHA_256), 0,
+                                ECDH, true},
     [HSM_SPEC_ECC_NIST_P384] = {HSM_SPEC_ECC_NIST_P384, "ECC_NIST_P384", HSM_KT_EC, 384,
-                                "P-384", 0, U_SIGN, 0, BIT(HSM_SIGN_ECDSA_SHA_384), 0, true},
+                                "P-384", 0, U_SIGN | U_AGREE, 0, BIT(HSM_SIGN_ECDSA_SHA_384), 0,
+                                ECDH, true},
     [HSM_SPEC_ECC_NIST_P521] = {HSM_SPEC_ECC_NIST_P521, "ECC_NIST_P521", HSM_KT_EC, 521,
-                                "P-521", 0, U_SIGN, 0, BIT(HSM_SIGN_ECDSA_SHA_512), 0, true},
+                                "P-521", 0, U_SIGN | U_AGREE, 0, BIT(HSM_SIGN_ECDSA_SHA_512), 0,
+                                ECDH, true},
     [HSM_SPEC_ECC_SECG_P256K1] = {HSM_SPEC_ECC_SECG_P256K1, "ECC_SECG_P256K1", HSM_KT_EC, 256,
-                                  "secp256k1", 0, U_SIGN, 0, BIT(HSM_SIGN_ECDSA_SHA_256), 0,
+                                  "secp256k1", 0, U_SIGN, 0, BIT(HSM_SIGN_ECDSA_SHA_256), 0, 0,
                                   true},
     [HSM_SPEC_ECC_NIST_EDWARDS25519] = {HSM_SPEC_ECC_NIST_EDWARDS25519, "ECC_NIST_EDWARDS25519",
                                         HSM_KT_ED25519, 256, NULL, 0, U_SIGN, 0,
-                                        BIT(HSM_SIGN_ED25519_SHA_512), 0, true},
+                                        BIT(HSM_SIGN_ED25519_SHA_512), 0, 0, true},
     [HSM_SPEC_HMAC_224] = {HSM_SPEC_HMAC_224, "HMAC_224", HSM_KT_HMAC, 224, NULL, 28, U_MAC, 0,
-                           0, BIT(HSM_MAC_HMAC_SHA_224), false},
+                           0, BIT(HSM_MAC_HMAC_SHA_224), 0, false},
     [HSM_SPEC_HMAC_256] = {HSM_SPEC_HMAC_256, "HMAC_256", HSM_KT_HMAC, 256, NULL, 32, U_MAC, 0,
-                           0, BIT(HSM_MAC_HMAC_SHA_256), false},
+                           0, BIT(HSM_MAC_HMAC_SHA_256), 0, false},
     [HSM_SPEC_HMAC_384] = {HSM_SPEC_HMAC_384, "HMAC_384", HSM_KT_HMAC, 384, NULL, 48, U_MAC, 0,
-                           0, BIT(HSM_MAC_HMAC_SHA_384), false},
+                           0, BIT(HSM_MAC_HMAC_SHA_384), 0, false},
     [HSM_SPEC_HMAC_512] = {HSM_SPEC_HMAC_512, "HMAC_512", HSM_KT_HMAC, 512, NULL, 64, U_MAC, 0,
-                           0, BIT(HSM_MAC_HMAC_SHA_512), false},
+                           0, BIT(HSM_MAC_HMAC_SHA_512), 0, false},
 };
 
 static const char *const usage_names[HSM_USAGE_COUNT] = {
     [HSM_USAGE_ENCRYPT_DECRYPT] = "ENCRYPT_DECRYPT",
     [HSM_USAGE_SIGN_VERIFY] = "SIGN_VERIFY",
     [HSM_USAGE_GENERATE_VERIFY_MAC] = "GENERATE_VERIFY_MAC",
+    [HSM_USAGE_KEY_AGREEMENT] = "KEY_AGREEMENT",
+};
+
+/* KMS API reference, DeriveSharedSecret: "The only valid value is ECDH." */
+static const char *const agree_names[HSM_AGREE_COUNT] = {
+    [HSM_AGREE_ECDH] = "ECDH",
 };
 
 static const char *const enc_names[HSM_ENC_COUNT] = {
@@ -129,6 +142,12 @@ const char *hsm_enc_alg_name(hsm_enc_alg alg)
 	return enc_names[alg];
 }
 
+const char *hsm_agree_alg_name(hsm_agree_alg alg)
+{
+	HSM_ASSERT((unsigned)alg < HSM_AGREE_COUNT);
+	return agree_names[alg];
+}
+
 hsm_result hsm_spec_parse(const char *name, hsm_key_spec *out)
 {
 	for (unsigned i = 0; i < HSM_SPEC_COUNT; i++) {
@@ -184,6 +203,17 @@ hsm_result hsm_mac_alg_parse(const char *name, hsm_mac_alg *out)
 	return HSM_FAIL(HSM_ERR_VALIDATION, "MacAlgorithm '%.64s' is not supported", name);
 }
 
+hsm_result hsm_agree_alg_parse(const char *name, hsm_agree_alg *out)
+{
+	for (unsigned i = 0; i < HSM_AGREE_COUNT; i++) {
+		if (strcmp(name, agree_names[i]) == 0) {
+			*out = (hsm_agree_alg)i;
+			return HSM_SUCCESS;
+		}
+	}
+	return HSM_FAIL(HSM_ERR_VALIDATION, "KeyAgreementAlgorithm '%.64s' is not supported", name);
+}
+
 bool hsm_spec_allows_usage(hsm_key_spec spec, hsm_key_usage usage)
 {
 	return (hsm_spec_get(spec)->usages & BIT(usage)) != 0;
@@ -202,6 +232,11 @@ bool hsm_spec_allows_sign_alg(hsm_key_spec spec, hsm_sign_alg alg)
 bool hsm_spec_allows_mac_alg(hsm_key_spec spec, hsm_mac_alg alg)
 {
 	return (hsm_spec_get(spec)->mac_algs & BIT(alg)) != 0;
+}
+
+bool hsm_spec_allows_agree_alg(hsm_key_spec spec, hsm_agree_alg alg)
+{
+	return (hsm_spec_get(spec)->agree_algs & BIT(alg)) != 0;
 }
 
 bool hsm_spec_is_asymmetric(hsm_key_spec spec)

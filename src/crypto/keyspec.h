@@ -4,7 +4,7 @@
  * Sources: AWS KMS Developer Guide, "Key spec reference" (symmetric, RSA,
  * ECC, HMAC key specs and the algorithms each allows) and the API reference
  * for CreateKey (KeySpec x KeyUsage), Encrypt (RSA plaintext limits), Sign
- * (MessageType, digest lengths) and GenerateMac.
+ * (MessageType, digest lengths), GenerateMac and DeriveSharedSecret.
  *
  * Everything else in hsmd asks this table instead of hard-coding a rule.
  */
@@ -38,6 +38,7 @@ typedef enum hsm_key_usage {
 	HSM_USAGE_ENCRYPT_DECRYPT,
 	HSM_USAGE_SIGN_VERIFY,
 	HSM_USAGE_GENERATE_VERIFY_MAC,
+	HSM_USAGE_KEY_AGREEMENT,
 	HSM_USAGE_COUNT
 } hsm_key_usage;
 
@@ -81,6 +82,12 @@ typedef enum hsm_mac_alg {
 	HSM_MAC_COUNT
 } hsm_mac_alg;
 
+/* KeyAgreementAlgorithmSpec */
+typedef enum hsm_agree_alg {
+	HSM_AGREE_ECDH,
+	HSM_AGREE_COUNT
+} hsm_agree_alg;
+
 /* MessageType of Sign/Verify. */
 typedef enum hsm_message_type { HSM_MSG_RAW, HSM_MSG_DIGEST } hsm_message_type;
 
@@ -102,6 +109,7 @@ typedef struct hsm_spec_info {
 	unsigned enc_algs;    /* bit per hsm_enc_alg */
 	unsigned sign_algs;   /* bit per hsm_sign_alg */
 	unsigned mac_algs;    /* bit per hsm_mac_alg */
+	unsigned agree_algs;  /* bit per hsm_agree_alg */
 	bool data_key_pair;   /* allowed as a DataKeyPairSpec */
 } hsm_spec_info;
 
@@ -130,16 +138,19 @@ hsm_result hsm_usage_parse(const char *name, hsm_key_usage *out) HSM_MUST_CHECK;
 hsm_result hsm_enc_alg_parse(const char *name, hsm_enc_alg *out) HSM_MUST_CHECK;
 hsm_result hsm_sign_alg_parse(const char *name, hsm_sign_alg *out) HSM_MUST_CHECK;
 hsm_result hsm_mac_alg_parse(const char *name, hsm_mac_alg *out) HSM_MUST_CHECK;
+hsm_result hsm_agree_alg_parse(const char *name, hsm_agree_alg *out) HSM_MUST_CHECK;
 const char *hsm_spec_name(hsm_key_spec spec);
 const char *hsm_usage_name(hsm_key_usage usage);
 const char *hsm_enc_alg_name(hsm_enc_alg alg);
 const char *hsm_sign_alg_name(hsm_sign_alg alg);
 const char *hsm_mac_alg_name(hsm_mac_alg alg);
+const char *hsm_agree_alg_name(hsm_agree_alg alg);
 
 bool hsm_spec_allows_usage(hsm_key_spec spec, hsm_key_usage usage);
 bool hsm_spec_allows_enc_alg(hsm_key_spec spec, hsm_key_usage usage, hsm_enc_alg alg);
 bool hsm_spec_allows_sign_alg(hsm_key_spec spec, hsm_sign_alg alg);
 bool hsm_spec_allows_mac_alg(hsm_key_spec spec, hsm_mac_alg alg);
+bool hsm_spec_allows_agree_alg(hsm_key_spec spec, hsm_agree_alg alg);
 bool hsm_spec_is_asymmetric(hsm_key_spec spec);
 
 /*

@@ -5,7 +5,8 @@
  *
  * Signature schemes with randomness (PSS, ECDSA) verify a stored signature
  * and then sign and verify; deterministic ones (PKCS#1 v1.5, Ed25519) must
- * reproduce the stored signature exactly.
+ * reproduce the stored signature exactly.  ECDH must reproduce the stored
+ * shared secret and refuse the peer's point moved off its curve.
  *
  * HSM_SELFTEST_FORCE_FAIL=<name> corrupts that test's known answer, input or
  * signature, so the test fails through its real comparison; it exists to
@@ -284,6 +285,46 @@ static bool kat_ed25519(bool corrupt)
 	return ok;
 }
 
+/* ---- key agreement --------------------------------------------------------- */
+
+static bool kat_ecdh(hsm_key_spec spec, const char *pkcs8, const char *peer_hex,
+                     const char *z_hex, bool corrupt)
+{
+	hsm_material *m = NULL;
+	hsm_buf peer, z;
+	unhex(peer_hex, false, &peer);
+	hsm_buf_init_secure(&z);
+	bool ok = import(spec, pkcs8, &m) && hsm_ok(hsm_ecdh_derive(m, peer.data, peer.len, &z)) &&
+	          matches(z.data, z.len, z_hex, corrupt);
+	if (ok) {
+		/* y with its lowest bit flipped is neither y nor p - y: off the curve, no secret. */
+		hsm_buf_clear(&z);
+		peer.data[peer.len - 1] ^= 0x01;
+		ok = hsm_ecdh_derive(m, peer.data, peer.len, &z).err == HSM_ERR_VALIDATION &&
+		     z.len == 0;
+	}
+	hsm_material_free(m);
+	hsm_buf_free(&peer);
+	hsm_buf_free(&z);
+	return ok;
+}
+
+static bool kat_ecdh_p256(bool c)
+{
+	return kat_ecdh(HSM_SPEC_ECC_NIST_P256, hsm_kat_ecdh_p256_pkcs8, hsm_kat_ecdh_p256_peer,
+	                hsm_kat_ecdh_p256_z, c);
+}
+static bool kat_ecdh_p384(bool c)
+{
+	return kat_ecdh(HSM_SPEC_ECC_NIST_P384, hsm_kat_ecdh_p384_pkcs8, hsm_kat_ecdh_p384_peer,
+	                hsm_kat_ecdh_p384_z, c);
+}
+static bool kat_ecdh_p521(bool c)
+{
+	return kat_ecdh(HSM_SPEC_ECC_NIST_P521, hsm_kat_ecdh_p521_pkcs8, hsm_kat_ecdh_p521_peer,
+	                hsm_kat_ecdh_p521_z, c);
+}
+
 /* ---- random generator ---------------------------------------------------- */
 
 /* Health check in the spirit of SP 800-90A 11.3: both DRBGs work and do not repeat. */
@@ -323,6 +364,9 @@ static const struct {
     {"ecdsa-p521", kat_p521},
     {"ecdsa-secp256k1", kat_secp256k1},
     {"ed25519", kat_ed25519},
+    {"ecdh-p256", kat_ecdh_p256},
+    {"ecdh-p384", kat_ecdh_p384},
+    {"ecdh-p521", kat_ecdh_p521},
     {"drbg", kat_drbg},
 };
 

@@ -187,3 +187,83 @@ const char hsm_kat_ed25519_pkcs8[] =
 const char hsm_kat_ed25519_sig[] =
     "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e3970"
     "1cf9b46bd25bf5f0595bbe24655141438e7a100b";
+
+/*
+ * RFC 5903 section 8.1 (ECDH on the 256-bit random ECP group, NIST P-256):
+ * the initiator's private key i with its public key g^i, as PKCS#8 (RFC
+ * 5208) around an RFC 5915 ECPrivateKey; the responder's public key g^r as
+ * a SubjectPublicKeyInfo (RFC 5480); the x-coordinate of g^ir, the secret.
+ */
+const char hsm_kat_ecdh_p256_pkcs8[] =
+    "308187020100301306072a8648ce3d020106082a8648ce3d030107046d306b0201010420"
+    /* i */
+    "c88f01f510d9ac3f70a292daa2316de544e9aab8afe84049c62a9c57862d1433"
+    "a14403420004"
+    /* g^i x, y */
+    "dad0b65394221cf9b051e1feca5787d098dfe637fc90b9ef945d0c3772581180"
+    "5271a0461cdb8252d61f1c456fa3e59ab1f45b33accf5f58389e0577b8990bb3";
+
+const char hsm_kat_ecdh_p256_peer[] =
+    "3059301306072a8648ce3d020106082a8648ce3d03010703420004"
+    /* g^r x, y */
+    "d12dfb5289c8d4f81208b70270398c342296970a0bccb74c736fc7554494bf63"
+    "56fbf3ca366cc23e8157854c13c58d6aac23f046ada30f8353e74f33039872ab";
+
+const char hsm_kat_ecdh_p256_z[] =
+    "d6840f6b42f6edafd13116e0e12565202fef8e9ece7dce03812464d04b9442de";
+
+/* RFC 5903 section 8.2 (384-bit random ECP group, NIST P-384), the same way */
+const char hsm_kat_ecdh_p384_pkcs8[] =
+    "3081b6020100301006072a8648ce3d020106052b8104002204819e30819b0201010430"
+    /* i */
+    "099f3c7034d4a2c699884d73a375a67f7624ef7c6b3c0f160647b67414dce655"
+    "e35b538041e649ee3faef896783ab194"
+    "a16403620004"
+    /* g^i x, y */
+    "667842d7d180ac2cde6f74f37551f55755c7645c20ef73e31634fe72b4c55ee6"
+    "de3ac808acb4bdb4c88732aee95f41aa"
+    "9482ed1fc0eeb9cafc4984625ccfc23f65032149e0e144ada024181535a0f38e"
+    "eb9fcff3c2c947dae69b4c634573a81c";
+
+const char hsm_kat_ecdh_p384_peer[] =
+    "3076301006072a8648ce3d020106052b8104002203620004"
+    /* g^r x, y */
+    "e558dbef53eecde3d3fccfc1aea08a89a987475d12fd950d83cfa41732bc509d"
+    "0d1ac43a0336def96fda41d0774a3571"
+    "dcfbec7aacf3196472169e838430367f66eebe3c6e70c416dd5f0c68759dd1ff"
+    "f83fa40142209dff5eaad96db9e6386c";
+
+const char hsm_kat_ecdh_p384_z[] =
+    "11187331c279962d93d604243fd592cb9d0a926f422e47187521287e7156c5c4"
+    "d603135569b9e9d09cf5d4a270f59746";
+
+/* RFC 5903 section 8.3 (521-bit random ECP group, NIST P-521), the same way */
+const char hsm_kat_ecdh_p521_pkcs8[] =
+    "3081ee020100301006072a8648ce3d020106052b810400230481d63081d30201010442"
+    /* i */
+    "0037ade9319a89f4dabdb3ef411aaccca5123c61acab57b5393dce47608172a0"
+    "95aa85a30fe1c2952c6771d937ba9777f5957b2639bab072462f68c27a57382d"
+    "4a52"
+    "a181890381860004"
+    /* g^i x, y */
+    "0015417e84dbf28c0ad3c278713349dc7df153c897a1891bd98bab4357c9ecbe"
+    "e1e3bf42e00b8e380aeae57c2d107564941885942af5a7f4601723c4195d176c"
+    "ed3e"
+    "017cae20b6641d2eeb695786d8c946146239d099e18e1d5a514c739d7cb4a10a"
+    "d8a788015ac405d7799dc75e7b7d5b6cf2261a6a7f1507438bf01beb6ca3926f"
+    "9582";
+
+const char hsm_kat_ecdh_p521_peer[] =
+    "30819b301006072a8648ce3d020106052b810400230381860004"
+    /* g^r x, y */
+    "00d0b3975ac4b799f5bea16d5e13e9af971d5e9b984c9f39728b5e5739735a21"
+    "9b97c356436adc6e95bb0352f6be64a6c2912d4ef2d0433ced2b6171640012d9"
+    "460f"
+    "015c68226383956e3bd066e797b623c27ce0eac2f551a10c2c724d9852077b87"
+    "220b6536c5c408a1d2aebb8e86d678ae49cb57091f4732296579ab44fcd17f0f"
+    "c56a";
+
+const char hsm_kat_ecdh_p521_z[] =
+    "01144c7d79ae6956bc8edb8e7c787c4521cb086fa64407f97894e5e6b2d79b04"
+    "d1427e73ca4baa240a34786859810c06b3c715a3a8cc3151f2bee417996d19f3"
+    "ddea";

@@ -1,9 +1,9 @@
 /*
  * selftest_vectors.h - known answers for the power-on self-tests, as lowercase hex.
  *
- * Sources are cited beside each value in selftest_vectors.c.  The RSA and EC
- * keys are test keys generated once with the openssl command line; they
- * protect nothing and are used for nothing else.
+ * Sources are cited beside each value in selftest_vectors.c.  The RSA and
+ * ECDSA keys are test keys generated once with the openssl command line; they
+ * protect nothing and are used for nothing else.  The ECDH keys are RFC 5903's.
  */
 #ifndef HSM_SELFTEST_VECTORS_H
 #define HSM_SELFTEST_VECTORS_H
@@ -43,5 +43,14 @@ extern const char hsm_kat_ec_secp256k1_pkcs8[];
 extern const char hsm_kat_ec_secp256k1_sig[];
 extern const char hsm_kat_ed25519_pkcs8[];
 extern const char hsm_kat_ed25519_sig[];
+extern const char hsm_kat_ecdh_p256_pkcs8[];
+extern const char hsm_kat_ecdh_p256_peer[];
+extern const char hsm_kat_ecdh_p256_z[];
+extern const char hsm_kat_ecdh_p384_pkcs8[];
+extern const char hsm_kat_ecdh_p384_peer[];
+extern const char hsm_kat_ecdh_p384_z[];
+extern const char hsm_kat_ecdh_p521_pkcs8[];
+extern const char hsm_kat_ecdh_p521_peer[];
+extern const char hsm_kat_ecdh_p521_z[];
 
 #endif

@@ -50,6 +50,17 @@ static void test_other_names_round_trip(void **state)
 		assert_true(hsm_ok(hsm_mac_alg_parse(hsm_mac_alg_name((hsm_mac_alg)i), &a)));
 		assert_int_equal(a, i);
 	}
+	for (unsigned i = 0; i < HSM_AGREE_COUNT; i++) {
+		hsm_agree_alg a;
+		assert_true(hsm_ok(hsm_agree_alg_parse(hsm_agree_alg_name((hsm_agree_alg)i), &a)));
+		assert_int_equal(a, i);
+	}
+	assert_string_equal(hsm_usage_name(HSM_USAGE_KEY_AGREEMENT), "KEY_AGREEMENT");
+	assert_string_equal(hsm_agree_alg_name(HSM_AGREE_ECDH), "ECDH");
+	hsm_agree_alg g;
+	assert_int_equal(hsm_agree_alg_parse("ecdh", &g).err, HSM_ERR_VALIDATION);
+	assert_int_equal(hsm_agree_alg_parse("SM2DH", &g).err, HSM_ERR_VALIDATION);
+	assert_non_null(strstr(hsm_last_message(), "KeyAgreementAlgorithm"));
 	hsm_key_usage u;
 	hsm_enc_alg e;
 	hsm_sign_alg s;
@@ -66,7 +77,7 @@ static void test_usages(void **state)
 {
 	(void)state;
 	const hsm_key_usage E = HSM_USAGE_ENCRYPT_DECRYPT, S = HSM_USAGE_SIGN_VERIFY,
-	                    M = HSM_USAGE_GENERATE_VERIFY_MAC;
+	                    M = HSM_USAGE_GENERATE_VERIFY_MAC, A = HSM_USAGE_KEY_AGREEMENT;
 	assert_true(hsm_spec_allows_usage(HSM_SPEC_SYMMETRIC_DEFAULT, E));
 	assert_false(hsm_spec_allows_usage(HSM_SPEC_SYMMETRIC_DEFAULT, S));
 	assert_false(hsm_spec_allows_usage(HSM_SPEC_SYMMETRIC_DEFAULT, M));
@@ -86,6 +97,13 @@ static void test_usages(void **state)
 		assert_true(hsm_spec_allows_usage(h, M));
 		assert_false(hsm_spec_allows_usage(h, E));
 		assert_false(hsm_spec_is_asymmetric(h));
+	}
+	/* KEY_AGREEMENT: the NIST curves only (CreateKey KeyUsage), never secp256k1 or Ed25519. */
+	for (unsigned s = 0; s < HSM_SPEC_COUNT; s++) {
+		bool nist = s == HSM_SPEC_ECC_NIST_P256 || s == HSM_SPEC_ECC_NIST_P384 ||
+		            s == HSM_SPEC_ECC_NIST_P521;
+		assert_int_equal(hsm_spec_allows_usage((hsm_key_spec)s, A), nist);
+		assert_int_equal(hsm_spec_allows_agree_alg((hsm_key_spec)s, HSM_AGREE_ECDH), nist);
 	}
 	assert_false(hsm_spec_is_asymmetric(HSM_SPEC_SYMMETRIC_DEFAULT));
 }
