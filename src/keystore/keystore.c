@@ -404,6 +404,21 @@ hsm_result hsm_ks_verify_mac(hsm_keystore *ks, const hsm_ks_keyref *ref, hsm_mac
 	return r;
 }
 
+/* ---- key agreement ------------------------------------------------------------- */
+
+hsm_result hsm_ks_derive_shared_secret(hsm_keystore *ks, const hsm_ks_keyref *ref,
+                                       const uint8_t *peer_spki, size_t peer_len,
+                                       hsm_buf *secret)
+{
+	hsm_material *m = NULL;
+	HSM_ENSURE(ref->usage == HSM_USAGE_KEY_AGREEMENT, HSM_ERR_INVALID_KEY_USAGE,
+	           "key usage %s does not derive shared secrets", hsm_usage_name(ref->usage));
+	HSM_GUARD(material_get(ks, ref, &m));
+	hsm_result r = hsm_ecdh_derive(m, peer_spki, peer_len, secret);
+	hsm_material_free(m);
+	return r;
+}
+
 /* ---- data keys ----------------------------------------------------------------- */
 
 hsm_result hsm_ks_generate_data_key(hsm_keystore *ks, const hsm_ks_keyref *ref,

@@ -173,6 +173,18 @@ hsm_result hsm_ks_verify_mac(hsm_keystore *ks, const hsm_ks_keyref *ref, hsm_mac
                              const uint8_t *msg, size_t len, const uint8_t *mac,
                              size_t mac_len) HSM_MUST_CHECK;
 
+/* ---- Key agreement --------------------------------------------------------- */
+
+/*
+ * ECDH (DeriveSharedSecret) of a KEY_AGREEMENT key version with the peer's
+ * DER SubjectPublicKeyInfo (checked as hsm_ecdh_derive says): appends the
+ * raw shared secret to secret, a secure buffer the caller wipes with
+ * hsm_buf_free.  A ref of another usage is HSM_ERR_INVALID_KEY_USAGE.
+ */
+hsm_result hsm_ks_derive_shared_secret(hsm_keystore *ks, const hsm_ks_keyref *ref,
+                                       const uint8_t *peer_spki, size_t peer_len,
+                                       hsm_buf *secret) HSM_MUST_CHECK;
+
 /* ---- Data keys ------------------------------------------------------------ */
 
 /*

@@ -1,6 +1,6 @@
 /*
  * keystore_test.c - master key ceremony, unseal quorum, wrapping integrity,
- * seal and the self-test error state.
+ * seal, the self-test error state, and key agreement at the key boundary.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -305,6 +305,55 @@ static void test_seal_stops_crypto_and_reopen_unseals(void **state)
 	hsm_buf_free(&again);
 }
 
+/*
+ * DeriveSharedSecret at the key boundary: the secret a KEY_AGREEMENT key
+ * version gives equals the peer's own ECDH with the version's public key;
+ * another usage, a bad peer key and a sealed node give no secret.
+ */
+static void test_key_agreement(void **state)
+{
+	fixture *f = *state;
+	const char *id = "66666666-6666-4666-8666-666666666666";
+	hsm_ks_keyref r = ref_of(id, 1, HSM_SPEC_ECC_NIST_P384, HSM_USAGE_KEY_AGREEMENT);
+	hsm_buf w = {0}, pub = {0}, peer_pub = {0}, ours, theirs;
+	hsm_material *peer = NULL;
+	hsm_buf_init_secure(&ours);
+	hsm_buf_init_secure(&theirs);
+	assert_true(hsm_ok(hsm_ks_generate(f->ks, &r, &w, &pub)));
+	put_key(f, id, HSM_SPEC_ECC_NIST_P384, HSM_USAGE_KEY_AGREEMENT, &w, 1);
+	assert_true(hsm_ok(hsm_material_generate(HSM_SPEC_ECC_NIST_P384, &peer)));
+	assert_true(hsm_ok(hsm_material_public_der(peer, &peer_pub)));
+	assert_true(hsm_ok(hsm_ks_derive_shared_secret(f->ks, &r, peer_pub.data, peer_pub.len,
+	                                               &ours)));
+	assert_true(hsm_ok(hsm_ecdh_derive(peer, pub.data, pub.len, &theirs)));
+	assert_int_equal(ours.len, 48);
+	assert_int_equal(theirs.len, 48);
+	assert_memory_equal(ours.data, theirs.data, 48);
+	/* The same version asked for as a signing key: refused before any unwrapping. */
+	hsm_buf none;
+	hsm_buf_init_secure(&none);
+	hsm_ks_keyref as_sign = ref_of(id, 1, HSM_SPEC_ECC_NIST_P384, HSM_USAGE_SIGN_VERIFY);
+	assert_int_equal(
+	    hsm_ks_derive_shared_secret(f->ks, &as_sign, peer_pub.data, peer_pub.len, &none).err,
+	    HSM_ERR_INVALID_KEY_USAGE);
+	/* Bytes that are no public key. */
+	assert_int_equal(hsm_ks_derive_shared_secret(f->ks, &r, (const uint8_t *)"junk", 4, &none)
+	                     .err,
+	                 HSM_ERR_VALIDATION);
+	hsm_keystore_seal(f->ks);
+	assert_int_equal(
+	    hsm_ks_derive_shared_secret(f->ks, &r, peer_pub.data, peer_pub.len, &none).err,
+	    HSM_ERR_SEALED);
+	assert_int_equal(none.len, 0);
+	hsm_material_free(peer);
+	hsm_buf_free(&w);
+	hsm_buf_free(&pub);
+	hsm_buf_free(&peer_pub);
+	hsm_buf_free(&ours);
+	hsm_buf_free(&theirs);
+	hsm_buf_free(&none);
+}
+
 static void test_selftest_failure_is_error_state(void **state)
 {
 	fixture *f = *state;
@@ -476,6 +525,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_wrapping_binds_identity, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_seal_stops_crypto_and_reopen_unseals, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_selftest_failure_is_error_state, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_key_agreement, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
