@@ -117,6 +117,8 @@ static uint32_t ops_for_key(const hsm_key_record *r)
 		return ANY_KEY_OPS | BIT(G_Sign) | BIT(G_Verify) | BIT(G_GetPublicKey);
 	case HSM_USAGE_GENERATE_VERIFY_MAC:
 		return ANY_KEY_OPS | BIT(G_GenerateMac) | BIT(G_VerifyMac);
+	case HSM_USAGE_KEY_AGREEMENT:
+		return ANY_KEY_OPS | BIT(G_DeriveSharedSecret) | BIT(G_GetPublicKey);
 	default: return ANY_KEY_OPS;
 	}
 }
@@ -146,6 +148,7 @@ static uint32_t grant_op_of(hsm_op op, const kms_authz_extra *extra)
 	case HSM_OP_GenerateMac: return BIT(G_GenerateMac);
 	case HSM_OP_VerifyMac: return BIT(G_VerifyMac);
 	case HSM_OP_GetPublicKey: return BIT(G_GetPublicKey);
+	case HSM_OP_DeriveSharedSecret: return BIT(G_DeriveSharedSecret);
 	case HSM_OP_DescribeKey: return BIT(G_DescribeKey);
 	case HSM_OP_CreateGrant: return BIT(G_CreateGrant);
 	case HSM_OP_RetireGrant: return BIT(G_RetireGrant);

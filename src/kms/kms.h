@@ -94,6 +94,7 @@ typedef enum hsm_op {
 	X(ListRetirableGrants, HSM_OPC_NONE, HSM_ROLES_OFFICER | HSM_ROLES_AUDITOR, false)   \
 	X(RetireGrant, HSM_OPC_READ, HSM_ROLES_OFFICER | HSM_ROLES_USER | HSM_ROLES_AUDITOR, true) \
 	X(RevokeGrant, HSM_OPC_READ, HSM_ROLES_OFFICER, true)                               \
+	X(DeriveSharedSecret, HSM_OPC_CRYPTO, HSM_ROLES_USER, false)                        \
 	/* hsmd's token operations (X-Amz-Target HsmdJwt.<Op>, kms/jwt.h) */              \
 	X(SignToken, HSM_OPC_CRYPTO, HSM_ROLES_USER, false)                                 \
 	X(EnableJwtSigning, HSM_OPC_MODIFY, HSM_ROLES_OFFICER, true)                        \
@@ -458,6 +459,17 @@ hsm_result hsm_kms_verify_mac(hsm_kms *kms, const hsm_caller *caller, const char
                               hsm_mac_alg alg, const uint8_t *msg, size_t len,
                               const uint8_t *mac, size_t mac_len,
                               hsm_used_key *used) HSM_MUST_CHECK;
+/*
+ * DeriveSharedSecret: ECDH of the primary version of a KEY_AGREEMENT key
+ * with the peer's public key (DER SubjectPublicKeyInfo on the key's curve);
+ * the raw shared secret is appended to secret, a secure buffer.  A key of
+ * another usage is HSM_ERR_INVALID_KEY_USAGE; a public key that is not a
+ * valid point of the key's curve is HSM_ERR_VALIDATION, also under DryRun.
+ */
+hsm_result hsm_kms_derive_shared_secret(hsm_kms *kms, const hsm_caller *caller, const char *key,
+                                        hsm_agree_alg alg, const uint8_t *peer_spki,
+                                        size_t peer_len, hsm_buf *secret,
+                                        hsm_used_key *used) HSM_MUST_CHECK;
 /* Public key (SPKI DER) of the primary version, and the key's record. */
 hsm_result hsm_kms_get_public_key(hsm_kms *kms, const hsm_caller *caller, const char *key,
                                   hsm_buf *spki, hsm_key_record *out) HSM_MUST_CHECK;

@@ -92,6 +92,7 @@ hsm_result hsm_api_list_grants(hsm_api_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_api_list_retirable_grants(hsm_api_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_api_retire_grant(hsm_api_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_api_revoke_grant(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_derive_shared_secret(hsm_api_ctx *c) HSM_MUST_CHECK;
 /* hsmd's token operations (api_jwt.c), served under X-Amz-Target HsmdJwt.<Op> only. */
 hsm_result hsm_api_sign_token(hsm_api_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_api_enable_jwt_signing(hsm_api_ctx *c) HSM_MUST_CHECK;
@@ -109,7 +110,10 @@ hsm_result hsm_api_paging(hsm_api_ctx *c, int64_t max, int64_t def, size_t *limi
 void hsm_api_write_key_metadata(hsm_api_ctx *c, const char *member, const hsm_key_record *r);
 /* Writes "KeyId": <key ARN>. */
 void hsm_api_write_key_arn(hsm_api_ctx *c, const char *member, const char *key_id);
-/* Writes the algorithm lists of a spec (EncryptionAlgorithms / SigningAlgorithms / MacAlgorithms). */
+/*
+ * Writes the algorithm list of a key's usage: EncryptionAlgorithms,
+ * SigningAlgorithms, MacAlgorithms or KeyAgreementAlgorithms.
+ */
 void hsm_api_write_algorithms(hsm_api_ctx *c, hsm_key_spec spec, hsm_key_usage usage);
 
 #endif

@@ -79,11 +79,17 @@ void hsm_api_write_algorithms(hsm_api_ctx *c, hsm_key_spec spec, hsm_key_usage u
 			if (s->sign_algs & (1U << a))
 				hsm_jw_value_str(c->w, hsm_sign_alg_name((hsm_sign_alg)a));
 		hsm_jw_end_array(c->w);
-	} else {
+	} else if (usage == HSM_USAGE_GENERATE_VERIFY_MAC) {
 		hsm_jw_key_begin_array(c->w, "MacAlgorithms");
 		for (unsigned a = 0; a < HSM_MAC_COUNT; a++)
 			if (s->mac_algs & (1U << a))
 				hsm_jw_value_str(c->w, hsm_mac_alg_name((hsm_mac_alg)a));
+		hsm_jw_end_array(c->w);
+	} else {
+		hsm_jw_key_begin_array(c->w, "KeyAgreementAlgorithms");
+		for (unsigned a = 0; a < HSM_AGREE_COUNT; a++)
+			if (s->agree_algs & (1U << a))
+				hsm_jw_value_str(c->w, hsm_agree_alg_name((hsm_agree_alg)a));
 		hsm_jw_end_array(c->w);
 	}
 }

@@ -48,6 +48,7 @@ static const hsm_api_handler handlers[HSM_OP_COUNT] = {
     [HSM_OP_ListRetirableGrants] = hsm_api_list_retirable_grants,
     [HSM_OP_RetireGrant] = hsm_api_retire_grant,
     [HSM_OP_RevokeGrant] = hsm_api_revoke_grant,
+    [HSM_OP_DeriveSharedSecret] = hsm_api_derive_shared_secret,
     [HSM_OP_SignToken] = hsm_api_sign_token,
     [HSM_OP_EnableJwtSigning] = hsm_api_enable_jwt_signing,
     [HSM_OP_DisableJwtSigning] = hsm_api_disable_jwt_signing,

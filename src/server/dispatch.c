@@ -213,11 +213,12 @@ static void fail_request(pending *p, outcome *o, hsm_result r)
 	finish(p, o);
 }
 
-/* Operations whose responses carry plaintext or private keys. */
+/* Operations whose responses carry plaintext, private keys or shared secrets. */
 static bool returns_secret(hsm_op op)
 {
 	return op == HSM_OP_Decrypt || op == HSM_OP_GenerateDataKey ||
-	       op == HSM_OP_GenerateDataKeyPair || op == HSM_OP_GenerateRandom;
+	       op == HSM_OP_GenerateDataKeyPair || op == HSM_OP_GenerateRandom ||
+	       op == HSM_OP_DeriveSharedSecret;
 }
 
 /* Runs the handler on the request document (kept alive until the audit record is built). */

@@ -10,6 +10,7 @@
  *   alias/fuzz-ec     ECC_NIST_P256      SIGN_VERIFY
  *   alias/fuzz-ed     ECC_NIST_EDWARDS25519 SIGN_VERIFY
  *   alias/fuzz-hmac   HMAC_256           GENERATE_VERIFY_MAC
+ *   alias/fuzz-ecdh   ECC_NIST_P256      KEY_AGREEMENT
  *   alias/fuzz-pending SYMMETRIC_DEFAULT, kept pending deletion
  *
  * Input:
@@ -64,6 +65,7 @@ static fixture fixtures[] = {
     {"alias/fuzz-ec", HSM_SPEC_ECC_NIST_P256, HSM_USAGE_SIGN_VERIFY, false, ""},
     {"alias/fuzz-ed", HSM_SPEC_ECC_NIST_EDWARDS25519, HSM_USAGE_SIGN_VERIFY, false, ""},
     {"alias/fuzz-hmac", HSM_SPEC_HMAC_256, HSM_USAGE_GENERATE_VERIFY_MAC, false, ""},
+    {"alias/fuzz-ecdh", HSM_SPEC_ECC_NIST_P256, HSM_USAGE_KEY_AGREEMENT, false, ""},
     {"alias/fuzz-pending", HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, true, ""},
 };
 #define N_FIXTURES (sizeof(fixtures) / sizeof(fixtures[0]))
