@@ -6,6 +6,10 @@
  * GetPublicKey).  Keys that are not pending deletion become objects:
  *   - SIGN_VERIFY RSA, NIST/secp256k1 EC and Ed25519 keys: a private key
  *     object (sign) and a public key object (verify, with the public values);
+ *   - ENCRYPT_DECRYPT RSA keys: the same pair for decryption and encryption;
+ *   - KEY_AGREEMENT EC keys: a public key object alone, for its public
+ *     values (the module offers no derivation, so a private key object
+ *     could do nothing; DeriveSharedSecret is the KMS API's);
  *   - HMAC keys: a secret key object (sign and verify a MAC).
  * CKA_ID is the key id, CKA_LABEL its first alias without "alias/" (or the
  * key id).  A key keeps its handles across listings.  Private values are
@@ -266,7 +270,8 @@ static CK_RV load_key(const char *key_id, json_t *aliases)
 	if (usage == HSM_USAGE_GENERATE_VERIFY_MAC && is_hmac(spec)) {
 		rv = upsert(key_id, CKO_SECRET_KEY, spec, usage, CKK_GENERIC_SECRET, label, NULL);
 	} else if ((usage == HSM_USAGE_SIGN_VERIFY && (is_rsa(spec) || curve_of(spec) != NULL)) ||
-	           (usage == HSM_USAGE_ENCRYPT_DECRYPT && is_rsa(spec))) {
+	           (usage == HSM_USAGE_ENCRYPT_DECRYPT && is_rsa(spec)) ||
+	           (usage == HSM_USAGE_KEY_AGREEMENT && curve_of(spec) != NULL)) {
 		json_t *pub = NULL;
 		rv = p11_call("TrentService.GetPublicKey", json_pack("{s:s}", "KeyId", key_id), &pub);
 		if (rv == CKR_OK)
@@ -275,7 +280,7 @@ static CK_RV load_key(const char *key_id, json_t *aliases)
 		CK_KEY_TYPE kt = is_rsa(spec)                             ? CKK_RSA
 		                 : spec == HSM_SPEC_ECC_NIST_EDWARDS25519 ? CKK_EC_EDWARDS
 		                                                          : CKK_EC;
-		if (rv == CKR_OK)
+		if (rv == CKR_OK && usage != HSM_USAGE_KEY_AGREEMENT)
 			rv = upsert(key_id, CKO_PRIVATE_KEY, spec, usage, kt, label, &spki);
 		if (rv == CKR_OK)
 			rv = upsert(key_id, CKO_PUBLIC_KEY, spec, usage, kt, label, &spki);

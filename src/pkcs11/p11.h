@@ -48,7 +48,8 @@ typedef struct p11_object {
 	char key_id[HSM_UUID_STRLEN + 1];
 	char label[P11_LABEL_MAX + 1];
 	hsm_key_spec spec;
-	hsm_key_usage usage;  /* SIGN_VERIFY, ENCRYPT_DECRYPT (RSA) or GENERATE_VERIFY_MAC */
+	hsm_key_usage usage;  /* SIGN_VERIFY, ENCRYPT_DECRYPT (RSA), GENERATE_VERIFY_MAC or
+	                       * KEY_AGREEMENT (EC, a public key object only) */
 	CK_KEY_TYPE key_type; /* CKK_RSA, CKK_EC, CKK_EC_EDWARDS, CKK_GENERIC_SECRET */
 	bool seen;            /* in the last listing */
 	/* Public values (asymmetric keys), from the key's SubjectPublicKeyInfo. */

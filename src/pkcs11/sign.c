@@ -161,7 +161,8 @@ static CK_RV op_init(CK_SESSION_HANDLE hs, bool sign, CK_MECHANISM_PTR mech, CK_
 	const p11_object *o = p11_object_get(key);
 	if (o == NULL)
 		return CKR_KEY_HANDLE_INVALID;
-	if (o->usage == HSM_USAGE_ENCRYPT_DECRYPT) /* an RSA key for decryption does not sign */
+	/* An RSA key for decryption does not sign, a key agreement key's public key does not verify. */
+	if (o->usage == HSM_USAGE_ENCRYPT_DECRYPT || o->usage == HSM_USAGE_KEY_AGREEMENT)
 		return CKR_KEY_FUNCTION_NOT_PERMITTED;
 	CK_OBJECT_CLASS want = m->family == P11_HMAC ? CKO_SECRET_KEY
 	                       : sign               ? CKO_PRIVATE_KEY

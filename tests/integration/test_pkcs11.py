@@ -4,7 +4,8 @@ PyKCS11 loads the module into this process (HSM_PKCS11_ENDPOINT set before
 C_Initialize) and checks: the slot, token and mechanism list; login with an
 "<AccessKeyId>:<SecretAccessKey>" PIN; the token objects made from keys
 created with boto3 (classes, CKA_ID/CKA_LABEL, flags, public values equal to
-GetPublicKey's, sensitive values refused; AES keys not shown); RSA-OAEP
+GetPublicKey's, sensitive values refused; AES keys not shown; KEY_AGREEMENT
+keys as a public key object alone); RSA-OAEP
 encryption and decryption with ENCRYPT_DECRYPT RSA keys; the signing mechanisms on every curve and several RSA and HMAC sizes,
 one-shot and multi-part, each signature checked with python3-cryptography and
 HMACs against GenerateMac; verification through the module; refused inputs and
@@ -27,7 +28,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
 from PyKCS11 import LowLevel, Mechanism, RSA_PSS_Mechanism, ckbytelist
-from PyKCS11 import (CKA_ALWAYS_SENSITIVE, CKA_CLASS, CKA_DECRYPT, CKA_EC_PARAMS, CKA_EC_POINT,
+from PyKCS11 import (CKA_ALWAYS_SENSITIVE, CKA_CLASS, CKA_DECRYPT, CKA_DERIVE, CKA_EC_PARAMS,
+                     CKA_EC_POINT,
                      CKA_ENCRYPT, CKA_EXTRACTABLE, CKA_ID, CKA_KEY_TYPE, CKA_LABEL, CKA_MODULUS,
                      CKA_MODULUS_BITS, CKA_NEVER_EXTRACTABLE, CKA_PRIME_1, CKA_PRIVATE,
                      CKA_PRIVATE_EXPONENT, CKA_PUBLIC_EXPONENT, CKA_SENSITIVE, CKA_SIGN,
@@ -41,6 +43,7 @@ MODULE = os.path.join(BUILD, "libhsm_pkcs11.so")
 CKR_ACTION_PROHIBITED = 0x1B  # PKCS#11 v2.40; not among PyKCS11 1.5's names
 CKA_UNKNOWN = 0x8000ABCD      # a vendor-defined attribute the module does not know
 P256_OID = bytes.fromhex("06082a8648ce3d030107")
+P384_OID = bytes.fromhex("06052b81040022")
 DIGESTINFO_SHA256 = bytes.fromhex("3031300d060960864801650304020105000420")
 MECHANISMS = {CKM[n] for n in (
     "CKM_RSA_PKCS_KEY_PAIR_GEN", "CKM_EC_KEY_PAIR_GEN", "CKM_RSA_PKCS", "CKM_SHA256_RSA_PKCS",
@@ -87,7 +90,8 @@ def keys(officer):
             "ec": create("ECC_NIST_P256", "SIGN_VERIFY"),
             "mac": create("HMAC_256", "GENERATE_VERIFY_MAC", "alias/api-mac"),
             "aes": create("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT", "alias/not-a-p11-key"),
-            "rsa_enc": create("RSA_2048", "ENCRYPT_DECRYPT", "alias/rsa-enc")}
+            "rsa_enc": create("RSA_2048", "ENCRYPT_DECRYPT", "alias/rsa-enc"),
+            "ecdh": create("ECC_NIST_P384", "KEY_AGREEMENT", "alias/ecdh-key")}
 
 
 @pytest.fixture(scope="module")
@@ -291,6 +295,26 @@ def test_objects_mirror_the_kms_keys(p11, user, officer, keys):
                      CKA_SENSITIVE, CKA_EXTRACTABLE) == [
             CKO_SECRET_KEY, CKK_GENERIC_SECRET, "api-mac", True, True, True, True, False]
         assert attr_rv(s, mac, CKA_VALUE) == PyKCS11.CKR_ATTRIBUTE_SENSITIVE
+
+
+def test_key_agreement_key_is_a_public_key_object_only(p11, user, officer, keys):
+    """The module derives nothing, so a KEY_AGREEMENT key shows only its public
+    half: its public values, for a peer, and no private key object."""
+    with session(p11, user.pin) as s:
+        (pub,) = find(s, None, keys["ecdh"])
+        assert attrs(s, pub, CKA_CLASS, CKA_KEY_TYPE, CKA_ID, CKA_LABEL, CKA_TOKEN, CKA_PRIVATE,
+                     CKA_VERIFY, CKA_ENCRYPT, CKA_DERIVE) == [
+            CKO_PUBLIC_KEY, CKK_EC, keys["ecdh"].encode(), "ecdh-key", True, False, False, False,
+            False]
+        assert attrs(s, pub, CKA_EC_PARAMS, CKA_EC_POINT) == [
+            P384_OID, ec_point(public_key(officer, keys["ecdh"]))]
+        assert find(s, CKO_PRIVATE_KEY, keys["ecdh"]) == []
+        assert len(s.findObjects([(CKA_LABEL, "ecdh-key")])) == 1
+        # It verifies nothing, and goes only with its key (deletion is the KMS API's).
+        ckr(PyKCS11.CKR_KEY_FUNCTION_NOT_PERMITTED, s.verify, pub, MSG, b"\x00" * 96,
+            Mechanism(PyKCS11.CKM_ECDSA_SHA384))
+        assert s.lib.C_DestroyObject(s.session, pub) == CKR_ACTION_PROHIBITED
+    assert officer.describe_key(KeyId=keys["ecdh"])["KeyMetadata"]["KeyState"] == "Enabled"
 
 
 # ---- 4. signing and verification -------------------------------------------------------------
@@ -555,6 +579,16 @@ def test_pkcs11_tool(server, user, officer, keys, tmp_path):
         assert block in p.stdout, p.stdout
         assert f"label:      {label}\n  ID:         {kid.encode().hex()}\n" in p.stdout, p.stdout
     assert keys["aes"].encode().hex() not in p.stdout
+    # The key agreement key: one public key object, no private key object.
+    objects = []  # each object's lines: a header ("Public Key Object; EC ..."), then indented
+    for line in p.stdout.splitlines():
+        if line and not line[0].isspace():
+            objects.append([])
+        if objects:
+            objects[-1].append(line.strip())
+    ecdh = [o for o in objects if f"ID:         {keys['ecdh'].encode().hex()}" in o]
+    assert len(ecdh) == 1 and ecdh[0][0].startswith("Public Key Object; EC"), p.stdout
+    assert "label:      ecdh-key" in ecdh[0] and "Usage:      none" in ecdh[0], ecdh
     data = tmp_path / "data"
     data.write_bytes(MSG * 3)
     for kid, mech, extra in ((keys["rsa"], "SHA256-RSA-PKCS", []),
