@@ -150,6 +150,12 @@ def test_grants_on_signing_and_mac_keys(kms, users):
     assert app.verify(KeyId=sign, Message=b"m", Signature=sig,
                       SigningAlgorithm="ECDSA_SHA_256")["SignatureValid"] is True
     assert app.get_public_key(KeyId=sign)["KeySpec"] == "ECC_NIST_P256"
+    # RSA signatures continue on the lane, where the grant is asked too.
+    rsa = dev_key(kms, KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")
+    denied(app.sign, KeyId=rsa, Message=b"m", SigningAlgorithm="RSASSA_PSS_SHA_256")
+    kms.create_grant(KeyId=rsa, GranteePrincipal=arn("app"), Operations=["Sign"])
+    assert len(app.sign(KeyId=rsa, Message=b"m",
+                        SigningAlgorithm="RSASSA_PSS_SHA_256")["Signature"]) == 256
     kms.create_grant(KeyId=mac, GranteePrincipal=ROOT, Operations=["GenerateMac"])
     # A grant to the account is a grant to each of its users (within their roles).
     for who in ("app", "other"):
