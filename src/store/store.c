@@ -766,6 +766,16 @@ hsm_result st_check_transition(hsm_key_state before, hsm_key_state after, bool n
 	return HSM_SUCCESS;
 }
 
+hsm_result st_check_grant_limits(const char *key_id, int64_t for_grantee, int64_t for_key)
+{
+	HSM_ENSURE(for_grantee < HSM_MAX_GRANTS_PER_GRANTEE, HSM_ERR_LIMIT_EXCEEDED,
+	           "key %s already holds %d grants for this grantee, the most allowed", key_id,
+	           HSM_MAX_GRANTS_PER_GRANTEE);
+	HSM_ENSURE(for_key < HSM_MAX_GRANTS_PER_KEY, HSM_ERR_LIMIT_EXCEEDED,
+	           "key %s already holds %d grants, the most allowed", key_id, HSM_MAX_GRANTS_PER_KEY);
+	return HSM_SUCCESS;
+}
+
 hsm_result st_fill_empty(char **s)
 {
 	if (*s == NULL) {

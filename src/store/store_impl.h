@@ -160,6 +160,9 @@ void st_vec_free(st_vec *v, void (*clear)(void *item));
 /* The state rules of hsm_store_key_update (store.h): INVALID_STATE when broken. */
 hsm_result st_check_transition(hsm_key_state before, hsm_key_state after,
                                bool new_version) HSM_MUST_CHECK;
+/* The grant limits of hsm_store_grant_create (store.h), given the key's counts: LIMIT_EXCEEDED when broken. */
+hsm_result st_check_grant_limits(const char *key_id, int64_t for_grantee,
+                                 int64_t for_key) HSM_MUST_CHECK;
 /* A string an update fn left NULL becomes "": the records promise non-NULL strings. */
 hsm_result st_fill_empty(char **s) HSM_MUST_CHECK;
 

@@ -169,16 +169,10 @@ static hsm_result grant_count(sq_conn *w, const char *sql, const char *key_id,
 /* KMS quotas: grants per key, and per key and grantee principal (store.h). */
 static hsm_result check_limits(sq_conn *w, const hsm_grant_record *g)
 {
-	int64_t n = 0;
-	HSM_GUARD(grant_count(w, SQL_GRANT_COUNT_GRANTEE, g->key_id, g->grantee, &n));
-	HSM_ENSURE(n < HSM_MAX_GRANTS_PER_GRANTEE, HSM_ERR_LIMIT_EXCEEDED,
-	           "key %s already holds %d grants for this grantee, the most allowed", g->key_id,
-	           HSM_MAX_GRANTS_PER_GRANTEE);
-	HSM_GUARD(grant_count(w, SQL_GRANT_COUNT_KEY, g->key_id, NULL, &n));
-	HSM_ENSURE(n < HSM_MAX_GRANTS_PER_KEY, HSM_ERR_LIMIT_EXCEEDED,
-	           "key %s already holds %d grants, the most allowed", g->key_id,
-	           HSM_MAX_GRANTS_PER_KEY);
-	return HSM_SUCCESS;
+	int64_t for_grantee = 0, for_key = 0;
+	HSM_GUARD(grant_count(w, SQL_GRANT_COUNT_GRANTEE, g->key_id, g->grantee, &for_grantee));
+	HSM_GUARD(grant_count(w, SQL_GRANT_COUNT_KEY, g->key_id, NULL, &for_key));
+	return st_check_grant_limits(g->key_id, for_grantee, for_key);
 }
 
 static hsm_result grant_create_in(sq_conn *w, const hsm_grant_record *g, grant_twin *twin)
