@@ -19,6 +19,7 @@ static const char *const key_state_names[HSM_KEY_STATE_COUNT] = {
 	[HSM_KEY_DISABLED] = "Disabled",
 	[HSM_KEY_PENDING_DELETION] = "PendingDeletion",
 	[HSM_KEY_DESTROYED] = "Destroyed",
+	[HSM_KEY_PENDING_IMPORT] = "PendingImport",
 };
 
 static const char *const role_names[HSM_ROLE_COUNT] = {
@@ -162,6 +163,7 @@ void hsm_version_record_clear(hsm_version_record *r)
 		return;
 	hsm_buf_free(&r->wrapped);
 	hsm_buf_free(&r->public_der);
+	hsm_buf_free(&r->digest);
 	memset(r, 0, sizeof(*r));
 }
 

@@ -62,6 +62,7 @@ typedef enum hsm_key_state {
 	HSM_KEY_DISABLED,
 	HSM_KEY_PENDING_DELETION,
 	HSM_KEY_DESTROYED, /* material erased; tombstone kept for audit */
+	HSM_KEY_PENDING_IMPORT, /* an EXTERNAL key without key material (none imported yet, or deleted) */
 	HSM_KEY_STATE_COUNT
 } hsm_key_state;
 
@@ -86,7 +87,8 @@ typedef enum hsm_role {
  * functions abort on a value outside the enumeration; the parse functions
  * return HSM_ERR_VALIDATION for an unknown name.
  */
-const char *hsm_key_state_name(hsm_key_state s); /* "Enabled", "Disabled", "PendingDeletion", "Destroyed" */
+/* "Enabled", "Disabled", "PendingDeletion", "Destroyed", "PendingImport" */
+const char *hsm_key_state_name(hsm_key_state s);
 const char *hsm_role_name(hsm_role r);           /* "crypto-officer", "crypto-user", "auditor" */
 const char *hsm_key_origin_name(hsm_key_origin o);      /* "AWS_KMS", "EXTERNAL" (KMS Origin) */
 const char *hsm_rotation_type_name(hsm_rotation_type t); /* "NONE", "AUTOMATIC", "ON_DEMAND" */
@@ -100,6 +102,8 @@ hsm_result hsm_rotation_type_parse(const char *name, hsm_rotation_type *out) HSM
 
 /* Key flags (bit set). */
 #define HSM_KEYFLAG_JWT 0x1U /* published in the JWKS and usable for token signing */
+/* An EXTERNAL key whose material is absent (never imported, deleted or expired). */
+#define HSM_KEYFLAG_NO_MATERIAL 0x2U
 /* Bits 8-15 are taken: a JWT key's JWS algorithm (HSM_KEYFLAG_JWT_ALG_MASK, kms/jwt.h). */
 
 /* ---- Records -------------------------------------------------------------- */
@@ -121,6 +125,8 @@ typedef struct hsm_key_record {
 	char *policy;               /* owned JSON text; never NULL after a successful get */
 	uint32_t flags;             /* HSM_KEYFLAG_* */
 	int64_t updated;            /* epoch seconds of the last change */
+	/* EXTERNAL keys: when the imported material expires (epoch seconds); 0 = never, or none. */
+	int64_t valid_to;
 } hsm_key_record;
 
 typedef struct hsm_version_record {
@@ -130,6 +136,11 @@ typedef struct hsm_version_record {
 	hsm_rotation_type rotation_type;
 	hsm_buf wrapped;    /* wrapped material; empty once destroyed */
 	hsm_buf public_der; /* SubjectPublicKeyInfo of asymmetric keys; else empty */
+	/*
+	 * Imported material: a keyed digest that identifies it (a reimport must
+	 * match), kept when the material is erased; empty for generated material.
+	 */
+	hsm_buf digest;
 } hsm_version_record;
 
 #define HSM_ALIAS_MAX 256
@@ -304,6 +315,22 @@ hsm_result hsm_store_key_update(hsm_store *s, const char *key_id, hsm_key_update
 hsm_result hsm_store_key_destroy(hsm_store *s, const char *key_id, int64_t now) HSM_MUST_CHECK;
 
 /*
+ * Imports or erases one version's key material (KMS ImportKeyMaterial,
+ * DeleteImportedKeyMaterial, expiry), in one transaction with a
+ * read-modify-write of the key as hsm_store_key_update does (fn, which may
+ * be NULL, runs on the loaded record under the same rules; the state rules
+ * hold).  Replaces the wrapped, public_der and digest of the version
+ * material->key_id / material->version with material's; material->key_id
+ * must equal key_id (HSM_ERR_VALIDATION).  NOT_FOUND when the key or that
+ * version does not exist; INVALID_STATE for a Destroyed key.  An empty
+ * material->wrapped erases the material, and the erased bytes are then
+ * overwritten on disk as hsm_store_key_destroy makes sure of.
+ */
+hsm_result hsm_store_key_set_material(hsm_store *s, const char *key_id, hsm_key_update_fn fn,
+                                      void *arg, const hsm_version_record *material,
+                                      hsm_key_record *after) HSM_MUST_CHECK;
+
+/*
  * Lists keys ordered by key id, starting after `after` (NULL or "" for the
  * first page), at most limit records; *truncated tells whether more follow
  * (then the last key id passed to cb is the next page's `after`).
@@ -324,10 +351,11 @@ hsm_result hsm_store_jwt_key_list(hsm_store *s, const char *after, size_t limit,
 hsm_result hsm_store_key_count(hsm_store *s, uint64_t *out) HSM_MUST_CHECK;
 
 /*
- * Keys with work due at `now`: PendingDeletion whose deletion_date <= now, or
- * rotation enabled with next_rotation <= now (Enabled keys only).  At most
- * limit keys per call: deletions first, oldest due first, then rotations,
- * oldest due first.  A key whose work keeps failing stays due, so a caller
+ * Keys with work due at `now`: PendingDeletion whose deletion_date <= now;
+ * imported material that expired (valid_to != 0 and <= now, any state but
+ * Destroyed); or rotation enabled with next_rotation <= now (Enabled keys
+ * only).  At most limit keys per call: deletions first, oldest due first,
+ * then expirations, then rotations, each oldest due first.  A key whose work keeps failing stays due, so a caller
  * that cannot make progress on a key should not simply call again.
  */
 hsm_result hsm_store_keys_due(hsm_store *s, int64_t now, size_t limit, hsm_key_cb cb,
