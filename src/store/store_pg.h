@@ -62,8 +62,8 @@
 #define PG_CONNECT_TIMEOUT_S "5"
 /* Distinct statements one connection may prepare (open addressing). */
 #define PG_STMT_SLOTS 128
-/* Parameters one statement takes at most. */
-#define PG_MAX_PARAMS 16
+/* Parameters one statement takes at most (a key row: PG_KEY_COLS). */
+#define PG_MAX_PARAMS 17
 
 typedef struct pg_conn {
 	PGconn *db;
@@ -197,8 +197,8 @@ hsm_result pg_schema_migrate(pg_store *s, int *version) HSM_MUST_CHECK;
 #define PG_KEY_COLS                                                                    \
 	"id, description, spec, usage, origin, state, created, deletion_date, "            \
 	"pending_window_days, rotation_enabled, rotation_period_days, next_rotation, " \
-	"primary_version, policy, flags, updated"
-#define PG_VERSION_COLS "key_id, version, created, rotation_type, wrapped, public_der"
+	"primary_version, policy, flags, updated, valid_to"
+#define PG_VERSION_COLS "key_id, version, created, rotation_type, wrapped, public_der, digest"
 #define PG_ALIAS_COLS "name, key_id, created, updated"
 #define PG_USER_COLS "name, roles, disabled, locked, failed_auth, created"
 #define PG_ACCESS_KEY_COLS "id, user_name, active, created, wrapped_secret"

@@ -50,6 +50,7 @@ hsm_result pg_read_key(const PGresult *r, int row, void *item)
 	HSM_GUARD(pg_col_strdup(r, row, 13, &k->policy));
 	HSM_GUARD(pg_col_u32(r, row, 14, &k->flags));
 	HSM_GUARD(pg_col_i64(r, row, 15, &k->updated));
+	HSM_GUARD(pg_col_i64(r, row, 16, &k->valid_to));
 	return HSM_SUCCESS;
 }
 
@@ -65,6 +66,7 @@ hsm_result pg_read_version(const PGresult *r, int row, void *item)
 	                         "unknown rotation type"));
 	HSM_GUARD(pg_col_bytea(r, row, 4, &v->wrapped));
 	HSM_GUARD(pg_col_bytea(r, row, 5, &v->public_der));
+	HSM_GUARD(pg_col_bytea(r, row, 6, &v->digest));
 	return HSM_SUCCESS;
 }
 
@@ -78,7 +80,7 @@ static void clear_version(void *item)
 	hsm_version_record_clear(item);
 }
 
-/* Parameters $1..$16 in PG_KEY_COLS order. */
+/* Parameters $1..$17 in PG_KEY_COLS order. */
 static void bind_key(pg_params *p, const hsm_key_record *k)
 {
 	pg_p_text(p, k->key_id);
@@ -97,18 +99,19 @@ static void bind_key(pg_params *p, const hsm_key_record *k)
 	pg_p_text(p, k->policy);
 	pg_p_i64(p, k->flags);
 	pg_p_i64(p, k->updated);
+	pg_p_i64(p, k->valid_to);
 }
 
 static const char SQL_KEY_INSERT[] = "INSERT INTO keys (" PG_KEY_COLS ") VALUES "
                                      "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
-                                     "$14, $15, $16)";
+                                     "$14, $15, $16, $17)";
 static const char SQL_KEY_UPDATE[] =
 	"UPDATE keys SET description = $2, spec = $3, usage = $4, origin = $5, state = $6, "
 	"created = $7, deletion_date = $8, pending_window_days = $9, rotation_enabled = $10, "
 	"rotation_period_days = $11, next_rotation = $12, primary_version = $13, policy = $14, "
-	"flags = $15, updated = $16 WHERE id = $1";
+	"flags = $15, updated = $16, valid_to = $17 WHERE id = $1";
 static const char SQL_VERSION_INSERT[] = "INSERT INTO key_versions (" PG_VERSION_COLS
-                                         ") VALUES ($1, $2, $3, $4, $5, $6)";
+                                         ") VALUES ($1, $2, $3, $4, $5, $6, $7)";
 
 static hsm_result write_key(pg_conn *w, const char *sql, const hsm_key_record *k)
 {
@@ -133,6 +136,7 @@ hsm_result pg_insert_version(pg_conn *w, const hsm_version_record *v)
 	pg_p_text(&p, hsm_rotation_type_name(v->rotation_type));
 	pg_p_bytea(&p, &v->wrapped);
 	pg_p_bytea(&p, &v->public_der);
+	pg_p_bytea(&p, &v->digest);
 	return pg_run(w, SQL_VERSION_INSERT, &p, NULL);
 }
 

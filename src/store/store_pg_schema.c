@@ -123,6 +123,21 @@ static const migration migrations[] = {
 	 "CREATE INDEX grants_by_key ON grants (key_id, grant_id);"
 	 "CREATE INDEX grants_by_grantee ON grants (key_id, grantee, grant_id);"
 	 "CREATE INDEX grants_by_retiring ON grants (retiring, grant_id);"},
+	/*
+	 * Imported key material, as the SQLite schema's step 4: the PendingImport
+	 * state, valid_to (0 = never) and the versions' digests.  The state check
+	 * was declared inline in step 1, so PostgreSQL named it keys_state_check.
+	 * Columns with a constant default are added without rewriting the
+	 * tables.  keys_expiry_due holds only keys whose material expires; id in
+	 * it gives keys_due its order without a sort.
+	 */
+	{3,
+	 "ALTER TABLE keys DROP CONSTRAINT keys_state_check;"
+	 "ALTER TABLE keys ADD CONSTRAINT keys_state_check CHECK (state IN"
+	 "  ('Enabled', 'Disabled', 'PendingDeletion', 'Destroyed', 'PendingImport'));"
+	 "ALTER TABLE keys ADD COLUMN valid_to bigint NOT NULL DEFAULT 0;"
+	 "ALTER TABLE key_versions ADD COLUMN digest bytea NOT NULL DEFAULT '\\x'::bytea;"
+	 "CREATE INDEX keys_expiry_due ON keys (valid_to, id) WHERE valid_to <> 0;"},
 };
 
 #define MIGRATION_COUNT ((int)(sizeof(migrations) / sizeof(migrations[0])))

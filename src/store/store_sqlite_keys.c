@@ -8,7 +8,7 @@
 
 /* ---- Row codecs ------------------------------------------------------------------ */
 
-/* Column order shared by every key SELECT and by bind_key's parameters ?1..?16 (store_sqlite.h). */
+/* Column order shared by every key SELECT and by bind_key's parameters ?1..?17 (store_sqlite.h). */
 #define KEY_COLS SQ_KEY_COLS
 #define VERSION_COLS SQ_VERSION_COLS
 
@@ -30,6 +30,7 @@ static void bind_key(sq_conn *c, sqlite3_stmt *st, const hsm_key_record *k)
 	sq_bind_text(c, st, 14, k->policy);
 	sq_bind_i64(c, st, 15, k->flags);
 	sq_bind_i64(c, st, 16, k->updated);
+	sq_bind_i64(c, st, 17, k->valid_to);
 }
 
 /* Enumerations are stored by name; a name this build does not know is corruption. */
@@ -69,6 +70,7 @@ hsm_result sq_read_key(sqlite3_stmt *st, void *item)
 	HSM_GUARD(sq_col_strdup(st, 13, &k->policy));
 	HSM_GUARD(sq_col_u32(st, 14, &k->flags));
 	k->updated = sqlite3_column_int64(st, 15);
+	k->valid_to = sqlite3_column_int64(st, 16);
 	return HSM_SUCCESS;
 }
 
@@ -84,6 +86,7 @@ hsm_result sq_read_version(sqlite3_stmt *st, void *item)
 	                         "unknown rotation type"));
 	HSM_GUARD(sq_col_blob(st, 4, &v->wrapped));
 	HSM_GUARD(sq_col_blob(st, 5, &v->public_der));
+	HSM_GUARD(sq_col_blob(st, 6, &v->digest));
 	return HSM_SUCCESS;
 }
 
@@ -140,14 +143,14 @@ static hsm_result load_key(sq_conn *c, const char *key_id, hsm_key_record *rec)
 
 static const char SQL_KEY_INSERT[] = "INSERT INTO keys (" KEY_COLS ") VALUES "
                                      "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, "
-                                     "?14, ?15, ?16)";
+                                     "?14, ?15, ?16, ?17)";
 static const char SQL_KEY_UPDATE[] =
 	"UPDATE keys SET description = ?2, spec = ?3, usage = ?4, origin = ?5, state = ?6, "
 	"created = ?7, deletion_date = ?8, pending_window_days = ?9, rotation_enabled = ?10, "
 	"rotation_period_days = ?11, next_rotation = ?12, primary_version = ?13, policy = ?14, "
-	"flags = ?15, updated = ?16 WHERE id = ?1";
+	"flags = ?15, updated = ?16, valid_to = ?17 WHERE id = ?1";
 static const char SQL_VERSION_INSERT[] = "INSERT INTO key_versions (" VERSION_COLS
-                                         ") VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+                                         ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
 static hsm_result write_key(sq_conn *w, const char *sql, const hsm_key_record *k)
 {
@@ -169,6 +172,7 @@ hsm_result sq_insert_version(sq_conn *w, const hsm_version_record *v)
 	sq_bind_text(w, st, 4, hsm_rotation_type_name(v->rotation_type));
 	sq_bind_blob(w, st, 5, &v->wrapped);
 	sq_bind_blob(w, st, 6, &v->public_der);
+	sq_bind_blob(w, st, 7, &v->digest);
 	hsm_result res = sq_exec(w, st);
 	sq_reset(st);
 	return res;

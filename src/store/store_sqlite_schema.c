@@ -23,6 +23,12 @@
 typedef struct migration {
 	int version;
 	const char *sql;
+	/*
+	 * The step rebuilds a table that others reference (DROP TABLE and
+	 * RENAME), so foreign key enforcement is off while it runs and the
+	 * references are checked before it commits (apply_rebuild).
+	 */
+	bool rebuilds;
 } migration;
 
 static const migration migrations[] = {
@@ -97,10 +103,11 @@ static const migration migrations[] = {
 	 "  created        INTEGER NOT NULL,"
 	 "  wrapped_secret BLOB NOT NULL"
 	 ");"
-	 "CREATE INDEX access_keys_by_user ON access_keys (user, id);"},
+	 "CREATE INDEX access_keys_by_user ON access_keys (user, id);",
+	 false},
 	/* The keys marked for JWT signing (flag bit 0, HSM_KEYFLAG_JWT), for the JWK Set: a
 	 * partial index, so listing them costs what they number, not what the store holds. */
-	{2, "CREATE INDEX keys_jwt ON keys (id) WHERE (flags & 1) = 1;"},
+	{2, "CREATE INDEX keys_jwt ON keys (id) WHERE (flags & 1) = 1;", false},
 	/*
 	 * Grants (KMS CreateGrant).  Indexes: a key's grants in grant id order
 	 * (ListGrants, the per-key limit, key destruction); a key's grants of one
@@ -121,7 +128,54 @@ static const migration migrations[] = {
 	 ");"
 	 "CREATE INDEX grants_by_key ON grants (key_id, grant_id);"
 	 "CREATE INDEX grants_by_grantee ON grants (key_id, grantee, grant_id);"
-	 "CREATE INDEX grants_by_retiring ON grants (retiring, grant_id);"},
+	 "CREATE INDEX grants_by_retiring ON grants (retiring, grant_id);",
+	 false},
+	/*
+	 * Imported key material (KMS ImportKeyMaterial): the PendingImport state,
+	 * when the material expires (valid_to, 0 = never) and the digest that
+	 * identifies a version's imported material.  SQLite cannot alter a CHECK
+	 * constraint, so keys is rebuilt as https://www.sqlite.org/lang_altertable.html
+	 * ("Making Other Kinds Of Table Schema Changes") prescribes: new table,
+	 * copy, drop, rename, then every index on keys again.  keys_expiry_due
+	 * holds only keys whose material expires: finding the expired ones walks
+	 * those, not the whole table.
+	 */
+	{4,
+	 "CREATE TABLE keys_new ("
+	 "  id                   TEXT PRIMARY KEY,"
+	 "  description          TEXT NOT NULL,"
+	 "  spec                 TEXT NOT NULL,"
+	 "  usage                TEXT NOT NULL,"
+	 "  origin               TEXT NOT NULL,"
+	 "  state                TEXT NOT NULL CHECK (state IN"
+	 "                         ('Enabled', 'Disabled', 'PendingDeletion', 'Destroyed',"
+	 "                          'PendingImport')),"
+	 "  created              INTEGER NOT NULL,"
+	 "  deletion_date        INTEGER NOT NULL,"
+	 "  pending_window_days  INTEGER NOT NULL,"
+	 "  rotation_enabled     INTEGER NOT NULL CHECK (rotation_enabled IN (0, 1)),"
+	 "  rotation_period_days INTEGER NOT NULL,"
+	 "  next_rotation        INTEGER NOT NULL,"
+	 "  primary_version      INTEGER NOT NULL CHECK (primary_version >= 1),"
+	 "  policy               TEXT NOT NULL,"
+	 "  flags                INTEGER NOT NULL,"
+	 "  updated              INTEGER NOT NULL,"
+	 "  valid_to             INTEGER NOT NULL DEFAULT 0"
+	 ");"
+	 "INSERT INTO keys_new (id, description, spec, usage, origin, state, created, "
+	 "  deletion_date, pending_window_days, rotation_enabled, rotation_period_days, "
+	 "  next_rotation, primary_version, policy, flags, updated) "
+	 "SELECT id, description, spec, usage, origin, state, created, deletion_date, "
+	 "  pending_window_days, rotation_enabled, rotation_period_days, next_rotation, "
+	 "  primary_version, policy, flags, updated FROM keys;"
+	 "DROP TABLE keys;"
+	 "ALTER TABLE keys_new RENAME TO keys;"
+	 "CREATE INDEX keys_deletion_due ON keys (state, deletion_date);"
+	 "CREATE INDEX keys_rotation_due ON keys (rotation_enabled, state, next_rotation);"
+	 "CREATE INDEX keys_jwt ON keys (id) WHERE (flags & 1) = 1;"
+	 "CREATE INDEX keys_expiry_due ON keys (valid_to) WHERE valid_to <> 0;"
+	 "ALTER TABLE key_versions ADD COLUMN digest BLOB NOT NULL DEFAULT x'';",
+	 true},
 };
 
 #define MIGRATION_COUNT ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -162,6 +216,22 @@ static hsm_result rollback(sq_conn *w, hsm_result res)
 	return res;
 }
 
+/* Fails when PRAGMA foreign_key_check reports any row that references nothing. */
+static hsm_result check_references(sq_conn *w)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = sqlite3_prepare_v2(w->db, "PRAGMA foreign_key_check", -1, &st, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(st);
+	hsm_result res = HSM_SUCCESS;
+	if (rc == SQLITE_ROW)
+		res = HSM_FAIL(HSM_ERR_STORE, "a schema migration left records without their key");
+	else if (rc != SQLITE_DONE)
+		res = sq_fail(w, rc, "check the store's references");
+	sqlite3_finalize(st);
+	return res;
+}
+
 /* Runs one step and records it, in one transaction. */
 static hsm_result apply(sq_conn *w, const migration *m)
 {
@@ -173,11 +243,37 @@ static hsm_result apply(sq_conn *w, const migration *m)
 	hsm_result res = exec_sql(w, "BEGIN IMMEDIATE", "begin a schema migration");
 	if (hsm_ok(res))
 		res = exec_sql(w, m->sql, "apply a schema migration");
+	if (hsm_ok(res) && m->rebuilds)
+		res = check_references(w);
 	if (hsm_ok(res))
 		res = exec_sql(w, record, "record a schema migration");
 	if (hsm_ok(res))
 		res = exec_sql(w, "COMMIT", "commit a schema migration");
 	return rollback(w, res);
+}
+
+/*
+ * A step that rebuilds a referenced table, with foreign key enforcement off
+ * around its transaction.  With it on, DROP TABLE deletes every row first,
+ * which the rows referencing them refuse; PRAGMA defer_foreign_keys does not
+ * help, as the renamed table does not clear the violations the drop counted
+ * and COMMIT fails.  The pragma is a no-op inside a transaction, hence outside
+ * it here.  If it did not take, the drop fails and so does the step, leaving
+ * the store as it was.  check_references stands in for the enforcement
+ * before COMMIT.
+ */
+static hsm_result apply_rebuild(sq_conn *w, const migration *m)
+{
+	int64_t on = 0;
+	HSM_GUARD(exec_sql(w, "PRAGMA foreign_keys=OFF", "suspend foreign key enforcement"));
+	hsm_result res = apply(w, m);
+	/* The writer keeps this connection for the store's life: it must enforce again. */
+	hsm_result back = exec_sql(w, "PRAGMA foreign_keys=ON", "restore foreign key enforcement");
+	if (hsm_ok(back))
+		back = query_int(w, "PRAGMA foreign_keys", &on);
+	if (hsm_ok(back) && on != 1)
+		back = HSM_FAIL(HSM_ERR_STORE, "cannot restore foreign key enforcement");
+	return hsm_ok(res) ? back : res;
 }
 
 static hsm_result check_application_id(sq_conn *w)
@@ -206,7 +302,11 @@ hsm_result sq_schema_migrate(sq_conn *w, int *version)
 	           (long long)current, latest);
 	HSM_ENSURE(current >= 0, HSM_ERR_STORE, "the store's schema version is corrupt");
 	for (int i = 0; i < MIGRATION_COUNT; i++) {
-		if (migrations[i].version > current)
+		if (migrations[i].version <= current)
+			continue;
+		if (migrations[i].rebuilds)
+			HSM_GUARD(apply_rebuild(w, &migrations[i]));
+		else
 			HSM_GUARD(apply(w, &migrations[i]));
 	}
 	*version = latest;

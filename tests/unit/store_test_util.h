@@ -323,6 +323,73 @@ static inline void st_poison(st_fixture *f, const char *table, const char *cond)
 	EXPECT_OK(hsm_store_open(f->loc, &f->s));
 }
 
+/*
+ * Closes the store and takes it back to the schema before imported key
+ * material (SQLite step 3, PostgreSQL step 2), keeping its records: a store
+ * as an older hsmd wrote it.  Its keys must be in the states that schema
+ * knew.  The tables and constraints are those of the older steps, so the
+ * next open runs the newer steps on them as it would on a real old store.
+ */
+static inline void st_schema_before_import(st_fixture *f)
+{
+	hsm_store_close(f->s);
+	f->s = NULL;
+	if (st_is_pg()) {
+		assert_int_equal(st_pg_exec(f->db,
+		                            "BEGIN;"
+		                            "DROP INDEX keys_expiry_due;"
+		                            "ALTER TABLE key_versions DROP COLUMN digest;"
+		                            "ALTER TABLE keys DROP COLUMN valid_to;"
+		                            "ALTER TABLE keys DROP CONSTRAINT keys_state_check;"
+		                            "ALTER TABLE keys ADD CONSTRAINT keys_state_check "
+		                            "CHECK (state IN ('Enabled', 'Disabled', "
+		                            "'PendingDeletion', 'Destroyed'));"
+		                            "DELETE FROM schema_version WHERE version >= 3;"
+		                            "COMMIT"),
+		                 0);
+		return;
+	}
+	/* SQLite's own way to change a table (see store_sqlite_schema.c, step 4). */
+	assert_int_equal(st_raw_exec(f->dir,
+	                             "PRAGMA foreign_keys=OFF; BEGIN;"
+	                             "CREATE TABLE keys_old ("
+	                             "  id                   TEXT PRIMARY KEY,"
+	                             "  description          TEXT NOT NULL,"
+	                             "  spec                 TEXT NOT NULL,"
+	                             "  usage                TEXT NOT NULL,"
+	                             "  origin               TEXT NOT NULL,"
+	                             "  state                TEXT NOT NULL CHECK (state IN"
+	                             "    ('Enabled', 'Disabled', 'PendingDeletion', 'Destroyed')),"
+	                             "  created              INTEGER NOT NULL,"
+	                             "  deletion_date        INTEGER NOT NULL,"
+	                             "  pending_window_days  INTEGER NOT NULL,"
+	                             "  rotation_enabled     INTEGER NOT NULL"
+	                             "                         CHECK (rotation_enabled IN (0, 1)),"
+	                             "  rotation_period_days INTEGER NOT NULL,"
+	                             "  next_rotation        INTEGER NOT NULL,"
+	                             "  primary_version      INTEGER NOT NULL"
+	                             "                         CHECK (primary_version >= 1),"
+	                             "  policy               TEXT NOT NULL,"
+	                             "  flags                INTEGER NOT NULL,"
+	                             "  updated              INTEGER NOT NULL);"
+	                             "INSERT INTO keys_old SELECT id, description, spec, usage, "
+	                             "  origin, state, created, deletion_date, "
+	                             "  pending_window_days, rotation_enabled, "
+	                             "  rotation_period_days, next_rotation, primary_version, "
+	                             "  policy, flags, updated FROM keys;"
+	                             "DROP TABLE keys;"
+	                             "ALTER TABLE keys_old RENAME TO keys;"
+	                             "CREATE INDEX keys_deletion_due ON keys "
+	                             "  (state, deletion_date);"
+	                             "CREATE INDEX keys_rotation_due ON keys "
+	                             "  (rotation_enabled, state, next_rotation);"
+	                             "CREATE INDEX keys_jwt ON keys (id) WHERE (flags & 1) = 1;"
+	                             "ALTER TABLE key_versions DROP COLUMN digest;"
+	                             "DELETE FROM schema_version WHERE version >= 4;"
+	                             "COMMIT"),
+	                 SQLITE_OK);
+}
+
 /* For tests of SQLite's files and raw database: skipped when PostgreSQL is under test. */
 #define st_sqlite_only()            \
 	do {                            \

@@ -1,0 +1,376 @@
+/*
+ * store_material_test.c - keys with imported key material (store.h): the
+ * PendingImport state, when material expires (valid_to), the digests of
+ * versions, and the schema step that adds them to a store written before.
+ * SQLite unless HSM_TEST_STORE=pg (store_test_util.h).
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "store/store.h"
+#include "store/store_impl.h"
+#include "store_test_util.h"
+
+/* ---- Helpers ----------------------------------------------------------------------------- */
+
+static void set_buf(hsm_buf *b, const char *text)
+{
+	assert_true(hsm_ok(hsm_buf_set(b, text, strlen(text))));
+}
+
+/* An EXTERNAL key awaiting its material: version 1 holds none yet. */
+static void create_external(hsm_store *s, const char *id, int64_t valid_to)
+{
+	hsm_key_record k;
+	hsm_version_record v;
+	st_key(&k, id);
+	k.origin = HSM_ORIGIN_EXTERNAL;
+	k.state = HSM_KEY_PENDING_IMPORT;
+	k.flags = HSM_KEYFLAG_NO_MATERIAL;
+	k.valid_to = valid_to;
+	st_version(&v, id, 1, NULL, 0);
+	EXPECT_OK(hsm_store_key_create(s, &k, &v));
+	hsm_version_record_clear(&v);
+}
+
+static void put_hex(hsm_buf *out, const hsm_buf *b)
+{
+	for (size_t i = 0; i < b->len; i++)
+		assert_true(hsm_ok(hsm_buf_printf(out, "%02x", b->data[i])));
+	assert_true(hsm_ok(hsm_buf_put_str(out, "|")));
+}
+
+static hsm_result dump_version(const hsm_version_record *v, void *arg)
+{
+	hsm_buf *out = arg;
+	HSM_GUARD(hsm_buf_printf(out, "  v%u %lld %d ", v->version, (long long)v->created,
+	                         (int)v->rotation_type));
+	put_hex(out, &v->wrapped);
+	put_hex(out, &v->public_der);
+	put_hex(out, &v->digest);
+	return hsm_buf_put_str(out, "\n");
+}
+
+static hsm_result dump_tag(const hsm_tag *t, void *arg)
+{
+	return hsm_buf_printf(arg, "  tag %s=%s\n", t->key, t->value);
+}
+
+static hsm_result dump_grant(const hsm_grant_record *g, void *arg)
+{
+	return hsm_buf_printf(arg, "  grant %.8s %s %s %s %u %s %lld\n", g->grant_id, g->name,
+	                      g->grantee, g->retiring, g->operations, g->constraints,
+	                      (long long)g->created);
+}
+
+typedef struct dump_ctx {
+	hsm_store *s;
+	hsm_buf *out;
+} dump_ctx;
+
+static hsm_result dump_key(const hsm_key_record *k, void *arg)
+{
+	dump_ctx *d = arg;
+	bool more = false;
+	HSM_GUARD(hsm_buf_printf(d->out,
+	                         "key %s %s %d %d %d %s %lld %lld %d %d %d %lld %u %s %u %lld "
+	                         "valid_to=%lld\n",
+	                         k->key_id, k->description, (int)k->spec, (int)k->usage,
+	                         (int)k->origin, hsm_key_state_name(k->state),
+	                         (long long)k->created, (long long)k->deletion_date,
+	                         k->pending_window_days, k->rotation_enabled,
+	                         k->rotation_period_days, (long long)k->next_rotation,
+	                         k->primary_version, k->policy, k->flags, (long long)k->updated,
+	                         (long long)k->valid_to));
+	HSM_GUARD(hsm_store_version_list(d->s, k->key_id, dump_version, d->out));
+	HSM_GUARD(hsm_store_tags_list(d->s, k->key_id, NULL, HSM_STORE_LIST_MAX, dump_tag, d->out,
+	                              &more));
+	return hsm_store_grant_list(d->s, k->key_id, NULL, NULL, HSM_STORE_LIST_MAX, dump_grant,
+	                            d->out, &more);
+}
+
+static hsm_result dump_alias(const hsm_alias_record *a, void *arg)
+{
+	return hsm_buf_printf(arg, "alias %s -> %s %lld %lld\n", a->name, a->key_id,
+	                      (long long)a->created, (long long)a->updated);
+}
+
+/* Every key with its versions, tags and grants, and every alias, as text. */
+static void dump(hsm_store *s, hsm_buf *out)
+{
+	bool more = false;
+	dump_ctx d = {s, out};
+	hsm_buf_clear(out);
+	EXPECT_OK(hsm_store_key_list(s, NULL, HSM_STORE_LIST_MAX, true, dump_key, &d, &more));
+	EXPECT_OK(hsm_store_alias_list(s, NULL, NULL, HSM_STORE_LIST_MAX, dump_alias, out, &more));
+	assert_true(hsm_ok(hsm_buf_terminate(out)));
+}
+
+static hsm_result set_state(hsm_key_record *k, void *arg)
+{
+	const hsm_key_record *want = arg;
+	k->state = want->state;
+	k->flags = want->flags;
+	k->valid_to = want->valid_to;
+	k->updated = want->updated;
+	return HSM_SUCCESS;
+}
+
+/* ---- Records ------------------------------------------------------------------------------ */
+
+/* PendingImport, valid_to and digests through create, get, update, versions and lists. */
+static void test_imported_fields_roundtrip(void **state)
+{
+	st_fixture *f = *state;
+	hsm_key_record got = {0}, want = {0};
+	hsm_version_record gv = {0};
+	create_external(f->s, "ext", 1900000000);
+	st_create_key(f->s, "own", "W", 1); /* generated material: no expiry, no digest */
+	st_reopen(f);
+	EXPECT_OK(hsm_store_key_get(f->s, "ext", &got));
+	assert_int_equal(got.state, HSM_KEY_PENDING_IMPORT);
+	assert_int_equal(got.origin, HSM_ORIGIN_EXTERNAL);
+	assert_int_equal(got.flags, HSM_KEYFLAG_NO_MATERIAL);
+	assert_int_equal(got.valid_to, 1900000000);
+	hsm_key_record_clear(&got);
+	EXPECT_OK(hsm_store_version_get(f->s, "ext", 1, &gv));
+	assert_int_equal(gv.wrapped.len, 0);
+	assert_int_equal(gv.digest.len, 0);
+	hsm_version_record_clear(&gv);
+	EXPECT_OK(hsm_store_key_get(f->s, "own", &got));
+	assert_int_equal(got.valid_to, 0);
+	hsm_key_record_clear(&got);
+
+	/* key_update writes valid_to and the state back, and a new version's digest. */
+	hsm_version_record v2;
+	st_version(&v2, "ext", 2, "WRAPPED-2", 9);
+	set_buf(&v2.digest, "DIGEST-2");
+	set_buf(&v2.public_der, "PUB-2");
+	st_key(&want, "ext");
+	want.state = HSM_KEY_ENABLED;
+	want.valid_to = 1950000000;
+	want.updated = 1700000500;
+	EXPECT_OK(hsm_store_key_update(f->s, "ext", set_state, &want, &v2, NULL));
+	st_reopen(f);
+	EXPECT_OK(hsm_store_key_get(f->s, "ext", &got));
+	assert_int_equal(got.state, HSM_KEY_ENABLED);
+	assert_int_equal(got.flags, 0);
+	assert_int_equal(got.valid_to, 1950000000);
+	assert_int_equal(got.primary_version, 2);
+	hsm_key_record_clear(&got);
+	EXPECT_OK(hsm_store_version_get(f->s, "ext", 2, &gv));
+	assert_int_equal(gv.digest.len, 8);
+	assert_memory_equal(gv.digest.data, "DIGEST-2", 8);
+	assert_memory_equal(gv.wrapped.data, "WRAPPED-2", 9);
+	assert_memory_equal(gv.public_der.data, "PUB-2", 5);
+	hsm_version_record_clear(&gv);
+
+	/* Back to PendingImport (material deleted); lists carry the fields too. */
+	want.state = HSM_KEY_PENDING_IMPORT;
+	want.flags = HSM_KEYFLAG_NO_MATERIAL;
+	want.valid_to = 0;
+	EXPECT_OK(hsm_store_key_update(f->s, "ext", set_state, &want, NULL, NULL));
+	hsm_buf text = {0};
+	dump(f->s, &text);
+	assert_non_null(strstr((const char *)text.data, "key ext test key"));
+	assert_non_null(strstr((const char *)text.data, " PendingImport "));
+	assert_non_null(strstr((const char *)text.data, "valid_to=0\n"));
+	/* Version 2 in the list: wrapped, public key and digest. */
+	assert_non_null(strstr((const char *)text.data,
+	                       "575241505045442d32|5055422d32|4449474553542d32|"));
+	hsm_buf_free(&text);
+	hsm_version_record_clear(&v2);
+}
+
+/* ---- Migration from the schema before imported material ------------------------------- */
+
+/* A grant with id "<c> x 64" on key_id. */
+static void add_grant(hsm_store *s, char c, const char *key_id)
+{
+	hsm_grant_record g = {.operations = 3, .created = 1700000300};
+	memset(g.grant_id, c, HSM_GRANT_ID_LEN);
+	snprintf(g.key_id, sizeof(g.key_id), "%s", key_id);
+	snprintf(g.name, sizeof(g.name), "nightly");
+	snprintf(g.grantee, sizeof(g.grantee), "arn:aws:iam::111122223333:role/app");
+	g.constraints = (char *)"{}";
+	EXPECT_OK(hsm_store_grant_create(s, &g, NULL));
+}
+
+/* What an older hsmd could have written: keys in its four states with all they hold. */
+static void fill_old(hsm_store *s)
+{
+	hsm_key_record want;
+	hsm_version_record v;
+	st_create_key(s, "k-enabled", "W1", 2);
+	st_version(&v, "k-enabled", 2, "W2", 2);
+	set_buf(&v.public_der, "PUB");
+	st_key(&want, "k-enabled");
+	want.flags = HSM_KEYFLAG_JWT;
+	want.updated = 1700000100;
+	EXPECT_OK(hsm_store_key_update(s, "k-enabled", set_state, &want, &v, NULL));
+	hsm_version_record_clear(&v);
+	st_create_key(s, "k-disabled", "D1", 2);
+	want.state = HSM_KEY_DISABLED;
+	want.flags = 0;
+	EXPECT_OK(hsm_store_key_update(s, "k-disabled", set_state, &want, NULL, NULL));
+	st_create_key(s, "k-pending", "P1", 2);
+	want.state = HSM_KEY_PENDING_DELETION;
+	EXPECT_OK(hsm_store_key_update(s, "k-pending", set_state, &want, NULL, NULL));
+	st_create_key(s, "k-destroyed", "X1", 2);
+	EXPECT_OK(hsm_store_key_destroy(s, "k-destroyed", 1700000200));
+
+	EXPECT_OK(hsm_store_alias_create(s, "alias/a", "k-enabled", 100));
+	EXPECT_OK(hsm_store_alias_create(s, "alias/b", "k-pending", 101));
+	hsm_tag t = {.key = "team", .value = "crypto"};
+	EXPECT_OK(hsm_store_tags_put(s, "k-enabled", 1, &t));
+	EXPECT_OK(hsm_store_tags_put(s, "k-disabled", 1, &t));
+	add_grant(s, 'a', "k-enabled");
+	add_grant(s, 'b', "k-pending");
+}
+
+/* Whether the database holds the column (SQLite or PostgreSQL). */
+static long long has_column(st_fixture *f, const char *table, const char *column)
+{
+	char sql[256];
+	if (st_is_pg()) {
+		snprintf(sql, sizeof(sql),
+		         "SELECT count(*) FROM information_schema.columns WHERE table_name = '%s' "
+		         "AND column_name = '%s'",
+		         table, column);
+		return st_pg_int(f->db, sql);
+	}
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM pragma_table_info('%s') WHERE name = '%s'",
+	         table, column);
+	return st_raw_int(f->dir, sql);
+}
+
+/* Runs SQL on the raw database of the backend under test: 0 on success. */
+static int raw_exec(st_fixture *f, const char *sql)
+{
+	if (st_is_pg())
+		return st_pg_exec(f->db, sql);
+	return st_raw_exec(f->dir, sql) == SQLITE_OK ? 0 : -1;
+}
+
+static const char RAW_KEY_INSERT[] =
+	"INSERT INTO keys (id, description, spec, usage, origin, state, created, deletion_date, "
+	"pending_window_days, rotation_enabled, rotation_period_days, next_rotation, "
+	"primary_version, policy, flags, updated) VALUES ('raw', '', 'SYMMETRIC_DEFAULT', "
+	"'ENCRYPT_DECRYPT', 'EXTERNAL', '%s', 0, 0, 30, %s, 0, 0, 1, '', 0, 0)";
+
+/* Whether the keys table accepts a row in state (inserted and deleted again). */
+static bool state_accepted(st_fixture *f, const char *state)
+{
+	char sql[512];
+	snprintf(sql, sizeof(sql), RAW_KEY_INSERT, state, st_is_pg() ? "false" : "0");
+	if (raw_exec(f, sql) != 0)
+		return false;
+	assert_int_equal(raw_exec(f, "DELETE FROM keys WHERE id = 'raw'"), 0);
+	return true;
+}
+
+static void test_migrates_a_store_from_before_imports(void **state)
+{
+	st_fixture *f = *state;
+	hsm_buf before = {0}, after = {0};
+	fill_old(f->s);
+	dump(f->s, &before);
+	st_schema_before_import(f);
+	/* Control: the database is at the older schema, which knows no PendingImport. */
+	assert_int_equal(has_column(f, "keys", "valid_to"), 0);
+	assert_int_equal(has_column(f, "key_versions", "digest"), 0);
+	assert_false(state_accepted(f, "PendingImport"));
+	assert_true(state_accepted(f, "Disabled"));
+
+	EXPECT_OK(hsm_store_open(f->loc, &f->s));
+	int latest = st_is_pg() ? hsm_store_pg_schema_latest() : hsm_store_sqlite_schema_latest();
+	assert_int_equal(hsm_store_schema_version(f->s), latest);
+	assert_int_equal(has_column(f, "keys", "valid_to"), 1);
+	assert_int_equal(has_column(f, "key_versions", "digest"), 1);
+	/* Every record is intact; valid_to reads 0 and digests empty (the dump shows both). */
+	dump(f->s, &after);
+	assert_string_equal((const char *)after.data, (const char *)before.data);
+	assert_non_null(strstr((const char *)after.data, "valid_to=0\n"));
+	assert_null(strstr((const char *)after.data, "valid_to=1"));
+	/* The state check holds the new state and still refuses unknown ones. */
+	assert_true(state_accepted(f, "PendingImport"));
+	assert_false(state_accepted(f, "Bogus"));
+	/* Every index on keys is there again. */
+	if (st_is_pg()) {
+		assert_int_equal(st_pg_int(f->db, "SELECT count(*) FROM pg_indexes WHERE "
+		                                  "tablename = 'keys' AND indexname IN "
+		                                  "('keys_pkey', 'keys_deletion_due', "
+		                                  "'keys_rotation_due', 'keys_jwt', "
+		                                  "'keys_expiry_due')"),
+		                 5);
+	} else {
+		assert_int_equal(st_raw_int(f->dir, "SELECT count(*) FROM sqlite_schema WHERE "
+		                                    "type = 'index' AND tbl_name = 'keys' AND "
+		                                    "name IN ('keys_deletion_due', "
+		                                    "'keys_rotation_due', 'keys_jwt', "
+		                                    "'keys_expiry_due')"),
+		                 4);
+		assert_int_equal(st_raw_int(f->dir, "SELECT count(*) FROM "
+		                                    "pragma_foreign_key_check"),
+		                 0);
+		assert_int_equal(st_raw_int(f->dir, "SELECT count(*) FROM sqlite_schema "
+		                                    "WHERE name = 'keys_new'"),
+		                 0);
+	}
+
+	/* The migrated store takes the new records. */
+	create_external(f->s, "k-imported", 1800000000);
+	hsm_key_record got = {0};
+	EXPECT_OK(hsm_store_key_get(f->s, "k-imported", &got));
+	assert_int_equal(got.state, HSM_KEY_PENDING_IMPORT);
+	assert_int_equal(got.valid_to, 1800000000);
+	hsm_key_record_clear(&got);
+	st_reopen(f);
+	EXPECT_OK(hsm_store_key_get(f->s, "k-imported", &got));
+	assert_int_equal(got.state, HSM_KEY_PENDING_IMPORT);
+	hsm_key_record_clear(&got);
+	hsm_buf_free(&before);
+	hsm_buf_free(&after);
+}
+
+/* Feeds the import sink a version whose key it never received. */
+static hsm_result orphan_version(const hsm_store_sink *sink, void *arg)
+{
+	(void)arg;
+	hsm_version_record v;
+	st_version(&v, "nokey", 1, "W", 1);
+	hsm_result res = sink->version(sink->arg, &v);
+	hsm_version_record_clear(&v);
+	return res;
+}
+
+/*
+ * The step rebuilds keys with foreign key enforcement suspended (SQLite):
+ * afterwards the store's own connection enforces again, so a version whose
+ * key does not exist is refused.
+ */
+static void test_migration_keeps_references_enforced(void **state)
+{
+	st_fixture *f = *state;
+	st_schema_before_import(f);
+	EXPECT_OK(hsm_store_open(f->loc, &f->s));
+	/* The import sink writes records as given: only the foreign key stands in the way. */
+	EXPECT_ERR(f->s->ops->import_all(f->s, orphan_version, NULL), HSM_ERR_NOT_FOUND);
+	hsm_version_record v;
+	EXPECT_ERR(hsm_store_version_get(f->s, "nokey", 1, &v), HSM_ERR_NOT_FOUND);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_imported_fields_roundtrip, st_setup,
+		                                st_teardown),
+		cmocka_unit_test_setup_teardown(test_migrates_a_store_from_before_imports, st_setup,
+		                                st_teardown),
+		cmocka_unit_test_setup_teardown(test_migration_keeps_references_enforced, st_setup,
+		                                st_teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
