@@ -355,8 +355,9 @@ hsm_result hsm_store_key_count(hsm_store *s, uint64_t *out) HSM_MUST_CHECK;
  * imported material that expired (valid_to != 0 and <= now, any state but
  * Destroyed); or rotation enabled with next_rotation <= now (Enabled keys
  * only).  At most limit keys per call: deletions first, oldest due first,
- * then expirations, then rotations, each oldest due first.  A key whose work keeps failing stays due, so a caller
- * that cannot make progress on a key should not simply call again.
+ * then expirations, then rotations, each oldest due first.  A key whose work
+ * keeps failing stays due, so a caller that cannot make progress on a key
+ * should not simply call again.
  */
 hsm_result hsm_store_keys_due(hsm_store *s, int64_t now, size_t limit, hsm_key_cb cb,
                               void *arg) HSM_MUST_CHECK;

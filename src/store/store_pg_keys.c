@@ -385,6 +385,10 @@ hsm_result pg_key_count(hsm_store *base, uint64_t *out)
 static const char SQL_DUE_DELETIONS[] =
 	"SELECT " PG_KEY_COLS " FROM keys WHERE state = 'PendingDeletion' AND deletion_date <= $1 "
 	"ORDER BY deletion_date, id LIMIT $2";
+/* The term valid_to <> 0 is keys_expiry_due's predicate, so the planner can use it. */
+static const char SQL_DUE_EXPIRIES[] =
+	"SELECT " PG_KEY_COLS " FROM keys WHERE valid_to <> 0 AND valid_to <= $1 AND "
+	"state <> 'Destroyed' ORDER BY valid_to, id LIMIT $2";
 static const char SQL_DUE_ROTATIONS[] =
 	"SELECT " PG_KEY_COLS " FROM keys WHERE rotation_enabled AND state = 'Enabled' AND "
 	"next_rotation <= $1 ORDER BY next_rotation, id LIMIT $2";
@@ -406,6 +410,8 @@ static hsm_result keys_due_body(pg_conn *c, void *arg)
 {
 	page_op *op = arg;
 	HSM_GUARD(read_due(c, SQL_DUE_DELETIONS, op));
+	if (op->v.n < op->limit)
+		HSM_GUARD(read_due(c, SQL_DUE_EXPIRIES, op));
 	if (op->v.n < op->limit)
 		HSM_GUARD(read_due(c, SQL_DUE_ROTATIONS, op));
 	return HSM_SUCCESS;

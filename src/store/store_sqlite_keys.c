@@ -379,10 +379,17 @@ out:
 	return res;
 }
 
-/* Each branch walks its own index in due order (keys_deletion_due, keys_rotation_due). */
+/*
+ * Each branch walks its own index in due order (keys_deletion_due,
+ * keys_expiry_due, keys_rotation_due).  The term valid_to <> 0 is
+ * keys_expiry_due's own condition, so the planner may use that partial index.
+ */
 static const char SQL_DUE_DELETIONS[] =
 	"SELECT " KEY_COLS " FROM keys WHERE state = 'PendingDeletion' AND deletion_date <= ?1 "
 	"ORDER BY deletion_date LIMIT ?2";
+static const char SQL_DUE_EXPIRIES[] =
+	"SELECT " KEY_COLS " FROM keys WHERE valid_to <> 0 AND valid_to <= ?1 AND "
+	"state != 'Destroyed' ORDER BY valid_to LIMIT ?2";
 static const char SQL_DUE_ROTATIONS[] =
 	"SELECT " KEY_COLS " FROM keys WHERE rotation_enabled = 1 AND state = 'Enabled' AND "
 	"next_rotation <= ?1 ORDER BY next_rotation LIMIT ?2";
@@ -406,6 +413,8 @@ hsm_result sq_keys_due(hsm_store *base, int64_t now, size_t limit, hsm_key_cb cb
 	st_vec_init(&v, sizeof(hsm_key_record));
 	HSM_GUARD(sq_read_begin(s, &c));
 	hsm_result res = read_due(c, SQL_DUE_DELETIONS, now, limit, &v);
+	if (hsm_ok(res) && v.n < limit)
+		res = read_due(c, SQL_DUE_EXPIRIES, now, limit, &v);
 	if (hsm_ok(res) && v.n < limit)
 		res = read_due(c, SQL_DUE_ROTATIONS, now, limit, &v);
 	sq_read_end(s, c);

@@ -1,7 +1,8 @@
 /*
  * store_material_test.c - keys with imported key material (store.h): the
- * PendingImport state, when material expires (valid_to), the digests of
- * versions, and the schema step that adds them to a store written before.
+ * PendingImport state, when material expires (valid_to) and keys_due finds
+ * it expired, the digests of versions, and the schema step that adds them to
+ * a store written before.
  * SQLite unless HSM_TEST_STORE=pg (store_test_util.h).
  */
 #include <stdarg.h>
@@ -182,6 +183,160 @@ static void test_imported_fields_roundtrip(void **state)
 	                       "575241505045442d32|5055422d32|4449474553542d32|"));
 	hsm_buf_free(&text);
 	hsm_version_record_clear(&v2);
+}
+
+/* ---- Due work: expired material ---------------------------------------------------------- */
+
+typedef struct page {
+	char ids[16][HSM_UUID_STRLEN + 1];
+	size_t n;
+} page;
+
+static hsm_result collect_key(const hsm_key_record *k, void *arg)
+{
+	page *p = arg;
+	assert_true(p->n < 16);
+	snprintf(p->ids[p->n++], HSM_UUID_STRLEN + 1, "%s", k->key_id);
+	return HSM_SUCCESS;
+}
+
+static void add_key(hsm_store *s, const char *id, hsm_key_state st, int64_t valid_to,
+                    int64_t deletion, int64_t next_rotation)
+{
+	hsm_key_record k;
+	hsm_version_record v;
+	st_key(&k, id);
+	k.origin = valid_to != 0 ? HSM_ORIGIN_EXTERNAL : HSM_ORIGIN_AWS_KMS;
+	k.state = st;
+	k.valid_to = valid_to;
+	k.deletion_date = deletion;
+	k.rotation_enabled = next_rotation != 0;
+	k.next_rotation = next_rotation;
+	st_version(&v, id, 1, "w", 1);
+	EXPECT_OK(hsm_store_key_create(s, &k, &v));
+	hsm_version_record_clear(&v);
+}
+
+/* The keys keys_due returns at now with limit, in order, joined by spaces. */
+static void due(hsm_store *s, int64_t now, size_t limit, char *out, size_t cap)
+{
+	page p = {0};
+	EXPECT_OK(hsm_store_keys_due(s, now, limit, collect_key, &p));
+	out[0] = '\0';
+	for (size_t i = 0; i < p.n; i++) {
+		size_t len = strlen(out);
+		snprintf(out + len, cap - len, "%s%s", i ? " " : "", p.ids[i]);
+	}
+}
+
+static hsm_result clear_valid_to(hsm_key_record *k, void *arg)
+{
+	(void)arg;
+	k->valid_to = 0;
+	return HSM_SUCCESS;
+}
+
+static void test_keys_due_lists_expired_material(void **state)
+{
+	st_fixture *f = *state;
+	char got[512];
+	add_key(f->s, "rot-due", HSM_KEY_ENABLED, 0, 0, 500);
+	add_key(f->s, "exp-late", HSM_KEY_ENABLED, 800, 0, 0);
+	add_key(f->s, "exp-now", HSM_KEY_ENABLED, 1000, 0, 0);
+	add_key(f->s, "exp-early", HSM_KEY_DISABLED, 300, 0, 0);
+	add_key(f->s, "exp-import", HSM_KEY_PENDING_IMPORT, 400, 0, 0);
+	add_key(f->s, "exp-future", HSM_KEY_ENABLED, 1001, 0, 0);
+	add_key(f->s, "exp-none", HSM_KEY_ENABLED, 0, 0, 0);
+	add_key(f->s, "exp-gone", HSM_KEY_ENABLED, 200, 0, 0);
+	EXPECT_OK(hsm_store_key_destroy(f->s, "exp-gone", 900)); /* destroyed: nothing to expire */
+	add_key(f->s, "del-due", HSM_KEY_PENDING_DELETION, 0, 100, 0);
+
+	/* Deletions, then expirations oldest first (any state but Destroyed), then rotations. */
+	due(f->s, 1000, 10, got, sizeof(got));
+	assert_string_equal(got, "del-due exp-early exp-import exp-late exp-now rot-due");
+	/* One limit for all three kinds. */
+	due(f->s, 1000, 3, got, sizeof(got));
+	assert_string_equal(got, "del-due exp-early exp-import");
+	due(f->s, 1000, 5, got, sizeof(got));
+	assert_string_equal(got, "del-due exp-early exp-import exp-late exp-now");
+	due(f->s, 1000, 1, got, sizeof(got));
+	assert_string_equal(got, "del-due");
+	due(f->s, 350, 10, got, sizeof(got));
+	assert_string_equal(got, "del-due exp-early");
+	/* Handled (valid_to back to 0): no longer due. */
+	EXPECT_OK(hsm_store_key_update(f->s, "exp-early", clear_valid_to, NULL, NULL, NULL));
+	due(f->s, 1000, 10, got, sizeof(got));
+	assert_string_equal(got, "del-due exp-import exp-late exp-now rot-due");
+}
+
+/* SQLite's plan for sql on the store's database, its steps joined by "; ". */
+static void sqlite_plan(const char *dir, const char *sql, char *out, size_t cap)
+{
+	char path[PATH_MAX], q[512];
+	sqlite3 *db = NULL;
+	sqlite3_stmt *st = NULL;
+	st_path(path, dir, "hsmd.db");
+	snprintf(q, sizeof(q), "EXPLAIN QUERY PLAN %s", sql);
+	out[0] = '\0';
+	assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_prepare_v2(db, q, -1, &st, NULL), SQLITE_OK);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		size_t len = strlen(out);
+		snprintf(out + len, cap - len, "%s; ", (const char *)sqlite3_column_text(st, 3));
+	}
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+}
+
+/*
+ * PostgreSQL's plan for sql, its lines joined by "; ".  On a few rows a
+ * sequential scan is cheapest, so it is ruled out (as are bitmap scans,
+ * which lose the index order): what remains shows whether the index can
+ * serve the query, its condition and its order.
+ */
+static void pg_plan(const char *db, const char *sql, char *out, size_t cap)
+{
+	char uri[ST_URI_MAX], q[512];
+	st_pg_uri_for(uri, db);
+	snprintf(q, sizeof(q), "EXPLAIN %s", sql);
+	out[0] = '\0';
+	PGconn *c = PQconnectdb(uri);
+	assert_int_equal(PQstatus(c), CONNECTION_OK);
+	PQclear(PQexec(c, "SET enable_seqscan = off; SET enable_bitmapscan = off"));
+	PGresult *r = PQexec(c, q);
+	assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+	for (int i = 0; i < PQntuples(r); i++) {
+		size_t len = strlen(out);
+		snprintf(out + len, cap - len, "%s; ", PQgetvalue(r, i, 0));
+	}
+	PQclear(r);
+	PQfinish(c);
+}
+
+/* Expired material is found through keys_expiry_due, in its order: no scan of all keys, no sort. */
+static void test_expiry_query_walks_its_index(void **state)
+{
+	st_fixture *f = *state;
+	char plan[2048];
+	add_key(f->s, "exp", HSM_KEY_ENABLED, 300, 0, 0);
+	/* The statements' shapes, as in the store. */
+	if (st_is_pg()) {
+		pg_plan(f->db,
+		        "SELECT id FROM keys WHERE valid_to <> 0 AND valid_to <= 1000 AND "
+		        "state <> 'Destroyed' ORDER BY valid_to, id LIMIT 10",
+		        plan, sizeof(plan));
+		if (strstr(plan, "Index Scan using keys_expiry_due") == NULL ||
+		    strstr(plan, "Sort") != NULL)
+			fail_msg("plan: %s", plan);
+		return;
+	}
+	sqlite_plan(f->dir,
+	            "SELECT id FROM keys WHERE valid_to <> 0 AND valid_to <= 1000 AND "
+	            "state != 'Destroyed' ORDER BY valid_to LIMIT 10",
+	            plan, sizeof(plan));
+	if (strstr(plan, "USING INDEX keys_expiry_due (valid_to<?)") == NULL ||
+	    strstr(plan, "TEMP B-TREE") != NULL)
+		fail_msg("plan: %s", plan);
 }
 
 /* ---- Migration from the schema before imported material ------------------------------- */
@@ -366,6 +521,10 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_imported_fields_roundtrip, st_setup,
+		                                st_teardown),
+		cmocka_unit_test_setup_teardown(test_keys_due_lists_expired_material, st_setup,
+		                                st_teardown),
+		cmocka_unit_test_setup_teardown(test_expiry_query_walks_its_index, st_setup,
 		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_migrates_a_store_from_before_imports, st_setup,
 		                                st_teardown),
