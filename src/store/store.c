@@ -397,6 +397,18 @@ hsm_result hsm_store_key_destroy(hsm_store *s, const char *key_id, int64_t now)
 	return s->ops->key_destroy(s, key_id, now);
 }
 
+hsm_result hsm_store_key_set_material(hsm_store *s, const char *key_id, hsm_key_update_fn fn,
+                                      void *arg, const hsm_version_record *material,
+                                      hsm_key_record *after)
+{
+	HSM_ASSERT(s != NULL);
+	HSM_GUARD(check_lookup(key_id, KEY_ID_CAP, "key"));
+	HSM_GUARD(check_version_record(material));
+	HSM_ENSURE(strcmp(material->key_id, key_id) == 0, HSM_ERR_VALIDATION,
+	           "the material belongs to another key");
+	return s->ops->key_set_material(s, key_id, fn, arg, material, after);
+}
+
 hsm_result hsm_store_key_list(hsm_store *s, const char *after, size_t limit,
                               bool include_destroyed, hsm_key_cb cb, void *arg, bool *truncated)
 {
@@ -765,6 +777,14 @@ hsm_result st_check_transition(hsm_key_state before, hsm_key_state after, bool n
 		HSM_ENSURE(after != HSM_KEY_DESTROYED, HSM_ERR_INVALID_STATE,
 		           "a key is destroyed only by key destroy");
 	}
+	return HSM_SUCCESS;
+}
+
+hsm_result st_check_material_change(const hsm_key_record *k)
+{
+	/* Destruction erased the material for good; nothing may bring it back. */
+	HSM_ENSURE(k->state != HSM_KEY_DESTROYED, HSM_ERR_INVALID_STATE,
+	           "key %s is destroyed: its key material cannot change", k->key_id);
 	return HSM_SUCCESS;
 }
 

@@ -65,6 +65,10 @@ struct hsm_store_ops {
 	hsm_result (*key_update)(hsm_store *s, const char *key_id, hsm_key_update_fn fn, void *arg,
 	                         const hsm_version_record *add_version, hsm_key_record *after);
 	hsm_result (*key_destroy)(hsm_store *s, const char *key_id, int64_t now);
+	/* fn may be NULL; material->key_id equals key_id. */
+	hsm_result (*key_set_material)(hsm_store *s, const char *key_id, hsm_key_update_fn fn,
+	                               void *arg, const hsm_version_record *material,
+	                               hsm_key_record *after);
 	hsm_result (*key_list)(hsm_store *s, const char *after, size_t limit, bool include_destroyed,
 	                       hsm_key_cb cb, void *arg, bool *truncated);
 	hsm_result (*jwt_key_list)(hsm_store *s, const char *after, size_t limit, hsm_key_cb cb,
@@ -160,6 +164,8 @@ void st_vec_free(st_vec *v, void (*clear)(void *item));
 /* The state rules of hsm_store_key_update (store.h): INVALID_STATE when broken. */
 hsm_result st_check_transition(hsm_key_state before, hsm_key_state after,
                                bool new_version) HSM_MUST_CHECK;
+/* The state rule of hsm_store_key_set_material (store.h): INVALID_STATE for a Destroyed key. */
+hsm_result st_check_material_change(const hsm_key_record *k) HSM_MUST_CHECK;
 /* The grant limits of hsm_store_grant_create (store.h), given the key's counts: LIMIT_EXCEEDED when broken. */
 hsm_result st_check_grant_limits(const char *key_id, int64_t for_grantee,
                                  int64_t for_key) HSM_MUST_CHECK;

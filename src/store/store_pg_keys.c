@@ -220,6 +220,19 @@ hsm_result pg_key_get(hsm_store *base, const char *key_id, hsm_key_record *out)
 }
 
 
+/* Runs fn (when not NULL) on the loaded record under the state rules of key_update (store.h). */
+static hsm_result edit_key(hsm_key_record *rec, const char *key_id, hsm_key_update_fn fn,
+                           void *arg, bool new_version)
+{
+	hsm_key_state before = rec->state;
+	if (fn != NULL)
+		HSM_GUARD(fn(rec, arg));
+	HSM_ASSERT(strcmp(rec->key_id, key_id) == 0); /* fn must not change the key id */
+	HSM_GUARD(st_check_transition(before, rec->state, new_version));
+	HSM_GUARD(st_fill_empty(&rec->description));
+	return st_fill_empty(&rec->policy);
+}
+
 static hsm_result key_update_body(pg_conn *w, void *arg)
 {
 	key_op *op = arg;
@@ -227,18 +240,13 @@ static hsm_result key_update_body(pg_conn *w, void *arg)
 	const hsm_version_record *add = op->version;
 	/* The row stays locked until COMMIT: other nodes' updates of this key wait here. */
 	HSM_GUARD(load_key(w, SQL_KEY_GET_FOR_UPDATE, op->key_id, rec));
-	hsm_key_state before = rec->state;
 	if (add != NULL) {
 		uint32_t next = rec->primary_version + 1;
 		HSM_ENSURE(add->version == next, HSM_ERR_CONFLICT,
 		           "key %s: version %u is not the next version (%u)", op->key_id, add->version,
 		           next);
 	}
-	HSM_GUARD(op->fn(rec, op->arg));
-	HSM_ASSERT(strcmp(rec->key_id, op->key_id) == 0); /* fn must not change the key id */
-	HSM_GUARD(st_check_transition(before, rec->state, add != NULL));
-	HSM_GUARD(st_fill_empty(&rec->description));
-	HSM_GUARD(st_fill_empty(&rec->policy));
+	HSM_GUARD(edit_key(rec, op->key_id, op->fn, op->arg, add != NULL));
 	if (add != NULL) {
 		rec->primary_version = add->version;
 		HSM_GUARD(pg_insert_version(w, add));
@@ -290,6 +298,58 @@ hsm_result pg_key_destroy(hsm_store *base, const char *key_id, int64_t now)
 {
 	key_op op = {.key_id = key_id, .now = now};
 	return pg_write(pg_of(base), key_destroy_body, &op);
+}
+
+/*
+ * Replaces the material in the live row; an erased version's old row stays a
+ * dead tuple until VACUUM, as after key_destroy (store_pg.h, "Erasure").
+ */
+static const char SQL_VERSION_SET_MATERIAL[] =
+	"UPDATE key_versions SET wrapped = $3, public_der = $4, digest = $5 "
+	"WHERE key_id = $1 AND version = $2";
+
+/* Replaces a version's material; NOT_FOUND when the key has no such version. */
+static hsm_result write_material(pg_conn *w, const hsm_version_record *m)
+{
+	pg_params p;
+	PGresult *r = NULL;
+	pg_params_init(&p);
+	pg_p_text(&p, m->key_id);
+	pg_p_i64(&p, m->version);
+	pg_p_bytea(&p, &m->wrapped);
+	pg_p_bytea(&p, &m->public_der);
+	pg_p_bytea(&p, &m->digest);
+	HSM_GUARD(pg_run(w, SQL_VERSION_SET_MATERIAL, &p, &r));
+	bool found = strcmp(PQcmdTuples(r), "0") != 0;
+	PQclear(r);
+	HSM_ENSURE(found, HSM_ERR_NOT_FOUND, "key %s has no version %u", m->key_id, m->version);
+	return HSM_SUCCESS;
+}
+
+/* The material goes first: fn runs only once the version is known to exist. */
+static hsm_result key_set_material_body(pg_conn *w, void *arg)
+{
+	key_op *op = arg;
+	hsm_key_record *rec = &op->rec;
+	/* The key's row stays locked until COMMIT, as in key_update_body. */
+	HSM_GUARD(load_key(w, SQL_KEY_GET_FOR_UPDATE, op->key_id, rec));
+	HSM_GUARD(st_check_material_change(rec));
+	HSM_GUARD(write_material(w, op->version));
+	HSM_GUARD(edit_key(rec, op->key_id, op->fn, op->arg, false));
+	return write_key(w, SQL_KEY_UPDATE, rec);
+}
+
+hsm_result pg_key_set_material(hsm_store *base, const char *key_id, hsm_key_update_fn fn,
+                               void *arg, const hsm_version_record *material,
+                               hsm_key_record *after)
+{
+	key_op op = {.key_id = key_id, .fn = fn, .arg = arg, .version = material};
+	hsm_result res = pg_write(pg_of(base), key_set_material_body, &op);
+	if (hsm_ok(res) && after != NULL)
+		*after = op.rec;
+	else
+		hsm_key_record_clear(&op.rec);
+	return res;
 }
 
 /* ---- Lists ----------------------------------------------------------------------------- */

@@ -178,6 +178,8 @@ hsm_result sq_key_get(hsm_store *s, const char *key_id, hsm_key_record *out);
 hsm_result sq_key_update(hsm_store *s, const char *key_id, hsm_key_update_fn fn, void *arg,
                          const hsm_version_record *add_version, hsm_key_record *after);
 hsm_result sq_key_destroy(hsm_store *s, const char *key_id, int64_t now);
+hsm_result sq_key_set_material(hsm_store *s, const char *key_id, hsm_key_update_fn fn, void *arg,
+                               const hsm_version_record *material, hsm_key_record *after);
 hsm_result sq_key_list(hsm_store *s, const char *after, size_t limit, bool include_destroyed,
                        hsm_key_cb cb, void *arg, bool *truncated);
 hsm_result sq_jwt_key_list(hsm_store *s, const char *after, size_t limit, hsm_key_cb cb,

@@ -220,22 +220,30 @@ hsm_result sq_key_get(hsm_store *base, const char *key_id, hsm_key_record *out)
 }
 
 
+/* Runs fn (when not NULL) on the loaded record under the state rules of key_update (store.h). */
+static hsm_result edit_key(hsm_key_record *rec, const char *key_id, hsm_key_update_fn fn,
+                           void *arg, bool new_version)
+{
+	hsm_key_state before = rec->state;
+	if (fn != NULL)
+		HSM_GUARD(fn(rec, arg));
+	HSM_ASSERT(strcmp(rec->key_id, key_id) == 0); /* fn must not change the key id */
+	HSM_GUARD(st_check_transition(before, rec->state, new_version));
+	HSM_GUARD(st_fill_empty(&rec->description));
+	return st_fill_empty(&rec->policy);
+}
+
 static hsm_result key_update_in(sq_conn *w, const char *key_id, hsm_key_update_fn fn, void *arg,
                                 const hsm_version_record *add_version, hsm_key_record *rec)
 {
 	HSM_GUARD(load_key(w, key_id, rec));
-	hsm_key_state before = rec->state;
 	if (add_version != NULL) {
 		uint32_t next = rec->primary_version + 1;
 		HSM_ENSURE(add_version->version == next, HSM_ERR_CONFLICT,
 		           "key %s: version %u is not the next version (%u)", key_id,
 		           add_version->version, next);
 	}
-	HSM_GUARD(fn(rec, arg));
-	HSM_ASSERT(strcmp(rec->key_id, key_id) == 0); /* fn must not change the key id */
-	HSM_GUARD(st_check_transition(before, rec->state, add_version != NULL));
-	HSM_GUARD(st_fill_empty(&rec->description));
-	HSM_GUARD(st_fill_empty(&rec->policy));
+	HSM_GUARD(edit_key(rec, key_id, fn, arg, add_version != NULL));
 	if (add_version != NULL) {
 		rec->primary_version = add_version->version;
 		HSM_GUARD(sq_insert_version(w, add_version));
@@ -296,6 +304,61 @@ hsm_result sq_key_destroy(hsm_store *base, const char *key_id, int64_t now)
 	 * whose older frames still held the material.
 	 */
 	return sq_write_end_scrub(s, w, key_destroy_in(w, key_id, now));
+}
+
+static const char SQL_VERSION_SET_MATERIAL[] =
+	"UPDATE key_versions SET wrapped = ?3, public_der = ?4, digest = ?5 "
+	"WHERE key_id = ?1 AND version = ?2";
+
+/* Replaces a version's material; NOT_FOUND when the key has no such version. */
+static hsm_result write_material(sq_conn *w, const hsm_version_record *m)
+{
+	sqlite3_stmt *st;
+	HSM_GUARD(sq_prepare(w, SQL_VERSION_SET_MATERIAL, &st));
+	sq_bind_text(w, st, 1, m->key_id);
+	sq_bind_i64(w, st, 2, m->version);
+	sq_bind_blob(w, st, 3, &m->wrapped);
+	sq_bind_blob(w, st, 4, &m->public_der);
+	sq_bind_blob(w, st, 5, &m->digest);
+	hsm_result res = sq_exec(w, st);
+	bool found = sqlite3_changes(w->db) == 1;
+	sq_reset(st);
+	HSM_GUARD(res);
+	HSM_ENSURE(found, HSM_ERR_NOT_FOUND, "key %s has no version %u", m->key_id, m->version);
+	return HSM_SUCCESS;
+}
+
+/* The material goes first: fn runs only once the version is known to exist. */
+static hsm_result key_set_material_in(sq_conn *w, const char *key_id, hsm_key_update_fn fn,
+                                      void *arg, const hsm_version_record *material,
+                                      hsm_key_record *rec)
+{
+	HSM_GUARD(load_key(w, key_id, rec));
+	HSM_GUARD(st_check_material_change(rec));
+	HSM_GUARD(write_material(w, material));
+	HSM_GUARD(edit_key(rec, key_id, fn, arg, false));
+	return write_key(w, SQL_KEY_UPDATE, rec);
+}
+
+hsm_result sq_key_set_material(hsm_store *base, const char *key_id, hsm_key_update_fn fn,
+                               void *arg, const hsm_version_record *material,
+                               hsm_key_record *after)
+{
+	sq_store *s = sq_of(base);
+	sq_conn *w;
+	hsm_key_record rec = {0};
+	HSM_GUARD(sq_write_begin(s, &w));
+	hsm_result res = key_set_material_in(w, key_id, fn, arg, material, &rec);
+	/* An erasure is overwritten on disk as in sq_key_destroy. */
+	if (material->wrapped.len == 0)
+		res = sq_write_end_scrub(s, w, res);
+	else
+		res = sq_write_end(s, w, res);
+	if (hsm_ok(res) && after != NULL)
+		*after = rec;
+	else
+		hsm_key_record_clear(&rec);
+	return res;
 }
 
 /* ---- Lists ----------------------------------------------------------------------------- */

@@ -1,8 +1,9 @@
 /*
  * store_material_test.c - keys with imported key material (store.h): the
- * PendingImport state, when material expires (valid_to) and keys_due finds
- * it expired, the digests of versions, and the schema step that adds them to
- * a store written before.
+ * PendingImport state, importing and erasing a version's material in one
+ * transaction with the key's change (hsm_store_key_set_material), when
+ * material expires (valid_to) and keys_due finds it expired, the digests of
+ * versions, and the schema step that adds them to a store written before.
  * SQLite unless HSM_TEST_STORE=pg (store_test_util.h).
  */
 #include <stdarg.h>
@@ -183,6 +184,303 @@ static void test_imported_fields_roundtrip(void **state)
 	                       "575241505045442d32|5055422d32|4449474553542d32|"));
 	hsm_buf_free(&text);
 	hsm_version_record_clear(&v2);
+}
+
+/* ---- Importing and erasing material ------------------------------------------------------ */
+
+/* What fn does to the key in set_material, and how often it ran. */
+typedef struct change {
+	hsm_key_state state;
+	uint32_t flags;
+	int64_t valid_to;
+	const char *description; /* NULL: leave */
+	hsm_err fail;            /* HSM_OK: succeed */
+	int calls;
+} change;
+
+static hsm_result apply_change(hsm_key_record *k, void *arg)
+{
+	change *c = arg;
+	c->calls++;
+	k->state = c->state;
+	k->flags = c->flags;
+	k->valid_to = c->valid_to;
+	k->updated = 1700000777;
+	if (c->description != NULL) {
+		free(k->description);
+		k->description = strdup(c->description);
+		if (k->description == NULL)
+			return HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
+	}
+	if (c->fail != HSM_OK)
+		return HSM_FAIL(c->fail, "change refused");
+	return HSM_SUCCESS;
+}
+
+/* Material for version 1 of key id (copied into the record: clear it). */
+static void material(hsm_version_record *m, const char *id, const char *wrapped,
+                     const char *public_der, const char *digest)
+{
+	st_version(m, id, 1, wrapped, strlen(wrapped));
+	set_buf(&m->public_der, public_der);
+	set_buf(&m->digest, digest);
+}
+
+static void assert_version(hsm_store *s, const char *id, uint32_t version, const char *wrapped,
+                           const char *public_der, const char *digest)
+{
+	hsm_version_record v = {0};
+	EXPECT_OK(hsm_store_version_get(s, id, version, &v));
+	assert_int_equal(v.wrapped.len, strlen(wrapped));
+	assert_int_equal(v.public_der.len, strlen(public_der));
+	assert_int_equal(v.digest.len, strlen(digest));
+	if (v.wrapped.len > 0)
+		assert_memory_equal(v.wrapped.data, wrapped, v.wrapped.len);
+	if (v.public_der.len > 0)
+		assert_memory_equal(v.public_der.data, public_der, v.public_der.len);
+	if (v.digest.len > 0)
+		assert_memory_equal(v.digest.data, digest, v.digest.len);
+	assert_int_equal(v.created, 1700000001); /* the rest of the version is kept */
+	assert_int_equal(v.rotation_type, HSM_ROTATION_NONE);
+	hsm_version_record_clear(&v);
+}
+
+/* The key as create_external made it, untouched. */
+static void assert_awaiting(hsm_store *s, const char *id)
+{
+	hsm_key_record k = {0};
+	EXPECT_OK(hsm_store_key_get(s, id, &k));
+	assert_int_equal(k.state, HSM_KEY_PENDING_IMPORT);
+	assert_int_equal(k.flags, HSM_KEYFLAG_NO_MATERIAL);
+	assert_int_equal(k.valid_to, 0);
+	assert_int_equal(k.updated, 1700000000);
+	assert_string_equal(k.description, "test key");
+	hsm_key_record_clear(&k);
+	assert_version(s, id, 1, "", "", "");
+}
+
+static void test_set_material_import_then_erase(void **state)
+{
+	st_fixture *f = *state;
+	hsm_key_record after = {0}, got = {0};
+	hsm_version_record m;
+	create_external(f->s, "ext", 0);
+	st_create_key(f->s, "other", "KEEP", 4);
+
+	/* ImportKeyMaterial: the material and the key's new state in one call. */
+	change imp = {.state = HSM_KEY_ENABLED, .valid_to = 1900000000};
+	material(&m, "ext", "WRAPPED", "", "DIGEST");
+	EXPECT_OK(hsm_store_key_set_material(f->s, "ext", apply_change, &imp, &m, &after));
+	assert_int_equal(imp.calls, 1);
+	assert_int_equal(after.state, HSM_KEY_ENABLED);
+	assert_int_equal(after.valid_to, 1900000000);
+	assert_int_equal(after.updated, 1700000777);
+	hsm_key_record_clear(&after);
+	hsm_version_record_clear(&m);
+	st_reopen(f);
+	EXPECT_OK(hsm_store_key_get(f->s, "ext", &got));
+	assert_int_equal(got.state, HSM_KEY_ENABLED);
+	assert_int_equal(got.flags, 0);
+	assert_int_equal(got.valid_to, 1900000000);
+	assert_int_equal(got.updated, 1700000777);
+	assert_int_equal(got.primary_version, 1);
+	hsm_key_record_clear(&got);
+	assert_version(f->s, "ext", 1, "WRAPPED", "", "DIGEST");
+
+	/* DeleteImportedKeyMaterial: wrapped empties, digest and public key are as passed. */
+	change del = {.state = HSM_KEY_PENDING_IMPORT, .flags = HSM_KEYFLAG_NO_MATERIAL};
+	material(&m, "ext", "", "PUB", "DIGEST");
+	EXPECT_OK(hsm_store_key_set_material(f->s, "ext", apply_change, &del, &m, NULL));
+	hsm_version_record_clear(&m);
+	st_reopen(f);
+	EXPECT_OK(hsm_store_key_get(f->s, "ext", &got));
+	assert_int_equal(got.state, HSM_KEY_PENDING_IMPORT);
+	assert_int_equal(got.flags, HSM_KEYFLAG_NO_MATERIAL);
+	assert_int_equal(got.valid_to, 0);
+	hsm_key_record_clear(&got);
+	assert_version(f->s, "ext", 1, "", "PUB", "DIGEST");
+
+	/* Without fn the record is written back as it was; the material still changes. */
+	material(&m, "ext", "AGAIN", "PUB", "DIGEST");
+	EXPECT_OK(hsm_store_key_set_material(f->s, "ext", NULL, NULL, &m, &after));
+	assert_int_equal(after.state, HSM_KEY_PENDING_IMPORT);
+	assert_int_equal(after.updated, 1700000777);
+	assert_string_equal(after.description, "test key");
+	hsm_key_record_clear(&after);
+	hsm_version_record_clear(&m);
+	assert_version(f->s, "ext", 1, "AGAIN", "PUB", "DIGEST");
+	/* Another key's material is untouched throughout. */
+	hsm_version_record v = {0};
+	EXPECT_OK(hsm_store_version_get(f->s, "other", 1, &v));
+	assert_int_equal(v.wrapped.len, 4);
+	hsm_version_record_clear(&v);
+}
+
+static void test_set_material_errors(void **state)
+{
+	st_fixture *f = *state;
+	hsm_key_record after = {0};
+	hsm_version_record m;
+	change c = {.state = HSM_KEY_ENABLED, .valid_to = 1900000000};
+	create_external(f->s, "ext", 0);
+	material(&m, "ext", "WRAPPED", "", "DIGEST");
+
+	/* A version the key does not have: NOT_FOUND, fn not run, nothing written. */
+	m.version = 2;
+	EXPECT_ERR(hsm_store_key_set_material(f->s, "ext", apply_change, &c, &m, &after),
+	           HSM_ERR_NOT_FOUND);
+	assert_non_null(strstr(hsm_last_message(), "no version 2"));
+	assert_int_equal(c.calls, 0);
+	assert_null(after.description);
+	assert_awaiting(f->s, "ext");
+	/* No such key; material of another key; version 0. */
+	m.version = 1;
+	EXPECT_ERR(hsm_store_key_set_material(f->s, "nokey", apply_change, &c, &m, NULL),
+	           HSM_ERR_VALIDATION);
+	snprintf(m.key_id, sizeof(m.key_id), "nokey");
+	EXPECT_ERR(hsm_store_key_set_material(f->s, "nokey", apply_change, &c, &m, NULL),
+	           HSM_ERR_NOT_FOUND);
+	snprintf(m.key_id, sizeof(m.key_id), "ext");
+	m.version = 0;
+	EXPECT_ERR(hsm_store_key_set_material(f->s, "ext", apply_change, &c, &m, NULL),
+	           HSM_ERR_VALIDATION);
+	m.version = 1;
+	assert_int_equal(c.calls, 0);
+
+	/* fn's failure is returned and undoes everything, the material included. */
+	c.fail = HSM_ERR_DISABLED;
+	EXPECT_ERR(hsm_store_key_set_material(f->s, "ext", apply_change, &c, &m, &after),
+	           HSM_ERR_DISABLED);
+	assert_string_equal(hsm_last_message(), "change refused");
+	assert_int_equal(c.calls, 1);
+	assert_null(after.description);
+	assert_awaiting(f->s, "ext");
+	/* The state rules hold: fn cannot destroy the key. */
+	c.fail = HSM_OK;
+	c.state = HSM_KEY_DESTROYED;
+	EXPECT_ERR(hsm_store_key_set_material(f->s, "ext", apply_change, &c, &m, NULL),
+	           HSM_ERR_INVALID_STATE);
+	assert_awaiting(f->s, "ext");
+
+	/* A destroyed key's material never changes; fn does not run. */
+	EXPECT_OK(hsm_store_key_destroy(f->s, "ext", 1800000000));
+	c.calls = 0;
+	c.state = HSM_KEY_DESTROYED;
+	EXPECT_ERR(hsm_store_key_set_material(f->s, "ext", apply_change, &c, &m, NULL),
+	           HSM_ERR_INVALID_STATE);
+	EXPECT_ERR(hsm_store_key_set_material(f->s, "ext", NULL, NULL, &m, NULL),
+	           HSM_ERR_INVALID_STATE);
+	assert_int_equal(c.calls, 0);
+	hsm_version_record v = {0};
+	EXPECT_OK(hsm_store_version_get(f->s, "ext", 1, &v));
+	assert_int_equal(v.wrapped.len, 0);
+	hsm_version_record_clear(&v);
+	hsm_version_record_clear(&m);
+}
+
+/* Makes updates of table fail where cond holds (a condition on NEW); closed and reopened around. */
+static void poison_updates(st_fixture *f, const char *table, const char *cond)
+{
+	char sql[1024];
+	hsm_store_close(f->s);
+	f->s = NULL;
+	if (st_is_pg()) {
+		snprintf(sql, sizeof(sql),
+		         "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS "
+		         "$$BEGIN RAISE EXCEPTION 'injected'; END$$;"
+		         "CREATE TRIGGER poison BEFORE UPDATE ON %s FOR EACH ROW WHEN (%s) "
+		         "EXECUTE FUNCTION poison()",
+		         table, cond);
+		assert_int_equal(st_pg_exec(f->db, sql), 0);
+	} else {
+		snprintf(sql, sizeof(sql),
+		         "CREATE TRIGGER poison BEFORE UPDATE ON %s WHEN %s BEGIN "
+		         "SELECT RAISE(ABORT, 'injected'); END",
+		         table, cond);
+		assert_int_equal(st_raw_exec(f->dir, sql), SQLITE_OK);
+	}
+	EXPECT_OK(hsm_store_open(f->loc, &f->s));
+}
+
+/* The key record and the material land together or not at all, whichever write fails. */
+static void test_set_material_is_one_transaction(void **state)
+{
+	st_fixture *f = *state;
+	hsm_version_record m;
+	create_external(f->s, "ext", 0);
+	material(&m, "ext", "WRAPPED", "", "DIGEST");
+	/* Writing the key record fails after the material was written: the material is undone. */
+	poison_updates(f, "keys", "NEW.description = 'boom'");
+	change c = {.state = HSM_KEY_ENABLED, .description = "boom"};
+	EXPECT_ERR(hsm_store_key_set_material(f->s, "ext", apply_change, &c, &m, NULL),
+	           HSM_ERR_STORE);
+	assert_int_equal(c.calls, 1);
+	assert_awaiting(f->s, "ext");
+	/* Control: the same call without the poisoned value goes through. */
+	c.description = NULL;
+	EXPECT_OK(hsm_store_key_set_material(f->s, "ext", apply_change, &c, &m, NULL));
+	assert_version(f->s, "ext", 1, "WRAPPED", "", "DIGEST");
+	hsm_version_record_clear(&m);
+}
+
+/* Whether the 64-byte pattern occurs in the store's database or its WAL (SQLite). */
+static bool files_contain(const char *dir, const uint8_t pattern[64])
+{
+	static const char *const names[] = {"hsmd.db", "hsmd.db-wal"};
+	bool found = false;
+	for (size_t i = 0; i < 2 && !found; i++) {
+		char path[PATH_MAX];
+		st_path(path, dir, names[i]);
+		FILE *fp = fopen(path, "rb");
+		if (fp == NULL)
+			continue; /* a missing file holds nothing */
+		uint8_t buf[1 << 16];
+		size_t n, kept = 0;
+		while (!found && (n = fread(buf + kept, 1, sizeof(buf) - kept, fp)) > 0) {
+			n += kept;
+			found = memmem(buf, n, pattern, 64) != NULL;
+			kept = n < 63 ? n : 63; /* a match across two reads */
+			memmove(buf, buf + n - kept, kept);
+		}
+		fclose(fp);
+	}
+	return found;
+}
+
+/* An erasure is overwritten as key destruction's is (store.h), whichever backend. */
+static void test_erased_material_leaves_the_store(void **state)
+{
+	st_fixture *f = *state;
+	uint8_t secret[64];
+	for (size_t i = 0; i < sizeof(secret); i++)
+		secret[i] = (uint8_t)(0xA5 ^ (i * 37)); /* no run of equal bytes */
+	hsm_version_record m;
+	create_external(f->s, "ext", 0);
+	st_version(&m, "ext", 1, secret, sizeof(secret));
+	set_buf(&m.digest, "DIGEST");
+	change imp = {.state = HSM_KEY_ENABLED};
+	EXPECT_OK(hsm_store_key_set_material(f->s, "ext", apply_change, &imp, &m, NULL));
+	st_reopen(f);
+	if (!st_is_pg())
+		assert_true(files_contain(f->dir, secret)); /* control: the scan sees it stored */
+
+	hsm_buf_free(&m.wrapped);
+	change del = {.state = HSM_KEY_PENDING_IMPORT, .flags = HSM_KEYFLAG_NO_MATERIAL};
+	EXPECT_OK(hsm_store_key_set_material(f->s, "ext", apply_change, &del, &m, NULL));
+	assert_version(f->s, "ext", 1, "", "", "DIGEST");
+	if (st_is_pg()) {
+		/* No live row holds it (dead tuples: store_pg.h, "Erasure"). */
+		assert_int_equal(st_pg_int(f->db, "SELECT count(*) FROM key_versions "
+		                                  "WHERE length(wrapped) > 0"),
+		                 0);
+	} else {
+		/* Scanned while the store is open: the WAL was emptied already. */
+		assert_false(files_contain(f->dir, secret));
+		hsm_store_close(f->s);
+		f->s = NULL;
+		assert_false(files_contain(f->dir, secret));
+	}
+	hsm_version_record_clear(&m);
 }
 
 /* ---- Due work: expired material ---------------------------------------------------------- */
@@ -521,6 +819,13 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_imported_fields_roundtrip, st_setup,
+		                                st_teardown),
+		cmocka_unit_test_setup_teardown(test_set_material_import_then_erase, st_setup,
+		                                st_teardown),
+		cmocka_unit_test_setup_teardown(test_set_material_errors, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_set_material_is_one_transaction, st_setup,
+		                                st_teardown),
+		cmocka_unit_test_setup_teardown(test_erased_material_leaves_the_store, st_setup,
 		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_keys_due_lists_expired_material, st_setup,
 		                                st_teardown),
