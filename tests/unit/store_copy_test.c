@@ -2,8 +2,9 @@
  * store_copy_test.c - hsm_store_copy and snapshots, record for record.
  *
  * A store is filled with every kind of record in every state the public
- * functions can reach (destroyed keys with erased versions, locked users,
- * inactive access keys, rotated keys, binary and empty metadata), copied,
+ * functions can reach (destroyed keys with erased versions, keys with
+ * imported material and with it deleted, locked users, inactive access keys,
+ * rotated keys, binary and empty metadata), copied,
  * (grants too) and every record of both stores compared through a canonical dump.  With
  * HSM_TEST_STORE=pg the copies go SQLite -> PostgreSQL -> SQLite and
  * PostgreSQL -> PostgreSQL, and PostgreSQL's snapshot is opened as a SQLite
@@ -39,6 +40,7 @@ static hsm_result edit_fn(hsm_key_record *k, void *arg)
 	k->next_rotation = want->next_rotation;
 	k->flags = want->flags;
 	k->updated = want->updated;
+	k->valid_to = want->valid_to;
 	return HSM_SUCCESS;
 }
 
@@ -91,6 +93,37 @@ static void add_grant(hsm_store *s, char c, const char *key_id, const char *name
 	assert_false(existed);
 }
 
+/*
+ * An EXTERNAL key made PendingImport, given material (with its digest and
+ * an expiry) and, unless keep, its material deleted again.
+ */
+static void add_imported(hsm_store *s, const char *id, bool keep)
+{
+	hsm_key_record k, want;
+	hsm_version_record v;
+	st_key(&k, id);
+	k.origin = HSM_ORIGIN_EXTERNAL;
+	k.state = HSM_KEY_PENDING_IMPORT;
+	k.flags = HSM_KEYFLAG_NO_MATERIAL;
+	st_version(&v, id, 1, NULL, 0);
+	EXPECT_OK(hsm_store_key_create(s, &k, &v));
+	st_key(&want, id);
+	want.description = (char *)"imported";
+	want.valid_to = 1900000000;
+	want.updated = 1700000400;
+	assert_true(hsm_ok(hsm_buf_set(&v.wrapped, "IMPORTED", 8)));
+	assert_true(hsm_ok(hsm_buf_set(&v.digest, "\x00DIGEST\xff", 8)));
+	EXPECT_OK(hsm_store_key_set_material(s, id, edit_fn, &want, &v, NULL));
+	if (!keep) {
+		want.state = HSM_KEY_PENDING_IMPORT;
+		want.flags = HSM_KEYFLAG_NO_MATERIAL;
+		want.valid_to = 0;
+		hsm_buf_free(&v.wrapped);
+		EXPECT_OK(hsm_store_key_set_material(s, id, edit_fn, &want, &v, NULL));
+	}
+	hsm_version_record_clear(&v);
+}
+
 static void fill(hsm_store *s)
 {
 	/* Metadata: text, binary with NULs, empty. */
@@ -117,6 +150,9 @@ static void fill(hsm_store *s)
 	EXPECT_OK(hsm_store_alias_create(s, "alias/destroyed", "k-destroyed", 5));
 	add_grant(s, 'f', "k-destroyed", "", "app", "ops", 1, ""); /* destroyed with its key */
 	EXPECT_OK(hsm_store_key_destroy(s, "k-destroyed", 1770000000));
+	/* Imported material: held with an expiry, and deleted (its digest kept). */
+	add_imported(s, "k-imported", true);
+	add_imported(s, "k-material-deleted", false);
 
 	/* Aliases (one moved, so created != updated) and tags (one replaced). */
 	EXPECT_OK(hsm_store_alias_create(s, "alias/a", "k-enabled", 100));
@@ -188,6 +224,7 @@ static hsm_result dump_version(const hsm_version_record *v, void *arg)
 	                         (long long)v->created, (int)v->rotation_type));
 	put_hex(out, &v->wrapped);
 	put_hex(out, &v->public_der);
+	put_hex(out, &v->digest);
 	return hsm_buf_put_str(out, "\n");
 }
 
@@ -223,13 +260,13 @@ static hsm_result dump_key(const hsm_key_record *k, void *arg)
 	HSM_GUARD(hsm_buf_printf(d->out,
 	                         "key %s desc=%s spec=%d usage=%d origin=%d state=%d created=%lld "
 	                         "del=%lld window=%d rot=%d period=%d next=%lld primary=%u "
-	                         "policy=%s flags=%u updated=%lld\n",
+	                         "policy=%s flags=%u updated=%lld valid_to=%lld\n",
 	                         k->key_id, k->description, (int)k->spec, (int)k->usage,
 	                         (int)k->origin, (int)k->state, (long long)k->created,
 	                         (long long)k->deletion_date, k->pending_window_days,
 	                         k->rotation_enabled, k->rotation_period_days,
 	                         (long long)k->next_rotation, k->primary_version, k->policy, k->flags,
-	                         (long long)k->updated));
+	                         (long long)k->updated, (long long)k->valid_to));
 	HSM_GUARD(hsm_store_version_list(d->s, k->key_id, dump_version, d->out));
 	HSM_GUARD(hsm_store_tags_list(d->s, k->key_id, NULL, HSM_STORE_LIST_MAX, dump_tag, d->out,
 	                              &more));
@@ -344,7 +381,7 @@ static void assert_census(hsm_store *s)
 	census c = {{0}};
 	hsm_store_sink sink = {&c, c_meta, c_user, c_ak, c_key, c_version, c_alias, c_tag, c_grant};
 	EXPECT_OK(s->ops->export_all(s, &sink));
-	const int want[8] = {4, 2, 2, 4, 7, 3, 3, 3};
+	const int want[8] = {4, 2, 2, 6, 9, 3, 3, 3};
 	for (int i = 0; i < 8; i++)
 		assert_int_equal(c.n[i], want[i]);
 }
@@ -416,6 +453,19 @@ static void copy_between(bool src_pg, bool dst_pg)
 	hsm_version_record v = {0};
 	EXPECT_OK(hsm_store_version_get(dst.f.s, "k-destroyed", 2, &v));
 	assert_int_equal(v.wrapped.len, 0); /* still erased */
+	hsm_version_record_clear(&v);
+	/* The new fields arrive (the dumps compare them; this says they are not all zero). */
+	hsm_key_record k = {0};
+	EXPECT_OK(hsm_store_key_get(dst.f.s, "k-imported", &k));
+	assert_int_equal(k.valid_to, 1900000000);
+	hsm_key_record_clear(&k);
+	EXPECT_OK(hsm_store_key_get(dst.f.s, "k-material-deleted", &k));
+	assert_int_equal(k.state, HSM_KEY_PENDING_IMPORT);
+	hsm_key_record_clear(&k);
+	EXPECT_OK(hsm_store_version_get(dst.f.s, "k-material-deleted", 1, &v));
+	assert_int_equal(v.wrapped.len, 0);
+	assert_int_equal(v.digest.len, 8);
+	assert_memory_equal(v.digest.data, "\x00DIGEST\xff", 8);
 	hsm_version_record_clear(&v);
 	side_close(&src);
 	side_close(&dst);
