@@ -324,7 +324,9 @@ hsm_result hsm_store_key_destroy(hsm_store *s, const char *key_id, int64_t now) 
  * must equal key_id (HSM_ERR_VALIDATION).  NOT_FOUND when the key or that
  * version does not exist; INVALID_STATE for a Destroyed key.  An empty
  * material->wrapped erases the material, and the erased bytes are then
- * overwritten on disk as hsm_store_key_destroy makes sure of.
+ * overwritten on disk as hsm_store_key_destroy makes sure of; as there, a
+ * failure of that last step comes after the commit, and repeating the call
+ * finishes the overwrite.
  */
 hsm_result hsm_store_key_set_material(hsm_store *s, const char *key_id, hsm_key_update_fn fn,
                                       void *arg, const hsm_version_record *material,
