@@ -6,7 +6,11 @@
  * operators".  Keys: AWS KMS Developer Guide, "AWS KMS condition keys", and
  * IAM User Guide, "AWS global condition context keys".
  */
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kms/policy_internal.h"
@@ -33,6 +37,12 @@ static const op_row operators[] = {
     {"ArnNotLike", POL_OP_LIKE, true},
     {"Bool", POL_OP_BOOL, false},
     {"Null", POL_OP_NULL, false},
+    {"NumericEquals", POL_OP_NUM_EQ, false},
+    {"NumericNotEquals", POL_OP_NUM_EQ, true},
+    {"NumericLessThan", POL_OP_NUM_LT, false},
+    {"NumericLessThanEquals", POL_OP_NUM_LE, false},
+    {"NumericGreaterThan", POL_OP_NUM_GT, false},
+    {"NumericGreaterThanEquals", POL_OP_NUM_GE, false},
 };
 
 typedef struct key_row {
@@ -84,6 +94,15 @@ static const char *const other_prefixes[] = {
 
 #define EC_PREFIX "kms:EncryptionContext:"
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+bool hsm_pol_number(const char *s, double *out)
+{
+	char *end = NULL;
+	errno = 0;
+	*out = strtod(s, &end);
+	return *s != '\0' && !isspace((unsigned char)*s) && end != NULL && *end == '\0' &&
+	       errno == 0 && isfinite(*out);
+}
 
 bool hsm_pol_eq_ic(const char *a, const char *b)
 {
@@ -200,6 +219,9 @@ static hsm_result value_text(pol_arena *a, json_t *v, const pol_condition *c, si
 	           "Statement %zu: values of condition key '%.64s' must be strings, booleans or "
 	           "integers.",
 	           stmt, key);
+	double d;
+	HSM_ENSURE(c->base < POL_OP_NUM_EQ || hsm_pol_number(s, &d), MALFORMED,
+	           "Statement %zu: Numeric conditions take numbers, not '%.32s'.", stmt, s);
 	if (c->base == POL_OP_BOOL || c->base == POL_OP_NULL) {
 		HSM_ENSURE(hsm_pol_eq_ic(s, "true") || hsm_pol_eq_ic(s, "false"), MALFORMED,
 		           "Statement %zu: %s conditions take true or false, not '%.32s'.", stmt,

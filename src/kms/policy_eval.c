@@ -148,6 +148,26 @@ static const char *next_value(value_iter *it)
 	}
 }
 
+/* A Numeric operator on request value v and policy value want (checked to be a number). */
+static bool number_matches(pol_base op, const char *v, const char *want)
+{
+	double a, b;
+	if (!hsm_pol_number(v, &a) || !hsm_pol_number(want, &b))
+		return false;
+	switch (op) {
+	case POL_OP_NUM_EQ:
+		return a == b;
+	case POL_OP_NUM_LT:
+		return a < b;
+	case POL_OP_NUM_LE:
+		return a <= b;
+	case POL_OP_NUM_GT:
+		return a > b;
+	default:
+		return a >= b;
+	}
+}
+
 /* Does request value v match any of the condition's values (before negation)? */
 static bool value_matches(const pol_condition *c, const char *v)
 {
@@ -166,6 +186,13 @@ static bool value_matches(const pol_condition *c, const char *v)
 			hit = hsm_pol_glob(want, v);
 			break;
 		case POL_OP_NULL:
+			break;
+		case POL_OP_NUM_EQ:
+		case POL_OP_NUM_LT:
+		case POL_OP_NUM_LE:
+		case POL_OP_NUM_GT:
+		case POL_OP_NUM_GE:
+			hit = number_matches(c->base, v, want);
 			break;
 		}
 		if (hit)

@@ -35,6 +35,12 @@ typedef enum pol_base {
 	POL_OP_LIKE,
 	POL_OP_BOOL,
 	POL_OP_NULL,
+	/* Numeric*: both sides decimal numbers; a request value that is not one matches nothing. */
+	POL_OP_NUM_EQ,
+	POL_OP_NUM_LT,
+	POL_OP_NUM_LE,
+	POL_OP_NUM_GT,
+	POL_OP_NUM_GE,
 } pol_base;
 
 typedef enum pol_set {
@@ -117,5 +123,7 @@ bool hsm_pol_glob(const char *pattern, const char *s);
 
 /* ASCII case-insensitive equality. */
 bool hsm_pol_eq_ic(const char *a, const char *b);
+/* A whole decimal number (as strtod reads one, finite, no blanks around it). */
+bool hsm_pol_number(const char *s, double *out);
 
 #endif

@@ -133,8 +133,12 @@ static const bad_case bad[] = {
     {STMT("{" ALLOW_ALL_BODY ", \"Condition\": \"x\"}"), "Statement 1: Condition must be an object."},
     {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"StringEquals\": \"x\"}}"),
      "Statement 1: condition operator 'StringEquals' needs an object of condition keys."},
-    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"NumericLessThan\": {\"kms:CallerAccount\": 1}}}"),
-     "Statement 1: condition operator 'NumericLessThan' is not supported."},
+    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"DateLessThan\": {\"kms:CallerAccount\": 1}}}"),
+     "Statement 1: condition operator 'DateLessThan' is not supported."},
+    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"NumericLessThan\": {\"kms:ValidTo\": \"soon\"}}}"),
+     "Statement 1: Numeric conditions take numbers, not 'soon'."},
+    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"NumericEquals\": {\"kms:ValidTo\": \" 5\"}}}"),
+     "Statement 1: Numeric conditions take numbers, not ' 5'."},
     {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"StringEqualz\": {\"kms:CallerAccount\": \"1\"}}}"),
      "Statement 1: condition operator 'StringEqualz' is not supported."},
     {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"ForAnyValue:Null\": {\"kms:CallerAccount\": true}}}"),
@@ -535,6 +539,33 @@ static void test_string_operators(void **state)
 	HOLDS(nlike, WITH({"Purpose", "app-foo-v10"}));
 	FAILS(nlike, WITH({"Purpose", "app-foo-v1"}));
 	HOLDS(nlike, none);
+
+	/* Numeric operators compare numbers, not text: "10" > "9", "1e3" == "1000". */
+	const char *lt = "{\"NumericLessThan\": {\"kms:EncryptionContext:n\": \"10\"}}";
+	HOLDS(lt, WITH({"n", "9"}));
+	HOLDS(lt, WITH({"n", "-3.5"}));
+	FAILS(lt, WITH({"n", "10"}));
+	FAILS(lt, WITH({"n", "100"}));
+	FAILS(lt, WITH({"n", "nine"})); /* not a number: no match */
+	FAILS(lt, none);
+	const char *le = "{\"NumericLessThanEquals\": {\"kms:EncryptionContext:n\": 10}}";
+	HOLDS(le, WITH({"n", "10"}));
+	FAILS(le, WITH({"n", "10.5"}));
+	const char *gt = "{\"NumericGreaterThan\": {\"kms:EncryptionContext:n\": \"10\"}}";
+	HOLDS(gt, WITH({"n", "11"}));
+	FAILS(gt, WITH({"n", "10"}));
+	FAILS(gt, WITH({"n", "9"}));
+	const char *ge = "{\"NumericGreaterThanEquals\": {\"kms:EncryptionContext:n\": \"10\"}}";
+	HOLDS(ge, WITH({"n", "10"}));
+	FAILS(ge, WITH({"n", "9.99"}));
+	const char *neq = "{\"NumericEquals\": {\"kms:EncryptionContext:n\": [\"1000\", \"7\"]}}";
+	HOLDS(neq, WITH({"n", "1e3"}));
+	HOLDS(neq, WITH({"n", "7"}));
+	FAILS(neq, WITH({"n", "8"}));
+	const char *nne = "{\"NumericNotEquals\": {\"kms:EncryptionContext:n\": \"7\"}}";
+	HOLDS(nne, WITH({"n", "8"}));
+	FAILS(nne, WITH({"n", "7.0"}));
+	HOLDS(nne, none);
 
 	hsm_policy_request alice = req(ALICE, "kms:Encrypt"), role = req(ROLE, "kms:Encrypt");
 	const char *arn = "{\"ArnLike\": {\"aws:PrincipalArn\": \"arn:aws:iam::*:user/*\"}}";
