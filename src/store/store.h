@@ -322,7 +322,10 @@ hsm_result hsm_store_key_destroy(hsm_store *s, const char *key_id, int64_t now) 
  * hold).  Replaces the wrapped, public_der and digest of the version
  * material->key_id / material->version with material's; material->key_id
  * must equal key_id (HSM_ERR_VALIDATION).  NOT_FOUND when the key or that
- * version does not exist; INVALID_STATE for a Destroyed key.  An empty
+ * version does not exist; INVALID_STATE for a Destroyed key.  A version's
+ * digest, once set, never changes: when it is set and material->digest
+ * differs, INCORRECT_KEY_MATERIAL and nothing changes (two nodes importing
+ * different first material at once: one wins, the other is told).  An empty
  * material->wrapped erases the material, and the erased bytes are then
  * overwritten on disk as hsm_store_key_destroy makes sure of; as there, a
  * failure of that last step comes after the commit, and repeating the call
@@ -355,7 +358,7 @@ hsm_result hsm_store_key_count(hsm_store *s, uint64_t *out) HSM_MUST_CHECK;
 /*
  * Keys with work due at `now`: PendingDeletion whose deletion_date <= now;
  * imported material that expired (valid_to != 0 and <= now, any state but
- * Destroyed); or rotation enabled with next_rotation <= now (Enabled keys
+ * Destroyed, unless the key's deletion is due: each key is listed once); or rotation enabled with next_rotation <= now (Enabled keys
  * only).  At most limit keys per call: deletions first, oldest due first,
  * then expirations, then rotations, each oldest due first.  A key whose work
  * keeps failing stays due, so a caller that cannot make progress on a key

@@ -306,9 +306,31 @@ hsm_result pg_key_destroy(hsm_store *base, const char *key_id, int64_t now)
  */
 static const char SQL_VERSION_SET_MATERIAL[] =
 	"UPDATE key_versions SET wrapped = $3, public_der = $4, digest = $5 "
-	"WHERE key_id = $1 AND version = $2";
+	"WHERE key_id = $1 AND version = $2 AND (length(digest) = 0 OR digest = $5)";
 
-/* Replaces a version's material; NOT_FOUND when the key has no such version. */
+static const char SQL_VERSION_EXISTS[] =
+	"SELECT 1 FROM key_versions WHERE key_id = $1 AND version = $2";
+
+/* Why write_material changed no row: no such version, or it holds other material. */
+static hsm_result material_missing(pg_conn *w, const hsm_version_record *m)
+{
+	pg_params p;
+	PGresult *r = NULL;
+	pg_params_init(&p);
+	pg_p_text(&p, m->key_id);
+	pg_p_i64(&p, m->version);
+	HSM_GUARD(pg_run(w, SQL_VERSION_EXISTS, &p, &r));
+	bool exists = PQntuples(r) > 0;
+	PQclear(r);
+	HSM_ENSURE(!exists, HSM_ERR_INCORRECT_KEY_MATERIAL,
+	           "version %u of key %s holds other key material", m->version, m->key_id);
+	return HSM_FAIL(HSM_ERR_NOT_FOUND, "key %s has no version %u", m->key_id, m->version);
+}
+
+/*
+ * Replaces a version's material; NOT_FOUND when the key has no such version,
+ * INCORRECT_KEY_MATERIAL when the version's digest is set and differs.
+ */
 static hsm_result write_material(pg_conn *w, const hsm_version_record *m)
 {
 	pg_params p;
@@ -322,7 +344,8 @@ static hsm_result write_material(pg_conn *w, const hsm_version_record *m)
 	HSM_GUARD(pg_run(w, SQL_VERSION_SET_MATERIAL, &p, &r));
 	bool found = strcmp(PQcmdTuples(r), "0") != 0;
 	PQclear(r);
-	HSM_ENSURE(found, HSM_ERR_NOT_FOUND, "key %s has no version %u", m->key_id, m->version);
+	if (!found)
+		return material_missing(w, m);
 	return HSM_SUCCESS;
 }
 
@@ -448,7 +471,8 @@ static const char SQL_DUE_DELETIONS[] =
 /* The term valid_to <> 0 is keys_expiry_due's predicate, so the planner can use it. */
 static const char SQL_DUE_EXPIRIES[] =
 	"SELECT " PG_KEY_COLS " FROM keys WHERE valid_to <> 0 AND valid_to <= $1 AND "
-	"state <> 'Destroyed' ORDER BY valid_to, id LIMIT $2";
+	"state <> 'Destroyed' AND NOT (state = 'PendingDeletion' AND deletion_date <= $1) "
+	"ORDER BY valid_to, id LIMIT $2";
 static const char SQL_DUE_ROTATIONS[] =
 	"SELECT " PG_KEY_COLS " FROM keys WHERE rotation_enabled AND state = 'Enabled' AND "
 	"next_rotation <= $1 ORDER BY next_rotation, id LIMIT $2";

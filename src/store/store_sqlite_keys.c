@@ -308,9 +308,31 @@ hsm_result sq_key_destroy(hsm_store *base, const char *key_id, int64_t now)
 
 static const char SQL_VERSION_SET_MATERIAL[] =
 	"UPDATE key_versions SET wrapped = ?3, public_der = ?4, digest = ?5 "
-	"WHERE key_id = ?1 AND version = ?2";
+	"WHERE key_id = ?1 AND version = ?2 AND (length(digest) = 0 OR digest = ?5)";
 
-/* Replaces a version's material; NOT_FOUND when the key has no such version. */
+static const char SQL_VERSION_EXISTS[] =
+	"SELECT 1 FROM key_versions WHERE key_id = ?1 AND version = ?2";
+
+/* Why write_material changed no row: no such version, or it holds other material. */
+static hsm_result material_missing(sq_conn *w, const hsm_version_record *m)
+{
+	sqlite3_stmt *st;
+	bool row = false;
+	HSM_GUARD(sq_prepare(w, SQL_VERSION_EXISTS, &st));
+	sq_bind_text(w, st, 1, m->key_id);
+	sq_bind_i64(w, st, 2, m->version);
+	hsm_result res = sq_step(w, st, &row);
+	sq_reset(st);
+	HSM_GUARD(res);
+	HSM_ENSURE(!row, HSM_ERR_INCORRECT_KEY_MATERIAL,
+	           "version %u of key %s holds other key material", m->version, m->key_id);
+	return HSM_FAIL(HSM_ERR_NOT_FOUND, "key %s has no version %u", m->key_id, m->version);
+}
+
+/*
+ * Replaces a version's material; NOT_FOUND when the key has no such version,
+ * INCORRECT_KEY_MATERIAL when the version's digest is set and differs.
+ */
 static hsm_result write_material(sq_conn *w, const hsm_version_record *m)
 {
 	sqlite3_stmt *st;
@@ -324,7 +346,8 @@ static hsm_result write_material(sq_conn *w, const hsm_version_record *m)
 	bool found = sqlite3_changes(w->db) == 1;
 	sq_reset(st);
 	HSM_GUARD(res);
-	HSM_ENSURE(found, HSM_ERR_NOT_FOUND, "key %s has no version %u", m->key_id, m->version);
+	if (!found)
+		return material_missing(w, m);
 	return HSM_SUCCESS;
 }
 
@@ -452,7 +475,8 @@ static const char SQL_DUE_DELETIONS[] =
 	"ORDER BY deletion_date LIMIT ?2";
 static const char SQL_DUE_EXPIRIES[] =
 	"SELECT " KEY_COLS " FROM keys WHERE valid_to <> 0 AND valid_to <= ?1 AND "
-	"state != 'Destroyed' ORDER BY valid_to LIMIT ?2";
+	"state != 'Destroyed' AND NOT (state = 'PendingDeletion' AND deletion_date <= ?1) "
+	"ORDER BY valid_to LIMIT ?2";
 static const char SQL_DUE_ROTATIONS[] =
 	"SELECT " KEY_COLS " FROM keys WHERE rotation_enabled = 1 AND state = 'Enabled' AND "
 	"next_rotation <= ?1 ORDER BY next_rotation LIMIT ?2";

@@ -316,6 +316,41 @@ static void test_set_material_import_then_erase(void **state)
 	hsm_version_record_clear(&v);
 }
 
+/* A version's digest, once set, stays: other material is refused and changes nothing. */
+static void test_set_material_keeps_the_digest(void **state)
+{
+	st_fixture *f = *state;
+	hsm_version_record m;
+	change c = {.state = HSM_KEY_ENABLED};
+	create_external(f->s, "ext", 0);
+	material(&m, "ext", "FIRST", "", "DIGEST-1");
+	EXPECT_OK(hsm_store_key_set_material(f->s, "ext", apply_change, &c, &m, NULL));
+	hsm_version_record_clear(&m);
+	/* Erased, the digest stays. */
+	change del = {.state = HSM_KEY_PENDING_IMPORT, .flags = HSM_KEYFLAG_NO_MATERIAL};
+	material(&m, "ext", "", "", "DIGEST-1");
+	EXPECT_OK(hsm_store_key_set_material(f->s, "ext", apply_change, &del, &m, NULL));
+	hsm_version_record_clear(&m);
+	/* Other material (another digest): refused, fn not run, nothing written. */
+	change other = {.state = HSM_KEY_ENABLED, .description = "changed"};
+	material(&m, "ext", "SECOND", "", "DIGEST-2");
+	EXPECT_ERR(hsm_store_key_set_material(f->s, "ext", apply_change, &other, &m, NULL),
+	           HSM_ERR_INCORRECT_KEY_MATERIAL);
+	hsm_version_record_clear(&m);
+	assert_int_equal(other.calls, 0);
+	hsm_key_record k = {0};
+	EXPECT_OK(hsm_store_key_get(f->s, "ext", &k));
+	assert_int_equal(k.state, HSM_KEY_PENDING_IMPORT);
+	assert_string_equal(k.description, "test key");
+	hsm_key_record_clear(&k);
+	assert_version(f->s, "ext", 1, "", "", "DIGEST-1");
+	/* The same material again is taken. */
+	material(&m, "ext", "FIRST", "", "DIGEST-1");
+	EXPECT_OK(hsm_store_key_set_material(f->s, "ext", apply_change, &c, &m, NULL));
+	hsm_version_record_clear(&m);
+	assert_version(f->s, "ext", 1, "FIRST", "", "DIGEST-1");
+}
+
 static void test_set_material_errors(void **state)
 {
 	st_fixture *f = *state;
@@ -565,6 +600,13 @@ static void test_keys_due_lists_expired_material(void **state)
 	EXPECT_OK(hsm_store_key_update(f->s, "exp-early", clear_valid_to, NULL, NULL, NULL));
 	due(f->s, 1000, 10, got, sizeof(got));
 	assert_string_equal(got, "del-due exp-import exp-late exp-now rot-due");
+	/* A key whose deletion and expiry are both due is listed once, as a deletion; its
+	 * expiry counts while the deletion is not yet due. */
+	add_key(f->s, "both", HSM_KEY_PENDING_DELETION, 600, 700, 0);
+	due(f->s, 1000, 10, got, sizeof(got));
+	assert_string_equal(got, "del-due both exp-import exp-late exp-now rot-due");
+	due(f->s, 650, 10, got, sizeof(got));
+	assert_string_equal(got, "del-due exp-import both rot-due");
 }
 
 /* SQLite's plan for sql on the store's database, its steps joined by "; ". */
@@ -819,6 +861,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_imported_fields_roundtrip, st_setup,
+		                                st_teardown),
+		cmocka_unit_test_setup_teardown(test_set_material_keeps_the_digest, st_setup,
 		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_set_material_import_then_erase, st_setup,
 		                                st_teardown),
