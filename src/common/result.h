@@ -52,6 +52,9 @@
 	X(HSM_ERR_INVALID_MARKER, "InvalidMarkerException", 400, 0x007UL)                \
 	X(HSM_ERR_INVALID_GRANT_TOKEN, "InvalidGrantTokenException", 400, 0x007UL)      \
 	X(HSM_ERR_INVALID_GRANT_ID, "InvalidGrantIdException", 400, 0x007UL)            \
+	X(HSM_ERR_INVALID_IMPORT_TOKEN, "InvalidImportTokenException", 400, 0x007UL)    \
+	X(HSM_ERR_EXPIRED_IMPORT_TOKEN, "ExpiredImportTokenException", 400, 0x007UL)    \
+	X(HSM_ERR_INCORRECT_KEY_MATERIAL, "IncorrectKeyMaterialException", 400, 0x007UL) \
 	X(HSM_ERR_LIMIT_EXCEEDED, "LimitExceededException", 400, 0x031UL /* DEVICE_MEMORY */) \
 	X(HSM_ERR_TAG, "TagException", 400, 0x013UL)                                     \
 	X(HSM_ERR_MALFORMED_POLICY, "MalformedPolicyDocumentException", 400, 0x013UL)   \

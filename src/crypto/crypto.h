@@ -49,7 +49,8 @@ hsm_result hsm_material_generate(hsm_key_spec spec, hsm_material **out) HSM_MUST
 hsm_result hsm_material_export(const hsm_material *m, hsm_buf *out) HSM_MUST_CHECK;
 /*
  * Inverse of export; checks that the bytes really are a key of this spec:
- * AES/HMAC keys must have the spec's exact length; asymmetric keys must be
+ * AES keys must have the spec's exact length, HMAC keys from the digest
+ * length to the hash's block size (64 bytes for HMAC_224/256, 128 above); asymmetric keys must be
  * one DER PrivateKeyInfo (no trailing bytes) of the spec's type, modulus size
  * or curve, RSA keys with an odd public exponent 2^16 < e < 2^256 (FIPS 186-5
  * A.1.1); EC keys must pass OpenSSL's pairwise check (public point = d*G),

@@ -399,7 +399,16 @@ out:
 hsm_result hsm_material_import(hsm_key_spec spec, const uint8_t *p, size_t n, hsm_material **out)
 {
 	const hsm_spec_info *s = hsm_spec_get(spec);
-	if (s->type == HSM_KT_AES || s->type == HSM_KT_HMAC) {
+	if (s->type == HSM_KT_HMAC) {
+		/* From the digest length to the hash's block size, as KMS takes imported HMAC keys. */
+		size_t max = s->secret_len <= 32 ? 64 : 128;
+		HSM_ENSURE(n >= s->secret_len && n <= max, HSM_ERR_VALIDATION,
+		           "%s key material must be %zu to %zu bytes", s->name, s->secret_len, max);
+		hsm_secret *secret;
+		HSM_GUARD(hsm_secret_from(p, n, &secret));
+		return material_new(spec, secret, NULL, out);
+	}
+	if (s->type == HSM_KT_AES) {
 		HSM_ENSURE(n == s->secret_len, HSM_ERR_VALIDATION,
 		           "%s key material must be %zu bytes", s->name, s->secret_len);
 		hsm_secret *secret;

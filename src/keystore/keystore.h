@@ -143,6 +143,56 @@ hsm_result hsm_ks_generate(hsm_keystore *ks, const hsm_ks_keyref *ref, hsm_buf *
 /* Drops every cached version of a key (disable, deletion, destruction). */
 void hsm_ks_forget(hsm_keystore *ks, const char *key_id);
 
+/* ---- Imported key material (BYOK) ------------------------------------------ */
+
+/*
+ * How key material is encrypted for import (KMS AlgorithmSpec):
+ * RSAES_OAEP_SHA_* encrypt the material itself with the wrapping key (RFC
+ * 8017 OAEP, MGF1 with the same hash, empty label); RSA_AES_KEY_WRAP_SHA_*
+ * encrypt a fresh 256-bit AES key that way, followed by the material wrapped
+ * under it with AES-KWP (RFC 5649), for material too long for OAEP.  KMS's
+ * RSAES_PKCS1_V1_5 is refused: its padding invites Bleichenbacher's attack.
+ */
+typedef enum hsm_wrap_alg {
+	HSM_WRAP_RSAES_OAEP_SHA_1,
+	HSM_WRAP_RSAES_OAEP_SHA_256,
+	HSM_WRAP_RSA_AES_KEY_WRAP_SHA_1,
+	HSM_WRAP_RSA_AES_KEY_WRAP_SHA_256,
+	HSM_WRAP_COUNT
+} hsm_wrap_alg;
+const char *hsm_wrap_alg_name(hsm_wrap_alg a);
+/* ValidationException naming the value, and why for RSAES_PKCS1_V1_5. */
+hsm_result hsm_wrap_alg_parse(const char *name, hsm_wrap_alg *out) HSM_MUST_CHECK;
+/* WrappingKeySpec RSA_2048 / RSA_3072 / RSA_4096: the modulus size in bits. */
+hsm_result hsm_wrapping_key_spec_parse(const char *name, unsigned *bits) HSM_MUST_CHECK;
+
+/*
+ * GetParametersForImport: makes an RSA wrapping key pair of `bits` and
+ * returns its public key (SPKI DER) and an import token: the private half,
+ * alg and `expires` (epoch seconds), sealed under a DMK-derived key with
+ * key_id bound, so only this store can open it and only for this key.
+ */
+hsm_result hsm_ks_import_params(hsm_keystore *ks, const char *key_id, hsm_wrap_alg alg,
+                                unsigned bits, int64_t expires, hsm_buf *token,
+                                hsm_buf *public_der) HSM_MUST_CHECK;
+/*
+ * ImportKeyMaterial: opens the token (HSM_ERR_INVALID_IMPORT_TOKEN unless it
+ * is one of ref->key_id's; HSM_ERR_EXPIRED_IMPORT_TOKEN when `now` is past
+ * its expiry), decrypts the encrypted material with the token's key and
+ * algorithm (HSM_ERR_INVALID_CIPHERTEXT, one message for every failure),
+ * checks that it is key material of ref's spec (AES-256: 32 bytes; HMAC: from
+ * the digest length to the block size; asymmetric: a DER PKCS#8 private key
+ * of the spec's type and size, pairwise tested for ref's usage; else
+ * HSM_ERR_INCORRECT_KEY_MATERIAL) and returns it wrapped for the store, with
+ * the public key of asymmetric keys and a digest identifying the material
+ * (HMAC-SHA256 under a DMK-derived key of the key id, the version and the
+ * secret key or the public key: equal for the same material only).
+ */
+hsm_result hsm_ks_import_material(hsm_keystore *ks, const hsm_ks_keyref *ref,
+                                  const uint8_t *token, size_t token_len, const uint8_t *enc,
+                                  size_t enc_len, int64_t now, hsm_buf *wrapped,
+                                  hsm_buf *public_der, hsm_buf *digest) HSM_MUST_CHECK;
+
 /* ---- Symmetric ---------------------------------------------------------- */
 
 /* Encrypts pt into a ciphertext blob (crypto/blob.h); ctx is the canonical context. */

@@ -19,6 +19,8 @@
 #define LABEL_AUDIT "hsmd/v1/wrap/audit-signing-key"
 #define LABEL_AUDIT_HASH "hsmd/v1/audit-hash"
 #define LABEL_BACKUP "hsmd/v1/backup"
+#define LABEL_IMPORT_TOKEN "hsmd/v1/wrap/import-token"
+#define LABEL_IMPORT_DIGEST "hsmd/v1/import-digest"
 #define AAD_AUDIT_KEY "hsmd/v1/audit-signing-key"
 
 hsm_result ks_wrap(const hsm_secret *key, const hsm_buf *aad, const uint8_t *pt, size_t n,
@@ -77,6 +79,8 @@ void ks_keys_wipe(ks_keys *k)
 	hsm_secret_free(k->audit);
 	hsm_secret_free(k->audit_hash);
 	hsm_secret_free(k->backup);
+	hsm_secret_free(k->import_token);
+	hsm_secret_free(k->import_digest);
 	hsm_material_free(k->audit_signer);
 	memset(k, 0, sizeof(*k));
 }
@@ -96,6 +100,8 @@ static hsm_result derive_all(const hsm_secret *dmk, const char *store_id, ks_key
 	HSM_TRY(derive(dmk, store_id, LABEL_AUDIT, HSM_AES_KEY_LEN, &t.audit));
 	HSM_TRY(derive(dmk, store_id, LABEL_AUDIT_HASH, HSM_SHA256_LEN, &t.audit_hash));
 	HSM_TRY(derive(dmk, store_id, LABEL_BACKUP, HSM_SHA256_LEN, &t.backup));
+	HSM_TRY(derive(dmk, store_id, LABEL_IMPORT_TOKEN, HSM_AES_KEY_LEN, &t.import_token));
+	HSM_TRY(derive(dmk, store_id, LABEL_IMPORT_DIGEST, HSM_SHA256_LEN, &t.import_digest));
 	*k = t;
 	memset(&t, 0, sizeof(t));
 out:

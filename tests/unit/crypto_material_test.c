@@ -151,17 +151,26 @@ static void test_wrong_spec_import_refused(void **state)
 static void test_symmetric_lengths_checked(void **state)
 {
 	(void)state;
-	uint8_t key[65] = {1};
+	uint8_t key[129] = {1};
 	for (unsigned s = 0; s < HSM_SPEC_COUNT; s++) {
 		const hsm_spec_info *info = hsm_spec_get((hsm_key_spec)s);
 		if (hsm_spec_is_asymmetric((hsm_key_spec)s))
 			continue;
-		size_t bad[] = {0, 1, info->secret_len - 1, info->secret_len + 1};
+		/* AES: exactly its length; HMAC: the digest length up to the hash's block size. */
+		bool hmac = info->type == HSM_KT_HMAC;
+		size_t max = !hmac ? info->secret_len : info->secret_len <= 32 ? 64 : 128;
+		size_t bad[] = {0, 1, info->secret_len - 1, max + 1};
 		for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 			hsm_material *m = NULL;
 			assert_fails_with(hsm_material_import((hsm_key_spec)s, key, bad[i], &m),
 			                  HSM_ERR_VALIDATION);
 			assert_null(m);
+		}
+		size_t good[] = {info->secret_len, max};
+		for (size_t i = 0; i < 2; i++) {
+			hsm_material *m = NULL;
+			assert_true(hsm_ok(hsm_material_import((hsm_key_spec)s, key, good[i], &m)));
+			hsm_material_free(m);
 		}
 	}
 }
