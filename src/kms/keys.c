@@ -38,12 +38,17 @@ static hsm_result build_record(hsm_kms *kms, const hsm_create_key_req *req, hsm_
 	rec->policy = (char *)policy.data; /* ownership moves to the record */
 	rec->spec = req->spec;
 	rec->usage = req->usage;
-	rec->origin = HSM_ORIGIN_AWS_KMS;
+	rec->origin = req->origin;
 	rec->state = HSM_KEY_ENABLED;
+	if (req->origin == HSM_ORIGIN_EXTERNAL) {
+		/* The material comes later, through ImportKeyMaterial. */
+		rec->state = HSM_KEY_PENDING_IMPORT;
+		rec->flags |= HSM_KEYFLAG_NO_MATERIAL;
+	}
 	rec->created = kms_now(kms);
 	rec->updated = rec->created;
 	rec->primary_version = 1;
-	rec->flags = req->flags;
+	rec->flags |= req->flags;
 	return HSM_SUCCESS;
 }
 
@@ -65,6 +70,10 @@ static hsm_result validate_create(const hsm_create_key_req *req)
 		HSM_GUARD(kms_check_tag(&req->tags[i]));
 	HSM_ENSURE((req->flags & HSM_KEYFLAG_JWT) == 0 || req->usage == HSM_USAGE_SIGN_VERIFY,
 	           HSM_ERR_VALIDATION, "only SIGN_VERIFY keys can sign tokens");
+	HSM_ENSURE((req->flags & ~HSM_KEYFLAG_NO_MATERIAL) == req->flags, HSM_ERR_VALIDATION,
+	           "flag %#x is the store's to set", HSM_KEYFLAG_NO_MATERIAL);
+	HSM_ENSURE(req->origin == HSM_ORIGIN_AWS_KMS || req->origin == HSM_ORIGIN_EXTERNAL,
+	           HSM_ERR_VALIDATION, "unknown key origin");
 	return HSM_SUCCESS;
 }
 
@@ -105,7 +114,8 @@ hsm_result hsm_kms_create_key(hsm_kms *kms, const hsm_caller *caller,
 	v.created = rec.created;
 	v.rotation_type = HSM_ROTATION_NONE;
 	hsm_ks_keyref ref = {rec.key_id, 1, rec.spec, rec.usage};
-	HSM_TRY(hsm_ks_generate(kms->ks, &ref, &v.wrapped, &v.public_der));
+	if (req->origin != HSM_ORIGIN_EXTERNAL)
+		HSM_TRY(hsm_ks_generate(kms->ks, &ref, &v.wrapped, &v.public_der));
 	HSM_TRY(hsm_store_key_create(kms->store, &rec, &v));
 	if (req->n_tags > 0)
 		HSM_TRY(hsm_store_tags_put(kms->store, rec.key_id, req->n_tags, req->tags));
@@ -210,8 +220,9 @@ hsm_result hsm_kms_schedule_deletion(hsm_kms *kms, const hsm_caller *caller, con
 static hsm_result clear_pending(hsm_key_record *rec, void *arg)
 {
 	(void)arg;
-	/* KMS leaves a key whose deletion was cancelled Disabled. */
-	rec->state = HSM_KEY_DISABLED;
+	/* KMS leaves a key whose deletion was cancelled Disabled, or PendingImport without material. */
+	rec->state = (rec->flags & HSM_KEYFLAG_NO_MATERIAL) != 0 ? HSM_KEY_PENDING_IMPORT
+	                                                         : HSM_KEY_DISABLED;
 	rec->deletion_date = 0;
 	rec->pending_window_days = 0;
 	return HSM_SUCCESS;

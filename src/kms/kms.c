@@ -62,6 +62,17 @@ static const hsm_err state_rules[HSM_KEY_STATE_COUNT][HSM_OPC_COUNT] = {
             [HSM_OPC_DISABLE] = HSM_ERR_INVALID_STATE,
             [HSM_OPC_SCHEDULE_DELETION] = HSM_ERR_INVALID_STATE,
             [HSM_OPC_ROTATION] = HSM_ERR_INVALID_STATE,
+            [HSM_OPC_IMPORT] = HSM_ERR_INVALID_STATE,
+        },
+    /* Without material a key can get it, be described, changed and deleted; nothing more. */
+    [HSM_KEY_PENDING_IMPORT] =
+        {
+            [HSM_OPC_CRYPTO] = HSM_ERR_INVALID_STATE,
+            [HSM_OPC_ENABLE] = HSM_ERR_INVALID_STATE,
+            [HSM_OPC_DISABLE] = HSM_ERR_INVALID_STATE,
+            [HSM_OPC_CANCEL_DELETION] = HSM_ERR_INVALID_STATE,
+            [HSM_OPC_ROTATION] = HSM_ERR_INVALID_STATE,
+            [HSM_OPC_DELETE_MATERIAL] = HSM_ERR_INVALID_STATE,
         },
     [HSM_KEY_DESTROYED] =
         {
@@ -73,6 +84,8 @@ static const hsm_err state_rules[HSM_KEY_STATE_COUNT][HSM_OPC_COUNT] = {
             [HSM_OPC_SCHEDULE_DELETION] = HSM_ERR_NOT_FOUND,
             [HSM_OPC_CANCEL_DELETION] = HSM_ERR_NOT_FOUND,
             [HSM_OPC_ROTATION] = HSM_ERR_NOT_FOUND,
+            [HSM_OPC_IMPORT] = HSM_ERR_NOT_FOUND,
+            [HSM_OPC_DELETE_MATERIAL] = HSM_ERR_NOT_FOUND,
         },
 };
 
@@ -86,6 +99,10 @@ hsm_result kms_check_state(hsm_op op, const hsm_key_record *rec)
 		return HSM_FAIL(e, "Key '%s' does not exist", rec->key_id);
 	if (e == HSM_ERR_DISABLED)
 		return HSM_FAIL(e, "%s is disabled.", rec->key_id);
+	if (rec->state == HSM_KEY_PENDING_IMPORT)
+		return HSM_FAIL(e, "%s is pending import.", rec->key_id);
+	if (hsm_op_get(op)->cls == HSM_OPC_CANCEL_DELETION)
+		return HSM_FAIL(e, "%s is not pending deletion.", rec->key_id);
 	return HSM_FAIL(e, "%s is pending deletion.", rec->key_id);
 }
 
@@ -443,8 +460,9 @@ hsm_result kms_key_load(hsm_kms *kms, const char *key_id, kms_key **out)
 		res = HSM_FAIL(HSM_ERR_NOT_FOUND, "Key '%s' does not exist", key_id);
 	if (hsm_failed(res))
 		goto out;
-	/* Destroyed by another node sharing the store: drop what this node still holds of it. */
-	if (rec.state == HSM_KEY_DESTROYED)
+	/* Destroyed, or its imported material deleted, by another node sharing the store: drop
+	 * what this node still holds of it. */
+	if (rec.state == HSM_KEY_DESTROYED || (rec.flags & HSM_KEYFLAG_NO_MATERIAL) != 0)
 		hsm_ks_forget(kms->ks, key_id);
 	HSM_TRY(snapshot_new(kms, &rec, &k));
 	HSM_TRY(hsm_shmap_put(kms->keys, key_id, k));
@@ -611,6 +629,7 @@ void kms_used(const kms_key *k, uint32_t version, hsm_used_key *used)
 	used->version = version;
 	used->spec = k->rec.spec;
 	used->usage = k->rec.usage;
+	used->origin = k->rec.origin;
 }
 
 hsm_ks_keyref kms_keyref(const kms_key *k, uint32_t version)

@@ -42,6 +42,8 @@ typedef enum hsm_op_class {
 	HSM_OPC_SCHEDULE_DELETION,
 	HSM_OPC_CANCEL_DELETION,
 	HSM_OPC_ROTATION,   /* enable/disable/perform rotation */
+	HSM_OPC_IMPORT,     /* GetParametersForImport, ImportKeyMaterial */
+	HSM_OPC_DELETE_MATERIAL, /* DeleteImportedKeyMaterial */
 	HSM_OPC_COUNT
 } hsm_op_class;
 
@@ -95,6 +97,9 @@ typedef enum hsm_op {
 	X(RetireGrant, HSM_OPC_READ, HSM_ROLES_OFFICER | HSM_ROLES_USER | HSM_ROLES_AUDITOR, true) \
 	X(RevokeGrant, HSM_OPC_READ, HSM_ROLES_OFFICER, true)                               \
 	X(DeriveSharedSecret, HSM_OPC_CRYPTO, HSM_ROLES_USER, false)                        \
+	X(GetParametersForImport, HSM_OPC_IMPORT, HSM_ROLES_OFFICER, false)                 \
+	X(ImportKeyMaterial, HSM_OPC_IMPORT, HSM_ROLES_OFFICER, true)                       \
+	X(DeleteImportedKeyMaterial, HSM_OPC_DELETE_MATERIAL, HSM_ROLES_OFFICER, true)      \
 	/* hsmd's token operations (X-Amz-Target HsmdJwt.<Op>, kms/jwt.h) */              \
 	X(SignToken, HSM_OPC_CRYPTO, HSM_ROLES_USER, false)                                 \
 	X(EnableJwtSigning, HSM_OPC_MODIFY, HSM_ROLES_OFFICER, true)                        \
@@ -214,6 +219,8 @@ typedef struct hsm_create_key_req {
 	const hsm_tag *tags;
 	size_t n_tags;
 	uint32_t flags;          /* HSM_KEYFLAG_* */
+	/* EXTERNAL: the key is created PendingImport, without material (ImportKeyMaterial). */
+	hsm_key_origin origin;
 } hsm_create_key_req;
 
 hsm_result hsm_kms_create_key(hsm_kms *kms, const hsm_caller *caller,
@@ -241,6 +248,66 @@ hsm_result hsm_kms_cancel_deletion(hsm_kms *kms, const hsm_caller *caller, const
 hsm_result hsm_kms_set_flags(hsm_kms *kms, const hsm_caller *caller, const char *ref,
                              uint32_t set, uint32_t clear) HSM_MUST_CHECK;
 
+/* ---- Imported key material ----------------------------------------------------- */
+
+/* GetParametersForImport: a wrapping key and import token valid for 24 hours. */
+#define HSM_IMPORT_PARAMS_LIFETIME 86400
+typedef struct hsm_import_params {
+	char key_id[HSM_UUID_STRLEN + 1];
+	hsm_buf token;      /* ImportToken */
+	hsm_buf public_der; /* PublicKey: the wrapping key, DER SubjectPublicKeyInfo */
+	int64_t valid_to;   /* ParametersValidTo */
+} hsm_import_params;
+/* Frees what it holds; a zeroed one is clear. */
+void hsm_import_params_clear(hsm_import_params *p);
+/*
+ * For a key with Origin EXTERNAL (else UnsupportedOperationException) that
+ * is Enabled, Disabled or PendingImport.  wrapping_alg and wrapping_key_spec
+ * are the KMS names (hsm_wrap_alg_parse, hsm_wrapping_key_spec_parse).
+ */
+hsm_result hsm_kms_get_import_params(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                                     const char *wrapping_alg, const char *wrapping_key_spec,
+                                     hsm_import_params *out) HSM_MUST_CHECK;
+
+typedef enum hsm_import_type {
+	HSM_IMPORT_ANY,      /* ImportType not given */
+	HSM_IMPORT_NEW,      /* NEW_KEY_MATERIAL: the key has never had material */
+	HSM_IMPORT_EXISTING, /* EXISTING_KEY_MATERIAL: the material imported before */
+} hsm_import_type;
+
+typedef struct hsm_import_req {
+	const char *key;
+	const uint8_t *token;
+	size_t token_len;
+	const uint8_t *encrypted;
+	size_t encrypted_len;
+	/*
+	 * ExpirationModel: KEY_MATERIAL_EXPIRES (the default; valid_to, epoch
+	 * seconds, then required: in the future, at most 365 days ahead) or
+	 * KEY_MATERIAL_DOES_NOT_EXPIRE (valid_to must be absent).
+	 */
+	const char *expiration_model; /* NULL = not given */
+	bool has_valid_to;
+	int64_t valid_to;
+	hsm_import_type type;
+} hsm_import_req;
+
+/*
+ * ImportKeyMaterial: the first material of the key, or the same material
+ * again (other material is IncorrectKeyMaterialException), with a new
+ * expiration.  A PendingImport key becomes Enabled; Enabled and Disabled
+ * keys keep their state.  *out receives the key after.
+ */
+hsm_result hsm_kms_import_material(hsm_kms *kms, const hsm_caller *caller,
+                                   const hsm_import_req *req, hsm_key_record *out) HSM_MUST_CHECK;
+/*
+ * DeleteImportedKeyMaterial: erases the material (the digest that lets the
+ * same material be imported again stays) and makes the key PendingImport,
+ * or leaves it PendingDeletion.  *out receives the key after.
+ */
+hsm_result hsm_kms_delete_material(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                                   hsm_key_record *out) HSM_MUST_CHECK;
+
 /* ---- Rotation ------------------------------------------------------------------ */
 
 /* period_days 0 = default (90); 1..2560. */
@@ -258,8 +325,9 @@ hsm_result hsm_kms_list_rotations(hsm_kms *kms, const hsm_caller *caller, const 
                                   hsm_version_cb cb, void *arg) HSM_MUST_CHECK;
 
 /*
- * Performs the work that is due at the current time: automatic rotations and
- * destruction of keys whose deletion waiting period ended.  Called by the
+ * Performs the work that is due at the current time: automatic rotations,
+ * destruction of keys whose deletion waiting period ended, and deletion of
+ * imported key material that expired.  Called by the
  * server's scheduler every few seconds; each action is reported to the
  * event sink.  *done counts actions taken.
  */
@@ -391,6 +459,7 @@ typedef struct hsm_used_key {
 	uint32_t version;
 	hsm_key_spec spec;
 	hsm_key_usage usage;
+	hsm_key_origin origin;
 } hsm_used_key;
 
 typedef struct hsm_encrypt_req {

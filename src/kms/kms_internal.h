@@ -131,5 +131,7 @@ hsm_result kms_grants_allow(hsm_kms *kms, const hsm_caller *caller, const char *
 /* Scheduler actions (keys.c, rotation.c). */
 hsm_result kms_destroy_due(hsm_kms *kms, const hsm_key_record *rec) HSM_MUST_CHECK;
 hsm_result kms_rotate_due(hsm_kms *kms, const hsm_key_record *rec) HSM_MUST_CHECK;
+/* Deletes imported material whose ValidTo passed (scheduler); reported as DeleteExpiredKeyMaterial. */
+hsm_result kms_expire_due(hsm_kms *kms, const hsm_key_record *rec) HSM_MUST_CHECK;
 
 #endif

@@ -24,9 +24,19 @@ typedef struct rotation_arg {
 	int64_t now;
 } rotation_arg;
 
+/* Imported material cannot be replaced by hsmd's own, so such keys do not rotate (as in KMS). */
+static hsm_result check_rotatable(const hsm_key_record *rec)
+{
+	HSM_ENSURE(rec->origin != HSM_ORIGIN_EXTERNAL, HSM_ERR_UNSUPPORTED_OPERATION,
+	           "%s has imported key material (Origin EXTERNAL): it cannot be rotated",
+	           rec->key_id);
+	return HSM_SUCCESS;
+}
+
 static hsm_result set_rotation(hsm_key_record *rec, void *arg)
 {
 	const rotation_arg *a = arg;
+	HSM_GUARD(check_rotatable(rec));
 	rec->rotation_enabled = a->enable;
 	if (a->enable) {
 		rec->rotation_period_days = a->period;
@@ -113,7 +123,9 @@ hsm_result hsm_kms_rotate_now(hsm_kms *kms, const hsm_caller *caller, const char
 {
 	kms_key *k = NULL;
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_RotateKeyOnDemand, ref, NULL, &k));
-	hsm_result r = rotate(kms, caller, k, false, out);
+	hsm_result r = check_rotatable(&k->rec);
+	if (hsm_ok(r))
+		r = rotate(kms, caller, k, false, out);
 	kms_key_release(k);
 	return r;
 }
@@ -195,6 +207,8 @@ hsm_result hsm_kms_run_due(hsm_kms *kms, size_t *done)
 		const hsm_key_record *rec = &l.recs[i];
 		hsm_result one = rec->state == HSM_KEY_PENDING_DELETION && rec->deletion_date <= now
 		                     ? kms_destroy_due(kms, rec)
+		                 : rec->valid_to != 0 && rec->valid_to <= now
+		                     ? kms_expire_due(kms, rec)
 		                     : kms_rotate_due(kms, rec);
 		if (hsm_failed(one))
 			hsm_log_failure("scheduled key work"); /* one key must not stop the others */

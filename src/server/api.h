@@ -93,6 +93,9 @@ hsm_result hsm_api_list_retirable_grants(hsm_api_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_api_retire_grant(hsm_api_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_api_revoke_grant(hsm_api_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_api_derive_shared_secret(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_get_parameters_for_import(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_import_key_material(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_delete_imported_key_material(hsm_api_ctx *c) HSM_MUST_CHECK;
 /* hsmd's token operations (api_jwt.c), served under X-Amz-Target HsmdJwt.<Op> only. */
 hsm_result hsm_api_sign_token(hsm_api_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_api_enable_jwt_signing(hsm_api_ctx *c) HSM_MUST_CHECK;

@@ -48,7 +48,7 @@ hsm_result hsm_api_derive_shared_secret(hsm_api_ctx *c)
 	hsm_api_write_key_arn(c, "KeyId", used.key_id);
 	hsm_jw_b64(c->w, "SharedSecret", secret.data, secret.len);
 	hsm_jw_str(c->w, "KeyAgreementAlgorithm", hsm_agree_alg_name(alg));
-	hsm_jw_str(c->w, "KeyOrigin", "AWS_KMS");
+	hsm_jw_str(c->w, "KeyOrigin", hsm_key_origin_name(used.origin));
 out:
 	hsm_buf_free(&peer);
 	hsm_buf_free(&secret);

@@ -110,7 +110,13 @@ void hsm_api_write_key_metadata(hsm_api_ctx *c, const char *member, const hsm_ke
 		hsm_jw_time(c->w, "DeletionDate", r->deletion_date);
 		hsm_jw_int(c->w, "PendingDeletionWindowInDays", r->pending_window_days);
 	}
-	hsm_jw_str(c->w, "Origin", "AWS_KMS");
+	hsm_jw_str(c->w, "Origin", hsm_key_origin_name(r->origin));
+	if (r->origin == HSM_ORIGIN_EXTERNAL && (r->flags & HSM_KEYFLAG_NO_MATERIAL) == 0) {
+		hsm_jw_str(c->w, "ExpirationModel", r->valid_to != 0 ? "KEY_MATERIAL_EXPIRES"
+		                                                      : "KEY_MATERIAL_DOES_NOT_EXPIRE");
+		if (r->valid_to != 0)
+			hsm_jw_time(c->w, "ValidTo", r->valid_to);
+	}
 	hsm_jw_str(c->w, "KeyManager", "CUSTOMER");
 	hsm_jw_str(c->w, "CustomerMasterKeySpec", hsm_spec_name(r->spec));
 	hsm_jw_str(c->w, "KeySpec", hsm_spec_name(r->spec));
@@ -137,8 +143,11 @@ static hsm_result read_spec_usage(hsm_api_ctx *c, hsm_create_key_req *req)
 	return HSM_SUCCESS;
 }
 
-/* Members hsmd does not offer are refused explicitly rather than ignored. */
-static hsm_result refuse_unsupported(hsm_api_ctx *c)
+/*
+ * Origin: AWS_KMS (hsmd makes the material) or EXTERNAL (it is imported);
+ * members hsmd does not offer are refused explicitly rather than ignored.
+ */
+static hsm_result read_origin(hsm_api_ctx *c, hsm_create_key_req *req)
 {
 	const char *origin = NULL, *store = NULL, *xks = NULL;
 	bool multi = false, present;
@@ -146,8 +155,15 @@ static hsm_result refuse_unsupported(hsm_api_ctx *c)
 	HSM_GUARD(hsm_json_str(c->req, "CustomKeyStoreId", false, 1, 64, &store));
 	HSM_GUARD(hsm_json_str(c->req, "XksKeyId", false, 1, 128, &xks));
 	HSM_GUARD(hsm_json_bool(c->req, "MultiRegion", &multi, &present));
-	HSM_ENSURE(origin == NULL || strcmp(origin, "AWS_KMS") == 0, HSM_ERR_UNSUPPORTED_OPERATION,
-	           "Origin %s is not supported: hsmd generates all key material itself", origin);
+	req->origin = HSM_ORIGIN_AWS_KMS;
+	if (origin != NULL && strcmp(origin, "EXTERNAL") == 0)
+		req->origin = HSM_ORIGIN_EXTERNAL;
+	else
+		HSM_ENSURE(origin == NULL || strcmp(origin, "AWS_KMS") == 0,
+		           HSM_ERR_UNSUPPORTED_OPERATION,
+		           "Origin %s is not supported: hsmd makes key material itself (AWS_KMS) or "
+		           "imports it (EXTERNAL)",
+		           origin);
 	HSM_ENSURE(store == NULL && xks == NULL, HSM_ERR_UNSUPPORTED_OPERATION,
 	           "custom key stores are not supported");
 	HSM_ENSURE(!multi, HSM_ERR_UNSUPPORTED_OPERATION,
@@ -163,7 +179,7 @@ hsm_result hsm_api_create_key(hsm_api_ctx *c)
 	bool present;
 	hsm_key_record rec;
 	memset(&rec, 0, sizeof(rec));
-	HSM_TRY(refuse_unsupported(c));
+	HSM_TRY(read_origin(c, &req));
 	HSM_TRY(read_spec_usage(c, &req));
 	HSM_TRY(hsm_json_str(c->req, "Description", false, 0, 8192, &req.description));
 	HSM_TRY(hsm_json_str(c->req, "Policy", false, 1, POLICY_MAX, &req.policy));

@@ -413,7 +413,8 @@ typedef struct lane_req {
 
 /*
  * What goes to the lane: whatever writes the store (each commit waits for an
- * fsync), generates an asymmetric key pair (RSA-4096: seconds) or administers
+ * fsync), generates an asymmetric key pair (RSA-4096: seconds; a wrapping key
+ * for GetParametersForImport too) or administers
  * the node (unsealing derives keys).  Everything else is quick enough to run
  * where it arrived, and most of it is what clients call by the thousand.
  */
@@ -424,7 +425,8 @@ static bool takes_long(route how, const hsm_op_info *info)
 	if (info == NULL)
 		return false;
 	return info->mutating || info->op == HSM_OP_GenerateDataKeyPair ||
-	       info->op == HSM_OP_GenerateDataKeyPairWithoutPlaintext;
+	       info->op == HSM_OP_GenerateDataKeyPairWithoutPlaintext ||
+	       info->op == HSM_OP_GetParametersForImport;
 }
 
 static void run_route(hsm_server *s, hsm_http_req *req, route how, const char *name,

@@ -252,6 +252,7 @@ hsm_result hsm_server_dev_bootstrap(hsm_server *s, const char *akid, const hsm_s
 typedef struct due_count {
 	int64_t horizon;
 	uint64_t rotations;
+	uint64_t expirations; /* imported key material */
 } due_count;
 
 static hsm_result count_due(const hsm_key_record *r, void *arg)
@@ -259,6 +260,8 @@ static hsm_result count_due(const hsm_key_record *r, void *arg)
 	due_count *d = arg;
 	if (r->state == HSM_KEY_ENABLED && r->rotation_enabled && r->next_rotation <= d->horizon)
 		d->rotations++;
+	if (r->valid_to != 0 && r->valid_to <= d->horizon)
+		d->expirations++;
 	return HSM_SUCCESS;
 }
 
@@ -284,7 +287,7 @@ static void count_store_gauges(hsm_server *s)
 	if (!atomic_load(&s->store_up))
 		return;
 	uint64_t keys = 0;
-	due_count due = {hsm_now() + 7 * 86400, 0};
+	due_count due = {hsm_now() + 7 * 86400, 0, 0};
 	if (hsm_keystore_state(s->ks) == HSM_NODE_UNSEALED) {
 		hsm_result r = hsm_store_key_count(s->store, &keys);
 		if (hsm_ok(r))
@@ -297,6 +300,7 @@ static void count_store_gauges(hsm_server *s)
 	}
 	atomic_store(&s->gauge_keys, keys);
 	atomic_store(&s->gauge_rotations_due, due.rotations);
+	atomic_store(&s->gauge_expirations_due, due.expirations);
 	atomic_store(&s->gauges_counted_at, hsm_now());
 }
 
@@ -436,7 +440,10 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "# TYPE hsmd_keys gauge\nhsmd_keys %llu\n"
 	    "# HELP hsmd_keys_rotation_due_7d Keys whose automatic rotation is due within 7 days.\n"
 	    "# TYPE hsmd_keys_rotation_due_7d gauge\nhsmd_keys_rotation_due_7d %llu\n"
-	    "# HELP hsmd_keys_counted_time_seconds When the two key gauges were last counted.\n"
+	    "# HELP hsmd_keys_material_expiring_7d Keys whose imported key material expires (and is "
+	    "deleted, leaving the key unusable) within 7 days, or has expired.\n"
+	    "# TYPE hsmd_keys_material_expiring_7d gauge\nhsmd_keys_material_expiring_7d %llu\n"
+	    "# HELP hsmd_keys_counted_time_seconds When the key gauges were last counted.\n"
 	    "# TYPE hsmd_keys_counted_time_seconds gauge\nhsmd_keys_counted_time_seconds %lld\n"
 	    "# TYPE hsmd_audit_healthy gauge\nhsmd_audit_healthy %d\n"
 	    "# HELP hsmd_store_up Whether the store answered the last probe (every 5 s).\n"
@@ -459,6 +466,7 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    st != HSM_NODE_UNSEALED, st == HSM_NODE_ERROR, (long long)s->started,
 	    (unsigned long long)atomic_load(&s->gauge_keys),
 	    (unsigned long long)atomic_load(&s->gauge_rotations_due),
+	    (unsigned long long)atomic_load(&s->gauge_expirations_due),
 	    (long long)atomic_load(&s->gauges_counted_at), hsm_audit_healthy(s->audit),
 	    (int)atomic_load(&s->store_up), (int)atomic_load(&s->leading),
 	    (unsigned long long)as.written, (unsigned long long)as.refused,

@@ -80,7 +80,7 @@ typedef struct hsm_server {
 	 * period: counting is a scan of the key table (about 20 ms with a million
 	 * keys), too long for an HTTP worker, whose other connections would wait.
 	 */
-	atomic_uint_fast64_t gauge_keys, gauge_rotations_due;
+	atomic_uint_fast64_t gauge_keys, gauge_rotations_due, gauge_expirations_due;
 	atomic_int_fast64_t gauges_counted_at; /* Unix seconds; 0 = not yet */
 	/*
 	 * Whether the store answered the scheduler's last probe.  A node that
