@@ -119,7 +119,7 @@ def test_missing_required_members(hsmd, kms, key, op, body):
 
 
 @pytest.mark.parametrize("target", ["TrentService.Frobnicate", "TrentService.ReplicateKey",
-                                    "TrentService.ImportKeyMaterial", "TrentService.",
+                                    "TrentService.CreateCustomKeyStore", "TrentService.",
                                     "TrentService.encrypt", "HsmdAdmin.Frobnicate"])
 def test_unknown_operation(hsmd, kms, target):
     r = expect(hsmd, kms, None, b"{}", "UnknownOperationException", target=target)

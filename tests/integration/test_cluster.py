@@ -241,6 +241,49 @@ def test_grants_made_on_one_node_hold_on_the_other(cluster):
     assert time.monotonic() - t0 < CACHE_MS / 1000 + 1.0
 
 
+def test_imported_material_across_nodes(cluster):
+    """An import token from node A opens on node B (same master key, nothing kept between the
+    calls); material deleted on A stops working on B within the cache lifetime, and a
+    different material is refused whichever node is asked."""
+    from test_import import wrap
+    off_a, off_b = kms(cluster.a, cluster.ops), kms(cluster.b, cluster.ops)
+    app_b = kms(cluster.b, cluster.app)
+    kid = off_a.create_key(Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
+    material = os.urandom(32)
+    params = off_a.get_parameters_for_import(KeyId=kid, WrappingAlgorithm="RSAES_OAEP_SHA_256",
+                                             WrappingKeySpec="RSA_2048")
+    off_b.import_key_material(KeyId=kid, ImportToken=params["ImportToken"],
+                              EncryptedKeyMaterial=wrap(params, material, "RSAES_OAEP_SHA_256"),
+                              ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+    # A cached the key PendingImport: it sees the import within the cache lifetime.
+    assert eventually(lambda: off_a.describe_key(KeyId=kid)["KeyMetadata"]["KeyState"]
+                      == "Enabled", 5)
+    blob = app_b.encrypt(KeyId=kid, Plaintext=b"imported")["CiphertextBlob"]  # B caches it
+    off_a.delete_imported_key_material(KeyId=kid)
+    t0 = time.monotonic()
+
+    def refused():
+        try:
+            app_b.decrypt(CiphertextBlob=blob)
+            return False
+        except app_b.exceptions.KMSInvalidStateException:
+            return True
+    assert eventually(refused, 5), "node B still decrypts with deleted material"
+    assert time.monotonic() - t0 < CACHE_MS / 1000 + 1.0
+    other = off_b.get_parameters_for_import(KeyId=kid, WrappingAlgorithm="RSAES_OAEP_SHA_1",
+                                            WrappingKeySpec="RSA_2048")
+    with pytest.raises(off_a.exceptions.IncorrectKeyMaterialException):
+        off_a.import_key_material(KeyId=kid, ImportToken=other["ImportToken"],
+                                  EncryptedKeyMaterial=wrap(other, os.urandom(32),
+                                                            "RSAES_OAEP_SHA_1"),
+                                  ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+    off_a.import_key_material(KeyId=kid, ImportToken=other["ImportToken"],
+                              EncryptedKeyMaterial=wrap(other, material, "RSAES_OAEP_SHA_1"),
+                              ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+    assert eventually(lambda: _try(lambda: app_b.decrypt(CiphertextBlob=blob)["Plaintext"]
+                                   == b"imported"), 5)
+
+
 def test_a_token_signed_on_one_node_verifies_through_the_other_nodes_jwks(cluster):
     """After a rotation on node A, node B publishes the new version within the cache
     lifetime, so a verifier fetching B's JWK Set accepts A's new tokens."""

@@ -111,7 +111,7 @@ def test_create_key_invalid_names_and_members(kms):
 
 
 @pytest.mark.parametrize("member,value", [
-    ("Origin", "EXTERNAL"), ("Origin", "AWS_CLOUDHSM"), ("Origin", "EXTERNAL_KEY_STORE"),
+    ("Origin", "AWS_CLOUDHSM"), ("Origin", "EXTERNAL_KEY_STORE"),
     ("MultiRegion", True), ("CustomKeyStoreId", "cks-1234567890abcdef0"),
 ])
 def test_create_key_unsupported_members(kms, member, value):
@@ -123,6 +123,9 @@ def test_create_key_unsupported_members(kms, member, value):
 def test_create_key_accepts_the_supported_values_of_those_members(kms):
     m = kms.create_key(Origin="AWS_KMS", MultiRegion=False)["KeyMetadata"]
     assert (m["Origin"], m["MultiRegion"]) == ("AWS_KMS", False)
+    # EXTERNAL: the key waits for imported material (test_import.py).
+    m = kms.create_key(Origin="EXTERNAL")["KeyMetadata"]
+    assert (m["Origin"], m["KeyState"], m["Enabled"]) == ("EXTERNAL", "PendingImport", False)
 
 
 def test_create_key_description_tags_policy(kms):

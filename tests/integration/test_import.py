@@ -1,0 +1,324 @@
+"""Imported key material (BYOK): Origin EXTERNAL, GetParametersForImport,
+ImportKeyMaterial, DeleteImportedKeyMaterial and expiry, through boto3 and
+aws-cli.
+
+The material is made and wrapped with python3-cryptography, as an importer
+would: RSAES-OAEP under the wrapping public key for symmetric keys, and
+OAEP of a fresh AES key followed by AES-KWP (RFC 5649) of the PKCS#8 private
+key for asymmetric ones.  Debian's boto3 1.26 knows these operations but
+only the older names of the wrapping algorithms and specs in its model; it
+sends the newer ones (RSA_AES_KEY_WRAP_SHA_256, RSA_4096) as given.
+"""
+import base64
+import datetime
+import os
+import time
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
+
+from conftest import client, start_dev
+from helpers import (AwsCli, audit_record, audit_records, key_arn, raises, request_id,
+                     restart_dev, signed_request)
+
+DER = serialization.Encoding.DER
+
+
+def external_key(kms, **kw):
+    md = kms.create_key(Origin="EXTERNAL", Description="imported", **kw)["KeyMetadata"]
+    assert (md["Origin"], md["KeyState"], md["Enabled"]) == ("EXTERNAL", "PendingImport", False)
+    assert "ExpirationModel" not in md and "ValidTo" not in md
+    return md["KeyId"]
+
+
+def oaep(h):
+    return padding.OAEP(mgf=padding.MGF1(algorithm=h), algorithm=h, label=None)
+
+
+def wrap(params, material, alg):
+    """EncryptedKeyMaterial for `material` under GetParametersForImport's public key."""
+    pub = serialization.load_der_public_key(params["PublicKey"])
+    h = hashes.SHA256() if alg.endswith("SHA_256") else hashes.SHA1()
+    if alg.startswith("RSAES_OAEP"):
+        return pub.encrypt(material, oaep(h))
+    aes = os.urandom(32)
+    return pub.encrypt(aes, oaep(h)) + aes_key_wrap_with_padding(aes, material)
+
+
+def do_import(kms, key, material, alg="RSAES_OAEP_SHA_256", spec="RSA_2048", **kw):
+    params = kms.get_parameters_for_import(KeyId=key, WrappingAlgorithm=alg,
+                                           WrappingKeySpec=spec)
+    if not kw:
+        kw = {"ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"}
+    kms.import_key_material(KeyId=key, ImportToken=params["ImportToken"],
+                            EncryptedKeyMaterial=wrap(params, material, alg), **kw)
+    return params
+
+
+def state(kms, key):
+    return kms.describe_key(KeyId=key)["KeyMetadata"]
+
+
+def test_symmetric_import_round_trip(hsmd, kms):
+    key = external_key(kms)
+    raises("KMSInvalidStateException", kms.encrypt, KeyId=key, Plaintext=b"x",
+           message="pending import")
+    material = os.urandom(32)
+    params = kms.get_parameters_for_import(KeyId=key, WrappingAlgorithm="RSAES_OAEP_SHA_256",
+                                           WrappingKeySpec="RSA_2048")
+    assert params["KeyId"] == key_arn(key)
+    pub = serialization.load_der_public_key(params["PublicKey"])
+    assert isinstance(pub, rsa.RSAPublicKey) and pub.key_size == 2048
+    left = params["ParametersValidTo"].timestamp() - time.time()
+    assert 86400 - 60 < left <= 86400 + 5
+    kms.import_key_material(KeyId=key, ImportToken=params["ImportToken"],
+                            EncryptedKeyMaterial=wrap(params, material, "RSAES_OAEP_SHA_256"),
+                            ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+    md = state(kms, key)
+    assert (md["KeyState"], md["Enabled"], md["Origin"]) == ("Enabled", True, "EXTERNAL")
+    assert md["ExpirationModel"] == "KEY_MATERIAL_DOES_NOT_EXPIRE" and "ValidTo" not in md
+    blob = kms.encrypt(KeyId=key, Plaintext=b"imported", EncryptionContext={"a": "b"})
+    assert kms.decrypt(CiphertextBlob=blob["CiphertextBlob"],
+                       EncryptionContext={"a": "b"})["Plaintext"] == b"imported"
+    # Automatic and on-demand rotation are refused for imported material.
+    raises("UnsupportedOperationException", kms.enable_key_rotation, KeyId=key)
+    assert kms.get_key_rotation_status(KeyId=key)["KeyRotationEnabled"] is False
+
+
+def test_each_wrapping_algorithm_and_spec(kms):
+    for alg in ("RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256", "RSA_AES_KEY_WRAP_SHA_1",
+                "RSA_AES_KEY_WRAP_SHA_256"):
+        for spec in ("RSA_2048", "RSA_3072", "RSA_4096"):
+            if spec == "RSA_4096" and alg != "RSA_AES_KEY_WRAP_SHA_256":
+                continue  # one RSA-4096 wrapping key pair is enough (it takes a while)
+            key = external_key(kms)
+            do_import(kms, key, os.urandom(32), alg=alg, spec=spec)
+            assert state(kms, key)["KeyState"] == "Enabled", (alg, spec)
+    key = external_key(kms)
+    raises("ValidationException", kms.get_parameters_for_import, KeyId=key,
+           WrappingAlgorithm="RSAES_PKCS1_V1_5", WrappingKeySpec="RSA_2048",
+           message="padding-oracle")
+    raises("ValidationException", kms.get_parameters_for_import, KeyId=key,
+           WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_1024")
+
+
+def test_errors_change_nothing(hsmd, kms):
+    a, b = external_key(kms), external_key(kms)
+    material = os.urandom(32)
+    pa = kms.get_parameters_for_import(KeyId=a, WrappingAlgorithm="RSAES_OAEP_SHA_256",
+                                       WrappingKeySpec="RSA_2048")
+    enc = wrap(pa, material, "RSAES_OAEP_SHA_256")
+    never = {"ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"}
+    raises("InvalidImportTokenException", kms.import_key_material, KeyId=b,
+           ImportToken=pa["ImportToken"], EncryptedKeyMaterial=enc, **never)
+    bad = bytearray(enc)
+    bad[10] ^= 1
+    raises("InvalidCiphertextException", kms.import_key_material, KeyId=a,
+           ImportToken=pa["ImportToken"], EncryptedKeyMaterial=bytes(bad), **never)
+    raises("IncorrectKeyMaterialException", kms.import_key_material, KeyId=a,
+           ImportToken=pa["ImportToken"],
+           EncryptedKeyMaterial=wrap(pa, os.urandom(16), "RSAES_OAEP_SHA_256"), **never)
+    # KEY_MATERIAL_EXPIRES is the default and needs ValidTo, at most 365 days ahead.
+    raises("ValidationException", kms.import_key_material, KeyId=a,
+           ImportToken=pa["ImportToken"], EncryptedKeyMaterial=enc)
+    raises("ValidationException", kms.import_key_material, KeyId=a,
+           ImportToken=pa["ImportToken"], EncryptedKeyMaterial=enc,
+           ValidTo=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=400))
+    for k in (a, b):
+        assert state(kms, k)["KeyState"] == "PendingImport"
+    # Keys of hsmd's own material take no import.
+    own = kms.create_key()["KeyMetadata"]["KeyId"]
+    raises("UnsupportedOperationException", kms.get_parameters_for_import, KeyId=own,
+           WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_2048")
+    raises("UnsupportedOperationException", kms.delete_imported_key_material, KeyId=own)
+    # The right material goes in; other material never replaces it.
+    kms.import_key_material(KeyId=a, ImportToken=pa["ImportToken"], EncryptedKeyMaterial=enc,
+                            **never)
+    raises("IncorrectKeyMaterialException", do_import, kms, a, os.urandom(32))
+
+
+def test_delete_and_reimport(hsmd, kms):
+    key = external_key(kms)
+    material = os.urandom(32)
+    do_import(kms, key, material)
+    blob = kms.encrypt(KeyId=key, Plaintext=b"kept")["CiphertextBlob"]
+    kms.delete_imported_key_material(KeyId=key)
+    md = state(kms, key)
+    assert (md["KeyState"], md["Enabled"]) == ("PendingImport", False)
+    raises("KMSInvalidStateException", kms.decrypt, CiphertextBlob=blob)
+    raises("KMSInvalidStateException", kms.delete_imported_key_material, KeyId=key)
+    raises("KMSInvalidStateException", kms.enable_key, KeyId=key)
+    # The same material, with an expiration this time, brings the ciphertext back.
+    valid_to = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=30)
+    do_import(kms, key, material, ValidTo=valid_to, ExpirationModel="KEY_MATERIAL_EXPIRES")
+    md = state(kms, key)
+    assert md["ExpirationModel"] == "KEY_MATERIAL_EXPIRES"
+    assert abs(md["ValidTo"].timestamp() - valid_to.timestamp()) < 1.5
+    assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"kept"
+    # Deletion pending: cancelling leaves the key Disabled with material, PendingImport without.
+    kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
+    kms.delete_imported_key_material(KeyId=key)
+    assert state(kms, key)["KeyState"] == "PendingDeletion"
+    kms.cancel_key_deletion(KeyId=key)
+    assert state(kms, key)["KeyState"] == "PendingImport"
+
+
+def test_rsa_4096_signing_key(kms):
+    """A JWT signing key made elsewhere: RSA-4096, wrapped with RSA_AES_KEY_WRAP_SHA_256."""
+    priv = rsa.generate_private_key(public_exponent=65537, key_size=4096)
+    pkcs8 = priv.private_bytes(DER, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption())
+    key = external_key(kms, KeySpec="RSA_4096", KeyUsage="SIGN_VERIFY")
+    do_import(kms, key, pkcs8, alg="RSA_AES_KEY_WRAP_SHA_256", spec="RSA_4096")
+    pub = kms.get_public_key(KeyId=key)["PublicKey"]
+    assert pub == priv.public_key().public_bytes(DER,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+    sig = kms.sign(KeyId=key, Message=b"token", SigningAlgorithm="RSASSA_PKCS1_V1_5_SHA_256")
+    priv.public_key().verify(sig["Signature"], b"token", padding.PKCS1v15(), hashes.SHA256())
+    # An RSA-2048 key is not RSA-4096 material.
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key2 = external_key(kms, KeySpec="RSA_4096", KeyUsage="SIGN_VERIFY")
+    raises("IncorrectKeyMaterialException", do_import, kms, key2,
+           other.private_bytes(DER, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption()),
+           alg="RSA_AES_KEY_WRAP_SHA_256")
+
+
+def test_expiry_deletes_the_material(hsmd, kms):
+    key = external_key(kms)
+    material = os.urandom(32)
+    valid_to = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=3)
+    params = do_import(kms, key, material, ValidTo=valid_to)
+    blob = kms.encrypt(KeyId=key, Plaintext=b"x")["CiphertextBlob"]
+    deadline = time.monotonic() + 30
+    while state(kms, key)["KeyState"] != "PendingImport" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert state(kms, key)["KeyState"] == "PendingImport"
+    raises("KMSInvalidStateException", kms.decrypt, CiphertextBlob=blob)
+    recs = [r for r in audit_records(hsmd.data_dir)
+            if r.get("op") == "DeleteExpiredKeyMaterial" and r.get("key_id") == key]
+    assert len(recs) == 1 and (recs[0]["type"], recs[0]["outcome"]) == ("event", "success"), recs
+    # The token is good for 24 hours: the same material again.
+    kms.import_key_material(KeyId=key, ImportToken=params["ImportToken"],
+                            EncryptedKeyMaterial=wrap(params, material, "RSAES_OAEP_SHA_256"),
+                            ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+    assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"x"
+
+
+def test_audit_and_secrecy(hsmd, kms):
+    key = external_key(kms)
+    material = os.urandom(32)
+    r = signed_request(hsmd, "TrentService.GetParametersForImport",
+                       {"KeyId": key, "WrappingAlgorithm": "RSA_AES_KEY_WRAP_SHA_256",
+                        "WrappingKeySpec": "RSA_2048"})
+    assert r.status_code == 200, r.text
+    rec = audit_record(hsmd.data_dir, request_id(r))
+    assert (rec["op"], rec["key_id"], rec["outcome"]) == ("GetParametersForImport", key, "success")
+    assert rec["extra"]["algorithm"] == "RSA_AES_KEY_WRAP_SHA_256", rec
+    out = r.json()
+    params = {"PublicKey": base64.b64decode(out["PublicKey"])}
+    enc = wrap(params, material, "RSA_AES_KEY_WRAP_SHA_256")
+    r = signed_request(hsmd, "TrentService.ImportKeyMaterial",
+                       {"KeyId": key, "ImportToken": out["ImportToken"],
+                        "EncryptedKeyMaterial": base64.b64encode(enc).decode(),
+                        "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"})
+    assert r.status_code == 200, r.text
+    rec = audit_record(hsmd.data_dir, request_id(r))
+    assert (rec["op"], rec["key_id"], rec["outcome"]) == ("ImportKeyMaterial", key, "success")
+    # Neither the material nor the token reaches the audit trail, the log or the store file.
+    token = base64.b64decode(out["ImportToken"])
+    for path in [os.path.join(hsmd.data_dir, "audit", f)
+                 for f in os.listdir(os.path.join(hsmd.data_dir, "audit"))] + [hsmd.log_path]:
+        with open(path, "rb") as f:
+            data = f.read()
+        for secret in (material, material.hex().encode(), base64.b64encode(material),
+                       out["ImportToken"].encode()[:64], token[:48]):
+            assert secret not in data, path
+    store = os.path.join(hsmd.data_dir, "store")
+    for dirpath, _, files in os.walk(store if os.path.isdir(store) else hsmd.data_dir):
+        for name in files:
+            if "audit" in dirpath:
+                continue
+            with open(os.path.join(dirpath, name), "rb") as f:
+                assert material not in f.read(), name
+
+
+def test_restart_keeps_material_and_tokens():
+    node = start_dev()  # its own node: the module's stays up for the other tests
+    try:
+        kms = client(node)
+        key = external_key(kms)
+        material = os.urandom(32)
+        params = kms.get_parameters_for_import(KeyId=key, WrappingAlgorithm="RSAES_OAEP_SHA_1",
+                                               WrappingKeySpec="RSA_2048")
+        node = restart_dev(node)
+        kms = client(node)
+        # A token made before the restart still opens after it (the node keeps no state).
+        kms.import_key_material(KeyId=key, ImportToken=params["ImportToken"],
+                                EncryptedKeyMaterial=wrap(params, material, "RSAES_OAEP_SHA_1"),
+                                ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+        blob = kms.encrypt(KeyId=key, Plaintext=b"survives")["CiphertextBlob"]
+        node = restart_dev(node)
+        kms = client(node)
+        assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"survives"
+        assert state(kms, key)["Origin"] == "EXTERNAL"
+    finally:
+        node.cleanup()
+
+
+def test_aws_cli_import(hsmd, kms):
+    cli = AwsCli(hsmd)
+    try:
+        md = cli.json("create-key", "--origin", "EXTERNAL")["KeyMetadata"]
+        key = md["KeyId"]
+        assert (md["Origin"], md["KeyState"]) == ("EXTERNAL", "PendingImport")
+        params = cli.json("get-parameters-for-import", "--key-id", key,
+                          "--wrapping-algorithm", "RSAES_OAEP_SHA_256",
+                          "--wrapping-key-spec", "RSA_2048")
+        pub = base64.b64decode(params["PublicKey"])
+        material = os.urandom(32)
+        with open(cli.path("token.bin"), "wb") as f:
+            f.write(base64.b64decode(params["ImportToken"]))
+        with open(cli.path("material.enc"), "wb") as f:
+            f.write(wrap({"PublicKey": pub}, material, "RSAES_OAEP_SHA_256"))
+        cli.run("import-key-material", "--key-id", key,
+                "--import-token", "fileb://" + cli.path("token.bin"),
+                "--encrypted-key-material", "fileb://" + cli.path("material.enc"),
+                "--expiration-model", "KEY_MATERIAL_DOES_NOT_EXPIRE")
+        assert state(kms, key)["KeyState"] == "Enabled"
+        cli.run("delete-imported-key-material", "--key-id", key)
+        assert state(kms, key)["KeyState"] == "PendingImport"
+        p = cli.run("import-key-material", "--key-id", key,
+                    "--import-token", "fileb://" + cli.path("token.bin"),
+                    "--encrypted-key-material", "fileb://" + cli.path("token.bin"),
+                    "--expiration-model", "KEY_MATERIAL_DOES_NOT_EXPIRE", check=False)
+        assert p.returncode != 0 and "InvalidCiphertextException" in p.stderr, p.stderr
+    finally:
+        cli.close()
+
+
+def test_metrics_count_material_expiring(hsmd, kms):
+    import re
+    key = external_key(kms)
+    do_import(kms, key, os.urandom(32),
+              ValidTo=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=2))
+
+    def gauge():
+        status, body, _ = hsmd.get("/metrics")
+        assert status == 200
+        m = re.search(r"^hsmd_keys_material_expiring_7d (\d+)$", body.decode(), re.M)
+        assert m, body
+        return int(m.group(1))
+
+    deadline = time.monotonic() + 20
+    while gauge() < 1 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert gauge() >= 1
+    before = gauge()
+    kms.delete_imported_key_material(KeyId=key)
+    deadline = time.monotonic() + 20
+    while gauge() != before - 1 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert gauge() == before - 1
