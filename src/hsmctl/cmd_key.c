@@ -2,7 +2,7 @@
  * cmd_key.c - hsmctl key ...: key management on a data directory.
  *
  *   hsmctl key create   --data-dir DIR --share FILE... [--spec S] [--usage U]
- *                       [--description TEXT] [--alias alias/NAME]
+ *                       [--description TEXT] [--alias alias/NAME] [--origin EXTERNAL]
  *   hsmctl key list     --data-dir DIR
  *   hsmctl key describe --data-dir DIR KEY
  *   hsmctl key enable|disable --data-dir DIR KEY
@@ -10,6 +10,7 @@
  *   hsmctl key rotation --data-dir DIR KEY (--enable [--period DAYS] | --disable)
  *   hsmctl key schedule-deletion --data-dir DIR KEY [--days N]
  *   hsmctl key cancel-deletion   --data-dir DIR KEY
+ *   hsmctl key import   ... (cmd_import.c; also with --endpoint)
  *
  * KEY is a key id, key ARN or alias.  Commands that make key material need
  * a quorum of custodian share files.
@@ -26,7 +27,7 @@ typedef struct key_opts {
 	const char *data_dir;
 	char *shares[HSMCTL_MAX_SHARE_ARGS];
 	size_t n_shares;
-	const char *spec, *usage, *description, *alias, *key;
+	const char *spec, *usage, *description, *alias, *key, *origin;
 	int64_t period, days;
 	bool enable, disable;
 } key_opts;
@@ -39,7 +40,7 @@ static int parse_key(int argc, char **argv, key_opts *o)
 	    {"description", required_argument, NULL, 'D'}, {"alias", required_argument, NULL, 'a'},
 	    {"period", required_argument, NULL, 'p'},   {"days", required_argument, NULL, 'n'},
 	    {"enable", no_argument, NULL, 'E'},         {"disable", no_argument, NULL, 'X'},
-	    {NULL, 0, NULL, 0}};
+	    {"origin", required_argument, NULL, 'o'},   {NULL, 0, NULL, 0}};
 	for (int c; (c = getopt_long(argc, argv, "", longopts, NULL)) != -1;) {
 		switch (c) {
 		case 'd': o->data_dir = optarg; break;
@@ -52,6 +53,7 @@ static int parse_key(int argc, char **argv, key_opts *o)
 		case 'u': o->usage = optarg; break;
 		case 'D': o->description = optarg; break;
 		case 'a': o->alias = optarg; break;
+		case 'o': o->origin = optarg; break;
 		case 'E': o->enable = true; break;
 		case 'X': o->disable = true; break;
 		case 'p':
@@ -77,12 +79,16 @@ static void print_key(const hsm_key_record *r)
 		hsm_format_time(r->deletion_date, del);
 	if (r->rotation_enabled)
 		hsm_format_time(r->next_rotation, rot);
-	printf("key: %s\nspec: %s\nusage: %s\nstate: %s\ncreated: %s\nprimary-version: %u\n"
-	       "rotation: %s (period %d days, next %s)\ndeletion-date: %s\ndescription: %s\n",
+	char valid_to[21] = "-";
+	if (r->valid_to)
+		hsm_format_time(r->valid_to, valid_to);
+	printf("key: %s\nspec: %s\nusage: %s\nstate: %s\norigin: %s\ncreated: %s\n"
+	       "primary-version: %u\nrotation: %s (period %d days, next %s)\ndeletion-date: %s\n"
+	       "material-valid-to: %s\ndescription: %s\n",
 	       r->key_id, hsm_spec_name(r->spec), hsm_usage_name(r->usage),
-	       hsm_key_state_name(r->state), created, r->primary_version,
-	       r->rotation_enabled ? "enabled" : "disabled", r->rotation_period_days, rot, del,
-	       r->description);
+	       hsm_key_state_name(r->state), hsm_key_origin_name(r->origin), created,
+	       r->primary_version, r->rotation_enabled ? "enabled" : "disabled",
+	       r->rotation_period_days, rot, del, valid_to, r->description);
 }
 
 static hsm_result do_create(hsmctl_local *l, const key_opts *o)
@@ -92,6 +98,8 @@ static hsm_result do_create(hsmctl_local *l, const key_opts *o)
 	                          .usage = HSM_USAGE_ENCRYPT_DECRYPT};
 	if (o->spec != NULL)
 		HSM_GUARD(hsm_spec_parse(o->spec, &req.spec));
+	if (o->origin != NULL)
+		HSM_GUARD(hsm_key_origin_parse(o->origin, &req.origin));
 	if (o->usage != NULL)
 		HSM_GUARD(hsm_usage_parse(o->usage, &req.usage));
 	else if (hsm_spec_get(req.spec)->type == HSM_KT_HMAC)

@@ -322,3 +322,100 @@ def test_metrics_count_material_expiring(hsmd, kms):
     while gauge() != before - 1 and time.monotonic() < deadline:
         time.sleep(0.3)
     assert gauge() == before - 1
+
+
+# ---- hsmctl key import --------------------------------------------------------------------
+
+def run_hsmctl(*args, env=None):
+    import subprocess
+    from conftest import HSMCTL
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HSM_"))}
+    e.update(env or {})
+    return subprocess.run([HSMCTL, *args], capture_output=True, text=True, timeout=120, env=e)
+
+
+def test_hsmctl_imports_through_a_node(hsmd, kms, tmp_path):
+    """A PEM private key (traditional RSA form) and raw AES bytes, wrapped by hsmctl."""
+    from conftest import DEV_AKID, DEV_SECRET
+    creds = {"AWS_ACCESS_KEY_ID": DEV_AKID, "AWS_SECRET_ACCESS_KEY": DEV_SECRET}
+    priv = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = tmp_path / "signing.pem"
+    pem.write_bytes(priv.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.TraditionalOpenSSL,
+                                       serialization.NoEncryption()))
+    key = external_key(kms, KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")
+    p = run_hsmctl("--endpoint", hsmd.endpoint, "key", "import", key, "--material", str(pem),
+                   "--wrapping-key-spec", "RSA_2048", env=creds)
+    assert p.returncode == 0, p.stderr
+    assert "KeyState: Enabled" in p.stdout and "Origin: EXTERNAL" in p.stdout, p.stdout
+    sig = kms.sign(KeyId=key, Message=b"m", SigningAlgorithm="RSASSA_PSS_SHA_256")["Signature"]
+    priv.public_key().verify(sig, b"m", padding.PSS(mgf=padding.MGF1(hashes.SHA256()),
+                                                    salt_length=32), hashes.SHA256())
+    # Raw bytes for a symmetric key, expiring in 10 days.
+    raw = tmp_path / "aes.bin"
+    raw.write_bytes(os.urandom(32))
+    sym = external_key(kms)
+    p = run_hsmctl("--endpoint", hsmd.endpoint, "key", "import", sym, "--material", str(raw),
+                   "--valid-days", "10", env=creds)
+    assert p.returncode == 0, p.stderr
+    md = state(kms, sym)
+    assert md["KeyState"] == "Enabled" and md["ExpirationModel"] == "KEY_MATERIAL_EXPIRES"
+    assert abs(md["ValidTo"].timestamp() - (time.time() + 10 * 86400)) < 120
+    # Other material for the RSA key: refused, and the key keeps its own.
+    other = tmp_path / "other.pem"
+    other.write_bytes(rsa.generate_private_key(public_exponent=65537, key_size=2048)
+                      .private_bytes(serialization.Encoding.PEM,
+                                     serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption()))
+    p = run_hsmctl("--endpoint", hsmd.endpoint, "key", "import", key, "--material", str(other),
+                   "--wrapping-key-spec", "RSA_2048", env=creds)
+    assert p.returncode == 1 and "not the material imported" in p.stderr, p.stderr
+    sig = kms.sign(KeyId=key, Message=b"n", SigningAlgorithm="RSASSA_PSS_SHA_256")["Signature"]
+    priv.public_key().verify(sig, b"n", padding.PSS(mgf=padding.MGF1(hashes.SHA256()),
+                                                    salt_length=32), hashes.SHA256())
+    # An encrypted PEM is refused before anything is sent.
+    enc = tmp_path / "enc.pem"
+    enc.write_bytes(priv.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.BestAvailableEncryption(b"pw")))
+    p = run_hsmctl("--endpoint", hsmd.endpoint, "key", "import", key, "--material", str(enc),
+                   env=creds)
+    assert p.returncode == 1 and "unencrypted" in p.stderr, p.stderr
+    # Usage errors.
+    p = run_hsmctl("--endpoint", hsmd.endpoint, "key", "import", key, env=creds)
+    assert p.returncode == 2, p.stderr
+
+
+def test_hsmctl_imports_offline(tmp_path):
+    """In a key ceremony, on a data directory: no node running, the quorum present."""
+    data, shares = tmp_path / "data", tmp_path / "shares"
+    p = run_hsmctl("init", "--data-dir", str(data), "--share-dir", str(shares), "--shares", "2",
+                   "--threshold", "2")
+    assert p.returncode == 0, p.stderr
+    quorum = ["--share", str(shares / "share-1-of-2.share"),
+              "--share", str(shares / "share-2-of-2.share")]
+    p = run_hsmctl("key", "create", "--data-dir", str(data), *quorum, "--origin", "EXTERNAL",
+                   "--spec", "ECC_NIST_P256", "--usage", "SIGN_VERIFY")
+    assert p.returncode == 0, p.stderr
+    assert "state: PendingImport" in p.stdout and "origin: EXTERNAL" in p.stdout, p.stdout
+    key = next(line.split()[1] for line in p.stdout.splitlines() if line.startswith("key:"))
+    from cryptography.hazmat.primitives.asymmetric import ec
+    der = tmp_path / "p256.der"
+    der.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    p = run_hsmctl("key", "import", "--data-dir", str(data), *quorum, key, "--material",
+                   str(der), "--wrapping-key-spec", "RSA_2048")
+    assert p.returncode == 0, p.stderr
+    assert "state: Enabled" in p.stdout, p.stdout
+    wrong = tmp_path / "p384.der"
+    wrong.write_bytes(ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    p = run_hsmctl("key", "import", "--data-dir", str(data), *quorum, key, "--material",
+                   str(wrong), "--wrapping-key-spec", "RSA_2048")
+    assert p.returncode == 1 and "not a ECC_NIST_P256 key" in p.stderr, p.stderr
+    # Both calls of each import are in the data directory's audit trail, with their outcomes.
+    recs = audit_records(str(data))
+    ops = [(r["op"], r["outcome"]) for r in recs if r.get("key_id") == key]
+    assert ops == [("CreateKey", "success"), ("GetParametersForImport", "success"),
+                   ("ImportKeyMaterial", "success"), ("GetParametersForImport", "success"),
+                   ("ImportKeyMaterial", "error")], ops
