@@ -258,7 +258,7 @@ hsm_result hsm_ks_import_material(hsm_keystore *ks, const hsm_ks_keyref *ref,
 	hsm_result res = HSM_SUCCESS;
 	hsm_material *key = NULL, *m = NULL;
 	hsm_wrap_alg alg = HSM_WRAP_RSAES_OAEP_SHA_256;
-	hsm_buf pt, canonical, aad = {0};
+	hsm_buf pt, canonical;
 	hsm_buf_init_secure(&pt);
 	hsm_buf_init_secure(&canonical);
 	HSM_GUARD(ks_require_unsealed(ks));
@@ -278,18 +278,11 @@ hsm_result hsm_ks_import_material(hsm_keystore *ks, const hsm_ks_keyref *ref,
 	} else {
 		HSM_TRY(material_digest(ks, ref, canonical.data, canonical.len, digest));
 	}
-	HSM_TRY(ks_material_aad(ref, &aad));
-	pthread_rwlock_rdlock(&ks->keys_lock);
-	if (ks->keys.material == NULL)
-		res = ks_require_unsealed(ks);
-	else
-		res = ks_wrap(ks->keys.material, &aad, canonical.data, canonical.len, wrapped);
-	pthread_rwlock_unlock(&ks->keys_lock);
+	res = ks_wrap_material(ks, ref, &canonical, wrapped);
 out:
 	hsm_material_free(key);
 	hsm_material_free(m);
 	hsm_buf_free(&pt);
 	hsm_buf_free(&canonical);
-	hsm_buf_free(&aad);
 	return res;
 }

@@ -243,12 +243,29 @@ out:
 	return res;
 }
 
+hsm_result ks_wrap_material(hsm_keystore *ks, const hsm_ks_keyref *ref, const hsm_buf *pt,
+                            hsm_buf *wrapped)
+{
+	hsm_buf aad = {0};
+	hsm_result res = ks_material_aad(ref, &aad);
+	if (hsm_ok(res)) {
+		pthread_rwlock_rdlock(&ks->keys_lock);
+		if (ks->keys.material == NULL)
+			res = ks_require_unsealed(ks);
+		else
+			res = ks_wrap(ks->keys.material, &aad, pt->data, pt->len, wrapped);
+		pthread_rwlock_unlock(&ks->keys_lock);
+	}
+	hsm_buf_free(&aad);
+	return res;
+}
+
 hsm_result hsm_ks_generate(hsm_keystore *ks, const hsm_ks_keyref *ref, hsm_buf *wrapped,
                            hsm_buf *public_der)
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_material *m = NULL;
-	hsm_buf aad = {0}, pt;
+	hsm_buf pt;
 	hsm_buf_init_secure(&pt);
 	HSM_GUARD(ks_require_unsealed(ks));
 	HSM_ENSURE(hsm_spec_allows_usage(ref->spec, ref->usage), HSM_ERR_VALIDATION,
@@ -260,16 +277,9 @@ hsm_result hsm_ks_generate(hsm_keystore *ks, const hsm_ks_keyref *ref, hsm_buf *
 		HSM_TRY(hsm_material_public_der(m, public_der));
 	}
 	HSM_TRY(hsm_material_export(m, &pt));
-	HSM_TRY(ks_material_aad(ref, &aad));
-	pthread_rwlock_rdlock(&ks->keys_lock);
-	if (ks->keys.material == NULL)
-		res = ks_require_unsealed(ks);
-	else
-		res = ks_wrap(ks->keys.material, &aad, pt.data, pt.len, wrapped);
-	pthread_rwlock_unlock(&ks->keys_lock);
+	res = ks_wrap_material(ks, ref, &pt, wrapped);
 out:
 	hsm_material_free(m);
-	hsm_buf_free(&aad);
 	hsm_buf_free(&pt);
 	return res;
 }

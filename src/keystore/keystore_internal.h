@@ -67,6 +67,9 @@ hsm_result ks_unwrap(const hsm_secret *key, const hsm_buf *aad, const uint8_t *p
                      hsm_buf *pt) HSM_MUST_CHECK;
 /* AAD binding a key version's material to its identity. */
 hsm_result ks_material_aad(const hsm_ks_keyref *ref, hsm_buf *aad) HSM_MUST_CHECK;
+/* Wraps a key version's material (pt, secure) for the store, bound to ref; sealed: fails. */
+hsm_result ks_wrap_material(hsm_keystore *ks, const hsm_ks_keyref *ref, const hsm_buf *pt,
+                            hsm_buf *wrapped) HSM_MUST_CHECK;
 
 /* Creates the parts every keystore has (locks, cache) and runs the self-tests. */
 hsm_result ks_alloc(size_t cache_capacity, hsm_keystore **out) HSM_MUST_CHECK;

@@ -413,30 +413,6 @@ static void test_set_material_errors(void **state)
 	hsm_version_record_clear(&m);
 }
 
-/* Makes updates of table fail where cond holds (a condition on NEW); closed and reopened around. */
-static void poison_updates(st_fixture *f, const char *table, const char *cond)
-{
-	char sql[1024];
-	hsm_store_close(f->s);
-	f->s = NULL;
-	if (st_is_pg()) {
-		snprintf(sql, sizeof(sql),
-		         "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS "
-		         "$$BEGIN RAISE EXCEPTION 'injected'; END$$;"
-		         "CREATE TRIGGER poison BEFORE UPDATE ON %s FOR EACH ROW WHEN (%s) "
-		         "EXECUTE FUNCTION poison()",
-		         table, cond);
-		assert_int_equal(st_pg_exec(f->db, sql), 0);
-	} else {
-		snprintf(sql, sizeof(sql),
-		         "CREATE TRIGGER poison BEFORE UPDATE ON %s WHEN %s BEGIN "
-		         "SELECT RAISE(ABORT, 'injected'); END",
-		         table, cond);
-		assert_int_equal(st_raw_exec(f->dir, sql), SQLITE_OK);
-	}
-	EXPECT_OK(hsm_store_open(f->loc, &f->s));
-}
-
 /* The key record and the material land together or not at all, whichever write fails. */
 static void test_set_material_is_one_transaction(void **state)
 {
@@ -445,7 +421,7 @@ static void test_set_material_is_one_transaction(void **state)
 	create_external(f->s, "ext", 0);
 	material(&m, "ext", "WRAPPED", "", "DIGEST");
 	/* Writing the key record fails after the material was written: the material is undone. */
-	poison_updates(f, "keys", "NEW.description = 'boom'");
+	st_poison_on(f, "UPDATE", "keys", "NEW.description = 'boom'");
 	change c = {.state = HSM_KEY_ENABLED, .description = "boom"};
 	EXPECT_ERR(hsm_store_key_set_material(f->s, "ext", apply_change, &c, &m, NULL),
 	           HSM_ERR_STORE);

@@ -296,11 +296,12 @@ static inline void st_reopen(st_fixture *f)
 }
 
 /*
- * Fault injection: a trigger that makes inserts into table fail where cond
- * holds (a condition on NEW, valid in both SQL dialects).  The store is
- * closed around the change and reopened.
+ * Fault injection: a trigger that makes `event` ("INSERT" or "UPDATE") on
+ * table fail where cond holds (a condition on NEW, valid in both SQL
+ * dialects).  The store is closed around the change and reopened.
  */
-static inline void st_poison(st_fixture *f, const char *table, const char *cond)
+static inline void st_poison_on(st_fixture *f, const char *event, const char *table,
+                                const char *cond)
 {
 	char sql[1024];
 	hsm_store_close(f->s);
@@ -309,18 +310,24 @@ static inline void st_poison(st_fixture *f, const char *table, const char *cond)
 		snprintf(sql, sizeof(sql),
 		         "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS "
 		         "$$BEGIN RAISE EXCEPTION 'injected'; END$$;"
-		         "CREATE TRIGGER poison BEFORE INSERT ON %s FOR EACH ROW WHEN (%s) "
+		         "CREATE TRIGGER poison BEFORE %s ON %s FOR EACH ROW WHEN (%s) "
 		         "EXECUTE FUNCTION poison()",
-		         table, cond);
+		         event, table, cond);
 		assert_int_equal(st_pg_exec(f->db, sql), 0);
 	} else {
 		snprintf(sql, sizeof(sql),
-		         "CREATE TRIGGER poison BEFORE INSERT ON %s WHEN %s BEGIN "
+		         "CREATE TRIGGER poison BEFORE %s ON %s WHEN %s BEGIN "
 		         "SELECT RAISE(ABORT, 'injected'); END",
-		         table, cond);
+		         event, table, cond);
 		assert_int_equal(st_raw_exec(f->dir, sql), SQLITE_OK);
 	}
 	EXPECT_OK(hsm_store_open(f->loc, &f->s));
+}
+
+/* Inserts into table fail where cond holds. */
+static inline void st_poison(st_fixture *f, const char *table, const char *cond)
+{
+	st_poison_on(f, "INSERT", table, cond);
 }
 
 /*
