@@ -602,25 +602,6 @@ static void test_key_destroy_deletes_grants(void **state)
 
 /* ---- Schema ------------------------------------------------------------------------------------ */
 
-/* SQLite's plan for sql on the store's database, its steps joined by "; ". */
-static void query_plan(const char *dir, const char *sql, char *out, size_t cap)
-{
-	char path[PATH_MAX], q[512];
-	sqlite3 *db = NULL;
-	sqlite3_stmt *st = NULL;
-	st_path(path, dir, "hsmd.db");
-	snprintf(q, sizeof(q), "EXPLAIN QUERY PLAN %s", sql);
-	out[0] = '\0';
-	assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-	assert_int_equal(sqlite3_prepare_v2(db, q, -1, &st, NULL), SQLITE_OK);
-	while (sqlite3_step(st) == SQLITE_ROW) {
-		size_t len = strlen(out);
-		snprintf(out + len, cap - len, "%s; ", (const char *)sqlite3_column_text(st, 3));
-	}
-	sqlite3_finalize(st);
-	sqlite3_close(db);
-}
-
 /*
  * Each list walks an index in grant id order (no sort of a key's 50,000
  * grants for a page of 100), and the limits count inside an index.  The
@@ -646,7 +627,7 @@ static void test_grant_queries_walk_their_indexes(void **state)
 	};
 	char plan[1024];
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		query_plan(f->dir, cases[i].sql, plan, sizeof(plan));
+		st_sqlite_plan(f->dir, cases[i].sql, plan, sizeof(plan));
 		if (strstr(plan, cases[i].plan) == NULL || strstr(plan, "TEMP B-TREE") != NULL)
 			fail_msg("%s: plan %s", cases[i].sql, plan);
 	}

@@ -518,25 +518,6 @@ static size_t jwt_keys(hsm_store *s, size_t limit, unsigned *out, size_t cap)
 	return n;
 }
 
-/* The detail lines of the query plan of sql, joined. */
-static void query_plan(const char *dir, const char *sql, char *out, size_t cap)
-{
-	char path[PATH_MAX], q[512];
-	sqlite3 *db = NULL;
-	sqlite3_stmt *st = NULL;
-	st_path(path, dir, "hsmd.db");
-	snprintf(q, sizeof(q), "EXPLAIN QUERY PLAN %s", sql);
-	out[0] = '\0';
-	assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-	assert_int_equal(sqlite3_prepare_v2(db, q, -1, &st, NULL), SQLITE_OK);
-	while (sqlite3_step(st) == SQLITE_ROW) {
-		size_t len = strlen(out);
-		snprintf(out + len, cap - len, "%s; ", (const char *)sqlite3_column_text(st, 3));
-	}
-	sqlite3_finalize(st);
-	sqlite3_close(db);
-}
-
 /* The keys marked for JWT signing, listed through their own index. */
 static void test_jwt_key_list(void **state)
 {
@@ -580,7 +561,7 @@ static void test_jwt_key_list(void **state)
 
 	/* The store's query walks the index, not the table (its shape, as in the store). */
 	char plan[1024];
-	query_plan(f->dir,
+	st_sqlite_plan(f->dir,
 	           "SELECT id FROM keys WHERE (flags & 1) = 1 AND id > '' AND "
 	           "state != 'Destroyed' ORDER BY id LIMIT 10",
 	           plan, sizeof(plan));

@@ -585,25 +585,6 @@ static void test_keys_due_lists_expired_material(void **state)
 	assert_string_equal(got, "del-due exp-import both rot-due");
 }
 
-/* SQLite's plan for sql on the store's database, its steps joined by "; ". */
-static void sqlite_plan(const char *dir, const char *sql, char *out, size_t cap)
-{
-	char path[PATH_MAX], q[512];
-	sqlite3 *db = NULL;
-	sqlite3_stmt *st = NULL;
-	st_path(path, dir, "hsmd.db");
-	snprintf(q, sizeof(q), "EXPLAIN QUERY PLAN %s", sql);
-	out[0] = '\0';
-	assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-	assert_int_equal(sqlite3_prepare_v2(db, q, -1, &st, NULL), SQLITE_OK);
-	while (sqlite3_step(st) == SQLITE_ROW) {
-		size_t len = strlen(out);
-		snprintf(out + len, cap - len, "%s; ", (const char *)sqlite3_column_text(st, 3));
-	}
-	sqlite3_finalize(st);
-	sqlite3_close(db);
-}
-
 /*
  * PostgreSQL's plan for sql, its lines joined by "; ".  On a few rows a
  * sequential scan is cheapest, so it is ruled out (as are bitmap scans,
@@ -646,7 +627,7 @@ static void test_expiry_query_walks_its_index(void **state)
 			fail_msg("plan: %s", plan);
 		return;
 	}
-	sqlite_plan(f->dir,
+	st_sqlite_plan(f->dir,
 	            "SELECT id FROM keys WHERE valid_to <> 0 AND valid_to <= 1000 AND "
 	            "state != 'Destroyed' ORDER BY valid_to LIMIT 10",
 	            plan, sizeof(plan));

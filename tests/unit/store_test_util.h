@@ -295,6 +295,25 @@ static inline void st_reopen(st_fixture *f)
 	EXPECT_OK(hsm_store_open(f->loc, &f->s));
 }
 
+/* SQLite's plan for sql on the store's database in dir, its steps joined by "; ". */
+static inline void st_sqlite_plan(const char *dir, const char *sql, char *out, size_t cap)
+{
+	char path[PATH_MAX], q[512];
+	sqlite3 *db = NULL;
+	sqlite3_stmt *st = NULL;
+	st_path(path, dir, "hsmd.db");
+	snprintf(q, sizeof(q), "EXPLAIN QUERY PLAN %s", sql);
+	out[0] = '\0';
+	assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_prepare_v2(db, q, -1, &st, NULL), SQLITE_OK);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		size_t len = strlen(out);
+		snprintf(out + len, cap - len, "%s; ", (const char *)sqlite3_column_text(st, 3));
+	}
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+}
+
 /*
  * Fault injection: a trigger that makes `event` ("INSERT" or "UPDATE") on
  * table fail where cond holds (a condition on NEW, valid in both SQL
