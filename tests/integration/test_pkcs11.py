@@ -317,6 +317,27 @@ def test_key_agreement_key_is_a_public_key_object_only(p11, user, officer, keys)
     assert officer.describe_key(KeyId=keys["ecdh"])["KeyMetadata"]["KeyState"] == "Enabled"
 
 
+def test_imported_key_is_an_object_once_it_has_material(p11, user, officer):
+    """A key created for import is no object while it waits for its material (PendingImport);
+    once imported it is a key like any other, and signs with the imported private key."""
+    from test_import import do_import
+    priv = ec.generate_private_key(ec.SECP256R1())
+    kid = officer.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY",
+                             Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
+    with session(p11, user.pin) as s:
+        assert find(s, None, kid) == []
+    do_import(officer, kid, priv.private_bytes(serialization.Encoding.DER,
+                                               serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()),
+              alg="RSA_AES_KEY_WRAP_SHA_256", spec="RSA_2048")
+    with session(p11, user.pin) as s:
+        (key,) = find(s, CKO_PRIVATE_KEY, kid)
+        raw = bytes(s.sign(key, MSG, Mechanism(PyKCS11.CKM_ECDSA_SHA256)))
+        r, sv = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
+        priv.public_key().verify(utils.encode_dss_signature(r, sv), MSG,
+                                 ec.ECDSA(hashes.SHA256()))
+
+
 # ---- 4. signing and verification -------------------------------------------------------------
 
 def test_rsa_signatures(p11, user, officer, keys):

@@ -395,6 +395,78 @@ static void test_import_asymmetric(void **state)
 	}
 }
 
+/* PKCS#8 DER of pk into a new buffer. */
+static void pkcs8_of(EVP_PKEY *pk, hsm_buf *out)
+{
+	unsigned char *der = NULL;
+	PKCS8_PRIV_KEY_INFO *p8 = EVP_PKEY2PKCS8(pk);
+	int len = i2d_PKCS8_PRIV_KEY_INFO(p8, &der);
+	PKCS8_PRIV_KEY_INFO_free(p8);
+	assert_true(len > 0);
+	assert_true(hsm_ok(hsm_buf_set(out, der, (size_t)len)));
+	OPENSSL_clear_free(der, (size_t)len);
+}
+
+/* An Ed25519 signing key and a P-256 key agreement key made elsewhere. */
+static void test_import_ed25519_and_agreement(void **state)
+{
+	fx *f = *state;
+	hsm_key_record k, after;
+	hsm_buf der = {0}, sig = {0}, peer_spki = {0}, secret;
+	hsm_buf_init_secure(&secret);
+	hsm_used_key used;
+	/* Ed25519: hsmd's signature verifies with the original key. */
+	EVP_PKEY *ed = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+	assert_non_null(ed);
+	pkcs8_of(ed, &der);
+	create(f, HSM_SPEC_ECC_NIST_EDWARDS25519, HSM_USAGE_SIGN_VERIFY, HSM_ORIGIN_EXTERNAL, &k);
+	assert_true(hsm_ok(import_with(f, k.key_id, "RSA_AES_KEY_WRAP_SHA_1", der.data, der.len,
+	                               &after)));
+	hsm_key_record_clear(&after);
+	assert_true(hsm_ok(hsm_kms_sign(f->kms, &user, k.key_id, HSM_SIGN_ED25519_SHA_512,
+	                                HSM_MSG_RAW, (const uint8_t *)"edwards", 7, &sig, &used)));
+	EVP_MD_CTX *mc = EVP_MD_CTX_new();
+	assert_int_equal(EVP_DigestVerifyInit(mc, NULL, NULL, NULL, ed), 1);
+	assert_int_equal(EVP_DigestVerify(mc, sig.data, sig.len, (const uint8_t *)"edwards", 7), 1);
+	EVP_MD_CTX_free(mc);
+	hsm_key_record_clear(&k);
+	/* P-256 for KEY_AGREEMENT: hsmd's ECDH secret is the one the original key computes. */
+	EVP_PKEY *mine = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+	EVP_PKEY *peer = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+	assert_non_null(mine);
+	assert_non_null(peer);
+	pkcs8_of(mine, &der);
+	create(f, HSM_SPEC_ECC_NIST_P256, HSM_USAGE_KEY_AGREEMENT, HSM_ORIGIN_EXTERNAL, &k);
+	assert_true(hsm_ok(import_with(f, k.key_id, "RSA_AES_KEY_WRAP_SHA_256", der.data, der.len,
+	                               &after)));
+	hsm_key_record_clear(&after);
+	unsigned char *spki = NULL;
+	int spki_len = i2d_PUBKEY(peer, &spki);
+	assert_true(spki_len > 0);
+	assert_true(hsm_ok(hsm_buf_set(&peer_spki, spki, (size_t)spki_len)));
+	OPENSSL_free(spki);
+	assert_true(hsm_ok(hsm_kms_derive_shared_secret(f->kms, &user, k.key_id, HSM_AGREE_ECDH,
+	                                                peer_spki.data, peer_spki.len, &secret,
+	                                                &used)));
+	EVP_PKEY_CTX *dc = EVP_PKEY_CTX_new_from_pkey(NULL, mine, NULL);
+	uint8_t want[32];
+	size_t wlen = sizeof(want);
+	assert_int_equal(EVP_PKEY_derive_init(dc), 1);
+	assert_int_equal(EVP_PKEY_derive_set_peer(dc, peer), 1);
+	assert_int_equal(EVP_PKEY_derive(dc, want, &wlen), 1);
+	EVP_PKEY_CTX_free(dc);
+	assert_int_equal(secret.len, wlen);
+	assert_memory_equal(secret.data, want, wlen);
+	hsm_key_record_clear(&k);
+	EVP_PKEY_free(ed);
+	EVP_PKEY_free(mine);
+	EVP_PKEY_free(peer);
+	hsm_buf_free(&der);
+	hsm_buf_free(&sig);
+	hsm_buf_free(&peer_spki);
+	hsm_buf_free(&secret);
+}
+
 /* Tokens belong to one key and expire; bad ciphertexts and other material change nothing. */
 static void test_tokens_and_material(void **state)
 {
@@ -715,6 +787,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_imported_material_is_the_key, setup,
 	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_import_asymmetric, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_import_ed25519_and_agreement, setup,
+	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_tokens_and_material, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_expiration_model, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_expiry, setup, kms_fx_teardown),
