@@ -6,7 +6,8 @@
  * first version carries wrapped bytes derived from its id, and the id goes
  * down a pipe only after hsm_store_key_create returned success.  The parent
  * SIGKILLs the child at random moments (before or while it opens and
- * migrates a fresh store, after a few acknowledgements, mid-stream), then
+ * migrates a fresh store, or an older store holding keys, after a few
+ * acknowledgements, mid-stream), then
  * reopens the store and checks that every acknowledged key is there and
  * complete, and that no key exists without its first version or the reverse.
  */
@@ -272,11 +273,43 @@ static void test_kill_while_creating(void **state)
 	st_rm_rf(dir);
 }
 
+/*
+ * A store that holds keys, written before imported key material: the first
+ * open rebuilds its keys table (schema step 4).  Killed before, during or
+ * after that migration, the store must open again with every key complete,
+ * at the latest schema, its references and its file sound.
+ */
+static void test_kill_while_migrating_keys(void **state)
+{
+	(void)state;
+	st_fixture f = {0};
+	st_tmpdir(f.dir);
+	snprintf(f.loc, sizeof(f.loc), "%s", f.dir);
+	acks a = {0};
+	run_round(f.dir, &a, 0, 1000); /* a thousand keys to migrate */
+	verify(f.dir, &a);
+	unsigned before_serving = 0; /* rounds killed before the migrated store took a key */
+	for (unsigned round = 0; round < 8; round++) {
+		st_schema_before_import(&f);
+		assert_int_equal(st_raw_int(f.dir, "SELECT max(version) FROM schema_version"), 3);
+		size_t n = a.n;
+		run_round(f.dir, &a, round == 0 ? 0 : random_below(30000), 0);
+		before_serving += a.n == n;
+		verify(f.dir, &a);
+	}
+	print_message("%zu keys through 8 killed migrations (%u killed before the first new key), "
+	              "all present and complete\n",
+	              a.n, before_serving);
+	free(a.ids);
+	st_rm_rf(f.dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_kill_while_opening),
 		cmocka_unit_test(test_kill_while_creating),
+		cmocka_unit_test(test_kill_while_migrating_keys),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
