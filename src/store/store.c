@@ -788,6 +788,18 @@ hsm_result st_check_material_change(const hsm_key_record *k)
 	return HSM_SUCCESS;
 }
 
+hsm_result st_edit_key(hsm_key_record *rec, const char *key_id, hsm_key_update_fn fn, void *arg,
+                       bool new_version)
+{
+	hsm_key_state before = rec->state;
+	if (fn != NULL)
+		HSM_GUARD(fn(rec, arg));
+	HSM_ASSERT(strcmp(rec->key_id, key_id) == 0); /* fn must not change the key id */
+	HSM_GUARD(st_check_transition(before, rec->state, new_version));
+	HSM_GUARD(st_fill_empty(&rec->description));
+	return st_fill_empty(&rec->policy);
+}
+
 hsm_result st_check_grant_limits(const char *key_id, int64_t for_grantee, int64_t for_key)
 {
 	HSM_ENSURE(for_grantee < HSM_MAX_GRANTS_PER_GRANTEE, HSM_ERR_LIMIT_EXCEEDED,

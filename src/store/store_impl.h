@@ -171,6 +171,13 @@ hsm_result st_check_grant_limits(const char *key_id, int64_t for_grantee,
                                  int64_t for_key) HSM_MUST_CHECK;
 /* A string an update fn left NULL becomes "": the records promise non-NULL strings. */
 hsm_result st_fill_empty(char **s) HSM_MUST_CHECK;
+/*
+ * Both backends' key_update and key_set_material, in their write
+ * transaction: runs fn (when not NULL) on the loaded record, then applies
+ * st_check_transition and st_fill_empty (store.h, hsm_store_key_update).
+ */
+hsm_result st_edit_key(hsm_key_record *rec, const char *key_id, hsm_key_update_fn fn, void *arg,
+                       bool new_version) HSM_MUST_CHECK;
 
 /* Opens a backend at its location (the part after the prefix, or all of it: store.c's table). */
 typedef hsm_result (*hsm_store_backend_open_fn)(const char *location, hsm_store **out);

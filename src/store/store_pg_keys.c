@@ -219,20 +219,6 @@ hsm_result pg_key_get(hsm_store *base, const char *key_id, hsm_key_record *out)
 	return res;
 }
 
-
-/* Runs fn (when not NULL) on the loaded record under the state rules of key_update (store.h). */
-static hsm_result edit_key(hsm_key_record *rec, const char *key_id, hsm_key_update_fn fn,
-                           void *arg, bool new_version)
-{
-	hsm_key_state before = rec->state;
-	if (fn != NULL)
-		HSM_GUARD(fn(rec, arg));
-	HSM_ASSERT(strcmp(rec->key_id, key_id) == 0); /* fn must not change the key id */
-	HSM_GUARD(st_check_transition(before, rec->state, new_version));
-	HSM_GUARD(st_fill_empty(&rec->description));
-	return st_fill_empty(&rec->policy);
-}
-
 static hsm_result key_update_body(pg_conn *w, void *arg)
 {
 	key_op *op = arg;
@@ -246,7 +232,7 @@ static hsm_result key_update_body(pg_conn *w, void *arg)
 		           "key %s: version %u is not the next version (%u)", op->key_id, add->version,
 		           next);
 	}
-	HSM_GUARD(edit_key(rec, op->key_id, op->fn, op->arg, add != NULL));
+	HSM_GUARD(st_edit_key(rec, op->key_id, op->fn, op->arg, add != NULL));
 	if (add != NULL) {
 		rec->primary_version = add->version;
 		HSM_GUARD(pg_insert_version(w, add));
@@ -358,7 +344,7 @@ static hsm_result key_set_material_body(pg_conn *w, void *arg)
 	HSM_GUARD(load_key(w, SQL_KEY_GET_FOR_UPDATE, op->key_id, rec));
 	HSM_GUARD(st_check_material_change(rec));
 	HSM_GUARD(write_material(w, op->version));
-	HSM_GUARD(edit_key(rec, op->key_id, op->fn, op->arg, false));
+	HSM_GUARD(st_edit_key(rec, op->key_id, op->fn, op->arg, false));
 	return write_key(w, SQL_KEY_UPDATE, rec);
 }
 

@@ -219,20 +219,6 @@ hsm_result sq_key_get(hsm_store *base, const char *key_id, hsm_key_record *out)
 	return res;
 }
 
-
-/* Runs fn (when not NULL) on the loaded record under the state rules of key_update (store.h). */
-static hsm_result edit_key(hsm_key_record *rec, const char *key_id, hsm_key_update_fn fn,
-                           void *arg, bool new_version)
-{
-	hsm_key_state before = rec->state;
-	if (fn != NULL)
-		HSM_GUARD(fn(rec, arg));
-	HSM_ASSERT(strcmp(rec->key_id, key_id) == 0); /* fn must not change the key id */
-	HSM_GUARD(st_check_transition(before, rec->state, new_version));
-	HSM_GUARD(st_fill_empty(&rec->description));
-	return st_fill_empty(&rec->policy);
-}
-
 static hsm_result key_update_in(sq_conn *w, const char *key_id, hsm_key_update_fn fn, void *arg,
                                 const hsm_version_record *add_version, hsm_key_record *rec)
 {
@@ -243,7 +229,7 @@ static hsm_result key_update_in(sq_conn *w, const char *key_id, hsm_key_update_f
 		           "key %s: version %u is not the next version (%u)", key_id,
 		           add_version->version, next);
 	}
-	HSM_GUARD(edit_key(rec, key_id, fn, arg, add_version != NULL));
+	HSM_GUARD(st_edit_key(rec, key_id, fn, arg, add_version != NULL));
 	if (add_version != NULL) {
 		rec->primary_version = add_version->version;
 		HSM_GUARD(sq_insert_version(w, add_version));
@@ -359,7 +345,7 @@ static hsm_result key_set_material_in(sq_conn *w, const char *key_id, hsm_key_up
 	HSM_GUARD(load_key(w, key_id, rec));
 	HSM_GUARD(st_check_material_change(rec));
 	HSM_GUARD(write_material(w, material));
-	HSM_GUARD(edit_key(rec, key_id, fn, arg, false));
+	HSM_GUARD(st_edit_key(rec, key_id, fn, arg, false));
 	return write_key(w, SQL_KEY_UPDATE, rec);
 }
 

@@ -210,21 +210,14 @@ static void fill(hsm_store *s)
 
 /* ---- A canonical dump of every record ---------------------------------------------------------- */
 
-static void put_hex(hsm_buf *out, const hsm_buf *b)
-{
-	for (size_t i = 0; i < b->len; i++)
-		assert_true(hsm_ok(hsm_buf_printf(out, "%02x", b->data[i])));
-	assert_true(hsm_ok(hsm_buf_put_str(out, "|")));
-}
-
 static hsm_result dump_version(const hsm_version_record *v, void *arg)
 {
 	hsm_buf *out = arg;
 	HSM_GUARD(hsm_buf_printf(out, "  version %s %u %lld %d ", v->key_id, v->version,
 	                         (long long)v->created, (int)v->rotation_type));
-	put_hex(out, &v->wrapped);
-	put_hex(out, &v->public_der);
-	put_hex(out, &v->digest);
+	st_put_hex(out, &v->wrapped);
+	st_put_hex(out, &v->public_der);
+	st_put_hex(out, &v->digest);
 	return hsm_buf_put_str(out, "\n");
 }
 
@@ -289,7 +282,7 @@ static hsm_result dump_access_key(const hsm_access_key_record *k, void *arg)
 	hsm_buf *out = arg;
 	HSM_GUARD(hsm_buf_printf(out, "access key %s user=%s active=%d created=%lld ",
 	                         k->access_key_id, k->user, k->active, (long long)k->created));
-	put_hex(out, &k->wrapped_secret);
+	st_put_hex(out, &k->wrapped_secret);
 	return hsm_buf_put_str(out, "\n");
 }
 
@@ -302,7 +295,7 @@ static void dump(hsm_store *s, hsm_buf *out)
 		hsm_buf v = {0};
 		EXPECT_OK(hsm_store_meta_get(s, meta_names[i], &v));
 		assert_true(hsm_ok(hsm_buf_printf(out, "meta %s ", meta_names[i])));
-		put_hex(out, &v);
+		st_put_hex(out, &v);
 		assert_true(hsm_ok(hsm_buf_put_str(out, "\n")));
 		hsm_buf_free(&v);
 	}

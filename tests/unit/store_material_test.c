@@ -37,21 +37,14 @@ static void create_external(hsm_store *s, const char *id, int64_t valid_to)
 	hsm_version_record_clear(&v);
 }
 
-static void put_hex(hsm_buf *out, const hsm_buf *b)
-{
-	for (size_t i = 0; i < b->len; i++)
-		assert_true(hsm_ok(hsm_buf_printf(out, "%02x", b->data[i])));
-	assert_true(hsm_ok(hsm_buf_put_str(out, "|")));
-}
-
 static hsm_result dump_version(const hsm_version_record *v, void *arg)
 {
 	hsm_buf *out = arg;
 	HSM_GUARD(hsm_buf_printf(out, "  v%u %lld %d ", v->version, (long long)v->created,
 	                         (int)v->rotation_type));
-	put_hex(out, &v->wrapped);
-	put_hex(out, &v->public_der);
-	put_hex(out, &v->digest);
+	st_put_hex(out, &v->wrapped);
+	st_put_hex(out, &v->public_der);
+	st_put_hex(out, &v->digest);
 	return hsm_buf_put_str(out, "\n");
 }
 

@@ -295,6 +295,14 @@ static inline void st_reopen(st_fixture *f)
 	EXPECT_OK(hsm_store_open(f->loc, &f->s));
 }
 
+/* Appends b as lowercase hex and a "|" (record dumps that compare stores). */
+static inline void st_put_hex(hsm_buf *out, const hsm_buf *b)
+{
+	for (size_t i = 0; i < b->len; i++)
+		assert_true(hsm_ok(hsm_buf_printf(out, "%02x", b->data[i])));
+	assert_true(hsm_ok(hsm_buf_put_str(out, "|")));
+}
+
 /* SQLite's plan for sql on the store's database in dir, its steps joined by "; ". */
 static inline void st_sqlite_plan(const char *dir, const char *sql, char *out, size_t cap)
 {
