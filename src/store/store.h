@@ -129,6 +129,7 @@ typedef struct hsm_key_record {
 	int64_t valid_to;
 } hsm_key_record;
 
+#define HSM_MATERIAL_DESC_MAX 256 /* KMS KeyMaterialDescription: 0-256 ASCII characters */
 typedef struct hsm_version_record {
 	char key_id[HSM_UUID_STRLEN + 1];
 	uint32_t version;
@@ -141,6 +142,10 @@ typedef struct hsm_version_record {
 	 * match), kept when the material is erased; empty for generated material.
 	 */
 	hsm_buf digest;
+	/* Imported material: when it expires (epoch seconds; 0 = never, or none held). */
+	int64_t valid_to;
+	/* Imported material: KMS KeyMaterialDescription ("" when none). */
+	char description[HSM_MATERIAL_DESC_MAX + 1];
 } hsm_version_record;
 
 #define HSM_ALIAS_MAX 256
@@ -319,21 +324,49 @@ hsm_result hsm_store_key_destroy(hsm_store *s, const char *key_id, int64_t now) 
  * DeleteImportedKeyMaterial, expiry), in one transaction with a
  * read-modify-write of the key as hsm_store_key_update does (fn, which may
  * be NULL, runs on the loaded record under the same rules; the state rules
- * hold).  Replaces the wrapped, public_der and digest of the version
- * material->key_id / material->version with material's; material->key_id
- * must equal key_id (HSM_ERR_VALIDATION).  NOT_FOUND when the key or that
- * version does not exist; INVALID_STATE for a Destroyed key.  A version's
- * digest, once set, never changes: when it is set and material->digest
- * differs, INCORRECT_KEY_MATERIAL and nothing changes (two nodes importing
- * different first material at once: one wins, the other is told).  An empty
- * material->wrapped erases the material, and the erased bytes are then
- * overwritten on disk as hsm_store_key_destroy makes sure of; as there, a
- * failure of that last step comes after the commit, and repeating the call
+ * hold).  material->key_id must equal key_id (HSM_ERR_VALIDATION).
+ * NOT_FOUND when the key does not exist; INVALID_STATE for a Destroyed key.
+ *
+ *  - A version up to the key's primary_version (one in use) must exist
+ *    (NOT_FOUND); its wrapped, public_der, digest, valid_to and description
+ *    are replaced with material's.  Its digest, once set, never changes: when
+ *    it is set and material->digest differs, INCORRECT_KEY_MATERIAL and
+ *    nothing changes (two nodes importing different first material at once:
+ *    one wins, the other is told).
+ *  - Version primary_version + 1 is material waiting to become primary
+ *    (KMS PENDING_ROTATION, made primary by hsm_store_key_promote): when
+ *    absent it is inserted from material (created and rotation_type too,
+ *    without making it primary); when present it is replaced whole, digest
+ *    included, as it is not yet in use.  Any later version: NOT_FOUND.
+ *  - Then, before fn runs, the store sets two fields of the loaded record
+ *    from the key's versions as they now are: valid_to, the earliest nonzero
+ *    valid_to among the versions that hold material (0 when none), and the
+ *    flag HSM_KEYFLAG_NO_MATERIAL, set when a version up to primary_version
+ *    holds no material and cleared otherwise.  fn decides the state.
+ *
+ * An empty material->wrapped erases the material, and the erased bytes are
+ * then overwritten on disk as hsm_store_key_destroy makes sure of; as there,
+ * a failure of that last step comes after the commit, and repeating the call
  * finishes the overwrite.
  */
 hsm_result hsm_store_key_set_material(hsm_store *s, const char *key_id, hsm_key_update_fn fn,
                                       void *arg, const hsm_version_record *material,
                                       hsm_key_record *after) HSM_MUST_CHECK;
+
+/*
+ * Makes version primary_version + 1, added by hsm_store_key_set_material,
+ * the key's primary version (KMS RotateKeyOnDemand of imported material), in
+ * one transaction with a read-modify-write of the key as hsm_store_key_update
+ * does (fn may be NULL; the state rules hold).  `version` must be
+ * primary_version + 1 of the loaded key (CONFLICT otherwise: another rotation
+ * came first), exist (NOT_FOUND) and hold material (INVALID_STATE).  The
+ * version's created becomes `now` and its rotation_type `type`; after fn,
+ * primary_version becomes `version`.  NOT_FOUND when the key does not exist,
+ * INVALID_STATE when it is Destroyed.
+ */
+hsm_result hsm_store_key_promote(hsm_store *s, const char *key_id, uint32_t version, int64_t now,
+                                 hsm_rotation_type type, hsm_key_update_fn fn, void *arg,
+                                 hsm_key_record *after) HSM_MUST_CHECK;
 
 /*
  * Lists keys ordered by key id, starting after `after` (NULL or "" for the

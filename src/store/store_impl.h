@@ -69,6 +69,10 @@ struct hsm_store_ops {
 	hsm_result (*key_set_material)(hsm_store *s, const char *key_id, hsm_key_update_fn fn,
 	                               void *arg, const hsm_version_record *material,
 	                               hsm_key_record *after);
+	/* fn may be NULL. */
+	hsm_result (*key_promote)(hsm_store *s, const char *key_id, uint32_t version, int64_t now,
+	                          hsm_rotation_type type, hsm_key_update_fn fn, void *arg,
+	                          hsm_key_record *after);
 	hsm_result (*key_list)(hsm_store *s, const char *after, size_t limit, bool include_destroyed,
 	                       hsm_key_cb cb, void *arg, bool *truncated);
 	hsm_result (*jwt_key_list)(hsm_store *s, const char *after, size_t limit, hsm_key_cb cb,
