@@ -4,7 +4,7 @@
  * rests in the clear on its way into hsmd.
  *
  *   hsmctl --endpoint URL key import KEY --material FILE [--wrapping-key-spec S]
- *                                        [--valid-days N]
+ *                                        [--valid-days N] [--new] [--description TEXT]
  *   hsmctl key import --data-dir DIR --share FILE... KEY --material FILE [...]
  *
  * FILE is a private key (PEM or DER, PKCS#8 or the traditional forms,
@@ -14,7 +14,10 @@
  * otherwise), wraps the material as RSA_AES_KEY_WRAP_SHA_256 does (a fresh
  * AES-256 key under RSA-OAEP-SHA-256, the material under that key with
  * AES-KWP) and imports it (ImportKeyMaterial); the material does not expire
- * unless --valid-days gives it 1 to 365 days.  Online the calls go to the
+ * unless --valid-days gives it 1 to 365 days.  --new imports new material
+ * into a key that has some (ImportType NEW_KEY_MATERIAL): it waits, pending
+ * rotation, until RotateKeyOnDemand (offline: hsmctl key rotate) makes it
+ * current.  Online the calls go to the
  * node as any client's would; offline they run in-process, audited in the
  * data directory's trail.
  */
@@ -47,6 +50,8 @@ typedef struct import_opts {
 	char *shares[HSMCTL_MAX_SHARE_ARGS];
 	size_t n_shares;
 	int64_t valid_days;
+	bool new_material;
+	const char *description;
 } import_opts;
 
 static int parse(int argc, char **argv, import_opts *o)
@@ -57,6 +62,8 @@ static int parse(int argc, char **argv, import_opts *o)
 	    {"material", required_argument, NULL, 'm'},
 	    {"wrapping-key-spec", required_argument, NULL, 'w'},
 	    {"valid-days", required_argument, NULL, 'v'},
+	    {"new", no_argument, NULL, 'n'},
+	    {"description", required_argument, NULL, 'D'},
 	    {NULL, 0, NULL, 0}};
 	optind = 1;
 	for (int c; (c = getopt_long(argc, argv, "", longopts, NULL)) != -1;) {
@@ -69,6 +76,8 @@ static int parse(int argc, char **argv, import_opts *o)
 			break;
 		case 'm': o->material = optarg; break;
 		case 'w': o->wrapping_spec = optarg; break;
+		case 'n': o->new_material = true; break;
+		case 'D': o->description = optarg; break;
 		case 'v':
 			if (hsm_failed(hsm_parse_i64(optarg, 1, 365, &o->valid_days)))
 				return hsmctl_usage("key import", "--valid-days: %s", hsm_last_message());
@@ -231,7 +240,13 @@ static hsm_result import_online(const import_opts *o, const hsm_buf *material)
 	} else {
 		json_object_set_new(body, "ExpirationModel", json_string("KEY_MATERIAL_DOES_NOT_EXPIRE"));
 	}
+	if (o->new_material)
+		json_object_set_new(body, "ImportType", json_string("NEW_KEY_MATERIAL"));
+	if (o->description != NULL)
+		json_object_set_new(body, "KeyMaterialDescription", json_string(o->description));
 	HSM_TRY(hsm_client_call_json(c, "TrentService.ImportKeyMaterial", body, true, &out));
+	const char *id = json_string_value(json_object_get(out, "KeyMaterialId"));
+	printf("material-id: %s\n", id != NULL ? id : "-");
 	json_decref(out);
 	out = NULL;
 	json_decref(body);
@@ -277,10 +292,16 @@ static hsm_result import_offline(const import_opts *o, const hsm_buf *material)
 	                      .expiration_model = o->valid_days > 0 ? "KEY_MATERIAL_EXPIRES"
 	                                                            : "KEY_MATERIAL_DOES_NOT_EXPIRE",
 	                      .has_valid_to = o->valid_days > 0,
-	                      .valid_to = hsm_now() + o->valid_days * DAY};
-	done = hsm_kms_import_material(l.kms, &hsmctl_local_caller, &req, &rec);
-	HSM_TRY(hsmctl_local_audit(&l, "ImportKeyMaterial", p.key_id, 1, done));
+	                      .valid_to = hsm_now() + o->valid_days * DAY,
+	                      .type = o->new_material ? HSM_IMPORT_NEW : HSM_IMPORT_ANY,
+	                      .description = o->description};
+	uint32_t version = 0;
+	done = hsm_kms_import_material(l.kms, &hsmctl_local_caller, &req, &rec, &version);
+	HSM_TRY(hsmctl_local_audit(&l, "ImportKeyMaterial", p.key_id, version, done));
 	HSM_TRY(done);
+	char id[HSM_MATERIAL_ID_LEN + 1];
+	hsm_kms_material_id(rec.key_id, version, id);
+	printf("material-id: %s\nversion: %u\n", id, version);
 	char valid_to[21] = "-";
 	if (rec.valid_to != 0)
 		hsm_format_time(rec.valid_to, valid_to);

@@ -58,8 +58,10 @@ static const hsmctl_command commands[] = {
             "cancel-deletion --data-dir DIR [--share FILE]... [KEY]",
      "manage keys on a data directory", hsmctl_cmd_key},
     {"key import", "KEY --material FILE [--wrapping-key-spec RSA_2048|RSA_3072|RSA_4096] "
-                   "[--valid-days N] (with --endpoint, or --data-dir DIR --share FILE...)",
-     "import key material made elsewhere into an Origin EXTERNAL key, wrapped on the way",
+                   "[--valid-days N] [--new] [--description TEXT] (with --endpoint, or "
+                   "--data-dir DIR --share FILE...)",
+     "import key material made elsewhere into an Origin EXTERNAL key, wrapped on the way "
+     "(--new: the next material, made current by RotateKeyOnDemand)",
      hsmctl_cmd_key_import},
     {"jwt sign", "[--endpoint URL] KEY --claims JSON|@FILE [--lifetime S] [--alg A] [--typ T]",
      "sign a JWT with a key marked for JWT signing (prints the token)", hsmctl_cmd_jwt},

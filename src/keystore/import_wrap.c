@@ -252,15 +252,17 @@ static hsm_result check_material(const hsm_ks_keyref *ref, const hsm_buf *pt, hs
 
 hsm_result hsm_ks_import_material(hsm_keystore *ks, const hsm_ks_keyref *ref,
                                   const uint8_t *token, size_t token_len, const uint8_t *enc,
-                                  size_t enc_len, int64_t now, hsm_buf *wrapped,
+                                  size_t enc_len, int64_t now, const hsm_ks_known_material *known,
+                                  size_t n_known, size_t *match, hsm_buf *wrapped,
                                   hsm_buf *public_der, hsm_buf *digest)
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_material *key = NULL, *m = NULL;
 	hsm_wrap_alg alg = HSM_WRAP_RSAES_OAEP_SHA_256;
-	hsm_buf pt, canonical;
+	hsm_buf pt, canonical, pub = {0}, d = {0};
 	hsm_buf_init_secure(&pt);
 	hsm_buf_init_secure(&canonical);
+	hsm_ks_keyref to = *ref;
 	HSM_GUARD(ks_require_unsealed(ks));
 	HSM_ENSURE(hsm_spec_allows_usage(ref->spec, ref->usage), HSM_ERR_VALIDATION,
 	           "KeyUsage %s is not valid for KeySpec %s", hsm_usage_name(ref->usage),
@@ -272,17 +274,32 @@ hsm_result hsm_ks_import_material(hsm_keystore *ks, const hsm_ks_keyref *ref,
 	HSM_TRY(check_material(ref, &pt, &m));
 	/* Stored as hsmd stores generated material: raw or re-encoded PKCS#8, whatever came in. */
 	HSM_TRY(hsm_material_export(m, &canonical));
-	if (hsm_spec_is_asymmetric(ref->spec)) {
-		HSM_TRY(hsm_material_public_der(m, public_der));
-		HSM_TRY(material_digest(ks, ref, public_der->data, public_der->len, digest));
-	} else {
-		HSM_TRY(material_digest(ks, ref, canonical.data, canonical.len, digest));
+	bool asym = hsm_spec_is_asymmetric(ref->spec);
+	if (asym)
+		HSM_TRY(hsm_material_public_der(m, &pub));
+	const hsm_buf *id = asym ? &pub : &canonical; /* what identifies the material */
+	size_t i = 0;
+	for (; i < n_known; i++) {
+		to.version = known[i].version;
+		HSM_TRY(material_digest(ks, &to, id->data, id->len, &d));
+		if (d.len == known[i].digest->len && hsm_ct_equal(d.data, known[i].digest->data, d.len))
+			break;
 	}
-	res = ks_wrap_material(ks, ref, &canonical, wrapped);
+	if (i == n_known) {
+		to.version = ref->version;
+		HSM_TRY(material_digest(ks, &to, id->data, id->len, &d));
+	}
+	HSM_TRY(ks_wrap_material(ks, &to, &canonical, wrapped));
+	if (asym)
+		HSM_TRY(hsm_buf_set(public_der, pub.data, pub.len));
+	HSM_TRY(hsm_buf_set(digest, d.data, d.len));
+	*match = i;
 out:
 	hsm_material_free(key);
 	hsm_material_free(m);
 	hsm_buf_free(&pt);
 	hsm_buf_free(&canonical);
+	hsm_buf_free(&pub);
+	hsm_buf_free(&d);
 	return res;
 }

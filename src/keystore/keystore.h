@@ -187,10 +187,21 @@ hsm_result hsm_ks_import_params(hsm_keystore *ks, const char *key_id, hsm_wrap_a
  * the public key of asymmetric keys and a digest identifying the material
  * (HMAC-SHA256 under a DMK-derived key of the key id, the version and the
  * secret key or the public key: equal for the same material only).
+ *
+ * known lists versions of the key that already have a digest (n_known may
+ * be 0): *match receives the index of the first whose digest this material
+ * has, compared in constant time, and the material is then wrapped and
+ * digested for that version (ref->version is ignored); n_known when none is
+ * (then for ref->version).  One decryption, whatever n_known.
  */
+typedef struct hsm_ks_known_material {
+	uint32_t version;
+	const hsm_buf *digest;
+} hsm_ks_known_material;
 hsm_result hsm_ks_import_material(hsm_keystore *ks, const hsm_ks_keyref *ref,
                                   const uint8_t *token, size_t token_len, const uint8_t *enc,
-                                  size_t enc_len, int64_t now, hsm_buf *wrapped,
+                                  size_t enc_len, int64_t now, const hsm_ks_known_material *known,
+                                  size_t n_known, size_t *match, hsm_buf *wrapped,
                                   hsm_buf *public_der, hsm_buf *digest) HSM_MUST_CHECK;
 
 /* ---- Symmetric ---------------------------------------------------------- */

@@ -134,8 +134,16 @@ hsm_result hsm_kms_describe_key(hsm_kms *kms, const hsm_caller *caller, const ch
 {
 	kms_key *k = NULL;
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_DescribeKey, ref, NULL, &k));
-	hsm_result r = hsm_key_record_copy(out, &k->rec);
+	hsm_key_record rec;
+	memset(&rec, 0, sizeof(rec));
+	hsm_result r = hsm_key_record_copy(&rec, &k->rec);
 	kms_key_release(k);
+	if (hsm_ok(r))
+		r = kms_valid_to_in_use(kms, &rec);
+	if (hsm_ok(r))
+		*out = rec;
+	else
+		hsm_key_record_clear(&rec);
 	return r;
 }
 

@@ -64,7 +64,10 @@ static const hsm_err state_rules[HSM_KEY_STATE_COUNT][HSM_OPC_COUNT] = {
             [HSM_OPC_ROTATION] = HSM_ERR_INVALID_STATE,
             [HSM_OPC_IMPORT] = HSM_ERR_INVALID_STATE,
         },
-    /* Without material a key can get it, be described, changed and deleted; nothing more. */
+    /*
+     * Without (some of) its material a key can get it, have another of its
+     * materials deleted, be described, changed and deleted; nothing more.
+     */
     [HSM_KEY_PENDING_IMPORT] =
         {
             [HSM_OPC_CRYPTO] = HSM_ERR_INVALID_STATE,
@@ -72,7 +75,6 @@ static const hsm_err state_rules[HSM_KEY_STATE_COUNT][HSM_OPC_COUNT] = {
             [HSM_OPC_DISABLE] = HSM_ERR_INVALID_STATE,
             [HSM_OPC_CANCEL_DELETION] = HSM_ERR_INVALID_STATE,
             [HSM_OPC_ROTATION] = HSM_ERR_INVALID_STATE,
-            [HSM_OPC_DELETE_MATERIAL] = HSM_ERR_INVALID_STATE,
         },
     [HSM_KEY_DESTROYED] =
         {

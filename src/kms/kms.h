@@ -270,10 +270,19 @@ hsm_result hsm_kms_get_import_params(hsm_kms *kms, const hsm_caller *caller, con
                                      hsm_import_params *out) HSM_MUST_CHECK;
 
 typedef enum hsm_import_type {
-	HSM_IMPORT_ANY,      /* ImportType not given */
-	HSM_IMPORT_NEW,      /* NEW_KEY_MATERIAL: the key has never had material */
-	HSM_IMPORT_EXISTING, /* EXISTING_KEY_MATERIAL: the material imported before */
+	HSM_IMPORT_ANY,      /* ImportType not given: NEW before the first import, else EXISTING */
+	HSM_IMPORT_NEW,      /* NEW_KEY_MATERIAL: the first material, or the next one to rotate to */
+	HSM_IMPORT_EXISTING, /* EXISTING_KEY_MATERIAL: a material imported before */
 } hsm_import_type;
+
+/* KeyMaterialId: 64 lowercase hex digits naming one material (key version) of a key. */
+#define HSM_MATERIAL_ID_LEN 64
+/*
+ * The KeyMaterialId of a key's version: SHA-256 of a label, the key id and
+ * the version, so it names that version for good and says nothing else.
+ */
+void hsm_kms_material_id(const char *key_id, uint32_t version,
+                         char out[HSM_MATERIAL_ID_LEN + 1]);
 
 typedef struct hsm_import_req {
 	const char *key;
@@ -290,23 +299,33 @@ typedef struct hsm_import_req {
 	bool has_valid_to;
 	int64_t valid_to;
 	hsm_import_type type;
+	const char *material_id; /* KeyMaterialId; NULL = not given */
+	const char *description; /* KeyMaterialDescription; NULL = keep the material's */
 } hsm_import_req;
 
 /*
- * ImportKeyMaterial: the first material of the key, or the same material
- * again (other material is IncorrectKeyMaterialException), with a new
- * expiration.  A PendingImport key becomes Enabled; Enabled and Disabled
- * keys keep their state.  *out receives the key after.
+ * ImportKeyMaterial.  The first material of the key; or a material imported
+ * before, again (EXISTING_KEY_MATERIAL: the one named by material_id, or
+ * whichever this material is; other material is
+ * IncorrectKeyMaterialException), with a new expiration; or new material
+ * (NEW_KEY_MATERIAL on a key that has material), which waits, pending
+ * rotation, until RotateKeyOnDemand makes it current.  A key becomes
+ * Enabled once every material it uses is there; Disabled keys stay so.
+ * *out receives the key after, *version the version the material went to.
  */
 hsm_result hsm_kms_import_material(hsm_kms *kms, const hsm_caller *caller,
-                                   const hsm_import_req *req, hsm_key_record *out) HSM_MUST_CHECK;
+                                   const hsm_import_req *req, hsm_key_record *out,
+                                   uint32_t *version) HSM_MUST_CHECK;
 /*
- * DeleteImportedKeyMaterial: erases the material (the digest that lets the
- * same material be imported again stays) and makes the key PendingImport,
- * or leaves it PendingDeletion.  *out receives the key after.
+ * DeleteImportedKeyMaterial: erases one material (material_id; NULL: the
+ * current one).  The digest that lets the same material be imported again
+ * stays.  Erasing a material the key uses makes it PendingImport (or leaves
+ * it PendingDeletion); erasing the material pending rotation changes no
+ * state.  *out receives the key after, *version the version erased.
  */
 hsm_result hsm_kms_delete_material(hsm_kms *kms, const hsm_caller *caller, const char *ref,
-                                   hsm_key_record *out) HSM_MUST_CHECK;
+                                   const char *material_id, hsm_key_record *out,
+                                   uint32_t *version) HSM_MUST_CHECK;
 
 /* ---- Rotation ------------------------------------------------------------------ */
 
@@ -317,12 +336,22 @@ hsm_result hsm_kms_disable_rotation(hsm_kms *kms, const hsm_caller *caller,
                                     const char *ref) HSM_MUST_CHECK;
 hsm_result hsm_kms_rotation_status(hsm_kms *kms, const hsm_caller *caller, const char *ref,
                                    hsm_key_record *out) HSM_MUST_CHECK;
-/* Adds a version and makes it primary; *out receives the key after. */
+/*
+ * Adds a version and makes it primary; for a key with imported material,
+ * makes the material pending rotation current instead.  *out receives the
+ * key after.
+ */
 hsm_result hsm_kms_rotate_now(hsm_kms *kms, const hsm_caller *caller, const char *ref,
                               hsm_key_record *out) HSM_MUST_CHECK;
-/* Versions after the first, ascending, from version `after`+1. */
+/*
+ * The key's materials (versions), ascending: those made by rotations, or
+ * with all, also the first and the one pending rotation (imported material
+ * never imported is left out).  *key receives the key's record (without its
+ * policy) before cb first runs.
+ */
 hsm_result hsm_kms_list_rotations(hsm_kms *kms, const hsm_caller *caller, const char *ref,
-                                  hsm_version_cb cb, void *arg) HSM_MUST_CHECK;
+                                  bool all, hsm_key_record *key, hsm_version_cb cb,
+                                  void *arg) HSM_MUST_CHECK;
 
 /*
  * Performs the work that is due at the current time: automatic rotations,

@@ -24,11 +24,17 @@ typedef struct rotation_arg {
 	int64_t now;
 } rotation_arg;
 
-/* Imported material cannot be replaced by hsmd's own, so such keys do not rotate (as in KMS). */
+/*
+ * Imported material cannot be replaced by hsmd's own, so such keys do not
+ * rotate automatically (as in KMS); RotateKeyOnDemand makes new imported
+ * material current instead (import.c).
+ */
 static hsm_result check_rotatable(const hsm_key_record *rec)
 {
 	HSM_ENSURE(rec->origin != HSM_ORIGIN_EXTERNAL, HSM_ERR_UNSUPPORTED_OPERATION,
-	           "%s has imported key material (Origin EXTERNAL): it cannot be rotated",
+	           "%s has imported key material (Origin EXTERNAL): it does not rotate "
+	           "automatically; import new material (ImportType NEW_KEY_MATERIAL) and rotate "
+	           "to it with RotateKeyOnDemand",
 	           rec->key_id);
 	return HSM_SUCCESS;
 }
@@ -123,9 +129,8 @@ hsm_result hsm_kms_rotate_now(hsm_kms *kms, const hsm_caller *caller, const char
 {
 	kms_key *k = NULL;
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_RotateKeyOnDemand, ref, NULL, &k));
-	hsm_result r = check_rotatable(&k->rec);
-	if (hsm_ok(r))
-		r = rotate(kms, caller, k, false, out);
+	hsm_result r = k->rec.origin == HSM_ORIGIN_EXTERNAL ? kms_promote_pending(kms, k, out)
+	                                                    : rotate(kms, caller, k, false, out);
 	kms_key_release(k);
 	return r;
 }
@@ -133,21 +138,29 @@ hsm_result hsm_kms_rotate_now(hsm_kms *kms, const hsm_caller *caller, const char
 typedef struct list_arg {
 	hsm_version_cb cb;
 	void *arg;
+	uint32_t primary;
+	bool all;
 } list_arg;
 
-static hsm_result skip_first(const hsm_version_record *v, void *arg)
+static hsm_result pick_listed(const hsm_version_record *v, void *arg)
 {
 	const list_arg *l = arg;
-	return v->version > 1 ? l->cb(v, l->arg) : HSM_SUCCESS;
+	if (v->version > l->primary + 1 || (v->wrapped.len == 0 && v->digest.len == 0))
+		return HSM_SUCCESS; /* material never imported */
+	if (!l->all && (v->version == 1 || v->version > l->primary))
+		return HSM_SUCCESS; /* rotations only */
+	return l->cb(v, l->arg);
 }
 
 hsm_result hsm_kms_list_rotations(hsm_kms *kms, const hsm_caller *caller, const char *ref,
-                                  hsm_version_cb cb, void *arg)
+                                  bool all, hsm_key_record *key, hsm_version_cb cb, void *arg)
 {
 	kms_key *k = NULL;
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_ListKeyRotations, ref, NULL, &k));
-	list_arg l = {cb, arg};
-	hsm_result r = hsm_store_version_list(kms->store, k->rec.key_id, skip_first, &l);
+	list_arg l = {cb, arg, k->rec.primary_version, all};
+	hsm_result r = hsm_key_record_copy(key, &k->rec);
+	if (hsm_ok(r))
+		r = hsm_store_version_list(kms->store, k->rec.key_id, pick_listed, &l);
 	kms_key_release(k);
 	return r;
 }

@@ -5,11 +5,10 @@
  * Members as in the AWS KMS API reference.  ImportToken (1-6144 bytes) and
  * EncryptedKeyMaterial (1-6144 bytes) are base64 blobs; ValidTo is a
  * timestamp, which the JSON protocol sends as epoch seconds (fractions are
- * dropped).  ImportKeyMaterial's newer members KeyMaterialId and
- * KeyMaterialDescription, which name one of several materials of a key
- * whose imported material rotates, are refused: hsmd's imported keys have
- * one material each.  The audit record names the key, and for
- * GetParametersForImport the wrapping algorithm; never a token or material.
+ * dropped).  KeyMaterialId (64 lowercase hex digits) names one of a key's
+ * materials; KeyMaterialDescription describes one.  The audit record names
+ * the key and the version the material is, and for GetParametersForImport
+ * the wrapping algorithm; never a token or material.
  */
 #include <math.h>
 #include <string.h>
@@ -58,13 +57,8 @@ static hsm_result read_time(hsm_api_ctx *c, const char *name, int64_t *out, bool
 
 static hsm_result read_import_type(hsm_api_ctx *c, hsm_import_type *out)
 {
-	const char *t = NULL, *id = NULL, *desc = NULL;
+	const char *t = NULL;
 	HSM_GUARD(hsm_json_str(c->req, "ImportType", false, 1, 64, &t));
-	HSM_GUARD(hsm_json_str(c->req, "KeyMaterialId", false, 1, 128, &id));
-	HSM_GUARD(hsm_json_str(c->req, "KeyMaterialDescription", false, 0, 256, &desc));
-	HSM_ENSURE(id == NULL && desc == NULL, HSM_ERR_UNSUPPORTED_OPERATION,
-	           "KeyMaterialId and KeyMaterialDescription are not supported: a key with imported "
-	           "material has exactly one material in hsmd");
 	*out = HSM_IMPORT_ANY;
 	if (t == NULL)
 		return HSM_SUCCESS;
@@ -78,12 +72,23 @@ static hsm_result read_import_type(hsm_api_ctx *c, hsm_import_type *out)
 	return HSM_SUCCESS;
 }
 
+/* KeyId and KeyMaterialId, the members both operations answer with. */
+static void write_material(hsm_api_ctx *c, const char *key_id, uint32_t version)
+{
+	char id[HSM_MATERIAL_ID_LEN + 1];
+	hsm_kms_material_id(key_id, version, id);
+	c->audit.key_version = version;
+	hsm_api_write_key_arn(c, "KeyId", key_id);
+	hsm_jw_str(c->w, "KeyMaterialId", id);
+}
+
 hsm_result hsm_api_import_key_material(hsm_api_ctx *c)
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_import_req req;
 	hsm_buf token = {0}, enc = {0};
 	hsm_key_record rec;
+	uint32_t version = 0;
 	bool present;
 	memset(&req, 0, sizeof(req));
 	memset(&rec, 0, sizeof(rec));
@@ -94,15 +99,15 @@ hsm_result hsm_api_import_key_material(hsm_api_ctx *c)
 	HSM_TRY(hsm_json_str(c->req, "ExpirationModel", false, 1, 64, &req.expiration_model));
 	HSM_TRY(read_time(c, "ValidTo", &req.valid_to, &req.has_valid_to));
 	HSM_TRY(read_import_type(c, &req.type));
+	HSM_TRY(hsm_json_str(c->req, "KeyMaterialId", false, 1, 128, &req.material_id));
+	HSM_TRY(hsm_json_str(c->req, "KeyMaterialDescription", false, 0, 1024, &req.description));
 	req.token = token.data;
 	req.token_len = token.len;
 	req.encrypted = enc.data;
 	req.encrypted_len = enc.len;
 	hsm_api_note_ref(c, req.key);
-	HSM_TRY(hsm_kms_import_material(c->kms, c->caller, &req, &rec));
-	c->audit.key_version = rec.primary_version;
-	/* KMS's newer response members; older clients ignore them. */
-	hsm_api_write_key_arn(c, "KeyId", rec.key_id);
+	HSM_TRY(hsm_kms_import_material(c->kms, c->caller, &req, &rec, &version));
+	write_material(c, rec.key_id, version); /* KMS's newer members; older clients ignore them */
 out:
 	hsm_buf_free(&token);
 	hsm_buf_free(&enc);
@@ -114,16 +119,13 @@ hsm_result hsm_api_delete_imported_key_material(hsm_api_ctx *c)
 {
 	const char *key, *id = NULL;
 	hsm_key_record rec;
+	uint32_t version = 0;
 	memset(&rec, 0, sizeof(rec));
 	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
 	HSM_GUARD(hsm_json_str(c->req, "KeyMaterialId", false, 1, 128, &id));
-	HSM_ENSURE(id == NULL, HSM_ERR_UNSUPPORTED_OPERATION,
-	           "KeyMaterialId is not supported: a key with imported material has exactly one "
-	           "material in hsmd");
 	hsm_api_note_ref(c, key);
-	HSM_GUARD(hsm_kms_delete_material(c->kms, c->caller, key, &rec));
-	c->audit.key_version = rec.primary_version;
-	hsm_api_write_key_arn(c, "KeyId", rec.key_id);
+	HSM_GUARD(hsm_kms_delete_material(c->kms, c->caller, key, id, &rec, &version));
+	write_material(c, rec.key_id, version);
 	hsm_key_record_clear(&rec);
 	return HSM_SUCCESS;
 }

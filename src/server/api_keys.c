@@ -111,6 +111,13 @@ void hsm_api_write_key_metadata(hsm_api_ctx *c, const char *member, const hsm_ke
 		hsm_jw_int(c->w, "PendingDeletionWindowInDays", r->pending_window_days);
 	}
 	hsm_jw_str(c->w, "Origin", hsm_key_origin_name(r->origin));
+	/* Left out while an imported key's first material is not there (PendingImport). */
+	if (r->origin != HSM_ORIGIN_EXTERNAL || r->primary_version > 1 ||
+	    (r->flags & HSM_KEYFLAG_NO_MATERIAL) == 0) {
+		char id[HSM_MATERIAL_ID_LEN + 1];
+		hsm_kms_material_id(r->key_id, r->primary_version, id);
+		hsm_jw_str(c->w, "CurrentKeyMaterialId", id);
+	}
 	if (r->origin == HSM_ORIGIN_EXTERNAL && (r->flags & HSM_KEYFLAG_NO_MATERIAL) == 0) {
 		hsm_jw_str(c->w, "ExpirationModel", r->valid_to != 0 ? "KEY_MATERIAL_EXPIRES"
 		                                                      : "KEY_MATERIAL_DOES_NOT_EXPIRE");

@@ -62,27 +62,54 @@ hsm_result hsm_api_rotate_key_on_demand(hsm_api_ctx *c)
 
 typedef struct rotations {
 	hsm_api_ctx *c;
-	uint32_t after;  /* marker: versions after this one */
+	hsm_key_record key; /* the key's record, filled before the first entry */
+	uint32_t after;     /* marker: versions after this one */
 	size_t limit, written;
 	uint32_t last;
 	bool truncated;
 } rotations;
 
+/* KeyMaterialState of version v of key k. */
+static const char *material_state(const hsm_key_record *k, uint32_t v)
+{
+	return v == k->primary_version ? "CURRENT"
+	       : v < k->primary_version ? "NON_CURRENT"
+	                                : "PENDING_ROTATION";
+}
+
 static hsm_result write_rotation(const hsm_version_record *v, void *arg)
 {
 	rotations *r = arg;
+	hsm_jw *w = r->c->w;
 	if (v->version <= r->after)
 		return HSM_SUCCESS;
 	if (r->written == r->limit) {
 		r->truncated = true;
 		return HSM_SUCCESS;
 	}
-	hsm_jw_begin_object(r->c->w);
+	char id[HSM_MATERIAL_ID_LEN + 1];
+	hsm_kms_material_id(v->key_id, v->version, id);
+	hsm_jw_begin_object(w);
 	hsm_api_write_key_arn(r->c, "KeyId", v->key_id);
-	hsm_jw_time(r->c->w, "RotationDate", v->created);
-	hsm_jw_str(r->c->w, "RotationType",
-	           v->rotation_type == HSM_ROTATION_AUTOMATIC ? "AUTOMATIC" : "ON_DEMAND");
-	hsm_jw_end(r->c->w);
+	hsm_jw_str(w, "KeyMaterialId", id);
+	hsm_jw_str(w, "KeyMaterialState", material_state(&r->key, v->version));
+	if (r->key.origin == HSM_ORIGIN_EXTERNAL) {
+		hsm_jw_str(w, "KeyMaterialDescription", v->description);
+		hsm_jw_str(w, "ImportState", v->wrapped.len > 0 ? "IMPORTED" : "PENDING_IMPORT");
+		if (v->wrapped.len > 0) {
+			hsm_jw_str(w, "ExpirationModel", v->valid_to != 0 ? "KEY_MATERIAL_EXPIRES"
+			                                                  : "KEY_MATERIAL_DOES_NOT_EXPIRE");
+			if (v->valid_to != 0)
+				hsm_jw_time(w, "ValidTo", v->valid_to);
+		}
+	}
+	/* Neither the first material nor one pending rotation came from a rotation. */
+	if (v->version > 1 && v->version <= r->key.primary_version) {
+		hsm_jw_time(w, "RotationDate", v->created);
+		hsm_jw_str(w, "RotationType",
+		           v->rotation_type == HSM_ROTATION_AUTOMATIC ? "AUTOMATIC" : "ON_DEMAND");
+	}
+	hsm_jw_end(w);
 	r->written++;
 	r->last = v->version;
 	return HSM_SUCCESS;
@@ -90,10 +117,17 @@ static hsm_result write_rotation(const hsm_version_record *v, void *arg)
 
 hsm_result hsm_api_list_key_rotations(hsm_api_ctx *c)
 {
-	const char *key, *marker;
-	rotations r = {c, 0, 0, 0, 0, false};
+	const char *key, *marker, *include = NULL;
+	rotations r;
+	memset(&r, 0, sizeof(r));
+	r.c = c;
 	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
 	HSM_GUARD(hsm_api_paging(c, 1000, 100, &r.limit, &marker));
+	HSM_GUARD(hsm_json_str(c->req, "IncludeKeyMaterial", false, 1, 64, &include));
+	HSM_ENSURE(include == NULL || strcmp(include, "ALL_KEY_MATERIAL") == 0 ||
+	               strcmp(include, "ROTATIONS_ONLY") == 0,
+	           HSM_ERR_VALIDATION,
+	           "IncludeKeyMaterial '%.64s' is not ALL_KEY_MATERIAL or ROTATIONS_ONLY", include);
 	if (marker != NULL) {
 		int64_t v;
 		hsm_result m = hsm_parse_i64(marker, 1, UINT32_MAX, &v);
@@ -101,8 +135,11 @@ hsm_result hsm_api_list_key_rotations(hsm_api_ctx *c)
 		r.after = (uint32_t)v;
 	}
 	hsm_api_note_ref(c, key);
+	bool all = include != NULL && strcmp(include, "ALL_KEY_MATERIAL") == 0;
 	hsm_jw_key_begin_array(c->w, "Rotations");
-	HSM_GUARD(hsm_kms_list_rotations(c->kms, c->caller, key, write_rotation, &r));
+	hsm_result res = hsm_kms_list_rotations(c->kms, c->caller, key, all, &r.key, write_rotation, &r);
+	hsm_key_record_clear(&r.key);
+	HSM_GUARD(res);
 	hsm_jw_end_array(c->w);
 	if (r.truncated) {
 		char next[16];

@@ -104,6 +104,8 @@ hsm_result hsm_rotation_type_parse(const char *name, hsm_rotation_type *out) HSM
 #define HSM_KEYFLAG_JWT 0x1U /* published in the JWKS and usable for token signing */
 /* An EXTERNAL key whose material is absent (never imported, deleted or expired). */
 #define HSM_KEYFLAG_NO_MATERIAL 0x2U
+/* An EXTERNAL key's version primary+1 (material pending rotation) holds material. */
+#define HSM_KEYFLAG_PENDING_MATERIAL 0x4U
 /* Bits 8-15 are taken: a JWT key's JWS algorithm (HSM_KEYFLAG_JWT_ALG_MASK, kms/jwt.h). */
 
 /* ---- Records -------------------------------------------------------------- */
@@ -344,10 +346,13 @@ hsm_result hsm_store_key_destroy(hsm_store *s, const char *key_id, int64_t now) 
  *    flag HSM_KEYFLAG_NO_MATERIAL, set when a version up to primary_version
  *    holds no material and cleared otherwise.  fn decides the state.
  *
- * An empty material->wrapped erases the material, and the erased bytes are
- * then overwritten on disk as hsm_store_key_destroy makes sure of; as there,
- * a failure of that last step comes after the commit, and repeating the call
- * finishes the overwrite.
+ * An empty material->wrapped erases the material (the version's valid_to
+ * becomes 0), and the erased bytes are then overwritten on disk as
+ * hsm_store_key_destroy makes sure of; as there, a failure of that last step
+ * comes after the commit, and repeating the call finishes the overwrite.  An
+ * erasure with a nonzero material->valid_to (an expiry) is conditional: the
+ * version must still hold material expiring at exactly that time, else
+ * CONFLICT and nothing changes (it was imported again meanwhile).
  */
 hsm_result hsm_store_key_set_material(hsm_store *s, const char *key_id, hsm_key_update_fn fn,
                                       void *arg, const hsm_version_record *material,

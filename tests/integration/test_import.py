@@ -369,7 +369,7 @@ def test_hsmctl_imports_through_a_node(hsmd, kms, tmp_path):
                                      serialization.NoEncryption()))
     p = run_hsmctl("--endpoint", hsmd.endpoint, "key", "import", key, "--material", str(other),
                    "--wrapping-key-spec", "RSA_2048", env=creds)
-    assert p.returncode == 1 and "not the material imported" in p.stderr, p.stderr
+    assert p.returncode == 1 and "not a material imported" in p.stderr, p.stderr
     sig = kms.sign(KeyId=key, Message=b"n", SigningAlgorithm="RSASSA_PSS_SHA_256")["Signature"]
     priv.public_key().verify(sig, b"n", padding.PSS(mgf=padding.MGF1(hashes.SHA256()),
                                                     salt_length=32), hashes.SHA256())

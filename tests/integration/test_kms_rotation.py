@@ -6,6 +6,7 @@ RotationPeriodInDays, so those go through signed_call() (botocore's own SigV4
 signer).  hsmd rotates every key type and allows periods of 1-2560 days
 (src/kms/rotation.c); KMS rotates only symmetric keys, with 90-2560 days.
 """
+import re
 import time
 
 import pytest
@@ -116,6 +117,21 @@ def test_list_key_rotations_pagination(kms, hsmd):
         assert abs(r["RotationDate"] - t0) < 120
     dates = [r["RotationDate"] for r in full["Rotations"]]
     assert dates == sorted(dates)
+    # Each material has its id; the last is current, and DescribeKey names it.
+    ids = [r["KeyMaterialId"] for r in full["Rotations"]]
+    assert len(set(ids)) == 4 and all(re.fullmatch(r"[0-9a-f]{64}", i) for i in ids)
+    assert [r["KeyMaterialState"] for r in full["Rotations"]] == ["NON_CURRENT"] * 3 + ["CURRENT"]
+    md = call_ok(hsmd, "DescribeKey", {"KeyId": kid})["KeyMetadata"]
+    assert md["CurrentKeyMaterialId"] == ids[-1]
+    # ALL_KEY_MATERIAL adds the first material, which no rotation made.
+    every = call_ok(hsmd, "ListKeyRotations",
+                    {"KeyId": kid, "IncludeKeyMaterial": "ALL_KEY_MATERIAL"})
+    assert every["Rotations"][1:] == full["Rotations"]
+    first = every["Rotations"][0]
+    assert first["KeyMaterialState"] == "NON_CURRENT" and first["KeyMaterialId"] not in ids
+    assert "RotationDate" not in first and "ImportState" not in first
+    assert call_ok(hsmd, "ListKeyRotations",
+                   {"KeyId": kid, "IncludeKeyMaterial": "ROTATIONS_ONLY"}) == full
     for limit in (1, 3):
         got, marker = [], None
         while True:

@@ -3,7 +3,8 @@
  * CreateKey with Origin EXTERNAL, GetParametersForImport, ImportKeyMaterial
  * with each wrapping algorithm and key type, tokens of other keys and expired
  * ones, other material, DeleteImportedKeyMaterial, expiry by the scheduler,
- * the key-state rules, rotation, deletion, roles and policy conditions.  The
+ * the key-state rules, new material and rotation to it, deletion, roles and
+ * policy conditions.  The
  * material is wrapped here with OpenSSL directly, as an importer would.
  */
 #include <stdarg.h>
@@ -20,6 +21,7 @@
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
 
+#include "crypto/blob.h"
 #include "kms/kms.h"
 #include "support/kms_fixture.h"
 
@@ -32,6 +34,8 @@ static const hsm_caller officer = {.user = "olivia", .access_key_id = "AKIAOLIVI
                                    .roles = HSM_ROLE_BIT(HSM_ROLE_CRYPTO_OFFICER)};
 static const hsm_caller user = {.user = "ursula", .access_key_id = "AKIAURSULA0000000000",
                                 .roles = HSM_ROLE_BIT(HSM_ROLE_CRYPTO_USER)};
+
+static uint32_t ver; /* the version a material went to, where a test does not look */
 
 static int setup(void **state)
 {
@@ -130,7 +134,8 @@ static hsm_result import(fx *f, const char *key, const params *p, const char *mo
 	                      .has_valid_to = valid_to != 0,
 	                      .valid_to = valid_to};
 	memset(after, 0, sizeof(*after));
-	return hsm_kms_import_material(f->kms, &officer, &req, after);
+	uint32_t version;
+	return hsm_kms_import_material(f->kms, &officer, &req, after, &version);
 }
 
 /* Imports pt into key with alg, material that does not expire; the key after in *after. */
@@ -185,7 +190,7 @@ static void test_external_key_waits_for_material(void **state)
 	assert_non_null(strstr(hsm_last_message(), "pending import"));
 	assert_int_equal(hsm_kms_enable_key(f->kms, &officer, k.key_id).err, HSM_ERR_INVALID_STATE);
 	assert_int_equal(hsm_kms_disable_key(f->kms, &officer, k.key_id).err, HSM_ERR_INVALID_STATE);
-	assert_int_equal(hsm_kms_delete_material(f->kms, &officer, k.key_id, &after).err,
+	assert_int_equal(hsm_kms_delete_material(f->kms, &officer, k.key_id, NULL, &after, &ver).err,
 	                 HSM_ERR_INVALID_STATE);
 	/* Metadata changes are allowed. */
 	assert_true(hsm_ok(hsm_kms_update_description(f->kms, &officer, k.key_id, "for import")));
@@ -203,7 +208,7 @@ static void test_external_key_waits_for_material(void **state)
 	                                           "RSA_2048", &p)
 	                     .err,
 	                 HSM_ERR_UNSUPPORTED_OPERATION);
-	assert_int_equal(hsm_kms_delete_material(f->kms, &officer, own.key_id, &after).err,
+	assert_int_equal(hsm_kms_delete_material(f->kms, &officer, own.key_id, NULL, &after, &ver).err,
 	                 HSM_ERR_UNSUPPORTED_OPERATION);
 	hsm_buf_free(&ct);
 	hsm_key_record_clear(&k);
@@ -516,7 +521,7 @@ static void test_tokens_and_material(void **state)
 	                 HSM_ERR_INCORRECT_KEY_MATERIAL);
 	assert_true(hsm_ok(decrypt(f, &ct)));
 	/* Other material is refused also after the material was deleted. */
-	assert_true(hsm_ok(hsm_kms_delete_material(f->kms, &officer, a.key_id, &after)));
+	assert_true(hsm_ok(hsm_kms_delete_material(f->kms, &officer, a.key_id, NULL, &after, &ver)));
 	hsm_key_record_clear(&after);
 	assert_int_equal(import_with(f, a.key_id, "RSAES_OAEP_SHA_256", m2, 32, &after).err,
 	                 HSM_ERR_INCORRECT_KEY_MATERIAL);
@@ -558,7 +563,7 @@ static void test_expiration_model(void **state)
 	assert_true(hsm_ok(import(f, k.key_id, &p, "KEY_MATERIAL_EXPIRES", NOW + 365 * DAY, &after)));
 	assert_int_equal(after.valid_to, NOW + 365 * DAY);
 	hsm_key_record_clear(&after);
-	/* ImportType: NEW only for a key that never had material; EXISTING only for one that did. */
+	/* ImportType: NEW material must be other material; EXISTING only for a key that had some. */
 	hsm_import_req req = {.key = k.key_id,
 	                      .token = p.p.token.data,
 	                      .token_len = p.p.token.len,
@@ -567,10 +572,11 @@ static void test_expiration_model(void **state)
 	                      .expiration_model = "KEY_MATERIAL_DOES_NOT_EXPIRE",
 	                      .type = HSM_IMPORT_NEW};
 	memset(&after, 0, sizeof(after));
-	assert_int_equal(hsm_kms_import_material(f->kms, &officer, &req, &after).err,
-	                 HSM_ERR_UNSUPPORTED_OPERATION);
+	assert_int_equal(hsm_kms_import_material(f->kms, &officer, &req, &after, &ver).err,
+	                 HSM_ERR_INCORRECT_KEY_MATERIAL);
+	assert_non_null(strstr(hsm_last_message(), "EXISTING_KEY_MATERIAL"));
 	req.type = HSM_IMPORT_EXISTING;
-	assert_true(hsm_ok(hsm_kms_import_material(f->kms, &officer, &req, &after)));
+	assert_true(hsm_ok(hsm_kms_import_material(f->kms, &officer, &req, &after, &ver)));
 	assert_int_equal(after.valid_to, 0);
 	hsm_key_record_clear(&after);
 	params_clear(&p);
@@ -582,10 +588,10 @@ static void test_expiration_model(void **state)
 	req.token_len = p.p.token.len;
 	req.encrypted = p.enc.data;
 	req.encrypted_len = p.enc.len;
-	assert_int_equal(hsm_kms_import_material(f->kms, &officer, &req, &after).err,
+	assert_int_equal(hsm_kms_import_material(f->kms, &officer, &req, &after, &ver).err,
 	                 HSM_ERR_VALIDATION);
 	req.type = HSM_IMPORT_NEW;
-	assert_true(hsm_ok(hsm_kms_import_material(f->kms, &officer, &req, &after)));
+	assert_true(hsm_ok(hsm_kms_import_material(f->kms, &officer, &req, &after, &ver)));
 	hsm_key_record_clear(&after);
 	params_clear(&p);
 	hsm_key_record_clear(&fresh);
@@ -674,13 +680,14 @@ static void test_states(void **state)
 	assert_true(hsm_ok(hsm_kms_cancel_deletion(f->kms, &officer, k.key_id, &after)));
 	assert_int_equal(after.state, HSM_KEY_PENDING_IMPORT);
 	hsm_key_record_clear(&after);
-	/* Imported: rotation is refused. */
+	/* Imported: no automatic rotation; on demand only to new imported material. */
 	assert_true(hsm_ok(import_with(f, k.key_id, "RSAES_OAEP_SHA_256", m, 32, &after)));
 	hsm_key_record_clear(&after);
 	assert_int_equal(hsm_kms_enable_rotation(f->kms, &officer, k.key_id, 90).err,
 	                 HSM_ERR_UNSUPPORTED_OPERATION);
 	assert_int_equal(hsm_kms_rotate_now(f->kms, &officer, k.key_id, &after).err,
-	                 HSM_ERR_UNSUPPORTED_OPERATION);
+	                 HSM_ERR_INVALID_STATE);
+	assert_non_null(strstr(hsm_last_message(), "NEW_KEY_MATERIAL"));
 	/* Disabled keys take their material again and stay Disabled. */
 	assert_true(hsm_ok(hsm_kms_disable_key(f->kms, &officer, k.key_id)));
 	assert_true(hsm_ok(import_with(f, k.key_id, "RSAES_OAEP_SHA_1", m, 32, &after)));
@@ -690,7 +697,7 @@ static void test_states(void **state)
 	 * cancelling then leaves it PendingImport. */
 	assert_true(hsm_ok(hsm_kms_schedule_deletion(f->kms, &officer, k.key_id, 7, &after)));
 	hsm_key_record_clear(&after);
-	assert_true(hsm_ok(hsm_kms_delete_material(f->kms, &officer, k.key_id, &after)));
+	assert_true(hsm_ok(hsm_kms_delete_material(f->kms, &officer, k.key_id, NULL, &after, &ver)));
 	assert_int_equal(after.state, HSM_KEY_PENDING_DELETION);
 	hsm_key_record_clear(&after);
 	assert_true(hsm_ok(hsm_kms_cancel_deletion(f->kms, &officer, k.key_id, &after)));
@@ -706,7 +713,7 @@ static void test_states(void **state)
 	assert_int_equal(after.state, HSM_KEY_DISABLED);
 	hsm_key_record_clear(&after);
 	/* Users cannot import or delete material. */
-	assert_int_equal(hsm_kms_delete_material(f->kms, &user, k.key_id, &after).err,
+	assert_int_equal(hsm_kms_delete_material(f->kms, &user, k.key_id, NULL, &after, &ver).err,
 	                 HSM_ERR_ACCESS_DENIED);
 	assert_int_equal(state_of(f, k.key_id), HSM_KEY_DISABLED);
 	/* Destruction at the end of the waiting period. */
@@ -720,6 +727,239 @@ static void test_states(void **state)
 	memset(&d, 0, sizeof(d));
 	assert_int_equal(hsm_kms_describe_key(f->kms, &officer, k.key_id, &d).err, HSM_ERR_NOT_FOUND);
 	f->now = NOW;
+	hsm_key_record_clear(&k);
+}
+
+/* ImportKeyMaterial with every member: fresh parameters, RSAES_OAEP_SHA_256. */
+static hsm_result import_full(fx *f, const char *key, const uint8_t *m, int64_t valid_to,
+                              hsm_import_type type, const char *material_id,
+                              const char *description, uint32_t *version)
+{
+	params p;
+	hsm_key_record after;
+	wrap_for(f, key, "RSAES_OAEP_SHA_256", "RSA_2048", m, 32, &p);
+	hsm_import_req req = {.key = key,
+	                      .token = p.p.token.data,
+	                      .token_len = p.p.token.len,
+	                      .encrypted = p.enc.data,
+	                      .encrypted_len = p.enc.len,
+	                      .expiration_model = valid_to != 0 ? "KEY_MATERIAL_EXPIRES"
+	                                                        : "KEY_MATERIAL_DOES_NOT_EXPIRE",
+	                      .has_valid_to = valid_to != 0,
+	                      .valid_to = valid_to,
+	                      .type = type,
+	                      .material_id = material_id,
+	                      .description = description};
+	memset(&after, 0, sizeof(after));
+	hsm_result r = hsm_kms_import_material(f->kms, &officer, &req, &after, version);
+	hsm_key_record_clear(&after);
+	params_clear(&p);
+	return r;
+}
+
+typedef struct listed {
+	uint32_t versions[8];
+	size_t n;
+	hsm_version_record last;
+} listed;
+
+static hsm_result note_listed(const hsm_version_record *v, void *arg)
+{
+	listed *l = arg;
+	assert_true(l->n < 8);
+	l->versions[l->n++] = v->version;
+	hsm_version_record_clear(&l->last);
+	l->last.version = v->version;
+	l->last.created = v->created;
+	l->last.rotation_type = v->rotation_type;
+	l->last.valid_to = v->valid_to;
+	memcpy(l->last.description, v->description, sizeof(l->last.description));
+	return HSM_SUCCESS;
+}
+
+/* Lists the key's materials (all, or rotations only); returns how many. */
+static size_t list_materials(fx *f, const char *key, bool all, listed *l, hsm_key_record *k)
+{
+	memset(l, 0, sizeof(*l));
+	memset(k, 0, sizeof(*k));
+	assert_true(hsm_ok(hsm_kms_list_rotations(f->kms, &officer, key, all, k, note_listed, l)));
+	return l->n;
+}
+
+static uint32_t version_of(const hsm_buf *ct)
+{
+	hsm_blob b;
+	assert_true(hsm_ok(hsm_blob_parse(ct->data, ct->len, &b)));
+	return b.key_version;
+}
+
+/*
+ * New material for an imported key: it waits, pending rotation, without
+ * being used; it can be deleted and replaced; RotateKeyOnDemand makes it
+ * current; every material keeps its own expiry and description, and the key
+ * serves only while every material it uses is there.
+ */
+static void test_rotation_to_new_material(void **state)
+{
+	fx *f = *state;
+	hsm_key_record k, d, after;
+	hsm_buf ct1 = {0}, ct2 = {0};
+	listed l;
+	uint8_t m1[32], m2[32], m3[32], m4[32];
+	char last[128] = "", id1[HSM_MATERIAL_ID_LEN + 1], id2[HSM_MATERIAL_ID_LEN + 1];
+	uint32_t v = 0;
+	assert_int_equal(RAND_bytes(m1, 32), 1);
+	assert_int_equal(RAND_bytes(m2, 32), 1);
+	assert_int_equal(RAND_bytes(m3, 32), 1);
+	assert_int_equal(RAND_bytes(m4, 32), 1);
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, HSM_ORIGIN_EXTERNAL, &k);
+	hsm_kms_material_id(k.key_id, 1, id1);
+	hsm_kms_material_id(k.key_id, 2, id2);
+	assert_int_equal(strlen(id1), HSM_MATERIAL_ID_LEN);
+	assert_string_not_equal(id1, id2);
+	assert_true(hsm_ok(import_full(f, k.key_id, m1, 0, HSM_IMPORT_ANY, NULL, "first", &v)));
+	assert_int_equal(v, 1);
+	encrypt(f, k.key_id, &ct1);
+	/* The same material is not new material; new material needs no id. */
+	assert_int_equal(import_full(f, k.key_id, m1, 0, HSM_IMPORT_NEW, NULL, NULL, &v).err,
+	                 HSM_ERR_INCORRECT_KEY_MATERIAL);
+	assert_int_equal(import_full(f, k.key_id, m2, 0, HSM_IMPORT_NEW, id1, NULL, &v).err,
+	                 HSM_ERR_VALIDATION);
+	assert_int_equal(import_full(f, k.key_id, m2, 0, HSM_IMPORT_ANY, NULL, NULL, &v).err,
+	                 HSM_ERR_INCORRECT_KEY_MATERIAL); /* after the first: EXISTING by default */
+	assert_int_equal(import_full(f, k.key_id, m2, 0, HSM_IMPORT_NEW, NULL, "bad|char", &v).err,
+	                 HSM_ERR_VALIDATION);
+	/* New material waits in version 2; the key still encrypts under version 1. */
+	assert_true(hsm_ok(import_full(f, k.key_id, m2, NOW + 100, HSM_IMPORT_NEW, NULL,
+	                               "second one", &v)));
+	assert_int_equal(v, 2);
+	memset(&d, 0, sizeof(d));
+	assert_true(hsm_ok(hsm_kms_describe_key(f->kms, &officer, k.key_id, &d)));
+	assert_int_equal(d.primary_version, 1);
+	assert_int_equal(d.state, HSM_KEY_ENABLED);
+	assert_int_not_equal(d.flags & HSM_KEYFLAG_PENDING_MATERIAL, 0);
+	assert_int_equal(d.valid_to, 0); /* only the waiting material expires */
+	hsm_key_record_clear(&d);
+	encrypt(f, k.key_id, &ct2);
+	assert_int_equal(version_of(&ct2), 1);
+	assert_int_equal(list_materials(f, k.key_id, false, &l, &d), 0);
+	hsm_key_record_clear(&d);
+	assert_int_equal(list_materials(f, k.key_id, true, &l, &d), 2);
+	assert_int_equal(l.last.version, 2);
+	assert_int_equal(l.last.valid_to, NOW + 100);
+	assert_string_equal(l.last.description, "second one");
+	assert_int_equal(d.primary_version, 1);
+	hsm_key_record_clear(&d);
+	/* One waiting material at a time. */
+	assert_int_equal(import_full(f, k.key_id, m3, 0, HSM_IMPORT_NEW, NULL, NULL, &v).err,
+	                 HSM_ERR_INVALID_STATE);
+	/* Deleted, the waiting material cannot be rotated to, and other material may take its place. */
+	assert_true(hsm_ok(hsm_kms_delete_material(f->kms, &officer, k.key_id, id2, &after, &v)));
+	assert_int_equal(v, 2);
+	assert_int_equal(after.state, HSM_KEY_ENABLED);
+	assert_int_equal(after.flags & HSM_KEYFLAG_PENDING_MATERIAL, 0);
+	hsm_key_record_clear(&after);
+	assert_int_equal(hsm_kms_rotate_now(f->kms, &officer, k.key_id, &after).err,
+	                 HSM_ERR_INVALID_STATE);
+	assert_true(hsm_ok(import_full(f, k.key_id, m3, 0, HSM_IMPORT_NEW, NULL, NULL, &v)));
+	assert_int_equal(v, 2);
+	assert_int_equal(list_materials(f, k.key_id, true, &l, &d), 2);
+	assert_string_equal(l.last.description, ""); /* another material: not the deleted one's */
+	assert_int_equal(l.last.valid_to, 0);
+	hsm_key_record_clear(&d);
+	/* Users cannot rotate; officers can, to m3. */
+	assert_int_equal(hsm_kms_rotate_now(f->kms, &user, k.key_id, &after).err,
+	                 HSM_ERR_ACCESS_DENIED);
+	f->now = NOW + 10;
+	memset(&after, 0, sizeof(after));
+	assert_true(hsm_ok(hsm_kms_rotate_now(f->kms, &officer, k.key_id, &after)));
+	assert_int_equal(after.primary_version, 2);
+	assert_int_equal(after.flags & HSM_KEYFLAG_PENDING_MATERIAL, 0);
+	hsm_key_record_clear(&after);
+	assert_int_equal(list_materials(f, k.key_id, false, &l, &d), 1);
+	assert_int_equal(l.last.version, 2);
+	assert_int_equal(l.last.created, NOW + 10); /* RotationDate */
+	assert_int_equal(l.last.rotation_type, HSM_ROTATION_ON_DEMAND);
+	hsm_key_record_clear(&d);
+	encrypt(f, k.key_id, &ct2);
+	assert_int_equal(version_of(&ct2), 2);
+	assert_true(hsm_ok(decrypt(f, &ct1)));
+	assert_true(hsm_ok(decrypt(f, &ct2)));
+	/* Nothing waits now. */
+	assert_int_equal(hsm_kms_rotate_now(f->kms, &officer, k.key_id, &after).err,
+	                 HSM_ERR_INVALID_STATE);
+	/* EXISTING finds the material by its bytes, or checks it against the id it is given. */
+	assert_true(hsm_ok(import_full(f, k.key_id, m1, NOW + 200, HSM_IMPORT_EXISTING, NULL, NULL,
+	                               &v)));
+	assert_int_equal(v, 1);
+	assert_int_equal(import_full(f, k.key_id, m1, 0, HSM_IMPORT_EXISTING, id2, NULL, &v).err,
+	                 HSM_ERR_INCORRECT_KEY_MATERIAL);
+	char unknown[HSM_MATERIAL_ID_LEN + 1];
+	hsm_kms_material_id(k.key_id, 7, unknown);
+	assert_int_equal(import_full(f, k.key_id, m1, 0, HSM_IMPORT_EXISTING, unknown, NULL, &v).err,
+	                 HSM_ERR_NOT_FOUND);
+	assert_int_equal(import_full(f, k.key_id, m1, 0, HSM_IMPORT_EXISTING, "ABC", NULL, &v).err,
+	                 HSM_ERR_VALIDATION);
+	assert_true(hsm_ok(import_full(f, k.key_id, m3, 0, HSM_IMPORT_EXISTING, id2, "third", &v)));
+	assert_int_equal(v, 2);
+	memset(&d, 0, sizeof(d));
+	assert_true(hsm_ok(hsm_kms_describe_key(f->kms, &officer, k.key_id, &d)));
+	assert_int_equal(d.valid_to, NOW + 200); /* the earliest of the materials in use */
+	hsm_key_record_clear(&d);
+	/* The description stays when an import does not give one. */
+	assert_true(hsm_ok(import_full(f, k.key_id, m3, 0, HSM_IMPORT_EXISTING, NULL, NULL, &v)));
+	assert_int_equal(v, 2);
+	assert_int_equal(list_materials(f, k.key_id, true, &l, &d), 2);
+	assert_string_equal(l.last.description, "third");
+	hsm_key_record_clear(&d);
+	/* Without an older material the key is unusable, even with the current one there. */
+	assert_true(hsm_ok(hsm_kms_delete_material(f->kms, &officer, k.key_id, id1, &after, &v)));
+	assert_int_equal(v, 1);
+	assert_int_equal(after.state, HSM_KEY_PENDING_IMPORT);
+	hsm_key_record_clear(&after);
+	assert_int_equal(decrypt(f, &ct2).err, HSM_ERR_INVALID_STATE);
+	assert_int_equal(hsm_kms_delete_material(f->kms, &officer, k.key_id, id1, &after, &v).err,
+	                 HSM_ERR_INVALID_STATE); /* nothing left to delete there */
+	assert_true(hsm_ok(import_full(f, k.key_id, m1, 0, HSM_IMPORT_EXISTING, id1, NULL, &v)));
+	assert_int_equal(state_of(f, k.key_id), HSM_KEY_ENABLED);
+	assert_true(hsm_ok(decrypt(f, &ct1)));
+	assert_true(hsm_ok(decrypt(f, &ct2)));
+	/* Waiting material expires as any other: the scheduler deletes it, and the key is untouched. */
+	hsm_kms_set_event_sink(f->kms, note_event, last);
+	assert_true(hsm_ok(import_full(f, k.key_id, m4, NOW + 50, HSM_IMPORT_NEW, NULL, NULL, &v)));
+	assert_int_equal(v, 3);
+	size_t done = 0;
+	f->now = NOW + 50;
+	assert_int_equal(hsm_kms_rotate_now(f->kms, &officer, k.key_id, &after).err,
+	                 HSM_ERR_INVALID_STATE); /* expired: not made current */
+	assert_true(hsm_ok(hsm_kms_run_due(f->kms, &done)));
+	assert_int_equal(done, 1);
+	char want[128];
+	snprintf(want, sizeof(want), "DeleteExpiredKeyMaterial %s HSM_OK", k.key_id);
+	assert_string_equal(last, want);
+	memset(&d, 0, sizeof(d));
+	assert_true(hsm_ok(hsm_kms_describe_key(f->kms, &officer, k.key_id, &d)));
+	assert_int_equal(d.state, HSM_KEY_ENABLED);
+	assert_int_equal(d.primary_version, 2);
+	assert_int_equal(d.flags & (HSM_KEYFLAG_PENDING_MATERIAL | HSM_KEYFLAG_NO_MATERIAL), 0);
+	hsm_key_record_clear(&d);
+	hsm_version_record gone;
+	memset(&gone, 0, sizeof(gone));
+	assert_true(hsm_ok(hsm_store_version_get(f->store, k.key_id, 3, &gone)));
+	assert_int_equal(gone.wrapped.len, 0);
+	hsm_version_record_clear(&gone);
+	assert_true(hsm_ok(hsm_kms_run_due(f->kms, &done)));
+	assert_int_equal(done, 0);
+	/* Then the version that used to expire first, material 1 at NOW + 200. */
+	f->now = NOW + 200;
+	assert_true(hsm_ok(hsm_kms_run_due(f->kms, &done)));
+	assert_int_equal(done, 1);
+	assert_int_equal(state_of(f, k.key_id), HSM_KEY_PENDING_IMPORT);
+	hsm_kms_set_event_sink(f->kms, NULL, NULL);
+	f->now = NOW;
+	hsm_version_record_clear(&l.last);
+	hsm_buf_free(&ct1);
+	hsm_buf_free(&ct2);
 	hsm_key_record_clear(&k);
 }
 
@@ -793,6 +1033,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_expiration_model, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_expiry, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_states, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_rotation_to_new_material, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_policy_conditions, setup, kms_fx_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

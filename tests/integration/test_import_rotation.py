@@ -1,0 +1,212 @@
+"""New imported key material and rotation to it: ImportKeyMaterial with
+ImportType NEW_KEY_MATERIAL, KeyMaterialId and KeyMaterialDescription,
+RotateKeyOnDemand of an imported key, ListKeyRotations with
+IncludeKeyMaterial, DeleteImportedKeyMaterial of one material, and
+DescribeKey's CurrentKeyMaterialId.
+
+Debian's boto3 1.26 knows none of these members, so the requests are signed
+by botocore's own SigV4 signer (helpers.call_ok); the material is wrapped
+with python3-cryptography as an importer would.
+"""
+import base64
+import os
+import re
+import time
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from conftest import signed_request
+from helpers import audit_record, call_error, call_ok, key_arn, raises, request_id
+from test_import import external_key, run_hsmctl, wrap
+
+
+def b64(data):
+    return base64.b64encode(data).decode()
+
+
+def import_body(kms, key, material, **members):
+    """An ImportKeyMaterial request for `material`, with fresh import parameters."""
+    params = kms.get_parameters_for_import(KeyId=key, WrappingAlgorithm="RSAES_OAEP_SHA_256",
+                                           WrappingKeySpec="RSA_2048")
+    body = {"KeyId": key, "ImportToken": b64(params["ImportToken"]),
+            "EncryptedKeyMaterial": b64(wrap(params, material, "RSAES_OAEP_SHA_256")),
+            "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"}
+    body.update(members)
+    return body
+
+
+def materials(hsmd, key, include=None):
+    body = {"KeyId": key}
+    if include:
+        body["IncludeKeyMaterial"] = include
+    out = call_ok(hsmd, "ListKeyRotations", body)
+    assert out["Truncated"] is False
+    return out["Rotations"]
+
+
+def describe(hsmd, key):
+    return call_ok(hsmd, "DescribeKey", {"KeyId": key})["KeyMetadata"]
+
+
+def test_new_material_rotation_and_deletion(hsmd, kms):
+    key = external_key(kms)
+    m1, m2, m3 = os.urandom(32), os.urandom(32), os.urandom(32)
+    first = call_ok(hsmd, "ImportKeyMaterial",
+                    import_body(kms, key, m1, KeyMaterialDescription="initial 2026-11"))
+    id1 = first["KeyMaterialId"]
+    assert first["KeyId"] == key_arn(key) and re.fullmatch(r"[0-9a-f]{64}", id1)
+    assert describe(hsmd, key)["CurrentKeyMaterialId"] == id1
+    ct1 = kms.encrypt(KeyId=key, Plaintext=b"one")["CiphertextBlob"]
+
+    # New material waits, pending rotation; the key keeps encrypting with the first.
+    out = call_ok(hsmd, "ImportKeyMaterial",
+                  import_body(kms, key, m2, ImportType="NEW_KEY_MATERIAL",
+                              KeyMaterialDescription="next",
+                              ExpirationModel="KEY_MATERIAL_EXPIRES",
+                              ValidTo=int(time.time()) + 30 * 86400))
+    id2 = out["KeyMaterialId"]
+    assert id2 != id1
+    md = describe(hsmd, key)
+    assert md["CurrentKeyMaterialId"] == id1 and md["KeyState"] == "Enabled"
+    assert md["ExpirationModel"] == "KEY_MATERIAL_DOES_NOT_EXPIRE" and "ValidTo" not in md
+    assert materials(hsmd, key) == []
+    listed = materials(hsmd, key, "ALL_KEY_MATERIAL")
+    assert [(m["KeyMaterialId"], m["KeyMaterialState"], m["ImportState"]) for m in listed] == [
+        (id1, "CURRENT", "IMPORTED"), (id2, "PENDING_ROTATION", "IMPORTED")]
+    assert listed[0]["KeyMaterialDescription"] == "initial 2026-11"
+    assert listed[1]["KeyMaterialDescription"] == "next"
+    assert listed[1]["ExpirationModel"] == "KEY_MATERIAL_EXPIRES"
+    assert abs(listed[1]["ValidTo"] - (time.time() + 30 * 86400)) < 120
+    assert "RotationDate" not in listed[0] and "RotationDate" not in listed[1]
+    ct = kms.encrypt(KeyId=key, Plaintext=b"still one")["CiphertextBlob"]
+    assert kms.decrypt(CiphertextBlob=ct)["Plaintext"] == b"still one"
+
+    # Refused, changing nothing: a second waiting material, the same material as new,
+    # an id with NEW, a malformed id, an unknown IncludeKeyMaterial.
+    call_error(hsmd, "ImportKeyMaterial",
+               import_body(kms, key, m3, ImportType="NEW_KEY_MATERIAL"),
+               "KMSInvalidStateException")
+    call_error(hsmd, "ImportKeyMaterial",
+               import_body(kms, key, m1, ImportType="NEW_KEY_MATERIAL"),
+               "IncorrectKeyMaterialException")
+    call_error(hsmd, "ImportKeyMaterial",
+               import_body(kms, key, m3, ImportType="NEW_KEY_MATERIAL", KeyMaterialId=id1),
+               "ValidationException")
+    call_error(hsmd, "DeleteImportedKeyMaterial", {"KeyId": key, "KeyMaterialId": "XYZ"},
+               "ValidationException")
+    call_error(hsmd, "ListKeyRotations", {"KeyId": key, "IncludeKeyMaterial": "SOME"},
+               "ValidationException")
+    call_error(hsmd, "ImportKeyMaterial",
+               import_body(kms, key, m1, KeyMaterialDescription="semi;colon"),
+               "ValidationException")
+    assert len(materials(hsmd, key, "ALL_KEY_MATERIAL")) == 2
+
+    # Rotation makes it current, for good; older ciphertexts still decrypt.
+    t0 = time.time()
+    resp = call_ok(hsmd, "RotateKeyOnDemand", {"KeyId": key})
+    assert resp == {"KeyId": key_arn(key)}
+    assert describe(hsmd, key)["CurrentKeyMaterialId"] == id2
+    rotations = materials(hsmd, key)
+    assert [(r["KeyMaterialId"], r["KeyMaterialState"], r["RotationType"]) for r in rotations] \
+        == [(id2, "CURRENT", "ON_DEMAND")]
+    assert abs(rotations[0]["RotationDate"] - t0) < 60
+    ct2 = kms.encrypt(KeyId=key, Plaintext=b"two")["CiphertextBlob"]
+    assert kms.decrypt(CiphertextBlob=ct1)["Plaintext"] == b"one"
+    assert kms.decrypt(CiphertextBlob=ct2)["Plaintext"] == b"two"
+    call_error(hsmd, "RotateKeyOnDemand", {"KeyId": key}, "KMSInvalidStateException")
+    # Automatic rotation stays refused for imported material.
+    raises("UnsupportedOperationException", kms.enable_key_rotation, KeyId=key)
+
+    # Deleting an older material makes the key unusable until that material comes back.
+    out = call_ok(hsmd, "DeleteImportedKeyMaterial", {"KeyId": key, "KeyMaterialId": id1})
+    assert out == {"KeyId": key_arn(key), "KeyMaterialId": id1}
+    assert describe(hsmd, key)["KeyState"] == "PendingImport"
+    raises("KMSInvalidStateException", kms.decrypt, CiphertextBlob=ct2)
+    by_id = {m["KeyMaterialId"]: m for m in materials(hsmd, key, "ALL_KEY_MATERIAL")}
+    assert by_id[id1]["ImportState"] == "PENDING_IMPORT"
+    assert by_id[id1]["KeyMaterialState"] == "NON_CURRENT"
+    assert by_id[id2]["ImportState"] == "IMPORTED"
+    call_error(hsmd, "ImportKeyMaterial",
+               import_body(kms, key, m3, ImportType="EXISTING_KEY_MATERIAL", KeyMaterialId=id1),
+               "IncorrectKeyMaterialException")
+    out = call_ok(hsmd, "ImportKeyMaterial",
+                  import_body(kms, key, m1, ImportType="EXISTING_KEY_MATERIAL",
+                              KeyMaterialId=id1))
+    assert out["KeyMaterialId"] == id1
+    assert describe(hsmd, key)["KeyState"] == "Enabled"
+    assert kms.decrypt(CiphertextBlob=ct1)["Plaintext"] == b"one"
+    assert kms.decrypt(CiphertextBlob=ct2)["Plaintext"] == b"two"
+    # The description stayed with the material.
+    assert materials(hsmd, key, "ALL_KEY_MATERIAL")[0]["KeyMaterialDescription"] == \
+        "initial 2026-11"
+    # Without KeyMaterialId, DeleteImportedKeyMaterial takes the current material.
+    out = call_ok(hsmd, "DeleteImportedKeyMaterial", {"KeyId": key})
+    assert out["KeyMaterialId"] == id2
+    # boto3's own DeleteImportedKeyMaterial and ImportKeyMaterial (without the newer members)
+    # work as before: the material is found by its bytes.
+    params = kms.get_parameters_for_import(KeyId=key, WrappingAlgorithm="RSAES_OAEP_SHA_256",
+                                           WrappingKeySpec="RSA_2048")
+    kms.import_key_material(KeyId=key, ImportToken=params["ImportToken"],
+                            EncryptedKeyMaterial=wrap(params, m2, "RSAES_OAEP_SHA_256"),
+                            ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+    assert describe(hsmd, key)["KeyState"] == "Enabled"
+    assert kms.decrypt(CiphertextBlob=ct2)["Plaintext"] == b"two"
+
+
+def test_new_material_and_rotation_are_audited(hsmd, kms):
+    key = external_key(kms)
+    call_ok(hsmd, "ImportKeyMaterial", import_body(kms, key, os.urandom(32)))
+    r = signed_request(hsmd, "TrentService.ImportKeyMaterial",
+                       import_body(kms, key, os.urandom(32), ImportType="NEW_KEY_MATERIAL"))
+    assert r.status_code == 200, r.text
+    rec = audit_record(hsmd.data_dir, request_id(r))
+    assert (rec["op"], rec["outcome"], rec["key_id"], rec["key_version"]) == (
+        "ImportKeyMaterial", "success", key, 2)
+    r = signed_request(hsmd, "TrentService.RotateKeyOnDemand", {"KeyId": key})
+    assert r.status_code == 200, r.text
+    rec = audit_record(hsmd.data_dir, request_id(r))
+    assert (rec["op"], rec["outcome"], rec["key_id"], rec["key_version"]) == (
+        "RotateKeyOnDemand", "success", key, 2)
+    r = signed_request(hsmd, "TrentService.RotateKeyOnDemand", {"KeyId": key})
+    assert r.status_code == 400 and r.json()["__type"] == "KMSInvalidStateException", r.text
+    rec = audit_record(hsmd.data_dir, request_id(r))
+    assert (rec["op"], rec["outcome"]) == ("RotateKeyOnDemand", "error")
+
+
+def test_imported_signing_key_rotates(hsmd, kms, tmp_path):
+    """hsmd rotates every key type: an imported RSA signing key moves to new material."""
+    from conftest import DEV_AKID, DEV_SECRET
+    creds = {"AWS_ACCESS_KEY_ID": DEV_AKID, "AWS_SECRET_ACCESS_KEY": DEV_SECRET}
+    key = external_key(kms, KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")
+    old, new = (rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in "ab")
+    files = []
+    for i, priv in enumerate((old, new)):
+        f = tmp_path / f"k{i}.pem"
+        f.write_bytes(priv.private_bytes(serialization.Encoding.PEM,
+                                         serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()))
+        files.append(str(f))
+    p = run_hsmctl("--endpoint", hsmd.endpoint, "key", "import", key, "--material", files[0],
+                   "--wrapping-key-spec", "RSA_2048", env=creds)
+    assert p.returncode == 0, p.stderr
+    p = run_hsmctl("--endpoint", hsmd.endpoint, "key", "import", key, "--material", files[1],
+                   "--wrapping-key-spec", "RSA_2048", "--new", "--description", "2027 key",
+                   env=creds)
+    assert p.returncode == 0, p.stderr
+    new_id = re.search(r"material-id: ([0-9a-f]{64})", p.stdout).group(1)
+    pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+
+    def sign_and_check(priv):
+        sig = kms.sign(KeyId=key, Message=b"m", SigningAlgorithm="RSASSA_PSS_SHA_256")
+        priv.public_key().verify(sig["Signature"], b"m", pss, hashes.SHA256())
+
+    sign_and_check(old)  # the new material waits
+    call_ok(hsmd, "RotateKeyOnDemand", {"KeyId": key})
+    assert describe(hsmd, key)["CurrentKeyMaterialId"] == new_id
+    sign_and_check(new)
+    spki = kms.get_public_key(KeyId=key)["PublicKey"]
+    assert spki == new.public_key().public_bytes(serialization.Encoding.DER,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+    listed = materials(hsmd, key, "ALL_KEY_MATERIAL")
+    assert [m["KeyMaterialDescription"] for m in listed] == ["", "2027 key"]
