@@ -274,6 +274,9 @@ static hsm_result check_version_record(const hsm_version_record *v)
 	HSM_GUARD(check_name(v->key_id, sizeof(v->key_id), "key id"));
 	HSM_ASSERT((unsigned)v->rotation_type < COUNT_OF(rotation_type_names));
 	HSM_ENSURE(v->version >= 1, HSM_ERR_VALIDATION, "key versions start at 1");
+	/* 0 means "never": a negative expiry would pass for the earliest of all (store.h, set_material). */
+	HSM_ENSURE(v->valid_to >= 0, HSM_ERR_VALIDATION, "key material cannot expire before 1970");
+	HSM_GUARD(check_fits(v->description, sizeof(v->description), "key material description"));
 	return HSM_SUCCESS;
 }
 

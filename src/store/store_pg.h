@@ -198,7 +198,8 @@ hsm_result pg_schema_migrate(pg_store *s, int *version) HSM_MUST_CHECK;
 	"id, description, spec, usage, origin, state, created, deletion_date, "            \
 	"pending_window_days, rotation_enabled, rotation_period_days, next_rotation, " \
 	"primary_version, policy, flags, updated, valid_to"
-#define PG_VERSION_COLS "key_id, version, created, rotation_type, wrapped, public_der, digest"
+#define PG_VERSION_COLS \
+	"key_id, version, created, rotation_type, wrapped, public_der, digest, valid_to, description"
 #define PG_ALIAS_COLS "name, key_id, created, updated"
 #define PG_USER_COLS "name, roles, disabled, locked, failed_auth, created"
 #define PG_ACCESS_KEY_COLS "id, user_name, active, created, wrapped_secret"

@@ -67,7 +67,8 @@ hsm_result pg_read_version(const PGresult *r, int row, void *item)
 	HSM_GUARD(pg_col_bytea(r, row, 4, &v->wrapped));
 	HSM_GUARD(pg_col_bytea(r, row, 5, &v->public_der));
 	HSM_GUARD(pg_col_bytea(r, row, 6, &v->digest));
-	return HSM_SUCCESS;
+	HSM_GUARD(pg_col_i64(r, row, 7, &v->valid_to));
+	return pg_col_text(r, row, 8, v->description, sizeof(v->description));
 }
 
 static void clear_key(void *item)
@@ -111,7 +112,7 @@ static const char SQL_KEY_UPDATE[] =
 	"rotation_period_days = $11, next_rotation = $12, primary_version = $13, policy = $14, "
 	"flags = $15, updated = $16, valid_to = $17 WHERE id = $1";
 static const char SQL_VERSION_INSERT[] = "INSERT INTO key_versions (" PG_VERSION_COLS
-                                         ") VALUES ($1, $2, $3, $4, $5, $6, $7)";
+                                         ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
 static hsm_result write_key(pg_conn *w, const char *sql, const hsm_key_record *k)
 {
@@ -137,6 +138,8 @@ hsm_result pg_insert_version(pg_conn *w, const hsm_version_record *v)
 	pg_p_bytea(&p, &v->wrapped);
 	pg_p_bytea(&p, &v->public_der);
 	pg_p_bytea(&p, &v->digest);
+	pg_p_i64(&p, v->valid_to);
+	pg_p_text(&p, v->description);
 	return pg_run(w, SQL_VERSION_INSERT, &p, NULL);
 }
 
@@ -291,8 +294,8 @@ hsm_result pg_key_destroy(hsm_store *base, const char *key_id, int64_t now)
  * dead tuple until VACUUM, as after key_destroy (store_pg.h, "Erasure").
  */
 static const char SQL_VERSION_SET_MATERIAL[] =
-	"UPDATE key_versions SET wrapped = $3, public_der = $4, digest = $5 "
-	"WHERE key_id = $1 AND version = $2 AND (length(digest) = 0 OR digest = $5)";
+	"UPDATE key_versions SET wrapped = $3, public_der = $4, digest = $5, valid_to = $6, "
+	"description = $7 WHERE key_id = $1 AND version = $2 AND (length(digest) = 0 OR digest = $5)";
 
 static const char SQL_VERSION_EXISTS[] =
 	"SELECT 1 FROM key_versions WHERE key_id = $1 AND version = $2";
@@ -327,6 +330,8 @@ static hsm_result write_material(pg_conn *w, const hsm_version_record *m)
 	pg_p_bytea(&p, &m->wrapped);
 	pg_p_bytea(&p, &m->public_der);
 	pg_p_bytea(&p, &m->digest);
+	pg_p_i64(&p, m->valid_to);
+	pg_p_text(&p, m->description);
 	HSM_GUARD(pg_run(w, SQL_VERSION_SET_MATERIAL, &p, &r));
 	bool found = strcmp(PQcmdTuples(r), "0") != 0;
 	PQclear(r);

@@ -144,7 +144,8 @@ hsm_result sq_schema_migrate(sq_conn *w, int *version) HSM_MUST_CHECK;
 	"id, description, spec, usage, origin, state, created, deletion_date, "            \
 	"pending_window_days, rotation_enabled, rotation_period_days, next_rotation, " \
 	"primary_version, policy, flags, updated, valid_to"
-#define SQ_VERSION_COLS "key_id, version, created, rotation_type, wrapped, public_der, digest"
+#define SQ_VERSION_COLS \
+	"key_id, version, created, rotation_type, wrapped, public_der, digest, valid_to, description"
 #define SQ_ALIAS_COLS "name, key_id, created, updated"
 #define SQ_USER_COLS "name, role, disabled, locked, failed_auth, created"
 #define SQ_ACCESS_KEY_COLS "id, user, active, created, wrapped_secret"

@@ -87,7 +87,8 @@ hsm_result sq_read_version(sqlite3_stmt *st, void *item)
 	HSM_GUARD(sq_col_blob(st, 4, &v->wrapped));
 	HSM_GUARD(sq_col_blob(st, 5, &v->public_der));
 	HSM_GUARD(sq_col_blob(st, 6, &v->digest));
-	return HSM_SUCCESS;
+	v->valid_to = sqlite3_column_int64(st, 7);
+	return sq_col_text(st, 8, v->description, sizeof(v->description));
 }
 
 static void clear_key(void *item)
@@ -150,7 +151,7 @@ static const char SQL_KEY_UPDATE[] =
 	"rotation_period_days = ?11, next_rotation = ?12, primary_version = ?13, policy = ?14, "
 	"flags = ?15, updated = ?16, valid_to = ?17 WHERE id = ?1";
 static const char SQL_VERSION_INSERT[] = "INSERT INTO key_versions (" VERSION_COLS
-                                         ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+                                         ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
 static hsm_result write_key(sq_conn *w, const char *sql, const hsm_key_record *k)
 {
@@ -173,6 +174,8 @@ hsm_result sq_insert_version(sq_conn *w, const hsm_version_record *v)
 	sq_bind_blob(w, st, 5, &v->wrapped);
 	sq_bind_blob(w, st, 6, &v->public_der);
 	sq_bind_blob(w, st, 7, &v->digest);
+	sq_bind_i64(w, st, 8, v->valid_to);
+	sq_bind_text(w, st, 9, v->description);
 	hsm_result res = sq_exec(w, st);
 	sq_reset(st);
 	return res;
@@ -293,8 +296,8 @@ hsm_result sq_key_destroy(hsm_store *base, const char *key_id, int64_t now)
 }
 
 static const char SQL_VERSION_SET_MATERIAL[] =
-	"UPDATE key_versions SET wrapped = ?3, public_der = ?4, digest = ?5 "
-	"WHERE key_id = ?1 AND version = ?2 AND (length(digest) = 0 OR digest = ?5)";
+	"UPDATE key_versions SET wrapped = ?3, public_der = ?4, digest = ?5, valid_to = ?6, "
+	"description = ?7 WHERE key_id = ?1 AND version = ?2 AND (length(digest) = 0 OR digest = ?5)";
 
 static const char SQL_VERSION_EXISTS[] =
 	"SELECT 1 FROM key_versions WHERE key_id = ?1 AND version = ?2";
@@ -328,6 +331,8 @@ static hsm_result write_material(sq_conn *w, const hsm_version_record *m)
 	sq_bind_blob(w, st, 3, &m->wrapped);
 	sq_bind_blob(w, st, 4, &m->public_der);
 	sq_bind_blob(w, st, 5, &m->digest);
+	sq_bind_i64(w, st, 6, m->valid_to);
+	sq_bind_text(w, st, 7, m->description);
 	hsm_result res = sq_exec(w, st);
 	bool found = sqlite3_changes(w->db) == 1;
 	sq_reset(st);
