@@ -353,11 +353,11 @@ static void test_set_material_errors(void **state)
 	create_external(f->s, "ext", 0);
 	material(&m, "ext", "WRAPPED", "", "DIGEST");
 
-	/* A version the key does not have: NOT_FOUND, fn not run, nothing written. */
-	m.version = 2;
+	/* A version beyond the next one: NOT_FOUND, fn not run, nothing written. */
+	m.version = 3;
 	EXPECT_ERR(hsm_store_key_set_material(f->s, "ext", apply_change, &c, &m, &after),
 	           HSM_ERR_NOT_FOUND);
-	assert_non_null(strstr(hsm_last_message(), "no version 2"));
+	assert_non_null(strstr(hsm_last_message(), "no version 3"));
 	assert_int_equal(c.calls, 0);
 	assert_null(after.description);
 	assert_awaiting(f->s, "ext");
