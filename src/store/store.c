@@ -274,6 +274,9 @@ static hsm_result check_version_record(const hsm_version_record *v)
 	HSM_GUARD(check_name(v->key_id, sizeof(v->key_id), "key id"));
 	HSM_ASSERT((unsigned)v->rotation_type < COUNT_OF(rotation_type_names));
 	HSM_ENSURE(v->version >= 1, HSM_ERR_VALIDATION, "key versions start at 1");
+	/* 0 means "never": a negative expiry would pass for the earliest of all (store.h, set_material). */
+	HSM_ENSURE(v->valid_to >= 0, HSM_ERR_VALIDATION, "key material cannot expire before 1970");
+	HSM_GUARD(check_fits(v->description, sizeof(v->description), "key material description"));
 	return HSM_SUCCESS;
 }
 
@@ -407,6 +410,17 @@ hsm_result hsm_store_key_set_material(hsm_store *s, const char *key_id, hsm_key_
 	HSM_ENSURE(strcmp(material->key_id, key_id) == 0, HSM_ERR_VALIDATION,
 	           "the material belongs to another key");
 	return s->ops->key_set_material(s, key_id, fn, arg, material, after);
+}
+
+hsm_result hsm_store_key_promote(hsm_store *s, const char *key_id, uint32_t version, int64_t now,
+                                 hsm_rotation_type type, hsm_key_update_fn fn, void *arg,
+                                 hsm_key_record *after)
+{
+	HSM_ASSERT(s != NULL);
+	HSM_ASSERT((unsigned)type < COUNT_OF(rotation_type_names));
+	HSM_GUARD(check_lookup(key_id, KEY_ID_CAP, "key"));
+	HSM_ENSURE(version >= 1, HSM_ERR_VALIDATION, "key versions start at 1");
+	return s->ops->key_promote(s, key_id, version, now, type, fn, arg, after);
 }
 
 hsm_result hsm_store_key_list(hsm_store *s, const char *after, size_t limit,
@@ -785,6 +799,52 @@ hsm_result st_check_material_change(const hsm_key_record *k)
 	/* Destruction erased the material for good; nothing may bring it back. */
 	HSM_ENSURE(k->state != HSM_KEY_DESTROYED, HSM_ERR_INVALID_STATE,
 	           "key %s is destroyed: its key material cannot change", k->key_id);
+	return HSM_SUCCESS;
+}
+
+/* primary_version + 1 without wrapping: a key at UINT32_MAX has no next version. */
+static bool is_next_version(const hsm_key_record *k, uint32_t version)
+{
+	return (uint64_t)version == (uint64_t)k->primary_version + 1;
+}
+
+hsm_result st_material_target(const hsm_key_record *k, uint32_t version, bool exists,
+                              st_material_write *out)
+{
+	HSM_GUARD(st_check_material_change(k));
+	if (version <= k->primary_version) {
+		HSM_ENSURE(exists, HSM_ERR_NOT_FOUND, "key %s has no version %u", k->key_id, version);
+		*out = ST_MATERIAL_IN_USE;
+		return HSM_SUCCESS;
+	}
+	/* Only the next version may wait for promotion: versions stay contiguous. */
+	HSM_ENSURE(is_next_version(k, version), HSM_ERR_NOT_FOUND,
+	           "key %s has no version %u (its next version is %llu)", k->key_id, version,
+	           (unsigned long long)k->primary_version + 1);
+	*out = exists ? ST_MATERIAL_REPLACE_PENDING : ST_MATERIAL_INSERT_PENDING;
+	return HSM_SUCCESS;
+}
+
+void st_set_material_fields(hsm_key_record *k, int64_t earliest_valid_to, bool in_use_missing)
+{
+	k->valid_to = earliest_valid_to;
+	if (in_use_missing)
+		k->flags |= HSM_KEYFLAG_NO_MATERIAL;
+	else
+		k->flags &= ~HSM_KEYFLAG_NO_MATERIAL;
+}
+
+hsm_result st_check_promote(const hsm_key_record *k, uint32_t version, bool exists,
+                            bool holds_material)
+{
+	HSM_ENSURE(k->state != HSM_KEY_DESTROYED, HSM_ERR_INVALID_STATE,
+	           "key %s is destroyed: it gets no new primary version", k->key_id);
+	HSM_ENSURE(is_next_version(k, version), HSM_ERR_CONFLICT,
+	           "key %s: version %u is not the next version (%llu)", k->key_id, version,
+	           (unsigned long long)k->primary_version + 1);
+	HSM_ENSURE(exists, HSM_ERR_NOT_FOUND, "key %s has no version %u", k->key_id, version);
+	HSM_ENSURE(holds_material, HSM_ERR_INVALID_STATE,
+	           "version %u of key %s holds no key material to make primary", version, k->key_id);
 	return HSM_SUCCESS;
 }
 

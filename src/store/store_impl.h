@@ -170,13 +170,42 @@ hsm_result st_check_transition(hsm_key_state before, hsm_key_state after,
                                bool new_version) HSM_MUST_CHECK;
 /* The state rule of hsm_store_key_set_material (store.h): INVALID_STATE for a Destroyed key. */
 hsm_result st_check_material_change(const hsm_key_record *k) HSM_MUST_CHECK;
+/* Where hsm_store_key_set_material writes a version's material (store.h). */
+typedef enum st_material_write {
+	ST_MATERIAL_IN_USE,          /* a version up to primary_version: digest kept */
+	ST_MATERIAL_INSERT_PENDING,  /* version primary_version + 1, absent: inserted */
+	ST_MATERIAL_REPLACE_PENDING, /* version primary_version + 1, present: replaced whole */
+} st_material_write;
+/*
+ * The version rules of hsm_store_key_set_material, given the loaded key and
+ * whether the version exists: INVALID_STATE for a Destroyed key, NOT_FOUND
+ * for a missing version up to primary_version or any version beyond
+ * primary_version + 1; else *out says what to write.
+ */
+hsm_result st_material_target(const hsm_key_record *k, uint32_t version, bool exists,
+                              st_material_write *out) HSM_MUST_CHECK;
+/*
+ * The two fields hsm_store_key_set_material derives from the key's versions
+ * before fn runs: valid_to (earliest_valid_to: the earliest nonzero valid_to
+ * of a version holding material, 0 when none) and HSM_KEYFLAG_NO_MATERIAL
+ * (in_use_missing: a version up to primary_version holds no material).
+ */
+void st_set_material_fields(hsm_key_record *k, int64_t earliest_valid_to, bool in_use_missing);
+/*
+ * The rules of hsm_store_key_promote, given the loaded key and what the
+ * version is: INVALID_STATE for a Destroyed key, CONFLICT unless version is
+ * primary_version + 1, NOT_FOUND when it does not exist, INVALID_STATE when
+ * it holds no material.
+ */
+hsm_result st_check_promote(const hsm_key_record *k, uint32_t version, bool exists,
+                            bool holds_material) HSM_MUST_CHECK;
 /* The grant limits of hsm_store_grant_create (store.h), given the key's counts: LIMIT_EXCEEDED when broken. */
 hsm_result st_check_grant_limits(const char *key_id, int64_t for_grantee,
                                  int64_t for_key) HSM_MUST_CHECK;
 /* A string an update fn left NULL becomes "": the records promise non-NULL strings. */
 hsm_result st_fill_empty(char **s) HSM_MUST_CHECK;
 /*
- * Both backends' key_update and key_set_material, in their write
+ * Both backends' key_update, key_set_material and key_promote, in their write
  * transaction: runs fn (when not NULL) on the loaded record, then applies
  * st_check_transition and st_fill_empty (store.h, hsm_store_key_update).
  */

@@ -359,6 +359,7 @@ static const hsm_store_ops pg_ops = {
 	.key_update = pg_key_update,
 	.key_destroy = pg_key_destroy,
 	.key_set_material = pg_key_set_material,
+	.key_promote = pg_key_promote,
 	.key_list = pg_key_list,
 	.jwt_key_list = pg_jwt_key_list,
 	.key_count = pg_key_count,

@@ -198,7 +198,8 @@ hsm_result pg_schema_migrate(pg_store *s, int *version) HSM_MUST_CHECK;
 	"id, description, spec, usage, origin, state, created, deletion_date, "            \
 	"pending_window_days, rotation_enabled, rotation_period_days, next_rotation, " \
 	"primary_version, policy, flags, updated, valid_to"
-#define PG_VERSION_COLS "key_id, version, created, rotation_type, wrapped, public_der, digest"
+#define PG_VERSION_COLS \
+	"key_id, version, created, rotation_type, wrapped, public_der, digest, valid_to, description"
 #define PG_ALIAS_COLS "name, key_id, created, updated"
 #define PG_USER_COLS "name, roles, disabled, locked, failed_auth, created"
 #define PG_ACCESS_KEY_COLS "id, user_name, active, created, wrapped_secret"
@@ -237,6 +238,9 @@ hsm_result pg_key_update(hsm_store *s, const char *key_id, hsm_key_update_fn fn,
 hsm_result pg_key_destroy(hsm_store *s, const char *key_id, int64_t now);
 hsm_result pg_key_set_material(hsm_store *s, const char *key_id, hsm_key_update_fn fn, void *arg,
                                const hsm_version_record *material, hsm_key_record *after);
+hsm_result pg_key_promote(hsm_store *s, const char *key_id, uint32_t version, int64_t now,
+                          hsm_rotation_type type, hsm_key_update_fn fn, void *arg,
+                          hsm_key_record *after);
 hsm_result pg_key_list(hsm_store *s, const char *after, size_t limit, bool include_destroyed,
                        hsm_key_cb cb, void *arg, bool *truncated);
 hsm_result pg_jwt_key_list(hsm_store *s, const char *after, size_t limit, hsm_key_cb cb,

@@ -67,7 +67,8 @@ hsm_result pg_read_version(const PGresult *r, int row, void *item)
 	HSM_GUARD(pg_col_bytea(r, row, 4, &v->wrapped));
 	HSM_GUARD(pg_col_bytea(r, row, 5, &v->public_der));
 	HSM_GUARD(pg_col_bytea(r, row, 6, &v->digest));
-	return HSM_SUCCESS;
+	HSM_GUARD(pg_col_i64(r, row, 7, &v->valid_to));
+	return pg_col_text(r, row, 8, v->description, sizeof(v->description));
 }
 
 static void clear_key(void *item)
@@ -111,7 +112,7 @@ static const char SQL_KEY_UPDATE[] =
 	"rotation_period_days = $11, next_rotation = $12, primary_version = $13, policy = $14, "
 	"flags = $15, updated = $16, valid_to = $17 WHERE id = $1";
 static const char SQL_VERSION_INSERT[] = "INSERT INTO key_versions (" PG_VERSION_COLS
-                                         ") VALUES ($1, $2, $3, $4, $5, $6, $7)";
+                                         ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
 static hsm_result write_key(pg_conn *w, const char *sql, const hsm_key_record *k)
 {
@@ -126,17 +127,25 @@ hsm_result pg_insert_key(pg_conn *w, const hsm_key_record *k)
 	return write_key(w, SQL_KEY_INSERT, k);
 }
 
+/* Parameters $1..$9 in PG_VERSION_COLS order. */
+static void bind_version(pg_params *p, const hsm_version_record *v)
+{
+	pg_p_text(p, v->key_id);
+	pg_p_i64(p, v->version);
+	pg_p_i64(p, v->created);
+	pg_p_text(p, hsm_rotation_type_name(v->rotation_type));
+	pg_p_bytea(p, &v->wrapped);
+	pg_p_bytea(p, &v->public_der);
+	pg_p_bytea(p, &v->digest);
+	pg_p_i64(p, v->valid_to);
+	pg_p_text(p, v->description);
+}
+
 hsm_result pg_insert_version(pg_conn *w, const hsm_version_record *v)
 {
 	pg_params p;
 	pg_params_init(&p);
-	pg_p_text(&p, v->key_id);
-	pg_p_i64(&p, v->version);
-	pg_p_i64(&p, v->created);
-	pg_p_text(&p, hsm_rotation_type_name(v->rotation_type));
-	pg_p_bytea(&p, &v->wrapped);
-	pg_p_bytea(&p, &v->public_der);
-	pg_p_bytea(&p, &v->digest);
+	bind_version(&p, v);
 	return pg_run(w, SQL_VERSION_INSERT, &p, NULL);
 }
 
@@ -181,6 +190,8 @@ typedef struct key_op {
 	void *arg;
 	hsm_key_record rec;
 	int64_t now;
+	uint32_t promote;        /* key_promote: the version made primary */
+	hsm_rotation_type type;  /* key_promote: its rotation type */
 } key_op;
 
 static hsm_result key_create_body(pg_conn *w, void *arg)
@@ -287,37 +298,53 @@ hsm_result pg_key_destroy(hsm_store *base, const char *key_id, int64_t now)
 }
 
 /*
- * Replaces the material in the live row; an erased version's old row stays a
- * dead tuple until VACUUM, as after key_destroy (store_pg.h, "Erasure").
+ * A version in use: all but its identity and history, its digest only while
+ * unset.  The replaced row stays a dead tuple until VACUUM, as after
+ * key_destroy (store_pg.h, "Erasure").
  */
 static const char SQL_VERSION_SET_MATERIAL[] =
-	"UPDATE key_versions SET wrapped = $3, public_der = $4, digest = $5 "
-	"WHERE key_id = $1 AND version = $2 AND (length(digest) = 0 OR digest = $5)";
+	"UPDATE key_versions SET wrapped = $3, public_der = $4, digest = $5, valid_to = $6, "
+	"description = $7 WHERE key_id = $1 AND version = $2 AND (length(digest) = 0 OR digest = $5)";
+/* A pending version: replaced whole, as it is not yet in use. */
+static const char SQL_VERSION_REPLACE[] =
+	"UPDATE key_versions SET created = $3, rotation_type = $4, wrapped = $5, public_der = $6, "
+	"digest = $7, valid_to = $8, description = $9 WHERE key_id = $1 AND version = $2";
+static const char SQL_VERSION_STATE[] =
+	"SELECT length(wrapped) > 0 FROM key_versions WHERE key_id = $1 AND version = $2";
+/* What set_material derives from the versions (store.h): earliest expiry, an in-use version without material. */
+static const char SQL_MATERIAL_FIELDS[] =
+	"SELECT coalesce(min(valid_to) FILTER (WHERE length(wrapped) > 0 AND valid_to <> 0), 0), "
+	"coalesce(bool_or(version <= $2 AND length(wrapped) = 0), false) "
+	"FROM key_versions WHERE key_id = $1";
 
-static const char SQL_VERSION_EXISTS[] =
-	"SELECT 1 FROM key_versions WHERE key_id = $1 AND version = $2";
-
-/* Why write_material changed no row: no such version, or it holds other material. */
-static hsm_result material_missing(pg_conn *w, const hsm_version_record *m)
+/* Whether the key has the version, and whether it holds material. */
+static hsm_result version_state(pg_conn *w, const char *key_id, uint32_t version, bool *exists,
+                                bool *holds)
 {
 	pg_params p;
 	PGresult *r = NULL;
 	pg_params_init(&p);
-	pg_p_text(&p, m->key_id);
-	pg_p_i64(&p, m->version);
-	HSM_GUARD(pg_run(w, SQL_VERSION_EXISTS, &p, &r));
-	bool exists = PQntuples(r) > 0;
+	pg_p_text(&p, key_id);
+	pg_p_i64(&p, version);
+	HSM_GUARD(pg_run(w, SQL_VERSION_STATE, &p, &r));
+	hsm_result res = HSM_SUCCESS;
+	*exists = PQntuples(r) > 0;
+	if (*exists)
+		res = pg_col_bool(r, 0, 0, holds);
 	PQclear(r);
-	HSM_ENSURE(!exists, HSM_ERR_INCORRECT_KEY_MATERIAL,
-	           "version %u of key %s holds other key material", m->version, m->key_id);
-	return HSM_FAIL(HSM_ERR_NOT_FOUND, "key %s has no version %u", m->key_id, m->version);
+	return res;
 }
 
-/*
- * Replaces a version's material; NOT_FOUND when the key has no such version,
- * INCORRECT_KEY_MATERIAL when the version's digest is set and differs.
- */
-static hsm_result write_material(pg_conn *w, const hsm_version_record *m)
+static hsm_result replace_version(pg_conn *w, const hsm_version_record *v)
+{
+	pg_params p;
+	pg_params_init(&p);
+	bind_version(&p, v);
+	return pg_run(w, SQL_VERSION_REPLACE, &p, NULL);
+}
+
+/* An in-use version's material; INCORRECT_KEY_MATERIAL when its digest is set and differs. */
+static hsm_result set_in_use(pg_conn *w, const hsm_version_record *m)
 {
 	pg_params p;
 	PGresult *r = NULL;
@@ -327,24 +354,68 @@ static hsm_result write_material(pg_conn *w, const hsm_version_record *m)
 	pg_p_bytea(&p, &m->wrapped);
 	pg_p_bytea(&p, &m->public_der);
 	pg_p_bytea(&p, &m->digest);
+	pg_p_i64(&p, m->valid_to);
+	pg_p_text(&p, m->description);
 	HSM_GUARD(pg_run(w, SQL_VERSION_SET_MATERIAL, &p, &r));
-	bool found = strcmp(PQcmdTuples(r), "0") != 0;
+	bool changed = strcmp(PQcmdTuples(r), "0") != 0;
 	PQclear(r);
-	if (!found)
-		return material_missing(w, m);
+	/* The version exists (st_material_target): only its digest can stand in the way. */
+	HSM_ENSURE(changed, HSM_ERR_INCORRECT_KEY_MATERIAL,
+	           "version %u of key %s holds other key material", m->version, m->key_id);
 	return HSM_SUCCESS;
 }
 
-/* The material goes first: fn runs only once the version is known to exist. */
+/* Writes the material where st_material_target says. */
+static hsm_result write_material(pg_conn *w, const hsm_key_record *rec,
+                                 const hsm_version_record *m, bool *inserted)
+{
+	bool exists = false, holds = false;
+	st_material_write target;
+	HSM_GUARD(version_state(w, m->key_id, m->version, &exists, &holds));
+	HSM_GUARD(st_material_target(rec, m->version, exists, &target));
+	*inserted = target == ST_MATERIAL_INSERT_PENDING;
+	switch (target) {
+	case ST_MATERIAL_INSERT_PENDING:
+		return pg_insert_version(w, m);
+	case ST_MATERIAL_REPLACE_PENDING:
+		return replace_version(w, m);
+	case ST_MATERIAL_IN_USE:
+		break;
+	}
+	return set_in_use(w, m);
+}
+
+/* Sets the key's valid_to and NO_MATERIAL flag from its versions as they now are. */
+static hsm_result derive_material_fields(pg_conn *w, hsm_key_record *rec)
+{
+	pg_params p;
+	PGresult *r = NULL;
+	int64_t earliest = 0;
+	bool missing = false;
+	pg_params_init(&p);
+	pg_p_text(&p, rec->key_id);
+	pg_p_i64(&p, rec->primary_version);
+	HSM_GUARD(pg_run(w, SQL_MATERIAL_FIELDS, &p, &r));
+	hsm_result res = pg_col_i64(r, 0, 0, &earliest);
+	if (hsm_ok(res))
+		res = pg_col_bool(r, 0, 1, &missing);
+	PQclear(r);
+	HSM_GUARD(res);
+	st_set_material_fields(rec, earliest, missing);
+	return HSM_SUCCESS;
+}
+
+/* The material goes first: fn runs only once the version's rules are met. */
 static hsm_result key_set_material_body(pg_conn *w, void *arg)
 {
 	key_op *op = arg;
 	hsm_key_record *rec = &op->rec;
+	bool inserted = false;
 	/* The key's row stays locked until COMMIT, as in key_update_body. */
 	HSM_GUARD(load_key(w, SQL_KEY_GET_FOR_UPDATE, op->key_id, rec));
-	HSM_GUARD(st_check_material_change(rec));
-	HSM_GUARD(write_material(w, op->version));
-	HSM_GUARD(st_edit_key(rec, op->key_id, op->fn, op->arg, false));
+	HSM_GUARD(write_material(w, rec, op->version, &inserted));
+	HSM_GUARD(derive_material_fields(w, rec));
+	HSM_GUARD(st_edit_key(rec, op->key_id, op->fn, op->arg, inserted));
 	return write_key(w, SQL_KEY_UPDATE, rec);
 }
 
@@ -354,6 +425,44 @@ hsm_result pg_key_set_material(hsm_store *base, const char *key_id, hsm_key_upda
 {
 	key_op op = {.key_id = key_id, .fn = fn, .arg = arg, .version = material};
 	hsm_result res = pg_write(pg_of(base), key_set_material_body, &op);
+	if (hsm_ok(res) && after != NULL)
+		*after = op.rec;
+	else
+		hsm_key_record_clear(&op.rec);
+	return res;
+}
+
+static const char SQL_VERSION_PROMOTE[] =
+	"UPDATE key_versions SET created = $3, rotation_type = $4 WHERE key_id = $1 AND version = $2";
+
+static hsm_result key_promote_body(pg_conn *w, void *arg)
+{
+	key_op *op = arg;
+	hsm_key_record *rec = &op->rec;
+	bool exists = false, holds = false;
+	pg_params p;
+	/* Locked as in key_update_body: set_material and promote of one key serialize. */
+	HSM_GUARD(load_key(w, SQL_KEY_GET_FOR_UPDATE, op->key_id, rec));
+	HSM_GUARD(version_state(w, op->key_id, op->promote, &exists, &holds));
+	HSM_GUARD(st_check_promote(rec, op->promote, exists, holds));
+	pg_params_init(&p);
+	pg_p_text(&p, op->key_id);
+	pg_p_i64(&p, op->promote);
+	pg_p_i64(&p, op->now);
+	pg_p_text(&p, hsm_rotation_type_name(op->type));
+	HSM_GUARD(pg_run(w, SQL_VERSION_PROMOTE, &p, NULL));
+	HSM_GUARD(st_edit_key(rec, op->key_id, op->fn, op->arg, true));
+	rec->primary_version = op->promote;
+	return write_key(w, SQL_KEY_UPDATE, rec);
+}
+
+hsm_result pg_key_promote(hsm_store *base, const char *key_id, uint32_t version, int64_t now,
+                          hsm_rotation_type type, hsm_key_update_fn fn, void *arg,
+                          hsm_key_record *after)
+{
+	key_op op = {.key_id = key_id, .fn = fn, .arg = arg, .now = now, .promote = version,
+	             .type = type};
+	hsm_result res = pg_write(pg_of(base), key_promote_body, &op);
 	if (hsm_ok(res) && after != NULL)
 		*after = op.rec;
 	else

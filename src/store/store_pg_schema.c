@@ -138,6 +138,19 @@ static const migration migrations[] = {
 	 "ALTER TABLE keys ADD COLUMN valid_to bigint NOT NULL DEFAULT 0;"
 	 "ALTER TABLE key_versions ADD COLUMN digest bytea NOT NULL DEFAULT '\\x'::bytea;"
 	 "CREATE INDEX keys_expiry_due ON keys (valid_to, id) WHERE valid_to <> 0;"},
+	/*
+	 * Imported material per version, as the SQLite schema's step 5: each
+	 * version's expiry (valid_to, 0 = never) and KeyMaterialDescription, and
+	 * the expiry of each imported key (until now its one version's) moved
+	 * onto the versions holding imported material.  keys.valid_to stays, now
+	 * the earliest expiry among the versions (hsm_store_key_set_material).
+	 */
+	{4,
+	 "ALTER TABLE key_versions ADD COLUMN valid_to bigint NOT NULL DEFAULT 0;"
+	 "ALTER TABLE key_versions ADD COLUMN description text NOT NULL DEFAULT '';"
+	 "UPDATE key_versions v SET valid_to = k.valid_to FROM keys k "
+	 "WHERE k.id = v.key_id AND k.valid_to <> 0 AND length(v.digest) > 0 "
+	 "AND length(v.wrapped) > 0;"},
 };
 
 #define MIGRATION_COUNT ((int)(sizeof(migrations) / sizeof(migrations[0])))

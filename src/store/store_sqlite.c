@@ -367,6 +367,7 @@ static const hsm_store_ops sqlite_ops = {
 	.key_update = sq_key_update,
 	.key_destroy = sq_key_destroy,
 	.key_set_material = sq_key_set_material,
+	.key_promote = sq_key_promote,
 	.key_list = sq_key_list,
 	.jwt_key_list = sq_jwt_key_list,
 	.key_count = sq_key_count,

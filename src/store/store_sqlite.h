@@ -144,7 +144,8 @@ hsm_result sq_schema_migrate(sq_conn *w, int *version) HSM_MUST_CHECK;
 	"id, description, spec, usage, origin, state, created, deletion_date, "            \
 	"pending_window_days, rotation_enabled, rotation_period_days, next_rotation, " \
 	"primary_version, policy, flags, updated, valid_to"
-#define SQ_VERSION_COLS "key_id, version, created, rotation_type, wrapped, public_der, digest"
+#define SQ_VERSION_COLS \
+	"key_id, version, created, rotation_type, wrapped, public_der, digest, valid_to, description"
 #define SQ_ALIAS_COLS "name, key_id, created, updated"
 #define SQ_USER_COLS "name, role, disabled, locked, failed_auth, created"
 #define SQ_ACCESS_KEY_COLS "id, user, active, created, wrapped_secret"
@@ -180,6 +181,9 @@ hsm_result sq_key_update(hsm_store *s, const char *key_id, hsm_key_update_fn fn,
 hsm_result sq_key_destroy(hsm_store *s, const char *key_id, int64_t now);
 hsm_result sq_key_set_material(hsm_store *s, const char *key_id, hsm_key_update_fn fn, void *arg,
                                const hsm_version_record *material, hsm_key_record *after);
+hsm_result sq_key_promote(hsm_store *s, const char *key_id, uint32_t version, int64_t now,
+                          hsm_rotation_type type, hsm_key_update_fn fn, void *arg,
+                          hsm_key_record *after);
 hsm_result sq_key_list(hsm_store *s, const char *after, size_t limit, bool include_destroyed,
                        hsm_key_cb cb, void *arg, bool *truncated);
 hsm_result sq_jwt_key_list(hsm_store *s, const char *after, size_t limit, hsm_key_cb cb,

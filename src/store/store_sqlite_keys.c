@@ -87,7 +87,8 @@ hsm_result sq_read_version(sqlite3_stmt *st, void *item)
 	HSM_GUARD(sq_col_blob(st, 4, &v->wrapped));
 	HSM_GUARD(sq_col_blob(st, 5, &v->public_der));
 	HSM_GUARD(sq_col_blob(st, 6, &v->digest));
-	return HSM_SUCCESS;
+	v->valid_to = sqlite3_column_int64(st, 7);
+	return sq_col_text(st, 8, v->description, sizeof(v->description));
 }
 
 static void clear_key(void *item)
@@ -150,7 +151,7 @@ static const char SQL_KEY_UPDATE[] =
 	"rotation_period_days = ?11, next_rotation = ?12, primary_version = ?13, policy = ?14, "
 	"flags = ?15, updated = ?16, valid_to = ?17 WHERE id = ?1";
 static const char SQL_VERSION_INSERT[] = "INSERT INTO key_versions (" VERSION_COLS
-                                         ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+                                         ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
 static hsm_result write_key(sq_conn *w, const char *sql, const hsm_key_record *k)
 {
@@ -162,20 +163,34 @@ static hsm_result write_key(sq_conn *w, const char *sql, const hsm_key_record *k
 	return res;
 }
 
-hsm_result sq_insert_version(sq_conn *w, const hsm_version_record *v)
+/* Parameters ?1..?9 in VERSION_COLS order. */
+static void bind_version(sq_conn *c, sqlite3_stmt *st, const hsm_version_record *v)
+{
+	sq_bind_text(c, st, 1, v->key_id);
+	sq_bind_i64(c, st, 2, v->version);
+	sq_bind_i64(c, st, 3, v->created);
+	sq_bind_text(c, st, 4, hsm_rotation_type_name(v->rotation_type));
+	sq_bind_blob(c, st, 5, &v->wrapped);
+	sq_bind_blob(c, st, 6, &v->public_der);
+	sq_bind_blob(c, st, 7, &v->digest);
+	sq_bind_i64(c, st, 8, v->valid_to);
+	sq_bind_text(c, st, 9, v->description);
+}
+
+/* Runs sql with a version's columns as its parameters. */
+static hsm_result write_version(sq_conn *w, const char *sql, const hsm_version_record *v)
 {
 	sqlite3_stmt *st;
-	HSM_GUARD(sq_prepare(w, SQL_VERSION_INSERT, &st));
-	sq_bind_text(w, st, 1, v->key_id);
-	sq_bind_i64(w, st, 2, v->version);
-	sq_bind_i64(w, st, 3, v->created);
-	sq_bind_text(w, st, 4, hsm_rotation_type_name(v->rotation_type));
-	sq_bind_blob(w, st, 5, &v->wrapped);
-	sq_bind_blob(w, st, 6, &v->public_der);
-	sq_bind_blob(w, st, 7, &v->digest);
+	HSM_GUARD(sq_prepare(w, sql, &st));
+	bind_version(w, st, v);
 	hsm_result res = sq_exec(w, st);
 	sq_reset(st);
 	return res;
+}
+
+hsm_result sq_insert_version(sq_conn *w, const hsm_version_record *v)
+{
+	return write_version(w, SQL_VERSION_INSERT, v);
 }
 
 hsm_result sq_insert_key(sq_conn *w, const hsm_key_record *k)
@@ -292,34 +307,39 @@ hsm_result sq_key_destroy(hsm_store *base, const char *key_id, int64_t now)
 	return sq_write_end_scrub(s, w, key_destroy_in(w, key_id, now));
 }
 
+/* A version in use: all but its identity and history; its digest only while unset. */
 static const char SQL_VERSION_SET_MATERIAL[] =
-	"UPDATE key_versions SET wrapped = ?3, public_der = ?4, digest = ?5 "
-	"WHERE key_id = ?1 AND version = ?2 AND (length(digest) = 0 OR digest = ?5)";
+	"UPDATE key_versions SET wrapped = ?3, public_der = ?4, digest = ?5, valid_to = ?6, "
+	"description = ?7 WHERE key_id = ?1 AND version = ?2 AND (length(digest) = 0 OR digest = ?5)";
+/* A pending version: replaced whole, as it is not yet in use. */
+static const char SQL_VERSION_REPLACE[] =
+	"UPDATE key_versions SET created = ?3, rotation_type = ?4, wrapped = ?5, public_der = ?6, "
+	"digest = ?7, valid_to = ?8, description = ?9 WHERE key_id = ?1 AND version = ?2";
+static const char SQL_VERSION_STATE[] =
+	"SELECT length(wrapped) > 0 FROM key_versions WHERE key_id = ?1 AND version = ?2";
+/* What set_material derives from the versions (store.h): earliest expiry, an in-use version without material. */
+static const char SQL_MATERIAL_FIELDS[] =
+	"SELECT coalesce(min(CASE WHEN length(wrapped) > 0 AND valid_to <> 0 THEN valid_to END), 0), "
+	"coalesce(max(version <= ?2 AND length(wrapped) = 0), 0) "
+	"FROM key_versions WHERE key_id = ?1";
 
-static const char SQL_VERSION_EXISTS[] =
-	"SELECT 1 FROM key_versions WHERE key_id = ?1 AND version = ?2";
-
-/* Why write_material changed no row: no such version, or it holds other material. */
-static hsm_result material_missing(sq_conn *w, const hsm_version_record *m)
+/* Whether the key has the version, and whether it holds material. */
+static hsm_result version_state(sq_conn *w, const char *key_id, uint32_t version, bool *exists,
+                                bool *holds)
 {
 	sqlite3_stmt *st;
-	bool row = false;
-	HSM_GUARD(sq_prepare(w, SQL_VERSION_EXISTS, &st));
-	sq_bind_text(w, st, 1, m->key_id);
-	sq_bind_i64(w, st, 2, m->version);
-	hsm_result res = sq_step(w, st, &row);
+	HSM_GUARD(sq_prepare(w, SQL_VERSION_STATE, &st));
+	sq_bind_text(w, st, 1, key_id);
+	sq_bind_i64(w, st, 2, version);
+	hsm_result res = sq_step(w, st, exists);
+	if (hsm_ok(res) && *exists)
+		*holds = sqlite3_column_int64(st, 0) != 0;
 	sq_reset(st);
-	HSM_GUARD(res);
-	HSM_ENSURE(!row, HSM_ERR_INCORRECT_KEY_MATERIAL,
-	           "version %u of key %s holds other key material", m->version, m->key_id);
-	return HSM_FAIL(HSM_ERR_NOT_FOUND, "key %s has no version %u", m->key_id, m->version);
+	return res;
 }
 
-/*
- * Replaces a version's material; NOT_FOUND when the key has no such version,
- * INCORRECT_KEY_MATERIAL when the version's digest is set and differs.
- */
-static hsm_result write_material(sq_conn *w, const hsm_version_record *m)
+/* An in-use version's material; INCORRECT_KEY_MATERIAL when its digest is set and differs. */
+static hsm_result set_in_use(sq_conn *w, const hsm_version_record *m)
 {
 	sqlite3_stmt *st;
 	HSM_GUARD(sq_prepare(w, SQL_VERSION_SET_MATERIAL, &st));
@@ -328,24 +348,71 @@ static hsm_result write_material(sq_conn *w, const hsm_version_record *m)
 	sq_bind_blob(w, st, 3, &m->wrapped);
 	sq_bind_blob(w, st, 4, &m->public_der);
 	sq_bind_blob(w, st, 5, &m->digest);
+	sq_bind_i64(w, st, 6, m->valid_to);
+	sq_bind_text(w, st, 7, m->description);
 	hsm_result res = sq_exec(w, st);
-	bool found = sqlite3_changes(w->db) == 1;
+	bool changed = sqlite3_changes(w->db) == 1;
 	sq_reset(st);
 	HSM_GUARD(res);
-	if (!found)
-		return material_missing(w, m);
+	/* The version exists (st_material_target): only its digest can stand in the way. */
+	HSM_ENSURE(changed, HSM_ERR_INCORRECT_KEY_MATERIAL,
+	           "version %u of key %s holds other key material", m->version, m->key_id);
 	return HSM_SUCCESS;
 }
 
-/* The material goes first: fn runs only once the version is known to exist. */
+/*
+ * Writes the material where st_material_target says.  *discarded tells
+ * whether a pending version's material was replaced (to be overwritten on
+ * disk as an erasure is).
+ */
+static hsm_result write_material(sq_conn *w, const hsm_key_record *rec,
+                                 const hsm_version_record *m, bool *inserted, bool *discarded)
+{
+	bool exists = false, holds = false;
+	st_material_write target;
+	HSM_GUARD(version_state(w, m->key_id, m->version, &exists, &holds));
+	HSM_GUARD(st_material_target(rec, m->version, exists, &target));
+	*inserted = target == ST_MATERIAL_INSERT_PENDING;
+	*discarded = target == ST_MATERIAL_REPLACE_PENDING && holds;
+	switch (target) {
+	case ST_MATERIAL_INSERT_PENDING:
+		return sq_insert_version(w, m);
+	case ST_MATERIAL_REPLACE_PENDING:
+		return write_version(w, SQL_VERSION_REPLACE, m);
+	case ST_MATERIAL_IN_USE:
+		break;
+	}
+	return set_in_use(w, m);
+}
+
+/* Sets the key's valid_to and NO_MATERIAL flag from its versions as they now are. */
+static hsm_result derive_material_fields(sq_conn *w, hsm_key_record *rec)
+{
+	sqlite3_stmt *st;
+	bool row = false;
+	HSM_GUARD(sq_prepare(w, SQL_MATERIAL_FIELDS, &st));
+	sq_bind_text(w, st, 1, rec->key_id);
+	sq_bind_i64(w, st, 2, rec->primary_version);
+	hsm_result res = sq_step(w, st, &row);
+	if (hsm_ok(res) && !row)
+		res = HSM_FAIL(HSM_ERR_STORE, "store failed to read key %s's versions", rec->key_id);
+	if (hsm_ok(res))
+		st_set_material_fields(rec, sqlite3_column_int64(st, 0),
+		                       sqlite3_column_int64(st, 1) != 0);
+	sq_reset(st);
+	return res;
+}
+
+/* The material goes first: fn runs only once the version's rules are met. */
 static hsm_result key_set_material_in(sq_conn *w, const char *key_id, hsm_key_update_fn fn,
                                       void *arg, const hsm_version_record *material,
-                                      hsm_key_record *rec)
+                                      hsm_key_record *rec, bool *discarded)
 {
+	bool inserted = false;
 	HSM_GUARD(load_key(w, key_id, rec));
-	HSM_GUARD(st_check_material_change(rec));
-	HSM_GUARD(write_material(w, material));
-	HSM_GUARD(st_edit_key(rec, key_id, fn, arg, false));
+	HSM_GUARD(write_material(w, rec, material, &inserted, discarded));
+	HSM_GUARD(derive_material_fields(w, rec));
+	HSM_GUARD(st_edit_key(rec, key_id, fn, arg, inserted));
 	return write_key(w, SQL_KEY_UPDATE, rec);
 }
 
@@ -356,13 +423,63 @@ hsm_result sq_key_set_material(hsm_store *base, const char *key_id, hsm_key_upda
 	sq_store *s = sq_of(base);
 	sq_conn *w;
 	hsm_key_record rec = {0};
+	bool discarded = false;
 	HSM_GUARD(sq_write_begin(s, &w));
-	hsm_result res = key_set_material_in(w, key_id, fn, arg, material, &rec);
-	/* An erasure is overwritten on disk as in sq_key_destroy. */
-	if (material->wrapped.len == 0)
+	hsm_result res = key_set_material_in(w, key_id, fn, arg, material, &rec, &discarded);
+	/* An erasure, or pending material replaced, is overwritten on disk as in sq_key_destroy. */
+	if (material->wrapped.len == 0 || discarded)
 		res = sq_write_end_scrub(s, w, res);
 	else
 		res = sq_write_end(s, w, res);
+	if (hsm_ok(res) && after != NULL)
+		*after = rec;
+	else
+		hsm_key_record_clear(&rec);
+	return res;
+}
+
+typedef struct promote_op {
+	const char *key_id;
+	uint32_t version;
+	int64_t now;
+	hsm_rotation_type type;
+	hsm_key_update_fn fn;
+	void *arg;
+} promote_op;
+
+static const char SQL_VERSION_PROMOTE[] =
+	"UPDATE key_versions SET created = ?3, rotation_type = ?4 WHERE key_id = ?1 AND version = ?2";
+
+static hsm_result key_promote_in(sq_conn *w, const promote_op *op, hsm_key_record *rec)
+{
+	bool exists = false, holds = false;
+	sqlite3_stmt *st;
+	HSM_GUARD(load_key(w, op->key_id, rec));
+	HSM_GUARD(version_state(w, op->key_id, op->version, &exists, &holds));
+	HSM_GUARD(st_check_promote(rec, op->version, exists, holds));
+	HSM_GUARD(sq_prepare(w, SQL_VERSION_PROMOTE, &st));
+	sq_bind_text(w, st, 1, op->key_id);
+	sq_bind_i64(w, st, 2, op->version);
+	sq_bind_i64(w, st, 3, op->now);
+	sq_bind_text(w, st, 4, hsm_rotation_type_name(op->type));
+	hsm_result res = sq_exec(w, st);
+	sq_reset(st);
+	HSM_GUARD(res);
+	HSM_GUARD(st_edit_key(rec, op->key_id, op->fn, op->arg, true));
+	rec->primary_version = op->version;
+	return write_key(w, SQL_KEY_UPDATE, rec);
+}
+
+hsm_result sq_key_promote(hsm_store *base, const char *key_id, uint32_t version, int64_t now,
+                          hsm_rotation_type type, hsm_key_update_fn fn, void *arg,
+                          hsm_key_record *after)
+{
+	sq_store *s = sq_of(base);
+	sq_conn *w;
+	hsm_key_record rec = {0};
+	const promote_op op = {key_id, version, now, type, fn, arg};
+	HSM_GUARD(sq_write_begin(s, &w));
+	hsm_result res = sq_write_end(s, w, key_promote_in(w, &op, &rec));
 	if (hsm_ok(res) && after != NULL)
 		*after = rec;
 	else

@@ -176,6 +176,21 @@ static const migration migrations[] = {
 	 "CREATE INDEX keys_expiry_due ON keys (valid_to) WHERE valid_to <> 0;"
 	 "ALTER TABLE key_versions ADD COLUMN digest BLOB NOT NULL DEFAULT x'';",
 	 true},
+	/*
+	 * Imported material per version (KMS imported keys that rotate): each
+	 * version's own expiry (valid_to, 0 = never) and KeyMaterialDescription.
+	 * Until now an imported key had exactly one version and keys.valid_to was
+	 * its expiry, so that expiry moves onto the versions holding imported
+	 * material (a digest and wrapped bytes); keys.valid_to stays, now the
+	 * earliest expiry among the versions (hsm_store_key_set_material).
+	 */
+	{5,
+	 "ALTER TABLE key_versions ADD COLUMN valid_to INTEGER NOT NULL DEFAULT 0;"
+	 "ALTER TABLE key_versions ADD COLUMN description TEXT NOT NULL DEFAULT '';"
+	 "UPDATE key_versions SET valid_to = "
+	 "  (SELECT k.valid_to FROM keys k WHERE k.id = key_versions.key_id) "
+	 "WHERE length(digest) > 0 AND length(wrapped) > 0;",
+	 false},
 };
 
 #define MIGRATION_COUNT ((int)(sizeof(migrations) / sizeof(migrations[0])))

@@ -94,8 +94,9 @@ static void add_grant(hsm_store *s, char c, const char *key_id, const char *name
 }
 
 /*
- * An EXTERNAL key made PendingImport, given material (with its digest and
- * an expiry) and, unless keep, its material deleted again.
+ * An EXTERNAL key made PendingImport, given material (with its digest, an
+ * expiry and a description) and then, if keep, a pending version 2 too
+ * (material waiting to become primary), else its material deleted again.
  */
 static void add_imported(hsm_store *s, const char *id, bool keep)
 {
@@ -113,8 +114,18 @@ static void add_imported(hsm_store *s, const char *id, bool keep)
 	want.updated = 1700000400;
 	assert_true(hsm_ok(hsm_buf_set(&v.wrapped, "IMPORTED", 8)));
 	assert_true(hsm_ok(hsm_buf_set(&v.digest, "\x00DIGEST\xff", 8)));
+	v.valid_to = 1900000000;
+	snprintf(v.description, sizeof(v.description), "first material \xc3\xa9");
 	EXPECT_OK(hsm_store_key_set_material(s, id, edit_fn, &want, &v, NULL));
-	if (!keep) {
+	if (keep) {
+		hsm_version_record_clear(&v);
+		st_version(&v, id, 2, "PENDING", 7);
+		v.created = 1700000450;
+		assert_true(hsm_ok(hsm_buf_set(&v.digest, "DIGEST-2", 8)));
+		v.valid_to = 1890000000;
+		snprintf(v.description, sizeof(v.description), "next material");
+		EXPECT_OK(hsm_store_key_set_material(s, id, NULL, NULL, &v, NULL));
+	} else {
 		want.state = HSM_KEY_PENDING_IMPORT;
 		want.flags = HSM_KEYFLAG_NO_MATERIAL;
 		want.valid_to = 0;
@@ -218,7 +229,8 @@ static hsm_result dump_version(const hsm_version_record *v, void *arg)
 	st_put_hex(out, &v->wrapped);
 	st_put_hex(out, &v->public_der);
 	st_put_hex(out, &v->digest);
-	return hsm_buf_put_str(out, "\n");
+	return hsm_buf_printf(out, "valid_to=%lld desc=%s\n", (long long)v->valid_to,
+	                      v->description);
 }
 
 static hsm_result dump_alias(const hsm_alias_record *a, void *arg)
@@ -374,7 +386,7 @@ static void assert_census(hsm_store *s)
 	census c = {{0}};
 	hsm_store_sink sink = {&c, c_meta, c_user, c_ak, c_key, c_version, c_alias, c_tag, c_grant};
 	EXPECT_OK(s->ops->export_all(s, &sink));
-	const int want[8] = {4, 2, 2, 6, 9, 3, 3, 3};
+	const int want[8] = {4, 2, 2, 6, 10, 3, 3, 3};
 	for (int i = 0; i < 8; i++)
 		assert_int_equal(c.n[i], want[i]);
 }
@@ -450,8 +462,19 @@ static void copy_between(bool src_pg, bool dst_pg)
 	/* The new fields arrive (the dumps compare them; this says they are not all zero). */
 	hsm_key_record k = {0};
 	EXPECT_OK(hsm_store_key_get(dst.f.s, "k-imported", &k));
-	assert_int_equal(k.valid_to, 1900000000);
+	assert_int_equal(k.valid_to, 1890000000); /* the pending version's, the earliest */
+	assert_int_equal(k.primary_version, 1);
 	hsm_key_record_clear(&k);
+	EXPECT_OK(hsm_store_version_get(dst.f.s, "k-imported", 1, &v));
+	assert_int_equal(v.valid_to, 1900000000);
+	assert_string_equal(v.description, "first material \xc3\xa9");
+	hsm_version_record_clear(&v);
+	EXPECT_OK(hsm_store_version_get(dst.f.s, "k-imported", 2, &v));
+	assert_int_equal(v.valid_to, 1890000000);
+	assert_int_equal(v.created, 1700000450);
+	assert_string_equal(v.description, "next material");
+	assert_int_equal(v.wrapped.len, 7);
+	hsm_version_record_clear(&v);
 	EXPECT_OK(hsm_store_key_get(dst.f.s, "k-material-deleted", &k));
 	assert_int_equal(k.state, HSM_KEY_PENDING_IMPORT);
 	hsm_key_record_clear(&k);

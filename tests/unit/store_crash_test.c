@@ -275,9 +275,11 @@ static void test_kill_while_creating(void **state)
 
 /*
  * A store that holds keys, written before imported key material: the first
- * open rebuilds its keys table (schema step 4).  Killed before, during or
- * after that migration, the store must open again with every key complete,
- * at the latest schema, its references and its file sound.
+ * open rebuilds its keys table (schema step 4), then gives the versions their
+ * own expiry and description (step 5), each step its own transaction.
+ * Killed before, during, between or after those steps, the store must open
+ * again with every key complete, at the latest schema, its references and
+ * its file sound.
  */
 static void test_kill_while_migrating_keys(void **state)
 {

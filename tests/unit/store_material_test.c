@@ -45,7 +45,8 @@ static hsm_result dump_version(const hsm_version_record *v, void *arg)
 	st_put_hex(out, &v->wrapped);
 	st_put_hex(out, &v->public_der);
 	st_put_hex(out, &v->digest);
-	return hsm_buf_put_str(out, "\n");
+	return hsm_buf_printf(out, "valid_to=%lld desc=%s\n", (long long)v->valid_to,
+	                      v->description);
 }
 
 static hsm_result dump_tag(const hsm_tag *t, void *arg)
@@ -174,7 +175,7 @@ static void test_imported_fields_roundtrip(void **state)
 	assert_non_null(strstr((const char *)text.data, "valid_to=0\n"));
 	/* Version 2 in the list: wrapped, public key and digest. */
 	assert_non_null(strstr((const char *)text.data,
-	                       "575241505045442d32|5055422d32|4449474553542d32|"));
+	                       "575241505045442d32|5055422d32|4449474553542d32|valid_to=0 desc=\n"));
 	hsm_buf_free(&text);
 	hsm_version_record_clear(&v2);
 }
@@ -353,11 +354,11 @@ static void test_set_material_errors(void **state)
 	create_external(f->s, "ext", 0);
 	material(&m, "ext", "WRAPPED", "", "DIGEST");
 
-	/* A version the key does not have: NOT_FOUND, fn not run, nothing written. */
-	m.version = 2;
+	/* A version beyond the next one: NOT_FOUND, fn not run, nothing written. */
+	m.version = 3;
 	EXPECT_ERR(hsm_store_key_set_material(f->s, "ext", apply_change, &c, &m, &after),
 	           HSM_ERR_NOT_FOUND);
-	assert_non_null(strstr(hsm_last_message(), "no version 2"));
+	assert_non_null(strstr(hsm_last_message(), "no version 3"));
 	assert_int_equal(c.calls, 0);
 	assert_null(after.description);
 	assert_awaiting(f->s, "ext");
@@ -629,6 +630,517 @@ static void test_expiry_query_walks_its_index(void **state)
 		fail_msg("plan: %s", plan);
 }
 
+/* ---- Versions of imported material: expiry, description, pending versions ----------------- */
+
+/* A version of key id holding material (copied into the record: clear it). */
+static void version_of(hsm_version_record *v, const char *id, uint32_t version,
+                       const char *wrapped, const char *digest, int64_t valid_to,
+                       const char *description)
+{
+	st_version(v, id, version, wrapped, strlen(wrapped));
+	set_buf(&v->digest, digest);
+	v->valid_to = valid_to;
+	snprintf(v->description, sizeof(v->description), "%s", description);
+}
+
+static bool same_bytes(const hsm_buf *a, const hsm_buf *b)
+{
+	return a->len == b->len && (a->len == 0 || hsm_ct_equal(a->data, b->data, a->len));
+}
+
+/* The store holds version want->version of key want->key_id exactly as want says. */
+static void expect_version(hsm_store *s, const hsm_version_record *want)
+{
+	hsm_version_record v = {0};
+	EXPECT_OK(hsm_store_version_get(s, want->key_id, want->version, &v));
+	assert_int_equal(v.created, want->created);
+	assert_int_equal(v.rotation_type, want->rotation_type);
+	assert_true(same_bytes(&v.wrapped, &want->wrapped));
+	assert_true(same_bytes(&v.public_der, &want->public_der));
+	assert_true(same_bytes(&v.digest, &want->digest));
+	assert_int_equal(v.valid_to, want->valid_to);
+	assert_string_equal(v.description, want->description);
+	hsm_version_record_clear(&v);
+}
+
+/* The key's primary version, valid_to and flags. */
+static void expect_key(hsm_store *s, const char *id, uint32_t primary, int64_t valid_to,
+                       uint32_t flags)
+{
+	hsm_key_record k = {0};
+	EXPECT_OK(hsm_store_key_get(s, id, &k));
+	assert_int_equal(k.primary_version, primary);
+	assert_int_equal(k.valid_to, valid_to);
+	assert_int_equal(k.flags, flags);
+	hsm_key_record_clear(&k);
+}
+
+/* What fn saw of the key (in set_material or promote), and what it does. */
+typedef struct probe {
+	int calls;
+	int64_t valid_to;
+	uint32_t flags;
+	uint32_t primary;
+	const hsm_key_state *to; /* NULL: leave the state */
+	hsm_err fail;            /* HSM_OK: succeed */
+} probe;
+
+static hsm_result observe(hsm_key_record *k, void *arg)
+{
+	probe *p = arg;
+	p->calls++;
+	p->valid_to = k->valid_to;
+	p->flags = k->flags;
+	p->primary = k->primary_version;
+	k->updated = 1700000888;
+	if (p->to != NULL)
+		k->state = *p->to;
+	if (p->fail != HSM_OK)
+		return HSM_FAIL(p->fail, "probe refused");
+	return HSM_SUCCESS;
+}
+
+/* An Enabled EXTERNAL key whose version 1 holds material expiring at valid_to ("WRAPPED-1", "DIGEST-1"). */
+static void imported_key(hsm_store *s, const char *id, int64_t valid_to)
+{
+	hsm_version_record m;
+	change c = {.state = HSM_KEY_ENABLED, .valid_to = valid_to};
+	create_external(s, id, 0);
+	version_of(&m, id, 1, "WRAPPED-1", "DIGEST-1", valid_to, "first");
+	EXPECT_OK(hsm_store_key_set_material(s, id, apply_change, &c, &m, NULL));
+	hsm_version_record_clear(&m);
+}
+
+/* set_material without fn: the record is written as the store derives it. */
+static void set_material(hsm_store *s, const hsm_version_record *m)
+{
+	EXPECT_OK(hsm_store_key_set_material(s, m->key_id, NULL, NULL, m, NULL));
+}
+
+/* valid_to and description through key_create, key_update, set_material, gets and lists. */
+static void test_version_fields_roundtrip(void **state)
+{
+	st_fixture *f = *state;
+	hsm_key_record k;
+	hsm_version_record v1, v2, again;
+	char longest[HSM_MATERIAL_DESC_MAX + 1];
+	memset(longest, 'd', HSM_MATERIAL_DESC_MAX);
+	longest[HSM_MATERIAL_DESC_MAX] = '\0';
+	st_key(&k, "key");
+	version_of(&v1, "key", 1, "W1", "D1", 1800000000, "created");
+	EXPECT_OK(hsm_store_key_create(f->s, &k, &v1));
+	version_of(&v2, "key", 2, "W2", "D2", 1850000000, longest);
+	EXPECT_OK(hsm_store_key_update(f->s, "key", set_state, &k, &v2, NULL));
+	/* set_material on a version in use: same digest, new expiry and description. */
+	version_of(&again, "key", 1, "W1-AGAIN", "D1", 1810000000, "reimported \xc3\xa9");
+	set_material(f->s, &again);
+	st_reopen(f);
+	expect_version(f->s, &again);
+	expect_version(f->s, &v2);
+	/* Lists carry them too. */
+	hsm_buf text = {0};
+	dump(f->s, &text);
+	assert_non_null(strstr((const char *)text.data,
+	                       "valid_to=1810000000 desc=reimported \xc3\xa9\n"));
+	assert_non_null(strstr((const char *)text.data, "valid_to=1850000000 desc=dddd"));
+	hsm_buf_free(&text);
+	hsm_version_record_clear(&v1);
+	hsm_version_record_clear(&v2);
+	hsm_version_record_clear(&again);
+}
+
+/* A description that does not fit, or an expiry before 1970, is refused wherever a version is written. */
+static void test_version_fields_checked(void **state)
+{
+	st_fixture *f = *state;
+	hsm_key_record k;
+	hsm_version_record v;
+	st_key(&k, "key");
+	version_of(&v, "key", 1, "W1", "D1", 0, "");
+	memset(v.description, 'x', sizeof(v.description)); /* no room for the NUL */
+	EXPECT_ERR(hsm_store_key_create(f->s, &k, &v), HSM_ERR_VALIDATION);
+	v.description[0] = '\0';
+	v.valid_to = -1;
+	EXPECT_ERR(hsm_store_key_create(f->s, &k, &v), HSM_ERR_VALIDATION);
+	EXPECT_ERR(hsm_store_key_get(f->s, "key", &k), HSM_ERR_NOT_FOUND);
+	hsm_version_record_clear(&v);
+
+	imported_key(f->s, "ext", 0);
+	version_of(&v, "ext", 2, "W2", "D2", -5, "");
+	EXPECT_ERR(hsm_store_key_update(f->s, "ext", set_state, &k, &v, NULL), HSM_ERR_VALIDATION);
+	EXPECT_ERR(hsm_store_key_set_material(f->s, "ext", NULL, NULL, &v, NULL),
+	           HSM_ERR_VALIDATION);
+	v.valid_to = 0;
+	memset(v.description, 'x', sizeof(v.description));
+	EXPECT_ERR(hsm_store_key_set_material(f->s, "ext", NULL, NULL, &v, NULL),
+	           HSM_ERR_VALIDATION);
+	v.version = 1;
+	EXPECT_ERR(hsm_store_key_set_material(f->s, "ext", NULL, NULL, &v, NULL),
+	           HSM_ERR_VALIDATION);
+	hsm_version_record_clear(&v);
+	expect_key(f->s, "ext", 1, 0, 0);
+	EXPECT_ERR(hsm_store_version_get(f->s, "ext", 2, &v), HSM_ERR_NOT_FOUND);
+}
+
+/* Version primary+1 is inserted from the material, whole, and does not become primary. */
+static void test_pending_version_is_inserted_not_primary(void **state)
+{
+	st_fixture *f = *state;
+	hsm_key_record after = {0};
+	hsm_version_record v1, v2;
+	imported_key(f->s, "ext", 0);
+	version_of(&v1, "ext", 1, "WRAPPED-1", "DIGEST-1", 0, "first");
+	version_of(&v2, "ext", 2, "WRAPPED-2", "DIGEST-2", 1950000000, "next");
+	set_buf(&v2.public_der, "PUB-2");
+	v2.created = 1700000500;
+	v2.rotation_type = HSM_ROTATION_AUTOMATIC;
+	probe p = {0};
+	EXPECT_OK(hsm_store_key_set_material(f->s, "ext", observe, &p, &v2, &after));
+	/* fn ran once, on the record the store had already derived from the versions. */
+	assert_int_equal(p.calls, 1);
+	assert_int_equal(p.primary, 1);
+	assert_int_equal(p.valid_to, 1950000000);
+	assert_int_equal(p.flags, 0);
+	assert_int_equal(after.primary_version, 1);
+	assert_int_equal(after.valid_to, 1950000000);
+	assert_int_equal(after.updated, 1700000888);
+	assert_int_equal(after.state, HSM_KEY_ENABLED);
+	hsm_key_record_clear(&after);
+	st_reopen(f);
+	expect_key(f->s, "ext", 1, 1950000000, 0);
+	expect_version(f->s, &v2);
+	expect_version(f->s, &v1);
+	hsm_version_record_clear(&v1);
+	hsm_version_record_clear(&v2);
+}
+
+/* The pending version is not in use: replaced whole, digest included; later versions do not exist. */
+static void test_pending_version_is_replaced_whole(void **state)
+{
+	st_fixture *f = *state;
+	hsm_version_record v2, other, far;
+	imported_key(f->s, "ext", 0);
+	version_of(&v2, "ext", 2, "WRAPPED-2", "DIGEST-2", 1950000000, "next");
+	set_material(f->s, &v2);
+	version_of(&other, "ext", 2, "OTHER-2", "OTHER-DIGEST", 0, "");
+	set_buf(&other.public_der, "PUB-OTHER");
+	other.created = 1700000600;
+	other.rotation_type = HSM_ROTATION_AUTOMATIC;
+	probe p = {0};
+	EXPECT_OK(hsm_store_key_set_material(f->s, "ext", observe, &p, &other, NULL));
+	assert_int_equal(p.calls, 1);
+	expect_version(f->s, &other);
+	expect_key(f->s, "ext", 1, 0, 0);
+
+	/* Beyond primary+1: NOT_FOUND, fn not run, nothing written. */
+	for (uint32_t version = 3; version <= 4; version++) {
+		version_of(&far, "ext", version, "FAR", "FAR-DIGEST", 1600000000, "far");
+		p.calls = 0;
+		EXPECT_ERR(hsm_store_key_set_material(f->s, "ext", observe, &p, &far, NULL),
+		           HSM_ERR_NOT_FOUND);
+		assert_non_null(strstr(hsm_last_message(), "next version is 2"));
+		assert_int_equal(p.calls, 0);
+		EXPECT_ERR(hsm_store_version_get(f->s, "ext", version, &v2), HSM_ERR_NOT_FOUND);
+		hsm_version_record_clear(&far);
+	}
+	expect_key(f->s, "ext", 1, 0, 0);
+	expect_version(f->s, &other);
+	hsm_version_record_clear(&v2);
+	hsm_version_record_clear(&other);
+}
+
+/* A version in use keeps its digest whatever waits beside it, before and after promotion. */
+static void test_in_use_digest_stays_with_a_pending_version(void **state)
+{
+	st_fixture *f = *state;
+	hsm_version_record v1, v2, wrong;
+	imported_key(f->s, "ext", 0);
+	version_of(&v1, "ext", 1, "WRAPPED-1", "DIGEST-1", 0, "first");
+	version_of(&v2, "ext", 2, "WRAPPED-2", "DIGEST-2", 0, "next");
+	set_material(f->s, &v2);
+	probe p = {0};
+	version_of(&wrong, "ext", 1, "WRAPPED-X", "DIGEST-X", 1600000000, "wrong");
+	EXPECT_ERR(hsm_store_key_set_material(f->s, "ext", observe, &p, &wrong, NULL),
+	           HSM_ERR_INCORRECT_KEY_MATERIAL);
+	hsm_version_record_clear(&wrong);
+	assert_int_equal(p.calls, 0);
+	expect_version(f->s, &v1);
+
+	/* Promoted, version 2 is in use: its digest is fixed too. */
+	EXPECT_OK(hsm_store_key_promote(f->s, "ext", 2, 1700002000, HSM_ROTATION_ON_DEMAND, NULL,
+	                                NULL, NULL));
+	v2.created = 1700002000;
+	v2.rotation_type = HSM_ROTATION_ON_DEMAND;
+	version_of(&wrong, "ext", 2, "WRAPPED-X", "DIGEST-X", 0, "");
+	EXPECT_ERR(hsm_store_key_set_material(f->s, "ext", observe, &p, &wrong, NULL),
+	           HSM_ERR_INCORRECT_KEY_MATERIAL);
+	assert_int_equal(p.calls, 0);
+	expect_version(f->s, &v2);
+	/* The same material again: expiry and description change, its history does not. */
+	hsm_version_record_clear(&wrong);
+	version_of(&wrong, "ext", 2, "WRAPPED-2B", "DIGEST-2", 1990000000, "renewed");
+	set_material(f->s, &wrong);
+	wrong.created = 1700002000;
+	wrong.rotation_type = HSM_ROTATION_ON_DEMAND;
+	expect_version(f->s, &wrong);
+	expect_key(f->s, "ext", 2, 1990000000, 0);
+	hsm_version_record_clear(&v1);
+	hsm_version_record_clear(&v2);
+	hsm_version_record_clear(&wrong);
+}
+
+static hsm_result add_jwt_flag(hsm_key_record *k, void *arg)
+{
+	(void)arg;
+	k->flags |= HSM_KEYFLAG_JWT;
+	return HSM_SUCCESS;
+}
+
+/*
+ * The key's valid_to is the earliest expiry among the versions holding
+ * material (the pending one included, erased ones not); NO_MATERIAL is set
+ * while a version in use holds none (not for the pending one).  Other flags
+ * stay.
+ */
+static void test_material_fields_follow_the_versions(void **state)
+{
+	st_fixture *f = *state;
+	const uint32_t jwt = HSM_KEYFLAG_JWT, none = HSM_KEYFLAG_NO_MATERIAL;
+	hsm_version_record v1, v2;
+	imported_key(f->s, "ext", 3000);
+	EXPECT_OK(hsm_store_key_update(f->s, "ext", add_jwt_flag, NULL, NULL, NULL));
+	version_of(&v1, "ext", 1, "WRAPPED-1", "DIGEST-1", 3000, "");
+	version_of(&v2, "ext", 2, "WRAPPED-2", "DIGEST-2", 2000, "");
+	set_material(f->s, &v2); /* the pending version expires first */
+	expect_key(f->s, "ext", 1, 2000, jwt);
+	v2.valid_to = 0; /* never */
+	set_material(f->s, &v2);
+	expect_key(f->s, "ext", 1, 3000, jwt);
+	v2.valid_to = 4000;
+	set_material(f->s, &v2);
+	expect_key(f->s, "ext", 1, 3000, jwt);
+	/* The version in use erased: no material in use, and its expiry no longer counts. */
+	hsm_buf_free(&v1.wrapped);
+	set_material(f->s, &v1);
+	expect_key(f->s, "ext", 1, 4000, jwt | none);
+	/* Imported again without expiry: material in use again. */
+	set_buf(&v1.wrapped, "WRAPPED-1");
+	v1.valid_to = 0;
+	set_material(f->s, &v1);
+	expect_key(f->s, "ext", 1, 4000, jwt);
+	/* The pending version erased: the flag stays clear. */
+	hsm_buf_free(&v2.wrapped);
+	set_material(f->s, &v2);
+	expect_key(f->s, "ext", 1, 0, jwt);
+	hsm_buf_free(&v1.wrapped);
+	set_material(f->s, &v1);
+	expect_key(f->s, "ext", 1, 0, jwt | none);
+	hsm_version_record_clear(&v1);
+	hsm_version_record_clear(&v2);
+}
+
+/* keys_due finds material that expires in the pending version. */
+static void test_keys_due_sees_a_pending_expiry(void **state)
+{
+	st_fixture *f = *state;
+	char got[256];
+	hsm_version_record v2;
+	imported_key(f->s, "ext", 0);
+	imported_key(f->s, "quiet", 0);
+	due(f->s, 1000, 10, got, sizeof(got));
+	assert_string_equal(got, "");
+	version_of(&v2, "ext", 2, "WRAPPED-2", "DIGEST-2", 500, "");
+	set_material(f->s, &v2);
+	due(f->s, 1000, 10, got, sizeof(got));
+	assert_string_equal(got, "ext");
+	due(f->s, 499, 10, got, sizeof(got));
+	assert_string_equal(got, "");
+	/* Erased, it no longer expires. */
+	hsm_buf_free(&v2.wrapped);
+	set_material(f->s, &v2);
+	due(f->s, 1000, 10, got, sizeof(got));
+	assert_string_equal(got, "");
+	hsm_version_record_clear(&v2);
+}
+
+/* Pending material replaced by other material is overwritten on disk as an erasure is. */
+static void test_replaced_pending_material_leaves_the_store(void **state)
+{
+	st_fixture *f = *state;
+	uint8_t secret[64];
+	for (size_t i = 0; i < sizeof(secret); i++)
+		secret[i] = (uint8_t)(0x5A ^ (i * 41));
+	hsm_version_record v2;
+	imported_key(f->s, "ext", 0);
+	version_of(&v2, "ext", 2, "", "DIGEST-2", 0, "");
+	assert_true(hsm_ok(hsm_buf_set(&v2.wrapped, secret, sizeof(secret))));
+	set_material(f->s, &v2);
+	st_reopen(f);
+	if (!st_is_pg())
+		assert_true(files_contain(f->dir, secret)); /* control */
+	set_buf(&v2.wrapped, "OTHER-MATERIAL");
+	set_buf(&v2.digest, "OTHER-DIGEST");
+	set_material(f->s, &v2);
+	expect_version(f->s, &v2);
+	if (!st_is_pg()) {
+		assert_false(files_contain(f->dir, secret));
+		hsm_store_close(f->s);
+		f->s = NULL;
+		assert_false(files_contain(f->dir, secret));
+	}
+	hsm_version_record_clear(&v2);
+}
+
+/* ---- Promotion ------------------------------------------------------------------------------ */
+
+static void test_promote_makes_the_pending_version_primary(void **state)
+{
+	st_fixture *f = *state;
+	hsm_key_record after = {0};
+	hsm_version_record v1, v2, v3;
+	imported_key(f->s, "ext", 0);
+	version_of(&v1, "ext", 1, "WRAPPED-1", "DIGEST-1", 0, "first");
+	version_of(&v2, "ext", 2, "WRAPPED-2", "DIGEST-2", 1950000000, "next");
+	v2.rotation_type = HSM_ROTATION_AUTOMATIC;
+	set_material(f->s, &v2);
+	probe p = {0};
+	EXPECT_OK(hsm_store_key_promote(f->s, "ext", 2, 1700009999, HSM_ROTATION_ON_DEMAND, observe,
+	                                &p, &after));
+	/* fn ran on the record before the store moved the primary version. */
+	assert_int_equal(p.calls, 1);
+	assert_int_equal(p.primary, 1);
+	assert_int_equal(after.primary_version, 2);
+	assert_int_equal(after.updated, 1700000888);
+	assert_int_equal(after.valid_to, 1950000000);
+	hsm_key_record_clear(&after);
+	st_reopen(f);
+	expect_key(f->s, "ext", 2, 1950000000, 0);
+	v2.created = 1700009999;
+	v2.rotation_type = HSM_ROTATION_ON_DEMAND;
+	expect_version(f->s, &v2);
+	expect_version(f->s, &v1);
+	/* Without fn; the next pending version. */
+	version_of(&v3, "ext", 3, "WRAPPED-3", "DIGEST-3", 0, "third");
+	set_material(f->s, &v3);
+	EXPECT_OK(hsm_store_key_promote(f->s, "ext", 3, 1700010000, HSM_ROTATION_AUTOMATIC, NULL,
+	                                NULL, &after));
+	assert_int_equal(after.primary_version, 3);
+	assert_int_equal(after.updated, 1700000888);
+	hsm_key_record_clear(&after);
+	v3.created = 1700010000;
+	v3.rotation_type = HSM_ROTATION_AUTOMATIC;
+	expect_version(f->s, &v3);
+	expect_key(f->s, "ext", 3, 1950000000, 0);
+	hsm_version_record_clear(&v1);
+	hsm_version_record_clear(&v2);
+	hsm_version_record_clear(&v3);
+}
+
+/* Each refusal leaves the key and the pending version as they were, fn not run unless it refused. */
+static void test_promote_errors(void **state)
+{
+	st_fixture *f = *state;
+	hsm_key_record after = {0};
+	hsm_version_record v2;
+	probe p = {0};
+	imported_key(f->s, "ext", 0);
+	/* No pending version yet. */
+	EXPECT_ERR(hsm_store_key_promote(f->s, "ext", 2, 1, HSM_ROTATION_ON_DEMAND, observe, &p,
+	                                 &after),
+	           HSM_ERR_NOT_FOUND);
+	version_of(&v2, "ext", 2, "WRAPPED-2", "DIGEST-2", 0, "next");
+	set_material(f->s, &v2);
+	/* Not primary+1: another rotation came first (or the caller is confused). */
+	EXPECT_ERR(hsm_store_key_promote(f->s, "ext", 1, 1, HSM_ROTATION_ON_DEMAND, observe, &p,
+	                                 &after),
+	           HSM_ERR_CONFLICT);
+	EXPECT_ERR(hsm_store_key_promote(f->s, "ext", 3, 1, HSM_ROTATION_ON_DEMAND, observe, &p,
+	                                 &after),
+	           HSM_ERR_CONFLICT);
+	/* No such key; malformed arguments. */
+	EXPECT_ERR(hsm_store_key_promote(f->s, "nokey", 2, 1, HSM_ROTATION_ON_DEMAND, observe, &p,
+	                                 &after),
+	           HSM_ERR_NOT_FOUND);
+	EXPECT_ERR(hsm_store_key_promote(f->s, "ext", 0, 1, HSM_ROTATION_ON_DEMAND, observe, &p,
+	                                 &after),
+	           HSM_ERR_VALIDATION);
+	EXPECT_ERR(hsm_store_key_promote(f->s, "", 2, 1, HSM_ROTATION_ON_DEMAND, observe, &p,
+	                                 &after),
+	           HSM_ERR_VALIDATION);
+	assert_int_equal(p.calls, 0);
+
+	/* fn's failure is returned and undoes everything. */
+	p.fail = HSM_ERR_DISABLED;
+	EXPECT_ERR(hsm_store_key_promote(f->s, "ext", 2, 1, HSM_ROTATION_ON_DEMAND, observe, &p,
+	                                 &after),
+	           HSM_ERR_DISABLED);
+	assert_string_equal(hsm_last_message(), "probe refused");
+	assert_int_equal(p.calls, 1);
+	/* The state rules hold. */
+	const hsm_key_state destroyed = HSM_KEY_DESTROYED;
+	p.fail = HSM_OK;
+	p.to = &destroyed;
+	EXPECT_ERR(hsm_store_key_promote(f->s, "ext", 2, 1, HSM_ROTATION_ON_DEMAND, observe, &p,
+	                                 &after),
+	           HSM_ERR_INVALID_STATE);
+	assert_int_equal(p.calls, 2);
+	assert_null(after.description);
+	expect_key(f->s, "ext", 1, 0, 0);
+	expect_version(f->s, &v2);
+
+	/* A pending version without material cannot become primary. */
+	hsm_buf_free(&v2.wrapped);
+	set_material(f->s, &v2);
+	p.to = NULL;
+	p.calls = 0;
+	EXPECT_ERR(hsm_store_key_promote(f->s, "ext", 2, 1, HSM_ROTATION_ON_DEMAND, observe, &p,
+	                                 &after),
+	           HSM_ERR_INVALID_STATE);
+	assert_int_equal(p.calls, 0);
+	expect_key(f->s, "ext", 1, 0, 0);
+	expect_version(f->s, &v2);
+
+	/* Nor can anything on a destroyed key. */
+	set_buf(&v2.wrapped, "WRAPPED-2");
+	set_material(f->s, &v2);
+	EXPECT_OK(hsm_store_key_destroy(f->s, "ext", 1700003000));
+	EXPECT_ERR(hsm_store_key_promote(f->s, "ext", 2, 1, HSM_ROTATION_ON_DEMAND, observe, &p,
+	                                 &after),
+	           HSM_ERR_INVALID_STATE);
+	assert_non_null(strstr(hsm_last_message(), "destroyed"));
+	assert_int_equal(p.calls, 0);
+	expect_key(f->s, "ext", 1, 0, 0);
+	hsm_version_record_clear(&v2);
+}
+
+/* The version and the key record change together or not at all, whichever write fails. */
+static void test_promote_is_one_transaction(void **state)
+{
+	st_fixture *f = *state;
+	hsm_version_record v2;
+	imported_key(f->s, "ext", 0);
+	version_of(&v2, "ext", 2, "WRAPPED-2", "DIGEST-2", 0, "next");
+	set_material(f->s, &v2);
+	/* The key record fails to write after the version was changed: both are undone. */
+	st_poison_on(f, "UPDATE", "keys", "NEW.description = 'boom'");
+	change c = {.state = HSM_KEY_ENABLED, .description = "boom"};
+	EXPECT_ERR(hsm_store_key_promote(f->s, "ext", 2, 1700004000, HSM_ROTATION_ON_DEMAND,
+	                                 apply_change, &c, NULL),
+	           HSM_ERR_STORE);
+	assert_int_equal(c.calls, 1);
+	expect_key(f->s, "ext", 1, 0, 0);
+	expect_version(f->s, &v2);
+	/* Control: the same call without the poisoned value goes through. */
+	c.description = NULL;
+	EXPECT_OK(hsm_store_key_promote(f->s, "ext", 2, 1700004000, HSM_ROTATION_ON_DEMAND,
+	                                apply_change, &c, NULL));
+	v2.created = 1700004000;
+	v2.rotation_type = HSM_ROTATION_ON_DEMAND;
+	expect_version(f->s, &v2);
+	expect_key(f->s, "ext", 2, 0, 0);
+	hsm_version_record_clear(&v2);
+}
+
 /* ---- Migration from the schema before imported material ------------------------------- */
 
 /* A grant with id "<c> x 64" on key_id. */
@@ -807,6 +1319,66 @@ static void test_migration_keeps_references_enforced(void **state)
 	EXPECT_ERR(hsm_store_version_get(f->s, "nokey", 1, &v), HSM_ERR_NOT_FOUND);
 }
 
+/* ---- Migration to per-version expiry and description ------------------------------------------ */
+
+/*
+ * Before the step, an imported key had one version and keys.valid_to was its
+ * expiry: the step moves that expiry onto the version when it holds imported
+ * material (a digest and wrapped bytes), and onto no other.
+ */
+static void test_migrates_expiry_onto_versions(void **state)
+{
+	st_fixture *f = *state;
+	hsm_key_record want;
+	hsm_version_record v;
+	imported_key(f->s, "k-imported", 1900000000);
+	/* Material deleted (its digest kept), and generated material: a stray key expiry stays there. */
+	imported_key(f->s, "k-deleted", 0);
+	version_of(&v, "k-deleted", 1, "", "DIGEST-1", 0, "");
+	set_material(f->s, &v);
+	hsm_version_record_clear(&v);
+	st_create_key(f->s, "k-generated", "W", 1);
+	st_key(&want, "k-deleted");
+	want.state = HSM_KEY_PENDING_IMPORT;
+	want.flags = HSM_KEYFLAG_NO_MATERIAL;
+	want.valid_to = 1850000000;
+	EXPECT_OK(hsm_store_key_update(f->s, "k-deleted", set_state, &want, NULL, NULL));
+	want.state = HSM_KEY_ENABLED;
+	want.flags = 0;
+	want.valid_to = 1860000000;
+	EXPECT_OK(hsm_store_key_update(f->s, "k-generated", set_state, &want, NULL, NULL));
+
+	st_schema_before_version_material(f);
+	/* Control: the columns are gone, with what the versions held in them. */
+	assert_int_equal(has_column(f, "key_versions", "valid_to"), 0);
+	assert_int_equal(has_column(f, "key_versions", "description"), 0);
+	assert_int_equal(has_column(f, "keys", "valid_to"), 1);
+
+	EXPECT_OK(hsm_store_open(f->loc, &f->s));
+	int latest = st_is_pg() ? hsm_store_pg_schema_latest() : hsm_store_sqlite_schema_latest();
+	assert_int_equal(hsm_store_schema_version(f->s), latest);
+	version_of(&v, "k-imported", 1, "WRAPPED-1", "DIGEST-1", 1900000000, "");
+	expect_version(f->s, &v);
+	hsm_version_record_clear(&v);
+	version_of(&v, "k-deleted", 1, "", "DIGEST-1", 0, "");
+	expect_version(f->s, &v);
+	hsm_version_record_clear(&v);
+	EXPECT_OK(hsm_store_version_get(f->s, "k-generated", 1, &v));
+	assert_int_equal(v.valid_to, 0);
+	assert_string_equal(v.description, "");
+	hsm_version_record_clear(&v);
+	/* The keys are as they were. */
+	expect_key(f->s, "k-imported", 1, 1900000000, 0);
+	expect_key(f->s, "k-deleted", 1, 1850000000, HSM_KEYFLAG_NO_MATERIAL);
+	expect_key(f->s, "k-generated", 1, 1860000000, 0);
+
+	/* The moved expiry is what the store derives the key's from: a pending version that never expires keeps it. */
+	version_of(&v, "k-imported", 2, "WRAPPED-2", "DIGEST-2", 0, "next");
+	set_material(f->s, &v);
+	hsm_version_record_clear(&v);
+	expect_key(f->s, "k-imported", 1, 1900000000, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -828,6 +1400,27 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_migrates_a_store_from_before_imports, st_setup,
 		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_migration_keeps_references_enforced, st_setup,
+		                                st_teardown),
+		cmocka_unit_test_setup_teardown(test_version_fields_roundtrip, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_version_fields_checked, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_pending_version_is_inserted_not_primary, st_setup,
+		                                st_teardown),
+		cmocka_unit_test_setup_teardown(test_pending_version_is_replaced_whole, st_setup,
+		                                st_teardown),
+		cmocka_unit_test_setup_teardown(test_in_use_digest_stays_with_a_pending_version,
+		                                st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_material_fields_follow_the_versions, st_setup,
+		                                st_teardown),
+		cmocka_unit_test_setup_teardown(test_keys_due_sees_a_pending_expiry, st_setup,
+		                                st_teardown),
+		cmocka_unit_test_setup_teardown(test_replaced_pending_material_leaves_the_store,
+		                                st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_promote_makes_the_pending_version_primary,
+		                                st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_promote_errors, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_promote_is_one_transaction, st_setup,
+		                                st_teardown),
+		cmocka_unit_test_setup_teardown(test_migrates_expiry_onto_versions, st_setup,
 		                                st_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -357,6 +357,41 @@ static inline void st_poison(st_fixture *f, const char *table, const char *cond)
 	st_poison_on(f, "INSERT", table, cond);
 }
 
+/* The raw part of st_schema_before_version_material, on a closed store. */
+static inline void st_drop_version_material(st_fixture *f)
+{
+	if (st_is_pg()) {
+		assert_int_equal(st_pg_exec(f->db,
+		                            "BEGIN;"
+		                            "ALTER TABLE key_versions DROP COLUMN valid_to;"
+		                            "ALTER TABLE key_versions DROP COLUMN description;"
+		                            "DELETE FROM schema_version WHERE version >= 4;"
+		                            "COMMIT"),
+		                 0);
+		return;
+	}
+	assert_int_equal(st_raw_exec(f->dir, "BEGIN;"
+	                                     "ALTER TABLE key_versions DROP COLUMN valid_to;"
+	                                     "ALTER TABLE key_versions DROP COLUMN description;"
+	                                     "DELETE FROM schema_version WHERE version >= 5;"
+	                                     "COMMIT"),
+	                 SQLITE_OK);
+}
+
+/*
+ * Closes the store and takes it back to the schema before per-version
+ * imported material (SQLite step 4, PostgreSQL step 3: no valid_to or
+ * description on key_versions), keeping its records.  What the versions
+ * held in those columns is lost, as an older hsmd never wrote it; keys
+ * keep their valid_to.
+ */
+static inline void st_schema_before_version_material(st_fixture *f)
+{
+	hsm_store_close(f->s);
+	f->s = NULL;
+	st_drop_version_material(f);
+}
+
 /*
  * Closes the store and takes it back to the schema before imported key
  * material (SQLite step 3, PostgreSQL step 2), keeping its records: a store
@@ -368,6 +403,7 @@ static inline void st_schema_before_import(st_fixture *f)
 {
 	hsm_store_close(f->s);
 	f->s = NULL;
+	st_drop_version_material(f);
 	if (st_is_pg()) {
 		assert_int_equal(st_pg_exec(f->db,
 		                            "BEGIN;"
