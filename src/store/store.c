@@ -825,6 +825,16 @@ hsm_result st_material_target(const hsm_key_record *k, uint32_t version, bool ex
 	return HSM_SUCCESS;
 }
 
+hsm_result st_check_erasure(const hsm_version_record *m, bool holds, int64_t valid_to)
+{
+	if (m->wrapped.len > 0 || m->valid_to == 0)
+		return HSM_SUCCESS;
+	HSM_ENSURE(holds && valid_to == m->valid_to, HSM_ERR_CONFLICT,
+	           "version %u of key %s no longer holds material expiring then", m->version,
+	           m->key_id);
+	return HSM_SUCCESS;
+}
+
 void st_set_material_fields(hsm_key_record *k, int64_t earliest_valid_to, bool in_use_missing)
 {
 	k->valid_to = earliest_valid_to;

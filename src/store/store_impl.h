@@ -182,6 +182,13 @@ typedef enum st_material_write {
  * for a missing version up to primary_version or any version beyond
  * primary_version + 1; else *out says what to write.
  */
+/*
+ * An erasure with a nonzero material->valid_to (an expiry) needs the version
+ * to still hold material expiring at that time: CONFLICT otherwise.  Other
+ * writes pass.  The erasure itself stores valid_to 0.
+ */
+hsm_result st_check_erasure(const hsm_version_record *m, bool holds,
+                            int64_t valid_to) HSM_MUST_CHECK;
 hsm_result st_material_target(const hsm_key_record *k, uint32_t version, bool exists,
                               st_material_write *out) HSM_MUST_CHECK;
 /*

@@ -310,7 +310,7 @@ static const char SQL_VERSION_REPLACE[] =
 	"UPDATE key_versions SET created = $3, rotation_type = $4, wrapped = $5, public_der = $6, "
 	"digest = $7, valid_to = $8, description = $9 WHERE key_id = $1 AND version = $2";
 static const char SQL_VERSION_STATE[] =
-	"SELECT length(wrapped) > 0 FROM key_versions WHERE key_id = $1 AND version = $2";
+	"SELECT length(wrapped) > 0, valid_to FROM key_versions WHERE key_id = $1 AND version = $2";
 /* What set_material derives from the versions (store.h): earliest expiry, an in-use version without material. */
 static const char SQL_MATERIAL_FIELDS[] =
 	"SELECT coalesce(min(valid_to) FILTER (WHERE length(wrapped) > 0 AND valid_to <> 0), 0), "
@@ -319,7 +319,7 @@ static const char SQL_MATERIAL_FIELDS[] =
 
 /* Whether the key has the version, and whether it holds material. */
 static hsm_result version_state(pg_conn *w, const char *key_id, uint32_t version, bool *exists,
-                                bool *holds)
+                                bool *holds, int64_t *valid_to)
 {
 	pg_params p;
 	PGresult *r = NULL;
@@ -331,6 +331,8 @@ static hsm_result version_state(pg_conn *w, const char *key_id, uint32_t version
 	*exists = PQntuples(r) > 0;
 	if (*exists)
 		res = pg_col_bool(r, 0, 0, holds);
+	if (hsm_ok(res) && *exists)
+		res = pg_col_i64(r, 0, 1, valid_to);
 	PQclear(r);
 	return res;
 }
@@ -370,9 +372,17 @@ static hsm_result write_material(pg_conn *w, const hsm_key_record *rec,
                                  const hsm_version_record *m, bool *inserted)
 {
 	bool exists = false, holds = false;
+	int64_t valid_to = 0;
 	st_material_write target;
-	HSM_GUARD(version_state(w, m->key_id, m->version, &exists, &holds));
+	HSM_GUARD(version_state(w, m->key_id, m->version, &exists, &holds, &valid_to));
 	HSM_GUARD(st_material_target(rec, m->version, exists, &target));
+	HSM_GUARD(st_check_erasure(m, holds, valid_to));
+	hsm_version_record erased;
+	if (m->wrapped.len == 0) { /* an erased material expires no more */
+		erased = *m;
+		erased.valid_to = 0;
+		m = &erased;
+	}
 	*inserted = target == ST_MATERIAL_INSERT_PENDING;
 	switch (target) {
 	case ST_MATERIAL_INSERT_PENDING:
@@ -443,7 +453,8 @@ static hsm_result key_promote_body(pg_conn *w, void *arg)
 	pg_params p;
 	/* Locked as in key_update_body: set_material and promote of one key serialize. */
 	HSM_GUARD(load_key(w, SQL_KEY_GET_FOR_UPDATE, op->key_id, rec));
-	HSM_GUARD(version_state(w, op->key_id, op->promote, &exists, &holds));
+	int64_t valid_to = 0;
+	HSM_GUARD(version_state(w, op->key_id, op->promote, &exists, &holds, &valid_to));
 	HSM_GUARD(st_check_promote(rec, op->promote, exists, holds));
 	pg_params_init(&p);
 	pg_p_text(&p, op->key_id);

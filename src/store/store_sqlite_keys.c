@@ -316,24 +316,26 @@ static const char SQL_VERSION_REPLACE[] =
 	"UPDATE key_versions SET created = ?3, rotation_type = ?4, wrapped = ?5, public_der = ?6, "
 	"digest = ?7, valid_to = ?8, description = ?9 WHERE key_id = ?1 AND version = ?2";
 static const char SQL_VERSION_STATE[] =
-	"SELECT length(wrapped) > 0 FROM key_versions WHERE key_id = ?1 AND version = ?2";
+	"SELECT length(wrapped) > 0, valid_to FROM key_versions WHERE key_id = ?1 AND version = ?2";
 /* What set_material derives from the versions (store.h): earliest expiry, an in-use version without material. */
 static const char SQL_MATERIAL_FIELDS[] =
 	"SELECT coalesce(min(CASE WHEN length(wrapped) > 0 AND valid_to <> 0 THEN valid_to END), 0), "
 	"coalesce(max(version <= ?2 AND length(wrapped) = 0), 0) "
 	"FROM key_versions WHERE key_id = ?1";
 
-/* Whether the key has the version, and whether it holds material. */
+/* Whether the key has the version, whether it holds material, and its expiry. */
 static hsm_result version_state(sq_conn *w, const char *key_id, uint32_t version, bool *exists,
-                                bool *holds)
+                                bool *holds, int64_t *valid_to)
 {
 	sqlite3_stmt *st;
 	HSM_GUARD(sq_prepare(w, SQL_VERSION_STATE, &st));
 	sq_bind_text(w, st, 1, key_id);
 	sq_bind_i64(w, st, 2, version);
 	hsm_result res = sq_step(w, st, exists);
-	if (hsm_ok(res) && *exists)
+	if (hsm_ok(res) && *exists) {
 		*holds = sqlite3_column_int64(st, 0) != 0;
+		*valid_to = sqlite3_column_int64(st, 1);
+	}
 	sq_reset(st);
 	return res;
 }
@@ -369,9 +371,17 @@ static hsm_result write_material(sq_conn *w, const hsm_key_record *rec,
                                  const hsm_version_record *m, bool *inserted, bool *discarded)
 {
 	bool exists = false, holds = false;
+	int64_t valid_to = 0;
 	st_material_write target;
-	HSM_GUARD(version_state(w, m->key_id, m->version, &exists, &holds));
+	HSM_GUARD(version_state(w, m->key_id, m->version, &exists, &holds, &valid_to));
 	HSM_GUARD(st_material_target(rec, m->version, exists, &target));
+	HSM_GUARD(st_check_erasure(m, holds, valid_to));
+	hsm_version_record erased;
+	if (m->wrapped.len == 0) { /* an erased material expires no more */
+		erased = *m;
+		erased.valid_to = 0;
+		m = &erased;
+	}
 	*inserted = target == ST_MATERIAL_INSERT_PENDING;
 	*discarded = target == ST_MATERIAL_REPLACE_PENDING && holds;
 	switch (target) {
@@ -455,7 +465,8 @@ static hsm_result key_promote_in(sq_conn *w, const promote_op *op, hsm_key_recor
 	bool exists = false, holds = false;
 	sqlite3_stmt *st;
 	HSM_GUARD(load_key(w, op->key_id, rec));
-	HSM_GUARD(version_state(w, op->key_id, op->version, &exists, &holds));
+	int64_t valid_to = 0;
+	HSM_GUARD(version_state(w, op->key_id, op->version, &exists, &holds, &valid_to));
 	HSM_GUARD(st_check_promote(rec, op->version, exists, holds));
 	HSM_GUARD(sq_prepare(w, SQL_VERSION_PROMOTE, &st));
 	sq_bind_text(w, st, 1, op->key_id);

@@ -284,6 +284,60 @@ def test_imported_material_across_nodes(cluster):
                                    == b"imported"), 5)
 
 
+def test_new_imported_material_across_nodes(cluster):
+    """Two nodes importing new material into one key at once: exactly one wins; rotation
+    through node B shows on node A within the cache lifetime, and both decrypt both."""
+    import base64
+    import concurrent.futures
+    from test_import import wrap
+    off_a, off_b = kms(cluster.a, cluster.ops), kms(cluster.b, cluster.ops)
+    app_a, app_b = kms(cluster.a, cluster.app), kms(cluster.b, cluster.app)
+    kid = off_a.create_key(Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
+
+    def body(client, material, **more):
+        p = client.get_parameters_for_import(KeyId=kid, WrappingAlgorithm="RSAES_OAEP_SHA_256",
+                                             WrappingKeySpec="RSA_2048")
+        b = {"KeyId": kid, "ImportToken": base64.b64encode(p["ImportToken"]).decode(),
+             "EncryptedKeyMaterial": base64.b64encode(
+                 wrap(p, material, "RSAES_OAEP_SHA_256")).decode(),
+             "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"}
+        b.update(more)
+        return b
+
+    ops = {"akid": cluster.ops[0], "secret": cluster.ops[1]}
+    st, out = signed_call(cluster.a, "TrentService.ImportKeyMaterial",
+                          body(off_a, os.urandom(32)), **ops)
+    assert st == 200, out
+    id1 = out["KeyMaterialId"]
+    old = app_a.encrypt(KeyId=kid, Plaintext=b"old")["CiphertextBlob"]
+    bodies = [(cluster.a, body(off_a, os.urandom(32), ImportType="NEW_KEY_MATERIAL")),
+              (cluster.b, body(off_b, os.urandom(32), ImportType="NEW_KEY_MATERIAL"))]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda nb: signed_call(nb[0], "TrentService.ImportKeyMaterial",
+                                                       nb[1], **ops), bodies))
+    won = [out for st, out in results if st == 200]
+    lost = [out["__type"] for st, out in results if st != 200]
+    assert len(won) == 1 and lost in (["KMSInvalidStateException"], ["ConflictException"]), \
+        results
+    id2 = won[0]["KeyMaterialId"]
+    st, out = signed_call(cluster.b, "TrentService.RotateKeyOnDemand", {"KeyId": kid}, **ops)
+    assert st == 200, out
+
+    def current_on_a():
+        st, out = signed_call(cluster.a, "TrentService.DescribeKey", {"KeyId": kid}, **ops)
+        return st == 200 and out["KeyMetadata"]["CurrentKeyMaterialId"] == id2
+    assert eventually(current_on_a, 5)
+    st, out = signed_call(cluster.a, "TrentService.ListKeyRotations",
+                          {"KeyId": kid, "IncludeKeyMaterial": "ALL_KEY_MATERIAL"}, **ops)
+    assert st == 200, out
+    assert [(r["KeyMaterialId"], r["KeyMaterialState"]) for r in out["Rotations"]] == [
+        (id1, "NON_CURRENT"), (id2, "CURRENT")]
+    new = app_a.encrypt(KeyId=kid, Plaintext=b"new")["CiphertextBlob"]
+    for app in (app_a, app_b):
+        assert app.decrypt(CiphertextBlob=old)["Plaintext"] == b"old"
+        assert app.decrypt(CiphertextBlob=new)["Plaintext"] == b"new"
+
+
 def test_a_token_signed_on_one_node_verifies_through_the_other_nodes_jwks(cluster):
     """After a rotation on node A, node B publishes the new version within the cache
     lifetime, so a verifier fetching B's JWK Set accepts A's new tokens."""

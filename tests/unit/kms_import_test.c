@@ -920,7 +920,8 @@ static void test_rotation_to_new_material(void **state)
 	assert_int_equal(decrypt(f, &ct2).err, HSM_ERR_INVALID_STATE);
 	assert_int_equal(hsm_kms_delete_material(f->kms, &officer, k.key_id, id1, &after, &v).err,
 	                 HSM_ERR_INVALID_STATE); /* nothing left to delete there */
-	assert_true(hsm_ok(import_full(f, k.key_id, m1, 0, HSM_IMPORT_EXISTING, id1, NULL, &v)));
+	assert_true(hsm_ok(import_full(f, k.key_id, m1, NOW + 200, HSM_IMPORT_EXISTING, id1, NULL,
+	                               &v)));
 	assert_int_equal(state_of(f, k.key_id), HSM_KEY_ENABLED);
 	assert_true(hsm_ok(decrypt(f, &ct1)));
 	assert_true(hsm_ok(decrypt(f, &ct2)));

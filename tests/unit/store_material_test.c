@@ -939,6 +939,36 @@ static void test_material_fields_follow_the_versions(void **state)
 	hsm_version_record_clear(&v2);
 }
 
+/* An expiry's erasure holds only while the material still expires then; an erasure zeroes valid_to. */
+static void test_expiry_erasure_is_conditional(void **state)
+{
+	st_fixture *f = *state;
+	hsm_version_record v1, seen;
+	imported_key(f->s, "ext", 3000);
+	/* The scheduler saw 2000, but the material was imported again to expire at 3000. */
+	version_of(&v1, "ext", 1, "", "DIGEST-1", 2000, "first");
+	hsm_buf_free(&v1.wrapped);
+	assert_int_equal(hsm_store_key_set_material(f->s, "ext", NULL, NULL, &v1, NULL).err,
+	                 HSM_ERR_CONFLICT);
+	memset(&seen, 0, sizeof(seen));
+	EXPECT_OK(hsm_store_version_get(f->s, "ext", 1, &seen));
+	assert_true(seen.wrapped.len > 0);
+	assert_int_equal(seen.valid_to, 3000);
+	hsm_version_record_clear(&seen);
+	expect_key(f->s, "ext", 1, 3000, 0);
+	/* At the time it holds: erased, and nothing expires any more. */
+	v1.valid_to = 3000;
+	set_material(f->s, &v1);
+	v1.valid_to = 0;
+	expect_version(f->s, &v1);
+	expect_key(f->s, "ext", 1, 0, HSM_KEYFLAG_NO_MATERIAL);
+	/* Erased already: a second expiry finds nothing to erase. */
+	v1.valid_to = 3000;
+	assert_int_equal(hsm_store_key_set_material(f->s, "ext", NULL, NULL, &v1, NULL).err,
+	                 HSM_ERR_CONFLICT);
+	hsm_version_record_clear(&v1);
+}
+
 /* keys_due finds material that expires in the pending version. */
 static void test_keys_due_sees_a_pending_expiry(void **state)
 {
@@ -1412,6 +1442,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_material_fields_follow_the_versions, st_setup,
 		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_keys_due_sees_a_pending_expiry, st_setup,
+		                                st_teardown),
+		cmocka_unit_test_setup_teardown(test_expiry_erasure_is_conditional, st_setup,
 		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_replaced_pending_material_leaves_the_store,
 		                                st_setup, st_teardown),

@@ -265,12 +265,12 @@ static void test_refuses_newer_schema(void **state)
 
 /* ---- Lost connections ------------------------------------------------------------------------ */
 
-/* Ends every server session of the test database but the caller's own. */
+/* Ends every server session of the test database but the caller's own, and waits (up to 5 s) until each has exited. */
 static void kill_sessions(const char *db)
 {
 	char sql[256];
 	snprintf(sql, sizeof(sql),
-	         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+	         "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
 	         "WHERE datname = '%s' AND pid <> pg_backend_pid()",
 	         db);
 	assert_int_equal(st_pg_exec(NULL, sql), 0);
