@@ -79,15 +79,17 @@ static void print_key(const hsm_key_record *r)
 		hsm_format_time(r->deletion_date, del);
 	if (r->rotation_enabled)
 		hsm_format_time(r->next_rotation, rot);
-	char valid_to[21] = "-";
+	char valid_to[21] = "-", material[HSM_MATERIAL_ID_LEN + 1];
 	if (r->valid_to)
 		hsm_format_time(r->valid_to, valid_to);
+	hsm_kms_material_id(r->key_id, r->primary_version, material);
 	printf("key: %s\nspec: %s\nusage: %s\nstate: %s\norigin: %s\ncreated: %s\n"
-	       "primary-version: %u\nrotation: %s (period %d days, next %s)\ndeletion-date: %s\n"
+	       "primary-version: %u\ncurrent-material-id: %s\n"
+	       "rotation: %s (period %d days, next %s)\ndeletion-date: %s\n"
 	       "material-valid-to: %s\ndescription: %s\n",
 	       r->key_id, hsm_spec_name(r->spec), hsm_usage_name(r->usage),
 	       hsm_key_state_name(r->state), hsm_key_origin_name(r->origin), created,
-	       r->primary_version, r->rotation_enabled ? "enabled" : "disabled",
+	       r->primary_version, material, r->rotation_enabled ? "enabled" : "disabled",
 	       r->rotation_period_days, rot, del, valid_to, r->description);
 }
 

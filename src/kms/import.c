@@ -301,18 +301,13 @@ static hsm_result set_material_state(hsm_key_record *rec, void *arg)
 typedef struct import_plan {
 	material_change change;
 	uint32_t version; /* the new material's version when it matches none of known */
-	hsm_ks_known_material known[64];
+	hsm_ks_known_material *known; /* room for every version of the key */
 	size_t n_known;
 	bool want_match;  /* EXISTING: it must be one of known */
-	bool more;        /* more versions than known holds */
 } import_plan;
 
 static void plan_add(import_plan *p, const hsm_version_record *v)
 {
-	if (p->n_known == sizeof(p->known) / sizeof(p->known[0])) {
-		p->more = true;
-		return;
-	}
 	p->known[p->n_known].version = v->version;
 	p->known[p->n_known].digest = &v->digest;
 	p->n_known++;
@@ -331,6 +326,8 @@ static hsm_result plan_import(const kms_key *k, const materials *m, const hsm_im
 	HSM_ENSURE(req->material_id == NULL || type == HSM_IMPORT_EXISTING, HSM_ERR_VALIDATION,
 	           "KeyMaterialId cannot be given with ImportType NEW_KEY_MATERIAL");
 	memset(p, 0, sizeof(*p));
+	p->known = calloc(m->n + 1, sizeof(*p->known));
+	HSM_ENSURE(p->known != NULL, HSM_ERR_NOMEM, "out of memory");
 	if (type == HSM_IMPORT_EXISTING) {
 		HSM_ENSURE(had, HSM_ERR_VALIDATION,
 		           "%s has never had key material: import it with ImportType "
@@ -385,7 +382,7 @@ hsm_result hsm_kms_import_material(hsm_kms *kms, const hsm_caller *caller,
 	memset(&v, 0, sizeof(v));
 	int64_t valid_to = 0;
 	char valid_to_text[24];
-	import_plan plan;
+	import_plan plan = {0};
 	size_t match = 0;
 	HSM_ENSURE(req->token != NULL && req->token_len > 0, HSM_ERR_VALIDATION,
 	           "ImportToken is required");
@@ -405,10 +402,6 @@ hsm_result hsm_kms_import_material(hsm_kms *kms, const hsm_caller *caller,
 	HSM_TRY(require_external(k, HSM_OP_ImportKeyMaterial));
 	HSM_TRY(materials_read(kms, k->rec.key_id, &m));
 	HSM_TRY(plan_import(k, &m, req, &plan));
-	HSM_CHECK(!plan.more, HSM_ERR_LIMIT_EXCEEDED,
-	          "%s has more key materials than one import compares with: name the material "
-	          "(KeyMaterialId)",
-	          k->arn);
 	hsm_ks_keyref ref = kms_keyref(k, plan.version);
 	HSM_TRY(hsm_ks_import_material(kms->ks, &ref, req->token, req->token_len, req->encrypted,
 	                               req->encrypted_len, kms_now(kms), plan.known, plan.n_known,
@@ -446,6 +439,7 @@ hsm_result hsm_kms_import_material(hsm_kms *kms, const hsm_caller *caller,
 		*version = v.version;
 out:
 	kms_key_release(k);
+	free(plan.known);
 	materials_free(&m);
 	hsm_version_record_clear(&v);
 	return res;

@@ -211,3 +211,38 @@ def test_imported_signing_key_rotates(hsmd, kms, tmp_path):
                                                  serialization.PublicFormat.SubjectPublicKeyInfo)
     listed = materials(hsmd, key, "ALL_KEY_MATERIAL")
     assert [m["KeyMaterialDescription"] for m in listed] == ["", "2027 key"]
+
+
+def test_hsmctl_rotates_imported_material_offline(tmp_path):
+    """In a key ceremony: new material imported with --new, made current by key rotate."""
+    data, shares = tmp_path / "data", tmp_path / "shares"
+    p = run_hsmctl("init", "--data-dir", str(data), "--share-dir", str(shares), "--shares", "2",
+                   "--threshold", "2")
+    assert p.returncode == 0, p.stderr
+    quorum = ["--data-dir", str(data), "--share", str(shares / "share-1-of-2.share"),
+              "--share", str(shares / "share-2-of-2.share")]
+    p = run_hsmctl("key", "create", *quorum, "--origin", "EXTERNAL")
+    assert p.returncode == 0, p.stderr
+    key = re.search(r"^key: (\S+)$", p.stdout, re.M).group(1)
+    first, second = tmp_path / "m1.bin", tmp_path / "m2.bin"
+    first.write_bytes(os.urandom(32))
+    second.write_bytes(os.urandom(32))
+    p = run_hsmctl("key", "import", *quorum, key, "--material", str(first),
+                   "--wrapping-key-spec", "RSA_2048")
+    assert p.returncode == 0, p.stderr
+    id1 = re.search(r"material-id: ([0-9a-f]{64})", p.stdout).group(1)
+    p = run_hsmctl("key", "import", *quorum, key, "--material", str(second), "--new",
+                   "--wrapping-key-spec", "RSA_2048")
+    assert p.returncode == 0, p.stderr
+    assert "version: 2" in p.stdout, p.stdout
+    id2 = re.search(r"material-id: ([0-9a-f]{64})", p.stdout).group(1)
+    p = run_hsmctl("key", "describe", *quorum, key)
+    assert p.returncode == 0 and f"current-material-id: {id1}" in p.stdout, p.stdout + p.stderr
+    p = run_hsmctl("key", "rotate", *quorum, key)
+    assert p.returncode == 0, p.stderr
+    p = run_hsmctl("key", "describe", *quorum, key)
+    assert f"current-material-id: {id2}" in p.stdout and "primary-version: 2" in p.stdout, \
+        p.stdout
+    # Nothing waits any more: a second rotation is refused.
+    p = run_hsmctl("key", "rotate", *quorum, key)
+    assert p.returncode == 1 and "no key material pending rotation" in p.stderr, p.stderr
