@@ -349,6 +349,43 @@ out:
 	return res;
 }
 
+hsm_result hsm_ks_gcm_seal(hsm_keystore *ks, const hsm_ks_keyref *ref, const uint8_t *aad,
+                           size_t aad_len, const uint8_t *pt, size_t pt_len,
+                           uint8_t iv[HSM_GCM_IV_LEN], hsm_buf *ct)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_material *m = NULL;
+	uint8_t tag[HSM_GCM_TAG_LEN];
+	size_t start = ct->len;
+	HSM_ENSURE(ref->spec == HSM_SPEC_SYMMETRIC_DEFAULT, HSM_ERR_INVALID_KEY_USAGE,
+	           "AES-GCM needs a SYMMETRIC_DEFAULT key");
+	HSM_GUARD(material_get(ks, ref, &m));
+	HSM_TRY(hsm_random_iv(iv));
+	HSM_TRY(hsm_aes_gcm_seal(m, iv, aad, aad_len, pt, pt_len, ct, tag));
+	HSM_TRY(hsm_buf_put(ct, tag, sizeof(tag)));
+out:
+	if (hsm_failed(res))
+		ct->len = start;
+	hsm_material_free(m);
+	return res;
+}
+
+hsm_result hsm_ks_gcm_open(hsm_keystore *ks, const hsm_ks_keyref *ref,
+                           const uint8_t iv[HSM_GCM_IV_LEN], const uint8_t *aad, size_t aad_len,
+                           const uint8_t *ct, size_t ct_len, hsm_buf *pt)
+{
+	hsm_material *m = NULL;
+	HSM_ENSURE(ref->spec == HSM_SPEC_SYMMETRIC_DEFAULT, HSM_ERR_INVALID_KEY_USAGE,
+	           "AES-GCM needs a SYMMETRIC_DEFAULT key");
+	HSM_ENSURE(ct_len >= HSM_GCM_TAG_LEN, HSM_ERR_INVALID_CIPHERTEXT,
+	           "the ciphertext is shorter than its tag");
+	HSM_GUARD(material_get(ks, ref, &m));
+	size_t n = ct_len - HSM_GCM_TAG_LEN;
+	hsm_result r = hsm_aes_gcm_open(m, iv, aad, aad_len, ct, n, ct + n, pt);
+	hsm_material_free(m);
+	return r;
+}
+
 /* ---- RSA encryption ------------------------------------------------------------ */
 
 hsm_result hsm_ks_rsa_encrypt(hsm_keystore *ks, const hsm_ks_keyref *ref, hsm_enc_alg alg,

@@ -209,6 +209,19 @@ hsm_result hsm_ks_import_material(hsm_keystore *ks, const hsm_ks_keyref *ref,
 /* Encrypts pt into a ciphertext blob (crypto/blob.h); ctx is the canonical context. */
 hsm_result hsm_ks_encrypt(hsm_keystore *ks, const hsm_ks_keyref *ref, const hsm_buf *ctx,
                           const uint8_t *pt, size_t pt_len, hsm_buf *blob) HSM_MUST_CHECK;
+/*
+ * Plain AES-256-GCM with a SYMMETRIC_DEFAULT key version (hsmd's HsmdCipher
+ * operations, PKCS#11 CKM_AES_GCM): the keystore draws the 96-bit IV, so no
+ * caller can make it repeat; ct receives the ciphertext followed by the
+ * 16-byte tag.  open: HSM_ERR_INVALID_CIPHERTEXT when the tag does not
+ * verify; pt is a secure buffer.
+ */
+hsm_result hsm_ks_gcm_seal(hsm_keystore *ks, const hsm_ks_keyref *ref, const uint8_t *aad,
+                           size_t aad_len, const uint8_t *pt, size_t pt_len,
+                           uint8_t iv[HSM_GCM_IV_LEN], hsm_buf *ct) HSM_MUST_CHECK;
+hsm_result hsm_ks_gcm_open(hsm_keystore *ks, const hsm_ks_keyref *ref,
+                           const uint8_t iv[HSM_GCM_IV_LEN], const uint8_t *aad, size_t aad_len,
+                           const uint8_t *ct, size_t ct_len, hsm_buf *pt) HSM_MUST_CHECK;
 /* Decrypts a parsed blob with the version it names; pt is a secure buffer. */
 hsm_result hsm_ks_decrypt(hsm_keystore *ks, const hsm_ks_keyref *ref, const hsm_blob *blob,
                           const hsm_buf *ctx, hsm_buf *pt) HSM_MUST_CHECK;

@@ -103,7 +103,10 @@ typedef enum hsm_op {
 	/* hsmd's token operations (X-Amz-Target HsmdJwt.<Op>, kms/jwt.h) */              \
 	X(SignToken, HSM_OPC_CRYPTO, HSM_ROLES_USER, false)                                 \
 	X(EnableJwtSigning, HSM_OPC_MODIFY, HSM_ROLES_OFFICER, true)                        \
-	X(DisableJwtSigning, HSM_OPC_MODIFY, HSM_ROLES_OFFICER, true)
+	X(DisableJwtSigning, HSM_OPC_MODIFY, HSM_ROLES_OFFICER, true)                        \
+	/* hsmd's cipher operations (X-Amz-Target HsmdCipher.<Op>, kms/gcm.c) */           \
+	X(GcmEncrypt, HSM_OPC_CRYPTO, HSM_ROLES_USER, false)                                \
+	X(GcmDecrypt, HSM_OPC_CRYPTO, HSM_ROLES_USER, false)
 	HSM_OP_TABLE(HSM_OP_ENUM)
 #undef HSM_OP_ENUM
 	HSM_OP_COUNT
@@ -516,6 +519,28 @@ typedef struct hsm_decrypt_req {
 hsm_result hsm_kms_decrypt(hsm_kms *kms, const hsm_caller *caller, const hsm_decrypt_req *req,
                            hsm_buf *plaintext, hsm_used_key *used,
                            hsm_enc_alg *alg_used) HSM_MUST_CHECK;
+
+/* ---- Plain AES-GCM (kms/gcm.c) ------------------------------------------------- */
+
+#define HSM_GCM_MAX_DATA 65536 /* plaintext, and ciphertext without its tag */
+#define HSM_GCM_MAX_AAD 8192
+/*
+ * GcmEncrypt: AES-256-GCM of pt under the primary version of a
+ * SYMMETRIC_DEFAULT key, with an IV hsmd draws (written to iv) and aad;
+ * *ct receives the ciphertext and the 16-byte tag.  Nothing names the
+ * version in the output: GcmDecrypt tries the key's versions, newest first,
+ * and the tag tells which one made it (one uniform InvalidCiphertext
+ * otherwise).  Policies and roles as for Encrypt / Decrypt, under the
+ * actions kms:GcmEncrypt / kms:GcmDecrypt; grants do not allow them.
+ */
+hsm_result hsm_kms_gcm_encrypt(hsm_kms *kms, const hsm_caller *caller, const char *key,
+                               const uint8_t *aad, size_t aad_len, const uint8_t *pt,
+                               size_t pt_len, uint8_t iv[12], hsm_buf *ct,
+                               hsm_used_key *used) HSM_MUST_CHECK;
+hsm_result hsm_kms_gcm_decrypt(hsm_kms *kms, const hsm_caller *caller, const char *key,
+                               const uint8_t iv[12], const uint8_t *aad, size_t aad_len,
+                               const uint8_t *ct, size_t ct_len, hsm_buf *pt,
+                               hsm_used_key *used) HSM_MUST_CHECK;
 
 typedef struct hsm_reencrypt_req {
 	hsm_decrypt_req source;

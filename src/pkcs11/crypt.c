@@ -1,10 +1,18 @@
 /*
- * crypt.c - RSA-OAEP through hsmd (p11.h): C_Encrypt with the public key
- * object of an ENCRYPT_DECRYPT RSA key is hsmd's Encrypt, C_Decrypt with its
- * private key object hsmd's Decrypt, with EncryptionAlgorithm
- * RSAES_OAEP_SHA_1 or RSAES_OAEP_SHA_256.  Those are OAEP with MGF1 of the
- * same hash and no label, so only such CK_RSA_PKCS_OAEP_PARAMS are accepted.
- * One part only, as the mechanism is.
+ * crypt.c - encryption through hsmd (p11.h), one part only.
+ *
+ * RSA-OAEP: C_Encrypt with the public key object of an ENCRYPT_DECRYPT RSA
+ * key is hsmd's Encrypt, C_Decrypt with its private key object hsmd's
+ * Decrypt, with EncryptionAlgorithm RSAES_OAEP_SHA_1 or RSAES_OAEP_SHA_256.
+ * Those are OAEP with MGF1 of the same hash and no label, so only such
+ * CK_RSA_PKCS_OAEP_PARAMS are accepted.
+ *
+ * CKM_AES_GCM with the secret key object of a SYMMETRIC_DEFAULT key is
+ * hsmd's HsmdCipher.GcmEncrypt / GcmDecrypt.  As AWS CloudHSM does, the IV
+ * is the HSM's: C_Encrypt ignores the IV given and writes the one hsmd drew
+ * into the caller's CK_GCM_PARAMS pIv (so it must be 12 writable bytes, and
+ * stay so until C_Encrypt).  Tags are 128 bits, additional data at most
+ * 8192 bytes, data at most 65536.
  */
 #include <string.h>
 
@@ -32,6 +40,81 @@ static const char *oaep_algorithm(const CK_MECHANISM *mech, size_t *hash_len)
 	return NULL;
 }
 
+#define GCM_IV_LEN 12
+#define GCM_TAG_LEN 16
+#define GCM_MAX_AAD 8192
+#define GCM_MAX_DATA 65536
+
+/* CKM_AES_GCM's init: an AES key, a 12-byte IV buffer, a 128-bit tag. */
+static CK_RV gcm_init(p11_op *op, bool encrypt, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key)
+{
+	const p11_object *o = p11_object_get(key);
+	if (o == NULL)
+		return CKR_KEY_HANDLE_INVALID;
+	if (o->key_type != CKK_AES)
+		return CKR_KEY_TYPE_INCONSISTENT;
+	if (mech->pParameter == NULL || mech->ulParameterLen != sizeof(CK_GCM_PARAMS))
+		return CKR_MECHANISM_PARAM_INVALID;
+	const CK_GCM_PARAMS *p = mech->pParameter;
+	if (p->pIv == NULL || p->ulIvLen != GCM_IV_LEN || p->tag_bits != 8 * GCM_TAG_LEN ||
+	    p->aad_len > GCM_MAX_AAD || (p->aad_ptr == NULL && p->aad_len > 0))
+		return CKR_MECHANISM_PARAM_INVALID;
+	memset(op, 0, sizeof(*op));
+	if (p->aad_len > 0 && hsm_failed(hsm_buf_set(&op->data, p->aad_ptr, p->aad_len)))
+		return CKR_HOST_MEMORY;
+	if (encrypt)
+		op->iv_out = p->pIv;
+	else
+		memcpy(op->iv, p->pIv, GCM_IV_LEN);
+	op->mech = p11_mech_find(CKM_AES_GCM);
+	op->key = key;
+	op->active = true;
+	return CKR_OK;
+}
+
+/* GcmEncrypt or GcmDecrypt of in; the answer's members into out (and the IV). */
+static CK_RV call_gcm(bool encrypt, p11_op *op, const p11_object *o, const CK_BYTE *in,
+                      CK_ULONG n, hsm_buf *out, uint8_t iv[GCM_IV_LEN])
+{
+	char key_id[HSM_UUID_STRLEN + 1];
+	snprintf(key_id, sizeof(key_id), "%s", o->key_id);
+	hsm_buf data, aad = {0}, ivb = {0};
+	hsm_buf_init_secure(&data);
+	json_t *body = json_object(), *ans = NULL;
+	CK_RV rv = CKR_HOST_MEMORY;
+	if (body == NULL || hsm_failed(hsm_b64_encode(&data, in, n)) ||
+	    hsm_failed(hsm_b64_encode(&aad, op->data.data, op->data.len)) ||
+	    (!encrypt && hsm_failed(hsm_b64_encode(&ivb, op->iv, GCM_IV_LEN))))
+		goto out;
+	json_object_set_new(body, "KeyId", json_string(key_id));
+	json_object_set_new(body, encrypt ? "Plaintext" : "Ciphertext",
+	                    json_stringn((const char *)data.data, data.len));
+	json_object_set_new(body, "AdditionalData", json_stringn((const char *)aad.data, aad.len));
+	if (!encrypt)
+		json_object_set_new(body, "Iv", json_stringn((const char *)ivb.data, ivb.len));
+	rv = p11_call_unlocked(encrypt ? "HsmdCipher.GcmEncrypt" : "HsmdCipher.GcmDecrypt", body,
+	                       &ans);
+	body = NULL; /* taken */
+	if (rv == CKR_OK)
+		rv = p11_b64_member(ans, encrypt ? "Ciphertext" : "Plaintext", out);
+	if (rv == CKR_OK && encrypt) {
+		hsm_buf got = {0};
+		rv = p11_b64_member(ans, "Iv", &got);
+		if (rv == CKR_OK && got.len != GCM_IV_LEN)
+			rv = CKR_DEVICE_ERROR;
+		if (rv == CKR_OK)
+			memcpy(iv, got.data, GCM_IV_LEN);
+		hsm_buf_free(&got);
+	}
+out:
+	json_decref(body);
+	json_decref(ans);
+	hsm_buf_free(&data);
+	hsm_buf_free(&aad);
+	hsm_buf_free(&ivb);
+	return rv;
+}
+
 static CK_RV crypt_init(CK_SESSION_HANDLE hs, bool encrypt, CK_MECHANISM_PTR mech,
                         CK_OBJECT_HANDLE key)
 {
@@ -44,6 +127,8 @@ static CK_RV crypt_init(CK_SESSION_HANDLE hs, bool encrypt, CK_MECHANISM_PTR mec
 		return CKR_OPERATION_ACTIVE;
 	if (mech == NULL)
 		return CKR_ARGUMENTS_BAD;
+	if (mech->mechanism == CKM_AES_GCM)
+		return gcm_init(op, encrypt, mech, key);
 	if (mech->mechanism != CKM_RSA_PKCS_OAEP)
 		return CKR_MECHANISM_INVALID;
 	const p11_object *o = p11_object_get(key);
@@ -129,6 +214,27 @@ CK_RV C_Encrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR
 	CK_RV rv = CKR_OK;
 	if (o == NULL) {
 		rv = CKR_KEY_HANDLE_INVALID;
+	} else if (s->encrypt.mech->family == P11_AES_GCM) {
+		if (len > GCM_MAX_DATA) {
+			rv = CKR_DATA_LEN_RANGE;
+		} else {
+			CK_ULONG need = len + GCM_TAG_LEN;
+			if (out == NULL || *out_n < need) { /* the length query leaves it running */
+				*out_n = need;
+				LEAVE(out == NULL ? CKR_OK : CKR_BUFFER_TOO_SMALL);
+			}
+			hsm_buf ct = {0};
+			uint8_t iv[GCM_IV_LEN];
+			rv = call_gcm(true, &s->encrypt, o, data, len, &ct, iv);
+			if (rv == CKR_OK && ct.len != need)
+				rv = CKR_DEVICE_ERROR;
+			if (rv == CKR_OK) {
+				memcpy(out, ct.data, ct.len);
+				memcpy(s->encrypt.iv_out, iv, GCM_IV_LEN);
+				*out_n = need;
+			}
+			hsm_buf_free(&ct);
+		}
 	} else if (len == 0 || len > oaep_max(&s->encrypt, o->modulus.len)) {
 		rv = CKR_DATA_LEN_RANGE;
 	} else {
@@ -167,6 +273,24 @@ CK_RV C_Decrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR
 	CK_RV rv = CKR_OK;
 	if (o == NULL) {
 		rv = CKR_KEY_HANDLE_INVALID;
+	} else if (s->decrypt.mech->family == P11_AES_GCM) {
+		if (len < GCM_TAG_LEN || len > GCM_MAX_DATA + GCM_TAG_LEN) {
+			rv = CKR_ENCRYPTED_DATA_LEN_RANGE;
+		} else if (out == NULL || *out_n < len - GCM_TAG_LEN) {
+			*out_n = len - GCM_TAG_LEN; /* exact: GCM adds only the tag */
+			LEAVE(out == NULL ? CKR_OK : CKR_BUFFER_TOO_SMALL);
+		} else {
+			hsm_buf pt;
+			hsm_buf_init_secure(&pt);
+			rv = call_gcm(false, &s->decrypt, o, data, len, &pt, NULL);
+			if (rv == CKR_OK && pt.len != len - GCM_TAG_LEN)
+				rv = CKR_DEVICE_ERROR;
+			if (rv == CKR_OK) {
+				memcpy(out, pt.data, pt.len);
+				*out_n = (CK_ULONG)pt.len;
+			}
+			hsm_buf_free(&pt);
+		}
 	} else if (len != o->modulus.len) {
 		rv = CKR_ENCRYPTED_DATA_LEN_RANGE;
 	} else if (out == NULL) { /* an upper bound: the exact length is known once decrypted */

@@ -10,7 +10,8 @@
  *   - KEY_AGREEMENT EC keys: a public key object alone, for its public
  *     values (the module offers no derivation, so a private key object
  *     could do nothing; DeriveSharedSecret is the KMS API's);
- *   - HMAC keys: a secret key object (sign and verify a MAC).
+ *   - HMAC keys: a secret key object (sign and verify a MAC);
+ *   - SYMMETRIC_DEFAULT keys: an AES secret key object (CKM_AES_GCM, crypt.c).
  * CKA_ID is the key id, CKA_LABEL its first alias without "alias/" (or the
  * key id).  A key keeps its handles across listings.  Private values are
  * never in hsmd's answers: CKA_VALUE and the like are CKR_ATTRIBUTE_SENSITIVE.
@@ -269,6 +270,8 @@ static CK_RV load_key(const char *key_id, json_t *aliases)
 	label_of(aliases, key_id, label, sizeof(label));
 	if (usage == HSM_USAGE_GENERATE_VERIFY_MAC && is_hmac(spec)) {
 		rv = upsert(key_id, CKO_SECRET_KEY, spec, usage, CKK_GENERIC_SECRET, label, NULL);
+	} else if (usage == HSM_USAGE_ENCRYPT_DECRYPT && spec == HSM_SPEC_SYMMETRIC_DEFAULT) {
+		rv = upsert(key_id, CKO_SECRET_KEY, spec, usage, CKK_AES, label, NULL);
 	} else if ((usage == HSM_USAGE_SIGN_VERIFY && (is_rsa(spec) || curve_of(spec) != NULL)) ||
 	           (usage == HSM_USAGE_ENCRYPT_DECRYPT && is_rsa(spec)) ||
 	           (usage == HSM_USAGE_KEY_AGREEMENT && curve_of(spec) != NULL)) {
@@ -440,6 +443,7 @@ static a_status attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
 {
 	bool priv = o->cls == CKO_PRIVATE_KEY, pub = o->cls == CKO_PUBLIC_KEY;
 	bool secret = o->cls == CKO_SECRET_KEY, rsa = o->key_type == CKK_RSA;
+	bool aes = o->key_type == CKK_AES, mac = secret && !aes;
 	switch (t) {
 	case CKA_CLASS: return ulong_value(v, o->cls);
 	case CKA_KEY_TYPE: return ulong_value(v, o->key_type);
@@ -461,12 +465,13 @@ static a_status attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
 	case CKA_ID: return bytes(v, o->key_id, strlen(o->key_id));
 	case CKA_START_DATE:
 	case CKA_END_DATE: return bytes(v, "", 0);
-	case CKA_SIGN: return boolean(v, (priv && o->usage == HSM_USAGE_SIGN_VERIFY) || secret);
-	case CKA_VERIFY: return boolean(v, (pub && o->usage == HSM_USAGE_SIGN_VERIFY) || secret);
-	case CKA_DECRYPT: return boolean(v, priv && o->usage == HSM_USAGE_ENCRYPT_DECRYPT);
-	case CKA_ENCRYPT: return boolean(v, pub && o->usage == HSM_USAGE_ENCRYPT_DECRYPT);
+	case CKA_SIGN: return boolean(v, (priv && o->usage == HSM_USAGE_SIGN_VERIFY) || mac);
+	case CKA_VERIFY: return boolean(v, (pub && o->usage == HSM_USAGE_SIGN_VERIFY) || mac);
+	case CKA_DECRYPT: return boolean(v, (priv && o->usage == HSM_USAGE_ENCRYPT_DECRYPT) || aes);
+	case CKA_ENCRYPT: return boolean(v, (pub && o->usage == HSM_USAGE_ENCRYPT_DECRYPT) || aes);
 	case CKA_KEY_GEN_MECHANISM:
 		return ulong_value(v, rsa                            ? CKM_RSA_PKCS_KEY_PAIR_GEN
+		                      : aes                          ? CKM_AES_KEY_GEN
 		                      : secret                       ? CKM_GENERIC_SECRET_KEY_GEN
 		                      : o->key_type == CKK_EC_EDWARDS ? CKM_EC_EDWARDS_KEY_PAIR_GEN
 		                                                      : CKM_EC_KEY_PAIR_GEN);
@@ -484,7 +489,8 @@ static a_status attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
 	case CKA_VALUE_LEN:
 		if (!secret)
 			break;
-		return ulong_value(v, o->spec == HSM_SPEC_HMAC_224   ? 28
+		return ulong_value(v, aes                            ? 32
+		                      : o->spec == HSM_SPEC_HMAC_224 ? 28
 		                      : o->spec == HSM_SPEC_HMAC_256 ? 32
 		                      : o->spec == HSM_SPEC_HMAC_384 ? 48
 		                                                     : 64);

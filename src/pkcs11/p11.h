@@ -65,6 +65,7 @@ typedef enum p11_family {
 	P11_HMAC,
 	P11_EDDSA,    /* Ed25519 over the message itself */
 	P11_RSA_OAEP, /* encryption (crypt.c) */
+	P11_AES_GCM,  /* encryption with AES keys (crypt.c) */
 	P11_KEYGEN,
 } p11_family;
 
@@ -84,7 +85,9 @@ typedef struct p11_op {
 	CK_OBJECT_HANDLE key;
 	const char *hash;  /* the KMS algorithm's digest: "SHA_256", ... */
 	EVP_MD_CTX *md;    /* hashing mechanisms */
-	hsm_buf data;      /* raw input, or an HMAC's message */
+	hsm_buf data;      /* raw input, an HMAC's message, or AES-GCM's additional data */
+	uint8_t iv[12];    /* AES-GCM decryption: the IV */
+	CK_BYTE_PTR iv_out; /* AES-GCM encryption: where hsmd's IV goes (the caller's pIv) */
 } p11_op;
 
 typedef struct p11_find {

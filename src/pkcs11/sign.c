@@ -46,6 +46,7 @@ const p11_mech p11_mechs[] = {
     {CKM_EC_EDWARDS_KEY_PAIR_GEN, P11_KEYGEN, NULL, 255, 255, CKF_GENERATE_KEY_PAIR},
     {CKM_EDDSA, P11_EDDSA, NULL, 255, 255, SIGN_VERIFY},
     {CKM_RSA_PKCS_OAEP, P11_RSA_OAEP, NULL, 2048, 4096, CKF_ENCRYPT | CKF_DECRYPT},
+    {CKM_AES_GCM, P11_AES_GCM, NULL, 32, 32, CKF_ENCRYPT | CKF_DECRYPT},
 };
 const size_t p11_n_mechs = sizeof(p11_mechs) / sizeof(p11_mechs[0]);
 
@@ -156,7 +157,8 @@ static CK_RV op_init(CK_SESSION_HANDLE hs, bool sign, CK_MECHANISM_PTR mech, CK_
 	if (mech == NULL)
 		return CKR_ARGUMENTS_BAD;
 	const p11_mech *m = p11_mech_find(mech->mechanism);
-	if (m == NULL || m->family == P11_KEYGEN || m->family == P11_RSA_OAEP)
+	if (m == NULL || m->family == P11_KEYGEN || m->family == P11_RSA_OAEP ||
+	    m->family == P11_AES_GCM)
 		return CKR_MECHANISM_INVALID;
 	const p11_object *o = p11_object_get(key);
 	if (o == NULL)
@@ -274,6 +276,7 @@ static CK_ULONG sig_len(const p11_op *op, const p11_object *o)
 	case P11_HMAC: return (CK_ULONG)key_hash(o->spec)->len;
 	case P11_EDDSA: return 64;
 	case P11_RSA_OAEP:
+	case P11_AES_GCM:
 	case P11_KEYGEN: break;
 	}
 	return 0;

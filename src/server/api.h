@@ -101,6 +101,10 @@ hsm_result hsm_api_sign_token(hsm_api_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_api_enable_jwt_signing(hsm_api_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_api_disable_jwt_signing(hsm_api_ctx *c) HSM_MUST_CHECK;
 bool hsm_api_is_jwt_op(hsm_op op);
+/* hsmd's plain AES-GCM (X-Amz-Target HsmdCipher.<Op>), api_gcm.c. */
+hsm_result hsm_api_gcm_encrypt(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_gcm_decrypt(hsm_api_ctx *c) HSM_MUST_CHECK;
+bool hsm_api_is_cipher_op(hsm_op op);
 
 /* Shared request pieces. */
 #define HSM_KEYID_MAX 2048

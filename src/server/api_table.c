@@ -55,6 +55,8 @@ static const hsm_api_handler handlers[HSM_OP_COUNT] = {
     [HSM_OP_SignToken] = hsm_api_sign_token,
     [HSM_OP_EnableJwtSigning] = hsm_api_enable_jwt_signing,
     [HSM_OP_DisableJwtSigning] = hsm_api_disable_jwt_signing,
+    [HSM_OP_GcmEncrypt] = hsm_api_gcm_encrypt,
+    [HSM_OP_GcmDecrypt] = hsm_api_gcm_decrypt,
 };
 
 hsm_api_handler hsm_api_handler_for(hsm_op op)

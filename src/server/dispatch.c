@@ -26,6 +26,7 @@
 #define KMS_PREFIX "TrentService."
 #define ADMIN_PREFIX "HsmdAdmin."
 #define JWT_PREFIX "HsmdJwt."
+#define CIPHER_PREFIX "HsmdCipher."
 #define JWKS_PATH "/.well-known/jwks.json"
 
 /* A response waiting for its audit record. */
@@ -291,12 +292,24 @@ static hsm_result admit(hsm_server *s, hsm_http_req *req, hsm_auth_result *auth)
 	return HSM_SUCCESS;
 }
 
-/* The operation a KMS or token request names; NULL when unknown under its prefix. */
-static const hsm_op_info *find_op(const char *name, bool jwt)
+/* The X-Amz-Target namespace an operation answers under (the admin one has no hsm_op). */
+typedef enum route { ROUTE_KMS, ROUTE_JWT, ROUTE_CIPHER, ROUTE_ADMIN } route;
+
+static route route_of(hsm_op op)
+{
+	return hsm_api_is_jwt_op(op) ? ROUTE_JWT : hsm_api_is_cipher_op(op) ? ROUTE_CIPHER : ROUTE_KMS;
+}
+
+/*
+ * The operation a KMS, token or cipher request names; NULL when unknown
+ * under its prefix (KMS operations answer under TrentService. only, hsmd's
+ * own under theirs).
+ */
+static const hsm_op_info *find_op(const char *name, route how)
 {
 	const hsm_op_info *info = hsm_op_find(name);
-	if (info != NULL && hsm_api_is_jwt_op(info->op) != jwt)
-		info = NULL; /* token operations answer under HsmdJwt. only, KMS ones under TrentService. */
+	if (info != NULL && route_of(info->op) != how)
+		info = NULL;
 	return info;
 }
 
@@ -396,8 +409,6 @@ static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 }
 
 /* ---- the lane: requests that take long ------------------------------------ */
-
-typedef enum route { ROUTE_KMS, ROUTE_JWT, ROUTE_ADMIN } route;
 
 #define STOPPING "hsmd is stopping; retry on another node"
 
@@ -536,7 +547,7 @@ static bool defer_kms(hsm_server *s, const char *name, const hsm_op_info *info, 
 /* Runs the request here, or hands it to the lane when it takes long. */
 static void dispatch_route(hsm_server *s, hsm_http_req *req, route how, const char *name)
 {
-	const hsm_op_info *info = how == ROUTE_ADMIN ? NULL : find_op(name, how == ROUTE_JWT);
+	const hsm_op_info *info = how == ROUTE_ADMIN ? NULL : find_op(name, how);
 	if (s->lane != NULL && takes_long(how, info)) {
 		lane_req *j = malloc(sizeof(*j));
 		if (j != NULL) {
@@ -561,6 +572,10 @@ static void handle_post(hsm_server *s, hsm_http_req *req)
 	}
 	if (target != NULL && hsm_str_has_prefix(target, JWT_PREFIX)) {
 		dispatch_route(s, req, ROUTE_JWT, target + strlen(JWT_PREFIX));
+		return;
+	}
+	if (target != NULL && hsm_str_has_prefix(target, CIPHER_PREFIX)) {
+		dispatch_route(s, req, ROUTE_CIPHER, target + strlen(CIPHER_PREFIX));
 		return;
 	}
 	if (target != NULL && hsm_str_has_prefix(target, ADMIN_PREFIX)) {

@@ -825,13 +825,18 @@ hsm_result st_material_target(const hsm_key_record *k, uint32_t version, bool ex
 	return HSM_SUCCESS;
 }
 
-hsm_result st_check_erasure(const hsm_version_record *m, bool holds, int64_t valid_to)
+hsm_result st_material_to_write(const hsm_version_record *m, bool holds, int64_t valid_to,
+                                hsm_version_record *scratch, const hsm_version_record **out)
 {
-	if (m->wrapped.len > 0 || m->valid_to == 0)
+	*out = m;
+	if (m->wrapped.len > 0)
 		return HSM_SUCCESS;
-	HSM_ENSURE(holds && valid_to == m->valid_to, HSM_ERR_CONFLICT,
+	HSM_ENSURE(m->valid_to == 0 || (holds && valid_to == m->valid_to), HSM_ERR_CONFLICT,
 	           "version %u of key %s no longer holds material expiring then", m->version,
 	           m->key_id);
+	*scratch = *m; /* shares m's buffers: read only */
+	scratch->valid_to = 0; /* an erased material expires no more */
+	*out = scratch;
 	return HSM_SUCCESS;
 }
 

@@ -183,12 +183,15 @@ typedef enum st_material_write {
  * primary_version + 1; else *out says what to write.
  */
 /*
- * An erasure with a nonzero material->valid_to (an expiry) needs the version
- * to still hold material expiring at that time: CONFLICT otherwise.  Other
- * writes pass.  The erasure itself stores valid_to 0.
+ * What set_material writes for material m, given whether the version holds
+ * material now and its valid_to: m itself, or for an erasure a copy in
+ * *scratch with valid_to 0.  An erasure with a nonzero m->valid_to (an
+ * expiry) needs the version to still hold material expiring at that time:
+ * CONFLICT otherwise.
  */
-hsm_result st_check_erasure(const hsm_version_record *m, bool holds,
-                            int64_t valid_to) HSM_MUST_CHECK;
+hsm_result st_material_to_write(const hsm_version_record *m, bool holds, int64_t valid_to,
+                                hsm_version_record *scratch,
+                                const hsm_version_record **out) HSM_MUST_CHECK;
 hsm_result st_material_target(const hsm_key_record *k, uint32_t version, bool exists,
                               st_material_write *out) HSM_MUST_CHECK;
 /*

@@ -376,13 +376,8 @@ static hsm_result write_material(pg_conn *w, const hsm_key_record *rec,
 	st_material_write target;
 	HSM_GUARD(version_state(w, m->key_id, m->version, &exists, &holds, &valid_to));
 	HSM_GUARD(st_material_target(rec, m->version, exists, &target));
-	HSM_GUARD(st_check_erasure(m, holds, valid_to));
-	hsm_version_record erased;
-	if (m->wrapped.len == 0) { /* an erased material expires no more */
-		erased = *m;
-		erased.valid_to = 0;
-		m = &erased;
-	}
+	hsm_version_record scratch;
+	HSM_GUARD(st_material_to_write(m, holds, valid_to, &scratch, &m));
 	*inserted = target == ST_MATERIAL_INSERT_PENDING;
 	switch (target) {
 	case ST_MATERIAL_INSERT_PENDING:

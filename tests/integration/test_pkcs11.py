@@ -33,10 +33,11 @@ from PyKCS11 import (CKA_ALWAYS_SENSITIVE, CKA_CLASS, CKA_DECRYPT, CKA_DERIVE, C
                      CKA_ENCRYPT, CKA_EXTRACTABLE, CKA_ID, CKA_KEY_TYPE, CKA_LABEL, CKA_MODULUS,
                      CKA_MODULUS_BITS, CKA_NEVER_EXTRACTABLE, CKA_PRIME_1, CKA_PRIVATE,
                      CKA_PRIVATE_EXPONENT, CKA_PUBLIC_EXPONENT, CKA_SENSITIVE, CKA_SIGN,
-                     CKA_TOKEN, CKA_VALUE, CKA_VERIFY, CKK_EC, CKK_GENERIC_SECRET, CKK_RSA,
+                     CKA_TOKEN, CKA_VALUE, CKA_VALUE_LEN, CKA_VERIFY, CKK_EC, CKK_GENERIC_SECRET, CKK_RSA,
                      CKM, CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKO_SECRET_KEY, CKR, CKR_OK)
 
-from conftest import ACCOUNT, BUILD, DEV_AKID, DEV_SECRET, Hsmd, client, free_port, start_dev
+from conftest import (ACCOUNT, BUILD, DEV_AKID, DEV_SECRET, Hsmd, client, free_port, signed_call,
+                      start_dev)
 from helpers import audit_records, make_pki, new_user
 
 MODULE = os.path.join(BUILD, "libhsm_pkcs11.so")
@@ -51,7 +52,7 @@ MECHANISMS = {CKM[n] for n in (
     "CKM_SHA384_RSA_PKCS_PSS", "CKM_SHA512_RSA_PKCS_PSS", "CKM_ECDSA", "CKM_ECDSA_SHA256",
     "CKM_ECDSA_SHA384", "CKM_ECDSA_SHA512", "CKM_SHA224_HMAC", "CKM_SHA256_HMAC",
     "CKM_SHA384_HMAC", "CKM_SHA512_HMAC", "CKM_RSA_PKCS_OAEP", "CKM_EC_EDWARDS_KEY_PAIR_GEN",
-    "CKM_EDDSA")}
+    "CKM_EDDSA", "CKM_AES_GCM")}
 MSG = b"GET /v1/accounts/42 HTTP/1.1\r\nHost: api.example\r\n\r\n"
 PSS_SHA256 = (CKM["CKM_SHA256"], PyKCS11.CKG_MGF1_SHA256, 32)
 
@@ -89,7 +90,7 @@ def keys(officer):
     return {"rsa": create("RSA_2048", "SIGN_VERIFY", "alias/web-tls"),
             "ec": create("ECC_NIST_P256", "SIGN_VERIFY"),
             "mac": create("HMAC_256", "GENERATE_VERIFY_MAC", "alias/api-mac"),
-            "aes": create("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT", "alias/not-a-p11-key"),
+            "aes": create("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT", "alias/session-aes"),
             "rsa_enc": create("RSA_2048", "ENCRYPT_DECRYPT", "alias/rsa-enc"),
             "ecdh": create("ECC_NIST_P384", "KEY_AGREEMENT", "alias/ecdh-key")}
 
@@ -254,8 +255,14 @@ def test_login(p11, user, keys):
 def test_objects_mirror_the_kms_keys(p11, user, officer, keys):
     with session(p11, user.pin) as s:
         ids = {attrs(s, o, CKA_ID)[0] for o in s.findObjects()}
-        assert {keys[k].encode() for k in ("rsa", "ec", "mac", "rsa_enc")} <= ids, ids
-        assert keys["aes"].encode() not in ids
+        assert {keys[k].encode() for k in ("rsa", "ec", "mac", "rsa_enc", "aes")} <= ids, ids
+        # A symmetric key: an AES secret key object that encrypts and decrypts, never extracted.
+        (aes,) = find(s, None, keys["aes"])
+        assert attrs(s, aes, CKA_CLASS, CKA_KEY_TYPE, CKA_LABEL, CKA_ENCRYPT, CKA_DECRYPT,
+                     CKA_SIGN, CKA_VERIFY, CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_VALUE_LEN) == [
+            CKO_SECRET_KEY, PyKCS11.CKK_AES, "session-aes", True, True, False, False, True,
+            False, 32]
+        assert attr_rv(s, aes, CKA_VALUE) == PyKCS11.CKR_ATTRIBUTE_SENSITIVE
         # An RSA key for encryption: a pair that decrypts and encrypts, and does not sign.
         (dec,) = find(s, CKO_PRIVATE_KEY, keys["rsa_enc"])
         (enc,) = find(s, CKO_PUBLIC_KEY, keys["rsa_enc"])
@@ -599,7 +606,7 @@ def test_pkcs11_tool(server, user, officer, keys, tmp_path):
         block = f"Private Key Object; {kind}"
         assert block in p.stdout, p.stdout
         assert f"label:      {label}\n  ID:         {kid.encode().hex()}\n" in p.stdout, p.stdout
-    assert keys["aes"].encode().hex() not in p.stdout
+    assert f"Secret Key Object; AES length 32\n  label:      session-aes\n" in p.stdout, p.stdout
     # The key agreement key: one public key object, no private key object.
     objects = []  # each object's lines: a header ("Public Key Object; EC ..."), then indented
     for line in p.stdout.splitlines():
@@ -825,6 +832,71 @@ def test_rsa_oaep_encrypt_and_decrypt(p11, user, officer, keys):
         assert refused(s.decrypt, signer, bytes(bad), m) == PyKCS11.CKR_KEY_FUNCTION_NOT_PERMITTED
         (ec_pub,) = find(s, CKO_PUBLIC_KEY, keys["ec"])
         assert refused(s.encrypt, ec_pub, b"x", m) == PyKCS11.CKR_KEY_TYPE_INCONSISTENT
+
+
+# ---- 12b. AES-GCM ----------------------------------------------------------------------------
+
+def test_aes_gcm_encrypt_and_decrypt(p11, server, user, officer, keys):
+    """CKM_AES_GCM with a symmetric key is hsmd's GcmEncrypt / GcmDecrypt: the IV is hsmd's,
+    written into the caller's parameters; the output is standard AES-GCM (checked with
+    imported material), older key versions still decrypt, and bad input is refused."""
+    import base64
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from test_import import do_import
+    material = os.urandom(32)
+    byok = officer.create_key(Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
+    do_import(officer, byok, material)
+    with session(p11, user.pin) as s:
+        (key,) = find(s, CKO_SECRET_KEY, byok)
+        m = PyKCS11.AES_GCM_Mechanism(bytes(12), b"row=42", 128)
+        ct = bytes(s.encrypt(key, b"account balance", m))
+        iv = bytes(m._source_iv)
+        assert len(ct) == len(b"account balance") + 16 and iv != bytes(12)
+        assert AESGCM(material).decrypt(iv, ct, b"row=42") == b"account balance"
+        # Each encryption draws its own IV, whatever the caller put there.
+        m2 = PyKCS11.AES_GCM_Mechanism(iv, b"row=42", 128)
+        s.encrypt(key, b"account balance", m2)
+        assert bytes(m2._source_iv) != iv
+        assert bytes(s.decrypt(key, ct, PyKCS11.AES_GCM_Mechanism(iv, b"row=42", 128))) == \
+            b"account balance"
+        nonce = os.urandom(12)
+        sealed = AESGCM(material).encrypt(nonce, b"made elsewhere", None)
+        assert bytes(s.decrypt(key, sealed, PyKCS11.AES_GCM_Mechanism(nonce, b"", 128))) == \
+            b"made elsewhere"
+        # Tampering, another IV or other additional data: CKR_ENCRYPTED_DATA_INVALID.
+        for bad_ct, bad_iv, bad_aad in ((ct[:-1] + bytes([ct[-1] ^ 1]), iv, b"row=42"),
+                                        (ct, nonce, b"row=42"), (ct, iv, b"row=43")):
+            assert refused(s.decrypt, key, bad_ct,
+                           PyKCS11.AES_GCM_Mechanism(bad_iv, bad_aad, 128)) == \
+                PyKCS11.CKR_ENCRYPTED_DATA_INVALID
+        assert refused(s.decrypt, key, ct[:15], PyKCS11.AES_GCM_Mechanism(iv, b"", 128)) == \
+            PyKCS11.CKR_ENCRYPTED_DATA_LEN_RANGE
+        # Parameters hsmd cannot honour: a short tag, an IV that is not 96 bits.
+        for bad in (PyKCS11.AES_GCM_Mechanism(bytes(12), b"", 96),
+                    PyKCS11.AES_GCM_Mechanism(bytes(16), b"", 128)):
+            assert refused(s.encrypt, key, b"x", bad) == PyKCS11.CKR_MECHANISM_PARAM_INVALID
+        # AES keys do not sign; other keys do not do AES-GCM.
+        assert refused(s.sign, key, b"x", Mechanism(PyKCS11.CKM_SHA256_HMAC)) in (
+            PyKCS11.CKR_KEY_TYPE_INCONSISTENT, PyKCS11.CKR_KEY_FUNCTION_NOT_PERMITTED)
+        (mac,) = find(s, CKO_SECRET_KEY, keys["mac"])
+        assert refused(s.encrypt, mac, b"x", PyKCS11.AES_GCM_Mechanism(bytes(12), b"", 128)) == \
+            PyKCS11.CKR_KEY_TYPE_INCONSISTENT
+        # A key hsmd made: what the module seals, hsmd's own GcmDecrypt opens, across rotation.
+        (own,) = find(s, CKO_SECRET_KEY, keys["aes"])
+        m = PyKCS11.AES_GCM_Mechanism(bytes(12), b"", 128)
+        old = bytes(s.encrypt(own, b"before rotation", m))
+        old_iv = bytes(m._source_iv)
+        st, out = signed_call(server, "TrentService.RotateKeyOnDemand", {"KeyId": keys["aes"]})
+        assert st == 200, out
+        st, out = signed_call(server, "HsmdCipher.GcmDecrypt",
+                              {"KeyId": keys["aes"], "Iv": base64.b64encode(old_iv).decode(),
+                               "Ciphertext": base64.b64encode(old).decode()},
+                              akid=user.akid, secret=user.pin.split(":", 1)[1])
+        assert st == 200 and base64.b64decode(out["Plaintext"]) == b"before rotation", out
+        assert bytes(s.decrypt(own, old, PyKCS11.AES_GCM_Mechanism(old_iv, b"", 128))) == \
+            b"before rotation"
+    recs = [r for r in audit_records(server.data_dir) if r.get("op") == "GcmEncrypt"]
+    assert recs and all(r["principal"] == user.arn for r in recs)
 
 
 # ---- 13. threads -----------------------------------------------------------------------------

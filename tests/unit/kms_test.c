@@ -1,7 +1,7 @@
 /*
  * kms_test.c - the KMS service layer: key life cycle, the key-state rules,
  * rotation (on demand and automatic), scheduled destruction, aliases, key
- * policies with roles, and persistence across a restart.
+ * policies with roles, plain AES-GCM, and persistence across a restart.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -535,6 +535,86 @@ static void test_persistence_across_restart(void **state)
 	hsm_buf_free(&ct);
 }
 
+/* GcmEncrypt / GcmDecrypt: hsmd's IVs, the tag, versions newest first, usage and roles. */
+static void test_gcm(void **state)
+{
+	fx *f = *state;
+	hsm_key_record k, mac, r;
+	hsm_buf ct = {0}, ct2 = {0}, pt;
+	hsm_used_key used;
+	uint8_t iv[12], iv2[12];
+	const uint8_t aad[] = "tenant=acme";
+	hsm_buf_init_secure(&pt);
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, NULL, &k);
+	assert_true(hsm_ok(hsm_kms_gcm_encrypt(f->kms, &user, k.key_id, aad, sizeof(aad),
+	                                       (const uint8_t *)"row", 3, iv, &ct, &used)));
+	assert_int_equal(ct.len, 3 + 16);
+	assert_int_equal(used.version, 1);
+	assert_true(hsm_ok(hsm_kms_gcm_encrypt(f->kms, &user, k.key_id, aad, sizeof(aad),
+	                                       (const uint8_t *)"row", 3, iv2, &ct2, &used)));
+	assert_false(hsm_ct_equal(iv, iv2, sizeof(iv))); /* a fresh IV each time */
+	/* Rotated twice, the first version still opens its ciphertext; the newest seals. */
+	memset(&r, 0, sizeof(r));
+	assert_true(hsm_ok(hsm_kms_rotate_now(f->kms, &officer, k.key_id, &r)));
+	hsm_key_record_clear(&r);
+	assert_true(hsm_ok(hsm_kms_rotate_now(f->kms, &officer, k.key_id, &r)));
+	hsm_key_record_clear(&r);
+	assert_true(hsm_ok(hsm_kms_gcm_decrypt(f->kms, &user, k.key_id, iv, aad, sizeof(aad),
+	                                       ct.data, ct.len, &pt, &used)));
+	assert_int_equal(used.version, 1);
+	assert_int_equal(pt.len, 3);
+	assert_memory_equal(pt.data, "row", 3);
+	hsm_buf_clear(&ct2);
+	assert_true(hsm_ok(hsm_kms_gcm_encrypt(f->kms, &user, k.key_id, NULL, 0,
+	                                       (const uint8_t *)"new", 3, iv2, &ct2, &used)));
+	assert_int_equal(used.version, 3);
+	hsm_buf_clear(&pt);
+	assert_true(hsm_ok(hsm_kms_gcm_decrypt(f->kms, &user, k.key_id, iv2, NULL, 0, ct2.data,
+	                                       ct2.len, &pt, &used)));
+	assert_int_equal(used.version, 3);
+	/* Other additional data, another IV, a flipped bit: one error, no plaintext. */
+	hsm_buf_clear(&pt);
+	assert_int_equal(hsm_kms_gcm_decrypt(f->kms, &user, k.key_id, iv, aad, sizeof(aad) - 1,
+	                                     ct.data, ct.len, &pt, &used)
+	                     .err,
+	                 HSM_ERR_INVALID_CIPHERTEXT);
+	assert_int_equal(hsm_kms_gcm_decrypt(f->kms, &user, k.key_id, iv2, aad, sizeof(aad),
+	                                     ct.data, ct.len, &pt, &used)
+	                     .err,
+	                 HSM_ERR_INVALID_CIPHERTEXT);
+	ct.data[0] ^= 1;
+	assert_int_equal(hsm_kms_gcm_decrypt(f->kms, &user, k.key_id, iv, aad, sizeof(aad),
+	                                     ct.data, ct.len, &pt, &used)
+	                     .err,
+	                 HSM_ERR_INVALID_CIPHERTEXT);
+	assert_int_equal(pt.len, 0);
+	assert_int_equal(hsm_kms_gcm_decrypt(f->kms, &user, k.key_id, iv, NULL, 0, ct.data, 15,
+	                                     &pt, &used)
+	                     .err,
+	                 HSM_ERR_VALIDATION);
+	/* Symmetric encryption keys only; users only; the state rules hold. */
+	create(f, HSM_SPEC_HMAC_256, HSM_USAGE_GENERATE_VERIFY_MAC, NULL, &mac);
+	hsm_buf_clear(&ct2);
+	assert_int_equal(hsm_kms_gcm_encrypt(f->kms, &user, mac.key_id, NULL, 0,
+	                                     (const uint8_t *)"x", 1, iv, &ct2, &used)
+	                     .err,
+	                 HSM_ERR_INVALID_KEY_USAGE);
+	assert_int_equal(hsm_kms_gcm_encrypt(f->kms, &auditor, k.key_id, NULL, 0,
+	                                     (const uint8_t *)"x", 1, iv, &ct2, &used)
+	                     .err,
+	                 HSM_ERR_ACCESS_DENIED);
+	assert_true(hsm_ok(hsm_kms_disable_key(f->kms, &officer, k.key_id)));
+	assert_int_equal(hsm_kms_gcm_encrypt(f->kms, &user, k.key_id, NULL, 0,
+	                                     (const uint8_t *)"x", 1, iv, &ct2, &used)
+	                     .err,
+	                 HSM_ERR_DISABLED);
+	hsm_buf_free(&ct);
+	hsm_buf_free(&ct2);
+	hsm_buf_free(&pt);
+	hsm_key_record_clear(&k);
+	hsm_key_record_clear(&mac);
+}
+
 int main(void)
 {
 	if (hsm_failed(hsm_secure_process_init(1 << 22)))
@@ -542,6 +622,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(test_spec_usage_combinations, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_state_rules, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_gcm, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_destruction_after_waiting_period, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_rotation_keeps_old_versions, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_scheduled_work_listed_stale_is_left_alone, setup,

@@ -1,0 +1,89 @@
+/*
+ * gcm.c - GcmEncrypt and GcmDecrypt: plain AES-256-GCM with a symmetric
+ * key, for what speaks AES-GCM itself (PKCS#11 CKM_AES_GCM through
+ * libhsm_pkcs11.so) rather than KMS's self-describing ciphertexts.
+ *
+ * hsmd draws every IV (as AWS CloudHSM does for CKM_AES_GCM): a caller that
+ * chose its own could repeat one, and a repeated GCM nonce gives away the
+ * authentication key and the XOR of the plaintexts.  The output is the
+ * standard GCM ciphertext and 16-byte tag, so material imported into the key
+ * (BYOK) opens it anywhere.  Nothing in it names the key version: decryption
+ * tries the versions the key uses, newest first, and only the one that made
+ * it verifies the tag (a forgery that verifies under some version is as
+ * hard as against one key).  Expect one attempt per rotation since.
+ */
+#include <string.h>
+
+#include "kms/kms_internal.h"
+
+static hsm_result require_aes(const kms_key *k)
+{
+	HSM_ENSURE(k->rec.spec == HSM_SPEC_SYMMETRIC_DEFAULT &&
+	               k->rec.usage == HSM_USAGE_ENCRYPT_DECRYPT,
+	           HSM_ERR_INVALID_KEY_USAGE,
+	           "%s is a %s %s key: AES-GCM needs a SYMMETRIC_DEFAULT ENCRYPT_DECRYPT key",
+	           k->arn, hsm_spec_name(k->rec.spec), hsm_usage_name(k->rec.usage));
+	return HSM_SUCCESS;
+}
+
+static hsm_result check_aad(size_t aad_len)
+{
+	HSM_ENSURE(aad_len <= HSM_GCM_MAX_AAD, HSM_ERR_VALIDATION,
+	           "AdditionalData must be at most %d bytes", HSM_GCM_MAX_AAD);
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_kms_gcm_encrypt(hsm_kms *kms, const hsm_caller *caller, const char *key,
+                               const uint8_t *aad, size_t aad_len, const uint8_t *pt,
+                               size_t pt_len, uint8_t iv[12], hsm_buf *ct, hsm_used_key *used)
+{
+	kms_key *k = NULL;
+	HSM_GUARD(check_aad(aad_len));
+	HSM_ENSURE(pt_len <= HSM_GCM_MAX_DATA, HSM_ERR_VALIDATION,
+	           "Plaintext must be at most %d bytes", HSM_GCM_MAX_DATA);
+	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_GcmEncrypt, key, NULL, &k));
+	hsm_result r = require_aes(k);
+	if (hsm_ok(r)) {
+		hsm_ks_keyref ref = kms_keyref(k, k->rec.primary_version);
+		r = hsm_ks_gcm_seal(kms->ks, &ref, aad, aad_len, pt, pt_len, iv, ct);
+		if (hsm_ok(r))
+			kms_used(k, ref.version, used);
+	}
+	kms_key_release(k);
+	return r;
+}
+
+hsm_result hsm_kms_gcm_decrypt(hsm_kms *kms, const hsm_caller *caller, const char *key,
+                               const uint8_t iv[12], const uint8_t *aad, size_t aad_len,
+                               const uint8_t *ct, size_t ct_len, hsm_buf *pt, hsm_used_key *used)
+{
+	kms_key *k = NULL;
+	HSM_GUARD(check_aad(aad_len));
+	HSM_ENSURE(ct_len >= HSM_GCM_TAG_LEN && ct_len <= HSM_GCM_MAX_DATA + HSM_GCM_TAG_LEN,
+	           HSM_ERR_VALIDATION, "Ciphertext must be %d to %d bytes (the tag included)",
+	           HSM_GCM_TAG_LEN, HSM_GCM_MAX_DATA + HSM_GCM_TAG_LEN);
+	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_GcmDecrypt, key, NULL, &k));
+	hsm_result r = require_aes(k);
+	bool tried = false; /* every version, and none verified the tag */
+	if (hsm_ok(r)) {
+		tried = true;
+		for (uint32_t v = k->rec.primary_version; v >= 1; v--) {
+			hsm_ks_keyref ref = kms_keyref(k, v);
+			hsm_result one = hsm_ks_gcm_open(kms->ks, &ref, iv, aad, aad_len, ct, ct_len, pt);
+			if (hsm_ok(one))
+				kms_used(k, v, used);
+			else
+				hsm_buf_clear(pt);
+			if (one.err != HSM_ERR_INVALID_CIPHERTEXT) {
+				r = one;
+				tried = false;
+				break;
+			}
+		}
+	}
+	kms_key_release(k);
+	if (tried)
+		return HSM_FAIL(HSM_ERR_INVALID_CIPHERTEXT,
+		                "The ciphertext, IV or additional data is not valid for this key");
+	return r;
+}

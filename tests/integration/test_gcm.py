@@ -1,0 +1,129 @@
+"""hsmd's plain AES-GCM (HsmdCipher.GcmEncrypt / GcmDecrypt): what PKCS#11's
+CKM_AES_GCM rides on.  Requests are signed by botocore's own SigV4 signer;
+imported material (BYOK) lets python3-cryptography's AESGCM check that the
+output is standard AES-256-GCM and that hsmd opens what AESGCM sealed.
+"""
+import base64
+import json
+import os
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from conftest import signed_request
+from helpers import audit_record, call_ok, key_arn, request_id
+from test_import import do_import
+
+
+def b64(data):
+    return base64.b64encode(data).decode()
+
+
+def cipher(hsmd, op, body, **kw):
+    r = signed_request(hsmd, "HsmdCipher." + op, body, **kw)
+    return r.status_code, r.json(), r
+
+
+def encrypt(hsmd, key, pt, aad=None):
+    body = {"KeyId": key, "Plaintext": b64(pt)}
+    if aad is not None:
+        body["AdditionalData"] = b64(aad)
+    st, out, _ = cipher(hsmd, "GcmEncrypt", body)
+    assert st == 200, out
+    return base64.b64decode(out["Iv"]), base64.b64decode(out["Ciphertext"])
+
+
+def decrypt(hsmd, key, iv, ct, aad=None):
+    body = {"KeyId": key, "Iv": b64(iv), "Ciphertext": b64(ct)}
+    if aad is not None:
+        body["AdditionalData"] = b64(aad)
+    return cipher(hsmd, "GcmDecrypt", body)
+
+
+def test_round_trip_and_refusals(hsmd, kms):
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    iv, ct = encrypt(hsmd, key, b"database row", b"table=users")
+    assert len(iv) == 12 and len(ct) == len(b"database row") + 16
+    st, out, _ = decrypt(hsmd, key, iv, ct, b"table=users")
+    assert st == 200 and base64.b64decode(out["Plaintext"]) == b"database row", out
+    assert out["KeyId"] == key_arn(key)
+    # Every IV is fresh, so the same plaintext never gives the same ciphertext.
+    ivs = {encrypt(hsmd, key, b"same")[0] for _ in range(20)}
+    assert len(ivs) == 20
+    # Empty plaintext and no additional data are valid GCM.
+    iv0, ct0 = encrypt(hsmd, key, b"")
+    assert len(ct0) == 16
+    assert base64.b64decode(decrypt(hsmd, key, iv0, ct0)[1]["Plaintext"]) == b""
+    # One uniform error for a changed tag, ciphertext, IV or additional data.
+    for args in [(iv, ct, b"table=admins"), (iv, ct, None), (bytes(12), ct, b"table=users"),
+                 (iv, ct[:-1] + bytes([ct[-1] ^ 1]), b"table=users")]:
+        st, out, _ = decrypt(hsmd, key, *args)
+        assert (st, out["__type"]) == (400, "InvalidCiphertextException"), out
+    # Malformed requests: an IV of the caller's on encryption, a short IV, no tag.
+    st, out, _ = cipher(hsmd, "GcmEncrypt", {"KeyId": key, "Plaintext": b64(b"x"),
+                                             "Iv": b64(bytes(12))})
+    assert (st, out["__type"]) == (400, "ValidationException") and "Iv" in out["message"], out
+    st, out, _ = decrypt(hsmd, key, bytes(8), ct)
+    assert (st, out["__type"]) == (400, "ValidationException"), out
+    st, out, _ = decrypt(hsmd, key, iv, ct[:15])
+    assert (st, out["__type"]) == (400, "ValidationException"), out
+    st, out, _ = cipher(hsmd, "GcmEncrypt", {"KeyId": key, "Plaintext": b64(bytes(65537))})
+    assert (st, out["__type"]) == (400, "ValidationException"), out
+    # Only symmetric encryption keys; only under HsmdCipher.
+    mac = kms.create_key(KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")["KeyMetadata"]
+    st, out, _ = cipher(hsmd, "GcmEncrypt", {"KeyId": mac["KeyId"], "Plaintext": b64(b"x")})
+    assert (st, out["__type"]) == (400, "InvalidKeyUsageException"), out
+    r = signed_request(hsmd, "TrentService.GcmEncrypt", {"KeyId": key, "Plaintext": b64(b"x")})
+    assert r.status_code == 400 and r.json()["__type"] == "UnknownOperationException", r.text
+
+
+def test_older_versions_still_open(hsmd, kms):
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    iv1, ct1 = encrypt(hsmd, key, b"before")
+    call_ok(hsmd, "RotateKeyOnDemand", {"KeyId": key})
+    call_ok(hsmd, "RotateKeyOnDemand", {"KeyId": key})
+    iv3, ct3 = encrypt(hsmd, key, b"after")
+    for iv, ct, pt in [(iv1, ct1, b"before"), (iv3, ct3, b"after")]:
+        st, out, _ = decrypt(hsmd, key, iv, ct)
+        assert st == 200 and base64.b64decode(out["Plaintext"]) == pt, out
+    # The audit record says which version opened it.
+    st, out, r = decrypt(hsmd, key, iv1, ct1)
+    rec = audit_record(hsmd.data_dir, request_id(r))
+    assert (rec["op"], rec["outcome"], rec["key_id"], rec["key_version"]) == (
+        "GcmDecrypt", "success", key, 1)
+    assert rec["extra"]["algorithm"] == "AES_256_GCM"
+    assert b64(b"before") not in json.dumps(rec)
+
+
+def test_standard_aes_gcm_with_imported_material(hsmd, kms):
+    material = os.urandom(32)
+    key = kms.create_key(Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
+    do_import(kms, key, material)
+    iv, ct = encrypt(hsmd, key, b"interoperable", b"aad")
+    assert AESGCM(material).decrypt(iv, ct, b"aad") == b"interoperable"
+    nonce = os.urandom(12)
+    sealed = AESGCM(material).encrypt(nonce, b"from elsewhere", b"ctx")
+    st, out, _ = decrypt(hsmd, key, nonce, sealed, b"ctx")
+    assert st == 200 and base64.b64decode(out["Plaintext"]) == b"from elsewhere", out
+
+
+def test_policy_and_roles(hsmd, kms):
+    from conftest import DEV_AKID
+    from helpers import new_user
+    account = kms.describe_key(KeyId=kms.create_key()["KeyMetadata"]["KeyId"])[
+        "KeyMetadata"]["AWSAccountId"]
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+         "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Deny", "Principal": "*", "Action": "kms:GcmDecrypt", "Resource": "*"}]}
+    key = kms.create_key(Policy=json.dumps(policy),
+                         BypassPolicyLockoutSafetyCheck=True)["KeyMetadata"]["KeyId"]
+    iv, ct = encrypt(hsmd, key, b"x")
+    st, out, _ = decrypt(hsmd, key, iv, ct)
+    assert (st, out["__type"]) == (400, "AccessDeniedException"), out
+    assert "kms:GcmDecrypt" in out["message"]
+    # Auditors may not encrypt.
+    akid, secret = new_user(hsmd, "gcm-auditor", ["auditor"])
+    assert akid != DEV_AKID
+    st, out, _ = cipher(hsmd, "GcmEncrypt", {"KeyId": key, "Plaintext": b64(b"x")},
+                        akid=akid, secret=secret)
+    assert (st, out["__type"]) == (400, "AccessDeniedException"), out
