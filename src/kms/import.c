@@ -18,10 +18,11 @@
  * rotation: nothing uses it, it may be deleted or replaced by other new
  * material, and RotateKeyOnDemand makes it the primary version, for good.
  * KMS offers this for symmetric encryption keys; hsmd, which rotates every
- * key type, for every imported key.  The key is usable (Enabled) only while
+ * key type, for every imported key, and on a schedule too (rotation.c):
+ * with rotation enabled, the scheduler makes the waiting material current
+ * when the date comes.  The key is usable (Enabled) only while
  * every version up to the primary holds its material; the store keeps the
  * flag that says so and the earliest expiry (hsm_store_key_set_material).
- * Imported keys do not rotate automatically (rotation.c refuses).
  *
  * Policies see kms:WrappingAlgorithm and kms:WrappingKeySpec on
  * GetParametersForImport, kms:ExpirationModel and kms:ValidTo (epoch seconds)
@@ -254,13 +255,18 @@ typedef struct material_arg {
 	uint32_t primary;  /* the primary version the change was planned against */
 	uint32_t version;  /* the version changed */
 	bool expiry;       /* the scheduler, not a caller */
+	bool scheduled;    /* an automatic rotation: only while it is still due */
 } material_arg;
 
 /* The key's side of a material change; the store has set NO_MATERIAL and valid_to. */
 static hsm_result set_material_state(hsm_key_record *rec, void *arg)
 {
 	const material_arg *a = arg;
-	if (!a->expiry)
+	if (a->scheduled)
+		HSM_ENSURE(rec->state == HSM_KEY_ENABLED && rec->rotation_enabled &&
+		               rec->next_rotation <= a->now,
+		           HSM_ERR_CONFLICT, "the rotation of %s is no longer due", rec->key_id);
+	else if (!a->expiry)
 		HSM_GUARD(kms_check_state(a->op, rec)); /* it may have changed since the lookup */
 	HSM_ENSURE(rec->origin == HSM_ORIGIN_EXTERNAL, HSM_ERR_UNSUPPORTED_OPERATION,
 	           "%s does not have imported key material", rec->key_id);
@@ -285,6 +291,9 @@ static hsm_result set_material_state(hsm_key_record *rec, void *arg)
 		HSM_ENSURE((rec->flags & HSM_KEYFLAG_PENDING_MATERIAL) != 0, HSM_ERR_INVALID_STATE,
 		           "%s has no key material pending rotation", rec->key_id);
 		rec->flags &= ~HSM_KEYFLAG_PENDING_MATERIAL;
+		/* Both kinds of rotation restart the automatic rotation period (rotation.c). */
+		if (rec->rotation_enabled)
+			rec->next_rotation = a->now + (int64_t)rec->rotation_period_days * DAY;
 		break;
 	}
 	if (rec->state != HSM_KEY_PENDING_DELETION && (rec->flags & HSM_KEYFLAG_NO_MATERIAL) != 0)
@@ -432,7 +441,7 @@ hsm_result hsm_kms_import_material(hsm_kms *kms, const hsm_caller *caller,
 	                                                           v.digest.len))
 		memcpy(v.description, had->description, sizeof(v.description)); /* kept */
 	material_arg a = {HSM_OP_ImportKeyMaterial, plan.change, kms_now(kms),
-	                  k->rec.primary_version, v.version, false};
+	                  k->rec.primary_version, v.version, false, false};
 	res = hsm_store_key_set_material(kms->store, k->rec.key_id, set_material_state, &a, &v, out);
 	kms_key_invalidate(kms, k->rec.key_id);
 	if (hsm_ok(res))
@@ -492,7 +501,7 @@ hsm_result hsm_kms_delete_material(hsm_kms *kms, const hsm_caller *caller, const
 	          "%s: the key material %s is not imported", k->arn,
 	          material_id != NULL ? "KeyMaterialId names" : "in use");
 	material_arg a = {HSM_OP_DeleteImportedKeyMaterial, CHANGE_ERASE, kms_now(kms),
-	                  k->rec.primary_version, v->version, false};
+	                  k->rec.primary_version, v->version, false, false};
 	res = erase(kms, k->rec.key_id, v, &a, 0, out);
 	if (hsm_ok(res))
 		*version = v->version;
@@ -515,7 +524,7 @@ hsm_result kms_expire_due(hsm_kms *kms, const hsm_key_record *rec)
 		hsm_key_record after;
 		memset(&after, 0, sizeof(after));
 		material_arg a = {HSM_OP_DeleteImportedKeyMaterial, CHANGE_ERASE, now, 0, v->version,
-		                  true};
+		                  true, false};
 		hsm_result one = erase(kms, rec->key_id, v, &a, v->valid_to, &after);
 		hsm_key_record_clear(&after);
 		/* Imported again since the listing (a new ValidTo), or destroyed: nothing is due. */
@@ -554,7 +563,8 @@ hsm_result kms_valid_to_in_use(hsm_kms *kms, hsm_key_record *rec)
 
 /* ---- RotateKeyOnDemand ------------------------------------------------------------------- */
 
-hsm_result kms_promote_pending(hsm_kms *kms, const kms_key *k, hsm_key_record *out)
+hsm_result kms_promote_pending(hsm_kms *kms, const kms_key *k, hsm_rotation_type type,
+                               hsm_key_record *out)
 {
 	hsm_version_record v;
 	memset(&v, 0, sizeof(v));
@@ -573,9 +583,9 @@ hsm_result kms_promote_pending(hsm_kms *kms, const kms_key *k, hsm_key_record *o
 	hsm_version_record_clear(&v);
 	HSM_GUARD(r);
 	material_arg a = {HSM_OP_RotateKeyOnDemand, CHANGE_PROMOTE, kms_now(kms),
-	                  k->rec.primary_version, next, false};
-	r = hsm_store_key_promote(kms->store, k->rec.key_id, next, a.now, HSM_ROTATION_ON_DEMAND,
-	                          set_material_state, &a, out);
+	                  k->rec.primary_version, next, false, type == HSM_ROTATION_AUTOMATIC};
+	r = hsm_store_key_promote(kms->store, k->rec.key_id, next, a.now, type, set_material_state,
+	                          &a, out);
 	kms_key_invalidate(kms, k->rec.key_id);
 	return r;
 }

@@ -7,6 +7,12 @@
  * encryption keys, hsmd rotates every key type: JWT signing keys (RSA, EC,
  * Ed25519) and HMAC keys need rotation too.  RotationPeriodInDays is 1-2560
  * (KMS: 90-2560), default 90.
+ *
+ * Keys with imported material rotate to material imported for the purpose
+ * (import.c): on demand, and, unlike in AWS KMS, on a schedule too.  hsmd
+ * cannot make their next material, so when the date comes without it the
+ * key stays as it is, counted among the rotations due (the 7-day alert
+ * keeps firing), and rotates as soon as the material is imported.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -24,25 +30,9 @@ typedef struct rotation_arg {
 	int64_t now;
 } rotation_arg;
 
-/*
- * Imported material cannot be replaced by hsmd's own, so such keys do not
- * rotate automatically (as in KMS); RotateKeyOnDemand makes new imported
- * material current instead (import.c).
- */
-static hsm_result check_rotatable(const hsm_key_record *rec)
-{
-	HSM_ENSURE(rec->origin != HSM_ORIGIN_EXTERNAL, HSM_ERR_UNSUPPORTED_OPERATION,
-	           "%s has imported key material (Origin EXTERNAL): it does not rotate "
-	           "automatically; import new material (ImportType NEW_KEY_MATERIAL) and rotate "
-	           "to it with RotateKeyOnDemand",
-	           rec->key_id);
-	return HSM_SUCCESS;
-}
-
 static hsm_result set_rotation(hsm_key_record *rec, void *arg)
 {
 	const rotation_arg *a = arg;
-	HSM_GUARD(check_rotatable(rec));
 	rec->rotation_enabled = a->enable;
 	if (a->enable) {
 		rec->rotation_period_days = a->period;
@@ -129,8 +119,9 @@ hsm_result hsm_kms_rotate_now(hsm_kms *kms, const hsm_caller *caller, const char
 {
 	kms_key *k = NULL;
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_RotateKeyOnDemand, ref, NULL, &k));
-	hsm_result r = k->rec.origin == HSM_ORIGIN_EXTERNAL ? kms_promote_pending(kms, k, out)
-	                                                    : rotate(kms, caller, k, false, out);
+	hsm_result r = k->rec.origin == HSM_ORIGIN_EXTERNAL
+	                   ? kms_promote_pending(kms, k, HSM_ROTATION_ON_DEMAND, out)
+	                   : rotate(kms, caller, k, false, out);
 	kms_key_release(k);
 	return r;
 }
@@ -177,7 +168,10 @@ hsm_result kms_rotate_due(hsm_kms *kms, const hsm_key_record *rec)
 	/* Re-check on the fresh snapshot: the key may have changed since it was listed. */
 	if (k->rec.state == HSM_KEY_ENABLED && k->rec.rotation_enabled &&
 	    k->rec.next_rotation <= kms_now(kms)) {
-		r = rotate(kms, NULL, k, true, &after);
+		/* Imported keys move to the material imported for the purpose, when there is some. */
+		r = k->rec.origin == HSM_ORIGIN_EXTERNAL
+		        ? kms_promote_pending(kms, k, HSM_ROTATION_AUTOMATIC, &after)
+		        : rotate(kms, NULL, k, true, &after);
 		kms_emit(kms, "RotateKey", rec->key_id, hsm_ok(r) ? after.primary_version : 0, r);
 		if (hsm_ok(r))
 			hsm_info("key %s rotated automatically to version %u", rec->key_id,
@@ -209,6 +203,15 @@ static hsm_result collect_due(const hsm_key_record *rec, void *arg)
 	return HSM_SUCCESS;
 }
 
+/* An imported key whose rotation is due, with no material imported to rotate to. */
+static bool waits_for_material(const hsm_key_record *rec, int64_t now)
+{
+	bool deleting = rec->state == HSM_KEY_PENDING_DELETION && rec->deletion_date <= now;
+	bool expiring = rec->valid_to != 0 && rec->valid_to <= now;
+	return !deleting && !expiring && rec->origin == HSM_ORIGIN_EXTERNAL &&
+	       (rec->flags & HSM_KEYFLAG_PENDING_MATERIAL) == 0;
+}
+
 hsm_result hsm_kms_run_due(hsm_kms *kms, size_t *done)
 {
 	/* Collect first, act after: no store write happens while a listing is open. */
@@ -218,6 +221,10 @@ hsm_result hsm_kms_run_due(hsm_kms *kms, size_t *done)
 	*done = 0;
 	for (size_t i = 0; i < l.n; i++) {
 		const hsm_key_record *rec = &l.recs[i];
+		if (waits_for_material(rec, now)) {
+			hsm_key_record_clear(&l.recs[i]); /* due, counted, and nothing to do yet */
+			continue;
+		}
 		hsm_result one = rec->state == HSM_KEY_PENDING_DELETION && rec->deletion_date <= now
 		                     ? kms_destroy_due(kms, rec)
 		                 : rec->valid_to != 0 && rec->valid_to <= now

@@ -586,9 +586,16 @@ static const char SQL_DUE_EXPIRIES[] =
 	"SELECT " KEY_COLS " FROM keys WHERE valid_to <> 0 AND valid_to <= ?1 AND "
 	"state != 'Destroyed' AND NOT (state = 'PendingDeletion' AND deletion_date <= ?1) "
 	"ORDER BY valid_to LIMIT ?2";
+/*
+ * Imported keys rotate only to material imported for it (flag 4,
+ * HSM_KEYFLAG_PENDING_MATERIAL); those still waiting for it come last, so
+ * they cannot hold up rotations that can happen.
+ */
+_Static_assert(HSM_KEYFLAG_PENDING_MATERIAL == 4, "SQL_DUE_ROTATIONS tests flag bit 2");
 static const char SQL_DUE_ROTATIONS[] =
 	"SELECT " KEY_COLS " FROM keys WHERE rotation_enabled = 1 AND state = 'Enabled' AND "
-	"next_rotation <= ?1 ORDER BY next_rotation LIMIT ?2";
+	"next_rotation <= ?1 ORDER BY origin = 'EXTERNAL' AND (flags & 4) = 0, next_rotation "
+	"LIMIT ?2";
 
 static hsm_result read_due(sq_conn *c, const char *sql, int64_t now, size_t limit, st_vec *v)
 {

@@ -1,8 +1,9 @@
 """New imported key material and rotation to it: ImportKeyMaterial with
 ImportType NEW_KEY_MATERIAL, KeyMaterialId and KeyMaterialDescription,
-RotateKeyOnDemand of an imported key, ListKeyRotations with
-IncludeKeyMaterial, DeleteImportedKeyMaterial of one material, and
-DescribeKey's CurrentKeyMaterialId.
+RotateKeyOnDemand of an imported key, a rotation schedule for it (and the
+7-day gauge that warns of it), ListKeyRotations with IncludeKeyMaterial,
+DeleteImportedKeyMaterial of one material, and DescribeKey's
+CurrentKeyMaterialId.
 
 Debian's boto3 1.26 knows none of these members, so the requests are signed
 by botocore's own SigV4 signer (helpers.call_ok); the material is wrapped
@@ -116,8 +117,6 @@ def test_new_material_rotation_and_deletion(hsmd, kms):
     assert kms.decrypt(CiphertextBlob=ct1)["Plaintext"] == b"one"
     assert kms.decrypt(CiphertextBlob=ct2)["Plaintext"] == b"two"
     call_error(hsmd, "RotateKeyOnDemand", {"KeyId": key}, "KMSInvalidStateException")
-    # Automatic rotation stays refused for imported material.
-    raises("UnsupportedOperationException", kms.enable_key_rotation, KeyId=key)
 
     # Deleting an older material makes the key unusable until that material comes back.
     out = call_ok(hsmd, "DeleteImportedKeyMaterial", {"KeyId": key, "KeyMaterialId": id1})
@@ -246,3 +245,33 @@ def test_hsmctl_rotates_imported_material_offline(tmp_path):
     # Nothing waits any more: a second rotation is refused.
     p = run_hsmctl("key", "rotate", *quorum, key)
     assert p.returncode == 1 and "no key material pending rotation" in p.stderr, p.stderr
+
+
+def test_rotation_schedule_of_an_imported_key_warns_ahead(hsmd, kms):
+    """A schedule on an imported key: GetKeyRotationStatus shows it, and the 7-day gauge the
+    alert watches counts the key, so the next material is imported in time."""
+    key = external_key(kms)
+    call_ok(hsmd, "ImportKeyMaterial", import_body(kms, key, os.urandom(32)))
+
+    def gauge():
+        status, body, _ = hsmd.get("/metrics")
+        assert status == 200
+        return int(re.search(r"^hsmd_keys_rotation_due_7d (\d+)$", body.decode(), re.M).group(1))
+
+    def gauge_reaches(n):
+        deadline = time.monotonic() + 20
+        while gauge() != n:
+            assert time.monotonic() < deadline, f"hsmd_keys_rotation_due_7d never became {n}"
+            time.sleep(0.5)
+
+    before = gauge()
+    call_ok(hsmd, "EnableKeyRotation", {"KeyId": key, "RotationPeriodInDays": 3})
+    status = call_ok(hsmd, "GetKeyRotationStatus", {"KeyId": key})
+    assert status["KeyRotationEnabled"] is True and status["RotationPeriodInDays"] == 3
+    assert abs(status["NextRotationDate"] - (time.time() + 3 * 86400)) < 120
+    gauge_reaches(before + 1)
+    # New material waiting, or not, the date is what the gauge watches; disabled, it stops.
+    call_ok(hsmd, "ImportKeyMaterial",
+            import_body(kms, key, os.urandom(32), ImportType="NEW_KEY_MATERIAL"))
+    call_ok(hsmd, "DisableKeyRotation", {"KeyId": key})
+    gauge_reaches(before)

@@ -680,11 +680,9 @@ static void test_states(void **state)
 	assert_true(hsm_ok(hsm_kms_cancel_deletion(f->kms, &officer, k.key_id, &after)));
 	assert_int_equal(after.state, HSM_KEY_PENDING_IMPORT);
 	hsm_key_record_clear(&after);
-	/* Imported: no automatic rotation; on demand only to new imported material. */
+	/* Imported: rotation only to new imported material (on demand, or on a schedule below). */
 	assert_true(hsm_ok(import_with(f, k.key_id, "RSAES_OAEP_SHA_256", m, 32, &after)));
 	hsm_key_record_clear(&after);
-	assert_int_equal(hsm_kms_enable_rotation(f->kms, &officer, k.key_id, 90).err,
-	                 HSM_ERR_UNSUPPORTED_OPERATION);
 	assert_int_equal(hsm_kms_rotate_now(f->kms, &officer, k.key_id, &after).err,
 	                 HSM_ERR_INVALID_STATE);
 	assert_non_null(strstr(hsm_last_message(), "NEW_KEY_MATERIAL"));
@@ -964,6 +962,87 @@ static void test_rotation_to_new_material(void **state)
 	hsm_key_record_clear(&k);
 }
 
+/*
+ * Scheduled rotation of imported material: on the date the waiting material
+ * becomes current (AUTOMATIC); without one the key stays, counted as due,
+ * and rotates once the material comes.
+ */
+static void test_scheduled_rotation_to_new_material(void **state)
+{
+	fx *f = *state;
+	hsm_key_record k, d;
+	listed l;
+	char last[128] = "";
+	uint8_t m1[32], m2[32], m3[32];
+	uint32_t v = 0;
+	size_t done = 0;
+	assert_int_equal(RAND_bytes(m1, 32), 1);
+	assert_int_equal(RAND_bytes(m2, 32), 1);
+	assert_int_equal(RAND_bytes(m3, 32), 1);
+	hsm_kms_set_event_sink(f->kms, note_event, last);
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, HSM_ORIGIN_EXTERNAL, &k);
+	assert_true(hsm_ok(import_full(f, k.key_id, m1, 0, HSM_IMPORT_ANY, NULL, NULL, &v)));
+	assert_true(hsm_ok(hsm_kms_enable_rotation(f->kms, &officer, k.key_id, 30)));
+	memset(&d, 0, sizeof(d));
+	assert_true(hsm_ok(hsm_kms_rotation_status(f->kms, &officer, k.key_id, &d)));
+	assert_true(d.rotation_enabled);
+	assert_int_equal(d.next_rotation, NOW + 30 * DAY);
+	hsm_key_record_clear(&d);
+	/* The material for the next period, imported ahead; nothing happens before the date. */
+	assert_true(hsm_ok(import_full(f, k.key_id, m2, 0, HSM_IMPORT_NEW, NULL, "next", &v)));
+	f->now = NOW + 30 * DAY - 1;
+	assert_true(hsm_ok(hsm_kms_run_due(f->kms, &done)));
+	assert_int_equal(done, 0);
+	f->now = NOW + 30 * DAY;
+	assert_true(hsm_ok(hsm_kms_run_due(f->kms, &done)));
+	assert_int_equal(done, 1);
+	char want[128];
+	snprintf(want, sizeof(want), "RotateKey %s HSM_OK", k.key_id);
+	assert_string_equal(last, want);
+	memset(&d, 0, sizeof(d));
+	assert_true(hsm_ok(hsm_kms_describe_key(f->kms, &officer, k.key_id, &d)));
+	assert_int_equal(d.primary_version, 2);
+	assert_int_equal(d.next_rotation, NOW + 60 * DAY);
+	assert_int_equal(d.flags & HSM_KEYFLAG_PENDING_MATERIAL, 0);
+	hsm_key_record_clear(&d);
+	assert_int_equal(list_materials(f, k.key_id, false, &l, &d), 1);
+	assert_int_equal(l.last.rotation_type, HSM_ROTATION_AUTOMATIC);
+	assert_int_equal(l.last.created, NOW + 30 * DAY);
+	hsm_key_record_clear(&d);
+	/* The next date comes without material: the key stays and is not worked on again. */
+	f->now = NOW + 61 * DAY;
+	assert_true(hsm_ok(hsm_kms_run_due(f->kms, &done)));
+	assert_int_equal(done, 0);
+	assert_int_equal(state_of(f, k.key_id), HSM_KEY_ENABLED);
+	/* Imported late, the material becomes current at the next pass. */
+	assert_true(hsm_ok(import_full(f, k.key_id, m3, 0, HSM_IMPORT_NEW, NULL, NULL, &v)));
+	assert_int_equal(v, 3);
+	assert_true(hsm_ok(hsm_kms_run_due(f->kms, &done)));
+	assert_int_equal(done, 1);
+	memset(&d, 0, sizeof(d));
+	assert_true(hsm_ok(hsm_kms_describe_key(f->kms, &officer, k.key_id, &d)));
+	assert_int_equal(d.primary_version, 3);
+	assert_int_equal(d.next_rotation, NOW + 91 * DAY);
+	hsm_key_record_clear(&d);
+	/* With the schedule off, waiting material stays waiting. */
+	uint8_t m4[32];
+	assert_int_equal(RAND_bytes(m4, 32), 1);
+	assert_true(hsm_ok(import_full(f, k.key_id, m4, 0, HSM_IMPORT_NEW, NULL, NULL, &v)));
+	assert_true(hsm_ok(hsm_kms_disable_rotation(f->kms, &officer, k.key_id)));
+	f->now = NOW + 200 * DAY;
+	assert_true(hsm_ok(hsm_kms_run_due(f->kms, &done)));
+	assert_int_equal(done, 0);
+	memset(&d, 0, sizeof(d));
+	assert_true(hsm_ok(hsm_kms_describe_key(f->kms, &officer, k.key_id, &d)));
+	assert_int_equal(d.primary_version, 3);
+	assert_int_not_equal(d.flags & HSM_KEYFLAG_PENDING_MATERIAL, 0);
+	hsm_key_record_clear(&d);
+	hsm_kms_set_event_sink(f->kms, NULL, NULL);
+	f->now = NOW;
+	hsm_version_record_clear(&l.last);
+	hsm_key_record_clear(&k);
+}
+
 /* kms:WrappingAlgorithm, kms:WrappingKeySpec, kms:ExpirationModel and kms:ValidTo in policies. */
 static void test_policy_conditions(void **state)
 {
@@ -1035,6 +1114,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_expiry, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_states, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_rotation_to_new_material, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_scheduled_rotation_to_new_material, setup,
+	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_policy_conditions, setup, kms_fx_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -969,6 +969,39 @@ static void test_expiry_erasure_is_conditional(void **state)
 	hsm_version_record_clear(&v1);
 }
 
+static hsm_result set_pending_flag(hsm_key_record *k, void *arg)
+{
+	(void)arg;
+	k->flags |= HSM_KEYFLAG_PENDING_MATERIAL;
+	return HSM_SUCCESS;
+}
+
+/* Imported keys that cannot rotate yet (no material waiting) come after every other rotation. */
+static void test_keys_due_puts_rotations_without_material_last(void **state)
+{
+	st_fixture *f = *state;
+	char got[256];
+	hsm_key_record k;
+	hsm_version_record v;
+	st_key(&k, "imported");
+	k.origin = HSM_ORIGIN_EXTERNAL;
+	k.rotation_enabled = true;
+	k.next_rotation = 100; /* due first */
+	st_version(&v, "imported", 1, "w", 1);
+	EXPECT_OK(hsm_store_key_create(f->s, &k, &v));
+	hsm_version_record_clear(&v);
+	add_key(f->s, "own-1", HSM_KEY_ENABLED, 0, 0, 200);
+	add_key(f->s, "own-2", HSM_KEY_ENABLED, 0, 0, 300);
+	due(f->s, 1000, 10, got, sizeof(got));
+	assert_string_equal(got, "own-1 own-2 imported");
+	due(f->s, 1000, 2, got, sizeof(got));
+	assert_string_equal(got, "own-1 own-2");
+	/* With material waiting, it takes its place by date again. */
+	EXPECT_OK(hsm_store_key_update(f->s, "imported", set_pending_flag, NULL, NULL, NULL));
+	due(f->s, 1000, 10, got, sizeof(got));
+	assert_string_equal(got, "imported own-1 own-2");
+}
+
 /* keys_due finds material that expires in the pending version. */
 static void test_keys_due_sees_a_pending_expiry(void **state)
 {
@@ -1445,6 +1478,8 @@ int main(void)
 		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_expiry_erasure_is_conditional, st_setup,
 		                                st_teardown),
+		cmocka_unit_test_setup_teardown(test_keys_due_puts_rotations_without_material_last,
+		                                st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_replaced_pending_material_leaves_the_store,
 		                                st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_promote_makes_the_pending_version_primary,
