@@ -503,11 +503,9 @@ CK_RV C_SeedRandom(CK_SESSION_HANDLE h, CK_BYTE_PTR seed, CK_ULONG len)
 }
 
 /* ---- what this token does not do ---------------------------------------------------------------
- * Keys are made and managed in hsmd (C_GenerateKeyPair makes one); its
- * users, PINs and the token itself are hsmd's administration.  Symmetric
- * encryption goes through hsmd's KMS API, whose ciphertexts are its own
- * format rather than raw AES blocks: only RSA-OAEP is offered (crypt.c), in
- * one part as the mechanism is.
+ * Keys are made and managed in hsmd (C_GenerateKey and C_GenerateKeyPair
+ * make one); its users, PINs and the token itself are hsmd's administration.
+ * Encryption is RSA-OAEP and AES-GCM (crypt.c), each in one part.
  */
 
 CK_RV C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR slot, CK_VOID_PTR reserved)
@@ -586,10 +584,6 @@ NOT_SUPPORTED(C_SignEncryptUpdate,
               (void)a; (void)b; (void)c; (void)d; (void)e)
 NOT_SUPPORTED(C_DecryptVerifyUpdate,
               (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e),
-              (void)a; (void)b; (void)c; (void)d; (void)e)
-NOT_SUPPORTED(C_GenerateKey,
-              (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_ATTRIBUTE_PTR c, CK_ULONG d,
-               CK_OBJECT_HANDLE_PTR e),
               (void)a; (void)b; (void)c; (void)d; (void)e)
 NOT_SUPPORTED(C_WrapKey,
               (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c, CK_OBJECT_HANDLE d,

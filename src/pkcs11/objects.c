@@ -789,6 +789,40 @@ static CK_RV check_private_template(const CK_ATTRIBUTE *t, CK_ULONG n)
 	return CKR_OK;
 }
 
+/*
+ * Makes a key in hsmd (CreateKey, and CreateAlias for a label), then reads
+ * the objects again.  A key whose alias cannot be made goes again: no
+ * half-made key stays.
+ */
+static CK_RV make_key(hsm_key_spec spec, hsm_key_usage usage, const char *label,
+                      char key_id[HSM_UUID_STRLEN + 1])
+{
+	json_t *ans = NULL;
+	CK_RV rv = p11_call("TrentService.CreateKey",
+	                    json_pack("{s:s,s:s,s:s}", "KeySpec", hsm_spec_name(spec), "KeyUsage",
+	                              hsm_usage_name(usage), "Description", "made through PKCS#11"),
+	                    &ans);
+	key_id[0] = '\0';
+	const char *id = json_string_value(json_object_get(json_object_get(ans, "KeyMetadata"), "KeyId"));
+	if (rv == CKR_OK && (id == NULL || !hsm_is_uuid(id)))
+		rv = CKR_DEVICE_ERROR;
+	if (rv == CKR_OK)
+		snprintf(key_id, HSM_UUID_STRLEN + 1, "%s", id);
+	json_decref(ans);
+	if (rv == CKR_OK && label[0] != '\0') {
+		char alias[P11_LABEL_MAX + 8];
+		snprintf(alias, sizeof(alias), "alias/%s", label);
+		rv = p11_call("TrentService.CreateAlias",
+		              json_pack("{s:s,s:s}", "AliasName", alias, "TargetKeyId", key_id), &ans);
+		json_decref(ans);
+		if (rv != CKR_OK) {
+			(void)schedule_deletion(key_id);
+			rv = CKR_ATTRIBUTE_VALUE_INVALID; /* the label: taken, or not an alias name */
+		}
+	}
+	return rv == CKR_OK ? p11_objects_refresh() : rv;
+}
+
 CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR pub,
                         CK_ULONG n_pub, CK_ATTRIBUTE_PTR priv, CK_ULONG n_priv,
                         CK_OBJECT_HANDLE_PTR pub_out, CK_OBJECT_HANDLE_PTR priv_out)
@@ -810,31 +844,8 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE
 	}
 	if (rv != CKR_OK)
 		LEAVE(rv);
-	json_t *ans = NULL;
-	rv = p11_call("TrentService.CreateKey",
-	              json_pack("{s:s,s:s,s:s}", "KeySpec", hsm_spec_name(spec), "KeyUsage",
-	                        "SIGN_VERIFY", "Description", "made through PKCS#11"),
-	              &ans);
-	char key_id[HSM_UUID_STRLEN + 1] = "";
-	const char *id = json_string_value(json_object_get(json_object_get(ans, "KeyMetadata"), "KeyId"));
-	if (rv == CKR_OK && (id == NULL || !hsm_is_uuid(id)))
-		rv = CKR_DEVICE_ERROR;
-	if (rv == CKR_OK)
-		snprintf(key_id, sizeof(key_id), "%s", id);
-	json_decref(ans);
-	if (rv == CKR_OK && label[0] != '\0') {
-		char alias[P11_LABEL_MAX + 8];
-		snprintf(alias, sizeof(alias), "alias/%s", label);
-		rv = p11_call("TrentService.CreateAlias",
-		              json_pack("{s:s,s:s}", "AliasName", alias, "TargetKeyId", key_id), &ans);
-		json_decref(ans);
-		if (rv != CKR_OK) { /* no half-made key pair: the key goes again */
-			(void)schedule_deletion(key_id);
-			rv = CKR_ATTRIBUTE_VALUE_INVALID; /* the label: taken, or not an alias name */
-		}
-	}
-	if (rv == CKR_OK)
-		rv = p11_objects_refresh();
+	char key_id[HSM_UUID_STRLEN + 1];
+	rv = make_key(spec, HSM_USAGE_SIGN_VERIFY, label, key_id);
 	const p11_object *po = rv == CKR_OK ? object_of(key_id, CKO_PUBLIC_KEY) : NULL;
 	const p11_object *ko = rv == CKR_OK ? object_of(key_id, CKO_PRIVATE_KEY) : NULL;
 	if (rv == CKR_OK && (po == NULL || ko == NULL))
@@ -843,5 +854,81 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE
 		*pub_out = po->handle;
 		*priv_out = ko->handle;
 	}
+	LEAVE(rv);
+}
+
+/* A CK_ULONG attribute of the template: absent (true, *out untouched), or well formed. */
+static bool attr_ulong(const CK_ATTRIBUTE *a, CK_ULONG *out)
+{
+	if (a == NULL)
+		return true;
+	if (a->pValue == NULL || a->ulValueLen != sizeof(CK_ULONG))
+		return false;
+	*out = *(const CK_ULONG *)a->pValue;
+	return true;
+}
+
+/*
+ * The KMS key a secret key template asks for: CKM_AES_KEY_GEN makes a
+ * SYMMETRIC_DEFAULT key (AES-256: CKA_VALUE_LEN 32 if given),
+ * CKM_GENERIC_SECRET_KEY_GEN an HMAC key of CKA_VALUE_LEN bytes (28, 32, 48
+ * or 64: HMAC_224 to HMAC_512, the HMAC mechanism of the same size).
+ */
+static CK_RV secret_spec(CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *t, CK_ULONG n,
+                         hsm_key_spec *spec, hsm_key_usage *usage)
+{
+	CK_ULONG len = 0, cls = CKO_SECRET_KEY, kt = CK_UNAVAILABLE_INFORMATION;
+	if (!attr_ulong(find_attr(t, n, CKA_VALUE_LEN), &len) ||
+	    !attr_ulong(find_attr(t, n, CKA_CLASS), &cls) ||
+	    !attr_ulong(find_attr(t, n, CKA_KEY_TYPE), &kt) || cls != CKO_SECRET_KEY)
+		return CKR_ATTRIBUTE_VALUE_INVALID;
+	if (mech == CKM_AES_KEY_GEN) {
+		if ((len != 0 && len != 32) || (kt != CK_UNAVAILABLE_INFORMATION && kt != CKK_AES))
+			return CKR_ATTRIBUTE_VALUE_INVALID;
+		*spec = HSM_SPEC_SYMMETRIC_DEFAULT;
+		*usage = HSM_USAGE_ENCRYPT_DECRYPT;
+		return CKR_OK;
+	}
+	if (mech != CKM_GENERIC_SECRET_KEY_GEN)
+		return CKR_MECHANISM_INVALID;
+	if (kt != CK_UNAVAILABLE_INFORMATION && kt != CKK_GENERIC_SECRET)
+		return CKR_ATTRIBUTE_VALUE_INVALID;
+	if (len == 0)
+		return CKR_TEMPLATE_INCOMPLETE;
+	if (len != 28 && len != 32 && len != 48 && len != 64)
+		return CKR_ATTRIBUTE_VALUE_INVALID;
+	*spec = len == 28   ? HSM_SPEC_HMAC_224
+	        : len == 32 ? HSM_SPEC_HMAC_256
+	        : len == 48 ? HSM_SPEC_HMAC_384
+	                    : HSM_SPEC_HMAC_512;
+	*usage = HSM_USAGE_GENERATE_VERIFY_MAC;
+	return CKR_OK;
+}
+
+CK_RV C_GenerateKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR t, CK_ULONG n,
+                    CK_OBJECT_HANDLE_PTR out)
+{
+	if (mech == NULL || out == NULL || (t == NULL && n > 0))
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	hsm_key_spec spec;
+	hsm_key_usage usage;
+	char label[P11_LABEL_MAX + 1];
+	CK_RV rv = p11_user_session(h);
+	if (rv == CKR_OK)
+		rv = secret_spec(mech->mechanism, t, n, &spec, &usage);
+	if (rv == CKR_OK)
+		rv = check_private_template(t, n);
+	if (rv == CKR_OK)
+		rv = pair_label(find_attr(t, n, CKA_LABEL), label, sizeof(label));
+	if (rv != CKR_OK)
+		LEAVE(rv);
+	char key_id[HSM_UUID_STRLEN + 1];
+	rv = make_key(spec, usage, label, key_id);
+	const p11_object *o = rv == CKR_OK ? object_of(key_id, CKO_SECRET_KEY) : NULL;
+	if (rv == CKR_OK && o == NULL)
+		rv = CKR_DEVICE_ERROR;
+	if (rv == CKR_OK)
+		*out = o->handle;
 	LEAVE(rv);
 }

@@ -52,7 +52,7 @@ MECHANISMS = {CKM[n] for n in (
     "CKM_SHA384_RSA_PKCS_PSS", "CKM_SHA512_RSA_PKCS_PSS", "CKM_ECDSA", "CKM_ECDSA_SHA256",
     "CKM_ECDSA_SHA384", "CKM_ECDSA_SHA512", "CKM_SHA224_HMAC", "CKM_SHA256_HMAC",
     "CKM_SHA384_HMAC", "CKM_SHA512_HMAC", "CKM_RSA_PKCS_OAEP", "CKM_EC_EDWARDS_KEY_PAIR_GEN",
-    "CKM_EDDSA", "CKM_AES_GCM")}
+    "CKM_EDDSA", "CKM_AES_GCM", "CKM_AES_KEY_GEN", "CKM_GENERIC_SECRET_KEY_GEN")}
 MSG = b"GET /v1/accounts/42 HTTP/1.1\r\nHost: api.example\r\n\r\n"
 PSS_SHA256 = (CKM["CKM_SHA256"], PyKCS11.CKG_MGF1_SHA256, 32)
 
@@ -533,6 +533,53 @@ def test_generate_key_pairs(p11, user, officer):
         public_key(officer, eck).verify(der_ecdsa(sig), MSG, ec.ECDSA(hashes.SHA256()))
 
 
+def test_generate_secret_keys(p11, user, officer):
+    """C_GenerateKey: CKM_AES_KEY_GEN makes a SYMMETRIC_DEFAULT key (AES-GCM through the
+    module), CKM_GENERIC_SECRET_KEY_GEN an HMAC key of CKA_VALUE_LEN bytes; a template that
+    cannot be met makes no key."""
+    with session(p11, f"{DEV_AKID}:{DEV_SECRET}") as s:
+        aes = s.generateKey([(CKA_CLASS, CKO_SECRET_KEY), (CKA_KEY_TYPE, PyKCS11.CKK_AES),
+                             (CKA_VALUE_LEN, 32), (CKA_TOKEN, True), (CKA_SENSITIVE, True),
+                             (CKA_ENCRYPT, True), (CKA_DECRYPT, True), (CKA_LABEL, "p11-aes")],
+                            Mechanism(PyKCS11.CKM_AES_KEY_GEN))
+        aes_id = attrs(s, aes, CKA_ID)[0].decode()
+        mac = s.generateKey([(CKA_VALUE_LEN, 48), (CKA_LABEL, "p11-mac")],
+                            Mechanism(PyKCS11.CKM_GENERIC_SECRET_KEY_GEN))
+        mac_id = attrs(s, mac, CKA_ID)[0].decode()
+        before = {k["KeyId"] for k in officer.list_keys(Limit=1000)["Keys"]}
+        for template, mech in (
+                ([(CKA_VALUE_LEN, 16)], PyKCS11.CKM_AES_KEY_GEN),
+                ([(CKA_EXTRACTABLE, True)], PyKCS11.CKM_AES_KEY_GEN),
+                ([(CKA_KEY_TYPE, PyKCS11.CKK_DES3)], PyKCS11.CKM_AES_KEY_GEN),
+                ([(CKA_VALUE_LEN, 20)], PyKCS11.CKM_GENERIC_SECRET_KEY_GEN),
+                ([(CKA_LABEL, "p11-aes")], PyKCS11.CKM_AES_KEY_GEN)):  # the label is taken
+            assert refused(s.generateKey, template, Mechanism(mech)) == \
+                PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID, (template, mech)
+        assert refused(s.generateKey, [], Mechanism(PyKCS11.CKM_GENERIC_SECRET_KEY_GEN)) == \
+            PyKCS11.CKR_TEMPLATE_INCOMPLETE
+        assert refused(s.generateKey, [], Mechanism(PyKCS11.CKM_DES3_KEY_GEN)) == \
+            PyKCS11.CKR_MECHANISM_INVALID
+    # Only the taken label got as far as a key, and that key went again at once.
+    (made,) = {k["KeyId"] for k in officer.list_keys(Limit=1000)["Keys"]} - before
+    assert officer.describe_key(KeyId=made)["KeyMetadata"]["KeyState"] == "PendingDeletion"
+    for kid, spec, usage, alias in ((aes_id, "SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT", "p11-aes"),
+                                    (mac_id, "HMAC_384", "GENERATE_VERIFY_MAC", "p11-mac")):
+        md = officer.describe_key(KeyId=kid)["KeyMetadata"]
+        assert (md["KeySpec"], md["KeyUsage"], md["KeyState"]) == (spec, usage, "Enabled")
+        assert [a["AliasName"] for a in officer.list_aliases(KeyId=kid)["Aliases"]] == [
+            "alias/" + alias]
+    with session(p11, user.pin) as s:
+        (key,) = find(s, CKO_SECRET_KEY, aes_id)
+        m = PyKCS11.AES_GCM_Mechanism(bytes(12), b"", 128)
+        ct = bytes(s.encrypt(key, b"sealed", m))
+        iv = bytes(m._source_iv)
+        assert bytes(s.decrypt(key, ct, PyKCS11.AES_GCM_Mechanism(iv, b"", 128))) == b"sealed"
+        (hkey,) = find(s, CKO_SECRET_KEY, mac_id)
+        tag = sign(s, hkey, Mechanism(PyKCS11.CKM_SHA384_HMAC), MSG)
+        assert user.kms.verify_mac(KeyId=mac_id, Message=MSG, Mac=tag,
+                                   MacAlgorithm="HMAC_SHA_384")["MacValid"] is True
+
+
 # ---- 6. destruction --------------------------------------------------------------------------
 
 def assert_pending_deletion(officer, kid):
@@ -630,6 +677,16 @@ def test_pkcs11_tool(server, user, officer, keys, tmp_path):
         v = subprocess.run(["openssl", "dgst", "-sha256", "-verify", str(pem), "-signature",
                             str(sig), str(data)], capture_output=True, text=True, timeout=60)
         assert v.returncode == 0 and "Verified OK" in v.stdout, (mech, v.stdout, v.stderr)
+    # An AES key made with pkcs11-tool is an hsmd key; it must be asked for sensitive (the
+    # tool's default is a key whose CKA_VALUE may be read, which hsmd never gives).
+    p = tool(server.endpoint, "--login", "--pin", f"{DEV_AKID}:{DEV_SECRET}", "--keygen",
+             "--key-type", "AES:32", "--label", "tool-aes")
+    assert p.returncode == 1 and "CKR_ATTRIBUTE_VALUE_INVALID" in p.stderr, p.stderr
+    p = tool(server.endpoint, "--login", "--pin", f"{DEV_AKID}:{DEV_SECRET}", "--keygen",
+             "--key-type", "AES:32", "--sensitive", "--label", "tool-aes")
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    md = officer.describe_key(KeyId="alias/tool-aes")["KeyMetadata"]
+    assert (md["KeySpec"], md["KeyUsage"]) == ("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT"), md
 
 
 def test_pkcs11_tool_over_https_and_region(tmp_path):
