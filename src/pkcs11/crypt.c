@@ -11,8 +11,11 @@
  * hsmd's HsmdCipher.GcmEncrypt / GcmDecrypt.  As AWS CloudHSM does, the IV
  * is the HSM's: C_Encrypt ignores the IV given and writes the one hsmd drew
  * into the caller's CK_GCM_PARAMS pIv (so it must be 12 writable bytes, and
- * stay so until C_Encrypt).  Tags are 128 bits, additional data at most
- * 8192 bytes, data at most 65536.
+ * stay so until C_Encrypt or C_EncryptFinal).  Tags are 128 bits,
+ * additional data at most 8192 bytes, data at most 65536.  In parts,
+ * C_EncryptUpdate and C_DecryptUpdate gather the input and give no output
+ * (decryption releases nothing before the tag verified); the Final call
+ * does the work.
  */
 #include <string.h>
 
@@ -60,8 +63,11 @@ static CK_RV gcm_init(p11_op *op, bool encrypt, CK_MECHANISM_PTR mech, CK_OBJECT
 	    p->aad_len > GCM_MAX_AAD || (p->aad_ptr == NULL && p->aad_len > 0))
 		return CKR_MECHANISM_PARAM_INVALID;
 	memset(op, 0, sizeof(*op));
-	if (p->aad_len > 0 && hsm_failed(hsm_buf_set(&op->data, p->aad_ptr, p->aad_len)))
+	hsm_buf_init_secure(&op->input); /* plaintext, in parts */
+	if (p->aad_len > 0 && hsm_failed(hsm_buf_set(&op->data, p->aad_ptr, p->aad_len))) {
+		hsm_buf_free(&op->input);
 		return CKR_HOST_MEMORY;
+	}
 	if (encrypt)
 		op->iv_out = p->pIv;
 	else
@@ -112,6 +118,60 @@ out:
 	hsm_buf_free(&data);
 	hsm_buf_free(&aad);
 	hsm_buf_free(&ivb);
+	return rv;
+}
+
+/*
+ * The AES-GCM encryption of data into out, hsmd's IV into the caller's pIv.
+ * *query tells that only the length was asked for (or the buffer was too
+ * small): the operation goes on.
+ */
+static CK_RV gcm_encrypt(p11_session *s, const p11_object *o, const CK_BYTE *data, CK_ULONG len,
+                         CK_BYTE_PTR out, CK_ULONG_PTR out_n, bool *query)
+{
+	if (len > GCM_MAX_DATA)
+		return CKR_DATA_LEN_RANGE;
+	CK_ULONG need = len + GCM_TAG_LEN;
+	if (out == NULL || *out_n < need) {
+		*out_n = need;
+		*query = true;
+		return out == NULL ? CKR_OK : CKR_BUFFER_TOO_SMALL;
+	}
+	hsm_buf ct = {0};
+	uint8_t iv[GCM_IV_LEN];
+	CK_RV rv = call_gcm(true, &s->encrypt, o, data, len, &ct, iv);
+	if (rv == CKR_OK && ct.len != need)
+		rv = CKR_DEVICE_ERROR;
+	if (rv == CKR_OK) {
+		memcpy(out, ct.data, ct.len);
+		memcpy(s->encrypt.iv_out, iv, GCM_IV_LEN);
+		*out_n = need;
+	}
+	hsm_buf_free(&ct);
+	return rv;
+}
+
+/* The AES-GCM decryption of data into out; *query as for gcm_encrypt. */
+static CK_RV gcm_decrypt(p11_session *s, const p11_object *o, const CK_BYTE *data, CK_ULONG len,
+                         CK_BYTE_PTR out, CK_ULONG_PTR out_n, bool *query)
+{
+	if (len < GCM_TAG_LEN || len > GCM_MAX_DATA + GCM_TAG_LEN)
+		return CKR_ENCRYPTED_DATA_LEN_RANGE;
+	if (out == NULL || *out_n < len - GCM_TAG_LEN) {
+		*out_n = len - GCM_TAG_LEN; /* exact: GCM adds only the tag */
+		*query = true;
+		return out == NULL ? CKR_OK : CKR_BUFFER_TOO_SMALL;
+	}
+	hsm_buf pt;
+	hsm_buf_init_secure(&pt);
+	CK_RV rv = call_gcm(false, &s->decrypt, o, data, len, &pt, NULL);
+	if (rv == CKR_OK && pt.len != len - GCM_TAG_LEN)
+		rv = CKR_DEVICE_ERROR;
+	if (rv == CKR_OK) {
+		memcpy(out, pt.data, pt.len);
+		*out_n = (CK_ULONG)pt.len;
+	}
+	hsm_buf_free(&pt);
 	return rv;
 }
 
@@ -215,26 +275,10 @@ CK_RV C_Encrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR
 	if (o == NULL) {
 		rv = CKR_KEY_HANDLE_INVALID;
 	} else if (s->encrypt.mech->family == P11_AES_GCM) {
-		if (len > GCM_MAX_DATA) {
-			rv = CKR_DATA_LEN_RANGE;
-		} else {
-			CK_ULONG need = len + GCM_TAG_LEN;
-			if (out == NULL || *out_n < need) { /* the length query leaves it running */
-				*out_n = need;
-				LEAVE(out == NULL ? CKR_OK : CKR_BUFFER_TOO_SMALL);
-			}
-			hsm_buf ct = {0};
-			uint8_t iv[GCM_IV_LEN];
-			rv = call_gcm(true, &s->encrypt, o, data, len, &ct, iv);
-			if (rv == CKR_OK && ct.len != need)
-				rv = CKR_DEVICE_ERROR;
-			if (rv == CKR_OK) {
-				memcpy(out, ct.data, ct.len);
-				memcpy(s->encrypt.iv_out, iv, GCM_IV_LEN);
-				*out_n = need;
-			}
-			hsm_buf_free(&ct);
-		}
+		bool query = false;
+		rv = gcm_encrypt(s, o, data, len, out, out_n, &query);
+		if (query)
+			LEAVE(rv); /* the length query leaves the operation running */
 	} else if (len == 0 || len > oaep_max(&s->encrypt, o->modulus.len)) {
 		rv = CKR_DATA_LEN_RANGE;
 	} else {
@@ -274,23 +318,10 @@ CK_RV C_Decrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR
 	if (o == NULL) {
 		rv = CKR_KEY_HANDLE_INVALID;
 	} else if (s->decrypt.mech->family == P11_AES_GCM) {
-		if (len < GCM_TAG_LEN || len > GCM_MAX_DATA + GCM_TAG_LEN) {
-			rv = CKR_ENCRYPTED_DATA_LEN_RANGE;
-		} else if (out == NULL || *out_n < len - GCM_TAG_LEN) {
-			*out_n = len - GCM_TAG_LEN; /* exact: GCM adds only the tag */
-			LEAVE(out == NULL ? CKR_OK : CKR_BUFFER_TOO_SMALL);
-		} else {
-			hsm_buf pt;
-			hsm_buf_init_secure(&pt);
-			rv = call_gcm(false, &s->decrypt, o, data, len, &pt, NULL);
-			if (rv == CKR_OK && pt.len != len - GCM_TAG_LEN)
-				rv = CKR_DEVICE_ERROR;
-			if (rv == CKR_OK) {
-				memcpy(out, pt.data, pt.len);
-				*out_n = (CK_ULONG)pt.len;
-			}
-			hsm_buf_free(&pt);
-		}
+		bool query = false;
+		rv = gcm_decrypt(s, o, data, len, out, out_n, &query);
+		if (query)
+			LEAVE(rv);
 	} else if (len != o->modulus.len) {
 		rv = CKR_ENCRYPTED_DATA_LEN_RANGE;
 	} else if (out == NULL) { /* an upper bound: the exact length is known once decrypted */
@@ -314,4 +345,88 @@ CK_RV C_Decrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR
 	}
 	p11_op_reset(&s->decrypt);
 	LEAVE(rv);
+}
+
+/* ---- AES-GCM in parts ------------------------------------------------------------------------ */
+
+/* Gathers a part of the input; RSA-OAEP comes in one part only. */
+static CK_RV gather(CK_SESSION_HANDLE h, bool encrypt, const CK_BYTE *part, CK_ULONG len,
+                    CK_ULONG_PTR out_n)
+{
+	p11_session *s = p11_session_get(h);
+	if (s == NULL)
+		return CKR_SESSION_HANDLE_INVALID;
+	p11_op *op = encrypt ? &s->encrypt : &s->decrypt;
+	if (!op->active)
+		return CKR_OPERATION_NOT_INITIALIZED;
+	CK_RV rv = CKR_OK;
+	size_t max = encrypt ? GCM_MAX_DATA : GCM_MAX_DATA + GCM_TAG_LEN;
+	if (op->mech->family != P11_AES_GCM)
+		rv = CKR_FUNCTION_NOT_SUPPORTED;
+	else if (len > max - op->input.len)
+		rv = encrypt ? CKR_DATA_LEN_RANGE : CKR_ENCRYPTED_DATA_LEN_RANGE;
+	else if (len > 0 && hsm_failed(hsm_buf_put(&op->input, part, len)))
+		rv = CKR_HOST_MEMORY;
+	if (rv != CKR_OK) {
+		p11_op_reset(op);
+		return rv;
+	}
+	*out_n = 0; /* all output comes with the Final call */
+	return CKR_OK;
+}
+
+CK_RV C_EncryptUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR part, CK_ULONG len, CK_BYTE_PTR out,
+                      CK_ULONG_PTR out_n)
+{
+	(void)out;
+	if ((part == NULL && len > 0) || out_n == NULL)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	LEAVE(gather(h, true, part, len, out_n));
+}
+
+CK_RV C_DecryptUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR part, CK_ULONG len, CK_BYTE_PTR out,
+                      CK_ULONG_PTR out_n)
+{
+	(void)out;
+	if ((part == NULL && len > 0) || out_n == NULL)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	LEAVE(gather(h, false, part, len, out_n));
+}
+
+/* The Final call: the gathered input, encrypted or decrypted in one request. */
+static CK_RV finish(CK_SESSION_HANDLE h, bool encrypt, CK_BYTE_PTR out, CK_ULONG_PTR out_n)
+{
+	p11_session *s = p11_session_get(h);
+	if (s == NULL)
+		return CKR_SESSION_HANDLE_INVALID;
+	p11_op *op = encrypt ? &s->encrypt : &s->decrypt;
+	if (!op->active)
+		return CKR_OPERATION_NOT_INITIALIZED;
+	const p11_object *o = p11_object_get(op->key);
+	bool query = false;
+	CK_RV rv = o == NULL                            ? CKR_KEY_HANDLE_INVALID
+	           : op->mech->family != P11_AES_GCM ? CKR_FUNCTION_NOT_SUPPORTED
+	           : encrypt ? gcm_encrypt(s, o, op->input.data, op->input.len, out, out_n, &query)
+	                     : gcm_decrypt(s, o, op->input.data, op->input.len, out, out_n, &query);
+	if (!query)
+		p11_op_reset(op);
+	return rv;
+}
+
+CK_RV C_EncryptFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG_PTR out_n)
+{
+	if (out_n == NULL)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	LEAVE(finish(h, true, out, out_n));
+}
+
+CK_RV C_DecryptFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG_PTR out_n)
+{
+	if (out_n == NULL)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	LEAVE(finish(h, false, out, out_n));
 }

@@ -505,7 +505,7 @@ CK_RV C_SeedRandom(CK_SESSION_HANDLE h, CK_BYTE_PTR seed, CK_ULONG len)
 /* ---- what this token does not do ---------------------------------------------------------------
  * Keys are made and managed in hsmd (C_GenerateKey and C_GenerateKeyPair
  * make one); its users, PINs and the token itself are hsmd's administration.
- * Encryption is RSA-OAEP and AES-GCM (crypt.c), each in one part.
+ * Encryption is RSA-OAEP (in one part) and AES-GCM (crypt.c).
  */
 
 CK_RV C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR slot, CK_VOID_PTR reserved)
@@ -543,16 +543,6 @@ NOT_SUPPORTED(C_CopyObject,
               (CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b, CK_ATTRIBUTE_PTR c, CK_ULONG d,
                CK_OBJECT_HANDLE_PTR e),
               (void)a; (void)b; (void)c; (void)d; (void)e)
-NOT_SUPPORTED(C_EncryptUpdate,
-              (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e),
-              (void)a; (void)b; (void)c; (void)d; (void)e)
-NOT_SUPPORTED(C_EncryptFinal, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG_PTR c),
-              (void)a; (void)b; (void)c)
-NOT_SUPPORTED(C_DecryptUpdate,
-              (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e),
-              (void)a; (void)b; (void)c; (void)d; (void)e)
-NOT_SUPPORTED(C_DecryptFinal, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG_PTR c),
-              (void)a; (void)b; (void)c)
 NOT_SUPPORTED(C_DigestInit, (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b), (void)a; (void)b)
 NOT_SUPPORTED(C_Digest,
               (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e),

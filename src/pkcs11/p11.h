@@ -86,6 +86,7 @@ typedef struct p11_op {
 	const char *hash;  /* the KMS algorithm's digest: "SHA_256", ... */
 	EVP_MD_CTX *md;    /* hashing mechanisms */
 	hsm_buf data;      /* raw input, an HMAC's message, or AES-GCM's additional data */
+	hsm_buf input;     /* AES-GCM in parts: what C_EncryptUpdate / C_DecryptUpdate gave */
 	uint8_t iv[12];    /* AES-GCM decryption: the IV */
 	CK_BYTE_PTR iv_out; /* AES-GCM encryption: where hsmd's IV goes (the caller's pIv) */
 } p11_op;

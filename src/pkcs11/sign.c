@@ -64,6 +64,7 @@ void p11_op_reset(p11_op *op)
 {
 	EVP_MD_CTX_free(op->md);
 	hsm_buf_free(&op->data);
+	hsm_buf_free(&op->input);
 	memset(op, 0, sizeof(*op));
 }
 

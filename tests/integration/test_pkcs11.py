@@ -893,6 +893,37 @@ def test_rsa_oaep_encrypt_and_decrypt(p11, user, officer, keys):
 
 # ---- 12b. AES-GCM ----------------------------------------------------------------------------
 
+def parts_rv(s, encrypt, key, mech, chunks, out=None):
+    """C_EncryptInit/C_DecryptInit, an Update call per chunk, then Final; the first error."""
+    init, update, final = (
+        (s.lib.C_EncryptInit, s.lib.C_EncryptUpdate, s.lib.C_EncryptFinal) if encrypt else
+        (s.lib.C_DecryptInit, s.lib.C_DecryptUpdate, s.lib.C_DecryptFinal))
+    rv = init(s.session, mech.to_native(), key)
+    if rv != CKR_OK:
+        return rv
+    got = b""
+    for chunk in chunks:
+        piece = ckbytelist()
+        rv = update(s.session, ckbytelist(chunk), piece)
+        if rv != CKR_OK:
+            return rv
+        got += bytes(piece)
+    last = ckbytelist()
+    rv = final(s.session, last)  # the length (the operation goes on), as PyKCS11 does
+    if rv == CKR_OK:
+        rv = final(s.session, last)  # the output
+    if rv == CKR_OK and out is not None:
+        out.append(got + bytes(last))
+    return rv
+
+
+def parts(s, encrypt, key, mech, chunks):
+    out = []
+    rv = parts_rv(s, encrypt, key, mech, chunks, out)
+    assert rv == CKR_OK, hex(rv)
+    return out[0]
+
+
 def test_aes_gcm_encrypt_and_decrypt(p11, server, user, officer, keys):
     """CKM_AES_GCM with a symmetric key is hsmd's GcmEncrypt / GcmDecrypt: the IV is hsmd's,
     written into the caller's parameters; the output is standard AES-GCM (checked with
@@ -952,6 +983,25 @@ def test_aes_gcm_encrypt_and_decrypt(p11, server, user, officer, keys):
         assert st == 200 and base64.b64decode(out["Plaintext"]) == b"before rotation", out
         assert bytes(s.decrypt(own, old, PyKCS11.AES_GCM_Mechanism(old_iv, b"", 128))) == \
             b"before rotation"
+    # In parts: the Update calls gather, the Final call answers (decryption releases nothing
+    # before the tag verified); RSA-OAEP has no parts.
+    with session(p11, user.pin) as s:
+        (key,) = find(s, CKO_SECRET_KEY, byok)
+        m = PyKCS11.AES_GCM_Mechanism(bytes(12), b"hdr", 128)
+        ct = parts(s, True, key, m, [b"first part, ", b"second part"])
+        iv = bytes(m._source_iv)
+        assert AESGCM(material).decrypt(iv, ct, b"hdr") == b"first part, second part"
+        pt = parts(s, False, key, PyKCS11.AES_GCM_Mechanism(iv, b"hdr", 128),
+                   [ct[:5], ct[5:20], ct[20:]])
+        assert pt == b"first part, second part"
+        bad = ct[:-1] + bytes([ct[-1] ^ 1])
+        assert parts_rv(s, False, key, PyKCS11.AES_GCM_Mechanism(iv, b"hdr", 128),
+                        [bad[:10], bad[10:]]) == PyKCS11.CKR_ENCRYPTED_DATA_INVALID
+        assert parts_rv(s, True, key, PyKCS11.AES_GCM_Mechanism(bytes(12), b"", 128),
+                        [bytes(40000), bytes(40000)]) == PyKCS11.CKR_DATA_LEN_RANGE
+        (enc,) = find(s, CKO_PUBLIC_KEY, keys["rsa_enc"])
+        assert parts_rv(s, True, enc, oaep(CKM["CKM_SHA256"], PyKCS11.CKG_MGF1_SHA256),
+                        [b"x"]) == PyKCS11.CKR_FUNCTION_NOT_SUPPORTED
     recs = [r for r in audit_records(server.data_dir) if r.get("op") == "GcmEncrypt"]
     assert recs and all(r["principal"] == user.arn for r in recs)
 

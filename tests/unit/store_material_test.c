@@ -889,10 +889,10 @@ static void test_in_use_digest_stays_with_a_pending_version(void **state)
 	hsm_version_record_clear(&wrong);
 }
 
-static hsm_result add_jwt_flag(hsm_key_record *k, void *arg)
+/* Sets the key flags *arg (a const uint32_t). */
+static hsm_result add_flags(hsm_key_record *k, void *arg)
 {
-	(void)arg;
-	k->flags |= HSM_KEYFLAG_JWT;
+	k->flags |= *(const uint32_t *)arg;
 	return HSM_SUCCESS;
 }
 
@@ -908,7 +908,7 @@ static void test_material_fields_follow_the_versions(void **state)
 	const uint32_t jwt = HSM_KEYFLAG_JWT, none = HSM_KEYFLAG_NO_MATERIAL;
 	hsm_version_record v1, v2;
 	imported_key(f->s, "ext", 3000);
-	EXPECT_OK(hsm_store_key_update(f->s, "ext", add_jwt_flag, NULL, NULL, NULL));
+	EXPECT_OK(hsm_store_key_update(f->s, "ext", add_flags, (void *)&jwt, NULL, NULL));
 	version_of(&v1, "ext", 1, "WRAPPED-1", "DIGEST-1", 3000, "");
 	version_of(&v2, "ext", 2, "WRAPPED-2", "DIGEST-2", 2000, "");
 	set_material(f->s, &v2); /* the pending version expires first */
@@ -969,13 +969,6 @@ static void test_expiry_erasure_is_conditional(void **state)
 	hsm_version_record_clear(&v1);
 }
 
-static hsm_result set_pending_flag(hsm_key_record *k, void *arg)
-{
-	(void)arg;
-	k->flags |= HSM_KEYFLAG_PENDING_MATERIAL;
-	return HSM_SUCCESS;
-}
-
 /* Imported keys that cannot rotate yet (no material waiting) come after every other rotation. */
 static void test_keys_due_puts_rotations_without_material_last(void **state)
 {
@@ -997,7 +990,8 @@ static void test_keys_due_puts_rotations_without_material_last(void **state)
 	due(f->s, 1000, 2, got, sizeof(got));
 	assert_string_equal(got, "own-1 own-2");
 	/* With material waiting, it takes its place by date again. */
-	EXPECT_OK(hsm_store_key_update(f->s, "imported", set_pending_flag, NULL, NULL, NULL));
+	const uint32_t pending = HSM_KEYFLAG_PENDING_MATERIAL;
+	EXPECT_OK(hsm_store_key_update(f->s, "imported", add_flags, (void *)&pending, NULL, NULL));
 	due(f->s, 1000, 10, got, sizeof(got));
 	assert_string_equal(got, "imported own-1 own-2");
 }
