@@ -279,6 +279,7 @@ hsm_result pg_read_snapshot(pg_store *s, pg_body body, void *arg)
 /* pg_try_advisory_lock key: "HSML" as a number (the schema lock is "HSMD"). */
 #define PG_LEAD_LOCK "1213418828"
 static const char SQL_LEAD_TRY[] = "SELECT pg_try_advisory_lock(" PG_LEAD_LOCK ")";
+static const char SQL_LEAD_RELEASE[] = "SELECT pg_advisory_unlock(" PG_LEAD_LOCK ")";
 static const char SQL_ALIVE[] = "SELECT 1";
 
 static void lead_drop(pg_store *s)
@@ -286,6 +287,22 @@ static void lead_drop(pg_store *s)
 	conn_close(s->lead); /* ending the session releases the lock */
 	s->lead = NULL;
 	s->leading = false;
+}
+
+/*
+ * Leadership given up on purpose: unlock before closing, so the next node
+ * to ask takes over at once.  Closing alone frees the lock only when the
+ * server's backend has exited, a moment later; if the unlock fails (the
+ * session is already gone), that exit frees it all the same.
+ */
+static void lead_release(pg_store *s)
+{
+	if (s->lead != NULL && s->leading) {
+		hsm_result r = pg_simple(s->lead, SQL_LEAD_RELEASE, "release leadership");
+		if (hsm_failed(r))
+			hsm_log_failure("leadership is freed when the session ends instead");
+	}
+	lead_drop(s);
 }
 
 static hsm_result lead_try(pg_store *s)
@@ -316,7 +333,7 @@ static hsm_result pg_lead(hsm_store *base, bool want, bool *leading)
 	hsm_result r = HSM_SUCCESS;
 	pthread_mutex_lock(&s->lead_lock);
 	if (!want)
-		lead_drop(s);
+		lead_release(s);
 	else
 		r = lead_try(s);
 	*leading = hsm_ok(r) && s->leading;
@@ -336,7 +353,7 @@ static void pg_close(hsm_store *base)
 		OPENSSL_cleanse(s->conninfo, strlen(s->conninfo)); /* holds the password */
 		free(s->conninfo);
 	}
-	lead_drop(s);
+	lead_release(s);
 	pthread_mutex_destroy(&s->lead_lock);
 	pthread_cond_destroy(&s->pool_free);
 	pthread_mutex_destroy(&s->pool_lock);
