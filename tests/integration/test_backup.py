@@ -228,17 +228,22 @@ def test_scheduled_backups_copy_and_roles():
             time.sleep(0.5)
         assert metric(server, "hsmd_backups_created_total") >= 2
         assert metric(server, "hsmd_backup_copy_failures_total") == 0
-        time.sleep(0.5)  # the copy follows the backup
         made = sorted(os.listdir(os.path.join(server.data_dir, "backups")))
         made = [f for f in made if f.endswith(".hsmbak")]
         assert len(made) >= 2
+
+        def copied():
+            return sum(os.path.exists(os.path.join(copy_dir, f)) for f in made)
+
+        while copied() < 2 and time.time() < deadline + 10:  # the copy follows the backup
+            time.sleep(0.2)
         for f in made:
             copy = os.path.join(copy_dir, f)
             if os.path.exists(copy):
                 with open(os.path.join(server.data_dir, "backups", f), "rb") as a, \
                         open(copy, "rb") as b:
                     assert a.read() == b.read()
-        assert sum(os.path.exists(os.path.join(copy_dir, f)) for f in made) >= 2
+        assert copied() >= 2
         ev = [r for r in audit_records(server.data_dir) if r.get("op") == "Backup"]
         assert len(ev) >= 2 and all(r["extra"]["trigger"] == "scheduled" for r in ev)
         p = hsmctl("backup", "list", "--dir", copy_dir)
