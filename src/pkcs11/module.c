@@ -86,6 +86,7 @@ static void close_session(p11_session *s)
 	p11_op_reset(&s->verify);
 	p11_op_reset(&s->encrypt);
 	p11_op_reset(&s->decrypt);
+	p11_op_reset(&s->digest);
 	free(s->find.handles);
 	memset(s, 0, sizeof(*s));
 }
@@ -543,15 +544,6 @@ NOT_SUPPORTED(C_CopyObject,
               (CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b, CK_ATTRIBUTE_PTR c, CK_ULONG d,
                CK_OBJECT_HANDLE_PTR e),
               (void)a; (void)b; (void)c; (void)d; (void)e)
-NOT_SUPPORTED(C_DigestInit, (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b), (void)a; (void)b)
-NOT_SUPPORTED(C_Digest,
-              (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e),
-              (void)a; (void)b; (void)c; (void)d; (void)e)
-NOT_SUPPORTED(C_DigestUpdate, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c),
-              (void)a; (void)b; (void)c)
-NOT_SUPPORTED(C_DigestKey, (CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b), (void)a; (void)b)
-NOT_SUPPORTED(C_DigestFinal, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG_PTR c),
-              (void)a; (void)b; (void)c)
 NOT_SUPPORTED(C_SignRecoverInit, (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c),
               (void)a; (void)b; (void)c)
 NOT_SUPPORTED(C_SignRecover,

@@ -7,7 +7,8 @@
  *   objects.c  hsmd's keys as token objects: loading, attributes, search,
  *              key pair generation, destruction
  *   sign.c     signing and verification
- *   crypt.c    RSA-OAEP encryption and decryption
+ *   crypt.c    RSA-OAEP and AES-GCM encryption and decryption
+ *   digest.c   message digests, computed in the module
  *
  * The module is a thin client: it holds no key material.  Each operation is
  * an ordinary SigV4-signed call of hsmd's KMS API (authenticated, authorized
@@ -67,6 +68,7 @@ typedef enum p11_family {
 	P11_RSA_OAEP, /* encryption (crypt.c) */
 	P11_AES_GCM,  /* encryption with AES keys (crypt.c) */
 	P11_KEYGEN,
+	P11_DIGEST,   /* hashing in the module (digest.c) */
 } p11_family;
 
 typedef struct p11_mech {
@@ -77,7 +79,7 @@ typedef struct p11_mech {
 	CK_FLAGS flags;
 } p11_mech;
 
-/* A signing or verification in progress. */
+/* A signing, verification, encryption, decryption or digest in progress. */
 typedef struct p11_op {
 	bool active;
 	bool fed; /* C_Sign gave the data (a length query came first) */
@@ -101,7 +103,7 @@ typedef struct p11_session {
 	bool open;
 	CK_FLAGS flags;
 	p11_find find;
-	p11_op sign, verify, encrypt, decrypt;
+	p11_op sign, verify, encrypt, decrypt, digest;
 } p11_session;
 
 typedef struct p11_module {

@@ -49,6 +49,11 @@ const p11_mech p11_mechs[] = {
     {CKM_AES_GCM, P11_AES_GCM, NULL, 32, 32, CKF_ENCRYPT | CKF_DECRYPT},
     {CKM_AES_KEY_GEN, P11_KEYGEN, NULL, 32, 32, CKF_GENERATE},
     {CKM_GENERIC_SECRET_KEY_GEN, P11_KEYGEN, NULL, 28, 64, CKF_GENERATE},
+    {CKM_SHA_1, P11_DIGEST, "SHA1", 0, 0, CKF_DIGEST},
+    {CKM_SHA224, P11_DIGEST, "SHA224", 0, 0, CKF_DIGEST},
+    {CKM_SHA256, P11_DIGEST, "SHA256", 0, 0, CKF_DIGEST},
+    {CKM_SHA384, P11_DIGEST, "SHA384", 0, 0, CKF_DIGEST},
+    {CKM_SHA512, P11_DIGEST, "SHA512", 0, 0, CKF_DIGEST},
 };
 const size_t p11_n_mechs = sizeof(p11_mechs) / sizeof(p11_mechs[0]);
 
@@ -161,7 +166,7 @@ static CK_RV op_init(CK_SESSION_HANDLE hs, bool sign, CK_MECHANISM_PTR mech, CK_
 		return CKR_ARGUMENTS_BAD;
 	const p11_mech *m = p11_mech_find(mech->mechanism);
 	if (m == NULL || m->family == P11_KEYGEN || m->family == P11_RSA_OAEP ||
-	    m->family == P11_AES_GCM)
+	    m->family == P11_AES_GCM || m->family == P11_DIGEST)
 		return CKR_MECHANISM_INVALID;
 	const p11_object *o = p11_object_get(key);
 	if (o == NULL)
@@ -280,7 +285,8 @@ static CK_ULONG sig_len(const p11_op *op, const p11_object *o)
 	case P11_EDDSA: return 64;
 	case P11_RSA_OAEP:
 	case P11_AES_GCM:
-	case P11_KEYGEN: break;
+	case P11_KEYGEN:
+	case P11_DIGEST: break;
 	}
 	return 0;
 }

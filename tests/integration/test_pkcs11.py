@@ -10,9 +10,10 @@ encryption and decryption with ENCRYPT_DECRYPT RSA keys; the signing mechanisms 
 one-shot and multi-part, each signature checked with python3-cryptography and
 HMACs against GenerateMac; verification through the module; refused inputs and
 parameters; C_GenerateKeyPair seen by DescribeKey; C_DestroyObject scheduling
-deletion; C_GenerateRandom; the audit trail of signatures made through the
+deletion; C_GenerateRandom; digests computed in the module (hashlib's, in one
+part or several, with no login and no call of hsmd); the audit trail of signatures made through the
 module. opensc's pkcs11-tool is run as a second client (signatures verified by
-`openssl dgst`), also for the endpoint list, HTTPS with HSM_PKCS11_CA_FILE and
+`openssl dgst`, `--hash` against hashlib), also for the endpoint list, HTTPS with HSM_PKCS11_CA_FILE and
 HSM_PKCS11_REGION.
 """
 import contextlib
@@ -52,7 +53,8 @@ MECHANISMS = {CKM[n] for n in (
     "CKM_SHA384_RSA_PKCS_PSS", "CKM_SHA512_RSA_PKCS_PSS", "CKM_ECDSA", "CKM_ECDSA_SHA256",
     "CKM_ECDSA_SHA384", "CKM_ECDSA_SHA512", "CKM_SHA224_HMAC", "CKM_SHA256_HMAC",
     "CKM_SHA384_HMAC", "CKM_SHA512_HMAC", "CKM_RSA_PKCS_OAEP", "CKM_EC_EDWARDS_KEY_PAIR_GEN",
-    "CKM_EDDSA", "CKM_AES_GCM", "CKM_AES_KEY_GEN", "CKM_GENERIC_SECRET_KEY_GEN")}
+    "CKM_EDDSA", "CKM_AES_GCM", "CKM_AES_KEY_GEN", "CKM_GENERIC_SECRET_KEY_GEN", "CKM_SHA_1",
+    "CKM_SHA224", "CKM_SHA256", "CKM_SHA384", "CKM_SHA512")}
 MSG = b"GET /v1/accounts/42 HTTP/1.1\r\nHost: api.example\r\n\r\n"
 PSS_SHA256 = (CKM["CKM_SHA256"], PyKCS11.CKG_MGF1_SHA256, 32)
 
@@ -618,6 +620,102 @@ def test_generate_random(p11, user):
         assert len(a) == len(b) == 32 and a != b
         big = bytes(s.generateRandom(4096))
         assert len(big) == 4096 and len(set(big)) > 200
+
+
+# ---- 7b. digests -----------------------------------------------------------------------------
+
+DIGESTS = [("CKM_SHA_1", "sha1"), ("CKM_SHA224", "sha224"), ("CKM_SHA256", "sha256"),
+           ("CKM_SHA384", "sha384"), ("CKM_SHA512", "sha512")]
+
+
+def digest_parts(s, mech, parts):
+    """C_DigestInit, C_DigestUpdate for each part, C_DigestFinal (size, then digest)."""
+    check(s.lib.C_DigestInit(s.session, Mechanism(mech).to_native()), "C_DigestInit")
+    for p in parts:
+        check(s.lib.C_DigestUpdate(s.session, ckbytelist(p)), "C_DigestUpdate")
+    out = ckbytelist()
+    check(s.lib.C_DigestFinal(s.session, out), "C_DigestFinal (length)")
+    check(s.lib.C_DigestFinal(s.session, out), "C_DigestFinal")
+    return bytes(out)
+
+
+def test_digests_in_the_module(p11, server, user, keys):
+    """SHA-1 and SHA-2 digests, in one part or several, match hashlib; no login is
+    needed and hsmd is not called (a digest uses no key)."""
+    big = os.urandom(1 << 20) + b"tail"
+    before = len(audit_records(server.data_dir))
+    with session(p11) as s:  # never logged in
+        for mech, name in DIGESTS:
+            for data in (b"x", MSG, big):  # PyKCS11 itself refuses an empty buffer
+                assert bytes(s.digest(data, Mechanism(CKM[mech]))) == hashlib.new(name, data).digest()
+            parts = [big[:1], big[1:70000], big[70000:]]
+            assert digest_parts(s, CKM[mech], parts) == hashlib.new(name, big).digest()
+            info = p11.getMechanismInfo(0, mech)
+            assert info.flags == PyKCS11.CKF_DIGEST, info.flags2text()
+    requests = [r for r in audit_records(server.data_dir)[before:] if r["type"] == "request"]
+    assert requests == []  # (the scheduler's own events, a backup say, may come meanwhile)
+
+    sha256 = Mechanism(CKM["CKM_SHA256"]).to_native()
+    with session(p11, user.pin) as s:
+        lib, h = s.lib, s.session
+        out = ckbytelist()
+        # Without C_DigestInit; then twice in a row.
+        assert lib.C_Digest(h, ckbytelist(MSG), out) == PyKCS11.CKR_OPERATION_NOT_INITIALIZED
+        assert lib.C_DigestFinal(h, out) == PyKCS11.CKR_OPERATION_NOT_INITIALIZED
+        check(lib.C_DigestInit(h, sha256), "C_DigestInit")
+        assert lib.C_DigestInit(h, sha256) == PyKCS11.CKR_OPERATION_ACTIVE
+        # A length query, then a buffer one byte short, keep the operation and its input.
+        check(lib.C_DigestUpdate(h, ckbytelist(MSG)), "C_DigestUpdate")
+        check(lib.C_DigestFinal(h, out), "C_DigestFinal (length)")
+        assert len(out) == 32
+        out = ckbytelist([0] * 31)
+        assert lib.C_DigestFinal(h, out) == PyKCS11.CKR_BUFFER_TOO_SMALL
+        out = ckbytelist([0] * 32)
+        check(lib.C_DigestFinal(h, out), "C_DigestFinal")
+        assert bytes(out) == hashlib.sha256(MSG).digest()
+        assert lib.C_DigestFinal(h, out) == PyKCS11.CKR_OPERATION_NOT_INITIALIZED
+        # A key cannot be digested (the module holds no key material): the operation ends.
+        (aes,) = find(s, CKO_SECRET_KEY, keys["aes"])
+        check(lib.C_DigestInit(h, sha256), "C_DigestInit")
+        assert lib.C_DigestKey(h, aes) == PyKCS11.CKR_KEY_INDIGESTIBLE
+        assert lib.C_DigestUpdate(h, ckbytelist(MSG)) == PyKCS11.CKR_OPERATION_NOT_INITIALIZED
+        check(lib.C_DigestInit(h, sha256), "C_DigestInit")
+        nothing = LowLevel.CK_OBJECT_HANDLE()
+        nothing.assign(0xDEAD)
+        assert lib.C_DigestKey(h, nothing) == PyKCS11.CKR_KEY_HANDLE_INVALID
+        # Mechanisms that are not digests, and a digest mechanism with a parameter.
+        for m in (Mechanism(CKM["CKM_SHA256_RSA_PKCS"]), Mechanism(CKM["CKM_SHA256_HMAC"])):
+            assert lib.C_DigestInit(h, m.to_native()) == PyKCS11.CKR_MECHANISM_INVALID
+        with_param = Mechanism(CKM["CKM_SHA256"], b"\x01")
+        assert lib.C_DigestInit(h, with_param.to_native()) == PyKCS11.CKR_MECHANISM_PARAM_INVALID
+        # A digest mechanism does not sign; signing and digesting run side by side.
+        (priv,) = find(s, CKO_PRIVATE_KEY, keys["rsa"])
+        ckr(PyKCS11.CKR_MECHANISM_INVALID, s.sign, priv, MSG, Mechanism(CKM["CKM_SHA256"]))
+        check(lib.C_DigestInit(h, sha256), "C_DigestInit")
+        sig = sign(s, priv, Mechanism(PyKCS11.CKM_SHA256_RSA_PKCS), MSG)
+        out = ckbytelist()
+        check(lib.C_Digest(h, ckbytelist(sig), out), "C_Digest (length)")
+        check(lib.C_Digest(h, ckbytelist(sig), out), "C_Digest")
+        assert bytes(out) == hashlib.sha256(sig).digest()
+    # A session closed in the middle of a digest leaves nothing behind for the next.
+    with session(p11) as s:
+        check(s.lib.C_DigestInit(s.session, sha256), "C_DigestInit")
+        check(s.lib.C_DigestUpdate(s.session, ckbytelist(MSG)), "C_DigestUpdate")
+    with session(p11) as s:
+        assert bytes(s.digest(b"x", Mechanism(CKM["CKM_SHA256"]))) == hashlib.sha256(b"x").digest()
+
+
+def test_pkcs11_tool_hash(server, tmp_path):
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    data = tmp_path / "data"
+    data.write_bytes(os.urandom(100000))
+    for src in (empty, data):
+        for mech, name in (("SHA256", "sha256"), ("SHA512", "sha512"), ("SHA-1", "sha1")):
+            out = tmp_path / ("digest-" + name)
+            p = tool(server.endpoint, "--hash", "-m", mech, "-i", str(src), "-o", str(out))
+            assert p.returncode == 0, p.stderr
+            assert out.read_bytes() == hashlib.new(name, src.read_bytes()).digest(), (src, mech)
 
 
 # ---- 8. pkcs11-tool --------------------------------------------------------------------------

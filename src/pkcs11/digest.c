@@ -1,0 +1,138 @@
+/*
+ * digest.c - message digests (p11.h): C_DigestInit, C_Digest, C_DigestUpdate,
+ * C_DigestKey, C_DigestFinal.
+ *
+ * The data is the caller's and not secret, so the module hashes it itself
+ * with OpenSSL, as it does for the hashing signature mechanisms: no call to
+ * hsmd, nothing audited, no login needed (a digest uses no key).  SHA-1 and
+ * SHA-2.  C_DigestKey is refused with CKR_KEY_INDIGESTIBLE: the module
+ * holds no key material, and hsmd hashes none on request.
+ *
+ * As for signing, a length query (or a buffer too small) leaves the
+ * operation active with its input, so the caller asks again with the same
+ * data; any other failure ends it.
+ */
+#include <string.h>
+
+#include "pkcs11/p11.h"
+
+static p11_session *digesting(CK_SESSION_HANDLE h, CK_RV *rv)
+{
+	p11_session *s = p11_session_get(h);
+	*rv = s == NULL ? CKR_SESSION_HANDLE_INVALID
+	      : !s->digest.active ? CKR_OPERATION_NOT_INITIALIZED
+	                          : CKR_OK;
+	return *rv == CKR_OK ? s : NULL;
+}
+
+CK_RV C_DigestInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech)
+{
+	if (mech == NULL)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	p11_session *s = p11_session_get(h);
+	if (s == NULL)
+		LEAVE(CKR_SESSION_HANDLE_INVALID);
+	if (s->digest.active)
+		LEAVE(CKR_OPERATION_ACTIVE);
+	const p11_mech *m = p11_mech_find(mech->mechanism);
+	if (m == NULL || m->family != P11_DIGEST)
+		LEAVE(CKR_MECHANISM_INVALID);
+	if (mech->pParameter != NULL || mech->ulParameterLen != 0)
+		LEAVE(CKR_MECHANISM_PARAM_INVALID);
+	p11_op *op = &s->digest;
+	memset(op, 0, sizeof(*op));
+	op->mech = m;
+	op->md = EVP_MD_CTX_new();
+	if (op->md == NULL || !EVP_DigestInit_ex(op->md, EVP_get_digestbyname(m->md), NULL)) {
+		p11_op_reset(op);
+		LEAVE(CKR_HOST_MEMORY);
+	}
+	op->active = true;
+	LEAVE(CKR_OK);
+}
+
+/* A failure of the input ends the operation. */
+static CK_RV feed(p11_op *op, const CK_BYTE *data, CK_ULONG len)
+{
+	if (EVP_DigestUpdate(op->md, data, len))
+		return CKR_OK;
+	p11_op_reset(op);
+	return CKR_DEVICE_ERROR;
+}
+
+/* The digest into out (length queries and short buffers keep the operation). */
+static CK_RV finish(p11_op *op, CK_BYTE_PTR out, CK_ULONG_PTR out_n)
+{
+	CK_ULONG need = (CK_ULONG)EVP_MD_CTX_get_size(op->md);
+	if (out == NULL) {
+		*out_n = need;
+		return CKR_OK;
+	}
+	if (*out_n < need) {
+		*out_n = need;
+		return CKR_BUFFER_TOO_SMALL;
+	}
+	unsigned n = 0;
+	CK_RV rv = EVP_DigestFinal_ex(op->md, out, &n) && n == need ? CKR_OK : CKR_DEVICE_ERROR;
+	if (rv == CKR_OK)
+		*out_n = need;
+	p11_op_reset(op);
+	return rv;
+}
+
+CK_RV C_Digest(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR out,
+               CK_ULONG_PTR out_n)
+{
+	if ((data == NULL && len > 0) || out_n == NULL)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	CK_RV rv;
+	p11_session *s = digesting(h, &rv);
+	if (s == NULL)
+		LEAVE(rv);
+	/* After a length query or a short buffer the caller repeats C_Digest with the same data. */
+	if (!s->digest.fed) {
+		rv = feed(&s->digest, data, len);
+		if (rv != CKR_OK)
+			LEAVE(rv);
+		s->digest.fed = true;
+	}
+	LEAVE(finish(&s->digest, out, out_n));
+}
+
+CK_RV C_DigestUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len)
+{
+	if (data == NULL && len > 0)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	CK_RV rv;
+	p11_session *s = digesting(h, &rv);
+	if (s == NULL)
+		LEAVE(rv);
+	LEAVE(feed(&s->digest, data, len));
+}
+
+CK_RV C_DigestKey(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE key)
+{
+	ENTER();
+	CK_RV rv;
+	p11_session *s = digesting(h, &rv);
+	if (s == NULL)
+		LEAVE(rv);
+	rv = p11_object_get(key) == NULL ? CKR_KEY_HANDLE_INVALID : CKR_KEY_INDIGESTIBLE;
+	p11_op_reset(&s->digest);
+	LEAVE(rv);
+}
+
+CK_RV C_DigestFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG_PTR out_n)
+{
+	if (out_n == NULL)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	CK_RV rv;
+	p11_session *s = digesting(h, &rv);
+	if (s == NULL)
+		LEAVE(rv);
+	LEAVE(finish(&s->digest, out, out_n));
+}
