@@ -310,6 +310,7 @@ CK_RV C_CloseSession(CK_SESSION_HANDLE h)
 	if (s == NULL)
 		LEAVE(CKR_SESSION_HANDLE_INVALID);
 	close_session(s);
+	p11_objects_drop_session(h);
 	if (!any_session_open()) /* the login ends with the last session */
 		wipe_credentials();
 	LEAVE(CKR_OK);
@@ -320,8 +321,10 @@ CK_RV C_CloseAllSessions(CK_SLOT_ID slot)
 	ENTER();
 	if (slot != P11_SLOT)
 		LEAVE(CKR_SLOT_ID_INVALID);
-	for (size_t i = 0; i < P11_MAX_SESSIONS; i++)
+	for (size_t i = 0; i < P11_MAX_SESSIONS; i++) {
 		close_session(&p11.sessions[i]);
+		p11_objects_drop_session(i + 1);
+	}
 	wipe_credentials();
 	LEAVE(CKR_OK);
 }
@@ -575,11 +578,6 @@ NOT_SUPPORTED(C_UnwrapKey,
               (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c, CK_BYTE_PTR d,
                CK_ULONG e, CK_ATTRIBUTE_PTR f, CK_ULONG g, CK_OBJECT_HANDLE_PTR h),
               (void)a; (void)b; (void)c; (void)d; (void)e; (void)f; (void)g; (void)h)
-NOT_SUPPORTED(C_DeriveKey,
-              (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c, CK_ATTRIBUTE_PTR d,
-               CK_ULONG e, CK_OBJECT_HANDLE_PTR f),
-              (void)a; (void)b; (void)c; (void)d; (void)e; (void)f)
-
 CK_RV C_GetFunctionStatus(CK_SESSION_HANDLE h)
 {
 	(void)h;

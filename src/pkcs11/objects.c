@@ -7,14 +7,15 @@
  *   - SIGN_VERIFY RSA, NIST/secp256k1 EC and Ed25519 keys: a private key
  *     object (sign) and a public key object (verify, with the public values);
  *   - ENCRYPT_DECRYPT RSA keys: the same pair for decryption and encryption;
- *   - KEY_AGREEMENT EC keys: a public key object alone, for its public
- *     values (the module offers no derivation, so a private key object
- *     could do nothing; DeriveSharedSecret is the KMS API's);
+ *   - KEY_AGREEMENT EC keys: a private key object (CKA_DERIVE: ECDH with
+ *     C_DeriveKey, derive.c) and a public key object, for its public values;
  *   - HMAC keys: a secret key object (sign and verify a MAC);
  *   - SYMMETRIC_DEFAULT keys: an AES secret key object (CKM_AES_GCM, crypt.c).
  * CKA_ID is the key id, CKA_LABEL its first alias without "alias/" (or the
  * key id).  A key keeps its handles across listings.  Private values are
  * never in hsmd's answers: CKA_VALUE and the like are CKR_ATTRIBUTE_SENSITIVE.
+ * Secrets derived with C_DeriveKey are session objects in the same table,
+ * kept across listings and dropped when their session closes.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,8 @@ static void object_free(p11_object *o)
 	hsm_buf_free(&o->exponent);
 	hsm_buf_free(&o->ec_params);
 	hsm_buf_free(&o->ec_point);
+	hsm_buf_free(&o->value); /* a secure buffer: wiped */
+	hsm_buf_free(&o->id);
 }
 
 void p11_objects_clear(void)
@@ -44,6 +47,9 @@ void p11_objects_clear(void)
 	p11.objects = NULL;
 	p11.n_objects = p11.cap_objects = 0;
 }
+
+const CK_ATTRIBUTE_TYPE p11_use_attrs[P11_USES] = {CKA_ENCRYPT, CKA_DECRYPT, CKA_SIGN, CKA_VERIFY,
+                                                  CKA_WRAP,    CKA_UNWRAP,  CKA_DERIVE};
 
 p11_object *p11_object_get(CK_OBJECT_HANDLE h)
 {
@@ -79,13 +85,54 @@ static p11_object *object_add(const char *key_id, CK_OBJECT_CLASS cls)
 	return o;
 }
 
-/* Drops the objects not seen in the last listing (or, with key_id, that key's objects). */
+p11_object *p11_object_add_derived(CK_SESSION_HANDLE owner)
+{
+	p11_object *o = object_add("", CKO_SECRET_KEY);
+	if (o != NULL) {
+		o->derived = true;
+		o->owner = owner;
+		o->key_type = CKK_GENERIC_SECRET;
+		hsm_buf_init_secure(&o->value);
+	}
+	return o;
+}
+
+/* Drops the objects matching: the derived secret with this handle, those of a session. */
+static void objects_drop(CK_OBJECT_HANDLE handle, CK_SESSION_HANDLE owner)
+{
+	size_t j = 0;
+	for (size_t i = 0; i < p11.n_objects; i++) {
+		p11_object *o = &p11.objects[i];
+		if (o->derived && (o->handle == handle || o->owner == owner))
+			object_free(o);
+		else
+			p11.objects[j++] = *o;
+	}
+	p11.n_objects = j;
+}
+
+void p11_object_drop(CK_OBJECT_HANDLE h)
+{
+	objects_drop(h, CK_INVALID_HANDLE);
+}
+
+void p11_objects_drop_session(CK_SESSION_HANDLE owner)
+{
+	objects_drop(CK_INVALID_HANDLE, owner);
+}
+
+/*
+ * Drops the key objects not seen in the last listing (or, with key_id, that
+ * key's objects).  Derived secrets are not hsmd's keys: they stay.
+ */
 static void objects_remove(const char *key_id)
 {
 	size_t j = 0;
 	for (size_t i = 0; i < p11.n_objects; i++) {
 		p11_object *o = &p11.objects[i];
-		bool drop = key_id != NULL ? strcmp(o->key_id, key_id) == 0 : !o->seen;
+		bool drop = o->derived                ? false
+		            : key_id != NULL ? strcmp(o->key_id, key_id) == 0
+		                             : !o->seen;
 		if (drop)
 			object_free(o);
 		else
@@ -283,7 +330,7 @@ static CK_RV load_key(const char *key_id, json_t *aliases)
 		CK_KEY_TYPE kt = is_rsa(spec)                             ? CKK_RSA
 		                 : spec == HSM_SPEC_ECC_NIST_EDWARDS25519 ? CKK_EC_EDWARDS
 		                                                          : CKK_EC;
-		if (rv == CKR_OK && usage != HSM_USAGE_KEY_AGREEMENT)
+		if (rv == CKR_OK)
 			rv = upsert(key_id, CKO_PRIVATE_KEY, spec, usage, kt, label, &spki);
 		if (rv == CKR_OK)
 			rv = upsert(key_id, CKO_PUBLIC_KEY, spec, usage, kt, label, &spki);
@@ -439,8 +486,45 @@ static a_status bytes(a_value *v, const void *p, size_t n)
 	return A_OK;
 }
 
+/* A derived secret's attributes: what its template asked for. */
+static a_status derived_attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
+{
+	for (size_t i = 0; i < P11_USES; i++)
+		if (p11_use_attrs[i] == t)
+			return boolean(v, o->uses[i]);
+	switch (t) {
+	case CKA_CLASS: return ulong_value(v, CKO_SECRET_KEY);
+	case CKA_KEY_TYPE: return ulong_value(v, CKK_GENERIC_SECRET);
+	case CKA_PRIVATE: return boolean(v, o->is_private);
+	case CKA_SENSITIVE:
+	case CKA_ALWAYS_SENSITIVE: return boolean(v, o->sensitive);
+	case CKA_EXTRACTABLE: return boolean(v, o->extractable);
+	case CKA_NEVER_EXTRACTABLE: return boolean(v, !o->extractable);
+	case CKA_DESTROYABLE: return boolean(v, true);
+	case CKA_TOKEN:
+	case CKA_MODIFIABLE:
+	case CKA_COPYABLE:
+	case CKA_LOCAL:
+	case CKA_SIGN_RECOVER:
+	case CKA_VERIFY_RECOVER:
+	case CKA_TRUSTED:
+	case CKA_WRAP_WITH_TRUSTED:
+	case CKA_ALWAYS_AUTHENTICATE: return boolean(v, false);
+	case CKA_LABEL: return bytes(v, o->label, strlen(o->label));
+	case CKA_ID: return bytes(v, o->id.data, o->id.len);
+	case CKA_START_DATE:
+	case CKA_END_DATE: return bytes(v, "", 0);
+	case CKA_KEY_GEN_MECHANISM: return ulong_value(v, CK_UNAVAILABLE_INFORMATION);
+	case CKA_VALUE_LEN: return ulong_value(v, (CK_ULONG)o->value.len);
+	case CKA_VALUE: return o->sensitive ? A_SENSITIVE : bytes(v, o->value.data, o->value.len);
+	default: return A_INVALID;
+	}
+}
+
 static a_status attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
 {
+	if (o->derived)
+		return derived_attribute(o, t, v);
 	bool priv = o->cls == CKO_PRIVATE_KEY, pub = o->cls == CKO_PUBLIC_KEY;
 	bool secret = o->cls == CKO_SECRET_KEY, rsa = o->key_type == CKK_RSA;
 	bool aes = o->key_type == CKK_AES, mac = secret && !aes;
@@ -449,9 +533,9 @@ static a_status attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
 	case CKA_KEY_TYPE: return ulong_value(v, o->key_type);
 	case CKA_TOKEN: return boolean(v, true);
 	case CKA_PRIVATE: return boolean(v, !pub);
+	case CKA_DERIVE: return boolean(v, priv && o->usage == HSM_USAGE_KEY_AGREEMENT);
 	case CKA_MODIFIABLE:
 	case CKA_COPYABLE:
-	case CKA_DERIVE:
 	case CKA_WRAP:
 	case CKA_UNWRAP:
 	case CKA_SIGN_RECOVER:
@@ -681,6 +765,10 @@ CK_RV C_DestroyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj)
 	const p11_object *o = p11_object_get(obj);
 	if (o == NULL)
 		LEAVE(CKR_OBJECT_HANDLE_INVALID);
+	if (o->derived) { /* the module's own object: wiped at once */
+		p11_object_drop(obj);
+		LEAVE(CKR_OK);
+	}
 	/* A public key is part of its key pair: it goes when the private key goes. */
 	if (o->cls == CKO_PUBLIC_KEY)
 		LEAVE(CKR_ACTION_PROHIBITED);
@@ -784,9 +872,24 @@ static CK_RV check_private_template(const CK_ATTRIBUTE *t, CK_ULONG n)
 		return CKR_ATTRIBUTE_VALUE_INVALID;
 	if (attr_bool(find_attr(t, n, CKA_SENSITIVE), &b) && !b)
 		return CKR_ATTRIBUTE_VALUE_INVALID;
-	/* The pair is a signing key: CKA_DECRYPT or CKA_DERIVE (which tools such as
-	 * pkcs11-tool set by default) are not granted and read false afterwards. */
+	/* A signing pair ignores CKA_DECRYPT and CKA_DERIVE (which tools such as
+	 * pkcs11-tool set by default), and they read false afterwards. */
 	return CKR_OK;
+}
+
+/*
+ * A NIST curve pair whose private template asks to derive and not to sign
+ * (pkcs11-tool --usage-derive) is a KEY_AGREEMENT key; any other pair signs.
+ */
+static hsm_key_usage pair_usage(hsm_key_spec spec, const CK_ATTRIBUTE *t, CK_ULONG n)
+{
+	bool derive = false, sign = false;
+	bool nist = spec == HSM_SPEC_ECC_NIST_P256 || spec == HSM_SPEC_ECC_NIST_P384 ||
+	            spec == HSM_SPEC_ECC_NIST_P521;
+	if (nist && attr_bool(find_attr(t, n, CKA_DERIVE), &derive) && derive &&
+	    !(attr_bool(find_attr(t, n, CKA_SIGN), &sign) && sign))
+		return HSM_USAGE_KEY_AGREEMENT;
+	return HSM_USAGE_SIGN_VERIFY;
 }
 
 /*
@@ -845,7 +948,7 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE
 	if (rv != CKR_OK)
 		LEAVE(rv);
 	char key_id[HSM_UUID_STRLEN + 1];
-	rv = make_key(spec, HSM_USAGE_SIGN_VERIFY, label, key_id);
+	rv = make_key(spec, pair_usage(spec, priv, n_priv), label, key_id);
 	const p11_object *po = rv == CKR_OK ? object_of(key_id, CKO_PUBLIC_KEY) : NULL;
 	const p11_object *ko = rv == CKR_OK ? object_of(key_id, CKO_PRIVATE_KEY) : NULL;
 	if (rv == CKR_OK && (po == NULL || ko == NULL))

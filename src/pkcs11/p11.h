@@ -9,8 +9,12 @@
  *   sign.c     signing and verification
  *   crypt.c    RSA-OAEP and AES-GCM encryption and decryption
  *   digest.c   message digests, computed in the module
+ *   derive.c   ECDH key derivation (hsmd's DeriveSharedSecret) into session objects
  *
- * The module is a thin client: it holds no key material.  Each operation is
+ * The module is a thin client: it holds no key material of hsmd's keys.  The
+ * one secret it keeps is a shared secret a user derived (C_DeriveKey), which
+ * hsmd hands to its caller by design, as a session object until the session
+ * closes or the user logs out.  Each operation is
  * an ordinary SigV4-signed call of hsmd's KMS API (authenticated, authorized
  * by the user's roles and the key policy, and audited there) with the
  * credentials given as the PIN, "<access key id>:<secret access key>".  One
@@ -42,7 +46,13 @@
 #define P11_LABEL_MAX 256
 #define P11_POOL_MAX 16
 
-/* A token object: one of hsmd's keys seen as a PKCS#11 object. */
+/* Template attributes of a derived secret that read as given (CKA_ENCRYPT, ...). */
+#define P11_USES 7
+
+/*
+ * A token object: one of hsmd's keys seen as a PKCS#11 object; or, with
+ * derived set, a session object holding a secret derived with C_DeriveKey.
+ */
 typedef struct p11_object {
 	CK_OBJECT_HANDLE handle;
 	CK_OBJECT_CLASS cls; /* CKO_PRIVATE_KEY, CKO_PUBLIC_KEY or CKO_SECRET_KEY */
@@ -56,7 +66,16 @@ typedef struct p11_object {
 	/* Public values (asymmetric keys), from the key's SubjectPublicKeyInfo. */
 	hsm_buf spki, modulus, exponent, ec_params, ec_point;
 	CK_ULONG modulus_bits;
+	/* A derived secret (CKO_SECRET_KEY, CKK_GENERIC_SECRET): the session it
+	 * belongs to, its value (a secure buffer), and its template's attributes. */
+	bool derived;
+	CK_SESSION_HANDLE owner;
+	hsm_buf value, id;
+	bool is_private, sensitive, extractable;
+	bool uses[P11_USES]; /* in the order of p11_use_attrs */
 } p11_object;
+
+extern const CK_ATTRIBUTE_TYPE p11_use_attrs[P11_USES];
 
 /* What a mechanism does with a key (sign.c's table). */
 typedef enum p11_family {
@@ -69,6 +88,7 @@ typedef enum p11_family {
 	P11_AES_GCM,  /* encryption with AES keys (crypt.c) */
 	P11_KEYGEN,
 	P11_DIGEST,   /* hashing in the module (digest.c) */
+	P11_DERIVE,   /* ECDH (derive.c) */
 } p11_family;
 
 typedef struct p11_mech {
@@ -168,6 +188,12 @@ CK_RV p11_b64_member(json_t *o, const char *name, hsm_buf *out);
 CK_RV p11_objects_refresh(void);
 void p11_objects_clear(void);
 p11_object *p11_object_get(CK_OBJECT_HANDLE h);
+/* A new session object for a derived secret (its handle set, the rest zero). */
+p11_object *p11_object_add_derived(CK_SESSION_HANDLE owner);
+/* Destroys one derived secret. */
+void p11_object_drop(CK_OBJECT_HANDLE h);
+/* Destroys the derived secrets of a session that closes. */
+void p11_objects_drop_session(CK_SESSION_HANDLE owner);
 
 /* ---- sign.c ---- */
 extern const p11_mech p11_mechs[];

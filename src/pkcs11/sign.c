@@ -54,6 +54,7 @@ const p11_mech p11_mechs[] = {
     {CKM_SHA256, P11_DIGEST, "SHA256", 0, 0, CKF_DIGEST},
     {CKM_SHA384, P11_DIGEST, "SHA384", 0, 0, CKF_DIGEST},
     {CKM_SHA512, P11_DIGEST, "SHA512", 0, 0, CKF_DIGEST},
+    {CKM_ECDH1_DERIVE, P11_DERIVE, NULL, 256, 521, CKF_DERIVE | EC_FLAGS},
 };
 const size_t p11_n_mechs = sizeof(p11_mechs) / sizeof(p11_mechs[0]);
 
@@ -166,11 +167,13 @@ static CK_RV op_init(CK_SESSION_HANDLE hs, bool sign, CK_MECHANISM_PTR mech, CK_
 		return CKR_ARGUMENTS_BAD;
 	const p11_mech *m = p11_mech_find(mech->mechanism);
 	if (m == NULL || m->family == P11_KEYGEN || m->family == P11_RSA_OAEP ||
-	    m->family == P11_AES_GCM || m->family == P11_DIGEST)
+	    m->family == P11_AES_GCM || m->family == P11_DIGEST || m->family == P11_DERIVE)
 		return CKR_MECHANISM_INVALID;
 	const p11_object *o = p11_object_get(key);
 	if (o == NULL)
 		return CKR_KEY_HANDLE_INVALID;
+	if (o->derived) /* a derived secret is the caller's to read (CKA_VALUE), not a key here */
+		return CKR_KEY_TYPE_INCONSISTENT;
 	/* An RSA key for decryption does not sign, a key agreement key's public key does not verify. */
 	if (o->usage == HSM_USAGE_ENCRYPT_DECRYPT || o->usage == HSM_USAGE_KEY_AGREEMENT)
 		return CKR_KEY_FUNCTION_NOT_PERMITTED;
@@ -286,7 +289,8 @@ static CK_ULONG sig_len(const p11_op *op, const p11_object *o)
 	case P11_RSA_OAEP:
 	case P11_AES_GCM:
 	case P11_KEYGEN:
-	case P11_DIGEST: break;
+	case P11_DIGEST:
+	case P11_DERIVE: break;
 	}
 	return 0;
 }

@@ -4,16 +4,20 @@ PyKCS11 loads the module into this process (HSM_PKCS11_ENDPOINT set before
 C_Initialize) and checks: the slot, token and mechanism list; login with an
 "<AccessKeyId>:<SecretAccessKey>" PIN; the token objects made from keys
 created with boto3 (classes, CKA_ID/CKA_LABEL, flags, public values equal to
-GetPublicKey's, sensitive values refused; AES keys not shown; KEY_AGREEMENT
-keys as a public key object alone); RSA-OAEP
-encryption and decryption with ENCRYPT_DECRYPT RSA keys; the signing mechanisms on every curve and several RSA and HMAC sizes,
-one-shot and multi-part, each signature checked with python3-cryptography and
-HMACs against GenerateMac; verification through the module; refused inputs and
-parameters; C_GenerateKeyPair seen by DescribeKey; C_DestroyObject scheduling
-deletion; C_GenerateRandom; digests computed in the module (hashlib's, in one
-part or several, with no login and no call of hsmd); the audit trail of signatures made through the
+GetPublicKey's, sensitive values refused; AES keys as AES secret key objects;
+KEY_AGREEMENT keys as a private key object that derives and its public key
+object); ECDH derivation into session objects, checked against
+python3-cryptography's ECDH; RSA-OAEP encryption and decryption with
+ENCRYPT_DECRYPT RSA keys; AES-GCM; the signing mechanisms on every curve and
+several RSA and HMAC sizes, one-shot and multi-part, each signature checked
+with python3-cryptography and HMACs against GenerateMac; verification through
+the module; refused inputs and parameters; C_GenerateKeyPair and C_GenerateKey
+seen by DescribeKey; C_DestroyObject scheduling deletion; C_GenerateRandom;
+digests computed in the module (hashlib's, in one part or several, with no
+login and no call of hsmd); the audit trail of signatures made through the
 module. opensc's pkcs11-tool is run as a second client (signatures verified by
-`openssl dgst`, `--hash` against hashlib), also for the endpoint list, HTTPS with HSM_PKCS11_CA_FILE and
+`openssl dgst`, `--hash` against hashlib, `--derive` against the peer's ECDH),
+also for the endpoint list, HTTPS with HSM_PKCS11_CA_FILE and
 HSM_PKCS11_REGION.
 """
 import contextlib
@@ -54,7 +58,7 @@ MECHANISMS = {CKM[n] for n in (
     "CKM_ECDSA_SHA384", "CKM_ECDSA_SHA512", "CKM_SHA224_HMAC", "CKM_SHA256_HMAC",
     "CKM_SHA384_HMAC", "CKM_SHA512_HMAC", "CKM_RSA_PKCS_OAEP", "CKM_EC_EDWARDS_KEY_PAIR_GEN",
     "CKM_EDDSA", "CKM_AES_GCM", "CKM_AES_KEY_GEN", "CKM_GENERIC_SECRET_KEY_GEN", "CKM_SHA_1",
-    "CKM_SHA224", "CKM_SHA256", "CKM_SHA384", "CKM_SHA512")}
+    "CKM_SHA224", "CKM_SHA256", "CKM_SHA384", "CKM_SHA512", "CKM_ECDH1_DERIVE")}
 MSG = b"GET /v1/accounts/42 HTTP/1.1\r\nHost: api.example\r\n\r\n"
 PSS_SHA256 = (CKM["CKM_SHA256"], PyKCS11.CKG_MGF1_SHA256, 32)
 
@@ -306,24 +310,138 @@ def test_objects_mirror_the_kms_keys(p11, user, officer, keys):
         assert attr_rv(s, mac, CKA_VALUE) == PyKCS11.CKR_ATTRIBUTE_SENSITIVE
 
 
-def test_key_agreement_key_is_a_public_key_object_only(p11, user, officer, keys):
-    """The module derives nothing, so a KEY_AGREEMENT key shows only its public
-    half: its public values, for a peer, and no private key object."""
+def test_key_agreement_key_objects(p11, user, officer, keys):
+    """A KEY_AGREEMENT key is a private key object that derives (CKA_DERIVE) and
+    a public key object with its public values, for a peer; neither signs."""
     with session(p11, user.pin) as s:
-        (pub,) = find(s, None, keys["ecdh"])
+        (pub,) = find(s, CKO_PUBLIC_KEY, keys["ecdh"])
         assert attrs(s, pub, CKA_CLASS, CKA_KEY_TYPE, CKA_ID, CKA_LABEL, CKA_TOKEN, CKA_PRIVATE,
                      CKA_VERIFY, CKA_ENCRYPT, CKA_DERIVE) == [
             CKO_PUBLIC_KEY, CKK_EC, keys["ecdh"].encode(), "ecdh-key", True, False, False, False,
             False]
         assert attrs(s, pub, CKA_EC_PARAMS, CKA_EC_POINT) == [
             P384_OID, ec_point(public_key(officer, keys["ecdh"]))]
-        assert find(s, CKO_PRIVATE_KEY, keys["ecdh"]) == []
-        assert len(s.findObjects([(CKA_LABEL, "ecdh-key")])) == 1
-        # It verifies nothing, and goes only with its key (deletion is the KMS API's).
+        (priv,) = find(s, CKO_PRIVATE_KEY, keys["ecdh"])
+        assert attrs(s, priv, CKA_KEY_TYPE, CKA_DERIVE, CKA_SIGN, CKA_DECRYPT, CKA_SENSITIVE,
+                     CKA_EXTRACTABLE, CKA_EC_PARAMS) == [
+            CKK_EC, True, False, False, True, False, P384_OID]
+        assert len(s.findObjects([(CKA_LABEL, "ecdh-key")])) == 2
+        found = s.findObjects([(CKA_DERIVE, True), (CKA_ID, keys["ecdh"].encode())])
+        assert [o.value() for o in found] == [priv.value()]
+        # It signs and verifies nothing; the public half goes only with its key.
         ckr(PyKCS11.CKR_KEY_FUNCTION_NOT_PERMITTED, s.verify, pub, MSG, b"\x00" * 96,
+            Mechanism(PyKCS11.CKM_ECDSA_SHA384))
+        ckr(PyKCS11.CKR_KEY_FUNCTION_NOT_PERMITTED, s.sign, priv, MSG,
             Mechanism(PyKCS11.CKM_ECDSA_SHA384))
         assert s.lib.C_DestroyObject(s.session, pub) == CKR_ACTION_PROHIBITED
     assert officer.describe_key(KeyId=keys["ecdh"])["KeyMetadata"]["KeyState"] == "Enabled"
+
+
+def ecdh(peer_point, kdf=PyKCS11.CKD_NULL):
+    return PyKCS11.ECDH1_DERIVE_Mechanism(peer_point, kdf)
+
+
+SECRET_TEMPLATE = [(CKA_CLASS, CKO_SECRET_KEY), (CKA_KEY_TYPE, CKK_GENERIC_SECRET),
+                   (CKA_TOKEN, False), (CKA_SENSITIVE, False), (CKA_EXTRACTABLE, True)]
+
+
+def test_ecdh_derivation(p11, server, user, officer, keys):
+    """C_DeriveKey with CKM_ECDH1_DERIVE is hsmd's DeriveSharedSecret: the secret
+    equals the peer's own ECDH (python3-cryptography), whether the peer's point
+    comes bare, compressed or DER-wrapped; it is a session object, read through
+    CKA_VALUE, audited as DeriveSharedSecret, gone when its session closes."""
+    theirs = ec.generate_private_key(ec.SECP384R1())
+    ours = public_key(officer, keys["ecdh"])
+    expected = theirs.exchange(ec.ECDH(), ours)
+    point = theirs.public_key().public_bytes(serialization.Encoding.X962,
+                                             serialization.PublicFormat.UncompressedPoint)
+    compressed = theirs.public_key().public_bytes(serialization.Encoding.X962,
+                                                  serialization.PublicFormat.CompressedPoint)
+    wrapped = bytes([0x04, len(point)]) + point
+    with session(p11, user.pin) as s:
+        (priv,) = find(s, CKO_PRIVATE_KEY, keys["ecdh"])
+        made = []
+        for data in (point, compressed, wrapped):
+            k = s.deriveKey(priv, SECRET_TEMPLATE + [(CKA_LABEL, "shared"), (CKA_ID, b"\x01\x02")],
+                            ecdh(data))
+            made.append(k)
+            assert attrs(s, k, CKA_VALUE, CKA_VALUE_LEN)[0] == expected
+            assert attrs(s, k, CKA_CLASS, CKA_KEY_TYPE, CKA_TOKEN, CKA_SENSITIVE, CKA_EXTRACTABLE,
+                         CKA_LABEL, CKA_ID, CKA_VALUE_LEN, PyKCS11.CKA_LOCAL, CKA_SIGN) == [
+                CKO_SECRET_KEY, CKK_GENERIC_SECRET, False, False, True, "shared", b"\x01\x02", 48,
+                False, False]
+        # Session objects: found by the application's sessions, kept across listings.
+        assert sorted(o.value() for o in s.findObjects([(CKA_LABEL, "shared")])) == \
+            sorted(k.value() for k in made)
+        # A derived secret is no key for this module's mechanisms.
+        ckr(PyKCS11.CKR_KEY_TYPE_INCONSISTENT, s.sign, made[0], MSG,
+            Mechanism(PyKCS11.CKM_SHA384_HMAC))
+        # Destroyed, it is gone at once, without a call to hsmd.
+        s.destroyObject(made[0])
+        assert attr_rv(s, made[0], CKA_VALUE) == PyKCS11.CKR_OBJECT_HANDLE_INVALID
+        # A sensitive secret is derived, but its value does not leave the module.
+        k = s.deriveKey(priv, [(CKA_SENSITIVE, True)], ecdh(point))
+        assert attrs(s, k, CKA_SENSITIVE, CKA_KEY_TYPE, CKA_VALUE_LEN) == [True, CKK_GENERIC_SECRET,
+                                                                          48]
+        assert attr_rv(s, k, CKA_VALUE) == PyKCS11.CKR_ATTRIBUTE_SENSITIVE
+        # Each derivation is a DeriveSharedSecret of the user's, audited.
+        recs = [r for r in audit_records(server.data_dir)
+                if r.get("op") == "DeriveSharedSecret" and r.get("key_id") == keys["ecdh"]]
+        assert len(recs) >= 4 and all(r["outcome"] == "success" for r in recs[-4:])
+        assert recs[-1]["principal"] == user.arn
+        # Another session sees them too; when their own session closes, they go with it.
+        with session(p11) as other:
+            assert len(other.findObjects([(CKA_LABEL, "shared")])) == 2
+            mine = other.deriveKey(priv, SECRET_TEMPLATE + [(CKA_LABEL, "other's")], ecdh(point))
+            assert attrs(s, mine, CKA_VALUE)[0] == expected
+        assert s.findObjects([(CKA_LABEL, "other's")]) == []
+        assert attr_rv(s, mine, CKA_VALUE) == PyKCS11.CKR_OBJECT_HANDLE_INVALID
+        assert len(s.findObjects([(CKA_LABEL, "shared")])) == 2
+    # Logged out: every derived secret is gone.
+    with session(p11, user.pin) as s:
+        assert s.findObjects([(CKA_LABEL, "shared")]) == []
+        assert attr_rv(s, made[1], CKA_VALUE) == PyKCS11.CKR_OBJECT_HANDLE_INVALID
+
+
+def test_ecdh_refusals(p11, user, officer, keys):
+    """Bad parameters, templates and keys are refused, and nothing is made."""
+    theirs = ec.generate_private_key(ec.SECP384R1()).public_key()
+    point = theirs.public_bytes(serialization.Encoding.X962,
+                                serialization.PublicFormat.UncompressedPoint)
+    other_curve = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    off_curve = point[:-1] + bytes([point[-1] ^ 1])
+    with session(p11, user.pin) as s:
+        (priv,) = find(s, CKO_PRIVATE_KEY, keys["ecdh"])
+        (pub,) = find(s, CKO_PUBLIC_KEY, keys["ecdh"])
+        (signer,) = find(s, CKO_PRIVATE_KEY, keys["ec"])
+        for mech, code in [
+            (ecdh(other_curve), PyKCS11.CKR_MECHANISM_PARAM_INVALID),
+            (ecdh(point[:-1]), PyKCS11.CKR_MECHANISM_PARAM_INVALID),
+            (ecdh(off_curve), PyKCS11.CKR_MECHANISM_PARAM_INVALID),
+            (ecdh(point, PyKCS11.CKD_SHA256_KDF), PyKCS11.CKR_MECHANISM_PARAM_INVALID),
+            (Mechanism(PyKCS11.CKM_ECDH1_COFACTOR_DERIVE), PyKCS11.CKR_MECHANISM_INVALID),
+        ]:
+            ckr(code, s.deriveKey, priv, SECRET_TEMPLATE, mech)
+        ckr(PyKCS11.CKR_KEY_FUNCTION_NOT_PERMITTED, s.deriveKey, pub, SECRET_TEMPLATE, ecdh(point))
+        ckr(PyKCS11.CKR_KEY_FUNCTION_NOT_PERMITTED, s.deriveKey, signer, SECRET_TEMPLATE,
+            ecdh(other_curve))
+        for tmpl, code in [
+            ([(CKA_TOKEN, True)], PyKCS11.CKR_TEMPLATE_INCONSISTENT),
+            ([(CKA_KEY_TYPE, PyKCS11.CKK_AES)], PyKCS11.CKR_TEMPLATE_INCONSISTENT),
+            ([(CKA_CLASS, CKO_PRIVATE_KEY)], PyKCS11.CKR_TEMPLATE_INCONSISTENT),
+            ([(CKA_VALUE_LEN, 32)], PyKCS11.CKR_TEMPLATE_INCONSISTENT),
+            ([(CKA_VALUE, b"x" * 48)], PyKCS11.CKR_ATTRIBUTE_READ_ONLY),
+            ([(CKA_MODULUS_BITS, 2048)], PyKCS11.CKR_ATTRIBUTE_TYPE_INVALID),
+        ]:
+            ckr(code, s.deriveKey, priv, tmpl, ecdh(point))
+        assert s.findObjects([(CKA_CLASS, CKO_SECRET_KEY), (CKA_TOKEN, False)]) == []
+    ckr(PyKCS11.CKR_USER_NOT_LOGGED_IN, lambda: session_derive(p11, point))
+
+
+def session_derive(p11, point):
+    with session(p11) as s:
+        s.deriveKey(PyKCS11.CK_OBJECT_HANDLE(s), SECRET_TEMPLATE, ecdh(point))
 
 
 def test_imported_key_is_an_object_once_it_has_material(p11, user, officer):
@@ -533,6 +651,32 @@ def test_generate_key_pairs(p11, user, officer):
         assert attrs(s, priv, CKA_LABEL, CKA_EC_PARAMS) == ["p11-ec", P256_OID]
         sig = sign(s, priv, Mechanism(PyKCS11.CKM_ECDSA_SHA256), MSG)
         public_key(officer, eck).verify(der_ecdsa(sig), MSG, ec.ECDSA(hashes.SHA256()))
+
+
+def test_generate_key_agreement_pairs(p11, officer):
+    """A NIST curve pair whose private template derives and does not sign is a
+    KEY_AGREEMENT key; asked to sign too, or on another curve, it is a signing key."""
+    ed25519 = bytes.fromhex("130c656477617264733235353139")  # PrintableString "edwards25519"
+    with session(p11, f"{DEV_AKID}:{DEV_SECRET}") as s:
+        made = {}
+        for name, oid, mech, priv in [
+            ("agree", P384_OID, PyKCS11.MechanismECGENERATEKEYPAIR, [(CKA_DERIVE, True)]),
+            ("agree-nosign", P256_OID, PyKCS11.MechanismECGENERATEKEYPAIR,
+             [(CKA_DERIVE, True), (CKA_SIGN, False)]),
+            ("both", P256_OID, PyKCS11.MechanismECGENERATEKEYPAIR,
+             [(CKA_DERIVE, True), (CKA_SIGN, True)]),
+            ("k1", bytes.fromhex("06052b8104000a"), PyKCS11.MechanismECGENERATEKEYPAIR,
+             [(CKA_DERIVE, True)]),
+            ("ed", ed25519, Mechanism(CKM["CKM_EC_EDWARDS_KEY_PAIR_GEN"]), [(CKA_DERIVE, True)]),
+        ]:
+            hpub, hpriv = s.generateKeyPair([(CKA_EC_PARAMS, oid)],
+                                            priv + [(CKA_LABEL, "p11-" + name)], mech)
+            made[name] = (attrs(s, hpub, CKA_ID)[0].decode(), attrs(s, hpriv, CKA_DERIVE)[0])
+    for name, usage in (("agree", "KEY_AGREEMENT"), ("agree-nosign", "KEY_AGREEMENT"),
+                        ("both", "SIGN_VERIFY"), ("k1", "SIGN_VERIFY"), ("ed", "SIGN_VERIFY")):
+        kid, derives = made[name]
+        assert officer.describe_key(KeyId=kid)["KeyMetadata"]["KeyUsage"] == usage, name
+        assert derives == (usage == "KEY_AGREEMENT"), name
 
 
 def test_generate_secret_keys(p11, user, officer):
@@ -752,7 +896,7 @@ def test_pkcs11_tool(server, user, officer, keys, tmp_path):
         assert block in p.stdout, p.stdout
         assert f"label:      {label}\n  ID:         {kid.encode().hex()}\n" in p.stdout, p.stdout
     assert f"Secret Key Object; AES length 32\n  label:      session-aes\n" in p.stdout, p.stdout
-    # The key agreement key: one public key object, no private key object.
+    # The key agreement key: a private key object that derives, and its public key object.
     objects = []  # each object's lines: a header ("Public Key Object; EC ..."), then indented
     for line in p.stdout.splitlines():
         if line and not line[0].isspace():
@@ -760,8 +904,11 @@ def test_pkcs11_tool(server, user, officer, keys, tmp_path):
         if objects:
             objects[-1].append(line.strip())
     ecdh = [o for o in objects if f"ID:         {keys['ecdh'].encode().hex()}" in o]
-    assert len(ecdh) == 1 and ecdh[0][0].startswith("Public Key Object; EC"), p.stdout
-    assert "label:      ecdh-key" in ecdh[0] and "Usage:      none" in ecdh[0], ecdh
+    assert sorted(o[0].split(";")[0] for o in ecdh) == ["Private Key Object",
+                                                       "Public Key Object"], p.stdout
+    for o in ecdh:
+        usage = "derive" if o[0].startswith("Private") else "none"
+        assert "label:      ecdh-key" in o and f"Usage:      {usage}" in o, ecdh
     data = tmp_path / "data"
     data.write_bytes(MSG * 3)
     for kid, mech, extra in ((keys["rsa"], "SHA256-RSA-PKCS", []),
@@ -785,6 +932,22 @@ def test_pkcs11_tool(server, user, officer, keys, tmp_path):
     assert p.returncode == 0, (p.stdout, p.stderr)
     md = officer.describe_key(KeyId="alias/tool-aes")["KeyMetadata"]
     assert (md["KeySpec"], md["KeyUsage"]) == ("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT"), md
+    # A key pair made to derive (--usage-derive) is a KEY_AGREEMENT key; --derive with a
+    # peer's public key (DER SubjectPublicKeyInfo) writes the peer's own ECDH secret.
+    p = tool(server.endpoint, "--login", "--pin", f"{DEV_AKID}:{DEV_SECRET}", "--keypairgen",
+             "--key-type", "EC:prime256v1", "--usage-derive", "--label", "tool-agree")
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    md = officer.describe_key(KeyId="alias/tool-agree")["KeyMetadata"]
+    assert (md["KeySpec"], md["KeyUsage"]) == ("ECC_NIST_P256", "KEY_AGREEMENT"), md
+    peer = ec.generate_private_key(ec.SECP256R1())
+    peer_der, secret = tmp_path / "peer.der", tmp_path / "secret"
+    peer_der.write_bytes(peer.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+    p = tool(server.endpoint, "--login", "--pin", f"{DEV_AKID}:{DEV_SECRET}", "--derive",
+             "-m", "ECDH1-DERIVE", "--id", md["KeyId"].encode().hex(), "-i", str(peer_der),
+             "-o", str(secret))
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert secret.read_bytes() == peer.exchange(ec.ECDH(), public_key(officer, md["KeyId"]))
 
 
 def test_pkcs11_tool_over_https_and_region(tmp_path):

@@ -1,0 +1,291 @@
+/*
+ * derive.c - ECDH key derivation (p11.h): C_DeriveKey with CKM_ECDH1_DERIVE.
+ *
+ * The base key is the private key object of a KEY_AGREEMENT key; the
+ * peer's public key comes as CK_ECDH1_DERIVE_PARAMS.pPublicData, an EC
+ * point (uncompressed or compressed), bare or DER-wrapped in an OCTET
+ * STRING as some applications send it.  The module makes the peer's
+ * SubjectPublicKeyInfo on the base key's curve and calls hsmd's
+ * DeriveSharedSecret (authorized and audited there), which answers with
+ * the raw shared secret: the x-coordinate, as long as the curve's field.
+ * Only CKD_NULL is offered (the secret as it is; a KDF is the caller's).
+ *
+ * The secret becomes a session object (CKO_SECRET_KEY, CKK_GENERIC_SECRET)
+ * in a buffer wiped when freed, readable through CKA_VALUE unless the template made it
+ * sensitive (not sensitive and extractable by default: the value is what the
+ * caller derives it for, and hsmd's API hands it out all the same).  No
+ * mechanism of this module uses such an object; it is wiped when destroyed,
+ * when its session closes and at logout.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "common/encoding.h"
+#include "crypto/crypto.h"
+#include "pkcs11/p11.h"
+
+#define ID_MAX 256
+
+/* What a derived secret's template asks for. */
+typedef struct derived_tmpl {
+	bool is_private, sensitive, extractable;
+	bool uses[P11_USES];
+	bool has_len;
+	CK_ULONG len;
+	const CK_ATTRIBUTE *label, *id;
+} derived_tmpl;
+
+static bool read_bool(const CK_ATTRIBUTE *a, bool *out)
+{
+	if (a->pValue == NULL || a->ulValueLen != sizeof(CK_BBOOL))
+		return false;
+	*out = *(const CK_BBOOL *)a->pValue != CK_FALSE;
+	return true;
+}
+
+static bool read_ulong(const CK_ATTRIBUTE *a, CK_ULONG *out)
+{
+	if (a->pValue == NULL || a->ulValueLen != sizeof(CK_ULONG))
+		return false;
+	*out = *(const CK_ULONG *)a->pValue;
+	return true;
+}
+
+static bool *use_slot(derived_tmpl *d, CK_ATTRIBUTE_TYPE t)
+{
+	for (size_t i = 0; i < P11_USES; i++)
+		if (p11_use_attrs[i] == t)
+			return &d->uses[i];
+	return NULL;
+}
+
+/* The template of a session secret key; anything else is refused. */
+static CK_RV parse_template(const CK_ATTRIBUTE *t, CK_ULONG n, derived_tmpl *d)
+{
+	*d = (derived_tmpl){.is_private = true, .extractable = true};
+	for (CK_ULONG i = 0; i < n; i++) {
+		const CK_ATTRIBUTE *a = &t[i];
+		CK_ULONG u = 0;
+		bool b = false;
+		bool *use = use_slot(d, a->type);
+		switch (a->type) {
+		case CKA_CLASS:
+			if (!read_ulong(a, &u))
+				return CKR_ATTRIBUTE_VALUE_INVALID;
+			if (u != CKO_SECRET_KEY)
+				return CKR_TEMPLATE_INCONSISTENT;
+			break;
+		case CKA_KEY_TYPE: /* the secret as it is: a generic secret */
+			if (!read_ulong(a, &u))
+				return CKR_ATTRIBUTE_VALUE_INVALID;
+			if (u != CKK_GENERIC_SECRET)
+				return CKR_TEMPLATE_INCONSISTENT;
+			break;
+		case CKA_TOKEN: /* token objects are hsmd's keys */
+		case CKA_MODIFIABLE:
+		case CKA_COPYABLE:
+			if (!read_bool(a, &b))
+				return CKR_ATTRIBUTE_VALUE_INVALID;
+			if (b)
+				return CKR_TEMPLATE_INCONSISTENT;
+			break;
+		case CKA_PRIVATE:
+		case CKA_SENSITIVE:
+		case CKA_EXTRACTABLE:
+			if (!read_bool(a, &b))
+				return CKR_ATTRIBUTE_VALUE_INVALID;
+			*(a->type == CKA_PRIVATE     ? &d->is_private
+			  : a->type == CKA_SENSITIVE ? &d->sensitive
+			                             : &d->extractable) = b;
+			break;
+		case CKA_VALUE_LEN:
+			if (!read_ulong(a, &d->len))
+				return CKR_ATTRIBUTE_VALUE_INVALID;
+			d->has_len = true;
+			break;
+		case CKA_LABEL:
+			if ((a->pValue == NULL && a->ulValueLen > 0) || a->ulValueLen > P11_LABEL_MAX ||
+			    (a->ulValueLen > 0 && memchr(a->pValue, '\0', a->ulValueLen) != NULL))
+				return CKR_ATTRIBUTE_VALUE_INVALID;
+			d->label = a;
+			break;
+		case CKA_ID:
+			if ((a->pValue == NULL && a->ulValueLen > 0) || a->ulValueLen > ID_MAX)
+				return CKR_ATTRIBUTE_VALUE_INVALID;
+			d->id = a;
+			break;
+		case CKA_VALUE: return CKR_ATTRIBUTE_READ_ONLY;
+		default:
+			if (use == NULL)
+				return CKR_ATTRIBUTE_TYPE_INVALID;
+			if (!read_bool(a, use))
+				return CKR_ATTRIBUTE_VALUE_INVALID;
+			break;
+		}
+	}
+	return CKR_OK;
+}
+
+/* ---- the peer's public key ------------------------------------------------------------------ */
+
+static bool is_point(const uint8_t *p, size_t n, size_t flen)
+{
+	return (n == 1 + 2 * flen && p[0] == 0x04) || (n == 1 + flen && (p[0] == 0x02 || p[0] == 0x03));
+}
+
+/* The EC point in pPublicData: bare, or the content of a DER OCTET STRING. */
+static bool peer_point(const uint8_t *p, size_t n, size_t flen, const uint8_t **pt, size_t *pt_n)
+{
+	if (is_point(p, n, flen)) {
+		*pt = p;
+		*pt_n = n;
+		return true;
+	}
+	if (n < 3 || p[0] != 0x04)
+		return false;
+	size_t len = p[1], hdr = 2;
+	if (p[1] == 0x81) {
+		len = p[2];
+		hdr = 3;
+	} else if (p[1] > 0x80) {
+		return false;
+	}
+	if (hdr + len != n || !is_point(p + hdr, len, flen))
+		return false;
+	*pt = p + hdr;
+	*pt_n = len;
+	return true;
+}
+
+static bool der_head(hsm_buf *b, uint8_t tag, size_t len)
+{
+	uint8_t h[4] = {tag};
+	size_t n = 2;
+	if (len < 0x80) {
+		h[1] = (uint8_t)len;
+	} else if (len < 0x100) {
+		h[1] = 0x81;
+		h[2] = (uint8_t)len;
+		n = 3;
+	} else {
+		h[1] = 0x82;
+		h[2] = (uint8_t)(len >> 8);
+		h[3] = (uint8_t)len;
+		n = 4;
+	}
+	return hsm_ok(hsm_buf_put(b, h, n));
+}
+
+/* SubjectPublicKeyInfo { { id-ecPublicKey, curve }, BIT STRING point } */
+static bool peer_spki(const hsm_buf *curve, const uint8_t *pt, size_t pt_n, hsm_buf *out)
+{
+	static const uint8_t ec_public_key[] = {0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01};
+	size_t alg = sizeof(ec_public_key) + curve->len;
+	size_t alg_all = alg + (alg < 0x80 ? 2 : 3);
+	size_t bits = 1 + pt_n;
+	size_t bits_all = bits + (bits < 0x80 ? 2 : bits < 0x100 ? 3 : 4);
+	static const uint8_t no_unused_bits = 0;
+	return der_head(out, 0x30, alg_all + bits_all) && der_head(out, 0x30, alg) &&
+	       hsm_ok(hsm_buf_put(out, ec_public_key, sizeof(ec_public_key))) &&
+	       hsm_ok(hsm_buf_put(out, curve->data, curve->len)) && der_head(out, 0x03, bits) &&
+	       hsm_ok(hsm_buf_put(out, &no_unused_bits, 1)) && hsm_ok(hsm_buf_put(out, pt, pt_n));
+}
+
+/* ---- C_DeriveKey -------------------------------------------------------------------------------- */
+
+static CK_RV check_mechanism(const CK_MECHANISM *mech, const p11_object *base, hsm_buf *spki)
+{
+	if (mech->mechanism != CKM_ECDH1_DERIVE)
+		return CKR_MECHANISM_INVALID;
+	const CK_ECDH1_DERIVE_PARAMS *prm = mech->pParameter;
+	if (prm == NULL || mech->ulParameterLen != sizeof(*prm))
+		return CKR_MECHANISM_PARAM_INVALID;
+	if (prm->kdf != CKD_NULL || prm->ulSharedDataLen != 0 || prm->pPublicData == NULL)
+		return CKR_MECHANISM_PARAM_INVALID;
+	if (base->key_type != CKK_EC)
+		return CKR_KEY_TYPE_INCONSISTENT;
+	if (base->cls != CKO_PRIVATE_KEY || base->usage != HSM_USAGE_KEY_AGREEMENT)
+		return CKR_KEY_FUNCTION_NOT_PERMITTED;
+	const uint8_t *pt = NULL;
+	size_t pt_n = 0;
+	if (!peer_point(prm->pPublicData, prm->ulPublicDataLen, hsm_ec_field_len(base->spec), &pt,
+	                &pt_n))
+		return CKR_MECHANISM_PARAM_INVALID;
+	return peer_spki(&base->ec_params, pt, pt_n, spki) ? CKR_OK : CKR_HOST_MEMORY;
+}
+
+/* DeriveSharedSecret: the secret into out (a secure buffer). */
+static CK_RV shared_secret(const char *key_id, const hsm_buf *spki, hsm_buf *out)
+{
+	hsm_buf b64 = {0};
+	if (hsm_failed(hsm_b64_encode(&b64, spki->data, spki->len)))
+		return CKR_HOST_MEMORY;
+	json_t *body = json_pack("{s:s,s:s,s:s%}", "KeyId", key_id, "KeyAgreementAlgorithm", "ECDH",
+	                         "PublicKey", (const char *)b64.data, b64.len);
+	hsm_buf_free(&b64);
+	json_t *ans = NULL;
+	CK_RV rv = body != NULL ? p11_call("TrentService.DeriveSharedSecret", body, &ans)
+	                        : CKR_HOST_MEMORY;
+	if (rv == CKR_ARGUMENTS_BAD) /* ValidationException: the point is not on the key's curve */
+		rv = CKR_MECHANISM_PARAM_INVALID;
+	if (rv == CKR_OK)
+		rv = p11_b64_member(ans, "SharedSecret", out);
+	const char *v = json_string_value(json_object_get(ans, "SharedSecret"));
+	if (v != NULL)
+		OPENSSL_cleanse((void *)(uintptr_t)v, strlen(v)); /* the answer's copy, jansson's own */
+	json_decref(ans);
+	return rv;
+}
+
+CK_RV C_DeriveKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE base,
+                  CK_ATTRIBUTE_PTR tmpl, CK_ULONG count, CK_OBJECT_HANDLE_PTR out)
+{
+	if (mech == NULL || out == NULL || (tmpl == NULL && count > 0))
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	CK_RV rv = p11_user_session(h);
+	if (rv != CKR_OK)
+		LEAVE(rv);
+	const p11_object *o = p11_object_get(base);
+	if (o == NULL)
+		LEAVE(CKR_KEY_HANDLE_INVALID);
+	derived_tmpl d;
+	hsm_buf spki = {0}, secret;
+	hsm_buf_init_secure(&secret);
+	rv = check_mechanism(mech, o, &spki);
+	if (rv == CKR_OK)
+		rv = parse_template(tmpl, count, &d);
+	if (rv == CKR_OK && d.has_len && d.len != hsm_ec_field_len(o->spec))
+		rv = CKR_TEMPLATE_INCONSISTENT; /* CKD_NULL: the secret whole, as long as the field */
+	char key_id[HSM_UUID_STRLEN + 1];
+	snprintf(key_id, sizeof(key_id), "%s", o->key_id);
+	hsm_key_spec spec = o->spec;
+	if (rv == CKR_OK)
+		rv = shared_secret(key_id, &spki, &secret);
+	if (rv == CKR_OK && secret.len != hsm_ec_field_len(spec))
+		rv = CKR_DEVICE_ERROR;
+	p11_object *k = rv == CKR_OK ? p11_object_add_derived(h) : NULL;
+	if (rv == CKR_OK && k == NULL)
+		rv = CKR_HOST_MEMORY;
+	if (k != NULL) {
+		k->is_private = d.is_private;
+		k->sensitive = d.sensitive;
+		k->extractable = d.extractable;
+		memcpy(k->uses, d.uses, sizeof(k->uses));
+		if (d.label != NULL && d.label->ulValueLen > 0)
+			memcpy(k->label, d.label->pValue, d.label->ulValueLen);
+		if (hsm_failed(hsm_buf_put(&k->value, secret.data, secret.len)) ||
+		    (d.id != NULL && d.id->ulValueLen > 0 &&
+		     hsm_failed(hsm_buf_put(&k->id, d.id->pValue, d.id->ulValueLen)))) {
+			p11_object_drop(k->handle);
+			rv = CKR_HOST_MEMORY;
+		} else {
+			*out = k->handle;
+		}
+	}
+	hsm_buf_free(&secret);
+	hsm_buf_free(&spki);
+	LEAVE(rv);
+}
