@@ -11,18 +11,19 @@
  *   digest.c   message digests, computed in the module
  *   derive.c   ECDH key derivation (hsmd's DeriveSharedSecret) into session objects
  *
- * The module is a thin client: it holds no key material of hsmd's keys.  The
- * one secret it keeps is a shared secret a user derived (C_DeriveKey), which
- * hsmd hands to its caller by design, as a session object until the session
- * closes or the user logs out.  Each operation is
- * an ordinary SigV4-signed call of hsmd's KMS API (authenticated, authorized
- * by the user's roles and the key policy, and audited there) with the
- * credentials given as the PIN, "<access key id>:<secret access key>".  One
- * slot (0) with one token, "hsmd".  Every entry point takes one module lock.
- * Signatures, verifications, encryptions, decryptions and random bytes let
- * it go while their request is on the network (each on a connection of its
- * own from a pool), so threads using separate sessions run in parallel;
- * listings and key management keep it, as they change the object table.
+ * The module is a thin client: it holds no key material of hsmd's keys.
+ * The one secret it keeps is a shared secret a user derived (C_DeriveKey),
+ * which hsmd hands to its caller by design: a session object until its
+ * session closes or the user logs out.  Each operation is an ordinary
+ * SigV4-signed call of hsmd's KMS API (authenticated, authorized by the
+ * user's roles and the key policy, and audited there) with the credentials
+ * given as the PIN, "<access key id>:<secret access key>".  One slot (0)
+ * with one token, "hsmd".  Every entry point takes one module lock.
+ * Signatures, verifications, encryptions, decryptions, derivations and
+ * random bytes let it go while their request is on the network (each on a
+ * connection of its own from a pool), so threads using separate sessions
+ * run in parallel; listings and key management keep it, as they change the
+ * object table.
  */
 #ifndef HSM_P11_H
 #define HSM_P11_H

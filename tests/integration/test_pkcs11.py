@@ -1269,16 +1269,21 @@ def test_aes_gcm_encrypt_and_decrypt(p11, server, user, officer, keys):
 
 # ---- 13. threads -----------------------------------------------------------------------------
 
-def test_threads_sign_at_once(tmp_path, server, user, officer, keys):
-    """Eight threads, each in its own session, sign at once through the module
-    (which lets its lock go while hsmd answers, each request on a connection of
-    its own): every one of the 400 signatures verifies for its own message."""
+def threads_program(tmp_path):
     exe = tmp_path / "pkcs11_threads"
     src = os.path.join(os.path.dirname(__file__), "pkcs11_threads.c")
     cc = subprocess.run(["cc", "-O2", "-Wall", "-Werror", "-I/usr/include/p11-kit-1", "-o",
                          str(exe), src, "-ldl", "-lpthread"], capture_output=True, text=True,
                         timeout=120)
     assert cc.returncode == 0, cc.stderr
+    return exe
+
+
+def test_threads_sign_at_once(tmp_path, server, user, officer, keys):
+    """Eight threads, each in its own session, sign at once through the module
+    (which lets its lock go while hsmd answers, each request on a connection of
+    its own): every one of the 400 signatures verifies for its own message."""
+    exe = threads_program(tmp_path)
     env = dict(os.environ, HSM_PKCS11_ENDPOINT=server.endpoint)
     p = subprocess.run([str(exe), MODULE, user.pin, keys["ec"], "8", "50"], env=env,
                        capture_output=True, text=True, timeout=300)
@@ -1296,6 +1301,25 @@ def test_threads_sign_at_once(tmp_path, server, user, officer, keys):
         pk.verify(der, msg.encode(), ec.ECDSA(hashes.SHA256()))
         seen.add(msg)
     assert seen == {f"thread-{t}-message-{i}" for t in range(8) for i in range(50)}
+
+
+def test_threads_derive_at_once(tmp_path, server, user, officer, keys):
+    """Eight threads derive at once (the module lets its lock go while hsmd
+    answers), each making, reading and destroying session objects while the
+    others add theirs: all 240 secrets are the peer's own ECDH secret."""
+    exe = threads_program(tmp_path)
+    theirs = ec.generate_private_key(ec.SECP384R1())
+    expected = theirs.exchange(ec.ECDH(), public_key(officer, keys["ecdh"]))
+    point = theirs.public_key().public_bytes(serialization.Encoding.X962,
+                                             serialization.PublicFormat.UncompressedPoint)
+    env = dict(os.environ, HSM_PKCS11_ENDPOINT=server.endpoint)
+    p = subprocess.run([str(exe), MODULE, user.pin, keys["ecdh"], "8", "30", point.hex()],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, (p.stdout[-2000:], p.stderr)
+    lines = p.stdout.splitlines()[:-1]
+    assert sorted(line.split(" ")[0] for line in lines) == sorted(
+        f"{t}-{i}" for t in range(8) for i in range(30))
+    assert {line.split(" ")[1] for line in lines} == {expected.hex()}
 
 
 # ---- 14. Ed25519 -----------------------------------------------------------------------------
