@@ -8,7 +8,10 @@
  * SubjectPublicKeyInfo on the base key's curve and calls hsmd's
  * DeriveSharedSecret (authorized and audited there), which answers with
  * the raw shared secret: the x-coordinate, as long as the curve's field.
- * Only CKD_NULL is offered (the secret as it is; a KDF is the caller's).
+ * With CKD_NULL that is the key's value (CKA_VALUE_LEN, if given, must be
+ * that length); with CKD_SHA1_KDF .. CKD_SHA512_KDF the module runs the
+ * ANSI X9.63 KDF over it and the shared data (pSharedData) to CKA_VALUE_LEN
+ * bytes, which the template must then give.
  *
  * The secret becomes a session object (CKO_SECRET_KEY, CKK_GENERIC_SECRET)
  * in a buffer wiped when freed, readable through CKA_VALUE unless the template made it
@@ -20,13 +23,26 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
+#include <openssl/kdf.h>
 
 #include "common/encoding.h"
 #include "crypto/crypto.h"
 #include "pkcs11/p11.h"
 
 #define ID_MAX 256
+#define SHARED_MAX 4096 /* pSharedData */
+#define KDF_OUT_MAX 1024 /* CKA_VALUE_LEN with a KDF */
+
+/* The X9.63 KDFs: a CK_ECDH1_DERIVE_PARAMS kdf to the hash OpenSSL names. */
+static const struct {
+	ck_ec_kdf_t kdf;
+	const char *md;
+} kdfs[] = {
+    {CKD_SHA1_KDF, "SHA1"},     {CKD_SHA224_KDF, "SHA224"}, {CKD_SHA256_KDF, "SHA256"},
+    {CKD_SHA384_KDF, "SHA384"}, {CKD_SHA512_KDF, "SHA512"},
+};
 
 /* What a derived secret's template asks for. */
 typedef struct derived_tmpl {
@@ -195,15 +211,34 @@ static bool peer_spki(const hsm_buf *curve, const uint8_t *pt, size_t pt_n, hsm_
 
 /* ---- C_DeriveKey -------------------------------------------------------------------------------- */
 
-static CK_RV check_mechanism(const CK_MECHANISM *mech, const p11_object *base, hsm_buf *spki)
+/* The KDF a mechanism asks for (*md NULL: CKD_NULL) and its shared data, copied. */
+static CK_RV kdf_params(const CK_ECDH1_DERIVE_PARAMS *prm, const char **md, hsm_buf *shared)
+{
+	*md = NULL;
+	for (size_t i = 0; i < sizeof(kdfs) / sizeof(kdfs[0]); i++)
+		if (kdfs[i].kdf == prm->kdf)
+			*md = kdfs[i].md;
+	if (*md == NULL && prm->kdf != CKD_NULL)
+		return CKR_MECHANISM_PARAM_INVALID;
+	if (prm->ulSharedDataLen == 0)
+		return CKR_OK;
+	if (*md == NULL || prm->pSharedData == NULL || prm->ulSharedDataLen > SHARED_MAX)
+		return CKR_MECHANISM_PARAM_INVALID; /* shared data goes into a KDF */
+	return hsm_ok(hsm_buf_put(shared, prm->pSharedData, prm->ulSharedDataLen)) ? CKR_OK
+	                                                                            : CKR_HOST_MEMORY;
+}
+
+static CK_RV check_mechanism(const CK_MECHANISM *mech, const p11_object *base, hsm_buf *spki,
+                             const char **md, hsm_buf *shared)
 {
 	if (mech->mechanism != CKM_ECDH1_DERIVE)
 		return CKR_MECHANISM_INVALID;
 	const CK_ECDH1_DERIVE_PARAMS *prm = mech->pParameter;
-	if (prm == NULL || mech->ulParameterLen != sizeof(*prm))
+	if (prm == NULL || mech->ulParameterLen != sizeof(*prm) || prm->pPublicData == NULL)
 		return CKR_MECHANISM_PARAM_INVALID;
-	if (prm->kdf != CKD_NULL || prm->ulSharedDataLen != 0 || prm->pPublicData == NULL)
-		return CKR_MECHANISM_PARAM_INVALID;
+	CK_RV rv = kdf_params(prm, md, shared);
+	if (rv != CKR_OK)
+		return rv;
 	if (base->key_type != CKK_EC)
 		return CKR_KEY_TYPE_INCONSISTENT;
 	if (base->cls != CKO_PRIVATE_KEY || base->usage != HSM_USAGE_KEY_AGREEMENT)
@@ -242,6 +277,29 @@ static CK_RV shared_secret(const char *key_id, const hsm_buf *spki, hsm_buf *out
 	return rv;
 }
 
+/* ANSI X9.63 KDF (OpenSSL's X963KDF): len bytes from the secret and the shared data. */
+static CK_RV x963(const char *md, const hsm_buf *secret, const hsm_buf *shared, size_t len,
+                  hsm_buf *out)
+{
+	EVP_KDF *kdf = EVP_KDF_fetch(NULL, OSSL_KDF_NAME_X963KDF, NULL);
+	EVP_KDF_CTX *ctx = kdf != NULL ? EVP_KDF_CTX_new(kdf) : NULL;
+	EVP_KDF_free(kdf);
+	uint8_t *p = NULL;
+	OSSL_PARAM params[] = {
+	    OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)(uintptr_t)md, 0),
+	    OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, secret->data, secret->len),
+	    OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, shared->data, shared->len),
+	    OSSL_PARAM_construct_end(),
+	};
+	CK_RV rv = ctx == NULL ? CKR_HOST_MEMORY : CKR_OK;
+	if (rv == CKR_OK && hsm_failed(hsm_buf_append_space(out, len, &p)))
+		rv = CKR_HOST_MEMORY;
+	if (rv == CKR_OK && EVP_KDF_derive(ctx, p, len, params) != 1)
+		rv = CKR_DEVICE_ERROR;
+	EVP_KDF_CTX_free(ctx);
+	return rv;
+}
+
 CK_RV C_DeriveKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE base,
                   CK_ATTRIBUTE_PTR tmpl, CK_ULONG count, CK_OBJECT_HANDLE_PTR out)
 {
@@ -255,13 +313,19 @@ CK_RV C_DeriveKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE b
 	if (o == NULL)
 		LEAVE(CKR_KEY_HANDLE_INVALID);
 	derived_tmpl d;
-	hsm_buf spki = {0}, secret;
+	const char *md = NULL;
+	hsm_buf spki = {0}, shared = {0}, secret, value;
 	hsm_buf_init_secure(&secret);
-	rv = check_mechanism(mech, o, &spki);
+	hsm_buf_init_secure(&value);
+	rv = check_mechanism(mech, o, &spki, &md, &shared);
 	if (rv == CKR_OK)
 		rv = parse_template(tmpl, count, &d);
-	if (rv == CKR_OK && d.has_len && d.len != hsm_ec_field_len(o->spec))
+	if (rv == CKR_OK && md == NULL && d.has_len && d.len != hsm_ec_field_len(o->spec))
 		rv = CKR_TEMPLATE_INCONSISTENT; /* CKD_NULL: the secret whole, as long as the field */
+	if (rv == CKR_OK && md != NULL && !d.has_len)
+		rv = CKR_TEMPLATE_INCOMPLETE; /* a KDF makes as many bytes as asked */
+	if (rv == CKR_OK && md != NULL && (d.len == 0 || d.len > KDF_OUT_MAX))
+		rv = CKR_ATTRIBUTE_VALUE_INVALID;
 	char key_id[HSM_UUID_STRLEN + 1];
 	snprintf(key_id, sizeof(key_id), "%s", o->key_id);
 	hsm_key_spec spec = o->spec;
@@ -276,6 +340,10 @@ CK_RV C_DeriveKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE b
 		rv = CKR_USER_NOT_LOGGED_IN;
 	if (rv == CKR_OK && secret.len != hsm_ec_field_len(spec))
 		rv = CKR_DEVICE_ERROR;
+	if (rv == CKR_OK)
+		rv = md != NULL ? x963(md, &secret, &shared, d.len, &value)
+		                : (hsm_ok(hsm_buf_put(&value, secret.data, secret.len)) ? CKR_OK
+		                                                                       : CKR_HOST_MEMORY);
 	p11_object *k = rv == CKR_OK ? p11_object_add_derived(h) : NULL;
 	if (rv == CKR_OK && k == NULL)
 		rv = CKR_HOST_MEMORY;
@@ -286,7 +354,7 @@ CK_RV C_DeriveKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE b
 		memcpy(k->uses, d.uses, sizeof(k->uses));
 		if (d.label != NULL && d.label->ulValueLen > 0)
 			memcpy(k->label, d.label->pValue, d.label->ulValueLen);
-		if (hsm_failed(hsm_buf_put(&k->value, secret.data, secret.len)) ||
+		if (hsm_failed(hsm_buf_put(&k->value, value.data, value.len)) ||
 		    (d.id != NULL && d.id->ulValueLen > 0 &&
 		     hsm_failed(hsm_buf_put(&k->id, d.id->pValue, d.id->ulValueLen)))) {
 			p11_object_drop(k->handle);
@@ -295,7 +363,9 @@ CK_RV C_DeriveKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE b
 			*out = k->handle;
 		}
 	}
+	hsm_buf_free(&value);
 	hsm_buf_free(&secret);
+	hsm_buf_free(&shared);
 	hsm_buf_free(&spki);
 	LEAVE(rv);
 }

@@ -337,8 +337,8 @@ def test_key_agreement_key_objects(p11, user, officer, keys):
     assert officer.describe_key(KeyId=keys["ecdh"])["KeyMetadata"]["KeyState"] == "Enabled"
 
 
-def ecdh(peer_point, kdf=PyKCS11.CKD_NULL):
-    return PyKCS11.ECDH1_DERIVE_Mechanism(peer_point, kdf)
+def ecdh(peer_point, kdf=PyKCS11.CKD_NULL, shared=None):
+    return PyKCS11.ECDH1_DERIVE_Mechanism(peer_point, kdf, shared)
 
 
 SECRET_TEMPLATE = [(CKA_CLASS, CKO_SECRET_KEY), (CKA_KEY_TYPE, CKK_GENERIC_SECRET),
@@ -419,7 +419,10 @@ def test_ecdh_refusals(p11, user, officer, keys):
             (ecdh(other_curve), PyKCS11.CKR_MECHANISM_PARAM_INVALID),
             (ecdh(point[:-1]), PyKCS11.CKR_MECHANISM_PARAM_INVALID),
             (ecdh(off_curve), PyKCS11.CKR_MECHANISM_PARAM_INVALID),
-            (ecdh(point, PyKCS11.CKD_SHA256_KDF), PyKCS11.CKR_MECHANISM_PARAM_INVALID),
+            (ecdh(point, PyKCS11.CKD_NULL, b"shared data needs a KDF"),
+             PyKCS11.CKR_MECHANISM_PARAM_INVALID),
+            (ecdh(point, 0x99), PyKCS11.CKR_MECHANISM_PARAM_INVALID),  # no such KDF
+            (ecdh(point, PyKCS11.CKD_SHA256_KDF), PyKCS11.CKR_TEMPLATE_INCOMPLETE),  # how long?
             (Mechanism(PyKCS11.CKM_ECDH1_COFACTOR_DERIVE), PyKCS11.CKR_MECHANISM_INVALID),
         ]:
             ckr(code, s.deriveKey, priv, SECRET_TEMPLATE, mech)
@@ -435,8 +438,35 @@ def test_ecdh_refusals(p11, user, officer, keys):
             ([(CKA_MODULUS_BITS, 2048)], PyKCS11.CKR_ATTRIBUTE_TYPE_INVALID),
         ]:
             ckr(code, s.deriveKey, priv, tmpl, ecdh(point))
+        for n in (0, 1025):
+            ckr(PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID, s.deriveKey, priv, [(CKA_VALUE_LEN, n)],
+                ecdh(point, PyKCS11.CKD_SHA256_KDF))
         assert s.findObjects([(CKA_CLASS, CKO_SECRET_KEY), (CKA_TOKEN, False)]) == []
     ckr(PyKCS11.CKR_USER_NOT_LOGGED_IN, lambda: session_derive(p11, point))
+
+
+def test_ecdh_with_x963_kdf(p11, user, officer, keys):
+    """CKD_SHA*_KDF: the module runs the ANSI X9.63 KDF over hsmd's shared secret
+    and the shared data, to CKA_VALUE_LEN bytes, as python3-cryptography's X963KDF
+    does from the peer's side."""
+    from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
+    theirs = ec.generate_private_key(ec.SECP384R1())
+    z = theirs.exchange(ec.ECDH(), public_key(officer, keys["ecdh"]))
+    point = theirs.public_key().public_bytes(serialization.Encoding.X962,
+                                             serialization.PublicFormat.UncompressedPoint)
+    with session(p11, user.pin) as s:
+        (priv,) = find(s, CKO_PRIVATE_KEY, keys["ecdh"])
+        for kdf, h in ((PyKCS11.CKD_SHA1_KDF, hashes.SHA1()), (PyKCS11.CKD_SHA224_KDF,
+                                                               hashes.SHA224()),
+                       (PyKCS11.CKD_SHA256_KDF, hashes.SHA256()),
+                       (PyKCS11.CKD_SHA384_KDF, hashes.SHA384()),
+                       (PyKCS11.CKD_SHA512_KDF, hashes.SHA512())):
+            for length, shared in ((32, None), (16, b"session 42, client to server"),
+                                   (100, b"\x00" * 5)):
+                k = s.deriveKey(priv, [(CKA_VALUE_LEN, length)], ecdh(point, kdf, shared))
+                want = X963KDF(algorithm=h, length=length, sharedinfo=shared).derive(z)
+                assert attrs(s, k, CKA_VALUE, CKA_VALUE_LEN) == [want, length], (kdf, length)
+                s.destroyObject(k)
 
 
 def session_derive(p11, point):
