@@ -9,6 +9,8 @@ libssl-dev libsqlite3-dev libjansson-dev libcmocka-dev
 sqlite3 awscli python3 python3-boto3 python3-botocore python3-pytest python3-requests
 python3-jwt python3-jwcrypto python3-cryptography python3-pykcs11 opensc
 softhsm2 libp11-kit-dev gnuplot-nox wrk"
+# OpenSSL's pkcs11 engine (libp11): the PKCS#11 module's tests use it as nginx or openssl req would.
+PKGS="$PKGS libengine-pkcs11-openssl"
 # valgrind: memcheck checks that the Shamir code never branches or indexes on secrets.
 PKGS="$PKGS valgrind"
 # The PostgreSQL store backend: libpq to build, a server for its tests (tests/support/pg-server.sh).

@@ -22,6 +22,7 @@
 
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
+#include <openssl/decoder.h>
 #include <openssl/x509.h>
 
 #include "pkcs11/p11.h"
@@ -182,11 +183,32 @@ static CK_RV put_bn(EVP_PKEY *pk, const char *name, hsm_buf *out)
 	return rv;
 }
 
+/*
+ * A SubjectPublicKeyInfo decoded by OpenSSL's providers.  Not d2i_PUBKEY: in
+ * an application that made an engine its default for RSA and EC keys (as
+ * `openssl req -engine pkcs11` does with OpenSSL's pkcs11 engine, which may
+ * be this module's own caller), that gives a key of the engine's, whose
+ * parameters cannot be read.
+ */
+static EVP_PKEY *decode_spki(const hsm_buf *spki)
+{
+	EVP_PKEY *pk = NULL;
+	const unsigned char *p = spki->data;
+	size_t n = spki->len;
+	OSSL_DECODER_CTX *d = OSSL_DECODER_CTX_new_for_pkey(&pk, "DER", "SubjectPublicKeyInfo", NULL,
+	                                                    EVP_PKEY_PUBLIC_KEY, NULL, NULL);
+	if (d == NULL || !OSSL_DECODER_from_data(d, &p, &n) || n != 0) {
+		EVP_PKEY_free(pk);
+		pk = NULL;
+	}
+	OSSL_DECODER_CTX_free(d);
+	return pk;
+}
+
 /* The public values of o from its SubjectPublicKeyInfo. */
 static CK_RV parse_public(p11_object *o)
 {
-	const unsigned char *p = o->spki.data;
-	EVP_PKEY *pk = d2i_PUBKEY(NULL, &p, (long)o->spki.len);
+	EVP_PKEY *pk = decode_spki(&o->spki);
 	if (pk == NULL)
 		return CKR_DEVICE_ERROR;
 	hsm_buf_clear(&o->modulus);

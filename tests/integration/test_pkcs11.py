@@ -18,12 +18,14 @@ login and no call of hsmd); the audit trail of signatures made through the
 module. opensc's pkcs11-tool is run as a second client (signatures verified by
 `openssl dgst`, `--hash` against hashlib, `--derive` against the peer's ECDH),
 also for the endpoint list, HTTPS with HSM_PKCS11_CA_FILE and
-HSM_PKCS11_REGION.
+HSM_PKCS11_REGION; and OpenSSL's pkcs11 engine (libp11) as a third, making
+certificates with `openssl req` and serving TLS with `openssl s_server`.
 """
 import contextlib
 import datetime
 import hashlib
 import os
+import socket
 import subprocess
 import time
 import types
@@ -1295,6 +1297,90 @@ def test_aes_gcm_encrypt_and_decrypt(p11, server, user, officer, keys):
                         [b"x"]) == PyKCS11.CKR_FUNCTION_NOT_SUPPORTED
     recs = [r for r in audit_records(server.data_dir) if r.get("op") == "GcmEncrypt"]
     assert recs and all(r["principal"] == user.arn for r in recs)
+
+
+# ---- 12b. OpenSSL's pkcs11 engine ------------------------------------------------------------
+
+ENGINE = "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so"
+
+
+def engine_env(tmp_path, server, pin):
+    """An OPENSSL_CONF that loads OpenSSL's pkcs11 engine (libp11) on this module,
+    as nginx or any OpenSSL application is configured to use an HSM key."""
+    assert os.path.exists(ENGINE), f"{ENGINE} missing: run `make deps` (libengine-pkcs11-openssl)"
+    conf = tmp_path / "openssl-pkcs11.cnf"
+    conf.write_text("openssl_conf = init\n[init]\nengines = engines\n[engines]\n"
+                    "pkcs11 = pkcs11\n[pkcs11]\nengine_id = pkcs11\n"
+                    f"dynamic_path = {ENGINE}\nMODULE_PATH = {MODULE}\nPIN = {pin}\ninit = 0\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HSM_PKCS11_")}
+    env.update(OPENSSL_CONF=str(conf), HSM_PKCS11_ENDPOINT=server.endpoint)
+    return env
+
+
+def ossl(args, env=None, **kw):
+    env = env if env is not None else {k: v for k, v in os.environ.items() if k != "OPENSSL_CONF"}
+    return subprocess.run(["openssl"] + args, env=env, capture_output=True, text=True,
+                          timeout=120, **kw)
+
+
+def uri_of(key_id):
+    return "pkcs11:id=" + "".join(f"%{b:02x}" for b in key_id.encode()) + ";type=private"
+
+
+def test_openssl_engine_certificates_and_tls(tmp_path, server, user, officer, keys):
+    """OpenSSL's pkcs11 engine loads hsmd's keys through this module: `openssl req`
+    makes self-signed certificates with the RSA key (by label) and the P-256 key
+    (by id), whose public keys are hsmd's; `openssl s_server` serves TLS 1.3 and
+    1.2 with them, and `openssl s_client` verifies the handshakes; every
+    signature is a Sign of the PIN's user in the audit trail."""
+    env = engine_env(tmp_path, server, user.pin)
+    before = sum(r.get("op") == "Sign" and r.get("principal") == user.arn
+                 for r in audit_records(server.data_dir))
+    certs = {}
+    for name, key, uri in (("rsa", keys["rsa"], "pkcs11:object=web-tls;type=private"),
+                           ("ec", keys["ec"], uri_of(keys["ec"]))):
+        cert = tmp_path / f"{name}.pem"
+        p = ossl(["req", "-new", "-x509", "-engine", "pkcs11", "-keyform", "engine", "-key", uri,
+                  "-subj", f"/CN=hsmd-{name}", "-days", "1", "-sha256", "-out", str(cert)], env)
+        assert p.returncode == 0, (name, p.stderr)
+        assert ossl(["verify", "-CAfile", str(cert), str(cert)]).returncode == 0, name
+        pub = ossl(["x509", "-in", str(cert), "-pubkey", "-noout"]).stdout.encode()
+        assert serialization.load_pem_public_key(pub).public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) == \
+            public_key(officer, key).public_bytes(serialization.Encoding.DER,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+        certs[name] = (cert, uri)
+    handshakes = 0
+    for name, versions in (("rsa", ("-tls1_3", "-tls1_2")), ("ec", ("-tls1_3",))):
+        cert, uri = certs[name]
+        port = free_port()
+        srv = subprocess.Popen(["openssl", "s_server", "-engine", "pkcs11", "-keyform", "engine",
+                                "-key", uri, "-cert", str(cert), "-accept", f"127.0.0.1:{port}",
+                                "-www"], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            for v in versions:
+                p = ossl(["s_client", "-connect", f"127.0.0.1:{port}", v, "-CAfile", str(cert),
+                          "-verify_return_error", "-brief"], input="")
+                assert p.returncode == 0 and "Verification: OK" in p.stderr, (name, v, p.stderr)
+                handshakes += 1
+        finally:
+            srv.terminate()
+            srv.wait(timeout=30)
+    deadline = time.time() + 5
+    signs = 0
+    while time.time() < deadline and signs < before + 2 + handshakes:
+        signs = sum(r.get("op") == "Sign" and r.get("principal") == user.arn
+                    for r in audit_records(server.data_dir))
+        time.sleep(0.1)
+    assert signs >= before + 2 + handshakes  # two certificates, one signature per handshake
 
 
 # ---- 13. threads -----------------------------------------------------------------------------
