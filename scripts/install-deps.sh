@@ -11,6 +11,8 @@ python3-jwt python3-jwcrypto python3-cryptography python3-pykcs11 opensc
 softhsm2 libp11-kit-dev gnuplot-nox wrk"
 # OpenSSL's pkcs11 engine (libp11): the PKCS#11 module's tests use it as nginx or openssl req would.
 PKGS="$PKGS libengine-pkcs11-openssl"
+# ssh-agent and ssh-keygen: the module's tests load it as OpenSSH does.
+PKGS="$PKGS openssh-client"
 # valgrind: memcheck checks that the Shamir code never branches or indexes on secrets.
 PKGS="$PKGS valgrind"
 # The PostgreSQL store backend: libpq to build, a server for its tests (tests/support/pg-server.sh).

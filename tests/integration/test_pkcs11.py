@@ -18,8 +18,9 @@ login and no call of hsmd); the audit trail of signatures made through the
 module. opensc's pkcs11-tool is run as a second client (signatures verified by
 `openssl dgst`, `--hash` against hashlib, `--derive` against the peer's ECDH),
 also for the endpoint list, HTTPS with HSM_PKCS11_CA_FILE and
-HSM_PKCS11_REGION; and OpenSSL's pkcs11 engine (libp11) as a third, making
-certificates with `openssl req` and serving TLS with `openssl s_server`.
+HSM_PKCS11_REGION; OpenSSL's pkcs11 engine (libp11) as a third, making
+certificates with `openssl req` and serving TLS with `openssl s_server`; and
+ssh-agent as a fourth, signing with `ssh-keygen -Y sign`.
 """
 import contextlib
 import datetime
@@ -1381,6 +1382,57 @@ def test_openssl_engine_certificates_and_tls(tmp_path, server, user, officer, ke
                     for r in audit_records(server.data_dir))
         time.sleep(0.1)
     assert signs >= before + 2 + handshakes  # two certificates, one signature per handshake
+
+
+# ---- 12c. OpenSSH ------------------------------------------------------------------------------
+
+def test_ssh_agent_signs_with_hsmd_keys(tmp_path, server, user, officer, keys):
+    """ssh-agent loads the module (ssh-add -s, the PIN from SSH_ASKPASS), lists
+    hsmd's RSA and P-256 keys as OpenSSH keys equal to GetPublicKey's, and signs
+    with them: `ssh-keygen -Y sign` through the agent, `-Y verify` checks."""
+    module = os.path.realpath(MODULE)
+    askpass = tmp_path / "askpass"
+    askpass.write_text('#!/bin/sh\nprintf "%s\\n" "$HSM_TEST_PIN"\n')
+    askpass.chmod(0o700)
+    sock = tmp_path / "agent.sock"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HSM_PKCS11_", "SSH_"))}
+    env.update(HSM_PKCS11_ENDPOINT=server.endpoint, SSH_AUTH_SOCK=str(sock),
+               SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force", DISPLAY=":0",
+               HSM_TEST_PIN=user.pin)
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock), "-P", module], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 20
+        while not sock.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        p = subprocess.run(["ssh-add", "-s", module], env=env, stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        listed = subprocess.run(["ssh-add", "-L"], env=env, capture_output=True, text=True,
+                                timeout=60).stdout.splitlines()
+        msg = tmp_path / "msg"
+        msg.write_bytes(MSG)
+        for kid in (keys["rsa"], keys["ec"]):
+            want = public_key(officer, kid).public_bytes(serialization.Encoding.OpenSSH,
+                                                         serialization.PublicFormat.OpenSSH)
+            (line,) = [x for x in listed if x.split(" ")[1] == want.decode().split(" ")[1]]
+            pub = tmp_path / f"{kid}.pub"
+            pub.write_text(line + "\n")
+            sig = tmp_path / "msg.sig"
+            sig.unlink(missing_ok=True)
+            p = subprocess.run(["ssh-keygen", "-Y", "sign", "-f", str(pub), "-n", "file",
+                                str(msg)], env=env, capture_output=True, text=True, timeout=120)
+            assert p.returncode == 0, (kid, p.stderr)
+            allowed = tmp_path / "allowed"
+            allowed.write_text("app " + " ".join(line.split(" ")[:2]) + "\n")
+            with open(msg, "rb") as f:
+                v = subprocess.run(["ssh-keygen", "-Y", "verify", "-f", str(allowed), "-I", "app",
+                                    "-n", "file", "-s", str(sig)], stdin=f, capture_output=True,
+                                   text=True, timeout=60)
+            assert v.returncode == 0 and "Good" in v.stdout, (kid, v.stdout, v.stderr)
+    finally:
+        agent.terminate()
+        agent.wait(timeout=30)
 
 
 # ---- 13. threads -----------------------------------------------------------------------------
