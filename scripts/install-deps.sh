@@ -13,6 +13,8 @@ softhsm2 libp11-kit-dev gnuplot-nox wrk"
 PKGS="$PKGS libengine-pkcs11-openssl"
 # ssh-agent and ssh-keygen: the module's tests load it as OpenSSH does.
 PKGS="$PKGS openssh-client"
+# p11tool: GnuTLS's PKCS#11 client, a third stack the module's tests load it in.
+PKGS="$PKGS gnutls-bin"
 # valgrind: memcheck checks that the Shamir code never branches or indexes on secrets.
 PKGS="$PKGS valgrind"
 # The PostgreSQL store backend: libpq to build, a server for its tests (tests/support/pg-server.sh).

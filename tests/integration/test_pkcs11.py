@@ -20,7 +20,8 @@ module. opensc's pkcs11-tool is run as a second client (signatures verified by
 also for the endpoint list, HTTPS with HSM_PKCS11_CA_FILE and
 HSM_PKCS11_REGION; OpenSSL's pkcs11 engine (libp11) as a third, making
 certificates with `openssl req` and serving TLS with `openssl s_server`; and
-ssh-agent as a fourth, signing with `ssh-keygen -Y sign`.
+ssh-agent as a fourth, signing with `ssh-keygen -Y sign`; and GnuTLS's
+p11tool as a fifth.
 """
 import contextlib
 import datetime
@@ -1433,6 +1434,31 @@ def test_ssh_agent_signs_with_hsmd_keys(tmp_path, server, user, officer, keys):
     finally:
         agent.terminate()
         agent.wait(timeout=30)
+
+
+# ---- 12d. GnuTLS -------------------------------------------------------------------------------
+
+def test_gnutls_p11tool(server, user, keys):
+    """GnuTLS's p11tool lists the private keys and, with --test-sign, signs with
+    the RSA and the P-256 key and checks each signature against the key's
+    public values and the token's public key object."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HSM_PKCS11_")}
+    env.update(HSM_PKCS11_ENDPOINT=server.endpoint, GNUTLS_PIN=user.pin)
+
+    def p11tool(*args):
+        return subprocess.run(["p11tool", "--provider", MODULE, "--login", *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    p = p11tool("--list-privkeys")
+    assert p.returncode == 0, p.stderr
+    for kid in (keys["rsa"], keys["ec"]):
+        assert "id=" + "".join(f"%{b:02X}" for b in kid.encode()) in p.stdout, p.stdout
+    for kid, alg in ((keys["rsa"], "RSA-SHA256"), (keys["ec"], "ECDSA-SHA256")):
+        p = p11tool("--test-sign", "pkcs11:token=hsmd;" + uri_of(kid)[len("pkcs11:"):])
+        out = p.stdout + p.stderr
+        assert p.returncode == 0, out
+        assert f"Signing using {alg}... ok" in out and \
+            "Verifying against public key in the token... ok" in out, out
 
 
 # ---- 13. threads -----------------------------------------------------------------------------
