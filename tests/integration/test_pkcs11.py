@@ -19,7 +19,7 @@ module. opensc's pkcs11-tool is run as a second client (signatures verified by
 `openssl dgst`, `--hash` against hashlib, `--derive` against the peer's ECDH),
 also for the endpoint list, HTTPS with HSM_PKCS11_CA_FILE and
 HSM_PKCS11_REGION; OpenSSL's pkcs11 engine (libp11) as a third, making
-certificates with `openssl req` and serving TLS with `openssl s_server`; and
+certificates with `openssl req` and serving TLS with `openssl s_server`;
 ssh-agent as a fourth, signing with `ssh-keygen -Y sign`; and GnuTLS's
 p11tool as a fifth.
 """
@@ -27,10 +27,13 @@ import contextlib
 import datetime
 import hashlib
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import types
+from pathlib import Path
 
 import PyKCS11
 import pytest
@@ -1395,7 +1398,8 @@ def test_ssh_agent_signs_with_hsmd_keys(tmp_path, server, user, officer, keys):
     askpass = tmp_path / "askpass"
     askpass.write_text('#!/bin/sh\nprintf "%s\\n" "$HSM_TEST_PIN"\n')
     askpass.chmod(0o700)
-    sock = tmp_path / "agent.sock"
+    sock_dir = tempfile.mkdtemp(prefix="hsmd-ssh-", dir="/tmp")  # a socket path is short
+    sock = Path(sock_dir) / "agent.sock"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HSM_PKCS11_", "SSH_"))}
     env.update(HSM_PKCS11_ENDPOINT=server.endpoint, SSH_AUTH_SOCK=str(sock),
                SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force", DISPLAY=":0",
@@ -1434,6 +1438,7 @@ def test_ssh_agent_signs_with_hsmd_keys(tmp_path, server, user, officer, keys):
     finally:
         agent.terminate()
         agent.wait(timeout=30)
+        shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 # ---- 12d. GnuTLS -------------------------------------------------------------------------------
