@@ -7,6 +7,8 @@
  *   HSM_PKCS11_ENDPOINT  hsmd's URL, or several separated by commas (tried in order)
  *   HSM_PKCS11_CA_FILE   PEM bundle that verifies hsmd's TLS certificate
  *   HSM_PKCS11_REGION    the SigV4 region (default us-east-1)
+ *   HSM_PKCS11_KEYS      the keys the token shows, by key id, key ARN or alias,
+ *                        separated by commas (default: every key the user sees)
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,6 +125,7 @@ CK_RV C_Initialize(CK_VOID_PTR init_args)
 	env_copy(p11.endpoints, sizeof(p11.endpoints), "HSM_PKCS11_ENDPOINT", "");
 	env_copy(p11.ca_file, sizeof(p11.ca_file), "HSM_PKCS11_CA_FILE", "");
 	env_copy(p11.region, sizeof(p11.region), "HSM_PKCS11_REGION", "us-east-1");
+	env_copy(p11.keys, sizeof(p11.keys), "HSM_PKCS11_KEYS", "");
 	p11.next_handle = 1;
 	p11.initialized = true;
 	pthread_mutex_unlock(&p11_lock);

@@ -363,16 +363,43 @@ out:
 	return rv;
 }
 
-CK_RV p11_objects_refresh(void)
+/*
+ * The keys HSM_PKCS11_KEYS names, each resolved now (an alias that moved
+ * shows the key it names today); a name that names no key shows nothing.
+ */
+static CK_RV load_view(json_t *aliases)
 {
-	if (!p11.logged_in)
-		return CKR_USER_NOT_LOGGED_IN;
-	for (size_t i = 0; i < p11.n_objects; i++)
-		p11.objects[i].seen = false;
-	json_t *aliases = json_array(), *ans = NULL;
-	CK_RV rv = aliases != NULL ? list_aliases(aliases, NULL) : CKR_HOST_MEMORY;
+	CK_RV rv = CKR_OK;
+	const char *p = p11.keys;
+	while (rv == CKR_OK && *p != '\0') {
+		size_t n = strcspn(p, ",");
+		char name[512], key_id[HSM_UUID_STRLEN + 1] = "";
+		snprintf(name, sizeof(name), "%.*s", (int)(n < sizeof(name) ? n : sizeof(name) - 1), p);
+		p += n + (p[n] == ',');
+		if (name[0] == '\0')
+			continue;
+		json_t *ans = NULL;
+		rv = p11_call("TrentService.DescribeKey", json_pack("{s:s}", "KeyId", name), &ans);
+		const char *id =
+		    json_string_value(json_object_get(json_object_get(ans, "KeyMetadata"), "KeyId"));
+		if (rv == CKR_OK && id != NULL && hsm_is_uuid(id))
+			snprintf(key_id, sizeof(key_id), "%s", id);
+		json_decref(ans);
+		if (rv == CKR_KEY_HANDLE_INVALID) /* NotFoundException */
+			rv = CKR_OK;
+		if (rv == CKR_OK && key_id[0] != '\0')
+			rv = load_key(key_id, aliases);
+	}
+	return rv;
+}
+
+/* Every key the user sees (ListKeys, a page at a time). */
+static CK_RV load_listing(json_t *aliases)
+{
+	json_t *ans = NULL;
 	char marker[1024] = "";
-	while (rv == CKR_OK) {
+	CK_RV rv = CKR_OK;
+	for (;;) {
 		json_t *body = json_pack("{s:i}", "Limit", 1000);
 		if (marker[0] != '\0')
 			json_object_set_new(body, "Marker", json_string(marker));
@@ -393,6 +420,19 @@ CK_RV p11_objects_refresh(void)
 		snprintf(marker, sizeof(marker), "%s", next);
 	}
 	json_decref(ans);
+	return rv;
+}
+
+CK_RV p11_objects_refresh(void)
+{
+	if (!p11.logged_in)
+		return CKR_USER_NOT_LOGGED_IN;
+	for (size_t i = 0; i < p11.n_objects; i++)
+		p11.objects[i].seen = false;
+	json_t *aliases = json_array();
+	CK_RV rv = aliases != NULL ? list_aliases(aliases, NULL) : CKR_HOST_MEMORY;
+	if (rv == CKR_OK)
+		rv = p11.keys[0] != '\0' ? load_view(aliases) : load_listing(aliases);
 	json_decref(aliases);
 	if (rv == CKR_OK)
 		objects_remove(NULL);
@@ -429,6 +469,8 @@ static const CK_ATTRIBUTE *find_attr(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRI
 /* Refreshes what a search template asks for: the key it names, or every key. */
 static CK_RV refresh_for(const CK_ATTRIBUTE *tmpl, CK_ULONG count)
 {
+	if (p11.keys[0] != '\0') /* a view of a few keys: read them all again */
+		return p11_objects_refresh();
 	const CK_ATTRIBUTE *id = find_attr(tmpl, count, CKA_ID);
 	const CK_ATTRIBUTE *label = find_attr(tmpl, count, CKA_LABEL);
 	char name[P11_LABEL_MAX + 8] = "";

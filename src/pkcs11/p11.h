@@ -133,6 +133,7 @@ typedef struct p11_module {
 	char endpoints[1024];
 	char ca_file[1024];
 	char region[64];
+	char keys[4096]; /* HSM_PKCS11_KEYS: the keys the token shows (empty: every key) */
 	/* Idle clients, each with its kept-alive connection; calls take one and give it back. */
 	hsm_client *pool[P11_POOL_MAX];
 	size_t pool_n;

@@ -48,8 +48,8 @@ from PyKCS11 import (CKA_ALWAYS_SENSITIVE, CKA_CLASS, CKA_DECRYPT, CKA_DERIVE, C
                      CKA_TOKEN, CKA_VALUE, CKA_VALUE_LEN, CKA_VERIFY, CKK_EC, CKK_GENERIC_SECRET, CKK_RSA,
                      CKM, CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKO_SECRET_KEY, CKR, CKR_OK)
 
-from conftest import (ACCOUNT, BUILD, DEV_AKID, DEV_SECRET, Hsmd, client, free_port, signed_call,
-                      start_dev)
+from conftest import (ACCOUNT, BUILD, DEV_AKID, DEV_SECRET, REGION, Hsmd, client, free_port,
+                      signed_call, start_dev)
 from helpers import audit_records, make_pki, new_user
 
 MODULE = os.path.join(BUILD, "libhsm_pkcs11.so")
@@ -1304,21 +1304,62 @@ def test_aes_gcm_encrypt_and_decrypt(p11, server, user, officer, keys):
     assert recs and all(r["principal"] == user.arn for r in recs)
 
 
+# ---- 12a. a view of some keys -----------------------------------------------------------------
+
+def test_keys_view(tmp_path, server, user, officer, keys):
+    """HSM_PKCS11_KEYS: the token shows the keys named (by key id, key ARN or
+    alias, each resolved at every listing) and no other; names of no key show
+    nothing; unset, every key the user sees."""
+    pin = ("--login", "--pin", user.pin, "-O")
+
+    def ids(**settings):
+        p = tool(server.endpoint, *pin, **settings)
+        assert p.returncode == 0, p.stderr
+        return sorted(set(bytes.fromhex(line.split()[1]).decode()
+                          for line in p.stdout.splitlines() if line.strip().startswith("ID:")))
+
+    everything = ids()
+    assert {keys["rsa"], keys["ec"], keys["mac"]} <= set(everything)
+    arn = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{keys['ec']}"
+    assert ids(keys=f"alias/web-tls,{arn},{keys['mac']}") == sorted(
+        [keys["rsa"], keys["ec"], keys["mac"]])
+    assert ids(keys=f"alias/no-such-key,{keys['aes']},,00000000-0000-4000-8000-000000000000") == \
+        [keys["aes"]]
+    # An alias is resolved at each listing: moved, it shows the key it names now.
+    other = officer.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")[
+        "KeyMetadata"]["KeyId"]
+    officer.create_alias(AliasName="alias/view-test", TargetKeyId=keys["ec"])
+    assert ids(keys="alias/view-test") == [keys["ec"]]
+    officer.update_alias(AliasName="alias/view-test", TargetKeyId=other)
+    assert ids(keys="alias/view-test") == [other]
+    # A key found by CKA_ID (a search naming it) outside the view is not there.
+    data = tmp_path / "data"
+    data.write_bytes(MSG)
+    for view, found in ((keys["ec"], False), (keys["rsa"], True)):
+        p = tool(server.endpoint, "--login", "--pin", user.pin, "--sign", "-m", "SHA256-RSA-PKCS",
+                 "--id", keys["rsa"].encode().hex(), "-i", str(data), "-o",
+                 str(tmp_path / "sig"), keys=view)
+        assert (p.returncode == 0) == found, (view, p.stdout, p.stderr)
+
+
 # ---- 12b. OpenSSL's pkcs11 engine ------------------------------------------------------------
 
 ENGINE = "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so"
 
 
-def engine_env(tmp_path, server, pin):
+def engine_env(tmp_path, server, pin, view):
     """An OPENSSL_CONF that loads OpenSSL's pkcs11 engine (libp11) on this module,
-    as nginx or any OpenSSL application is configured to use an HSM key."""
+    as nginx or any OpenSSL application is configured to use an HSM key; the
+    token shows the keys of `view` alone (HSM_PKCS11_KEYS): libp11 0.4.12 gives
+    up on a token that has any key type it does not know, such as Ed25519."""
     assert os.path.exists(ENGINE), f"{ENGINE} missing: run `make deps` (libengine-pkcs11-openssl)"
     conf = tmp_path / "openssl-pkcs11.cnf"
     conf.write_text("openssl_conf = init\n[init]\nengines = engines\n[engines]\n"
                     "pkcs11 = pkcs11\n[pkcs11]\nengine_id = pkcs11\n"
                     f"dynamic_path = {ENGINE}\nMODULE_PATH = {MODULE}\nPIN = {pin}\ninit = 0\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("HSM_PKCS11_")}
-    env.update(OPENSSL_CONF=str(conf), HSM_PKCS11_ENDPOINT=server.endpoint)
+    env.update(OPENSSL_CONF=str(conf), HSM_PKCS11_ENDPOINT=server.endpoint,
+               HSM_PKCS11_KEYS=view)
     return env
 
 
@@ -1338,7 +1379,9 @@ def test_openssl_engine_certificates_and_tls(tmp_path, server, user, officer, ke
     (by id), whose public keys are hsmd's; `openssl s_server` serves TLS 1.3 and
     1.2 with them, and `openssl s_client` verifies the handshakes; every
     signature is a Sign of the PIN's user in the audit trail."""
-    env = engine_env(tmp_path, server, user.pin)
+    officer.create_key(KeySpec="ECC_NIST_EDWARDS25519", KeyUsage="SIGN_VERIFY")  # see engine_env
+    env = engine_env(tmp_path, server, user.pin,
+                     f"alias/web-tls,arn:aws:kms:{REGION}:{ACCOUNT}:key/{keys['ec']}")
     before = sum(r.get("op") == "Sign" and r.get("principal") == user.arn
                  for r in audit_records(server.data_dir))
     certs = {}
@@ -1401,9 +1444,12 @@ def test_ssh_agent_signs_with_hsmd_keys(tmp_path, server, user, officer, keys):
     sock_dir = tempfile.mkdtemp(prefix="hsmd-ssh-", dir="/tmp")  # a socket path is short
     sock = Path(sock_dir) / "agent.sock"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HSM_PKCS11_", "SSH_"))}
+    # OpenSSH gives up on a token with a key on a curve it does not know (secp256k1):
+    # the agent's token shows its two keys alone.
+    officer.create_key(KeySpec="ECC_SECG_P256K1", KeyUsage="SIGN_VERIFY")
     env.update(HSM_PKCS11_ENDPOINT=server.endpoint, SSH_AUTH_SOCK=str(sock),
                SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force", DISPLAY=":0",
-               HSM_TEST_PIN=user.pin)
+               HSM_TEST_PIN=user.pin, HSM_PKCS11_KEYS=f"{keys['rsa']},{keys['ec']}")
     agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock), "-P", module], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -1415,6 +1461,7 @@ def test_ssh_agent_signs_with_hsmd_keys(tmp_path, server, user, officer, keys):
         assert p.returncode == 0, p.stderr
         listed = subprocess.run(["ssh-add", "-L"], env=env, capture_output=True, text=True,
                                 timeout=60).stdout.splitlines()
+        assert len(listed) == 2, listed
         msg = tmp_path / "msg"
         msg.write_bytes(MSG)
         for kid in (keys["rsa"], keys["ec"]):
