@@ -13,12 +13,12 @@
  * ANSI X9.63 KDF over it and the shared data (pSharedData) to CKA_VALUE_LEN
  * bytes, which the template must then give.
  *
- * The secret becomes a session object (CKO_SECRET_KEY, CKK_GENERIC_SECRET)
- * in a buffer wiped when freed, readable through CKA_VALUE unless the template made it
- * sensitive (not sensitive and extractable by default: the value is what the
- * caller derives it for, and hsmd's API hands it out all the same).  No
- * mechanism of this module uses such an object; it is wiped when destroyed,
- * when its session closes and at logout.
+ * The value becomes a session object (CKO_SECRET_KEY, CKK_GENERIC_SECRET)
+ * in a buffer wiped when freed, readable through CKA_VALUE unless the
+ * template made it sensitive (not sensitive and extractable by default: the
+ * value is what the caller derives it for, and hsmd's API hands it out all
+ * the same).  No mechanism of this module uses such an object; it is wiped
+ * when destroyed, when its session closes and at logout.
  */
 #include <stdint.h>
 #include <string.h>
