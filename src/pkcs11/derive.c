@@ -1,5 +1,6 @@
 /*
- * derive.c - ECDH key derivation (p11.h): C_DeriveKey with CKM_ECDH1_DERIVE.
+ * derive.c - ECDH key derivation (p11.h): C_DeriveKey with CKM_ECDH1_DERIVE
+ * (or CKM_ECDH1_COFACTOR_DERIVE, the same on these curves).
  *
  * The base key is the private key object of a KEY_AGREEMENT key; the
  * peer's public key comes as CK_ECDH1_DERIVE_PARAMS.pPublicData, an EC
@@ -231,7 +232,9 @@ static CK_RV kdf_params(const CK_ECDH1_DERIVE_PARAMS *prm, const char **md, hsm_
 static CK_RV check_mechanism(const CK_MECHANISM *mech, const p11_object *base, hsm_buf *spki,
                              const char **md, hsm_buf *shared)
 {
-	if (mech->mechanism != CKM_ECDH1_DERIVE)
+	/* KEY_AGREEMENT keys are on NIST prime curves, whose cofactor is 1: cofactor
+	 * Diffie-Hellman is the same computation. */
+	if (mech->mechanism != CKM_ECDH1_DERIVE && mech->mechanism != CKM_ECDH1_COFACTOR_DERIVE)
 		return CKR_MECHANISM_INVALID;
 	const CK_ECDH1_DERIVE_PARAMS *prm = mech->pParameter;
 	if (prm == NULL || mech->ulParameterLen != sizeof(*prm) || prm->pPublicData == NULL)

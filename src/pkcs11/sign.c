@@ -55,6 +55,7 @@ const p11_mech p11_mechs[] = {
     {CKM_SHA384, P11_DIGEST, "SHA384", 0, 0, CKF_DIGEST},
     {CKM_SHA512, P11_DIGEST, "SHA512", 0, 0, CKF_DIGEST},
     {CKM_ECDH1_DERIVE, P11_DERIVE, NULL, 256, 521, CKF_DERIVE | EC_FLAGS},
+    {CKM_ECDH1_COFACTOR_DERIVE, P11_DERIVE, NULL, 256, 521, CKF_DERIVE | EC_FLAGS},
 };
 const size_t p11_n_mechs = sizeof(p11_mechs) / sizeof(p11_mechs[0]);
 

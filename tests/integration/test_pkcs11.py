@@ -65,7 +65,8 @@ MECHANISMS = {CKM[n] for n in (
     "CKM_ECDSA_SHA384", "CKM_ECDSA_SHA512", "CKM_SHA224_HMAC", "CKM_SHA256_HMAC",
     "CKM_SHA384_HMAC", "CKM_SHA512_HMAC", "CKM_RSA_PKCS_OAEP", "CKM_EC_EDWARDS_KEY_PAIR_GEN",
     "CKM_EDDSA", "CKM_AES_GCM", "CKM_AES_KEY_GEN", "CKM_GENERIC_SECRET_KEY_GEN", "CKM_SHA_1",
-    "CKM_SHA224", "CKM_SHA256", "CKM_SHA384", "CKM_SHA512", "CKM_ECDH1_DERIVE")}
+    "CKM_SHA224", "CKM_SHA256", "CKM_SHA384", "CKM_SHA512", "CKM_ECDH1_DERIVE",
+    "CKM_ECDH1_COFACTOR_DERIVE")}
 MSG = b"GET /v1/accounts/42 HTTP/1.1\r\nHost: api.example\r\n\r\n"
 PSS_SHA256 = (CKM["CKM_SHA256"], PyKCS11.CKG_MGF1_SHA256, 32)
 
@@ -377,6 +378,12 @@ def test_ecdh_derivation(p11, server, user, officer, keys):
                          CKA_LABEL, CKA_ID, CKA_VALUE_LEN, PyKCS11.CKA_LOCAL, CKA_SIGN) == [
                 CKO_SECRET_KEY, CKK_GENERIC_SECRET, False, False, True, "shared", b"\x01\x02", 48,
                 False, False]
+        # Cofactor Diffie-Hellman: the same secret on a NIST curve (cofactor 1).
+        cofactor = ecdh(point)
+        cofactor._mech.mechanism = PyKCS11.CKM_ECDH1_COFACTOR_DERIVE
+        k = s.deriveKey(priv, SECRET_TEMPLATE, cofactor)
+        assert attrs(s, k, CKA_VALUE)[0] == expected
+        s.destroyObject(k)
         # Session objects: found by the application's sessions, kept across listings.
         assert sorted(o.value() for o in s.findObjects([(CKA_LABEL, "shared")])) == \
             sorted(k.value() for k in made)
@@ -430,7 +437,7 @@ def test_ecdh_refusals(p11, user, officer, keys):
              PyKCS11.CKR_MECHANISM_PARAM_INVALID),
             (ecdh(point, 0x99), PyKCS11.CKR_MECHANISM_PARAM_INVALID),  # no such KDF
             (ecdh(point, PyKCS11.CKD_SHA256_KDF), PyKCS11.CKR_TEMPLATE_INCOMPLETE),  # how long?
-            (Mechanism(PyKCS11.CKM_ECDH1_COFACTOR_DERIVE), PyKCS11.CKR_MECHANISM_INVALID),
+            (Mechanism(PyKCS11.CKM_ECMQV_DERIVE), PyKCS11.CKR_MECHANISM_INVALID),
         ]:
             ckr(code, s.deriveKey, priv, SECRET_TEMPLATE, mech)
         ckr(PyKCS11.CKR_KEY_FUNCTION_NOT_PERMITTED, s.deriveKey, pub, SECRET_TEMPLATE, ecdh(point))
