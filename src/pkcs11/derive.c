@@ -54,22 +54,6 @@ typedef struct derived_tmpl {
 	const CK_ATTRIBUTE *label, *id;
 } derived_tmpl;
 
-static bool read_bool(const CK_ATTRIBUTE *a, bool *out)
-{
-	if (a->pValue == NULL || a->ulValueLen != sizeof(CK_BBOOL))
-		return false;
-	*out = *(const CK_BBOOL *)a->pValue != CK_FALSE;
-	return true;
-}
-
-static bool read_ulong(const CK_ATTRIBUTE *a, CK_ULONG *out)
-{
-	if (a->pValue == NULL || a->ulValueLen != sizeof(CK_ULONG))
-		return false;
-	*out = *(const CK_ULONG *)a->pValue;
-	return true;
-}
-
 static bool *use_slot(derived_tmpl *d, CK_ATTRIBUTE_TYPE t)
 {
 	for (size_t i = 0; i < P11_USES; i++)
@@ -89,13 +73,13 @@ static CK_RV parse_template(const CK_ATTRIBUTE *t, CK_ULONG n, derived_tmpl *d)
 		bool *use = use_slot(d, a->type);
 		switch (a->type) {
 		case CKA_CLASS:
-			if (!read_ulong(a, &u))
+			if (!p11_attr_ulong(a, &u))
 				return CKR_ATTRIBUTE_VALUE_INVALID;
 			if (u != CKO_SECRET_KEY)
 				return CKR_TEMPLATE_INCONSISTENT;
 			break;
 		case CKA_KEY_TYPE: /* the secret as it is: a generic secret */
-			if (!read_ulong(a, &u))
+			if (!p11_attr_ulong(a, &u))
 				return CKR_ATTRIBUTE_VALUE_INVALID;
 			if (u != CKK_GENERIC_SECRET)
 				return CKR_TEMPLATE_INCONSISTENT;
@@ -103,7 +87,7 @@ static CK_RV parse_template(const CK_ATTRIBUTE *t, CK_ULONG n, derived_tmpl *d)
 		case CKA_TOKEN: /* token objects are hsmd's keys */
 		case CKA_MODIFIABLE:
 		case CKA_COPYABLE:
-			if (!read_bool(a, &b))
+			if (!p11_attr_bool(a, &b))
 				return CKR_ATTRIBUTE_VALUE_INVALID;
 			if (b)
 				return CKR_TEMPLATE_INCONSISTENT;
@@ -111,14 +95,14 @@ static CK_RV parse_template(const CK_ATTRIBUTE *t, CK_ULONG n, derived_tmpl *d)
 		case CKA_PRIVATE:
 		case CKA_SENSITIVE:
 		case CKA_EXTRACTABLE:
-			if (!read_bool(a, &b))
+			if (!p11_attr_bool(a, &b))
 				return CKR_ATTRIBUTE_VALUE_INVALID;
 			*(a->type == CKA_PRIVATE     ? &d->is_private
 			  : a->type == CKA_SENSITIVE ? &d->sensitive
 			                             : &d->extractable) = b;
 			break;
 		case CKA_VALUE_LEN:
-			if (!read_ulong(a, &d->len))
+			if (!p11_attr_ulong(a, &d->len))
 				return CKR_ATTRIBUTE_VALUE_INVALID;
 			d->has_len = true;
 			break;
@@ -137,7 +121,7 @@ static CK_RV parse_template(const CK_ATTRIBUTE *t, CK_ULONG n, derived_tmpl *d)
 		default:
 			if (use == NULL)
 				return CKR_ATTRIBUTE_TYPE_INVALID;
-			if (!read_bool(a, use))
+			if (!p11_attr_bool(a, use))
 				return CKR_ATTRIBUTE_VALUE_INVALID;
 			break;
 		}

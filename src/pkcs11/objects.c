@@ -854,7 +854,7 @@ static const CK_ATTRIBUTE *find_attr(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRI
 	return NULL;
 }
 
-static bool attr_bool(const CK_ATTRIBUTE *a, bool *out)
+bool p11_attr_bool(const CK_ATTRIBUTE *a, bool *out)
 {
 	if (a == NULL || a->pValue == NULL || a->ulValueLen != sizeof(CK_BBOOL))
 		return false;
@@ -932,9 +932,9 @@ static CK_RV check_private_template(const CK_ATTRIBUTE *t, CK_ULONG n)
 {
 	bool b;
 	/* hsmd's keys never leave it: a template asking otherwise cannot be met. */
-	if (attr_bool(find_attr(t, n, CKA_EXTRACTABLE), &b) && b)
+	if (p11_attr_bool(find_attr(t, n, CKA_EXTRACTABLE), &b) && b)
 		return CKR_ATTRIBUTE_VALUE_INVALID;
-	if (attr_bool(find_attr(t, n, CKA_SENSITIVE), &b) && !b)
+	if (p11_attr_bool(find_attr(t, n, CKA_SENSITIVE), &b) && !b)
 		return CKR_ATTRIBUTE_VALUE_INVALID;
 	/* A signing pair ignores CKA_DECRYPT and CKA_DERIVE (which tools such as
 	 * pkcs11-tool set by default), and they read false afterwards. */
@@ -950,8 +950,8 @@ static hsm_key_usage pair_usage(hsm_key_spec spec, const CK_ATTRIBUTE *t, CK_ULO
 	bool derive = false, sign = false;
 	bool nist = spec == HSM_SPEC_ECC_NIST_P256 || spec == HSM_SPEC_ECC_NIST_P384 ||
 	            spec == HSM_SPEC_ECC_NIST_P521;
-	if (nist && attr_bool(find_attr(t, n, CKA_DERIVE), &derive) && derive &&
-	    !(attr_bool(find_attr(t, n, CKA_SIGN), &sign) && sign))
+	if (nist && p11_attr_bool(find_attr(t, n, CKA_DERIVE), &derive) && derive &&
+	    !(p11_attr_bool(find_attr(t, n, CKA_SIGN), &sign) && sign))
 		return HSM_USAGE_KEY_AGREEMENT;
 	return HSM_USAGE_SIGN_VERIFY;
 }
@@ -1024,8 +1024,7 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE
 	LEAVE(rv);
 }
 
-/* A CK_ULONG attribute of the template: absent (true, *out untouched), or well formed. */
-static bool attr_ulong(const CK_ATTRIBUTE *a, CK_ULONG *out)
+bool p11_attr_ulong(const CK_ATTRIBUTE *a, CK_ULONG *out)
 {
 	if (a == NULL)
 		return true;
@@ -1045,9 +1044,9 @@ static CK_RV secret_spec(CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *t, CK_ULONG
                          hsm_key_spec *spec, hsm_key_usage *usage)
 {
 	CK_ULONG len = 0, cls = CKO_SECRET_KEY, kt = CK_UNAVAILABLE_INFORMATION;
-	if (!attr_ulong(find_attr(t, n, CKA_VALUE_LEN), &len) ||
-	    !attr_ulong(find_attr(t, n, CKA_CLASS), &cls) ||
-	    !attr_ulong(find_attr(t, n, CKA_KEY_TYPE), &kt) || cls != CKO_SECRET_KEY)
+	if (!p11_attr_ulong(find_attr(t, n, CKA_VALUE_LEN), &len) ||
+	    !p11_attr_ulong(find_attr(t, n, CKA_CLASS), &cls) ||
+	    !p11_attr_ulong(find_attr(t, n, CKA_KEY_TYPE), &kt) || cls != CKO_SECRET_KEY)
 		return CKR_ATTRIBUTE_VALUE_INVALID;
 	if (mech == CKM_AES_KEY_GEN) {
 		if ((len != 0 && len != 32) || (kt != CK_UNAVAILABLE_INFORMATION && kt != CKK_AES))

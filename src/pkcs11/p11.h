@@ -192,6 +192,10 @@ void p11_objects_clear(void);
 p11_object *p11_object_get(CK_OBJECT_HANDLE h);
 /* A new session object for a derived secret (its handle set, the rest zero). */
 p11_object *p11_object_add_derived(CK_SESSION_HANDLE owner);
+/* A CK_BBOOL template attribute: true and *out set when present and well formed. */
+bool p11_attr_bool(const CK_ATTRIBUTE *a, bool *out);
+/* A CK_ULONG template attribute: absent (true, *out untouched), or well formed. */
+bool p11_attr_ulong(const CK_ATTRIBUTE *a, CK_ULONG *out);
 /* Destroys one derived secret. */
 void p11_object_drop(CK_OBJECT_HANDLE h);
 /* Destroys the derived secrets of a session that closes. */
