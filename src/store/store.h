@@ -576,4 +576,101 @@ typedef hsm_result (*hsm_access_key_cb)(const hsm_access_key_record *k, void *ar
 hsm_result hsm_store_access_key_list(hsm_store *s, const char *user, hsm_access_key_cb cb,
                                      void *arg) HSM_MUST_CHECK;
 
+/* ---- Quorum approvals ----------------------------------------------------------- */
+
+/*
+ * A sensitive request waiting for custodians (kms/approvals.c): one record
+ * per distinct request, named by its fingerprint, with the custodians who
+ * approved it.  The store keeps the rules that must hold under concurrency
+ * (one open request per fingerprint, distinct approvers, one use); who may
+ * approve is the KMS layer's business.  Approvals are short-lived and are
+ * not part of hsm_store_copy or backups.
+ */
+typedef enum hsm_approval_state {
+	HSM_APPROVAL_PENDING,   /* open: collecting approvals (it may already hold enough) */
+	HSM_APPROVAL_USED,      /* closed: the approved request ran */
+	HSM_APPROVAL_DENIED,    /* closed: a custodian refused it */
+	HSM_APPROVAL_CANCELLED, /* closed: its requester withdrew it */
+	HSM_APPROVAL_STATE_COUNT
+} hsm_approval_state;
+/* "Pending", "Used", "Denied", "Cancelled" (abort outside the enumeration). */
+const char *hsm_approval_state_name(hsm_approval_state s);
+hsm_result hsm_approval_state_parse(const char *name, hsm_approval_state *out) HSM_MUST_CHECK;
+
+#define HSM_APPROVAL_ID_LEN 32          /* lowercase hex */
+#define HSM_APPROVAL_FINGERPRINT_LEN 64 /* lowercase hex (a SHA-256) */
+#define HSM_APPROVAL_OP_MAX 64
+#define HSM_APPROVAL_REQUEST_MAX 65536  /* bytes of the request's text */
+#define HSM_APPROVERS_MAX 16
+typedef struct hsm_approval_record {
+	char id[HSM_APPROVAL_ID_LEN + 1];
+	char fingerprint[HSM_APPROVAL_FINGERPRINT_LEN + 1];
+	char operation[HSM_APPROVAL_OP_MAX + 1];   /* "ScheduleKeyDeletion" */
+	char requester[HSM_USER_NAME_MAX + 1];
+	char *request; /* owned text (the request's canonical JSON); never NULL after a get */
+	hsm_approval_state state;
+	uint32_t required; /* approvals needed, 1..HSM_APPROVERS_MAX */
+	int64_t created;   /* epoch seconds */
+	int64_t expires;   /* epoch seconds; no approval or use at or after it */
+	int64_t closed;    /* epoch seconds it left Pending; 0 while Pending */
+	char closed_by[HSM_USER_NAME_MAX + 1]; /* who denied or cancelled it; "" otherwise */
+	uint32_t n_approvers;
+	char approvers[HSM_APPROVERS_MAX][HSM_USER_NAME_MAX + 1]; /* in the order they approved */
+} hsm_approval_record;
+void hsm_approval_record_clear(hsm_approval_record *r);
+typedef hsm_result (*hsm_approval_cb)(const hsm_approval_record *a, void *arg);
+
+/*
+ * Opens a request for approval, or finds the one already open for the same
+ * request.  In one write transaction: when a Pending record with
+ * a->fingerprint and expires > a->created exists, *out receives it and
+ * nothing is written; else a (state Pending, no approvers, closed 0,
+ * closed_by "") is inserted and *out receives it.  ALREADY_EXISTS for a
+ * duplicate id; VALIDATION for a malformed id or fingerprint, an empty
+ * operation or requester, required outside 1..HSM_APPROVERS_MAX, expires <=
+ * created, or request NULL or longer than HSM_APPROVAL_REQUEST_MAX.
+ */
+hsm_result hsm_store_approval_open(hsm_store *s, const hsm_approval_record *a,
+                                   hsm_approval_record *out) HSM_MUST_CHECK;
+/* NOT_FOUND when absent (and for a malformed id). */
+hsm_result hsm_store_approval_get(hsm_store *s, const char *id,
+                                  hsm_approval_record *out) HSM_MUST_CHECK;
+/* The open request (Pending, expires > now) with this fingerprint; NOT_FOUND when none. */
+hsm_result hsm_store_approval_find(hsm_store *s, const char *fingerprint, int64_t now,
+                                   hsm_approval_record *out) HSM_MUST_CHECK;
+/*
+ * Adds approver to an open request, atomically.  NOT_FOUND when absent;
+ * INVALID_STATE when it is not Pending or has expired (expires <= now);
+ * ALREADY_EXISTS when approver already approved it; LIMIT_EXCEEDED when it
+ * holds HSM_APPROVERS_MAX approvers.  *out (optional) receives the record after.
+ */
+hsm_result hsm_store_approval_approve(hsm_store *s, const char *id, const char *approver,
+                                      int64_t now, hsm_approval_record *out) HSM_MUST_CHECK;
+/*
+ * Closes an open request, atomically: to is USED, DENIED or CANCELLED (else
+ * VALIDATION); by ("" allowed for USED) is kept in closed_by for DENIED and
+ * CANCELLED; closed = now.  NOT_FOUND when absent; INVALID_STATE when it is
+ * not Pending, has expired, or (to USED) holds fewer approvers than it
+ * requires.  So of two identical approved requests racing, one uses it.
+ * *out (optional) receives the record after.
+ */
+hsm_result hsm_store_approval_close(hsm_store *s, const char *id, hsm_approval_state to,
+                                    const char *by, int64_t now,
+                                    hsm_approval_record *out) HSM_MUST_CHECK;
+/*
+ * Undoes a USED close (the approved request failed, so its approvals stand):
+ * Used -> Pending, closed 0, approvers kept.  NOT_FOUND when absent;
+ * INVALID_STATE when it is not Used.
+ */
+hsm_result hsm_store_approval_reopen(hsm_store *s, const char *id) HSM_MUST_CHECK;
+/*
+ * Newest first (created descending, then id), at most limit (1..HSM_STORE_LIST_MAX);
+ * open_only keeps the open ones (Pending, expires > now).
+ */
+hsm_result hsm_store_approval_list(hsm_store *s, bool open_only, int64_t now, size_t limit,
+                                   hsm_approval_cb cb, void *arg) HSM_MUST_CHECK;
+/* Deletes every record whose expires is before `before`, whatever its state; *deleted (optional) counts them. */
+hsm_result hsm_store_approval_purge(hsm_store *s, int64_t before,
+                                    uint64_t *deleted) HSM_MUST_CHECK;
+
 #endif
