@@ -41,6 +41,14 @@ static const char *const rotation_type_names[] = {
 	[HSM_ROTATION_ON_DEMAND] = "ON_DEMAND",
 };
 
+/* States of a quorum approval (store.h, "Quorum approvals"). */
+static const char *const approval_state_names[HSM_APPROVAL_STATE_COUNT] = {
+	[HSM_APPROVAL_PENDING] = "Pending",
+	[HSM_APPROVAL_USED] = "Used",
+	[HSM_APPROVAL_DENIED] = "Denied",
+	[HSM_APPROVAL_CANCELLED] = "Cancelled",
+};
+
 #define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
 
 static hsm_result name_parse(const char *const *names, size_t n, const char *name,
@@ -78,6 +86,12 @@ const char *hsm_rotation_type_name(hsm_rotation_type t)
 {
 	HSM_ASSERT((unsigned)t < COUNT_OF(rotation_type_names));
 	return rotation_type_names[t];
+}
+
+const char *hsm_approval_state_name(hsm_approval_state s)
+{
+	HSM_ASSERT((unsigned)s < COUNT_OF(approval_state_names));
+	return approval_state_names[s];
 }
 
 hsm_result hsm_role_parse(const char *name, hsm_role *out)
@@ -146,6 +160,15 @@ hsm_result hsm_rotation_type_parse(const char *name, hsm_rotation_type *out)
 	return HSM_SUCCESS;
 }
 
+hsm_result hsm_approval_state_parse(const char *name, hsm_approval_state *out)
+{
+	unsigned v = 0; /* set on success; gcc -O3 cannot tell */
+	HSM_GUARD(name_parse(approval_state_names, COUNT_OF(approval_state_names), name,
+	                     "approval state", &v));
+	*out = (hsm_approval_state)v;
+	return HSM_SUCCESS;
+}
+
 /* ---- Records ------------------------------------------------------------------ */
 
 void hsm_key_record_clear(hsm_key_record *r)
@@ -180,6 +203,14 @@ void hsm_grant_record_clear(hsm_grant_record *r)
 	if (r == NULL)
 		return;
 	free(r->constraints);
+	memset(r, 0, sizeof(*r));
+}
+
+void hsm_approval_record_clear(hsm_approval_record *r)
+{
+	if (r == NULL)
+		return;
+	free(r->request);
 	memset(r, 0, sizeof(*r));
 }
 
@@ -244,6 +275,17 @@ static hsm_result check_lookup(const char *s, size_t cap, const char *what)
 }
 
 #define KEY_ID_CAP (HSM_UUID_STRLEN + 1)
+
+/* Whether s is exactly len lowercase hex digits (reads at most len + 1 bytes of it). */
+static bool is_lower_hex(const char *s, size_t len)
+{
+	HSM_ASSERT(s != NULL);
+	size_t n = strnlen(s, len + 1);
+	bool ok = n == len;
+	for (size_t i = 0; ok && i < n; i++)
+		ok = (s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f');
+	return ok;
+}
 
 static hsm_result check_limit(size_t limit)
 {
@@ -588,12 +630,8 @@ hsm_result hsm_store_tags_list(hsm_store *s, const char *key_id, const char *aft
  */
 static hsm_result check_grant_id(const char *id)
 {
-	HSM_ASSERT(id != NULL);
-	size_t n = strnlen(id, HSM_GRANT_ID_LEN + 1);
-	bool ok = n == HSM_GRANT_ID_LEN;
-	for (size_t i = 0; ok && i < n; i++)
-		ok = (id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f');
-	HSM_ENSURE(ok, HSM_ERR_VALIDATION, "a grant id is %d lowercase hex digits", HSM_GRANT_ID_LEN);
+	HSM_ENSURE(is_lower_hex(id, HSM_GRANT_ID_LEN), HSM_ERR_VALIDATION,
+	           "a grant id is %d lowercase hex digits", HSM_GRANT_ID_LEN);
 	return HSM_SUCCESS;
 }
 
@@ -731,6 +769,121 @@ hsm_result hsm_store_access_key_list(hsm_store *s, const char *user, hsm_access_
 	if (user != NULL)
 		HSM_GUARD(check_lookup(user, USER_CAP, "user"));
 	return s->ops->access_key_list(s, user, cb, arg);
+}
+
+/* ---- Quorum approvals ------------------------------------------------------------------------ */
+
+/*
+ * Approval ids have one shape (HSM_APPROVAL_ID_LEN lowercase hex digits,
+ * store.h): any other text names no approval, so a lookup by it is
+ * NOT_FOUND (the contract of hsm_store_approval_get), and so is every other
+ * lookup by id, as the general rule for identifiers that cannot exist says.
+ */
+static hsm_result check_approval_id(const char *id)
+{
+	HSM_ENSURE(is_lower_hex(id, HSM_APPROVAL_ID_LEN), HSM_ERR_NOT_FOUND,
+	           "approval %.*s does not exist", HSM_APPROVAL_ID_LEN, id);
+	return HSM_SUCCESS;
+}
+
+static hsm_result check_fingerprint(const char *fingerprint)
+{
+	HSM_ENSURE(is_lower_hex(fingerprint, HSM_APPROVAL_FINGERPRINT_LEN), HSM_ERR_VALIDATION,
+	           "an approval fingerprint is %d lowercase hex digits",
+	           HSM_APPROVAL_FINGERPRINT_LEN);
+	return HSM_SUCCESS;
+}
+
+static hsm_result check_approval_record(const hsm_approval_record *a)
+{
+	HSM_ASSERT(a != NULL);
+	HSM_ENSURE(is_lower_hex(a->id, HSM_APPROVAL_ID_LEN), HSM_ERR_VALIDATION,
+	           "an approval id is %d lowercase hex digits", HSM_APPROVAL_ID_LEN);
+	HSM_GUARD(check_fingerprint(a->fingerprint));
+	HSM_GUARD(check_name(a->operation, sizeof(a->operation), "approval operation"));
+	HSM_GUARD(check_name(a->requester, sizeof(a->requester), "approval requester"));
+	HSM_ENSURE(a->required >= 1 && a->required <= HSM_APPROVERS_MAX, HSM_ERR_VALIDATION,
+	           "an approval requires between 1 and %d approvers", HSM_APPROVERS_MAX);
+	HSM_ENSURE(a->expires > a->created, HSM_ERR_VALIDATION,
+	           "an approval must expire after it is created");
+	HSM_ENSURE(a->request != NULL, HSM_ERR_VALIDATION, "an approval needs its request");
+	HSM_ENSURE(strnlen(a->request, HSM_APPROVAL_REQUEST_MAX + 1) <= HSM_APPROVAL_REQUEST_MAX,
+	           HSM_ERR_VALIDATION, "an approval's request is longer than %d bytes",
+	           HSM_APPROVAL_REQUEST_MAX);
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_store_approval_open(hsm_store *s, const hsm_approval_record *a,
+                                   hsm_approval_record *out)
+{
+	HSM_ASSERT(s != NULL && out != NULL);
+	HSM_GUARD(check_approval_record(a));
+	return s->ops->approval_open(s, a, out);
+}
+
+hsm_result hsm_store_approval_get(hsm_store *s, const char *id, hsm_approval_record *out)
+{
+	HSM_ASSERT(s != NULL && out != NULL);
+	HSM_GUARD(check_approval_id(id));
+	return s->ops->approval_get(s, id, out);
+}
+
+hsm_result hsm_store_approval_find(hsm_store *s, const char *fingerprint, int64_t now,
+                                   hsm_approval_record *out)
+{
+	HSM_ASSERT(s != NULL && out != NULL);
+	HSM_GUARD(check_fingerprint(fingerprint));
+	return s->ops->approval_find(s, fingerprint, now, out);
+}
+
+hsm_result hsm_store_approval_approve(hsm_store *s, const char *id, const char *approver,
+                                      int64_t now, hsm_approval_record *out)
+{
+	HSM_ASSERT(s != NULL);
+	HSM_GUARD(check_name(approver, USER_CAP, "approver"));
+	HSM_GUARD(check_approval_id(id));
+	return s->ops->approval_approve(s, id, approver, now, out);
+}
+
+hsm_result hsm_store_approval_close(hsm_store *s, const char *id, hsm_approval_state to,
+                                    const char *by, int64_t now, hsm_approval_record *out)
+{
+	HSM_ASSERT(s != NULL && by != NULL);
+	HSM_ENSURE(to == HSM_APPROVAL_USED || to == HSM_APPROVAL_DENIED ||
+	               to == HSM_APPROVAL_CANCELLED,
+	           HSM_ERR_VALIDATION, "an approval closes as Used, Denied or Cancelled");
+	/* Who refused or withdrew a request is on record; a use is the requester's own. */
+	if (to == HSM_APPROVAL_USED)
+		HSM_GUARD(check_fits(by, USER_CAP, "closing user"));
+	else
+		HSM_GUARD(check_name(by, USER_CAP, "closing user"));
+	HSM_GUARD(check_approval_id(id));
+	return s->ops->approval_close(s, id, to, to == HSM_APPROVAL_USED ? "" : by, now, out);
+}
+
+hsm_result hsm_store_approval_reopen(hsm_store *s, const char *id)
+{
+	HSM_ASSERT(s != NULL);
+	HSM_GUARD(check_approval_id(id));
+	return s->ops->approval_reopen(s, id);
+}
+
+hsm_result hsm_store_approval_list(hsm_store *s, bool open_only, int64_t now, size_t limit,
+                                   hsm_approval_cb cb, void *arg)
+{
+	HSM_ASSERT(s != NULL && cb != NULL);
+	HSM_GUARD(check_limit(limit));
+	return s->ops->approval_list(s, open_only, now, limit, cb, arg);
+}
+
+hsm_result hsm_store_approval_purge(hsm_store *s, int64_t before, uint64_t *deleted)
+{
+	HSM_ASSERT(s != NULL);
+	uint64_t n = 0;
+	HSM_GUARD(s->ops->approval_purge(s, before, &n));
+	if (deleted != NULL)
+		*deleted = n;
+	return HSM_SUCCESS;
 }
 
 /* ---- Helpers every backend uses ------------------------------------------------------ */
@@ -891,5 +1044,94 @@ hsm_result st_fill_empty(char **s)
 		*s = strdup("");
 		HSM_ENSURE(*s != NULL, HSM_ERR_NOMEM, "out of memory");
 	}
+	return HSM_SUCCESS;
+}
+
+/* ---- Approvals' rules (store.h, "Quorum approvals") ----------------------------------------- */
+
+/* Open: Pending and not expired (expiry is checked at each use: nothing marks it in the store). */
+static hsm_result check_open(const hsm_approval_record *a, int64_t now)
+{
+	HSM_ENSURE(a->state == HSM_APPROVAL_PENDING, HSM_ERR_INVALID_STATE, "approval %s is %s",
+	           a->id, hsm_approval_state_name(a->state));
+	HSM_ENSURE(now < a->expires, HSM_ERR_INVALID_STATE, "approval %s has expired", a->id);
+	return HSM_SUCCESS;
+}
+
+hsm_result st_approval_fresh(const hsm_approval_record *a, hsm_approval_record *out)
+{
+	hsm_approval_record r = {0};
+	memcpy(r.id, a->id, sizeof(r.id));
+	memcpy(r.fingerprint, a->fingerprint, sizeof(r.fingerprint));
+	memcpy(r.operation, a->operation, sizeof(r.operation));
+	memcpy(r.requester, a->requester, sizeof(r.requester));
+	r.state = HSM_APPROVAL_PENDING;
+	r.required = a->required;
+	r.created = a->created;
+	r.expires = a->expires;
+	r.request = strdup(a->request);
+	HSM_ENSURE(r.request != NULL, HSM_ERR_NOMEM, "out of memory");
+	*out = r;
+	return HSM_SUCCESS;
+}
+
+hsm_result st_approval_add(hsm_approval_record *a, const char *approver)
+{
+	HSM_ENSURE(a->n_approvers < HSM_APPROVERS_MAX, HSM_ERR_STORE,
+	           "store record is corrupt: approval %s has too many approvers", a->id);
+	HSM_ENSURE(strlen(approver) < sizeof(a->approvers[0]), HSM_ERR_STORE,
+	           "store record is corrupt: approver name longer than its field");
+	memcpy(a->approvers[a->n_approvers], approver, strlen(approver) + 1);
+	a->n_approvers++;
+	return HSM_SUCCESS;
+}
+
+hsm_result st_approval_page_find(const st_vec *page, size_t *at, const char *id,
+                                 hsm_approval_record **out)
+{
+	for (; *at < page->n; (*at)++) {
+		hsm_approval_record *a = st_vec_at(page, *at);
+		if (strcmp(a->id, id) == 0) {
+			*out = a;
+			return HSM_SUCCESS;
+		}
+	}
+	return HSM_FAIL(HSM_ERR_STORE, "store read an approver of an approval outside the page");
+}
+
+hsm_result st_approval_approve(hsm_approval_record *a, const char *approver, int64_t now)
+{
+	HSM_GUARD(check_open(a, now));
+	for (uint32_t i = 0; i < a->n_approvers; i++)
+		HSM_ENSURE(strcmp(a->approvers[i], approver) != 0, HSM_ERR_ALREADY_EXISTS,
+		           "%s already approved approval %s", approver, a->id);
+	HSM_ENSURE(a->n_approvers < HSM_APPROVERS_MAX, HSM_ERR_LIMIT_EXCEEDED,
+	           "approval %s already holds %d approvers, the most allowed", a->id,
+	           HSM_APPROVERS_MAX);
+	return st_approval_add(a, approver);
+}
+
+hsm_result st_approval_close(hsm_approval_record *a, hsm_approval_state to, const char *by,
+                             int64_t now)
+{
+	HSM_GUARD(check_open(a, now));
+	HSM_ENSURE(to != HSM_APPROVAL_USED || a->n_approvers >= a->required, HSM_ERR_INVALID_STATE,
+	           "approval %s holds %u of the %u approvals it requires", a->id, a->n_approvers,
+	           a->required);
+	HSM_ENSURE(strlen(by) < sizeof(a->closed_by), HSM_ERR_INTERNAL, "closing user too long");
+	a->state = to;
+	a->closed = now;
+	memcpy(a->closed_by, by, strlen(by) + 1);
+	return HSM_SUCCESS;
+}
+
+hsm_result st_approval_reopen(hsm_approval_record *a)
+{
+	HSM_ENSURE(a->state == HSM_APPROVAL_USED, HSM_ERR_INVALID_STATE,
+	           "approval %s is %s: only a used approval reopens", a->id,
+	           hsm_approval_state_name(a->state));
+	a->state = HSM_APPROVAL_PENDING;
+	a->closed = 0;
+	a->closed_by[0] = '\0';
 	return HSM_SUCCESS;
 }

@@ -132,6 +132,27 @@ struct hsm_store_ops {
 	                              void *arg);
 
 	/*
+	 * Quorum approvals (store.h).  open: a is checked and a->request is not
+	 * NULL; out is never NULL.  approve and close: out may be NULL.  close:
+	 * to is USED, DENIED or CANCELLED and by is what closed_by becomes ("" for
+	 * USED).  purge: deleted is never NULL.  Approvals are not exported or
+	 * imported: they are not part of copies and backups.
+	 */
+	hsm_result (*approval_open)(hsm_store *s, const hsm_approval_record *a,
+	                            hsm_approval_record *out);
+	hsm_result (*approval_get)(hsm_store *s, const char *id, hsm_approval_record *out);
+	hsm_result (*approval_find)(hsm_store *s, const char *fingerprint, int64_t now,
+	                            hsm_approval_record *out);
+	hsm_result (*approval_approve)(hsm_store *s, const char *id, const char *approver,
+	                               int64_t now, hsm_approval_record *out);
+	hsm_result (*approval_close)(hsm_store *s, const char *id, hsm_approval_state to,
+	                             const char *by, int64_t now, hsm_approval_record *out);
+	hsm_result (*approval_reopen)(hsm_store *s, const char *id);
+	hsm_result (*approval_list)(hsm_store *s, bool open_only, int64_t now, size_t limit,
+	                            hsm_approval_cb cb, void *arg);
+	hsm_result (*approval_purge)(hsm_store *s, int64_t before, uint64_t *deleted);
+
+	/*
 	 * Passes every record to sink, all read in one read transaction (one
 	 * consistent state of the store).  Unlike list callbacks, the sink runs
 	 * while that transaction is open: it must not call this store.  A sink's
@@ -221,6 +242,33 @@ hsm_result st_fill_empty(char **s) HSM_MUST_CHECK;
  */
 hsm_result st_edit_key(hsm_key_record *rec, const char *key_id, hsm_key_update_fn fn, void *arg,
                        bool new_version) HSM_MUST_CHECK;
+
+/*
+ * The rules of the approval functions (store.h, "Quorum approvals"), shared
+ * by the backends.  A backend loads the record with its approvers inside its
+ * write transaction (locked against other writers), applies one of these,
+ * which fails as the contract says or changes the record as it must be
+ * written, and then writes that change.
+ */
+/* The record hsm_store_approval_open inserts for a (checked): Pending, no approvers, open. */
+hsm_result st_approval_fresh(const hsm_approval_record *a, hsm_approval_record *out) HSM_MUST_CHECK;
+/* Appends an approver read back from the store (STORE when it cannot hold one more). */
+hsm_result st_approval_add(hsm_approval_record *a, const char *approver) HSM_MUST_CHECK;
+/* Checks approve's rules and appends approver (its position is a->n_approvers after). */
+hsm_result st_approval_approve(hsm_approval_record *a, const char *approver,
+                               int64_t now) HSM_MUST_CHECK;
+/* Checks close's rules and sets state, closed and closed_by. */
+hsm_result st_approval_close(hsm_approval_record *a, hsm_approval_state to, const char *by,
+                             int64_t now) HSM_MUST_CHECK;
+/* Checks reopen's rule and makes the record Pending again (approvers kept). */
+hsm_result st_approval_reopen(hsm_approval_record *a) HSM_MUST_CHECK;
+/*
+ * Lists read a page of records, then their approvers in the same order
+ * (records without approvers have no rows): finds the record of id at or
+ * after page[*at], moving *at there.
+ */
+hsm_result st_approval_page_find(const st_vec *page, size_t *at, const char *id,
+                                 hsm_approval_record **out) HSM_MUST_CHECK;
 
 /* Opens a backend at its location (the part after the prefix, or all of it: store.c's table). */
 typedef hsm_result (*hsm_store_backend_open_fn)(const char *location, hsm_store **out);
