@@ -10,6 +10,7 @@
  *   store_sqlite_names.c       aliases and tags
  *   store_sqlite_grants.c      grants
  *   store_sqlite_principals.c  metadata, users, access keys
+ *   store_sqlite_approvals.c   quorum approvals
  *   store_sqlite_copy.c        export and import (hsm_store_copy)
  *
  * Concurrency: one write connection, guarded by a mutex and used only inside
@@ -235,6 +236,20 @@ hsm_result sq_access_key_create(hsm_store *s, const hsm_access_key_record *k);
 hsm_result sq_access_key_get(hsm_store *s, const char *access_key_id, hsm_access_key_record *out);
 hsm_result sq_access_key_set_active(hsm_store *s, const char *access_key_id, bool active);
 hsm_result sq_access_key_list(hsm_store *s, const char *user, hsm_access_key_cb cb, void *arg);
+
+hsm_result sq_approval_open(hsm_store *s, const hsm_approval_record *a, hsm_approval_record *out);
+hsm_result sq_approval_get(hsm_store *s, const char *id, hsm_approval_record *out);
+hsm_result sq_approval_find(hsm_store *s, const char *fingerprint, int64_t now,
+                            hsm_approval_record *out);
+hsm_result sq_approval_approve(hsm_store *s, const char *id, const char *approver, int64_t now,
+                               hsm_approval_record *out);
+hsm_result sq_approval_close(hsm_store *s, const char *id, hsm_approval_state to, const char *by,
+                             int64_t now, hsm_approval_record *out);
+hsm_result sq_approval_reopen(hsm_store *s, const char *id);
+hsm_result sq_approval_list(hsm_store *s, bool open_only, int64_t now, size_t limit,
+                            hsm_approval_cb cb, void *arg);
+hsm_result sq_approval_purge(hsm_store *s, int64_t before, uint64_t *deleted);
+
 hsm_result sq_export(hsm_store *s, const hsm_store_sink *sink);
 hsm_result sq_import(hsm_store *s, hsm_store_producer produce, void *arg);
 

@@ -191,6 +191,40 @@ static const migration migrations[] = {
 	 "  (SELECT k.valid_to FROM keys k WHERE k.id = key_versions.key_id) "
 	 "WHERE length(digest) > 0 AND length(wrapped) > 0;",
 	 false},
+	/*
+	 * Quorum approvals (store.h): a request waiting for custodians, and its
+	 * approvers numbered in the order they approved.  The primary key keeps
+	 * approvers distinct, the position's uniqueness and range the count.
+	 * Deleting a request deletes its approvers (purge).  Indexes: the open
+	 * request of a fingerprint (open, find), newest first (list), by expiry
+	 * (purge).
+	 */
+	{6,
+	 "CREATE TABLE approvals ("
+	 "  id          TEXT PRIMARY KEY,"
+	 "  fingerprint TEXT NOT NULL,"
+	 "  operation   TEXT NOT NULL,"
+	 "  requester   TEXT NOT NULL,"
+	 "  request     TEXT NOT NULL,"
+	 "  state       TEXT NOT NULL CHECK (state IN ('Pending', 'Used', 'Denied', 'Cancelled')),"
+	 "  required    INTEGER NOT NULL CHECK (required BETWEEN 1 AND 16),"
+	 "  created     INTEGER NOT NULL,"
+	 "  expires     INTEGER NOT NULL,"
+	 "  closed      INTEGER NOT NULL,"
+	 "  closed_by   TEXT NOT NULL"
+	 ");"
+	 "CREATE INDEX approvals_open ON approvals (fingerprint, state, expires);"
+	 "CREATE INDEX approvals_newest ON approvals (created DESC, id);"
+	 "CREATE INDEX approvals_expiry ON approvals (expires);"
+	 "CREATE TABLE approval_votes ("
+	 "  approval_id TEXT NOT NULL REFERENCES approvals (id) ON DELETE CASCADE,"
+	 "  approver    TEXT NOT NULL,"
+	 "  position    INTEGER NOT NULL CHECK (position BETWEEN 1 AND 16),"
+	 "  created     INTEGER NOT NULL,"
+	 "  PRIMARY KEY (approval_id, approver),"
+	 "  UNIQUE (approval_id, position)"
+	 ") WITHOUT ROWID;",
+	 false},
 };
 
 #define MIGRATION_COUNT ((int)(sizeof(migrations) / sizeof(migrations[0])))

@@ -357,9 +357,34 @@ static inline void st_poison(st_fixture *f, const char *table, const char *cond)
 	st_poison_on(f, "INSERT", table, cond);
 }
 
+/* The raw part of st_schema_before_approvals, on a closed store. */
+static inline void st_drop_approvals(st_fixture *f)
+{
+	if (st_is_pg())
+		return;
+	assert_int_equal(st_raw_exec(f->dir, "BEGIN;"
+	                                     "DROP TABLE approval_votes;"
+	                                     "DROP TABLE approvals;"
+	                                     "DELETE FROM schema_version WHERE version >= 6;"
+	                                     "COMMIT"),
+	                 SQLITE_OK);
+}
+
+/*
+ * Closes the store and takes it back to the schema before quorum approvals
+ * (SQLite step 5), keeping its other records.
+ */
+static inline void st_schema_before_approvals(st_fixture *f)
+{
+	hsm_store_close(f->s);
+	f->s = NULL;
+	st_drop_approvals(f);
+}
+
 /* The raw part of st_schema_before_version_material, on a closed store. */
 static inline void st_drop_version_material(st_fixture *f)
 {
+	st_drop_approvals(f);
 	if (st_is_pg()) {
 		assert_int_equal(st_pg_exec(f->db,
 		                            "BEGIN;"
