@@ -10,6 +10,7 @@
  *   store_pg_names.c       aliases and tags
  *   store_pg_grants.c      grants
  *   store_pg_principals.c  metadata, users, access keys
+ *   store_pg_approvals.c   quorum approvals
  *   store_pg_copy.c        export, import and snapshot
  *
  * Why this backend exists: several hsmd nodes share one database.  So there
@@ -288,6 +289,19 @@ hsm_result pg_access_key_create(hsm_store *s, const hsm_access_key_record *k);
 hsm_result pg_access_key_get(hsm_store *s, const char *access_key_id, hsm_access_key_record *out);
 hsm_result pg_access_key_set_active(hsm_store *s, const char *access_key_id, bool active);
 hsm_result pg_access_key_list(hsm_store *s, const char *user, hsm_access_key_cb cb, void *arg);
+
+hsm_result pg_approval_open(hsm_store *s, const hsm_approval_record *a, hsm_approval_record *out);
+hsm_result pg_approval_get(hsm_store *s, const char *id, hsm_approval_record *out);
+hsm_result pg_approval_find(hsm_store *s, const char *fingerprint, int64_t now,
+                            hsm_approval_record *out);
+hsm_result pg_approval_approve(hsm_store *s, const char *id, const char *approver, int64_t now,
+                               hsm_approval_record *out);
+hsm_result pg_approval_close(hsm_store *s, const char *id, hsm_approval_state to, const char *by,
+                             int64_t now, hsm_approval_record *out);
+hsm_result pg_approval_reopen(hsm_store *s, const char *id);
+hsm_result pg_approval_list(hsm_store *s, bool open_only, int64_t now, size_t limit,
+                            hsm_approval_cb cb, void *arg);
+hsm_result pg_approval_purge(hsm_store *s, int64_t before, uint64_t *deleted);
 
 hsm_result pg_export(hsm_store *s, const hsm_store_sink *sink);
 hsm_result pg_import(hsm_store *s, hsm_store_producer produce, void *arg);

@@ -151,6 +151,37 @@ static const migration migrations[] = {
 	 "UPDATE key_versions v SET valid_to = k.valid_to FROM keys k "
 	 "WHERE k.id = v.key_id AND k.valid_to <> 0 AND length(v.digest) > 0 "
 	 "AND length(v.wrapped) > 0;"},
+	/*
+	 * Quorum approvals, as the SQLite schema's step 6: requests waiting for
+	 * custodians and their approvers in the order they approved, with the
+	 * same constraints and indexes.  Several nodes approve and use one request
+	 * at once; store_pg_approvals.c says how they serialize.
+	 */
+	{5,
+	 "CREATE TABLE approvals ("
+	 "  id          text COLLATE \"C\" PRIMARY KEY,"
+	 "  fingerprint text COLLATE \"C\" NOT NULL,"
+	 "  operation   text NOT NULL,"
+	 "  requester   text NOT NULL,"
+	 "  request     text NOT NULL,"
+	 "  state       text NOT NULL CHECK (state IN ('Pending', 'Used', 'Denied', 'Cancelled')),"
+	 "  required    bigint NOT NULL CHECK (required BETWEEN 1 AND 16),"
+	 "  created     bigint NOT NULL,"
+	 "  expires     bigint NOT NULL,"
+	 "  closed      bigint NOT NULL,"
+	 "  closed_by   text NOT NULL"
+	 ");"
+	 "CREATE INDEX approvals_open ON approvals (fingerprint, state, expires);"
+	 "CREATE INDEX approvals_newest ON approvals (created DESC, id);"
+	 "CREATE INDEX approvals_expiry ON approvals (expires);"
+	 "CREATE TABLE approval_votes ("
+	 "  approval_id text COLLATE \"C\" NOT NULL REFERENCES approvals (id) ON DELETE CASCADE,"
+	 "  approver    text COLLATE \"C\" NOT NULL,"
+	 "  position    bigint NOT NULL CHECK (position BETWEEN 1 AND 16),"
+	 "  created     bigint NOT NULL,"
+	 "  PRIMARY KEY (approval_id, approver),"
+	 "  UNIQUE (approval_id, position)"
+	 ");"},
 };
 
 #define MIGRATION_COUNT ((int)(sizeof(migrations) / sizeof(migrations[0])))

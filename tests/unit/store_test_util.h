@@ -360,8 +360,15 @@ static inline void st_poison(st_fixture *f, const char *table, const char *cond)
 /* The raw part of st_schema_before_approvals, on a closed store. */
 static inline void st_drop_approvals(st_fixture *f)
 {
-	if (st_is_pg())
+	if (st_is_pg()) {
+		assert_int_equal(st_pg_exec(f->db, "BEGIN;"
+		                                   "DROP TABLE approval_votes;"
+		                                   "DROP TABLE approvals;"
+		                                   "DELETE FROM schema_version WHERE version >= 5;"
+		                                   "COMMIT"),
+		                 0);
 		return;
+	}
 	assert_int_equal(st_raw_exec(f->dir, "BEGIN;"
 	                                     "DROP TABLE approval_votes;"
 	                                     "DROP TABLE approvals;"
@@ -372,7 +379,7 @@ static inline void st_drop_approvals(st_fixture *f)
 
 /*
  * Closes the store and takes it back to the schema before quorum approvals
- * (SQLite step 5), keeping its other records.
+ * (SQLite step 5, PostgreSQL step 4), keeping its other records.
  */
 static inline void st_schema_before_approvals(st_fixture *f)
 {
