@@ -292,11 +292,31 @@ hsm_result sq_write_end_scrub(sq_store *s, sq_conn *c, hsm_result res)
 /* ---- Snapshot ------------------------------------------------------------------------------- */
 
 /*
+ * Approvals are short-lived and no part of copies and backups (store.h), so
+ * the copy drops them.  It is a private scratch file, removed on any failure,
+ * so it needs no journal beside it and no sync; secure_delete (conn_open)
+ * zeroes the pages they held.
+ */
+static hsm_result drop_approvals(const char *path)
+{
+	static const char sql[] = "PRAGMA query_only=OFF; PRAGMA journal_mode=MEMORY;"
+	                          "PRAGMA synchronous=OFF; BEGIN IMMEDIATE;"
+	                          "DELETE FROM approval_votes; DELETE FROM approvals; COMMIT";
+	sq_conn *c = NULL;
+	HSM_GUARD(conn_open(path, false, &c));
+	int rc = sqlite3_exec(c->db, sql, NULL, NULL, NULL);
+	hsm_result res = rc == SQLITE_OK ? HSM_SUCCESS : sq_fail(c, rc, "drop approvals from a copy");
+	conn_close(c); /* rolls back what a failure left open */
+	return res;
+}
+
+/*
  * VACUUM INTO reads the database in one read transaction (a consistent
  * snapshot that the writer does not wait for) and writes a compact copy.  It
  * needs a connection that may write, though only to the new file, so it gets
  * its own connection rather than a pooled query-only one.  The file is made
  * first, empty and with mode 0600, as VACUUM INTO would create it 0644.
+ * Then the approvals leave the copy (drop_approvals).
  */
 static hsm_result sq_snapshot(hsm_store *base, const char *path)
 {
@@ -316,6 +336,8 @@ static hsm_result sq_snapshot(hsm_store *base, const char *path)
 		rc = sqlite3_step(st);
 	if (rc != SQLITE_DONE)
 		res = sq_fail(c, rc, "copy the store");
+	else
+		res = drop_approvals(path);
 out:
 	sqlite3_finalize(st);
 	conn_close(c);
