@@ -74,6 +74,7 @@
 	X(HSM_ERR_DEPENDENCY_TIMEOUT, "DependencyTimeoutException", 503, 0x030UL)       \
 	X(HSM_ERR_KEY_UNAVAILABLE, "KeyUnavailableException", 500, 0x030UL)             \
 	X(HSM_ERR_QUORUM_REQUIRED, "QuorumRequiredException", 400, 0x1B0UL)             \
+	X(HSM_ERR_APPROVAL_REQUIRED, "ApprovalRequiredException", 400, 0x1B0UL)         \
 	X(HSM_ERR_SHARE_INVALID, "InvalidShareException", 400, 0x0A0UL)                  \
 	X(HSM_ERR_SHARE_MISMATCH, "InvalidShareException", 400, 0x0A0UL)                 \
 	X(HSM_ERR_SHARE_DUPLICATE, "InvalidShareException", 400, 0x0A0UL)               \

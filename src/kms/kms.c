@@ -191,6 +191,8 @@ hsm_result hsm_kms_new(hsm_store *store, hsm_keystore *ks, const hsm_kms_config 
 		kms->cfg.default_rotation_days = 90;
 	if (kms->cfg.default_pending_days <= 0)
 		kms->cfg.default_pending_days = 30;
+	if (kms->cfg.approval_ttl <= 0)
+		kms->cfg.approval_ttl = 86400;
 	kms->clock = system_clock;
 	HSM_TRY(hsm_shmap_new(200000, key_ref, key_unref, &kms->keys));
 	HSM_TRY(hsm_shmap_new(200000, alias_ref, alias_unref, &kms->aliases));

@@ -51,6 +51,7 @@ typedef enum hsm_op_class {
 #define HSM_ROLES_OFFICER HSM_ROLE_BIT(HSM_ROLE_CRYPTO_OFFICER)
 #define HSM_ROLES_USER HSM_ROLE_BIT(HSM_ROLE_CRYPTO_USER)
 #define HSM_ROLES_AUDITOR HSM_ROLE_BIT(HSM_ROLE_AUDITOR)
+#define HSM_ROLES_CUSTODIAN HSM_ROLE_BIT(HSM_ROLE_CUSTODIAN)
 
 typedef enum hsm_op {
 #define HSM_OP_ENUM(name, cls, roles, mutating) HSM_OP_##name,
@@ -136,6 +137,9 @@ typedef struct hsm_kms_config {
 	int64_t jwt_default_lifetime; /* seconds; 0 = 900 (kms/jwt.h) */
 	int64_t jwt_max_lifetime;     /* seconds; 0 = 86400 */
 	int64_t jwt_clock_skew;       /* seconds; 0 = 60 */
+	/* Custodians who must approve a sensitive request (approvals.c); 0 = no approvals. */
+	unsigned approval_quorum;
+	int64_t approval_ttl; /* seconds an approval request stays open; 0 = 86400 */
 } hsm_kms_config;
 
 /* Internal events the caller audits (automatic rotation, destruction). */
@@ -631,6 +635,61 @@ hsm_result hsm_kms_access_key_revoke(hsm_kms *kms, const hsm_caller *caller,
                                      const char *access_key_id) HSM_MUST_CHECK;
 hsm_result hsm_kms_access_key_list(hsm_kms *kms, const hsm_caller *caller, const char *user,
                                    hsm_access_key_cb cb, void *arg) HSM_MUST_CHECK;
+
+/* ---- Quorum approvals (approvals.c) ------------------------------------------------ */
+
+/*
+ * A sensitive request (the caller decides which: server/approvals.c) runs
+ * only once cfg.approval_quorum custodians -- enabled users holding the
+ * custodian role, the requester never among them -- approved that very
+ * request: the same operation, by the same user, with the same parameters.
+ * The first attempt opens an approval request and is refused; custodians
+ * approve it; the identical retry runs and uses it up.  A request that runs
+ * and fails gives its approval back, so a retry after, say, a throttled
+ * store still runs.  Approvals count only while their custodian still is
+ * one: disabling a custodian withdraws their approvals.
+ */
+typedef struct hsm_approval_gate {
+	char id[HSM_APPROVAL_ID_LEN + 1]; /* the approval request involved; "" when none */
+	bool claimed; /* the request may run; hsm_kms_approval_release if it then fails */
+} hsm_approval_gate;
+
+/*
+ * Checks the request (operation name, the request's canonical text) against
+ * the approvals.  Success with g->claimed: approved and now used.  Otherwise
+ * HSM_ERR_APPROVAL_REQUIRED, naming the approval request (opened now, or
+ * already open) and its progress; g->id names it too.
+ */
+hsm_result hsm_kms_approval_gate(hsm_kms *kms, const hsm_caller *caller, const char *operation,
+                                 const char *request, hsm_approval_gate *g) HSM_MUST_CHECK;
+/* Gives a claimed approval back after the request failed (failures are logged). */
+void hsm_kms_approval_release(hsm_kms *kms, const hsm_approval_gate *g);
+
+/* Crypto-officers, auditors and custodians read approval requests; NOT_FOUND when absent. */
+hsm_result hsm_kms_approval_get(hsm_kms *kms, const hsm_caller *caller, const char *id,
+                                hsm_approval_record *out) HSM_MUST_CHECK;
+/* Newest first, at most limit; open_only: those still waiting (Pending, not expired). */
+hsm_result hsm_kms_approval_list(hsm_kms *kms, const hsm_caller *caller, bool open_only,
+                                 size_t limit, hsm_approval_cb cb, void *arg) HSM_MUST_CHECK;
+/* A custodian (not the requester) approves or denies an open request; *out: the record after. */
+hsm_result hsm_kms_approval_approve(hsm_kms *kms, const hsm_caller *caller, const char *id,
+                                    hsm_approval_record *out) HSM_MUST_CHECK;
+hsm_result hsm_kms_approval_deny(hsm_kms *kms, const hsm_caller *caller, const char *id,
+                                 hsm_approval_record *out) HSM_MUST_CHECK;
+/* The requester withdraws an open request. */
+hsm_result hsm_kms_approval_cancel(hsm_kms *kms, const hsm_caller *caller, const char *id,
+                                   hsm_approval_record *out) HSM_MUST_CHECK;
+/*
+ * The key a request that would wait for approval names (id, ARN or alias):
+ * NOT_FOUND, as its handler would answer, when there is none or it is
+ * destroyed, so no approval request is opened for nothing.
+ */
+hsm_result hsm_kms_approval_key(hsm_kms *kms, const char *ref,
+                                char key_id[HSM_UUID_STRLEN + 1]) HSM_MUST_CHECK;
+/* Approvals that count: approvers who still are enabled custodians. */
+unsigned hsm_kms_approval_valid(hsm_kms *kms, const hsm_approval_record *a);
+/* Enabled users holding the custodian role. */
+hsm_result hsm_kms_custodian_count(hsm_kms *kms, unsigned *out) HSM_MUST_CHECK;
 
 /*
  * For SigV4: the user and unwrapped secret behind an access key id.

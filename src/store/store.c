@@ -26,6 +26,7 @@ static const char *const role_names[HSM_ROLE_COUNT] = {
 	[HSM_ROLE_CRYPTO_OFFICER] = "crypto-officer",
 	[HSM_ROLE_CRYPTO_USER] = "crypto-user",
 	[HSM_ROLE_AUDITOR] = "auditor",
+	[HSM_ROLE_CUSTODIAN] = "custodian",
 };
 
 /* KMS Origin values (KeyMetadata.Origin). */

@@ -79,6 +79,7 @@ typedef enum hsm_role {
 	HSM_ROLE_CRYPTO_OFFICER,
 	HSM_ROLE_CRYPTO_USER,
 	HSM_ROLE_AUDITOR,
+	HSM_ROLE_CUSTODIAN, /* approves sensitive requests (kms/approvals.c) */
 	HSM_ROLE_COUNT
 } hsm_role;
 
@@ -89,7 +90,7 @@ typedef enum hsm_role {
  */
 /* "Enabled", "Disabled", "PendingDeletion", "Destroyed", "PendingImport" */
 const char *hsm_key_state_name(hsm_key_state s);
-const char *hsm_role_name(hsm_role r);           /* "crypto-officer", "crypto-user", "auditor" */
+const char *hsm_role_name(hsm_role r);           /* "crypto-officer", "crypto-user", "auditor", "custodian" */
 const char *hsm_key_origin_name(hsm_key_origin o);      /* "AWS_KMS", "EXTERNAL" (KMS Origin) */
 const char *hsm_rotation_type_name(hsm_rotation_type t); /* "NONE", "AUTOMATIC", "ON_DEMAND" */
 hsm_result hsm_role_parse(const char *name, hsm_role *out) HSM_MUST_CHECK;

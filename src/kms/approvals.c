@@ -1,0 +1,313 @@
+/*
+ * approvals.c - quorum approvals of sensitive requests (DESIGN.md "Quorum").
+ *
+ * A request is named by its fingerprint: SHA-256 over a version label, the
+ * operation, the requesting user and the request's canonical text.  Matching
+ * the identical retried request, instead of handing out a token to send
+ * along, is what lets unmodified AWS clients (aws-cli, boto3) live with
+ * approvals: they send the same call again once custodians have approved.
+ *
+ * The store keeps the rules that must hold across nodes and threads (one
+ * open request per fingerprint, each custodian once, one use); this file
+ * keeps who may do what.  Approvals are re-checked when used: an approver
+ * who has since been disabled or lost the custodian role no longer counts.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "common/encoding.h"
+#include "common/log.h"
+#include "crypto/crypto.h"
+#include "kms/kms_internal.h"
+
+#define FINGERPRINT_LABEL "hsmd/v1/approval"
+/* Closed and expired requests are kept this long after they expire, then purged. */
+#define KEEP_SECONDS (90 * 86400)
+
+static void fingerprint(const char *operation, const char *user, const char *request,
+                        char out[HSM_APPROVAL_FINGERPRINT_LEN + 1])
+{
+	/* Each part is NUL-terminated, so no two different triples hash the same text. */
+	size_t n_label = sizeof(FINGERPRINT_LABEL), n_op = strlen(operation) + 1,
+	       n_user = strlen(user) + 1, n_req = strlen(request);
+	hsm_buf b = {0};
+	uint8_t digest[HSM_SHA256_LEN];
+	if (hsm_ok(hsm_buf_put(&b, FINGERPRINT_LABEL, n_label)) &&
+	    hsm_ok(hsm_buf_put(&b, operation, n_op)) && hsm_ok(hsm_buf_put(&b, user, n_user)) &&
+	    hsm_ok(hsm_buf_put(&b, request, n_req))) {
+		hsm_sha256(b.data, b.len, digest);
+		hsm_hex_encode_str(out, digest, sizeof(digest));
+	} else {
+		out[0] = '\0'; /* out of memory: the store refuses an empty fingerprint */
+	}
+	hsm_buf_free(&b);
+}
+
+static bool has_role(const hsm_caller *caller, unsigned roles)
+{
+	return (caller->roles & roles) != 0;
+}
+
+static unsigned required_now(hsm_kms *kms, const hsm_approval_record *a)
+{
+	return a->required > kms->cfg.approval_quorum ? a->required : kms->cfg.approval_quorum;
+}
+
+unsigned hsm_kms_approval_valid(hsm_kms *kms, const hsm_approval_record *a)
+{
+	unsigned n = 0;
+	for (uint32_t i = 0; i < a->n_approvers && i < HSM_APPROVERS_MAX; i++) {
+		hsm_user_record u;
+		if (strcmp(a->approvers[i], a->requester) == 0)
+			continue;
+		if (hsm_ok(hsm_store_user_get(kms->store, a->approvers[i], &u)) && !u.disabled &&
+		    (u.roles & HSM_ROLES_CUSTODIAN) != 0)
+			n++;
+	}
+	return n;
+}
+
+typedef struct count_arg {
+	unsigned n;
+} count_arg;
+
+static hsm_result count_custodian(const hsm_user_record *u, void *arg)
+{
+	count_arg *c = arg;
+	if (!u->disabled && (u->roles & HSM_ROLES_CUSTODIAN) != 0)
+		c->n++;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_kms_custodian_count(hsm_kms *kms, unsigned *out)
+{
+	count_arg c = {0};
+	HSM_GUARD(hsm_store_user_list(kms->store, count_custodian, &c));
+	*out = c.n;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_kms_approval_key(hsm_kms *kms, const char *ref, char key_id[HSM_UUID_STRLEN + 1])
+{
+	kms_key *k = NULL;
+	HSM_GUARD(hsm_kms_resolve(kms, ref, key_id));
+	HSM_GUARD(kms_key_load(kms, key_id, &k));
+	hsm_result r = k->rec.state == HSM_KEY_DESTROYED
+	                   ? HSM_FAIL(HSM_ERR_NOT_FOUND, "Key '%s' does not exist", k->arn)
+	                   : HSM_SUCCESS;
+	kms_key_release(k);
+	return r;
+}
+
+/*
+ * The refusal that tells the requester what to do next (within
+ * HSM_ERRMSG_MAX: the longest operation name leaves room to spare).
+ */
+static hsm_result needs_approval(hsm_kms *kms, const hsm_approval_record *a, bool opened)
+{
+	char until[21];
+	hsm_format_time(a->expires, until);
+	return HSM_FAIL(HSM_ERR_APPROVAL_REQUIRED,
+	                "%s needs %u custodians' approval: approval request %s %s with %u, until "
+	                "%s; once approved (hsmctl approval approve ID), send this request again",
+	                a->operation, required_now(kms, a), a->id, opened ? "opened" : "is open",
+	                hsm_kms_approval_valid(kms, a), until);
+}
+
+static hsm_result open_request(hsm_kms *kms, const hsm_caller *caller, const char *operation,
+                               const char *request, const char *fp, int64_t now,
+                               hsm_approval_record *out)
+{
+	uint8_t raw[HSM_APPROVAL_ID_LEN / 2];
+	hsm_approval_record a;
+	memset(&a, 0, sizeof(a));
+	HSM_GUARD(hsm_random_bytes(raw, sizeof(raw)));
+	hsm_hex_encode_str(a.id, raw, sizeof(raw));
+	memcpy(a.fingerprint, fp, sizeof(a.fingerprint));
+	HSM_GUARD(hsm_strcpy(a.operation, sizeof(a.operation), operation));
+	HSM_GUARD(hsm_strcpy(a.requester, sizeof(a.requester), caller->user));
+	a.request = (char *)(uintptr_t)request; /* borrowed: the store copies it */
+	a.state = HSM_APPROVAL_PENDING;
+	a.required = kms->cfg.approval_quorum;
+	a.created = now;
+	a.expires = now + kms->cfg.approval_ttl;
+	hsm_result purged = hsm_store_approval_purge(kms->store, now - KEEP_SECONDS, NULL);
+	if (hsm_failed(purged))
+		hsm_log_failure("purging old approval requests");
+	return hsm_store_approval_open(kms->store, &a, out);
+}
+
+hsm_result hsm_kms_approval_gate(hsm_kms *kms, const hsm_caller *caller, const char *operation,
+                                 const char *request, hsm_approval_gate *g)
+{
+	char fp[HSM_APPROVAL_FINGERPRINT_LEN + 1];
+	hsm_approval_record a;
+	memset(g, 0, sizeof(*g));
+	memset(&a, 0, sizeof(a));
+	HSM_ASSERT(kms->cfg.approval_quorum > 0);
+	HSM_ENSURE(strlen(request) <= HSM_APPROVAL_REQUEST_MAX, HSM_ERR_VALIDATION,
+	           "a request that needs approval may hold at most %d bytes",
+	           HSM_APPROVAL_REQUEST_MAX);
+	fingerprint(operation, caller->user, request, fp);
+	int64_t now = kms_now(kms);
+	hsm_result r = hsm_store_approval_find(kms->store, fp, now, &a);
+	bool opened = false;
+	if (r.err == HSM_ERR_NOT_FOUND) {
+		r = open_request(kms, caller, operation, request, fp, now, &a);
+		opened = hsm_ok(r);
+	}
+	if (hsm_failed(r))
+		return r;
+	memcpy(g->id, a.id, sizeof(g->id));
+	if (!opened && hsm_kms_approval_valid(kms, &a) >= required_now(kms, &a)) {
+		r = hsm_store_approval_close(kms->store, a.id, HSM_APPROVAL_USED, "", now, NULL);
+		if (hsm_ok(r)) {
+			g->claimed = true;
+			hsm_approval_record_clear(&a);
+			return HSM_SUCCESS;
+		}
+		if (r.err != HSM_ERR_INVALID_STATE) {
+			hsm_approval_record_clear(&a);
+			return r;
+		}
+		/* An identical request used it a moment ago (or it just expired). */
+		hsm_approval_record_clear(&a);
+		return HSM_FAIL(HSM_ERR_APPROVAL_REQUIRED,
+		                "%s: approval request %s was used by an identical request at the same "
+		                "time; send this request again to open a new one",
+		                operation, g->id);
+	}
+	r = needs_approval(kms, &a, opened);
+	hsm_approval_record_clear(&a);
+	return r;
+}
+
+void hsm_kms_approval_release(hsm_kms *kms, const hsm_approval_gate *g)
+{
+	if (!g->claimed)
+		return;
+	hsm_result r = hsm_store_approval_reopen(kms->store, g->id);
+	if (hsm_failed(r))
+		hsm_log_failure("giving an approval back after its request failed");
+}
+
+static hsm_result require_reader(const hsm_caller *caller)
+{
+	HSM_ENSURE(caller->local ||
+	               has_role(caller, HSM_ROLES_OFFICER | HSM_ROLES_AUDITOR | HSM_ROLES_CUSTODIAN),
+	           HSM_ERR_ACCESS_DENIED,
+	           "User %s may not read approval requests (role required: crypto-officer, auditor "
+	           "or custodian)",
+	           caller->user);
+	return HSM_SUCCESS;
+}
+
+static hsm_result load(hsm_kms *kms, const char *id, hsm_approval_record *out)
+{
+	hsm_result r = hsm_store_approval_get(kms->store, id, out);
+	if (r.err == HSM_ERR_NOT_FOUND)
+		return HSM_FAIL(HSM_ERR_NOT_FOUND, "approval request %.40s does not exist", id);
+	return r;
+}
+
+hsm_result hsm_kms_approval_get(hsm_kms *kms, const hsm_caller *caller, const char *id,
+                                hsm_approval_record *out)
+{
+	HSM_GUARD(require_reader(caller));
+	return load(kms, id, out);
+}
+
+hsm_result hsm_kms_approval_list(hsm_kms *kms, const hsm_caller *caller, bool open_only,
+                                 size_t limit, hsm_approval_cb cb, void *arg)
+{
+	HSM_GUARD(require_reader(caller));
+	return hsm_store_approval_list(kms->store, open_only, kms_now(kms), limit, cb, arg);
+}
+
+/* Why an open request cannot change any more, for the caller. */
+static hsm_result closed_error(const hsm_approval_record *a, int64_t now)
+{
+	if (a->state == HSM_APPROVAL_PENDING && a->expires <= now)
+		return HSM_FAIL(HSM_ERR_INVALID_STATE,
+		                "approval request %s has expired; the requester sends the request again "
+		                "to open a new one",
+		                a->id);
+	return HSM_FAIL(HSM_ERR_INVALID_STATE, "approval request %s is %s, no longer open", a->id,
+	                hsm_approval_state_name(a->state));
+}
+
+/* Loads an open request a custodian other than its requester may act on. */
+static hsm_result load_for_custodian(hsm_kms *kms, const hsm_caller *caller, const char *id,
+                                     const char *verb, hsm_approval_record *a)
+{
+	HSM_ENSURE(has_role(caller, HSM_ROLES_CUSTODIAN), HSM_ERR_ACCESS_DENIED,
+	           "User %s may not %s requests (role required: custodian)", caller->user, verb);
+	HSM_GUARD(load(kms, id, a));
+	int64_t now = kms_now(kms);
+	hsm_result r = HSM_SUCCESS;
+	if (strcmp(a->requester, caller->user) == 0)
+		r = HSM_FAIL(HSM_ERR_ACCESS_DENIED,
+		             "User %s may not %s their own request: other custodians must", caller->user,
+		             verb);
+	else if (a->state != HSM_APPROVAL_PENDING || a->expires <= now)
+		r = closed_error(a, now);
+	if (hsm_failed(r))
+		hsm_approval_record_clear(a);
+	return r;
+}
+
+/* The store's refusal of a change to an open request, in the caller's terms. */
+static hsm_result change_error(hsm_kms *kms, const char *id, hsm_result r)
+{
+	if (r.err != HSM_ERR_INVALID_STATE)
+		return r;
+	hsm_approval_record a;
+	memset(&a, 0, sizeof(a));
+	if (hsm_failed(load(kms, id, &a)))
+		return r;
+	r = closed_error(&a, kms_now(kms));
+	hsm_approval_record_clear(&a);
+	return r;
+}
+
+hsm_result hsm_kms_approval_approve(hsm_kms *kms, const hsm_caller *caller, const char *id,
+                                    hsm_approval_record *out)
+{
+	hsm_approval_record a;
+	HSM_GUARD(load_for_custodian(kms, caller, id, "approve", &a));
+	hsm_approval_record_clear(&a);
+	hsm_result r = hsm_store_approval_approve(kms->store, id, caller->user, kms_now(kms), out);
+	if (r.err == HSM_ERR_ALREADY_EXISTS)
+		return HSM_FAIL(HSM_ERR_ALREADY_EXISTS, "User %s already approved request %s",
+		                caller->user, id);
+	if (r.err == HSM_ERR_LIMIT_EXCEEDED)
+		return HSM_FAIL(HSM_ERR_LIMIT_EXCEEDED, "approval request %s holds %d approvals already",
+		                id, HSM_APPROVERS_MAX);
+	return change_error(kms, id, r);
+}
+
+hsm_result hsm_kms_approval_deny(hsm_kms *kms, const hsm_caller *caller, const char *id,
+                                 hsm_approval_record *out)
+{
+	hsm_approval_record a;
+	HSM_GUARD(load_for_custodian(kms, caller, id, "deny", &a));
+	hsm_approval_record_clear(&a);
+	hsm_result r = hsm_store_approval_close(kms->store, id, HSM_APPROVAL_DENIED, caller->user,
+	                                        kms_now(kms), out);
+	return change_error(kms, id, r);
+}
+
+hsm_result hsm_kms_approval_cancel(hsm_kms *kms, const hsm_caller *caller, const char *id,
+                                   hsm_approval_record *out)
+{
+	hsm_approval_record a;
+	HSM_GUARD(load(kms, id, &a));
+	bool own = strcmp(a.requester, caller->user) == 0;
+	hsm_approval_record_clear(&a);
+	HSM_ENSURE(own, HSM_ERR_ACCESS_DENIED,
+	           "User %s may not cancel approval request %s: only its requester may", caller->user,
+	           id);
+	hsm_result r = hsm_store_approval_close(kms->store, id, HSM_APPROVAL_CANCELLED, caller->user,
+	                                        kms_now(kms), out);
+	return change_error(kms, id, r);
+}

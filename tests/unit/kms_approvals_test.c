@@ -1,0 +1,254 @@
+/*
+ * kms_approvals_test.c - quorum approvals in the KMS layer: the gate, who
+ * may approve, deny and cancel, expiry on the fixture's clock, a raised
+ * quorum, approvals of custodians who stopped being ones, and giving a
+ * used approval back.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kms/kms.h"
+#include "support/kms_fixture.h"
+
+typedef kms_fx fx;
+
+static const hsm_caller local = {.user = "root", .access_key_id = "", .local = true,
+                                 .roles = HSM_ROLE_BIT(HSM_ROLE_CRYPTO_OFFICER)};
+static const hsm_caller officer = {.user = "olivia", .access_key_id = "AKIAOLIVIA0000000000",
+                                   .roles = HSM_ROLE_BIT(HSM_ROLE_CRYPTO_OFFICER)};
+static const hsm_caller alice = {.user = "alice", .access_key_id = "AKIAALICE00000000000",
+                                 .roles = HSM_ROLE_BIT(HSM_ROLE_CUSTODIAN)};
+static const hsm_caller bob = {.user = "bob", .access_key_id = "AKIABOB0000000000000",
+                               .roles = HSM_ROLE_BIT(HSM_ROLE_CUSTODIAN)};
+static const hsm_caller carol = {.user = "carol", .access_key_id = "AKIACAROL00000000000",
+                                 .roles = HSM_ROLE_BIT(HSM_ROLE_CUSTODIAN)};
+static const hsm_caller user = {.user = "ursula", .access_key_id = "AKIAURSULA0000000000",
+                                .roles = HSM_ROLE_BIT(HSM_ROLE_CRYPTO_USER)};
+
+#define REQ "{\"KeyId\":\"k\",\"PendingWindowInDays\":7}"
+#define T0 1800000000
+
+static int setup(void **state)
+{
+	hsm_kms_config cfg = {.approval_quorum = 2, .approval_ttl = 3600};
+	int rc = kms_fx_setup(state, &cfg, T0);
+	if (rc != 0)
+		return rc;
+	fx *f = *state;
+	static const char *const names[] = {"olivia", "alice", "bob", "carol"};
+	static const unsigned roles[] = {HSM_ROLE_BIT(HSM_ROLE_CRYPTO_OFFICER),
+	                                 HSM_ROLE_BIT(HSM_ROLE_CUSTODIAN),
+	                                 HSM_ROLE_BIT(HSM_ROLE_CUSTODIAN),
+	                                 HSM_ROLE_BIT(HSM_ROLE_CUSTODIAN)};
+	for (size_t i = 0; i < 4; i++)
+		if (hsm_failed(hsm_kms_user_create(f->kms, &local, names[i], roles[i])))
+			return -1;
+	return 0;
+}
+
+/* The gate's answer; the approval request's id in id. */
+static hsm_err gate(fx *f, const hsm_caller *c, const char *op, const char *req,
+                    hsm_approval_gate *g)
+{
+	return hsm_kms_approval_gate(f->kms, c, op, req, g).err;
+}
+
+static void approve_ok(fx *f, const hsm_caller *c, const char *id)
+{
+	hsm_approval_record a;
+	memset(&a, 0, sizeof(a));
+	assert_int_equal(hsm_kms_approval_approve(f->kms, c, id, &a).err, HSM_OK);
+	hsm_approval_record_clear(&a);
+}
+
+static hsm_approval_state state_of(fx *f, const char *id)
+{
+	hsm_approval_record a;
+	memset(&a, 0, sizeof(a));
+	assert_int_equal(hsm_kms_approval_get(f->kms, &officer, id, &a).err, HSM_OK);
+	hsm_approval_state s = a.state;
+	hsm_approval_record_clear(&a);
+	return s;
+}
+
+static void test_gate_opens_then_runs_once_approved(void **state)
+{
+	fx *f = *state;
+	hsm_approval_gate g, g2;
+	assert_int_equal(gate(f, &officer, "ScheduleKeyDeletion", REQ, &g), HSM_ERR_APPROVAL_REQUIRED);
+	assert_false(g.claimed);
+	assert_int_equal(strlen(g.id), HSM_APPROVAL_ID_LEN);
+	assert_non_null(strstr(hsm_last_message(), "opened with 0"));
+	assert_int_equal(gate(f, &officer, "ScheduleKeyDeletion", REQ, &g2), HSM_ERR_APPROVAL_REQUIRED);
+	assert_string_equal(g.id, g2.id);
+	approve_ok(f, &alice, g.id);
+	assert_int_equal(gate(f, &officer, "ScheduleKeyDeletion", REQ, &g2), HSM_ERR_APPROVAL_REQUIRED);
+	assert_non_null(strstr(hsm_last_message(), "is open with 1"));
+	approve_ok(f, &bob, g.id);
+	assert_int_equal(gate(f, &officer, "ScheduleKeyDeletion", REQ, &g2), HSM_OK);
+	assert_true(g2.claimed);
+	assert_string_equal(g.id, g2.id);
+	assert_int_equal(state_of(f, g.id), HSM_APPROVAL_USED);
+	/* Used up: the next identical request opens another. */
+	assert_int_equal(gate(f, &officer, "ScheduleKeyDeletion", REQ, &g2), HSM_ERR_APPROVAL_REQUIRED);
+	assert_string_not_equal(g.id, g2.id);
+}
+
+static void test_release_gives_the_approval_back(void **state)
+{
+	fx *f = *state;
+	hsm_approval_gate g, g2;
+	assert_int_equal(gate(f, &officer, "PutKeyPolicy", REQ, &g), HSM_ERR_APPROVAL_REQUIRED);
+	approve_ok(f, &alice, g.id);
+	approve_ok(f, &carol, g.id);
+	assert_int_equal(gate(f, &officer, "PutKeyPolicy", REQ, &g2), HSM_OK);
+	hsm_kms_approval_release(f->kms, &g2);
+	assert_int_equal(state_of(f, g.id), HSM_APPROVAL_PENDING);
+	assert_int_equal(gate(f, &officer, "PutKeyPolicy", REQ, &g2), HSM_OK);
+	assert_string_equal(g.id, g2.id);
+	/* Releasing a gate that claimed nothing changes nothing. */
+	hsm_approval_gate none;
+	memset(&none, 0, sizeof(none));
+	memcpy(none.id, g.id, sizeof(none.id));
+	hsm_kms_approval_release(f->kms, &none);
+	assert_int_equal(state_of(f, g.id), HSM_APPROVAL_USED);
+}
+
+static void test_requests_differ_by_operation_requester_and_text(void **state)
+{
+	fx *f = *state;
+	hsm_approval_gate a, b, c, d;
+	const hsm_caller other = {.user = "alice", .access_key_id = "AKIAALICE00000000000",
+	                          .roles = HSM_ROLE_BIT(HSM_ROLE_CRYPTO_OFFICER) |
+	                                   HSM_ROLE_BIT(HSM_ROLE_CUSTODIAN)};
+	assert_int_equal(gate(f, &officer, "ScheduleKeyDeletion", REQ, &a), HSM_ERR_APPROVAL_REQUIRED);
+	assert_int_equal(gate(f, &officer, "PutKeyPolicy", REQ, &b), HSM_ERR_APPROVAL_REQUIRED);
+	assert_int_equal(gate(f, &other, "ScheduleKeyDeletion", REQ, &c), HSM_ERR_APPROVAL_REQUIRED);
+	assert_int_equal(gate(f, &officer, "ScheduleKeyDeletion", "{\"KeyId\":\"k\"}", &d),
+	                 HSM_ERR_APPROVAL_REQUIRED);
+	assert_string_not_equal(a.id, b.id);
+	assert_string_not_equal(a.id, c.id);
+	assert_string_not_equal(a.id, d.id);
+	assert_string_not_equal(b.id, c.id);
+	/* alice requested c herself: her approval would not count even if the store took it. */
+	hsm_approval_record rec;
+	memset(&rec, 0, sizeof(rec));
+	assert_int_equal(hsm_kms_approval_approve(f->kms, &alice, c.id, &rec).err,
+	                 HSM_ERR_ACCESS_DENIED);
+	assert_non_null(strstr(hsm_last_message(), "own request"));
+}
+
+static void test_only_custodians_approve_and_deny(void **state)
+{
+	fx *f = *state;
+	hsm_approval_gate g;
+	hsm_approval_record a;
+	memset(&a, 0, sizeof(a));
+	assert_int_equal(gate(f, &officer, "CreateUser", REQ, &g), HSM_ERR_APPROVAL_REQUIRED);
+	assert_int_equal(hsm_kms_approval_approve(f->kms, &officer, g.id, &a).err,
+	                 HSM_ERR_ACCESS_DENIED);
+	assert_int_equal(hsm_kms_approval_approve(f->kms, &user, g.id, &a).err,
+	                 HSM_ERR_ACCESS_DENIED);
+	assert_int_equal(hsm_kms_approval_deny(f->kms, &user, g.id, &a).err, HSM_ERR_ACCESS_DENIED);
+	assert_int_equal(hsm_kms_approval_get(f->kms, &user, g.id, &a).err, HSM_ERR_ACCESS_DENIED);
+	assert_int_equal(hsm_kms_approval_cancel(f->kms, &alice, g.id, &a).err,
+	                 HSM_ERR_ACCESS_DENIED);
+	approve_ok(f, &alice, g.id);
+	assert_int_equal(hsm_kms_approval_approve(f->kms, &alice, g.id, &a).err,
+	                 HSM_ERR_ALREADY_EXISTS);
+	assert_int_equal(hsm_kms_approval_deny(f->kms, &bob, g.id, &a).err, HSM_OK);
+	assert_int_equal(a.state, HSM_APPROVAL_DENIED);
+	assert_string_equal(a.closed_by, "bob");
+	hsm_approval_record_clear(&a);
+	assert_int_equal(hsm_kms_approval_approve(f->kms, &carol, g.id, &a).err,
+	                 HSM_ERR_INVALID_STATE);
+	assert_non_null(strstr(hsm_last_message(), "Denied"));
+	assert_int_equal(hsm_kms_approval_approve(f->kms, &carol, "0123456789abcdef0123456789abcdef",
+	                                          &a).err,
+	                 HSM_ERR_NOT_FOUND);
+	/* A denied request is closed: asking again opens a new one. */
+	hsm_approval_gate g2;
+	assert_int_equal(gate(f, &officer, "CreateUser", REQ, &g2), HSM_ERR_APPROVAL_REQUIRED);
+	assert_string_not_equal(g.id, g2.id);
+	assert_int_equal(hsm_kms_approval_cancel(f->kms, &officer, g2.id, &a).err, HSM_OK);
+	assert_int_equal(a.state, HSM_APPROVAL_CANCELLED);
+	hsm_approval_record_clear(&a);
+}
+
+static void test_requests_expire(void **state)
+{
+	fx *f = *state;
+	hsm_approval_gate g, g2;
+	assert_int_equal(gate(f, &officer, "ScheduleKeyDeletion", REQ, &g), HSM_ERR_APPROVAL_REQUIRED);
+	approve_ok(f, &alice, g.id);
+	f->now += 3599;
+	approve_ok(f, &bob, g.id);
+	f->now += 1; /* the hour is up: neither approvals nor the retry count now */
+	hsm_approval_record a;
+	memset(&a, 0, sizeof(a));
+	assert_int_equal(hsm_kms_approval_approve(f->kms, &carol, g.id, &a).err,
+	                 HSM_ERR_INVALID_STATE);
+	assert_non_null(strstr(hsm_last_message(), "expired"));
+	assert_int_equal(gate(f, &officer, "ScheduleKeyDeletion", REQ, &g2), HSM_ERR_APPROVAL_REQUIRED);
+	assert_string_not_equal(g.id, g2.id);
+	assert_non_null(strstr(hsm_last_message(), "opened with 0"));
+}
+
+static void test_approvers_must_still_be_custodians(void **state)
+{
+	fx *f = *state;
+	hsm_approval_gate g, g2;
+	assert_int_equal(gate(f, &officer, "ScheduleKeyDeletion", REQ, &g), HSM_ERR_APPROVAL_REQUIRED);
+	approve_ok(f, &alice, g.id);
+	approve_ok(f, &bob, g.id);
+	assert_int_equal(hsm_kms_user_set_disabled(f->kms, &local, "bob", true).err, HSM_OK);
+	assert_int_equal(gate(f, &officer, "ScheduleKeyDeletion", REQ, &g2), HSM_ERR_APPROVAL_REQUIRED);
+	assert_non_null(strstr(hsm_last_message(), "is open with 1"));
+	unsigned n = 0;
+	assert_int_equal(hsm_kms_custodian_count(f->kms, &n).err, HSM_OK);
+	assert_int_equal(n, 2);
+	approve_ok(f, &carol, g.id);
+	assert_int_equal(gate(f, &officer, "ScheduleKeyDeletion", REQ, &g2), HSM_OK);
+}
+
+static void test_a_raised_quorum_applies_to_open_requests(void **state)
+{
+	fx *f = *state;
+	hsm_approval_gate g, g2;
+	assert_int_equal(gate(f, &officer, "ScheduleKeyDeletion", REQ, &g), HSM_ERR_APPROVAL_REQUIRED);
+	approve_ok(f, &alice, g.id);
+	approve_ok(f, &bob, g.id);
+	/* The node restarts with approval_quorum = 3. */
+	kms_fx_close(f);
+	f->cfg.approval_quorum = 3;
+	kms_fx_open(f);
+	assert_int_equal(gate(f, &officer, "ScheduleKeyDeletion", REQ, &g2), HSM_ERR_APPROVAL_REQUIRED);
+	assert_non_null(strstr(hsm_last_message(), "needs 3 custodians' approval"));
+	approve_ok(f, &carol, g.id);
+	assert_int_equal(gate(f, &officer, "ScheduleKeyDeletion", REQ, &g2), HSM_OK);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test_setup_teardown(test_gate_opens_then_runs_once_approved, setup,
+	                                    kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_release_gives_the_approval_back, setup,
+	                                    kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_requests_differ_by_operation_requester_and_text,
+	                                    setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_only_custodians_approve_and_deny, setup,
+	                                    kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_requests_expire, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_approvers_must_still_be_custodians, setup,
+	                                    kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_a_raised_quorum_applies_to_open_requests, setup,
+	                                    kms_fx_teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
