@@ -28,6 +28,7 @@ typedef struct init_opts {
 	char *custodians[HSM_MAX_SHARES];
 	char *custodian_list;
 	const char *admin;
+	bool custodian_users;
 	bool dev;
 } init_opts;
 
@@ -51,7 +52,7 @@ static int parse_init(int argc, char **argv, init_opts *o)
 	    {"data-dir", required_argument, NULL, 'd'}, {"share-dir", required_argument, NULL, 's'},
 	    {"shares", required_argument, NULL, 'n'},   {"threshold", required_argument, NULL, 't'},
 	    {"custodians", required_argument, NULL, 'c'}, {"dev", no_argument, NULL, 'D'},
-	    {"admin", required_argument, NULL, 'a'},
+	    {"admin", required_argument, NULL, 'a'}, {"custodian-users", no_argument, NULL, 'u'},
 	    {NULL, 0, NULL, 0}};
 	int64_t v;
 	o->shares = HSM_DEFAULT_SHARES;
@@ -63,6 +64,7 @@ static int parse_init(int argc, char **argv, init_opts *o)
 		case 'c': o->custodian_list = optarg; break;
 		case 'D': o->dev = true; break;
 		case 'a': o->admin = optarg; break;
+		case 'u': o->custodian_users = true; break;
 		case 'n':
 		case 't':
 			if (hsm_failed(hsm_parse_i64(optarg, 1, HSM_MAX_SHARES, &v)))
@@ -75,6 +77,8 @@ static int parse_init(int argc, char **argv, init_opts *o)
 	}
 	if (o->data_dir == NULL || o->share_dir == NULL)
 		return hsmctl_usage("init", "--data-dir and --share-dir are required");
+	if (o->custodian_users && o->custodian_list == NULL)
+		return hsmctl_usage("init", "--custodian-users needs --custodians");
 	if (o->custodian_list != NULL)
 		return parse_custodians(o);
 	return 0;
@@ -133,29 +137,32 @@ out:
 }
 
 /*
- * Creates the first crypto-officer and an access key for it, written as an
- * AWS credentials file (0400) for the officer to take: without it a new
- * store would have no principal able to sign a request.
+ * Creates a user and an access key for it, written as an AWS credentials
+ * file (0400) for that person to take.  The first crypto-officer: without
+ * one a new store would have no principal able to sign a request.  The
+ * custodians (--custodian-users): so that approvals (approval_quorum) can be
+ * switched on with the quorum of custodians the ceremony named.
  */
-static hsm_result bootstrap_admin(const init_opts *o, hsmctl_local *l)
+static hsm_result bootstrap_user(const init_opts *o, hsmctl_local *l, const char *name,
+                                 unsigned roles)
 {
 	hsm_result res = HSM_SUCCESS;
-	char akid[HSM_ACCESS_KEY_ID_LEN + 1], path[PATH_MAX];
+	char akid[HSM_ACCESS_KEY_ID_LEN + 1], path[PATH_MAX], role_names[128];
 	hsm_secret *secret = NULL;
 	hsm_buf text;
 	hsm_buf_init_secure(&text);
-	res = hsm_kms_user_create(l->kms, &hsmctl_local_caller, o->admin,
-	                          HSM_ROLES_OFFICER | HSM_ROLES_AUDITOR);
+	res = hsm_kms_user_create(l->kms, &hsmctl_local_caller, name, roles);
 	HSM_TRY(hsmctl_local_audit(l, "CreateUser", NULL, 0, res));
 	HSM_TRY(res);
-	HSM_TRY(hsm_kms_access_key_create(l->kms, &hsmctl_local_caller, o->admin, akid, &secret));
+	HSM_TRY(hsm_kms_access_key_create(l->kms, &hsmctl_local_caller, name, akid, &secret));
 	HSM_TRY(hsm_buf_printf(&text, "[%s]\naws_access_key_id = %s\naws_secret_access_key = ",
-	                       o->admin, akid));
+	                       name, akid));
 	HSM_TRY(hsm_buf_put(&text, hsm_secret_bytes(secret), hsm_secret_len(secret)));
 	HSM_TRY(hsm_buf_put_str(&text, "\n"));
-	snprintf(path, sizeof(path), "%s/%s.credentials", o->share_dir, o->admin);
+	snprintf(path, sizeof(path), "%s/%s.credentials", o->share_dir, name);
 	HSM_TRY(write_new_file(path, text.data, text.len));
-	printf("officer: %s (crypto-officer, auditor)\ncredentials: %s\n", o->admin, path);
+	HSM_TRY(hsm_roles_format(roles, role_names, sizeof(role_names)));
+	printf("user: %s (%s)\ncredentials: %s\n", name, role_names, path);
 out:
 	hsm_secret_free(secret);
 	hsm_buf_free(&text);
@@ -191,7 +198,9 @@ static hsm_result run_init(const init_opts *o)
 	}
 	HSM_TRY(write_transcript(o, &l, shares));
 	if (o->admin != NULL)
-		HSM_TRY(bootstrap_admin(o, &l));
+		HSM_TRY(bootstrap_user(o, &l, o->admin, HSM_ROLES_OFFICER | HSM_ROLES_AUDITOR));
+	for (unsigned i = 0; o->custodian_users && i < o->shares; i++)
+		HSM_TRY(bootstrap_user(o, &l, o->custodians[i], HSM_ROLES_CUSTODIAN));
 	printf("Give each custodian exactly one share file; any %u of them unseal this store.\n",
 	       o->threshold);
 out:

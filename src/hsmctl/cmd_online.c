@@ -7,6 +7,7 @@
  *   hsmctl --endpoint URL user list | disable NAME | enable NAME | unlock NAME
  *   hsmctl --endpoint URL access-key create USER | revoke AKID | list [USER]
  *   hsmctl --endpoint URL audit hash VALUE | audit pubkey
+ *   hsmctl --endpoint URL approval list [--all] | show|approve|deny|cancel ID
  */
 #include <jansson.h>
 #include <stdio.h>
@@ -115,7 +116,7 @@ int hsmctl_cmd_user(int argc, char **argv)
 	if (strcmp(argv[1], "create") == 0) {
 		if (argc != 5 || strcmp(argv[3], "--roles") != 0) {
 			json_decref(body);
-			return hsmctl_usage("user", "create NAME --roles crypto-officer,crypto-user,auditor");
+			return hsmctl_usage("user", "create NAME --roles crypto-officer,crypto-user,auditor,custodian");
 		}
 		json_object_set_new(body, "Roles", roles_array(argv[4]));
 		return simple("user create", "HsmdAdmin.CreateUser", true, body);
@@ -170,4 +171,57 @@ int hsmctl_cmd_audit_online(int argc, char **argv)
 	printf("%s\n", json_string_value(json_object_get(out, "Hash")));
 	json_decref(out);
 	return 0;
+}
+
+/* A request's fields, then its parameters as the requester sent them. */
+static void print_approval(json_t *a)
+{
+	json_t *copy = json_deep_copy(a);
+	const char *text = json_string_value(json_object_get(a, "Request"));
+	json_object_del(copy, "Request");
+	hsmctl_print_fields(copy);
+	json_decref(copy);
+	json_t *req = text != NULL ? json_loads(text, 0, NULL) : NULL;
+	char *pretty = req != NULL ? json_dumps(req, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+	printf("Request:\n%s\n", pretty != NULL ? pretty : (text != NULL ? text : ""));
+	free(pretty);
+	json_decref(req);
+}
+
+int hsmctl_cmd_approval(int argc, char **argv)
+{
+	if (!hsmctl_online())
+		return hsmctl_usage("approval", "needs --endpoint (a running hsmd)");
+	if (argc >= 2 && strcmp(argv[1], "list") == 0) {
+		bool all = argc == 3 && strcmp(argv[2], "--all") == 0;
+		if (argc > 3 || (argc == 3 && !all))
+			return hsmctl_usage("approval", "list [--all]");
+		json_t *out = NULL, *item;
+		if (hsm_failed(call("HsmdAdmin.ListApprovals", true,
+		                    json_pack("{s:b}", "IncludeClosed", all), &out)))
+			return hsmctl_fail("approval list");
+		size_t i;
+		json_array_foreach(json_object_get(out, "Approvals"), i, item)
+		{
+			print_approval(item);
+			printf("\n");
+		}
+		json_decref(out);
+		return 0;
+	}
+	static const char *const subs[][2] = {{"show", "HsmdAdmin.GetApproval"},
+	                                      {"approve", "HsmdAdmin.ApproveRequest"},
+	                                      {"deny", "HsmdAdmin.DenyRequest"},
+	                                      {"cancel", "HsmdAdmin.CancelRequest"}};
+	for (size_t i = 0; argc == 3 && i < sizeof(subs) / sizeof(subs[0]); i++) {
+		if (strcmp(argv[1], subs[i][0]) != 0)
+			continue;
+		json_t *out = NULL;
+		if (hsm_failed(call(subs[i][1], true, json_pack("{s:s}", "ApprovalId", argv[2]), &out)))
+			return hsmctl_fail(subs[i][0]);
+		print_approval(out);
+		json_decref(out);
+		return 0;
+	}
+	return hsmctl_usage("approval", "list [--all] | show|approve|deny|cancel ID");
 }

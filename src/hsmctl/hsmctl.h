@@ -50,6 +50,7 @@ bool hsmctl_online(void);
 int hsmctl_cmd_online(int argc, char **argv);
 int hsmctl_cmd_user(int argc, char **argv);
 int hsmctl_cmd_access_key(int argc, char **argv);
+int hsmctl_cmd_approval(int argc, char **argv);
 int hsmctl_cmd_audit_online(int argc, char **argv);
 int hsmctl_cmd_init(int argc, char **argv);
 int hsmctl_cmd_unseal_check(int argc, char **argv);

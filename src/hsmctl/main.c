@@ -37,7 +37,7 @@ static int cmd_unseal(int argc, char **argv)
 
 static const hsmctl_command commands[] = {
     {"init", "--data-dir DIR --share-dir DIR [--shares N] [--threshold M] [--custodians a,b,..] "
-             "[--admin NAME]",
+             "[--admin NAME] [--custodian-users]",
      "key ceremony: create a store, its master key and the custodians' share files",
      hsmctl_cmd_init},
     {"status", "--data-dir DIR | (with --endpoint)",
@@ -47,9 +47,12 @@ static const hsmctl_command commands[] = {
     {"seal", "(with --endpoint)", "seal a running hsmd: wipe its keys from memory",
      hsmctl_cmd_online},
     {"user", "create NAME --roles R[,R] | list | disable|enable|unlock NAME (with --endpoint)",
-     "manage users (roles: crypto-officer, crypto-user, auditor)", hsmctl_cmd_user},
+     "manage users (roles: crypto-officer, crypto-user, auditor, custodian)", hsmctl_cmd_user},
     {"access-key", "create USER | revoke AKID | list [USER] (with --endpoint)",
      "manage SigV4 access keys", hsmctl_cmd_access_key},
+    {"approval", "list [--all] | show|approve|deny|cancel ID (with --endpoint)",
+     "requests waiting for custodians: read them, approve or deny them (custodians), or "
+     "withdraw your own", hsmctl_cmd_approval},
     {"audit hash", "VALUE (with --endpoint)",
      "keyed hash of a value, to match the hashes in audit records", hsmctl_cmd_audit_online},
     {"audit pubkey", "(with --endpoint)", "print the audit signing public key (PEM)",

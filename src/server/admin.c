@@ -276,7 +276,18 @@ static const hsm_admin_op admin_ops[] = {
     {"AuditPublicKey", true, op_audit_public_key},
     {"CreateBackup", true, op_create_backup},
     {"ListBackups", true, op_list_backups},
+    {"ListApprovals", true, hsm_admin_list_approvals},
+    {"GetApproval", true, hsm_admin_get_approval},
+    {"ApproveRequest", true, hsm_admin_approve_request},
+    {"DenyRequest", true, hsm_admin_deny_request},
+    {"CancelRequest", true, hsm_admin_cancel_request},
 };
+
+unsigned hsm_admin_index(const hsm_admin_op *op)
+{
+	_Static_assert(sizeof(admin_ops) / sizeof(admin_ops[0]) <= 32, "hsm_admin_index fits 32 bits");
+	return (unsigned)(op - admin_ops);
+}
 
 const hsm_admin_op *hsm_admin_find(const char *name)
 {

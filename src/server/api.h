@@ -28,6 +28,7 @@ typedef struct hsm_api_audit {
 	size_t n_ctx;
 	char grant_id[HSM_GRANT_ID_LEN + 1]; /* the grant CreateGrant made, or Retire/RevokeGrant ended */
 	char via_grant[HSM_GRANT_ID_LEN + 1]; /* the grant that allowed the request ("": none) */
+	char approval_id[HSM_APPROVAL_ID_LEN + 1]; /* the approval request involved ("": none) */
 } hsm_api_audit;
 
 typedef struct hsm_api_ctx {

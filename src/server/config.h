@@ -46,6 +46,12 @@
 #define HSM_CONFIG_NAME_MAX 64
 #define HSM_CONFIG_MAX_WARNINGS 8
 
+/* The operations that wait for approval unless approval_operations says otherwise. */
+#define HSM_APPROVAL_OPS_DEFAULT                                                                \
+	"ScheduleKeyDeletion,DeleteImportedKeyMaterial,PutKeyPolicy,CreateUser,EnableUser,"       \
+	"UnlockUser,CreateAccessKey"
+#define HSM_APPROVAL_OPS_MAX 1024
+
 typedef struct hsm_config {
 	/* network */
 	char listen[HSM_HTTP_ADDR_MAX];
@@ -90,6 +96,10 @@ typedef struct hsm_config {
 	uint32_t jwt_clock_skew_seconds;
 	uint32_t sigv4_skew_seconds;
 	uint32_t lockout_threshold;
+	/* quorum approvals */
+	uint32_t approval_quorum;
+	char approval_operations[HSM_APPROVAL_OPS_MAX];
+	uint32_t approval_ttl_seconds;
 	/* process */
 	uint64_t secure_heap_bytes;
 	hsm_log_level log_level;

@@ -25,6 +25,7 @@ typedef enum key_type {
 	K_ACCOUNT, /* twelve digits */
 	K_NODE,    /* letters, digits, '.', '_', '-' */
 	K_STORE,   /* "" or a postgresql:// URI; may hold a password: never echoed */
+	K_OPS,     /* comma-separated operations that can wait for approval */
 } key_type;
 
 typedef struct key_def {

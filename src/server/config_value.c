@@ -12,6 +12,7 @@
 
 #include "common/util.h"
 #include "server/config_internal.h"
+#include "server/server.h"
 
 #define FIELD(f) offsetof(hsm_config, f), sizeof(((hsm_config *)0)->f)
 #define KIB ((uint64_t)1 << 10)
@@ -95,6 +96,13 @@ const key_def hsm_config_keys[] = {
      "verifiers' clock skew that the JWKS grace period for retired key versions allows"},
     {"sigv4_skew_seconds", K_U32, FIELD(sigv4_skew_seconds), 1, 3600, "300", "S",
      "clock difference allowed on SigV4-signed requests"},
+    {"approval_quorum", K_U32, FIELD(approval_quorum), 0, HSM_APPROVERS_MAX, "0", "M",
+     "custodians (users with the custodian role) who must approve each request of "
+     "approval_operations; 0 turns approvals off"},
+    {"approval_operations", K_OPS, FIELD(approval_operations), 0, 0, HSM_APPROVAL_OPS_DEFAULT,
+     "OPS", "the operations that wait for approval when approval_quorum is above 0"},
+    {"approval_ttl_seconds", K_U32, FIELD(approval_ttl_seconds), 60, 30 * DAY, "86400", "S",
+     "how long an approval request stays open for custodians and for the approved retry"},
     {"lockout_threshold", K_U32, FIELD(lockout_threshold), 1, 1000, "5", "N",
      "failed authentications before a principal is locked"},
     {"secure_heap_bytes", K_SIZE, FIELD(secure_heap_bytes), MIB, GIB, "64M", "SIZE",
@@ -301,6 +309,12 @@ static hsm_result parse_into(hsm_config *cfg, const key_def *k, const char *t)
 	case K_NODE:
 		HSM_GUARD(check_name(k->type, t));
 		break;
+	case K_OPS: {
+		uint64_t kms_ops;
+		uint32_t admin_ops;
+		HSM_GUARD(hsm_server_approval_ops(t, &kms_ops, &admin_ops));
+		break;
+	}
 	}
 	return hsm_strcpy((char *)field, k->size, t);
 }

@@ -94,6 +94,7 @@ static hsm_audit_outcome audit_outcome_of(hsm_err err)
 	case HSM_ERR_MISSING_AUTH:
 	case HSM_ERR_PRINCIPAL_LOCKED:
 	case HSM_ERR_SEALED:
+	case HSM_ERR_APPROVAL_REQUIRED:
 		return HSM_AUDIT_DENIED;
 	default:
 		return HSM_AUDIT_ERROR;
@@ -156,6 +157,8 @@ static void submit_audit(pending *p, const outcome *o)
 		extra[n_extra++] = (hsm_audit_field){"grant_id", o->api->grant_id};
 	if (o->api != NULL && o->api->via_grant[0] != '\0')
 		extra[n_extra++] = (hsm_audit_field){"via_grant", o->api->via_grant};
+	if (o->api != NULL && o->api->approval_id[0] != '\0')
+		extra[n_extra++] = (hsm_audit_field){"approval_id", o->api->approval_id};
 	if (o->api != NULL && o->api->n_ctx > 0) {
 		context_field(s, o->api, ctx, sizeof(ctx));
 		extra[n_extra++] = (hsm_audit_field){"encryption_context", ctx};
@@ -222,6 +225,18 @@ static bool returns_secret(hsm_op op)
 	       op == HSM_OP_DeriveSharedSecret;
 }
 
+/*
+ * A request refused or failed before its handler named its key: the record
+ * still says which key the caller asked for (when it resolves), so a key's
+ * trail shows the attempts on it that failed.  Only failures pay for this lookup.
+ */
+static void note_key(hsm_api_ctx *c, json_t *doc)
+{
+	const char *ref = json_string_value(json_object_get(doc, "KeyId"));
+	if (ref != NULL && strlen(ref) <= HSM_KEYID_MAX)
+		hsm_api_note_ref(c, ref);
+}
+
 /* Runs the handler on the request document (kept alive until the audit record is built). */
 static hsm_result run_kms(hsm_server *s, hsm_op op, const hsm_auth_result *auth, pending *p,
                           hsm_api_audit *audit, json_t *doc)
@@ -251,14 +266,8 @@ static hsm_result run_kms(hsm_server *s, hsm_op op, const hsm_auth_result *auth,
 	hsm_jw_begin(&w);
 	hsm_api_ctx c = {.kms = s->kms, .caller = &caller, .req = doc, .w = &w, .out = &p->body};
 	hsm_result r = hsm_api_handler_for(op)(&c);
-	if (hsm_failed(r) && c.audit.key_id[0] == '\0') {
-		/* Refused or failed before the handler named its key: the record still says
-		 * which key the caller asked for (when it resolves), so a key's trail shows
-		 * the attempts on it that failed.  Only failures pay for this lookup. */
-		const char *ref = json_string_value(json_object_get(doc, "KeyId"));
-		if (ref != NULL && strlen(ref) <= HSM_KEYID_MAX)
-			hsm_api_note_ref(&c, ref);
-	}
+	if (hsm_failed(r) && c.audit.key_id[0] == '\0')
+		note_key(&c, doc);
 	hsm_jw_end(&w);
 	if (hsm_ok(r))
 		r = hsm_jw_finish(&w);
@@ -314,6 +323,22 @@ static const hsm_op_info *find_op(const char *name, route how)
 }
 
 /*
+ * A KMS request that waits for approval.  The key it names must exist: a
+ * request for no key is refused as its handler would refuse it, instead of
+ * opening an approval request custodians would read for nothing.  Either way
+ * the record names the key.
+ */
+static hsm_result gate_kms(hsm_server *s, const hsm_op_info *info, const hsm_auth_result *auth,
+                           json_t *doc, hsm_api_audit *audit, hsm_approval_gate *gate)
+{
+	const char *ref = NULL;
+	HSM_GUARD(hsm_json_str(doc, "KeyId", false, 1, HSM_KEYID_MAX, &ref));
+	if (ref != NULL)
+		HSM_GUARD(hsm_kms_approval_key(s->kms, ref, audit->key_id));
+	return hsm_server_approval_gate(s, info->name, &auth->caller, doc, gate);
+}
+
+/*
  * The rest of a KMS request once authenticated and parsed (r says whether
  * that went well): the handler, the audit record, the answer.  Takes doc.
  */
@@ -321,10 +346,17 @@ static void finish_kms(hsm_server *s, const char *name, const hsm_op_info *info,
                        const hsm_auth_result *auth, json_t *doc, hsm_result r)
 {
 	hsm_api_audit audit;
+	hsm_approval_gate gate;
 	memset(&audit, 0, sizeof(audit));
+	memset(&gate, 0, sizeof(gate));
 	outcome o = {name, auth, &audit, HSM_OK};
+	if (hsm_ok(r) && hsm_server_kms_needs_approval(s, info, &auth->caller))
+		r = gate_kms(s, info, auth, doc, &audit, &gate);
 	if (hsm_ok(r))
 		r = run_kms(s, info->op, auth, p, &audit, doc);
+	if (hsm_failed(r))
+		hsm_kms_approval_release(s->kms, &gate);
+	memcpy(audit.approval_id, gate.id, sizeof(audit.approval_id));
 	if (hsm_failed(r))
 		fail_request(p, &o, r);
 	else
@@ -391,16 +423,27 @@ static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 	const uint8_t *raw = hsm_http_req_body(req, &len);
 	if (hsm_ok(r))
 		r = hsm_json_parse(raw, len, &doc);
+	hsm_approval_gate gate;
+	hsm_api_audit audit;
+	memset(&gate, 0, sizeof(gate));
+	memset(&audit, 0, sizeof(audit));
+	if (hsm_ok(r) && op->needs_auth && hsm_server_admin_needs_approval(s, op, &auth.caller))
+		r = hsm_server_approval_gate(s, op->name, &auth.caller, doc, &gate);
+	memcpy(audit.approval_id, gate.id, sizeof(audit.approval_id));
 	if (hsm_ok(r)) {
 		hsm_jw w;
 		hsm_jw_init(&w, &p->body);
 		hsm_jw_begin(&w);
-		hsm_admin_ctx c = {s, op->needs_auth ? &auth : NULL, doc, &w, source};
+		hsm_admin_ctx c = {s, op->needs_auth ? &auth : NULL, doc, &w, source, audit.approval_id};
 		r = op->fn(&c);
 		hsm_jw_end(&w);
 		if (hsm_ok(r))
 			r = hsm_jw_finish(&w);
 	}
+	if (hsm_failed(r))
+		hsm_kms_approval_release(s->kms, &gate);
+	if (audit.approval_id[0] != '\0')
+		o.api = &audit;
 	if (hsm_failed(r))
 		fail_request(p, &o, r);
 	else

@@ -49,6 +49,9 @@ static void options_from(const hsm_config *cfg, hsm_server_options *o)
 	o->jwt_clock_skew = cfg->jwt_clock_skew_seconds;
 	o->secure_heap_bytes = cfg->secure_heap_bytes;
 	o->dev = cfg->dev;
+	o->approval_quorum = cfg->approval_quorum;
+	o->approval_ttl = cfg->approval_ttl_seconds;
+	o->approval_operations = cfg->approval_operations;
 }
 
 static hsm_result dev_credentials(char *akid, size_t cap, hsm_secret **secret)

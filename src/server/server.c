@@ -110,7 +110,9 @@ static hsm_result open_parts(hsm_server *s)
 	                     .jwt_default_lifetime = s->opt.jwt_default_lifetime,
 	                     .jwt_max_lifetime = s->opt.jwt_max_lifetime,
 	                     .jwt_clock_skew = s->opt.jwt_clock_skew,
-	                     .meta_cache_ttl_ms = s->opt.store_cache_ms};
+	                     .meta_cache_ttl_ms = s->opt.store_cache_ms,
+	                     .approval_quorum = s->opt.approval_quorum,
+	                     .approval_ttl = s->opt.approval_ttl};
 	HSM_GUARD(hsm_kms_new(s->store, s->ks, &kc, &s->kms));
 	hsm_kms_set_event_sink(s->kms, on_kms_event, s);
 	HSM_GUARD(hsm_server_auth_init(s));
@@ -173,7 +175,12 @@ hsm_result hsm_server_new(const hsm_server_options *opt, hsm_server **out)
 	if (s->opt.lockout_threshold == 0)
 		s->opt.lockout_threshold = 5;
 	HSM_TRY(jwt_defaults(&s->opt));
+	HSM_TRY(hsm_server_approval_ops(opt->approval_operations != NULL ? opt->approval_operations
+	                                                                 : HSM_APPROVAL_OPS_DEFAULT,
+	                                &s->approval_kms_ops, &s->approval_admin_ops));
+	s->opt.approval_operations = NULL; /* parsed: the caller's text is not kept */
 	HSM_TRY(open_parts(s));
+	HSM_TRY(hsm_server_approvals_check(s));
 	hsm_server_backup_init(s);
 	*out = s;
 	s = NULL;
@@ -281,17 +288,27 @@ static void probe_store(hsm_server *s)
 		hsm_info("the store answers again");
 }
 
+static hsm_result count_approval(const hsm_approval_record *a, void *arg)
+{
+	(void)a;
+	(*(uint64_t *)arg)++;
+	return HSM_SUCCESS;
+}
+
 static void count_store_gauges(hsm_server *s)
 {
 	probe_store(s);
 	if (!atomic_load(&s->store_up))
 		return;
-	uint64_t keys = 0;
+	uint64_t keys = 0, approvals = 0;
 	due_count due = {hsm_now() + 7 * 86400, 0, 0};
 	if (hsm_keystore_state(s->ks) == HSM_NODE_UNSEALED) {
 		hsm_result r = hsm_store_key_count(s->store, &keys);
 		if (hsm_ok(r))
 			r = hsm_store_keys_due(s->store, due.horizon, HSM_STORE_LIST_MAX, count_due, &due);
+		if (hsm_ok(r) && s->opt.approval_quorum > 0)
+			r = hsm_store_approval_list(s->store, true, hsm_now(), HSM_STORE_LIST_MAX,
+			                            count_approval, &approvals);
 		if (hsm_failed(r)) {
 			atomic_fetch_add(&s->metrics.scheduler_failures, 1);
 			hsm_log_failure("counting keys for /metrics");
@@ -301,6 +318,7 @@ static void count_store_gauges(hsm_server *s)
 	atomic_store(&s->gauge_keys, keys);
 	atomic_store(&s->gauge_rotations_due, due.rotations);
 	atomic_store(&s->gauge_expirations_due, due.expirations);
+	atomic_store(&s->gauge_approvals_open, approvals);
 	atomic_store(&s->gauges_counted_at, hsm_now());
 }
 
@@ -445,6 +463,8 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "# TYPE hsmd_keys_material_expiring_7d gauge\nhsmd_keys_material_expiring_7d %llu\n"
 	    "# HELP hsmd_keys_counted_time_seconds When the key gauges were last counted.\n"
 	    "# TYPE hsmd_keys_counted_time_seconds gauge\nhsmd_keys_counted_time_seconds %lld\n"
+	    "# HELP hsmd_approvals_open Approval requests waiting for custodians (approval_quorum).\n"
+	    "# TYPE hsmd_approvals_open gauge\nhsmd_approvals_open %llu\n"
 	    "# TYPE hsmd_audit_healthy gauge\nhsmd_audit_healthy %d\n"
 	    "# HELP hsmd_store_up Whether the store answered the last probe (every 5 s).\n"
 	    "# TYPE hsmd_store_up gauge\nhsmd_store_up %d\n"
@@ -467,7 +487,8 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    (unsigned long long)atomic_load(&s->gauge_keys),
 	    (unsigned long long)atomic_load(&s->gauge_rotations_due),
 	    (unsigned long long)atomic_load(&s->gauge_expirations_due),
-	    (long long)atomic_load(&s->gauges_counted_at), hsm_audit_healthy(s->audit),
+	    (long long)atomic_load(&s->gauges_counted_at),
+	    (unsigned long long)atomic_load(&s->gauge_approvals_open), hsm_audit_healthy(s->audit),
 	    (int)atomic_load(&s->store_up), (int)atomic_load(&s->leading),
 	    (unsigned long long)as.written, (unsigned long long)as.refused,
 	    (unsigned long long)as.outages, (unsigned long long)as.next_seq,

@@ -21,6 +21,7 @@
 #include "auth/sigv4.h"
 #include "common/shmap.h"
 #include "kms/kms.h"
+#include "server/config.h"
 #include "server/http.h"
 #include "server/json.h"
 #include "server/lane.h"
@@ -53,7 +54,12 @@ typedef struct hsm_server_options {
 	int64_t jwt_clock_skew;      /* verifiers' clock skew the JWKS grace period allows */
 	size_t secure_heap_bytes;
 	bool dev;
+	/* Quorum approvals (approvals.c): custodians per sensitive request; 0 = off. */
+	uint32_t approval_quorum;
+	uint32_t approval_ttl;           /* seconds an approval request stays open; 0 = 86400 */
+	const char *approval_operations; /* comma-separated names; NULL: HSM_APPROVAL_OPS_DEFAULT */
 } hsm_server_options;
+
 
 typedef struct hsm_server {
 	hsm_server_options opt;
@@ -81,6 +87,7 @@ typedef struct hsm_server {
 	 * keys), too long for an HTTP worker, whose other connections would wait.
 	 */
 	atomic_uint_fast64_t gauge_keys, gauge_rotations_due, gauge_expirations_due;
+	atomic_uint_fast64_t gauge_approvals_open; /* approval requests waiting for custodians */
 	atomic_int_fast64_t gauges_counted_at; /* Unix seconds; 0 = not yet */
 	/*
 	 * Whether the store answered the scheduler's last probe.  A node that
@@ -106,6 +113,9 @@ typedef struct hsm_server {
 	atomic_uint_fast64_t backup_last_bytes, backup_last_ms;
 	atomic_uint_fast64_t backups_made, backup_failures, backup_copy_failures, backups_expired;
 	int64_t started;
+	/* approval_operations as bit sets: by hsm_op, and by hsm_admin_index. */
+	uint64_t approval_kms_ops;
+	uint32_t approval_admin_ops;
 } hsm_server;
 
 hsm_result hsm_server_new(const hsm_server_options *opt, hsm_server **out) HSM_MUST_CHECK;
@@ -146,6 +156,8 @@ typedef struct hsm_admin_ctx {
 	json_t *req;
 	hsm_jw *w;
 	const char *source;
+	/* The approval request the operation concerns, for its audit record (NULL: none kept). */
+	char *approval_id; /* HSM_APPROVAL_ID_LEN + 1 bytes */
 } hsm_admin_ctx;
 
 typedef struct hsm_admin_op {
@@ -155,6 +167,35 @@ typedef struct hsm_admin_op {
 } hsm_admin_op;
 
 const hsm_admin_op *hsm_admin_find(const char *name);
+/* The operation's position in the admin table (below 32). */
+unsigned hsm_admin_index(const hsm_admin_op *op);
+
+/* ---- Quorum approvals (approvals.c) ------------------------------------------------- */
+
+/*
+ * Parses an approval_operations list into bit sets (by hsm_op, by
+ * hsm_admin_index).  VALIDATION names an operation that is unknown or that
+ * changes nothing (reads need no approval).
+ */
+hsm_result hsm_server_approval_ops(const char *list, uint64_t *kms_ops,
+                                   uint32_t *admin_ops) HSM_MUST_CHECK;
+/* Whether this request waits for approval: listed, approvals on, and the caller holds the role. */
+bool hsm_server_kms_needs_approval(const hsm_server *s, const hsm_op_info *info,
+                                   const hsm_caller *caller);
+bool hsm_server_admin_needs_approval(const hsm_server *s, const hsm_admin_op *op,
+                                     const hsm_caller *caller);
+/* hsm_kms_approval_gate on the request document's canonical text. */
+hsm_result hsm_server_approval_gate(hsm_server *s, const char *operation,
+                                    const hsm_caller *caller, json_t *doc,
+                                    hsm_approval_gate *g) HSM_MUST_CHECK;
+/* At start: refuses an approval_quorum that the store's custodians cannot meet. */
+hsm_result hsm_server_approvals_check(hsm_server *s) HSM_MUST_CHECK;
+/* HsmdAdmin.ListApprovals, GetApproval, ApproveRequest, DenyRequest, CancelRequest. */
+hsm_result hsm_admin_list_approvals(hsm_admin_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_admin_get_approval(hsm_admin_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_admin_approve_request(hsm_admin_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_admin_deny_request(hsm_admin_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_admin_cancel_request(hsm_admin_ctx *c) HSM_MUST_CHECK;
 
 /* The audit trail's checkpoint signer: the keystore's audit key (arg: hsm_keystore). */
 hsm_result hsm_server_audit_signer(void *arg, const uint8_t *msg, size_t n, hsm_buf *sig) HSM_MUST_CHECK;

@@ -11,6 +11,7 @@ promoted after the primary died; a backup of the shared store restores into
 a single SQLite node and into another PostgreSQL database; `hsmctl store
 copy` moves a single node's store into PostgreSQL.
 """
+import concurrent.futures
 import json
 import os
 import re
@@ -25,7 +26,7 @@ import urllib.parse
 import pytest
 
 from conftest import BUILD, HSMCTL, Hsmd, client, signed_call
-from helpers import admin, audit_records
+from helpers import admin, audit_records, raises
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
 PG_SERVER = os.path.join(ROOT, "tests/support/pg-server.sh")
@@ -739,3 +740,52 @@ def test_the_store_fails_over_to_a_promoted_standby(tmp_path):
             n.cleanup()
         subprocess.run([PG_SERVER, "stop", standby_dir], capture_output=True, timeout=120)
         primary.close()
+
+
+def test_approvals_are_shared_by_the_nodes(pg):
+    """approval_quorum on two nodes of one store: a request opened on one node is
+    approved through either, and an approval is used once across both."""
+    base = tempfile.mkdtemp(prefix="hsmd-cluster-approvals-")
+    store = pg.database("hsm_approvals")
+    shares = os.path.join(base, "shares")
+    hsmctl("init", "--data-dir", os.path.join(base, "ceremony"), "--share-dir", shares,
+           "--shares", "5", "--threshold", "3", "--custodians", ",".join(CUSTODIANS),
+           "--admin", "ops", "--custodian-users", store=store)
+
+    def creds(name):
+        with open(os.path.join(shares, name + ".credentials")) as f:
+            fields = dict(l.split(" = ", 1) for l in f.read().splitlines() if " = " in l)
+        return fields["aws_access_key_id"], fields["aws_secret_access_key"]
+
+    files = {c: os.path.join(shares, c + ".share") for c in CUSTODIANS}
+    nodes = [Hsmd(["--node-id", name, "--store-cache-ms", str(CACHE_MS), "--approval-quorum",
+                   "2"], env={"HSM_STORE": store}) for name in ("node-a", "node-b")]
+    try:
+        a, b = nodes
+        for n in nodes:
+            unseal(n, files)
+        ops = creds("ops")
+        off_a, off_b = kms(a, ops), kms(b, ops)
+        kid = off_a.create_key()["KeyMetadata"]["KeyId"]
+        e = raises("ApprovalRequiredException", off_a.schedule_key_deletion, KeyId=kid)
+        approval = re.search(r"approval request ([0-9a-f]{32})", e["Error"]["Message"]).group(1)
+        # The same request through node B finds the request node A opened.
+        e = raises("ApprovalRequiredException", off_b.schedule_key_deletion, KeyId=kid)
+        assert approval in e["Error"]["Message"]
+        for server, who in ((b, "alice"), (a, "dave")):
+            akid, secret = creds(who)
+            admin(server, "ApproveRequest", {"ApprovalId": approval}, akid=akid, secret=secret)
+        # Both nodes retry at once: one runs it, the other is told it was used.
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            outs = list(pool.map(
+                lambda n: signed_call(n, "TrentService.ScheduleKeyDeletion", {"KeyId": kid},
+                                      akid=ops[0], secret=ops[1]), [a, b, a, b]))
+        assert sorted(st for st, _ in outs) == [200, 400, 400, 400], outs
+        assert all(o["__type"] == "ApprovalRequiredException" for st, o in outs if st == 400)
+        assert off_b.describe_key(KeyId=kid)["KeyMetadata"]["KeyState"] == "PendingDeletion"
+        got = admin(a, "GetApproval", {"ApprovalId": approval}, akid=ops[0], secret=ops[1])
+        assert (got["State"], got["Approvers"]) == ("Used", ["alice", "dave"])
+    finally:
+        for n in nodes:
+            n.cleanup()
+        shutil.rmtree(base, ignore_errors=True)

@@ -1,0 +1,199 @@
+/*
+ * approvals.c - which requests wait for custodians, and the admin operations
+ * custodians use (kms/approvals.c keeps the rules).
+ *
+ * With approval_quorum = M above 0, every operation named in
+ * approval_operations runs only once M custodians approved that identical
+ * request.  The gate sits after authentication and the operation's role
+ * check, before the handler: a caller without the role is refused as ever,
+ * without opening a request custodians would have to look at.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "server/server.h"
+
+_Static_assert(HSM_OP_COUNT <= 64, "approval_kms_ops holds a bit per operation");
+
+/* What custodians may be asked to approve: requests that change something. */
+static bool approvable_admin(const char *name)
+{
+	static const char *const names[] = {"Seal",      "CreateUser",      "DisableUser",
+	                                    "EnableUser", "UnlockUser",     "CreateAccessKey",
+	                                    "RevokeAccessKey", "CreateBackup"};
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (strcmp(names[i], name) == 0)
+			return true;
+	return false;
+}
+
+hsm_result hsm_server_approval_ops(const char *list, uint64_t *kms_ops, uint32_t *admin_ops)
+{
+	char buf[HSM_APPROVAL_OPS_MAX];
+	uint64_t k = 0;
+	uint32_t a = 0;
+	HSM_GUARD(hsm_strcpy(buf, sizeof(buf), list));
+	for (char *save = NULL, *t = strtok_r(buf, ", ", &save); t != NULL;
+	     t = strtok_r(NULL, ", ", &save)) {
+		const hsm_op_info *info = hsm_op_find(t);
+		const hsm_admin_op *admin = hsm_admin_find(t);
+		if (info != NULL && info->mutating) {
+			k |= UINT64_C(1) << (unsigned)info->op;
+		} else if (admin != NULL && approvable_admin(t)) {
+			a |= UINT32_C(1) << hsm_admin_index(admin);
+		} else {
+			return HSM_FAIL(HSM_ERR_VALIDATION,
+			                "'%.64s' is not an operation that can wait for approval (one that "
+			                "changes keys, policies, users, access keys or backups)",
+			                t);
+		}
+	}
+	*kms_ops = k;
+	*admin_ops = a;
+	return HSM_SUCCESS;
+}
+
+bool hsm_server_kms_needs_approval(const hsm_server *s, const hsm_op_info *info,
+                                   const hsm_caller *caller)
+{
+	return s->opt.approval_quorum > 0 && (s->approval_kms_ops >> (unsigned)info->op & 1U) != 0 &&
+	       (caller->roles & info->roles) != 0;
+}
+
+bool hsm_server_admin_needs_approval(const hsm_server *s, const hsm_admin_op *op,
+                                     const hsm_caller *caller)
+{
+	/* Every approvable admin operation is a crypto-officer's. */
+	return s->opt.approval_quorum > 0 && (s->approval_admin_ops >> hsm_admin_index(op) & 1U) != 0 &&
+	       (caller->roles & HSM_ROLES_OFFICER) != 0;
+}
+
+hsm_result hsm_server_approval_gate(hsm_server *s, const char *operation,
+                                    const hsm_caller *caller, json_t *doc, hsm_approval_gate *g)
+{
+	/* Canonical text: members sorted, no spaces, escapes for anything not ASCII. */
+	char *text = json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII);
+	memset(g, 0, sizeof(*g));
+	HSM_ENSURE(text != NULL, HSM_ERR_NOMEM, "out of memory");
+	hsm_result r = hsm_kms_approval_gate(s->kms, caller, operation, text, g);
+	free(text);
+	return r;
+}
+
+hsm_result hsm_server_approvals_check(hsm_server *s)
+{
+	if (s->opt.approval_quorum == 0)
+		return HSM_SUCCESS;
+	unsigned n = 0;
+	HSM_GUARD(hsm_kms_custodian_count(s->kms, &n));
+	HSM_ENSURE(n >= s->opt.approval_quorum, HSM_ERR_VALIDATION,
+	           "approval_quorum = %u, but the store has %u enabled custodian%s: no request "
+	           "could ever be approved. Create the custodians first (hsmctl user create NAME "
+	           "--roles custodian, then an access key each), then set approval_quorum",
+	           s->opt.approval_quorum, n, n == 1 ? "" : "s");
+	return HSM_SUCCESS;
+}
+
+/* ---- HsmdAdmin operations ------------------------------------------------------- */
+
+static void write_approval(hsm_server *s, hsm_jw *w, const hsm_approval_record *a)
+{
+	bool expired = a->state == HSM_APPROVAL_PENDING && a->expires <= hsm_now();
+	unsigned required = a->required > s->opt.approval_quorum ? a->required
+	                                                           : s->opt.approval_quorum;
+	hsm_jw_str(w, "ApprovalId", a->id);
+	hsm_jw_str(w, "Operation", a->operation);
+	hsm_jw_str(w, "Requester", a->requester);
+	hsm_jw_str(w, "Request", a->request != NULL ? a->request : "");
+	hsm_jw_str(w, "State", expired ? "Expired" : hsm_approval_state_name(a->state));
+	hsm_jw_int(w, "Required", required);
+	hsm_jw_int(w, "Approvals", hsm_kms_approval_valid(s->kms, a));
+	hsm_jw_key_begin_array(w, "Approvers");
+	for (uint32_t i = 0; i < a->n_approvers && i < HSM_APPROVERS_MAX; i++)
+		hsm_jw_value_str(w, a->approvers[i]);
+	hsm_jw_end_array(w);
+	hsm_jw_time(w, "CreationDate", a->created);
+	hsm_jw_time(w, "ExpirationDate", a->expires);
+	if (a->closed != 0)
+		hsm_jw_time(w, "ClosedDate", a->closed);
+	if (a->closed_by[0] != '\0')
+		hsm_jw_str(w, "ClosedBy", a->closed_by);
+}
+
+static hsm_result read_id(hsm_admin_ctx *c, const char **id)
+{
+	HSM_GUARD(hsm_json_str(c->req, "ApprovalId", true, HSM_APPROVAL_ID_LEN, HSM_APPROVAL_ID_LEN,
+	                       id));
+	/* The id goes into the audit record: only what could be one. */
+	HSM_ENSURE(strspn(*id, "0123456789abcdef") == HSM_APPROVAL_ID_LEN, HSM_ERR_NOT_FOUND,
+	           "approval request %.32s does not exist", *id);
+	if (c->approval_id != NULL)
+		memcpy(c->approval_id, *id, HSM_APPROVAL_ID_LEN + 1);
+	return HSM_SUCCESS;
+}
+
+typedef hsm_result (*change_fn)(hsm_kms *, const hsm_caller *, const char *,
+                                hsm_approval_record *);
+
+static hsm_result change(hsm_admin_ctx *c, change_fn fn)
+{
+	const char *id;
+	hsm_approval_record a;
+	memset(&a, 0, sizeof(a));
+	HSM_GUARD(read_id(c, &id));
+	hsm_result r = fn(c->s->kms, &c->auth->caller, id, &a);
+	if (hsm_ok(r))
+		write_approval(c->s, c->w, &a);
+	hsm_approval_record_clear(&a);
+	return r;
+}
+
+hsm_result hsm_admin_approve_request(hsm_admin_ctx *c)
+{
+	return change(c, hsm_kms_approval_approve);
+}
+
+hsm_result hsm_admin_deny_request(hsm_admin_ctx *c)
+{
+	return change(c, hsm_kms_approval_deny);
+}
+
+hsm_result hsm_admin_cancel_request(hsm_admin_ctx *c)
+{
+	return change(c, hsm_kms_approval_cancel);
+}
+
+hsm_result hsm_admin_get_approval(hsm_admin_ctx *c)
+{
+	return change(c, hsm_kms_approval_get);
+}
+
+typedef struct list_arg {
+	hsm_server *s;
+	hsm_jw *w;
+} list_arg;
+
+static hsm_result list_one(const hsm_approval_record *a, void *arg)
+{
+	list_arg *l = arg;
+	hsm_jw_begin_object(l->w);
+	write_approval(l->s, l->w, a);
+	hsm_jw_end(l->w);
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_admin_list_approvals(hsm_admin_ctx *c)
+{
+	bool all = false, present;
+	int64_t limit = 100;
+	HSM_GUARD(hsm_json_bool(c->req, "IncludeClosed", &all, &present));
+	HSM_GUARD(hsm_json_int(c->req, "Limit", false, 1, 1000, &limit, &present));
+	list_arg l = {c->s, c->w};
+	hsm_jw_int(c->w, "Quorum", c->s->opt.approval_quorum);
+	hsm_jw_key_begin_array(c->w, "Approvals");
+	HSM_GUARD(hsm_kms_approval_list(c->s->kms, &c->auth->caller, !all, (size_t)limit, list_one,
+	                                &l));
+	hsm_jw_end_array(c->w);
+	return HSM_SUCCESS;
+}

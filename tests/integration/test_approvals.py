@@ -1,0 +1,406 @@
+"""Quorum approvals: sensitive requests run only once M custodians approved that
+identical request.  Driven with boto3, aws-cli, hsmctl and raw requests signed by
+botocore's SigV4 signer, against a node started with --approval-quorum 2."""
+import concurrent.futures
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from conftest import DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, start_dev
+from helpers import AwsCli, admin, audit_records, new_user, raises
+
+DEV_ENV = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
+ID = re.compile(r"approval request ([0-9a-f]{32})")
+
+
+@pytest.fixture(scope="module")
+def node():
+    """A dev node given custodians and an officer, then restarted with approvals on."""
+    first = start_dev()
+    users = {}
+    for name, roles in {"alice": ["custodian"], "bob": ["custodian"], "carol": ["custodian"],
+                        "dan": ["custodian"], "ops": ["crypto-officer", "custodian"],
+                        "app": ["crypto-user"], "audit": ["auditor"]}.items():
+        users[name] = new_user(first, name, roles)
+    first.stop()
+    server = Hsmd(["--dev", "--approval-quorum", "2"], env=DEV_ENV, data_dir=first.data_dir)
+    server.users = users
+    yield server
+    server.cleanup()
+    first.cleanup()
+
+
+@pytest.fixture(scope="module")
+def kms(node):
+    return client(node)
+
+
+def as_user(node, name):
+    akid, secret = node.users[name]
+    return {"akid": akid, "secret": secret}
+
+
+def approval_of(resp):
+    """The approval request an ApprovalRequiredException names."""
+    assert resp["Error"]["Code"] == "ApprovalRequiredException", resp
+    assert resp["ResponseMetadata"]["HTTPStatusCode"] == 400
+    m = ID.search(resp["Error"]["Message"])
+    assert m, resp["Error"]["Message"]
+    return m.group(1)
+
+
+def approve(node, who, approval, expect=200):
+    return admin(node, "ApproveRequest", {"ApprovalId": approval}, expect=expect,
+                 **as_user(node, who))
+
+
+def get(node, approval, who="audit"):
+    return admin(node, "GetApproval", {"ApprovalId": approval}, **as_user(node, who))
+
+
+def hsmctl(node, who, *args):
+    akid, secret = node.users[who]
+    env = dict(os.environ, AWS_ACCESS_KEY_ID=akid, AWS_SECRET_ACCESS_KEY=secret)
+    return subprocess.run([HSMCTL, "--endpoint", node.endpoint] + list(args), env=env,
+                          capture_output=True, text=True, timeout=30)
+
+
+def new_key(kms):
+    return kms.create_key()["KeyMetadata"]["KeyId"]
+
+
+def test_a_quorum_its_custodians_cannot_meet_is_refused_at_start():
+    with pytest.raises(RuntimeError) as e:
+        start_dev(["--approval-quorum", "2"])
+    assert "approval_quorum = 2, but the store has 0 enabled custodians" in str(e.value)
+
+
+@pytest.mark.parametrize("ops,why", [("Encrypt", "Encrypt"), ("GetKeyPolicy", "GetKeyPolicy"),
+                                     ("ListApprovals", "ListApprovals"), ("Nope", "Nope"),
+                                     ("Unseal", "Unseal")])
+def test_only_operations_that_change_something_can_wait(ops, why):
+    with pytest.raises(RuntimeError) as e:
+        start_dev(["--approval-operations", ops])
+    assert f"'{why}' is not an operation that can wait for approval" in str(e.value)
+
+
+def test_schedule_key_deletion_waits_for_two_custodians(node, kms):
+    key = new_key(kms)
+    first = raises("ApprovalRequiredException", kms.schedule_key_deletion, KeyId=key,
+                   PendingWindowInDays=7)
+    approval = approval_of(first)
+    msg = first["Error"]["Message"]
+    assert msg.startswith(f"ScheduleKeyDeletion needs 2 custodians' approval: approval request "
+                          f"{approval} opened with 0, until ")
+    assert msg.endswith("; once approved (hsmctl approval approve ID), send this request again")
+    assert kms.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "Enabled"
+
+    a = get(node, approval)
+    assert (a["Operation"], a["Requester"], a["State"], a["Required"], a["Approvals"],
+            a["Approvers"]) == ("ScheduleKeyDeletion", "dev", "Pending", 2, 0, [])
+    assert json.loads(a["Request"]) == {"KeyId": key, "PendingWindowInDays": 7}
+    assert a["ExpirationDate"] - a["CreationDate"] == pytest.approx(86400, abs=2)
+
+    # The identical retry finds the same request; nothing runs yet.
+    again = raises("ApprovalRequiredException", kms.schedule_key_deletion, KeyId=key,
+                   PendingWindowInDays=7)
+    assert approval_of(again) == approval and "is open with 0" in again["Error"]["Message"]
+
+    out = approve(node, "alice", approval)
+    assert (out["State"], out["Approvals"], out["Approvers"]) == ("Pending", 1, ["alice"])
+    one = raises("ApprovalRequiredException", kms.schedule_key_deletion, KeyId=key,
+                 PendingWindowInDays=7)
+    assert "is open with 1" in one["Error"]["Message"]
+    assert kms.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "Enabled"
+
+    p = hsmctl(node, "bob", "approval", "approve", approval)
+    assert p.returncode == 0, p.stderr
+    assert "Approvals: 2" in p.stdout and '"PendingWindowInDays": 7' in p.stdout
+
+    done = kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
+    assert done["KeyState"] == "PendingDeletion"
+    assert get(node, approval)["State"] == "Used"
+
+    # Used up: the same request again needs a new approval.
+    kms.cancel_key_deletion(KeyId=key)
+    later = raises("ApprovalRequiredException", kms.schedule_key_deletion, KeyId=key,
+                   PendingWindowInDays=7)
+    assert approval_of(later) != approval
+    assert kms.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "Disabled"
+
+
+def test_an_approval_covers_only_the_identical_request(node, kms):
+    key = new_key(kms)
+    approval = approval_of(raises("ApprovalRequiredException", kms.schedule_key_deletion,
+                                  KeyId=key, PendingWindowInDays=10))
+    approve(node, "alice", approval)
+    approve(node, "bob", approval)
+    # Another window, another key reference, another requester: other requests.
+    other = approval_of(raises("ApprovalRequiredException", kms.schedule_key_deletion,
+                               KeyId=key, PendingWindowInDays=11))
+    assert other != approval
+    arn = kms.describe_key(KeyId=key)["KeyMetadata"]["Arn"]
+    assert approval_of(raises("ApprovalRequiredException", kms.schedule_key_deletion,
+                              KeyId=arn, PendingWindowInDays=10)) not in (approval, other)
+    ops = client(node, **{"akid": node.users["ops"][0], "secret": node.users["ops"][1]})
+    assert approval_of(raises("ApprovalRequiredException", ops.schedule_key_deletion,
+                              KeyId=key, PendingWindowInDays=10)) != approval
+    assert kms.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "Enabled"
+    # Member order and spacing do not make a request different.
+    st, out = signed_call(node, "TrentService.ScheduleKeyDeletion",
+                          {"PendingWindowInDays": 10, "KeyId": key})
+    assert st == 200 and out["KeyState"] == "PendingDeletion", out
+
+
+def test_who_may_approve(node, kms):
+    policy = json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:root"},
+        "Action": "kms:*", "Resource": "*"}]})
+    key = new_key(kms)
+    ops = client(node, node.users["ops"][0], node.users["ops"][1])
+    approval = approval_of(raises("ApprovalRequiredException", ops.put_key_policy, KeyId=key,
+                                  PolicyName="default", Policy=policy))
+    # Its own requester, though a custodian, may not approve it.
+    out = approve(node, "ops", approval, expect=400)
+    assert out["__type"] == "AccessDeniedException" and "own request" in out["message"]
+    # Nor may users without the custodian role.
+    for who in ("app", "audit"):
+        out = approve(node, who, approval, expect=400)
+        assert out["__type"] == "AccessDeniedException" and "custodian" in out["message"]
+    out = admin(node, "ApproveRequest", {"ApprovalId": approval}, expect=400)  # the dev officer
+    assert out["__type"] == "AccessDeniedException"
+    # Crypto-users cannot even read approval requests.
+    out = admin(node, "ListApprovals", {}, expect=400, **as_user(node, "app"))
+    assert out["__type"] == "AccessDeniedException"
+
+    approve(node, "carol", approval)
+    out = approve(node, "carol", approval, expect=400)
+    assert out["__type"] == "AlreadyExistsException" and "already approved" in out["message"]
+    assert get(node, approval)["Approvers"] == ["carol"]
+    approve(node, "dan", approval)
+    ops.put_key_policy(KeyId=key, PolicyName="default", Policy=policy)
+    assert get(node, approval)["State"] == "Used"
+    out = approve(node, "alice", approval, expect=400)
+    assert out["__type"] == "KMSInvalidStateException" and "Used" in out["message"]
+
+    for bad in ("0" * 32, "not-an-id", "A" * 32):
+        out = approve(node, "alice", bad, expect=400)
+        assert out["__type"] in ("NotFoundException", "ValidationException"), out
+
+
+def test_a_crypto_user_is_refused_without_opening_a_request(node, kms):
+    key = new_key(kms)
+    app = client(node, node.users["app"][0], node.users["app"][1])
+    before = {a["ApprovalId"] for a in admin(node, "ListApprovals", {"IncludeClosed": True})[
+        "Approvals"]}
+    raises("AccessDeniedException", app.schedule_key_deletion, KeyId=key)
+    after = {a["ApprovalId"] for a in admin(node, "ListApprovals", {"IncludeClosed": True})[
+        "Approvals"]}
+    assert before == after
+
+
+def test_a_request_for_no_key_is_refused_without_opening_a_request(node, kms):
+    def listed():
+        return {a["ApprovalId"] for a in admin(node, "ListApprovals", {"IncludeClosed": True})[
+            "Approvals"]}
+    before = listed()
+    raises("NotFoundException", kms.schedule_key_deletion,
+           KeyId="11111111-2222-3333-4444-555555555555", message="does not exist")
+    raises("NotFoundException", kms.put_key_policy, KeyId="alias/nothing-here",
+           PolicyName="default", Policy="{}")
+    assert listed() == before
+
+
+def test_deny_and_cancel_close_a_request(node, kms):
+    key = new_key(kms)
+    approval = approval_of(raises("ApprovalRequiredException", kms.schedule_key_deletion,
+                                  KeyId=key, PendingWindowInDays=20))
+    approve(node, "alice", approval)
+    p = hsmctl(node, "bob", "approval", "deny", approval)
+    assert p.returncode == 0, p.stderr
+    a = get(node, approval)
+    assert (a["State"], a["ClosedBy"]) == ("Denied", "bob")
+    out = approve(node, "carol", approval, expect=400)
+    assert out["__type"] == "KMSInvalidStateException" and "Denied" in out["message"]
+    # The same request again opens a new one.
+    fresh = approval_of(raises("ApprovalRequiredException", kms.schedule_key_deletion,
+                               KeyId=key, PendingWindowInDays=20))
+    assert fresh != approval
+    # Only its requester withdraws it.
+    out = admin(node, "CancelRequest", {"ApprovalId": fresh}, expect=400, **as_user(node, "ops"))
+    assert out["__type"] == "AccessDeniedException"
+    out = admin(node, "CancelRequest", {"ApprovalId": fresh})
+    assert (out["State"], out["ClosedBy"]) == ("Cancelled", "dev")
+    listed = {a["ApprovalId"]: a for a in admin(node, "ListApprovals", {})["Approvals"]}
+    assert approval not in listed and fresh not in listed
+    closed = {a["ApprovalId"]: a for a in admin(node, "ListApprovals", {"IncludeClosed": True})[
+        "Approvals"]}
+    assert closed[approval]["State"] == "Denied" and closed[fresh]["State"] == "Cancelled"
+    assert kms.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "Enabled"
+
+
+def test_a_request_that_fails_gives_its_approval_back(node):
+    body = {"UserName": "alice", "Roles": ["crypto-user"]}  # alice exists
+    st, out = signed_call(node, "HsmdAdmin.CreateUser", body)
+    assert (st, out["__type"]) == (400, "ApprovalRequiredException"), out
+    approval = ID.search(out["message"]).group(1)
+    approve(node, "bob", approval)
+    approve(node, "carol", approval)
+    st, out = signed_call(node, "HsmdAdmin.CreateUser", body)
+    assert (st, out["__type"]) == (400, "AlreadyExistsException"), out
+    a = get(node, approval)
+    assert (a["State"], a["Approvals"]) == ("Pending", 2)
+
+
+def test_a_disabled_custodian_no_longer_counts(node, kms):
+    key = new_key(kms)
+    approval = approval_of(raises("ApprovalRequiredException", kms.schedule_key_deletion,
+                                  KeyId=key, PendingWindowInDays=25))
+    approve(node, "alice", approval)
+    approve(node, "dan", approval)
+    admin(node, "DisableUser", {"UserName": "dan"})  # not in approval_operations: at once
+    try:
+        r = raises("ApprovalRequiredException", kms.schedule_key_deletion, KeyId=key,
+                   PendingWindowInDays=25)
+        assert "is open with 1" in r["Error"]["Message"]
+        assert get(node, approval)["Approvals"] == 1
+        approve(node, "carol", approval)
+        assert kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=25)[
+            "KeyState"] == "PendingDeletion"
+    finally:
+        # Enabling a user waits for approval too.
+        st, out = signed_call(node, "HsmdAdmin.EnableUser", {"UserName": "dan"})
+        assert (st, out["__type"]) == (400, "ApprovalRequiredException"), out
+        enable = ID.search(out["message"]).group(1)
+        approve(node, "alice", enable)
+        approve(node, "bob", enable)
+        st, out = signed_call(node, "HsmdAdmin.EnableUser", {"UserName": "dan"})
+        assert st == 200, out
+
+
+def test_identical_requests_racing_use_an_approval_once(node):
+    new = {"UserName": "app"}
+    st, out = signed_call(node, "HsmdAdmin.CreateAccessKey", new)
+    approval = ID.search(out["message"]).group(1)
+    approve(node, "alice", approval)
+    approve(node, "bob", approval)
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda _: signed_call(node, "HsmdAdmin.CreateAccessKey", new),
+                                range(6)))
+    ok = [out for st, out in results if st == 200]
+    refused = [out for st, out in results if st == 400]
+    assert len(ok) == 1 and len(refused) == 5, results
+    assert all(o["__type"] == "ApprovalRequiredException" for o in refused)
+    assert ok[0]["UserName"] == "app" and len(ok[0]["SecretAccessKey"]) == 40
+    keys = admin(node, "ListAccessKeys", {"UserName": "app"})["AccessKeys"]
+    assert len(keys) == 2  # the one the fixture made, and this one
+
+
+def test_operations_not_listed_run_at_once(node, kms):
+    key = new_key(kms)
+    kms.disable_key(KeyId=key)
+    kms.enable_key(KeyId=key)
+    kms.create_alias(AliasName="alias/approvals-free", TargetKeyId=key)
+    assert kms.encrypt(KeyId="alias/approvals-free", Plaintext=b"x")["KeyId"].endswith(key)
+
+
+def test_aws_cli_sees_the_refusal_and_the_approved_retry(node, kms):
+    key = new_key(kms)
+    cli = AwsCli(node)
+    try:
+        args = ("schedule-key-deletion", "--key-id", key, "--pending-window-in-days", "30")
+        p = cli.run(*args, check=False)
+        assert p.returncode != 0 and "ApprovalRequiredException" in p.stderr, p.stderr
+        approval = ID.search(p.stderr).group(1)
+        for who in ("carol", "alice"):
+            assert hsmctl(node, who, "approval", "approve", approval).returncode == 0
+        listed = hsmctl(node, "audit", "approval", "list")
+        assert listed.returncode == 0 and approval in listed.stdout
+        assert cli.json(*args)["KeyState"] == "PendingDeletion"
+    finally:
+        cli.close()
+
+
+def test_the_audit_trail_links_requests_and_approvals(node, kms):
+    key = new_key(kms)
+    approval = approval_of(raises("ApprovalRequiredException", kms.schedule_key_deletion,
+                                  KeyId=key, PendingWindowInDays=9))
+    approve(node, "alice", approval)
+    approve(node, "bob", approval)
+    kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=9)
+    import time
+    deadline = time.time() + 5
+    while True:
+        recs = [r for r in audit_records(node.data_dir) if r.get("extra", {}).get("approval_id") == approval]
+        if len(recs) >= 4 or time.time() > deadline:
+            break
+        time.sleep(0.05)
+    seen = [(r["op"], r["outcome"], r["principal"].rsplit("/", 1)[1]) for r in recs]
+    assert seen == [("ScheduleKeyDeletion", "denied", "dev"), ("ApproveRequest", "success", "alice"),
+                    ("ApproveRequest", "success", "bob"),
+                    ("ScheduleKeyDeletion", "success", "dev")], seen
+    assert recs[0]["error"] == "ApprovalRequiredException" and recs[0]["key_id"] == key
+    assert recs[3]["key_id"] == key
+
+
+def test_metrics_count_open_requests(node, kms):
+    import time
+
+    def gauge():
+        _, body, _ = node.get("/metrics")
+        line = [l for l in body.decode().splitlines() if l.startswith("hsmd_approvals_open ")]
+        return int(line[0].split()[1])
+
+    open_now = len(admin(node, "ListApprovals", {})["Approvals"])
+    key = new_key(kms)
+    approval_of(raises("ApprovalRequiredException", kms.schedule_key_deletion, KeyId=key,
+                       PendingWindowInDays=12))
+    deadline = time.time() + 15  # counted every 5 s
+    while gauge() != open_now + 1 and time.time() < deadline:
+        time.sleep(0.2)
+    assert gauge() == open_now + 1
+
+
+def test_a_ceremony_names_the_custodians_who_approve(tmp_path):
+    """hsmctl init --custodian-users: the custodians who hold the shares also
+    get users and credentials, and a production node can start with approvals."""
+    data, shares = str(tmp_path / "data"), str(tmp_path / "shares")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HSM_"))}
+    p = subprocess.run([HSMCTL, "init", "--data-dir", data, "--share-dir", shares, "--shares", "3",
+                        "--threshold", "2", "--custodians", "alice,bob,carol", "--admin", "ops",
+                        "--custodian-users"], capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "user: alice (custodian)" in p.stdout and "user: ops (crypto-officer,auditor)" in p.stdout
+
+    def creds(name):
+        path = os.path.join(shares, name + ".credentials")
+        assert oct(os.stat(path).st_mode & 0o777) == "0o400"
+        with open(path) as f:
+            fields = dict(l.split(" = ", 1) for l in f.read().splitlines() if " = " in l)
+        return fields["aws_access_key_id"], fields["aws_secret_access_key"]
+
+    server = Hsmd(["--approval-quorum", "2"], data_dir=data)
+    try:
+        for name in ("alice", "carol"):
+            u = subprocess.run([HSMCTL, "--endpoint", server.endpoint, "unseal",
+                                os.path.join(shares, name + ".share")],
+                               capture_output=True, text=True, timeout=30, env=env)
+            assert u.returncode == 0, u.stderr
+        ops = client(server, *creds("ops"))
+        key = ops.create_key()["KeyMetadata"]["KeyId"]
+        approval = approval_of(raises("ApprovalRequiredException", ops.schedule_key_deletion,
+                                      KeyId=key))
+        for name in ("bob", "carol"):
+            akid, secret = creds(name)
+            admin(server, "ApproveRequest", {"ApprovalId": approval}, akid=akid, secret=secret)
+        assert ops.schedule_key_deletion(KeyId=key)["KeyState"] == "PendingDeletion"
+        users = {u["UserName"]: u["Roles"] for u in admin(server, "ListUsers",
+                                                           akid=creds("ops")[0],
+                                                           secret=creds("ops")[1])["Users"]}
+        assert users == {"alice": ["custodian"], "bob": ["custodian"], "carol": ["custodian"],
+                         "ops": ["crypto-officer", "auditor"]}
+    finally:
+        server.cleanup()
