@@ -12,7 +12,9 @@
  * and source; and, in order, every change (key lifecycle, policies, aliases,
  * tags, rotation, users and access keys, JWT signing, backups) and every node
  * event (start-up, init, unseal, seal, automatic rotation and destruction,
- * backups, restores, shutdown).  Text for people, --json for programs.
+ * backups, restores, shutdown).  A change made under a quorum approval names
+ * the custodians who approved it (approved_by), whatever the window or key
+ * asked for.  Text for people, --json for programs.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -46,6 +48,7 @@ typedef struct report {
 	json_t *changes;    /* [record, ...] in order */
 	json_t *events;
 	json_t *nodes;      /* node -> records */
+	json_t *approvals;  /* approval id -> [principal, ...] who approved it, in order */
 	uint64_t records, checkpoints;
 	char first[40], last[40];
 } report;
@@ -132,8 +135,9 @@ static bool is_change(const char *op)
 	const hsm_op_info *info = hsm_op_find(op);
 	if (info != NULL)
 		return info->mutating;
-	static const char *const reads[] = {"Status", "AuditHash", "AuditPublicKey", "SignToken",
-	                                    "ListUsers", "ListAccessKeys", "ListBackups"};
+	static const char *const reads[] = {"Status",         "AuditHash",     "AuditPublicKey",
+	                                    "SignToken",      "ListUsers",     "ListAccessKeys",
+	                                    "ListBackups",    "ListApprovals", "GetApproval"};
 	for (size_t i = 0; i < sizeof(reads) / sizeof(reads[0]); i++)
 		if (strcmp(op, reads[i]) == 0)
 			return false;
@@ -167,6 +171,45 @@ static json_t *summary_of(json_t *rec)
 	return s;
 }
 
+static const char *approval_of(json_t *rec)
+{
+	json_t *v = json_object_get(json_object_get(rec, "extra"), "approval_id");
+	return json_is_string(v) ? json_string_value(v) : NULL;
+}
+
+/* Notes who approved what, from every record (approvals come before the window's changes). */
+static hsm_result note_approval(report *r, json_t *rec)
+{
+	const char *id = approval_of(rec);
+	if (id == NULL || strcmp(str_of(rec, "op"), "ApproveRequest") != 0 ||
+	    strcmp(str_of(rec, "outcome"), "success") != 0)
+		return HSM_SUCCESS;
+	json_t *who = json_object_get(r->approvals, id);
+	if (who == NULL) {
+		who = json_array();
+		HSM_ENSURE(who != NULL && json_object_set_new(r->approvals, id, who) == 0,
+		           HSM_ERR_NOMEM, "out of memory");
+	}
+	HSM_ENSURE(json_array_append_new(who, json_string(str_of(rec, "principal"))) == 0,
+	           HSM_ERR_NOMEM, "out of memory");
+	return HSM_SUCCESS;
+}
+
+/* A change's summary, with the custodians who approved it when it ran under an approval. */
+static json_t *change_of(report *r, json_t *rec)
+{
+	json_t *s = summary_of(rec);
+	const char *id = approval_of(rec), *op = str_of(rec, "op");
+	json_t *who = id != NULL ? json_object_get(r->approvals, id) : NULL;
+	if (s != NULL && who != NULL && strcmp(op, "ApproveRequest") != 0 &&
+	    strcmp(op, "DenyRequest") != 0 && strcmp(op, "CancelRequest") != 0 &&
+	    json_object_set_new(s, "approved_by", json_deep_copy(who)) != 0) {
+		json_decref(s);
+		return NULL;
+	}
+	return s;
+}
+
 static hsm_result add_record(report *r, const report_opts *o, json_t *rec)
 {
 	const char *type = str_of(rec, "type"), *time = str_of(rec, "time");
@@ -174,6 +217,7 @@ static hsm_result add_record(report *r, const report_opts *o, json_t *rec)
 		r->checkpoints++;
 		return HSM_SUCCESS;
 	}
+	HSM_GUARD(note_approval(r, rec));
 	if ((o->since[0] != '\0' && strcmp(time, o->since) < 0) ||
 	    (o->until[0] != '\0' && strcmp(time, o->until) >= 0))
 		return HSM_SUCCESS;
@@ -213,7 +257,7 @@ static hsm_result add_record(report *r, const report_opts *o, json_t *rec)
 	else if (strcmp(type, "request") == 0 && strcmp(outcome, "success") == 0 && is_change(op))
 		list = r->changes;
 	if (list != NULL) {
-		json_t *s = summary_of(rec);
+		json_t *s = list == r->changes ? change_of(r, rec) : summary_of(rec);
 		HSM_ENSURE(s != NULL && json_array_append_new(list, s) == 0, HSM_ERR_NOMEM,
 		           "out of memory");
 	}
@@ -294,6 +338,9 @@ static void print_lines(const char *title, json_t *list)
 			if (json_is_string(x))
 				printf(" %s=%s", k, json_string_value(x));
 		}
+		size_t j;
+		json_array_foreach(json_object_get(s, "approved_by"), j, x)
+			printf("%s%s", j == 0 ? " approved_by=" : ",", json_string_value(x));
 		printf("\n");
 	}
 }
@@ -367,7 +414,8 @@ int cmd_audit_report(int argc, char **argv)
 	hsm_audit_verify_report v;
 	memset(&v, 0, sizeof(v));
 	report r = {.ops = json_object(), .principals = json_object(), .auth = json_object(),
-	            .changes = json_array(), .events = json_array(), .nodes = json_object()};
+	            .changes = json_array(), .events = json_array(), .nodes = json_object(),
+	            .approvals = json_object()};
 	size_t n = (size_t)(argc - first);
 	if (hsm_failed(hsm_audit_verify_files((const char *const *)argv + first, n, &o.verify, &v))) {
 		rc = hsmctl_fail("audit report");
@@ -391,6 +439,7 @@ int cmd_audit_report(int argc, char **argv)
 	json_decref(r.changes);
 	json_decref(r.events);
 	json_decref(r.nodes);
+	json_decref(r.approvals);
 	hsm_buf_free(&pem);
 	return rc;
 }

@@ -404,3 +404,34 @@ def test_a_ceremony_names_the_custodians_who_approve(tmp_path):
                          "ops": ["crypto-officer", "auditor"]}
     finally:
         server.cleanup()
+
+
+def test_the_audit_report_names_who_approved_each_change(node, kms):
+    import glob
+    key = new_key(kms)
+    approval = approval_of(raises("ApprovalRequiredException", kms.schedule_key_deletion,
+                                  KeyId=key, PendingWindowInDays=14))
+    approve(node, "carol", approval)
+    approve(node, "alice", approval)
+    kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=14)
+    files = sorted(glob.glob(os.path.join(node.data_dir, "audit", "audit-*.jsonl")))
+
+    def report(*args):
+        import time
+        deadline = time.time() + 5
+        while True:  # the writer may not have flushed the last record yet
+            p = subprocess.run([HSMCTL, "audit", "report", "--live", "--key", key] + list(args)
+                               + files, capture_output=True, text=True, timeout=60)
+            if (p.returncode == 0 and "ScheduleKeyDeletion" in p.stdout) or time.time() > deadline:
+                return p
+            time.sleep(0.1)
+
+    p = report("--json")
+    assert p.returncode == 0, p.stderr
+    changes = [c for c in json.loads(p.stdout)["changes"] if c["op"] == "ScheduleKeyDeletion"]
+    arn = "arn:aws:iam::111122223333:user/"
+    assert [(c["extra"]["approval_id"], c["approved_by"]) for c in changes] == \
+        [(approval, [arn + "carol", arn + "alice"])]
+    p = report()
+    line = [l for l in p.stdout.splitlines() if " ScheduleKeyDeletion key=" in l]
+    assert len(line) == 1 and line[0].endswith(f"approved_by={arn}carol,{arn}alice"), p.stdout
