@@ -99,12 +99,16 @@ static hsm_result open_parts(hsm_server *s)
 	HSM_GUARD(open_audit(s));
 	HSM_GUARD(hsm_keystore_new(s->store, 0, &s->ks));
 	hsm_node_state st = hsm_keystore_state(s->ks);
-	hsm_audit_field f = {"self_test", st == HSM_NODE_ERROR ? hsm_keystore_error_reason(s->ks)
-	                                                        : "passed"};
+	/* The quorum is the node's configuration, not the API's: the trail says what it was. */
+	char quorum[16];
+	snprintf(quorum, sizeof(quorum), "%u", (unsigned)s->opt.approval_quorum);
+	hsm_audit_field f[] = {
+	    {"self_test", st == HSM_NODE_ERROR ? hsm_keystore_error_reason(s->ks) : "passed"},
+	    {"approval_quorum", quorum}};
 	hsm_server_event(s, "Startup", NULL, 0,
 	                 st == HSM_NODE_ERROR ? HSM_FAIL(HSM_ERR_NODE_ERROR, "self-test failed")
 	                                      : HSM_SUCCESS,
-	                 &f, 1);
+	                 f, 2);
 	hsm_kms_config kc = {.region = s->region,
 	                     .account_id = s->account,
 	                     .jwt_default_lifetime = s->opt.jwt_default_lifetime,

@@ -435,3 +435,11 @@ def test_the_audit_report_names_who_approved_each_change(node, kms):
     p = report()
     line = [l for l in p.stdout.splitlines() if " ScheduleKeyDeletion key=" in l]
     assert len(line) == 1 and line[0].endswith(f"approved_by={arn}carol,{arn}alice"), p.stdout
+
+
+def test_each_start_records_the_quorum_it_runs_with(node):
+    """Approvals are switched on and off in the node's configuration, not through the
+    API: every Startup record says which quorum the node ran with."""
+    starts = [r for r in audit_records(node.data_dir) if r.get("op") == "Startup"]
+    assert [r["extra"]["approval_quorum"] for r in starts] == ["0", "2"], starts
+    assert all(r["extra"]["self_test"] == "passed" for r in starts)
