@@ -2,10 +2,12 @@
 identical request.  Driven with boto3, aws-cli, hsmctl and raw requests signed by
 botocore's SigV4 signer, against a node started with --approval-quorum 2."""
 import concurrent.futures
+import glob
 import json
 import os
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -52,9 +54,18 @@ def approval_of(resp):
     return m.group(1)
 
 
-def approve(node, who, approval, expect=200):
-    return admin(node, "ApproveRequest", {"ApprovalId": approval}, expect=expect,
-                 **as_user(node, who))
+def approve(node, who, approval, *more, expect=200):
+    """Custodian who (then each of more) approves; the last answer."""
+    for name in (who,) + more:
+        out = admin(node, "ApproveRequest", {"ApprovalId": approval}, expect=expect,
+                    **as_user(node, name))
+    return out
+
+
+def deletion_refused(kms, key, days):
+    """ScheduleKeyDeletion refused for approval; the approval request it names."""
+    return approval_of(raises("ApprovalRequiredException", kms.schedule_key_deletion, KeyId=key,
+                              PendingWindowInDays=days))
 
 
 def get(node, approval, who="audit"):
@@ -134,13 +145,10 @@ def test_schedule_key_deletion_waits_for_two_custodians(node, kms):
 
 def test_an_approval_covers_only_the_identical_request(node, kms):
     key = new_key(kms)
-    approval = approval_of(raises("ApprovalRequiredException", kms.schedule_key_deletion,
-                                  KeyId=key, PendingWindowInDays=10))
-    approve(node, "alice", approval)
-    approve(node, "bob", approval)
+    approval = deletion_refused(kms, key, 10)
+    approve(node, "alice", approval, "bob")
     # Another window, another key reference, another requester: other requests.
-    other = approval_of(raises("ApprovalRequiredException", kms.schedule_key_deletion,
-                               KeyId=key, PendingWindowInDays=11))
+    other = deletion_refused(kms, key, 11)
     assert other != approval
     arn = kms.describe_key(KeyId=key)["KeyMetadata"]["Arn"]
     assert approval_of(raises("ApprovalRequiredException", kms.schedule_key_deletion,
@@ -216,8 +224,7 @@ def test_a_request_for_no_key_is_refused_without_opening_a_request(node, kms):
 
 def test_deny_and_cancel_close_a_request(node, kms):
     key = new_key(kms)
-    approval = approval_of(raises("ApprovalRequiredException", kms.schedule_key_deletion,
-                                  KeyId=key, PendingWindowInDays=20))
+    approval = deletion_refused(kms, key, 20)
     approve(node, "alice", approval)
     p = hsmctl(node, "bob", "approval", "deny", approval)
     assert p.returncode == 0, p.stderr
@@ -226,8 +233,7 @@ def test_deny_and_cancel_close_a_request(node, kms):
     out = approve(node, "carol", approval, expect=400)
     assert out["__type"] == "KMSInvalidStateException" and "Denied" in out["message"]
     # The same request again opens a new one.
-    fresh = approval_of(raises("ApprovalRequiredException", kms.schedule_key_deletion,
-                               KeyId=key, PendingWindowInDays=20))
+    fresh = deletion_refused(kms, key, 20)
     assert fresh != approval
     # Only its requester withdraws it.
     out = admin(node, "CancelRequest", {"ApprovalId": fresh}, expect=400, **as_user(node, "ops"))
@@ -247,8 +253,7 @@ def test_a_request_that_fails_gives_its_approval_back(node):
     st, out = signed_call(node, "HsmdAdmin.CreateUser", body)
     assert (st, out["__type"]) == (400, "ApprovalRequiredException"), out
     approval = ID.search(out["message"]).group(1)
-    approve(node, "bob", approval)
-    approve(node, "carol", approval)
+    approve(node, "bob", approval, "carol")
     st, out = signed_call(node, "HsmdAdmin.CreateUser", body)
     assert (st, out["__type"]) == (400, "AlreadyExistsException"), out
     a = get(node, approval)
@@ -257,10 +262,8 @@ def test_a_request_that_fails_gives_its_approval_back(node):
 
 def test_a_disabled_custodian_no_longer_counts(node, kms):
     key = new_key(kms)
-    approval = approval_of(raises("ApprovalRequiredException", kms.schedule_key_deletion,
-                                  KeyId=key, PendingWindowInDays=25))
-    approve(node, "alice", approval)
-    approve(node, "dan", approval)
+    approval = deletion_refused(kms, key, 25)
+    approve(node, "alice", approval, "dan")
     admin(node, "DisableUser", {"UserName": "dan"})  # not in approval_operations: at once
     try:
         r = raises("ApprovalRequiredException", kms.schedule_key_deletion, KeyId=key,
@@ -285,8 +288,7 @@ def test_identical_requests_racing_use_an_approval_once(node):
     new = {"UserName": "app"}
     st, out = signed_call(node, "HsmdAdmin.CreateAccessKey", new)
     approval = ID.search(out["message"]).group(1)
-    approve(node, "alice", approval)
-    approve(node, "bob", approval)
+    approve(node, "alice", approval, "bob")
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         results = list(pool.map(lambda _: signed_call(node, "HsmdAdmin.CreateAccessKey", new),
                                 range(6)))
@@ -326,12 +328,9 @@ def test_aws_cli_sees_the_refusal_and_the_approved_retry(node, kms):
 
 def test_the_audit_trail_links_requests_and_approvals(node, kms):
     key = new_key(kms)
-    approval = approval_of(raises("ApprovalRequiredException", kms.schedule_key_deletion,
-                                  KeyId=key, PendingWindowInDays=9))
-    approve(node, "alice", approval)
-    approve(node, "bob", approval)
+    approval = deletion_refused(kms, key, 9)
+    approve(node, "alice", approval, "bob")
     kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=9)
-    import time
     deadline = time.time() + 5
     while True:
         recs = [r for r in audit_records(node.data_dir) if r.get("extra", {}).get("approval_id") == approval]
@@ -347,7 +346,6 @@ def test_the_audit_trail_links_requests_and_approvals(node, kms):
 
 
 def test_metrics_count_open_requests(node, kms):
-    import time
 
     def gauge():
         _, body, _ = node.get("/metrics")
@@ -356,8 +354,7 @@ def test_metrics_count_open_requests(node, kms):
 
     open_now = len(admin(node, "ListApprovals", {})["Approvals"])
     key = new_key(kms)
-    approval_of(raises("ApprovalRequiredException", kms.schedule_key_deletion, KeyId=key,
-                       PendingWindowInDays=12))
+    deletion_refused(kms, key, 12)
     deadline = time.time() + 15  # counted every 5 s
     while gauge() != open_now + 1 and time.time() < deadline:
         time.sleep(0.2)
@@ -407,12 +404,9 @@ def test_a_ceremony_names_the_custodians_who_approve(tmp_path):
 
 
 def test_the_audit_report_names_who_approved_each_change(node, kms):
-    import glob
     key = new_key(kms)
-    approval = approval_of(raises("ApprovalRequiredException", kms.schedule_key_deletion,
-                                  KeyId=key, PendingWindowInDays=14))
-    approve(node, "carol", approval)
-    approve(node, "alice", approval)
+    approval = deletion_refused(kms, key, 14)
+    approve(node, "carol", approval, "alice")
     kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=14)
     files = sorted(glob.glob(os.path.join(node.data_dir, "audit", "audit-*.jsonl")))
 
