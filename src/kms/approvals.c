@@ -48,7 +48,7 @@ static bool has_role(const hsm_caller *caller, unsigned roles)
 	return (caller->roles & roles) != 0;
 }
 
-static unsigned required_now(hsm_kms *kms, const hsm_approval_record *a)
+unsigned hsm_kms_approval_required(hsm_kms *kms, const hsm_approval_record *a)
 {
 	return a->required > kms->cfg.approval_quorum ? a->required : kms->cfg.approval_quorum;
 }
@@ -103,15 +103,16 @@ hsm_result hsm_kms_approval_key(hsm_kms *kms, const char *ref, char key_id[HSM_U
  * The refusal that tells the requester what to do next (within
  * HSM_ERRMSG_MAX: the longest operation name leaves room to spare).
  */
-static hsm_result needs_approval(hsm_kms *kms, const hsm_approval_record *a, bool opened)
+static hsm_result needs_approval(hsm_kms *kms, const hsm_approval_record *a, bool opened,
+                                 unsigned have)
 {
 	char until[21];
 	hsm_format_time(a->expires, until);
 	return HSM_FAIL(HSM_ERR_APPROVAL_REQUIRED,
 	                "%s needs %u custodians' approval: approval request %s %s with %u, until "
 	                "%s; once approved (hsmctl approval approve ID), send this request again",
-	                a->operation, required_now(kms, a), a->id, opened ? "opened" : "is open",
-	                hsm_kms_approval_valid(kms, a), until);
+	                a->operation, hsm_kms_approval_required(kms, a), a->id,
+	                opened ? "opened" : "is open", have, until);
 }
 
 static hsm_result open_request(hsm_kms *kms, const hsm_caller *caller, const char *operation,
@@ -159,7 +160,9 @@ hsm_result hsm_kms_approval_gate(hsm_kms *kms, const hsm_caller *caller, const c
 	if (hsm_failed(r))
 		return r;
 	memcpy(g->id, a.id, sizeof(g->id));
-	if (!opened && hsm_kms_approval_valid(kms, &a) >= required_now(kms, &a)) {
+	/* Counted once: each approver is a store read. */
+	unsigned have = opened ? 0 : hsm_kms_approval_valid(kms, &a);
+	if (!opened && have >= hsm_kms_approval_required(kms, &a)) {
 		r = hsm_store_approval_close(kms->store, a.id, HSM_APPROVAL_USED, "", now, NULL);
 		if (hsm_ok(r)) {
 			g->claimed = true;
@@ -177,7 +180,7 @@ hsm_result hsm_kms_approval_gate(hsm_kms *kms, const hsm_caller *caller, const c
 		                "time; send this request again to open a new one",
 		                operation, g->id);
 	}
-	r = needs_approval(kms, &a, opened);
+	r = needs_approval(kms, &a, opened, have);
 	hsm_approval_record_clear(&a);
 	return r;
 }

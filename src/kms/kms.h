@@ -686,6 +686,8 @@ hsm_result hsm_kms_approval_cancel(hsm_kms *kms, const hsm_caller *caller, const
  */
 hsm_result hsm_kms_approval_key(hsm_kms *kms, const char *ref,
                                 char key_id[HSM_UUID_STRLEN + 1]) HSM_MUST_CHECK;
+/* Approvals a request needs now: its own count, or the node's quorum if that is higher. */
+unsigned hsm_kms_approval_required(hsm_kms *kms, const hsm_approval_record *a);
 /* Approvals that count: approvers who still are enabled custodians. */
 unsigned hsm_kms_approval_valid(hsm_kms *kms, const hsm_approval_record *a);
 /* Enabled users holding the custodian role. */

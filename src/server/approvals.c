@@ -100,14 +100,12 @@ hsm_result hsm_server_approvals_check(hsm_server *s)
 static void write_approval(hsm_server *s, hsm_jw *w, const hsm_approval_record *a)
 {
 	bool expired = a->state == HSM_APPROVAL_PENDING && a->expires <= hsm_now();
-	unsigned required = a->required > s->opt.approval_quorum ? a->required
-	                                                           : s->opt.approval_quorum;
 	hsm_jw_str(w, "ApprovalId", a->id);
 	hsm_jw_str(w, "Operation", a->operation);
 	hsm_jw_str(w, "Requester", a->requester);
 	hsm_jw_str(w, "Request", a->request != NULL ? a->request : "");
 	hsm_jw_str(w, "State", expired ? "Expired" : hsm_approval_state_name(a->state));
-	hsm_jw_int(w, "Required", required);
+	hsm_jw_int(w, "Required", hsm_kms_approval_required(s->kms, a));
 	hsm_jw_int(w, "Approvals", hsm_kms_approval_valid(s->kms, a));
 	hsm_jw_key_begin_array(w, "Approvers");
 	for (uint32_t i = 0; i < a->n_approvers && i < HSM_APPROVERS_MAX; i++)
