@@ -577,6 +577,47 @@ typedef hsm_result (*hsm_access_key_cb)(const hsm_access_key_record *k, void *ar
 hsm_result hsm_store_access_key_list(hsm_store *s, const char *user, hsm_access_key_cb cb,
                                      void *arg) HSM_MUST_CHECK;
 
+/* ---- Certificates --------------------------------------------------------------- */
+
+/*
+ * An X.509 certificate kept as a token object (PKCS#11 CKO_CERTIFICATE), so
+ * that applications find a key's certificate on the token beside the key
+ * (Java's PKCS#11 key store pairs them by CKA_ID).  Certificates are public
+ * data: the store keeps the bytes as given (the server checks them) and they
+ * are part of copies, snapshots and backups.
+ */
+#define HSM_CERT_LABEL_MAX 256     /* bytes of UTF-8 (CKA_LABEL) */
+#define HSM_CERT_OBJECT_ID_MAX 256 /* bytes (CKA_ID) */
+#define HSM_CERT_DER_MAX 32768     /* bytes of DER */
+#define HSM_MAX_CERTIFICATES 100000
+typedef struct hsm_cert_record {
+	char cert_id[HSM_UUID_STRLEN + 1]; /* a lowercase UUID the server assigns */
+	char label[HSM_CERT_LABEL_MAX + 1]; /* "" when none */
+	hsm_buf object_id;                  /* CKA_ID; empty when none */
+	hsm_buf der;                        /* the certificate, 1..HSM_CERT_DER_MAX bytes */
+	char creator[HSM_USER_NAME_MAX + 1]; /* the user who stored it ("" when hsmctl did, locally) */
+	int64_t created;                     /* epoch seconds */
+} hsm_cert_record;
+void hsm_cert_record_clear(hsm_cert_record *r);
+/*
+ * Stores a certificate.  ALREADY_EXISTS for a cert_id in use; LIMIT_EXCEEDED
+ * when the store already holds HSM_MAX_CERTIFICATES (checked in the same
+ * write transaction); VALIDATION for a cert_id that is not a UUID, an empty
+ * or oversized der, or an oversized label or object_id.
+ */
+hsm_result hsm_store_cert_create(hsm_store *s, const hsm_cert_record *c) HSM_MUST_CHECK;
+/* NOT_FOUND when absent. */
+hsm_result hsm_store_cert_get(hsm_store *s, const char *cert_id,
+                              hsm_cert_record *out) HSM_MUST_CHECK;
+/* NOT_FOUND when absent. */
+hsm_result hsm_store_cert_delete(hsm_store *s, const char *cert_id) HSM_MUST_CHECK;
+/* Certificates ordered by cert_id, after `after` (NULL or "" for the first page), at most limit. */
+typedef hsm_result (*hsm_cert_cb)(const hsm_cert_record *c, void *arg);
+hsm_result hsm_store_cert_list(hsm_store *s, const char *after, size_t limit, hsm_cert_cb cb,
+                               void *arg, bool *truncated) HSM_MUST_CHECK;
+/* How many certificates the store holds. */
+hsm_result hsm_store_cert_count(hsm_store *s, uint64_t *out) HSM_MUST_CHECK;
+
 /* ---- Quorum approvals ----------------------------------------------------------- */
 
 /*

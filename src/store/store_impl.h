@@ -28,7 +28,7 @@ typedef struct hsm_store_ops hsm_store_ops;
  * Every record a store holds, one call per record, for hsm_store_copy and
  * snapshots.  Records come in an order that puts each record after those it
  * refers to: metadata, users, access keys, keys, versions, aliases, tags,
- * grants.  Records are valid only during the call.
+ * grants, certificates.  Records are valid only during the call.
  */
 typedef struct hsm_store_sink {
 	void *arg;
@@ -40,6 +40,7 @@ typedef struct hsm_store_sink {
 	hsm_result (*alias)(void *arg, const hsm_alias_record *a);
 	hsm_result (*tag)(void *arg, const char *key_id, const hsm_tag *t);
 	hsm_result (*grant)(void *arg, const hsm_grant_record *g);
+	hsm_result (*certificate)(void *arg, const hsm_cert_record *c);
 } hsm_store_sink;
 
 /* Feeds records to a sink (in hsm_store_copy: the source store's export). */
@@ -115,6 +116,14 @@ struct hsm_store_ops {
 	                         bool *truncated);
 	hsm_result (*grant_list_retiring)(hsm_store *s, const char *retiring, const char *after,
 	                                  size_t limit, hsm_grant_cb cb, void *arg, bool *truncated);
+
+	/* Certificates (store.h): c is checked; create enforces HSM_MAX_CERTIFICATES. */
+	hsm_result (*cert_create)(hsm_store *s, const hsm_cert_record *c);
+	hsm_result (*cert_get)(hsm_store *s, const char *cert_id, hsm_cert_record *out);
+	hsm_result (*cert_delete)(hsm_store *s, const char *cert_id);
+	hsm_result (*cert_list)(hsm_store *s, const char *after, size_t limit, hsm_cert_cb cb,
+	                        void *arg, bool *truncated);
+	hsm_result (*cert_count)(hsm_store *s, uint64_t *out);
 
 	hsm_result (*user_create)(hsm_store *s, const hsm_user_record *u);
 	hsm_result (*user_get)(hsm_store *s, const char *name, hsm_user_record *out);
