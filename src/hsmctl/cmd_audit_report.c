@@ -10,7 +10,7 @@
  * --key): the period and nodes; every operation with its successes, errors
  * and denials; every principal likewise; failed authentications by access key
  * and source; and, in order, every change (key lifecycle, policies, aliases,
- * tags, rotation, users and access keys, JWT signing, backups) and every node
+ * tags, rotation, users and access keys, JWT signing, backups, certificates) and every node
  * event (start-up, init, unseal, seal, automatic rotation and destruction,
  * backups, restores, shutdown).  A change made under a quorum approval names
  * the custodians who approved it (approved_by), whatever the window or key
@@ -137,7 +137,8 @@ static bool is_change(const char *op)
 		return info->mutating;
 	static const char *const reads[] = {"Status",         "AuditHash",     "AuditPublicKey",
 	                                    "SignToken",      "ListUsers",     "ListAccessKeys",
-	                                    "ListBackups",    "ListApprovals", "GetApproval"};
+	                                    "ListBackups",    "ListApprovals", "GetApproval",
+	                                    "GetCertificate", "ListCertificates"};
 	for (size_t i = 0; i < sizeof(reads) / sizeof(reads[0]); i++)
 		if (strcmp(op, reads[i]) == 0)
 			return false;

@@ -51,6 +51,7 @@ int hsmctl_cmd_online(int argc, char **argv);
 int hsmctl_cmd_user(int argc, char **argv);
 int hsmctl_cmd_access_key(int argc, char **argv);
 int hsmctl_cmd_approval(int argc, char **argv);
+int hsmctl_cmd_cert(int argc, char **argv);
 int hsmctl_cmd_audit_online(int argc, char **argv);
 int hsmctl_cmd_init(int argc, char **argv);
 int hsmctl_cmd_unseal_check(int argc, char **argv);

@@ -53,6 +53,11 @@ static const hsmctl_command commands[] = {
     {"approval", "list [--all] | show|approve|deny|cancel ID (with --endpoint)",
      "requests waiting for custodians: read them, approve or deny them (custodians), or "
      "withdraw your own", hsmctl_cmd_approval},
+    {"cert", "import FILE [--key KEY] [--label L] [--id HEX] | list | show ID [--pem] | delete ID "
+             "(with --endpoint)",
+     "certificates kept beside the keys, shown to PKCS#11 applications as certificate objects "
+     "(--key: the key it certifies, which PKCS#11 pairs it with)",
+     hsmctl_cmd_cert},
     {"audit hash", "VALUE (with --endpoint)",
      "keyed hash of a value, to match the hashes in audit records", hsmctl_cmd_audit_online},
     {"audit pubkey", "(with --endpoint)", "print the audit signing public key (PEM)",

@@ -606,6 +606,41 @@ hsm_result hsm_kms_version_public_key(hsm_kms *kms, const char *key_id, uint32_t
 hsm_result hsm_kms_generate_random(hsm_kms *kms, const hsm_caller *caller, size_t n,
                                    hsm_buf *out) HSM_MUST_CHECK;
 
+/* ---- Certificates (certs.c) -------------------------------------------------------- */
+
+/*
+ * X.509 certificates kept beside the keys, for PKCS#11 applications that
+ * pair a private key with its certificate (CKO_CERTIFICATE objects).
+ * Crypto-officers import and delete them; every role but custodian reads them.
+ */
+typedef struct hsm_cert_import_req {
+	const uint8_t *der; /* one DER certificate, nothing after it */
+	size_t der_len;
+	const char *label;  /* NULL = "" */
+	const uint8_t *object_id; /* CKA_ID; NULL = the key's id when key is given, else none */
+	size_t object_id_len;
+	/* NULL, or a key (id, ARN, alias) whose primary public key the certificate must certify. */
+	const char *key;
+} hsm_cert_import_req;
+hsm_result hsm_kms_cert_import(hsm_kms *kms, const hsm_caller *caller,
+                               const hsm_cert_import_req *req, hsm_cert_record *out) HSM_MUST_CHECK;
+hsm_result hsm_kms_cert_get(hsm_kms *kms, const hsm_caller *caller, const char *cert_id,
+                            hsm_cert_record *out) HSM_MUST_CHECK;
+hsm_result hsm_kms_cert_list(hsm_kms *kms, const hsm_caller *caller, const char *after,
+                             size_t limit, hsm_cert_cb cb, void *arg,
+                             bool *truncated) HSM_MUST_CHECK;
+hsm_result hsm_kms_cert_delete(hsm_kms *kms, const hsm_caller *caller,
+                               const char *cert_id) HSM_MUST_CHECK;
+
+/* What a certificate says, for listings (RFC 2253 names, the serial in hex). */
+typedef struct hsm_cert_info {
+	char subject[512];
+	char issuer[512];
+	char serial[2 * 64 + 1];
+	int64_t not_before, not_after; /* epoch seconds */
+} hsm_cert_info;
+hsm_result hsm_cert_describe(const uint8_t *der, size_t len, hsm_cert_info *out) HSM_MUST_CHECK;
+
 /* ---- Principals ------------------------------------------------------------------ */
 
 #define HSM_ACCESS_SECRET_LEN 40 /* characters, as AWS secret access keys */

@@ -543,9 +543,6 @@ NOT_SUPPORTED(C_SetOperationState,
               (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_OBJECT_HANDLE d,
                CK_OBJECT_HANDLE e),
               (void)a; (void)b; (void)c; (void)d; (void)e)
-NOT_SUPPORTED(C_CreateObject,
-              (CK_SESSION_HANDLE a, CK_ATTRIBUTE_PTR b, CK_ULONG c, CK_OBJECT_HANDLE_PTR d),
-              (void)a; (void)b; (void)c; (void)d)
 NOT_SUPPORTED(C_CopyObject,
               (CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b, CK_ATTRIBUTE_PTR c, CK_ULONG d,
                CK_OBJECT_HANDLE_PTR e),

@@ -36,8 +36,12 @@ static void object_free(p11_object *o)
 	hsm_buf_free(&o->exponent);
 	hsm_buf_free(&o->ec_params);
 	hsm_buf_free(&o->ec_point);
-	hsm_buf_free(&o->value); /* a secure buffer: wiped */
+	hsm_buf_free(&o->value); /* a derived secret's is a secure buffer: wiped */
 	hsm_buf_free(&o->id);
+	hsm_buf_free(&o->subject);
+	hsm_buf_free(&o->issuer);
+	hsm_buf_free(&o->serial);
+	hsm_buf_free(&o->check);
 }
 
 void p11_objects_clear(void)
@@ -60,7 +64,7 @@ p11_object *p11_object_get(CK_OBJECT_HANDLE h)
 	return NULL;
 }
 
-static p11_object *object_of(const char *key_id, CK_OBJECT_CLASS cls)
+p11_object *p11_object_of(const char *key_id, CK_OBJECT_CLASS cls)
 {
 	for (size_t i = 0; i < p11.n_objects; i++)
 		if (p11.objects[i].cls == cls && strcmp(p11.objects[i].key_id, key_id) == 0)
@@ -68,7 +72,7 @@ static p11_object *object_of(const char *key_id, CK_OBJECT_CLASS cls)
 	return NULL;
 }
 
-static p11_object *object_add(const char *key_id, CK_OBJECT_CLASS cls)
+p11_object *p11_object_new(const char *key_id, CK_OBJECT_CLASS cls)
 {
 	if (p11.n_objects == p11.cap_objects) {
 		size_t cap = p11.cap_objects ? 2 * p11.cap_objects : 32;
@@ -88,7 +92,7 @@ static p11_object *object_add(const char *key_id, CK_OBJECT_CLASS cls)
 
 p11_object *p11_object_add_derived(CK_SESSION_HANDLE owner)
 {
-	p11_object *o = object_add("", CKO_SECRET_KEY);
+	p11_object *o = p11_object_new("", CKO_SECRET_KEY);
 	if (o != NULL) {
 		o->derived = true;
 		o->owner = owner;
@@ -140,6 +144,11 @@ static void objects_remove(const char *key_id)
 			p11.objects[j++] = *o;
 	}
 	p11.n_objects = j;
+}
+
+void p11_objects_remove_unseen(void)
+{
+	objects_remove(NULL);
 }
 
 /* ---- public values ---------------------------------------------------------------------------- */
@@ -301,8 +310,8 @@ static bool is_rsa(hsm_key_spec s)
 static CK_RV upsert(const char *key_id, CK_OBJECT_CLASS cls, hsm_key_spec spec,
                     hsm_key_usage usage, CK_KEY_TYPE kt, const char *label, const hsm_buf *spki)
 {
-	p11_object *o = object_of(key_id, cls);
-	if (o == NULL && (o = object_add(key_id, cls)) == NULL)
+	p11_object *o = p11_object_of(key_id, cls);
+	if (o == NULL && (o = p11_object_new(key_id, cls)) == NULL)
 		return CKR_HOST_MEMORY;
 	o->seen = true;
 	o->spec = spec;
@@ -423,20 +432,40 @@ static CK_RV load_listing(json_t *aliases)
 	return rv;
 }
 
-CK_RV p11_objects_refresh(void)
+/*
+ * Reads every key the token shows again (and every certificate, with_certs):
+ * objects not seen go.  Outside a refresh every object is marked seen, so a
+ * failed one leaves the table as it was.
+ */
+static CK_RV reload(bool with_certs)
 {
 	if (!p11.logged_in)
 		return CKR_USER_NOT_LOGGED_IN;
 	for (size_t i = 0; i < p11.n_objects; i++)
-		p11.objects[i].seen = false;
+		p11.objects[i].seen = !with_certs && p11.objects[i].cls == CKO_CERTIFICATE;
 	json_t *aliases = json_array();
 	CK_RV rv = aliases != NULL ? list_aliases(aliases, NULL) : CKR_HOST_MEMORY;
 	if (rv == CKR_OK)
 		rv = p11.keys[0] != '\0' ? load_view(aliases) : load_listing(aliases);
 	json_decref(aliases);
+	if (rv == CKR_OK && with_certs)
+		rv = p11_certs_load();
 	if (rv == CKR_OK)
 		objects_remove(NULL);
+	else
+		for (size_t i = 0; i < p11.n_objects; i++)
+			p11.objects[i].seen = true;
 	return rv;
+}
+
+CK_RV p11_objects_refresh(void)
+{
+	return reload(true);
+}
+
+static CK_RV refresh_keys(void)
+{
+	return reload(false);
 }
 
 /*
@@ -464,20 +493,39 @@ static CK_RV refresh_key(const char *key_id)
 	return rv;
 }
 
-static const CK_ATTRIBUTE *find_attr(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type);
 
-/* Refreshes what a search template asks for: the key it names, or every key. */
+static CK_RV refresh_keys_for(const CK_ATTRIBUTE *tmpl, CK_ULONG count);
+
+/*
+ * Refreshes what a search template asks for: certificates (CKA_CLASS
+ * CKO_CERTIFICATE), keys (any other class), or both (no class).
+ */
 static CK_RV refresh_for(const CK_ATTRIBUTE *tmpl, CK_ULONG count)
 {
 	if (p11.keys[0] != '\0') /* a view of a few keys: read them all again */
 		return p11_objects_refresh();
-	const CK_ATTRIBUTE *id = find_attr(tmpl, count, CKA_ID);
-	const CK_ATTRIBUTE *label = find_attr(tmpl, count, CKA_LABEL);
+	CK_ULONG cls = CK_UNAVAILABLE_INFORMATION;
+	const CK_ATTRIBUTE *c = p11_attr_find(tmpl, count, CKA_CLASS);
+	if (c != NULL && !p11_attr_ulong(c, &cls))
+		return CKR_OK; /* a malformed class matches nothing */
+	CK_RV rv = CKR_OK;
+	if (cls != CKO_CERTIFICATE)
+		rv = refresh_keys_for(tmpl, count);
+	if (rv == CKR_OK && (c == NULL || cls == CKO_CERTIFICATE))
+		rv = p11_certs_refresh();
+	return rv;
+}
+
+/* Refreshes the keys a search template asks for: the key it names, or every key. */
+static CK_RV refresh_keys_for(const CK_ATTRIBUTE *tmpl, CK_ULONG count)
+{
+	const CK_ATTRIBUTE *id = p11_attr_find(tmpl, count, CKA_ID);
+	const CK_ATTRIBUTE *label = p11_attr_find(tmpl, count, CKA_LABEL);
 	char name[P11_LABEL_MAX + 8] = "";
 	const CK_ATTRIBUTE *named = id != NULL ? id : label;
 	if (named == NULL || named->pValue == NULL || named->ulValueLen == 0 ||
 	    named->ulValueLen > P11_LABEL_MAX)
-		return p11_objects_refresh();
+		return refresh_keys();
 	memcpy(name, named->pValue, named->ulValueLen);
 	name[named->ulValueLen] = '\0';
 	if (hsm_is_uuid(name))
@@ -585,8 +633,42 @@ static a_status derived_attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_va
 	}
 }
 
+/* A certificate's attributes (PKCS#11 v2.40, 4.6: X.509 public key certificates). */
+static a_status cert_attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
+{
+	switch (t) {
+	case CKA_CLASS: return ulong_value(v, CKO_CERTIFICATE);
+	case CKA_TOKEN: return boolean(v, !o->derived);
+	case CKA_PRIVATE:
+	case CKA_MODIFIABLE:
+	case CKA_COPYABLE:
+	case CKA_TRUSTED: return boolean(v, false);
+	case CKA_DESTROYABLE: return boolean(v, true);
+	case CKA_LABEL: return bytes(v, o->label, strlen(o->label));
+	case CKA_CERTIFICATE_TYPE: return ulong_value(v, CKC_X_509);
+	case CKA_CERTIFICATE_CATEGORY: return ulong_value(v, 0); /* unspecified */
+	case CKA_CHECK_VALUE: return bytes(v, o->check.data, o->check.len);
+	case CKA_START_DATE:
+	case CKA_END_DATE:
+	case CKA_URL:
+	case CKA_HASH_OF_SUBJECT_PUBLIC_KEY:
+	case CKA_HASH_OF_ISSUER_PUBLIC_KEY: return bytes(v, "", 0);
+	case CKA_PUBLIC_KEY_INFO: return bytes(v, o->spki.data, o->spki.len);
+	case CKA_SUBJECT: return bytes(v, o->subject.data, o->subject.len);
+	case CKA_ID: return bytes(v, o->id.data, o->id.len);
+	case CKA_ISSUER: return bytes(v, o->issuer.data, o->issuer.len);
+	case CKA_SERIAL_NUMBER: return bytes(v, o->serial.data, o->serial.len);
+	case CKA_VALUE: return bytes(v, o->value.data, o->value.len);
+	case CKA_JAVA_MIDP_SECURITY_DOMAIN: return ulong_value(v, 0);
+	case CKA_NAME_HASH_ALGORITHM: return ulong_value(v, CKM_SHA_1);
+	default: return A_INVALID;
+	}
+}
+
 static a_status attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
 {
+	if (o->cls == CKO_CERTIFICATE)
+		return cert_attribute(o, t, v);
 	if (o->derived)
 		return derived_attribute(o, t, v);
 	bool priv = o->cls == CKO_PRIVATE_KEY, pub = o->cls == CKO_PUBLIC_KEY;
@@ -833,6 +915,9 @@ CK_RV C_DestroyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj)
 		p11_object_drop(obj);
 		LEAVE(CKR_OK);
 	}
+	if (o->cls == CKO_CERTIFICATE)
+		LEAVE((p11_session_get(h)->flags & CKF_RW_SESSION) == 0 ? CKR_SESSION_READ_ONLY
+		                                                         : p11_cert_destroy(p11_object_get(obj)));
 	/* A public key is part of its key pair: it goes when the private key goes. */
 	if (o->cls == CKO_PUBLIC_KEY)
 		LEAVE(CKR_ACTION_PROHIBITED);
@@ -846,7 +931,7 @@ CK_RV C_DestroyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj)
 
 /* ---- key pair generation ---------------------------------------------------------------------------- */
 
-static const CK_ATTRIBUTE *find_attr(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type)
+const CK_ATTRIBUTE *p11_attr_find(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type)
 {
 	for (CK_ULONG i = 0; i < n; i++)
 		if (t[i].type == type)
@@ -867,14 +952,14 @@ static CK_RV pair_spec(CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *pub, CK_ULONG
                        hsm_key_spec *spec)
 {
 	if (mech == CKM_RSA_PKCS_KEY_PAIR_GEN) {
-		const CK_ATTRIBUTE *bits = find_attr(pub, n_pub, CKA_MODULUS_BITS);
+		const CK_ATTRIBUTE *bits = p11_attr_find(pub, n_pub, CKA_MODULUS_BITS);
 		if (bits == NULL || bits->pValue == NULL || bits->ulValueLen != sizeof(CK_ULONG))
 			return CKR_TEMPLATE_INCOMPLETE;
 		CK_ULONG b = *(const CK_ULONG *)bits->pValue;
 		if (b != 2048 && b != 3072 && b != 4096)
 			return CKR_ATTRIBUTE_VALUE_INVALID;
 		*spec = b == 2048 ? HSM_SPEC_RSA_2048 : b == 3072 ? HSM_SPEC_RSA_3072 : HSM_SPEC_RSA_4096;
-		const CK_ATTRIBUTE *e = find_attr(pub, n_pub, CKA_PUBLIC_EXPONENT);
+		const CK_ATTRIBUTE *e = p11_attr_find(pub, n_pub, CKA_PUBLIC_EXPONENT);
 		if (e != NULL) { /* hsmd's RSA keys have e = 65537 */
 			const uint8_t *p = e->pValue;
 			CK_ULONG i = 0, n = e->ulValueLen;
@@ -887,7 +972,7 @@ static CK_RV pair_spec(CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *pub, CK_ULONG
 	}
 	if (mech == CKM_EC_KEY_PAIR_GEN || mech == CKM_EC_EDWARDS_KEY_PAIR_GEN) {
 		bool edwards_mech = mech == CKM_EC_EDWARDS_KEY_PAIR_GEN;
-		const CK_ATTRIBUTE *ec = find_attr(pub, n_pub, CKA_EC_PARAMS);
+		const CK_ATTRIBUTE *ec = p11_attr_find(pub, n_pub, CKA_EC_PARAMS);
 		if (ec == NULL || ec->pValue == NULL)
 			return CKR_TEMPLATE_INCOMPLETE;
 		if (edwards_mech && ec->ulValueLen == sizeof(edwards25519_name) &&
@@ -932,9 +1017,9 @@ static CK_RV check_private_template(const CK_ATTRIBUTE *t, CK_ULONG n)
 {
 	bool b;
 	/* hsmd's keys never leave it: a template asking otherwise cannot be met. */
-	if (p11_attr_bool(find_attr(t, n, CKA_EXTRACTABLE), &b) && b)
+	if (p11_attr_bool(p11_attr_find(t, n, CKA_EXTRACTABLE), &b) && b)
 		return CKR_ATTRIBUTE_VALUE_INVALID;
-	if (p11_attr_bool(find_attr(t, n, CKA_SENSITIVE), &b) && !b)
+	if (p11_attr_bool(p11_attr_find(t, n, CKA_SENSITIVE), &b) && !b)
 		return CKR_ATTRIBUTE_VALUE_INVALID;
 	/* A signing pair ignores CKA_DECRYPT and CKA_DERIVE (which tools such as
 	 * pkcs11-tool set by default), and they read false afterwards. */
@@ -950,8 +1035,8 @@ static hsm_key_usage pair_usage(hsm_key_spec spec, const CK_ATTRIBUTE *t, CK_ULO
 	bool derive = false, sign = false;
 	bool nist = spec == HSM_SPEC_ECC_NIST_P256 || spec == HSM_SPEC_ECC_NIST_P384 ||
 	            spec == HSM_SPEC_ECC_NIST_P521;
-	if (nist && p11_attr_bool(find_attr(t, n, CKA_DERIVE), &derive) && derive &&
-	    !(p11_attr_bool(find_attr(t, n, CKA_SIGN), &sign) && sign))
+	if (nist && p11_attr_bool(p11_attr_find(t, n, CKA_DERIVE), &derive) && derive &&
+	    !(p11_attr_bool(p11_attr_find(t, n, CKA_SIGN), &sign) && sign))
 		return HSM_USAGE_KEY_AGREEMENT;
 	return HSM_USAGE_SIGN_VERIFY;
 }
@@ -1006,15 +1091,15 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE
 	if (rv == CKR_OK)
 		rv = check_private_template(priv, n_priv);
 	if (rv == CKR_OK) {
-		const CK_ATTRIBUTE *l = find_attr(priv, n_priv, CKA_LABEL);
-		rv = pair_label(l != NULL ? l : find_attr(pub, n_pub, CKA_LABEL), label, sizeof(label));
+		const CK_ATTRIBUTE *l = p11_attr_find(priv, n_priv, CKA_LABEL);
+		rv = pair_label(l != NULL ? l : p11_attr_find(pub, n_pub, CKA_LABEL), label, sizeof(label));
 	}
 	if (rv != CKR_OK)
 		LEAVE(rv);
 	char key_id[HSM_UUID_STRLEN + 1];
 	rv = make_key(spec, pair_usage(spec, priv, n_priv), label, key_id);
-	const p11_object *po = rv == CKR_OK ? object_of(key_id, CKO_PUBLIC_KEY) : NULL;
-	const p11_object *ko = rv == CKR_OK ? object_of(key_id, CKO_PRIVATE_KEY) : NULL;
+	const p11_object *po = rv == CKR_OK ? p11_object_of(key_id, CKO_PUBLIC_KEY) : NULL;
+	const p11_object *ko = rv == CKR_OK ? p11_object_of(key_id, CKO_PRIVATE_KEY) : NULL;
 	if (rv == CKR_OK && (po == NULL || ko == NULL))
 		rv = CKR_DEVICE_ERROR;
 	if (rv == CKR_OK) {
@@ -1044,9 +1129,9 @@ static CK_RV secret_spec(CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *t, CK_ULONG
                          hsm_key_spec *spec, hsm_key_usage *usage)
 {
 	CK_ULONG len = 0, cls = CKO_SECRET_KEY, kt = CK_UNAVAILABLE_INFORMATION;
-	if (!p11_attr_ulong(find_attr(t, n, CKA_VALUE_LEN), &len) ||
-	    !p11_attr_ulong(find_attr(t, n, CKA_CLASS), &cls) ||
-	    !p11_attr_ulong(find_attr(t, n, CKA_KEY_TYPE), &kt) || cls != CKO_SECRET_KEY)
+	if (!p11_attr_ulong(p11_attr_find(t, n, CKA_VALUE_LEN), &len) ||
+	    !p11_attr_ulong(p11_attr_find(t, n, CKA_CLASS), &cls) ||
+	    !p11_attr_ulong(p11_attr_find(t, n, CKA_KEY_TYPE), &kt) || cls != CKO_SECRET_KEY)
 		return CKR_ATTRIBUTE_VALUE_INVALID;
 	if (mech == CKM_AES_KEY_GEN) {
 		if ((len != 0 && len != 32) || (kt != CK_UNAVAILABLE_INFORMATION && kt != CKK_AES))
@@ -1086,12 +1171,12 @@ CK_RV C_GenerateKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR
 	if (rv == CKR_OK)
 		rv = check_private_template(t, n);
 	if (rv == CKR_OK)
-		rv = pair_label(find_attr(t, n, CKA_LABEL), label, sizeof(label));
+		rv = pair_label(p11_attr_find(t, n, CKA_LABEL), label, sizeof(label));
 	if (rv != CKR_OK)
 		LEAVE(rv);
 	char key_id[HSM_UUID_STRLEN + 1];
 	rv = make_key(spec, usage, label, key_id);
-	const p11_object *o = rv == CKR_OK ? object_of(key_id, CKO_SECRET_KEY) : NULL;
+	const p11_object *o = rv == CKR_OK ? p11_object_of(key_id, CKO_SECRET_KEY) : NULL;
 	if (rv == CKR_OK && o == NULL)
 		rv = CKR_DEVICE_ERROR;
 	if (rv == CKR_OK)

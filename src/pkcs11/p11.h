@@ -6,6 +6,7 @@
  *              login, mechanisms, random numbers, the unsupported functions
  *   objects.c  hsmd's keys as token objects: loading, attributes, search,
  *              key pair generation, destruction
+ *   certs.c    certificates (CKO_CERTIFICATE): hsmd's, and session objects
  *   sign.c     signing and verification
  *   crypt.c    RSA-OAEP and AES-GCM encryption and decryption
  *   digest.c   message digests, computed in the module
@@ -46,17 +47,22 @@
 #define P11_MAX_SESSIONS 256
 #define P11_LABEL_MAX 256
 #define P11_POOL_MAX 16
+/* hsmd's limits for a certificate (store.h: HSM_CERT_DER_MAX, HSM_CERT_OBJECT_ID_MAX). */
+#define P11_CERT_DER_MAX 32768
+#define P11_CERT_ID_MAX 256
 
 /* Template attributes of a derived secret that read as given (CKA_ENCRYPT, ...). */
 #define P11_USES 7
 
 /*
- * A token object: one of hsmd's keys seen as a PKCS#11 object; or, with
- * derived set, a session object holding a secret derived with C_DeriveKey.
+ * A token object: one of hsmd's keys seen as a PKCS#11 object, or one of
+ * the certificates hsmd keeps (cls CKO_CERTIFICATE, key_id the certificate's
+ * id); or, with derived set, a session object: a secret derived with
+ * C_DeriveKey, or a certificate created with CKA_TOKEN false.
  */
 typedef struct p11_object {
 	CK_OBJECT_HANDLE handle;
-	CK_OBJECT_CLASS cls; /* CKO_PRIVATE_KEY, CKO_PUBLIC_KEY or CKO_SECRET_KEY */
+	CK_OBJECT_CLASS cls; /* CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKO_SECRET_KEY or CKO_CERTIFICATE */
 	char key_id[HSM_UUID_STRLEN + 1];
 	char label[P11_LABEL_MAX + 1];
 	hsm_key_spec spec;
@@ -71,7 +77,9 @@ typedef struct p11_object {
 	 * belongs to, its value (a secure buffer), and its template's attributes. */
 	bool derived;
 	CK_SESSION_HANDLE owner;
-	hsm_buf value, id;
+	hsm_buf value, id; /* a certificate's: its DER and CKA_ID */
+	/* A certificate's DER subject, issuer and serial number, and its CKA_CHECK_VALUE. */
+	hsm_buf subject, issuer, serial, check;
 	bool is_private, sensitive, extractable;
 	bool uses[P11_USES]; /* in the order of p11_use_attrs */
 } p11_object;
@@ -196,10 +204,26 @@ p11_object *p11_object_add_derived(CK_SESSION_HANDLE owner);
 bool p11_attr_bool(const CK_ATTRIBUTE *a, bool *out);
 /* A CK_ULONG template attribute: absent (true, *out untouched), or well formed. */
 bool p11_attr_ulong(const CK_ATTRIBUTE *a, CK_ULONG *out);
-/* Destroys one derived secret. */
+/* The template attribute of a type, or NULL. */
+const CK_ATTRIBUTE *p11_attr_find(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type);
+/* The object of an hsmd key or certificate id and class, or NULL. */
+p11_object *p11_object_of(const char *key_id, CK_OBJECT_CLASS cls);
+/* A new object (its handle set, the rest zero), or NULL. */
+p11_object *p11_object_new(const char *key_id, CK_OBJECT_CLASS cls);
+/* Drops the objects not seen in the last listing (derived ones stay). */
+void p11_objects_remove_unseen(void);
+/* Destroys one session object (a derived secret or a session certificate). */
 void p11_object_drop(CK_OBJECT_HANDLE h);
 /* Destroys the derived secrets of a session that closes. */
 void p11_objects_drop_session(CK_SESSION_HANDLE owner);
+
+/* ---- certs.c ---- */
+/* Reads hsmd's certificates again: each becomes or updates an object, marked seen. */
+CK_RV p11_certs_load(void);
+/* Marks the certificates unseen, reads them again and drops those gone. */
+CK_RV p11_certs_refresh(void);
+/* Deletes one of hsmd's certificates (a token object) and its object. */
+CK_RV p11_cert_destroy(p11_object *o);
 
 /* ---- sign.c ---- */
 extern const p11_mech p11_mechs[];

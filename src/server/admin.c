@@ -281,6 +281,10 @@ static const hsm_admin_op admin_ops[] = {
     {"ApproveRequest", true, hsm_admin_approve_request},
     {"DenyRequest", true, hsm_admin_deny_request},
     {"CancelRequest", true, hsm_admin_cancel_request},
+    {"ImportCertificate", true, hsm_admin_import_certificate},
+    {"GetCertificate", true, hsm_admin_get_certificate},
+    {"ListCertificates", true, hsm_admin_list_certificates},
+    {"DeleteCertificate", true, hsm_admin_delete_certificate},
 };
 
 unsigned hsm_admin_index(const hsm_admin_op *op)

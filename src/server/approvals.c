@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "server/api.h"
 #include "server/server.h"
 
 _Static_assert(HSM_OP_COUNT <= 64, "approval_kms_ops holds a bit per operation");
@@ -21,7 +22,8 @@ static bool approvable_admin(const char *name)
 {
 	static const char *const names[] = {"Seal",      "CreateUser",      "DisableUser",
 	                                    "EnableUser", "UnlockUser",     "CreateAccessKey",
-	                                    "RevokeAccessKey", "CreateBackup"};
+	                                    "RevokeAccessKey", "CreateBackup",
+	                                    "ImportCertificate", "DeleteCertificate"};
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
 		if (strcmp(names[i], name) == 0)
 			return true;
@@ -126,8 +128,7 @@ static hsm_result read_id(hsm_admin_ctx *c, const char **id)
 	/* The id goes into the audit record: only what could be one. */
 	HSM_ENSURE(strspn(*id, "0123456789abcdef") == HSM_APPROVAL_ID_LEN, HSM_ERR_NOT_FOUND,
 	           "approval request %.32s does not exist", *id);
-	if (c->approval_id != NULL)
-		memcpy(c->approval_id, *id, HSM_APPROVAL_ID_LEN + 1);
+	memcpy(c->audit->approval_id, *id, HSM_APPROVAL_ID_LEN + 1);
 	return HSM_SUCCESS;
 }
 

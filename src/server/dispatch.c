@@ -133,7 +133,7 @@ static void kick_audit(void *audit)
 static void submit_audit(pending *p, const outcome *o)
 {
 	hsm_server *s = p->s;
-	hsm_audit_field extra[6];
+	hsm_audit_field extra[7];
 	size_t n_extra = 0;
 	char ctx[HSM_AUDIT_VALUE_MAX], principal[160] = "";
 	char source[HSM_HTTP_ADDR_MAX + 8];
@@ -159,6 +159,8 @@ static void submit_audit(pending *p, const outcome *o)
 		extra[n_extra++] = (hsm_audit_field){"via_grant", o->api->via_grant};
 	if (o->api != NULL && o->api->approval_id[0] != '\0')
 		extra[n_extra++] = (hsm_audit_field){"approval_id", o->api->approval_id};
+	if (o->api != NULL && o->api->cert_id[0] != '\0')
+		extra[n_extra++] = (hsm_audit_field){"cert_id", o->api->cert_id};
 	if (o->api != NULL && o->api->n_ctx > 0) {
 		context_field(s, o->api, ctx, sizeof(ctx));
 		extra[n_extra++] = (hsm_audit_field){"encryption_context", ctx};
@@ -434,7 +436,7 @@ static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 		hsm_jw w;
 		hsm_jw_init(&w, &p->body);
 		hsm_jw_begin(&w);
-		hsm_admin_ctx c = {s, op->needs_auth ? &auth : NULL, doc, &w, source, audit.approval_id};
+		hsm_admin_ctx c = {s, op->needs_auth ? &auth : NULL, doc, &w, source, &audit};
 		r = op->fn(&c);
 		hsm_jw_end(&w);
 		if (hsm_ok(r))
@@ -442,7 +444,7 @@ static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 	}
 	if (hsm_failed(r))
 		hsm_kms_approval_release(s->kms, &gate);
-	if (audit.approval_id[0] != '\0')
+	if (audit.approval_id[0] != '\0' || audit.key_id[0] != '\0' || audit.cert_id[0] != '\0')
 		o.api = &audit;
 	if (hsm_failed(r))
 		fail_request(p, &o, r);

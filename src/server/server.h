@@ -156,8 +156,8 @@ typedef struct hsm_admin_ctx {
 	json_t *req;
 	hsm_jw *w;
 	const char *source;
-	/* The approval request the operation concerns, for its audit record (NULL: none kept). */
-	char *approval_id; /* HSM_APPROVAL_ID_LEN + 1 bytes */
+	/* What the audit record says beyond the operation (approval, key, certificate). */
+	struct hsm_api_audit *audit;
 } hsm_admin_ctx;
 
 typedef struct hsm_admin_op {
@@ -196,6 +196,12 @@ hsm_result hsm_admin_get_approval(hsm_admin_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_admin_approve_request(hsm_admin_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_admin_deny_request(hsm_admin_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_admin_cancel_request(hsm_admin_ctx *c) HSM_MUST_CHECK;
+
+/* HsmdAdmin.ImportCertificate, GetCertificate, ListCertificates, DeleteCertificate (certs.c). */
+hsm_result hsm_admin_import_certificate(hsm_admin_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_admin_get_certificate(hsm_admin_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_admin_list_certificates(hsm_admin_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_admin_delete_certificate(hsm_admin_ctx *c) HSM_MUST_CHECK;
 
 /* The audit trail's checkpoint signer: the keystore's audit key (arg: hsm_keystore). */
 hsm_result hsm_server_audit_signer(void *arg, const uint8_t *msg, size_t n, hsm_buf *sig) HSM_MUST_CHECK;

@@ -1,0 +1,193 @@
+/*
+ * cmd_cert.c - certificates kept beside the keys, against a running hsmd.
+ *
+ *   hsmctl --endpoint URL cert import FILE [--key KEY] [--label L] [--id HEX]
+ *   hsmctl --endpoint URL cert list | show ID [--pem] | delete ID
+ *
+ * FILE holds one certificate, PEM or DER.  With --key the certificate must
+ * certify that key, and its PKCS#11 CKA_ID becomes the key's id (the key
+ * objects' CKA_ID); the label defaults to the alias --key names, which is
+ * the key objects' CKA_LABEL, so PKCS#11 applications find key and
+ * certificate under one name.
+ */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/bio.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include "common/encoding.h"
+#include "common/util.h"
+#include "hsmctl/hsmctl.h"
+
+#define CERT_FILE_MAX (64 * 1024)
+
+static hsm_result call(const char *target, json_t *body, json_t **out)
+{
+	hsm_result r = hsm_client_call_json(&hsmctl_globals.client, target, body, true, out);
+	json_decref(body);
+	return r;
+}
+
+/* The file's certificate as DER: PEM ("CERTIFICATE") or DER as it is. */
+static hsm_result read_cert(const char *path, hsm_buf *der)
+{
+	hsm_buf text = {0};
+	HSM_GUARD(hsm_read_file(path, CERT_FILE_MAX, &text));
+	hsm_result r = HSM_SUCCESS;
+	if (text.len > 0 && text.data[0] == 0x30) { /* a DER SEQUENCE */
+		*der = text;
+		return HSM_SUCCESS;
+	}
+	BIO *b = BIO_new_mem_buf(text.data, (int)text.len);
+	X509 *x = b != NULL ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
+	unsigned char *d = NULL;
+	int n = x != NULL ? i2d_X509(x, &d) : -1;
+	if (n <= 0)
+		r = HSM_FAIL(HSM_ERR_VALIDATION, "%s holds no PEM or DER certificate", path);
+	else
+		r = hsm_buf_set(der, d, (size_t)n);
+	OPENSSL_free(d);
+	X509_free(x);
+	BIO_free(b);
+	hsm_buf_free(&text);
+	return r;
+}
+
+static int import(int argc, char **argv)
+{
+	const char *file = NULL, *key = NULL, *label = NULL, *id = NULL;
+	for (int i = 2; i < argc; i++) {
+		const char **opt = strcmp(argv[i], "--key") == 0     ? &key
+		                   : strcmp(argv[i], "--label") == 0 ? &label
+		                   : strcmp(argv[i], "--id") == 0    ? &id
+		                                                     : NULL;
+		if (opt != NULL && i + 1 < argc)
+			*opt = argv[++i];
+		else if (opt == NULL && argv[i][0] != '-' && file == NULL)
+			file = argv[i];
+		else
+			return hsmctl_usage("cert import", "FILE [--key KEY] [--label L] [--id HEX]");
+	}
+	if (file == NULL)
+		return hsmctl_usage("cert import", "FILE [--key KEY] [--label L] [--id HEX]");
+	hsm_buf der = {0}, b64 = {0}, raw_id = {0}, id64 = {0};
+	json_t *body = json_object(), *out = NULL;
+	hsm_result r = read_cert(file, &der);
+	if (hsm_ok(r))
+		r = hsm_b64_encode(&b64, der.data, der.len);
+	if (hsm_ok(r) && id != NULL)
+		r = hsm_hex_decode(&raw_id, id, strlen(id), HSM_ERR_VALIDATION);
+	if (hsm_ok(r) && id != NULL)
+		r = hsm_b64_encode(&id64, raw_id.data, raw_id.len);
+	if (hsm_ok(r)) {
+		json_object_set_new(body, "Certificate", json_stringn((const char *)b64.data, b64.len));
+		if (key != NULL)
+			json_object_set_new(body, "KeyId", json_string(key));
+		if (label == NULL && key != NULL && strncmp(key, "alias/", 6) == 0)
+			label = key + 6;
+		if (label != NULL)
+			json_object_set_new(body, "Label", json_string(label));
+		if (id != NULL)
+			json_object_set_new(body, "ObjectId",
+			                    json_stringn(id64.len ? (const char *)id64.data : "", id64.len));
+		r = call("HsmdAdmin.ImportCertificate", body, &out);
+		body = NULL; /* taken */
+	}
+	json_decref(body);
+	hsm_buf_free(&der);
+	hsm_buf_free(&b64);
+	hsm_buf_free(&raw_id);
+	hsm_buf_free(&id64);
+	if (hsm_failed(r))
+		return hsmctl_fail("cert import");
+	json_object_del(out, "Certificate");
+	hsmctl_print_fields(out);
+	json_decref(out);
+	return 0;
+}
+
+static int list(void)
+{
+	char marker[64] = "";
+	for (;;) {
+		json_t *body = json_pack("{s:i}", "Limit", 1000), *out = NULL, *item;
+		if (marker[0] != '\0')
+			json_object_set_new(body, "Marker", json_string(marker));
+		if (hsm_failed(call("HsmdAdmin.ListCertificates", body, &out)))
+			return hsmctl_fail("cert list");
+		size_t i;
+		json_array_foreach(json_object_get(out, "Certificates"), i, item)
+		{
+			json_object_del(item, "Certificate");
+			hsmctl_print_fields(item);
+			printf("\n");
+		}
+		const char *next = json_string_value(json_object_get(out, "NextMarker"));
+		bool more = json_is_true(json_object_get(out, "Truncated")) && next != NULL;
+		if (more)
+			snprintf(marker, sizeof(marker), "%s", next);
+		json_decref(out);
+		if (!more)
+			return 0;
+	}
+}
+
+/* The certificate in PEM, from the answer's base64 DER. */
+static int print_pem(json_t *c)
+{
+	const char *b64 = json_string_value(json_object_get(c, "Certificate"));
+	hsm_buf der = {0};
+	if (b64 == NULL || hsm_failed(hsm_b64_decode(&der, b64, strlen(b64), HSM_ERR_VALIDATION)))
+		return hsmctl_fail("cert show");
+	const unsigned char *p = der.data;
+	X509 *x = d2i_X509(NULL, &p, (long)der.len);
+	int rc = x != NULL && PEM_write_X509(stdout, x) == 1 ? 0 : 1;
+	if (rc != 0)
+		fprintf(stderr, "hsmctl: cert show: the answer holds no certificate\n");
+	X509_free(x);
+	hsm_buf_free(&der);
+	return rc;
+}
+
+int hsmctl_cmd_cert(int argc, char **argv)
+{
+	static const char usage[] =
+	    "import FILE [--key KEY] [--label L] [--id HEX] | list | show ID [--pem] | delete ID";
+	if (!hsmctl_online())
+		return hsmctl_usage("cert", "needs --endpoint (a running hsmd)");
+	if (argc >= 2 && strcmp(argv[1], "import") == 0)
+		return import(argc, argv);
+	if (argc == 2 && strcmp(argv[1], "list") == 0)
+		return list();
+	bool pem = argc == 4 && strcmp(argv[3], "--pem") == 0;
+	if ((argc == 3 || pem) && strcmp(argv[1], "show") == 0) {
+		json_t *out = NULL;
+		if (hsm_failed(call("HsmdAdmin.GetCertificate",
+		                    json_pack("{s:s}", "CertificateId", argv[2]), &out)))
+			return hsmctl_fail("cert show");
+		json_t *c = json_object_get(out, "Certificate");
+		int rc = 0;
+		if (pem) {
+			rc = print_pem(c);
+		} else {
+			json_object_del(c, "Certificate");
+			hsmctl_print_fields(c);
+		}
+		json_decref(out);
+		return rc;
+	}
+	if (argc == 3 && strcmp(argv[1], "delete") == 0) {
+		json_t *out = NULL;
+		if (hsm_failed(call("HsmdAdmin.DeleteCertificate",
+		                    json_pack("{s:s}", "CertificateId", argv[2]), &out)))
+			return hsmctl_fail("cert delete");
+		json_decref(out);
+		printf("deleted: %s\n", argv[2]);
+		return 0;
+	}
+	return hsmctl_usage("cert", "%s", usage);
+}

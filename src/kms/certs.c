@@ -1,0 +1,202 @@
+/*
+ * certs.c - X.509 certificates kept as token objects (kms.h, "Certificates").
+ *
+ * The service keeps certificates for applications, it does not vouch for
+ * them: a certificate is checked to be one well-formed DER X.509 structure
+ * and, when the import names a key, to certify that key's primary public
+ * key, so a PKCS#11 application never finds a certificate beside a key it
+ * does not belong to.
+ */
+#include <string.h>
+#include <time.h>
+
+#include <openssl/asn1.h>
+#include <openssl/bn.h>
+#include <openssl/crypto.h>
+#include <openssl/x509.h>
+
+#include "common/util.h"
+#include "kms/kms_internal.h"
+
+static hsm_result require_roles(const hsm_caller *caller, unsigned roles, const char *what)
+{
+	HSM_ENSURE(caller->local || (caller->roles & roles) != 0, HSM_ERR_ACCESS_DENIED,
+	           "User %s may not %s certificates", caller->user, what);
+	return HSM_SUCCESS;
+}
+
+/* The certificate, parsed; NULL unless der is exactly one DER certificate. */
+static X509 *parse(const uint8_t *der, size_t len)
+{
+	const unsigned char *p = der;
+	if (len == 0 || len > HSM_CERT_DER_MAX)
+		return NULL;
+	X509 *x = d2i_X509(NULL, &p, (long)len);
+	if (x == NULL)
+		return NULL;
+	/* Nothing after it, and the bytes are its DER encoding, not merely BER. */
+	unsigned char *again = NULL;
+	int n = i2d_X509(x, &again);
+	bool exact = p == der + len && n == (int)len && again != NULL &&
+	             hsm_ct_equal(again, der, len);
+	OPENSSL_free(again);
+	if (!exact) {
+		X509_free(x);
+		return NULL;
+	}
+	return x;
+}
+
+static hsm_result check_label(const char *label)
+{
+	size_t n = strlen(label);
+	HSM_ENSURE(n <= HSM_CERT_LABEL_MAX, HSM_ERR_VALIDATION,
+	           "Label is at most %d bytes", HSM_CERT_LABEL_MAX);
+	for (size_t i = 0; i < n; i++)
+		HSM_ENSURE((unsigned char)label[i] >= 0x20 && label[i] != 0x7f, HSM_ERR_VALIDATION,
+		           "Label may not contain control characters");
+	return HSM_SUCCESS;
+}
+
+/* The certificate must hold the key's primary public key. */
+static hsm_result check_certifies(hsm_kms *kms, const hsm_caller *caller, X509 *x,
+                                  const char *key, char key_id[HSM_UUID_STRLEN + 1])
+{
+	hsm_buf spki = {0};
+	hsm_key_record rec;
+	memset(&rec, 0, sizeof(rec));
+	HSM_GUARD(hsm_kms_get_public_key(kms, caller, key, &spki, &rec));
+	unsigned char *cert_spki = NULL;
+	int n = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x), &cert_spki);
+	bool same = n > 0 && (size_t)n == spki.len && hsm_ct_equal(cert_spki, spki.data, spki.len);
+	OPENSSL_free(cert_spki);
+	hsm_buf_free(&spki);
+	memcpy(key_id, rec.key_id, HSM_UUID_STRLEN + 1);
+	hsm_key_record_clear(&rec);
+	HSM_ENSURE(same, HSM_ERR_VALIDATION,
+	           "the certificate does not certify the public key of key %s", key_id);
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_kms_cert_import(hsm_kms *kms, const hsm_caller *caller,
+                               const hsm_cert_import_req *req, hsm_cert_record *out)
+{
+	HSM_GUARD(require_roles(caller, HSM_ROLES_OFFICER, "import"));
+	HSM_ENSURE(req->der_len >= 1 && req->der_len <= HSM_CERT_DER_MAX, HSM_ERR_VALIDATION,
+	           "Certificate is 1 to %d bytes of DER", HSM_CERT_DER_MAX);
+	HSM_ENSURE(req->object_id == NULL || req->object_id_len <= HSM_CERT_OBJECT_ID_MAX,
+	           HSM_ERR_VALIDATION, "ObjectId is at most %d bytes", HSM_CERT_OBJECT_ID_MAX);
+	const char *label = req->label != NULL ? req->label : "";
+	HSM_GUARD(check_label(label));
+	X509 *x = parse(req->der, req->der_len);
+	HSM_ENSURE(x != NULL, HSM_ERR_VALIDATION,
+	           "Certificate is not one DER-encoded X.509 certificate");
+	hsm_result res = HSM_SUCCESS;
+	char key_id[HSM_UUID_STRLEN + 1] = "";
+	if (req->key != NULL)
+		res = check_certifies(kms, caller, x, req->key, key_id);
+	X509_free(x);
+	HSM_GUARD(res);
+
+	hsm_cert_record c;
+	memset(&c, 0, sizeof(c));
+	HSM_TRY(hsm_uuid_new(c.cert_id));
+	HSM_TRY(hsm_strcpy(c.label, sizeof(c.label), label));
+	if (req->object_id != NULL)
+		HSM_TRY(hsm_buf_set(&c.object_id, req->object_id, req->object_id_len));
+	else if (key_id[0] != '\0')
+		HSM_TRY(hsm_buf_set(&c.object_id, key_id, strlen(key_id)));
+	HSM_TRY(hsm_buf_set(&c.der, req->der, req->der_len));
+	HSM_TRY(hsm_strcpy(c.creator, sizeof(c.creator), caller->local ? "" : caller->user));
+	c.created = kms_now(kms);
+	res = hsm_store_cert_create(kms->store, &c);
+	HSM_CHECK(res.err != HSM_ERR_LIMIT_EXCEEDED, HSM_ERR_LIMIT_EXCEEDED,
+	          "the store already holds %d certificates, the most allowed", HSM_MAX_CERTIFICATES);
+	HSM_TRY(res);
+	*out = c;
+	return HSM_SUCCESS;
+out:
+	hsm_cert_record_clear(&c);
+	return res;
+}
+
+static hsm_result not_found(hsm_result r, const char *cert_id)
+{
+	if (r.err == HSM_ERR_NOT_FOUND)
+		return HSM_FAIL(HSM_ERR_NOT_FOUND, "certificate %.36s does not exist", cert_id);
+	return r;
+}
+
+#define READERS (HSM_ROLES_OFFICER | HSM_ROLES_USER | HSM_ROLES_AUDITOR)
+
+hsm_result hsm_kms_cert_get(hsm_kms *kms, const hsm_caller *caller, const char *cert_id,
+                            hsm_cert_record *out)
+{
+	HSM_GUARD(require_roles(caller, READERS, "read"));
+	return not_found(hsm_store_cert_get(kms->store, cert_id, out), cert_id);
+}
+
+hsm_result hsm_kms_cert_list(hsm_kms *kms, const hsm_caller *caller, const char *after,
+                             size_t limit, hsm_cert_cb cb, void *arg, bool *truncated)
+{
+	HSM_GUARD(require_roles(caller, READERS, "list"));
+	return hsm_store_cert_list(kms->store, after, limit, cb, arg, truncated);
+}
+
+hsm_result hsm_kms_cert_delete(hsm_kms *kms, const hsm_caller *caller, const char *cert_id)
+{
+	HSM_GUARD(require_roles(caller, HSM_ROLES_OFFICER, "delete"));
+	return not_found(hsm_store_cert_delete(kms->store, cert_id), cert_id);
+}
+
+static hsm_result name_text(const X509_NAME *name, char *out, size_t cap)
+{
+	BIO *b = BIO_new(BIO_s_mem());
+	HSM_ENSURE(b != NULL, HSM_ERR_NOMEM, "out of memory");
+	int n = X509_NAME_print_ex(b, name, 0, XN_FLAG_RFC2253);
+	char *p = NULL;
+	long len = BIO_get_mem_data(b, &p);
+	hsm_result r = HSM_SUCCESS;
+	if (n < 0 || len < 0)
+		r = HSM_FAIL(HSM_ERR_CRYPTO, "cannot print a certificate's name");
+	else
+		snprintf(out, cap, "%.*s", (int)((size_t)len < cap ? (size_t)len : cap - 1), p);
+	BIO_free(b);
+	return r;
+}
+
+static hsm_result time_of(const ASN1_TIME *t, int64_t *out)
+{
+	struct tm tm;
+	HSM_ENSURE(t != NULL && ASN1_TIME_to_tm(t, &tm) == 1, HSM_ERR_VALIDATION,
+	           "the certificate's validity cannot be read");
+	*out = (int64_t)timegm(&tm);
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_cert_describe(const uint8_t *der, size_t len, hsm_cert_info *out)
+{
+	X509 *x = parse(der, len);
+	HSM_ENSURE(x != NULL, HSM_ERR_VALIDATION, "not one DER-encoded X.509 certificate");
+	hsm_result r = name_text(X509_get_subject_name(x), out->subject, sizeof(out->subject));
+	if (hsm_ok(r))
+		r = name_text(X509_get_issuer_name(x), out->issuer, sizeof(out->issuer));
+	if (hsm_ok(r))
+		r = time_of(X509_get0_notBefore(x), &out->not_before);
+	if (hsm_ok(r))
+		r = time_of(X509_get0_notAfter(x), &out->not_after);
+	BIGNUM *bn = hsm_ok(r) ? ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL) : NULL;
+	char *hex = bn != NULL ? BN_bn2hex(bn) : NULL;
+	if (hsm_ok(r) && hex == NULL)
+		r = HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
+	if (hsm_ok(r)) {
+		size_t i = 0;
+		for (; hex[i] != '\0' && i + 1 < sizeof(out->serial); i++)
+			out->serial[i] = (char)(hex[i] >= 'A' && hex[i] <= 'F' ? hex[i] - 'A' + 'a' : hex[i]);
+		out->serial[i] = '\0';
+	}
+	OPENSSL_free(hex);
+	BN_free(bn);
+	X509_free(x);
+	return r;
+}

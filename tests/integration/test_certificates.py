@@ -1,0 +1,622 @@
+"""Certificates kept beside the keys: the HsmdAdmin API, hsmctl, and the
+PKCS#11 module's certificate objects, with real clients.
+
+Certificates for hsmd's keys are issued by a test CA with python3-cryptography
+(over GetPublicKey's public key), then:
+- HsmdAdmin.ImportCertificate / GetCertificate / ListCertificates /
+  DeleteCertificate, signed by botocore: every field, the CKA_ID default of a
+  key's certificate, paging, the refusals (each changes nothing), the roles,
+  the audit records, a restart;
+- hsmctl cert import (PEM, --key with an alias: the alias as label) / list /
+  show --pem / delete;
+- PyKCS11 on libhsm_pkcs11.so: CKO_CERTIFICATE objects with the attributes
+  PKCS#11 defines, found beside their key by CKA_ID; C_CreateObject of token
+  certificates (stored in hsmd) and session certificates (kept by the module),
+  its refusals; C_DestroyObject;
+- opensc's pkcs11-tool: --write-object, --list-objects, --read-object,
+  --delete-object;
+- Java's SunPKCS11 KeyStore (OpenJDK 17): key entries paired with their
+  certificates, signatures with the keys checked with Java's own providers.
+"""
+import base64
+import datetime
+import hashlib
+import os
+import shutil
+import subprocess
+import types
+import uuid
+
+import PyKCS11
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from PyKCS11 import (CKA_CLASS, CKA_ID, CKA_LABEL, CKA_PRIVATE, CKA_TOKEN, CKA_VALUE,
+                     CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKR)
+
+from conftest import BUILD, DEV_AKID, DEV_SECRET, HSMCTL, client, start_dev
+from helpers import admin, audit_records, b64, new_user, restart_dev
+
+MODULE = os.path.join(BUILD, "libhsm_pkcs11.so")
+JAVA = "/usr/lib/jvm/java-17-openjdk-amd64/bin/java"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+CKO_CERTIFICATE = 1
+CKC_X_509 = 0
+CKA_CERTIFICATE_TYPE = 0x80
+CKA_TRUSTED = 0x86
+CKA_CERTIFICATE_CATEGORY = 0x87
+CKA_CHECK_VALUE = 0x90
+CKA_SUBJECT = 0x101
+CKA_ISSUER = 0x81
+CKA_SERIAL_NUMBER = 0x82
+CKA_PUBLIC_KEY_INFO = 0x129
+CKA_MODIFIABLE = 0x170
+CKA_UNKNOWN = 0x8000ABCD
+CKR_ACTION_PROHIBITED = 0x1B
+
+
+# ---- fixtures --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server():
+    s = start_dev()
+    yield s
+    s.cleanup()
+
+
+@pytest.fixture(scope="module")
+def officer(server):
+    return client(server)
+
+
+@pytest.fixture(scope="module")
+def ca():
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hsmd test issuing CA")])
+    return types.SimpleNamespace(key=key, name=name)
+
+
+@pytest.fixture(scope="module")
+def keys(officer):
+    def create(spec, usage, alias):
+        kid = officer.create_key(KeySpec=spec, KeyUsage=usage)["KeyMetadata"]["KeyId"]
+        officer.create_alias(AliasName=alias, TargetKeyId=kid)
+        return kid
+    return {"rsa": create("RSA_2048", "SIGN_VERIFY", "alias/app-signing"),
+            "ec": create("ECC_NIST_P256", "SIGN_VERIFY", "alias/app-ec"),
+            "aes": create("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT", "alias/app-aes")}
+
+
+@pytest.fixture(scope="module")
+def user(server):
+    akid, secret = new_user(server, "cert-app", ["crypto-user"])
+    return types.SimpleNamespace(akid=akid, secret=secret, pin=f"{akid}:{secret}")
+
+
+def issue(ca, public_der, cn, days=30, serial=None):
+    """A certificate for a public key (DER SubjectPublicKeyInfo) signed by the test CA."""
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    b = (x509.CertificateBuilder()
+         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
+                                  x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example")]))
+         .issuer_name(ca.name)
+         .public_key(serialization.load_der_public_key(public_der))
+         .serial_number(serial or x509.random_serial_number())
+         .not_valid_before(now - datetime.timedelta(hours=1))
+         .not_valid_after(now + datetime.timedelta(days=days))
+         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))
+    return b.sign(ca.key, hashes.SHA256())
+
+
+def cert_of_key(officer, ca, key_id, cn):
+    return issue(ca, officer.get_public_key(KeyId=key_id)["PublicKey"], cn)
+
+
+def der(cert):
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def serial_der(n):
+    """The DER INTEGER of a positive serial number (CKA_SERIAL_NUMBER)."""
+    body = n.to_bytes((n.bit_length() + 8) // 8, "big")
+    return bytes([0x02, len(body)]) + body
+
+
+def import_cert(server, cert_der, **members):
+    body = {"Certificate": b64(cert_der)}
+    body.update(members)
+    return admin(server, "ImportCertificate", body)
+
+
+def listed(server, **kw):
+    """Every certificate, all pages."""
+    out, marker = [], None
+    while True:
+        body = dict(kw)
+        if marker:
+            body["Marker"] = marker
+        page = admin(server, "ListCertificates", body)
+        out += page["Certificates"]
+        if not page["Truncated"]:
+            assert "NextMarker" not in page
+            return out
+        marker = page["NextMarker"]
+
+
+def admin_error(server, op, body, code, **kw):
+    out = admin(server, op, body, expect=400, **kw)
+    assert out["__type"] == code, out
+    return out
+
+
+# ---- the API -----------------------------------------------------------------------------------
+
+def test_import_get_list_delete(server, officer, ca, keys):
+    cert = cert_of_key(officer, ca, keys["rsa"], "signer.example")
+    got = import_cert(server, der(cert), KeyId="alias/app-signing", Label="app-signing")
+    cid = got["CertificateId"]
+    assert str(uuid.UUID(cid)) == cid
+    # A key's certificate carries the key's id as its CKA_ID: the key objects' CKA_ID.
+    assert base64.b64decode(got["ObjectId"]) == keys["rsa"].encode()
+    assert got["Label"] == "app-signing" and got["CreatedBy"] == "dev"
+    assert base64.b64decode(got["Certificate"]) == der(cert)
+    assert got["Subject"] == cert.subject.rfc4514_string()
+    assert got["Issuer"] == "CN=hsmd test issuing CA"
+    assert int(got["SerialNumber"], 16) == cert.serial_number
+    assert got["SerialNumber"] == got["SerialNumber"].lower()
+    assert got["NotAfter"] == cert.not_valid_after.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert got["NotBefore"] == cert.not_valid_before.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    one = admin(server, "GetCertificate", {"CertificateId": cid})["Certificate"]
+    assert one == {k: v for k, v in got.items()}
+    assert cid in [c["CertificateId"] for c in listed(server)]
+
+    admin(server, "DeleteCertificate", {"CertificateId": cid})
+    admin_error(server, "GetCertificate", {"CertificateId": cid}, "NotFoundException")
+    admin_error(server, "DeleteCertificate", {"CertificateId": cid}, "NotFoundException")
+    assert cid not in [c["CertificateId"] for c in listed(server)]
+
+
+def test_import_without_a_key(server, ca):
+    """A CA certificate, say: no key, no CKA_ID unless given, the label as given."""
+    other = ec.generate_private_key(ec.SECP256R1())
+    pub = other.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    cert = issue(ca, pub, "intermediate")
+    got = import_cert(server, der(cert))
+    assert got["ObjectId"] == "" and got["Label"] == ""
+    got2 = import_cert(server, der(cert), ObjectId=b64(b"\x00\x01id"), Label="ca \u00e9")
+    assert base64.b64decode(got2["ObjectId"]) == b"\x00\x01id" and got2["Label"] == "ca \u00e9"
+    # The same certificate twice is two objects, as on a PKCS#11 token.
+    assert got2["CertificateId"] != got["CertificateId"]
+    for c in (got, got2):
+        admin(server, "DeleteCertificate", {"CertificateId": c["CertificateId"]})
+
+
+def test_refused_imports_change_nothing(server, officer, ca, keys):
+    before = listed(server)
+    rsa_cert = der(cert_of_key(officer, ca, keys["rsa"], "signer"))
+    cases = [
+        ({"Certificate": b64(b"not a certificate")}, "ValidationException", "X.509"),
+        ({"Certificate": b64(rsa_cert + b"\x00")}, "ValidationException", "X.509"),
+        ({"Certificate": b64(rsa_cert[:-1])}, "ValidationException", "X.509"),
+        ({}, "ValidationException", "Certificate"),
+        ({"Certificate": "%%%"}, "ValidationException", None),
+        ({"Certificate": b64(b"\x30" * 32769)}, "ValidationException", None),
+        # The certificate of one key offered as another's.
+        ({"Certificate": b64(rsa_cert), "KeyId": keys["ec"]}, "ValidationException",
+         "does not certify"),
+        ({"Certificate": b64(rsa_cert), "KeyId": "alias/no-such-key"}, "NotFoundException", None),
+        ({"Certificate": b64(rsa_cert), "KeyId": keys["aes"]}, "UnsupportedOperationException",
+         None),
+        ({"Certificate": b64(rsa_cert), "Label": "x" * 257}, "ValidationException", "Label"),
+        ({"Certificate": b64(rsa_cert), "Label": "tab\there"}, "ValidationException", "Label"),
+        ({"Certificate": b64(rsa_cert), "ObjectId": b64(b"i" * 257)}, "ValidationException",
+         "ObjectId"),
+    ]
+    for body, code, words in cases:
+        out = admin_error(server, "ImportCertificate", body, code)
+        if words:
+            assert words.lower() in out["message"].lower(), (body.keys(), out)
+    # A BER (not DER) encoding of the same certificate: a long-form length where DER has
+    # the short or shortest one.
+    assert rsa_cert[1] == 0x82
+    ber = bytes([0x30, 0x83, 0x00]) + rsa_cert[2:]
+    admin_error(server, "ImportCertificate", {"Certificate": b64(ber)}, "ValidationException")
+    for bad in ("", "not-a-uuid", "../../etc", str(uuid.uuid4())):
+        admin_error(server, "GetCertificate", {"CertificateId": bad},
+                    "ValidationException" if bad == "" else "NotFoundException")
+    admin_error(server, "ListCertificates", {"Marker": "nope"}, "InvalidMarkerException")
+    admin_error(server, "ListCertificates", {"Limit": 0}, "ValidationException")
+    admin_error(server, "ListCertificates", {"Limit": 1001}, "ValidationException")
+    assert listed(server) == before
+
+
+def test_paging(server, ca):
+    pub = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    ids = {import_cert(server, der(issue(ca, pub, f"page {i}")), Label=f"p{i}")["CertificateId"]
+           for i in range(5)}
+    pages = []
+    marker = None
+    while True:
+        body = {"Limit": 2}
+        if marker:
+            body["Marker"] = marker
+        page = admin(server, "ListCertificates", body)
+        pages.append([c["CertificateId"] for c in page["Certificates"]])
+        if not page["Truncated"]:
+            break
+        marker = page["NextMarker"]
+    flat = [c for p in pages for c in p]
+    assert ids <= set(flat) and len(flat) == len(set(flat))
+    assert all(len(p) == 2 for p in pages[:-1]) and flat == sorted(flat)
+    for cid in ids:
+        admin(server, "DeleteCertificate", {"CertificateId": cid})
+
+
+def test_roles(server, officer, ca, keys, user):
+    cid = import_cert(server, der(cert_of_key(officer, ca, keys["ec"], "roles")),
+                      KeyId=keys["ec"])["CertificateId"]
+    # A crypto-user and an auditor read certificates; only a crypto-officer changes them.
+    akid, secret = new_user(server, "cert-auditor", ["auditor"])
+    cakid, csecret = new_user(server, "cert-custodian", ["custodian"])
+    for who in ((user.akid, user.secret), (akid, secret)):
+        assert admin(server, "GetCertificate", {"CertificateId": cid}, akid=who[0],
+                     secret=who[1])["Certificate"]["CertificateId"] == cid
+        assert cid in [c["CertificateId"] for c in
+                       admin(server, "ListCertificates", {}, akid=who[0], secret=who[1])
+                       ["Certificates"]]
+        admin_error(server, "DeleteCertificate", {"CertificateId": cid},
+                    "AccessDeniedException", akid=who[0], secret=who[1])
+        admin_error(server, "ImportCertificate", {"Certificate": b64(b"x")},
+                    "AccessDeniedException", akid=who[0], secret=who[1])
+    admin_error(server, "ListCertificates", {}, "AccessDeniedException", akid=cakid,
+                secret=csecret)
+    admin(server, "GetCertificate", {"CertificateId": cid})
+    admin(server, "DeleteCertificate", {"CertificateId": cid})
+
+
+def test_audit_records(server, officer, ca, keys):
+    cid = import_cert(server, der(cert_of_key(officer, ca, keys["rsa"], "audited")),
+                      KeyId="alias/app-signing")["CertificateId"]
+    admin(server, "GetCertificate", {"CertificateId": cid})
+    admin(server, "DeleteCertificate", {"CertificateId": cid})
+    admin_error(server, "DeleteCertificate", {"CertificateId": cid}, "NotFoundException")
+    recs = [r for r in audit_records(server.data_dir)
+            if r.get("type") == "request" and r.get("extra", {}).get("cert_id") == cid]
+    assert [(r["op"], r["outcome"]) for r in recs] == [
+        ("ImportCertificate", "success"), ("GetCertificate", "success"),
+        ("DeleteCertificate", "success"), ("DeleteCertificate", "error")], recs
+    assert recs[0]["key_id"] == keys["rsa"]
+    assert all(r["principal"].endswith(":user/dev") for r in recs)
+    # Nothing of the certificate itself is in the records, only its id.
+    assert all("Certificate" not in str(r.get("extra", {})) for r in recs)
+
+
+def test_certificates_survive_a_restart(server, officer, ca, keys):
+    cert = der(cert_of_key(officer, ca, keys["ec"], "durable"))
+    cid = import_cert(server, cert, KeyId=keys["ec"], Label="durable")["CertificateId"]
+    new = restart_dev(server)
+    try:
+        got = admin(new, "GetCertificate", {"CertificateId": cid})["Certificate"]
+        assert base64.b64decode(got["Certificate"]) == cert and got["Label"] == "durable"
+        admin(new, "DeleteCertificate", {"CertificateId": cid})
+    finally:
+        server.endpoint, server.port, server.proc, server.log = (new.endpoint, new.port,
+                                                                 new.proc, new.log)
+
+
+# ---- hsmctl --------------------------------------------------------------------------------------
+
+def hsmctl(server, *args):
+    env = dict(os.environ, AWS_ACCESS_KEY_ID=DEV_AKID, AWS_SECRET_ACCESS_KEY=DEV_SECRET)
+    return subprocess.run([HSMCTL, "--endpoint", server.endpoint, *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def fields(text):
+    return dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+
+
+def test_hsmctl(server, officer, ca, keys, tmp_path):
+    cert = cert_of_key(officer, ca, keys["rsa"], "hsmctl.example")
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    (tmp_path / "c.pem").write_bytes(pem)
+    p = hsmctl(server, "cert", "import", str(tmp_path / "c.pem"), "--key", "alias/app-signing")
+    assert p.returncode == 0, p.stderr
+    got = fields(p.stdout)
+    cid = got["CertificateId"]
+    assert got["Label"] == "app-signing"  # the alias --key named: the key objects' label
+    assert base64.b64decode(got["ObjectId"]) == keys["rsa"].encode()
+    assert "Certificate" not in got and "Subject" in got
+    # DER works as well, and --id and --label are taken as given.
+    (tmp_path / "c.der").write_bytes(der(cert))
+    p = hsmctl(server, "cert", "import", str(tmp_path / "c.der"), "--id", "0a0b", "--label", "x")
+    assert p.returncode == 0, p.stderr
+    cid2 = fields(p.stdout)["CertificateId"]
+    assert fields(p.stdout)["ObjectId"] == b64(b"\x0a\x0b")
+
+    p = hsmctl(server, "cert", "list")
+    assert p.returncode == 0 and cid in p.stdout and cid2 in p.stdout, p.stderr
+    p = hsmctl(server, "cert", "show", cid, "--pem")
+    assert p.returncode == 0 and p.stdout.encode() == pem, p.stderr
+    p = hsmctl(server, "cert", "show", cid)
+    assert p.returncode == 0 and fields(p.stdout)["Subject"] == cert.subject.rfc4514_string()
+
+    # Refusals: exit status 1 with the server's message, usage errors 2.
+    (tmp_path / "junk").write_text("hello")
+    p = hsmctl(server, "cert", "import", str(tmp_path / "junk"))
+    assert p.returncode == 1 and "no PEM or DER certificate" in p.stderr, p.stderr
+    p = hsmctl(server, "cert", "import", str(tmp_path / "c.pem"), "--key", keys["ec"])
+    assert p.returncode == 1 and "does not certify" in p.stderr, p.stderr
+    p = hsmctl(server, "cert", "frobnicate")
+    assert p.returncode == 2, p.stderr
+
+    for c in (cid, cid2):
+        p = hsmctl(server, "cert", "delete", c)
+        assert p.returncode == 0, p.stderr
+    p = hsmctl(server, "cert", "show", cid)
+    assert p.returncode == 1 and "does not exist" in p.stderr, p.stderr
+
+
+# ---- PKCS#11: PyKCS11 ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def p11(server, keys):
+    assert os.path.exists(MODULE), f"{MODULE} is not built"
+    old = os.environ.get("HSM_PKCS11_ENDPOINT")
+    os.environ["HSM_PKCS11_ENDPOINT"] = server.endpoint
+    lib = PyKCS11.PyKCS11Lib()
+    lib.load(MODULE)
+    yield lib
+    lib.lib.Unload()
+    if old is None:
+        os.environ.pop("HSM_PKCS11_ENDPOINT", None)
+    else:
+        os.environ["HSM_PKCS11_ENDPOINT"] = old
+
+
+def open_session(lib, pin, rw=True):
+    flags = PyKCS11.CKF_SERIAL_SESSION | (PyKCS11.CKF_RW_SESSION if rw else 0)
+    s = lib.openSession(0, flags)
+    s.login(pin)
+    return s
+
+
+def close(s):
+    s.logout()
+    s.closeSession()
+
+
+def value(s, obj, t):
+    v = s.getAttributeValue(obj, [t])[0]
+    return bytes(v) if isinstance(v, (tuple, list, PyKCS11.LowLevel.ckbytelist)) else v
+
+
+def ckr(code, fn, *args):
+    with pytest.raises(PyKCS11.PyKCS11Error) as e:
+        fn(*args)
+    assert e.value.value == code, (CKR.get(e.value.value, hex(e.value.value)), CKR.get(code))
+
+
+def cert_template(cert_der, token=True, label="", cka_id=None, **extra):
+    t = [(CKA_CLASS, CKO_CERTIFICATE), (CKA_CERTIFICATE_TYPE, CKC_X_509),
+         (CKA_TOKEN, token), (CKA_VALUE, cert_der)]
+    if label:
+        t.append((CKA_LABEL, label))
+    if cka_id is not None:
+        t.append((CKA_ID, cka_id))
+    t += list(extra.items())
+    return t
+
+
+def test_pkcs11_certificate_objects(server, officer, ca, keys, user, p11):
+    cert = cert_of_key(officer, ca, keys["rsa"], "p11.example")
+    cid = import_cert(server, der(cert), KeyId=keys["rsa"], Label="app-signing")["CertificateId"]
+    s = open_session(p11, user.pin)
+    try:
+        found = s.findObjects([(CKA_CLASS, CKO_CERTIFICATE)])
+        mine = [o for o in found if value(s, o, CKA_VALUE) == der(cert)]
+        assert len(mine) == 1
+        o = mine[0]
+        assert value(s, o, CKA_ID) == keys["rsa"].encode()
+        assert value(s, o, CKA_LABEL) == "app-signing"
+        assert value(s, o, CKA_CERTIFICATE_TYPE) == CKC_X_509
+        assert value(s, o, CKA_TOKEN) is True and value(s, o, CKA_PRIVATE) is False
+        assert value(s, o, CKA_TRUSTED) is False and value(s, o, CKA_MODIFIABLE) is False
+        assert value(s, o, CKA_CERTIFICATE_CATEGORY) == 0
+        assert value(s, o, CKA_SUBJECT) == cert.subject.public_bytes()
+        assert value(s, o, CKA_ISSUER) == cert.issuer.public_bytes()
+        assert value(s, o, CKA_SERIAL_NUMBER) == serial_der(cert.serial_number)
+        assert value(s, o, CKA_CHECK_VALUE) == hashlib.sha1(der(cert)).digest()[:3]
+        assert value(s, o, CKA_PUBLIC_KEY_INFO) == base64.b64decode(
+            officer.get_public_key(KeyId=keys["rsa"])["PublicKey"])
+        # The key pair and its certificate share CKA_ID: one search finds all three.
+        by_id = s.findObjects([(CKA_ID, keys["rsa"].encode())])
+        classes = sorted(value(s, x, CKA_CLASS) for x in by_id)
+        assert classes == sorted([CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKO_CERTIFICATE])
+        # A search for keys lists no certificate, and one by label finds it.
+        assert o not in s.findObjects([(CKA_CLASS, CKO_PRIVATE_KEY)])
+        assert o in s.findObjects([(CKA_LABEL, "app-signing"), (CKA_CLASS, CKO_CERTIFICATE)])
+        # Deleted in hsmd: gone at the next search.
+        admin(server, "DeleteCertificate", {"CertificateId": cid})
+        assert all(value(s, x, CKA_VALUE) != der(cert)
+                   for x in s.findObjects([(CKA_CLASS, CKO_CERTIFICATE)]))
+        assert len(s.findObjects([(CKA_ID, keys["rsa"].encode())])) == 2
+    finally:
+        close(s)
+
+
+def test_pkcs11_create_and_destroy(server, officer, ca, keys, user, p11):
+    cert = cert_of_key(officer, ca, keys["ec"], "created.example")
+    before = listed(server)
+    s = open_session(p11, f"{DEV_AKID}:{DEV_SECRET}")
+    try:
+        o = s.createObject(cert_template(der(cert), label="app-ec", cka_id=keys["ec"].encode(),
+                                         **{CKA_SUBJECT: cert.subject.public_bytes(),
+                                            CKA_ISSUER: cert.issuer.public_bytes(),
+                                            CKA_SERIAL_NUMBER: serial_der(cert.serial_number)}))
+        stored = [c for c in listed(server) if c not in before]
+        assert len(stored) == 1
+        assert base64.b64decode(stored[0]["Certificate"]) == der(cert)
+        assert stored[0]["Label"] == "app-ec"
+        assert base64.b64decode(stored[0]["ObjectId"]) == keys["ec"].encode()
+        assert value(s, o, CKA_TOKEN) is True and value(s, o, CKA_LABEL) == "app-ec"
+        assert o in s.findObjects([(CKA_CLASS, CKO_CERTIFICATE)])
+        s.destroyObject(o)
+        assert listed(server) == before
+        assert o not in s.findObjects([(CKA_CLASS, CKO_CERTIFICATE)])
+        # Without CKA_ID and CKA_LABEL: stored without them.
+        o = s.createObject(cert_template(der(cert)))
+        stored = [c for c in listed(server) if c not in before]
+        assert [(c["Label"], c["ObjectId"]) for c in stored] == [("", "")]
+        s.destroyObject(o)
+        assert listed(server) == before
+    finally:
+        close(s)
+
+
+def test_pkcs11_session_certificates(server, officer, ca, keys, user, p11):
+    """CKA_TOKEN false: the module keeps it for the session; hsmd never sees it."""
+    cert = cert_of_key(officer, ca, keys["rsa"], "session.example")
+    before = listed(server)
+    s = open_session(p11, user.pin, rw=False)  # session objects need no R/W session
+    try:
+        o = s.createObject(cert_template(der(cert), token=False, label="temp"))
+        assert value(s, o, CKA_TOKEN) is False and value(s, o, CKA_VALUE) == der(cert)
+        assert o in s.findObjects([(CKA_CLASS, CKO_CERTIFICATE)])
+        assert listed(server) == before
+        s.destroyObject(o)
+        assert o not in s.findObjects([(CKA_CLASS, CKO_CERTIFICATE)])
+        o = s.createObject(cert_template(der(cert), token=False))
+    finally:
+        close(s)
+    s = open_session(p11, user.pin)
+    try:  # closing the session dropped it
+        assert all(value(s, x, CKA_TOKEN) for x in s.findObjects([(CKA_CLASS, CKO_CERTIFICATE)]))
+    finally:
+        close(s)
+
+
+def test_pkcs11_refused_creations(server, officer, ca, keys, user, p11):
+    cert = cert_of_key(officer, ca, keys["rsa"], "refused.example")
+    other = cert_of_key(officer, ca, keys["ec"], "other.example")
+    before = listed(server)
+    s = open_session(p11, f"{DEV_AKID}:{DEV_SECRET}")
+    ro = open_session(p11, f"{DEV_AKID}:{DEV_SECRET}", rw=False)
+    try:
+        bad = [
+            (PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID, cert_template(b"\x30\x03\x02\x01\x01")),
+            (PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID, cert_template(der(cert) + b"\x00")),
+            (PyKCS11.CKR_TEMPLATE_INCOMPLETE, [(CKA_CLASS, CKO_CERTIFICATE),
+                                               (CKA_CERTIFICATE_TYPE, CKC_X_509), (CKA_TOKEN, True)]),
+            (PyKCS11.CKR_TEMPLATE_INCOMPLETE, [(CKA_CLASS, CKO_CERTIFICATE), (CKA_VALUE, der(cert))]),
+            (PyKCS11.CKR_TEMPLATE_INCOMPLETE, [(CKA_VALUE, der(cert))]),
+            (PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID, [(CKA_CLASS, PyKCS11.CKO_SECRET_KEY),
+                                                   (CKA_VALUE, b"k" * 32)]),
+            (PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID, [(CKA_CLASS, CKO_CERTIFICATE),
+                                                   (CKA_CERTIFICATE_TYPE, 1),
+                                                   (CKA_VALUE, der(cert))]),
+            (PyKCS11.CKR_TEMPLATE_INCONSISTENT, cert_template(
+                der(cert), **{CKA_SUBJECT: other.subject.public_bytes()})),
+            (PyKCS11.CKR_TEMPLATE_INCONSISTENT, cert_template(
+                der(cert), **{CKA_SERIAL_NUMBER: serial_der(other.serial_number)})),
+            (PyKCS11.CKR_ATTRIBUTE_READ_ONLY, cert_template(der(cert), **{CKA_TRUSTED: True})),
+            (PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID, cert_template(der(cert), **{CKA_PRIVATE: True})),
+            (PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID, cert_template(der(cert), label="x" * 257)),
+            (PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID, cert_template(der(cert), cka_id=b"i" * 257)),
+            (PyKCS11.CKR_ATTRIBUTE_TYPE_INVALID, cert_template(der(cert), **{CKA_UNKNOWN: b"x"})),
+        ]
+        for code, tpl in bad:
+            ckr(code, s.createObject, tpl)
+        ckr(PyKCS11.CKR_SESSION_READ_ONLY, ro.createObject, cert_template(der(cert)))
+    finally:
+        close(ro)
+        close(s)
+    # A crypto-user may read certificates but not store them in hsmd.
+    u = open_session(p11, user.pin)
+    try:
+        ckr(CKR_ACTION_PROHIBITED, u.createObject, cert_template(der(cert)))
+        cid = import_cert(server, der(cert))["CertificateId"]
+        mine = [o for o in u.findObjects([(CKA_CLASS, CKO_CERTIFICATE)])
+                if value(u, o, CKA_VALUE) == der(cert)]
+        assert len(mine) == 1
+        ckr(CKR_ACTION_PROHIBITED, u.destroyObject, mine[0])
+        admin(server, "DeleteCertificate", {"CertificateId": cid})
+    finally:
+        close(u)
+    assert listed(server) == before
+
+
+# ---- PKCS#11: pkcs11-tool ------------------------------------------------------------------------
+
+def tool(server, *args):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HSM_PKCS11_")}
+    env["HSM_PKCS11_ENDPOINT"] = server.endpoint
+    return subprocess.run(["pkcs11-tool", "--module", MODULE, *args], env=env,
+                          capture_output=True, timeout=120)
+
+
+def test_pkcs11_tool(server, officer, ca, keys, tmp_path):
+    pin = f"{DEV_AKID}:{DEV_SECRET}"
+    cert = cert_of_key(officer, ca, keys["ec"], "tool.example")
+    (tmp_path / "c.der").write_bytes(der(cert))
+    hex_id = keys["ec"].encode().hex()
+    before = listed(server)
+    p = tool(server, "--login", "--pin", pin, "--write-object", str(tmp_path / "c.der"),
+             "--type", "cert", "--id", hex_id, "--label", "app-ec")
+    assert p.returncode == 0, p.stderr
+    stored = [c for c in listed(server) if c not in before]
+    assert len(stored) == 1 and base64.b64decode(stored[0]["Certificate"]) == der(cert)
+    assert base64.b64decode(stored[0]["ObjectId"]) == keys["ec"].encode()
+    p = tool(server, "--login", "--pin", pin, "--list-objects", "--type", "cert")
+    out = p.stdout.decode()
+    assert p.returncode == 0 and "Certificate Object; type = X.509 cert" in out, p.stderr
+    assert "label:      app-ec" in out and "CN=tool.example" in out, out
+    p = tool(server, "--login", "--pin", pin, "--read-object", "--type", "cert", "--id", hex_id,
+             "--output-file", str(tmp_path / "back.der"))
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "back.der").read_bytes() == der(cert)
+    p = tool(server, "--login", "--pin", pin, "--delete-object", "--type", "cert", "--id", hex_id)
+    assert p.returncode == 0, p.stderr
+    assert listed(server) == before
+
+
+# ---- PKCS#11: Java's SunPKCS11 KeyStore -----------------------------------------------------------
+
+def test_java_keystore(server, officer, ca, keys, user, tmp_path):
+    if not os.path.exists(JAVA):
+        pytest.fail(f"{JAVA} is missing: scripts/install-deps.sh installs openjdk-17-jdk-headless")
+    certs = {name: cert_of_key(officer, ca, keys[name], f"java-{name}.example")
+             for name in ("rsa", "ec")}
+    cids = [import_cert(server, der(certs["rsa"]), KeyId="alias/app-signing",
+                        Label="app-signing")["CertificateId"],
+            import_cert(server, der(certs["ec"]), KeyId=keys["ec"],
+                        Label="app-ec")["CertificateId"]]
+    cfg = tmp_path / "hsmd.cfg"
+    cfg.write_text(f"name = hsmd\nlibrary = {MODULE}\nslot = 0\n")
+    env = dict(os.environ, HSM_PKCS11_ENDPOINT=server.endpoint)
+    try:
+        p = subprocess.run([JAVA, os.path.join(HERE, "java", "P11KeyStoreCheck.java"), str(cfg),
+                            user.pin, "message to sign"], env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert p.returncode == 0, p.stdout + p.stderr
+        lines = p.stdout.splitlines()
+        entries = {ln.split()[1]: ln for ln in lines if ln.startswith("entry ")}
+        # Each key with a certificate is a private key entry under the certificate's label.
+        assert "key=true cert=true" in entries["app-signing"], lines
+        assert "CN=java-rsa.example" in entries["app-signing"], lines
+        assert "key=true cert=true" in entries["app-ec"], lines
+        assert "signed app-signing SHA256withRSA verified=true" in lines, lines
+        assert "signed app-ec SHA256withECDSA verified=true" in lines, lines
+    finally:
+        for cid in cids:
+            admin(server, "DeleteCertificate", {"CertificateId": cid})
+    # The signatures were made by hsmd, as the crypto-user, and audited.
+    signs = [r for r in audit_records(server.data_dir)
+             if r.get("op") == "Sign" and r.get("principal", "").endswith(":user/cert-app")]
+    assert {r["key_id"] for r in signs} >= {keys["rsa"], keys["ec"]}
