@@ -61,7 +61,7 @@
 	X(HSM_ERR_UNSUPPORTED_OPERATION, "UnsupportedOperationException", 400, 0x054UL /* FUNCTION_NOT_SUPPORTED */) \
 	X(HSM_ERR_CONFLICT, "ConflictException", 400, 0x006UL /* FUNCTION_FAILED */)    \
 	X(HSM_ERR_DRY_RUN, "DryRunOperationException", 412, 0x006UL)                     \
-	X(HSM_ERR_ACCESS_DENIED, "AccessDeniedException", 400, 0x1B0UL /* ACTION_PROHIBITED */) \
+	X(HSM_ERR_ACCESS_DENIED, "AccessDeniedException", 400, 0x01BUL /* ACTION_PROHIBITED */) \
 	X(HSM_ERR_UNRECOGNIZED_CLIENT, "UnrecognizedClientException", 403, 0x0A0UL /* PIN_INCORRECT */) \
 	X(HSM_ERR_BAD_SIGNATURE, "InvalidSignatureException", 403, 0x0A0UL)             \
 	X(HSM_ERR_INCOMPLETE_SIGNATURE, "IncompleteSignatureException", 403, 0x0A0UL)   \
@@ -73,8 +73,8 @@
 	X(HSM_ERR_AUDIT_UNAVAILABLE, "ServiceUnavailableException", 503, 0x030UL)        \
 	X(HSM_ERR_DEPENDENCY_TIMEOUT, "DependencyTimeoutException", 503, 0x030UL)       \
 	X(HSM_ERR_KEY_UNAVAILABLE, "KeyUnavailableException", 500, 0x030UL)             \
-	X(HSM_ERR_QUORUM_REQUIRED, "QuorumRequiredException", 400, 0x1B0UL)             \
-	X(HSM_ERR_APPROVAL_REQUIRED, "ApprovalRequiredException", 400, 0x1B0UL)         \
+	X(HSM_ERR_QUORUM_REQUIRED, "QuorumRequiredException", 400, 0x01BUL)             \
+	X(HSM_ERR_APPROVAL_REQUIRED, "ApprovalRequiredException", 400, 0x01BUL)         \
 	X(HSM_ERR_SHARE_INVALID, "InvalidShareException", 400, 0x0A0UL)                  \
 	X(HSM_ERR_SHARE_MISMATCH, "InvalidShareException", 400, 0x0A0UL)                 \
 	X(HSM_ERR_SHARE_DUPLICATE, "InvalidShareException", 400, 0x0A0UL)               \
