@@ -15,6 +15,8 @@ PKGS="$PKGS libengine-pkcs11-openssl"
 PKGS="$PKGS openssh-client"
 # p11tool: GnuTLS's PKCS#11 client, a third stack the module's tests load it in.
 PKGS="$PKGS gnutls-bin"
+# Java (OpenJDK 17): its SunPKCS11 key store is a client of the module in the tests.
+PKGS="$PKGS openjdk-17-jdk-headless"
 # valgrind: memcheck checks that the Shamir code never branches or indexes on secrets.
 PKGS="$PKGS valgrind"
 # The PostgreSQL store backend: libpq to build, a server for its tests (tests/support/pg-server.sh).

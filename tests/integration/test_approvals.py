@@ -91,6 +91,7 @@ def test_a_quorum_its_custodians_cannot_meet_is_refused_at_start():
 
 @pytest.mark.parametrize("ops,why", [("Encrypt", "Encrypt"), ("GetKeyPolicy", "GetKeyPolicy"),
                                      ("ListApprovals", "ListApprovals"), ("Nope", "Nope"),
+                                     ("ListCertificates", "ListCertificates"),
                                      ("Unseal", "Unseal")])
 def test_only_operations_that_change_something_can_wait(ops, why):
     with pytest.raises(RuntimeError) as e:

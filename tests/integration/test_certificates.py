@@ -36,7 +36,7 @@ from cryptography.x509.oid import NameOID
 from PyKCS11 import (CKA_CLASS, CKA_ID, CKA_LABEL, CKA_PRIVATE, CKA_TOKEN, CKA_VALUE,
                      CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKR)
 
-from conftest import BUILD, DEV_AKID, DEV_SECRET, HSMCTL, client, start_dev
+from conftest import BUILD, DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, start_dev
 from helpers import admin, audit_records, b64, new_user, restart_dev
 
 MODULE = os.path.join(BUILD, "libhsm_pkcs11.so")
@@ -312,6 +312,35 @@ def test_certificates_survive_a_restart(ca):
         assert base64.b64decode(got["ObjectId"]) == kid.encode()
     finally:
         node.cleanup()
+
+
+def test_certificate_changes_can_wait_for_custodians(ca):
+    """approval_operations may list ImportCertificate and DeleteCertificate."""
+    first = start_dev()
+    custodian = new_user(first, "keeper", ["custodian"])
+    first.stop()
+    env = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
+    node = Hsmd(["--dev", "--approval-quorum", "1", "--approval-operations",
+                 "ImportCertificate,DeleteCertificate"], env=env, data_dir=first.data_dir)
+    try:
+        pub = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        body = {"Certificate": b64(der(issue(ca, pub, "waits"))), "Label": "waits"}
+        refused = admin(node, "ImportCertificate", body, expect=400)
+        assert refused["__type"] == "ApprovalRequiredException", refused
+        assert admin(node, "ListCertificates")["Certificates"] == []
+        approval = refused["message"].split("approval request ")[1].split()[0]
+        admin(node, "ApproveRequest", {"ApprovalId": approval}, akid=custodian[0],
+              secret=custodian[1])
+        cid = admin(node, "ImportCertificate", body)["CertificateId"]
+        assert [c["CertificateId"] for c in admin(node, "ListCertificates")["Certificates"]] == [cid]
+        refused = admin(node, "DeleteCertificate", {"CertificateId": cid}, expect=400)
+        assert refused["__type"] == "ApprovalRequiredException", refused
+        # Reads never wait.
+        admin(node, "GetCertificate", {"CertificateId": cid})
+    finally:
+        node.cleanup()
+        first.cleanup()
 
 
 # ---- hsmctl --------------------------------------------------------------------------------------
