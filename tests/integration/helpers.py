@@ -19,6 +19,10 @@ import unittest.mock
 import botocore.auth
 import botocore.exceptions
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from conftest import (DEV_AKID, DEV_SECRET, REGION, Hsmd, signed_call, signed_request,
                       parsed_body)
@@ -186,7 +190,19 @@ def b64(data):
 
 __all__ = ["AWS_CLI", "ACCOUNT", "AwsCli", "admin", "audit_record", "audit_records", "b64",
            "call_error", "call_ok", "key_arn", "make_pki", "new_user", "parsed_body", "raises",
-           "request_id", "restart_dev", "signed_at", "signing_clock"]
+           "request_id", "restart_dev", "self_signed", "signed_at", "signing_clock"]
+
+
+def self_signed(cn):
+    """A self-signed P-256 certificate (DER) made here."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.DER)
 
 
 def openssl(*args, cwd):

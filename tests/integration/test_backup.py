@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import HSMCTL, Hsmd, client, signed_call, start_dev
-from helpers import admin, audit_records, new_user, raises
+from helpers import admin, audit_records, new_user, raises, self_signed
 from test_sealed import create_first_officer, init_store, unseal
 
 
@@ -68,13 +68,17 @@ def populate_and_back_up(server, data, shares, base):
                      EncryptionContext={"table": "cards"})["CiphertextBlob"]
     sign_key = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
     sig = use.sign(KeyId=sign_key, Message=b"token", SigningAlgorithm="ECDSA_SHA_256")["Signature"]
+    cert = self_signed("backed-up.example")
+    cert_id = admin(server, "ImportCertificate", {"Certificate": base64.b64encode(cert).decode(),
+                                                  "Label": "backed-up"}, *ops)["CertificateId"]
 
     p = hsmctl("backup", "create", endpoint=server.endpoint, creds=ops)
     assert p.returncode == 0, p.stderr
     made = fields(p.stdout)
     after = kms.create_key(Description="made-after-the-backup")["KeyMetadata"]["KeyId"]
     return dict(server=server, data=data, shares=shares, ops=ops, app=app, key=key, ct=ct,
-                sign_key=sign_key, sig=sig, made=made, after=after, base=base)
+                sign_key=sign_key, sig=sig, made=made, after=after, base=base, cert=cert,
+                cert_id=cert_id)
 
 
 def test_backup_create_list_metrics_audit(node):
@@ -184,7 +188,7 @@ def test_tampered_backup_is_refused_and_restores_nothing(node, name, edit):
 
 def test_restore_on_another_machine(node):
     """Restore with another subset of custodians, start a node on it, unseal:
-    the keys, aliases, tags, principals and ciphertexts of before the backup
+    the keys, aliases, tags, principals, certificates and ciphertexts of before the backup
     work; the key made after it does not exist; the restore is audited."""
     s, made = node["shares"], node["made"]
     target = os.path.join(node["base"], "dr-site")
@@ -213,6 +217,8 @@ def test_restore_on_another_machine(node):
         assert use.verify(KeyId=node["sign_key"], Message=b"token", Signature=node["sig"],
                           SigningAlgorithm="ECDSA_SHA_256")["SignatureValid"]
         raises("NotFoundException", kms.describe_key, KeyId=node["after"])
+        got = admin(dr, "GetCertificate", {"CertificateId": node["cert_id"]}, *node["app"])
+        assert base64.b64decode(got["Certificate"]["Certificate"]) == node["cert"]
     finally:
         dr.cleanup()
 

@@ -11,6 +11,7 @@ promoted after the primary died; a backup of the shared store restores into
 a single SQLite node and into another PostgreSQL database; `hsmctl store
 copy` moves a single node's store into PostgreSQL.
 """
+import base64
 import concurrent.futures
 import json
 import os
@@ -26,7 +27,7 @@ import urllib.parse
 import pytest
 
 from conftest import BUILD, HSMCTL, Hsmd, client, signed_call
-from helpers import admin, audit_records, raises
+from helpers import admin, audit_records, raises, self_signed
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
 PG_SERVER = os.path.join(ROOT, "tests/support/pg-server.sh")
@@ -575,10 +576,21 @@ def _try(fn):
         return False
 
 
+def certificates(server, who):
+    out = admin(server, "ListCertificates", {}, akid=who[0], secret=who[1])["Certificates"]
+    return {c["CertificateId"]: base64.b64decode(c["Certificate"]) for c in out}
+
+
 def test_backup_of_the_shared_store(cluster, pg, tmp_path):
     off = kms(cluster.a, cluster.ops)
     kid = off.create_key(Description="in the backup")["KeyMetadata"]["KeyId"]
     off.create_alias(AliasName="alias/backed-up", TargetKeyId=kid)
+    # A certificate stored through one node is the other's at once (no cache), and backed up.
+    cert = self_signed("backed-up.example")
+    cid = admin(cluster.a, "ImportCertificate", {"Certificate": base64.b64encode(cert).decode(),
+                                                 "Label": "backed-up"},
+                akid=cluster.ops[0], secret=cluster.ops[1])["CertificateId"]
+    assert certificates(cluster.b, cluster.app)[cid] == cert
     blob = kms(cluster.a, cluster.app).encrypt(KeyId=kid, Plaintext=b"kept")["CiphertextBlob"]
     out = admin(cluster.b, "CreateBackup", {}, akid=cluster.ops[0], secret=cluster.ops[1])
     path = out["Path"]
@@ -595,6 +607,7 @@ def test_backup_of_the_shared_store(cluster, pg, tmp_path):
         assert app.decrypt(CiphertextBlob=blob)["Plaintext"] == b"kept"
         assert kms(single, cluster.ops).describe_key(
             KeyId="alias/backed-up")["KeyMetadata"]["KeyId"] == kid
+        assert certificates(single, cluster.app)[cid] == cert
     finally:
         single.cleanup()
     # ... and into another, empty PostgreSQL database, served by a new node.
@@ -607,6 +620,7 @@ def test_backup_of_the_shared_store(cluster, pg, tmp_path):
         assert kms(n, cluster.app).decrypt(CiphertextBlob=blob)["Plaintext"] == b"kept"
         assert kms(n, cluster.ops).describe_key(
             KeyId="alias/backed-up")["KeyMetadata"]["KeyId"] == kid
+        assert certificates(n, cluster.app)[cid] == cert
     finally:
         n.cleanup()
     # A store that is not empty is never restored over.
