@@ -20,9 +20,10 @@ Certificates for hsmd's keys are issued by a test CA with python3-cryptography
 """
 import base64
 import datetime
+import glob
 import hashlib
+import json
 import os
-import shutil
 import subprocess
 import types
 import uuid
@@ -297,6 +298,14 @@ def test_audit_records(server, officer, ca, keys):
     assert all(r["principal"].endswith(":user/dev") for r in recs)
     # Nothing of the certificate itself is in the records, only its id.
     assert all("Certificate" not in str(r.get("extra", {})) for r in recs)
+    # The audit report lists the import and the deletion among the changes, not the read.
+    files = sorted(glob.glob(os.path.join(server.data_dir, "audit", "audit-*.jsonl")))
+    p = subprocess.run([HSMCTL, "audit", "report", "--live", "--json"] + files,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    changes = [c["op"] for c in json.loads(p.stdout)["changes"]
+               if c.get("extra", {}).get("cert_id") == cid]
+    assert changes == ["ImportCertificate", "DeleteCertificate"], changes
 
 
 def test_certificates_survive_a_restart(ca):
