@@ -207,6 +207,15 @@ void hsm_grant_record_clear(hsm_grant_record *r)
 	memset(r, 0, sizeof(*r));
 }
 
+void hsm_cert_record_clear(hsm_cert_record *r)
+{
+	if (r == NULL)
+		return;
+	hsm_buf_free(&r->object_id);
+	hsm_buf_free(&r->der);
+	memset(r, 0, sizeof(*r));
+}
+
 void hsm_approval_record_clear(hsm_approval_record *r)
 {
 	if (r == NULL)
@@ -772,6 +781,90 @@ hsm_result hsm_store_access_key_list(hsm_store *s, const char *user, hsm_access_
 	return s->ops->access_key_list(s, user, cb, arg);
 }
 
+/* ---- Certificates ------------------------------------------------------------------------------ */
+
+#define CERT_ID_CAP (HSM_UUID_STRLEN + 1)
+
+/* Whether id is a lowercase UUID (reads at most CERT_ID_CAP bytes of it). */
+static bool is_cert_id(const char *id)
+{
+	HSM_ASSERT(id != NULL);
+	/* hsm_is_uuid runs strlen: only on a string known to end within the field. */
+	return strnlen(id, CERT_ID_CAP) == HSM_UUID_STRLEN && hsm_is_uuid(id);
+}
+
+/*
+ * Certificate ids have one shape (a lowercase UUID the server assigns,
+ * store.h): no certificate holds any other text, so a lookup by it is
+ * NOT_FOUND, as the rule for identifiers that cannot exist says.  The text
+ * is not quoted: it may be anything a client sent.
+ */
+static hsm_result check_cert_lookup(const char *id)
+{
+	HSM_ENSURE(is_cert_id(id), HSM_ERR_NOT_FOUND,
+	           "the certificate does not exist (certificate ids are lowercase UUIDs)");
+	return HSM_SUCCESS;
+}
+
+/* An hsm_buf that holds len bytes has them: anything else is a programmer's error. */
+static void assert_buf(const hsm_buf *b)
+{
+	HSM_ASSERT(b->len == 0 || b->data != NULL);
+}
+
+static hsm_result check_cert_record(const hsm_cert_record *c)
+{
+	HSM_ASSERT(c != NULL);
+	assert_buf(&c->object_id);
+	assert_buf(&c->der);
+	HSM_ENSURE(is_cert_id(c->cert_id), HSM_ERR_VALIDATION,
+	           "a certificate id is a lowercase UUID");
+	HSM_GUARD(check_fits(c->label, sizeof(c->label), "certificate label"));
+	HSM_ENSURE(c->object_id.len <= HSM_CERT_OBJECT_ID_MAX, HSM_ERR_VALIDATION,
+	           "a certificate's object id (CKA_ID) is longer than %d bytes",
+	           HSM_CERT_OBJECT_ID_MAX);
+	HSM_ENSURE(c->der.len > 0, HSM_ERR_VALIDATION, "a certificate needs its DER bytes");
+	HSM_ENSURE(c->der.len <= HSM_CERT_DER_MAX, HSM_ERR_VALIDATION,
+	           "a certificate is longer than %d bytes of DER", HSM_CERT_DER_MAX);
+	HSM_GUARD(check_fits(c->creator, sizeof(c->creator), "certificate creator"));
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_store_cert_create(hsm_store *s, const hsm_cert_record *c)
+{
+	HSM_ASSERT(s != NULL);
+	HSM_GUARD(check_cert_record(c));
+	return s->ops->cert_create(s, c);
+}
+
+hsm_result hsm_store_cert_get(hsm_store *s, const char *cert_id, hsm_cert_record *out)
+{
+	HSM_ASSERT(s != NULL && out != NULL);
+	HSM_GUARD(check_cert_lookup(cert_id));
+	return s->ops->cert_get(s, cert_id, out);
+}
+
+hsm_result hsm_store_cert_delete(hsm_store *s, const char *cert_id)
+{
+	HSM_ASSERT(s != NULL);
+	HSM_GUARD(check_cert_lookup(cert_id));
+	return s->ops->cert_delete(s, cert_id);
+}
+
+hsm_result hsm_store_cert_list(hsm_store *s, const char *after, size_t limit, hsm_cert_cb cb,
+                               void *arg, bool *truncated)
+{
+	HSM_ASSERT(s != NULL && cb != NULL && truncated != NULL);
+	HSM_GUARD(check_limit(limit));
+	return s->ops->cert_list(s, cursor_or_empty(after), limit, cb, arg, truncated);
+}
+
+hsm_result hsm_store_cert_count(hsm_store *s, uint64_t *out)
+{
+	HSM_ASSERT(s != NULL && out != NULL);
+	return s->ops->cert_count(s, out);
+}
+
 /* ---- Quorum approvals ------------------------------------------------------------------------ */
 
 /*
@@ -1036,6 +1129,14 @@ hsm_result st_check_grant_limits(const char *key_id, int64_t for_grantee, int64_
 	           HSM_MAX_GRANTS_PER_GRANTEE);
 	HSM_ENSURE(for_key < HSM_MAX_GRANTS_PER_KEY, HSM_ERR_LIMIT_EXCEEDED,
 	           "key %s already holds %d grants, the most allowed", key_id, HSM_MAX_GRANTS_PER_KEY);
+	return HSM_SUCCESS;
+}
+
+hsm_result st_check_cert_limit(int64_t held)
+{
+	HSM_ENSURE(held < HSM_MAX_CERTIFICATES, HSM_ERR_LIMIT_EXCEEDED,
+	           "the store already holds %d certificates, the most allowed",
+	           HSM_MAX_CERTIFICATES);
 	return HSM_SUCCESS;
 }
 

@@ -442,9 +442,9 @@ hsm_result hsm_store_snapshot(hsm_store *s, const char *path) HSM_MUST_CHECK;
  * Copies everything src holds into dst, record for record and exactly:
  * metadata, keys in every state (Destroyed ones with their erased versions)
  * with all their versions, aliases, tags and grants, users with their counters and
- * lock state, access keys with their active flags, every timestamp as
- * stored.  Any backends (SQLite to PostgreSQL to move a node, a restored
- * backup into PostgreSQL, ...).  src is read in one read transaction and dst
+ * lock state, access keys with their active flags, certificates, every
+ * timestamp as stored.  Any backends (SQLite to PostgreSQL to move a node, a
+ * restored backup into PostgreSQL, ...).  src is read in one read transaction and dst
  * written in one write transaction: dst receives one consistent state of
  * src, whole or not at all.  dst must be empty (no metadata, keys or users):
  * else HSM_ERR_CONFLICT and nothing changes.  src and dst must be different
@@ -606,12 +606,17 @@ void hsm_cert_record_clear(hsm_cert_record *r);
  * or oversized der, or an oversized label or object_id.
  */
 hsm_result hsm_store_cert_create(hsm_store *s, const hsm_cert_record *c) HSM_MUST_CHECK;
-/* NOT_FOUND when absent. */
+/* NOT_FOUND when absent (and for a cert_id that is not a lowercase UUID, which none holds). */
 hsm_result hsm_store_cert_get(hsm_store *s, const char *cert_id,
                               hsm_cert_record *out) HSM_MUST_CHECK;
-/* NOT_FOUND when absent. */
+/* NOT_FOUND when absent (and for a cert_id that is not a lowercase UUID). */
 hsm_result hsm_store_cert_delete(hsm_store *s, const char *cert_id) HSM_MUST_CHECK;
-/* Certificates ordered by cert_id, after `after` (NULL or "" for the first page), at most limit. */
+/*
+ * Certificates ordered by cert_id, after `after` (NULL or "" for the first
+ * page), at most limit; *truncated as hsm_store_key_list's.  The page is
+ * read whole before the callbacks run, DER included: up to limit *
+ * HSM_CERT_DER_MAX bytes are held at once, so ask for small pages.
+ */
 typedef hsm_result (*hsm_cert_cb)(const hsm_cert_record *c, void *arg);
 hsm_result hsm_store_cert_list(hsm_store *s, const char *after, size_t limit, hsm_cert_cb cb,
                                void *arg, bool *truncated) HSM_MUST_CHECK;

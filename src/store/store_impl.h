@@ -242,6 +242,11 @@ hsm_result st_check_promote(const hsm_key_record *k, uint32_t version, bool exis
 /* The grant limits of hsm_store_grant_create (store.h), given the key's counts: LIMIT_EXCEEDED when broken. */
 hsm_result st_check_grant_limits(const char *key_id, int64_t for_grantee,
                                  int64_t for_key) HSM_MUST_CHECK;
+/*
+ * The limit of hsm_store_cert_create (store.h), given how many certificates
+ * the store holds, counted in the creation's write transaction.
+ */
+hsm_result st_check_cert_limit(int64_t held) HSM_MUST_CHECK;
 /* A string an update fn left NULL becomes "": the records promise non-NULL strings. */
 hsm_result st_fill_empty(char **s) HSM_MUST_CHECK;
 /*
