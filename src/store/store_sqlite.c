@@ -293,7 +293,8 @@ hsm_result sq_write_end_scrub(sq_store *s, sq_conn *c, hsm_result res)
 
 /*
  * Approvals are short-lived and no part of copies and backups (store.h), so
- * the copy drops them.  It is a private scratch file, removed on any failure,
+ * the copy drops them; every other table stays (certificates too: they are
+ * part of backups).  It is a private scratch file, removed on any failure,
  * so it needs no journal beside it and no sync; secure_delete (conn_open)
  * zeroes the pages they held.
  */
@@ -412,6 +413,11 @@ static const hsm_store_ops sqlite_ops = {
 	.grant_delete = sq_grant_delete,
 	.grant_list = sq_grant_list,
 	.grant_list_retiring = sq_grant_list_retiring,
+	.cert_create = sq_cert_create,
+	.cert_get = sq_cert_get,
+	.cert_delete = sq_cert_delete,
+	.cert_list = sq_cert_list,
+	.cert_count = sq_cert_count,
 	.user_create = sq_user_create,
 	.user_get = sq_user_get,
 	.user_put = sq_user_put,

@@ -9,6 +9,7 @@
  *   store_sqlite_keys.c        keys and key versions
  *   store_sqlite_names.c       aliases and tags
  *   store_sqlite_grants.c      grants
+ *   store_sqlite_certs.c       certificates
  *   store_sqlite_principals.c  metadata, users, access keys
  *   store_sqlite_approvals.c   quorum approvals
  *   store_sqlite_copy.c        export and import (hsm_store_copy)
@@ -152,6 +153,7 @@ hsm_result sq_schema_migrate(sq_conn *w, int *version) HSM_MUST_CHECK;
 #define SQ_ACCESS_KEY_COLS "id, user, active, created, wrapped_secret"
 #define SQ_GRANT_COLS \
 	"grant_id, key_id, name, grantee, retiring, operations, constraints, created"
+#define SQ_CERT_COLS "cert_id, label, object_id, der, creator, created"
 
 hsm_result sq_read_key(sqlite3_stmt *st, void *item);
 hsm_result sq_read_version(sqlite3_stmt *st, void *item);
@@ -159,6 +161,7 @@ hsm_result sq_read_alias(sqlite3_stmt *st, void *item);
 hsm_result sq_read_user(sqlite3_stmt *st, void *item);
 hsm_result sq_read_access_key(sqlite3_stmt *st, void *item);
 hsm_result sq_read_grant(sqlite3_stmt *st, void *item);
+hsm_result sq_read_cert(sqlite3_stmt *st, void *item);
 /* Insert records exactly as given, inside the caller's write transaction. */
 hsm_result sq_insert_key(sq_conn *w, const hsm_key_record *k) HSM_MUST_CHECK;
 hsm_result sq_insert_version(sq_conn *w, const hsm_version_record *v) HSM_MUST_CHECK;
@@ -167,6 +170,7 @@ hsm_result sq_insert_tag(sq_conn *w, const char *key_id, const hsm_tag *t) HSM_M
 hsm_result sq_insert_user(sq_conn *w, const hsm_user_record *u) HSM_MUST_CHECK;
 hsm_result sq_insert_access_key(sq_conn *w, const hsm_access_key_record *k) HSM_MUST_CHECK;
 hsm_result sq_insert_grant(sq_conn *w, const hsm_grant_record *g) HSM_MUST_CHECK;
+hsm_result sq_insert_cert(sq_conn *w, const hsm_cert_record *c) HSM_MUST_CHECK;
 hsm_result sq_put_meta(sq_conn *w, const char *name, const hsm_buf *value) HSM_MUST_CHECK;
 
 /* ---- Operations (the ops table in store_sqlite.c points at these) --------------------------- */
@@ -225,6 +229,13 @@ hsm_result sq_grant_list_retiring(hsm_store *s, const char *retiring, const char
                                   size_t limit, hsm_grant_cb cb, void *arg, bool *truncated);
 /* Deletes a key's grants inside the caller's write transaction. */
 hsm_result sq_grant_delete_for_key_in(sq_conn *w, const char *key_id) HSM_MUST_CHECK;
+
+hsm_result sq_cert_create(hsm_store *s, const hsm_cert_record *c);
+hsm_result sq_cert_get(hsm_store *s, const char *cert_id, hsm_cert_record *out);
+hsm_result sq_cert_delete(hsm_store *s, const char *cert_id);
+hsm_result sq_cert_list(hsm_store *s, const char *after, size_t limit, hsm_cert_cb cb, void *arg,
+                        bool *truncated);
+hsm_result sq_cert_count(hsm_store *s, uint64_t *out);
 
 hsm_result sq_user_create(hsm_store *s, const hsm_user_record *u);
 hsm_result sq_user_get(hsm_store *s, const char *name, hsm_user_record *out);

@@ -30,6 +30,7 @@ typedef union any_row {
 	hsm_alias_record alias;
 	tag_row tag;
 	hsm_grant_record grant;
+	hsm_cert_record cert;
 } any_row;
 
 typedef enum row_kind {
@@ -40,7 +41,8 @@ typedef enum row_kind {
 	ROW_VERSION,
 	ROW_ALIAS,
 	ROW_TAG,
-	ROW_GRANT
+	ROW_GRANT,
+	ROW_CERT
 } row_kind;
 
 /* Tables in the sink's order (referenced rows first), each in primary-key order. */
@@ -56,6 +58,7 @@ static const struct table {
 	{ROW_ALIAS, "SELECT " SQ_ALIAS_COLS " FROM aliases ORDER BY name"},
 	{ROW_TAG, "SELECT key_id, tag_key, tag_value FROM tags ORDER BY key_id, tag_key"},
 	{ROW_GRANT, "SELECT " SQ_GRANT_COLS " FROM grants ORDER BY grant_id"},
+	{ROW_CERT, "SELECT " SQ_CERT_COLS " FROM certificates ORDER BY cert_id"},
 };
 
 static hsm_result read_row(row_kind kind, sqlite3_stmt *st, any_row *row)
@@ -81,6 +84,8 @@ static hsm_result read_row(row_kind kind, sqlite3_stmt *st, any_row *row)
 		return sq_col_text(st, 2, row->tag.tag.value, sizeof(row->tag.tag.value));
 	case ROW_GRANT:
 		return sq_read_grant(st, &row->grant);
+	case ROW_CERT:
+		return sq_read_cert(st, &row->cert);
 	}
 	hsm_abort_at(__FILE__, __LINE__, "unknown row kind");
 }
@@ -104,6 +109,8 @@ static hsm_result emit_row(row_kind kind, const any_row *row, const hsm_store_si
 		return k->tag(k->arg, row->tag.key_id, &row->tag.tag);
 	case ROW_GRANT:
 		return k->grant(k->arg, &row->grant);
+	case ROW_CERT:
+		return k->certificate(k->arg, &row->cert);
 	}
 	hsm_abort_at(__FILE__, __LINE__, "unknown row kind");
 }
@@ -125,6 +132,9 @@ static void clear_row(row_kind kind, any_row *row)
 		break;
 	case ROW_GRANT:
 		hsm_grant_record_clear(&row->grant);
+		break;
+	case ROW_CERT:
+		hsm_cert_record_clear(&row->cert);
 		break;
 	default:
 		break;
@@ -206,6 +216,10 @@ static hsm_result sink_grant(void *arg, const hsm_grant_record *g)
 {
 	return sq_insert_grant(arg, g);
 }
+static hsm_result sink_certificate(void *arg, const hsm_cert_record *c)
+{
+	return sq_insert_cert(arg, c);
+}
 
 static const char SQL_HOLDS_ANY[] = "SELECT 1 FROM meta UNION ALL SELECT 1 FROM keys "
                                     "UNION ALL SELECT 1 FROM users LIMIT 1";
@@ -222,7 +236,7 @@ static hsm_result import_in(sq_conn *w, hsm_store_producer produce, void *arg)
 	           "the destination store is not empty (it holds metadata, keys or users)");
 	const hsm_store_sink sink = {w,          sink_meta,    sink_user,  sink_access_key,
 	                             sink_key,   sink_version, sink_alias, sink_tag,
-	                             sink_grant};
+	                             sink_grant, sink_certificate};
 	return produce(&sink, arg);
 }
 

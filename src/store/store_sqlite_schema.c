@@ -225,7 +225,27 @@ static const migration migrations[] = {
 	 "  UNIQUE (approval_id, position)"
 	 ") WITHOUT ROWID;",
 	 false},
+	/*
+	 * Certificates (store.h, PKCS#11 CKO_CERTIFICATE objects).  The checks
+	 * hold the sizes the records promise (HSM_CERT_*_MAX; length() of a blob
+	 * counts bytes, of text characters, hence the cast).  A rowid table, as
+	 * rows carry up to 32 KiB of DER; cert_id's own index serves lookups,
+	 * the pages in cert_id order and the count.
+	 */
+	{7,
+	 "CREATE TABLE certificates ("
+	 "  cert_id   TEXT PRIMARY KEY,"
+	 "  label     TEXT NOT NULL CHECK (length(CAST(label AS BLOB)) <= 256),"
+	 "  object_id BLOB NOT NULL CHECK (length(object_id) <= 256),"
+	 "  der       BLOB NOT NULL CHECK (length(der) BETWEEN 1 AND 32768),"
+	 "  creator   TEXT NOT NULL,"
+	 "  created   INTEGER NOT NULL"
+	 ");",
+	 false},
 };
+_Static_assert(HSM_CERT_LABEL_MAX == 256 && HSM_CERT_OBJECT_ID_MAX == 256 &&
+                   HSM_CERT_DER_MAX == 32768,
+               "schema step 7 checks the certificate sizes: a change needs a new step");
 
 #define MIGRATION_COUNT ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
