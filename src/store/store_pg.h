@@ -9,6 +9,7 @@
  *   store_pg_keys.c        keys and key versions
  *   store_pg_names.c       aliases and tags
  *   store_pg_grants.c      grants
+ *   store_pg_certs.c       certificates
  *   store_pg_principals.c  metadata, users, access keys
  *   store_pg_approvals.c   quorum approvals
  *   store_pg_copy.c        export, import and snapshot
@@ -206,6 +207,7 @@ hsm_result pg_schema_migrate(pg_store *s, int *version) HSM_MUST_CHECK;
 #define PG_ACCESS_KEY_COLS "id, user_name, active, created, wrapped_secret"
 #define PG_GRANT_COLS \
 	"grant_id, key_id, name, grantee, retiring, operations, constraints, created"
+#define PG_CERT_COLS "cert_id, label, object_id, der, creator, created"
 
 hsm_result pg_read_key(const PGresult *r, int row, void *item);
 hsm_result pg_read_version(const PGresult *r, int row, void *item);
@@ -213,6 +215,7 @@ hsm_result pg_read_alias(const PGresult *r, int row, void *item);
 hsm_result pg_read_user(const PGresult *r, int row, void *item);
 hsm_result pg_read_access_key(const PGresult *r, int row, void *item);
 hsm_result pg_read_grant(const PGresult *r, int row, void *item);
+hsm_result pg_read_cert(const PGresult *r, int row, void *item);
 /* Inserts records exactly as given (the import path; the create paths use them too). */
 hsm_result pg_insert_key(pg_conn *w, const hsm_key_record *k) HSM_MUST_CHECK;
 hsm_result pg_insert_version(pg_conn *w, const hsm_version_record *v) HSM_MUST_CHECK;
@@ -221,6 +224,7 @@ hsm_result pg_insert_tag(pg_conn *w, const char *key_id, const hsm_tag *t) HSM_M
 hsm_result pg_insert_user(pg_conn *w, const hsm_user_record *u) HSM_MUST_CHECK;
 hsm_result pg_insert_access_key(pg_conn *w, const hsm_access_key_record *k) HSM_MUST_CHECK;
 hsm_result pg_insert_grant(pg_conn *w, const hsm_grant_record *g) HSM_MUST_CHECK;
+hsm_result pg_insert_cert(pg_conn *w, const hsm_cert_record *c) HSM_MUST_CHECK;
 hsm_result pg_put_meta(pg_conn *w, const char *name, const hsm_buf *value) HSM_MUST_CHECK;
 /* NOT_FOUND unless the key exists; locks its row against key_update/destroy (FOR SHARE). */
 hsm_result pg_key_require_locked(pg_conn *w, const char *key_id) HSM_MUST_CHECK;
@@ -278,6 +282,13 @@ hsm_result pg_grant_list_retiring(hsm_store *s, const char *retiring, const char
                                   size_t limit, hsm_grant_cb cb, void *arg, bool *truncated);
 /* Deletes a key's grants inside the caller's write transaction. */
 hsm_result pg_grant_delete_for_key_in(pg_conn *w, const char *key_id) HSM_MUST_CHECK;
+
+hsm_result pg_cert_create(hsm_store *s, const hsm_cert_record *c);
+hsm_result pg_cert_get(hsm_store *s, const char *cert_id, hsm_cert_record *out);
+hsm_result pg_cert_delete(hsm_store *s, const char *cert_id);
+hsm_result pg_cert_list(hsm_store *s, const char *after, size_t limit, hsm_cert_cb cb, void *arg,
+                        bool *truncated);
+hsm_result pg_cert_count(hsm_store *s, uint64_t *out);
 
 hsm_result pg_user_create(hsm_store *s, const hsm_user_record *u);
 hsm_result pg_user_get(hsm_store *s, const char *name, hsm_user_record *out);

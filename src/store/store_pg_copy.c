@@ -74,6 +74,10 @@ static void clear_grant(void *item)
 {
 	hsm_grant_record_clear(item);
 }
+static void clear_cert(void *item)
+{
+	hsm_cert_record_clear(item);
+}
 
 static hsm_result emit_meta(const hsm_store_sink *k, const void *item)
 {
@@ -108,6 +112,10 @@ static hsm_result emit_tag(const hsm_store_sink *k, const void *item)
 static hsm_result emit_grant(const hsm_store_sink *k, const void *item)
 {
 	return k->grant(k->arg, item);
+}
+static hsm_result emit_cert(const hsm_store_sink *k, const void *item)
+{
+	return k->certificate(k->arg, item);
 }
 
 static void cursor_meta(const void *item, const char **a, const char **b, int64_t *n)
@@ -154,6 +162,11 @@ static void cursor_grant(const void *item, const char **a, const char **b, int64
 	(void)b, (void)n;
 	*a = ((const hsm_grant_record *)item)->grant_id;
 }
+static void cursor_cert(const void *item, const char **a, const char **b, int64_t *n)
+{
+	(void)b, (void)n;
+	*a = ((const hsm_cert_record *)item)->cert_id;
+}
 
 /* $2 is unused by single-column keys but still typed, so every statement takes three. */
 static const table tables[] = {
@@ -183,6 +196,9 @@ static const table tables[] = {
 	{"SELECT " PG_GRANT_COLS " FROM grants WHERE grant_id > $1 AND $2::text IS NOT NULL "
 	 "ORDER BY grant_id LIMIT $3",
 	 sizeof(hsm_grant_record), pg_read_grant, clear_grant, emit_grant, cursor_grant, false},
+	{"SELECT " PG_CERT_COLS " FROM certificates WHERE cert_id > $1 AND $2::text IS NOT NULL "
+	 "ORDER BY cert_id LIMIT $3",
+	 sizeof(hsm_cert_record), pg_read_cert, clear_cert, emit_cert, cursor_cert, false},
 };
 
 typedef struct export_op {
@@ -281,6 +297,10 @@ static hsm_result sink_grant(void *arg, const hsm_grant_record *g)
 {
 	return pg_insert_grant(arg, g);
 }
+static hsm_result sink_certificate(void *arg, const hsm_cert_record *c)
+{
+	return pg_insert_cert(arg, c);
+}
 
 typedef struct import_op {
 	hsm_store_producer produce;
@@ -302,7 +322,7 @@ static hsm_result import_body(pg_conn *w, void *arg)
 	 */
 	HSM_GUARD(pg_simple(w,
 	                    "LOCK TABLE meta, keys, key_versions, aliases, tags, grants, users, "
-	                    "access_keys IN SHARE ROW EXCLUSIVE MODE",
+	                    "access_keys, certificates IN SHARE ROW EXCLUSIVE MODE",
 	                    "lock the store for an import"));
 	HSM_GUARD(pg_run(w, SQL_EMPTY, NULL, &r));
 	hsm_result res = pg_col_i64(r, 0, 0, &held);
@@ -312,7 +332,7 @@ static hsm_result import_body(pg_conn *w, void *arg)
 	           "the destination store is not empty (it holds metadata, keys or users)");
 	const hsm_store_sink sink = {w,          sink_meta,    sink_user,  sink_access_key,
 	                             sink_key,   sink_version, sink_alias, sink_tag,
-	                             sink_grant};
+	                             sink_grant, sink_certificate};
 	return op->produce(&sink, op->arg);
 }
 

@@ -182,7 +182,24 @@ static const migration migrations[] = {
 	 "  PRIMARY KEY (approval_id, approver),"
 	 "  UNIQUE (approval_id, position)"
 	 ");"},
+	/*
+	 * Certificates, as the SQLite schema's step 7, with the same size checks
+	 * (octet_length: bytes, whatever the encoding).  How creators on several
+	 * nodes keep to HSM_MAX_CERTIFICATES: store_pg_certs.c.
+	 */
+	{6,
+	 "CREATE TABLE certificates ("
+	 "  cert_id   text COLLATE \"C\" PRIMARY KEY,"
+	 "  label     text NOT NULL CHECK (octet_length(label) <= 256),"
+	 "  object_id bytea NOT NULL CHECK (octet_length(object_id) <= 256),"
+	 "  der       bytea NOT NULL CHECK (octet_length(der) BETWEEN 1 AND 32768),"
+	 "  creator   text NOT NULL,"
+	 "  created   bigint NOT NULL"
+	 ");"},
 };
+_Static_assert(HSM_CERT_LABEL_MAX == 256 && HSM_CERT_OBJECT_ID_MAX == 256 &&
+                   HSM_CERT_DER_MAX == 32768,
+               "schema step 6 checks the certificate sizes: a change needs a new step");
 
 #define MIGRATION_COUNT ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
