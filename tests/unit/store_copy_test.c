@@ -4,8 +4,9 @@
  * A store is filled with every kind of record in every state the public
  * functions can reach (destroyed keys with erased versions, keys with
  * imported material and with it deleted, locked users, inactive access keys,
- * rotated keys, binary and empty metadata), copied,
- * (grants too) and every record of both stores compared through a canonical dump.  With
+ * rotated keys, binary and empty metadata, grants, certificates with binary
+ * fields), copied, and every record of both stores compared through a
+ * canonical dump.  With
  * HSM_TEST_STORE=pg the copies go SQLite -> PostgreSQL -> SQLite and
  * PostgreSQL -> PostgreSQL, and PostgreSQL's snapshot is opened as a SQLite
  * store; without it, SQLite -> SQLite.
@@ -91,6 +92,41 @@ static void add_grant(hsm_store *s, char c, const char *key_id, const char *name
 	g.constraints = (char *)constraints;
 	EXPECT_OK(hsm_store_grant_create(s, &g, &existed));
 	assert_false(existed);
+}
+
+/*
+ * A certificate with id n (st_key_id's shape): its object id and DER are
+ * given bytes, or (len SIZE_MAX) fill bytes of their field's largest size.
+ */
+static void add_cert(hsm_store *s, unsigned n, const char *label, const void *object_id,
+                     size_t object_id_len, const void *der, size_t der_len, const char *creator)
+{
+	hsm_cert_record c = {.created = 1700000500 + n};
+	st_key_id(c.cert_id, n);
+	snprintf(c.label, sizeof(c.label), "%s", label);
+	snprintf(c.creator, sizeof(c.creator), "%s", creator);
+	assert_true(hsm_ok(hsm_buf_set(&c.object_id, object_id, object_id_len)));
+	assert_true(hsm_ok(hsm_buf_set(&c.der, der, der_len)));
+	EXPECT_OK(hsm_store_cert_create(s, &c));
+	hsm_cert_record_clear(&c);
+}
+
+/* The largest certificate: every field full, every byte value in the DER and the object id. */
+static void add_largest_cert(hsm_store *s, unsigned n)
+{
+	hsm_cert_record c = {.created = -1}; /* before 1970: stored as given */
+	st_key_id(c.cert_id, n);
+	memset(c.label, 'L', HSM_CERT_LABEL_MAX);
+	memset(c.creator, 'u', HSM_USER_NAME_MAX);
+	uint8_t *p = NULL;
+	assert_true(hsm_ok(hsm_buf_append_space(&c.object_id, HSM_CERT_OBJECT_ID_MAX, &p)));
+	for (size_t i = 0; i < HSM_CERT_OBJECT_ID_MAX; i++)
+		p[i] = (uint8_t)(255 - i);
+	assert_true(hsm_ok(hsm_buf_append_space(&c.der, HSM_CERT_DER_MAX, &p)));
+	for (size_t i = 0; i < HSM_CERT_DER_MAX; i++)
+		p[i] = (uint8_t)(i * 7);
+	EXPECT_OK(hsm_store_cert_create(s, &c));
+	hsm_cert_record_clear(&c);
 }
 
 /*
@@ -190,6 +226,15 @@ static void fill(hsm_store *s)
 	add_grant(s, '1', "k-pending", "", "arn:aws:iam::111122223333:role/app",
 	          "arn:aws:iam::111122223333:role/ops", 0x1, "{}");
 
+	/*
+	 * Certificates: binary fields with NUL bytes and a UTF-8 label; empty
+	 * label, object id and creator; every field at its largest.
+	 */
+	add_cert(s, 2, "server \xc3\xa9", "\x00\x01\x00\xff", 4, "\x30\x82\x00\x00\x00\x05", 6,
+	         "alice");
+	add_cert(s, 1, "", "", 0, "\x00", 1, "");
+	add_largest_cert(s, 3);
+
 	/* Users: a locked one with failures counted, a disabled one; access keys, one inactive. */
 	hsm_user_record u1 = {.name = "alice", .roles = 1U << HSM_ROLE_CRYPTO_OFFICER,
 	                      .created = 1700000001};
@@ -282,6 +327,23 @@ static hsm_result dump_key(const hsm_key_record *k, void *arg)
 	return HSM_SUCCESS;
 }
 
+/* Certificates go out page by page: the last id listed starts the next page. */
+typedef struct cert_dump {
+	hsm_buf *out;
+	char last[HSM_UUID_STRLEN + 1];
+} cert_dump;
+
+static hsm_result dump_cert(const hsm_cert_record *c, void *arg)
+{
+	cert_dump *d = arg;
+	HSM_GUARD(hsm_buf_printf(d->out, "cert %s label=%s creator=%s created=%lld ", c->cert_id,
+	                         c->label, c->creator, (long long)c->created));
+	st_put_hex(d->out, &c->object_id);
+	st_put_hex(d->out, &c->der);
+	memcpy(d->last, c->cert_id, sizeof(d->last));
+	return hsm_buf_put_str(d->out, "\n");
+}
+
 static hsm_result dump_user(const hsm_user_record *u, void *arg)
 {
 	return hsm_buf_printf(arg, "user %s roles=%u disabled=%d locked=%d failed=%u created=%lld\n",
@@ -318,18 +380,27 @@ static void dump(hsm_store *s, hsm_buf *out)
 	assert_false(more);
 	EXPECT_OK(hsm_store_user_list(s, dump_user, out));
 	EXPECT_OK(hsm_store_access_key_list(s, NULL, dump_access_key, out));
+	/* Pages of 2, so the copy's certificates page as the source's do. */
+	cert_dump cd = {out, ""};
+	do {
+		char after[HSM_UUID_STRLEN + 1];
+		memcpy(after, cd.last, sizeof(after));
+		EXPECT_OK(hsm_store_cert_list(s, after, 2, dump_cert, &cd, &more));
+	} while (more);
 	uint64_t n = 0;
 	EXPECT_OK(hsm_store_key_count(s, &n));
 	assert_true(hsm_ok(hsm_buf_printf(out, "count %llu\n", (unsigned long long)n)));
+	EXPECT_OK(hsm_store_cert_count(s, &n));
+	assert_true(hsm_ok(hsm_buf_printf(out, "certificates %llu\n", (unsigned long long)n)));
 	assert_true(hsm_ok(hsm_buf_terminate(out)));
 }
 
 /*
  * Records the export passes on, counted by kind (meta, users, access keys,
- * keys, versions, aliases, tags, grants).
+ * keys, versions, aliases, tags, grants, certificates).
  */
 typedef struct census {
-	int n[8];
+	int n[9];
 } census;
 static hsm_result c_meta(void *a, const char *n, const hsm_buf *v)
 {
@@ -379,15 +450,22 @@ static hsm_result c_grant(void *a, const hsm_grant_record *g)
 	((census *)a)->n[7]++;
 	return HSM_SUCCESS;
 }
+static hsm_result c_cert(void *a, const hsm_cert_record *c)
+{
+	(void)c;
+	((census *)a)->n[8]++;
+	return HSM_SUCCESS;
+}
 
 /* The export holds exactly what fill() wrote, no more (the dump looks up known names only). */
 static void assert_census(hsm_store *s)
 {
 	census c = {{0}};
-	hsm_store_sink sink = {&c, c_meta, c_user, c_ak, c_key, c_version, c_alias, c_tag, c_grant};
+	hsm_store_sink sink = {&c,      c_meta,  c_user,  c_ak,   c_key,
+	                       c_version, c_alias, c_tag, c_grant, c_cert};
 	EXPECT_OK(s->ops->export_all(s, &sink));
-	const int want[8] = {4, 2, 2, 6, 10, 3, 3, 3};
-	for (int i = 0; i < 8; i++)
+	const int want[9] = {4, 2, 2, 6, 10, 3, 3, 3, 3};
+	for (int i = 0; i < 9; i++)
 		assert_int_equal(c.n[i], want[i]);
 }
 
@@ -483,6 +561,21 @@ static void copy_between(bool src_pg, bool dst_pg)
 	assert_int_equal(v.digest.len, 8);
 	assert_memory_equal(v.digest.data, "\x00DIGEST\xff", 8);
 	hsm_version_record_clear(&v);
+	/* Certificates arrive whole (the dumps compare their bytes) and take writes. */
+	hsm_cert_record c = {0};
+	char id[HSM_UUID_STRLEN + 1];
+	st_key_id(id, 3);
+	EXPECT_OK(hsm_store_cert_get(dst.f.s, id, &c));
+	assert_int_equal(c.der.len, HSM_CERT_DER_MAX);
+	assert_int_equal(c.object_id.len, HSM_CERT_OBJECT_ID_MAX);
+	assert_int_equal(c.created, -1);
+	EXPECT_ERR(hsm_store_cert_create(dst.f.s, &c), HSM_ERR_ALREADY_EXISTS);
+	st_key_id(c.cert_id, 4);
+	EXPECT_OK(hsm_store_cert_create(dst.f.s, &c));
+	hsm_cert_record_clear(&c);
+	uint64_t certs = 0;
+	EXPECT_OK(hsm_store_cert_count(dst.f.s, &certs));
+	assert_int_equal(certs, 4);
 	side_close(&src);
 	side_close(&dst);
 	side_close(&back);
