@@ -443,8 +443,8 @@ hsm_result hsm_store_snapshot(hsm_store *s, const char *path) HSM_MUST_CHECK;
  * metadata, keys in every state (Destroyed ones with their erased versions)
  * with all their versions, aliases, tags and grants, users with their counters and
  * lock state, access keys with their active flags, certificates, every
- * timestamp as stored.  Any backends (SQLite to PostgreSQL to move a node, a restored
- * backup into PostgreSQL, ...).  src is read in one read transaction and dst
+ * timestamp as stored.  Any backends (SQLite to PostgreSQL to move a node, a
+ * restored backup into PostgreSQL, ...).  src is read in one read transaction and dst
  * written in one write transaction: dst receives one consistent state of
  * src, whole or not at all.  dst must be empty (no metadata, keys or users):
  * else HSM_ERR_CONFLICT and nothing changes.  src and dst must be different
