@@ -58,6 +58,15 @@ static hsm_result check_label(const char *label)
 	return HSM_SUCCESS;
 }
 
+static hsm_result time_of(const ASN1_TIME *t, int64_t *out)
+{
+	struct tm tm;
+	HSM_ENSURE(t != NULL && ASN1_TIME_to_tm(t, &tm) == 1, HSM_ERR_VALIDATION,
+	           "the certificate's validity cannot be read");
+	*out = (int64_t)timegm(&tm);
+	return HSM_SUCCESS;
+}
+
 /* The certificate must hold the key's primary public key. */
 static hsm_result check_certifies(hsm_kms *kms, const hsm_caller *caller, X509 *x,
                                   const char *key, char key_id[HSM_UUID_STRLEN + 1])
@@ -91,9 +100,10 @@ hsm_result hsm_kms_cert_import(hsm_kms *kms, const hsm_caller *caller,
 	X509 *x = parse(req->der, req->der_len);
 	HSM_ENSURE(x != NULL, HSM_ERR_VALIDATION,
 	           "Certificate is not one DER-encoded X.509 certificate");
-	hsm_result res = HSM_SUCCESS;
+	int64_t not_after = 0;
+	hsm_result res = time_of(X509_get0_notAfter(x), &not_after);
 	char key_id[HSM_UUID_STRLEN + 1] = "";
-	if (req->key != NULL)
+	if (hsm_ok(res) && req->key != NULL)
 		res = check_certifies(kms, caller, x, req->key, key_id);
 	X509_free(x);
 	HSM_GUARD(res);
@@ -109,6 +119,7 @@ hsm_result hsm_kms_cert_import(hsm_kms *kms, const hsm_caller *caller,
 	HSM_TRY(hsm_buf_set(&c.der, req->der, req->der_len));
 	HSM_TRY(hsm_strcpy(c.creator, sizeof(c.creator), caller->local ? "" : caller->user));
 	c.created = kms_now(kms);
+	c.not_after = not_after;
 	res = hsm_store_cert_create(kms->store, &c);
 	HSM_CHECK(res.err != HSM_ERR_LIMIT_EXCEEDED, HSM_ERR_LIMIT_EXCEEDED,
 	          "the store already holds %d certificates, the most allowed", HSM_MAX_CERTIFICATES);
@@ -163,15 +174,6 @@ static hsm_result name_text(const X509_NAME *name, char *out, size_t cap)
 		snprintf(out, cap, "%.*s", (int)((size_t)len < cap ? (size_t)len : cap - 1), p);
 	BIO_free(b);
 	return r;
-}
-
-static hsm_result time_of(const ASN1_TIME *t, int64_t *out)
-{
-	struct tm tm;
-	HSM_ENSURE(t != NULL && ASN1_TIME_to_tm(t, &tm) == 1, HSM_ERR_VALIDATION,
-	           "the certificate's validity cannot be read");
-	*out = (int64_t)timegm(&tm);
-	return HSM_SUCCESS;
 }
 
 hsm_result hsm_cert_describe(const uint8_t *der, size_t len, hsm_cert_info *out)

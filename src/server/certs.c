@@ -67,6 +67,7 @@ hsm_result hsm_admin_import_certificate(hsm_admin_ctx *c)
 	}
 	HSM_TRY(hsm_kms_cert_import(c->s->kms, &c->auth->caller, &req, &rec));
 	memcpy(c->audit->cert_id, rec.cert_id, sizeof(rec.cert_id));
+	hsm_server_recount(c->s); /* /metrics' certificate gauges */
 	write_cert(c->w, &rec);
 out:
 	hsm_cert_record_clear(&rec);
@@ -137,5 +138,7 @@ hsm_result hsm_admin_delete_certificate(hsm_admin_ctx *c)
 {
 	const char *id;
 	HSM_GUARD(read_id(c, &id));
-	return hsm_kms_cert_delete(c->s->kms, &c->auth->caller, id);
+	HSM_GUARD(hsm_kms_cert_delete(c->s->kms, &c->auth->caller, id));
+	hsm_server_recount(c->s); /* /metrics' certificate gauges */
+	return HSM_SUCCESS;
 }

@@ -304,7 +304,7 @@ static void count_store_gauges(hsm_server *s)
 	probe_store(s);
 	if (!atomic_load(&s->store_up))
 		return;
-	uint64_t keys = 0, approvals = 0;
+	uint64_t keys = 0, approvals = 0, certs = 0, certs_expiring = 0;
 	due_count due = {hsm_now() + 7 * 86400, 0, 0};
 	if (hsm_keystore_state(s->ks) == HSM_NODE_UNSEALED) {
 		hsm_result r = hsm_store_key_count(s->store, &keys);
@@ -313,6 +313,11 @@ static void count_store_gauges(hsm_server *s)
 		if (hsm_ok(r) && s->opt.approval_quorum > 0)
 			r = hsm_store_approval_list(s->store, true, hsm_now(), HSM_STORE_LIST_MAX,
 			                            count_approval, &approvals);
+		if (hsm_ok(r))
+			r = hsm_store_cert_count(s->store, &certs);
+		if (hsm_ok(r))
+			r = hsm_store_cert_count_expiring(s->store, hsm_now() + 30 * 86400,
+			                                  &certs_expiring);
 		if (hsm_failed(r)) {
 			atomic_fetch_add(&s->metrics.scheduler_failures, 1);
 			hsm_log_failure("counting keys for /metrics");
@@ -323,6 +328,8 @@ static void count_store_gauges(hsm_server *s)
 	atomic_store(&s->gauge_rotations_due, due.rotations);
 	atomic_store(&s->gauge_expirations_due, due.expirations);
 	atomic_store(&s->gauge_approvals_open, approvals);
+	atomic_store(&s->gauge_certs, certs);
+	atomic_store(&s->gauge_certs_expiring, certs_expiring);
 	atomic_store(&s->gauges_counted_at, hsm_now());
 }
 
@@ -469,6 +476,11 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "# TYPE hsmd_keys_counted_time_seconds gauge\nhsmd_keys_counted_time_seconds %lld\n"
 	    "# HELP hsmd_approvals_open Approval requests waiting for custodians (approval_quorum).\n"
 	    "# TYPE hsmd_approvals_open gauge\nhsmd_approvals_open %llu\n"
+	    "# HELP hsmd_certificates Certificates kept beside the keys.\n"
+	    "# TYPE hsmd_certificates gauge\nhsmd_certificates %llu\n"
+	    "# HELP hsmd_certificates_expiring_30d Certificates whose notAfter is within 30 days, "
+	    "or past.\n"
+	    "# TYPE hsmd_certificates_expiring_30d gauge\nhsmd_certificates_expiring_30d %llu\n"
 	    "# TYPE hsmd_audit_healthy gauge\nhsmd_audit_healthy %d\n"
 	    "# HELP hsmd_store_up Whether the store answered the last probe (every 5 s).\n"
 	    "# TYPE hsmd_store_up gauge\nhsmd_store_up %d\n"
@@ -492,7 +504,9 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    (unsigned long long)atomic_load(&s->gauge_rotations_due),
 	    (unsigned long long)atomic_load(&s->gauge_expirations_due),
 	    (long long)atomic_load(&s->gauges_counted_at),
-	    (unsigned long long)atomic_load(&s->gauge_approvals_open), hsm_audit_healthy(s->audit),
+	    (unsigned long long)atomic_load(&s->gauge_approvals_open),
+	    (unsigned long long)atomic_load(&s->gauge_certs),
+	    (unsigned long long)atomic_load(&s->gauge_certs_expiring), hsm_audit_healthy(s->audit),
 	    (int)atomic_load(&s->store_up), (int)atomic_load(&s->leading),
 	    (unsigned long long)as.written, (unsigned long long)as.refused,
 	    (unsigned long long)as.outages, (unsigned long long)as.next_seq,

@@ -88,6 +88,8 @@ typedef struct hsm_server {
 	 */
 	atomic_uint_fast64_t gauge_keys, gauge_rotations_due, gauge_expirations_due;
 	atomic_uint_fast64_t gauge_approvals_open; /* approval requests waiting for custodians */
+	atomic_uint_fast64_t gauge_certs;          /* certificates kept beside the keys */
+	atomic_uint_fast64_t gauge_certs_expiring; /* of those, expiring within 30 days or expired */
 	atomic_int_fast64_t gauges_counted_at; /* Unix seconds; 0 = not yet */
 	/*
 	 * Whether the store answered the scheduler's last probe.  A node that

@@ -865,6 +865,12 @@ hsm_result hsm_store_cert_count(hsm_store *s, uint64_t *out)
 	return s->ops->cert_count(s, out);
 }
 
+hsm_result hsm_store_cert_count_expiring(hsm_store *s, int64_t before, uint64_t *out)
+{
+	HSM_ASSERT(s != NULL && out != NULL);
+	return s->ops->cert_count_expiring(s, before, out);
+}
+
 /* ---- Quorum approvals ------------------------------------------------------------------------ */
 
 /*

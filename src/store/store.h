@@ -597,6 +597,7 @@ typedef struct hsm_cert_record {
 	hsm_buf der;                        /* the certificate, 1..HSM_CERT_DER_MAX bytes */
 	char creator[HSM_USER_NAME_MAX + 1]; /* the user who stored it ("" when hsmctl did, locally) */
 	int64_t created;                     /* epoch seconds */
+	int64_t not_after; /* the certificate's notAfter (epoch seconds), which the server reads from it */
 } hsm_cert_record;
 void hsm_cert_record_clear(hsm_cert_record *r);
 /*
@@ -622,6 +623,9 @@ hsm_result hsm_store_cert_list(hsm_store *s, const char *after, size_t limit, hs
                                void *arg, bool *truncated) HSM_MUST_CHECK;
 /* How many certificates the store holds. */
 hsm_result hsm_store_cert_count(hsm_store *s, uint64_t *out) HSM_MUST_CHECK;
+/* How many have a not_after before `before` (an index, not a scan: for /metrics' gauges). */
+hsm_result hsm_store_cert_count_expiring(hsm_store *s, int64_t before,
+                                         uint64_t *out) HSM_MUST_CHECK;
 
 /* ---- Quorum approvals ----------------------------------------------------------- */
 

@@ -124,6 +124,7 @@ struct hsm_store_ops {
 	hsm_result (*cert_list)(hsm_store *s, const char *after, size_t limit, hsm_cert_cb cb,
 	                        void *arg, bool *truncated);
 	hsm_result (*cert_count)(hsm_store *s, uint64_t *out);
+	hsm_result (*cert_count_expiring)(hsm_store *s, int64_t before, uint64_t *out);
 
 	hsm_result (*user_create)(hsm_store *s, const hsm_user_record *u);
 	hsm_result (*user_get)(hsm_store *s, const char *name, hsm_user_record *out);

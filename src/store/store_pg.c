@@ -404,6 +404,7 @@ static const hsm_store_ops pg_ops = {
 	.cert_delete = pg_cert_delete,
 	.cert_list = pg_cert_list,
 	.cert_count = pg_cert_count,
+	.cert_count_expiring = pg_cert_count_expiring,
 	.user_create = pg_user_create,
 	.user_get = pg_user_get,
 	.user_put = pg_user_put,

@@ -207,7 +207,7 @@ hsm_result pg_schema_migrate(pg_store *s, int *version) HSM_MUST_CHECK;
 #define PG_ACCESS_KEY_COLS "id, user_name, active, created, wrapped_secret"
 #define PG_GRANT_COLS \
 	"grant_id, key_id, name, grantee, retiring, operations, constraints, created"
-#define PG_CERT_COLS "cert_id, label, object_id, der, creator, created"
+#define PG_CERT_COLS "cert_id, label, object_id, der, creator, created, not_after"
 
 hsm_result pg_read_key(const PGresult *r, int row, void *item);
 hsm_result pg_read_version(const PGresult *r, int row, void *item);
@@ -289,6 +289,7 @@ hsm_result pg_cert_delete(hsm_store *s, const char *cert_id);
 hsm_result pg_cert_list(hsm_store *s, const char *after, size_t limit, hsm_cert_cb cb, void *arg,
                         bool *truncated);
 hsm_result pg_cert_count(hsm_store *s, uint64_t *out);
+hsm_result pg_cert_count_expiring(hsm_store *s, int64_t before, uint64_t *out);
 
 hsm_result pg_user_create(hsm_store *s, const hsm_user_record *u);
 hsm_result pg_user_get(hsm_store *s, const char *name, hsm_user_record *out);

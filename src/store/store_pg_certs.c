@@ -31,9 +31,11 @@
  */
 static const char SQL_LOCK_CREATORS[] = "SELECT pg_advisory_xact_lock(1213418819, 0)";
 static const char SQL_CERT_INSERT[] =
-	"INSERT INTO certificates (" CERT_COLS ") VALUES ($1, $2, $3, $4, $5, $6)";
+	"INSERT INTO certificates (" CERT_COLS ") VALUES ($1, $2, $3, $4, $5, $6, $7)";
 static const char SQL_CERT_EXISTS[] = "SELECT 1 FROM certificates WHERE cert_id = $1";
 static const char SQL_CERT_COUNT[] = "SELECT count(*) FROM certificates";
+/* Over not_after's index. */
+static const char SQL_CERT_EXPIRING[] = "SELECT count(*) FROM certificates WHERE not_after < $1";
 static const char SQL_CERT_GET[] = "SELECT " CERT_COLS " FROM certificates WHERE cert_id = $1";
 static const char SQL_CERT_DELETE[] = "DELETE FROM certificates WHERE cert_id = $1 RETURNING 1";
 /* Keyset pagination over the primary key. */
@@ -48,7 +50,8 @@ hsm_result pg_read_cert(const PGresult *r, int row, void *item)
 	HSM_GUARD(pg_col_bytea(r, row, 2, &c->object_id));
 	HSM_GUARD(pg_col_bytea(r, row, 3, &c->der));
 	HSM_GUARD(pg_col_text(r, row, 4, c->creator, sizeof(c->creator)));
-	return pg_col_i64(r, row, 5, &c->created);
+	HSM_GUARD(pg_col_i64(r, row, 5, &c->created));
+	return pg_col_i64(r, row, 6, &c->not_after);
 }
 
 static void clear_cert(void *item)
@@ -66,6 +69,7 @@ hsm_result pg_insert_cert(pg_conn *w, const hsm_cert_record *c)
 	pg_p_bytea(&p, &c->der);
 	pg_p_text(&p, c->creator);
 	pg_p_i64(&p, c->created);
+	pg_p_i64(&p, c->not_after);
 	return pg_run(w, SQL_CERT_INSERT, &p, NULL);
 }
 
@@ -74,6 +78,7 @@ typedef struct cert_op {
 	const char *cert_id;
 	hsm_cert_record rec;
 	int64_t count;
+	int64_t before; /* count: those expiring before it (0: all) */
 	/* List. */
 	const char *after;
 	size_t limit;
@@ -157,16 +162,40 @@ hsm_result pg_cert_delete(hsm_store *base, const char *cert_id)
 static hsm_result cert_count_body(pg_conn *c, void *arg)
 {
 	cert_op *op = arg;
-	return count_on(c, &op->count);
+	if (op->before == 0)
+		return count_on(c, &op->count);
+	pg_params p;
+	pg_params_init(&p);
+	pg_p_i64(&p, op->before);
+	PGresult *r = NULL;
+	HSM_GUARD(pg_run(c, SQL_CERT_EXPIRING, &p, &r));
+	hsm_result res = pg_col_i64(r, 0, 0, &op->count);
+	PQclear(r);
+	return res;
 }
 
-hsm_result pg_cert_count(hsm_store *base, uint64_t *out)
+static hsm_result count(hsm_store *base, int64_t before, uint64_t *out)
 {
-	cert_op op = {0};
+	cert_op op = {.before = before};
 	HSM_GUARD(pg_read(pg_of(base), cert_count_body, &op));
 	HSM_ENSURE(op.count >= 0, HSM_ERR_STORE, "PostgreSQL returned a negative count");
 	*out = (uint64_t)op.count;
 	return HSM_SUCCESS;
+}
+
+hsm_result pg_cert_count(hsm_store *base, uint64_t *out)
+{
+	return count(base, 0, out);
+}
+
+hsm_result pg_cert_count_expiring(hsm_store *base, int64_t before, uint64_t *out)
+{
+	/* Nothing is stored before the epoch's first second. */
+	if (before <= 0) {
+		*out = 0;
+		return HSM_SUCCESS;
+	}
+	return count(base, before, out);
 }
 
 /* ---- List ------------------------------------------------------------------------------- */

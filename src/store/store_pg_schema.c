@@ -194,8 +194,10 @@ static const migration migrations[] = {
 	 "  object_id bytea NOT NULL CHECK (octet_length(object_id) <= 256),"
 	 "  der       bytea NOT NULL CHECK (octet_length(der) BETWEEN 1 AND 32768),"
 	 "  creator   text NOT NULL,"
-	 "  created   bigint NOT NULL"
-	 ");"},
+	 "  created   bigint NOT NULL,"
+	 "  not_after bigint NOT NULL DEFAULT 0"
+	 ");"
+	 "CREATE INDEX certificates_not_after ON certificates (not_after);"},
 };
 _Static_assert(HSM_CERT_LABEL_MAX == 256 && HSM_CERT_OBJECT_ID_MAX == 256 &&
                    HSM_CERT_DER_MAX == 32768,

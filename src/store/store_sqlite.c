@@ -418,6 +418,7 @@ static const hsm_store_ops sqlite_ops = {
 	.cert_delete = sq_cert_delete,
 	.cert_list = sq_cert_list,
 	.cert_count = sq_cert_count,
+	.cert_count_expiring = sq_cert_count_expiring,
 	.user_create = sq_user_create,
 	.user_get = sq_user_get,
 	.user_put = sq_user_put,

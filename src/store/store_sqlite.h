@@ -153,7 +153,7 @@ hsm_result sq_schema_migrate(sq_conn *w, int *version) HSM_MUST_CHECK;
 #define SQ_ACCESS_KEY_COLS "id, user, active, created, wrapped_secret"
 #define SQ_GRANT_COLS \
 	"grant_id, key_id, name, grantee, retiring, operations, constraints, created"
-#define SQ_CERT_COLS "cert_id, label, object_id, der, creator, created"
+#define SQ_CERT_COLS "cert_id, label, object_id, der, creator, created, not_after"
 
 hsm_result sq_read_key(sqlite3_stmt *st, void *item);
 hsm_result sq_read_version(sqlite3_stmt *st, void *item);
@@ -236,6 +236,7 @@ hsm_result sq_cert_delete(hsm_store *s, const char *cert_id);
 hsm_result sq_cert_list(hsm_store *s, const char *after, size_t limit, hsm_cert_cb cb, void *arg,
                         bool *truncated);
 hsm_result sq_cert_count(hsm_store *s, uint64_t *out);
+hsm_result sq_cert_count_expiring(hsm_store *s, int64_t before, uint64_t *out);
 
 hsm_result sq_user_create(hsm_store *s, const hsm_user_record *u);
 hsm_result sq_user_get(hsm_store *s, const char *name, hsm_user_record *out);

@@ -19,6 +19,7 @@ hsm_result sq_read_cert(sqlite3_stmt *st, void *item)
 	HSM_GUARD(sq_col_blob(st, 3, &c->der));
 	HSM_GUARD(sq_col_text(st, 4, c->creator, sizeof(c->creator)));
 	c->created = sqlite3_column_int64(st, 5);
+	c->not_after = sqlite3_column_int64(st, 6);
 	return HSM_SUCCESS;
 }
 
@@ -28,10 +29,12 @@ static void clear_cert(void *item)
 }
 
 static const char SQL_CERT_INSERT[] =
-	"INSERT INTO certificates (" CERT_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+	"INSERT INTO certificates (" CERT_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 static const char SQL_CERT_EXISTS[] = "SELECT 1 FROM certificates WHERE cert_id = ?1";
-/* Counts the entries of cert_id's index, the table's smallest b-tree. */
+/* Counts the entries of an index (SQLite takes the smallest: not_after's). */
 static const char SQL_CERT_COUNT[] = "SELECT count(*) FROM certificates";
+/* Over not_after's index. */
+static const char SQL_CERT_EXPIRING[] = "SELECT count(*) FROM certificates WHERE not_after < ?1";
 static const char SQL_CERT_GET[] = "SELECT " CERT_COLS " FROM certificates WHERE cert_id = ?1";
 static const char SQL_CERT_DELETE[] = "DELETE FROM certificates WHERE cert_id = ?1";
 /* Keyset pagination over cert_id's index. */
@@ -48,17 +51,20 @@ hsm_result sq_insert_cert(sq_conn *w, const hsm_cert_record *c)
 	sq_bind_blob(w, st, 4, &c->der);
 	sq_bind_text(w, st, 5, c->creator);
 	sq_bind_i64(w, st, 6, c->created);
+	sq_bind_i64(w, st, 7, c->not_after);
 	hsm_result res = sq_exec(w, st);
 	sq_reset(st);
 	return res;
 }
 
-/* The single count(*) row of SQL_CERT_COUNT, on connection c. */
-static hsm_result count_on(sq_conn *c, int64_t *out)
+/* The single count(*) row of SQL_CERT_COUNT (or, before > 0, SQL_CERT_EXPIRING), on connection c. */
+static hsm_result count_on(sq_conn *c, int64_t before, int64_t *out)
 {
 	sqlite3_stmt *st;
 	bool row = false;
-	HSM_GUARD(sq_prepare(c, SQL_CERT_COUNT, &st));
+	HSM_GUARD(sq_prepare(c, before > 0 ? SQL_CERT_EXPIRING : SQL_CERT_COUNT, &st));
+	if (before > 0)
+		sq_bind_i64(c, st, 1, before);
 	hsm_result res = sq_step(c, st, &row);
 	if (hsm_ok(res) && row)
 		*out = sqlite3_column_int64(st, 0);
@@ -77,7 +83,7 @@ static hsm_result cert_create_in(sq_conn *w, const hsm_cert_record *c)
 	/* Checked before the limit: a duplicate is refused as one even in a full store. */
 	HSM_GUARD(sq_exists(w, SQL_CERT_EXISTS, c->cert_id, &taken));
 	HSM_ENSURE(!taken, HSM_ERR_ALREADY_EXISTS, "certificate %s already exists", c->cert_id);
-	HSM_GUARD(count_on(w, &held));
+	HSM_GUARD(count_on(w, 0, &held));
 	HSM_GUARD(st_check_cert_limit(held));
 	return sq_insert_cert(w, c);
 }
@@ -144,18 +150,33 @@ hsm_result sq_cert_delete(hsm_store *base, const char *cert_id)
 	return sq_write_end(s, w, cert_delete_in(w, cert_id));
 }
 
-hsm_result sq_cert_count(hsm_store *base, uint64_t *out)
+static hsm_result count(hsm_store *base, int64_t before, uint64_t *out)
 {
 	sq_store *s = sq_of(base);
 	sq_conn *c;
 	int64_t n = 0;
 	HSM_GUARD(sq_read_begin(s, &c));
-	hsm_result res = count_on(c, &n);
+	hsm_result res = count_on(c, before, &n);
 	sq_read_end(s, c);
 	HSM_GUARD(res);
 	HSM_ENSURE(n >= 0, HSM_ERR_STORE, "store returned a negative count");
 	*out = (uint64_t)n;
 	return HSM_SUCCESS;
+}
+
+hsm_result sq_cert_count(hsm_store *base, uint64_t *out)
+{
+	return count(base, 0, out);
+}
+
+hsm_result sq_cert_count_expiring(hsm_store *base, int64_t before, uint64_t *out)
+{
+	/* Nothing is stored before the epoch's first second. */
+	if (before <= 0) {
+		*out = 0;
+		return HSM_SUCCESS;
+	}
+	return count(base, before, out);
 }
 
 /* ---- List ------------------------------------------------------------------------------- */

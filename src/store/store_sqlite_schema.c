@@ -230,7 +230,8 @@ static const migration migrations[] = {
 	 * hold the sizes the records promise (HSM_CERT_*_MAX; length() of a blob
 	 * counts bytes, of text characters, hence the cast).  A rowid table, as
 	 * rows carry up to 32 KiB of DER; cert_id's own index serves lookups,
-	 * the pages in cert_id order and the count.
+	 * the pages in cert_id order and the count, not_after's the count of
+	 * those expiring that /metrics reports.
 	 */
 	{7,
 	 "CREATE TABLE certificates ("
@@ -239,8 +240,10 @@ static const migration migrations[] = {
 	 "  object_id BLOB NOT NULL CHECK (length(object_id) <= 256),"
 	 "  der       BLOB NOT NULL CHECK (length(der) BETWEEN 1 AND 32768),"
 	 "  creator   TEXT NOT NULL,"
-	 "  created   INTEGER NOT NULL"
-	 ");",
+	 "  created   INTEGER NOT NULL,"
+	 "  not_after INTEGER NOT NULL DEFAULT 0"
+	 ");"
+	 "CREATE INDEX certificates_not_after ON certificates (not_after);",
 	 false},
 };
 _Static_assert(HSM_CERT_LABEL_MAX == 256 && HSM_CERT_OBJECT_ID_MAX == 256 &&

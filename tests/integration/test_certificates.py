@@ -24,7 +24,9 @@ import glob
 import hashlib
 import json
 import os
+import re
 import subprocess
+import time
 import types
 import uuid
 
@@ -350,6 +352,46 @@ def test_certificate_changes_can_wait_for_custodians(ca):
     finally:
         node.cleanup()
         first.cleanup()
+
+
+def metric(server, name):
+    st, body, _ = server.get("/metrics")
+    assert st == 200
+    m = re.search(rb"^" + name.encode() + rb" (\S+)$", body, re.M)
+    assert m, name
+    return float(m.group(1))
+
+
+def test_metrics_count_certificates_and_those_expiring(server, ca):
+    """hsmd_certificates and hsmd_certificates_expiring_30d (notAfter within 30 days, or
+    past), counted in the background and again at once after an import or a deletion."""
+    def gauges():
+        return metric(server, "hsmd_certificates"), metric(server, "hsmd_certificates_expiring_30d")
+
+    def settles_at(want):
+        deadline = time.monotonic() + 10
+        while gauges() != want and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return gauges()
+
+    total, soon = gauges()
+    pub = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    ids = [import_cert(server, der(issue(ca, pub, f"valid {days} days", days=days)))["CertificateId"]
+           for days in (10, 29, 31, 365)]
+    # Expired yesterday: hsmd keeps what it is given; the gauge says so.
+    now = datetime.datetime.now(datetime.timezone.utc)
+    old = (x509.CertificateBuilder().subject_name(ca.name).issuer_name(ca.name)
+           .public_key(serialization.load_der_public_key(pub)).serial_number(7)
+           .not_valid_before(now - datetime.timedelta(days=90))
+           .not_valid_after(now - datetime.timedelta(days=1)).sign(ca.key, hashes.SHA256()))
+    ids.append(import_cert(server, der(old))["CertificateId"])
+    assert settles_at((total + 5, soon + 3)) == (total + 5, soon + 3)
+    admin(server, "DeleteCertificate", {"CertificateId": ids[0]})
+    assert settles_at((total + 4, soon + 2)) == (total + 4, soon + 2)
+    for cid in ids[1:]:
+        admin(server, "DeleteCertificate", {"CertificateId": cid})
+    assert settles_at((total, soon)) == (total, soon)
 
 
 # ---- hsmctl --------------------------------------------------------------------------------------
