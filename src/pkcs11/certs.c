@@ -242,7 +242,7 @@ static CK_RV check_template(const CK_ATTRIBUTE *t, CK_ULONG n, const p11_object 
 	return CKR_OK;
 }
 
-/* CKA_LABEL: at most P11_LABEL_MAX bytes, no control characters (hsmd's rule). */
+/* CKA_LABEL: UTF-8 (PKCS#11's rule), at most P11_LABEL_MAX bytes, no control characters (hsmd's). */
 static CK_RV read_label(const CK_ATTRIBUTE *a, char *out, size_t cap)
 {
 	out[0] = '\0';
@@ -254,6 +254,10 @@ static CK_RV read_label(const CK_ATTRIBUTE *a, char *out, size_t cap)
 	for (CK_ULONG i = 0; i < a->ulValueLen; i++)
 		if (p[i] < 0x20 || p[i] == 0x7f)
 			return CKR_ATTRIBUTE_VALUE_INVALID;
+	json_t *utf8 = json_stringn(a->pValue, a->ulValueLen); /* NULL unless valid UTF-8 */
+	if (utf8 == NULL)
+		return CKR_ATTRIBUTE_VALUE_INVALID;
+	json_decref(utf8);
 	if (a->ulValueLen > 0)
 		memcpy(out, a->pValue, a->ulValueLen);
 	out[a->ulValueLen] = '\0';

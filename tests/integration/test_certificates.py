@@ -620,6 +620,7 @@ def test_pkcs11_refused_creations(server, officer, ca, keys, user, p11):
             (PyKCS11.CKR_ATTRIBUTE_READ_ONLY, cert_template(der(cert), extra=[(CKA_TRUSTED, True)])),
             (PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID, cert_template(der(cert), extra=[(CKA_PRIVATE, True)])),
             (PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID, cert_template(der(cert), label="x" * 257)),
+            (PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID, cert_template(der(cert), label="tab\there")),
             (PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID, cert_template(der(cert), cka_id=b"i" * 257)),
             (PyKCS11.CKR_ATTRIBUTE_TYPE_INVALID, cert_template(der(cert), extra=[(CKA_UNKNOWN, b"x")])),
         ]
