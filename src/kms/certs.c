@@ -16,6 +16,7 @@
 #include <openssl/x509.h>
 
 #include "common/util.h"
+#include "crypto/x509.h"
 #include "kms/kms_internal.h"
 
 static hsm_result require_roles(const hsm_caller *caller, unsigned roles, const char *what)
@@ -28,23 +29,7 @@ static hsm_result require_roles(const hsm_caller *caller, unsigned roles, const 
 /* The certificate, parsed; NULL unless der is exactly one DER certificate. */
 static X509 *parse(const uint8_t *der, size_t len)
 {
-	const unsigned char *p = der;
-	if (len == 0 || len > HSM_CERT_DER_MAX)
-		return NULL;
-	X509 *x = d2i_X509(NULL, &p, (long)len);
-	if (x == NULL)
-		return NULL;
-	/* Nothing after it, and the bytes are its DER encoding, not merely BER. */
-	unsigned char *again = NULL;
-	int n = i2d_X509(x, &again);
-	bool exact = p == der + len && n == (int)len && again != NULL &&
-	             hsm_ct_equal(again, der, len);
-	OPENSSL_free(again);
-	if (!exact) {
-		X509_free(x);
-		return NULL;
-	}
-	return x;
+	return hsm_x509_from_der(der, len, HSM_CERT_DER_MAX);
 }
 
 static hsm_result check_label(const char *label)

@@ -20,6 +20,7 @@
 #include <openssl/x509.h>
 
 #include "common/encoding.h"
+#include "crypto/x509.h"
 #include "pkcs11/p11.h"
 
 /* One part of a certificate, DER-encoded by i2d (its length, or <= 0), into b. */
@@ -36,20 +37,10 @@ static bool put_der(hsm_buf *b, int n, unsigned char *der)
  */
 static CK_RV fill(p11_object *o, const uint8_t *der, size_t len)
 {
-	const unsigned char *p = der;
-	X509 *x = len > 0 && len <= P11_CERT_DER_MAX ? d2i_X509(NULL, &p, (long)len) : NULL;
+	/* DER, not merely BER, and nothing after it: what hsmd stores. */
+	X509 *x = hsm_x509_from_der(der, len, P11_CERT_DER_MAX);
 	if (x == NULL)
 		return CKR_ATTRIBUTE_VALUE_INVALID;
-	/* Nothing after it, and DER, not merely BER: what hsmd stores. */
-	unsigned char *again = NULL;
-	int n_again = i2d_X509(x, &again);
-	bool exact = p == der + len && n_again == (int)len && again != NULL &&
-	             hsm_ct_equal(again, der, len);
-	OPENSSL_free(again);
-	if (!exact) {
-		X509_free(x);
-		return CKR_ATTRIBUTE_VALUE_INVALID;
-	}
 	unsigned char *subject = NULL, *issuer = NULL, *serial = NULL, *spki = NULL;
 	int n_subject = i2d_X509_NAME(X509_get_subject_name(x), &subject);
 	int n_issuer = i2d_X509_NAME(X509_get_issuer_name(x), &issuer);
