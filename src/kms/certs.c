@@ -132,11 +132,12 @@ hsm_result hsm_kms_cert_get(hsm_kms *kms, const hsm_caller *caller, const char *
 	return not_found(hsm_store_cert_get(kms->store, cert_id, out), cert_id);
 }
 
-hsm_result hsm_kms_cert_list(hsm_kms *kms, const hsm_caller *caller, const char *after,
-                             size_t limit, hsm_cert_cb cb, void *arg, bool *truncated)
+hsm_result hsm_kms_cert_list(hsm_kms *kms, const hsm_caller *caller, const hsm_cert_match *m,
+                             const char *after, size_t limit, hsm_cert_cb cb, void *arg,
+                             bool *truncated)
 {
 	HSM_GUARD(require_roles(caller, READERS, "list"));
-	return hsm_store_cert_list(kms->store, after, limit, cb, arg, truncated);
+	return hsm_store_cert_find(kms->store, m, after, limit, cb, arg, truncated);
 }
 
 hsm_result hsm_kms_cert_delete(hsm_kms *kms, const hsm_caller *caller, const char *cert_id)

@@ -626,8 +626,9 @@ hsm_result hsm_kms_cert_import(hsm_kms *kms, const hsm_caller *caller,
                                const hsm_cert_import_req *req, hsm_cert_record *out) HSM_MUST_CHECK;
 hsm_result hsm_kms_cert_get(hsm_kms *kms, const hsm_caller *caller, const char *cert_id,
                             hsm_cert_record *out) HSM_MUST_CHECK;
-hsm_result hsm_kms_cert_list(hsm_kms *kms, const hsm_caller *caller, const char *after,
-                             size_t limit, hsm_cert_cb cb, void *arg,
+/* m: those it matches (store.h, hsm_cert_match; its members NULL: every certificate). */
+hsm_result hsm_kms_cert_list(hsm_kms *kms, const hsm_caller *caller, const hsm_cert_match *m,
+                             const char *after, size_t limit, hsm_cert_cb cb, void *arg,
                              bool *truncated) HSM_MUST_CHECK;
 hsm_result hsm_kms_cert_delete(hsm_kms *kms, const hsm_caller *caller,
                                const char *cert_id) HSM_MUST_CHECK;

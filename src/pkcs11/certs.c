@@ -92,18 +92,25 @@ static CK_RV load_one(json_t *c)
 	return rv;
 }
 
-CK_RV p11_certs_load(void)
+/* Lists hsmd's certificates (those with ObjectId and Label, when not NULL), page by page. */
+static CK_RV load(json_t *object_id, json_t *label)
 {
 	json_t *ans = NULL;
 	char marker[64] = "";
 	CK_RV rv = CKR_OK;
 	for (;;) {
 		json_t *body = json_pack("{s:i}", "Limit", 1000);
-		if (body != NULL && marker[0] != '\0')
+		if (body == NULL)
+			return CKR_HOST_MEMORY;
+		if (marker[0] != '\0')
 			json_object_set_new(body, "Marker", json_string(marker));
+		if (object_id != NULL)
+			json_object_set(body, "ObjectId", object_id);
+		if (label != NULL)
+			json_object_set(body, "Label", label);
 		json_decref(ans);
 		ans = NULL;
-		rv = body != NULL ? p11_call("HsmdAdmin.ListCertificates", body, &ans) : CKR_HOST_MEMORY;
+		rv = p11_call("HsmdAdmin.ListCertificates", body, &ans);
 		if (rv != CKR_OK)
 			break;
 		size_t i;
@@ -121,11 +128,51 @@ CK_RV p11_certs_load(void)
 	return rv;
 }
 
-CK_RV p11_certs_refresh(void)
+CK_RV p11_certs_load(void)
 {
-	for (size_t i = 0; i < p11.n_objects; i++)
-		p11.objects[i].seen = p11.objects[i].cls != CKO_CERTIFICATE;
-	CK_RV rv = p11_certs_load();
+	return load(NULL, NULL);
+}
+
+/* Whether a template attribute's bytes are these (NULL: no attribute, any bytes). */
+static bool same(const CK_ATTRIBUTE *a, const void *p, size_t n)
+{
+	return a == NULL ||
+	       (a->ulValueLen == n && (n == 0 || (a->pValue != NULL && hsm_ct_equal(a->pValue, p, n))));
+}
+
+CK_RV p11_certs_refresh(const CK_ATTRIBUTE *id, const CK_ATTRIBUTE *label)
+{
+	json_t *jid = NULL, *jlabel = NULL;
+	if (id != NULL) {
+		hsm_buf b64 = {0};
+		if (id->ulValueLen > P11_CERT_ID_MAX || (id->pValue == NULL && id->ulValueLen > 0))
+			return CKR_OK; /* no certificate has such a CKA_ID */
+		if (hsm_failed(hsm_b64_encode(&b64, id->pValue, id->ulValueLen)))
+			return CKR_HOST_MEMORY;
+		jid = json_stringn(b64.len ? (const char *)b64.data : "", b64.len);
+		hsm_buf_free(&b64);
+		if (jid == NULL)
+			return CKR_HOST_MEMORY;
+	}
+	if (label != NULL) {
+		/* Not UTF-8, or too long: no certificate has such a label. */
+		if (label->ulValueLen > P11_LABEL_MAX || (label->pValue == NULL && label->ulValueLen > 0) ||
+		    (jlabel = json_stringn(label->ulValueLen ? label->pValue : "", label->ulValueLen)) ==
+		        NULL) {
+			json_decref(jid);
+			return CKR_OK;
+		}
+	}
+	/* Only the certificates this listing can show are read again. */
+	for (size_t i = 0; i < p11.n_objects; i++) {
+		p11_object *o = &p11.objects[i];
+		o->seen = o->cls != CKO_CERTIFICATE || o->derived ||
+		          !same(id, o->id.data, o->id.len) ||
+		          !same(label, o->label, strlen(o->label));
+	}
+	CK_RV rv = load(jid, jlabel);
+	json_decref(jid);
+	json_decref(jlabel);
 	if (rv == CKR_OK)
 		p11_objects_remove_unseen();
 	else /* the table stays as it was */
@@ -158,9 +205,7 @@ CK_RV p11_cert_destroy(p11_object *o)
 /* An attribute given must hold exactly the bytes the certificate implies. */
 static bool same_bytes(const CK_ATTRIBUTE *a, const hsm_buf *want)
 {
-	return a == NULL || (a->ulValueLen == want->len &&
-	                     (want->len == 0 || (a->pValue != NULL &&
-	                                         hsm_ct_equal(a->pValue, want->data, want->len))));
+	return same(a, want->data, want->len);
 }
 
 static bool is_false(const CK_ATTRIBUTE *a)

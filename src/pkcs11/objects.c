@@ -512,7 +512,8 @@ static CK_RV refresh_for(const CK_ATTRIBUTE *tmpl, CK_ULONG count)
 	if (cls != CKO_CERTIFICATE)
 		rv = refresh_keys_for(tmpl, count);
 	if (rv == CKR_OK && (c == NULL || cls == CKO_CERTIFICATE))
-		rv = p11_certs_refresh();
+		rv = p11_certs_refresh(p11_attr_find(tmpl, count, CKA_ID),
+		                       p11_attr_find(tmpl, count, CKA_LABEL));
 	return rv;
 }
 

@@ -220,8 +220,11 @@ void p11_objects_drop_session(CK_SESSION_HANDLE owner);
 /* ---- certs.c ---- */
 /* Reads hsmd's certificates again: each becomes or updates an object, marked seen. */
 CK_RV p11_certs_load(void);
-/* Marks the certificates unseen, reads them again and drops those gone. */
-CK_RV p11_certs_refresh(void);
+/*
+ * Reads again the certificates with this CKA_ID and CKA_LABEL (NULL: any):
+ * those hsmd no longer has go.  A search naming either reads only those.
+ */
+CK_RV p11_certs_refresh(const CK_ATTRIBUTE *id, const CK_ATTRIBUTE *label);
 /* Deletes one of hsmd's certificates (a token object) and its object. */
 CK_RV p11_cert_destroy(p11_object *o);
 

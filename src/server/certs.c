@@ -4,7 +4,7 @@
  *
  *   ImportCertificate {Certificate: base64 DER, Label?, ObjectId?: base64, KeyId?}
  *   GetCertificate    {CertificateId}
- *   ListCertificates  {Limit?, Marker?}
+ *   ListCertificates  {Limit?, Marker?, ObjectId?: base64, Label?}   (those that match)
  *   DeleteCertificate {CertificateId}
  *
  * With KeyId, the certificate must certify that key's public key, and its
@@ -117,21 +117,29 @@ static hsm_result list_one(const hsm_cert_record *rec, void *arg)
 hsm_result hsm_admin_list_certificates(hsm_admin_ctx *c)
 {
 	int64_t limit = 100;
-	bool present, truncated = false;
-	const char *marker = NULL;
-	HSM_GUARD(hsm_json_int(c->req, "Limit", false, 1, 1000, &limit, &present));
-	HSM_GUARD(hsm_json_str(c->req, "Marker", false, 1, 1024, &marker));
-	HSM_ENSURE(marker == NULL || hsm_is_uuid(marker), HSM_ERR_INVALID_MARKER,
-	           "Marker is not one this operation returned");
+	bool present, has_id = false, truncated = false;
+	const char *marker = NULL, *label = NULL;
+	hsm_buf object_id = {0};
+	hsm_result res = HSM_SUCCESS;
+	HSM_TRY(hsm_json_int(c->req, "Limit", false, 1, 1000, &limit, &present));
+	HSM_TRY(hsm_json_str(c->req, "Marker", false, 1, 1024, &marker));
+	HSM_CHECK(marker == NULL || hsm_is_uuid(marker), HSM_ERR_INVALID_MARKER,
+	          "Marker is not one this operation returned");
+	HSM_TRY(hsm_json_blob(c->req, "ObjectId", false, 0, HSM_CERT_OBJECT_ID_MAX, &object_id,
+	                      &has_id));
+	HSM_TRY(hsm_json_str(c->req, "Label", false, 0, HSM_CERT_LABEL_MAX, &label));
+	hsm_cert_match m = {has_id ? &object_id : NULL, label};
 	list_arg l = {c->w, ""};
 	hsm_jw_key_begin_array(c->w, "Certificates");
-	HSM_GUARD(hsm_kms_cert_list(c->s->kms, &c->auth->caller, marker, (size_t)limit, list_one, &l,
-	                            &truncated));
+	HSM_TRY(hsm_kms_cert_list(c->s->kms, &c->auth->caller, &m, marker, (size_t)limit, list_one,
+	                          &l, &truncated));
 	hsm_jw_end_array(c->w);
 	hsm_jw_bool(c->w, "Truncated", truncated);
 	if (truncated)
 		hsm_jw_str(c->w, "NextMarker", l.last);
-	return HSM_SUCCESS;
+out:
+	hsm_buf_free(&object_id);
+	return res;
 }
 
 hsm_result hsm_admin_delete_certificate(hsm_admin_ctx *c)

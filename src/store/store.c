@@ -856,7 +856,28 @@ hsm_result hsm_store_cert_list(hsm_store *s, const char *after, size_t limit, hs
 {
 	HSM_ASSERT(s != NULL && cb != NULL && truncated != NULL);
 	HSM_GUARD(check_limit(limit));
-	return s->ops->cert_list(s, cursor_or_empty(after), limit, cb, arg, truncated);
+	const hsm_cert_match all = {NULL, NULL};
+	return s->ops->cert_list(s, &all, cursor_or_empty(after), limit, cb, arg, truncated);
+}
+
+hsm_result hsm_store_cert_find(hsm_store *s, const hsm_cert_match *m, const char *after,
+                               size_t limit, hsm_cert_cb cb, void *arg, bool *truncated)
+{
+	HSM_ASSERT(s != NULL && m != NULL && cb != NULL && truncated != NULL);
+	HSM_GUARD(check_limit(limit));
+	if (m->object_id != NULL) {
+		assert_buf(m->object_id);
+		/* None longer is stored: nothing matches. */
+		if (m->object_id->len > HSM_CERT_OBJECT_ID_MAX) {
+			*truncated = false;
+			return HSM_SUCCESS;
+		}
+	}
+	if (m->label != NULL && strnlen(m->label, HSM_CERT_LABEL_MAX + 1) > HSM_CERT_LABEL_MAX) {
+		*truncated = false;
+		return HSM_SUCCESS;
+	}
+	return s->ops->cert_list(s, m, cursor_or_empty(after), limit, cb, arg, truncated);
 }
 
 hsm_result hsm_store_cert_count(hsm_store *s, uint64_t *out)

@@ -621,6 +621,20 @@ hsm_result hsm_store_cert_delete(hsm_store *s, const char *cert_id) HSM_MUST_CHE
 typedef hsm_result (*hsm_cert_cb)(const hsm_cert_record *c, void *arg);
 hsm_result hsm_store_cert_list(hsm_store *s, const char *after, size_t limit, hsm_cert_cb cb,
                                void *arg, bool *truncated) HSM_MUST_CHECK;
+/*
+ * What hsm_store_cert_find keeps: certificates with this object_id (when
+ * object_id is not NULL; an empty buffer matches those without one) and
+ * this label (when label is not NULL).  Each is an index lookup, so a
+ * PKCS#11 search by CKA_ID or CKA_LABEL reads only what it finds.
+ */
+typedef struct hsm_cert_match {
+	const hsm_buf *object_id;
+	const char *label;
+} hsm_cert_match;
+/* hsm_store_cert_list of the certificates m matches (paged alike). */
+hsm_result hsm_store_cert_find(hsm_store *s, const hsm_cert_match *m, const char *after,
+                               size_t limit, hsm_cert_cb cb, void *arg,
+                               bool *truncated) HSM_MUST_CHECK;
 /* How many certificates the store holds. */
 hsm_result hsm_store_cert_count(hsm_store *s, uint64_t *out) HSM_MUST_CHECK;
 /* How many have a not_after before `before` (an index, not a scan: for /metrics' gauges). */

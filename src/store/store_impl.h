@@ -121,8 +121,9 @@ struct hsm_store_ops {
 	hsm_result (*cert_create)(hsm_store *s, const hsm_cert_record *c);
 	hsm_result (*cert_get)(hsm_store *s, const char *cert_id, hsm_cert_record *out);
 	hsm_result (*cert_delete)(hsm_store *s, const char *cert_id);
-	hsm_result (*cert_list)(hsm_store *s, const char *after, size_t limit, hsm_cert_cb cb,
-	                        void *arg, bool *truncated);
+	/* m is never NULL; its members may be (hsm_cert_match). */
+	hsm_result (*cert_list)(hsm_store *s, const hsm_cert_match *m, const char *after,
+	                        size_t limit, hsm_cert_cb cb, void *arg, bool *truncated);
 	hsm_result (*cert_count)(hsm_store *s, uint64_t *out);
 	hsm_result (*cert_count_expiring)(hsm_store *s, int64_t before, uint64_t *out);
 

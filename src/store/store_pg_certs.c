@@ -38,9 +38,21 @@ static const char SQL_CERT_COUNT[] = "SELECT count(*) FROM certificates";
 static const char SQL_CERT_EXPIRING[] = "SELECT count(*) FROM certificates WHERE not_after < $1";
 static const char SQL_CERT_GET[] = "SELECT " CERT_COLS " FROM certificates WHERE cert_id = $1";
 static const char SQL_CERT_DELETE[] = "DELETE FROM certificates WHERE cert_id = $1 RETURNING 1";
-/* Keyset pagination over the primary key. */
+/*
+ * Keyset pagination over the primary key, or over (object_id, cert_id)'s
+ * and (label, cert_id)'s indexes for a search ($3, $4: what is matched).
+ */
 static const char SQL_CERT_PAGE[] = "SELECT " CERT_COLS " FROM certificates "
                                     "WHERE cert_id > $1 ORDER BY cert_id LIMIT $2";
+static const char SQL_CERT_PAGE_ID[] = "SELECT " CERT_COLS " FROM certificates "
+                                       "WHERE object_id = $3 AND cert_id > $1 "
+                                       "ORDER BY cert_id LIMIT $2";
+static const char SQL_CERT_PAGE_LABEL[] = "SELECT " CERT_COLS " FROM certificates "
+                                          "WHERE label = $3 AND cert_id > $1 "
+                                          "ORDER BY cert_id LIMIT $2";
+static const char SQL_CERT_PAGE_BOTH[] = "SELECT " CERT_COLS " FROM certificates "
+                                         "WHERE object_id = $3 AND label = $4 AND cert_id > $1 "
+                                         "ORDER BY cert_id LIMIT $2";
 
 hsm_result pg_read_cert(const PGresult *r, int row, void *item)
 {
@@ -80,6 +92,7 @@ typedef struct cert_op {
 	int64_t count;
 	int64_t before; /* count: those expiring before it (0: all) */
 	/* List. */
+	const hsm_cert_match *m;
 	const char *after;
 	size_t limit;
 	st_vec v;
@@ -208,16 +221,24 @@ static hsm_result cert_page_body(pg_conn *c, void *arg)
 	pg_params_init(&p);
 	pg_p_text(&p, op->after);
 	pg_p_i64(&p, (int64_t)op->limit + 1); /* one more row tells whether a page follows */
-	HSM_GUARD(pg_run(c, SQL_CERT_PAGE, &p, &r));
+	const hsm_cert_match *m = op->m;
+	if (m->object_id != NULL)
+		pg_p_bytea(&p, m->object_id);
+	if (m->label != NULL)
+		pg_p_text(&p, m->label);
+	const char *sql = m->object_id != NULL ? (m->label != NULL ? SQL_CERT_PAGE_BOTH : SQL_CERT_PAGE_ID)
+	                  : m->label != NULL   ? SQL_CERT_PAGE_LABEL
+	                                       : SQL_CERT_PAGE;
+	HSM_GUARD(pg_run(c, sql, &p, &r));
 	hsm_result res = pg_collect(r, op->limit, pg_read_cert, clear_cert, &op->v, &op->more);
 	PQclear(r);
 	return res;
 }
 
-hsm_result pg_cert_list(hsm_store *base, const char *after, size_t limit, hsm_cert_cb cb,
-                        void *arg, bool *truncated)
+hsm_result pg_cert_list(hsm_store *base, const hsm_cert_match *m, const char *after,
+                        size_t limit, hsm_cert_cb cb, void *arg, bool *truncated)
 {
-	cert_op op = {.after = after, .limit = limit};
+	cert_op op = {.after = after, .limit = limit, .m = m};
 	st_vec_init(&op.v, sizeof(hsm_cert_record));
 	hsm_result res = pg_read(pg_of(base), cert_page_body, &op);
 	for (size_t i = 0; hsm_ok(res) && i < op.v.n; i++)

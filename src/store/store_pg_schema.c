@@ -197,7 +197,9 @@ static const migration migrations[] = {
 	 "  created   bigint NOT NULL,"
 	 "  not_after bigint NOT NULL DEFAULT 0"
 	 ");"
-	 "CREATE INDEX certificates_not_after ON certificates (not_after);"},
+	 "CREATE INDEX certificates_not_after ON certificates (not_after);"
+	 "CREATE INDEX certificates_object_id ON certificates (object_id, cert_id);"
+	 "CREATE INDEX certificates_label ON certificates (label, cert_id);"},
 };
 _Static_assert(HSM_CERT_LABEL_MAX == 256 && HSM_CERT_OBJECT_ID_MAX == 256 &&
                    HSM_CERT_DER_MAX == 32768,

@@ -233,8 +233,8 @@ hsm_result sq_grant_delete_for_key_in(sq_conn *w, const char *key_id) HSM_MUST_C
 hsm_result sq_cert_create(hsm_store *s, const hsm_cert_record *c);
 hsm_result sq_cert_get(hsm_store *s, const char *cert_id, hsm_cert_record *out);
 hsm_result sq_cert_delete(hsm_store *s, const char *cert_id);
-hsm_result sq_cert_list(hsm_store *s, const char *after, size_t limit, hsm_cert_cb cb, void *arg,
-                        bool *truncated);
+hsm_result sq_cert_list(hsm_store *s, const hsm_cert_match *m, const char *after, size_t limit,
+                        hsm_cert_cb cb, void *arg, bool *truncated);
 hsm_result sq_cert_count(hsm_store *s, uint64_t *out);
 hsm_result sq_cert_count_expiring(hsm_store *s, int64_t before, uint64_t *out);
 

@@ -37,9 +37,22 @@ static const char SQL_CERT_COUNT[] = "SELECT count(*) FROM certificates";
 static const char SQL_CERT_EXPIRING[] = "SELECT count(*) FROM certificates WHERE not_after < ?1";
 static const char SQL_CERT_GET[] = "SELECT " CERT_COLS " FROM certificates WHERE cert_id = ?1";
 static const char SQL_CERT_DELETE[] = "DELETE FROM certificates WHERE cert_id = ?1";
-/* Keyset pagination over cert_id's index. */
+/*
+ * Keyset pagination over cert_id's index, or over (object_id, cert_id)'s and
+ * (label, cert_id)'s for a search: ?1 the cursor, ?2 the page's rows, ?3 and
+ * ?4 what is matched.
+ */
 static const char SQL_CERT_PAGE[] = "SELECT " CERT_COLS " FROM certificates "
                                     "WHERE cert_id > ?1 ORDER BY cert_id LIMIT ?2";
+static const char SQL_CERT_PAGE_ID[] = "SELECT " CERT_COLS " FROM certificates "
+                                       "WHERE object_id = ?3 AND cert_id > ?1 "
+                                       "ORDER BY cert_id LIMIT ?2";
+static const char SQL_CERT_PAGE_LABEL[] = "SELECT " CERT_COLS " FROM certificates "
+                                          "WHERE label = ?4 AND cert_id > ?1 "
+                                          "ORDER BY cert_id LIMIT ?2";
+static const char SQL_CERT_PAGE_BOTH[] = "SELECT " CERT_COLS " FROM certificates "
+                                         "WHERE object_id = ?3 AND label = ?4 AND cert_id > ?1 "
+                                         "ORDER BY cert_id LIMIT ?2";
 
 hsm_result sq_insert_cert(sq_conn *w, const hsm_cert_record *c)
 {
@@ -181,20 +194,27 @@ hsm_result sq_cert_count_expiring(hsm_store *base, int64_t before, uint64_t *out
 
 /* ---- List ------------------------------------------------------------------------------- */
 
-static hsm_result read_cert_page(sq_conn *c, const char *after, size_t limit, st_vec *v,
-                                 bool *more)
+static hsm_result read_cert_page(sq_conn *c, const hsm_cert_match *m, const char *after,
+                                 size_t limit, st_vec *v, bool *more)
 {
 	sqlite3_stmt *st;
-	HSM_GUARD(sq_prepare(c, SQL_CERT_PAGE, &st));
+	const char *sql = m->object_id != NULL ? (m->label != NULL ? SQL_CERT_PAGE_BOTH : SQL_CERT_PAGE_ID)
+	                  : m->label != NULL   ? SQL_CERT_PAGE_LABEL
+	                                       : SQL_CERT_PAGE;
+	HSM_GUARD(sq_prepare(c, sql, &st));
 	sq_bind_text(c, st, 1, after);
 	sq_bind_i64(c, st, 2, (int64_t)limit + 1); /* one more row tells whether a page follows */
+	if (m->object_id != NULL)
+		sq_bind_blob(c, st, 3, m->object_id);
+	if (m->label != NULL)
+		sq_bind_text(c, st, 4, m->label);
 	hsm_result res = sq_collect(c, st, limit, sq_read_cert, clear_cert, v, more);
 	sq_reset(st);
 	return res;
 }
 
-hsm_result sq_cert_list(hsm_store *base, const char *after, size_t limit, hsm_cert_cb cb,
-                        void *arg, bool *truncated)
+hsm_result sq_cert_list(hsm_store *base, const hsm_cert_match *m, const char *after,
+                        size_t limit, hsm_cert_cb cb, void *arg, bool *truncated)
 {
 	sq_store *s = sq_of(base);
 	sq_conn *c;
@@ -202,7 +222,7 @@ hsm_result sq_cert_list(hsm_store *base, const char *after, size_t limit, hsm_ce
 	bool more = false;
 	st_vec_init(&v, sizeof(hsm_cert_record));
 	HSM_GUARD(sq_read_begin(s, &c));
-	hsm_result res = read_cert_page(c, after, limit, &v, &more);
+	hsm_result res = read_cert_page(c, m, after, limit, &v, &more);
 	sq_read_end(s, c);
 	for (size_t i = 0; hsm_ok(res) && i < v.n; i++)
 		res = cb(st_vec_at(&v, i), arg);

@@ -231,7 +231,8 @@ static const migration migrations[] = {
 	 * counts bytes, of text characters, hence the cast).  A rowid table, as
 	 * rows carry up to 32 KiB of DER; cert_id's own index serves lookups,
 	 * the pages in cert_id order and the count, not_after's the count of
-	 * those expiring that /metrics reports.
+	 * those expiring that /metrics reports, and (object_id, cert_id) and
+	 * (label, cert_id) the pages of a PKCS#11 search by CKA_ID or CKA_LABEL.
 	 */
 	{7,
 	 "CREATE TABLE certificates ("
@@ -243,7 +244,9 @@ static const migration migrations[] = {
 	 "  created   INTEGER NOT NULL,"
 	 "  not_after INTEGER NOT NULL DEFAULT 0"
 	 ");"
-	 "CREATE INDEX certificates_not_after ON certificates (not_after);",
+	 "CREATE INDEX certificates_not_after ON certificates (not_after);"
+	 "CREATE INDEX certificates_object_id ON certificates (object_id, cert_id);"
+	 "CREATE INDEX certificates_label ON certificates (label, cert_id);",
 	 false},
 };
 _Static_assert(HSM_CERT_LABEL_MAX == 256 && HSM_CERT_OBJECT_ID_MAX == 256 &&

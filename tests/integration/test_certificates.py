@@ -263,6 +263,31 @@ def test_paging(server, ca):
         admin(server, "DeleteCertificate", {"CertificateId": cid})
 
 
+def test_list_filters(server, ca):
+    """ListCertificates by ObjectId and by Label: what a PKCS#11 search by CKA_ID or
+    CKA_LABEL asks for, read through the store's indexes."""
+    pub = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    made = {}
+    for i, (oid, label) in enumerate([(b"a", "x"), (b"a", "y"), (b"b", "x"), (b"", "x")]):
+        made[i] = import_cert(server, der(issue(ca, pub, f"filter {i}")),
+                              ObjectId=b64(oid), Label=label)["CertificateId"]
+
+    def ids(**kw):
+        return {c["CertificateId"] for c in listed(server, **kw)}
+    assert ids(ObjectId=b64(b"a")) == {made[0], made[1]}
+    assert ids(Label="x") >= {made[0], made[2], made[3]} and made[1] not in ids(Label="x")
+    assert ids(ObjectId=b64(b"a"), Label="x") == {made[0]}
+    assert made[3] in ids(ObjectId="") and made[0] not in ids(ObjectId="")
+    assert ids(ObjectId=b64(b"zz")) == set() and ids(Label="nope") == set()
+    # Paging within a filter.
+    assert ids(ObjectId=b64(b"a"), Limit=1) == {made[0], made[1]}
+    admin_error(server, "ListCertificates", {"ObjectId": b64(b"i" * 257)}, "ValidationException")
+    admin_error(server, "ListCertificates", {"Label": "x" * 257}, "ValidationException")
+    for cid in made.values():
+        admin(server, "DeleteCertificate", {"CertificateId": cid})
+
+
 def test_roles(server, officer, ca, keys, user):
     cid = import_cert(server, der(cert_of_key(officer, ca, keys["ec"], "roles")),
                       KeyId=keys["ec"])["CertificateId"]
@@ -533,11 +558,19 @@ def test_pkcs11_certificate_objects(server, officer, ca, keys, user, p11):
         # A search for keys lists no certificate, and one by label finds it.
         assert o.value() not in handles(s, [(CKA_CLASS, CKO_PRIVATE_KEY)])
         assert handles(s, [(CKA_LABEL, "app-signing"), (CKA_CLASS, CKO_CERTIFICATE)]) == [o.value()]
-        # Deleted in hsmd: gone at the next search.
+        # Deleted in hsmd: gone at the next search, by CKA_ID (which reads that CKA_ID's
+        # certificates alone) as by class.
         admin(server, "DeleteCertificate", {"CertificateId": cid})
+        assert len(s.findObjects([(CKA_ID, keys["rsa"].encode())])) == 2
         assert all(value(s, x, CKA_VALUE) != der(cert)
                    for x in s.findObjects([(CKA_CLASS, CKO_CERTIFICATE)]))
-        assert len(s.findObjects([(CKA_ID, keys["rsa"].encode())])) == 2
+        # One stored in hsmd is found by a search naming its CKA_ID, or its label.
+        cid = import_cert(server, der(cert), KeyId=keys["rsa"], Label="app-signing")["CertificateId"]
+        found = s.findObjects([(CKA_ID, keys["rsa"].encode()), (CKA_CLASS, CKO_CERTIFICATE)])
+        assert [value(s, x, CKA_VALUE) for x in found] == [der(cert)]
+        assert len(s.findObjects([(CKA_LABEL, "app-signing")])) == 3  # the key pair and it
+        admin(server, "DeleteCertificate", {"CertificateId": cid})
+        assert s.findObjects([(CKA_LABEL, "app-signing"), (CKA_CLASS, CKO_CERTIFICATE)]) == []
     finally:
         close(s)
 

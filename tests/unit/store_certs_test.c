@@ -636,6 +636,91 @@ static void test_schema_constraints(void **state)
 }
 
 /* Each statement walks cert_id's index: no sort, and a page costs what it holds. */
+/* ---- Searches by object id and label (PKCS#11 C_FindObjects) ------------------------------ */
+
+/* Every certificate m matches, in pages of limit, as the n of their ids. */
+static void find_all(hsm_store *s, const hsm_cert_match *m, size_t limit, seen *all)
+{
+	char after[HSM_UUID_STRLEN + 1] = "";
+	memset(all, 0, sizeof(*all));
+	for (size_t pages = 0;; pages++) {
+		seen p = {0};
+		bool truncated = false;
+		EXPECT_OK(hsm_store_cert_find(s, m, pages == 0 ? NULL : after, limit, collect, &p,
+		                              &truncated));
+		assert_true(p.n <= limit && (!truncated || p.n == limit));
+		for (size_t i = 0; i < p.n; i++)
+			all->id[all->n++] = p.id[i];
+		if (!truncated)
+			return;
+		assert_true(p.n > 0);
+		st_key_id(after, p.id[p.n - 1]);
+	}
+}
+
+static void expect_ids(const seen *got, const unsigned *want, size_t n)
+{
+	assert_int_equal(got->n, n);
+	for (size_t i = 0; i < n; i++)
+		assert_int_equal(got->id[i], want[i]);
+}
+
+static void test_find(void **state)
+{
+	st_fixture *f = *state;
+	/* n = 1..9: object id "k<n % 3>" (none for n = 9), label "L<n % 2>". */
+	for (unsigned n = 1; n <= 9; n++) {
+		hsm_cert_record c;
+		cert(&c, n);
+		char oid[8];
+		snprintf(oid, sizeof(oid), "k%u", n % 3);
+		if (n != 9)
+			assert_true(hsm_ok(hsm_buf_set(&c.object_id, oid, strlen(oid))));
+		snprintf(c.label, sizeof(c.label), "L%u", n % 2);
+		EXPECT_OK(hsm_store_cert_create(f->s, &c));
+		hsm_cert_record_clear(&c);
+	}
+	hsm_buf k1 = {0}, none = {0}, other = {0}, huge = {0};
+	assert_true(hsm_ok(hsm_buf_set(&k1, "k1", 2)));
+	assert_true(hsm_ok(hsm_buf_set(&other, "k1\0", 3))); /* bytes, not a string */
+	uint8_t many[HSM_CERT_OBJECT_ID_MAX + 1];
+	memset(many, 'k', sizeof(many));
+	assert_true(hsm_ok(hsm_buf_set(&huge, many, sizeof(many))));
+	seen got;
+	for (size_t limit = 1; limit <= 4; limit++) {
+		find_all(f->s, &(hsm_cert_match){&k1, NULL}, limit, &got);
+		expect_ids(&got, (const unsigned[]){1, 4, 7}, 3);
+		find_all(f->s, &(hsm_cert_match){NULL, "L0"}, limit, &got);
+		expect_ids(&got, (const unsigned[]){2, 4, 6, 8}, 4);
+		find_all(f->s, &(hsm_cert_match){&k1, "L0"}, limit, &got);
+		expect_ids(&got, (const unsigned[]){4}, 1);
+		/* An empty object id matches the certificate stored without one. */
+		find_all(f->s, &(hsm_cert_match){&none, NULL}, limit, &got);
+		expect_ids(&got, (const unsigned[]){9}, 1);
+		find_all(f->s, &(hsm_cert_match){NULL, NULL}, limit, &got);
+		expect_ids(&got, (const unsigned[]){1, 2, 3, 4, 5, 6, 7, 8, 9}, 9);
+	}
+	/* No match, and values no certificate can hold, find nothing. */
+	find_all(f->s, &(hsm_cert_match){&other, NULL}, 5, &got);
+	assert_int_equal(got.n, 0);
+	find_all(f->s, &(hsm_cert_match){NULL, "L"}, 5, &got);
+	assert_int_equal(got.n, 0);
+	find_all(f->s, &(hsm_cert_match){&huge, NULL}, 5, &got);
+	assert_int_equal(got.n, 0);
+	char long_label[HSM_CERT_LABEL_MAX + 2];
+	memset(long_label, 'L', sizeof(long_label) - 1);
+	long_label[sizeof(long_label) - 1] = '\0';
+	find_all(f->s, &(hsm_cert_match){NULL, long_label}, 5, &got);
+	assert_int_equal(got.n, 0);
+	bool truncated;
+	EXPECT_ERR(hsm_store_cert_find(f->s, &(hsm_cert_match){&k1, NULL}, NULL, 0, collect, &got,
+	                               &truncated),
+	           HSM_ERR_VALIDATION);
+	hsm_buf_free(&k1);
+	hsm_buf_free(&other);
+	hsm_buf_free(&huge);
+}
+
 /* ---- Expiring certificates (the /metrics gauge) ----------------------------------------- */
 
 static uint64_t expiring(hsm_store *s, int64_t before)
@@ -687,6 +772,11 @@ static void test_queries_walk_the_index(void **state)
 		 "USING INDEX sqlite_autoindex_certificates_1 (cert_id>?)"},
 		{"SELECT * FROM certificates WHERE cert_id = ?1",
 		 "USING INDEX sqlite_autoindex_certificates_1 (cert_id=?)"},
+		{"SELECT * FROM certificates WHERE object_id = ?3 AND cert_id > ?1 ORDER BY cert_id "
+		 "LIMIT ?2",
+		 "USING INDEX certificates_object_id (object_id=? AND cert_id>?)"},
+		{"SELECT * FROM certificates WHERE label = ?4 AND cert_id > ?1 ORDER BY cert_id LIMIT ?2",
+		 "USING INDEX certificates_label (label=? AND cert_id>?)"},
 		/* The smallest index: not_after's, once the table has it. */
 		{"SELECT count(*) FROM certificates", "USING COVERING INDEX certificates_not_after"},
 	};
@@ -716,6 +806,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_schema_constraints, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_queries_walk_the_index, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_count_expiring, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_find, st_setup, st_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
