@@ -16,7 +16,8 @@ Certificates for hsmd's keys are issued by a test CA with python3-cryptography
 - opensc's pkcs11-tool: --write-object, --list-objects, --read-object,
   --delete-object;
 - Java's SunPKCS11 KeyStore (OpenJDK 17): key entries paired with their
-  certificates, signatures with the keys checked with Java's own providers.
+  certificates, signatures with the keys checked with Java's own providers;
+  secret key entries, an HMAC through Java equal to GenerateMac's.
 """
 import base64
 import datetime
@@ -90,7 +91,8 @@ def keys(officer):
         return kid
     return {"rsa": create("RSA_2048", "SIGN_VERIFY", "alias/app-signing"),
             "ec": create("ECC_NIST_P256", "SIGN_VERIFY", "alias/app-ec"),
-            "aes": create("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT", "alias/app-aes")}
+            "aes": create("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT", "alias/app-aes"),
+            "mac": create("HMAC_256", "GENERATE_VERIFY_MAC", "alias/app-mac")}
 
 
 @pytest.fixture(scope="module")
@@ -739,6 +741,11 @@ def test_java_keystore(server, officer, ca, keys, user, tmp_path):
         assert "key=true cert=true" in entries["app-ec"], lines
         assert "signed app-signing SHA256withRSA verified=true" in lines, lines
         assert "signed app-ec SHA256withECDSA verified=true" in lines, lines
+        # A secret key entry: the HMAC key, whose MAC through Java is GenerateMac's.
+        want = officer.generate_mac(KeyId=keys["mac"], Message=b"message to sign",
+                                    MacAlgorithm="HMAC_SHA_256")["Mac"]
+        assert f"mac app-mac {want.hex()}" in lines, lines
+        assert "secret app-aes AES" in lines and "key=true cert=false" in entries["app-aes"], lines
     finally:
         for cid in cids:
             admin(server, "DeleteCertificate", {"CertificateId": cid})

@@ -2,15 +2,19 @@
  * P11KeyStoreCheck - Java's own PKCS#11 provider (SunPKCS11) on hsmd's module,
  * as a Java application would use it: the token as a KeyStore, each private
  * key entry with its certificate, and signatures made with the entry's key
- * and checked with the certificate's public key by Java's own providers.
+ * and checked with the certificate's public key by Java's own providers; the
+ * secret keys as secret key entries, HMAC keys MACing through the token.
  *
  *   java P11KeyStoreCheck.java CONFIG PIN MESSAGE
  *
  * Prints one line per entry ("entry ALIAS key=... cert=... subject=..."), then
- * one per key entry signed ("signed ALIAS ALG verified=true|false"), for the
- * test to check.
+ * one per key entry signed ("signed ALIAS ALG verified=true|false"), and for
+ * secret keys their algorithm ("secret ALIAS ALG") and, but for AES keys, an
+ * HMAC-SHA256 of the message made with them ("mac ALIAS HEX"), for the test
+ * to check.
  */
 import java.nio.charset.StandardCharsets;
+import java.security.Key;
 import java.security.KeyStore;
 import java.security.PrivateKey;
 import java.security.Provider;
@@ -18,6 +22,8 @@ import java.security.Security;
 import java.security.Signature;
 import java.security.cert.X509Certificate;
 import java.util.Collections;
+import java.util.HexFormat;
+import javax.crypto.Mac;
 
 public class P11KeyStoreCheck {
 	public static void main(String[] args) throws Exception {
@@ -30,6 +36,17 @@ public class P11KeyStoreCheck {
 			System.out.println("entry " + alias + " key=" + ks.isKeyEntry(alias) + " cert="
 			                   + (cert != null) + " subject="
 			                   + (cert != null ? cert.getSubjectX500Principal().getName() : "-"));
+			if (ks.isKeyEntry(alias) && cert == null) { /* a secret key: HMAC keys MAC */
+				Key secret = ks.getKey(alias, null);
+				System.out.println("secret " + alias + " " + secret.getAlgorithm());
+				if (!secret.getAlgorithm().equals("AES")) {
+					Mac mac = Mac.getInstance("HmacSHA256", p);
+					mac.init(secret);
+					System.out.println("mac " + alias + " "
+					                   + HexFormat.of().formatHex(mac.doFinal(msg)));
+				}
+				continue;
+			}
 			if (!ks.isKeyEntry(alias) || cert == null)
 				continue;
 			PrivateKey key = (PrivateKey) ks.getKey(alias, null);
