@@ -4,7 +4,8 @@
  *   hsmctl --endpoint URL cert import FILE [--key KEY] [--label L] [--id HEX]
  *   hsmctl --endpoint URL cert list | show ID [--pem] | delete ID
  *
- * FILE holds one certificate, PEM or DER.  With --key the certificate must
+ * FILE holds one certificate, PEM or DER, or a PEM chain: the first is the
+ * key's, the others its issuers, stored too (once).  With --key the first must
  * certify that key, and its PKCS#11 CKA_ID becomes the key's id (the key
  * objects' CKA_ID); the label defaults to the alias --key names, which is
  * the key objects' CKA_LABEL, so PKCS#11 applications find key and
@@ -32,33 +33,84 @@ static hsm_result call(const char *target, json_t *body, json_t **out)
 	return r;
 }
 
-/* The file's certificate as DER: PEM ("CERTIFICATE") or DER as it is. */
-static hsm_result read_cert(const char *path, hsm_buf *der)
+/*
+ * The file's certificates as base64 DER, in order: one DER certificate, or
+ * the PEM ("CERTIFICATE") blocks of a chain.
+ */
+static hsm_result read_certs(const char *path, json_t *out)
 {
-	hsm_buf text = {0};
+	hsm_buf text = {0}, b64 = {0};
 	HSM_GUARD(hsm_read_file(path, CERT_FILE_MAX, &text));
 	hsm_result r = HSM_SUCCESS;
 	if (text.len > 0 && text.data[0] == 0x30) { /* a DER SEQUENCE */
-		*der = text;
-		return HSM_SUCCESS;
+		r = hsm_b64_encode(&b64, text.data, text.len);
+		if (hsm_ok(r))
+			json_array_append_new(out, json_stringn((const char *)b64.data, b64.len));
+		hsm_buf_free(&b64);
+		hsm_buf_free(&text);
+		return r;
 	}
 	BIO *b = BIO_new_mem_buf(text.data, (int)text.len);
-	X509 *x = b != NULL ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
-	unsigned char *d = NULL;
-	int n = x != NULL ? i2d_X509(x, &d) : -1;
-	if (n <= 0)
-		r = HSM_FAIL(HSM_ERR_VALIDATION, "%s holds no PEM or DER certificate", path);
-	else
-		r = hsm_buf_set(der, d, (size_t)n);
-	OPENSSL_free(d);
-	X509_free(x);
+	X509 *x;
+	while (hsm_ok(r) && b != NULL && (x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+		unsigned char *d = NULL;
+		int n = i2d_X509(x, &d);
+		r = n > 0 ? hsm_b64_encode(&b64, d, (size_t)n) : HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
+		if (hsm_ok(r))
+			json_array_append_new(out, json_stringn((const char *)b64.data, b64.len));
+		hsm_buf_free(&b64);
+		OPENSSL_free(d);
+		X509_free(x);
+	}
 	BIO_free(b);
 	hsm_buf_free(&text);
+	if (hsm_ok(r) && json_array_size(out) == 0)
+		r = HSM_FAIL(HSM_ERR_VALIDATION, "%s holds no PEM or DER certificate", path);
 	return r;
+}
+
+/* The id of a stored certificate whose base64 DER is b64, or "" (reading every page). */
+static hsm_result stored_as(const char *b64, char id[64])
+{
+	char marker[64] = "";
+	id[0] = '\0';
+	for (;;) {
+		json_t *body = json_pack("{s:i}", "Limit", 1000), *out = NULL, *item;
+		if (marker[0] != '\0')
+			json_object_set_new(body, "Marker", json_string(marker));
+		HSM_GUARD(call("HsmdAdmin.ListCertificates", body, &out));
+		size_t i;
+		json_array_foreach(json_object_get(out, "Certificates"), i, item)
+		{
+			const char *der = json_string_value(json_object_get(item, "Certificate"));
+			const char *cid = json_string_value(json_object_get(item, "CertificateId"));
+			if (id[0] == '\0' && der != NULL && cid != NULL && strcmp(der, b64) == 0)
+				snprintf(id, 64, "%s", cid);
+		}
+		const char *next = json_string_value(json_object_get(out, "NextMarker"));
+		bool more = id[0] == '\0' && json_is_true(json_object_get(out, "Truncated")) && next;
+		if (more)
+			snprintf(marker, sizeof(marker), "%s", next);
+		json_decref(out);
+		if (!more)
+			return HSM_SUCCESS;
+	}
+}
+
+/* Imports one certificate (body taken) and prints what hsmd says of it. */
+static hsm_result import_one(json_t *body)
+{
+	json_t *out = NULL;
+	HSM_GUARD(call("HsmdAdmin.ImportCertificate", body, &out));
+	json_object_del(out, "Certificate");
+	hsmctl_print_fields(out);
+	json_decref(out);
+	return HSM_SUCCESS;
 }
 
 static int import(int argc, char **argv)
 {
+	static const char usage[] = "FILE [--key KEY] [--label L] [--id HEX]";
 	const char *file = NULL, *key = NULL, *label = NULL, *id = NULL;
 	for (int i = 2; i < argc; i++) {
 		const char **opt = strcmp(argv[i], "--key") == 0     ? &key
@@ -70,21 +122,20 @@ static int import(int argc, char **argv)
 		else if (opt == NULL && argv[i][0] != '-' && file == NULL)
 			file = argv[i];
 		else
-			return hsmctl_usage("cert import", "FILE [--key KEY] [--label L] [--id HEX]");
+			return hsmctl_usage("cert import", "%s", usage);
 	}
 	if (file == NULL)
-		return hsmctl_usage("cert import", "FILE [--key KEY] [--label L] [--id HEX]");
-	hsm_buf der = {0}, b64 = {0}, raw_id = {0}, id64 = {0};
-	json_t *body = json_object(), *out = NULL;
-	hsm_result r = read_cert(file, &der);
-	if (hsm_ok(r))
-		r = hsm_b64_encode(&b64, der.data, der.len);
+		return hsmctl_usage("cert import", "%s", usage);
+	hsm_buf raw_id = {0}, id64 = {0};
+	json_t *certs = json_array(), *body = json_object();
+	hsm_result r = read_certs(file, certs);
 	if (hsm_ok(r) && id != NULL)
 		r = hsm_hex_decode(&raw_id, id, strlen(id), HSM_ERR_VALIDATION);
 	if (hsm_ok(r) && id != NULL)
 		r = hsm_b64_encode(&id64, raw_id.data, raw_id.len);
+	/* The first certificate is the key's, with the options. */
 	if (hsm_ok(r)) {
-		json_object_set_new(body, "Certificate", json_stringn((const char *)b64.data, b64.len));
+		json_object_set(body, "Certificate", json_array_get(certs, 0));
 		if (key != NULL)
 			json_object_set_new(body, "KeyId", json_string(key));
 		if (label == NULL && key != NULL && strncmp(key, "alias/", 6) == 0)
@@ -94,20 +145,29 @@ static int import(int argc, char **argv)
 		if (id != NULL)
 			json_object_set_new(body, "ObjectId",
 			                    json_stringn(id64.len ? (const char *)id64.data : "", id64.len));
-		r = call("HsmdAdmin.ImportCertificate", body, &out);
+		r = import_one(body);
 		body = NULL; /* taken */
 	}
+	/*
+	 * The rest of a chain: its issuers, which PKCS#11 applications find by
+	 * CKA_SUBJECT (Java's key store builds an entry's chain so).  One hsmd
+	 * holds already, as for another key's chain, is not stored twice.
+	 */
+	for (size_t i = 1; hsm_ok(r) && i < json_array_size(certs); i++) {
+		char have[64];
+		const char *b64 = json_string_value(json_array_get(certs, i));
+		r = stored_as(b64, have);
+		printf("\n");
+		if (hsm_ok(r) && have[0] != '\0')
+			printf("CertificateId: %s\nAlreadyStored: true\n", have);
+		else if (hsm_ok(r))
+			r = import_one(json_pack("{s:s}", "Certificate", b64));
+	}
 	json_decref(body);
-	hsm_buf_free(&der);
-	hsm_buf_free(&b64);
+	json_decref(certs);
 	hsm_buf_free(&raw_id);
 	hsm_buf_free(&id64);
-	if (hsm_failed(r))
-		return hsmctl_fail("cert import");
-	json_object_del(out, "Certificate");
-	hsmctl_print_fields(out);
-	json_decref(out);
-	return 0;
+	return hsm_failed(r) ? hsmctl_fail("cert import") : 0;
 }
 
 static int list(void)

@@ -78,9 +78,17 @@ def officer(server):
 
 @pytest.fixture(scope="module")
 def ca():
+    """The test CA: its key, name and self-signed certificate."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hsmd test issuing CA")])
-    return types.SimpleNamespace(key=key, name=name)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return types.SimpleNamespace(key=key, name=name, cert=cert)
 
 
 @pytest.fixture(scope="module")
@@ -467,7 +475,25 @@ def test_hsmctl(server, officer, ca, keys, tmp_path):
     p = hsmctl(server, "cert", "frobnicate")
     assert p.returncode == 2, p.stderr
 
-    for c in (cid, cid2):
+    # A PEM chain: the key's certificate with the options, then its issuer, stored once.
+    ca_pem = ca.cert.public_bytes(serialization.Encoding.PEM)
+    (tmp_path / "chain.pem").write_bytes(pem + ca_pem)
+    p = hsmctl(server, "cert", "import", str(tmp_path / "chain.pem"), "--key", "alias/app-signing")
+    assert p.returncode == 0, p.stderr
+    leaf, issuer = [fields(block) for block in p.stdout.split("\n\n")]
+    assert leaf["Label"] == "app-signing" and leaf["Subject"] == cert.subject.rfc4514_string()
+    assert issuer["Subject"] == "CN=hsmd test issuing CA" and issuer["ObjectId"] == ""
+    other = cert_of_key(officer, ca, keys["ec"], "second.example").public_bytes(
+        serialization.Encoding.PEM)
+    (tmp_path / "chain2.pem").write_bytes(other + ca_pem)
+    p = hsmctl(server, "cert", "import", str(tmp_path / "chain2.pem"), "--key", keys["ec"])
+    assert p.returncode == 0, p.stderr
+    leaf2, again = [fields(block) for block in p.stdout.split("\n\n")]
+    assert again == {"CertificateId": issuer["CertificateId"], "AlreadyStored": "true"}
+    stored = {c["CertificateId"] for c in listed(server)}
+    assert {leaf["CertificateId"], issuer["CertificateId"], leaf2["CertificateId"]} <= stored
+
+    for c in (cid, cid2, leaf["CertificateId"], issuer["CertificateId"], leaf2["CertificateId"]):
         p = hsmctl(server, "cert", "delete", c)
         assert p.returncode == 0, p.stderr
     p = hsmctl(server, "cert", "show", cid)
@@ -724,7 +750,8 @@ def test_java_keystore(server, officer, ca, keys, user, tmp_path):
     cids = [import_cert(server, der(certs["rsa"]), KeyId="alias/app-signing",
                         Label="app-signing")["CertificateId"],
             import_cert(server, der(certs["ec"]), KeyId=keys["ec"],
-                        Label="app-ec")["CertificateId"]]
+                        Label="app-ec")["CertificateId"],
+            import_cert(server, der(ca.cert))["CertificateId"]]  # the issuer: the chains' end
     cfg = tmp_path / "hsmd.cfg"
     cfg.write_text(f"name = hsmd\nlibrary = {MODULE}\nslot = 0\n")
     env = dict(os.environ, HSM_PKCS11_ENDPOINT=server.endpoint)
@@ -736,9 +763,9 @@ def test_java_keystore(server, officer, ca, keys, user, tmp_path):
         lines = p.stdout.splitlines()
         entries = {ln.split()[1]: ln for ln in lines if ln.startswith("entry ")}
         # Each key with a certificate is a private key entry under the certificate's label.
-        assert "key=true cert=true" in entries["app-signing"], lines
+        assert "key=true cert=true chain=2" in entries["app-signing"], lines
         assert "CN=java-rsa.example" in entries["app-signing"], lines
-        assert "key=true cert=true" in entries["app-ec"], lines
+        assert "key=true cert=true chain=2" in entries["app-ec"], lines
         assert "signed app-signing SHA256withRSA verified=true" in lines, lines
         assert "signed app-ec SHA256withECDSA verified=true" in lines, lines
         # A secret key entry: the HMAC key, whose MAC through Java is GenerateMac's.

@@ -7,7 +7,8 @@
  *
  *   java P11KeyStoreCheck.java CONFIG PIN MESSAGE
  *
- * Prints one line per entry ("entry ALIAS key=... cert=... subject=..."), then
+ * Prints one line per entry ("entry ALIAS key=... cert=... chain=N subject=...",
+ * N the certificates of its chain, which Java finds on the token), then
  * one per key entry signed ("signed ALIAS ALG verified=true|false"), and for
  * secret keys their algorithm ("secret ALIAS ALG") and, but for AES keys, an
  * HMAC-SHA256 of the message made with them ("mac ALIAS HEX"), for the test
@@ -33,8 +34,10 @@ public class P11KeyStoreCheck {
 		byte[] msg = args[2].getBytes(StandardCharsets.UTF_8);
 		for (String alias : Collections.list(ks.aliases())) {
 			X509Certificate cert = (X509Certificate) ks.getCertificate(alias);
+			java.security.cert.Certificate[] chain = ks.getCertificateChain(alias);
 			System.out.println("entry " + alias + " key=" + ks.isKeyEntry(alias) + " cert="
-			                   + (cert != null) + " subject="
+			                   + (cert != null) + " chain=" + (chain != null ? chain.length : 0)
+			                   + " subject="
 			                   + (cert != null ? cert.getSubjectX500Principal().getName() : "-"));
 			if (ks.isKeyEntry(alias) && cert == null) { /* a secret key: HMAC keys MAC */
 				Key secret = ks.getKey(alias, null);
