@@ -353,6 +353,11 @@ static void test_stuck_retention_holds_up_nothing(void **state)
 	c.io_deadline_ms = DEADLINE_MS;
 	hsm_audit *a = NULL;
 	assert_true(hsm_ok(hsm_audit_open(&c, &a))); /* asks for a pass, which blocks */
+	/* The records go in once the pass is stuck (the sweeper thread may start late on a busy machine). */
+	uint64_t t0 = t_now_ms();
+	while (atomic_load(&s.hits) == 0 && t_now_ms() - t0 < 5000)
+		usleep(1000);
+	assert_true(atomic_load(&s.hits) >= 1);
 	enum { N = 50 };
 	static done_rec d[N];
 	for (size_t i = 0; i < N; i++) {
