@@ -2,7 +2,8 @@
  * cmd_cert.c - certificates kept beside the keys, against a running hsmd.
  *
  *   hsmctl --endpoint URL cert import FILE [--key KEY] [--label L] [--id HEX]
- *   hsmctl --endpoint URL cert list | show ID [--pem] | delete ID
+ *   hsmctl --endpoint URL cert list [--id HEX | --key KEY] [--label L]
+ *   hsmctl --endpoint URL cert show ID [--pem] | delete ID
  *
  * FILE holds one certificate, PEM or DER, or a PEM chain: the first is the
  * key's, the others its issuers, stored too (once).  With --key the first must
@@ -170,15 +171,67 @@ static int import(int argc, char **argv)
 	return hsm_failed(r) ? hsmctl_fail("cert import") : 0;
 }
 
-static int list(void)
+/*
+ * The ObjectId a list asks for, base64: --id's bytes, or the id of the key
+ * --key names (a key's certificates carry it).  NULL when neither is given.
+ */
+static hsm_result object_id_of(const char *hex, const char *key, json_t **out)
 {
+	*out = NULL;
+	hsm_buf raw = {0}, b64 = {0};
+	hsm_result r = HSM_SUCCESS;
+	if (hex != NULL) {
+		r = hsm_hex_decode(&raw, hex, strlen(hex), HSM_ERR_VALIDATION);
+	} else if (key != NULL) {
+		json_t *ans = NULL;
+		r = call("TrentService.DescribeKey", json_pack("{s:s}", "KeyId", key), &ans);
+		const char *id = json_string_value(
+		    json_object_get(json_object_get(ans, "KeyMetadata"), "KeyId"));
+		if (hsm_ok(r))
+			r = id != NULL ? hsm_buf_set(&raw, id, strlen(id))
+			               : HSM_FAIL(HSM_ERR_INTERNAL, "DescribeKey named no key id");
+		json_decref(ans);
+	}
+	if (hsm_ok(r) && (hex != NULL || key != NULL))
+		r = hsm_b64_encode(&b64, raw.data, raw.len);
+	if (hsm_ok(r) && (hex != NULL || key != NULL))
+		*out = json_stringn(b64.len ? (const char *)b64.data : "", b64.len);
+	hsm_buf_free(&raw);
+	hsm_buf_free(&b64);
+	return r;
+}
+
+static int list(int argc, char **argv)
+{
+	static const char usage[] = "list [--id HEX | --key KEY] [--label L]";
+	const char *hex = NULL, *key = NULL, *label = NULL;
+	for (int i = 2; i < argc; i++) {
+		const char **opt = strcmp(argv[i], "--key") == 0     ? &key
+		                   : strcmp(argv[i], "--label") == 0 ? &label
+		                   : strcmp(argv[i], "--id") == 0    ? &hex
+		                                                     : NULL;
+		if (opt == NULL || i + 1 >= argc)
+			return hsmctl_usage("cert", "%s", usage);
+		*opt = argv[++i];
+	}
+	if (hex != NULL && key != NULL)
+		return hsmctl_usage("cert", "%s", usage);
+	json_t *object_id = NULL;
+	if (hsm_failed(object_id_of(hex, key, &object_id)))
+		return hsmctl_fail("cert list");
 	char marker[64] = "";
 	for (;;) {
 		json_t *body = json_pack("{s:i}", "Limit", 1000), *out = NULL, *item;
 		if (marker[0] != '\0')
 			json_object_set_new(body, "Marker", json_string(marker));
-		if (hsm_failed(call("HsmdAdmin.ListCertificates", body, &out)))
+		if (object_id != NULL)
+			json_object_set(body, "ObjectId", object_id);
+		if (label != NULL)
+			json_object_set_new(body, "Label", json_string(label));
+		if (hsm_failed(call("HsmdAdmin.ListCertificates", body, &out))) {
+			json_decref(object_id);
 			return hsmctl_fail("cert list");
+		}
 		size_t i;
 		json_array_foreach(json_object_get(out, "Certificates"), i, item)
 		{
@@ -191,8 +244,10 @@ static int list(void)
 		if (more)
 			snprintf(marker, sizeof(marker), "%s", next);
 		json_decref(out);
-		if (!more)
+		if (!more) {
+			json_decref(object_id);
 			return 0;
+		}
 	}
 }
 
@@ -215,14 +270,14 @@ static int print_pem(json_t *c)
 
 int hsmctl_cmd_cert(int argc, char **argv)
 {
-	static const char usage[] =
-	    "import FILE [--key KEY] [--label L] [--id HEX] | list | show ID [--pem] | delete ID";
+	static const char usage[] = "import FILE [--key KEY] [--label L] [--id HEX] | list [--id HEX "
+	                            "| --key KEY] [--label L] | show ID [--pem] | delete ID";
 	if (!hsmctl_online())
 		return hsmctl_usage("cert", "needs --endpoint (a running hsmd)");
 	if (argc >= 2 && strcmp(argv[1], "import") == 0)
 		return import(argc, argv);
-	if (argc == 2 && strcmp(argv[1], "list") == 0)
-		return list();
+	if (argc >= 2 && strcmp(argv[1], "list") == 0)
+		return list(argc, argv);
 	bool pem = argc == 4 && strcmp(argv[3], "--pem") == 0;
 	if ((argc == 3 || pem) && strcmp(argv[1], "show") == 0) {
 		json_t *out = NULL;

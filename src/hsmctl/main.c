@@ -53,8 +53,8 @@ static const hsmctl_command commands[] = {
     {"approval", "list [--all] | show|approve|deny|cancel ID (with --endpoint)",
      "requests waiting for custodians: read them, approve or deny them (custodians), or "
      "withdraw your own", hsmctl_cmd_approval},
-    {"cert", "import FILE [--key KEY] [--label L] [--id HEX] | list | show ID [--pem] | delete ID "
-             "(with --endpoint)",
+    {"cert", "import FILE [--key KEY] [--label L] [--id HEX] | list [--id HEX | --key KEY] "
+             "[--label L] | show ID [--pem] | delete ID (with --endpoint)",
      "certificates kept beside the keys, shown to PKCS#11 applications as certificate objects "
      "(--key: the key it certifies, which PKCS#11 pairs it with)",
      hsmctl_cmd_cert},

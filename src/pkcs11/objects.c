@@ -493,7 +493,6 @@ static CK_RV refresh_key(const char *key_id)
 	return rv;
 }
 
-
 static CK_RV refresh_keys_for(const CK_ATTRIBUTE *tmpl, CK_ULONG count);
 
 /*

@@ -461,6 +461,18 @@ def test_hsmctl(server, officer, ca, keys, tmp_path):
 
     p = hsmctl(server, "cert", "list")
     assert p.returncode == 0 and cid in p.stdout and cid2 in p.stdout, p.stderr
+    # Listing a key's certificates (by the alias, as by the key id's CKA_ID), or by --id, --label.
+    for args, want in ((["--key", "alias/app-signing"], {cid}), (["--id", "0a0b"], {cid2}),
+                       (["--label", "x"], {cid2}), (["--key", keys["rsa"], "--label", "x"], set()),
+                       (["--id", keys["rsa"].encode().hex()], {cid})):
+        p = hsmctl(server, "cert", "list", *args)
+        assert p.returncode == 0, (args, p.stderr)
+        got = {fields(block)["CertificateId"] for block in p.stdout.split("\n\n") if block.strip()}
+        assert got == want, (args, p.stdout)
+    for bad in (["--id", "0a", "--key", "alias/app-signing"], ["--frob"], ["--label"]):
+        assert hsmctl(server, "cert", "list", *bad).returncode == 2, bad
+    p = hsmctl(server, "cert", "list", "--key", "alias/nope")
+    assert p.returncode == 1 and "Alias alias/nope is not found" in p.stderr, p.stderr
     p = hsmctl(server, "cert", "show", cid, "--pem")
     assert p.returncode == 0 and p.stdout.encode() == pem, p.stderr
     p = hsmctl(server, "cert", "show", cid)
