@@ -48,8 +48,17 @@ hsm_result hsm_kms_create_alias(hsm_kms *kms, const hsm_caller *caller, const ch
 	HSM_GUARD(check_alias_name(alias));
 	HSM_GUARD(check_target(target));
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_CreateAlias, target, NULL, &k));
-	hsm_result r = hsm_store_alias_create(kms->store, alias, k->rec.key_id, kms_now(kms));
-	kms_aliases_changed(kms);
+	/* Taken already: refused before an approval is asked for (the store decides races). */
+	hsm_alias_record had;
+	hsm_result r = hsm_store_alias_get(kms->store, alias, &had);
+	if (hsm_ok(r))
+		r = HSM_FAIL(HSM_ERR_ALREADY_EXISTS, "taken");
+	else if (r.err == HSM_ERR_NOT_FOUND)
+		r = hsm_caller_commit(caller);
+	if (hsm_ok(r)) {
+		r = hsm_store_alias_create(kms->store, alias, k->rec.key_id, kms_now(kms));
+		kms_aliases_changed(kms);
+	}
 	if (r.err == HSM_ERR_ALREADY_EXISTS)
 		r = HSM_FAIL(HSM_ERR_ALREADY_EXISTS, "An alias with the name %s already exists", alias);
 	kms_key_release(k);
@@ -82,6 +91,7 @@ hsm_result hsm_kms_update_alias(hsm_kms *kms, const hsm_caller *caller, const ch
 	HSM_CHECK(same_kind(&cur->rec, &next->rec), HSM_ERR_VALIDATION,
 	          "%s and %s are different key types or usages: an alias can only move to a key of "
 	          "the same type and usage", cur->rec.key_id, next->rec.key_id);
+	HSM_TRY(hsm_caller_commit(caller));
 	res = hsm_store_alias_update(kms->store, alias, next->rec.key_id, kms_now(kms));
 	kms_aliases_changed(kms);
 out:
@@ -100,8 +110,11 @@ hsm_result hsm_kms_delete_alias(hsm_kms *kms, const hsm_caller *caller, const ch
 		return HSM_FAIL(HSM_ERR_NOT_FOUND, "Alias %s is not found.", alias);
 	HSM_GUARD(r);
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_DeleteAlias, a.key_id, NULL, &k));
-	r = hsm_store_alias_delete(kms->store, alias);
-	kms_aliases_changed(kms);
+	r = hsm_caller_commit(caller);
+	if (hsm_ok(r)) {
+		r = hsm_store_alias_delete(kms->store, alias);
+		kms_aliases_changed(kms);
+	}
 	kms_key_release(k);
 	return r;
 }

@@ -87,18 +87,6 @@ hsm_result hsm_kms_custodian_count(hsm_kms *kms, unsigned *out)
 	return HSM_SUCCESS;
 }
 
-hsm_result hsm_kms_approval_key(hsm_kms *kms, const char *ref, char key_id[HSM_UUID_STRLEN + 1])
-{
-	kms_key *k = NULL;
-	HSM_GUARD(hsm_kms_resolve(kms, ref, key_id));
-	HSM_GUARD(kms_key_load(kms, key_id, &k));
-	hsm_result r = k->rec.state == HSM_KEY_DESTROYED
-	                   ? HSM_FAIL(HSM_ERR_NOT_FOUND, "Key '%s' does not exist", k->arn)
-	                   : HSM_SUCCESS;
-	kms_key_release(k);
-	return r;
-}
-
 /*
  * The refusal that tells the requester what to do next (within
  * HSM_ERRMSG_MAX: the longest operation name leaves room to spare).
@@ -183,6 +171,17 @@ hsm_result hsm_kms_approval_gate(hsm_kms *kms, const hsm_caller *caller, const c
 	r = needs_approval(kms, &a, opened, have);
 	hsm_approval_record_clear(&a);
 	return r;
+}
+
+hsm_result hsm_caller_commit(const hsm_caller *caller)
+{
+	hsm_commit_gate *g = caller->gate;
+	if (g == NULL || g->passed)
+		return HSM_SUCCESS;
+	g->reached = true;
+	HSM_GUARD(g->fn(g->arg));
+	g->passed = true;
+	return HSM_SUCCESS;
 }
 
 void hsm_kms_approval_release(hsm_kms *kms, const hsm_approval_gate *g)

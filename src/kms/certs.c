@@ -105,6 +105,7 @@ hsm_result hsm_kms_cert_import(hsm_kms *kms, const hsm_caller *caller,
 	HSM_TRY(hsm_strcpy(c.creator, sizeof(c.creator), caller->local ? "" : caller->user));
 	c.created = kms_now(kms);
 	c.not_after = not_after;
+	HSM_TRY(hsm_caller_commit(caller));
 	HSM_TRY(hsm_store_cert_create(kms->store, &c)); /* its LIMIT_EXCEEDED names the limit */
 	*out = c;
 	return HSM_SUCCESS;
@@ -140,7 +141,16 @@ hsm_result hsm_kms_cert_list(hsm_kms *kms, const hsm_caller *caller, const hsm_c
 hsm_result hsm_kms_cert_delete(hsm_kms *kms, const hsm_caller *caller, const char *cert_id)
 {
 	HSM_GUARD(require_roles(caller, HSM_ROLES_OFFICER, "delete"));
-	return not_found(hsm_store_cert_delete(kms->store, cert_id), cert_id);
+	/* One that is not there is refused before an approval is asked for. */
+	hsm_cert_record c;
+	memset(&c, 0, sizeof(c));
+	hsm_result r = hsm_store_cert_get(kms->store, cert_id, &c);
+	hsm_cert_record_clear(&c);
+	if (hsm_ok(r))
+		r = hsm_caller_commit(caller);
+	if (hsm_ok(r))
+		r = hsm_store_cert_delete(kms->store, cert_id);
+	return not_found(r, cert_id);
 }
 
 static hsm_result name_text(const X509_NAME *name, char *out, size_t cap)

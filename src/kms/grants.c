@@ -685,6 +685,7 @@ hsm_result hsm_kms_create_grant(hsm_kms *kms, const hsm_caller *caller,
 	    hsm_strcpy(g.retiring, sizeof(g.retiring), req->retiring != NULL ? req->retiring : ""));
 	g.operations = ops;
 	g.created = kms_now(kms);
+	HSM_TRY(hsm_caller_commit(caller));
 	res = hsm_store_grant_create(kms->store, &g, NULL);
 	if (res.err == HSM_ERR_LIMIT_EXCEEDED)
 		res = HSM_FAIL(HSM_ERR_LIMIT_EXCEEDED,
@@ -791,6 +792,7 @@ hsm_result hsm_kms_retire_grant(hsm_kms *kms, const hsm_caller *caller, const ch
 	          "allowed "
 	          "RetireGrant",
 	          arn, k->arn);
+	HSM_TRY(hsm_caller_commit(caller));
 	res = hsm_store_grant_delete(kms->store, key_id, gid);
 	if (res.err == HSM_ERR_NOT_FOUND)
 		res = HSM_FAIL(HSM_ERR_NOT_FOUND, "Grant ID %s not found", gid);
@@ -809,10 +811,19 @@ hsm_result hsm_kms_revoke_grant(hsm_kms *kms, const hsm_caller *caller, const ch
 	HSM_GUARD(check_grant_id(grant_id));
 	HSM_GUARD(resolve_key(kms, ref, key_id));
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_RevokeGrant, key_id, NULL, &k));
-	hsm_result r = hsm_store_grant_delete(kms->store, k->rec.key_id, grant_id);
+	/* A grant that is not there is refused before an approval is asked for. */
+	hsm_grant_record g;
+	memset(&g, 0, sizeof(g));
+	hsm_result r = hsm_store_grant_get(kms->store, k->rec.key_id, grant_id, &g);
+	hsm_grant_record_clear(&g);
+	if (hsm_ok(r))
+		r = hsm_caller_commit(caller);
+	if (hsm_ok(r)) {
+		r = hsm_store_grant_delete(kms->store, k->rec.key_id, grant_id);
+		kms_key_invalidate(kms, k->rec.key_id);
+	}
 	if (r.err == HSM_ERR_NOT_FOUND)
 		r = HSM_FAIL(HSM_ERR_NOT_FOUND, "Grant ID %s not found", grant_id);
-	kms_key_invalidate(kms, k->rec.key_id);
 	kms_key_release(k);
 	return r;
 }

@@ -442,6 +442,7 @@ hsm_result hsm_kms_import_material(hsm_kms *kms, const hsm_caller *caller,
 		memcpy(v.description, had->description, sizeof(v.description)); /* kept */
 	material_arg a = {HSM_OP_ImportKeyMaterial, plan.change, kms_now(kms),
 	                  k->rec.primary_version, v.version, false, false};
+	HSM_TRY(hsm_caller_commit(caller));
 	res = hsm_store_key_set_material(kms->store, k->rec.key_id, set_material_state, &a, &v, out);
 	kms_key_invalidate(kms, k->rec.key_id);
 	if (hsm_ok(res))
@@ -502,6 +503,7 @@ hsm_result hsm_kms_delete_material(hsm_kms *kms, const hsm_caller *caller, const
 	          material_id != NULL ? "KeyMaterialId names" : "in use");
 	material_arg a = {HSM_OP_DeleteImportedKeyMaterial, CHANGE_ERASE, kms_now(kms),
 	                  k->rec.primary_version, v->version, false, false};
+	HSM_TRY(hsm_caller_commit(caller));
 	res = erase(kms, k->rec.key_id, v, &a, 0, out);
 	if (hsm_ok(res))
 		*version = v->version;
@@ -563,8 +565,8 @@ hsm_result kms_valid_to_in_use(hsm_kms *kms, hsm_key_record *rec)
 
 /* ---- RotateKeyOnDemand ------------------------------------------------------------------- */
 
-hsm_result kms_promote_pending(hsm_kms *kms, const kms_key *k, hsm_rotation_type type,
-                               hsm_key_record *out)
+hsm_result kms_promote_pending(hsm_kms *kms, const hsm_caller *caller, const kms_key *k,
+                               hsm_rotation_type type, hsm_key_record *out)
 {
 	hsm_version_record v;
 	memset(&v, 0, sizeof(v));
@@ -582,6 +584,8 @@ hsm_result kms_promote_pending(hsm_kms *kms, const kms_key *k, hsm_rotation_type
 		             k->arn);
 	hsm_version_record_clear(&v);
 	HSM_GUARD(r);
+	if (caller != NULL)
+		HSM_GUARD(hsm_caller_commit(caller));
 	material_arg a = {HSM_OP_RotateKeyOnDemand, CHANGE_PROMOTE, kms_now(kms),
 	                  k->rec.primary_version, next, false, type == HSM_ROTATION_AUTOMATIC};
 	r = hsm_store_key_promote(kms->store, k->rec.key_id, next, a.now, type, set_material_state,

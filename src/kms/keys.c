@@ -114,6 +114,7 @@ hsm_result hsm_kms_create_key(hsm_kms *kms, const hsm_caller *caller,
 	v.created = rec.created;
 	v.rotation_type = HSM_ROTATION_NONE;
 	hsm_ks_keyref ref = {rec.key_id, 1, rec.spec, rec.usage};
+	HSM_TRY(hsm_caller_commit(caller)); /* before the (possibly long) key generation */
 	if (req->origin != HSM_ORIGIN_EXTERNAL)
 		HSM_TRY(hsm_ks_generate(kms->ks, &ref, &v.wrapped, &v.public_der));
 	HSM_TRY(hsm_store_key_create(kms->store, &rec, &v));

@@ -613,6 +613,25 @@ static hsm_result modify_in_txn(hsm_key_record *rec, void *arg)
 	return HSM_SUCCESS;
 }
 
+/*
+ * Before a request opens or uses an approval, its change is tried on a copy
+ * of the key's record, so a change the key refuses (a JWT algorithm that
+ * does not fit it, say) is refused before custodians are asked.  The store
+ * transaction applies it again to the record as it then is.
+ */
+static hsm_result rehearse(const hsm_caller *caller, const hsm_key_record *rec, modify_ctx *m)
+{
+	if (caller->gate == NULL || caller->gate->passed)
+		return HSM_SUCCESS;
+	hsm_key_record copy;
+	memset(&copy, 0, sizeof(copy));
+	hsm_result r = hsm_key_record_copy(&copy, rec);
+	if (hsm_ok(r))
+		r = modify_in_txn(&copy, m);
+	hsm_key_record_clear(&copy);
+	return r;
+}
+
 hsm_result kms_modify(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const char *ref,
                       hsm_key_update_fn fn, void *arg, const hsm_version_record *add_version,
                       hsm_key_record *after)
@@ -620,8 +639,14 @@ hsm_result kms_modify(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const c
 	kms_key *k = NULL;
 	HSM_GUARD(kms_lookup(kms, caller, op, ref, NULL, &k));
 	modify_ctx m = {op, fn, arg, kms_now(kms)};
-	hsm_result r = hsm_store_key_update(kms->store, k->rec.key_id, modify_in_txn, &m,
-	                                    add_version, after);
+	hsm_result r = rehearse(caller, &k->rec, &m);
+	if (hsm_ok(r))
+		r = hsm_caller_commit(caller);
+	if (hsm_failed(r)) {
+		kms_key_release(k);
+		return r;
+	}
+	r = hsm_store_key_update(kms->store, k->rec.key_id, modify_in_txn, &m, add_version, after);
 	kms_key_invalidate(kms, k->rec.key_id);
 	kms_key_release(k);
 	return r;

@@ -170,6 +170,20 @@ typedef struct hsm_authz_note {
 	char grant_id[HSM_GRANT_ID_LEN + 1];
 } hsm_authz_note;
 
+/*
+ * Where a request that waits for custodians' approval meets its gate
+ * (hsm_caller.gate).  An operation calls hsm_caller_commit right before its
+ * first change, once its parameters, permissions and key states passed, so
+ * a request that would be refused anyway never opens an approval request.
+ */
+typedef struct hsm_commit_gate {
+	/* Success once approved (and the approval used); HSM_ERR_APPROVAL_REQUIRED until then. */
+	hsm_result (*fn)(void *arg);
+	void *arg;
+	bool reached; /* fn was called */
+	bool passed;  /* and let the request through */
+} hsm_commit_gate;
+
 typedef struct hsm_caller {
 	const char *user;          /* principal name */
 	const char *access_key_id; /* "" for local operators */
@@ -189,7 +203,16 @@ typedef struct hsm_caller {
 	bool grant_tokens;
 	/* Filled when authorization has something to say (NULL: nobody asks). */
 	hsm_authz_note *note;
+	/* The approval this request waits for before it changes anything; NULL: none. */
+	hsm_commit_gate *gate;
 } hsm_caller;
+
+/*
+ * Called by every operation right before its first change: passes the
+ * caller's gate (once; later calls of the same request pass at once).
+ * Success when there is no gate or it let the request through.
+ */
+hsm_result hsm_caller_commit(const hsm_caller *caller) HSM_MUST_CHECK;
 
 /* The principal's ARN: arn:aws:iam::<account>:user/<name> (the account root for local operators). */
 #define HSM_PRINCIPAL_ARN_MAX 128
@@ -715,13 +738,6 @@ hsm_result hsm_kms_approval_deny(hsm_kms *kms, const hsm_caller *caller, const c
 /* The requester withdraws an open request. */
 hsm_result hsm_kms_approval_cancel(hsm_kms *kms, const hsm_caller *caller, const char *id,
                                    hsm_approval_record *out) HSM_MUST_CHECK;
-/*
- * The key a request that would wait for approval names (id, ARN or alias):
- * NOT_FOUND, as its handler would answer, when there is none or it is
- * destroyed, so no approval request is opened for nothing.
- */
-hsm_result hsm_kms_approval_key(hsm_kms *kms, const char *ref,
-                                char key_id[HSM_UUID_STRLEN + 1]) HSM_MUST_CHECK;
 /* Approvals a request needs now: its own count, or the node's quorum if that is higher. */
 unsigned hsm_kms_approval_required(hsm_kms *kms, const hsm_approval_record *a);
 /* Approvals that count: approvers who still are enabled custodians. */

@@ -136,7 +136,7 @@ hsm_result kms_expire_due(hsm_kms *kms, const hsm_key_record *rec) HSM_MUST_CHEC
 /* DescribeKey's ValidTo: the earliest expiry among the materials the key uses (import.c). */
 hsm_result kms_valid_to_in_use(hsm_kms *kms, hsm_key_record *rec) HSM_MUST_CHECK;
 /* RotateKeyOnDemand and scheduled rotation of imported material (import.c): the material pending rotation becomes primary. */
-hsm_result kms_promote_pending(hsm_kms *kms, const kms_key *k, hsm_rotation_type type,
-                               hsm_key_record *out) HSM_MUST_CHECK;
+hsm_result kms_promote_pending(hsm_kms *kms, const hsm_caller *caller, const kms_key *k,
+                               hsm_rotation_type type, hsm_key_record *out) HSM_MUST_CHECK;
 
 #endif

@@ -102,6 +102,9 @@ static hsm_result rotate(hsm_kms *kms, const hsm_caller *caller, const kms_key *
 	v.created = a.now;
 	v.rotation_type = automatic ? HSM_ROTATION_AUTOMATIC : HSM_ROTATION_ON_DEMAND;
 	hsm_ks_keyref ref = kms_keyref(k, v.version);
+	/* Approved before the (possibly long) key generation, not after it. */
+	if (caller != NULL)
+		HSM_TRY(hsm_caller_commit(caller));
 	HSM_TRY(hsm_ks_generate(kms->ks, &ref, &v.wrapped, &v.public_der));
 	if (caller != NULL)
 		HSM_TRY(kms_modify(kms, caller, HSM_OP_RotateKeyOnDemand, k->rec.key_id, make_primary,
@@ -120,7 +123,7 @@ hsm_result hsm_kms_rotate_now(hsm_kms *kms, const hsm_caller *caller, const char
 	kms_key *k = NULL;
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_RotateKeyOnDemand, ref, NULL, &k));
 	hsm_result r = k->rec.origin == HSM_ORIGIN_EXTERNAL
-	                   ? kms_promote_pending(kms, k, HSM_ROTATION_ON_DEMAND, out)
+	                   ? kms_promote_pending(kms, caller, k, HSM_ROTATION_ON_DEMAND, out)
 	                   : rotate(kms, caller, k, false, out);
 	kms_key_release(k);
 	return r;
@@ -170,7 +173,7 @@ hsm_result kms_rotate_due(hsm_kms *kms, const hsm_key_record *rec)
 	    k->rec.next_rotation <= kms_now(kms)) {
 		/* Imported keys move to the material imported for the purpose, when there is some. */
 		r = k->rec.origin == HSM_ORIGIN_EXTERNAL
-		        ? kms_promote_pending(kms, k, HSM_ROTATION_AUTOMATIC, &after)
+		        ? kms_promote_pending(kms, NULL, k, HSM_ROTATION_AUTOMATIC, &after)
 		        : rotate(kms, NULL, k, true, &after);
 		kms_emit(kms, "RotateKey", rec->key_id, hsm_ok(r) ? after.primary_version : 0, r);
 		if (hsm_ok(r))

@@ -57,7 +57,9 @@ hsm_result hsm_kms_tag(hsm_kms *kms, const hsm_caller *caller, const char *ref, 
 	for (size_t i = 0; i < n; i++)
 		HSM_GUARD(kms_check_tag(&tags[i]));
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_TagResource, ref, NULL, &k));
-	hsm_result r = hsm_store_tags_put(kms->store, k->rec.key_id, n, tags);
+	hsm_result r = hsm_caller_commit(caller);
+	if (hsm_ok(r))
+		r = hsm_store_tags_put(kms->store, k->rec.key_id, n, tags);
 	if (r.err == HSM_ERR_LIMIT_EXCEEDED)
 		r = HSM_FAIL(HSM_ERR_TAG, "a key can have at most %d tags", HSM_MAX_TAGS_PER_KEY);
 	kms_key_release(k);
@@ -75,7 +77,9 @@ hsm_result hsm_kms_untag(hsm_kms *kms, const hsm_caller *caller, const char *ref
 		           "TagKey must be 1 to %d valid characters", HSM_TAG_KEY_MAX);
 	}
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_UntagResource, ref, NULL, &k));
-	hsm_result r = hsm_store_tags_remove(kms->store, k->rec.key_id, n, keys);
+	hsm_result r = hsm_caller_commit(caller);
+	if (hsm_ok(r))
+		r = hsm_store_tags_remove(kms->store, k->rec.key_id, n, keys);
 	kms_key_release(k);
 	return r;
 }

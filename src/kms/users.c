@@ -46,7 +46,15 @@ hsm_result hsm_kms_user_create(hsm_kms *kms, const hsm_caller *caller, const cha
 	HSM_GUARD(hsm_strcpy(u.name, sizeof(u.name), name));
 	u.roles = roles;
 	u.created = kms_now(kms);
-	hsm_result r = hsm_store_user_create(kms->store, &u);
+	/* A name in use is refused before an approval is asked for (the store decides races). */
+	hsm_user_record had;
+	hsm_result r = hsm_store_user_get(kms->store, name, &had);
+	if (hsm_ok(r))
+		r = HSM_FAIL(HSM_ERR_ALREADY_EXISTS, "taken");
+	else if (r.err == HSM_ERR_NOT_FOUND)
+		r = hsm_caller_commit(caller);
+	if (hsm_ok(r))
+		r = hsm_store_user_create(kms->store, &u);
 	if (r.err == HSM_ERR_ALREADY_EXISTS)
 		return HSM_FAIL(HSM_ERR_ALREADY_EXISTS, "user %s already exists", name);
 	return r;
@@ -72,6 +80,7 @@ hsm_result hsm_kms_user_set_disabled(hsm_kms *kms, const hsm_caller *caller, con
 	hsm_user_record u;
 	HSM_GUARD(require_officer(caller));
 	HSM_GUARD(load_user(kms, name, &u));
+	HSM_GUARD(hsm_caller_commit(caller));
 	u.disabled = disabled;
 	return hsm_store_user_put(kms->store, &u);
 }
@@ -81,6 +90,7 @@ hsm_result hsm_kms_user_unlock(hsm_kms *kms, const hsm_caller *caller, const cha
 	hsm_user_record u;
 	HSM_GUARD(require_officer(caller));
 	HSM_GUARD(load_user(kms, name, &u));
+	HSM_GUARD(hsm_caller_commit(caller));
 	u.locked = false;
 	u.failed_auth = 0;
 	return hsm_store_user_put(kms->store, &u);
@@ -126,6 +136,7 @@ hsm_result hsm_kms_access_key_create(hsm_kms *kms, const hsm_caller *caller, con
 	hsm_buf_init_secure(&b64);
 	HSM_GUARD(require_officer(caller));
 	HSM_GUARD(load_user(kms, user, &u));
+	HSM_GUARD(hsm_caller_commit(caller));
 	HSM_TRY(new_access_key_id(access_key_id));
 	/* 30 random bytes are 40 base64 characters, the length of an AWS secret key. */
 	HSM_TRY(hsm_secret_random(30, &raw));
@@ -152,6 +163,7 @@ hsm_result hsm_kms_access_key_import(hsm_kms *kms, const hsm_caller *caller, con
 	           "access key ids are 16 to %d characters", HSM_ACCESS_KEY_ID_LEN);
 	HSM_ENSURE(hsm_secret_len(secret) >= 16, HSM_ERR_VALIDATION,
 	           "secret access keys must be at least 16 characters");
+	HSM_GUARD(hsm_caller_commit(caller));
 	return store_access_key(kms, user, access_key_id, secret);
 }
 
@@ -159,7 +171,15 @@ hsm_result hsm_kms_access_key_revoke(hsm_kms *kms, const hsm_caller *caller,
                                      const char *access_key_id)
 {
 	HSM_GUARD(require_officer(caller));
-	hsm_result r = hsm_store_access_key_set_active(kms->store, access_key_id, false);
+	/* One that is not there is refused before an approval is asked for. */
+	hsm_access_key_record k;
+	memset(&k, 0, sizeof(k));
+	hsm_result r = hsm_store_access_key_get(kms->store, access_key_id, &k);
+	hsm_access_key_record_clear(&k);
+	if (hsm_ok(r))
+		r = hsm_caller_commit(caller);
+	if (hsm_ok(r))
+		r = hsm_store_access_key_set_active(kms->store, access_key_id, false);
 	if (r.err == HSM_ERR_NOT_FOUND)
 		return HSM_FAIL(HSM_ERR_NOT_FOUND, "access key %s does not exist", access_key_id);
 	return r;

@@ -69,6 +69,7 @@ static hsm_result require_role(hsm_admin_ctx *c, unsigned roles)
 static hsm_result op_seal(hsm_admin_ctx *c)
 {
 	HSM_GUARD(require_role(c, HSM_ROLES_OFFICER));
+	HSM_GUARD(hsm_caller_commit(&c->auth->caller));
 	hsm_audit_set_signer(c->s->audit, NULL, NULL);
 	hsm_keystore_seal(c->s->ks);
 	hsm_server_auth_flush(c->s);
@@ -234,6 +235,7 @@ static hsm_result op_create_backup(hsm_admin_ctx *c)
 	hsm_backup_info info;
 	bool copied;
 	HSM_GUARD(require_role(c, HSM_ROLES_OFFICER));
+	HSM_GUARD(hsm_caller_commit(&c->auth->caller));
 	HSM_GUARD(hsm_server_backup(c->s, "requested", path, sizeof(path), &info, &copied));
 	write_backup(c->w, path, &info);
 	hsm_jw_bool(c->w, "Copied", copied);

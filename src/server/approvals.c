@@ -4,9 +4,11 @@
  *
  * With approval_quorum = M above 0, every operation named in
  * approval_operations runs only once M custodians approved that identical
- * request.  The gate sits after authentication and the operation's role
- * check, before the handler: a caller without the role is refused as ever,
- * without opening a request custodians would have to look at.
+ * request.  The gate sits where the operation is about to make its first
+ * change (hsm_caller_commit), after authentication, the role check, the
+ * request's parameters, the key policy and grants, and the key's state: a
+ * request that would be refused anyway is refused as ever, without opening
+ * a request custodians would have to look at.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -71,16 +73,29 @@ bool hsm_server_admin_needs_approval(const hsm_server *s, const hsm_admin_op *op
 	       (caller->roles & HSM_ROLES_OFFICER) != 0;
 }
 
-hsm_result hsm_server_approval_gate(hsm_server *s, const char *operation,
-                                    const hsm_caller *caller, json_t *doc, hsm_approval_gate *g)
+static hsm_result meet_gate(void *arg)
 {
+	hsm_server_gate *g = arg;
 	/* Canonical text: members sorted, no spaces, escapes for anything not ASCII. */
-	char *text = json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII);
-	memset(g, 0, sizeof(*g));
+	char *text = json_dumps(g->doc, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII);
+	memset(&g->approval, 0, sizeof(g->approval));
 	HSM_ENSURE(text != NULL, HSM_ERR_NOMEM, "out of memory");
-	hsm_result r = hsm_kms_approval_gate(s->kms, caller, operation, text, g);
+	hsm_result r =
+	    hsm_kms_approval_gate(g->s->kms, g->requester, g->operation, text, &g->approval);
 	free(text);
 	return r;
+}
+
+void hsm_server_gate_init(hsm_server_gate *g, hsm_server *s, const char *operation,
+                          const hsm_caller *requester, json_t *doc)
+{
+	memset(g, 0, sizeof(*g));
+	g->commit.fn = meet_gate;
+	g->commit.arg = g;
+	g->s = s;
+	g->operation = operation;
+	g->requester = requester;
+	g->doc = doc;
 }
 
 hsm_result hsm_server_approvals_check(hsm_server *s)

@@ -241,13 +241,14 @@ static void note_key(hsm_api_ctx *c, json_t *doc)
 
 /* Runs the handler on the request document (kept alive until the audit record is built). */
 static hsm_result run_kms(hsm_server *s, hsm_op op, const hsm_auth_result *auth, pending *p,
-                          hsm_api_audit *audit, json_t *doc)
+                          hsm_api_audit *audit, json_t *doc, hsm_commit_gate *gate)
 {
 	/* DryRun (cryptographic operations): everything is checked, nothing performed. */
 	bool dry = false, present;
 	HSM_GUARD(hsm_json_bool(doc, "DryRun", &dry, &present));
 	hsm_caller caller = auth->caller;
 	caller.dry_run = dry && hsm_op_get(op)->cls == HSM_OPC_CRYPTO;
+	caller.gate = gate;
 	/* GrantTokens (any operation that uses a key): well-formed, and a reason to read grants afresh. */
 	const char **tokens = NULL;
 	size_t n_tokens = 0;
@@ -325,19 +326,17 @@ static const hsm_op_info *find_op(const char *name, route how)
 }
 
 /*
- * A KMS request that waits for approval.  The key it names must exist: a
- * request for no key is refused as its handler would refuse it, instead of
- * opening an approval request custodians would read for nothing.  Either way
- * the record names the key.
+ * After a request that waits for approval: gives a used approval back when
+ * the request failed, and names the approval request in its record.
  */
-static hsm_result gate_kms(hsm_server *s, const hsm_op_info *info, const hsm_auth_result *auth,
-                           json_t *doc, hsm_api_audit *audit, hsm_approval_gate *gate)
+static void gate_done(hsm_server_gate *gate, const char *name, hsm_result r,
+                      hsm_api_audit *audit)
 {
-	const char *ref = NULL;
-	HSM_GUARD(hsm_json_str(doc, "KeyId", false, 1, HSM_KEYID_MAX, &ref));
-	if (ref != NULL)
-		HSM_GUARD(hsm_kms_approval_key(s->kms, ref, audit->key_id));
-	return hsm_server_approval_gate(s, info->name, &auth->caller, doc, gate);
+	if (hsm_failed(r))
+		hsm_kms_approval_release(gate->s->kms, &gate->approval);
+	else if (!gate->commit.reached)
+		hsm_warn("%s succeeded without meeting its approval gate", name);
+	memcpy(audit->approval_id, gate->approval.id, sizeof(audit->approval_id));
 }
 
 /*
@@ -348,17 +347,16 @@ static void finish_kms(hsm_server *s, const char *name, const hsm_op_info *info,
                        const hsm_auth_result *auth, json_t *doc, hsm_result r)
 {
 	hsm_api_audit audit;
-	hsm_approval_gate gate;
+	hsm_server_gate gate;
 	memset(&audit, 0, sizeof(audit));
-	memset(&gate, 0, sizeof(gate));
 	outcome o = {name, auth, &audit, HSM_OK};
-	if (hsm_ok(r) && hsm_server_kms_needs_approval(s, info, &auth->caller))
-		r = gate_kms(s, info, auth, doc, &audit, &gate);
+	bool gated = hsm_ok(r) && hsm_server_kms_needs_approval(s, info, &auth->caller);
+	if (gated)
+		hsm_server_gate_init(&gate, s, info->name, &auth->caller, doc);
 	if (hsm_ok(r))
-		r = run_kms(s, info->op, auth, p, &audit, doc);
-	if (hsm_failed(r))
-		hsm_kms_approval_release(s->kms, &gate);
-	memcpy(audit.approval_id, gate.id, sizeof(audit.approval_id));
+		r = run_kms(s, info->op, auth, p, &audit, doc, gated ? &gate.commit : NULL);
+	if (gated)
+		gate_done(&gate, name, r, &audit);
 	if (hsm_failed(r))
 		fail_request(p, &o, r);
 	else
@@ -425,13 +423,15 @@ static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 	const uint8_t *raw = hsm_http_req_body(req, &len);
 	if (hsm_ok(r))
 		r = hsm_json_parse(raw, len, &doc);
-	hsm_approval_gate gate;
+	hsm_server_gate gate;
 	hsm_api_audit audit;
-	memset(&gate, 0, sizeof(gate));
 	memset(&audit, 0, sizeof(audit));
-	if (hsm_ok(r) && op->needs_auth && hsm_server_admin_needs_approval(s, op, &auth.caller))
-		r = hsm_server_approval_gate(s, op->name, &auth.caller, doc, &gate);
-	memcpy(audit.approval_id, gate.id, sizeof(audit.approval_id));
+	bool gated =
+	    hsm_ok(r) && op->needs_auth && hsm_server_admin_needs_approval(s, op, &auth.caller);
+	if (gated) {
+		hsm_server_gate_init(&gate, s, op->name, &auth.caller, doc);
+		auth.caller.gate = &gate.commit; /* met by the handler (hsm_caller_commit) */
+	}
 	if (hsm_ok(r)) {
 		hsm_jw w;
 		hsm_jw_init(&w, &p->body);
@@ -442,8 +442,8 @@ static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 		if (hsm_ok(r))
 			r = hsm_jw_finish(&w);
 	}
-	if (hsm_failed(r))
-		hsm_kms_approval_release(s->kms, &gate);
+	if (gated)
+		gate_done(&gate, name, r, &audit);
 	if (audit.approval_id[0] != '\0' || audit.key_id[0] != '\0' || audit.cert_id[0] != '\0')
 		o.api = &audit;
 	if (hsm_failed(r))

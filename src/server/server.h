@@ -186,10 +186,24 @@ bool hsm_server_kms_needs_approval(const hsm_server *s, const hsm_op_info *info,
                                    const hsm_caller *caller);
 bool hsm_server_admin_needs_approval(const hsm_server *s, const hsm_admin_op *op,
                                      const hsm_caller *caller);
-/* hsm_kms_approval_gate on the request document's canonical text. */
-hsm_result hsm_server_approval_gate(hsm_server *s, const char *operation,
-                                    const hsm_caller *caller, json_t *doc,
-                                    hsm_approval_gate *g) HSM_MUST_CHECK;
+/*
+ * The approval gate of a request that waits for custodians.  Set as its
+ * caller's gate (hsm_caller.gate), it is met where the operation is about to
+ * change something, after every check that could refuse the request, so a
+ * request refused anyway never opens an approval request.  Meeting it is
+ * hsm_kms_approval_gate on the request document's canonical text; approval
+ * says what came of it (release it if the request then fails).
+ */
+typedef struct hsm_server_gate {
+	hsm_commit_gate commit;
+	hsm_server *s;
+	const char *operation;
+	const hsm_caller *requester;
+	json_t *doc;
+	hsm_approval_gate approval;
+} hsm_server_gate;
+void hsm_server_gate_init(hsm_server_gate *g, hsm_server *s, const char *operation,
+                          const hsm_caller *requester, json_t *doc);
 /* At start: refuses an approval_quorum that the store's custodians cannot meet. */
 hsm_result hsm_server_approvals_check(hsm_server *s) HSM_MUST_CHECK;
 /* HsmdAdmin.ListApprovals, GetApproval, ApproveRequest, DenyRequest, CancelRequest. */

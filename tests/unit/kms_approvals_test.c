@@ -1,8 +1,9 @@
 /*
  * kms_approvals_test.c - quorum approvals in the KMS layer: the gate, who
  * may approve, deny and cancel, expiry on the fixture's clock, a raised
- * quorum, approvals of custodians who stopped being ones, and giving a
- * used approval back.
+ * quorum, approvals of custodians who stopped being ones, giving a used
+ * approval back, and where an operation meets its caller's gate
+ * (hsm_caller_commit): once, after its checks, before its change.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -233,6 +234,103 @@ static void test_a_raised_quorum_applies_to_open_requests(void **state)
 	assert_int_equal(gate(f, &officer, "ScheduleKeyDeletion", REQ, &g2), HSM_OK);
 }
 
+/* A caller's gate that counts its meetings and answers with answer. */
+typedef struct counting_gate {
+	hsm_commit_gate g;
+	unsigned met;
+	hsm_err answer;
+} counting_gate;
+
+static hsm_result count_meeting(void *arg)
+{
+	counting_gate *c = arg;
+	c->met++;
+	return c->answer == HSM_OK ? HSM_SUCCESS : HSM_FAIL(c->answer, "waits for approval");
+}
+
+static void gated(counting_gate *c, hsm_caller *caller, hsm_err answer)
+{
+	memset(c, 0, sizeof(*c));
+	c->g.fn = count_meeting;
+	c->g.arg = c;
+	c->answer = answer;
+	*caller = officer;
+	caller->gate = &c->g;
+}
+
+static hsm_result count_one(const hsm_key_record *key, void *arg)
+{
+	(void)key;
+	(*(size_t *)arg)++;
+	return HSM_SUCCESS;
+}
+
+static size_t count_keys(fx *f)
+{
+	size_t n = 0;
+	bool truncated = false;
+	assert_int_equal(hsm_kms_list_keys(f->kms, &officer, NULL, 100, count_one, &n, &truncated).err,
+	                 HSM_OK);
+	return n;
+}
+
+static hsm_key_state key_state(fx *f, const char *key_id)
+{
+	hsm_key_record rec;
+	memset(&rec, 0, sizeof(rec));
+	assert_int_equal(hsm_kms_describe_key(f->kms, &officer, key_id, &rec).err, HSM_OK);
+	hsm_key_state s = rec.state;
+	hsm_key_record_clear(&rec);
+	return s;
+}
+
+static void test_an_operation_meets_its_gate_after_its_checks(void **state)
+{
+	fx *f = *state;
+	hsm_create_key_req req = {.spec = HSM_SPEC_SYMMETRIC_DEFAULT, .usage = HSM_USAGE_ENCRYPT_DECRYPT};
+	hsm_key_record key, out;
+	memset(&key, 0, sizeof(key));
+	memset(&out, 0, sizeof(out));
+	assert_int_equal(hsm_kms_create_key(f->kms, &officer, &req, &key).err, HSM_OK);
+	counting_gate c;
+	hsm_caller caller;
+	/* Refused by its own checks: the gate is not met. */
+	gated(&c, &caller, HSM_ERR_APPROVAL_REQUIRED);
+	assert_int_equal(hsm_kms_schedule_deletion(f->kms, &caller, key.key_id, 31, &out).err,
+	                 HSM_ERR_VALIDATION);
+	assert_int_equal(hsm_kms_cancel_deletion(f->kms, &caller, key.key_id, &out).err,
+	                 HSM_ERR_INVALID_STATE);
+	assert_int_equal(hsm_kms_schedule_deletion(f->kms, &caller, "alias/none", 7, &out).err,
+	                 HSM_ERR_NOT_FOUND);
+	/* The change the key itself refuses is tried before the gate (a JWT flag on an AES key). */
+	assert_int_equal(hsm_kms_set_flags(f->kms, &caller, key.key_id, HSM_KEYFLAG_JWT, 0).err,
+	                 HSM_ERR_INVALID_KEY_USAGE);
+	assert_int_equal(c.met, 0);
+	assert_false(c.g.reached);
+	/* A gate that holds the request: met once, nothing changed. */
+	assert_int_equal(hsm_kms_schedule_deletion(f->kms, &caller, key.key_id, 7, &out).err,
+	                 HSM_ERR_APPROVAL_REQUIRED);
+	assert_int_equal(c.met, 1);
+	assert_true(c.g.reached && !c.g.passed);
+	assert_int_equal(key_state(f, key.key_id), HSM_KEY_ENABLED);
+	assert_int_equal(hsm_kms_create_key(f->kms, &caller, &req, &out).err,
+	                 HSM_ERR_APPROVAL_REQUIRED);
+	assert_int_equal(c.met, 2);
+	assert_int_equal(count_keys(f), 1);
+	/* A gate that lets it through: met once, the change made. */
+	gated(&c, &caller, HSM_OK);
+	assert_int_equal(hsm_kms_schedule_deletion(f->kms, &caller, key.key_id, 7, &out).err, HSM_OK);
+	hsm_key_record_clear(&out);
+	assert_int_equal(c.met, 1);
+	assert_true(c.g.passed);
+	assert_int_equal(key_state(f, key.key_id), HSM_KEY_PENDING_DELETION);
+	/* Passed once, a later change of the same request does not meet it again. */
+	assert_int_equal(hsm_kms_cancel_deletion(f->kms, &caller, key.key_id, &out).err, HSM_OK);
+	assert_int_equal(c.met, 1);
+	hsm_key_record_clear(&key);
+	hsm_key_record_clear(&out);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -248,6 +346,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_approvers_must_still_be_custodians, setup,
 	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_a_raised_quorum_applies_to_open_requests, setup,
+	                                    kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_an_operation_meets_its_gate_after_its_checks, setup,
 	                                    kms_fx_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

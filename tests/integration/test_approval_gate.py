@@ -1,0 +1,360 @@
+"""Where a request that waits for approval meets its gate.
+
+A node runs with approval_quorum = 2 and every operation that can wait listed.
+Each operation opens an approval request only once everything that could
+refuse it has passed (its parameters, the key policy, the key's state, a name
+already in use), changes nothing while it waits, runs once approved, and gives
+its approval back when its change then fails.  Requests are signed by
+botocore's own SigV4 signer."""
+import json
+import os
+import re
+import time
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+
+from conftest import DEV_AKID, DEV_SECRET, Hsmd, client, signed_call, start_dev
+from helpers import ACCOUNT, admin, audit_records, b64, new_user, self_signed
+
+DEV_ENV = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
+DEV_ARN = f"arn:aws:iam::{ACCOUNT}:user/dev"
+ID = re.compile(r"approval request ([0-9a-f]{32})")
+
+KMS_OPS = ["CreateKey", "EnableKey", "DisableKey", "UpdateKeyDescription", "ScheduleKeyDeletion",
+           "CancelKeyDeletion", "EnableKeyRotation", "DisableKeyRotation", "RotateKeyOnDemand",
+           "CreateAlias", "UpdateAlias", "DeleteAlias", "TagResource", "UntagResource",
+           "PutKeyPolicy", "CreateGrant", "RetireGrant", "RevokeGrant", "ImportKeyMaterial",
+           "DeleteImportedKeyMaterial", "EnableJwtSigning", "DisableJwtSigning"]
+ADMIN_OPS = ["CreateUser", "DisableUser", "EnableUser", "UnlockUser", "CreateAccessKey",
+             "RevokeAccessKey", "CreateBackup", "ImportCertificate", "DeleteCertificate", "Seal"]
+TARGET = {"EnableJwtSigning": "HsmdJwt", "DisableJwtSigning": "HsmdJwt"}
+
+
+def target(op):
+    return TARGET.get(op, "HsmdAdmin" if op in ADMIN_OPS else "TrentService") + "." + op
+
+
+def policy(*extra):
+    root = {"Sid": "Root", "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+            "Action": "kms:*", "Resource": "*"}
+    return json.dumps({"Version": "2012-10-17", "Statement": [root, *extra]})
+
+
+def wrap(params):
+    """32 bytes of key material wrapped under GetParametersForImport's public key."""
+    pub = serialization.load_der_public_key(params["PublicKey"])
+    h = hashes.SHA256()
+    return pub.encrypt(os.urandom(32), padding.OAEP(mgf=padding.MGF1(algorithm=h), algorithm=h,
+                                                    label=None))
+
+
+@pytest.fixture(scope="module")
+def node():
+    """What each operation works on is made first, with approvals off; then the node
+    restarts with approval_quorum = 2 and every operation listed."""
+    first = start_dev()
+    kms = client(first)
+    users = {n: new_user(first, n, ["custodian"]) for n in ("alice", "bob")}
+
+    def key(**kw):
+        return kms.create_key(**kw)["KeyMetadata"]["KeyId"]
+
+    f = {op: key() for op in ("DisableKey", "UpdateKeyDescription", "ScheduleKeyDeletion",
+                              "EnableKeyRotation", "RotateKeyOnDemand", "CreateAlias", "TagResource",
+                              "PutKeyPolicy", "CreateGrant")}
+    f["EnableKey"] = key()
+    kms.disable_key(KeyId=f["EnableKey"])
+    f["CancelKeyDeletion"] = key()
+    kms.schedule_key_deletion(KeyId=f["CancelKeyDeletion"], PendingWindowInDays=7)
+    f["DisableKeyRotation"] = key()
+    kms.enable_key_rotation(KeyId=f["DisableKeyRotation"])
+    f["UpdateAlias"], f["UpdateAlias-to"], f["DeleteAlias"] = key(), key(), key()
+    kms.create_alias(AliasName="alias/gate-moves", TargetKeyId=f["UpdateAlias"])
+    kms.create_alias(AliasName="alias/gate-goes", TargetKeyId=f["DeleteAlias"])
+    kms.create_alias(AliasName="alias/gate-taken", TargetKeyId=f["DeleteAlias"])
+    f["UntagResource"] = key(Tags=[{"TagKey": "t0", "TagValue": "v"}])
+    f["full"] = key(Tags=[{"TagKey": f"k{i:02}", "TagValue": "v"} for i in range(50)])
+    f["grants"] = key()
+    for op in ("RetireGrant", "RevokeGrant"):
+        f[op] = kms.create_grant(KeyId=f["grants"], GranteePrincipal=DEV_ARN,
+                                 RetiringPrincipal=DEV_ARN, Operations=["Encrypt"])["GrantId"]
+    f["ImportKeyMaterial"] = key(Origin="EXTERNAL")
+    f["DeleteImportedKeyMaterial"] = key(Origin="EXTERNAL")
+    f["EnableJwtSigning"] = key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")
+    f["DisableJwtSigning"] = key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")
+    st, out = signed_call(first, "HsmdJwt.EnableJwtSigning", {"KeyId": f["DisableJwtSigning"]})
+    assert st == 200, out
+    f["denied"] = key(Policy=policy({"Sid": "NoDisable", "Effect": "Deny",
+                                     "Principal": {"AWS": DEV_ARN},
+                                     "Action": ["kms:DisableKey", "kms:ScheduleKeyDeletion"],
+                                     "Resource": "*"}))
+    f["no-decrypt-grants"] = key(Policy=policy({
+        "Sid": "NoDecryptGrants", "Effect": "Deny", "Principal": {"AWS": DEV_ARN},
+        "Action": "kms:CreateGrant", "Resource": "*",
+        "Condition": {"ForAnyValue:StringEquals": {"kms:GrantOperations": "Decrypt"}}}))
+    f["sign"] = key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")
+    for name, roles in (("u-disable", ["auditor"]), ("u-enable", ["auditor"]),
+                        ("u-unlock", ["auditor"]), ("u-keys", ["auditor"])):
+        admin(first, "CreateUser", {"UserName": name, "Roles": roles})
+    admin(first, "DisableUser", {"UserName": "u-enable"})
+    akid = admin(first, "CreateAccessKey", {"UserName": "u-unlock"})["AccessKeyId"]
+    for _ in range(5):  # wrong signatures lock the user
+        st, out = signed_call(first, "TrentService.ListKeys", {}, akid=akid, secret="x" * 40)
+        assert (st, out["__type"]) == (403, "InvalidSignatureException"), out
+    assert {u["UserName"]: u for u in admin(first, "ListUsers")["Users"]}["u-unlock"]["Locked"]
+    f["RevokeAccessKey"] = admin(first, "CreateAccessKey", {"UserName": "u-keys"})["AccessKeyId"]
+    f["DeleteCertificate"] = admin(first, "ImportCertificate", {
+        "Certificate": b64(self_signed("gate-old"))})["CertificateId"]
+    params = kms.get_parameters_for_import(KeyId=f["DeleteImportedKeyMaterial"],
+                                           WrappingAlgorithm="RSAES_OAEP_SHA_256",
+                                           WrappingKeySpec="RSA_2048")
+    kms.import_key_material(KeyId=f["DeleteImportedKeyMaterial"], ImportToken=params["ImportToken"],
+                            EncryptedKeyMaterial=wrap(params),
+                            ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+    first.stop()
+    ops = ",".join(KMS_OPS + ADMIN_OPS)
+    server = Hsmd(["--dev", "--approval-quorum", "2", "--approval-operations", ops],
+                  env=DEV_ENV, data_dir=first.data_dir)
+    server.users, server.f = users, f
+    # Material for the imports, wrapped under parameters fetched from this node (not gated).
+    k = client(server)
+    params = k.get_parameters_for_import(KeyId=f["ImportKeyMaterial"],
+                                         WrappingAlgorithm="RSAES_OAEP_SHA_256",
+                                         WrappingKeySpec="RSA_2048")
+    f["ImportKeyMaterial-body"] = {
+        "KeyId": f["ImportKeyMaterial"], "ImportToken": b64(params["ImportToken"]),
+        "EncryptedKeyMaterial": b64(wrap(params)),
+        "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"}
+    yield server
+    server.cleanup()
+    first.cleanup()
+
+
+def call(node, op, body):
+    return signed_call(node, target(op), body)
+
+
+def approvals(node):
+    return {a["ApprovalId"]: a for a in admin(node, "ListApprovals", {"IncludeClosed": True,
+                                                                      "Limit": 1000})["Approvals"]}
+
+
+def approve(node, approval):
+    for who in ("alice", "bob"):
+        akid, secret = node.users[who]
+        admin(node, "ApproveRequest", {"ApprovalId": approval}, akid=akid, secret=secret)
+
+
+def waits(node, op, body):
+    """The request is refused for approval; the approval request it opened."""
+    before = approvals(node)
+    st, out = call(node, op, body)
+    assert (st, out.get("__type")) == (400, "ApprovalRequiredException"), (op, st, out)
+    approval = ID.search(out["message"]).group(1)
+    assert approval not in before and approvals(node)[approval]["Operation"] == op
+    return approval
+
+
+def cases(node):
+    """Per operation: a request that may run, and a probe of what it changes."""
+    f, kms = node.f, client(node)
+
+    def state(k):
+        return lambda: kms.describe_key(KeyId=k)["KeyMetadata"]["KeyState"]
+
+    def users():
+        return {u["UserName"]: (u["Disabled"], u["Locked"], u["Roles"])
+                for u in admin(node, "ListUsers")["Users"]}
+
+    def grants():
+        return sorted(g["GrantId"] for g in kms.list_grants(KeyId=f["grants"])["Grants"])
+
+    def aliases():
+        return {a["AliasName"]: a.get("TargetKeyId") for a in kms.list_aliases(Limit=100)["Aliases"]}
+
+    def tags(k):
+        return lambda: sorted((t["TagKey"], t["TagValue"])
+                              for t in kms.list_resource_tags(KeyId=k)["Tags"])
+
+    def rotations(k):
+        def probe():
+            st, out = signed_call(node, "TrentService.ListKeyRotations", {"KeyId": k})
+            assert st == 200, out
+            return len(out["Rotations"])
+        return probe
+
+    def jwks():
+        st, body, _ = node.get("/.well-known/jwks.json")
+        assert st == 200, body
+        return sorted(k["kid"] for k in json.loads(body)["keys"])
+
+    def certificates():
+        return sorted(c["CertificateId"] for c in admin(node, "ListCertificates", {})["Certificates"])
+
+    return [
+        ("CreateKey", {"Description": "gate"},
+         lambda: len(kms.list_keys(Limit=1000)["Keys"])),
+        ("EnableKey", {"KeyId": f["EnableKey"]}, state(f["EnableKey"])),
+        ("DisableKey", {"KeyId": f["DisableKey"]}, state(f["DisableKey"])),
+        ("UpdateKeyDescription", {"KeyId": f["UpdateKeyDescription"], "Description": "new"},
+         lambda: kms.describe_key(KeyId=f["UpdateKeyDescription"])["KeyMetadata"]["Description"]),
+        ("ScheduleKeyDeletion", {"KeyId": f["ScheduleKeyDeletion"], "PendingWindowInDays": 7},
+         state(f["ScheduleKeyDeletion"])),
+        ("CancelKeyDeletion", {"KeyId": f["CancelKeyDeletion"]}, state(f["CancelKeyDeletion"])),
+        ("EnableKeyRotation", {"KeyId": f["EnableKeyRotation"]},
+         lambda: kms.get_key_rotation_status(KeyId=f["EnableKeyRotation"])["KeyRotationEnabled"]),
+        ("DisableKeyRotation", {"KeyId": f["DisableKeyRotation"]},
+         lambda: kms.get_key_rotation_status(KeyId=f["DisableKeyRotation"])["KeyRotationEnabled"]),
+        ("RotateKeyOnDemand", {"KeyId": f["RotateKeyOnDemand"]}, rotations(f["RotateKeyOnDemand"])),
+        ("CreateAlias", {"AliasName": "alias/gate-new", "TargetKeyId": f["CreateAlias"]}, aliases),
+        ("UpdateAlias", {"AliasName": "alias/gate-moves", "TargetKeyId": f["UpdateAlias-to"]},
+         aliases),
+        ("DeleteAlias", {"AliasName": "alias/gate-goes"}, aliases),
+        ("TagResource", {"KeyId": f["TagResource"], "Tags": [{"TagKey": "t", "TagValue": "v"}]},
+         tags(f["TagResource"])),
+        ("UntagResource", {"KeyId": f["UntagResource"], "TagKeys": ["t0"]},
+         tags(f["UntagResource"])),
+        ("PutKeyPolicy", {"KeyId": f["PutKeyPolicy"], "PolicyName": "default", "Policy": policy()},
+         lambda: kms.get_key_policy(KeyId=f["PutKeyPolicy"], PolicyName="default")["Policy"]),
+        ("CreateGrant", {"KeyId": f["grants"], "GranteePrincipal": DEV_ARN,
+                         "Operations": ["Decrypt"]}, grants),
+        ("RetireGrant", {"KeyId": f["grants"], "GrantId": f["RetireGrant"]}, grants),
+        ("RevokeGrant", {"KeyId": f["grants"], "GrantId": f["RevokeGrant"]}, grants),
+        ("ImportKeyMaterial", f["ImportKeyMaterial-body"], state(f["ImportKeyMaterial"])),
+        ("DeleteImportedKeyMaterial", {"KeyId": f["DeleteImportedKeyMaterial"]},
+         state(f["DeleteImportedKeyMaterial"])),
+        ("EnableJwtSigning", {"KeyId": f["EnableJwtSigning"]}, jwks),
+        ("DisableJwtSigning", {"KeyId": f["DisableJwtSigning"]}, jwks),
+        ("CreateUser", {"UserName": "u-new", "Roles": ["auditor"]}, users),
+        ("DisableUser", {"UserName": "u-disable"}, users),
+        ("EnableUser", {"UserName": "u-enable"}, users),
+        ("UnlockUser", {"UserName": "u-unlock"}, users),
+        ("CreateAccessKey", {"UserName": "u-keys"},
+         lambda: len(admin(node, "ListAccessKeys", {"UserName": "u-keys"})["AccessKeys"])),
+        ("RevokeAccessKey", {"AccessKeyId": f["RevokeAccessKey"]},
+         lambda: [k["Status"] for k in admin(node, "ListAccessKeys",
+                                              {"UserName": "u-keys"})["AccessKeys"]
+                  if k["AccessKeyId"] == f["RevokeAccessKey"]]),
+        ("CreateBackup", {}, lambda: len(admin(node, "ListBackups")["Backups"])),
+        ("ImportCertificate", {"Certificate": b64(self_signed("gate-new"))}, certificates),
+        ("DeleteCertificate", {"CertificateId": f["DeleteCertificate"]}, certificates),
+        ("Seal", {}, lambda: admin(node, "Status")["Sealed"]),
+    ]
+
+
+def other(hex_id):
+    """A well-formed id that names nothing."""
+    return hex_id[:-1] + ("0" if hex_id[-1] != "0" else "1")
+
+
+def refused_anyway(node):
+    f = node.f
+    garbage = dict(f["ImportKeyMaterial-body"], EncryptedKeyMaterial=b64(b"\x01" * 256))
+    missing = "11111111-2222-4333-8444-555555555555"
+    return [
+        ("CreateKey", {"KeySpec": "NOPE"}, "ValidationException"),
+        ("ScheduleKeyDeletion", {"KeyId": f["ScheduleKeyDeletion"], "PendingWindowInDays": 99},
+         "ValidationException"),
+        ("ScheduleKeyDeletion", {"KeyId": f["denied"]}, "AccessDeniedException"),
+        ("DisableKey", {"KeyId": f["denied"]}, "AccessDeniedException"),
+        ("CreateGrant", {"KeyId": f["no-decrypt-grants"], "GranteePrincipal": DEV_ARN,
+                         "Operations": ["Encrypt", "Decrypt"]}, "AccessDeniedException"),
+        ("EnableKey", {"KeyId": f["CancelKeyDeletion"]}, "KMSInvalidStateException"),
+        ("CancelKeyDeletion", {"KeyId": f["DisableKey"]}, "KMSInvalidStateException"),
+        ("UpdateKeyDescription", {"KeyId": missing, "Description": "x"}, "NotFoundException"),
+        ("CreateAlias", {"AliasName": "alias/gate-taken", "TargetKeyId": f["CreateAlias"]},
+         "AlreadyExistsException"),
+        ("UpdateAlias", {"AliasName": "alias/gate-moves", "TargetKeyId": f["sign"]},
+         "ValidationException"),
+        ("DeleteAlias", {"AliasName": "alias/gate-none"}, "NotFoundException"),
+        ("TagResource", {"KeyId": f["TagResource"], "Tags": [{"TagKey": "aws:x", "TagValue": "v"}]},
+         "TagException"),
+        ("PutKeyPolicy", {"KeyId": f["PutKeyPolicy"], "PolicyName": "default", "Policy": "{"},
+         "MalformedPolicyDocumentException"),
+        ("CreateGrant", {"KeyId": f["grants"], "GranteePrincipal": DEV_ARN, "Operations": ["Sign"]},
+         "ValidationException"),
+        ("RetireGrant", {"KeyId": f["grants"], "GrantId": other(f["RetireGrant"])},
+         "NotFoundException"),
+        ("RevokeGrant", {"KeyId": f["grants"], "GrantId": other(f["RevokeGrant"])},
+         "NotFoundException"),
+        ("RotateKeyOnDemand", {"KeyId": f["DeleteImportedKeyMaterial"]},
+         "KMSInvalidStateException"),  # imported material, none pending rotation
+        ("ImportKeyMaterial", garbage, "InvalidCiphertextException"),
+        ("DeleteImportedKeyMaterial", {"KeyId": f["CreateAlias"]}, "UnsupportedOperationException"),
+        ("EnableJwtSigning", {"KeyId": f["CreateAlias"]}, "InvalidKeyUsageException"),
+        ("EnableJwtSigning", {"KeyId": f["EnableJwtSigning"], "Algorithm": "ES256"},
+         "InvalidKeyUsageException"),
+        ("CreateUser", {"UserName": "alice", "Roles": ["auditor"]}, "AlreadyExistsException"),
+        ("CreateUser", {"UserName": "no spaces", "Roles": ["auditor"]}, "ValidationException"),
+        ("DisableUser", {"UserName": "nobody"}, "NotFoundException"),
+        ("CreateAccessKey", {"UserName": "nobody"}, "NotFoundException"),
+        ("RevokeAccessKey", {"AccessKeyId": "AKIAAAAAAAAAAAAAAAAA"}, "NotFoundException"),
+        ("ImportCertificate", {"Certificate": b64(b"not a certificate")}, "ValidationException"),
+        ("ImportCertificate", {"Certificate": b64(self_signed("gate-other")), "KeyId": f["sign"]},
+         "ValidationException"),
+        ("DeleteCertificate", {"CertificateId": missing}, "NotFoundException"),
+    ]
+
+
+def test_requests_refused_anyway_open_no_approval_request(node):
+    before = approvals(node)
+    for op, body, code in refused_anyway(node):
+        st, out = call(node, op, body)
+        assert (st, out.get("__type")) == (400, code), (op, body, out)
+    assert approvals(node) == before
+
+
+def test_a_condition_on_the_request_decides_before_the_gate(node):
+    """The key policy denies grants for Decrypt only: the same operation on the same key
+    is refused at once for Decrypt and waits for approval for Encrypt."""
+    body = {"KeyId": node.f["no-decrypt-grants"], "GranteePrincipal": DEV_ARN,
+            "Operations": ["Decrypt"]}
+    before = approvals(node)
+    st, out = call(node, "CreateGrant", body)
+    assert (st, out.get("__type")) == (400, "AccessDeniedException"), out
+    assert approvals(node) == before
+    waits(node, "CreateGrant", dict(body, Operations=["Encrypt"]))
+
+
+def test_a_change_that_fails_gives_its_approval_back(node):
+    """The key holds 50 tags, the most it may: the store refuses a 51st only when the
+    change is made, after the approval was used.  The approval is given back."""
+    body = {"KeyId": node.f["full"], "Tags": [{"TagKey": "k50", "TagValue": "v"}]}
+    approval = waits(node, "TagResource", body)
+    approve(node, approval)
+    for _ in range(2):
+        st, out = call(node, "TagResource", body)
+        assert (st, out.get("__type")) == (400, "TagException"), out
+        a = approvals(node)[approval]
+        assert (a["State"], a["Approvals"]) == ("Pending", 2), a
+    # Both failed tries used the approval, as their records say.
+    deadline = time.time() + 5
+    while True:
+        recs = [r for r in audit_records(node.data_dir)
+                if r.get("extra", {}).get("approval_id") == approval and r["op"] == "TagResource"]
+        if len(recs) >= 3 or time.time() > deadline:
+            break
+        time.sleep(0.05)
+    assert [(r["outcome"], r["error"]) for r in recs] == [
+        ("denied", "ApprovalRequiredException"), ("error", "TagException"),
+        ("error", "TagException")], recs
+    assert len(client(node).list_resource_tags(KeyId=node.f["full"])["Tags"]) == 50
+
+
+# Last in the file: it seals the node.
+def test_each_operation_waits_changes_nothing_then_runs_once_approved(node):
+    listed = cases(node)
+    assert sorted(op for op, _, _ in listed) == sorted(KMS_OPS + ADMIN_OPS)
+    assert listed[-1][0] == "Seal"
+    for op, body, probe in listed:
+        before = probe()
+        approval = waits(node, op, body)
+        assert probe() == before, f"{op} changed something while it waited"
+        approve(node, approval)
+        st, out = call(node, op, body)
+        assert st == 200, (op, out)
+        assert probe() != before, f"{op} changed nothing once approved"
+        a = approvals(node)[approval] if op != "Seal" else None
+        assert op == "Seal" or (a["State"], a["Approvals"]) == ("Used", 2), (op, a)
