@@ -60,7 +60,7 @@ static CK_RV fill(p11_object *o, const uint8_t *der, size_t len)
 	return ok ? CKR_OK : CKR_HOST_MEMORY;
 }
 
-/* One certificate of a listing: a new object, or the one it already is. */
+/* One certificate with its DER (a listing's or GetCertificate's): a new object, or the one it already is. */
 static CK_RV load_one(json_t *c)
 {
 	const char *id = json_string_value(json_object_get(c, "CertificateId"));
@@ -92,14 +92,47 @@ static CK_RV load_one(json_t *c)
 	return rv;
 }
 
-/* Lists hsmd's certificates (those with ObjectId and Label, when not NULL), page by page. */
-static CK_RV load(json_t *object_id, json_t *label)
+/* Certificate ids a listing without DER found that the module does not have yet. */
+typedef struct new_ids {
+	char (*id)[HSM_UUID_STRLEN + 1];
+	size_t n, cap;
+} new_ids;
+
+/* One entry of a listing without DER: the object it is marked seen, or its id noted as new. */
+static CK_RV note_one(json_t *c, new_ids *fresh)
+{
+	const char *id = json_string_value(json_object_get(c, "CertificateId"));
+	if (id == NULL || !hsm_is_uuid(id))
+		return CKR_DEVICE_ERROR;
+	p11_object *o = p11_object_of(id, CKO_CERTIFICATE);
+	if (o != NULL) {
+		o->seen = true;
+		return CKR_OK;
+	}
+	if (fresh->n == fresh->cap) {
+		size_t cap = fresh->cap ? fresh->cap * 2 : 16;
+		void *grown = realloc(fresh->id, cap * sizeof(*fresh->id));
+		if (grown == NULL)
+			return CKR_HOST_MEMORY;
+		fresh->id = grown;
+		fresh->cap = cap;
+	}
+	snprintf(fresh->id[fresh->n++], sizeof(fresh->id[0]), "%s", id);
+	return CKR_OK;
+}
+
+/*
+ * Lists hsmd's certificates (those with ObjectId and Label, when not NULL),
+ * page by page: with their DER when fresh is NULL, else only what names
+ * them, noting in fresh the ids the module does not have.
+ */
+static CK_RV list(json_t *object_id, json_t *label, new_ids *fresh)
 {
 	json_t *ans = NULL;
 	char marker[64] = "";
 	CK_RV rv = CKR_OK;
 	for (;;) {
-		json_t *body = json_pack("{s:i}", "Limit", 1000);
+		json_t *body = json_pack("{s:i,s:b}", "Limit", 1000, "IncludeCertificate", fresh == NULL);
 		if (body == NULL)
 			return CKR_HOST_MEMORY;
 		if (marker[0] != '\0')
@@ -116,7 +149,7 @@ static CK_RV load(json_t *object_id, json_t *label)
 		size_t i;
 		json_t *c;
 		json_array_foreach(json_object_get(ans, "Certificates"), i, c) {
-			if ((rv = load_one(c)) != CKR_OK)
+			if ((rv = fresh == NULL ? load_one(c) : note_one(c, fresh)) != CKR_OK)
 				break;
 		}
 		const char *next = json_string_value(json_object_get(ans, "NextMarker"));
@@ -125,6 +158,45 @@ static CK_RV load(json_t *object_id, json_t *label)
 		snprintf(marker, sizeof(marker), "%s", next);
 	}
 	json_decref(ans);
+	return rv;
+}
+
+/* A certificate the module does not have, read alone; one deleted meanwhile is skipped. */
+static CK_RV fetch_one(const char *id)
+{
+	json_t *ans = NULL;
+	CK_RV rv = p11_call("HsmdAdmin.GetCertificate", json_pack("{s:s}", "CertificateId", id), &ans);
+	if (rv == CKR_OK)
+		rv = load_one(json_object_get(ans, "Certificate"));
+	else if (rv == CKR_KEY_HANDLE_INVALID) /* NotFoundException */
+		rv = CKR_OK;
+	json_decref(ans);
+	return rv;
+}
+
+/*
+ * Certificates never change once stored, so a module that has some reads
+ * only what names them, then the DER of the ones it has not seen: one by
+ * one when they are few, in a second listing when they are many.  A module
+ * that has none reads them with their DER at once.
+ */
+#define FETCH_ALONE_MAX 16
+
+static CK_RV load(json_t *object_id, json_t *label)
+{
+	bool have = false;
+	for (size_t i = 0; i < p11.n_objects && !have; i++)
+		have = p11.objects[i].cls == CKO_CERTIFICATE && !p11.objects[i].derived;
+	if (!have)
+		return list(object_id, label, NULL);
+	new_ids fresh = {NULL, 0, 0};
+	CK_RV rv = list(object_id, label, &fresh);
+	if (rv == CKR_OK && fresh.n > FETCH_ALONE_MAX)
+		rv = list(object_id, label, NULL);
+	else
+		for (size_t i = 0; i < fresh.n && rv == CKR_OK; i++)
+			rv = fetch_one(fresh.id[i]);
+	free(fresh.id);
 	return rv;
 }
 

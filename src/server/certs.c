@@ -4,7 +4,8 @@
  *
  *   ImportCertificate {Certificate: base64 DER, Label?, ObjectId?: base64, KeyId?}
  *   GetCertificate    {CertificateId}
- *   ListCertificates  {Limit?, Marker?, ObjectId?: base64, Label?}   (those that match)
+ *   ListCertificates  {Limit?, Marker?, ObjectId?: base64, Label?,  (those that match)
+ *                      IncludeCertificate?: false for the ids, labels and ObjectIds alone}
  *   DeleteCertificate {CertificateId}
  *
  * With KeyId, the certificate must certify that key's public key, and its
@@ -17,12 +18,17 @@
 #include "server/api.h"
 #include "server/server.h"
 
-static void write_cert(hsm_jw *w, const hsm_cert_record *c)
+/* with_der false: what names the certificate, not the certificate itself. */
+static void write_cert(hsm_jw *w, const hsm_cert_record *c, bool with_der)
 {
 	hsm_cert_info info;
 	hsm_jw_str(w, "CertificateId", c->cert_id);
 	hsm_jw_str(w, "Label", c->label);
 	hsm_jw_b64(w, "ObjectId", c->object_id.data, c->object_id.len);
+	if (!with_der) {
+		hsm_jw_time(w, "NotAfter", c->not_after);
+		return;
+	}
 	hsm_jw_b64(w, "Certificate", c->der.data, c->der.len);
 	/* Stored certificates were checked on import; a description that fails leaves these out. */
 	if (hsm_ok(hsm_cert_describe(c->der.data, c->der.len, &info))) {
@@ -68,7 +74,7 @@ hsm_result hsm_admin_import_certificate(hsm_admin_ctx *c)
 	HSM_TRY(hsm_kms_cert_import(c->s->kms, &c->auth->caller, &req, &rec));
 	memcpy(c->audit->cert_id, rec.cert_id, sizeof(rec.cert_id));
 	hsm_server_recount(c->s); /* /metrics' certificate gauges */
-	write_cert(c->w, &rec);
+	write_cert(c->w, &rec, true);
 out:
 	hsm_cert_record_clear(&rec);
 	hsm_buf_free(&der);
@@ -93,7 +99,7 @@ hsm_result hsm_admin_get_certificate(hsm_admin_ctx *c)
 	HSM_GUARD(read_id(c, &id));
 	HSM_GUARD(hsm_kms_cert_get(c->s->kms, &c->auth->caller, id, &rec));
 	hsm_jw_key_begin_object(c->w, "Certificate");
-	write_cert(c->w, &rec);
+	write_cert(c->w, &rec, true);
 	hsm_jw_end(c->w);
 	hsm_cert_record_clear(&rec);
 	return HSM_SUCCESS;
@@ -101,6 +107,7 @@ hsm_result hsm_admin_get_certificate(hsm_admin_ctx *c)
 
 typedef struct list_arg {
 	hsm_jw *w;
+	bool with_der;
 	char last[HSM_UUID_STRLEN + 1];
 } list_arg;
 
@@ -108,7 +115,7 @@ static hsm_result list_one(const hsm_cert_record *rec, void *arg)
 {
 	list_arg *l = arg;
 	hsm_jw_begin_object(l->w);
-	write_cert(l->w, rec);
+	write_cert(l->w, rec, l->with_der);
 	hsm_jw_end(l->w);
 	memcpy(l->last, rec->cert_id, sizeof(l->last));
 	return HSM_SUCCESS;
@@ -117,7 +124,7 @@ static hsm_result list_one(const hsm_cert_record *rec, void *arg)
 hsm_result hsm_admin_list_certificates(hsm_admin_ctx *c)
 {
 	int64_t limit = 100;
-	bool present, has_id = false, truncated = false;
+	bool present, has_id = false, truncated = false, with_der = true;
 	const char *marker = NULL, *label = NULL;
 	hsm_buf object_id = {0};
 	hsm_result res = HSM_SUCCESS;
@@ -128,8 +135,9 @@ hsm_result hsm_admin_list_certificates(hsm_admin_ctx *c)
 	HSM_TRY(hsm_json_blob(c->req, "ObjectId", false, 0, HSM_CERT_OBJECT_ID_MAX, &object_id,
 	                      &has_id));
 	HSM_TRY(hsm_json_str(c->req, "Label", false, 0, HSM_CERT_LABEL_MAX, &label));
+	HSM_TRY(hsm_json_bool(c->req, "IncludeCertificate", &with_der, &present));
 	hsm_cert_match m = {has_id ? &object_id : NULL, label};
-	list_arg l = {c->w, ""};
+	list_arg l = {c->w, with_der, ""};
 	hsm_jw_key_begin_array(c->w, "Certificates");
 	HSM_TRY(hsm_kms_cert_list(c->s->kms, &c->auth->caller, &m, marker, (size_t)limit, list_one,
 	                          &l, &truncated));

@@ -294,6 +294,16 @@ def test_list_filters(server, ca):
     assert ids(ObjectId=b64(b"a"), Limit=1) == {made[0], made[1]}
     admin_error(server, "ListCertificates", {"ObjectId": b64(b"i" * 257)}, "ValidationException")
     admin_error(server, "ListCertificates", {"Label": "x" * 257}, "ValidationException")
+    # IncludeCertificate false: what names each one, without the certificate.
+    full = {c["CertificateId"]: c for c in listed(server, ObjectId=b64(b"a"))}
+    short = listed(server, ObjectId=b64(b"a"), IncludeCertificate=False)
+    assert {c["CertificateId"] for c in short} == set(full) and len(short) == 2
+    for c in short:
+        assert set(c) == {"CertificateId", "Label", "ObjectId", "NotAfter"}, c
+        assert [c[k] for k in c] == [full[c["CertificateId"]][k] for k in c]
+    assert listed(server, ObjectId=b64(b"a"), IncludeCertificate=True) == list(full.values())
+    admin_error(server, "ListCertificates", {"IncludeCertificate": "no"},
+                "SerializationException")
     for cid in made.values():
         admin(server, "DeleteCertificate", {"CertificateId": cid})
 
@@ -613,6 +623,47 @@ def test_pkcs11_certificate_objects(server, officer, ca, keys, user, p11):
         assert s.findObjects([(CKA_LABEL, "app-signing"), (CKA_CLASS, CKO_CERTIFICATE)]) == []
     finally:
         close(s)
+
+
+def module_calls(server, since, who="cert-app"):
+    """The certificate reads the module made as who since the audit trail held `since` records."""
+    recs = audit_records(server.data_dir)[since:]
+    return sorted(r["op"] for r in recs if r.get("principal", "").endswith(f":user/{who}")
+                  and r["op"] in ("ListCertificates", "GetCertificate"))
+
+
+def test_pkcs11_reads_only_the_certificates_it_lacks(server, officer, ca, keys, user, p11):
+    """Certificates never change once stored: a search lists what names them and reads the
+    DER of new ones alone, or in one more listing when there are many."""
+    pub = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    every = [(CKA_CLASS, CKO_CERTIFICATE)]
+    # One there at login (a module that has none reads the first it finds with their DER).
+    made = [import_cert(server, der(issue(ca, pub, "resident")))["CertificateId"]]
+    s = open_session(p11, user.pin)
+    try:
+        def found():
+            return {bytes(value(s, o, CKA_VALUE)) for o in s.findObjects(every)}
+        before = found()
+        for n, expect in ((3, ["GetCertificate"] * 3 + ["ListCertificates"]),
+                          (20, ["ListCertificates"] * 2), (0, ["ListCertificates"])):
+            certs = [der(issue(ca, pub, f"batch {n} #{i}")) for i in range(n)]
+            made += [import_cert(server, c)["CertificateId"] for c in certs]
+            since = len(audit_records(server.data_dir))
+            now = found()
+            assert module_calls(server, since) == expect, n
+            assert now == before | set(certs)
+            before = now
+        # Deleted through the API: gone at the next search, with nothing to read.
+        gone = admin(server, "GetCertificate", {"CertificateId": made[-1]})["Certificate"]
+        admin(server, "DeleteCertificate", {"CertificateId": made.pop()})
+        since = len(audit_records(server.data_dir))
+        assert found() == before - {base64.b64decode(gone["Certificate"])}
+        assert module_calls(server, since) == ["ListCertificates"]
+    finally:
+        close(s)
+        for cid in made:
+            admin(server, "DeleteCertificate", {"CertificateId": cid})
 
 
 def test_pkcs11_create_and_destroy(server, officer, ca, keys, user, p11):
