@@ -517,7 +517,9 @@ hsm_result hsm_client_call_ok(hsm_client *c, const char *target, const char *bod
 	json_t *j = json_loadb((const char *)resp->data, resp->len, 0, &e);
 	const char *type = j ? json_string_value(json_object_get(j, "__type")) : NULL;
 	const char *msg = j ? json_string_value(json_object_get(j, "message")) : NULL;
-	hsm_result r = HSM_FAIL(HSM_ERR_INTERNAL, "%s (HTTP %d): %s", type ? type : "error", status,
+	/* The server's error, so that a caller can tell one from another (HSM_ERR_INTERNAL if unknown). */
+	hsm_result r = HSM_FAIL(type != NULL ? hsm_err_from_kms_name(type) : HSM_ERR_INTERNAL,
+	                        "%s (HTTP %d): %s", type ? type : "error", status,
 	                        msg ? msg : "no message");
 	json_decref(j);
 	return r;

@@ -38,7 +38,7 @@ void hsm_client_close(hsm_client *c);
 hsm_result hsm_client_call(hsm_client *c, const char *target, const char *body, bool sign,
                        int *status, hsm_buf *resp) HSM_MUST_CHECK;
 
-/* Calls and turns a non-200 answer into a failure carrying the server's message. */
+/* Calls and turns a non-200 answer into a failure carrying the server's error and message. */
 hsm_result hsm_client_call_ok(hsm_client *c, const char *target, const char *body, bool sign,
                           hsm_buf *resp) HSM_MUST_CHECK;
 

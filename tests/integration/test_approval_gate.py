@@ -9,13 +9,14 @@ botocore's own SigV4 signer."""
 import json
 import os
 import re
+import subprocess
 import time
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from conftest import DEV_AKID, DEV_SECRET, Hsmd, client, signed_call, start_dev
+from conftest import DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, start_dev
 from helpers import ACCOUNT, admin, audit_records, b64, new_user, self_signed
 
 DEV_ENV = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
@@ -81,6 +82,8 @@ def node():
         f[op] = kms.create_grant(KeyId=f["grants"], GranteePrincipal=DEV_ARN,
                                  RetiringPrincipal=DEV_ARN, Operations=["Encrypt"])["GrantId"]
     f["ImportKeyMaterial"] = key(Origin="EXTERNAL")
+    f["hsmctl-approved"] = key(Origin="EXTERNAL")
+    f["hsmctl-denied"] = key(Origin="EXTERNAL")
     f["DeleteImportedKeyMaterial"] = key(Origin="EXTERNAL")
     f["EnableJwtSigning"] = key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")
     f["DisableJwtSigning"] = key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")
@@ -341,6 +344,55 @@ def test_a_change_that_fails_gives_its_approval_back(node):
         ("denied", "ApprovalRequiredException"), ("error", "TagException"),
         ("error", "TagException")], recs
     assert len(client(node).list_resource_tags(KeyId=node.f["full"])["Tags"]) == 50
+
+
+def hsmctl_import(node, key, material_file):
+    env = dict(os.environ, AWS_ACCESS_KEY_ID=DEV_AKID, AWS_SECRET_ACCESS_KEY=DEV_SECRET)
+    return subprocess.Popen([HSMCTL, "--endpoint", node.endpoint, "key", "import", key,
+                             "--material", str(material_file)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def open_import_request(node, key):
+    """The approval request an hsmctl import into key opened (waiting for it to appear)."""
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        for a in approvals(node).values():
+            if (a["Operation"], a["State"]) == ("ImportKeyMaterial", "Pending") and \
+                    json.loads(a["Request"])["KeyId"] == key:
+                return a["ApprovalId"]
+        time.sleep(0.2)
+    raise AssertionError("hsmctl opened no approval request")
+
+
+def test_hsmctl_import_waits_for_custodians_and_sends_the_same_request(node, tmp_path):
+    """hsmctl wraps the material afresh on every run, so only the run that opened the
+    approval request can send the request custodians approve: it waits for them."""
+    material = tmp_path / "aes.key"
+    material.write_bytes(os.urandom(32))
+    kms = client(node)
+    p = hsmctl_import(node, node.f["hsmctl-approved"], material)
+    approval = open_import_request(node, node.f["hsmctl-approved"])
+    time.sleep(0.5)
+    assert p.poll() is None, p.communicate()  # still waiting
+    assert kms.describe_key(KeyId=node.f["hsmctl-approved"])["KeyMetadata"]["KeyState"] == \
+        "PendingImport"
+    approve(node, approval)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert f"approval request {approval}" in err and "material-id:" in out
+    assert kms.describe_key(KeyId=node.f["hsmctl-approved"])["KeyMetadata"]["KeyState"] == \
+        "Enabled"
+    assert approvals(node)[approval]["State"] == "Used"
+    # A denial ends the wait, and nothing is imported.
+    p = hsmctl_import(node, node.f["hsmctl-denied"], material)
+    approval = open_import_request(node, node.f["hsmctl-denied"])
+    akid, secret = node.users["alice"]
+    admin(node, "DenyRequest", {"ApprovalId": approval}, akid=akid, secret=secret)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode != 0 and f"approval request {approval} is Denied" in err, err
+    assert kms.describe_key(KeyId=node.f["hsmctl-denied"])["KeyMetadata"]["KeyState"] == \
+        "PendingImport"
 
 
 # Last in the file: it seals the node.
