@@ -48,13 +48,8 @@ hsm_result hsm_kms_create_alias(hsm_kms *kms, const hsm_caller *caller, const ch
 	HSM_GUARD(check_alias_name(alias));
 	HSM_GUARD(check_target(target));
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_CreateAlias, target, NULL, &k));
-	/* Taken already: refused before an approval is asked for (the store decides races). */
 	hsm_alias_record had;
-	hsm_result r = hsm_store_alias_get(kms->store, alias, &had);
-	if (hsm_ok(r))
-		r = HSM_FAIL(HSM_ERR_ALREADY_EXISTS, "taken");
-	else if (r.err == HSM_ERR_NOT_FOUND)
-		r = hsm_caller_commit(caller);
+	hsm_result r = kms_commit_unless_taken(hsm_store_alias_get(kms->store, alias, &had), caller);
 	if (hsm_ok(r)) {
 		r = hsm_store_alias_create(kms->store, alias, k->rec.key_id, kms_now(kms));
 		kms_aliases_changed(kms);

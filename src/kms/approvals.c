@@ -184,6 +184,15 @@ hsm_result hsm_caller_commit(const hsm_caller *caller)
 	return HSM_SUCCESS;
 }
 
+hsm_result kms_commit_unless_taken(hsm_result lookup, const hsm_caller *caller)
+{
+	if (hsm_ok(lookup))
+		return HSM_FAIL(HSM_ERR_ALREADY_EXISTS, "the name is taken");
+	if (lookup.err != HSM_ERR_NOT_FOUND)
+		return lookup;
+	return hsm_caller_commit(caller);
+}
+
 void hsm_kms_approval_release(hsm_kms *kms, const hsm_approval_gate *g)
 {
 	if (!g->claimed)

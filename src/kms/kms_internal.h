@@ -135,6 +135,14 @@ hsm_result kms_rotate_due(hsm_kms *kms, const hsm_key_record *rec) HSM_MUST_CHEC
 hsm_result kms_expire_due(hsm_kms *kms, const hsm_key_record *rec) HSM_MUST_CHECK;
 /* DescribeKey's ValidTo: the earliest expiry among the materials the key uses (import.c). */
 hsm_result kms_valid_to_in_use(hsm_kms *kms, hsm_key_record *rec) HSM_MUST_CHECK;
+/*
+ * For an operation that creates a name: lookup is the store's answer for
+ * that name.  ALREADY_EXISTS when it is taken (the caller words it), its
+ * failure when it failed otherwise, else the caller's gate (approvals.c):
+ * a name in use is refused before custodians are asked; the store's create
+ * still decides a race.
+ */
+hsm_result kms_commit_unless_taken(hsm_result lookup, const hsm_caller *caller) HSM_MUST_CHECK;
 /* RotateKeyOnDemand and scheduled rotation of imported material (import.c): the material pending rotation becomes primary. */
 hsm_result kms_promote_pending(hsm_kms *kms, const hsm_caller *caller, const kms_key *k,
                                hsm_rotation_type type, hsm_key_record *out) HSM_MUST_CHECK;

@@ -46,13 +46,8 @@ hsm_result hsm_kms_user_create(hsm_kms *kms, const hsm_caller *caller, const cha
 	HSM_GUARD(hsm_strcpy(u.name, sizeof(u.name), name));
 	u.roles = roles;
 	u.created = kms_now(kms);
-	/* A name in use is refused before an approval is asked for (the store decides races). */
 	hsm_user_record had;
-	hsm_result r = hsm_store_user_get(kms->store, name, &had);
-	if (hsm_ok(r))
-		r = HSM_FAIL(HSM_ERR_ALREADY_EXISTS, "taken");
-	else if (r.err == HSM_ERR_NOT_FOUND)
-		r = hsm_caller_commit(caller);
+	hsm_result r = kms_commit_unless_taken(hsm_store_user_get(kms->store, name, &had), caller);
 	if (hsm_ok(r))
 		r = hsm_store_user_create(kms->store, &u);
 	if (r.err == HSM_ERR_ALREADY_EXISTS)

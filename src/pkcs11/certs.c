@@ -60,7 +60,7 @@ static CK_RV fill(p11_object *o, const uint8_t *der, size_t len)
 	return ok ? CKR_OK : CKR_HOST_MEMORY;
 }
 
-/* One certificate with its DER (a listing's or GetCertificate's): a new object, or the one it already is. */
+/* One certificate with its DER (listed, or from GetCertificate): a new object, or the one it is. */
 static CK_RV load_one(json_t *c)
 {
 	const char *id = json_string_value(json_object_get(c, "CertificateId"));
