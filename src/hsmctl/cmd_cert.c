@@ -10,7 +10,9 @@
  * certify that key, and its PKCS#11 CKA_ID becomes the key's id (the key
  * objects' CKA_ID); the label defaults to the alias --key names, which is
  * the key objects' CKA_LABEL, so PKCS#11 applications find key and
- * certificate under one name.
+ * certificate under one name.  Where ImportCertificate waits for custodians,
+ * each import waits for its approval (hsmctl_call_approved), so a chain is
+ * stored in one run instead of one certificate per run.
  */
 #include <jansson.h>
 #include <stdio.h>
@@ -102,7 +104,9 @@ static hsm_result stored_as(const char *b64, char id[64])
 static hsm_result import_one(json_t *body)
 {
 	json_t *out = NULL;
-	HSM_GUARD(call("HsmdAdmin.ImportCertificate", body, &out));
+	hsm_result r = hsmctl_call_approved("HsmdAdmin.ImportCertificate", body, &out);
+	json_decref(body);
+	HSM_GUARD(r);
 	json_object_del(out, "Certificate");
 	hsmctl_print_fields(out);
 	json_decref(out);

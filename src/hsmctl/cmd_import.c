@@ -23,16 +23,13 @@
  *
  * Where ImportKeyMaterial waits for custodians (approval_operations), only
  * the identical request uses their approval, and a new run could not make
- * it again (a new wrapping key and token each time).  So hsmctl keeps the
- * request and waits: it reads the approval request every few seconds and
- * sends the same request once enough custodians approved it; a denial, a
- * cancellation or the request's expiry ends the wait.
+ * it again (a new wrapping key and token each time), so hsmctl keeps the
+ * request and waits for them (hsmctl_call_approved).
  */
 #include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 
 #include <openssl/bio.h>
 #include <openssl/err.h>
@@ -213,64 +210,6 @@ out:
 
 /* ---- online: the node's API ------------------------------------------------------------ */
 
-#define APPROVAL_ID_LEN 32
-#define APPROVAL_POLL_SECONDS 2
-
-/* The approval request an ApprovalRequiredException names. */
-static hsm_result approval_named(const char *message, char id[APPROVAL_ID_LEN + 1])
-{
-	static const char tag[] = "approval request ";
-	const char *p = message != NULL ? strstr(message, tag) : NULL;
-	if (p != NULL)
-		p += sizeof(tag) - 1;
-	HSM_ENSURE(p != NULL && strspn(p, "0123456789abcdef") >= APPROVAL_ID_LEN,
-	           HSM_ERR_APPROVAL_REQUIRED, "%s", message != NULL ? message : "approval required");
-	memcpy(id, p, APPROVAL_ID_LEN);
-	id[APPROVAL_ID_LEN] = '\0';
-	return HSM_SUCCESS;
-}
-
-/* Waits until custodians approved approval request id; fails once it cannot be. */
-static hsm_result await_approval(hsm_client *c, const char *id)
-{
-	for (;;) {
-		json_t *body = json_pack("{s:s}", "ApprovalId", id), *a = NULL;
-		hsm_result r = hsm_client_call_json(c, "HsmdAdmin.GetApproval", body, true, &a);
-		json_decref(body);
-		HSM_GUARD(r);
-		const char *state = json_string_value(json_object_get(a, "State"));
-		bool pending = state != NULL && strcmp(state, "Pending") == 0;
-		bool approved = pending && json_integer_value(json_object_get(a, "Approvals")) >=
-		                               json_integer_value(json_object_get(a, "Required"));
-		char was[16];
-		snprintf(was, sizeof(was), "%s", state != NULL ? state : "unknown");
-		json_decref(a);
-		if (approved)
-			return HSM_SUCCESS;
-		HSM_ENSURE(pending, HSM_ERR_APPROVAL_REQUIRED,
-		           "approval request %s is %s: the key material was not imported", id, was);
-		sleep(APPROVAL_POLL_SECONDS);
-	}
-}
-
-/* ImportKeyMaterial, waiting for custodians when it must. */
-static hsm_result send_import(hsm_client *c, const json_t *body, json_t **out)
-{
-	hsm_result r = hsm_client_call_json(c, "TrentService.ImportKeyMaterial", body, true, out);
-	if (r.err != HSM_ERR_APPROVAL_REQUIRED)
-		return r;
-	char id[APPROVAL_ID_LEN + 1], message[512];
-	snprintf(message, sizeof(message), "%s", hsm_last_message());
-	HSM_GUARD(approval_named(message, id));
-	fprintf(stderr,
-	        "ImportKeyMaterial waits for custodians' approval: approval request %s "
-	        "(hsmctl approval approve %s). Waiting; the same request goes again once they "
-	        "have approved it (Ctrl-C stops waiting).\n",
-	        id, id);
-	HSM_GUARD(await_approval(c, id));
-	return hsm_client_call_json(c, "TrentService.ImportKeyMaterial", body, true, out);
-}
-
 static hsm_result b64_member(json_t *o, const char *name, hsm_buf *out)
 {
 	const char *s = json_string_value(json_object_get(o, name));
@@ -310,7 +249,7 @@ static hsm_result import_online(const import_opts *o, const hsm_buf *material)
 		json_object_set_new(body, "ImportType", json_string("NEW_KEY_MATERIAL"));
 	if (o->description != NULL)
 		json_object_set_new(body, "KeyMaterialDescription", json_string(o->description));
-	HSM_TRY(send_import(c, body, &out));
+	HSM_TRY(hsmctl_call_approved("TrentService.ImportKeyMaterial", body, &out));
 	const char *id = json_string_value(json_object_get(out, "KeyMaterialId"));
 	printf("material-id: %s\n", id != NULL ? id : "-");
 	json_decref(out);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/util.h"
 #include "client/client.h"
@@ -24,6 +25,66 @@ static hsm_result call(const char *target, bool sign, json_t *body, json_t **out
 	hsm_result r = hsm_client_call_json(&hsmctl_globals.client, target, body, sign, out);
 	json_decref(body);
 	return r;
+}
+
+/* ---- waiting for custodians ----------------------------------------------------------- */
+
+#define APPROVAL_ID_LEN 32
+#define APPROVAL_POLL_SECONDS 2
+
+/* The approval request an ApprovalRequiredException names. */
+static hsm_result approval_named(const char *message, char id[APPROVAL_ID_LEN + 1])
+{
+	static const char tag[] = "approval request ";
+	const char *p = strstr(message, tag);
+	if (p != NULL)
+		p += sizeof(tag) - 1;
+	HSM_ENSURE(p != NULL && strspn(p, "0123456789abcdef") >= APPROVAL_ID_LEN,
+	           HSM_ERR_APPROVAL_REQUIRED, "%s", message);
+	memcpy(id, p, APPROVAL_ID_LEN);
+	id[APPROVAL_ID_LEN] = '\0';
+	return HSM_SUCCESS;
+}
+
+/* Waits until custodians approved approval request id; fails once it cannot be. */
+static hsm_result await_approval(const char *op, const char *id)
+{
+	for (;;) {
+		json_t *a = NULL;
+		HSM_GUARD(call("HsmdAdmin.GetApproval", true, json_pack("{s:s}", "ApprovalId", id), &a));
+		const char *state = json_string_value(json_object_get(a, "State"));
+		bool pending = state != NULL && strcmp(state, "Pending") == 0;
+		bool approved = pending && json_integer_value(json_object_get(a, "Approvals")) >=
+		                               json_integer_value(json_object_get(a, "Required"));
+		char was[16];
+		snprintf(was, sizeof(was), "%s", state != NULL ? state : "unknown");
+		json_decref(a);
+		if (approved)
+			return HSM_SUCCESS;
+		HSM_ENSURE(pending, HSM_ERR_APPROVAL_REQUIRED, "approval request %s is %s: %s was not made",
+		           id, was, op);
+		sleep(APPROVAL_POLL_SECONDS);
+	}
+}
+
+hsm_result hsmctl_call_approved(const char *target, const json_t *body, json_t **out)
+{
+	hsm_client *c = &hsmctl_globals.client;
+	hsm_result r = hsm_client_call_json(c, target, body, true, out);
+	if (r.err != HSM_ERR_APPROVAL_REQUIRED)
+		return r;
+	const char *dot = strchr(target, '.');
+	const char *op = dot != NULL ? dot + 1 : target;
+	char id[APPROVAL_ID_LEN + 1], message[512];
+	snprintf(message, sizeof(message), "%s", hsm_last_message());
+	HSM_GUARD(approval_named(message, id));
+	fprintf(stderr,
+	        "%s waits for custodians' approval: approval request %s (hsmctl approval approve "
+	        "%s). Waiting; the same request goes again once they have approved it (Ctrl-C "
+	        "stops waiting).\n",
+	        op, id, id);
+	HSM_GUARD(await_approval(op, id));
+	return hsm_client_call_json(c, target, body, true, out);
 }
 
 static int simple(const char *ctx, const char *target, bool sign, json_t *body)

@@ -30,6 +30,18 @@ void hsmctl_print_fields(json_t *o);
 int hsmctl_usage(const char *command, const char *fmt, ...) HSM_PRINTF(2, 3);
 
 /*
+ * A signed call (body not consumed) that waits for custodians where target
+ * is listed in the node's approval_operations: on ApprovalRequiredException
+ * it names the approval request on stderr, reads it every few seconds and
+ * sends the identical request again once enough custodians approved; a
+ * denial, a cancellation or the request's expiry fails.  For what one run
+ * cannot repeat (a freshly wrapped import) or does in several steps (a
+ * certificate chain).
+ */
+hsm_result hsmctl_call_approved(const char *target, const json_t *body,
+                                json_t **out) HSM_MUST_CHECK;
+
+/*
  * Options given before the command:
  *   hsmctl [--endpoint URL] [--ca-file F] [--region R] [--store URI] COMMAND ...
  */

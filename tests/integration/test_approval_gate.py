@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from conftest import DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, start_dev
-from helpers import ACCOUNT, admin, audit_records, b64, new_user, self_signed
+from helpers import ACCOUNT, admin, audit_records, b64, make_pki, new_user, self_signed
 
 DEV_ENV = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
 DEV_ARN = f"arn:aws:iam::{ACCOUNT}:user/dev"
@@ -346,11 +346,15 @@ def test_a_change_that_fails_gives_its_approval_back(node):
     assert len(client(node).list_resource_tags(KeyId=node.f["full"])["Tags"]) == 50
 
 
-def hsmctl_import(node, key, material_file):
+def hsmctl_bg(node, *args):
+    """hsmctl against the node as the dev officer, running in the background."""
     env = dict(os.environ, AWS_ACCESS_KEY_ID=DEV_AKID, AWS_SECRET_ACCESS_KEY=DEV_SECRET)
-    return subprocess.Popen([HSMCTL, "--endpoint", node.endpoint, "key", "import", key,
-                             "--material", str(material_file)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([HSMCTL, "--endpoint", node.endpoint, *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def hsmctl_import(node, key, material_file):
+    return hsmctl_bg(node, "key", "import", key, "--material", str(material_file))
 
 
 def open_import_request(node, key):
@@ -393,6 +397,35 @@ def test_hsmctl_import_waits_for_custodians_and_sends_the_same_request(node, tmp
     assert p.returncode != 0 and f"approval request {approval} is Denied" in err, err
     assert kms.describe_key(KeyId=node.f["hsmctl-denied"])["KeyMetadata"]["KeyState"] == \
         "PendingImport"
+
+
+def test_hsmctl_cert_import_waits_for_each_certificate_of_a_chain(node, tmp_path):
+    """A chain is one import per certificate: hsmctl waits for each in turn, so one run
+    stores the whole chain, each certificate once."""
+    make_pki(tmp_path)
+    chain = tmp_path / "chain.pem"
+    chain.write_text((tmp_path / "server.pem").read_text() + (tmp_path / "ca.pem").read_text())
+
+    def stored():
+        return {c["CertificateId"]: c for c in admin(node, "ListCertificates", {})["Certificates"]}
+    before, seen = stored(), set(approvals(node))
+    p = hsmctl_bg(node, "cert", "import", str(chain), "--label", "gate-chain")
+    for _ in range(2):
+        deadline, approval = time.time() + 30, None
+        while approval is None and time.time() < deadline:
+            fresh = [a for a in approvals(node).values() if a["ApprovalId"] not in seen and
+                     (a["Operation"], a["State"]) == ("ImportCertificate", "Pending")]
+            approval = fresh[0]["ApprovalId"] if fresh else time.sleep(0.2)
+        assert approval is not None, "hsmctl opened no approval request"
+        seen.add(approval)
+        approve(node, approval)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert err.count("ImportCertificate waits for custodians' approval") == 2, err
+    new = [c for cid, c in stored().items() if cid not in before]
+    assert sorted(c["Label"] for c in new) == ["", "gate-chain"], new
+    assert {c["Subject"] for c in new} == {c["Subject"] for c in new if c["Label"]} | \
+        {c["Issuer"] for c in new if c["Label"]}
 
 
 # Last in the file: it seals the node.
