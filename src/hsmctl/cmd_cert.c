@@ -6,7 +6,8 @@
  *   hsmctl --endpoint URL cert show ID [--pem] | delete ID
  *
  * FILE holds one certificate, PEM or DER, or a PEM chain: the first is the
- * key's, the others its issuers, stored too (once).  With --key the first must
+ * key's, the others its issuers, stored too (once; the first too when it is
+ * stored with the same label and ObjectId already).  With --key the first must
  * certify that key, and its PKCS#11 CKA_ID becomes the key's id (the key
  * objects' CKA_ID); the label defaults to the alias --key names, which is
  * the key objects' CKA_LABEL, so PKCS#11 applications find key and
@@ -72,8 +73,12 @@ static hsm_result read_certs(const char *path, json_t *out)
 	return r;
 }
 
-/* The id of a stored certificate whose base64 DER is b64, or "" (reading every page). */
-static hsm_result stored_as(const char *b64, char id[64])
+/*
+ * The id of a stored certificate whose base64 DER is b64, or "" (reading
+ * every page); with object_id (base64) and label, only among those stored
+ * with them.
+ */
+static hsm_result stored_as(const char *b64, json_t *object_id, const char *label, char id[64])
 {
 	char marker[64] = "";
 	id[0] = '\0';
@@ -81,6 +86,10 @@ static hsm_result stored_as(const char *b64, char id[64])
 		json_t *body = json_pack("{s:i}", "Limit", 1000), *out = NULL, *item;
 		if (marker[0] != '\0')
 			json_object_set_new(body, "Marker", json_string(marker));
+		if (object_id != NULL)
+			json_object_set(body, "ObjectId", object_id);
+		if (label != NULL)
+			json_object_set_new(body, "Label", json_string(label));
 		HSM_GUARD(call("HsmdAdmin.ListCertificates", body, &out));
 		size_t i;
 		json_array_foreach(json_object_get(out, "Certificates"), i, item)
@@ -98,6 +107,37 @@ static hsm_result stored_as(const char *b64, char id[64])
 		if (!more)
 			return HSM_SUCCESS;
 	}
+}
+
+/*
+ * The ObjectId a list asks for, base64: --id's bytes, or the id of the key
+ * --key names (a key's certificates carry it; an import stores it so).  NULL
+ * when neither is given.
+ */
+static hsm_result object_id_of(const char *hex, const char *key, json_t **out)
+{
+	*out = NULL;
+	hsm_buf raw = {0}, b64 = {0};
+	hsm_result r = HSM_SUCCESS;
+	if (hex != NULL) {
+		r = hsm_hex_decode(&raw, hex, strlen(hex), HSM_ERR_VALIDATION);
+	} else if (key != NULL) {
+		json_t *ans = NULL;
+		r = call("TrentService.DescribeKey", json_pack("{s:s}", "KeyId", key), &ans);
+		const char *id = json_string_value(
+		    json_object_get(json_object_get(ans, "KeyMetadata"), "KeyId"));
+		if (hsm_ok(r))
+			r = id != NULL ? hsm_buf_set(&raw, id, strlen(id))
+			               : HSM_FAIL(HSM_ERR_INTERNAL, "DescribeKey named no key id");
+		json_decref(ans);
+	}
+	if (hsm_ok(r) && (hex != NULL || key != NULL))
+		r = hsm_b64_encode(&b64, raw.data, raw.len);
+	if (hsm_ok(r) && (hex != NULL || key != NULL))
+		*out = json_stringn(b64.len ? (const char *)b64.data : "", b64.len);
+	hsm_buf_free(&raw);
+	hsm_buf_free(&b64);
+	return r;
 }
 
 /* Imports one certificate (body taken) and prints what hsmd says of it. */
@@ -138,13 +178,28 @@ static int import(int argc, char **argv)
 		r = hsm_hex_decode(&raw_id, id, strlen(id), HSM_ERR_VALIDATION);
 	if (hsm_ok(r) && id != NULL)
 		r = hsm_b64_encode(&id64, raw_id.data, raw_id.len);
-	/* The first certificate is the key's, with the options. */
-	if (hsm_ok(r)) {
+	/*
+	 * The first certificate is the key's, with the options.  Stored already
+	 * with the same label and ObjectId (the import ran before), it is not
+	 * stored again: running the same import twice keeps one of each.
+	 */
+	json_t *object_id = NULL;
+	char have[64] = "";
+	if (label == NULL && key != NULL && strncmp(key, "alias/", 6) == 0)
+		label = key + 6;
+	if (hsm_ok(r))
+		r = object_id_of(id, key, &object_id);
+	if (hsm_ok(r) && object_id == NULL && (object_id = json_string("")) == NULL)
+		r = HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
+	if (hsm_ok(r))
+		r = stored_as(json_string_value(json_array_get(certs, 0)), object_id,
+		              label != NULL ? label : "", have);
+	if (hsm_ok(r) && have[0] != '\0') {
+		printf("CertificateId: %s\nAlreadyStored: true\n", have);
+	} else if (hsm_ok(r)) {
 		json_object_set(body, "Certificate", json_array_get(certs, 0));
 		if (key != NULL)
 			json_object_set_new(body, "KeyId", json_string(key));
-		if (label == NULL && key != NULL && strncmp(key, "alias/", 6) == 0)
-			label = key + 6;
 		if (label != NULL)
 			json_object_set_new(body, "Label", json_string(label));
 		if (id != NULL)
@@ -153,15 +208,15 @@ static int import(int argc, char **argv)
 		r = import_one(body);
 		body = NULL; /* taken */
 	}
+	json_decref(object_id);
 	/*
 	 * The rest of a chain: its issuers, which PKCS#11 applications find by
 	 * CKA_SUBJECT (Java's key store builds an entry's chain so).  One hsmd
 	 * holds already, as for another key's chain, is not stored twice.
 	 */
 	for (size_t i = 1; hsm_ok(r) && i < json_array_size(certs); i++) {
-		char have[64];
 		const char *b64 = json_string_value(json_array_get(certs, i));
-		r = stored_as(b64, have);
+		r = stored_as(b64, NULL, NULL, have);
 		printf("\n");
 		if (hsm_ok(r) && have[0] != '\0')
 			printf("CertificateId: %s\nAlreadyStored: true\n", have);
@@ -173,36 +228,6 @@ static int import(int argc, char **argv)
 	hsm_buf_free(&raw_id);
 	hsm_buf_free(&id64);
 	return hsm_failed(r) ? hsmctl_fail("cert import") : 0;
-}
-
-/*
- * The ObjectId a list asks for, base64: --id's bytes, or the id of the key
- * --key names (a key's certificates carry it).  NULL when neither is given.
- */
-static hsm_result object_id_of(const char *hex, const char *key, json_t **out)
-{
-	*out = NULL;
-	hsm_buf raw = {0}, b64 = {0};
-	hsm_result r = HSM_SUCCESS;
-	if (hex != NULL) {
-		r = hsm_hex_decode(&raw, hex, strlen(hex), HSM_ERR_VALIDATION);
-	} else if (key != NULL) {
-		json_t *ans = NULL;
-		r = call("TrentService.DescribeKey", json_pack("{s:s}", "KeyId", key), &ans);
-		const char *id = json_string_value(
-		    json_object_get(json_object_get(ans, "KeyMetadata"), "KeyId"));
-		if (hsm_ok(r))
-			r = id != NULL ? hsm_buf_set(&raw, id, strlen(id))
-			               : HSM_FAIL(HSM_ERR_INTERNAL, "DescribeKey named no key id");
-		json_decref(ans);
-	}
-	if (hsm_ok(r) && (hex != NULL || key != NULL))
-		r = hsm_b64_encode(&b64, raw.data, raw.len);
-	if (hsm_ok(r) && (hex != NULL || key != NULL))
-		*out = json_stringn(b64.len ? (const char *)b64.data : "", b64.len);
-	hsm_buf_free(&raw);
-	hsm_buf_free(&b64);
-	return r;
 }
 
 static int list(int argc, char **argv)

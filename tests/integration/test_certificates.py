@@ -497,13 +497,14 @@ def test_hsmctl(server, officer, ca, keys, tmp_path):
     p = hsmctl(server, "cert", "frobnicate")
     assert p.returncode == 2, p.stderr
 
-    # A PEM chain: the key's certificate with the options, then its issuer, stored once.
+    # A PEM chain: the key's certificate with the options (stored above with this label and
+    # ObjectId, so not again: the same import run twice keeps one), then its issuer, once.
     ca_pem = ca.cert.public_bytes(serialization.Encoding.PEM)
     (tmp_path / "chain.pem").write_bytes(pem + ca_pem)
     p = hsmctl(server, "cert", "import", str(tmp_path / "chain.pem"), "--key", "alias/app-signing")
     assert p.returncode == 0, p.stderr
     leaf, issuer = [fields(block) for block in p.stdout.split("\n\n")]
-    assert leaf["Label"] == "app-signing" and leaf["Subject"] == cert.subject.rfc4514_string()
+    assert leaf == {"CertificateId": cid, "AlreadyStored": "true"}
     assert issuer["Subject"] == "CN=hsmd test issuing CA" and issuer["ObjectId"] == ""
     other = cert_of_key(officer, ca, keys["ec"], "second.example").public_bytes(
         serialization.Encoding.PEM)
@@ -512,10 +513,18 @@ def test_hsmctl(server, officer, ca, keys, tmp_path):
     assert p.returncode == 0, p.stderr
     leaf2, again = [fields(block) for block in p.stdout.split("\n\n")]
     assert again == {"CertificateId": issuer["CertificateId"], "AlreadyStored": "true"}
-    stored = {c["CertificateId"] for c in listed(server)}
-    assert {leaf["CertificateId"], issuer["CertificateId"], leaf2["CertificateId"]} <= stored
+    assert leaf2["Label"] == "" and base64.b64decode(leaf2["ObjectId"]) == keys["ec"].encode()
+    stored = listed(server)
+    p = hsmctl(server, "cert", "import", str(tmp_path / "chain2.pem"), "--key", keys["ec"])
+    assert p.returncode == 0, p.stderr
+    assert [fields(block) for block in p.stdout.split("\n\n")] == [
+        {"CertificateId": leaf2["CertificateId"], "AlreadyStored": "true"},
+        {"CertificateId": issuer["CertificateId"], "AlreadyStored": "true"}]
+    assert listed(server) == stored
+    assert {cid, cid2, issuer["CertificateId"], leaf2["CertificateId"]} <= {
+        c["CertificateId"] for c in stored}
 
-    for c in (cid, cid2, leaf["CertificateId"], issuer["CertificateId"], leaf2["CertificateId"]):
+    for c in (cid, cid2, issuer["CertificateId"], leaf2["CertificateId"]):
         p = hsmctl(server, "cert", "delete", c)
         assert p.returncode == 0, p.stderr
     p = hsmctl(server, "cert", "show", cid)
