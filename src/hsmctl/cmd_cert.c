@@ -74,14 +74,14 @@ static hsm_result read_certs(const char *path, json_t *out)
 }
 
 /*
- * The id of a stored certificate whose base64 DER is b64, or "" (reading
- * every page); with object_id (base64) and label, only among those stored
- * with them.
+ * Lists the stored certificates (those with object_id, base64, and label
+ * when not NULL) page by page, calling each(item, arg) on each; a true
+ * answer stops the listing.
  */
-static hsm_result stored_as(const char *b64, json_t *object_id, const char *label, char id[64])
+static hsm_result each_listed(json_t *object_id, const char *label,
+                              bool (*each)(json_t *item, void *arg), void *arg)
 {
 	char marker[64] = "";
-	id[0] = '\0';
 	for (;;) {
 		json_t *body = json_pack("{s:i}", "Limit", 1000), *out = NULL, *item;
 		if (marker[0] != '\0')
@@ -91,22 +91,48 @@ static hsm_result stored_as(const char *b64, json_t *object_id, const char *labe
 		if (label != NULL)
 			json_object_set_new(body, "Label", json_string(label));
 		HSM_GUARD(call("HsmdAdmin.ListCertificates", body, &out));
+		bool stop = false;
 		size_t i;
 		json_array_foreach(json_object_get(out, "Certificates"), i, item)
 		{
-			const char *der = json_string_value(json_object_get(item, "Certificate"));
-			const char *cid = json_string_value(json_object_get(item, "CertificateId"));
-			if (id[0] == '\0' && der != NULL && cid != NULL && strcmp(der, b64) == 0)
-				snprintf(id, 64, "%s", cid);
+			if (!stop)
+				stop = each(item, arg);
 		}
 		const char *next = json_string_value(json_object_get(out, "NextMarker"));
-		bool more = id[0] == '\0' && json_is_true(json_object_get(out, "Truncated")) && next;
+		bool more = !stop && json_is_true(json_object_get(out, "Truncated")) && next != NULL;
 		if (more)
 			snprintf(marker, sizeof(marker), "%s", next);
 		json_decref(out);
 		if (!more)
 			return HSM_SUCCESS;
 	}
+}
+
+typedef struct der_match {
+	const char *b64;
+	char *id;
+} der_match;
+
+static bool same_der(json_t *item, void *arg)
+{
+	der_match *m = arg;
+	const char *der = json_string_value(json_object_get(item, "Certificate"));
+	const char *cid = json_string_value(json_object_get(item, "CertificateId"));
+	if (der == NULL || cid == NULL || strcmp(der, m->b64) != 0)
+		return false;
+	snprintf(m->id, 64, "%s", cid);
+	return true;
+}
+
+/*
+ * The id of a stored certificate whose base64 DER is b64, or ""; with
+ * object_id (base64) and label, only among those stored with them.
+ */
+static hsm_result stored_as(const char *b64, json_t *object_id, const char *label, char id[64])
+{
+	id[0] = '\0';
+	der_match m = {b64, id};
+	return each_listed(object_id, label, same_der, &m);
 }
 
 /*
@@ -230,6 +256,16 @@ static int import(int argc, char **argv)
 	return hsm_failed(r) ? hsmctl_fail("cert import") : 0;
 }
 
+/* One certificate of `cert list`, without its DER (`cert show ID --pem` prints that). */
+static bool print_listed(json_t *item, void *arg)
+{
+	(void)arg;
+	json_object_del(item, "Certificate");
+	hsmctl_print_fields(item);
+	printf("\n");
+	return false;
+}
+
 static int list(int argc, char **argv)
 {
 	static const char usage[] = "list [--id HEX | --key KEY] [--label L]";
@@ -248,36 +284,9 @@ static int list(int argc, char **argv)
 	json_t *object_id = NULL;
 	if (hsm_failed(object_id_of(hex, key, &object_id)))
 		return hsmctl_fail("cert list");
-	char marker[64] = "";
-	for (;;) {
-		json_t *body = json_pack("{s:i}", "Limit", 1000), *out = NULL, *item;
-		if (marker[0] != '\0')
-			json_object_set_new(body, "Marker", json_string(marker));
-		if (object_id != NULL)
-			json_object_set(body, "ObjectId", object_id);
-		if (label != NULL)
-			json_object_set_new(body, "Label", json_string(label));
-		if (hsm_failed(call("HsmdAdmin.ListCertificates", body, &out))) {
-			json_decref(object_id);
-			return hsmctl_fail("cert list");
-		}
-		size_t i;
-		json_array_foreach(json_object_get(out, "Certificates"), i, item)
-		{
-			json_object_del(item, "Certificate");
-			hsmctl_print_fields(item);
-			printf("\n");
-		}
-		const char *next = json_string_value(json_object_get(out, "NextMarker"));
-		bool more = json_is_true(json_object_get(out, "Truncated")) && next != NULL;
-		if (more)
-			snprintf(marker, sizeof(marker), "%s", next);
-		json_decref(out);
-		if (!more) {
-			json_decref(object_id);
-			return 0;
-		}
-	}
+	hsm_result r = each_listed(object_id, label, print_listed, NULL);
+	json_decref(object_id);
+	return hsm_failed(r) ? hsmctl_fail("cert list") : 0;
 }
 
 /* The certificate in PEM, from the answer's base64 DER. */
