@@ -10,9 +10,11 @@
  *   hsmctl --endpoint URL approval list [--all] | show|approve|deny|cancel ID
  */
 #include <jansson.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/util.h"
@@ -46,12 +48,52 @@ static hsm_result approval_named(const char *message, char id[APPROVAL_ID_LEN + 
 	return HSM_SUCCESS;
 }
 
-/* Waits until custodians approved approval request id; fails once it cannot be. */
+/* Set by SIGINT or SIGTERM while hsmctl waits for custodians. */
+static volatile sig_atomic_t stop_waiting;
+
+static void on_stop_signal(int sig)
+{
+	(void)sig;
+	stop_waiting = 1;
+}
+
+/*
+ * Withdraws approval request id, which this run will not send: custodians are
+ * not asked about a request nobody makes (its requester may cancel it).
+ */
+static void withdraw(const char *id)
+{
+	json_t *out = NULL;
+	hsm_result r = call("HsmdAdmin.CancelRequest", true, json_pack("{s:s}", "ApprovalId", id), &out);
+	json_decref(out);
+	if (hsm_ok(r))
+		fprintf(stderr, "approval request %s withdrawn\n", id);
+	else
+		fprintf(stderr, "approval request %s could not be withdrawn: %s\n", id,
+		        hsm_last_message());
+}
+
+/*
+ * Waits until custodians approved approval request id; fails once it cannot be,
+ * or when the wait ends first (--approval-wait, SIGINT, SIGTERM), withdrawing it.
+ */
 static hsm_result await_approval(const char *op, const char *id)
 {
+	struct sigaction act = {.sa_handler = on_stop_signal}, old_int, old_term;
+	sigemptyset(&act.sa_mask);
+	sigaction(SIGINT, &act, &old_int); /* no SA_RESTART: sleep returns at once */
+	sigaction(SIGTERM, &act, &old_term);
+	long limit = hsmctl_globals.approval_wait; /* seconds; -1: until decided */
+	time_t deadline = time(NULL) + (limit > 0 ? limit : 0);
+	hsm_result r = HSM_SUCCESS;
 	for (;;) {
 		json_t *a = NULL;
-		HSM_GUARD(call("HsmdAdmin.GetApproval", true, json_pack("{s:s}", "ApprovalId", id), &a));
+		r = call("HsmdAdmin.GetApproval", true, json_pack("{s:s}", "ApprovalId", id), &a);
+		if (hsm_failed(r)) {
+			if (stop_waiting) /* the signal cut the read short */
+				withdraw(id);
+			break;
+		}
 		const char *state = json_string_value(json_object_get(a, "State"));
 		bool pending = state != NULL && strcmp(state, "Pending") == 0;
 		bool approved = pending && json_integer_value(json_object_get(a, "Approvals")) >=
@@ -60,11 +102,27 @@ static hsm_result await_approval(const char *op, const char *id)
 		snprintf(was, sizeof(was), "%s", state != NULL ? state : "unknown");
 		json_decref(a);
 		if (approved)
-			return HSM_SUCCESS;
-		HSM_ENSURE(pending, HSM_ERR_APPROVAL_REQUIRED, "approval request %s is %s: %s was not made",
-		           id, was, op);
-		sleep(APPROVAL_POLL_SECONDS);
+			break;
+		if (!pending) {
+			r = HSM_FAIL(HSM_ERR_APPROVAL_REQUIRED, "approval request %s is %s: %s was not made",
+			             id, was, op);
+			break;
+		}
+		if (stop_waiting || (limit >= 0 && time(NULL) >= deadline)) {
+			withdraw(id);
+			r = HSM_FAIL(HSM_ERR_APPROVAL_REQUIRED,
+			             "approval request %s not approved %s: %s was not made", id,
+			             stop_waiting ? "before the wait was stopped" : "within --approval-wait",
+			             op);
+			break;
+		}
+		long left = limit >= 0 ? (long)(deadline - time(NULL)) : APPROVAL_POLL_SECONDS;
+		sleep((unsigned)(left < APPROVAL_POLL_SECONDS ? (left > 0 ? left : 0)
+		                                              : APPROVAL_POLL_SECONDS));
 	}
+	sigaction(SIGINT, &old_int, NULL);
+	sigaction(SIGTERM, &old_term, NULL);
+	return r;
 }
 
 hsm_result hsmctl_call_approved(const char *target, const json_t *body, json_t **out)
@@ -81,7 +139,7 @@ hsm_result hsmctl_call_approved(const char *target, const json_t *body, json_t *
 	fprintf(stderr,
 	        "%s waits for custodians' approval: approval request %s (hsmctl approval approve "
 	        "%s). Waiting; the same request goes again once they have approved it (Ctrl-C "
-	        "stops waiting).\n",
+	        "stops waiting and withdraws it).\n",
 	        op, id, id);
 	HSM_GUARD(await_approval(op, id));
 	return hsm_client_call_json(c, target, body, true, out);

@@ -43,7 +43,8 @@ hsm_result hsmctl_call_approved(const char *target, const json_t *body,
 
 /*
  * Options given before the command:
- *   hsmctl [--endpoint URL] [--ca-file F] [--region R] [--store URI] COMMAND ...
+ *   hsmctl [--endpoint URL] [--ca-file F] [--region R] [--store URI]
+ *          [--approval-wait SECONDS] COMMAND ...
  */
 typedef struct hsmctl_globals_t {
 	hsm_client client;
@@ -53,6 +54,12 @@ typedef struct hsmctl_globals_t {
 	 * only keeps hsmctl's own audit trail.  NULL: the data directory's store.
 	 */
 	const char *store;
+	/*
+	 * How long a command waits for custodians to approve the request it made
+	 * (--approval-wait or HSM_APPROVAL_WAIT, seconds), after which it withdraws
+	 * the approval request; -1: until the request is decided or expires.
+	 */
+	long approval_wait;
 } hsmctl_globals_t;
 extern hsmctl_globals_t hsmctl_globals;
 /* True when --endpoint (or HSM_ENDPOINT) names a running hsmd. */

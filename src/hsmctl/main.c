@@ -1,6 +1,7 @@
 /*
  * hsmctl - init, unseal, ceremony, keys, users, backups, audit and reports.
  */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -150,10 +151,13 @@ static int cmd_help(int argc, char **argv)
 	(void)argc;
 	(void)argv;
 	printf("usage: hsmctl [--endpoint URL[,URL...]] [--ca-file FILE] [--region R] [--store URI] "
-	       "COMMAND [ARGS]\n\n"
-	       "  --endpoint  running hsmd nodes, tried in order (HSM_ENDPOINT)\n"
-	       "  --store     offline commands: the postgresql:// store nodes share, instead of\n"
-	       "              the SQLite store in --data-dir (HSM_STORE)\n\ncommands:\n");
+	       "[--approval-wait SECONDS] COMMAND [ARGS]\n\n"
+	       "  --endpoint       running hsmd nodes, tried in order (HSM_ENDPOINT)\n"
+	       "  --store          offline commands: the postgresql:// store nodes share, instead of\n"
+	       "                   the SQLite store in --data-dir (HSM_STORE)\n"
+	       "  --approval-wait  how long a request waits for custodians' approval before it is\n"
+	       "                   withdrawn (HSM_APPROVAL_WAIT; default: until decided or expired)\n"
+	       "\ncommands:\n");
 	for (size_t i = 0; i < N_COMMANDS; i++) {
 		printf("  %s %s\n      %s\n", commands[i].name, commands[i].args, commands[i].summary);
 	}
@@ -187,9 +191,24 @@ static const hsmctl_command *lookup(int argc, char **argv, int *consumed)
 	return best;
 }
 
-/* Consumes leading global options; returns the index of the command word. */
+/* A wait in whole seconds, 1 to a year; -1 when absent; -2 when malformed. */
+static long wait_seconds(const char *text)
+{
+	if (text == NULL)
+		return -1;
+	char *end = NULL;
+	errno = 0;
+	long v = strtol(text, &end, 10);
+	return errno == 0 && end != text && *end == '\0' && v >= 1 && v <= 366L * 86400 ? v : -2;
+}
+
+/*
+ * Consumes leading global options; returns the index of the command word, or -1
+ * after a malformed option value.
+ */
 static int parse_globals(int argc, char **argv)
 {
+	const char *wait = getenv("HSM_APPROVAL_WAIT");
 	hsm_client *c = &hsmctl_globals.client;
 	c->endpoints = getenv("HSM_ENDPOINT");
 	c->ca_file = getenv("HSM_CA_FILE");
@@ -204,9 +223,17 @@ static int parse_globals(int argc, char **argv)
 			c->region = argv[i + 1];
 		else if (strcmp(argv[i], "--store") == 0)
 			hsmctl_globals.store = argv[i + 1];
+		else if (strcmp(argv[i], "--approval-wait") == 0)
+			wait = argv[i + 1];
 		else
 			break;
 		i += 2;
+	}
+	hsmctl_globals.approval_wait = wait_seconds(wait);
+	if (hsmctl_globals.approval_wait == -2) {
+		fprintf(stderr, "hsmctl: --approval-wait (HSM_APPROVAL_WAIT): give whole seconds, "
+		                "1 to 31622400\n");
+		return -1;
 	}
 	return i;
 }
@@ -217,6 +244,8 @@ int main(int argc, char **argv)
 	 * jansson's memory: wipe it on free. */
 	json_set_alloc_funcs(hsm_wiping_malloc, hsm_wiping_free);
 	int first = parse_globals(argc, argv);
+	if (first < 0)
+		return 2;
 	argc -= first - 1;
 	argv += first - 1;
 	if (argc < 2)

@@ -9,6 +9,7 @@ botocore's own SigV4 signer."""
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 
@@ -84,6 +85,8 @@ def node():
     f["ImportKeyMaterial"] = key(Origin="EXTERNAL")
     f["hsmctl-approved"] = key(Origin="EXTERNAL")
     f["hsmctl-denied"] = key(Origin="EXTERNAL")
+    f["hsmctl-bounded"] = key(Origin="EXTERNAL")
+    f["hsmctl-stopped"] = key(Origin="EXTERNAL")
     f["DeleteImportedKeyMaterial"] = key(Origin="EXTERNAL")
     f["EnableJwtSigning"] = key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")
     f["DisableJwtSigning"] = key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")
@@ -349,12 +352,13 @@ def test_a_change_that_fails_gives_its_approval_back(node):
 def hsmctl_bg(node, *args):
     """hsmctl against the node as the dev officer, running in the background."""
     env = dict(os.environ, AWS_ACCESS_KEY_ID=DEV_AKID, AWS_SECRET_ACCESS_KEY=DEV_SECRET)
+    env.pop("HSM_APPROVAL_WAIT", None)
     return subprocess.Popen([HSMCTL, "--endpoint", node.endpoint, *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def hsmctl_import(node, key, material_file):
-    return hsmctl_bg(node, "key", "import", key, "--material", str(material_file))
+def hsmctl_import(node, key, material_file, *globals_):
+    return hsmctl_bg(node, *globals_, "key", "import", key, "--material", str(material_file))
 
 
 def open_import_request(node, key):
@@ -397,6 +401,44 @@ def test_hsmctl_import_waits_for_custodians_and_sends_the_same_request(node, tmp
     assert p.returncode != 0 and f"approval request {approval} is Denied" in err, err
     assert kms.describe_key(KeyId=node.f["hsmctl-denied"])["KeyMetadata"]["KeyState"] == \
         "PendingImport"
+
+
+def test_hsmctl_withdraws_what_it_stops_waiting_for(node, tmp_path):
+    """A wait that ends unapproved, at --approval-wait or on SIGINT, withdraws the approval
+    request: custodians are not asked about a request nobody will send."""
+    material = tmp_path / "aes.key"
+    material.write_bytes(os.urandom(32))
+    kms = client(node)
+    started = time.monotonic()
+    p = hsmctl_import(node, node.f["hsmctl-bounded"], material, "--approval-wait", "3")
+    approval = open_import_request(node, node.f["hsmctl-bounded"])
+    out, err = p.communicate(timeout=30)
+    waited = time.monotonic() - started
+    assert p.returncode != 0 and 3 <= waited < 20, (waited, err)
+    assert f"approval request {approval} not approved within --approval-wait" in err, err
+    assert f"approval request {approval} withdrawn" in err, err
+    assert approvals(node)[approval]["State"] == "Cancelled"
+    assert kms.describe_key(KeyId=node.f["hsmctl-bounded"])["KeyMetadata"]["KeyState"] == \
+        "PendingImport"
+    # Ctrl-C while waiting.
+    p = hsmctl_import(node, node.f["hsmctl-stopped"], material)
+    approval = open_import_request(node, node.f["hsmctl-stopped"])
+    time.sleep(0.5)
+    assert p.poll() is None, p.communicate()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode != 0, err
+    assert f"approval request {approval} not approved before the wait was stopped" in err, err
+    assert approvals(node)[approval]["State"] == "Cancelled"
+    assert kms.describe_key(KeyId=node.f["hsmctl-stopped"])["KeyMetadata"]["KeyState"] == \
+        "PendingImport"
+    # A wait that is not whole seconds is refused before anything is sent.
+    before = set(approvals(node))
+    for bad in ("0", "-5", "2s", ""):
+        p = hsmctl_import(node, node.f["hsmctl-stopped"], material, "--approval-wait", bad)
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 2 and "--approval-wait" in err, (bad, err)
+    assert set(approvals(node)) == before
 
 
 def test_hsmctl_cert_import_waits_for_each_certificate_of_a_chain(node, tmp_path):
