@@ -33,17 +33,13 @@ hsm_result hsm_kms_derive_shared_secret(hsm_kms *kms, const hsm_caller *caller, 
 	kms_key *k = NULL;
 	const hsm_policy_pair cond = {"kms:KeyAgreementAlgorithm", hsm_agree_alg_name(alg)};
 	kms_authz_extra extra = {.more = &cond, .n_more = 1};
-	/* kms_lookup would stop a DryRun before the usage and the public key are checked. */
-	hsm_caller live = *caller;
-	live.dry_run = false;
-	HSM_GUARD(kms_lookup(kms, &live, HSM_OP_DeriveSharedSecret, key, &extra, &k));
+	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_DeriveSharedSecret, key, &extra, &k));
 	hsm_ks_keyref ref = kms_keyref(k, k->rec.primary_version);
 	hsm_result r = require_agreement(k, alg);
 	if (hsm_ok(r) && caller->dry_run) {
 		r = hsm_ecdh_check_peer(k->rec.spec, peer_spki, peer_len);
 		if (hsm_ok(r))
-			r = HSM_FAIL(HSM_ERR_DRY_RUN,
-			             "The request would have succeeded, but the DryRun option is set.");
+			r = kms_dry_run_stop(caller);
 	} else if (hsm_ok(r)) {
 		r = hsm_ks_derive_shared_secret(kms->ks, &ref, peer_spki, peer_len, secret);
 	}

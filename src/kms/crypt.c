@@ -48,19 +48,26 @@ static hsm_enc_alg alg_or_default(bool has, hsm_enc_alg alg)
 	return has ? alg : HSM_ENC_SYMMETRIC_DEFAULT;
 }
 
-/* Encrypts with the primary version of an already authorized key. */
-static hsm_result encrypt_with(hsm_kms *kms, const kms_key *k, hsm_enc_alg alg,
-                               const hsm_enc_ctx *ctx, const uint8_t *pt, size_t n, hsm_buf *out,
-                               hsm_used_key *used)
+/*
+ * Encrypts with the primary version of an already authorized key.  Under
+ * DryRun it stops before encrypting, or at once after the key checks when
+ * there is no plaintext (ReEncrypt whose ciphertext was not opened).
+ */
+static hsm_result encrypt_with(hsm_kms *kms, const hsm_caller *caller, const kms_key *k,
+                               hsm_enc_alg alg, const hsm_enc_ctx *ctx, const uint8_t *pt,
+                               size_t n, hsm_buf *out, hsm_used_key *used)
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_buf canon = {0};
 	HSM_GUARD(require_enc_alg(k, alg));
+	if (n == 0)
+		HSM_GUARD(kms_dry_run_stop(caller));
 	HSM_ENSURE(n >= 1 && n <= HSM_MAX_PLAINTEXT, HSM_ERR_VALIDATION,
 	           "Plaintext must be between 1 and %d bytes", HSM_MAX_PLAINTEXT);
 	hsm_ks_keyref ref = kms_keyref(k, k->rec.primary_version);
 	if (alg == HSM_ENC_SYMMETRIC_DEFAULT) {
 		HSM_TRY(kms_canonical_ctx(ctx, &canon));
+		HSM_TRY(kms_dry_run_stop(caller));
 		HSM_TRY(hsm_ks_encrypt(kms->ks, &ref, &canon, pt, n, out));
 	} else {
 		HSM_CHECK(ctx->n == 0, HSM_ERR_VALIDATION,
@@ -69,6 +76,7 @@ static hsm_result encrypt_with(hsm_kms *kms, const kms_key *k, hsm_enc_alg alg,
 		HSM_CHECK(n <= max, HSM_ERR_VALIDATION,
 		          "Plaintext is %zu bytes; %s with %s takes at most %zu", n,
 		          hsm_spec_name(k->rec.spec), hsm_enc_alg_name(alg), max);
+		HSM_TRY(kms_dry_run_stop(caller));
 		HSM_TRY(hsm_ks_rsa_encrypt(kms->ks, &ref, alg, pt, n, out));
 	}
 	kms_used(k, ref.version, used);
@@ -84,8 +92,8 @@ hsm_result hsm_kms_encrypt(hsm_kms *kms, const hsm_caller *caller, const hsm_enc
 	hsm_enc_alg alg = alg_or_default(req->has_alg, req->alg);
 	kms_authz_extra extra = {.ctx = &req->ctx, .encryption_algorithm = hsm_enc_alg_name(alg)};
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_Encrypt, req->key, &extra, &k));
-	hsm_result r = encrypt_with(kms, k, alg, &req->ctx, req->plaintext, req->plaintext_len,
-	                            ciphertext, used);
+	hsm_result r = encrypt_with(kms, caller, k, alg, &req->ctx, req->plaintext,
+	                            req->plaintext_len, ciphertext, used);
 	kms_key_release(k);
 	return r;
 }
@@ -126,7 +134,11 @@ static hsm_result decrypt_rsa(hsm_kms *kms, const kms_key *k, hsm_enc_alg alg, c
 	return HSM_FAIL(HSM_ERR_INVALID_CIPHERTEXT, "The ciphertext is not valid for this key");
 }
 
-/* Decrypt's core, shared with ReEncrypt (which authorizes as kms:ReEncryptFrom). */
+/*
+ * Decrypt's core, shared with ReEncrypt (which authorizes as kms:ReEncryptFrom).
+ * Under DryRun the ciphertext is still opened, as the check that it is valid,
+ * unless the request said IGNORE_CIPHERTEXT: then pt stays empty.
+ */
 static hsm_result decrypt_any(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
                               const char *action, const hsm_decrypt_req *req, hsm_buf *pt,
                               hsm_used_key *used, hsm_enc_alg *alg_used)
@@ -141,7 +153,19 @@ static hsm_result decrypt_any(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
 	           HSM_ERR_VALIDATION, "CiphertextBlob must be between 1 and %d bytes",
 	           HSM_MAX_CIPHERTEXT_BLOB);
 	bool symmetric = alg == HSM_ENC_SYMMETRIC_DEFAULT;
-	if (symmetric) {
+	bool skip = caller->dry_run && req->ignore_ciphertext;
+	if (symmetric && skip && req->key != NULL && *req->key != '\0') {
+		HSM_GUARD(kms_lookup(kms, caller, op, req->key, &extra, &k));
+	} else if (symmetric) {
+		if (hsm_failed(hsm_blob_parse(req->ciphertext, req->ciphertext_len, &blob)) &&
+		    req->key != NULL && *req->key != '\0') {
+			/* Not an hsmd blob: if KeyId names an RSA key, the algorithm is what is wrong. */
+			HSM_GUARD(kms_lookup(kms, caller, op, req->key, &extra, &k));
+			res = require_enc_alg(k, alg);
+			kms_key_release(k);
+			k = NULL;
+			HSM_GUARD(res);
+		}
 		HSM_GUARD(hsm_blob_parse(req->ciphertext, req->ciphertext_len, &blob));
 		res = kms_lookup(kms, caller, op, blob.key_id, &extra, &k);
 		if (res.err == HSM_ERR_NOT_FOUND) /* a made-up or altered key id in the blob */
@@ -165,7 +189,9 @@ static hsm_result decrypt_any(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
 		HSM_GUARD(kms_lookup(kms, caller, op, req->key, &extra, &k));
 	}
 	HSM_TRY(require_enc_alg(k, alg));
-	if (symmetric)
+	if (skip)
+		kms_used(k, k->rec.primary_version, used);
+	else if (symmetric)
 		HSM_TRY(decrypt_blob(kms, k, &blob, &req->ctx, pt, used));
 	else
 		HSM_TRY(decrypt_rsa(kms, k, alg, req->ciphertext, req->ciphertext_len, pt, used));
@@ -178,7 +204,10 @@ out:
 hsm_result hsm_kms_decrypt(hsm_kms *kms, const hsm_caller *caller, const hsm_decrypt_req *req,
                            hsm_buf *plaintext, hsm_used_key *used, hsm_enc_alg *alg_used)
 {
-	return decrypt_any(kms, caller, HSM_OP_Decrypt, NULL, req, plaintext, used, alg_used);
+	HSM_GUARD(decrypt_any(kms, caller, HSM_OP_Decrypt, NULL, req, plaintext, used, alg_used));
+	if (caller->dry_run)
+		hsm_buf_clear(plaintext);
+	return kms_dry_run_stop(caller);
 }
 
 hsm_result hsm_kms_reencrypt(hsm_kms *kms, const hsm_caller *caller,
@@ -199,7 +228,7 @@ hsm_result hsm_kms_reencrypt(hsm_kms *kms, const hsm_caller *caller,
 	HSM_TRY(decrypt_any(kms, caller, HSM_OP_ReEncrypt, "kms:ReEncryptFrom", &req->source, &pt,
 	                    source, source_alg));
 	HSM_TRY(kms_lookup(kms, caller, HSM_OP_ReEncrypt, req->dest_key, &extra, &k));
-	HSM_TRY(encrypt_with(kms, k, alg, &req->dest_ctx, pt.data, pt.len, ciphertext, dest));
+	HSM_TRY(encrypt_with(kms, caller, k, alg, &req->dest_ctx, pt.data, pt.len, ciphertext, dest));
 	*dest_alg = alg;
 out:
 	kms_key_release(k);
@@ -235,6 +264,7 @@ hsm_result hsm_kms_generate_data_key(hsm_kms *kms, const hsm_caller *caller, con
 	           "NumberOfBytes must be between 1 and %d", HSM_MAX_DATA_KEY_BYTES);
 	HSM_GUARD(data_key_target(kms, caller, op, key, ctx, &k));
 	HSM_TRY(kms_canonical_ctx(ctx, &canon));
+	HSM_TRY(kms_dry_run_stop(caller));
 	hsm_ks_keyref ref = kms_keyref(k, k->rec.primary_version);
 	HSM_TRY(hsm_ks_generate_data_key(kms->ks, &ref, &canon, n_bytes, plaintext, ciphertext));
 	kms_used(k, ref.version, used);
@@ -258,6 +288,7 @@ hsm_result hsm_kms_generate_data_key_pair(hsm_kms *kms, const hsm_caller *caller
 	           "KeyPairSpec %s is not supported", hsm_spec_name(pair_spec));
 	HSM_GUARD(data_key_target(kms, caller, op, key, ctx, &k));
 	HSM_TRY(kms_canonical_ctx(ctx, &canon));
+	HSM_TRY(kms_dry_run_stop(caller));
 	hsm_ks_keyref ref = kms_keyref(k, k->rec.primary_version);
 	HSM_TRY(hsm_ks_generate_data_key_pair(kms->ks, &ref, &canon, pair_spec, priv, priv_blob, pub));
 	kms_used(k, ref.version, used);

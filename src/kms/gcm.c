@@ -43,6 +43,8 @@ hsm_result hsm_kms_gcm_encrypt(hsm_kms *kms, const hsm_caller *caller, const cha
 	           "Plaintext must be at most %d bytes", HSM_GCM_MAX_DATA);
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_GcmEncrypt, key, NULL, &k));
 	hsm_result r = require_aes(k);
+	if (hsm_ok(r))
+		r = kms_dry_run_stop(caller);
 	if (hsm_ok(r)) {
 		hsm_ks_keyref ref = kms_keyref(k, k->rec.primary_version);
 		r = hsm_ks_gcm_seal(kms->ks, &ref, aad, aad_len, pt, pt_len, iv, ct);
@@ -64,6 +66,8 @@ hsm_result hsm_kms_gcm_decrypt(hsm_kms *kms, const hsm_caller *caller, const cha
 	           HSM_GCM_TAG_LEN, HSM_GCM_MAX_DATA + HSM_GCM_TAG_LEN);
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_GcmDecrypt, key, NULL, &k));
 	hsm_result r = require_aes(k);
+	if (hsm_ok(r))
+		r = kms_dry_run_stop(caller);
 	bool tried = false; /* every version, and none verified the tag */
 	if (hsm_ok(r)) {
 		tried = true;

@@ -685,6 +685,7 @@ hsm_result hsm_kms_create_grant(hsm_kms *kms, const hsm_caller *caller,
 	    hsm_strcpy(g.retiring, sizeof(g.retiring), req->retiring != NULL ? req->retiring : ""));
 	g.operations = ops;
 	g.created = kms_now(kms);
+	HSM_TRY(kms_dry_run_stop(caller));
 	HSM_TRY(hsm_caller_commit(caller));
 	res = hsm_store_grant_create(kms->store, &g, NULL);
 	if (res.err == HSM_ERR_LIMIT_EXCEEDED)
@@ -792,6 +793,7 @@ hsm_result hsm_kms_retire_grant(hsm_kms *kms, const hsm_caller *caller, const ch
 	          "allowed "
 	          "RetireGrant",
 	          arn, k->arn);
+	HSM_TRY(kms_dry_run_stop(caller));
 	HSM_TRY(hsm_caller_commit(caller));
 	res = hsm_store_grant_delete(kms->store, key_id, gid);
 	if (res.err == HSM_ERR_NOT_FOUND)
@@ -816,6 +818,8 @@ hsm_result hsm_kms_revoke_grant(hsm_kms *kms, const hsm_caller *caller, const ch
 	memset(&g, 0, sizeof(g));
 	hsm_result r = hsm_store_grant_get(kms->store, k->rec.key_id, grant_id, &g);
 	hsm_grant_record_clear(&g);
+	if (hsm_ok(r))
+		r = kms_dry_run_stop(caller);
 	if (hsm_ok(r))
 		r = hsm_caller_commit(caller);
 	if (hsm_ok(r)) {

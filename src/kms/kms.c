@@ -571,6 +571,13 @@ hsm_result kms_authorize(hsm_kms *kms, const hsm_caller *caller, hsm_op op, cons
 	                : "because no resource-based policy allows the action");
 }
 
+hsm_result kms_dry_run_stop(const hsm_caller *caller)
+{
+	HSM_ENSURE(!caller->dry_run, HSM_ERR_DRY_RUN,
+	           "The request would have succeeded, but the DryRun option is set.");
+	return HSM_SUCCESS;
+}
+
 hsm_result kms_lookup(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const char *ref,
                       const kms_authz_extra *extra, kms_key **out)
 {
@@ -584,9 +591,6 @@ hsm_result kms_lookup(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const c
 	                   : kms_authorize(kms, caller, op, k, extra);
 	if (hsm_ok(r))
 		r = kms_check_state(op, &k->rec);
-	if (hsm_ok(r) && caller->dry_run)
-		r = HSM_FAIL(HSM_ERR_DRY_RUN,
-		             "The request would have succeeded, but the DryRun option is set.");
 	if (hsm_failed(r)) {
 		kms_key_release(k);
 		return r;

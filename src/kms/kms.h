@@ -190,9 +190,11 @@ typedef struct hsm_caller {
 	unsigned roles;            /* HSM_ROLE_BIT set */
 	bool local;                /* hsmctl on the data directory: holds the quorum */
 	/*
-	 * DryRun (KMS API, cryptographic operations): check permissions, key
-	 * state and parameters, then fail with DryRunOperationException instead
-	 * of performing the operation.
+	 * DryRun (the KMS operations that take it: cryptographic ones and
+	 * CreateGrant, RetireGrant, RevokeGrant; hsmd's SignToken, GcmEncrypt,
+	 * GcmDecrypt): make every check the request makes (permissions, key state,
+	 * key usage, algorithm, parameters; a ciphertext is opened to be checked),
+	 * then fail with DryRunOperationException instead of acting or answering.
 	 */
 	bool dry_run;
 	/*
@@ -540,6 +542,11 @@ typedef struct hsm_decrypt_req {
 	hsm_enc_ctx ctx;
 	bool has_alg;
 	hsm_enc_alg alg;
+	/*
+	 * DryRun with DryRunModifiers IGNORE_CIPHERTEXT: the ciphertext is not
+	 * opened; the key is KeyId's, or else the one a symmetric blob names.
+	 */
+	bool ignore_ciphertext;
 } hsm_decrypt_req;
 
 /* plaintext must be a secure buffer. */

@@ -81,6 +81,11 @@ hsm_result kms_check_state(hsm_op op, const hsm_key_record *rec) HSM_MUST_CHECK;
  */
 hsm_result kms_lookup(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const char *ref,
                       const kms_authz_extra *extra, kms_key **out) HSM_MUST_CHECK;
+/*
+ * DryRun: every check a request makes before it would act has passed; it
+ * stops here with DryRunOperationException.  Success when DryRun is not set.
+ */
+hsm_result kms_dry_run_stop(const hsm_caller *caller) HSM_MUST_CHECK;
 /* Same without authorization (internal work: scheduler). */
 hsm_result kms_key_load(hsm_kms *kms, const char *key_id, kms_key **out) HSM_MUST_CHECK;
 

@@ -95,6 +95,7 @@ hsm_result hsm_kms_sign_token(hsm_kms *kms, const hsm_caller *caller,
 	issued.expires_at = issued.issued_at + lifetime;
 	hsm_jwt_header h = {issued.alg, issued.kid, req->typ, req->cty};
 	HSM_TRY(hsm_jwt_signing_input(&h, req->claims, issued.issued_at, issued.expires_at, &input));
+	HSM_TRY(kms_dry_run_stop(caller));
 	hsm_ks_keyref ref = kms_keyref(k, version);
 	HSM_TRY(hsm_ks_sign(kms->ks, &ref, hsm_jws_alg_get(issued.alg)->sign_alg, HSM_MSG_RAW,
 	                    input.data, input.len, &sig));

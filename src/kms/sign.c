@@ -57,6 +57,8 @@ static hsm_result sign_lookup(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
 	kms_authz_extra extra = {.signing_algorithm = hsm_sign_alg_name(alg)};
 	HSM_GUARD(kms_lookup(kms, caller, op, key, &extra, out));
 	hsm_result r = require_sign_alg(*out, alg);
+	if (hsm_ok(r))
+		r = kms_dry_run_stop(caller);
 	if (hsm_failed(r)) {
 		kms_key_release(*out);
 		*out = NULL;
@@ -111,6 +113,8 @@ static hsm_result mac_lookup(hsm_kms *kms, const hsm_caller *caller, hsm_op op, 
 	           "Message must be between 1 and %d bytes", HSM_MAX_MAC_MESSAGE);
 	HSM_GUARD(kms_lookup(kms, caller, op, key, &extra, out));
 	hsm_result r = require_mac_alg(*out, alg);
+	if (hsm_ok(r))
+		r = kms_dry_run_stop(caller);
 	if (hsm_failed(r)) {
 		kms_key_release(*out);
 		*out = NULL;

@@ -3,9 +3,11 @@
  *
  * Rules from the AWS KMS API reference (Tag): TagKey 1-128 characters,
  * TagValue 0-256 characters, Unicode letters, digits, white space and
- * _ . : / = + - @; the "aws:" prefix is reserved (TagException).
+ * _ . : / = + - @; the "aws:" prefix, in any case, is reserved for keys and
+ * values alike (TagException), as AWS's tagging rules say.
  */
 #include <string.h>
+#include <strings.h>
 
 #include "kms/kms_internal.h"
 
@@ -37,6 +39,11 @@ static long utf8_chars(const char *s)
 	return n;
 }
 
+static bool reserved(const char *s)
+{
+	return strncasecmp(s, "aws:", 4) == 0;
+}
+
 hsm_result kms_check_tag(const hsm_tag *t)
 {
 	long k = utf8_chars(t->key), v = utf8_chars(t->value);
@@ -44,8 +51,8 @@ hsm_result kms_check_tag(const hsm_tag *t)
 	           "TagKey must be 1 to %d valid characters", HSM_TAG_KEY_MAX);
 	HSM_ENSURE(v >= 0 && v <= HSM_TAG_VALUE_MAX, HSM_ERR_TAG,
 	           "TagValue must be 0 to %d valid characters", HSM_TAG_VALUE_MAX);
-	HSM_ENSURE(strncmp(t->key, "aws:", 4) != 0, HSM_ERR_TAG,
-	           "Tag keys that begin with aws: are reserved");
+	HSM_ENSURE(!reserved(t->key) && !reserved(t->value), HSM_ERR_TAG,
+	           "Tag keys and values that begin with aws: (in any case) are reserved");
 	return HSM_SUCCESS;
 }
 
@@ -73,8 +80,10 @@ hsm_result hsm_kms_untag(hsm_kms *kms, const hsm_caller *caller, const char *ref
 	HSM_ENSURE(n >= 1, HSM_ERR_VALIDATION, "TagKeys must contain at least one key");
 	for (size_t i = 0; i < n; i++) {
 		long c = utf8_chars(keys[i]);
-		HSM_ENSURE(c >= 1 && c <= HSM_TAG_KEY_MAX, HSM_ERR_TAG,
+		HSM_ENSURE(c >= 1 && c <= HSM_TAG_KEY_MAX, HSM_ERR_VALIDATION,
 		           "TagKey must be 1 to %d valid characters", HSM_TAG_KEY_MAX);
+		HSM_ENSURE(!reserved(keys[i]), HSM_ERR_TAG,
+		           "Tag keys that begin with aws: (in any case) are reserved");
 	}
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_UntagResource, ref, NULL, &k));
 	hsm_result r = hsm_caller_commit(caller);

@@ -115,6 +115,20 @@ hsm_result hsm_api_key_id(hsm_api_ctx *c, const char *member, const char **out) 
 /* Limit (1..max, default def) and Marker (1..1024 characters, optional). */
 hsm_result hsm_api_paging(hsm_api_ctx *c, int64_t max, int64_t def, size_t *limit,
                           const char **marker) HSM_MUST_CHECK;
+/*
+ * Refuses Recipient (an AWS Nitro Enclaves or NitroTPM attestation document,
+ * for the secret to come back encrypted to the enclave's key as
+ * CiphertextForRecipient), which has no meaning outside AWS: ignoring it would
+ * answer in the clear the secret (named by answer) the caller asked to receive
+ * encrypted.
+ */
+hsm_result hsm_api_refuse_recipient(hsm_api_ctx *c, const char *answer) HSM_MUST_CHECK;
+/*
+ * Writes the KeyMaterialId of the version a symmetric encryption key used, as
+ * AWS KMS does for Decrypt, ReEncrypt and the GenerateDataKey family (member
+ * names it); nothing for other keys.
+ */
+void hsm_api_write_material_id(hsm_api_ctx *c, const char *member, const hsm_used_key *used);
 /* Writes KeyMetadata for a key record. */
 void hsm_api_write_key_metadata(hsm_api_ctx *c, const char *member, const hsm_key_record *r);
 /* Writes "KeyId": <key ARN>. */

@@ -8,24 +8,11 @@
  * buffer (returns_secret in dispatch.c) and the audit record names only the
  * key and the algorithm.
  *
- * Recipient (an AWS Nitro Enclaves or NitroTPM attestation document, for
- * the secret to come back encrypted to the enclave's key as
- * CiphertextForRecipient) has no meaning outside AWS.  It is refused, not
- * ignored: ignoring it would answer in the clear a secret the caller asked
- * to receive encrypted.
+ * Recipient is refused (hsm_api_refuse_recipient), not ignored.
  */
 #include "server/api.h"
 
 #define PUBLIC_KEY_MAX 8192 /* DeriveSharedSecret PublicKey: 1-8192 bytes */
-
-static hsm_result refuse_recipient(hsm_api_ctx *c)
-{
-	json_t *r = json_object_get(c->req, "Recipient");
-	HSM_ENSURE(r == NULL || json_is_null(r), HSM_ERR_UNSUPPORTED_OPERATION,
-	           "Recipient is not supported: hsmd does not verify AWS Nitro Enclaves or NitroTPM "
-	           "attestation documents; leave it out to receive the SharedSecret");
-	return HSM_SUCCESS;
-}
 
 hsm_result hsm_api_derive_shared_secret(hsm_api_ctx *c)
 {
@@ -41,7 +28,7 @@ hsm_result hsm_api_derive_shared_secret(hsm_api_ctx *c)
 	HSM_TRY(hsm_agree_alg_parse(name, &alg));
 	c->audit.algorithm = hsm_agree_alg_name(alg);
 	HSM_TRY(hsm_json_blob(c->req, "PublicKey", true, 1, PUBLIC_KEY_MAX, &peer, &present));
-	HSM_TRY(refuse_recipient(c));
+	HSM_TRY(hsm_api_refuse_recipient(c, "SharedSecret"));
 	HSM_TRY(hsm_kms_derive_shared_secret(c->kms, c->caller, key, alg, peer.data, peer.len,
 	                                     &secret, &used));
 	hsm_api_note_key(c, &used);

@@ -43,6 +43,24 @@ static hsm_result read_enc_alg(hsm_api_ctx *c, const char *member, bool *has, hs
 	return HSM_SUCCESS;
 }
 
+/* DryRunModifiers (Decrypt, ReEncrypt): IGNORE_CIPHERTEXT is the one there is. */
+static hsm_result read_dry_run_modifiers(hsm_api_ctx *c, bool *ignore_ciphertext)
+{
+	const char **mods = NULL;
+	size_t n = 0;
+	HSM_GUARD(hsm_json_string_list(c->req, "DryRunModifiers", false, 8, &mods, &n));
+	hsm_result r = HSM_SUCCESS;
+	for (size_t i = 0; i < n && hsm_ok(r); i++) {
+		if (strcmp(mods[i], "IGNORE_CIPHERTEXT") == 0)
+			*ignore_ciphertext = true;
+		else
+			r = HSM_FAIL(HSM_ERR_VALIDATION,
+			             "DryRunModifiers: '%.64s' is not one of [IGNORE_CIPHERTEXT]", mods[i]);
+	}
+	free(mods);
+	return r;
+}
+
 hsm_result hsm_api_encrypt(hsm_api_ctx *c)
 {
 	hsm_result res = HSM_SUCCESS;
@@ -81,8 +99,10 @@ hsm_result hsm_api_decrypt(hsm_api_ctx *c)
 	HSM_TRY(hsm_json_blob(c->req, "CiphertextBlob", true, 1, HSM_MAX_CIPHERTEXT_BLOB, &ct,
 	                      &present));
 	HSM_TRY(hsm_json_str(c->req, "KeyId", false, 1, HSM_KEYID_MAX, &req.key));
+	HSM_TRY(hsm_api_refuse_recipient(c, "Plaintext"));
 	HSM_TRY(read_ctx(c, "EncryptionContext", &req.ctx, true));
 	HSM_TRY(read_enc_alg(c, "EncryptionAlgorithm", &req.has_alg, &req.alg));
+	HSM_TRY(read_dry_run_modifiers(c, &req.ignore_ciphertext));
 	req.ciphertext = ct.data;
 	req.ciphertext_len = ct.len;
 	HSM_TRY(hsm_kms_decrypt(c->kms, c->caller, &req, &pt, &used, &alg));
@@ -90,6 +110,7 @@ hsm_result hsm_api_decrypt(hsm_api_ctx *c)
 	hsm_api_write_key_arn(c, "KeyId", used.key_id);
 	hsm_jw_b64(c->w, "Plaintext", pt.data, pt.len);
 	hsm_jw_str(c->w, "EncryptionAlgorithm", hsm_enc_alg_name(alg));
+	hsm_api_write_material_id(c, "KeyMaterialId", &used);
 out:
 	hsm_buf_free(&ct);
 	hsm_buf_free(&pt);
@@ -112,6 +133,7 @@ hsm_result hsm_api_reencrypt(hsm_api_ctx *c)
 	HSM_TRY(read_ctx(c, "DestinationEncryptionContext", &req.dest_ctx, false));
 	HSM_TRY(read_enc_alg(c, "SourceEncryptionAlgorithm", &req.source.has_alg, &req.source.alg));
 	HSM_TRY(read_enc_alg(c, "DestinationEncryptionAlgorithm", &req.has_dest_alg, &req.dest_alg));
+	HSM_TRY(read_dry_run_modifiers(c, &req.source.ignore_ciphertext));
 	req.source.ciphertext = ct.data;
 	req.source.ciphertext_len = ct.len;
 	HSM_TRY(hsm_kms_reencrypt(c->kms, c->caller, &req, &out_ct, &src, &src_alg, &dst, &dst_alg));
@@ -121,6 +143,8 @@ hsm_result hsm_api_reencrypt(hsm_api_ctx *c)
 	hsm_api_write_key_arn(c, "KeyId", dst.key_id);
 	hsm_jw_str(c->w, "SourceEncryptionAlgorithm", hsm_enc_alg_name(src_alg));
 	hsm_jw_str(c->w, "DestinationEncryptionAlgorithm", hsm_enc_alg_name(dst_alg));
+	hsm_api_write_material_id(c, "SourceKeyMaterialId", &src);
+	hsm_api_write_material_id(c, "DestinationKeyMaterialId", &dst);
 out:
 	free_ctx(c, &req.dest_ctx);
 	hsm_buf_free(&ct);
@@ -166,6 +190,8 @@ static hsm_result data_key(hsm_api_ctx *c, bool with_plaintext)
 	HSM_TRY(hsm_api_key_id(c, "KeyId", &key));
 	HSM_TRY(data_key_size(c, &n));
 	HSM_TRY(read_ctx(c, "EncryptionContext", &ctx, true));
+	if (with_plaintext)
+		HSM_TRY(hsm_api_refuse_recipient(c, "Plaintext"));
 	HSM_TRY(hsm_kms_generate_data_key(c->kms, c->caller, key, n, &ctx,
 	                                  with_plaintext ? &pt : NULL, &ct, &used));
 	hsm_api_note_key(c, &used);
@@ -173,6 +199,7 @@ static hsm_result data_key(hsm_api_ctx *c, bool with_plaintext)
 	if (with_plaintext)
 		hsm_jw_b64(c->w, "Plaintext", pt.data, pt.len);
 	hsm_api_write_key_arn(c, "KeyId", used.key_id);
+	hsm_api_write_material_id(c, "KeyMaterialId", &used);
 out:
 	hsm_buf_free(&pt);
 	hsm_buf_free(&ct);
@@ -200,8 +227,11 @@ static hsm_result data_key_pair(hsm_api_ctx *c, bool with_plaintext)
 	hsm_buf_init_secure(&priv);
 	HSM_TRY(hsm_api_key_id(c, "KeyId", &key));
 	HSM_TRY(hsm_json_str(c->req, "KeyPairSpec", true, 1, 64, &spec_name));
-	HSM_TRY(hsm_spec_parse(spec_name, &spec));
+	HSM_CHECK(hsm_ok(hsm_spec_parse(spec_name, &spec)), HSM_ERR_VALIDATION,
+	          "KeyPairSpec '%.64s' is not supported", spec_name);
 	HSM_TRY(read_ctx(c, "EncryptionContext", &ctx, true));
+	if (with_plaintext)
+		HSM_TRY(hsm_api_refuse_recipient(c, "PrivateKeyPlaintext"));
 	HSM_TRY(hsm_kms_generate_data_key_pair(c->kms, c->caller, key, spec, &ctx,
 	                                       with_plaintext ? &priv : NULL, &blob, &pub, &used));
 	hsm_api_note_key(c, &used);
@@ -211,6 +241,7 @@ static hsm_result data_key_pair(hsm_api_ctx *c, bool with_plaintext)
 	hsm_jw_b64(c->w, "PublicKey", pub.data, pub.len);
 	hsm_api_write_key_arn(c, "KeyId", used.key_id);
 	hsm_jw_str(c->w, "KeyPairSpec", hsm_spec_name(spec));
+	hsm_api_write_material_id(c, "KeyMaterialId", &used);
 out:
 	hsm_buf_free(&priv);
 	hsm_buf_free(&blob);
@@ -236,6 +267,7 @@ hsm_result hsm_api_generate_random(hsm_api_ctx *c)
 	const char *store = NULL;
 	HSM_GUARD(hsm_json_str(c->req, "CustomKeyStoreId", false, 1, 64, &store));
 	HSM_ENSURE(store == NULL, HSM_ERR_UNSUPPORTED_OPERATION, "custom key stores are not supported");
+	HSM_GUARD(hsm_api_refuse_recipient(c, "Plaintext"));
 	HSM_GUARD(hsm_json_int(c->req, "NumberOfBytes", true, 1, HSM_MAX_RANDOM, &n, &present));
 	hsm_buf_init_secure(&out);
 	hsm_result r = hsm_kms_generate_random(c->kms, c->caller, (size_t)n, &out);

@@ -18,6 +18,25 @@ hsm_result hsm_api_key_id(hsm_api_ctx *c, const char *member, const char **out)
 	return hsm_json_str(c->req, member, true, 1, HSM_KEYID_MAX, out);
 }
 
+hsm_result hsm_api_refuse_recipient(hsm_api_ctx *c, const char *answer)
+{
+	json_t *r = json_object_get(c->req, "Recipient");
+	HSM_ENSURE(r == NULL || json_is_null(r), HSM_ERR_UNSUPPORTED_OPERATION,
+	           "Recipient is not supported: hsmd does not verify AWS Nitro Enclaves or NitroTPM "
+	           "attestation documents; leave it out to receive the %s",
+	           answer);
+	return HSM_SUCCESS;
+}
+
+void hsm_api_write_material_id(hsm_api_ctx *c, const char *member, const hsm_used_key *used)
+{
+	if (used->spec != HSM_SPEC_SYMMETRIC_DEFAULT)
+		return;
+	char id[HSM_MATERIAL_ID_LEN + 1];
+	hsm_kms_material_id(used->key_id, used->version, id);
+	hsm_jw_str(c->w, member, id);
+}
+
 hsm_result hsm_api_paging(hsm_api_ctx *c, int64_t max, int64_t def, size_t *limit,
                           const char **marker)
 {
@@ -163,14 +182,19 @@ static hsm_result read_origin(hsm_api_ctx *c, hsm_create_key_req *req)
 	HSM_GUARD(hsm_json_str(c->req, "XksKeyId", false, 1, 128, &xks));
 	HSM_GUARD(hsm_json_bool(c->req, "MultiRegion", &multi, &present));
 	req->origin = HSM_ORIGIN_AWS_KMS;
-	if (origin != NULL && strcmp(origin, "EXTERNAL") == 0)
+	if (origin != NULL && strcmp(origin, "EXTERNAL") == 0) {
 		req->origin = HSM_ORIGIN_EXTERNAL;
-	else
-		HSM_ENSURE(origin == NULL || strcmp(origin, "AWS_KMS") == 0,
-		           HSM_ERR_UNSUPPORTED_OPERATION,
-		           "Origin %s is not supported: hsmd makes key material itself (AWS_KMS) or "
-		           "imports it (EXTERNAL)",
+	} else if (origin != NULL && strcmp(origin, "AWS_KMS") != 0) {
+		bool known = strcmp(origin, "AWS_CLOUDHSM") == 0 || strcmp(origin, "EXTERNAL_KEY_STORE") == 0;
+		HSM_ENSURE(known, HSM_ERR_VALIDATION,
+		           "Origin '%.32s' is not one of [AWS_KMS, EXTERNAL, AWS_CLOUDHSM, "
+		           "EXTERNAL_KEY_STORE]",
 		           origin);
+		return HSM_FAIL(HSM_ERR_UNSUPPORTED_OPERATION,
+		                "Origin %s is not supported: hsmd makes key material itself (AWS_KMS) or "
+		                "imports it (EXTERNAL)",
+		                origin);
+	}
 	HSM_ENSURE(store == NULL && xks == NULL, HSM_ERR_UNSUPPORTED_OPERATION,
 	           "custom key stores are not supported");
 	HSM_ENSURE(!multi, HSM_ERR_UNSUPPORTED_OPERATION,

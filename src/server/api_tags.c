@@ -8,6 +8,8 @@
 #include "common/encoding.h"
 #include "server/api.h"
 
+#define UNTAG_KEYS_MAX 1000
+
 hsm_result hsm_api_tag_resource(hsm_api_ctx *c)
 {
 	const char *key;
@@ -28,7 +30,8 @@ hsm_result hsm_api_untag_resource(hsm_api_ctx *c)
 	const char **keys = NULL;
 	size_t n = 0;
 	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
-	HSM_GUARD(hsm_json_string_list(c->req, "TagKeys", true, HSM_MAX_TAGS_PER_KEY, &keys, &n));
+	/* No bound in the API beyond the request's size; a key has at most 50 tags. */
+	HSM_GUARD(hsm_json_string_list(c->req, "TagKeys", true, UNTAG_KEYS_MAX, &keys, &n));
 	hsm_api_note_ref(c, key);
 	hsm_result r = n == 0 ? HSM_FAIL(HSM_ERR_VALIDATION, "TagKeys must not be empty")
 	                      : hsm_kms_untag(c->kms, c->caller, key, n, keys);
@@ -122,6 +125,8 @@ hsm_result hsm_api_list_key_policies(hsm_api_ctx *c)
 	size_t limit;
 	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
 	HSM_GUARD(hsm_api_paging(c, 1000, 100, &limit, &marker));
+	/* One policy, one page: no NextMarker is ever handed out to come back. */
+	HSM_ENSURE(marker == NULL, HSM_ERR_INVALID_MARKER, "Marker is invalid");
 	HSM_GUARD(hsm_kms_list_policies(c->kms, c->caller, key));
 	hsm_api_note_ref(c, key);
 	hsm_jw_key_begin_array(c->w, "PolicyNames");

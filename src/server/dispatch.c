@@ -228,6 +228,16 @@ static bool returns_secret(hsm_op op)
 }
 
 /*
+ * Operations that take DryRun: those that use key material (GetPublicKey
+ * aside, as in AWS KMS) and the grant changes.
+ */
+static bool takes_dry_run(hsm_op op)
+{
+	return (hsm_op_get(op)->cls == HSM_OPC_CRYPTO && op != HSM_OP_GetPublicKey) ||
+	       op == HSM_OP_CreateGrant || op == HSM_OP_RetireGrant || op == HSM_OP_RevokeGrant;
+}
+
+/*
  * A request refused or failed before its handler named its key: the record
  * still says which key the caller asked for (when it resolves), so a key's
  * trail shows the attempts on it that failed.  Only failures pay for this lookup.
@@ -243,11 +253,11 @@ static void note_key(hsm_api_ctx *c, json_t *doc)
 static hsm_result run_kms(hsm_server *s, hsm_op op, const hsm_auth_result *auth, pending *p,
                           hsm_api_audit *audit, json_t *doc, hsm_commit_gate *gate)
 {
-	/* DryRun (cryptographic operations): everything is checked, nothing performed. */
+	/* DryRun: everything is checked, nothing performed. */
 	bool dry = false, present;
 	HSM_GUARD(hsm_json_bool(doc, "DryRun", &dry, &present));
 	hsm_caller caller = auth->caller;
-	caller.dry_run = dry && hsm_op_get(op)->cls == HSM_OPC_CRYPTO;
+	caller.dry_run = dry && takes_dry_run(op);
 	caller.gate = gate;
 	/* GrantTokens (any operation that uses a key): well-formed, and a reason to read grants afresh. */
 	const char **tokens = NULL;
@@ -370,6 +380,32 @@ static bool rsa_private_op(hsm_server *s, const hsm_op_info *info, json_t *doc, 
 static bool defer_kms(hsm_server *s, const char *name, const hsm_op_info *info, pending *p,
                       const hsm_auth_result *auth, json_t *doc, bool brief);
 
+/*
+ * AWS KMS operations hsmd does not offer: custom key stores (hsmd is the key
+ * store), multi-Region keys (nodes share one store instead) and
+ * GetKeyLastUsage.  SDKs know them, so they get KMS's own refusal, not an
+ * unknown-operation error.
+ */
+static hsm_result refuse_unknown(const char *name)
+{
+	static const char *const custom_stores[] = {
+	    "CreateCustomKeyStore",    "DeleteCustomKeyStore",     "DescribeCustomKeyStores",
+	    "UpdateCustomKeyStore",    "ConnectCustomKeyStore",    "DisconnectCustomKeyStore"};
+	static const char *const multi_region[] = {"ReplicateKey", "UpdatePrimaryRegion"};
+	for (size_t i = 0; i < sizeof(custom_stores) / sizeof(custom_stores[0]); i++)
+		HSM_ENSURE(strcmp(name, custom_stores[i]) != 0, HSM_ERR_UNSUPPORTED_OPERATION,
+		           "%s: custom key stores are not supported; hsmd holds its keys itself",
+		           name);
+	for (size_t i = 0; i < sizeof(multi_region) / sizeof(multi_region[0]); i++)
+		HSM_ENSURE(strcmp(name, multi_region[i]) != 0, HSM_ERR_UNSUPPORTED_OPERATION,
+		           "%s: multi-Region keys are not supported; nodes share one store instead",
+		           name);
+	HSM_ENSURE(strcmp(name, "GetKeyLastUsage") != 0, HSM_ERR_UNSUPPORTED_OPERATION,
+	           "GetKeyLastUsage is not supported; the audit trail records every use of a key "
+	           "(hsmctl audit report --key KEY_ID)");
+	return HSM_FAIL(HSM_ERR_UNKNOWN_OPERATION, "Operation %.64s is not supported", name);
+}
+
 /* name as the request gave it, info what find_op made of it. */
 static void handle_kms(hsm_server *s, hsm_http_req *req, const char *name, const hsm_op_info *info)
 {
@@ -385,7 +421,7 @@ static void handle_kms(hsm_server *s, hsm_http_req *req, const char *name, const
 	memset(&auth, 0, sizeof(auth));
 	hsm_result r = admit(s, req, &auth);
 	if (hsm_ok(r) && info == NULL)
-		r = HSM_FAIL(HSM_ERR_UNKNOWN_OPERATION, "Operation %.64s is not supported", name);
+		r = refuse_unknown(name);
 	if (hsm_ok(r)) {
 		size_t len = 0;
 		const uint8_t *raw = hsm_http_req_body(req, &len);

@@ -145,7 +145,8 @@ void hsm_http_req_refuse(hsm_http_conn *conn, hsm_http_req *req, int status, con
 	char body[128];
 	hsm_sb b;
 	hsm_sb_init(&b, body, sizeof(body));
-	hsm_sb_add(&b, "{\"message\":\"");
+	/* KMS-style, so SDKs report an error code: the request itself is at fault. */
+	hsm_sb_add(&b, "{\"__type\":\"ValidationException\",\"message\":\"");
 	hsm_sb_add(&b, message);
 	hsm_sb_add(&b, "\"}");
 	conn->state = CONN_HANDLING;

@@ -41,6 +41,7 @@ typedef struct reader {
 	const uint8_t *end;
 	unsigned depth;
 	bool nomem;
+	bool nul; /* stopped at a \u0000: valid JSON, but not a string hsmd takes */
 } reader;
 
 static json_t *read_value(reader *r);
@@ -155,6 +156,7 @@ static bool read_string(reader *r, uint8_t *buf, uint8_t **heap, const uint8_t *
 			if (r->end - r->p < 6)
 				return false;
 			int u = hex4(r->p + 2);
+			r->nul = u == 0;
 			if (u < 0 || u == 0 || (u >= 0xDC00 && u <= 0xDFFF))
 				return false;
 			if (u >= 0xD800 && u <= 0xDBFF) {
@@ -510,6 +512,10 @@ hsm_result hsm_json_read(const uint8_t *body, size_t n, json_t **out, unsigned *
 	}
 	HSM_ENSURE(!r.nomem, HSM_ERR_NOMEM, "out of memory");
 	position(body, r.p > r.end ? r.end : r.p, line, col);
+	HSM_ENSURE(!r.nul, HSM_ERR_VALIDATION,
+	           "The request has a string with the character U+0000 (line %u, column %u), which "
+	           "hsmd does not accept in any member",
+	           *line, *col);
 	return HSM_FAIL(HSM_ERR_SERIALIZATION, "The request body is not valid JSON (line %u, column %u)",
 	                *line, *col);
 }

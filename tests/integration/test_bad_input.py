@@ -37,13 +37,20 @@ def expect(server, kms, op, data, code, status=400, target=None):
 
 MALFORMED_JSON = [b"{", b"{\"KeyId\": }", b"[]", b"\"text\"", b"42", b"null",
                   b"{\"a\": 1} trailing", b"\xff\xfe{}", b"{\"Description\": \"\xc3\x28\"}",
-                  b"{\"Description\": \"a\", \"Description\": \"b\"}", b"[" * 5000 + b"]" * 5000,
-                  b"{\"Description\": \"ab\\u0000cd\"}"]
+                  b"{\"Description\": \"a\", \"Description\": \"b\"}", b"[" * 5000 + b"]" * 5000]
 
 
 @pytest.mark.parametrize("data", MALFORMED_JSON, ids=range(len(MALFORMED_JSON)))
 def test_malformed_json(hsmd, kms, data):
     expect(hsmd, kms, "CreateKey", data, "SerializationException")
+
+
+def test_nul_in_a_string_is_named_not_called_malformed(hsmd, kms):
+    """Valid JSON, but no member takes U+0000: the error says so, and nothing is made."""
+    for data in (b"{\"Description\": \"ab\\u0000cd\"}",
+                 b"{\"Tags\": [{\"TagKey\": \"k\", \"TagValue\": \"\\u0000\"}]}"):
+        r = expect(hsmd, kms, "CreateKey", data, "ValidationException")
+        assert "U+0000" in parsed_body(r)["message"], parsed_body(r)
 
 
 WRONG_TYPES = [
@@ -118,13 +125,37 @@ def test_missing_required_members(hsmd, kms, key, op, body):
     expect(hsmd, kms, op, data, "ValidationException")
 
 
-@pytest.mark.parametrize("target", ["TrentService.Frobnicate", "TrentService.ReplicateKey",
-                                    "TrentService.CreateCustomKeyStore", "TrentService.",
+@pytest.mark.parametrize("target", ["TrentService.Frobnicate", "TrentService.",
                                     "TrentService.encrypt", "HsmdAdmin.Frobnicate"])
 def test_unknown_operation(hsmd, kms, target):
     r = expect(hsmd, kms, None, b"{}", "UnknownOperationException", target=target)
     rec = audit_record(hsmd.data_dir, request_id(r))
     assert rec["outcome"] == "error" and rec["error"] == "UnknownOperationException"
+
+
+@pytest.mark.parametrize("op,why", [
+    ("CreateCustomKeyStore", "custom key stores"), ("DeleteCustomKeyStore", "custom key stores"),
+    ("DescribeCustomKeyStores", "custom key stores"), ("UpdateCustomKeyStore", "custom key stores"),
+    ("ConnectCustomKeyStore", "custom key stores"),
+    ("DisconnectCustomKeyStore", "custom key stores"),
+    ("ReplicateKey", "multi-Region"), ("UpdatePrimaryRegion", "multi-Region"),
+    ("GetKeyLastUsage", "audit trail")])
+def test_aws_operations_hsmd_does_not_offer_are_unsupported(hsmd, kms, op, why):
+    """SDKs know these operations: they get KMS's UnsupportedOperationException, which
+    `except kms.exceptions.UnsupportedOperationException` catches, not an unknown target."""
+    r = expect(hsmd, kms, op, b"{}", "UnsupportedOperationException")
+    assert why in parsed_body(r)["message"]
+    rec = audit_record(hsmd.data_dir, request_id(r))
+    assert (rec["op"], rec["outcome"], rec["error"]) == (op, "error",
+                                                         "UnsupportedOperationException")
+
+
+def test_sdk_catches_those_as_kms_exceptions(kms):
+    with pytest.raises(kms.exceptions.UnsupportedOperationException):
+        kms.describe_custom_key_stores()
+    with pytest.raises(kms.exceptions.UnsupportedOperationException):
+        kms.update_primary_region(KeyId="mrk-1234abcd12ab34cd56ef1234567890ab",
+                                  PrimaryRegion="eu-west-1")
 
 
 @pytest.mark.parametrize("target", ["Frobnicate", "KMS.ListKeys", ""])
@@ -135,8 +166,8 @@ def test_target_without_a_known_service(hsmd, kms, target):
 def test_oversized_body(hsmd, kms, key):
     before = state(kms)
     big = json.dumps({"Description": "x" * (1 << 20)}).encode()
-    st, _, _ = raw_call(hsmd, "CreateKey", big)
-    assert st == 413
+    st, out, _ = raw_call(hsmd, "CreateKey", big)
+    assert (st, out.get("__type")) == (413, "ValidationException"), (st, out)
     # Just under the limit: parsed, then refused by the member's own limit.
     near = json.dumps({"Description": "x" * ((1 << 20) - 100)}).encode()
     st, out, _ = raw_call(hsmd, "CreateKey", near)

@@ -224,8 +224,14 @@ def test_tag_limits(kms, hsmd):
     raises("InvalidMarkerException", kms.list_resource_tags, KeyId=kid, Marker="not base64!")
 
     other = new_key(kms)
-    raises("TagException", kms.tag_resource, KeyId=other,
-           Tags=[{"TagKey": "aws:created-by", "TagValue": "me"}])
+    # aws: is reserved in any case, for keys and values (AWS's tagging rules).
+    for tag in ({"TagKey": "aws:created-by", "TagValue": "me"},
+                {"TagKey": "AWS:created-by", "TagValue": "me"},
+                {"TagKey": "Aws:x", "TagValue": "me"},
+                {"TagKey": "made-by", "TagValue": "aWs:service"}):
+        raises("TagException", kms.tag_resource, KeyId=other, Tags=[tag])
+        raises("TagException", kms.create_key, Tags=[tag])
+    raises("TagException", kms.untag_resource, KeyId=other, TagKeys=["AWS:created-by"])
     raises("TagException", kms.tag_resource, KeyId=other,
            Tags=[{"TagKey": f"t{i}", "TagValue": "v"} for i in range(51)])
     call_error(hsmd, "TagResource", {"KeyId": other, "Tags": [{"TagKey": "k" * 129,
@@ -236,6 +242,10 @@ def test_tag_limits(kms, hsmd):
                "ValidationException")
     call_error(hsmd, "TagResource", {"KeyId": other, "Tags": []}, "ValidationException")
     call_error(hsmd, "UntagResource", {"KeyId": other, "TagKeys": []}, "ValidationException")
+    call_error(hsmd, "UntagResource", {"KeyId": other, "TagKeys": ["k" * 129]},
+               "ValidationException")
+    # More keys than a key can have tags is no error: the ones not there are no-ops.
+    kms.untag_resource(KeyId=other, TagKeys=[f"t{i}" for i in range(120)])
     assert tags_of(kms, other) == {}
     # Exactly the longest key and value are accepted.
     kms.tag_resource(KeyId=other, Tags=[{"TagKey": "k" * 128, "TagValue": "v" * 256}])
@@ -267,6 +277,8 @@ def test_get_and_list_key_policies(kms):
     assert doc["Version"] == "2012-10-17" and doc["Statement"]
     names = kms.list_key_policies(KeyId=kid)
     assert (names["PolicyNames"], names["Truncated"]) == (["default"], False)
+    # One page: there is no marker to come back with.
+    raises("InvalidMarkerException", kms.list_key_policies, KeyId=kid, Marker="x")
     raises("NotFoundException", kms.get_key_policy, KeyId=kid, PolicyName="other")
     raises("NotFoundException", kms.get_key_policy, KeyId=str(uuid.uuid4()), PolicyName="default")
     raises("NotFoundException", kms.list_key_policies, KeyId=str(uuid.uuid4()))

@@ -211,9 +211,13 @@ def test_rsa_decrypt_errors(kms, rsa2048, hsmd):
     # RSA ciphertexts do not name their key: KeyId is required.
     raises("ValidationException", kms.decrypt, CiphertextBlob=ct,
            EncryptionAlgorithm="RSAES_OAEP_SHA_256")
-    # Without an algorithm the ciphertext is read as a symmetric blob, which it is not.
+    # Without an algorithm the ciphertext is read as a symmetric blob, which it is not;
+    # naming the RSA key shows what is wrong: SYMMETRIC_DEFAULT does not fit it.
     raises("InvalidCiphertextException", kms.decrypt, CiphertextBlob=ct)
-    raises("InvalidCiphertextException", kms.decrypt, CiphertextBlob=ct, KeyId=rsa2048)
+    raises("InvalidKeyUsageException", kms.decrypt, CiphertextBlob=ct, KeyId=rsa2048,
+           message="SYMMETRIC_DEFAULT")
+    raises("InvalidKeyUsageException", kms.decrypt, CiphertextBlob=ct, KeyId=rsa2048,
+           EncryptionAlgorithm="SYMMETRIC_DEFAULT")
     # Encryption context is for symmetric keys only.
     raises("ValidationException", kms.encrypt, KeyId=rsa2048, Plaintext=b"x",
            EncryptionAlgorithm="RSAES_OAEP_SHA_256", EncryptionContext={"a": "b"})
@@ -387,3 +391,59 @@ def test_crypto_requests_are_audited_without_secrets(kms, hsmd, sym):
                    b64(r["CiphertextBlob"]).encode(), b64(dk["Plaintext"]).encode(),
                    dk["Plaintext"].hex().encode()):
         assert needle not in log
+
+
+# ---- what AWS KMS answers besides: KeyMaterialId, and Recipient refused ----------------------
+
+def test_responses_name_the_key_material_used(kms, hsmd, sym2, rsa2048):
+    """Decrypt, ReEncrypt and the GenerateDataKey family name the material (key version) of a
+    symmetric key they used, as DescribeKey's CurrentKeyMaterialId names the current one."""
+    key = kms.create_key(Description="material ids")["KeyMetadata"]["KeyId"]
+
+    def current(k=key):  # boto3 1.26 drops the member: read the raw answer
+        return call_ok(hsmd, "DescribeKey", {"KeyId": k})["KeyMetadata"]["CurrentKeyMaterialId"]
+    first = current()
+    old = call_ok(hsmd, "Encrypt", {"KeyId": key, "Plaintext": b64(b"old")})["CiphertextBlob"]
+    assert call_ok(hsmd, "Decrypt", {"CiphertextBlob": old})["KeyMaterialId"] == first
+    call_ok(hsmd, "RotateKeyOnDemand", {"KeyId": key})
+    second = current()
+    assert second != first and len(second) == 64
+    new = call_ok(hsmd, "Encrypt", {"KeyId": key, "Plaintext": b64(b"new")})["CiphertextBlob"]
+    assert call_ok(hsmd, "Decrypt", {"CiphertextBlob": new})["KeyMaterialId"] == second
+    assert call_ok(hsmd, "Decrypt", {"CiphertextBlob": old})["KeyMaterialId"] == first
+    for op in ("GenerateDataKey", "GenerateDataKeyWithoutPlaintext"):
+        assert call_ok(hsmd, op, {"KeyId": key, "KeySpec": "AES_256"})["KeyMaterialId"] == second
+    for op in ("GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext"):
+        out = call_ok(hsmd, op, {"KeyId": key, "KeyPairSpec": "ECC_NIST_P256"})
+        assert out["KeyMaterialId"] == second
+    out = call_ok(hsmd, "ReEncrypt", {"CiphertextBlob": old, "DestinationKeyId": sym2})
+    assert out["SourceKeyMaterialId"] == first
+    assert out["DestinationKeyMaterialId"] == current(sym2)
+    # Asymmetric keys: no material id, as in AWS KMS.
+    ct = kms.encrypt(KeyId=rsa2048, Plaintext=b"r", EncryptionAlgorithm="RSAES_OAEP_SHA_256")[
+        "CiphertextBlob"]
+    out = call_ok(hsmd, "Decrypt", {"CiphertextBlob": b64(ct), "KeyId": rsa2048,
+                                    "EncryptionAlgorithm": "RSAES_OAEP_SHA_256"})
+    assert "KeyMaterialId" not in out and base64.b64decode(out["Plaintext"]) == b"r"
+    out = call_ok(hsmd, "ReEncrypt", {"CiphertextBlob": new, "DestinationKeyId": rsa2048,
+                                      "DestinationEncryptionAlgorithm": "RSAES_OAEP_SHA_256"})
+    assert out["SourceKeyMaterialId"] == second and "DestinationKeyMaterialId" not in out
+
+
+RECIPIENT = {"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256", "AttestationDocument": "AAAA"}
+
+
+def test_recipient_is_refused_not_ignored(hsmd, sym):
+    """Recipient asks for the secret encrypted to an enclave's key; answering in the clear would
+    ignore that, so every operation that takes it refuses it and hands out nothing."""
+    blob = call_ok(hsmd, "Encrypt", {"KeyId": sym, "Plaintext": b64(b"abc")})["CiphertextBlob"]
+    for op, body in (("Decrypt", {"CiphertextBlob": blob}),
+                     ("GenerateDataKey", {"KeyId": sym, "KeySpec": "AES_256"}),
+                     ("GenerateDataKeyPair", {"KeyId": sym, "KeyPairSpec": "ECC_NIST_P256"}),
+                     ("GenerateRandom", {"NumberOfBytes": 16})):
+        for recipient in (RECIPIENT, "not-an-object"):
+            out = call_error(hsmd, op, dict(body, Recipient=recipient),
+                             "UnsupportedOperationException")
+            assert "Recipient" in out["message"] and not {
+                "Plaintext", "PrivateKeyPlaintext", "CiphertextBlob"} & set(out), out
+        call_ok(hsmd, op, dict(body, Recipient=None))  # null: as if left out

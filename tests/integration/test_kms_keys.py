@@ -120,6 +120,13 @@ def test_create_key_unsupported_members(kms, member, value):
     assert key_count(kms) == n
 
 
+def test_create_key_origin_outside_the_enum_is_a_validation_error(kms, hsmd):
+    n = key_count(kms)
+    call_error(hsmd, "CreateKey", {"Origin": "BOGUS"}, "ValidationException")
+    call_error(hsmd, "CreateKey", {"Origin": "aws_kms"}, "ValidationException")
+    assert key_count(kms) == n
+
+
 def test_create_key_accepts_the_supported_values_of_those_members(kms):
     m = kms.create_key(Origin="AWS_KMS", MultiRegion=False)["KeyMetadata"]
     assert (m["Origin"], m["MultiRegion"]) == ("AWS_KMS", False)

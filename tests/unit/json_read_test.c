@@ -113,7 +113,11 @@ static void compare(const uint8_t *p, size_t n)
 	if (want == NULL) {
 		if (hsm_ok(r))
 			report(p, n, "accepted what jansson refuses");
-		assert_int_equal(r.err, HSM_ERR_SERIALIZATION);
+		/* Valid JSON with a \u0000 in a string is refused as such, the rest as malformed. */
+		if (r.err == HSM_ERR_VALIDATION)
+			assert_non_null(memmem(p, n, "\\u0000", 6));
+		else
+			assert_int_equal(r.err, HSM_ERR_SERIALIZATION);
 		assert_true(line >= 1 && col >= 1);
 		return;
 	}
