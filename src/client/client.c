@@ -46,6 +46,7 @@ struct hsm_client_conn {
 	SSL *ssl;
 	uint8_t buf[16384]; /* bytes received and not yet consumed */
 	size_t have, off;
+	bool timed_out; /* a read waited the whole timeout: the server may be working on it */
 };
 
 static hsm_result parse_endpoint(const char *text, size_t n, endpoint *ep)
@@ -279,8 +280,9 @@ static hsm_result conn_fill(struct hsm_client_conn *k, size_t *got)
 			r = recv(k->fd, k->buf, sizeof(k->buf), 0);
 		while (r < 0 && errno == EINTR);
 	}
+	k->timed_out = r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 	HSM_ENSURE(r >= 0, HSM_ERR_IO, "no answer from %s:%u (%s)", k->ep.host, k->ep.port,
-	           errno == EAGAIN ? "timed out" : "connection failed");
+	           k->timed_out ? "timed out" : "connection failed");
 	k->have = (size_t)r;
 	*got = k->have;
 	return HSM_SUCCESS;
@@ -450,7 +452,9 @@ out:
 /*
  * One request over the kept connection to ep, opening it if needed.  A kept
  * connection the server has closed meanwhile (idle timeout) fails before any
- * byte of an answer: then once more on a new connection.
+ * byte of an answer: then once more on a new connection.  Not after a read
+ * that timed out: the server may have received the request and be making the
+ * change, and a second CreateKey would make a second key.
  */
 static hsm_result request(hsm_client *c, const endpoint *ep, const char *target,
                           const char *body, bool sign, answer *a, hsm_buf *resp, bool *reached)
@@ -469,9 +473,10 @@ static hsm_result request(hsm_client *c, const endpoint *ep, const char *target,
 			c->conn = k;
 		}
 		hsm_result r = exchange(k, c, "/", target, body, sign, a, resp);
+		bool timed_out = k->timed_out;
 		if (hsm_failed(r) || a->close)
 			hsm_client_close(c);
-		if (hsm_ok(r) || !reused || a->any || attempt > 0)
+		if (hsm_ok(r) || !reused || a->any || timed_out || attempt > 0)
 			return r;
 		k = NULL;
 	}

@@ -9,9 +9,14 @@
  *
  * CKM_AES_GCM with the secret key object of a SYMMETRIC_DEFAULT key is
  * hsmd's HsmdCipher.GcmEncrypt / GcmDecrypt.  As AWS CloudHSM does, the IV
- * is the HSM's: C_Encrypt ignores the IV given and writes the one hsmd drew
- * into the caller's CK_GCM_PARAMS pIv (so it must be 12 writable bytes, and
- * stay so until C_Encrypt or C_EncryptFinal).  Tags are 128 bits,
+ * is the HSM's, drawn for each encryption and written into the caller's
+ * CK_GCM_PARAMS pIv when C_Encrypt or C_EncryptFinal completes.  PKCS#11
+ * makes pIv an input valid during C_EncryptInit only, so the module writes
+ * there only for a caller that asked for hsmd's IV, by giving 12 zero bytes,
+ * and so keeps the buffer; an IV of the caller's own is refused at
+ * C_EncryptInit (CKR_MECHANISM_PARAM_INVALID): hsmd never encrypts under it,
+ * and a caller that set one (Java's SunPKCS11 does) may have freed the buffer
+ * since.  Tags are 128 bits,
  * additional data at most 8192 bytes, data at most 65536.  In parts,
  * C_EncryptUpdate and C_DecryptUpdate gather the input and give no output
  * (decryption releases nothing before the tag verified); the Final call
@@ -62,6 +67,9 @@ static CK_RV gcm_init(p11_op *op, bool encrypt, CK_MECHANISM_PTR mech, CK_OBJECT
 	if (p->pIv == NULL || p->ulIvLen != GCM_IV_LEN || p->tag_bits != 8 * GCM_TAG_LEN ||
 	    p->aad_len > GCM_MAX_AAD || (p->aad_ptr == NULL && p->aad_len > 0))
 		return CKR_MECHANISM_PARAM_INVALID;
+	static const uint8_t none[GCM_IV_LEN];
+	if (encrypt && !hsm_ct_equal(p->pIv, none, GCM_IV_LEN))
+		return CKR_MECHANISM_PARAM_INVALID; /* an IV of the caller's: see the top */
 	memset(op, 0, sizeof(*op));
 	hsm_buf_init_secure(&op->input); /* plaintext, in parts */
 	if (p->aad_len > 0 && hsm_failed(hsm_buf_set(&op->data, p->aad_ptr, p->aad_len))) {

@@ -118,6 +118,17 @@ static CK_RV parse_template(const CK_ATTRIBUTE *t, CK_ULONG n, derived_tmpl *d)
 			d->id = a;
 			break;
 		case CKA_VALUE: return CKR_ATTRIBUTE_READ_ONLY;
+		case CKA_DESTROYABLE: /* a derived secret can always be destroyed */
+			if (!p11_attr_bool(a, &b))
+				return CKR_ATTRIBUTE_VALUE_INVALID;
+			if (!b)
+				return CKR_TEMPLATE_INCONSISTENT;
+			break;
+		case CKA_START_DATE: /* no dates are kept: only empty ones fit */
+		case CKA_END_DATE:
+			if (a->ulValueLen != 0)
+				return CKR_TEMPLATE_INCONSISTENT;
+			break;
 		default:
 			if (use == NULL)
 				return CKR_ATTRIBUTE_TYPE_INVALID;

@@ -9,6 +9,7 @@
  *   HSM_PKCS11_REGION    the SigV4 region (default us-east-1)
  *   HSM_PKCS11_KEYS      the keys the token shows, by key id, key ARN or alias,
  *                        separated by commas (default: every key the user sees)
+ *   HSM_PKCS11_TIMEOUT   seconds a call waits for hsmd's answer (1-3600, default 30)
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,29 @@
 
 p11_module p11;
 pthread_mutex_t p11_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/*
+ * fork() while another thread holds the module's lock would leave it locked
+ * for good in the child, whose C_Initialize would then wait forever: the
+ * lock is taken around fork, so the child gets it free.  (glibc drops these
+ * handlers when the module is unloaded.)
+ */
+static void fork_prepare(void)
+{
+	pthread_mutex_lock(&p11_lock);
+}
+
+static void fork_done(void)
+{
+	pthread_mutex_unlock(&p11_lock);
+}
+
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+static void fork_handlers(void)
+{
+	(void)pthread_atfork(fork_prepare, fork_done, fork_done);
+}
 
 /* Blank-padded, not terminated: PKCS#11's fixed-size strings. */
 static void pad(unsigned char *dst, size_t n, const char *src)
@@ -53,7 +77,7 @@ static hsm_client *client_acquire(void)
 	c->endpoints = p11.endpoints;
 	c->ca_file = p11.ca_file[0] ? p11.ca_file : NULL;
 	c->region = p11.region;
-	c->timeout_s = 30;
+	c->timeout_s = p11.timeout_s;
 	/* Always the PIN's credentials (empty before login): never the environment's. */
 	c->akid = p11.akid;
 	c->secret = p11.secret;
@@ -107,6 +131,7 @@ CK_RV C_Initialize(CK_VOID_PTR init_args)
 		if (all && !(a->flags & CKF_OS_LOCKING_OK))
 			return CKR_CANT_LOCK;
 	}
+	(void)pthread_once(&fork_once, fork_handlers);
 	pthread_mutex_lock(&p11_lock);
 	if (p11.initialized && p11.pid == getpid()) {
 		pthread_mutex_unlock(&p11_lock);
@@ -126,6 +151,17 @@ CK_RV C_Initialize(CK_VOID_PTR init_args)
 	env_copy(p11.ca_file, sizeof(p11.ca_file), "HSM_PKCS11_CA_FILE", "");
 	env_copy(p11.region, sizeof(p11.region), "HSM_PKCS11_REGION", "us-east-1");
 	env_copy(p11.keys, sizeof(p11.keys), "HSM_PKCS11_KEYS", "");
+	const char *t = getenv("HSM_PKCS11_TIMEOUT");
+	char *end = NULL;
+	long secs = t != NULL ? strtol(t, &end, 10) : 30;
+	p11.timeout_s = t == NULL || *t == '\0' ? 30
+	                : end != NULL && *end == '\0' && secs >= 1 && secs <= 3600 ? (int)secs
+	                                                                           : -1;
+	if (p11.timeout_s < 0) {
+		memset(&p11, 0, sizeof(p11));
+		pthread_mutex_unlock(&p11_lock);
+		return CKR_ARGUMENTS_BAD; /* a setting that is not a number of seconds */
+	}
 	p11.next_handle = 1;
 	p11.initialized = true;
 	pthread_mutex_unlock(&p11_lock);
@@ -425,6 +461,9 @@ CK_RV C_Login(CK_SESSION_HANDLE h, CK_USER_TYPE type, CK_UTF8CHAR_PTR pin, CK_UL
 	ENTER();
 	if (p11_session_get(h) == NULL)
 		LEAVE(CKR_SESSION_HANDLE_INVALID);
+	/* No key needs a login of its own (CKA_ALWAYS_AUTHENTICATE is false everywhere): */
+	if (type == CKU_CONTEXT_SPECIFIC)
+		LEAVE(CKR_OPERATION_NOT_INITIALIZED);
 	if (type != CKU_USER) /* no security officer: hsmd's officers administer it */
 		LEAVE(CKR_USER_TYPE_INVALID);
 	if (p11.logged_in)

@@ -689,7 +689,7 @@ static a_status attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
 	case CKA_TRUSTED:
 	case CKA_WRAP_WITH_TRUSTED:
 	case CKA_ALWAYS_AUTHENTICATE: return boolean(v, false);
-	case CKA_DESTROYABLE:
+	case CKA_DESTROYABLE: return boolean(v, !pub); /* a public key goes with its private key */
 	case CKA_LOCAL: return boolean(v, true);
 	case CKA_LABEL: return bytes(v, o->label, strlen(o->label));
 	case CKA_ID: return bytes(v, o->key_id, strlen(o->key_id));
@@ -902,6 +902,13 @@ static CK_RV schedule_deletion(const char *key_id)
 	return rv;
 }
 
+/* Token objects are made and destroyed in R/W sessions only (PKCS#11 5.7). */
+static CK_RV rw_session(CK_SESSION_HANDLE h)
+{
+	const p11_session *s = p11_session_get(h);
+	return s != NULL && (s->flags & CKF_RW_SESSION) != 0 ? CKR_OK : CKR_SESSION_READ_ONLY;
+}
+
 CK_RV C_DestroyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj)
 {
 	ENTER();
@@ -915,9 +922,12 @@ CK_RV C_DestroyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj)
 		p11_object_drop(obj);
 		LEAVE(CKR_OK);
 	}
+	/* Token objects change in R/W sessions only (PKCS#11 5.7). */
+	rv = rw_session(h);
+	if (rv != CKR_OK)
+		LEAVE(rv);
 	if (o->cls == CKO_CERTIFICATE)
-		LEAVE((p11_session_get(h)->flags & CKF_RW_SESSION) == 0 ? CKR_SESSION_READ_ONLY
-		                                                         : p11_cert_destroy(p11_object_get(obj)));
+		LEAVE(p11_cert_destroy(p11_object_get(obj)));
 	/* A public key is part of its key pair: it goes when the private key goes. */
 	if (o->cls == CKO_PUBLIC_KEY)
 		LEAVE(CKR_ACTION_PROHIBITED);
@@ -1021,24 +1031,41 @@ static CK_RV check_private_template(const CK_ATTRIBUTE *t, CK_ULONG n)
 		return CKR_ATTRIBUTE_VALUE_INVALID;
 	if (p11_attr_bool(p11_attr_find(t, n, CKA_SENSITIVE), &b) && !b)
 		return CKR_ATTRIBUTE_VALUE_INVALID;
+	/* Every key hsmd makes is a token object (lasting, audited): a session key is not one
+	 * it makes.  (CKA_PRIVATE is no choice here: the module shows no object before login,
+	 * so pkcs11-tool's CKA_PRIVATE false on a secret key changes nothing.) */
+	if (p11_attr_bool(p11_attr_find(t, n, CKA_TOKEN), &b) && !b)
+		return CKR_TEMPLATE_INCONSISTENT;
 	/* A signing pair ignores CKA_DECRYPT and CKA_DERIVE (which tools such as
 	 * pkcs11-tool set by default), and they read false afterwards. */
 	return CKR_OK;
 }
 
 /*
- * A NIST curve pair whose private template asks to derive and not to sign
- * (pkcs11-tool --usage-derive) is a KEY_AGREEMENT key; any other pair signs.
+ * The usage a pair's private template asks for: a NIST curve pair that is to
+ * derive and not to sign (pkcs11-tool --usage-derive) is a KEY_AGREEMENT key,
+ * an RSA pair that is to decrypt and not to sign an ENCRYPT_DECRYPT key; any
+ * other pair signs, unless CKA_SIGN is false, which nothing else fits.
  */
-static hsm_key_usage pair_usage(hsm_key_spec spec, const CK_ATTRIBUTE *t, CK_ULONG n)
+static CK_RV pair_usage(hsm_key_spec spec, const CK_ATTRIBUTE *t, CK_ULONG n,
+                        hsm_key_usage *usage)
 {
-	bool derive = false, sign = false;
+	bool derive = false, decrypt = false, sign = true;
 	bool nist = spec == HSM_SPEC_ECC_NIST_P256 || spec == HSM_SPEC_ECC_NIST_P384 ||
 	            spec == HSM_SPEC_ECC_NIST_P521;
-	if (nist && p11_attr_bool(p11_attr_find(t, n, CKA_DERIVE), &derive) && derive &&
-	    !(p11_attr_bool(p11_attr_find(t, n, CKA_SIGN), &sign) && sign))
-		return HSM_USAGE_KEY_AGREEMENT;
-	return HSM_USAGE_SIGN_VERIFY;
+	bool rsa = spec == HSM_SPEC_RSA_2048 || spec == HSM_SPEC_RSA_3072 ||
+	           spec == HSM_SPEC_RSA_4096;
+	bool sign_given = p11_attr_bool(p11_attr_find(t, n, CKA_SIGN), &sign);
+	(void)p11_attr_bool(p11_attr_find(t, n, CKA_DERIVE), &derive);
+	(void)p11_attr_bool(p11_attr_find(t, n, CKA_DECRYPT), &decrypt);
+	*usage = HSM_USAGE_SIGN_VERIFY;
+	if (nist && derive && !(sign_given && sign))
+		*usage = HSM_USAGE_KEY_AGREEMENT;
+	else if (rsa && decrypt && sign_given && !sign)
+		*usage = HSM_USAGE_ENCRYPT_DECRYPT;
+	else if (sign_given && !sign)
+		return CKR_TEMPLATE_INCONSISTENT;
+	return CKR_OK;
 }
 
 /*
@@ -1085,11 +1112,16 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE
 	ENTER();
 	hsm_key_spec spec;
 	char label[P11_LABEL_MAX + 1];
+	hsm_key_usage usage;
 	CK_RV rv = p11_user_session(h);
+	if (rv == CKR_OK)
+		rv = rw_session(h);
 	if (rv == CKR_OK)
 		rv = pair_spec(mech->mechanism, pub, n_pub, &spec);
 	if (rv == CKR_OK)
 		rv = check_private_template(priv, n_priv);
+	if (rv == CKR_OK)
+		rv = pair_usage(spec, priv, n_priv, &usage);
 	if (rv == CKR_OK) {
 		const CK_ATTRIBUTE *l = p11_attr_find(priv, n_priv, CKA_LABEL);
 		rv = pair_label(l != NULL ? l : p11_attr_find(pub, n_pub, CKA_LABEL), label, sizeof(label));
@@ -1097,7 +1129,7 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE
 	if (rv != CKR_OK)
 		LEAVE(rv);
 	char key_id[HSM_UUID_STRLEN + 1];
-	rv = make_key(spec, pair_usage(spec, priv, n_priv), label, key_id);
+	rv = make_key(spec, usage, label, key_id);
 	const p11_object *po = rv == CKR_OK ? p11_object_of(key_id, CKO_PUBLIC_KEY) : NULL;
 	const p11_object *ko = rv == CKR_OK ? p11_object_of(key_id, CKO_PRIVATE_KEY) : NULL;
 	if (rv == CKR_OK && (po == NULL || ko == NULL))
@@ -1166,6 +1198,8 @@ CK_RV C_GenerateKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR
 	hsm_key_usage usage;
 	char label[P11_LABEL_MAX + 1];
 	CK_RV rv = p11_user_session(h);
+	if (rv == CKR_OK)
+		rv = rw_session(h);
 	if (rv == CKR_OK)
 		rv = secret_spec(mech->mechanism, t, n, &spec, &usage);
 	if (rv == CKR_OK)

@@ -115,6 +115,7 @@ typedef struct p11_op {
 	const p11_mech *mech;
 	CK_OBJECT_HANDLE key;
 	const char *hash;  /* the KMS algorithm's digest: "SHA_256", ... */
+	bool ecdsa_cut;    /* ECDSA: a longer digest may be cut to the key's (order = digest bits) */
 	EVP_MD_CTX *md;    /* hashing mechanisms */
 	hsm_buf data;      /* raw input, an HMAC's message, or AES-GCM's additional data */
 	hsm_buf input;     /* AES-GCM in parts: what C_EncryptUpdate / C_DecryptUpdate gave */
@@ -142,6 +143,7 @@ typedef struct p11_module {
 	char ca_file[1024];
 	char region[64];
 	char keys[4096]; /* HSM_PKCS11_KEYS: the keys the token shows (empty: every key) */
+	int timeout_s;   /* HSM_PKCS11_TIMEOUT: how long a call waits for hsmd */
 	/* Idle clients, each with its kept-alive connection; calls take one and give it back. */
 	hsm_client *pool[P11_POOL_MAX];
 	size_t pool_n;

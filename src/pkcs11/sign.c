@@ -4,8 +4,12 @@
  * Hashing mechanisms (CKM_SHA256_RSA_PKCS, CKM_ECDSA_SHA256, ...) hash the
  * data here, as the data is the caller's and not secret, and send hsmd the
  * digest (Sign with MessageType DIGEST), so there is no bound on its size.
- * CKM_RSA_PKCS takes a DigestInfo, CKM_RSA_PKCS_PSS and CKM_ECDSA a digest
- * of the key's hash.  hsmd returns ECDSA signatures in DER, PKCS#11 wants
+ * CKM_RSA_PKCS takes a DigestInfo, CKM_RSA_PKCS_PSS a digest of the key's
+ * hash.  CKM_ECDSA takes a digest of any hash, and CKM_ECDSA_SHA1 ..
+ * CKM_ECDSA_SHA512 work with any curve: ECDSA signs the digest's leftmost
+ * bits as long as the group order (SEC 1, 4.1.3), so a digest is cut or
+ * zero-padded on the left to the length of the curve's own hash, which
+ * hsmd then signs as that hash's digest: the same signature.  hsmd returns ECDSA signatures in DER, PKCS#11 wants
  * r || s: converted both ways.  HMAC mechanisms and CKM_EDDSA (Ed25519,
  * which hashes inside the signature) send the message itself (GenerateMac,
  * Sign with MessageType RAW; at most 4096 bytes, hsmd's bound).
@@ -36,6 +40,7 @@ const p11_mech p11_mechs[] = {
     {CKM_SHA384_RSA_PKCS_PSS, P11_RSA_PSS, "SHA384", 2048, 4096, SIGN_VERIFY},
     {CKM_SHA512_RSA_PKCS_PSS, P11_RSA_PSS, "SHA512", 2048, 4096, SIGN_VERIFY},
     {CKM_ECDSA, P11_ECDSA, NULL, 256, 521, SIGN_VERIFY | EC_FLAGS},
+    {CKM_ECDSA_SHA224, P11_ECDSA, "SHA224", 256, 521, SIGN_VERIFY | EC_FLAGS},
     {CKM_ECDSA_SHA256, P11_ECDSA, "SHA256", 256, 521, SIGN_VERIFY | EC_FLAGS},
     {CKM_ECDSA_SHA384, P11_ECDSA, "SHA384", 256, 521, SIGN_VERIFY | EC_FLAGS},
     {CKM_ECDSA_SHA512, P11_ECDSA, "SHA512", 256, 521, SIGN_VERIFY | EC_FLAGS},
@@ -48,7 +53,8 @@ const p11_mech p11_mechs[] = {
     {CKM_RSA_PKCS_OAEP, P11_RSA_OAEP, NULL, 2048, 4096, CKF_ENCRYPT | CKF_DECRYPT},
     {CKM_AES_GCM, P11_AES_GCM, NULL, 32, 32, CKF_ENCRYPT | CKF_DECRYPT},
     {CKM_AES_KEY_GEN, P11_KEYGEN, NULL, 32, 32, CKF_GENERATE},
-    {CKM_GENERIC_SECRET_KEY_GEN, P11_KEYGEN, NULL, 28, 64, CKF_GENERATE},
+    /* In bits, as the specification gives this mechanism's range (CKA_VALUE_LEN 28-64 bytes). */
+    {CKM_GENERIC_SECRET_KEY_GEN, P11_KEYGEN, NULL, 224, 512, CKF_GENERATE},
     {CKM_SHA_1, P11_DIGEST, "SHA1", 0, 0, CKF_DIGEST},
     {CKM_SHA224, P11_DIGEST, "SHA224", 0, 0, CKF_DIGEST},
     {CKM_SHA256, P11_DIGEST, "SHA256", 0, 0, CKF_DIGEST},
@@ -198,16 +204,19 @@ static CK_RV op_init(CK_SESSION_HANDLE hs, bool sign, CK_MECHANISM_PTR mech, CK_
 	const hash_def *h = hash_by_md(m->md);
 	if (m->family == P11_RSA_PSS)
 		rv = pss_params(mech, &h);
-	else if ((m->family == P11_ECDSA || m->family == P11_HMAC) && h == NULL)
+	else if (m->family == P11_ECDSA) /* any digest, fitted to the curve's own (ecdsa_fit) */
 		h = key_hash(o->spec);
-	else if ((m->family == P11_ECDSA || m->family == P11_HMAC) && h != key_hash(o->spec))
-		rv = CKR_KEY_TYPE_INCONSISTENT; /* hsmd: P-256 with SHA-256, HMAC_256 with SHA-256, ... */
+	else if (m->family == P11_HMAC && h == NULL)
+		h = key_hash(o->spec);
+	else if (m->family == P11_HMAC && h != key_hash(o->spec))
+		rv = CKR_KEY_TYPE_INCONSISTENT; /* hsmd: HMAC_256 with SHA-256, ... */
 	if (rv != CKR_OK)
 		return rv;
 	memset(op, 0, sizeof(*op));
 	op->mech = m;
 	op->key = key;
 	op->hash = h != NULL ? h->kms : NULL;
+	op->ecdsa_cut = m->family == P11_ECDSA && o->spec != HSM_SPEC_ECC_NIST_P521;
 	if (m->family != P11_HMAC && m->md != NULL) {
 		op->md = EVP_MD_CTX_new();
 		if (op->md == NULL || !EVP_DigestInit_ex(op->md, EVP_get_digestbyname(m->md), NULL)) {
@@ -244,6 +253,33 @@ static CK_RV op_update(p11_op *op, const CK_BYTE *data, CK_ULONG len)
 	return hsm_ok(hsm_buf_put(&op->data, data, len)) ? CKR_OK : CKR_HOST_MEMORY;
 }
 
+static const hash_def *hash_by_kms(const char *kms)
+{
+	for (size_t i = 0; kms != NULL && i < N_HASHES; i++)
+		if (strcmp(hashes[i].kms, kms) == 0)
+			return &hashes[i];
+	return NULL;
+}
+
+/*
+ * An ECDSA digest of any length as the digest of the curve's own hash: cut to
+ * its leftmost bytes where the group order has as many bits (P-256, P-384,
+ * secp256k1), padded with zeros on the left where shorter; either way the
+ * number the signature is made over does not change.
+ */
+static CK_RV ecdsa_fit(const p11_op *op, const uint8_t *d, size_t n, hsm_buf *out)
+{
+	const hash_def *h = hash_by_kms(op->hash);
+	if (h == NULL || n == 0 || (n > h->len && !op->ecdsa_cut))
+		return CKR_DATA_LEN_RANGE;
+	size_t pad = n < h->len ? h->len - n : 0;
+	static const uint8_t zeros[64];
+	if (hsm_failed(hsm_buf_put(out, zeros, pad)) ||
+	    hsm_failed(hsm_buf_put(out, d, n < h->len ? n : h->len)))
+		return CKR_HOST_MEMORY;
+	return CKR_OK;
+}
+
 /* The digest hsmd signs (hashing and raw mechanisms), or the MAC's message. */
 static CK_RV op_input(p11_op *op, hsm_buf *out)
 {
@@ -252,6 +288,8 @@ static CK_RV op_input(p11_op *op, hsm_buf *out)
 		unsigned n = 0;
 		if (!EVP_DigestFinal_ex(op->md, d, &n))
 			return CKR_DEVICE_ERROR;
+		if (op->mech->family == P11_ECDSA)
+			return ecdsa_fit(op, d, n, out);
 		return hsm_ok(hsm_buf_put(out, d, n)) ? CKR_OK : CKR_HOST_MEMORY;
 	}
 	const uint8_t *p = op->data.data;
@@ -268,11 +306,10 @@ static CK_RV op_input(p11_op *op, hsm_buf *out)
 		}
 		return CKR_DATA_INVALID;
 	}
+	if (op->mech->family == P11_ECDSA)
+		return ecdsa_fit(op, p, n, out);
 	if (op->mech->family != P11_HMAC && op->mech->family != P11_EDDSA) { /* a digest */
-		const hash_def *h = NULL;
-		for (size_t i = 0; i < N_HASHES; i++)
-			if (strcmp(hashes[i].kms, op->hash) == 0)
-				h = &hashes[i];
+		const hash_def *h = hash_by_kms(op->hash);
 		if (h == NULL || n != h->len)
 			return CKR_DATA_LEN_RANGE;
 	}

@@ -61,7 +61,8 @@ DIGESTINFO_SHA256 = bytes.fromhex("3031300d060960864801650304020105000420")
 MECHANISMS = {CKM[n] for n in (
     "CKM_RSA_PKCS_KEY_PAIR_GEN", "CKM_EC_KEY_PAIR_GEN", "CKM_RSA_PKCS", "CKM_SHA256_RSA_PKCS",
     "CKM_SHA384_RSA_PKCS", "CKM_SHA512_RSA_PKCS", "CKM_RSA_PKCS_PSS", "CKM_SHA256_RSA_PKCS_PSS",
-    "CKM_SHA384_RSA_PKCS_PSS", "CKM_SHA512_RSA_PKCS_PSS", "CKM_ECDSA", "CKM_ECDSA_SHA256",
+    "CKM_SHA384_RSA_PKCS_PSS", "CKM_SHA512_RSA_PKCS_PSS", "CKM_ECDSA", "CKM_ECDSA_SHA224",
+    "CKM_ECDSA_SHA256",
     "CKM_ECDSA_SHA384", "CKM_ECDSA_SHA512", "CKM_SHA224_HMAC", "CKM_SHA256_HMAC",
     "CKM_SHA384_HMAC", "CKM_SHA512_HMAC", "CKM_RSA_PKCS_OAEP", "CKM_EC_EDWARDS_KEY_PAIR_GEN",
     "CKM_EDDSA", "CKM_AES_GCM", "CKM_AES_KEY_GEN", "CKM_GENERIC_SECRET_KEY_GEN", "CKM_SHA_1",
@@ -244,6 +245,9 @@ def test_slot_token_and_mechanisms(p11):
         assert info.flags & getattr(PyKCS11, flag), (flag, info.flags2text())
     mechs = p11.getMechanismList(0)
     assert len(mechs) == len(MECHANISMS) and {CKM[m] for m in mechs} == MECHANISMS, mechs
+    # Generic secret sizes are in bits (CKA_VALUE_LEN 28-64 bytes: HMAC_224 .. HMAC_512).
+    info = p11.getMechanismInfo(0, "CKM_GENERIC_SECRET_KEY_GEN")
+    assert (info.ulMinKeySize, info.ulMaxKeySize) == (224, 512)
 
 
 # ---- 2. login --------------------------------------------------------------------------------
@@ -252,6 +256,9 @@ def test_login(p11, user, keys):
     with session(p11) as s, session(p11) as other:
         assert s.findObjects() == []  # nothing before login
         ckr(PyKCS11.CKR_USER_TYPE_INVALID, s.login, user.pin, PyKCS11.CKU_SO)
+        # No key asks for a login of its own, so a context-specific one has nothing to follow.
+        ckr(PyKCS11.CKR_OPERATION_NOT_INITIALIZED, s.login, user.pin,
+            PyKCS11.CKU_CONTEXT_SPECIFIC)
         ckr(PyKCS11.CKR_PIN_INCORRECT, s.login, user.akid + ":" + "x" * 40)
         ckr(PyKCS11.CKR_PIN_INCORRECT, s.login, user.akid + "no-colon-in-this-pin")
         assert s.findObjects() == []
@@ -450,8 +457,15 @@ def test_ecdh_refusals(p11, user, officer, keys):
             ([(CKA_VALUE_LEN, 32)], PyKCS11.CKR_TEMPLATE_INCONSISTENT),
             ([(CKA_VALUE, b"x" * 48)], PyKCS11.CKR_ATTRIBUTE_READ_ONLY),
             ([(CKA_MODULUS_BITS, 2048)], PyKCS11.CKR_ATTRIBUTE_TYPE_INVALID),
+            ([(PyKCS11.CKA_DESTROYABLE, b"\x00")], PyKCS11.CKR_TEMPLATE_INCONSISTENT),
         ]:
             ckr(code, s.deriveKey, priv, tmpl, ecdh(point))
+        # A valid attribute at its only possible value is no error.
+        # (PyKCS11 1.5 does not know CKA_DESTROYABLE is a CK_BBOOL: its bytes, then.)
+        k = s.deriveKey(priv, SECRET_TEMPLATE + [(PyKCS11.CKA_DESTROYABLE, b"\x01")],
+                        ecdh(point))
+        assert attrs(s, k, PyKCS11.CKA_DESTROYABLE) == [b"\x01"]
+        s.destroyObject(k)
         for n in (0, 1025):
             ckr(PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID, s.deriveKey, priv, [(CKA_VALUE_LEN, n)],
                 ecdh(point, PyKCS11.CKD_SHA256_KDF))
@@ -576,10 +590,9 @@ def test_refused_inputs_and_parameters(p11, user, keys):
         (rsa,) = find(s, CKO_PRIVATE_KEY, keys["rsa"])
         (eck,) = find(s, CKO_PRIVATE_KEY, keys["ec"])
         (mac,) = find(s, CKO_SECRET_KEY, keys["mac"])
-        ecdsa = Mechanism(PyKCS11.CKM_ECDSA)
-        assert sign_rv(p11, eck, ecdsa, b"\x5a" * 32) == CKR_OK
-        rv = sign_rv(p11, eck, ecdsa, b"\x5a" * 20)
-        assert rv != CKR_OK, "a 20-byte CKM_ECDSA input on P-256 was signed"
+        # CKM_ECDSA takes a digest: of any hash (test_ecdsa_any_hash), not a message.
+        assert sign_rv(p11, eck, Mechanism(PyKCS11.CKM_ECDSA), b"\x5a" * 1025) == \
+            PyKCS11.CKR_DATA_LEN_RANGE
         # CKM_RSA_PKCS signs DigestInfos only.
         assert sign_rv(p11, rsa, Mechanism(PyKCS11.CKM_RSA_PKCS), hashlib.sha256(MSG).digest()) \
             in (PyKCS11.CKR_DATA_INVALID, PyKCS11.CKR_DATA_LEN_RANGE)
@@ -589,10 +602,9 @@ def test_refused_inputs_and_parameters(p11, user, keys):
                        (CKM["CKM_SHA_1"], PyKCS11.CKG_MGF1_SHA1, 20)):
             mech = RSA_PSS_Mechanism(PyKCS11.CKM_SHA256_RSA_PKCS_PSS, *params)
             assert sign_rv(p11, rsa, mech, MSG) == PyKCS11.CKR_MECHANISM_PARAM_INVALID, params
-        # The curve's hash only; an HMAC key only with its own hash.
-        assert sign_rv(p11, eck, Mechanism(PyKCS11.CKM_ECDSA_SHA384), MSG) in (
-            PyKCS11.CKR_KEY_TYPE_INCONSISTENT, PyKCS11.CKR_MECHANISM_INVALID)
-        assert sign_rv(p11, mac, Mechanism(PyKCS11.CKM_SHA384_HMAC), MSG) != CKR_OK
+        # An HMAC key only with its own hash.
+        assert sign_rv(p11, mac, Mechanism(PyKCS11.CKM_SHA384_HMAC), MSG) == \
+            PyKCS11.CKR_KEY_TYPE_INCONSISTENT
         # A key of another type.
         assert sign_rv(p11, eck, Mechanism(PyKCS11.CKM_SHA256_RSA_PKCS), MSG) != CKR_OK
 
@@ -626,9 +638,43 @@ def test_larger_curves(p11, officer, user, spec, oid, mech, hash_, size):
         raw = sign(s, priv, Mechanism(PyKCS11.CKM_ECDSA), digest)
         assert len(raw) == size
         pk.verify(der_ecdsa(raw), digest, ec.ECDSA(utils.Prehashed(hash_())))
-        assert sign_rv(p11, priv, Mechanism(PyKCS11.CKM_ECDSA), digest[:32]) != CKR_OK
-        assert sign_rv(p11, priv, Mechanism(PyKCS11.CKM_ECDSA_SHA256), MSG) in (
-            PyKCS11.CKR_KEY_TYPE_INCONSISTENT, PyKCS11.CKR_MECHANISM_INVALID)
+        # Other hashes, and digests of other lengths: as ECDSA defines them (test_ecdsa_any_hash).
+        sig = sign(s, priv, Mechanism(PyKCS11.CKM_ECDSA_SHA256), MSG)
+        pk.verify(der_ecdsa(sig), MSG, ec.ECDSA(hashes.SHA256()))
+        short = hashlib.sha1(MSG).digest()
+        raw = sign(s, priv, Mechanism(PyKCS11.CKM_ECDSA), short)
+        pk.verify(der_ecdsa(raw), short, ec.ECDSA(utils.Prehashed(hashes.SHA1())))
+        # Longer than the order on P-521 would need cutting mid-byte: refused.
+        if spec == "ECC_NIST_P521":
+            assert sign_rv(p11, priv, Mechanism(PyKCS11.CKM_ECDSA), bytes(66)) == \
+                PyKCS11.CKR_DATA_LEN_RANGE
+
+
+def test_ecdsa_any_hash(p11, officer, user, keys):
+    """ECDSA signs a digest's leftmost bits as long as the group order: CKM_ECDSA takes a digest
+    of any hash, and CKM_ECDSA_SHA224 .. SHA512 work with any curve (Java's SHA384withECDSA
+    on a P-256 key), each signature a standard one for that hash."""
+    pk = public_key(officer, keys["ec"])
+    with session(p11, user.pin) as s:
+        (priv,) = find(s, CKO_PRIVATE_KEY, keys["ec"])
+        (pub,) = find(s, CKO_PUBLIC_KEY, keys["ec"])
+        for mech, h in ((PyKCS11.CKM_ECDSA_SHA224, hashes.SHA224()),
+                        (PyKCS11.CKM_ECDSA_SHA384, hashes.SHA384()),
+                        (PyKCS11.CKM_ECDSA_SHA512, hashes.SHA512())):
+            sig = sign(s, priv, Mechanism(mech), MSG)
+            assert len(sig) == 64
+            pk.verify(der_ecdsa(sig), MSG, ec.ECDSA(h))
+            assert s.verify(pub, MSG, ckbytelist(sig), Mechanism(mech)) is True
+            sig = sign_parts(s, priv, Mechanism(mech), [MSG[:5], MSG[5:]])
+            pk.verify(der_ecdsa(sig), MSG, ec.ECDSA(h))
+        for name in ("sha1", "sha224", "sha384", "sha512"):
+            digest = hashlib.new(name, MSG).digest()
+            raw = sign(s, priv, Mechanism(PyKCS11.CKM_ECDSA), digest)
+            pk.verify(der_ecdsa(raw), digest,
+                      ec.ECDSA(utils.Prehashed(getattr(hashes, name.upper())())))
+            assert s.verify(pub, digest, ckbytelist(raw), Mechanism(PyKCS11.CKM_ECDSA)) is True
+            assert s.verify(pub, digest, ckbytelist(flip(raw)),
+                            Mechanism(PyKCS11.CKM_ECDSA)) is False
 
 
 def test_other_rsa_and_hmac_sizes(p11, officer, user):
@@ -695,6 +741,46 @@ def test_generate_key_pairs(p11, user, officer):
         assert attrs(s, priv, CKA_LABEL, CKA_EC_PARAMS) == ["p11-ec", P256_OID]
         sig = sign(s, priv, Mechanism(PyKCS11.CKM_ECDSA_SHA256), MSG)
         public_key(officer, eck).verify(der_ecdsa(sig), MSG, ec.ECDSA(hashes.SHA256()))
+
+
+def test_generate_honours_or_refuses_the_template(p11, officer):
+    """What a template asks of a new key is made, or refused: hsmd makes lasting, audited keys
+    only, in R/W sessions; an RSA pair that is to decrypt and not to sign is an ENCRYPT_DECRYPT
+    key."""
+    rsa_pub = [(CKA_MODULUS_BITS, 2048), (CKA_PUBLIC_EXPONENT, b"\x01\x00\x01")]
+    ec_pub = [(CKA_EC_PARAMS, P256_OID)]
+    count = len(officer.list_keys(Limit=1000)["Keys"])
+    with session(p11, f"{DEV_AKID}:{DEV_SECRET}") as s:
+        for pub, priv, mech in (
+                (ec_pub, [(CKA_TOKEN, False)], PyKCS11.MechanismECGENERATEKEYPAIR),
+                (ec_pub, [(CKA_SIGN, False)], PyKCS11.MechanismECGENERATEKEYPAIR),
+                (rsa_pub, [(CKA_SIGN, False), (CKA_DECRYPT, False)],
+                 PyKCS11.MechanismRSAGENERATEKEYPAIR)):
+            ckr(PyKCS11.CKR_TEMPLATE_INCONSISTENT, s.generateKeyPair, pub, priv, mech)
+        ckr(PyKCS11.CKR_TEMPLATE_INCONSISTENT, s.generateKey,
+            [(CKA_CLASS, CKO_SECRET_KEY), (CKA_TOKEN, False), (CKA_VALUE_LEN, 32)],
+            PyKCS11.Mechanism(PyKCS11.CKM_AES_KEY_GEN))
+        assert len(officer.list_keys(Limit=1000)["Keys"]) == count
+        hpub, hpriv = s.generateKeyPair(
+            rsa_pub, [(CKA_SIGN, False), (CKA_DECRYPT, True), (CKA_LABEL, "p11-decrypt")],
+            PyKCS11.MechanismRSAGENERATEKEYPAIR)
+        kid = attrs(s, hpriv, CKA_ID)[0].decode()
+        assert attrs(s, hpriv, CKA_SIGN, CKA_DECRYPT) == [False, True]
+        assert attrs(s, hpub, CKA_VERIFY, CKA_ENCRYPT) == [False, True]
+    assert officer.describe_key(KeyId=kid)["KeyMetadata"]["KeyUsage"] == "ENCRYPT_DECRYPT"
+    # A read-only session makes no key.
+    ro = p11.openSession(0, PyKCS11.CKF_SERIAL_SESSION)
+    try:
+        ro.login(f"{DEV_AKID}:{DEV_SECRET}")
+        ckr(PyKCS11.CKR_SESSION_READ_ONLY, ro.generateKeyPair, ec_pub, [(CKA_SIGN, True)],
+            PyKCS11.MechanismECGENERATEKEYPAIR)
+        ckr(PyKCS11.CKR_SESSION_READ_ONLY, ro.generateKey,
+            [(CKA_CLASS, CKO_SECRET_KEY), (CKA_VALUE_LEN, 32)],
+            PyKCS11.Mechanism(PyKCS11.CKM_AES_KEY_GEN))
+        ro.logout()
+    finally:
+        ro.closeSession()
+    assert len(officer.list_keys(Limit=1000)["Keys"]) == count + 1
 
 
 def test_generate_key_agreement_pairs(p11, officer):
@@ -787,7 +873,21 @@ def test_destroy_object_schedules_deletion(p11, officer):
         eck = generate(s, "ec", "p11-doomed", label_in_public=True)
         (pub,) = find(s, CKO_PUBLIC_KEY, eck)
         ckr(CKR_ACTION_PROHIBITED, s.destroyObject, pub)
+        assert attrs(s, pub, PyKCS11.CKA_DESTROYABLE) == [b"\x00"]  # it goes with its key
         assert officer.describe_key(KeyId=eck)["KeyMetadata"]["KeyState"] == "Enabled"
+        (priv,) = find(s, CKO_PRIVATE_KEY, eck)
+        assert attrs(s, priv, PyKCS11.CKA_DESTROYABLE) == [b"\x01"]
+    # A read-only session changes no token object (PKCS#11 5.7).
+    ro = p11.openSession(0, PyKCS11.CKF_SERIAL_SESSION)
+    try:
+        ro.login(f"{DEV_AKID}:{DEV_SECRET}")
+        (priv,) = find(ro, CKO_PRIVATE_KEY, eck)
+        ckr(PyKCS11.CKR_SESSION_READ_ONLY, ro.destroyObject, priv)
+        ro.logout()
+    finally:
+        ro.closeSession()
+    assert officer.describe_key(KeyId=eck)["KeyMetadata"]["KeyState"] == "Enabled"
+    with session(p11, f"{DEV_AKID}:{DEV_SECRET}") as s:
         (priv,) = find(s, CKO_PRIVATE_KEY, eck)
         s.destroyObject(priv)
         assert_pending_deletion(officer, eck)
@@ -1246,10 +1346,15 @@ def test_aes_gcm_encrypt_and_decrypt(p11, server, user, officer, keys):
         iv = bytes(m._source_iv)
         assert len(ct) == len(b"account balance") + 16 and iv != bytes(12)
         assert AESGCM(material).decrypt(iv, ct, b"row=42") == b"account balance"
-        # Each encryption draws its own IV, whatever the caller put there.
-        m2 = PyKCS11.AES_GCM_Mechanism(iv, b"row=42", 128)
+        # Each encryption draws its own IV.
+        m2 = PyKCS11.AES_GCM_Mechanism(bytes(12), b"row=42", 128)
         s.encrypt(key, b"account balance", m2)
-        assert bytes(m2._source_iv) != iv
+        assert bytes(m2._source_iv) not in (iv, bytes(12))
+        # An IV of the caller's own is refused at C_EncryptInit: hsmd would not use it, and
+        # PKCS#11 lets the caller free pIv once C_EncryptInit returned, so the module writes
+        # hsmd's only where the caller asked for it (zeros) and keeps the buffer.
+        own = PyKCS11.AES_GCM_Mechanism(os.urandom(12), b"row=42", 128)
+        assert refused(s.encrypt, key, b"x", own) == PyKCS11.CKR_MECHANISM_PARAM_INVALID
         assert bytes(s.decrypt(key, ct, PyKCS11.AES_GCM_Mechanism(iv, b"row=42", 128))) == \
             b"account balance"
         nonce = os.urandom(12)
@@ -1522,14 +1627,19 @@ def test_gnutls_p11tool(server, user, keys):
 
 # ---- 13. threads -----------------------------------------------------------------------------
 
-def threads_program(tmp_path):
-    exe = tmp_path / "pkcs11_threads"
-    src = os.path.join(os.path.dirname(__file__), "pkcs11_threads.c")
+def c_program(tmp_path, name):
+    """Compiles tests/integration/<name>.c, a client of the module."""
+    exe = tmp_path / name
+    src = os.path.join(os.path.dirname(__file__), name + ".c")
     cc = subprocess.run(["cc", "-O2", "-Wall", "-Werror", "-I/usr/include/p11-kit-1", "-o",
                          str(exe), src, "-ldl", "-lpthread"], capture_output=True, text=True,
                         timeout=120)
     assert cc.returncode == 0, cc.stderr
     return exe
+
+
+def threads_program(tmp_path):
+    return c_program(tmp_path, "pkcs11_threads")
 
 
 def test_threads_sign_at_once(tmp_path, server, user, officer, keys):
@@ -1625,3 +1735,60 @@ def test_ed25519(p11, user, officer):
         assert e.value.value == PyKCS11.CKR_TEMPLATE_INCONSISTENT
         for k in made:
             officer.schedule_key_deletion(KeyId=k, PendingWindowInDays=7)
+
+
+def test_fork_while_another_thread_is_in_the_module(tmp_path, server, user):
+    """A child forked while another thread waits on hsmd inside the module starts the module
+    afresh instead of waiting forever for a lock the parent's thread held at fork."""
+    exe = c_program(tmp_path, "pkcs11_fork")
+    env = dict(os.environ, HSM_PKCS11_ENDPOINT=server.endpoint)
+    p = subprocess.run([str(exe), MODULE, user.pin, "20"], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert (p.returncode, p.stdout.strip()) == (0, "ok 20"), (p.stdout, p.stderr)
+
+
+TIMEOUT_CLIENT = """
+import os, signal, sys, PyKCS11
+lib = PyKCS11.PyKCS11Lib()
+lib.load(sys.argv[1])
+s = lib.openSession(0, PyKCS11.CKF_SERIAL_SESSION | PyKCS11.CKF_RW_SESSION)
+s.login(sys.argv[2])
+pid = int(sys.argv[3])
+os.kill(pid, signal.SIGSTOP)  # hsmd takes the request in, and answers nothing
+try:
+    s.generateKey([(PyKCS11.CKA_CLASS, PyKCS11.CKO_SECRET_KEY), (PyKCS11.CKA_VALUE_LEN, 32)],
+                  PyKCS11.Mechanism(PyKCS11.CKM_AES_KEY_GEN))
+    print("made")
+except PyKCS11.PyKCS11Error as e:
+    print("error", PyKCS11.CKR.get(e.value, e.value))
+finally:
+    os.kill(pid, signal.SIGCONT)
+"""
+
+
+def test_a_call_that_timed_out_is_not_sent_again(tmp_path, server, officer):
+    """HSM_PKCS11_TIMEOUT bounds the wait for hsmd; a call whose answer did not come in time is
+    not sent a second time, since hsmd may be making the change: one CreateKey, one key."""
+    def keys_now():
+        return {k["KeyId"] for k in officer.list_keys(Limit=1000)["Keys"]}
+    before = keys_now()
+    script = tmp_path / "timeout_client.py"
+    script.write_text(TIMEOUT_CLIENT)
+    env = dict(os.environ, HSM_PKCS11_ENDPOINT=server.endpoint, HSM_PKCS11_TIMEOUT="2")
+    p = subprocess.run(["/usr/bin/python3", str(script), MODULE,
+                        f"{DEV_AKID}:{DEV_SECRET}", str(server.proc.pid)],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.stdout.strip() == "error CKR_DEVICE_ERROR", (p.stdout, p.stderr)
+    deadline = time.monotonic() + 10
+    while len(keys_now() - before) < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)  # a second request, had one gone, would be answered by now too
+    assert len(keys_now() - before) == 1
+    # A timeout that is not a number of seconds: C_Initialize refuses the setting.
+    bad = subprocess.run(["/usr/bin/python3", "-c", "import sys, PyKCS11\n"
+                          "lib = PyKCS11.PyKCS11Lib()\n"
+                          "try:\n    lib.load(sys.argv[1])\nexcept PyKCS11.PyKCS11Error as e:\n"
+                          "    print(PyKCS11.CKR.get(e.value, e.value))\n", MODULE],
+                         env=dict(env, HSM_PKCS11_TIMEOUT="soon"), capture_output=True,
+                         text=True, timeout=60)
+    assert bad.stdout.strip() == "CKR_ARGUMENTS_BAD", (bad.stdout, bad.stderr)
