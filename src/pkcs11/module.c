@@ -387,6 +387,20 @@ CK_RV C_GetSessionInfo(CK_SESSION_HANDLE h, CK_SESSION_INFO_PTR info)
 
 /* ---- calling hsmd ---------------------------------------------------------------------------- */
 
+/* What C_Logout does: the login ends for every session of the token. */
+static void end_login(void)
+{
+	for (size_t i = 0; i < P11_MAX_SESSIONS; i++) {
+		p11_op_reset(&p11.sessions[i].sign);
+		p11_op_reset(&p11.sessions[i].verify);
+		p11_op_reset(&p11.sessions[i].encrypt);
+		p11_op_reset(&p11.sessions[i].decrypt);
+	}
+	wipe_credentials();
+	p11_pool_drain();
+	p11_objects_clear();
+}
+
 static CK_RV call(const char *target, json_t *body, json_t **out, bool unlock)
 {
 	*out = NULL;
@@ -428,6 +442,16 @@ static CK_RV call(const char *target, json_t *body, json_t **out, bool unlock)
 		if (err == HSM_ERR_ACCESS_DENIED && status == 403) /* hsmd's answer to a locked user */
 			err = HSM_ERR_PRINCIPAL_LOCKED;
 		rv = type != NULL ? hsm_err_ckr(err) : CKR_DEVICE_ERROR;
+		/*
+		 * The PIN's credentials stopped working after login (the access key was
+		 * revoked, the user disabled or locked): CKR_PIN_INCORRECT and
+		 * CKR_PIN_LOCKED are C_Login's answers, so the login ends here, and the
+		 * call, like any that needs one, is CKR_USER_NOT_LOGGED_IN.
+		 */
+		if (p11.logged_in && (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED)) {
+			end_login();
+			rv = CKR_USER_NOT_LOGGED_IN;
+		}
 		json_decref(j);
 		j = NULL;
 	}
@@ -500,15 +524,7 @@ CK_RV C_Logout(CK_SESSION_HANDLE h)
 		LEAVE(CKR_SESSION_HANDLE_INVALID);
 	if (!p11.logged_in)
 		LEAVE(CKR_USER_NOT_LOGGED_IN);
-	for (size_t i = 0; i < P11_MAX_SESSIONS; i++) {
-		p11_op_reset(&p11.sessions[i].sign);
-		p11_op_reset(&p11.sessions[i].verify);
-		p11_op_reset(&p11.sessions[i].encrypt);
-		p11_op_reset(&p11.sessions[i].decrypt);
-	}
-	wipe_credentials();
-	p11_pool_drain();
-	p11_objects_clear();
+	end_login();
 	LEAVE(CKR_OK);
 }
 

@@ -50,7 +50,7 @@ from PyKCS11 import (CKA_ALWAYS_SENSITIVE, CKA_CLASS, CKA_DECRYPT, CKA_DERIVE, C
 
 from conftest import (ACCOUNT, BUILD, DEV_AKID, DEV_SECRET, REGION, Hsmd, client, free_port,
                       signed_call, start_dev)
-from helpers import audit_records, make_pki, new_user
+from helpers import admin, audit_records, make_pki, new_user
 
 MODULE = os.path.join(BUILD, "libhsm_pkcs11.so")
 CKR_ACTION_PROHIBITED = 0x1B  # PKCS#11 v2.40; not among PyKCS11 1.5's names
@@ -269,6 +269,23 @@ def test_login(p11, user, keys):
         assert other.findObjects() == []
         ckr(PyKCS11.CKR_USER_NOT_LOGGED_IN, other.sign, priv, MSG,
             Mechanism(PyKCS11.CKM_SHA256_RSA_PKCS))
+
+
+def test_credentials_revoked_after_login_end_the_login(p11, server, keys):
+    """A PIN whose access key is revoked mid-session: the next call is CKR_USER_NOT_LOGGED_IN
+    (CKR_PIN_INCORRECT is C_Login's answer) and the login ends, objects gone, as at C_Logout."""
+    akid, secret = new_user(server, "p11-revoked", ["crypto-user"])
+    with session(p11) as s:
+        s.login(f"{akid}:{secret}")
+        (priv,) = find(s, CKO_PRIVATE_KEY, keys["ec"])
+        assert len(sign(s, priv, Mechanism(PyKCS11.CKM_ECDSA_SHA256), MSG)) == 64
+        admin(server, "RevokeAccessKey", {"AccessKeyId": akid})
+        ckr(PyKCS11.CKR_USER_NOT_LOGGED_IN, s.sign, priv, MSG,
+            Mechanism(PyKCS11.CKM_ECDSA_SHA256))
+        assert s.getSessionInfo().state == PyKCS11.CKS_RW_PUBLIC_SESSION
+        assert s.findObjects() == []
+        ckr(PyKCS11.CKR_USER_NOT_LOGGED_IN, s.logout)
+        ckr(PyKCS11.CKR_PIN_INCORRECT, s.login, f"{akid}:{secret}")  # at login: the PIN's code
 
 
 # ---- 3. objects ------------------------------------------------------------------------------
