@@ -501,8 +501,16 @@ hsm_result kms_grants_allow(hsm_kms *kms, const hsm_caller *caller, const char *
 
 /* ---- Tokens and ids --------------------------------------------------------------------- */
 
-#define TOKEN_VERSION 1
-#define TOKEN_BYTES (1 + 16 + HSM_GRANT_ID_LEN / 2)
+/*
+ * A grant token: a version byte, the key id, the grant id and (from version 2)
+ * 16 random bytes, so that every CreateGrant answers a token of its own, also
+ * when a retry with the same Name answers the same grant.  Tokens of version 1
+ * stay valid.
+ */
+#define TOKEN_VERSION 2
+#define TOKEN_NONCE 16
+#define TOKEN_BYTES_V1 (1 + 16 + HSM_GRANT_ID_LEN / 2)
+#define TOKEN_BYTES (TOKEN_BYTES_V1 + TOKEN_NONCE)
 
 static void uuid_bytes(const char *uuid, uint8_t out[16])
 {
@@ -541,6 +549,7 @@ static hsm_result make_token(const char *key_id, const char *grant_id, hsm_buf *
 	uuid_bytes(key_id, raw + 1);
 	HSM_GUARD(hsm_hex_decode_exact(raw + 17, HSM_GRANT_ID_LEN / 2, grant_id, HSM_GRANT_ID_LEN,
 	                               HSM_ERR_INTERNAL));
+	HSM_GUARD(hsm_random_bytes(raw + TOKEN_BYTES_V1, TOKEN_NONCE));
 	return hsm_b64url_encode(out, raw, sizeof(raw));
 }
 
@@ -552,7 +561,8 @@ hsm_result hsm_grant_token_parse(const char *token, char key_id[HSM_UUID_STRLEN 
 	hsm_result r = n >= 1 && n <= HSM_GRANT_TOKEN_MAX
 	                   ? hsm_b64url_decode(&raw, token, n, HSM_ERR_INVALID_GRANT_TOKEN)
 	                   : HSM_FAIL(HSM_ERR_INVALID_GRANT_TOKEN, "The grant token is invalid");
-	if (hsm_ok(r) && (raw.len != TOKEN_BYTES || raw.data[0] != TOKEN_VERSION))
+	if (hsm_ok(r) && !((raw.len == TOKEN_BYTES && raw.data[0] == TOKEN_VERSION) ||
+	                   (raw.len == TOKEN_BYTES_V1 && raw.data[0] == 1)))
 		r = HSM_FAIL(HSM_ERR_INVALID_GRANT_TOKEN, "The grant token is invalid");
 	if (hsm_ok(r)) {
 		uuid_text(raw.data + 1, key_id);

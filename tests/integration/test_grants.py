@@ -214,6 +214,11 @@ def test_a_retried_create_with_the_same_name_returns_the_same_grant(kms):
     first = kms.create_grant(**args)
     again = kms.create_grant(**dict(args, Operations=["Decrypt", "Encrypt"]))
     assert again["GrantId"] == first["GrantId"]
+    # Each request gets a token of its own (as AWS KMS documents), and each one works.
+    assert again["GrantToken"] != first["GrantToken"]
+    for token in (first["GrantToken"], again["GrantToken"]):
+        kms.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext={"a": "b"},
+                    GrantTokens=[token])
     changed = kms.create_grant(**dict(args, Operations=["Encrypt"]))
     assert changed["GrantId"] != first["GrantId"]
     assert len(kms.list_grants(KeyId=key)["Grants"]) == 2

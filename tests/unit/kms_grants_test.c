@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/encoding.h"
 #include "kms/kms.h"
 #include "support/kms_fixture.h"
 
@@ -128,6 +129,24 @@ static void test_grant_allows_grantee_only(void **state)
 	assert_int_equal(hsm_grant_token_parse((const char *)token.data, tk, tg).err, HSM_OK);
 	assert_string_equal(tk, key);
 	assert_string_equal(tg, id);
+	/* A token made before tokens carried 16 random bytes (version 1) still names it. */
+	hsm_buf raw = {0}, old = {0};
+	assert_true(hsm_ok(hsm_b64url_decode(&raw, (const char *)token.data, token.len,
+	                                     HSM_ERR_INVALID_GRANT_TOKEN)));
+	assert_int_equal(raw.len, 1 + 16 + HSM_GRANT_ID_LEN / 2 + 16);
+	raw.data[0] = 1;
+	assert_true(hsm_ok(hsm_b64url_encode(&old, raw.data, raw.len - 16)));
+	assert_true(hsm_ok(hsm_buf_terminate(&old)));
+	assert_int_equal(hsm_grant_token_parse((const char *)old.data, tk, tg).err, HSM_OK);
+	assert_string_equal(tg, id);
+	raw.data[0] = 2; /* version 2 without its random bytes: not a token */
+	hsm_buf_clear(&old);
+	assert_true(hsm_ok(hsm_b64url_encode(&old, raw.data, raw.len - 16)));
+	assert_true(hsm_ok(hsm_buf_terminate(&old)));
+	assert_int_equal(hsm_grant_token_parse((const char *)old.data, tk, tg).err,
+	                 HSM_ERR_INVALID_GRANT_TOKEN);
+	hsm_buf_free(&raw);
+	hsm_buf_free(&old);
 	/* One changed character: refused, or another grant's name (which allows
 	 * nothing). */
 	token.data[3] = token.data[3] == 'A' ? 'B' : 'A';
