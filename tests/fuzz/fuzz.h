@@ -56,6 +56,17 @@ static inline bool fuzz_failed_with(hsm_result r, const hsm_err *ok, size_t n)
 		FUZZ_ASSERT(fuzz_failed_with((r), fuzz_ok__, sizeof(fuzz_ok__) / sizeof(*fuzz_ok__))); \
 	} while (0)
 
+/*
+ * How a request body the JSON reader refuses is refused: as malformed
+ * (SerializationException), or, valid JSON with a \u0000 in a string, as a
+ * value hsmd does not take (ValidationException).
+ */
+static inline bool fuzz_json_refusal(hsm_result r, const uint8_t *data, size_t size)
+{
+	return r.err == HSM_ERR_SERIALIZATION ||
+	       (r.err == HSM_ERR_VALIDATION && memmem(data, size, "\\u0000", 6) != NULL);
+}
+
 /* A read position over the input: targets carve it into fields. */
 typedef struct fuzz_in {
 	const uint8_t *p;
