@@ -5,11 +5,12 @@
  * data here, as the data is the caller's and not secret, and send hsmd the
  * digest (Sign with MessageType DIGEST), so there is no bound on its size.
  * CKM_RSA_PKCS takes a DigestInfo, CKM_RSA_PKCS_PSS a digest of the key's
- * hash.  CKM_ECDSA takes a digest of any hash, and CKM_ECDSA_SHA1 ..
+ * hash.  CKM_ECDSA takes a digest of any hash, and CKM_ECDSA_SHA224 ..
  * CKM_ECDSA_SHA512 work with any curve: ECDSA signs the digest's leftmost
  * bits as long as the group order (SEC 1, 4.1.3), so a digest is cut or
  * zero-padded on the left to the length of the curve's own hash, which
- * hsmd then signs as that hash's digest: the same signature.  hsmd returns ECDSA signatures in DER, PKCS#11 wants
+ * hsmd then signs as that hash's digest: the same signature (ecdsa_fit).
+ * hsmd returns ECDSA signatures in DER, PKCS#11 wants
  * r || s: converted both ways.  HMAC mechanisms and CKM_EDDSA (Ed25519,
  * which hashes inside the signature) send the message itself (GenerateMac,
  * Sign with MessageType RAW; at most 4096 bytes, hsmd's bound).
