@@ -784,6 +784,23 @@ void *audit_writer_main(void *arg)
 	return NULL;
 }
 
+/*
+ * The watchdog woke late_ns after it meant to.  Past a quarter of the
+ * deadline, the whole process was held (SIGSTOP, a paused VM, a debugger)
+ * or starved of CPU: the I/O in progress was held just as long, so that
+ * time is not counted against it.  A device that truly hangs is still
+ * caught, a deadline after the watchdog runs on time again.  mu held.
+ */
+static void discount_pause(hsm_audit *a, uint64_t late_ns, uint64_t deadline, uint64_t now)
+{
+	if (late_ns <= deadline / 4)
+		return;
+	if (a->op_start_ns != 0)
+		a->op_start_ns = a->op_start_ns + late_ns < now ? a->op_start_ns + late_ns : now;
+	if (a->sync_start_ns != 0)
+		a->sync_start_ns = a->sync_start_ns + late_ns < now ? a->sync_start_ns + late_ns : now;
+}
+
 void *audit_watchdog_main(void *arg)
 {
 	hsm_audit *a = arg;
@@ -791,10 +808,14 @@ void *audit_watchdog_main(void *arg)
 	uint64_t deadline = a->cfg.io_deadline_ms * NS_PER_MS;
 	uint64_t period = deadline / 8 < 50 * NS_PER_MS ? deadline / 8 : 50 * NS_PER_MS;
 	pthread_mutex_lock(&a->mu);
+	uint64_t last = hsm_mono_ns();
 	while (!a->watchdog_stop) {
 		timedwait_ns(&a->wake_watchdog, &a->mu, hsm_mono_ns() + period);
+		uint64_t now = hsm_mono_ns();
+		discount_pause(a, now - last > period ? now - last - period : 0, deadline, now);
+		last = now;
 		size_t n = 0, m = 0;
-		if (a->op_start_ns != 0 && !a->op_timed_out && hsm_mono_ns() - a->op_start_ns > deadline) {
+		if (a->op_start_ns != 0 && !a->op_timed_out && now - a->op_start_ns > deadline) {
 			a->op_timed_out = true;
 			if (atomic_load(&a->healthy)) {
 				a->outage_errno = ETIMEDOUT;
@@ -808,7 +829,7 @@ void *audit_watchdog_main(void *arg)
 			audit_fail_locked(a, a->wd_cbs + n, &m, AUDIT_BATCH_MAX - n);
 			a->refused_in_outage += n;
 		} else if (a->sync_start_ns != 0 && !a->sync_timed_out &&
-		           hsm_mono_ns() - a->sync_start_ns > deadline) {
+		           now - a->sync_start_ns > deadline) {
 			a->sync_timed_out = true;
 			if (atomic_load(&a->healthy)) {
 				a->outage_errno = ETIMEDOUT;

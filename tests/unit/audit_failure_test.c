@@ -592,6 +592,120 @@ static void test_fsync_error_rewrites_and_recovers(void **state)
 	t_rm_rf(dir);
 }
 
+/*
+ * The whole process held (SIGSTOP, a paused VM) while a write or an fsync
+ * is under way is no outage: the step was held just as long, and goes on
+ * afterwards within its deadline.  In a child, which the parent stops for
+ * four deadlines once the step has begun, then lets go on; 0 when all
+ * holds, else the number of the check that failed.
+ */
+typedef struct pause_io {
+	int to_parent, from_parent;
+	hsm_audit_io_op op;
+	atomic_bool armed;
+} pause_io;
+
+static int pause_hook(void *arg, hsm_audit_io_op op)
+{
+	pause_io *p = arg;
+	if (op != p->op || !atomic_exchange(&p->armed, false))
+		return 0;
+	char c = 'p';
+	if (write(p->to_parent, &c, 1) != 1 || read(p->from_parent, &c, 1) != 1)
+		return EIO;
+	usleep(DEADLINE_MS / 2 * 1000); /* the step goes on past the pause, within its deadline */
+	return 0;
+}
+
+static int held_child(const char *dir, hsm_audit_io_op op, int to_parent, int from_parent)
+{
+	pause_io p = {.to_parent = to_parent, .from_parent = from_parent, .op = op};
+	hsm_audit_config c = t_config(dir);
+	c.test_io_hook = pause_hook;
+	c.test_io_arg = &p;
+	c.io_deadline_ms = DEADLINE_MS;
+	c.retry_interval_ms = 50;
+	c.fsync_interval_ms = 5;
+	hsm_audit *a = NULL;
+	if (hsm_failed(hsm_audit_open(&c, &a)))
+		return 1;
+	hsm_audit_record r = t_record(0);
+	if (hsm_failed(hsm_audit_append(a, &r)))
+		return 2;
+	usleep(30000); /* the record's group fsync */
+	atomic_store(&p.armed, true);
+	r = t_record(1);
+	if (hsm_failed(hsm_audit_append(a, &r)))
+		return 3;
+	for (int i = 0; i < 200 && atomic_load(&p.armed); i++) /* an fsync may come after the ack */
+		usleep(5000);
+	usleep(2 * DEADLINE_MS * 1000); /* the step is over, and the watchdog has looked since */
+	hsm_audit_stats st;
+	hsm_audit_get_stats(a, &st);
+	if (!hsm_audit_healthy(a) || st.outages != 0 || st.refused != 0)
+		return 4;
+	r = t_record(2);
+	if (hsm_failed(hsm_audit_append(a, &r)))
+		return 5;
+	hsm_audit_close(a);
+	return 0;
+}
+
+static void run_held(hsm_audit_io_op op)
+{
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-held");
+	int up[2], down[2];
+	assert_int_equal(pipe(up), 0);
+	assert_int_equal(pipe(down), 0);
+	fflush(NULL);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0)
+		_exit(held_child(dir, op, up[1], down[0]));
+	char c = 0;
+	assert_int_equal(read(up[0], &c, 1), 1); /* the step has begun */
+	assert_int_equal(kill(pid, SIGSTOP), 0);
+	int status = 0;
+	assert_int_equal(waitpid(pid, &status, WUNTRACED), pid);
+	assert_true(WIFSTOPPED(status));
+	usleep(4 * DEADLINE_MS * 1000);
+	assert_int_equal(kill(pid, SIGCONT), 0);
+	assert_int_equal(write(down[1], &c, 1), 1);
+	pid_t got = 0;
+	for (int i = 0; i < 1000 && got == 0; i++) {
+		got = waitpid(pid, &status, WNOHANG);
+		if (got == 0)
+			usleep(10000);
+	}
+	if (got == 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+		fail_msg("the held log did not finish");
+	}
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+	hsm_audit_verify_report rep = t_verify_dir(dir, NULL, false);
+	assert_true(rep.valid);
+	close(up[0]);
+	close(up[1]);
+	close(down[0]);
+	close(down[1]);
+	t_rm_rf(dir);
+}
+
+static void test_held_process_write_is_no_outage(void **state)
+{
+	(void)state;
+	run_held(HSM_AUDIT_IO_WRITE);
+}
+
+static void test_held_process_fsync_is_no_outage(void **state)
+{
+	(void)state;
+	run_held(HSM_AUDIT_IO_SYNC);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -604,6 +718,8 @@ int main(void)
 	    cmocka_unit_test(test_close_leaves_a_stuck_fsync_behind),
 	    cmocka_unit_test(test_slow_fsync_holds_acks_only_past_the_lag),
 	    cmocka_unit_test(test_fsync_error_rewrites_and_recovers),
+	    cmocka_unit_test(test_held_process_write_is_no_outage),
+	    cmocka_unit_test(test_held_process_fsync_is_no_outage),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
