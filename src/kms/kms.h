@@ -101,6 +101,7 @@ typedef enum hsm_op {
 	X(GetParametersForImport, HSM_OPC_IMPORT, HSM_ROLES_OFFICER, false)                 \
 	X(ImportKeyMaterial, HSM_OPC_IMPORT, HSM_ROLES_OFFICER, true)                       \
 	X(DeleteImportedKeyMaterial, HSM_OPC_DELETE_MATERIAL, HSM_ROLES_OFFICER, true)      \
+	X(GetKeyLastUsage, HSM_OPC_READ, HSM_ROLES_OFFICER | HSM_ROLES_AUDITOR, false)      \
 	/* hsmd's token operations (X-Amz-Target HsmdJwt.<Op>, kms/jwt.h) */              \
 	X(SignToken, HSM_OPC_CRYPTO, HSM_ROLES_USER, false)                                 \
 	X(EnableJwtSigning, HSM_OPC_MODIFY, HSM_ROLES_OFFICER, true)                        \
@@ -358,6 +359,36 @@ hsm_result hsm_kms_import_material(hsm_kms *kms, const hsm_caller *caller,
 hsm_result hsm_kms_delete_material(hsm_kms *kms, const hsm_caller *caller, const char *ref,
                                    const char *material_id, hsm_key_record *out,
                                    uint32_t *version) HSM_MUST_CHECK;
+
+/* ---- Last use of keys (GetKeyLastUsage, usage.c) ---------------------------------- */
+
+/*
+ * Uses noted in memory and written to the store in batches by
+ * hsm_usage_flush.  The object is the server's: it outlives the audit
+ * trail's last callback, which may still note a use.
+ */
+typedef struct hsm_usage hsm_usage;
+hsm_result hsm_usage_new(hsm_store *store, hsm_usage **out) HSM_MUST_CHECK;
+/* Drops what was not flushed.  NULL is a no-op. */
+void hsm_usage_free(hsm_usage *u);
+/* A successful use, by the request request_id, at used_ms (epoch ms). */
+void hsm_usage_note(hsm_usage *u, const char *key_id, const char *operation,
+                    const char *request_id, int64_t used_ms);
+/* Writes the uses noted since the last flush; on failure keeps the rest for the next. */
+hsm_result hsm_usage_flush(hsm_usage *u, size_t *written) HSM_MUST_CHECK;
+/* Where GetKeyLastUsage reads this node's unwritten uses (borrowed). */
+void hsm_kms_set_usage(hsm_kms *kms, hsm_usage *u);
+
+typedef struct hsm_key_last_usage {
+	char key_id[HSM_UUID_STRLEN + 1];
+	int64_t created;        /* the key's creation (epoch seconds) */
+	int64_t tracking_start; /* since when uses are recorded: the store's start or the creation */
+	bool used;              /* a use is recorded; last holds it */
+	hsm_key_usage_record last;
+} hsm_key_last_usage;
+/* GetKeyLastUsage: the key's last recorded use, this node's unwritten ones included. */
+hsm_result hsm_kms_key_last_usage(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                                  hsm_key_last_usage *out) HSM_MUST_CHECK;
 
 /* ---- Rotation ------------------------------------------------------------------ */
 

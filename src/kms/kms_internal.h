@@ -39,6 +39,7 @@ struct hsm_kms {
 	atomic_uint_fast64_t alias_generation; /* bumped on every alias change */
 	struct kms_jwks *jwks;           /* the JWK Set cache (kms_jwks.c) */
 	hsm_shmap *policies;             /* document hash -> hsm_policy, shared by keys (kms.c) */
+	hsm_usage *usage;                /* last uses of keys (usage.c); NULL: not recorded */
 };
 
 int64_t kms_now(hsm_kms *kms);

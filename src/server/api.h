@@ -30,6 +30,7 @@ typedef struct hsm_api_audit {
 	char via_grant[HSM_GRANT_ID_LEN + 1]; /* the grant that allowed the request ("": none) */
 	char approval_id[HSM_APPROVAL_ID_LEN + 1]; /* the approval request involved ("": none) */
 	char cert_id[HSM_UUID_STRLEN + 1]; /* the certificate imported, read or deleted ("": none) */
+	char source_key_id[HSM_UUID_STRLEN + 1]; /* ReEncrypt's source key ("": none) */
 } hsm_api_audit;
 
 typedef struct hsm_api_ctx {
@@ -55,6 +56,7 @@ void hsm_api_note_ref(hsm_api_ctx *c, const char *ref);
 /* Handlers, by family. */
 hsm_result hsm_api_create_key(hsm_api_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_api_describe_key(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_get_key_last_usage(hsm_api_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_api_list_keys(hsm_api_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_api_enable_key(hsm_api_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_api_disable_key(hsm_api_ctx *c) HSM_MUST_CHECK;

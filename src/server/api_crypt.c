@@ -138,6 +138,7 @@ hsm_result hsm_api_reencrypt(hsm_api_ctx *c)
 	req.source.ciphertext_len = ct.len;
 	HSM_TRY(hsm_kms_reencrypt(c->kms, c->caller, &req, &out_ct, &src, &src_alg, &dst, &dst_alg));
 	hsm_api_note_key(c, &dst);
+	memcpy(c->audit.source_key_id, src.key_id, sizeof(c->audit.source_key_id));
 	hsm_jw_b64(c->w, "CiphertextBlob", out_ct.data, out_ct.len);
 	hsm_api_write_key_arn(c, "SourceKeyId", src.key_id);
 	hsm_api_write_key_arn(c, "KeyId", dst.key_id);

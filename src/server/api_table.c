@@ -52,6 +52,7 @@ static const hsm_api_handler handlers[HSM_OP_COUNT] = {
     [HSM_OP_GetParametersForImport] = hsm_api_get_parameters_for_import,
     [HSM_OP_ImportKeyMaterial] = hsm_api_import_key_material,
     [HSM_OP_DeleteImportedKeyMaterial] = hsm_api_delete_imported_key_material,
+    [HSM_OP_GetKeyLastUsage] = hsm_api_get_key_last_usage,
     [HSM_OP_SignToken] = hsm_api_sign_token,
     [HSM_OP_EnableJwtSigning] = hsm_api_enable_jwt_signing,
     [HSM_OP_DisableJwtSigning] = hsm_api_disable_jwt_signing,

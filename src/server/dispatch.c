@@ -36,6 +36,9 @@ typedef struct pending {
 	unsigned slot;
 	int status;
 	hsm_buf body;
+	/* A successful use of keys, noted once the record is written (GetKeyLastUsage). */
+	const char *use_op;
+	char use_key[HSM_UUID_STRLEN + 1], use_source[HSM_UUID_STRLEN + 1];
 } pending;
 
 static void respond_now(hsm_server *s, hsm_http_req *req, unsigned slot, int status,
@@ -62,6 +65,13 @@ static void error_body(hsm_err err, const char *message, hsm_buf *out)
 static void audit_done(void *arg, hsm_result result)
 {
 	pending *p = arg;
+	if (hsm_ok(result) && p->use_op != NULL) {
+		int64_t now = hsm_now_ms();
+		const char *id = hsm_http_req_id(p->req);
+		hsm_usage_note(p->s->usage, p->use_key, p->use_op, id, now);
+		if (p->use_source[0] != '\0' && strcmp(p->use_source, p->use_key) != 0)
+			hsm_usage_note(p->s->usage, p->use_source, p->use_op, id, now);
+	}
 	if (hsm_failed(result)) {
 		atomic_fetch_add_explicit(&p->s->metrics.audit_refusals, 1, memory_order_relaxed);
 		p->status = hsm_err_http_status(HSM_ERR_AUDIT_UNAVAILABLE);
@@ -125,6 +135,38 @@ static void context_field(hsm_server *s, const hsm_api_audit *a, char *out, size
 	hsm_keyed_hmac_free(hasher);
 }
 
+/*
+ * The operation a successful request counts as for GetKeyLastUsage (KMS's
+ * KeyLastUsageTrackingOperation), or NULL for one that does not count.
+ * hsmd's own cryptographic operations count as the KMS one they resemble.
+ */
+static const char *tracked_as(unsigned slot)
+{
+	switch (slot) {
+	case HSM_OP_Encrypt:
+	case HSM_OP_Decrypt:
+	case HSM_OP_ReEncrypt:
+	case HSM_OP_GenerateDataKey:
+	case HSM_OP_GenerateDataKeyWithoutPlaintext:
+	case HSM_OP_GenerateDataKeyPair:
+	case HSM_OP_GenerateDataKeyPairWithoutPlaintext:
+	case HSM_OP_Sign:
+	case HSM_OP_Verify:
+	case HSM_OP_GenerateMac:
+	case HSM_OP_VerifyMac:
+	case HSM_OP_DeriveSharedSecret:
+		return hsm_op_get((hsm_op)slot)->name;
+	case HSM_OP_SignToken:
+		return "Sign";
+	case HSM_OP_GcmEncrypt:
+		return "Encrypt";
+	case HSM_OP_GcmDecrypt:
+		return "Decrypt";
+	default:
+		return NULL;
+	}
+}
+
 static void kick_audit(void *audit)
 {
 	hsm_audit_kick(audit);
@@ -133,7 +175,7 @@ static void kick_audit(void *audit)
 static void submit_audit(pending *p, const outcome *o)
 {
 	hsm_server *s = p->s;
-	hsm_audit_field extra[7];
+	hsm_audit_field extra[8];
 	size_t n_extra = 0;
 	char ctx[HSM_AUDIT_VALUE_MAX], principal[160] = "";
 	char source[HSM_HTTP_ADDR_MAX + 8];
@@ -161,6 +203,13 @@ static void submit_audit(pending *p, const outcome *o)
 		extra[n_extra++] = (hsm_audit_field){"approval_id", o->api->approval_id};
 	if (o->api != NULL && o->api->cert_id[0] != '\0')
 		extra[n_extra++] = (hsm_audit_field){"cert_id", o->api->cert_id};
+	if (o->api != NULL && o->api->source_key_id[0] != '\0')
+		extra[n_extra++] = (hsm_audit_field){"source_key_id", o->api->source_key_id};
+	if (o->err == HSM_OK && o->api != NULL && o->api->key_id[0] != '\0' &&
+	    (p->use_op = tracked_as(p->slot)) != NULL) {
+		memcpy(p->use_key, o->api->key_id, sizeof(p->use_key));
+		memcpy(p->use_source, o->api->source_key_id, sizeof(p->use_source));
+	}
 	if (o->api != NULL && o->api->n_ctx > 0) {
 		context_field(s, o->api, ctx, sizeof(ctx));
 		extra[n_extra++] = (hsm_audit_field){"encryption_context", ctx};
@@ -382,9 +431,8 @@ static bool defer_kms(hsm_server *s, const char *name, const hsm_op_info *info, 
 
 /*
  * AWS KMS operations hsmd does not offer: custom key stores (hsmd is the key
- * store), multi-Region keys (nodes share one store instead) and
- * GetKeyLastUsage.  SDKs know them, so they get KMS's own refusal, not an
- * unknown-operation error.
+ * store) and multi-Region keys (nodes share one store instead).  SDKs know
+ * them, so they get KMS's own refusal, not an unknown-operation error.
  */
 static hsm_result refuse_unknown(const char *name)
 {
@@ -400,9 +448,6 @@ static hsm_result refuse_unknown(const char *name)
 		HSM_ENSURE(strcmp(name, multi_region[i]) != 0, HSM_ERR_UNSUPPORTED_OPERATION,
 		           "%s: multi-Region keys are not supported; nodes share one store instead",
 		           name);
-	HSM_ENSURE(strcmp(name, "GetKeyLastUsage") != 0, HSM_ERR_UNSUPPORTED_OPERATION,
-	           "GetKeyLastUsage is not supported; the audit trail records every use of a key "
-	           "(hsmctl audit report --key KEY_ID)");
 	return HSM_FAIL(HSM_ERR_UNKNOWN_OPERATION, "Operation %.64s is not supported", name);
 }
 

@@ -14,6 +14,8 @@
 #include "server/server.h"
 
 #define SCHEDULER_PERIOD_S 5
+/* How often the last uses of keys are written to the store (GetKeyLastUsage). */
+#define USAGE_FLUSH_MS 1000
 #define DEV_SHARE_FILE "dev-unseal.share"
 #define DEV_USER "dev"
 
@@ -119,6 +121,8 @@ static hsm_result open_parts(hsm_server *s)
 	                     .approval_ttl = s->opt.approval_ttl};
 	HSM_GUARD(hsm_kms_new(s->store, s->ks, &kc, &s->kms));
 	hsm_kms_set_event_sink(s->kms, on_kms_event, s);
+	HSM_GUARD(hsm_usage_new(s->store, &s->usage));
+	hsm_kms_set_usage(s->kms, s->usage);
 	HSM_GUARD(hsm_server_auth_init(s));
 	HSM_GUARD(hsm_lane_new(lane_threads(), "hsmd-lane", &s->lane));
 	return hsm_http_server_new(&s->opt.http, hsm_server_on_request, s, &s->http);
@@ -396,6 +400,42 @@ static void *scheduler_main(void *arg)
 	return NULL;
 }
 
+/* Writes the uses of keys noted since the last pass; logs a failure once per streak. */
+static void flush_usage(hsm_server *s, bool *failing)
+{
+	hsm_result r = hsm_usage_flush(s->usage, NULL);
+	if (hsm_failed(r) && !*failing)
+		hsm_log_failure("recording the last uses of keys (GetKeyLastUsage); kept in memory, "
+		                "retried every second");
+	else if (hsm_ok(r) && *failing)
+		hsm_info("the last uses of keys are recorded in the store again");
+	*failing = hsm_failed(r);
+}
+
+/* Every USAGE_FLUSH_MS, and once more at the stop. */
+static void *flusher_main(void *arg)
+{
+	hsm_server *s = arg;
+	bool failing = false;
+	hsm_thread_name("hsmd-usage");
+	pthread_mutex_lock(&s->stop_lock);
+	while (!s->stopping) {
+		struct timespec until;
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_nsec += USAGE_FLUSH_MS * 1000000L;
+		until.tv_sec += until.tv_nsec / 1000000000L;
+		until.tv_nsec %= 1000000000L;
+		int rc = 0;
+		while (!s->stopping && rc != ETIMEDOUT)
+			rc = pthread_cond_timedwait(&s->stop_cond, &s->stop_lock, &until);
+		pthread_mutex_unlock(&s->stop_lock);
+		flush_usage(s, &failing);
+		pthread_mutex_lock(&s->stop_lock);
+	}
+	pthread_mutex_unlock(&s->stop_lock);
+	return NULL;
+}
+
 hsm_result hsm_server_start(hsm_server *s)
 {
 	count_store_gauges(s); /* the first scrape reads counts, not zeros */
@@ -403,6 +443,9 @@ hsm_result hsm_server_start(hsm_server *s)
 	HSM_ENSURE(pthread_create(&s->scheduler, NULL, scheduler_main, s) == 0, HSM_ERR_INTERNAL,
 	           "cannot start the scheduler thread");
 	s->scheduler_running = true;
+	HSM_ENSURE(pthread_create(&s->flusher, NULL, flusher_main, s) == 0, HSM_ERR_INTERNAL,
+	           "cannot start the key usage thread");
+	s->flusher_running = true;
 	return HSM_SUCCESS;
 }
 
@@ -415,6 +458,10 @@ void hsm_server_stop(hsm_server *s)
 	if (s->scheduler_running) {
 		pthread_join(s->scheduler, NULL);
 		s->scheduler_running = false;
+	}
+	if (s->flusher_running) {
+		pthread_join(s->flusher, NULL);
+		s->flusher_running = false;
 	}
 	if (s->http != NULL)
 		hsm_http_server_stop(s->http, 5000);
@@ -438,6 +485,13 @@ void hsm_server_free(hsm_server *s)
 	hsm_kms_free(s->kms);
 	hsm_keystore_free(s->ks);
 	hsm_audit_close(s->audit);
+	/* After the trail's last callback, which may note a use; before the store closes. */
+	if (s->usage != NULL) {
+		if (hsm_failed(hsm_usage_flush(s->usage, NULL)))
+			hsm_log_failure("recording the last uses of keys at shutdown; those since "
+			                "the previous flush are lost (the audit trail holds them)");
+		hsm_usage_free(s->usage);
+	}
 	hsm_store_close(s->store);
 	pthread_cond_destroy(&s->stop_cond);
 	pthread_mutex_destroy(&s->stop_lock);

@@ -81,6 +81,9 @@ typedef struct hsm_server {
 	hsm_metrics metrics;
 	pthread_t scheduler;
 	bool scheduler_running;
+	hsm_usage *usage;   /* last uses of keys, written to the store by the flusher */
+	pthread_t flusher;
+	bool flusher_running;
 	/*
 	 * The store-wide gauges of /metrics, counted by the scheduler thread every
 	 * period: counting is a scan of the key table (about 20 ms with a million

@@ -892,6 +892,36 @@ hsm_result hsm_store_cert_count_expiring(hsm_store *s, int64_t before, uint64_t 
 	return s->ops->cert_count_expiring(s, before, out);
 }
 
+/* ---- Key usage --------------------------------------------------------------------------------- */
+
+hsm_result hsm_store_usage_put(hsm_store *s, size_t n, const hsm_key_usage_record *recs)
+{
+	HSM_ASSERT(s != NULL && recs != NULL && n >= 1);
+	for (size_t i = 0; i < n; i++) {
+		const hsm_key_usage_record *u = &recs[i];
+		HSM_ENSURE(u->key_id[0] != '\0' && u->operation[0] != '\0' && u->used_ms > 0 &&
+		               memchr(u->key_id, '\0', sizeof(u->key_id)) != NULL &&
+		               memchr(u->operation, '\0', sizeof(u->operation)) != NULL &&
+		               memchr(u->request_id, '\0', sizeof(u->request_id)) != NULL,
+		           HSM_ERR_VALIDATION, "a key use needs a key, an operation and a time");
+	}
+	return s->ops->usage_put(s, n, recs);
+}
+
+hsm_result hsm_store_usage_get(hsm_store *s, const char *key_id, hsm_key_usage_record *out)
+{
+	HSM_ASSERT(s != NULL && key_id != NULL && out != NULL);
+	HSM_ENSURE(key_id[0] != '\0' && strnlen(key_id, HSM_UUID_STRLEN + 1) <= HSM_UUID_STRLEN,
+	           HSM_ERR_NOT_FOUND, "no use of that key is recorded");
+	return s->ops->usage_get(s, key_id, out);
+}
+
+hsm_result hsm_store_usage_since(hsm_store *s, int64_t *out)
+{
+	HSM_ASSERT(s != NULL && out != NULL);
+	return s->ops->usage_since(s, out);
+}
+
 /* ---- Quorum approvals ------------------------------------------------------------------------ */
 
 /*

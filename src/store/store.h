@@ -641,6 +641,36 @@ hsm_result hsm_store_cert_count(hsm_store *s, uint64_t *out) HSM_MUST_CHECK;
 hsm_result hsm_store_cert_count_expiring(hsm_store *s, int64_t before,
                                          uint64_t *out) HSM_MUST_CHECK;
 
+/* ---- Key usage (GetKeyLastUsage) ------------------------------------------------ */
+
+/*
+ * The last successful cryptographic use of each key.  The server records
+ * uses in memory and writes them here in batches (kms/usage.c), so the store
+ * trails the node by a flush interval.  Nodes sharing a store write in any
+ * order: a key's stored use is replaced only by one at the same time or
+ * later.  Uses are not part of hsm_store_copy or backups: a store filled by
+ * a copy begins recording when it is created, and says so through
+ * hsm_store_usage_since, as KMS's TrackingStartDate does.
+ */
+#define HSM_USAGE_OPERATION_MAX 40
+typedef struct hsm_key_usage_record {
+	char key_id[HSM_UUID_STRLEN + 1];
+	char operation[HSM_USAGE_OPERATION_MAX + 1]; /* "Encrypt", "Sign", ... */
+	int64_t used_ms;                             /* UTC epoch milliseconds, > 0 */
+	char request_id[HSM_UUID_STRLEN + 1];        /* the request's id (and its audit record's) */
+} hsm_key_usage_record;
+/*
+ * Records n >= 1 uses (one per key at most) in one transaction.  VALIDATION
+ * for an empty key_id or operation, or a used_ms <= 0.
+ */
+hsm_result hsm_store_usage_put(hsm_store *s, size_t n,
+                               const hsm_key_usage_record *recs) HSM_MUST_CHECK;
+/* A key's last recorded use; NOT_FOUND when none is recorded. */
+hsm_result hsm_store_usage_get(hsm_store *s, const char *key_id,
+                               hsm_key_usage_record *out) HSM_MUST_CHECK;
+/* When this store began recording uses (epoch seconds). */
+hsm_result hsm_store_usage_since(hsm_store *s, int64_t *out) HSM_MUST_CHECK;
+
 /* ---- Quorum approvals ----------------------------------------------------------- */
 
 /*

@@ -76,6 +76,7 @@ hsm_result hsm_store_snapshot_to_sqlite(hsm_store *src, const char *path)
 	HSM_TRY(hsm_store_copy(src, dst));
 	hsm_store_close(dst);
 	dst = NULL;
+	HSM_TRY(hsm_store_sqlite_drop_transient(db)); /* when its recording of key uses began */
 	HSM_CHECK(rename(db, path) == 0, HSM_ERR_IO, "cannot move the snapshot to %s: %s", path,
 	          strerror(errno));
 	placed = false;

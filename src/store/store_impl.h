@@ -126,6 +126,10 @@ struct hsm_store_ops {
 	                        size_t limit, hsm_cert_cb cb, void *arg, bool *truncated);
 	hsm_result (*cert_count)(hsm_store *s, uint64_t *out);
 	hsm_result (*cert_count_expiring)(hsm_store *s, int64_t before, uint64_t *out);
+	/* Key usage (store.h): records are checked. */
+	hsm_result (*usage_put)(hsm_store *s, size_t n, const hsm_key_usage_record *recs);
+	hsm_result (*usage_get)(hsm_store *s, const char *key_id, hsm_key_usage_record *out);
+	hsm_result (*usage_since)(hsm_store *s, int64_t *out);
 
 	hsm_result (*user_create)(hsm_store *s, const hsm_user_record *u);
 	hsm_result (*user_get)(hsm_store *s, const char *name, hsm_user_record *out);
@@ -291,6 +295,8 @@ typedef hsm_result (*hsm_store_backend_open_fn)(const char *location, hsm_store 
 
 /* The embedded SQLite backend (store_sqlite*.c); location is a directory. */
 hsm_result hsm_store_sqlite_open(const char *dir, hsm_store **out) HSM_MUST_CHECK;
+/* Empties what copies do not carry (approvals, key uses) from a closed SQLite file. */
+hsm_result hsm_store_sqlite_drop_transient(const char *db_path) HSM_MUST_CHECK;
 /* The SQLite schema version this build writes; opening migrates older stores to it. */
 int hsm_store_sqlite_schema_latest(void);
 

@@ -291,6 +291,10 @@ hsm_result pg_cert_list(hsm_store *s, const hsm_cert_match *m, const char *after
 hsm_result pg_cert_count(hsm_store *s, uint64_t *out);
 hsm_result pg_cert_count_expiring(hsm_store *s, int64_t before, uint64_t *out);
 
+hsm_result pg_usage_put(hsm_store *s, size_t n, const hsm_key_usage_record *recs);
+hsm_result pg_usage_get(hsm_store *s, const char *key_id, hsm_key_usage_record *out);
+hsm_result pg_usage_since(hsm_store *s, int64_t *out);
+
 hsm_result pg_user_create(hsm_store *s, const hsm_user_record *u);
 hsm_result pg_user_get(hsm_store *s, const char *name, hsm_user_record *out);
 hsm_result pg_user_put(hsm_store *s, const hsm_user_record *u);

@@ -200,6 +200,15 @@ static const migration migrations[] = {
 	 "CREATE INDEX certificates_not_after ON certificates (not_after);"
 	 "CREATE INDEX certificates_object_id ON certificates (object_id, cert_id);"
 	 "CREATE INDEX certificates_label ON certificates (label, cert_id);"},
+	/* Key usage, as the SQLite schema's step 8. */
+	{7,
+	 "CREATE TABLE key_usage ("
+	 "  key_id     text COLLATE \"C\" PRIMARY KEY,"
+	 "  operation  text NOT NULL,"
+	 "  used_ms    bigint NOT NULL,"
+	 "  request_id text NOT NULL"
+	 ");"
+	 "CREATE TABLE usage_tracking (since bigint NOT NULL);"},
 };
 _Static_assert(HSM_CERT_LABEL_MAX == 256 && HSM_CERT_OBJECT_ID_MAX == 256 &&
                    HSM_CERT_DER_MAX == 32768,
@@ -252,6 +261,17 @@ static hsm_result step_body(pg_conn *c, void *arg)
 	return HSM_SUCCESS;
 }
 
+/* Two nodes opening a new store at once may both insert: readers take the earliest. */
+static hsm_result usage_start_body(pg_conn *c, void *arg)
+{
+	(void)arg;
+	return pg_simple(c,
+	                 "INSERT INTO usage_tracking (since) "
+	                 "SELECT floor(extract(epoch FROM now()))::bigint "
+	                 "WHERE NOT EXISTS (SELECT 1 FROM usage_tracking)",
+	                 "record when key uses began to be recorded");
+}
+
 hsm_result pg_schema_migrate(pg_store *s, int *version)
 {
 	step st = {NULL, 0};
@@ -268,6 +288,8 @@ hsm_result pg_schema_migrate(pg_store *s, int *version)
 		st.m = &migrations[i];
 		HSM_GUARD(pg_write(s, step_body, &st));
 	}
+	/* When the store began recording key uses (the SQLite schema's note). */
+	HSM_GUARD(pg_write(s, usage_start_body, NULL));
 	*version = latest;
 	return HSM_SUCCESS;
 }

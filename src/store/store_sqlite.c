@@ -292,17 +292,19 @@ hsm_result sq_write_end_scrub(sq_store *s, sq_conn *c, hsm_result res)
 /* ---- Snapshot ------------------------------------------------------------------------------- */
 
 /*
- * Approvals are short-lived and no part of copies and backups (store.h), so
- * the copy drops them; every other table stays (certificates too: they are
- * part of backups).  It is a private scratch file, removed on any failure,
- * so it needs no journal beside it and no sync; secure_delete (conn_open)
- * zeroes the pages they held.
+ * Approvals are short-lived and no part of copies and backups (store.h), and
+ * neither are the last uses of keys and when their recording began: the copy
+ * drops them; every other table stays (certificates too: they are part of
+ * backups).  It is a private scratch file, removed on any failure, so it
+ * needs no journal beside it and no sync; secure_delete (conn_open) zeroes
+ * the pages they held.
  */
-static hsm_result drop_approvals(const char *path)
+hsm_result hsm_store_sqlite_drop_transient(const char *path)
 {
 	static const char sql[] = "PRAGMA query_only=OFF; PRAGMA journal_mode=MEMORY;"
 	                          "PRAGMA synchronous=OFF; BEGIN IMMEDIATE;"
-	                          "DELETE FROM approval_votes; DELETE FROM approvals; COMMIT";
+	                          "DELETE FROM approval_votes; DELETE FROM approvals;"
+	                          "DELETE FROM key_usage; DELETE FROM usage_tracking; COMMIT";
 	sq_conn *c = NULL;
 	HSM_GUARD(conn_open(path, false, &c));
 	int rc = sqlite3_exec(c->db, sql, NULL, NULL, NULL);
@@ -317,7 +319,7 @@ static hsm_result drop_approvals(const char *path)
  * needs a connection that may write, though only to the new file, so it gets
  * its own connection rather than a pooled query-only one.  The file is made
  * first, empty and with mode 0600, as VACUUM INTO would create it 0644.
- * Then the approvals leave the copy (drop_approvals).
+ * Then the approvals and key uses leave the copy (hsm_store_sqlite_drop_transient).
  */
 static hsm_result sq_snapshot(hsm_store *base, const char *path)
 {
@@ -338,7 +340,7 @@ static hsm_result sq_snapshot(hsm_store *base, const char *path)
 	if (rc != SQLITE_DONE)
 		res = sq_fail(c, rc, "copy the store");
 	else
-		res = drop_approvals(path);
+		res = hsm_store_sqlite_drop_transient(path);
 out:
 	sqlite3_finalize(st);
 	conn_close(c);
@@ -419,6 +421,9 @@ static const hsm_store_ops sqlite_ops = {
 	.cert_list = sq_cert_list,
 	.cert_count = sq_cert_count,
 	.cert_count_expiring = sq_cert_count_expiring,
+	.usage_put = sq_usage_put,
+	.usage_get = sq_usage_get,
+	.usage_since = sq_usage_since,
 	.user_create = sq_user_create,
 	.user_get = sq_user_get,
 	.user_put = sq_user_put,

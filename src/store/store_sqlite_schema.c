@@ -248,6 +248,19 @@ static const migration migrations[] = {
 	 "CREATE INDEX certificates_object_id ON certificates (object_id, cert_id);"
 	 "CREATE INDEX certificates_label ON certificates (label, cert_id);",
 	 false},
+	/*
+	 * Key usage (store.h, GetKeyLastUsage): each key's last use, and when
+	 * this store began recording them (set_usage_start).
+	 */
+	{8,
+	 "CREATE TABLE key_usage ("
+	 "  key_id     TEXT PRIMARY KEY,"
+	 "  operation  TEXT NOT NULL,"
+	 "  used_ms    INTEGER NOT NULL,"
+	 "  request_id TEXT NOT NULL"
+	 ") WITHOUT ROWID;"
+	 "CREATE TABLE usage_tracking (since INTEGER NOT NULL);",
+	 false},
 };
 _Static_assert(HSM_CERT_LABEL_MAX == 256 && HSM_CERT_OBJECT_ID_MAX == 256 &&
                    HSM_CERT_DER_MAX == 32768,
@@ -384,6 +397,16 @@ hsm_result sq_schema_migrate(sq_conn *w, int *version)
 		else
 			HSM_GUARD(apply(w, &migrations[i]));
 	}
+	/*
+	 * When the store began recording key uses: at its first opening with the
+	 * tables, which for a snapshot (whose copy is emptied of uses and of
+	 * this) is the restore, not the backup.
+	 */
+	HSM_GUARD(exec_sql(w,
+	                   "INSERT INTO usage_tracking (since) "
+	                   "SELECT CAST(strftime('%s', 'now') AS INTEGER) "
+	                   "WHERE NOT EXISTS (SELECT 1 FROM usage_tracking)",
+	                   "record when key uses began to be recorded"));
 	*version = latest;
 	return HSM_SUCCESS;
 }

@@ -211,6 +211,31 @@ def test_a_change_on_one_node_shows_on_the_other_within_the_cache_lifetime(clust
     assert eventually(revoked, 5), "a revoked access key still works on the other node"
 
 
+def test_a_use_on_one_node_is_the_last_use_on_the_other(cluster):
+    """GetKeyLastUsage: each node writes its uses to the shared store about every second; a
+    node answers with the later of the store's record and its own unwritten uses."""
+    off_a = kms(cluster.a, cluster.ops)
+    app_a, app_b = kms(cluster.a, cluster.app), kms(cluster.b, cluster.app)
+    kid = off_a.create_key()["KeyMetadata"]["KeyId"]
+
+    def last(server):
+        st, out = signed_call(server, "TrentService.GetKeyLastUsage", {"KeyId": kid},
+                              akid=cluster.ops[0], secret=cluster.ops[1])
+        assert st == 200, out
+        return out.get("KeyLastUsage")
+    assert last(cluster.a) is None and last(cluster.b) is None
+    blob = app_a.encrypt(KeyId=kid, Plaintext=b"u")["CiphertextBlob"]
+    rid = last(cluster.a)["KmsRequestId"]  # node A knows at once
+    assert eventually(lambda: (last(cluster.b) or {}).get("KmsRequestId") == rid, 5)
+    # A later use on B wins on both nodes, whichever node writes last.
+    app_b.decrypt(CiphertextBlob=blob)
+    b_last = last(cluster.b)
+    assert b_last["Operation"] == "Decrypt"
+    assert eventually(lambda: last(cluster.a) == b_last, 5)
+    time.sleep(1.5)  # both nodes have flushed since
+    assert last(cluster.a) == last(cluster.b) == b_last
+
+
 def test_grants_made_on_one_node_hold_on_the_other(cluster):
     off_a, off_b = kms(cluster.a, cluster.ops), kms(cluster.b, cluster.ops)
     app_b = kms(cluster.b, cluster.app)

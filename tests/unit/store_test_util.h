@@ -357,9 +357,41 @@ static inline void st_poison(st_fixture *f, const char *table, const char *cond)
 	st_poison_on(f, "INSERT", table, cond);
 }
 
+/* The raw part of st_schema_before_usage, on a closed store. */
+static inline void st_drop_usage(st_fixture *f)
+{
+	if (st_is_pg()) {
+		assert_int_equal(st_pg_exec(f->db, "BEGIN;"
+		                                   "DROP TABLE key_usage;"
+		                                   "DROP TABLE usage_tracking;"
+		                                   "DELETE FROM schema_version WHERE version >= 7;"
+		                                   "COMMIT"),
+		                 0);
+		return;
+	}
+	assert_int_equal(st_raw_exec(f->dir, "BEGIN;"
+	                                     "DROP TABLE key_usage;"
+	                                     "DROP TABLE usage_tracking;"
+	                                     "DELETE FROM schema_version WHERE version >= 8;"
+	                                     "COMMIT"),
+	                 SQLITE_OK);
+}
+
+/*
+ * Closes the store and takes it back to the schema before key usage
+ * (SQLite step 7, PostgreSQL step 6), keeping its other records.
+ */
+static inline void st_schema_before_usage(st_fixture *f)
+{
+	hsm_store_close(f->s);
+	f->s = NULL;
+	st_drop_usage(f);
+}
+
 /* The raw part of st_schema_before_certificates, on a closed store. */
 static inline void st_drop_certificates(st_fixture *f)
 {
+	st_drop_usage(f);
 	if (st_is_pg()) {
 		assert_int_equal(st_pg_exec(f->db, "BEGIN;"
 		                                   "DROP TABLE certificates;"
