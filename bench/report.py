@@ -138,7 +138,8 @@ def write_csv(res, rs, path):
               "p99_us", "p999_us", "requests", "errors", "vs_limit", "vs_softhsm", "server_cores",
               "client_cores", "other_cores", "other_disk_mb_s", "threads", "connections"]
     with open(path, "w", newline="") as f:
-        f.write(f"# cpu={m['cpu']}; cores={m['cores']}; kernel={m['kernel']}; "
+        f.write(f"# cpu={m['cpu']}; features={m.get('features', '?')}; cores={m['cores']}; "
+                f"kernel={m['kernel']}; "
                 f"openssl={m['openssl']}; date={m['date']}\n")
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
@@ -235,7 +236,8 @@ def write_md(res, rs, path):
     m, d = res["machine"], res["params"]
     lines = [
         "# hsmd benchmark results", "",
-        f"- Machine: {m['cpu']}, {m['cores']} cores; kernel {m['kernel']}; {m['openssl']}",
+        f"- Machine: {m['cpu']}, {m['cores']} cores (CPU features: {m.get('features', '?')}); "
+        f"kernel {m['kernel']}; {m['openssl']}",
         f"- Date: {m['date']}; whole run {res.get('elapsed_s', '?')} s",
         f"- limit and SoftHSMv2: {d['inproc']} s per operation, one thread per core; the fastest "
         "of three passes a few seconds apart counts (the host only ever takes time away).  SoftHSMv2 "

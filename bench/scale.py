@@ -177,7 +177,8 @@ def write(res, sizes, startup_size, out):
                              "client_cores": r["client_cpu_cores"],
                              "other_cores": r["other_cpu_cores"]})
     with open(os.path.join(out, "scale.csv"), "w", newline="") as f:
-        f.write(f"# cpu={m['cpu']}; cores={m['cores']}; kernel={m['kernel']}; "
+        f.write(f"# cpu={m['cpu']}; features={m.get('features', '?')}; cores={m['cores']}; "
+                f"kernel={m['kernel']}; "
                 f"openssl={m['openssl']}; date={m['date']}\n")
         w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["keys"])
         w.writeheader()
@@ -188,7 +189,8 @@ def write(res, sizes, startup_size, out):
                     f"{e.get('rss_after_kib', '')},{e.get('rss_peak_kib', '')},{e['db_bytes']}\n")
     small, large = str(min(sizes)), str(max(sizes))
     lines = ["# hsmd at scale", "",
-             f"- Machine: {m['cpu']}, {m['cores']} cores; kernel {m['kernel']}; {m['openssl']}",
+             f"- Machine: {m['cpu']}, {m['cores']} cores (CPU features: {m.get('features', '?')}); "
+             f"kernel {m['kernel']}; {m['openssl']}",
              f"- Date: {m['date']}; whole run {res.get('elapsed_s', '?')} s",
              "- Keys: AES keys made by bench/bulkkeys through the KMS layer (each wrapped under the "
              "master key, one durable commit each, on tmpfs), the store then copied to disk; "

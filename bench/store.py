@@ -200,7 +200,8 @@ def main():
 def write(res, out):
     m = res["machine"]
     lines = ["# One node on SQLite, one on PostgreSQL (`make bench-store`)", "",
-             f"{m.get('cpu', '')}, {m.get('cores', '')} cores, {m.get('openssl', '')}; "
+             f"{m.get('cpu', '')}, {m.get('cores', '')} cores ({m.get('features', '?')}), "
+             f"{m.get('openssl', '')}; "
              "client, hsmd and PostgreSQL share the cores. Peak: closed loop, 32 connections; "
              "latency at half of each node's own peak.", "",
              "| operation | SQLite ops/s | PostgreSQL ops/s | PG / SQLite | SQLite p50 / p99 µs "
