@@ -78,6 +78,8 @@ int hsmctl_cmd_status_local(int argc, char **argv);
 int hsmctl_cmd_key(int argc, char **argv);
 /* key import (cmd_import.c). */
 int hsmctl_cmd_key_import(int argc, char **argv);
+/* key usage (cmd_usage.c). */
+int hsmctl_cmd_key_usage(int argc, char **argv);
 int hsmctl_cmd_jwt(int argc, char **argv);
 int hsmctl_cmd_backup(int argc, char **argv);
 int hsmctl_cmd_restore(int argc, char **argv);

@@ -72,6 +72,10 @@ static const hsmctl_command commands[] = {
      "import key material made elsewhere into an Origin EXTERNAL key, wrapped on the way "
      "(--new: the next material, made current by RotateKeyOnDemand)",
      hsmctl_cmd_key_import},
+    {"key usage", "[KEY...] [--unused-days N] [--json] (with --endpoint)",
+     "each key's last successful cryptographic use (GetKeyLastUsage), all keys or those "
+     "named; --unused-days N: only those with none recorded in N days",
+     hsmctl_cmd_key_usage},
     {"jwt sign", "[--endpoint URL] KEY --claims JSON|@FILE [--lifetime S] [--alg A] [--typ T]",
      "sign a JWT with a key marked for JWT signing (prints the token)", hsmctl_cmd_jwt},
     {"jwt verify", "--jwks FILE|URL TOKEN|- [--issuer I] [--audience A] [--leeway S]",

@@ -7,13 +7,16 @@ which its audit record carries.  Failures, DryRun and reads do not count.  Track
 when the store began recording (or the key's creation, if later).  Requests go out signed by
 botocore's own SigV4 signer, as Debian's boto3 1.26 predates the operation.
 """
+import json
+import os
+import subprocess
 import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from conftest import signed_call, signed_request, start_dev
+from conftest import DEV_AKID, DEV_SECRET, HSMCTL, signed_call, signed_request, start_dev
 from helpers import (ACCOUNT, audit_record, b64, call_error, call_ok, key_arn, new_user,
                      request_id, restart_dev)
 
@@ -219,3 +222,48 @@ def test_timestamps_are_epoch_seconds_to_the_millisecond(hsmd, keys):
     assert whole.isdigit() and len(frac) == 3 and frac.isdigit(), raw
     assert r.json()["KeyLastUsage"]["KmsRequestId"] == rid
     assert isinstance(r.json()["TrackingStartDate"], int)
+
+
+def hsmctl(server, *args):
+    env = dict(os.environ, AWS_ACCESS_KEY_ID=DEV_AKID, AWS_SECRET_ACCESS_KEY=DEV_SECRET)
+    return subprocess.run([HSMCTL, "--endpoint", server.endpoint, "key", "usage", *args],
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_hsmctl_key_usage_lists_last_uses_and_unused_keys():
+    server = start_dev()
+    try:
+        used, idle = key(server), key(server)
+        rid = use(server, "Sign", {"KeyId": key(server, KeySpec="ECC_NIST_P256",
+                                                   KeyUsage="SIGN_VERIFY"),
+                                   "Message": b64(b"m"), "SigningAlgorithm": "ECDSA_SHA_256"})
+        rid_used = use(server, "Encrypt", {"KeyId": used, "Plaintext": b64(b"x")})
+        # Every key, one line each under a header.
+        p = hsmctl(server)
+        assert p.returncode == 0, p.stderr
+        lines = p.stdout.splitlines()
+        assert lines[0].split() == ["KEY", "LAST", "USED", "OPERATION", "REQUEST"]
+        rows = {ln.split()[0]: ln.split() for ln in lines[1:]}
+        assert len(rows) == 3
+        assert rows[used][2:] == ["Encrypt", rid_used]
+        assert rows[used][1].endswith("Z") and rows[used][1].startswith("20")
+        assert rid in p.stdout
+        assert rows[idle][1:3] == ["-", "-"] and "none recorded since" in " ".join(rows[idle])
+        # Named keys, as JSON: the GetKeyLastUsage answers.
+        p = hsmctl(server, used, idle, "--json")
+        assert p.returncode == 0, p.stderr
+        answers = [json.loads(ln) for ln in p.stdout.splitlines()]
+        assert [a["KeyId"] for a in answers] == [used, idle]
+        assert answers[0]["KeyLastUsage"]["KmsRequestId"] == rid_used
+        assert "KeyLastUsage" not in answers[1]
+        # Unused for a day: only the key never used.
+        p = hsmctl(server, "--unused-days", "1", "--json")
+        assert p.returncode == 0, p.stderr
+        assert [json.loads(ln)["KeyId"] for ln in p.stdout.splitlines()] == [idle]
+        # Bad input: a malformed day count, a key that does not exist (named, exit 1).
+        p = hsmctl(server, "--unused-days", "soon")
+        assert p.returncode == 2 and "--unused-days" in p.stderr
+        p = hsmctl(server, "1234abcd-12ab-34cd-56ef-1234567890ab")
+        assert p.returncode == 1 and "NotFound" in p.stderr + p.stdout, (p.stdout, p.stderr)
+    finally:
+        server.cleanup()

@@ -386,6 +386,26 @@ static void test_stuck_retention_holds_up_nothing(void **state)
 	t_rm_rf(dir);
 }
 
+/* Waits up to 10 s for the child pid to exit with 0; kills it and fails with why if it hangs. */
+static void expect_child_passes(pid_t pid, const char *why)
+{
+	int status = 0;
+	pid_t got = 0;
+	for (int i = 0; i < 1000 && got == 0; i++) {
+		got = waitpid(pid, &status, WNOHANG);
+		if (got == 0)
+			usleep(10000);
+	}
+	if (got == 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+		fail_msg("%s", why);
+	}
+	assert_int_equal(got, pid);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+}
+
 /*
  * Closes a log whose I/O step op hangs, in a child process (a cmocka
  * assertion there would go on with the parent's tests): 0 when all holds,
@@ -439,21 +459,7 @@ static void run_close_while_stuck(hsm_audit_io_op op)
 	assert_true(pid >= 0);
 	if (pid == 0)
 		_exit(close_while_stuck(dir, op));
-	int status = 0;
-	pid_t got = 0;
-	for (int i = 0; i < 1000 && got == 0; i++) { /* close must not hang: 10 s at most */
-		got = waitpid(pid, &status, WNOHANG);
-		if (got == 0)
-			usleep(10000);
-	}
-	if (got == 0) {
-		kill(pid, SIGKILL);
-		waitpid(pid, &status, 0);
-		fail_msg("close hung on a stuck I/O step");
-	}
-	assert_int_equal(got, pid);
-	assert_true(WIFEXITED(status));
-	assert_int_equal(WEXITSTATUS(status), 0);
+	expect_child_passes(pid, "close hung on a stuck I/O step"); /* 10 s at most */
 	/*
 	 * With a retention pass stuck, the writer closed the log: the open event,
 	 * record 0 and the shutdown checkpoint.  With the writer or the fsync
@@ -672,19 +678,7 @@ static void run_held(hsm_audit_io_op op)
 	usleep(4 * DEADLINE_MS * 1000);
 	assert_int_equal(kill(pid, SIGCONT), 0);
 	assert_int_equal(write(down[1], &c, 1), 1);
-	pid_t got = 0;
-	for (int i = 0; i < 1000 && got == 0; i++) {
-		got = waitpid(pid, &status, WNOHANG);
-		if (got == 0)
-			usleep(10000);
-	}
-	if (got == 0) {
-		kill(pid, SIGKILL);
-		waitpid(pid, &status, 0);
-		fail_msg("the held log did not finish");
-	}
-	assert_true(WIFEXITED(status));
-	assert_int_equal(WEXITSTATUS(status), 0);
+	expect_child_passes(pid, "the held log did not finish");
 	hsm_audit_verify_report rep = t_verify_dir(dir, NULL, false);
 	assert_true(rep.valid);
 	close(up[0]);
