@@ -23,7 +23,7 @@
 #include "kms/kms_internal.h"
 
 #define USAGE_MAX (1U << 18)   /* keys with unwritten uses kept at most */
-#define USAGE_BATCH 500        /* records per store transaction */
+#define USAGE_BATCH 5000       /* records per store transaction (one fsync each) */
 
 typedef struct usage_tab {
 	hsm_key_usage_record *recs;

@@ -7,9 +7,16 @@
 #include "store/store_pg.h"
 
 #include <stdio.h>
+#include <string.h>
 
+/*
+ * A whole batch in one statement (one round trip, not one per key): the
+ * records go as four arrays of the same length, unnest pairs them up again.
+ * A batch holds each key once, as ON CONFLICT may change a row only once.
+ */
 static const char SQL_USAGE_PUT[] =
-	"INSERT INTO key_usage (key_id, operation, used_ms, request_id) VALUES ($1, $2, $3, $4) "
+	"INSERT INTO key_usage (key_id, operation, used_ms, request_id) "
+	"SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) "
 	"ON CONFLICT (key_id) DO UPDATE SET operation = excluded.operation, "
 	"used_ms = excluded.used_ms, request_id = excluded.request_id "
 	"WHERE excluded.used_ms >= key_usage.used_ms";
@@ -24,25 +31,72 @@ typedef struct usage_op {
 	int64_t since;
 } usage_op;
 
-static hsm_result usage_put_body(pg_conn *w, void *arg)
+/* Appends text as an element of an array literal: quoted, with " and \\ escaped. */
+static hsm_result put_element(hsm_buf *a, const char *text)
 {
-	const usage_op *op = arg;
-	for (size_t i = 0; i < op->n; i++) {
-		pg_params p;
-		pg_params_init(&p);
-		pg_p_text(&p, op->recs[i].key_id);
-		pg_p_text(&p, op->recs[i].operation);
-		pg_p_i64(&p, op->recs[i].used_ms);
-		pg_p_text(&p, op->recs[i].request_id);
-		HSM_GUARD(pg_run(w, SQL_USAGE_PUT, &p, NULL));
+	HSM_GUARD(hsm_buf_put_str(a, a->len > 1 ? ",\"" : "\""));
+	for (const char *c = text; *c != '\0'; c++) {
+		if (*c == '"' || *c == '\\')
+			HSM_GUARD(hsm_buf_put(a, "\\", 1));
+		HSM_GUARD(hsm_buf_put(a, c, 1));
+	}
+	return hsm_buf_put_str(a, "\"");
+}
+
+typedef struct usage_arrays {
+	hsm_buf ids, ops, times, reqs;
+} usage_arrays;
+
+static void arrays_free(usage_arrays *a)
+{
+	hsm_buf_free(&a->ids);
+	hsm_buf_free(&a->ops);
+	hsm_buf_free(&a->times);
+	hsm_buf_free(&a->reqs);
+}
+
+/* The batch as four array literals ({"a","b"}), NUL-terminated. */
+static hsm_result build_arrays(size_t n, const hsm_key_usage_record *recs, usage_arrays *a)
+{
+	hsm_buf *all[] = {&a->ids, &a->ops, &a->times, &a->reqs};
+	for (size_t k = 0; k < 4; k++)
+		HSM_GUARD(hsm_buf_put_str(all[k], "{"));
+	for (size_t i = 0; i < n; i++) {
+		char ms[24];
+		snprintf(ms, sizeof(ms), "%lld", (long long)recs[i].used_ms);
+		HSM_GUARD(put_element(&a->ids, recs[i].key_id));
+		HSM_GUARD(put_element(&a->ops, recs[i].operation));
+		HSM_GUARD(put_element(&a->times, ms));
+		HSM_GUARD(put_element(&a->reqs, recs[i].request_id));
+	}
+	for (size_t k = 0; k < 4; k++) {
+		HSM_GUARD(hsm_buf_put_str(all[k], "}"));
+		HSM_GUARD(hsm_buf_terminate(all[k]));
 	}
 	return HSM_SUCCESS;
 }
 
+static hsm_result usage_put_body(pg_conn *w, void *arg)
+{
+	const usage_arrays *a = arg;
+	pg_params p;
+	pg_params_init(&p);
+	pg_p_text(&p, (const char *)a->ids.data);
+	pg_p_text(&p, (const char *)a->ops.data);
+	pg_p_text(&p, (const char *)a->times.data);
+	pg_p_text(&p, (const char *)a->reqs.data);
+	return pg_run(w, SQL_USAGE_PUT, &p, NULL);
+}
+
 hsm_result pg_usage_put(hsm_store *base, size_t n, const hsm_key_usage_record *recs)
 {
-	usage_op op = {.n = n, .recs = recs};
-	return pg_write(pg_of(base), usage_put_body, &op);
+	usage_arrays a;
+	memset(&a, 0, sizeof(a));
+	hsm_result res = build_arrays(n, recs, &a);
+	if (hsm_ok(res))
+		res = pg_write(pg_of(base), usage_put_body, &a);
+	arrays_free(&a);
+	return res;
 }
 
 static hsm_result read_usage(const PGresult *r, int row, void *item)

@@ -64,6 +64,16 @@ static void test_recorded_and_read_back(void **state)
 	/* It is durable: a reopened store still has it. */
 	st_reopen(f);
 	expect_use(f->s, 1, "Encrypt", T0, 1);
+	/* Text goes in and out as given, whatever PostgreSQL's array syntax makes of it. */
+	hsm_key_usage_record odd = use(7, "Sign", T0 + 1, 7), got;
+	snprintf(odd.key_id, sizeof(odd.key_id), "k\"1\\,{} NULL");
+	snprintf(odd.operation, sizeof(odd.operation), "NULL");
+	EXPECT_OK(hsm_store_usage_put(f->s, 1, &odd));
+	memset(&got, 0, sizeof(got));
+	EXPECT_OK(hsm_store_usage_get(f->s, odd.key_id, &got));
+	assert_string_equal(got.key_id, odd.key_id);
+	assert_string_equal(got.operation, "NULL");
+	assert_string_equal(got.request_id, odd.request_id);
 	/* An identifier no key can have names no use. */
 	EXPECT_ERR(hsm_store_usage_get(f->s, "", &u), HSM_ERR_NOT_FOUND);
 	char longer[HSM_UUID_STRLEN + 8];
