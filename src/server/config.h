@@ -73,6 +73,7 @@ typedef struct hsm_config {
 	char data_dir[HSM_CONFIG_PATH_MAX];
 	char store[HSM_CONFIG_PATH_MAX]; /* "" for SQLite in data_dir; a URI may hold a password */
 	uint32_t store_cache_ms;         /* key metadata cache lifetime; 0: until changed here */
+	uint32_t key_usage_flush_ms;     /* last uses of keys written to the store this often */
 	char region[HSM_CONFIG_NAME_MAX];
 	char account_id[13];
 	char node_id[HSM_CONFIG_NAME_MAX];

@@ -60,6 +60,9 @@ const key_def hsm_config_keys[] = {
     {"store_cache_ms", K_U32, FIELD(store_cache_ms), 0, 3600000, NULL, "MS",
      "how long cached key metadata and aliases are trusted before the store is read again; "
      "0: until this node changes them (default 0 with SQLite, 1000 with a shared store)"},
+    {"key_usage_flush_ms", K_U32, FIELD(key_usage_flush_ms), 100, 3600000, "1000", "MS",
+     "how often the last uses of keys (GetKeyLastUsage) are written to the store; longer "
+     "writes less where requests spread over many keys, and other nodes see uses later"},
     {"region", K_REGION, FIELD(region), 0, 0, "us-east-1", "NAME", "region named in key ARNs"},
     {"account_id", K_ACCOUNT, FIELD(account_id), 0, 0, "111122223333", "ID",
      "12-digit account named in key ARNs"},

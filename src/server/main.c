@@ -27,6 +27,7 @@ static void options_from(const hsm_config *cfg, hsm_server_options *o)
 	o->data_dir = cfg->data_dir;
 	o->store = cfg->store;
 	o->store_cache_ms = cfg->store_cache_ms;
+	o->key_usage_flush_ms = cfg->key_usage_flush_ms;
 	o->audit_dir = cfg->audit_dir[0] ? cfg->audit_dir : NULL;
 	o->node_id = cfg->node_id;
 	o->region = cfg->region;

@@ -14,7 +14,7 @@
 #include "server/server.h"
 
 #define SCHEDULER_PERIOD_S 5
-/* How often the last uses of keys are written to the store (GetKeyLastUsage). */
+/* How often the last uses of keys are written to the store by default (GetKeyLastUsage). */
 #define USAGE_FLUSH_MS 1000
 #define DEV_SHARE_FILE "dev-unseal.share"
 #define DEV_USER "dev"
@@ -412,17 +412,20 @@ static void flush_usage(hsm_server *s, bool *failing)
 	*failing = hsm_failed(r);
 }
 
-/* Every USAGE_FLUSH_MS, and once more at the stop. */
+/* Every key_usage_flush_ms, and once more at the stop. */
 static void *flusher_main(void *arg)
 {
 	hsm_server *s = arg;
 	bool failing = false;
+	long period_ms = s->opt.key_usage_flush_ms != 0 ? (long)s->opt.key_usage_flush_ms
+	                                                : USAGE_FLUSH_MS;
 	hsm_thread_name("hsmd-usage");
 	pthread_mutex_lock(&s->stop_lock);
 	while (!s->stopping) {
 		struct timespec until;
 		clock_gettime(CLOCK_REALTIME, &until);
-		until.tv_nsec += USAGE_FLUSH_MS * 1000000L;
+		until.tv_sec += period_ms / 1000;
+		until.tv_nsec += period_ms % 1000 * 1000000L;
 		until.tv_sec += until.tv_nsec / 1000000000L;
 		until.tv_nsec %= 1000000000L;
 		int rc = 0;

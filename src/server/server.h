@@ -31,6 +31,7 @@ typedef struct hsm_server_options {
 	const char *data_dir;
 	const char *store;           /* NULL or "": SQLite in data_dir; else a store location */
 	uint32_t store_cache_ms;     /* key metadata cache lifetime; 0: until changed here */
+	uint32_t key_usage_flush_ms; /* last uses of keys written to the store this often; 0: 1000 */
 	const char *audit_dir;       /* NULL: <data_dir>/audit */
 	const char *backup_dir;      /* NULL: <data_dir>/backups */
 	const char *backup_copy_dir; /* NULL: backups are not copied */

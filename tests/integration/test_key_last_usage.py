@@ -9,6 +9,7 @@ botocore's own SigV4 signer, as Debian's boto3 1.26 predates the operation.
 """
 import json
 import os
+import sqlite3
 import subprocess
 import time
 
@@ -197,17 +198,43 @@ def test_key_references_states_errors_and_roles(hsmd, keys):
     assert (rec["op"], rec["outcome"], rec["key_id"]) == ("GetKeyLastUsage", "success", sym)
 
 
-def test_uses_survive_a_restart():
-    server = start_dev()
+def stored_uses(server):
+    """The uses the node's SQLite store holds (read beside the running node, as SQLite allows)."""
+    db = sqlite3.connect(f"file:{os.path.join(server.data_dir, 'hsmd.db')}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT key_id, request_id FROM key_usage").fetchall()
+    finally:
+        db.close()
+
+
+def test_uses_are_written_at_shutdown():
+    # Written once an hour: only the stop writes this use to the store.
+    server = start_dev(extra_args=["--key-usage-flush-ms", "3600000"])
     try:
         kid = key(server)
         t0 = time.time()
         rid = use(server, "Encrypt", {"KeyId": kid, "Plaintext": b64(b"p")})
         t1 = time.time()
-        before = expect_last(server, kid, "Encrypt", rid, t0, t1)
-        server = restart_dev(server)  # written at the stop, if the flusher had not yet
+        before = expect_last(server, kid, "Encrypt", rid, t0, t1)  # from the node's memory
+        time.sleep(1.5)
+        assert stored_uses(server) == []
+        server = restart_dev(server)
+        assert stored_uses(server) == [(kid, rid)]
         after = expect_last(server, kid, "Encrypt", rid, t0, t1)
         assert after == before
+    finally:
+        server.cleanup()
+
+
+def test_uses_are_written_every_flush_interval():
+    server = start_dev(extra_args=["--key-usage-flush-ms", "200"])
+    try:
+        kid = key(server)
+        rid = use(server, "Encrypt", {"KeyId": kid, "Plaintext": b64(b"p")})
+        deadline = time.monotonic() + 5
+        while stored_uses(server) != [(kid, rid)] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stored_uses(server) == [(kid, rid)]
     finally:
         server.cleanup()
 

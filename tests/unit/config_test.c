@@ -342,12 +342,26 @@ static void test_store(void **state)
 	EXPECT_ERROR(NULL, "store_cache_ms = '3600001'", "--dev", "--store-cache-ms=3600001");
 }
 
+/* How often the last uses of keys are written: a second unless set, 100 ms to an hour. */
+static void test_key_usage_flush(void **state)
+{
+	(void)state;
+	hsm_config cfg;
+	assert_true(hsm_ok(LOAD(&cfg, NULL, "--dev")));
+	assert_int_equal(cfg.key_usage_flush_ms, 1000);
+	assert_true(hsm_ok(LOAD(&cfg, NULL, "--dev", "--key-usage-flush-ms=60000")));
+	assert_int_equal(cfg.key_usage_flush_ms, 60000);
+	EXPECT_ERROR(NULL, "key_usage_flush_ms = '99'", "--dev", "--key-usage-flush-ms=99");
+	EXPECT_ERROR(NULL, "key_usage_flush_ms = '3600001'", "--dev", "--key-usage-flush-ms=3600001");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_precedence),
 	    cmocka_unit_test(test_defaults),
 	    cmocka_unit_test(test_store),
+	    cmocka_unit_test(test_key_usage_flush),
 	    cmocka_unit_test(test_booleans_and_sizes),
 	    cmocka_unit_test(test_validation_errors),
 	    cmocka_unit_test(test_file_syntax),
