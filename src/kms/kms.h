@@ -375,7 +375,7 @@ void hsm_usage_free(hsm_usage *u);
 void hsm_usage_note(hsm_usage *u, const char *key_id, const char *operation,
                     const char *request_id, int64_t used_ms);
 /* Writes the uses noted since the last flush; on failure keeps the rest for the next. */
-hsm_result hsm_usage_flush(hsm_usage *u, size_t *written) HSM_MUST_CHECK;
+hsm_result hsm_usage_flush(hsm_usage *u) HSM_MUST_CHECK;
 /* Where GetKeyLastUsage reads this node's unwritten uses (borrowed). */
 void hsm_kms_set_usage(hsm_kms *kms, hsm_usage *u);
 

@@ -157,7 +157,7 @@ void hsm_usage_note(hsm_usage *u, const char *key_id, const char *operation,
 	pthread_mutex_unlock(&u->mu);
 }
 
-hsm_result hsm_usage_flush(hsm_usage *u, size_t *written)
+hsm_result hsm_usage_flush(hsm_usage *u)
 {
 	hsm_result res = HSM_SUCCESS;
 	size_t done = 0;
@@ -173,11 +173,12 @@ hsm_result hsm_usage_flush(hsm_usage *u, size_t *written)
 		hsm_warn("%llu uses of keys went unrecorded for GetKeyLastUsage while the store "
 		         "was not written (the audit trail holds them)",
 		         (unsigned long long)dropped);
-	for (; done < t.n && hsm_ok(res); done += USAGE_BATCH) {
+	while (done < t.n) {
 		size_t n = t.n - done < USAGE_BATCH ? t.n - done : USAGE_BATCH;
 		res = hsm_store_usage_put(u->store, n, t.recs + done);
 		if (hsm_failed(res))
 			break;
+		done += n;
 	}
 	pthread_mutex_lock(&u->mu);
 	memset(&u->out, 0, sizeof(u->out));
@@ -187,8 +188,6 @@ hsm_result hsm_usage_flush(hsm_usage *u, size_t *written)
 	pthread_mutex_unlock(&u->mu);
 	tab_free(&t);
 	pthread_mutex_unlock(&u->flush_mu);
-	if (written != NULL)
-		*written = hsm_ok(res) ? t.n : done;
 	return res;
 }
 

@@ -373,9 +373,8 @@ void hsm_jw_time(hsm_jw *w, const char *k, int64_t epoch_seconds)
 void hsm_jw_time_ms(hsm_jw *w, const char *k, int64_t epoch_ms)
 {
 	char num[32];
-	int64_t ms = epoch_ms % 1000 < 0 ? epoch_ms % 1000 + 1000 : epoch_ms % 1000;
-	int n = snprintf(num, sizeof(num), "%lld.%03lld", (long long)((epoch_ms - ms) / 1000),
-	                 (long long)ms);
+	int n = snprintf(num, sizeof(num), "%lld.%03lld", (long long)(epoch_ms / 1000),
+	                 (long long)(epoch_ms % 1000));
 	key(w, k);
 	put(w, num, (size_t)n);
 }

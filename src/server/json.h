@@ -81,7 +81,7 @@ void hsm_jw_int(hsm_jw *w, const char *key, int64_t v);
 void hsm_jw_bool(hsm_jw *w, const char *key, bool v);
 /* KMS timestamps are epoch seconds as JSON numbers. */
 void hsm_jw_time(hsm_jw *w, const char *key, int64_t epoch_seconds);
-/* The same to the millisecond: 1764567890.123. */
+/* The same to the millisecond (epoch_ms >= 0): 1764567890.123. */
 void hsm_jw_time_ms(hsm_jw *w, const char *key, int64_t epoch_ms);
 hsm_result hsm_jw_finish(hsm_jw *w) HSM_MUST_CHECK;
 

@@ -403,7 +403,7 @@ static void *scheduler_main(void *arg)
 /* Writes the uses of keys noted since the last pass; logs a failure once per streak. */
 static void flush_usage(hsm_server *s, bool *failing)
 {
-	hsm_result r = hsm_usage_flush(s->usage, NULL);
+	hsm_result r = hsm_usage_flush(s->usage);
 	if (hsm_failed(r) && !*failing)
 		hsm_log_failure("recording the last uses of keys (GetKeyLastUsage); kept in memory, "
 		                "retried every second");
@@ -490,7 +490,7 @@ void hsm_server_free(hsm_server *s)
 	hsm_audit_close(s->audit);
 	/* After the trail's last callback, which may note a use; before the store closes. */
 	if (s->usage != NULL) {
-		if (hsm_failed(hsm_usage_flush(s->usage, NULL)))
+		if (hsm_failed(hsm_usage_flush(s->usage)))
 			hsm_log_failure("recording the last uses of keys at shutdown; those since "
 			                "the previous flush are lost (the audit trail holds them)");
 		hsm_usage_free(s->usage);
