@@ -192,6 +192,14 @@ bool hsm_str_has_prefix(const char *s, const char *prefix)
 	return strncmp(s, prefix, strlen(prefix)) == 0;
 }
 
+size_t hsm_utf8_chars(const char *s)
+{
+	size_t n = 0;
+	for (; *s != '\0'; s++)
+		n += ((unsigned char)*s & 0xc0) != 0x80; /* every byte but a continuation starts one */
+	return n;
+}
+
 void hsm_location_shown(const char *location, char *out, size_t cap)
 {
 	const char *sep = strstr(location, "://");

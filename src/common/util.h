@@ -86,6 +86,8 @@ void hsm_sb_u64(hsm_sb *b, uint64_t v);
 /* Copies src into dst (capacity cap), failing rather than truncating. */
 hsm_result hsm_strcpy(char *dst, size_t cap, const char *src) HSM_MUST_CHECK;
 bool hsm_str_has_prefix(const char *s, const char *prefix);
+/* Characters (code points) in valid UTF-8 text: the lengths AWS limits are in characters. */
+size_t hsm_utf8_chars(const char *s);
 /*
  * A location as it may be shown in logs and audit records: a URI loses its
  * userinfo (user:password@), its query (?password=...) and its fragment,

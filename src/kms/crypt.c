@@ -139,14 +139,33 @@ static hsm_result decrypt_rsa(hsm_kms *kms, const kms_key *k, hsm_enc_alg alg, c
  * Under DryRun the ciphertext is still opened, as the check that it is valid,
  * unless the request said IGNORE_CIPHERTEXT: then pt stays empty.
  */
+/*
+ * ReEncrypt's kms:ReEncryptOnSameKey for a lookup of the key ref names:
+ * whether it is the destination key (dest_id; NULL: not a ReEncrypt, or
+ * its destination does not resolve and the request fails there).
+ */
+static void same_key(hsm_kms *kms, const char *dest_id, const char *ref, hsm_policy_pair *pair,
+                     kms_authz_extra *extra)
+{
+	if (dest_id == NULL)
+		return;
+	char id[HSM_UUID_STRLEN + 1];
+	bool same = hsm_ok(hsm_kms_resolve(kms, ref, id)) && strcmp(id, dest_id) == 0;
+	*pair = (hsm_policy_pair){"kms:ReEncryptOnSameKey", same ? "true" : "false"};
+	extra->more = pair;
+	extra->n_more = 1;
+}
+
 static hsm_result decrypt_any(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
-                              const char *action, const hsm_decrypt_req *req, hsm_buf *pt,
-                              hsm_used_key *used, hsm_enc_alg *alg_used)
+                              const char *action, const char *dest_id,
+                              const hsm_decrypt_req *req, hsm_buf *pt, hsm_used_key *used,
+                              hsm_enc_alg *alg_used)
 {
 	hsm_result res = HSM_SUCCESS;
 	kms_key *k = NULL;
 	hsm_blob blob;
 	hsm_enc_alg alg = alg_or_default(req->has_alg, req->alg);
+	hsm_policy_pair same;
 	kms_authz_extra extra = {
 	    .action = action, .ctx = &req->ctx, .encryption_algorithm = hsm_enc_alg_name(alg)};
 	HSM_ENSURE(req->ciphertext_len >= 1 && req->ciphertext_len <= HSM_MAX_CIPHERTEXT_BLOB,
@@ -155,11 +174,13 @@ static hsm_result decrypt_any(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
 	bool symmetric = alg == HSM_ENC_SYMMETRIC_DEFAULT;
 	bool skip = caller->dry_run && req->ignore_ciphertext;
 	if (symmetric && skip && req->key != NULL && *req->key != '\0') {
+		same_key(kms, dest_id, req->key, &same, &extra);
 		HSM_GUARD(kms_lookup(kms, caller, op, req->key, &extra, &k));
 	} else if (symmetric) {
 		if (hsm_failed(hsm_blob_parse(req->ciphertext, req->ciphertext_len, &blob)) &&
 		    req->key != NULL && *req->key != '\0') {
 			/* Not an hsmd blob: if KeyId names an RSA key, the algorithm is what is wrong. */
+			same_key(kms, dest_id, req->key, &same, &extra);
 			HSM_GUARD(kms_lookup(kms, caller, op, req->key, &extra, &k));
 			res = require_enc_alg(k, alg);
 			kms_key_release(k);
@@ -167,6 +188,7 @@ static hsm_result decrypt_any(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
 			HSM_GUARD(res);
 		}
 		HSM_GUARD(hsm_blob_parse(req->ciphertext, req->ciphertext_len, &blob));
+		same_key(kms, dest_id, blob.key_id, &same, &extra);
 		res = kms_lookup(kms, caller, op, blob.key_id, &extra, &k);
 		if (res.err == HSM_ERR_NOT_FOUND) /* a made-up or altered key id in the blob */
 			return HSM_FAIL(HSM_ERR_INVALID_CIPHERTEXT, "The ciphertext is not valid");
@@ -186,6 +208,7 @@ static hsm_result decrypt_any(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
 	} else {
 		HSM_ENSURE(req->key != NULL && *req->key != '\0', HSM_ERR_VALIDATION,
 		           "KeyId is required to decrypt with an asymmetric key");
+		same_key(kms, dest_id, req->key, &same, &extra);
 		HSM_GUARD(kms_lookup(kms, caller, op, req->key, &extra, &k));
 	}
 	HSM_TRY(require_enc_alg(k, alg));
@@ -204,7 +227,8 @@ out:
 hsm_result hsm_kms_decrypt(hsm_kms *kms, const hsm_caller *caller, const hsm_decrypt_req *req,
                            hsm_buf *plaintext, hsm_used_key *used, hsm_enc_alg *alg_used)
 {
-	HSM_GUARD(decrypt_any(kms, caller, HSM_OP_Decrypt, NULL, req, plaintext, used, alg_used));
+	HSM_GUARD(
+	    decrypt_any(kms, caller, HSM_OP_Decrypt, NULL, NULL, req, plaintext, used, alg_used));
 	if (caller->dry_run)
 		hsm_buf_clear(plaintext);
 	return kms_dry_run_stop(caller);
@@ -225,8 +249,14 @@ hsm_result hsm_kms_reencrypt(hsm_kms *kms, const hsm_caller *caller,
 	                         .encryption_algorithm = hsm_enc_alg_name(alg)};
 	HSM_ENSURE(req->dest_key != NULL && *req->dest_key != '\0', HSM_ERR_VALIDATION,
 	           "DestinationKeyId is required");
-	HSM_TRY(decrypt_any(kms, caller, HSM_OP_ReEncrypt, "kms:ReEncryptFrom", &req->source, &pt,
-	                    source, source_alg));
+	char dest_id[HSM_UUID_STRLEN + 1];
+	bool dest_known = hsm_ok(hsm_kms_resolve(kms, req->dest_key, dest_id));
+	HSM_TRY(decrypt_any(kms, caller, HSM_OP_ReEncrypt, "kms:ReEncryptFrom",
+	                    dest_known ? dest_id : NULL, &req->source, &pt, source, source_alg));
+	hsm_policy_pair same = {"kms:ReEncryptOnSameKey",
+	                        dest_known && strcmp(source->key_id, dest_id) == 0 ? "true" : "false"};
+	extra.more = &same;
+	extra.n_more = 1;
 	HSM_TRY(kms_lookup(kms, caller, HSM_OP_ReEncrypt, req->dest_key, &extra, &k));
 	HSM_TRY(encrypt_with(kms, caller, k, alg, &req->dest_ctx, pt.data, pt.len, ciphertext, dest));
 	*dest_alg = alg;
@@ -238,10 +268,14 @@ out:
 
 /* Data keys need a symmetric encryption key. */
 static hsm_result data_key_target(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
-                                  const char *key, const hsm_enc_ctx *ctx, kms_key **out)
+                                  const char *key, const hsm_enc_ctx *ctx,
+                                  const hsm_policy_pair *cond, kms_key **out)
 {
 	kms_key *k = NULL;
-	kms_authz_extra extra = {.ctx = ctx, .encryption_algorithm = "SYMMETRIC_DEFAULT"};
+	kms_authz_extra extra = {.ctx = ctx,
+	                         .encryption_algorithm = "SYMMETRIC_DEFAULT",
+	                         .more = cond,
+	                         .n_more = cond != NULL};
 	HSM_GUARD(kms_lookup(kms, caller, op, key, &extra, &k));
 	hsm_result r = require_enc_alg(k, HSM_ENC_SYMMETRIC_DEFAULT);
 	if (hsm_failed(r)) {
@@ -262,7 +296,7 @@ hsm_result hsm_kms_generate_data_key(hsm_kms *kms, const hsm_caller *caller, con
 	hsm_op op = plaintext != NULL ? HSM_OP_GenerateDataKey : HSM_OP_GenerateDataKeyWithoutPlaintext;
 	HSM_ENSURE(n_bytes >= 1 && n_bytes <= HSM_MAX_DATA_KEY_BYTES, HSM_ERR_VALIDATION,
 	           "NumberOfBytes must be between 1 and %d", HSM_MAX_DATA_KEY_BYTES);
-	HSM_GUARD(data_key_target(kms, caller, op, key, ctx, &k));
+	HSM_GUARD(data_key_target(kms, caller, op, key, ctx, NULL, &k));
 	HSM_TRY(kms_canonical_ctx(ctx, &canon));
 	HSM_TRY(kms_dry_run_stop(caller));
 	hsm_ks_keyref ref = kms_keyref(k, k->rec.primary_version);
@@ -286,7 +320,8 @@ hsm_result hsm_kms_generate_data_key_pair(hsm_kms *kms, const hsm_caller *caller
 	                         : HSM_OP_GenerateDataKeyPairWithoutPlaintext;
 	HSM_ENSURE(hsm_spec_get(pair_spec)->data_key_pair, HSM_ERR_VALIDATION,
 	           "KeyPairSpec %s is not supported", hsm_spec_name(pair_spec));
-	HSM_GUARD(data_key_target(kms, caller, op, key, ctx, &k));
+	hsm_policy_pair cond = {"kms:DataKeyPairSpec", hsm_spec_name(pair_spec)};
+	HSM_GUARD(data_key_target(kms, caller, op, key, ctx, &cond, &k));
 	HSM_TRY(kms_canonical_ctx(ctx, &canon));
 	HSM_TRY(kms_dry_run_stop(caller));
 	hsm_ks_keyref ref = kms_keyref(k, k->rec.primary_version);

@@ -74,12 +74,14 @@ hsm_result hsm_kms_put_policy(hsm_kms *kms, const hsm_caller *caller, const char
 	HSM_GUARD(check_name(policy_name));
 	HSM_ENSURE(policy != NULL, HSM_ERR_VALIDATION, "Policy is required");
 	/* Who may change the policy is decided before what the new policy says. */
-	HSM_TRY(kms_lookup(kms, caller, HSM_OP_PutKeyPolicy, ref, NULL, &k));
+	hsm_policy_pair cond = {"kms:BypassPolicyLockoutSafetyCheck", bypass ? "true" : "false"};
+	kms_authz_extra extra = {.more = &cond, .n_more = 1};
+	HSM_TRY(kms_lookup(kms, caller, HSM_OP_PutKeyPolicy, ref, &extra, &k));
 	HSM_TRY(hsm_policy_parse(policy, strlen(policy), &parsed));
 	if (!bypass)
 		HSM_TRY(kms_lockout_check(kms, caller, k->arn, parsed));
-	HSM_TRY(kms_modify(kms, caller, HSM_OP_PutKeyPolicy, k->rec.key_id, set_policy,
-	                   (void *)(uintptr_t)policy, NULL, NULL));
+	HSM_TRY(kms_modify_with(kms, caller, HSM_OP_PutKeyPolicy, k->rec.key_id, &extra, set_policy,
+	                        (void *)(uintptr_t)policy, NULL, NULL));
 out:
 	hsm_policy_free(parsed);
 	kms_key_release(k);

@@ -3,6 +3,7 @@
  * DisableKey, UpdateKeyDescription, ScheduleKeyDeletion, CancelKeyDeletion,
  * and destruction once the waiting period ends.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,7 +17,7 @@
 
 static hsm_result check_description(const char *d)
 {
-	HSM_ENSURE(strlen(d) <= DESCRIPTION_MAX, HSM_ERR_VALIDATION,
+	HSM_ENSURE(hsm_utf8_chars(d) <= DESCRIPTION_MAX, HSM_ERR_VALIDATION,
 	           "Description must be at most %d characters", DESCRIPTION_MAX);
 	return HSM_SUCCESS;
 }
@@ -221,7 +222,12 @@ hsm_result hsm_kms_schedule_deletion(hsm_kms *kms, const hsm_caller *caller, con
 	           "PendingWindowInDays must be between %d and %d", MIN_PENDING_DAYS,
 	           MAX_PENDING_DAYS);
 	schedule_arg s = {days, kms_now(kms)};
-	HSM_GUARD(kms_modify(kms, caller, HSM_OP_ScheduleKeyDeletion, ref, set_pending, &s, NULL, out));
+	char window[16];
+	snprintf(window, sizeof(window), "%d", days);
+	hsm_policy_pair cond = {"kms:ScheduleKeyDeletionPendingWindowInDays", window};
+	kms_authz_extra extra = {.more = &cond, .n_more = 1};
+	HSM_GUARD(kms_modify_with(kms, caller, HSM_OP_ScheduleKeyDeletion, ref, &extra, set_pending,
+	                          &s, NULL, out));
 	hsm_ks_forget(kms->ks, out->key_id);
 	return HSM_SUCCESS;
 }

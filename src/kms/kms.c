@@ -363,6 +363,12 @@ static hsm_result parse_ref(hsm_kms *kms, const char *ref, const char **alias, c
 	return HSM_SUCCESS;
 }
 
+const char *kms_ref_alias(hsm_kms *kms, const char *ref)
+{
+	const char *alias = NULL, *id = NULL;
+	return hsm_ok(parse_ref(kms, ref, &alias, &id)) ? alias : NULL;
+}
+
 hsm_result hsm_kms_resolve(hsm_kms *kms, const char *ref, char key_id[HSM_UUID_STRLEN + 1])
 {
 	const char *alias = NULL, *id = NULL;
@@ -550,12 +556,18 @@ hsm_result kms_authorize(hsm_kms *kms, const hsm_caller *caller, hsm_op op, cons
 		req.encryption_algorithm = extra->encryption_algorithm;
 		req.signing_algorithm = extra->signing_algorithm;
 		req.mac_algorithm = extra->mac_algorithm;
-		req.extra = extra->more;
-		req.n_extra = extra->n_more;
+		req.request_alias = extra->request_alias;
 	}
-	hsm_policy_decision d = hsm_policy_evaluate(key->policy, &req, NULL);
+	kms_cond_values more;
+	hsm_result r = kms_cond_values_fill(kms, caller, key, extra, &more);
+	req.extra = more.pairs;
+	req.n_extra = more.n;
+	hsm_policy_decision d =
+	    hsm_ok(r) ? hsm_policy_evaluate(key->policy, &req, NULL) : HSM_POLICY_EXPLICIT_DENY;
+	kms_cond_values_free(&more);
 	if (ctx != ctx_small)
 		free(ctx);
+	HSM_GUARD(r);
 	if (d == HSM_POLICY_ALLOW)
 		return HSM_SUCCESS;
 	/* Grants only allow: an explicit deny in the key policy stands. */
@@ -585,6 +597,15 @@ hsm_result kms_lookup(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const c
 	kms_key *k = NULL;
 	HSM_GUARD(hsm_kms_resolve(kms, ref, key_id));
 	HSM_GUARD(kms_key_load(kms, key_id, &k));
+	/* Named by an alias: the policy sees it as kms:RequestAlias. */
+	const char *alias = kms_ref_alias(kms, ref);
+	kms_authz_extra named = {0};
+	if (alias != NULL) {
+		if (extra != NULL)
+			named = *extra;
+		named.request_alias = alias;
+		extra = &named;
+	}
 	/* A destroyed key is gone for every caller; authorization comes before other states. */
 	hsm_result r = k->rec.state == HSM_KEY_DESTROYED
 	                   ? HSM_FAIL(HSM_ERR_NOT_FOUND, "Key '%s' does not exist", k->arn)
@@ -640,8 +661,15 @@ hsm_result kms_modify(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const c
                       hsm_key_update_fn fn, void *arg, const hsm_version_record *add_version,
                       hsm_key_record *after)
 {
+	return kms_modify_with(kms, caller, op, ref, NULL, fn, arg, add_version, after);
+}
+
+hsm_result kms_modify_with(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const char *ref,
+                           const kms_authz_extra *extra, hsm_key_update_fn fn, void *arg,
+                           const hsm_version_record *add_version, hsm_key_record *after)
+{
 	kms_key *k = NULL;
-	HSM_GUARD(kms_lookup(kms, caller, op, ref, NULL, &k));
+	HSM_GUARD(kms_lookup(kms, caller, op, ref, extra, &k));
 	modify_ctx m = {op, fn, arg, kms_now(kms)};
 	hsm_result r = rehearse(caller, &k->rec, &m);
 	if (hsm_ok(r))

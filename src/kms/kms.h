@@ -190,6 +190,9 @@ typedef struct hsm_caller {
 	const char *access_key_id; /* "" for local operators */
 	unsigned roles;            /* HSM_ROLE_BIT set */
 	bool local;                /* hsmctl on the data directory: holds the quorum */
+	bool secure_transport;     /* the request came over TLS (aws:SecureTransport) */
+	const char *source_ip;     /* the client's address (aws:SourceIp); NULL: none */
+	const char *user_agent;    /* its User-Agent header (aws:UserAgent); NULL: none */
 	/*
 	 * DryRun (the KMS operations that take it: cryptographic ones and
 	 * CreateGrant, RetireGrant, RevokeGrant; hsmd's SignToken, GcmEncrypt,

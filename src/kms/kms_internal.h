@@ -65,7 +65,38 @@ typedef struct kms_authz_extra {
 	/* CreateGrant: the grant asked for, which a grant allowing CreateGrant must cover. */
 	uint32_t new_grant_ops;
 	const hsm_grant_constraints *new_grant_constraints;
+	/* The alias name the request named the key by (kms:RequestAlias); set by kms_lookup. */
+	const char *request_alias;
 } kms_authz_extra;
+
+/* A tag as the condition key aws:ResourceTag/<key> and its value. */
+typedef struct kms_cond_tag {
+	char name[sizeof("aws:ResourceTag/") + sizeof(((hsm_tag *)0)->key)];
+	char value[sizeof(((hsm_tag *)0)->value)];
+} kms_cond_tag;
+
+/* The values of the condition keys beyond hsm_policy_request's own fields (conditions.c). */
+typedef struct kms_cond_values {
+	hsm_policy_pair local[24];
+	hsm_policy_pair *pairs; /* local, or allocated when more are needed */
+	size_t n, cap;
+	kms_cond_tag *tags;
+	size_t n_tags;
+	hsm_alias_record *aliases;
+	size_t n_aliases, cap_aliases;
+	char epoch[24], current_time[32];
+} kms_cond_values;
+
+/*
+ * Fills v with every condition key value hsmd knows for caller's request to
+ * key: extra->more, the facts AWS sets on every request, and the key's
+ * aliases, tags and the time when its policy names them.  A store failure
+ * fails the request (authorization never guesses).  Free with
+ * kms_cond_values_free, also after a failure.
+ */
+hsm_result kms_cond_values_fill(hsm_kms *kms, const hsm_caller *caller, const kms_key *key,
+                                const kms_authz_extra *extra, kms_cond_values *v) HSM_MUST_CHECK;
+void kms_cond_values_free(kms_cond_values *v);
 
 /*
  * Role check for op, then (when key is not NULL) the key's policy.
@@ -99,6 +130,13 @@ hsm_result kms_key_load(hsm_kms *kms, const char *key_id, kms_key **out) HSM_MUS
 hsm_result kms_modify(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const char *ref,
                       hsm_key_update_fn fn, void *arg, const hsm_version_record *add_version,
                       hsm_key_record *after) HSM_MUST_CHECK;
+/* The alias name ("alias/...") ref names the key by, or NULL (a key id or ARN, or invalid). */
+const char *kms_ref_alias(hsm_kms *kms, const char *ref);
+/* kms_modify with the operation's condition keys (extra) for the key policy. */
+hsm_result kms_modify_with(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const char *ref,
+                           const kms_authz_extra *extra, hsm_key_update_fn fn, void *arg,
+                           const hsm_version_record *add_version,
+                           hsm_key_record *after) HSM_MUST_CHECK;
 
 /* Fills a hsm_used_key from a snapshot and version. */
 void kms_used(const kms_key *k, uint32_t version, hsm_used_key *used);

@@ -52,10 +52,14 @@ static hsm_result token_lookup(hsm_kms *kms, const hsm_caller *caller, const cha
 	if (hsm_failed(hsm_jwt_key_alg(&k->rec, &key_alg)))
 		key_alg = HSM_JWS_NONE; /* reported below, after authorization */
 	hsm_jws_alg policy_alg = requested != HSM_JWS_NONE ? requested : key_alg;
+	hsm_policy_pair cond = {"kms:MessageType", "RAW"}; /* the token's header.payload */
 	kms_authz_extra extra = {
 	    .signing_algorithm = policy_alg != HSM_JWS_NONE
 	                             ? hsm_sign_alg_name(hsm_jws_alg_get(policy_alg)->sign_alg)
 	                             : NULL,
+	    .more = &cond,
+	    .n_more = 1,
+	    .request_alias = kms_ref_alias(kms, ref),
 	};
 	hsm_result r = k->rec.state == HSM_KEY_DESTROYED
 	                   ? HSM_FAIL(HSM_ERR_NOT_FOUND, "Key '%s' does not exist", k->arn)

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "common/util.h"
 #include "kms/policy_internal.h"
@@ -366,6 +367,28 @@ static hsm_result parse_document(hsm_policy *p, json_t *root)
 	return check_unique_sids(p);
 }
 
+/* Which request values that cost a store read or the clock the policy's conditions name. */
+static unsigned needs_of(const hsm_policy *p)
+{
+	unsigned needs = 0;
+	for (size_t i = 0; i < p->n_statements; i++) {
+		const pol_statement *st = &p->statements[i];
+		for (size_t j = 0; j < st->n_conds; j++) {
+			const char *name = st->conds[j].arg;
+			if (st->conds[j].key != POL_KEY_EXTRA)
+				continue;
+			if (hsm_pol_eq_ic(name, "kms:ResourceAliases"))
+				needs |= HSM_POLICY_NEEDS_RESOURCE_ALIASES;
+			else if (strncasecmp(name, "aws:ResourceTag/", 16) == 0)
+				needs |= HSM_POLICY_NEEDS_RESOURCE_TAGS;
+			else if (hsm_pol_eq_ic(name, "aws:CurrentTime") ||
+			         hsm_pol_eq_ic(name, "aws:EpochTime"))
+				needs |= HSM_POLICY_NEEDS_TIME;
+		}
+	}
+	return needs;
+}
+
 hsm_result hsm_policy_parse(const char *doc, size_t len, hsm_policy **out)
 {
 	hsm_result res = HSM_SUCCESS;
@@ -383,6 +406,7 @@ hsm_result hsm_policy_parse(const char *doc, size_t len, hsm_policy **out)
 	HSM_CHECK(p != NULL, HSM_ERR_NOMEM, "out of memory");
 	atomic_init(&p->refs, 1);
 	HSM_TRY(parse_document(p, root));
+	p->needs = needs_of(p);
 	char *source = hsm_pol_alloc(&p->arena, len + 1);
 	HSM_CHECK(source != NULL, HSM_ERR_NOMEM, "out of memory");
 	memcpy(source, doc, len);
@@ -423,6 +447,11 @@ const char *hsm_policy_source(const hsm_policy *p)
 size_t hsm_policy_statement_count(const hsm_policy *p)
 {
 	return p->n_statements;
+}
+
+unsigned hsm_policy_needs(const hsm_policy *p)
+{
+	return p->needs;
 }
 
 /* ---- Default key policy --------------------------------------------------------------- */

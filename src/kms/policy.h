@@ -33,9 +33,10 @@
  * Condition operators: StringEquals, StringNotEquals, StringEqualsIgnoreCase,
  * StringNotEqualsIgnoreCase, StringLike, StringNotLike, ArnEquals, ArnLike,
  * ArnNotEquals, ArnNotLike (the Arn forms match like StringLike), Bool,
- * Null; each but Null may carry the "IfExists" suffix and the
- * "ForAnyValue:" / "ForAllValues:" set prefixes.  Anything else (Numeric*,
- * Date*, IpAddress, Binary*) is refused as malformed.
+ * Numeric{Equals,NotEquals,LessThan,LessThanEquals,GreaterThan,
+ * GreaterThanEquals}, Null; each but Null may carry the "IfExists" suffix
+ * and the "ForAnyValue:" / "ForAllValues:" set prefixes.  Anything else
+ * (Date*, IpAddress, Binary*) is refused as malformed.
  *
  * Semantics (IAM): several operators, and several keys under one operator,
  * must all hold; several values for one key match if any matches, and a
@@ -56,13 +57,15 @@
  *   kms:EncryptionAlgorithm, kms:SigningAlgorithm, kms:MacAlgorithm,
  *   kms:KeySpec (and kms:CustomerMasterKeySpec), kms:KeyUsage (and
  *   kms:CustomerMasterKeyUsage), kms:RequestAlias   the request fields
- * Other keys that KMS or IAM define (kms:ViaService, aws:SourceIp,
- * aws:SecureTransport, aws:RequestTag/..., ...) are looked up in
- * request->extra and are absent unless the caller supplies them; keys of
- * other services are always absent.  A kms: or aws: key that neither
- * service defines is refused as malformed, so a misspelt key cannot
- * silently disable a Deny.  Condition key names are case-insensitive.
- * Policy variables (${aws:username}) are not expanded.
+ * Other keys that KMS or IAM define are looked up in request->extra, which
+ * the KMS layer fills with every value hsmd knows for the request (the key's
+ * origin, aliases and tags, the transport, the operation's parameters: see
+ * kms_authorize); the rest (kms:ViaService, aws:SourceVpc, ...) name things
+ * hsmd requests never have and are absent, as they are in AWS for requests
+ * without them.  Keys of other services are always absent.  A kms: or aws:
+ * key that neither service defines is refused as malformed, so a misspelt
+ * key cannot silently disable a Deny.  Condition key names are
+ * case-insensitive.  Policy variables (${aws:username}) are not expanded.
  *
  * Ownership: hsm_policy is immutable after parse and may be evaluated from
  * several threads at once.  Evaluation allocates nothing and reads only
@@ -101,6 +104,15 @@ bool hsm_policy_parsed_from(const hsm_policy *p, const char *doc, size_t len);
 const char *hsm_policy_source(const hsm_policy *p);
 /* Number of statements (for tests and diagnostics). */
 size_t hsm_policy_statement_count(const hsm_policy *p);
+
+/*
+ * Condition keys whose values cost the caller a store read or the clock:
+ * it supplies them (in request->extra) only when the policy names them.
+ */
+#define HSM_POLICY_NEEDS_RESOURCE_ALIASES 1u /* kms:ResourceAliases */
+#define HSM_POLICY_NEEDS_RESOURCE_TAGS 2u    /* aws:ResourceTag/<key> */
+#define HSM_POLICY_NEEDS_TIME 4u             /* aws:CurrentTime, aws:EpochTime */
+unsigned hsm_policy_needs(const hsm_policy *p);
 
 typedef struct hsm_policy_pair {
 	const char *key;

@@ -109,6 +109,7 @@ struct hsm_policy {
 	size_t source_len;
 	pol_statement *statements;
 	size_t n_statements;
+	unsigned needs; /* HSM_POLICY_NEEDS_* of the keys its conditions name */
 };
 
 /*

@@ -14,6 +14,7 @@
  * key stays as it is, counted among the rotations due (the 7-day alert
  * keeps firing), and rotates as soon as the material is imported.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -52,7 +53,12 @@ hsm_result hsm_kms_enable_rotation(hsm_kms *kms, const hsm_caller *caller, const
 	           HSM_ERR_VALIDATION, "RotationPeriodInDays must be between %d and %d",
 	           MIN_PERIOD_DAYS, MAX_PERIOD_DAYS);
 	rotation_arg a = {true, period_days, kms_now(kms)};
-	return kms_modify(kms, caller, HSM_OP_EnableKeyRotation, ref, set_rotation, &a, NULL, NULL);
+	char period[16];
+	snprintf(period, sizeof(period), "%d", period_days);
+	hsm_policy_pair cond = {"kms:RotationPeriodInDays", period};
+	kms_authz_extra extra = {.more = &cond, .n_more = 1};
+	return kms_modify_with(kms, caller, HSM_OP_EnableKeyRotation, ref, &extra, set_rotation, &a,
+	                       NULL, NULL);
 }
 
 hsm_result hsm_kms_disable_rotation(hsm_kms *kms, const hsm_caller *caller, const char *ref)
@@ -68,6 +74,10 @@ hsm_result hsm_kms_rotation_status(hsm_kms *kms, const hsm_caller *caller, const
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_GetKeyRotationStatus, ref, NULL, &k));
 	hsm_result r = hsm_key_record_copy(out, &k->rec);
 	kms_key_release(k);
+	/* As in KMS: off while the key is pending deletion (nothing rotates it); a cancelled
+	 * deletion shows the schedule again, which the record keeps. */
+	if (hsm_ok(r) && out->state == HSM_KEY_PENDING_DELETION)
+		out->rotation_enabled = false;
 	return r;
 }
 

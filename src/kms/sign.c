@@ -52,9 +52,11 @@ static hsm_result check_message(hsm_sign_alg alg, hsm_message_type type, size_t 
 }
 
 static hsm_result sign_lookup(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const char *key,
-                              hsm_sign_alg alg, kms_key **out)
+                              hsm_sign_alg alg, hsm_message_type type, kms_key **out)
 {
-	kms_authz_extra extra = {.signing_algorithm = hsm_sign_alg_name(alg)};
+	hsm_policy_pair cond = {"kms:MessageType", type == HSM_MSG_DIGEST ? "DIGEST" : "RAW"};
+	kms_authz_extra extra = {
+	    .signing_algorithm = hsm_sign_alg_name(alg), .more = &cond, .n_more = 1};
 	HSM_GUARD(kms_lookup(kms, caller, op, key, &extra, out));
 	hsm_result r = require_sign_alg(*out, alg);
 	if (hsm_ok(r))
@@ -72,7 +74,7 @@ hsm_result hsm_kms_sign(hsm_kms *kms, const hsm_caller *caller, const char *key,
 {
 	kms_key *k = NULL;
 	HSM_GUARD(check_message(alg, type, len));
-	HSM_GUARD(sign_lookup(kms, caller, HSM_OP_Sign, key, alg, &k));
+	HSM_GUARD(sign_lookup(kms, caller, HSM_OP_Sign, key, alg, type, &k));
 	hsm_ks_keyref ref = kms_keyref(k, k->rec.primary_version);
 	hsm_result r = hsm_ks_sign(kms->ks, &ref, alg, type, msg, len, sig);
 	if (hsm_ok(r))
@@ -89,7 +91,7 @@ hsm_result hsm_kms_verify(hsm_kms *kms, const hsm_caller *caller, const char *ke
 	HSM_GUARD(check_message(alg, type, len));
 	HSM_ENSURE(sig_len >= 1 && sig_len <= MAX_SIGNATURE, HSM_ERR_VALIDATION,
 	           "Signature must be between 1 and %d bytes", MAX_SIGNATURE);
-	HSM_GUARD(sign_lookup(kms, caller, HSM_OP_Verify, key, alg, &k));
+	HSM_GUARD(sign_lookup(kms, caller, HSM_OP_Verify, key, alg, type, &k));
 	hsm_result r = HSM_FAIL(HSM_ERR_INVALID_SIGNATURE, "the signature is not valid");
 	for (uint32_t v = k->rec.primary_version; v >= 1; v--) {
 		hsm_ks_keyref ref = kms_keyref(k, v);

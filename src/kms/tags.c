@@ -6,6 +6,8 @@
  * _ . : / = + - @; the "aws:" prefix, in any case, is reserved for keys and
  * values alike (TagException), as AWS's tagging rules say.
  */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -56,6 +58,36 @@ hsm_result kms_check_tag(const hsm_tag *t)
 	return HSM_SUCCESS;
 }
 
+/* aws:RequestTag/<key> for each tag, then aws:TagKeys for each: a policy's view of a tagging. */
+typedef struct request_tags {
+	hsm_policy_pair *pairs;
+	char (*names)[sizeof("aws:RequestTag/") + sizeof(((hsm_tag *)0)->key)];
+} request_tags;
+
+static hsm_result request_tags_new(size_t n, const hsm_tag tags[], const char *const keys[],
+                                   request_tags *out, kms_authz_extra *extra)
+{
+	out->pairs = calloc(2 * n, sizeof(*out->pairs));
+	out->names = calloc(n, sizeof(*out->names));
+	HSM_ENSURE(out->pairs != NULL && out->names != NULL, HSM_ERR_NOMEM, "out of memory");
+	size_t m = 0;
+	for (size_t i = 0; i < n && tags != NULL; i++) {
+		snprintf(out->names[i], sizeof(out->names[i]), "aws:RequestTag/%s", tags[i].key);
+		out->pairs[m++] = (hsm_policy_pair){out->names[i], tags[i].value};
+	}
+	for (size_t i = 0; i < n; i++)
+		out->pairs[m++] = (hsm_policy_pair){"aws:TagKeys", tags != NULL ? tags[i].key : keys[i]};
+	extra->more = out->pairs;
+	extra->n_more = m;
+	return HSM_SUCCESS;
+}
+
+static void request_tags_free(request_tags *t)
+{
+	free(t->pairs);
+	free(t->names);
+}
+
 hsm_result hsm_kms_tag(hsm_kms *kms, const hsm_caller *caller, const char *ref, size_t n,
                        const hsm_tag tags[])
 {
@@ -63,8 +95,14 @@ hsm_result hsm_kms_tag(hsm_kms *kms, const hsm_caller *caller, const char *ref, 
 	HSM_ENSURE(n >= 1, HSM_ERR_VALIDATION, "Tags must contain at least one tag");
 	for (size_t i = 0; i < n; i++)
 		HSM_GUARD(kms_check_tag(&tags[i]));
-	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_TagResource, ref, NULL, &k));
-	hsm_result r = hsm_caller_commit(caller);
+	request_tags rt = {0};
+	kms_authz_extra extra = {0};
+	hsm_result r = request_tags_new(n, tags, NULL, &rt, &extra);
+	if (hsm_ok(r))
+		r = kms_lookup(kms, caller, HSM_OP_TagResource, ref, &extra, &k);
+	request_tags_free(&rt);
+	HSM_GUARD(r);
+	r = hsm_caller_commit(caller);
 	if (hsm_ok(r))
 		r = hsm_store_tags_put(kms->store, k->rec.key_id, n, tags);
 	if (r.err == HSM_ERR_LIMIT_EXCEEDED)
@@ -85,8 +123,14 @@ hsm_result hsm_kms_untag(hsm_kms *kms, const hsm_caller *caller, const char *ref
 		HSM_ENSURE(!reserved(keys[i]), HSM_ERR_TAG,
 		           "Tag keys that begin with aws: (in any case) are reserved");
 	}
-	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_UntagResource, ref, NULL, &k));
-	hsm_result r = hsm_caller_commit(caller);
+	request_tags rt = {0};
+	kms_authz_extra extra = {0};
+	hsm_result r = request_tags_new(n, NULL, keys, &rt, &extra);
+	if (hsm_ok(r))
+		r = kms_lookup(kms, caller, HSM_OP_UntagResource, ref, &extra, &k);
+	request_tags_free(&rt);
+	HSM_GUARD(r);
+	r = hsm_caller_commit(caller);
 	if (hsm_ok(r))
 		r = hsm_store_tags_remove(kms->store, k->rec.key_id, n, keys);
 	kms_key_release(k);

@@ -180,6 +180,9 @@ hsm_result hsm_server_authenticate(hsm_server *s, hsm_http_req *req, hsm_auth_re
 	out->caller.access_key_id = out->akid;
 	out->caller.roles = c->user.roles;
 	out->caller.local = false;
+	out->caller.secure_transport = hsm_http_req_is_tls(req);
+	out->caller.source_ip = hsm_http_req_remote_addr(req);
+	out->caller.user_agent = hsm_http_req_header(req, "user-agent");
 out:
 	cred_unref(c);
 	return res;

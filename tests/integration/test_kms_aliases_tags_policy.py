@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from conftest import REGION
-from helpers import ACCOUNT, call_error, key_arn, raises
+from helpers import ACCOUNT, call_error, call_ok, key_arn, raises
 
 DEV_ARN = f"arn:aws:iam::{ACCOUNT}:user/dev"
 
@@ -360,3 +360,174 @@ def test_create_key_policy_lockout_safety_check(kms):
     raises("AccessDeniedException", kms.describe_key, KeyId=kid)
     # A policy naming the caller passes the check.
     kms.create_key(Policy=policy(ADMIN))
+
+
+# ---- Condition keys a request has beyond its own fields --------------------------------------
+# Each Deny below must fire where its condition holds and only there: a condition key that
+# hsmd accepted but never supplied would leave the Deny silent (an absent key fails a
+# positive condition).
+
+def deny(action, operator, key, value):
+    return {"Sid": "Guard", "Effect": "Deny", "Principal": "*", "Action": action,
+            "Resource": "*", "Condition": {operator: {key: value}}}
+
+
+def guarded_key(kms, statement, **kw):
+    kid = new_key(kms, **kw)
+    kms.put_key_policy(KeyId=kid, PolicyName="default", Policy=policy(ADMIN, statement))
+    return kid
+
+
+def denied(fn, **kw):
+    raises("AccessDeniedException", fn, **kw)
+
+
+def test_condition_schedule_key_deletion_window(kms):
+    kid = guarded_key(kms, deny("kms:ScheduleKeyDeletion", "NumericLessThan",
+                                "kms:ScheduleKeyDeletionPendingWindowInDays", "30"))
+    denied(kms.schedule_key_deletion, KeyId=kid, PendingWindowInDays=7)
+    assert kms.describe_key(KeyId=kid)["KeyMetadata"]["KeyState"] == "Enabled"
+    kms.schedule_key_deletion(KeyId=kid, PendingWindowInDays=30)
+
+
+def test_condition_message_type(kms):
+    kid = guarded_key(kms, deny("kms:Sign", "StringEquals", "kms:MessageType", "DIGEST"),
+                      KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")
+    alg = "ECDSA_SHA_256"
+    denied(kms.sign, KeyId=kid, Message=b"\0" * 32, MessageType="DIGEST", SigningAlgorithm=alg)
+    kms.sign(KeyId=kid, Message=b"data", MessageType="RAW", SigningAlgorithm=alg)
+
+
+def test_condition_request_alias(kms):
+    tag = uuid.uuid4().hex[:8]
+    blocked, open_, app = f"alias/blocked-{tag}", f"alias/open-{tag}", f"alias/app-{tag}"
+    kid = guarded_key(kms, deny("kms:Encrypt", "StringEquals", "kms:RequestAlias", blocked))
+    kms.create_alias(AliasName=blocked, TargetKeyId=kid)
+    kms.create_alias(AliasName=open_, TargetKeyId=kid)
+    denied(kms.encrypt, KeyId=blocked, Plaintext=b"x")
+    denied(kms.encrypt, KeyId=f"arn:aws:kms:{REGION}:{ACCOUNT}:{blocked}", Plaintext=b"x")
+    kms.encrypt(KeyId=open_, Plaintext=b"x")
+    kms.encrypt(KeyId=kid, Plaintext=b"x")
+    # An Allow on the alias: the key encrypts when named by it, and only then.
+    other = new_key(kms)
+    kms.create_alias(AliasName=app, TargetKeyId=other)
+    kms.put_key_policy(KeyId=other, PolicyName="default", Policy=policy(
+        {"Sid": "AdminButEncrypt", "Effect": "Allow", "Principal": {"AWS": DEV_ARN},
+         "NotAction": "kms:Encrypt", "Resource": "*"},
+        {"Sid": "EncryptByAlias", "Effect": "Allow", "Principal": {"AWS": DEV_ARN},
+         "Action": "kms:Encrypt", "Resource": "*",
+         "Condition": {"StringLike": {"kms:RequestAlias": "alias/app-*"}}}))
+    kms.encrypt(KeyId=app, Plaintext=b"x")
+    denied(kms.encrypt, KeyId=other, Plaintext=b"x")
+
+
+def test_condition_resource_tags(kms):
+    kid = guarded_key(kms, deny("kms:Encrypt", "StringEquals", "aws:ResourceTag/classification",
+                                "secret"))
+    kms.encrypt(KeyId=kid, Plaintext=b"x")
+    kms.tag_resource(KeyId=kid, Tags=[{"TagKey": "classification", "TagValue": "secret"}])
+    denied(kms.encrypt, KeyId=kid, Plaintext=b"x")
+    kms.tag_resource(KeyId=kid, Tags=[{"TagKey": "classification", "TagValue": "internal"}])
+    kms.encrypt(KeyId=kid, Plaintext=b"x")
+
+
+def test_condition_resource_aliases(kms):
+    kid = guarded_key(kms, deny("kms:Encrypt", "ForAnyValue:StringLike", "kms:ResourceAliases",
+                                "alias/restricted-*"))
+    tag = uuid.uuid4().hex[:8]
+    kms.create_alias(AliasName=f"alias/plain-{tag}", TargetKeyId=kid)
+    kms.encrypt(KeyId=kid, Plaintext=b"x")
+    kms.create_alias(AliasName=f"alias/restricted-{tag}", TargetKeyId=kid)
+    # Every way of naming the key: the aliases belong to the key, not to the request.
+    denied(kms.encrypt, KeyId=kid, Plaintext=b"x")
+    denied(kms.encrypt, KeyId=f"alias/plain-{tag}", Plaintext=b"x")
+    kms.delete_alias(AliasName=f"alias/restricted-{tag}")
+    kms.encrypt(KeyId=kid, Plaintext=b"x")
+
+
+def test_condition_key_origin_transport_and_time(kms):
+    kid = guarded_key(kms, deny("kms:Encrypt", "StringEquals", "kms:KeyOrigin", "AWS_KMS"))
+    denied(kms.encrypt, KeyId=kid, Plaintext=b"x")
+    # The tests speak plain HTTP on loopback: not a secure transport.
+    kid = guarded_key(kms, deny("kms:Encrypt", "Bool", "aws:SecureTransport", "false"))
+    denied(kms.encrypt, KeyId=kid, Plaintext=b"x")
+    kid = guarded_key(kms, deny("kms:Encrypt", "Bool", "aws:SecureTransport", "true"))
+    kms.encrypt(KeyId=kid, Plaintext=b"x")
+    kid = guarded_key(kms, deny("kms:Encrypt", "NumericGreaterThan", "aws:EpochTime", "1700000000"))
+    denied(kms.encrypt, KeyId=kid, Plaintext=b"x")
+    kid = guarded_key(kms, deny("kms:Encrypt", "StringEquals", "aws:RequestedRegion", REGION))
+    denied(kms.encrypt, KeyId=kid, Plaintext=b"x")
+    kid = guarded_key(kms, deny("kms:Encrypt", "StringEquals", "aws:SourceIp", "127.0.0.1"))
+    denied(kms.encrypt, KeyId=kid, Plaintext=b"x")
+
+
+def test_condition_rotation_period(kms, hsmd):
+    kid = guarded_key(kms, deny("kms:EnableKeyRotation", "NumericLessThan",
+                                "kms:RotationPeriodInDays", "90"))
+    call_error(hsmd, "EnableKeyRotation", {"KeyId": kid, "RotationPeriodInDays": 30},
+               "AccessDeniedException")
+    assert kms.get_key_rotation_status(KeyId=kid)["KeyRotationEnabled"] is False
+    call_ok(hsmd, "EnableKeyRotation", {"KeyId": kid, "RotationPeriodInDays": 90})
+
+
+def test_condition_data_key_pair_spec(kms):
+    kid = guarded_key(kms, deny("kms:GenerateDataKeyPair*", "StringEquals", "kms:DataKeyPairSpec",
+                                "RSA_4096"))
+    denied(kms.generate_data_key_pair, KeyId=kid, KeyPairSpec="RSA_4096")
+    denied(kms.generate_data_key_pair_without_plaintext, KeyId=kid, KeyPairSpec="RSA_4096")
+    kms.generate_data_key_pair(KeyId=kid, KeyPairSpec="ECC_NIST_P256")
+
+
+def test_condition_reencrypt_on_same_key(kms):
+    kid = guarded_key(kms, deny("kms:ReEncrypt*", "Bool", "kms:ReEncryptOnSameKey", "true"))
+    other = new_key(kms)
+    blob = kms.encrypt(KeyId=kid, Plaintext=b"x")["CiphertextBlob"]
+    denied(kms.re_encrypt, CiphertextBlob=blob, DestinationKeyId=kid)
+    moved = kms.re_encrypt(CiphertextBlob=blob, DestinationKeyId=other)["CiphertextBlob"]
+    # Back onto the guarded key from another: not the same key, allowed.
+    kms.re_encrypt(CiphertextBlob=moved, DestinationKeyId=kid)
+
+
+def test_condition_request_tags(kms):
+    kid = guarded_key(kms, deny(["kms:TagResource", "kms:UntagResource"],
+                                "ForAnyValue:StringEquals", "aws:TagKeys", "owner"))
+    denied(kms.tag_resource, KeyId=kid, Tags=[{"TagKey": "owner", "TagValue": "a"},
+                                             {"TagKey": "team", "TagValue": "b"}])
+    assert kms.list_resource_tags(KeyId=kid)["Tags"] == []
+    kms.tag_resource(KeyId=kid, Tags=[{"TagKey": "team", "TagValue": "b"}])
+    denied(kms.untag_resource, KeyId=kid, TagKeys=["owner"])
+    kms.untag_resource(KeyId=kid, TagKeys=["team"])
+    kid = guarded_key(kms, deny("kms:TagResource", "StringEquals", "aws:RequestTag/env", "prod"))
+    denied(kms.tag_resource, KeyId=kid, Tags=[{"TagKey": "env", "TagValue": "prod"}])
+    kms.tag_resource(KeyId=kid, Tags=[{"TagKey": "env", "TagValue": "test"}])
+
+
+def test_condition_bypass_lockout_check(kms):
+    kid = guarded_key(kms, deny("kms:PutKeyPolicy", "Bool", "kms:BypassPolicyLockoutSafetyCheck",
+                                "true"))
+    p = kms.get_key_policy(KeyId=kid, PolicyName="default")["Policy"]
+    denied(kms.put_key_policy, KeyId=kid, PolicyName="default", Policy=p,
+           BypassPolicyLockoutSafetyCheck=True)
+    kms.put_key_policy(KeyId=kid, PolicyName="default", Policy=p)
+
+
+def test_rotation_status_while_pending_deletion(kms):
+    kid = new_key(kms)
+    kms.enable_key_rotation(KeyId=kid)
+    kms.schedule_key_deletion(KeyId=kid, PendingWindowInDays=7)
+    st = kms.get_key_rotation_status(KeyId=kid)
+    assert st["KeyRotationEnabled"] is False and "NextRotationDate" not in st
+    kms.cancel_key_deletion(KeyId=kid)
+    assert kms.get_key_rotation_status(KeyId=kid)["KeyRotationEnabled"] is True
+
+
+def test_lengths_are_characters(kms):
+    kid = new_key(kms, Description="€" * 8192)
+    assert kms.describe_key(KeyId=kid)["KeyMetadata"]["Description"] == "€" * 8192
+    kms.update_key_description(KeyId=kid, Description="データ" * 2730)
+    raises("ValidationException", kms.update_key_description, KeyId=kid, Description="x" * 8193)
+    g = kms.create_grant(KeyId=kid, GranteePrincipal=DEV_ARN, Operations=["Encrypt"],
+                         Constraints={"EncryptionContextSubset": {"k": "é" * 384}})
+    assert g["GrantId"]
+    raises("ValidationException", kms.create_grant, KeyId=kid, GranteePrincipal=DEV_ARN,
+           Operations=["Encrypt"], Constraints={"EncryptionContextSubset": {"k": "é" * 385}})

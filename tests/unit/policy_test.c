@@ -690,6 +690,37 @@ static void test_condition_combinations(void **state)
 	HOLDS("{\"StringEquals\": {\"Kms:CallerAccount\": 111122223333}}", req(ALICE, "kms:Encrypt"));
 }
 
+/* The keys that cost a store read or the clock are asked for only when a condition names them. */
+static void test_needs(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *cond;
+		unsigned needs;
+	} cases[] = {
+	    {"{\"StringEquals\": {\"kms:KeyOrigin\": \"EXTERNAL\"}}", 0},
+	    {"{\"ForAnyValue:StringLike\": {\"KMS:resourceAliases\": \"alias/a*\"}}",
+	     HSM_POLICY_NEEDS_RESOURCE_ALIASES},
+	    {"{\"StringEquals\": {\"aws:resourcetag/team\": \"x\"}}", HSM_POLICY_NEEDS_RESOURCE_TAGS},
+	    {"{\"NumericLessThan\": {\"aws:EpochTime\": 5}, "
+	     "\"StringLike\": {\"aws:ResourceTag/a\": \"x\"}}",
+	     HSM_POLICY_NEEDS_TIME | HSM_POLICY_NEEDS_RESOURCE_TAGS},
+	    {"{\"StringLike\": {\"aws:CurrentTime\": \"2026-*\"}}", HSM_POLICY_NEEDS_TIME},
+	    /* A context key named like one is not one. */
+	    {"{\"StringEquals\": {\"kms:EncryptionContext:aws:ResourceTag/x\": \"y\"}}", 0},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char doc[1024];
+		snprintf(doc, sizeof(doc), STMT("{" ALLOW_ALL_BODY ", \"Condition\": %s}"), cases[i].cond);
+		hsm_policy *p = parse_ok(doc);
+		assert_int_equal(hsm_policy_needs(p), cases[i].needs);
+		hsm_policy_free(p);
+	}
+	hsm_policy *p = parse_ok(STMT("{" ALLOW_ALL_BODY "}"));
+	assert_int_equal(hsm_policy_needs(p), 0);
+	hsm_policy_free(p);
+}
+
 static void test_condition_keys(void **state)
 {
 	(void)state;
@@ -769,6 +800,7 @@ int main(void)
 	    cmocka_unit_test(test_set_operators),
 	    cmocka_unit_test(test_condition_combinations),
 	    cmocka_unit_test(test_condition_keys),
+	    cmocka_unit_test(test_needs),
 	    cmocka_unit_test(test_encrypt_only_with_context),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
