@@ -85,7 +85,7 @@ static hsm_result print_entry(const char *path, const hsm_backup_info *in, void 
 static int online(const char *cmd, const char *target)
 {
 	json_t *out = NULL, *body = json_object();
-	hsm_result r = hsm_client_call_json(&hsmctl_globals.client, target, body, true, &out);
+	hsm_result r = hsmctl_call_approved(target, body, &out); /* CreateBackup may be gated */
 	json_decref(body);
 	if (hsm_failed(r))
 		return hsmctl_fail(cmd);

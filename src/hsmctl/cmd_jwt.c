@@ -88,12 +88,15 @@ static hsm_result load_json(const char *arg, const char *what, json_t **out)
 	return HSM_SUCCESS;
 }
 
-/* POSTs body to an HsmdJwt target and parses the answer. */
+/*
+ * POSTs body to an HsmdJwt target and parses the answer, waiting for custodians
+ * where the node gates the operation (EnableJwtSigning, DisableJwtSigning).
+ */
 static hsm_result call(const char *op, json_t *body, json_t **out)
 {
 	char target[64];
 	snprintf(target, sizeof(target), "HsmdJwt.%s", op);
-	return hsm_client_call_json(&hsmctl_globals.client, target, body, true, out);
+	return hsmctl_call_approved(target, body, out);
 }
 
 static int jwt_sign(jwt_args *a)

@@ -21,10 +21,24 @@
 #include "client/client.h"
 #include "hsmctl/hsmctl.h"
 
-/* Calls target with body (consumed). */
-static hsm_result call(const char *target, bool sign, json_t *body, json_t **out)
+/* Sends body (consumed) to target once: no waiting for custodians. */
+static hsm_result send_once(const char *target, bool sign, json_t *body, json_t **out)
 {
 	hsm_result r = hsm_client_call_json(&hsmctl_globals.client, target, body, sign, out);
+	json_decref(body);
+	return r;
+}
+
+/*
+ * Calls target with body (consumed).  A signed call waits for custodians where
+ * the node gates target (hsmctl_call_approved): which operations wait is the
+ * node's setting (approval_operations), so every signed call may have to.
+ */
+static hsm_result call(const char *target, bool sign, json_t *body, json_t **out)
+{
+	if (!sign)
+		return send_once(target, false, body, out);
+	hsm_result r = hsmctl_call_approved(target, body, out);
 	json_decref(body);
 	return r;
 }
@@ -64,7 +78,8 @@ static void on_stop_signal(int sig)
 static void withdraw(const char *id)
 {
 	json_t *out = NULL;
-	hsm_result r = call("HsmdAdmin.CancelRequest", true, json_pack("{s:s}", "ApprovalId", id), &out);
+	hsm_result r =
+	    send_once("HsmdAdmin.CancelRequest", true, json_pack("{s:s}", "ApprovalId", id), &out);
 	json_decref(out);
 	if (hsm_ok(r))
 		fprintf(stderr, "approval request %s withdrawn\n", id);
@@ -88,7 +103,7 @@ static hsm_result await_approval(const char *op, const char *id)
 	hsm_result r = HSM_SUCCESS;
 	for (;;) {
 		json_t *a = NULL;
-		r = call("HsmdAdmin.GetApproval", true, json_pack("{s:s}", "ApprovalId", id), &a);
+		r = send_once("HsmdAdmin.GetApproval", true, json_pack("{s:s}", "ApprovalId", id), &a);
 		if (hsm_failed(r)) {
 			if (stop_waiting) /* the signal cut the read short */
 				withdraw(id);

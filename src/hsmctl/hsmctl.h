@@ -34,9 +34,10 @@ int hsmctl_usage(const char *command, const char *fmt, ...) HSM_PRINTF(2, 3);
  * is listed in the node's approval_operations: on ApprovalRequiredException
  * it names the approval request on stderr, reads it every few seconds and
  * sends the identical request again once enough custodians approved; a
- * denial, a cancellation or the request's expiry fails.  For what one run
- * cannot repeat (a freshly wrapped import) or does in several steps (a
- * certificate chain).
+ * denial, a cancellation or the request's expiry fails; so does the end of
+ * the wait (--approval-wait, SIGINT, SIGTERM), which withdraws the request.
+ * Every signed call that may change something goes through it: which
+ * operations wait is the node's setting, not hsmctl's.
  */
 hsm_result hsmctl_call_approved(const char *target, const json_t *body,
                                 json_t **out) HSM_MUST_CHECK;

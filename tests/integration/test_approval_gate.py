@@ -478,6 +478,72 @@ def test_hsmctl_cert_import_waits_for_each_certificate_of_a_chain(node, tmp_path
         {c["Issuer"] for c in new if c["Label"]}
 
 
+def opened(node, op, seen, deadline=30):
+    """The approval request for op an hsmctl run opened (waiting for it to appear)."""
+    end = time.time() + deadline
+    while time.time() < end:
+        for a in approvals(node).values():
+            if a["ApprovalId"] not in seen and (a["Operation"], a["State"]) == (op, "Pending"):
+                return a["ApprovalId"]
+        time.sleep(0.2)
+    raise AssertionError(f"hsmctl opened no approval request for {op}")
+
+
+def test_hsmctl_user_create_waits_for_custodians_then_runs(node):
+    """Every hsmctl command the node gates waits as key import does: user create names its
+    approval request, waits, and runs once custodians approved it."""
+    def users():
+        return {u["UserName"]: u["Roles"] for u in admin(node, "ListUsers")["Users"]}
+    p = hsmctl_bg(node, "user", "create", "ctl-approved", "--roles", "crypto-user")
+    approval = opened(node, "CreateUser", set(approvals(node)))
+    assert json.loads(approvals(node)[approval]["Request"])["UserName"] == "ctl-approved"
+    time.sleep(0.5)
+    assert p.poll() is None, p.communicate()  # still waiting
+    assert "ctl-approved" not in users()
+    approve(node, approval)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert f"CreateUser waits for custodians' approval: approval request {approval}" in err, err
+    assert users()["ctl-approved"] == ["crypto-user"]
+    assert approvals(node)[approval]["State"] == "Used"
+
+
+def test_every_gated_hsmctl_command_waits_and_withdraws_at_approval_wait(node):
+    """With --approval-wait and no custodian, each gated command waits that long, withdraws
+    its approval request and fails, having changed nothing."""
+    f = node.f
+    commands = {
+        "CreateUser": ["user", "create", "ctl-bounded", "--roles", "crypto-user"],
+        "DisableUser": ["user", "disable", "u-disable"],
+        "EnableUser": ["user", "enable", "u-enable"],
+        "UnlockUser": ["user", "unlock", "u-unlock"],
+        "CreateAccessKey": ["access-key", "create", "u-keys"],
+        "RevokeAccessKey": ["access-key", "revoke", f["RevokeAccessKey"]],
+        "DeleteCertificate": ["cert", "delete", f["DeleteCertificate"]],
+        "EnableJwtSigning": ["jwt", "enable", f["EnableJwtSigning"]],
+        "DisableJwtSigning": ["jwt", "disable", f["DisableJwtSigning"]],
+        "CreateBackup": ["backup", "create"],
+        "Seal": ["seal"],
+    }
+    users_before = admin(node, "ListUsers")["Users"]
+    backups_before = admin(node, "ListBackups")["Backups"]
+    seen = set(approvals(node))
+    started = time.monotonic()
+    runs = {op: hsmctl_bg(node, "--approval-wait", "2", *args) for op, args in commands.items()}
+    opened_by = {op: opened(node, op, seen) for op in commands}
+    for op, p in runs.items():
+        out, err = p.communicate(timeout=60)
+        approval = opened_by[op]
+        assert p.returncode != 0, (op, out, err)
+        assert f"approval request {approval} not approved within --approval-wait" in err, err
+        assert f"approval request {approval} withdrawn" in err, err
+        assert approvals(node)[approval]["State"] == "Cancelled", op
+    assert time.monotonic() - started >= 2
+    assert admin(node, "ListUsers")["Users"] == users_before
+    assert admin(node, "ListBackups")["Backups"] == backups_before
+    assert not admin(node, "Status")["Sealed"]
+
+
 # Last in the file: it seals the node.
 def test_each_operation_waits_changes_nothing_then_runs_once_approved(node):
     listed = cases(node)
