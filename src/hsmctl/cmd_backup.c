@@ -13,6 +13,7 @@
  * verify and restore need a quorum of the store's custodian shares: a
  * backup is encrypted under a key derived from the store's master key.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -280,6 +281,41 @@ out:
 	return res;
 }
 
+/*
+ * Refuses a data directory whose audit directory already holds records: the
+ * restore is the first record of the restored node's trail.  Appended to an
+ * older trail (another store's, or this store's from after the backup) it
+ * would continue a chain signed with another key, or records about what the
+ * restored store never saw, and `hsmctl audit verify` would fail on it.  An
+ * absent or empty audit directory (or empty files) is a fresh trail.
+ */
+static hsm_result audit_dir_unused(const char *data_dir)
+{
+	char dir[4200];
+	HSM_GUARD(path_of(dir, sizeof(dir), data_dir, "audit"));
+	DIR *d = opendir(dir);
+	if (d == NULL && errno == ENOENT)
+		return HSM_SUCCESS;
+	HSM_ENSURE(d != NULL, HSM_ERR_IO, "cannot read %s: %s", dir, strerror(errno));
+	hsm_result res = HSM_SUCCESS;
+	for (struct dirent *de; (de = readdir(d)) != NULL;) {
+		char p[4500];
+		struct stat sb;
+		if (strncmp(de->d_name, "audit-", 6) != 0)
+			continue;
+		int n = snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
+		if (n < 0 || (size_t)n >= sizeof(p) || stat(p, &sb) != 0 || sb.st_size == 0)
+			continue;
+		res = HSM_FAIL(HSM_ERR_CONFLICT,
+		               "%s already holds an audit trail; a restore begins a new one: restore "
+		               "into a new data directory, or move the old trail away (and keep it)",
+		               dir);
+		break;
+	}
+	closedir(d);
+	return res;
+}
+
 static hsm_result restore(const backup_opts *o, hsm_backup_info *info)
 {
 	hsm_result res = HSM_SUCCESS;
@@ -292,6 +328,7 @@ static hsm_result restore(const backup_opts *o, hsm_backup_info *info)
 	HSM_GUARD(path_of(target, sizeof(target), o->data_dir, HSM_STORE_DB_FILE));
 	HSM_ENSURE(shared || (stat(target, &sb) != 0 && errno == ENOENT), HSM_ERR_CONFLICT,
 	           "%s already holds a store; restore into a new or empty data directory", o->data_dir);
+	HSM_GUARD(audit_dir_unused(o->data_dir));
 	HSM_TRY(open_for(o, info, &ks));
 	HSM_TRY(hsm_mkdir_p(o->data_dir));
 	HSM_TRY(path_of(staging, sizeof(staging), o->data_dir, ".restore"));

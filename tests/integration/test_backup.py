@@ -223,6 +223,42 @@ def test_restore_on_another_machine(node):
         dr.cleanup()
 
 
+def test_restore_refuses_a_data_directory_with_an_audit_trail(node):
+    """The restore is the first record of the restored node's trail: a data directory
+    whose audit directory holds another store's records is refused and left as it was;
+    an empty audit directory is a fresh trail, which verifies after the restore."""
+    s, made, base = node["shares"], node["made"], node["base"]
+    other, _ = init_store(base, "other-store")
+    target = os.path.join(base, "reused")
+    shutil.copytree(os.path.join(other, "audit"), os.path.join(target, "audit"))
+
+    def files():
+        out = {}
+        for root, _, names in os.walk(target):
+            for n in names:
+                with open(os.path.join(root, n), "rb") as f:
+                    out[os.path.relpath(os.path.join(root, n), target)] = f.read()
+        return out
+    before = files()
+    assert any(n.startswith("audit/audit-") and b for n, b in before.items()), before.keys()
+    three = ["--share", s["carol"], "--share", s["dave"], "--share", s["erin"]]
+    p = hsmctl("restore", "--data-dir", target, *three, made["Path"])
+    assert p.returncode == 1, p.stdout
+    assert f"{target}/audit already holds an audit trail" in p.stderr, p.stderr
+    assert "restore into a new data directory" in p.stderr, p.stderr
+    assert files() == before  # nothing written
+
+    shutil.rmtree(os.path.join(target, "audit"))
+    os.mkdir(os.path.join(target, "audit"))
+    p = hsmctl("restore", "--data-dir", target, *three, made["Path"])
+    assert p.returncode == 0, p.stderr
+    recs = audit_records(target)
+    assert recs[0]["seq"] == 1 and recs[0]["op"] == "AuditLogOpened", recs[0]
+    assert [r["op"] for r in recs if r.get("op")][1] == "Restore", recs
+    p = hsmctl("audit", "verify", *sorted(glob.glob(os.path.join(target, "audit", "*.jsonl"))))
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
 def test_scheduled_backups_copy_and_roles():
     """backup_interval_seconds=1: the scheduler (every 5 s) backs up at each
     pass; each backup is copied to backup_copy_dir, byte for byte."""
