@@ -9,12 +9,14 @@
  * status 1.  Then, over the records in [since, until) (and about one key, with
  * --key): the period and nodes; every operation with its successes, errors
  * and denials; every principal likewise; failed authentications by access key
- * and source; and, in order, every change (key lifecycle, policies, aliases,
- * tags, rotation, users and access keys, JWT signing, backups, certificates) and every node
- * event (start-up, init, unseal, seal, automatic rotation and destruction,
- * backups, restores, shutdown).  A change made under a quorum approval names
- * the custodians who approved it (approved_by), whatever the window or key
- * asked for.  Text for people, --json for programs.
+ * and source address; and, in order, every change (key lifecycle, policies,
+ * aliases, tags, rotation, users and access keys, JWT signing, backups,
+ * certificates) and every node event (start-up, init, unseal, seal, automatic
+ * rotation and destruction, backups, restores, shutdown, and a start after a
+ * run that did not shut down, flagged).  A change made under a quorum approval
+ * names the custodians who approved it (approved_by), whatever the window or
+ * key asked for; a user or access-key change names the user, roles and access
+ * key its record carries.  Text for people, --json for programs.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -53,7 +55,31 @@ typedef struct report {
 	char first[40], last[40];
 } report;
 
-/* Accepts 2026-11-30 or 2026-11-30T12:00:00Z; stores what compares with the records' times. */
+/* The number n digits at t make, or -1 when one is not a digit. */
+static int digits(const char *t, size_t n)
+{
+	int v = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (t[i] < '0' || t[i] > '9')
+			return -1;
+		v = v * 10 + (t[i] - '0');
+	}
+	return v;
+}
+
+/* Days in month m (1-12) of year y, Gregorian. */
+static int month_days(int y, int m)
+{
+	static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+	bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+	return m == 2 && leap ? 29 : days[m - 1];
+}
+
+/*
+ * Accepts 2026-11-30 or 2026-11-30T12:00:00Z, a real date and time (a month
+ * 13 or a 31 April would match nothing, silently); stores what compares with
+ * the records' times.
+ */
 static hsm_result parse_time(const char *flag, const char *t, char out[40])
 {
 	size_t n = strlen(t);
@@ -62,13 +88,46 @@ static hsm_result parse_time(const char *flag, const char *t, char out[40])
 	             t[16] == ':' && t[19] == 'Z';
 	HSM_ENSURE(date || stamp, HSM_ERR_VALIDATION,
 	           "%s: expected a UTC date or time, 2026-11-30 or 2026-11-30T12:00:00Z", flag);
-	for (size_t i = 0; i < n; i++)
-		HSM_ENSURE(strchr("-T:Z", t[i]) != NULL || (t[i] >= '0' && t[i] <= '9'),
-		           HSM_ERR_VALIDATION, "%s: expected a UTC date or time", flag);
+	int y = digits(t, 4), mo = digits(t + 5, 2), d = digits(t + 8, 2);
+	int h = stamp ? digits(t + 11, 2) : 0, mi = stamp ? digits(t + 14, 2) : 0,
+	    sec = stamp ? digits(t + 17, 2) : 0;
+	HSM_ENSURE(y >= 0 && mo >= 0 && d >= 0 && h >= 0 && mi >= 0 && sec >= 0, HSM_ERR_VALIDATION,
+	           "%s: expected a UTC date or time, 2026-11-30 or 2026-11-30T12:00:00Z", flag);
+	HSM_ENSURE(mo >= 1 && mo <= 12, HSM_ERR_VALIDATION, "%s %s: no month %d (1 to 12)", flag, t,
+	           mo);
+	HSM_ENSURE(d >= 1 && d <= month_days(y, mo), HSM_ERR_VALIDATION,
+	           "%s %s: no day %d in that month (1 to %d)", flag, t, d, month_days(y, mo));
+	HSM_ENSURE(h <= 23 && mi <= 59 && sec <= 59, HSM_ERR_VALIDATION,
+	           "%s %s: no time %.8s (00:00:00 to 23:59:59)", flag, t, t + 11);
 	if (date)
 		snprintf(out, 40, "%s", t);
 	else
 		snprintf(out, 40, "%.19s.000Z", t); /* records carry milliseconds */
+	return HSM_SUCCESS;
+}
+
+/*
+ * The key id --key names, as records carry it: a key id, or a key ARN
+ * (arn:aws:kms:REGION:ACCOUNT:key/ID).  An alias names a key only in a store,
+ * which the report does not read, and anything else would match nothing.
+ */
+static hsm_result parse_key(const char *arg, const char **key_id)
+{
+	const char *slash = strrchr(arg, '/');
+	const char *id = strncmp(arg, "arn:", 4) == 0 && slash != NULL && slash - arg >= 4 &&
+	                         strncmp(slash - 4, ":key", 4) == 0
+	                     ? slash + 1
+	                     : arg;
+	HSM_ENSURE(strncmp(arg, "alias/", 6) != 0 && strstr(arg, ":alias/") == NULL,
+	           HSM_ERR_VALIDATION,
+	           "--key %.128s: an alias cannot be resolved offline; give the key id or key ARN "
+	           "(aws kms describe-key --key-id ALIAS shows them)",
+	           arg);
+	HSM_ENSURE(hsm_is_uuid(id), HSM_ERR_VALIDATION,
+	           "--key %.128s: expected a key id (1234abcd-12ab-34cd-56ef-1234567890ab) or a key "
+	           "ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)",
+	           arg);
+	*key_id = id;
 	return HSM_SUCCESS;
 }
 
@@ -92,7 +151,8 @@ static int parse(int argc, char **argv, report_opts *o, hsm_buf *pem, int *first
 			if (hsm_failed(parse_time(a, argv[++i], a[2] == 's' ? o->since : o->until)))
 				return hsmctl_usage("audit report", "%s", hsm_last_message());
 		} else if (strcmp(a, "--key") == 0 && has_value) {
-			o->key = argv[++i];
+			if (hsm_failed(parse_key(argv[++i], &o->key)))
+				return hsmctl_usage("audit report", "%s", hsm_last_message());
 		} else {
 			return hsmctl_usage("audit report", "unknown option '%s'", a);
 		}
@@ -143,6 +203,27 @@ static bool is_change(const char *op)
 		if (strcmp(op, reads[i]) == 0)
 			return false;
 	return true; /* an administrative operation: users, access keys, seal, backups, JWT */
+}
+
+/*
+ * Requests that are node events rather than changes (README, "Audit trail"):
+ * the key ceremony, unseal and seal, a stopped node's backup, a restore.
+ */
+static bool is_node_request(const char *op)
+{
+	static const char *const ops[] = {"Init", "Unseal", "Seal", "Backup", "Restore"};
+	for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
+		if (strcmp(op, ops[i]) == 0)
+			return true;
+	return false;
+}
+
+/* The log opened after a run that did not shut down: a crash, kill -9 or power loss. */
+static bool is_unclean_start(json_t *rec)
+{
+	json_t *v = json_object_get(json_object_get(rec, "extra"), "previous_shutdown");
+	return strcmp(str_of(rec, "op"), "AuditLogOpened") == 0 && json_is_string(v) &&
+	       strcmp(json_string_value(v), "clean") != 0;
 }
 
 static bool is_auth_failure(const char *error)
@@ -196,10 +277,66 @@ static hsm_result note_approval(report *r, json_t *rec)
 	return HSM_SUCCESS;
 }
 
+/*
+ * The user and access key a user or access-key change was about, where its
+ * record names them: extra.target_user, extra.target_roles and
+ * extra.target_access_key_id as hsmd writes them (user, roles and
+ * access_key_id also read).  They become members user, roles (a list; the
+ * record gives "a,b") and access_key_id of the change.
+ */
+static const char *const target_fields[][2] = {{"user", "target_user"},
+                                               {"roles", "target_roles"},
+                                               {"access_key_id", "target_access_key_id"}};
+
+static json_t *target_field(json_t *extra, size_t i)
+{
+	json_t *v = json_object_get(extra, target_fields[i][1]);
+	return v != NULL ? v : json_object_get(extra, target_fields[i][0]);
+}
+
+/* True for the extra members add_target shows as members of their own. */
+static bool is_target_field(const char *name)
+{
+	for (size_t i = 0; i < sizeof(target_fields) / sizeof(target_fields[0]); i++)
+		if (strcmp(name, target_fields[i][0]) == 0 || strcmp(name, target_fields[i][1]) == 0)
+			return true;
+	return false;
+}
+
+static int add_target(json_t *s, json_t *extra)
+{
+	json_t *user = target_field(extra, 0), *roles = target_field(extra, 1);
+	json_t *akid = target_field(extra, 2);
+	if (json_is_string(user) && json_object_set(s, "user", user) != 0)
+		return -1;
+	if (json_is_string(akid) && json_object_set(s, "access_key_id", akid) != 0)
+		return -1;
+	if (json_is_array(roles))
+		return json_object_set(s, "roles", roles);
+	if (!json_is_string(roles))
+		return 0;
+	json_t *list = json_array();
+	if (list == NULL || json_object_set_new(s, "roles", list) != 0)
+		return -1;
+	const char *t = json_string_value(roles);
+	while (*t != '\0') {
+		size_t n = strcspn(t, ", ");
+		if (n > 0 && json_array_append_new(list, json_stringn(t, n)) != 0)
+			return -1;
+		t += n;
+		t += strspn(t, ", ");
+	}
+	return 0;
+}
+
 /* A change's summary, with the custodians who approved it when it ran under an approval. */
 static json_t *change_of(report *r, json_t *rec)
 {
 	json_t *s = summary_of(rec);
+	if (s != NULL && add_target(s, json_object_get(rec, "extra")) != 0) {
+		json_decref(s);
+		return NULL;
+	}
 	const char *id = approval_of(rec), *op = str_of(rec, "op");
 	json_t *who = id != NULL ? json_object_get(r->approvals, id) : NULL;
 	if (s != NULL && who != NULL && strcmp(op, "ApproveRequest") != 0 &&
@@ -246,21 +383,34 @@ static hsm_result add_record(report *r, const report_opts *o, json_t *rec)
 		snprintf(who, sizeof(who), "(no credentials)");
 	HSM_GUARD(count(r->principals, who, outcome));
 	if (strcmp(outcome, "denied") == 0 && is_auth_failure(error)) {
+		/* By address: a client's every connection has another port. */
+		const char *source = str_of(rec, "source");
+		size_t addr_len = strlen(source);
+		const char *colon = strrchr(source, ':');
+		if (colon != NULL && colon[1] != '\0' && strspn(colon + 1, "0123456789") == strlen(colon + 1))
+			addr_len = (size_t)(colon - source);
 		char from[512];
-		snprintf(from, sizeof(from), "%s from %s",
+		snprintf(from, sizeof(from), "%s from %.*s",
 		         *str_of(rec, "access_key") ? str_of(rec, "access_key") : "(no access key)",
-		         *str_of(rec, "source") ? str_of(rec, "source") : "(unknown)");
+		         (int)(addr_len > 0 ? addr_len : strlen("(unknown)")),
+		         addr_len > 0 ? source : "(unknown)");
 		HSM_GUARD(count(r->auth, from, error));
 	}
+	bool unclean = is_unclean_start(rec);
 	json_t *list = NULL;
-	if (strcmp(type, "event") == 0 && strcmp(op, "AuditLogOpened") != 0)
+	if (strcmp(type, "event") == 0 && (strcmp(op, "AuditLogOpened") != 0 || unclean))
 		list = r->events;
+	else if (strcmp(type, "request") == 0 && is_node_request(op))
+		list = r->events; /* attempts too: a wrong share is news */
 	else if (strcmp(type, "request") == 0 && strcmp(outcome, "success") == 0 && is_change(op))
 		list = r->changes;
 	if (list != NULL) {
 		json_t *s = list == r->changes ? change_of(r, rec) : summary_of(rec);
 		HSM_ENSURE(s != NULL && json_array_append_new(list, s) == 0, HSM_ERR_NOMEM,
 		           "out of memory");
+		if (unclean)
+			HSM_ENSURE(json_object_set_new(s, "flag", json_string("unclean_shutdown")) == 0,
+			           HSM_ERR_NOMEM, "out of memory");
 	}
 	return HSM_SUCCESS;
 }
@@ -317,9 +467,14 @@ static void print_counts(const char *title, json_t *counts)
 
 static void print_lines(const char *title, json_t *list)
 {
-	printf("\n%s (%zu)\n", title, json_array_size(list));
-	size_t i;
+	size_t i, flagged = 0;
 	json_t *s;
+	json_array_foreach(list, i, s)
+		flagged += *str_of(s, "flag") != '\0';
+	if (flagged > 0)
+		printf("\n%s (%zu, %zu flagged)\n", title, json_array_size(list), flagged);
+	else
+		printf("\n%s (%zu)\n", title, json_array_size(list));
 	json_array_foreach(list, i, s)
 	{
 		printf("  %s %s %s", str_of(s, "time"), str_of(s, "node"), str_of(s, "op"));
@@ -332,16 +487,27 @@ static void print_lines(const char *title, json_t *list)
 			printf(" by=%s", str_of(s, "principal"));
 		if (strcmp(str_of(s, "outcome"), "success") != 0)
 			printf(" outcome=%s %s", str_of(s, "outcome"), str_of(s, "error"));
-		const char *k;
+		if (*str_of(s, "user") != '\0')
+			printf(" user=%s", str_of(s, "user"));
+		size_t j;
 		json_t *x;
+		json_array_foreach(json_object_get(s, "roles"), j, x)
+			printf("%s%s", j == 0 ? " roles=" : ",", json_string_value(x));
+		if (*str_of(s, "access_key_id") != '\0')
+			printf(" access_key_id=%s", str_of(s, "access_key_id"));
+		const char *k;
 		json_object_foreach(json_object_get(s, "extra"), k, x)
 		{
-			if (json_is_string(x))
+			bool shown = is_target_field(k) && (json_object_get(s, "user") != NULL ||
+			                                    json_object_get(s, "roles") != NULL ||
+			                                    json_object_get(s, "access_key_id") != NULL);
+			if (json_is_string(x) && !shown) /* a change's target is printed above */
 				printf(" %s=%s", k, json_string_value(x));
 		}
-		size_t j;
 		json_array_foreach(json_object_get(s, "approved_by"), j, x)
 			printf("%s%s", j == 0 ? " approved_by=" : ",", json_string_value(x));
+		if (strcmp(str_of(s, "flag"), "unclean_shutdown") == 0)
+			printf("  ** UNCLEAN SHUTDOWN before this start (crash, kill -9 or power loss)");
 		printf("\n");
 	}
 }

@@ -105,7 +105,7 @@ static const hsmctl_command commands[] = {
     {"audit verify", "[--pubkey FILE] [--live] FILES...",
      "verify audit log files offline (chain, sequence, signatures)", cmd_audit_verify},
     {"audit report",
-     "[--pubkey FILE] [--live] [--since T] [--until T] [--key KEY_ID] [--json] FILES...",
+     "[--pubkey FILE] [--live] [--since T] [--until T] [--key KEY_ID|ARN] [--json] FILES...",
      "verify, then summarize a trail: operations, principals, failed authentications, every "
      "change and node event",
      cmd_audit_report},

@@ -5,7 +5,9 @@ import base64
 import glob
 import json
 import os
+import hashlib
 import re
+import signal
 import subprocess
 import tempfile
 import time
@@ -13,7 +15,8 @@ import time
 import botocore.exceptions
 import pytest
 
-from conftest import (DEV_AKID, DEV_SECRET, HSMCTL, client, signed_call, start_dev)
+from conftest import (DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, start_dev,
+                      unsigned_call)
 
 
 def records(server):
@@ -315,7 +318,7 @@ def test_audit_report_summarizes_a_verified_trail():
             for m in re.finditer(r"^  (\S+)\s+((?:\d+\s+){3}\d+)$", out, re.M)}
     assert rows["CreateKey"] == (2, 2, 0, 0) and rows["Encrypt"] == (2, 1, 1, 0), rows
     assert rows["ListKeys"] == (1, 0, 0, 1) and rows["DisableKey"] == (1, 1, 0, 0), rows
-    assert re.search(rf"^  {DEV_AKID} from 127\.0\.0\.1:\d+\s+1$", out, re.M), out
+    assert re.search(rf"^  {DEV_AKID} from 127\.0\.0\.1\s+1$", out, re.M), out
     changes = out.split("\nchanges (")[1].split("\nnode events (")[0]
     assert changes.startswith("4)"), changes
     for op, k in (("CreateKey", key), ("CreateKey", other), ("DisableKey", key),
@@ -348,3 +351,141 @@ def test_audit_report_summarizes_a_verified_trail():
         f.write(b"D")
     p = report(files, "--pubkey", pem)
     assert p.returncode == 1 and "does not verify" in p.stderr and p.stdout == "", p
+
+
+def rechain(files, edit):
+    """Rewrites the trail with edit(line) applied to each record's line (None: unchanged),
+    recomputing every prev hash after it, as a writer would have chained them."""
+    prev = "0" * 64
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        out = []
+        for line in lines:
+            new = edit(line)
+            if new is not None:
+                line = new
+            line = re.sub(r'"prev":"[0-9a-f]{64}"}$', f'"prev":"{prev}"}}', line)
+            prev = hashlib.sha256(line.encode()).hexdigest()
+            out.append(line)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(out) + "\n")
+
+
+def test_audit_report_node_events_sources_and_arguments():
+    """Seal and unseal are node events, not changes; a start after kill -9 is a flagged node
+    event; failed authentications group by address, whatever the client's port; dates,
+    times and keys the report could only match nothing with are refused; a user or
+    access-key change shows the user, roles and access key its record names."""
+    tmp = tempfile.mkdtemp(prefix="hsmd-audit-report-events-")
+    data = os.path.join(tmp, "data")
+    env = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
+    server = start_dev(["--data-dir", data])
+    try:
+        key = client(server).create_key()["KeyMetadata"]["KeyId"]
+        for _ in range(3):  # a new client, a new connection: another source port each time
+            with pytest.raises(botocore.exceptions.ClientError):
+                client(server, secret="wrong-secret-wrong-secret-wrong-secret-00").list_keys()
+        st, out = signed_call(server, "HsmdAdmin.CreateUser",
+                              {"UserName": "bob", "Roles": ["crypto-user", "auditor"]})
+        assert st == 200, out
+        st, out = signed_call(server, "HsmdAdmin.CreateAccessKey", {"UserName": "bob"})
+        assert st == 200, out
+        akid = out["AccessKeyId"]
+        st, out = signed_call(server, "HsmdAdmin.Seal", {})
+        assert st == 200, out
+        with open(os.path.join(data, "dev-unseal.share")) as f:
+            st, out = unsigned_call(server, "HsmdAdmin.Unseal", {"Share": f.read()})
+        assert st == 200 and not out["Sealed"], out
+        server.stop(signal.SIGKILL)
+        server = Hsmd(["--dev"], env=env, data_dir=data)
+        client(server).describe_key(KeyId=key)
+    finally:
+        server.stop()
+    files = sorted(glob.glob(os.path.join(data, "audit", "audit-*.jsonl")))
+    p = report(files)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    auth = out.split("\nfailed authentications (")[1].split("\nchanges (")[0]
+    assert auth.startswith("1 sources)"), auth
+    assert re.search(rf"^  {DEV_AKID} from 127\.0\.0\.1\s+3$", auth, re.M), auth
+    changes = out.split("\nchanges (")[1].split("\nnode events (")[0]
+    events = out.split("\nnode events (")[1]
+    assert " Seal " not in changes and " Unseal " not in changes, changes
+    assert re.search(r" Seal by=arn:aws:iam::\d+:user/dev", events), events
+    assert re.search(r" Unseal\b", events.split(" Seal by=")[1]), events  # after the seal
+    assert events.startswith(f"{events.split(',')[0]}, 1 flagged)"), events
+    unclean = [l for l in events.splitlines() if "AuditLogOpened" in l]
+    assert len(unclean) == 1 and "previous_shutdown=unclean" in unclean[0] and \
+        "UNCLEAN SHUTDOWN" in unclean[0], events
+    j = json.loads(report(files, "--json").stdout)
+    assert [e["flag"] for e in j["events"] if "flag" in e] == ["unclean_shutdown"], j["events"]
+    ops = [e["op"] for e in j["events"]]
+    assert ops[ops.index("Seal") + 1] == "Unseal", ops
+    assert not {"Seal", "Unseal"} & {c["op"] for c in j["changes"]}
+    assert {a: c["total"] for a, c in j["failed_authentications"].items()} == \
+        {f"{DEV_AKID} from 127.0.0.1": 3}
+    # Dates and times that exist, keys the trail can name.
+    for bad, why in (("2026-13-01", "no month 13"), ("2026-00-10", "no month 0"),
+                     ("2026-02-29", "no day 29"), ("2026-04-31", "no day 31"),
+                     ("2026-11-30T24:00:00Z", "no time 24:00:00"),
+                     ("2026-11-30T12:60:00Z", "no time 12:60:00")):
+        p = report(files, "--since", bad)
+        assert p.returncode == 2 and why in p.stderr and p.stdout == "", (bad, p.stderr)
+    assert report(files, "--until", "2028-02-29").returncode == 0
+    assert "records: 0\n" in report(files, "--until", "2000-02-29T23:59:59Z").stdout
+    for bad, why in (("alias/app", "an alias cannot be resolved offline"),
+                     ("arn:aws:kms:us-east-1:111122223333:alias/app",
+                      "an alias cannot be resolved offline"),
+                     ("payments", "expected a key id"), (key.upper(), "expected a key id")):
+        p = report(files, "--key", bad)
+        assert p.returncode == 2 and why in p.stderr and p.stdout == "", (bad, p.stderr)
+    by_id = report(files, "--key", key, "--json")
+    by_arn = report(files, "--key", f"arn:aws:kms:us-east-1:111122223333:key/{key}", "--json")
+    assert by_id.returncode == 0 and json.loads(by_id.stdout)["records"] == 2, by_id.stdout
+    assert by_arn.stdout == by_id.stdout
+    # Where user and access-key changes name their target, the report shows it (hsmd writes
+    # extra.target_user, target_roles, target_access_key_id; user, roles and access_key_id
+    # are read too); a change whose record names none shows none.
+    def named(extra):
+        return {"target_user", "user", "target_access_key_id", "access_key_id"} & set(extra)
+    for c in json.loads(report(files, "--json").stdout)["changes"]:
+        assert ("user" in c or "access_key_id" in c) == bool(named(c.get("extra", {}))), c
+
+    def target(raw):
+        rec = json.loads(raw)
+        extra = {"CreateUser": '"target_user":"bob","target_roles":"crypto-user,auditor"',
+                 "CreateAccessKey": f'"user":"bob","access_key_id":"{akid}"'}.get(rec.get("op"))
+        if extra is None or named(rec.get("extra", {})):
+            return None  # hsmd named them already
+        if '"extra":{' in raw:
+            return raw.replace('"extra":{', '"extra":{' + extra + ",", 1)
+        return raw.replace(',"prev":', ',"extra":{' + extra + '},"prev":', 1)
+    rechain(files, target)
+    recs = {r.get("op"): r.get("extra", {}) for r in records_of(files)}
+    user = recs["CreateUser"].get("target_user")
+    roles = recs["CreateUser"].get("target_roles", "").split(",")
+    assert user == "bob" and sorted(roles) == ["auditor", "crypto-user"], recs["CreateUser"]
+    key_extra = recs["CreateAccessKey"]
+    key_id = key_extra.get("target_access_key_id", key_extra.get("access_key_id"))
+    assert key_id == akid, key_extra
+    p = report(files)
+    assert p.returncode == 0, p.stderr
+    changes = p.stdout.split("\nchanges (")[1].split("\nnode events (")[0]
+    line = [l for l in changes.splitlines() if " CreateUser " in l]
+    assert len(line) == 1 and f" user=bob roles={','.join(roles)}" in line[0], changes
+    assert "target_" not in line[0], line  # shown once, by its name in the report
+    line = [l for l in changes.splitlines() if " CreateAccessKey " in l]
+    assert len(line) == 1 and f" user=bob access_key_id={akid}" in line[0], changes
+    assert line[0].count(akid) == 1, line
+    j = {c["op"]: c for c in json.loads(report(files, "--json").stdout)["changes"]}
+    assert (j["CreateUser"]["user"], j["CreateUser"]["roles"]) == ("bob", roles)
+    assert (j["CreateAccessKey"]["user"], j["CreateAccessKey"]["access_key_id"]) == ("bob", akid)
+
+
+def records_of(files):
+    out = []
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            out += [json.loads(line) for line in f if line.strip()]
+    return out
