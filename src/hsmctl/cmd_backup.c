@@ -75,12 +75,35 @@ static void print_info(const char *path, const hsm_backup_info *in)
 
 static hsm_result print_entry(const char *path, const hsm_backup_info *in, void *arg)
 {
-	(void)arg;
+	size_t *listed = arg;
+	(*listed)++;
 	char created[21];
 	hsm_format_time(in->created, created);
 	printf("%s  %s  %12llu  %s\n", created, in->backup_id, (unsigned long long)in->file_bytes,
 	       path);
 	return HSM_SUCCESS;
+}
+
+/*
+ * The backups in dir.  hsm_backup_list takes a missing directory for one with
+ * no backups yet (a node before its first); named by an operator, it is a
+ * wrong path (an unmounted DR volume, a typo), which must not read as "no
+ * backups".
+ */
+static int list_dir(const char *cmd, const char *dir)
+{
+	struct stat sb;
+	if (stat(dir, &sb) != 0) {
+		fprintf(stderr, "hsmctl: %s: cannot read the backup directory %s: %s\n", cmd, dir,
+		        strerror(errno));
+		return 1;
+	}
+	size_t listed = 0;
+	if (hsm_failed(hsm_backup_list(dir, NULL, print_entry, &listed)))
+		return hsmctl_fail(cmd);
+	if (listed == 0)
+		fprintf(stderr, "hsmctl: %s: no backups in %s\n", cmd, dir);
+	return 0;
 }
 
 static int online(const char *cmd, const char *target)
@@ -195,7 +218,7 @@ int hsmctl_cmd_backup(int argc, char **argv)
 		                                               : "HsmdAdmin.ListBackups");
 	}
 	if (strcmp(sub, "list") == 0)
-		return hsm_ok(hsm_backup_list(o.dir, NULL, print_entry, NULL)) ? 0 : hsmctl_fail(cmd);
+		return list_dir(cmd, o.dir);
 	if (o.file == NULL)
 		return hsmctl_usage(cmd, "name the backup FILE");
 	hsm_backup_info info;

@@ -259,6 +259,24 @@ def test_restore_refuses_a_data_directory_with_an_audit_trail(node):
     assert p.returncode == 0, p.stdout + p.stderr
 
 
+def test_backup_list_of_a_directory_that_is_missing_or_empty(node):
+    """A directory that does not exist (an unmounted DR volume, a typo) is an error naming
+    it, not an empty list; an empty one says it holds no backups; a backup directory lists
+    its backups."""
+    missing = os.path.join(node["base"], "dr-mount-typo")
+    p = hsmctl("backup", "list", "--dir", missing)
+    assert p.returncode == 1 and p.stdout == "", p
+    assert f"cannot read the backup directory {missing}: No such file or directory" in p.stderr
+    empty = os.path.join(node["base"], "empty-dr-mount")
+    os.mkdir(empty)
+    p = hsmctl("backup", "list", "--dir", empty)
+    assert p.returncode == 0 and p.stdout == "", p
+    assert f"no backups in {empty}" in p.stderr, p.stderr
+    p = hsmctl("backup", "list", "--dir", os.path.dirname(node["made"]["Path"]))
+    assert p.returncode == 0 and node["made"]["BackupId"] in p.stdout, p
+    assert "no backups" not in p.stderr, p.stderr
+
+
 def test_scheduled_backups_copy_and_roles():
     """backup_interval_seconds=1: the scheduler (every 5 s) backs up at each
     pass; each backup is copied to backup_copy_dir, byte for byte."""
