@@ -99,7 +99,7 @@ hsm_result hsm_role_parse(const char *name, hsm_role *out)
 {
 	unsigned v = 0; /* set on success; gcc -O3 cannot tell */
 	HSM_GUARD(name_parse(role_names, COUNT_OF(role_names), name,
-	                     "role (expected crypto-officer, crypto-user or auditor)", &v));
+	                     "role (expected crypto-officer, crypto-user, auditor or custodian)", &v));
 	*out = (hsm_role)v;
 	return HSM_SUCCESS;
 }
