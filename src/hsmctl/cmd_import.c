@@ -313,6 +313,7 @@ static hsm_result import_offline(const import_opts *o, const hsm_buf *material)
 	printf("key: %s\nstate: %s\norigin: %s\nmaterial-valid-to: %s\n", rec.key_id,
 	       hsm_key_state_name(rec.state), hsm_key_origin_name(rec.origin), valid_to);
 out:
+	res = hsmctl_local_explain(&l, o->n_shares, res);
 	hsm_import_params_clear(&p);
 	hsm_key_record_clear(&rec);
 	hsm_buf_free(&enc);

@@ -216,6 +216,7 @@ int hsmctl_cmd_key(int argc, char **argv)
 			r = do_list(&l);
 		else
 			r = do_sub(&l, &o);
+		r = hsmctl_local_explain(&l, o.n_shares, r);
 	}
 	hsmctl_local_close(&l);
 	return hsm_ok(r) ? 0 : hsmctl_fail(o.sub);

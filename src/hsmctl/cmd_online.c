@@ -177,7 +177,7 @@ static int unseal_online(int argc, char **argv)
 	for (int i = 1; i < argc; i++) {
 		hsm_buf text;
 		hsm_buf_init_secure(&text);
-		hsm_result r = hsm_read_file(argv[i], 4096, &text);
+		hsm_result r = hsmctl_read_share(argv[i], &text);
 		if (hsm_ok(r))
 			r = hsm_buf_terminate(&text);
 		json_t *body = json_object(), *out = NULL;

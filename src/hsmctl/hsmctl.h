@@ -43,6 +43,14 @@ hsm_result hsmctl_call_approved(const char *target, const json_t *body,
                                 json_t **out) HSM_MUST_CHECK;
 
 /*
+ * Reads a custodian share file into text (a secure buffer the caller owns),
+ * with "\r\n" line endings turned into "\n": a share that went through a
+ * Windows editor or mail client is the same share.  Any other byte is left
+ * for the share parser to judge.
+ */
+hsm_result hsmctl_read_share(const char *path, hsm_buf *text) HSM_MUST_CHECK;
+
+/*
  * Options given before the command:
  *   hsmctl [--endpoint URL] [--ca-file F] [--region R] [--store URI]
  *          [--approval-wait SECONDS] COMMAND ...

@@ -5,11 +5,28 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #include "common/secret.h"
 #include "common/util.h"
 #include "hsmctl/hsmctl.h"
 
 const hsm_caller hsmctl_local_caller = {.user = "local-operator", .access_key_id = "", .local = true};
+
+hsm_result hsmctl_read_share(const char *path, hsm_buf *text)
+{
+	HSM_GUARD(hsm_read_file(path, 4096, text));
+	size_t w = 0;
+	for (size_t r = 0; r < text->len; r++) {
+		if (text->data[r] == '\r' && r + 1 < text->len && text->data[r + 1] == '\n')
+			continue;
+		text->data[w++] = text->data[r];
+	}
+	if (w < text->len)
+		OPENSSL_cleanse(text->data + w, text->len - w);
+	text->len = w;
+	return HSM_SUCCESS;
+}
 
 hsm_result hsmctl_unseal_files(hsm_keystore *ks, size_t n, char *const files[])
 {
@@ -17,7 +34,7 @@ hsm_result hsmctl_unseal_files(hsm_keystore *ks, size_t n, char *const files[])
 	for (size_t i = 0; i < n; i++) {
 		hsm_buf text;
 		hsm_buf_init_secure(&text);
-		hsm_result r = hsm_read_file(files[i], 4096, &text);
+		hsm_result r = hsmctl_read_share(files[i], &text);
 		if (hsm_ok(r))
 			r = hsm_keystore_unseal(ks, text.data, text.len, &p);
 		hsm_buf_free(&text);
@@ -75,6 +92,20 @@ hsm_result hsmctl_local_audit_fields(hsmctl_local *l, const char *operation, con
 	    .n_extra = n_extra,
 	};
 	return hsm_audit_append(l->audit, &rec);
+}
+
+hsm_result hsmctl_local_explain(hsmctl_local *l, size_t n_shares, hsm_result r)
+{
+	if (r.err != HSM_ERR_SEALED || n_shares > 0 || l->ks == NULL ||
+	    hsm_keystore_state(l->ks) != HSM_NODE_SEALED)
+		return r;
+	/* Offline, nothing is sealed but this run's keystore: "hsmd is sealed" misleads. */
+	hsm_unseal_progress p;
+	hsm_keystore_unseal_status(l->ks, &p);
+	return HSM_FAIL(HSM_ERR_QUORUM_REQUIRED,
+	                "this needs the master key: give a quorum of the custodians' share files, "
+	                "--share FILE for each of %u shares",
+	                p.threshold);
 }
 
 const char *hsmctl_store_location(const char *data_dir)

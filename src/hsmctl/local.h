@@ -47,6 +47,13 @@ hsm_result hsmctl_local_audit_fields(hsmctl_local *l, const char *operation, con
  */
 hsm_result hsmctl_unseal_files(hsm_keystore *ks, size_t n, char *const files[]) HSM_MUST_CHECK;
 
+/*
+ * r, or, when r failed because l's store stayed sealed for want of shares
+ * (n_shares is 0), the failure saying so: which option to give, and how many.
+ * Call before hsmctl_local_close.
+ */
+hsm_result hsmctl_local_explain(hsmctl_local *l, size_t n_shares, hsm_result r) HSM_MUST_CHECK;
+
 /* The operator acting locally (full rights: they hold the directory and the quorum). */
 extern const hsm_caller hsmctl_local_caller;
 

@@ -252,7 +252,7 @@ int main(int argc, char **argv)
 		return 2;
 	argc -= first - 1;
 	argv += first - 1;
-	if (argc < 2)
+	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)
 		return cmd_help(0, NULL);
 	int words = 0;
 	const hsmctl_command *cmd = lookup(argc - 1, argv + 1, &words);

@@ -79,6 +79,39 @@ def prod():
     shutil.rmtree(base, ignore_errors=True)
 
 
+def test_hsmctl_share_files_help_and_missing_shares(tmp_path):
+    """Share files with CRLF line endings (a Windows editor, a mail client) are the same
+    shares, offline and online; an offline command that needs the master key without
+    --share says which option is missing and how many; --help and -h print the usage."""
+    for flag in ("--help", "-h"):
+        p = hsmctl(flag)
+        assert p.returncode == 0 and p.stdout.startswith("usage: hsmctl"), p
+        assert "unknown command" not in p.stderr
+    data, shares = init_store(str(tmp_path))
+    crlf = {}
+    for c in ("alice", "carol", "erin"):
+        crlf[c] = str(tmp_path / f"{c}-crlf.share")
+        with open(shares[c], "rb") as f, open(crlf[c], "wb") as out:
+            out.write(f.read().replace(b"\n", b"\r\n"))
+    p = hsmctl("unseal", "--data-dir", data, *crlf.values())
+    assert p.returncode == 0 and "reconstruct the master key" in p.stdout, p.stdout + p.stderr
+    p = hsmctl("key", "create", "--data-dir", data, "--description", "no-shares")
+    assert p.returncode == 1, p.stdout
+    assert "--share FILE for each of 3 shares" in p.stderr and "hsmd is sealed" not in p.stderr, \
+        p.stderr
+    p = hsmctl("key", "create", "--data-dir", data, *[a for c in crlf.values()
+                                                       for a in ("--share", c)])
+    assert p.returncode == 0 and "state: Enabled" in p.stdout, p.stdout + p.stderr
+    server = Hsmd([], data_dir=data)
+    try:
+        for i, c in enumerate(crlf.values(), 1):
+            p = unseal(server, c)
+            assert p.returncode == 0 and f"{i} of 3 shares" in p.stdout, p.stdout + p.stderr
+        assert not status(server)["Sealed"]
+    finally:
+        server.cleanup()
+
+
 def test_production_node_starts_sealed(prod):
     server, _, _, _ = prod
     assert_sealed(server)
