@@ -159,6 +159,23 @@ static char *trim(char *s)
 	return s;
 }
 
+/*
+ * A '#' at the start of a line or of a value, or after a blank, starts a
+ * comment that runs to the end of the line; a '#' inside a word ("/srv/a#1")
+ * or inside a double-quoted value is part of the value.  Cuts the comment off
+ * value (already trimmed at its start) and trims what is left.
+ */
+static void cut_comment(char *value)
+{
+	for (char *p = value; *p != '\0'; p++) {
+		if (*p == '#' && (p == value || p[-1] == ' ' || p[-1] == '\t')) {
+			*p = '\0';
+			break;
+		}
+	}
+	(void)trim(value);
+}
+
 static hsm_result parse_line(loader *L, char *line, unsigned no)
 {
 	const char *file = L->cfg->config_file;
@@ -169,12 +186,25 @@ static hsm_result parse_line(loader *L, char *line, unsigned no)
 	HSM_ENSURE(eq != NULL, HSM_ERR_VALIDATION, "%s:%u: expected 'key = value'", file, no);
 	*eq = '\0';
 	char *key = trim(line), *value = trim(eq + 1);
-	size_t vlen = strlen(value);
+	bool had_text = value[0] != '\0';
 	if (value[0] == '"') {
-		HSM_ENSURE(vlen >= 2 && value[vlen - 1] == '"', HSM_ERR_VALIDATION,
-		           "%s:%u: unterminated quoted value", file, no);
-		value[vlen - 1] = '\0';
+		char *end = strchr(value + 1, '"');
+		HSM_ENSURE(end != NULL, HSM_ERR_VALIDATION, "%s:%u: unterminated quoted value", file, no);
+		*end = '\0';
+		char *rest = end + 1;
+		HSM_ENSURE(rest[0] == '\0' || rest[0] == ' ' || rest[0] == '\t', HSM_ERR_VALIDATION,
+		           "%s:%u: unexpected text after the quoted value", file, no);
+		rest = trim(rest);
+		HSM_ENSURE(rest[0] == '\0' || rest[0] == '#', HSM_ERR_VALIDATION,
+		           "%s:%u: unexpected text after the quoted value", file, no);
 		value++;
+	} else {
+		cut_comment(value);
+		/* "key =" sets an empty value on purpose; "key = # ..." is a mistake. */
+		HSM_ENSURE(!had_text || value[0] != '\0', HSM_ERR_VALIDATION,
+		           "%s:%u: '%.64s' has no value before its comment (quote a value that starts "
+		           "with '#')",
+		           file, no, key);
 	}
 	const key_def *k = hsm_config_find(key);
 	HSM_ENSURE(k != NULL, HSM_ERR_VALIDATION, "%s:%u: unknown key '%.64s'", file, no, key);

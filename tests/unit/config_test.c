@@ -267,6 +267,116 @@ static void test_file_syntax(void **state)
 	assert_true(hsm_ok(LOAD(&cfg, NULL, flag, "--dev")));
 }
 
+/*
+ * The example configuration in README.md, read from the README itself so the
+ * two cannot drift: it loads, and every value is what its line means without
+ * the comment after it.  Its /etc/hsmd/ files are made in the test directory.
+ */
+static void readme_example(char *out, size_t cap)
+{
+	const char *src = getenv("HSM_SOURCE_DIR");
+	if (src == NULL)
+		fail_msg("HSM_SOURCE_DIR is not set (run through ctest)");
+	char path[512], line[512];
+	snprintf(path, sizeof(path), "%s/README.md", src);
+	FILE *f = fopen(path, "r");
+	assert_non_null(f);
+	size_t o = 0;
+	bool in = false;
+	out[0] = '\0';
+	while (fgets(line, sizeof(line), f) != NULL) {
+		if (!in) {
+			in = strcmp(line, "# /etc/hsmd.conf\n") == 0;
+			continue;
+		}
+		if (strncmp(line, "```", 3) == 0)
+			break;
+		const char *etc = strstr(line, "/etc/hsmd/"); /* at most one per line */
+		int n = etc == NULL ? snprintf(out + o, cap - o, "%s", line)
+		                    : snprintf(out + o, cap - o, "%.*s%s/%s", (int)(etc - line), line,
+		                               dir, etc + strlen("/etc/hsmd/"));
+		assert_true(n > 0 && (size_t)n < cap - o);
+		o += (size_t)n;
+	}
+	fclose(f);
+	assert_true(in && o > 0);
+}
+
+static void test_readme_example(void **state)
+{
+	(void)state;
+	char text[8192], flag[160];
+	readme_example(text, sizeof(text));
+	assert_non_null(strstr(text, "   # ")); /* the example does comment its values */
+	write_text(conf, text);
+	snprintf(flag, sizeof(flag), "--config=%s", conf);
+	char clients[160];
+	snprintf(clients, sizeof(clients), "%s/clients.pem", dir);
+	write_text(clients, "ca\n");
+	hsm_config cfg;
+	hsm_result r = LOAD(&cfg, NULL, flag);
+	unlink(clients);
+	if (hsm_failed(r))
+		fail_msg("README example: %s", hsm_last_message());
+	assert_string_equal(cfg.listen, "0.0.0.0:8443");
+	assert_string_equal(cfg.tls_cert, cert);
+	assert_string_equal(cfg.tls_key, key);
+	assert_string_equal(cfg.tls_client_ca, clients);
+	assert_int_equal(cfg.tls_client_auth, HSM_HTTP_CLIENT_AUTH_OPTIONAL);
+	assert_string_equal(cfg.data_dir, "/var/lib/hsmd");
+	assert_string_equal(cfg.store, "");
+	assert_string_equal(cfg.region, "eu-west-1");
+	assert_string_equal(cfg.account_id, "123456789012");
+	assert_int_equal(cfg.max_body_bytes, 1 << 20);
+	assert_int_equal(cfg.read_timeout_ms, 10000);
+	assert_int_equal(cfg.idle_timeout_ms, 60000);
+	assert_int_equal(cfg.max_connections, 10000);
+	assert_true(cfg.batch_scheduling);
+	assert_int_equal(cfg.audit_retention_days, 2557);
+	assert_string_equal(cfg.backup_dir, "/var/lib/hsmd/backups");
+	assert_int_equal(cfg.backup_interval_seconds, 86400);
+	assert_int_equal(cfg.backup_retention_days, 90);
+	assert_string_equal(cfg.backup_copy_dir, "/mnt/dr/hsmd");
+	assert_false(cfg.audit_syslog);
+	assert_int_equal(cfg.lockout_threshold, 5);
+	assert_int_equal(cfg.approval_quorum, 3);
+	assert_int_equal(cfg.approval_ttl_seconds, 86400);
+}
+
+static void test_comments(void **state)
+{
+	(void)state;
+	char flag[160], want[200];
+	snprintf(flag, sizeof(flag), "--config=%s", conf);
+	hsm_config cfg;
+	/* A '#' inside a word, or inside quotes, is part of the value. */
+	write_text(conf, "dev = true  # a comment\n"
+	                 "data_dir = /srv/hsm#1\t# the first\n"
+	                 "backup_dir = \"/srv/b #2\"   # quoted\n"
+	                 "backup_copy_dir = /srv/c#3#4\n");
+	assert_true(hsm_ok(LOAD(&cfg, NULL, flag)));
+	assert_true(cfg.dev);
+	assert_string_equal(cfg.data_dir, "/srv/hsm#1");
+	assert_string_equal(cfg.backup_dir, "/srv/b #2");
+	assert_string_equal(cfg.backup_copy_dir, "/srv/c#3#4");
+	/* A value the comment leaves empty is a mistake, not an empty setting. */
+	write_text(conf, "dev = true\ndata_dir =   # where the store lives\n");
+	snprintf(want, sizeof(want), "%s:2: 'data_dir' has no value before its comment", conf);
+	EXPECT_ERROR(NULL, want, flag);
+	write_text(conf, "dev = true\nbackup_copy_dir = #off\n");
+	snprintf(want, sizeof(want), "%s:2: 'backup_copy_dir' has no value", conf);
+	EXPECT_ERROR(NULL, want, flag);
+	/* Only blanks or a comment may follow a quoted value. */
+	write_text(conf, "dev = true\ndata_dir = \"/srv/a\"b\n");
+	EXPECT_ERROR(NULL, "unexpected text after the quoted value", flag);
+	write_text(conf, "dev = true\ndata_dir = \"/srv/a\" b\n");
+	EXPECT_ERROR(NULL, "unexpected text after the quoted value", flag);
+	/* "key =" alone still sets an empty value. */
+	write_text(conf, "dev = true\nbackup_copy_dir =\n");
+	assert_true(hsm_ok(LOAD(&cfg, NULL, flag)));
+	assert_string_equal(cfg.backup_copy_dir, "");
+}
+
 static void test_production_requires_tls(void **state)
 {
 	(void)state;
@@ -365,6 +475,8 @@ int main(void)
 	    cmocka_unit_test(test_booleans_and_sizes),
 	    cmocka_unit_test(test_validation_errors),
 	    cmocka_unit_test(test_file_syntax),
+	    cmocka_unit_test(test_readme_example),
+	    cmocka_unit_test(test_comments),
 	    cmocka_unit_test(test_production_requires_tls),
 	    cmocka_unit_test(test_environment_and_actions),
 	};
