@@ -9,10 +9,13 @@
  * other admin operation needs SigV4 and the crypto-officer role (AuditHash,
  * AuditPublicKey and ListBackups also the auditor role).
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/log.h"
+#include "common/util.h"
+#include "server/api.h"
 #include "server/server.h"
 
 #define SHARE_FILE_MAX 512
@@ -79,6 +82,33 @@ static hsm_result op_seal(hsm_admin_ctx *c)
 	return HSM_SUCCESS;
 }
 
+/*
+ * The user and access key a user or access-key operation is about, in its
+ * audit record whether it succeeds or not (noted before it runs).
+ */
+static void note_user(hsm_admin_ctx *c, const char *name)
+{
+	snprintf(c->audit->target_user, sizeof(c->audit->target_user), "%s", name);
+}
+
+static void note_access_key(hsm_admin_ctx *c, const char *akid)
+{
+	snprintf(c->audit->target_access_key_id, sizeof(c->audit->target_access_key_id), "%s", akid);
+}
+
+static void note_roles(hsm_admin_ctx *c, unsigned roles)
+{
+	hsm_sb b;
+	hsm_sb_init(&b, c->audit->target_roles, sizeof(c->audit->target_roles));
+	for (unsigned r = 0, n = 0; r < HSM_ROLE_COUNT; r++) {
+		if ((roles & HSM_ROLE_BIT(r)) == 0)
+			continue;
+		if (n++ > 0)
+			hsm_sb_add(&b, ",");
+		hsm_sb_add(&b, hsm_role_name((hsm_role)r));
+	}
+}
+
 static hsm_result read_roles(hsm_admin_ctx *c, unsigned *roles)
 {
 	const char **names = NULL;
@@ -101,7 +131,9 @@ static hsm_result op_create_user(hsm_admin_ctx *c)
 	const char *name;
 	unsigned roles;
 	HSM_GUARD(hsm_json_str(c->req, "UserName", true, 1, HSM_USER_NAME_MAX, &name));
+	note_user(c, name);
 	HSM_GUARD(read_roles(c, &roles));
+	note_roles(c, roles);
 	HSM_GUARD(hsm_kms_user_create(c->s->kms, &c->auth->caller, name, roles));
 	hsm_jw_str(c->w, "UserName", name);
 	return HSM_SUCCESS;
@@ -137,6 +169,7 @@ static hsm_result user_change(hsm_admin_ctx *c, int what)
 {
 	const char *name;
 	HSM_GUARD(hsm_json_str(c->req, "UserName", true, 1, HSM_USER_NAME_MAX, &name));
+	note_user(c, name);
 	hsm_result r = what == 2 ? hsm_kms_user_unlock(c->s->kms, &c->auth->caller, name)
 	                         : hsm_kms_user_set_disabled(c->s->kms, &c->auth->caller, name,
 	                                                     what == 1);
@@ -154,7 +187,9 @@ static hsm_result op_create_access_key(hsm_admin_ctx *c)
 	char akid[HSM_ACCESS_KEY_ID_LEN + 1];
 	hsm_secret *secret = NULL;
 	HSM_GUARD(hsm_json_str(c->req, "UserName", true, 1, HSM_USER_NAME_MAX, &name));
+	note_user(c, name);
 	HSM_GUARD(hsm_kms_access_key_create(c->s->kms, &c->auth->caller, name, akid, &secret));
+	note_access_key(c, akid); /* the id only: the secret goes to the caller alone */
 	hsm_jw_str(c->w, "UserName", name);
 	hsm_jw_str(c->w, "AccessKeyId", akid);
 	hsm_jw_str_n(c->w, "SecretAccessKey", (const char *)hsm_secret_bytes(secret),
@@ -167,6 +202,7 @@ static hsm_result op_revoke_access_key(hsm_admin_ctx *c)
 {
 	const char *akid;
 	HSM_GUARD(hsm_json_str(c->req, "AccessKeyId", true, 16, HSM_ACCESS_KEY_ID_LEN, &akid));
+	note_access_key(c, akid);
 	hsm_result r = hsm_kms_access_key_revoke(c->s->kms, &c->auth->caller, akid);
 	hsm_server_auth_flush(c->s);
 	return r;
@@ -188,6 +224,8 @@ static hsm_result op_list_access_keys(hsm_admin_ctx *c)
 {
 	const char *name = NULL;
 	HSM_GUARD(hsm_json_str(c->req, "UserName", false, 1, HSM_USER_NAME_MAX, &name));
+	if (name != NULL)
+		note_user(c, name);
 	hsm_jw_key_begin_array(c->w, "AccessKeys");
 	HSM_GUARD(hsm_kms_access_key_list(c->s->kms, &c->auth->caller, name, write_access_key, c->w));
 	hsm_jw_end_array(c->w);

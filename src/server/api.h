@@ -18,6 +18,9 @@
 #include "kms/kms.h"
 #include "server/json.h"
 
+/* Room for every role name, comma-separated. */
+#define HSM_AUDIT_ROLES_MAX 96
+
 /* What a request's audit record says beyond who, what and the outcome. */
 typedef struct hsm_api_audit {
 	char key_id[HSM_UUID_STRLEN + 1];
@@ -31,6 +34,10 @@ typedef struct hsm_api_audit {
 	char approval_id[HSM_APPROVAL_ID_LEN + 1]; /* the approval request involved ("": none) */
 	char cert_id[HSM_UUID_STRLEN + 1]; /* the certificate imported, read or deleted ("": none) */
 	char source_key_id[HSM_UUID_STRLEN + 1]; /* ReEncrypt's source key ("": none) */
+	/* The user and access key an admin operation changed or named ("": none); never a secret. */
+	char target_user[HSM_USER_NAME_MAX + 1];
+	char target_roles[HSM_AUDIT_ROLES_MAX]; /* "crypto-officer,custodian" */
+	char target_access_key_id[HSM_ACCESS_KEY_ID_LEN + 1];
 } hsm_api_audit;
 
 typedef struct hsm_api_ctx {

@@ -443,3 +443,24 @@ def test_each_start_records_the_quorum_it_runs_with(node):
     starts = [r for r in audit_records(node.data_dir) if r.get("op") == "Startup"]
     assert [r["extra"]["approval_quorum"] for r in starts] == ["0", "2"], starts
     assert all(r["extra"]["self_test"] == "passed" for r in starts)
+
+
+def test_user_changes_that_wait_name_their_target(node):
+    """The refused request and the approved retry both name the user they change."""
+    body = {"UserName": "svc-approved", "Roles": ["crypto-user"]}
+    st, out = signed_call(node, "HsmdAdmin.CreateUser", body)
+    assert (st, out["__type"]) == (400, "ApprovalRequiredException"), out
+    approval = ID.search(out["message"]).group(1)
+    approve(node, "alice", approval, "bob")
+    admin(node, "CreateUser", body)
+    deadline = time.time() + 5
+    while True:
+        recs = [r for r in audit_records(node.data_dir)
+                if r.get("op") == "CreateUser" and r.get("extra", {}).get("approval_id") == approval]
+        if len(recs) >= 2 or time.time() > deadline:
+            break
+        time.sleep(0.05)
+    seen = [(r["outcome"], r["extra"].get("target_user"), r["extra"].get("target_roles"))
+            for r in recs]
+    assert seen == [("denied", "svc-approved", "crypto-user"),
+                    ("success", "svc-approved", "crypto-user")], seen

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from conftest import client, signed_request
-from helpers import ACCOUNT, admin, audit_record, call_ok, new_user, raises
+from conftest import DEV_AKID, DEV_SECRET, client, signed_request
+from helpers import ACCOUNT, admin, audit_record, call_ok, new_user, raises, request_id
 
 ROLES = {"officer": ["crypto-officer"], "user": ["crypto-user"], "auditor": ["auditor"],
          "billing": ["crypto-user"], "denied": ["crypto-user"]}
@@ -228,3 +228,50 @@ def test_explicit_deny_wins(kms, clients):
     clients["user"].encrypt(KeyId=kid, Plaintext=b"x")
     # Roles still apply under an allowing policy: an auditor cannot encrypt.
     denied(clients["auditor"].encrypt, KeyId=kid, Plaintext=b"x")
+
+
+def admin_record(hsmd, op, body, expect=200, creds=None):
+    """Runs an admin call; its answer and its audit record."""
+    akid, secret = creds if creds else (DEV_AKID, DEV_SECRET)
+    r = signed_request(hsmd, "HsmdAdmin." + op, body, akid=akid, secret=secret)
+    assert r.status_code == expect, (op, r.status_code, r.text)
+    rec = audit_record(hsmd.data_dir, request_id(r))
+    assert rec["op"] == op, rec
+    return r.json(), rec
+
+
+def test_user_and_access_key_changes_name_their_target(hsmd, clients):
+    """Each user and access-key operation's record names the user, roles and
+    access key it changed, when it succeeds and when it fails; never a secret."""
+    def target(rec):
+        ex = rec.get("extra", {})
+        return (rec["outcome"], ex.get("target_user"), ex.get("target_roles"),
+                ex.get("target_access_key_id"))
+
+    _, rec = admin_record(hsmd, "CreateUser", {"UserName": "svc-a",
+                                               "Roles": ["crypto-user", "auditor"]})
+    assert target(rec) == ("success", "svc-a", "crypto-user,auditor", None)
+    _, rec = admin_record(hsmd, "CreateUser", {"UserName": "svc-a", "Roles": ["crypto-user"]},
+                          expect=400)
+    assert target(rec) == ("error", "svc-a", "crypto-user", None)
+    key, rec = admin_record(hsmd, "CreateAccessKey", {"UserName": "svc-a"})
+    assert target(rec) == ("success", "svc-a", None, key["AccessKeyId"])
+    assert key["SecretAccessKey"] not in json.dumps(rec)
+    _, rec = admin_record(hsmd, "CreateAccessKey", {"UserName": "nobody-here"}, expect=400)
+    assert target(rec) == ("error", "nobody-here", None, None)
+    _, rec = admin_record(hsmd, "ListAccessKeys", {"UserName": "svc-a"})
+    assert target(rec) == ("success", "svc-a", None, None)
+    for op in ("DisableUser", "EnableUser", "UnlockUser"):
+        _, rec = admin_record(hsmd, op, {"UserName": "svc-a"})
+        assert target(rec) == ("success", "svc-a", None, None), op
+        _, rec = admin_record(hsmd, op, {"UserName": "nobody-here"}, expect=400)
+        assert target(rec) == ("error", "nobody-here", None, None), op
+    # Refused by role: still names what was attempted.
+    _, rec = admin_record(hsmd, "DisableUser", {"UserName": "svc-a"}, expect=400,
+                          creds=clients["user-creds"])
+    assert target(rec) == ("denied", "svc-a", None, None)
+    _, rec = admin_record(hsmd, "RevokeAccessKey", {"AccessKeyId": key["AccessKeyId"]})
+    assert target(rec) == ("success", None, None, key["AccessKeyId"])
+    _, rec = admin_record(hsmd, "RevokeAccessKey", {"AccessKeyId": "AKIA0000000000000000"},
+                          expect=400)
+    assert target(rec) == ("error", None, None, "AKIA0000000000000000")
