@@ -3,9 +3,14 @@
  * thread every backup_interval or on request (HsmdAdmin.CreateBackup), one
  * at a time; copied to backup_copy_dir when one is set; pruned after
  * backup_retention_days in both directories; counted for /metrics and
- * audited as a "Backup" event.
+ * audited as a "Backup" event.  A backup made but not copied is a copy
+ * failure, not a failed backup: the alerts tell the two apart.
  */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "common/util.h"
@@ -14,49 +19,113 @@
 /* A failed scheduled backup is tried again after this long (or the interval, if shorter). */
 #define BACKUP_RETRY_S 300
 
+/* The newest backup of this store: when it was made and its size. */
+typedef struct newest {
+	int64_t created;
+	uint64_t bytes;
+} newest;
+
 static hsm_result newest_of(const char *path, const hsm_backup_info *info, void *arg)
 {
 	(void)path;
-	int64_t *newest = arg;
-	if (info->created > *newest)
-		*newest = info->created;
+	newest *n = arg;
+	if (info->created > n->created)
+		*n = (newest){info->created, info->file_bytes};
 	return HSM_SUCCESS;
 }
 
-void hsm_server_backup_init(hsm_server *s)
+/*
+ * A backup directory hsmd can use: made if missing, and a file can be
+ * created in it.  Checked at start so a wrong setting stops the node at once
+ * rather than failing the first backup a day later.
+ */
+static hsm_result usable_dir(const char *setting, const char *dir)
 {
-	const char *store_id = hsm_keystore_store_id(s->ks);
-	int64_t newest = 0;
-	hsm_backup_remove_leftovers(s->backup_dir, s->data_dir); /* the store is locked: ours */
-	if (*store_id == '\0')
-		return;
-	if (hsm_failed(hsm_backup_list(s->backup_dir, store_id, newest_of, &newest)))
-		hsm_log_failure("reading the backup directory");
-	atomic_store(&s->backup_last_success, newest);
+	char why[HSM_ERRMSG_MAX];
+	if (hsm_failed(hsm_mkdir_p(dir))) {
+		snprintf(why, sizeof(why), "%s", hsm_last_message());
+		return HSM_FAIL(HSM_ERR_VALIDATION, "%s = '%.256s' is not a usable directory: %s",
+		                setting, dir, why);
+	}
+	char probe[4096 + 32];
+	HSM_ENSURE((size_t)snprintf(probe, sizeof(probe), "%s/.hsmd-probe-XXXXXX", dir) <
+	               sizeof(probe),
+	           HSM_ERR_VALIDATION, "%s is too long", setting);
+	int fd = mkstemp(probe);
+	HSM_ENSURE(fd >= 0, HSM_ERR_VALIDATION, "%s = '%.256s' is not writable: %s", setting, dir,
+	           strerror(errno));
+	close(fd);
+	unlink(probe);
+	return HSM_SUCCESS;
 }
 
-static void prune(hsm_server *s, const char *dir, const char *store_id)
+hsm_result hsm_server_backup_init(hsm_server *s)
+{
+	const char *store_id = hsm_keystore_store_id(s->ks);
+	newest n = {0, 0};
+	HSM_GUARD(usable_dir("backup_dir", s->backup_dir));
+	if (s->backup_copy_dir[0] != '\0')
+		HSM_GUARD(usable_dir("backup_copy_dir", s->backup_copy_dir));
+	hsm_backup_remove_leftovers(s->backup_dir, s->data_dir); /* the store is locked: ours */
+	if (*store_id == '\0')
+		return HSM_SUCCESS;
+	if (hsm_failed(hsm_backup_list(s->backup_dir, store_id, newest_of, &n)))
+		hsm_log_failure("reading the backup directory");
+	/* How long it took is not in the file: the duration stays 0 until this run makes one. */
+	atomic_store(&s->backup_last_success, n.created);
+	atomic_store(&s->backup_last_bytes, n.bytes);
+	return HSM_SUCCESS;
+}
+
+/* Deletes expired backups in dir; false if some could not be. */
+static bool prune(hsm_server *s, const char *dir, const char *store_id)
 {
 	size_t removed = 0;
 	hsm_result r =
 	    hsm_backup_prune(dir, store_id, s->opt.backup_retention_days, hsm_now(), &removed);
 	atomic_fetch_add(&s->backups_expired, removed);
-	if (hsm_failed(r)) {
-		atomic_fetch_add(&s->backup_failures, 1);
+	if (hsm_failed(r))
 		hsm_log_failure("deleting expired backups");
-	}
+	return hsm_ok(r);
 }
 
+/*
+ * Copies a backup to backup_copy_dir and prunes that directory.  A failure
+ * here counts as a copy failure only: the backup itself was made.  why gets
+ * the reason (a path and an errno text, nothing secret).
+ */
+static bool copy_backup(hsm_server *s, const char *path, const char *store_id, char *why,
+                        size_t cap)
+{
+	bool ok = true;
+	if (hsm_failed(hsm_backup_copy(path, s->backup_copy_dir))) {
+		snprintf(why, cap, "%s", hsm_last_message());
+		hsm_log_failure("copying a backup to backup_copy_dir");
+		ok = false;
+	}
+	if (!prune(s, s->backup_copy_dir, store_id) && ok) {
+		snprintf(why, cap, "expired backups in backup_copy_dir could not be deleted");
+		ok = false;
+	}
+	if (!ok)
+		atomic_fetch_add(&s->backup_copy_failures, 1);
+	return ok;
+}
+
+/* The Backup event; copy says what became of the copy ("made", "failed" or "none"). */
 static void audit_backup(hsm_server *s, const char *trigger, const hsm_backup_info *info,
-                         const char *path, hsm_result r)
+                         const char *path, hsm_result r, const char *copy, const char *copy_error)
 {
 	const char *slash = strrchr(path, '/');
 	hsm_audit_field f[] = {
 	    {"trigger", trigger},
 	    {"backup_id", hsm_ok(r) ? info->backup_id : ""},
 	    {"file", hsm_ok(r) ? (slash ? slash + 1 : path) : ""},
+	    {"copy", copy},
+	    {"copy_error", copy_error},
 	};
-	hsm_server_event(s, "Backup", NULL, 0, r, f, hsm_ok(r) ? 3 : 1);
+	size_t n = !hsm_ok(r) ? 1 : copy_error[0] != '\0' ? 5 : 4;
+	hsm_server_event(s, "Backup", NULL, 0, r, f, n);
 }
 
 hsm_result hsm_server_backup(hsm_server *s, const char *trigger, char *path, size_t cap,
@@ -86,21 +155,18 @@ hsm_result hsm_server_backup(hsm_server *s, const char *trigger, char *path, siz
 		atomic_fetch_add(&s->backup_failures, 1);
 		hsm_log_failure("making a backup");
 	}
-	audit_backup(s, trigger, info, path, r);
 	const char *store_id = hsm_keystore_store_id(s->ks);
-	if (hsm_ok(r) && s->backup_copy_dir[0] != '\0') {
-		if (hsm_ok(hsm_backup_copy(path, s->backup_copy_dir))) {
-			*copied = true;
-		} else {
-			atomic_fetch_add(&s->backup_copy_failures, 1);
-			hsm_log_failure("copying a backup to backup_copy_dir");
+	const char *copy = "none";
+	char copy_error[HSM_ERRMSG_MAX] = "";
+	if (hsm_ok(r)) {
+		if (!prune(s, s->backup_dir, store_id))
+			atomic_fetch_add(&s->backup_failures, 1);
+		if (s->backup_copy_dir[0] != '\0') {
+			*copied = copy_backup(s, path, store_id, copy_error, sizeof(copy_error));
+			copy = *copied ? "made" : "failed";
 		}
 	}
-	if (hsm_ok(r)) {
-		prune(s, s->backup_dir, store_id);
-		if (s->backup_copy_dir[0] != '\0')
-			prune(s, s->backup_copy_dir, store_id);
-	}
+	audit_backup(s, trigger, info, path, r, copy, copy_error);
 	pthread_mutex_unlock(&s->backup_lock);
 	return r;
 }

@@ -189,7 +189,7 @@ hsm_result hsm_server_new(const hsm_server_options *opt, hsm_server **out)
 	s->opt.approval_operations = NULL; /* parsed: the caller's text is not kept */
 	HSM_TRY(open_parts(s));
 	HSM_TRY(hsm_server_approvals_check(s));
-	hsm_server_backup_init(s);
+	HSM_TRY(hsm_server_backup_init(s));
 	*out = s;
 	s = NULL;
 out:
@@ -576,12 +576,17 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "backup_dir was made (0: none).\n"
 	    "# TYPE hsmd_backup_last_success_time_seconds gauge\n"
 	    "hsmd_backup_last_success_time_seconds %lld\n"
+	    "# HELP hsmd_backup_last_size_bytes The size of the newest backup in backup_dir.\n"
 	    "# TYPE hsmd_backup_last_size_bytes gauge\nhsmd_backup_last_size_bytes %llu\n"
+	    "# HELP hsmd_backup_last_duration_seconds How long the last backup of this run took "
+	    "(0: none yet).\n"
 	    "# TYPE hsmd_backup_last_duration_seconds gauge\nhsmd_backup_last_duration_seconds %.3f\n"
 	    "# TYPE hsmd_backups_created_total counter\nhsmd_backups_created_total %llu\n"
-	    "# HELP hsmd_backup_failures_total Backups that failed, or expired backups not deleted.\n"
+	    "# HELP hsmd_backup_failures_total Backups that failed, or expired backups not deleted "
+	    "from backup_dir.\n"
 	    "# TYPE hsmd_backup_failures_total counter\nhsmd_backup_failures_total %llu\n"
-	    "# HELP hsmd_backup_copy_failures_total Backups not copied to backup_copy_dir.\n"
+	    "# HELP hsmd_backup_copy_failures_total Backups not copied to backup_copy_dir, or expired "
+	    "copies not deleted.\n"
 	    "# TYPE hsmd_backup_copy_failures_total counter\nhsmd_backup_copy_failures_total %llu\n"
 	    "# TYPE hsmd_backups_expired_total counter\nhsmd_backups_expired_total %llu\n",
 	    (long long)atomic_load(&s->backup_last_success),

@@ -231,8 +231,12 @@ void hsm_server_jwks(hsm_server *s, hsm_http_req *req);
 
 /* ---- Backups (backups.c) ------------------------------------------------------------ */
 
-/* At start: removes what an interrupted backup left, reads the newest backup's time. */
-void hsm_server_backup_init(hsm_server *s);
+/*
+ * At start: checks that backup_dir and backup_copy_dir are usable directories
+ * (making them if missing; VALIDATION naming the setting if not), removes what
+ * an interrupted backup left, reads the newest backup's time and size.
+ */
+hsm_result hsm_server_backup_init(hsm_server *s) HSM_MUST_CHECK;
 /*
  * Makes a backup now (trigger "scheduled" or "requested"), copies it to the
  * copy directory, deletes expired backups in both, counts and audits it.

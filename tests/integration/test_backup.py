@@ -106,7 +106,7 @@ def test_backup_create_list_metrics_audit(node):
     ev = [r for r in recs if r.get("op") == "Backup"]
     assert len(ev) == 1 and ev[0]["outcome"] == "success" and ev[0]["type"] == "event"
     assert ev[0]["extra"] == {"trigger": "requested", "backup_id": made["BackupId"],
-                              "file": made["File"]}
+                              "file": made["File"], "copy": "none"}
     assert any(r.get("op") == "CreateBackup" and r["outcome"] == "success" for r in recs)
 
 
@@ -328,11 +328,12 @@ def test_failed_backup_is_counted_audited_and_reported():
     reason, the failure counter rises (what an alert watches), the event is
     audited as an error, and no plain copy of the store is left behind."""
     tmp = tempfile.mkdtemp(prefix="hsmd-badbackup-")
-    blocker = os.path.join(tmp, "a-file")
-    open(blocker, "w").close()
-    server = start_dev(["--backup-interval-seconds", "0",
-                        "--backup-dir", os.path.join(blocker, "backups")])
+    backups = os.path.join(tmp, "backups")
+    server = start_dev(["--backup-interval-seconds", "0", "--backup-dir", backups])
     try:
+        # Usable at start (it is checked then), a file where it was by the time of the backup.
+        os.rmdir(backups)
+        open(backups, "w").close()
         st, out = signed_call(server, "HsmdAdmin.CreateBackup", {})
         assert st >= 400 and "backups" in out.get("message", out.get("Message", "")), out
         assert metric(server, "hsmd_backup_failures_total") == 1
@@ -344,6 +345,81 @@ def test_failed_backup_is_counted_audited_and_reported():
     finally:
         server.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def backup_events(server, n, timeout=5.0):
+    deadline = time.time() + timeout
+    while True:
+        ev = [r for r in audit_records(server.data_dir) if r.get("op") == "Backup"]
+        if len(ev) >= n or time.time() > deadline:
+            return ev
+        time.sleep(0.05)
+
+
+def test_a_failed_copy_is_a_copy_failure_not_a_failed_backup():
+    """The backup is made but backup_copy_dir fails (here a file took its place
+    after start): only the copy failure counter rises, the request succeeds
+    with Copied false, and the Backup event says the copy failed and why.
+    Once the directory is back, the next backup is copied again."""
+    tmp = tempfile.mkdtemp(prefix="hsmd-badcopy-")
+    copy_dir = os.path.join(tmp, "dr")
+    server = start_dev(["--backup-interval-seconds", "0", "--backup-copy-dir", copy_dir])
+    try:
+        os.rmdir(copy_dir)
+        open(copy_dir, "w").close()
+        made = admin(server, "CreateBackup")
+        assert made["Copied"] is False and os.path.exists(made["Path"])
+        assert metric(server, "hsmd_backups_created_total") == 1
+        assert metric(server, "hsmd_backup_copy_failures_total") == 1
+        assert metric(server, "hsmd_backup_failures_total") == 0
+        ev = backup_events(server, 1)
+        assert len(ev) == 1 and ev[0]["outcome"] == "success", ev
+        assert ev[0]["extra"]["copy"] == "failed" and copy_dir in ev[0]["extra"]["copy_error"], ev
+        os.unlink(copy_dir)
+        os.mkdir(copy_dir)
+        made = admin(server, "CreateBackup")
+        assert made["Copied"] is True
+        assert os.path.exists(os.path.join(copy_dir, made["File"]))
+        assert metric(server, "hsmd_backup_copy_failures_total") == 1
+        assert metric(server, "hsmd_backup_failures_total") == 0
+        ev = backup_events(server, 2)
+        assert ev[1]["extra"]["copy"] == "made" and "copy_error" not in ev[1]["extra"], ev
+    finally:
+        server.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.parametrize("setting", ["backup-dir", "backup-copy-dir"])
+def test_an_unusable_backup_directory_stops_the_start(setting):
+    """A regular file, or a path under one, is refused at start, naming the setting."""
+    from conftest import HSMD, free_port
+    tmp = tempfile.mkdtemp(prefix="hsmd-baddir-")
+    try:
+        blocker = os.path.join(tmp, "a-file")
+        open(blocker, "w").close()
+        for bad in (blocker, os.path.join(blocker, "sub")):
+            p = subprocess.run([HSMD, "--dev", "--data-dir", os.path.join(tmp, "data"),
+                                "--listen", f"127.0.0.1:{free_port()}", f"--{setting}", bad],
+                               capture_output=True, text=True, timeout=20)
+            assert p.returncode != 0, p.stderr
+            assert setting.replace("-", "_") in p.stderr and bad in p.stderr, p.stderr
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_last_backup_size_survives_a_restart():
+    """After a restart the newest backup's time and size come from backup_dir;
+    its duration is not in the file, so it reads 0 until this run makes one."""
+    from helpers import restart_dev
+    server = start_dev(["--backup-interval-seconds", "0"])
+    try:
+        made = admin(server, "CreateBackup")
+        server = restart_dev(server)
+        assert metric(server, "hsmd_backup_last_success_time_seconds") == made["CreationDate"]
+        assert metric(server, "hsmd_backup_last_size_bytes") == made["SizeBytes"]
+        assert metric(server, "hsmd_backup_last_duration_seconds") == 0
+    finally:
+        server.cleanup()
 
 
 def test_leftovers_of_an_interrupted_backup_are_removed_at_start():
