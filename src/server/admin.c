@@ -330,7 +330,14 @@ static const hsm_admin_op admin_ops[] = {
 unsigned hsm_admin_index(const hsm_admin_op *op)
 {
 	_Static_assert(sizeof(admin_ops) / sizeof(admin_ops[0]) <= 32, "hsm_admin_index fits 32 bits");
+	_Static_assert(sizeof(admin_ops) / sizeof(admin_ops[0]) <= HSM_METRIC_ADMIN_OPS,
+	               "each admin operation has a metrics slot");
 	return (unsigned)(op - admin_ops);
+}
+
+const char *hsm_admin_name(unsigned index)
+{
+	return index < sizeof(admin_ops) / sizeof(admin_ops[0]) ? admin_ops[index].name : NULL;
 }
 
 const hsm_admin_op *hsm_admin_find(const char *name)

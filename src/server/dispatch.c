@@ -488,7 +488,8 @@ static void handle_kms(hsm_server *s, hsm_http_req *req, const char *name, const
 static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 {
 	const hsm_admin_op *op = hsm_admin_find(name);
-	pending *p = pending_new(s, req, HSM_METRIC_ADMIN, true);
+	unsigned slot = op != NULL ? HSM_METRIC_ADMIN(hsm_admin_index(op)) : HSM_METRIC_NONE;
+	pending *p = pending_new(s, req, slot, true);
 	if (p == NULL) {
 		hsm_http_respond(req, 500, NULL, NULL, 0, 0, NULL);
 		return;
@@ -587,9 +588,10 @@ static void run_route(hsm_server *s, hsm_http_req *req, route how, const char *n
 static void refuse_stopping(hsm_server *s, hsm_http_req *req, route how, const char *name,
                             const hsm_op_info *info)
 {
-	unsigned slot = how == ROUTE_ADMIN ? HSM_METRIC_ADMIN
-	                : info != NULL     ? (unsigned)info->op
-	                                   : HSM_METRIC_NONE;
+	const hsm_admin_op *op = how == ROUTE_ADMIN ? hsm_admin_find(name) : NULL;
+	unsigned slot = op != NULL     ? HSM_METRIC_ADMIN(hsm_admin_index(op))
+	                : info != NULL ? (unsigned)info->op
+	                               : HSM_METRIC_NONE;
 	pending *p = pending_new(s, req, slot, false);
 	if (p == NULL) {
 		hsm_http_respond(req, 500, NULL, NULL, 0, 0, NULL);
@@ -739,7 +741,8 @@ static void handle_readyz(hsm_server *s, hsm_http_req *req)
 	hsm_jw_end(&w);
 	if (hsm_failed(hsm_jw_finish(&w)))
 		hsm_buf_clear(&body);
-	respond_now(s, req, HSM_METRIC_NONE, ready ? 200 : 503, "application/json", &body);
+	hsm_metrics_probe(&s->metrics, HSM_PROBE_READYZ);
+	hsm_http_respond(req, ready ? 200 : 503, "application/json", body.data, body.len, 0, NULL);
 	hsm_buf_free(&body);
 }
 
@@ -748,7 +751,9 @@ static void handle_get(hsm_server *s, hsm_http_req *req, const char *path)
 	hsm_buf body = {0};
 	int status = 200;
 	const char *type = "text/plain; charset=utf-8";
+	hsm_metric_probe probe = HSM_METRIC_PROBES; /* none */
 	if (strcmp(path, "/healthz") == 0) {
+		probe = HSM_PROBE_HEALTHZ;
 		if (hsm_failed(hsm_buf_put_str(&body, "ok\n")))
 			status = 500;
 	} else if (strcmp(path, "/readyz") == 0) {
@@ -759,6 +764,8 @@ static void handle_get(hsm_server *s, hsm_http_req *req, const char *path)
 		return;
 	} else if (strcmp(path, "/metrics") == 0) {
 		type = "text/plain; version=0.0.4; charset=utf-8";
+		probe = HSM_PROBE_METRICS;
+		hsm_metrics_probe(&s->metrics, probe); /* this scrape included */
 		if (hsm_failed(hsm_server_render_metrics(s, &body)))
 			status = 500;
 	} else {
@@ -766,7 +773,12 @@ static void handle_get(hsm_server *s, hsm_http_req *req, const char *path)
 		type = CONTENT_TYPE_JSON;
 		error_body(HSM_ERR_NOT_FOUND, "no such resource", &body);
 	}
-	respond_now(s, req, HSM_METRIC_NONE, status, type, &body);
+	if (probe == HSM_PROBE_HEALTHZ)
+		hsm_metrics_probe(&s->metrics, probe);
+	if (probe == HSM_METRIC_PROBES)
+		respond_now(s, req, HSM_METRIC_NONE, status, type, &body);
+	else
+		hsm_http_respond(req, status, type, body.data, body.len, 0, NULL);
 	hsm_buf_free(&body);
 }
 

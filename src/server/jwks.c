@@ -52,8 +52,7 @@ static void respond(hsm_server *s, hsm_http_req *req, int status, const hsm_jwks
 	         d != NULL ? (long long)hsm_jwks_doc_max_age(d) : 0LL);
 	hsm_http_header h[2] = {{"Cache-Control", d != NULL ? cache : "no-store"},
 	                        {"ETag", d != NULL ? hsm_jwks_doc_etag(d) : ""}};
-	hsm_metrics_observe(&s->metrics, HSM_METRIC_NONE, status,
-	                    hsm_mono_ns() - hsm_http_req_start_ns(req));
+	hsm_metrics_probe(&s->metrics, HSM_PROBE_JWKS);
 	hsm_http_respond(req, status, JWKS_TYPE, body, len, d != NULL ? 2 : 1, h);
 }
 

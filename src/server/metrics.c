@@ -1,4 +1,9 @@
+/*
+ * metrics.c - request counters and latency histograms by operation, and the
+ * probe counters, rendered in Prometheus text format.
+ */
 #include "server/metrics.h"
+#include "server/server.h"
 
 /* Upper bounds in seconds (the latency targets are p95 < 50 ms, p99 < 2 ms). */
 static const double bucket_le[HSM_METRIC_BUCKETS] = {0.0005, 0.001, 0.002, 0.005, 0.01, 0.025,
@@ -10,7 +15,15 @@ const char *hsm_metrics_slot_name(unsigned slot)
 {
 	if (slot < HSM_OP_COUNT)
 		return hsm_op_get((hsm_op)slot)->name;
-	return slot == HSM_METRIC_ADMIN ? "Admin" : "None";
+	if (slot < HSM_METRIC_NONE)
+		return hsm_admin_name(slot - HSM_OP_COUNT);
+	return "None";
+}
+
+void hsm_metrics_probe(hsm_metrics *m, hsm_metric_probe probe)
+{
+	HSM_ASSERT(probe < HSM_METRIC_PROBES);
+	atomic_fetch_add_explicit(&m->probes[probe], 1, memory_order_relaxed);
 }
 
 void hsm_metrics_observe(hsm_metrics *m, unsigned slot, int http_status, uint64_t latency_ns)
@@ -42,7 +55,7 @@ static hsm_result render_histogram(const hsm_metrics *m, unsigned slot, hsm_buf 
 	uint64_t total = 0, cumulative = 0;
 	for (unsigned o = 0; o < HSM_METRIC_OUTCOMES; o++)
 		total += load(&m->requests[slot][o]);
-	if (total == 0)
+	if (total == 0 || op == NULL)
 		return HSM_SUCCESS;
 	for (unsigned o = 0; o < HSM_METRIC_OUTCOMES; o++)
 		HSM_GUARD(hsm_buf_printf(out, "hsmd_requests_total{operation=\"%s\",outcome=\"%s\"} %llu\n",
@@ -73,6 +86,15 @@ hsm_result hsm_metrics_render(const hsm_metrics *m, hsm_buf *out)
 	                               "# TYPE hsmd_request_duration_seconds histogram\n"));
 	for (unsigned slot = 0; slot < HSM_METRIC_SLOTS; slot++)
 		HSM_GUARD(render_histogram(m, slot, out));
+	static const char *const probe_paths[HSM_METRIC_PROBES] = {"/healthz", "/readyz", "/metrics",
+	                                                           "/.well-known/jwks.json"};
+	HSM_GUARD(hsm_buf_put_str(out, "# HELP hsmd_http_probe_requests_total Unauthenticated GETs of "
+	                               "the health, readiness, metrics and JWKS endpoints (not in "
+	                               "hsmd_requests_total).\n"
+	                               "# TYPE hsmd_http_probe_requests_total counter\n"));
+	for (unsigned p = 0; p < HSM_METRIC_PROBES; p++)
+		HSM_GUARD(hsm_buf_printf(out, "hsmd_http_probe_requests_total{path=\"%s\"} %llu\n",
+		                         probe_paths[p], (unsigned long long)load(&m->probes[p])));
 	return hsm_buf_printf(out,
 	                      "# TYPE hsmd_auth_failures_total counter\nhsmd_auth_failures_total %llu\n"
 	                      "# TYPE hsmd_sealed_refusals_total counter\n"

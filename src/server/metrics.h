@@ -13,10 +13,16 @@
 #include "common/buf.h"
 #include "kms/kms.h"
 
-/* Slots: one per KMS operation, then admin, then requests with no operation. */
-#define HSM_METRIC_ADMIN HSM_OP_COUNT
-#define HSM_METRIC_NONE (HSM_OP_COUNT + 1)
-#define HSM_METRIC_SLOTS (HSM_OP_COUNT + 2)
+/*
+ * Slots: one per KMS operation, one per admin operation (by hsm_admin_index,
+ * below 32), then requests that name no operation hsmd knows.  The probes
+ * (/healthz, /readyz, /metrics, the JWKS) have counters of their own: they
+ * would otherwise drown the API's error ratio and latency in their own.
+ */
+#define HSM_METRIC_ADMIN_OPS 32
+#define HSM_METRIC_ADMIN(index) (HSM_OP_COUNT + (index))
+#define HSM_METRIC_NONE (HSM_OP_COUNT + HSM_METRIC_ADMIN_OPS)
+#define HSM_METRIC_SLOTS (HSM_METRIC_NONE + 1)
 #define HSM_METRIC_BUCKETS 12
 
 typedef enum hsm_metric_outcome {
@@ -26,10 +32,20 @@ typedef enum hsm_metric_outcome {
 	HSM_METRIC_OUTCOMES
 } hsm_metric_outcome;
 
+/* The unauthenticated GET endpoints, counted apart from the API (hsmd_http_probe_requests_total). */
+typedef enum hsm_metric_probe {
+	HSM_PROBE_HEALTHZ,
+	HSM_PROBE_READYZ,
+	HSM_PROBE_METRICS,
+	HSM_PROBE_JWKS,
+	HSM_METRIC_PROBES
+} hsm_metric_probe;
+
 typedef struct hsm_metrics {
 	atomic_uint_fast64_t requests[HSM_METRIC_SLOTS][HSM_METRIC_OUTCOMES];
 	atomic_uint_fast64_t buckets[HSM_METRIC_SLOTS][HSM_METRIC_BUCKETS];
 	atomic_uint_fast64_t latency_us_sum[HSM_METRIC_SLOTS];
+	atomic_uint_fast64_t probes[HSM_METRIC_PROBES];
 	atomic_uint_fast64_t auth_failures;
 	atomic_uint_fast64_t sealed_refusals;
 	atomic_uint_fast64_t audit_refusals;
@@ -38,6 +54,8 @@ typedef struct hsm_metrics {
 } hsm_metrics;
 
 void hsm_metrics_observe(hsm_metrics *m, unsigned slot, int http_status, uint64_t latency_ns);
+void hsm_metrics_probe(hsm_metrics *m, hsm_metric_probe probe);
+/* The operation label of a slot; NULL for an admin slot no operation uses. */
 const char *hsm_metrics_slot_name(unsigned slot);
 /* Appends the request counters and histograms in Prometheus text format. */
 hsm_result hsm_metrics_render(const hsm_metrics *m, hsm_buf *out) HSM_MUST_CHECK;

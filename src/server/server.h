@@ -173,6 +173,8 @@ typedef struct hsm_admin_op {
 } hsm_admin_op;
 
 const hsm_admin_op *hsm_admin_find(const char *name);
+/* The name of the admin operation at index (hsm_admin_index), or NULL past the last. */
+const char *hsm_admin_name(unsigned index);
 /* The operation's position in the admin table (below 32). */
 unsigned hsm_admin_index(const hsm_admin_op *op);
 

@@ -130,3 +130,51 @@ def test_a_lone_node_runs_the_scheduled_work(server):
     while value(scrape(server), "hsmd_scheduler_leader") != 1:
         assert time.monotonic() < deadline, "the node never took its store's leadership"
         time.sleep(0.2)
+
+
+def requests_of(samples, operation):
+    return sum(v for (name, labels), v in samples.items()
+               if name == "hsmd_requests_total" and dict(labels)["operation"] == operation)
+
+
+def test_admin_operations_count_under_their_own_names(server):
+    """Each HsmdAdmin operation has its own series (a bounded set: the admin
+    table); an unknown one counts under None; there is no catch-all Admin."""
+    before = scrape(server)
+    for _ in range(3):
+        st, _ = signed_call(server, "HsmdAdmin.ListUsers", {})
+        assert st == 200
+    st, _ = signed_call(server, "HsmdAdmin.CreateUser", {"UserName": "m", "Roles": ["bogus"]})
+    assert st == 400
+    st, _ = signed_call(server, "HsmdAdmin.NoSuchOperation", {})
+    assert st == 400
+    after = scrape(server)
+    assert requests_of(after, "ListUsers") - requests_of(before, "ListUsers") == 3
+    assert value(after, "hsmd_requests_total", operation="CreateUser", outcome="client_error") \
+        - before.get(("hsmd_requests_total", (("operation", "CreateUser"),
+                                              ("outcome", "client_error"))), 0) == 1
+    assert requests_of(after, "None") - requests_of(before, "None") == 1
+    assert value(after, "hsmd_request_duration_seconds_count", operation="ListUsers") >= 3
+    assert requests_of(after, "Admin") == 0
+
+
+def test_probes_are_counted_apart_from_requests(server):
+    """/healthz, /readyz, /metrics and the JWKS are polled constantly: they have
+    their own counter and stay out of hsmd_requests_total and the latency
+    histogram, whose ratios the HsmdErrors and HsmdSlow alerts read."""
+    paths = ("/healthz", "/readyz", "/metrics", "/.well-known/jwks.json")
+    before = scrape(server)
+    for _ in range(4):
+        for path in paths:
+            st, _, _ = server.get(path)
+            assert st == 200, path
+    after = scrape(server)
+    for path in paths:
+        # The second scrape counts itself; the first was counted before `before` was read.
+        extra = 1 if path == "/metrics" else 0
+        assert value(after, "hsmd_http_probe_requests_total", path=path) - \
+            value(before, "hsmd_http_probe_requests_total", path=path) == 4 + extra, path
+    total = lambda s: sum(v for (name, _), v in s.items() if name == "hsmd_requests_total")
+    count = lambda s: sum(v for (name, _), v in s.items()
+                          if name == "hsmd_request_duration_seconds_count")
+    assert total(after) == total(before) and count(after) == count(before)
