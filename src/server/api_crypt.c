@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "crypto/blob.h"
 #include "server/api.h"
 
 /* Reads an encryption context member; the audit record keeps (hashes of) it. */
@@ -87,6 +88,25 @@ out:
 	return res;
 }
 
+/*
+ * A Decrypt or ReEncrypt that failed: the key its symmetric ciphertext's
+ * header names goes into out (for the audit record) when the header parses,
+ * as CloudTrail attributes a failed Decrypt to its key, so the key's trail
+ * shows the failed attempts on its ciphertexts.  The auditors read the
+ * record, not the caller.  The request's own error is kept for its answer.
+ */
+static void note_ciphertext_key(const hsm_buf *ct, bool symmetric, char out[HSM_UUID_STRLEN + 1])
+{
+	if (!symmetric || ct->data == NULL || out[0] != '\0')
+		return;
+	hsm_error_info failure = *hsm_last_error();
+	hsm_blob blob;
+	if (hsm_ok(hsm_blob_parse(ct->data, ct->len, &blob)))
+		memcpy(out, blob.key_id, HSM_UUID_STRLEN + 1);
+	else /* the parse's own failure replaced the request's: put that back */
+		(void)hsm_fail_at(failure.err, failure.file, failure.line, "%s", failure.message);
+}
+
 hsm_result hsm_api_decrypt(hsm_api_ctx *c)
 {
 	hsm_result res = HSM_SUCCESS;
@@ -112,6 +132,9 @@ hsm_result hsm_api_decrypt(hsm_api_ctx *c)
 	hsm_jw_str(c->w, "EncryptionAlgorithm", hsm_enc_alg_name(alg));
 	hsm_api_write_material_id(c, "KeyMaterialId", &used);
 out:
+	if (hsm_failed(res))
+		note_ciphertext_key(&ct, !req.has_alg || req.alg == HSM_ENC_SYMMETRIC_DEFAULT,
+		                    c->audit.key_id);
 	hsm_buf_free(&ct);
 	hsm_buf_free(&pt);
 	return res;
@@ -147,6 +170,10 @@ hsm_result hsm_api_reencrypt(hsm_api_ctx *c)
 	hsm_api_write_material_id(c, "SourceKeyMaterialId", &src);
 	hsm_api_write_material_id(c, "DestinationKeyMaterialId", &dst);
 out:
+	if (hsm_failed(res))
+		note_ciphertext_key(&ct,
+		                    !req.source.has_alg || req.source.alg == HSM_ENC_SYMMETRIC_DEFAULT,
+		                    c->audit.source_key_id);
 	free_ctx(c, &req.dest_ctx);
 	hsm_buf_free(&ct);
 	hsm_buf_free(&out_ct);

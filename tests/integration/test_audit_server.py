@@ -75,6 +75,40 @@ def test_every_request_is_recorded_with_its_request_id():
         server.cleanup()
 
 
+def test_failed_decrypts_name_the_key_their_ciphertext_names():
+    """A Decrypt (or ReEncrypt) that fails after its ciphertext's header parsed
+    is recorded against the key that header names, so the key's trail (and
+    `audit report --key`) shows it; the caller's answer is unchanged.  A
+    ciphertext that does not parse names no key."""
+    from helpers import audit_record, raises
+    server = start_dev()
+    try:
+        kms = client(server)
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        other = kms.create_key()["KeyMetadata"]["KeyId"]
+        blob = kms.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext={"app": "a"})[
+            "CiphertextBlob"]
+        r = raises("InvalidCiphertextException", kms.decrypt, CiphertextBlob=blob,
+                   EncryptionContext={"app": "b"})
+        rec = audit_record(server.data_dir, r["ResponseMetadata"]["RequestId"])
+        assert (rec["op"], rec["outcome"], rec.get("key_id")) == ("Decrypt", "error", key), rec
+        # Named the wrong key: the record names the ciphertext's.
+        r = raises("IncorrectKeyException", kms.decrypt, CiphertextBlob=blob, KeyId=other,
+                   EncryptionContext={"app": "a"})
+        assert audit_record(server.data_dir, r["ResponseMetadata"]["RequestId"])["key_id"] == key
+        r = raises("InvalidCiphertextException", kms.re_encrypt, CiphertextBlob=blob,
+                   DestinationKeyId=other, SourceEncryptionContext={"app": "b"})
+        rec = audit_record(server.data_dir, r["ResponseMetadata"]["RequestId"])
+        assert (rec["op"], rec["outcome"]) == ("ReEncrypt", "error"), rec
+        assert rec["extra"]["source_key_id"] == key, rec
+        r = raises("InvalidCiphertextException", kms.decrypt, CiphertextBlob=b"\x09" * 64,
+                   message="ciphertext")
+        rec = audit_record(server.data_dir, r["ResponseMetadata"]["RequestId"])
+        assert rec["outcome"] == "error" and "key_id" not in rec, rec
+    finally:
+        server.cleanup()
+
+
 def test_encryption_context_values_are_keyed_hashes():
     server = start_dev()
     try:
