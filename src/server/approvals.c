@@ -104,12 +104,15 @@ hsm_result hsm_server_approvals_check(hsm_server *s)
 		return HSM_SUCCESS;
 	unsigned n = 0;
 	HSM_GUARD(hsm_kms_custodian_count(s->kms, &n));
-	HSM_ENSURE(n >= s->opt.approval_quorum, HSM_ERR_VALIDATION,
-	           "approval_quorum = %u, but the store has %u enabled custodian%s: no request "
-	           "could ever be approved. Create the custodians first (hsmctl user create NAME "
-	           "--roles custodian, then an access key each), then set approval_quorum",
-	           s->opt.approval_quorum, n, n == 1 ? "" : "s");
-	return HSM_SUCCESS;
+	if (n >= s->opt.approval_quorum)
+		return HSM_SUCCESS;
+	return hsm_server_blame(
+	    s, "approval_quorum",
+	    HSM_FAIL(HSM_ERR_VALIDATION,
+	             "approval_quorum = %u, but the store has %u enabled custodian%s: no request "
+	             "could ever be approved. Create the custodians first (hsmctl user create NAME "
+	             "--roles custodian, then an access key each), then set approval_quorum",
+	             s->opt.approval_quorum, n, n == 1 ? "" : "s"));
 }
 
 /* ---- HsmdAdmin operations ------------------------------------------------------- */

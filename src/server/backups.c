@@ -41,6 +41,7 @@ static hsm_result newest_of(const char *path, const hsm_backup_info *info, void 
  */
 static hsm_result usable_dir(const char *setting, const char *dir)
 {
+	/* Only the reason: the caller's message names the setting and its source. */
 	char why[HSM_ERRMSG_MAX];
 	if (hsm_failed(hsm_mkdir_p(dir))) {
 		snprintf(why, sizeof(why), "%s", hsm_last_message());
@@ -63,9 +64,10 @@ hsm_result hsm_server_backup_init(hsm_server *s)
 {
 	const char *store_id = hsm_keystore_store_id(s->ks);
 	newest n = {0, 0};
-	HSM_GUARD(usable_dir("backup_dir", s->backup_dir));
+	HSM_GUARD(hsm_server_blame(s, "backup_dir", usable_dir("backup_dir", s->backup_dir)));
 	if (s->backup_copy_dir[0] != '\0')
-		HSM_GUARD(usable_dir("backup_copy_dir", s->backup_copy_dir));
+		HSM_GUARD(hsm_server_blame(s, "backup_copy_dir",
+		                           usable_dir("backup_copy_dir", s->backup_copy_dir)));
 	hsm_backup_remove_leftovers(s->backup_dir, s->data_dir); /* the store is locked: ours */
 	if (*store_id == '\0')
 		return HSM_SUCCESS;

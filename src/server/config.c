@@ -14,7 +14,7 @@
 #include "common/util.h"
 #include "server/config_internal.h"
 
-#define KEYS_MAX 64
+#define KEYS_MAX HSM_CONFIG_KEYS_MAX
 #define FILE_MAX ((size_t)1 << 20)
 
 extern char **environ;
@@ -294,6 +294,8 @@ static hsm_result resolve(loader *L)
 		                   : L->file[i].value ? &L->file[i]
 		                                      : NULL;
 		L->given[i] = s;
+		L->cfg->source[i] = (uint8_t)(s != NULL ? s->src : SRC_DEFAULT);
+		L->cfg->source_line[i] = s != NULL ? s->line : 0;
 		if (s != NULL)
 			HSM_GUARD(hsm_config_set_value(L->cfg, k, s, s->value));
 		else if (k->def != NULL)
@@ -404,6 +406,15 @@ out:
 	hsm_buf_free(&L->text);
 	free(L);
 	return res;
+}
+
+void hsm_config_source(const hsm_config *cfg, const char *name, char *out, size_t cap)
+{
+	const key_def *k = hsm_config_find(name);
+	HSM_ASSERT(k != NULL);
+	size_t i = key_index(k);
+	setting s = {NULL, (src_kind)cfg->source[i], cfg->source_line[i]};
+	hsm_config_where(cfg, k, &s, out, cap);
 }
 
 void hsm_config_http(const hsm_config *cfg, hsm_http_config *http)

@@ -45,6 +45,7 @@
 #define HSM_CONFIG_PATH_MAX 1024
 #define HSM_CONFIG_NAME_MAX 64
 #define HSM_CONFIG_MAX_WARNINGS 8
+#define HSM_CONFIG_KEYS_MAX 64
 
 /* The operations that wait for approval unless approval_operations says otherwise. */
 #define HSM_APPROVAL_OPS_DEFAULT                                                                \
@@ -109,6 +110,9 @@ typedef struct hsm_config {
 	/* Findings that do not stop the daemon, for it to log. */
 	unsigned n_warnings;
 	char warnings[HSM_CONFIG_MAX_WARNINGS][HSM_ERRMSG_MAX];
+	/* Where each setting came from, by its place in the table (hsm_config_source). */
+	uint8_t source[HSM_CONFIG_KEYS_MAX];
+	unsigned source_line[HSM_CONFIG_KEYS_MAX];
 } hsm_config;
 
 typedef enum hsm_config_action {
@@ -127,6 +131,13 @@ typedef enum hsm_config_action {
  */
 hsm_result hsm_config_load(hsm_config *cfg, int argc, char *const argv[], char *const envp[],
                            hsm_config_action *action) HSM_MUST_CHECK;
+
+/*
+ * Where the setting called name (snake_case) came from, for messages about it
+ * once loaded: "--backup-dir", "HSM_BACKUP_DIR", "/etc/hsmd.conf:21" or
+ * "default".
+ */
+void hsm_config_source(const hsm_config *cfg, const char *name, char *out, size_t cap);
 
 /* The --help text (static storage). */
 const char *hsm_config_usage(void);

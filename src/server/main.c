@@ -105,7 +105,7 @@ static int load_config(int argc, char **argv, hsm_config *cfg)
 }
 
 /* Start-up: the server, and in dev mode the automatic init/unseal and dev user. */
-static hsm_result start(const hsm_config *cfg, hsm_server **out)
+static hsm_result start(const hsm_config *cfg, hsm_server **out, const char **failed_setting)
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_server_options opt;
@@ -113,6 +113,7 @@ static hsm_result start(const hsm_config *cfg, hsm_server **out)
 	hsm_secret *dev_secret = NULL;
 	char akid[64];
 	options_from(cfg, &opt);
+	opt.failed_setting = failed_setting;
 	HSM_TRY(hsm_server_new(&opt, &s));
 	if (cfg->dev) {
 		HSM_TRY(dev_credentials(akid, sizeof(akid), &dev_secret));
@@ -152,9 +153,17 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	hsm_server *s = NULL;
-	if (hsm_failed(start(&cfg, &s))) {
-		hsm_log_failure("start-up");
-		return 1;
+	const char *setting = NULL;
+	if (hsm_failed(start(&cfg, &s, &setting))) {
+		if (setting == NULL) {
+			hsm_log_failure("start-up");
+			return 1;
+		}
+		/* A setting's fault, told like the configuration's own errors: for the operator. */
+		char where[HSM_CONFIG_PATH_MAX + 16];
+		hsm_config_source(&cfg, setting, where, sizeof(where));
+		fprintf(stderr, "hsmd: %s (%s from %s)\n", hsm_last_message(), setting, where);
+		return 2;
 	}
 	char store[256];
 	hsm_location_shown(cfg.store[0] != '\0' ? cfg.store : cfg.data_dir, store, sizeof(store));

@@ -47,6 +47,32 @@ static void on_kms_event(void *arg, const hsm_kms_event *ev)
 	hsm_server_event(arg, ev->operation, ev->key_id, ev->key_version, ev->result, NULL, 0);
 }
 
+hsm_result hsm_server_blame(const hsm_server *s, const char *setting, hsm_result r)
+{
+	if (hsm_failed(r) && s->opt.failed_setting != NULL)
+		*s->opt.failed_setting = setting;
+	return r;
+}
+
+/*
+ * The setting a failure to open the HTTP server is about: its messages begin
+ * with the TLS setting they concern, or say the address cannot be listened on.
+ */
+static hsm_result blame_http(const hsm_server *s, hsm_result r)
+{
+	static const char *const tls[] = {"tls_client_ca", "tls_cert", "tls_key"};
+	if (hsm_ok(r))
+		return r;
+	const char *m = hsm_last_message();
+	for (size_t i = 0; i < sizeof(tls) / sizeof(tls[0]); i++)
+		if (r.err == HSM_ERR_VALIDATION && hsm_str_has_prefix(m, tls[i]) &&
+		    m[strlen(tls[i])] == ' ')
+			return hsm_server_blame(s, tls[i], r);
+	if (r.err == HSM_ERR_IO && hsm_str_has_prefix(m, "cannot listen on "))
+		return hsm_server_blame(s, "listen", r);
+	return r;
+}
+
 static hsm_result copy_opt(char *dst, size_t cap, const char *src, const char *what)
 {
 	HSM_ENSURE(src != NULL && *src != '\0', HSM_ERR_VALIDATION, "%s is required", what);
@@ -64,6 +90,7 @@ static void batch_hook(bool begin)
 
 static hsm_result open_audit(hsm_server *s)
 {
+	HSM_GUARD(hsm_server_blame(s, "audit_dir", hsm_mkdir_p(s->audit_dir)));
 	hsm_audit_config ac = {
 	    .dir = s->audit_dir,
 	    .node_id = s->node_id,
@@ -94,7 +121,7 @@ static unsigned lane_threads(void)
 
 static hsm_result open_parts(hsm_server *s)
 {
-	HSM_GUARD(hsm_mkdir_p(s->data_dir));
+	HSM_GUARD(hsm_server_blame(s, "data_dir", hsm_mkdir_p(s->data_dir)));
 	bool shared = s->opt.store != NULL && s->opt.store[0] != '\0';
 	HSM_GUARD(hsm_store_open(shared ? s->opt.store : s->data_dir, &s->store));
 	atomic_store(&s->store_up, true);
@@ -125,7 +152,7 @@ static hsm_result open_parts(hsm_server *s)
 	hsm_kms_set_usage(s->kms, s->usage);
 	HSM_GUARD(hsm_server_auth_init(s));
 	HSM_GUARD(hsm_lane_new(lane_threads(), "hsmd-lane", &s->lane));
-	return hsm_http_server_new(&s->opt.http, hsm_server_on_request, s, &s->http);
+	return blame_http(s, hsm_http_server_new(&s->opt.http, hsm_server_on_request, s, &s->http));
 }
 
 /* Token lifetimes (kms/jwt.h): 15 minutes by default, at most a day, 60 s of skew. */
@@ -442,7 +469,7 @@ static void *flusher_main(void *arg)
 hsm_result hsm_server_start(hsm_server *s)
 {
 	count_store_gauges(s); /* the first scrape reads counts, not zeros */
-	HSM_GUARD(hsm_http_server_start(s->http));
+	HSM_GUARD(blame_http(s, hsm_http_server_start(s->http)));
 	HSM_ENSURE(pthread_create(&s->scheduler, NULL, scheduler_main, s) == 0, HSM_ERR_INTERNAL,
 	           "cannot start the scheduler thread");
 	s->scheduler_running = true;

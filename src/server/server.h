@@ -59,6 +59,12 @@ typedef struct hsm_server_options {
 	uint32_t approval_quorum;
 	uint32_t approval_ttl;           /* seconds an approval request stays open; 0 = 86400 */
 	const char *approval_operations; /* comma-separated names; NULL: HSM_APPROVAL_OPS_DEFAULT */
+	/*
+	 * Out (may be NULL): when hsm_server_new or hsm_server_start fails because
+	 * of a setting's value, the setting's name ("backup_dir"), for the
+	 * operator-facing message; left alone otherwise.
+	 */
+	const char **failed_setting;
 } hsm_server_options;
 
 
@@ -239,6 +245,8 @@ void hsm_server_jwks(hsm_server *s, hsm_http_req *req);
  * an interrupted backup left, reads the newest backup's time and size.
  */
 hsm_result hsm_server_backup_init(hsm_server *s) HSM_MUST_CHECK;
+/* Returns r; when it failed, names setting as its cause (options' failed_setting). */
+hsm_result hsm_server_blame(const hsm_server *s, const char *setting, hsm_result r);
 /*
  * Makes a backup now (trigger "scheduled" or "requested"), copies it to the
  * copy directory, deletes expired backups in both, counts and audits it.

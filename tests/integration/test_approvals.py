@@ -87,6 +87,8 @@ def test_a_quorum_its_custodians_cannot_meet_is_refused_at_start():
     with pytest.raises(RuntimeError) as e:
         start_dev(["--approval-quorum", "2"])
     assert "approval_quorum = 2, but the store has 0 enabled custodians" in str(e.value)
+    assert "hsmd exited with 2" in str(e.value) and "(approval_quorum from --approval-quorum)" \
+        in str(e.value) and "approvals.c" not in str(e.value)
 
 
 @pytest.mark.parametrize("ops,why", [("Encrypt", "Encrypt"), ("GetKeyPolicy", "GetKeyPolicy"),

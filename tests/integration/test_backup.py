@@ -401,8 +401,9 @@ def test_an_unusable_backup_directory_stops_the_start(setting):
             p = subprocess.run([HSMD, "--dev", "--data-dir", os.path.join(tmp, "data"),
                                 "--listen", f"127.0.0.1:{free_port()}", f"--{setting}", bad],
                                capture_output=True, text=True, timeout=20)
-            assert p.returncode != 0, p.stderr
+            assert p.returncode == 2, p.stderr
             assert setting.replace("-", "_") in p.stderr and bad in p.stderr, p.stderr
+            assert f"from --{setting})" in p.stderr and ".c:" not in p.stderr, p.stderr
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

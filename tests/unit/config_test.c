@@ -377,6 +377,27 @@ static void test_comments(void **state)
 	assert_string_equal(cfg.backup_copy_dir, "");
 }
 
+/* Where each setting came from stays known after loading, for start-up errors. */
+static void test_sources_are_kept(void **state)
+{
+	(void)state;
+	char flag[160], where[256], want[200];
+	snprintf(flag, sizeof(flag), "--config=%s", conf);
+	write_text(conf, "dev = true\n# the DR disk\nbackup_copy_dir = /mnt/dr\n");
+	char *env[] = {"HSM_APPROVAL_QUORUM=2", NULL};
+	hsm_config cfg;
+	assert_true(hsm_ok(LOAD(&cfg, env, flag, "--backup-dir=/srv/b")));
+	hsm_config_source(&cfg, "backup_dir", where, sizeof(where));
+	assert_string_equal(where, "--backup-dir");
+	hsm_config_source(&cfg, "approval_quorum", where, sizeof(where));
+	assert_string_equal(where, "HSM_APPROVAL_QUORUM");
+	hsm_config_source(&cfg, "backup_copy_dir", where, sizeof(where));
+	snprintf(want, sizeof(want), "%s:3", conf);
+	assert_string_equal(where, want);
+	hsm_config_source(&cfg, "data_dir", where, sizeof(where));
+	assert_string_equal(where, "default");
+}
+
 static void test_production_requires_tls(void **state)
 {
 	(void)state;
@@ -477,6 +498,7 @@ int main(void)
 	    cmocka_unit_test(test_file_syntax),
 	    cmocka_unit_test(test_readme_example),
 	    cmocka_unit_test(test_comments),
+	    cmocka_unit_test(test_sources_are_kept),
 	    cmocka_unit_test(test_production_requires_tls),
 	    cmocka_unit_test(test_environment_and_actions),
 	};

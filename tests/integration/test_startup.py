@@ -1,0 +1,68 @@
+"""Start-up refusals a setting causes: told to the operator like the
+configuration's own errors, naming the setting and where it came from (flag,
+variable or file line), without source paths or internal error codes, and
+with exit status 2 as for any configuration error."""
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+
+import pytest
+
+from conftest import HSMD, free_port
+
+
+@pytest.fixture
+def tmp():
+    d = tempfile.mkdtemp(prefix="hsmd-startup-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def refused(args, env=None):
+    """Runs hsmd expecting it to refuse to start; its stderr."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("HSM_")}
+    full_env.update(env or {})
+    p = subprocess.run([HSMD] + args, capture_output=True, text=True, timeout=30, env=full_env)
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert "HSM_ERR_" not in p.stderr and ".c:" not in p.stderr, p.stderr
+    return p.stderr
+
+
+def blocker(tmp):
+    path = os.path.join(tmp, "a-file")
+    open(path, "w").close()
+    return path
+
+
+def test_a_data_dir_that_cannot_be_made(tmp):
+    err = refused(["--dev", "--listen", f"127.0.0.1:{free_port()}",
+                   "--data-dir", os.path.join(blocker(tmp), "data")])
+    assert "(data_dir from --data-dir)" in err, err
+
+
+def test_an_address_already_in_use(tmp):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        err = refused(["--dev", "--data-dir", os.path.join(tmp, "data"),
+                       "--listen", f"127.0.0.1:{port}"])
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "(listen from --listen)" in err, err
+
+
+def test_a_backup_copy_dir_from_the_config_file(tmp):
+    conf = os.path.join(tmp, "hsmd.conf")
+    with open(conf, "w") as f:
+        f.write(f"dev = true\nbackup_copy_dir = {blocker(tmp)}   # the DR disk\n")
+    err = refused(["--config", conf, "--data-dir", os.path.join(tmp, "data"),
+                   "--listen", f"127.0.0.1:{free_port()}"])
+    assert "backup_copy_dir" in err and f"(backup_copy_dir from {conf}:2)" in err, err
+
+
+def test_a_quorum_from_the_environment(tmp):
+    err = refused(["--dev", "--data-dir", os.path.join(tmp, "data"),
+                   "--listen", f"127.0.0.1:{free_port()}"], env={"HSM_APPROVAL_QUORUM": "2"})
+    assert "approval_quorum = 2, but the store has 0 enabled custodians" in err, err
+    assert "(approval_quorum from HSM_APPROVAL_QUORUM)" in err, err
