@@ -359,7 +359,9 @@ static hsm_result add_record(report *r, const report_opts *o, json_t *rec)
 	if ((o->since[0] != '\0' && strcmp(time, o->since) < 0) ||
 	    (o->until[0] != '\0' && strcmp(time, o->until) >= 0))
 		return HSM_SUCCESS;
-	if (o->key != NULL && strcmp(str_of(rec, "key_id"), o->key) != 0)
+	/* A ReEncrypt is the story of both its keys: the source is extra.source_key_id. */
+	if (o->key != NULL && strcmp(str_of(rec, "key_id"), o->key) != 0 &&
+	    strcmp(str_of(json_object_get(rec, "extra"), "source_key_id"), o->key) != 0)
 		return HSM_SUCCESS;
 	r->records++;
 	if (r->first[0] == '\0')

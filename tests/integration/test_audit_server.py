@@ -327,6 +327,9 @@ def test_audit_report_summarizes_a_verified_trail():
         kms = client(server)
         key = kms.create_key(Description="reported")["KeyMetadata"]["KeyId"]
         other = kms.create_key()["KeyMetadata"]["KeyId"]
+        third = kms.create_key()["KeyMetadata"]["KeyId"]
+        blob = kms.encrypt(KeyId=third, Plaintext=b"y")["CiphertextBlob"]
+        kms.re_encrypt(CiphertextBlob=blob, DestinationKeyId=other)
         kms.encrypt(KeyId=key, Plaintext=b"x")
         kms.disable_key(KeyId=key)
         with pytest.raises(botocore.exceptions.ClientError):
@@ -350,11 +353,11 @@ def test_audit_report_summarizes_a_verified_trail():
     assert out.startswith("verified: ") and " 0 signed checkpoints" not in out, out
     rows = {m.group(1): tuple(map(int, m.group(2).split()))
             for m in re.finditer(r"^  (\S+)\s+((?:\d+\s+){3}\d+)$", out, re.M)}
-    assert rows["CreateKey"] == (2, 2, 0, 0) and rows["Encrypt"] == (2, 1, 1, 0), rows
+    assert rows["CreateKey"] == (3, 3, 0, 0) and rows["Encrypt"] == (3, 2, 1, 0), rows
     assert rows["ListKeys"] == (1, 0, 0, 1) and rows["DisableKey"] == (1, 1, 0, 0), rows
     assert re.search(rf"^  {DEV_AKID} from 127\.0\.0\.1\s+1$", out, re.M), out
     changes = out.split("\nchanges (")[1].split("\nnode events (")[0]
-    assert changes.startswith("4)"), changes
+    assert changes.startswith("5)"), changes
     for op, k in (("CreateKey", key), ("CreateKey", other), ("DisableKey", key),
                   ("ScheduleKeyDeletion", other)):
         assert re.search(rf" {op} key={k}\b.* by=arn:aws:iam::\d+:user/", changes), (op, changes)
@@ -369,6 +372,10 @@ def test_audit_report_summarizes_a_verified_trail():
         {"CreateKey": 1, "Encrypt": 2, "DisableKey": 1}
     assert [c["op"] for c in j["changes"]] == ["CreateKey", "DisableKey"]
     assert j["records"] == 4 and j["events"] == []
+    # A ReEncrypt belongs to the story of the key it decrypted from, as to its destination's.
+    for k in (third, other):
+        j = json.loads(report(files, "--key", k, "--json").stdout)
+        assert j["operations"]["ReEncrypt"]["total"] == 1, (k, j["operations"])
     # A time window: everything happened after `before` and before `after`.
     assert "records: 0\n" in report(files, "--since", after).stdout
     assert "records: 0\n" in report(files, "--until", before).stdout
