@@ -71,6 +71,7 @@ static CK_RV gcm_init(p11_op *op, bool encrypt, CK_MECHANISM_PTR mech, CK_OBJECT
 	if (encrypt && !hsm_ct_equal(p->pIv, none, GCM_IV_LEN))
 		return CKR_MECHANISM_PARAM_INVALID; /* an IV of the caller's: see the top */
 	memset(op, 0, sizeof(*op));
+	op->serial = p11_serial();
 	hsm_buf_init_secure(&op->input); /* plaintext, in parts */
 	if (p->aad_len > 0 && hsm_failed(hsm_buf_set(&op->data, p->aad_ptr, p->aad_len))) {
 		hsm_buf_free(&op->input);
@@ -86,9 +87,13 @@ static CK_RV gcm_init(p11_op *op, bool encrypt, CK_MECHANISM_PTR mech, CK_OBJECT
 	return CKR_OK;
 }
 
-/* GcmEncrypt or GcmDecrypt of in; the answer's members into out (and the IV). */
-static CK_RV call_gcm(bool encrypt, p11_op *op, const p11_object *o, const CK_BYTE *in,
-                      CK_ULONG n, hsm_buf *out, uint8_t iv[GCM_IV_LEN])
+/*
+ * GcmEncrypt or GcmDecrypt of in; the answer's members into out (and the IV).
+ * The module lock is let go meanwhile: op, o and in are not used once the
+ * request is out, and t tells whether the session is still there.
+ */
+static CK_RV call_gcm(bool encrypt, const p11_ticket *t, const p11_op *op, const p11_object *o,
+                      const CK_BYTE *in, CK_ULONG n, hsm_buf *out, uint8_t iv[GCM_IV_LEN])
 {
 	char key_id[HSM_UUID_STRLEN + 1];
 	snprintf(key_id, sizeof(key_id), "%s", o->key_id);
@@ -106,8 +111,8 @@ static CK_RV call_gcm(bool encrypt, p11_op *op, const p11_object *o, const CK_BY
 	json_object_set_new(body, "AdditionalData", json_stringn((const char *)aad.data, aad.len));
 	if (!encrypt)
 		json_object_set_new(body, "Iv", json_stringn((const char *)ivb.data, ivb.len));
-	rv = p11_call_unlocked(encrypt ? "HsmdCipher.GcmEncrypt" : "HsmdCipher.GcmDecrypt", body,
-	                       &ans);
+	rv = p11_call_session(t, encrypt ? "HsmdCipher.GcmEncrypt" : "HsmdCipher.GcmDecrypt", body,
+	                      &ans);
 	body = NULL; /* taken */
 	if (rv == CKR_OK)
 		rv = p11_b64_member(ans, encrypt ? "Ciphertext" : "Plaintext", out);
@@ -134,8 +139,9 @@ out:
  * *query tells that only the length was asked for (or the buffer was too
  * small): the operation goes on.
  */
-static CK_RV gcm_encrypt(p11_session *s, const p11_object *o, const CK_BYTE *data, CK_ULONG len,
-                         CK_BYTE_PTR out, CK_ULONG_PTR out_n, bool *query)
+static CK_RV gcm_encrypt(p11_op *op, const p11_ticket *t, const p11_object *o,
+                         const CK_BYTE *data, CK_ULONG len, CK_BYTE_PTR out, CK_ULONG_PTR out_n,
+                         bool *query)
 {
 	if (len > GCM_MAX_DATA)
 		return CKR_DATA_LEN_RANGE;
@@ -147,12 +153,13 @@ static CK_RV gcm_encrypt(p11_session *s, const p11_object *o, const CK_BYTE *dat
 	}
 	hsm_buf ct = {0};
 	uint8_t iv[GCM_IV_LEN];
-	CK_RV rv = call_gcm(true, &s->encrypt, o, data, len, &ct, iv);
+	CK_BYTE_PTR iv_out = op->iv_out; /* op may be ended (a logout) before hsmd answers */
+	CK_RV rv = call_gcm(true, t, op, o, data, len, &ct, iv);
 	if (rv == CKR_OK && ct.len != need)
 		rv = CKR_DEVICE_ERROR;
 	if (rv == CKR_OK) {
 		memcpy(out, ct.data, ct.len);
-		memcpy(s->encrypt.iv_out, iv, GCM_IV_LEN);
+		memcpy(iv_out, iv, GCM_IV_LEN);
 		*out_n = need;
 	}
 	hsm_buf_free(&ct);
@@ -160,8 +167,9 @@ static CK_RV gcm_encrypt(p11_session *s, const p11_object *o, const CK_BYTE *dat
 }
 
 /* The AES-GCM decryption of data into out; *query as for gcm_encrypt. */
-static CK_RV gcm_decrypt(p11_session *s, const p11_object *o, const CK_BYTE *data, CK_ULONG len,
-                         CK_BYTE_PTR out, CK_ULONG_PTR out_n, bool *query)
+static CK_RV gcm_decrypt(p11_op *op, const p11_ticket *t, const p11_object *o,
+                         const CK_BYTE *data, CK_ULONG len, CK_BYTE_PTR out, CK_ULONG_PTR out_n,
+                         bool *query)
 {
 	if (len < GCM_TAG_LEN || len > GCM_MAX_DATA + GCM_TAG_LEN)
 		return CKR_ENCRYPTED_DATA_LEN_RANGE;
@@ -172,7 +180,7 @@ static CK_RV gcm_decrypt(p11_session *s, const p11_object *o, const CK_BYTE *dat
 	}
 	hsm_buf pt;
 	hsm_buf_init_secure(&pt);
-	CK_RV rv = call_gcm(false, &s->decrypt, o, data, len, &pt, NULL);
+	CK_RV rv = call_gcm(false, t, op, o, data, len, &pt, NULL);
 	if (rv == CKR_OK && pt.len != len - GCM_TAG_LEN)
 		rv = CKR_DEVICE_ERROR;
 	if (rv == CKR_OK) {
@@ -212,6 +220,7 @@ static CK_RV crypt_init(CK_SESSION_HANDLE hs, bool encrypt, CK_MECHANISM_PTR mec
 	if (alg == NULL)
 		return CKR_MECHANISM_PARAM_INVALID;
 	memset(op, 0, sizeof(*op));
+	op->serial = p11_serial();
 	op->mech = p11_mech_find(CKM_RSA_PKCS_OAEP);
 	op->key = key;
 	op->hash = alg;
@@ -242,8 +251,8 @@ static size_t oaep_max(const p11_op *op, size_t k)
  * Calls hsmd with input as `in_name` and decodes `out_name` of the answer
  * into out.  The module lock is let go meanwhile: o is not used after.
  */
-static CK_RV call_crypt(const char *target, const p11_op *op, const p11_object *o,
-                        const char *in_name, const CK_BYTE *in, CK_ULONG n,
+static CK_RV call_crypt(const char *target, const p11_ticket *t, const p11_op *op,
+                        const p11_object *o, const char *in_name, const CK_BYTE *in, CK_ULONG n,
                         const char *out_name, hsm_buf *out)
 {
 	char key_id[HSM_UUID_STRLEN + 1];
@@ -255,11 +264,11 @@ static CK_RV call_crypt(const char *target, const p11_op *op, const p11_object *
 		return CKR_HOST_MEMORY;
 	}
 	json_t *ans = NULL;
-	CK_RV rv = p11_call_unlocked(target,
-	                    json_pack("{s:s,s:s%,s:s}", "KeyId", key_id, in_name,
-	                              (const char *)b64.data, b64.len, "EncryptionAlgorithm",
-	                              op->hash),
-	                    &ans);
+	CK_RV rv = p11_call_session(t, target,
+	                            json_pack("{s:s,s:s%,s:s}", "KeyId", key_id, in_name,
+	                                      (const char *)b64.data, b64.len, "EncryptionAlgorithm",
+	                                      op->hash),
+	                            &ans);
 	hsm_buf_free(&b64);
 	if (rv == CKR_OK)
 		rv = p11_b64_member(ans, out_name, out);
@@ -278,13 +287,14 @@ CK_RV C_Encrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR
 		LEAVE(CKR_SESSION_HANDLE_INVALID);
 	if (!s->encrypt.active)
 		LEAVE(CKR_OPERATION_NOT_INITIALIZED);
+	p11_ticket t = p11_ticket_of(h, &s->encrypt);
 	const p11_object *o = p11_object_get(s->encrypt.key);
 	CK_RV rv = CKR_OK;
 	if (o == NULL) {
 		rv = CKR_KEY_HANDLE_INVALID;
 	} else if (s->encrypt.mech->family == P11_AES_GCM) {
 		bool query = false;
-		rv = gcm_encrypt(s, o, data, len, out, out_n, &query);
+		rv = gcm_encrypt(&s->encrypt, &t, o, data, len, out, out_n, &query);
 		if (query)
 			LEAVE(rv); /* the length query leaves the operation running */
 	} else if (len == 0 || len > oaep_max(&s->encrypt, o->modulus.len)) {
@@ -296,7 +306,7 @@ CK_RV C_Encrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR
 			LEAVE(out == NULL ? CKR_OK : CKR_BUFFER_TOO_SMALL);
 		}
 		hsm_buf ct = {0};
-		rv = call_crypt("TrentService.Encrypt", &s->encrypt, o, "Plaintext", data, len,
+		rv = call_crypt("TrentService.Encrypt", &t, &s->encrypt, o, "Plaintext", data, len,
 		                "CiphertextBlob", &ct);
 		if (rv == CKR_OK && ct.len != need)
 			rv = CKR_DEVICE_ERROR;
@@ -306,7 +316,7 @@ CK_RV C_Encrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR
 		}
 		hsm_buf_free(&ct);
 	}
-	p11_op_reset(&s->encrypt);
+	p11_op_end(&s->encrypt, &t);
 	LEAVE(rv);
 }
 
@@ -321,13 +331,14 @@ CK_RV C_Decrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR
 		LEAVE(CKR_SESSION_HANDLE_INVALID);
 	if (!s->decrypt.active)
 		LEAVE(CKR_OPERATION_NOT_INITIALIZED);
+	p11_ticket t = p11_ticket_of(h, &s->decrypt);
 	const p11_object *o = p11_object_get(s->decrypt.key);
 	CK_RV rv = CKR_OK;
 	if (o == NULL) {
 		rv = CKR_KEY_HANDLE_INVALID;
 	} else if (s->decrypt.mech->family == P11_AES_GCM) {
 		bool query = false;
-		rv = gcm_decrypt(s, o, data, len, out, out_n, &query);
+		rv = gcm_decrypt(&s->decrypt, &t, o, data, len, out, out_n, &query);
 		if (query)
 			LEAVE(rv);
 	} else if (len != o->modulus.len) {
@@ -338,8 +349,9 @@ CK_RV C_Decrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR
 	} else {
 		hsm_buf pt;
 		hsm_buf_init_secure(&pt);
-		rv = call_crypt("TrentService.Decrypt", &s->decrypt, o, "CiphertextBlob", data, len,
+		rv = call_crypt("TrentService.Decrypt", &t, &s->decrypt, o, "CiphertextBlob", data, len,
 		                "Plaintext", &pt);
+		/* The operation goes on for a larger buffer: unless a logout ended it meanwhile. */
 		if (rv == CKR_OK && *out_n < pt.len) {
 			*out_n = (CK_ULONG)pt.len;
 			hsm_buf_free(&pt);
@@ -351,7 +363,7 @@ CK_RV C_Decrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR
 		}
 		hsm_buf_free(&pt);
 	}
-	p11_op_reset(&s->decrypt);
+	p11_op_end(&s->decrypt, &t);
 	LEAVE(rv);
 }
 
@@ -412,14 +424,16 @@ static CK_RV finish(CK_SESSION_HANDLE h, bool encrypt, CK_BYTE_PTR out, CK_ULONG
 	p11_op *op = encrypt ? &s->encrypt : &s->decrypt;
 	if (!op->active)
 		return CKR_OPERATION_NOT_INITIALIZED;
+	p11_ticket t = p11_ticket_of(h, op);
 	const p11_object *o = p11_object_get(op->key);
 	bool query = false;
-	CK_RV rv = o == NULL                            ? CKR_KEY_HANDLE_INVALID
-	           : op->mech->family != P11_AES_GCM ? CKR_FUNCTION_NOT_SUPPORTED
-	           : encrypt ? gcm_encrypt(s, o, op->input.data, op->input.len, out, out_n, &query)
-	                     : gcm_decrypt(s, o, op->input.data, op->input.len, out, out_n, &query);
+	CK_RV rv =
+	    o == NULL                         ? CKR_KEY_HANDLE_INVALID
+	    : op->mech->family != P11_AES_GCM ? CKR_FUNCTION_NOT_SUPPORTED
+	    : encrypt ? gcm_encrypt(op, &t, o, op->input.data, op->input.len, out, out_n, &query)
+	              : gcm_decrypt(op, &t, o, op->input.data, op->input.len, out, out_n, &query);
 	if (!query)
-		p11_op_reset(op);
+		p11_op_end(op, &t);
 	return rv;
 }
 

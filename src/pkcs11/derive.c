@@ -253,7 +253,8 @@ static CK_RV check_mechanism(const CK_MECHANISM *mech, const p11_object *base, h
  * DeriveSharedSecret: the secret into out (a buffer wiped when freed).  The
  * module lock is let go while hsmd answers, as for signatures.
  */
-static CK_RV shared_secret(const char *key_id, const hsm_buf *spki, hsm_buf *out)
+static CK_RV shared_secret(const p11_ticket *t, const char *key_id, const hsm_buf *spki,
+                           hsm_buf *out)
 {
 	hsm_buf b64 = {0};
 	if (hsm_failed(hsm_b64_encode(&b64, spki->data, spki->len)))
@@ -262,7 +263,7 @@ static CK_RV shared_secret(const char *key_id, const hsm_buf *spki, hsm_buf *out
 	                         "PublicKey", (const char *)b64.data, b64.len);
 	hsm_buf_free(&b64);
 	json_t *ans = NULL;
-	CK_RV rv = body != NULL ? p11_call_unlocked("TrentService.DeriveSharedSecret", body, &ans)
+	CK_RV rv = body != NULL ? p11_call_session(t, "TrentService.DeriveSharedSecret", body, &ans)
 	                        : CKR_HOST_MEMORY;
 	if (rv == CKR_ARGUMENTS_BAD) /* ValidationException: the point is not on the key's curve */
 		rv = CKR_MECHANISM_PARAM_INVALID;
@@ -327,14 +328,13 @@ CK_RV C_DeriveKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE b
 	char key_id[HSM_UUID_STRLEN + 1];
 	snprintf(key_id, sizeof(key_id), "%s", o->key_id);
 	hsm_key_spec spec = o->spec;
-	unsigned gen = p11.gen;
+	uint64_t gen = p11.gen;
+	p11_ticket t = p11_ticket_of(h, NULL);
 	o = NULL; /* the table may change while the lock is let go */
 	if (rv == CKR_OK)
-		rv = shared_secret(key_id, &spki, &secret);
-	/* The session closed, or the user logged out, meanwhile: no object for either. */
-	if (rv == CKR_OK && p11_session_get(h) == NULL)
-		rv = CKR_SESSION_CLOSED;
-	else if (rv == CKR_OK && (!p11.logged_in || p11.gen != gen))
+		rv = shared_secret(&t, key_id, &spki, &secret);
+	/* The session closed (p11_call_session), or the user logged out, meanwhile: no object. */
+	if (rv == CKR_OK && (!p11.logged_in || p11.gen != gen))
 		rv = CKR_USER_NOT_LOGGED_IN;
 	if (rv == CKR_OK && secret.len != hsm_ec_field_len(spec))
 		rv = CKR_DEVICE_ERROR;

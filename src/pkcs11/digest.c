@@ -42,6 +42,7 @@ CK_RV C_DigestInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech)
 		LEAVE(CKR_MECHANISM_PARAM_INVALID);
 	p11_op *op = &s->digest;
 	memset(op, 0, sizeof(*op));
+	op->serial = p11_serial();
 	op->mech = m;
 	op->md = EVP_MD_CTX_new();
 	if (op->md == NULL || !EVP_DigestInit_ex(op->md, EVP_get_digestbyname(m->md), NULL)) {

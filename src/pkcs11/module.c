@@ -23,6 +23,14 @@
 p11_module p11;
 pthread_mutex_t p11_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* Outside p11 (which C_Initialize wipes): serials never repeat in this process. */
+static uint64_t last_serial;
+
+uint64_t p11_serial(void)
+{
+	return ++last_serial;
+}
+
 /*
  * fork() while another thread holds the module's lock would leave it locked
  * for good in the child, whose C_Initialize would then wait forever: the
@@ -84,7 +92,7 @@ static hsm_client *client_acquire(void)
 	return c;
 }
 
-static void client_release(hsm_client *c, unsigned gen)
+static void client_release(hsm_client *c, uint64_t gen)
 {
 	if (c == NULL)
 		return;
@@ -103,7 +111,7 @@ void p11_pool_drain(void)
 		hsm_client_close(c);
 		free(c);
 	}
-	p11.gen++;
+	p11.gen = p11_serial();
 }
 
 static void close_session(p11_session *s)
@@ -163,6 +171,7 @@ CK_RV C_Initialize(CK_VOID_PTR init_args)
 		return CKR_ARGUMENTS_BAD; /* a setting that is not a number of seconds */
 	}
 	p11.next_handle = 1;
+	p11.gen = p11_serial(); /* clients out before a C_Finalize are not kept */
 	p11.initialized = true;
 	pthread_mutex_unlock(&p11_lock);
 	return CKR_OK;
@@ -326,6 +335,7 @@ CK_RV C_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app, CK_NOTIFY 
 		if (!p11.sessions[i].open) {
 			memset(&p11.sessions[i], 0, sizeof(p11.sessions[i]));
 			p11.sessions[i].open = true;
+			p11.sessions[i].serial = p11_serial();
 			p11.sessions[i].flags = flags;
 			*session = (CK_SESSION_HANDLE)(i + 1);
 			LEAVE(CKR_OK);
@@ -417,15 +427,37 @@ static CK_RV call(const char *target, json_t *body, json_t **out, bool unlock)
 		free(text);
 		return CKR_HOST_MEMORY;
 	}
-	unsigned gen = p11.gen;
+	uint64_t gen = p11.gen;
+	/*
+	 * Without the lock, a logout may wipe the credentials and C_Initialize
+	 * rewrite the settings while the request is made: it uses copies.
+	 */
+	struct {
+		char endpoints[sizeof(p11.endpoints)], ca_file[sizeof(p11.ca_file)];
+		char region[sizeof(p11.region)], akid[sizeof(p11.akid)], secret[sizeof(p11.secret)];
+	} own;
+	if (unlock) {
+		memcpy(own.endpoints, p11.endpoints, sizeof(own.endpoints));
+		memcpy(own.ca_file, p11.ca_file, sizeof(own.ca_file));
+		memcpy(own.region, p11.region, sizeof(own.region));
+		memcpy(own.akid, p11.akid, sizeof(own.akid));
+		memcpy(own.secret, p11.secret, sizeof(own.secret));
+		c->endpoints = own.endpoints;
+		c->ca_file = own.ca_file[0] ? own.ca_file : NULL;
+		c->region = own.region;
+		c->akid = own.akid;
+		c->secret = own.secret;
+	}
 	hsm_buf resp;
 	hsm_buf_init_secure(&resp);
 	int status = 0;
 	if (unlock)
 		pthread_mutex_unlock(&p11_lock);
 	hsm_result r = hsm_client_call(c, target, text, true, &status, &resp);
-	if (unlock)
+	if (unlock) {
 		pthread_mutex_lock(&p11_lock);
+		OPENSSL_cleanse(&own, sizeof(own)); /* c points at p11's again when next acquired */
+	}
 	client_release(c, gen);
 	OPENSSL_cleanse(text, strlen(text));
 	free(text);
@@ -465,9 +497,34 @@ CK_RV p11_call(const char *target, json_t *body, json_t **out)
 	return call(target, body, out, false);
 }
 
-CK_RV p11_call_unlocked(const char *target, json_t *body, json_t **out)
+p11_ticket p11_ticket_of(CK_SESSION_HANDLE h, const p11_op *op)
 {
-	return call(target, body, out, true);
+	const p11_session *s = p11_session_get(h);
+	p11_ticket t = {h, s != NULL ? s->serial : 0, op != NULL ? op->serial : 0};
+	return t;
+}
+
+bool p11_ticket_live(const p11_ticket *t)
+{
+	const p11_session *s = p11_session_get(t->h);
+	return p11.initialized && s != NULL && s->serial == t->session;
+}
+
+CK_RV p11_call_session(const p11_ticket *t, const char *target, json_t *body, json_t **out)
+{
+	CK_RV rv = call(target, body, out, true);
+	if (p11_ticket_live(t))
+		return rv;
+	json_decref(*out);
+	*out = NULL;
+	return p11.initialized ? CKR_SESSION_CLOSED : CKR_CRYPTOKI_NOT_INITIALIZED;
+}
+
+void p11_op_end(p11_op *op, const p11_ticket *t)
+{
+	/* Serials are never 0 nor repeated: a closed session's zeroed op, or a new op, differs. */
+	if (op->serial == t->op)
+		p11_op_reset(op);
 }
 
 CK_RV p11_b64_member(json_t *o, const char *name, hsm_buf *out)
@@ -536,13 +593,14 @@ CK_RV C_GenerateRandom(CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG len)
 		return CKR_ARGUMENTS_BAD;
 	ENTER();
 	CK_RV rv = p11_user_session(h);
+	p11_ticket t = p11_ticket_of(h, NULL);
 	for (CK_ULONG done = 0; done < len && rv == CKR_OK;) {
 		CK_ULONG n = len - done > 1024 ? 1024 : len - done; /* GenerateRandom's bound */
 		json_t *ans = NULL;
 		hsm_buf bytes;
 		hsm_buf_init_secure(&bytes);
-		rv = p11_call_unlocked("TrentService.GenerateRandom",
-		                       json_pack("{s:i}", "NumberOfBytes", (int)n), &ans);
+		rv = p11_call_session(&t, "TrentService.GenerateRandom",
+		                      json_pack("{s:i}", "NumberOfBytes", (int)n), &ans);
 		if (rv == CKR_OK)
 			rv = p11_b64_member(ans, "Plaintext", &bytes);
 		if (rv == CKR_OK && bytes.len != n)

@@ -111,6 +111,7 @@ typedef struct p11_mech {
 /* A signing, verification, encryption, decryption or digest in progress. */
 typedef struct p11_op {
 	bool active;
+	uint64_t serial;   /* given at its *Init (p11_serial): this operation and no other */
 	bool fed; /* C_Sign gave the data (a length query came first) */
 	const p11_mech *mech;
 	CK_OBJECT_HANDLE key;
@@ -131,6 +132,7 @@ typedef struct p11_find {
 
 typedef struct p11_session {
 	bool open;
+	uint64_t serial; /* given at C_OpenSession (p11_serial): a handle reused is another session */
 	CK_FLAGS flags;
 	p11_find find;
 	p11_op sign, verify, encrypt, decrypt, digest;
@@ -147,7 +149,7 @@ typedef struct p11_module {
 	/* Idle clients, each with its kept-alive connection; calls take one and give it back. */
 	hsm_client *pool[P11_POOL_MAX];
 	size_t pool_n;
-	unsigned gen; /* bumped at logout and C_Finalize: clients out at the time are not kept */
+	uint64_t gen; /* renewed at logout and C_Finalize: clients out at the time are not kept */
 	bool logged_in;
 	char akid[129];
 	char secret[129];
@@ -185,11 +187,42 @@ CK_RV p11_user_session(CK_SESSION_HANDLE h);
  * Calls hsmd: target "TrentService.Sign", ...; body is consumed.  On a 200
  * answer *out is the parsed JSON; otherwise the CKR_* value of the answer's
  * error (CKR_DEVICE_ERROR when no endpoint answered).  Called with the module
- * lock held; p11_call_unlocked lets it go during the exchange, so its caller
- * must hold no pointer into the object table across the call.
+ * lock held, which it keeps.
  */
 CK_RV p11_call(const char *target, json_t *body, json_t **out);
-CK_RV p11_call_unlocked(const char *target, json_t *body, json_t **out);
+/*
+ * A number never given before in this process: the serial of a session or an
+ * operation.  The counter lives outside p11, which C_Initialize wipes, so a
+ * serial recorded before C_Finalize never matches one given after.
+ */
+uint64_t p11_serial(void);
+/*
+ * What a call made without the module lock checks when it has the lock again:
+ * the session it was made for (its handle and serial) and its operation's
+ * serial (0: none).  While the lock was let go another thread may have closed
+ * the session (and a new one taken its handle), logged out (which ends every
+ * operation), or finalized the module.
+ */
+typedef struct p11_ticket {
+	CK_SESSION_HANDLE h;
+	uint64_t session, op;
+} p11_ticket;
+/* The ticket of session h (open: the caller checked) and its operation op (or NULL). */
+p11_ticket p11_ticket_of(CK_SESSION_HANDLE h, const p11_op *op);
+/*
+ * p11_call for a session's request, letting the module lock go during the
+ * exchange (so the caller holds no pointer into the object table across
+ * it, and copies before what it needs after).  On its return, with the lock
+ * held again, CKR_CRYPTOKI_NOT_INITIALIZED when the module was finalized
+ * meanwhile and CKR_SESSION_CLOSED when the session was closed ("closed
+ * during the execution of the function", PKCS#11 v2.40 5.1); then *out is
+ * NULL and the caller writes no output.  Otherwise p11_call's answer.
+ */
+CK_RV p11_call_session(const p11_ticket *t, const char *target, json_t *body, json_t **out);
+/* True when the session of t is still the one it was issued for (lock held). */
+bool p11_ticket_live(const p11_ticket *t);
+/* Ends op if it is still the operation of the ticket (a logout meanwhile ended it already). */
+void p11_op_end(p11_op *op, const p11_ticket *t);
 /* Closes the idle connections; those in use are closed when given back. */
 void p11_pool_drain(void);
 /* A base64 member of an answer, decoded. */

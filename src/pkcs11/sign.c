@@ -214,6 +214,7 @@ static CK_RV op_init(CK_SESSION_HANDLE hs, bool sign, CK_MECHANISM_PTR mech, CK_
 	if (rv != CKR_OK)
 		return rv;
 	memset(op, 0, sizeof(*op));
+	op->serial = p11_serial();
 	op->mech = m;
 	op->key = key;
 	op->hash = h != NULL ? h->kms : NULL;
@@ -378,8 +379,12 @@ static void copy_key(const p11_op *op, const p11_object *o, key_copy *k)
 	k->message_type = k->family == P11_EDDSA ? "RAW" : "DIGEST";
 }
 
-/* Signs: out (sig_len bytes) receives the signature. */
-static CK_RV do_sign(p11_op *op, const p11_object *o, CK_BYTE_PTR out)
+/*
+ * Signs: out (sig_len bytes) receives the signature.  Neither op nor o is
+ * used once the request is out (the lock is let go meanwhile); t tells
+ * whether the session is still there to receive it.
+ */
+static CK_RV do_sign(p11_op *op, const p11_object *o, CK_BYTE_PTR out, const p11_ticket *t)
 {
 	hsm_buf input = {0}, sig = {0}, raw = {0};
 	json_t *ans = NULL;
@@ -390,16 +395,16 @@ static CK_RV do_sign(p11_op *op, const p11_object *o, CK_BYTE_PTR out)
 	copy_key(op, o, &k); /* after op_input: a DigestInfo names the hash */
 	json_t *msg = b64_string(input.data, input.len);
 	if (k.family == P11_HMAC)
-		rv = p11_call_unlocked("TrentService.GenerateMac",
-		                       json_pack("{s:s,s:o,s:s}", "KeyId", k.key_id, "Message", msg,
-		                                 "MacAlgorithm", k.alg),
-		                       &ans);
+		rv = p11_call_session(t, "TrentService.GenerateMac",
+		                      json_pack("{s:s,s:o,s:s}", "KeyId", k.key_id, "Message", msg,
+		                                "MacAlgorithm", k.alg),
+		                      &ans);
 	else
-		rv = p11_call_unlocked("TrentService.Sign",
-		                       json_pack("{s:s,s:o,s:s,s:s}", "KeyId", k.key_id, "Message", msg,
-		                                 "MessageType", k.message_type, "SigningAlgorithm",
-		                                 k.alg),
-		                       &ans);
+		rv = p11_call_session(t, "TrentService.Sign",
+		                      json_pack("{s:s,s:o,s:s,s:s}", "KeyId", k.key_id, "Message", msg,
+		                                "MessageType", k.message_type, "SigningAlgorithm",
+		                                k.alg),
+		                      &ans);
 	if (rv != CKR_OK)
 		goto out;
 	rv = p11_b64_member(ans, k.family == P11_HMAC ? "Mac" : "Signature", &raw);
@@ -423,7 +428,8 @@ out:
 	return rv;
 }
 
-static CK_RV do_verify(p11_op *op, const p11_object *o, const CK_BYTE *sig, CK_ULONG sig_n)
+static CK_RV do_verify(p11_op *op, const p11_object *o, const CK_BYTE *sig, CK_ULONG sig_n,
+                       const p11_ticket *t)
 {
 	hsm_buf input = {0}, der = {0};
 	json_t *ans = NULL;
@@ -441,16 +447,16 @@ static CK_RV do_verify(p11_op *op, const p11_object *o, const CK_BYTE *sig, CK_U
 	json_t *msg = b64_string(input.data, input.len);
 	json_t *s = der.len ? b64_string(der.data, der.len) : b64_string(sig, sig_n);
 	if (k.family == P11_HMAC)
-		rv = p11_call_unlocked("TrentService.VerifyMac",
-		                       json_pack("{s:s,s:o,s:o,s:s}", "KeyId", k.key_id, "Message", msg,
-		                                 "Mac", s, "MacAlgorithm", k.alg),
-		                       &ans);
+		rv = p11_call_session(t, "TrentService.VerifyMac",
+		                      json_pack("{s:s,s:o,s:o,s:s}", "KeyId", k.key_id, "Message", msg,
+		                                "Mac", s, "MacAlgorithm", k.alg),
+		                      &ans);
 	else
-		rv = p11_call_unlocked("TrentService.Verify",
-		                       json_pack("{s:s,s:o,s:s,s:o,s:s}", "KeyId", k.key_id, "Message",
-		                                 msg, "MessageType", k.message_type, "Signature", s,
-		                                 "SigningAlgorithm", k.alg),
-		                       &ans);
+		rv = p11_call_session(t, "TrentService.Verify",
+		                      json_pack("{s:s,s:o,s:s,s:o,s:s}", "KeyId", k.key_id, "Message",
+		                                msg, "MessageType", k.message_type, "Signature", s,
+		                                "SigningAlgorithm", k.alg),
+		                      &ans);
 	const char *valid = k.family == P11_HMAC ? "MacValid" : "SignatureValid";
 	if (rv == CKR_OK && !json_is_true(json_object_get(ans, valid)))
 		rv = CKR_SIGNATURE_INVALID;
@@ -463,9 +469,14 @@ out:
 
 /* ---- the entry points ---------------------------------------------------------------------------------- */
 
-/* Ends a signature: the length query and a short buffer leave the operation running. */
-static CK_RV sign_final(p11_session *s, CK_BYTE_PTR sig, CK_ULONG_PTR sig_n)
+/*
+ * Ends a signature: the length query and a short buffer leave the operation
+ * running.  The operation ends only if it is still this one when hsmd has
+ * answered (p11_op_end); a session closed meanwhile is not touched.
+ */
+static CK_RV sign_final(CK_SESSION_HANDLE h, p11_session *s, CK_BYTE_PTR sig, CK_ULONG_PTR sig_n)
 {
+	p11_ticket t = p11_ticket_of(h, &s->sign);
 	const p11_object *o = p11_object_get(s->sign.key);
 	CK_RV rv;
 	if (o == NULL) {
@@ -480,11 +491,11 @@ static CK_RV sign_final(p11_session *s, CK_BYTE_PTR sig, CK_ULONG_PTR sig_n)
 			*sig_n = need;
 			return CKR_BUFFER_TOO_SMALL;
 		}
-		rv = do_sign(&s->sign, o, sig);
+		rv = do_sign(&s->sign, o, sig, &t);
 		if (rv == CKR_OK)
 			*sig_n = need;
 	}
-	p11_op_reset(&s->sign);
+	p11_op_end(&s->sign, &t);
 	return rv;
 }
 
@@ -533,7 +544,7 @@ CK_RV C_Sign(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR si
 		}
 		s->sign.fed = true;
 	}
-	LEAVE(sign_final(s, sig, sig_n));
+	LEAVE(sign_final(h, s, sig, sig_n));
 }
 
 CK_RV C_SignUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len)
@@ -550,14 +561,16 @@ CK_RV C_SignFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG_PTR sig_n)
 	p11_session *s = active(h, true, &rv);
 	if (s == NULL)
 		LEAVE(rv);
-	LEAVE(sign_final(s, sig, sig_n));
+	LEAVE(sign_final(h, s, sig, sig_n));
 }
 
-static CK_RV verify_final(p11_session *s, const CK_BYTE *sig, CK_ULONG sig_n)
+static CK_RV verify_final(CK_SESSION_HANDLE h, p11_session *s, const CK_BYTE *sig,
+                          CK_ULONG sig_n)
 {
+	p11_ticket t = p11_ticket_of(h, &s->verify);
 	const p11_object *o = p11_object_get(s->verify.key);
-	CK_RV rv = o == NULL ? CKR_KEY_HANDLE_INVALID : do_verify(&s->verify, o, sig, sig_n);
-	p11_op_reset(&s->verify);
+	CK_RV rv = o == NULL ? CKR_KEY_HANDLE_INVALID : do_verify(&s->verify, o, sig, sig_n, &t);
+	p11_op_end(&s->verify, &t);
 	return rv;
 }
 
@@ -576,7 +589,7 @@ CK_RV C_Verify(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR 
 		p11_op_reset(&s->verify);
 		LEAVE(rv);
 	}
-	LEAVE(verify_final(s, sig, sig_n));
+	LEAVE(verify_final(h, s, sig, sig_n));
 }
 
 CK_RV C_VerifyUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len)
@@ -593,5 +606,5 @@ CK_RV C_VerifyFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG sig_n)
 	p11_session *s = active(h, false, &rv);
 	if (s == NULL)
 		LEAVE(rv);
-	LEAVE(verify_final(s, sig, sig_n));
+	LEAVE(verify_final(h, s, sig, sig_n));
 }

@@ -1809,3 +1809,21 @@ def test_a_call_that_timed_out_is_not_sent_again(tmp_path, server, officer):
                          env=dict(env, HSM_PKCS11_TIMEOUT="soon"), capture_output=True,
                          text=True, timeout=60)
     assert bad.stdout.strip() == "CKR_ARGUMENTS_BAD", (bad.stdout, bad.stderr)
+
+
+def test_sessions_closed_and_logouts_while_calls_wait_on_hsmd(tmp_path, server, user, keys):
+    """Threads encrypt (AES-GCM, 64 KiB, hsmd's IV written into pIv) and sign while others log
+    out and in, close their sessions (handles are reused) and finally finalize the module, all
+    while calls wait on hsmd without the module's lock: no crash, every return value one these
+    races explain (CKR_SESSION_CLOSED for a session closed during the call), and no output
+    written by a call that failed (pkcs11_race.c checks each)."""
+    exe = c_program(tmp_path, "pkcs11_race")
+    env = dict(os.environ, HSM_PKCS11_ENDPOINT=server.endpoint)
+    p = subprocess.run([str(exe), MODULE, user.pin, keys["aes"], keys["ec"], "6"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
+    words = p.stdout.split()
+    assert words[0::2] == ["encrypted", "signed", "closed"], p.stdout
+    print(p.stdout)
+    encrypted, signed, _ = (int(w) for w in words[1::2])
+    assert encrypted > 0 and signed > 0, p.stdout
