@@ -3,7 +3,9 @@
  *
  * After login, and again at each C_FindObjectsInit, the module lists the
  * user's view of hsmd's keys (ListKeys, ListAliases, DescribeKey,
- * GetPublicKey).  Keys that are not pending deletion become objects:
+ * GetPublicKey).  Enabled keys become objects (a key disabled, pending
+ * import or deletion, or one hsmd refuses to describe to this user, is left
+ * out; the listing fails only where hsmd does not answer it at all):
  *   - SIGN_VERIFY RSA, NIST/secp256k1 EC and Ed25519 keys: a private key
  *     object (sign) and a public key object (verify, with the public values);
  *   - ENCRYPT_DECRYPT RSA keys: the same pair for decryption and encryption;
@@ -325,13 +327,30 @@ static CK_RV upsert(const char *key_id, CK_OBJECT_CLASS cls, hsm_key_spec spec,
 	return parse_public(o);
 }
 
-/* Makes the objects of one key (if it is one this token shows). */
+/*
+ * hsmd's refusals that concern one key, not the listing: it is gone
+ * (NotFoundException), disabled or in another state (DisabledException,
+ * KMSInvalidStateException), or its policy denies this user
+ * (AccessDeniedException).  Such a key is left out of the token; any other
+ * failure (no answer, credentials refused) fails the whole listing.
+ */
+static bool refused_key(CK_RV rv)
+{
+	return rv == CKR_KEY_HANDLE_INVALID || rv == CKR_KEY_FUNCTION_NOT_PERMITTED ||
+	       rv == CKR_ACTION_PROHIBITED;
+}
+
+/*
+ * Makes the objects of one key, if it is one this token shows: Enabled (a
+ * disabled key, one pending import or deletion is not listed), of a spec and
+ * usage the module knows, and readable by this user.
+ */
 static CK_RV load_key(const char *key_id, json_t *aliases)
 {
 	json_t *ans = NULL;
 	CK_RV rv = p11_call("TrentService.DescribeKey", json_pack("{s:s}", "KeyId", key_id), &ans);
 	if (rv != CKR_OK)
-		return rv;
+		return refused_key(rv) ? CKR_OK : rv;
 	json_t *md = json_object_get(ans, "KeyMetadata");
 	const char *state = json_string_value(json_object_get(md, "KeyState"));
 	const char *spec_name = json_string_value(json_object_get(md, "KeySpec"));
@@ -342,8 +361,7 @@ static CK_RV load_key(const char *key_id, json_t *aliases)
 	hsm_buf spki = {0};
 	if (state == NULL || spec_name == NULL || usage_name == NULL ||
 	    hsm_failed(hsm_spec_parse(spec_name, &spec)) ||
-	    hsm_failed(hsm_usage_parse(usage_name, &usage)) ||
-	    (strcmp(state, "Enabled") != 0 && strcmp(state, "Disabled") != 0))
+	    hsm_failed(hsm_usage_parse(usage_name, &usage)) || strcmp(state, "Enabled") != 0)
 		goto out; /* not an object of this token */
 	label_of(aliases, key_id, label, sizeof(label));
 	if (usage == HSM_USAGE_GENERATE_VERIFY_MAC && is_hmac(spec)) {
@@ -358,6 +376,10 @@ static CK_RV load_key(const char *key_id, json_t *aliases)
 		if (rv == CKR_OK)
 			rv = p11_b64_member(pub, "PublicKey", &spki);
 		json_decref(pub);
+		if (refused_key(rv)) { /* disabled or refused since DescribeKey: not listed */
+			rv = CKR_OK;
+			goto out;
+		}
 		CK_KEY_TYPE kt = is_rsa(spec)                             ? CKK_RSA
 		                 : spec == HSM_SPEC_ECC_NIST_EDWARDS25519 ? CKK_EC_EDWARDS
 		                                                          : CKK_EC;
@@ -394,7 +416,7 @@ static CK_RV load_view(json_t *aliases)
 		if (rv == CKR_OK && id != NULL && hsm_is_uuid(id))
 			snprintf(key_id, sizeof(key_id), "%s", id);
 		json_decref(ans);
-		if (rv == CKR_KEY_HANDLE_INVALID) /* NotFoundException */
+		if (refused_key(rv)) /* no such key, or not one this user may see */
 			rv = CKR_OK;
 		if (rv == CKR_OK && key_id[0] != '\0')
 			rv = load_key(key_id, aliases);
@@ -483,7 +505,7 @@ static CK_RV refresh_key(const char *key_id)
 	if (rv == CKR_OK)
 		rv = load_key(key_id, aliases);
 	json_decref(aliases);
-	if (rv == CKR_KEY_HANDLE_INVALID) /* NotFoundException: no such key (any more) */
+	if (refused_key(rv)) /* no such key (any more), or not one this user may see */
 		rv = CKR_OK;
 	if (rv == CKR_OK)
 		objects_remove(NULL); /* outside a refresh every other object is marked seen */
@@ -543,7 +565,7 @@ static CK_RV refresh_keys_for(const CK_ATTRIBUTE *tmpl, CK_ULONG count)
 	if (rv == CKR_OK && target != NULL && hsm_is_uuid(target))
 		snprintf(key_id, sizeof(key_id), "%s", target);
 	json_decref(ans);
-	if (rv != CKR_OK && rv != CKR_KEY_HANDLE_INVALID)
+	if (rv != CKR_OK && !refused_key(rv))
 		return rv;
 	if (key_id[0] != '\0' && (rv = refresh_key(key_id)) != CKR_OK)
 		return rv;

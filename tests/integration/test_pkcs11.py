@@ -26,6 +26,7 @@ p11tool as a fifth.
 import contextlib
 import datetime
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -289,6 +290,48 @@ def test_credentials_revoked_after_login_end_the_login(p11, server, keys):
 
 
 # ---- 3. objects ------------------------------------------------------------------------------
+
+def test_keys_hsmd_refuses_to_describe_are_left_out(p11, server, user, officer, keys):
+    """A key hsmd refuses to describe or give the public key of, to this user (a disabled key:
+    DisabledException; a policy denying the user: AccessDeniedException), is left out of the
+    token; login and searches work and show every other key.  Only Enabled keys are listed."""
+    disabled = officer.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")[
+        "KeyMetadata"]["KeyId"]
+    disabled_aes = officer.create_key(KeySpec="SYMMETRIC_DEFAULT", KeyUsage="ENCRYPT_DECRYPT")[
+        "KeyMetadata"]["KeyId"]
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Sid": "root", "Effect": "Allow",
+         "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}, "Action": "kms:*", "Resource": "*"},
+        {"Sid": "not-the-app", "Effect": "Deny", "Principal": {"AWS": user.arn},
+         "Action": "kms:*", "Resource": "*"}]}
+    denied = officer.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY",
+                                Policy=json.dumps(policy))["KeyMetadata"]["KeyId"]
+    try:
+        for k in (disabled, disabled_aes):
+            officer.disable_key(KeyId=k)
+        with session(p11, user.pin) as s:
+            ids = {attrs(s, o, CKA_ID)[0].decode() for o in s.findObjects()}
+            assert {keys["rsa"], keys["ec"], keys["mac"], keys["aes"]} <= ids, ids
+            assert not {disabled, disabled_aes, denied} & ids, ids
+            for k in (disabled, disabled_aes, denied):  # a search naming the key: none either
+                assert find(s, None, k) == []
+        # Enabled again, it is listed again.
+        officer.enable_key(KeyId=disabled)
+        with session(p11, user.pin) as s:
+            assert len(find(s, None, disabled)) == 2
+            officer.disable_key(KeyId=disabled)
+            assert find(s, None, disabled) == []  # read again at each search
+        # HSM_PKCS11_KEYS naming a disabled key and a refused one: the others show.
+        p = tool(server.endpoint, "--login", "--pin", user.pin, "-O",
+                 keys=f"{disabled},{denied},{keys['ec']}")
+        assert p.returncode == 0, p.stderr
+        shown = {bytes.fromhex(line.split()[1]).decode()
+                 for line in p.stdout.splitlines() if line.strip().startswith("ID:")}
+        assert shown == {keys["ec"]}, p.stdout
+    finally:
+        for k in (disabled, disabled_aes, denied):
+            officer.schedule_key_deletion(KeyId=k, PendingWindowInDays=7)
+
 
 def test_objects_mirror_the_kms_keys(p11, user, officer, keys):
     with session(p11, user.pin) as s:
