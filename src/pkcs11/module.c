@@ -344,6 +344,20 @@ CK_RV C_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app, CK_NOTIFY 
 	LEAVE(CKR_SESSION_COUNT);
 }
 
+/* What C_Logout does: the login ends for every session of the token. */
+static void end_login(void)
+{
+	for (size_t i = 0; i < P11_MAX_SESSIONS; i++) {
+		p11_op_reset(&p11.sessions[i].sign);
+		p11_op_reset(&p11.sessions[i].verify);
+		p11_op_reset(&p11.sessions[i].encrypt);
+		p11_op_reset(&p11.sessions[i].decrypt);
+	}
+	wipe_credentials();
+	p11_pool_drain();
+	p11_objects_clear();
+}
+
 static bool any_session_open(void)
 {
 	for (size_t i = 0; i < P11_MAX_SESSIONS; i++)
@@ -360,8 +374,10 @@ CK_RV C_CloseSession(CK_SESSION_HANDLE h)
 		LEAVE(CKR_SESSION_HANDLE_INVALID);
 	close_session(s);
 	p11_objects_drop_session(h);
-	if (!any_session_open()) /* the login ends with the last session */
-		wipe_credentials();
+	/* The login ends with the last session (PKCS#11 v2.40 5.6), as at C_Logout: the
+	 * objects read with it go too, or a new session would find them before login. */
+	if (!any_session_open() && p11.logged_in)
+		end_login();
 	LEAVE(CKR_OK);
 }
 
@@ -374,7 +390,7 @@ CK_RV C_CloseAllSessions(CK_SLOT_ID slot)
 		close_session(&p11.sessions[i]);
 		p11_objects_drop_session(i + 1);
 	}
-	wipe_credentials();
+	end_login(); /* as C_CloseSession of the last session */
 	LEAVE(CKR_OK);
 }
 
@@ -396,20 +412,6 @@ CK_RV C_GetSessionInfo(CK_SESSION_HANDLE h, CK_SESSION_INFO_PTR info)
 }
 
 /* ---- calling hsmd ---------------------------------------------------------------------------- */
-
-/* What C_Logout does: the login ends for every session of the token. */
-static void end_login(void)
-{
-	for (size_t i = 0; i < P11_MAX_SESSIONS; i++) {
-		p11_op_reset(&p11.sessions[i].sign);
-		p11_op_reset(&p11.sessions[i].verify);
-		p11_op_reset(&p11.sessions[i].encrypt);
-		p11_op_reset(&p11.sessions[i].decrypt);
-	}
-	wipe_credentials();
-	p11_pool_drain();
-	p11_objects_clear();
-}
 
 static CK_RV call(const char *target, json_t *body, json_t **out, bool unlock)
 {

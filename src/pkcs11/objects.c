@@ -791,7 +791,8 @@ CK_RV C_GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUT
 	ENTER();
 	if (p11_session_get(h) == NULL)
 		LEAVE(CKR_SESSION_HANDLE_INVALID);
-	const p11_object *o = p11_object_get(obj);
+	/* Before login no object shows (a search finds none): not even by a handle kept. */
+	const p11_object *o = p11.logged_in ? p11_object_get(obj) : NULL;
 	if (o == NULL)
 		LEAVE(CKR_OBJECT_HANDLE_INVALID);
 	CK_RV rv = CKR_OK;
@@ -824,7 +825,8 @@ CK_RV C_SetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUT
 	if (p11_session_get(h) == NULL)
 		LEAVE(CKR_SESSION_HANDLE_INVALID);
 	/* Objects are views of hsmd's keys: change a key through hsmd's API. */
-	LEAVE(p11_object_get(obj) == NULL ? CKR_OBJECT_HANDLE_INVALID : CKR_ACTION_PROHIBITED);
+	LEAVE(!p11.logged_in || p11_object_get(obj) == NULL ? CKR_OBJECT_HANDLE_INVALID
+	                                                  : CKR_ACTION_PROHIBITED);
 }
 
 CK_RV C_GetObjectSize(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ULONG_PTR size)
@@ -834,7 +836,7 @@ CK_RV C_GetObjectSize(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ULONG_PTR si
 	ENTER();
 	if (p11_session_get(h) == NULL)
 		LEAVE(CKR_SESSION_HANDLE_INVALID);
-	if (p11_object_get(obj) == NULL)
+	if (!p11.logged_in || p11_object_get(obj) == NULL)
 		LEAVE(CKR_OBJECT_HANDLE_INVALID);
 	*size = CK_UNAVAILABLE_INFORMATION;
 	LEAVE(CKR_OK);
@@ -874,7 +876,7 @@ CK_RV C_FindObjectsInit(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR tmpl, CK_ULONG cou
 	s->find.handles = calloc(p11.n_objects + 1, sizeof(CK_OBJECT_HANDLE));
 	if (s->find.handles == NULL)
 		LEAVE(CKR_HOST_MEMORY);
-	for (size_t i = 0; i < p11.n_objects; i++)
+	for (size_t i = 0; p11.logged_in && i < p11.n_objects; i++)
 		if (matches(&p11.objects[i], tmpl, count))
 			s->find.handles[s->find.n++] = p11.objects[i].handle;
 	s->find.active = true;

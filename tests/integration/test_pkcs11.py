@@ -272,6 +272,33 @@ def test_login(p11, user, keys):
             Mechanism(PyKCS11.CKM_SHA256_RSA_PKCS))
 
 
+def test_closing_the_last_session_ends_the_login(p11, user, keys):
+    """The login ends with the last session (C_CloseSession) or with C_CloseAllSessions, as at
+    C_Logout: a new session finds no object and reads none by a handle kept from before."""
+    def closing_all():
+        p11.closeAllSessions(0)
+
+    for close in ("last", "all"):
+        s = p11.openSession(0, PyKCS11.CKF_SERIAL_SESSION)
+        s.login(user.pin)
+        (priv,) = find(s, CKO_PRIVATE_KEY, keys["rsa"])
+        assert attrs(s, priv, CKA_ID) == [keys["rsa"].encode()]
+        if close == "last":
+            s.closeSession()
+        else:
+            closing_all()
+        with session(p11) as t:
+            assert t.getSessionInfo().state == PyKCS11.CKS_RW_PUBLIC_SESSION
+            assert t.findObjects() == []
+            assert find(t, CKO_PRIVATE_KEY, keys["rsa"]) == []
+            assert attr_rv(t, priv, CKA_ID) == PyKCS11.CKR_OBJECT_HANDLE_INVALID
+            assert attr_rv(t, priv, CKA_CLASS) == PyKCS11.CKR_OBJECT_HANDLE_INVALID
+            ckr(PyKCS11.CKR_USER_NOT_LOGGED_IN, t.sign, priv, MSG,
+                Mechanism(PyKCS11.CKM_SHA256_RSA_PKCS))
+            t.login(user.pin)  # and a new login reads them again
+            assert len(find(t, CKO_PRIVATE_KEY, keys["rsa"])) == 1
+
+
 def test_credentials_revoked_after_login_end_the_login(p11, server, keys):
     """A PIN whose access key is revoked mid-session: the next call is CKR_USER_NOT_LOGGED_IN
     (CKR_PIN_INCORRECT is C_Login's answer) and the login ends, objects gone, as at C_Logout."""
