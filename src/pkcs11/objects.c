@@ -987,9 +987,11 @@ static CK_RV pair_spec(CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *pub, CK_ULONG
 {
 	if (mech == CKM_RSA_PKCS_KEY_PAIR_GEN) {
 		const CK_ATTRIBUTE *bits = p11_attr_find(pub, n_pub, CKA_MODULUS_BITS);
-		if (bits == NULL || bits->pValue == NULL || bits->ulValueLen != sizeof(CK_ULONG))
+		CK_ULONG b = 0;
+		if (bits == NULL)
 			return CKR_TEMPLATE_INCOMPLETE;
-		CK_ULONG b = *(const CK_ULONG *)bits->pValue;
+		if (!p11_attr_ulong(bits, &b))
+			return CKR_ATTRIBUTE_VALUE_INVALID;
 		if (b != 2048 && b != 3072 && b != 4096)
 			return CKR_ATTRIBUTE_VALUE_INVALID;
 		*spec = b == 2048 ? HSM_SPEC_RSA_2048 : b == 3072 ? HSM_SPEC_RSA_3072 : HSM_SPEC_RSA_4096;
@@ -1047,49 +1049,97 @@ static CK_RV pair_label(const CK_ATTRIBUTE *a, char *out, size_t cap)
 	return hsm_str_has_prefix(out, "aws/") ? CKR_ATTRIBUTE_VALUE_INVALID : CKR_OK;
 }
 
-static CK_RV check_private_template(const CK_ATTRIBUTE *t, CK_ULONG n)
+/* The key type a key pair mechanism makes, or CK_UNAVAILABLE_INFORMATION. */
+static CK_KEY_TYPE pair_key_type(CK_MECHANISM_TYPE mech)
 {
-	bool b;
-	/* hsmd's keys never leave it: a template asking otherwise cannot be met. */
-	if (p11_attr_bool(p11_attr_find(t, n, CKA_EXTRACTABLE), &b) && b)
-		return CKR_ATTRIBUTE_VALUE_INVALID;
-	if (p11_attr_bool(p11_attr_find(t, n, CKA_SENSITIVE), &b) && !b)
-		return CKR_ATTRIBUTE_VALUE_INVALID;
-	/* Every key hsmd makes is a token object (lasting, audited): a session key is not one
-	 * it makes.  (CKA_PRIVATE is no choice here: the module shows no object before login,
-	 * so pkcs11-tool's CKA_PRIVATE false on a secret key changes nothing.) */
-	if (p11_attr_bool(p11_attr_find(t, n, CKA_TOKEN), &b) && !b)
-		return CKR_TEMPLATE_INCONSISTENT;
-	/* A signing pair ignores CKA_DECRYPT and CKA_DERIVE (which tools such as
-	 * pkcs11-tool set by default), and they read false afterwards. */
+	return mech == CKM_RSA_PKCS_KEY_PAIR_GEN     ? CKK_RSA
+	       : mech == CKM_EC_KEY_PAIR_GEN         ? CKK_EC
+	       : mech == CKM_EC_EDWARDS_KEY_PAIR_GEN ? CKK_EC_EDWARDS
+	                                             : CK_UNAVAILABLE_INFORMATION;
+}
+
+/*
+ * The usages a template may not ask for (true) beside `own`, the one its key
+ * has, and which it may not refuse (false) either.
+ */
+static CK_RV one_usage(const CK_ATTRIBUTE *t, CK_ULONG n, const CK_ATTRIBUTE_TYPE *own,
+                       size_t n_own, bool own_may_be_false)
+{
+	static const CK_ATTRIBUTE_TYPE usages[] = {CKA_SIGN,   CKA_VERIFY,      CKA_ENCRYPT,
+	                                           CKA_DECRYPT, CKA_DERIVE,     CKA_WRAP,
+	                                           CKA_UNWRAP, CKA_SIGN_RECOVER, CKA_VERIFY_RECOVER};
+	for (size_t i = 0; i < sizeof(usages) / sizeof(usages[0]); i++) {
+		bool mine = false;
+		for (size_t j = 0; j < n_own; j++)
+			mine = mine || own[j] == usages[i];
+		if (mine ? !own_may_be_false && p11_template_false(t, n, usages[i])
+		         : p11_template_true(t, n, usages[i]))
+			return CKR_TEMPLATE_INCONSISTENT;
+	}
 	return CKR_OK;
 }
 
 /*
- * The usage a pair's private template asks for: a NIST curve pair that is to
- * derive and not to sign (pkcs11-tool --usage-derive) is a KEY_AGREEMENT key,
- * an RSA pair that is to decrypt and not to sign an ENCRYPT_DECRYPT key; any
- * other pair signs, unless CKA_SIGN is false, which nothing else fits.
+ * The usage a pair's private template asks for (an hsmd key has one): to
+ * decrypt (CKA_DECRYPT true: pkcs11-tool --usage-decrypt) an RSA
+ * ENCRYPT_DECRYPT key, to derive (CKA_DERIVE true: --usage-derive) a NIST
+ * curve KEY_AGREEMENT key, otherwise to sign, unless CKA_SIGN is false.  Two
+ * at once, or one the key's type cannot have, is refused; so is a public
+ * template asking its key for another use, or refusing it its own.
  */
-static CK_RV pair_usage(hsm_key_spec spec, const CK_ATTRIBUTE *t, CK_ULONG n,
-                        hsm_key_usage *usage)
+static CK_RV pair_usage(hsm_key_spec spec, const CK_ATTRIBUTE *pub, CK_ULONG n_pub,
+                        const CK_ATTRIBUTE *priv, CK_ULONG n_priv, hsm_key_usage *usage)
 {
-	bool derive = false, decrypt = false, sign = true;
 	bool nist = spec == HSM_SPEC_ECC_NIST_P256 || spec == HSM_SPEC_ECC_NIST_P384 ||
 	            spec == HSM_SPEC_ECC_NIST_P521;
-	bool rsa = spec == HSM_SPEC_RSA_2048 || spec == HSM_SPEC_RSA_3072 ||
-	           spec == HSM_SPEC_RSA_4096;
-	bool sign_given = p11_attr_bool(p11_attr_find(t, n, CKA_SIGN), &sign);
-	(void)p11_attr_bool(p11_attr_find(t, n, CKA_DERIVE), &derive);
-	(void)p11_attr_bool(p11_attr_find(t, n, CKA_DECRYPT), &decrypt);
-	*usage = HSM_USAGE_SIGN_VERIFY;
-	if (nist && derive && !(sign_given && sign))
-		*usage = HSM_USAGE_KEY_AGREEMENT;
-	else if (rsa && decrypt && sign_given && !sign)
-		*usage = HSM_USAGE_ENCRYPT_DECRYPT;
-	else if (sign_given && !sign)
+	bool sign = p11_template_true(priv, n_priv, CKA_SIGN);
+	bool decrypt = p11_template_true(priv, n_priv, CKA_DECRYPT);
+	bool derive = p11_template_true(priv, n_priv, CKA_DERIVE);
+	if ((int)sign + (int)decrypt + (int)derive > 1)
 		return CKR_TEMPLATE_INCONSISTENT;
-	return CKR_OK;
+	if (decrypt && !is_rsa(spec))
+		return CKR_TEMPLATE_INCONSISTENT;
+	if (derive && !nist)
+		return CKR_TEMPLATE_INCONSISTENT; /* hsmd's KEY_AGREEMENT keys are on NIST curves */
+	*usage = decrypt  ? HSM_USAGE_ENCRYPT_DECRYPT
+	         : derive ? HSM_USAGE_KEY_AGREEMENT
+	                  : HSM_USAGE_SIGN_VERIFY;
+	CK_ATTRIBUTE_TYPE mine = decrypt ? CKA_DECRYPT : derive ? CKA_DERIVE : CKA_SIGN;
+	CK_RV rv = one_usage(priv, n_priv, &mine, 1, false);
+	/* The public key's side: verify, encrypt, or (pkcs11-tool sets it) derive. */
+	CK_ATTRIBUTE_TYPE theirs = decrypt ? CKA_ENCRYPT : derive ? CKA_DERIVE : CKA_VERIFY;
+	if (rv == CKR_OK)
+		rv = one_usage(pub, n_pub, &theirs, 1, derive);
+	return rv;
+}
+
+/* The private template's CKA_EC_PARAMS, if any, must be the public one's. */
+static CK_RV same_curve(const CK_ATTRIBUTE *pub, CK_ULONG n_pub, const CK_ATTRIBUTE *priv,
+                        CK_ULONG n_priv)
+{
+	const CK_ATTRIBUTE *a = p11_attr_find(pub, n_pub, CKA_EC_PARAMS);
+	const CK_ATTRIBUTE *b = p11_attr_find(priv, n_priv, CKA_EC_PARAMS);
+	if (b == NULL)
+		return CKR_OK;
+	return a != NULL && a->ulValueLen == b->ulValueLen &&
+	               (a->ulValueLen == 0 || hsm_ct_equal(a->pValue, b->pValue, a->ulValueLen))
+	           ? CKR_OK
+	           : CKR_TEMPLATE_INCONSISTENT;
+}
+
+/* One alias a key: the two templates' labels, when both are given, are the same. */
+static CK_RV pair_label_attr(const CK_ATTRIBUTE *pub, CK_ULONG n_pub, const CK_ATTRIBUTE *priv,
+                             CK_ULONG n_priv, const CK_ATTRIBUTE **label)
+{
+	const CK_ATTRIBUTE *a = p11_attr_find(pub, n_pub, CKA_LABEL);
+	const CK_ATTRIBUTE *b = p11_attr_find(priv, n_priv, CKA_LABEL);
+	*label = b != NULL ? b : a;
+	if (a == NULL || b == NULL)
+		return CKR_OK;
+	return a->ulValueLen == b->ulValueLen &&
+	               (a->ulValueLen == 0 || hsm_ct_equal(a->pValue, b->pValue, a->ulValueLen))
+	           ? CKR_OK
+	           : CKR_TEMPLATE_INCONSISTENT;
 }
 
 /*
@@ -1137,19 +1187,28 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE
 	hsm_key_spec spec;
 	char label[P11_LABEL_MAX + 1];
 	hsm_key_usage usage;
+	const CK_ATTRIBUTE *l = NULL;
+	CK_KEY_TYPE kt = pair_key_type(mech->mechanism);
+	/* Every check before CreateKey: a template refused makes no key. */
 	CK_RV rv = p11_user_session(h);
 	if (rv == CKR_OK)
 		rv = rw_session(h);
+	if (rv == CKR_OK && kt == CK_UNAVAILABLE_INFORMATION)
+		rv = CKR_MECHANISM_INVALID;
+	if (rv == CKR_OK)
+		rv = p11_template_check(pub, n_pub, CKO_PUBLIC_KEY, kt);
+	if (rv == CKR_OK)
+		rv = p11_template_check(priv, n_priv, CKO_PRIVATE_KEY, kt);
 	if (rv == CKR_OK)
 		rv = pair_spec(mech->mechanism, pub, n_pub, &spec);
 	if (rv == CKR_OK)
-		rv = check_private_template(priv, n_priv);
+		rv = same_curve(pub, n_pub, priv, n_priv);
 	if (rv == CKR_OK)
-		rv = pair_usage(spec, priv, n_priv, &usage);
-	if (rv == CKR_OK) {
-		const CK_ATTRIBUTE *l = p11_attr_find(priv, n_priv, CKA_LABEL);
-		rv = pair_label(l != NULL ? l : p11_attr_find(pub, n_pub, CKA_LABEL), label, sizeof(label));
-	}
+		rv = pair_usage(spec, pub, n_pub, priv, n_priv, &usage);
+	if (rv == CKR_OK)
+		rv = pair_label_attr(pub, n_pub, priv, n_priv, &l);
+	if (rv == CKR_OK)
+		rv = pair_label(l, label, sizeof(label));
 	if (rv != CKR_OK)
 		LEAVE(rv);
 	char key_id[HSM_UUID_STRLEN + 1];
@@ -1184,22 +1243,21 @@ bool p11_attr_ulong(const CK_ATTRIBUTE *a, CK_ULONG *out)
 static CK_RV secret_spec(CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *t, CK_ULONG n,
                          hsm_key_spec *spec, hsm_key_usage *usage)
 {
-	CK_ULONG len = 0, cls = CKO_SECRET_KEY, kt = CK_UNAVAILABLE_INFORMATION;
-	if (!p11_attr_ulong(p11_attr_find(t, n, CKA_VALUE_LEN), &len) ||
-	    !p11_attr_ulong(p11_attr_find(t, n, CKA_CLASS), &cls) ||
-	    !p11_attr_ulong(p11_attr_find(t, n, CKA_KEY_TYPE), &kt) || cls != CKO_SECRET_KEY)
-		return CKR_ATTRIBUTE_VALUE_INVALID;
-	if (mech == CKM_AES_KEY_GEN) {
-		if ((len != 0 && len != 32) || (kt != CK_UNAVAILABLE_INFORMATION && kt != CKK_AES))
+	CK_ULONG len = 0; /* well formed: p11_template_check */
+	(void)p11_attr_ulong(p11_attr_find(t, n, CKA_VALUE_LEN), &len);
+	/* An AES key encrypts and decrypts, an HMAC key signs and verifies, nothing else. */
+	static const CK_ATTRIBUTE_TYPE aes_uses[] = {CKA_ENCRYPT, CKA_DECRYPT};
+	static const CK_ATTRIBUTE_TYPE mac_uses[] = {CKA_SIGN, CKA_VERIFY};
+	bool aes = mech == CKM_AES_KEY_GEN;
+	if (one_usage(t, n, aes ? aes_uses : mac_uses, 2, false) != CKR_OK)
+		return CKR_TEMPLATE_INCONSISTENT;
+	if (aes) {
+		if (len != 0 && len != 32)
 			return CKR_ATTRIBUTE_VALUE_INVALID;
 		*spec = HSM_SPEC_SYMMETRIC_DEFAULT;
 		*usage = HSM_USAGE_ENCRYPT_DECRYPT;
 		return CKR_OK;
 	}
-	if (mech != CKM_GENERIC_SECRET_KEY_GEN)
-		return CKR_MECHANISM_INVALID;
-	if (kt != CK_UNAVAILABLE_INFORMATION && kt != CKK_GENERIC_SECRET)
-		return CKR_ATTRIBUTE_VALUE_INVALID;
 	if (len == 0)
 		return CKR_TEMPLATE_INCOMPLETE;
 	if (len != 28 && len != 32 && len != 48 && len != 64)
@@ -1221,13 +1279,19 @@ CK_RV C_GenerateKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR
 	hsm_key_spec spec;
 	hsm_key_usage usage;
 	char label[P11_LABEL_MAX + 1];
+	CK_KEY_TYPE kt = mech->mechanism == CKM_AES_KEY_GEN              ? CKK_AES
+	                 : mech->mechanism == CKM_GENERIC_SECRET_KEY_GEN ? CKK_GENERIC_SECRET
+	                                                                 : CK_UNAVAILABLE_INFORMATION;
+	/* Every check before CreateKey: a template refused makes no key. */
 	CK_RV rv = p11_user_session(h);
 	if (rv == CKR_OK)
 		rv = rw_session(h);
+	if (rv == CKR_OK && kt == CK_UNAVAILABLE_INFORMATION)
+		rv = CKR_MECHANISM_INVALID;
+	if (rv == CKR_OK)
+		rv = p11_template_check(t, n, CKO_SECRET_KEY, kt);
 	if (rv == CKR_OK)
 		rv = secret_spec(mech->mechanism, t, n, &spec, &usage);
-	if (rv == CKR_OK)
-		rv = check_private_template(t, n);
 	if (rv == CKR_OK)
 		rv = pair_label(p11_attr_find(t, n, CKA_LABEL), label, sizeof(label));
 	if (rv != CKR_OK)

@@ -6,6 +6,7 @@
  *              login, mechanisms, random numbers, the unsupported functions
  *   objects.c  hsmd's keys as token objects: loading, attributes, search,
  *              key pair generation, destruction
+ *   template.c the rules a key generation template must meet
  *   certs.c    certificates (CKO_CERTIFICATE): hsmd's, and session objects
  *   sign.c     signing and verification
  *   crypt.c    RSA-OAEP and AES-GCM encryption and decryption
@@ -251,6 +252,18 @@ void p11_objects_remove_unseen(void);
 void p11_object_drop(CK_OBJECT_HANDLE h);
 /* Destroys the derived secrets of a session that closes. */
 void p11_objects_drop_session(CK_SESSION_HANDLE owner);
+
+/* ---- template.c ---- */
+/*
+ * Checks a key generation template for an object of class cls and key type
+ * kt against PKCS#11's rules (unknown, read-only or malformed attributes, a
+ * class, key type, CKA_TOKEN, ... the new key would not have); the usages
+ * are the caller's to check.  CKR_OK or the error to return, no key made.
+ */
+CK_RV p11_template_check(const CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_CLASS cls, CK_KEY_TYPE kt);
+/* Whether a (checked) template gives the boolean type as true, or as false. */
+bool p11_template_true(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type);
+bool p11_template_false(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type);
 
 /* ---- certs.c ---- */
 /* Reads hsmd's certificates again: each becomes or updates an object, marked seen. */

@@ -808,7 +808,8 @@ def test_generate_key_pairs(p11, user, officer):
         eck = generate(s, "ec", "p11-ec", label_in_public=False)
         count = len(officer.list_keys(Limit=1000)["Keys"])
         bad = [(CKA_TOKEN, True), (CKA_MODULUS_BITS, 2048), (CKA_PUBLIC_EXPONENT, b"\x03")]
-        refused(s.generateKeyPair, bad, [(CKA_SIGN, True)], PyKCS11.MechanismRSAGENERATEKEYPAIR)
+        ckr(PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID, s.generateKeyPair, bad,
+            [(CKA_TOKEN, True), (CKA_SIGN, True)], PyKCS11.MechanismRSAGENERATEKEYPAIR)
         assert len(officer.list_keys(Limit=1000)["Keys"]) == count  # no key for e = 3
     for kid, spec, alias in ((rsa, "RSA_2048", "alias/p11-rsa"),
                              (eck, "ECC_NIST_P256", "alias/p11-ec")):
@@ -834,14 +835,17 @@ def test_generate_honours_or_refuses_the_template(p11, officer):
     """What a template asks of a new key is made, or refused: hsmd makes lasting, audited keys
     only, in R/W sessions; an RSA pair that is to decrypt and not to sign is an ENCRYPT_DECRYPT
     key."""
-    rsa_pub = [(CKA_MODULUS_BITS, 2048), (CKA_PUBLIC_EXPONENT, b"\x01\x00\x01")]
-    ec_pub = [(CKA_EC_PARAMS, P256_OID)]
+    rsa_pub = [(CKA_TOKEN, True), (CKA_MODULUS_BITS, 2048),
+               (CKA_PUBLIC_EXPONENT, b"\x01\x00\x01")]
+    ec_pub = [(CKA_TOKEN, True), (CKA_EC_PARAMS, P256_OID)]
     count = len(officer.list_keys(Limit=1000)["Keys"])
     with session(p11, f"{DEV_AKID}:{DEV_SECRET}") as s:
         for pub, priv, mech in (
                 (ec_pub, [(CKA_TOKEN, False)], PyKCS11.MechanismECGENERATEKEYPAIR),
-                (ec_pub, [(CKA_SIGN, False)], PyKCS11.MechanismECGENERATEKEYPAIR),
-                (rsa_pub, [(CKA_SIGN, False), (CKA_DECRYPT, False)],
+                (ec_pub, [], PyKCS11.MechanismECGENERATEKEYPAIR),  # CKA_TOKEN's default: FALSE
+                (ec_pub, [(CKA_TOKEN, True), (CKA_SIGN, False)],
+                 PyKCS11.MechanismECGENERATEKEYPAIR),
+                (rsa_pub, [(CKA_TOKEN, True), (CKA_SIGN, False), (CKA_DECRYPT, False)],
                  PyKCS11.MechanismRSAGENERATEKEYPAIR)):
             ckr(PyKCS11.CKR_TEMPLATE_INCONSISTENT, s.generateKeyPair, pub, priv, mech)
         ckr(PyKCS11.CKR_TEMPLATE_INCONSISTENT, s.generateKey,
@@ -849,7 +853,8 @@ def test_generate_honours_or_refuses_the_template(p11, officer):
             PyKCS11.Mechanism(PyKCS11.CKM_AES_KEY_GEN))
         assert len(officer.list_keys(Limit=1000)["Keys"]) == count
         hpub, hpriv = s.generateKeyPair(
-            rsa_pub, [(CKA_SIGN, False), (CKA_DECRYPT, True), (CKA_LABEL, "p11-decrypt")],
+            rsa_pub, [(CKA_TOKEN, True), (CKA_SIGN, False), (CKA_DECRYPT, True),
+                      (CKA_LABEL, "p11-decrypt")],
             PyKCS11.MechanismRSAGENERATEKEYPAIR)
         kid = attrs(s, hpriv, CKA_ID)[0].decode()
         assert attrs(s, hpriv, CKA_SIGN, CKA_DECRYPT) == [False, True]
@@ -870,30 +875,152 @@ def test_generate_honours_or_refuses_the_template(p11, officer):
     assert len(officer.list_keys(Limit=1000)["Keys"]) == count + 1
 
 
+class Raw(bytes):
+    """A template value given as these bytes, whatever the attribute's type and size."""
+
+
+def raw_template(s, items):
+    t = LowLevel.ckattrlist(len(items))
+    for i, (typ, val) in enumerate(items):
+        if isinstance(val, Raw):
+            t[i].SetBin(typ, ckbytelist(bytes(val)))
+        else:
+            t[i] = s._template2ckattrlist([(typ, val)])[0]
+    return t
+
+
+def generate_pair_rv(s, mech, pub, priv):
+    hpub, hpriv = LowLevel.CK_OBJECT_HANDLE(), LowLevel.CK_OBJECT_HANDLE()
+    return s.lib.C_GenerateKeyPair(s.session, mech.to_native(), raw_template(s, pub),
+                                   raw_template(s, priv), hpub, hpriv)
+
+
+def generate_key_rv(s, mech, template):
+    return s.lib.C_GenerateKey(s.session, mech.to_native(), raw_template(s, template),
+                               LowLevel.CK_OBJECT_HANDLE())
+
+
+def test_generate_applies_the_template_rules(p11, officer):
+    """PKCS#11 v2.40 4.1.1, before any key is made: an attribute unknown for the class is
+    CKR_ATTRIBUTE_TYPE_INVALID, one the generation sets CKR_ATTRIBUTE_READ_ONLY, a value of
+    the wrong size CKR_ATTRIBUTE_VALUE_INVALID, and a class, key type, session object, second
+    usage or refused usage the key would not have CKR_TEMPLATE_INCONSISTENT; none makes a key.
+    The standard attributes with the values an hsmd key has are accepted."""
+    T = [(CKA_TOKEN, True)]
+    ec_pub = T + [(CKA_EC_PARAMS, P256_OID)]
+    rsa_pub = T + [(CKA_MODULUS_BITS, 2048)]
+    ec, rsa = PyKCS11.MechanismECGENERATEKEYPAIR, PyKCS11.MechanismRSAGENERATEKEYPAIR
+    aes, mac = Mechanism(PyKCS11.CKM_AES_KEY_GEN), Mechanism(PyKCS11.CKM_GENERIC_SECRET_KEY_GEN)
+    aes_t = T + [(CKA_CLASS, CKO_SECRET_KEY)]
+    mac_t = T + [(CKA_VALUE_LEN, 32)]
+    TYPE, VALUE = PyKCS11.CKR_ATTRIBUTE_TYPE_INVALID, PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID
+    RO, INCONSISTENT = PyKCS11.CKR_ATTRIBUTE_READ_ONLY, PyKCS11.CKR_TEMPLATE_INCONSISTENT
+    pairs = [
+        (TYPE, ec, ec_pub, T + [(CKA_UNKNOWN, Raw(b"x"))]),
+        (TYPE, ec, ec_pub + [(CKA_MODULUS_BITS, 2048)], T),  # not an EC key's
+        (TYPE, rsa, rsa_pub, T + [(CKA_VERIFY, True)]),  # not a private key's
+        (VALUE, ec, ec_pub, T + [(CKA_SIGN, Raw(b"\x01" + bytes(7)))]),
+        (VALUE, ec, [(CKA_TOKEN, Raw(bytes(8)))] + ec_pub[1:], T),
+        (VALUE, rsa, T + [(CKA_MODULUS_BITS, Raw((2048).to_bytes(4, "little")))], T),
+        (VALUE, ec, ec_pub + [(PyKCS11.CKA_START_DATE, Raw(b"2026"))], T),
+        (RO, ec, ec_pub + [(CKA_EC_POINT, Raw(b"\x04\x01\x00"))], T),
+        (RO, ec, ec_pub, T + [(PyKCS11.CKA_LOCAL, True)]),
+        (RO, rsa, rsa_pub, T + [(CKA_PRIVATE_EXPONENT, Raw(b"\x01"))]),
+        (INCONSISTENT, ec, ec_pub + [(CKA_KEY_TYPE, PyKCS11.CKK_RSA)], T),
+        (INCONSISTENT, ec, ec_pub, T + [(CKA_CLASS, CKO_PUBLIC_KEY)]),
+        (INCONSISTENT, ec, [(CKA_TOKEN, False), (CKA_EC_PARAMS, P256_OID)], T),
+        (INCONSISTENT, ec, [(CKA_EC_PARAMS, P256_OID)], T),  # CKA_TOKEN's default: FALSE
+        (INCONSISTENT, ec, ec_pub + [(CKA_VERIFY, False)], T),
+        (INCONSISTENT, ec, ec_pub + [(CKA_ENCRYPT, True)], T),
+        (INCONSISTENT, ec, ec_pub + [(PyKCS11.CKA_WRAP, True)], T),
+        (INCONSISTENT, ec, ec_pub, T + [(PyKCS11.CKA_UNWRAP, True)]),
+        (INCONSISTENT, ec, ec_pub, T + [(CKA_SIGN, True), (CKA_DERIVE, True)]),
+        (INCONSISTENT, ec, ec_pub, T + [(CKA_DECRYPT, True)]),  # EC keys do not decrypt
+        (INCONSISTENT, rsa, rsa_pub, T + [(CKA_SIGN, True), (CKA_DECRYPT, True)]),
+        (INCONSISTENT, rsa, rsa_pub + [(CKA_ENCRYPT, False)], T + [(CKA_DECRYPT, True)]),
+        (INCONSISTENT, rsa, rsa_pub + [(CKA_VERIFY, True)], T + [(CKA_DECRYPT, True)]),
+        (INCONSISTENT, ec, ec_pub + [(CKA_LABEL, "p11-one")], T + [(CKA_LABEL, "p11-two")]),
+        (INCONSISTENT, ec, ec_pub, T + [(PyKCS11.CKA_MODIFIABLE, True)]),
+        (INCONSISTENT, ec, ec_pub, T + [(CKA_EC_PARAMS, P384_OID)]),
+    ]
+    secrets = [
+        (TYPE, aes, aes_t + [(CKA_MODULUS_BITS, 2048)]),
+        (RO, aes, aes_t + [(CKA_VALUE, Raw(bytes(32)))]),
+        (VALUE, mac, T + [(CKA_VALUE_LEN, Raw((32).to_bytes(4, "little")))]),
+        (VALUE, aes, aes_t + [(CKA_SENSITIVE, Raw(bytes(2)))]),
+        (INCONSISTENT, aes, aes_t + [(CKA_KEY_TYPE, PyKCS11.CKK_DES3)]),
+        (INCONSISTENT, aes, T + [(CKA_CLASS, CKO_PRIVATE_KEY)]),
+        (INCONSISTENT, aes, [(CKA_CLASS, CKO_SECRET_KEY)]),
+        (INCONSISTENT, aes, aes_t + [(CKA_SIGN, True)]),
+        (INCONSISTENT, aes, aes_t + [(CKA_ENCRYPT, False)]),
+        (INCONSISTENT, aes, aes_t + [(PyKCS11.CKA_WRAP, True)]),
+        (INCONSISTENT, mac, mac_t + [(CKA_ENCRYPT, True), (CKA_DECRYPT, True)]),
+        (INCONSISTENT, mac, mac_t + [(CKA_VERIFY, False)]),
+    ]
+    count = len(officer.list_keys(Limit=1000)["Keys"])
+    with session(p11, f"{DEV_AKID}:{DEV_SECRET}") as s:
+        for i, (want, mech, pub, priv) in enumerate(pairs):
+            got = generate_pair_rv(s, mech, pub, priv)
+            assert got == want, (i, CKR.get(got, hex(got)), pub, priv)
+        for i, (want, mech, t) in enumerate(secrets):
+            got = generate_key_rv(s, mech, t)
+            assert got == want, (i, CKR.get(got, hex(got)), t)
+        assert len(officer.list_keys(Limit=1000)["Keys"]) == count
+        # What an hsmd key is, said in full, is accepted.
+        # (PyKCS11 1.5 takes CKA_COPYABLE and CKA_DESTROYABLE for byte strings: given raw.)
+        common = [(CKA_TOKEN, True), (CKA_ID, b"any"), (PyKCS11.CKA_MODIFIABLE, False),
+                  (PyKCS11.CKA_COPYABLE, Raw(b"\x00")), (PyKCS11.CKA_START_DATE, b""),
+                  (PyKCS11.CKA_END_DATE, b""),
+                  (PyKCS11.CKA_ALLOWED_MECHANISMS, Raw(PyKCS11.CKM_ECDSA.to_bytes(8, "little")))]
+        hpub, hpriv = s.generateKeyPair(
+            common + [(CKA_CLASS, CKO_PUBLIC_KEY), (CKA_KEY_TYPE, CKK_EC), (CKA_PRIVATE, False),
+                      (CKA_EC_PARAMS, P256_OID), (CKA_VERIFY, True), (CKA_ENCRYPT, False),
+                      (PyKCS11.CKA_WRAP, False), (CKA_DERIVE, False),
+                      (PyKCS11.CKA_SUBJECT, b"0\x00"),
+                      (CKA_LABEL, "p11-full"), (PyKCS11.CKA_DESTROYABLE, Raw(b"\x00"))],
+            common + [(CKA_CLASS, CKO_PRIVATE_KEY), (CKA_KEY_TYPE, CKK_EC), (CKA_PRIVATE, True),
+                      (CKA_SENSITIVE, True), (CKA_EXTRACTABLE, False), (CKA_SIGN, True),
+                      (CKA_DECRYPT, False), (PyKCS11.CKA_UNWRAP, False), (CKA_DERIVE, False),
+                      (PyKCS11.CKA_SUBJECT, b"0\x00"), (CKA_LABEL, "p11-full"),
+                      (PyKCS11.CKA_DESTROYABLE, Raw(b"\x01")), (CKA_EC_PARAMS, P256_OID)],
+            ec)
+        kid = attrs(s, hpriv, CKA_ID)[0].decode()
+        assert attrs(s, hpub, CKA_ID)[0].decode() == kid
+    md = officer.describe_key(KeyId=kid)["KeyMetadata"]
+    assert (md["KeySpec"], md["KeyUsage"]) == ("ECC_NIST_P256", "SIGN_VERIFY")
+    assert len(officer.list_keys(Limit=1000)["Keys"]) == count + 1
+
+
 def test_generate_key_agreement_pairs(p11, officer):
     """A NIST curve pair whose private template derives and does not sign is a
-    KEY_AGREEMENT key; asked to sign too, or on another curve, it is a signing key."""
+    KEY_AGREEMENT key; asked to sign too (an hsmd key has one usage), or on a curve hsmd has
+    no key agreement keys on, it is refused, not made a signing key."""
     ed25519 = bytes.fromhex("130c656477617264733235353139")  # PrintableString "edwards25519"
+    tok = [(CKA_TOKEN, True)]
     with session(p11, f"{DEV_AKID}:{DEV_SECRET}") as s:
         made = {}
-        for name, oid, mech, priv in [
-            ("agree", P384_OID, PyKCS11.MechanismECGENERATEKEYPAIR, [(CKA_DERIVE, True)]),
-            ("agree-nosign", P256_OID, PyKCS11.MechanismECGENERATEKEYPAIR,
-             [(CKA_DERIVE, True), (CKA_SIGN, False)]),
-            ("both", P256_OID, PyKCS11.MechanismECGENERATEKEYPAIR,
-             [(CKA_DERIVE, True), (CKA_SIGN, True)]),
-            ("k1", bytes.fromhex("06052b8104000a"), PyKCS11.MechanismECGENERATEKEYPAIR,
-             [(CKA_DERIVE, True)]),
-            ("ed", ed25519, Mechanism(CKM["CKM_EC_EDWARDS_KEY_PAIR_GEN"]), [(CKA_DERIVE, True)]),
+        for name, oid, priv in [
+            ("agree", P384_OID, [(CKA_DERIVE, True)]),
+            ("agree-nosign", P256_OID, [(CKA_DERIVE, True), (CKA_SIGN, False)]),
         ]:
-            hpub, hpriv = s.generateKeyPair([(CKA_EC_PARAMS, oid)],
-                                            priv + [(CKA_LABEL, "p11-" + name)], mech)
+            hpub, hpriv = s.generateKeyPair(tok + [(CKA_EC_PARAMS, oid), (CKA_DERIVE, True)],
+                                            tok + priv + [(CKA_LABEL, "p11-" + name)],
+                                            PyKCS11.MechanismECGENERATEKEYPAIR)
             made[name] = (attrs(s, hpub, CKA_ID)[0].decode(), attrs(s, hpriv, CKA_DERIVE)[0])
-    for name, usage in (("agree", "KEY_AGREEMENT"), ("agree-nosign", "KEY_AGREEMENT"),
-                        ("both", "SIGN_VERIFY"), ("k1", "SIGN_VERIFY"), ("ed", "SIGN_VERIFY")):
+        count = len(officer.list_keys(Limit=1000)["Keys"])
+        for oid, mech, priv in [
+            (P256_OID, PyKCS11.MechanismECGENERATEKEYPAIR, [(CKA_DERIVE, True), (CKA_SIGN, True)]),
+            (bytes.fromhex("06052b8104000a"), PyKCS11.MechanismECGENERATEKEYPAIR,
+             [(CKA_DERIVE, True)]),
+            (ed25519, Mechanism(CKM["CKM_EC_EDWARDS_KEY_PAIR_GEN"]), [(CKA_DERIVE, True)]),
+        ]:
+            ckr(PyKCS11.CKR_TEMPLATE_INCONSISTENT, s.generateKeyPair,
+                tok + [(CKA_EC_PARAMS, oid)], tok + priv, mech)
+        assert len(officer.list_keys(Limit=1000)["Keys"]) == count
+    for name in ("agree", "agree-nosign"):
         kid, derives = made[name]
-        assert officer.describe_key(KeyId=kid)["KeyMetadata"]["KeyUsage"] == usage, name
-        assert derives == (usage == "KEY_AGREEMENT"), name
+        assert officer.describe_key(KeyId=kid)["KeyMetadata"]["KeyUsage"] == "KEY_AGREEMENT"
+        assert derives is True, name
 
 
 def test_generate_secret_keys(p11, user, officer):
@@ -906,19 +1033,19 @@ def test_generate_secret_keys(p11, user, officer):
                              (CKA_ENCRYPT, True), (CKA_DECRYPT, True), (CKA_LABEL, "p11-aes")],
                             Mechanism(PyKCS11.CKM_AES_KEY_GEN))
         aes_id = attrs(s, aes, CKA_ID)[0].decode()
-        mac = s.generateKey([(CKA_VALUE_LEN, 48), (CKA_LABEL, "p11-mac")],
+        mac = s.generateKey([(CKA_TOKEN, True), (CKA_VALUE_LEN, 48), (CKA_LABEL, "p11-mac")],
                             Mechanism(PyKCS11.CKM_GENERIC_SECRET_KEY_GEN))
         mac_id = attrs(s, mac, CKA_ID)[0].decode()
         before = {k["KeyId"] for k in officer.list_keys(Limit=1000)["Keys"]}
+        tok = [(CKA_TOKEN, True)]
         for template, mech in (
                 ([(CKA_VALUE_LEN, 16)], PyKCS11.CKM_AES_KEY_GEN),
                 ([(CKA_EXTRACTABLE, True)], PyKCS11.CKM_AES_KEY_GEN),
-                ([(CKA_KEY_TYPE, PyKCS11.CKK_DES3)], PyKCS11.CKM_AES_KEY_GEN),
                 ([(CKA_VALUE_LEN, 20)], PyKCS11.CKM_GENERIC_SECRET_KEY_GEN),
                 ([(CKA_LABEL, "p11-aes")], PyKCS11.CKM_AES_KEY_GEN)):  # the label is taken
-            assert refused(s.generateKey, template, Mechanism(mech)) == \
+            assert refused(s.generateKey, tok + template, Mechanism(mech)) == \
                 PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID, (template, mech)
-        assert refused(s.generateKey, [], Mechanism(PyKCS11.CKM_GENERIC_SECRET_KEY_GEN)) == \
+        assert refused(s.generateKey, tok, Mechanism(PyKCS11.CKM_GENERIC_SECRET_KEY_GEN)) == \
             PyKCS11.CKR_TEMPLATE_INCOMPLETE
         assert refused(s.generateKey, [], Mechanism(PyKCS11.CKM_DES3_KEY_GEN)) == \
             PyKCS11.CKR_MECHANISM_INVALID
@@ -1163,6 +1290,26 @@ def test_pkcs11_tool(server, user, officer, keys, tmp_path):
     assert p.returncode == 0, (p.stdout, p.stderr)
     md = officer.describe_key(KeyId="alias/tool-aes")["KeyMetadata"]
     assert (md["KeySpec"], md["KeyUsage"]) == ("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT"), md
+    # pkcs11-tool asks a pair for two usages unless told one (sign and decrypt for RSA, sign
+    # and derive for EC): an hsmd key has one, so such a template is refused, and none made.
+    p = tool(server.endpoint, "--login", "--pin", f"{DEV_AKID}:{DEV_SECRET}", "--keypairgen",
+             "--key-type", "EC:prime256v1", "--label", "tool-two-usages")
+    assert p.returncode == 1 and "CKR_TEMPLATE_INCONSISTENT" in p.stderr, p.stderr
+    with pytest.raises(Exception):
+        officer.describe_key(KeyId="alias/tool-two-usages")
+    for usage, kind, label in (("--usage-sign", "SIGN_VERIFY", "tool-signs"),
+                               ("--usage-decrypt", "ENCRYPT_DECRYPT", "tool-decrypts")):
+        p = tool(server.endpoint, "--login", "--pin", f"{DEV_AKID}:{DEV_SECRET}",
+                 "--keypairgen", "--key-type", "rsa:2048", usage, "--label", label)
+        assert p.returncode == 0, (p.stdout, p.stderr)
+        md = officer.describe_key(KeyId="alias/" + label)["KeyMetadata"]
+        assert (md["KeySpec"], md["KeyUsage"]) == ("RSA_2048", kind), md
+    # An HMAC key: --usage-sign (by default the tool asks a secret key to encrypt).
+    p = tool(server.endpoint, "--login", "--pin", f"{DEV_AKID}:{DEV_SECRET}", "--keygen",
+             "--key-type", "GENERIC:32", "--sensitive", "--usage-sign", "--label", "tool-mac")
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    md = officer.describe_key(KeyId="alias/tool-mac")["KeyMetadata"]
+    assert (md["KeySpec"], md["KeyUsage"]) == ("HMAC_256", "GENERATE_VERIFY_MAC"), md
     # A key pair made to derive (--usage-derive) is a KEY_AGREEMENT key; --derive with a
     # peer's public key (DER SubjectPublicKeyInfo) writes the peer's own ECDH secret.
     p = tool(server.endpoint, "--login", "--pin", f"{DEV_AKID}:{DEV_SECRET}", "--keypairgen",
@@ -1817,8 +1964,8 @@ def test_ed25519(p11, user, officer):
             public_key(officer, new).verify(sig, b"made through PKCS#11")
             made.append(new)
         with pytest.raises(PyKCS11.PyKCS11Error) as e:  # an Edwards curve is not for EC_KEY_PAIR_GEN
-            s.generateKeyPair([(CKA_EC_PARAMS, ED25519_OID)], [],
-                              mecha=Mechanism(CKM["CKM_EC_KEY_PAIR_GEN"]))
+            s.generateKeyPair([(CKA_TOKEN, True), (CKA_EC_PARAMS, ED25519_OID)],
+                              [(CKA_TOKEN, True)], mecha=Mechanism(CKM["CKM_EC_KEY_PAIR_GEN"]))
         assert e.value.value == PyKCS11.CKR_TEMPLATE_INCONSISTENT
         for k in made:
             officer.schedule_key_deletion(KeyId=k, PendingWindowInDays=7)
@@ -1843,7 +1990,8 @@ s.login(sys.argv[2])
 pid = int(sys.argv[3])
 os.kill(pid, signal.SIGSTOP)  # hsmd takes the request in, and answers nothing
 try:
-    s.generateKey([(PyKCS11.CKA_CLASS, PyKCS11.CKO_SECRET_KEY), (PyKCS11.CKA_VALUE_LEN, 32)],
+    s.generateKey([(PyKCS11.CKA_CLASS, PyKCS11.CKO_SECRET_KEY), (PyKCS11.CKA_TOKEN, True),
+                   (PyKCS11.CKA_VALUE_LEN, 32)],
                   PyKCS11.Mechanism(PyKCS11.CKM_AES_KEY_GEN))
     print("made")
 except PyKCS11.PyKCS11Error as e:
