@@ -309,13 +309,23 @@ static bool is_rsa(hsm_key_spec s)
 	return s == HSM_SPEC_RSA_2048 || s == HSM_SPEC_RSA_3072 || s == HSM_SPEC_RSA_4096;
 }
 
-static CK_RV upsert(const char *key_id, CK_OBJECT_CLASS cls, hsm_key_spec spec,
-                    hsm_key_usage usage, CK_KEY_TYPE kt, const char *label, const hsm_buf *spki)
+/* What DescribeKey said of a key, for each of its objects. */
+typedef struct key_desc {
+	hsm_key_spec spec;
+	hsm_key_usage usage;
+	bool external; /* Origin EXTERNAL: material imported, not made in hsmd */
+} key_desc;
+
+static CK_RV upsert(const char *key_id, CK_OBJECT_CLASS cls, const key_desc *kd, CK_KEY_TYPE kt,
+                    const char *label, const hsm_buf *spki)
 {
+	hsm_key_spec spec = kd->spec;
+	hsm_key_usage usage = kd->usage;
 	p11_object *o = p11_object_of(key_id, cls);
 	if (o == NULL && (o = p11_object_new(key_id, cls)) == NULL)
 		return CKR_HOST_MEMORY;
 	o->seen = true;
+	o->external = kd->external;
 	o->spec = spec;
 	o->usage = usage;
 	o->key_type = kt;
@@ -355,6 +365,7 @@ static CK_RV load_key(const char *key_id, json_t *aliases)
 	const char *state = json_string_value(json_object_get(md, "KeyState"));
 	const char *spec_name = json_string_value(json_object_get(md, "KeySpec"));
 	const char *usage_name = json_string_value(json_object_get(md, "KeyUsage"));
+	const char *origin = json_string_value(json_object_get(md, "Origin"));
 	hsm_key_spec spec;
 	hsm_key_usage usage;
 	char label[P11_LABEL_MAX + 1];
@@ -364,10 +375,11 @@ static CK_RV load_key(const char *key_id, json_t *aliases)
 	    hsm_failed(hsm_usage_parse(usage_name, &usage)) || strcmp(state, "Enabled") != 0)
 		goto out; /* not an object of this token */
 	label_of(aliases, key_id, label, sizeof(label));
+	key_desc kd = {spec, usage, origin != NULL && strcmp(origin, "EXTERNAL") == 0};
 	if (usage == HSM_USAGE_GENERATE_VERIFY_MAC && is_hmac(spec)) {
-		rv = upsert(key_id, CKO_SECRET_KEY, spec, usage, CKK_GENERIC_SECRET, label, NULL);
+		rv = upsert(key_id, CKO_SECRET_KEY, &kd, CKK_GENERIC_SECRET, label, NULL);
 	} else if (usage == HSM_USAGE_ENCRYPT_DECRYPT && spec == HSM_SPEC_SYMMETRIC_DEFAULT) {
-		rv = upsert(key_id, CKO_SECRET_KEY, spec, usage, CKK_AES, label, NULL);
+		rv = upsert(key_id, CKO_SECRET_KEY, &kd, CKK_AES, label, NULL);
 	} else if ((usage == HSM_USAGE_SIGN_VERIFY && (is_rsa(spec) || curve_of(spec) != NULL)) ||
 	           (usage == HSM_USAGE_ENCRYPT_DECRYPT && is_rsa(spec)) ||
 	           (usage == HSM_USAGE_KEY_AGREEMENT && curve_of(spec) != NULL)) {
@@ -384,9 +396,9 @@ static CK_RV load_key(const char *key_id, json_t *aliases)
 		                 : spec == HSM_SPEC_ECC_NIST_EDWARDS25519 ? CKK_EC_EDWARDS
 		                                                          : CKK_EC;
 		if (rv == CKR_OK)
-			rv = upsert(key_id, CKO_PRIVATE_KEY, spec, usage, kt, label, &spki);
+			rv = upsert(key_id, CKO_PRIVATE_KEY, &kd, kt, label, &spki);
 		if (rv == CKR_OK)
-			rv = upsert(key_id, CKO_PUBLIC_KEY, spec, usage, kt, label, &spki);
+			rv = upsert(key_id, CKO_PUBLIC_KEY, &kd, kt, label, &spki);
 	}
 out:
 	hsm_buf_free(&spki);
@@ -712,7 +724,8 @@ static a_status attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
 	case CKA_WRAP_WITH_TRUSTED:
 	case CKA_ALWAYS_AUTHENTICATE: return boolean(v, false);
 	case CKA_DESTROYABLE: return boolean(v, !pub); /* a public key goes with its private key */
-	case CKA_LOCAL: return boolean(v, true);
+	/* Imported material (PKCS#11 v2.40 4.7): not made here, and was once in the clear. */
+	case CKA_LOCAL: return boolean(v, !o->external);
 	case CKA_LABEL: return bytes(v, o->label, strlen(o->label));
 	case CKA_ID: return bytes(v, o->key_id, strlen(o->key_id));
 	case CKA_START_DATE:
@@ -722,17 +735,21 @@ static a_status attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
 	case CKA_DECRYPT: return boolean(v, (priv && o->usage == HSM_USAGE_ENCRYPT_DECRYPT) || aes);
 	case CKA_ENCRYPT: return boolean(v, (pub && o->usage == HSM_USAGE_ENCRYPT_DECRYPT) || aes);
 	case CKA_KEY_GEN_MECHANISM:
-		return ulong_value(v, rsa                            ? CKM_RSA_PKCS_KEY_PAIR_GEN
+		return ulong_value(v, o->external                    ? CK_UNAVAILABLE_INFORMATION
+		                      : rsa                          ? CKM_RSA_PKCS_KEY_PAIR_GEN
 		                      : aes                          ? CKM_AES_KEY_GEN
 		                      : secret                       ? CKM_GENERIC_SECRET_KEY_GEN
 		                      : o->key_type == CKK_EC_EDWARDS ? CKM_EC_EDWARDS_KEY_PAIR_GEN
 		                                                      : CKM_EC_KEY_PAIR_GEN);
 	case CKA_SENSITIVE:
+		if (pub)
+			break;
+		return boolean(v, true);
 	case CKA_ALWAYS_SENSITIVE:
 	case CKA_NEVER_EXTRACTABLE:
 		if (pub)
 			break;
-		return boolean(v, true);
+		return boolean(v, !o->external);
 	case CKA_EXTRACTABLE:
 		if (pub)
 			break;

@@ -71,6 +71,7 @@ typedef struct p11_object {
 	                       * KEY_AGREEMENT (EC, a public key object only) */
 	CK_KEY_TYPE key_type; /* CKK_RSA, CKK_EC, CKK_EC_EDWARDS, CKK_GENERIC_SECRET */
 	bool seen;            /* in the last listing */
+	bool external;        /* an hsmd key whose material was imported (Origin EXTERNAL) */
 	/* Public values (asymmetric keys), from the key's SubjectPublicKeyInfo. */
 	hsm_buf spki, modulus, exponent, ec_params, ec_point;
 	CK_ULONG modulus_bits;

@@ -589,9 +589,10 @@ def session_derive(p11, point):
         s.deriveKey(PyKCS11.CK_OBJECT_HANDLE(s), SECRET_TEMPLATE, ecdh(point))
 
 
-def test_imported_key_is_an_object_once_it_has_material(p11, user, officer):
+def test_imported_key_is_an_object_once_it_has_material(p11, user, officer, keys):
     """A key created for import is no object while it waits for its material (PendingImport);
-    once imported it is a key like any other, and signs with the imported private key."""
+    once imported it is a key like any other, and signs with the imported private key; but
+    not a local key, never always sensitive, of no key generation mechanism."""
     from test_import import do_import
     priv = ec.generate_private_key(ec.SECP256R1())
     kid = officer.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY",
@@ -608,6 +609,16 @@ def test_imported_key_is_an_object_once_it_has_material(p11, user, officer):
         r, sv = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
         priv.public_key().verify(utils.encode_dss_signature(r, sv), MSG,
                                  ec.ECDSA(hashes.SHA256()))
+        # Its material was made elsewhere and was once in the clear (PKCS#11 v2.40 4.7);
+        # a key made in hsmd says the opposite.
+        made = find(s, CKO_PRIVATE_KEY, keys["ec"])[0]
+        origin = (PyKCS11.CKA_LOCAL, CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE,
+                  PyKCS11.CKA_KEY_GEN_MECHANISM)
+        assert attrs(s, key, *origin) == [False, False, False, -1]  # CK_UNAVAILABLE_INFORMATION
+        assert attrs(s, made, *origin) == [True, True, True, PyKCS11.CKM_EC_KEY_PAIR_GEN]
+        (pub,) = find(s, CKO_PUBLIC_KEY, kid)
+        assert attrs(s, pub, PyKCS11.CKA_LOCAL, PyKCS11.CKA_KEY_GEN_MECHANISM) == [
+            False, -1]
 
 
 # ---- 4. signing and verification -------------------------------------------------------------
