@@ -310,6 +310,9 @@ static CK_RV op_input(p11_op *op, hsm_buf *out)
 	}
 	if (op->mech->family == P11_ECDSA)
 		return ecdsa_fit(op, p, n, out);
+	/* hsmd, as AWS KMS, refuses an empty Message (a ValidationException): refused here. */
+	if ((op->mech->family == P11_HMAC || op->mech->family == P11_EDDSA) && n == 0)
+		return CKR_DATA_LEN_RANGE;
 	if (op->mech->family != P11_HMAC && op->mech->family != P11_EDDSA) { /* a digest */
 		const hash_def *h = hash_by_kms(op->hash);
 		if (h == NULL || n != h->len)

@@ -24,6 +24,7 @@ ssh-agent as a fourth, signing with `ssh-keygen -Y sign`; and GnuTLS's
 p11tool as a fifth.
 """
 import contextlib
+import ctypes
 import datetime
 import hashlib
 import json
@@ -681,6 +682,42 @@ def test_hmac_matches_generate_mac(p11, user, keys):
         assert sign_parts(s, key, m, [MSG[:20], MSG[20:]]) == expected
         assert s.verify(key, MSG, ckbytelist(expected), m) is True
         assert s.verify(key, MSG, ckbytelist(flip(expected)), m) is False
+
+
+def test_empty_messages_are_refused_for_hmac_and_eddsa(p11, user, officer, keys):
+    """hsmd, like AWS KMS, takes no empty message to MAC or to sign with Ed25519: the module
+    answers CKR_DATA_LEN_RANGE itself, signing and verifying, in one part or several.
+    (PyKCS11 refuses empty data before the module sees it: ctypes calls the module.)"""
+    c = ctypes.CDLL(MODULE)  # the module PyKCS11 loaded: the same sessions
+    ed = officer.create_key(KeySpec="ECC_NIST_EDWARDS25519", KeyUsage="SIGN_VERIFY")[
+        "KeyMetadata"]["KeyId"]
+    try:
+        with session(p11, user.pin) as s:
+            h = ctypes.c_ulong(s.session.value())
+            (mac,) = find(s, CKO_SECRET_KEY, keys["mac"])
+            (ed_priv,) = find(s, CKO_PRIVATE_KEY, ed)
+            (ed_pub,) = find(s, CKO_PUBLIC_KEY, ed)
+            for mech, skey, vkey, n in ((Mechanism(PyKCS11.CKM_SHA256_HMAC), mac, mac, 32),
+                                        (Mechanism(CKM["CKM_EDDSA"]), ed_priv, ed_pub, 64)):
+                sig, sig_n = ctypes.create_string_buffer(n), ctypes.c_ulong(n)
+                for parts in (None, [], [b""]):  # C_Sign / C_Verify; Final alone; an empty part
+                    check(s.lib.C_SignInit(s.session, mech.to_native(), skey), "C_SignInit")
+                    for _ in parts or []:
+                        check(c.C_SignUpdate(h, None, ctypes.c_ulong(0)), "C_SignUpdate")
+                    rv = (c.C_Sign(h, None, ctypes.c_ulong(0), sig, ctypes.byref(sig_n))
+                          if parts is None else c.C_SignFinal(h, sig, ctypes.byref(sig_n)))
+                    assert rv == PyKCS11.CKR_DATA_LEN_RANGE, (mech.to_native().mechanism, parts)
+                    check(s.lib.C_VerifyInit(s.session, mech.to_native(), vkey), "C_VerifyInit")
+                    for _ in parts or []:
+                        check(c.C_VerifyUpdate(h, None, ctypes.c_ulong(0)), "C_VerifyUpdate")
+                    rv = (c.C_Verify(h, None, ctypes.c_ulong(0), sig, ctypes.c_ulong(n))
+                          if parts is None else c.C_VerifyFinal(h, sig, ctypes.c_ulong(n)))
+                    assert rv == PyKCS11.CKR_DATA_LEN_RANGE, (mech.to_native().mechanism, parts)
+                # One byte is a message.
+                one = sign(s, skey, mech, b"x")
+                assert s.verify(vkey, b"x", ckbytelist(one), mech) is True
+    finally:
+        officer.schedule_key_deletion(KeyId=ed, PendingWindowInDays=7)
 
 
 def test_refused_inputs_and_parameters(p11, user, keys):
