@@ -473,11 +473,14 @@ out:
 /* ---- the entry points ---------------------------------------------------------------------------------- */
 
 /*
- * Ends a signature: the length query and a short buffer leave the operation
- * running.  The operation ends only if it is still this one when hsmd has
- * answered (p11_op_end); a session closed meanwhile is not touched.
+ * Ends a signature, with C_Sign's data (one_part) or what C_SignUpdate gave:
+ * the length query and a short buffer leave the operation running and take
+ * no data, so the caller repeats C_Sign with it, or goes on in parts, as
+ * with SoftHSM.  The operation ends only if it is still this one when hsmd
+ * has answered (p11_op_end); a session closed meanwhile is not touched.
  */
-static CK_RV sign_final(CK_SESSION_HANDLE h, p11_session *s, CK_BYTE_PTR sig, CK_ULONG_PTR sig_n)
+static CK_RV sign_final(CK_SESSION_HANDLE h, p11_session *s, bool one_part, const CK_BYTE *data,
+                        CK_ULONG len, CK_BYTE_PTR sig, CK_ULONG_PTR sig_n)
 {
 	p11_ticket t = p11_ticket_of(h, &s->sign);
 	const p11_object *o = p11_object_get(s->sign.key);
@@ -494,7 +497,9 @@ static CK_RV sign_final(CK_SESSION_HANDLE h, p11_session *s, CK_BYTE_PTR sig, CK
 			*sig_n = need;
 			return CKR_BUFFER_TOO_SMALL;
 		}
-		rv = do_sign(&s->sign, o, sig, &t);
+		rv = one_part ? op_update(&s->sign, data, len) : CKR_OK;
+		if (rv == CKR_OK)
+			rv = do_sign(&s->sign, o, sig, &t);
 		if (rv == CKR_OK)
 			*sig_n = need;
 	}
@@ -525,6 +530,8 @@ static CK_RV update_entry(CK_SESSION_HANDLE h, bool sign, const CK_BYTE *data, C
 	rv = op_update(op, data, len);
 	if (rv != CKR_OK)
 		p11_op_reset(op);
+	else
+		op->multi = true;
 	LEAVE(rv);
 }
 
@@ -538,16 +545,12 @@ CK_RV C_Sign(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR si
 	p11_session *s = active(h, true, &rv);
 	if (s == NULL)
 		LEAVE(rv);
-	/* After a length query or a short buffer the caller repeats C_Sign with the same data. */
-	if (!s->sign.fed) {
-		rv = op_update(&s->sign, data, len);
-		if (rv != CKR_OK) {
-			p11_op_reset(&s->sign);
-			LEAVE(rv);
-		}
-		s->sign.fed = true;
+	/* A multi-part operation is not ended in one part: refused, and ended (as SoftHSM does). */
+	if (s->sign.multi) {
+		p11_op_reset(&s->sign);
+		LEAVE(CKR_OPERATION_NOT_INITIALIZED);
 	}
-	LEAVE(sign_final(h, s, sig, sig_n));
+	LEAVE(sign_final(h, s, true, data, len, sig, sig_n));
 }
 
 CK_RV C_SignUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len)
@@ -564,7 +567,7 @@ CK_RV C_SignFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG_PTR sig_n)
 	p11_session *s = active(h, true, &rv);
 	if (s == NULL)
 		LEAVE(rv);
-	LEAVE(sign_final(h, s, sig, sig_n));
+	LEAVE(sign_final(h, s, false, NULL, 0, sig, sig_n));
 }
 
 static CK_RV verify_final(CK_SESSION_HANDLE h, p11_session *s, const CK_BYTE *sig,
@@ -587,6 +590,10 @@ CK_RV C_Verify(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR 
 	p11_session *s = active(h, false, &rv);
 	if (s == NULL)
 		LEAVE(rv);
+	if (s->verify.multi) { /* as for C_Sign */
+		p11_op_reset(&s->verify);
+		LEAVE(CKR_OPERATION_NOT_INITIALIZED);
+	}
 	rv = op_update(&s->verify, data, len);
 	if (rv != CKR_OK) {
 		p11_op_reset(&s->verify);

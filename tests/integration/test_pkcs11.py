@@ -720,6 +720,45 @@ def test_empty_messages_are_refused_for_hmac_and_eddsa(p11, user, officer, keys)
         officer.schedule_key_deletion(KeyId=ed, PendingWindowInDays=7)
 
 
+def test_one_part_calls_do_not_end_a_multi_part_operation(p11, user, officer, keys):
+    """C_Sign after C_SignUpdate (and C_Verify after C_VerifyUpdate) does not end the operation
+    with its data appended: it is refused with CKR_OPERATION_NOT_INITIALIZED and the operation
+    ends, as SoftHSMv2 does.  A C_Sign length query takes no data: parts may follow it."""
+    m = Mechanism(PyKCS11.CKM_ECDSA_SHA256)
+    pk = public_key(officer, keys["ec"])
+    with session(p11, user.pin) as s:
+        (priv,) = find(s, CKO_PRIVATE_KEY, keys["ec"])
+        (pub,) = find(s, CKO_PUBLIC_KEY, keys["ec"])
+        NOT_INIT = PyKCS11.CKR_OPERATION_NOT_INITIALIZED
+        for query in (True, False):
+            check(s.lib.C_SignInit(s.session, m.to_native(), priv), "C_SignInit")
+            check(s.lib.C_SignUpdate(s.session, ckbytelist(b"hello")), "C_SignUpdate")
+            out = ckbytelist() if query else ckbytelist(bytes(64))
+            assert s.lib.C_Sign(s.session, ckbytelist(b"hello world"), out) == NOT_INIT
+            assert s.lib.C_SignFinal(s.session, ckbytelist(bytes(64))) == NOT_INIT  # ended
+        # A length query, then parts: the signature is of the parts alone.
+        check(s.lib.C_SignInit(s.session, m.to_native(), priv), "C_SignInit")
+        out = ckbytelist()
+        check(s.lib.C_Sign(s.session, ckbytelist(b"not signed"), out), "C_Sign (length)")
+        assert len(out) == 64
+        check(s.lib.C_SignUpdate(s.session, ckbytelist(b"hello")), "C_SignUpdate")
+        check(s.lib.C_SignFinal(s.session, out), "C_SignFinal")
+        sig = bytes(out)
+        pk.verify(der_ecdsa(sig), b"hello", ec.ECDSA(hashes.SHA256()))
+        # A one-part signature after a length query signs C_Sign's data once.
+        check(s.lib.C_SignInit(s.session, m.to_native(), priv), "C_SignInit")
+        out = ckbytelist()
+        for _ in range(2):
+            check(s.lib.C_Sign(s.session, ckbytelist(b"hello world"), out), "C_Sign")
+        pk.verify(der_ecdsa(bytes(out)), b"hello world", ec.ECDSA(hashes.SHA256()))
+        # Verification likewise.
+        check(s.lib.C_VerifyInit(s.session, m.to_native(), pub), "C_VerifyInit")
+        check(s.lib.C_VerifyUpdate(s.session, ckbytelist(b"hello")), "C_VerifyUpdate")
+        assert s.lib.C_Verify(s.session, ckbytelist(b"hello"), ckbytelist(sig)) == NOT_INIT
+        assert s.lib.C_VerifyFinal(s.session, ckbytelist(sig)) == NOT_INIT
+        assert verify_parts(s, pub, m, [b"he", b"llo"], sig) == CKR_OK
+
+
 def test_refused_inputs_and_parameters(p11, user, keys):
     with session(p11, user.pin) as s:
         (rsa,) = find(s, CKO_PRIVATE_KEY, keys["rsa"])
