@@ -56,7 +56,7 @@ static const char *oaep_algorithm(const CK_MECHANISM *mech, size_t *hash_len)
 /* CKM_AES_GCM's init: an AES key, a 12-byte IV buffer, a 128-bit tag. */
 static CK_RV gcm_init(p11_op *op, bool encrypt, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key)
 {
-	const p11_object *o = p11_object_get(key);
+	const p11_object *o = p11_key_get(key);
 	if (o == NULL)
 		return CKR_KEY_HANDLE_INVALID;
 	if (o->key_type != CKK_AES)
@@ -207,7 +207,7 @@ static CK_RV crypt_init(CK_SESSION_HANDLE hs, bool encrypt, CK_MECHANISM_PTR mec
 		return gcm_init(op, encrypt, mech, key);
 	if (mech->mechanism != CKM_RSA_PKCS_OAEP)
 		return CKR_MECHANISM_INVALID;
-	const p11_object *o = p11_object_get(key);
+	const p11_object *o = p11_key_get(key);
 	if (o == NULL)
 		return CKR_KEY_HANDLE_INVALID;
 	if (o->key_type != CKK_RSA)

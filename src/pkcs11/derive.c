@@ -308,7 +308,7 @@ CK_RV C_DeriveKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE b
 	CK_RV rv = p11_user_session(h);
 	if (rv != CKR_OK)
 		LEAVE(rv);
-	const p11_object *o = p11_object_get(base);
+	const p11_object *o = p11_key_get(base);
 	if (o == NULL)
 		LEAVE(CKR_KEY_HANDLE_INVALID);
 	derived_tmpl d;

@@ -255,11 +255,13 @@ CK_RV C_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info)
 	              CKF_TOKEN_INITIALIZED;
 	info->ulMaxSessionCount = P11_MAX_SESSIONS;
 	info->ulMaxRwSessionCount = P11_MAX_SESSIONS;
-	CK_ULONG n = 0;
-	for (size_t i = 0; i < P11_MAX_SESSIONS; i++)
+	CK_ULONG n = 0, rw = 0;
+	for (size_t i = 0; i < P11_MAX_SESSIONS; i++) {
 		n += p11.sessions[i].open;
+		rw += p11.sessions[i].open && (p11.sessions[i].flags & CKF_RW_SESSION) != 0;
+	}
 	info->ulSessionCount = n;
-	info->ulRwSessionCount = CK_UNAVAILABLE_INFORMATION;
+	info->ulRwSessionCount = rw;
 	info->ulMinPinLen = 3;
 	info->ulMaxPinLen = 255;
 	info->ulTotalPublicMemory = info->ulFreePublicMemory = CK_UNAVAILABLE_INFORMATION;

@@ -66,6 +66,12 @@ p11_object *p11_object_get(CK_OBJECT_HANDLE h)
 	return NULL;
 }
 
+p11_object *p11_key_get(CK_OBJECT_HANDLE h)
+{
+	p11_object *o = p11_object_get(h);
+	return o != NULL && o->cls != CKO_CERTIFICATE ? o : NULL;
+}
+
 p11_object *p11_object_of(const char *key_id, CK_OBJECT_CLASS cls)
 {
 	for (size_t i = 0; i < p11.n_objects; i++)

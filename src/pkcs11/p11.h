@@ -236,6 +236,8 @@ CK_RV p11_b64_member(json_t *o, const char *name, hsm_buf *out);
 CK_RV p11_objects_refresh(void);
 void p11_objects_clear(void);
 p11_object *p11_object_get(CK_OBJECT_HANDLE h);
+/* The key object behind a handle, or NULL (none, or a certificate: CKR_KEY_HANDLE_INVALID). */
+p11_object *p11_key_get(CK_OBJECT_HANDLE h);
 /* A new session object for a derived secret (its handle set, the rest zero). */
 p11_object *p11_object_add_derived(CK_SESSION_HANDLE owner);
 /* A CK_BBOOL template attribute: true and *out set when present and well formed. */

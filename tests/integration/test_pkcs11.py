@@ -1946,6 +1946,76 @@ def test_gnutls_p11tool(server, user, keys):
             "Verifying against public key in the token... ok" in out, out
 
 
+# ---- 12c. certificates are not keys; token and mechanism information ----------------------
+
+def self_signed_der():
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not a key")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(7)
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_a_certificate_is_no_key_handle(p11, user, keys):
+    """A certificate's handle given where a key's is expected is CKR_KEY_HANDLE_INVALID (not
+    a key whose function is not permitted)."""
+    with session(p11, user.pin) as s:
+        cert = s.createObject([(CKA_CLASS, PyKCS11.CKO_CERTIFICATE),
+                               (PyKCS11.CKA_CERTIFICATE_TYPE, PyKCS11.CKC_X_509),
+                               (CKA_TOKEN, False), (CKA_VALUE, self_signed_der())])
+        gcm = PyKCS11.AES_GCM_Mechanism(bytes(12), b"", 128)
+        for init, mech in ((s.lib.C_SignInit, Mechanism(PyKCS11.CKM_ECDSA_SHA256)),
+                           (s.lib.C_VerifyInit, Mechanism(PyKCS11.CKM_ECDSA_SHA256)),
+                           (s.lib.C_EncryptInit, gcm),
+                           (s.lib.C_DecryptInit, oaep(PyKCS11.CKM_SHA256, PyKCS11.CKG_MGF1_SHA256))):
+            assert init(s.session, mech.to_native(), cert) == PyKCS11.CKR_KEY_HANDLE_INVALID, init
+        ckr(PyKCS11.CKR_KEY_HANDLE_INVALID, s.deriveKey, cert, SECRET_TEMPLATE,
+            ecdh(bytes.fromhex("04") + bytes(96)))
+
+
+def test_token_counts_rw_sessions_and_mechanisms_say_hw(p11):
+    """C_GetTokenInfo counts the R/W sessions as it counts the sessions; every mechanism hsmd
+    performs has CKF_HW (so clients such as pkcs11-tool --test use them), the digests the
+    module computes itself do not."""
+    rw = p11.openSession(0, PyKCS11.CKF_SERIAL_SESSION | PyKCS11.CKF_RW_SESSION)
+    ro = [p11.openSession(0, PyKCS11.CKF_SERIAL_SESSION) for _ in range(2)]
+    try:
+        info = p11.getTokenInfo(0)
+        assert (info.ulSessionCount, info.ulRwSessionCount) == (3, 1)
+    finally:
+        for x in [rw] + ro:
+            x.closeSession()
+    info = p11.getTokenInfo(0)
+    assert (info.ulSessionCount, info.ulRwSessionCount) == (0, 0)
+    digests = {CKM[n] for n in ("CKM_SHA_1", "CKM_SHA224", "CKM_SHA256", "CKM_SHA384",
+                                "CKM_SHA512")}
+    for m in MECHANISMS:
+        hw = bool(p11.getMechanismInfo(0, CKM[m]).flags & PyKCS11.CKF_HW)  # takes a name
+        assert hw == (m not in digests), CKM[m]
+
+
+def test_pkcs11_tool_test(server, user, keys):
+    """pkcs11-tool --test with an RSA and an EC key: random numbers, digests, and the
+    signature tests (run since the mechanisms say CKF_HW) pass in parts and in one, until its
+    CKM_RSA_PKCS signature of a SHA-1 DigestInfo, which hsmd does not make (no SHA-1
+    signatures): that one case stops it."""
+    p = tool(server.endpoint, "--login", "--pin", user.pin, "--test",
+             keys=f"{keys['rsa']},{keys['ec']}")
+    out = p.stdout
+    assert "C_GenerateRandom" in out and "seems to be OK" in out, out
+    assert "all 4 digest functions seem to work" in out, out
+    assert "Signatures (currently only for RSA)" in out, out
+    assert "all 4 signature functions seem to work" in out, out
+    assert "ERR" not in out, out
+    assert out.rstrip().endswith("RSA-PKCS:"), out
+    assert "C_Sign failed: rv = CKR_DATA_INVALID" in p.stderr, p.stderr
+
+
 # ---- 13. threads -----------------------------------------------------------------------------
 
 def c_program(tmp_path, name):
