@@ -357,7 +357,7 @@ static void end_login(void)
 	}
 	wipe_credentials();
 	p11_pool_drain();
-	p11_objects_clear();
+	p11_objects_logout();
 }
 
 static bool any_session_open(void)
@@ -377,7 +377,7 @@ CK_RV C_CloseSession(CK_SESSION_HANDLE h)
 	close_session(s);
 	p11_objects_drop_session(h);
 	/* The login ends with the last session (PKCS#11 v2.40 5.6), as at C_Logout: the
-	 * objects read with it go too, or a new session would find them before login. */
+	 * private objects go, and a new session finds none of the others before login. */
 	if (!any_session_open() && p11.logged_in)
 		end_login();
 	LEAVE(CKR_OK);

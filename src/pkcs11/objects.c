@@ -46,6 +46,19 @@ static void object_free(p11_object *o)
 	hsm_buf_free(&o->check);
 }
 
+void p11_objects_logout(void)
+{
+	size_t j = 0;
+	for (size_t i = 0; i < p11.n_objects; i++) {
+		p11_object *o = &p11.objects[i];
+		if (o->cls == CKO_PUBLIC_KEY || o->cls == CKO_CERTIFICATE)
+			p11.objects[j++] = *o;
+		else
+			object_free(o); /* private and secret keys, derived secrets (wiped) */
+	}
+	p11.n_objects = j;
+}
+
 void p11_objects_clear(void)
 {
 	for (size_t i = 0; i < p11.n_objects; i++)

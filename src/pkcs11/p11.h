@@ -235,6 +235,13 @@ CK_RV p11_b64_member(json_t *o, const char *name, hsm_buf *out);
 /* Reads hsmd's keys again (login, FindObjectsInit, after changes). */
 CK_RV p11_objects_refresh(void);
 void p11_objects_clear(void);
+/*
+ * What a logout does to the table (PKCS#11 v2.40 5.6: the handles of private
+ * objects become invalid): private and secret keys and derived secrets go;
+ * public keys and certificates, token or session objects, keep their handles
+ * for the next login, which reads them again.  No object shows meanwhile.
+ */
+void p11_objects_logout(void);
 p11_object *p11_object_get(CK_OBJECT_HANDLE h);
 /* The key object behind a handle, or NULL (none, or a certificate: CKR_KEY_HANDLE_INVALID). */
 p11_object *p11_key_get(CK_OBJECT_HANDLE h);

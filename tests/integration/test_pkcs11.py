@@ -300,6 +300,43 @@ def test_closing_the_last_session_ends_the_login(p11, user, keys):
             assert len(find(t, CKO_PRIVATE_KEY, keys["rsa"])) == 1
 
 
+def test_logout_keeps_the_handles_of_public_objects(p11, user, officer, keys):
+    """PKCS#11 v2.40 5.6: at logout only private objects' handles become invalid.  Public keys
+    and certificates (token objects, and session certificates with CKA_PRIVATE false) keep
+    their handles for the next login; none shows while logged out."""
+    officer_pin = f"{DEV_AKID}:{DEV_SECRET}"
+    cert_t = [(CKA_CLASS, PyKCS11.CKO_CERTIFICATE), (PyKCS11.CKA_CERTIFICATE_TYPE,
+                                                     PyKCS11.CKC_X_509)]
+    with session(p11) as s:
+        s.login(officer_pin)
+        token_der = self_signed_der()
+        token_cert = s.createObject(cert_t + [(CKA_TOKEN, True), (CKA_VALUE, token_der),
+                                              (CKA_LABEL, "p11-logout-cert")])
+        try:
+            session_cert = s.createObject(cert_t + [(CKA_TOKEN, False),
+                                                    (CKA_VALUE, self_signed_der())])
+            (pub,) = find(s, CKO_PUBLIC_KEY, keys["ec"])
+            (priv,) = find(s, CKO_PRIVATE_KEY, keys["ec"])
+            s.logout()
+            assert s.findObjects() == []
+            assert attr_rv(s, pub, CKA_ID) == PyKCS11.CKR_OBJECT_HANDLE_INVALID  # hidden
+            s.login(officer_pin)
+            assert [o.value() for o in find(s, CKO_PUBLIC_KEY, keys["ec"])] == [pub.value()]
+            (priv2,) = find(s, CKO_PRIVATE_KEY, keys["ec"])
+            assert priv2.value() != priv.value()
+            assert attr_rv(s, priv, CKA_ID) == PyKCS11.CKR_OBJECT_HANDLE_INVALID
+            certs = [o.value() for o in s.findObjects([(CKA_CLASS, PyKCS11.CKO_CERTIFICATE)])]
+            assert token_cert.value() in certs and session_cert.value() in certs
+            assert attrs(s, token_cert, CKA_VALUE) == [token_der]
+        finally:
+            with contextlib.suppress(PyKCS11.PyKCS11Error):
+                s.logout()
+            s.login(officer_pin)  # the token certificate goes, whatever happened
+            (mine,) = [o for o in s.findObjects([(CKA_CLASS, PyKCS11.CKO_CERTIFICATE),
+                                                 (CKA_LABEL, "p11-logout-cert")])]
+            s.destroyObject(mine)
+
+
 def test_credentials_revoked_after_login_end_the_login(p11, server, keys):
     """A PIN whose access key is revoked mid-session: the next call is CKR_USER_NOT_LOGGED_IN
     (CKR_PIN_INCORRECT is C_Login's answer) and the login ends, objects gone, as at C_Logout."""
