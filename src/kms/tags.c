@@ -82,10 +82,19 @@ static hsm_result request_tags_new(size_t n, const hsm_tag tags[], const char *c
 	return HSM_SUCCESS;
 }
 
-static void request_tags_free(request_tags *t)
+/* Looks the key up for TagResource (tags) or UntagResource (keys), the policy seeing them. */
+static hsm_result tagging_lookup(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
+                                 const char *ref, size_t n, const hsm_tag tags[],
+                                 const char *const keys[], kms_key **k)
 {
-	free(t->pairs);
-	free(t->names);
+	request_tags rt = {0};
+	kms_authz_extra extra = {0};
+	hsm_result r = request_tags_new(n, tags, keys, &rt, &extra);
+	if (hsm_ok(r))
+		r = kms_lookup(kms, caller, op, ref, &extra, k);
+	free(rt.pairs);
+	free(rt.names);
+	return r;
 }
 
 hsm_result hsm_kms_tag(hsm_kms *kms, const hsm_caller *caller, const char *ref, size_t n,
@@ -95,14 +104,8 @@ hsm_result hsm_kms_tag(hsm_kms *kms, const hsm_caller *caller, const char *ref, 
 	HSM_ENSURE(n >= 1, HSM_ERR_VALIDATION, "Tags must contain at least one tag");
 	for (size_t i = 0; i < n; i++)
 		HSM_GUARD(kms_check_tag(&tags[i]));
-	request_tags rt = {0};
-	kms_authz_extra extra = {0};
-	hsm_result r = request_tags_new(n, tags, NULL, &rt, &extra);
-	if (hsm_ok(r))
-		r = kms_lookup(kms, caller, HSM_OP_TagResource, ref, &extra, &k);
-	request_tags_free(&rt);
-	HSM_GUARD(r);
-	r = hsm_caller_commit(caller);
+	HSM_GUARD(tagging_lookup(kms, caller, HSM_OP_TagResource, ref, n, tags, NULL, &k));
+	hsm_result r = hsm_caller_commit(caller);
 	if (hsm_ok(r))
 		r = hsm_store_tags_put(kms->store, k->rec.key_id, n, tags);
 	if (r.err == HSM_ERR_LIMIT_EXCEEDED)
@@ -123,14 +126,8 @@ hsm_result hsm_kms_untag(hsm_kms *kms, const hsm_caller *caller, const char *ref
 		HSM_ENSURE(!reserved(keys[i]), HSM_ERR_TAG,
 		           "Tag keys that begin with aws: (in any case) are reserved");
 	}
-	request_tags rt = {0};
-	kms_authz_extra extra = {0};
-	hsm_result r = request_tags_new(n, NULL, keys, &rt, &extra);
-	if (hsm_ok(r))
-		r = kms_lookup(kms, caller, HSM_OP_UntagResource, ref, &extra, &k);
-	request_tags_free(&rt);
-	HSM_GUARD(r);
-	r = hsm_caller_commit(caller);
+	HSM_GUARD(tagging_lookup(kms, caller, HSM_OP_UntagResource, ref, n, NULL, keys, &k));
+	hsm_result r = hsm_caller_commit(caller);
 	if (hsm_ok(r))
 		r = hsm_store_tags_remove(kms->store, k->rec.key_id, n, keys);
 	kms_key_release(k);
