@@ -202,11 +202,11 @@ class Node:
             self.proc.wait()
         self.proc = None
 
-    def kms(self):
+    def kms(self, read_timeout=60):
         return boto3.client(
             "kms", endpoint_url=self.url, region_name=REGION, aws_access_key_id=AKID,
             aws_secret_access_key=SECRET, verify=self.tls["cert"] if self.tls else None,
-            config=Config(retries={"max_attempts": 1}))
+            config=Config(retries={"max_attempts": 1}, read_timeout=read_timeout))
 
 
 def make_tls(workdir):

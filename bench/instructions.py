@@ -68,7 +68,7 @@ def count_op(lg, hsmd, work, ident, n):
     os.chmod(wrapper, 0o755)
     node = hb.Node(wrapper, os.path.join(work, f"data-{ident}")).start(timeout=300)
     try:
-        kms = node.kms()
+        kms = node.kms(read_timeout=900)  # an RSA-4096 key made under valgrind takes minutes
         op = {o.ident: o for o in hb.api_ops(kms, hb.create_keys(kms))}[ident]
         lg.run(node, op, rate=100, duration=2, warmup=0, connections=4)
         subprocess.run(["callgrind_control", "-z", str(node.proc.pid)], check=True,

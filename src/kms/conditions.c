@@ -8,7 +8,8 @@
  * tags and the time, which cost a store read or the clock.
  *
  * A key hsmd knows a value for is never left absent: an absent key fails a
- * positive condition, so a Deny written for it would never match.
+ * positive condition, so a Deny written for it would never match.  None is
+ * worked out for a policy whose conditions read none (the default policy).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -114,9 +115,16 @@ static hsm_result add_time(hsm_kms *kms, kms_cond_values *v)
 hsm_result kms_cond_values_fill(hsm_kms *kms, const hsm_caller *caller, const kms_key *key,
                                 const kms_authz_extra *extra, kms_cond_values *v)
 {
-	memset(v, 0, sizeof(*v));
 	v->pairs = v->local;
+	v->n = 0;
 	v->cap = sizeof(v->local) / sizeof(v->local[0]);
+	v->tags = NULL;
+	v->n_tags = 0;
+	v->aliases = NULL;
+	v->n_aliases = v->cap_aliases = 0;
+	unsigned needs = hsm_policy_needs(key->policy);
+	if (!(needs & HSM_POLICY_NEEDS_EXTRA))
+		return HSM_SUCCESS; /* nothing reads them */
 	if (extra != NULL)
 		for (size_t i = 0; i < extra->n_more; i++)
 			HSM_GUARD(add(v, extra->more[i].key, extra->more[i].value));
@@ -132,7 +140,6 @@ hsm_result kms_cond_values_fill(hsm_kms *kms, const hsm_caller *caller, const km
 		HSM_GUARD(add(v, "aws:SourceIp", caller->source_ip));
 	if (caller->user_agent != NULL && *caller->user_agent != '\0')
 		HSM_GUARD(add(v, "aws:UserAgent", caller->user_agent));
-	unsigned needs = hsm_policy_needs(key->policy);
 	if (needs & HSM_POLICY_NEEDS_RESOURCE_ALIASES)
 		HSM_GUARD(read_aliases(kms, key, v));
 	if (needs & HSM_POLICY_NEEDS_RESOURCE_TAGS)
@@ -148,5 +155,8 @@ void kms_cond_values_free(kms_cond_values *v)
 		free(v->pairs);
 	free(v->tags);
 	free(v->aliases);
-	memset(v, 0, sizeof(*v));
+	v->pairs = NULL;
+	v->tags = NULL;
+	v->aliases = NULL;
+	v->n = v->n_tags = v->n_aliases = 0;
 }

@@ -597,8 +597,10 @@ hsm_result kms_lookup(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const c
 	kms_key *k = NULL;
 	HSM_GUARD(hsm_kms_resolve(kms, ref, key_id));
 	HSM_GUARD(kms_key_load(kms, key_id, &k));
-	/* Named by an alias: the policy sees it as kms:RequestAlias. */
-	const char *alias = kms_ref_alias(kms, ref);
+	/* Named by an alias: a policy that asks sees it as kms:RequestAlias. */
+	const char *alias = (hsm_policy_needs(k->policy) & HSM_POLICY_NEEDS_REQUEST_ALIAS) != 0
+	                        ? kms_ref_alias(kms, ref)
+	                        : NULL;
 	kms_authz_extra named = {0};
 	if (alias != NULL) {
 		if (extra != NULL)

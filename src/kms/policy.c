@@ -375,8 +375,11 @@ static unsigned needs_of(const hsm_policy *p)
 		const pol_statement *st = &p->statements[i];
 		for (size_t j = 0; j < st->n_conds; j++) {
 			const char *name = st->conds[j].arg;
+			if (st->conds[j].key == POL_KEY_REQUEST_ALIAS)
+				needs |= HSM_POLICY_NEEDS_REQUEST_ALIAS;
 			if (st->conds[j].key != POL_KEY_EXTRA)
 				continue;
+			needs |= HSM_POLICY_NEEDS_EXTRA;
 			if (hsm_pol_eq_ic(name, "kms:ResourceAliases"))
 				needs |= HSM_POLICY_NEEDS_RESOURCE_ALIASES;
 			else if (strncasecmp(name, "aws:ResourceTag/", 16) == 0)

@@ -106,12 +106,15 @@ const char *hsm_policy_source(const hsm_policy *p);
 size_t hsm_policy_statement_count(const hsm_policy *p);
 
 /*
- * Condition keys whose values cost the caller a store read or the clock:
- * it supplies them (in request->extra) only when the policy names them.
+ * What the policy's conditions read, so that a caller works out only those
+ * values: any key looked up in request->extra, request->request_alias, and
+ * the extra keys that cost a store read or the clock.
  */
 #define HSM_POLICY_NEEDS_RESOURCE_ALIASES 1u /* kms:ResourceAliases */
 #define HSM_POLICY_NEEDS_RESOURCE_TAGS 2u    /* aws:ResourceTag/<key> */
 #define HSM_POLICY_NEEDS_TIME 4u             /* aws:CurrentTime, aws:EpochTime */
+#define HSM_POLICY_NEEDS_EXTRA 8u            /* any key of request->extra */
+#define HSM_POLICY_NEEDS_REQUEST_ALIAS 16u   /* kms:RequestAlias */
 unsigned hsm_policy_needs(const hsm_policy *p);
 
 typedef struct hsm_policy_pair {

@@ -690,7 +690,7 @@ static void test_condition_combinations(void **state)
 	HOLDS("{\"StringEquals\": {\"Kms:CallerAccount\": 111122223333}}", req(ALICE, "kms:Encrypt"));
 }
 
-/* The keys that cost a store read or the clock are asked for only when a condition names them. */
+/* What a policy's conditions read, so that only those values are worked out per request. */
 static void test_needs(void **state)
 {
 	(void)state;
@@ -698,16 +698,21 @@ static void test_needs(void **state)
 		const char *cond;
 		unsigned needs;
 	} cases[] = {
-	    {"{\"StringEquals\": {\"kms:KeyOrigin\": \"EXTERNAL\"}}", 0},
+	    {"{\"StringEquals\": {\"kms:KeyOrigin\": \"EXTERNAL\"}}", HSM_POLICY_NEEDS_EXTRA},
 	    {"{\"ForAnyValue:StringLike\": {\"KMS:resourceAliases\": \"alias/a*\"}}",
-	     HSM_POLICY_NEEDS_RESOURCE_ALIASES},
-	    {"{\"StringEquals\": {\"aws:resourcetag/team\": \"x\"}}", HSM_POLICY_NEEDS_RESOURCE_TAGS},
+	     HSM_POLICY_NEEDS_RESOURCE_ALIASES | HSM_POLICY_NEEDS_EXTRA},
+	    {"{\"StringEquals\": {\"aws:resourcetag/team\": \"x\"}}",
+	     HSM_POLICY_NEEDS_RESOURCE_TAGS | HSM_POLICY_NEEDS_EXTRA},
 	    {"{\"NumericLessThan\": {\"aws:EpochTime\": 5}, "
 	     "\"StringLike\": {\"aws:ResourceTag/a\": \"x\"}}",
-	     HSM_POLICY_NEEDS_TIME | HSM_POLICY_NEEDS_RESOURCE_TAGS},
-	    {"{\"StringLike\": {\"aws:CurrentTime\": \"2026-*\"}}", HSM_POLICY_NEEDS_TIME},
-	    /* A context key named like one is not one. */
+	     HSM_POLICY_NEEDS_TIME | HSM_POLICY_NEEDS_RESOURCE_TAGS | HSM_POLICY_NEEDS_EXTRA},
+	    {"{\"StringLike\": {\"aws:CurrentTime\": \"2026-*\"}}",
+	     HSM_POLICY_NEEDS_TIME | HSM_POLICY_NEEDS_EXTRA},
+	    {"{\"StringLike\": {\"kms:RequestAlias\": \"alias/app-*\"}}",
+	     HSM_POLICY_NEEDS_REQUEST_ALIAS},
+	    /* Keys of hsm_policy_request's own fields need nothing worked out. */
 	    {"{\"StringEquals\": {\"kms:EncryptionContext:aws:ResourceTag/x\": \"y\"}}", 0},
+	    {"{\"StringEquals\": {\"kms:SigningAlgorithm\": \"ECDSA_SHA_256\"}}", 0},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		char doc[1024];
