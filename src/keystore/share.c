@@ -201,7 +201,11 @@ static hsm_result parse_hex(const line_reader *r, const char *key, const field *
 static hsm_result parse_header(line_reader *r, hsm_share *s)
 {
 	field f;
-	HSM_ENSURE(hsm_ok(read_field(r, SHARE_MAGIC, &f)), HSM_ERR_SHARE_INVALID,
+	hsm_result first = read_field(r, SHARE_MAGIC, &f);
+	/* A share file whose line endings an editor or a transfer made \r\n says so. */
+	if (hsm_failed(first) && strstr(hsm_last_message(), "carriage return") != NULL)
+		return first;
+	HSM_ENSURE(hsm_ok(first), HSM_ERR_SHARE_INVALID,
 	           "line 1: not an hsmd share file (the first line must be \"%s v%u\")", SHARE_MAGIC,
 	           SHARE_VERSION);
 	HSM_ENSURE(bytes_are(f.p, f.n, "v1"), HSM_ERR_SHARE_INVALID,

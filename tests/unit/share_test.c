@@ -311,6 +311,8 @@ static void test_messages_name_the_fault(void **state)
 	expect_edit_refused(file, "custodian bob.smith", "custodian bob smith", "line 7 (custodian)",
 	                    hex);
 	expect_edit_refused(file, "count 5\n", "count 5\r\n", "carriage return", hex);
+	expect_edit_refused(file, "hsmd-share v1\n", "hsmd-share v1\r\n",
+	                    "line 1 (hsmd-share): ends with a carriage return", hex);
 	expect_edit_refused(file, "\ncheck ", "\nchecksum ", "line 9: expected the \"check\" field",
 	                    hex);
 	/* The file cut after the value line. */
