@@ -361,6 +361,10 @@ static hsm_result check_together(loader *L)
 	char a[HSM_CONFIG_PATH_MAX + 64], b[HSM_CONFIG_PATH_MAX + 64];
 	HSM_GUARD(check_tls(L));
 	HSM_GUARD(check_plaintext(L));
+	/* A default lifetime left at its default is capped by a lower maximum; one set is not. */
+	if (L->given[key_index(hsm_config_find("jwt_default_lifetime_seconds"))] == NULL &&
+	    cfg->jwt_default_lifetime_seconds > cfg->jwt_max_lifetime_seconds)
+		cfg->jwt_default_lifetime_seconds = cfg->jwt_max_lifetime_seconds;
 	HSM_ENSURE(cfg->jwt_default_lifetime_seconds <= cfg->jwt_max_lifetime_seconds,
 	           HSM_ERR_VALIDATION, "%s is longer than %s",
 	           described(L, "jwt_default_lifetime_seconds", a, sizeof(a)),

@@ -101,6 +101,11 @@ static void test_precedence(void **state)
 	assert_int_equal(cfg.lockout_threshold, 7);       /* file over default */
 	assert_int_equal(cfg.jwt_default_lifetime_seconds, 900); /* default */
 	assert_true(cfg.dev);
+	/* The default lifetime, not set, follows a maximum set below it. */
+	hsm_config low;
+	assert_true(hsm_ok(LOAD(&low, NULL, "--dev", "--jwt-max-lifetime-seconds=600")));
+	assert_int_equal(low.jwt_default_lifetime_seconds, 600);
+	assert_int_equal(low.jwt_max_lifetime_seconds, 600);
 	assert_string_equal(cfg.config_file, conf);
 	/* The file may also be named by HSM_CONFIG; a --config flag wins over it. */
 	char env_conf[160];
@@ -222,6 +227,9 @@ static void test_validation_errors(void **state)
 	EXPECT_ERROR(NULL, "jwt_default_lifetime_seconds (from --jwt-default-lifetime-seconds) is longer "
 	                   "than jwt_max_lifetime_seconds (from default)",
 	             "--dev", "--jwt-default-lifetime-seconds=90000");
+	EXPECT_ERROR(NULL, "jwt_default_lifetime_seconds (from --jwt-default-lifetime-seconds) is longer "
+	                   "than jwt_max_lifetime_seconds (from --jwt-max-lifetime-seconds)",
+	             "--dev", "--jwt-default-lifetime-seconds=900", "--jwt-max-lifetime-seconds=600");
 	EXPECT_ERROR(NULL, "tls_cert (from --tls-cert) and tls_key (from default) must be set together",
 	             "--tls-cert", cert);
 	EXPECT_ERROR(NULL, "tls_client_auth (from --tls-client-auth) needs tls_client_ca", "--tls-cert",
