@@ -68,18 +68,20 @@ static void announce_dev(hsm_server *s, const char *akid, const hsm_secret *secr
 {
 	int n = (int)hsm_secret_len(secret);
 	const char *k = (const char *)hsm_secret_bytes(secret);
+	bool tls = s->opt.http.tls_cert != NULL;
+	const char *scheme = tls ? "https" : "http";
 	fprintf(stderr,
 	        "\n*** hsmd DEVELOPMENT MODE: 1-of-1 master key share stored next to the data,\n"
-	        "*** auto-unsealed, plain HTTP.  Never use it for real keys.\n\n"
-	        "endpoint:          http://%s\n"
+	        "*** auto-unsealed, %s.  Never use it for real keys.\n\n"
+	        "endpoint:          %s://%s\n"
 	        "data directory:    %s\n"
 	        "access key id:     %s\n"
 	        "secret access key: %.*s\n"
 	        "region:            %s\n\n"
 	        "  export AWS_ACCESS_KEY_ID=%s AWS_SECRET_ACCESS_KEY=%.*s AWS_DEFAULT_REGION=%s\n"
-	        "  aws kms create-key --endpoint-url http://%s\n\n",
-	        s->opt.http.listen, s->data_dir, akid, n, k, s->region, akid, n, k, s->region,
-	        s->opt.http.listen);
+	        "  aws kms create-key --endpoint-url %s://%s\n\n",
+	        tls ? "TLS" : "plain HTTP", scheme, s->opt.http.listen, s->data_dir, akid, n, k,
+	        s->region, akid, n, k, s->region, scheme, s->opt.http.listen);
 }
 
 /* Loads the configuration; returns -1 to continue, else the exit code. */

@@ -42,6 +42,15 @@ def test_boto3_over_tls(tls):
     assert st == 200 and kid in [k["KeyId"] for k in out["Keys"]]
 
 
+def test_dev_banner_names_the_tls_endpoint(tls):
+    server, _ = tls
+    log = server.read_log()
+    port = server.endpoint.rsplit(":", 1)[1]
+    assert f"endpoint:          https://127.0.0.1:{port}\n" in log, log
+    assert f"--endpoint-url https://127.0.0.1:{port}\n" in log and "auto-unsealed, TLS." in log
+    assert "http://" not in log and "plain HTTP" not in log, log
+
+
 def test_certificate_is_verified(tls):
     server, pki = tls
     cfg = botocore.config.Config(retries={"max_attempts": 1}, connect_timeout=5, read_timeout=10)
