@@ -91,6 +91,19 @@ static hsm_result make_ssl(const hsm_client *c, const endpoint *ep, SSL_CTX **ct
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 	int ok = c->ca_file != NULL ? SSL_CTX_load_verify_locations(ctx, c->ca_file, NULL)
 	                            : SSL_CTX_set_default_verify_paths(ctx);
+	if (ok == 1 && c->cert_file != NULL && *c->cert_file != '\0') {
+		const char *key = c->key_file != NULL && *c->key_file != '\0' ? c->key_file : c->cert_file;
+		if (SSL_CTX_use_certificate_chain_file(ctx, c->cert_file) != 1 ||
+		    SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
+		    SSL_CTX_check_private_key(ctx) != 1) {
+			ERR_clear_error();
+			SSL_CTX_free(ctx);
+			return HSM_FAIL(HSM_ERR_CRYPTO,
+			                "cannot use the client certificate %s with the key %s (unreadable, "
+			                "not PEM, or not a pair)",
+			                c->cert_file, key);
+		}
+	}
 	SSL *ssl = ok == 1 ? SSL_new(ctx) : NULL;
 	if (ssl == NULL || SSL_set1_host(ssl, ep->host) != 1 ||
 	    SSL_set_tlsext_host_name(ssl, ep->host) != 1) {
@@ -269,10 +282,13 @@ static hsm_result conn_fill(struct hsm_client_conn *k, size_t *got)
 {
 	k->have = k->off = 0;
 	ssize_t r;
+	const char *tls_why = NULL; /* OpenSSL's reason: a node refusing this client says why */
 	if (k->ssl != NULL) {
 		size_t done = 0;
 		int rc = SSL_read_ex(k->ssl, k->buf, sizeof(k->buf), &done);
 		int e = rc == 1 ? SSL_ERROR_NONE : SSL_get_error(k->ssl, rc);
+		if (e == SSL_ERROR_SSL)
+			tls_why = ERR_reason_error_string(ERR_peek_last_error());
 		ERR_clear_error();
 		r = rc == 1 ? (ssize_t)done : e == SSL_ERROR_ZERO_RETURN ? 0 : -1;
 	} else {
@@ -281,8 +297,9 @@ static hsm_result conn_fill(struct hsm_client_conn *k, size_t *got)
 		while (r < 0 && errno == EINTR);
 	}
 	k->timed_out = r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
-	HSM_ENSURE(r >= 0, HSM_ERR_IO, "no answer from %s:%u (%s)", k->ep.host, k->ep.port,
-	           k->timed_out ? "timed out" : "connection failed");
+	HSM_ENSURE(r >= 0, HSM_ERR_IO, "no answer from %s:%u (%s%s%s)", k->ep.host, k->ep.port,
+	           k->timed_out ? "timed out" : "connection failed", tls_why != NULL ? ": " : "",
+	           tls_why != NULL ? tls_why : "");
 	k->have = (size_t)r;
 	*got = k->have;
 	return HSM_SUCCESS;

@@ -21,6 +21,9 @@
 typedef struct hsm_client {
 	const char *endpoints; /* "https://a:8443,https://b:8443" */
 	const char *ca_file;   /* PEM bundle to verify the server; NULL: the system's */
+	/* A client certificate for a node with tls_client_auth (PEM chain); NULL: none. */
+	const char *cert_file;
+	const char *key_file; /* its private key (PEM); NULL: in cert_file */
 	const char *region;    /* SigV4 region; NULL: AWS_REGION or us-east-1 */
 	int timeout_s;
 	const char *akid;   /* NULL: the environment's credentials */

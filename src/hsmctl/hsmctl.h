@@ -52,7 +52,8 @@ hsm_result hsmctl_read_share(const char *path, hsm_buf *text) HSM_MUST_CHECK;
 
 /*
  * Options given before the command:
- *   hsmctl [--endpoint URL] [--ca-file F] [--region R] [--store URI]
+ *   hsmctl [--endpoint URL] [--ca-file F] [--client-cert F [--client-key F]] [--region R]
+ *          [--store URI]
  *          [--approval-wait SECONDS] COMMAND ...
  */
 typedef struct hsmctl_globals_t {

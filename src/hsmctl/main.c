@@ -154,9 +154,12 @@ static int cmd_help(int argc, char **argv)
 {
 	(void)argc;
 	(void)argv;
-	printf("usage: hsmctl [--endpoint URL[,URL...]] [--ca-file FILE] [--region R] [--store URI] "
-	       "[--approval-wait SECONDS] COMMAND [ARGS]\n\n"
+	printf("usage: hsmctl [--endpoint URL[,URL...]] [--ca-file FILE] [--client-cert FILE "
+	       "[--client-key FILE]] [--region R] [--store URI] [--approval-wait SECONDS] COMMAND "
+	       "[ARGS]\n\n"
 	       "  --endpoint       running hsmd nodes, tried in order (HSM_ENDPOINT)\n"
+	       "  --client-cert    a PEM certificate (and --client-key, its key) for nodes with\n"
+	       "                   tls_client_auth (HSM_CLIENT_CERT, HSM_CLIENT_KEY)\n"
 	       "  --store          offline commands: the postgresql:// store nodes share, instead of\n"
 	       "                   the SQLite store in --data-dir (HSM_STORE)\n"
 	       "  --approval-wait  how long a request waits for custodians' approval before it is\n"
@@ -216,6 +219,8 @@ static int parse_globals(int argc, char **argv)
 	hsm_client *c = &hsmctl_globals.client;
 	c->endpoints = getenv("HSM_ENDPOINT");
 	c->ca_file = getenv("HSM_CA_FILE");
+	c->cert_file = getenv("HSM_CLIENT_CERT");
+	c->key_file = getenv("HSM_CLIENT_KEY");
 	hsmctl_globals.store = getenv("HSM_STORE");
 	int i = 1;
 	while (i + 1 < argc && argv[i][0] == '-' && argv[i][1] == '-') {
@@ -223,6 +228,10 @@ static int parse_globals(int argc, char **argv)
 			c->endpoints = argv[i + 1];
 		else if (strcmp(argv[i], "--ca-file") == 0)
 			c->ca_file = argv[i + 1];
+		else if (strcmp(argv[i], "--client-cert") == 0)
+			c->cert_file = argv[i + 1];
+		else if (strcmp(argv[i], "--client-key") == 0)
+			c->key_file = argv[i + 1];
 		else if (strcmp(argv[i], "--region") == 0)
 			c->region = argv[i + 1];
 		else if (strcmp(argv[i], "--store") == 0)

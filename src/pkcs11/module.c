@@ -6,6 +6,8 @@
  * Configuration comes from the environment at C_Initialize:
  *   HSM_PKCS11_ENDPOINT  hsmd's URL, or several separated by commas (tried in order)
  *   HSM_PKCS11_CA_FILE   PEM bundle that verifies hsmd's TLS certificate
+ *   HSM_PKCS11_CLIENT_CERT, HSM_PKCS11_CLIENT_KEY  a PEM client certificate and its
+ *                        key, for a node with tls_client_auth
  *   HSM_PKCS11_REGION    the SigV4 region (default us-east-1)
  *   HSM_PKCS11_KEYS      the keys the token shows, by key id, key ARN or alias,
  *                        separated by commas (default: every key the user sees)
@@ -84,6 +86,8 @@ static hsm_client *client_acquire(void)
 		return NULL;
 	c->endpoints = p11.endpoints;
 	c->ca_file = p11.ca_file[0] ? p11.ca_file : NULL;
+	c->cert_file = p11.client_cert[0] ? p11.client_cert : NULL;
+	c->key_file = p11.client_key[0] ? p11.client_key : NULL;
 	c->region = p11.region;
 	c->timeout_s = p11.timeout_s;
 	/* Always the PIN's credentials (empty before login): never the environment's. */
@@ -157,6 +161,8 @@ CK_RV C_Initialize(CK_VOID_PTR init_args)
 	p11.pid = getpid();
 	env_copy(p11.endpoints, sizeof(p11.endpoints), "HSM_PKCS11_ENDPOINT", "");
 	env_copy(p11.ca_file, sizeof(p11.ca_file), "HSM_PKCS11_CA_FILE", "");
+	env_copy(p11.client_cert, sizeof(p11.client_cert), "HSM_PKCS11_CLIENT_CERT", "");
+	env_copy(p11.client_key, sizeof(p11.client_key), "HSM_PKCS11_CLIENT_KEY", "");
 	env_copy(p11.region, sizeof(p11.region), "HSM_PKCS11_REGION", "us-east-1");
 	env_copy(p11.keys, sizeof(p11.keys), "HSM_PKCS11_KEYS", "");
 	const char *t = getenv("HSM_PKCS11_TIMEOUT");
@@ -438,16 +444,21 @@ static CK_RV call(const char *target, json_t *body, json_t **out, bool unlock)
 	 */
 	struct {
 		char endpoints[sizeof(p11.endpoints)], ca_file[sizeof(p11.ca_file)];
+		char cert[sizeof(p11.client_cert)], key[sizeof(p11.client_key)];
 		char region[sizeof(p11.region)], akid[sizeof(p11.akid)], secret[sizeof(p11.secret)];
 	} own;
 	if (unlock) {
 		memcpy(own.endpoints, p11.endpoints, sizeof(own.endpoints));
 		memcpy(own.ca_file, p11.ca_file, sizeof(own.ca_file));
+		memcpy(own.cert, p11.client_cert, sizeof(own.cert));
+		memcpy(own.key, p11.client_key, sizeof(own.key));
 		memcpy(own.region, p11.region, sizeof(own.region));
 		memcpy(own.akid, p11.akid, sizeof(own.akid));
 		memcpy(own.secret, p11.secret, sizeof(own.secret));
 		c->endpoints = own.endpoints;
 		c->ca_file = own.ca_file[0] ? own.ca_file : NULL;
+		c->cert_file = own.cert[0] ? own.cert : NULL;
+		c->key_file = own.key[0] ? own.key : NULL;
 		c->region = own.region;
 		c->akid = own.akid;
 		c->secret = own.secret;

@@ -146,6 +146,7 @@ typedef struct p11_module {
 	pid_t pid; /* of the process that initialized the module (a forked child must again) */
 	char endpoints[1024];
 	char ca_file[1024];
+	char client_cert[1024], client_key[1024]; /* HSM_PKCS11_CLIENT_CERT / _KEY */
 	char region[64];
 	char keys[4096]; /* HSM_PKCS11_KEYS: the keys the token shows (empty: every key) */
 	int timeout_s;   /* HSM_PKCS11_TIMEOUT: how long a call waits for hsmd */

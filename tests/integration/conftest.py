@@ -51,7 +51,9 @@ def free_port():
 class Hsmd:
     """A running hsmd process."""
 
-    def __init__(self, args, env=None, data_dir=None, tls_ca=None):
+    def __init__(self, args, env=None, data_dir=None, tls_ca=None, client_cert=None):
+        """client_cert: (certificate, key) files the test's own probes present over TLS."""
+        self.client_cert = client_cert
         self.tmp = tempfile.mkdtemp(prefix="hsmd-it-")
         _scratch.append(self.tmp)
         self.data_dir = data_dir or os.path.join(self.tmp, "data")
@@ -84,6 +86,8 @@ class Hsmd:
     def get(self, path):
         import ssl
         ctx = ssl.create_default_context(cafile=self.tls_ca) if self.tls_ca else None
+        if ctx is not None and self.client_cert:
+            ctx.load_cert_chain(*self.client_cert)
         try:
             with urllib.request.urlopen(self.endpoint + path, timeout=5, context=ctx) as r:
                 return r.status, r.read(), dict(r.headers)

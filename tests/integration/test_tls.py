@@ -1,6 +1,7 @@
 """hsmd over TLS: a CA and a server certificate for 127.0.0.1 (IP SAN) made
-with the openssl CLI, boto3 verifying against the CA, and the protocol
-floor (TLS 1.2; TLS 1.1 and plain HTTP refused)."""
+with the openssl CLI, boto3 verifying against the CA, the protocol floor
+(TLS 1.2; TLS 1.1 and plain HTTP refused), and client certificates presented
+by hsmctl and the PKCS#11 module to a node that requires one."""
 import os
 import shutil
 import socket
@@ -15,7 +16,7 @@ import pytest
 import requests
 
 from conftest import DEV_AKID, DEV_SECRET, HSMCTL, REGION, Hsmd, client, signed_call
-from helpers import make_pki
+from helpers import make_pki, openssl
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +120,73 @@ def test_hsmctl_over_tls(tls):
     p = subprocess.run([HSMCTL, "--endpoint", server.endpoint, "--ca-file", pki["other-ca.pem"],
                         "status"], capture_output=True, text=True, timeout=30)
     assert p.returncode != 0
+
+
+@pytest.fixture(scope="module")
+def mtls():
+    """A node with tls_client_auth = required, and a client certificate from its client CA."""
+    d = tempfile.mkdtemp(prefix="hsmd-mtls-")
+    pki = make_pki(d)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl("req", *ec, "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=operator",
+            cwd=d)
+    with open(os.path.join(d, "client.cnf"), "w") as f:
+        f.write("extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n")
+    openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "client.pem", "-days", "2", "-extfile", "client.cnf", cwd=d)
+    pki.update({n: os.path.join(d, n) for n in ("client.pem", "client.key")})
+    env = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
+    server = Hsmd(["--dev", "--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"],
+                   "--tls-client-ca", pki["ca.pem"], "--tls-client-auth", "required"],
+                  env=env, tls_ca=pki["ca.pem"], client_cert=(pki["client.pem"], pki["client.key"]))
+    yield server, pki
+    server.cleanup()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_hsmctl_presents_a_client_certificate(mtls):
+    server, pki = mtls
+    base = [HSMCTL, "--endpoint", server.endpoint, "--ca-file", pki["ca.pem"]]
+    p = subprocess.run(base + ["status"], capture_output=True, text=True, timeout=30)
+    # Refused at the handshake, and the message says why.
+    assert p.returncode != 0 and "certificate required" in p.stderr, p.stdout + p.stderr
+    p = subprocess.run(base[:1] + ["--client-cert", pki["client.pem"], "--client-key",
+                                   pki["client.key"]] + base[1:] + ["status"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and "Sealed: false" in p.stdout, p.stdout + p.stderr
+    env = dict(os.environ, HSM_CLIENT_CERT=pki["client.pem"], HSM_CLIENT_KEY=pki["client.key"])
+    p = subprocess.run(base + ["status"], env=env, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and "Sealed: false" in p.stdout, p.stdout + p.stderr
+    # A certificate whose key is not its own is refused before anything is sent.
+    env["HSM_CLIENT_KEY"] = pki["server.key"]
+    p = subprocess.run(base + ["status"], env=env, capture_output=True, text=True, timeout=30)
+    assert p.returncode != 0 and "client certificate" in p.stderr, p.stdout + p.stderr
+
+
+PKCS11_LOGIN = """
+import sys, PyKCS11
+lib = PyKCS11.PyKCS11Lib()
+lib.load(sys.argv[1])
+s = lib.openSession(0, PyKCS11.CKF_SERIAL_SESSION)
+try:
+    s.login(sys.argv[2])
+    print("CKR_OK")
+except PyKCS11.PyKCS11Error as e:
+    print(PyKCS11.CKR.get(e.value, e.value))
+"""
+
+
+def test_pkcs11_module_presents_a_client_certificate(mtls):
+    server, pki = mtls
+    module = os.path.join(os.path.dirname(HSMCTL), "libhsm_pkcs11.so")
+    env = dict(os.environ, HSM_PKCS11_ENDPOINT=server.endpoint, HSM_PKCS11_CA_FILE=pki["ca.pem"])
+
+    def login(e):
+        p = subprocess.run(["/usr/bin/python3", "-c", PKCS11_LOGIN, module,
+                            f"{DEV_AKID}:{DEV_SECRET}"], env=e, capture_output=True, text=True,
+                           timeout=60)
+        return p.stdout.strip() or p.stderr
+
+    assert login(env) == "CKR_DEVICE_ERROR"
+    env.update(HSM_PKCS11_CLIENT_CERT=pki["client.pem"], HSM_PKCS11_CLIENT_KEY=pki["client.key"])
+    assert login(env) == "CKR_OK"
