@@ -34,9 +34,13 @@
  * StringNotEqualsIgnoreCase, StringLike, StringNotLike, ArnEquals, ArnLike,
  * ArnNotEquals, ArnNotLike (the Arn forms match like StringLike), Bool,
  * Numeric{Equals,NotEquals,LessThan,LessThanEquals,GreaterThan,
- * GreaterThanEquals}, Null; each but Null may carry the "IfExists" suffix
- * and the "ForAnyValue:" / "ForAllValues:" set prefixes.  Anything else
- * (Date*, IpAddress, Binary*) is refused as malformed.
+ * GreaterThanEquals}, Date{...the same six...} (ISO 8601 dates or seconds
+ * since the epoch, compared as instants), IpAddress and NotIpAddress (IPv4
+ * or IPv6 addresses and CIDR ranges), Null; each but Null may carry the
+ * "IfExists" suffix and the "ForAnyValue:" / "ForAllValues:" set prefixes.
+ * Anything else (Binary*) is refused as malformed, as is a Numeric, Date
+ * or IpAddress value that is not a number, an instant or a network.  A
+ * request value of the wrong type matches nothing.
  *
  * Semantics (IAM): several operators, and several keys under one operator,
  * must all hold; several values for one key match if any matches, and a

@@ -43,6 +43,14 @@ static const op_row operators[] = {
     {"NumericLessThanEquals", POL_OP_NUM_LE, false},
     {"NumericGreaterThan", POL_OP_NUM_GT, false},
     {"NumericGreaterThanEquals", POL_OP_NUM_GE, false},
+    {"DateEquals", POL_OP_DATE_EQ, false},
+    {"DateNotEquals", POL_OP_DATE_EQ, true},
+    {"DateLessThan", POL_OP_DATE_LT, false},
+    {"DateLessThanEquals", POL_OP_DATE_LE, false},
+    {"DateGreaterThan", POL_OP_DATE_GT, false},
+    {"DateGreaterThanEquals", POL_OP_DATE_GE, false},
+    {"IpAddress", POL_OP_IP, false},
+    {"NotIpAddress", POL_OP_IP, true},
 };
 
 typedef struct key_row {
@@ -219,9 +227,6 @@ static hsm_result value_text(pol_arena *a, json_t *v, const pol_condition *c, si
 	           "Statement %zu: values of condition key '%.64s' must be strings, booleans or "
 	           "integers.",
 	           stmt, key);
-	double d;
-	HSM_ENSURE(c->base < POL_OP_NUM_EQ || hsm_pol_number(s, &d), MALFORMED,
-	           "Statement %zu: Numeric conditions take numbers, not '%.32s'.", stmt, s);
 	if (c->base == POL_OP_BOOL || c->base == POL_OP_NULL) {
 		HSM_ENSURE(hsm_pol_eq_ic(s, "true") || hsm_pol_eq_ic(s, "false"), MALFORMED,
 		           "Statement %zu: %s conditions take true or false, not '%.32s'.", stmt,
@@ -233,6 +238,42 @@ static hsm_result value_text(pol_arena *a, json_t *v, const pol_condition *c, si
 	return HSM_SUCCESS;
 }
 
+/* Reads value i of a Numeric, Date or IpAddress condition into its typed form. */
+static hsm_result typed_value(pol_condition *c, size_t i, size_t stmt, double *numbers,
+                              pol_net *nets)
+{
+	const char *s = c->values[i];
+	switch (c->base) {
+	case POL_OP_NUM_EQ:
+	case POL_OP_NUM_LT:
+	case POL_OP_NUM_LE:
+	case POL_OP_NUM_GT:
+	case POL_OP_NUM_GE:
+		HSM_ENSURE(hsm_pol_number(s, &numbers[i]), MALFORMED,
+		           "Statement %zu: Numeric conditions take numbers, not '%.32s'.", stmt, s);
+		break;
+	case POL_OP_DATE_EQ:
+	case POL_OP_DATE_LT:
+	case POL_OP_DATE_LE:
+	case POL_OP_DATE_GT:
+	case POL_OP_DATE_GE:
+		HSM_ENSURE(hsm_pol_date(s, &numbers[i]), MALFORMED,
+		           "Statement %zu: Date conditions take ISO 8601 dates (such as "
+		           "2026-01-31T12:00:00Z) or seconds since the epoch, not '%.40s'.",
+		           stmt, s);
+		break;
+	case POL_OP_IP:
+		HSM_ENSURE(hsm_pol_net(s, true, &nets[i]), MALFORMED,
+		           "Statement %zu: IpAddress conditions take an IPv4 or IPv6 address or "
+		           "CIDR range (such as 203.0.113.0/24), not '%.48s'.",
+		           stmt, s);
+		break;
+	default:
+		break;
+	}
+	return HSM_SUCCESS;
+}
+
 static hsm_result parse_values(pol_arena *a, json_t *v, size_t stmt, const char *key,
                                pol_condition *c)
 {
@@ -241,10 +282,23 @@ static hsm_result parse_values(pol_arena *a, json_t *v, size_t stmt, const char 
 	           "Statement %zu: condition key '%.64s' has an empty list of values.", stmt, key);
 	c->values = hsm_pol_alloc(a, n * sizeof(*c->values));
 	HSM_ENSURE(c->values != NULL, HSM_ERR_NOMEM, "out of memory");
-	for (size_t i = 0; i < n; i++)
+	double *numbers = NULL;
+	pol_net *nets = NULL;
+	if (c->base != POL_OP_IP && c->base >= POL_OP_NUM_EQ) { /* Numeric*, Date* */
+		numbers = hsm_pol_alloc(a, n * sizeof(*numbers));
+		HSM_ENSURE(numbers != NULL, HSM_ERR_NOMEM, "out of memory");
+	} else if (c->base == POL_OP_IP) {
+		nets = hsm_pol_alloc(a, n * sizeof(*nets));
+		HSM_ENSURE(nets != NULL, HSM_ERR_NOMEM, "out of memory");
+	}
+	for (size_t i = 0; i < n; i++) {
 		HSM_GUARD(value_text(a, json_is_array(v) ? json_array_get(v, i) : v, c, stmt, key,
 		                     &c->values[i]));
+		HSM_GUARD(typed_value(c, i, stmt, numbers, nets));
+	}
 	c->n_values = n;
+	c->numbers = numbers;
+	c->nets = nets;
 	return HSM_SUCCESS;
 }
 

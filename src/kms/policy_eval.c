@@ -148,20 +148,21 @@ static const char *next_value(value_iter *it)
 	}
 }
 
-/* A Numeric operator on request value v and policy value want (checked to be a number). */
-static bool number_matches(pol_base op, const char *v, const char *want)
+/* A Numeric or Date comparison of request value a with policy value b. */
+static bool compare(pol_base op, double a, double b)
 {
-	double a, b;
-	if (!hsm_pol_number(v, &a) || !hsm_pol_number(want, &b))
-		return false;
 	switch (op) {
 	case POL_OP_NUM_EQ:
+	case POL_OP_DATE_EQ:
 		return a == b;
 	case POL_OP_NUM_LT:
+	case POL_OP_DATE_LT:
 		return a < b;
 	case POL_OP_NUM_LE:
+	case POL_OP_DATE_LE:
 		return a <= b;
 	case POL_OP_NUM_GT:
+	case POL_OP_DATE_GT:
 		return a > b;
 	default:
 		return a >= b;
@@ -171,6 +172,32 @@ static bool number_matches(pol_base op, const char *v, const char *want)
 /* Does request value v match any of the condition's values (before negation)? */
 static bool value_matches(const pol_condition *c, const char *v)
 {
+	double number = 0;
+	pol_net addr = {0};
+	switch (c->base) {
+	case POL_OP_NUM_EQ:
+	case POL_OP_NUM_LT:
+	case POL_OP_NUM_LE:
+	case POL_OP_NUM_GT:
+	case POL_OP_NUM_GE:
+		if (!hsm_pol_number(v, &number))
+			return false; /* not a number: matches nothing */
+		break;
+	case POL_OP_DATE_EQ:
+	case POL_OP_DATE_LT:
+	case POL_OP_DATE_LE:
+	case POL_OP_DATE_GT:
+	case POL_OP_DATE_GE:
+		if (!hsm_pol_date(v, &number))
+			return false;
+		break;
+	case POL_OP_IP:
+		if (!hsm_pol_net(v, false, &addr))
+			return false;
+		break;
+	default:
+		break;
+	}
 	for (size_t i = 0; i < c->n_values; i++) {
 		const char *want = c->values[i];
 		bool hit = false;
@@ -187,12 +214,11 @@ static bool value_matches(const pol_condition *c, const char *v)
 			break;
 		case POL_OP_NULL:
 			break;
-		case POL_OP_NUM_EQ:
-		case POL_OP_NUM_LT:
-		case POL_OP_NUM_LE:
-		case POL_OP_NUM_GT:
-		case POL_OP_NUM_GE:
-			hit = number_matches(c->base, v, want);
+		case POL_OP_IP:
+			hit = hsm_pol_net_contains(&c->nets[i], &addr);
+			break;
+		default: /* Numeric*, Date* */
+			hit = compare(c->base, number, c->numbers[i]);
 			break;
 		}
 		if (hit)

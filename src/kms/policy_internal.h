@@ -35,13 +35,31 @@ typedef enum pol_base {
 	POL_OP_LIKE,
 	POL_OP_BOOL,
 	POL_OP_NULL,
-	/* Numeric*: both sides decimal numbers; a request value that is not one matches nothing. */
+	/* The operators from here on compare typed values (parsed once, in the
+	 * condition's numbers or nets), not text.
+	 * Numeric*: both sides decimal numbers; a request value that is not one matches nothing. */
 	POL_OP_NUM_EQ,
 	POL_OP_NUM_LT,
 	POL_OP_NUM_LE,
 	POL_OP_NUM_GT,
 	POL_OP_NUM_GE,
+	/* Date*: instants compared as seconds since the epoch; a request value
+	 * that is neither an ISO 8601 date nor a number matches nothing. */
+	POL_OP_DATE_EQ,
+	POL_OP_DATE_LT,
+	POL_OP_DATE_LE,
+	POL_OP_DATE_GT,
+	POL_OP_DATE_GE,
+	/* IpAddress: the request value is an address inside one of the networks. */
+	POL_OP_IP,
 } pol_base;
+
+/* An IPv4 or IPv6 network; an address is one with a full-length prefix. */
+typedef struct pol_net {
+	bool v6;
+	unsigned prefix; /* bits that must match */
+	unsigned char addr[16]; /* IPv4: the first 4 bytes */
+} pol_net;
 
 typedef enum pol_set {
 	POL_SET_NONE,
@@ -74,6 +92,8 @@ typedef struct pol_condition {
 	const char *arg; /* the context key, or the key name for POL_KEY_EXTRA */
 	const char **values; /* Bool/Null values are normalized to "true"/"false" */
 	size_t n_values;
+	const double *numbers; /* Numeric*, Date*: values[i] read as a number or an instant */
+	const pol_net *nets;   /* IpAddress: values[i] read as a network */
 } pol_condition;
 
 typedef enum pol_principal_kind {
@@ -126,5 +146,11 @@ bool hsm_pol_glob(const char *pattern, const char *s);
 bool hsm_pol_eq_ic(const char *a, const char *b);
 /* A whole decimal number (as strtod reads one, finite, no blanks around it). */
 bool hsm_pol_number(const char *s, double *out);
+/* An instant in seconds since the epoch: a number, or an ISO 8601 date (W3C profile). */
+bool hsm_pol_date(const char *s, double *out);
+/* An IPv4 or IPv6 address, with a /prefix when allow_prefix; IPv4-mapped IPv6
+ * addresses without a prefix read as IPv4. */
+bool hsm_pol_net(const char *s, bool allow_prefix, pol_net *out);
+bool hsm_pol_net_contains(const pol_net *net, const pol_net *addr);
 
 #endif

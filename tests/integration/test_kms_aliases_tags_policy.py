@@ -461,6 +461,57 @@ def test_condition_key_origin_transport_and_time(kms):
     denied(kms.encrypt, KeyId=kid, Plaintext=b"x")
 
 
+def test_condition_source_ip_ranges(kms):
+    # The tests' client is on loopback: inside 127.0.0.0/8, outside 10.0.0.0/8.
+    kid = guarded_key(kms, deny("kms:Encrypt", "IpAddress", "aws:SourceIp", "127.0.0.0/8"))
+    denied(kms.encrypt, KeyId=kid, Plaintext=b"x")
+    kid = guarded_key(kms, deny("kms:Encrypt", "IpAddress", "aws:SourceIp",
+                                ["10.0.0.0/8", "2001:db8::/32"]))
+    kms.encrypt(KeyId=kid, Plaintext=b"x")
+    # The usual guard rail: refuse use from outside the networks named.
+    kid = guarded_key(kms, deny(["kms:Encrypt", "kms:Decrypt"], "NotIpAddress", "aws:SourceIp",
+                                "10.0.0.0/8"))
+    denied(kms.encrypt, KeyId=kid, Plaintext=b"x")
+    # Denying the caller PutKeyPolicy from where it stands is a lockout, refused as one.
+    raises("MalformedPolicyDocumentException", kms.put_key_policy, KeyId=kid,
+           PolicyName="default", Policy=policy(ADMIN, deny("kms:*", "NotIpAddress",
+                                                           "aws:SourceIp", "10.0.0.0/8")),
+           message="will not allow you to update the key policy")
+    kid = guarded_key(kms, deny("kms:Encrypt", "NotIpAddress", "aws:SourceIp",
+                                ["192.0.2.0/24", "127.0.0.1/32"]))
+    kms.encrypt(KeyId=kid, Plaintext=b"x")
+
+
+def test_condition_dates(kms):
+    kid = guarded_key(kms, deny("kms:Encrypt", "DateGreaterThan", "aws:CurrentTime",
+                                "2020-01-01T00:00:00Z"))
+    denied(kms.encrypt, KeyId=kid, Plaintext=b"x")
+    kid = guarded_key(kms, deny("kms:Encrypt", "DateGreaterThan", "aws:CurrentTime",
+                                "2999-12-31T23:59:59+01:00"))
+    kms.encrypt(KeyId=kid, Plaintext=b"x")
+    # aws:EpochTime is a date too, and either spelling works on either key.
+    kid = guarded_key(kms, deny("kms:Encrypt", "DateLessThan", "aws:EpochTime", "2999-01"))
+    denied(kms.encrypt, KeyId=kid, Plaintext=b"x")
+    kid = guarded_key(kms, deny("kms:Encrypt", "DateLessThan", "aws:CurrentTime", 1577836800))
+    kms.encrypt(KeyId=kid, Plaintext=b"x")
+
+
+@pytest.mark.parametrize("operator,value", [
+    ("IpAddress", "127.0.0.0/33"),
+    ("NotIpAddress", "localhost"),
+    ("DateLessThan", "2026-02-30"),
+    ("DateEquals", "tomorrow"),
+])
+def test_malformed_typed_conditions(kms, operator, value):
+    kid = new_key(kms)
+    before = kms.get_key_policy(KeyId=kid, PolicyName="default")["Policy"]
+    key = "aws:SourceIp" if "Ip" in operator else "aws:CurrentTime"
+    raises("MalformedPolicyDocumentException", kms.put_key_policy, KeyId=kid,
+           PolicyName="default", Policy=policy(ADMIN, deny("kms:Encrypt", operator, key, value)),
+           status=400, message=f"not '{value}'")
+    assert kms.get_key_policy(KeyId=kid, PolicyName="default")["Policy"] == before
+
+
 def test_condition_rotation_period(kms, hsmd):
     kid = guarded_key(kms, deny("kms:EnableKeyRotation", "NumericLessThan",
                                 "kms:RotationPeriodInDays", "90"))

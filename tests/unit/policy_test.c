@@ -133,8 +133,72 @@ static const bad_case bad[] = {
     {STMT("{" ALLOW_ALL_BODY ", \"Condition\": \"x\"}"), "Statement 1: Condition must be an object."},
     {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"StringEquals\": \"x\"}}"),
      "Statement 1: condition operator 'StringEquals' needs an object of condition keys."},
-    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"DateLessThan\": {\"kms:CallerAccount\": 1}}}"),
-     "Statement 1: condition operator 'DateLessThan' is not supported."},
+    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"DateLessThan\": {\"aws:CurrentTime\": \"2026-02-29\"}}}"),
+     "Statement 1: Date conditions take ISO 8601 dates (such as 2026-01-31T12:00:00Z) or "
+     "seconds since the epoch, not '2026-02-29'."},
+    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"DateLessThan\": {\"aws:CurrentTime\": \"2026-13-01\"}}}"),
+     "Statement 1: Date conditions take ISO 8601 dates (such as 2026-01-31T12:00:00Z) or "
+     "seconds since the epoch, not '2026-13-01'."},
+    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"DateLessThan\": {\"aws:CurrentTime\": \"2026-01-31T12:00:00\"}}}"),
+     "Statement 1: Date conditions take ISO 8601 dates (such as 2026-01-31T12:00:00Z) or "
+     "seconds since the epoch, not '2026-01-31T12:00:00'."},
+    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"DateLessThan\": {\"aws:CurrentTime\": \"2026-01-31T24:00:00Z\"}}}"),
+     "Statement 1: Date conditions take ISO 8601 dates (such as 2026-01-31T12:00:00Z) or "
+     "seconds since the epoch, not '2026-01-31T24:00:00Z'."},
+    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"DateLessThan\": {\"aws:CurrentTime\": \"2026-01-31 12:00:00Z\"}}}"),
+     "Statement 1: Date conditions take ISO 8601 dates (such as 2026-01-31T12:00:00Z) or "
+     "seconds since the epoch, not '2026-01-31 12:00:00Z'."},
+    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"DateLessThan\": {\"aws:CurrentTime\": \"2026-1-31\"}}}"),
+     "Statement 1: Date conditions take ISO 8601 dates (such as 2026-01-31T12:00:00Z) or "
+     "seconds since the epoch, not '2026-1-31'."},
+    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"DateLessThan\": {\"aws:CurrentTime\": \"26-01-31\"}}}"),
+     "Statement 1: Date conditions take ISO 8601 dates (such as 2026-01-31T12:00:00Z) or "
+     "seconds since the epoch, not '26-01-31'."},
+    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"DateLessThan\": {\"aws:CurrentTime\": \"2026-01-31T12:00:00+1:00\"}}}"),
+     "Statement 1: Date conditions take ISO 8601 dates (such as 2026-01-31T12:00:00Z) or "
+     "seconds since the epoch, not '2026-01-31T12:00:00+1:00'."},
+    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"DateLessThan\": {\"aws:CurrentTime\": \"2026-01-31T12Z\"}}}"),
+     "Statement 1: Date conditions take ISO 8601 dates (such as 2026-01-31T12:00:00Z) or "
+     "seconds since the epoch, not '2026-01-31T12Z'."},
+    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"DateLessThan\": {\"aws:CurrentTime\": \"2026-01-31T12:00:00.Z\"}}}"),
+     "Statement 1: Date conditions take ISO 8601 dates (such as 2026-01-31T12:00:00Z) or "
+     "seconds since the epoch, not '2026-01-31T12:00:00.Z'."},
+    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"DateLessThan\": {\"aws:CurrentTime\": \"yesterday\"}}}"),
+     "Statement 1: Date conditions take ISO 8601 dates (such as 2026-01-31T12:00:00Z) or "
+     "seconds since the epoch, not 'yesterday'."},
+    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"DateLessThan\": {\"aws:CurrentTime\": \"2026-01-31Z\"}}}"),
+     "Statement 1: Date conditions take ISO 8601 dates (such as 2026-01-31T12:00:00Z) or "
+     "seconds since the epoch, not '2026-01-31Z'."},
+    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"NotIpAddress\": {\"aws:SourceIp\": \"10.0.0.0/33\"}}}"),
+     "Statement 1: IpAddress conditions take an IPv4 or IPv6 address or CIDR range (such as "
+     "203.0.113.0/24), not '10.0.0.0/33'."},
+    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"NotIpAddress\": {\"aws:SourceIp\": \"10.0.0\"}}}"),
+     "Statement 1: IpAddress conditions take an IPv4 or IPv6 address or CIDR range (such as "
+     "203.0.113.0/24), not '10.0.0'."},
+    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"NotIpAddress\": {\"aws:SourceIp\": \"10.0.0.0/\"}}}"),
+     "Statement 1: IpAddress conditions take an IPv4 or IPv6 address or CIDR range (such as "
+     "203.0.113.0/24), not '10.0.0.0/'."},
+    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"NotIpAddress\": {\"aws:SourceIp\": \"10.0.0.0/-1\"}}}"),
+     "Statement 1: IpAddress conditions take an IPv4 or IPv6 address or CIDR range (such as "
+     "203.0.113.0/24), not '10.0.0.0/-1'."},
+    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"NotIpAddress\": {\"aws:SourceIp\": \"10.0.0.0/ 8\"}}}"),
+     "Statement 1: IpAddress conditions take an IPv4 or IPv6 address or CIDR range (such as "
+     "203.0.113.0/24), not '10.0.0.0/ 8'."},
+    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"NotIpAddress\": {\"aws:SourceIp\": \"10.0.0.0/08x\"}}}"),
+     "Statement 1: IpAddress conditions take an IPv4 or IPv6 address or CIDR range (such as "
+     "203.0.113.0/24), not '10.0.0.0/08x'."},
+    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"NotIpAddress\": {\"aws:SourceIp\": \"2001:db8::/129\"}}}"),
+     "Statement 1: IpAddress conditions take an IPv4 or IPv6 address or CIDR range (such as "
+     "203.0.113.0/24), not '2001:db8::/129'."},
+    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"NotIpAddress\": {\"aws:SourceIp\": \"2001:db8:::1\"}}}"),
+     "Statement 1: IpAddress conditions take an IPv4 or IPv6 address or CIDR range (such as "
+     "203.0.113.0/24), not '2001:db8:::1'."},
+    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"NotIpAddress\": {\"aws:SourceIp\": \"example.com\"}}}"),
+     "Statement 1: IpAddress conditions take an IPv4 or IPv6 address or CIDR range (such as "
+     "203.0.113.0/24), not 'example.com'."},
+    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"NotIpAddress\": {\"aws:SourceIp\": \"10.0.0.1/8/8\"}}}"),
+     "Statement 1: IpAddress conditions take an IPv4 or IPv6 address or CIDR range (such as "
+     "203.0.113.0/24), not '10.0.0.1/8/8'."},
     {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"NumericLessThan\": {\"kms:ValidTo\": \"soon\"}}}"),
      "Statement 1: Numeric conditions take numbers, not 'soon'."},
     {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"NumericEquals\": {\"kms:ValidTo\": \" 5\"}}}"),
@@ -576,6 +640,101 @@ static void test_string_operators(void **state)
 	HOLDS("{\"ArnNotLike\": {\"aws:PrincipalArn\": \"*:user/*\"}}", role);
 }
 
+#define WITH_EXTRA(k, v) with_extra((k), (v))
+static hsm_policy_request with_extra(const char *key, const char *value)
+{
+	static hsm_policy_pair pair;
+	pair = (hsm_policy_pair){key, value};
+	hsm_policy_request r = req(ALICE, "kms:Encrypt");
+	r.extra = &pair;
+	r.n_extra = 1;
+	return r;
+}
+
+/* Date operators compare instants, whatever their spelling, and ignore what is not one. */
+static void test_date_operators(void **state)
+{
+	(void)state;
+	hsm_policy_request none = req(ALICE, "kms:Encrypt");
+	const char *lt = "{\"DateLessThan\": {\"aws:CurrentTime\": \"2026-06-01T00:00:00Z\"}}";
+	HOLDS(lt, WITH_EXTRA("aws:CurrentTime", "2026-05-31T23:59:59Z"));
+	FAILS(lt, WITH_EXTRA("aws:CurrentTime", "2026-06-01T00:00:00Z"));
+	FAILS(lt, WITH_EXTRA("aws:CurrentTime", "2026-06-01T00:00:01Z"));
+	FAILS(lt, WITH_EXTRA("aws:CurrentTime", "soon")); /* not an instant: no match */
+	FAILS(lt, none);
+	/* A zone offset moves the instant; fractions of a second count. */
+	HOLDS(lt, WITH_EXTRA("aws:CurrentTime", "2026-06-01T01:59:59+02:00"));
+	FAILS(lt, WITH_EXTRA("aws:CurrentTime", "2026-05-31T22:00:00-02:00"));
+	HOLDS(lt, WITH_EXTRA("aws:CurrentTime", "2026-05-31T23:59:59.999Z"));
+	/* Epoch seconds on either side: 2026-06-01T00:00:00Z is 1780272000. */
+	HOLDS(lt, WITH_EXTRA("aws:CurrentTime", "1780271999"));
+	FAILS(lt, WITH_EXTRA("aws:CurrentTime", "1780272000"));
+	const char *ge = "{\"DateGreaterThanEquals\": {\"aws:EpochTime\": 1780272000}}";
+	HOLDS(ge, WITH_EXTRA("aws:EpochTime", "1780272000"));
+	HOLDS(ge, WITH_EXTRA("aws:EpochTime", "2026-06-01"));
+	FAILS(ge, WITH_EXTRA("aws:EpochTime", "2026-05-31T23:59:59Z"));
+	const char *gt = "{\"DateGreaterThan\": {\"aws:CurrentTime\": \"2026-01\"}}";
+	HOLDS(gt, WITH_EXTRA("aws:CurrentTime", "2026-01-01T00:00:01Z"));
+	FAILS(gt, WITH_EXTRA("aws:CurrentTime", "2026-01-01T00:00:00Z"));
+	/* A number is always seconds since the epoch, never a year. */
+	const char *year = "{\"DateLessThan\": {\"aws:CurrentTime\": \"2026\"}}";
+	HOLDS(year, WITH_EXTRA("aws:CurrentTime", "1970-01-01T00:33:45Z"));
+	FAILS(year, WITH_EXTRA("aws:CurrentTime", "1970-01-01T00:33:46Z"));
+	const char *le = "{\"DateLessThanEquals\": {\"aws:CurrentTime\": \"2024-02\"}}";
+	HOLDS(le, WITH_EXTRA("aws:CurrentTime", "2024-02-01T00:00:00Z"));
+	FAILS(le, WITH_EXTRA("aws:CurrentTime", "2024-02-01T00:00:01Z"));
+	/* Leap days and centuries: 2000-02-29 exists, 1900 is before the epoch. */
+	const char *eq = "{\"DateEquals\": {\"aws:CurrentTime\": [\"2000-02-29T12:00Z\", "
+	                 "\"1900-01-01\"]}}";
+	HOLDS(eq, WITH_EXTRA("aws:CurrentTime", "951825600"));
+	HOLDS(eq, WITH_EXTRA("aws:CurrentTime", "-2208988800"));
+	FAILS(eq, WITH_EXTRA("aws:CurrentTime", "951825601"));
+	const char *ne = "{\"DateNotEquals\": {\"aws:CurrentTime\": \"2000-02-29T12:00:00Z\"}}";
+	FAILS(ne, WITH_EXTRA("aws:CurrentTime", "2000-02-29T13:00:00+01:00"));
+	HOLDS(ne, WITH_EXTRA("aws:CurrentTime", "2000-03-01T12:00:00Z"));
+	HOLDS(ne, none);
+	HOLDS("{\"DateLessThanIfExists\": {\"kms:ValidTo\": \"2030-01-01\"}}", none);
+	FAILS("{\"DateLessThanIfExists\": {\"kms:ValidTo\": \"2030-01-01\"}}",
+	      WITH_EXTRA("kms:ValidTo", "1893456000"));
+}
+
+/* IpAddress matches addresses inside a network, IPv4 or IPv6. */
+static void test_ip_operators(void **state)
+{
+	(void)state;
+	hsm_policy_request none = req(ALICE, "kms:Encrypt");
+	const char *ip = "{\"IpAddress\": {\"aws:SourceIp\": [\"203.0.113.0/24\", "
+	                 "\"2001:db8:1234::/48\", \"192.0.2.7\"]}}";
+	HOLDS(ip, WITH_EXTRA("aws:SourceIp", "203.0.113.0"));
+	HOLDS(ip, WITH_EXTRA("aws:SourceIp", "203.0.113.255"));
+	FAILS(ip, WITH_EXTRA("aws:SourceIp", "203.0.114.1"));
+	HOLDS(ip, WITH_EXTRA("aws:SourceIp", "192.0.2.7"));
+	FAILS(ip, WITH_EXTRA("aws:SourceIp", "192.0.2.8"));
+	HOLDS(ip, WITH_EXTRA("aws:SourceIp", "2001:db8:1234:ffff::1"));
+	FAILS(ip, WITH_EXTRA("aws:SourceIp", "2001:db8:1235::1"));
+	/* An IPv4 client seen through a dual-stack socket is still an IPv4 client. */
+	HOLDS(ip, WITH_EXTRA("aws:SourceIp", "::ffff:203.0.113.9"));
+	FAILS(ip, WITH_EXTRA("aws:SourceIp", "::ffff:203.0.114.9"));
+	FAILS(ip, WITH_EXTRA("aws:SourceIp", "not-an-address"));
+	FAILS(ip, WITH_EXTRA("aws:SourceIp", "203.0.113.0/24")); /* a request value is an address */
+	FAILS(ip, none);
+	/* Prefixes that are not whole bytes, and the whole address space. */
+	const char *odd = "{\"IpAddress\": {\"aws:SourceIp\": \"10.96.0.0/11\"}}";
+	HOLDS(odd, WITH_EXTRA("aws:SourceIp", "10.127.255.255"));
+	FAILS(odd, WITH_EXTRA("aws:SourceIp", "10.128.0.0"));
+	FAILS(odd, WITH_EXTRA("aws:SourceIp", "10.95.255.255"));
+	HOLDS("{\"IpAddress\": {\"aws:SourceIp\": \"0.0.0.0/0\"}}",
+	      WITH_EXTRA("aws:SourceIp", "198.51.100.1"));
+	FAILS("{\"IpAddress\": {\"aws:SourceIp\": \"0.0.0.0/0\"}}",
+	      WITH_EXTRA("aws:SourceIp", "::1")); /* an IPv4 range holds no IPv6 address */
+	HOLDS("{\"IpAddress\": {\"aws:SourceIp\": \"::/0\"}}", WITH_EXTRA("aws:SourceIp", "::1"));
+	const char *not = "{\"NotIpAddress\": {\"aws:SourceIp\": [\"127.0.0.0/8\", \"::1\"]}}";
+	FAILS(not, WITH_EXTRA("aws:SourceIp", "127.0.0.1"));
+	FAILS(not, WITH_EXTRA("aws:SourceIp", "::1"));
+	HOLDS(not, WITH_EXTRA("aws:SourceIp", "192.0.2.1"));
+	HOLDS(not, none);
+}
+
 static void test_null_bool_if_exists(void **state)
 {
 	(void)state;
@@ -802,6 +961,8 @@ int main(void)
 	    cmocka_unit_test(test_principals),
 	    cmocka_unit_test(test_string_operators),
 	    cmocka_unit_test(test_null_bool_if_exists),
+	    cmocka_unit_test(test_date_operators),
+	    cmocka_unit_test(test_ip_operators),
 	    cmocka_unit_test(test_set_operators),
 	    cmocka_unit_test(test_condition_combinations),
 	    cmocka_unit_test(test_condition_keys),
