@@ -397,9 +397,11 @@ hsm_result hsm_store_key_count(hsm_store *s, uint64_t *out) HSM_MUST_CHECK;
 /*
  * Keys with work due at `now`: PendingDeletion whose deletion_date <= now;
  * imported material that expired (valid_to != 0 and <= now, any state but
- * Destroyed, unless the key's deletion is due: each key is listed once); or rotation enabled with next_rotation <= now (Enabled keys
- * only; EXTERNAL keys without HSM_KEYFLAG_PENDING_MATERIAL, which cannot
- * rotate yet, after all others).  At most limit keys per call: deletions first, oldest due first,
+ * Destroyed, unless the key's deletion is due); or rotation enabled with
+ * next_rotation <= now (Enabled keys whose material has not expired;
+ * EXTERNAL keys without HSM_KEYFLAG_PENDING_MATERIAL, which cannot rotate
+ * yet, after all others).  Each key is listed once, for the first of these
+ * that applies.  At most limit keys per call: deletions first, oldest due first,
  * then expirations, then rotations, each oldest due first.  A key whose work
  * keeps failing stays due, so a caller that cannot make progress on a key
  * should not simply call again.

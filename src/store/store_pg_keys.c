@@ -577,13 +577,14 @@ static const char SQL_DUE_EXPIRIES[] =
 /*
  * Imported keys rotate only to material imported for it (flag 4,
  * HSM_KEYFLAG_PENDING_MATERIAL); those still waiting for it come last, so
- * they cannot hold up rotations that can happen.
+ * they cannot hold up rotations that can happen.  A key SQL_DUE_EXPIRIES
+ * lists is left out: each key is listed once (its expiry goes first).
  */
 _Static_assert(HSM_KEYFLAG_PENDING_MATERIAL == 4, "SQL_DUE_ROTATIONS tests flag bit 2");
 static const char SQL_DUE_ROTATIONS[] =
 	"SELECT " PG_KEY_COLS " FROM keys WHERE rotation_enabled AND state = 'Enabled' AND "
-	"next_rotation <= $1 ORDER BY origin = 'EXTERNAL' AND (flags & 4) = 0, next_rotation, id "
-	"LIMIT $2";
+	"next_rotation <= $1 AND (valid_to = 0 OR valid_to > $1) "
+	"ORDER BY origin = 'EXTERNAL' AND (flags & 4) = 0, next_rotation, id LIMIT $2";
 
 static hsm_result read_due(pg_conn *c, const char *sql, page_op *op)
 {

@@ -275,3 +275,35 @@ def test_rotation_schedule_of_an_imported_key_warns_ahead(hsmd, kms):
             import_body(kms, key, os.urandom(32), ImportType="NEW_KEY_MATERIAL"))
     call_ok(hsmd, "DisableKeyRotation", {"KeyId": key})
     gauge_reaches(before)
+
+
+def test_gauges_count_a_key_both_expiring_and_due_once(tmp_path):
+    """A key whose material expires and whose rotation is due within the week is one key in
+    each gauge, not two: the store lists each key with work due once."""
+    import datetime
+    from conftest import client, start_dev
+    node = start_dev()
+    try:
+        kms = client(node)
+        key = external_key(kms)
+        valid_to = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=2)
+        call_ok(node, "ImportKeyMaterial",
+                import_body(kms, key, os.urandom(32), ExpirationModel="KEY_MATERIAL_EXPIRES",
+                            ValidTo=int(valid_to.timestamp())))
+        call_ok(node, "EnableKeyRotation", {"KeyId": key, "RotationPeriodInDays": 3})
+
+        def gauges():
+            status, body, _ = node.get("/metrics")
+            assert status == 200
+            text = body.decode()
+            return tuple(int(re.search(rf"^{name} (\d+)$", text, re.M).group(1))
+                         for name in ("hsmd_keys_rotation_due_7d",
+                                      "hsmd_keys_material_expiring_7d"))
+
+        deadline = time.monotonic() + 20
+        while gauges() == (0, 0) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        time.sleep(6)  # a further count, in case the first was partial
+        assert gauges() == (1, 1)
+    finally:
+        node.stop()

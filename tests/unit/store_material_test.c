@@ -580,6 +580,24 @@ static void test_keys_due_lists_expired_material(void **state)
 }
 
 /*
+ * A key whose material expires and whose rotation is due is listed once, as an
+ * expiry: /metrics counts what keys_due lists, and counted twice it told of two
+ * keys where one waited.
+ */
+static void test_keys_due_lists_an_expiring_key_due_to_rotate_once(void **state)
+{
+	st_fixture *f = *state;
+	char got[256];
+	add_key(f->s, "rot-only", HSM_KEY_ENABLED, 0, 0, 400);
+	add_key(f->s, "both", HSM_KEY_ENABLED, 600, 0, 500);
+	due(f->s, 1000, 10, got, sizeof(got));
+	assert_string_equal(got, "both rot-only");
+	/* Before its expiry, it is one of the rotations. */
+	due(f->s, 550, 10, got, sizeof(got));
+	assert_string_equal(got, "rot-only both");
+}
+
+/*
  * PostgreSQL's plan for sql, its lines joined by "; ".  On a few rows a
  * sequential scan is cheapest, so it is ruled out (as are bitmap scans,
  * which lose the index order): what remains shows whether the index can
@@ -1468,6 +1486,8 @@ int main(void)
 		                                st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_material_fields_follow_the_versions, st_setup,
 		                                st_teardown),
+		cmocka_unit_test_setup_teardown(test_keys_due_lists_an_expiring_key_due_to_rotate_once,
+		                                st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_keys_due_sees_a_pending_expiry, st_setup,
 		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_expiry_erasure_is_conditional, st_setup,
