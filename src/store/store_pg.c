@@ -7,7 +7,8 @@
  * (https://www.postgresql.org/docs/15/libpq-connect.html#LIBPQ-CONNSTRING).
  * Defaults the URI may override: connect_timeout=5,
  * target_session_attrs=read-write (after a failover, only the new primary is
- * accepted), application_name=hsmd.  The URI may hold the password: it is
+ * accepted), application_name=hsmd, and TCP keepalives and a user timeout
+ * (store_pg.h, PG_KEEPALIVE_IDLE_S).  The URI may hold the password: it is
  * kept only to reconnect and appears in no message.
  */
 #include "store/store_pg.h"
@@ -58,6 +59,10 @@ static const char SQL_SESSION[] =
 	"SET statement_timeout = " STR(PG_STATEMENT_TIMEOUT_MS) ";"
 	"SET lock_timeout = " STR(PG_LOCK_TIMEOUT_MS) ";"
 	"SET idle_in_transaction_session_timeout = " STR(PG_IDLE_TX_TIMEOUT_MS) ";"
+	"SET tcp_keepalives_idle = " PG_KEEPALIVE_IDLE_S ";"
+	"SET tcp_keepalives_interval = " PG_KEEPALIVE_INTERVAL_S ";"
+	"SET tcp_keepalives_count = " PG_KEEPALIVE_COUNT ";"
+	"SET tcp_user_timeout = " PG_TCP_USER_TIMEOUT_MS ";"
 	"SET default_transaction_isolation = 'read committed';"
 	"SET client_min_messages = warning;"
 	"SELECT set_config('synchronous_commit', 'on', false)"
@@ -83,10 +88,16 @@ static hsm_result conn_open(const pg_store *s, pg_conn **out)
 	 * Keywords before dbname are defaults the URI overrides (the URI is
 	 * expanded where dbname appears); those after it are imposed.
 	 */
-	const char *const keys[] = {"connect_timeout", "target_session_attrs", "application_name",
-	                            "dbname", "client_encoding", NULL};
-	const char *const values[] = {PG_CONNECT_TIMEOUT_S, "read-write", "hsmd", s->conninfo,
-	                              "UTF8", NULL};
+	const char *const keys[] = {"connect_timeout",  "target_session_attrs", "application_name",
+	                            "keepalives",       "keepalives_idle",      "keepalives_interval",
+	                            "keepalives_count", "tcp_user_timeout",     "dbname",
+	                            "client_encoding",  NULL};
+	const char *const values[] = {PG_CONNECT_TIMEOUT_S, "read-write",
+	                              "hsmd",               "1",
+	                              PG_KEEPALIVE_IDLE_S,  PG_KEEPALIVE_INTERVAL_S,
+	                              PG_KEEPALIVE_COUNT,   PG_TCP_USER_TIMEOUT_MS,
+	                              s->conninfo,          "UTF8",
+	                              NULL};
 	c->db = PQconnectdbParams(keys, values, 1);
 	if (c->db == NULL || PQstatus(c->db) != CONNECTION_OK) {
 		res = connect_failure(c->db);

@@ -62,6 +62,21 @@
 #define PG_IDLE_TX_TIMEOUT_MS 60000
 /* Seconds libpq waits to connect, unless the location names its own connect_timeout. */
 #define PG_CONNECT_TIMEOUT_S "5"
+/*
+ * A peer that vanishes without closing its connections (a machine that lost
+ * power, a network cut) is noticed within about PG_TCP_USER_TIMEOUT_MS on
+ * both ends: TCP keepalive probes after PG_KEEPALIVE_IDLE_S of silence, every
+ * PG_KEEPALIVE_INTERVAL_S, PG_KEEPALIVE_COUNT unanswered end the connection,
+ * as does data left unacknowledged that long.  Without it, the server keeps a
+ * dead leader's session, and its advisory lock, for the system's keepalive
+ * time (two hours and more), and a node cut off from the server waits as
+ * long on each statement.  libpq's side is a default the location may
+ * override; the server's side is SET on every session.
+ */
+#define PG_KEEPALIVE_IDLE_S "5"
+#define PG_KEEPALIVE_INTERVAL_S "2"
+#define PG_KEEPALIVE_COUNT "3"
+#define PG_TCP_USER_TIMEOUT_MS "10000"
 /* Distinct statements one connection may prepare (open addressing). */
 #define PG_STMT_SLOTS 128
 /* Parameters one statement takes at most (a key row: PG_KEY_COLS). */

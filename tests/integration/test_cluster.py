@@ -519,6 +519,129 @@ def test_one_node_at_a_time_runs_the_scheduled_work(pg, tmp_path):
             n.cleanup()
 
 
+class Netns:
+    """A network namespace joined to this one by a veth pair: a machine of its own on the
+    network, which can be cut off without any connection being closed."""
+
+    def __init__(self):
+        self.name = f"hsmdit{os.getpid() % 100000}"
+        self.host_ip, self.ip = "10.213.77.1", "10.213.77.2"
+        self.made = False
+
+    def _ip(self, *args, ns=False):
+        cmd = (["ip", "netns", "exec", self.name] if ns else []) + ["ip", *args]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, f"{cmd}: {p.stderr}"
+
+    def create(self):
+        self._ip("netns", "add", self.name)
+        self.made = True
+        outer, inner = self.name + "a", self.name + "b"
+        self._ip("link", "add", outer, "type", "veth", "peer", "name", inner)
+        self._ip("link", "set", inner, "netns", self.name)
+        self._ip("addr", "add", self.host_ip + "/30", "dev", outer)
+        self._ip("link", "set", outer, "up")
+        self._ip("addr", "add", self.ip + "/30", "dev", inner, ns=True)
+        self._ip("link", "set", inner, "up", ns=True)
+        self._ip("link", "set", "lo", "up", ns=True)
+
+    def cut(self):
+        """Packets stop flowing both ways; every socket stays open on both ends."""
+        self._ip("link", "set", self.name + "b", "down", ns=True)
+
+    def run(self, *cmd, **kw):
+        return subprocess.run(["ip", "netns", "exec", self.name, *cmd], capture_output=True,
+                              text=True, timeout=60, **kw)
+
+    def close(self):
+        if self.made:
+            subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=30)
+            subprocess.run(["ip", "link", "del", self.name + "a"], capture_output=True,
+                           timeout=30)
+
+
+def _netns_usable():
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return False
+    p = subprocess.run(["ip", "netns", "list"], capture_output=True, timeout=30)
+    return p.returncode == 0
+
+
+@pytest.mark.skipif(not _netns_usable(), reason="needs root and ip netns")
+def test_the_leader_cut_off_from_the_store_is_replaced(tmp_path):
+    """The leader's machine vanishes from the network (power lost, a cable cut): nothing
+    closes its connections, yet PostgreSQL drops its session, and with it the leadership,
+    within seconds, and the other node takes the scheduled work over; the cut-off node
+    itself stops claiming it and says it cannot reach the store."""
+    from conftest import HSMD, free_port
+    pg, ns = Postgres(), Netns()
+    a = None
+    nodes = []
+    try:
+        ns.create()
+        with open(os.path.join(pg.dir, "data", "postgresql.conf"), "a") as f:
+            f.write(f"listen_addresses = '127.0.0.1,{ns.host_ip}'\n")
+        with open(os.path.join(pg.dir, "data", "pg_hba.conf"), "a") as f:
+            f.write(f"host all all {ns.ip}/32 scram-sha-256\n")
+        pg.ctl("halt")
+        pg.ctl("resume")
+        store = pg.database("cut")
+        files, _ = ceremony(str(tmp_path), store)
+        # Node A in the namespace, reaching the server across the veth pair.
+        port = free_port()
+        log = open(tmp_path / "node-a.log", "w")
+        a = subprocess.Popen(["ip", "netns", "exec", ns.name, HSMD, "--listen",
+                              f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "a"),
+                              "--allow-plaintext-loopback", "--node-id", "node-a",
+                              "--backup-interval-seconds", "0"],
+                             env=dict(os.environ, HSM_STORE=store.replace("127.0.0.1",
+                                                                         ns.host_ip)),
+                             stdout=log, stderr=subprocess.STDOUT)
+
+        def get_a(path):
+            p = ns.run("/usr/bin/python3", "-c",
+                       "import sys, urllib.request, urllib.error\n"
+                       f"try: r = urllib.request.urlopen('http://127.0.0.1:{port}{path}', "
+                       "timeout=5); print(r.status); print(r.read().decode())\n"
+                       "except urllib.error.HTTPError as e: print(e.code); "
+                       "print(e.read().decode())")
+            lines = p.stdout.splitlines()
+            return (int(lines[0]), "\n".join(lines[1:])) if lines else (0, p.stderr)
+
+        assert eventually(lambda: get_a("/healthz")[0] == 200, 30), open(log.name).read()
+        for c in ("alice", "carol", "erin"):
+            p = ns.run(HSMCTL, "--endpoint", f"http://127.0.0.1:{port}", "unseal", files[c])
+            assert p.returncode == 0, p.stderr
+
+        def a_leads():
+            m = re.search(r"^hsmd_scheduler_leader (\d)$", get_a("/metrics")[1], re.M)
+            return m is not None and m.group(1) == "1"
+        assert eventually(a_leads, 15), open(log.name).read()
+        b = node(store, "node-b")
+        nodes.append(b)
+        unseal(b, files)
+        time.sleep(6)  # a scheduler period: B asks, and A keeps the work
+        assert gauge(b, "hsmd_scheduler_leader") == 0
+
+        ns.cut()
+        t0 = time.monotonic()
+        assert eventually(lambda: gauge(b, "hsmd_scheduler_leader") == 1, 40), b.read_log()
+        assert time.monotonic() - t0 < 30
+        assert "runs the store's scheduled work" in b.read_log()
+        # The cut-off node gives the work up and is not ready: a load balancer moves on.
+        assert eventually(lambda: not a_leads(), 30), open(log.name).read()
+        st, body = get_a("/readyz")
+        assert st == 503 and json.loads(body)["store"] is False, body
+    finally:
+        if a is not None:
+            a.kill()
+            a.wait()
+        for n in nodes:
+            n.cleanup()
+        ns.close()
+        pg.close()
+
+
 def pkcs11_tool(endpoints, *args):
     env = {k: v for k, v in os.environ.items() if not k.startswith("HSM_PKCS11_")}
     env["HSM_PKCS11_ENDPOINT"] = endpoints
