@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -68,6 +69,33 @@ static hsm_result open_new(const char *path, int *fd)
 	return HSM_SUCCESS;
 }
 
+/*
+ * Creates a backup's temporary file, locked (flock) until it is closed: the
+ * start-up clean-up of another node sharing the backup directory leaves a
+ * locked one alone (remove_matching).  A clean-up that took the lock between
+ * the file's creation and ours unlinks it before letting go: then it is made
+ * again.
+ */
+#define LOCKED_TRIES 10
+static hsm_result open_new_locked(const char *path, int *fd)
+{
+	for (int tries = 1;; tries++) {
+		struct stat st;
+		int err = 0;
+		HSM_GUARD(open_new(path, fd));
+		while (flock(*fd, LOCK_EX) != 0 && errno == EINTR)
+			;
+		if (fstat(*fd, &st) != 0)
+			err = errno;
+		else if (st.st_nlink > 0)
+			return HSM_SUCCESS;
+		close(*fd);
+		*fd = -1;
+		HSM_ENSURE(tries < LOCKED_TRIES, HSM_ERR_IO, "cannot create %s: %s", path,
+		           err != 0 ? strerror(err) : "removed as it was made, again and again");
+	}
+}
+
 static hsm_result sync_close(int fd, const char *path)
 {
 	int rc = fsync(fd);
@@ -87,10 +115,19 @@ static hsm_result sync_close(int fd, const char *path)
  */
 static hsm_result publish(int fd, char *tmp, const char *final, const char *dir)
 {
-	HSM_GUARD(sync_close(fd, tmp));
-	HSM_ENSURE(rename(tmp, final) == 0, HSM_ERR_IO, "cannot rename %s: %s", tmp,
-	           strerror(errno));
+	/* Renamed before it is closed: closing drops its lock (open_new_locked). */
+	if (fsync(fd) != 0) {
+		int err = errno;
+		close(fd);
+		return HSM_FAIL(HSM_ERR_IO, "cannot sync %s: %s", tmp, strerror(err));
+	}
+	if (rename(tmp, final) != 0) {
+		int err = errno;
+		close(fd);
+		return HSM_FAIL(HSM_ERR_IO, "cannot rename %s: %s", tmp, strerror(err));
+	}
 	tmp[0] = '\0';
+	HSM_ENSURE(close(fd) == 0, HSM_ERR_IO, "cannot close %s: %s", final, strerror(errno));
 	return hsm_fsync_dir(dir);
 }
 
@@ -320,7 +357,7 @@ hsm_result hsm_backup_create(const hsm_backup_request *req, char *path, size_t c
 	HSM_CHECK(st.st_size > 0, HSM_ERR_STORE, "the store copy is empty");
 	in.store_bytes = (uint64_t)st.st_size;
 	HSM_TRY(encode_header(&in, &header));
-	HSM_TRY(open_new(tmp, &fd));
+	HSM_TRY(open_new_locked(tmp, &fd));
 	HSM_TRY(encrypt_into(fd, tmp, plain, req->ks, cipher, &header, &in));
 	in.file_bytes = header.len + in.store_bytes + chunk_count(&in) * HSM_GCM_TAG_LEN;
 	res = publish(fd, tmp, final, req->dir);
@@ -341,7 +378,11 @@ out:
 	return res;
 }
 
-/* Deletes the files in dir whose names start with prefix and end with suffix. */
+/*
+ * Deletes the files in dir whose names start with prefix and end with suffix,
+ * except those another process holds locked: a backup directory may be shared
+ * by the nodes of one store, and one of them may be writing its backup there.
+ */
 static void remove_matching(const char *dir, const char *prefix, const char *suffix)
 {
 	DIR *d = opendir(dir);
@@ -356,8 +397,15 @@ static void remove_matching(const char *dir, const char *prefix, const char *suf
 		    strcmp(de->d_name + n - ns, suffix) != 0 ||
 		    hsm_failed(join(path, sizeof(path), dir, de->d_name)))
 			continue;
+		int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+		if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) != 0) {
+			close(fd); /* being written */
+			continue;
+		}
 		if (unlink(path) == 0)
 			hsm_warn("removed %s, left by a backup that did not finish", path);
+		if (fd >= 0)
+			close(fd);
 	}
 	closedir(d);
 }

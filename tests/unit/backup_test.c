@@ -12,6 +12,8 @@
 #include <cmocka.h>
 
 #include <dirent.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <sys/stat.h>
 
 #include "backup/backup.h"
@@ -645,6 +647,70 @@ static void test_copy(void **state)
 	hsm_buf_free(&b);
 }
 
+/* A backup made on its own thread, as the leader of a shared store makes one. */
+typedef struct maker {
+	fx *f;
+	char path[PATH_MAX];
+	hsm_backup_info info;
+	hsm_result r;
+	char why[HSM_ERRMSG_MAX];
+	atomic_bool done;
+} maker;
+
+static void *make_in_thread(void *arg)
+{
+	maker *m = arg;
+	m->r = make_backup(m->f, &m->f->a, NOW, m->path, &m->info);
+	snprintf(m->why, sizeof(m->why), "%s", hsm_ok(m->r) ? "" : hsm_last_message());
+	atomic_store(&m->done, true);
+	return NULL;
+}
+
+/*
+ * Nodes sharing a store may share a backup directory; one that starts while
+ * another writes a backup there removes only what a backup that did not
+ * finish left, not the file being written.
+ */
+static void test_leftovers_spare_a_backup_being_written(void **state)
+{
+	fx *f = *state;
+	char other[PATH_MAX], stale[PATH_MAX];
+	/* A store of a few MB: a thousand chunks to write. */
+	static char big[4 << 20];
+	memset(big, 'x', sizeof(big) - 1);
+	hsm_buf val = {0};
+	const char *names[] = {"test.big"};
+	const hsm_buf *vals[] = {&val};
+	EXPECT_OK(hsm_buf_put_str(&val, big));
+	EXPECT_OK(hsm_store_meta_put(f->a.s, 1, names, vals));
+	hsm_buf_free(&val);
+	st_path(other, f->root, "other-node");
+	assert_int_equal(mkdir(other, 0700), 0);
+	maker m = {.f = f};
+	atomic_init(&m.done, false);
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, make_in_thread, &m), 0);
+	size_t passes = 0;
+	while (!atomic_load(&m.done)) {
+		hsm_backup_remove_leftovers(f->bak, other);
+		passes++;
+	}
+	pthread_join(t, NULL);
+	if (hsm_failed(m.r))
+		fail_msg("the backup failed: %s", m.why);
+	assert_true(passes > 0);
+	assert_true(exists(m.path));
+	hsm_keystore *ks = detached(&m.info.identity, &f->a, 0, 3);
+	hsm_backup_info dec;
+	EXPECT_OK(hsm_backup_decrypt(m.path, ks, NULL, &dec));
+	hsm_keystore_free(ks);
+	/* What a crash left, locked by nobody, still goes. */
+	st_path(stale, f->bak, ".hsmd-x-20261130T024233Z-0a2fe434.hsmbak.part");
+	spit(stale, "x", 1);
+	hsm_backup_remove_leftovers(f->bak, other);
+	assert_false(exists(stale));
+}
+
 int main(void)
 {
 	hsm_log_set_level(HSM_LOG_ERROR);
@@ -658,6 +724,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_unreadable_header_values_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_list_and_prune, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_copy, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_leftovers_spare_a_backup_being_written, setup,
+		                                teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
