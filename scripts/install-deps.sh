@@ -23,6 +23,8 @@ PKGS="$PKGS valgrind"
 PKGS="$PKGS postgresql libpq-dev"
 # clang and its runtime (libFuzzer, sanitizers): `make fuzz`.
 PKGS="$PKGS clang libclang-rt-14-dev"
+# ip (network namespaces): a cluster test cuts a node off the network.
+PKGS="$PKGS iproute2"
 
 missing=""
 for p in $PKGS; do

@@ -560,14 +560,27 @@ class Netns:
                            timeout=30)
 
 
-def _netns_usable():
+def _netns_unusable():
+    """Why this machine cannot make a namespace joined by a veth pair and run in it (a
+    container without the capability, no veth driver), or None when it can."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
-        return False
-    p = subprocess.run(["ip", "netns", "list"], capture_output=True, timeout=30)
-    return p.returncode == 0
+        return "needs root and the ip command"
+    probe = Netns()
+    probe.name += "p"
+    try:
+        probe.create()
+        p = probe.run("true")
+        return None if p.returncode == 0 else f"ip netns exec: {p.stderr.strip()}"
+    except AssertionError as e:
+        return f"cannot make a network namespace here: {e}"
+    finally:
+        probe.close()
 
 
-@pytest.mark.skipif(not _netns_usable(), reason="needs root and ip netns")
+NETNS_UNUSABLE = _netns_unusable()
+
+
+@pytest.mark.skipif(NETNS_UNUSABLE is not None, reason=str(NETNS_UNUSABLE))
 def test_the_leader_cut_off_from_the_store_is_replaced(tmp_path):
     """The leader's machine vanishes from the network (power lost, a cable cut): nothing
     closes its connections, yet PostgreSQL drops its session, and with it the leadership,
