@@ -72,27 +72,33 @@ static void env_copy(char *dst, size_t cap, const char *name, const char *def)
 
 static void wipe_credentials(void)
 {
-	OPENSSL_cleanse(p11.secret, sizeof(p11.secret));
-	OPENSSL_cleanse(p11.akid, sizeof(p11.akid));
+	OPENSSL_cleanse(p11.conn.secret, sizeof(p11.conn.secret));
+	OPENSSL_cleanse(p11.conn.akid, sizeof(p11.conn.akid));
 	p11.logged_in = false;
 }
 
 /* ---- the connection pool ------------------------------------------------------------------ */
+
+/* Points c at the settings and credentials in cs, which must outlive its use. */
+static void client_point(hsm_client *c, const p11_conn *cs)
+{
+	c->endpoints = cs->endpoints;
+	c->ca_file = cs->ca_file[0] ? cs->ca_file : NULL;
+	c->cert_file = cs->client_cert[0] ? cs->client_cert : NULL;
+	c->key_file = cs->client_key[0] ? cs->client_key : NULL;
+	c->region = cs->region;
+	c->timeout_s = cs->timeout_s;
+	/* Always the PIN's credentials (empty before login): never the environment's. */
+	c->akid = cs->akid;
+	c->secret = cs->secret;
+}
 
 static hsm_client *client_acquire(void)
 {
 	hsm_client *c = p11.pool_n > 0 ? p11.pool[--p11.pool_n] : calloc(1, sizeof(*c));
 	if (c == NULL)
 		return NULL;
-	c->endpoints = p11.endpoints;
-	c->ca_file = p11.ca_file[0] ? p11.ca_file : NULL;
-	c->cert_file = p11.client_cert[0] ? p11.client_cert : NULL;
-	c->key_file = p11.client_key[0] ? p11.client_key : NULL;
-	c->region = p11.region;
-	c->timeout_s = p11.timeout_s;
-	/* Always the PIN's credentials (empty before login): never the environment's. */
-	c->akid = p11.akid;
-	c->secret = p11.secret;
+	client_point(c, &p11.conn);
 	return c;
 }
 
@@ -159,19 +165,19 @@ CK_RV C_Initialize(CK_VOID_PTR init_args)
 	}
 	memset(&p11, 0, sizeof(p11));
 	p11.pid = getpid();
-	env_copy(p11.endpoints, sizeof(p11.endpoints), "HSM_PKCS11_ENDPOINT", "");
-	env_copy(p11.ca_file, sizeof(p11.ca_file), "HSM_PKCS11_CA_FILE", "");
-	env_copy(p11.client_cert, sizeof(p11.client_cert), "HSM_PKCS11_CLIENT_CERT", "");
-	env_copy(p11.client_key, sizeof(p11.client_key), "HSM_PKCS11_CLIENT_KEY", "");
-	env_copy(p11.region, sizeof(p11.region), "HSM_PKCS11_REGION", "us-east-1");
+	env_copy(p11.conn.endpoints, sizeof(p11.conn.endpoints), "HSM_PKCS11_ENDPOINT", "");
+	env_copy(p11.conn.ca_file, sizeof(p11.conn.ca_file), "HSM_PKCS11_CA_FILE", "");
+	env_copy(p11.conn.client_cert, sizeof(p11.conn.client_cert), "HSM_PKCS11_CLIENT_CERT", "");
+	env_copy(p11.conn.client_key, sizeof(p11.conn.client_key), "HSM_PKCS11_CLIENT_KEY", "");
+	env_copy(p11.conn.region, sizeof(p11.conn.region), "HSM_PKCS11_REGION", "us-east-1");
 	env_copy(p11.keys, sizeof(p11.keys), "HSM_PKCS11_KEYS", "");
 	const char *t = getenv("HSM_PKCS11_TIMEOUT");
 	char *end = NULL;
 	long secs = t != NULL ? strtol(t, &end, 10) : 30;
-	p11.timeout_s = t == NULL || *t == '\0' ? 30
+	p11.conn.timeout_s = t == NULL || *t == '\0' ? 30
 	                : end != NULL && *end == '\0' && secs >= 1 && secs <= 3600 ? (int)secs
 	                                                                           : -1;
-	if (p11.timeout_s < 0) {
+	if (p11.conn.timeout_s < 0) {
 		memset(&p11, 0, sizeof(p11));
 		pthread_mutex_unlock(&p11_lock);
 		return CKR_ARGUMENTS_BAD; /* a setting that is not a number of seconds */
@@ -238,7 +244,7 @@ CK_RV C_GetSlotInfo(CK_SLOT_ID slot, CK_SLOT_INFO_PTR info)
 		LEAVE(CKR_SLOT_ID_INVALID);
 	memset(info, 0, sizeof(*info));
 	char desc[160];
-	snprintf(desc, sizeof(desc), "hsmd at %.120s", p11.endpoints[0] ? p11.endpoints : "(no endpoint)");
+	snprintf(desc, sizeof(desc), "hsmd at %.120s", p11.conn.endpoints[0] ? p11.conn.endpoints : "(no endpoint)");
 	pad(info->slotDescription, sizeof(info->slotDescription), desc);
 	pad(info->manufacturerID, sizeof(info->manufacturerID), "hsmd");
 	info->flags = CKF_TOKEN_PRESENT | CKF_REMOVABLE_DEVICE | CKF_HW_SLOT;
@@ -428,7 +434,7 @@ static CK_RV call(const char *target, json_t *body, json_t **out, bool unlock)
 	json_decref(body);
 	if (text == NULL)
 		return CKR_HOST_MEMORY;
-	if (p11.endpoints[0] == '\0') {
+	if (p11.conn.endpoints[0] == '\0') {
 		free(text);
 		return CKR_DEVICE_ERROR; /* HSM_PKCS11_ENDPOINT is not set */
 	}
@@ -442,26 +448,10 @@ static CK_RV call(const char *target, json_t *body, json_t **out, bool unlock)
 	 * Without the lock, a logout may wipe the credentials and C_Initialize
 	 * rewrite the settings while the request is made: it uses copies.
 	 */
-	struct {
-		char endpoints[sizeof(p11.endpoints)], ca_file[sizeof(p11.ca_file)];
-		char cert[sizeof(p11.client_cert)], key[sizeof(p11.client_key)];
-		char region[sizeof(p11.region)], akid[sizeof(p11.akid)], secret[sizeof(p11.secret)];
-	} own;
+	p11_conn own;
 	if (unlock) {
-		memcpy(own.endpoints, p11.endpoints, sizeof(own.endpoints));
-		memcpy(own.ca_file, p11.ca_file, sizeof(own.ca_file));
-		memcpy(own.cert, p11.client_cert, sizeof(own.cert));
-		memcpy(own.key, p11.client_key, sizeof(own.key));
-		memcpy(own.region, p11.region, sizeof(own.region));
-		memcpy(own.akid, p11.akid, sizeof(own.akid));
-		memcpy(own.secret, p11.secret, sizeof(own.secret));
-		c->endpoints = own.endpoints;
-		c->ca_file = own.ca_file[0] ? own.ca_file : NULL;
-		c->cert_file = own.cert[0] ? own.cert : NULL;
-		c->key_file = own.key[0] ? own.key : NULL;
-		c->region = own.region;
-		c->akid = own.akid;
-		c->secret = own.secret;
+		own = p11.conn;
+		client_point(c, &own);
 	}
 	hsm_buf resp;
 	hsm_buf_init_secure(&resp);
@@ -569,13 +559,13 @@ CK_RV C_Login(CK_SESSION_HANDLE h, CK_USER_TYPE type, CK_UTF8CHAR_PTR pin, CK_UL
 	const char *colon = memchr(pin, ':', pin_len);
 	size_t id_len = colon ? (size_t)(colon - (const char *)pin) : 0;
 	size_t secret_len = colon ? pin_len - id_len - 1 : 0;
-	if (colon == NULL || id_len == 0 || id_len >= sizeof(p11.akid) || secret_len == 0 ||
-	    secret_len >= sizeof(p11.secret))
+	if (colon == NULL || id_len == 0 || id_len >= sizeof(p11.conn.akid) || secret_len == 0 ||
+	    secret_len >= sizeof(p11.conn.secret))
 		LEAVE(CKR_PIN_INCORRECT);
-	memcpy(p11.akid, pin, id_len);
-	p11.akid[id_len] = '\0';
-	memcpy(p11.secret, colon + 1, secret_len);
-	p11.secret[secret_len] = '\0';
+	memcpy(p11.conn.akid, pin, id_len);
+	p11.conn.akid[id_len] = '\0';
+	memcpy(p11.conn.secret, colon + 1, secret_len);
+	p11.conn.secret[secret_len] = '\0';
 	/* The credentials are good when hsmd accepts a request signed with them. */
 	json_t *out = NULL;
 	CK_RV rv = p11_call("TrentService.ListKeys", json_pack("{s:i}", "Limit", 1), &out);

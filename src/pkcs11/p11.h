@@ -141,22 +141,27 @@ typedef struct p11_session {
 	p11_op sign, verify, encrypt, decrypt, digest;
 } p11_session;
 
-typedef struct p11_module {
-	bool initialized;
-	pid_t pid; /* of the process that initialized the module (a forked child must again) */
+/* What a client needs to reach hsmd: the settings, and the PIN's credentials once logged in. */
+typedef struct p11_conn {
 	char endpoints[1024];
 	char ca_file[1024];
 	char client_cert[1024], client_key[1024]; /* HSM_PKCS11_CLIENT_CERT / _KEY */
 	char region[64];
+	int timeout_s; /* HSM_PKCS11_TIMEOUT: how long a call waits for hsmd */
+	char akid[129];
+	char secret[129];
+} p11_conn;
+
+typedef struct p11_module {
+	bool initialized;
+	pid_t pid; /* of the process that initialized the module (a forked child must again) */
+	p11_conn conn;
 	char keys[4096]; /* HSM_PKCS11_KEYS: the keys the token shows (empty: every key) */
-	int timeout_s;   /* HSM_PKCS11_TIMEOUT: how long a call waits for hsmd */
 	/* Idle clients, each with its kept-alive connection; calls take one and give it back. */
 	hsm_client *pool[P11_POOL_MAX];
 	size_t pool_n;
 	uint64_t gen; /* renewed at logout and C_Finalize: clients out at the time are not kept */
 	bool logged_in;
-	char akid[129];
-	char secret[129];
 	p11_session sessions[P11_MAX_SESSIONS];
 	p11_object *objects;
 	size_t n_objects, cap_objects;
