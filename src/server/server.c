@@ -291,24 +291,6 @@ hsm_result hsm_server_dev_bootstrap(hsm_server *s, const char *akid, const hsm_s
 
 /* ---- running ------------------------------------------------------------------- */
 
-typedef struct due_count {
-	int64_t horizon;
-	uint64_t rotations;
-	uint64_t expirations; /* imported key material */
-} due_count;
-
-static hsm_result count_due(const hsm_key_record *r, void *arg)
-{
-	due_count *d = arg;
-	if (r->state == HSM_KEY_ENABLED && r->rotation_enabled && r->next_rotation <= d->horizon)
-		d->rotations++;
-	if (r->valid_to != 0 && r->valid_to <= d->horizon)
-		d->expirations++;
-	return HSM_SUCCESS;
-}
-
-/* Counts the store-wide gauges of /metrics (zero while sealed, as the store's keys are then
- * not this node's to report).  A failure keeps the last counts, whose time then falls behind. */
 /* Reads one small value: can this node reach its store?  Logs only changes. */
 static void probe_store(hsm_server *s)
 {
@@ -330,17 +312,19 @@ static hsm_result count_approval(const hsm_approval_record *a, void *arg)
 	return HSM_SUCCESS;
 }
 
+/* Counts the store-wide gauges of /metrics (zero while sealed, as the store's keys are then
+ * not this node's to report).  A failure keeps the last counts, whose time then falls behind. */
 static void count_store_gauges(hsm_server *s)
 {
 	probe_store(s);
 	if (!atomic_load(&s->store_up))
 		return;
 	uint64_t keys = 0, approvals = 0, certs = 0, certs_expiring = 0;
-	due_count due = {hsm_now() + 7 * 86400, 0, 0};
+	hsm_due_counts due = {0, 0};
 	if (hsm_keystore_state(s->ks) == HSM_NODE_UNSEALED) {
 		hsm_result r = hsm_store_key_count(s->store, &keys);
 		if (hsm_ok(r))
-			r = hsm_store_keys_due(s->store, due.horizon, HSM_STORE_LIST_MAX, count_due, &due);
+			r = hsm_store_keys_due_count(s->store, hsm_now() + 7 * 86400, &due);
 		if (hsm_ok(r) && s->opt.approval_quorum > 0)
 			r = hsm_store_approval_list(s->store, true, hsm_now(), HSM_STORE_LIST_MAX,
 			                            count_approval, &approvals);

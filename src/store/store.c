@@ -519,6 +519,13 @@ hsm_result hsm_store_keys_due(hsm_store *s, int64_t now, size_t limit, hsm_key_c
 	return s->ops->keys_due(s, now, limit, cb, arg);
 }
 
+hsm_result hsm_store_keys_due_count(hsm_store *s, int64_t horizon, hsm_due_counts *out)
+{
+	HSM_ASSERT(s != NULL && out != NULL);
+	*out = (hsm_due_counts){0, 0};
+	return s->ops->keys_due_count(s, horizon, out);
+}
+
 /* ---- Key versions ------------------------------------------------------------------------ */
 
 hsm_result hsm_store_version_get(hsm_store *s, const char *key_id, uint32_t version,

@@ -406,6 +406,19 @@ hsm_result hsm_store_key_count(hsm_store *s, uint64_t *out) HSM_MUST_CHECK;
  * keeps failing stays due, so a caller that cannot make progress on a key
  * should not simply call again.
  */
+/*
+ * How many keys have work coming by `horizon`, counted in full (not a
+ * listing's first page): rotations are Enabled keys with rotation enabled
+ * and next_rotation <= horizon; expirations are keys not Destroyed whose
+ * imported material expires (valid_to != 0) by horizon.  A key may count in
+ * both.  Each count walks its own index.
+ */
+typedef struct hsm_due_counts {
+	uint64_t rotations;
+	uint64_t expirations;
+} hsm_due_counts;
+hsm_result hsm_store_keys_due_count(hsm_store *s, int64_t horizon,
+                                    hsm_due_counts *out) HSM_MUST_CHECK;
 hsm_result hsm_store_keys_due(hsm_store *s, int64_t now, size_t limit, hsm_key_cb cb,
                               void *arg) HSM_MUST_CHECK;
 

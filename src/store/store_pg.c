@@ -394,6 +394,7 @@ static const hsm_store_ops pg_ops = {
 	.snapshot = pg_snapshot,
 	.lead = pg_lead,
 	.keys_due = pg_keys_due,
+	.keys_due_count = pg_keys_due_count,
 	.version_get = pg_version_get,
 	.version_list = pg_version_list,
 	.alias_create = pg_alias_create,

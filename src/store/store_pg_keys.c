@@ -621,6 +621,44 @@ hsm_result pg_keys_due(hsm_store *base, int64_t now, size_t limit, hsm_key_cb cb
 	return res;
 }
 
+/* Each count is a range of its own index (keys_rotation_due, keys_expiry_due). */
+static const char SQL_DUE_COUNT[] =
+	"SELECT (SELECT count(*) FROM keys WHERE rotation_enabled AND state = 'Enabled' AND "
+	"next_rotation <= $1), "
+	"(SELECT count(*) FROM keys WHERE valid_to <> 0 AND valid_to <= $1 AND "
+	"state <> 'Destroyed')";
+
+typedef struct due_count_op {
+	int64_t horizon;
+	int64_t rotations, expirations;
+} due_count_op;
+
+static hsm_result keys_due_count_body(pg_conn *c, void *arg)
+{
+	due_count_op *op = arg;
+	pg_params p;
+	PGresult *r = NULL;
+	pg_params_init(&p);
+	pg_p_i64(&p, op->horizon);
+	HSM_GUARD(pg_run(c, SQL_DUE_COUNT, &p, &r));
+	hsm_result res = pg_col_i64(r, 0, 0, &op->rotations);
+	if (hsm_ok(res))
+		res = pg_col_i64(r, 0, 1, &op->expirations);
+	PQclear(r);
+	return res;
+}
+
+hsm_result pg_keys_due_count(hsm_store *base, int64_t horizon, hsm_due_counts *out)
+{
+	due_count_op op = {.horizon = horizon};
+	HSM_GUARD(pg_read(pg_of(base), keys_due_count_body, &op));
+	HSM_ENSURE(op.rotations >= 0 && op.expirations >= 0, HSM_ERR_STORE,
+	           "PostgreSQL returned a negative count");
+	out->rotations = (uint64_t)op.rotations;
+	out->expirations = (uint64_t)op.expirations;
+	return HSM_SUCCESS;
+}
+
 /* ---- Versions ---------------------------------------------------------------------------- */
 
 static const char SQL_VERSION_GET[] =

@@ -399,6 +399,7 @@ static const hsm_store_ops sqlite_ops = {
 	.snapshot = sq_snapshot,
 	.lead = sq_lead,
 	.keys_due = sq_keys_due,
+	.keys_due_count = sq_keys_due_count,
 	.version_get = sq_version_get,
 	.version_list = sq_version_list,
 	.alias_create = sq_alias_create,

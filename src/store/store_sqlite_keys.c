@@ -628,6 +628,33 @@ hsm_result sq_keys_due(hsm_store *base, int64_t now, size_t limit, hsm_key_cb cb
 	return res;
 }
 
+/* Each count is a range of its own index (keys_rotation_due, keys_expiry_due). */
+static const char SQL_DUE_COUNT[] =
+	"SELECT (SELECT count(*) FROM keys WHERE rotation_enabled = 1 AND state = 'Enabled' AND "
+	"next_rotation <= ?1), "
+	"(SELECT count(*) FROM keys WHERE valid_to <> 0 AND valid_to <= ?1 AND "
+	"state != 'Destroyed')";
+
+hsm_result sq_keys_due_count(hsm_store *base, int64_t horizon, hsm_due_counts *out)
+{
+	sq_store *s = sq_of(base);
+	sq_conn *c;
+	sqlite3_stmt *st = NULL;
+	bool row = false;
+	hsm_result res = HSM_SUCCESS;
+	HSM_GUARD(sq_read_begin(s, &c));
+	HSM_TRY(sq_prepare(c, SQL_DUE_COUNT, &st));
+	sq_bind_i64(c, st, 1, horizon);
+	HSM_TRY(sq_step(c, st, &row));
+	HSM_CHECK(row, HSM_ERR_STORE, "store failed to count keys with work due");
+	out->rotations = (uint64_t)sqlite3_column_int64(st, 0);
+	out->expirations = (uint64_t)sqlite3_column_int64(st, 1);
+out:
+	sq_reset(st);
+	sq_read_end(s, c);
+	return res;
+}
+
 /* ---- Versions ---------------------------------------------------------------------------- */
 
 static const char SQL_VERSION_GET[] =

@@ -579,11 +579,7 @@ static void test_keys_due_lists_expired_material(void **state)
 	assert_string_equal(got, "del-due exp-import both rot-due");
 }
 
-/*
- * A key whose material expires and whose rotation is due is listed once, as an
- * expiry: /metrics counts what keys_due lists, and counted twice it told of two
- * keys where one waited.
- */
+/* A key whose material expires and whose rotation is due is listed once, as an expiry. */
 static void test_keys_due_lists_an_expiring_key_due_to_rotate_once(void **state)
 {
 	st_fixture *f = *state;
@@ -595,6 +591,71 @@ static void test_keys_due_lists_an_expiring_key_due_to_rotate_once(void **state)
 	/* Before its expiry, it is one of the rotations. */
 	due(f->s, 550, 10, got, sizeof(got));
 	assert_string_equal(got, "rot-only both");
+}
+
+static void expect_due_count(hsm_store *s, int64_t horizon, uint64_t rotations,
+                             uint64_t expirations)
+{
+	hsm_due_counts n = {99, 99};
+	EXPECT_OK(hsm_store_keys_due_count(s, horizon, &n));
+	assert_int_equal(n.rotations, rotations);
+	assert_int_equal(n.expirations, expirations);
+}
+
+/* Copies key `from` n times under new ids, below the API (n durable creates would take long). */
+#define CLONE_COLS                                                                           \
+	"id, description, spec, usage, origin, state, created, deletion_date, "                  \
+	"pending_window_days, rotation_enabled, rotation_period_days, next_rotation, "           \
+	"primary_version, policy, flags, updated, valid_to"
+#define CLONE_VALUES                                                                         \
+	"'%s-' || i, description, spec, usage, origin, state, created, deletion_date, "           \
+	"pending_window_days, rotation_enabled, rotation_period_days, next_rotation, "           \
+	"primary_version, policy, flags, updated, valid_to"
+static void clone_key(st_fixture *f, const char *from, unsigned n)
+{
+	char sql[1024];
+	if (st_is_pg()) {
+		snprintf(sql, sizeof(sql),
+		         "INSERT INTO keys (" CLONE_COLS ") SELECT " CLONE_VALUES
+		         " FROM generate_series(1, %u) AS i, keys WHERE id = '%s'",
+		         from, n, from);
+		assert_int_equal(st_pg_exec(f->db, sql), 0);
+	} else {
+		snprintf(sql, sizeof(sql),
+		         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < %u) "
+		         "INSERT INTO keys (" CLONE_COLS ") SELECT " CLONE_VALUES
+		         " FROM n, keys WHERE id = '%s'",
+		         n, from, from);
+		assert_int_equal(st_raw_exec(f->dir, sql), SQLITE_OK);
+	}
+}
+
+/*
+ * /metrics' gauges of keys due to rotate or to expire within 7 days count every
+ * such key: they were counted from keys_due's listing, which stops at
+ * HSM_STORE_LIST_MAX keys, so a large store showed 10,000 where more waited.
+ */
+static void test_keys_due_count(void **state)
+{
+	st_fixture *f = *state;
+	expect_due_count(f->s, 1000, 0, 0);
+	add_key(f->s, "rot", HSM_KEY_ENABLED, 0, 0, 500);
+	add_key(f->s, "rot-later", HSM_KEY_ENABLED, 0, 0, 1500);
+	add_key(f->s, "rot-disabled", HSM_KEY_DISABLED, 0, 0, 500); /* does not rotate */
+	add_key(f->s, "exp", HSM_KEY_ENABLED, 800, 0, 0);
+	add_key(f->s, "exp-import", HSM_KEY_PENDING_IMPORT, 400, 0, 0);
+	add_key(f->s, "exp-deleting", HSM_KEY_PENDING_DELETION, 900, 2000, 0);
+	add_key(f->s, "exp-gone", HSM_KEY_ENABLED, 200, 0, 0);
+	EXPECT_OK(hsm_store_key_destroy(f->s, "exp-gone", 900));
+	add_key(f->s, "both", HSM_KEY_ENABLED, 600, 0, 500); /* counts in each */
+	expect_due_count(f->s, 1000, 2, 4);
+	expect_due_count(f->s, 2000, 3, 4);
+	expect_due_count(f->s, 450, 0, 1);
+	expect_due_count(f->s, 500, 2, 1);
+	/* Past a listing's largest page. */
+	clone_key(f, "rot", HSM_STORE_LIST_MAX);
+	clone_key(f, "exp", HSM_STORE_LIST_MAX + 7);
+	expect_due_count(f->s, 1000, HSM_STORE_LIST_MAX + 2, HSM_STORE_LIST_MAX + 7 + 4);
 }
 
 /*
@@ -1468,6 +1529,7 @@ int main(void)
 		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_erased_material_leaves_the_store, st_setup,
 		                                st_teardown),
+		cmocka_unit_test_setup_teardown(test_keys_due_count, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_keys_due_lists_expired_material, st_setup,
 		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_expiry_query_walks_its_index, st_setup,
