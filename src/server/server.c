@@ -14,6 +14,9 @@
 #include "server/server.h"
 
 #define SCHEDULER_PERIOD_S 5
+/* A rotation this long past its date did not happen: the scheduler is stuck, or an imported key
+ * has no material to rotate to (hsmd_keys_rotation_overdue). */
+#define HSM_ROTATION_OVERDUE_S 3600
 /* How often the last uses of keys are written to the store by default (GetKeyLastUsage). */
 #define USAGE_FLUSH_MS 1000
 #define DEV_SHARE_FILE "dev-unseal.share"
@@ -320,11 +323,12 @@ static void count_store_gauges(hsm_server *s)
 	if (!atomic_load(&s->store_up))
 		return;
 	uint64_t keys = 0, approvals = 0, certs = 0, certs_expiring = 0;
-	hsm_due_counts due = {0, 0};
+	hsm_due_counts due = {0, 0, 0, 0};
 	if (hsm_keystore_state(s->ks) == HSM_NODE_UNSEALED) {
 		hsm_result r = hsm_store_key_count(s->store, &keys);
 		if (hsm_ok(r))
-			r = hsm_store_keys_due_count(s->store, hsm_now() + 7 * 86400, &due);
+			r = hsm_store_keys_due_count(s->store, hsm_now() + 7 * 86400,
+			                             hsm_now() - HSM_ROTATION_OVERDUE_S, &due);
 		if (hsm_ok(r) && s->opt.approval_quorum > 0)
 			r = hsm_store_approval_list(s->store, true, hsm_now(), HSM_STORE_LIST_MAX,
 			                            count_approval, &approvals);
@@ -342,6 +346,8 @@ static void count_store_gauges(hsm_server *s)
 	atomic_store(&s->gauge_keys, keys);
 	atomic_store(&s->gauge_rotations_due, due.rotations);
 	atomic_store(&s->gauge_expirations_due, due.expirations);
+	atomic_store(&s->gauge_material_needed, due.material_needed);
+	atomic_store(&s->gauge_rotations_overdue, due.overdue);
 	atomic_store(&s->gauge_approvals_open, approvals);
 	atomic_store(&s->gauge_certs, certs);
 	atomic_store(&s->gauge_certs_expiring, certs_expiring);
@@ -537,6 +543,13 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "# TYPE hsmd_keys gauge\nhsmd_keys %llu\n"
 	    "# HELP hsmd_keys_rotation_due_7d Keys whose automatic rotation is due within 7 days.\n"
 	    "# TYPE hsmd_keys_rotation_due_7d gauge\nhsmd_keys_rotation_due_7d %llu\n"
+	    "# HELP hsmd_keys_rotation_material_needed_7d Imported keys whose rotation is due within 7 "
+	    "days with no new key material imported to rotate to.\n"
+	    "# TYPE hsmd_keys_rotation_material_needed_7d gauge\n"
+	    "hsmd_keys_rotation_material_needed_7d %llu\n"
+	    "# HELP hsmd_keys_rotation_overdue Keys whose rotation date passed more than an hour ago "
+	    "without a rotation.\n"
+	    "# TYPE hsmd_keys_rotation_overdue gauge\nhsmd_keys_rotation_overdue %llu\n"
 	    "# HELP hsmd_keys_material_expiring_7d Keys whose imported key material expires (and is "
 	    "deleted, leaving the key unusable) within 7 days, or has expired.\n"
 	    "# TYPE hsmd_keys_material_expiring_7d gauge\nhsmd_keys_material_expiring_7d %llu\n"
@@ -570,6 +583,8 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    st != HSM_NODE_UNSEALED, st == HSM_NODE_ERROR, (long long)s->started,
 	    (unsigned long long)atomic_load(&s->gauge_keys),
 	    (unsigned long long)atomic_load(&s->gauge_rotations_due),
+	    (unsigned long long)atomic_load(&s->gauge_material_needed),
+	    (unsigned long long)atomic_load(&s->gauge_rotations_overdue),
 	    (unsigned long long)atomic_load(&s->gauge_expirations_due),
 	    (long long)atomic_load(&s->gauges_counted_at),
 	    (unsigned long long)atomic_load(&s->gauge_approvals_open),

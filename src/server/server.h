@@ -97,6 +97,7 @@ typedef struct hsm_server {
 	 * keys), too long for an HTTP worker, whose other connections would wait.
 	 */
 	atomic_uint_fast64_t gauge_keys, gauge_rotations_due, gauge_expirations_due;
+	atomic_uint_fast64_t gauge_material_needed, gauge_rotations_overdue;
 	atomic_uint_fast64_t gauge_approvals_open; /* approval requests waiting for custodians */
 	atomic_uint_fast64_t gauge_certs;          /* certificates kept beside the keys */
 	atomic_uint_fast64_t gauge_certs_expiring; /* of those, expiring within 30 days or expired */

@@ -519,11 +519,12 @@ hsm_result hsm_store_keys_due(hsm_store *s, int64_t now, size_t limit, hsm_key_c
 	return s->ops->keys_due(s, now, limit, cb, arg);
 }
 
-hsm_result hsm_store_keys_due_count(hsm_store *s, int64_t horizon, hsm_due_counts *out)
+hsm_result hsm_store_keys_due_count(hsm_store *s, int64_t horizon, int64_t overdue_before,
+                                    hsm_due_counts *out)
 {
 	HSM_ASSERT(s != NULL && out != NULL);
-	*out = (hsm_due_counts){0, 0};
-	return s->ops->keys_due_count(s, horizon, out);
+	*out = (hsm_due_counts){0, 0, 0, 0};
+	return s->ops->keys_due_count(s, horizon, overdue_before, out);
 }
 
 /* ---- Key versions ------------------------------------------------------------------------ */

@@ -407,17 +407,22 @@ hsm_result hsm_store_key_count(hsm_store *s, uint64_t *out) HSM_MUST_CHECK;
  * should not simply call again.
  */
 /*
- * How many keys have work coming by `horizon`, counted in full (not a
- * listing's first page): rotations are Enabled keys with rotation enabled
- * and next_rotation <= horizon; expirations are keys not Destroyed whose
- * imported material expires (valid_to != 0) by horizon.  A key may count in
- * both.  Each count walks its own index.
+ * How many keys have work coming, counted in full (not a listing's first
+ * page).  Rotating keys are Enabled keys with rotation enabled: `rotations`
+ * those with next_rotation <= horizon, `material_needed` those of them that
+ * are EXTERNAL without HSM_KEYFLAG_PENDING_MATERIAL (nothing to rotate to
+ * until material is imported), `overdue` those with next_rotation <=
+ * overdue_before.  `expirations` are keys not Destroyed whose imported
+ * material expires (valid_to != 0) by horizon.  A key may count in several.
+ * Each count walks an index range.
  */
 typedef struct hsm_due_counts {
 	uint64_t rotations;
+	uint64_t material_needed;
+	uint64_t overdue;
 	uint64_t expirations;
 } hsm_due_counts;
-hsm_result hsm_store_keys_due_count(hsm_store *s, int64_t horizon,
+hsm_result hsm_store_keys_due_count(hsm_store *s, int64_t horizon, int64_t overdue_before,
                                     hsm_due_counts *out) HSM_MUST_CHECK;
 hsm_result hsm_store_keys_due(hsm_store *s, int64_t now, size_t limit, hsm_key_cb cb,
                               void *arg) HSM_MUST_CHECK;

@@ -82,7 +82,8 @@ struct hsm_store_ops {
 	hsm_result (*snapshot)(hsm_store *s, const char *path);
 	hsm_result (*lead)(hsm_store *s, bool want, bool *leading);
 	hsm_result (*keys_due)(hsm_store *s, int64_t now, size_t limit, hsm_key_cb cb, void *arg);
-	hsm_result (*keys_due_count)(hsm_store *s, int64_t horizon, hsm_due_counts *out);
+	hsm_result (*keys_due_count)(hsm_store *s, int64_t horizon, int64_t overdue_before,
+	                             hsm_due_counts *out);
 
 	hsm_result (*version_get)(hsm_store *s, const char *key_id, uint32_t version,
 	                          hsm_version_record *out);

@@ -621,16 +621,20 @@ hsm_result pg_keys_due(hsm_store *base, int64_t now, size_t limit, hsm_key_cb cb
 	return res;
 }
 
-/* Each count is a range of its own index (keys_rotation_due, keys_expiry_due). */
+/* Each count is a range of an index (keys_rotation_due, keys_expiry_due). */
 static const char SQL_DUE_COUNT[] =
 	"SELECT (SELECT count(*) FROM keys WHERE rotation_enabled AND state = 'Enabled' AND "
 	"next_rotation <= $1), "
+	"(SELECT count(*) FROM keys WHERE rotation_enabled AND state = 'Enabled' AND "
+	"next_rotation <= $1 AND origin = 'EXTERNAL' AND (flags & 4) = 0), "
+	"(SELECT count(*) FROM keys WHERE rotation_enabled AND state = 'Enabled' AND "
+	"next_rotation <= $2), "
 	"(SELECT count(*) FROM keys WHERE valid_to <> 0 AND valid_to <= $1 AND "
 	"state <> 'Destroyed')";
 
 typedef struct due_count_op {
-	int64_t horizon;
-	int64_t rotations, expirations;
+	int64_t horizon, overdue_before;
+	int64_t n[4]; /* the columns of SQL_DUE_COUNT */
 } due_count_op;
 
 static hsm_result keys_due_count_body(pg_conn *c, void *arg)
@@ -640,22 +644,27 @@ static hsm_result keys_due_count_body(pg_conn *c, void *arg)
 	PGresult *r = NULL;
 	pg_params_init(&p);
 	pg_p_i64(&p, op->horizon);
+	pg_p_i64(&p, op->overdue_before);
 	HSM_GUARD(pg_run(c, SQL_DUE_COUNT, &p, &r));
-	hsm_result res = pg_col_i64(r, 0, 0, &op->rotations);
-	if (hsm_ok(res))
-		res = pg_col_i64(r, 0, 1, &op->expirations);
+	hsm_result res = HSM_SUCCESS;
+	for (int i = 0; i < 4 && hsm_ok(res); i++) {
+		res = pg_col_i64(r, 0, i, &op->n[i]);
+		if (hsm_ok(res) && op->n[i] < 0)
+			res = HSM_FAIL(HSM_ERR_STORE, "PostgreSQL returned a negative count");
+	}
 	PQclear(r);
 	return res;
 }
 
-hsm_result pg_keys_due_count(hsm_store *base, int64_t horizon, hsm_due_counts *out)
+hsm_result pg_keys_due_count(hsm_store *base, int64_t horizon, int64_t overdue_before,
+                             hsm_due_counts *out)
 {
-	due_count_op op = {.horizon = horizon};
+	due_count_op op = {.horizon = horizon, .overdue_before = overdue_before};
 	HSM_GUARD(pg_read(pg_of(base), keys_due_count_body, &op));
-	HSM_ENSURE(op.rotations >= 0 && op.expirations >= 0, HSM_ERR_STORE,
-	           "PostgreSQL returned a negative count");
-	out->rotations = (uint64_t)op.rotations;
-	out->expirations = (uint64_t)op.expirations;
+	out->rotations = (uint64_t)op.n[0];
+	out->material_needed = (uint64_t)op.n[1];
+	out->overdue = (uint64_t)op.n[2];
+	out->expirations = (uint64_t)op.n[3];
 	return HSM_SUCCESS;
 }
 

@@ -195,7 +195,8 @@ hsm_result sq_jwt_key_list(hsm_store *s, const char *after, size_t limit, hsm_ke
                            void *arg, bool *truncated);
 hsm_result sq_key_count(hsm_store *s, uint64_t *out);
 hsm_result sq_keys_due(hsm_store *s, int64_t now, size_t limit, hsm_key_cb cb, void *arg);
-hsm_result sq_keys_due_count(hsm_store *s, int64_t horizon, hsm_due_counts *out);
+hsm_result sq_keys_due_count(hsm_store *s, int64_t horizon, int64_t overdue_before,
+                             hsm_due_counts *out);
 hsm_result sq_version_get(hsm_store *s, const char *key_id, uint32_t version,
                           hsm_version_record *out);
 hsm_result sq_version_list(hsm_store *s, const char *key_id, hsm_version_cb cb, void *arg);

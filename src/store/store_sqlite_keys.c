@@ -628,14 +628,19 @@ hsm_result sq_keys_due(hsm_store *base, int64_t now, size_t limit, hsm_key_cb cb
 	return res;
 }
 
-/* Each count is a range of its own index (keys_rotation_due, keys_expiry_due). */
+/* Each count is a range of an index (keys_rotation_due, keys_expiry_due). */
 static const char SQL_DUE_COUNT[] =
 	"SELECT (SELECT count(*) FROM keys WHERE rotation_enabled = 1 AND state = 'Enabled' AND "
 	"next_rotation <= ?1), "
+	"(SELECT count(*) FROM keys WHERE rotation_enabled = 1 AND state = 'Enabled' AND "
+	"next_rotation <= ?1 AND origin = 'EXTERNAL' AND (flags & 4) = 0), "
+	"(SELECT count(*) FROM keys WHERE rotation_enabled = 1 AND state = 'Enabled' AND "
+	"next_rotation <= ?2), "
 	"(SELECT count(*) FROM keys WHERE valid_to <> 0 AND valid_to <= ?1 AND "
 	"state != 'Destroyed')";
 
-hsm_result sq_keys_due_count(hsm_store *base, int64_t horizon, hsm_due_counts *out)
+hsm_result sq_keys_due_count(hsm_store *base, int64_t horizon, int64_t overdue_before,
+                             hsm_due_counts *out)
 {
 	sq_store *s = sq_of(base);
 	sq_conn *c;
@@ -645,10 +650,13 @@ hsm_result sq_keys_due_count(hsm_store *base, int64_t horizon, hsm_due_counts *o
 	HSM_GUARD(sq_read_begin(s, &c));
 	HSM_TRY(sq_prepare(c, SQL_DUE_COUNT, &st));
 	sq_bind_i64(c, st, 1, horizon);
+	sq_bind_i64(c, st, 2, overdue_before);
 	HSM_TRY(sq_step(c, st, &row));
 	HSM_CHECK(row, HSM_ERR_STORE, "store failed to count keys with work due");
 	out->rotations = (uint64_t)sqlite3_column_int64(st, 0);
-	out->expirations = (uint64_t)sqlite3_column_int64(st, 1);
+	out->material_needed = (uint64_t)sqlite3_column_int64(st, 1);
+	out->overdue = (uint64_t)sqlite3_column_int64(st, 2);
+	out->expirations = (uint64_t)sqlite3_column_int64(st, 3);
 out:
 	sq_reset(st);
 	sq_read_end(s, c);

@@ -253,26 +253,31 @@ def test_rotation_schedule_of_an_imported_key_warns_ahead(hsmd, kms):
     key = external_key(kms)
     call_ok(hsmd, "ImportKeyMaterial", import_body(kms, key, os.urandom(32)))
 
-    def gauge():
+    def gauge(name="hsmd_keys_rotation_due_7d"):
         status, body, _ = hsmd.get("/metrics")
         assert status == 200
-        return int(re.search(r"^hsmd_keys_rotation_due_7d (\d+)$", body.decode(), re.M).group(1))
+        return int(re.search(rf"^{name} (\d+)$", body.decode(), re.M).group(1))
 
-    def gauge_reaches(n):
+    def gauge_reaches(n, name="hsmd_keys_rotation_due_7d"):
         deadline = time.monotonic() + 20
-        while gauge() != n:
-            assert time.monotonic() < deadline, f"hsmd_keys_rotation_due_7d never became {n}"
+        while gauge(name) != n:
+            assert time.monotonic() < deadline, f"{name} never became {n}"
             time.sleep(0.5)
 
     before = gauge()
+    needed = gauge("hsmd_keys_rotation_material_needed_7d")
     call_ok(hsmd, "EnableKeyRotation", {"KeyId": key, "RotationPeriodInDays": 3})
     status = call_ok(hsmd, "GetKeyRotationStatus", {"KeyId": key})
     assert status["KeyRotationEnabled"] is True and status["RotationPeriodInDays"] == 3
     assert abs(status["NextRotationDate"] - (time.time() + 3 * 86400)) < 120
     gauge_reaches(before + 1)
-    # New material waiting, or not, the date is what the gauge watches; disabled, it stops.
+    # Nothing to rotate to yet: the alert's gauge counts it until material waits.
+    gauge_reaches(needed + 1, "hsmd_keys_rotation_material_needed_7d")
     call_ok(hsmd, "ImportKeyMaterial",
             import_body(kms, key, os.urandom(32), ImportType="NEW_KEY_MATERIAL"))
+    gauge_reaches(needed, "hsmd_keys_rotation_material_needed_7d")
+    # The date is still coming, whether material waits or not; disabled, it stops.
+    assert gauge() == before + 1
     call_ok(hsmd, "DisableKeyRotation", {"KeyId": key})
     gauge_reaches(before)
 

@@ -178,3 +178,18 @@ def test_probes_are_counted_apart_from_requests(server):
     count = lambda s: sum(v for (name, _), v in s.items()
                           if name == "hsmd_request_duration_seconds_count")
     assert total(after) == total(before) and count(after) == count(before)
+
+
+def test_readme_alert_rules_name_exported_series(server):
+    """Every hsmd series the README's alert rules read exists: a renamed or misspelt gauge
+    would leave its alert silent forever."""
+    import os
+    readme = open(os.path.join(os.environ.get("HSM_SOURCE_DIR", "../.."), "README.md")).read()
+    block = readme.split("Alerts the platform's plan asks for", 1)[1].split("```yaml", 1)[1]
+    rules = block.split("```", 1)[0]
+    names = set(re.findall(r"\bhsmd_[a-z0-9_]+", rules))
+    assert len(names) >= 10, names
+    exported = {re.sub(r"_(bucket|sum|count)$", "", n) for n, _ in scrape(server)} | \
+        {n for n, _ in scrape(server)}
+    missing = sorted(n for n in names if n not in exported)
+    assert not missing, f"alert rules read series hsmd does not export: {missing}"

@@ -593,13 +593,20 @@ static void test_keys_due_lists_an_expiring_key_due_to_rotate_once(void **state)
 	assert_string_equal(got, "rot-only both");
 }
 
+/* The counts at horizon (rotations, material needed, expirations) and overdue before 100. */
 static void expect_due_count(hsm_store *s, int64_t horizon, uint64_t rotations,
-                             uint64_t expirations)
+                             uint64_t material_needed, uint64_t expirations)
 {
-	hsm_due_counts n = {99, 99};
-	EXPECT_OK(hsm_store_keys_due_count(s, horizon, &n));
+	hsm_due_counts n = {99, 99, 99, 99}, early = {99, 99, 99, 99};
+	EXPECT_OK(hsm_store_keys_due_count(s, horizon, 100, &n));
 	assert_int_equal(n.rotations, rotations);
+	assert_int_equal(n.material_needed, material_needed);
 	assert_int_equal(n.expirations, expirations);
+	/* Overdue is the rotations count at its own bound. */
+	EXPECT_OK(hsm_store_keys_due_count(s, 100, 50, &early));
+	assert_int_equal(n.overdue, early.rotations);
+	EXPECT_OK(hsm_store_keys_due_count(s, 50, 50, &early));
+	assert_int_equal(early.overdue, early.rotations);
 }
 
 /* Copies key `from` n times under new ids, below the API (n durable creates would take long). */
@@ -635,27 +642,42 @@ static void clone_key(st_fixture *f, const char *from, unsigned n)
  * such key: they were counted from keys_due's listing, which stops at
  * HSM_STORE_LIST_MAX keys, so a large store showed 10,000 where more waited.
  */
+static hsm_result set_pending_material(hsm_key_record *k, void *arg)
+{
+	(void)arg;
+	k->flags |= HSM_KEYFLAG_PENDING_MATERIAL;
+	return HSM_SUCCESS;
+}
+
 static void test_keys_due_count(void **state)
 {
 	st_fixture *f = *state;
-	expect_due_count(f->s, 1000, 0, 0);
+	expect_due_count(f->s, 1000, 0, 0, 0);
 	add_key(f->s, "rot", HSM_KEY_ENABLED, 0, 0, 500);
-	add_key(f->s, "rot-later", HSM_KEY_ENABLED, 0, 0, 1500);
+	add_key(f->s, "rot-late", HSM_KEY_ENABLED, 0, 0, 1500);
+	add_key(f->s, "rot-overdue", HSM_KEY_ENABLED, 0, 0, 40);
 	add_key(f->s, "rot-disabled", HSM_KEY_DISABLED, 0, 0, 500); /* does not rotate */
 	add_key(f->s, "exp", HSM_KEY_ENABLED, 800, 0, 0);
 	add_key(f->s, "exp-import", HSM_KEY_PENDING_IMPORT, 400, 0, 0);
 	add_key(f->s, "exp-deleting", HSM_KEY_PENDING_DELETION, 900, 2000, 0);
 	add_key(f->s, "exp-gone", HSM_KEY_ENABLED, 200, 0, 0);
 	EXPECT_OK(hsm_store_key_destroy(f->s, "exp-gone", 900));
-	add_key(f->s, "both", HSM_KEY_ENABLED, 600, 0, 500); /* counts in each */
-	expect_due_count(f->s, 1000, 2, 4);
-	expect_due_count(f->s, 2000, 3, 4);
-	expect_due_count(f->s, 450, 0, 1);
-	expect_due_count(f->s, 500, 2, 1);
+	/* Imported (add_key gives a valid_to the EXTERNAL origin), rotating, no material waiting. */
+	add_key(f->s, "both", HSM_KEY_ENABLED, 600, 0, 500);
+	expect_due_count(f->s, 1000, 3, 1, 4);
+	expect_due_count(f->s, 2000, 4, 1, 4);
+	expect_due_count(f->s, 450, 1, 0, 1);
+	expect_due_count(f->s, 500, 3, 1, 1);
+	hsm_due_counts n;
+	EXPECT_OK(hsm_store_keys_due_count(f->s, 1000, 100, &n));
+	assert_int_equal(n.overdue, 1); /* rot-overdue */
+	/* With its next material imported, the key needs nothing more before its date. */
+	EXPECT_OK(hsm_store_key_update(f->s, "both", set_pending_material, NULL, NULL, NULL));
+	expect_due_count(f->s, 1000, 3, 0, 4);
 	/* Past a listing's largest page. */
 	clone_key(f, "rot", HSM_STORE_LIST_MAX);
 	clone_key(f, "exp", HSM_STORE_LIST_MAX + 7);
-	expect_due_count(f->s, 1000, HSM_STORE_LIST_MAX + 2, HSM_STORE_LIST_MAX + 7 + 4);
+	expect_due_count(f->s, 1000, HSM_STORE_LIST_MAX + 3, 0, HSM_STORE_LIST_MAX + 7 + 4);
 }
 
 /*
