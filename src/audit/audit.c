@@ -304,6 +304,8 @@ static void abandon(hsm_audit *a, int stuck, const char *what)
 	hsm_error("audit %s is stuck in I/O; audit state left allocated", what);
 	for (int i = stuck; i < STOP_COUNT; i++)
 		pthread_detach(*t[i]);
+	/* The stuck writer must not sign once it wakes: the caller frees the signer's key next. */
+	hsm_audit_set_signer(a, NULL, NULL);
 }
 
 void hsm_audit_close(hsm_audit *a)

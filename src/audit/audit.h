@@ -142,10 +142,12 @@ typedef struct hsm_audit hsm_audit;
 hsm_result hsm_audit_open(const hsm_audit_config *cfg, hsm_audit **out) HSM_MUST_CHECK;
 
 /*
- * Drains the queue, writes a shutdown checkpoint, syncs and closes.  Bounded
- * in time: if the writer is stuck in the kernel past the deadline, the
- * pending records are failed, the state is leaked on purpose (the stuck
- * thread still uses it) and close returns.  NULL is a no-op.
+ * Drains the queue, writes a shutdown checkpoint (signed when a signer is
+ * set: close before clearing the signer), syncs and closes.  Bounded in time:
+ * if the writer is stuck in the kernel past the deadline, the pending records
+ * are failed, the state is leaked on purpose (the stuck thread still uses it)
+ * and close returns.  Either way, once it returns the signer is no longer in
+ * use and never called again, so what it uses may be freed.  NULL is a no-op.
  */
 void hsm_audit_close(hsm_audit *a);
 

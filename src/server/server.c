@@ -499,12 +499,15 @@ void hsm_server_free(hsm_server *s)
 	hsm_lane_free(s->lane);
 	if (s->audit != NULL && s->ks != NULL)
 		hsm_server_event(s, "Shutdown", NULL, 0, HSM_SUCCESS, NULL, 0);
-	if (s->audit != NULL)
-		hsm_audit_set_signer(s->audit, NULL, NULL);
+	/*
+	 * Before the keystore goes: while unsealed, the shutdown checkpoint is
+	 * signed, so no record of the trail, its end included, is left to the
+	 * chain alone.  Close returns only once the signer is no longer used.
+	 */
+	hsm_audit_close(s->audit);
 	hsm_server_auth_free(s);
 	hsm_kms_free(s->kms);
 	hsm_keystore_free(s->ks);
-	hsm_audit_close(s->audit);
 	/* After the trail's last callback, which may note a use; before the store closes. */
 	if (s->usage != NULL) {
 		if (hsm_failed(hsm_usage_flush(s->usage)))

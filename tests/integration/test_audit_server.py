@@ -220,6 +220,50 @@ def test_chain_continues_across_restarts_and_verifies_with_the_audit_key():
         subprocess.run(["rm", "-rf", tmp])
 
 
+def test_shutdown_checkpoint_is_signed_so_a_forged_end_shows():
+    """An unsealed node that stops signs its shutdown checkpoint: every record,
+    the Shutdown event included, is covered by a signature.  A trail cut short
+    and ended with a forged unsigned shutdown checkpoint then shows records
+    that no signature covers."""
+    tmp = tempfile.mkdtemp(prefix="hsmd-audit-shutdown-")
+    data = os.path.join(tmp, "data")
+    server = start_dev(["--data-dir", data])
+    server.data_dir = data
+    try:
+        kms = client(server)
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        kms.encrypt(KeyId=key, Plaintext=b"one")
+        st, pub = signed_call(server, "HsmdAdmin.AuditPublicKey", {})
+        assert st == 200
+        pem = os.path.join(tmp, "audit.pem")
+        with open(pem, "w") as f:
+            f.write(pub["PublicKey"])
+        server.stop()
+        last = records(server)[-1]
+        assert last["type"] == "checkpoint" and last["checkpoint"]["reason"] == "shutdown"
+        assert last["checkpoint"]["signed"] is True, last
+        res = verify(server, pubkey=pem)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert f"up to seq {last['seq']} (0 records after it)" in res.stdout, res.stdout
+        # Cut the Shutdown event and forge an unsigned end in its place.
+        path = sorted(glob.glob(os.path.join(server.data_dir, "audit", "audit-*.jsonl")))[-1]
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")[:-1]
+        kept = lines[:-2]
+        prev = json.loads(kept[-1])
+        forged = ('{"seq":%d,"time":"%s","node":"%s","type":"checkpoint","checkpoint":'
+                  '{"reason":"shutdown","signed":false,"why":"sealed"},"prev":"%s"}' %
+                  (prev["seq"] + 1, prev["time"], prev["node"],
+                   hashlib.sha256(kept[-1]).hexdigest()))
+        with open(path, "wb") as f:
+            f.write(b"".join(l + b"\n" for l in kept + [forged.encode()]))
+        res = verify(server, pubkey=pem)
+        assert "(0 records after it)" not in res.stdout, res.stdout
+    finally:
+        server.cleanup()
+        subprocess.run(["rm", "-rf", tmp])
+
+
 def mount_tmpfs(path, size):
     os.makedirs(path, exist_ok=True)
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
