@@ -21,6 +21,8 @@
 
 #define NS_PER_MS 1000000ULL
 #define MAX_SLEEP_NS (250 * NS_PER_MS)
+/* How often retention runs besides after each rotation. */
+#define RETENTION_PERIOD_MS ((int64_t)3600 * 1000)
 
 /* Runs n done callbacks, bracketed by the batch hook (see hsm_audit_config). */
 static void fire(const hsm_audit *a, const audit_cbent *cbs, size_t n, hsm_result r)
@@ -414,7 +416,7 @@ static void request_retention(hsm_audit *a)
 {
 	audit_writer *w = &a->w;
 	const char *base = w->fd >= 0 ? strrchr(w->path, '/') : NULL;
-	w->next_retention_ms = audit_now_ms(a) + 3600 * 1000;
+	w->next_retention_ms = audit_now_ms(a) + RETENTION_PERIOD_MS;
 	pthread_mutex_lock(&a->mu);
 	snprintf(a->sweep_keep, sizeof(a->sweep_keep), "%s", base != NULL ? base + 1 : "");
 	a->sweep_requested = true;
@@ -673,6 +675,22 @@ static void answer_requests(hsm_audit *a)
 	pthread_mutex_unlock(&a->mu);
 }
 
+/*
+ * The deadlines below are wall-clock times, as the records' are.  When the
+ * clock steps back (an NTP correction, a restored VM snapshot), none may stay
+ * further ahead than its period: a checkpoint put off until the clock caught
+ * up would leave every record written meanwhile without a signature.
+ */
+static void follow_clock_back(audit_writer *w, int64_t wall, uint64_t checkpoint_ms)
+{
+	if (w->next_checkpoint_ms - wall > (int64_t)checkpoint_ms)
+		w->next_checkpoint_ms = wall + (int64_t)checkpoint_ms;
+	if (w->next_retention_ms - wall > RETENTION_PERIOD_MS)
+		w->next_retention_ms = wall + RETENTION_PERIOD_MS;
+	if (w->file_opened_ms > wall) /* the file's age counts from now */
+		w->file_opened_ms = wall;
+}
+
 static void maintain(hsm_audit *a)
 {
 	audit_writer *w = &a->w;
@@ -688,6 +706,7 @@ static void maintain(hsm_audit *a)
 	    now - w->unsynced_since_ns >= a->cfg.fsync_interval_ms * NS_PER_MS)
 		request_sync(a);
 	int64_t wall = audit_now_ms(a);
+	follow_clock_back(w, wall, a->cfg.checkpoint_interval_ms);
 	if (atomic_exchange(&a->signer_changed, false))
 		(void)write_checkpoint(a, "signer");
 	else if (wall >= w->next_checkpoint_ms)

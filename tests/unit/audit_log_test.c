@@ -301,6 +301,40 @@ static void test_retention_keeps_the_log_whole(void **state)
 	t_rm_rf(dir);
 }
 
+/*
+ * A wall clock stepped back (an NTP correction, a restored VM snapshot) puts
+ * off no checkpoint: the next one still comes within one interval, so the
+ * records written meanwhile do not wait for the clock to catch up before a
+ * signature covers them.
+ */
+static void test_clock_stepped_back_puts_off_no_checkpoint(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-clock-back");
+	int64_t t0 = hsm_now_ms();
+	hsm_audit_config c = t_config(dir);
+	c.clock_ms = fake_clock;
+	c.checkpoint_interval_ms = 1000;
+	atomic_store(&fake_now, t0);
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	append_n(a, 0, 3);
+	atomic_store(&fake_now, t0 - DAY_MS);
+	append_n(a, 3, 3);
+	usleep(600 * 1000); /* the writer looks at the clock at least every 250 ms */
+	atomic_store(&fake_now, t0 - DAY_MS + 1500);
+	append_n(a, 6, 3);
+	usleep(600 * 1000);
+	static char paths[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES), 1);
+	char *text = t_slurp(paths[0], NULL);
+	assert_non_null(strstr(text, "\"reason\":\"interval\""));
+	free(text);
+	hsm_audit_close(a);
+	t_rm_rf(dir);
+}
+
 /* ---- Torn tail ----------------------------------------------------------- */
 
 static void test_torn_tail_detected_preserved_continued(void **state)
@@ -447,6 +481,7 @@ int main(void)
 	    cmocka_unit_test(test_continuity_across_rotation),
 	    cmocka_unit_test(test_retention_deletes_only_expired),
 	    cmocka_unit_test(test_retention_keeps_the_log_whole),
+	    cmocka_unit_test(test_clock_stepped_back_puts_off_no_checkpoint),
 	    cmocka_unit_test(test_torn_tail_detected_preserved_continued),
 	    cmocka_unit_test(test_damaged_last_lines_cut_back_to_valid),
 	    cmocka_unit_test(test_second_writer_refused_and_checkpoint_type_refused),
