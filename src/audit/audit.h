@@ -265,6 +265,15 @@ typedef enum hsm_audit_problem {
 typedef struct hsm_audit_verify_options {
 	const char *pubkey_pem;  /* Ed25519 public key (PEM SubjectPublicKeyInfo), or NULL */
 	bool allow_open_tail;    /* a live log: need not end with a shutdown checkpoint */
+	/*
+	 * An anchor kept outside the log (the head an earlier verification
+	 * printed), or anchor_seq 0 for none: the log must hold the record with
+	 * this seq, and its line must have this SHA-256.  Neither the chain nor
+	 * the signatures show records cut from the end back to a signed
+	 * checkpoint; the anchor does, for every record it covers.
+	 */
+	uint64_t anchor_seq;
+	uint8_t anchor_hash[32];
 } hsm_audit_verify_options;
 
 typedef struct hsm_audit_verify_report {
@@ -277,6 +286,7 @@ typedef struct hsm_audit_verify_report {
 	uint64_t checkpoints_unsigned;
 	uint64_t last_verified_seq;    /* seq of the last verified signed checkpoint, 0 = none */
 	uint64_t uncovered;            /* records after it (not covered by a signature) */
+	uint8_t last_hash[32];         /* SHA-256 of the last record's line: the head to anchor */
 	/* The first problem, when !valid. */
 	hsm_audit_problem problem;
 	char file[HSM_AUDIT_PATH_MAX];

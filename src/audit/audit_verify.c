@@ -240,7 +240,22 @@ static bool check_file_end(vreader *r, const vstate *s, const ventry *e,
 	return false;
 }
 
-static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, hsm_audit_verify_report *rep)
+/* The record an anchor names must be the one the anchor was taken from. */
+static bool check_anchor_record(vreader *r, const ventry *e, const hsm_audit_verify_options *o,
+                                hsm_audit_verify_report *rep)
+{
+	if (o->anchor_seq == 0 || e->seq != o->anchor_seq ||
+	    hsm_ct_equal(e->hash, o->anchor_hash, AUDIT_HASH_LEN))
+		return true;
+	verify_report_at(r, rep, HSM_AUDIT_MODIFIED, e,
+	                 "modified: seq %llu is not the record the anchor names (its SHA-256 "
+	                 "differs): the log was rewritten from this record or before it",
+	                 (unsigned long long)e->seq);
+	return false;
+}
+
+static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, const hsm_audit_verify_options *o,
+                        hsm_audit_verify_report *rep)
 {
 	const ventry *e = vreader_peek(r, 0);
 	if (e->kind == VE_TORN) {
@@ -258,10 +273,13 @@ static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, hsm_audit_verify_r
 		return false;
 	if (e->ckpt && !check_signature(r, pub, e, rep))
 		return false;
+	if (!check_anchor_record(r, e, o, rep))
+		return false;
 	if (rep->records == 0)
 		rep->first_seq = e->seq;
 	rep->records++;
 	rep->last_seq = e->seq;
+	memcpy(rep->last_hash, e->hash, sizeof(rep->last_hash));
 	vstate_push(s, e);
 	return true;
 }
@@ -278,6 +296,20 @@ static bool check_end(vreader *r, const vstate *s, const hsm_audit_verify_option
 		return false;
 	}
 	const ventry *p = vstate_back(s, 0);
+	if (o->anchor_seq > p->seq) {
+		verify_report_at(r, rep, HSM_AUDIT_TRUNCATED, p,
+		                 "truncated: the log ends at seq %llu, before seq %llu that the anchor "
+		                 "names: records were cut from its end",
+		                 (unsigned long long)p->seq, (unsigned long long)o->anchor_seq);
+		return false;
+	}
+	if (o->anchor_seq != 0 && o->anchor_seq < rep->first_seq) {
+		verify_report_at(r, rep, HSM_AUDIT_DELETED, p,
+		                 "the anchor names seq %llu, before the first record given (seq %llu): "
+		                 "it cannot be checked",
+		                 (unsigned long long)o->anchor_seq, (unsigned long long)rep->first_seq);
+		return false;
+	}
 	if (o->allow_open_tail || (p->ckpt && strcmp(p->reason, "shutdown") == 0))
 		return true;
 	verify_report_at(r, rep, HSM_AUDIT_TRUNCATED, p,
@@ -320,7 +352,7 @@ static hsm_result run(vreader *r, const hsm_audit_verify_options *opts,
 	HSM_CHECK(s != NULL, HSM_ERR_NOMEM, "out of memory");
 	bool ok = true;
 	while (ok && vreader_peek(r, 0) != NULL) {
-		ok = check_entry(r, s, pub, rep);
+		ok = check_entry(r, s, pub, o, rep);
 		if (ok)
 			vreader_pop(r);
 	}

@@ -8,6 +8,7 @@
 
 #include "audit/audit.h"
 #include "common/buf.h"
+#include "common/encoding.h"
 #include "common/util.h"
 #include "hsmctl/hsmctl.h"
 
@@ -30,10 +31,37 @@ static void print_summary(const hsm_audit_verify_report *r)
 		       (unsigned long long)r->last_verified_seq, (unsigned long long)r->uncovered);
 	else
 		printf("covered by a verified signature: none\n");
+	if (r->records > 0) {
+		char hex[2 * sizeof(r->last_hash) + 1];
+		hsm_hex_encode_str(hex, r->last_hash, sizeof(r->last_hash));
+		printf("head: %llu:%s (keep it: --anchor with it shows records later cut from the "
+		       "end)\n",
+		       (unsigned long long)r->last_seq, hex);
+	}
 	if (r->records > 0 && r->first_seq != 1)
 		printf("note: the log starts at seq %llu; earlier records were not given (or were "
 		       "removed by retention)\n",
 		       (unsigned long long)r->first_seq);
+}
+
+/* SEQ:SHA256, as the summary prints the head. */
+static bool parse_anchor(const char *s, hsm_audit_verify_options *o)
+{
+	const char *colon = strchr(s, ':');
+	if (colon == NULL || colon == s || (size_t)(colon - s) > 20)
+		return false;
+	uint64_t seq = 0;
+	for (const char *p = s; p < colon; p++) {
+		if (*p < '0' || *p > '9' || seq > (UINT64_MAX - 9) / 10)
+			return false;
+		seq = seq * 10 + (uint64_t)(*p - '0');
+	}
+	const char *hex = colon + 1;
+	if (seq == 0 || hsm_failed(hsm_hex_decode_exact(o->anchor_hash, sizeof(o->anchor_hash), hex,
+	                                                strlen(hex), HSM_ERR_VALIDATION)))
+		return false;
+	o->anchor_seq = seq;
+	return true;
 }
 
 int cmd_audit_verify(int argc, char **argv)
@@ -44,6 +72,12 @@ int cmd_audit_verify(int argc, char **argv)
 	for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
 		if (strcmp(argv[i], "--live") == 0) {
 			opts.allow_open_tail = true;
+		} else if (strcmp(argv[i], "--anchor") == 0 && i + 1 < argc) {
+			if (!parse_anchor(argv[++i], &opts)) {
+				rc = hsmctl_usage("audit verify", "--anchor takes SEQ:SHA256, the head an "
+				                  "earlier verification printed");
+				goto out;
+			}
 		} else if (strcmp(argv[i], "--pubkey") == 0 && i + 1 < argc) {
 			pem.len = 0;
 			if (hsm_failed(hsm_read_file(argv[++i], PUBKEY_MAX, &pem)) ||

@@ -102,7 +102,7 @@ static const hsmctl_command commands[] = {
      hsmctl_cmd_store},
     {"version", "", "print the version", cmd_version},
     {"help", "", "list the commands", cmd_help},
-    {"audit verify", "[--pubkey FILE] [--live] FILES...",
+    {"audit verify", "[--pubkey FILE] [--live] [--anchor SEQ:SHA256] FILES...",
      "verify audit log files offline (chain, sequence, signatures)", cmd_audit_verify},
     {"audit report",
      "[--pubkey FILE] [--live] [--since T] [--until T] [--key KEY_ID|ARN] [--json] FILES...",

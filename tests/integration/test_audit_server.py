@@ -27,9 +27,9 @@ def records(server):
     return out
 
 
-def verify(server, pubkey=None, live=False):
+def verify(server, pubkey=None, live=False, extra=()):
     files = sorted(glob.glob(os.path.join(server.data_dir, "audit", "audit-*.jsonl")))
-    cmd = [HSMCTL, "audit", "verify"] + (["--live"] if live else [])
+    cmd = [HSMCTL, "audit", "verify"] + (["--live"] if live else []) + list(extra)
     if pubkey:
         cmd += ["--pubkey", pubkey]
     return subprocess.run(cmd + files, capture_output=True, text=True)
@@ -261,6 +261,61 @@ def test_shutdown_checkpoint_is_signed_so_a_forged_end_shows():
         assert "(0 records after it)" not in res.stdout, res.stdout
     finally:
         server.cleanup()
+        subprocess.run(["rm", "-rf", tmp])
+
+
+def test_anchor_shows_records_cut_back_to_an_earlier_shutdown():
+    """Cutting the trail back to an earlier run's signed shutdown checkpoint
+    leaves a chain and signatures that verify: only something kept outside
+    the log shows it.  verify prints the head to keep; --anchor with it
+    names the cut, and a trail rewritten past it after a restart."""
+    tmp = tempfile.mkdtemp(prefix="hsmd-audit-anchor-")
+    data = os.path.join(tmp, "data")
+    try:
+        for run in range(2):
+            server = start_dev(["--data-dir", data])
+            client(server).list_keys()
+            if run == 0:
+                st, pub = signed_call(server, "HsmdAdmin.AuditPublicKey", {})
+                assert st == 200
+            server.stop()
+        server.data_dir = data
+        pem = os.path.join(tmp, "audit.pem")
+        with open(pem, "w") as f:
+            f.write(pub["PublicKey"])
+        res = verify(server, pubkey=pem)
+        assert res.returncode == 0, res.stdout
+        head = re.search(r"^head: (\d+):([0-9a-f]{64}) ", res.stdout, re.M)
+        assert head, res.stdout
+        anchor = ["--anchor", f"{head.group(1)}:{head.group(2)}"]
+        assert verify(server, pubkey=pem, extra=anchor).returncode == 0
+        # Cut back to the first run's shutdown checkpoint, as if run 2 never was.
+        path = sorted(glob.glob(os.path.join(data, "audit", "audit-*.jsonl")))[-1]
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")[:-1]
+        first_end = next(i for i, l in enumerate(lines)
+                         if b'"reason":"shutdown"' in l)
+        with open(path, "wb") as f:
+            f.write(b"".join(l + b"\n" for l in lines[:first_end + 1]))
+        assert verify(server, pubkey=pem).returncode == 0  # what the anchor is for
+        res = verify(server, pubkey=pem, extra=anchor)
+        assert res.returncode == 1, res.stdout
+        assert f"before seq {head.group(1)} that the anchor names" in res.stdout, res.stdout
+        # hsmd started on the cut trail writes new records past the anchor's seq.
+        server = start_dev(["--data-dir", data])
+        kms = client(server)
+        for _ in range(5):
+            kms.list_keys()
+        server.stop()
+        server.data_dir = data
+        assert verify(server, pubkey=pem).returncode == 0
+        res = verify(server, pubkey=pem, extra=anchor)
+        assert res.returncode == 1, res.stdout
+        assert f"seq {head.group(1)} is not the record the anchor names" in res.stdout, res.stdout
+        bad = subprocess.run([HSMCTL, "audit", "verify", "--anchor", "12:xyz", path],
+                             capture_output=True, text=True)
+        assert bad.returncode == 2 and "SEQ:SHA256" in bad.stderr, bad.stdout + bad.stderr
+    finally:
         subprocess.run(["rm", "-rf", tmp])
 
 
