@@ -258,9 +258,18 @@ static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, const hsm_audit_ve
                         hsm_audit_verify_report *rep)
 {
 	const ventry *e = vreader_peek(r, 0);
-	if (e->kind == VE_TORN) {
+	if (e->kind == VE_TORN && e->file + 1 == r->n_files) {
 		verify_report_at(r, rep, HSM_AUDIT_TORN, e,
-		                 "torn: the file ends with %llu bytes of an incomplete line",
+		                 "torn: the log ends with %llu bytes of an incomplete line (a write cut "
+		                 "short by a crash or power loss, or a cut: hsmd's next start sets them "
+		                 "aside and records AuditTornTail)",
+		                 (unsigned long long)e->len);
+		return false;
+	}
+	if (e->kind == VE_TORN) { /* hsmd only ever appends to the newest file */
+		verify_report_at(r, rep, HSM_AUDIT_TORN, e,
+		                 "torn: the file ends with %llu bytes of an incomplete line, and later "
+		                 "files follow it",
 		                 (unsigned long long)e->len);
 		return false;
 	}
@@ -313,8 +322,9 @@ static bool check_end(vreader *r, const vstate *s, const hsm_audit_verify_option
 	if (o->allow_open_tail || (p->ckpt && strcmp(p->reason, "shutdown") == 0))
 		return true;
 	verify_report_at(r, rep, HSM_AUDIT_TRUNCATED, p,
-	                 "truncated: the log ends at seq %llu without a shutdown checkpoint (records "
-	                 "after it are missing, or the log is still being written)",
+	                 "truncated: the log ends at seq %llu without a shutdown checkpoint: records "
+	                 "after it are missing, or hsmd is still writing it (--live), or it stopped "
+	                 "without closing it (a crash or kill -9; its next start records that)",
 	                 (unsigned long long)p->seq);
 	return false;
 }
