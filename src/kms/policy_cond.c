@@ -243,34 +243,19 @@ static hsm_result typed_value(pol_condition *c, size_t i, size_t stmt, double *n
                               pol_net *nets)
 {
 	const char *s = c->values[i];
-	switch (c->base) {
-	case POL_OP_NUM_EQ:
-	case POL_OP_NUM_LT:
-	case POL_OP_NUM_LE:
-	case POL_OP_NUM_GT:
-	case POL_OP_NUM_GE:
+	if (pol_op_numeric(c->base))
 		HSM_ENSURE(hsm_pol_number(s, &numbers[i]), MALFORMED,
 		           "Statement %zu: Numeric conditions take numbers, not '%.32s'.", stmt, s);
-		break;
-	case POL_OP_DATE_EQ:
-	case POL_OP_DATE_LT:
-	case POL_OP_DATE_LE:
-	case POL_OP_DATE_GT:
-	case POL_OP_DATE_GE:
+	else if (pol_op_date(c->base))
 		HSM_ENSURE(hsm_pol_date(s, &numbers[i]), MALFORMED,
 		           "Statement %zu: Date conditions take ISO 8601 dates (such as "
 		           "2026-01-31T12:00:00Z) or seconds since the epoch, not '%.40s'.",
 		           stmt, s);
-		break;
-	case POL_OP_IP:
+	else if (c->base == POL_OP_IP)
 		HSM_ENSURE(hsm_pol_net(s, true, &nets[i]), MALFORMED,
 		           "Statement %zu: IpAddress conditions take an IPv4 or IPv6 address or "
 		           "CIDR range (such as 203.0.113.0/24), not '%.48s'.",
 		           stmt, s);
-		break;
-	default:
-		break;
-	}
 	return HSM_SUCCESS;
 }
 
@@ -284,7 +269,7 @@ static hsm_result parse_values(pol_arena *a, json_t *v, size_t stmt, const char 
 	HSM_ENSURE(c->values != NULL, HSM_ERR_NOMEM, "out of memory");
 	double *numbers = NULL;
 	pol_net *nets = NULL;
-	if (c->base != POL_OP_IP && c->base >= POL_OP_NUM_EQ) { /* Numeric*, Date* */
+	if (pol_op_numeric(c->base) || pol_op_date(c->base)) {
 		numbers = hsm_pol_alloc(a, n * sizeof(*numbers));
 		HSM_ENSURE(numbers != NULL, HSM_ERR_NOMEM, "out of memory");
 	} else if (c->base == POL_OP_IP) {

@@ -174,30 +174,12 @@ static bool value_matches(const pol_condition *c, const char *v)
 {
 	double number = 0;
 	pol_net addr = {0};
-	switch (c->base) {
-	case POL_OP_NUM_EQ:
-	case POL_OP_NUM_LT:
-	case POL_OP_NUM_LE:
-	case POL_OP_NUM_GT:
-	case POL_OP_NUM_GE:
-		if (!hsm_pol_number(v, &number))
-			return false; /* not a number: matches nothing */
-		break;
-	case POL_OP_DATE_EQ:
-	case POL_OP_DATE_LT:
-	case POL_OP_DATE_LE:
-	case POL_OP_DATE_GT:
-	case POL_OP_DATE_GE:
-		if (!hsm_pol_date(v, &number))
-			return false;
-		break;
-	case POL_OP_IP:
-		if (!hsm_pol_net(v, false, &addr))
-			return false;
-		break;
-	default:
-		break;
-	}
+	if (pol_op_numeric(c->base) && !hsm_pol_number(v, &number))
+		return false; /* not a number: matches nothing */
+	if (pol_op_date(c->base) && !hsm_pol_date(v, &number))
+		return false;
+	if (c->base == POL_OP_IP && !hsm_pol_net(v, false, &addr))
+		return false;
 	for (size_t i = 0; i < c->n_values; i++) {
 		const char *want = c->values[i];
 		bool hit = false;

@@ -37,7 +37,8 @@ typedef enum pol_base {
 	POL_OP_NULL,
 	/* The operators from here on compare typed values (parsed once, in the
 	 * condition's numbers or nets), not text.
-	 * Numeric*: both sides decimal numbers; a request value that is not one matches nothing. */
+	 * Numeric*: both sides decimal numbers; a request value that is not one matches nothing.
+	 * (pol_op_numeric and pol_op_date rely on each family's order.) */
 	POL_OP_NUM_EQ,
 	POL_OP_NUM_LT,
 	POL_OP_NUM_LE,
@@ -53,6 +54,16 @@ typedef enum pol_base {
 	/* IpAddress: the request value is an address inside one of the networks. */
 	POL_OP_IP,
 } pol_base;
+
+static inline bool pol_op_numeric(pol_base b)
+{
+	return b >= POL_OP_NUM_EQ && b <= POL_OP_NUM_GE;
+}
+
+static inline bool pol_op_date(pol_base b)
+{
+	return b >= POL_OP_DATE_EQ && b <= POL_OP_DATE_GE;
+}
 
 /* An IPv4 or IPv6 network; an address is one with a full-length prefix. */
 typedef struct pol_net {
