@@ -3,9 +3,11 @@
  * KMS service, serve, run scheduled key work, stop.
  */
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -122,10 +124,36 @@ static unsigned lane_threads(void)
 	return n < 2 ? 2U : n > 16 ? 16U : (unsigned)n;
 }
 
+/*
+ * A production node on its own SQLite file serves the store the key ceremony
+ * made (hsmctl init, or a restore).  Where there is none, data_dir is
+ * mistyped, or its disk is not mounted yet: starting would make an empty
+ * store, with its audit trail and backups, where the real one should be.
+ */
+static hsm_result check_store_exists(const hsm_server *s)
+{
+	char path[PATH_MAX];
+	struct stat st;
+	HSM_ENSURE((size_t)snprintf(path, sizeof(path), "%s/" HSM_STORE_DB_FILE, s->data_dir) <
+	               sizeof(path),
+	           HSM_ERR_VALIDATION, "data_dir is too long");
+	if (stat(path, &st) == 0)
+		return HSM_SUCCESS;
+	HSM_ENSURE(errno == ENOENT, HSM_ERR_IO, "data_dir: cannot read %s: %s", path,
+	           strerror(errno));
+	return HSM_FAIL(HSM_ERR_VALIDATION,
+	                "data_dir %s holds no store (" HSM_STORE_DB_FILE "): make one with the key "
+	                "ceremony (hsmctl init --data-dir %s) or a restore, or check the setting "
+	                "(mistyped? its disk not mounted yet?)",
+	                s->data_dir, s->data_dir);
+}
+
 static hsm_result open_parts(hsm_server *s)
 {
-	HSM_GUARD(hsm_server_blame(s, "data_dir", hsm_mkdir_p(s->data_dir)));
 	bool shared = s->opt.store != NULL && s->opt.store[0] != '\0';
+	if (!s->opt.dev && !shared)
+		HSM_GUARD(hsm_server_blame(s, "data_dir", check_store_exists(s)));
+	HSM_GUARD(hsm_server_blame(s, "data_dir", hsm_mkdir_p(s->data_dir)));
 	HSM_GUARD(hsm_store_open(shared ? s->opt.store : s->data_dir, &s->store));
 	atomic_store(&s->store_up, true);
 	HSM_GUARD(open_audit(s));

@@ -66,3 +66,21 @@ def test_a_quorum_from_the_environment(tmp):
                    "--listen", f"127.0.0.1:{free_port()}"], env={"HSM_APPROVAL_QUORUM": "2"})
     assert "approval_quorum = 2, but the store has 0 enabled custodians" in err, err
     assert "(approval_quorum from HSM_APPROVAL_QUORUM)" in err, err
+
+
+def test_a_data_dir_without_a_store(tmp):
+    """A production node on its own store file refuses a directory the key ceremony never
+    made a store in (a typo, a disk not mounted yet): it would have started on a new, empty
+    store, writing its audit trail and backups beside it, and created nothing."""
+    data = os.path.join(tmp, "mistyped")
+    err = refused(["--data-dir", data, "--listen", f"127.0.0.1:{free_port()}",
+                   "--allow-plaintext-loopback"])
+    assert f"data_dir {data} holds no store" in err and "hsmctl init" in err, err
+    assert "(data_dir from --data-dir)" in err, err
+    assert not os.path.exists(data)
+    # An existing but empty directory (a mount point with nothing mounted) too.
+    os.mkdir(data)
+    err = refused(["--data-dir", data, "--listen", f"127.0.0.1:{free_port()}",
+                   "--allow-plaintext-loopback"])
+    assert "holds no store" in err, err
+    assert os.listdir(data) == []
