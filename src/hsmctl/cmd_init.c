@@ -84,24 +84,10 @@ static int parse_init(int argc, char **argv, init_opts *o)
 	return 0;
 }
 
-/* Writes a file that must not exist yet, readable by its owner only. */
-static hsm_result write_new_file(const char *path, const uint8_t *p, size_t n)
-{
-	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0400);
-	HSM_ENSURE(fd >= 0, HSM_ERR_IO, "cannot create %s: %s", path, strerror(errno));
-	ssize_t w = write(fd, p, n);
-	int ok = w == (ssize_t)n && fsync(fd) == 0;
-	close(fd);
-	HSM_ENSURE(ok, HSM_ERR_IO, "cannot write %s", path);
-	return HSM_SUCCESS;
-}
-
 static void share_path(const init_opts *o, unsigned i, char *out, size_t cap)
 {
-	if (o->custodians[0] != NULL)
-		snprintf(out, cap, "%s/%s.share", o->share_dir, o->custodians[i]);
-	else
-		snprintf(out, cap, "%s/share-%u-of-%u.share", o->share_dir, i + 1, o->shares);
+	hsmctl_share_path(o->share_dir, o->custodians[0] != NULL ? o->custodians[i] : NULL, i,
+	                  o->shares, out, cap);
 }
 
 static hsm_result write_transcript(const init_opts *o, hsmctl_local *l, hsm_buf shares[])
@@ -127,7 +113,7 @@ static hsm_result write_transcript(const init_opts *o, hsmctl_local *l, hsm_buf 
 	HSM_TRY(hsm_buf_put_str(&t, "audit public key (keep it to verify the audit trail):\n"));
 	HSM_TRY(hsm_buf_put(&t, pem.data, pem.len));
 	snprintf(path, sizeof(path), "%s/ceremony-%s.txt", o->share_dir, hsm_keystore_store_id(l->ks));
-	HSM_TRY(write_new_file(path, t.data, t.len));
+	HSM_TRY(hsmctl_write_new_file(path, t.data, t.len));
 	printf("transcript: %s\n", path);
 out:
 	hsm_buf_free(&t);
@@ -160,7 +146,7 @@ static hsm_result bootstrap_user(const init_opts *o, hsmctl_local *l, const char
 	HSM_TRY(hsm_buf_put(&text, hsm_secret_bytes(secret), hsm_secret_len(secret)));
 	HSM_TRY(hsm_buf_put_str(&text, "\n"));
 	snprintf(path, sizeof(path), "%s/%s.credentials", o->share_dir, name);
-	HSM_TRY(write_new_file(path, text.data, text.len));
+	HSM_TRY(hsmctl_write_new_file(path, text.data, text.len));
 	HSM_TRY(hsm_roles_format(roles, role_names, sizeof(role_names)));
 	printf("user: %s (%s)\ncredentials: %s\n", name, role_names, path);
 out:
@@ -193,7 +179,7 @@ static hsm_result run_init(const init_opts *o)
 	for (unsigned i = 0; i < o->shares; i++) {
 		char path[PATH_MAX];
 		share_path(o, i, path, sizeof(path));
-		HSM_TRY(write_new_file(path, shares[i].data, shares[i].len));
+		HSM_TRY(hsmctl_write_new_file(path, shares[i].data, shares[i].len));
 		printf("share %u: %s\n", i + 1, path);
 	}
 	HSM_TRY(write_transcript(o, &l, shares));

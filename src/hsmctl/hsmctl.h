@@ -94,5 +94,6 @@ int hsmctl_cmd_jwt(int argc, char **argv);
 int hsmctl_cmd_backup(int argc, char **argv);
 int hsmctl_cmd_restore(int argc, char **argv);
 int hsmctl_cmd_store(int argc, char **argv);
+int hsmctl_cmd_rekey(int argc, char **argv);
 
 #endif

@@ -1,5 +1,7 @@
 #include "hsmctl/local.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
@@ -26,6 +28,26 @@ hsm_result hsmctl_read_share(const char *path, hsm_buf *text)
 		OPENSSL_cleanse(text->data + w, text->len - w);
 	text->len = w;
 	return HSM_SUCCESS;
+}
+
+hsm_result hsmctl_write_new_file(const char *path, const uint8_t *p, size_t n)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0400);
+	HSM_ENSURE(fd >= 0, HSM_ERR_IO, "cannot create %s: %s", path, strerror(errno));
+	ssize_t w = write(fd, p, n);
+	int ok = w == (ssize_t)n && fsync(fd) == 0;
+	close(fd);
+	HSM_ENSURE(ok, HSM_ERR_IO, "cannot write %s", path);
+	return HSM_SUCCESS;
+}
+
+void hsmctl_share_path(const char *dir, const char *custodian, unsigned i, unsigned n, char *out,
+                       size_t cap)
+{
+	if (custodian != NULL)
+		snprintf(out, cap, "%s/%s.share", dir, custodian);
+	else
+		snprintf(out, cap, "%s/share-%u-of-%u.share", dir, i + 1, n);
 }
 
 hsm_result hsmctl_unseal_files(hsm_keystore *ks, size_t n, char *const files[])

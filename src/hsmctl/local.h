@@ -54,6 +54,15 @@ hsm_result hsmctl_unseal_files(hsm_keystore *ks, size_t n, char *const files[]) 
  */
 hsm_result hsmctl_local_explain(hsmctl_local *l, size_t n_shares, hsm_result r) HSM_MUST_CHECK;
 
+/*
+ * Writes a file that must not exist yet (an existing one is refused, never
+ * overwritten), readable by its owner only (0400), and fsyncs it.
+ */
+hsm_result hsmctl_write_new_file(const char *path, const uint8_t *p, size_t n) HSM_MUST_CHECK;
+/* A share file's path: DIR/<custodian>.share, or DIR/share-<i+1>-of-<n>.share without names. */
+void hsmctl_share_path(const char *dir, const char *custodian, unsigned i, unsigned n, char *out,
+                       size_t cap);
+
 /* The operator acting locally (full rights: they hold the directory and the quorum). */
 extern const hsm_caller hsmctl_local_caller;
 

@@ -97,6 +97,11 @@ static const hsmctl_command commands[] = {
      "restore a backup into a new data directory, or with --store into an empty shared store "
      "(a quorum of shares)",
      hsmctl_cmd_restore},
+    {"rekey", "--data-dir DIR --share FILE... --share-dir DIR [--shares N] [--threshold M] "
+              "[--custodians a,b,..]",
+     "a new master key and new custodians' share files for a stopped store (a quorum of the "
+     "current shares); every secret re-wrapped; the old shares and older backups stay together",
+     hsmctl_cmd_rekey},
     {"store copy", "--data-dir DIR [--to URI]",
      "copy a stopped node's store into an empty shared store (--to, --store or HSM_STORE)",
      hsmctl_cmd_store},

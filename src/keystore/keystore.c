@@ -510,7 +510,7 @@ out:
 
 /* ---- other secrets ------------------------------------------------------------- */
 
-static hsm_result principal_aad(const char *identity, hsm_buf *aad)
+hsm_result ks_principal_aad(const char *identity, hsm_buf *aad)
 {
 	HSM_GUARD(hsm_buf_put_lp(aad, "hsmd/v1/principal-secret", 24));
 	return hsm_buf_put_lp(aad, identity, strlen(identity));
@@ -520,7 +520,7 @@ hsm_result hsm_ks_wrap_secret(hsm_keystore *ks, const char *identity, const hsm_
                               hsm_buf *wrapped)
 {
 	hsm_buf aad = {0};
-	hsm_result res = principal_aad(identity, &aad);
+	hsm_result res = ks_principal_aad(identity, &aad);
 	if (hsm_ok(res)) {
 		pthread_rwlock_rdlock(&ks->keys_lock);
 		res = ks->keys.principal == NULL
@@ -539,7 +539,7 @@ hsm_result hsm_ks_unwrap_secret(hsm_keystore *ks, const char *identity, const ui
 	hsm_result res = HSM_SUCCESS;
 	hsm_buf aad = {0}, pt;
 	hsm_buf_init_secure(&pt);
-	HSM_TRY(principal_aad(identity, &aad));
+	HSM_TRY(ks_principal_aad(identity, &aad));
 	pthread_rwlock_rdlock(&ks->keys_lock);
 	res = ks->keys.principal == NULL
 	          ? ks_require_unsealed(ks)

@@ -131,6 +131,55 @@ void hsm_keystore_seal(hsm_keystore *ks);
 void hsm_keystore_set_error(hsm_keystore *ks, const char *why);
 const char *hsm_keystore_error_reason(hsm_keystore *ks);
 
+/* ---- Rekey: a new master key and new shares (hsmctl rekey) ------------------ */
+
+/*
+ * A master key made to replace the store's, with the keys derived from it:
+ * prepared, then committed to the store or freed.  The new DMK itself lives
+ * only inside hsm_ks_rekey_prepare.
+ */
+typedef struct hsm_ks_rekey hsm_ks_rekey;
+
+/*
+ * Makes a new random DMK and share-set id for the unsealed keystore of a
+ * store (not detached, not a development store), splits the DMK into
+ * `count` encoded share files with `threshold` (2 <= threshold <= count <=
+ * HSM_MAX_SHARES; custodians NULL or `count` names) into shares_out[] (secure
+ * buffers the caller frees), and re-wraps what is wrapped in the metadata
+ * (the audit signing key; the import-digest key, which is carried so that
+ * the digests of imported material stay valid).  The store is not changed.
+ * *out is freed with hsm_ks_rekey_free.
+ */
+hsm_result hsm_ks_rekey_prepare(hsm_keystore *ks, unsigned threshold, unsigned count,
+                                const char *const custodians[], hsm_buf shares_out[],
+                                hsm_ks_rekey **out) HSM_MUST_CHECK;
+/* The new master key's identity (store id, new set id, quorum, KCV). */
+void hsm_ks_rekey_identity(const hsm_ks_rekey *rk, hsm_ks_identity *out);
+
+/* Where the store stands after hsm_ks_rekey_commit. */
+typedef enum hsm_ks_rekey_outcome {
+	HSM_KS_REKEY_UNCHANGED, /* still on the old master key: the old shares open it */
+	HSM_KS_REKEY_DONE,      /* on the new master key: only the new shares open it */
+	HSM_KS_REKEY_UNKNOWN,   /* the commit's outcome could not be learned */
+} hsm_ks_rekey_outcome;
+/*
+ * Re-wraps every secret of the store (hsm_store_rekey: every key version's
+ * material, every access key's secret, and the metadata) from the current
+ * master key's wrapping keys to rk's, in one store transaction that also
+ * records the new key check value, share-set id and quorum.  On success the
+ * keystore serves on with the new keys (its cached key versions dropped).
+ * On failure the store is read back: *outcome says whether it stayed on the
+ * old key (the usual case: nothing changed), is on the new one all the same
+ * (a failure after the commit, such as SQLite's final overwrite of the old
+ * bytes: then the result is a success, logged as a warning), or cannot be
+ * told.  counts (optional) receives what was re-wrapped.  rk is consumed
+ * only on success; free it in every case.
+ */
+hsm_result hsm_ks_rekey_commit(hsm_keystore *ks, hsm_ks_rekey *rk, hsm_store_rekey_counts *counts,
+                               hsm_ks_rekey_outcome *outcome) HSM_MUST_CHECK;
+/* Wipes and frees.  NULL is a no-op. */
+void hsm_ks_rekey_free(hsm_ks_rekey *rk);
+
 /* ---- Keys --------------------------------------------------------------- */
 
 /*

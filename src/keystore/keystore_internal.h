@@ -26,6 +26,8 @@
 #define META_DEV "dev"
 #define META_AUDIT_KEY "audit_key"
 #define META_AUDIT_PUB "audit_pubkey"
+/* The import-digest key, once a rekey carried it (master.c). */
+#define META_IMPORT_DIGEST_KEY "import_digest_key"
 
 /* Keys derived from the DMK (HKDF-SHA256 with a label per purpose). */
 typedef struct ks_keys {
@@ -76,5 +78,27 @@ hsm_result ks_alloc(size_t cache_capacity, hsm_keystore **out) HSM_MUST_CHECK;
 /* Loads the meta records of an initialized store into ks (state -> sealed). */
 hsm_result ks_load_meta(hsm_keystore *ks) HSM_MUST_CHECK;
 void ks_keys_wipe(ks_keys *k);
+
+/* ---- The master key (master.c), shared with the rekey (rekey.c) ---------------------- */
+
+/* Derives every per-purpose key of dmk for the store. */
+hsm_result ks_derive_all(const hsm_secret *dmk, const char *store_id, ks_keys *k) HSM_MUST_CHECK;
+/* The key check value of dmk for the store. */
+hsm_result ks_compute_kcv(const hsm_secret *dmk, const char *store_id,
+                          uint8_t kcv[KS_KCV_LEN]) HSM_MUST_CHECK;
+/* VALIDATION unless 2 <= threshold <= count <= HSM_MAX_SHARES (dev: 1-of-1 too). */
+hsm_result ks_check_quorum(unsigned threshold, unsigned count, bool dev) HSM_MUST_CHECK;
+/* Splits dmk into count encoded share files (secure buffers; all freed on failure). */
+hsm_result ks_encode_shares(const hsm_secret *dmk, const char *store_id,
+                            const uint8_t set_id[KS_SET_ID_LEN], unsigned threshold,
+                            unsigned count, const char *const custodians[], bool dev,
+                            hsm_buf out[]) HSM_MUST_CHECK;
+/* AAD binding the wrapped audit signing key to its store. */
+hsm_result ks_audit_key_aad(const char *store_id, hsm_buf *aad) HSM_MUST_CHECK;
+/* AAD binding an access key's wrapped secret to its identity (keystore.c). */
+hsm_result ks_principal_aad(const char *identity, hsm_buf *aad) HSM_MUST_CHECK;
+/* Wraps the import-digest key under dmk for META_IMPORT_DIGEST_KEY. */
+hsm_result ks_wrap_import_digest_key(const hsm_secret *dmk, const char *store_id,
+                                     const hsm_secret *digest_key, hsm_buf *out) HSM_MUST_CHECK;
 
 #endif

@@ -22,6 +22,9 @@
 #define LABEL_IMPORT_TOKEN "hsmd/v1/wrap/import-token"
 #define LABEL_IMPORT_DIGEST "hsmd/v1/import-digest"
 #define AAD_AUDIT_KEY "hsmd/v1/audit-signing-key"
+/* Keys that outlive a rekey (rekey.c) are kept wrapped under this one. */
+#define LABEL_CARRIED "hsmd/v1/wrap/carried-key"
+#define AAD_IMPORT_DIGEST_KEY "hsmd/v1/import-digest-key"
 
 hsm_result ks_wrap(const hsm_secret *key, const hsm_buf *aad, const uint8_t *pt, size_t n,
                    hsm_buf *out)
@@ -66,7 +69,7 @@ hsm_result ks_material_aad(const hsm_ks_keyref *ref, hsm_buf *aad)
 	return hsm_buf_put_lp(aad, usage, strlen(usage));
 }
 
-static hsm_result audit_key_aad(const char *store_id, hsm_buf *aad)
+hsm_result ks_audit_key_aad(const char *store_id, hsm_buf *aad)
 {
 	HSM_GUARD(hsm_buf_put_lp(aad, AAD_AUDIT_KEY, strlen(AAD_AUDIT_KEY)));
 	return hsm_buf_put_lp(aad, store_id, strlen(store_id));
@@ -91,7 +94,7 @@ static hsm_result derive(const hsm_secret *dmk, const char *store_id, const char
 	return hsm_hkdf_sha256(dmk, (const uint8_t *)store_id, strlen(store_id), label, len, out);
 }
 
-static hsm_result derive_all(const hsm_secret *dmk, const char *store_id, ks_keys *k)
+hsm_result ks_derive_all(const hsm_secret *dmk, const char *store_id, ks_keys *k)
 {
 	hsm_result res = HSM_SUCCESS;
 	ks_keys t = {0};
@@ -109,7 +112,7 @@ out:
 	return res;
 }
 
-static hsm_result compute_kcv(const hsm_secret *dmk, const char *store_id, uint8_t kcv[KS_KCV_LEN])
+hsm_result ks_compute_kcv(const hsm_secret *dmk, const char *store_id, uint8_t kcv[KS_KCV_LEN])
 {
 	hsm_secret *v = NULL;
 	HSM_GUARD(derive(dmk, store_id, LABEL_KCV, KS_KCV_LEN, &v));
@@ -201,7 +204,7 @@ static hsm_result make_audit_key(const ks_keys *k, const char *store_id, hsm_mat
 	hsm_buf_init_secure(&pkcs8);
 	HSM_TRY(hsm_material_generate(HSM_SPEC_ECC_NIST_EDWARDS25519, &m));
 	HSM_TRY(hsm_material_export(m, &pkcs8));
-	HSM_TRY(audit_key_aad(store_id, &aad));
+	HSM_TRY(ks_audit_key_aad(store_id, &aad));
 	HSM_TRY(ks_wrap(k->audit, &aad, pkcs8.data, pkcs8.len, wrapped));
 	HSM_TRY(hsm_material_public_der(m, &der));
 	HSM_TRY(hsm_buf_put_str(pem, "-----BEGIN PUBLIC KEY-----\n"));
@@ -223,7 +226,7 @@ static hsm_result load_audit_key(hsm_keystore *ks, ks_keys *k)
 	hsm_buf wrapped = {0}, aad = {0}, pkcs8;
 	hsm_buf_init_secure(&pkcs8);
 	HSM_TRY(hsm_store_meta_get(ks->store, META_AUDIT_KEY, &wrapped));
-	HSM_TRY(audit_key_aad(ks->store_id, &aad));
+	HSM_TRY(ks_audit_key_aad(ks->store_id, &aad));
 	HSM_TRY(ks_unwrap(k->audit, &aad, wrapped.data, wrapped.len, &pkcs8));
 	HSM_TRY(hsm_material_import(HSM_SPEC_ECC_NIST_EDWARDS25519, pkcs8.data, pkcs8.len,
 	                            &k->audit_signer));
@@ -234,9 +237,69 @@ out:
 	return res;
 }
 
+/* ---- keys carried across a rekey ------------------------------------------------ */
+
+static hsm_result carried_wrap_key(const hsm_secret *dmk, const char *store_id, hsm_secret **out)
+{
+	return derive(dmk, store_id, LABEL_CARRIED, HSM_AES_KEY_LEN, out);
+}
+
+static hsm_result import_digest_aad(const char *store_id, hsm_buf *aad)
+{
+	HSM_GUARD(hsm_buf_put_lp(aad, AAD_IMPORT_DIGEST_KEY, strlen(AAD_IMPORT_DIGEST_KEY)));
+	return hsm_buf_put_lp(aad, store_id, strlen(store_id));
+}
+
+hsm_result ks_wrap_import_digest_key(const hsm_secret *dmk, const char *store_id,
+                                     const hsm_secret *digest_key, hsm_buf *out)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_secret *kek = NULL;
+	hsm_buf aad = {0};
+	HSM_TRY(carried_wrap_key(dmk, store_id, &kek));
+	HSM_TRY(import_digest_aad(store_id, &aad));
+	HSM_TRY(ks_wrap(kek, &aad, hsm_secret_bytes(digest_key), hsm_secret_len(digest_key), out));
+out:
+	hsm_secret_free(kek);
+	hsm_buf_free(&aad);
+	return res;
+}
+
+/*
+ * The import-digest key of a store that was rekeyed: digests of imported
+ * material stay valid across rekeys (a reimport of erased material must
+ * match the digest kept for it), so the first master key's derived key is
+ * carried, wrapped under each new one.  A store never rekeyed has none.
+ */
+static hsm_result load_import_digest_key(hsm_keystore *ks, const hsm_secret *dmk, ks_keys *k)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_secret *kek = NULL, *key = NULL;
+	hsm_buf wrapped = {0}, aad = {0}, pt;
+	hsm_buf_init_secure(&pt);
+	hsm_result got = hsm_store_meta_get(ks->store, META_IMPORT_DIGEST_KEY, &wrapped);
+	if (got.err == HSM_ERR_NOT_FOUND)
+		goto out;
+	HSM_TRY(got);
+	HSM_TRY(carried_wrap_key(dmk, ks->store_id, &kek));
+	HSM_TRY(import_digest_aad(ks->store_id, &aad));
+	HSM_TRY(ks_unwrap(kek, &aad, wrapped.data, wrapped.len, &pt));
+	HSM_TRY(hsm_secret_from(pt.data, pt.len, &key));
+	hsm_secret_free(k->import_digest);
+	k->import_digest = key;
+	key = NULL;
+out:
+	hsm_secret_free(kek);
+	hsm_secret_free(key);
+	hsm_buf_free(&wrapped);
+	hsm_buf_free(&aad);
+	hsm_buf_free(&pt);
+	return res;
+}
+
 /* ---- init ------------------------------------------------------------------- */
 
-static hsm_result check_quorum_params(unsigned threshold, unsigned count, bool dev)
+hsm_result ks_check_quorum(unsigned threshold, unsigned count, bool dev)
 {
 	if (dev && threshold == 1 && count == 1)
 		return HSM_SUCCESS;
@@ -275,23 +338,24 @@ out:
 	return res;
 }
 
-static hsm_result encode_shares(const hsm_secret *dmk, hsm_keystore *ks,
-                                const char *const custodians[], bool dev, hsm_buf out[])
+hsm_result ks_encode_shares(const hsm_secret *dmk, const char *store_id,
+                            const uint8_t set_id[KS_SET_ID_LEN], unsigned threshold,
+                            unsigned count, const char *const custodians[], bool dev,
+                            hsm_buf out[])
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_share shares[HSM_MAX_SHARES];
 	memset(shares, 0, sizeof(shares));
-	HSM_TRY(hsm_shares_create(dmk, ks->store_id, ks->set_id, ks->threshold, ks->count,
-	                          custodians, dev, shares));
-	for (unsigned i = 0; i < ks->count; i++) {
+	HSM_TRY(hsm_shares_create(dmk, store_id, set_id, threshold, count, custodians, dev, shares));
+	for (unsigned i = 0; i < count; i++) {
 		hsm_buf_init_secure(&out[i]);
 		HSM_TRY(hsm_share_encode(&shares[i], &out[i]));
 	}
 out:
-	for (unsigned i = 0; i < ks->count; i++)
+	for (unsigned i = 0; i < count; i++)
 		hsm_share_clear(&shares[i]);
 	if (hsm_failed(res))
-		for (unsigned i = 0; i < ks->count; i++)
+		for (unsigned i = 0; i < count; i++)
 			hsm_buf_free(&out[i]);
 	return res;
 }
@@ -306,16 +370,17 @@ static hsm_result init_locked(hsm_keystore *ks, unsigned threshold, unsigned cou
 	refresh_uninitialized(ks);
 	HSM_CHECK(atomic_load(&ks->state) == HSM_NODE_UNINITIALIZED, HSM_ERR_CONFLICT,
 	          "this store is already initialized (store id %s)", ks->store_id);
-	HSM_TRY(check_quorum_params(threshold, count, dev));
+	HSM_TRY(ks_check_quorum(threshold, count, dev));
 	HSM_TRY(hsm_uuid_new(ks->store_id));
 	HSM_TRY(hsm_random_bytes(ks->set_id, sizeof(ks->set_id)));
 	ks->threshold = threshold;
 	ks->count = count;
 	HSM_TRY(hsm_secret_random(HSM_AES_KEY_LEN, &dmk));
-	HSM_TRY(compute_kcv(dmk, ks->store_id, ks->kcv));
-	HSM_TRY(derive_all(dmk, ks->store_id, &keys));
+	HSM_TRY(ks_compute_kcv(dmk, ks->store_id, ks->kcv));
+	HSM_TRY(ks_derive_all(dmk, ks->store_id, &keys));
 	HSM_TRY(make_audit_key(&keys, ks->store_id, &keys.audit_signer, &audit_wrapped, &audit_pem));
-	HSM_TRY(encode_shares(dmk, ks, custodians, dev, shares_out));
+	HSM_TRY(ks_encode_shares(dmk, ks->store_id, ks->set_id, ks->threshold, ks->count,
+	                         custodians, dev, shares_out));
 	res = put_init_meta(ks, dev, &audit_wrapped, &audit_pem);
 	if (hsm_failed(res)) {
 		for (unsigned i = 0; i < count; i++)
@@ -376,13 +441,15 @@ static hsm_result complete_unseal(hsm_keystore *ks)
 	ks_keys keys = {0};
 	uint8_t kcv[KS_KCV_LEN];
 	HSM_TRY(hsm_share_set_combine(ks->pending, &dmk));
-	HSM_TRY(compute_kcv(dmk, ks->store_id, kcv));
+	HSM_TRY(ks_compute_kcv(dmk, ks->store_id, kcv));
 	HSM_CHECK(hsm_ct_equal(kcv, ks->kcv, sizeof(kcv)), HSM_ERR_WRONG_MASTER_KEY,
 	          "the shares do not reconstruct this store's master key (key check value "
 	          "mismatch); all shares given so far were discarded");
-	HSM_TRY(derive_all(dmk, ks->store_id, &keys));
-	if (ks->store != NULL) /* a detached keystore has no audit key to load */
+	HSM_TRY(ks_derive_all(dmk, ks->store_id, &keys));
+	if (ks->store != NULL) { /* a detached keystore has no audit key to load */
 		HSM_TRY(load_audit_key(ks, &keys));
+		HSM_TRY(load_import_digest_key(ks, dmk, &keys));
+	}
 	pthread_rwlock_wrlock(&ks->keys_lock);
 	ks->keys = keys;
 	memset(&keys, 0, sizeof(keys));
@@ -411,6 +478,10 @@ static hsm_result unseal_locked(hsm_keystore *ks, const uint8_t *file, size_t le
 	          "this store is not initialized: run 'hsmctl init' first");
 	HSM_CHECK(st != HSM_NODE_UNSEALED, HSM_ERR_CONFLICT, "the node is already unsealed");
 	HSM_TRY(hsm_share_decode(file, len, &share));
+	/* The first share of an unseal reads the master key's identity again: on a shared
+	 * store, `hsmctl rekey` may have replaced it since this node started. */
+	if (ks->pending == NULL && ks->store != NULL)
+		HSM_TRY(ks_load_meta(ks));
 	if (ks->pending == NULL)
 		HSM_TRY(hsm_share_set_new(ks->store_id, ks->set_id, ks->threshold, ks->count,
 		                          &ks->pending));

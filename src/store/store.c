@@ -512,6 +512,61 @@ hsm_result hsm_store_snapshot(hsm_store *s, const char *path)
 	return s->ops->snapshot(s, path);
 }
 
+hsm_result hsm_store_rekey(hsm_store *s, const hsm_store_rekey_req *req,
+                           hsm_store_rekey_counts *counts)
+{
+	HSM_ASSERT(s != NULL && req != NULL && req->fn != NULL);
+	HSM_ASSERT(req->n_expect == 0 || (req->expect_names != NULL && req->expect_values != NULL));
+	HSM_ASSERT(req->n_meta == 0 || (req->meta_names != NULL && req->meta_values != NULL));
+	for (size_t i = 0; i < req->n_expect; i++) {
+		HSM_GUARD(check_name(req->expect_names[i], META_NAME_CAP, "metadata name"));
+		HSM_ASSERT(req->expect_values[i] != NULL);
+	}
+	for (size_t i = 0; i < req->n_meta; i++) {
+		HSM_GUARD(check_name(req->meta_names[i], META_NAME_CAP, "metadata name"));
+		HSM_ASSERT(req->meta_values[i] != NULL);
+	}
+	hsm_store_rekey_counts c = {0};
+	HSM_GUARD(s->ops->rekey(s, req, &c));
+	if (counts != NULL)
+		*counts = c;
+	return HSM_SUCCESS;
+}
+
+hsm_result st_rekey_expect(const hsm_store_rekey_req *req, size_t i, bool found,
+                           const hsm_buf *value)
+{
+	const hsm_buf *want = req->expect_values[i];
+	HSM_ENSURE(found && value->len == want->len &&
+	               hsm_ct_equal(value->data, want->data, want->len),
+	           HSM_ERR_CONFLICT,
+	           "the store's master key changed meanwhile (metadata %s differs): nothing was "
+	           "changed",
+	           req->expect_names[i]);
+	return HSM_SUCCESS;
+}
+
+void st_rekey_row_clear(void *item)
+{
+	st_rekey_row *row = item;
+	hsm_buf_free(&row->wrapped);
+}
+
+hsm_result st_rekey_wrap(const hsm_store_rekey_req *req, hsm_wrapped_kind kind,
+                         const st_rekey_row *row, hsm_buf *out)
+{
+	hsm_wrapped_item item = {.kind = kind,
+	                         .id = row->id,
+	                         .version = row->version,
+	                         .spec = row->spec,
+	                         .usage = row->usage,
+	                         .wrapped = &row->wrapped};
+	out->len = 0;
+	HSM_GUARD(req->fn(&item, out, req->arg));
+	HSM_ENSURE(out->len > 0, HSM_ERR_INTERNAL, "re-wrapping produced nothing");
+	return HSM_SUCCESS;
+}
+
 hsm_result hsm_store_keys_due(hsm_store *s, int64_t now, size_t limit, hsm_key_cb cb, void *arg)
 {
 	HSM_ASSERT(s != NULL && cb != NULL);

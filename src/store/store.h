@@ -474,6 +474,68 @@ hsm_result hsm_store_copy(hsm_store *src, hsm_store *dst) HSM_MUST_CHECK;
 /* The file name a SQLite store keeps its database under, inside its directory. */
 #define HSM_STORE_DB_FILE "hsmd.db"
 
+/* ---- Re-wrapping under a new master key (hsmctl rekey) ---------------------------- */
+
+/* A secret the store holds wrapped by the keystore. */
+typedef enum hsm_wrapped_kind {
+	HSM_WRAPPED_KEY_MATERIAL, /* a key version's material (key_versions) */
+	HSM_WRAPPED_ACCESS_KEY,   /* an access key's secret (access_keys) */
+} hsm_wrapped_kind;
+typedef struct hsm_wrapped_item {
+	hsm_wrapped_kind kind;
+	const char *id;        /* the key id, or the access key id */
+	uint32_t version;      /* key material: the version (else 0) */
+	hsm_key_spec spec;     /* key material: its key's spec and usage (the AAD binds them) */
+	hsm_key_usage usage;
+	const hsm_buf *wrapped; /* as stored; never empty (erased material is skipped) */
+} hsm_wrapped_item;
+/*
+ * Appends the item's secret wrapped anew to out (empty on entry).  Runs
+ * inside the store's write transaction: it must not call the store.  Its
+ * failure rolls everything back and is returned.
+ */
+typedef hsm_result (*hsm_rewrap_fn)(const hsm_wrapped_item *item, hsm_buf *out, void *arg);
+
+typedef struct hsm_store_rekey_req {
+	/* Metadata that must hold exactly these values (the master key being replaced). */
+	size_t n_expect;
+	const char *const *expect_names;
+	const hsm_buf *const *expect_values;
+	hsm_rewrap_fn fn;
+	void *arg;
+	/* Metadata then written, inserted or replaced (the new master key's identity). */
+	size_t n_meta;
+	const char *const *meta_names;
+	const hsm_buf *const *meta_values;
+} hsm_store_rekey_req;
+
+/* What hsm_store_rekey re-wrapped. */
+typedef struct hsm_store_rekey_counts {
+	uint64_t versions;    /* key versions holding material */
+	uint64_t access_keys; /* access-key secrets */
+} hsm_store_rekey_counts;
+
+/*
+ * Replaces every wrapped secret of the store by what fn makes of it, and the
+ * metadata naming the master key, in one write transaction: a failure or a
+ * crash leaves the store as it was, success leaves every secret and the
+ * metadata changed together.  First CONFLICT (nothing changes) unless every
+ * expect_names[i] holds expect_values[i] (another rekey came first), or,
+ * PostgreSQL, when another session of hsmd (application_name "hsmd": a node,
+ * another hsmctl) is connected to the database: the nodes must be stopped,
+ * or they would go on wrapping under the old key.  Then fn is called for
+ * every key version that holds material (with its key's spec and usage) and
+ * every access key, a page at a time, and each row rewritten with what fn
+ * returned; then the metadata is written.  The old wrapped bytes are then
+ * overwritten on disk as hsm_store_key_destroy makes sure of (SQLite).
+ * *counts (optional) receives what was re-wrapped.  A failure of that last
+ * step, like a PostgreSQL COMMIT that got no answer, comes when the outcome
+ * is already decided or unknown: a caller that must know reads the metadata
+ * back.
+ */
+hsm_result hsm_store_rekey(hsm_store *s, const hsm_store_rekey_req *req,
+                           hsm_store_rekey_counts *counts) HSM_MUST_CHECK;
+
 /* ---- Key versions ----------------------------------------------------------- */
 
 /* NOT_FOUND when the key or the version does not exist. */

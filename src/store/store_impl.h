@@ -169,6 +169,10 @@ struct hsm_store_ops {
 	                            hsm_approval_cb cb, void *arg);
 	hsm_result (*approval_purge)(hsm_store *s, int64_t before, uint64_t *deleted);
 
+	/* hsm_store_rekey: req is checked (names valid, fn set); counts is never NULL. */
+	hsm_result (*rekey)(hsm_store *s, const hsm_store_rekey_req *req,
+	                    hsm_store_rekey_counts *counts);
+
 	/*
 	 * Passes every record to sink, all read in one read transaction (one
 	 * consistent state of the store).  Unlike list callbacks, the sink runs
@@ -291,6 +295,29 @@ hsm_result st_approval_reopen(hsm_approval_record *a) HSM_MUST_CHECK;
  */
 hsm_result st_approval_page_find(const st_vec *page, size_t *at, const char *id,
                                  hsm_approval_record **out) HSM_MUST_CHECK;
+
+/*
+ * Both backends' rekey, in their write transaction: CONFLICT unless the
+ * metadata value read for req->expect_names[i] (found false when absent)
+ * equals req->expect_values[i].
+ */
+hsm_result st_rekey_expect(const hsm_store_rekey_req *req, size_t i, bool found,
+                           const hsm_buf *value) HSM_MUST_CHECK;
+/* One row a backend's rekey read: a key version's material or an access key's secret. */
+typedef struct st_rekey_row {
+	char id[HSM_UUID_STRLEN + 1]; /* a key id, or an access key id (shorter) */
+	uint32_t version;
+	hsm_key_spec spec;
+	hsm_key_usage usage;
+	hsm_buf wrapped;
+} st_rekey_row;
+/* Frees what a row owns (an st_vec clear function). */
+void st_rekey_row_clear(void *item);
+/* Calls req->fn for row, of kind; out receives the new wrapped bytes (emptied first). */
+hsm_result st_rekey_wrap(const hsm_store_rekey_req *req, hsm_wrapped_kind kind,
+                         const st_rekey_row *row, hsm_buf *out) HSM_MUST_CHECK;
+/* Pages of rows a backend's rekey reads, re-wraps and writes back at a time. */
+#define ST_REKEY_PAGE 256
 
 /* Opens a backend at its location (the part after the prefix, or all of it: store.c's table). */
 typedef hsm_result (*hsm_store_backend_open_fn)(const char *location, hsm_store **out);

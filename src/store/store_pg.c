@@ -283,6 +283,20 @@ hsm_result pg_read_snapshot(pg_store *s, pg_body body, void *arg)
 	return transaction(s, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", body, arg);
 }
 
+size_t pg_own_sessions(pg_store *s, int *pids, size_t cap)
+{
+	size_t n = 0;
+	pthread_mutex_lock(&s->pool_lock);
+	for (pg_conn *c = s->idle; c != NULL && n < cap; c = c->next)
+		pids[n++] = PQbackendPID(c->db);
+	pthread_mutex_unlock(&s->pool_lock);
+	pthread_mutex_lock(&s->lead_lock);
+	if (s->lead != NULL && n < cap)
+		pids[n++] = PQbackendPID(s->lead->db);
+	pthread_mutex_unlock(&s->lead_lock);
+	return n;
+}
+
 /* ---- Open and close ---------------------------------------------------------------------------- */
 
 /* ---- Leadership -------------------------------------------------------------------------------- */
@@ -382,6 +396,7 @@ static const hsm_store_ops pg_ops = {
 	.schema_version = pg_schema_version_op,
 	.meta_get = pg_meta_get,
 	.meta_put = pg_meta_put,
+	.rekey = pg_rekey,
 	.key_create = pg_key_create,
 	.key_get = pg_key_get,
 	.key_update = pg_key_update,

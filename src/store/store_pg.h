@@ -13,6 +13,7 @@
  *   store_pg_principals.c  metadata, users, access keys
  *   store_pg_approvals.c   quorum approvals
  *   store_pg_copy.c        export, import and snapshot
+ *   store_pg_rekey.c       re-wrapping under a new master key (hsm_store_rekey)
  *
  * Why this backend exists: several hsmd nodes share one database.  So there
  * is no lock on the location (unlike the SQLite directory lock); every
@@ -203,6 +204,12 @@ hsm_result pg_write(pg_store *s, pg_body body, void *arg) HSM_MUST_CHECK;
  */
 hsm_result pg_read_snapshot(pg_store *s, pg_body body, void *arg) HSM_MUST_CHECK;
 
+/*
+ * The server process ids of this handle's idle pooled sessions and its
+ * leadership session, at most cap (a rekey tells them from other nodes').
+ */
+size_t pg_own_sessions(pg_store *s, int *pids, size_t cap);
+
 /* ---- Schema (store_pg_schema.c) ------------------------------------------------------------------- */
 
 int pg_schema_latest(void);
@@ -250,6 +257,7 @@ hsm_result pg_key_require(pg_conn *c, const char *key_id) HSM_MUST_CHECK;
 hsm_result pg_meta_get(hsm_store *s, const char *name, hsm_buf *out);
 hsm_result pg_meta_put(hsm_store *s, size_t n, const char *const names[],
                        const hsm_buf *const values[]);
+hsm_result pg_rekey(hsm_store *s, const hsm_store_rekey_req *req, hsm_store_rekey_counts *counts);
 
 hsm_result pg_key_create(hsm_store *s, const hsm_key_record *key, const hsm_version_record *first);
 hsm_result pg_key_get(hsm_store *s, const char *key_id, hsm_key_record *out);

@@ -387,6 +387,7 @@ static const hsm_store_ops sqlite_ops = {
 	.schema_version = sq_schema_version_op,
 	.meta_get = sq_meta_get,
 	.meta_put = sq_meta_put,
+	.rekey = sq_rekey,
 	.key_create = sq_key_create,
 	.key_get = sq_key_get,
 	.key_update = sq_key_update,

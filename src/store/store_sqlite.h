@@ -13,6 +13,7 @@
  *   store_sqlite_principals.c  metadata, users, access keys
  *   store_sqlite_approvals.c   quorum approvals
  *   store_sqlite_copy.c        export and import (hsm_store_copy)
+ *   store_sqlite_rekey.c       re-wrapping under a new master key (hsm_store_rekey)
  *
  * Concurrency: one write connection, guarded by a mutex and used only inside
  * BEGIN IMMEDIATE transactions; reads use connections from a pool, so in WAL
@@ -178,6 +179,7 @@ hsm_result sq_put_meta(sq_conn *w, const char *name, const hsm_buf *value) HSM_M
 hsm_result sq_meta_get(hsm_store *s, const char *name, hsm_buf *out);
 hsm_result sq_meta_put(hsm_store *s, size_t n, const char *const names[],
                        const hsm_buf *const values[]);
+hsm_result sq_rekey(hsm_store *s, const hsm_store_rekey_req *req, hsm_store_rekey_counts *counts);
 
 hsm_result sq_key_create(hsm_store *s, const hsm_key_record *key, const hsm_version_record *first);
 hsm_result sq_key_get(hsm_store *s, const char *key_id, hsm_key_record *out);
