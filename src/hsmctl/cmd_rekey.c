@@ -264,8 +264,8 @@ static hsm_result run_rekey(rekey_opts *o, int *exit_code)
 		/* Printed here: the explanation does not fit one error message. */
 		fprintf(stderr, "hsmctl: rekey: %s\n", why);
 		if (outcome == HSM_KS_REKEY_UNCHANGED)
-			fprintf(stderr, "hsmctl: rekey: the store is unchanged: the old shares (set %s) "
-			                "still open it; the new share files %s\n",
+			fprintf(stderr, "hsmctl: rekey: this rekey changed nothing: the shares that "
+			                "opened the store (set %s) still do; the new share files %s\n",
 			        old_hex, remove_files(o, &files) ? "were deleted"
 			                                         : "could not all be deleted: destroy them");
 		else

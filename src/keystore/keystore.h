@@ -158,7 +158,7 @@ void hsm_ks_rekey_identity(const hsm_ks_rekey *rk, hsm_ks_identity *out);
 
 /* Where the store stands after hsm_ks_rekey_commit. */
 typedef enum hsm_ks_rekey_outcome {
-	HSM_KS_REKEY_UNCHANGED, /* still on the old master key: the old shares open it */
+	HSM_KS_REKEY_UNCHANGED, /* not on the new master key: this rekey changed nothing */
 	HSM_KS_REKEY_DONE,      /* on the new master key: only the new shares open it */
 	HSM_KS_REKEY_UNKNOWN,   /* the commit's outcome could not be learned */
 } hsm_ks_rekey_outcome;
@@ -168,8 +168,9 @@ typedef enum hsm_ks_rekey_outcome {
  * master key's wrapping keys to rk's, in one store transaction that also
  * records the new key check value, share-set id and quorum.  On success the
  * keystore serves on with the new keys (its cached key versions dropped).
- * On failure the store is read back: *outcome says whether it stayed on the
- * old key (the usual case: nothing changed), is on the new one all the same
+ * On failure the store is read back: *outcome says whether this rekey
+ * changed nothing (the usual case: the store stayed on the key it was on;
+ * on a shared store, another rekey may have come first), is on the new key all the same
  * (a failure after the commit, such as SQLite's final overwrite of the old
  * bytes: then the result is a success, logged as a warning), or cannot be
  * told.  counts (optional) receives what was re-wrapped.  rk is consumed

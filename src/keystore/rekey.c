@@ -179,21 +179,17 @@ out:
 	return res;
 }
 
-/* Reads the share-set id back: which master key the store is on. */
+/* Reads the share-set id back: whether the store is on rk's master key. */
 static hsm_ks_rekey_outcome read_back(hsm_keystore *ks, const hsm_ks_rekey *rk)
 {
-	hsm_buf got = {0}, old = {0}, new = {0};
+	hsm_buf got = {0}, new = {0};
 	hsm_ks_rekey_outcome o = HSM_KS_REKEY_UNKNOWN;
 	if (hsm_ok(hsm_store_meta_get(ks->store, META_SHARE_SET, &got)) &&
-	    hsm_ok(hsm_hex_encode(&old, ks->set_id, sizeof(ks->set_id))) &&
 	    hsm_ok(hsm_hex_encode(&new, rk->set_id, sizeof(rk->set_id)))) {
-		if (got.len == old.len && hsm_ct_equal(got.data, old.data, old.len))
-			o = HSM_KS_REKEY_UNCHANGED;
-		else if (got.len == new.len && hsm_ct_equal(got.data, new.data, new.len))
-			o = HSM_KS_REKEY_DONE;
+		bool landed = got.len == new.len && hsm_ct_equal(got.data, new.data, new.len);
+		o = landed ? HSM_KS_REKEY_DONE : HSM_KS_REKEY_UNCHANGED;
 	}
 	hsm_buf_free(&got);
-	hsm_buf_free(&old);
 	hsm_buf_free(&new);
 	return o;
 }
