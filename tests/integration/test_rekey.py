@@ -1,0 +1,237 @@
+"""`hsmctl rekey`: a new master key and new custodians' share files for a stopped
+node.  Every secret the store holds (keys of every kind and version, imported
+material, access keys, the audit signing key) is re-wrapped in one transaction:
+afterwards the old shares open nothing, the new ones open everything, and the
+audit trail verifies across it.  A refused or interrupted rekey changes nothing."""
+import glob
+import hashlib
+import os
+import shutil
+import sqlite3
+import tempfile
+
+import pytest
+
+from conftest import Hsmd, client, signed_call
+from helpers import admin, audit_records, raises
+from test_backup import fields, hsmctl
+from test_import import do_import, external_key
+from test_sealed import create_first_officer, init_store, unseal
+
+
+def share_args(shares, names):
+    return [a for n in names for a in ("--share", shares[n])]
+
+
+def rekey(data, shares, names, new_dir, *extra):
+    return hsmctl("rekey", "--data-dir", data, *share_args(shares, names), "--share-dir", new_dir,
+                  *extra)
+
+
+def store_bytes(data):
+    with open(os.path.join(data, "hsmd.db"), "rb") as f:
+        db = f.read()
+    wal = os.path.join(data, "hsmd.db-wal")
+    return db + (open(wal, "rb").read() if os.path.exists(wal) else b"")
+
+
+def wrapped_rows(data):
+    db = sqlite3.connect(os.path.join(data, "hsmd.db"))
+    try:
+        rows = db.execute("SELECT key_id, version, wrapped FROM key_versions "
+                          "ORDER BY key_id, version").fetchall()
+        rows += db.execute("SELECT id, 0, wrapped_secret FROM access_keys ORDER BY id").fetchall()
+        rows += db.execute("SELECT name, 0, value FROM meta ORDER BY name").fetchall()
+        return rows
+    finally:
+        db.close()
+
+
+@pytest.fixture(scope="module")
+def stopped():
+    """A 3-of-5 store with keys of every kind, used, then stopped."""
+    base = tempfile.mkdtemp(prefix="hsmd-rekey-")
+    data, shares = init_store(base)
+    node = Hsmd(["--backup-interval-seconds", "0"], data_dir=data)
+    try:
+        for c in ("alice", "bob", "carol"):
+            assert unseal(node, shares[c]).returncode == 0
+        ops = create_first_officer(node, data, shares)
+        admin(node, "CreateUser", {"UserName": "app", "Roles": ["crypto-user"]}, *ops)
+        k = admin(node, "CreateAccessKey", {"UserName": "app"}, *ops)
+        app = (k["AccessKeyId"], k["SecretAccessKey"])
+        kms, use = client(node, *ops), client(node, *app)
+        st = {"base": base, "data": data, "shares": shares, "ops": ops, "app": app}
+        aes = kms.create_key(Description="aes")["KeyMetadata"]["KeyId"]
+        st["ct1"] = use.encrypt(KeyId=aes, Plaintext=b"v1 secret",
+                                EncryptionContext={"t": "1"})["CiphertextBlob"]
+        status, _ = signed_call(node, "TrentService.RotateKeyOnDemand", {"KeyId": aes}, *ops)
+        assert status == 200
+        st["ct2"] = use.encrypt(KeyId=aes, Plaintext=b"v2 secret")["CiphertextBlob"]
+        rsa = kms.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+        ec = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+        hmac = kms.create_key(KeySpec="HMAC_256",
+                              KeyUsage="GENERATE_VERIFY_MAC")["KeyMetadata"]["KeyId"]
+        st["sign"] = {}
+        for key, alg in ((rsa, "RSASSA_PSS_SHA_256"), (ec, "ECDSA_SHA_256")):
+            sig = use.sign(KeyId=key, Message=b"signed before", SigningAlgorithm=alg)["Signature"]
+            st["sign"][key] = (alg, sig, kms.get_public_key(KeyId=key)["PublicKey"])
+        st["hmac"] = hmac
+        st["mac"] = use.generate_mac(KeyId=hmac, Message=b"mac me",
+                                     MacAlgorithm="HMAC_SHA_256")["Mac"]
+        imported = external_key(kms)
+        st["material"] = os.urandom(32)
+        do_import(kms, imported, st["material"])
+        st["imported"] = imported
+        st["ct_imported"] = use.encrypt(KeyId=imported, Plaintext=b"byok")["CiphertextBlob"]
+        # Imported material erased before the rekey: a reimport after it must still match.
+        erased = external_key(kms)
+        st["erased_material"] = os.urandom(32)
+        do_import(kms, erased, st["erased_material"])
+        st["ct_erased"] = use.encrypt(KeyId=erased, Plaintext=b"erased")["CiphertextBlob"]
+        kms.delete_imported_key_material(KeyId=erased)
+        st["erased"] = erased
+        p = hsmctl("audit", "pubkey", endpoint=node.endpoint, creds=ops)
+        assert p.returncode == 0, p.stderr
+        st["pubkey"] = os.path.join(base, "audit.pem")
+        with open(st["pubkey"], "w") as f:
+            f.write(p.stdout)
+    finally:
+        node.stop()
+    yield st
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_refused_rekeys_change_nothing(stopped):
+    """Too few shares, a mistyped share, another store's shares, an existing share
+    file in the new directory and a quorum outside 2..16: each refused by name,
+    the store's bytes untouched, no share file left behind."""
+    data, shares, base = stopped["data"], stopped["shares"], stopped["base"]
+    before = wrapped_rows(data)
+    new_dir = os.path.join(base, "refused")
+    p = rekey(data, shares, ["alice", "bob"], new_dir)
+    assert p.returncode == 1 and "1 more needed" in p.stderr, p.stderr
+    bad = os.path.join(base, "mistyped.share")
+    with open(shares["carol"]) as f:
+        text = f.read()
+    lines = text.splitlines(keepends=True)
+    i = next(i for i, l in enumerate(lines) if l.startswith("value "))
+    lines[i] = lines[i][:-2] + ("0" if lines[i][-2] != "0" else "1") + "\n"
+    with open(bad, "w") as f:
+        f.write("".join(lines))
+    p = hsmctl("rekey", "--data-dir", data, "--share", shares["alice"], "--share",
+               shares["bob"], "--share", bad, "--share-dir", new_dir)
+    assert p.returncode == 1 and "mistyped.share" in p.stderr, p.stderr
+    _, other = init_store(base, "other")
+    p = rekey(data, other, ["alice", "bob", "carol"], new_dir)
+    assert p.returncode == 1 and "share is for store" in p.stderr, p.stderr
+    p = rekey(data, shares, ["alice", "bob", "carol"], new_dir, "--shares", "3",
+              "--threshold", "1")
+    assert p.returncode == 1 and "threshold must be" in p.stderr, p.stderr
+    p = rekey(data, shares, ["alice", "bob", "carol"], new_dir, "--shares", "5",
+              "--custodians", "x,y")
+    assert p.returncode == 1 and "2 custodian names given for 5 shares" in p.stderr, p.stderr
+    os.makedirs(new_dir, exist_ok=True)
+    open(os.path.join(new_dir, "yann.share"), "w").close()
+    p = rekey(data, shares, ["alice", "bob", "carol"], new_dir, "--shares", "2",
+              "--threshold", "2", "--custodians", "xena,yann")
+    assert p.returncode == 1 and "yann.share already exists" in p.stderr, p.stderr
+    assert sorted(os.listdir(new_dir)) == ["yann.share"]
+    assert wrapped_rows(data) == before
+    assert not any(r.get("op") == "Rekey" for r in audit_records(data))
+
+
+def test_interrupted_rekey_leaves_the_old_shares_working(stopped):
+    """A failure inside the store transaction (injected on its last rows) rolls
+    everything back: the new share files are deleted, the old shares still
+    unseal, the store's bytes are what they were."""
+    data, shares, base = stopped["data"], stopped["shares"], stopped["base"]
+    before = wrapped_rows(data)
+    db = sqlite3.connect(os.path.join(data, "hsmd.db"))
+    db.execute("CREATE TRIGGER poison BEFORE UPDATE ON access_keys "
+               "BEGIN SELECT RAISE(ABORT, 'injected'); END")
+    db.commit()
+    db.close()
+    new_dir = os.path.join(base, "interrupted")
+    try:
+        p = rekey(data, shares, ["bob", "carol", "dave"], new_dir, "--shares", "3",
+                  "--threshold", "2", "--custodians", "xena,yann,zoe")
+    finally:
+        db = sqlite3.connect(os.path.join(data, "hsmd.db"))
+        db.execute("DROP TRIGGER poison")
+        db.commit()
+        db.close()
+    assert p.returncode == 1, p.stdout
+    assert "this rekey changed nothing" in p.stderr and "were deleted" in p.stderr, p.stderr
+    assert os.listdir(new_dir) == []
+    assert wrapped_rows(data) == before
+    p = hsmctl("unseal", "--data-dir", data, shares["alice"], shares["dave"], shares["erin"])
+    assert p.returncode == 0, p.stderr
+    ev = [r for r in audit_records(data) if r.get("op") == "Rekey"]
+    assert len(ev) == 1 and ev[0]["outcome"] == "error", ev
+
+
+def test_rekey_then_everything_works_with_the_new_shares_only(stopped):
+    data, shares, base = stopped["data"], stopped["shares"], stopped["base"]
+    new_dir = os.path.join(base, "new-shares")
+    p = rekey(data, shares, ["alice", "carol", "erin"], new_dir, "--shares", "3",
+              "--threshold", "2", "--custodians", "xena,yann,zoe")
+    assert p.returncode == 0, p.stderr
+    out = fields(p.stdout)
+    assert out["quorum"] == "2 of 3" and out["share set"] != out["old share set"]
+    # AES (2 versions), RSA, EC, HMAC, the imported key; the erased material has nothing to wrap.
+    assert "re-wrapped: 6 key versions, 2 access keys, the audit signing key" in p.stdout
+    assert "open only with the old shares" in p.stdout
+    new = {c: os.path.join(new_dir, c + ".share") for c in ("xena", "yann", "zoe")}
+    for c, path in new.items():
+        assert oct(os.stat(path).st_mode & 0o777) == "0o400"
+        with open(path) as f:
+            text = f.read()
+        assert f"custodian {c}\n" in text and f"set {out['share set']}\n" in text
+        with open(out["transcript"]) as f:
+            assert hashlib.sha256(text.encode()).hexdigest() in f.read()
+    # Audited: the sets and quorums, never a share or a key.
+    ev = [r for r in audit_records(data) if r.get("op") == "Rekey" and r["outcome"] == "success"]
+    assert len(ev) == 1, ev
+    assert ev[0]["extra"] == {"old_share_set": out["old share set"], "old_threshold": "3",
+                              "old_shares": "5", "share_set": out["share set"],
+                              "threshold": "2", "shares": "3", "key_versions": "6",
+                              "access_keys": "2"}
+    # Rekeying again over the same directory refuses to overwrite.
+    p = rekey(data, {"x": new["xena"], "y": new["yann"]}, ["x", "y"], new_dir, "--shares", "3",
+              "--threshold", "2", "--custodians", "xena,yann,zoe")
+    assert p.returncode == 1 and "already exists" in p.stderr, p.stderr
+
+    node = Hsmd(["--backup-interval-seconds", "0"], data_dir=data)
+    try:
+        p = unseal(node, shares["alice"])
+        assert p.returncode != 0 and "different split" in p.stderr, p.stderr
+        assert unseal(node, new["zoe"]).returncode == 0
+        assert unseal(node, new["xena"]).returncode == 0
+        kms, use = client(node, *stopped["ops"]), client(node, *stopped["app"])  # access keys
+        assert use.decrypt(CiphertextBlob=stopped["ct1"],
+                           EncryptionContext={"t": "1"})["Plaintext"] == b"v1 secret"
+        assert use.decrypt(CiphertextBlob=stopped["ct2"])["Plaintext"] == b"v2 secret"
+        for key, (alg, sig, pub) in stopped["sign"].items():
+            assert kms.get_public_key(KeyId=key)["PublicKey"] == pub
+            assert use.verify(KeyId=key, Message=b"signed before", Signature=sig,
+                              SigningAlgorithm=alg)["SignatureValid"]
+            fresh = use.sign(KeyId=key, Message=b"signed after", SigningAlgorithm=alg)
+            assert use.verify(KeyId=key, Message=b"signed after", Signature=fresh["Signature"],
+                              SigningAlgorithm=alg)["SignatureValid"]
+        assert use.generate_mac(KeyId=stopped["hmac"], Message=b"mac me",
+                                MacAlgorithm="HMAC_SHA_256")["Mac"] == stopped["mac"]
+        assert use.decrypt(CiphertextBlob=stopped["ct_imported"])["Plaintext"] == b"byok"
+        # The erased material's digest still identifies it: the same material comes back.
+        do_import(kms, stopped["erased"], stopped["erased_material"])
+        assert use.decrypt(CiphertextBlob=stopped["ct_erased"])["Plaintext"] == b"erased"
+        raises("IncorrectKeyMaterialException", do_import, kms, stopped["imported"],
+               os.urandom(32))
+    finally:
+        node.stop()
+    # The old shares open nothing the store holds; the audit trail verifies across the rekey.
+    p = hsmctl("unseal", "--data-dir", data, shares["bob"], shares["carol"], shares["dave"])
+    assert p.returncode == 1 and "different split" in p.stderr, p.stderr
+    p = hsmctl("audit", "verify", "--pubkey", stopped["pubkey"],
+               *sorted(glob.glob(os.path.join(data, "audit", "*.jsonl"))))
+    assert p.returncode == 0 and "result: VALID" in p.stdout, p.stdout + p.stderr
