@@ -252,7 +252,7 @@ static hsm_result typed_value(pol_condition *c, size_t i, size_t stmt, double *n
 		           "2026-01-31T12:00:00Z) or seconds since the epoch, not '%.40s'.",
 		           stmt, s);
 	else if (c->base == POL_OP_IP)
-		HSM_ENSURE(hsm_pol_net(s, true, &nets[i]), MALFORMED,
+		HSM_ENSURE(hsm_net_parse(s, true, &nets[i]), MALFORMED,
 		           "Statement %zu: IpAddress conditions take an IPv4 or IPv6 address or "
 		           "CIDR range (such as 203.0.113.0/24), not '%.48s'.",
 		           stmt, s);

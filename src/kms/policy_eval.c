@@ -178,7 +178,7 @@ static bool value_matches(const pol_condition *c, const char *v)
 		return false; /* not a number: matches nothing */
 	if (pol_op_date(c->base) && !hsm_pol_date(v, &number))
 		return false;
-	if (c->base == POL_OP_IP && !hsm_pol_net(v, false, &addr))
+	if (c->base == POL_OP_IP && !hsm_net_parse(v, false, &addr))
 		return false;
 	for (size_t i = 0; i < c->n_values; i++) {
 		const char *want = c->values[i];
@@ -197,7 +197,7 @@ static bool value_matches(const pol_condition *c, const char *v)
 		case POL_OP_NULL:
 			break;
 		case POL_OP_IP:
-			hit = hsm_pol_net_contains(&c->nets[i], &addr);
+			hit = hsm_net_contains(&c->nets[i], &addr);
 			break;
 		default: /* Numeric*, Date* */
 			hit = compare(c->base, number, c->numbers[i]);

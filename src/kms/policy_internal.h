@@ -15,6 +15,7 @@
 
 #include <jansson.h>
 
+#include "common/net.h"
 #include "kms/policy.h"
 
 typedef struct pol_chunk pol_chunk;
@@ -65,12 +66,8 @@ static inline bool pol_op_date(pol_base b)
 	return b >= POL_OP_DATE_EQ && b <= POL_OP_DATE_GE;
 }
 
-/* An IPv4 or IPv6 network; an address is one with a full-length prefix. */
-typedef struct pol_net {
-	bool v6;
-	unsigned prefix; /* bits that must match */
-	unsigned char addr[16]; /* IPv4: the first 4 bytes */
-} pol_net;
+/* An IPv4 or IPv6 network (common/net.h); an address is one with a full-length prefix. */
+typedef hsm_net pol_net;
 
 typedef enum pol_set {
 	POL_SET_NONE,
@@ -159,9 +156,5 @@ bool hsm_pol_eq_ic(const char *a, const char *b);
 bool hsm_pol_number(const char *s, double *out);
 /* An instant in seconds since the epoch: a number, or an ISO 8601 date (W3C profile). */
 bool hsm_pol_date(const char *s, double *out);
-/* An IPv4 or IPv6 address, with a /prefix when allow_prefix; IPv4-mapped IPv6
- * addresses without a prefix read as IPv4. */
-bool hsm_pol_net(const char *s, bool allow_prefix, pol_net *out);
-bool hsm_pol_net_contains(const pol_net *net, const pol_net *addr);
 
 #endif

@@ -1,16 +1,14 @@
 /*
  * policy_values.c - condition values that are not plain text: instants
- * (the Date operators) and IP networks (the IpAddress operators).
+ * (the Date operators).  IP networks (the IpAddress operators) are read by
+ * common/net.c.
  *
  * Dates follow the W3C profile of ISO 8601 that IAM documents for the Date
  * operators (YYYY-MM, YYYY-MM-DD, and a whole date with a time of day and a
  * zone: Thh:mmTZD, Thh:mm:ssTZD, Thh:mm:ss.sTZD, TZD being Z or +hh:mm or
  * -hh:mm), or a number of seconds since the epoch.  The profile's year-only
- * form is left out: a bare number is always seconds since the epoch.  Networks are an IPv4 or
- * IPv6 address with an optional /prefix (RFC 4632, RFC 4291).
+ * form is left out: a bare number is always seconds since the epoch.
  */
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <string.h>
 
 #include "kms/policy_internal.h"
@@ -136,67 +134,4 @@ bool hsm_pol_date(const char *s, double *out)
 		return false;
 	*out = (double)(days_since_epoch(y, m, d) * 86400LL + secs - offset) + frac;
 	return true;
-}
-
-/* ---- networks ----------------------------------------------------------------------- */
-
-bool hsm_pol_net(const char *s, bool allow_prefix, pol_net *out)
-{
-	char addr[INET6_ADDRSTRLEN + 1];
-	const char *slash = strchr(s, '/');
-	size_t n = slash != NULL ? (size_t)(slash - s) : strlen(s);
-	if (n == 0 || n >= sizeof(addr) || (slash != NULL && !allow_prefix))
-		return false;
-	memcpy(addr, s, n);
-	addr[n] = '\0';
-	pol_net net = {0};
-	struct in6_addr a6;
-	if (inet_pton(AF_INET, addr, net.addr) == 1) {
-		net.v6 = false;
-		net.prefix = 32;
-	} else if (inet_pton(AF_INET6, addr, &a6) == 1) {
-		net.v6 = true;
-		net.prefix = 128;
-		memcpy(net.addr, a6.s6_addr, 16);
-		/* An IPv4 client of a dual-stack socket shows as ::ffff:a.b.c.d. */
-		if (slash == NULL && IN6_IS_ADDR_V4MAPPED(&a6)) {
-			memset(net.addr, 0, sizeof(net.addr));
-			memcpy(net.addr, a6.s6_addr + 12, 4);
-			net.v6 = false;
-			net.prefix = 32;
-		}
-	} else {
-		return false;
-	}
-	if (slash != NULL) {
-		const char *p = slash + 1;
-		unsigned bits = 0;
-		if (*p == '\0' || strlen(p) > 3)
-			return false;
-		for (; *p != '\0'; p++) {
-			if (*p < '0' || *p > '9')
-				return false;
-			bits = bits * 10 + (unsigned)(*p - '0');
-		}
-		if (bits > net.prefix)
-			return false;
-		net.prefix = bits;
-	}
-	*out = net;
-	return true;
-}
-
-bool hsm_pol_net_contains(const pol_net *net, const pol_net *addr)
-{
-	if (net->v6 != addr->v6)
-		return false;
-	unsigned whole = net->prefix / 8, rest = net->prefix % 8;
-	for (unsigned i = 0; i < whole; i++) {
-		if (net->addr[i] != addr->addr[i])
-			return false;
-	}
-	if (rest == 0)
-		return true;
-	unsigned char mask = (unsigned char)(0xffu << (8 - rest));
-	return (net->addr[whole] & mask) == (addr->addr[whole] & mask);
 }
