@@ -18,6 +18,7 @@
  */
 #include <errno.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -271,6 +272,16 @@ static hsm_result open_workers(hsm_http_server *srv, struct sockaddr_storage *ss
 	return HSM_SUCCESS;
 }
 
+static hsm_result proxy_nets(hsm_http_server *srv, const char *text)
+{
+	if (hsm_ok(hsm_net_list_parse(text, srv->proxy_from, HSM_HTTP_PROXY_NETS_MAX,
+	                              &srv->n_proxy_from)))
+		return HSM_SUCCESS;
+	char why[HSM_ERRMSG_MAX];
+	snprintf(why, sizeof(why), "%s", hsm_last_message());
+	return HSM_FAIL(HSM_ERR_VALIDATION, "proxy_protocol_from: %s", why);
+}
+
 hsm_result hsm_http_server_new(const hsm_http_config *cfg, hsm_http_handler handler, void *arg,
                                hsm_http_server **out)
 {
@@ -288,9 +299,12 @@ hsm_result hsm_http_server_new(const hsm_http_config *cfg, hsm_http_handler hand
 	srv->shared_fd = -1;
 	srv->n_workers = cfg->workers != 0 ? cfg->workers : cpu_count();
 	atomic_store(&srv->n_accepting, srv->n_workers);
+	if (cfg->proxy_protocol_from != NULL)
+		HSM_TRY(proxy_nets(srv, cfg->proxy_protocol_from));
 	if (cfg->tls_cert != NULL)
 		HSM_TRY(hsm_http_tls_new(cfg, &srv->tls));
 	srv->cfg.listen = srv->cfg.tls_cert = srv->cfg.tls_key = srv->cfg.tls_client_ca = NULL;
+	srv->cfg.proxy_protocol_from = NULL;
 	HSM_TRY(hsm_http_fd_limit(srv));
 	srv->workers = calloc(srv->n_workers, sizeof(*srv->workers));
 	HSM_CHECK(srv->workers != NULL, HSM_ERR_NOMEM, "out of memory");

@@ -29,7 +29,9 @@
  * accept for the first request) is disconnected, as is one idle longer than
  * the idle timeout or not reading a response for longer than the write
  * timeout.  Connections beyond max_connections are accepted and closed at
- * once, so they cannot starve the others.
+ * once, so they cannot starve the others.  A connection from a trusted load
+ * balancer (proxy_protocol_from) is closed unless it begins, within the read
+ * timeout, with a valid PROXY protocol header.
  *
  * Every response carries Content-Type, Content-Length, Date and
  * x-amzn-RequestId (the request id); keep-alive follows HTTP/1.1 (RFC 9112
@@ -52,6 +54,8 @@
 #define HSM_HTTP_DEFAULT_WRITE_TIMEOUT_MS 10000U
 #define HSM_HTTP_DEFAULT_MAX_CONNECTIONS 10000U
 #define HSM_HTTP_MAX_WORKERS 256U
+/* Networks in proxy_protocol_from. */
+#define HSM_HTTP_PROXY_NETS_MAX 64
 /* "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:65535" plus the NUL. */
 #define HSM_HTTP_ADDR_MAX 56
 
@@ -80,6 +84,16 @@ typedef struct hsm_http_config {
 	const char *tls_key;         /* PEM private key (unencrypted), required with tls_cert */
 	const char *tls_client_ca;   /* PEM CA bundle for client certificates */
 	hsm_http_client_auth client_auth;
+	/*
+	 * Networks ("10.0.0.0/8,2001:db8::/32", common/net.h) of load balancers
+	 * that relay connections with a PROXY protocol header (v1 or v2).  A
+	 * connection from inside them must begin with one, before any TLS, and
+	 * the client it names becomes the connection's remote address; one
+	 * without a valid header is closed.  A connection from elsewhere is read
+	 * as it comes: a header from it is just a malformed request.  NULL or
+	 * "": none.
+	 */
+	const char *proxy_protocol_from;
 } hsm_http_config;
 
 void hsm_http_config_defaults(hsm_http_config *cfg);
@@ -147,7 +161,10 @@ bool hsm_http_req_next_header(const hsm_http_req *req, hsm_http_header_iter *it,
 
 /* The body (possibly empty, then *len is 0); bounded by max_body_bytes. */
 const uint8_t *hsm_http_req_body(const hsm_http_req *req, size_t *len);
-/* The peer's IP address as text ("127.0.0.1", "::1") and port. */
+/*
+ * The client's IP address as text ("127.0.0.1", "::1") and port: the peer's,
+ * or the source named by a trusted load balancer's PROXY protocol header.
+ */
 const char *hsm_http_req_remote_addr(const hsm_http_req *req);
 uint16_t hsm_http_req_remote_port(const hsm_http_req *req);
 bool hsm_http_req_is_tls(const hsm_http_req *req);

@@ -13,9 +13,18 @@
  * input buffer holds the request's strings), so a client sending early or
  * pipelining costs nothing until the response is out.
  *
+ * A connection from a trusted load balancer (proxy_protocol_from) begins
+ * with a PROXY protocol header (proxy_proto.h), read once, before the TLS
+ * handshake, by peeking at the socket and then taking exactly the header's
+ * bytes, so that what follows is left for OpenSSL or the request reader.
+ * The source it names replaces the peer's address (c->addr, c->port) for
+ * everything after: requests, audit records, key-policy conditions, logs.
+ * Anything else from such a peer closes the connection; from any other peer
+ * a header is not looked for (and is then a malformed request).
+ *
  * Deadlines (the defence against slowloris and against clients that never
  * read): a request must arrive whole within read_timeout of its first byte
- * (of the accept, for the first one, handshake included); a keep-alive
+ * (of the accept, for the first one, PROXY header and handshake included); a keep-alive
  * connection may idle for idle_timeout; a response must make progress within
  * write_timeout.  A periodic sweep (http.c) closes the late ones.
  *
@@ -41,6 +50,7 @@
 
 #include "common/log.h"
 #include "server/http_internal.h"
+#include "server/proxy_proto.h"
 
 /* Descriptors kept free for everything else the daemon opens. */
 #define FD_RESERVE 256U
@@ -48,6 +58,8 @@
 #define ACCEPT_BATCH 64
 /* How long a refused client may go on sending before the connection is closed. */
 #define LINGER_MS 2000U
+/* At most one warning per worker this often about a balancer sending no valid PROXY header. */
+#define PROXY_WARN_MS 60000U
 
 static uint64_t after_ms(uint32_t ms)
 {
@@ -233,6 +245,78 @@ static hsm_io handshake(hsm_http_conn *c)
 	return io == HSM_IO_EOF ? HSM_IO_FAIL : io;
 }
 
+/* ---- a trusted balancer's PROXY protocol header ------------------------------ */
+
+static bool proxy_trusted(const hsm_http_server *srv, const struct sockaddr_storage *ss)
+{
+	hsm_net peer;
+	if (srv->n_proxy_from == 0 || !hsm_net_from_sockaddr(ss, &peer))
+		return false;
+	for (size_t i = 0; i < srv->n_proxy_from; i++)
+		if (hsm_net_contains(&srv->proxy_from[i], &peer))
+			return true;
+	return false;
+}
+
+/*
+ * A misconfigured balancer (no send-proxy) shows as closed connections: say
+ * why, now and then, naming the peer only.  A connection closed before
+ * sending anything (a plain TCP health check) is not worth a warning.
+ */
+static void proxy_refused(hsm_http_conn *c)
+{
+	uint64_t now = hsm_mono_ns();
+	if (c->w->proxy_warn_ns != 0 && now < c->w->proxy_warn_ns)
+		return;
+	c->w->proxy_warn_ns = now + (uint64_t)PROXY_WARN_MS * 1000000ULL;
+	hsm_warn("connection from %s (in proxy_protocol_from) closed: no valid PROXY protocol "
+	         "header", c->addr);
+}
+
+/*
+ * CONN_PROXY.  Peeks at what has arrived (never more than a header can
+ * take) and, once a whole header is there, takes exactly its bytes.  A
+ * header in pieces is peeked at again, whole, as each piece brings an edge.
+ */
+static hsm_io proxy_header(hsm_http_conn *c)
+{
+	uint8_t buf[HSM_PROXY_MAX];
+	hsm_proxy_header h;
+	ssize_t n;
+	do
+		n = recv(c->fd, buf, sizeof(buf), MSG_PEEK);
+	while (n < 0 && errno == EINTR);
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+		c->rd_ready = false;
+		return HSM_IO_WAIT;
+	}
+	if (n <= 0)
+		return HSM_IO_FAIL; /* closed or reset before a whole header */
+	hsm_proxy_parse r = hsm_proxy_parse_header(buf, (size_t)n, &h);
+	OPENSSL_cleanse(buf, (size_t)n); /* may hold the start of a request */
+	if (r == HSM_PROXY_PARTIAL && !c->peer_closed) {
+		c->rd_ready = false;
+		return HSM_IO_WAIT;
+	}
+	if (r != HSM_PROXY_OK) {
+		proxy_refused(c); /* malformed, too long, or truncated by the peer's close */
+		return HSM_IO_FAIL;
+	}
+	do
+		n = recv(c->fd, buf, h.len, 0);
+	while (n < 0 && errno == EINTR);
+	OPENSSL_cleanse(buf, h.len);
+	if (n < 0 || (size_t)n != h.len)
+		return HSM_IO_FAIL; /* the bytes peeked are there: cannot happen */
+	if (h.has_source) {
+		if (!hsm_proxy_source_text(&h, c->addr, sizeof(c->addr)))
+			return HSM_IO_FAIL;
+		c->port = h.port;
+	}
+	c->rd_ready = true; /* what follows the header may be there already */
+	return HSM_IO_DONE;
+}
+
 /* ---- writing a response -------------------------------------------------- */
 
 /* The response is out: on to the next request, idling, or closing.  False when closed. */
@@ -358,6 +442,17 @@ static void conn_run(hsm_http_conn *c)
 				break;
 			continue;
 		}
+		if (c->state == CONN_PROXY) {
+			hsm_io io = proxy_header(c);
+			if (io == HSM_IO_DONE) {
+				c->state = c->ssl != NULL ? CONN_HANDSHAKE : CONN_READING;
+			} else if (io == HSM_IO_WAIT) {
+				break;
+			} else {
+				hsm_http_conn_close(c);
+			}
+			continue;
+		}
 		if (c->state == CONN_HANDSHAKE) {
 			hsm_io io = handshake(c);
 			if (io == HSM_IO_DONE)
@@ -471,7 +566,9 @@ static hsm_http_conn *conn_new(hsm_http_worker *w, int fd, const struct sockaddr
 	} else {
 		c->state = CONN_READING;
 	}
-	/* The first request (and the handshake) must arrive within the read timeout. */
+	if (proxy_trusted(w->srv, ss))
+		c->state = CONN_PROXY;
+	/* The first request (and the header and handshake) must arrive within the read timeout. */
 	c->deadline_ns = after_ms(w->srv->cfg.read_timeout_ms);
 	return c;
 }

@@ -25,6 +25,7 @@
 #include <openssl/ssl.h>
 
 #include "common/buf.h"
+#include "common/net.h"
 #include "common/util.h"
 #include "server/http.h"
 #include "server/http_parse.h"
@@ -34,6 +35,7 @@ typedef struct hsm_http_conn hsm_http_conn;
 
 /* Where a connection is in its request cycle; decides which timeout applies. */
 typedef enum conn_state {
+	CONN_PROXY,     /* a trusted balancer's PROXY header, before all else: read deadline from accept */
 	CONN_HANDSHAKE, /* TLS handshake: read deadline from accept */
 	CONN_READING,   /* a request has begun (or the connection is new): read deadline */
 	CONN_HANDLING,  /* a request is with the handler: no deadline */
@@ -112,6 +114,7 @@ struct hsm_http_worker {
 	uint64_t resume_ns;      /* accept paused (EMFILE) until then; 0: not paused */
 	uint64_t rearm_ns;       /* accepting yielded to the others until then (http_balance.c) */
 	uint64_t sweep_ns;       /* next deadline sweep */
+	uint64_t proxy_warn_ns;  /* no warning about missing PROXY headers before then */
 	uint64_t grace_end_ns;   /* end of a stop's grace period; 0: not stopping */
 	bool quit;
 	_Atomic(hsm_http_req *) done; /* completion stack, pushed from any thread */
@@ -142,6 +145,9 @@ struct hsm_http_server {
 	hsm_http_handler handler;
 	void *arg;
 	SSL_CTX *tls;
+	/* Peers that must begin with a PROXY protocol header (proxy_protocol_from). */
+	hsm_net proxy_from[HSM_HTTP_PROXY_NETS_MAX];
+	size_t n_proxy_from;
 	unsigned n_workers;
 	hsm_http_worker *workers;
 	int shared_fd;

@@ -1,7 +1,8 @@
 /*
  * http_tls_test.c - the HTTP server over TLS: handshake policy (versions,
  * suites), client certificates in optional and required modes, resumption,
- * and configuration errors.  A throwaway CA, server and client certificates
+ * a load balancer's PROXY protocol header before the handshake, and
+ * configuration errors.  A throwaway CA, server and client certificates
  * are made with the OpenSSL API in a temporary directory.
  */
 #include <stdarg.h>
@@ -157,6 +158,13 @@ static void handler(hsm_http_req *req, void *arg)
 		return;
 	}
 	pthread_mutex_unlock(&mu);
+	if (strcmp(hsm_http_req_path(req), "/remote") == 0) {
+		char out[128];
+		int n = snprintf(out, sizeof(out), "remote=%s port=%u", hsm_http_req_remote_addr(req),
+		                 (unsigned)hsm_http_req_remote_port(req));
+		hsm_http_respond(req, 200, "text/plain", out, (size_t)n, 0, NULL);
+		return;
+	}
 	if (strcmp(hsm_http_req_path(req), "/big") == 0) {
 		hsm_http_respond(req, 200, "application/octet-stream", big, sizeof(big), 0, NULL);
 		return;
@@ -446,6 +454,67 @@ static void test_tls_client_gone(void **state)
 	hsm_http_server_free(srv);
 }
 
+/*
+ * From a trusted balancer, the PROXY header comes before the ClientHello
+ * (HAProxy send-proxy-v2 in TCP mode); the client it names is the request's,
+ * with client certificates required as usual.  Without a header, or with
+ * the ClientHello first, the connection is closed.
+ */
+static void test_tls_after_proxy_header(void **state)
+{
+	(void)state;
+	hsm_http_config cfg;
+	hsm_http_config_defaults(&cfg);
+	cfg.listen = "127.0.0.1:0";
+	cfg.workers = 2;
+	cfg.tls_cert = path_srv;
+	cfg.tls_key = path_srv_key;
+	cfg.client_auth = HSM_HTTP_CLIENT_AUTH_REQUIRED;
+	cfg.tls_client_ca = path_ca;
+	cfg.proxy_protocol_from = "127.0.0.0/8";
+	hsm_http_server *srv = NULL;
+	assert_true(hsm_ok(hsm_http_server_new(&cfg, handler, NULL, &srv)));
+	assert_true(hsm_ok(hsm_http_server_start(srv)));
+	uint16_t port = hsm_http_server_port(srv);
+	SSL_CTX *ctx = client_ctx(path_cli, path_cli_key);
+	static const char v2[] = "\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c"
+	                         "\xcb\x00\x71\x07\x0a\x00\x00\x01\xc7\x38\x01\xbb";
+	static const char v1[] = "PROXY TCP4 203.0.113.8 10.0.0.1 51001 443\r\n";
+	const char *headers[] = {v2, v1};
+	size_t lens[] = {sizeof(v2) - 1, sizeof(v1) - 1};
+	const char *want[] = {"remote=203.0.113.7 port=51000", "remote=203.0.113.8 port=51001"};
+	for (size_t k = 0; k < 2; k++) {
+		tc_conn *c = tc_connect(port, false, 5000);
+		assert_non_null(c);
+		assert_true(tc_send(c, headers[k], lens[k]));
+		assert_true(tc_tls(c, ctx));
+		assert_true(tc_sendf(c, "GET /remote HTTP/1.1\r\nHost: t\r\n\r\n"));
+		tc_resp r;
+		assert_true(tc_read(c, &r, false));
+		assert_int_equal(r.status, 200);
+		assert_string_equal(r.body, want[k]);
+		tc_resp_clear(&r);
+		tc_close(c);
+	}
+	/* A ClientHello where the header should be. */
+	tc_conn *c = tc_connect(port, false, 5000);
+	assert_non_null(c);
+	assert_false(tc_tls(c, ctx));
+	tc_close(c);
+	/* A header, but no client certificate: the handshake still fails. */
+	SSL_CTX *anon = client_ctx(NULL, NULL);
+	c = tc_connect(port, false, 5000);
+	assert_non_null(c);
+	assert_true(tc_send(c, v1, sizeof(v1) - 1));
+	bool ok = tc_tls(c, anon) && tc_sendf(c, "GET /remote HTTP/1.1\r\nHost: t\r\n\r\n");
+	tc_resp r;
+	assert_false(ok && tc_read(c, &r, false));
+	tc_close(c);
+	SSL_CTX_free(anon);
+	SSL_CTX_free(ctx);
+	hsm_http_server_free(srv);
+}
+
 static void expect_new_fails(hsm_http_config *cfg, const char *message_part)
 {
 	hsm_http_server *srv = NULL;
@@ -524,6 +593,7 @@ int main(void)
 	    cmocka_unit_test(test_client_cert_required),
 	    cmocka_unit_test(test_client_cert_optional),
 	    cmocka_unit_test(test_tls_client_gone),
+	    cmocka_unit_test(test_tls_after_proxy_header),
 	    cmocka_unit_test(test_tls_key_permissions_warned),
 	    cmocka_unit_test(test_tls_config_errors),
 	};
