@@ -437,4 +437,5 @@ void hsm_config_http(const hsm_config *cfg, hsm_http_config *http)
 	http->tls_key = cfg->tls_key[0] != '\0' ? cfg->tls_key : NULL;
 	http->tls_client_ca = cfg->tls_client_ca[0] != '\0' ? cfg->tls_client_ca : NULL;
 	http->client_auth = cfg->tls_client_auth;
+	http->proxy_protocol_from = cfg->proxy_protocol_from;
 }

@@ -52,6 +52,8 @@
 	"ScheduleKeyDeletion,DeleteImportedKeyMaterial,PutKeyPolicy,CreateUser,EnableUser,"       \
 	"UnlockUser,CreateAccessKey"
 #define HSM_APPROVAL_OPS_MAX 1024
+/* The text of proxy_protocol_from (at most HSM_HTTP_PROXY_NETS_MAX networks). */
+#define HSM_CONFIG_NETS_MAX 2048
 
 typedef struct hsm_config {
 	/* network */
@@ -70,6 +72,7 @@ typedef struct hsm_config {
 	uint32_t shutdown_grace_ms;
 	uint32_t max_connections;
 	bool batch_scheduling; /* workers and audit writer under SCHED_BATCH */
+	char proxy_protocol_from[HSM_CONFIG_NETS_MAX]; /* "" when none */
 	/* identity */
 	char data_dir[HSM_CONFIG_PATH_MAX];
 	char store[HSM_CONFIG_PATH_MAX]; /* "" for SQLite in data_dir; a URI may hold a password */

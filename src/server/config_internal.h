@@ -26,6 +26,7 @@ typedef enum key_type {
 	K_NODE,    /* letters, digits, '.', '_', '-' */
 	K_STORE,   /* "" or a postgresql:// URI; may hold a password: never echoed */
 	K_OPS,     /* comma-separated operations that can wait for approval */
+	K_NETS,    /* comma-separated IPv4/IPv6 addresses or CIDR ranges, or "" */
 } key_type;
 
 typedef struct key_def {

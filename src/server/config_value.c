@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/net.h"
 #include "common/util.h"
 #include "server/config_internal.h"
 #include "server/server.h"
@@ -49,6 +50,10 @@ const key_def hsm_config_keys[] = {
      "time requests in progress get to finish at shutdown"},
     {"max_connections", K_U32, FIELD(max_connections), 1, 1000000, "10000", "N",
      "open client connections; more are closed at once"},
+    {"proxy_protocol_from", K_NETS, FIELD(proxy_protocol_from), 0, 0, "", "CIDRS",
+     "load balancers (comma-separated addresses or CIDR ranges) whose connections begin with a "
+     "PROXY protocol header (v1 or v2) naming the client; required from them, believed from no "
+     "one else; empty: none"},
     {"batch_scheduling", K_BOOL, FIELD(batch_scheduling), 0, 0, "true", "BOOL",
      "HTTP workers and audit writer under SCHED_BATCH: more throughput on busy cores; "
      "false favours latency beside other busy programs"},
@@ -312,6 +317,12 @@ static hsm_result parse_into(hsm_config *cfg, const key_def *k, const char *t)
 	case K_NODE:
 		HSM_GUARD(check_name(k->type, t));
 		break;
+	case K_NETS: {
+		hsm_net nets[HSM_HTTP_PROXY_NETS_MAX];
+		size_t n = 0;
+		HSM_GUARD(hsm_net_list_parse(t, nets, HSM_HTTP_PROXY_NETS_MAX, &n));
+		break;
+	}
 	case K_OPS: {
 		uint64_t kms_ops;
 		uint32_t admin_ops;

@@ -494,6 +494,29 @@ static void test_key_usage_flush(void **state)
 	EXPECT_ERROR(NULL, "key_usage_flush_ms = '3600001'", "--dev", "--key-usage-flush-ms=3600001");
 }
 
+static void test_proxy_protocol_from(void **state)
+{
+	(void)state;
+	hsm_config cfg;
+	hsm_http_config http;
+	assert_true(hsm_ok(LOAD(&cfg, NULL, "--dev")));
+	assert_string_equal(cfg.proxy_protocol_from, "");
+	assert_true(hsm_ok(LOAD(&cfg, NULL, "--dev", "--proxy-protocol-from", "10.1.0.0/16, fd00::/8")));
+	assert_string_equal(cfg.proxy_protocol_from, "10.1.0.0/16, fd00::/8");
+	hsm_config_http(&cfg, &http);
+	assert_string_equal(http.proxy_protocol_from, "10.1.0.0/16, fd00::/8");
+	char *env[] = {"HSM_PROXY_PROTOCOL_FROM=192.0.2.10", NULL};
+	assert_true(hsm_ok(LOAD(&cfg, env, "--dev")));
+	assert_string_equal(cfg.proxy_protocol_from, "192.0.2.10");
+	EXPECT_ERROR(NULL,
+	             "proxy_protocol_from = '10.0.0.0/33' (from --proxy-protocol-from): '10.0.0.0/33' is "
+	             "not an IPv4 or IPv6 address or CIDR range",
+	             "--dev", "--proxy-protocol-from=10.0.0.0/33");
+	EXPECT_ERROR(NULL, "proxy_protocol_from = 'lb.example' (from --proxy-protocol-from)", "--dev",
+	             "--proxy-protocol-from=lb.example");
+	EXPECT_ERROR(NULL, "empty entry", "--dev", "--proxy-protocol-from=10.0.0.0/8,");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -501,6 +524,7 @@ int main(void)
 	    cmocka_unit_test(test_defaults),
 	    cmocka_unit_test(test_store),
 	    cmocka_unit_test(test_key_usage_flush),
+	    cmocka_unit_test(test_proxy_protocol_from),
 	    cmocka_unit_test(test_booleans_and_sizes),
 	    cmocka_unit_test(test_validation_errors),
 	    cmocka_unit_test(test_file_syntax),
