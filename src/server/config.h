@@ -53,7 +53,7 @@
 	"UnlockUser,CreateAccessKey"
 #define HSM_APPROVAL_OPS_MAX 1024
 /* The text of proxy_protocol_from (at most HSM_HTTP_PROXY_NETS_MAX networks). */
-#define HSM_CONFIG_NETS_MAX 2048
+#define HSM_CONFIG_NETS_MAX 4096
 
 typedef struct hsm_config {
 	/* network */
