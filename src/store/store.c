@@ -567,6 +567,36 @@ hsm_result st_rekey_wrap(const hsm_store_rekey_req *req, hsm_wrapped_kind kind,
 	return HSM_SUCCESS;
 }
 
+hsm_result st_rekey_kind(void *conn, const hsm_store_rekey_req *req, hsm_wrapped_kind kind,
+                         st_rekey_read_fn read_page, st_rekey_write_fn write_row, uint64_t *count)
+{
+	hsm_result res = HSM_SUCCESS;
+	st_rekey_row last = {0};
+	hsm_buf wrapped = {0};
+	st_vec page;
+	st_vec_init(&page, sizeof(st_rekey_row));
+	for (;;) {
+		HSM_TRY(read_page(conn, kind, &last, &page));
+		for (size_t i = 0; i < page.n; i++) {
+			const st_rekey_row *row = st_vec_at(&page, i);
+			HSM_TRY(st_rekey_wrap(req, kind, row, &wrapped));
+			HSM_TRY(write_row(conn, kind, row, &wrapped));
+			(*count)++;
+		}
+		if (page.n < ST_REKEY_PAGE)
+			break;
+		const st_rekey_row *end = st_vec_at(&page, page.n - 1);
+		memcpy(last.id, end->id, sizeof(last.id));
+		last.version = end->version;
+		st_vec_free(&page, st_rekey_row_clear);
+		st_vec_init(&page, sizeof(st_rekey_row));
+	}
+out:
+	st_vec_free(&page, st_rekey_row_clear);
+	hsm_buf_free(&wrapped);
+	return res;
+}
+
 hsm_result hsm_store_keys_due(hsm_store *s, int64_t now, size_t limit, hsm_key_cb cb, void *arg)
 {
 	HSM_ASSERT(s != NULL && cb != NULL);

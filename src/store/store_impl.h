@@ -318,6 +318,16 @@ hsm_result st_rekey_wrap(const hsm_store_rekey_req *req, hsm_wrapped_kind kind,
                          const st_rekey_row *row, hsm_buf *out) HSM_MUST_CHECK;
 /* Pages of rows a backend's rekey reads, re-wraps and writes back at a time. */
 #define ST_REKEY_PAGE 256
+/* A backend's part of st_rekey_kind: the page of kind after *last (page empty on entry), and
+ * one row's new wrapped bytes written back; conn is the backend's connection. */
+typedef hsm_result (*st_rekey_read_fn)(void *conn, hsm_wrapped_kind kind,
+                                       const st_rekey_row *last, st_vec *page);
+typedef hsm_result (*st_rekey_write_fn)(void *conn, hsm_wrapped_kind kind,
+                                        const st_rekey_row *row, const hsm_buf *wrapped);
+/* Re-wraps every row of one kind, a page at a time, counting them into *count. */
+hsm_result st_rekey_kind(void *conn, const hsm_store_rekey_req *req, hsm_wrapped_kind kind,
+                         st_rekey_read_fn read_page, st_rekey_write_fn write_row,
+                         uint64_t *count) HSM_MUST_CHECK;
 
 /* Opens a backend at its location (the part after the prefix, or all of it: store.c's table). */
 typedef hsm_result (*hsm_store_backend_open_fn)(const char *location, hsm_store **out);

@@ -125,9 +125,10 @@ static hsm_result read_access_key_row(const PGresult *r, int row, void *item)
 }
 
 /* Reads the next page of kind after *last into page (empty on entry). */
-static hsm_result read_page(pg_conn *w, hsm_wrapped_kind kind, const st_rekey_row *last,
+static hsm_result read_page(void *conn, hsm_wrapped_kind kind, const st_rekey_row *last,
                             st_vec *page)
 {
+	pg_conn *w = conn;
 	bool versions = kind == HSM_WRAPPED_KEY_MATERIAL;
 	pg_params p;
 	PGresult *r = NULL;
@@ -143,9 +144,10 @@ static hsm_result read_page(pg_conn *w, hsm_wrapped_kind kind, const st_rekey_ro
 	return res;
 }
 
-static hsm_result write_row(pg_conn *w, hsm_wrapped_kind kind, const st_rekey_row *row,
+static hsm_result write_row(void *conn, hsm_wrapped_kind kind, const st_rekey_row *row,
                             const hsm_buf *wrapped)
 {
+	pg_conn *w = conn;
 	bool versions = kind == HSM_WRAPPED_KEY_MATERIAL;
 	pg_params p;
 	PGresult *r = NULL;
@@ -161,37 +163,6 @@ static hsm_result write_row(pg_conn *w, hsm_wrapped_kind kind, const st_rekey_ro
 	return HSM_SUCCESS;
 }
 
-/* Re-wraps every row of one kind, a page at a time. */
-static hsm_result rekey_kind(pg_conn *w, const hsm_store_rekey_req *req, hsm_wrapped_kind kind,
-                             uint64_t *count)
-{
-	hsm_result res = HSM_SUCCESS;
-	st_rekey_row last = {0};
-	hsm_buf wrapped = {0};
-	st_vec page;
-	st_vec_init(&page, sizeof(st_rekey_row));
-	for (;;) {
-		HSM_TRY(read_page(w, kind, &last, &page));
-		for (size_t i = 0; i < page.n; i++) {
-			const st_rekey_row *row = st_vec_at(&page, i);
-			HSM_TRY(st_rekey_wrap(req, kind, row, &wrapped));
-			HSM_TRY(write_row(w, kind, row, &wrapped));
-			(*count)++;
-		}
-		if (page.n < ST_REKEY_PAGE)
-			break;
-		const st_rekey_row *end = st_vec_at(&page, page.n - 1);
-		memcpy(last.id, end->id, sizeof(last.id));
-		last.version = end->version;
-		st_vec_free(&page, st_rekey_row_clear);
-		st_vec_init(&page, sizeof(st_rekey_row));
-	}
-out:
-	st_vec_free(&page, st_rekey_row_clear);
-	hsm_buf_free(&wrapped);
-	return res;
-}
-
 static hsm_result rekey_body(pg_conn *w, void *arg)
 {
 	rekey_op *op = arg;
@@ -200,8 +171,10 @@ static hsm_result rekey_body(pg_conn *w, void *arg)
 	HSM_GUARD(pg_simple(w, SQL_LOCK, "lock the tables holding wrapped secrets"));
 	HSM_GUARD(refuse_other_sessions(op->s, w));
 	HSM_GUARD(check_expected(w, req));
-	HSM_GUARD(rekey_kind(w, req, HSM_WRAPPED_KEY_MATERIAL, &op->counts.versions));
-	HSM_GUARD(rekey_kind(w, req, HSM_WRAPPED_ACCESS_KEY, &op->counts.access_keys));
+	HSM_GUARD(st_rekey_kind(w, req, HSM_WRAPPED_KEY_MATERIAL, read_page, write_row,
+	                        &op->counts.versions));
+	HSM_GUARD(st_rekey_kind(w, req, HSM_WRAPPED_ACCESS_KEY, read_page, write_row,
+	                        &op->counts.access_keys));
 	for (size_t i = 0; i < req->n_meta; i++) {
 		pg_params p;
 		pg_params_init(&p);

@@ -78,9 +78,10 @@ static hsm_result read_access_key_row(sqlite3_stmt *st, void *item)
 }
 
 /* Reads the next page of kind after *last into page (empty on entry). */
-static hsm_result read_page(sq_conn *w, hsm_wrapped_kind kind, const st_rekey_row *last,
+static hsm_result read_page(void *conn, hsm_wrapped_kind kind, const st_rekey_row *last,
                             st_vec *page)
 {
+	sq_conn *w = conn;
 	sqlite3_stmt *st;
 	bool versions = kind == HSM_WRAPPED_KEY_MATERIAL;
 	HSM_GUARD(sq_prepare(w, versions ? SQL_VERSIONS_PAGE : SQL_ACCESS_KEYS_PAGE, &st));
@@ -95,9 +96,10 @@ static hsm_result read_page(sq_conn *w, hsm_wrapped_kind kind, const st_rekey_ro
 	return res;
 }
 
-static hsm_result write_row(sq_conn *w, hsm_wrapped_kind kind, const st_rekey_row *row,
+static hsm_result write_row(void *conn, hsm_wrapped_kind kind, const st_rekey_row *row,
                             const hsm_buf *wrapped)
 {
+	sq_conn *w = conn;
 	sqlite3_stmt *st;
 	bool versions = kind == HSM_WRAPPED_KEY_MATERIAL;
 	HSM_GUARD(sq_prepare(w, versions ? SQL_VERSION_SET : SQL_ACCESS_KEY_SET, &st));
@@ -112,43 +114,14 @@ static hsm_result write_row(sq_conn *w, hsm_wrapped_kind kind, const st_rekey_ro
 	return HSM_SUCCESS;
 }
 
-/* Re-wraps every row of one kind, a page at a time. */
-static hsm_result rekey_kind(sq_conn *w, const hsm_store_rekey_req *req, hsm_wrapped_kind kind,
-                             uint64_t *count)
-{
-	hsm_result res = HSM_SUCCESS;
-	st_rekey_row last = {0};
-	hsm_buf wrapped = {0};
-	st_vec page;
-	st_vec_init(&page, sizeof(st_rekey_row));
-	for (;;) {
-		HSM_TRY(read_page(w, kind, &last, &page));
-		for (size_t i = 0; i < page.n; i++) {
-			const st_rekey_row *row = st_vec_at(&page, i);
-			HSM_TRY(st_rekey_wrap(req, kind, row, &wrapped));
-			HSM_TRY(write_row(w, kind, row, &wrapped));
-			(*count)++;
-		}
-		if (page.n < ST_REKEY_PAGE)
-			break;
-		const st_rekey_row *end = st_vec_at(&page, page.n - 1);
-		memcpy(last.id, end->id, sizeof(last.id));
-		last.version = end->version;
-		st_vec_free(&page, st_rekey_row_clear);
-		st_vec_init(&page, sizeof(st_rekey_row));
-	}
-out:
-	st_vec_free(&page, st_rekey_row_clear);
-	hsm_buf_free(&wrapped);
-	return res;
-}
-
 static hsm_result rekey_in(sq_conn *w, const hsm_store_rekey_req *req,
                            hsm_store_rekey_counts *counts)
 {
 	HSM_GUARD(check_expected(w, req));
-	HSM_GUARD(rekey_kind(w, req, HSM_WRAPPED_KEY_MATERIAL, &counts->versions));
-	HSM_GUARD(rekey_kind(w, req, HSM_WRAPPED_ACCESS_KEY, &counts->access_keys));
+	HSM_GUARD(st_rekey_kind(w, req, HSM_WRAPPED_KEY_MATERIAL, read_page, write_row,
+	                        &counts->versions));
+	HSM_GUARD(st_rekey_kind(w, req, HSM_WRAPPED_ACCESS_KEY, read_page, write_row,
+	                        &counts->access_keys));
 	for (size_t i = 0; i < req->n_meta; i++) {
 		sqlite3_stmt *st;
 		HSM_GUARD(sq_prepare(w, SQL_META_SET, &st));

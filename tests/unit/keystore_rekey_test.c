@@ -14,6 +14,7 @@
 
 #include "crypto/blob.h"
 #include "keystore/keystore.h"
+#include "store/store_impl.h"
 #include "store_test_util.h"
 
 #define KEY_AES "aaaaaaaa-0000-4000-8000-000000000001"
@@ -176,6 +177,87 @@ static void wrapped_of(rk_fixture *t, const char *key_id, uint32_t version, hsm_
 	EXPECT_OK(hsm_store_version_get(t->f.s, key_id, version, &v));
 	EXPECT_OK(hsm_buf_set(out, v.wrapped.data, v.wrapped.len));
 	hsm_version_record_clear(&v);
+}
+
+/*
+ * More rows than one page of the rekey's walk, of both kinds: every row is
+ * re-wrapped, the last ones included (a row the walk skipped would be lost
+ * for good: only the old master key opens it, and the store no longer knows
+ * that key).
+ */
+#define MANY_KEYS (ST_REKEY_PAGE + 40)
+#define MANY_ACCESS_KEYS (ST_REKEY_PAGE + 3)
+static void test_rekey_crosses_pages(void **state)
+{
+	rk_fixture *t = *state;
+	hsm_buf first = {0}, last = {0};
+	hsm_ks_keyref refs[2];
+	char ids[2][HSM_UUID_STRLEN + 1];
+	for (unsigned i = 0; i < MANY_KEYS; i++) {
+		char id[HSM_UUID_STRLEN + 1];
+		st_key_id(id, 0x10000 + i);
+		hsm_ks_keyref ref = {id, 1, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT};
+		make_key(t, &ref);
+		if (i == 0 || i == MANY_KEYS - 1) {
+			int k = i == 0 ? 0 : 1;
+			memcpy(ids[k], id, sizeof(ids[k]));
+			refs[k] = (hsm_ks_keyref){ids[k], 1, HSM_SPEC_SYMMETRIC_DEFAULT,
+			                          HSM_USAGE_ENCRYPT_DECRYPT};
+			EXPECT_OK(hsm_ks_encrypt(t->ks, &refs[k], &t->ctx, (const uint8_t *)"page", 4,
+			                         k == 0 ? &first : &last));
+		}
+	}
+	char akid[21]; /* AKIA + 16 */
+	for (unsigned i = 0; i < MANY_ACCESS_KEYS; i++) {
+		snprintf(akid, sizeof(akid), "AKIAREKEYPAGE%07u", i % 10000000);
+		hsm_access_key_record ak = {.user = "app", .active = true};
+		memcpy(ak.access_key_id, akid, sizeof(akid));
+		hsm_secret *secret = NULL;
+		EXPECT_OK(hsm_secret_from((const uint8_t *)akid, strlen(akid), &secret));
+		EXPECT_OK(hsm_ks_wrap_secret(t->ks, akid, secret, &ak.wrapped_secret));
+		hsm_secret_free(secret);
+		EXPECT_OK(hsm_store_access_key_create(t->f.s, &ak));
+		hsm_access_key_record_clear(&ak);
+	}
+
+	hsm_ks_rekey *rk = NULL;
+	hsm_store_rekey_counts counts;
+	hsm_ks_rekey_outcome outcome;
+	EXPECT_OK(hsm_ks_rekey_prepare(t->ks, 2, 3, NULL, t->fresh, &rk));
+	EXPECT_OK(hsm_ks_rekey_commit(t->ks, rk, &counts, &outcome));
+	hsm_ks_rekey_free(rk);
+	assert_int_equal(counts.versions, 4 + MANY_KEYS);
+	assert_int_equal(counts.access_keys, 1 + MANY_ACCESS_KEYS);
+
+	/* A node started afresh with the new shares opens the first and the last of each. */
+	EXPECT_OK(restart_with(t, t->fresh, 2));
+	for (int k = 0; k < 2; k++) {
+		hsm_blob b;
+		hsm_buf pt;
+		hsm_buf_init_secure(&pt);
+		const hsm_buf *blob = k == 0 ? &first : &last;
+		EXPECT_OK(hsm_blob_parse(blob->data, blob->len, &b));
+		EXPECT_OK(hsm_ks_decrypt(t->ks, &refs[k], &b, &t->ctx, &pt));
+		assert_int_equal(pt.len, 4);
+		assert_memory_equal(pt.data, "page", 4);
+		hsm_buf_free(&pt);
+	}
+	for (unsigned i = 0; i < MANY_ACCESS_KEYS; i += MANY_ACCESS_KEYS - 1) {
+		snprintf(akid, sizeof(akid), "AKIAREKEYPAGE%07u", i % 10000000);
+		hsm_access_key_record ak;
+		memset(&ak, 0, sizeof(ak));
+		EXPECT_OK(hsm_store_access_key_get(t->f.s, akid, &ak));
+		hsm_secret *secret = NULL;
+		EXPECT_OK(hsm_ks_unwrap_secret(t->ks, akid, ak.wrapped_secret.data,
+		                               ak.wrapped_secret.len, &secret));
+		assert_int_equal(hsm_secret_len(secret), strlen(akid));
+		assert_memory_equal(hsm_secret_bytes(secret), akid, strlen(akid));
+		hsm_secret_free(secret);
+		hsm_access_key_record_clear(&ak);
+	}
+	assert_secrets_work(t);
+	hsm_buf_free(&first);
+	hsm_buf_free(&last);
 }
 
 static void test_rekey_rewraps_every_secret(void **state)
@@ -346,6 +428,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(test_rekey_rewraps_every_secret, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_rekey_crosses_pages, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_sealed_node_reads_the_new_identity, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_failed_rekey_changes_nothing, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_second_rekey_of_the_same_key_conflicts, setup,
