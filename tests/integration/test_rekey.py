@@ -3,8 +3,10 @@ node.  Every secret the store holds (keys of every kind and version, imported
 material, access keys, the audit signing key) is re-wrapped in one transaction:
 afterwards the old shares open nothing, the new ones open everything, and the
 audit trail verifies across it.  A refused or interrupted rekey changes nothing."""
+import base64
 import glob
 import hashlib
+import json
 import os
 import shutil
 import sqlite3
@@ -235,3 +237,59 @@ def test_rekey_then_everything_works_with_the_new_shares_only(stopped):
     p = hsmctl("audit", "verify", "--pubkey", stopped["pubkey"],
                *sorted(glob.glob(os.path.join(data, "audit", "*.jsonl"))))
     assert p.returncode == 0 and "result: VALID" in p.stdout, p.stdout + p.stderr
+
+
+def share_value(path):
+    """The secret part of a share file: its `value` line's hex."""
+    with open(path) as f:
+        values = [l.split(" ", 1)[1].strip() for l in f if l.startswith("value ")]
+    assert len(values) == 1 and len(values[0]) >= 64, path
+    return values[0]
+
+
+def test_the_audit_trail_reports_the_rekey_and_holds_no_share(stopped):
+    """After the rekey above: `audit report` lists it among the node events with both
+    share sets, both quorums and the counts; `audit verify` with the audit public key
+    taken before the rekey accepts the whole trail; and no share value, old or new,
+    is anywhere in the data directory's audit files (in hex, either case, or base64)."""
+    data, shares, base = stopped["data"], stopped["shares"], stopped["base"]
+    files = sorted(glob.glob(os.path.join(data, "audit", "*.jsonl")))
+    p = hsmctl("audit", "report", "--pubkey", stopped["pubkey"], "--json", *files)
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)
+    assert report["verified"]["valid"] and report["verified"]["signatures_checked"]
+    assert report["verified"]["checkpoints_verified"] > 0, report["verified"]
+    rekeys = [e for e in report["events"] if e["op"] == "Rekey"]
+    assert [e["outcome"] for e in rekeys] == ["error", "success"], rekeys
+    done = rekeys[1]["extra"]
+    with open(os.path.join(base, "new-shares", "xena.share")) as f:
+        new_set = next(l.split()[1] for l in f if l.startswith("set "))
+    with open(shares["alice"]) as f:
+        old_set = next(l.split()[1] for l in f if l.startswith("set "))
+    assert done == {"old_share_set": old_set, "old_threshold": "3", "old_shares": "5",
+                    "share_set": new_set, "threshold": "2", "shares": "3",
+                    "key_versions": "6", "access_keys": "2"}, done
+    # The failed one names the sets it was between, and no counts.
+    assert rekeys[0]["extra"]["old_share_set"] == old_set
+    assert "key_versions" not in rekeys[0]["extra"], rekeys[0]
+    p = hsmctl("audit", "report", "--pubkey", stopped["pubkey"], *files)
+    assert p.returncode == 0, p.stderr
+    events = p.stdout.split("\nnode events (", 1)[1].splitlines()
+    line = next(l for l in events if " Rekey " in l and "outcome=" not in l)
+    assert f"old_share_set={old_set}" in line and f"share_set={new_set}" in line, line
+    assert "threshold=2" in line and "key_versions=6" in line, line
+    p = hsmctl("audit", "verify", "--pubkey", stopped["pubkey"], *files)
+    assert p.returncode == 0 and "result: VALID" in p.stdout, p.stdout + p.stderr
+
+    new = sorted(glob.glob(os.path.join(base, "new-shares", "*.share")))
+    values = [share_value(f) for f in list(shares.values()) + new]
+    assert len(values) == 8 and len(set(values)) == 8
+    trail = b"".join(open(f, "rb").read() for f in
+                     glob.glob(os.path.join(data, "audit", "**"), recursive=True)
+                     if os.path.isfile(f))
+    assert b"Rekey" in trail  # the files searched are the trail
+    for v in values:
+        raw = bytes.fromhex(v)
+        for form in (v.lower(), v.upper(), base64.b64encode(raw).decode(),
+                     base64.urlsafe_b64encode(raw).decode().rstrip("=")):
+            assert form.encode() not in trail, f"a share value ({form[:8]}...) is in the audit trail"
