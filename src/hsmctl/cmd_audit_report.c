@@ -12,11 +12,11 @@
  * and source address; and, in order, every change (key lifecycle, policies,
  * aliases, tags, rotation, users and access keys, JWT signing, backups,
  * certificates) and every node event (start-up, init, unseal, seal, automatic
- * rotation and destruction, backups, restores, shutdown, and a start after a
- * run that did not shut down, flagged).  A change made under a quorum approval
- * names the custodians who approved it (approved_by), whatever the window or
- * key asked for; a user or access-key change names the user, roles and access
- * key its record carries.  Text for people, --json for programs.
+ * rotation and destruction, backups, restores, rekeys, shutdown, and a start
+ * after a run that did not shut down, flagged).  A change made under a quorum
+ * approval names the custodians who approved it (approved_by), whatever the
+ * window or key asked for; a user or access-key change names the user, roles
+ * and access key its record carries.  Text for people, --json for programs.
  */
 #include <errno.h>
 #include <stdio.h>
