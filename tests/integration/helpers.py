@@ -1,7 +1,8 @@
 """Helpers shared by the integration tests (not a test module itself).
 
 Assertions on KMS errors, the admin API, users with chosen roles, the audit
-trail, aws-cli, restarting a dev node on the same data directory, and a test PKI.
+trail, aws-cli, restarting a dev node on the same data directory, a test PKI, and a
+throwaway PostgreSQL server (tests/support/pg-server.sh).
 """
 import base64
 import contextlib
@@ -15,6 +16,7 @@ import tempfile
 import time
 import types
 import unittest.mock
+import urllib.parse
 
 import botocore.auth
 import botocore.exceptions
@@ -28,6 +30,8 @@ from conftest import (DEV_AKID, DEV_SECRET, REGION, Hsmd, signed_call, signed_re
                       parsed_body)
 
 AWS_CLI = "/usr/bin/aws"
+PG_SERVER = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                          "../support/pg-server.sh"))
 ACCOUNT = "111122223333"
 
 
@@ -229,3 +233,38 @@ def make_pki(d):
             "-subj", "/CN=another CA", cwd=d)
     return {n: os.path.join(d, n) for n in ("ca.pem", "server.pem", "server.key",
                                             "other-ca.pem")}
+
+
+class Postgres:
+    """A PostgreSQL server of its own, on a free loopback port."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="hsmd-pg-")
+        p = subprocess.run([PG_SERVER, "start", self.dir], capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode == 0, p.stdout + p.stderr
+        self.uri = p.stdout.strip().splitlines()[-1]
+        assert self.uri.startswith("postgresql://"), self.uri
+
+    def database(self, name):
+        """A new empty database; its URI."""
+        p = subprocess.run(["psql", self.uri, "-q", "-c", f"CREATE DATABASE {name}"],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        u = urllib.parse.urlsplit(self.uri)
+        return urllib.parse.urlunsplit(u._replace(path="/" + name))
+
+    def sql(self, uri, query):
+        p = subprocess.run(["psql", uri, "-At", "-c", query], capture_output=True, text=True,
+                           timeout=60)
+        assert p.returncode == 0, p.stderr
+        return p.stdout.strip()
+
+    def ctl(self, action):
+        p = subprocess.run([PG_SERVER, action, self.dir], capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode == 0, p.stdout + p.stderr
+
+    def close(self):
+        subprocess.run([PG_SERVER, "stop", self.dir], capture_output=True, timeout=120)
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -27,48 +27,11 @@ import urllib.parse
 import pytest
 
 from conftest import BUILD, HSMCTL, Hsmd, client, signed_call
-from helpers import admin, audit_records, raises, self_signed
+from helpers import PG_SERVER, Postgres, admin, audit_records, raises, self_signed
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
-PG_SERVER = os.path.join(ROOT, "tests/support/pg-server.sh")
 MODULE = os.path.join(BUILD, "libhsm_pkcs11.so")
 CUSTODIANS = ["alice", "bob", "carol", "dave", "erin"]
 CACHE_MS = 500
-
-
-class Postgres:
-    """A PostgreSQL server of its own, on a free loopback port."""
-
-    def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="hsmd-pg-")
-        p = subprocess.run([PG_SERVER, "start", self.dir], capture_output=True, text=True,
-                           timeout=120)
-        assert p.returncode == 0, p.stdout + p.stderr
-        self.uri = p.stdout.strip().splitlines()[-1]
-        assert self.uri.startswith("postgresql://"), self.uri
-
-    def database(self, name):
-        """A new empty database; its URI."""
-        p = subprocess.run(["psql", self.uri, "-q", "-c", f"CREATE DATABASE {name}"],
-                           capture_output=True, text=True, timeout=60)
-        assert p.returncode == 0, p.stderr
-        u = urllib.parse.urlsplit(self.uri)
-        return urllib.parse.urlunsplit(u._replace(path="/" + name))
-
-    def sql(self, uri, query):
-        p = subprocess.run(["psql", uri, "-At", "-c", query], capture_output=True, text=True,
-                           timeout=60)
-        assert p.returncode == 0, p.stderr
-        return p.stdout.strip()
-
-    def ctl(self, action):
-        p = subprocess.run([PG_SERVER, action, self.dir], capture_output=True, text=True,
-                           timeout=120)
-        assert p.returncode == 0, p.stdout + p.stderr
-
-    def close(self):
-        subprocess.run([PG_SERVER, "stop", self.dir], capture_output=True, timeout=120)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def hsmctl(*args, endpoint=None, store=None, check=True):

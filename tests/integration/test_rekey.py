@@ -2,20 +2,26 @@
 node.  Every secret the store holds (keys of every kind and version, imported
 material, access keys, the audit signing key) is re-wrapped in one transaction:
 afterwards the old shares open nothing, the new ones open everything, and the
-audit trail verifies across it.  A refused or interrupted rekey changes nothing."""
+audit trail verifies across it, and it is listed in the audit report with no
+share in the trail.  A refused or interrupted rekey changes nothing.  On a shared
+PostgreSQL store, the rekey is refused while any node runs, sealed or not."""
 import base64
 import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
+import subprocess
 import tempfile
+import time
+import types
 
 import pytest
 
-from conftest import Hsmd, client, signed_call
-from helpers import admin, audit_records, raises
+from conftest import HSMCTL, Hsmd, client, signed_call
+from helpers import Postgres, admin, audit_records, raises
 from test_backup import fields, hsmctl
 from test_import import do_import, external_key
 from test_sealed import create_first_officer, init_store, unseal
@@ -293,3 +299,191 @@ def test_the_audit_trail_reports_the_rekey_and_holds_no_share(stopped):
         for form in (v.lower(), v.upper(), base64.b64encode(raw).decode(),
                      base64.urlsafe_b64encode(raw).decode().rstrip("=")):
             assert form.encode() not in trail, f"a share value ({form[:8]}...) is in the audit trail"
+
+
+# ---- A shared PostgreSQL store ----------------------------------------------------------
+
+CUSTODIANS = ["alice", "bob", "carol", "dave", "erin"]
+# The metadata a rekey replaces (keystore_internal.h).
+REKEY_META = ("share_set", "kcv", "threshold", "shares", "audit_key", "import_digest_key")
+
+
+@pytest.fixture(scope="module")
+def pg():
+    server = Postgres()
+    yield server
+    server.close()
+
+
+def store_hsmctl(store, *args):
+    """hsmctl on the shared store: HSM_STORE keeps the password off the command line."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HSM_"))}
+    env["HSM_STORE"] = store
+    return subprocess.run([HSMCTL] + list(args), capture_output=True, text=True, timeout=120,
+                          env=env)
+
+
+def pg_secrets(pg, store):
+    """Every wrapped secret of the store and the metadata naming its master key, by row."""
+    out = pg.sql(store, "SELECT 'version ' || key_id || ' ' || version, md5(wrapped) "
+                        "FROM key_versions WHERE length(wrapped) > 0 "
+                        "UNION ALL SELECT 'access key ' || id, md5(wrapped_secret) "
+                        "FROM access_keys UNION ALL SELECT 'meta ' || name, md5(value) "
+                        "FROM meta WHERE name IN ('" + "','".join(REKEY_META) + "')")
+    return dict(l.split("|") for l in out.splitlines())
+
+
+def hsmd_sessions(pg, store):
+    return int(pg.sql(store, "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                             "current_database() AND application_name = 'hsmd'"))
+
+
+def make_keys(node, ops):
+    """A crypto user's access key, and AES, RSA, EC and HMAC keys used once each."""
+    admin(node, "CreateUser", {"UserName": "app", "Roles": ["crypto-user"]}, *ops)
+    k = admin(node, "CreateAccessKey", {"UserName": "app"}, *ops)
+    app = (k["AccessKeyId"], k["SecretAccessKey"])
+    kms, use = client(node, *ops), client(node, *app)
+    aes = kms.create_key(Description="aes")["KeyMetadata"]["KeyId"]
+    ct = use.encrypt(KeyId=aes, Plaintext=b"pg secret",
+                     EncryptionContext={"t": "pg"})["CiphertextBlob"]
+    sign = {}
+    for spec, alg in (("RSA_2048", "RSASSA_PKCS1_V1_5_SHA_256"),
+                      ("ECC_NIST_P256", "ECDSA_SHA_256")):
+        key = kms.create_key(KeySpec=spec, KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+        sig = use.sign(KeyId=key, Message=b"signed before", SigningAlgorithm=alg)["Signature"]
+        sign[key] = (alg, sig, kms.get_public_key(KeyId=key)["PublicKey"])
+    hmac = kms.create_key(KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")["KeyMetadata"]["KeyId"]
+    mac = use.generate_mac(KeyId=hmac, Message=b"mac me", MacAlgorithm="HMAC_SHA_256")["Mac"]
+    return types.SimpleNamespace(app=app, aes=aes, ct=ct, sign=sign, hmac=hmac, mac=mac)
+
+
+def check_keys(node, ops, k):
+    """What make_keys made still opens, verifies and matches through node."""
+    kms, use = client(node, *ops), client(node, *k.app)
+    assert use.decrypt(CiphertextBlob=k.ct, EncryptionContext={"t": "pg"})["Plaintext"] == \
+        b"pg secret"
+    for key, (alg, sig, pub) in k.sign.items():
+        assert kms.get_public_key(KeyId=key)["PublicKey"] == pub
+        assert use.verify(KeyId=key, Message=b"signed before", Signature=sig,
+                          SigningAlgorithm=alg)["SignatureValid"]
+    assert use.generate_mac(KeyId=k.hmac, Message=b"mac me",
+                            MacAlgorithm="HMAC_SHA_256")["Mac"] == k.mac
+    ct = use.encrypt(KeyId=k.aes, Plaintext=b"fresh")["CiphertextBlob"]
+    assert use.decrypt(CiphertextBlob=ct)["Plaintext"] == b"fresh"
+
+
+def wait_no_sessions(pg, store):
+    """A stopped node's PostgreSQL backends end just after it closes their connections."""
+    deadline = time.monotonic() + 10
+    while hsmd_sessions(pg, store) > 0:
+        assert time.monotonic() < deadline, "hsmd sessions still connected"
+        time.sleep(0.05)
+
+
+def test_rekey_of_a_shared_postgresql_store(pg):
+    """A 3-of-5 ceremony on a PostgreSQL store and a node that uses keys of every kind.
+    The rekey is refused while that node runs, and while a node that never unsealed
+    runs (it is connected to the store all the same: every node must be stopped); each
+    refusal changes no row and leaves no share file, and the old shares still unseal.
+    With every node stopped, the rekey to 2-of-3 re-wraps every row; two nodes refuse
+    the old shares by name, unseal with the new ones, and serve the keys as before."""
+    base = tempfile.mkdtemp(prefix="hsmd-rekey-pg-")
+    store = pg.database("rekey")
+    nodes = []
+
+    def start(name):
+        n = Hsmd(["--node-id", name, "--backup-interval-seconds", "0"], env={"HSM_STORE": store})
+        nodes.append(n)
+        return n
+
+    def stop(n):
+        n.stop()
+        wait_no_sessions(pg, store)
+
+    try:
+        old_dir = os.path.join(base, "shares")
+        p = store_hsmctl(store, "init", "--data-dir", os.path.join(base, "ceremony"),
+                         "--share-dir", old_dir, "--shares", "5", "--threshold", "3",
+                         "--custodians", ",".join(CUSTODIANS), "--admin", "ops")
+        assert p.returncode == 0 and "quorum: 3 of 5" in p.stdout, p.stdout + p.stderr
+        old = {c: os.path.join(old_dir, c + ".share") for c in CUSTODIANS}
+        a = start("node-a")
+        ops = create_first_officer(a, None, old)
+        for c in ("alice", "bob", "carol"):
+            assert unseal(a, old[c]).returncode == 0
+        k = make_keys(a, ops)
+        before = pg_secrets(pg, store)
+        assert sum(name.startswith("version ") for name in before) == 4  # AES, RSA, EC, HMAC
+        assert sum(name.startswith("access key ") for name in before) == 2  # ops, app
+        ctl = os.path.join(base, "rekey-data")  # the rekeying machine's audit trail
+
+        def rekey_pg(new_dir):
+            return store_hsmctl(store, "rekey", "--data-dir", ctl,
+                                *share_args(old, ["bob", "dave", "erin"]), "--share-dir",
+                                new_dir, "--shares", "3", "--threshold", "2",
+                                "--custodians", "xena,yann,zoe")
+
+        def refused(p, new_dir):
+            assert p.returncode == 1, p.stdout
+            assert re.search(r"\d+ other hsmd sessions? (is|are) connected", p.stderr), p.stderr
+            assert "this rekey changed nothing" in p.stderr and "were deleted" in p.stderr, \
+                p.stderr
+            assert os.listdir(new_dir) == []
+            assert pg_secrets(pg, store) == before
+
+        # (a) An unsealed node is running.
+        refused(rekey_pg(os.path.join(base, "refused-running")), os.path.join(base,
+                                                                               "refused-running"))
+        check_keys(a, ops, k)
+        stop(a)
+
+        # (b) A node that started and never unsealed: connected to the store all the same.
+        sealed = start("node-sealed")
+        st, body, _ = sealed.get("/readyz")
+        assert st == 503, body
+        assert hsmd_sessions(pg, store) > 0
+        refused(rekey_pg(os.path.join(base, "refused-sealed")), os.path.join(base,
+                                                                              "refused-sealed"))
+        for c in ("carol", "dave", "erin"):  # the old shares still open the store
+            assert unseal(sealed, old[c]).returncode == 0
+        check_keys(sealed, ops, k)
+        stop(sealed)
+
+        # (c) Every node stopped.
+        new_dir = os.path.join(base, "new-shares")
+        p = rekey_pg(new_dir)
+        assert p.returncode == 0, p.stdout + p.stderr
+        out = fields(p.stdout)
+        assert out["quorum"] == "2 of 3" and out["share set"] != out["old share set"]
+        assert "re-wrapped: 4 key versions, 2 access keys, the audit signing key" in p.stdout
+        after = pg_secrets(pg, store)
+        # The import-digest key is carried from the first rekey on (master.c).
+        assert "meta import_digest_key" not in before and "meta import_digest_key" in after
+        assert sorted(after) == sorted(list(before) + ["meta import_digest_key"])
+        changed = [name for name in before if after[name] != before[name]]
+        assert sorted(changed) == sorted(before), "rows left under the old master key"
+        new = {c: os.path.join(new_dir, c + ".share") for c in ("xena", "yann", "zoe")}
+        assert all(os.path.exists(f) for f in new.values())
+
+        n1, n2 = start("node-1"), start("node-2")
+        for n, who in ((n1, ("xena", "zoe")), (n2, ("yann", "zoe"))):
+            p = unseal(n, old["alice"])
+            assert p.returncode != 0 and "different split" in p.stderr, p.stderr
+            for c in who:
+                assert unseal(n, new[c]).returncode == 0
+            st, body, _ = n.get("/readyz")
+            assert st == 200, body
+        for n in (n1, n2):
+            check_keys(n, ops, k)
+
+        # Audited where hsmctl ran: the two refusals, then the rekey.
+        ev = [r for r in audit_records(ctl) if r.get("op") == "Rekey"]
+        assert [r["outcome"] for r in ev] == ["error", "error", "success"], ev
+        assert all(r["error"] == "ConflictException" for r in ev[:2]), ev
+        assert ev[2]["extra"]["share_set"] == out["share set"]
+        assert ev[2]["extra"]["key_versions"] == "4" and ev[2]["extra"]["access_keys"] == "2"
+    finally:
+        for n in nodes:
+            n.stop()
+        shutil.rmtree(base, ignore_errors=True)
