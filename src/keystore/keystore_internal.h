@@ -93,8 +93,12 @@ hsm_result ks_encode_shares(const hsm_secret *dmk, const char *store_id,
                             const uint8_t set_id[KS_SET_ID_LEN], unsigned threshold,
                             unsigned count, const char *const custodians[], bool dev,
                             hsm_buf out[]) HSM_MUST_CHECK;
-/* AAD binding the wrapped audit signing key to its store. */
-hsm_result ks_audit_key_aad(const char *store_id, hsm_buf *aad) HSM_MUST_CHECK;
+/*
+ * The store's audit signing key, unwrapped under `from` into *signer; with
+ * rewrap_to, also wrapped under it into rewrapped (a rekey).
+ */
+hsm_result ks_load_audit_key(hsm_keystore *ks, const hsm_secret *from, hsm_material **signer,
+                             const hsm_secret *rewrap_to, hsm_buf *rewrapped) HSM_MUST_CHECK;
 /* AAD binding an access key's wrapped secret to its identity (keystore.c). */
 hsm_result ks_principal_aad(const char *identity, hsm_buf *aad) HSM_MUST_CHECK;
 /* Wraps the import-digest key under dmk for META_IMPORT_DIGEST_KEY. */

@@ -69,7 +69,8 @@ hsm_result ks_material_aad(const hsm_ks_keyref *ref, hsm_buf *aad)
 	return hsm_buf_put_lp(aad, usage, strlen(usage));
 }
 
-hsm_result ks_audit_key_aad(const char *store_id, hsm_buf *aad)
+/* AAD binding the wrapped audit signing key to its store. */
+static hsm_result audit_key_aad(const char *store_id, hsm_buf *aad)
 {
 	HSM_GUARD(hsm_buf_put_lp(aad, AAD_AUDIT_KEY, strlen(AAD_AUDIT_KEY)));
 	return hsm_buf_put_lp(aad, store_id, strlen(store_id));
@@ -204,7 +205,7 @@ static hsm_result make_audit_key(const ks_keys *k, const char *store_id, hsm_mat
 	hsm_buf_init_secure(&pkcs8);
 	HSM_TRY(hsm_material_generate(HSM_SPEC_ECC_NIST_EDWARDS25519, &m));
 	HSM_TRY(hsm_material_export(m, &pkcs8));
-	HSM_TRY(ks_audit_key_aad(store_id, &aad));
+	HSM_TRY(audit_key_aad(store_id, &aad));
 	HSM_TRY(ks_wrap(k->audit, &aad, pkcs8.data, pkcs8.len, wrapped));
 	HSM_TRY(hsm_material_public_der(m, &der));
 	HSM_TRY(hsm_buf_put_str(pem, "-----BEGIN PUBLIC KEY-----\n"));
@@ -220,16 +221,18 @@ out:
 	return res;
 }
 
-static hsm_result load_audit_key(hsm_keystore *ks, ks_keys *k)
+hsm_result ks_load_audit_key(hsm_keystore *ks, const hsm_secret *from, hsm_material **signer,
+                             const hsm_secret *rewrap_to, hsm_buf *rewrapped)
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_buf wrapped = {0}, aad = {0}, pkcs8;
 	hsm_buf_init_secure(&pkcs8);
 	HSM_TRY(hsm_store_meta_get(ks->store, META_AUDIT_KEY, &wrapped));
-	HSM_TRY(ks_audit_key_aad(ks->store_id, &aad));
-	HSM_TRY(ks_unwrap(k->audit, &aad, wrapped.data, wrapped.len, &pkcs8));
-	HSM_TRY(hsm_material_import(HSM_SPEC_ECC_NIST_EDWARDS25519, pkcs8.data, pkcs8.len,
-	                            &k->audit_signer));
+	HSM_TRY(audit_key_aad(ks->store_id, &aad));
+	HSM_TRY(ks_unwrap(from, &aad, wrapped.data, wrapped.len, &pkcs8));
+	if (rewrap_to != NULL)
+		HSM_TRY(ks_wrap(rewrap_to, &aad, pkcs8.data, pkcs8.len, rewrapped));
+	HSM_TRY(hsm_material_import(HSM_SPEC_ECC_NIST_EDWARDS25519, pkcs8.data, pkcs8.len, signer));
 out:
 	hsm_buf_free(&wrapped);
 	hsm_buf_free(&aad);
@@ -447,7 +450,7 @@ static hsm_result complete_unseal(hsm_keystore *ks)
 	          "mismatch); all shares given so far were discarded");
 	HSM_TRY(ks_derive_all(dmk, ks->store_id, &keys));
 	if (ks->store != NULL) { /* a detached keystore has no audit key to load */
-		HSM_TRY(load_audit_key(ks, &keys));
+		HSM_TRY(ks_load_audit_key(ks, keys.audit, &keys.audit_signer, NULL, NULL));
 		HSM_TRY(load_import_digest_key(ks, dmk, &keys));
 	}
 	pthread_rwlock_wrlock(&ks->keys_lock);

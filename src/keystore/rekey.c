@@ -68,25 +68,6 @@ static hsm_result refuse_dev_store(hsm_keystore *ks)
 	return HSM_SUCCESS;
 }
 
-/* The audit signing key, unwrapped under the current keys and wrapped under rk's. */
-static hsm_result rewrap_audit_key(hsm_keystore *ks, hsm_ks_rekey *rk)
-{
-	hsm_result res = HSM_SUCCESS;
-	hsm_buf wrapped = {0}, aad = {0}, pkcs8;
-	hsm_buf_init_secure(&pkcs8);
-	HSM_TRY(hsm_store_meta_get(ks->store, META_AUDIT_KEY, &wrapped));
-	HSM_TRY(ks_audit_key_aad(ks->store_id, &aad));
-	HSM_TRY(ks_unwrap(ks->keys.audit, &aad, wrapped.data, wrapped.len, &pkcs8));
-	HSM_TRY(ks_wrap(rk->keys.audit, &aad, pkcs8.data, pkcs8.len, &rk->audit_wrapped));
-	HSM_TRY(hsm_material_import(HSM_SPEC_ECC_NIST_EDWARDS25519, pkcs8.data, pkcs8.len,
-	                            &rk->keys.audit_signer));
-out:
-	hsm_buf_free(&wrapped);
-	hsm_buf_free(&aad);
-	hsm_buf_free(&pkcs8);
-	return res;
-}
-
 /* Under ks->lock, unsealed: the new DMK, its derived keys, shares and wrapped metadata. */
 static hsm_result prepare_locked(hsm_keystore *ks, hsm_ks_rekey *rk,
                                  const char *const custodians[], hsm_buf shares_out[])
@@ -110,7 +91,9 @@ static hsm_result prepare_locked(hsm_keystore *ks, hsm_ks_rekey *rk,
 	                        hsm_secret_len(ks->keys.import_digest), &rk->keys.import_digest));
 	HSM_TRY(ks_wrap_import_digest_key(dmk, ks->store_id, rk->keys.import_digest,
 	                                  &rk->digest_wrapped));
-	HSM_TRY(rewrap_audit_key(ks, rk));
+	/* The audit signing key, unwrapped under the current keys and wrapped under rk's. */
+	HSM_TRY(ks_load_audit_key(ks, ks->keys.audit, &rk->keys.audit_signer, rk->keys.audit,
+	                          &rk->audit_wrapped));
 	HSM_TRY(ks_encode_shares(dmk, ks->store_id, rk->set_id, rk->threshold, rk->count, custodians,
 	                         false, shares_out));
 out:
