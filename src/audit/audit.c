@@ -138,6 +138,7 @@ static hsm_result init_writer(hsm_audit *a, const audit_tail_info *t)
 	w->next_seq = t->next_seq;
 	memcpy(w->head, t->head, AUDIT_HASH_LEN);
 	atomic_store(&a->next_seq_pub, t->next_seq);
+	w->kept_from = t->kept_from;
 	w->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
 	w->md_ctx = EVP_MD_CTX_new();
 	HSM_ENSURE(w->sha256 != NULL && w->md_ctx != NULL, HSM_ERR_CRYPTO, "SHA-256 unavailable");

@@ -287,6 +287,9 @@ typedef struct hsm_audit_verify_report {
 	uint64_t last_verified_seq;    /* seq of the last verified signed checkpoint, 0 = none */
 	uint64_t uncovered;            /* records after it (not covered by a signature) */
 	uint8_t last_hash[32];         /* SHA-256 of the last record's line: the head to anchor */
+	/* The last checkpoint stating it says every record from kept_from on is
+	 * kept (earlier ones were deleted by retention); 0 = none states it. */
+	uint64_t kept_from, kept_from_seq;
 	/* The first problem, when !valid. */
 	hsm_audit_problem problem;
 	char file[HSM_AUDIT_PATH_MAX];

@@ -212,12 +212,16 @@ hsm_result audit_format_body(hsm_buf *b, const char *node, const hsm_audit_recor
 }
 
 hsm_result audit_format_checkpoint_body(hsm_buf *b, const char *node, int64_t time_ms,
-                                        const char *reason, const uint8_t *sig, size_t sig_len,
-                                        const char *why)
+                                        const char *reason, uint64_t kept_from,
+                                        const uint8_t *sig, size_t sig_len, const char *why)
 {
 	HSM_GUARD(put_head(b, node, time_ms, HSM_AUDIT_CHECKPOINT));
 	HSM_GUARD(hsm_buf_put_str(b, ",\"checkpoint\":{\"reason\":"));
 	HSM_GUARD(audit_put_json_string(b, reason, HSM_AUDIT_NAME_MAX));
+	if (kept_from != 0) {
+		HSM_GUARD(hsm_buf_put_str(b, ",\"kept_from\":"));
+		HSM_GUARD(put_u64(b, kept_from));
+	}
 	if (sig != NULL) {
 		HSM_GUARD(hsm_buf_put_str(b, ",\"signed\":true,\"alg\":\"Ed25519\",\"sig\":\""));
 		HSM_GUARD(hsm_b64_encode(b, sig, sig_len));
@@ -231,12 +235,17 @@ hsm_result audit_format_checkpoint_body(hsm_buf *b, const char *node, int64_t ti
 }
 
 hsm_result audit_checkpoint_message(hsm_buf *b, const char *node, uint64_t seq,
-                                    const char *time_str, const char *reason, const char *prev_hex)
+                                    const char *time_str, const char *reason,
+                                    uint64_t kept_from, const char *prev_hex)
 {
 	/* Newline-separated; none of the parts can hold a newline (node ids and
 	 * reasons are restricted, time and prev have fixed forms). */
-	return hsm_buf_printf(b, "hsmd-audit-checkpoint-v1\n%s\n%llu\n%s\n%s\n%s", node,
-	                      (unsigned long long)seq, time_str, reason, prev_hex);
+	if (kept_from == 0)
+		return hsm_buf_printf(b, "hsmd-audit-checkpoint-v1\n%s\n%llu\n%s\n%s\n%s", node,
+		                      (unsigned long long)seq, time_str, reason, prev_hex);
+	return hsm_buf_printf(b, "hsmd-audit-checkpoint-v2\n%s\n%llu\n%s\n%s\n%llu\n%s", node,
+	                      (unsigned long long)seq, time_str, reason,
+	                      (unsigned long long)kept_from, prev_hex);
 }
 
 hsm_result audit_format_line(hsm_buf *b, uint64_t seq, const uint8_t *body, size_t body_len,

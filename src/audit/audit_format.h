@@ -30,20 +30,23 @@ hsm_result audit_format_body(hsm_buf *b, const char *node, const hsm_audit_recor
                              int64_t time_ms) HSM_MUST_CHECK;
 
 /*
- * Appends the body of a checkpoint.  sig is NULL for an unsigned checkpoint;
- * why says then why ("sealed", "signer failed").
+ * Appends the body of a checkpoint.  kept_from is the seq from which hsmd
+ * keeps every record (0: not stated, as before it was recorded).  sig is NULL
+ * for an unsigned checkpoint; why says then why ("sealed", "signer failed").
  */
 hsm_result audit_format_checkpoint_body(hsm_buf *b, const char *node, int64_t time_ms,
-                                        const char *reason, const uint8_t *sig, size_t sig_len,
+                                        const char *reason, uint64_t kept_from,
+                                        const uint8_t *sig, size_t sig_len,
                                         const char *why) HSM_MUST_CHECK;
 
 /*
  * The message a checkpoint signature covers: a fixed label, node, seq, time,
- * reason and the chain head (hex SHA-256 of the line before the checkpoint).
+ * reason, kept_from and the chain head (hex SHA-256 of the line before the
+ * checkpoint).  kept_from 0 gives the first version's message, without it.
  */
 hsm_result audit_checkpoint_message(hsm_buf *b, const char *node, uint64_t seq,
                                     const char *time_str, const char *reason,
-                                    const char *prev_hex) HSM_MUST_CHECK;
+                                    uint64_t kept_from, const char *prev_hex) HSM_MUST_CHECK;
 
 /* Appends a full line {"seq":N,body,"prev":"hex"} without the newline. */
 hsm_result audit_format_line(hsm_buf *b, uint64_t seq, const uint8_t *body, size_t body_len,

@@ -59,6 +59,7 @@ typedef struct audit_tail_info {
 	char path[PATH_MAX]; /* file to continue (when !needs_new_file) */
 	uint64_t file_first_seq;
 	int64_t file_first_ms;
+	uint64_t kept_from;  /* first seq of the oldest file: every record from it on is kept */
 	uint64_t torn_bytes; /* damaged bytes moved aside */
 	char torn_path[PATH_MAX];
 } audit_tail_info;
@@ -86,6 +87,7 @@ typedef struct audit_writer {
 	int64_t next_retention_ms;
 	uint64_t retry_at_ns;
 	uint64_t pending_first_seq; /* seq of the first line in pending */
+	uint64_t kept_from;      /* checkpoints state it: every record from this seq on is kept */
 	bool rotate_pending;     /* a rotation checkpoint ends the file: start a new one */
 	int last_errno;          /* errno of the last failed I/O step */
 	hsm_buf scratch;
@@ -143,6 +145,10 @@ struct hsm_audit {
 	atomic_bool sweep_unrecorded; /* swept is not empty (read by the writer without mu) */
 	char sweep_keep[PATH_MAX]; /* the current file's name when asked: never deleted */
 	hsm_buf swept;           /* comma-separated names deleted, not yet recorded */
+	/* The sweeper's request for a retention checkpoint before it deletes. */
+	bool ret_requested;
+	uint64_t ret_kept_from, ret_gen, ret_done_gen;
+	hsm_result ret_result;
 	bool sweeper_stop, sweeper_exited;
 
 	/* The current outage (under mu). */
@@ -212,6 +218,11 @@ void *audit_syncer_main(void *arg);
 void *audit_sweeper_main(void *arg);
 /* Turns the log unhealthy (if it is not already) and fails every queued record; mu held. */
 void audit_fail_locked(hsm_audit *a, audit_cbent *out, size_t *n_out, size_t max);
+/*
+ * From the sweeper, before it deletes: has the writer write a "retention"
+ * checkpoint stating kept_from and waits until it is durable (or fails).
+ */
+hsm_result audit_declare_kept_from(hsm_audit *a, uint64_t kept_from) HSM_MUST_CHECK;
 
 /* ---- audit_syslog.c ------------------------------------------------------ */
 

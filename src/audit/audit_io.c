@@ -171,39 +171,52 @@ hsm_result audit_retention_apply(hsm_audit *a, const char *keep_file, hsm_buf *d
 	hsm_result res = HSM_SUCCESS;
 	int64_t now = audit_now_ms(a), keep = (int64_t)a->cfg.retention_days * MS_PER_DAY;
 	hsm_buf line = {0};
-	bool any = false;
+	size_t expired = 0, deleted_n = 0;
+	uint64_t kept_from = 0;
 	/*
 	 * Only a prefix of the log goes: oldest first, stopping at the first file
 	 * that stays, so retention never opens a gap inside the log and reads one
 	 * file past those it deletes, however many there are.  Never the newest
 	 * file: it is the current one, or about to be.
 	 */
-	for (size_t i = 0; i + 1 < n; i++) {
-		if (strcmp(names[i], keep_file) == 0)
+	for (; expired + 1 < n; expired++) {
+		if (strcmp(names[expired], keep_file) == 0)
 			break;
 		char path[PATH_MAX];
 		int64_t t;
-		if ((size_t)snprintf(path, sizeof(path), "%s/%s", a->dir, names[i]) >= sizeof(path))
+		if ((size_t)snprintf(path, sizeof(path), "%s/%s", a->dir, names[expired]) >= sizeof(path))
 			break;
 		line.len = 0;
 		/* A file whose newest record cannot be read is kept: deleting is the irreversible side. */
 		if (!audit_read_last_line(path, &line) || !audit_line_time(line.data, line.len, &t)) {
 			hsm_warn("audit retention: the newest record of %s cannot be read; it and every "
-			         "later file are kept", names[i]);
+			         "later file are kept", names[expired]);
 			break;
 		}
 		if (now - t <= keep)
 			break;
-		if (unlink(path) != 0) {
+	}
+	if (expired == 0)
+		goto out;
+	/* The first file kept names the first record kept; stated before anything goes. */
+	if (!audit_parse_file_name(names[expired], &kept_from)) {
+		hsm_warn("audit retention: %s is not an audit file name; nothing deleted", names[expired]);
+		goto out;
+	}
+	HSM_TRY(audit_declare_kept_from(a, kept_from));
+	for (; deleted_n < expired; deleted_n++) {
+		char path[PATH_MAX];
+		if ((size_t)snprintf(path, sizeof(path), "%s/%s", a->dir, names[deleted_n]) >=
+		        sizeof(path) ||
+		    unlink(path) != 0) {
 			hsm_warn("audit retention: cannot delete %s: %s", path, strerror(errno));
 			break;
 		}
-		hsm_info("audit retention: deleted %s (newest record older than %u days)", names[i],
-		         a->cfg.retention_days);
-		any = true;
-		HSM_TRY(note_deleted(deleted, names[i]));
+		hsm_info("audit retention: deleted %s (newest record older than %u days)",
+		         names[deleted_n], a->cfg.retention_days);
+		HSM_TRY(note_deleted(deleted, names[deleted_n]));
 	}
-	if (any)
+	if (deleted_n > 0)
 		HSM_TRY(hsm_fsync_dir(a->dir));
 out:
 	hsm_buf_free(&line);

@@ -283,6 +283,13 @@ hsm_result audit_tail_scan(hsm_audit *a, audit_tail_info *out)
 	size_t n = 0;
 	HSM_GUARD(audit_list_files(a->dir, &names, &n));
 	hsm_result res = HSM_SUCCESS;
+	/*
+	 * Every record from the oldest file on is kept.  Files found missing at
+	 * the start show in verify: the floor the checkpoints state then rises
+	 * without a retention checkpoint saying so.
+	 */
+	if (n == 0 || !audit_parse_file_name(names[0], &out->kept_from))
+		out->kept_from = 1;
 	for (size_t i = n; i-- > 0;) {
 		char path[PATH_MAX];
 		bool found = false;
@@ -292,12 +299,13 @@ hsm_result audit_tail_scan(hsm_audit *a, audit_tail_info *out)
 		if (found) {
 			HSM_CHECK(audit_parse_file_name(names[i], &out->file_first_seq), HSM_ERR_INTERNAL,
 			          "bad file name");
-			break;
+			goto out;
 		}
 		/* Empty (or emptied) newest file: the chain continues from the one before. */
 		HSM_CHECK(unlink(path) == 0, HSM_ERR_IO, "cannot remove empty %s", path);
 		HSM_TRY(hsm_fsync_dir(a->dir));
 	}
+	out->kept_from = 1; /* no record found: a new log */
 out:
 	audit_free_list(names, n);
 	return res;

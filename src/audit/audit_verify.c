@@ -68,6 +68,16 @@ static void parse_checkpoint(json_t *c, ventry *e)
 		e->kind = VE_MALFORMED;
 		return;
 	}
+	json_t *kept = json_object_get(c, "kept_from");
+	if (kept != NULL) {
+		/* The oldest file kept starts at or before the checkpoint's own. */
+		if (!json_is_integer(kept) || json_integer_value(kept) <= 0 ||
+		    (uint64_t)json_integer_value(kept) > e->seq) {
+			e->kind = VE_MALFORMED;
+			return;
+		}
+		e->kept_from = (uint64_t)json_integer_value(kept);
+	}
 	e->ckpt_signed = json_is_true(sgn);
 	if (!e->ckpt_signed)
 		return;
@@ -177,25 +187,27 @@ void vstate_push(vstate *s, const ventry *e)
 
 /* ---- Checks beyond the chain --------------------------------------------- */
 
+typedef enum { SIG_NONE, SIG_UNCHECKED, SIG_VERIFIED } sig_state;
+
+/* Checks a checkpoint's signature; the caller counts it once the checkpoint is accepted. */
 static bool check_signature(vreader *r, EVP_PKEY *pub, const ventry *e,
-                            hsm_audit_verify_report *rep)
+                            hsm_audit_verify_report *rep, sig_state *st)
 {
-	if (!e->ckpt_signed) {
-		rep->checkpoints_unsigned++;
+	*st = SIG_NONE;
+	if (!e->ckpt_signed)
 		return true;
-	}
 	if (!e->ckpt_sig_ok_form) {
 		verify_report_at(r, rep, HSM_AUDIT_BAD_SIGNATURE, e, "checkpoint signature is not an "
 		                 "Ed25519 signature");
 		return false;
 	}
 	if (pub == NULL) {
-		rep->checkpoints_unchecked++;
+		*st = SIG_UNCHECKED;
 		return true;
 	}
 	hsm_buf msg = {0};
 	bool ok = hsm_ok(audit_checkpoint_message(&msg, e->node, e->seq, e->time, e->reason,
-	                                          e->prev_hex));
+	                                          e->kept_from, e->prev_hex));
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
 	ok = ok && ctx != NULL && EVP_DigestVerifyInit_ex(ctx, NULL, NULL, NULL, NULL, pub, NULL) == 1 &&
 	     EVP_DigestVerify(ctx, e->sig, sizeof(e->sig), msg.data, msg.len) == 1;
@@ -206,9 +218,20 @@ static bool check_signature(vreader *r, EVP_PKEY *pub, const ventry *e,
 		                 "checkpoint signature does not verify with the given public key");
 		return false;
 	}
-	rep->checkpoints_verified++;
-	rep->last_verified_seq = e->seq;
+	*st = SIG_VERIFIED;
 	return true;
+}
+
+static void count_checkpoint(const ventry *e, sig_state st, hsm_audit_verify_report *rep)
+{
+	if (st == SIG_NONE) {
+		rep->checkpoints_unsigned++;
+	} else if (st == SIG_UNCHECKED) {
+		rep->checkpoints_unchecked++;
+	} else {
+		rep->checkpoints_verified++;
+		rep->last_verified_seq = e->seq;
+	}
 }
 
 /* A file must begin where its name says and end with a rotation checkpoint. */
@@ -238,6 +261,35 @@ static bool check_file_end(vreader *r, const vstate *s, const ventry *e,
 	                 "truncated: the file ends at seq %llu without its rotation checkpoint",
 	                 (unsigned long long)p->seq);
 	return false;
+}
+
+/*
+ * The floor the checkpoints state (every record from kept_from on is kept)
+ * rises only at a "retention" checkpoint, which hsmd writes before it deletes
+ * expired files.  Any other rise means files left the start of the log some
+ * other way: by hand, or while hsmd was stopped (it states, at its next start,
+ * the oldest file it finds).  A lower floor (files put back) is no loss.
+ */
+static bool check_floor(vreader *r, vstate *s, const ventry *e, hsm_audit_verify_report *rep)
+{
+	if (e->kept_from == 0)
+		return true;
+	const ventry *f = &s->floor_at;
+	if (f->kept_from != 0 && e->kept_from > f->kept_from && strcmp(e->reason, "retention") != 0) {
+		verify_report_at(r, rep, HSM_AUDIT_DELETED, e,
+		                 "deleted: records %llu to %llu left the start of the log without "
+		                 "retention (the checkpoint at seq %llu keeps every record from seq "
+		                 "%llu, this %s checkpoint from seq %llu; only a retention checkpoint "
+		                 "raises it)",
+		                 (unsigned long long)f->kept_from, (unsigned long long)e->kept_from - 1,
+		                 (unsigned long long)f->seq, (unsigned long long)f->kept_from, e->reason,
+		                 (unsigned long long)e->kept_from);
+		return false;
+	}
+	s->floor_at = *e;
+	rep->kept_from = e->kept_from;
+	rep->kept_from_seq = e->seq;
+	return true;
 }
 
 /* The record an anchor names must be the one the anchor was taken from. */
@@ -280,10 +332,13 @@ static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, const hsm_audit_ve
 	if (!check_file_end(r, s, e, rep) || !verify_rules_check(r, s, rep) ||
 	    !check_file_edges(r, e, rep))
 		return false;
-	if (e->ckpt && !check_signature(r, pub, e, rep))
+	sig_state sig = SIG_NONE;
+	if (e->ckpt && (!check_signature(r, pub, e, rep, &sig) || !check_floor(r, s, e, rep)))
 		return false;
 	if (!check_anchor_record(r, e, o, rep))
 		return false;
+	if (e->ckpt)
+		count_checkpoint(e, sig, rep);
 	if (rep->records == 0)
 		rep->first_seq = e->seq;
 	rep->records++;
@@ -304,7 +359,17 @@ static bool check_end(vreader *r, const vstate *s, const hsm_audit_verify_option
 			snprintf(rep->file, sizeof(rep->file), "%s", r->names[0]);
 		return false;
 	}
-	const ventry *p = vstate_back(s, 0);
+	const ventry *p = vstate_back(s, 0), *f = &s->floor_at;
+	if (f->kept_from != 0 && rep->first_seq > f->kept_from) {
+		verify_report_at(r, rep, HSM_AUDIT_DELETED, f,
+		                 "deleted: the log starts at seq %llu, but the checkpoint at seq %llu "
+		                 "keeps every record from seq %llu: records %llu to %llu were not given, "
+		                 "or were deleted, and not by retention",
+		                 (unsigned long long)rep->first_seq, (unsigned long long)f->seq,
+		                 (unsigned long long)f->kept_from, (unsigned long long)f->kept_from,
+		                 (unsigned long long)rep->first_seq - 1);
+		return false;
+	}
 	if (o->anchor_seq > p->seq) {
 		verify_report_at(r, rep, HSM_AUDIT_TRUNCATED, p,
 		                 "truncated: the log ends at seq %llu, before seq %llu that the anchor "

@@ -31,6 +31,7 @@ typedef struct ventry {
 	/* Checkpoints */
 	bool ckpt, ckpt_signed, ckpt_sig_ok_form;
 	char reason[16], time[25], node[HSM_AUDIT_NAME_MAX + 1];
+	uint64_t kept_from; /* 0: the checkpoint does not state it */
 	uint8_t sig[64];
 } ventry;
 
@@ -59,6 +60,7 @@ typedef struct vstate {
 	bool have_p;
 	ventry hist[VERIFY_WINDOW]; /* accepted records, newest at hist_head-1 */
 	size_t hist_head, hist_count;
+	ventry floor_at;            /* the last checkpoint stating kept_from (kept_from 0: none) */
 } vstate;
 
 const ventry *vstate_back(const vstate *s, size_t i); /* 0 = last accepted */

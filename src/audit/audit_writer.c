@@ -362,12 +362,13 @@ static hsm_result write_checkpoint(hsm_audit *a, const char *reason)
 	char when[25], prev[AUDIT_HASH_HEX + 1];
 	audit_format_time(now, when);
 	audit_hex32(w->head, prev);
-	HSM_TRY(audit_checkpoint_message(&msg, a->node, w->next_seq, when, reason, prev));
+	HSM_TRY(audit_checkpoint_message(&msg, a->node, w->next_seq, when, reason, w->kept_from,
+	                                 prev));
 	const char *why = NULL;
 	bool signed_ok = sign_message(a, &msg, &sig, &why);
 	HSM_CHECK(atomic_load(&a->healthy), HSM_ERR_AUDIT_UNAVAILABLE, "the audit log is unavailable");
 	w->scratch.len = 0;
-	HSM_TRY(audit_format_checkpoint_body(&w->scratch, a->node, now, reason,
+	HSM_TRY(audit_format_checkpoint_body(&w->scratch, a->node, now, reason, w->kept_from,
 	                                     signed_ok ? sig.data : NULL, sig.len, why));
 	size_t from = w->pending.len;
 	HSM_TRY(append_line(a, w->scratch.data, w->scratch.len));
@@ -422,6 +423,58 @@ static void request_retention(hsm_audit *a)
 	a->sweep_requested = true;
 	pthread_cond_signal(&a->wake_sweeper);
 	pthread_mutex_unlock(&a->mu);
+}
+
+/*
+ * Retention states what it is about to delete before it deletes: a
+ * "retention" checkpoint whose kept_from is the first seq that stays.  Only
+ * such a checkpoint may raise the floor the checkpoints state, so verify
+ * tells files retention deleted from files deleted any other way (and a
+ * crash between the checkpoint and the deletion leaves files past the
+ * floor, which is no gap).  The writer answers; the sweeper waits.
+ */
+static void answer_retention(hsm_audit *a)
+{
+	pthread_mutex_lock(&a->mu);
+	bool asked = a->ret_requested;
+	uint64_t gen = a->ret_gen, kept_from = a->ret_kept_from;
+	a->ret_requested = false;
+	pthread_mutex_unlock(&a->mu);
+	if (!asked)
+		return;
+	hsm_result r = HSM_FAIL(HSM_ERR_AUDIT_UNAVAILABLE, "the audit log is unavailable");
+	if (atomic_load(&a->healthy)) {
+		uint64_t was = a->w.kept_from;
+		if (kept_from > a->w.kept_from)
+			a->w.kept_from = kept_from;
+		r = write_checkpoint(a, "retention");
+		if (hsm_failed(r))
+			a->w.kept_from = was; /* nothing will be deleted */
+	}
+	pthread_mutex_lock(&a->mu);
+	a->ret_done_gen = gen;
+	a->ret_result = r;
+	pthread_cond_broadcast(&a->wake_waiters);
+	pthread_mutex_unlock(&a->mu);
+}
+
+hsm_result audit_declare_kept_from(hsm_audit *a, uint64_t kept_from)
+{
+	uint64_t end = hsm_mono_ns() + (2ULL * a->cfg.io_deadline_ms + 2000) * NS_PER_MS;
+	pthread_mutex_lock(&a->mu);
+	a->ret_requested = true;
+	a->ret_kept_from = kept_from;
+	uint64_t gen = ++a->ret_gen;
+	pthread_cond_signal(&a->wake_writer);
+	pthread_cond_broadcast(&a->wake_waiters); /* a writer stopping the sweeper answers too */
+	while (a->ret_done_gen < gen && !a->writer_exited && hsm_mono_ns() < end)
+		timedwait_ns(&a->wake_waiters, &a->mu, end);
+	hsm_result r = a->ret_done_gen >= gen
+	                   ? a->ret_result
+	                   : HSM_FAIL(HSM_ERR_AUDIT_UNAVAILABLE, "the audit writer did not answer");
+	a->ret_requested = false;
+	pthread_mutex_unlock(&a->mu);
+	return r;
 }
 
 static void unrecorded(const hsm_buf *names)
@@ -517,8 +570,15 @@ static void stop_sweeper(hsm_audit *a)
 	pthread_mutex_lock(&a->mu);
 	a->sweeper_stop = true;
 	pthread_cond_signal(&a->wake_sweeper);
-	while (!a->sweeper_exited && hsm_mono_ns() < end)
+	while (!a->sweeper_exited && hsm_mono_ns() < end) {
+		if (a->ret_requested) { /* the pass waits for its checkpoint */
+			pthread_mutex_unlock(&a->mu);
+			answer_retention(a);
+			pthread_mutex_lock(&a->mu);
+			continue;
+		}
 		timedwait_ns(&a->wake_waiters, &a->mu, end);
+	}
 	bool exited = a->sweeper_exited;
 	pthread_mutex_unlock(&a->mu);
 	if (!exited)
@@ -624,7 +684,7 @@ static size_t take_batch(hsm_audit *a, bool *stop)
 			break;
 		if (a->sync_state == AUDIT_SYNC_DONE || (a->sweep_done && atomic_load(&a->healthy)))
 			break;
-		if (atomic_load(&a->stopping) || a->req_gen != a->done_gen ||
+		if (atomic_load(&a->stopping) || a->req_gen != a->done_gen || a->ret_requested ||
 		    (atomic_load(&a->signer_changed) && atomic_load(&a->healthy)))
 			break;
 		uint64_t now = hsm_mono_ns(), wake = next_wakeup(a, now);
@@ -654,6 +714,7 @@ static size_t take_batch(hsm_audit *a, bool *stop)
 
 static void answer_requests(hsm_audit *a)
 {
+	answer_retention(a);
 	pthread_mutex_lock(&a->mu);
 	bool rot = a->req_rotate, ck = a->req_checkpoint;
 	uint64_t gen = a->req_gen;

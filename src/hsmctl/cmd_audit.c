@@ -38,9 +38,14 @@ static void print_summary(const hsm_audit_verify_report *r)
 		       "end)\n",
 		       (unsigned long long)r->last_seq, hex);
 	}
-	if (r->records > 0 && r->first_seq != 1)
+	if (r->valid && r->records > 0 && r->first_seq != 1 && r->kept_from != 0)
+		printf("note: the log starts at seq %llu; records before it were deleted by retention "
+		       "(the checkpoint at seq %llu keeps every record from seq %llu)\n",
+		       (unsigned long long)r->first_seq, (unsigned long long)r->kept_from_seq,
+		       (unsigned long long)r->kept_from);
+	else if (r->records > 0 && r->first_seq != 1 && r->kept_from == 0)
 		printf("note: the log starts at seq %llu; earlier records were not given (or were "
-		       "removed by retention)\n",
+		       "removed by retention: no checkpoint given states what it kept)\n",
 		       (unsigned long long)r->first_seq);
 }
 

@@ -2,6 +2,7 @@
 fail closed with bounded refusals when the log cannot be written, automatic
 recovery, and a chain that verifies across restarts."""
 import base64
+import concurrent.futures
 import glob
 import json
 import os
@@ -315,6 +316,49 @@ def test_anchor_shows_records_cut_back_to_an_earlier_shutdown():
         bad = subprocess.run([HSMCTL, "audit", "verify", "--anchor", "12:xyz", path],
                              capture_output=True, text=True)
         assert bad.returncode == 2 and "SEQ:SHA256" in bad.stderr, bad.stdout + bad.stderr
+    finally:
+        subprocess.run(["rm", "-rf", tmp])
+
+
+def test_files_deleted_from_the_start_show():
+    """Every checkpoint states the first record hsmd keeps, and only
+    retention raises it.  Audit files deleted from the start while hsmd is
+    stopped show at its next start; verify names the records, where before it
+    took them for retention."""
+    tmp = tempfile.mkdtemp(prefix="hsmd-audit-start-")
+    data = os.path.join(tmp, "data")
+    try:
+        server = start_dev(["--data-dir", data, "--audit-rotate-bytes", "1M"])
+        server.data_dir = data
+        kms = client(server)
+        files = lambda: sorted(glob.glob(os.path.join(data, "audit", "audit-*.jsonl")))
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            while len(files()) < 2:
+                list(pool.map(lambda _: kms.list_keys(), range(400)))
+        st, pub = signed_call(server, "HsmdAdmin.AuditPublicKey", {})
+        assert st == 200
+        server.stop()
+        pem = os.path.join(tmp, "audit.pem")
+        with open(pem, "w") as f:
+            f.write(pub["PublicKey"])
+        ckpts = [r["checkpoint"] for r in records(server) if r["type"] == "checkpoint"]
+        assert ckpts and all(c["kept_from"] == 1 for c in ckpts), ckpts
+        res = verify(server, pubkey=pem)
+        assert res.returncode == 0, res.stdout
+        first = files()[0]
+        second_seq = int(os.path.basename(files()[1])[len("audit-"):-len(".jsonl")])
+        os.unlink(first)
+        server = start_dev(["--data-dir", data])
+        client(server).list_keys()
+        server.stop()
+        server.data_dir = data
+        res = verify(server, pubkey=pem)
+        assert res.returncode == 1, res.stdout
+        assert "result: INVALID" in res.stdout and "earlier records" not in res.stdout, res.stdout
+        # The checkpoint that shows it is not counted as covering anything.
+        assert re.search(r"up to seq \d+ \(\d{1,3} records after it\)", res.stdout), res.stdout
+        assert (f"records 1 to {second_seq - 1} left the start of the log without retention"
+                in res.stdout), res.stdout
     finally:
         subprocess.run(["rm", "-rf", tmp])
 

@@ -301,6 +301,146 @@ static void test_retention_keeps_the_log_whole(void **state)
 	t_rm_rf(dir);
 }
 
+/* The first seq a log file's name gives. */
+static uint64_t file_seq(const char *path)
+{
+	const char *base = strrchr(path, '/') + 1;
+	return strtoull(base + strlen("audit-"), NULL, 10);
+}
+
+/* Every remaining file of dir, concatenated in order. */
+static char *slurp_log(const char *dir)
+{
+	static char paths[T_MAX_FILES][PATH_MAX];
+	size_t n = t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES);
+	hsm_buf all = {0};
+	for (size_t i = 0; i < n; i++) {
+		size_t len = 0;
+		char *f = t_slurp(paths[i], &len);
+		assert_true(hsm_ok(hsm_buf_put(&all, f, len)));
+		free(f);
+	}
+	assert_true(hsm_ok(hsm_buf_terminate(&all)));
+	return (char *)all.data;
+}
+
+/*
+ * Before it deletes, retention states in a checkpoint the first record it
+ * keeps; verify takes that as the start of the log.  A file deleted from the
+ * start by hand afterwards is then a deletion, not retention.
+ */
+static void test_retention_states_what_it_keeps_before_deleting(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-retention-kept");
+	int64_t now = hsm_now_ms();
+	hsm_audit_config c = retention_config(dir);
+	hsm_audit *a = NULL;
+	atomic_store(&fake_now, now - 3000 * DAY_MS);
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	fill_and_rotate(a, now - 3000 * DAY_MS, 0); /* file 1: expired at the third pass */
+	fill_and_rotate(a, now - 2556 * DAY_MS, 5); /* file 2: kept */
+	static char before[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", before, T_MAX_FILES), 3);
+	fill_and_rotate(a, now, 10);
+	assert_true(hsm_ok(hsm_audit_checkpoint(a)));
+	hsm_audit_close(a);
+	uint64_t kept = file_seq(before[1]);
+	char want[80];
+	snprintf(want, sizeof(want), "\"reason\":\"retention\",\"kept_from\":%llu,",
+	         (unsigned long long)kept);
+	char *log = slurp_log(dir);
+	char *ck = strstr(log, want), *ev = strstr(log, "AuditFilesExpired");
+	assert_non_null(ck);
+	assert_true(ev != NULL && ev > ck); /* stated first, then deleted and recorded */
+	free(log);
+	hsm_audit_verify_report r = t_verify_dir(dir, NULL, false);
+	assert_true(r.valid);
+	assert_int_equal(r.first_seq, kept);
+	assert_int_equal(r.kept_from, kept);
+	/* The oldest kept file deleted by hand. */
+	assert_int_equal(unlink(before[1]), 0);
+	r = t_verify_dir(dir, NULL, false);
+	assert_false(r.valid);
+	assert_int_equal(r.problem, HSM_AUDIT_DELETED);
+	assert_non_null(strstr(r.detail, "not by retention"));
+	t_rm_rf(dir);
+}
+
+/*
+ * Files deleted from the start while hsmd is stopped: at its next start it
+ * states the oldest file it finds, a rise no retention checkpoint explains.
+ */
+static void test_files_deleted_while_stopped_show(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-deleted-stopped");
+	hsm_audit_config c = retention_config(dir);
+	hsm_audit *a = NULL;
+	atomic_store(&fake_now, hsm_now_ms());
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	fill_and_rotate(a, hsm_now_ms(), 0);
+	fill_and_rotate(a, hsm_now_ms(), 5);
+	hsm_audit_close(a);
+	static char files[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES), 3);
+	assert_true(t_verify_dir(dir, NULL, false).valid);
+	assert_int_equal(unlink(files[0]), 0);
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	append_n(a, 10, 2);
+	hsm_audit_close(a);
+	hsm_audit_verify_report r = t_verify_dir(dir, NULL, false);
+	assert_false(r.valid);
+	assert_int_equal(r.problem, HSM_AUDIT_DELETED);
+	assert_non_null(strstr(r.detail, "without retention"));
+	t_rm_rf(dir);
+}
+
+/* Fails every write once a retention pass has begun, while armed. */
+static atomic_bool fail_after_pass_armed, fail_writes;
+static int fail_after_pass(void *arg, hsm_audit_io_op op)
+{
+	(void)arg;
+	if (op == HSM_AUDIT_IO_RETENTION && atomic_load(&fail_after_pass_armed))
+		atomic_store(&fail_writes, true);
+	return op == HSM_AUDIT_IO_WRITE && atomic_load(&fail_writes) ? EIO : 0;
+}
+
+/* Retention that cannot state what it keeps deletes nothing. */
+static void test_retention_deletes_nothing_it_cannot_state(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-retention-unstated");
+	int64_t now = hsm_now_ms();
+	hsm_audit_config c = retention_config(dir);
+	c.test_io_hook = fail_after_pass;
+	hsm_audit *a = NULL;
+	atomic_store(&fake_now, now - 3000 * DAY_MS);
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	fill_and_rotate(a, now - 3000 * DAY_MS, 0); /* file 1: expired at the third pass */
+	fill_and_rotate(a, now - 2556 * DAY_MS, 5);
+	static char files[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES), 3);
+	atomic_store(&fake_now, now); /* retention is due: the next pass deletes file 1 */
+	atomic_store(&fail_after_pass_armed, true);
+	hsm_result ck = hsm_audit_checkpoint(a); /* the writer asks for the pass, then fails */
+	(void)ck;
+	wait_retention(a);
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES), 3);
+	assert_false(hsm_audit_healthy(a));
+	hsm_audit_stats st;
+	hsm_audit_get_stats(a, &st);
+	assert_int_equal(st.files_expired, 0);
+	atomic_store(&fail_after_pass_armed, false);
+	atomic_store(&fail_writes, false);
+	hsm_audit_close(a);
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES), 3);
+	t_rm_rf(dir);
+}
+
 /*
  * A wall clock stepped back (an NTP correction, a restored VM snapshot) puts
  * off no checkpoint: the next one still comes within one interval, so the
@@ -481,6 +621,9 @@ int main(void)
 	    cmocka_unit_test(test_continuity_across_rotation),
 	    cmocka_unit_test(test_retention_deletes_only_expired),
 	    cmocka_unit_test(test_retention_keeps_the_log_whole),
+	    cmocka_unit_test(test_retention_states_what_it_keeps_before_deleting),
+	    cmocka_unit_test(test_files_deleted_while_stopped_show),
+	    cmocka_unit_test(test_retention_deletes_nothing_it_cannot_state),
 	    cmocka_unit_test(test_clock_stepped_back_puts_off_no_checkpoint),
 	    cmocka_unit_test(test_torn_tail_detected_preserved_continued),
 	    cmocka_unit_test(test_damaged_last_lines_cut_back_to_valid),

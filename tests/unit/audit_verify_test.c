@@ -395,6 +395,72 @@ static void test_checkpoint_signatures(void **state)
 	EVP_PKEY_free(other.key);
 }
 
+/* Index of the n-th (0-based) line holding needle. */
+static size_t nth_line_with(const char *needle, size_t n)
+{
+	for (size_t i = 0; i < fx.n_lines; i++) {
+		const char *hit = strstr(fx.data + fx.off[i], needle);
+		if (hit != NULL && hit < fx.data + fx.off[i + 1] && n-- == 0)
+			return i;
+	}
+	fail_msg("no line %zu holding %s", n, needle);
+	return 0;
+}
+
+/* A copy of the log with the value of line i's "kept_from" set to v (one digit), rechained. */
+static char *with_kept_from(size_t i, char v)
+{
+	char *b = malloc(fx.len);
+	assert_non_null(b);
+	memcpy(b, fx.data, fx.len);
+	char *k = strstr(b + fx.off[i], "\"kept_from\":1,");
+	assert_true(k != NULL && k < b + fx.off[i + 1]);
+	k[strlen("\"kept_from\":")] = v;
+	char *fixed = rechain(b, fx.len, i + 1);
+	free(b);
+	return fixed;
+}
+
+/*
+ * Every checkpoint states the first seq hsmd keeps; the signature covers it,
+ * and only a retention checkpoint may raise it, so records deleted from the
+ * start other than by retention show.
+ */
+static void test_kept_from_is_signed_and_rises_only_at_retention(void **state)
+{
+	(void)state;
+	hsm_audit_verify_report r = verify_buf(fx.data, fx.len, fx.pem);
+	assert_true(r.valid);
+	assert_int_equal(r.kept_from, 1);
+	size_t last = fx.n_lines - 1, first = nth_line_with("\"kept_from\":1,", 0);
+	assert_non_null(strstr(fx.data + fx.off[last], "\"reason\":\"shutdown\",\"kept_from\":1,"));
+	assert_int_equal(r.kept_from_seq, last + 1);
+	/* Raised at the shutdown checkpoint: its signature fails; the chain alone shows a deletion. */
+	char *raised = with_kept_from(last, '2');
+	expect_bad(verify_buf(raised, fx.len, fx.pem), HSM_AUDIT_BAD_SIGNATURE, last + 1);
+	r = verify_buf(raised, fx.len, NULL);
+	expect_bad(r, HSM_AUDIT_DELETED, last + 1);
+	assert_non_null(strstr(r.detail, "without retention"));
+	free(raised);
+	/* At the first checkpoint nothing earlier states a floor: it is the signature that shows. */
+	raised = with_kept_from(first, '2');
+	expect_bad(verify_buf(raised, fx.len, fx.pem), HSM_AUDIT_BAD_SIGNATURE, first + 1);
+	free(raised);
+	/* Zero is no floor: malformed. */
+	char *zero = with_kept_from(first, '0');
+	expect_bad(verify_buf(zero, fx.len, NULL), HSM_AUDIT_MALFORMED, first + 1);
+	free(zero);
+	/* A file holding the log from its second record on misses record 1, which the
+	 * checkpoints keep; before checkpoints stated it, this read as retention. */
+	const char *names[1] = {"audit-00000000000000000002.jsonl"};
+	const uint8_t *data[1] = {(const uint8_t *)fx.data + fx.off[1]};
+	size_t lens[1] = {fx.len - fx.off[1]};
+	hsm_audit_verify_options o = {.pubkey_pem = fx.pem};
+	assert_true(hsm_ok(hsm_audit_verify_memory(names, data, lens, 1, &o, &r)));
+	expect_bad(r, HSM_AUDIT_DELETED, last); /* reported at the last checkpoint stating it */
+	assert_non_null(strstr(r.detail, "records 1 to 1 were not given, or were deleted"));
+}
+
 static void test_sealed_checkpoints_unsigned_then_covered(void **state)
 {
 	(void)state;
@@ -440,6 +506,7 @@ int main(void)
 	    cmocka_unit_test(test_reorders_detected),
 	    cmocka_unit_test(test_truncations_detected),
 	    cmocka_unit_test(test_checkpoint_signatures),
+	    cmocka_unit_test(test_kept_from_is_signed_and_rises_only_at_retention),
 	    cmocka_unit_test(test_sealed_checkpoints_unsigned_then_covered),
 	};
 	return cmocka_run_group_tests(tests, build_log, free_log);
