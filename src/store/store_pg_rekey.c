@@ -2,14 +2,18 @@
  * store_pg_rekey.c - re-wrapping every secret under a new master key
  * (hsm_store_rekey) in PostgreSQL.
  *
- * One transaction: the tables holding wrapped secrets and the metadata are
- * locked against writers first (SHARE ROW EXCLUSIVE: readers go on, a
- * writer waits and then times out), so nothing can be wrapped under the old
- * key beside the rekey.  Then it is refused while another hsmd session is
- * connected to the database: a node that stays up would keep the old
- * master key's wrapping keys and go on using them after the commit.  Nodes
- * are told apart by application_name, which store_pg.c sets to "hsmd";
- * this handle's own sessions are left out by their process ids.  Then the
+ * One transaction: the tables holding wrapped secrets are locked against
+ * writers first (SHARE ROW EXCLUSIVE: readers go on, a writer waits and then
+ * times out), so nothing can be wrapped under the old key beside the rekey,
+ * and the metadata against readers too (ACCESS EXCLUSIVE).  Then it is
+ * refused while another hsmd session is connected to the database: a node
+ * that stays up would keep the old master key's wrapping keys and go on
+ * using them after the commit.  Nodes are told apart by application_name,
+ * which store_pg.c sets to "hsmd"; this handle's own sessions are left out
+ * by their process ids.  A node that connects after that check reads the
+ * metadata (the key check value and share set it unseals against) only
+ * once the rekey has committed or rolled back, so it cannot unseal with the
+ * old shares and then write under the old key.  Then the
  * metadata naming the old key is checked, the rows are rewritten a page at
  * a time in primary-key order, and the metadata is replaced.
  */
@@ -18,8 +22,8 @@
 #include <stdio.h>
 #include <string.h>
 
-static const char SQL_LOCK[] =
-	"LOCK TABLE meta, key_versions, access_keys IN SHARE ROW EXCLUSIVE MODE";
+static const char SQL_LOCK[] = "LOCK TABLE key_versions, access_keys IN SHARE ROW EXCLUSIVE MODE;"
+                               "LOCK TABLE meta IN ACCESS EXCLUSIVE MODE";
 static const char SQL_OTHER_SESSIONS[] =
 	"SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
 	"AND application_name = 'hsmd' AND NOT (pid = ANY ($1::int[]))";

@@ -8,9 +8,11 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "crypto/blob.h"
 #include "keystore/keystore.h"
@@ -400,6 +402,77 @@ static void test_rekey_needs_the_master_key_and_a_quorum(void **state)
 	assert_null(rk);
 }
 
+typedef struct commit_run {
+	rk_fixture *t;
+	hsm_ks_rekey *rk;
+	hsm_result r;
+	hsm_ks_rekey_outcome outcome;
+} commit_run;
+
+static void *commit_thread(void *arg)
+{
+	commit_run *c = arg;
+	c->r = hsm_ks_rekey_commit(c->t->ks, c->rk, NULL, &c->outcome);
+	return NULL;
+}
+
+/*
+ * PostgreSQL: a node that connects while a rekey runs, after its check for
+ * other hsmd sessions, waits for the rekey to end before it reads the key
+ * check value and share set, so the old shares no longer unseal it: it
+ * cannot hold the old master key and wrap under it after the commit.
+ */
+static void test_a_node_unsealing_during_a_rekey_waits_for_it(void **state)
+{
+	rk_fixture *t = *state;
+	if (!st_is_pg())
+		skip(); /* SQLite: the directory lock keeps a second process out (store_test) */
+	/* The rekey pauses 2 s at the first row it re-wraps, inside its transaction. */
+	hsm_keystore_free(t->ks);
+	t->ks = NULL;
+	hsm_store_close(t->f.s);
+	t->f.s = NULL;
+	assert_int_equal(
+	    st_pg_exec(t->f.db,
+	               "CREATE TABLE napped (x int);"
+	               "CREATE FUNCTION nap() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN "
+	               "IF NOT EXISTS (SELECT 1 FROM napped) THEN INSERT INTO napped VALUES (1); "
+	               "PERFORM pg_sleep(2); END IF; RETURN NEW; END$$;"
+	               "CREATE TRIGGER nap BEFORE UPDATE ON key_versions FOR EACH ROW "
+	               "EXECUTE FUNCTION nap()"),
+	    0);
+	EXPECT_OK(hsm_store_open(t->f.loc, &t->f.s));
+	EXPECT_OK(restart_with(t, t->old, 3));
+	commit_run c = {.t = t};
+	EXPECT_OK(hsm_ks_rekey_prepare(t->ks, 2, 3, NULL, t->fresh, &c.rk));
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, commit_thread, &c), 0);
+	int i = 0;
+	while (i++ < 1000 && st_pg_int(t->f.db, "SELECT count(*) FROM pg_stat_activity "
+	                                        "WHERE wait_event = 'PgSleep'") != 1)
+		usleep(10 * 1000);
+	assert_true(i < 1000); /* the rekey is inside its transaction, past its check */
+	/* A node starts and unseals with the old shares. */
+	hsm_store *node = NULL;
+	hsm_keystore *nks = NULL;
+	EXPECT_OK(hsm_store_open(t->f.loc, &node));
+	EXPECT_OK(hsm_keystore_new(node, 0, &nks));
+	hsm_unseal_progress p;
+	hsm_result r = HSM_SUCCESS;
+	for (int s = 0; s < 3 && hsm_ok(r); s++)
+		r = hsm_keystore_unseal(nks, t->old[s].data, t->old[s].len, &p);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	EXPECT_OK(c.r);
+	assert_int_equal(c.outcome, HSM_KS_REKEY_DONE);
+	assert_true(hsm_failed(r));
+	assert_int_equal(r.err, HSM_ERR_SHARE_MISMATCH);
+	hsm_keystore_free(nks);
+	hsm_store_close(node);
+	hsm_ks_rekey_free(c.rk);
+	EXPECT_OK(restart_with(t, t->fresh, 2));
+	assert_secrets_work(t);
+}
+
 /* PostgreSQL: another hsmd session on the database (a running node) stops the rekey. */
 static void test_rekey_refused_beside_another_node(void **state)
 {
@@ -434,6 +507,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_second_rekey_of_the_same_key_conflicts, setup,
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_rekey_needs_the_master_key_and_a_quorum, setup,
+	                                    teardown),
+	    cmocka_unit_test_setup_teardown(test_a_node_unsealing_during_a_rekey_waits_for_it, setup,
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_rekey_refused_beside_another_node, setup, teardown),
 	};
