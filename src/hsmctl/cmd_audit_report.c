@@ -522,6 +522,10 @@ static void print_text(const report *r, const hsm_audit_verify_report *v, const 
 	       v->files, (unsigned long long)v->records, (unsigned long long)v->first_seq,
 	       (unsigned long long)v->last_seq, (unsigned long long)v->checkpoints_verified,
 	       o->verify.pubkey_pem == NULL ? " (no --pubkey: signatures not checked)" : "");
+	if (v->first_seq > 1 && v->kept_from != 0)
+		printf("retention: records before seq %llu were deleted by retention (stated by the "
+		       "checkpoint at seq %llu)\n",
+		       (unsigned long long)v->kept_from, (unsigned long long)v->kept_from_seq);
 	printf("period: %s to %s", r->records ? r->first : "-", r->records ? r->last : "-");
 	if (o->since[0] != '\0' || o->until[0] != '\0')
 		printf(" (asked: from %s until %s)", o->since[0] ? o->since : "the start",
@@ -552,9 +556,11 @@ static hsm_result emit_json(const report *r, const hsm_audit_verify_report *v,
                             const report_opts *o)
 {
 	json_t *out = json_pack(
-	    "{s:{s:b,s:I,s:I,s:I,s:I,s:I,s:b},s:{s:s?,s:s?,s:s?,s:s?},s:I,s:O,s:O,s:O,s:O,s:O,s:O}",
+	    "{s:{s:b,s:I,s:I,s:I,s:I,s:I,s:I,s:b},s:{s:s?,s:s?,s:s?,s:s?},s:I,s:O,s:O,s:O,s:O,s:O,"
+	    "s:O}",
 	    "verified", "valid", 1, "files", (json_int_t)v->files, "records", (json_int_t)v->records,
-	    "first_seq", (json_int_t)v->first_seq, "last_seq", (json_int_t)v->last_seq,
+	    "first_seq", (json_int_t)v->first_seq, "last_seq", (json_int_t)v->last_seq, "kept_from",
+	    (json_int_t)v->kept_from,
 	    "checkpoints_verified", (json_int_t)v->checkpoints_verified, "signatures_checked",
 	    o->verify.pubkey_pem != NULL, "period", "first", r->records ? r->first : NULL, "last",
 	    r->records ? r->last : NULL, "since", o->since[0] ? o->since : NULL, "until",

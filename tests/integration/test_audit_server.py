@@ -494,6 +494,7 @@ def test_audit_report_summarizes_a_verified_trail():
     assert p.returncode == 0, p.stderr
     out = p.stdout
     assert out.startswith("verified: ") and " 0 signed checkpoints" not in out, out
+    assert "\nretention: " not in out, out  # the trail starts at seq 1: nothing expired
     rows = {m.group(1): tuple(map(int, m.group(2).split()))
             for m in re.finditer(r"^  (\S+)\s+((?:\d+\s+){3}\d+)$", out, re.M)}
     assert rows["CreateKey"] == (3, 3, 0, 0) and rows["Encrypt"] == (3, 2, 1, 0), rows
@@ -511,6 +512,7 @@ def test_audit_report_summarizes_a_verified_trail():
     p = report(files, "--key", key, "--json")
     j = json.loads(p.stdout)
     assert j["verified"]["valid"] is True and j["key_id"] == key
+    assert j["verified"]["kept_from"] == 1 and j["verified"]["first_seq"] == 1, j["verified"]
     assert {op: c["total"] for op, c in j["operations"].items()} == \
         {"CreateKey": 1, "Encrypt": 2, "DisableKey": 1}
     assert [c["op"] for c in j["changes"]] == ["CreateKey", "DisableKey"]
