@@ -167,6 +167,11 @@ static hsm_result start(hsm_audit *a, const hsm_audit_config *cfg)
 	HSM_GUARD(hsm_strcpy(a->node, sizeof(a->node), cfg->node_id));
 	a->cfg.dir = a->dir;
 	a->cfg.node_id = a->node;
+	if (cfg->copy_dir != NULL && cfg->copy_dir[0] != '\0') {
+		HSM_GUARD(hsm_strcpy(a->copy_dir, sizeof(a->copy_dir), cfg->copy_dir));
+		HSM_GUARD(hsm_mkdir_p(a->copy_dir));
+	}
+	a->cfg.copy_dir = a->copy_dir[0] != '\0' ? a->copy_dir : NULL;
 	HSM_GUARD(init_sync(a));
 	a->cap = a->cfg.queue_capacity;
 	a->slots = calloc(a->cap, sizeof(*a->slots));
@@ -503,6 +508,8 @@ void hsm_audit_get_stats(const hsm_audit *a, hsm_audit_stats *out)
 	out->checkpoints_signed = m->ckpt_signed;
 	out->checkpoints_unsigned = m->ckpt_unsigned;
 	out->files_expired = m->files_expired;
+	out->files_copied = m->files_copied;
+	out->copy_failures = m->copy_failures;
 	out->retention_running = m->sweep_requested || m->sweep_running;
 	pthread_mutex_unlock(&m->mu);
 	out->syslog_dropped = m->syslog ? audit_syslog_dropped(m->syslog) : 0;

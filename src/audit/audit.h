@@ -108,6 +108,12 @@ typedef struct hsm_audit_config {
 	uint64_t rotate_bytes;        /* 0 = default 64 MiB */
 	uint64_t rotate_age_ms;       /* 0 = default 1 day */
 	uint32_t retention_days;      /* 0 = default 2557 (7 years) */
+	/*
+	 * NULL, or a second directory (another disk, a mount elsewhere) that
+	 * receives a copy of each closed file and keeps it as long as the
+	 * retention keeps the original; retention deletes no file not copied.
+	 */
+	const char *copy_dir;
 	uint32_t queue_capacity;      /* records waiting for the writer; 0 = default 16384 */
 	bool syslog;                  /* also forward each line to syslog(LOG_AUTHPRIV) */
 	bool batch_scheduling;        /* the writer under SCHED_BATCH (hsm_thread_batch) */
@@ -213,6 +219,8 @@ typedef struct hsm_audit_stats {
 	uint64_t checkpoints_signed;
 	uint64_t checkpoints_unsigned;
 	uint64_t files_expired;   /* files deleted by the retention since open */
+	uint64_t files_copied;    /* closed files copied to copy_dir since open */
+	uint64_t copy_failures;   /* files not copied (or copies not deleted) when tried */
 	bool retention_running;   /* a retention pass is asked for or running */
 } hsm_audit_stats;
 

@@ -145,6 +145,8 @@ struct hsm_audit {
 	atomic_bool sweep_unrecorded; /* swept is not empty (read by the writer without mu) */
 	char sweep_keep[PATH_MAX]; /* the current file's name when asked: never deleted */
 	hsm_buf swept;           /* comma-separated names deleted, not yet recorded */
+	char copy_dir[PATH_MAX]; /* "" when closed files are not copied */
+	char copied_upto[PATH_MAX]; /* the sweeper's: files named up to this one were checked */
 	/* The sweeper's request for a retention checkpoint before it deletes. */
 	bool ret_requested;
 	uint64_t ret_kept_from, ret_gen, ret_done_gen;
@@ -157,7 +159,7 @@ struct hsm_audit {
 
 	/* Counters (under mu). */
 	uint64_t refused_total, refused_in_outage, written_total, outages;
-	uint64_t ckpt_signed, ckpt_unsigned, files_expired;
+	uint64_t ckpt_signed, ckpt_unsigned, files_expired, files_copied, copy_failures;
 	atomic_uint_fast64_t next_seq_pub;
 
 	pthread_mutex_t signer_mu;
@@ -204,9 +206,11 @@ hsm_result audit_io_new_file(hsm_audit *a) HSM_MUST_CHECK;
 hsm_result audit_io_recover(hsm_audit *a) HSM_MUST_CHECK;
 /* fdatasync(fd) (through the test hook): 0 or an errno value.  Touches no writer state. */
 int audit_io_fdatasync(hsm_audit *a, int fd);
-/* Deletes the oldest files whose newest record is older than the retention,
- * never keep_file nor the newest file.  Appends the names deleted
- * (comma-separated) to deleted.  Touches no writer state. */
+/* Copies closed files missing from copy_dir there (when set), then deletes
+ * the oldest files whose newest record is older than the retention (and
+ * their copies), never keep_file nor the newest file nor one not copied.
+ * Appends the names deleted (comma-separated) to deleted.  Touches no
+ * writer state. */
 hsm_result audit_retention_apply(hsm_audit *a, const char *keep_file,
                                  hsm_buf *deleted) HSM_MUST_CHECK;
 

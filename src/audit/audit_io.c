@@ -161,6 +161,117 @@ static hsm_result note_deleted(hsm_buf *deleted, const char *name)
 	return hsm_buf_put_str(deleted, name);
 }
 
+static void count_copy(hsm_audit *a, bool copied)
+{
+	pthread_mutex_lock(&a->mu);
+	if (copied)
+		a->files_copied++;
+	else
+		a->copy_failures++;
+	pthread_mutex_unlock(&a->mu);
+}
+
+/* Whether the files at x and y end with the same line (the same place in one log). */
+static bool same_end(const char *x, const char *y)
+{
+	hsm_buf lx = {0}, ly = {0};
+	bool same = audit_read_last_line(x, &lx) && audit_read_last_line(y, &ly) &&
+	            lx.len == ly.len && hsm_ct_equal(lx.data, ly.data, lx.len);
+	hsm_buf_free(&lx);
+	hsm_buf_free(&ly);
+	return same;
+}
+
+typedef enum { COPY_PRESENT, COPY_OTHER_FILE, COPY_FAILED } copy_outcome;
+
+/*
+ * Makes sure the closed file name (at path) is in copy_dir: a file there of
+ * the same size is its copy (files named up to copied_upto were compared
+ * once before; a later one is compared by its last line first, so a copy
+ * directory holding another log's file of that name is found); a missing
+ * one is copied.  Anything else is left alone and reported.
+ */
+
+static copy_outcome copy_closed(hsm_audit *a, const char *name, const char *path)
+{
+	char dst[PATH_MAX];
+	struct stat ss, ds;
+	if ((size_t)snprintf(dst, sizeof(dst), "%s/%s", a->copy_dir, name) >= sizeof(dst) ||
+	    stat(path, &ss) != 0) {
+		hsm_warn("audit_copy_dir: cannot copy %s", name);
+		count_copy(a, false);
+		return COPY_FAILED;
+	}
+	if (stat(dst, &ds) == 0) {
+		bool checked = strcmp(name, a->copied_upto) <= 0;
+		if (ds.st_size == ss.st_size && (checked || same_end(path, dst))) {
+			if (!checked)
+				snprintf(a->copied_upto, sizeof(a->copied_upto), "%s", name);
+			return COPY_PRESENT;
+		}
+		hsm_warn("audit_copy_dir: %s is not a copy of the audit file of that name (another "
+		         "log's, or changed): left as it is, and the original is kept",
+		         dst);
+		count_copy(a, false);
+		return COPY_OTHER_FILE;
+	}
+	bool copied = false;
+	if (errno != ENOENT)
+		hsm_warn("audit_copy_dir: cannot read %s: %s", dst, strerror(errno));
+	else if (hsm_failed(hsm_copy_file_into(path, a->copy_dir)))
+		hsm_log_failure("copying an audit file to audit_copy_dir");
+	else
+		copied = true;
+	if (!copied) {
+		count_copy(a, false);
+		return COPY_FAILED;
+	}
+	hsm_info("audit: copied %s to %s", name, a->copy_dir);
+	snprintf(a->copied_upto, sizeof(a->copied_upto), "%s", name);
+	count_copy(a, true);
+	return COPY_PRESENT;
+}
+
+/*
+ * Copies every closed file; returns the index of the first not in copy_dir
+ * (n - 1 if all are).  A file of another log under one name does not stop
+ * the later ones; a failure to copy (the directory unusable, a full disk)
+ * ends the pass's copying, reported once, tried again at the next pass.
+ */
+static size_t copy_closed_files(hsm_audit *a, char **names, size_t n, const char *keep_file)
+{
+	size_t first_missing = n - 1;
+	for (size_t i = 0; i + 1 < n; i++) {
+		char path[PATH_MAX];
+		if (strcmp(names[i], keep_file) == 0)
+			break;
+		copy_outcome o = (size_t)snprintf(path, sizeof(path), "%s/%s", a->dir, names[i]) <
+		                         sizeof(path)
+		                     ? copy_closed(a, names[i], path)
+		                     : COPY_FAILED;
+		if (o != COPY_PRESENT && first_missing == n - 1)
+			first_missing = i;
+		if (o == COPY_FAILED)
+			break;
+	}
+	return first_missing;
+}
+
+/* Deletes the copies of the files retention deleted. */
+static void delete_copies(hsm_audit *a, char **names, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		char dst[PATH_MAX];
+		if ((size_t)snprintf(dst, sizeof(dst), "%s/%s", a->copy_dir, names[i]) >= sizeof(dst) ||
+		    (unlink(dst) != 0 && errno != ENOENT)) {
+			hsm_warn("audit retention: cannot delete the copy %s: %s", dst, strerror(errno));
+			count_copy(a, false);
+		}
+	}
+	if (n > 0 && hsm_failed(hsm_fsync_dir(a->copy_dir)))
+		hsm_log_failure("audit retention: syncing audit_copy_dir");
+}
+
 hsm_result audit_retention_apply(hsm_audit *a, const char *keep_file, hsm_buf *deleted)
 {
 	char **names = NULL;
@@ -173,6 +284,8 @@ hsm_result audit_retention_apply(hsm_audit *a, const char *keep_file, hsm_buf *d
 	hsm_buf line = {0};
 	size_t expired = 0, deleted_n = 0;
 	uint64_t kept_from = 0;
+	size_t copied_n = n > 0 && a->copy_dir[0] != '\0' ? copy_closed_files(a, names, n, keep_file)
+	                                                  : n;
 	/*
 	 * Only a prefix of the log goes: oldest first, stopping at the first file
 	 * that stays, so retention never opens a gap inside the log and reads one
@@ -195,6 +308,12 @@ hsm_result audit_retention_apply(hsm_audit *a, const char *keep_file, hsm_buf *d
 		}
 		if (now - t <= keep)
 			break;
+		if (expired >= copied_n) {
+			hsm_warn("audit retention: %s has expired but is not in audit_copy_dir; it and "
+			         "every later file are kept until it is",
+			         names[expired]);
+			break;
+		}
 	}
 	if (expired == 0)
 		goto out;
@@ -218,6 +337,8 @@ hsm_result audit_retention_apply(hsm_audit *a, const char *keep_file, hsm_buf *d
 	}
 	if (deleted_n > 0)
 		HSM_TRY(hsm_fsync_dir(a->dir));
+	if (a->copy_dir[0] != '\0')
+		delete_copies(a, names, deleted_n);
 out:
 	hsm_buf_free(&line);
 	audit_free_list(names, n);

@@ -661,37 +661,5 @@ out:
 
 hsm_result hsm_backup_copy(const char *path, const char *dir)
 {
-	hsm_result res = HSM_SUCCESS;
-	char tmp[4096] = "", final[4096];
-	uint8_t *buf = malloc(CHUNK_DEFAULT);
-	int src = -1, dst = -1;
-	const char *slash = strrchr(path, '/');
-	const char *name = slash ? slash + 1 : path;
-	HSM_CHECK(buf != NULL, HSM_ERR_NOMEM, "out of memory");
-	HSM_TRY(hsm_mkdir_p(dir));
-	HSM_TRY(join(final, sizeof(final), dir, name));
-	int n = snprintf(tmp, sizeof(tmp), "%s/.%s.part", dir, name);
-	HSM_CHECK(n > 0 && (size_t)n < sizeof(tmp), HSM_ERR_VALIDATION, "path too long: %s", dir);
-	src = open(path, O_RDONLY | O_CLOEXEC);
-	HSM_CHECK(src >= 0, HSM_ERR_IO, "cannot open %s: %s", path, strerror(errno));
-	unlink(tmp); /* a temporary left by a crash */
-	HSM_TRY(open_new(tmp, &dst));
-	for (;;) {
-		size_t got;
-		HSM_TRY(read_upto(src, buf, CHUNK_DEFAULT, &got, path));
-		if (got == 0)
-			break;
-		HSM_TRY(write_all(dst, buf, got, tmp));
-	}
-	res = publish(dst, tmp, final, dir);
-	dst = -1;
-out:
-	if (src >= 0)
-		close(src);
-	if (dst >= 0)
-		close(dst);
-	if (tmp[0] != '\0')
-		unlink(tmp);
-	free(buf);
-	return res;
+	return hsm_copy_file_into(path, dir);
 }

@@ -17,6 +17,8 @@
 
 #include "common/buf.h"
 
+#define COPY_CHUNK ((size_t)1 << 20)
+
 int64_t hsm_now(void)
 {
 	return (int64_t)time(NULL);
@@ -308,6 +310,50 @@ out:
 		close(fd);
 		unlink(tmp);
 	}
+	return res;
+}
+
+hsm_result hsm_copy_file_into(const char *path, const char *dir)
+{
+	hsm_result res = HSM_SUCCESS;
+	char tmp[PATH_MAX] = "", final[PATH_MAX];
+	const char *slash = strrchr(path, '/');
+	const char *name = slash ? slash + 1 : path;
+	int src = -1, dst = -1;
+	uint8_t *buf = malloc(COPY_CHUNK);
+	HSM_CHECK(buf != NULL, HSM_ERR_NOMEM, "out of memory");
+	HSM_TRY(hsm_mkdir_p(dir));
+	HSM_CHECK((size_t)snprintf(final, sizeof(final), "%s/%s", dir, name) < sizeof(final) &&
+	              (size_t)snprintf(tmp, sizeof(tmp), "%s/.%s.part", dir, name) < sizeof(tmp),
+	          HSM_ERR_VALIDATION, "path too long: %s/%s", dir, name);
+	src = open(path, O_RDONLY | O_CLOEXEC);
+	HSM_CHECK(src >= 0, HSM_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+	unlink(tmp); /* a temporary left by a crash */
+	dst = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+	HSM_CHECK(dst >= 0, HSM_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
+	for (;;) {
+		ssize_t got = read(src, buf, COPY_CHUNK);
+		if (got < 0 && errno == EINTR)
+			continue;
+		HSM_CHECK(got >= 0, HSM_ERR_IO, "cannot read %s: %s", path, strerror(errno));
+		if (got == 0)
+			break;
+		HSM_TRY(write_all(dst, buf, (size_t)got, tmp));
+	}
+	HSM_CHECK(fsync(dst) == 0, HSM_ERR_IO, "cannot sync %s: %s", tmp, strerror(errno));
+	HSM_CHECK(close(dst) == 0, HSM_ERR_IO, "cannot close %s: %s", tmp, strerror(errno));
+	dst = -1;
+	HSM_CHECK(rename(tmp, final) == 0, HSM_ERR_IO, "cannot rename %s: %s", tmp, strerror(errno));
+	tmp[0] = '\0';
+	HSM_TRY(hsm_fsync_dir(dir));
+out:
+	if (src >= 0)
+		close(src);
+	if (dst >= 0)
+		close(dst);
+	if (tmp[0] != '\0')
+		unlink(tmp);
+	free(buf);
 	return res;
 }
 

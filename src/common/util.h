@@ -106,6 +106,12 @@ hsm_result hsm_read_file(const char *path, size_t max, struct hsm_buf *out) HSM_
  */
 hsm_result hsm_write_file_atomic(const char *path, const void *p, size_t n,
                                  unsigned mode) HSM_MUST_CHECK;
+/*
+ * Copies the file at path into dir under its own name, durably: a temporary
+ * ".NAME.part" in dir (mode 0600), fsync, rename over NAME, fsync of dir.
+ * The temporary is removed on failure; dir is created if missing.
+ */
+hsm_result hsm_copy_file_into(const char *path, const char *dir) HSM_MUST_CHECK;
 /* Creates a directory (mode 0700) unless it already exists. */
 hsm_result hsm_mkdir_p(const char *path) HSM_MUST_CHECK;
 /* fsyncs a directory so that a rename or a create inside it is durable. */

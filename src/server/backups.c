@@ -35,11 +35,11 @@ static hsm_result newest_of(const char *path, const hsm_backup_info *info, void 
 }
 
 /*
- * A backup directory hsmd can use: made if missing, and a file can be
- * created in it.  Checked at start so a wrong setting stops the node at once
- * rather than failing the first backup a day later.
+ * A directory hsmd can use: made if missing, and a file can be created in
+ * it.  Checked at start so a wrong setting stops the node at once rather
+ * than failing the first backup (or audit file copy) a day later.
  */
-static hsm_result usable_dir(const char *setting, const char *dir)
+hsm_result hsm_server_usable_dir(const char *setting, const char *dir)
 {
 	/* Only the reason: the caller's message names the setting and its source. */
 	char why[HSM_ERRMSG_MAX];
@@ -64,10 +64,10 @@ hsm_result hsm_server_backup_init(hsm_server *s)
 {
 	const char *store_id = hsm_keystore_store_id(s->ks);
 	newest n = {0, 0};
-	HSM_GUARD(hsm_server_blame(s, "backup_dir", usable_dir("backup_dir", s->backup_dir)));
+	HSM_GUARD(hsm_server_blame(s, "backup_dir", hsm_server_usable_dir("backup_dir", s->backup_dir)));
 	if (s->backup_copy_dir[0] != '\0')
 		HSM_GUARD(hsm_server_blame(s, "backup_copy_dir",
-		                           usable_dir("backup_copy_dir", s->backup_copy_dir)));
+		                           hsm_server_usable_dir("backup_copy_dir", s->backup_copy_dir)));
 	hsm_backup_remove_leftovers(s->backup_dir, s->data_dir); /* the store is locked: ours */
 	if (*store_id == '\0')
 		return HSM_SUCCESS;

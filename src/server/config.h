@@ -88,6 +88,7 @@ typedef struct hsm_config {
 	char backup_copy_dir[HSM_CONFIG_PATH_MAX];
 	/* audit */
 	char audit_dir[HSM_CONFIG_PATH_MAX];
+	char audit_copy_dir[HSM_CONFIG_PATH_MAX];
 	uint32_t audit_fsync_ms;
 	uint32_t audit_fsync_max_lag_ms;
 	uint64_t audit_rotate_bytes;

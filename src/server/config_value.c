@@ -92,6 +92,9 @@ const key_def hsm_config_keys[] = {
      "start a new audit file past this age"},
     {"audit_retention_days", K_U32, FIELD(audit_retention_days), 1, 36500, "2557", "DAYS",
      "keep audit files this long"},
+    {"audit_copy_dir", K_DIR_OPT, FIELD(audit_copy_dir), 0, 0, "", "DIR",
+     "also copy each closed audit file here (another disk, a mount in another region); "
+     "retention deletes no file not copied"},
     {"audit_checkpoint_seconds", K_U32, FIELD(audit_checkpoint_seconds), 1, DAY, "60", "S",
      "interval between signed audit checkpoints"},
     {"audit_syslog", K_BOOL, FIELD(audit_syslog), 0, 0, "false", "BOOL",

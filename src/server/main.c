@@ -39,6 +39,7 @@ static void options_from(const hsm_config *cfg, hsm_server_options *o)
 	o->audit_rotate_bytes = cfg->audit_rotate_bytes;
 	o->audit_rotate_seconds = cfg->audit_rotate_seconds;
 	o->audit_retention_days = cfg->audit_retention_days;
+	o->audit_copy_dir = cfg->audit_copy_dir[0] ? cfg->audit_copy_dir : NULL;
 	o->backup_dir = cfg->backup_dir;
 	o->backup_copy_dir = cfg->backup_copy_dir[0] ? cfg->backup_copy_dir : NULL;
 	o->backup_interval = cfg->backup_interval_seconds;

@@ -96,6 +96,9 @@ static void batch_hook(bool begin)
 static hsm_result open_audit(hsm_server *s)
 {
 	HSM_GUARD(hsm_server_blame(s, "audit_dir", hsm_mkdir_p(s->audit_dir)));
+	if (s->audit_copy_dir[0] != '\0')
+		HSM_GUARD(hsm_server_blame(s, "audit_copy_dir",
+		                           hsm_server_usable_dir("audit_copy_dir", s->audit_copy_dir)));
 	hsm_audit_config ac = {
 	    .dir = s->audit_dir,
 	    .node_id = s->node_id,
@@ -105,6 +108,7 @@ static hsm_result open_audit(hsm_server *s)
 	    .rotate_bytes = s->opt.audit_rotate_bytes,
 	    .rotate_age_ms = s->opt.audit_rotate_seconds * 1000U,
 	    .retention_days = s->opt.audit_retention_days,
+	    .copy_dir = s->audit_copy_dir[0] != '\0' ? s->audit_copy_dir : NULL,
 	    .syslog = s->opt.audit_syslog,
 	    .batch_scheduling = s->opt.http.batch_scheduling,
 	    .batch_hook = batch_hook,
@@ -229,6 +233,8 @@ hsm_result hsm_server_new(const hsm_server_options *opt, hsm_server **out)
 		          HSM_ERR_VALIDATION, "data_dir is too long");
 	if (opt->backup_copy_dir != NULL)
 		HSM_TRY(hsm_strcpy(s->backup_copy_dir, sizeof(s->backup_copy_dir), opt->backup_copy_dir));
+	if (opt->audit_copy_dir != NULL)
+		HSM_TRY(hsm_strcpy(s->audit_copy_dir, sizeof(s->audit_copy_dir), opt->audit_copy_dir));
 	if (s->opt.backup_retention_days == 0)
 		s->opt.backup_retention_days = 90;
 	HSM_TRY(copy_opt(s->node_id, sizeof(s->node_id), opt->node_id, "node_id"));
@@ -238,6 +244,7 @@ hsm_result hsm_server_new(const hsm_server_options *opt, hsm_server **out)
 	s->opt.audit_dir = s->audit_dir;
 	s->opt.backup_dir = s->backup_dir;
 	s->opt.backup_copy_dir = s->backup_copy_dir[0] ? s->backup_copy_dir : NULL;
+	s->opt.audit_copy_dir = s->audit_copy_dir[0] ? s->audit_copy_dir : NULL;
 	if (s->opt.lockout_threshold == 0)
 		s->opt.lockout_threshold = 5;
 	HSM_TRY(jwt_defaults(&s->opt));
@@ -605,6 +612,11 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "# TYPE hsmd_audit_next_sequence gauge\nhsmd_audit_next_sequence %llu\n"
 	    "# HELP hsmd_audit_files_expired_total Audit files deleted by the retention.\n"
 	    "# TYPE hsmd_audit_files_expired_total counter\nhsmd_audit_files_expired_total %llu\n"
+	    "# HELP hsmd_audit_files_copied_total Closed audit files copied to audit_copy_dir.\n"
+	    "# TYPE hsmd_audit_files_copied_total counter\nhsmd_audit_files_copied_total %llu\n"
+	    "# HELP hsmd_audit_copy_failures_total Audit files not copied to audit_copy_dir when "
+	    "tried (retried each pass: after a rotation, hourly), or expired copies not deleted.\n"
+	    "# TYPE hsmd_audit_copy_failures_total counter\nhsmd_audit_copy_failures_total %llu\n"
 	    "# TYPE hsmd_key_cache_hits_total counter\nhsmd_key_cache_hits_total %llu\n"
 	    "# TYPE hsmd_key_cache_misses_total counter\nhsmd_key_cache_misses_total %llu\n"
 	    "# TYPE hsmd_key_cache_entries gauge\nhsmd_key_cache_entries %llu\n"
@@ -624,8 +636,8 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    (int)atomic_load(&s->store_up), (int)atomic_load(&s->leading),
 	    (unsigned long long)as.written, (unsigned long long)as.refused,
 	    (unsigned long long)as.outages, (unsigned long long)as.next_seq,
-	    (unsigned long long)as.files_expired,
-	    (unsigned long long)ks.cache_hits, (unsigned long long)ks.cache_misses,
+	    (unsigned long long)as.files_expired, (unsigned long long)as.files_copied,
+	    (unsigned long long)as.copy_failures, (unsigned long long)ks.cache_hits, (unsigned long long)ks.cache_misses,
 	    (unsigned long long)ks.cache_entries, s->lane != NULL ? hsm_lane_depth(s->lane) : 0));
 	HSM_GUARD(hsm_buf_printf(
 	    out,

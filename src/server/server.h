@@ -33,6 +33,7 @@ typedef struct hsm_server_options {
 	uint32_t store_cache_ms;     /* key metadata cache lifetime; 0: until changed here */
 	uint32_t key_usage_flush_ms; /* last uses of keys written to the store this often; 0: 1000 */
 	const char *audit_dir;       /* NULL: <data_dir>/audit */
+	const char *audit_copy_dir;  /* NULL: closed audit files are not copied */
 	const char *backup_dir;      /* NULL: <data_dir>/backups */
 	const char *backup_copy_dir; /* NULL: backups are not copied */
 	uint32_t backup_interval;    /* seconds between scheduled backups; 0: none */
@@ -72,6 +73,7 @@ typedef struct hsm_server {
 	hsm_server_options opt;
 	char data_dir[4096];
 	char audit_dir[4096];
+	char audit_copy_dir[4096]; /* "" when closed audit files are not copied */
 	char backup_dir[4096];
 	char backup_copy_dir[4096]; /* "" when backups are not copied */
 	char node_id[65];
@@ -246,6 +248,8 @@ void hsm_server_jwks(hsm_server *s, hsm_http_req *req);
  * an interrupted backup left, reads the newest backup's time and size.
  */
 hsm_result hsm_server_backup_init(hsm_server *s) HSM_MUST_CHECK;
+/* A directory made if missing, in which a file can be created (VALIDATION naming setting). */
+hsm_result hsm_server_usable_dir(const char *setting, const char *dir) HSM_MUST_CHECK;
 /* Returns r; when it failed, names setting as its cause (options' failed_setting). */
 hsm_result hsm_server_blame(const hsm_server *s, const char *setting, hsm_result r);
 /*

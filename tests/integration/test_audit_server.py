@@ -363,6 +363,49 @@ def test_files_deleted_from_the_start_show():
         subprocess.run(["rm", "-rf", tmp])
 
 
+def test_closed_audit_files_are_copied_to_the_copy_dir():
+    """audit_copy_dir (another disk, a mount in another region) receives each
+    closed file, byte for byte, soon after its rotation; the copies and the
+    file hsmd was writing verify as one trail."""
+    tmp = tempfile.mkdtemp(prefix="hsmd-audit-copy-")
+    data, copies = os.path.join(tmp, "data"), os.path.join(tmp, "dr", "audit")
+    try:
+        server = start_dev(["--data-dir", data, "--audit-rotate-bytes", "1M",
+                            "--audit-copy-dir", copies])
+        server.data_dir = data
+        kms = client(server)
+        files = lambda d: sorted(glob.glob(os.path.join(d, "audit-*.jsonl")))
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            while len(files(os.path.join(data, "audit"))) < 2:
+                list(pool.map(lambda _: kms.list_keys(), range(400)))
+
+        def copied():
+            st, body, _ = server.get("/metrics")
+            m = re.search(r"^hsmd_audit_files_copied_total (\d+)$", body.decode(), re.M)
+            return st == 200 and m and int(m.group(1)) >= 1
+        assert wait_for(copied, timeout=20)
+        st, body, _ = server.get("/metrics")
+        assert re.search(r"^hsmd_audit_copy_failures_total 0$", body.decode(), re.M), body
+        st, pub = signed_call(server, "HsmdAdmin.AuditPublicKey", {})
+        assert st == 200
+        server.stop()
+        originals, dr = files(os.path.join(data, "audit")), files(copies)
+        assert len(dr) == len(originals) - 1 >= 1, (originals, dr)
+        for c in dr:
+            with open(c, "rb") as f1, open(os.path.join(data, "audit", os.path.basename(c)),
+                                            "rb") as f2:
+                assert f1.read() == f2.read(), c
+        assert os.stat(dr[0]).st_mode & 0o777 == 0o600
+        pem = os.path.join(tmp, "audit.pem")
+        with open(pem, "w") as f:
+            f.write(pub["PublicKey"])
+        res = subprocess.run([HSMCTL, "audit", "verify", "--pubkey", pem] + dr + originals[-1:],
+                             capture_output=True, text=True)
+        assert res.returncode == 0 and "VALID" in res.stdout, res.stdout
+    finally:
+        subprocess.run(["rm", "-rf", tmp])
+
+
 def mount_tmpfs(path, size):
     os.makedirs(path, exist_ok=True)
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],

@@ -61,6 +61,13 @@ def test_a_backup_copy_dir_from_the_config_file(tmp):
     assert "backup_copy_dir" in err and f"(backup_copy_dir from {conf}:2)" in err, err
 
 
+def test_an_audit_copy_dir_from_the_environment(tmp):
+    err = refused(["--dev", "--data-dir", os.path.join(tmp, "data"),
+                   "--listen", f"127.0.0.1:{free_port()}"],
+                  env={"HSM_AUDIT_COPY_DIR": blocker(tmp)})
+    assert "audit_copy_dir" in err and "(audit_copy_dir from HSM_AUDIT_COPY_DIR)" in err, err
+
+
 def test_a_quorum_from_the_environment(tmp):
     err = refused(["--dev", "--data-dir", os.path.join(tmp, "data"),
                    "--listen", f"127.0.0.1:{free_port()}"], env={"HSM_APPROVAL_QUORUM": "2"})

@@ -441,6 +441,172 @@ static void test_retention_deletes_nothing_it_cannot_state(void **state)
 	t_rm_rf(dir);
 }
 
+/* Whether the files at x and y hold the same bytes. */
+static bool same_file(const char *x, const char *y)
+{
+	size_t nx = 0, ny = 0;
+	char *a = t_slurp(x, &nx), *b = t_slurp(y, &ny);
+	bool same = nx == ny && memcmp(a, b, nx) == 0;
+	free(a);
+	free(b);
+	return same;
+}
+
+/* The path of name (a log file's path) in dir. */
+static void in_dir(char out[PATH_MAX], const char *dir, const char *path)
+{
+	int n = snprintf(out, PATH_MAX, "%.2048s/%.1024s", dir, strrchr(path, '/') + 1);
+	assert_true(n > 0 && n < PATH_MAX);
+}
+
+/*
+ * With a copy directory, each closed file is copied there, the current one
+ * is not, and retention deletes a copy with its original; the copies and
+ * the current file verify as one log.
+ */
+static void test_closed_files_are_copied_and_expire_with_their_originals(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX], copies[PATH_MAX], path[PATH_MAX];
+	t_mkdtemp(dir, "audit-copy");
+	t_mkdtemp(copies, "audit-copies");
+	int64_t now = hsm_now_ms();
+	hsm_audit_config c = retention_config(dir);
+	c.copy_dir = copies;
+	hsm_audit *a = NULL;
+	atomic_store(&fake_now, now - 3000 * DAY_MS);
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	fill_and_rotate(a, now - 3000 * DAY_MS, 0);
+	fill_and_rotate(a, now - 2556 * DAY_MS, 5);
+	static char files[T_MAX_FILES][PATH_MAX], copied[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES), 3);
+	assert_int_equal(t_list(copies, "audit-", ".jsonl", copied, T_MAX_FILES), 2);
+	for (int i = 0; i < 2; i++) {
+		in_dir(path, dir, copied[i]);
+		assert_string_equal(path, files[i]);
+		assert_true(same_file(files[i], copied[i]));
+	}
+	hsm_audit_stats st;
+	hsm_audit_get_stats(a, &st);
+	assert_int_equal(st.files_copied, 2);
+	assert_int_equal(st.copy_failures, 0);
+	fill_and_rotate(a, now, 10); /* file 3 copied; file 1 and its copy expire */
+	hsm_audit_close(a);
+	assert_int_equal(t_list(copies, "audit-", ".jsonl", copied, T_MAX_FILES), 2);
+	in_dir(path, copies, files[1]);
+	assert_string_equal(copied[0], path);
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES), 3);
+	assert_true(same_file(files[1], copied[1]));
+	/* The copies, then the file still being written when hsmd stopped: one log. */
+	const char *log[3] = {copied[0], copied[1], files[2]};
+	hsm_audit_verify_options o = {0};
+	hsm_audit_verify_report r;
+	assert_true(hsm_ok(hsm_audit_verify_files(log, 3, &o, &r)));
+	assert_true(r.valid);
+	assert_int_equal(r.first_seq, file_seq(copied[0]));
+	t_rm_rf(dir);
+	t_rm_rf(copies);
+}
+
+/* A file the copy directory does not hold is kept past its retention, until it is copied. */
+static void test_retention_keeps_files_not_copied(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX], copies[PATH_MAX];
+	t_mkdtemp(dir, "audit-copy-fails");
+	t_mkdtemp(copies, "audit-copies-fail");
+	int64_t now = hsm_now_ms();
+	hsm_audit_config c = retention_config(dir);
+	c.copy_dir = copies;
+	hsm_audit *a = NULL;
+	atomic_store(&fake_now, now - 3000 * DAY_MS);
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	/* The copy directory's disk went away: a file stands where it was. */
+	assert_int_equal(rmdir(copies), 0);
+	FILE *f = fopen(copies, "w");
+	assert_non_null(f);
+	fclose(f);
+	fill_and_rotate(a, now - 3000 * DAY_MS, 0);
+	fill_and_rotate(a, now - 2556 * DAY_MS, 5);
+	fill_and_rotate(a, now, 10); /* file 1 has expired, but has no copy */
+	static char files[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES), 4);
+	assert_int_equal(file_seq(files[0]), 1);
+	hsm_audit_stats st;
+	hsm_audit_get_stats(a, &st);
+	assert_int_equal(st.files_expired, 0);
+	assert_int_equal(st.files_copied, 0);
+	assert_true(st.copy_failures >= 3);
+	/* It is back: the next pass copies everything closed, then retention goes on. */
+	assert_int_equal(unlink(copies), 0);
+	assert_int_equal(mkdir(copies, 0700), 0);
+	fill_and_rotate(a, now, 15);
+	hsm_audit_get_stats(a, &st);
+	assert_int_equal(st.files_copied, 4);
+	assert_int_equal(st.files_expired, 1);
+	hsm_audit_close(a);
+	static char copied[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(copies, "audit-", ".jsonl", copied, T_MAX_FILES), 3);
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES), 4);
+	assert_true(file_seq(files[0]) > 1 && file_seq(copied[0]) == file_seq(files[0]));
+	t_rm_rf(dir);
+	t_rm_rf(copies);
+}
+
+/*
+ * A copy directory holding a different file under a log file's name
+ * (another node's log, or a copy changed since) is left as it is: reported,
+ * and the original is kept.  Compared by size, then by its last line.
+ */
+static void test_a_different_file_in_the_copy_dir_is_left_alone(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX], copies[PATH_MAX];
+	t_mkdtemp(dir, "audit-copy-other");
+	t_mkdtemp(copies, "audit-copies-other");
+	int64_t now = hsm_now_ms();
+	hsm_audit_config c = retention_config(dir);
+	c.copy_dir = copies;
+	hsm_audit *a = NULL;
+	atomic_store(&fake_now, now - 3000 * DAY_MS);
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	fill_and_rotate(a, now - 3000 * DAY_MS, 0);
+	hsm_audit_close(a);
+	static char copied[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(copies, "audit-", ".jsonl", copied, T_MAX_FILES), 1);
+	/* The copy changed in its last line, keeping its size. */
+	size_t len = 0;
+	char *body = t_slurp(copied[0], &len);
+	body[len - 1] = '\0';
+	char *last = strrchr(body, '\n');
+	body[len - 1] = '\n';
+	assert_non_null(last);
+	char *seq = strstr(last, "\"seq\":");
+	assert_non_null(seq);
+	seq[6] = seq[6] == '9' ? '8' : (char)(seq[6] + 1);
+	FILE *f = fopen(copied[0], "w");
+	assert_non_null(f);
+	assert_int_equal(fwrite(body, 1, len, f), len);
+	fclose(f);
+	atomic_store(&fake_now, now);
+	assert_true(hsm_ok(hsm_audit_open(&c, &a))); /* a new process: compares it once */
+	fill_and_rotate(a, now, 5);                  /* file 1 has expired */
+	hsm_audit_stats st;
+	hsm_audit_get_stats(a, &st);
+	assert_int_equal(st.files_expired, 0);
+	assert_true(st.copy_failures >= 1);
+	hsm_audit_close(a);
+	char *after = t_slurp(copied[0], NULL);
+	assert_string_equal(after, body); /* left as it was */
+	static char files[T_MAX_FILES][PATH_MAX];
+	t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES);
+	assert_int_equal(file_seq(files[0]), 1); /* the original is kept */
+	free(after);
+	free(body);
+	t_rm_rf(dir);
+	t_rm_rf(copies);
+}
+
 /*
  * A wall clock stepped back (an NTP correction, a restored VM snapshot) puts
  * off no checkpoint: the next one still comes within one interval, so the
@@ -624,6 +790,9 @@ int main(void)
 	    cmocka_unit_test(test_retention_states_what_it_keeps_before_deleting),
 	    cmocka_unit_test(test_files_deleted_while_stopped_show),
 	    cmocka_unit_test(test_retention_deletes_nothing_it_cannot_state),
+	    cmocka_unit_test(test_closed_files_are_copied_and_expire_with_their_originals),
+	    cmocka_unit_test(test_retention_keeps_files_not_copied),
+	    cmocka_unit_test(test_a_different_file_in_the_copy_dir_is_left_alone),
 	    cmocka_unit_test(test_clock_stepped_back_puts_off_no_checkpoint),
 	    cmocka_unit_test(test_torn_tail_detected_preserved_continued),
 	    cmocka_unit_test(test_damaged_last_lines_cut_back_to_valid),

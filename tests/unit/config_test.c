@@ -341,6 +341,8 @@ static void test_readme_example(void **state)
 	assert_int_equal(cfg.max_connections, 10000);
 	assert_true(cfg.batch_scheduling);
 	assert_int_equal(cfg.audit_retention_days, 2557);
+	assert_string_equal(cfg.audit_copy_dir, "/mnt/dr/hsmd-audit");
+	assert_int_equal(cfg.audit_rotate_seconds, 86400);
 	assert_string_equal(cfg.backup_dir, "/var/lib/hsmd/backups");
 	assert_int_equal(cfg.backup_interval_seconds, 86400);
 	assert_int_equal(cfg.backup_retention_days, 90);
