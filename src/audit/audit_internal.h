@@ -216,6 +216,18 @@ hsm_result audit_retention_apply(hsm_audit *a, const char *keep_file,
 
 /* ---- audit_writer.c ------------------------------------------------------ */
 
+#define NS_PER_MS 1000000ULL
+/* How often retention runs besides after each rotation. */
+#define RETENTION_PERIOD_MS ((int64_t)3600 * 1000)
+
+/* Waits on cv (mu held) until woken or the CLOCK_MONOTONIC time mono_ns. */
+void audit_timedwait_ns(pthread_cond_t *cv, pthread_mutex_t *mu, uint64_t mono_ns);
+/* The writer's: appends an event (op, outcome, fields) and makes it durable. */
+hsm_result audit_write_event(hsm_audit *a, const char *op, hsm_audit_outcome outcome,
+                             const hsm_audit_field *extra, size_t n_extra);
+/* The writer's: appends a checkpoint (signed when a signer is set) and makes it durable. */
+hsm_result audit_write_checkpoint(hsm_audit *a, const char *reason);
+
 void *audit_writer_main(void *arg);
 void *audit_watchdog_main(void *arg);
 void *audit_syncer_main(void *arg);
@@ -227,6 +239,17 @@ void audit_fail_locked(hsm_audit *a, audit_cbent *out, size_t *n_out, size_t max
  * checkpoint stating kept_from and waits until it is durable (or fails).
  */
 hsm_result audit_declare_kept_from(hsm_audit *a, uint64_t kept_from) HSM_MUST_CHECK;
+
+/* ---- audit_sweep.c: the writer's side of the sweeper ---------------------- */
+
+/* Asks the sweeper for a pass (after a rotation, at open, hourly). */
+void audit_request_retention(hsm_audit *a);
+/* Writes the retention checkpoint a pass waits for, if one is asked for. */
+void audit_answer_retention(hsm_audit *a);
+/* Records what the last passes deleted (AuditFilesExpired). */
+void audit_record_sweep(hsm_audit *a);
+/* At shutdown: lets a pass in progress finish, answering it, then records it. */
+void audit_stop_sweeper(hsm_audit *a);
 
 /* ---- audit_syslog.c ------------------------------------------------------ */
 

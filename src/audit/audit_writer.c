@@ -1,9 +1,9 @@
 /*
  * audit_writer.c - the writer thread (sequence, chain, batches, fsync
  * grouping, checkpoints, rotation, recovery), the syncer thread that runs
- * the grouped fdatasync while the writer goes on writing, the sweeper thread
- * that applies the retention beside it, and the watchdog thread that bounds
- * how long any of the writer's work may block.  See docs/audit.md for the rules this
+ * the grouped fdatasync while the writer goes on writing, and the watchdog
+ * thread that bounds how long any of the writer's work may block (the
+ * sweeper thread, retention and copies, is in audit_sweep.c).  See docs/audit.md for the rules this
  * code keeps: the file is always gap-free and chain-valid, and every accepted
  * record gets its callback within the deadline.
  */
@@ -19,10 +19,7 @@
 #include "common/log.h"
 #include "common/util.h"
 
-#define NS_PER_MS 1000000ULL
 #define MAX_SLEEP_NS (250 * NS_PER_MS)
-/* How often retention runs besides after each rotation. */
-#define RETENTION_PERIOD_MS ((int64_t)3600 * 1000)
 
 /* Runs n done callbacks, bracketed by the batch hook (see hsm_audit_config). */
 static void fire(const hsm_audit *a, const audit_cbent *cbs, size_t n, hsm_result r)
@@ -37,7 +34,7 @@ static void fire(const hsm_audit *a, const audit_cbent *cbs, size_t n, hsm_resul
 		a->cfg.batch_hook(false);
 }
 
-static void timedwait_ns(pthread_cond_t *cv, pthread_mutex_t *mu, uint64_t mono_ns)
+void audit_timedwait_ns(pthread_cond_t *cv, pthread_mutex_t *mu, uint64_t mono_ns)
 {
 	struct timespec ts = {(time_t)(mono_ns / 1000000000ULL), (long)(mono_ns % 1000000000ULL)};
 	(void)pthread_cond_timedwait(cv, mu, &ts);
@@ -242,7 +239,7 @@ static bool wait_sync_idle(hsm_audit *a)
 {
 	pthread_mutex_lock(&a->mu);
 	while (sync_busy_locked(a) && !a->sync_timed_out)
-		timedwait_ns(&a->wake_writer, &a->mu, hsm_mono_ns() + 50 * NS_PER_MS);
+		audit_timedwait_ns(&a->wake_writer, &a->mu, hsm_mono_ns() + 50 * NS_PER_MS);
 	pthread_mutex_unlock(&a->mu);
 	return collect_sync(a);
 }
@@ -320,8 +317,8 @@ static void process_batch(hsm_audit *a, size_t n)
 }
 
 /* Writes an event record made by the log itself, synced. */
-static hsm_result write_event(hsm_audit *a, const char *op, hsm_audit_outcome outcome,
-                              const hsm_audit_field *extra, size_t n_extra)
+hsm_result audit_write_event(hsm_audit *a, const char *op, hsm_audit_outcome outcome,
+                             const hsm_audit_field *extra, size_t n_extra)
 {
 	audit_writer *w = &a->w;
 	hsm_audit_record rec = {.type = HSM_AUDIT_EVENT, .operation = op, .outcome = outcome,
@@ -353,7 +350,7 @@ static bool sign_message(hsm_audit *a, const hsm_buf *msg, hsm_buf *sig, const c
 	return signed_ok;
 }
 
-static hsm_result write_checkpoint(hsm_audit *a, const char *reason)
+hsm_result audit_write_checkpoint(hsm_audit *a, const char *reason)
 {
 	audit_writer *w = &a->w;
 	hsm_result res = HSM_SUCCESS;
@@ -407,195 +404,11 @@ static bool next_file(hsm_audit *a)
 	return false;
 }
 
-/*
- * Asks the sweeper for a retention pass.  Listing a directory that holds
- * years of files, reading, deleting and syncing it takes time that every
- * request queued behind a rotation would otherwise wait for; the sweeper
- * deletes beside the writer, and the writer records what went (record_sweep).
- */
-static void request_retention(hsm_audit *a)
-{
-	audit_writer *w = &a->w;
-	const char *base = w->fd >= 0 ? strrchr(w->path, '/') : NULL;
-	w->next_retention_ms = audit_now_ms(a) + RETENTION_PERIOD_MS;
-	pthread_mutex_lock(&a->mu);
-	snprintf(a->sweep_keep, sizeof(a->sweep_keep), "%s", base != NULL ? base + 1 : "");
-	a->sweep_requested = true;
-	pthread_cond_signal(&a->wake_sweeper);
-	pthread_mutex_unlock(&a->mu);
-}
-
-/*
- * Retention states what it is about to delete before it deletes: a
- * "retention" checkpoint whose kept_from is the first seq that stays.  Only
- * such a checkpoint may raise the floor the checkpoints state, so verify
- * tells files retention deleted from files deleted any other way (and a
- * crash between the checkpoint and the deletion leaves files past the
- * floor, which is no gap).  The writer answers; the sweeper waits.
- */
-static void answer_retention(hsm_audit *a)
-{
-	pthread_mutex_lock(&a->mu);
-	bool asked = a->ret_requested;
-	uint64_t gen = a->ret_gen, kept_from = a->ret_kept_from;
-	a->ret_requested = false;
-	pthread_mutex_unlock(&a->mu);
-	if (!asked)
-		return;
-	hsm_result r = HSM_FAIL(HSM_ERR_AUDIT_UNAVAILABLE, "the audit log is unavailable");
-	if (atomic_load(&a->healthy)) {
-		uint64_t was = a->w.kept_from;
-		if (kept_from > a->w.kept_from)
-			a->w.kept_from = kept_from;
-		r = write_checkpoint(a, "retention");
-		if (hsm_failed(r))
-			a->w.kept_from = was; /* nothing will be deleted */
-	}
-	pthread_mutex_lock(&a->mu);
-	a->ret_done_gen = gen;
-	a->ret_result = r;
-	pthread_cond_broadcast(&a->wake_waiters);
-	pthread_mutex_unlock(&a->mu);
-}
-
-hsm_result audit_declare_kept_from(hsm_audit *a, uint64_t kept_from)
-{
-	uint64_t end = hsm_mono_ns() + (2ULL * a->cfg.io_deadline_ms + 2000) * NS_PER_MS;
-	pthread_mutex_lock(&a->mu);
-	a->ret_requested = true;
-	a->ret_kept_from = kept_from;
-	uint64_t gen = ++a->ret_gen;
-	pthread_cond_signal(&a->wake_writer);
-	pthread_cond_broadcast(&a->wake_waiters); /* a writer stopping the sweeper answers too */
-	while (a->ret_done_gen < gen && !a->writer_exited && hsm_mono_ns() < end)
-		timedwait_ns(&a->wake_waiters, &a->mu, end);
-	hsm_result r = a->ret_done_gen >= gen
-	                   ? a->ret_result
-	                   : HSM_FAIL(HSM_ERR_AUDIT_UNAVAILABLE, "the audit writer did not answer");
-	a->ret_requested = false;
-	pthread_mutex_unlock(&a->mu);
-	return r;
-}
-
-static void unrecorded(const hsm_buf *names)
-{
-	hsm_error("audit retention: deleted files not recorded: %.*s", (int)names->len,
-	          (const char *)names->data);
-}
-
-/* Appends the names in more to list, comma-separated. */
-static void add_names(hsm_buf *list, const hsm_buf *more)
-{
-	if ((list->len > 0 && hsm_failed(hsm_buf_put_u8(list, ','))) ||
-	    hsm_failed(hsm_buf_put(list, more->data, more->len)))
-		unrecorded(more);
-}
-
-/*
- * Writes the AuditFilesExpired event for what the sweeper deleted.  On
- * failure the names are kept for the next call (the writer's next pass);
- * sweep_done only wakes the writer, so a failure cannot make it spin.
- */
-static void record_sweep(hsm_audit *a)
-{
-	pthread_mutex_lock(&a->mu);
-	hsm_buf names = a->swept;
-	memset(&a->swept, 0, sizeof(a->swept));
-	a->sweep_done = false;
-	atomic_store(&a->sweep_unrecorded, false);
-	pthread_mutex_unlock(&a->mu);
-	if (names.len == 0)
-		return;
-	hsm_result r = hsm_buf_terminate(&names);
-	if (hsm_ok(r)) {
-		hsm_audit_field f[] = {{"files", (const char *)names.data}};
-		r = write_event(a, "AuditFilesExpired", HSM_AUDIT_SUCCESS, f, 1);
-	}
-	if (hsm_ok(r)) {
-		hsm_buf_free(&names);
-		return;
-	}
-	/* Not recorded: kept, before any names deleted since, for the next try. */
-	pthread_mutex_lock(&a->mu);
-	if (a->swept.len > 0)
-		add_names(&names, &a->swept);
-	hsm_buf_free(&a->swept);
-	a->swept = names;
-	atomic_store(&a->sweep_unrecorded, true);
-	pthread_mutex_unlock(&a->mu);
-}
-
-void *audit_sweeper_main(void *arg)
-{
-	hsm_audit *a = arg;
-	hsm_thread_name("hsmd-audit-ret");
-	char keep[PATH_MAX];
-	pthread_mutex_lock(&a->mu);
-	for (;;) {
-		while (!a->sweeper_stop && !a->sweep_requested)
-			pthread_cond_wait(&a->wake_sweeper, &a->mu);
-		if (!a->sweep_requested) /* a pass asked for before the stop still runs */
-			break;
-		a->sweep_requested = false;
-		a->sweep_running = true;
-		memcpy(keep, a->sweep_keep, sizeof(keep));
-		pthread_mutex_unlock(&a->mu);
-		hsm_buf deleted = {0};
-		if (hsm_failed(audit_retention_apply(a, keep, &deleted)))
-			hsm_log_failure("audit retention");
-		pthread_mutex_lock(&a->mu);
-		a->sweep_running = false;
-		if (deleted.len > 0) {
-			a->files_expired++;
-			for (size_t i = 0; i < deleted.len; i++)
-				a->files_expired += deleted.data[i] == ',';
-			add_names(&a->swept, &deleted);
-			a->sweep_done = a->swept.len > 0;
-			atomic_store(&a->sweep_unrecorded, a->swept.len > 0);
-			pthread_cond_signal(&a->wake_writer);
-		}
-		pthread_cond_broadcast(&a->wake_waiters);
-		hsm_buf_free(&deleted);
-	}
-	a->sweeper_exited = true;
-	pthread_cond_broadcast(&a->wake_waiters);
-	pthread_mutex_unlock(&a->mu);
-	return NULL;
-}
-
-/* At shutdown: lets a pass in progress (or asked for) finish, then records it. */
-static void stop_sweeper(hsm_audit *a)
-{
-	uint64_t end = hsm_mono_ns() + a->cfg.io_deadline_ms * NS_PER_MS;
-	pthread_mutex_lock(&a->mu);
-	a->sweeper_stop = true;
-	pthread_cond_signal(&a->wake_sweeper);
-	while (!a->sweeper_exited && hsm_mono_ns() < end) {
-		if (a->ret_requested) { /* the pass waits for its checkpoint */
-			pthread_mutex_unlock(&a->mu);
-			answer_retention(a);
-			pthread_mutex_lock(&a->mu);
-			continue;
-		}
-		timedwait_ns(&a->wake_waiters, &a->mu, end);
-	}
-	bool exited = a->sweeper_exited;
-	pthread_mutex_unlock(&a->mu);
-	if (!exited)
-		hsm_error("audit retention still running at shutdown; its deletions may go unrecorded");
-	if (atomic_load(&a->healthy))
-		record_sweep(a);
-	pthread_mutex_lock(&a->mu);
-	if (a->swept.len > 0)
-		unrecorded(&a->swept);
-	pthread_mutex_unlock(&a->mu);
-}
-
 static hsm_result rotate(hsm_audit *a)
 {
-	HSM_GUARD(write_checkpoint(a, "rotate"));
+	HSM_GUARD(audit_write_checkpoint(a, "rotate"));
 	HSM_ENSURE(next_file(a), HSM_ERR_AUDIT_UNAVAILABLE, "the audit log is unavailable");
-	request_retention(a);
+	audit_request_retention(a);
 	return HSM_SUCCESS;
 }
 
@@ -639,7 +452,7 @@ static void try_recover(hsm_audit *a)
 	snprintf(ref, sizeof(ref), "%llu", (unsigned long long)refused);
 	hsm_audit_field f[] = {{"duration_ms", dur}, {"refused", ref},
 	                       {"cause", err == ETIMEDOUT ? "deadline exceeded" : strerror(err)}};
-	if (hsm_failed(write_event(a, "AuditOutageEnded", HSM_AUDIT_SUCCESS, f, 3)))
+	if (hsm_failed(audit_write_event(a, "AuditOutageEnded", HSM_AUDIT_SUCCESS, f, 3)))
 		return;
 	atomic_store(&a->healthy, true);
 	hsm_info("audit log writable again after %llu ms (%llu requests refused)",
@@ -691,7 +504,7 @@ static size_t take_batch(hsm_audit *a, bool *stop)
 		if (wake <= now)
 			break;
 		a->writer_idle = true;
-		timedwait_ns(&a->wake_writer, &a->mu, wake);
+		audit_timedwait_ns(&a->wake_writer, &a->mu, wake);
 		a->writer_idle = false;
 	}
 	size_t n = 0;
@@ -714,7 +527,7 @@ static size_t take_batch(hsm_audit *a, bool *stop)
 
 static void answer_requests(hsm_audit *a)
 {
-	answer_retention(a);
+	audit_answer_retention(a);
 	pthread_mutex_lock(&a->mu);
 	bool rot = a->req_rotate, ck = a->req_checkpoint;
 	uint64_t gen = a->req_gen;
@@ -728,7 +541,7 @@ static void answer_requests(hsm_audit *a)
 	else if (rot)
 		r = rotate(a);
 	else
-		r = write_checkpoint(a, "manual");
+		r = audit_write_checkpoint(a, "manual");
 	pthread_mutex_lock(&a->mu);
 	a->done_gen = gen;
 	a->req_result = r;
@@ -769,17 +582,17 @@ static void maintain(hsm_audit *a)
 	int64_t wall = audit_now_ms(a);
 	follow_clock_back(w, wall, a->cfg.checkpoint_interval_ms);
 	if (atomic_exchange(&a->signer_changed, false))
-		(void)write_checkpoint(a, "signer");
+		(void)audit_write_checkpoint(a, "signer");
 	else if (wall >= w->next_checkpoint_ms)
-		(void)write_checkpoint(a, "interval");
+		(void)audit_write_checkpoint(a, "interval");
 	w->next_checkpoint_ms = w->next_checkpoint_ms > wall ? w->next_checkpoint_ms
 	                                                     : wall + a->cfg.checkpoint_interval_ms;
 	if (atomic_load(&a->healthy) && rotation_due(a, wall))
 		(void)rotate(a);
 	if (atomic_load(&a->healthy) && wall >= w->next_retention_ms)
-		request_retention(a);
+		audit_request_retention(a);
 	if (atomic_load(&a->healthy) && atomic_load(&a->sweep_unrecorded))
-		record_sweep(a);
+		audit_record_sweep(a);
 	answer_requests(a);
 }
 
@@ -793,12 +606,12 @@ static void write_open_events(hsm_audit *a)
 		snprintf(n, sizeof(n), "%llu", (unsigned long long)t->torn_bytes);
 		const char *base = strrchr(t->torn_path, '/');
 		hsm_audit_field f[] = {{"bytes", n}, {"saved_to", base ? base + 1 : t->torn_path}};
-		if (hsm_failed(write_event(a, "AuditTornTail", HSM_AUDIT_ERROR, f, 2)))
+		if (hsm_failed(audit_write_event(a, "AuditTornTail", HSM_AUDIT_ERROR, f, 2)))
 			return;
 	}
 	hsm_audit_field f[] = {{"previous_shutdown", t->clean ? "clean" : "unclean"}};
-	if (hsm_ok(write_event(a, "AuditLogOpened", HSM_AUDIT_SUCCESS, f, 1)))
-		request_retention(a);
+	if (hsm_ok(audit_write_event(a, "AuditLogOpened", HSM_AUDIT_SUCCESS, f, 1)))
+		audit_request_retention(a);
 }
 
 /*
@@ -852,9 +665,9 @@ void *audit_writer_main(void *arg)
 		if (stop)
 			break;
 	}
-	stop_sweeper(a);
+	audit_stop_sweeper(a);
 	if (atomic_load(&a->healthy))
-		(void)write_checkpoint(a, "shutdown");
+		(void)audit_write_checkpoint(a, "shutdown");
 	else
 		outage(a, ETIMEDOUT); /* already unhealthy: only fails what is queued */
 	pthread_mutex_lock(&a->mu);
@@ -890,7 +703,7 @@ void *audit_watchdog_main(void *arg)
 	pthread_mutex_lock(&a->mu);
 	uint64_t last = hsm_mono_ns();
 	while (!a->watchdog_stop) {
-		timedwait_ns(&a->wake_watchdog, &a->mu, hsm_mono_ns() + period);
+		audit_timedwait_ns(&a->wake_watchdog, &a->mu, hsm_mono_ns() + period);
 		uint64_t now = hsm_mono_ns();
 		discount_pause(a, now - last > period ? now - last - period : 0, deadline, now);
 		last = now;
