@@ -191,6 +191,24 @@ static const struct curve {
 static const uint8_t edwards25519_name[] = {0x13, 0x0c, 'e', 'd', 'w', 'a', 'r', 'd', 's',
                                             '2',  '5',  '5', '1', '9'};
 
+CK_RV p11_curve_spec(const void *params, size_t len, bool edwards_mech, hsm_key_spec *spec)
+{
+	if (edwards_mech && len == sizeof(edwards25519_name) &&
+	    hsm_ct_equal(params, edwards25519_name, sizeof(edwards25519_name))) {
+		*spec = HSM_SPEC_ECC_NIST_EDWARDS25519;
+		return CKR_OK;
+	}
+	for (size_t i = 0; i < sizeof(curves) / sizeof(curves[0]); i++)
+		if (len == curves[i].len && hsm_ct_equal(params, curves[i].der, curves[i].len)) {
+			bool edwards = curves[i].spec == HSM_SPEC_ECC_NIST_EDWARDS25519;
+			if (edwards != edwards_mech)
+				return CKR_TEMPLATE_INCONSISTENT; /* the curve is the other mechanism's */
+			*spec = curves[i].spec;
+			return CKR_OK;
+		}
+	return CKR_CURVE_NOT_SUPPORTED;
+}
+
 static const struct curve *curve_of(hsm_key_spec spec)
 {
 	for (size_t i = 0; i < sizeof(curves) / sizeof(curves[0]); i++)
@@ -323,7 +341,7 @@ static bool is_hmac(hsm_key_spec s)
 	       s == HSM_SPEC_HMAC_512;
 }
 
-static bool is_rsa(hsm_key_spec s)
+bool p11_spec_is_rsa(hsm_key_spec s)
 {
 	return s == HSM_SPEC_RSA_2048 || s == HSM_SPEC_RSA_3072 || s == HSM_SPEC_RSA_4096;
 }
@@ -399,8 +417,8 @@ static CK_RV load_key(const char *key_id, json_t *aliases)
 		rv = upsert(key_id, CKO_SECRET_KEY, &kd, CKK_GENERIC_SECRET, label, NULL);
 	} else if (usage == HSM_USAGE_ENCRYPT_DECRYPT && spec == HSM_SPEC_SYMMETRIC_DEFAULT) {
 		rv = upsert(key_id, CKO_SECRET_KEY, &kd, CKK_AES, label, NULL);
-	} else if ((usage == HSM_USAGE_SIGN_VERIFY && (is_rsa(spec) || curve_of(spec) != NULL)) ||
-	           (usage == HSM_USAGE_ENCRYPT_DECRYPT && is_rsa(spec)) ||
+	} else if ((usage == HSM_USAGE_SIGN_VERIFY && (p11_spec_is_rsa(spec) || curve_of(spec) != NULL)) ||
+	           (usage == HSM_USAGE_ENCRYPT_DECRYPT && p11_spec_is_rsa(spec)) ||
 	           (usage == HSM_USAGE_KEY_AGREEMENT && curve_of(spec) != NULL)) {
 		json_t *pub = NULL;
 		rv = p11_call("TrentService.GetPublicKey", json_pack("{s:s}", "KeyId", key_id), &pub);
@@ -411,7 +429,7 @@ static CK_RV load_key(const char *key_id, json_t *aliases)
 			rv = CKR_OK;
 			goto out;
 		}
-		CK_KEY_TYPE kt = is_rsa(spec)                             ? CKK_RSA
+		CK_KEY_TYPE kt = p11_spec_is_rsa(spec)                             ? CKK_RSA
 		                 : spec == HSM_SPEC_ECC_NIST_EDWARDS25519 ? CKK_EC_EDWARDS
 		                                                          : CKK_EC;
 		if (rv == CKR_OK)
@@ -548,11 +566,7 @@ static CK_RV refresh_key(const char *key_id)
 
 static CK_RV refresh_keys_for(const CK_ATTRIBUTE *tmpl, CK_ULONG count);
 
-/*
- * Refreshes what a search template asks for: certificates (CKA_CLASS
- * CKO_CERTIFICATE), keys (any other class), or both (no class).
- */
-static CK_RV refresh_for(const CK_ATTRIBUTE *tmpl, CK_ULONG count)
+CK_RV p11_objects_refresh_for(const CK_ATTRIBUTE *tmpl, CK_ULONG count)
 {
 	if (p11.keys[0] != '\0') /* a view of a few keys: read them all again */
 		return p11_objects_refresh();
@@ -615,345 +629,9 @@ static CK_RV refresh_keys_for(const CK_ATTRIBUTE *tmpl, CK_ULONG count)
 	return rv;
 }
 
-/* ---- attributes --------------------------------------------------------------------------------- */
-
-typedef enum { A_OK, A_SENSITIVE, A_INVALID } a_status;
-
-typedef struct a_value {
-	const void *p;
-	CK_ULONG n;
-	union {
-		CK_BBOOL b;
-		CK_ULONG u;
-	} scratch;
-} a_value;
-
-static a_status boolean(a_value *v, bool b)
-{
-	v->scratch.b = b ? CK_TRUE : CK_FALSE;
-	v->p = &v->scratch.b;
-	v->n = sizeof(CK_BBOOL);
-	return A_OK;
-}
-
-static a_status ulong_value(a_value *v, CK_ULONG u)
-{
-	v->scratch.u = u;
-	v->p = &v->scratch.u;
-	v->n = sizeof(CK_ULONG);
-	return A_OK;
-}
-
-static a_status bytes(a_value *v, const void *p, size_t n)
-{
-	v->p = p;
-	v->n = (CK_ULONG)n;
-	return A_OK;
-}
-
-/* A derived secret's attributes: what its template asked for. */
-static a_status derived_attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
-{
-	for (size_t i = 0; i < P11_USES; i++)
-		if (p11_use_attrs[i] == t)
-			return boolean(v, o->uses[i]);
-	switch (t) {
-	case CKA_CLASS: return ulong_value(v, CKO_SECRET_KEY);
-	case CKA_KEY_TYPE: return ulong_value(v, CKK_GENERIC_SECRET);
-	case CKA_PRIVATE: return boolean(v, o->is_private);
-	case CKA_SENSITIVE:
-	case CKA_ALWAYS_SENSITIVE: return boolean(v, o->sensitive);
-	case CKA_EXTRACTABLE: return boolean(v, o->extractable);
-	case CKA_NEVER_EXTRACTABLE: return boolean(v, !o->extractable);
-	case CKA_DESTROYABLE: return boolean(v, true);
-	case CKA_TOKEN:
-	case CKA_MODIFIABLE:
-	case CKA_COPYABLE:
-	case CKA_LOCAL:
-	case CKA_SIGN_RECOVER:
-	case CKA_VERIFY_RECOVER:
-	case CKA_TRUSTED:
-	case CKA_WRAP_WITH_TRUSTED:
-	case CKA_ALWAYS_AUTHENTICATE: return boolean(v, false);
-	case CKA_LABEL: return bytes(v, o->label, strlen(o->label));
-	case CKA_ID: return bytes(v, o->id.data, o->id.len);
-	case CKA_START_DATE:
-	case CKA_END_DATE: return bytes(v, "", 0);
-	case CKA_KEY_GEN_MECHANISM: return ulong_value(v, CK_UNAVAILABLE_INFORMATION);
-	case CKA_VALUE_LEN: return ulong_value(v, (CK_ULONG)o->value.len);
-	case CKA_VALUE: return o->sensitive ? A_SENSITIVE : bytes(v, o->value.data, o->value.len);
-	default: return A_INVALID;
-	}
-}
-
-/* A certificate's attributes (PKCS#11 v2.40, 4.6: X.509 public key certificates). */
-static a_status cert_attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
-{
-	switch (t) {
-	case CKA_CLASS: return ulong_value(v, CKO_CERTIFICATE);
-	case CKA_TOKEN: return boolean(v, !o->derived);
-	case CKA_PRIVATE:
-	case CKA_MODIFIABLE:
-	case CKA_COPYABLE:
-	case CKA_TRUSTED: return boolean(v, false);
-	case CKA_DESTROYABLE: return boolean(v, true);
-	case CKA_LABEL: return bytes(v, o->label, strlen(o->label));
-	case CKA_CERTIFICATE_TYPE: return ulong_value(v, CKC_X_509);
-	case CKA_CERTIFICATE_CATEGORY: return ulong_value(v, 0); /* unspecified */
-	case CKA_CHECK_VALUE: return bytes(v, o->check.data, o->check.len);
-	case CKA_START_DATE:
-	case CKA_END_DATE:
-	case CKA_URL:
-	case CKA_HASH_OF_SUBJECT_PUBLIC_KEY:
-	case CKA_HASH_OF_ISSUER_PUBLIC_KEY: return bytes(v, "", 0);
-	case CKA_PUBLIC_KEY_INFO: return bytes(v, o->spki.data, o->spki.len);
-	case CKA_SUBJECT: return bytes(v, o->subject.data, o->subject.len);
-	case CKA_ID: return bytes(v, o->id.data, o->id.len);
-	case CKA_ISSUER: return bytes(v, o->issuer.data, o->issuer.len);
-	case CKA_SERIAL_NUMBER: return bytes(v, o->serial.data, o->serial.len);
-	case CKA_VALUE: return bytes(v, o->value.data, o->value.len);
-	case CKA_JAVA_MIDP_SECURITY_DOMAIN: return ulong_value(v, 0);
-	case CKA_NAME_HASH_ALGORITHM: return ulong_value(v, CKM_SHA_1);
-	default: return A_INVALID;
-	}
-}
-
-static a_status attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
-{
-	if (o->cls == CKO_CERTIFICATE)
-		return cert_attribute(o, t, v);
-	if (o->derived)
-		return derived_attribute(o, t, v);
-	bool priv = o->cls == CKO_PRIVATE_KEY, pub = o->cls == CKO_PUBLIC_KEY;
-	bool secret = o->cls == CKO_SECRET_KEY, rsa = o->key_type == CKK_RSA;
-	bool aes = o->key_type == CKK_AES, mac = secret && !aes;
-	switch (t) {
-	case CKA_CLASS: return ulong_value(v, o->cls);
-	case CKA_KEY_TYPE: return ulong_value(v, o->key_type);
-	case CKA_TOKEN: return boolean(v, true);
-	case CKA_PRIVATE: return boolean(v, !pub);
-	case CKA_DERIVE: return boolean(v, priv && o->usage == HSM_USAGE_KEY_AGREEMENT);
-	case CKA_MODIFIABLE:
-	case CKA_COPYABLE:
-	case CKA_WRAP:
-	case CKA_UNWRAP:
-	case CKA_SIGN_RECOVER:
-	case CKA_VERIFY_RECOVER:
-	case CKA_TRUSTED:
-	case CKA_WRAP_WITH_TRUSTED:
-	case CKA_ALWAYS_AUTHENTICATE: return boolean(v, false);
-	case CKA_DESTROYABLE: return boolean(v, !pub); /* a public key goes with its private key */
-	/* Imported material (PKCS#11 v2.40 4.7): not made here, and was once in the clear. */
-	case CKA_LOCAL: return boolean(v, !o->external);
-	case CKA_LABEL: return bytes(v, o->label, strlen(o->label));
-	case CKA_ID: return bytes(v, o->key_id, strlen(o->key_id));
-	case CKA_START_DATE:
-	case CKA_END_DATE: return bytes(v, "", 0);
-	case CKA_SIGN: return boolean(v, (priv && o->usage == HSM_USAGE_SIGN_VERIFY) || mac);
-	case CKA_VERIFY: return boolean(v, (pub && o->usage == HSM_USAGE_SIGN_VERIFY) || mac);
-	case CKA_DECRYPT: return boolean(v, (priv && o->usage == HSM_USAGE_ENCRYPT_DECRYPT) || aes);
-	case CKA_ENCRYPT: return boolean(v, (pub && o->usage == HSM_USAGE_ENCRYPT_DECRYPT) || aes);
-	case CKA_KEY_GEN_MECHANISM:
-		return ulong_value(v, o->external                    ? CK_UNAVAILABLE_INFORMATION
-		                      : rsa                          ? CKM_RSA_PKCS_KEY_PAIR_GEN
-		                      : aes                          ? CKM_AES_KEY_GEN
-		                      : secret                       ? CKM_GENERIC_SECRET_KEY_GEN
-		                      : o->key_type == CKK_EC_EDWARDS ? CKM_EC_EDWARDS_KEY_PAIR_GEN
-		                                                      : CKM_EC_KEY_PAIR_GEN);
-	case CKA_SENSITIVE:
-		if (pub)
-			break;
-		return boolean(v, true);
-	case CKA_ALWAYS_SENSITIVE:
-	case CKA_NEVER_EXTRACTABLE:
-		if (pub)
-			break;
-		return boolean(v, !o->external);
-	case CKA_EXTRACTABLE:
-		if (pub)
-			break;
-		return boolean(v, false);
-	case CKA_SUBJECT: return pub || priv ? bytes(v, "", 0) : A_INVALID;
-	case CKA_VALUE_LEN:
-		if (!secret)
-			break;
-		return ulong_value(v, aes                            ? 32
-		                      : o->spec == HSM_SPEC_HMAC_224 ? 28
-		                      : o->spec == HSM_SPEC_HMAC_256 ? 32
-		                      : o->spec == HSM_SPEC_HMAC_384 ? 48
-		                                                     : 64);
-	case CKA_VALUE: return pub ? A_INVALID : A_SENSITIVE;
-	case CKA_PUBLIC_KEY_INFO:
-		if (secret)
-			break;
-		return bytes(v, o->spki.data, o->spki.len);
-	case CKA_MODULUS:
-		if (!rsa)
-			break;
-		return bytes(v, o->modulus.data, o->modulus.len);
-	case CKA_PUBLIC_EXPONENT:
-		if (!rsa)
-			break;
-		return bytes(v, o->exponent.data, o->exponent.len);
-	case CKA_MODULUS_BITS:
-		if (!rsa)
-			break;
-		return ulong_value(v, o->modulus_bits);
-	case CKA_PRIVATE_EXPONENT:
-	case CKA_PRIME_1:
-	case CKA_PRIME_2:
-	case CKA_EXPONENT_1:
-	case CKA_EXPONENT_2:
-	case CKA_COEFFICIENT:
-		return priv && rsa ? A_SENSITIVE : A_INVALID;
-	case CKA_EC_PARAMS:
-		if (o->key_type != CKK_EC && o->key_type != CKK_EC_EDWARDS)
-			break;
-		return bytes(v, o->ec_params.data, o->ec_params.len);
-	case CKA_EC_POINT:
-		if (!pub || (o->key_type != CKK_EC && o->key_type != CKK_EC_EDWARDS))
-			break;
-		return bytes(v, o->ec_point.data, o->ec_point.len);
-	default: break;
-	}
-	return A_INVALID;
-}
-
-CK_RV C_GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR tmpl,
-                          CK_ULONG count)
-{
-	if (tmpl == NULL && count > 0)
-		return CKR_ARGUMENTS_BAD;
-	ENTER();
-	if (p11_session_get(h) == NULL)
-		LEAVE(CKR_SESSION_HANDLE_INVALID);
-	/* Before login no object shows (a search finds none): not even by a handle kept. */
-	const p11_object *o = p11.logged_in ? p11_object_get(obj) : NULL;
-	if (o == NULL)
-		LEAVE(CKR_OBJECT_HANDLE_INVALID);
-	CK_RV rv = CKR_OK;
-	for (CK_ULONG i = 0; i < count; i++) {
-		a_value v;
-		a_status st = attribute(o, tmpl[i].type, &v);
-		if (st != A_OK) {
-			tmpl[i].ulValueLen = CK_UNAVAILABLE_INFORMATION;
-			rv = st == A_SENSITIVE ? CKR_ATTRIBUTE_SENSITIVE : CKR_ATTRIBUTE_TYPE_INVALID;
-		} else if (tmpl[i].pValue == NULL) {
-			tmpl[i].ulValueLen = v.n;
-		} else if (tmpl[i].ulValueLen < v.n) {
-			tmpl[i].ulValueLen = CK_UNAVAILABLE_INFORMATION;
-			rv = CKR_BUFFER_TOO_SMALL;
-		} else {
-			if (v.n > 0)
-				memcpy(tmpl[i].pValue, v.p, v.n);
-			tmpl[i].ulValueLen = v.n;
-		}
-	}
-	LEAVE(rv);
-}
-
-CK_RV C_SetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR tmpl,
-                          CK_ULONG count)
-{
-	(void)tmpl;
-	(void)count;
-	ENTER();
-	if (p11_session_get(h) == NULL)
-		LEAVE(CKR_SESSION_HANDLE_INVALID);
-	/* Objects are views of hsmd's keys: change a key through hsmd's API. */
-	LEAVE(!p11.logged_in || p11_object_get(obj) == NULL ? CKR_OBJECT_HANDLE_INVALID
-	                                                  : CKR_ACTION_PROHIBITED);
-}
-
-CK_RV C_GetObjectSize(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ULONG_PTR size)
-{
-	if (size == NULL)
-		return CKR_ARGUMENTS_BAD;
-	ENTER();
-	if (p11_session_get(h) == NULL)
-		LEAVE(CKR_SESSION_HANDLE_INVALID);
-	if (!p11.logged_in || p11_object_get(obj) == NULL)
-		LEAVE(CKR_OBJECT_HANDLE_INVALID);
-	*size = CK_UNAVAILABLE_INFORMATION;
-	LEAVE(CKR_OK);
-}
-
-/* ---- search ---------------------------------------------------------------------------------------- */
-
-static bool matches(const p11_object *o, const CK_ATTRIBUTE *tmpl, CK_ULONG count)
-{
-	for (CK_ULONG i = 0; i < count; i++) {
-		a_value v;
-		if (attribute(o, tmpl[i].type, &v) != A_OK || v.n != tmpl[i].ulValueLen ||
-		    (v.n > 0 && (tmpl[i].pValue == NULL || !hsm_ct_equal(v.p, tmpl[i].pValue, v.n))))
-			return false;
-	}
-	return true;
-}
-
-CK_RV C_FindObjectsInit(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count)
-{
-	if (tmpl == NULL && count > 0)
-		return CKR_ARGUMENTS_BAD;
-	ENTER();
-	p11_session *s = p11_session_get(h);
-	if (s == NULL)
-		LEAVE(CKR_SESSION_HANDLE_INVALID);
-	if (s->find.active)
-		LEAVE(CKR_OPERATION_ACTIVE);
-	/* Before login this token shows nothing: every object is one of the user's keys. */
-	if (p11.logged_in) {
-		CK_RV rv = refresh_for(tmpl, count);
-		if (rv != CKR_OK)
-			LEAVE(rv);
-	}
-	free(s->find.handles);
-	memset(&s->find, 0, sizeof(s->find));
-	s->find.handles = calloc(p11.n_objects + 1, sizeof(CK_OBJECT_HANDLE));
-	if (s->find.handles == NULL)
-		LEAVE(CKR_HOST_MEMORY);
-	for (size_t i = 0; p11.logged_in && i < p11.n_objects; i++)
-		if (matches(&p11.objects[i], tmpl, count))
-			s->find.handles[s->find.n++] = p11.objects[i].handle;
-	s->find.active = true;
-	LEAVE(CKR_OK);
-}
-
-CK_RV C_FindObjects(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE_PTR out, CK_ULONG max,
-                    CK_ULONG_PTR count)
-{
-	if (out == NULL || count == NULL)
-		return CKR_ARGUMENTS_BAD;
-	ENTER();
-	p11_session *s = p11_session_get(h);
-	if (s == NULL)
-		LEAVE(CKR_SESSION_HANDLE_INVALID);
-	if (!s->find.active)
-		LEAVE(CKR_OPERATION_NOT_INITIALIZED);
-	CK_ULONG n = 0;
-	while (n < max && s->find.pos < s->find.n)
-		out[n++] = s->find.handles[s->find.pos++];
-	*count = n;
-	LEAVE(CKR_OK);
-}
-
-CK_RV C_FindObjectsFinal(CK_SESSION_HANDLE h)
-{
-	ENTER();
-	p11_session *s = p11_session_get(h);
-	if (s == NULL)
-		LEAVE(CKR_SESSION_HANDLE_INVALID);
-	if (!s->find.active)
-		LEAVE(CKR_OPERATION_NOT_INITIALIZED);
-	free(s->find.handles);
-	memset(&s->find, 0, sizeof(s->find));
-	LEAVE(CKR_OK);
-}
-
 /* ---- destruction --------------------------------------------------------------------------------- */
 
-/* hsmd's shortest waiting period: the key can still be recovered with CancelKeyDeletion. */
-static CK_RV schedule_deletion(const char *key_id)
+CK_RV p11_schedule_deletion(const char *key_id)
 {
 	json_t *ans = NULL;
 	CK_RV rv = p11_call("TrentService.ScheduleKeyDeletion",
@@ -962,8 +640,7 @@ static CK_RV schedule_deletion(const char *key_id)
 	return rv;
 }
 
-/* Token objects are made and destroyed in R/W sessions only (PKCS#11 5.7). */
-static CK_RV rw_session(CK_SESSION_HANDLE h)
+CK_RV p11_rw_session(CK_SESSION_HANDLE h)
 {
 	const p11_session *s = p11_session_get(h);
 	return s != NULL && (s->flags & CKF_RW_SESSION) != 0 ? CKR_OK : CKR_SESSION_READ_ONLY;
@@ -983,7 +660,7 @@ CK_RV C_DestroyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj)
 		LEAVE(CKR_OK);
 	}
 	/* Token objects change in R/W sessions only (PKCS#11 5.7). */
-	rv = rw_session(h);
+	rv = p11_rw_session(h);
 	if (rv != CKR_OK)
 		LEAVE(rv);
 	if (o->cls == CKO_CERTIFICATE)
@@ -993,351 +670,8 @@ CK_RV C_DestroyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj)
 		LEAVE(CKR_ACTION_PROHIBITED);
 	char key_id[HSM_UUID_STRLEN + 1];
 	snprintf(key_id, sizeof(key_id), "%s", o->key_id);
-	rv = schedule_deletion(key_id);
+	rv = p11_schedule_deletion(key_id);
 	if (rv == CKR_OK)
 		objects_remove(key_id);
-	LEAVE(rv);
-}
-
-/* ---- key pair generation ---------------------------------------------------------------------------- */
-
-const CK_ATTRIBUTE *p11_attr_find(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type)
-{
-	for (CK_ULONG i = 0; i < n; i++)
-		if (t[i].type == type)
-			return &t[i];
-	return NULL;
-}
-
-bool p11_attr_bool(const CK_ATTRIBUTE *a, bool *out)
-{
-	if (a == NULL || a->pValue == NULL || a->ulValueLen != sizeof(CK_BBOOL))
-		return false;
-	*out = *(const CK_BBOOL *)a->pValue != CK_FALSE;
-	return true;
-}
-
-/* The KMS key spec a key pair template asks for. */
-static CK_RV pair_spec(CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *pub, CK_ULONG n_pub,
-                       hsm_key_spec *spec)
-{
-	if (mech == CKM_RSA_PKCS_KEY_PAIR_GEN) {
-		const CK_ATTRIBUTE *bits = p11_attr_find(pub, n_pub, CKA_MODULUS_BITS);
-		CK_ULONG b = 0;
-		if (bits == NULL)
-			return CKR_TEMPLATE_INCOMPLETE;
-		if (!p11_attr_ulong(bits, &b))
-			return CKR_ATTRIBUTE_VALUE_INVALID;
-		if (b != 2048 && b != 3072 && b != 4096)
-			return CKR_ATTRIBUTE_VALUE_INVALID;
-		*spec = b == 2048 ? HSM_SPEC_RSA_2048 : b == 3072 ? HSM_SPEC_RSA_3072 : HSM_SPEC_RSA_4096;
-		const CK_ATTRIBUTE *e = p11_attr_find(pub, n_pub, CKA_PUBLIC_EXPONENT);
-		if (e != NULL) { /* hsmd's RSA keys have e = 65537 */
-			const uint8_t *p = e->pValue;
-			CK_ULONG i = 0, n = e->ulValueLen;
-			while (p != NULL && i < n && p[i] == 0)
-				i++;
-			if (p == NULL || n - i != 3 || p[i] != 1 || p[i + 1] != 0 || p[i + 2] != 1)
-				return CKR_ATTRIBUTE_VALUE_INVALID;
-		}
-		return CKR_OK;
-	}
-	if (mech == CKM_EC_KEY_PAIR_GEN || mech == CKM_EC_EDWARDS_KEY_PAIR_GEN) {
-		bool edwards_mech = mech == CKM_EC_EDWARDS_KEY_PAIR_GEN;
-		const CK_ATTRIBUTE *ec = p11_attr_find(pub, n_pub, CKA_EC_PARAMS);
-		if (ec == NULL || ec->pValue == NULL)
-			return CKR_TEMPLATE_INCOMPLETE;
-		if (edwards_mech && ec->ulValueLen == sizeof(edwards25519_name) &&
-		    hsm_ct_equal(ec->pValue, edwards25519_name, sizeof(edwards25519_name))) {
-			*spec = HSM_SPEC_ECC_NIST_EDWARDS25519;
-			return CKR_OK;
-		}
-		for (size_t i = 0; i < sizeof(curves) / sizeof(curves[0]); i++)
-			if (ec->ulValueLen == curves[i].len &&
-			    hsm_ct_equal(ec->pValue, curves[i].der, curves[i].len)) {
-				bool edwards = curves[i].spec == HSM_SPEC_ECC_NIST_EDWARDS25519;
-				if (edwards != edwards_mech)
-					return CKR_TEMPLATE_INCONSISTENT; /* the curve is the other mechanism's */
-				*spec = curves[i].spec;
-				return CKR_OK;
-			}
-		return CKR_CURVE_NOT_SUPPORTED;
-	}
-	return CKR_MECHANISM_INVALID;
-}
-
-/* A label usable as a KMS alias name (alias/<label>). */
-static CK_RV pair_label(const CK_ATTRIBUTE *a, char *out, size_t cap)
-{
-	out[0] = '\0';
-	if (a == NULL)
-		return CKR_OK;
-	if (a->pValue == NULL || a->ulValueLen == 0 || a->ulValueLen > 200 || a->ulValueLen >= cap)
-		return CKR_ATTRIBUTE_VALUE_INVALID;
-	const char *p = a->pValue;
-	for (CK_ULONG i = 0; i < a->ulValueLen; i++)
-		if (!((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= 'A' && p[i] <= 'Z') ||
-		      (p[i] >= '0' && p[i] <= '9') || strchr("/_-", p[i]) != NULL) ||
-		    p[i] == '\0')
-			return CKR_ATTRIBUTE_VALUE_INVALID;
-	memcpy(out, p, a->ulValueLen);
-	out[a->ulValueLen] = '\0';
-	return hsm_str_has_prefix(out, "aws/") ? CKR_ATTRIBUTE_VALUE_INVALID : CKR_OK;
-}
-
-/* The key type a key pair mechanism makes, or CK_UNAVAILABLE_INFORMATION. */
-static CK_KEY_TYPE pair_key_type(CK_MECHANISM_TYPE mech)
-{
-	return mech == CKM_RSA_PKCS_KEY_PAIR_GEN     ? CKK_RSA
-	       : mech == CKM_EC_KEY_PAIR_GEN         ? CKK_EC
-	       : mech == CKM_EC_EDWARDS_KEY_PAIR_GEN ? CKK_EC_EDWARDS
-	                                             : CK_UNAVAILABLE_INFORMATION;
-}
-
-/*
- * The usages a template may not ask for (true) beside `own`, the one its key
- * has, and which it may not refuse (false) either.
- */
-static CK_RV one_usage(const CK_ATTRIBUTE *t, CK_ULONG n, const CK_ATTRIBUTE_TYPE *own,
-                       size_t n_own, bool own_may_be_false)
-{
-	static const CK_ATTRIBUTE_TYPE usages[] = {CKA_SIGN,   CKA_VERIFY,      CKA_ENCRYPT,
-	                                           CKA_DECRYPT, CKA_DERIVE,     CKA_WRAP,
-	                                           CKA_UNWRAP, CKA_SIGN_RECOVER, CKA_VERIFY_RECOVER};
-	for (size_t i = 0; i < sizeof(usages) / sizeof(usages[0]); i++) {
-		bool mine = false;
-		for (size_t j = 0; j < n_own; j++)
-			mine = mine || own[j] == usages[i];
-		if (mine ? !own_may_be_false && p11_template_false(t, n, usages[i])
-		         : p11_template_true(t, n, usages[i]))
-			return CKR_TEMPLATE_INCONSISTENT;
-	}
-	return CKR_OK;
-}
-
-/*
- * The usage a pair's private template asks for (an hsmd key has one): to
- * decrypt (CKA_DECRYPT true: pkcs11-tool --usage-decrypt) an RSA
- * ENCRYPT_DECRYPT key, to derive (CKA_DERIVE true: --usage-derive) a NIST
- * curve KEY_AGREEMENT key, otherwise to sign, unless CKA_SIGN is false.  Two
- * at once, or one the key's type cannot have, is refused; so is a public
- * template asking its key for another use, or refusing it its own.
- */
-static CK_RV pair_usage(hsm_key_spec spec, const CK_ATTRIBUTE *pub, CK_ULONG n_pub,
-                        const CK_ATTRIBUTE *priv, CK_ULONG n_priv, hsm_key_usage *usage)
-{
-	bool nist = spec == HSM_SPEC_ECC_NIST_P256 || spec == HSM_SPEC_ECC_NIST_P384 ||
-	            spec == HSM_SPEC_ECC_NIST_P521;
-	bool sign = p11_template_true(priv, n_priv, CKA_SIGN);
-	bool decrypt = p11_template_true(priv, n_priv, CKA_DECRYPT);
-	bool derive = p11_template_true(priv, n_priv, CKA_DERIVE);
-	if ((int)sign + (int)decrypt + (int)derive > 1)
-		return CKR_TEMPLATE_INCONSISTENT;
-	if (decrypt && !is_rsa(spec))
-		return CKR_TEMPLATE_INCONSISTENT;
-	if (derive && !nist)
-		return CKR_TEMPLATE_INCONSISTENT; /* hsmd's KEY_AGREEMENT keys are on NIST curves */
-	*usage = decrypt  ? HSM_USAGE_ENCRYPT_DECRYPT
-	         : derive ? HSM_USAGE_KEY_AGREEMENT
-	                  : HSM_USAGE_SIGN_VERIFY;
-	CK_ATTRIBUTE_TYPE mine = decrypt ? CKA_DECRYPT : derive ? CKA_DERIVE : CKA_SIGN;
-	CK_RV rv = one_usage(priv, n_priv, &mine, 1, false);
-	/* The public key's side: verify, encrypt, or (pkcs11-tool sets it) derive. */
-	CK_ATTRIBUTE_TYPE theirs = decrypt ? CKA_ENCRYPT : derive ? CKA_DERIVE : CKA_VERIFY;
-	if (rv == CKR_OK)
-		rv = one_usage(pub, n_pub, &theirs, 1, derive);
-	return rv;
-}
-
-/* The private template's CKA_EC_PARAMS, if any, must be the public one's. */
-static CK_RV same_curve(const CK_ATTRIBUTE *pub, CK_ULONG n_pub, const CK_ATTRIBUTE *priv,
-                        CK_ULONG n_priv)
-{
-	const CK_ATTRIBUTE *a = p11_attr_find(pub, n_pub, CKA_EC_PARAMS);
-	const CK_ATTRIBUTE *b = p11_attr_find(priv, n_priv, CKA_EC_PARAMS);
-	if (b == NULL)
-		return CKR_OK;
-	return a != NULL && a->ulValueLen == b->ulValueLen &&
-	               (a->ulValueLen == 0 || hsm_ct_equal(a->pValue, b->pValue, a->ulValueLen))
-	           ? CKR_OK
-	           : CKR_TEMPLATE_INCONSISTENT;
-}
-
-/* One alias a key: the two templates' labels, when both are given, are the same. */
-static CK_RV pair_label_attr(const CK_ATTRIBUTE *pub, CK_ULONG n_pub, const CK_ATTRIBUTE *priv,
-                             CK_ULONG n_priv, const CK_ATTRIBUTE **label)
-{
-	const CK_ATTRIBUTE *a = p11_attr_find(pub, n_pub, CKA_LABEL);
-	const CK_ATTRIBUTE *b = p11_attr_find(priv, n_priv, CKA_LABEL);
-	*label = b != NULL ? b : a;
-	if (a == NULL || b == NULL)
-		return CKR_OK;
-	return a->ulValueLen == b->ulValueLen &&
-	               (a->ulValueLen == 0 || hsm_ct_equal(a->pValue, b->pValue, a->ulValueLen))
-	           ? CKR_OK
-	           : CKR_TEMPLATE_INCONSISTENT;
-}
-
-/*
- * Makes a key in hsmd (CreateKey, and CreateAlias for a label), then reads
- * the objects again.  A key whose alias cannot be made goes again: no
- * half-made key stays.
- */
-static CK_RV make_key(hsm_key_spec spec, hsm_key_usage usage, const char *label,
-                      char key_id[HSM_UUID_STRLEN + 1])
-{
-	json_t *ans = NULL;
-	CK_RV rv = p11_call("TrentService.CreateKey",
-	                    json_pack("{s:s,s:s,s:s}", "KeySpec", hsm_spec_name(spec), "KeyUsage",
-	                              hsm_usage_name(usage), "Description", "made through PKCS#11"),
-	                    &ans);
-	key_id[0] = '\0';
-	const char *id = json_string_value(json_object_get(json_object_get(ans, "KeyMetadata"), "KeyId"));
-	if (rv == CKR_OK && (id == NULL || !hsm_is_uuid(id)))
-		rv = CKR_DEVICE_ERROR;
-	if (rv == CKR_OK)
-		snprintf(key_id, HSM_UUID_STRLEN + 1, "%s", id);
-	json_decref(ans);
-	if (rv == CKR_OK && label[0] != '\0') {
-		char alias[P11_LABEL_MAX + 8];
-		snprintf(alias, sizeof(alias), "alias/%s", label);
-		rv = p11_call("TrentService.CreateAlias",
-		              json_pack("{s:s,s:s}", "AliasName", alias, "TargetKeyId", key_id), &ans);
-		json_decref(ans);
-		if (rv != CKR_OK) {
-			(void)schedule_deletion(key_id);
-			rv = CKR_ATTRIBUTE_VALUE_INVALID; /* the label: taken, or not an alias name */
-		}
-	}
-	return rv == CKR_OK ? p11_objects_refresh() : rv;
-}
-
-CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR pub,
-                        CK_ULONG n_pub, CK_ATTRIBUTE_PTR priv, CK_ULONG n_priv,
-                        CK_OBJECT_HANDLE_PTR pub_out, CK_OBJECT_HANDLE_PTR priv_out)
-{
-	if (mech == NULL || pub_out == NULL || priv_out == NULL || (pub == NULL && n_pub > 0) ||
-	    (priv == NULL && n_priv > 0))
-		return CKR_ARGUMENTS_BAD;
-	ENTER();
-	hsm_key_spec spec;
-	char label[P11_LABEL_MAX + 1];
-	hsm_key_usage usage;
-	const CK_ATTRIBUTE *l = NULL;
-	CK_KEY_TYPE kt = pair_key_type(mech->mechanism);
-	/* Every check before CreateKey: a template refused makes no key. */
-	CK_RV rv = p11_user_session(h);
-	if (rv == CKR_OK)
-		rv = rw_session(h);
-	if (rv == CKR_OK && kt == CK_UNAVAILABLE_INFORMATION)
-		rv = CKR_MECHANISM_INVALID;
-	if (rv == CKR_OK)
-		rv = p11_template_check(pub, n_pub, CKO_PUBLIC_KEY, kt);
-	if (rv == CKR_OK)
-		rv = p11_template_check(priv, n_priv, CKO_PRIVATE_KEY, kt);
-	if (rv == CKR_OK)
-		rv = pair_spec(mech->mechanism, pub, n_pub, &spec);
-	if (rv == CKR_OK)
-		rv = same_curve(pub, n_pub, priv, n_priv);
-	if (rv == CKR_OK)
-		rv = pair_usage(spec, pub, n_pub, priv, n_priv, &usage);
-	if (rv == CKR_OK)
-		rv = pair_label_attr(pub, n_pub, priv, n_priv, &l);
-	if (rv == CKR_OK)
-		rv = pair_label(l, label, sizeof(label));
-	if (rv != CKR_OK)
-		LEAVE(rv);
-	char key_id[HSM_UUID_STRLEN + 1];
-	rv = make_key(spec, usage, label, key_id);
-	const p11_object *po = rv == CKR_OK ? p11_object_of(key_id, CKO_PUBLIC_KEY) : NULL;
-	const p11_object *ko = rv == CKR_OK ? p11_object_of(key_id, CKO_PRIVATE_KEY) : NULL;
-	if (rv == CKR_OK && (po == NULL || ko == NULL))
-		rv = CKR_DEVICE_ERROR;
-	if (rv == CKR_OK) {
-		*pub_out = po->handle;
-		*priv_out = ko->handle;
-	}
-	LEAVE(rv);
-}
-
-bool p11_attr_ulong(const CK_ATTRIBUTE *a, CK_ULONG *out)
-{
-	if (a == NULL)
-		return true;
-	if (a->pValue == NULL || a->ulValueLen != sizeof(CK_ULONG))
-		return false;
-	*out = *(const CK_ULONG *)a->pValue;
-	return true;
-}
-
-/*
- * The KMS key a secret key template asks for: CKM_AES_KEY_GEN makes a
- * SYMMETRIC_DEFAULT key (AES-256: CKA_VALUE_LEN 32 if given),
- * CKM_GENERIC_SECRET_KEY_GEN an HMAC key of CKA_VALUE_LEN bytes (28, 32, 48
- * or 64: HMAC_224 to HMAC_512, the HMAC mechanism of the same size).
- */
-static CK_RV secret_spec(CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *t, CK_ULONG n,
-                         hsm_key_spec *spec, hsm_key_usage *usage)
-{
-	CK_ULONG len = 0; /* well formed: p11_template_check */
-	(void)p11_attr_ulong(p11_attr_find(t, n, CKA_VALUE_LEN), &len);
-	/* An AES key encrypts and decrypts, an HMAC key signs and verifies, nothing else. */
-	static const CK_ATTRIBUTE_TYPE aes_uses[] = {CKA_ENCRYPT, CKA_DECRYPT};
-	static const CK_ATTRIBUTE_TYPE mac_uses[] = {CKA_SIGN, CKA_VERIFY};
-	bool aes = mech == CKM_AES_KEY_GEN;
-	if (one_usage(t, n, aes ? aes_uses : mac_uses, 2, false) != CKR_OK)
-		return CKR_TEMPLATE_INCONSISTENT;
-	if (aes) {
-		if (len != 0 && len != 32)
-			return CKR_ATTRIBUTE_VALUE_INVALID;
-		*spec = HSM_SPEC_SYMMETRIC_DEFAULT;
-		*usage = HSM_USAGE_ENCRYPT_DECRYPT;
-		return CKR_OK;
-	}
-	if (len == 0)
-		return CKR_TEMPLATE_INCOMPLETE;
-	if (len != 28 && len != 32 && len != 48 && len != 64)
-		return CKR_ATTRIBUTE_VALUE_INVALID;
-	*spec = len == 28   ? HSM_SPEC_HMAC_224
-	        : len == 32 ? HSM_SPEC_HMAC_256
-	        : len == 48 ? HSM_SPEC_HMAC_384
-	                    : HSM_SPEC_HMAC_512;
-	*usage = HSM_USAGE_GENERATE_VERIFY_MAC;
-	return CKR_OK;
-}
-
-CK_RV C_GenerateKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR t, CK_ULONG n,
-                    CK_OBJECT_HANDLE_PTR out)
-{
-	if (mech == NULL || out == NULL || (t == NULL && n > 0))
-		return CKR_ARGUMENTS_BAD;
-	ENTER();
-	hsm_key_spec spec;
-	hsm_key_usage usage;
-	char label[P11_LABEL_MAX + 1];
-	CK_KEY_TYPE kt = mech->mechanism == CKM_AES_KEY_GEN              ? CKK_AES
-	                 : mech->mechanism == CKM_GENERIC_SECRET_KEY_GEN ? CKK_GENERIC_SECRET
-	                                                                 : CK_UNAVAILABLE_INFORMATION;
-	/* Every check before CreateKey: a template refused makes no key. */
-	CK_RV rv = p11_user_session(h);
-	if (rv == CKR_OK)
-		rv = rw_session(h);
-	if (rv == CKR_OK && kt == CK_UNAVAILABLE_INFORMATION)
-		rv = CKR_MECHANISM_INVALID;
-	if (rv == CKR_OK)
-		rv = p11_template_check(t, n, CKO_SECRET_KEY, kt);
-	if (rv == CKR_OK)
-		rv = secret_spec(mech->mechanism, t, n, &spec, &usage);
-	if (rv == CKR_OK)
-		rv = pair_label(p11_attr_find(t, n, CKA_LABEL), label, sizeof(label));
-	if (rv != CKR_OK)
-		LEAVE(rv);
-	char key_id[HSM_UUID_STRLEN + 1];
-	rv = make_key(spec, usage, label, key_id);
-	const p11_object *o = rv == CKR_OK ? p11_object_of(key_id, CKO_SECRET_KEY) : NULL;
-	if (rv == CKR_OK && o == NULL)
-		rv = CKR_DEVICE_ERROR;
-	if (rv == CKR_OK)
-		*out = o->handle;
 	LEAVE(rv);
 }

@@ -4,9 +4,12 @@
  *
  *   module.c   C_GetFunctionList, initialization, slot and token, sessions,
  *              login, mechanisms, random numbers, the unsupported functions
- *   objects.c  hsmd's keys as token objects: loading, attributes, search,
- *              key pair generation, destruction
- *   template.c the rules a key generation template must meet
+ *   objects.c  hsmd's keys as token objects: the table, public values,
+ *              loading, destruction
+ *   attrs.c    object attributes, and searches matching templates against them
+ *   keygen.c   key pair and secret key generation
+ *   template.c the rules a key generation template must meet, and reading
+ *              template attributes
  *   certs.c    certificates (CKO_CERTIFICATE): hsmd's, and session objects
  *   sign.c     signing and verification
  *   crypt.c    RSA-OAEP and AES-GCM encryption and decryption
@@ -240,6 +243,12 @@ CK_RV p11_b64_member(json_t *o, const char *name, hsm_buf *out);
 /* ---- objects.c ---- */
 /* Reads hsmd's keys again (login, FindObjectsInit, after changes). */
 CK_RV p11_objects_refresh(void);
+/*
+ * Refreshes what a search template asks for: certificates (CKA_CLASS
+ * CKO_CERTIFICATE), keys (any other class; only the key CKA_ID or CKA_LABEL
+ * names, when one does), or both (no class).
+ */
+CK_RV p11_objects_refresh_for(const CK_ATTRIBUTE *tmpl, CK_ULONG count);
 void p11_objects_clear(void);
 /*
  * What a logout does to the table (PKCS#11 v2.40 5.6: the handles of private
@@ -253,7 +262,7 @@ p11_object *p11_object_get(CK_OBJECT_HANDLE h);
 p11_object *p11_key_get(CK_OBJECT_HANDLE h);
 /* A new session object for a derived secret (its handle set, the rest zero). */
 p11_object *p11_object_add_derived(CK_SESSION_HANDLE owner);
-/* A CK_BBOOL template attribute: true and *out set when present and well formed. */
+/* template.c: a CK_BBOOL template attribute: true and *out set when present and well formed. */
 bool p11_attr_bool(const CK_ATTRIBUTE *a, bool *out);
 /* A CK_ULONG template attribute: absent (true, *out untouched), or well formed. */
 bool p11_attr_ulong(const CK_ATTRIBUTE *a, CK_ULONG *out);
@@ -263,6 +272,19 @@ const CK_ATTRIBUTE *p11_attr_find(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUT
 p11_object *p11_object_of(const char *key_id, CK_OBJECT_CLASS cls);
 /* A new object (its handle set, the rest zero), or NULL. */
 p11_object *p11_object_new(const char *key_id, CK_OBJECT_CLASS cls);
+/*
+ * The key spec of a curve as CKA_EC_PARAMS gives it (a named curve's DER OID,
+ * or for the Edwards mechanism also the PrintableString "edwards25519"):
+ * CKR_CURVE_NOT_SUPPORTED for another curve, CKR_TEMPLATE_INCONSISTENT for
+ * the other mechanism's curve.
+ */
+CK_RV p11_curve_spec(const void *params, size_t len, bool edwards_mech, hsm_key_spec *spec);
+bool p11_spec_is_rsa(hsm_key_spec s);
+/* Schedules a key's deletion with hsmd's shortest waiting period (7 days: it can
+ * still be recovered with CancelKeyDeletion). */
+CK_RV p11_schedule_deletion(const char *key_id);
+/* CKR_OK in a read/write session: token objects are made and destroyed only there (5.7). */
+CK_RV p11_rw_session(CK_SESSION_HANDLE h);
 /* Drops the objects not seen in the last listing (derived ones stay). */
 void p11_objects_remove_unseen(void);
 /* Destroys one session object (a derived secret or a session certificate). */

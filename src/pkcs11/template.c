@@ -18,7 +18,7 @@
  * absent is the specification's default, FALSE, a session object, which
  * hsmd does not make (pkcs11-tool and p11tool send CKA_TOKEN TRUE).  The
  * usages (CKA_SIGN, CKA_DECRYPT, ...) are the key generation's own rules
- * (objects.c): an hsmd key has one usage.
+ * (keygen.c): an hsmd key has one usage.
  */
 #include <string.h>
 
@@ -189,4 +189,32 @@ CK_RV p11_template_check(const CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_CLASS cls,
 	    given(t, n, CKA_ALWAYS_AUTHENTICATE, true))
 		return CKR_TEMPLATE_INCONSISTENT;
 	return CKR_OK;
+}
+
+/* ---- reading template attributes ---- */
+
+const CK_ATTRIBUTE *p11_attr_find(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type)
+{
+	for (CK_ULONG i = 0; i < n; i++)
+		if (t[i].type == type)
+			return &t[i];
+	return NULL;
+}
+
+bool p11_attr_bool(const CK_ATTRIBUTE *a, bool *out)
+{
+	if (a == NULL || a->pValue == NULL || a->ulValueLen != sizeof(CK_BBOOL))
+		return false;
+	*out = *(const CK_BBOOL *)a->pValue != CK_FALSE;
+	return true;
+}
+
+bool p11_attr_ulong(const CK_ATTRIBUTE *a, CK_ULONG *out)
+{
+	if (a == NULL)
+		return true;
+	if (a->pValue == NULL || a->ulValueLen != sizeof(CK_ULONG))
+		return false;
+	*out = *(const CK_ULONG *)a->pValue;
+	return true;
 }

@@ -1,0 +1,346 @@
+/*
+ * attrs.c - what the module's objects say of themselves (p11.h):
+ * C_GetAttributeValue, C_SetAttributeValue and C_GetObjectSize, and the
+ * searches that match templates against the same attributes
+ * (C_FindObjectsInit, C_FindObjects, C_FindObjectsFinal).  Private values
+ * are never held: CKA_VALUE and the like are CKR_ATTRIBUTE_SENSITIVE.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "pkcs11/p11.h"
+
+/* ---- attributes --------------------------------------------------------------------------------- */
+
+typedef enum { A_OK, A_SENSITIVE, A_INVALID } a_status;
+
+typedef struct a_value {
+	const void *p;
+	CK_ULONG n;
+	union {
+		CK_BBOOL b;
+		CK_ULONG u;
+	} scratch;
+} a_value;
+
+static a_status boolean(a_value *v, bool b)
+{
+	v->scratch.b = b ? CK_TRUE : CK_FALSE;
+	v->p = &v->scratch.b;
+	v->n = sizeof(CK_BBOOL);
+	return A_OK;
+}
+
+static a_status ulong_value(a_value *v, CK_ULONG u)
+{
+	v->scratch.u = u;
+	v->p = &v->scratch.u;
+	v->n = sizeof(CK_ULONG);
+	return A_OK;
+}
+
+static a_status bytes(a_value *v, const void *p, size_t n)
+{
+	v->p = p;
+	v->n = (CK_ULONG)n;
+	return A_OK;
+}
+
+/* A derived secret's attributes: what its template asked for. */
+static a_status derived_attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
+{
+	for (size_t i = 0; i < P11_USES; i++)
+		if (p11_use_attrs[i] == t)
+			return boolean(v, o->uses[i]);
+	switch (t) {
+	case CKA_CLASS: return ulong_value(v, CKO_SECRET_KEY);
+	case CKA_KEY_TYPE: return ulong_value(v, CKK_GENERIC_SECRET);
+	case CKA_PRIVATE: return boolean(v, o->is_private);
+	case CKA_SENSITIVE:
+	case CKA_ALWAYS_SENSITIVE: return boolean(v, o->sensitive);
+	case CKA_EXTRACTABLE: return boolean(v, o->extractable);
+	case CKA_NEVER_EXTRACTABLE: return boolean(v, !o->extractable);
+	case CKA_DESTROYABLE: return boolean(v, true);
+	case CKA_TOKEN:
+	case CKA_MODIFIABLE:
+	case CKA_COPYABLE:
+	case CKA_LOCAL:
+	case CKA_SIGN_RECOVER:
+	case CKA_VERIFY_RECOVER:
+	case CKA_TRUSTED:
+	case CKA_WRAP_WITH_TRUSTED:
+	case CKA_ALWAYS_AUTHENTICATE: return boolean(v, false);
+	case CKA_LABEL: return bytes(v, o->label, strlen(o->label));
+	case CKA_ID: return bytes(v, o->id.data, o->id.len);
+	case CKA_START_DATE:
+	case CKA_END_DATE: return bytes(v, "", 0);
+	case CKA_KEY_GEN_MECHANISM: return ulong_value(v, CK_UNAVAILABLE_INFORMATION);
+	case CKA_VALUE_LEN: return ulong_value(v, (CK_ULONG)o->value.len);
+	case CKA_VALUE: return o->sensitive ? A_SENSITIVE : bytes(v, o->value.data, o->value.len);
+	default: return A_INVALID;
+	}
+}
+
+/* A certificate's attributes (PKCS#11 v2.40, 4.6: X.509 public key certificates). */
+static a_status cert_attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
+{
+	switch (t) {
+	case CKA_CLASS: return ulong_value(v, CKO_CERTIFICATE);
+	case CKA_TOKEN: return boolean(v, !o->derived);
+	case CKA_PRIVATE:
+	case CKA_MODIFIABLE:
+	case CKA_COPYABLE:
+	case CKA_TRUSTED: return boolean(v, false);
+	case CKA_DESTROYABLE: return boolean(v, true);
+	case CKA_LABEL: return bytes(v, o->label, strlen(o->label));
+	case CKA_CERTIFICATE_TYPE: return ulong_value(v, CKC_X_509);
+	case CKA_CERTIFICATE_CATEGORY: return ulong_value(v, 0); /* unspecified */
+	case CKA_CHECK_VALUE: return bytes(v, o->check.data, o->check.len);
+	case CKA_START_DATE:
+	case CKA_END_DATE:
+	case CKA_URL:
+	case CKA_HASH_OF_SUBJECT_PUBLIC_KEY:
+	case CKA_HASH_OF_ISSUER_PUBLIC_KEY: return bytes(v, "", 0);
+	case CKA_PUBLIC_KEY_INFO: return bytes(v, o->spki.data, o->spki.len);
+	case CKA_SUBJECT: return bytes(v, o->subject.data, o->subject.len);
+	case CKA_ID: return bytes(v, o->id.data, o->id.len);
+	case CKA_ISSUER: return bytes(v, o->issuer.data, o->issuer.len);
+	case CKA_SERIAL_NUMBER: return bytes(v, o->serial.data, o->serial.len);
+	case CKA_VALUE: return bytes(v, o->value.data, o->value.len);
+	case CKA_JAVA_MIDP_SECURITY_DOMAIN: return ulong_value(v, 0);
+	case CKA_NAME_HASH_ALGORITHM: return ulong_value(v, CKM_SHA_1);
+	default: return A_INVALID;
+	}
+}
+
+static a_status attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
+{
+	if (o->cls == CKO_CERTIFICATE)
+		return cert_attribute(o, t, v);
+	if (o->derived)
+		return derived_attribute(o, t, v);
+	bool priv = o->cls == CKO_PRIVATE_KEY, pub = o->cls == CKO_PUBLIC_KEY;
+	bool secret = o->cls == CKO_SECRET_KEY, rsa = o->key_type == CKK_RSA;
+	bool aes = o->key_type == CKK_AES, mac = secret && !aes;
+	switch (t) {
+	case CKA_CLASS: return ulong_value(v, o->cls);
+	case CKA_KEY_TYPE: return ulong_value(v, o->key_type);
+	case CKA_TOKEN: return boolean(v, true);
+	case CKA_PRIVATE: return boolean(v, !pub);
+	case CKA_DERIVE: return boolean(v, priv && o->usage == HSM_USAGE_KEY_AGREEMENT);
+	case CKA_MODIFIABLE:
+	case CKA_COPYABLE:
+	case CKA_WRAP:
+	case CKA_UNWRAP:
+	case CKA_SIGN_RECOVER:
+	case CKA_VERIFY_RECOVER:
+	case CKA_TRUSTED:
+	case CKA_WRAP_WITH_TRUSTED:
+	case CKA_ALWAYS_AUTHENTICATE: return boolean(v, false);
+	case CKA_DESTROYABLE: return boolean(v, !pub); /* a public key goes with its private key */
+	/* Imported material (PKCS#11 v2.40 4.7): not made here, and was once in the clear. */
+	case CKA_LOCAL: return boolean(v, !o->external);
+	case CKA_LABEL: return bytes(v, o->label, strlen(o->label));
+	case CKA_ID: return bytes(v, o->key_id, strlen(o->key_id));
+	case CKA_START_DATE:
+	case CKA_END_DATE: return bytes(v, "", 0);
+	case CKA_SIGN: return boolean(v, (priv && o->usage == HSM_USAGE_SIGN_VERIFY) || mac);
+	case CKA_VERIFY: return boolean(v, (pub && o->usage == HSM_USAGE_SIGN_VERIFY) || mac);
+	case CKA_DECRYPT: return boolean(v, (priv && o->usage == HSM_USAGE_ENCRYPT_DECRYPT) || aes);
+	case CKA_ENCRYPT: return boolean(v, (pub && o->usage == HSM_USAGE_ENCRYPT_DECRYPT) || aes);
+	case CKA_KEY_GEN_MECHANISM:
+		return ulong_value(v, o->external                    ? CK_UNAVAILABLE_INFORMATION
+		                      : rsa                          ? CKM_RSA_PKCS_KEY_PAIR_GEN
+		                      : aes                          ? CKM_AES_KEY_GEN
+		                      : secret                       ? CKM_GENERIC_SECRET_KEY_GEN
+		                      : o->key_type == CKK_EC_EDWARDS ? CKM_EC_EDWARDS_KEY_PAIR_GEN
+		                                                      : CKM_EC_KEY_PAIR_GEN);
+	case CKA_SENSITIVE:
+		if (pub)
+			break;
+		return boolean(v, true);
+	case CKA_ALWAYS_SENSITIVE:
+	case CKA_NEVER_EXTRACTABLE:
+		if (pub)
+			break;
+		return boolean(v, !o->external);
+	case CKA_EXTRACTABLE:
+		if (pub)
+			break;
+		return boolean(v, false);
+	case CKA_SUBJECT: return pub || priv ? bytes(v, "", 0) : A_INVALID;
+	case CKA_VALUE_LEN:
+		if (!secret)
+			break;
+		return ulong_value(v, aes                            ? 32
+		                      : o->spec == HSM_SPEC_HMAC_224 ? 28
+		                      : o->spec == HSM_SPEC_HMAC_256 ? 32
+		                      : o->spec == HSM_SPEC_HMAC_384 ? 48
+		                                                     : 64);
+	case CKA_VALUE: return pub ? A_INVALID : A_SENSITIVE;
+	case CKA_PUBLIC_KEY_INFO:
+		if (secret)
+			break;
+		return bytes(v, o->spki.data, o->spki.len);
+	case CKA_MODULUS:
+		if (!rsa)
+			break;
+		return bytes(v, o->modulus.data, o->modulus.len);
+	case CKA_PUBLIC_EXPONENT:
+		if (!rsa)
+			break;
+		return bytes(v, o->exponent.data, o->exponent.len);
+	case CKA_MODULUS_BITS:
+		if (!rsa)
+			break;
+		return ulong_value(v, o->modulus_bits);
+	case CKA_PRIVATE_EXPONENT:
+	case CKA_PRIME_1:
+	case CKA_PRIME_2:
+	case CKA_EXPONENT_1:
+	case CKA_EXPONENT_2:
+	case CKA_COEFFICIENT:
+		return priv && rsa ? A_SENSITIVE : A_INVALID;
+	case CKA_EC_PARAMS:
+		if (o->key_type != CKK_EC && o->key_type != CKK_EC_EDWARDS)
+			break;
+		return bytes(v, o->ec_params.data, o->ec_params.len);
+	case CKA_EC_POINT:
+		if (!pub || (o->key_type != CKK_EC && o->key_type != CKK_EC_EDWARDS))
+			break;
+		return bytes(v, o->ec_point.data, o->ec_point.len);
+	default: break;
+	}
+	return A_INVALID;
+}
+
+CK_RV C_GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR tmpl,
+                          CK_ULONG count)
+{
+	if (tmpl == NULL && count > 0)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	if (p11_session_get(h) == NULL)
+		LEAVE(CKR_SESSION_HANDLE_INVALID);
+	/* Before login no object shows (a search finds none): not even by a handle kept. */
+	const p11_object *o = p11.logged_in ? p11_object_get(obj) : NULL;
+	if (o == NULL)
+		LEAVE(CKR_OBJECT_HANDLE_INVALID);
+	CK_RV rv = CKR_OK;
+	for (CK_ULONG i = 0; i < count; i++) {
+		a_value v;
+		a_status st = attribute(o, tmpl[i].type, &v);
+		if (st != A_OK) {
+			tmpl[i].ulValueLen = CK_UNAVAILABLE_INFORMATION;
+			rv = st == A_SENSITIVE ? CKR_ATTRIBUTE_SENSITIVE : CKR_ATTRIBUTE_TYPE_INVALID;
+		} else if (tmpl[i].pValue == NULL) {
+			tmpl[i].ulValueLen = v.n;
+		} else if (tmpl[i].ulValueLen < v.n) {
+			tmpl[i].ulValueLen = CK_UNAVAILABLE_INFORMATION;
+			rv = CKR_BUFFER_TOO_SMALL;
+		} else {
+			if (v.n > 0)
+				memcpy(tmpl[i].pValue, v.p, v.n);
+			tmpl[i].ulValueLen = v.n;
+		}
+	}
+	LEAVE(rv);
+}
+
+CK_RV C_SetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR tmpl,
+                          CK_ULONG count)
+{
+	(void)tmpl;
+	(void)count;
+	ENTER();
+	if (p11_session_get(h) == NULL)
+		LEAVE(CKR_SESSION_HANDLE_INVALID);
+	/* Objects are views of hsmd's keys: change a key through hsmd's API. */
+	LEAVE(!p11.logged_in || p11_object_get(obj) == NULL ? CKR_OBJECT_HANDLE_INVALID
+	                                                  : CKR_ACTION_PROHIBITED);
+}
+
+CK_RV C_GetObjectSize(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ULONG_PTR size)
+{
+	if (size == NULL)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	if (p11_session_get(h) == NULL)
+		LEAVE(CKR_SESSION_HANDLE_INVALID);
+	if (!p11.logged_in || p11_object_get(obj) == NULL)
+		LEAVE(CKR_OBJECT_HANDLE_INVALID);
+	*size = CK_UNAVAILABLE_INFORMATION;
+	LEAVE(CKR_OK);
+}
+
+/* ---- search ---------------------------------------------------------------------------------------- */
+
+static bool matches(const p11_object *o, const CK_ATTRIBUTE *tmpl, CK_ULONG count)
+{
+	for (CK_ULONG i = 0; i < count; i++) {
+		a_value v;
+		if (attribute(o, tmpl[i].type, &v) != A_OK || v.n != tmpl[i].ulValueLen ||
+		    (v.n > 0 && (tmpl[i].pValue == NULL || !hsm_ct_equal(v.p, tmpl[i].pValue, v.n))))
+			return false;
+	}
+	return true;
+}
+
+CK_RV C_FindObjectsInit(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count)
+{
+	if (tmpl == NULL && count > 0)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	p11_session *s = p11_session_get(h);
+	if (s == NULL)
+		LEAVE(CKR_SESSION_HANDLE_INVALID);
+	if (s->find.active)
+		LEAVE(CKR_OPERATION_ACTIVE);
+	/* Before login this token shows nothing: every object is one of the user's keys. */
+	if (p11.logged_in) {
+		CK_RV rv = p11_objects_refresh_for(tmpl, count);
+		if (rv != CKR_OK)
+			LEAVE(rv);
+	}
+	free(s->find.handles);
+	memset(&s->find, 0, sizeof(s->find));
+	s->find.handles = calloc(p11.n_objects + 1, sizeof(CK_OBJECT_HANDLE));
+	if (s->find.handles == NULL)
+		LEAVE(CKR_HOST_MEMORY);
+	for (size_t i = 0; p11.logged_in && i < p11.n_objects; i++)
+		if (matches(&p11.objects[i], tmpl, count))
+			s->find.handles[s->find.n++] = p11.objects[i].handle;
+	s->find.active = true;
+	LEAVE(CKR_OK);
+}
+
+CK_RV C_FindObjects(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE_PTR out, CK_ULONG max,
+                    CK_ULONG_PTR count)
+{
+	if (out == NULL || count == NULL)
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	p11_session *s = p11_session_get(h);
+	if (s == NULL)
+		LEAVE(CKR_SESSION_HANDLE_INVALID);
+	if (!s->find.active)
+		LEAVE(CKR_OPERATION_NOT_INITIALIZED);
+	CK_ULONG n = 0;
+	while (n < max && s->find.pos < s->find.n)
+		out[n++] = s->find.handles[s->find.pos++];
+	*count = n;
+	LEAVE(CKR_OK);
+}
+
+CK_RV C_FindObjectsFinal(CK_SESSION_HANDLE h)
+{
+	ENTER();
+	p11_session *s = p11_session_get(h);
+	if (s == NULL)
+		LEAVE(CKR_SESSION_HANDLE_INVALID);
+	if (!s->find.active)
+		LEAVE(CKR_OPERATION_NOT_INITIALIZED);
+	free(s->find.handles);
+	memset(&s->find, 0, sizeof(s->find));
+	LEAVE(CKR_OK);
+}

@@ -1,0 +1,312 @@
+/*
+ * keygen.c - key generation (p11.h): C_GenerateKeyPair makes an hsmd key of
+ * the spec and usage the mechanism and templates ask for (RSA, NIST EC and
+ * secp256k1, Ed25519; signing or decryption, or ECDH), C_GenerateKey an AES
+ * or HMAC key; each template is first checked against PKCS#11's rules
+ * (template.c).  The new key is read back as the module's objects.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "pkcs11/p11.h"
+
+/* The KMS key spec a key pair template asks for. */
+static CK_RV pair_spec(CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *pub, CK_ULONG n_pub,
+                       hsm_key_spec *spec)
+{
+	if (mech == CKM_RSA_PKCS_KEY_PAIR_GEN) {
+		const CK_ATTRIBUTE *bits = p11_attr_find(pub, n_pub, CKA_MODULUS_BITS);
+		CK_ULONG b = 0;
+		if (bits == NULL)
+			return CKR_TEMPLATE_INCOMPLETE;
+		if (!p11_attr_ulong(bits, &b))
+			return CKR_ATTRIBUTE_VALUE_INVALID;
+		if (b != 2048 && b != 3072 && b != 4096)
+			return CKR_ATTRIBUTE_VALUE_INVALID;
+		*spec = b == 2048 ? HSM_SPEC_RSA_2048 : b == 3072 ? HSM_SPEC_RSA_3072 : HSM_SPEC_RSA_4096;
+		const CK_ATTRIBUTE *e = p11_attr_find(pub, n_pub, CKA_PUBLIC_EXPONENT);
+		if (e != NULL) { /* hsmd's RSA keys have e = 65537 */
+			const uint8_t *p = e->pValue;
+			CK_ULONG i = 0, n = e->ulValueLen;
+			while (p != NULL && i < n && p[i] == 0)
+				i++;
+			if (p == NULL || n - i != 3 || p[i] != 1 || p[i + 1] != 0 || p[i + 2] != 1)
+				return CKR_ATTRIBUTE_VALUE_INVALID;
+		}
+		return CKR_OK;
+	}
+	if (mech == CKM_EC_KEY_PAIR_GEN || mech == CKM_EC_EDWARDS_KEY_PAIR_GEN) {
+		bool edwards_mech = mech == CKM_EC_EDWARDS_KEY_PAIR_GEN;
+		const CK_ATTRIBUTE *ec = p11_attr_find(pub, n_pub, CKA_EC_PARAMS);
+		if (ec == NULL || ec->pValue == NULL)
+			return CKR_TEMPLATE_INCOMPLETE;
+		return p11_curve_spec(ec->pValue, ec->ulValueLen, edwards_mech, spec);
+	}
+	return CKR_MECHANISM_INVALID;
+}
+
+/* A label usable as a KMS alias name (alias/<label>). */
+static CK_RV pair_label(const CK_ATTRIBUTE *a, char *out, size_t cap)
+{
+	out[0] = '\0';
+	if (a == NULL)
+		return CKR_OK;
+	if (a->pValue == NULL || a->ulValueLen == 0 || a->ulValueLen > 200 || a->ulValueLen >= cap)
+		return CKR_ATTRIBUTE_VALUE_INVALID;
+	const char *p = a->pValue;
+	for (CK_ULONG i = 0; i < a->ulValueLen; i++)
+		if (!((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= 'A' && p[i] <= 'Z') ||
+		      (p[i] >= '0' && p[i] <= '9') || strchr("/_-", p[i]) != NULL) ||
+		    p[i] == '\0')
+			return CKR_ATTRIBUTE_VALUE_INVALID;
+	memcpy(out, p, a->ulValueLen);
+	out[a->ulValueLen] = '\0';
+	return hsm_str_has_prefix(out, "aws/") ? CKR_ATTRIBUTE_VALUE_INVALID : CKR_OK;
+}
+
+/* The key type a key pair mechanism makes, or CK_UNAVAILABLE_INFORMATION. */
+static CK_KEY_TYPE pair_key_type(CK_MECHANISM_TYPE mech)
+{
+	return mech == CKM_RSA_PKCS_KEY_PAIR_GEN     ? CKK_RSA
+	       : mech == CKM_EC_KEY_PAIR_GEN         ? CKK_EC
+	       : mech == CKM_EC_EDWARDS_KEY_PAIR_GEN ? CKK_EC_EDWARDS
+	                                             : CK_UNAVAILABLE_INFORMATION;
+}
+
+/*
+ * The usages a template may not ask for (true) beside `own`, the one its key
+ * has, and which it may not refuse (false) either.
+ */
+static CK_RV one_usage(const CK_ATTRIBUTE *t, CK_ULONG n, const CK_ATTRIBUTE_TYPE *own,
+                       size_t n_own, bool own_may_be_false)
+{
+	static const CK_ATTRIBUTE_TYPE usages[] = {CKA_SIGN,   CKA_VERIFY,      CKA_ENCRYPT,
+	                                           CKA_DECRYPT, CKA_DERIVE,     CKA_WRAP,
+	                                           CKA_UNWRAP, CKA_SIGN_RECOVER, CKA_VERIFY_RECOVER};
+	for (size_t i = 0; i < sizeof(usages) / sizeof(usages[0]); i++) {
+		bool mine = false;
+		for (size_t j = 0; j < n_own; j++)
+			mine = mine || own[j] == usages[i];
+		if (mine ? !own_may_be_false && p11_template_false(t, n, usages[i])
+		         : p11_template_true(t, n, usages[i]))
+			return CKR_TEMPLATE_INCONSISTENT;
+	}
+	return CKR_OK;
+}
+
+/*
+ * The usage a pair's private template asks for (an hsmd key has one): to
+ * decrypt (CKA_DECRYPT true: pkcs11-tool --usage-decrypt) an RSA
+ * ENCRYPT_DECRYPT key, to derive (CKA_DERIVE true: --usage-derive) a NIST
+ * curve KEY_AGREEMENT key, otherwise to sign, unless CKA_SIGN is false.  Two
+ * at once, or one the key's type cannot have, is refused; so is a public
+ * template asking its key for another use, or refusing it its own.
+ */
+static CK_RV pair_usage(hsm_key_spec spec, const CK_ATTRIBUTE *pub, CK_ULONG n_pub,
+                        const CK_ATTRIBUTE *priv, CK_ULONG n_priv, hsm_key_usage *usage)
+{
+	bool nist = spec == HSM_SPEC_ECC_NIST_P256 || spec == HSM_SPEC_ECC_NIST_P384 ||
+	            spec == HSM_SPEC_ECC_NIST_P521;
+	bool sign = p11_template_true(priv, n_priv, CKA_SIGN);
+	bool decrypt = p11_template_true(priv, n_priv, CKA_DECRYPT);
+	bool derive = p11_template_true(priv, n_priv, CKA_DERIVE);
+	if ((int)sign + (int)decrypt + (int)derive > 1)
+		return CKR_TEMPLATE_INCONSISTENT;
+	if (decrypt && !p11_spec_is_rsa(spec))
+		return CKR_TEMPLATE_INCONSISTENT;
+	if (derive && !nist)
+		return CKR_TEMPLATE_INCONSISTENT; /* hsmd's KEY_AGREEMENT keys are on NIST curves */
+	*usage = decrypt  ? HSM_USAGE_ENCRYPT_DECRYPT
+	         : derive ? HSM_USAGE_KEY_AGREEMENT
+	                  : HSM_USAGE_SIGN_VERIFY;
+	CK_ATTRIBUTE_TYPE mine = decrypt ? CKA_DECRYPT : derive ? CKA_DERIVE : CKA_SIGN;
+	CK_RV rv = one_usage(priv, n_priv, &mine, 1, false);
+	/* The public key's side: verify, encrypt, or (pkcs11-tool sets it) derive. */
+	CK_ATTRIBUTE_TYPE theirs = decrypt ? CKA_ENCRYPT : derive ? CKA_DERIVE : CKA_VERIFY;
+	if (rv == CKR_OK)
+		rv = one_usage(pub, n_pub, &theirs, 1, derive);
+	return rv;
+}
+
+/* The private template's CKA_EC_PARAMS, if any, must be the public one's. */
+static CK_RV same_curve(const CK_ATTRIBUTE *pub, CK_ULONG n_pub, const CK_ATTRIBUTE *priv,
+                        CK_ULONG n_priv)
+{
+	const CK_ATTRIBUTE *a = p11_attr_find(pub, n_pub, CKA_EC_PARAMS);
+	const CK_ATTRIBUTE *b = p11_attr_find(priv, n_priv, CKA_EC_PARAMS);
+	if (b == NULL)
+		return CKR_OK;
+	return a != NULL && a->ulValueLen == b->ulValueLen &&
+	               (a->ulValueLen == 0 || hsm_ct_equal(a->pValue, b->pValue, a->ulValueLen))
+	           ? CKR_OK
+	           : CKR_TEMPLATE_INCONSISTENT;
+}
+
+/* One alias a key: the two templates' labels, when both are given, are the same. */
+static CK_RV pair_label_attr(const CK_ATTRIBUTE *pub, CK_ULONG n_pub, const CK_ATTRIBUTE *priv,
+                             CK_ULONG n_priv, const CK_ATTRIBUTE **label)
+{
+	const CK_ATTRIBUTE *a = p11_attr_find(pub, n_pub, CKA_LABEL);
+	const CK_ATTRIBUTE *b = p11_attr_find(priv, n_priv, CKA_LABEL);
+	*label = b != NULL ? b : a;
+	if (a == NULL || b == NULL)
+		return CKR_OK;
+	return a->ulValueLen == b->ulValueLen &&
+	               (a->ulValueLen == 0 || hsm_ct_equal(a->pValue, b->pValue, a->ulValueLen))
+	           ? CKR_OK
+	           : CKR_TEMPLATE_INCONSISTENT;
+}
+
+/*
+ * Makes a key in hsmd (CreateKey, and CreateAlias for a label), then reads
+ * the objects again.  A key whose alias cannot be made goes again: no
+ * half-made key stays.
+ */
+static CK_RV make_key(hsm_key_spec spec, hsm_key_usage usage, const char *label,
+                      char key_id[HSM_UUID_STRLEN + 1])
+{
+	json_t *ans = NULL;
+	CK_RV rv = p11_call("TrentService.CreateKey",
+	                    json_pack("{s:s,s:s,s:s}", "KeySpec", hsm_spec_name(spec), "KeyUsage",
+	                              hsm_usage_name(usage), "Description", "made through PKCS#11"),
+	                    &ans);
+	key_id[0] = '\0';
+	const char *id = json_string_value(json_object_get(json_object_get(ans, "KeyMetadata"), "KeyId"));
+	if (rv == CKR_OK && (id == NULL || !hsm_is_uuid(id)))
+		rv = CKR_DEVICE_ERROR;
+	if (rv == CKR_OK)
+		snprintf(key_id, HSM_UUID_STRLEN + 1, "%s", id);
+	json_decref(ans);
+	if (rv == CKR_OK && label[0] != '\0') {
+		char alias[P11_LABEL_MAX + 8];
+		snprintf(alias, sizeof(alias), "alias/%s", label);
+		rv = p11_call("TrentService.CreateAlias",
+		              json_pack("{s:s,s:s}", "AliasName", alias, "TargetKeyId", key_id), &ans);
+		json_decref(ans);
+		if (rv != CKR_OK) {
+			(void)p11_schedule_deletion(key_id);
+			rv = CKR_ATTRIBUTE_VALUE_INVALID; /* the label: taken, or not an alias name */
+		}
+	}
+	return rv == CKR_OK ? p11_objects_refresh() : rv;
+}
+
+CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR pub,
+                        CK_ULONG n_pub, CK_ATTRIBUTE_PTR priv, CK_ULONG n_priv,
+                        CK_OBJECT_HANDLE_PTR pub_out, CK_OBJECT_HANDLE_PTR priv_out)
+{
+	if (mech == NULL || pub_out == NULL || priv_out == NULL || (pub == NULL && n_pub > 0) ||
+	    (priv == NULL && n_priv > 0))
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	hsm_key_spec spec;
+	char label[P11_LABEL_MAX + 1];
+	hsm_key_usage usage;
+	const CK_ATTRIBUTE *l = NULL;
+	CK_KEY_TYPE kt = pair_key_type(mech->mechanism);
+	/* Every check before CreateKey: a template refused makes no key. */
+	CK_RV rv = p11_user_session(h);
+	if (rv == CKR_OK)
+		rv = p11_rw_session(h);
+	if (rv == CKR_OK && kt == CK_UNAVAILABLE_INFORMATION)
+		rv = CKR_MECHANISM_INVALID;
+	if (rv == CKR_OK)
+		rv = p11_template_check(pub, n_pub, CKO_PUBLIC_KEY, kt);
+	if (rv == CKR_OK)
+		rv = p11_template_check(priv, n_priv, CKO_PRIVATE_KEY, kt);
+	if (rv == CKR_OK)
+		rv = pair_spec(mech->mechanism, pub, n_pub, &spec);
+	if (rv == CKR_OK)
+		rv = same_curve(pub, n_pub, priv, n_priv);
+	if (rv == CKR_OK)
+		rv = pair_usage(spec, pub, n_pub, priv, n_priv, &usage);
+	if (rv == CKR_OK)
+		rv = pair_label_attr(pub, n_pub, priv, n_priv, &l);
+	if (rv == CKR_OK)
+		rv = pair_label(l, label, sizeof(label));
+	if (rv != CKR_OK)
+		LEAVE(rv);
+	char key_id[HSM_UUID_STRLEN + 1];
+	rv = make_key(spec, usage, label, key_id);
+	const p11_object *po = rv == CKR_OK ? p11_object_of(key_id, CKO_PUBLIC_KEY) : NULL;
+	const p11_object *ko = rv == CKR_OK ? p11_object_of(key_id, CKO_PRIVATE_KEY) : NULL;
+	if (rv == CKR_OK && (po == NULL || ko == NULL))
+		rv = CKR_DEVICE_ERROR;
+	if (rv == CKR_OK) {
+		*pub_out = po->handle;
+		*priv_out = ko->handle;
+	}
+	LEAVE(rv);
+}
+
+/*
+ * The KMS key a secret key template asks for: CKM_AES_KEY_GEN makes a
+ * SYMMETRIC_DEFAULT key (AES-256: CKA_VALUE_LEN 32 if given),
+ * CKM_GENERIC_SECRET_KEY_GEN an HMAC key of CKA_VALUE_LEN bytes (28, 32, 48
+ * or 64: HMAC_224 to HMAC_512, the HMAC mechanism of the same size).
+ */
+static CK_RV secret_spec(CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *t, CK_ULONG n,
+                         hsm_key_spec *spec, hsm_key_usage *usage)
+{
+	CK_ULONG len = 0; /* well formed: p11_template_check */
+	(void)p11_attr_ulong(p11_attr_find(t, n, CKA_VALUE_LEN), &len);
+	/* An AES key encrypts and decrypts, an HMAC key signs and verifies, nothing else. */
+	static const CK_ATTRIBUTE_TYPE aes_uses[] = {CKA_ENCRYPT, CKA_DECRYPT};
+	static const CK_ATTRIBUTE_TYPE mac_uses[] = {CKA_SIGN, CKA_VERIFY};
+	bool aes = mech == CKM_AES_KEY_GEN;
+	if (one_usage(t, n, aes ? aes_uses : mac_uses, 2, false) != CKR_OK)
+		return CKR_TEMPLATE_INCONSISTENT;
+	if (aes) {
+		if (len != 0 && len != 32)
+			return CKR_ATTRIBUTE_VALUE_INVALID;
+		*spec = HSM_SPEC_SYMMETRIC_DEFAULT;
+		*usage = HSM_USAGE_ENCRYPT_DECRYPT;
+		return CKR_OK;
+	}
+	if (len == 0)
+		return CKR_TEMPLATE_INCOMPLETE;
+	if (len != 28 && len != 32 && len != 48 && len != 64)
+		return CKR_ATTRIBUTE_VALUE_INVALID;
+	*spec = len == 28   ? HSM_SPEC_HMAC_224
+	        : len == 32 ? HSM_SPEC_HMAC_256
+	        : len == 48 ? HSM_SPEC_HMAC_384
+	                    : HSM_SPEC_HMAC_512;
+	*usage = HSM_USAGE_GENERATE_VERIFY_MAC;
+	return CKR_OK;
+}
+
+CK_RV C_GenerateKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR t, CK_ULONG n,
+                    CK_OBJECT_HANDLE_PTR out)
+{
+	if (mech == NULL || out == NULL || (t == NULL && n > 0))
+		return CKR_ARGUMENTS_BAD;
+	ENTER();
+	hsm_key_spec spec;
+	hsm_key_usage usage;
+	char label[P11_LABEL_MAX + 1];
+	CK_KEY_TYPE kt = mech->mechanism == CKM_AES_KEY_GEN              ? CKK_AES
+	                 : mech->mechanism == CKM_GENERIC_SECRET_KEY_GEN ? CKK_GENERIC_SECRET
+	                                                                 : CK_UNAVAILABLE_INFORMATION;
+	/* Every check before CreateKey: a template refused makes no key. */
+	CK_RV rv = p11_user_session(h);
+	if (rv == CKR_OK)
+		rv = p11_rw_session(h);
+	if (rv == CKR_OK && kt == CK_UNAVAILABLE_INFORMATION)
+		rv = CKR_MECHANISM_INVALID;
+	if (rv == CKR_OK)
+		rv = p11_template_check(t, n, CKO_SECRET_KEY, kt);
+	if (rv == CKR_OK)
+		rv = secret_spec(mech->mechanism, t, n, &spec, &usage);
+	if (rv == CKR_OK)
+		rv = pair_label(p11_attr_find(t, n, CKA_LABEL), label, sizeof(label));
+	if (rv != CKR_OK)
+		LEAVE(rv);
+	char key_id[HSM_UUID_STRLEN + 1];
+	rv = make_key(spec, usage, label, key_id);
+	const p11_object *o = rv == CKR_OK ? p11_object_of(key_id, CKO_SECRET_KEY) : NULL;
+	if (rv == CKR_OK && o == NULL)
+		rv = CKR_DEVICE_ERROR;
+	if (rv == CKR_OK)
+		*out = o->handle;
+	LEAVE(rv);
+}
