@@ -352,4 +352,24 @@ int hsm_store_pg_schema_latest(void);
  */
 hsm_result hsm_store_snapshot_to_sqlite(hsm_store *src, const char *path) HSM_MUST_CHECK;
 
+
+/* ---- Argument checks (store.c), shared by the public functions' files ---- */
+
+/* A string that must be non-empty and fit a field of cap bytes (with the NUL). */
+hsm_result st_check_name(const char *s, size_t cap, const char *what) HSM_MUST_CHECK;
+/* A string that may be empty but must fit a field of cap bytes (with the NUL). */
+hsm_result st_check_fits(const char *s, size_t cap, const char *what) HSM_MUST_CHECK;
+/* An identifier for a lookup: empty is VALIDATION, too long NOT_FOUND (it cannot exist). */
+hsm_result st_check_lookup(const char *s, size_t cap, const char *what) HSM_MUST_CHECK;
+/* Whether s is exactly len lowercase hex digits (reads at most len + 1 bytes of it). */
+bool st_is_lower_hex(const char *s, size_t len);
+/* A listing's limit: 1 to HSM_STORE_LIST_MAX. */
+hsm_result st_check_limit(size_t limit) HSM_MUST_CHECK;
+
+/* A listing cursor: NULL (from the start) as the empty string. */
+static inline const char *st_cursor(const char *after)
+{
+	return after != NULL ? after : "";
+}
+
 #endif
