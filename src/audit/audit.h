@@ -310,7 +310,8 @@ typedef struct hsm_audit_verify_report {
 /*
  * Verifies the files (sorted by name, which sorts them by first sequence
  * number) as one log: sequence, chain, checkpoint signatures, torn or
- * truncated tails.  Returns HSM_SUCCESS when the check ran (the verdict is in
+ * truncated tails.  Two files of the same name (a file and its copy) are
+ * read once if they hold the same bytes, and reported as modified if not.  Returns HSM_SUCCESS when the check ran (the verdict is in
  * report->valid) and a failure only when a file or the key cannot be read.
  */
 hsm_result hsm_audit_verify_files(const char *const *paths, size_t n_paths,

@@ -111,8 +111,11 @@ int cmd_audit_verify(int argc, char **argv)
 		printf("result: VALID\n");
 		rc = 0;
 	} else {
-		printf("result: INVALID\nfirst bad record: %s line %llu (byte offset %llu)", rep.file,
-		       (unsigned long long)rep.line, (unsigned long long)rep.offset);
+		if (rep.line == 0) /* a whole file */
+			printf("result: INVALID\nfirst bad file: %s", rep.file);
+		else
+			printf("result: INVALID\nfirst bad record: %s line %llu (byte offset %llu)",
+			       rep.file, (unsigned long long)rep.line, (unsigned long long)rep.offset);
 		if (rep.seq != 0)
 			printf(", seq %llu", (unsigned long long)rep.seq);
 		printf("\nproblem: %s\n", rep.detail);

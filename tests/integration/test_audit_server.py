@@ -402,6 +402,11 @@ def test_closed_audit_files_are_copied_to_the_copy_dir():
         res = subprocess.run([HSMCTL, "audit", "verify", "--pubkey", pem] + dr + originals[-1:],
                              capture_output=True, text=True)
         assert res.returncode == 0 and "VALID" in res.stdout, res.stdout
+        # Both directories whole, as an auditor would give them: the same verdict.
+        whole = subprocess.run([HSMCTL, "audit", "verify", "--pubkey", pem] + dr + originals,
+                               capture_output=True, text=True)
+        assert whole.returncode == 0, whole.stdout
+        assert whole.stdout.split("head:")[1] == res.stdout.split("head:")[1], whole.stdout
     finally:
         subprocess.run(["rm", "-rf", tmp])
 

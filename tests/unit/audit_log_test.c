@@ -504,6 +504,23 @@ static void test_closed_files_are_copied_and_expire_with_their_originals(void **
 	assert_true(hsm_ok(hsm_audit_verify_files(log, 3, &o, &r)));
 	assert_true(r.valid);
 	assert_int_equal(r.first_seq, file_seq(copied[0]));
+	uint64_t records = r.records;
+	/* Both directories given whole: a file and its copy are read once. */
+	const char *both[5] = {copied[0], copied[1], files[0], files[1], files[2]};
+	assert_true(hsm_ok(hsm_audit_verify_files(both, 5, &o, &r)));
+	assert_true(r.valid);
+	assert_int_equal(r.records, records);
+	assert_int_equal(r.files, 3);
+	/* A copy that is not its original's bytes: named, whichever the chain would take. */
+	FILE *f = fopen(copied[1], "r+");
+	assert_non_null(f);
+	assert_int_equal(fseek(f, 10, SEEK_SET), 0);
+	assert_int_equal(fputc('X', f), 'X');
+	fclose(f);
+	assert_true(hsm_ok(hsm_audit_verify_files(both, 5, &o, &r)));
+	assert_false(r.valid);
+	assert_int_equal(r.problem, HSM_AUDIT_MODIFIED);
+	assert_non_null(strstr(r.detail, "have the same name but differ"));
 	t_rm_rf(dir);
 	t_rm_rf(copies);
 }
