@@ -459,6 +459,34 @@ static void in_dir(char out[PATH_MAX], const char *dir, const char *path)
 	assert_true(n > 0 && n < PATH_MAX);
 }
 
+/* A log and its copy directory, opened with the clock 3000 days back. */
+typedef struct copy_fx {
+	char dir[PATH_MAX], copies[PATH_MAX];
+	hsm_audit_config c;
+	hsm_audit *a;
+	int64_t now;
+} copy_fx;
+
+static void copy_open(copy_fx *x, const char *tag)
+{
+	char tag2[64];
+	t_mkdtemp(x->dir, tag);
+	snprintf(tag2, sizeof(tag2), "%s-copies", tag);
+	t_mkdtemp(x->copies, tag2);
+	x->now = hsm_now_ms();
+	x->c = retention_config(x->dir);
+	x->c.copy_dir = x->copies;
+	x->a = NULL;
+	atomic_store(&fake_now, x->now - 3000 * DAY_MS);
+	assert_true(hsm_ok(hsm_audit_open(&x->c, &x->a)));
+}
+
+static void copy_done(copy_fx *x)
+{
+	t_rm_rf(x->dir);
+	t_rm_rf(x->copies);
+}
+
 /*
  * With a copy directory, each closed file is copied there, the current one
  * is not, and retention deletes a copy with its original; the copies and
@@ -467,35 +495,29 @@ static void in_dir(char out[PATH_MAX], const char *dir, const char *path)
 static void test_closed_files_are_copied_and_expire_with_their_originals(void **state)
 {
 	(void)state;
-	char dir[PATH_MAX], copies[PATH_MAX], path[PATH_MAX];
-	t_mkdtemp(dir, "audit-copy");
-	t_mkdtemp(copies, "audit-copies");
-	int64_t now = hsm_now_ms();
-	hsm_audit_config c = retention_config(dir);
-	c.copy_dir = copies;
-	hsm_audit *a = NULL;
-	atomic_store(&fake_now, now - 3000 * DAY_MS);
-	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
-	fill_and_rotate(a, now - 3000 * DAY_MS, 0);
-	fill_and_rotate(a, now - 2556 * DAY_MS, 5);
+	char path[PATH_MAX];
+	copy_fx x;
+	copy_open(&x, "audit-copy");
+	fill_and_rotate(x.a, x.now - 3000 * DAY_MS, 0);
+	fill_and_rotate(x.a, x.now - 2556 * DAY_MS, 5);
 	static char files[T_MAX_FILES][PATH_MAX], copied[T_MAX_FILES][PATH_MAX];
-	assert_int_equal(t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES), 3);
-	assert_int_equal(t_list(copies, "audit-", ".jsonl", copied, T_MAX_FILES), 2);
+	assert_int_equal(t_list(x.dir, "audit-", ".jsonl", files, T_MAX_FILES), 3);
+	assert_int_equal(t_list(x.copies, "audit-", ".jsonl", copied, T_MAX_FILES), 2);
 	for (int i = 0; i < 2; i++) {
-		in_dir(path, dir, copied[i]);
+		in_dir(path, x.dir, copied[i]);
 		assert_string_equal(path, files[i]);
 		assert_true(same_file(files[i], copied[i]));
 	}
 	hsm_audit_stats st;
-	hsm_audit_get_stats(a, &st);
+	hsm_audit_get_stats(x.a, &st);
 	assert_int_equal(st.files_copied, 2);
 	assert_int_equal(st.copy_failures, 0);
-	fill_and_rotate(a, now, 10); /* file 3 copied; file 1 and its copy expire */
-	hsm_audit_close(a);
-	assert_int_equal(t_list(copies, "audit-", ".jsonl", copied, T_MAX_FILES), 2);
-	in_dir(path, copies, files[1]);
+	fill_and_rotate(x.a, x.now, 10); /* file 3 copied; file 1 and its copy expire */
+	hsm_audit_close(x.a);
+	assert_int_equal(t_list(x.copies, "audit-", ".jsonl", copied, T_MAX_FILES), 2);
+	in_dir(path, x.copies, files[1]);
 	assert_string_equal(copied[0], path);
-	assert_int_equal(t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES), 3);
+	assert_int_equal(t_list(x.dir, "audit-", ".jsonl", files, T_MAX_FILES), 3);
 	assert_true(same_file(files[1], copied[1]));
 	/* The copies, then the file still being written when hsmd stopped: one log. */
 	const char *log[3] = {copied[0], copied[1], files[2]};
@@ -521,53 +543,44 @@ static void test_closed_files_are_copied_and_expire_with_their_originals(void **
 	assert_false(r.valid);
 	assert_int_equal(r.problem, HSM_AUDIT_MODIFIED);
 	assert_non_null(strstr(r.detail, "have the same name but differ"));
-	t_rm_rf(dir);
-	t_rm_rf(copies);
+	copy_done(&x);
 }
 
 /* A file the copy directory does not hold is kept past its retention, until it is copied. */
 static void test_retention_keeps_files_not_copied(void **state)
 {
 	(void)state;
-	char dir[PATH_MAX], copies[PATH_MAX];
-	t_mkdtemp(dir, "audit-copy-fails");
-	t_mkdtemp(copies, "audit-copies-fail");
-	int64_t now = hsm_now_ms();
-	hsm_audit_config c = retention_config(dir);
-	c.copy_dir = copies;
-	hsm_audit *a = NULL;
-	atomic_store(&fake_now, now - 3000 * DAY_MS);
-	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	copy_fx x;
+	copy_open(&x, "audit-copy-fails");
 	/* The copy directory's disk went away: a file stands where it was. */
-	assert_int_equal(rmdir(copies), 0);
-	FILE *f = fopen(copies, "w");
+	assert_int_equal(rmdir(x.copies), 0);
+	FILE *f = fopen(x.copies, "w");
 	assert_non_null(f);
 	fclose(f);
-	fill_and_rotate(a, now - 3000 * DAY_MS, 0);
-	fill_and_rotate(a, now - 2556 * DAY_MS, 5);
-	fill_and_rotate(a, now, 10); /* file 1 has expired, but has no copy */
+	fill_and_rotate(x.a, x.now - 3000 * DAY_MS, 0);
+	fill_and_rotate(x.a, x.now - 2556 * DAY_MS, 5);
+	fill_and_rotate(x.a, x.now, 10); /* file 1 has expired, but has no copy */
 	static char files[T_MAX_FILES][PATH_MAX];
-	assert_int_equal(t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES), 4);
+	assert_int_equal(t_list(x.dir, "audit-", ".jsonl", files, T_MAX_FILES), 4);
 	assert_int_equal(file_seq(files[0]), 1);
 	hsm_audit_stats st;
-	hsm_audit_get_stats(a, &st);
+	hsm_audit_get_stats(x.a, &st);
 	assert_int_equal(st.files_expired, 0);
 	assert_int_equal(st.files_copied, 0);
 	assert_true(st.copy_failures >= 3);
 	/* It is back: the next pass copies everything closed, then retention goes on. */
-	assert_int_equal(unlink(copies), 0);
-	assert_int_equal(mkdir(copies, 0700), 0);
-	fill_and_rotate(a, now, 15);
-	hsm_audit_get_stats(a, &st);
+	assert_int_equal(unlink(x.copies), 0);
+	assert_int_equal(mkdir(x.copies, 0700), 0);
+	fill_and_rotate(x.a, x.now, 15);
+	hsm_audit_get_stats(x.a, &st);
 	assert_int_equal(st.files_copied, 4);
 	assert_int_equal(st.files_expired, 1);
-	hsm_audit_close(a);
+	hsm_audit_close(x.a);
 	static char copied[T_MAX_FILES][PATH_MAX];
-	assert_int_equal(t_list(copies, "audit-", ".jsonl", copied, T_MAX_FILES), 3);
-	assert_int_equal(t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES), 4);
+	assert_int_equal(t_list(x.copies, "audit-", ".jsonl", copied, T_MAX_FILES), 3);
+	assert_int_equal(t_list(x.dir, "audit-", ".jsonl", files, T_MAX_FILES), 4);
 	assert_true(file_seq(files[0]) > 1 && file_seq(copied[0]) == file_seq(files[0]));
-	t_rm_rf(dir);
-	t_rm_rf(copies);
+	copy_done(&x);
 }
 
 /*
@@ -578,19 +591,12 @@ static void test_retention_keeps_files_not_copied(void **state)
 static void test_a_different_file_in_the_copy_dir_is_left_alone(void **state)
 {
 	(void)state;
-	char dir[PATH_MAX], copies[PATH_MAX];
-	t_mkdtemp(dir, "audit-copy-other");
-	t_mkdtemp(copies, "audit-copies-other");
-	int64_t now = hsm_now_ms();
-	hsm_audit_config c = retention_config(dir);
-	c.copy_dir = copies;
-	hsm_audit *a = NULL;
-	atomic_store(&fake_now, now - 3000 * DAY_MS);
-	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
-	fill_and_rotate(a, now - 3000 * DAY_MS, 0);
-	hsm_audit_close(a);
+	copy_fx x;
+	copy_open(&x, "audit-copy-other");
+	fill_and_rotate(x.a, x.now - 3000 * DAY_MS, 0);
+	hsm_audit_close(x.a);
 	static char copied[T_MAX_FILES][PATH_MAX];
-	assert_int_equal(t_list(copies, "audit-", ".jsonl", copied, T_MAX_FILES), 1);
+	assert_int_equal(t_list(x.copies, "audit-", ".jsonl", copied, T_MAX_FILES), 1);
 	/* The copy changed in its last line, keeping its size. */
 	size_t len = 0;
 	char *body = t_slurp(copied[0], &len);
@@ -605,23 +611,22 @@ static void test_a_different_file_in_the_copy_dir_is_left_alone(void **state)
 	assert_non_null(f);
 	assert_int_equal(fwrite(body, 1, len, f), len);
 	fclose(f);
-	atomic_store(&fake_now, now);
-	assert_true(hsm_ok(hsm_audit_open(&c, &a))); /* a new process: compares it once */
-	fill_and_rotate(a, now, 5);                  /* file 1 has expired */
+	atomic_store(&fake_now, x.now);
+	assert_true(hsm_ok(hsm_audit_open(&x.c, &x.a))); /* a new process: compares it once */
+	fill_and_rotate(x.a, x.now, 5);                  /* file 1 has expired */
 	hsm_audit_stats st;
-	hsm_audit_get_stats(a, &st);
+	hsm_audit_get_stats(x.a, &st);
 	assert_int_equal(st.files_expired, 0);
 	assert_true(st.copy_failures >= 1);
-	hsm_audit_close(a);
+	hsm_audit_close(x.a);
 	char *after = t_slurp(copied[0], NULL);
 	assert_string_equal(after, body); /* left as it was */
 	static char files[T_MAX_FILES][PATH_MAX];
-	t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES);
+	t_list(x.dir, "audit-", ".jsonl", files, T_MAX_FILES);
 	assert_int_equal(file_seq(files[0]), 1); /* the original is kept */
 	free(after);
 	free(body);
-	t_rm_rf(dir);
-	t_rm_rf(copies);
+	copy_done(&x);
 }
 
 /*
