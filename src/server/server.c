@@ -93,12 +93,28 @@ static void batch_hook(bool begin)
 		hsm_http_release_wakeups();
 }
 
+/* A copy directory that is the audit directory itself would copy nothing anywhere. */
+static hsm_result distinct_copy_dir(const char *audit_dir, const char *copy_dir)
+{
+	struct stat a, c;
+	HSM_ENSURE(stat(audit_dir, &a) == 0 && stat(copy_dir, &c) == 0, HSM_ERR_VALIDATION,
+	           "audit_copy_dir = '%.256s' cannot be read: %s", copy_dir, strerror(errno));
+	HSM_ENSURE(a.st_dev != c.st_dev || a.st_ino != c.st_ino, HSM_ERR_VALIDATION,
+	           "audit_copy_dir = '%.256s' is the audit directory itself: give a directory on "
+	           "another disk or in another region",
+	           copy_dir);
+	return HSM_SUCCESS;
+}
+
 static hsm_result open_audit(hsm_server *s)
 {
 	HSM_GUARD(hsm_server_blame(s, "audit_dir", hsm_mkdir_p(s->audit_dir)));
-	if (s->audit_copy_dir[0] != '\0')
+	if (s->audit_copy_dir[0] != '\0') {
 		HSM_GUARD(hsm_server_blame(s, "audit_copy_dir",
 		                           hsm_server_usable_dir("audit_copy_dir", s->audit_copy_dir)));
+		HSM_GUARD(hsm_server_blame(s, "audit_copy_dir",
+		                           distinct_copy_dir(s->audit_dir, s->audit_copy_dir)));
+	}
 	hsm_audit_config ac = {
 	    .dir = s->audit_dir,
 	    .node_id = s->node_id,

@@ -68,6 +68,13 @@ def test_an_audit_copy_dir_from_the_environment(tmp):
     assert "audit_copy_dir" in err and "(audit_copy_dir from HSM_AUDIT_COPY_DIR)" in err, err
 
 
+def test_an_audit_copy_dir_that_is_the_audit_dir(tmp):
+    data = os.path.join(tmp, "data")
+    err = refused(["--dev", "--data-dir", data, "--listen", f"127.0.0.1:{free_port()}",
+                   "--audit-copy-dir", os.path.join(data, "audit", ".")])
+    assert "is the audit directory itself" in err and "--audit-copy-dir" in err, err
+
+
 def test_a_quorum_from_the_environment(tmp):
     err = refused(["--dev", "--data-dir", os.path.join(tmp, "data"),
                    "--listen", f"127.0.0.1:{free_port()}"], env={"HSM_APPROVAL_QUORUM": "2"})
