@@ -209,7 +209,6 @@ static hsm_result start(hsm_audit *a, const hsm_audit_config *cfg)
 }
 
 static bool wait_until(hsm_audit *a, bool (*pred)(const hsm_audit *), uint64_t timeout_ms);
-static uint64_t close_timeout_ms(const hsm_audit *a);
 
 static bool writer_ready(const hsm_audit *a)
 {
@@ -260,7 +259,7 @@ hsm_result hsm_audit_open(const hsm_audit_config *cfg, hsm_audit **out)
 	}
 	/* Return once the file exists and the open is recorded, so health is meaningful. */
 	pthread_mutex_lock(&a->mu);
-	(void)wait_until(a, writer_ready, close_timeout_ms(a));
+	(void)wait_until(a, writer_ready, audit_close_timeout_ms(a));
 	pthread_mutex_unlock(&a->mu);
 	*out = a;
 	return HSM_SUCCESS;
@@ -289,8 +288,7 @@ static bool syncer_gone(const hsm_audit *a)
 	return a->syncer_exited;
 }
 
-/* Long enough to drain a full queue; short enough that close never hangs. */
-static uint64_t close_timeout_ms(const hsm_audit *a)
+uint64_t audit_close_timeout_ms(const hsm_audit *a)
 {
 	return 2ULL * a->cfg.io_deadline_ms + 2000;
 }
@@ -321,7 +319,7 @@ void hsm_audit_close(hsm_audit *a)
 	pthread_mutex_lock(&a->mu);
 	atomic_store(&a->stopping, true);
 	pthread_cond_signal(&a->wake_writer);
-	bool exited = wait_until(a, writer_gone, close_timeout_ms(a));
+	bool exited = wait_until(a, writer_gone, audit_close_timeout_ms(a));
 	pthread_mutex_unlock(&a->mu);
 	if (!exited) { /* the watchdog has failed every pending record */
 		abandon(a, STOP_WRITER, "writer");
@@ -474,7 +472,7 @@ static hsm_result request(hsm_audit *a, bool rotate)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	uint64_t end = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec +
-	               close_timeout_ms(a) * 1000000ULL;
+	               audit_close_timeout_ms(a) * 1000000ULL;
 	struct timespec dl = {(time_t)(end / 1000000000ULL), (long)(end % 1000000000ULL)};
 	bool done = true;
 	while (a->done_gen < gen && done)

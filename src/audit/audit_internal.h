@@ -173,6 +173,9 @@ struct hsm_audit {
 	pthread_t writer_thread, watchdog_thread, syncer_thread, sweeper_thread;
 };
 
+/* How long a wait on the writer may last: long enough to drain a full queue,
+ * short enough that close (or a pass waiting for its checkpoint) never hangs. */
+uint64_t audit_close_timeout_ms(const hsm_audit *a);
 /* Wall clock (UTC ms), through the configured clock. */
 int64_t audit_now_ms(const hsm_audit *a);
 

@@ -67,7 +67,7 @@ void audit_answer_retention(hsm_audit *a)
 
 hsm_result audit_declare_kept_from(hsm_audit *a, uint64_t kept_from)
 {
-	uint64_t end = hsm_mono_ns() + (2ULL * a->cfg.io_deadline_ms + 2000) * NS_PER_MS;
+	uint64_t end = hsm_mono_ns() + audit_close_timeout_ms(a) * NS_PER_MS;
 	pthread_mutex_lock(&a->mu);
 	a->ret_requested = true;
 	a->ret_kept_from = kept_from;

@@ -187,6 +187,13 @@ void vstate_push(vstate *s, const ventry *e)
 
 /* ---- Checks beyond the chain --------------------------------------------- */
 
+/* The file name of a path (its last component). */
+static const char *base_of(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	return slash ? slash + 1 : path;
+}
+
 typedef enum { SIG_NONE, SIG_UNCHECKED, SIG_VERIFIED } sig_state;
 
 /* Checks a checkpoint's signature; the caller counts it once the checkpoint is accepted. */
@@ -239,10 +246,8 @@ static bool check_file_edges(vreader *r, const ventry *e, hsm_audit_verify_repor
 {
 	if (!e->first_in_file)
 		return true;
-	const char *base = strrchr(r->names[e->file], '/');
-	base = base ? base + 1 : r->names[e->file];
 	uint64_t named;
-	if (audit_parse_file_name(base, &named) && named != e->seq) {
+	if (audit_parse_file_name(base_of(r->names[e->file]), &named) && named != e->seq) {
 		verify_report_at(r, rep, named < e->seq ? HSM_AUDIT_DELETED : HSM_AUDIT_MODIFIED, e,
 		                 "the file name says it starts at seq %llu, its first record has seq %llu",
 		                 (unsigned long long)named, (unsigned long long)e->seq);
@@ -445,15 +450,7 @@ out:
 
 static int cmp_base(const void *x, const void *y)
 {
-	const char *a = *(const char *const *)x, *b = *(const char *const *)y;
-	const char *sa = strrchr(a, '/'), *sb = strrchr(b, '/');
-	return strcmp(sa ? sa + 1 : a, sb ? sb + 1 : b);
-}
-
-static const char *base_of(const char *path)
-{
-	const char *slash = strrchr(path, '/');
-	return slash ? slash + 1 : path;
+	return strcmp(base_of(*(const char *const *)x), base_of(*(const char *const *)y));
 }
 
 /* Whether the files at x and y hold the same bytes; a read failure sets *io. */

@@ -10,6 +10,17 @@
 
 #include "pkcs11/p11.h"
 
+/* A key is made in a logged-in read/write session, by a mechanism that makes one (kt known). */
+static CK_RV may_generate(CK_SESSION_HANDLE h, CK_KEY_TYPE kt)
+{
+	CK_RV rv = p11_user_session(h);
+	if (rv == CKR_OK)
+		rv = p11_rw_session(h);
+	if (rv == CKR_OK && kt == CK_UNAVAILABLE_INFORMATION)
+		rv = CKR_MECHANISM_INVALID;
+	return rv;
+}
+
 /* The KMS key spec a key pair template asks for. */
 static CK_RV pair_spec(CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *pub, CK_ULONG n_pub,
                        hsm_key_spec *spec)
@@ -205,11 +216,7 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE
 	const CK_ATTRIBUTE *l = NULL;
 	CK_KEY_TYPE kt = pair_key_type(mech->mechanism);
 	/* Every check before CreateKey: a template refused makes no key. */
-	CK_RV rv = p11_user_session(h);
-	if (rv == CKR_OK)
-		rv = p11_rw_session(h);
-	if (rv == CKR_OK && kt == CK_UNAVAILABLE_INFORMATION)
-		rv = CKR_MECHANISM_INVALID;
+	CK_RV rv = may_generate(h, kt);
 	if (rv == CKR_OK)
 		rv = p11_template_check(pub, n_pub, CKO_PUBLIC_KEY, kt);
 	if (rv == CKR_OK)
@@ -288,11 +295,7 @@ CK_RV C_GenerateKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR
 	                 : mech->mechanism == CKM_GENERIC_SECRET_KEY_GEN ? CKK_GENERIC_SECRET
 	                                                                 : CK_UNAVAILABLE_INFORMATION;
 	/* Every check before CreateKey: a template refused makes no key. */
-	CK_RV rv = p11_user_session(h);
-	if (rv == CKR_OK)
-		rv = p11_rw_session(h);
-	if (rv == CKR_OK && kt == CK_UNAVAILABLE_INFORMATION)
-		rv = CKR_MECHANISM_INVALID;
+	CK_RV rv = may_generate(h, kt);
 	if (rv == CKR_OK)
 		rv = p11_template_check(t, n, CKO_SECRET_KEY, kt);
 	if (rv == CKR_OK)
