@@ -108,6 +108,18 @@ def audit_records(data_dir):
     return recs
 
 
+def audit_records_until(data_dir, match, n=1, timeout=10.0):
+    """The records match() accepts, once there are n of them or timeout
+    passed: events hsmd writes on its own (a scheduler, a sweeper) reach the
+    log a moment after what they changed is visible."""
+    deadline = time.time() + timeout
+    while True:
+        found = [r for r in audit_records(data_dir) if match(r)]
+        if len(found) >= n or time.time() > deadline:
+            return found
+        time.sleep(0.05)
+
+
 def audit_record(data_dir, request_id, timeout=5.0):
     """The audit record of a request, waiting for the writer to flush it."""
     deadline = time.time() + timeout

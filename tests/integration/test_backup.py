@@ -304,7 +304,8 @@ def test_scheduled_backups_copy_and_roles():
                         open(copy, "rb") as b:
                     assert a.read() == b.read()
         assert copied() >= 2
-        ev = [r for r in audit_records(server.data_dir) if r.get("op") == "Backup"]
+        # The Backup event is written after the copy is made: wait for it.
+        ev = backup_events(server, 2)
         assert len(ev) >= 2 and all(r["extra"]["trigger"] == "scheduled" for r in ev)
         p = hsmctl("backup", "list", "--dir", copy_dir)
         assert p.returncode == 0 and all(f in p.stdout for f in made[:2]), p.stdout

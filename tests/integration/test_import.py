@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
 from conftest import client, start_dev
-from helpers import (AwsCli, audit_record, audit_records, key_arn, raises, request_id,
-                     restart_dev, signed_request)
+from helpers import (AwsCli, audit_record, audit_records, audit_records_until, key_arn, raises,
+                     request_id, restart_dev, signed_request)
 
 DER = serialization.Encoding.DER
 
@@ -196,8 +196,8 @@ def test_expiry_deletes_the_material(hsmd, kms):
         time.sleep(0.5)
     assert state(kms, key)["KeyState"] == "PendingImport"
     raises("KMSInvalidStateException", kms.decrypt, CiphertextBlob=blob)
-    recs = [r for r in audit_records(hsmd.data_dir)
-            if r.get("op") == "DeleteExpiredKeyMaterial" and r.get("key_id") == key]
+    recs = audit_records_until(hsmd.data_dir, lambda r: r.get("op") == "DeleteExpiredKeyMaterial"
+                               and r.get("key_id") == key)
     assert len(recs) == 1 and (recs[0]["type"], recs[0]["outcome"]) == ("event", "success"), recs
     # The token is good for 24 hours: the same material again.
     kms.import_key_material(KeyId=key, ImportToken=params["ImportToken"],
