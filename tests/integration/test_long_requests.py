@@ -117,7 +117,7 @@ def _lane_depth(server):
     raise AssertionError("no hsmd_lane_requests in /metrics")
 
 
-def _lane_drained(server, timeout=10):
+def _lane_drained(server, timeout=30):
     """Waits for the lane to be empty: a job counts until its thread is done
     with it, which may be just after its answer reached the client."""
     end = time.monotonic() + timeout

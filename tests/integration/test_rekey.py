@@ -375,7 +375,7 @@ def check_keys(node, ops, k):
 
 def wait_no_sessions(pg, store):
     """A stopped node's PostgreSQL backends end just after it closes their connections."""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while hsmd_sessions(pg, store) > 0:
         assert time.monotonic() < deadline, "hsmd sessions still connected"
         time.sleep(0.05)

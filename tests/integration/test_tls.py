@@ -8,6 +8,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import time
 
 import boto3
 import botocore.config
@@ -45,8 +46,13 @@ def test_boto3_over_tls(tls):
 
 def test_dev_banner_names_the_tls_endpoint(tls):
     server, _ = tls
-    log = server.read_log()
     port = server.endpoint.rsplit(":", 1)[1]
+    # hsmd prints the banner once its listener is started: /healthz may answer before.
+    deadline = time.monotonic() + 30
+    log = server.read_log()
+    while f"--endpoint-url https://127.0.0.1:{port}\n" not in log and time.monotonic() < deadline:
+        time.sleep(0.05)
+        log = server.read_log()
     assert f"endpoint:          https://127.0.0.1:{port}\n" in log, log
     assert f"--endpoint-url https://127.0.0.1:{port}\n" in log and "auto-unsealed, TLS." in log
     assert "http://" not in log and "plain HTTP" not in log, log
