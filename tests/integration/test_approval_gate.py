@@ -530,7 +530,18 @@ def test_every_gated_hsmctl_command_waits_and_withdraws_at_approval_wait(node):
     seen = set(approvals(node))
     started = time.monotonic()
     runs = {op: hsmctl_bg(node, "--approval-wait", "2", *args) for op, args in commands.items()}
-    opened_by = {op: opened(node, op, seen) for op in commands}
+    # Each request stays Pending only for its run's 2 s: looked for one at a time, a request
+    # opened early could be withdrawn before its turn while a slower run was still starting.
+    # Look for all at once, and take one already withdrawn (its State is checked below).
+    opened_by, end = {}, time.time() + 30
+    while len(opened_by) < len(commands) and time.time() < end:
+        for a in approvals(node).values():
+            if a["ApprovalId"] not in seen and a["Operation"] in commands and \
+                    a["State"] in ("Pending", "Cancelled"):
+                opened_by.setdefault(a["Operation"], a["ApprovalId"])
+        time.sleep(0.2)
+    missing = set(commands) - set(opened_by)
+    assert not missing, f"hsmctl opened no approval request for {missing}"
     for op, p in runs.items():
         out, err = p.communicate(timeout=60)
         approval = opened_by[op]

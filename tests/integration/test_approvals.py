@@ -363,7 +363,7 @@ def test_metrics_count_open_requests(node, kms):
     open_now = len(admin(node, "ListApprovals", {})["Approvals"])
     key = new_key(kms)
     deletion_refused(kms, key, 12)
-    deadline = time.time() + 15  # counted every 5 s
+    deadline = time.time() + 30  # counted every 5 s, by the scheduler thread
     while gauge() != open_now + 1 and time.time() < deadline:
         time.sleep(0.2)
     assert gauge() == open_now + 1

@@ -448,7 +448,7 @@ def test_full_disk_fails_closed_quickly_and_recovers():
         st, body, _ = server.get("/readyz")
         assert st == 503 and json.loads(body)["audit"] is False
         os.remove(filler)
-        assert wait_for(lambda: server.get("/readyz")[0] == 200, timeout=10)
+        assert wait_for(lambda: server.get("/readyz")[0] == 200, timeout=30)  # retried each 0.5 s
         kms.encrypt(KeyId=key, Plaintext=b"after")
         server.stop()
         files = sorted(glob.glob(os.path.join(audit_dir, "audit-*.jsonl")))
@@ -483,16 +483,23 @@ def test_threads_are_named_and_the_audit_writer_yields_to_the_workers():
 
         def all_named():
             # Each thread names itself as it starts; the scheduler starts
-            # after the workers, so it may still be on its way when hsmd answers.
+            # after the workers, so it may still be on its way when hsmd answers,
+            # and a worker that has not run yet leaves a gap in their numbers.
             threads.clear()
             for task in glob.glob(f"/proc/{pid}/task/*"):
                 with open(os.path.join(task, "comm")) as f:
                     threads[f.read().strip()] = nice_of(os.path.join(task, "stat"))
+            workers = http_workers()
             return {"hsmd-audit", "hsmd-audit-sync", "hsmd-audit-dog", "hsmd-audit-ret",
-                    "hsmd-sched"} <= set(threads)
+                    "hsmd-sched"} <= set(threads) and \
+                workers == [f"hsmd-http-{i}" for i in range(len(workers))]
 
-        wait_for(all_named, timeout=5)
-        workers = sorted(n for n in threads if n.startswith("hsmd-http-"))
+        def http_workers():  # in the order of their numbers (one per CPU: 10 sorts after 9)
+            return sorted((n for n in threads if n.startswith("hsmd-http-")),
+                          key=lambda n: int(n.rsplit("-", 1)[1]))
+
+        wait_for(all_named, timeout=30)
+        workers = http_workers()
         assert workers == [f"hsmd-http-{i}" for i in range(len(workers))] and workers
         for name in ("hsmd-audit", "hsmd-audit-sync", "hsmd-audit-dog", "hsmd-audit-ret", "hsmd-sched"):
             assert name in threads, sorted(threads)

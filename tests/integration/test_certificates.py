@@ -413,8 +413,8 @@ def test_metrics_count_certificates_and_those_expiring(server, ca):
     def gauges():
         return metric(server, "hsmd_certificates"), metric(server, "hsmd_certificates_expiring_30d")
 
-    def settles_at(want):
-        deadline = time.monotonic() + 10
+    def settles_at(want):  # the scheduler thread counts, woken by the change
+        deadline = time.monotonic() + 30
         while gauges() != want and time.monotonic() < deadline:
             time.sleep(0.05)
         return gauges()

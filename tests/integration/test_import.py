@@ -188,8 +188,15 @@ def test_rsa_4096_signing_key(kms):
 def test_expiry_deletes_the_material(hsmd, kms):
     key = external_key(kms)
     material = os.urandom(32)
-    valid_to = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=3)
-    params = do_import(kms, key, material, ValidTo=valid_to)
+    # The import must come before ValidTo (kept in whole seconds: up to one early) and the
+    # encryption before the scheduler's first pass after it deletes the material: the
+    # wrapping key, an RSA key generated on request, is made before that clock starts.
+    params = kms.get_parameters_for_import(KeyId=key, WrappingAlgorithm="RSAES_OAEP_SHA_256",
+                                           WrappingKeySpec="RSA_2048")
+    enc = wrap(params, material, "RSAES_OAEP_SHA_256")
+    valid_to = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=5)
+    kms.import_key_material(KeyId=key, ImportToken=params["ImportToken"],
+                            EncryptedKeyMaterial=enc, ValidTo=valid_to)
     blob = kms.encrypt(KeyId=key, Plaintext=b"x")["CiphertextBlob"]
     deadline = time.monotonic() + 30
     while state(kms, key)["KeyState"] != "PendingImport" and time.monotonic() < deadline:
@@ -197,7 +204,7 @@ def test_expiry_deletes_the_material(hsmd, kms):
     assert state(kms, key)["KeyState"] == "PendingImport"
     raises("KMSInvalidStateException", kms.decrypt, CiphertextBlob=blob)
     recs = audit_records_until(hsmd.data_dir, lambda r: r.get("op") == "DeleteExpiredKeyMaterial"
-                               and r.get("key_id") == key)
+                               and r.get("key_id") == key, timeout=30)
     assert len(recs) == 1 and (recs[0]["type"], recs[0]["outcome"]) == ("event", "success"), recs
     # The token is good for 24 hours: the same material again.
     kms.import_key_material(KeyId=key, ImportToken=params["ImportToken"],
