@@ -103,7 +103,8 @@ def audit_records(data_dir):
     for path in sorted(glob.glob(os.path.join(data_dir, "audit", "*.jsonl"))):
         with open(path, encoding="utf-8") as f:
             for line in f:
-                if line.strip():
+                # A line without its newline is a record hsmd is still appending.
+                if line.strip() and line.endswith("\n"):
                     recs.append(json.loads(line))
     return recs
 

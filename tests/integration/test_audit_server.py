@@ -621,7 +621,8 @@ def test_audit_report_node_events_sources_and_arguments():
     tmp = tempfile.mkdtemp(prefix="hsmd-audit-report-events-")
     data = os.path.join(tmp, "data")
     env = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
-    server = start_dev(["--data-dir", data])
+    # No scheduled backup: its event could come between the seal and the unseal.
+    server = start_dev(["--data-dir", data, "--backup-interval-seconds", "0"])
     try:
         key = client(server).create_key()["KeyMetadata"]["KeyId"]
         for _ in range(3):  # a new client, a new connection: another source port each time
@@ -639,7 +640,7 @@ def test_audit_report_node_events_sources_and_arguments():
             st, out = unsigned_call(server, "HsmdAdmin.Unseal", {"Share": f.read()})
         assert st == 200 and not out["Sealed"], out
         server.stop(signal.SIGKILL)
-        server = Hsmd(["--dev"], env=env, data_dir=data)
+        server = Hsmd(["--dev", "--backup-interval-seconds", "0"], env=env, data_dir=data)
         client(server).describe_key(KeyId=key)
     finally:
         server.stop()
