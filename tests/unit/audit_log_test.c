@@ -424,8 +424,8 @@ static void test_retention_deletes_nothing_it_cannot_state(void **state)
 	fill_and_rotate(a, now - 2556 * DAY_MS, 5);
 	static char files[T_MAX_FILES][PATH_MAX];
 	assert_int_equal(t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES), 3);
+	atomic_store(&fail_after_pass_armed, true); /* before the clock: any pass from now on fails */
 	atomic_store(&fake_now, now); /* retention is due: the next pass deletes file 1 */
-	atomic_store(&fail_after_pass_armed, true);
 	hsm_result ck = hsm_audit_checkpoint(a); /* the writer asks for the pass, then fails */
 	(void)ck;
 	wait_retention(a);

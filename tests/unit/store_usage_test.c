@@ -138,15 +138,23 @@ static void test_validation(void **state)
 	expect_none(f->s, 1);
 }
 
+/*
+ * The second of the precise clock, the one SQLite's 'now' and PostgreSQL's
+ * now() read.  time() may read the kernel's coarse clock instead, up to a
+ * tick behind it: a bound from time() holds only below a store's time.
+ */
+static int64_t precise_now(void)
+{
+	struct timespec ts;
+	assert_int_equal(clock_gettime(CLOCK_REALTIME, &ts), 0);
+	return (int64_t)ts.tv_sec;
+}
+
 static void test_since(void **state)
 {
 	st_fixture *f = *state;
-	/* The fixture's store was created just now.  time() may read the kernel's
-	 * coarse clock, a tick behind the one PostgreSQL's now() reads, so the
-	 * reference is taken from the precise clock. */
-	struct timespec ts;
-	assert_int_equal(clock_gettime(CLOCK_REALTIME, &ts), 0);
-	int64_t since = 0, now = (int64_t)ts.tv_sec;
+	/* The fixture's store was created just now. */
+	int64_t since = 0, now = precise_now();
 	EXPECT_OK(hsm_store_usage_since(f->s, &since));
 	assert_true(since <= now && since >= now - 120);
 	/* It is the store's, not the opening's: the same after a reopen. */
@@ -170,7 +178,7 @@ static void test_added_to_an_older_store(void **state)
 	assert_int_equal(hsm_store_schema_version(f->s), latest);
 	int64_t since = 0;
 	EXPECT_OK(hsm_store_usage_since(f->s, &since));
-	assert_true(since >= before && since <= (int64_t)time(NULL));
+	assert_true(since >= before && since <= precise_now());
 	hsm_key_record k = {0};
 	EXPECT_OK(hsm_store_key_get(f->s, "k1", &k));
 	hsm_key_record_clear(&k);
