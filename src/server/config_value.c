@@ -93,8 +93,8 @@ const key_def hsm_config_keys[] = {
     {"audit_retention_days", K_U32, FIELD(audit_retention_days), 1, 36500, "2557", "DAYS",
      "keep audit files this long"},
     {"audit_copy_dir", K_DIR_OPT, FIELD(audit_copy_dir), 0, 0, "", "DIR",
-     "also copy each closed audit file here (another disk, a mount in another region); "
-     "retention deletes no file not copied"},
+     "also copy each closed audit file to DIR/NODE_ID (another disk, a mount in another "
+     "region); retention deletes no file not copied"},
     {"audit_checkpoint_seconds", K_U32, FIELD(audit_checkpoint_seconds), 1, DAY, "60", "S",
      "interval between signed audit checkpoints"},
     {"audit_syslog", K_BOOL, FIELD(audit_syslog), 0, 0, "false", "BOOL",
@@ -232,9 +232,12 @@ static hsm_result check_name(key_type type, const char *t)
 		HSM_ENSURE(n <= 32 && all_of(t, LOWER DIGITS "-") && strchr(LOWER, t[0]) != NULL &&
 		               t[n - 1] != '-',
 		           HSM_ERR_VALIDATION, "expected a region name such as us-east-1");
+	/* A node's name is also a directory's (audit_copy_dir/NODE_ID): never "." or "..". */
 	if (type == K_NODE)
-		HSM_ENSURE(n < HSM_CONFIG_NAME_MAX && all_of(t, LOWER UPPER DIGITS "._-"),
-		           HSM_ERR_VALIDATION, "expected at most 63 letters, digits, '.', '_' or '-'");
+		HSM_ENSURE(n < HSM_CONFIG_NAME_MAX && all_of(t, LOWER UPPER DIGITS "._-") &&
+		               strcmp(t, ".") != 0 && strcmp(t, "..") != 0,
+		           HSM_ERR_VALIDATION,
+		           "expected at most 63 letters, digits, '.', '_' or '-', other than . or ..");
 	return HSM_SUCCESS;
 }
 

@@ -94,27 +94,42 @@ static void batch_hook(bool begin)
 }
 
 /* A copy directory that is the audit directory itself would copy nothing anywhere. */
-static hsm_result distinct_copy_dir(const char *audit_dir, const char *copy_dir)
+static hsm_result distinct_copy_dir(const char *audit_dir, const char *what, const char *copy_dir)
 {
 	struct stat a, c;
 	HSM_ENSURE(stat(audit_dir, &a) == 0 && stat(copy_dir, &c) == 0, HSM_ERR_VALIDATION,
-	           "audit_copy_dir = '%.256s' cannot be read: %s", copy_dir, strerror(errno));
+	           "%s = '%.256s' cannot be read: %s", what, copy_dir, strerror(errno));
 	HSM_ENSURE(a.st_dev != c.st_dev || a.st_ino != c.st_ino, HSM_ERR_VALIDATION,
-	           "audit_copy_dir = '%.256s' is the audit directory itself: give a directory on "
+	           "%s = '%.256s' is the audit directory itself: give a directory on "
 	           "another disk or in another region",
-	           copy_dir);
+	           what, copy_dir);
 	return HSM_SUCCESS;
+}
+
+/*
+ * The directory this node copies its closed audit files to: its own
+ * audit_copy_dir/NODE_ID, so nodes sharing one mount (a cluster's copy in
+ * the other region, under one configuration) never meet, although every
+ * trail's files are named alike from seq 1 on.
+ */
+static hsm_result copy_dir_of_node(const hsm_server *s, char *out, size_t cap)
+{
+	static const char node_dir[] = "audit_copy_dir/NODE_ID";
+	HSM_GUARD(hsm_server_usable_dir("audit_copy_dir", s->audit_copy_dir));
+	HSM_GUARD(distinct_copy_dir(s->audit_dir, "audit_copy_dir", s->audit_copy_dir));
+	HSM_ENSURE((size_t)snprintf(out, cap, "%s/%s", s->audit_copy_dir, s->node_id) < cap,
+	           HSM_ERR_VALIDATION, "audit_copy_dir is too long");
+	HSM_GUARD(hsm_server_usable_dir(node_dir, out));
+	return distinct_copy_dir(s->audit_dir, node_dir, out);
 }
 
 static hsm_result open_audit(hsm_server *s)
 {
 	HSM_GUARD(hsm_server_blame(s, "audit_dir", hsm_mkdir_p(s->audit_dir)));
-	if (s->audit_copy_dir[0] != '\0') {
+	char copy_dir[sizeof(s->audit_copy_dir) + HSM_CONFIG_NAME_MAX + 1] = "";
+	if (s->audit_copy_dir[0] != '\0')
 		HSM_GUARD(hsm_server_blame(s, "audit_copy_dir",
-		                           hsm_server_usable_dir("audit_copy_dir", s->audit_copy_dir)));
-		HSM_GUARD(hsm_server_blame(s, "audit_copy_dir",
-		                           distinct_copy_dir(s->audit_dir, s->audit_copy_dir)));
-	}
+		                           copy_dir_of_node(s, copy_dir, sizeof(copy_dir))));
 	hsm_audit_config ac = {
 	    .dir = s->audit_dir,
 	    .node_id = s->node_id,
@@ -124,7 +139,7 @@ static hsm_result open_audit(hsm_server *s)
 	    .rotate_bytes = s->opt.audit_rotate_bytes,
 	    .rotate_age_ms = s->opt.audit_rotate_seconds * 1000U,
 	    .retention_days = s->opt.audit_retention_days,
-	    .copy_dir = s->audit_copy_dir[0] != '\0' ? s->audit_copy_dir : NULL,
+	    .copy_dir = copy_dir[0] != '\0' ? copy_dir : NULL,
 	    .syslog = s->opt.audit_syslog,
 	    .batch_scheduling = s->opt.http.batch_scheduling,
 	    .batch_hook = batch_hook,

@@ -365,49 +365,68 @@ def test_files_deleted_from_the_start_show():
 
 def test_closed_audit_files_are_copied_to_the_copy_dir():
     """audit_copy_dir (another disk, a mount in another region) receives each
-    closed file, byte for byte, soon after its rotation; the copies and the
-    file hsmd was writing verify as one trail."""
+    closed file, byte for byte, soon after its rotation, in a directory named
+    after the node: two nodes given the same audit_copy_dir (one configuration
+    for a cluster) keep their trails apart, although both trails' files are
+    named alike from seq 1 on.  Each node's copies and the file it was writing
+    verify as one trail."""
     tmp = tempfile.mkdtemp(prefix="hsmd-audit-copy-")
-    data, copies = os.path.join(tmp, "data"), os.path.join(tmp, "dr", "audit")
+    copies = os.path.join(tmp, "dr", "audit")
+    nodes = {}
     try:
-        server = start_dev(["--data-dir", data, "--audit-rotate-bytes", "1M",
-                            "--audit-copy-dir", copies])
-        server.data_dir = data
-        kms = client(server)
+        for name in ("node-a", "node-b"):
+            data = os.path.join(tmp, name)
+            server = start_dev(["--data-dir", data, "--node-id", name,
+                                "--audit-rotate-bytes", "1M", "--audit-copy-dir", copies])
+            server.data_dir = data
+            nodes[name] = server
         files = lambda d: sorted(glob.glob(os.path.join(d, "audit-*.jsonl")))
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            while len(files(os.path.join(data, "audit"))) < 2:
-                list(pool.map(lambda _: kms.list_keys(), range(400)))
+            for server in nodes.values():
+                kms = client(server)
+                while len(files(os.path.join(server.data_dir, "audit"))) < 2:
+                    list(pool.map(lambda _: kms.list_keys(), range(400)))
 
-        def copied():
+        def counter(server, name):
             st, body, _ = server.get("/metrics")
-            m = re.search(r"^hsmd_audit_files_copied_total (\d+)$", body.decode(), re.M)
-            return st == 200 and m and int(m.group(1)) >= 1
-        assert wait_for(copied, timeout=20)
-        st, body, _ = server.get("/metrics")
-        assert re.search(r"^hsmd_audit_copy_failures_total 0$", body.decode(), re.M), body
-        st, pub = signed_call(server, "HsmdAdmin.AuditPublicKey", {})
-        assert st == 200
-        server.stop()
-        originals, dr = files(os.path.join(data, "audit")), files(copies)
-        assert len(dr) == len(originals) - 1 >= 1, (originals, dr)
-        for c in dr:
-            with open(c, "rb") as f1, open(os.path.join(data, "audit", os.path.basename(c)),
-                                            "rb") as f2:
-                assert f1.read() == f2.read(), c
-        assert os.stat(dr[0]).st_mode & 0o777 == 0o600
-        pem = os.path.join(tmp, "audit.pem")
-        with open(pem, "w") as f:
-            f.write(pub["PublicKey"])
-        res = subprocess.run([HSMCTL, "audit", "verify", "--pubkey", pem] + dr + originals[-1:],
-                             capture_output=True, text=True)
-        assert res.returncode == 0 and "VALID" in res.stdout, res.stdout
-        # Both directories whole, as an auditor would give them: the same verdict.
-        whole = subprocess.run([HSMCTL, "audit", "verify", "--pubkey", pem] + dr + originals,
-                               capture_output=True, text=True)
-        assert whole.returncode == 0, whole.stdout
-        assert whole.stdout.split("head:")[1] == res.stdout.split("head:")[1], whole.stdout
+            m = re.search(rf"^{name} (\d+)$", body.decode(), re.M)
+            return int(m.group(1)) if st == 200 and m else -1
+        for name, server in nodes.items():
+            assert wait_for(lambda: counter(server, "hsmd_audit_files_copied_total") >= 1,
+                            timeout=30), name
+            assert counter(server, "hsmd_audit_copy_failures_total") == 0, name
+        pubkeys = {}
+        for name, server in nodes.items():
+            st, pub = signed_call(server, "HsmdAdmin.AuditPublicKey", {})
+            assert st == 200
+            pubkeys[name] = os.path.join(tmp, f"{name}.pem")
+            with open(pubkeys[name], "w") as f:
+                f.write(pub["PublicKey"])
+            server.stop()
+        assert sorted(os.listdir(copies)) == ["node-a", "node-b"]
+        for name, server in nodes.items():
+            audit_dir = os.path.join(server.data_dir, "audit")
+            originals, dr = files(audit_dir), files(os.path.join(copies, name))
+            assert len(dr) == len(originals) - 1 >= 1, (name, originals, dr)
+            for c in dr:
+                with open(c, "rb") as f1, open(os.path.join(audit_dir, os.path.basename(c)),
+                                                "rb") as f2:
+                    assert f1.read() == f2.read(), c
+            assert os.stat(dr[0]).st_mode & 0o777 == 0o600
+            res = subprocess.run([HSMCTL, "audit", "verify", "--pubkey", pubkeys[name]]
+                                 + dr + originals[-1:], capture_output=True, text=True)
+            assert res.returncode == 0 and "VALID" in res.stdout, res.stdout
+            # Both directories whole, as an auditor would give them: the same verdict.
+            whole = subprocess.run([HSMCTL, "audit", "verify", "--pubkey", pubkeys[name]]
+                                   + dr + originals, capture_output=True, text=True)
+            assert whole.returncode == 0, whole.stdout
+            assert whole.stdout.split("head:")[1] == res.stdout.split("head:")[1], whole.stdout
+        # The same names in both: one copy directory without the node's would have mixed them.
+        assert ({os.path.basename(f) for f in files(os.path.join(copies, "node-a"))}
+                & {os.path.basename(f) for f in files(os.path.join(copies, "node-b"))})
     finally:
+        for server in nodes.values():
+            server.cleanup()
         subprocess.run(["rm", "-rf", tmp])
 
 

@@ -73,6 +73,11 @@ def test_an_audit_copy_dir_that_is_the_audit_dir(tmp):
     err = refused(["--dev", "--data-dir", data, "--listen", f"127.0.0.1:{free_port()}",
                    "--audit-copy-dir", os.path.join(data, "audit", ".")])
     assert "is the audit directory itself" in err and "--audit-copy-dir" in err, err
+    # Nor may the node's own directory in it be: here the data directory, for a node named audit.
+    err = refused(["--dev", "--data-dir", data, "--listen", f"127.0.0.1:{free_port()}",
+                   "--node-id", "audit", "--audit-copy-dir", data])
+    assert (f"audit_copy_dir/NODE_ID = '{data}/audit' is the audit directory itself" in err
+            and "(audit_copy_dir from --audit-copy-dir)" in err), err
 
 
 def test_a_quorum_from_the_environment(tmp):

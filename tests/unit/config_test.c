@@ -220,6 +220,9 @@ static void test_validation_errors(void **state)
 	EXPECT_ERROR(NULL, "account_id = '123' (from --account-id): expected 12 digits", "--dev",
 	             "--account-id=123");
 	EXPECT_ERROR(NULL, "node_id = 'a b'", "--dev", "--node-id=a b");
+	/* A node's name also names its directory in audit_copy_dir. */
+	EXPECT_ERROR(NULL, "node_id = '..' (from --node-id): expected", "--dev", "--node-id=..");
+	EXPECT_ERROR(NULL, "node_id = '.' (from --node-id): expected", "--dev", "--node-id=.");
 	EXPECT_ERROR(NULL, "data_dir = '' (from --data-dir): a directory is required", "--dev",
 	             "--data-dir=");
 	EXPECT_ERROR(NULL, "secure_heap_bytes (from --secure-heap-bytes) must be a power of two", "--dev",
