@@ -122,8 +122,10 @@ hsm_result hsm_http_server_start(hsm_http_server *srv) HSM_MUST_CHECK;
  * requests in progress finish (their responses say Connection: close) for at
  * most grace_ms, then drops what is left and joins the workers.  Requests
  * still held by their handler after that may still be passed to
- * hsm_http_respond(), which then only releases them.  Idempotent; call it from
- * one thread, never from a handler running on a worker (it joins them).
+ * hsm_http_respond(): nothing is sent, and hsm_http_server_free() releases
+ * them (until then they count in hsm_http_server_inflight()).  Idempotent;
+ * call it from one thread, never from a handler running on a worker (it
+ * joins them).
  */
 void hsm_http_server_stop(hsm_http_server *srv, uint32_t grace_ms);
 /*
