@@ -319,6 +319,16 @@ hsm_result hsm_audit_verify_files(const char *const *paths, size_t n_paths,
                                   hsm_audit_verify_report *report) HSM_MUST_CHECK;
 
 /*
+ * The files that args (what a user gave verify or report) name: a directory
+ * stands for its log files (audit-SEQ.jsonl; not its subdirectories), and
+ * one without any is refused; anything else is taken as a file.  *out gets
+ * *n_out malloc'd paths, freed with hsm_audit_free_paths().
+ */
+hsm_result hsm_audit_expand_paths(const char *const *args, size_t n, char ***out,
+                                  size_t *n_out) HSM_MUST_CHECK;
+void hsm_audit_free_paths(char **paths, size_t n);
+
+/*
  * Same over contents already in memory (data[i] of lens[i] bytes, shown as
  * names[i]), in the order given.  For tools and tests.
  */

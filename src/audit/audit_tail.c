@@ -84,6 +84,62 @@ out:
 	return res;
 }
 
+/* Appends a malloc'd copy of "dir/name" (or of dir alone when name is NULL) to v. */
+static hsm_result push_path(char ***v, size_t *len, size_t *cap, const char *dir,
+                            const char *name)
+{
+	if (*len == *cap) {
+		size_t ncap = *cap ? *cap * 2 : 16;
+		char **nv = realloc(*v, ncap * sizeof(**v));
+		HSM_ENSURE(nv != NULL, HSM_ERR_NOMEM, "out of memory");
+		*v = nv;
+		*cap = ncap;
+	}
+	size_t n = strlen(dir) + (name ? 1 + strlen(name) : 0) + 1;
+	char *p = malloc(n);
+	HSM_ENSURE(p != NULL, HSM_ERR_NOMEM, "out of memory");
+	if (name != NULL)
+		snprintf(p, n, "%s/%s", dir, name);
+	else
+		memcpy(p, dir, n);
+	(*v)[(*len)++] = p;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_audit_expand_paths(const char *const *args, size_t n, char ***out, size_t *n_out)
+{
+	hsm_result res = HSM_SUCCESS;
+	char **v = NULL, **names = NULL;
+	size_t len = 0, cap = 0, n_names = 0;
+	for (size_t i = 0; i < n && hsm_ok(res); i++) {
+		struct stat st;
+		if (stat(args[i], &st) != 0 || !S_ISDIR(st.st_mode)) {
+			res = push_path(&v, &len, &cap, args[i], NULL); /* a file: read (and reported) as given */
+			continue;
+		}
+		HSM_TRY(audit_list_files(args[i], &names, &n_names));
+		HSM_CHECK(n_names > 0, HSM_ERR_VALIDATION,
+		          "%.256s holds no audit file (audit-SEQ.jsonl)", args[i]);
+		for (size_t j = 0; j < n_names && hsm_ok(res); j++)
+			res = push_path(&v, &len, &cap, args[i], names[j]);
+		audit_free_list(names, n_names);
+		names = NULL;
+		n_names = 0;
+	}
+	if (hsm_ok(res)) {
+		*out = v;
+		*n_out = len;
+		v = NULL;
+		len = 0;
+	}
+out:
+	audit_free_list(names, n_names);
+	audit_free_list(v, len);
+	return res;
+}
+
+void hsm_audit_free_paths(char **paths, size_t n) { audit_free_list(paths, n); }
+
 /* Reads n bytes at off. */
 static bool pread_all(int fd, uint8_t *p, size_t n, uint64_t off)
 {

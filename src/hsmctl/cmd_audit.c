@@ -73,6 +73,8 @@ int cmd_audit_verify(int argc, char **argv)
 {
 	hsm_audit_verify_options opts = {0};
 	hsm_buf pem = {0};
+	char **files = NULL;
+	size_t n_files = 0;
 	int i = 1, rc = 1;
 	for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
 		if (strcmp(argv[i], "--live") == 0) {
@@ -97,12 +99,13 @@ int cmd_audit_verify(int argc, char **argv)
 		}
 	}
 	if (i >= argc) {
-		rc = hsmctl_usage("audit verify", "give the audit files to verify");
+		rc = hsmctl_usage("audit verify", "give the audit files (or their directories) to verify");
 		goto out;
 	}
 	hsm_audit_verify_report rep;
-	if (hsm_failed(hsm_audit_verify_files((const char *const *)(argv + i), (size_t)(argc - i),
-	                                      &opts, &rep))) {
+	if (hsm_failed(hsm_audit_expand_paths((const char *const *)(argv + i), (size_t)(argc - i),
+	                                      &files, &n_files)) ||
+	    hsm_failed(hsm_audit_verify_files((const char *const *)files, n_files, &opts, &rep))) {
 		rc = hsmctl_fail("audit verify");
 		goto out;
 	}
@@ -122,6 +125,7 @@ int cmd_audit_verify(int argc, char **argv)
 		rc = 1;
 	}
 out:
+	hsm_audit_free_paths(files, n_files);
 	hsm_buf_free(&pem);
 	return rc;
 }

@@ -2,7 +2,7 @@
  * cmd_audit_report.c - hsmctl audit report: what an audit trail says.
  *
  *   hsmctl audit report [--pubkey FILE] [--live] [--since T] [--until T]
- *                       [--key KEY_ID] [--json] FILES...
+ *                       [--key KEY_ID] [--json] FILES|DIRS...
  *
  * The files are verified first, exactly as `audit verify` does; a trail that
  * does not verify gives no report (its records cannot be trusted) and exit
@@ -158,7 +158,8 @@ static int parse(int argc, char **argv, report_opts *o, hsm_buf *pem, int *first
 		}
 	}
 	if (i >= argc)
-		return hsmctl_usage("audit report", "name the audit files (e.g. DATA_DIR/audit/*.jsonl)");
+		return hsmctl_usage("audit report", "name the audit files or their directories "
+		                    "(e.g. DATA_DIR/audit)");
 	*first_file = i;
 	return 0;
 }
@@ -418,16 +419,29 @@ static hsm_result add_record(report *r, const report_opts *o, json_t *rec)
 	return HSM_SUCCESS;
 }
 
-static int by_name(const void *a, const void *b)
+/* The file name of a path (its last component). */
+static const char *base_of(const char *path)
 {
-	return strcmp(*(const char *const *)a, *(const char *const *)b);
+	const char *slash = strrchr(path, '/');
+	return slash ? slash + 1 : path;
 }
 
-/* Reads the files in the order the verifier does (by name) and adds their records. */
+static int by_name(const void *a, const void *b)
+{
+	return strcmp(base_of(*(const char *const *)a), base_of(*(const char *const *)b));
+}
+
+/*
+ * Reads the files in the order the verifier does (by file name, = by first
+ * seq) and adds their records.  A file and its copy (same name; the verifier
+ * found them identical) count once.
+ */
 static hsm_result read_files(char **paths, size_t n, report *r, const report_opts *o)
 {
 	qsort(paths, n, sizeof(paths[0]), by_name);
 	for (size_t i = 0; i < n; i++) {
+		if (i > 0 && by_name(&paths[i - 1], &paths[i]) == 0)
+			continue;
 		FILE *f = fopen(paths[i], "r");
 		HSM_ENSURE(f != NULL, HSM_ERR_IO, "cannot open %s: %s", paths[i], strerror(errno));
 		char *line = NULL;
@@ -592,8 +606,11 @@ int cmd_audit_report(int argc, char **argv)
 	report r = {.ops = json_object(), .principals = json_object(), .auth = json_object(),
 	            .changes = json_array(), .events = json_array(), .nodes = json_object(),
 	            .approvals = json_object()};
-	size_t n = (size_t)(argc - first);
-	if (hsm_failed(hsm_audit_verify_files((const char *const *)argv + first, n, &o.verify, &v))) {
+	char **files = NULL;
+	size_t n = 0;
+	if (hsm_failed(hsm_audit_expand_paths((const char *const *)argv + first,
+	                                      (size_t)(argc - first), &files, &n)) ||
+	    hsm_failed(hsm_audit_verify_files((const char *const *)files, n, &o.verify, &v))) {
 		rc = hsmctl_fail("audit report");
 	} else if (!v.valid) {
 		fprintf(stderr,
@@ -601,7 +618,7 @@ int cmd_audit_report(int argc, char **argv)
 		        "%s line %llu (seq %llu): %s\n",
 		        v.file, (unsigned long long)v.line, (unsigned long long)v.seq, v.detail);
 		rc = 1;
-	} else if (hsm_failed(read_files(argv + first, n, &r, &o)) ||
+	} else if (hsm_failed(read_files(files, n, &r, &o)) ||
 	           hsm_failed(o.json ? emit_json(&r, &v, &o) : HSM_SUCCESS)) {
 		rc = hsmctl_fail("audit report");
 	} else {
@@ -616,6 +633,7 @@ int cmd_audit_report(int argc, char **argv)
 	json_decref(r.events);
 	json_decref(r.nodes);
 	json_decref(r.approvals);
+	hsm_audit_free_paths(files, n);
 	hsm_buf_free(&pem);
 	return rc;
 }

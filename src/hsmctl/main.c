@@ -107,10 +107,10 @@ static const hsmctl_command commands[] = {
      hsmctl_cmd_store},
     {"version", "", "print the version", cmd_version},
     {"help", "", "list the commands", cmd_help},
-    {"audit verify", "[--pubkey FILE] [--live] [--anchor SEQ:SHA256] FILES...",
+    {"audit verify", "[--pubkey FILE] [--live] [--anchor SEQ:SHA256] FILES|DIRS...",
      "verify audit log files offline (chain, sequence, signatures)", cmd_audit_verify},
     {"audit report",
-     "[--pubkey FILE] [--live] [--since T] [--until T] [--key KEY_ID|ARN] [--json] FILES...",
+     "[--pubkey FILE] [--live] [--since T] [--until T] [--key KEY_ID|ARN] [--json] FILES|DIRS...",
      "verify, then summarize a trail: operations, principals, failed authentications, every "
      "change and node event",
      cmd_audit_report},

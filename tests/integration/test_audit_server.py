@@ -421,6 +421,21 @@ def test_closed_audit_files_are_copied_to_the_copy_dir():
                                    + dr + originals, capture_output=True, text=True)
             assert whole.returncode == 0, whole.stdout
             assert whole.stdout.split("head:")[1] == res.stdout.split("head:")[1], whole.stdout
+            # Directories stand for their files; the report counts a file and its copy once.
+            node_copies = os.path.join(copies, name)
+            dirs = subprocess.run([HSMCTL, "audit", "verify", "--pubkey", pubkeys[name],
+                                   node_copies, audit_dir], capture_output=True, text=True)
+            assert dirs.returncode == 0 and dirs.stdout == whole.stdout, dirs.stdout
+            reports = [subprocess.run([HSMCTL, "audit", "report", "--json", *where],
+                                      capture_output=True, text=True)
+                       for where in ([audit_dir], [node_copies, audit_dir])]
+            assert all(p.returncode == 0 for p in reports), [p.stderr for p in reports]
+            alone, both = (json.loads(p.stdout) for p in reports)
+            assert both == alone and alone["records"] > 1000, both
+        empty = os.path.join(tmp, "empty")
+        os.mkdir(empty)
+        p = subprocess.run([HSMCTL, "audit", "verify", empty], capture_output=True, text=True)
+        assert p.returncode == 1 and f"{empty} holds no audit file" in p.stderr, p.stderr
         # The same names in both: one copy directory without the node's would have mixed them.
         assert ({os.path.basename(f) for f in files(os.path.join(copies, "node-a"))}
                 & {os.path.basename(f) for f in files(os.path.join(copies, "node-b"))})
