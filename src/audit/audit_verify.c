@@ -187,13 +187,6 @@ void vstate_push(vstate *s, const ventry *e)
 
 /* ---- Checks beyond the chain --------------------------------------------- */
 
-/* The file name of a path (its last component). */
-static const char *base_of(const char *path)
-{
-	const char *slash = strrchr(path, '/');
-	return slash ? slash + 1 : path;
-}
-
 typedef enum { SIG_NONE, SIG_UNCHECKED, SIG_VERIFIED } sig_state;
 
 /* Checks a checkpoint's signature; the caller counts it once the checkpoint is accepted. */
@@ -247,7 +240,7 @@ static bool check_file_edges(vreader *r, const ventry *e, hsm_audit_verify_repor
 	if (!e->first_in_file)
 		return true;
 	uint64_t named;
-	if (audit_parse_file_name(base_of(r->names[e->file]), &named) && named != e->seq) {
+	if (audit_parse_file_name(hsm_path_base(r->names[e->file]), &named) && named != e->seq) {
 		verify_report_at(r, rep, named < e->seq ? HSM_AUDIT_DELETED : HSM_AUDIT_MODIFIED, e,
 		                 "the file name says it starts at seq %llu, its first record has seq %llu",
 		                 (unsigned long long)named, (unsigned long long)e->seq);
@@ -450,7 +443,7 @@ out:
 
 static int cmp_base(const void *x, const void *y)
 {
-	return strcmp(base_of(*(const char *const *)x), base_of(*(const char *const *)y));
+	return strcmp(hsm_path_base(*(const char *const *)x), hsm_path_base(*(const char *const *)y));
 }
 
 /* Whether the files at x and y hold the same bytes; a read failure sets *io. */
@@ -494,7 +487,7 @@ static bool drop_copies(const char **sorted, size_t *n, hsm_audit_verify_report 
 {
 	size_t w = 0;
 	for (size_t i = 0; i < *n; i++) {
-		if (w > 0 && strcmp(base_of(sorted[w - 1]), base_of(sorted[i])) == 0) {
+		if (w > 0 && strcmp(hsm_path_base(sorted[w - 1]), hsm_path_base(sorted[i])) == 0) {
 			if (same_bytes(sorted[w - 1], sorted[i], io))
 				continue;
 			if (hsm_failed(*io))

@@ -313,12 +313,17 @@ out:
 	return res;
 }
 
+const char *hsm_path_base(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	return slash ? slash + 1 : path;
+}
+
 hsm_result hsm_copy_file_into(const char *path, const char *dir)
 {
 	hsm_result res = HSM_SUCCESS;
 	char tmp[PATH_MAX] = "", final[PATH_MAX];
-	const char *slash = strrchr(path, '/');
-	const char *name = slash ? slash + 1 : path;
+	const char *name = hsm_path_base(path);
 	int src = -1, dst = -1;
 	uint8_t *buf = malloc(COPY_CHUNK);
 	HSM_CHECK(buf != NULL, HSM_ERR_NOMEM, "out of memory");

@@ -112,6 +112,8 @@ hsm_result hsm_write_file_atomic(const char *path, const void *p, size_t n,
  * The temporary is removed on failure; dir is created if missing.
  */
 hsm_result hsm_copy_file_into(const char *path, const char *dir) HSM_MUST_CHECK;
+/* The file name of a path: what follows its last '/' (the whole path without one). */
+const char *hsm_path_base(const char *path);
 /* Creates a directory (mode 0700) unless it already exists. */
 hsm_result hsm_mkdir_p(const char *path) HSM_MUST_CHECK;
 /* fsyncs a directory so that a rename or a create inside it is durable. */

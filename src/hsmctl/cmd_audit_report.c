@@ -419,16 +419,9 @@ static hsm_result add_record(report *r, const report_opts *o, json_t *rec)
 	return HSM_SUCCESS;
 }
 
-/* The file name of a path (its last component). */
-static const char *base_of(const char *path)
-{
-	const char *slash = strrchr(path, '/');
-	return slash ? slash + 1 : path;
-}
-
 static int by_name(const void *a, const void *b)
 {
-	return strcmp(base_of(*(const char *const *)a), base_of(*(const char *const *)b));
+	return strcmp(hsm_path_base(*(const char *const *)a), hsm_path_base(*(const char *const *)b));
 }
 
 /*

@@ -256,9 +256,8 @@ static hsm_result op_audit_public_key(hsm_admin_ctx *c)
 
 static void write_backup(hsm_jw *w, const char *path, const hsm_backup_info *info)
 {
-	const char *slash = strrchr(path, '/');
 	hsm_jw_str(w, "BackupId", info->backup_id);
-	hsm_jw_str(w, "File", slash ? slash + 1 : path);
+	hsm_jw_str(w, "File", hsm_path_base(path));
 	hsm_jw_str(w, "Path", path);
 	hsm_jw_str(w, "StoreId", info->identity.store_id);
 	hsm_jw_str(w, "NodeId", info->node_id);

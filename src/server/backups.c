@@ -118,11 +118,10 @@ static bool copy_backup(hsm_server *s, const char *path, const char *store_id, c
 static void audit_backup(hsm_server *s, const char *trigger, const hsm_backup_info *info,
                          const char *path, hsm_result r, const char *copy, const char *copy_error)
 {
-	const char *slash = strrchr(path, '/');
 	hsm_audit_field f[] = {
 	    {"trigger", trigger},
 	    {"backup_id", hsm_ok(r) ? info->backup_id : ""},
-	    {"file", hsm_ok(r) ? (slash ? slash + 1 : path) : ""},
+	    {"file", hsm_ok(r) ? hsm_path_base(path) : ""},
 	    {"copy", copy},
 	    {"copy_error", copy_error},
 	};
