@@ -12,6 +12,10 @@
  *   alias/fuzz-hmac   HMAC_256           GENERATE_VERIFY_MAC
  *   alias/fuzz-ecdh   ECC_NIST_P256      KEY_AGREEMENT
  *   alias/fuzz-pending SYMMETRIC_DEFAULT, kept pending deletion
+ *   alias/fuzz-jwt    ECC_NIST_P256      SIGN_VERIFY, marked for JWT signing
+ *   alias/fuzz-external SYMMETRIC_DEFAULT, Origin EXTERNAL, kept without
+ *                     material (PendingImport)
+ * and a usage recorder, as the server has, for GetKeyLastUsage.
  *
  * Input:
  *   byte 0     the operation (index into kms.h's HSM_OP_TABLE)
@@ -20,7 +24,10 @@
  *   the rest   the JSON request body; "@BLOB@" stands for the base64 of a
  *              ciphertext made by alias/fuzz-aes with the context
  *              {"purpose":"fuzz"}, "@KEYID@" for that key's id (key ids
- *              are random, so seeds cannot spell them)
+ *              are random, so seeds cannot spell them), "@TOKEN@" for
+ *              an import token of alias/fuzz-external (RSAES_OAEP_SHA_256,
+ *              RSA_2048) and "@MATERIAL@" for 32 bytes of key material
+ *              wrapped for it, so ImportKeyMaterial gets past the token
  *
  * Properties (DESIGN.md invariant 5): no crash or leak; a failure is a code
  * of the error table whose HTTP status is a client error (4xx), or
@@ -37,8 +44,13 @@
  * fixture keys are put back (enabled, not pending deletion, default policy,
  * aliases pointing at them) after every input, and requests that would
  * generate RSA-3072/4096 keys are skipped (seconds each, no new code paths).
+ * alias/fuzz-external loses what was imported into it, and alias/fuzz-jwt
+ * is marked for JWT signing again.
  */
 #include <ftw.h>
+#include <openssl/evp.h>
+#include <openssl/rsa.h>
+#include <openssl/x509.h>
 #include <sqlite3.h>
 #include <unistd.h>
 
@@ -46,6 +58,7 @@
 
 #include "common/encoding.h"
 #include "common/log.h"
+#include "kms/jwt.h"
 #include "kms/policy.h"
 #include "server/api.h"
 
@@ -56,27 +69,35 @@ typedef struct fixture {
 	hsm_key_spec spec;
 	hsm_key_usage usage;
 	bool pending; /* kept pending deletion, so CancelKeyDeletion has work */
+	bool jwt;     /* marked for JWT signing, so SignToken has work */
+	hsm_key_origin origin;
 	char key_id[HSM_UUID_STRLEN + 1];
 } fixture;
 
 static fixture fixtures[] = {
-    {"alias/fuzz-aes", HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, false, ""},
-    {"alias/fuzz-rsa", HSM_SPEC_RSA_2048, HSM_USAGE_ENCRYPT_DECRYPT, false, ""},
-    {"alias/fuzz-ec", HSM_SPEC_ECC_NIST_P256, HSM_USAGE_SIGN_VERIFY, false, ""},
-    {"alias/fuzz-ed", HSM_SPEC_ECC_NIST_EDWARDS25519, HSM_USAGE_SIGN_VERIFY, false, ""},
-    {"alias/fuzz-hmac", HSM_SPEC_HMAC_256, HSM_USAGE_GENERATE_VERIFY_MAC, false, ""},
-    {"alias/fuzz-ecdh", HSM_SPEC_ECC_NIST_P256, HSM_USAGE_KEY_AGREEMENT, false, ""},
-    {"alias/fuzz-pending", HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, true, ""},
+    {"alias/fuzz-aes", HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, .pending = false},
+    {"alias/fuzz-rsa", HSM_SPEC_RSA_2048, HSM_USAGE_ENCRYPT_DECRYPT, .pending = false},
+    {"alias/fuzz-ec", HSM_SPEC_ECC_NIST_P256, HSM_USAGE_SIGN_VERIFY, .pending = false},
+    {"alias/fuzz-ed", HSM_SPEC_ECC_NIST_EDWARDS25519, HSM_USAGE_SIGN_VERIFY, .pending = false},
+    {"alias/fuzz-hmac", HSM_SPEC_HMAC_256, HSM_USAGE_GENERATE_VERIFY_MAC, .pending = false},
+    {"alias/fuzz-ecdh", HSM_SPEC_ECC_NIST_P256, HSM_USAGE_KEY_AGREEMENT, .pending = false},
+    {"alias/fuzz-pending", HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, .pending = true},
+    {"alias/fuzz-jwt", HSM_SPEC_ECC_NIST_P256, HSM_USAGE_SIGN_VERIFY, .jwt = true},
+    {"alias/fuzz-external", HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT,
+     .origin = HSM_ORIGIN_EXTERNAL},
 };
 #define N_FIXTURES (sizeof(fixtures) / sizeof(fixtures[0]))
+#define EXTERNAL (N_FIXTURES - 1) /* the index of alias/fuzz-external */
 
 static struct {
 	char dir[64];
 	hsm_store *store;
 	hsm_keystore *ks;
 	hsm_kms *kms;
+	hsm_usage *usage;
 	hsm_buf policy; /* the default key policy, NUL-terminated */
 	hsm_buf blob_b64;
+	hsm_buf token_b64, material_b64; /* @TOKEN@, @MATERIAL@ */
 	sqlite3 *watch; /* read-only connection to the store's database */
 } g;
 
@@ -96,10 +117,13 @@ static void cleanup(void)
 {
 	sqlite3_close(g.watch);
 	hsm_kms_free(g.kms);
+	hsm_usage_free(g.usage);
 	hsm_keystore_free(g.ks);
 	hsm_store_close(g.store);
 	hsm_buf_free(&g.policy);
 	hsm_buf_free(&g.blob_b64);
+	hsm_buf_free(&g.token_b64);
+	hsm_buf_free(&g.material_b64);
 	if (g.dir[0] != '\0')
 		(void)nftw(g.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
@@ -116,6 +140,32 @@ static void make_blob(void)
 	FUZZ_ASSERT(hsm_ok(hsm_kms_encrypt(g.kms, &local, &req, &ct, &used)));
 	FUZZ_ASSERT(hsm_ok(hsm_b64_encode(&g.blob_b64, ct.data, ct.len)));
 	hsm_buf_free(&ct);
+}
+
+/* An import token for alias/fuzz-external, and 32 bytes of material wrapped for it. */
+static void make_import(void)
+{
+	hsm_import_params params;
+	memset(&params, 0, sizeof(params));
+	FUZZ_ASSERT(hsm_ok(hsm_kms_get_import_params(g.kms, &local, fixtures[EXTERNAL].key_id,
+	                                             "RSAES_OAEP_SHA_256", "RSA_2048", &params)));
+	FUZZ_ASSERT(hsm_ok(hsm_b64_encode(&g.token_b64, params.token.data, params.token.len)));
+	const unsigned char *der = params.public_der.data;
+	EVP_PKEY *pub = d2i_PUBKEY(NULL, &der, (long)params.public_der.len);
+	FUZZ_ASSERT(pub != NULL);
+	EVP_PKEY_CTX *pc = EVP_PKEY_CTX_new(pub, NULL);
+	static const uint8_t material[32] = "fuzz key material, 32 bytes long";
+	uint8_t wrapped[256];
+	size_t wrapped_len = sizeof(wrapped);
+	FUZZ_ASSERT(pc != NULL && EVP_PKEY_encrypt_init(pc) == 1 &&
+	            EVP_PKEY_CTX_set_rsa_padding(pc, RSA_PKCS1_OAEP_PADDING) == 1 &&
+	            EVP_PKEY_CTX_set_rsa_oaep_md(pc, EVP_sha256()) == 1 &&
+	            EVP_PKEY_CTX_set_rsa_mgf1_md(pc, EVP_sha256()) == 1 &&
+	            EVP_PKEY_encrypt(pc, wrapped, &wrapped_len, material, sizeof(material)) == 1);
+	FUZZ_ASSERT(hsm_ok(hsm_b64_encode(&g.material_b64, wrapped, wrapped_len)));
+	EVP_PKEY_CTX_free(pc);
+	EVP_PKEY_free(pub);
+	hsm_import_params_clear(&params);
 }
 
 static void restore_fixtures(void);
@@ -141,12 +191,15 @@ static void init_once(void)
 	FUZZ_ASSERT(hsm_keystore_state(g.ks) == HSM_NODE_UNSEALED);
 	hsm_kms_config cfg = {.region = "us-east-1", .account_id = "111122223333"};
 	FUZZ_ASSERT(hsm_ok(hsm_kms_new(g.store, g.ks, &cfg, &g.kms)));
+	FUZZ_ASSERT(hsm_ok(hsm_usage_new(g.store, &g.usage)));
+	hsm_kms_set_usage(g.kms, g.usage);
 	FUZZ_ASSERT(hsm_ok(hsm_policy_default("111122223333", &g.policy)));
 	FUZZ_ASSERT(hsm_ok(hsm_buf_terminate(&g.policy)));
 	for (size_t i = 0; i < N_FIXTURES; i++) {
 		hsm_create_key_req req = {.description = "fuzz fixture",
 		                          .spec = fixtures[i].spec,
-		                          .usage = fixtures[i].usage};
+		                          .usage = fixtures[i].usage,
+		                          .origin = fixtures[i].origin};
 		hsm_key_record rec;
 		memset(&rec, 0, sizeof(rec));
 		FUZZ_ASSERT(hsm_ok(hsm_kms_create_key(g.kms, &local, &req, &rec)));
@@ -156,6 +209,7 @@ static void init_once(void)
 		                                        fixtures[i].key_id)));
 	}
 	make_blob();
+	make_import();
 	restore_fixtures();
 	char db[sizeof(g.dir) + 16];
 	snprintf(db, sizeof(db), "%s/hsmd.db", g.dir);
@@ -188,6 +242,13 @@ static void restore_fixtures(void)
 		                                      (const char *)g.policy.data, true)));
 		if (hsm_failed(hsm_kms_update_alias(g.kms, &local, fixtures[i].alias, id)))
 			FUZZ_ASSERT(hsm_ok(hsm_kms_create_alias(g.kms, &local, fixtures[i].alias, id)));
+		if (fixtures[i].jwt)
+			FUZZ_ASSERT(hsm_ok(hsm_kms_enable_jwt(g.kms, &local, id, HSM_JWS_NONE, NULL)));
+		if (fixtures[i].origin == HSM_ORIGIN_EXTERNAL) {
+			uint32_t version;
+			while (hsm_ok(hsm_kms_delete_material(g.kms, &local, id, NULL, &rec, &version)))
+				hsm_key_record_clear(&rec);
+		}
 		if (fixtures[i].pending) {
 			FUZZ_ASSERT(hsm_ok(hsm_kms_schedule_deletion(g.kms, &local, id, 30, &rec)));
 			hsm_key_record_clear(&rec);
@@ -222,7 +283,8 @@ static bool substitute(hsm_buf *body, const char *token, const uint8_t *value, s
 /* Key generation that costs seconds and adds no code paths. */
 static bool too_slow(json_t *doc)
 {
-	static const char *const members[] = {"KeySpec", "CustomerMasterKeySpec", "KeyPairSpec"};
+	static const char *const members[] = {"KeySpec", "CustomerMasterKeySpec", "KeyPairSpec",
+	                                      "WrappingKeySpec"};
 	for (size_t i = 0; i < sizeof(members) / sizeof(members[0]); i++) {
 		const char *v = json_string_value(json_object_get(doc, members[i]));
 		if (v != NULL && (strcmp(v, "RSA_3072") == 0 || strcmp(v, "RSA_4096") == 0))
@@ -294,7 +356,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	hsm_buf body = {0};
 	FUZZ_ASSERT(hsm_ok(hsm_buf_set(&body, in.p, in.n)));
 	if (!substitute(&body, "@BLOB@", g.blob_b64.data, g.blob_b64.len) ||
-	    !substitute(&body, "@KEYID@", (const uint8_t *)fixtures[0].key_id, HSM_UUID_STRLEN)) {
+	    !substitute(&body, "@KEYID@", (const uint8_t *)fixtures[0].key_id, HSM_UUID_STRLEN) ||
+	    !substitute(&body, "@TOKEN@", g.token_b64.data, g.token_b64.len) ||
+	    !substitute(&body, "@MATERIAL@", g.material_b64.data, g.material_b64.len)) {
 		hsm_buf_free(&body);
 		return 0;
 	}
