@@ -509,7 +509,15 @@ void hsm_audit_get_stats(const hsm_audit *a, hsm_audit_stats *out)
 	out->files_copied = m->files_copied;
 	out->copy_failures = m->copy_failures;
 	out->retention_running = m->sweep_requested || m->sweep_running;
+	out->acks_held = m->acks_held;
+	uint64_t held_ns = m->acks_held_ns;
+	if (m->w.held_since_ns != 0) /* a hold in progress counts up to now */
+		held_ns += hsm_mono_ns() - m->w.held_since_ns;
+	out->acks_held_seconds = (double)held_ns / 1e9;
 	pthread_mutex_unlock(&m->mu);
+	out->sync_seconds = (double)atomic_load_explicit(&m->sync_ns, memory_order_relaxed) / 1e9;
+	for (size_t b = 0; b <= HSM_AUDIT_SYNC_BUCKETS; b++)
+		out->sync_buckets[b] = atomic_load_explicit(&m->sync_buckets[b], memory_order_relaxed);
 	out->syslog_dropped = m->syslog ? audit_syslog_dropped(m->syslog) : 0;
 }
 

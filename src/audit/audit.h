@@ -210,6 +210,7 @@ hsm_result hsm_audit_rotate(hsm_audit *a) HSM_MUST_CHECK;
 hsm_result hsm_audit_checkpoint(hsm_audit *a) HSM_MUST_CHECK;
 
 /* Counters for metrics. */
+#define HSM_AUDIT_SYNC_BUCKETS 10
 typedef struct hsm_audit_stats {
 	uint64_t next_seq;        /* sequence number the next record will get */
 	uint64_t written;         /* records written since open */
@@ -222,7 +223,22 @@ typedef struct hsm_audit_stats {
 	uint64_t files_copied;    /* closed files copied to copy_dir since open */
 	uint64_t copy_failures;   /* files not copied (or copies not deleted) when tried */
 	bool retention_running;   /* a retention pass is asked for or running */
+	/*
+	 * fdatasync calls on the audit file (background and synchronous): their
+	 * total time, and how many took at most hsm_audit_sync_bucket_le[b]
+	 * seconds and more than the bound before it (not cumulative); the last
+	 * bucket holds those over every bound.  A slow disk shows here before it
+	 * shows as request latency.
+	 */
+	double sync_seconds;
+	uint64_t sync_buckets[HSM_AUDIT_SYNC_BUCKETS + 1];
+	/* Time responses waited because a sync ran past fsync_max_lag_ms, and how often. */
+	uint64_t acks_held;
+	double acks_held_seconds;
 } hsm_audit_stats;
+
+/* Upper bounds (seconds) of the sync duration buckets; above the last: +Inf only. */
+extern const double hsm_audit_sync_bucket_le[HSM_AUDIT_SYNC_BUCKETS];
 
 void hsm_audit_get_stats(const hsm_audit *a, hsm_audit_stats *out);
 

@@ -86,6 +86,7 @@ typedef struct audit_writer {
 	int64_t next_checkpoint_ms;
 	int64_t next_retention_ms;
 	uint64_t retry_at_ns;
+	uint64_t held_since_ns;  /* acknowledgements held by the lag bound since, 0 = not held */
 	uint64_t pending_first_seq; /* seq of the first line in pending */
 	uint64_t kept_from;      /* checkpoints state it: every record from this seq on is kept */
 	bool rotate_pending;     /* a rotation checkpoint ends the file: start a new one */
@@ -160,7 +161,11 @@ struct hsm_audit {
 	/* Counters (under mu). */
 	uint64_t refused_total, refused_in_outage, written_total, outages;
 	uint64_t ckpt_signed, ckpt_unsigned, files_expired, files_copied, copy_failures;
+	uint64_t acks_held, acks_held_ns;
 	atomic_uint_fast64_t next_seq_pub;
+	/* fdatasync durations (atomics: the writer and the syncer both sync). */
+	atomic_uint_fast64_t sync_ns;
+	atomic_uint_fast64_t sync_buckets[HSM_AUDIT_SYNC_BUCKETS + 1];
 
 	pthread_mutex_t signer_mu;
 	hsm_audit_sign_fn signer;

@@ -85,11 +85,27 @@ hsm_result audit_io_sync(hsm_audit *a)
 	return HSM_SUCCESS;
 }
 
+const double hsm_audit_sync_bucket_le[HSM_AUDIT_SYNC_BUCKETS] = {
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5};
+
+/* Counts one sync of ns nanoseconds (any thread). */
+static void count_sync(hsm_audit *a, uint64_t ns)
+{
+	atomic_fetch_add_explicit(&a->sync_ns, ns, memory_order_relaxed);
+	double s = (double)ns / 1e9;
+	size_t b = 0;
+	while (b < HSM_AUDIT_SYNC_BUCKETS && s > hsm_audit_sync_bucket_le[b])
+		b++;
+	atomic_fetch_add_explicit(&a->sync_buckets[b], 1, memory_order_relaxed);
+}
+
 int audit_io_fdatasync(hsm_audit *a, int fd)
 {
+	uint64_t t0 = hsm_mono_ns();
 	int e = hook(a, HSM_AUDIT_IO_SYNC);
 	if (e == 0 && fdatasync(fd) != 0)
 		e = errno != 0 ? errno : EIO;
+	count_sync(a, hsm_mono_ns() - t0);
 	return e;
 }
 

@@ -486,13 +486,28 @@ static bool acks_held_locked(const hsm_audit *a, uint64_t now)
 	       now - w->lag_since_ns > a->cfg.fsync_max_lag_ms * NS_PER_MS;
 }
 
+/* Counts the periods records wait, queued, behind the lag bound (mu held). */
+static void note_held_locked(hsm_audit *a, bool held, uint64_t now)
+{
+	audit_writer *w = &a->w;
+	if (held && w->held_since_ns == 0) {
+		w->held_since_ns = now != 0 ? now : 1;
+		a->acks_held++;
+	} else if (!held && w->held_since_ns != 0) {
+		a->acks_held_ns += now - w->held_since_ns;
+		w->held_since_ns = 0;
+	}
+}
+
 static size_t take_batch(hsm_audit *a, bool *stop)
 {
 	audit_writer *w = &a->w;
 	bool held = false;
 	pthread_mutex_lock(&a->mu);
 	for (;;) {
-		held = acks_held_locked(a, hsm_mono_ns());
+		uint64_t t = hsm_mono_ns();
+		held = acks_held_locked(a, t);
+		note_held_locked(a, held && a->count > 0, t);
 		if (a->count > 0 && atomic_load(&a->healthy) && !held)
 			break;
 		if (a->sync_state == AUDIT_SYNC_DONE || (a->sweep_done && atomic_load(&a->healthy)))

@@ -595,6 +595,35 @@ uint16_t hsm_server_port(hsm_server *s)
 
 /* ---- /metrics --------------------------------------------------------------------- */
 
+/* How long the audit file's syncs take, and how long they held responses. */
+static hsm_result render_audit_syncs(const hsm_audit_stats *as, hsm_buf *out)
+{
+	HSM_GUARD(hsm_buf_put_str(
+	    out, "# HELP hsmd_audit_sync_duration_seconds fdatasync of the audit file: every "
+	         "acknowledged record is durable within fsync_max_lag_ms of its write.\n"
+	         "# TYPE hsmd_audit_sync_duration_seconds histogram\n"));
+	uint64_t cumulative = 0;
+	for (size_t b = 0; b < HSM_AUDIT_SYNC_BUCKETS; b++) {
+		cumulative += as->sync_buckets[b];
+		HSM_GUARD(hsm_buf_printf(out, "hsmd_audit_sync_duration_seconds_bucket{le=\"%g\"} %llu\n",
+		                         hsm_audit_sync_bucket_le[b], (unsigned long long)cumulative));
+	}
+	cumulative += as->sync_buckets[HSM_AUDIT_SYNC_BUCKETS];
+	return hsm_buf_printf(
+	    out,
+	    "hsmd_audit_sync_duration_seconds_bucket{le=\"+Inf\"} %llu\n"
+	    "hsmd_audit_sync_duration_seconds_sum %.6f\n"
+	    "hsmd_audit_sync_duration_seconds_count %llu\n"
+	    "# HELP hsmd_audit_acks_held_total Times responses waited for an audit sync that ran "
+	    "past fsync_max_lag_ms.\n"
+	    "# TYPE hsmd_audit_acks_held_total counter\nhsmd_audit_acks_held_total %llu\n"
+	    "# HELP hsmd_audit_acks_held_seconds_total Time responses waited for such syncs.\n"
+	    "# TYPE hsmd_audit_acks_held_seconds_total counter\n"
+	    "hsmd_audit_acks_held_seconds_total %.6f\n",
+	    (unsigned long long)cumulative, as->sync_seconds, (unsigned long long)cumulative,
+	    (unsigned long long)as->acks_held, as->acks_held_seconds);
+}
+
 hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 {
 	hsm_node_state st = hsm_keystore_state(s->ks);
@@ -696,5 +725,6 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    (unsigned long long)atomic_load(&s->backup_failures),
 	    (unsigned long long)atomic_load(&s->backup_copy_failures),
 	    (unsigned long long)atomic_load(&s->backups_expired)));
+	HSM_GUARD(render_audit_syncs(&as, out));
 	return hsm_metrics_render(&s->metrics, out);
 }

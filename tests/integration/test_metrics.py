@@ -125,6 +125,27 @@ def test_metrics_follow_what_was_done(server):
     assert value(after, "hsmd_request_duration_seconds_count", operation="Encrypt") == 5
     assert 0 < value(after, "hsmd_request_duration_seconds_sum", operation="Encrypt") < 5
 
+    # The audit file's syncs: the records above are made durable by later ones (the group
+    # sync runs on its own thread, within audit_fsync_ms), each counted in one bucket.
+    def syncs(s):
+        return value(s, "hsmd_audit_sync_duration_seconds_count")
+
+    deadline = time.monotonic() + 20
+    synced = scrape(server)
+    while syncs(synced) <= syncs(before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        synced = scrape(server)
+    assert syncs(synced) > syncs(before)
+    sync_buckets = sorted((float(dict(k[1])["le"]), v) for k, v in synced.items()
+                          if k[0] == "hsmd_audit_sync_duration_seconds_bucket")
+    assert sync_buckets[-1] == (float("inf"), syncs(synced))
+    counts = [v for _, v in sync_buckets]
+    assert len(counts) > 5 and counts == sorted(counts)
+    assert value(synced, "hsmd_audit_sync_duration_seconds_sum") > 0
+    held, held_s = (value(synced, "hsmd_audit_acks_held_total"),
+                    value(synced, "hsmd_audit_acks_held_seconds_total"))
+    assert held >= 0 and held_s >= 0 and (held > 0 or held_s == 0)
+
     # Counters never go back; gauges and counters keep their names.
     later_scrape = scrape(server)
     for key, v in after.items():

@@ -554,6 +554,19 @@ static void test_slow_fsync_holds_acks_only_past_the_lag(void **state)
 	hsm_audit_stats st;
 	hsm_audit_get_stats(a, &st);
 	assert_int_equal(st.outages, 0);
+	/* Counted for /metrics: C's wait (at least 200 ms, in one hold), and the
+	 * stuck sync (at least 600 ms: from A until released) among the others. */
+	assert_true(st.acks_held >= 1);
+	assert_true(st.acks_held_seconds >= 0.19);
+	uint64_t syncs = 0, over_250ms = 0;
+	for (size_t k = 0; k <= HSM_AUDIT_SYNC_BUCKETS; k++) {
+		syncs += st.sync_buckets[k];
+		if (k == HSM_AUDIT_SYNC_BUCKETS || hsm_audit_sync_bucket_le[k] > 0.25)
+			over_250ms += st.sync_buckets[k];
+	}
+	assert_true(syncs >= 2);
+	assert_true(over_250ms >= 1);
+	assert_true(st.sync_seconds >= 0.59);
 	hsm_audit_close(a);
 	hsm_audit_verify_report rep = t_verify_dir(dir, NULL, false);
 	assert_true(rep.valid);
