@@ -137,17 +137,24 @@ static hsm_result bootstrap_user(const init_opts *o, hsmctl_local *l, const char
 	hsm_secret *secret = NULL;
 	hsm_buf text;
 	hsm_buf_init_secure(&text);
+	HSM_TRY(hsm_roles_format(roles, role_names, sizeof(role_names)));
+	/* Audited as hsmd audits CreateUser and CreateAccessKey: naming what they made. */
+	hsm_audit_field user[] = {{"target_user", name}, {"target_roles", role_names}};
 	res = hsm_kms_user_create(l->kms, &hsmctl_local_caller, name, roles);
-	HSM_TRY(hsmctl_local_audit(l, "CreateUser", NULL, 0, res));
+	HSM_TRY(hsmctl_local_audit_fields(l, "CreateUser", NULL, 0, res, user, 2));
 	HSM_TRY(res);
-	HSM_TRY(hsm_kms_access_key_create(l->kms, &hsmctl_local_caller, name, akid, &secret));
+	akid[0] = '\0';
+	res = hsm_kms_access_key_create(l->kms, &hsmctl_local_caller, name, akid, &secret);
+	hsm_audit_field key[] = {{"target_user", name}, {"target_access_key_id", akid}};
+	HSM_TRY(hsmctl_local_audit_fields(l, "CreateAccessKey", NULL, 0, res, key,
+	                                  akid[0] != '\0' ? 2 : 1));
+	HSM_TRY(res);
 	HSM_TRY(hsm_buf_printf(&text, "[%s]\naws_access_key_id = %s\naws_secret_access_key = ",
 	                       name, akid));
 	HSM_TRY(hsm_buf_put(&text, hsm_secret_bytes(secret), hsm_secret_len(secret)));
 	HSM_TRY(hsm_buf_put_str(&text, "\n"));
 	snprintf(path, sizeof(path), "%s/%s.credentials", o->share_dir, name);
 	HSM_TRY(hsmctl_write_new_file(path, text.data, text.len));
-	HSM_TRY(hsm_roles_format(roles, role_names, sizeof(role_names)));
 	printf("user: %s (%s)\ncredentials: %s\n", name, role_names, path);
 out:
 	hsm_secret_free(secret);

@@ -387,6 +387,18 @@ def test_a_ceremony_names_the_custodians_who_approve(tmp_path):
             fields = dict(l.split(" = ", 1) for l in f.read().splitlines() if " = " in l)
         return fields["aws_access_key_id"], fields["aws_secret_access_key"]
 
+    # The ceremony's trail names every user and access key it made, as hsmd's own
+    # CreateUser and CreateAccessKey records do.
+    recs = audit_records(data)
+    made = {"alice": "custodian", "bob": "custodian", "carol": "custodian",
+            "ops": "crypto-officer,auditor"}
+    assert sorted((r["extra"]["target_user"], r["extra"]["target_roles"]) for r in recs
+                  if r.get("op") == "CreateUser" and r["outcome"] == "success") == \
+        sorted(made.items())
+    assert sorted((r["extra"]["target_user"], r["extra"]["target_access_key_id"]) for r in recs
+                  if r.get("op") == "CreateAccessKey" and r["outcome"] == "success") == \
+        sorted((name, creds(name)[0]) for name in made)
+
     server = Hsmd(["--approval-quorum", "2"], data_dir=data)
     try:
         for name in ("alice", "carol"):
