@@ -189,7 +189,8 @@ static hsm_result open_parts(hsm_server *s)
 	if (!s->opt.dev && !shared)
 		HSM_GUARD(hsm_server_blame(s, "data_dir", check_store_exists(s)));
 	HSM_GUARD(hsm_server_blame(s, "data_dir", hsm_mkdir_p(s->data_dir)));
-	HSM_GUARD(hsm_store_open(shared ? s->opt.store : s->data_dir, &s->store));
+	HSM_GUARD(hsm_server_blame(s, shared ? "store" : "data_dir",
+	                           hsm_store_open(shared ? s->opt.store : s->data_dir, &s->store)));
 	atomic_store(&s->store_up, true);
 	HSM_GUARD(open_audit(s));
 	HSM_GUARD(hsm_keystore_new(s->store, 0, &s->ks));

@@ -80,6 +80,18 @@ def test_an_audit_copy_dir_that_is_the_audit_dir(tmp):
             and "(audit_copy_dir from --audit-copy-dir)" in err), err
 
 
+def test_a_store_that_cannot_be_reached(tmp):
+    """A shared store hsmd cannot connect to is refused like a setting's other faults: the
+    message names the setting and where it came from, and the status is 2."""
+    conf = os.path.join(tmp, "node.conf")
+    with open(conf, "w") as f:
+        f.write(f"data_dir = {os.path.join(tmp, 'data')}\n"
+                f"store = postgresql://hsmd@127.0.0.1:{free_port()}/hsm?connect_timeout=3\n")
+    err = refused(["--config", conf, "--listen", f"127.0.0.1:{free_port()}",
+                   "--allow-plaintext-loopback"])
+    assert "cannot connect to PostgreSQL" in err and f"(store from {conf}:2)" in err, err
+
+
 def test_a_quorum_from_the_environment(tmp):
     err = refused(["--dev", "--data-dir", os.path.join(tmp, "data"),
                    "--listen", f"127.0.0.1:{free_port()}"], env={"HSM_APPROVAL_QUORUM": "2"})
