@@ -127,7 +127,7 @@ static hsm_result sign_request(const endpoint *ep, const hsm_client *c, const ch
 	}
 	HSM_ENSURE(akid != NULL && secret != NULL, HSM_ERR_MISSING_AUTH,
 	           "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY to an hsmd access key");
-	const char *region = c->region ? c->region : getenv("AWS_REGION");
+	const char *region = c->region ? c->region : hsm_env_region();
 	char host[300];
 	snprintf(host, sizeof(host), "%s:%u", ep->host, ep->port);
 	hsm_sigv4_header headers[] = {{"Host", host},
@@ -137,7 +137,7 @@ static hsm_result sign_request(const endpoint *ep, const hsm_client *c, const ch
 	hsm_secret *s = NULL;
 	hsm_sigv4_signer *signer = NULL;
 	HSM_GUARD(hsm_secret_from(secret, strlen(secret), &s));
-	hsm_result r = hsm_sigv4_signer_new(akid, s, region ? region : "us-east-1", NULL, &signer);
+	hsm_result r = hsm_sigv4_signer_new(akid, s, region, NULL, &signer);
 	if (hsm_ok(r))
 		r = hsm_sigv4_sign(signer, &req, hsm_now(), sig);
 	hsm_sigv4_signer_free(signer);

@@ -24,7 +24,7 @@ typedef struct hsm_client {
 	/* A client certificate for a node with tls_client_auth (PEM chain); NULL: none. */
 	const char *cert_file;
 	const char *key_file; /* its private key (PEM); NULL: in cert_file */
-	const char *region;    /* SigV4 region; NULL: AWS_REGION or us-east-1 */
+	const char *region;    /* SigV4 region; NULL: hsm_env_region() */
 	int timeout_s;
 	const char *akid;   /* NULL: the environment's credentials */
 	const char *secret; /* with akid */

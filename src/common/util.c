@@ -319,6 +319,17 @@ const char *hsm_path_base(const char *path)
 	return slash ? slash + 1 : path;
 }
 
+const char *hsm_env_region(void)
+{
+	static const char *const names[] = {"AWS_REGION", "AWS_DEFAULT_REGION"};
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		const char *v = getenv(names[i]);
+		if (v != NULL && *v != '\0')
+			return v;
+	}
+	return "us-east-1";
+}
+
 hsm_result hsm_copy_file_into(const char *path, const char *dir)
 {
 	hsm_result res = HSM_SUCCESS;

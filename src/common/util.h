@@ -114,6 +114,12 @@ hsm_result hsm_write_file_atomic(const char *path, const void *p, size_t n,
 hsm_result hsm_copy_file_into(const char *path, const char *dir) HSM_MUST_CHECK;
 /* The file name of a path: what follows its last '/' (the whole path without one). */
 const char *hsm_path_base(const char *path);
+/*
+ * The region a client signs for when none is given: AWS_REGION (the AWS
+ * SDKs'), else AWS_DEFAULT_REGION (aws-cli's and boto3's), else "us-east-1",
+ * hsmd's default.  Empty values count as unset.
+ */
+const char *hsm_env_region(void);
 /* Creates a directory (mode 0700) unless it already exists. */
 hsm_result hsm_mkdir_p(const char *path) HSM_MUST_CHECK;
 /* fsyncs a directory so that a rename or a create inside it is durable. */

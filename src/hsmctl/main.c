@@ -65,7 +65,12 @@ static const hsmctl_command commands[] = {
      hsmctl_cmd_audit_online},
     {"key", "create|list|describe|enable|disable|rotate|rotation|schedule-deletion|"
             "cancel-deletion --data-dir DIR [--share FILE]... [KEY]",
-     "manage keys on a data directory", hsmctl_cmd_key},
+     "manage keys on a data directory.  create: [--spec SPEC] [--usage USAGE] "
+     "[--origin AWS_KMS|EXTERNAL] [--description TEXT] [--alias alias/NAME] (KMS names; "
+     "default SYMMETRIC_DEFAULT and the usage the spec implies; EXTERNAL: no material until "
+     "imported); rotation KEY [--enable [--period DAYS] | --disable] (1-2560 days, default "
+     "90); schedule-deletion KEY [--days N] (7-30, default 30)",
+     hsmctl_cmd_key},
     {"key import", "KEY --material FILE [--wrapping-key-spec RSA_2048|RSA_3072|RSA_4096] "
                    "[--valid-days N] [--new] [--description TEXT] (with --endpoint, or "
                    "--data-dir DIR --share FILE...)",
@@ -165,6 +170,8 @@ static int cmd_help(int argc, char **argv)
 	       "  --endpoint       running hsmd nodes, tried in order (HSM_ENDPOINT)\n"
 	       "  --client-cert    a PEM certificate (and --client-key, its key) for nodes with\n"
 	       "                   tls_client_auth (HSM_CLIENT_CERT, HSM_CLIENT_KEY)\n"
+	       "  --region         the region requests are signed for: the nodes' own (AWS_REGION,\n"
+	       "                   else AWS_DEFAULT_REGION, else us-east-1)\n"
 	       "  --store          offline commands: the postgresql:// store nodes share, instead of\n"
 	       "                   the SQLite store in --data-dir (HSM_STORE)\n"
 	       "  --approval-wait  how long a request waits for custodians' approval before it is\n"

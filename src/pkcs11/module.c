@@ -8,7 +8,8 @@
  *   HSM_PKCS11_CA_FILE   PEM bundle that verifies hsmd's TLS certificate
  *   HSM_PKCS11_CLIENT_CERT, HSM_PKCS11_CLIENT_KEY  a PEM client certificate and its
  *                        key, for a node with tls_client_auth
- *   HSM_PKCS11_REGION    the SigV4 region (default us-east-1)
+ *   HSM_PKCS11_REGION    the SigV4 region (default: AWS_REGION, AWS_DEFAULT_REGION,
+ *                        else us-east-1)
  *   HSM_PKCS11_KEYS      the keys the token shows, by key id, key ARN or alias,
  *                        separated by commas (default: every key the user sees)
  *   HSM_PKCS11_TIMEOUT   seconds a call waits for hsmd's answer (1-3600, default 30)
@@ -169,7 +170,7 @@ CK_RV C_Initialize(CK_VOID_PTR init_args)
 	env_copy(p11.conn.ca_file, sizeof(p11.conn.ca_file), "HSM_PKCS11_CA_FILE", "");
 	env_copy(p11.conn.client_cert, sizeof(p11.conn.client_cert), "HSM_PKCS11_CLIENT_CERT", "");
 	env_copy(p11.conn.client_key, sizeof(p11.conn.client_key), "HSM_PKCS11_CLIENT_KEY", "");
-	env_copy(p11.conn.region, sizeof(p11.conn.region), "HSM_PKCS11_REGION", "us-east-1");
+	env_copy(p11.conn.region, sizeof(p11.conn.region), "HSM_PKCS11_REGION", hsm_env_region());
 	env_copy(p11.keys, sizeof(p11.keys), "HSM_PKCS11_KEYS", "");
 	const char *t = getenv("HSM_PKCS11_TIMEOUT");
 	char *end = NULL;

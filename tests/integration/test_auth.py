@@ -7,6 +7,8 @@ one byte, must be refused with 403 and audited with the same error.
 import datetime
 import http.client
 import json
+import os
+import subprocess
 import time
 
 import boto3
@@ -17,7 +19,8 @@ import botocore.exceptions
 import pytest
 import requests
 
-from conftest import DEV_AKID, DEV_SECRET, REGION, signed_request, start_dev, unsigned_call
+from conftest import (BUILD, DEV_AKID, DEV_SECRET, HSMCTL, REGION, signed_request, start_dev,
+                      unsigned_call)
 from helpers import admin, audit_record, new_user, parsed_body, request_id, restart_dev, signed_at
 
 TARGET = "TrentService.ListKeys"
@@ -284,6 +287,47 @@ def test_region_is_checked_with_boto3(hsmd):
     assert e.value.response["Error"]["Code"] == "InvalidSignatureException"
     assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
     assert "Keys" in kms_in(REGION).list_keys()
+
+
+def test_hsmctl_and_the_pkcs11_module_sign_for_the_region_of_the_environment():
+    """A node in eu-west-1: hsmctl and the PKCS#11 module take the region from
+    AWS_REGION, else AWS_DEFAULT_REGION (what aws-cli and boto3 read), unless
+    told otherwise (--region, HSM_PKCS11_REGION)."""
+    node = start_dev(["--region", "eu-west-1"])
+    try:
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HSM_"))}
+        base.update(AWS_ACCESS_KEY_ID=DEV_AKID, AWS_SECRET_ACCESS_KEY=DEV_SECRET)
+
+        def hsmctl(*args, **env):
+            return subprocess.run([HSMCTL, "--endpoint", node.endpoint] + list(args) +
+                                  ["user", "list"], env=dict(base, **env),
+                                  capture_output=True, text=True, timeout=60)
+
+        p = hsmctl()
+        assert p.returncode == 1 and "InvalidSignatureException" in p.stderr, p.stderr
+        assert "not 'us-east-1'" in p.stderr, p.stderr
+        for env in ({"AWS_DEFAULT_REGION": "eu-west-1"}, {"AWS_REGION": "eu-west-1"},
+                    {"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "us-east-1"}):
+            p = hsmctl(**env)
+            assert p.returncode == 0 and "dev" in p.stdout, (env, p.stderr)
+        assert hsmctl("--region", "us-east-1", AWS_DEFAULT_REGION="eu-west-1").returncode == 1
+        assert hsmctl("--region", "eu-west-1").returncode == 0
+
+        def pkcs11_tool(**env):
+            env = dict(base, HSM_PKCS11_ENDPOINT=node.endpoint, **env)
+            return subprocess.run(["pkcs11-tool", "--module",
+                                   os.path.join(BUILD, "libhsm_pkcs11.so"), "--login", "--pin",
+                                   f"{DEV_AKID}:{DEV_SECRET}", "-O"],
+                                  env=env, capture_output=True, text=True, timeout=120)
+
+        p = pkcs11_tool()
+        assert p.returncode != 0 and "C_Login failed" in p.stderr, (p.stdout, p.stderr)
+        p = pkcs11_tool(AWS_DEFAULT_REGION="eu-west-1")
+        assert p.returncode == 0, (p.stdout, p.stderr)
+        p = pkcs11_tool(AWS_DEFAULT_REGION="eu-west-1", HSM_PKCS11_REGION="us-east-1")
+        assert p.returncode != 0 and "C_Login failed" in p.stderr, (p.stdout, p.stderr)
+    finally:
+        node.cleanup()
 
 
 # ---- Lockout --------------------------------------------------------------------------------
