@@ -202,6 +202,26 @@ class Node:
             self.proc.wait()
         self.proc = None
 
+    AUDIT_SERIES = {"hsmd_audit_sync_duration_seconds_count": "syncs",
+                    'hsmd_audit_sync_duration_seconds_bucket{le="0.05"}': "syncs_within_50ms",
+                    "hsmd_audit_acks_held_total": "holds",
+                    "hsmd_audit_acks_held_seconds_total": "held_s"}
+
+    def audit_disk(self):
+        """The audit trail's sync and hold counters from /metrics ({} if unreadable)."""
+        ctx = ssl.create_default_context(cafile=self.tls["cert"]) if self.tls else None
+        try:
+            with urllib.request.urlopen(self.url + "/metrics", timeout=5, context=ctx) as r:
+                text = r.read().decode()
+        except OSError:
+            return {}
+        out = {}
+        for line in text.splitlines():
+            name, _, value = line.rpartition(" ")
+            if name in self.AUDIT_SERIES:
+                out[self.AUDIT_SERIES[name]] = float(value)
+        return out
+
     def kms(self, read_timeout=60):
         return boto3.client(
             "kms", endpoint_url=self.url, region_name=REGION, aws_access_key_id=AKID,
@@ -309,6 +329,7 @@ class Loadgen:
         if random_keys:
             args.append("--random-keys")
         env = dict(os.environ, AWS_ACCESS_KEY_ID=creds[0], AWS_SECRET_ACCESS_KEY=creds[1])
+        a0 = node.audit_disk()
         c0, d0, w0 = children_cpu_seconds(), disk_written_bytes(), proc_written_bytes(node.proc.pid)
         s0, (m0, i0), t0 = proc_cpu_seconds(node.proc.pid), machine_cpu_seconds(), time.monotonic()
         p = subprocess.run(args, env=env, capture_output=True, text=True)
@@ -330,6 +351,15 @@ class Loadgen:
         # Disk writes: hsmd's own (its audit trail), and the machine's beyond them (others').
         r["server_disk_mb_s"] = round((w1 - w0) / wall / 1e6, 2)
         r["other_disk_mb_s"] = round(max(0, (d1 - d0) - (w1 - w0)) / wall / 1e6, 2)
+        # What the audit trail's disk did meanwhile: syncs over 50 ms (the default lag
+        # bound) and the time responses were held behind them.
+        a1 = node.audit_disk()
+        if a0.keys() == a1.keys() == set(Node.AUDIT_SERIES.values()):
+            d = {k: a1[k] - a0[k] for k in a1}
+            r["audit_syncs"] = int(d["syncs"])
+            r["audit_syncs_over_50ms"] = int(d["syncs"] - d["syncs_within_50ms"])
+            r["audit_holds"] = int(d["holds"])
+            r["audit_held_ms"] = round(d["held_s"] * 1e3, 1)
         r["op"] = op.ident
         return r
 
@@ -359,6 +389,21 @@ class Loadgen:
                 f"{r['other_disk_mb_s']} MB/s; retrying")
             time.sleep(3)
         return best
+
+
+def tail_causes(r):
+    """One line on where a constant-rate run's tail came from (loadgen's slots and
+    the audit trail's disk)."""
+    parts = []
+    if "slots" in r:
+        stalls = ", ".join(f"{s[2]:.0f} ms at {s[0] / 1e3:.2f} s" for s in r["stalls"][:5])
+        parts.append(f"{r['slow_slots']}/{r['slots']} slots of {r['slot_ms']} ms with a request "
+                     f"over 2 ms; {r['n_stalls']} stalls over 10 ms" +
+                     (f" ({stalls})" if stalls else ""))
+    if "audit_syncs" in r:
+        parts.append(f"audit: {r['audit_syncs_over_50ms']} of {r['audit_syncs']} syncs over 50 ms, "
+                     f"responses held {r['audit_held_ms']} ms in {r['audit_holds']} holds")
+    return "; ".join(parts)
 
 
 def _inprocess_once(binary, duration, env, ops):

@@ -48,6 +48,16 @@
 #define MAX_THREADS 64
 #define DRAIN_GRACE_NS (10ULL * 1000000000ULL)
 #define NS 1000000000ULL
+/*
+ * Where the tail comes from: the window is cut into SLOT_NS slots of
+ * scheduled send time, each keeping its worst latency.  A tail spread over
+ * many slots is queueing; one confined to a few adjacent slots is a stall
+ * (the server or the host stopped for that long).
+ */
+#define SLOT_NS (50ULL * 1000000ULL)
+#define SLOW_US 2000U   /* a slot whose worst request took longer is slow */
+#define STALL_US 10000U /* adjacent slots whose worst took longer make a stall */
+#define MAX_STALLS 20
 
 typedef struct config {
 	const char *url;
@@ -79,6 +89,8 @@ typedef struct worker {
 	lg_body_state bodies;
 	hsm_buf body;
 	lg_hist hist;
+	uint32_t *slot_worst_us; /* per SLOT_NS of the window, by scheduled time */
+	size_t n_slots;
 	uint64_t ok, errors, incomplete, sent;
 	uint64_t last_done_ns; /* when the last request of the window was answered */
 	char first_error[200];
@@ -151,6 +163,10 @@ static void on_done(worker *w, lg_conn *c, uint64_t now)
 			w->ok++;
 			lg_hist_add(&w->hist, now - c->sched_ns);
 			w->last_done_ns = now;
+			size_t slot = (size_t)((c->sched_ns - w->sh->mstart) / SLOT_NS);
+			uint64_t us = (now - c->sched_ns) / 1000;
+			if (slot < w->n_slots && us > w->slot_worst_us[slot])
+				w->slot_worst_us[slot] = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
 		}
 	} else if (counted) {
 		size_t n = 0;
@@ -292,6 +308,10 @@ static void *worker_main(void *arg)
 	}
 	pthread_barrier_wait(&sh->ready); /* everyone connected */
 	pthread_barrier_wait(&sh->ready); /* the main thread has set the clock */
+	w->n_slots = (size_t)((sh->mend - sh->mstart + SLOT_NS - 1) / SLOT_NS);
+	w->slot_worst_us = calloc(w->n_slots, sizeof(*w->slot_worst_us));
+	if (w->slot_worst_us == NULL)
+		w->n_slots = 0;
 	if (!w->failed_setup) {
 		if (sh->cfg->rate > 0) {
 			double per = 1e9 / sh->cfg->rate;
@@ -315,6 +335,42 @@ static double cpu_seconds(void)
 	getrusage(RUSAGE_SELF, &ru);
 	return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
 	       (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+/*
+ * The slots' worst latencies, all threads merged (into ws[0]'s array), as
+ * JSON members: how many slots were slow, and the stalls (start and length
+ * in ms from the window's start, worst latency in ms).
+ */
+static void report_slots(worker *ws, unsigned threads)
+{
+	uint32_t *worst = ws[0].slot_worst_us;
+	size_t n = ws[0].n_slots;
+	for (unsigned t = 1; t < threads; t++)
+		for (size_t i = 0; i < n && i < ws[t].n_slots; i++)
+			if (ws[t].slot_worst_us[i] > worst[i])
+				worst[i] = ws[t].slot_worst_us[i];
+	size_t slow = 0, stalls = 0;
+	for (size_t i = 0; i < n; i++)
+		slow += worst[i] > SLOW_US;
+	printf(",\"slot_ms\":%llu,\"slots\":%zu,\"slow_slots\":%zu,\"stalls\":[",
+	       (unsigned long long)(SLOT_NS / 1000000), n, slow);
+	for (size_t i = 0; i < n;) {
+		if (worst[i] <= STALL_US) {
+			i++;
+			continue;
+		}
+		size_t j = i;
+		uint32_t top = 0;
+		for (; j < n && worst[j] > STALL_US; j++)
+			top = worst[j] > top ? worst[j] : top;
+		if (stalls++ < MAX_STALLS)
+			printf("%s[%llu,%llu,%.1f]", stalls > 1 ? "," : "",
+			       (unsigned long long)(i * SLOT_NS / 1000000),
+			       (unsigned long long)((j - i) * SLOT_NS / 1000000), top / 1e3);
+		i = j;
+	}
+	printf("],\"n_stalls\":%zu", stalls);
 }
 
 /*
@@ -344,7 +400,7 @@ static void report(const config *cfg, const shared *sh, worker *ws, double cpu)
 	       "\"connections\":%u,\"threads\":%u,\"duration_s\":%.2f,\"ok\":%llu,\"errors\":%llu,"
 	       "\"incomplete\":%llu,\"ops_per_s\":%.1f,\"mean_us\":%.1f,\"p50_us\":%.1f,"
 	       "\"p90_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f,"
-	       "\"client_cpu_cores\":%.3f}\n",
+	       "\"client_cpu_cores\":%.3f",
 	       cfg->label, cfg->target, cfg->dest.tls ? "true" : "false",
 	       cfg->rate > 0 ? "rate" : "closed", cfg->rate, cfg->connections, cfg->threads,
 	       cfg->duration_s, (unsigned long long)ok, (unsigned long long)errors,
@@ -353,6 +409,9 @@ static void report(const config *cfg, const shared *sh, worker *ws, double cpu)
 	       (double)lg_hist_quantile(&all, 0.50) / 1e3, (double)lg_hist_quantile(&all, 0.90) / 1e3,
 	       (double)lg_hist_quantile(&all, 0.99) / 1e3, (double)lg_hist_quantile(&all, 0.999) / 1e3,
 	       (double)all.max_ns / 1e3, cpu / cfg->duration_s);
+	if (ws[0].n_slots > 0)
+		report_slots(ws, cfg->threads);
+	printf("}\n");
 }
 
 static int run(config *cfg)
@@ -400,6 +459,8 @@ static int run(config *cfg)
 	}
 	if (!failed)
 		report(cfg, &sh, ws, cpu);
+	for (unsigned i = 0; i < cfg->threads; i++)
+		free(ws[i].slot_worst_us);
 	pthread_barrier_destroy(&sh.ready);
 	free(th);
 	free(conns);

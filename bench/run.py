@@ -61,7 +61,7 @@ def api_phase(lg, node, ops, d, results, key, with_rate, rate_of=None, passes=1)
                          connections=d["conns"])
         results[key][op.ident]["rate"] = r
         hb.log(f"{key} {op.ident} at {rate}/s: p50 {r['p50_us']:.0f} us, p99 {r['p99_us']:.0f} us,"
-               f" p99.9 {r['p999_us']:.0f} us, errors {r['errors']}")
+               f" p99.9 {r['p999_us']:.0f} us, errors {r['errors']}; {hb.tail_causes(r)}")
 
 
 def audit_phase(args, lg, build, work, enc_op, d, results):

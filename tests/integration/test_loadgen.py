@@ -8,7 +8,10 @@ itself is measured by `make bench`, not asserted here.
 """
 import json
 import os
+import signal
 import subprocess
+import threading
+import time
 
 import pytest
 
@@ -61,6 +64,34 @@ def test_constant_rate_keeps_its_schedule(served):
     out, _ = loadgen(server, key, "--connections", "4", "--duration", "2", "--rate", "400")
     assert (out["mode"], out["errors"]) == ("rate", 0)
     assert 720 <= out["ok"] <= 880  # 400/s for 2 s, give or take a scheduling tick
+    # The window in 50 ms slots of scheduled time, each with its worst latency.
+    assert (out["slot_ms"], out["slots"]) == (50, 40)
+    assert 0 <= out["slow_slots"] <= out["slots"]
+    assert len(out["stalls"]) == min(out["n_stalls"], 20)
+
+
+def test_a_server_that_stops_shows_as_a_stall(served):
+    """hsmd stopped (SIGSTOP) for 400 ms in the middle of a constant-rate run: the
+    requests due meanwhile wait for it, and loadgen reports one stall there."""
+    server, key = served
+
+    def pause():
+        time.sleep(1.2)
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        time.sleep(0.4)
+        os.kill(server.proc.pid, signal.SIGCONT)
+
+    t = threading.Thread(target=pause)
+    t.start()
+    try:
+        out, _ = loadgen(server, key, "--connections", "4", "--duration", "3", "--rate", "200")
+    finally:
+        t.join()
+        os.kill(server.proc.pid, signal.SIGCONT)
+    assert out["errors"] == 0 and out["n_stalls"] >= 1, out
+    start, length, worst = max(out["stalls"], key=lambda s: s[2])
+    assert worst >= 300 and 0 <= start < 3000 and length >= 50, out
+    assert out["slow_slots"] >= 2, out
 
 
 def test_refused_requests_are_errors_not_throughput(served):
