@@ -56,6 +56,11 @@ def rows(res):
                 "other_cores": r.get("other_cpu_cores"), "other_disk_mb_s": r.get("other_disk_mb_s"),
                 "threads": r.get("threads"),
                 "connections": r.get("connections"),
+                "slots": r.get("slots"), "slow_slots": r.get("slow_slots"),
+                "stalls": r.get("stalls"), "n_stalls": r.get("n_stalls"),
+                "audit_syncs": r.get("audit_syncs"),
+                "audit_syncs_over_50ms": r.get("audit_syncs_over_50ms"),
+                "audit_held_ms": r.get("audit_held_ms"),
             })
         add("limit", res["limit"].get(op), "closed", "in-process")
         add("softhsm", res["softhsm"].get(op), "closed", "in-process")
@@ -232,6 +237,32 @@ def summary_table(rs):
     return lines
 
 
+def tails_table(rs):
+    """Where each constant-rate run's tail came from (empty before loadgen kept slots)."""
+    runs = [r for r in rs if r["mode"] == "rate" and r.get("slots")]
+    if not runs:
+        return []
+    lines = ["", "## Where the tails come from", "",
+             "Each constant-rate run cut into 50 ms slots of scheduled send time.  A tail spread "
+             "over many slots is queueing; one in a few adjacent slots is a stall (hsmd, or the "
+             "host, stopped for that long).  The audit columns are hsmd's own counters over the "
+             "run: syncs of the audit file that took over 50 ms (the lag bound) and the time "
+             "responses waited on them.", "",
+             "| Operation | transport | rate | p99 | slots with a request over 2 ms | "
+             "stalls over 10 ms (worst) | audit syncs over 50 ms | responses held by the audit "
+             "disk |", "|---|---|---:|---:|---:|---|---:|---:|"]
+    for r in runs:
+        worst = max((s[2] for s in r["stalls"]), default=None)
+        stalls = f"{r['n_stalls']}" + (f" ({worst:.0f} ms)" if worst is not None else "")
+        audit = (f"{r['audit_syncs_over_50ms']} of {r['audit_syncs']}"
+                 if r.get("audit_syncs") is not None else "-")
+        held = f"{r['audit_held_ms']:.0f} ms" if r.get("audit_held_ms") is not None else "-"
+        lines.append(f"| {r['operation']} | {r['transport'].upper()} | {r['rate']:.0f}/s | "
+                     f"{us(r['p99_us'])} | {r['slow_slots']} of {r['slots']} | {stalls} | "
+                     f"{audit} | {held} |")
+    return lines
+
+
 def write_md(res, rs, path):
     m, d = res["machine"], res["params"]
     lines = [
@@ -261,6 +292,7 @@ def write_md(res, rs, path):
     ]
     for t, v, ok in targets(res, rs):
         lines.append(f"| {t} | {v} | {'yes' if ok else '**no**'} |")
+    lines += tails_table(rs)
     audit = res.get("audit", {})
     if audit and res["hsmd"].get("encrypt-64"):
         base = res["hsmd"]["encrypt-64"]
