@@ -92,6 +92,11 @@ CK_RV C_Digest(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR 
 	p11_session *s = digesting(h, &rv);
 	if (s == NULL)
 		LEAVE(rv);
+	/* C_Digest does not end a multi-part digest (PKCS#11 C_Digest): refused, and ended. */
+	if (s->digest.multi) {
+		p11_op_reset(&s->digest);
+		LEAVE(CKR_OPERATION_NOT_INITIALIZED);
+	}
 	/* After a length query or a short buffer the caller repeats C_Digest with the same data. */
 	if (!s->digest.fed) {
 		rv = feed(&s->digest, data, len);
@@ -111,6 +116,7 @@ CK_RV C_DigestUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len)
 	p11_session *s = digesting(h, &rv);
 	if (s == NULL)
 		LEAVE(rv);
+	s->digest.multi = true;
 	LEAVE(feed(&s->digest, data, len));
 }
 

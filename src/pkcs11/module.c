@@ -551,10 +551,18 @@ CK_RV C_Login(CK_SESSION_HANDLE h, CK_USER_TYPE type, CK_UTF8CHAR_PTR pin, CK_UL
 	/* No key needs a login of its own (CKA_ALWAYS_AUTHENTICATE is false everywhere): */
 	if (type == CKU_CONTEXT_SPECIFIC)
 		LEAVE(CKR_OPERATION_NOT_INITIALIZED);
-	if (type != CKU_USER) /* no security officer: hsmd's officers administer it */
+	if (type != CKU_USER && type != CKU_SO)
 		LEAVE(CKR_USER_TYPE_INVALID);
 	if (p11.logged_in)
-		LEAVE(CKR_USER_ALREADY_LOGGED_IN);
+		LEAVE(type == CKU_SO ? CKR_USER_ANOTHER_ALREADY_LOGGED_IN : CKR_USER_ALREADY_LOGGED_IN);
+	if (type == CKU_SO) {
+		/* The token has no security officer (hsmd's crypto-officers administer it), so no
+		 * SO PIN is right; the session rule comes first, as for a token with one. */
+		for (size_t i = 0; i < P11_MAX_SESSIONS; i++)
+			if (p11.sessions[i].open && !(p11.sessions[i].flags & CKF_RW_SESSION))
+				LEAVE(CKR_SESSION_READ_ONLY_EXISTS);
+		LEAVE(CKR_PIN_INCORRECT);
+	}
 	if (pin == NULL)
 		LEAVE(CKR_ARGUMENTS_BAD);
 	const char *colon = memchr(pin, ':', pin_len);

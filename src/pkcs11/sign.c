@@ -213,7 +213,7 @@ static CK_RV op_init(CK_SESSION_HANDLE hs, bool sign, CK_MECHANISM_PTR mech, CK_
 	else if (m->family == P11_HMAC && h == NULL)
 		h = key_hash(o->spec);
 	else if (m->family == P11_HMAC && h != key_hash(o->spec))
-		rv = CKR_KEY_TYPE_INCONSISTENT; /* hsmd: HMAC_256 with SHA-256, ... */
+		rv = CKR_KEY_SIZE_RANGE; /* a generic secret of another size: HMAC_256 with SHA-256, ... */
 	if (rv != CKR_OK)
 		return rv;
 	memset(op, 0, sizeof(*op));

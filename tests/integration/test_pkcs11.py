@@ -255,9 +255,20 @@ def test_slot_token_and_mechanisms(p11):
 # ---- 2. login --------------------------------------------------------------------------------
 
 def test_login(p11, user, keys):
+    # The token has no security officer: a CKU_SO login meets the session rule first
+    # (no read-only session may be open), then finds no SO PIN right.
+    ro = p11.openSession(0, PyKCS11.CKF_SERIAL_SESSION)
+    with session(p11) as s:
+        ckr(PyKCS11.CKR_SESSION_READ_ONLY_EXISTS, s.login, user.pin, PyKCS11.CKU_SO)
+        ro.closeSession()
+        ckr(PyKCS11.CKR_PIN_INCORRECT, s.login, user.pin, PyKCS11.CKU_SO)
+        ckr(PyKCS11.CKR_USER_TYPE_INVALID, s.login, user.pin, 7)
+        s.login(user.pin)
+        ckr(PyKCS11.CKR_USER_ANOTHER_ALREADY_LOGGED_IN, s.login, user.pin, PyKCS11.CKU_SO)
+        ckr(PyKCS11.CKR_USER_ALREADY_LOGGED_IN, s.login, user.pin)
+        s.logout()
     with session(p11) as s, session(p11) as other:
         assert s.findObjects() == []  # nothing before login
-        ckr(PyKCS11.CKR_USER_TYPE_INVALID, s.login, user.pin, PyKCS11.CKU_SO)
         # No key asks for a login of its own, so a context-specific one has nothing to follow.
         ckr(PyKCS11.CKR_OPERATION_NOT_INITIALIZED, s.login, user.pin,
             PyKCS11.CKU_CONTEXT_SPECIFIC)
@@ -813,9 +824,9 @@ def test_refused_inputs_and_parameters(p11, user, keys):
                        (CKM["CKM_SHA_1"], PyKCS11.CKG_MGF1_SHA1, 20)):
             mech = RSA_PSS_Mechanism(PyKCS11.CKM_SHA256_RSA_PKCS_PSS, *params)
             assert sign_rv(p11, rsa, mech, MSG) == PyKCS11.CKR_MECHANISM_PARAM_INVALID, params
-        # An HMAC key only with its own hash.
+        # An HMAC key only with its own hash: a generic secret of another size.
         assert sign_rv(p11, mac, Mechanism(PyKCS11.CKM_SHA384_HMAC), MSG) == \
-            PyKCS11.CKR_KEY_TYPE_INCONSISTENT
+            PyKCS11.CKR_KEY_SIZE_RANGE
         # A key of another type.
         assert sign_rv(p11, eck, Mechanism(PyKCS11.CKM_SHA256_RSA_PKCS), MSG) != CKR_OK
 
@@ -1323,6 +1334,12 @@ def test_digests_in_the_module(p11, server, user, keys):
         check(lib.C_Digest(h, ckbytelist(sig), out), "C_Digest (length)")
         check(lib.C_Digest(h, ckbytelist(sig), out), "C_Digest")
         assert bytes(out) == hashlib.sha256(sig).digest()
+        # C_Digest does not end a multi-part digest: refused, and the operation ended.
+        check(lib.C_DigestInit(h, sha256), "C_DigestInit")
+        check(lib.C_DigestUpdate(h, ckbytelist(MSG)), "C_DigestUpdate")
+        out = ckbytelist([0] * 32)
+        assert lib.C_Digest(h, ckbytelist(MSG), out) == PyKCS11.CKR_OPERATION_NOT_INITIALIZED
+        assert lib.C_DigestFinal(h, out) == PyKCS11.CKR_OPERATION_NOT_INITIALIZED
     # A session closed in the middle of a digest leaves nothing behind for the next.
     with session(p11) as s:
         check(s.lib.C_DigestInit(s.session, sha256), "C_DigestInit")
