@@ -34,6 +34,39 @@ static hsm_result read_constraint(json_t *cons, const char *member, hsm_grant_ct
 	return HSM_SUCCESS;
 }
 
+/*
+ * AWS service principals (GranteeServicePrincipal, RetiringServicePrincipal)
+ * and Constraints.SourceArn (the grant applies only to requests an AWS
+ * service makes on behalf of that resource) name what hsmd has none of.
+ * Refused, not ignored: dropping a constraint would make the grant wider
+ * than asked, and dropping a principal would give it to someone else.
+ */
+static hsm_result refuse_aws_service_members(hsm_api_ctx *c, json_t *cons)
+{
+	static const char *const members[] = {"GranteeServicePrincipal", "RetiringServicePrincipal"};
+	for (size_t i = 0; i < sizeof(members) / sizeof(members[0]); i++)
+		HSM_ENSURE(json_object_get(c->req, members[i]) == NULL, HSM_ERR_UNSUPPORTED_OPERATION,
+		           "%s is not supported: hsmd serves no AWS services; name an IAM principal "
+		           "(GranteePrincipal, RetiringPrincipal)",
+		           members[i]);
+	if (cons == NULL)
+		return HSM_SUCCESS;
+	const char *name;
+	json_t *v;
+	json_object_foreach(cons, name, v) {
+		HSM_ENSURE(strcmp(name, "SourceArn") != 0, HSM_ERR_UNSUPPORTED_OPERATION,
+		           "Constraints.SourceArn is not supported: no request to hsmd is made on "
+		           "behalf of an AWS resource, so the grant would never apply");
+		HSM_ENSURE(strcmp(name, "EncryptionContextEquals") == 0 ||
+		               strcmp(name, "EncryptionContextSubset") == 0,
+		           HSM_ERR_VALIDATION,
+		           "Constraints has no member '%.64s' (EncryptionContextEquals, "
+		           "EncryptionContextSubset)",
+		           name);
+	}
+	return HSM_SUCCESS;
+}
+
 hsm_result hsm_api_create_grant(hsm_api_ctx *c)
 {
 	hsm_result res = HSM_SUCCESS;
@@ -42,6 +75,12 @@ hsm_result hsm_api_create_grant(hsm_api_ctx *c)
 	char grant_id[HSM_GRANT_ID_LEN + 1], key_id[HSM_UUID_STRLEN + 1] = "";
 	hsm_buf token = {0};
 	HSM_TRY(hsm_api_key_id(c, "KeyId", &req.key));
+	json_t *cons = json_object_get(c->req, "Constraints");
+	if (cons != NULL && json_is_null(cons))
+		cons = NULL;
+	HSM_CHECK(cons == NULL || json_is_object(cons), HSM_ERR_SERIALIZATION,
+	          "Constraints must be a structure");
+	HSM_TRY(refuse_aws_service_members(c, cons));
 	HSM_TRY(hsm_json_str(c->req, "GranteePrincipal", true, 1, HSM_GRANT_PRINCIPAL_MAX,
 	                     &req.grantee));
 	HSM_TRY(hsm_json_str(c->req, "RetiringPrincipal", false, 1, HSM_GRANT_PRINCIPAL_MAX,
@@ -50,10 +89,7 @@ hsm_result hsm_api_create_grant(hsm_api_ctx *c)
 	HSM_TRY(hsm_json_string_list(c->req, "Operations", true, HSM_GRANT_OP_COUNT * 4, &ops,
 	                             &req.n_operations));
 	req.operations = ops;
-	json_t *cons = json_object_get(c->req, "Constraints");
-	if (cons != NULL && !json_is_null(cons)) {
-		HSM_CHECK(json_is_object(cons), HSM_ERR_SERIALIZATION,
-		          "Constraints must be a structure");
+	if (cons != NULL) {
 		HSM_TRY(read_constraint(cons, "EncryptionContextEquals", &req.constraints.equals));
 		HSM_TRY(read_constraint(cons, "EncryptionContextSubset", &req.constraints.subset));
 	}
@@ -148,6 +184,13 @@ static void list_end(hsm_api_ctx *c, const grant_list *l, bool truncated)
 	hsm_jw_bool(c->w, "Truncated", truncated);
 }
 
+static hsm_result match_none(const hsm_grant_record *g, void *arg)
+{
+	(void)g;
+	(void)arg;
+	return HSM_SUCCESS;
+}
+
 hsm_result hsm_api_list_grants(hsm_api_ctx *c)
 {
 	const char *key, *marker, *grant_id = NULL, *grantee = NULL;
@@ -160,9 +203,17 @@ hsm_result hsm_api_list_grants(hsm_api_ctx *c)
 	HSM_GUARD(hsm_json_str(c->req, "GrantId", false, 1, 128, &grant_id));
 	HSM_GUARD(
 	    hsm_json_str(c->req, "GranteePrincipal", false, 1, HSM_GRANT_PRINCIPAL_MAX, &grantee));
+	/* No grant here has an AWS service principal: filtering on one lists none (the key is
+	 * still looked up and authorized, as for any other filter). */
+	const char *service = NULL;
+	HSM_GUARD(hsm_json_str(c->req, "GranteeServicePrincipal", false, 1, HSM_GRANT_PRINCIPAL_MAX,
+	                       &service));
 	list_begin(c, &l);
-	hsm_result r = hsm_kms_list_grants(c->kms, c->caller, key, grant_id, grantee, marker, limit,
-	                                   write_grant, &l, &truncated);
+	hsm_result r = hsm_kms_list_grants(c->kms, c->caller, key, grant_id, grantee, marker,
+	                                   service != NULL ? 1 : limit,
+	                                   service != NULL ? match_none : write_grant, &l, &truncated);
+	if (service != NULL)
+		truncated = false;
 	hsm_api_note_ref(c, key);
 	list_end(c, &l, truncated);
 	return r;

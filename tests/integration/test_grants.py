@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from conftest import client, signed_request, start_dev
+from conftest import client, signed_call, signed_request, start_dev
 from helpers import (ACCOUNT, AwsCli, audit_record, call_error, key_arn, new_user, raises,
                      restart_dev)
 
@@ -103,6 +103,13 @@ def test_grants_are_listed_with_every_field_and_filtered(hsmd, kms, users):
     assert kms.list_grants(KeyId=key, GrantId=g2["GrantId"],
                            GranteePrincipal=arn("app"))["Grants"] == []
     assert kms.list_grants(KeyId=key, GrantId="0" * 64)["Grants"] == []
+    # No grant names an AWS service principal (they are refused): filtering on one lists none.
+    st, out = signed_call(hsmd, "TrentService.ListGrants",
+                          {"KeyId": key, "GranteeServicePrincipal": "s3.amazonaws.com"})
+    assert (st, out["Grants"], out["Truncated"]) == (200, [], False), out
+    call_error(hsmd, "ListGrants", {"KeyId": "4d3f3e0a-0000-4000-8000-000000000000",
+                                    "GranteeServicePrincipal": "s3.amazonaws.com"},
+               "NotFoundException")
     # Pages of one, in order, each id once.
     seen, marker = [], None
     while True:
@@ -199,12 +206,30 @@ def test_bad_requests_are_refused_and_create_nothing(hsmd, kms):
                                      "Operations": ["Encrypt"], "Constraints": {
                                          "EncryptionContextEquals": {"k": "v" * 385}}},
                "ValidationException")
+    # What names AWS services (hsmd serves none) is refused, never dropped: a dropped
+    # SourceArn would leave the grant unconstrained, a dropped principal change its holder.
+    base = {"KeyId": key, "GranteePrincipal": arn("app"), "Operations": ["Encrypt"]}
+    for extra in ({"Constraints": {"SourceArn": "arn:aws:s3:::reports-bucket-0001"}},
+                  {"Constraints": {"EncryptionContextSubset": {"a": "1"},
+                                   "SourceArn": "arn:aws:s3:::reports-bucket-0001"}},
+                  {"GranteeServicePrincipal": "s3.amazonaws.com"},
+                  {"RetiringPrincipal": arn("ops"),
+                   "RetiringServicePrincipal": "s3.amazonaws.com"}):
+        out = call_error(hsmd, "CreateGrant", dict(base, **extra),
+                         "UnsupportedOperationException")
+        assert "not supported" in out["message"], out
+    out = call_error(hsmd, "CreateGrant", dict(base, Constraints={"EncryptionContextEqual": {}}),
+                     "ValidationException")
+    assert "EncryptionContextEqual'" in out["message"], out
     assert kms.list_grants(KeyId=key)["Grants"] == []
     # Grant tokens in any request are checked for form.
     raises("InvalidGrantTokenException", kms.encrypt, KeyId=key, Plaintext=b"x",
            GrantTokens=["not a token"])
     call_error(hsmd, "Encrypt", {"KeyId": key, "Plaintext": "eA==",
                                  "GrantTokens": ["x"] * 11}, "ValidationException")
+    for token in ("", "a" * 8193):  # GrantTokenType: 1-8192 characters
+        call_error(hsmd, "Encrypt", {"KeyId": key, "Plaintext": "eA==", "GrantTokens": [token]},
+                   "ValidationException")
 
 
 def test_a_retried_create_with_the_same_name_returns_the_same_grant(kms):
