@@ -168,11 +168,17 @@ static hsm_result decrypt_any(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
 	hsm_policy_pair same;
 	kms_authz_extra extra = {
 	    .action = action, .ctx = &req->ctx, .encryption_algorithm = hsm_enc_alg_name(alg)};
-	HSM_ENSURE(req->ciphertext_len >= 1 && req->ciphertext_len <= HSM_MAX_CIPHERTEXT_BLOB,
-	           HSM_ERR_VALIDATION, "CiphertextBlob must be between 1 and %d bytes",
-	           HSM_MAX_CIPHERTEXT_BLOB);
-	bool symmetric = alg == HSM_ENC_SYMMETRIC_DEFAULT;
 	bool skip = caller->dry_run && req->ignore_ciphertext;
+	bool has_key = req->key != NULL && *req->key != '\0';
+	if (skip && req->ciphertext_len == 0) /* no ciphertext: the key is the one named */
+		HSM_ENSURE(has_key, HSM_ERR_VALIDATION,
+		           "A dry run that ignores the ciphertext and gives none needs %s",
+		           dest_id != NULL ? "SourceKeyId" : "KeyId");
+	else
+		HSM_ENSURE(req->ciphertext_len >= 1 && req->ciphertext_len <= HSM_MAX_CIPHERTEXT_BLOB,
+		           HSM_ERR_VALIDATION, "CiphertextBlob must be between 1 and %d bytes",
+		           HSM_MAX_CIPHERTEXT_BLOB);
+	bool symmetric = alg == HSM_ENC_SYMMETRIC_DEFAULT;
 	if (symmetric && skip && req->key != NULL && *req->key != '\0') {
 		same_key(kms, dest_id, req->key, &same, &extra);
 		HSM_GUARD(kms_lookup(kms, caller, op, req->key, &extra, &k));

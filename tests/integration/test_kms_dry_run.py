@@ -153,6 +153,26 @@ def test_ignore_ciphertext_checks_permissions_and_key_only(hsmd, keys):
                    "SerializationException")
 
 
+def test_ignore_ciphertext_needs_no_ciphertext(hsmd, keys):
+    """KMS: CiphertextBlob is "required in all cases except when DryRun is true and
+    DryRunModifiers is set to IGNORE_CIPHERTEXT": permissions are tested without one,
+    on the key the request names."""
+    sym, rsa = keys["sym"], keys["rsa"]
+    mods = {"DryRunModifiers": ["IGNORE_CIPHERTEXT"]}
+    dry(hsmd, "Decrypt", dict(mods, KeyId=sym))
+    dry(hsmd, "Decrypt", dict(mods, KeyId=rsa, EncryptionAlgorithm="RSAES_OAEP_SHA_256"))
+    dry(hsmd, "ReEncrypt", dict(mods, SourceKeyId=sym, DestinationKeyId=keys["sym2"]))
+    call_error(hsmd, "Decrypt", dict(mods, KeyId=keys["sign"], DryRun=True),
+               "InvalidKeyUsageException")
+    # Without a key to test, without DryRun, or without the modifier: the ciphertext is needed.
+    ignore = dict(mods, DryRun=True)
+    call_error(hsmd, "Decrypt", ignore, "ValidationException")
+    call_error(hsmd, "ReEncrypt", dict(ignore, DestinationKeyId=sym), "ValidationException")
+    for body in (dict(mods, KeyId=sym), {"KeyId": sym, "DryRun": True}):
+        r = call_error(hsmd, "Decrypt", body, "ValidationException")
+        assert "Value null at 'ciphertextBlob'" in str(r), r
+
+
 def test_grant_operations_under_dry_run_change_no_grant(hsmd, kms, keys):
     sym, me = keys["sym"], f"arn:aws:iam::{ACCOUNT}:user/dev"
 
