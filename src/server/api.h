@@ -133,6 +133,12 @@ hsm_result hsm_api_paging(hsm_api_ctx *c, int64_t max, int64_t def, size_t *limi
  */
 hsm_result hsm_api_refuse_recipient(hsm_api_ctx *c, const char *answer) HSM_MUST_CHECK;
 /*
+ * Policy (CreateKey, PutKeyPolicy): 1-131072 characters of the API's
+ * pattern (tab, LF, CR, U+0020-U+00FF), else ValidationException; more than
+ * the 32 KB key policy quota is LimitExceededException, as KMS answers.
+ */
+hsm_result hsm_api_policy(hsm_api_ctx *c, bool required, const char **out) HSM_MUST_CHECK;
+/*
  * Writes the KeyMaterialId of the version a symmetric encryption key used, as
  * AWS KMS does for Decrypt, ReEncrypt and the GenerateDataKey family (member
  * names it); nothing for other keys.

@@ -11,11 +11,34 @@
 #include "common/util.h"
 #include "server/api.h"
 
-#define POLICY_MAX 32768
+#define POLICY_MODEL_MAX 131072 /* characters: the API's constraint */
+#define POLICY_QUOTA 32768      /* bytes: the key policy document size quota */
 
 hsm_result hsm_api_key_id(hsm_api_ctx *c, const char *member, const char **out)
 {
 	return hsm_json_str(c->req, member, true, 1, HSM_KEYID_MAX, out);
+}
+
+hsm_result hsm_api_policy(hsm_api_ctx *c, bool required, const char **out)
+{
+	HSM_GUARD(hsm_json_str(c->req, "Policy", required, 1, POLICY_MODEL_MAX, out));
+	if (*out == NULL)
+		return HSM_SUCCESS;
+	/* The API's pattern: [\u0009\u000A\u000D\u0020-\u00FF]+ (the text is valid UTF-8). */
+	for (const unsigned char *p = (const unsigned char *)*out; *p != '\0'; p++) {
+		bool ok = *p == '\t' || *p == '\n' || *p == '\r' || (*p >= 0x20 && *p < 0x80) ||
+		          ((*p == 0xC2 || *p == 0xC3) && p[1] != '\0');
+		HSM_ENSURE(ok, HSM_ERR_VALIDATION,
+		           "1 validation error detected: Value at 'policy' failed to satisfy "
+		           "constraint: Member must satisfy regular expression pattern: "
+		           "[\\u0009\\u000A\\u000D\\u0020-\\u00FF]+");
+		if (*p >= 0x80)
+			p++; /* the continuation byte of U+0080..U+00FF */
+	}
+	size_t bytes = strlen(*out);
+	HSM_ENSURE(bytes <= POLICY_QUOTA, HSM_ERR_LIMIT_EXCEEDED,
+	           "The key policy is %zu bytes: the limit is %d", bytes, POLICY_QUOTA);
+	return HSM_SUCCESS;
 }
 
 hsm_result hsm_api_refuse_recipient(hsm_api_ctx *c, const char *answer)
@@ -213,7 +236,7 @@ hsm_result hsm_api_create_key(hsm_api_ctx *c)
 	HSM_TRY(read_origin(c, &req));
 	HSM_TRY(read_spec_usage(c, &req));
 	HSM_TRY(hsm_json_str(c->req, "Description", false, 0, 8192, &req.description));
-	HSM_TRY(hsm_json_str(c->req, "Policy", false, 1, POLICY_MAX, &req.policy));
+	HSM_TRY(hsm_api_policy(c, false, &req.policy));
 	HSM_TRY(hsm_json_bool(c->req, "BypassPolicyLockoutSafetyCheck", &req.bypass_lockout_check,
 	                      &present));
 	HSM_TRY(hsm_json_tags(c->req, "Tags", &tags, &req.n_tags));

@@ -113,7 +113,7 @@ hsm_result hsm_api_put_key_policy(hsm_api_ctx *c)
 	bool bypass = false, present;
 	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
 	HSM_GUARD(hsm_json_str(c->req, "PolicyName", false, 1, 128, &name));
-	HSM_GUARD(hsm_json_str(c->req, "Policy", true, 1, 32768, &policy));
+	HSM_GUARD(hsm_api_policy(c, true, &policy));
 	HSM_GUARD(hsm_json_bool(c->req, "BypassPolicyLockoutSafetyCheck", &bypass, &present));
 	hsm_api_note_ref(c, key);
 	return hsm_kms_put_policy(c->kms, c->caller, key, name, policy, bypass);

@@ -318,10 +318,28 @@ def test_malformed_policies(kms, doc):
 
 
 def test_policy_size_limit(kms, hsmd):
+    """KMS: "If the key policy exceeds the length constraint, KMS returns a
+    LimitExceededException" (the 32 KB quota); past the API's 131,072 characters, or with
+    characters outside its pattern, ValidationException.  Nothing changes."""
     kid = new_key(kms)
+    before = kms.get_key_policy(KeyId=kid, PolicyName="default")["Policy"]
     big = policy(dict(ADMIN, Sid="x" * 33000))
     call_error(hsmd, "PutKeyPolicy", {"KeyId": kid, "PolicyName": "default", "Policy": big},
+               "LimitExceededException")
+    call_error(hsmd, "CreateKey", {"Policy": big}, "LimitExceededException")
+    huge = policy(dict(ADMIN, Sid="x" * 131072))
+    call_error(hsmd, "PutKeyPolicy", {"KeyId": kid, "PolicyName": "default", "Policy": huge},
                "ValidationException")
+    out = call_error(hsmd, "PutKeyPolicy", {"KeyId": kid, "PolicyName": "default",
+                                            "Policy": policy(dict(ADMIN, Sid="keyEUR"))
+                                            .replace("keyEUR", "key\u20ac")},
+                     "ValidationException")
+    assert "regular expression pattern" in out["message"], out
+    assert kms.get_key_policy(KeyId=kid, PolicyName="default")["Policy"] == before
+    # Latin-1 characters are in the pattern: a description with one is taken.
+    latin = policy(dict(ADMIN, Sid="Admin")).replace('"Version"', '"Id": "cl\u00e9", "Version"')
+    kms.put_key_policy(KeyId=kid, PolicyName="default", Policy=latin)
+    assert kms.get_key_policy(KeyId=kid, PolicyName="default")["Policy"] == latin
 
 
 def test_policy_lockout_safety_check(kms):
