@@ -100,7 +100,7 @@ hsm_result hsm_api_import_key_material(hsm_api_ctx *c)
 	HSM_TRY(read_time(c, "ValidTo", &req.valid_to, &req.has_valid_to));
 	HSM_TRY(read_import_type(c, &req.type));
 	HSM_TRY(hsm_json_str(c->req, "KeyMaterialId", false, 1, 128, &req.material_id));
-	HSM_TRY(hsm_json_str(c->req, "KeyMaterialDescription", false, 0, 1024, &req.description));
+	HSM_TRY(hsm_json_str(c->req, "KeyMaterialDescription", false, 1, 1024, &req.description));
 	req.token = token.data;
 	req.token_len = token.len;
 	req.encrypted = enc.data;

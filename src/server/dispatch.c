@@ -322,6 +322,15 @@ static hsm_result run_kms(hsm_server *s, hsm_op op, const hsm_auth_result *auth,
 	                               &n_tokens));
 	hsm_result tr = HSM_SUCCESS;
 	for (size_t i = 0; i < n_tokens && hsm_ok(tr); i++) {
+		size_t len = strlen(tokens[i]);
+		if (len < 1 || len > 8192) { /* the API's GrantTokenType; then its form */
+			tr = HSM_FAIL(HSM_ERR_VALIDATION,
+			              "1 validation error detected: Value at 'grantTokens' failed to "
+			              "satisfy constraint: Member must satisfy constraint: [Member must "
+			              "have length less than or equal to 8192, Member must have length "
+			              "greater than or equal to 1]");
+			break;
+		}
 		char tk[HSM_UUID_STRLEN + 1], tg[HSM_GRANT_ID_LEN + 1];
 		tr = hsm_grant_token_parse(tokens[i], tk, tg);
 	}
