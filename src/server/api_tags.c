@@ -2,6 +2,7 @@
  * api_tags.c - TagResource, UntagResource, ListResourceTags, GetKeyPolicy,
  * PutKeyPolicy, ListKeyPolicies.
  */
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -91,12 +92,23 @@ hsm_result hsm_api_list_resource_tags(hsm_api_ctx *c)
 	return r;
 }
 
+/* PolicyName: 1-128 characters of the API's pattern [\w]+ (only "default" names a policy). */
+static hsm_result policy_name(hsm_api_ctx *c, const char **name)
+{
+	HSM_GUARD(hsm_json_str(c->req, "PolicyName", false, 1, 128, name));
+	for (const char *p = *name; p != NULL && *p != '\0'; p++)
+		HSM_ENSURE(isalnum((unsigned char)*p) || *p == '_', HSM_ERR_VALIDATION,
+		           "1 validation error detected: Value at 'policyName' failed to satisfy "
+		           "constraint: Member must satisfy regular expression pattern: [\\w]+");
+	return HSM_SUCCESS;
+}
+
 hsm_result hsm_api_get_key_policy(hsm_api_ctx *c)
 {
 	const char *key, *name = NULL;
 	hsm_buf policy = {0};
 	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
-	HSM_GUARD(hsm_json_str(c->req, "PolicyName", false, 1, 128, &name));
+	HSM_GUARD(policy_name(c, &name));
 	hsm_api_note_ref(c, key);
 	hsm_result r = hsm_kms_get_policy(c->kms, c->caller, key, name, &policy);
 	if (hsm_ok(r)) {
@@ -112,7 +124,7 @@ hsm_result hsm_api_put_key_policy(hsm_api_ctx *c)
 	const char *key, *name = NULL, *policy;
 	bool bypass = false, present;
 	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
-	HSM_GUARD(hsm_json_str(c->req, "PolicyName", false, 1, 128, &name));
+	HSM_GUARD(policy_name(c, &name));
 	HSM_GUARD(hsm_api_policy(c, true, &policy));
 	HSM_GUARD(hsm_json_bool(c->req, "BypassPolicyLockoutSafetyCheck", &bypass, &present));
 	hsm_api_note_ref(c, key);

@@ -280,6 +280,10 @@ def test_get_and_list_key_policies(kms):
     # One page: there is no marker to come back with.
     raises("InvalidMarkerException", kms.list_key_policies, KeyId=kid, Marker="x")
     raises("NotFoundException", kms.get_key_policy, KeyId=kid, PolicyName="other")
+    # Not a name at all: the API's pattern [\w]+.
+    raises("ValidationException", kms.get_key_policy, KeyId=kid, PolicyName="de-fault")
+    raises("ValidationException", kms.put_key_policy, KeyId=kid, PolicyName="de fault",
+           Policy=kms.get_key_policy(KeyId=kid, PolicyName="default")["Policy"])
     raises("NotFoundException", kms.get_key_policy, KeyId=str(uuid.uuid4()), PolicyName="default")
     raises("NotFoundException", kms.list_key_policies, KeyId=str(uuid.uuid4()))
 
