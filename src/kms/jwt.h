@@ -20,7 +20,9 @@
  * exactly one algorithm".  A key marked for JWT signing carries its JWS
  * algorithm in bits 8-15 of its flags (HSM_KEYFLAG_JWT_ALG_MASK, the code
  * hsm_jws_alg below; 0 means the default algorithm of the key spec); every
- * token of the key uses it, and its JWKs say so in "alg".
+ * token of the key uses it, and its JWKs say so in "alg".  The algorithm
+ * stays when the mark is taken off, so a key never signs one kid with two
+ * algorithms.
  *
  * kid.  "<key id>.v<version>", e.g. "0f6c...-9a1e.v3": one kid per key
  * version, stable for the life of the version, readable by operators, and
@@ -264,16 +266,19 @@ hsm_result hsm_kms_sign_token(hsm_kms *kms, const hsm_caller *caller,
  * Ed25519) for token signing with alg (HSM_JWS_NONE: the spec's default)
  * and publishes it in the JWK Set.  Crypto-officer role, policy action
  * "kms:EnableJwtSigning".  Enabling again with the same algorithm changes
- * nothing; another algorithm is refused (HSM_ERR_VALIDATION), since tokens
- * already issued name the old one (disable first, or use a new key).
+ * nothing; another algorithm than the one the key signed with, marked or
+ * not, is refused (HSM_ERR_VALIDATION): its kids name key versions, which
+ * verifiers have cached with that algorithm (use a new key).  HSM_JWS_NONE
+ * takes the key's earlier algorithm, if it had one.
  * *after (optional) receives the key as written.
  */
 hsm_result hsm_kms_enable_jwt(hsm_kms *kms, const hsm_caller *caller, const char *ref,
                               hsm_jws_alg alg, hsm_key_record *after) HSM_MUST_CHECK;
 /*
  * DisableJwtSigning: the key stops signing tokens and leaves the JWK Set at
- * once, so tokens it signed stop verifying (revocation).  Crypto-officer,
- * "kms:DisableJwtSigning".  Idempotent.
+ * once, so tokens it signed stop verifying while it stays so (enabling it
+ * again publishes it again: for good, schedule the key's deletion).
+ * Crypto-officer, "kms:DisableJwtSigning".  Idempotent.
  */
 hsm_result hsm_kms_disable_jwt(hsm_kms *kms, const hsm_caller *caller, const char *ref,
                                hsm_key_record *after) HSM_MUST_CHECK;

@@ -122,16 +122,31 @@ static hsm_result enable_in_txn(hsm_key_record *rec, void *arg)
 	HSM_ENSURE(rec->usage == HSM_USAGE_SIGN_VERIFY, HSM_ERR_INVALID_KEY_USAGE,
 	           "key %s has KeyUsage %s: only SIGN_VERIFY keys can sign tokens", rec->key_id,
 	           hsm_usage_name(rec->usage));
+	/*
+	 * The algorithm a key signed tokens with stays its own, marked or not: a
+	 * kid names a key version, and verifiers that cached its JWK match tokens
+	 * by kid (RFC 7517 4.5, RFC 8725 3.1), so the same kid with another
+	 * algorithm would be refused by them.  (Marked before this rule, a key
+	 * unmarked since has no algorithm kept.)
+	 */
+	unsigned code = (rec->flags & HSM_KEYFLAG_JWT_ALG_MASK) >> HSM_KEYFLAG_JWT_ALG_SHIFT;
+	hsm_jws_alg previous = HSM_JWS_NONE;
+	if (code != HSM_JWS_NONE && code < HSM_JWS_COUNT)
+		previous = (hsm_jws_alg)code;
+	else if ((rec->flags & HSM_KEYFLAG_JWT) != 0)
+		HSM_GUARD(hsm_jws_default_alg(rec->spec, &previous));
+	if (alg == HSM_JWS_NONE && previous != HSM_JWS_NONE)
+		alg = previous;
 	if (alg == HSM_JWS_NONE)
 		HSM_GUARD(hsm_jws_default_alg(rec->spec, &alg));
 	HSM_ENSURE(hsm_jws_alg_fits(alg, rec->spec), HSM_ERR_INVALID_KEY_USAGE,
 	           "a %s key cannot sign %s tokens", hsm_spec_name(rec->spec), hsm_jws_alg_name(alg));
-	hsm_jws_alg current;
-	if ((rec->flags & HSM_KEYFLAG_JWT) != 0 && hsm_ok(hsm_jwt_key_alg(rec, &current)))
-		HSM_ENSURE(current == alg, HSM_ERR_VALIDATION,
-		           "key %s already signs tokens with %s; tokens it issued name that algorithm, "
-		           "so disable JWT signing first or use a new key",
-		           rec->key_id, hsm_jws_alg_name(current));
+	HSM_ENSURE(previous == HSM_JWS_NONE || previous == alg, HSM_ERR_VALIDATION,
+	           "key %s signs tokens with %s%s; its kids name key versions, and verifiers that "
+	           "cached them expect that algorithm: use a new key for %s",
+	           rec->key_id, hsm_jws_alg_name(previous),
+	           (rec->flags & HSM_KEYFLAG_JWT) != 0 ? "" : " (JWT signing is disabled)",
+	           hsm_jws_alg_name(alg));
 	rec->flags &= ~HSM_KEYFLAG_JWT_ALG_MASK;
 	rec->flags |= HSM_KEYFLAG_JWT | ((uint32_t)alg << HSM_KEYFLAG_JWT_ALG_SHIFT);
 	*(hsm_jws_alg *)arg = alg;
@@ -157,7 +172,7 @@ hsm_result hsm_kms_enable_jwt(hsm_kms *kms, const hsm_caller *caller, const char
 static hsm_result disable_in_txn(hsm_key_record *rec, void *arg)
 {
 	(void)arg;
-	rec->flags &= ~(HSM_KEYFLAG_JWT | HSM_KEYFLAG_JWT_ALG_MASK);
+	rec->flags &= ~HSM_KEYFLAG_JWT; /* its algorithm stays (enable_in_txn) */
 	return HSM_SUCCESS;
 }
 

@@ -221,6 +221,15 @@ def test_bad_input_gets_clear_errors(hsmd, kms):
         "InvalidKeyUsageException"
     code, message = error(jwt_call(hsmd, "EnableJwtSigning", {"KeyId": key, "Algorithm": "PS256"}))
     assert code == "ValidationException" and "RS256" in message
+    # Nor after a disable: verifiers cached this key's kids with RS256 (one kid, one alg).
+    ps = new_key(kms, "RSA_2048")
+    ok(jwt_call(hsmd, "EnableJwtSigning", {"KeyId": ps, "Algorithm": "PS384"}))
+    ok(jwt_call(hsmd, "DisableJwtSigning", {"KeyId": ps}))
+    code, message = error(jwt_call(hsmd, "EnableJwtSigning", {"KeyId": ps, "Algorithm": "RS384"}))
+    assert code == "ValidationException" and "PS384" in message, message
+    ok(jwt_call(hsmd, "EnableJwtSigning", {"KeyId": ps}))  # takes the algorithm it had
+    header = pyjwt.get_unverified_header(sign(hsmd, ps, {"sub": "s"})["Token"])
+    assert header["alg"] == "PS384" and header["kid"].startswith(ps), header
     missing = "11111111-2222-4333-8444-555555555555"
     assert error(jwt_call(hsmd, "SignToken", {"KeyId": missing, "Claims": {}}))[0] == \
         "NotFoundException"
