@@ -265,6 +265,7 @@ def test_jwks_http_caching(hsmd, kms):
     assert status == 200
     assert headers["Content-Type"] == "application/json"
     assert headers["Cache-Control"] == "public, max-age=300"
+    assert headers["Access-Control-Allow-Origin"] == "*"  # browsers may verify tokens too
     etag = headers["ETag"]
     assert etag.startswith('"') and etag.endswith('"') and len(etag) == 24
     json.loads(body)
