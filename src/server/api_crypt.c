@@ -45,23 +45,12 @@ static hsm_result read_enc_alg(hsm_api_ctx *c, const char *member, bool *has, hs
 }
 
 /*
- * CiphertextBlob (Decrypt, ReEncrypt) once DryRunModifiers is read: required,
- * except in a dry run that ignores the ciphertext (KMS: "required in all cases
- * except when DryRun is true and DryRunModifiers is set to IGNORE_CIPHERTEXT").
+ * DryRunModifiers (Decrypt, ReEncrypt): IGNORE_CIPHERTEXT is the one there is;
+ * then CiphertextBlob, required except in a dry run that ignores it (KMS:
+ * "required in all cases except when DryRun is true and DryRunModifiers is set
+ * to IGNORE_CIPHERTEXT").
  */
-static hsm_result require_ciphertext(hsm_api_ctx *c, bool present, bool ignore_ciphertext)
-{
-	if (present || (c->caller->dry_run && ignore_ciphertext))
-		return HSM_SUCCESS;
-	hsm_buf none = {0};
-	hsm_result r = hsm_json_blob(c->req, "CiphertextBlob", true, 1, HSM_MAX_CIPHERTEXT_BLOB,
-	                             &none, &present); /* refuses it as missing, in KMS's words */
-	hsm_buf_free(&none);
-	return r;
-}
-
-/* DryRunModifiers (Decrypt, ReEncrypt): IGNORE_CIPHERTEXT is the one there is. */
-static hsm_result read_dry_run_modifiers(hsm_api_ctx *c, bool *ignore_ciphertext)
+static hsm_result read_ciphertext(hsm_api_ctx *c, hsm_buf *ct, bool *ignore_ciphertext)
 {
 	const char **mods = NULL;
 	size_t n = 0;
@@ -75,7 +64,10 @@ static hsm_result read_dry_run_modifiers(hsm_api_ctx *c, bool *ignore_ciphertext
 			             "DryRunModifiers: '%.64s' is not one of [IGNORE_CIPHERTEXT]", mods[i]);
 	}
 	free(mods);
-	return r;
+	HSM_GUARD(r);
+	bool present;
+	return hsm_json_blob(c->req, "CiphertextBlob", !(c->caller->dry_run && *ignore_ciphertext),
+	                     1, HSM_MAX_CIPHERTEXT_BLOB, ct, &present);
 }
 
 hsm_result hsm_api_encrypt(hsm_api_ctx *c)
@@ -130,16 +122,12 @@ hsm_result hsm_api_decrypt(hsm_api_ctx *c)
 	hsm_buf ct = {0}, pt;
 	hsm_used_key used;
 	hsm_enc_alg alg;
-	bool present;
 	hsm_buf_init_secure(&pt);
-	HSM_TRY(hsm_json_blob(c->req, "CiphertextBlob", false, 1, HSM_MAX_CIPHERTEXT_BLOB, &ct,
-	                      &present));
+	HSM_TRY(read_ciphertext(c, &ct, &req.ignore_ciphertext));
 	HSM_TRY(hsm_json_str(c->req, "KeyId", false, 1, HSM_KEYID_MAX, &req.key));
 	HSM_TRY(hsm_api_refuse_recipient(c, "Plaintext"));
 	HSM_TRY(read_ctx(c, "EncryptionContext", &req.ctx, true));
 	HSM_TRY(read_enc_alg(c, "EncryptionAlgorithm", &req.has_alg, &req.alg));
-	HSM_TRY(read_dry_run_modifiers(c, &req.ignore_ciphertext));
-	HSM_TRY(require_ciphertext(c, present, req.ignore_ciphertext));
 	req.ciphertext = ct.data;
 	req.ciphertext_len = ct.len;
 	HSM_TRY(hsm_kms_decrypt(c->kms, c->caller, &req, &pt, &used, &alg));
@@ -164,17 +152,13 @@ hsm_result hsm_api_reencrypt(hsm_api_ctx *c)
 	hsm_buf ct = {0}, out_ct = {0};
 	hsm_used_key src, dst;
 	hsm_enc_alg src_alg, dst_alg;
-	bool present;
-	HSM_TRY(hsm_json_blob(c->req, "CiphertextBlob", false, 1, HSM_MAX_CIPHERTEXT_BLOB, &ct,
-	                      &present));
+	HSM_TRY(read_ciphertext(c, &ct, &req.source.ignore_ciphertext));
 	HSM_TRY(hsm_json_str(c->req, "SourceKeyId", false, 1, HSM_KEYID_MAX, &req.source.key));
 	HSM_TRY(hsm_api_key_id(c, "DestinationKeyId", &req.dest_key));
 	HSM_TRY(read_ctx(c, "SourceEncryptionContext", &req.source.ctx, true));
 	HSM_TRY(read_ctx(c, "DestinationEncryptionContext", &req.dest_ctx, false));
 	HSM_TRY(read_enc_alg(c, "SourceEncryptionAlgorithm", &req.source.has_alg, &req.source.alg));
 	HSM_TRY(read_enc_alg(c, "DestinationEncryptionAlgorithm", &req.has_dest_alg, &req.dest_alg));
-	HSM_TRY(read_dry_run_modifiers(c, &req.source.ignore_ciphertext));
-	HSM_TRY(require_ciphertext(c, present, req.source.ignore_ciphertext));
 	req.source.ciphertext = ct.data;
 	req.source.ciphertext_len = ct.len;
 	HSM_TRY(hsm_kms_reencrypt(c->kms, c->caller, &req, &out_ct, &src, &src_alg, &dst, &dst_alg));
