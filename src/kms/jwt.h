@@ -225,6 +225,17 @@ typedef struct hsm_jwt_limits {
 	int64_t default_lifetime;
 	int64_t max_lifetime;
 	int64_t clock_skew;
+	/* The JWK Set's Cache-Control max-age: min(300, (max_lifetime + clock_skew) / 4), >= 1. */
+	int64_t max_age;
+	/*
+	 * How long a new key version is published before it signs: max_age, plus
+	 * the JWK Set cache's lifetime on a node (HSM_JWKS_CACHE_TTL or less) when
+	 * other nodes share the store (meta_cache_ttl_ms > 0), since their
+	 * documents show a rotation only that much later.  A verifier that cached
+	 * the set just before a rotation, as Cache-Control allows, has fetched it
+	 * again before the new version signs its first token.
+	 */
+	int64_t lead;
 } hsm_jwt_limits;
 
 /* The effective limits of a service (configured values, or the defaults). */
@@ -248,8 +259,11 @@ typedef struct hsm_jwt_issued {
 } hsm_jwt_issued;
 
 /*
- * SignToken: makes and signs a JWT with the key's primary version.  The
- * caller needs the crypto-user role and the key policy action
+ * SignToken: makes and signs a JWT with the key's token version: the newest
+ * version created at least `lead` seconds ago (hsm_jwt_limits), or the
+ * key's first version.  After a rotation the old version keeps signing
+ * while the new one is published ahead of its first token; a key with one
+ * version signs at once.  The caller needs the crypto-user role and the key policy action
  * "kms:SignToken" (kms:SigningAlgorithm conditions see the KMS name of the
  * algorithm, e.g. RSASSA_PKCS1_V1_5_SHA_256).  Errors beyond the usual key
  * lookup ones (NotFound, AccessDenied, Disabled, KMSInvalidState):
@@ -274,6 +288,9 @@ hsm_result hsm_kms_sign_token(hsm_kms *kms, const hsm_caller *caller,
  */
 hsm_result hsm_kms_enable_jwt(hsm_kms *kms, const hsm_caller *caller, const char *ref,
                               hsm_jws_alg alg, hsm_key_record *after) HSM_MUST_CHECK;
+/* The version SignToken signs with now (see hsm_kms_sign_token), for a key id. */
+hsm_result hsm_kms_jwt_token_version(hsm_kms *kms, const char *key_id,
+                                     uint32_t *version) HSM_MUST_CHECK;
 /*
  * DisableJwtSigning: the key stops signing tokens and leaves the JWK Set at
  * once, so tokens it signed stop verifying while it stays so (enabling it
@@ -288,9 +305,11 @@ hsm_result hsm_kms_disable_jwt(hsm_kms *kms, const hsm_caller *caller, const cha
 /*
  * Which public keys the JWK Set holds: for every Enabled key marked for JWT
  * signing, its primary version, and each older version v while
- *     now < created(v + 1) + max_lifetime + clock_skew,
- * i.e. while a token v signed (at the latest when v + 1 became primary) may
- * still be valid to a verifier whose clock is clock_skew behind.  Disabled
+ *     now < created(v + 1) + lead + max_lifetime + clock_skew,
+ * i.e. while v signs tokens (until lead after v + 1 was created, see
+ * hsm_kms_sign_token) or one it signed may still be valid to a verifier
+ * whose clock is clock_skew behind.  Versions newer than the one signing
+ * are published from their creation, ahead of their first token.  Disabled
  * keys, keys pending deletion and keys no longer marked publish nothing.
  *
  * Appends {"keys":[...]} (compact JSON, keys by key id, versions ascending)

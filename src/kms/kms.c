@@ -124,6 +124,7 @@ void kms_key_release(kms_key *k)
 	hsm_key_record_clear(&k->rec);
 	hsm_policy_free(k->policy);
 	kms_grant_set_free(atomic_load_explicit(&k->grants, memory_order_acquire));
+	kms_version_times_free(atomic_load_explicit(&k->version_times, memory_order_acquire));
 	free(k);
 }
 

@@ -21,6 +21,9 @@ typedef struct kms_key {
 	char arn[KMS_ARN_MAX];
 	/* The key's grants, read when first needed (grants.c); NULL until then. */
 	_Atomic(struct kms_grant_set *) grants;
+	/* Creation times of versions 1..rec.primary_version, read when a token
+	 * first needs them (kms_jwt.c); NULL until then. */
+	_Atomic(struct kms_version_times *) version_times;
 } kms_key;
 
 struct hsm_kms {
@@ -44,6 +47,9 @@ struct hsm_kms {
 
 int64_t kms_now(hsm_kms *kms);
 void kms_key_release(kms_key *k);
+void kms_version_times_free(struct kms_version_times *t);
+/* Seconds a node's JWK Set document is served before it is rebuilt, at most (kms_jwks.c). */
+int64_t hsm_kms_jwks_ttl(const hsm_kms *kms);
 /* Drops the cached snapshot of a key after a change. */
 void kms_key_invalidate(hsm_kms *kms, const char *key_id);
 /* Forgets every cached alias; called after each alias write, whatever its

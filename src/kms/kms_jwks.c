@@ -97,7 +97,8 @@ static hsm_result walk_version(const hsm_version_record *v, void *arg)
 	version_walk *w = arg;
 	if (v->version > w->key->primary || v->public_der.len == 0)
 		return HSM_SUCCESS;
-	/* The held version was primary until v was created: its tokens live until then + grace. */
+	/* The held version signed until lead after v was created; its tokens live until then
+	 * + max_lifetime, and verifiers may run clock_skew behind: w->grace is all three. */
 	if (w->prev != 0 && w->prev + 1 == v->version) {
 		int64_t leaves = v->created > INT64_MAX - w->grace ? INT64_MAX : v->created + w->grace;
 		if (w->now < leaves) {
@@ -128,8 +129,8 @@ hsm_result hsm_kms_jwks_render(hsm_kms *kms, int64_t now, hsm_buf *out, int64_t 
 	          HSM_ERR_NOMEM, "out of memory");
 	HSM_TRY(list_jwt_keys(kms->store, &l));
 	for (size_t i = 0; i < l.n; i++) {
-		version_walk w = {&l.items[i], now, lim.max_lifetime + lim.clock_skew, keys, &until,
-		                  0, {0}};
+		version_walk w = {&l.items[i], now, lim.lead + lim.max_lifetime + lim.clock_skew,
+		                  keys, &until, 0, {0}};
 		res = hsm_store_version_list(kms->store, w.key->key_id, walk_version, &w);
 		hsm_buf_free(&w.prev_spki);
 		if (res.err == HSM_ERR_NOT_FOUND)
@@ -149,6 +150,15 @@ out:
 }
 
 /* ---- The cache ------------------------------------------------------------------- */
+
+/* Nodes sharing a store: another node's rotation shows as soon as its metadata would. */
+int64_t hsm_kms_jwks_ttl(const hsm_kms *kms)
+{
+	int64_t ttl = HSM_JWKS_CACHE_TTL;
+	if (kms->cfg.meta_cache_ttl_ms > 0 && (kms->cfg.meta_cache_ttl_ms + 999) / 1000 < ttl)
+		ttl = (kms->cfg.meta_cache_ttl_ms + 999) / 1000;
+	return ttl;
+}
 
 struct hsm_jwks_doc {
 	atomic_int refs;
@@ -233,13 +243,8 @@ static hsm_result build(hsm_kms *kms, uint64_t generation, int64_t now, hsm_jwks
 		return r;
 	}
 	hsm_kms_jwt_limits(kms, &lim);
-	/* Refreshed several times within a grace period, and never less than once in 5 minutes. */
-	int64_t age = (lim.max_lifetime + lim.clock_skew) / 4;
-	d->max_age = age < 1 ? 1 : age > HSM_JWKS_MAX_AGE ? HSM_JWKS_MAX_AGE : age;
-	/* Nodes sharing a store: another node's rotation shows as soon as its metadata would. */
-	int64_t ttl = HSM_JWKS_CACHE_TTL;
-	if (kms->cfg.meta_cache_ttl_ms > 0 && (kms->cfg.meta_cache_ttl_ms + 999) / 1000 < ttl)
-		ttl = (kms->cfg.meta_cache_ttl_ms + 999) / 1000;
+	d->max_age = lim.max_age;
+	int64_t ttl = hsm_kms_jwks_ttl(kms);
 	d->expires = until < now + ttl ? until : now + ttl;
 	d->generation = generation;
 	*out = d;

@@ -2,9 +2,12 @@
  * kms_jwt.c - SignToken, EnableJwtSigning and DisableJwtSigning.
  *
  * A token is signed like a KMS Sign of its signing input, with the key's
- * primary version and the one algorithm the key is marked with; the
- * service adds what a caller must not choose: alg, kid, iat, nbf and exp.
+ * token version (its newest version published long enough, see jwt.h) and
+ * the one algorithm the key is marked with; the service adds what a caller
+ * must not choose: alg, kid, iat, nbf and exp.
  */
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kms/jwt.h"
@@ -19,6 +22,83 @@ void hsm_kms_jwt_limits(hsm_kms *kms, hsm_jwt_limits *out)
 	if (out->default_lifetime > out->max_lifetime)
 		out->default_lifetime = out->max_lifetime;
 	out->clock_skew = cfg->jwt_clock_skew > 0 ? cfg->jwt_clock_skew : HSM_JWT_DEFAULT_CLOCK_SKEW;
+	/* Refreshed several times within a grace period, and never less than once in 5 minutes. */
+	int64_t age = (out->max_lifetime + out->clock_skew) / 4;
+	out->max_age = age < 1 ? 1 : age > HSM_JWKS_MAX_AGE ? HSM_JWKS_MAX_AGE : age;
+	out->lead = out->max_age + (cfg->meta_cache_ttl_ms > 0 ? hsm_kms_jwks_ttl(kms) : 0);
+}
+
+/* ---- The token version ----------------------------------------------------------- */
+
+struct kms_version_times {
+	uint32_t n;        /* versions 1..n */
+	int64_t created[]; /* created[v - 1]; 0: no record (counts as long published) */
+};
+
+void kms_version_times_free(struct kms_version_times *t)
+{
+	free(t);
+}
+
+static hsm_result note_created(const hsm_version_record *v, void *arg)
+{
+	struct kms_version_times *t = arg;
+	if (v->version >= 1 && v->version <= t->n)
+		t->created[v->version - 1] = v->created;
+	return HSM_SUCCESS;
+}
+
+/* The versions' creation times, read once per snapshot of the key (they never change). */
+static hsm_result version_times(hsm_kms *kms, kms_key *k, const struct kms_version_times **out)
+{
+	struct kms_version_times *t = atomic_load_explicit(&k->version_times, memory_order_acquire);
+	if (t == NULL) {
+		uint32_t n = k->rec.primary_version;
+		struct kms_version_times *fresh = calloc(1, sizeof(*fresh) + n * sizeof(int64_t));
+		HSM_ENSURE(fresh != NULL, HSM_ERR_NOMEM, "out of memory");
+		fresh->n = n;
+		hsm_result r = hsm_store_version_list(kms->store, k->rec.key_id, note_created, fresh);
+		if (hsm_failed(r)) {
+			free(fresh);
+			return r;
+		}
+		struct kms_version_times *expected = NULL;
+		if (atomic_compare_exchange_strong_explicit(&k->version_times, &expected, fresh,
+		                                            memory_order_acq_rel,
+		                                            memory_order_acquire)) {
+			t = fresh;
+		} else {
+			free(fresh);
+			t = expected;
+		}
+	}
+	*out = t;
+	return HSM_SUCCESS;
+}
+
+/* The version that signs a token issued at now (jwt.h, hsm_kms_sign_token). */
+static hsm_result token_version(hsm_kms *kms, kms_key *k, int64_t now, uint32_t *out)
+{
+	uint32_t v = k->rec.primary_version;
+	if (v > 1) {
+		const struct kms_version_times *t = NULL;
+		hsm_jwt_limits lim;
+		hsm_kms_jwt_limits(kms, &lim);
+		HSM_GUARD(version_times(kms, k, &t));
+		while (v > 1 && v <= t->n && t->created[v - 1] > now - lim.lead)
+			v--;
+	}
+	*out = v;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_kms_jwt_token_version(hsm_kms *kms, const char *key_id, uint32_t *version)
+{
+	kms_key *k = NULL;
+	HSM_GUARD(kms_key_load(kms, key_id, &k));
+	hsm_result r = token_version(kms, k, kms_now(kms), version);
+	kms_key_release(k);
+	return r;
 }
 
 static hsm_result check_request(hsm_kms *kms, const hsm_jwt_sign_req *req, int64_t *lifetime)
@@ -93,9 +173,10 @@ hsm_result hsm_kms_sign_token(hsm_kms *kms, const hsm_caller *caller,
 	memset(&issued, 0, sizeof(issued));
 	HSM_GUARD(check_request(kms, req, &lifetime));
 	HSM_GUARD(token_lookup(kms, caller, req->key, req->alg, &k, &issued.alg));
-	uint32_t version = k->rec.primary_version;
-	HSM_TRY(hsm_jwt_kid(k->rec.key_id, version, issued.kid));
+	uint32_t version = 0;
 	issued.issued_at = kms_now(kms);
+	HSM_TRY(token_version(kms, k, issued.issued_at, &version));
+	HSM_TRY(hsm_jwt_kid(k->rec.key_id, version, issued.kid));
 	issued.expires_at = issued.issued_at + lifetime;
 	hsm_jwt_header h = {issued.alg, issued.kid, req->typ, req->cty};
 	HSM_TRY(hsm_jwt_signing_input(&h, req->claims, issued.issued_at, issued.expires_at, &input));

@@ -10,6 +10,7 @@
  */
 #include <string.h>
 
+#include "common/log.h"
 #include "kms/jwt.h"
 #include "server/api.h"
 
@@ -86,9 +87,13 @@ static void write_marking(hsm_api_ctx *c, const hsm_key_record *rec)
 	hsm_jw_bool(c->w, "JwtSigningEnabled", on);
 	if (on) {
 		char kid[HSM_JWT_KID_MAX];
+		uint32_t version = 0;
 		c->audit.algorithm = hsm_jws_alg_name(alg);
 		hsm_jw_str(c->w, "Algorithm", hsm_jws_alg_name(alg));
-		if (hsm_ok(hsm_jwt_kid(rec->key_id, rec->primary_version, kid)))
+		/* The kid new tokens carry, which a rotation changes only after its lead. */
+		if (hsm_failed(hsm_kms_jwt_token_version(c->kms, rec->key_id, &version)))
+			hsm_log_failure("EnableJwtSigning: token version unknown, Kid left out");
+		else if (hsm_ok(hsm_jwt_kid(rec->key_id, version, kid)))
 			hsm_jw_str(c->w, "Kid", kid);
 	}
 }

@@ -57,8 +57,16 @@ def ceremony(base, store):
     return files, (fields["aws_access_key_id"], fields["aws_secret_access_key"])
 
 
+# Tokens live at most 10 s with 2 s of skew: a JWK Set max-age of 3 s, and a lead of 3 s plus
+# a node's JWK Set document lifetime (the store cache's, rounded up to a second).
+JWT_FLAGS = ["--jwt-max-lifetime-seconds", "10", "--jwt-default-lifetime-seconds", "10",
+             "--jwt-clock-skew-seconds", "2"]
+JWT_LEAD = 3 + -(-CACHE_MS // 1000)
+
+
 def node(store, name):
-    return Hsmd(["--node-id", name, "--store-cache-ms", str(CACHE_MS)], env={"HSM_STORE": store})
+    return Hsmd(["--node-id", name, "--store-cache-ms", str(CACHE_MS)] + JWT_FLAGS,
+                env={"HSM_STORE": store})
 
 
 def unseal(server, files, who=("alice", "carol", "erin")):
@@ -329,8 +337,9 @@ def test_new_imported_material_across_nodes(cluster):
 
 
 def test_a_token_signed_on_one_node_verifies_through_the_other_nodes_jwks(cluster):
-    """After a rotation on node A, node B publishes the new version within the cache
-    lifetime, so a verifier fetching B's JWK Set accepts A's new tokens."""
+    """After a rotation on node A, A keeps signing with the old version until the lead has
+    passed, and node B publishes the new version before A signs with it, so a verifier
+    fetching B's JWK Set accepts every token A signs."""
     import jwt as pyjwt
     off = kms(cluster.a, cluster.ops)
     kid = off.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
@@ -343,7 +352,12 @@ def test_a_token_signed_on_one_node_verifies_through_the_other_nodes_jwks(cluste
                               {"KeyId": kid, "Claims": {"sub": "svc"}},
                               akid=cluster.app[0], secret=cluster.app[1])
         assert st == 200, out
-        return out["Token"]
+        return out
+
+    def b_kids():
+        st, body, _ = cluster.b.get("/.well-known/jwks.json")
+        assert st == 200, body
+        return {k["kid"] for k in json.loads(body)["keys"]}
 
     def verifies_on_b(tok):
         client = pyjwt.PyJWKClient(cluster.b.endpoint + "/.well-known/jwks.json",
@@ -354,15 +368,30 @@ def test_a_token_signed_on_one_node_verifies_through_the_other_nodes_jwks(cluste
             return False
         return pyjwt.decode(tok, key.key, algorithms=["ES256"])["sub"] == "svc"
 
-    assert eventually(lambda: verifies_on_b(token()), 20)
+    assert eventually(lambda: verifies_on_b(token()["Token"]), 20)
+    before = int(time.time())
     st, out = signed_call(cluster.a, "TrentService.RotateKeyOnDemand", {"KeyId": kid},
                           akid=cluster.ops[0], secret=cluster.ops[1])
     assert st == 200, out
-    t0 = time.monotonic()
-    tok = token()
-    assert pyjwt.get_unverified_header(tok)["kid"] == f"{kid}.v2"
-    assert eventually(lambda: verifies_on_b(tok), 5), "node B never published version 2"
-    assert time.monotonic() - t0 < 2.5
+    after = time.time()
+    first = token()
+    assert first["IssuedAt"] < before + JWT_LEAD, "too slow to observe the lead"
+    assert first["Kid"] == f"{kid}.v1"
+    assert verifies_on_b(first["Token"])
+    assert eventually(lambda: f"{kid}.v2" in b_kids(), JWT_LEAD), \
+        "node B never published version 2"
+    published_on_b = time.time()
+    # Every token A signs verifies through B; the first of version 2 comes after B has it.
+    new = None
+    while new is None and time.time() < after + JWT_LEAD + 5:
+        t = token()
+        assert verifies_on_b(t["Token"]), t["Kid"]
+        if t["Kid"] == f"{kid}.v2":
+            new = t
+        time.sleep(0.1)
+    assert new is not None, "node A never signed with version 2"
+    assert before + JWT_LEAD <= new["IssuedAt"] <= after + JWT_LEAD + 1
+    assert published_on_b < before + JWT_LEAD + 1
 
 
 def test_hsmctl_works_on_the_shared_store_beside_running_nodes(cluster, tmp_path):

@@ -1,9 +1,9 @@
 """JWT signing (HsmdJwt.*) and the JWKS, checked with independent JOSE libraries.
 
 Tokens signed by a real hsmd are verified by PyJWT (PyJWKClient fetching
-/.well-known/jwks.json) and by jwcrypto (JWKSet), for every algorithm; the
-rotation grace period is observed on an hsmd started with a short maximum
-token lifetime; hsmctl's jwt commands are run end to end.
+/.well-known/jwks.json) and by jwcrypto (JWKSet), for every algorithm; a
+rotation's lead (the new version published before it signs) and grace period
+are observed on an hsmd started with a short maximum token lifetime; hsmctl's jwt commands are run end to end.
 """
 import base64
 import glob
@@ -323,38 +323,67 @@ def test_signing_is_audited_and_counted(hsmd, kms):
 
 @pytest.fixture(scope="module")
 def short_hsmd():
-    """hsmd whose tokens live at most 8 s, with 2 s of clock skew: a 10 s grace period."""
-    server = start_dev(["--jwt-max-lifetime-seconds", "8", "--jwt-default-lifetime-seconds", "8",
-                        "--jwt-clock-skew-seconds", "2"])
+    """hsmd whose tokens live at most 10 s, with 2 s of clock skew: a 12 s grace period,
+    a JWK Set max-age of 3 s, and so a 3 s lead (one node: nothing else to wait for)."""
+    server = start_dev(["--jwt-max-lifetime-seconds", "10", "--jwt-default-lifetime-seconds",
+                        "10", "--jwt-clock-skew-seconds", "2"])
     yield server
     server.cleanup()
 
 
-def test_rotation_grace_period(short_hsmd):
+LEAD, GRACE = 3, 12
+
+
+def test_rotation_lead_and_grace_period(short_hsmd):
+    """A rotation publishes the new version at once; the old one signs for the lead (the
+    JWK Set's max-age), then the new one, and the old one stays published for max lifetime
+    + skew after its last token."""
     server = short_hsmd
     from conftest import client
     k = client(server)
     key, alg = jwt_key(server, k, "ECC_NIST_P256")
     _, headers = fetch_jwks(server)
-    assert headers["Cache-Control"] == "public, max-age=2"  # (8 + 2) / 4
+    assert headers["Cache-Control"] == f"public, max-age={LEAD}"  # (10 + 2) / 4
     old = sign(server, key, PLATFORM_CLAIMS)
-    assert old["ExpiresAt"] - old["IssuedAt"] == 8  # the default, capped by the maximum
+    assert old["ExpiresAt"] - old["IssuedAt"] == 10  # the default, capped by the maximum
     assert error(jwt_call(server, "SignToken", {"KeyId": key, "Claims": {},
-                                                "LifetimeSeconds": 9}))[0] == "ValidationException"
+                                                "LifetimeSeconds": 11}))[0] == "ValidationException"
+    before = int(time.time())
     ok(signed_call(server, "TrentService.RotateKeyOnDemand", {"KeyId": key}))
-    rotated = time.time()
-    new = sign(server, key, PLATFORM_CLAIMS)
-    assert new["Kid"] == f"{key}.v2" and new["KeyVersion"] == 2
-    assert b64url_json(new["Token"].split(".")[0])["kid"] == f"{key}.v2"
+    after = time.time()
+    # A verifier that fetches the set now already holds the version that will sign next.
     kids = {k["kid"] for k in fetch_jwks(server)[0]["keys"]}
     assert {f"{key}.v1", f"{key}.v2"} <= kids
-    # The token of the old version still verifies, in both libraries.
-    pyjwt_verify(server, old["Token"], alg, audience="catalytic-api", issuer=ISSUER)
-    jwcrypto_verify(server, old["Token"], alg, leeway=0)
-    pyjwt_verify(server, new["Token"], alg, audience="catalytic-api", issuer=ISSUER)
-    # After max lifetime + skew the old version leaves the JWKS; the new one stays.
+    first = sign(server, key, PLATFORM_CLAIMS)
+    assert first["IssuedAt"] < before + LEAD, "too slow to observe the lead"
+    assert first["Kid"] == f"{key}.v1" and first["KeyVersion"] == 1
+    # EnableJwtSigning (again: a no-op) names the kid new tokens carry.
+    assert ok(jwt_call(server, "EnableJwtSigning", {"KeyId": key}))["Kid"] == f"{key}.v1"
+    # The old version signs until the lead has passed, then the new one.
+    last_v1, new = first, None
+    while new is None and time.time() < after + LEAD + 5:
+        t = sign(server, key, PLATFORM_CLAIMS)
+        if t["KeyVersion"] == 1:
+            last_v1 = t
+        else:
+            new = t
+        time.sleep(0.1)
+    assert new is not None, "the new version never signed"
+    assert new["Kid"] == f"{key}.v2" and new["KeyVersion"] == 2
+    assert b64url_json(new["Token"].split(".")[0])["kid"] == f"{key}.v2"
+    assert before + LEAD <= new["IssuedAt"] <= after + LEAD + 1
+    assert last_v1["IssuedAt"] <= after + LEAD
+    assert ok(jwt_call(server, "EnableJwtSigning", {"KeyId": key}))["Kid"] == f"{key}.v2"
+    # Tokens of the old version still verify, in both libraries.
     assert time.time() < old["ExpiresAt"], "too slow to observe the grace period"
-    time.sleep(max(0.0, rotated + 10 + 1.1 - time.time()))
+    for t in (old, last_v1):
+        pyjwt_verify(server, t["Token"], alg, audience="catalytic-api", issuer=ISSUER)
+        jwcrypto_verify(server, t["Token"], alg, leeway=0)
+    pyjwt_verify(server, new["Token"], alg, audience="catalytic-api", issuer=ISSUER)
+    # After lead + max lifetime + skew the old version leaves the JWKS; the new one stays.
+    assert time.time() < before + LEAD + GRACE, "too slow to observe the grace period"
+    assert f"{key}.v1" in {k["kid"] for k in fetch_jwks(server)[0]["keys"]}
+    time.sleep(max(0.0, after + LEAD + GRACE + 1.1 - time.time()))
     kids = {k["kid"] for k in fetch_jwks(server)[0]["keys"]}
     assert f"{key}.v1" not in kids and f"{key}.v2" in kids
     with pytest.raises(pyjwt.exceptions.PyJWKClientError):

@@ -2,7 +2,8 @@
  * kms_jwt_test.c - kms/kms_jwt.c and kms/kms_jwks.c: SignToken with its
  * roles, key policy actions, key states and one-algorithm-per-key rule;
  * marking keys for JWT signing; and the JWK Set: which versions it holds
- * around a rotation (the grace rule, on a test clock), its cache and ETag.
+ * around a rotation (the lead and the grace rule, on a test clock), its
+ * cache and ETag; which version signs tokens after a rotation.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -21,6 +22,9 @@
 #define MAX_LIFETIME 600
 #define SKEW 60
 #define GRACE (MAX_LIFETIME + SKEW)
+/* A new version is published this long before it signs: the JWK Set's max-age here,
+ * where no other node shares the store. */
+#define LEAD (GRACE / 4)
 
 typedef kms_fx fx;
 
@@ -263,16 +267,20 @@ static void test_policy_actions(void **state)
 }
 
 /*
- * The grace rule: v stays published while now < created(v+1) + max_lifetime
- * + clock_skew, and tokens v signed keep verifying until they expire.
+ * After a rotation the old version signs for LEAD more seconds while the new
+ * one is published; then the new one signs, and the old one stays published
+ * while now < created(v+1) + LEAD + max_lifetime + clock_skew, so tokens it
+ * signed keep verifying until they expire.
  */
-static void test_jwks_grace_after_rotation(void **state)
+static void test_jwks_lead_and_grace_after_rotation(void **state)
 {
 	fx *f = *state;
 	hsm_key_record k, r;
 	hsm_buf t1 = {0}, t2 = {0};
 	hsm_jwt_issued is;
 	int64_t until = 0;
+	uint32_t version = 0;
+	char kid[HSM_JWT_KID_MAX];
 	create(f, HSM_SPEC_ECC_NIST_EDWARDS25519, HSM_USAGE_SIGN_VERIFY, NULL, &k);
 	assert_true(hsm_ok(hsm_kms_enable_jwt(f->kms, &officer, k.key_id, HSM_JWS_NONE, NULL)));
 	json_t *jwks = jwks_now(f, &until);
@@ -280,33 +288,49 @@ static void test_jwks_grace_after_rotation(void **state)
 	assert_int_equal(until, INT64_MAX); /* nothing leaves by itself */
 	json_decref(jwks);
 	f->now += 1000;
-	assert_true(hsm_ok(sign(f, &user, k.key_id, HSM_JWS_NONE, MAX_LIFETIME, &t1, &is)));
-	f->now += 5;
 	int64_t rotated = f->now;
 	assert_true(hsm_ok(hsm_kms_rotate_now(f->kms, &officer, k.key_id, &r)));
+	assert_int_equal(r.primary_version, 2);
 	hsm_key_record_clear(&r);
-	assert_true(hsm_ok(sign(f, &user, k.key_id, HSM_JWS_NONE, MAX_LIFETIME, &t2, &is)));
-	assert_int_equal(is.used.version, 2);
+	/* v2 is published at once, and v1 keeps signing until v2 has been for LEAD seconds. */
 	jwks = jwks_now(f, &until);
 	assert_true(has_kid(jwks, k.key_id, 1));
 	assert_true(has_kid(jwks, k.key_id, 2));
-	assert_int_equal(until, rotated + GRACE);
+	assert_int_equal(until, rotated + LEAD + GRACE);
 	json_decref(jwks);
-	/* The old token verifies until it expires; the JWKS keeps v1 a little longer. */
-	f->now = rotated + MAX_LIFETIME - 10;
+	assert_true(hsm_ok(sign(f, &user, k.key_id, HSM_JWS_NONE, MAX_LIFETIME, &t1, &is)));
+	assert_int_equal(is.used.version, 1);
+	assert_true(hsm_ok(hsm_kms_jwt_token_version(f->kms, k.key_id, &version)));
+	assert_int_equal(version, 1);
+	f->now = rotated + LEAD - 1;
+	assert_true(hsm_ok(sign(f, &user, k.key_id, HSM_JWS_NONE, MAX_LIFETIME, &t1, &is)));
+	assert_int_equal(is.used.version, 1);
+	snprintf(kid, sizeof(kid), "%s.v1", k.key_id);
+	assert_string_equal(is.kid, kid);
+	int64_t last_v1_exp = is.expires_at;
+	f->now = rotated + LEAD;
+	assert_true(hsm_ok(sign(f, &user, k.key_id, HSM_JWS_NONE, MAX_LIFETIME, &t2, &is)));
+	assert_int_equal(is.used.version, 2);
+	snprintf(kid, sizeof(kid), "%s.v2", k.key_id);
+	assert_string_equal(is.kid, kid);
+	assert_true(hsm_ok(hsm_kms_jwt_token_version(f->kms, k.key_id, &version)));
+	assert_int_equal(version, 2);
+	/* v1's last token verifies until it expires; the JWKS keeps v1 SKEW longer. */
+	f->now = last_v1_exp - 1;
 	verify_ok(f, &t1);
 	verify_ok(f, &t2);
-	f->now = rotated + GRACE - 1;
+	f->now = rotated + LEAD + GRACE - 1;
 	jwks = jwks_now(f, NULL);
 	assert_true(has_kid(jwks, k.key_id, 1));
 	json_decref(jwks);
-	f->now = rotated + GRACE;
+	f->now = rotated + LEAD + GRACE;
 	jwks = jwks_now(f, &until);
 	assert_false(has_kid(jwks, k.key_id, 1));
 	assert_true(has_kid(jwks, k.key_id, 2));
 	assert_int_equal(until, INT64_MAX);
 	json_decref(jwks);
-	/* Two quick rotations: v2 and v3 in grace, v4 primary. */
+	/* Two quick rotations: v3 and v4 are published at once and sign in their turn. */
+	int64_t again = f->now;
 	assert_true(hsm_ok(hsm_kms_rotate_now(f->kms, &officer, k.key_id, &r)));
 	hsm_key_record_clear(&r);
 	f->now += 100;
@@ -316,10 +340,60 @@ static void test_jwks_grace_after_rotation(void **state)
 	assert_false(has_kid(jwks, k.key_id, 1));
 	assert_true(has_kid(jwks, k.key_id, 2) && has_kid(jwks, k.key_id, 3) &&
 	            has_kid(jwks, k.key_id, 4));
-	assert_int_equal(until, rotated + GRACE + GRACE);
+	assert_int_equal(until, again + LEAD + GRACE);
 	json_decref(jwks);
+	assert_true(hsm_ok(sign(f, &user, k.key_id, HSM_JWS_NONE, 0, &t2, &is)));
+	assert_int_equal(is.used.version, 2);
+	f->now = again + LEAD;
+	assert_true(hsm_ok(sign(f, &user, k.key_id, HSM_JWS_NONE, 0, &t2, &is)));
+	assert_int_equal(is.used.version, 3);
+	f->now = again + 100 + LEAD;
+	assert_true(hsm_ok(sign(f, &user, k.key_id, HSM_JWS_NONE, 0, &t2, &is)));
+	assert_int_equal(is.used.version, 4);
+	verify_ok(f, &t2);
 	hsm_buf_free(&t1);
 	hsm_buf_free(&t2);
+	hsm_key_record_clear(&k);
+}
+
+/* The lead is the JWK Set's max-age, plus a node's document lifetime when the store is
+ * shared; a key with one version signs at once. */
+static void test_lead(void **state)
+{
+	fx *f = *state;
+	hsm_jwt_limits lim;
+	hsm_kms_jwt_limits(f->kms, &lim);
+	assert_int_equal(lim.max_age, GRACE / 4);
+	assert_int_equal(lim.lead, GRACE / 4);
+	const int64_t ttl_ms[] = {1, 1000, 1500, 29001, 60000};
+	const int64_t more[] = {1, 1, 2, 30, HSM_JWKS_CACHE_TTL};
+	for (size_t i = 0; i < sizeof(ttl_ms) / sizeof(ttl_ms[0]); i++) {
+		hsm_kms_config cfg = {.jwt_max_lifetime = MAX_LIFETIME, .jwt_clock_skew = SKEW,
+		                      .meta_cache_ttl_ms = ttl_ms[i]};
+		void *other = NULL;
+		assert_int_equal(kms_fx_setup(&other, &cfg, T0), 0);
+		hsm_kms_jwt_limits(((fx *)other)->kms, &lim);
+		assert_int_equal(lim.max_age, GRACE / 4);
+		assert_int_equal(lim.lead, GRACE / 4 + more[i]);
+		assert_int_equal(kms_fx_teardown(&other), 0);
+	}
+	hsm_kms_config big = {.jwt_max_lifetime = 86400, .jwt_clock_skew = 60};
+	void *other = NULL;
+	assert_int_equal(kms_fx_setup(&other, &big, T0), 0);
+	hsm_kms_jwt_limits(((fx *)other)->kms, &lim);
+	assert_int_equal(lim.max_age, HSM_JWKS_MAX_AGE);
+	assert_int_equal(lim.lead, HSM_JWKS_MAX_AGE);
+	assert_int_equal(kms_fx_teardown(&other), 0);
+	/* A new key has nothing to be published ahead of. */
+	hsm_key_record k;
+	hsm_buf t = {0};
+	hsm_jwt_issued is;
+	create(f, HSM_SPEC_ECC_NIST_P256, HSM_USAGE_SIGN_VERIFY, NULL, &k);
+	assert_true(hsm_ok(hsm_kms_enable_jwt(f->kms, &officer, k.key_id, HSM_JWS_NONE, NULL)));
+	assert_true(hsm_ok(sign(f, &user, k.key_id, HSM_JWS_NONE, 0, &t, &is)));
+	assert_int_equal(is.used.version, 1);
+	verify_ok(f, &t);
+	hsm_buf_free(&t);
 	hsm_key_record_clear(&k);
 }
 
@@ -353,7 +427,7 @@ static void test_jwks_cache(void **state)
 	assert_non_null(strstr(text, k.key_id));
 	assert_non_null(strstr(text, "\"alg\":\"ES384\""));
 	free(text);
-	/* A rotation shows at once; v1 leaves when its grace ends, with no other change. */
+	/* A rotation shows at once; v1 leaves when its lead and grace end, with no other change. */
 	f->now += 10;
 	int64_t rotated = f->now;
 	assert_true(hsm_ok(hsm_kms_rotate_now(f->kms, &officer, k.key_id, &r)));
@@ -364,7 +438,13 @@ static void test_jwks_cache(void **state)
 	assert_non_null(strstr(text, ".v2\""));
 	free(text);
 	hsm_jwks_doc_release(c);
-	f->now = rotated + GRACE;
+	f->now = rotated + LEAD + GRACE - 1;
+	assert_true(hsm_ok(hsm_kms_jwks(f->kms, &c)));
+	text = doc_text(c);
+	assert_non_null(strstr(text, ".v1\""));
+	free(text);
+	hsm_jwks_doc_release(c);
+	f->now = rotated + LEAD + GRACE;
 	assert_true(hsm_ok(hsm_kms_jwks(f->kms, &c)));
 	text = doc_text(c);
 	assert_null(strstr(text, ".v1\""));
@@ -394,7 +474,9 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_keys_that_cannot_sign_tokens, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_key_states, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_policy_actions, setup, kms_fx_teardown),
-	    cmocka_unit_test_setup_teardown(test_jwks_grace_after_rotation, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_jwks_lead_and_grace_after_rotation, setup,
+	                                    kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_lead, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_jwks_cache, setup, kms_fx_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
