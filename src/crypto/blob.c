@@ -58,6 +58,18 @@ hsm_result hsm_blob_write_header(hsm_buf *out, const char *key_id, uint32_t key_
 	return res;
 }
 
+hsm_result hsm_blob_refuse_header_aad(const uint8_t *aad, size_t aad_len, const char *key_id)
+{
+	uint8_t id[KEY_ID_BYTES];
+	HSM_GUARD(uuid_bytes(key_id, id));
+	HSM_ENSURE(aad_len < 1 + KEY_ID_BYTES || aad == NULL || aad[0] != HSM_BLOB_VERSION ||
+	               !hsm_ct_equal(aad + 1, id, KEY_ID_BYTES),
+	           HSM_ERR_VALIDATION,
+	           "AdditionalData begins as the header of a KMS ciphertext of this key; plain "
+	           "AES-GCM neither makes nor opens those (use Encrypt and Decrypt)");
+	return HSM_SUCCESS;
+}
+
 hsm_result hsm_blob_parse(const uint8_t *p, size_t n, hsm_blob *out)
 {
 	const hsm_err E = HSM_ERR_INVALID_CIPHERTEXT;

@@ -50,6 +50,18 @@ hsm_result hsm_blob_parse(const uint8_t *p, size_t n, hsm_blob *out) HSM_MUST_CH
 hsm_result hsm_blob_write_header(hsm_buf *out, const char *key_id, uint32_t key_version,
                                  const uint8_t iv[HSM_GCM_IV_LEN]) HSM_MUST_CHECK;
 
+/*
+ * Plain AES-GCM (GcmEncrypt, GcmDecrypt) uses the same key material as the
+ * blobs, so its additional data must never begin as a blob header of the
+ * same key: that AAD is exactly how Decrypt authenticates a blob and its
+ * encryption context, and GcmDecrypt, which key policies grant apart from
+ * kms:Decrypt and which sees no encryption context, would open any blob.
+ * HSM_ERR_VALIDATION when aad starts with HSM_BLOB_VERSION and key_id's 16
+ * bytes (or key_id is not a UUID); success otherwise.
+ */
+hsm_result hsm_blob_refuse_header_aad(const uint8_t *aad, size_t aad_len,
+                                      const char *key_id) HSM_MUST_CHECK;
+
 /* One encryption context pair, as received (UTF-8 strings). */
 typedef struct hsm_ctx_pair {
 	const char *key;

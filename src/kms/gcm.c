@@ -11,9 +11,16 @@
  * tries the versions the key uses, newest first, and only the one that made
  * it verifies the tag (a forgery that verifies under some version is as
  * hard as against one key).  Expect one attempt per rotation since.
+ *
+ * The blobs of Encrypt and the GenerateDataKey family use the same material,
+ * authenticated with their header and encryption context as AAD: additional
+ * data that begins as such a header is refused (crypto/blob.h), or
+ * GcmDecrypt would open blobs that the policy's kms:Decrypt conditions and
+ * grants deny.
  */
 #include <string.h>
 
+#include "crypto/blob.h"
 #include "kms/kms_internal.h"
 
 static hsm_result require_aes(const kms_key *k)
@@ -44,6 +51,8 @@ hsm_result hsm_kms_gcm_encrypt(hsm_kms *kms, const hsm_caller *caller, const cha
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_GcmEncrypt, key, NULL, &k));
 	hsm_result r = require_aes(k);
 	if (hsm_ok(r))
+		r = hsm_blob_refuse_header_aad(aad, aad_len, k->rec.key_id);
+	if (hsm_ok(r))
 		r = kms_dry_run_stop(caller);
 	if (hsm_ok(r)) {
 		hsm_ks_keyref ref = kms_keyref(k, k->rec.primary_version);
@@ -66,6 +75,8 @@ hsm_result hsm_kms_gcm_decrypt(hsm_kms *kms, const hsm_caller *caller, const cha
 	           HSM_GCM_TAG_LEN, HSM_GCM_MAX_DATA + HSM_GCM_TAG_LEN);
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_GcmDecrypt, key, NULL, &k));
 	hsm_result r = require_aes(k);
+	if (hsm_ok(r))
+		r = hsm_blob_refuse_header_aad(aad, aad_len, k->rec.key_id);
 	if (hsm_ok(r))
 		r = kms_dry_run_stop(caller);
 	bool tried = false; /* every version, and none verified the tag */

@@ -280,7 +280,7 @@ static bool returns_secret(hsm_op op)
 {
 	return op == HSM_OP_Decrypt || op == HSM_OP_GenerateDataKey ||
 	       op == HSM_OP_GenerateDataKeyPair || op == HSM_OP_GenerateRandom ||
-	       op == HSM_OP_DeriveSharedSecret;
+	       op == HSM_OP_DeriveSharedSecret || op == HSM_OP_GcmDecrypt;
 }
 
 /*

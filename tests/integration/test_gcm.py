@@ -106,6 +106,59 @@ def test_standard_aes_gcm_with_imported_material(hsmd, kms):
     assert st == 200 and base64.b64decode(out["Plaintext"]) == b"from elsewhere", out
 
 
+def canonical_context(ctx):
+    """hsmd's encoding of an encryption context (u32 count, then length-prefixed pairs)."""
+    out = len(ctx).to_bytes(4, "big")
+    for k, v in sorted((k.encode(), v.encode()) for k, v in ctx.items()):
+        out += len(k).to_bytes(4, "big") + k + len(v).to_bytes(4, "big") + v
+    return out
+
+
+def test_kms_ciphertexts_stay_closed_to_plain_gcm(hsmd, kms):
+    """A KMS blob is GCM under the same material with its header and context as AAD:
+    GcmDecrypt must not open it, or a policy that denies Decrypt (here: for every
+    context but tenant=B) would not protect it; nor may GcmEncrypt make such AAD."""
+    account = kms.describe_key(KeyId=kms.create_key()["KeyMetadata"]["KeyId"])[
+        "KeyMetadata"]["AWSAccountId"]
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+         "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt", "Resource": "*",
+         "Condition": {"StringNotEquals": {"kms:EncryptionContext:tenant": "B"}}}]}
+    key = kms.create_key(Policy=json.dumps(policy),
+                         BypassPolicyLockoutSafetyCheck=True)["KeyMetadata"]["KeyId"]
+    ctx = {"tenant": "A"}
+    blob = kms.encrypt(KeyId=key, Plaintext=b"secret data", EncryptionContext=ctx)[
+        "CiphertextBlob"]
+    from botocore.exceptions import ClientError
+    try:
+        kms.decrypt(CiphertextBlob=blob, EncryptionContext=ctx)
+        raise AssertionError("the policy should deny Decrypt")
+    except ClientError as e:
+        assert e.response["Error"]["Code"] == "AccessDeniedException", e.response
+    header, iv, body = blob[:33], blob[21:33], blob[33:]
+    aad = header + canonical_context(ctx)
+    st, out, _ = decrypt(hsmd, key, iv, body, aad)
+    assert (st, out["__type"]) == (400, "ValidationException"), out
+    assert "Plaintext" not in out and "header of a KMS ciphertext" in out["message"], out
+    # Any AAD that starts with this key's header prefix is refused both ways, dry runs too.
+    for extra in (b"", b"anything"):
+        st, out, _ = cipher(hsmd, "GcmEncrypt", {"KeyId": key, "Plaintext": b64(b"x"),
+                                                 "AdditionalData": b64(blob[:17] + extra)})
+        assert (st, out["__type"]) == (400, "ValidationException"), out
+    st, out, _ = cipher(hsmd, "GcmEncrypt", {"KeyId": key, "Plaintext": b64(b"x"),
+                                             "AdditionalData": b64(aad), "DryRun": True})
+    assert (st, out["__type"]) == (400, "ValidationException"), out
+    assert "header of a KMS ciphertext" in out["message"], out
+    # Another key's header, or a shorter prefix of this one's, is ordinary AAD.
+    other = kms.create_key()["KeyMetadata"]["KeyId"]
+    other_blob = kms.encrypt(KeyId=other, Plaintext=b"y")["CiphertextBlob"]
+    for a in (other_blob[:33], blob[:16]):
+        iv2, ct2 = encrypt(hsmd, key, b"fine", a)
+        st, out, _ = decrypt(hsmd, key, iv2, ct2, a)
+        assert st == 200 and base64.b64decode(out["Plaintext"]) == b"fine", out
+
+
 def test_policy_and_roles(hsmd, kms):
     from conftest import DEV_AKID
     from helpers import new_user

@@ -84,6 +84,31 @@ static void test_header_needs_uuid(void **state)
 	hsm_buf_free(&blob);
 }
 
+/* Plain AES-GCM may not use AAD that begins as a blob header of the same key. */
+static void test_header_aad_refused(void **state)
+{
+	(void)state;
+	uint8_t iv[HSM_GCM_IV_LEN] = {0};
+	hsm_buf h = {0};
+	assert_succeeds(hsm_blob_write_header(&h, key_id, 7, iv));
+	assert_succeeds(hsm_buf_put(&h, "context", 7));
+	for (size_t n = 17; n <= h.len; n++)
+		assert_fails_with(hsm_blob_refuse_header_aad(h.data, n, key_id), HSM_ERR_VALIDATION);
+	for (size_t n = 0; n < 17; n++)
+		assert_succeeds(hsm_blob_refuse_header_aad(n ? h.data : NULL, n, key_id));
+	/* Another key's header, another format version, one byte of the id changed. */
+	assert_succeeds(hsm_blob_refuse_header_aad(h.data, h.len,
+	                                           "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f1"));
+	h.data[0] ^= 0xff;
+	assert_succeeds(hsm_blob_refuse_header_aad(h.data, h.len, key_id));
+	h.data[0] ^= 0xff;
+	h.data[16] ^= 1;
+	assert_succeeds(hsm_blob_refuse_header_aad(h.data, h.len, key_id));
+	/* Not a key id: refused, whatever the AAD. */
+	assert_fails_with(hsm_blob_refuse_header_aad(NULL, 0, "alias/x"), HSM_ERR_VALIDATION);
+	hsm_buf_free(&h);
+}
+
 static void test_round_trip_and_binding(void **state)
 {
 	(void)state;
@@ -233,6 +258,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_header_layout_and_parse),
 	    cmocka_unit_test(test_header_needs_uuid),
+	    cmocka_unit_test(test_header_aad_refused),
 	    cmocka_unit_test(test_round_trip_and_binding),
 	    cmocka_unit_test(test_every_truncation_rejected),
 	    cmocka_unit_test(test_wrong_version_and_size),
