@@ -184,6 +184,14 @@ hsm_result hsm_caller_commit(const hsm_caller *caller)
 	return HSM_SUCCESS;
 }
 
+hsm_result hsm_caller_commit_key(const hsm_caller *caller, const char *key_id)
+{
+	hsm_commit_gate *g = caller->gate;
+	if (g != NULL && !g->passed)
+		HSM_GUARD(hsm_strcpy(g->key_id, sizeof(g->key_id), key_id));
+	return hsm_caller_commit(caller);
+}
+
 hsm_result kms_commit_unless_taken(hsm_result lookup, const hsm_caller *caller)
 {
 	if (hsm_ok(lookup))

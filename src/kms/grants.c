@@ -696,7 +696,7 @@ hsm_result hsm_kms_create_grant(hsm_kms *kms, const hsm_caller *caller,
 	g.operations = ops;
 	g.created = kms_now(kms);
 	HSM_TRY(kms_dry_run_stop(caller));
-	HSM_TRY(hsm_caller_commit(caller));
+	HSM_TRY(hsm_caller_commit_key(caller, k->rec.key_id));
 	res = hsm_store_grant_create(kms->store, &g, NULL);
 	if (res.err == HSM_ERR_LIMIT_EXCEEDED)
 		res = HSM_FAIL(HSM_ERR_LIMIT_EXCEEDED,
@@ -804,7 +804,7 @@ hsm_result hsm_kms_retire_grant(hsm_kms *kms, const hsm_caller *caller, const ch
 	          "RetireGrant",
 	          arn, k->arn);
 	HSM_TRY(kms_dry_run_stop(caller));
-	HSM_TRY(hsm_caller_commit(caller));
+	HSM_TRY(hsm_caller_commit_key(caller, k->rec.key_id));
 	res = hsm_store_grant_delete(kms->store, key_id, gid);
 	if (res.err == HSM_ERR_NOT_FOUND)
 		res = HSM_FAIL(HSM_ERR_NOT_FOUND, "Grant ID %s not found", gid);
@@ -831,7 +831,7 @@ hsm_result hsm_kms_revoke_grant(hsm_kms *kms, const hsm_caller *caller, const ch
 	if (hsm_ok(r))
 		r = kms_dry_run_stop(caller);
 	if (hsm_ok(r))
-		r = hsm_caller_commit(caller);
+		r = hsm_caller_commit_key(caller, k->rec.key_id);
 	if (hsm_ok(r)) {
 		r = hsm_store_grant_delete(kms->store, k->rec.key_id, grant_id);
 		kms_key_invalidate(kms, k->rec.key_id);

@@ -442,7 +442,7 @@ hsm_result hsm_kms_import_material(hsm_kms *kms, const hsm_caller *caller,
 		memcpy(v.description, had->description, sizeof(v.description)); /* kept */
 	material_arg a = {HSM_OP_ImportKeyMaterial, plan.change, kms_now(kms),
 	                  k->rec.primary_version, v.version, false, false};
-	HSM_TRY(hsm_caller_commit(caller));
+	HSM_TRY(hsm_caller_commit_key(caller, k->rec.key_id));
 	res = hsm_store_key_set_material(kms->store, k->rec.key_id, set_material_state, &a, &v, out);
 	kms_key_invalidate(kms, k->rec.key_id);
 	if (hsm_ok(res))
@@ -503,7 +503,7 @@ hsm_result hsm_kms_delete_material(hsm_kms *kms, const hsm_caller *caller, const
 	          material_id != NULL ? "KeyMaterialId names" : "in use");
 	material_arg a = {HSM_OP_DeleteImportedKeyMaterial, CHANGE_ERASE, kms_now(kms),
 	                  k->rec.primary_version, v->version, false, false};
-	HSM_TRY(hsm_caller_commit(caller));
+	HSM_TRY(hsm_caller_commit_key(caller, k->rec.key_id));
 	res = erase(kms, k->rec.key_id, v, &a, 0, out);
 	if (hsm_ok(res))
 		*version = v->version;
@@ -585,7 +585,7 @@ hsm_result kms_promote_pending(hsm_kms *kms, const hsm_caller *caller, const kms
 	hsm_version_record_clear(&v);
 	HSM_GUARD(r);
 	if (caller != NULL)
-		HSM_GUARD(hsm_caller_commit(caller));
+		HSM_GUARD(hsm_caller_commit_key(caller, k->rec.key_id));
 	material_arg a = {HSM_OP_RotateKeyOnDemand, CHANGE_PROMOTE, kms_now(kms),
 	                  k->rec.primary_version, next, false, type == HSM_ROTATION_AUTOMATIC};
 	r = hsm_store_key_promote(kms->store, k->rec.key_id, next, a.now, type, set_material_state,

@@ -676,7 +676,7 @@ hsm_result kms_modify_with(hsm_kms *kms, const hsm_caller *caller, hsm_op op, co
 	modify_ctx m = {op, fn, arg, kms_now(kms)};
 	hsm_result r = rehearse(caller, &k->rec, &m);
 	if (hsm_ok(r))
-		r = hsm_caller_commit(caller);
+		r = hsm_caller_commit_key(caller, k->rec.key_id);
 	if (hsm_failed(r)) {
 		kms_key_release(k);
 		return r;

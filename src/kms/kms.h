@@ -183,7 +183,13 @@ typedef struct hsm_commit_gate {
 	void *arg;
 	bool reached; /* fn was called */
 	bool passed;  /* and let the request through */
+	/* The key the request acts on, as resolved when fn is called ("" for none): an
+	 * approval given for a request naming an alias holds for that key only. */
+	char key_id[HSM_UUID_STRLEN + 1];
 } hsm_commit_gate;
+
+/* The member that adds key_id to the request text custodians approve. */
+#define HSM_APPROVAL_KEY_MEMBER "hsmd:KeyId"
 
 typedef struct hsm_caller {
 	const char *user;          /* principal name */
@@ -219,6 +225,8 @@ typedef struct hsm_caller {
  * Success when there is no gate or it let the request through.
  */
 hsm_result hsm_caller_commit(const hsm_caller *caller) HSM_MUST_CHECK;
+/* The same, for an operation on the key key_id (resolved from the request's KeyId). */
+hsm_result hsm_caller_commit_key(const hsm_caller *caller, const char *key_id) HSM_MUST_CHECK;
 
 /* The principal's ARN: arn:aws:iam::<account>:user/<name> (the account root for local operators). */
 #define HSM_PRINCIPAL_ARN_MAX 128

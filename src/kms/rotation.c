@@ -114,7 +114,7 @@ static hsm_result rotate(hsm_kms *kms, const hsm_caller *caller, const kms_key *
 	hsm_ks_keyref ref = kms_keyref(k, v.version);
 	/* Approved before the (possibly long) key generation, not after it. */
 	if (caller != NULL)
-		HSM_TRY(hsm_caller_commit(caller));
+		HSM_TRY(hsm_caller_commit_key(caller, k->rec.key_id));
 	HSM_TRY(hsm_ks_generate(kms->ks, &ref, &v.wrapped, &v.public_der));
 	if (caller != NULL)
 		HSM_TRY(kms_modify(kms, caller, HSM_OP_RotateKeyOnDemand, k->rec.key_id, make_primary,

@@ -105,7 +105,7 @@ hsm_result hsm_kms_tag(hsm_kms *kms, const hsm_caller *caller, const char *ref, 
 	for (size_t i = 0; i < n; i++)
 		HSM_GUARD(kms_check_tag(&tags[i]));
 	HSM_GUARD(tagging_lookup(kms, caller, HSM_OP_TagResource, ref, n, tags, NULL, &k));
-	hsm_result r = hsm_caller_commit(caller);
+	hsm_result r = hsm_caller_commit_key(caller, k->rec.key_id);
 	if (hsm_ok(r))
 		r = hsm_store_tags_put(kms->store, k->rec.key_id, n, tags);
 	if (r.err == HSM_ERR_LIMIT_EXCEEDED)
@@ -127,7 +127,7 @@ hsm_result hsm_kms_untag(hsm_kms *kms, const hsm_caller *caller, const char *ref
 		           "Tag keys that begin with aws: (in any case) are reserved");
 	}
 	HSM_GUARD(tagging_lookup(kms, caller, HSM_OP_UntagResource, ref, n, NULL, keys, &k));
-	hsm_result r = hsm_caller_commit(caller);
+	hsm_result r = hsm_caller_commit_key(caller, k->rec.key_id);
 	if (hsm_ok(r))
 		r = hsm_store_tags_remove(kms->store, k->rec.key_id, n, keys);
 	kms_key_release(k);

@@ -76,8 +76,26 @@ bool hsm_server_admin_needs_approval(const hsm_server *s, const hsm_admin_op *op
 static hsm_result meet_gate(void *arg)
 {
 	hsm_server_gate *g = arg;
+	/*
+	 * The key the operation resolved its KeyId to joins the text custodians
+	 * approve: a request naming an alias that has since moved to another key
+	 * is a new request, not the one they approved.
+	 */
+	json_t *doc = g->doc;
+	if (g->commit.key_id[0] != '\0') {
+		doc = json_copy(g->doc);
+		HSM_ENSURE(doc != NULL, HSM_ERR_NOMEM, "out of memory");
+		if (json_object_set_new(doc, HSM_APPROVAL_KEY_MEMBER, json_string(g->commit.key_id)) !=
+		    0) {
+			json_decref(doc);
+			return HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
+		}
+	} else {
+		json_incref(doc);
+	}
 	/* Canonical text: members sorted, no spaces, escapes for anything not ASCII. */
-	char *text = json_dumps(g->doc, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII);
+	char *text = json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII);
+	json_decref(doc);
 	memset(&g->approval, 0, sizeof(g->approval));
 	HSM_ENSURE(text != NULL, HSM_ERR_NOMEM, "out of memory");
 	hsm_result r =

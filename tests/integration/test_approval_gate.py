@@ -76,6 +76,8 @@ def node():
     kms.create_alias(AliasName="alias/gate-moves", TargetKeyId=f["UpdateAlias"])
     kms.create_alias(AliasName="alias/gate-goes", TargetKeyId=f["DeleteAlias"])
     kms.create_alias(AliasName="alias/gate-taken", TargetKeyId=f["DeleteAlias"])
+    f["alias-a"], f["alias-b"] = key(), key()
+    kms.create_alias(AliasName="alias/gate-retire", TargetKeyId=f["alias-a"])
     f["UntagResource"] = key(Tags=[{"TagKey": "t0", "TagValue": "v"}])
     f["full"] = key(Tags=[{"TagKey": f"k{i:02}", "TagValue": "v"} for i in range(50)])
     f["grants"] = key()
@@ -310,6 +312,40 @@ def refused_anyway(node):
         ("RetireGrant", {"KeyId": f["grants"], "GrantId": f["RetireGrant"], "DryRun": True},
          "DryRunOperationException"),
     ]
+
+
+def test_an_approval_given_through_an_alias_holds_for_the_key_it_named(node):
+    """Custodians approve a change to the key the alias named then: moved to another key,
+    the same request opens a new approval request instead of acting on that key."""
+    a, b, kms = node.f["alias-a"], node.f["alias-b"], client(node)
+
+    def state(key):
+        return kms.describe_key(KeyId=key)["KeyMetadata"]["KeyState"]
+
+    def move_alias(to):
+        body = {"AliasName": "alias/gate-retire", "TargetKeyId": to}
+        approve(node, waits(node, "UpdateAlias", body))
+        st, out = call(node, "UpdateAlias", body)
+        assert st == 200, out
+
+    body = {"KeyId": "alias/gate-retire", "PendingWindowInDays": 7}
+    first = waits(node, "ScheduleKeyDeletion", body)
+    assert f'"hsmd:KeyId":"{a}"' in approvals(node)[first]["Request"]
+    approve(node, first)
+    move_alias(b)
+    second = waits(node, "ScheduleKeyDeletion", body)
+    assert second != first and f'"hsmd:KeyId":"{b}"' in approvals(node)[second]["Request"]
+    assert (state(a), state(b)) == ("Enabled", "Enabled")
+    assert (approvals(node)[first]["State"], approvals(node)[first]["Approvals"]) == (
+        "Pending", 2)  # approved, not used
+    # Back on the key it named, the approved request runs, on that key.
+    move_alias(a)
+    st, out = call(node, "ScheduleKeyDeletion", body)
+    assert st == 200 and out["KeyId"].endswith(a), out
+    assert (state(a), state(b)) == ("PendingDeletion", "Enabled")
+    assert approvals(node)[first]["State"] == "Used"
+    assert (approvals(node)[second]["State"], approvals(node)[second]["Approvals"]) == (
+        "Pending", 0)
 
 
 def test_requests_refused_anyway_open_no_approval_request(node):
