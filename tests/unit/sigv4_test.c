@@ -321,8 +321,13 @@ static void test_malformed_authorization(void **state)
 	       "'Credential AKIDEXAMPLE' not a valid key=value pair (missing equal-sign) in "
 	       "Authorization header.");
 	/* Spacing around the separators is free, as SDKs differ there. */
-	sv_set(&m, "Authorization", ALG "  " CRED " ,SignedHeaders=host;x-amz-date,\t" SIG);
+	sv_set(&m, "Authorization",
+	       ALG "  " CRED " ,SignedHeaders=host;x-amz-date;x-amz-target,\t" SIG);
 	assert_int_not_equal(sv_verify(&m.r, REGION, NULL, T0), HSM_ERR_INCOMPLETE_SIGNATURE);
+	/* X-Amz-Target names the operation: present, it must be signed. */
+	sv_set(&m, "Authorization", ALG CRED ", SignedHeaders=host;x-amz-date, " SIG);
+	expect(&m, HSM_ERR_INCOMPLETE_SIGNATURE,
+	       "'X-Amz-Target' must be a 'SignedHeader' in the AWS Authorization.");
 }
 
 static void test_authorization_presence(void **state)
