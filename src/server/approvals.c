@@ -78,11 +78,13 @@ static hsm_result meet_gate(void *arg)
 	hsm_server_gate *g = arg;
 	/*
 	 * The key the operation resolved its KeyId to joins the text custodians
-	 * approve: a request naming an alias that has since moved to another key
-	 * is a new request, not the one they approved.
+	 * approve (unless KeyId is that key id): a request naming an alias that
+	 * has since moved to another key is a new request, not the one they
+	 * approved.
 	 */
 	json_t *doc = g->doc;
-	if (g->commit.key_id[0] != '\0') {
+	const char *named = json_string_value(json_object_get(g->doc, "KeyId"));
+	if (g->commit.key_id[0] != '\0' && (named == NULL || strcmp(named, g->commit.key_id) != 0)) {
 		doc = json_copy(g->doc);
 		HSM_ENSURE(doc != NULL, HSM_ERR_NOMEM, "out of memory");
 		if (json_object_set_new(doc, HSM_APPROVAL_KEY_MEMBER, json_string(g->commit.key_id)) !=
