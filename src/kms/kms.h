@@ -795,12 +795,17 @@ unsigned hsm_kms_approval_valid(hsm_kms *kms, const hsm_approval_record *a);
 hsm_result hsm_kms_custodian_count(hsm_kms *kms, unsigned *out) HSM_MUST_CHECK;
 
 /*
- * For SigV4: the user and unwrapped secret behind an access key id.
- * HSM_ERR_UNRECOGNIZED_CLIENT for unknown or revoked keys,
- * HSM_ERR_PRINCIPAL_LOCKED for disabled or locked users.
+ * For SigV4: the user and unwrapped secret behind an access key id, whatever
+ * the user's state.  HSM_ERR_UNRECOGNIZED_CLIENT for unknown or revoked keys.
  */
 hsm_result hsm_kms_credential(hsm_kms *kms, const char *access_key_id, hsm_user_record *user,
                               hsm_secret **secret) HSM_MUST_CHECK;
+/*
+ * After the signature verified: HSM_ERR_PRINCIPAL_LOCKED for a disabled or
+ * locked user.  Only the holder of the secret learns the user's name and
+ * state; a wrong signature gets the same answer whatever the user's state.
+ */
+hsm_result hsm_kms_user_admit(const hsm_user_record *user) HSM_MUST_CHECK;
 /* Records an authentication outcome; lock_after consecutive failures lock the user. */
 hsm_result hsm_kms_auth_outcome(hsm_kms *kms, const char *user, bool success,
                                 uint32_t lock_after) HSM_MUST_CHECK;

@@ -201,15 +201,20 @@ hsm_result hsm_kms_credential(hsm_kms *kms, const char *access_key_id, hsm_user_
 	}
 	HSM_TRY(res);
 	HSM_TRY(hsm_store_user_get(kms->store, k.user, user));
-	HSM_CHECK(!user->disabled && !user->locked, HSM_ERR_PRINCIPAL_LOCKED,
-	          "User %s is %s; a crypto-officer must %s it", user->name,
-	          user->disabled ? "disabled" : "locked after repeated failed authentications",
-	          user->disabled ? "enable" : "unlock");
 	HSM_TRY(hsm_ks_unwrap_secret(kms->ks, access_key_id, k.wrapped_secret.data,
 	                             k.wrapped_secret.len, secret));
 out:
 	hsm_access_key_record_clear(&k);
 	return res;
+}
+
+hsm_result hsm_kms_user_admit(const hsm_user_record *user)
+{
+	HSM_ENSURE(!user->disabled && !user->locked, HSM_ERR_PRINCIPAL_LOCKED,
+	           "User %s is %s; a crypto-officer must %s it", user->name,
+	           user->disabled ? "disabled" : "locked after repeated failed authentications",
+	           user->disabled ? "enable" : "unlock");
+	return HSM_SUCCESS;
 }
 
 hsm_result hsm_kms_auth_outcome(hsm_kms *kms, const char *user, bool success, uint32_t lock_after)

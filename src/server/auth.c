@@ -164,12 +164,14 @@ hsm_result hsm_server_authenticate(hsm_server *s, hsm_http_req *req, hsm_auth_re
 	HSM_TRY(find_cred(s, &a, &c));
 	res = hsm_sigv4_verify_scoped(&v.r, &a, &scope, c->signing_key);
 	if (res.err == HSM_ERR_BAD_SIGNATURE) {
-		count_failure(s, c->user.name);
+		if (!c->user.disabled && !c->user.locked)
+			count_failure(s, c->user.name);
 		res = HSM_FAIL(HSM_ERR_BAD_SIGNATURE,
 		               "The request signature we calculated does not match the signature you "
 		               "provided. Check your AWS Secret Access Key and signing method.");
 	}
 	HSM_TRY(res);
+	HSM_TRY(hsm_kms_user_admit(&c->user));
 	if (c->user.failed_auth > 0) {
 		HSM_TRY(hsm_kms_auth_outcome(s->kms, c->user.name, true, s->opt.lockout_threshold));
 		hsm_server_auth_flush(s);

@@ -367,7 +367,13 @@ def test_lockout_after_five_bad_signatures_survives_restart():
         # The correct signature is refused now, and so audited.
         r = signed_request(server, TARGET, BODY, akid=akid, secret=secret)
         refused(server, r, "AccessDeniedException", akid)
-        assert "locked" in r.json()["message"]
+        assert "locked" in r.json()["message"] and "lock-me" in r.json()["message"]
+        # Without the secret nobody learns the user's name or that it is locked; nor do
+        # more failures count.
+        r = signed_request(server, TARGET, BODY, akid=akid, secret=secret, mutate=BAD_SIG)
+        refused(server, r, "InvalidSignatureException", akid)
+        assert "lock" not in r.text and "lock-me" not in r.text
+        assert users(server)["lock-me"]["FailedAuthentications"] == 5
         # Still locked after a restart.
         server = restart_dev(server)
         r = signed_request(server, TARGET, BODY, akid=akid, secret=secret)
@@ -394,6 +400,11 @@ def test_disabled_user_is_refused(hsmd):
     r = signed_request(hsmd, TARGET, BODY, akid=akid, secret=secret)
     refused(hsmd, r, "AccessDeniedException", akid)
     assert "disabled" in r.json()["message"]
+    # A wrong signature learns nothing of it, and does not count toward a lockout.
+    r = signed_request(hsmd, TARGET, BODY, akid=akid, secret=secret, mutate=BAD_SIG)
+    refused(hsmd, r, "InvalidSignatureException", akid)
+    assert "disabled" not in r.text and "to-disable" not in r.text
+    assert users(hsmd)["to-disable"]["FailedAuthentications"] == 0
     admin(hsmd, "EnableUser", {"UserName": "to-disable"})
     good_call(hsmd, akid, secret)
 
