@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/encoding.h"
 #include "hsmctl/hsmctl.h"
 #include "hsmctl/local.h"
 
@@ -42,10 +43,16 @@ int hsmctl_cmd_status_local(int argc, char **argv)
 		r = hsm_store_key_count(l.store, &keys);
 	if (hsm_ok(r)) {
 		hsm_unseal_progress p;
+		hsm_ks_identity id;
+		char split[2 * HSM_KS_SET_ID_LEN + 1];
 		hsm_keystore_unseal_status(l.ks, &p);
-		printf("store: %s\nstate: %s\nquorum: %u\nkeys: %llu\nschema: %d\nversion: %s\n",
+		hsm_keystore_identity(l.ks, &id);
+		hsm_hex_encode_str(split, id.set_id, sizeof(id.set_id));
+		/* split: the "set" line of the current share files (Unseal never tells it). */
+		printf("store: %s\nstate: %s\nquorum: %u\nsplit: %s\nkeys: %llu\nschema: %d\n"
+		       "version: %s\n",
 		       hsm_keystore_store_id(l.ks), hsm_node_state_name(hsm_keystore_state(l.ks)),
-		       p.threshold, (unsigned long long)keys, hsm_store_schema_version(l.store),
+		       p.threshold, split, (unsigned long long)keys, hsm_store_schema_version(l.store),
 		       HSM_VERSION);
 	}
 	hsmctl_local_close(&l);

@@ -402,14 +402,19 @@ static hsm_result check_belongs(const hsm_share_set *set, const hsm_share *share
 {
 	HSM_ENSURE(strcmp(share->store_id, set->store_id) == 0, HSM_ERR_SHARE_MISMATCH,
 	           "share is for store %s, this store is %s", share->store_id, set->store_id);
+	/*
+	 * The current set id is not told: Unseal answers anyone, and a set id is
+	 * what a share made up by someone without one would lack (the check that
+	 * follows it is an unkeyed digest).  Operators read it with
+	 * `hsmctl status --data-dir`.
+	 */
 	if (!hsm_ct_equal(share->set_id, set->set_id, HSM_SHARE_SET_ID_LEN)) {
-		char theirs[2 * HSM_SHARE_SET_ID_LEN + 1], ours[2 * HSM_SHARE_SET_ID_LEN + 1];
+		char theirs[2 * HSM_SHARE_SET_ID_LEN + 1];
 		set_id_hex(share->set_id, theirs);
-		set_id_hex(set->set_id, ours);
 		return HSM_FAIL(HSM_ERR_SHARE_MISMATCH,
-		                "share is from a different split of the master key (set %s; this "
-		                "store's current split is set %s)",
-		                theirs, ours);
+		                "share is from a different split of the master key (set %s), not this "
+		                "store's current one: a later ceremony or rekey replaced it",
+		                theirs);
 	}
 	HSM_ENSURE(share->threshold == set->threshold && share->count == set->count,
 	           HSM_ERR_SHARE_MISMATCH, "share is from a %u-of-%u split, this store uses %u of %u",

@@ -214,6 +214,8 @@ def test_rekey_then_everything_works_with_the_new_shares_only(stopped):
     try:
         p = unseal(node, shares["alice"])
         assert p.returncode != 0 and "different split" in p.stderr, p.stderr
+        # Unseal answers anyone: it names the share's set, never the store's current one.
+        assert out["old share set"] in p.stderr and out["share set"] not in p.stderr, p.stderr
         assert unseal(node, new["zoe"]).returncode == 0
         assert unseal(node, new["xena"]).returncode == 0
         kms, use = client(node, *stopped["ops"]), client(node, *stopped["app"])  # access keys
@@ -240,6 +242,11 @@ def test_rekey_then_everything_works_with_the_new_shares_only(stopped):
     # The old shares open nothing the store holds; the audit trail verifies across the rekey.
     p = hsmctl("unseal", "--data-dir", data, shares["bob"], shares["carol"], shares["dave"])
     assert p.returncode == 1 and "different split" in p.stderr, p.stderr
+    # The operator, on the data directory, reads which split is current.
+    p = hsmctl("status", "--data-dir", data)
+    assert p.returncode == 0 and f"split: {out['share set']}\n" in p.stdout, p.stdout + p.stderr
+    with open(new["zoe"]) as f:
+        assert f"set {out['share set']}\n" in f.read()
     p = hsmctl("audit", "verify", "--pubkey", stopped["pubkey"],
                *sorted(glob.glob(os.path.join(data, "audit", "*.jsonl"))))
     assert p.returncode == 0 and "result: VALID" in p.stdout, p.stdout + p.stderr
