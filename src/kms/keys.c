@@ -277,7 +277,8 @@ hsm_result kms_destroy_due(hsm_kms *kms, const hsm_key_record *rec)
 	/*
 	 * Look again just before: the deletion may have been cancelled since the
 	 * listing, here or by another node sharing the store, or that node may
-	 * have destroyed the key already.
+	 * have destroyed the key already.  The store decides again under the
+	 * key's row lock, for what happens between this look and the write.
 	 */
 	hsm_key_record now_rec;
 	memset(&now_rec, 0, sizeof(now_rec));
@@ -286,7 +287,9 @@ hsm_result kms_destroy_due(hsm_kms *kms, const hsm_key_record *rec)
 	hsm_key_record_clear(&now_rec);
 	if (!due)
 		return HSM_SUCCESS;
-	hsm_result r = hsm_store_key_destroy(kms->store, rec->key_id, kms_now(kms));
+	hsm_result r = hsm_store_key_destroy_due(kms->store, rec->key_id, kms_now(kms));
+	if (r.err == HSM_ERR_INVALID_STATE)
+		return HSM_SUCCESS; /* cancelled or destroyed since the look above: nothing done */
 	kms_key_invalidate(kms, rec->key_id);
 	kms_aliases_changed(kms); /* the store deleted the key's aliases with it */
 	hsm_ks_forget(kms->ks, rec->key_id);

@@ -437,7 +437,14 @@ hsm_result hsm_store_key_destroy(hsm_store *s, const char *key_id, int64_t now)
 {
 	HSM_ASSERT(s != NULL);
 	HSM_GUARD(st_check_lookup(key_id, KEY_ID_CAP, "key"));
-	return s->ops->key_destroy(s, key_id, now);
+	return s->ops->key_destroy(s, key_id, now, false);
+}
+
+hsm_result hsm_store_key_destroy_due(hsm_store *s, const char *key_id, int64_t now)
+{
+	HSM_ASSERT(s != NULL);
+	HSM_GUARD(st_check_lookup(key_id, KEY_ID_CAP, "key"));
+	return s->ops->key_destroy(s, key_id, now, true);
 }
 
 hsm_result hsm_store_key_set_material(hsm_store *s, const char *key_id, hsm_key_update_fn fn,

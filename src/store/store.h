@@ -321,6 +321,15 @@ hsm_result hsm_store_key_update(hsm_store *s, const char *key_id, hsm_key_update
  * held the WAL) can simply be retried.
  */
 hsm_result hsm_store_key_destroy(hsm_store *s, const char *key_id, int64_t now) HSM_MUST_CHECK;
+/*
+ * The scheduler's destruction: the same, but decided under the key's row
+ * lock (in the write transaction) only if the key is still PendingDeletion
+ * with deletion_date <= now; otherwise HSM_ERR_INVALID_STATE and nothing
+ * changes (the deletion was cancelled meanwhile, or another node destroyed
+ * the key already).
+ */
+hsm_result hsm_store_key_destroy_due(hsm_store *s, const char *key_id,
+                                     int64_t now) HSM_MUST_CHECK;
 
 /*
  * Imports or erases one version's key material (KMS ImportKeyMaterial,

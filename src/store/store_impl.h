@@ -65,7 +65,8 @@ struct hsm_store_ops {
 	hsm_result (*key_get)(hsm_store *s, const char *key_id, hsm_key_record *out);
 	hsm_result (*key_update)(hsm_store *s, const char *key_id, hsm_key_update_fn fn, void *arg,
 	                         const hsm_version_record *add_version, hsm_key_record *after);
-	hsm_result (*key_destroy)(hsm_store *s, const char *key_id, int64_t now);
+	/* due_only: hsm_store_key_destroy_due */
+	hsm_result (*key_destroy)(hsm_store *s, const char *key_id, int64_t now, bool due_only);
 	/* fn may be NULL; material->key_id equals key_id. */
 	hsm_result (*key_set_material)(hsm_store *s, const char *key_id, hsm_key_update_fn fn,
 	                               void *arg, const hsm_version_record *material,

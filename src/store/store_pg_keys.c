@@ -191,6 +191,7 @@ typedef struct key_op {
 	hsm_key_record rec;
 	int64_t now;
 	uint32_t promote;        /* key_promote: the version made primary */
+	bool due_only;           /* key_destroy: only a key pending deletion and due */
 	hsm_rotation_type type;  /* key_promote: its rotation type */
 } key_op;
 
@@ -266,6 +267,9 @@ hsm_result pg_key_update(hsm_store *base, const char *key_id, hsm_key_update_fn 
 static const char SQL_KEY_LOCK[] = "SELECT 1 FROM keys WHERE id = $1 FOR UPDATE";
 static const char SQL_KEY_MARK_DESTROYED[] =
 	"UPDATE keys SET state = 'Destroyed', updated = $2 WHERE id = $1";
+static const char SQL_KEY_MARK_DUE_DESTROYED[] =
+	"UPDATE keys SET state = 'Destroyed', updated = $2 WHERE id = $1 "
+	"AND state = 'PendingDeletion' AND deletion_date <= $2";
 /*
  * An empty value, not NULL.  The row's new version holds no material; the old
  * version remains a dead tuple until VACUUM (store_pg.h, "Erasure").
@@ -283,7 +287,15 @@ static hsm_result key_destroy_body(pg_conn *w, void *arg)
 	pg_params_init(&p);
 	pg_p_text(&p, op->key_id);
 	pg_p_i64(&p, op->now);
-	HSM_GUARD(pg_run(w, SQL_KEY_MARK_DESTROYED, &p, NULL));
+	PGresult *r = NULL;
+	HSM_GUARD(pg_run(w, op->due_only ? SQL_KEY_MARK_DUE_DESTROYED : SQL_KEY_MARK_DESTROYED, &p,
+	                 &r));
+	bool marked = strcmp(PQcmdTuples(r), "1") == 0;
+	PQclear(r);
+	/* Read under the row lock taken above: a cancellation committed meanwhile shows. */
+	HSM_ENSURE(marked, HSM_ERR_INVALID_STATE,
+	           "key %s is no longer pending deletion and due (cancelled, or destroyed already)",
+	           op->key_id);
 	pg_params_init(&p);
 	pg_p_text(&p, op->key_id);
 	HSM_GUARD(pg_run(w, SQL_VERSIONS_ERASE, &p, NULL));
@@ -291,9 +303,9 @@ static hsm_result key_destroy_body(pg_conn *w, void *arg)
 	return pg_grant_delete_for_key_in(w, op->key_id);
 }
 
-hsm_result pg_key_destroy(hsm_store *base, const char *key_id, int64_t now)
+hsm_result pg_key_destroy(hsm_store *base, const char *key_id, int64_t now, bool due_only)
 {
-	key_op op = {.key_id = key_id, .now = now};
+	key_op op = {.key_id = key_id, .now = now, .due_only = due_only};
 	return pg_write(pg_of(base), key_destroy_body, &op);
 }
 

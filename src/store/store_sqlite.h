@@ -185,7 +185,7 @@ hsm_result sq_key_create(hsm_store *s, const hsm_key_record *key, const hsm_vers
 hsm_result sq_key_get(hsm_store *s, const char *key_id, hsm_key_record *out);
 hsm_result sq_key_update(hsm_store *s, const char *key_id, hsm_key_update_fn fn, void *arg,
                          const hsm_version_record *add_version, hsm_key_record *after);
-hsm_result sq_key_destroy(hsm_store *s, const char *key_id, int64_t now);
+hsm_result sq_key_destroy(hsm_store *s, const char *key_id, int64_t now, bool due_only);
 hsm_result sq_key_set_material(hsm_store *s, const char *key_id, hsm_key_update_fn fn, void *arg,
                                const hsm_version_record *material, hsm_key_record *after);
 hsm_result sq_key_promote(hsm_store *s, const char *key_id, uint32_t version, int64_t now,

@@ -270,6 +270,9 @@ hsm_result sq_key_update(hsm_store *base, const char *key_id, hsm_key_update_fn 
 
 static const char SQL_KEY_MARK_DESTROYED[] =
 	"UPDATE keys SET state = 'Destroyed', updated = ?2 WHERE id = ?1";
+static const char SQL_KEY_MARK_DUE_DESTROYED[] =
+	"UPDATE keys SET state = 'Destroyed', updated = ?2 WHERE id = ?1 "
+	"AND state = 'PendingDeletion' AND deletion_date <= ?2";
 /* An empty blob, not NULL: the column stays NOT NULL and records read back as empty. */
 static const char SQL_VERSIONS_ERASE[] = "UPDATE key_versions SET wrapped = x'' WHERE key_id = ?1";
 
@@ -285,16 +288,21 @@ static hsm_result run_for_key(sq_conn *w, const char *sql, const char *key_id, c
 	return res;
 }
 
-static hsm_result key_destroy_in(sq_conn *w, const char *key_id, int64_t now)
+static hsm_result key_destroy_in(sq_conn *w, const char *key_id, int64_t now, bool due_only)
 {
 	HSM_GUARD(sq_key_require(w, key_id));
-	HSM_GUARD(run_for_key(w, SQL_KEY_MARK_DESTROYED, key_id, &now));
+	HSM_GUARD(run_for_key(w, due_only ? SQL_KEY_MARK_DUE_DESTROYED : SQL_KEY_MARK_DESTROYED,
+	                      key_id, &now));
+	/* Inside the write transaction: a cancellation committed before it shows. */
+	HSM_ENSURE(sqlite3_changes(w->db) == 1, HSM_ERR_INVALID_STATE,
+	           "key %s is no longer pending deletion and due (cancelled, or destroyed already)",
+	           key_id);
 	HSM_GUARD(run_for_key(w, SQL_VERSIONS_ERASE, key_id, NULL));
 	HSM_GUARD(sq_alias_delete_for_key_in(w, key_id));
 	return sq_grant_delete_for_key_in(w, key_id);
 }
 
-hsm_result sq_key_destroy(hsm_store *base, const char *key_id, int64_t now)
+hsm_result sq_key_destroy(hsm_store *base, const char *key_id, int64_t now, bool due_only)
 {
 	sq_store *s = sq_of(base);
 	sq_conn *w;
@@ -304,7 +312,7 @@ hsm_result sq_key_destroy(hsm_store *base, const char *key_id, int64_t now)
 	 * truncating checkpoint then writes those pages home and empties the WAL,
 	 * whose older frames still held the material.
 	 */
-	return sq_write_end_scrub(s, w, key_destroy_in(w, key_id, now));
+	return sq_write_end_scrub(s, w, key_destroy_in(w, key_id, now, due_only));
 }
 
 /* A version in use: all but its identity and history; its digest only while unset. */

@@ -662,6 +662,47 @@ static void test_keys_due(void **state)
 	EXPECT_ERR(hsm_store_keys_due(f->s, 1000, 0, on_due, &d), HSM_ERR_VALIDATION);
 }
 
+/*
+ * The scheduler's destruction decides in its own transaction: a key whose
+ * deletion was cancelled after the scheduler looked, one not due yet and one
+ * destroyed already are left as they are.
+ */
+static void test_destroy_due_decides_under_the_lock(void **state)
+{
+	st_fixture *f = *state;
+	hsm_key_record got = {0};
+	hsm_version_record gv = {0};
+	add_due_key(f->s, "due", HSM_KEY_PENDING_DELETION, 900, false, 0);
+	add_due_key(f->s, "later", HSM_KEY_PENDING_DELETION, 5000, false, 0);
+	add_due_key(f->s, "cancelled", HSM_KEY_PENDING_DELETION, 900, false, 0);
+	/* CancelKeyDeletion's write, committed after the scheduler listed the key. */
+	edit e = {.description = "test key", .state = HSM_KEY_DISABLED, .deletion_date = 0};
+	EXPECT_OK(hsm_store_key_update(f->s, "cancelled", apply_edit, &e, NULL, NULL));
+	const char *kept[] = {"later", "cancelled"};
+	for (size_t i = 0; i < 2; i++) {
+		EXPECT_ERR(hsm_store_key_destroy_due(f->s, kept[i], 1000), HSM_ERR_INVALID_STATE);
+		EXPECT_OK(hsm_store_key_get(f->s, kept[i], &got));
+		assert_int_not_equal(got.state, HSM_KEY_DESTROYED);
+		hsm_key_record_clear(&got);
+		EXPECT_OK(hsm_store_version_get(f->s, kept[i], 1, &gv));
+		assert_true(gv.wrapped.len > 0); /* the material is still there */
+		hsm_version_record_clear(&gv);
+	}
+	EXPECT_OK(hsm_store_key_destroy_due(f->s, "due", 1000));
+	EXPECT_OK(hsm_store_key_get(f->s, "due", &got));
+	assert_int_equal(got.state, HSM_KEY_DESTROYED);
+	hsm_key_record_clear(&got);
+	EXPECT_OK(hsm_store_version_get(f->s, "due", 1, &gv));
+	assert_int_equal(gv.wrapped.len, 0);
+	hsm_version_record_clear(&gv);
+	/* A second destruction (another node's) finds it done and changes nothing. */
+	EXPECT_ERR(hsm_store_key_destroy_due(f->s, "due", 1001), HSM_ERR_INVALID_STATE);
+	EXPECT_OK(hsm_store_key_get(f->s, "due", &got));
+	assert_int_equal(got.updated, 1000);
+	hsm_key_record_clear(&got);
+	EXPECT_ERR(hsm_store_key_destroy_due(f->s, "nobody", 1000), HSM_ERR_NOT_FOUND);
+}
+
 /* ---- Versions --------------------------------------------------------------------------------- */
 
 static hsm_result collect_version(const hsm_version_record *v, void *arg)
@@ -713,6 +754,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_jwt_key_list, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_jwt_index_added_to_an_older_store, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_keys_due, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_destroy_due_decides_under_the_lock, st_setup,
+		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_versions, st_setup, st_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
