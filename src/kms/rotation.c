@@ -92,6 +92,12 @@ static hsm_result make_primary(hsm_key_record *rec, void *arg)
 	const rotate_arg *a = arg;
 	HSM_ENSURE(rec->primary_version + 1 == a->new_version, HSM_ERR_CONFLICT,
 	           "another rotation of %s is in progress", rec->key_id);
+	/* Decided again under the row lock: a DisableKey, DisableKeyRotation or
+	 * ScheduleKeyDeletion may have been committed since the scheduler looked. */
+	if (a->automatic)
+		HSM_ENSURE(rec->state == HSM_KEY_ENABLED && rec->rotation_enabled &&
+		               rec->next_rotation <= a->now,
+		           HSM_ERR_CONFLICT, "the rotation of %s is no longer due", rec->key_id);
 	rec->primary_version = a->new_version;
 	/* Both kinds of rotation restart the automatic rotation period. */
 	if (rec->rotation_enabled)
@@ -185,10 +191,17 @@ hsm_result kms_rotate_due(hsm_kms *kms, const hsm_key_record *rec)
 		r = k->rec.origin == HSM_ORIGIN_EXTERNAL
 		        ? kms_promote_pending(kms, NULL, k, HSM_ROTATION_AUTOMATIC, &after)
 		        : rotate(kms, NULL, k, true, &after);
-		kms_emit(kms, "RotateKey", rec->key_id, hsm_ok(r) ? after.primary_version : 0, r);
-		if (hsm_ok(r))
-			hsm_info("key %s rotated automatically to version %u", rec->key_id,
-			         after.primary_version);
+		if (r.err == HSM_ERR_CONFLICT) {
+			/* Changed meanwhile (rotated by another node, disabled, taken off
+			 * rotation, scheduled for deletion): nothing was done. */
+			r = HSM_SUCCESS;
+		} else {
+			kms_emit(kms, "RotateKey", rec->key_id, hsm_ok(r) ? after.primary_version : 0,
+			         r);
+			if (hsm_ok(r))
+				hsm_info("key %s rotated automatically to version %u", rec->key_id,
+				         after.primary_version);
+		}
 	}
 	hsm_key_record_clear(&after);
 	kms_key_release(k);

@@ -235,6 +235,89 @@ static void test_destruction_after_waiting_period(void **state)
 	hsm_key_record_clear(&k);
 }
 
+/*
+ * Another node's change committed between the scheduler's look at a key and
+ * its write: a clock whose n-th reading makes the change straight in the
+ * store (the scheduler reads the clock right after it looked).
+ */
+typedef struct racing_clock {
+	fx *f;
+	int calls, at;
+	const char *key_id;
+	hsm_key_update_fn change;
+} racing_clock;
+
+static int64_t racing_now(void *arg)
+{
+	racing_clock *c = arg;
+	if (++c->calls == c->at)
+		assert_true(hsm_ok(hsm_store_key_update(c->f->store, c->key_id, c->change, NULL, NULL,
+		                                        NULL)));
+	return c->f->now;
+}
+
+static hsm_result disable_in_store(hsm_key_record *rec, void *arg)
+{
+	(void)arg;
+	rec->state = HSM_KEY_DISABLED;
+	return HSM_SUCCESS;
+}
+
+static hsm_result cancel_in_store(hsm_key_record *rec, void *arg)
+{
+	(void)arg;
+	rec->state = HSM_KEY_DISABLED; /* what CancelKeyDeletion writes */
+	rec->deletion_date = 0;
+	return HSM_SUCCESS;
+}
+
+static void test_scheduled_work_decides_under_the_row_lock(void **state)
+{
+	fx *f = *state;
+	static racing_clock c; /* the service reads it until tear-down */
+	hsm_key_record k, d, got;
+	hsm_version_record v;
+	size_t done = 0;
+	memset(&got, 0, sizeof(got));
+	memset(&v, 0, sizeof(v));
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, NULL, &k);
+	assert_true(hsm_ok(hsm_kms_enable_rotation(f->kms, &officer, k.key_id, 1)));
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, NULL, &d);
+	memset(&got, 0, sizeof(got));
+	assert_true(hsm_ok(hsm_kms_schedule_deletion(f->kms, &officer, d.key_id, 7, &got)));
+	hsm_key_record_clear(&got);
+	f->now += 7 * 86400;
+	/* A rotation due, and the key disabled after the scheduler looked: not rotated. */
+	c = (racing_clock){f, 0, 2, k.key_id, disable_in_store};
+	hsm_kms_set_clock(f->kms, racing_now, &c);
+	/* One key at a time: the destruction is due too, so take the rotation alone first. */
+	hsm_key_record due_rot;
+	memset(&due_rot, 0, sizeof(due_rot));
+	assert_true(hsm_ok(hsm_store_key_get(f->store, k.key_id, &due_rot)));
+	c.calls = 1; /* as if hsm_kms_run_due had read the clock for its listing */
+	assert_true(hsm_ok(kms_rotate_due(f->kms, &due_rot)));
+	hsm_key_record_clear(&due_rot);
+	assert_true(c.calls >= 2);
+	assert_true(hsm_ok(hsm_store_key_get(f->store, k.key_id, &got)));
+	assert_int_equal(got.state, HSM_KEY_DISABLED);
+	assert_int_equal(got.primary_version, 1);
+	hsm_key_record_clear(&got);
+	assert_int_equal(hsm_store_version_get(f->store, k.key_id, 2, &v).err, HSM_ERR_NOT_FOUND);
+	/* A destruction due, and the deletion cancelled after the scheduler looked: kept. */
+	c = (racing_clock){f, 0, 2, d.key_id, cancel_in_store};
+	assert_true(hsm_ok(hsm_kms_run_due(f->kms, &done)));
+	assert_true(c.calls >= 2);
+	assert_true(hsm_ok(hsm_store_key_get(f->store, d.key_id, &got)));
+	assert_int_equal(got.state, HSM_KEY_DISABLED);
+	hsm_key_record_clear(&got);
+	assert_true(hsm_ok(hsm_store_version_get(f->store, d.key_id, 1, &v)));
+	assert_true(v.wrapped.len > 0);
+	hsm_version_record_clear(&v);
+	c.at = 0;
+	hsm_key_record_clear(&k);
+	hsm_key_record_clear(&d);
+}
+
 static void test_rotation_keeps_old_versions(void **state)
 {
 	fx *f = *state;
@@ -624,6 +707,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_state_rules, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_gcm, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_destruction_after_waiting_period, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_scheduled_work_decides_under_the_row_lock, setup,
+	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_rotation_keeps_old_versions, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_scheduled_work_listed_stale_is_left_alone, setup,
 	                                    kms_fx_teardown),
