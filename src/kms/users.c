@@ -76,8 +76,9 @@ hsm_result hsm_kms_user_set_disabled(hsm_kms *kms, const hsm_caller *caller, con
 	HSM_GUARD(require_officer(caller));
 	HSM_GUARD(load_user(kms, name, &u));
 	HSM_GUARD(hsm_caller_commit(caller));
-	u.disabled = disabled;
-	return hsm_store_user_put(kms->store, &u);
+	/* The one column: a lockout or another change made meanwhile stays. */
+	return hsm_store_user_change(kms->store, name,
+	                             disabled ? HSM_USER_DISABLE : HSM_USER_ENABLE);
 }
 
 hsm_result hsm_kms_user_unlock(hsm_kms *kms, const hsm_caller *caller, const char *name)
@@ -86,9 +87,8 @@ hsm_result hsm_kms_user_unlock(hsm_kms *kms, const hsm_caller *caller, const cha
 	HSM_GUARD(require_officer(caller));
 	HSM_GUARD(load_user(kms, name, &u));
 	HSM_GUARD(hsm_caller_commit(caller));
-	u.locked = false;
-	u.failed_auth = 0;
-	return hsm_store_user_put(kms->store, &u);
+	/* Only the lockout's columns: a DisableUser made meanwhile stays. */
+	return hsm_store_user_change(kms->store, name, HSM_USER_UNLOCK);
 }
 
 /* "AKIA" + 16 characters of RFC 4648 base32, like AWS access key ids. */

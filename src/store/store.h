@@ -642,6 +642,17 @@ hsm_result hsm_store_user_create(hsm_store *s, const hsm_user_record *u) HSM_MUS
 hsm_result hsm_store_user_get(hsm_store *s, const char *name, hsm_user_record *out) HSM_MUST_CHECK;
 /* Replaces the mutable fields (role, disabled, locked, failed_auth); NOT_FOUND when absent. */
 hsm_result hsm_store_user_put(hsm_store *s, const hsm_user_record *u) HSM_MUST_CHECK;
+/* One change of one user, written alone (one UPDATE of the columns it
+ * touches), so changes made at the same time by other nodes or threads
+ * (another of these, a failed authentication) are neither undone nor lost. */
+typedef enum hsm_user_change {
+	HSM_USER_DISABLE, /* disabled = true */
+	HSM_USER_ENABLE,  /* disabled = false */
+	HSM_USER_UNLOCK,  /* locked = false, failed_auth = 0 */
+} hsm_user_change;
+/* NOT_FOUND when there is no such user. */
+hsm_result hsm_store_user_change(hsm_store *s, const char *name,
+                                 hsm_user_change change) HSM_MUST_CHECK;
 /*
  * Records an authentication outcome atomically: success resets the counter
  * (it does not unlock a locked user: callers refuse locked users before

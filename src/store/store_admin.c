@@ -39,6 +39,16 @@ hsm_result hsm_store_user_get(hsm_store *s, const char *name, hsm_user_record *o
 	return s->ops->user_get(s, name, out);
 }
 
+hsm_result hsm_store_user_change(hsm_store *s, const char *name, hsm_user_change change)
+{
+	HSM_ASSERT(s != NULL);
+	HSM_GUARD(st_check_lookup(name, USER_CAP, "user"));
+	HSM_ENSURE(change == HSM_USER_DISABLE || change == HSM_USER_ENABLE ||
+	               change == HSM_USER_UNLOCK,
+	           HSM_ERR_VALIDATION, "not a user change");
+	return s->ops->user_change(s, name, change);
+}
+
 hsm_result hsm_store_user_put(hsm_store *s, const hsm_user_record *u)
 {
 	HSM_ASSERT(s != NULL);

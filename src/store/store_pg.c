@@ -438,6 +438,7 @@ static const hsm_store_ops pg_ops = {
 	.user_create = pg_user_create,
 	.user_get = pg_user_get,
 	.user_put = pg_user_put,
+	.user_change = pg_user_change,
 	.user_auth_result = pg_user_auth_result,
 	.user_list = pg_user_list,
 	.access_key_create = pg_access_key_create,

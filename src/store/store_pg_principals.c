@@ -106,6 +106,11 @@ static const char SQL_USER_INSERT[] = "INSERT INTO users (" PG_USER_COLS ") "
                                       "VALUES ($1, $2, $3, $4, $5, $6)";
 static const char SQL_USER_PUT[] = "UPDATE users SET roles = $2, disabled = $3, locked = $4, "
                                    "failed_auth = $5 WHERE name = $1";
+static const char *const SQL_USER_CHANGE[] = {
+    [HSM_USER_DISABLE] = "UPDATE users SET disabled = true WHERE name = $1",
+    [HSM_USER_ENABLE] = "UPDATE users SET disabled = false WHERE name = $1",
+    [HSM_USER_UNLOCK] = "UPDATE users SET locked = false, failed_auth = 0 WHERE name = $1",
+};
 static const char SQL_USER_GET[] = "SELECT " PG_USER_COLS " FROM users WHERE name = $1";
 static const char SQL_USER_LIST[] = "SELECT " PG_USER_COLS " FROM users ORDER BY name";
 /*
@@ -153,6 +158,7 @@ typedef struct user_op {
 	hsm_access_key_record key_rec;
 	bool active;
 	st_vec v;
+	hsm_user_change change;
 } user_op;
 
 static hsm_result user_create_body(pg_conn *w, void *arg)
@@ -183,6 +189,26 @@ static hsm_result user_put_body(pg_conn *w, void *arg)
 	user_op *op = arg;
 	HSM_GUARD(user_require(w, SQL_USER_EXISTS, op->in->name));
 	return user_write(w, false, op->in);
+}
+
+static hsm_result user_change_body(pg_conn *w, void *arg)
+{
+	const user_op *op = arg;
+	pg_params p;
+	PGresult *r = NULL;
+	pg_params_init(&p);
+	pg_p_text(&p, op->name);
+	HSM_GUARD(pg_run(w, SQL_USER_CHANGE[op->change], &p, &r));
+	bool found = strcmp(PQcmdTuples(r), "0") != 0;
+	PQclear(r);
+	HSM_ENSURE(found, HSM_ERR_NOT_FOUND, "user %s does not exist", op->name);
+	return HSM_SUCCESS;
+}
+
+hsm_result pg_user_change(hsm_store *base, const char *name, hsm_user_change change)
+{
+	user_op op = {.name = name, .change = change};
+	return pg_write(pg_of(base), user_change_body, &op);
 }
 
 hsm_result pg_user_put(hsm_store *base, const hsm_user_record *u)

@@ -429,6 +429,7 @@ static const hsm_store_ops sqlite_ops = {
 	.user_create = sq_user_create,
 	.user_get = sq_user_get,
 	.user_put = sq_user_put,
+	.user_change = sq_user_change,
 	.user_auth_result = sq_user_auth_result,
 	.user_list = sq_user_list,
 	.access_key_create = sq_access_key_create,

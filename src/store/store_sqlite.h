@@ -249,6 +249,7 @@ hsm_result sq_usage_since(hsm_store *s, int64_t *out);
 hsm_result sq_user_create(hsm_store *s, const hsm_user_record *u);
 hsm_result sq_user_get(hsm_store *s, const char *name, hsm_user_record *out);
 hsm_result sq_user_put(hsm_store *s, const hsm_user_record *u);
+hsm_result sq_user_change(hsm_store *s, const char *name, hsm_user_change change);
 hsm_result sq_user_auth_result(hsm_store *s, const char *name, bool success, uint32_t lock_after,
                                hsm_user_record *out);
 hsm_result sq_user_list(hsm_store *s, hsm_user_cb cb, void *arg);

@@ -100,6 +100,11 @@ static const char SQL_USER_INSERT[] = "INSERT INTO users (" USER_COLS ") "
                                       "VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 static const char SQL_USER_PUT[] = "UPDATE users SET role = ?2, disabled = ?3, locked = ?4, "
                                    "failed_auth = ?5 WHERE name = ?1";
+static const char *const SQL_USER_CHANGE[] = {
+    [HSM_USER_DISABLE] = "UPDATE users SET disabled = 1 WHERE name = ?1",
+    [HSM_USER_ENABLE] = "UPDATE users SET disabled = 0 WHERE name = ?1",
+    [HSM_USER_UNLOCK] = "UPDATE users SET locked = 0, failed_auth = 0 WHERE name = ?1",
+};
 static const char SQL_USER_GET[] = "SELECT " USER_COLS " FROM users WHERE name = ?1";
 static const char SQL_USER_LIST[] = "SELECT " USER_COLS " FROM users ORDER BY name";
 /*
@@ -166,6 +171,26 @@ static hsm_result user_put_in(sq_conn *w, const hsm_user_record *u)
 {
 	HSM_GUARD(user_require(w, u->name));
 	return user_write(w, false, u);
+}
+
+static hsm_result user_change_in(sq_conn *w, const char *name, hsm_user_change change)
+{
+	sqlite3_stmt *st;
+	HSM_GUARD(sq_prepare(w, SQL_USER_CHANGE[change], &st));
+	sq_bind_text(w, st, 1, name);
+	hsm_result res = sq_exec(w, st);
+	sq_reset(st);
+	HSM_GUARD(res);
+	HSM_ENSURE(sqlite3_changes(w->db) == 1, HSM_ERR_NOT_FOUND, "user %s does not exist", name);
+	return HSM_SUCCESS;
+}
+
+hsm_result sq_user_change(hsm_store *base, const char *name, hsm_user_change change)
+{
+	sq_store *s = sq_of(base);
+	sq_conn *w;
+	HSM_GUARD(sq_write_begin(s, &w));
+	return sq_write_end(s, w, user_change_in(w, name, change));
 }
 
 hsm_result sq_user_put(hsm_store *base, const hsm_user_record *u)

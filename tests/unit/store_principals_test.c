@@ -122,6 +122,37 @@ static void test_auth_result_counts_and_locks(void **state)
 	EXPECT_ERR(hsm_store_user_auth_result(f->s, "nobody", false, 3, &got), HSM_ERR_NOT_FOUND);
 }
 
+/* Each change writes its own columns: a lockout and a DisableUser made meanwhile both stay. */
+static void test_user_changes_touch_their_columns_only(void **state)
+{
+	st_fixture *f = *state;
+	hsm_user_record u, got;
+	user(&u, "erin", HSM_ROLE_CRYPTO_USER);
+	EXPECT_OK(hsm_store_user_create(f->s, &u));
+	for (int i = 0; i < 3; i++)
+		EXPECT_OK(hsm_store_user_auth_result(f->s, "erin", false, 3, NULL));
+	/* Disabling (an officer who read the user before the lockout) keeps the lockout. */
+	EXPECT_OK(hsm_store_user_change(f->s, "erin", HSM_USER_DISABLE));
+	EXPECT_OK(hsm_store_user_get(f->s, "erin", &got));
+	assert_true(got.disabled && got.locked);
+	assert_int_equal(got.failed_auth, 3);
+	/* Unlocking (an officer who read the user before it was disabled) keeps it disabled. */
+	EXPECT_OK(hsm_store_user_change(f->s, "erin", HSM_USER_UNLOCK));
+	EXPECT_OK(hsm_store_user_get(f->s, "erin", &got));
+	assert_true(got.disabled);
+	assert_false(got.locked);
+	assert_int_equal(got.failed_auth, 0);
+	EXPECT_OK(hsm_store_user_auth_result(f->s, "erin", false, 3, NULL));
+	EXPECT_OK(hsm_store_user_change(f->s, "erin", HSM_USER_ENABLE));
+	st_reopen(f);
+	EXPECT_OK(hsm_store_user_get(f->s, "erin", &got));
+	assert_false(got.disabled || got.locked);
+	assert_int_equal(got.failed_auth, 1); /* the failure counted meanwhile stays */
+	assert_int_equal(got.roles, 1U << HSM_ROLE_CRYPTO_USER);
+	EXPECT_ERR(hsm_store_user_change(f->s, "nobody", HSM_USER_UNLOCK), HSM_ERR_NOT_FOUND);
+	EXPECT_ERR(hsm_store_user_change(f->s, "erin", (hsm_user_change)7), HSM_ERR_VALIDATION);
+}
+
 /* ---- Access keys ------------------------------------------------------------------------ */
 
 typedef struct aks {
@@ -209,6 +240,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_user_crud, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_auth_result_counts_and_locks, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_user_changes_touch_their_columns_only, st_setup,
+		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_access_keys, st_setup, st_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
