@@ -338,7 +338,11 @@ hsm_result hsm_copy_file_into(const char *path, const char *dir)
 	int src = -1, dst = -1;
 	uint8_t *buf = malloc(COPY_CHUNK);
 	HSM_CHECK(buf != NULL, HSM_ERR_NOMEM, "out of memory");
-	HSM_TRY(hsm_mkdir_p(dir));
+	struct stat st;
+	HSM_CHECK(stat(dir, &st) == 0 && S_ISDIR(st.st_mode), HSM_ERR_IO,
+	          "%s is not there (or not a directory): a copy never makes it again, which on a "
+	          "mount that went away would put the copy on this machine's own disk",
+	          dir);
 	HSM_CHECK((size_t)snprintf(final, sizeof(final), "%s/%s", dir, name) < sizeof(final) &&
 	              (size_t)snprintf(tmp, sizeof(tmp), "%s/.%s.part", dir, name) < sizeof(tmp),
 	          HSM_ERR_VALIDATION, "path too long: %s/%s", dir, name);

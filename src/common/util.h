@@ -109,7 +109,9 @@ hsm_result hsm_write_file_atomic(const char *path, const void *p, size_t n,
 /*
  * Copies the file at path into dir under its own name, durably: a temporary
  * ".NAME.part" in dir (mode 0600), fsync, rename over NAME, fsync of dir.
- * The temporary is removed on failure; dir is created if missing.
+ * The temporary is removed on failure.  dir must exist (HSM_ERR_IO
+ * otherwise): callers make it at start, and a copy directory that vanished
+ * since (a mount gone) must fail the copy, not be made again on local disk.
  */
 hsm_result hsm_copy_file_into(const char *path, const char *dir) HSM_MUST_CHECK;
 /* The file name of a path: what follows its last '/' (the whole path without one). */

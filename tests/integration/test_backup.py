@@ -387,6 +387,12 @@ def test_a_failed_copy_is_a_copy_failure_not_a_failed_backup():
         assert metric(server, "hsmd_backup_failures_total") == 0
         ev = backup_events(server, 2)
         assert ev[1]["extra"]["copy"] == "made" and "copy_error" not in ev[1]["extra"], ev
+        # Gone altogether (a mount that went away): a failed copy, not one made on the
+        # local disk in a directory made again.
+        shutil.rmtree(copy_dir)
+        made = admin(server, "CreateBackup")
+        assert made["Copied"] is False and not os.path.exists(copy_dir)
+        assert metric(server, "hsmd_backup_copy_failures_total") == 2
     finally:
         server.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
