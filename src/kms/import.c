@@ -344,7 +344,7 @@ static hsm_result plan_import(const kms_key *k, const materials *m, const hsm_im
 		           k->arn);
 		p->want_match = true;
 		if (req->material_id != NULL) {
-			const hsm_version_record *v;
+			const hsm_version_record *v = NULL;
 			HSM_GUARD(materials_by_id(m, k, req->material_id, &v));
 			plan_add(p, v);
 		} else {

@@ -21,7 +21,7 @@
 
 static hsm_proxy_parse parse_exact(const uint8_t *p, size_t n, hsm_proxy_header *h)
 {
-	uint8_t *copy = malloc(n > 0 ? n : 1); /* exact size: ASan sees overreads */
+	uint8_t *copy = calloc(n > 0 ? n : 1, 1); /* exact size: ASan sees overreads */
 	FUZZ_ASSERT(copy != NULL);
 	if (n > 0)
 		memcpy(copy, p, n);
