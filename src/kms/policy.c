@@ -304,7 +304,8 @@ static hsm_result parse_effect_sid(pol_arena *a, json_t *obj, size_t stmt, pol_s
 	return HSM_SUCCESS;
 }
 
-static hsm_result parse_statement(pol_arena *a, json_t *obj, size_t stmt, pol_statement *st)
+static hsm_result parse_statement(pol_arena *a, json_t *obj, size_t stmt, bool variables,
+                                  pol_statement *st)
 {
 	json_t *v;
 	HSM_ENSURE(json_is_object(obj), MALFORMED, "Statement %zu must be an object.", stmt);
@@ -321,7 +322,7 @@ static hsm_result parse_statement(pol_arena *a, json_t *obj, size_t stmt, pol_st
 	                      valid_resource, &st->resources, &st->n_resources));
 	v = json_object_get(obj, "Condition");
 	if (v != NULL)
-		HSM_GUARD(hsm_pol_parse_conditions(a, v, stmt, &st->conds, &st->n_conds));
+		HSM_GUARD(hsm_pol_parse_conditions(a, v, stmt, variables, &st->conds, &st->n_conds));
 	return HSM_SUCCESS;
 }
 
@@ -344,11 +345,13 @@ static hsm_result parse_document(hsm_policy *p, json_t *root)
 	HSM_ENSURE(json_is_object(root), MALFORMED, "The policy document must be a JSON object.");
 	HSM_GUARD(check_fields(root, top_fields, 3, 0));
 	json_t *version = json_object_get(root, "Version");
+	bool variables = false; /* without a Version, IAM reads a policy as 2008-10-17 */
 	if (version != NULL) {
 		const char *s = plain_string(version);
 		/* IAM User Guide, "IAM JSON policy elements: Version". */
 		HSM_ENSURE(s != NULL && (strcmp(s, "2012-10-17") == 0 || strcmp(s, "2008-10-17") == 0),
 		           MALFORMED, "Version must be \"2012-10-17\" or \"2008-10-17\".");
+		variables = strcmp(s, "2012-10-17") == 0;
 	}
 	json_t *id = json_object_get(root, "Id");
 	HSM_ENSURE(id == NULL || plain_string(id) != NULL, MALFORMED, "Id must be a string.");
@@ -361,7 +364,7 @@ static hsm_result parse_document(hsm_policy *p, json_t *root)
 	HSM_ENSURE(p->statements != NULL, HSM_ERR_NOMEM, "out of memory");
 	for (size_t i = 0; i < n; i++) {
 		json_t *obj = json_is_array(stmts) ? json_array_get(stmts, i) : stmts;
-		HSM_GUARD(parse_statement(&p->arena, obj, i + 1, &p->statements[i]));
+		HSM_GUARD(parse_statement(&p->arena, obj, i + 1, variables, &p->statements[i]));
 		p->n_statements = i + 1;
 	}
 	return check_unique_sids(p);

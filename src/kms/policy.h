@@ -69,7 +69,9 @@
  * without them.  Keys of other services are always absent.  A kms: or aws:
  * key that neither service defines is refused as malformed, so a misspelt
  * key cannot silently disable a Deny.  Condition key names are
- * case-insensitive.  Policy variables (${aws:username}) are not expanded.
+ * case-insensitive.  In Version 2012-10-17 policies, String and Arn values
+ * expand the policy variables listed in policy_internal.h and refuse any
+ * other "${...}" as malformed; other versions keep them as text.
  *
  * Ownership: hsm_policy is immutable after parse and may be evaluated from
  * several threads at once.  Evaluation allocates nothing and reads only

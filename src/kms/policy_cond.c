@@ -112,6 +112,17 @@ bool hsm_pol_number(const char *s, double *out)
 	       errno == 0 && isfinite(*out);
 }
 
+bool hsm_pol_eq_ic_n(const char *a, const char *b, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		char x = (a[i] >= 'A' && a[i] <= 'Z') ? (char)(a[i] - 'A' + 'a') : a[i];
+		char y = (b[i] >= 'A' && b[i] <= 'Z') ? (char)(b[i] - 'A' + 'a') : b[i];
+		if (x != y || x == '\0')
+			return x == y;
+	}
+	return true;
+}
+
 bool hsm_pol_eq_ic(const char *a, const char *b)
 {
 	for (;; a++, b++) {
@@ -259,8 +270,50 @@ static hsm_result typed_value(pol_condition *c, size_t i, size_t stmt, double *n
 	return HSM_SUCCESS;
 }
 
+/* The variables hsmd expands (policy_internal.h), in any case. */
+static const char *const expanded_vars[] = {"aws:username", "aws:PrincipalArn",
+                                            "aws:PrincipalAccount", "kms:CallerAccount"};
+
+/*
+ * A String or Arn value of a 2012-10-17 policy: each "${...}" must be a
+ * variable hsmd expands, so that none is compared as literal text (which
+ * would let a request that sends the literal through, and nobody else).
+ */
+static hsm_result check_variables(const char *s, size_t stmt, pol_condition *c)
+{
+	bool like = c->base == POL_OP_LIKE;
+	size_t n = 0;
+	for (const char *p = strstr(s, "${"); p != NULL; p = strstr(p, "${")) {
+		const char *end = strchr(p + 2, '}');
+		HSM_ENSURE(end != NULL, MALFORMED,
+		           "Statement %zu: '${' opens a policy variable that is not closed (write ${$} "
+		           "for a '$').",
+		           stmt);
+		size_t len = (size_t)(end - p - 2);
+		bool known = len == 1 && (p[2] == '$' || (!like && (p[2] == '*' || p[2] == '?')));
+		for (size_t i = 0; i < COUNT(expanded_vars) && !known; i++)
+			known = strlen(expanded_vars[i]) == len &&
+			        hsm_pol_eq_ic_n(p + 2, expanded_vars[i], len);
+		HSM_ENSURE(known, MALFORMED,
+		           "Statement %zu: policy variable '${%.*s}' is not supported: hsmd expands "
+		           "${aws:username}, ${aws:PrincipalArn}, ${aws:PrincipalAccount}, "
+		           "${kms:CallerAccount} and ${$}, and ${*} and ${?} outside *Like operators.",
+		           stmt, (int)(len < 64 ? len : 64), p + 2);
+		n++;
+		p = end + 1;
+	}
+	if (n == 0)
+		return HSM_SUCCESS;
+	HSM_ENSURE(n <= POL_VARS_MAX && strlen(s) <= POL_VAR_VALUE_MAX, MALFORMED,
+	           "Statement %zu: a condition value with policy variables holds at most %d of them "
+	           "in %d characters.",
+	           stmt, POL_VARS_MAX, POL_VAR_VALUE_MAX);
+	c->vars = true;
+	return HSM_SUCCESS;
+}
+
 static hsm_result parse_values(pol_arena *a, json_t *v, size_t stmt, const char *key,
-                               pol_condition *c)
+                               bool variables, pol_condition *c)
 {
 	size_t n = json_is_array(v) ? json_array_size(v) : 1;
 	HSM_ENSURE(!json_is_array(v) || n > 0, MALFORMED,
@@ -280,6 +333,10 @@ static hsm_result parse_values(pol_arena *a, json_t *v, size_t stmt, const char 
 		HSM_GUARD(value_text(a, json_is_array(v) ? json_array_get(v, i) : v, c, stmt, key,
 		                     &c->values[i]));
 		HSM_GUARD(typed_value(c, i, stmt, numbers, nets));
+		/* IAM: variables are expanded in 2012-10-17 policies, text in 2008-10-17 ones. */
+		if (variables && (c->base == POL_OP_EQUALS || c->base == POL_OP_EQUALS_IC ||
+		                  c->base == POL_OP_LIKE))
+			HSM_GUARD(check_variables(c->values[i], stmt, c));
 	}
 	c->n_values = n;
 	c->numbers = numbers;
@@ -287,7 +344,7 @@ static hsm_result parse_values(pol_arena *a, json_t *v, size_t stmt, const char 
 	return HSM_SUCCESS;
 }
 
-hsm_result hsm_pol_parse_conditions(pol_arena *a, json_t *cond, size_t stmt,
+hsm_result hsm_pol_parse_conditions(pol_arena *a, json_t *cond, size_t stmt, bool variables,
                                     pol_condition **conds, size_t *n_out)
 {
 	const char *op, *key;
@@ -308,7 +365,7 @@ hsm_result hsm_pol_parse_conditions(pol_arena *a, json_t *cond, size_t stmt,
 			pol_condition *c = &list[i++];
 			HSM_GUARD(parse_operator(op, stmt, c));
 			HSM_GUARD(parse_key(a, key, stmt, c));
-			HSM_GUARD(parse_values(a, values, stmt, key, c));
+			HSM_GUARD(parse_values(a, values, stmt, key, variables, c));
 		}
 	}
 	*conds = list;

@@ -95,6 +95,45 @@ static const char *username_of(const char *arn)
 	return *name != '\0' ? name : NULL;
 }
 
+const char *hsm_pol_variable(const char *name, size_t len, const hsm_policy_request *req)
+{
+	if (len == 12 && hsm_pol_eq_ic_n(name, "aws:username", len))
+		return username_of(req->principal_arn);
+	if (len == 16 && hsm_pol_eq_ic_n(name, "aws:PrincipalArn", len))
+		return req->principal_arn;
+	if ((len == 20 && hsm_pol_eq_ic_n(name, "aws:PrincipalAccount", len)) ||
+	    (len == 17 && hsm_pol_eq_ic_n(name, "kms:CallerAccount", len)))
+		return req->account_id;
+	if (len == 1 && (name[0] == '$' || name[0] == '*' || name[0] == '?'))
+		return name[0] == '$' ? "$" : name[0] == '*' ? "*" : "?";
+	return NULL;
+}
+
+bool hsm_pol_expand(const char *value, const hsm_policy_request *req, char *out, size_t cap)
+{
+	size_t o = 0;
+	for (const char *p = value; *p != '\0';) {
+		const char *end = p[0] == '$' && p[1] == '{' ? strchr(p + 2, '}') : NULL;
+		const char *put = p;
+		size_t n = 1;
+		if (end != NULL) {
+			put = hsm_pol_variable(p + 2, (size_t)(end - p - 2), req);
+			if (put == NULL)
+				return false;
+			n = strlen(put);
+			p = end + 1;
+		} else {
+			p++;
+		}
+		if (o + n >= cap)
+			return false;
+		memcpy(out + o, put, n);
+		o += n;
+	}
+	out[o] = '\0';
+	return true;
+}
+
 static const char *single_value(const pol_condition *c, const hsm_policy_request *req)
 {
 	switch (c->key) {
@@ -170,8 +209,9 @@ static bool compare(pol_base op, double a, double b)
 }
 
 /* Does request value v match any of the condition's values (before negation)? */
-static bool value_matches(const pol_condition *c, const char *v)
+static bool value_matches(const pol_condition *c, const hsm_policy_request *req, const char *v)
 {
+	char expanded[POL_EXPAND_MAX];
 	double number = 0;
 	pol_net addr = {0};
 	if (pol_op_numeric(c->base) && !hsm_pol_number(v, &number))
@@ -183,6 +223,11 @@ static bool value_matches(const pol_condition *c, const char *v)
 	for (size_t i = 0; i < c->n_values; i++) {
 		const char *want = c->values[i];
 		bool hit = false;
+		if (c->vars) {
+			if (!hsm_pol_expand(want, req, expanded, sizeof(expanded)))
+				continue; /* a variable with no value here: this value matches nothing */
+			want = expanded;
+		}
 		switch (c->base) {
 		case POL_OP_EQUALS:
 			hit = strcmp(v, want) == 0;
@@ -226,13 +271,13 @@ static bool condition_holds(const pol_condition *c, const hsm_policy_request *re
 	switch (c->set) {
 	case POL_SET_ANY: /* some request value satisfies the operator; false when there is none */
 		for (; v != NULL; v = next_value(&it)) {
-			if (value_matches(c, v) != c->negated)
+			if (value_matches(c, req, v) != c->negated)
 				return true;
 		}
 		return false;
 	case POL_SET_ALL: /* every request value satisfies it; true when there is none */
 		for (; v != NULL; v = next_value(&it)) {
-			if (value_matches(c, v) == c->negated)
+			if (value_matches(c, req, v) == c->negated)
 				return false;
 		}
 		return true;
@@ -242,7 +287,7 @@ static bool condition_holds(const pol_condition *c, const hsm_policy_request *re
 	/* Without a set operator: any match; a negated operator holds when nothing matches. */
 	bool any = false;
 	for (; v != NULL && !any; v = next_value(&it))
-		any = value_matches(c, v);
+		any = value_matches(c, req, v);
 	return any != c->negated;
 }
 

@@ -102,7 +102,28 @@ typedef struct pol_condition {
 	size_t n_values;
 	const double *numbers; /* Numeric*, Date*: values[i] read as a number or an instant */
 	const pol_net *nets;   /* IpAddress: values[i] read as a network */
+	bool vars; /* a value holds policy variables (Version 2012-10-17): expanded per request */
 } pol_condition;
+
+/*
+ * Policy variables hsmd expands in String and Arn condition values of
+ * Version 2012-10-17 policies: ${aws:username}, ${aws:PrincipalArn},
+ * ${aws:PrincipalAccount}, ${kms:CallerAccount} (names in any case), and
+ * ${$}, ${*}, ${?} for the characters themselves (not in *Like operators).
+ * A value with variables is at most POL_VAR_VALUE_MAX bytes with at most
+ * POL_VARS_MAX of them, so its expansion fits POL_EXPAND_MAX.
+ */
+#define POL_VAR_VALUE_MAX 512
+#define POL_VARS_MAX 8
+#define POL_EXPAND_MAX 4096
+/*
+ * The text of a value with its variables replaced by the request's values
+ * into out; false when a variable has no value in this request (the value
+ * then matches nothing, as a key absent from the request matches nothing).
+ */
+bool hsm_pol_expand(const char *value, const hsm_policy_request *req, char *out, size_t cap);
+/* The request value a variable names (name without "${" "}"); NULL when none. */
+const char *hsm_pol_variable(const char *name, size_t len, const hsm_policy_request *req);
 
 typedef enum pol_principal_kind {
 	POL_PRIN_ANY,     /* "*" */
@@ -144,7 +165,7 @@ struct hsm_policy {
  * Parses a statement's Condition object into *conds (allocated in a).
  * stmt is the 1-based statement number for messages.
  */
-hsm_result hsm_pol_parse_conditions(pol_arena *a, json_t *cond, size_t stmt,
+hsm_result hsm_pol_parse_conditions(pol_arena *a, json_t *cond, size_t stmt, bool variables,
                                     pol_condition **conds, size_t *n) HSM_MUST_CHECK;
 
 /* Glob match with '*' (any run) and '?' (one byte), case-sensitive. */
@@ -152,6 +173,8 @@ bool hsm_pol_glob(const char *pattern, const char *s);
 
 /* ASCII case-insensitive equality. */
 bool hsm_pol_eq_ic(const char *a, const char *b);
+/* The same over the first n bytes at most (ASCII case folding). */
+bool hsm_pol_eq_ic_n(const char *a, const char *b, size_t n);
 /* A whole decimal number (as strtod reads one, finite, no blanks around it). */
 bool hsm_pol_number(const char *s, double *out);
 /* An instant in seconds since the epoch: a number, or an ISO 8601 date (W3C profile). */

@@ -641,6 +641,85 @@ static void test_string_operators(void **state)
 }
 
 #define WITH_EXTRA(k, v) with_extra((k), (v))
+/* Policy variables: expanded in 2012-10-17 policies, text in 2008-10-17 ones and without Version. */
+static void test_policy_variables(void **state)
+{
+	(void)state;
+	/* AWS KMS's per-user example: each user may use only the context naming them. */
+	const char *mine = "{\"StringEquals\": {\"kms:EncryptionContext:user\": \"${aws:username}\"}}";
+	HOLDS(mine, WITH({"user", "alice"}));
+	FAILS(mine, WITH({"user", "bob"}));
+	FAILS(mine, WITH({"user", "${aws:username}"})); /* the literal text is nobody's */
+	hsm_policy_request bob = req(BOB, "kms:Encrypt");
+	bob.encryption_context = CTX({"user", "bob"});
+	bob.n_encryption_context = 1;
+	HOLDS(mine, bob); /* the name, not the path */
+	hsm_policy_request role = req(ROLE, "kms:Encrypt"); /* no aws:username: matches nothing */
+	role.encryption_context = CTX({"user", "app"});
+	role.n_encryption_context = 1;
+	FAILS(mine, role);
+	HOLDS("{\"StringNotEquals\": {\"kms:EncryptionContext:user\": \"${aws:username}\"}}", role);
+	/* Names in any case; the other variables; Like; the escapes. */
+	HOLDS("{\"StringEquals\": {\"kms:EncryptionContext:who\": \"${AWS:UserName}@${aws:PrincipalAccount}\"}}",
+	      WITH({"who", "alice@" ACCT}));
+	HOLDS("{\"StringEquals\": {\"kms:EncryptionContext:who\": \"${aws:PrincipalArn}\"}}",
+	      WITH({"who", ALICE}));
+	HOLDS("{\"StringEquals\": {\"kms:EncryptionContext:who\": \"${kms:CallerAccount}\"}}",
+	      WITH({"who", ACCT}));
+	HOLDS("{\"StringLike\": {\"kms:EncryptionContext:path\": \"home/${aws:username}/*\"}}",
+	      WITH({"path", "home/alice/docs"}));
+	FAILS("{\"StringLike\": {\"kms:EncryptionContext:path\": \"home/${aws:username}/*\"}}",
+	      WITH({"path", "home/bob/docs"}));
+	HOLDS("{\"StringEquals\": {\"kms:EncryptionContext:p\": \"${$}{x}${*}${?}\"}}",
+	      WITH({"p", "${x}*?"}));
+	FAILS("{\"StringEquals\": {\"kms:EncryptionContext:p\": \"${*}\"}}", WITH({"p", "abc"}));
+	/* A Deny keyed on a variable fires for the user it names only. */
+	hsm_policy *p = parse_ok(STMT("{" ALLOW_ALL_BODY "}, {\"Effect\": \"Deny\", \"Principal\": \"*\", "
+	                              "\"Action\": \"kms:Decrypt\", \"Resource\": \"*\", "
+	                              "\"Condition\": {\"StringEquals\": "
+	                              "{\"kms:EncryptionContext:owner\": \"${aws:username}\"}}}"));
+	hsm_policy_request r = with_ctx(CTX({"owner", "alice"}), 1);
+	r.action = "kms:Decrypt";
+	assert_int_equal(decide(p, &r), HSM_POLICY_EXPLICIT_DENY);
+	r.encryption_context = CTX({"owner", "carol"});
+	assert_int_equal(decide(p, &r), HSM_POLICY_ALLOW);
+	hsm_policy_free(p);
+	/* 2008-10-17, or no Version: text, as IAM reads such policies. */
+	const char *old[] = {"{\"Version\": \"2008-10-17\", \"Statement\": [{" ALLOW_ALL_BODY
+	                     ", \"Condition\": {\"StringEquals\": {\"kms:EncryptionContext:user\": "
+	                     "\"${aws:username}\"}}}]}",
+	                     "{\"Statement\": [{" ALLOW_ALL_BODY
+	                     ", \"Condition\": {\"StringEquals\": {\"kms:EncryptionContext:user\": "
+	                     "\"${aws:username}\"}}}]}"};
+	for (size_t i = 0; i < 2; i++) {
+		p = parse_ok(old[i]);
+		r = WITH({"user", "${aws:username}"});
+		assert_int_equal(decide(p, &r), HSM_POLICY_ALLOW);
+		r = WITH({"user", "alice"});
+		assert_int_equal(decide(p, &r), HSM_POLICY_IMPLICIT_DENY);
+		hsm_policy_free(p);
+	}
+	/* Never compared as text in a 2012-10-17 policy: what hsmd cannot expand is refused. */
+	const char *refused[] = {"${aws:userid}", "${aws:username, 'x'}", "abc${aws:username",
+	                         "${kms:EncryptionContext:x}"};
+	for (size_t i = 0; i < 4; i++) {
+		char doc[1024];
+		snprintf(doc, sizeof(doc),
+		         STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"StringEquals\": "
+		              "{\"kms:EncryptionContext:u\": \"%s\"}}}"),
+		         refused[i]);
+		hsm_policy *q = NULL;
+		assert_int_equal(hsm_policy_parse(doc, strlen(doc), &q).err, HSM_ERR_MALFORMED_POLICY);
+		assert_null(q);
+		assert_non_null(strstr(hsm_last_message(), "${"));
+	}
+	const char *like_star = STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"StringLike\": "
+	                             "{\"kms:EncryptionContext:u\": \"a${*}\"}}}");
+	hsm_policy *q = NULL;
+	assert_int_equal(hsm_policy_parse(like_star, strlen(like_star), &q).err,
+	                 HSM_ERR_MALFORMED_POLICY);
+}
+
 static hsm_policy_request with_extra(const char *key, const char *value)
 {
 	static hsm_policy_pair pair;
@@ -960,6 +1039,7 @@ int main(void)
 	    cmocka_unit_test(test_wildcards),
 	    cmocka_unit_test(test_principals),
 	    cmocka_unit_test(test_string_operators),
+	    cmocka_unit_test(test_policy_variables),
 	    cmocka_unit_test(test_null_bool_if_exists),
 	    cmocka_unit_test(test_date_operators),
 	    cmocka_unit_test(test_ip_operators),
