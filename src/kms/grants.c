@@ -666,8 +666,27 @@ hsm_result hsm_kms_create_grant(hsm_kms *kms, const hsm_caller *caller,
 	for (unsigned i = 0; i < HSM_GRANT_OP_COUNT; i++)
 		if (ops & BIT(i))
 			more[n_more++] = (hsm_policy_pair){"kms:GrantOperations", grant_ops[i]};
-	kms_authz_extra extra = {
-	    .more = more, .n_more = n_more, .new_grant_ops = ops, .new_grant_constraints = c};
+	/*
+	 * kms:EncryptionContext:* and kms:EncryptionContextKeys see the grant's
+	 * constraint context on CreateGrant (AWS KMS "kms:EncryptionContext:
+	 * context-key"): a policy limiting the contexts a principal may use limits
+	 * the grants it may make too.
+	 */
+	hsm_ctx_pair *both = NULL;
+	hsm_enc_ctx grant_ctx = {c->equals.present ? c->equals.pairs : c->subset.pairs,
+	                         c->equals.present ? c->equals.n : c->subset.n};
+	if (c->equals.present && c->subset.present) {
+		both = calloc(c->equals.n + c->subset.n + 1, sizeof(*both));
+		HSM_ENSURE(both != NULL, HSM_ERR_NOMEM, "out of memory");
+		memcpy(both, c->equals.pairs, c->equals.n * sizeof(*both));
+		memcpy(both + c->equals.n, c->subset.pairs, c->subset.n * sizeof(*both));
+		grant_ctx = (hsm_enc_ctx){both, c->equals.n + c->subset.n};
+	}
+	kms_authz_extra extra = {.more = more,
+	                         .n_more = n_more,
+	                         .new_grant_ops = ops,
+	                         .new_grant_constraints = c,
+	                         .ctx = c->equals.present || c->subset.present ? &grant_ctx : NULL};
 
 	HSM_TRY(resolve_key(kms, req->key, key_id));
 	HSM_TRY(kms_lookup(kms, caller, HSM_OP_CreateGrant, key_id, &extra, &k));
@@ -708,6 +727,7 @@ hsm_result hsm_kms_create_grant(hsm_kms *kms, const hsm_caller *caller,
 	memcpy(grant_id, g.grant_id, HSM_GRANT_ID_LEN + 1);
 	HSM_TRY(make_token(g.key_id, g.grant_id, token));
 out:
+	free(both);
 	kms_key_release(k);
 	hsm_grant_record_clear(&g);
 	return res;

@@ -210,6 +210,58 @@ static void test_constraints(void **state)
 	hsm_buf_free(&token);
 }
 
+/* On CreateGrant, kms:EncryptionContext:* and kms:EncryptionContextKeys see the grant's
+ * constraint context (AWS KMS "kms:EncryptionContext:context-key"). */
+static void test_create_grant_conditions_see_the_constraint_context(void **state)
+{
+	fx *f = *state;
+	char key[HSM_UUID_STRLEN + 1], id[HSM_GRANT_ID_LEN + 1];
+	hsm_buf token = {0};
+	static const char policy[] =
+	    "{\"Version\":\"2012-10-17\",\"Statement\":["
+	    "{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"arn:aws:iam::111122223333:user/olivia\"},"
+	    "\"Action\":\"kms:*\",\"Resource\":\"*\"},"
+	    "{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"" ALICE "\"},"
+	    "\"Action\":\"kms:CreateGrant\",\"Resource\":\"*\",\"Condition\":{"
+	    "\"ForAllValues:StringEquals\":{\"kms:EncryptionContextKeys\":[\"tenant\",\"stage\"]}}},"
+	    "{\"Effect\":\"Deny\",\"Principal\":\"*\",\"Action\":\"kms:CreateGrant\","
+	    "\"Resource\":\"*\",\"Condition\":{"
+	    "\"StringEquals\":{\"kms:EncryptionContext:stage\":\"restricted\"}}}]}";
+	hsm_create_key_req req = {.spec = HSM_SPEC_SYMMETRIC_DEFAULT,
+	                          .usage = HSM_USAGE_ENCRYPT_DECRYPT,
+	                          .policy = policy};
+	hsm_key_record out;
+	memset(&out, 0, sizeof(out));
+	assert_true(hsm_ok(hsm_kms_create_key(f->kms, &officer, &req, &out)));
+	memcpy(key, out.key_id, sizeof(key));
+	hsm_key_record_clear(&out);
+	grant_args a = {.grantee = BOB,
+	                .ops = {"Encrypt"},
+	                .n_equals = SIZE_MAX,
+	                .subset = {{"tenant", "acme"}},
+	                .n_subset = 1};
+	assert_int_equal(grant(f, &alice, key, &a, id, &token).err, HSM_OK);
+	/* A key outside the allowed set: AWS denies it; so does hsmd now. */
+	grant_args other = {.grantee = BOB,
+	                    .ops = {"Encrypt"},
+	                    .n_equals = SIZE_MAX,
+	                    .subset = {{"other", "x"}},
+	                    .n_subset = 1};
+	assert_int_equal(grant(f, &alice, key, &other, id, &token).err, HSM_ERR_ACCESS_DENIED);
+	/* The explicit Deny on the context's value: for everyone, the officer too. */
+	grant_args restricted = {.grantee = BOB,
+	                         .ops = {"Encrypt"},
+	                         .equals = {{"tenant", "acme"}, {"stage", "restricted"}},
+	                         .n_equals = 2,
+	                         .n_subset = SIZE_MAX};
+	assert_int_equal(grant(f, &alice, key, &restricted, id, &token).err, HSM_ERR_ACCESS_DENIED);
+	assert_int_equal(grant(f, &officer, key, &restricted, id, &token).err,
+	                 HSM_ERR_ACCESS_DENIED);
+	restricted.equals[1].value = "open";
+	assert_int_equal(grant(f, &alice, key, &restricted, id, &token).err, HSM_OK);
+	hsm_buf_free(&token);
+}
+
 static void test_grantee_grants_within_its_own(void **state)
 {
 	fx *f = *state;
@@ -366,6 +418,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(test_grant_allows_grantee_only, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_constraints, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_create_grant_conditions_see_the_constraint_context,
+	                                    setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_grantee_grants_within_its_own, setup,
 	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_operations_must_suit_the_key, setup,
