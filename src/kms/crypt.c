@@ -195,6 +195,10 @@ static hsm_result decrypt_any(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
 		}
 		HSM_GUARD(hsm_blob_parse(req->ciphertext, req->ciphertext_len, &blob));
 		same_key(kms, dest_id, blob.key_id, &same, &extra);
+		/* KeyId named by an alias: kms:RequestAlias, as on every other operation.  A KeyId
+		 * naming another key than the blob's is refused below, before anything opens. */
+		if (req->key != NULL && *req->key != '\0')
+			extra.request_alias = kms_ref_alias(kms, req->key);
 		res = kms_lookup(kms, caller, op, blob.key_id, &extra, &k);
 		if (res.err == HSM_ERR_NOT_FOUND) /* a made-up or altered key id in the blob */
 			return HSM_FAIL(HSM_ERR_INVALID_CIPHERTEXT, "The ciphertext is not valid");

@@ -318,6 +318,45 @@ static void test_scheduled_work_decides_under_the_row_lock(void **state)
 	hsm_key_record_clear(&d);
 }
 
+static hsm_result decrypt_named(fx *f, const char *key, const hsm_buf *ct)
+{
+	hsm_decrypt_req req = {.key = key, .ciphertext = ct->data, .ciphertext_len = ct->len};
+	hsm_buf pt;
+	hsm_enc_alg alg;
+	hsm_used_key used;
+	hsm_buf_init_secure(&pt);
+	hsm_result r = hsm_kms_decrypt(f->kms, &user, &req, &pt, &used, &alg);
+	hsm_buf_free(&pt);
+	return r;
+}
+
+/* Decrypt named by an alias sees kms:RequestAlias, as Encrypt does (the blob names the key). */
+static void test_decrypt_sees_the_request_alias(void **state)
+{
+	fx *f = *state;
+	static const char policy[] =
+	    "{\"Version\":\"2012-10-17\",\"Statement\":["
+	    "{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"arn:aws:iam::111122223333:root\"},"
+	    "\"Action\":\"kms:*\",\"Resource\":\"*\"},"
+	    "{\"Effect\":\"Deny\",\"Principal\":\"*\",\"Action\":[\"kms:Encrypt\",\"kms:Decrypt\"],"
+	    "\"Resource\":\"*\",\"Condition\":{\"StringEquals\":"
+	    "{\"kms:RequestAlias\":\"alias/legacy-name\"}}}]}";
+	hsm_key_record k;
+	hsm_buf ct = {0};
+	hsm_used_key used;
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, policy, &k);
+	assert_true(hsm_ok(hsm_kms_create_alias(f->kms, &officer, "alias/legacy-name", k.key_id)));
+	assert_true(hsm_ok(hsm_kms_create_alias(f->kms, &officer, "alias/new-name", k.key_id)));
+	assert_int_equal(encrypt(f, &user, "alias/legacy-name", &ct).err, HSM_ERR_ACCESS_DENIED);
+	assert_true(hsm_ok(encrypt(f, &user, "alias/new-name", &ct)));
+	assert_int_equal(decrypt_named(f, "alias/legacy-name", &ct).err, HSM_ERR_ACCESS_DENIED);
+	assert_true(hsm_ok(decrypt_named(f, "alias/new-name", &ct)));
+	assert_true(hsm_ok(decrypt_named(f, k.key_id, &ct)));
+	assert_true(hsm_ok(decrypt(f, &ct, &used)));
+	hsm_buf_free(&ct);
+	hsm_key_record_clear(&k);
+}
+
 static void test_rotation_keeps_old_versions(void **state)
 {
 	fx *f = *state;
@@ -708,6 +747,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_gcm, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_destruction_after_waiting_period, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_scheduled_work_decides_under_the_row_lock, setup,
+	                                    kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_decrypt_sees_the_request_alias, setup,
 	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_rotation_keeps_old_versions, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_scheduled_work_listed_stale_is_left_alone, setup,
