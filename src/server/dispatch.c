@@ -519,6 +519,11 @@ static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 		r = HSM_FAIL(HSM_ERR_AUDIT_UNAVAILABLE, "the audit trail cannot be written; retry later");
 	size_t len = 0;
 	const uint8_t *raw = hsm_http_req_body(req, &len);
+	/* Without credentials, the body is only ever "{}" or a share file. */
+	if (hsm_ok(r) && !op->needs_auth && len > HSM_ADMIN_UNAUTH_BODY_MAX)
+		r = HSM_FAIL(HSM_ERR_VALIDATION,
+		             "%s takes no credentials and at most %d bytes of request body", op->name,
+		             HSM_ADMIN_UNAUTH_BODY_MAX);
 	if (hsm_ok(r))
 		r = hsm_json_parse(raw, len, &doc);
 	hsm_server_gate gate;
@@ -573,10 +578,22 @@ typedef struct lane_req {
  * the node (unsealing derives keys).  Everything else is quick enough to run
  * where it arrived, and most of it is what clients call by the thousand.
  */
-static bool takes_long(route how, const hsm_op_info *info)
+static bool takes_long(route how, const hsm_op_info *info, const char *name,
+                       hsm_http_req *req)
 {
-	if (how == ROUTE_ADMIN)
-		return true;
+	if (how == ROUTE_ADMIN) {
+		/*
+		 * Not what anyone may send without credentials, unchecked: an unknown
+		 * name or Status is answered here (Status reads counters), and only an
+		 * Unseal of a share's size waits in the lane, so requests nobody
+		 * signed cannot queue ahead of the store writes and signatures there.
+		 */
+		const hsm_admin_op *op = hsm_admin_find(name);
+		size_t len = 0;
+		(void)hsm_http_req_body(req, &len);
+		return op != NULL && strcmp(op->name, "Status") != 0 &&
+		       (op->needs_auth || len <= HSM_ADMIN_UNAUTH_BODY_MAX);
+	}
 	if (info == NULL)
 		return false;
 	return info->mutating || info->op == HSM_OP_GenerateDataKeyPair ||
@@ -693,7 +710,7 @@ static bool defer_kms(hsm_server *s, const char *name, const hsm_op_info *info, 
 static void dispatch_route(hsm_server *s, hsm_http_req *req, route how, const char *name)
 {
 	const hsm_op_info *info = how == ROUTE_ADMIN ? NULL : find_op(name, how);
-	if (s->lane != NULL && takes_long(how, info)) {
+	if (s->lane != NULL && takes_long(how, info, name, req)) {
 		lane_req *j = malloc(sizeof(*j));
 		if (j != NULL) {
 			*j = (lane_req){.job = {.fn = lane_run}, .s = s, .req = req, .name = name, .how = how,

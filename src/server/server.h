@@ -175,6 +175,10 @@ typedef struct hsm_admin_ctx {
 	struct hsm_api_audit *audit;
 } hsm_admin_ctx;
 
+/* The largest body of an admin operation that takes no credentials (a share file is
+ * at most 512 bytes; JSON escaping can double it). */
+#define HSM_ADMIN_UNAUTH_BODY_MAX 4096
+
 typedef struct hsm_admin_op {
 	const char *name;
 	bool needs_auth;  /* false: Unseal and Status, usable while sealed */

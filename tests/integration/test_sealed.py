@@ -250,3 +250,38 @@ def test_seal_and_unseal_in_dev_mode():
         assert "Seal" in ops and "Unseal" in ops
     finally:
         server.cleanup()
+
+
+def test_requests_without_credentials_stay_small_and_out_of_the_lane():
+    """Status and Unseal take no credentials: their bodies are bounded (a share file, or
+    "{}"), refused before they are parsed; Status is answered at once however busy the
+    lane of store writes and signatures is."""
+    from conftest import unsigned_call
+    server = start_dev(["--backup-interval-seconds", "0"])
+    try:
+        st, out = unsigned_call(server, "HsmdAdmin.Status", {})
+        assert st == 200 and out["State"] == "unsealed", out
+        big = {"a": [0] * 3000}  # 6 KB of JSON
+        for op in ("Status", "Unseal"):
+            st, out = unsigned_call(server, "HsmdAdmin." + op, big)
+            assert (st, out["__type"]) == (400, "ValidationException"), out
+            assert "at most 4096 bytes" in out["message"], out
+        st, out = unsigned_call(server, "HsmdAdmin.Unseal", {"Share": "x" * 3000})
+        assert st == 400 and "4096" not in out["message"], out  # parsed: not a share
+        # Status while the lane is busy making RSA-4096 keys: answered without waiting.
+        # Eight key generations share the lane's threads (two on two cores) for seconds;
+        # Status queued behind them would come back only once six or more were done.
+        import concurrent.futures
+        kms = client(server)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            busy = [pool.submit(kms.create_key, KeySpec="RSA_4096", KeyUsage="SIGN_VERIFY")
+                    for _ in range(8)]
+            time.sleep(0.3)
+            st, out = unsigned_call(server, "HsmdAdmin.Status", {})
+            done_before = sum(f.done() for f in busy)
+            for f in busy:
+                f.result()
+        assert st == 200, out
+        assert done_before <= 4, f"Status waited for the lane ({done_before} of 8 done)"
+    finally:
+        server.cleanup()
