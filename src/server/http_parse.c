@@ -294,7 +294,7 @@ static hsm_http_parse parse_length(const char *v, uint64_t *out)
 	if (digits == 0)
 		return HSM_HTTP_PARSE_FRAMING;
 	if (digits > CL_DIGITS_MAX || n > SIZE_LIMIT)
-		return HSM_HTTP_PARSE_TOO_LARGE;
+		return HSM_HTTP_PARSE_LENGTH_TOO_LARGE;
 	*out = n;
 	return HSM_HTTP_PARSE_OK;
 }

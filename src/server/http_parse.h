@@ -28,9 +28,10 @@ typedef enum hsm_http_parse {
 	HSM_HTTP_PARSE_OK,
 	HSM_HTTP_PARSE_PARTIAL,   /* more bytes are needed */
 	HSM_HTTP_PARSE_BAD,       /* malformed: answer 400 and close */
-	HSM_HTTP_PARSE_TOO_LARGE, /* too many fields (400), a body over its limit (413) */
+	HSM_HTTP_PARSE_TOO_LARGE, /* too many fields (431), a body over its limit (413) */
 	HSM_HTTP_PARSE_VERSION,   /* well-formed but not HTTP/1.0 or 1.1: 505 */
 	HSM_HTTP_PARSE_FRAMING,   /* ambiguous or unsupported framing: 400 and close */
+	HSM_HTTP_PARSE_LENGTH_TOO_LARGE, /* a Content-Length past any limit: 413 */
 } hsm_http_parse;
 
 /* One header field, both strings NUL-terminated inside the parsed buffer. */

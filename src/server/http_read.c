@@ -156,7 +156,9 @@ static bool refuse_parse(hsm_http_conn *c, hsm_http_parse r)
 	case HSM_HTTP_PARSE_FRAMING:
 		return refuse(c, 400, "Ambiguous message framing");
 	case HSM_HTTP_PARSE_TOO_LARGE:
-		return refuse(c, 400, "Request header too large");
+		return refuse(c, 431, "Request Header Fields Too Large"); /* RFC 6585 section 5 */
+	case HSM_HTTP_PARSE_LENGTH_TOO_LARGE:
+		return refuse(c, 413, "Request body too large");
 	default:
 		return refuse(c, 400, "Malformed request");
 	}
@@ -170,7 +172,7 @@ static int read_head(hsm_http_conn *c, bool *changed)
 	if (end == 0 && c->in_len <= cfg->max_header_bytes)
 		return 0;
 	if (end == 0 || end > cfg->max_header_bytes) {
-		*changed = refuse(c, 400, "Request header too large");
+		*changed = refuse(c, 431, "Request Header Fields Too Large");
 		return -1;
 	}
 	c->req = hsm_http_req_get(c->w);
@@ -264,7 +266,7 @@ bool hsm_http_conn_input(hsm_http_conn *c)
 		return false;
 	if (!in_room(c)) {
 		if (c->head_len == 0)
-			return refuse(c, 400, "Request header too large");
+			return refuse(c, 431, "Request Header Fields Too Large");
 		return refuse(c, 413, "Request body too large");
 	}
 	size_t n = 0;

@@ -184,11 +184,17 @@ static void test_header_limit_and_garbage(void **state)
 	memset(fill, 'h', 2000);
 	fill[2000] = '\0';
 	tc_resp r;
+	/* RFC 6585 section 5: 431 for a head over the limit. */
 	snprintf(req, sizeof(req), "GET / HTTP/1.1\r\nHost: t\r\nX-Big: %s\r\n\r\n", fill);
-	assert_true(tc_simple(port, req, 400, &r));
+	assert_true(tc_simple(port, req, 431, &r));
 	tc_resp_clear(&r);
 	snprintf(req, sizeof(req), "GET /%s HTTP/1.1\r\nHost: t\r\n\r\n", fill);
-	assert_true(tc_simple(port, req, 400, &r));
+	assert_true(tc_simple(port, req, 431, &r));
+	tc_resp_clear(&r);
+	/* A Content-Length no body could have: 413, as for one over the body limit. */
+	assert_true(tc_simple(port,
+	                      "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999999999999\r\n\r\n",
+	                      413, &r));
 	tc_resp_clear(&r);
 	assert_true(tc_simple(port, "GARBAGE\r\n\r\n", 400, &r));
 	tc_resp_clear(&r);

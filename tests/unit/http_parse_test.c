@@ -432,11 +432,11 @@ static void test_framing(void **state)
 	       HSM_HTTP_PARSE_FRAMING);
 	EXPECT("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", HSM_HTTP_PARSE_FRAMING);
 	EXPECT(POST "Transfer-Encoding:  chunked \r\n\r\n", HSM_HTTP_PARSE_OK);
-	/* Beyond 2^63, or beyond 19 digits whatever their value: TOO_LARGE. */
-	EXPECT(POST "Content-Length: 9223372036854775809\r\n\r\n", HSM_HTTP_PARSE_TOO_LARGE);
-	EXPECT(POST "Content-Length: 9999999999999999999\r\n\r\n", HSM_HTTP_PARSE_TOO_LARGE);
-	EXPECT(POST "Content-Length: 18446744073709551617\r\n\r\n", HSM_HTTP_PARSE_TOO_LARGE);
-	EXPECT(POST "Content-Length: 00000000000000000001\r\n\r\n", HSM_HTTP_PARSE_TOO_LARGE);
+	/* Beyond 2^63, or beyond 19 digits whatever their value: a length too large (413). */
+	EXPECT(POST "Content-Length: 9223372036854775809\r\n\r\n", HSM_HTTP_PARSE_LENGTH_TOO_LARGE);
+	EXPECT(POST "Content-Length: 9999999999999999999\r\n\r\n", HSM_HTTP_PARSE_LENGTH_TOO_LARGE);
+	EXPECT(POST "Content-Length: 18446744073709551617\r\n\r\n", HSM_HTTP_PARSE_LENGTH_TOO_LARGE);
+	EXPECT(POST "Content-Length: 00000000000000000001\r\n\r\n", HSM_HTTP_PARSE_LENGTH_TOO_LARGE);
 	EXPECT(POST "Content-Length: 0000000000000000001\r\n\r\n", HSM_HTTP_PARSE_OK);
 	EXPECT(POST "Content-Length: 123456789012345678901234567890x\r\n\r\n", HSM_HTTP_PARSE_FRAMING);
 #undef POST
