@@ -28,8 +28,11 @@
  * the read timeout to send a request (counted from its first byte, or from
  * accept for the first request) is disconnected, as is one idle longer than
  * the idle timeout or not reading a response for longer than the write
- * timeout.  Connections beyond max_connections are accepted and closed at
- * once, so they cannot starve the others.  A connection from a trusted load
+ * timeout.  A connection beyond max_connections takes the place of the
+ * accepting worker's longest-idle keep-alive connection (or of one that has
+ * sent nothing for a second since it was accepted), so idle connections
+ * held open cannot keep new clients out; with none such, it is accepted and
+ * closed at once.  A connection from a trusted load
  * balancer (proxy_protocol_from) is closed unless it begins, within the read
  * timeout, with a valid PROXY protocol header.
  *

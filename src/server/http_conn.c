@@ -573,14 +573,49 @@ static hsm_http_conn *conn_new(hsm_http_worker *w, int fd, const struct sockaddr
 	return c;
 }
 
+/*
+ * At max_connections, the connection of this worker a new one may take the
+ * place of, or NULL: a keep-alive connection waiting for its next request
+ * (the one waiting longest), else one that has sent nothing for a second
+ * since it was accepted.  Never one with a request under way, so a client
+ * that holds every slot open and idle cannot keep new clients out.
+ */
+static hsm_http_conn *evictable(hsm_http_worker *w)
+{
+	const uint64_t read_ns = (uint64_t)w->srv->cfg.read_timeout_ms * 1000000ULL;
+	uint64_t now = hsm_mono_ns();
+	hsm_http_conn *idle = NULL, *silent = NULL;
+	for (hsm_http_conn *c = w->conns; c != NULL; c = c->next) {
+		if (c == w->running || c->in_len != 0 || c->req != NULL)
+			continue;
+		if (c->state == CONN_IDLE) {
+			if (idle == NULL || c->deadline_ns < idle->deadline_ns)
+				idle = c;
+		} else if ((c->state == CONN_READING || c->state == CONN_HANDSHAKE ||
+		            c->state == CONN_PROXY) &&
+		           c->head_len == 0 && c->deadline_ns + 1000000000ULL <= now + read_ns) {
+			if (silent == NULL || c->deadline_ns < silent->deadline_ns)
+				silent = c;
+		}
+	}
+	return idle != NULL ? idle : silent;
+}
+
 static void conn_open(hsm_http_worker *w, int fd, const struct sockaddr_storage *ss)
 {
 	hsm_http_server *srv = w->srv;
 	uint32_t n = atomic_fetch_add_explicit(&srv->n_conns, 1, memory_order_relaxed) + 1;
+	if (n > srv->cfg.max_connections && !w->stopping) {
+		hsm_http_conn *old = evictable(w);
+		if (old != NULL) {
+			hsm_http_conn_close(old); /* gives its slot back */
+			n = srv->cfg.max_connections;
+		}
+	}
 	hsm_http_conn *c = n <= srv->cfg.max_connections && !w->stopping ? conn_new(w, fd, ss) : NULL;
 	struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = c};
 	if (c == NULL || epoll_ctl(w->ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
-		/* Over the limit (or out of memory): closed at once, so it cannot starve the others. */
+		/* Over the limit with nothing to give way (or out of memory): closed at once. */
 		if (c != NULL) {
 			SSL_free(c->ssl);
 			free(c);
