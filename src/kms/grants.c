@@ -627,6 +627,11 @@ static hsm_result resolve_key(hsm_kms *kms, const char *ref, char key_id[HSM_UUI
 
 /* ---- The operations --------------------------------------------------------------------- */
 
+/* kms:GrantIsForAWSResource on CreateGrant, ListGrants and RevokeGrant: no hsmd caller is
+ * an AWS service integrated with KMS. */
+static const hsm_policy_pair not_for_aws[] = {{"kms:GrantIsForAWSResource", "false"}};
+static const kms_authz_extra for_aws_resource = {.more = not_for_aws, .n_more = 1};
+
 hsm_result hsm_kms_create_grant(hsm_kms *kms, const hsm_caller *caller,
                                 const hsm_create_grant_req *req,
                                 char grant_id[HSM_GRANT_ID_LEN + 1], hsm_buf *token,
@@ -752,7 +757,7 @@ hsm_result hsm_kms_list_grants(hsm_kms *kms, const hsm_caller *caller, const cha
 	if (grantee != NULL)
 		HSM_GUARD(check_principal("GranteePrincipal", grantee));
 	HSM_GUARD(resolve_key(kms, ref, key_id));
-	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_ListGrants, key_id, NULL, &k));
+	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_ListGrants, key_id, &for_aws_resource, &k));
 	hsm_result r;
 	if (grant_id != NULL) {
 		hsm_grant_record g;
@@ -842,7 +847,7 @@ hsm_result hsm_kms_revoke_grant(hsm_kms *kms, const hsm_caller *caller, const ch
 	kms_key *k = NULL;
 	HSM_GUARD(check_grant_id(grant_id));
 	HSM_GUARD(resolve_key(kms, ref, key_id));
-	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_RevokeGrant, key_id, NULL, &k));
+	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_RevokeGrant, key_id, &for_aws_resource, &k));
 	/* A grant that is not there is refused before an approval is asked for. */
 	hsm_grant_record g;
 	memset(&g, 0, sizeof(g));

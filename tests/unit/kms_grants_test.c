@@ -262,6 +262,39 @@ static void test_create_grant_conditions_see_the_constraint_context(void **state
 	hsm_buf_free(&token);
 }
 
+/* kms:GrantIsForAWSResource is false on CreateGrant, ListGrants and RevokeGrant alike. */
+static void test_grant_is_for_aws_resource_on_every_grant_operation(void **state)
+{
+	fx *f = *state;
+	char key[HSM_UUID_STRLEN + 1], id[HSM_GRANT_ID_LEN + 1];
+	hsm_buf token = {0};
+	static const char policy[] =
+	    "{\"Version\":\"2012-10-17\",\"Statement\":["
+	    "{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"arn:aws:iam::111122223333:user/olivia\"},"
+	    "\"Action\":\"kms:*\",\"Resource\":\"*\"},"
+	    "{\"Effect\":\"Deny\",\"Principal\":\"*\","
+	    "\"Action\":[\"kms:ListGrants\",\"kms:RevokeGrant\"],\"Resource\":\"*\","
+	    "\"Condition\":{\"Bool\":{\"kms:GrantIsForAWSResource\":\"false\"}}}]}";
+	hsm_create_key_req req = {.spec = HSM_SPEC_SYMMETRIC_DEFAULT,
+	                          .usage = HSM_USAGE_ENCRYPT_DECRYPT,
+	                          .policy = policy};
+	hsm_key_record out;
+	memset(&out, 0, sizeof(out));
+	assert_true(hsm_ok(hsm_kms_create_key(f->kms, &officer, &req, &out)));
+	memcpy(key, out.key_id, sizeof(key));
+	hsm_key_record_clear(&out);
+	grant_args a = {.grantee = BOB, .ops = {"Encrypt"}, .n_equals = SIZE_MAX, .n_subset = SIZE_MAX};
+	assert_int_equal(grant(f, &officer, key, &a, id, &token).err, HSM_OK);
+	size_t n = 0;
+	bool truncated;
+	assert_int_equal(hsm_kms_list_grants(f->kms, &officer, key, NULL, NULL, NULL, 100, count_one,
+	                                     &n, &truncated)
+	                     .err,
+	                 HSM_ERR_ACCESS_DENIED);
+	assert_int_equal(hsm_kms_revoke_grant(f->kms, &officer, key, id).err, HSM_ERR_ACCESS_DENIED);
+	hsm_buf_free(&token);
+}
+
 static void test_grantee_grants_within_its_own(void **state)
 {
 	fx *f = *state;
@@ -419,6 +452,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_grant_allows_grantee_only, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_constraints, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_create_grant_conditions_see_the_constraint_context,
+	                                    setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_grant_is_for_aws_resource_on_every_grant_operation,
 	                                    setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_grantee_grants_within_its_own, setup,
 	                                    kms_fx_teardown),
