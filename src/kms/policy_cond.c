@@ -199,6 +199,12 @@ static hsm_result parse_key(pol_arena *a, const char *name, size_t stmt, pol_con
 		           "ForAllValues.",
 		           stmt);
 	} else {
+		/* Single-valued too: AWS KMS refuses ForAllValues on aws:RequestTag/ alike. */
+		HSM_ENSURE(!(prefix_ic(name, "aws:RequestTag/") && c->set == POL_SET_ALL), MALFORMED,
+		           "Statement %zu: OverlyPermissiveCondition: Using the ForAllValues set operator "
+		           "with a single-valued condition key matches requests without the specified "
+		           "tag or with an unspecified tag. To fix, remove ForAllValues.",
+		           stmt);
 		bool known = false;
 		for (size_t i = 0; i < COUNT(modelled_keys) && !known; i++) {
 			if (hsm_pol_eq_ic(name, modelled_keys[i].name)) {

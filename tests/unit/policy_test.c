@@ -233,6 +233,11 @@ static const bad_case bad[] = {
      "Statement 1: Bool conditions take true or false, not 'yes'."},
     {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"Null\": {\"kms:EncryptionContextKeys\": \"maybe\"}}}"),
      "Statement 1: Null conditions take true or false, not 'maybe'."},
+    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"ForAllValues:StringEquals\": "
+          "{\"aws:RequestTag/env\": \"prod\"}}}"),
+     "Statement 1: OverlyPermissiveCondition: Using the ForAllValues set operator with a "
+     "single-valued condition key matches requests without the specified tag or with an "
+     "unspecified tag. To fix, remove ForAllValues."},
 };
 
 static void test_validation_messages(void **state)
