@@ -254,7 +254,7 @@ static bool value_matches(const pol_condition *c, const hsm_policy_request *req,
 	return false;
 }
 
-static bool condition_holds(const pol_condition *c, const hsm_policy_request *req)
+static bool condition_holds(const pol_condition *c, const hsm_policy_request *req, bool deny)
 {
 	value_iter it = {c, req, 0};
 	const char *v = next_value(&it);
@@ -284,7 +284,21 @@ static bool condition_holds(const pol_condition *c, const hsm_policy_request *re
 	case POL_SET_NONE:
 		break;
 	}
-	/* Without a set operator: any match; a negated operator holds when nothing matches. */
+	/*
+	 * Without a set operator: any match; a negated operator holds when nothing
+	 * matches.  An encryption context may hold keys that differ only by case
+	 * ({"stage":"ok","Stage":"prod"}), which the context key matches alike: in
+	 * a Deny, a negated operator then holds when any of them fails to match,
+	 * so a second spelling cannot slip a forbidden value past the Deny.
+	 */
+	if (deny && c->negated && c->key == POL_KEY_ENCRYPTION_CONTEXT) {
+		if (v == NULL)
+			return true; /* as for an absent key anywhere */
+		for (; v != NULL; v = next_value(&it))
+			if (!value_matches(c, req, v))
+				return true;
+		return false;
+	}
 	bool any = false;
 	for (; v != NULL && !any; v = next_value(&it))
 		any = value_matches(c, req, v);
@@ -301,7 +315,7 @@ static bool statement_matches(const pol_statement *st, const hsm_policy_request 
 	if (any_glob(st->resources, st->n_resources, req->resource) == st->not_resource)
 		return false;
 	for (size_t i = 0; i < st->n_conds; i++) {
-		if (!condition_holds(&st->conds[i], req))
+		if (!condition_holds(&st->conds[i], req, st->deny))
 			return false;
 	}
 	return true;

@@ -725,6 +725,31 @@ static void test_policy_variables(void **state)
 	                 HSM_ERR_MALFORMED_POLICY);
 }
 
+/* A Deny with a negated operator: a context key spelt twice cannot slip past it. */
+static void test_case_variant_context_keys_and_deny(void **state)
+{
+	(void)state;
+	hsm_policy *p = parse_ok(STMT("{" ALLOW_ALL_BODY "}, {\"Effect\": \"Deny\", \"Principal\": \"*\", "
+	                              "\"Action\": \"kms:Encrypt\", \"Resource\": \"*\", "
+	                              "\"Condition\": {\"StringNotEquals\": "
+	                              "{\"kms:EncryptionContext:stage\": \"ok\"}}}"));
+	hsm_policy_request r = WITH({"stage", "ok"});
+	assert_int_equal(decide(p, &r), HSM_POLICY_ALLOW);
+	r = WITH({"stage", "prod"});
+	assert_int_equal(decide(p, &r), HSM_POLICY_EXPLICIT_DENY);
+	r = WITH({"stage", "ok"}, {"Stage", "prod"});
+	assert_int_equal(decide(p, &r), HSM_POLICY_EXPLICIT_DENY);
+	r = WITH({"Stage", "ok"}, {"stage", "ok"});
+	assert_int_equal(decide(p, &r), HSM_POLICY_ALLOW);
+	r = with_ctx(NULL, 0); /* absent: a negated operator holds */
+	assert_int_equal(decide(p, &r), HSM_POLICY_EXPLICIT_DENY);
+	hsm_policy_free(p);
+	/* In an Allow the same condition keeps its meaning: no spelling matches "prod". */
+	const char *ne = "{\"StringNotEquals\": {\"kms:EncryptionContext:stage\": \"prod\"}}";
+	FAILS(ne, WITH({"stage", "ok"}, {"Stage", "prod"}));
+	HOLDS(ne, WITH({"stage", "ok"}));
+}
+
 static hsm_policy_request with_extra(const char *key, const char *value)
 {
 	static hsm_policy_pair pair;
@@ -1045,6 +1070,7 @@ int main(void)
 	    cmocka_unit_test(test_principals),
 	    cmocka_unit_test(test_string_operators),
 	    cmocka_unit_test(test_policy_variables),
+	    cmocka_unit_test(test_case_variant_context_keys_and_deny),
 	    cmocka_unit_test(test_null_bool_if_exists),
 	    cmocka_unit_test(test_date_operators),
 	    cmocka_unit_test(test_ip_operators),
