@@ -30,11 +30,11 @@ static const op_row operators[] = {
     {"StringNotEqualsIgnoreCase", POL_OP_EQUALS_IC, true},
     {"StringLike", POL_OP_LIKE, false},
     {"StringNotLike", POL_OP_LIKE, true},
-    /* IAM: ArnEquals and ArnLike behave alike, both take wildcards. */
-    {"ArnEquals", POL_OP_LIKE, false},
-    {"ArnLike", POL_OP_LIKE, false},
-    {"ArnNotEquals", POL_OP_LIKE, true},
-    {"ArnNotLike", POL_OP_LIKE, true},
+    /* IAM: ArnEquals and ArnLike behave alike, both take wildcards within parts. */
+    {"ArnEquals", POL_OP_ARN, false},
+    {"ArnLike", POL_OP_ARN, false},
+    {"ArnNotEquals", POL_OP_ARN, true},
+    {"ArnNotLike", POL_OP_ARN, true},
     {"Bool", POL_OP_BOOL, false},
     {"Null", POL_OP_NULL, false},
     {"NumericEquals", POL_OP_NUM_EQ, false},
@@ -287,7 +287,7 @@ static const char *const expanded_vars[] = {"aws:username", "aws:PrincipalArn",
  */
 static hsm_result check_variables(const char *s, size_t stmt, pol_condition *c)
 {
-	bool like = c->base == POL_OP_LIKE;
+	bool like = c->base == POL_OP_LIKE || c->base == POL_OP_ARN;
 	size_t n = 0;
 	for (const char *p = strstr(s, "${"); p != NULL; p = strstr(p, "${")) {
 		const char *end = strchr(p + 2, '}');
@@ -341,7 +341,7 @@ static hsm_result parse_values(pol_arena *a, json_t *v, size_t stmt, const char 
 		HSM_GUARD(typed_value(c, i, stmt, numbers, nets));
 		/* IAM: variables are expanded in 2012-10-17 policies, text in 2008-10-17 ones. */
 		if (variables && (c->base == POL_OP_EQUALS || c->base == POL_OP_EQUALS_IC ||
-		                  c->base == POL_OP_LIKE))
+		                  c->base == POL_OP_LIKE || c->base == POL_OP_ARN))
 			HSM_GUARD(check_variables(c->values[i], stmt, c));
 	}
 	c->n_values = n;

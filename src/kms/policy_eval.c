@@ -45,6 +45,34 @@ bool hsm_pol_glob(const char *pattern, const char *s)
 	return *pattern == '\0';
 }
 
+/* Matches one part: pattern[0..pn) against s[0..sn), copied out to be NUL-terminated. */
+static bool part_glob(const char *pattern, size_t pn, const char *s, size_t sn)
+{
+	char pbuf[POL_EXPAND_MAX], sbuf[POL_EXPAND_MAX];
+	if (pn >= sizeof(pbuf) || sn >= sizeof(sbuf))
+		return false;
+	memcpy(pbuf, pattern, pn);
+	pbuf[pn] = '\0';
+	memcpy(sbuf, s, sn);
+	sbuf[sn] = '\0';
+	return hsm_pol_glob(pbuf, sbuf);
+}
+
+bool hsm_pol_arn_like(const char *pattern, const char *arn)
+{
+	for (int part = 0; part < 6; part++) {
+		const char *pe = part < 5 ? strchr(pattern, ':') : pattern + strlen(pattern);
+		const char *ae = part < 5 ? strchr(arn, ':') : arn + strlen(arn);
+		if (pe == NULL || ae == NULL)
+			return false; /* not six parts: not an ARN, matches nothing */
+		if (!part_glob(pattern, (size_t)(pe - pattern), arn, (size_t)(ae - arn)))
+			return false;
+		pattern = pe + (part < 5);
+		arn = ae + (part < 5);
+	}
+	return true;
+}
+
 static bool principal_matches(const pol_statement *st, const hsm_policy_request *req)
 {
 	for (size_t i = 0; i < st->n_principals; i++) {
@@ -238,6 +266,9 @@ static bool value_matches(const pol_condition *c, const hsm_policy_request *req,
 			break;
 		case POL_OP_LIKE:
 			hit = hsm_pol_glob(want, v);
+			break;
+		case POL_OP_ARN:
+			hit = hsm_pol_arn_like(want, v);
 			break;
 		case POL_OP_NULL:
 			break;

@@ -34,6 +34,7 @@ typedef enum pol_base {
 	POL_OP_EQUALS,
 	POL_OP_EQUALS_IC,
 	POL_OP_LIKE,
+	POL_OP_ARN, /* ArnEquals/ArnLike: wildcards within each of an ARN's six parts */
 	POL_OP_BOOL,
 	POL_OP_NULL,
 	/* The operators from here on compare typed values (parsed once, in the
@@ -173,6 +174,9 @@ bool hsm_pol_glob(const char *pattern, const char *s);
 
 /* ASCII case-insensitive equality. */
 bool hsm_pol_eq_ic(const char *a, const char *b);
+/* IAM's Arn operators: six colon-separated parts (the last may hold colons), each
+ * matched with hsm_pol_glob, so no wildcard spans a colon between parts. */
+bool hsm_pol_arn_like(const char *pattern, const char *arn);
 /* The same over the first n bytes at most (ASCII case folding). */
 bool hsm_pol_eq_ic_n(const char *a, const char *b, size_t n);
 /* A whole decimal number (as strtod reads one, finite, no blanks around it). */

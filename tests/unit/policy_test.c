@@ -566,6 +566,7 @@ static void expect_holds(const char *condition, hsm_policy_request r, bool expec
 	if (holds(condition, &r) != expected)
 		fail_msg("line %d: %s should be %s", line, condition, expected ? "true" : "false");
 }
+static hsm_policy_request with_extra(const char *key, const char *value);
 #define HOLDS(c, r) expect_holds((c), (r), true, __LINE__)
 #define FAILS(c, r) expect_holds((c), (r), false, __LINE__)
 
@@ -643,6 +644,16 @@ static void test_string_operators(void **state)
 	HOLDS("{\"ArnEquals\": {\"aws:PrincipalArn\": \"" ALICE "\"}}", alice);
 	FAILS("{\"ArnNotEquals\": {\"aws:PrincipalArn\": \"" ALICE "\"}}", alice);
 	HOLDS("{\"ArnNotLike\": {\"aws:PrincipalArn\": \"*:user/*\"}}", role);
+	/* IAM matches an ARN part by part: no wildcard spans the colons between them. */
+	FAILS("{\"ArnLike\": {\"aws:PrincipalArn\": \"arn:aws:*/alice\"}}", alice);
+	HOLDS("{\"StringLike\": {\"aws:PrincipalArn\": \"arn:aws:*/alice\"}}", alice);
+	HOLDS("{\"ArnLike\": {\"aws:PrincipalArn\": \"arn:*:iam::111122223333:user/*\"}}", alice);
+	HOLDS("{\"ArnLike\": {\"aws:PrincipalArn\": \"arn:aws:iam::*:*\"}}", alice);
+	FAILS("{\"ArnLike\": {\"aws:PrincipalArn\": \"arn:aws:iam:*:user/alice\"}}", alice);
+	HOLDS("{\"ArnNotLike\": {\"aws:PrincipalArn\": \"arn:aws:*/alice\"}}", alice);
+	hsm_policy_request res = with_extra("aws:SourceArn", "arn:aws:kms:eu-west-1:1:key/a:b");
+	HOLDS("{\"ArnLike\": {\"aws:SourceArn\": \"arn:aws:kms:*:*:key/a:*\"}}", res);
+	FAILS("{\"ArnLike\": {\"aws:SourceArn\": \"arn:aws:kms:*:key/a:*\"}}", res);
 }
 
 #define WITH_EXTRA(k, v) with_extra((k), (v))
