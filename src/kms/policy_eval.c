@@ -30,7 +30,13 @@ bool hsm_pol_glob(const char *pattern, const char *s)
 				return true;
 			after_star = pattern;
 			resume = s;
-		} else if (*pattern != '\0' && (*pattern == '?' || *pattern == *s)) {
+		} else if (*pattern == '?') {
+			/* One character: a UTF-8 sequence's continuation bytes go with it. */
+			pattern++;
+			s++;
+			while ((*(const unsigned char *)s & 0xC0) == 0x80)
+				s++;
+		} else if (*pattern != '\0' && *pattern == *s) {
 			pattern++;
 			s++;
 		} else if (after_star != NULL) {

@@ -599,6 +599,10 @@ static void test_string_operators(void **state)
 	HOLDS(neic, WITH({"Purpose", "y"}));
 	HOLDS(neic, none);
 
+	/* ? is one character, however many bytes its UTF-8 takes. */
+	HOLDS("{\"StringLike\": {\"kms:EncryptionContext:p\": \"a?c\"}}", WITH({"p", "a\xc3\xa9" "c"}));
+	HOLDS("{\"StringLike\": {\"kms:EncryptionContext:p\": \"a?c\"}}", WITH({"p", "a\xe2\x82\xac" "c"}));
+	FAILS("{\"StringLike\": {\"kms:EncryptionContext:p\": \"a??c\"}}", WITH({"p", "a\xc3\xa9" "c"}));
 	const char *like = "{\"StringLike\": {\"kms:EncryptionContext:Purpose\": \"app-*-v?\"}}";
 	HOLDS(like, WITH({"Purpose", "app-foo-v1"}));
 	HOLDS(like, WITH({"Purpose", "app--v9"}));
