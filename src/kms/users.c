@@ -7,6 +7,7 @@
  * the local operator) manage principals.
  */
 #include <string.h>
+#include <strings.h>
 
 #include "common/encoding.h"
 #include "kms/kms_internal.h"
@@ -34,6 +35,20 @@ static hsm_result check_user_name(const char *name)
 	return HSM_SUCCESS;
 }
 
+/* A user whose name differs from the one asked for only by case (IAM names are unique so). */
+typedef struct name_twin {
+	const char *name;
+	char found[HSM_USER_NAME_MAX + 1];
+} name_twin;
+
+static hsm_result find_twin(const hsm_user_record *u, void *arg)
+{
+	name_twin *t = arg;
+	if (t->found[0] == '\0' && strcasecmp(u->name, t->name) == 0 && strcmp(u->name, t->name) != 0)
+		return hsm_strcpy(t->found, sizeof(t->found), u->name);
+	return HSM_SUCCESS;
+}
+
 hsm_result hsm_kms_user_create(hsm_kms *kms, const hsm_caller *caller, const char *name,
                                unsigned roles)
 {
@@ -46,6 +61,11 @@ hsm_result hsm_kms_user_create(hsm_kms *kms, const hsm_caller *caller, const cha
 	HSM_GUARD(hsm_strcpy(u.name, sizeof(u.name), name));
 	u.roles = roles;
 	u.created = kms_now(kms);
+	/* aws:username conditions compare names; "Alice" beside "alice" could sidestep one. */
+	name_twin twin = {name, ""};
+	HSM_GUARD(hsm_store_user_list(kms->store, find_twin, &twin));
+	HSM_ENSURE(twin.found[0] == '\0', HSM_ERR_ALREADY_EXISTS,
+	           "user %s already exists (user names are unique regardless of case)", twin.found);
 	hsm_user_record had;
 	hsm_result r = kms_commit_unless_taken(hsm_store_user_get(kms->store, name, &had), caller);
 	if (hsm_ok(r))

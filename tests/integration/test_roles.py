@@ -69,6 +69,11 @@ def test_create_user_validation(hsmd, clients):
     admin(hsmd, "CreateAccessKey", {"UserName": "ghost"}, expect=400)
     names = {u["UserName"] for u in admin(hsmd, "ListUsers")["Users"]}
     assert not names & {"no-roles", "bad-role", "bad name!"}
+    # Names are unique regardless of case, as in IAM: aws:username conditions compare them.
+    out = admin(hsmd, "CreateUser", {"UserName": "OFFICER", "Roles": ["auditor"]}, expect=400)
+    assert out["__type"] == "AlreadyExistsException" and "'officer'" not in out["message"], out
+    assert "officer already exists" in out["message"], out
+    assert "OFFICER" not in {u["UserName"] for u in admin(hsmd, "ListUsers")["Users"]}
 
 
 def test_crypto_user(clients, keys):
