@@ -106,12 +106,40 @@ void hsm_http_conn_free_closed(hsm_http_conn *c)
 	free(c);
 }
 
+/* Takes c off the later list (it is closing: the list must not outlive it). */
+static void later_remove(hsm_http_worker *w, hsm_http_conn *c)
+{
+	for (hsm_http_conn **p = &w->later; *p != NULL; p = &(*p)->next_later) {
+		if (*p == c) {
+			*p = c->next_later;
+			break;
+		}
+	}
+	c->next_later = NULL;
+	c->deferred = false;
+}
+
+void hsm_http_conn_resume_later(hsm_http_worker *w)
+{
+	hsm_http_conn *c = w->later;
+	w->later = NULL;
+	while (c != NULL) {
+		hsm_http_conn *next = c->next_later;
+		c->next_later = NULL;
+		c->deferred = false;
+		runq_add(c);
+		c = next;
+	}
+}
+
 void hsm_http_conn_close(hsm_http_conn *c)
 {
 	if (c->closed)
 		return;
 	hsm_http_worker *w = c->w;
 	c->closed = true;
+	if (c->deferred)
+		later_remove(w, c);
 	unlink_conn(w, c);
 	SSL_free(c->ssl); /* no close_notify: HTTP's framing says what was complete */
 	c->ssl = NULL;
@@ -429,6 +457,7 @@ static void conn_run(hsm_http_conn *c)
 {
 	hsm_http_worker *w = c->w;
 	hsm_http_conn *outer = w->running;
+	unsigned responses = 0;
 	w->running = c;
 	while (!c->closed) {
 		if (c->state == CONN_HANDLING)
@@ -440,6 +469,19 @@ static void conn_run(hsm_http_conn *c)
 		if (c->state == CONN_WRITING) {
 			if (!send_response(c))
 				break;
+			/*
+			 * A client pipelining requests without end gets its budget, then
+			 * waits for the next pass, so the others' events are served first.
+			 */
+			if (++responses >= HSM_HTTP_RUN_RESPONSES && !c->closed &&
+			    c->state != CONN_WRITING && (c->in_len > 0 || c->rd_ready)) {
+				if (!c->deferred) {
+					c->deferred = true;
+					c->next_later = w->later;
+					w->later = c;
+				}
+				break;
+			}
 			continue;
 		}
 		if (c->state == CONN_PROXY) {

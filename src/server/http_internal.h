@@ -67,12 +67,14 @@ struct hsm_http_conn {
 	bool continue_sent;
 	bool closed;       /* closed: freed at the end of the pass, or when its request returns */
 	bool queued;       /* on the worker's run queue */
+	bool deferred;     /* on the worker's later list: its budget for a pass was spent */
 	bool subject_done; /* client_subject has been looked up */
 	char *client_subject; /* owned; NULL without a verified client certificate */
 	char addr[HSM_HTTP_ADDR_MAX];
 	uint16_t port;
 	hsm_http_conn *prev, *next; /* the worker's list of open connections */
 	hsm_http_conn *next_q;      /* the worker's run queue */
+	hsm_http_conn *next_later;  /* the worker's later list */
 	hsm_http_conn *next_grave;  /* the worker's list of connections closed in this pass */
 };
 
@@ -124,6 +126,7 @@ struct hsm_http_worker {
 	hsm_http_conn *conns;  /* open connections */
 	size_t n_conns;
 	hsm_http_conn *runq;    /* connections to run again in this pass */
+	hsm_http_conn *later;   /* connections to run again in the next pass (a spent budget) */
 	hsm_http_conn *running; /* the connection being run (http_conn.c), or NULL */
 	hsm_http_conn *grave;  /* closed in this pass: freed at its end */
 	hsm_http_req *pool;
@@ -184,6 +187,10 @@ hsm_io hsm_http_conn_read(hsm_http_conn *conn, uint8_t *p, size_t room, size_t *
 hsm_io hsm_http_conn_write(hsm_http_conn *conn, const uint8_t *p, size_t len, size_t *n);
 /* Closes conn (idempotent); see the file comment for when it is freed. */
 void hsm_http_conn_close(hsm_http_conn *conn);
+/* Responses one connection may complete in one run before the others' turn (pipelining). */
+#define HSM_HTTP_RUN_RESPONSES 32
+/* At the start of a pass: the connections whose budget ran out go on the run queue. */
+void hsm_http_conn_resume_later(hsm_http_worker *w);
 /* Accepts what is waiting on the listening socket. */
 void hsm_http_accept(hsm_http_worker *w);
 /* Runs conn after epoll reported events on it. */
