@@ -44,6 +44,7 @@ void hsm_http_config_defaults(hsm_http_config *cfg)
 	cfg->idle_timeout_ms = HSM_HTTP_DEFAULT_IDLE_TIMEOUT_MS;
 	cfg->write_timeout_ms = HSM_HTTP_DEFAULT_WRITE_TIMEOUT_MS;
 	cfg->max_connections = HSM_HTTP_DEFAULT_MAX_CONNECTIONS;
+	cfg->max_buffered_bytes = HSM_HTTP_DEFAULT_MAX_BUFFERED;
 	cfg->client_auth = HSM_HTTP_CLIENT_AUTH_NONE;
 }
 
@@ -297,6 +298,8 @@ hsm_result hsm_http_server_new(const hsm_http_config *cfg, hsm_http_handler hand
 	hsm_http_server *srv = calloc(1, sizeof(*srv));
 	HSM_ENSURE(srv != NULL, HSM_ERR_NOMEM, "out of memory");
 	srv->cfg = *cfg;
+	if (srv->cfg.max_buffered_bytes == 0)
+		srv->cfg.max_buffered_bytes = HSM_HTTP_DEFAULT_MAX_BUFFERED;
 	srv->handler = handler;
 	srv->arg = arg;
 	srv->shared_fd = -1;

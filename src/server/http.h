@@ -51,6 +51,8 @@
 #include "common/result.h"
 
 #define HSM_HTTP_DEFAULT_MAX_BODY ((size_t)1 << 20)
+/* Request input buffered beyond each connection's first 16 KB, all connections together. */
+#define HSM_HTTP_DEFAULT_MAX_BUFFERED ((size_t)256 << 20)
 #define HSM_HTTP_DEFAULT_MAX_HEADERS ((size_t)16 << 10)
 #define HSM_HTTP_DEFAULT_READ_TIMEOUT_MS 10000U
 #define HSM_HTTP_DEFAULT_IDLE_TIMEOUT_MS 60000U
@@ -76,7 +78,14 @@ typedef struct hsm_http_config {
 	const char *listen;          /* "127.0.0.1:8443", "[::1]:8443"; port 0 picks a free port */
 	unsigned workers;            /* 0: one per online CPU */
 	size_t max_body_bytes;       /* larger bodies get 413 */
-	size_t max_header_bytes;     /* request line + headers; larger get 400 */
+	size_t max_header_bytes;     /* request line + headers; larger get 431 */
+	/*
+	 * Input all connections together may hold beyond their first 16 KB
+	 * (large bodies being read): a request that would pass it gets 503 and
+	 * its connection is closed, so many large or slow bodies at once cannot
+	 * exhaust memory.  0: HSM_HTTP_DEFAULT_MAX_BUFFERED.
+	 */
+	size_t max_buffered_bytes;
 	uint32_t read_timeout_ms;    /* whole request, first byte to last */
 	uint32_t idle_timeout_ms;    /* keep-alive connection with no request */
 	uint32_t write_timeout_ms;   /* no progress writing a response */

@@ -156,6 +156,7 @@ struct hsm_http_server {
 	int shared_fd;
 	uint16_t port;
 	_Atomic uint32_t n_conns;
+	_Atomic size_t buffered; /* bytes of input buffers larger than HSM_HTTP_IN_BUF */
 	_Atomic uint32_t n_accepting; /* workers not paused by the balance (shared socket) */
 	_Atomic bool stopping;
 	_Atomic uint32_t grace_ms;

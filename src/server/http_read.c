@@ -30,6 +30,8 @@ void hsm_http_in_release(hsm_http_conn *c)
 	if (c->in == NULL)
 		return;
 	OPENSSL_cleanse(c->in, c->in_len);
+	if (c->in_cap > HSM_HTTP_IN_BUF)
+		atomic_fetch_sub_explicit(&w->srv->buffered, c->in_cap, memory_order_relaxed);
 	if (c->in_cap == HSM_HTTP_IN_BUF && w->n_bufs < HSM_HTTP_BUF_POOL_MAX)
 		w->bufs[w->n_bufs++] = c->in;
 	else
@@ -84,26 +86,46 @@ static void rebase_head(hsm_http_head *h, const uint8_t *old, size_t len, const 
 	}
 }
 
-/* Makes room to read into: false when the request cannot fit its limits. */
-static bool in_room(hsm_http_conn *c)
+typedef enum in_space {
+	IN_ROOM,  /* there is room to read into */
+	IN_LIMIT, /* the request cannot fit its limits */
+	IN_BUSY,  /* the server holds too much input already (max_buffered_bytes) */
+} in_space;
+
+/* Makes room to read into. */
+static in_space in_room(hsm_http_conn *c)
 {
 	hsm_http_worker *w = c->w;
 	if (c->in == NULL) {
 		c->in = w->n_bufs > 0 ? w->bufs[--w->n_bufs] : malloc(HSM_HTTP_IN_BUF);
 		c->in_cap = c->in != NULL ? HSM_HTTP_IN_BUF : 0;
-		return c->in != NULL;
+		return c->in != NULL ? IN_ROOM : IN_LIMIT;
 	}
 	if (c->in_len < c->in_cap)
-		return true;
+		return IN_ROOM;
 	size_t limit = in_limit(c);
 	if (c->in_cap >= limit)
-		return false;
+		return IN_LIMIT;
 	size_t cap = c->in_cap * 2 > limit ? limit : c->in_cap * 2;
 	if (cap < limit && limit - cap < HSM_HTTP_IN_BUF)
 		cap = limit;
+	/*
+	 * Counted before it is taken, so that together connections stay within
+	 * the budget; the buffer it replaces (released below) is not counted
+	 * against it.
+	 */
+	size_t budget = w->srv->cfg.max_buffered_bytes;
+	size_t old = c->in_cap > HSM_HTTP_IN_BUF ? c->in_cap : 0;
+	size_t held = atomic_fetch_add_explicit(&w->srv->buffered, cap, memory_order_relaxed);
+	if (held - old + cap > budget) {
+		atomic_fetch_sub_explicit(&w->srv->buffered, cap, memory_order_relaxed);
+		return IN_BUSY;
+	}
 	uint8_t *p = malloc(cap);
-	if (p == NULL)
-		return false;
+	if (p == NULL) {
+		atomic_fetch_sub_explicit(&w->srv->buffered, cap, memory_order_relaxed);
+		return IN_LIMIT;
+	}
 	memcpy(p, c->in, c->in_len);
 	if (c->head_len > 0)
 		rebase_head(&c->req->head, c->in, c->in_len, p); /* the body has yet to come */
@@ -112,7 +134,7 @@ static bool in_room(hsm_http_conn *c)
 	c->in = p;
 	c->in_len = len;
 	c->in_cap = cap;
-	return true;
+	return IN_ROOM;
 }
 
 /* RFC 9110 section 10.1.1: a client waiting for "100 Continue" before its body. */
@@ -264,7 +286,10 @@ bool hsm_http_conn_input(hsm_http_conn *c)
 	}
 	if (!c->rd_ready)
 		return false;
-	if (!in_room(c)) {
+	in_space room = in_room(c);
+	if (room == IN_BUSY)
+		return refuse(c, 503, "Too much request data is being received; retry later");
+	if (room != IN_ROOM) {
 		if (c->head_len == 0)
 			return refuse(c, 431, "Request Header Fields Too Large");
 		return refuse(c, 413, "Request body too large");

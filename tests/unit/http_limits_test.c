@@ -375,6 +375,51 @@ static void test_write_timeout(void **state)
 	hsm_http_server_free(srv);
 }
 
+/* Together, connections hold at most max_buffered_bytes of input beyond their first 16 KB. */
+static void test_buffered_budget(void **state)
+{
+	(void)state;
+	hsm_http_config cfg = defaults(2);
+	cfg.max_buffered_bytes = (size_t)256 << 10;
+	hsm_http_server *srv = start(&cfg);
+	uint16_t port = hsm_http_server_port(srv);
+	size_t na = (size_t)200 << 10, nb = (size_t)100 << 10;
+	char *body = malloc(na);
+	assert_non_null(body);
+	memset(body, 'x', na);
+	tc_resp r;
+	/* A holds about 200 KB while its body is still coming... */
+	tc_conn *a = tc_connect(port, false, 5000);
+	assert_non_null(a);
+	assert_true(tc_sendf(a, "POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: %zu\r\n\r\n", na));
+	assert_true(tc_send(a, body, na - 1000));
+	usleep(200 * 1000);
+	/* ...so B's 100 KB does not fit beside it: 503, and B's connection closes. */
+	tc_conn *b = tc_connect(port, false, 5000);
+	assert_non_null(b);
+	assert_true(tc_sendf(b, "POST /b HTTP/1.1\r\nHost: t\r\nContent-Length: %zu\r\n\r\n", nb));
+	(void)tc_send(b, body, nb);
+	assert_true(tc_read(b, &r, false));
+	assert_int_equal(r.status, 503);
+	tc_resp_clear(&r);
+	tc_close(b);
+	/* A finishes, and gives its room back: B's request now goes through. */
+	assert_true(tc_send(a, body, 1000) && tc_read(a, &r, false));
+	assert_int_equal(r.status, 200);
+	assert_non_null(strstr(r.body, "len=204800 "));
+	tc_resp_clear(&r);
+	b = tc_connect(port, false, 5000);
+	assert_non_null(b);
+	assert_true(tc_sendf(b, "POST /b HTTP/1.1\r\nHost: t\r\nContent-Length: %zu\r\n\r\n", nb));
+	assert_true(tc_send(b, body, nb) && tc_read(b, &r, false));
+	assert_int_equal(r.status, 200);
+	tc_resp_clear(&r);
+	tc_close(a);
+	tc_close(b);
+	free(body);
+	hsm_http_server_free(srv);
+}
+
 static void test_max_connections(void **state)
 {
 	(void)state;
@@ -435,6 +480,7 @@ int main(void)
 	    cmocka_unit_test(test_methods),
 	    cmocka_unit_test(test_slow_clients_cut_off),
 	    cmocka_unit_test(test_write_timeout),
+	    cmocka_unit_test(test_buffered_budget),
 	    cmocka_unit_test(test_max_connections),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
