@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -597,6 +598,29 @@ uint16_t hsm_server_port(hsm_server *s)
 /* ---- /metrics --------------------------------------------------------------------- */
 
 /* How long the audit file's syncs take, and how long they held responses. */
+/*
+ * Space left on the file systems of the audit trail and the backups, read at
+ * each scrape: the trail keeps years of records, and a full disk stops the
+ * node (a request that cannot be audited is refused).
+ */
+static hsm_result render_disk(const hsm_server *s, hsm_buf *out)
+{
+	static const char *const names[] = {"audit", "backup"};
+	const char *dirs[] = {s->audit_dir, s->backup_dir};
+	for (size_t i = 0; i < 2; i++) {
+		HSM_GUARD(hsm_buf_printf(out,
+		                         "# HELP hsmd_%s_disk_free_bytes Bytes an unprivileged writer may "
+		                         "still use on the file system of %s_dir.\n"
+		                         "# TYPE hsmd_%s_disk_free_bytes gauge\n",
+		                         names[i], names[i], names[i]));
+		struct statvfs v;
+		if (dirs[i][0] != '\0' && statvfs(dirs[i], &v) == 0)
+			HSM_GUARD(hsm_buf_printf(out, "hsmd_%s_disk_free_bytes %llu\n", names[i],
+			                         (unsigned long long)v.f_bavail * v.f_frsize));
+	}
+	return HSM_SUCCESS;
+}
+
 static hsm_result render_audit_syncs(const hsm_audit_stats *as, hsm_buf *out)
 {
 	HSM_GUARD(hsm_buf_put_str(
@@ -727,5 +751,6 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    (unsigned long long)atomic_load(&s->backup_copy_failures),
 	    (unsigned long long)atomic_load(&s->backups_expired)));
 	HSM_GUARD(render_audit_syncs(&as, out));
+	HSM_GUARD(render_disk(s, out));
 	return hsm_metrics_render(&s->metrics, out);
 }

@@ -209,6 +209,18 @@ def test_probes_are_counted_apart_from_requests(server):
     assert total(after) == total(before) and count(after) == count(before)
 
 
+def test_disk_free_space_of_the_trail_and_the_backups(server):
+    """What the file systems of audit_dir and backup_dir have left, read at the scrape."""
+    import os
+    samples = scrape(server)
+    for name, path in (("audit", os.path.join(server.data_dir, "audit")),
+                       ("backup", os.path.join(server.data_dir, "backups"))):
+        got = value(samples, f"hsmd_{name}_disk_free_bytes")
+        st = os.statvfs(path)
+        want = st.f_bavail * st.f_frsize
+        assert got > 0 and abs(got - want) < 256 << 20, (name, got, want)
+
+
 def test_readme_alert_rules_name_exported_series(server):
     """Every hsmd series the README's alert rules read exists: a renamed or misspelt gauge
     would leave its alert silent forever."""
