@@ -818,8 +818,14 @@ hsm_result hsm_kms_retire_grant(hsm_kms *kms, const hsm_caller *caller, const ch
 		goto out;
 	hsm_kms_caller_arn(kms, caller, arn);
 	root_arn(kms, root);
+	/*
+	 * A retiring principal that is the account (its root ARN): as in KMS,
+	 * where the account's principals allowed kms:RetireGrant may retire it;
+	 * here, those who administer the account's keys, its crypto-officers.
+	 */
+	bool by_account = strcmp(g.retiring, root) == 0 && (caller->roles & HSM_ROLES_OFFICER) != 0;
 	bool allowed =
-	    caller->local || (g.retiring[0] != '\0' && strcmp(g.retiring, arn) == 0) ||
+	    caller->local || (g.retiring[0] != '\0' && strcmp(g.retiring, arn) == 0) || by_account ||
 	    ((g.operations & BIT(G_RetireGrant)) != 0 && principal_is(g.grantee, arn, root));
 	HSM_CHECK(allowed, HSM_ERR_ACCESS_DENIED,
 	          "User: %s is not authorized to perform: kms:RetireGrant on "

@@ -537,8 +537,9 @@ hsm_result hsm_kms_list_retirable_grants(hsm_kms *kms, const hsm_caller *caller,
                                          bool *truncated) HSM_MUST_CHECK;
 /*
  * RetireGrant, by token (ref and grant_id NULL) or by key and grant id.
- * Allowed to the grant's retiring principal, to its grantee when the grant
- * allows RetireGrant, and to local operators; key policies do not decide.
+ * Allowed to the grant's retiring principal (the account's root ARN: the
+ * account's crypto-officers), to its grantee when the grant allows
+ * RetireGrant, and to local operators; key policies do not decide.
  * *key_id receives the grant's key.
  */
 hsm_result hsm_kms_retire_grant(hsm_kms *kms, const hsm_caller *caller, const char *token,

@@ -424,6 +424,17 @@ static void test_retire_and_destruction(void **state)
 	                 HSM_ERR_NOT_FOUND);
 	assert_int_equal(encrypt(f, &alice, key, NULL, 0).err, HSM_ERR_ACCESS_DENIED);
 
+	/* The account as retiring principal: its crypto-officers retire the grant. */
+	grant_args acct = {.grantee = ALICE,
+	                   .retiring = "arn:aws:iam::111122223333:root",
+	                   .ops = {"Encrypt"},
+	                   .n_equals = SIZE_MAX,
+	                   .n_subset = SIZE_MAX};
+	assert_int_equal(grant(f, &officer, key, &acct, id, &token).err, HSM_OK);
+	assert_int_equal(hsm_kms_retire_grant(f->kms, &bob, NULL, key, id, kid).err,
+	                 HSM_ERR_ACCESS_DENIED); /* a crypto-user of the account: no */
+	assert_int_equal(hsm_kms_retire_grant(f->kms, &officer, NULL, key, id, kid).err, HSM_OK);
+
 	/* Destroying the key deletes its grants. */
 	assert_int_equal(grant(f, &officer, key, &a, id, &token).err, HSM_OK);
 	assert_int_equal(count_grants(f, key), 1);
