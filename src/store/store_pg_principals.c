@@ -191,18 +191,25 @@ static hsm_result user_put_body(pg_conn *w, void *arg)
 	return user_write(w, false, op->in);
 }
 
+/* Runs an UPDATE of one named row: NOT_FOUND ("<what> <name> does not exist") if none. */
+static hsm_result update_named(pg_conn *w, const char *sql, const pg_params *p, const char *what,
+                               const char *name)
+{
+	PGresult *r = NULL;
+	HSM_GUARD(pg_run(w, sql, p, &r));
+	bool found = strcmp(PQcmdTuples(r), "0") != 0;
+	PQclear(r);
+	HSM_ENSURE(found, HSM_ERR_NOT_FOUND, "%s %s does not exist", what, name);
+	return HSM_SUCCESS;
+}
+
 static hsm_result user_change_body(pg_conn *w, void *arg)
 {
 	const user_op *op = arg;
 	pg_params p;
-	PGresult *r = NULL;
 	pg_params_init(&p);
 	pg_p_text(&p, op->name);
-	HSM_GUARD(pg_run(w, SQL_USER_CHANGE[op->change], &p, &r));
-	bool found = strcmp(PQcmdTuples(r), "0") != 0;
-	PQclear(r);
-	HSM_ENSURE(found, HSM_ERR_NOT_FOUND, "user %s does not exist", op->name);
-	return HSM_SUCCESS;
+	return update_named(w, SQL_USER_CHANGE[op->change], &p, "user", op->name);
 }
 
 hsm_result pg_user_change(hsm_store *base, const char *name, hsm_user_change change)
@@ -359,15 +366,10 @@ static hsm_result access_key_set_active_body(pg_conn *w, void *arg)
 {
 	user_op *op = arg;
 	pg_params p;
-	PGresult *r = NULL;
 	pg_params_init(&p);
 	pg_p_text(&p, op->name);
 	pg_p_bool(&p, op->active);
-	HSM_GUARD(pg_run(w, SQL_AK_SET_ACTIVE, &p, &r));
-	bool found = strcmp(PQcmdTuples(r), "0") != 0;
-	PQclear(r);
-	HSM_ENSURE(found, HSM_ERR_NOT_FOUND, "access key %s does not exist", op->name);
-	return HSM_SUCCESS;
+	return update_named(w, SQL_AK_SET_ACTIVE, &p, "access key", op->name);
 }
 
 hsm_result pg_access_key_set_active(hsm_store *base, const char *access_key_id, bool active)

@@ -36,19 +36,31 @@ static const hsm_caller bob = {.user = "bob",
 	"\"arn:aws:iam::111122223333:user/"                                                        \
 	"olivia\"},\"Action\":\"kms:*\",\"Resource\":\"*\"}]}"
 
+/* The officer may do anything; then the statements given (a JSON fragment). */
+#define OFFICER_AND(statements)                                                                    \
+	"{\"Version\":\"2012-10-17\",\"Statement\":["                                                \
+	"{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"arn:aws:iam::111122223333:user/olivia\"},"  \
+	"\"Action\":\"kms:*\",\"Resource\":\"*\"}," statements "]}"
+
 static int setup(void **state)
 {
 	return kms_fx_setup(state, NULL, 1800000000);
 }
 
-static void create_key(fx *f, hsm_key_spec spec, hsm_key_usage usage, char id[HSM_UUID_STRLEN + 1])
+static void create_key_with(fx *f, hsm_key_spec spec, hsm_key_usage usage, const char *policy,
+                            char id[HSM_UUID_STRLEN + 1])
 {
-	hsm_create_key_req req = {.spec = spec, .usage = usage, .policy = OFFICER_ONLY};
+	hsm_create_key_req req = {.spec = spec, .usage = usage, .policy = policy};
 	hsm_key_record out;
 	memset(&out, 0, sizeof(out));
 	assert_true(hsm_ok(hsm_kms_create_key(f->kms, &officer, &req, &out)));
 	memcpy(id, out.key_id, HSM_UUID_STRLEN + 1);
 	hsm_key_record_clear(&out);
+}
+
+static void create_key(fx *f, hsm_key_spec spec, hsm_key_usage usage, char id[HSM_UUID_STRLEN + 1])
+{
+	create_key_with(f, spec, usage, OFFICER_ONLY, id);
 }
 
 typedef struct grant_args {
@@ -217,24 +229,14 @@ static void test_create_grant_conditions_see_the_constraint_context(void **state
 	fx *f = *state;
 	char key[HSM_UUID_STRLEN + 1], id[HSM_GRANT_ID_LEN + 1];
 	hsm_buf token = {0};
-	static const char policy[] =
-	    "{\"Version\":\"2012-10-17\",\"Statement\":["
-	    "{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"arn:aws:iam::111122223333:user/olivia\"},"
-	    "\"Action\":\"kms:*\",\"Resource\":\"*\"},"
+	static const char policy[] = OFFICER_AND(
 	    "{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"" ALICE "\"},"
 	    "\"Action\":\"kms:CreateGrant\",\"Resource\":\"*\",\"Condition\":{"
 	    "\"ForAllValues:StringEquals\":{\"kms:EncryptionContextKeys\":[\"tenant\",\"stage\"]}}},"
 	    "{\"Effect\":\"Deny\",\"Principal\":\"*\",\"Action\":\"kms:CreateGrant\","
 	    "\"Resource\":\"*\",\"Condition\":{"
-	    "\"StringEquals\":{\"kms:EncryptionContext:stage\":\"restricted\"}}}]}";
-	hsm_create_key_req req = {.spec = HSM_SPEC_SYMMETRIC_DEFAULT,
-	                          .usage = HSM_USAGE_ENCRYPT_DECRYPT,
-	                          .policy = policy};
-	hsm_key_record out;
-	memset(&out, 0, sizeof(out));
-	assert_true(hsm_ok(hsm_kms_create_key(f->kms, &officer, &req, &out)));
-	memcpy(key, out.key_id, sizeof(key));
-	hsm_key_record_clear(&out);
+	    "\"StringEquals\":{\"kms:EncryptionContext:stage\":\"restricted\"}}}");
+	create_key_with(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, policy, key);
 	grant_args a = {.grantee = BOB,
 	                .ops = {"Encrypt"},
 	                .n_equals = SIZE_MAX,
@@ -268,21 +270,11 @@ static void test_grant_is_for_aws_resource_on_every_grant_operation(void **state
 	fx *f = *state;
 	char key[HSM_UUID_STRLEN + 1], id[HSM_GRANT_ID_LEN + 1];
 	hsm_buf token = {0};
-	static const char policy[] =
-	    "{\"Version\":\"2012-10-17\",\"Statement\":["
-	    "{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"arn:aws:iam::111122223333:user/olivia\"},"
-	    "\"Action\":\"kms:*\",\"Resource\":\"*\"},"
+	static const char policy[] = OFFICER_AND(
 	    "{\"Effect\":\"Deny\",\"Principal\":\"*\","
 	    "\"Action\":[\"kms:ListGrants\",\"kms:RevokeGrant\"],\"Resource\":\"*\","
-	    "\"Condition\":{\"Bool\":{\"kms:GrantIsForAWSResource\":\"false\"}}}]}";
-	hsm_create_key_req req = {.spec = HSM_SPEC_SYMMETRIC_DEFAULT,
-	                          .usage = HSM_USAGE_ENCRYPT_DECRYPT,
-	                          .policy = policy};
-	hsm_key_record out;
-	memset(&out, 0, sizeof(out));
-	assert_true(hsm_ok(hsm_kms_create_key(f->kms, &officer, &req, &out)));
-	memcpy(key, out.key_id, sizeof(key));
-	hsm_key_record_clear(&out);
+	    "\"Condition\":{\"Bool\":{\"kms:GrantIsForAWSResource\":\"false\"}}}");
+	create_key_with(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, policy, key);
 	grant_args a = {.grantee = BOB, .ops = {"Encrypt"}, .n_equals = SIZE_MAX, .n_subset = SIZE_MAX};
 	assert_int_equal(grant(f, &officer, key, &a, id, &token).err, HSM_OK);
 	size_t n = 0;
