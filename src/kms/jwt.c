@@ -2,7 +2,9 @@
  * jwt.c - JWS algorithms as data, the kid, the claims rules and the
  * assembly of a compact JWS (RFC 7515 section 7.1).
  */
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/encoding.h"
@@ -219,10 +221,50 @@ hsm_result hsm_jwt_check_header(const json_t *header, const char **typ, const ch
 
 /* ---- Token assembly ------------------------------------------------------------------ */
 
-/* Appends BASE64URL(compact JSON of v). */
+/* The fewest significant digits (1..17) that give x back when read. */
+static int digits_for(double x)
+{
+	char text[40];
+	for (int p = 1; p < 17; p++) {
+		snprintf(text, sizeof(text), "%.*g", p, x);
+		if (strtod(text, NULL) == x)
+			return p;
+	}
+	return 17;
+}
+
+/* The precision that writes every real number in v back exactly, as short as that allows. */
+static int precision_of(const json_t *v)
+{
+	int p = 1;
+	if (json_is_real(v))
+		return digits_for(json_real_value(v));
+	if (json_is_object(v)) {
+		const char *k;
+		json_t *m;
+		json_object_foreach((json_t *)(uintptr_t)v, k, m)
+		{
+			int q = precision_of(m);
+			p = q > p ? q : p;
+		}
+	} else if (json_is_array(v)) {
+		for (size_t i = 0; i < json_array_size(v); i++) {
+			int q = precision_of(json_array_get(v, i));
+			p = q > p ? q : p;
+		}
+	}
+	return p;
+}
+
+/*
+ * Appends BASE64URL(compact JSON of v).  Numbers with a fraction are written
+ * as short as reads back exactly (0.1, not jansson's default
+ * 0.10000000000000001): one precision for the document, the largest any of
+ * its numbers needs.
+ */
 static hsm_result put_b64url_json(hsm_buf *out, const json_t *v)
 {
-	char *text = json_dumps(v, JSON_COMPACT);
+	char *text = json_dumps(v, JSON_COMPACT | JSON_REAL_PRECISION(precision_of(v)));
 	HSM_ENSURE(text != NULL, HSM_ERR_NOMEM, "out of memory");
 	hsm_result r = hsm_b64url_encode(out, (const uint8_t *)text, strlen(text));
 	free(text);

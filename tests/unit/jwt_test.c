@@ -225,6 +225,26 @@ static void test_signing_input_encoding(void **state)
 	assert_string_equal(header, "{\"alg\":\"EdDSA\",\"kid\":\"" KEY_ID
 	                            ".v1\",\"typ\":\"at+jwt\",\"cty\":\"JWT\"}");
 	free(header);
+	/* Numbers with a fraction come out as short as reads back exactly. */
+	json_t *reals = parse("{\"a\":0.1,\"b\":[1.5,{\"c\":-2.25e-7}],\"n\":3}");
+	hsm_buf rb = {0};
+	assert_succeeds(hsm_jwt_signing_input(&h, reals, NOW, NOW + 1, &rb));
+	dot = memchr(rb.data, '.', rb.len);
+	payload = b64url_json_decode(dot + 1, rb.len - (size_t)(dot + 1 - (const char *)rb.data));
+	assert_string_equal(payload, "{\"a\":0.1,\"b\":[1.5,{\"c\":-2.25e-7}],\"n\":3,"
+	                             "\"iat\":1800000000,\"nbf\":1800000000,\"exp\":1800000001}");
+	free(payload);
+	json_decref(reals);
+	/* One that needs all 17 digits keeps them (and so do the others beside it). */
+	reals = parse("{\"x\":0.30000000000000004}");
+	hsm_buf_clear(&rb);
+	assert_succeeds(hsm_jwt_signing_input(&h, reals, NOW, NOW + 1, &rb));
+	dot = memchr(rb.data, '.', rb.len);
+	payload = b64url_json_decode(dot + 1, rb.len - (size_t)(dot + 1 - (const char *)rb.data));
+	assert_non_null(strstr(payload, "\"x\":0.30000000000000004,"));
+	free(payload);
+	json_decref(reals);
+	hsm_buf_free(&rb);
 	/* A token must expire after it is issued; bad claims fail here too, leaving out as it was. */
 	size_t before = in.len;
 	assert_fails_with(hsm_jwt_signing_input(&h, claims, NOW, NOW, &in), HSM_ERR_VALIDATION);
