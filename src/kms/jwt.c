@@ -264,7 +264,8 @@ static int precision_of(const json_t *v)
  */
 static hsm_result put_b64url_json(hsm_buf *out, const json_t *v)
 {
-	char *text = json_dumps(v, JSON_COMPACT | JSON_REAL_PRECISION(precision_of(v)));
+	size_t flags = JSON_COMPACT | (size_t)JSON_REAL_PRECISION(precision_of(v));
+	char *text = json_dumps(v, flags);
 	HSM_ENSURE(text != NULL, HSM_ERR_NOMEM, "out of memory");
 	hsm_result r = hsm_b64url_encode(out, (const uint8_t *)text, strlen(text));
 	free(text);
