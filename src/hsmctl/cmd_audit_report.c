@@ -170,8 +170,8 @@ static const char *str_of(json_t *rec, const char *field)
 	return s != NULL ? s : "";
 }
 
-/* Adds 1 to counts[name][outcome] and counts[name].total. */
-static hsm_result count(json_t *counts, const char *name, const char *outcome)
+/* Adds n to counts[name][outcome] and counts[name].total. */
+static hsm_result count_n(json_t *counts, const char *name, const char *outcome, json_int_t n)
 {
 	json_t *c = json_object_get(counts, name);
 	if (c == NULL) {
@@ -185,9 +185,14 @@ static hsm_result count(json_t *counts, const char *name, const char *outcome)
 		if (i > 0 && strcmp(outcome, keys[i]) != 0)
 			continue;
 		json_t *v = json_object_get(c, keys[i]);
-		json_integer_set(v, json_integer_value(v) + 1);
+		json_integer_set(v, json_integer_value(v) + n);
 	}
 	return HSM_SUCCESS;
+}
+
+static hsm_result count(json_t *counts, const char *name, const char *outcome)
+{
+	return count_n(counts, name, outcome, 1);
 }
 
 /* Operations that read or use keys without changing anything. */
@@ -234,6 +239,34 @@ static bool is_auth_failure(const char *error)
 	       strcmp(error, "UnrecognizedClientException") == 0 ||
 	       strcmp(error, "IncompleteSignatureException") == 0 ||
 	       strcmp(error, "MissingAuthenticationTokenException") == 0;
+}
+
+/*
+ * A RefusalsSummarized event: the failed authentications it counts
+ * (extra.kinds, "InvalidSignatureException=120,Status=3") join those
+ * recorded one by one, as "(summarized) from <source>".
+ */
+static hsm_result add_summarized(report *r, json_t *rec)
+{
+	json_t *extra = json_object_get(rec, "extra");
+	const char *kinds = str_of(extra, "kinds");
+	char from[512];
+	snprintf(from, sizeof(from), "(summarized) from %s", str_of(rec, "source"));
+	while (*kinds != '\0') {
+		size_t len = strcspn(kinds, ",");
+		const char *eq = memchr(kinds, '=', len);
+		if (eq != NULL) {
+			char name[128];
+			int64_t n = 0;
+			snprintf(name, sizeof(name), "%.*s", (int)(eq - kinds), kinds);
+			char digits[24];
+			snprintf(digits, sizeof(digits), "%.*s", (int)(kinds + len - eq - 1), eq + 1);
+			if (is_auth_failure(name) && hsm_ok(hsm_parse_i64(digits, 0, INT64_MAX, &n)))
+				HSM_GUARD(count_n(r->auth, from, name, (json_int_t)n));
+		}
+		kinds += len + (kinds[len] == ',');
+	}
+	return HSM_SUCCESS;
 }
 
 /* The fields of a record a change or event line shows (no prev hash, no latency). */
@@ -381,12 +414,15 @@ static hsm_result add_record(report *r, const report_opts *o, json_t *rec)
 		snprintf(who, sizeof(who), "%s", str_of(rec, "principal"));
 	else if (*str_of(rec, "access_key") != '\0')
 		snprintf(who, sizeof(who), "(not authenticated) %s", str_of(rec, "access_key"));
+	else if (strcmp(type, "event") == 0 && strcmp(op, "RefusalsSummarized") == 0)
+		snprintf(who, sizeof(who), "(no credentials, summarized)");
 	else if (strcmp(type, "event") == 0)
 		snprintf(who, sizeof(who), "hsmd"); /* the node's own events */
 	else
 		snprintf(who, sizeof(who), "(no credentials)");
 	HSM_GUARD(count(r->principals, who, outcome));
-	if (strcmp(outcome, "denied") == 0 && is_auth_failure(error)) {
+	if (strcmp(type, "request") == 0 && strcmp(outcome, "denied") == 0 &&
+	    is_auth_failure(error)) {
 		/* By address: a client's every connection has another port. */
 		const char *source = str_of(rec, "source");
 		size_t addr_len = strlen(source);
@@ -400,6 +436,8 @@ static hsm_result add_record(report *r, const report_opts *o, json_t *rec)
 		         addr_len > 0 ? source : "(unknown)");
 		HSM_GUARD(count(r->auth, from, error));
 	}
+	if (strcmp(type, "event") == 0 && strcmp(op, "RefusalsSummarized") == 0)
+		HSM_GUARD(add_summarized(r, rec));
 	bool unclean = is_unclean_start(rec);
 	json_t *list = NULL;
 	if (strcmp(type, "event") == 0 && (strcmp(op, "AuditLogOpened") != 0 || unclean))

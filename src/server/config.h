@@ -102,6 +102,8 @@ typedef struct hsm_config {
 	uint32_t jwt_clock_skew_seconds;
 	uint32_t sigv4_skew_seconds;
 	uint32_t lockout_threshold;
+	uint32_t refusal_record_rate;
+	uint32_t refusal_record_rate_total;
 	/* quorum approvals */
 	uint32_t approval_quorum;
 	char approval_operations[HSM_APPROVAL_OPS_MAX];

@@ -247,10 +247,20 @@ static void submit_audit(pending *p, const outcome *o)
 		hsm_http_at_pass_end(kick_audit, s->audit);
 }
 
-/* Finishes a request: error or success body already in p->body. */
+/*
+ * Finishes a request: error or success body already in p->body.  A refusal
+ * nobody authenticated past its source's rate of records is answered the
+ * same, now, and counted in the source's summary instead (refusals.h).
+ */
 static void finish(pending *p, const outcome *o)
 {
-	submit_audit(p, o);
+	if (hsm_server_own_record(p->s, p->req, o->operation, o->auth, o->err)) {
+		submit_audit(p, o);
+		return;
+	}
+	respond_now(p->s, p->req, p->slot, p->status, CONTENT_TYPE_JSON, &p->body);
+	hsm_buf_free(&p->body);
+	free(p);
 }
 
 static pending *pending_new(hsm_server *s, hsm_http_req *req, unsigned slot, bool secure)

@@ -34,6 +34,8 @@ static void options_from(const hsm_config *cfg, hsm_server_options *o)
 	o->account_id = cfg->account_id;
 	o->sigv4_skew_seconds = cfg->sigv4_skew_seconds;
 	o->lockout_threshold = cfg->lockout_threshold;
+	o->refusal_record_rate = cfg->refusal_record_rate;
+	o->refusal_record_rate_total = cfg->refusal_record_rate_total;
 	o->audit_fsync_ms = cfg->audit_fsync_ms;
 	o->audit_fsync_max_lag_ms = cfg->audit_fsync_max_lag_ms;
 	o->audit_rotate_bytes = cfg->audit_rotate_bytes;

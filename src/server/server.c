@@ -219,6 +219,9 @@ static hsm_result open_parts(hsm_server *s)
 	HSM_GUARD(hsm_usage_new(s->store, &s->usage));
 	hsm_kms_set_usage(s->kms, s->usage);
 	HSM_GUARD(hsm_server_auth_init(s));
+	hsm_refusals_config rc = {.per_source = s->opt.refusal_record_rate,
+	                          .total = s->opt.refusal_record_rate_total};
+	HSM_GUARD(hsm_refusals_new(&rc, &s->refusals));
 	HSM_GUARD(hsm_lane_new(lane_threads(), "hsmd-lane", &s->lane));
 	return blame_http(s, hsm_http_server_new(&s->opt.http, hsm_server_on_request, s, &s->http));
 }
@@ -518,6 +521,7 @@ static void *flusher_main(void *arg)
 			rc = pthread_cond_timedwait(&s->stop_cond, &s->stop_lock, &until);
 		pthread_mutex_unlock(&s->stop_lock);
 		flush_usage(s, &failing);
+		hsm_server_flush_refusals(s, false);
 		pthread_mutex_lock(&s->stop_lock);
 	}
 	pthread_mutex_unlock(&s->stop_lock);
@@ -565,6 +569,11 @@ void hsm_server_free(hsm_server *s)
 	hsm_server_stop(s);
 	hsm_http_server_free(s->http);
 	hsm_lane_free(s->lane);
+	/* Nothing is refused any more: what was counted but not yet written goes now. */
+	if (s->audit != NULL && s->refusals != NULL)
+		hsm_server_flush_refusals(s, true);
+	hsm_refusals_free(s->refusals);
+	s->refusals = NULL;
 	if (s->audit != NULL && s->ks != NULL)
 		hsm_server_event(s, "Shutdown", NULL, 0, HSM_SUCCESS, NULL, 0);
 	/*
@@ -724,6 +733,13 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    (unsigned long long)as.files_expired, (unsigned long long)as.files_copied,
 	    (unsigned long long)as.copy_failures, (unsigned long long)ks.cache_hits, (unsigned long long)ks.cache_misses,
 	    (unsigned long long)ks.cache_entries, s->lane != NULL ? hsm_lane_depth(s->lane) : 0));
+	HSM_GUARD(hsm_buf_printf(
+	    out,
+	    "# HELP hsmd_refusals_summarized_total Requests refused before authentication (or "
+	    "unauthenticated Status calls) past their source's rate of audit records "
+	    "(refusal_record_rate), counted in RefusalsSummarized events instead.\n"
+	    "# TYPE hsmd_refusals_summarized_total counter\nhsmd_refusals_summarized_total %llu\n",
+	    (unsigned long long)hsm_refusals_summarized(s->refusals)));
 	HSM_GUARD(hsm_buf_printf(
 	    out,
 	    "# HELP hsmd_backup_last_success_time_seconds When the newest backup of this store in "

@@ -26,6 +26,7 @@
 #include "server/json.h"
 #include "server/lane.h"
 #include "server/metrics.h"
+#include "server/refusals.h"
 
 typedef struct hsm_server_options {
 	const char *data_dir;
@@ -44,6 +45,10 @@ typedef struct hsm_server_options {
 	hsm_http_config http;
 	int64_t sigv4_skew_seconds;
 	uint32_t lockout_threshold;
+	/* Records of their own for unauthenticated refusals (refusals.h), a second: per source
+	 * (0: every refusal gets one) and over all sources (0: no bound but per source's). */
+	uint32_t refusal_record_rate;
+	uint32_t refusal_record_rate_total;
 	uint32_t audit_fsync_ms;
 	uint32_t audit_fsync_max_lag_ms;
 	uint64_t audit_rotate_bytes;
@@ -86,6 +91,7 @@ typedef struct hsm_server {
 	hsm_http_server *http;
 	hsm_lane *lane; /* long requests: key generation, store writes, administration */
 	hsm_shmap *creds; /* access key id -> authenticated credential (auth.c) */
+	hsm_refusals *refusals; /* unauthenticated refusals beyond their records' rate */
 	hsm_sigv4_config sigv4;
 	hsm_metrics metrics;
 	pthread_t scheduler;
@@ -160,6 +166,17 @@ hsm_result hsm_server_authenticate(hsm_server *s, hsm_http_req *req,
                                    hsm_auth_result *out) HSM_MUST_CHECK;
 /* Forgets cached credentials (after seal, principal changes). */
 void hsm_server_auth_flush(hsm_server *s);
+
+/*
+ * Refusals of requests nobody authenticated (refused.c, refusals.h): whether
+ * this one gets an audit record of its own (true), or is counted in its
+ * source's summary (false: answer it without a record).  operation is the
+ * name the request gave, err its outcome.
+ */
+bool hsm_server_own_record(hsm_server *s, hsm_http_req *req, const char *operation,
+                           const hsm_auth_result *auth, hsm_err err);
+/* Writes the summaries that are due (all of them when all is set) as RefusalsSummarized events. */
+void hsm_server_flush_refusals(hsm_server *s, bool all);
 
 /* The handler registered with the HTTP layer (dispatch.c). */
 void hsm_server_on_request(hsm_http_req *req, void *arg);

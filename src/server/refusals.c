@@ -1,0 +1,331 @@
+/*
+ * refusals.c - records of their own for unauthenticated refusals at a
+ * bounded rate, summaries beyond it (refusals.h says why).
+ */
+#include "server/refusals.h"
+
+#include <arpa/inet.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "common/util.h"
+
+#define DEFAULT_PERIOD_MS 10000
+#define DEFAULT_CAPACITY 4096
+#define BURST_SECONDS 10
+#define MILLI 1000u /* a token, in the buckets' milli-tokens */
+#define PROBES 16   /* slots looked at for a source before it goes to "other sources" */
+
+/* A source: an IPv4 address, an IPv6 /64, or "unknown" (family 0). */
+typedef struct source_key {
+	uint8_t family; /* 0, 4 or 6 */
+	uint8_t addr[16];
+} source_key;
+
+/* A token bucket in milli-tokens: rate tokens a second, BURST_SECONDS' worth at most. */
+typedef struct bucket {
+	uint64_t milli;
+	int64_t at_ms;
+} bucket;
+
+typedef struct entry {
+	bool used;
+	source_key key;
+	bucket b;
+	hsm_refusal_summary *sum; /* NULL while nothing was summarized */
+} entry;
+
+struct hsm_refusals {
+	hsm_refusals_config cfg;
+	pthread_mutex_t lock;
+	uint64_t seed;
+	entry *table;
+	entry other; /* the sources that found no room */
+	bucket total;
+	uint64_t summarized;
+};
+
+hsm_result hsm_refusals_new(const hsm_refusals_config *cfg, hsm_refusals **out)
+{
+	hsm_refusals *g = calloc(1, sizeof(*g));
+	HSM_ENSURE(g != NULL, HSM_ERR_NOMEM, "out of memory");
+	g->cfg = *cfg;
+	if (g->cfg.period_ms == 0)
+		g->cfg.period_ms = DEFAULT_PERIOD_MS;
+	if (g->cfg.capacity == 0)
+		g->cfg.capacity = DEFAULT_CAPACITY;
+	g->table = calloc(g->cfg.capacity, sizeof(*g->table));
+	if (g->table == NULL || pthread_mutex_init(&g->lock, NULL) != 0) {
+		free(g->table);
+		free(g);
+		return HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
+	}
+	/* Not a secret: it only keeps chosen addresses from sharing probe runs on every node. */
+	if (getrandom(&g->seed, sizeof(g->seed), GRND_NONBLOCK) != (ssize_t)sizeof(g->seed))
+		g->seed = (uint64_t)hsm_mono_ns();
+	g->other.used = true;
+	g->other.b.at_ms = INT64_MIN;
+	g->total.at_ms = INT64_MIN;
+	*out = g;
+	return HSM_SUCCESS;
+}
+
+void hsm_refusals_free(hsm_refusals *g)
+{
+	if (g == NULL)
+		return;
+	for (size_t i = 0; i < g->cfg.capacity; i++)
+		free(g->table[i].sum);
+	free(g->other.sum);
+	free(g->table);
+	pthread_mutex_destroy(&g->lock);
+	free(g);
+}
+
+/* ---- sources ---------------------------------------------------------------- */
+
+/* addr as a source; an IPv6 /64 given as "prefix::/64" (a summary's source) too. */
+static source_key key_of(const char *addr)
+{
+	source_key k;
+	char text[INET6_ADDRSTRLEN + 8];
+	memset(&k, 0, sizeof(k));
+	size_t len = strlen(addr);
+	if (len >= sizeof(text))
+		return k;
+	memcpy(text, addr, len + 1);
+	if (len > 3 && strcmp(text + len - 3, "/64") == 0)
+		text[len - 3] = '\0';
+	uint8_t a6[16];
+	if (inet_pton(AF_INET, text, k.addr) == 1) {
+		k.family = 4;
+	} else if (inet_pton(AF_INET6, text, a6) == 1) {
+		static const uint8_t v4_mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+		if (hsm_ct_equal(a6, v4_mapped, sizeof(v4_mapped))) { /* ::ffff:192.0.2.1 */
+			k.family = 4;
+			memcpy(k.addr, a6 + 12, 4);
+		} else {
+			k.family = 6;
+			memcpy(k.addr, a6, 8);
+		}
+	}
+	return k;
+}
+
+static void source_text(const source_key *k, char out[HSM_REFUSALS_SOURCE_MAX])
+{
+	char ip[INET6_ADDRSTRLEN];
+	if (k->family == 4 && inet_ntop(AF_INET, k->addr, ip, sizeof(ip)) != NULL)
+		snprintf(out, HSM_REFUSALS_SOURCE_MAX, "%s", ip);
+	else if (k->family == 6 && inet_ntop(AF_INET6, k->addr, ip, sizeof(ip)) != NULL)
+		snprintf(out, HSM_REFUSALS_SOURCE_MAX, "%s/64", ip);
+	else
+		snprintf(out, HSM_REFUSALS_SOURCE_MAX, "unknown");
+}
+
+static bool same_key(const source_key *a, const source_key *b)
+{
+	return a->family == b->family && hsm_ct_equal(a->addr, b->addr, sizeof(a->addr));
+}
+
+static uint64_t hash_of(const hsm_refusals *g, const source_key *k)
+{
+	uint64_t h = 0xcbf29ce484222325ULL ^ g->seed; /* FNV-1a */
+	h = (h ^ k->family) * 0x100000001b3ULL;
+	for (size_t i = 0; i < sizeof(k->addr); i++)
+		h = (h ^ k->addr[i]) * 0x100000001b3ULL;
+	return h ^ (h >> 29);
+}
+
+/* ---- buckets ---------------------------------------------------------------- */
+
+static uint64_t cap_of(uint32_t rate)
+{
+	return (uint64_t)rate * BURST_SECONDS * MILLI;
+}
+
+/* Adds what the time since the last look earned; a bucket never seen starts full. */
+static void refill(bucket *b, uint32_t rate, int64_t now_ms)
+{
+	uint64_t cap = cap_of(rate);
+	if (b->at_ms == INT64_MIN) {
+		b->milli = cap;
+	} else if (now_ms > b->at_ms) {
+		uint64_t earned = (uint64_t)(now_ms - b->at_ms) * rate; /* rate per s = per ms in milli */
+		b->milli = earned >= cap - b->milli ? cap : b->milli + earned;
+	}
+	if (now_ms > b->at_ms)
+		b->at_ms = now_ms;
+}
+
+static bool full(bucket *b, uint32_t rate, int64_t now_ms)
+{
+	refill(b, rate, now_ms);
+	return b->milli >= cap_of(rate);
+}
+
+/*
+ * The entry of a source: its own, a free slot, or one whose source has been
+ * quiet long enough to have nothing to say (no summary, its bucket full);
+ * "other sources" when the slots it may use are all busy.
+ */
+static entry *entry_of(hsm_refusals *g, const source_key *k, int64_t now_ms)
+{
+	size_t start = (size_t)(hash_of(g, k) % g->cfg.capacity);
+	entry *spare = NULL;
+	for (size_t i = 0; i < PROBES && i < g->cfg.capacity; i++) {
+		entry *e = &g->table[(start + i) % g->cfg.capacity];
+		if (e->used && same_key(&e->key, k))
+			return e;
+		if (spare == NULL &&
+		    (!e->used || (e->sum == NULL && full(&e->b, g->cfg.per_source, now_ms))))
+			spare = e;
+	}
+	if (spare == NULL)
+		return &g->other;
+	spare->used = true;
+	spare->key = *k;
+	spare->b.at_ms = INT64_MIN;
+	return spare;
+}
+
+/* ---- summaries -------------------------------------------------------------- */
+
+static void add_kind(hsm_refusal_summary *s, const char *name, uint64_t n)
+{
+	for (size_t i = 0; i < s->n_kinds; i++)
+		if (strcmp(s->kinds[i].name, name) == 0) {
+			s->kinds[i].n += n;
+			return;
+		}
+	if (s->n_kinds == HSM_REFUSALS_KINDS) {
+		s->other_kinds += n;
+		return;
+	}
+	snprintf(s->kinds[s->n_kinds].name, sizeof(s->kinds[0].name), "%s", name);
+	s->kinds[s->n_kinds++].n = n;
+}
+
+static void add_akid(hsm_refusal_summary *s, const char *akid)
+{
+	if (akid == NULL || akid[0] == '\0')
+		return;
+	for (size_t i = 0; i < s->n_akids; i++)
+		if (strncmp(s->akids[i], akid, HSM_REFUSALS_AKID_MAX) == 0)
+			return;
+	if (s->n_akids == HSM_REFUSALS_AKIDS) {
+		s->more_akids = true;
+		return;
+	}
+	snprintf(s->akids[s->n_akids++], sizeof(s->akids[0]), "%s", akid);
+}
+
+/* Adds src's counts to dst (both of one source). */
+static void merge(hsm_refusal_summary *dst, const hsm_refusal_summary *src)
+{
+	if (dst->count == 0 || src->first_ms < dst->first_ms)
+		dst->first_ms = src->first_ms;
+	if (dst->count == 0 || src->last_ms > dst->last_ms)
+		dst->last_ms = src->last_ms;
+	dst->count += src->count;
+	for (size_t i = 0; i < src->n_kinds; i++)
+		add_kind(dst, src->kinds[i].name, src->kinds[i].n);
+	dst->other_kinds += src->other_kinds;
+	for (size_t i = 0; i < src->n_akids; i++)
+		add_akid(dst, src->akids[i]);
+	dst->more_akids = dst->more_akids || src->more_akids;
+}
+
+/* e's summary, made when it has none; NULL when out of memory. */
+static hsm_refusal_summary *summary_of(entry *e)
+{
+	if (e->sum == NULL)
+		e->sum = calloc(1, sizeof(*e->sum));
+	return e->sum;
+}
+
+bool hsm_refusals_take(hsm_refusals *g, const char *addr, const char *kind, const char *akid,
+                       int64_t now_ms)
+{
+	if (g->cfg.per_source == 0)
+		return true;
+	source_key k = key_of(addr);
+	bool own = false;
+	pthread_mutex_lock(&g->lock);
+	entry *e = entry_of(g, &k, now_ms);
+	refill(&e->b, g->cfg.per_source, now_ms);
+	if (g->cfg.total != 0)
+		refill(&g->total, g->cfg.total, now_ms);
+	if (e->b.milli >= MILLI && (g->cfg.total == 0 || g->total.milli >= MILLI)) {
+		e->b.milli -= MILLI;
+		if (g->cfg.total != 0)
+			g->total.milli -= MILLI;
+		own = true;
+	} else if (summary_of(e) != NULL) {
+		hsm_refusal_summary one;
+		memset(&one, 0, sizeof(one));
+		one.count = 1;
+		one.first_ms = one.last_ms = now_ms;
+		add_kind(&one, kind != NULL ? kind : "unknown", 1);
+		add_akid(&one, akid);
+		merge(e->sum, &one);
+		g->summarized++;
+	} else {
+		own = true; /* out of memory for a summary: a record of its own, rather than none */
+	}
+	pthread_mutex_unlock(&g->lock);
+	return own;
+}
+
+/* Moves e's summary to out when it is due. */
+static bool take_due(entry *e, int64_t now_ms, bool all, uint32_t period_ms,
+                     hsm_refusal_summary *out)
+{
+	if (e->sum == NULL || (!all && now_ms - e->sum->first_ms < (int64_t)period_ms))
+		return false;
+	*out = *e->sum;
+	free(e->sum);
+	e->sum = NULL;
+	return true;
+}
+
+size_t hsm_refusals_due(hsm_refusals *g, int64_t now_ms, bool all, hsm_refusal_summary *out,
+                        size_t cap)
+{
+	size_t n = 0;
+	pthread_mutex_lock(&g->lock);
+	for (size_t i = 0; i < g->cfg.capacity && n < cap; i++) {
+		entry *e = &g->table[i];
+		if (take_due(e, now_ms, all, g->cfg.period_ms, &out[n]))
+			source_text(&e->key, out[n++].source);
+	}
+	if (n < cap && take_due(&g->other, now_ms, all, g->cfg.period_ms, &out[n]))
+		snprintf(out[n++].source, HSM_REFUSALS_SOURCE_MAX, "%s", HSM_REFUSALS_OTHER_SOURCES);
+	pthread_mutex_unlock(&g->lock);
+	return n;
+}
+
+void hsm_refusals_restore(hsm_refusals *g, const hsm_refusal_summary *s)
+{
+	pthread_mutex_lock(&g->lock);
+	entry *e = &g->other;
+	if (strcmp(s->source, HSM_REFUSALS_OTHER_SOURCES) != 0) {
+		source_key k = key_of(s->source);
+		e = entry_of(g, &k, s->last_ms);
+	}
+	hsm_refusal_summary *dst = summary_of(e);
+	if (dst != NULL)
+		merge(dst, s);
+	pthread_mutex_unlock(&g->lock);
+}
+
+uint64_t hsm_refusals_summarized(hsm_refusals *g)
+{
+	pthread_mutex_lock(&g->lock);
+	uint64_t n = g->summarized;
+	pthread_mutex_unlock(&g->lock);
+	return n;
+}

@@ -1,0 +1,141 @@
+"""Requests refused before anyone was authenticated: records of their own at a
+bounded rate per source (refusal_record_rate), RefusalsSummarized events
+counting the rest, so a flood of unsigned requests cannot fill the audit disk,
+while every signed request keeps its own record."""
+import glob
+import http.client
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+
+from conftest import DEV_AKID, HSMCTL, signed_request, start_dev
+from helpers import audit_records, audit_records_until, request_id
+
+TARGET = "TrentService.ListKeys"
+UNKNOWN_AKID = "AKIDNOBODYHASTHIS01"
+
+
+def metric(server, name):
+    st, body, _ = server.get("/metrics")
+    assert st == 200
+    m = re.search(rb"^" + name.encode() + rb" (\S+)$", body, re.M)
+    assert m, name
+    return float(m.group(1))
+
+
+def flood(server, n, akid=None):
+    """n unsigned ListKeys on one keep-alive connection (with a made-up Authorization
+    naming akid when given); returns [(status, body, request id)]."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    headers = {"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": TARGET}
+    if akid is not None:
+        headers["X-Amz-Date"] = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        headers["Authorization"] = (
+            f"AWS4-HMAC-SHA256 Credential={akid}/{headers['X-Amz-Date'][:8]}/us-east-1/kms/"
+            "aws4_request, SignedHeaders=content-type;host;x-amz-date;x-amz-target, "
+            "Signature=" + "0" * 64)
+    out = []
+    for _ in range(n):
+        conn.request("POST", "/", body=b"{}", headers=headers)
+        r = conn.getresponse()
+        out.append((r.status, r.read(), r.getheader("x-amzn-RequestId")))
+    conn.close()
+    return out
+
+
+def refused_records(recs):
+    return [r for r in recs if r["type"] == "request" and r["outcome"] == "denied" and
+            "principal" not in r]
+
+
+def summaries(recs):
+    return [r for r in recs if r["type"] == "event" and r.get("op") == "RefusalsSummarized"]
+
+
+def kinds(summary):
+    return {k: int(v) for k, v in (p.split("=") for p in summary["extra"]["kinds"].split(","))}
+
+
+def test_a_flood_of_unsigned_requests_is_summarized_not_recorded_one_by_one():
+    tmp = tempfile.mkdtemp(prefix="hsmd-refusals-")
+    data = os.path.join(tmp, "data")
+    # Two records a second from one source, twenty at once.
+    server = start_dev(["--data-dir", data, "--refusal-record-rate", "2"])
+    try:
+        start = time.time()
+        unsigned = flood(server, 300)
+        unknown = flood(server, 60, akid=UNKNOWN_AKID)
+        # Summarized or not, every refusal is the same answer.
+        assert {(st, body) for st, body, _ in unsigned} == {unsigned[0][:2]}
+        assert unsigned[0][0] == 403
+        assert json.loads(unsigned[0][1])["__type"] == "MissingAuthenticationTokenException"
+        assert {(st, json.loads(body)["__type"]) for st, body, _ in unknown} == \
+            {(403, "UnrecognizedClientException")}
+        assert len({rid for _, _, rid in unsigned + unknown}) == 360
+        # A signed request from the same source is served, and recorded on its own.
+        ok = signed_request(server, TARGET, {})
+        assert ok.status_code == 200
+        elapsed = time.time() - start
+        # A summary is written once its first refusal is ten seconds old, while hsmd runs.
+        written = audit_records_until(data, lambda r: r.get("op") == "RefusalsSummarized",
+                                      timeout=20)
+        assert written and written[0]["source"] == "127.0.0.1", written
+        own_by_now = len(refused_records(audit_records(data)))
+        summarized = metric(server, "hsmd_refusals_summarized_total")
+        assert summarized == 360 - own_by_now
+    finally:
+        server.stop()  # what is still counted is written at the stop
+    recs = audit_records(data)
+    rids = {r.get("request_id") for r in recs}
+    assert request_id(ok) in rids
+    own = refused_records(recs)
+    # Twenty at once, then two a second (the flood's own duration and a second of slack).
+    assert 20 <= len(own) <= 20 + 2 * (elapsed + 1), (len(own), elapsed)
+    assert len(own) == own_by_now  # nothing refused after the flood
+    sums = summaries(recs)
+    assert sums and all(s["source"] == "127.0.0.1" for s in sums)
+    assert all(s["outcome"] == "denied" and "principal" not in s for s in sums)
+    total = sum(int(s["extra"]["count"]) for s in sums)
+    assert total + len(own) == 360
+    by_kind = {}
+    for s in sums:
+        for k, v in kinds(s).items():
+            by_kind[k] = by_kind.get(k, 0) + v
+    own_kinds = {}
+    for r in own:
+        own_kinds[r["error"]] = own_kinds.get(r["error"], 0) + 1
+    assert {k: by_kind.get(k, 0) + own_kinds.get(k, 0) for k in set(by_kind) | set(own_kinds)} \
+        == {"MissingAuthenticationTokenException": 300, "UnrecognizedClientException": 60}
+    assert any(UNKNOWN_AKID in s["extra"].get("access_key_ids", "") for s in sums)
+    assert all(DEV_AKID not in s["extra"].get("access_key_ids", "") for s in sums)
+    assert all(s["extra"]["first"] <= s["extra"]["last"] for s in sums)
+    # The trail still verifies, and the report counts all 360 failed authentications.
+    files = sorted(glob.glob(os.path.join(data, "audit", "audit-*.jsonl")))
+    v = subprocess.run([HSMCTL, "audit", "verify"] + files, capture_output=True, text=True)
+    assert v.returncode == 0, v.stdout + v.stderr
+    p = subprocess.run([HSMCTL, "audit", "report", "--json"] + files, capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stderr
+    failed = json.loads(p.stdout)["failed_authentications"]
+    assert sum(c["total"] for c in failed.values()) == 360, failed
+    assert failed["(summarized) from 127.0.0.1"]["total"] == total
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_no_bound_when_the_rate_is_zero():
+    tmp = tempfile.mkdtemp(prefix="hsmd-refusals-")
+    data = os.path.join(tmp, "data")
+    server = start_dev(["--data-dir", data, "--refusal-record-rate", "0"])
+    try:
+        flood(server, 150)
+        assert metric(server, "hsmd_refusals_summarized_total") == 0
+    finally:
+        server.stop()
+    recs = audit_records(data)
+    assert len(refused_records(recs)) == 150
+    assert summaries(recs) == []
+    shutil.rmtree(tmp, ignore_errors=True)
