@@ -151,8 +151,8 @@ static uint64_t cap_of(uint32_t rate)
 static void refill(bucket *b, uint32_t rate, int64_t now_ms)
 {
 	uint64_t cap = cap_of(rate);
-	if (b->at_ms == INT64_MIN) {
-		b->milli = cap;
+	if (b->at_ms == INT64_MIN || now_ms - b->at_ms >= (int64_t)BURST_SECONDS * 1000) {
+		b->milli = cap; /* never seen, or quiet for long enough to have earned a full burst */
 	} else if (now_ms > b->at_ms) {
 		uint64_t earned = (uint64_t)(now_ms - b->at_ms) * rate; /* rate per s = per ms in milli */
 		b->milli = earned >= cap - b->milli ? cap : b->milli + earned;
