@@ -129,9 +129,13 @@ hsm_result hsm_api_paging(hsm_api_ctx *c, int64_t max, int64_t def, size_t *limi
  * for the secret to come back encrypted to the enclave's key as
  * CiphertextForRecipient), which has no meaning outside AWS: ignoring it would
  * answer in the clear the secret (named by answer) the caller asked to receive
- * encrypted.
+ * encrypted.  refusal is the error: UnsupportedOperationException where the
+ * operation declares it, ValidationException for Decrypt and
+ * DeriveSharedSecret, which do not.  A Recipient that is not a structure is
+ * a SerializationException.
  */
-hsm_result hsm_api_refuse_recipient(hsm_api_ctx *c, const char *answer) HSM_MUST_CHECK;
+hsm_result hsm_api_refuse_recipient(hsm_api_ctx *c, const char *answer,
+                                    hsm_err refusal) HSM_MUST_CHECK;
 /*
  * Policy (CreateKey, PutKeyPolicy): 1-131072 characters of the API's
  * pattern (tab, LF, CR, U+0020-U+00FF), else ValidationException; more than

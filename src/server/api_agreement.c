@@ -28,7 +28,7 @@ hsm_result hsm_api_derive_shared_secret(hsm_api_ctx *c)
 	HSM_TRY(hsm_agree_alg_parse(name, &alg));
 	c->audit.algorithm = hsm_agree_alg_name(alg);
 	HSM_TRY(hsm_json_blob(c->req, "PublicKey", true, 1, PUBLIC_KEY_MAX, &peer, &present));
-	HSM_TRY(hsm_api_refuse_recipient(c, "SharedSecret"));
+	HSM_TRY(hsm_api_refuse_recipient(c, "SharedSecret", HSM_ERR_VALIDATION));
 	HSM_TRY(hsm_kms_derive_shared_secret(c->kms, c->caller, key, alg, peer.data, peer.len,
 	                                     &secret, &used));
 	hsm_api_note_key(c, &used);

@@ -125,7 +125,7 @@ hsm_result hsm_api_decrypt(hsm_api_ctx *c)
 	hsm_buf_init_secure(&pt);
 	HSM_TRY(read_ciphertext(c, &ct, &req.ignore_ciphertext));
 	HSM_TRY(hsm_json_str(c->req, "KeyId", false, 1, HSM_KEYID_MAX, &req.key));
-	HSM_TRY(hsm_api_refuse_recipient(c, "Plaintext"));
+	HSM_TRY(hsm_api_refuse_recipient(c, "Plaintext", HSM_ERR_VALIDATION));
 	HSM_TRY(read_ctx(c, "EncryptionContext", &req.ctx, true));
 	HSM_TRY(read_enc_alg(c, "EncryptionAlgorithm", &req.has_alg, &req.alg));
 	req.ciphertext = ct.data;
@@ -221,7 +221,7 @@ static hsm_result data_key(hsm_api_ctx *c, bool with_plaintext)
 	HSM_TRY(data_key_size(c, &n));
 	HSM_TRY(read_ctx(c, "EncryptionContext", &ctx, true));
 	if (with_plaintext)
-		HSM_TRY(hsm_api_refuse_recipient(c, "Plaintext"));
+		HSM_TRY(hsm_api_refuse_recipient(c, "Plaintext", HSM_ERR_UNSUPPORTED_OPERATION));
 	HSM_TRY(hsm_kms_generate_data_key(c->kms, c->caller, key, n, &ctx,
 	                                  with_plaintext ? &pt : NULL, &ct, &used));
 	hsm_api_note_key(c, &used);
@@ -261,7 +261,8 @@ static hsm_result data_key_pair(hsm_api_ctx *c, bool with_plaintext)
 	          "KeyPairSpec '%.64s' is not supported", spec_name);
 	HSM_TRY(read_ctx(c, "EncryptionContext", &ctx, true));
 	if (with_plaintext)
-		HSM_TRY(hsm_api_refuse_recipient(c, "PrivateKeyPlaintext"));
+		HSM_TRY(hsm_api_refuse_recipient(c, "PrivateKeyPlaintext",
+		                                 HSM_ERR_UNSUPPORTED_OPERATION));
 	HSM_TRY(hsm_kms_generate_data_key_pair(c->kms, c->caller, key, spec, &ctx,
 	                                       with_plaintext ? &priv : NULL, &blob, &pub, &used));
 	hsm_api_note_key(c, &used);
@@ -297,7 +298,7 @@ hsm_result hsm_api_generate_random(hsm_api_ctx *c)
 	const char *store = NULL;
 	HSM_GUARD(hsm_json_str(c->req, "CustomKeyStoreId", false, 1, 64, &store));
 	HSM_ENSURE(store == NULL, HSM_ERR_UNSUPPORTED_OPERATION, "custom key stores are not supported");
-	HSM_GUARD(hsm_api_refuse_recipient(c, "Plaintext"));
+	HSM_GUARD(hsm_api_refuse_recipient(c, "Plaintext", HSM_ERR_UNSUPPORTED_OPERATION));
 	HSM_GUARD(hsm_json_int(c->req, "NumberOfBytes", true, 1, HSM_MAX_RANDOM, &n, &present));
 	hsm_buf_init_secure(&out);
 	hsm_result r = hsm_kms_generate_random(c->kms, c->caller, (size_t)n, &out);

@@ -19,32 +19,45 @@ hsm_result hsm_api_key_id(hsm_api_ctx *c, const char *member, const char **out)
 	return hsm_json_str(c->req, member, true, 1, HSM_KEYID_MAX, out);
 }
 
+/*
+ * Whether s (valid UTF-8) holds only U+0020..U+00FF, and tab, line feed and
+ * carriage return when whitespace is set: the API's patterns for policies
+ * and markers.
+ */
+static bool latin1_text(const char *s, bool whitespace)
+{
+	for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++) {
+		bool ok = (whitespace && (*p == '\t' || *p == '\n' || *p == '\r')) ||
+		          (*p >= 0x20 && *p < 0x80) || ((*p == 0xC2 || *p == 0xC3) && p[1] != '\0');
+		if (!ok)
+			return false;
+		if (*p >= 0x80)
+			p++; /* the continuation byte of U+0080..U+00FF */
+	}
+	return true;
+}
+
 hsm_result hsm_api_policy(hsm_api_ctx *c, bool required, const char **out)
 {
 	HSM_GUARD(hsm_json_str(c->req, "Policy", required, 1, POLICY_MODEL_MAX, out));
 	if (*out == NULL)
 		return HSM_SUCCESS;
-	/* The API's pattern: [\u0009\u000A\u000D\u0020-\u00FF]+ (the text is valid UTF-8). */
-	for (const unsigned char *p = (const unsigned char *)*out; *p != '\0'; p++) {
-		bool ok = *p == '\t' || *p == '\n' || *p == '\r' || (*p >= 0x20 && *p < 0x80) ||
-		          ((*p == 0xC2 || *p == 0xC3) && p[1] != '\0');
-		HSM_ENSURE(ok, HSM_ERR_VALIDATION,
-		           "1 validation error detected: Value at 'policy' failed to satisfy "
-		           "constraint: Member must satisfy regular expression pattern: "
-		           "[\\u0009\\u000A\\u000D\\u0020-\\u00FF]+");
-		if (*p >= 0x80)
-			p++; /* the continuation byte of U+0080..U+00FF */
-	}
+	HSM_ENSURE(latin1_text(*out, true), HSM_ERR_VALIDATION,
+	           "1 validation error detected: Value at 'policy' failed to satisfy "
+	           "constraint: Member must satisfy regular expression pattern: "
+	           "[\\u0009\\u000A\\u000D\\u0020-\\u00FF]+");
 	size_t bytes = strlen(*out);
 	HSM_ENSURE(bytes <= POLICY_QUOTA, HSM_ERR_LIMIT_EXCEEDED,
 	           "The key policy is %zu bytes: the limit is %d", bytes, POLICY_QUOTA);
 	return HSM_SUCCESS;
 }
 
-hsm_result hsm_api_refuse_recipient(hsm_api_ctx *c, const char *answer)
+hsm_result hsm_api_refuse_recipient(hsm_api_ctx *c, const char *answer, hsm_err refusal)
 {
 	json_t *r = json_object_get(c->req, "Recipient");
-	HSM_ENSURE(r == NULL || json_is_null(r), HSM_ERR_UNSUPPORTED_OPERATION,
+	HSM_ENSURE(r == NULL || json_is_null(r) || json_is_object(r), HSM_ERR_SERIALIZATION,
+	           "Recipient must be a structure");
+	HSM_ENSURE(r == NULL || json_is_null(r), refusal,
 	           "Recipient is not supported: hsmd does not verify AWS Nitro Enclaves or NitroTPM "
 	           "attestation documents; leave it out to receive the %s",
 	           answer);
@@ -67,6 +80,9 @@ hsm_result hsm_api_paging(hsm_api_ctx *c, int64_t max, int64_t def, size_t *limi
 	bool present;
 	HSM_GUARD(hsm_json_int(c->req, "Limit", false, 1, max, &l, &present));
 	HSM_GUARD(hsm_json_str(c->req, "Marker", false, 1, 1024, marker));
+	HSM_ENSURE(*marker == NULL || latin1_text(*marker, false), HSM_ERR_VALIDATION,
+	           "1 validation error detected: Value at 'marker' failed to satisfy constraint: "
+	           "Member must satisfy regular expression pattern: [\\u0020-\\u00FF]*");
 	*limit = (size_t)(present ? l : def);
 	return HSM_SUCCESS;
 }
@@ -148,12 +164,18 @@ void hsm_api_write_key_metadata(hsm_api_ctx *c, const char *member, const hsm_ke
 	hsm_jw_str(c->w, "Description", r->description);
 	hsm_jw_str(c->w, "KeyUsage", hsm_usage_name(r->usage));
 	hsm_jw_str(c->w, "KeyState", hsm_key_state_name(r->state));
-	if (r->state == HSM_KEY_PENDING_DELETION) {
+	/*
+	 * No PendingDeletionWindowInDays: the API gives it only for a
+	 * multi-Region primary key waiting for its replicas (PendingReplicaDeletion).
+	 */
+	if (r->state == HSM_KEY_PENDING_DELETION)
 		hsm_jw_time(c->w, "DeletionDate", r->deletion_date);
-		hsm_jw_int(c->w, "PendingDeletionWindowInDays", r->pending_window_days);
-	}
 	hsm_jw_str(c->w, "Origin", hsm_key_origin_name(r->origin));
-	/* Left out while an imported key's first material is not there (PendingImport). */
+	/*
+	 * For every key type: AWS KMS rotates symmetric encryption keys only, and
+	 * so names their current material only; hsmd rotates every type.  Left
+	 * out while an imported key's first material is not there (PendingImport).
+	 */
 	if (r->origin != HSM_ORIGIN_EXTERNAL || r->primary_version > 1 ||
 	    (r->flags & HSM_KEYFLAG_NO_MATERIAL) == 0) {
 		char id[HSM_MATERIAL_ID_LEN + 1];

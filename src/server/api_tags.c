@@ -137,8 +137,12 @@ hsm_result hsm_api_list_key_policies(hsm_api_ctx *c)
 	size_t limit;
 	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
 	HSM_GUARD(hsm_api_paging(c, 1000, 100, &limit, &marker));
-	/* One policy, one page: no NextMarker is ever handed out to come back. */
-	HSM_ENSURE(marker == NULL, HSM_ERR_INVALID_MARKER, "Marker is invalid");
+	/*
+	 * One policy, one page: no NextMarker is ever handed out to come back.
+	 * ListKeyPolicies does not answer InvalidMarkerException.
+	 */
+	HSM_ENSURE(marker == NULL, HSM_ERR_VALIDATION,
+	           "Marker is invalid: ListKeyPolicies returns every policy name on one page");
 	HSM_GUARD(hsm_kms_list_policies(c->kms, c->caller, key));
 	hsm_api_note_ref(c, key);
 	hsm_jw_key_begin_array(c->w, "PolicyNames");

@@ -303,6 +303,13 @@ static bool takes_dry_run(hsm_op op)
 	       op == HSM_OP_CreateGrant || op == HSM_OP_RetireGrant || op == HSM_OP_RevokeGrant;
 }
 
+/* Operations with a GrantTokens member: those that use a key, CreateGrant and DescribeKey. */
+static bool takes_grant_tokens(hsm_op op)
+{
+	return hsm_op_get(op)->cls == HSM_OPC_CRYPTO || op == HSM_OP_CreateGrant ||
+	       op == HSM_OP_DescribeKey;
+}
+
 /*
  * A request refused or failed before its handler named its key: the record
  * still says which key the caller asked for (when it resolves), so a key's
@@ -319,17 +326,22 @@ static void note_key(hsm_api_ctx *c, json_t *doc)
 static hsm_result run_kms(hsm_server *s, hsm_op op, const hsm_auth_result *auth, pending *p,
                           hsm_api_audit *audit, json_t *doc, hsm_commit_gate *gate)
 {
-	/* DryRun: everything is checked, nothing performed. */
+	/*
+	 * DryRun: everything is checked, nothing performed.  Operations without
+	 * the member ignore it, as any member they do not have.
+	 */
 	bool dry = false, present;
-	HSM_GUARD(hsm_json_bool(doc, "DryRun", &dry, &present));
+	if (takes_dry_run(op))
+		HSM_GUARD(hsm_json_bool(doc, "DryRun", &dry, &present));
 	hsm_caller caller = auth->caller;
-	caller.dry_run = dry && takes_dry_run(op);
+	caller.dry_run = dry;
 	caller.gate = gate;
-	/* GrantTokens (any operation that uses a key): well-formed, and a reason to read grants afresh. */
+	/* GrantTokens, where the API has them: well-formed, and a reason to read grants afresh. */
 	const char **tokens = NULL;
 	size_t n_tokens = 0;
-	HSM_GUARD(hsm_json_string_list(doc, "GrantTokens", false, HSM_GRANT_TOKENS_MAX, &tokens,
-	                               &n_tokens));
+	if (takes_grant_tokens(op))
+		HSM_GUARD(hsm_json_string_list(doc, "GrantTokens", false, HSM_GRANT_TOKENS_MAX, &tokens,
+		                               &n_tokens));
 	hsm_result tr = HSM_SUCCESS;
 	for (size_t i = 0; i < n_tokens && hsm_ok(tr); i++) {
 		size_t len = strlen(tokens[i]);
@@ -345,6 +357,9 @@ static hsm_result run_kms(hsm_server *s, hsm_op op, const hsm_auth_result *auth,
 		tr = hsm_grant_token_parse(tokens[i], tk, tg);
 	}
 	free(tokens);
+	/* DescribeKey takes grant tokens but does not answer InvalidGrantTokenException. */
+	if (tr.err == HSM_ERR_INVALID_GRANT_TOKEN && op == HSM_OP_DescribeKey)
+		tr = HSM_FAIL(HSM_ERR_VALIDATION, "%s", hsm_last_message());
 	HSM_GUARD(tr);
 	caller.grant_tokens = n_tokens > 0;
 	hsm_authz_note note = {""};

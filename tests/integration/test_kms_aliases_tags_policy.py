@@ -278,7 +278,8 @@ def test_get_and_list_key_policies(kms):
     names = kms.list_key_policies(KeyId=kid)
     assert (names["PolicyNames"], names["Truncated"]) == (["default"], False)
     # One page: there is no marker to come back with.
-    raises("InvalidMarkerException", kms.list_key_policies, KeyId=kid, Marker="x")
+    # ListKeyPolicies declares no InvalidMarkerException.
+    raises("ValidationException", kms.list_key_policies, KeyId=kid, Marker="x")
     raises("NotFoundException", kms.get_key_policy, KeyId=kid, PolicyName="other")
     # Not a name at all: the API's pattern [\w]+.
     raises("ValidationException", kms.get_key_policy, KeyId=kid, PolicyName="de-fault")

@@ -435,15 +435,19 @@ RECIPIENT = {"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256", "AttestationDocumen
 
 def test_recipient_is_refused_not_ignored(hsmd, sym):
     """Recipient asks for the secret encrypted to an enclave's key; answering in the clear would
-    ignore that, so every operation that takes it refuses it and hands out nothing."""
+    ignore that, so every operation that takes it refuses it and hands out nothing: with
+    UnsupportedOperationException where the operation declares it, ValidationException on
+    Decrypt, which does not; a Recipient that is no structure cannot be read at all."""
     blob = call_ok(hsmd, "Encrypt", {"KeyId": sym, "Plaintext": b64(b"abc")})["CiphertextBlob"]
-    for op, body in (("Decrypt", {"CiphertextBlob": blob}),
-                     ("GenerateDataKey", {"KeyId": sym, "KeySpec": "AES_256"}),
-                     ("GenerateDataKeyPair", {"KeyId": sym, "KeyPairSpec": "ECC_NIST_P256"}),
-                     ("GenerateRandom", {"NumberOfBytes": 16})):
-        for recipient in (RECIPIENT, "not-an-object"):
-            out = call_error(hsmd, op, dict(body, Recipient=recipient),
-                             "UnsupportedOperationException")
+    for op, body, code in (
+            ("Decrypt", {"CiphertextBlob": blob}, "ValidationException"),
+            ("GenerateDataKey", {"KeyId": sym, "KeySpec": "AES_256"},
+             "UnsupportedOperationException"),
+            ("GenerateDataKeyPair", {"KeyId": sym, "KeyPairSpec": "ECC_NIST_P256"},
+             "UnsupportedOperationException"),
+            ("GenerateRandom", {"NumberOfBytes": 16}, "UnsupportedOperationException")):
+        for recipient, error in ((RECIPIENT, code), ("not-an-object", "SerializationException")):
+            out = call_error(hsmd, op, dict(body, Recipient=recipient), error)
             assert "Recipient" in out["message"] and not {
                 "Plaintext", "PrivateKeyPlaintext", "CiphertextBlob"} & set(out), out
         call_ok(hsmd, op, dict(body, Recipient=None))  # null: as if left out

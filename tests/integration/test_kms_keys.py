@@ -227,6 +227,28 @@ def test_list_keys_invalid_marker_and_limit(kms, hsmd):
     call_error(hsmd, "ListKeys", {"Limit": 0}, "ValidationException")
     call_error(hsmd, "ListKeys", {"Limit": 1001}, "ValidationException")
     call_error(hsmd, "ListKeys", {"Marker": ""}, "ValidationException")
+    # The API's Marker pattern, [\u0020-\u00FF]*, on every paged list.
+    kid = call_ok(hsmd, "CreateKey", {})["KeyMetadata"]["KeyId"]
+    for op, body in (("ListKeys", {}), ("ListAliases", {}), ("ListKeyPolicies", {"KeyId": kid}),
+                     ("ListResourceTags", {"KeyId": kid}), ("ListGrants", {"KeyId": kid})):
+        out = call_error(hsmd, op, dict(body, Marker="a\u0001b"), "ValidationException")
+        assert "marker" in out["message"], out
+    # Within the pattern, yet no marker hsmd handed out.
+    call_error(hsmd, "ListKeys", {"Marker": "\u00ff"}, "InvalidMarkerException")
+
+
+def test_members_an_operation_does_not_have_are_ignored(hsmd):
+    """GrantTokens and DryRun are read only by the operations that have them; elsewhere they
+    are unknown members, ignored like any other."""
+    listed = call_ok(hsmd, "ListKeys", {})
+    assert call_ok(hsmd, "ListKeys", {"GrantTokens": ["bad"], "DryRun": "x"}) == listed
+    # DescribeKey takes grant tokens, but answers a malformed one as a validation error:
+    # it declares no InvalidGrantTokenException.
+    kid = listed["Keys"][0]["KeyId"] if listed["Keys"] else \
+        call_ok(hsmd, "CreateKey", {})["KeyMetadata"]["KeyId"]
+    call_error(hsmd, "DescribeKey", {"KeyId": kid, "GrantTokens": ["bad"]}, "ValidationException")
+    call_error(hsmd, "DescribeKey", {"KeyId": kid, "GrantTokens": ["x"] * 11},
+               "ValidationException")
 
 
 # ---- Enable, disable, description ---------------------------------------------------------
@@ -296,7 +318,8 @@ def test_schedule_key_deletion_default_window(kms):
     m = kms.describe_key(KeyId=kid)["KeyMetadata"]
     assert (m["KeyState"], m["Enabled"]) == ("PendingDeletion", False)
     assert m["DeletionDate"] == r["DeletionDate"]
-    assert m["PendingDeletionWindowInDays"] == 30
+    # Only a multi-Region primary waiting for its replicas has a window in its metadata.
+    assert "PendingDeletionWindowInDays" not in m
 
 
 @pytest.mark.parametrize("days", [7, 8, 29, 30])
