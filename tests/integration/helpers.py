@@ -10,6 +10,7 @@ import datetime
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -94,6 +95,17 @@ def restart_dev(server):
 
     new.cleanup = cleanup
     return new
+
+
+# ---- metrics ------------------------------------------------------------------------------
+
+def metric(server, name):
+    """The value of an unlabelled sample in /metrics."""
+    st, body, _ = server.get("/metrics")
+    assert st == 200
+    m = re.search(rb"^" + name.encode() + rb" (\S+)$", body, re.M)
+    assert m, name
+    return float(m.group(1))
 
 
 # ---- audit trail --------------------------------------------------------------------------

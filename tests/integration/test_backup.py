@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import HSMCTL, Hsmd, client, signed_call, start_dev
-from helpers import admin, audit_records, new_user, raises, self_signed
+from helpers import admin, audit_records, metric, new_user, raises, self_signed
 from test_sealed import create_first_officer, init_store, unseal
 
 
@@ -27,14 +27,6 @@ def hsmctl(*args, endpoint=None, creds=None):
 
 def fields(stdout):
     return dict(l.split(": ", 1) for l in stdout.splitlines() if ": " in l)
-
-
-def metric(server, name):
-    st, body, _ = server.get("/metrics")
-    assert st == 200
-    m = re.search(rb"^" + name.encode() + rb" (\S+)$", body, re.M)
-    assert m, name
-    return float(m.group(1))
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,6 @@ import glob
 import hashlib
 import json
 import os
-import re
 import subprocess
 import time
 import types
@@ -41,7 +40,7 @@ from PyKCS11 import (CKA_CLASS, CKA_ID, CKA_LABEL, CKA_PRIVATE, CKA_TOKEN, CKA_V
                      CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKR)
 
 from conftest import BUILD, DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, start_dev
-from helpers import admin, audit_records, b64, new_user, restart_dev
+from helpers import admin, audit_records, b64, metric, new_user, restart_dev
 
 MODULE = os.path.join(BUILD, "libhsm_pkcs11.so")
 JAVA = "/usr/lib/jvm/java-17-openjdk-amd64/bin/java"
@@ -397,14 +396,6 @@ def test_certificate_changes_can_wait_for_custodians(ca):
     finally:
         node.cleanup()
         first.cleanup()
-
-
-def metric(server, name):
-    st, body, _ = server.get("/metrics")
-    assert st == 200
-    m = re.search(rb"^" + name.encode() + rb" (\S+)$", body, re.M)
-    assert m, name
-    return float(m.group(1))
 
 
 def test_metrics_count_certificates_and_those_expiring(server, ca):

@@ -6,25 +6,16 @@ import glob
 import http.client
 import json
 import os
-import re
 import shutil
 import subprocess
 import tempfile
 import time
 
 from conftest import DEV_AKID, HSMCTL, signed_request, start_dev
-from helpers import audit_records, audit_records_until, request_id
+from helpers import audit_records, audit_records_until, metric, request_id
 
 TARGET = "TrentService.ListKeys"
 UNKNOWN_AKID = "AKIDNOBODYHASTHIS01"
-
-
-def metric(server, name):
-    st, body, _ = server.get("/metrics")
-    assert st == 200
-    m = re.search(rb"^" + name.encode() + rb" (\S+)$", body, re.M)
-    assert m, name
-    return float(m.group(1))
 
 
 def flood(server, n, akid=None):
