@@ -111,6 +111,7 @@ hsm_result hsm_audit_expand_paths(const char *const *args, size_t n, char ***out
 	hsm_result res = HSM_SUCCESS;
 	char **v = NULL, **names = NULL;
 	size_t len = 0, cap = 0, n_names = 0;
+	const char *empty = NULL;
 	for (size_t i = 0; i < n && hsm_ok(res); i++) {
 		struct stat st;
 		if (stat(args[i], &st) != 0 || !S_ISDIR(st.st_mode)) {
@@ -118,14 +119,17 @@ hsm_result hsm_audit_expand_paths(const char *const *args, size_t n, char ***out
 			continue;
 		}
 		HSM_TRY(audit_list_files(args[i], &names, &n_names));
-		HSM_CHECK(n_names > 0, HSM_ERR_VALIDATION,
-		          "%.256s holds no audit file (audit-SEQ.jsonl)", args[i]);
+		/* A copy directory before the first rotation is empty: fine beside the trail itself. */
+		if (n_names == 0 && empty == NULL)
+			empty = args[i];
 		for (size_t j = 0; j < n_names && hsm_ok(res); j++)
 			res = push_path(&v, &len, &cap, args[i], names[j]);
 		audit_free_list(names, n_names);
 		names = NULL;
 		n_names = 0;
 	}
+	HSM_CHECK(len > 0 || empty == NULL, HSM_ERR_VALIDATION,
+	          "%.256s holds no audit file (audit-SEQ.jsonl)", empty);
 	if (hsm_ok(res)) {
 		*out = v;
 		*n_out = len;

@@ -64,12 +64,15 @@ static int parse(const char *cmd, int argc, char **argv, backup_opts *o)
 
 static void print_info(const char *path, const hsm_backup_info *in)
 {
-	char created[21];
+	char created[21], split[2 * HSM_KS_SET_ID_LEN + 1];
 	hsm_format_time(in->created, created);
+	/* split: the "set" line of the share files that open it (they may predate a rekey). */
+	hsm_hex_encode_str(split, in->identity.set_id, sizeof(in->identity.set_id));
 	printf("file: %s\nbackup-id: %s\nstore-id: %s\ncreated: %s\nnode: %s\n"
-	       "quorum: %u of %u custodian shares\nschema: %u\nstore-bytes: %llu\nfile-bytes: %llu\n",
+	       "quorum: %u of %u custodian shares\nsplit: %s\nschema: %u\nstore-bytes: %llu\n"
+	       "file-bytes: %llu\n",
 	       path, in->backup_id, in->identity.store_id, created, in->node_id,
-	       in->identity.threshold, in->identity.count, in->schema_version,
+	       in->identity.threshold, in->identity.count, split, in->schema_version,
 	       (unsigned long long)in->store_bytes, (unsigned long long)in->file_bytes);
 }
 

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/encoding.h"
@@ -90,6 +91,52 @@ static void share_path(const init_opts *o, unsigned i, char *out, size_t cap)
 	                  o->shares, out, cap);
 }
 
+static void credentials_path(const init_opts *o, const char *user, char *out, size_t cap)
+{
+	snprintf(out, cap, "%s/%s.credentials", o->share_dir, user);
+}
+
+static hsm_result must_be_new(const char *path)
+{
+	struct stat st;
+	HSM_ENSURE(lstat(path, &st) != 0 && errno == ENOENT, HSM_ERR_ALREADY_EXISTS,
+	           "%s already exists: init writes only new files (move it away, or choose another "
+	           "--share-dir); nothing was created",
+	           path);
+	return HSM_SUCCESS;
+}
+
+/*
+ * Before the store commits: every file init writes is new, and the share
+ * directory takes files.  A store is initialized once, so a share that
+ * could not be written after the commit would leave a master key whose
+ * shares exist nowhere (the transcript's name holds the new store's id:
+ * it cannot exist yet).
+ */
+static hsm_result check_outputs(const init_opts *o)
+{
+	char path[PATH_MAX];
+	for (unsigned i = 0; i < o->shares; i++) {
+		share_path(o, i, path, sizeof(path));
+		HSM_GUARD(must_be_new(path));
+	}
+	if (o->admin != NULL) {
+		credentials_path(o, o->admin, path, sizeof(path));
+		HSM_GUARD(must_be_new(path));
+	}
+	for (unsigned i = 0; o->custodian_users && i < o->shares; i++) {
+		credentials_path(o, o->custodians[i], path, sizeof(path));
+		HSM_GUARD(must_be_new(path));
+	}
+	snprintf(path, sizeof(path), "%s/.hsmctl-init-%ld", o->share_dir, (long)getpid());
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	HSM_ENSURE(fd >= 0, HSM_ERR_IO, "cannot write files in %s: %s; nothing was created",
+	           o->share_dir, strerror(errno));
+	close(fd);
+	unlink(path);
+	return HSM_SUCCESS;
+}
+
 static hsm_result write_transcript(const init_opts *o, hsmctl_local *l, hsm_buf shares[])
 {
 	hsm_result res = HSM_SUCCESS;
@@ -153,7 +200,7 @@ static hsm_result bootstrap_user(const init_opts *o, hsmctl_local *l, const char
 	                       name, akid));
 	HSM_TRY(hsm_buf_put(&text, hsm_secret_bytes(secret), hsm_secret_len(secret)));
 	HSM_TRY(hsm_buf_put_str(&text, "\n"));
-	snprintf(path, sizeof(path), "%s/%s.credentials", o->share_dir, name);
+	credentials_path(o, name, path, sizeof(path));
 	HSM_TRY(hsmctl_write_new_file(path, text.data, text.len));
 	printf("user: %s (%s)\ncredentials: %s\n", name, role_names, path);
 out:
@@ -173,13 +220,16 @@ static hsm_result run_init(const init_opts *o)
 	hsmctl_local l = {0};
 	hsm_buf shares[HSM_MAX_SHARES];
 	memset(shares, 0, sizeof(shares));
+	bool committed = false;
 	HSM_TRY(hsm_mkdir_p(o->share_dir));
+	HSM_TRY(check_outputs(o));
 	HSM_TRY(hsmctl_local_open(o->data_dir, 0, NULL, &l));
 	res = hsm_keystore_init(l.ks, o->threshold, o->shares,
 	                        o->custodians[0] != NULL ? (const char *const *)o->custodians : NULL,
 	                        o->dev, shares);
 	hsm_result audited = hsmctl_local_audit(&l, "Init", NULL, 0, res);
 	HSM_TRY(res);
+	committed = true;
 	HSM_TRY(audited);
 	hsm_audit_set_signer(l.audit, init_signer, l.ks);
 	printf("store: %s\nquorum: %u of %u\n", hsm_keystore_store_id(l.ks), o->threshold, o->shares);
@@ -197,6 +247,11 @@ static hsm_result run_init(const init_opts *o)
 	printf("Give each custodian exactly one share file; any %u of them unseal this store.\n",
 	       o->threshold);
 out:
+	/* Checked before, so only a failing disk gets here: say what is left and what to do. */
+	if (hsm_failed(res) && committed)
+		fprintf(stderr, "hsmctl: init: the store was initialized, but not every file above was "
+		                "written; without its shares it can never be unsealed: delete the data "
+		                "directory (it holds nothing else yet) and run init again\n");
 	for (unsigned i = 0; i < HSM_MAX_SHARES; i++)
 		hsm_buf_free(&shares[i]);
 	hsmctl_local_close(&l);

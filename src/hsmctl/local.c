@@ -149,7 +149,11 @@ hsm_result hsmctl_local_open(const char *data_dir, size_t n_shares, char *const 
 	HSM_CHECK(hsm_keystore_state(l.ks) != HSM_NODE_ERROR, HSM_ERR_NODE_ERROR,
 	          "self-test failed: %s", hsm_keystore_error_reason(l.ks));
 	if (n_shares > 0) {
-		HSM_TRY(hsmctl_unseal_files(l.ks, n_shares, shares));
+		/* Rebuilding the master key is an unseal wherever it happens: on the trail, as hsmd's. */
+		res = hsmctl_unseal_files(l.ks, n_shares, shares);
+		hsm_result audited = hsmctl_local_audit(&l, "Unseal", NULL, 0, res);
+		HSM_TRY(res);
+		HSM_TRY(audited);
 		hsm_audit_set_signer(l.audit, local_signer, l.ks);
 	}
 	hsm_kms_config cfg = {.region = "us-east-1", .account_id = "111122223333"};

@@ -168,6 +168,8 @@ static int cmd_help(int argc, char **argv)
 	       "[--client-key FILE]] [--region R] [--store URI] [--approval-wait SECONDS] COMMAND "
 	       "[ARGS]\n\n"
 	       "  --endpoint       running hsmd nodes, tried in order (HSM_ENDPOINT)\n"
+	       "  --ca-file        the PEM certificates that verify the nodes' TLS certificates\n"
+	       "                   (HSM_CA_FILE; default: the system's)\n"
 	       "  --client-cert    a PEM certificate (and --client-key, its key) for nodes with\n"
 	       "                   tls_client_auth (HSM_CLIENT_CERT, HSM_CLIENT_KEY)\n"
 	       "  --region         the region requests are signed for: the nodes' own (AWS_REGION,\n"
@@ -208,6 +210,34 @@ static const hsmctl_command *lookup(int argc, char **argv, int *consumed)
 	}
 	*consumed = best_words;
 	return best;
+}
+
+/*
+ * Prints (to f, unless NULL) the usage of each command of the family named
+ * word ("audit": audit verify, audit report, ...); returns how many there are.
+ */
+static size_t family_usages(FILE *f, const char *word)
+{
+	size_t n = 0, len = strlen(word);
+	for (size_t i = 0; i < N_COMMANDS; i++) {
+		const char *name = commands[i].name;
+		if (strncmp(name, word, len) != 0 || name[len] != ' ')
+			continue;
+		if (f != NULL)
+			fprintf(f, "  hsmctl %s %s\n      %s\n", name, commands[i].args,
+			        commands[i].summary);
+		n++;
+	}
+	return n;
+}
+
+/* True when the command's arguments ask for its usage. */
+static bool wants_help(int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++)
+		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+			return true;
+	return false;
 }
 
 /* A wait in whole seconds, 1 to a year; -1 when absent; -2 when malformed. */
@@ -278,8 +308,19 @@ int main(int argc, char **argv)
 	int words = 0;
 	const hsmctl_command *cmd = lookup(argc - 1, argv + 1, &words);
 	if (cmd == NULL) {
+		/* "hsmctl audit": a family of commands, named without the one to run. */
+		if (family_usages(NULL, argv[1]) > 0) {
+			fprintf(stderr, "hsmctl: '%s' needs one of its commands:\n", argv[1]);
+			family_usages(stderr, argv[1]);
+			return 2;
+		}
 		fprintf(stderr, "hsmctl: unknown command '%s' (see 'hsmctl help')\n", argv[1]);
 		return 2;
+	}
+	if (wants_help(argc - words, argv + words)) {
+		printf("usage: hsmctl [global options] %s %s\n      %s\n(global options: 'hsmctl help')\n",
+		       cmd->name, cmd->args, cmd->summary);
+		return 0;
 	}
 	/* The command sees argv[0] = its own name, then its arguments. */
 	int rc = cmd->fn(argc - words, argv + words);

@@ -436,6 +436,12 @@ def test_closed_audit_files_are_copied_to_the_copy_dir():
         os.mkdir(empty)
         p = subprocess.run([HSMCTL, "audit", "verify", empty], capture_output=True, text=True)
         assert p.returncode == 1 and f"{empty} holds no audit file" in p.stderr, p.stderr
+        # Beside the trail, an empty copy directory (none closed yet, as on day one) is fine.
+        name, server = next(iter(nodes.items()))
+        audit_dir = os.path.join(server.data_dir, "audit")
+        p = subprocess.run([HSMCTL, "audit", "verify", "--pubkey", pubkeys[name], empty,
+                            audit_dir], capture_output=True, text=True)
+        assert p.returncode == 0, p.stdout + p.stderr
         # The same names in both: one copy directory without the node's would have mixed them.
         assert ({os.path.basename(f) for f in files(os.path.join(copies, "node-a"))}
                 & {os.path.basename(f) for f in files(os.path.join(copies, "node-b"))})

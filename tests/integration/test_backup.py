@@ -124,6 +124,9 @@ def test_inspect_without_shares(node):
     assert f["store-id"] == node["made"]["StoreId"]
     assert f["quorum"] == "3 of 5 custodian shares"
     assert int(f["file-bytes"]) == os.path.getsize(node["made"]["Path"])
+    # The split that opens it: the "set" line of the share files it was made under.
+    with open(node["shares"]["alice"]) as share:
+        assert f"set {f['split']}\n" in share.read()
 
 
 def test_verify_needs_the_quorum_of_this_store(node):

@@ -79,6 +79,34 @@ def prod():
     shutil.rmtree(base, ignore_errors=True)
 
 
+def test_init_writes_only_new_files_and_checks_them_before_the_store_commits(tmp_path):
+    """A share or credentials file already in the share directory, or a directory that takes
+    no files, stops the ceremony before the master key exists: a store initialized with shares
+    that could not be written could never be unsealed, nor initialized again."""
+    data, shares = str(tmp_path / "data"), tmp_path / "shares"
+    shares.mkdir()
+    args = ["init", "--data-dir", data, "--share-dir", str(shares), "--shares", "2",
+            "--threshold", "2", "--custodians", "alice,bob", "--admin", "ops"]
+    for existing in ("bob.share", "ops.credentials"):
+        (shares / existing).write_text("keep me")
+        p = hsmctl(*args)
+        assert p.returncode == 1 and f"{existing} already exists" in p.stderr, p.stderr
+        assert "nothing was created" in p.stderr and "store:" not in p.stdout, p.stdout
+        assert (shares / existing).read_text() == "keep me"
+        assert sorted(os.listdir(shares)) == [existing]
+        (shares / existing).unlink()
+    if os.geteuid() != 0:  # root writes anywhere: the mode cannot stop it
+        shares.chmod(0o500)
+        p = hsmctl(*args)
+        shares.chmod(0o700)
+        assert p.returncode == 1 and "cannot write files in" in p.stderr, p.stderr
+    # Nothing was committed: the same data directory takes the ceremony now.
+    p = hsmctl(*args)
+    assert p.returncode == 0 and "quorum: 2 of 2" in p.stdout, p.stdout + p.stderr
+    p = hsmctl("unseal", "--data-dir", data, str(shares / "alice.share"), str(shares / "bob.share"))
+    assert p.returncode == 0 and "reconstruct the master key" in p.stdout, p.stdout + p.stderr
+
+
 def test_hsmctl_share_files_help_and_missing_shares(tmp_path):
     """Share files with CRLF line endings (a Windows editor, a mail client) are the same
     shares, offline and online; an offline command that needs the master key without
@@ -87,6 +115,14 @@ def test_hsmctl_share_files_help_and_missing_shares(tmp_path):
         p = hsmctl(flag)
         assert p.returncode == 0 and p.stdout.startswith("usage: hsmctl"), p
         assert "unknown command" not in p.stderr
+        # Each command's own usage, and a family named without its command.
+        p = hsmctl("backup", "create", flag)
+        assert p.returncode == 0 and p.stdout.startswith(
+            "usage: hsmctl [global options] backup create "), p
+    p = hsmctl("audit")
+    assert p.returncode == 2 and "'audit' needs one of its commands" in p.stderr, p.stderr
+    assert "hsmctl audit verify " in p.stderr and "unknown command" not in p.stderr
+    assert "--ca-file  " in hsmctl("help").stdout
     data, shares = init_store(str(tmp_path))
     crlf = {}
     for c in ("alice", "carol", "erin"):
@@ -95,6 +131,13 @@ def test_hsmctl_share_files_help_and_missing_shares(tmp_path):
             out.write(f.read().replace(b"\n", b"\r\n"))
     p = hsmctl("unseal", "--data-dir", data, *crlf.values())
     assert p.returncode == 0 and "reconstruct the master key" in p.stdout, p.stdout + p.stderr
+    # Rebuilding the master key offline is on the trail, as an unseal; so is a failed attempt.
+    p = hsmctl("unseal", "--data-dir", data, crlf["alice"], crlf["alice"], crlf["carol"])
+    assert p.returncode == 1, p.stdout
+    unseals = [r for r in audit_records(data) if r.get("op") == "Unseal"]
+    assert [(r["source"], r["outcome"]) for r in unseals] == [("hsmctl", "success"),
+                                                              ("hsmctl", "error")], unseals
+    assert all(r["principal"].startswith("local:uid=") for r in unseals)
     p = hsmctl("key", "create", "--data-dir", data, "--description", "no-shares")
     assert p.returncode == 1, p.stdout
     assert "--share FILE for each of 3 shares" in p.stderr and "hsmd is sealed" not in p.stderr, \
