@@ -744,6 +744,12 @@ hsm_result hsm_kms_access_key_revoke(hsm_kms *kms, const hsm_caller *caller,
                                      const char *access_key_id) HSM_MUST_CHECK;
 hsm_result hsm_kms_access_key_list(hsm_kms *kms, const hsm_caller *caller, const char *user,
                                    hsm_access_key_cb cb, void *arg) HSM_MUST_CHECK;
+/*
+ * Every access key, ordered by id, for authentication's list of the ids that
+ * exist (server/auth_keys.c): no caller, as for hsm_kms_credential.
+ */
+hsm_result hsm_kms_access_keys_all(hsm_kms *kms, hsm_access_key_cb cb,
+                                   void *arg) HSM_MUST_CHECK;
 
 /* ---- Quorum approvals (approvals.c) ------------------------------------------------ */
 

@@ -207,6 +207,11 @@ hsm_result hsm_kms_access_key_list(hsm_kms *kms, const hsm_caller *caller, const
 	return hsm_store_access_key_list(kms->store, user, cb, arg);
 }
 
+hsm_result hsm_kms_access_keys_all(hsm_kms *kms, hsm_access_key_cb cb, void *arg)
+{
+	return hsm_store_access_key_list(kms->store, NULL, cb, arg);
+}
+
 hsm_result hsm_kms_credential(hsm_kms *kms, const char *access_key_id, hsm_user_record *user,
                               hsm_secret **secret)
 {

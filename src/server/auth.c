@@ -134,6 +134,8 @@ static hsm_result find_cred(hsm_server *s, const hsm_sigv4_auth *a, cred **out)
 		}
 		cred_unref(c);
 	}
+	if (!hsm_server_akid_may_exist(s, a->access_key_id))
+		return hsm_sigv4_unknown_key(a); /* the same answer a lookup would give */
 	return load_cred(s, a, key, out);
 }
 

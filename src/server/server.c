@@ -253,6 +253,7 @@ hsm_result hsm_server_new(const hsm_server_options *opt, hsm_server **out)
 	pthread_mutex_init(&s->stop_lock, NULL);
 	pthread_cond_init(&s->stop_cond, NULL);
 	pthread_mutex_init(&s->backup_lock, NULL);
+	pthread_mutex_init(&s->akids_lock, NULL);
 	s->started = hsm_now();
 	HSM_TRY(copy_opt(s->data_dir, sizeof(s->data_dir), opt->data_dir, "data_dir"));
 	if (opt->audit_dir != NULL && *opt->audit_dir != '\0')
@@ -522,6 +523,7 @@ static void *flusher_main(void *arg)
 		pthread_mutex_unlock(&s->stop_lock);
 		flush_usage(s, &failing);
 		hsm_server_flush_refusals(s, false);
+		hsm_server_akids_refresh(s);
 		pthread_mutex_lock(&s->stop_lock);
 	}
 	pthread_mutex_unlock(&s->stop_lock);
@@ -531,6 +533,7 @@ static void *flusher_main(void *arg)
 hsm_result hsm_server_start(hsm_server *s)
 {
 	count_store_gauges(s); /* the first scrape reads counts, not zeros */
+	hsm_server_akids_refresh(s);
 	HSM_GUARD(blame_http(s, hsm_http_server_start(s->http)));
 	HSM_ENSURE(pthread_create(&s->scheduler, NULL, scheduler_main, s) == 0, HSM_ERR_INTERNAL,
 	           "cannot start the scheduler thread");
@@ -596,6 +599,8 @@ void hsm_server_free(hsm_server *s)
 	pthread_cond_destroy(&s->stop_cond);
 	pthread_mutex_destroy(&s->stop_lock);
 	pthread_mutex_destroy(&s->backup_lock);
+	hsm_server_akids_free(s);
+	pthread_mutex_destroy(&s->akids_lock);
 	free(s);
 }
 
@@ -738,8 +743,13 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "# HELP hsmd_refusals_summarized_total Requests refused before authentication (or "
 	    "unauthenticated Status calls) past their source's rate of audit records "
 	    "(refusal_record_rate), counted in RefusalsSummarized events instead.\n"
-	    "# TYPE hsmd_refusals_summarized_total counter\nhsmd_refusals_summarized_total %llu\n",
-	    (unsigned long long)hsm_refusals_summarized(s->refusals)));
+	    "# TYPE hsmd_refusals_summarized_total counter\nhsmd_refusals_summarized_total %llu\n"
+	    "# HELP hsmd_auth_unknown_keys_unlooked_total Requests naming an access key id no active "
+	    "key has, refused without a store lookup (the node's list of ids, read every second).\n"
+	    "# TYPE hsmd_auth_unknown_keys_unlooked_total counter\n"
+	    "hsmd_auth_unknown_keys_unlooked_total %llu\n",
+	    (unsigned long long)hsm_refusals_summarized(s->refusals),
+	    (unsigned long long)atomic_load(&s->akids_spared)));
 	HSM_GUARD(hsm_buf_printf(
 	    out,
 	    "# HELP hsmd_backup_last_success_time_seconds When the newest backup of this store in "

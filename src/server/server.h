@@ -92,6 +92,14 @@ typedef struct hsm_server {
 	hsm_lane *lane; /* long requests: key generation, store writes, administration */
 	hsm_shmap *creds; /* access key id -> authenticated credential (auth.c) */
 	hsm_refusals *refusals; /* unauthenticated refusals beyond their records' rate */
+	/* The store's active access key ids, sorted, and when they were read (auth_keys.c). */
+	pthread_mutex_t akids_lock;
+	char (*akids)[HSM_ACCESS_KEY_ID_LEN + 1];
+	size_t n_akids;
+	int64_t akids_loaded_ms; /* monotonic; 0: never */
+	uint64_t akid_lookup_milli; /* the bucket of lookups of ids missing from the list */
+	int64_t akid_lookups_at_ms;
+	atomic_uint_fast64_t akids_spared; /* requests refused as unknown without a lookup */
 	hsm_sigv4_config sigv4;
 	hsm_metrics metrics;
 	pthread_t scheduler;
@@ -166,6 +174,15 @@ hsm_result hsm_server_authenticate(hsm_server *s, hsm_http_req *req,
                                    hsm_auth_result *out) HSM_MUST_CHECK;
 /* Forgets cached credentials (after seal, principal changes). */
 void hsm_server_auth_flush(hsm_server *s);
+/* Reads the store's active access key ids again (auth_keys.c; every second, on the flusher). */
+void hsm_server_akids_refresh(hsm_server *s);
+void hsm_server_akids_free(hsm_server *s);
+/*
+ * False when no active access key can have this id: not in the list read
+ * within the last seconds and past the rate of lookups of such ids, or of a
+ * length no key has.  True means: look it up.
+ */
+bool hsm_server_akid_may_exist(hsm_server *s, const char *akid);
 
 /*
  * Refusals of requests nobody authenticated (refused.c, refusals.h): whether

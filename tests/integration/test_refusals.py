@@ -11,8 +11,8 @@ import subprocess
 import tempfile
 import time
 
-from conftest import DEV_AKID, HSMCTL, signed_request, start_dev
-from helpers import audit_records, audit_records_until, metric, request_id
+from conftest import DEV_AKID, HSMCTL, signed_call, signed_request, start_dev
+from helpers import admin, audit_records, audit_records_until, metric, request_id
 
 TARGET = "TrentService.ListKeys"
 UNKNOWN_AKID = "AKIDNOBODYHASTHIS01"
@@ -130,3 +130,42 @@ def test_no_bound_when_the_rate_is_zero():
     assert len(refused_records(recs)) == 150
     assert summaries(recs) == []
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_made_up_access_key_ids_cost_no_store_lookup_past_a_rate():
+    """A request naming an access key id that no active key has is looked up in the store
+    at a bounded rate (the id may have been made on another node within the last second);
+    past it, the node's list of ids, read every second, refuses it with the same answer.
+    A key made meanwhile works once the list has it."""
+    tmp = tempfile.mkdtemp(prefix="hsmd-akids-")
+    server = start_dev(["--data-dir", os.path.join(tmp, "data"), "--refusal-record-rate", "0"])
+    try:
+        time.sleep(1.2)  # the list, read at start, is fresh; the lookups' bucket is full
+        start = time.time()
+        for i in range(200):
+            st, body = signed_call(server, TARGET, {}, akid=f"AKIDMADEUP{i:010d}",
+                                   secret="made-up-secret-made-up-secret-0000000000")
+            assert (st, body["__type"]) == (403, "UnrecognizedClientException"), body
+        elapsed = time.time() - start
+        spared = metric(server, "hsmd_auth_unknown_keys_unlooked_total")
+        # 40 lookups at once, then 20 a second (and a second of slack).
+        assert spared >= 200 - (40 + 20 * (elapsed + 1)) and spared > 0, (spared, elapsed)
+        # Ids no key can have (over 20 characters) are never looked up.
+        st, body = signed_call(server, TARGET, {}, akid="A" * 40, secret="x" * 40)
+        assert body["__type"] == "UnrecognizedClientException"
+        assert metric(server, "hsmd_auth_unknown_keys_unlooked_total") == spared + 1
+        # The dev key, in the list, is never refused; a new key works within the list's second.
+        assert signed_call(server, TARGET, {})[0] == 200
+        admin(server, "CreateUser", {"UserName": "late", "Roles": ["crypto-user"]})
+        k = admin(server, "CreateAccessKey", {"UserName": "late"})
+        deadline = time.time() + 5
+        while True:
+            st, body = signed_call(server, TARGET, {}, akid=k["AccessKeyId"],
+                                   secret=k["SecretAccessKey"])
+            if st == 200 or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        assert st == 200, body
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
