@@ -45,7 +45,7 @@ static void print_usage(usage_opts *o, json_t *ans)
 	}
 	const char *id = json_string_value(json_object_get(ans, "KeyId"));
 	json_t *last = json_object_get(ans, "KeyLastUsage");
-	if (last == NULL) {
+	if (json_object_get(last, "Timestamp") == NULL) { /* {}: no use recorded */
 		char since[21];
 		hsm_format_time((int64_t)json_number_value(json_object_get(ans, "TrackingStartDate")),
 		                since);
@@ -74,9 +74,9 @@ static void one(usage_opts *o, const char *key)
 		(void)hsmctl_fail(key);
 		return;
 	}
-	json_t *last = json_object_get(ans, "KeyLastUsage");
-	double used = last != NULL ? json_number_value(json_object_get(last, "Timestamp")) : 0;
-	if (o->cutoff_ms == 0 || last == NULL || used * 1000.0 < (double)o->cutoff_ms)
+	json_t *when = json_object_get(json_object_get(ans, "KeyLastUsage"), "Timestamp");
+	double used = when != NULL ? json_number_value(when) : 0;
+	if (o->cutoff_ms == 0 || when == NULL || used * 1000.0 < (double)o->cutoff_ms)
 		print_usage(o, ans);
 	json_decref(ans);
 }

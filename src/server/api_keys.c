@@ -376,9 +376,10 @@ hsm_result hsm_api_cancel_key_deletion(hsm_api_ctx *c)
 }
 
 /*
- * GetKeyLastUsage: KeyLastUsage is left out when no use is recorded since
- * TrackingStartDate.  CloudTrailEventId and KmsRequestId are both the
- * request's id, which its audit record carries (hsmctl audit report).
+ * GetKeyLastUsage: KeyLastUsage is an empty object when no use is recorded
+ * since TrackingStartDate, as the API has it.  CloudTrailEventId and
+ * KmsRequestId are both the request's id, which its audit record carries
+ * (hsmctl audit report).
  */
 hsm_result hsm_api_get_key_last_usage(hsm_api_ctx *c)
 {
@@ -388,14 +389,14 @@ hsm_result hsm_api_get_key_last_usage(hsm_api_ctx *c)
 	HSM_GUARD(hsm_kms_key_last_usage(c->kms, c->caller, key, &u));
 	memcpy(c->audit.key_id, u.key_id, sizeof(c->audit.key_id));
 	hsm_jw_str(c->w, "KeyId", u.key_id);
+	hsm_jw_key_begin_object(c->w, "KeyLastUsage");
 	if (u.used) {
-		hsm_jw_key_begin_object(c->w, "KeyLastUsage");
 		hsm_jw_str(c->w, "Operation", u.last.operation);
 		hsm_jw_time_ms(c->w, "Timestamp", u.last.used_ms);
 		hsm_jw_str(c->w, "CloudTrailEventId", u.last.request_id);
 		hsm_jw_str(c->w, "KmsRequestId", u.last.request_id);
-		hsm_jw_end(c->w);
 	}
+	hsm_jw_end(c->w);
 	hsm_jw_time(c->w, "TrackingStartDate", u.tracking_start);
 	hsm_jw_time(c->w, "KeyCreationDate", u.created);
 	return HSM_SUCCESS;

@@ -160,6 +160,15 @@ hsm_result hsm_server_authenticate(hsm_server *s, hsm_http_req *req, hsm_auth_re
 	memset(out, 0, sizeof(*out));
 	HSM_TRY(view_of(req, &v));
 	HSM_TRY(hsm_sigv4_parse(&v.r, &a));
+	/*
+	 * hsmd issues no temporary credentials: a session token (an AWS role's,
+	 * left in a client's environment) is refused, as AWS refuses one it did
+	 * not issue, rather than ignored.
+	 */
+	HSM_CHECK(hsm_http_req_header(req, "X-Amz-Security-Token") == NULL,
+	          HSM_ERR_UNRECOGNIZED_CLIENT,
+	          "The security token included in the request is invalid: hsmd issues no session "
+	          "tokens; sign with an access key alone");
 	hsm_sb_init(&b, out->akid, sizeof(out->akid));
 	hsm_sb_add(&b, a.access_key_id);
 	HSM_TRY(hsm_sigv4_check_scope(&s->sigv4, &v.r, &a, now, &scope));

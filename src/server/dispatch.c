@@ -481,6 +481,10 @@ static hsm_result refuse_unknown(const char *name)
 	    "CreateCustomKeyStore",    "DeleteCustomKeyStore",     "DescribeCustomKeyStores",
 	    "UpdateCustomKeyStore",    "ConnectCustomKeyStore",    "DisconnectCustomKeyStore"};
 	static const char *const multi_region[] = {"ReplicateKey", "UpdatePrimaryRegion"};
+	/* ML-KEM (KEY_ENCAPSULATION keys): Debian 12's OpenSSL 3.0 has no ML-KEM. */
+	HSM_ENSURE(strcmp(name, "Encapsulate") != 0 && strcmp(name, "Decapsulate") != 0,
+	           HSM_ERR_UNSUPPORTED_OPERATION,
+	           "%s: ML-KEM key encapsulation is not supported; hsmd's OpenSSL has no ML-KEM", name);
 	for (size_t i = 0; i < sizeof(custom_stores) / sizeof(custom_stores[0]); i++)
 		HSM_ENSURE(strcmp(name, custom_stores[i]) != 0, HSM_ERR_UNSUPPORTED_OPERATION,
 		           "%s: custom key stores are not supported; hsmd holds its keys itself",

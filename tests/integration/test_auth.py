@@ -245,6 +245,18 @@ def test_unknown_access_key(hsmd):
     refused(hsmd, r, "UnrecognizedClientException", "AKIAUNKNOWNUNKNOWN00")
 
 
+def test_session_token_is_refused_not_ignored(hsmd):
+    """hsmd issues no temporary credentials: a signed X-Amz-Security-Token (an AWS role's, left
+    in a client's environment) is refused as AWS refuses a token it did not issue."""
+    with_token = boto3.client("kms", region_name=REGION, endpoint_url=hsmd.endpoint,
+                              aws_access_key_id=DEV_AKID, aws_secret_access_key=DEV_SECRET,
+                              aws_session_token="FQoGZXIvYXdzEXAMPLEtoken")
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        with_token.list_keys()
+    assert e.value.response["Error"]["Code"] == "UnrecognizedClientException"
+    assert "session tokens" in e.value.response["Error"]["Message"]
+
+
 def test_wrong_secret(hsmd, creds):
     akid, secret = creds
     wrong = secret[:-1] + ("B" if secret.endswith("A") else "A")  # never the secret itself

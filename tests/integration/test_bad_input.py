@@ -138,7 +138,8 @@ def test_unknown_operation(hsmd, kms, target):
     ("DescribeCustomKeyStores", "custom key stores"), ("UpdateCustomKeyStore", "custom key stores"),
     ("ConnectCustomKeyStore", "custom key stores"),
     ("DisconnectCustomKeyStore", "custom key stores"),
-    ("ReplicateKey", "multi-Region"), ("UpdatePrimaryRegion", "multi-Region")])
+    ("ReplicateKey", "multi-Region"), ("UpdatePrimaryRegion", "multi-Region"),
+    ("Encapsulate", "ML-KEM"), ("Decapsulate", "ML-KEM")])
 def test_aws_operations_hsmd_does_not_offer_are_unsupported(hsmd, kms, op, why):
     """SDKs know these operations: they get KMS's UnsupportedOperationException, which
     `except kms.exceptions.UnsupportedOperationException` catches, not an unknown target."""
