@@ -148,6 +148,17 @@ static void count_failure(hsm_server *s, const char *user)
 	hsm_server_auth_flush(s); /* the user may be locked now: no cached entry may outlive that */
 }
 
+/* Whether SignedHeaders ("host;x-amz-date;...") names x-amz-security-token. */
+static bool signs_session_token(const char *signed_headers)
+{
+	static const char name[] = "x-amz-security-token";
+	for (const char *p = strstr(signed_headers, name); p != NULL; p = strstr(p + 1, name))
+		if ((p == signed_headers || p[-1] == ';') &&
+		    (p[sizeof(name) - 1] == ';' || p[sizeof(name) - 1] == '\0'))
+			return true;
+	return false;
+}
+
 hsm_result hsm_server_authenticate(hsm_server *s, hsm_http_req *req, hsm_auth_result *out)
 {
 	hsm_result res = HSM_SUCCESS;
@@ -162,11 +173,13 @@ hsm_result hsm_server_authenticate(hsm_server *s, hsm_http_req *req, hsm_auth_re
 	HSM_TRY(hsm_sigv4_parse(&v.r, &a));
 	/*
 	 * hsmd issues no temporary credentials: a session token (an AWS role's,
-	 * left in a client's environment) is refused, as AWS refuses one it did
-	 * not issue, rather than ignored.
+	 * left in a client's environment; SDKs sign it) is refused, as AWS
+	 * refuses one it did not issue, rather than ignored.  Read from the
+	 * signed header names (lowercase, one short string), not by a search of
+	 * every header of every request; an unsigned one is ignored as any
+	 * unsigned header is.
 	 */
-	HSM_CHECK(hsm_http_req_header(req, "X-Amz-Security-Token") == NULL,
-	          HSM_ERR_UNRECOGNIZED_CLIENT,
+	HSM_CHECK(!signs_session_token(a.signed_headers), HSM_ERR_UNRECOGNIZED_CLIENT,
 	          "The security token included in the request is invalid: hsmd issues no session "
 	          "tokens; sign with an access key alone");
 	hsm_sb_init(&b, out->akid, sizeof(out->akid));
