@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -20,6 +21,7 @@
 #include "common/util.h"
 #include "crypto/crypto.h"
 #include "hsmctl/hsmctl.h"
+#include "kms/kms.h"
 #include "hsmctl/local.h"
 
 typedef struct init_opts {
@@ -113,9 +115,30 @@ static hsm_result must_be_new(const char *path)
  * shares exist nowhere (the transcript's name holds the new store's id:
  * it cannot exist yet).
  */
+/* The users init makes: valid names, none twice (regardless of case, as the store has it). */
+static hsm_result check_users(const init_opts *o)
+{
+	const char *names[HSM_MAX_SHARES + 1];
+	size_t n = 0;
+	if (o->admin != NULL)
+		names[n++] = o->admin;
+	for (unsigned i = 0; o->custodian_users && i < o->shares; i++)
+		names[n++] = o->custodians[i];
+	for (size_t i = 0; i < n; i++) {
+		HSM_GUARD(hsm_kms_user_name_check(names[i]));
+		for (size_t j = 0; j < i; j++)
+			HSM_ENSURE(strcasecmp(names[i], names[j]) != 0, HSM_ERR_VALIDATION,
+			           "user %s is named twice (--admin and --custodians make one user each); "
+			           "nothing was created",
+			           names[i]);
+	}
+	return HSM_SUCCESS;
+}
+
 static hsm_result check_outputs(const init_opts *o)
 {
 	char path[PATH_MAX];
+	HSM_GUARD(check_users(o));
 	for (unsigned i = 0; i < o->shares; i++) {
 		share_path(o, i, path, sizeof(path));
 		HSM_GUARD(must_be_new(path));
@@ -187,15 +210,15 @@ static hsm_result bootstrap_user(const init_opts *o, hsmctl_local *l, const char
 	HSM_TRY(hsm_roles_format(roles, role_names, sizeof(role_names)));
 	/* Audited as hsmd audits CreateUser and CreateAccessKey: naming what they made. */
 	hsm_audit_field user[] = {{"target_user", name}, {"target_roles", role_names}};
-	res = hsm_kms_user_create(l->kms, &hsmctl_local_caller, name, roles);
-	HSM_TRY(hsmctl_local_audit_fields(l, "CreateUser", NULL, 0, res, user, 2));
-	HSM_TRY(res);
+	hsm_result made = hsm_kms_user_create(l->kms, &hsmctl_local_caller, name, roles);
+	HSM_TRY(hsmctl_local_audit_fields(l, "CreateUser", NULL, 0, made, user, 2));
+	HSM_TRY(made);
 	akid[0] = '\0';
-	res = hsm_kms_access_key_create(l->kms, &hsmctl_local_caller, name, akid, &secret);
+	made = hsm_kms_access_key_create(l->kms, &hsmctl_local_caller, name, akid, &secret);
 	hsm_audit_field key[] = {{"target_user", name}, {"target_access_key_id", akid}};
-	HSM_TRY(hsmctl_local_audit_fields(l, "CreateAccessKey", NULL, 0, res, key,
+	HSM_TRY(hsmctl_local_audit_fields(l, "CreateAccessKey", NULL, 0, made, key,
 	                                  akid[0] != '\0' ? 2 : 1));
-	HSM_TRY(res);
+	HSM_TRY(made);
 	HSM_TRY(hsm_buf_printf(&text, "[%s]\naws_access_key_id = %s\naws_secret_access_key = ",
 	                       name, akid));
 	HSM_TRY(hsm_buf_put(&text, hsm_secret_bytes(secret), hsm_secret_len(secret)));
@@ -249,9 +272,10 @@ static hsm_result run_init(const init_opts *o)
 out:
 	/* Checked before, so only a failing disk gets here: say what is left and what to do. */
 	if (hsm_failed(res) && committed)
-		fprintf(stderr, "hsmctl: init: the store was initialized, but not every file above was "
-		                "written; without its shares it can never be unsealed: delete the data "
-		                "directory (it holds nothing else yet) and run init again\n");
+		fprintf(stderr, "hsmctl: init: the store was initialized, but init stopped before its "
+		                "end (the files it wrote are listed above); if a share file is missing, "
+		                "the store can never be unsealed: delete the data directory (it holds "
+		                "nothing else yet) and run init again\n");
 	for (unsigned i = 0; i < HSM_MAX_SHARES; i++)
 		hsm_buf_free(&shares[i]);
 	hsmctl_local_close(&l);

@@ -813,8 +813,13 @@ hsm_result hsm_kms_credential(hsm_kms *kms, const char *access_key_id, hsm_user_
  * state; a wrong signature gets the same answer whatever the user's state.
  */
 hsm_result hsm_kms_user_admit(const hsm_user_record *user) HSM_MUST_CHECK;
-/* Records an authentication outcome; lock_after consecutive failures lock the user. */
-hsm_result hsm_kms_auth_outcome(hsm_kms *kms, const char *user, bool success,
-                                uint32_t lock_after) HSM_MUST_CHECK;
+/* VALIDATION unless name is 1-64 letters, digits and _+=,.@- (IAM's user names). */
+hsm_result hsm_kms_user_name_check(const char *name) HSM_MUST_CHECK;
+/*
+ * Records an authentication outcome; lock_after consecutive failures lock the
+ * user.  *locked_now (may be NULL) says whether this failure locked it.
+ */
+hsm_result hsm_kms_auth_outcome(hsm_kms *kms, const char *user, bool success, uint32_t lock_after,
+                                bool *locked_now) HSM_MUST_CHECK;
 
 #endif

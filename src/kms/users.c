@@ -21,7 +21,7 @@ static hsm_result require_officer(const hsm_caller *caller)
 	return HSM_SUCCESS;
 }
 
-static hsm_result check_user_name(const char *name)
+hsm_result hsm_kms_user_name_check(const char *name)
 {
 	size_t n = strlen(name);
 	HSM_ENSURE(n >= 1 && n <= HSM_USER_NAME_MAX, HSM_ERR_VALIDATION,
@@ -53,7 +53,7 @@ hsm_result hsm_kms_user_create(hsm_kms *kms, const hsm_caller *caller, const cha
                                unsigned roles)
 {
 	HSM_GUARD(require_officer(caller));
-	HSM_GUARD(check_user_name(name));
+	HSM_GUARD(hsm_kms_user_name_check(name));
 	HSM_ENSURE(roles != 0 && (roles >> HSM_ROLE_COUNT) == 0, HSM_ERR_VALIDATION,
 	           "a user needs at least one known role");
 	hsm_user_record u;
@@ -242,7 +242,14 @@ hsm_result hsm_kms_user_admit(const hsm_user_record *user)
 	return HSM_SUCCESS;
 }
 
-hsm_result hsm_kms_auth_outcome(hsm_kms *kms, const char *user, bool success, uint32_t lock_after)
+hsm_result hsm_kms_auth_outcome(hsm_kms *kms, const char *user, bool success, uint32_t lock_after,
+                                bool *locked_now)
 {
-	return hsm_store_user_auth_result(kms->store, user, success, lock_after, NULL);
+	hsm_user_record after;
+	memset(&after, 0, sizeof(after));
+	HSM_GUARD(hsm_store_user_auth_result(kms->store, user, success, lock_after, &after));
+	/* The failure that reached the threshold locked the user (later ones are not counted). */
+	if (locked_now != NULL)
+		*locked_now = !success && after.locked && lock_after > 0 && after.failed_auth == lock_after;
+	return HSM_SUCCESS;
 }

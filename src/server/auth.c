@@ -58,6 +58,7 @@ void hsm_server_auth_free(hsm_server *s)
 void hsm_server_auth_flush(hsm_server *s)
 {
 	hsm_shmap_clear(s->creds);
+	hsm_server_akids_stale(s); /* a key made here works at once, not at the list's next read */
 }
 
 /*
@@ -139,13 +140,22 @@ static hsm_result find_cred(hsm_server *s, const hsm_sigv4_auth *a, cred **out)
 	return load_cred(s, a, key, out);
 }
 
-/* A wrong signature for a known user counts toward the lockout. */
-static void count_failure(hsm_server *s, const char *user)
+/*
+ * A wrong signature for a known user counts toward the lockout; the failure
+ * that locks the user is an event of its own on the trail (UserLocked).
+ */
+static void count_failure(hsm_server *s, const char *user, const char *akid)
 {
-	hsm_result r = hsm_kms_auth_outcome(s->kms, user, false, s->opt.lockout_threshold);
+	bool locked_now = false;
+	hsm_result r =
+	    hsm_kms_auth_outcome(s->kms, user, false, s->opt.lockout_threshold, &locked_now);
 	if (hsm_failed(r))
 		hsm_log_failure("recording a failed authentication");
 	hsm_server_auth_flush(s); /* the user may be locked now: no cached entry may outlive that */
+	if (locked_now) {
+		hsm_audit_field f[] = {{"target_user", user}, {"target_access_key_id", akid}};
+		hsm_server_event(s, "UserLocked", NULL, 0, HSM_SUCCESS, f, 2);
+	}
 }
 
 /* Whether SignedHeaders ("host;x-amz-date;...") names x-amz-security-token. */
@@ -186,10 +196,12 @@ hsm_result hsm_server_authenticate(hsm_server *s, hsm_http_req *req, hsm_auth_re
 	hsm_sb_add(&b, a.access_key_id);
 	HSM_TRY(hsm_sigv4_check_scope(&s->sigv4, &v.r, &a, now, &scope));
 	HSM_TRY(find_cred(s, &a, &c));
+	out->key_found = true;
 	res = hsm_sigv4_verify_scoped(&v.r, &a, &scope, c->signing_key);
 	if (res.err == HSM_ERR_BAD_SIGNATURE) {
-		if (!c->user.disabled && !c->user.locked)
-			count_failure(s, c->user.name);
+		out->counted_failure = !c->user.disabled && !c->user.locked;
+		if (out->counted_failure)
+			count_failure(s, c->user.name, a.access_key_id);
 		res = HSM_FAIL(HSM_ERR_BAD_SIGNATURE,
 		               "The request signature we calculated does not match the signature you "
 		               "provided. Check your AWS Secret Access Key and signing method.");
@@ -197,7 +209,8 @@ hsm_result hsm_server_authenticate(hsm_server *s, hsm_http_req *req, hsm_auth_re
 	HSM_TRY(res);
 	HSM_TRY(hsm_kms_user_admit(&c->user));
 	if (c->user.failed_auth > 0) {
-		HSM_TRY(hsm_kms_auth_outcome(s->kms, c->user.name, true, s->opt.lockout_threshold));
+		HSM_TRY(hsm_kms_auth_outcome(s->kms, c->user.name, true, s->opt.lockout_threshold,
+		                             NULL));
 		hsm_server_auth_flush(s);
 	}
 	hsm_sb_init(&b, out->user, sizeof(out->user));

@@ -7,7 +7,8 @@
  * naming an id nobody has (a revoked key still configured somewhere, or made-up
  * ids sent on purpose), about ten times what refusing an unsigned request
  * costs.  So the node keeps the sorted list of the store's active access key
- * ids, read again every second beside the key-usage flush.  An id missing
+ * ids, read again every second by the flusher thread (and looked past, until
+ * then, after a principal change on this node).  An id missing
  * from a fresh list is still looked up at a bounded rate (it may have been
  * made on another node within the second); past that rate it is refused as
  * unknown without a lookup, until the list catches up.  A list that could
@@ -21,7 +22,7 @@
 #include "common/util.h"
 #include "server/server.h"
 
-#define FRESH_MS 5000        /* a list older than this is not trusted */
+#define FRESH_MS 2500        /* a list older than this is not trusted (read every second) */
 #define LOOKUP_RATE 20       /* lookups a second of ids missing from the list */
 #define LOOKUP_BURST 40
 #define MIN_ID_LEN 16        /* the shortest id a key can be given (hsm_kms_access_key_import) */
@@ -62,7 +63,8 @@ void hsm_server_akids_refresh(hsm_server *s)
 		free(c.ids); /* the old list ages out (FRESH_MS): then every id is looked up */
 		return;
 	}
-	qsort(c.ids, c.n, sizeof(*c.ids), by_id); /* the store's order need not be strcmp's */
+	if (c.n > 1)
+		qsort(c.ids, c.n, sizeof(*c.ids), by_id); /* the store's order need not be strcmp's */
 	pthread_mutex_lock(&s->akids_lock);
 	akid_t *old = s->akids;
 	s->akids = c.ids;
@@ -70,6 +72,13 @@ void hsm_server_akids_refresh(hsm_server *s)
 	s->akids_loaded_ms = (int64_t)(hsm_mono_ns() / 1000000);
 	pthread_mutex_unlock(&s->akids_lock);
 	free(old);
+}
+
+void hsm_server_akids_stale(hsm_server *s)
+{
+	pthread_mutex_lock(&s->akids_lock);
+	s->akids_loaded_ms = 0; /* every id is looked up until the next read */
+	pthread_mutex_unlock(&s->akids_lock);
 }
 
 void hsm_server_akids_free(hsm_server *s)
@@ -105,7 +114,7 @@ bool hsm_server_akid_may_exist(hsm_server *s, const char *akid)
 	int64_t now_ms = (int64_t)(hsm_mono_ns() / 1000000);
 	pthread_mutex_lock(&s->akids_lock);
 	if (may && s->akids_loaded_ms != 0 && now_ms - s->akids_loaded_ms < FRESH_MS &&
-	    bsearch(akid, s->akids, s->n_akids, sizeof(*s->akids), by_id) == NULL)
+	    (s->n_akids == 0 || bsearch(akid, s->akids, s->n_akids, sizeof(*s->akids), by_id) == NULL))
 		may = take_lookup(s, now_ms);
 	pthread_mutex_unlock(&s->akids_lock);
 	if (!may)

@@ -209,18 +209,28 @@ static void add_kind(hsm_refusal_summary *s, const char *name, uint64_t n)
 	s->kinds[s->n_kinds++].n = n;
 }
 
-static void add_akid(hsm_refusal_summary *s, const char *akid)
+/* Names akid in s; when full, a known id takes the place of a made-up one. */
+static void add_akid(hsm_refusal_summary *s, const char *akid, bool known)
 {
 	if (akid == NULL || akid[0] == '\0')
 		return;
 	for (size_t i = 0; i < s->n_akids; i++)
-		if (strncmp(s->akids[i], akid, HSM_REFUSALS_AKID_MAX) == 0)
+		if (strncmp(s->akids[i], akid, HSM_REFUSALS_AKID_MAX) == 0) {
+			s->akid_known[i] = s->akid_known[i] || known;
 			return;
-	if (s->n_akids == HSM_REFUSALS_AKIDS) {
+		}
+	size_t at = s->n_akids;
+	if (at == HSM_REFUSALS_AKIDS) {
 		s->more_akids = true;
-		return;
+		for (at = 0; known && at < HSM_REFUSALS_AKIDS && s->akid_known[at]; at++)
+			;
+		if (!known || at == HSM_REFUSALS_AKIDS)
+			return;
+	} else {
+		s->n_akids++;
 	}
-	snprintf(s->akids[s->n_akids++], sizeof(s->akids[0]), "%s", akid);
+	snprintf(s->akids[at], sizeof(s->akids[0]), "%s", akid);
+	s->akid_known[at] = known;
 }
 
 /* Adds src's counts to dst (both of one source). */
@@ -228,6 +238,8 @@ static void merge(hsm_refusal_summary *dst, const hsm_refusal_summary *src)
 {
 	if (dst->count == 0 || src->first_ms < dst->first_ms)
 		dst->first_ms = src->first_ms;
+	if (dst->count == 0 || src->first_mono_ms < dst->first_mono_ms)
+		dst->first_mono_ms = src->first_mono_ms;
 	if (dst->count == 0 || src->last_ms > dst->last_ms)
 		dst->last_ms = src->last_ms;
 	dst->count += src->count;
@@ -235,7 +247,7 @@ static void merge(hsm_refusal_summary *dst, const hsm_refusal_summary *src)
 		add_kind(dst, src->kinds[i].name, src->kinds[i].n);
 	dst->other_kinds += src->other_kinds;
 	for (size_t i = 0; i < src->n_akids; i++)
-		add_akid(dst, src->akids[i]);
+		add_akid(dst, src->akids[i], src->akid_known[i]);
 	dst->more_akids = dst->more_akids || src->more_akids;
 }
 
@@ -248,7 +260,7 @@ static hsm_refusal_summary *summary_of(entry *e)
 }
 
 bool hsm_refusals_take(hsm_refusals *g, const char *addr, const char *kind, const char *akid,
-                       int64_t now_ms)
+                       bool akid_known, int64_t now_ms, int64_t wall_ms)
 {
 	if (g->cfg.per_source == 0)
 		return true;
@@ -268,9 +280,10 @@ bool hsm_refusals_take(hsm_refusals *g, const char *addr, const char *kind, cons
 		hsm_refusal_summary one;
 		memset(&one, 0, sizeof(one));
 		one.count = 1;
-		one.first_ms = one.last_ms = now_ms;
+		one.first_ms = one.last_ms = wall_ms;
+		one.first_mono_ms = now_ms;
 		add_kind(&one, kind != NULL ? kind : "unknown", 1);
-		add_akid(&one, akid);
+		add_akid(&one, akid, akid_known);
 		merge(e->sum, &one);
 		g->summarized++;
 	} else {
@@ -284,7 +297,7 @@ bool hsm_refusals_take(hsm_refusals *g, const char *addr, const char *kind, cons
 static bool take_due(entry *e, int64_t now_ms, bool all, uint32_t period_ms,
                      hsm_refusal_summary *out)
 {
-	if (e->sum == NULL || (!all && now_ms - e->sum->first_ms < (int64_t)period_ms))
+	if (e->sum == NULL || (!all && now_ms - e->sum->first_mono_ms < (int64_t)period_ms))
 		return false;
 	*out = *e->sum;
 	free(e->sum);
@@ -308,13 +321,13 @@ size_t hsm_refusals_due(hsm_refusals *g, int64_t now_ms, bool all, hsm_refusal_s
 	return n;
 }
 
-void hsm_refusals_restore(hsm_refusals *g, const hsm_refusal_summary *s)
+void hsm_refusals_restore(hsm_refusals *g, const hsm_refusal_summary *s, int64_t mono_ms)
 {
 	pthread_mutex_lock(&g->lock);
 	entry *e = &g->other;
 	if (strcmp(s->source, HSM_REFUSALS_OTHER_SOURCES) != 0) {
 		source_key k = key_of(s->source);
-		e = entry_of(g, &k, s->last_ms);
+		e = entry_of(g, &k, mono_ms);
 	}
 	hsm_refusal_summary *dst = summary_of(e);
 	if (dst != NULL)

@@ -61,8 +61,11 @@ typedef struct hsm_refusal_summary {
 	size_t n_kinds;
 	uint64_t other_kinds; /* of count, those of kinds beyond the first HSM_REFUSALS_KINDS */
 	char akids[HSM_REFUSALS_AKIDS][HSM_REFUSALS_AKID_MAX + 1];
+	/* The id is an active access key of the store: kept ahead of made-up ones. */
+	bool akid_known[HSM_REFUSALS_AKIDS];
 	size_t n_akids;
 	bool more_akids; /* other access key ids were claimed too */
+	int64_t first_mono_ms; /* when the first was counted, on the monotonic clock (due) */
 } hsm_refusal_summary;
 
 /* A new guard; cfg is copied.  Free with hsm_refusals_free (NULL is a no-op). */
@@ -73,24 +76,27 @@ void hsm_refusals_free(hsm_refusals *g);
  * One refusal (or unauthenticated Status) of a request from addr (the
  * client's address as text, "192.0.2.1" or "2001:db8::1").  kind is the
  * error name, or the operation's for one that succeeded; akid the access key
- * id the request claimed, or NULL.  Returns true when the request gets an
- * audit record of its own (a token of its source and of the total was
+ * id the request claimed, or NULL, and akid_known whether it is a key of the
+ * store (a summary names those first).  Returns true when the request gets
+ * an audit record of its own (a token of its source and of the total was
  * taken); false when it was counted in its source's summary instead.  The
- * strings are copied; now_ms is any clock, the same for every call.
+ * strings are copied.  mono_ms runs the buckets and the periods (a
+ * monotonic clock); wall_ms is what the summary says (first, last).
  */
 bool hsm_refusals_take(hsm_refusals *g, const char *addr, const char *kind, const char *akid,
-                       int64_t now_ms);
+                       bool akid_known, int64_t mono_ms, int64_t wall_ms);
 
 /*
  * Moves up to cap summaries into out and forgets them: those whose first
- * refusal is a period old, or every one when all is set.  Returns how many;
- * cap of them means more may wait.
+ * refusal is a period old (mono_ms, the clock of hsm_refusals_take), or
+ * every one when all is set.  Returns how many; cap of them means more may
+ * wait.
  */
-size_t hsm_refusals_due(hsm_refusals *g, int64_t now_ms, bool all, hsm_refusal_summary *out,
+size_t hsm_refusals_due(hsm_refusals *g, int64_t mono_ms, bool all, hsm_refusal_summary *out,
                         size_t cap);
 
 /* Gives back a summary that could not be written: it is counted again, with what came since. */
-void hsm_refusals_restore(hsm_refusals *g, const hsm_refusal_summary *s);
+void hsm_refusals_restore(hsm_refusals *g, const hsm_refusal_summary *s, int64_t mono_ms);
 
 /* Refusals counted into summaries since the start (hsmd_refusals_summarized_total). */
 uint64_t hsm_refusals_summarized(hsm_refusals *g);

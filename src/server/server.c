@@ -501,27 +501,36 @@ static void flush_usage(hsm_server *s, bool *failing)
 	*failing = hsm_failed(r);
 }
 
-/* Every key_usage_flush_ms, and once more at the stop. */
+/*
+ * Every second: the summaries of refused requests that are due and the list
+ * of access key ids; every key_usage_flush_ms, the last uses of keys.
+ */
 static void *flusher_main(void *arg)
 {
 	hsm_server *s = arg;
 	bool failing = false;
-	long period_ms = s->opt.key_usage_flush_ms != 0 ? (long)s->opt.key_usage_flush_ms
-	                                                : USAGE_FLUSH_MS;
+	int64_t period_ms = s->opt.key_usage_flush_ms != 0 ? (int64_t)s->opt.key_usage_flush_ms
+	                                                   : USAGE_FLUSH_MS;
+	int64_t tick_ms = period_ms < 1000 ? period_ms : 1000;
+	int64_t usage_due = hsm_now_ms() + period_ms;
 	hsm_thread_name("hsmd-usage");
 	pthread_mutex_lock(&s->stop_lock);
 	while (!s->stopping) {
 		struct timespec until;
 		clock_gettime(CLOCK_REALTIME, &until);
-		until.tv_sec += period_ms / 1000;
-		until.tv_nsec += period_ms % 1000 * 1000000L;
+		until.tv_sec += (time_t)(tick_ms / 1000);
+		until.tv_nsec += (long)(tick_ms % 1000) * 1000000L;
 		until.tv_sec += until.tv_nsec / 1000000000L;
 		until.tv_nsec %= 1000000000L;
 		int rc = 0;
 		while (!s->stopping && rc != ETIMEDOUT)
 			rc = pthread_cond_timedwait(&s->stop_cond, &s->stop_lock, &until);
 		pthread_mutex_unlock(&s->stop_lock);
-		flush_usage(s, &failing);
+		int64_t now = hsm_now_ms();
+		if (now >= usage_due || now < usage_due - period_ms) { /* due, or the clock stepped back */
+			flush_usage(s, &failing);
+			usage_due = now + period_ms;
+		}
 		hsm_server_flush_refusals(s, false);
 		hsm_server_akids_refresh(s);
 		pthread_mutex_lock(&s->stop_lock);

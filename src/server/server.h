@@ -165,6 +165,8 @@ typedef struct hsm_auth_result {
 	hsm_caller caller;
 	char user[HSM_USER_NAME_MAX + 1];
 	char akid[HSM_SIGV4_AKID_MAX + 1]; /* as claimed, even when authentication failed */
+	bool key_found;        /* akid is an active access key of the store */
+	bool counted_failure;  /* a wrong signature counted toward its user's lockout */
 } hsm_auth_result;
 
 hsm_result hsm_server_auth_init(hsm_server *s) HSM_MUST_CHECK;
@@ -176,6 +178,8 @@ hsm_result hsm_server_authenticate(hsm_server *s, hsm_http_req *req,
 void hsm_server_auth_flush(hsm_server *s);
 /* Reads the store's active access key ids again (auth_keys.c; every second, on the flusher). */
 void hsm_server_akids_refresh(hsm_server *s);
+/* Distrusts the list until its next read (a key was made or changed here). */
+void hsm_server_akids_stale(hsm_server *s);
 void hsm_server_akids_free(hsm_server *s);
 /*
  * False when no active access key can have this id: not in the list read

@@ -169,3 +169,37 @@ def test_made_up_access_key_ids_cost_no_store_lookup_past_a_rate():
     finally:
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_attempts_on_a_real_key_stay_on_the_trail_past_the_rate():
+    """Wrong signatures for a key the store holds count toward its user's lockout: each gets
+    its own record whatever the source's rate, the one that locks the user is followed by a
+    UserLocked event, and later refusals naming the key are summarized with it named first."""
+    tmp = tempfile.mkdtemp(prefix="hsmd-refusals-")
+    data = os.path.join(tmp, "data")
+    server = start_dev(["--data-dir", data, "--refusal-record-rate", "1"])  # ten at once
+    try:
+        admin(server, "CreateUser", {"UserName": "victim", "Roles": ["crypto-user"]})
+        k = admin(server, "CreateAccessKey", {"UserName": "victim"})
+        akid, secret = k["AccessKeyId"], k["SecretAccessKey"]
+        flood(server, 30)  # the source's burst is gone
+        for i in range(8):
+            flood(server, 1, akid=f"AKIDMADEUP{i:010d}")  # made-up ids fill the summary
+        for _ in range(6):
+            st, body = signed_call(server, TARGET, {}, akid=akid, secret="w" * 40)
+            assert body["__type"] == "InvalidSignatureException", body
+        st, body = signed_call(server, TARGET, {}, akid=akid, secret=secret)
+        assert body["__type"] == "AccessDeniedException" and "locked" in body["message"], body
+    finally:
+        server.stop()
+    recs = audit_records(data)
+    attempts = [r for r in recs if r.get("type") == "request" and r.get("access_key") == akid
+                and r.get("error") == "InvalidSignatureException"]
+    assert len(attempts) == 5, attempts  # the five that counted; the sixth found it locked
+    locked = [r for r in recs if r.get("op") == "UserLocked"]
+    assert len(locked) == 1 and locked[0]["extra"] == {"target_user": "victim",
+                                                        "target_access_key_id": akid}, locked
+    sums = summaries(recs)
+    assert any(akid in s["extra"].get("known_access_key_ids", "") for s in sums), sums
+    assert all(akid not in s["extra"].get("access_key_ids", "") for s in sums)
+    shutil.rmtree(tmp, ignore_errors=True)

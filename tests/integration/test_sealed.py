@@ -95,6 +95,13 @@ def test_init_writes_only_new_files_and_checks_them_before_the_store_commits(tmp
         assert (shares / existing).read_text() == "keep me"
         assert sorted(os.listdir(shares)) == [existing]
         (shares / existing).unlink()
+    # Users are checked too: a name IAM would refuse, or one user named twice.
+    for extra, why in ((["--admin", "bad name"], "user names may contain only"),
+                       (["--admin", "alice", "--custodian-users"], "user alice is named twice")):
+        p = hsmctl(*(args[:-2] + extra))
+        assert p.returncode == 1 and why in p.stderr, p.stderr
+        assert os.listdir(shares) == [] and "store:" not in p.stdout, p.stdout
+        assert not os.path.exists(os.path.join(data, "hsmd.db"))
     if os.geteuid() != 0:  # root writes anywhere: the mode cannot stop it
         shares.chmod(0o500)
         p = hsmctl(*args)

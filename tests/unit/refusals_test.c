@@ -30,7 +30,7 @@ static unsigned own(hsm_refusals *g, const char *addr, unsigned n, int64_t now, 
 {
 	unsigned k = 0;
 	for (unsigned i = 0; i < n; i++)
-		k += hsm_refusals_take(g, addr, kind, NULL, now);
+		k += hsm_refusals_take(g, addr, kind, NULL, false, now, now);
 	return k;
 }
 
@@ -131,14 +131,14 @@ static void test_summary_counts_kinds_and_access_keys(void **state)
 	for (unsigned i = 0; i < 12; i++) {
 		snprintf(akid, sizeof(akid), "AKIDEXAMPLE%02u", i % 6);
 		assert_false(hsm_refusals_take(g, "203.0.113.9", "InvalidSignatureException", akid,
-		                               T0 + 10 + i));
+		                               false, T0 + 10 + i, T0 + 10 + i));
 	}
-	assert_false(hsm_refusals_take(g, "203.0.113.9", "Status", NULL, T0 + 50));
+	assert_false(hsm_refusals_take(g, "203.0.113.9", "Status", NULL, false, T0 + 50, T0 + 50));
 	/* More kinds than a summary names: the rest are counted as other. */
 	char kind[32];
 	for (unsigned i = 0; i < HSM_REFUSALS_KINDS + 2; i++) {
 		snprintf(kind, sizeof(kind), "Kind%u", i);
-		assert_false(hsm_refusals_take(g, "203.0.113.9", kind, NULL, T0 + 60));
+		assert_false(hsm_refusals_take(g, "203.0.113.9", kind, NULL, false, T0 + 60, T0 + 60));
 	}
 	hsm_refusal_summary out[2];
 	assert_int_equal(hsm_refusals_due(g, T0 + 100, true, out, 2), 1);
@@ -159,6 +159,35 @@ static void test_summary_counts_kinds_and_access_keys(void **state)
 	hsm_refusals_free(g);
 }
 
+static void test_known_access_keys_are_named_first_and_times_are_wall_clock(void **state)
+{
+	(void)state;
+	hsm_refusals *g = guard(1, 0, 0);
+	const int64_t wall = 1764633600000; /* the summary's times; the buckets run on T0 */
+	assert_int_equal(own(g, "198.51.100.4", 10, T0, "InvalidSignatureException"), 10);
+	char akid[32];
+	for (unsigned i = 0; i < 6; i++) { /* made-up ids fill the summary's names */
+		snprintf(akid, sizeof(akid), "AKIDMADEUP%02u", i);
+		assert_false(hsm_refusals_take(g, "198.51.100.4", "UnrecognizedClientException", akid,
+		                               false, T0 + 1, wall + i));
+	}
+	/* A key of the store, refused later (its user locked): it takes a made-up one's place. */
+	assert_false(hsm_refusals_take(g, "198.51.100.4", "AccessDeniedException",
+	                               "AKIDREALKEY000000001", true, T0 + 2, wall + 10));
+	hsm_refusal_summary out[1];
+	assert_int_equal(hsm_refusals_due(g, T0 + 3, true, out, 1), 1);
+	bool named = false;
+	for (size_t i = 0; i < out[0].n_akids; i++)
+		if (strcmp(out[0].akids[i], "AKIDREALKEY000000001") == 0)
+			named = out[0].akid_known[i];
+	assert_true(named);
+	assert_true(out[0].more_akids);
+	assert_int_equal(out[0].first_ms, wall);
+	assert_int_equal(out[0].last_ms, wall + 10);
+	assert_int_equal(out[0].first_mono_ms, T0 + 1);
+	hsm_refusals_free(g);
+}
+
 static void test_summaries_fall_due_after_a_period(void **state)
 {
 	(void)state;
@@ -171,7 +200,7 @@ static void test_summaries_fall_due_after_a_period(void **state)
 	assert_int_equal(hsm_refusals_due(g, T0 + 5000, false, out, 2), 1);
 	assert_int_equal(out[0].count, 5);
 	/* Given back (the trail could not take it): counted again with what came since. */
-	hsm_refusals_restore(g, &out[0]);
+	hsm_refusals_restore(g, &out[0], T0 + 5000);
 	/* Five seconds earned five records; three more are summarized. */
 	assert_int_equal(own(g, "192.0.2.1", 8, T0 + 5001, "MissingAuthenticationTokenException"), 5);
 	assert_int_equal(hsm_refusals_due(g, T0 + 5001, false, out, 2), 1);
@@ -227,6 +256,7 @@ int main(void)
 	    cmocka_unit_test(test_total_bounds_many_sources),
 	    cmocka_unit_test(test_ipv6_slash64_is_one_source),
 	    cmocka_unit_test(test_summary_counts_kinds_and_access_keys),
+	    cmocka_unit_test(test_known_access_keys_are_named_first_and_times_are_wall_clock),
 	    cmocka_unit_test(test_summaries_fall_due_after_a_period),
 	    cmocka_unit_test(test_sources_without_room_share_one_entry),
 	};
