@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/bucket.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "server/server.h"
@@ -88,25 +89,6 @@ void hsm_server_akids_free(hsm_server *s)
 	s->n_akids = 0;
 }
 
-/* One lookup of an id missing from the list, if the rate allows (under akids_lock). */
-static bool take_lookup(hsm_server *s, int64_t now_ms)
-{
-	const uint64_t cap = (uint64_t)LOOKUP_BURST * 1000;
-	const int64_t refill_ms = LOOKUP_BURST * 1000 / LOOKUP_RATE; /* empty to full */
-	if (s->akid_lookups_at_ms == 0 || now_ms - s->akid_lookups_at_ms >= refill_ms)
-		s->akid_lookup_milli = cap;
-	else if (now_ms > s->akid_lookups_at_ms)
-		s->akid_lookup_milli += (uint64_t)(now_ms - s->akid_lookups_at_ms) * LOOKUP_RATE;
-	if (s->akid_lookup_milli > cap)
-		s->akid_lookup_milli = cap;
-	if (now_ms > s->akid_lookups_at_ms)
-		s->akid_lookups_at_ms = now_ms;
-	if (s->akid_lookup_milli < 1000)
-		return false;
-	s->akid_lookup_milli -= 1000;
-	return true;
-}
-
 bool hsm_server_akid_may_exist(hsm_server *s, const char *akid)
 {
 	size_t len = strlen(akid);
@@ -115,7 +97,7 @@ bool hsm_server_akid_may_exist(hsm_server *s, const char *akid)
 	pthread_mutex_lock(&s->akids_lock);
 	if (may && s->akids_loaded_ms != 0 && now_ms - s->akids_loaded_ms < FRESH_MS &&
 	    (s->n_akids == 0 || bsearch(akid, s->akids, s->n_akids, sizeof(*s->akids), by_id) == NULL))
-		may = take_lookup(s, now_ms);
+		may = hsm_bucket_take(&s->akid_lookups, LOOKUP_RATE, LOOKUP_BURST, now_ms);
 	pthread_mutex_unlock(&s->akids_lock);
 	if (!may)
 		atomic_fetch_add_explicit(&s->akids_spared, 1, memory_order_relaxed);

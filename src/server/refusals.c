@@ -11,12 +11,12 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "common/bucket.h"
 #include "common/util.h"
 
 #define DEFAULT_PERIOD_MS 10000
 #define DEFAULT_CAPACITY 4096
 #define BURST_SECONDS 10
-#define MILLI 1000u /* a token, in the buckets' milli-tokens */
 #define PROBES 16   /* slots looked at for a source before it goes to "other sources" */
 
 /* A source: an IPv4 address, an IPv6 /64, or "unknown" (family 0). */
@@ -25,16 +25,11 @@ typedef struct source_key {
 	uint8_t addr[16];
 } source_key;
 
-/* A token bucket in milli-tokens: rate tokens a second, BURST_SECONDS' worth at most. */
-typedef struct bucket {
-	uint64_t milli;
-	int64_t at_ms;
-} bucket;
 
 typedef struct entry {
 	bool used;
 	source_key key;
-	bucket b;
+	hsm_bucket b;
 	hsm_refusal_summary *sum; /* NULL while nothing was summarized */
 } entry;
 
@@ -44,7 +39,7 @@ struct hsm_refusals {
 	uint64_t seed;
 	entry *table;
 	entry other; /* the sources that found no room */
-	bucket total;
+	hsm_bucket total;
 	uint64_t summarized;
 };
 
@@ -67,8 +62,8 @@ hsm_result hsm_refusals_new(const hsm_refusals_config *cfg, hsm_refusals **out)
 	if (getrandom(&g->seed, sizeof(g->seed), GRND_NONBLOCK) != (ssize_t)sizeof(g->seed))
 		g->seed = (uint64_t)hsm_mono_ns();
 	g->other.used = true;
-	g->other.b.at_ms = INT64_MIN;
-	g->total.at_ms = INT64_MIN;
+	g->other.b = HSM_BUCKET_NEW;
+	g->total = HSM_BUCKET_NEW;
 	*out = g;
 	return HSM_SUCCESS;
 }
@@ -140,31 +135,10 @@ static uint64_t hash_of(const hsm_refusals *g, const source_key *k)
 	return h ^ (h >> 29);
 }
 
-/* ---- buckets ---------------------------------------------------------------- */
-
-static uint64_t cap_of(uint32_t rate)
+/* A source's and the total's burst: ten seconds' worth. */
+static uint32_t burst_of(uint32_t rate)
 {
-	return (uint64_t)rate * BURST_SECONDS * MILLI;
-}
-
-/* Adds what the time since the last look earned; a bucket never seen starts full. */
-static void refill(bucket *b, uint32_t rate, int64_t now_ms)
-{
-	uint64_t cap = cap_of(rate);
-	if (b->at_ms == INT64_MIN || now_ms - b->at_ms >= (int64_t)BURST_SECONDS * 1000) {
-		b->milli = cap; /* never seen, or quiet for long enough to have earned a full burst */
-	} else if (now_ms > b->at_ms) {
-		uint64_t earned = (uint64_t)(now_ms - b->at_ms) * rate; /* rate per s = per ms in milli */
-		b->milli = earned >= cap - b->milli ? cap : b->milli + earned;
-	}
-	if (now_ms > b->at_ms)
-		b->at_ms = now_ms;
-}
-
-static bool full(bucket *b, uint32_t rate, int64_t now_ms)
-{
-	refill(b, rate, now_ms);
-	return b->milli >= cap_of(rate);
+	return rate * BURST_SECONDS;
 }
 
 /*
@@ -175,20 +149,21 @@ static bool full(bucket *b, uint32_t rate, int64_t now_ms)
 static entry *entry_of(hsm_refusals *g, const source_key *k, int64_t now_ms)
 {
 	size_t start = (size_t)(hash_of(g, k) % g->cfg.capacity);
+	uint32_t rate = g->cfg.per_source;
 	entry *spare = NULL;
 	for (size_t i = 0; i < PROBES && i < g->cfg.capacity; i++) {
 		entry *e = &g->table[(start + i) % g->cfg.capacity];
 		if (e->used && same_key(&e->key, k))
 			return e;
-		if (spare == NULL &&
-		    (!e->used || (e->sum == NULL && full(&e->b, g->cfg.per_source, now_ms))))
+		if (spare == NULL && (!e->used || (e->sum == NULL &&
+		                                   hsm_bucket_full(&e->b, rate, burst_of(rate), now_ms))))
 			spare = e;
 	}
 	if (spare == NULL)
 		return &g->other;
 	spare->used = true;
 	spare->key = *k;
-	spare->b.at_ms = INT64_MIN;
+	spare->b = HSM_BUCKET_NEW;
 	return spare;
 }
 
@@ -268,13 +243,14 @@ bool hsm_refusals_take(hsm_refusals *g, const char *addr, const char *kind, cons
 	bool own = false;
 	pthread_mutex_lock(&g->lock);
 	entry *e = entry_of(g, &k, now_ms);
-	refill(&e->b, g->cfg.per_source, now_ms);
+	hsm_bucket_refill(&e->b, g->cfg.per_source, burst_of(g->cfg.per_source), now_ms);
 	if (g->cfg.total != 0)
-		refill(&g->total, g->cfg.total, now_ms);
-	if (e->b.milli >= MILLI && (g->cfg.total == 0 || g->total.milli >= MILLI)) {
-		e->b.milli -= MILLI;
+		hsm_bucket_refill(&g->total, g->cfg.total, burst_of(g->cfg.total), now_ms);
+	/* A token of both, or neither is spent: a source held back by the total keeps its own. */
+	if (hsm_bucket_ready(&e->b) && (g->cfg.total == 0 || hsm_bucket_ready(&g->total))) {
+		hsm_bucket_spend(&e->b);
 		if (g->cfg.total != 0)
-			g->total.milli -= MILLI;
+			hsm_bucket_spend(&g->total);
 		own = true;
 	} else if (summary_of(e) != NULL) {
 		hsm_refusal_summary one;

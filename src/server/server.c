@@ -254,6 +254,7 @@ hsm_result hsm_server_new(const hsm_server_options *opt, hsm_server **out)
 	pthread_cond_init(&s->stop_cond, NULL);
 	pthread_mutex_init(&s->backup_lock, NULL);
 	pthread_mutex_init(&s->akids_lock, NULL);
+	s->akid_lookups = HSM_BUCKET_NEW;
 	s->started = hsm_now();
 	HSM_TRY(copy_opt(s->data_dir, sizeof(s->data_dir), opt->data_dir, "data_dir"));
 	if (opt->audit_dir != NULL && *opt->audit_dir != '\0')

@@ -19,6 +19,7 @@
 #include "audit/audit.h"
 #include "backup/backup.h"
 #include "auth/sigv4.h"
+#include "common/bucket.h"
 #include "common/shmap.h"
 #include "kms/kms.h"
 #include "server/config.h"
@@ -97,8 +98,7 @@ typedef struct hsm_server {
 	char (*akids)[HSM_ACCESS_KEY_ID_LEN + 1];
 	size_t n_akids;
 	int64_t akids_loaded_ms; /* monotonic; 0: never */
-	uint64_t akid_lookup_milli; /* the bucket of lookups of ids missing from the list */
-	int64_t akid_lookups_at_ms;
+	hsm_bucket akid_lookups; /* lookups of ids missing from the list */
 	atomic_uint_fast64_t akids_spared; /* requests refused as unknown without a lookup */
 	hsm_sigv4_config sigv4;
 	hsm_metrics metrics;
