@@ -12,14 +12,20 @@
 #define ALIAS_PREFIX "alias/"
 #define RESERVED_PREFIX "alias/aws/"
 
-static hsm_result check_alias_name(const char *name)
+/*
+ * create: CreateAlias, the one operation whose model declares
+ * InvalidAliasNameException.  UpdateAlias and DeleteAlias name an alias that
+ * exists: a malformed name is a ValidationException there, and a reserved
+ * one names no alias hsmd can hold (NotFoundException).
+ */
+static hsm_result check_alias_name(const char *name, bool create)
 {
+	hsm_err invalid = create ? HSM_ERR_INVALID_ALIAS_NAME : HSM_ERR_VALIDATION;
 	size_t n = strlen(name);
 	HSM_ENSURE(n >= 1 && n <= HSM_ALIAS_MAX, HSM_ERR_VALIDATION,
 	           "AliasName must be between 1 and %d characters", HSM_ALIAS_MAX);
-	HSM_ENSURE(hsm_str_has_prefix(name, ALIAS_PREFIX) && n > strlen(ALIAS_PREFIX),
-	           HSM_ERR_INVALID_ALIAS_NAME, "Alias must start with the prefix \"alias/\" followed "
-	           "by a name");
+	HSM_ENSURE(hsm_str_has_prefix(name, ALIAS_PREFIX) && n > strlen(ALIAS_PREFIX), invalid,
+	           "Alias must start with the prefix \"alias/\" followed by a name");
 	for (size_t i = 0; i < n; i++) {
 		char c = name[i];
 		bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -27,6 +33,11 @@ static hsm_result check_alias_name(const char *name)
 		HSM_ENSURE(ok, HSM_ERR_VALIDATION,
 		           "AliasName may contain only letters, digits and /_-: characters");
 	}
+	if (!create)
+		HSM_ENSURE(!hsm_str_has_prefix(name, RESERVED_PREFIX), HSM_ERR_NOT_FOUND,
+		           "Alias %s is not found: alias/aws/ names AWS managed keys, which hsmd does "
+		           "not have",
+		           name);
 	HSM_ENSURE(!hsm_str_has_prefix(name, RESERVED_PREFIX), HSM_ERR_INVALID_ALIAS_NAME,
 	           "Alias names that begin with alias/aws/ are reserved");
 	return HSM_SUCCESS;
@@ -45,7 +56,7 @@ hsm_result hsm_kms_create_alias(hsm_kms *kms, const hsm_caller *caller, const ch
                                 const char *target)
 {
 	kms_key *k = NULL;
-	HSM_GUARD(check_alias_name(alias));
+	HSM_GUARD(check_alias_name(alias, true));
 	HSM_GUARD(check_target(target));
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_CreateAlias, target, NULL, &k));
 	hsm_alias_record had;
@@ -75,7 +86,7 @@ hsm_result hsm_kms_update_alias(hsm_kms *kms, const hsm_caller *caller, const ch
 	hsm_alias_record a;
 	kms_key *cur = NULL, *next = NULL;
 	hsm_result res = HSM_SUCCESS;
-	HSM_GUARD(check_alias_name(alias));
+	HSM_GUARD(check_alias_name(alias, false));
 	HSM_GUARD(check_target(target));
 	res = hsm_store_alias_get(kms->store, alias, &a);
 	if (res.err == HSM_ERR_NOT_FOUND)
@@ -99,7 +110,7 @@ hsm_result hsm_kms_delete_alias(hsm_kms *kms, const hsm_caller *caller, const ch
 {
 	hsm_alias_record a;
 	kms_key *k = NULL;
-	HSM_GUARD(check_alias_name(alias));
+	HSM_GUARD(check_alias_name(alias, false));
 	hsm_result r = hsm_store_alias_get(kms->store, alias, &a);
 	if (r.err == HSM_ERR_NOT_FOUND)
 		return HSM_FAIL(HSM_ERR_NOT_FOUND, "Alias %s is not found.", alias);

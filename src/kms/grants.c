@@ -603,6 +603,29 @@ static hsm_result check_principal(const char *member, const char *p)
 	return HSM_SUCCESS;
 }
 
+/*
+ * A principal a grant can name: this account (its root ARN) or one of its
+ * users, "arn:aws:iam::<account>:root" or "...:user/<name>".  Anything else
+ * would match no caller of hsmd, so a grant naming it would allow nothing
+ * while counting against the grantee limits.
+ */
+static hsm_result check_grant_principal(hsm_kms *kms, const char *member, const char *p)
+{
+	HSM_GUARD(check_principal(member, p));
+	char prefix[64];
+	snprintf(prefix, sizeof(prefix), "arn:aws:iam::%s:", kms->account);
+	const char *rest = hsm_str_has_prefix(p, prefix) ? p + strlen(prefix) : NULL;
+	bool ok = rest != NULL &&
+	          (strcmp(rest, "root") == 0 ||
+	           (hsm_str_has_prefix(rest, "user/") &&
+	            hsm_ok(hsm_kms_user_name_check(rest + strlen("user/")))));
+	HSM_ENSURE(ok, HSM_ERR_VALIDATION,
+	           "%s must be the ARN of a user of this account (arn:aws:iam::%s:user/NAME) or of "
+	           "the account (arn:aws:iam::%s:root)",
+	           member, kms->account, kms->account);
+	return HSM_SUCCESS;
+}
+
 /* Names as KMS's GrantNameType: 1-256 of [A-Za-z0-9:/_-]. */
 static hsm_result check_name(const char *name)
 {
@@ -644,9 +667,9 @@ hsm_result hsm_kms_create_grant(hsm_kms *kms, const hsm_caller *caller,
 	uint32_t ops = 0;
 	const hsm_grant_constraints *c = &req->constraints;
 
-	HSM_GUARD(check_principal("GranteePrincipal", req->grantee));
+	HSM_GUARD(check_grant_principal(kms, "GranteePrincipal", req->grantee));
 	if (req->retiring != NULL)
-		HSM_GUARD(check_principal("RetiringPrincipal", req->retiring));
+		HSM_GUARD(check_grant_principal(kms, "RetiringPrincipal", req->retiring));
 	if (req->name != NULL)
 		HSM_GUARD(check_name(req->name));
 	HSM_ENSURE(req->n_operations >= 1, HSM_ERR_VALIDATION, "Operations must not be empty");

@@ -118,9 +118,8 @@ hsm_result hsm_kms_create_key(hsm_kms *kms, const hsm_caller *caller,
 	HSM_TRY(hsm_caller_commit(caller)); /* before the (possibly long) key generation */
 	if (req->origin != HSM_ORIGIN_EXTERNAL)
 		HSM_TRY(hsm_ks_generate(kms->ks, &ref, &v.wrapped, &v.public_der));
-	HSM_TRY(hsm_store_key_create(kms->store, &rec, &v));
-	if (req->n_tags > 0)
-		HSM_TRY(hsm_store_tags_put(kms->store, rec.key_id, req->n_tags, req->tags));
+	/* The key and its tags in one transaction: a failed tag write leaves no key behind. */
+	HSM_TRY(hsm_store_key_create_tagged(kms->store, &rec, &v, req->n_tags, req->tags));
 	if (req->flags != 0)
 		kms_key_invalidate(kms, rec.key_id); /* a key to publish appeared (JWKS cache) */
 	*out = rec;

@@ -410,10 +410,13 @@ hsm_result hsm_kms_disable_rotation(hsm_kms *kms, const hsm_caller *caller,
                                     const char *ref) HSM_MUST_CHECK;
 hsm_result hsm_kms_rotation_status(hsm_kms *kms, const hsm_caller *caller, const char *ref,
                                    hsm_key_record *out) HSM_MUST_CHECK;
+/* On-demand rotations a key allows over its life (AWS KMS's quota, which cannot be raised). */
+#define HSM_MAX_ON_DEMAND_ROTATIONS 25U
+
 /*
  * Adds a version and makes it primary; for a key with imported material,
  * makes the material pending rotation current instead.  *out receives the
- * key after.
+ * key after.  LIMIT_EXCEEDED after HSM_MAX_ON_DEMAND_ROTATIONS of them.
  */
 hsm_result hsm_kms_rotate_now(hsm_kms *kms, const hsm_caller *caller, const char *ref,
                               hsm_key_record *out) HSM_MUST_CHECK;

@@ -133,14 +133,37 @@ out:
 	return res;
 }
 
+typedef struct on_demand_count {
+	uint32_t primary;
+	unsigned n;
+} on_demand_count;
+
+static hsm_result count_on_demand(const hsm_version_record *v, void *arg)
+{
+	on_demand_count *c = arg;
+	if (v->version <= c->primary && v->rotation_type == HSM_ROTATION_ON_DEMAND)
+		c->n++;
+	return HSM_SUCCESS;
+}
+
 hsm_result hsm_kms_rotate_now(hsm_kms *kms, const hsm_caller *caller, const char *ref,
                               hsm_key_record *out)
 {
 	kms_key *k = NULL;
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_RotateKeyOnDemand, ref, NULL, &k));
-	hsm_result r = k->rec.origin == HSM_ORIGIN_EXTERNAL
-	                   ? kms_promote_pending(kms, caller, k, HSM_ROTATION_ON_DEMAND, out)
-	                   : rotate(kms, caller, k, false, out);
+	/* Counted at this primary version: a rotation that commits must still find it primary
+	 * (make_primary, kms_promote_pending), so two at once cannot pass the limit together. */
+	on_demand_count c = {k->rec.primary_version, 0};
+	hsm_result r = hsm_store_version_list(kms->store, k->rec.key_id, count_on_demand, &c);
+	if (hsm_ok(r) && c.n >= HSM_MAX_ON_DEMAND_ROTATIONS)
+		r = HSM_FAIL(HSM_ERR_LIMIT_EXCEEDED,
+		             "%s has been rotated on demand %u times, the most a key allows; "
+		             "automatic rotation is not limited",
+		             k->arn, c.n);
+	if (hsm_ok(r))
+		r = k->rec.origin == HSM_ORIGIN_EXTERNAL
+		        ? kms_promote_pending(kms, caller, k, HSM_ROTATION_ON_DEMAND, out)
+		        : rotate(kms, caller, k, false, out);
 	kms_key_release(k);
 	return r;
 }

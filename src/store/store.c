@@ -398,8 +398,30 @@ hsm_result hsm_store_meta_put(hsm_store *s, size_t n, const char *const names[],
 
 /* ---- Keys ---------------------------------------------------------------------------- */
 
+static hsm_result check_tags(size_t n, const hsm_tag tags[])
+{
+	if (n == 0)
+		return HSM_SUCCESS;
+	HSM_ASSERT(tags != NULL);
+	HSM_ENSURE(n <= HSM_MAX_TAGS_PER_KEY, HSM_ERR_LIMIT_EXCEEDED,
+	           "a key holds at most %d tags", HSM_MAX_TAGS_PER_KEY);
+	for (size_t i = 0; i < n; i++) {
+		HSM_GUARD(st_check_name(tags[i].key, sizeof(tags[i].key), "tag key"));
+		HSM_ENSURE(strnlen(tags[i].value, sizeof(tags[i].value)) < sizeof(tags[i].value),
+		           HSM_ERR_VALIDATION, "tag value is too long");
+	}
+	return HSM_SUCCESS;
+}
+
 hsm_result hsm_store_key_create(hsm_store *s, const hsm_key_record *key,
                                 const hsm_version_record *first)
+{
+	return hsm_store_key_create_tagged(s, key, first, 0, NULL);
+}
+
+hsm_result hsm_store_key_create_tagged(hsm_store *s, const hsm_key_record *key,
+                                       const hsm_version_record *first, size_t n_tags,
+                                       const hsm_tag tags[])
 {
 	HSM_ASSERT(s != NULL);
 	HSM_GUARD(check_key_record(key));
@@ -410,7 +432,8 @@ hsm_result hsm_store_key_create(hsm_store *s, const hsm_key_record *key,
 	           "the first version must be the key's primary version");
 	HSM_ENSURE(key->state != HSM_KEY_DESTROYED, HSM_ERR_INVALID_STATE,
 	           "a key cannot be created destroyed");
-	return s->ops->key_create(s, key, first);
+	HSM_GUARD(check_tags(n_tags, tags));
+	return s->ops->key_create(s, key, first, n_tags, tags);
 }
 
 hsm_result hsm_store_key_get(hsm_store *s, const char *key_id, hsm_key_record *out)
@@ -684,14 +707,7 @@ hsm_result hsm_store_tags_put(hsm_store *s, const char *key_id, size_t n, const 
 	HSM_GUARD(st_check_lookup(key_id, KEY_ID_CAP, "key"));
 	if (n == 0)
 		return HSM_SUCCESS;
-	HSM_ASSERT(tags != NULL);
-	HSM_ENSURE(n <= HSM_MAX_TAGS_PER_KEY, HSM_ERR_LIMIT_EXCEEDED,
-	           "a key holds at most %d tags", HSM_MAX_TAGS_PER_KEY);
-	for (size_t i = 0; i < n; i++) {
-		HSM_GUARD(st_check_name(tags[i].key, sizeof(tags[i].key), "tag key"));
-		HSM_ENSURE(strnlen(tags[i].value, sizeof(tags[i].value)) < sizeof(tags[i].value),
-		           HSM_ERR_VALIDATION, "tag value is too long");
-	}
+	HSM_GUARD(check_tags(n, tags));
 	return s->ops->tags_put(s, key_id, n, tags);
 }
 

@@ -279,6 +279,10 @@ hsm_result hsm_store_meta_put(hsm_store *s, size_t n, const char *const names[],
  */
 hsm_result hsm_store_key_create(hsm_store *s, const hsm_key_record *key,
                                 const hsm_version_record *first) HSM_MUST_CHECK;
+/* The same with the key's first tags, in the same transaction (hsm_store_tags_put's rules). */
+hsm_result hsm_store_key_create_tagged(hsm_store *s, const hsm_key_record *key,
+                                       const hsm_version_record *first, size_t n_tags,
+                                       const hsm_tag tags[]) HSM_MUST_CHECK;
 /* NOT_FOUND when there is no such key (Destroyed keys are still returned). */
 hsm_result hsm_store_key_get(hsm_store *s, const char *key_id, hsm_key_record *out) HSM_MUST_CHECK;
 

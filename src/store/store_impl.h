@@ -61,7 +61,8 @@ struct hsm_store_ops {
 	                       const hsm_buf *const values[]);
 
 	hsm_result (*key_create)(hsm_store *s, const hsm_key_record *key,
-	                         const hsm_version_record *first);
+	                         const hsm_version_record *first, size_t n_tags,
+	                         const hsm_tag tags[]);
 	hsm_result (*key_get)(hsm_store *s, const char *key_id, hsm_key_record *out);
 	hsm_result (*key_update)(hsm_store *s, const char *key_id, hsm_key_update_fn fn, void *arg,
 	                         const hsm_version_record *add_version, hsm_key_record *after);

@@ -193,6 +193,8 @@ typedef struct key_op {
 	uint32_t promote;        /* key_promote: the version made primary */
 	bool due_only;           /* key_destroy: only a key pending deletion and due */
 	hsm_rotation_type type;  /* key_promote: its rotation type */
+	size_t n_tags;           /* key_create: the key's first tags */
+	const hsm_tag *tags;
 } key_op;
 
 static hsm_result key_create_body(pg_conn *w, void *arg)
@@ -203,13 +205,15 @@ static hsm_result key_create_body(pg_conn *w, void *arg)
 	HSM_ENSURE(!found, HSM_ERR_ALREADY_EXISTS, "key %s already exists", op->key->key_id);
 	/* Another node may insert the same id meanwhile: the primary key then says ALREADY_EXISTS. */
 	HSM_GUARD(pg_insert_key(w, op->key));
-	return pg_insert_version(w, op->version);
+	HSM_GUARD(pg_insert_version(w, op->version));
+	return op->n_tags > 0 ? pg_tags_put_in(w, op->key->key_id, op->n_tags, op->tags)
+	                      : HSM_SUCCESS;
 }
 
 hsm_result pg_key_create(hsm_store *base, const hsm_key_record *key,
-                         const hsm_version_record *first)
+                         const hsm_version_record *first, size_t n_tags, const hsm_tag tags[])
 {
-	key_op op = {.key = key, .version = first};
+	key_op op = {.key = key, .version = first, .n_tags = n_tags, .tags = tags};
 	return pg_write(pg_of(base), key_create_body, &op);
 }
 

@@ -232,29 +232,34 @@ typedef struct tag_op {
 	bool more;
 } tag_op;
 
-static hsm_result tags_put_body(pg_conn *w, void *arg)
+hsm_result pg_tags_put_in(pg_conn *w, const char *key_id, size_t n, const hsm_tag tags[])
 {
-	tag_op *op = arg;
 	PGresult *r = NULL;
 	pg_params p;
-	bool found = false;
-	/* The key row lock serializes tag writers of this key on every node. */
-	HSM_GUARD(pg_exists(w, SQL_KEY_LOCK, op->key_id, &found));
-	HSM_ENSURE(found, HSM_ERR_NOT_FOUND, "key %s does not exist", op->key_id);
-	for (size_t i = 0; i < op->n; i++)
-		HSM_GUARD(tag_write(w, SQL_TAG_UPSERT, op->key_id, op->tags[i].key, op->tags[i].value));
+	for (size_t i = 0; i < n; i++)
+		HSM_GUARD(tag_write(w, SQL_TAG_UPSERT, key_id, tags[i].key, tags[i].value));
 	/* Counted after the writes so replaced values do not count twice. */
 	pg_params_init(&p);
-	pg_p_text(&p, op->key_id);
+	pg_p_text(&p, key_id);
 	HSM_GUARD(pg_run(w, SQL_TAG_COUNT, &p, &r));
 	int64_t count = 0;
 	hsm_result res = pg_col_i64(r, 0, 0, &count);
 	PQclear(r);
 	HSM_GUARD(res);
 	HSM_ENSURE(count <= HSM_MAX_TAGS_PER_KEY, HSM_ERR_LIMIT_EXCEEDED,
-	           "key %s would have %lld tags; at most %d are allowed", op->key_id,
-	           (long long)count, HSM_MAX_TAGS_PER_KEY);
+	           "key %s would have %lld tags; at most %d are allowed", key_id, (long long)count,
+	           HSM_MAX_TAGS_PER_KEY);
 	return HSM_SUCCESS;
+}
+
+static hsm_result tags_put_body(pg_conn *w, void *arg)
+{
+	tag_op *op = arg;
+	bool found = false;
+	/* The key row lock serializes tag writers of this key on every node. */
+	HSM_GUARD(pg_exists(w, SQL_KEY_LOCK, op->key_id, &found));
+	HSM_ENSURE(found, HSM_ERR_NOT_FOUND, "key %s does not exist", op->key_id);
+	return pg_tags_put_in(w, op->key_id, op->n, op->tags);
 }
 
 hsm_result pg_tags_put(hsm_store *base, const char *key_id, size_t n, const hsm_tag tags[])

@@ -181,7 +181,8 @@ hsm_result sq_meta_put(hsm_store *s, size_t n, const char *const names[],
                        const hsm_buf *const values[]);
 hsm_result sq_rekey(hsm_store *s, const hsm_store_rekey_req *req, hsm_store_rekey_counts *counts);
 
-hsm_result sq_key_create(hsm_store *s, const hsm_key_record *key, const hsm_version_record *first);
+hsm_result sq_key_create(hsm_store *s, const hsm_key_record *key, const hsm_version_record *first,
+                         size_t n_tags, const hsm_tag tags[]);
 hsm_result sq_key_get(hsm_store *s, const char *key_id, hsm_key_record *out);
 hsm_result sq_key_update(hsm_store *s, const char *key_id, hsm_key_update_fn fn, void *arg,
                          const hsm_version_record *add_version, hsm_key_record *after);
@@ -218,6 +219,9 @@ hsm_result sq_alias_delete_for_key(hsm_store *s, const char *key_id);
 hsm_result sq_alias_delete_for_key_in(sq_conn *w, const char *key_id) HSM_MUST_CHECK;
 
 hsm_result sq_tags_put(hsm_store *s, const char *key_id, size_t n, const hsm_tag tags[]);
+/* The same inside w's open write transaction. */
+hsm_result sq_tags_put_in(sq_conn *w, const char *key_id, size_t n,
+                          const hsm_tag tags[]) HSM_MUST_CHECK;
 hsm_result sq_tags_remove(hsm_store *s, const char *key_id, size_t n, const char *const keys[]);
 hsm_result sq_tags_list(hsm_store *s, const char *key_id, const char *after, size_t limit,
                         hsm_tag_cb cb, void *arg, bool *truncated);

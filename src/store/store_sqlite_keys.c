@@ -201,22 +201,24 @@ hsm_result sq_insert_key(sq_conn *w, const hsm_key_record *k)
 /* ---- Create, get, update, destroy ---------------------------------------------------- */
 
 static hsm_result key_create_in(sq_conn *w, const hsm_key_record *key,
-                                const hsm_version_record *first)
+                                const hsm_version_record *first, size_t n_tags,
+                                const hsm_tag tags[])
 {
 	bool found = false;
 	HSM_GUARD(sq_key_exists(w, key->key_id, &found));
 	HSM_ENSURE(!found, HSM_ERR_ALREADY_EXISTS, "key %s already exists", key->key_id);
 	HSM_GUARD(write_key(w, SQL_KEY_INSERT, key));
-	return sq_insert_version(w, first);
+	HSM_GUARD(sq_insert_version(w, first));
+	return n_tags > 0 ? sq_tags_put_in(w, key->key_id, n_tags, tags) : HSM_SUCCESS;
 }
 
 hsm_result sq_key_create(hsm_store *base, const hsm_key_record *key,
-                         const hsm_version_record *first)
+                         const hsm_version_record *first, size_t n_tags, const hsm_tag tags[])
 {
 	sq_store *s = sq_of(base);
 	sq_conn *w;
 	HSM_GUARD(sq_write_begin(s, &w));
-	return sq_write_end(s, w, key_create_in(w, key, first));
+	return sq_write_end(s, w, key_create_in(w, key, first, n_tags, tags));
 }
 
 hsm_result sq_key_get(hsm_store *base, const char *key_id, hsm_key_record *out)

@@ -243,7 +243,7 @@ static hsm_result tag_count(sq_conn *w, const char *key_id, int64_t *out)
 	return res;
 }
 
-static hsm_result tags_put_in(sq_conn *w, const char *key_id, size_t n, const hsm_tag tags[])
+hsm_result sq_tags_put_in(sq_conn *w, const char *key_id, size_t n, const hsm_tag tags[])
 {
 	HSM_GUARD(sq_key_require(w, key_id));
 	for (size_t i = 0; i < n; i++)
@@ -262,7 +262,7 @@ hsm_result sq_tags_put(hsm_store *base, const char *key_id, size_t n, const hsm_
 	sq_store *s = sq_of(base);
 	sq_conn *w;
 	HSM_GUARD(sq_write_begin(s, &w));
-	return sq_write_end(s, w, tags_put_in(w, key_id, n, tags));
+	return sq_write_end(s, w, sq_tags_put_in(w, key_id, n, tags));
 }
 
 static hsm_result tags_remove_in(sq_conn *w, const char *key_id, size_t n,

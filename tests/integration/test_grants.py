@@ -194,6 +194,17 @@ def test_bad_requests_are_refused_and_create_nothing(hsmd, kms):
                                      "Operations": []}, "ValidationException")
     call_error(hsmd, "CreateGrant", {"KeyId": key, "GranteePrincipal": "no spaces allowed",
                                      "Operations": ["Encrypt"]}, "ValidationException")
+    # Principals that could never be a caller of hsmd: not ARNs, roles, other accounts.
+    account = arn("app").split(":")[4]
+    for who in ("nobody", f"arn:aws:iam::{account}:role/app", "arn:aws:iam::999988887777:root",
+                f"arn:aws:iam::{account}:user/", f"arn:aws:iam::{account}:user/a/b",
+                f"arn:aws:sts::{account}:assumed-role/app/s"):
+        out = call_error(hsmd, "CreateGrant", {"KeyId": key, "GranteePrincipal": who,
+                                               "Operations": ["Encrypt"]}, "ValidationException")
+        assert "GranteePrincipal must be the ARN of a user" in out["message"], out
+        call_error(hsmd, "CreateGrant", {"KeyId": key, "GranteePrincipal": arn("app"),
+                                         "RetiringPrincipal": who, "Operations": ["Encrypt"]},
+                   "ValidationException")
     call_error(hsmd, "CreateGrant", {"KeyId": key, "GranteePrincipal": arn("app"),
                                      "Operations": ["Encrypt"], "Name": "bad name!"},
                "ValidationException")

@@ -94,8 +94,14 @@ def test_update_alias(kms):
     raises("NotFoundException", kms.update_alias, AliasName="alias/never-made", TargetKeyId=k1)
     raises("NotFoundException", kms.update_alias, AliasName="alias/moving",
            TargetKeyId=str(uuid.uuid4()))
-    raises("InvalidAliasNameException", kms.update_alias, AliasName="alias/aws/x",
-           TargetKeyId=k1)
+    # InvalidAliasNameException is CreateAlias's alone in the KMS model: a name that cannot
+    # be an alias is a ValidationException here, and alias/aws/ names no alias hsmd holds.
+    raises("NotFoundException", kms.update_alias, AliasName="alias/aws/x", TargetKeyId=k1)
+    raises("ValidationException", kms.update_alias, AliasName="moving", TargetKeyId=k1)
+    raises("NotFoundException", kms.delete_alias, AliasName="alias/aws/s3")
+    raises("ValidationException", kms.delete_alias, AliasName="moving")
+    raises("ValidationException", kms.delete_alias, AliasName="alias/")
+    assert aliases_of(kms)["alias/moving"]["TargetKeyId"] == k2
 
 
 def test_alias_moves_while_in_use(hsmd, kms):

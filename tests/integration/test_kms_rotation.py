@@ -155,6 +155,22 @@ def test_list_key_rotations_pagination(kms, hsmd):
     assert call_ok(hsmd, "ListKeyRotations", {"KeyId": "alias/rotations"}) == full
 
 
+def test_on_demand_rotations_are_limited(kms, hsmd):
+    """25 on-demand rotations a key, as AWS KMS's quota; the 26th changes nothing."""
+    kid = new_key(kms)
+    for _ in range(25):
+        rotate(hsmd, kid)
+    before = call_ok(hsmd, "DescribeKey", {"KeyId": kid})["KeyMetadata"]["CurrentKeyMaterialId"]
+    err = call_error(hsmd, "RotateKeyOnDemand", {"KeyId": kid}, "LimitExceededException")
+    assert "rotated on demand 25 times" in err["message"], err
+    after = call_ok(hsmd, "DescribeKey", {"KeyId": kid})["KeyMetadata"]["CurrentKeyMaterialId"]
+    assert after == before
+    assert len(call_ok(hsmd, "ListKeyRotations", {"KeyId": kid, "Limit": 100})["Rotations"]) == 25
+    assert blob_version(kms.encrypt(KeyId=kid, Plaintext=b"x")["CiphertextBlob"]) == 26
+    # Another key is not affected.
+    rotate(hsmd, new_key(kms))
+
+
 def test_asymmetric_signing_key_rotation(kms, hsmd):
     kid = new_key(kms, KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")
     pub1 = kms.get_public_key(KeyId=kid)["PublicKey"]

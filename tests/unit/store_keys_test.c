@@ -133,6 +133,58 @@ static void test_key_create_is_atomic(void **state)
 	hsm_version_record_clear(&v);
 }
 
+typedef struct tag_seen {
+	char keys[4][HSM_TAG_KEY_MAX * 4 + 1];
+	size_t n;
+} tag_seen;
+
+static hsm_result see_tag(const hsm_tag *t, void *arg)
+{
+	tag_seen *s = arg;
+	if (s->n < 4)
+		snprintf(s->keys[s->n], sizeof(s->keys[0]), "%s", t->key);
+	s->n++;
+	return HSM_SUCCESS;
+}
+
+static void test_key_create_with_tags(void **state)
+{
+	st_fixture *f = *state;
+	hsm_key_record k, got;
+	hsm_version_record v;
+	hsm_tag tags[2];
+	memset(tags, 0, sizeof(tags));
+	snprintf(tags[0].key, sizeof(tags[0].key), "team");
+	snprintf(tags[0].value, sizeof(tags[0].value), "platform");
+	snprintf(tags[1].key, sizeof(tags[1].key), "env");
+	snprintf(tags[1].value, sizeof(tags[1].value), "prod");
+	st_key(&k, "tagged");
+	st_version(&v, "tagged", 1, "w", 1);
+	EXPECT_OK(hsm_store_key_create_tagged(f->s, &k, &v, 2, tags));
+	EXPECT_OK(hsm_store_key_get(f->s, "tagged", &got));
+	hsm_key_record_clear(&got);
+	tag_seen seen = {0};
+	bool more = true;
+	EXPECT_OK(hsm_store_tags_list(f->s, "tagged", NULL, 10, see_tag, &seen, &more));
+	assert_int_equal(seen.n, 2);
+	assert_false(more);
+	assert_string_equal(seen.keys[0], "env");
+	assert_string_equal(seen.keys[1], "team");
+	hsm_version_record_clear(&v);
+
+	/* A tag write fails inside the transaction: neither the key nor its version remains. */
+	st_poison(f, "tags", "NEW.tag_key = 'env'");
+	st_key(&k, "victim");
+	st_version(&v, "victim", 1, "w", 1);
+	EXPECT_ERR(hsm_store_key_create_tagged(f->s, &k, &v, 2, tags), HSM_ERR_STORE);
+	EXPECT_ERR(hsm_store_key_get(f->s, "victim", &got), HSM_ERR_NOT_FOUND);
+	EXPECT_ERR(hsm_store_version_get(f->s, "victim", 1, &v), HSM_ERR_NOT_FOUND);
+	uint64_t n = 99;
+	EXPECT_OK(hsm_store_key_count(f->s, &n));
+	assert_int_equal(n, 1);
+	hsm_version_record_clear(&v);
+}
+
 /* ---- Updates ------------------------------------------------------------------------------- */
 
 typedef struct edit {
@@ -743,6 +795,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_key_create_get_roundtrip, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_key_create_errors, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_key_create_is_atomic, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_key_create_with_tags, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_key_update, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_key_update_failure_changes_nothing, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_key_update_adds_version, st_setup, st_teardown),
