@@ -432,6 +432,7 @@ void hsm_config_http(const hsm_config *cfg, hsm_http_config *http)
 	http->idle_timeout_ms = cfg->idle_timeout_ms;
 	http->write_timeout_ms = cfg->write_timeout_ms;
 	http->max_connections = cfg->max_connections;
+	http->max_connections_per_source = cfg->max_connections_per_source;
 	http->batch_scheduling = cfg->batch_scheduling;
 	http->tls_cert = cfg->tls_cert[0] != '\0' ? cfg->tls_cert : NULL;
 	http->tls_key = cfg->tls_key[0] != '\0' ? cfg->tls_key : NULL;

@@ -71,6 +71,7 @@ typedef struct hsm_config {
 	uint32_t write_timeout_ms;
 	uint32_t shutdown_grace_ms;
 	uint32_t max_connections;
+	uint32_t max_connections_per_source; /* 0: no bound */
 	bool batch_scheduling; /* workers and audit writer under SCHED_BATCH */
 	char proxy_protocol_from[HSM_CONFIG_NETS_MAX]; /* "" when none */
 	/* identity */

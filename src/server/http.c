@@ -44,6 +44,7 @@ void hsm_http_config_defaults(hsm_http_config *cfg)
 	cfg->idle_timeout_ms = HSM_HTTP_DEFAULT_IDLE_TIMEOUT_MS;
 	cfg->write_timeout_ms = HSM_HTTP_DEFAULT_WRITE_TIMEOUT_MS;
 	cfg->max_connections = HSM_HTTP_DEFAULT_MAX_CONNECTIONS;
+	cfg->max_connections_per_source = HSM_HTTP_DEFAULT_MAX_CONNECTIONS_PER_SOURCE;
 	cfg->max_buffered_bytes = HSM_HTTP_DEFAULT_MAX_BUFFERED;
 	cfg->client_auth = HSM_HTTP_CLIENT_AUTH_NONE;
 }
@@ -312,6 +313,8 @@ hsm_result hsm_http_server_new(const hsm_http_config *cfg, hsm_http_handler hand
 	srv->cfg.listen = srv->cfg.tls_cert = srv->cfg.tls_key = srv->cfg.tls_client_ca = NULL;
 	srv->cfg.proxy_protocol_from = NULL;
 	HSM_TRY(hsm_http_fd_limit(srv));
+	HSM_TRY(hsm_conn_limit_new(cfg->max_connections_per_source, cfg->max_connections,
+	                           &srv->per_source));
 	srv->workers = calloc(srv->n_workers, sizeof(*srv->workers));
 	HSM_CHECK(srv->workers != NULL, HSM_ERR_NOMEM, "out of memory");
 	for (unsigned i = 0; i < srv->n_workers; i++)
@@ -401,11 +404,20 @@ void hsm_http_server_free(hsm_http_server *srv)
 		close(srv->shared_fd);
 	SSL_CTX_free(srv->tls);
 	free(srv->workers);
+	hsm_conn_limit_free(srv->per_source);
 	free(srv);
 }
 
 uint16_t hsm_http_server_port(const hsm_http_server *srv) { return srv->port; }
 unsigned hsm_http_server_workers(const hsm_http_server *srv) { return srv->n_workers; }
+
+void hsm_http_server_stats(const hsm_http_server *srv, hsm_http_stats *out)
+{
+	out->open = atomic_load_explicit(&srv->n_conns, memory_order_relaxed);
+	out->refused_full = atomic_load_explicit(&srv->refused_full, memory_order_relaxed);
+	out->refused_source = atomic_load_explicit(&srv->refused_source, memory_order_relaxed);
+	out->evicted = atomic_load_explicit(&srv->evicted, memory_order_relaxed);
+}
 
 size_t hsm_http_server_inflight(const hsm_http_server *srv)
 {

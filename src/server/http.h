@@ -28,11 +28,18 @@
  * the read timeout to send a request (counted from its first byte, or from
  * accept for the first request) is disconnected, as is one idle longer than
  * the idle timeout or not reading a response for longer than the write
- * timeout.  A connection beyond max_connections takes the place of the
- * accepting worker's longest-idle keep-alive connection (or of one that has
- * sent nothing for a second since it was accepted), so idle connections
- * held open cannot keep new clients out; with none such, it is accepted and
- * closed at once.  A connection from a trusted load
+ * timeout.  One source (an IPv4 address, an IPv6 /64; behind a trusted
+ * load balancer, the client its PROXY header names) may hold at most
+ * max_connections_per_source connections; more are closed at once.  A
+ * connection beyond max_connections takes the place of one of the accepting
+ * worker's connections that has not completed a request (or handshake) in
+ * the second since it began one, the oldest first, else of its longest-idle
+ * keep-alive connection, so connections held open, silent or trickling,
+ * cannot keep new clients out; with none such, it is accepted and closed at
+ * once.  Sockets send at most HSM_HTTP_SNDBUF bytes ahead of the client's
+ * reading, so pipelined requests from a client that reads nothing stall
+ * (and meet the write timeout) instead of piling responses up in the
+ * kernel.  A connection from a trusted load
  * balancer (proxy_protocol_from) is closed unless it begins, within the read
  * timeout, with a valid PROXY protocol header.
  *
@@ -58,6 +65,9 @@
 #define HSM_HTTP_DEFAULT_IDLE_TIMEOUT_MS 60000U
 #define HSM_HTTP_DEFAULT_WRITE_TIMEOUT_MS 10000U
 #define HSM_HTTP_DEFAULT_MAX_CONNECTIONS 10000U
+#define HSM_HTTP_DEFAULT_MAX_CONNECTIONS_PER_SOURCE 1000U
+/* SO_SNDBUF of each connection (Linux doubles it for its bookkeeping). */
+#define HSM_HTTP_SNDBUF (64 << 10)
 #define HSM_HTTP_MAX_WORKERS 256U
 /* Networks in proxy_protocol_from. */
 #define HSM_HTTP_PROXY_NETS_MAX 64
@@ -90,6 +100,8 @@ typedef struct hsm_http_config {
 	uint32_t idle_timeout_ms;    /* keep-alive connection with no request */
 	uint32_t write_timeout_ms;   /* no progress writing a response */
 	uint32_t max_connections;    /* open connections, all workers together */
+	/* Open connections one source (an IPv4 address, an IPv6 /64) may hold; 0: no bound. */
+	uint32_t max_connections_per_source;
 	bool reuseport;              /* one SO_REUSEPORT socket per worker instead of one shared */
 	bool batch_scheduling;       /* workers under SCHED_BATCH (hsm_thread_batch) */
 	const char *tls_cert;        /* PEM certificate chain; NULL: plain HTTP */
@@ -150,6 +162,14 @@ void hsm_http_server_free(hsm_http_server *srv);
 /* The bound TCP port (useful with port 0). */
 uint16_t hsm_http_server_port(const hsm_http_server *srv);
 unsigned hsm_http_server_workers(const hsm_http_server *srv);
+/* What the connection limits did, for /metrics. */
+typedef struct hsm_http_stats {
+	uint32_t open;             /* connections open now */
+	uint64_t refused_full;     /* closed at once: max_connections, with none to give way */
+	uint64_t refused_source;   /* closed at once: their source held max_connections_per_source */
+	uint64_t evicted;          /* closed to make room for a new one at max_connections */
+} hsm_http_stats;
+void hsm_http_server_stats(const hsm_http_server *srv, hsm_http_stats *out);
 /* Requests handed to the handler and not yet responded to (approximate while running). */
 size_t hsm_http_server_inflight(const hsm_http_server *srv);
 

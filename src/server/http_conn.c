@@ -141,6 +141,9 @@ void hsm_http_conn_close(hsm_http_conn *c)
 	if (c->deferred)
 		later_remove(w, c);
 	unlink_conn(w, c);
+	if (c->src_counted)
+		hsm_conn_limit_give(w->srv->per_source, &c->src);
+	c->src_counted = false;
 	SSL_free(c->ssl); /* no close_notify: HTTP's framing says what was complete */
 	c->ssl = NULL;
 	if (c->fd >= 0)
@@ -341,6 +344,14 @@ static hsm_io proxy_header(hsm_http_conn *c)
 			return HSM_IO_FAIL;
 		c->port = h.port;
 	}
+	/* The client the balancer names holds this connection from now on (the balancer's
+	 * own connections were not counted: they carry everyone's). */
+	c->src = hsm_source_of_text(c->addr);
+	if (!hsm_conn_limit_take(c->w->srv->per_source, &c->src)) {
+		atomic_fetch_add_explicit(&c->w->srv->refused_source, 1, memory_order_relaxed);
+		return HSM_IO_FAIL;
+	}
+	c->src_counted = true;
 	c->rd_ready = true; /* what follows the header may be there already */
 	return HSM_IO_DONE;
 }
@@ -617,40 +628,53 @@ static hsm_http_conn *conn_new(hsm_http_worker *w, int fd, const struct sockaddr
 
 /*
  * At max_connections, the connection of this worker a new one may take the
- * place of, or NULL: a keep-alive connection waiting for its next request
- * (the one waiting longest), else one that has sent nothing for a second
- * since it was accepted.  Never one with a request under way, so a client
- * that holds every slot open and idle cannot keep new clients out.
+ * place of, or NULL.  First one stalled: it began a request (or, new, its
+ * PROXY header or TLS handshake) a second ago or more and has not completed
+ * it, whether it sent nothing or some bytes (requests take milliseconds;
+ * this is how connections are held open on purpose), the oldest first.
+ * Else a keep-alive connection waiting for its next request, the one
+ * waiting longest.  Never one whose request is with the handler or being
+ * answered.
  */
 static hsm_http_conn *evictable(hsm_http_worker *w)
 {
 	const uint64_t read_ns = (uint64_t)w->srv->cfg.read_timeout_ms * 1000000ULL;
 	uint64_t now = hsm_mono_ns();
-	hsm_http_conn *idle = NULL, *silent = NULL;
+	hsm_http_conn *idle = NULL, *stalled = NULL;
 	for (hsm_http_conn *c = w->conns; c != NULL; c = c->next) {
-		if (c == w->running || c->in_len != 0 || c->req != NULL)
+		if (c == w->running || (c->req != NULL && c->req->state != REQ_READING))
 			continue;
 		if (c->state == CONN_IDLE) {
-			if (idle == NULL || c->deadline_ns < idle->deadline_ns)
+			if (c->in_len == 0 && (idle == NULL || c->deadline_ns < idle->deadline_ns))
 				idle = c;
 		} else if ((c->state == CONN_READING || c->state == CONN_HANDSHAKE ||
 		            c->state == CONN_PROXY) &&
-		           c->head_len == 0 && c->deadline_ns + 1000000000ULL <= now + read_ns) {
-			if (silent == NULL || c->deadline_ns < silent->deadline_ns)
-				silent = c;
+		           c->deadline_ns + 1000000000ULL <= now + read_ns) {
+			if (stalled == NULL || c->deadline_ns < stalled->deadline_ns)
+				stalled = c;
 		}
 	}
-	return idle != NULL ? idle : silent;
+	return stalled != NULL ? stalled : idle;
 }
 
 static void conn_open(hsm_http_worker *w, int fd, const struct sockaddr_storage *ss)
 {
 	hsm_http_server *srv = w->srv;
+	/* A source at its bound is turned away before it can make anyone else's connection
+	 * give way.  A trusted balancer's connections count for the client they name. */
+	bool via_proxy = proxy_trusted(srv, ss);
+	hsm_source src = hsm_source_of_sockaddr(ss);
+	if (!via_proxy && !hsm_conn_limit_take(srv->per_source, &src)) {
+		atomic_fetch_add_explicit(&srv->refused_source, 1, memory_order_relaxed);
+		close(fd);
+		return;
+	}
 	uint32_t n = atomic_fetch_add_explicit(&srv->n_conns, 1, memory_order_relaxed) + 1;
 	if (n > srv->cfg.max_connections && !w->stopping) {
 		hsm_http_conn *old = evictable(w);
 		if (old != NULL) {
 			hsm_http_conn_close(old); /* gives its slot back */
+			atomic_fetch_add_explicit(&srv->evicted, 1, memory_order_relaxed);
 			n = srv->cfg.max_connections;
 		}
 	}
@@ -661,14 +685,24 @@ static void conn_open(hsm_http_worker *w, int fd, const struct sockaddr_storage 
 		if (c != NULL) {
 			SSL_free(c->ssl);
 			free(c);
+		} else if (!w->stopping) {
+			atomic_fetch_add_explicit(&srv->refused_full, 1, memory_order_relaxed);
 		}
 		close(fd);
 		atomic_fetch_sub_explicit(&srv->n_conns, 1, memory_order_relaxed);
+		if (!via_proxy)
+			hsm_conn_limit_give(srv->per_source, &src);
 		return;
 	}
+	c->src = src;
+	c->src_counted = !via_proxy;
 	int one = 1;
 	/* Each response is written whole; Nagle would only delay it. */
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	/* Bounded, so that responses to pipelined requests the client never reads stall in
+	 * the write timeout instead of growing the kernel's buffer to megabytes each. */
+	int sndbuf = HSM_HTTP_SNDBUF;
+	(void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
 	link_conn(w, c);
 	hsm_http_balance(w, true);
 }

@@ -27,6 +27,7 @@
 #include "common/buf.h"
 #include "common/net.h"
 #include "common/util.h"
+#include "server/conn_limit.h"
 #include "server/http.h"
 #include "server/http_parse.h"
 
@@ -72,6 +73,8 @@ struct hsm_http_conn {
 	char *client_subject; /* owned; NULL without a verified client certificate */
 	char addr[HSM_HTTP_ADDR_MAX];
 	uint16_t port;
+	hsm_source src;   /* the source counted in the server's conn_limit */
+	bool src_counted; /* src holds one of its max_connections_per_source for this connection */
 	hsm_http_conn *prev, *next; /* the worker's list of open connections */
 	hsm_http_conn *next_q;      /* the worker's run queue */
 	hsm_http_conn *next_later;  /* the worker's later list */
@@ -156,6 +159,8 @@ struct hsm_http_server {
 	int shared_fd;
 	uint16_t port;
 	_Atomic uint32_t n_conns;
+	hsm_conn_limit *per_source; /* max_connections_per_source */
+	_Atomic uint64_t refused_full, refused_source, evicted;
 	_Atomic size_t buffered; /* bytes of input buffers larger than HSM_HTTP_IN_BUF */
 	_Atomic uint32_t n_accepting; /* workers not paused by the balance (shared socket) */
 	_Atomic bool stopping;

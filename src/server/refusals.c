@@ -4,7 +4,6 @@
  */
 #include "server/refusals.h"
 
-#include <arpa/inet.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,22 +12,16 @@
 
 #include "common/bucket.h"
 #include "common/util.h"
+#include "server/source.h"
 
 #define DEFAULT_PERIOD_MS 10000
 #define DEFAULT_CAPACITY 4096
 #define BURST_SECONDS 10
 #define PROBES 16   /* slots looked at for a source before it goes to "other sources" */
 
-/* A source: an IPv4 address, an IPv6 /64, or "unknown" (family 0). */
-typedef struct source_key {
-	uint8_t family; /* 0, 4 or 6 */
-	uint8_t addr[16];
-} source_key;
-
-
 typedef struct entry {
 	bool used;
-	source_key key;
+	hsm_source key;
 	hsm_bucket b;
 	hsm_refusal_summary *sum; /* NULL while nothing was summarized */
 } entry;
@@ -82,59 +75,6 @@ void hsm_refusals_free(hsm_refusals *g)
 
 /* ---- sources ---------------------------------------------------------------- */
 
-/* addr as a source; an IPv6 /64 given as "prefix::/64" (a summary's source) too. */
-static source_key key_of(const char *addr)
-{
-	source_key k;
-	char text[INET6_ADDRSTRLEN + 8];
-	memset(&k, 0, sizeof(k));
-	size_t len = strlen(addr);
-	if (len >= sizeof(text))
-		return k;
-	memcpy(text, addr, len + 1);
-	if (len > 3 && strcmp(text + len - 3, "/64") == 0)
-		text[len - 3] = '\0';
-	uint8_t a6[16];
-	if (inet_pton(AF_INET, text, k.addr) == 1) {
-		k.family = 4;
-	} else if (inet_pton(AF_INET6, text, a6) == 1) {
-		static const uint8_t v4_mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-		if (hsm_ct_equal(a6, v4_mapped, sizeof(v4_mapped))) { /* ::ffff:192.0.2.1 */
-			k.family = 4;
-			memcpy(k.addr, a6 + 12, 4);
-		} else {
-			k.family = 6;
-			memcpy(k.addr, a6, 8);
-		}
-	}
-	return k;
-}
-
-static void source_text(const source_key *k, char out[HSM_REFUSALS_SOURCE_MAX])
-{
-	char ip[INET6_ADDRSTRLEN];
-	if (k->family == 4 && inet_ntop(AF_INET, k->addr, ip, sizeof(ip)) != NULL)
-		snprintf(out, HSM_REFUSALS_SOURCE_MAX, "%s", ip);
-	else if (k->family == 6 && inet_ntop(AF_INET6, k->addr, ip, sizeof(ip)) != NULL)
-		snprintf(out, HSM_REFUSALS_SOURCE_MAX, "%s/64", ip);
-	else
-		snprintf(out, HSM_REFUSALS_SOURCE_MAX, "unknown");
-}
-
-static bool same_key(const source_key *a, const source_key *b)
-{
-	return a->family == b->family && hsm_ct_equal(a->addr, b->addr, sizeof(a->addr));
-}
-
-static uint64_t hash_of(const hsm_refusals *g, const source_key *k)
-{
-	uint64_t h = 0xcbf29ce484222325ULL ^ g->seed; /* FNV-1a */
-	h = (h ^ k->family) * 0x100000001b3ULL;
-	for (size_t i = 0; i < sizeof(k->addr); i++)
-		h = (h ^ k->addr[i]) * 0x100000001b3ULL;
-	return h ^ (h >> 29);
-}
-
 /* A source's and the total's burst: ten seconds' worth. */
 static uint32_t burst_of(uint32_t rate)
 {
@@ -146,14 +86,14 @@ static uint32_t burst_of(uint32_t rate)
  * quiet long enough to have nothing to say (no summary, its bucket full);
  * "other sources" when the slots it may use are all busy.
  */
-static entry *entry_of(hsm_refusals *g, const source_key *k, int64_t now_ms)
+static entry *entry_of(hsm_refusals *g, const hsm_source *k, int64_t now_ms)
 {
-	size_t start = (size_t)(hash_of(g, k) % g->cfg.capacity);
+	size_t start = (size_t)(hsm_source_hash(k, g->seed) % g->cfg.capacity);
 	uint32_t rate = g->cfg.per_source;
 	entry *spare = NULL;
 	for (size_t i = 0; i < PROBES && i < g->cfg.capacity; i++) {
 		entry *e = &g->table[(start + i) % g->cfg.capacity];
-		if (e->used && same_key(&e->key, k))
+		if (e->used && hsm_source_equal(&e->key, k))
 			return e;
 		if (spare == NULL && (!e->used || (e->sum == NULL &&
 		                                   hsm_bucket_full(&e->b, rate, burst_of(rate), now_ms))))
@@ -239,7 +179,7 @@ bool hsm_refusals_take(hsm_refusals *g, const char *addr, const char *kind, cons
 {
 	if (g->cfg.per_source == 0)
 		return true;
-	source_key k = key_of(addr);
+	hsm_source k = hsm_source_of_text(addr);
 	bool own = false;
 	pthread_mutex_lock(&g->lock);
 	entry *e = entry_of(g, &k, now_ms);
@@ -289,7 +229,7 @@ size_t hsm_refusals_due(hsm_refusals *g, int64_t now_ms, bool all, hsm_refusal_s
 	for (size_t i = 0; i < g->cfg.capacity && n < cap; i++) {
 		entry *e = &g->table[i];
 		if (take_due(e, now_ms, all, g->cfg.period_ms, &out[n]))
-			source_text(&e->key, out[n++].source);
+			hsm_source_text(&e->key, out[n++].source);
 	}
 	if (n < cap && take_due(&g->other, now_ms, all, g->cfg.period_ms, &out[n]))
 		snprintf(out[n++].source, HSM_REFUSALS_SOURCE_MAX, "%s", HSM_REFUSALS_OTHER_SOURCES);
@@ -302,7 +242,7 @@ void hsm_refusals_restore(hsm_refusals *g, const hsm_refusal_summary *s, int64_t
 	pthread_mutex_lock(&g->lock);
 	entry *e = &g->other;
 	if (strcmp(s->source, HSM_REFUSALS_OTHER_SOURCES) != 0) {
-		source_key k = key_of(s->source);
+		hsm_source k = hsm_source_of_text(s->source);
 		e = entry_of(g, &k, mono_ms);
 	}
 	hsm_refusal_summary *dst = summary_of(e);

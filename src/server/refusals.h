@@ -32,6 +32,7 @@
 #include <stdint.h>
 
 #include "common/result.h"
+#include "server/source.h"
 
 typedef struct hsm_refusals hsm_refusals;
 
@@ -42,7 +43,7 @@ typedef struct hsm_refusals_config {
 	uint32_t capacity;   /* sources tracked apart; 0: 4096 */
 } hsm_refusals_config;
 
-#define HSM_REFUSALS_SOURCE_MAX 64 /* "ffff:ffff:ffff:ffff::/64", "other sources" */
+#define HSM_REFUSALS_SOURCE_MAX HSM_SOURCE_TEXT_MAX /* "ffff:ffff:ffff:ffff::/64", "other sources" */
 #define HSM_REFUSALS_KINDS 8       /* kinds counted by name; the rest as "other" */
 #define HSM_REFUSALS_KIND_MAX 63
 #define HSM_REFUSALS_AKIDS 4       /* claimed access key ids a summary names */

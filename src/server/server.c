@@ -760,6 +760,26 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "hsmd_auth_unknown_keys_unlooked_total %llu\n",
 	    (unsigned long long)hsm_refusals_summarized(s->refusals),
 	    (unsigned long long)atomic_load(&s->akids_spared)));
+	hsm_http_stats hs;
+	memset(&hs, 0, sizeof(hs));
+	if (s->http != NULL)
+		hsm_http_server_stats(s->http, &hs);
+	HSM_GUARD(hsm_buf_printf(
+	    out,
+	    "# HELP hsmd_http_connections Open client connections (max_connections).\n"
+	    "# TYPE hsmd_http_connections gauge\nhsmd_http_connections %u\n"
+	    "# HELP hsmd_http_connections_refused_total Connections closed as soon as accepted: "
+	    "at max_connections with none to give way, or from a source holding "
+	    "max_connections_per_source.\n"
+	    "# TYPE hsmd_http_connections_refused_total counter\n"
+	    "hsmd_http_connections_refused_total{reason=\"max_connections\"} %llu\n"
+	    "hsmd_http_connections_refused_total{reason=\"per_source\"} %llu\n"
+	    "# HELP hsmd_http_connections_evicted_total Connections closed at max_connections to "
+	    "make room for a new one (stalled ones first, then the longest idle).\n"
+	    "# TYPE hsmd_http_connections_evicted_total counter\n"
+	    "hsmd_http_connections_evicted_total %llu\n",
+	    hs.open, (unsigned long long)hs.refused_full, (unsigned long long)hs.refused_source,
+	    (unsigned long long)hs.evicted));
 	HSM_GUARD(hsm_buf_printf(
 	    out,
 	    "# HELP hsmd_backup_last_success_time_seconds When the newest backup of this store in "

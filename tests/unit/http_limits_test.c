@@ -470,6 +470,153 @@ static void test_max_connections(void **state)
 	hsm_http_server_free(srv);
 }
 
+/* True when the server closes c without answering a request sent on it. */
+static bool refused(tc_conn *c)
+{
+	if (c == NULL)
+		return true;
+	tc_resp r;
+	(void)tc_sendf(c, "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+	bool answered = tc_read(c, &r, false);
+	if (answered)
+		tc_resp_clear(&r);
+	tc_close(c);
+	return !answered;
+}
+
+static bool answers(tc_conn *c)
+{
+	tc_resp r;
+	if (c == NULL || !tc_sendf(c, "GET / HTTP/1.1\r\nHost: t\r\n\r\n") || !tc_read(c, &r, false))
+		return false;
+	bool ok = r.status == 200;
+	tc_resp_clear(&r);
+	return ok;
+}
+
+/* One source holds at most max_connections_per_source; other sources are not held back. */
+static void test_connections_per_source(void **state)
+{
+	(void)state;
+	hsm_http_config cfg = defaults(2);
+	cfg.max_connections_per_source = 3;
+	hsm_http_server *srv = start(&cfg);
+	uint16_t port = hsm_http_server_port(srv);
+	tc_conn *c[3];
+	for (int i = 0; i < 3; i++) {
+		c[i] = tc_connect(port, false, 5000);
+		assert_true(answers(c[i]));
+	}
+	/* Silent or not, a fourth from 127.0.0.1 is closed at once. */
+	assert_true(refused(tc_connect(port, false, 5000)));
+	tc_conn *other = tc_connect_from(port, "127.0.0.2", 5000);
+	assert_non_null(other);
+	assert_true(answers(other));
+	hsm_http_stats st;
+	hsm_http_server_stats(srv, &st);
+	assert_int_equal(st.refused_source, 1);
+	assert_int_equal(st.refused_full, 0);
+	assert_int_equal(st.open, 4);
+	/* A closed connection gives its place back. */
+	tc_close(c[0]);
+	usleep(100 * 1000);
+	c[0] = tc_connect(port, false, 5000);
+	assert_true(answers(c[0]));
+	assert_true(refused(tc_connect(port, false, 5000)));
+	hsm_http_server_stats(srv, &st);
+	assert_int_equal(st.refused_source, 2);
+	for (int i = 0; i < 3; i++)
+		tc_close(c[i]);
+	tc_close(other);
+	hsm_http_server_free(srv);
+}
+
+/*
+ * At max_connections, connections that began a request a second ago and
+ * have not completed it (silent or trickling: how slots are held on purpose)
+ * give way before a client idling between its requests.
+ */
+static void test_stalled_connections_give_way_first(void **state)
+{
+	(void)state;
+	hsm_http_config cfg = defaults(1);
+	cfg.max_connections = 4;
+	hsm_http_server *srv = start(&cfg);
+	uint16_t port = hsm_http_server_port(srv);
+	tc_conn *client = tc_connect(port, false, 5000);
+	assert_true(answers(client));
+	tc_conn *held[3];
+	for (int i = 0; i < 3; i++) {
+		held[i] = tc_connect_from(port, "127.0.0.3", 5000);
+		assert_non_null(held[i]);
+		if (i > 0)
+			assert_true(tc_sendf(held[i], "G")); /* a head begun, never finished */
+	}
+	usleep(1200 * 1000);
+	assert_true(answers(client)); /* busy now and then, idle in between */
+	usleep(50 * 1000);
+	/* Three newcomers, kept open: each takes the place of a stalled connection, oldest
+	 * first, and not that of the client or of a newcomer idling after its answer. */
+	tc_conn *fresh[3];
+	for (int i = 0; i < 3; i++) {
+		fresh[i] = tc_connect(port, false, 5000);
+		assert_true(answers(fresh[i]));
+		assert_true(tc_wait_closed(held[i], 2000) >= 0);
+		for (int j = i + 1; j < 3; j++)
+			assert_true(tc_wait_closed(held[j], 50) < 0);
+	}
+	assert_true(answers(client));
+	for (int i = 0; i < 3; i++) {
+		assert_true(answers(fresh[i]));
+		tc_close(fresh[i]);
+	}
+	hsm_http_stats st;
+	hsm_http_server_stats(srv, &st);
+	assert_int_equal(st.evicted, 3);
+	for (int i = 0; i < 3; i++)
+		tc_close(held[i]);
+	tc_close(client);
+	hsm_http_server_free(srv);
+}
+
+/*
+ * A client that pipelines requests and reads none of the answers: the
+ * server's socket buffer is bounded, so the answers stall and the write
+ * timeout ends the connection, rather than the kernel holding megabytes of
+ * them for as long as the connection idles.
+ */
+static void test_pipelining_without_reading_stalls(void **state)
+{
+	(void)state;
+	hsm_http_config cfg = defaults(1);
+	cfg.write_timeout_ms = 300;
+	hsm_http_server *srv = start(&cfg);
+	tc_conn *c = tc_connect(hsm_http_server_port(srv), false, 5000);
+	assert_non_null(c);
+	int small = 4096;
+	assert_int_equal(setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+	enum { N = 4000 };
+	static const char req[] = "GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+	for (int i = 0; i < N; i++)
+		if (!tc_send(c, req, sizeof(req) - 1))
+			break; /* the server stopped reading: that is the point */
+	usleep(2000 * 1000);
+	/* Closed by the server, having answered only part of it. */
+	size_t got = 0;
+	char buf[65536];
+	for (;;) {
+		ssize_t n = recv(c->fd, buf, sizeof(buf), 0);
+		if (n <= 0)
+			break;
+		got += (size_t)n;
+	}
+	int calls_seen = atomic_load(&calls);
+	assert_true(calls_seen < N);
+	assert_true(got < (size_t)N * 150);
+	tc_close(c);
+	hsm_http_server_free(srv);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -482,6 +629,9 @@ int main(void)
 	    cmocka_unit_test(test_write_timeout),
 	    cmocka_unit_test(test_buffered_budget),
 	    cmocka_unit_test(test_max_connections),
+	    cmocka_unit_test(test_connections_per_source),
+	    cmocka_unit_test(test_stalled_connections_give_way_first),
+	    cmocka_unit_test(test_pipelining_without_reading_stalls),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -21,7 +21,20 @@ long tc_ms_since(const struct timespec *start)
 	return (long)(now.tv_sec - start->tv_sec) * 1000L + (now.tv_nsec - start->tv_nsec) / 1000000L;
 }
 
+/* Connects from src (an IPv4 loopback address such as "127.0.0.2"), or from any when NULL. */
+static tc_conn *connect_from(uint16_t port, bool v6, const char *src, int timeout_ms);
+
 tc_conn *tc_connect(uint16_t port, bool v6, int timeout_ms)
+{
+	return connect_from(port, v6, NULL, timeout_ms);
+}
+
+tc_conn *tc_connect_from(uint16_t port, const char *src_ip, int timeout_ms)
+{
+	return connect_from(port, false, src_ip, timeout_ms);
+}
+
+static tc_conn *connect_from(uint16_t port, bool v6, const char *src, int timeout_ms)
 {
 	/* Writing to a connection the server has closed must fail, not kill the test. */
 	signal(SIGPIPE, SIG_IGN);
@@ -47,6 +60,16 @@ tc_conn *tc_connect(uint16_t port, bool v6, int timeout_ms)
 	struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	if (src != NULL) {
+		struct sockaddr_in from;
+		memset(&from, 0, sizeof(from));
+		from.sin_family = AF_INET;
+		if (v6 || inet_pton(AF_INET, src, &from.sin_addr) != 1 ||
+		    bind(fd, (struct sockaddr *)&from, sizeof(from)) != 0) {
+			close(fd);
+			return NULL;
+		}
+	}
 	if (connect(fd, (struct sockaddr *)&ss, len) != 0) {
 		close(fd);
 		return NULL;

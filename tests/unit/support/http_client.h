@@ -31,6 +31,8 @@ typedef struct tc_resp {
 
 /* Connects to 127.0.0.1 (or ::1 when v6) on port; receive timeout in ms. NULL on failure. */
 tc_conn *tc_connect(uint16_t port, bool v6, int timeout_ms);
+/* Connects to 127.0.0.1 from src_ip (another loopback address: "127.0.0.2"). */
+tc_conn *tc_connect_from(uint16_t port, const char *src_ip, int timeout_ms);
 /* Runs a TLS handshake over c with ctx; false (and SSL left for inspection) on failure. */
 bool tc_tls(tc_conn *c, SSL_CTX *ctx);
 void tc_close(tc_conn *c);
