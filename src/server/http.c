@@ -153,7 +153,7 @@ static void run_timers(hsm_http_worker *w, uint64_t now)
 /* Milliseconds epoll_wait may sleep: until the earliest timer. */
 static int wait_ms(const hsm_http_worker *w, uint64_t now)
 {
-	if (w->later != NULL)
+	if (w->later != NULL || w->hs_head != NULL)
 		return 0; /* connections wait for their next turn, not for an event */
 	uint64_t next = w->sweep_ns;
 	const uint64_t t[] = {w->grace_end_ns, w->resume_ns, w->rearm_ns};
@@ -168,6 +168,7 @@ static int wait_ms(const hsm_http_worker *w, uint64_t now)
 static void run_pass(hsm_http_worker *w, const struct epoll_event *evs, int n)
 {
 	hsm_http_conn_resume_later(w); /* run after this pass's events, not before them */
+	hsm_http_conn_run_handshakes(w); /* those waiting since earlier passes go first */
 	for (int i = 0; i < n; i++) {
 		void *p = evs[i].data.ptr;
 		if (p == &tag_wake)

@@ -119,6 +119,48 @@ static void later_remove(hsm_http_worker *w, hsm_http_conn *c)
 	c->deferred = false;
 }
 
+static void hs_unlink(hsm_http_worker *w, hsm_http_conn *c)
+{
+	if (!c->hs_queued)
+		return;
+	if (c->hs_prev != NULL)
+		c->hs_prev->hs_next = c->hs_next;
+	else
+		w->hs_head = c->hs_next;
+	if (c->hs_next != NULL)
+		c->hs_next->hs_prev = c->hs_prev;
+	else
+		w->hs_tail = c->hs_prev;
+	c->hs_prev = c->hs_next = NULL;
+	c->hs_queued = false;
+}
+
+static void hs_enqueue(hsm_http_worker *w, hsm_http_conn *c)
+{
+	if (c->hs_queued)
+		return;
+	c->hs_queued = true;
+	c->hs_next = NULL;
+	c->hs_prev = w->hs_tail;
+	if (w->hs_tail != NULL)
+		w->hs_tail->hs_next = c;
+	else
+		w->hs_head = c;
+	w->hs_tail = c;
+}
+
+static void conn_run(hsm_http_conn *c);
+
+void hsm_http_conn_run_handshakes(hsm_http_worker *w)
+{
+	w->hs_budget = HSM_HTTP_HANDSHAKES_PER_PASS;
+	while (w->hs_budget > 0 && w->hs_head != NULL) {
+		hsm_http_conn *c = w->hs_head;
+		hs_unlink(w, c);
+		conn_run(c);
+	}
+}
+
 void hsm_http_conn_resume_later(hsm_http_worker *w)
 {
 	hsm_http_conn *c = w->later;
@@ -140,6 +182,7 @@ void hsm_http_conn_close(hsm_http_conn *c)
 	c->closed = true;
 	if (c->deferred)
 		later_remove(w, c);
+	hs_unlink(w, c);
 	unlink_conn(w, c);
 	if (c->src_counted)
 		hsm_conn_limit_give(w->srv->per_source, &c->src);
@@ -507,6 +550,16 @@ static void conn_run(hsm_http_conn *c)
 			continue;
 		}
 		if (c->state == CONN_HANDSHAKE) {
+			/* Nothing to do before the ClientHello: the handshake allocates its
+			 * buffers then, not for every connection that merely opened. */
+			if (!c->hs_started && !c->rd_ready)
+				break;
+			if (w->hs_budget == 0) {
+				hs_enqueue(w, c);
+				break;
+			}
+			w->hs_budget--;
+			c->hs_started = true;
 			hsm_io io = handshake(c);
 			if (io == HSM_IO_DONE)
 				c->state = CONN_READING;

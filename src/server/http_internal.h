@@ -70,6 +70,8 @@ struct hsm_http_conn {
 	bool queued;       /* on the worker's run queue */
 	bool deferred;     /* on the worker's later list: its budget for a pass was spent */
 	bool subject_done; /* client_subject has been looked up */
+	bool hs_started;   /* TLS: the handshake has had its first step (a ClientHello came) */
+	bool hs_queued;    /* on the worker's queue of handshakes waiting for a later pass */
 	char *client_subject; /* owned; NULL without a verified client certificate */
 	char addr[HSM_HTTP_ADDR_MAX];
 	uint16_t port;
@@ -79,6 +81,7 @@ struct hsm_http_conn {
 	hsm_http_conn *next_q;      /* the worker's run queue */
 	hsm_http_conn *next_later;  /* the worker's later list */
 	hsm_http_conn *next_grave;  /* the worker's list of connections closed in this pass */
+	hsm_http_conn *hs_prev, *hs_next; /* the worker's handshake queue */
 };
 
 typedef enum req_state { REQ_FREE, REQ_READING, REQ_HANDLER, REQ_QUEUED, REQ_SENDING } req_state;
@@ -132,6 +135,9 @@ struct hsm_http_worker {
 	hsm_http_conn *later;   /* connections to run again in the next pass (a spent budget) */
 	hsm_http_conn *running; /* the connection being run (http_conn.c), or NULL */
 	hsm_http_conn *grave;  /* closed in this pass: freed at its end */
+	/* TLS handshake steps left in this pass, and those waiting for a later one (FIFO). */
+	unsigned hs_budget;
+	hsm_http_conn *hs_head, *hs_tail;
 	hsm_http_req *pool;
 	size_t n_pool;
 	uint8_t *bufs[HSM_HTTP_BUF_POOL_MAX]; /* free input buffers of HSM_HTTP_IN_BUF bytes */
@@ -197,6 +203,16 @@ void hsm_http_conn_close(hsm_http_conn *conn);
 #define HSM_HTTP_RUN_RESPONSES 32
 /* At the start of a pass: the connections whose budget ran out go on the run queue. */
 void hsm_http_conn_resume_later(hsm_http_worker *w);
+/*
+ * TLS handshake steps one worker runs in one loop pass.  A handshake costs
+ * the server 0.3-2 ms of CPU (a signature, a key exchange), a request on an
+ * open connection microseconds: so that a flood of new connections cannot
+ * starve the clients already connected, handshakes beyond this wait for the
+ * next pass, in order of arrival, while every pass serves all the requests.
+ */
+#define HSM_HTTP_HANDSHAKES_PER_PASS 2U
+/* At the start of a pass: refills the handshake budget and runs the waiting ones first. */
+void hsm_http_conn_run_handshakes(hsm_http_worker *w);
 /* Accepts what is waiting on the listening socket. */
 void hsm_http_accept(hsm_http_worker *w);
 /* Runs conn after epoll reported events on it. */

@@ -8,6 +8,7 @@
  * kept only to decrypt (and renew) tickets it issued, so a ticket is usable
  * for at most two periods and a key leak exposes at most that window (the
  * advice of RFC 9325 section 3.4 on ticket keys).  Keys live in the secure heap.
+ * Every resumption is sent a new ticket.
  *
  * A server-side session cache is not used: the server closes connections
  * without close_notify, and OpenSSL drops such sessions from its cache, so it
@@ -133,7 +134,11 @@ static int ticket_cb(SSL *ssl, unsigned char *name, unsigned char *iv, EVP_CIPHE
 			rc = key_init(&r->cur, iv, cctx, hctx, 1) == 0 ? 1 : -1;
 		}
 	} else if (r->cur.keys != NULL && CRYPTO_memcmp(name, r->cur.name, TICKET_NAME_LEN) == 0) {
-		rc = key_init(&r->cur, iv, cctx, hctx, 0) == 0 ? 1 : -1;
+		/* Renewed too: a client resuming gets a fresh ticket each time, so its
+		 * connections cannot be linked by a ticket used over and over (RFC 8446
+		 * appendix C.4), and under TLS 1.3 the server's last handshake flight
+		 * does not leave a client that keeps Nagle on waiting for an ACK. */
+		rc = key_init(&r->cur, iv, cctx, hctx, 0) == 0 ? 2 : -1;
 	} else if (r->prev.keys != NULL && CRYPTO_memcmp(name, r->prev.name, TICKET_NAME_LEN) == 0) {
 		rc = key_init(&r->prev, iv, cctx, hctx, 0) == 0 ? 2 : -1;
 	} else {

@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -176,12 +177,14 @@ static void handler(hsm_http_req *req, void *arg)
 	hsm_http_respond(req, 200, "text/plain", out, (size_t)n, 0, NULL);
 }
 
+static unsigned n_workers = 2;
+
 static hsm_http_server *start(hsm_http_client_auth auth)
 {
 	hsm_http_config cfg;
 	hsm_http_config_defaults(&cfg);
 	cfg.listen = "127.0.0.1:0";
-	cfg.workers = 2;
+	cfg.workers = n_workers;
 	cfg.tls_cert = path_srv;
 	cfg.tls_key = path_srv_key;
 	cfg.client_auth = auth;
@@ -295,6 +298,16 @@ static void test_tls_round_trip(void **state)
 	assert_true(tc_sendf(c, "GET / HTTP/1.1\r\nHost: t\r\n\r\n") && tc_read(c, &r, false));
 	assert_int_equal(SSL_session_reused(c->ssl), 1);
 	tc_resp_clear(&r);
+	/* The resumed connection brought a new ticket, not the one it resumed with. */
+	SSL_SESSION *renewed = SSL_get1_session(c->ssl);
+	assert_non_null(renewed);
+	const unsigned char *t_old = NULL, *t_new = NULL;
+	size_t n_old = 0, n_new = 0;
+	SSL_SESSION_get0_ticket(sess, &t_old, &n_old);
+	SSL_SESSION_get0_ticket(renewed, &t_new, &n_new);
+	assert_true(n_old > 0 && n_new > 0);
+	assert_false(n_old == n_new && memcmp(t_old, t_new, n_new) == 0);
+	SSL_SESSION_free(renewed);
 	tc_close(c);
 	SSL_SESSION_free(sess);
 	SSL_CTX_free(ctx);
@@ -584,6 +597,68 @@ static void test_tls_config_errors(void **state)
 	expect_new_fails(&cfg, "need TLS");
 }
 
+/*
+ * A flood of new connections does not starve a client already connected:
+ * one worker, 120 connections that each sent a ClientHello (an RSA-2048
+ * signature each to answer), then a request on an open connection.  The
+ * request is answered after a few of the handshakes, not after all of them,
+ * and every handshake is then completed, in turn.
+ */
+static void test_handshakes_wait_behind_requests(void **state)
+{
+	(void)state;
+	enum { N = 120 };
+	n_workers = 1;
+	hsm_http_server *srv = start(HSM_HTTP_CLIENT_AUTH_NONE);
+	n_workers = 2;
+	uint16_t port = hsm_http_server_port(srv);
+	SSL_CTX *ctx = client_ctx(NULL, NULL);
+	tc_conn *a = tc_connect(port, false, 10000);
+	assert_non_null(a);
+	assert_true(tc_tls(a, ctx));
+	tc_resp r;
+	assert_true(tc_sendf(a, "GET /a HTTP/1.1\r\nHost: t\r\n\r\n") && tc_read(a, &r, false));
+	tc_resp_clear(&r);
+	tc_conn *flood[N];
+	bool done[N];
+	for (int i = 0; i < N; i++) {
+		flood[i] = tc_connect(port, false, 10000);
+		assert_non_null(flood[i]);
+		flood[i]->ssl = SSL_new(ctx);
+		assert_non_null(flood[i]->ssl);
+		SSL_set_fd(flood[i]->ssl, flood[i]->fd);
+		assert_int_equal(fcntl(flood[i]->fd, F_SETFL, O_NONBLOCK), 0);
+		/* Sends the ClientHello; done already if the server answered at once. */
+		int rc = SSL_connect(flood[i]->ssl);
+		done[i] = rc == 1;
+		if (!done[i])
+			assert_int_equal(SSL_get_error(flood[i]->ssl, rc), SSL_ERROR_WANT_READ);
+	}
+	assert_true(tc_sendf(a, "GET /b HTTP/1.1\r\nHost: t\r\n\r\n") && tc_read(a, &r, false));
+	assert_int_equal(r.status, 200);
+	tc_resp_clear(&r);
+	int answered = 0;
+	for (int i = 0; i < N; i++) {
+		struct pollfd p = {.fd = flood[i]->fd, .events = POLLIN};
+		answered += done[i] || poll(&p, 1, 0) == 1;
+	}
+	if (answered >= N / 2)
+		fail_msg("the request was answered after %d of %d handshakes", answered, N);
+	/* The waiting ones are not dropped: each handshake completes. */
+	for (int i = 0; i < N; i++) {
+		int rc;
+		while (!done[i] && (rc = SSL_connect(flood[i]->ssl)) != 1) {
+			assert_int_equal(SSL_get_error(flood[i]->ssl, rc), SSL_ERROR_WANT_READ);
+			struct pollfd p = {.fd = flood[i]->fd, .events = POLLIN};
+			assert_int_equal(poll(&p, 1, 10000), 1);
+		}
+		tc_close(flood[i]);
+	}
+	tc_close(a);
+	SSL_CTX_free(ctx);
+	hsm_http_server_free(srv);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -596,6 +671,7 @@ int main(void)
 	    cmocka_unit_test(test_tls_after_proxy_header),
 	    cmocka_unit_test(test_tls_key_permissions_warned),
 	    cmocka_unit_test(test_tls_config_errors),
+	    cmocka_unit_test(test_handshakes_wait_behind_requests),
 	};
 	return cmocka_run_group_tests(tests, setup_certs, teardown_certs);
 }
