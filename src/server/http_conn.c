@@ -58,8 +58,8 @@
 #define ACCEPT_BATCH 64
 /* How long a refused client may go on sending before the connection is closed. */
 #define LINGER_MS 2000U
-/* At most one warning per worker this often about a balancer sending no valid PROXY header. */
-#define PROXY_WARN_MS 60000U
+/* At most one warning of each kind per worker this often (PROXY headers missing, limits). */
+#define WARN_EVERY_MS 60000U
 
 static uint64_t after_ms(uint32_t ms)
 {
@@ -319,6 +319,32 @@ static hsm_io handshake(hsm_http_conn *c)
 	return io == HSM_IO_EOF ? HSM_IO_FAIL : io;
 }
 
+/*
+ * A connection closed at a limit: counted in /metrics always, logged at most
+ * once a minute per worker (a flood must not flood the log too).
+ */
+static void limit_refused(hsm_http_worker *w, const hsm_source *src, bool per_source)
+{
+	hsm_http_server *srv = w->srv;
+	atomic_fetch_add_explicit(per_source ? &srv->refused_source : &srv->refused_full, 1,
+	                          memory_order_relaxed);
+	uint64_t now = hsm_mono_ns();
+	if (w->limit_warn_ns != 0 && now < w->limit_warn_ns)
+		return;
+	w->limit_warn_ns = now + (uint64_t)WARN_EVERY_MS * 1000000ULL;
+	char text[HSM_SOURCE_TEXT_MAX];
+	hsm_source_text(src, text);
+	if (per_source)
+		hsm_warn("connection from %s closed: it holds max_connections_per_source (%u) "
+		         "already (hsmd_http_connections_refused_total counts every one)",
+		         text, srv->cfg.max_connections_per_source);
+	else
+		hsm_warn("connection from %s closed: max_connections (%u) reached, with no "
+		         "stalled or idle connection to give way "
+		         "(hsmd_http_connections_refused_total counts every one)",
+		         text, srv->cfg.max_connections);
+}
+
 /* ---- a trusted balancer's PROXY protocol header ------------------------------ */
 
 static bool proxy_trusted(const hsm_http_server *srv, const struct sockaddr_storage *ss)
@@ -342,7 +368,7 @@ static void proxy_refused(hsm_http_conn *c)
 	uint64_t now = hsm_mono_ns();
 	if (c->w->proxy_warn_ns != 0 && now < c->w->proxy_warn_ns)
 		return;
-	c->w->proxy_warn_ns = now + (uint64_t)PROXY_WARN_MS * 1000000ULL;
+	c->w->proxy_warn_ns = now + (uint64_t)WARN_EVERY_MS * 1000000ULL;
 	hsm_warn("connection from %s (in proxy_protocol_from) closed: no valid PROXY protocol "
 	         "header", c->addr);
 }
@@ -391,7 +417,7 @@ static hsm_io proxy_header(hsm_http_conn *c)
 	 * own connections were not counted: they carry everyone's). */
 	c->src = hsm_source_of_text(c->addr);
 	if (!hsm_conn_limit_take(c->w->srv->per_source, &c->src)) {
-		atomic_fetch_add_explicit(&c->w->srv->refused_source, 1, memory_order_relaxed);
+		limit_refused(c->w, &c->src, true);
 		return HSM_IO_FAIL;
 	}
 	c->src_counted = true;
@@ -718,7 +744,7 @@ static void conn_open(hsm_http_worker *w, int fd, const struct sockaddr_storage 
 	bool via_proxy = proxy_trusted(srv, ss);
 	hsm_source src = hsm_source_of_sockaddr(ss);
 	if (!via_proxy && !hsm_conn_limit_take(srv->per_source, &src)) {
-		atomic_fetch_add_explicit(&srv->refused_source, 1, memory_order_relaxed);
+		limit_refused(w, &src, true);
 		close(fd);
 		return;
 	}
@@ -739,7 +765,7 @@ static void conn_open(hsm_http_worker *w, int fd, const struct sockaddr_storage 
 			SSL_free(c->ssl);
 			free(c);
 		} else if (!w->stopping) {
-			atomic_fetch_add_explicit(&srv->refused_full, 1, memory_order_relaxed);
+			limit_refused(w, &src, false);
 		}
 		close(fd);
 		atomic_fetch_sub_explicit(&srv->n_conns, 1, memory_order_relaxed);

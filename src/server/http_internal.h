@@ -123,6 +123,7 @@ struct hsm_http_worker {
 	uint64_t rearm_ns;       /* accepting yielded to the others until then (http_balance.c) */
 	uint64_t sweep_ns;       /* next deadline sweep */
 	uint64_t proxy_warn_ns;  /* no warning about missing PROXY headers before then */
+	uint64_t limit_warn_ns;  /* no warning about connections refused at a limit before then */
 	uint64_t grace_end_ns;   /* end of a stop's grace period; 0: not stopping */
 	bool quit;
 	_Atomic(hsm_http_req *) done; /* completion stack, pushed from any thread */
