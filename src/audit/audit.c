@@ -460,11 +460,15 @@ bool hsm_audit_accepting(const hsm_audit *a)
 	return atomic_load(&a->healthy) && !atomic_load(&a->stopping);
 }
 
-static hsm_result request(hsm_audit *a, bool rotate)
+typedef enum { REQ_ROTATE, REQ_CHECKPOINT, REQ_SEAL } req_kind;
+
+static hsm_result request(hsm_audit *a, req_kind kind)
 {
 	pthread_mutex_lock(&a->mu);
-	if (rotate)
+	if (kind == REQ_ROTATE)
 		a->req_rotate = true;
+	else if (kind == REQ_SEAL)
+		a->req_seal = true;
 	else
 		a->req_checkpoint = true;
 	uint64_t gen = ++a->req_gen;
@@ -486,13 +490,21 @@ static hsm_result request(hsm_audit *a, bool rotate)
 hsm_result hsm_audit_rotate(hsm_audit *a)
 {
 	HSM_ASSERT(a != NULL);
-	return request(a, true);
+	return request(a, REQ_ROTATE);
 }
 
 hsm_result hsm_audit_checkpoint(hsm_audit *a)
 {
 	HSM_ASSERT(a != NULL);
-	return request(a, false);
+	return request(a, REQ_CHECKPOINT);
+}
+
+hsm_result hsm_audit_seal(hsm_audit *a)
+{
+	HSM_ASSERT(a != NULL);
+	hsm_result r = request(a, REQ_SEAL);
+	hsm_audit_set_signer(a, NULL, NULL);
+	return r;
 }
 
 void hsm_audit_get_stats(const hsm_audit *a, hsm_audit_stats *out)

@@ -256,6 +256,16 @@ typedef hsm_result (*hsm_audit_sign_fn)(void *arg, const uint8_t *msg, size_t n,
  * writes a signed checkpoint soon after, which covers every earlier record.
  */
 void hsm_audit_set_signer(hsm_audit *a, hsm_audit_sign_fn fn, void *arg);
+/*
+ * On seal: writes a checkpoint with reason "seal", signed while the signer is
+ * still there, waits for it, then clears the signer.  The checkpoints that
+ * follow are unsigned ("why":"sealed"); a verifier given the public key
+ * accepts that only after a signed "seal" checkpoint or a restart
+ * (AuditLogOpened), so unsigned checkpoints cannot stand in for signed ones
+ * in a rewritten trail.  The signer is cleared even when the checkpoint
+ * cannot be written (the result says so).
+ */
+hsm_result hsm_audit_seal(hsm_audit *a);
 
 /* ---- Keyed hashes of sensitive values ------------------------------------ */
 
@@ -280,7 +290,8 @@ typedef enum hsm_audit_problem {
 	HSM_AUDIT_REORDERED,     /* records out of order */
 	HSM_AUDIT_TORN,          /* incomplete last line */
 	HSM_AUDIT_TRUNCATED,     /* the log or a file ends early */
-	HSM_AUDIT_BAD_SIGNATURE  /* checkpoint signature does not verify */
+	HSM_AUDIT_BAD_SIGNATURE, /* checkpoint signature does not verify */
+	HSM_AUDIT_UNSIGNED       /* unsigned where the node was signing: the signatures were stripped */
 } hsm_audit_problem;
 
 #define HSM_AUDIT_DETAIL_MAX 256

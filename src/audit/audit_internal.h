@@ -119,7 +119,7 @@ struct hsm_audit {
 	bool watchdog_stop;
 
 	/* Requests from other threads to the writer, answered by generation. */
-	bool req_rotate, req_checkpoint;
+	bool req_rotate, req_checkpoint, req_seal;
 	uint64_t req_gen, done_gen;
 	hsm_result req_result;
 

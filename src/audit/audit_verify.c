@@ -114,11 +114,21 @@ static void parse_entry(const uint8_t *p, size_t n, ventry *e)
 	if (ok) {
 		e->kind = VE_RECORD;
 		e->seq = (uint64_t)json_integer_value(seq);
+		e->time_ms = t;
 		memcpy(e->prev_hex, prev, sizeof(e->prev_hex));
 		static const uint8_t zero[AUDIT_HASH_LEN];
 		e->genesis = hsm_ct_equal(e->prev, zero, AUDIT_HASH_LEN);
-		if (strcmp(type, "checkpoint") == 0)
+		if (strcmp(type, "checkpoint") == 0) {
 			parse_checkpoint(json_object_get(j, "checkpoint"), e);
+		} else {
+			const char *op = json_string_value(json_object_get(j, "op"));
+			const char *outcome = json_string_value(json_object_get(j, "outcome"));
+			e->request = strcmp(type, "request") == 0;
+			e->event = !e->request;
+			e->success = outcome != NULL && strcmp(outcome, "success") == 0;
+			if (op != NULL && strlen(op) < sizeof(e->op)) /* a longer one is none of ours */
+				memcpy(e->op, op, strlen(op) + 1);
+		}
 	}
 	json_decref(j);
 }
@@ -304,6 +314,68 @@ static bool check_anchor_record(vreader *r, const ventry *e, const hsm_audit_ver
 	return false;
 }
 
+/* Requests in flight when a node seals may still succeed, and be recorded, this long after. */
+#define SEAL_GRACE_MS 60000
+
+/* A request that succeeds only on an unsealed node. */
+static bool shows_unsealed(const ventry *e)
+{
+	static const char *const sealed_ok[] = {"Status", "Unseal", "Init", "Seal"};
+	if (!e->request || !e->success)
+		return false;
+	for (size_t i = 0; i < sizeof(sealed_ok) / sizeof(sealed_ok[0]); i++)
+		if (strcmp(e->op, sealed_ok[i]) == 0)
+			return false;
+	return true;
+}
+
+/*
+ * With a public key, signatures cannot simply be stripped.  Whoever rewrites
+ * the log from some record on must give every later checkpoint up, and a
+ * checkpoint may say it is unsigned ("why":"sealed"), so the key alone would
+ * not notice.  But an unsealed node signs every checkpoint until it seals,
+ * stops or restarts, and each of those is marked: a signed "seal" or
+ * "shutdown" checkpoint, an AuditLogOpened event (a new run begins sealed).
+ * A verified signature shows the node unsealed, and so does a request only
+ * an unsealed node can answer (a minute after a seal: requests in flight
+ * then may still finish).  An unsigned checkpoint after either, with no seal,
+ * shutdown or restart between, was not written by hsmd.
+ */
+static bool check_signing(vreader *r, vstate *s, const ventry *e, sig_state sig,
+                          hsm_audit_verify_report *rep)
+{
+	if (e->event && strcmp(e->op, "AuditLogOpened") == 0) {
+		s->must_sign = false;
+		s->sealed_by_checkpoint = false;
+		return true;
+	}
+	if (!s->must_sign && shows_unsealed(e) &&
+	    (!s->sealed_by_checkpoint || e->time_ms > s->sealed_ms + SEAL_GRACE_MS)) {
+		s->must_sign = true;
+		s->must_sign_seq = e->seq;
+	}
+	if (!e->ckpt)
+		return true;
+	if (sig == SIG_VERIFIED) {
+		bool ends = strcmp(e->reason, "seal") == 0 || strcmp(e->reason, "shutdown") == 0;
+		s->must_sign = !ends;
+		s->must_sign_seq = e->seq;
+		s->sealed_by_checkpoint = ends;
+		s->sealed_ms = e->time_ms;
+		return true;
+	}
+	if (sig == SIG_NONE && s->must_sign) {
+		verify_report_at(r, rep, HSM_AUDIT_UNSIGNED, e,
+		                 "unsigned: this %s checkpoint carries no signature, but seq %llu shows "
+		                 "the node unsealed, and it was not sealed, stopped or restarted since: "
+		                 "the log was rewritten after seq %llu (or the node's signer failed)",
+		                 e->reason, (unsigned long long)s->must_sign_seq,
+		                 (unsigned long long)s->must_sign_seq);
+		return false;
+	}
+	return true;
+}
+
 static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, const hsm_audit_verify_options *o,
                         hsm_audit_verify_report *rep)
 {
@@ -334,6 +406,8 @@ static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, const hsm_audit_ve
 	if (e->ckpt && (!check_signature(r, pub, e, rep, &sig) || !check_floor(r, s, e, rep)))
 		return false;
 	if (!check_anchor_record(r, e, o, rep))
+		return false;
+	if (pub != NULL && !check_signing(r, s, e, sig, rep))
 		return false;
 	if (e->ckpt)
 		count_checkpoint(e, sig, rep);
@@ -564,6 +638,7 @@ const char *hsm_audit_problem_name(hsm_audit_problem p)
 	case HSM_AUDIT_TORN: return "torn";
 	case HSM_AUDIT_TRUNCATED: return "truncated";
 	case HSM_AUDIT_BAD_SIGNATURE: return "bad signature";
+	case HSM_AUDIT_UNSIGNED: return "unsigned";
 	}
 	return "unknown";
 }

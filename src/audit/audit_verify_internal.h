@@ -28,6 +28,10 @@ typedef struct ventry {
 	char prev_hex[AUDIT_HASH_HEX + 1];
 	bool genesis;       /* prev is all zeros: claims to be the first record ever */
 	bool first_in_file;
+	int64_t time_ms;
+	/* Requests and events: what and whether it succeeded */
+	bool request, event, success;
+	char op[HSM_AUDIT_NAME_MAX + 1];
 	/* Checkpoints */
 	bool ckpt, ckpt_signed, ckpt_sig_ok_form;
 	char reason[16], time[25], node[HSM_AUDIT_NAME_MAX + 1];
@@ -61,6 +65,12 @@ typedef struct vstate {
 	ventry hist[VERIFY_WINDOW]; /* accepted records, newest at hist_head-1 */
 	size_t hist_head, hist_count;
 	ventry floor_at;            /* the last checkpoint stating kept_from (kept_from 0: none) */
+	/* With a public key (audit_verify.c, check_signing): every checkpoint must be signed
+	 * since the record at must_sign_seq showed the node unsealed. */
+	bool must_sign;
+	uint64_t must_sign_seq;
+	bool sealed_by_checkpoint; /* the last reset was a verified "seal" checkpoint... */
+	int64_t sealed_ms;         /* ...written then */
 } vstate;
 
 const ventry *vstate_back(const vstate *s, size_t i); /* 0 = last accepted */

@@ -544,18 +544,20 @@ static void answer_requests(hsm_audit *a)
 {
 	audit_answer_retention(a);
 	pthread_mutex_lock(&a->mu);
-	bool rot = a->req_rotate, ck = a->req_checkpoint;
+	bool rot = a->req_rotate, ck = a->req_checkpoint, seal = a->req_seal;
 	uint64_t gen = a->req_gen;
-	a->req_rotate = a->req_checkpoint = false;
+	a->req_rotate = a->req_checkpoint = a->req_seal = false;
 	pthread_mutex_unlock(&a->mu);
-	if (!rot && !ck)
+	if (!rot && !ck && !seal)
 		return;
 	hsm_result r = HSM_SUCCESS;
 	if (!atomic_load(&a->healthy))
 		r = HSM_FAIL(HSM_ERR_AUDIT_UNAVAILABLE, "the audit log is unavailable");
-	else if (rot)
+	else if (seal)
+		r = audit_write_checkpoint(a, "seal");
+	if (hsm_ok(r) && rot)
 		r = rotate(a);
-	else
+	else if (hsm_ok(r) && ck)
 		r = audit_write_checkpoint(a, "manual");
 	pthread_mutex_lock(&a->mu);
 	a->done_gen = gen;

@@ -73,7 +73,11 @@ static hsm_result op_seal(hsm_admin_ctx *c)
 {
 	HSM_GUARD(require_role(c, HSM_ROLES_OFFICER));
 	HSM_GUARD(hsm_caller_commit(&c->auth->caller));
-	hsm_audit_set_signer(c->s->audit, NULL, NULL);
+	hsm_result audited = hsm_audit_seal(c->s->audit);
+	if (hsm_failed(audited))
+		hsm_warn("sealing: the signed seal checkpoint could not be written (%s); the "
+		         "unsigned checkpoints that follow will fail verification with the public key",
+		         hsm_last_message());
 	hsm_keystore_seal(c->s->ks);
 	hsm_server_auth_flush(c->s);
 	hsm_server_recount(c->s);

@@ -260,6 +260,68 @@ def test_shutdown_checkpoint_is_signed_so_a_forged_end_shows():
             f.write(b"".join(l + b"\n" for l in kept + [forged.encode()]))
         res = verify(server, pubkey=pem)
         assert "(0 records after it)" not in res.stdout, res.stdout
+        # With the key it fails: the node was signing, and nothing sealed, stopped or
+        # restarted it before that checkpoint.
+        assert res.returncode == 1, res.stdout
+        assert "problem: unsigned: this shutdown checkpoint carries no signature" in res.stdout, \
+            res.stdout
+        assert verify(server).returncode == 0  # the chain alone cannot tell
+    finally:
+        server.cleanup()
+        subprocess.run(["rm", "-rf", tmp])
+
+
+def test_a_sealed_node_signs_its_seal_then_checkpoints_unsigned():
+    """Seal writes a signed "seal" checkpoint before giving up the key: the
+    unsigned checkpoints after it verify with the key, where the same ones
+    without it (a rewrite that stripped the signatures) do not."""
+    tmp = tempfile.mkdtemp(prefix="hsmd-audit-seal-")
+    data = os.path.join(tmp, "data")
+    server = start_dev(["--data-dir", data, "--audit-checkpoint-seconds", "1"])
+    server.data_dir = data
+    try:
+        kms = client(server)
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        kms.encrypt(KeyId=key, Plaintext=b"one")
+        st, pub = signed_call(server, "HsmdAdmin.AuditPublicKey", {})
+        assert st == 200
+        pem = os.path.join(tmp, "audit.pem")
+        with open(pem, "w") as f:
+            f.write(pub["PublicKey"])
+        st, out = signed_call(server, "HsmdAdmin.Seal", {})
+        assert st == 200 and out["Sealed"] is True, out
+        time.sleep(2.5)  # checkpoints while sealed: unsigned
+        server.stop()
+        recs = records(server)
+        ckpts = [r["checkpoint"] for r in recs if r["type"] == "checkpoint"]
+        seal = [c for c in ckpts if c["reason"] == "seal"]
+        assert len(seal) == 1 and seal[0]["signed"] is True, ckpts
+        after = ckpts[ckpts.index(seal[0]) + 1:]
+        assert after and all(c["signed"] is False and c["why"] == "sealed" for c in after), after
+        res = verify(server, pubkey=pem)
+        assert res.returncode == 0, res.stdout
+        # The same trail with the seal checkpoint's signature stripped, chain redone.
+        path = sorted(glob.glob(os.path.join(data, "audit", "audit-*.jsonl")))[-1]
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")[:-1]
+        out_lines, prev, rewriting = [], None, False
+        for line in lines:
+            rec = json.loads(line)
+            if rec["type"] == "checkpoint" and rec["checkpoint"]["reason"] == "seal":
+                rewriting = True
+                rec["checkpoint"] = {k: v for k, v in rec["checkpoint"].items()
+                                     if k not in ("alg", "sig")}
+                rec["checkpoint"].update(signed=False, why="sealed")
+            if rewriting:  # the lines before the seal stay byte for byte
+                rec["prev"] = hashlib.sha256(prev).hexdigest()
+                line = json.dumps(rec, separators=(",", ":")).encode()
+            out_lines.append(line)
+            prev = line
+        with open(path, "wb") as f:
+            f.write(b"".join(l + b"\n" for l in out_lines))
+        res = verify(server, pubkey=pem)
+        assert res.returncode == 1 and "problem: unsigned: this seal checkpoint" in res.stdout, \
+            res.stdout
     finally:
         server.cleanup()
         subprocess.run(["rm", "-rf", tmp])

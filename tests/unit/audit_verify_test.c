@@ -469,20 +469,23 @@ static void test_sealed_checkpoints_unsigned_then_covered(void **state)
 	hsm_audit_config c = t_config(dir);
 	hsm_audit *a = NULL;
 	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
-	hsm_audit_record rec = t_record(1);
-	assert_true(hsm_ok(hsm_audit_append(a, &rec)));
+	/* A sealed node refuses what it is asked (t_record(7) is a denial). */
+	hsm_audit_record refused = t_record(7), rec = t_record(1);
+	assert_true(hsm_ok(hsm_audit_append(a, &refused)));
 	assert_true(hsm_ok(hsm_audit_checkpoint(a))); /* sealed: unsigned */
 	hsm_audit_set_signer(a, t_sign, &fx.signer);
 	assert_true(hsm_ok(hsm_audit_append(a, &rec)));
 	assert_true(hsm_ok(hsm_audit_checkpoint(a)));
-	hsm_audit_set_signer(a, NULL, NULL); /* sealed again */
 	int calls = atomic_load(&fx.signer.calls);
-	assert_true(hsm_ok(hsm_audit_append(a, &rec)));
+	assert_true(hsm_ok(hsm_audit_seal(a))); /* sealed again: a signed "seal" checkpoint */
+	assert_int_equal(atomic_load(&fx.signer.calls), calls + 1);
+	calls = atomic_load(&fx.signer.calls);
+	assert_true(hsm_ok(hsm_audit_append(a, &refused)));
 	hsm_audit_close(a);
 	assert_int_equal(atomic_load(&fx.signer.calls), calls); /* no use after clearing */
 	hsm_audit_verify_report r = t_verify_dir(dir, fx.pem, false);
 	assert_true(r.valid);
-	assert_true(r.checkpoints_verified >= 1);
+	assert_true(r.checkpoints_verified >= 2);
 	assert_int_equal(r.checkpoints_unsigned, 2); /* the sealed one and the shutdown */
 	assert_true(r.last_verified_seq > 3);
 	assert_int_equal(r.uncovered, r.last_seq - r.last_verified_seq);
@@ -490,7 +493,38 @@ static void test_sealed_checkpoints_unsigned_then_covered(void **state)
 	assert_int_equal(t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES), 1);
 	char *s = t_slurp(paths[0], NULL);
 	assert_non_null(strstr(s, "\"signed\":false,\"why\":\"sealed\""));
+	assert_non_null(strstr(s, "\"reason\":\"seal\""));
 	free(s);
+	t_rm_rf(dir);
+}
+
+/*
+ * A signer taken away without the signed "seal" checkpoint (what a log
+ * rewritten after its last signature looks like: later checkpoints claim to
+ * be unsigned) fails verification with the key, and passes without it.
+ */
+static void test_signatures_cannot_be_stripped(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-stripped");
+	hsm_audit_config c = t_config(dir);
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	hsm_audit_set_signer(a, t_sign, &fx.signer);
+	hsm_audit_record rec = t_record(1);
+	assert_true(hsm_ok(hsm_audit_append(a, &rec)));
+	assert_true(hsm_ok(hsm_audit_checkpoint(a)));
+	hsm_audit_set_signer(a, NULL, NULL); /* no seal checkpoint */
+	assert_true(hsm_ok(hsm_audit_append(a, &rec)));
+	hsm_audit_close(a); /* an unsigned shutdown checkpoint */
+	hsm_audit_verify_report r = t_verify_dir(dir, fx.pem, false);
+	assert_false(r.valid);
+	assert_int_equal(r.problem, HSM_AUDIT_UNSIGNED);
+	assert_non_null(strstr(r.detail, "shutdown checkpoint carries no signature"));
+	assert_int_equal(r.seq, r.last_seq + 1);
+	r = t_verify_dir(dir, NULL, false);
+	assert_true(r.valid);
 	t_rm_rf(dir);
 }
 
@@ -508,6 +542,7 @@ int main(void)
 	    cmocka_unit_test(test_checkpoint_signatures),
 	    cmocka_unit_test(test_kept_from_is_signed_and_rises_only_at_retention),
 	    cmocka_unit_test(test_sealed_checkpoints_unsigned_then_covered),
+	    cmocka_unit_test(test_signatures_cannot_be_stripped),
 	};
 	return cmocka_run_group_tests(tests, build_log, free_log);
 }
