@@ -134,6 +134,7 @@ struct hsm_audit {
 	pthread_cond_t wake_syncer;
 	audit_sync_state sync_state;
 	int sync_fd;             /* the file to sync, while REQUESTED or RUNNING */
+	uint64_t sync_len;       /* the bytes it must hold by then (every one written) */
 	int sync_err;            /* 0 or the errno of the finished sync */
 	uint64_t sync_start_ns;  /* when RUNNING began, for the watchdog */
 	bool sync_timed_out;     /* the watchdog gave up on the running sync */
@@ -214,6 +215,15 @@ hsm_result audit_io_new_file(hsm_audit *a) HSM_MUST_CHECK;
 hsm_result audit_io_recover(hsm_audit *a) HSM_MUST_CHECK;
 /* fdatasync(fd) (through the test hook): 0 or an errno value.  Touches no writer state. */
 int audit_io_fdatasync(hsm_audit *a, int fd);
+/*
+ * Whether fd is still the live file at path, holding at least len bytes: 0,
+ * or ESTALE when it was deleted, renamed away or replaced, EIO when it was
+ * cut shorter (and logs which).  A record acknowledged into a file nobody
+ * can read any more would be a record lost, so syncs check this: the log
+ * then fails, refuses requests, and goes on in a new file, where the gap
+ * shows what went.  Touches no writer state.
+ */
+int audit_io_check_file(int fd, const char *path, uint64_t len);
 /* Copies closed files missing from copy_dir there (when set), then deletes
  * the oldest files whose newest record is older than the retention (and
  * their copies), never keep_file nor the newest file nor one not copied.

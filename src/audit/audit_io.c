@@ -71,12 +71,32 @@ hsm_result audit_io_write(hsm_audit *a)
 	return HSM_SUCCESS;
 }
 
+int audit_io_check_file(int fd, const char *path, uint64_t len)
+{
+	struct stat st, named;
+	if (fstat(fd, &st) != 0)
+		return errno != 0 ? errno : EIO;
+	if (st.st_nlink == 0 || stat(path, &named) != 0 || named.st_dev != st.st_dev ||
+	    named.st_ino != st.st_ino) {
+		hsm_error("audit file %s was deleted, renamed or replaced while hsmd wrote it", path);
+		return ESTALE;
+	}
+	if ((uint64_t)st.st_size < len) {
+		hsm_error("audit file %s was cut to %lld bytes while hsmd wrote it (%llu written)", path,
+		          (long long)st.st_size, (unsigned long long)len);
+		return EIO;
+	}
+	return 0;
+}
+
 hsm_result audit_io_sync(hsm_audit *a)
 {
 	audit_writer *w = &a->w;
 	if (w->fd < 0 || w->written != w->pending.len)
 		return io_fail(a, EIO, "sync");
 	int e = audit_io_fdatasync(a, w->fd);
+	if (e == 0)
+		e = audit_io_check_file(w->fd, w->path, w->synced_off + w->pending.len);
 	if (e != 0)
 		return io_fail(a, e, "sync");
 	w->synced_off += w->pending.len;
@@ -152,7 +172,10 @@ hsm_result audit_io_recover(hsm_audit *a)
 		struct stat st;
 		if (fstat(w->fd, &st) != 0)
 			return io_fail(a, errno, "stat");
-		if (st.st_nlink == 0 || (uint64_t)st.st_size < w->synced_off) {
+		struct stat named;
+		bool moved = stat(w->path, &named) != 0 || named.st_dev != st.st_dev ||
+		             named.st_ino != st.st_ino;
+		if (st.st_nlink == 0 || moved || (uint64_t)st.st_size < w->synced_off) {
 			/* Records we had synced are gone: the verifier will show it.
 			 * Continue in a new file rather than write over the damage. */
 			hsm_error("audit file %s lost synced records; continuing in a new file", w->path);

@@ -225,6 +225,7 @@ static void request_sync(hsm_audit *a)
 		a->sync_state = AUDIT_SYNC_REQUESTED;
 		a->sync_fd = w->fd;
 		w->req_off = w->synced_off + w->pending.len;
+		a->sync_len = w->req_off;
 		w->req_records = w->pending_records;
 		w->req_seq = w->next_seq;
 		w->unsynced_since_ns = 0;
@@ -255,12 +256,16 @@ void *audit_syncer_main(void *arg)
 		if (a->sync_state != AUDIT_SYNC_REQUESTED)
 			break;
 		int fd = a->sync_fd;
+		uint64_t len = a->sync_len;
 		uint64_t now = hsm_mono_ns();
 		a->sync_state = AUDIT_SYNC_RUNNING;
 		a->sync_start_ns = now != 0 ? now : 1;
 		a->sync_timed_out = false;
 		pthread_mutex_unlock(&a->mu);
 		int e = audit_io_fdatasync(a, fd);
+		/* The writer changes its path only while no sync runs. */
+		if (e == 0)
+			e = audit_io_check_file(fd, a->w.path, len);
 		pthread_mutex_lock(&a->mu);
 		a->sync_start_ns = 0;
 		a->sync_err = e;

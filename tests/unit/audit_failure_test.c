@@ -612,6 +612,93 @@ static void test_fsync_error_rewrites_and_recovers(void **state)
 }
 
 /*
+ * The live file deleted, or replaced by a copy, under the running log:
+ * records written after it would go to a file nobody can read.  The next
+ * sync notices, the log refuses requests, and it goes on in a new file; what
+ * was taken away shows as a gap, and nothing acknowledged since is lost.
+ */
+static void live_file_taken(bool replace)
+{
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-taken");
+	hsm_audit_config c = t_config(dir);
+	c.retry_interval_ms = 50;
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	for (unsigned i = 1; i <= 5; i++) {
+		hsm_audit_record r = t_record(i);
+		assert_true(hsm_ok(hsm_audit_append(a, &r)));
+	}
+	usleep(50000);
+	static char paths[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES), 1);
+	if (replace) { /* a copy put in its place, as sed -i or an editor would */
+		char tmp[PATH_MAX + 8];
+		snprintf(tmp, sizeof(tmp), "%s.tmp", paths[0]);
+		size_t n = 0;
+		char *s = t_slurp(paths[0], &n);
+		int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+		assert_true(fd >= 0 && write(fd, s, n) == (ssize_t)n);
+		close(fd);
+		free(s);
+		assert_int_equal(rename(tmp, paths[0]), 0);
+	} else {
+		assert_int_equal(unlink(paths[0]), 0);
+	}
+	/* Requests go on: at the next sync the log fails, then recovers in a new file. */
+	unsigned acked = 0;
+	uint64_t end = t_now_ms() + 3000;
+	bool failed = false;
+	for (unsigned i = 6; t_now_ms() < end; i++) {
+		hsm_audit_record r = t_record(i);
+		if (hsm_ok(hsm_audit_append(a, &r)))
+			acked++;
+		else
+			failed = true;
+		if (failed && hsm_audit_healthy(a) && acked > 0)
+			break;
+		usleep(2000);
+	}
+	assert_true(failed);
+	assert_true(wait_healthy(a, 3000));
+	hsm_audit_record r = t_record(999);
+	assert_true(hsm_ok(hsm_audit_append(a, &r)));
+	hsm_audit_stats st;
+	hsm_audit_get_stats(a, &st);
+	assert_true(st.outages >= 1);
+	hsm_audit_close(a);
+	/* Every record acknowledged after the change is in the files hsmd wrote next. */
+	size_t n = t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES);
+	assert_true(n >= (replace ? 2 : 1));
+	unsigned found = 0;
+	for (size_t i = 0; i < n; i++) {
+		char *s = t_slurp(paths[i], NULL);
+		for (char *p = s; (p = strstr(p, "\"request_id\":\"req-")) != NULL; p++)
+			found++;
+		free(s);
+	}
+	assert_true(found >= acked + 1);
+	/* The break shows: the copy ends without the rotation checkpoint hsmd would have
+	 * written, and without a deleted file the log starts after the seq it keeps from. */
+	hsm_audit_verify_report rep = t_verify_dir(dir, NULL, false);
+	assert_false(rep.valid);
+	assert_int_equal(rep.problem, replace ? HSM_AUDIT_TRUNCATED : HSM_AUDIT_DELETED);
+	t_rm_rf(dir);
+}
+
+static void test_live_file_deleted(void **state)
+{
+	(void)state;
+	live_file_taken(false);
+}
+
+static void test_live_file_replaced(void **state)
+{
+	(void)state;
+	live_file_taken(true);
+}
+
+/*
  * The whole process held (SIGSTOP, a paused VM) while a write or an fsync
  * is under way is no outage: the step was held just as long, and goes on
  * afterwards within its deadline.  In a child, which the parent stops for
@@ -725,6 +812,8 @@ int main(void)
 	    cmocka_unit_test(test_close_leaves_a_stuck_fsync_behind),
 	    cmocka_unit_test(test_slow_fsync_holds_acks_only_past_the_lag),
 	    cmocka_unit_test(test_fsync_error_rewrites_and_recovers),
+	    cmocka_unit_test(test_live_file_deleted),
+	    cmocka_unit_test(test_live_file_replaced),
 	    cmocka_unit_test(test_held_process_write_is_no_outage),
 	    cmocka_unit_test(test_held_process_fsync_is_no_outage),
 	};
