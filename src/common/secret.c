@@ -7,6 +7,8 @@
 #include <sys/resource.h>
 
 #include <openssl/crypto.h>
+
+#include "common/log.h"
 #include <openssl/rand.h>
 
 struct hsm_secret {
@@ -69,12 +71,18 @@ uint8_t *hsm_secret_bytes(const hsm_secret *s)
 	return s->bytes;
 }
 
-hsm_result hsm_secure_process_init(size_t heap_size)
+hsm_result hsm_harden_process(void)
 {
 	struct rlimit none = {0, 0};
 	HSM_ENSURE(setrlimit(RLIMIT_CORE, &none) == 0, HSM_ERR_INTERNAL, "cannot disable core dumps");
 	HSM_ENSURE(prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0, HSM_ERR_INTERNAL,
 	           "cannot mark the process non-dumpable");
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_secure_process_init(size_t heap_size)
+{
+	HSM_GUARD(hsm_harden_process());
 	if (CRYPTO_secure_malloc_initialized())
 		return HSM_SUCCESS;
 	/* Locking the heap may need a larger RLIMIT_MEMLOCK; raise it when we may. */
@@ -87,12 +95,46 @@ hsm_result hsm_secure_process_init(size_t heap_size)
 	/* 1 = locked heap, 2 = heap allocated but mlock refused (still excluded from dumps). */
 	int rc = CRYPTO_secure_malloc_init(heap_size, 32);
 	HSM_ENSURE(rc != 0, HSM_ERR_NOMEM, "cannot create the secure heap");
+	if (rc == 2)
+		hsm_warn("the secure heap (%zu MiB) could not be locked in memory: unwrapped keys "
+		         "may be swapped to disk; raise the memory lock limit (systemd: "
+		         "LimitMEMLOCK=, or CAP_IPC_LOCK) or lower secure_heap_bytes",
+		         heap_size >> 20);
 	return HSM_SUCCESS;
 }
 
 void *hsm_wiping_malloc(size_t n)
 {
 	return malloc(n);
+}
+
+static void *ossl_malloc(size_t n, const char *file, int line)
+{
+	(void)file;
+	(void)line;
+	return malloc(n);
+}
+
+static void *ossl_realloc(void *p, size_t n, const char *file, int line)
+{
+	(void)file;
+	(void)line;
+	return hsm_wiping_realloc(p, n);
+}
+
+static void ossl_free(void *p, const char *file, int line)
+{
+	(void)file;
+	(void)line;
+	hsm_wiping_free(p);
+}
+
+hsm_result hsm_wipe_openssl_frees(void)
+{
+	HSM_ENSURE(CRYPTO_set_mem_functions(ossl_malloc, ossl_realloc, ossl_free) == 1,
+	           HSM_ERR_INTERNAL,
+	           "OpenSSL allocated memory before its allocator could be set");
+	return HSM_SUCCESS;
 }
 
 void hsm_wiping_free(void *p)

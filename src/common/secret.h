@@ -36,6 +36,8 @@ uint8_t *hsm_secret_bytes(const hsm_secret *s);
  * attach (PR_SET_DUMPABLE 0).  Safe to call once per process.
  */
 hsm_result hsm_secure_process_init(size_t heap_size) HSM_MUST_CHECK;
+/* Only the last two: no core dumps, no ptrace attach (for a client holding a share or a secret). */
+hsm_result hsm_harden_process(void) HSM_MUST_CHECK;
 
 #define HSM_SECURE_HEAP_DEFAULT ((size_t)64 << 20)
 
@@ -50,5 +52,15 @@ hsm_result hsm_secure_process_init(size_t heap_size) HSM_MUST_CHECK;
 void *hsm_wiping_malloc(size_t n);
 void *hsm_wiping_realloc(void *p, size_t n);
 void hsm_wiping_free(void *p);
+
+/*
+ * Has OpenSSL allocate through the functions above, so that what it frees is
+ * wiped too.  OpenSSL cleanses its key schedules and BIGNUMs itself, but not
+ * every buffer a private key passes through: decoding or encoding a PKCS#8
+ * key (every RSA or EC key loaded, made or returned) frees a copy of its DER
+ * as it was.  A program (not a library: it changes the whole process) calls
+ * this first thing in main, before anything has used OpenSSL.
+ */
+hsm_result hsm_wipe_openssl_frees(void) HSM_MUST_CHECK;
 
 #endif

@@ -295,6 +295,13 @@ static int parse_globals(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+	/* Before anything uses OpenSSL: what it frees is wiped (private keys' DER). */
+	/* Shares, secrets and key material pass through hsmctl, remote commands too:
+	 * no core dump or debugger may read them. */
+	if (hsm_failed(hsm_wipe_openssl_frees()) || hsm_failed(hsm_harden_process())) {
+		fprintf(stderr, "hsmctl: %s\n", hsm_last_message());
+		return 1;
+	}
 	/* Request and response bodies (shares, secrets, data keys) pass through
 	 * jansson's memory: wipe it on free. */
 	json_set_alloc_funcs(hsm_wiping_malloc, hsm_wiping_free);

@@ -138,6 +138,11 @@ out:
 int main(int argc, char **argv)
 {
 	static hsm_config cfg;
+	/* Before anything uses OpenSSL: what it frees is wiped (private keys' DER). */
+	if (hsm_failed(hsm_wipe_openssl_frees())) {
+		hsm_log_failure("start-up");
+		return 1;
+	}
 	int rc = load_config(argc, argv, &cfg);
 	if (rc >= 0)
 		return rc;

@@ -16,9 +16,12 @@ import shutil
 import tempfile
 
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
 from conftest import DEV_AKID, DEV_SECRET, Hsmd, client, start_dev, unsigned_call
-from helpers import admin, make_pki
+from helpers import admin, make_pki, restart_dev
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="reading a non-dumpable process's memory needs root")
@@ -101,6 +104,50 @@ def test_plaintexts_data_keys_context_and_shares_are_wiped():
         # The node works after the unseal, and the scan runs with connections still open.
         assert kms.decrypt(CiphertextBlob=kms.encrypt(KeyId=key, Plaintext=b"x")[
             "CiphertextBlob"])["Plaintext"] == b"x"
+        assert_no_traces(server, canaries)
+    finally:
+        server.cleanup()
+
+
+def scalar_of(private_key):
+    n = private_key.private_numbers().private_value
+    return n.to_bytes((private_key.curve.key_size + 7) // 8, "big")
+
+
+def test_private_keys_loaded_made_and_returned_are_wiped():
+    """RSA and EC keys pass through OpenSSL's PKCS#8 decoder and encoder when
+    hsmd loads, makes or returns them, and those free a copy of the DER
+    unwiped; hsmd has every OpenSSL free wipe.  An imported P-256 key whose
+    scalar is known, loaded again after a restart by a Sign, and a P-384 pair
+    from GenerateDataKeyPair leave no trace of their private halves."""
+    server = start_dev()
+    try:
+        kms = client(server)
+        imported = ec.generate_private_key(ec.SECP256R1())
+        der = imported.private_bytes(serialization.Encoding.DER,
+                                     serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption())
+        key = kms.create_key(Origin="EXTERNAL", KeySpec="ECC_NIST_P256",
+                             KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+        params = kms.get_parameters_for_import(KeyId=key, WrappingKeySpec="RSA_2048",
+                                               WrappingAlgorithm="RSA_AES_KEY_WRAP_SHA_256")
+        wrapping = serialization.load_der_public_key(params["PublicKey"])
+        aes = os.urandom(32)
+        oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(),
+                            label=None)
+        kms.import_key_material(KeyId=key, ImportToken=params["ImportToken"],
+                                EncryptedKeyMaterial=wrapping.encrypt(aes, oaep) +
+                                aes_key_wrap_with_padding(aes, der),
+                                ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+        wrapper = kms.create_key()["KeyMetadata"]["KeyId"]
+        server = restart_dev(server)  # the key is loaded from the store, not imported
+        kms = client(server)
+        kms.sign(KeyId=key, Message=b"m", MessageType="RAW", SigningAlgorithm="ECDSA_SHA_256")
+        pair = kms.generate_data_key_pair(KeyId=wrapper, KeyPairSpec="ECC_NIST_P384")
+        made = serialization.load_der_private_key(pair["PrivateKeyPlaintext"], None)
+        canaries = {"imported P-256 key": scalar_of(imported),
+                    "GenerateDataKeyPair P-384 key": scalar_of(made)}
+        canaries.update(forms("P-384 PKCS#8", pair["PrivateKeyPlaintext"][-64:]))
         assert_no_traces(server, canaries)
     finally:
         server.cleanup()
