@@ -111,11 +111,10 @@ static CK_RV call_gcm(bool encrypt, const p11_ticket *t, const p11_op *op, const
 	json_object_set_new(body, "AdditionalData", json_stringn((const char *)aad.data, aad.len));
 	if (!encrypt)
 		json_object_set_new(body, "Iv", json_stringn((const char *)ivb.data, ivb.len));
-	rv = p11_call_session(t, encrypt ? "HsmdCipher.GcmEncrypt" : "HsmdCipher.GcmDecrypt", body,
-	                      &ans);
+	/* The plaintext of a decryption never passes through jansson. */
+	rv = p11_call_session_secret(t, encrypt ? "HsmdCipher.GcmEncrypt" : "HsmdCipher.GcmDecrypt",
+	                             body, &ans, encrypt ? "Ciphertext" : "Plaintext", out);
 	body = NULL; /* taken */
-	if (rv == CKR_OK)
-		rv = p11_b64_member(ans, encrypt ? "Ciphertext" : "Plaintext", out);
 	if (rv == CKR_OK && encrypt) {
 		hsm_buf got = {0};
 		rv = p11_b64_member(ans, "Iv", &got);
@@ -264,14 +263,12 @@ static CK_RV call_crypt(const char *target, const p11_ticket *t, const p11_op *o
 		return CKR_HOST_MEMORY;
 	}
 	json_t *ans = NULL;
-	CK_RV rv = p11_call_session(t, target,
-	                            json_pack("{s:s,s:s%,s:s}", "KeyId", key_id, in_name,
-	                                      (const char *)b64.data, b64.len, "EncryptionAlgorithm",
-	                                      op->hash),
-	                            &ans);
+	CK_RV rv = p11_call_session_secret(
+	    t, target,
+	    json_pack("{s:s,s:s%,s:s}", "KeyId", key_id, in_name, (const char *)b64.data, b64.len,
+	              "EncryptionAlgorithm", op->hash),
+	    &ans, out_name, out);
 	hsm_buf_free(&b64);
-	if (rv == CKR_OK)
-		rv = p11_b64_member(ans, out_name, out);
 	json_decref(ans);
 	return rv;
 }

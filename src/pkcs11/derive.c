@@ -263,15 +263,11 @@ static CK_RV shared_secret(const p11_ticket *t, const char *key_id, const hsm_bu
 	                         "PublicKey", (const char *)b64.data, b64.len);
 	hsm_buf_free(&b64);
 	json_t *ans = NULL;
-	CK_RV rv = body != NULL ? p11_call_session(t, "TrentService.DeriveSharedSecret", body, &ans)
+	CK_RV rv = body != NULL ? p11_call_session_secret(t, "TrentService.DeriveSharedSecret", body,
+	                                                  &ans, "SharedSecret", out)
 	                        : CKR_HOST_MEMORY;
 	if (rv == CKR_ARGUMENTS_BAD) /* ValidationException: the point is not on the key's curve */
 		rv = CKR_MECHANISM_PARAM_INVALID;
-	if (rv == CKR_OK)
-		rv = p11_b64_member(ans, "SharedSecret", out);
-	const char *v = json_string_value(json_object_get(ans, "SharedSecret"));
-	if (v != NULL)
-		OPENSSL_cleanse((void *)(uintptr_t)v, strlen(v)); /* the answer's copy, jansson's own */
 	json_decref(ans);
 	return rv;
 }

@@ -428,20 +428,92 @@ CK_RV C_GetSessionInfo(CK_SESSION_HANDLE h, CK_SESSION_INFO_PTR info)
 
 /* ---- calling hsmd ---------------------------------------------------------------------------- */
 
-static CK_RV call(const char *target, json_t *body, json_t **out, bool unlock)
+/*
+ * Request and answer bytes can be secrets (plaintexts, shared secrets,
+ * random bytes for keys), and the module runs inside the application: what
+ * it frees unwiped may end up in the application's core dumps.  jansson
+ * frees its strings and buffers unwiped, and a library must not change the
+ * process's jansson allocator.  So a request is serialized straight into
+ * secure memory (json_dumpb: no growing buffers), its string values are
+ * wiped before jansson frees them, and an answer's secret member is taken
+ * out of the answer's text, in secure memory, and blanked there, before
+ * jansson parses the rest.
+ */
+static void cleanse_strings(json_t *j)
+{
+	const char *k;
+	json_t *v;
+	size_t i;
+	if (json_is_string(j)) {
+		OPENSSL_cleanse((void *)(uintptr_t)json_string_value(j), json_string_length(j));
+	} else if (json_is_object(j)) {
+		json_object_foreach(j, k, v)
+			cleanse_strings(v);
+	} else if (json_is_array(j)) {
+		json_array_foreach(j, i, v)
+			cleanse_strings(v);
+	}
+}
+
+/* The JSON text of body, in secure memory; body is wiped and consumed. */
+static bool dump_body(json_t *body, hsm_buf *text)
+{
+	size_t n = body != NULL ? json_dumpb(body, NULL, 0, JSON_COMPACT) : 0;
+	bool ok = n > 0 && hsm_ok(hsm_buf_reserve(text, n + 1)) &&
+	          json_dumpb(body, (char *)text->data, n, JSON_COMPACT) == n;
+	if (ok) {
+		text->len = n;
+		text->data[n] = '\0';
+	}
+	cleanse_strings(body);
+	json_decref(body);
+	return ok;
+}
+
+/*
+ * Takes the base64 string member `name` out of hsmd's answer text (compact
+ * JSON, a flat object: the pattern can only be that member's key, as any
+ * quote inside a string value is escaped), decodes it into out and blanks
+ * it in place.  False when it is not there as expected.
+ */
+static bool take_secret(hsm_buf *resp, const char *name, hsm_buf *out)
+{
+	char key[64];
+	int kn = snprintf(key, sizeof(key), "\"%s\":\"", name);
+	if (kn <= 0 || (size_t)kn >= sizeof(key) || resp->len < (size_t)kn)
+		return false;
+	uint8_t *p = resp->data, *end = resp->data + resp->len;
+	uint8_t *at = memmem(p, resp->len, key, (size_t)kn);
+	if (at == NULL)
+		return false;
+	uint8_t *v = at + kn, *q = v;
+	while (q < end && *q != '"' && *q != '\\')
+		q++;
+	if (q == end || *q != '"' ||
+	    hsm_failed(hsm_b64_decode(out, (const char *)v, (size_t)(q - v), HSM_ERR_VALIDATION)))
+		return false;
+	memset(v, 'A', (size_t)(q - v)); /* still valid base64 and JSON: jansson reads no secret */
+	return true;
+}
+
+static CK_RV call(const char *target, json_t *body, json_t **out, bool unlock,
+                  const char *secret, hsm_buf *secret_out)
 {
 	*out = NULL;
-	char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
-	json_decref(body);
-	if (text == NULL)
+	hsm_buf body_text;
+	hsm_buf_init_secure(&body_text);
+	if (!dump_body(body, &body_text)) {
+		hsm_buf_free(&body_text);
 		return CKR_HOST_MEMORY;
+	}
+	const char *text = (const char *)body_text.data;
 	if (p11.conn.endpoints[0] == '\0') {
-		free(text);
+		hsm_buf_free(&body_text);
 		return CKR_DEVICE_ERROR; /* HSM_PKCS11_ENDPOINT is not set */
 	}
 	hsm_client *c = client_acquire();
 	if (c == NULL) {
-		free(text);
+		hsm_buf_free(&body_text);
 		return CKR_HOST_MEMORY;
 	}
 	uint64_t gen = p11.gen;
@@ -465,15 +537,23 @@ static CK_RV call(const char *target, json_t *body, json_t **out, bool unlock)
 		OPENSSL_cleanse(&own, sizeof(own)); /* c points at p11's again when next acquired */
 	}
 	client_release(c, gen);
-	OPENSSL_cleanse(text, strlen(text));
-	free(text);
+	hsm_buf_free(&body_text); /* secure: wiped */
 	CK_RV rv = CKR_OK;
+	bool took = hsm_ok(r) && status == 200 && secret != NULL && take_secret(&resp, secret, secret_out);
 	json_error_t e;
 	json_t *j = hsm_ok(r) ? json_loadb((const char *)resp.data, resp.len, 0, &e) : NULL;
+	if (j != NULL && status == 200 && secret != NULL && !took) {
+		/* Not where hsmd puts it: read it the ordinary way, and wipe jansson's copy. */
+		rv = p11_b64_member(j, secret, secret_out);
+		cleanse_strings(json_object_get(j, secret));
+	}
 	if (hsm_failed(r)) {
 		rv = r.err == HSM_ERR_NOMEM ? CKR_HOST_MEMORY : CKR_DEVICE_ERROR;
 	} else if (j == NULL) {
 		rv = CKR_DEVICE_ERROR;
+	} else if (rv != CKR_OK) {
+		json_decref(j);
+		j = NULL;
 	} else if (status != 200) {
 		const char *type = json_string_value(json_object_get(j, "__type"));
 		hsm_err err = type != NULL ? hsm_err_from_kms_name(type) : HSM_ERR_INTERNAL;
@@ -500,7 +580,7 @@ static CK_RV call(const char *target, json_t *body, json_t **out, bool unlock)
 
 CK_RV p11_call(const char *target, json_t *body, json_t **out)
 {
-	return call(target, body, out, false);
+	return call(target, body, out, false, NULL, NULL);
 }
 
 p11_ticket p11_ticket_of(CK_SESSION_HANDLE h, const p11_op *op)
@@ -516,14 +596,22 @@ bool p11_ticket_live(const p11_ticket *t)
 	return p11.initialized && s != NULL && s->serial == t->session;
 }
 
-CK_RV p11_call_session(const p11_ticket *t, const char *target, json_t *body, json_t **out)
+CK_RV p11_call_session_secret(const p11_ticket *t, const char *target, json_t *body,
+                              json_t **out, const char *secret, hsm_buf *secret_out)
 {
-	CK_RV rv = call(target, body, out, true);
+	CK_RV rv = call(target, body, out, true, secret, secret_out);
 	if (p11_ticket_live(t))
 		return rv;
 	json_decref(*out);
 	*out = NULL;
+	if (secret_out != NULL)
+		hsm_buf_clear(secret_out);
 	return p11.initialized ? CKR_SESSION_CLOSED : CKR_CRYPTOKI_NOT_INITIALIZED;
+}
+
+CK_RV p11_call_session(const p11_ticket *t, const char *target, json_t *body, json_t **out)
+{
+	return p11_call_session_secret(t, target, body, out, NULL, NULL);
 }
 
 void p11_op_end(p11_op *op, const p11_ticket *t)
@@ -613,10 +701,9 @@ CK_RV C_GenerateRandom(CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG len)
 		json_t *ans = NULL;
 		hsm_buf bytes;
 		hsm_buf_init_secure(&bytes);
-		rv = p11_call_session(&t, "TrentService.GenerateRandom",
-		                      json_pack("{s:i}", "NumberOfBytes", (int)n), &ans);
-		if (rv == CKR_OK)
-			rv = p11_b64_member(ans, "Plaintext", &bytes);
+		rv = p11_call_session_secret(&t, "TrentService.GenerateRandom",
+		                             json_pack("{s:i}", "NumberOfBytes", (int)n), &ans,
+		                             "Plaintext", &bytes);
 		if (rv == CKR_OK && bytes.len != n)
 			rv = CKR_DEVICE_ERROR;
 		if (rv == CKR_OK)

@@ -231,6 +231,13 @@ p11_ticket p11_ticket_of(CK_SESSION_HANDLE h, const p11_op *op);
  * NULL and the caller writes no output.  Otherwise p11_call's answer.
  */
 CK_RV p11_call_session(const p11_ticket *t, const char *target, json_t *body, json_t **out);
+/*
+ * The same for an answer that carries a secret: its base64 member `secret`
+ * is decoded into secret_out (a secure buffer) without jansson ever holding
+ * it (module.c says why); *out holds the rest of the answer.
+ */
+CK_RV p11_call_session_secret(const p11_ticket *t, const char *target, json_t *body,
+                              json_t **out, const char *secret, hsm_buf *secret_out);
 /* True when the session of t is still the one it was issued for (lock held). */
 bool p11_ticket_live(const p11_ticket *t);
 /* Ends op if it is still the operation of the ticket (a logout meanwhile ended it already). */

@@ -2087,6 +2087,43 @@ def threads_program(tmp_path):
     return c_program(tmp_path, "pkcs11_threads")
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="reading another process's memory needs root")
+def test_plaintexts_and_random_bytes_do_not_stay_in_the_application(tmp_path, server, user,
+                                                                    keys):
+    """The module runs inside the application, whose freed memory may reach its core
+    dumps.  After a C_Decrypt (AES-GCM) and a C_GenerateRandom, and the application's
+    own copies wiped, neither the plaintext nor the random bytes are anywhere in the
+    application's writable memory, raw or as the base64 they travel in."""
+    from test_memory import forms, traces
+    exe = c_program(tmp_path, "pkcs11_wipe")
+    env = dict(os.environ, HSM_PKCS11_ENDPOINT=server.endpoint)
+    p = subprocess.Popen([str(exe), MODULE, user.pin, keys["aes"]], env=env, text=True,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        got = {}
+        for line in p.stdout:
+            if line.strip() == "ready":
+                break
+            label, value = line.split()
+            got[label] = bytes.fromhex(value)
+        assert set(got) == {"plaintext", "random"}, (got, p.stderr.read())
+        # The positive control: the logged-in user's secret is in the module's memory.
+        secret = user.pin.split(":", 1)[1].encode()
+        assert "control" in traces(p.pid, {"control": secret}), "the scan cannot read it"
+        canaries = {}
+        canaries.update(forms("plaintext", got["plaintext"]))
+        canaries.update(forms("random bytes", got["random"]))
+        found = traces(p.pid, canaries)
+        assert not found, f"left in the application's memory: {found}"
+        p.stdin.write("done\n")
+        p.stdin.flush()
+        assert p.wait(timeout=30) == 0, p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def test_threads_sign_at_once(tmp_path, server, user, officer, keys):
     """Eight threads, each in its own session, sign at once through the module
     (which lets its lock go while hsmd answers, each request on a connection of
