@@ -499,6 +499,12 @@ hsm_result hsm_audit_checkpoint(hsm_audit *a)
 	return request(a, REQ_CHECKPOINT);
 }
 
+bool hsm_audit_began_here(const hsm_audit *a)
+{
+	HSM_ASSERT(a != NULL);
+	return !a->opened.found;
+}
+
 hsm_result hsm_audit_seal(hsm_audit *a)
 {
 	HSM_ASSERT(a != NULL);

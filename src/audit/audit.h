@@ -266,6 +266,8 @@ void hsm_audit_set_signer(hsm_audit *a, hsm_audit_sign_fn fn, void *arg);
  * cannot be written (the result says so).
  */
 hsm_result hsm_audit_seal(hsm_audit *a);
+/* True when the log found no earlier record when it was opened: it began at seq 1. */
+bool hsm_audit_began_here(const hsm_audit *a);
 
 /* ---- Keyed hashes of sensitive values ------------------------------------ */
 

@@ -631,7 +631,9 @@ static void write_open_events(hsm_audit *a)
 		if (hsm_failed(audit_write_event(a, "AuditTornTail", HSM_AUDIT_ERROR, f, 2)))
 			return;
 	}
-	hsm_audit_field f[] = {{"previous_shutdown", t->clean ? "clean" : "unclean"}};
+	/* "none": no earlier record, a log begun here (or one whose files were all taken away). */
+	hsm_audit_field f[] = {
+	    {"previous_shutdown", !t->found ? "none" : t->clean ? "clean" : "unclean"}};
 	if (hsm_ok(audit_write_event(a, "AuditLogOpened", HSM_AUDIT_SUCCESS, f, 1)))
 		audit_request_retention(a);
 }

@@ -230,7 +230,7 @@ static bool is_unclean_start(json_t *rec)
 {
 	json_t *v = json_object_get(json_object_get(rec, "extra"), "previous_shutdown");
 	return strcmp(str_of(rec, "op"), "AuditLogOpened") == 0 && json_is_string(v) &&
-	       strcmp(json_string_value(v), "clean") != 0;
+	       strcmp(json_string_value(v), "unclean") == 0;
 }
 
 static bool is_auth_failure(const char *error)
@@ -450,9 +450,12 @@ static hsm_result add_record(report *r, const report_opts *o, json_t *rec)
 		json_t *s = list == r->changes ? change_of(r, rec) : summary_of(rec);
 		HSM_ENSURE(s != NULL && json_array_append_new(list, s) == 0, HSM_ERR_NOMEM,
 		           "out of memory");
-		if (unclean)
-			HSM_ENSURE(json_object_set_new(s, "flag", json_string("unclean_shutdown")) == 0,
-			           HSM_ERR_NOMEM, "out of memory");
+		const char *flag = unclean ? "unclean_shutdown"
+		                   : strcmp(op, "AuditTrailBeginsAfterStore") == 0 ? "trail_after_store"
+		                                                                   : NULL;
+		if (flag != NULL)
+			HSM_ENSURE(json_object_set_new(s, "flag", json_string(flag)) == 0, HSM_ERR_NOMEM,
+			           "out of memory");
 	}
 	return HSM_SUCCESS;
 }
@@ -556,6 +559,9 @@ static void print_lines(const char *title, json_t *list)
 			printf("%s%s", j == 0 ? " approved_by=" : ",", json_string_value(x));
 		if (strcmp(str_of(s, "flag"), "unclean_shutdown") == 0)
 			printf("  ** UNCLEAN SHUTDOWN before this start (crash, kill -9 or power loss)");
+		if (strcmp(str_of(s, "flag"), "trail_after_store") == 0)
+			printf("  ** THE TRAIL BEGINS AFTER THE STORE: a new audit_dir, or earlier "
+			       "records taken away");
 		printf("\n");
 	}
 }

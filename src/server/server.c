@@ -206,6 +206,18 @@ static hsm_result open_parts(hsm_server *s)
 	                 st == HSM_NODE_ERROR ? HSM_FAIL(HSM_ERR_NODE_ERROR, "self-test failed")
 	                                      : HSM_SUCCESS,
 	                 f, 2);
+	/*
+	 * An audit directory with no record, beside a store initialized before
+	 * this start: a node given a new audit_dir, or one whose trail was taken
+	 * away.  hsmd cannot tell which; the new trail says so from its start.
+	 */
+	if (hsm_audit_began_here(s->audit) && st != HSM_NODE_UNINITIALIZED) {
+		hsm_warn("the audit trail in %s begins now, but the store was initialized before: if "
+		         "this node kept a trail there, it is gone",
+		         s->audit_dir);
+		hsm_audit_field g[] = {{"store", "initialized before this trail began"}};
+		hsm_server_event(s, "AuditTrailBeginsAfterStore", NULL, 0, HSM_SUCCESS, g, 1);
+	}
 	hsm_kms_config kc = {.region = s->region,
 	                     .account_id = s->account,
 	                     .jwt_default_lifetime = s->opt.jwt_default_lifetime,

@@ -327,6 +327,46 @@ def test_a_sealed_node_signs_its_seal_then_checkpoints_unsigned():
         subprocess.run(["rm", "-rf", tmp])
 
 
+def test_a_trail_taken_away_whole_is_said_so_by_the_next():
+    """A node whose audit files were all removed while it was stopped starts a new
+    trail at seq 1 (nothing to chain to): that trail says, from its first records,
+    that it began after the store, and a node's first trail does not."""
+    tmp = tempfile.mkdtemp(prefix="hsmd-audit-gone-")
+    data = os.path.join(tmp, "data")
+    try:
+        server = start_dev(["--data-dir", data])
+        server.data_dir = data
+        client(server).list_keys()
+        server.stop()
+        first = records(server)
+        assert first[0]["op"] == "AuditLogOpened"
+        assert first[0]["extra"]["previous_shutdown"] == "none"
+        assert not [r for r in first if r.get("op") == "AuditTrailBeginsAfterStore"]
+        for path in glob.glob(os.path.join(data, "audit", "audit-*.jsonl")):
+            os.unlink(path)
+        server = start_dev(["--data-dir", data])
+        server.data_dir = data
+        client(server).list_keys()
+        server.stop()
+        again = records(server)
+        assert again[0]["seq"] == 1 and again[0]["extra"]["previous_shutdown"] == "none"
+        said = [r for r in again[:5] if r.get("op") == "AuditTrailBeginsAfterStore"]
+        assert len(said) == 1, again[:5]
+        rep = subprocess.run([HSMCTL, "audit", "report", os.path.join(data, "audit")],
+                             capture_output=True, text=True)
+        assert rep.returncode == 0 and "THE TRAIL BEGINS AFTER THE STORE" in rep.stdout, \
+            rep.stdout + rep.stderr
+        # Restarted on its own trail, it says nothing of the kind.
+        server = start_dev(["--data-dir", data])
+        server.data_dir = data
+        server.stop()
+        later = records(server)[len(again):]
+        assert later[0]["extra"]["previous_shutdown"] == "clean"
+        assert not [r for r in later if r.get("op") == "AuditTrailBeginsAfterStore"]
+    finally:
+        subprocess.run(["rm", "-rf", tmp])
+
+
 def test_anchor_shows_records_cut_back_to_an_earlier_shutdown():
     """Cutting the trail back to an earlier run's signed shutdown checkpoint
     leaves a chain and signatures that verify: only something kept outside
