@@ -20,6 +20,16 @@ from conftest import (DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, s
                       unsigned_call)
 
 
+def audit_pem(server, directory):
+    """The node's audit public key, written to DIRECTORY/audit.pem; its path."""
+    st, pub = signed_call(server, "HsmdAdmin.AuditPublicKey", {})
+    assert st == 200 and "BEGIN PUBLIC KEY" in pub["PublicKey"], pub
+    pem = os.path.join(directory, "audit.pem")
+    with open(pem, "w") as f:
+        f.write(pub["PublicKey"])
+    return pem
+
+
 def records(server):
     out = []
     for path in sorted(glob.glob(os.path.join(server.data_dir, "audit", "audit-*.jsonl"))):
@@ -234,11 +244,7 @@ def test_shutdown_checkpoint_is_signed_so_a_forged_end_shows():
         kms = client(server)
         key = kms.create_key()["KeyMetadata"]["KeyId"]
         kms.encrypt(KeyId=key, Plaintext=b"one")
-        st, pub = signed_call(server, "HsmdAdmin.AuditPublicKey", {})
-        assert st == 200
-        pem = os.path.join(tmp, "audit.pem")
-        with open(pem, "w") as f:
-            f.write(pub["PublicKey"])
+        pem = audit_pem(server, tmp)
         server.stop()
         last = records(server)[-1]
         assert last["type"] == "checkpoint" and last["checkpoint"]["reason"] == "shutdown"
@@ -283,11 +289,7 @@ def test_a_sealed_node_signs_its_seal_then_checkpoints_unsigned():
         kms = client(server)
         key = kms.create_key()["KeyMetadata"]["KeyId"]
         kms.encrypt(KeyId=key, Plaintext=b"one")
-        st, pub = signed_call(server, "HsmdAdmin.AuditPublicKey", {})
-        assert st == 200
-        pem = os.path.join(tmp, "audit.pem")
-        with open(pem, "w") as f:
-            f.write(pub["PublicKey"])
+        pem = audit_pem(server, tmp)
         st, out = signed_call(server, "HsmdAdmin.Seal", {})
         assert st == 200 and out["Sealed"] is True, out
         time.sleep(2.5)  # checkpoints while sealed: unsigned
@@ -437,12 +439,8 @@ def test_files_deleted_from_the_start_show():
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             while len(files()) < 2:
                 list(pool.map(lambda _: kms.list_keys(), range(400)))
-        st, pub = signed_call(server, "HsmdAdmin.AuditPublicKey", {})
-        assert st == 200
+        pem = audit_pem(server, tmp)
         server.stop()
-        pem = os.path.join(tmp, "audit.pem")
-        with open(pem, "w") as f:
-            f.write(pub["PublicKey"])
         ckpts = [r["checkpoint"] for r in records(server) if r["type"] == "checkpoint"]
         assert ckpts and all(c["kept_from"] == 1 for c in ckpts), ckpts
         res = verify(server, pubkey=pem)
