@@ -635,14 +635,17 @@ out:
 }
 
 hsm_result hsm_backup_prune(const char *dir, const char *store_id, uint32_t retention_days,
-                            int64_t now, size_t *removed)
+                            int64_t now, size_t keep, size_t *removed)
 {
 	hsm_result res = HSM_SUCCESS;
 	entries e = {0};
 	size_t count = 0;
 	int64_t cutoff = now - (int64_t)retention_days * 86400;
 	HSM_TRY(collect(dir, store_id, &e));
-	for (size_t i = 0; i + 1 < e.n; i++) { /* the newest (last) always stays */
+	if (keep == 0)
+		keep = 1;
+	/* Sorted oldest first: the `keep` newest (last) always stay. */
+	for (size_t i = 0; i + keep < e.n; i++) {
 		if (e.v[i].info.created >= cutoff)
 			continue;
 		HSM_CHECK(unlink(e.v[i].path) == 0 || errno == ENOENT, HSM_ERR_IO,

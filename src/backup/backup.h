@@ -97,10 +97,14 @@ hsm_result hsm_backup_list(const char *dir, const char *store_id, hsm_backup_cb 
 
 /*
  * Deletes store_id's backups in dir created more than retention_days before
- * now, but never the newest one.  removed (may be NULL) receives the count.
+ * now, but never the `keep` newest (at least one).  hsmd keeps
+ * HSM_BACKUP_KEEP_MIN: a wall clock stepped forward (an NTP step, a restored
+ * VM, a bad RTC) makes every backup look expired at once.  removed (may be
+ * NULL) receives the count.
  */
+#define HSM_BACKUP_KEEP_MIN 7
 hsm_result hsm_backup_prune(const char *dir, const char *store_id, uint32_t retention_days,
-                            int64_t now, size_t *removed) HSM_MUST_CHECK;
+                            int64_t now, size_t keep, size_t *removed) HSM_MUST_CHECK;
 
 /* Copies a backup file into dir under the same name (temporary, sync, rename). */
 hsm_result hsm_backup_copy(const char *path, const char *dir) HSM_MUST_CHECK;

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -19,30 +20,48 @@
 /* A failed scheduled backup is tried again after this long (or the interval, if shorter). */
 #define BACKUP_RETRY_S 300
 
+/* A backup dated more than this after now is not believed (a file's header is not
+ * authenticated until the backup is restored, and clocks step). */
+#define FUTURE_SLACK_S 86400
+
 /* The newest backup of this store: when it was made and its size. */
 typedef struct newest {
 	int64_t created;
 	uint64_t bytes;
+	int64_t now;
 } newest;
 
 static hsm_result newest_of(const char *path, const hsm_backup_info *info, void *arg)
 {
-	(void)path;
 	newest *n = arg;
+	if (info->created > n->now + FUTURE_SLACK_S) {
+		/* Believed, it would put off every scheduled backup until that date, and hide
+		 * from the stale-backup alert that none is made. */
+		hsm_warn("backup %s says it was made in the future; not counted as the newest", path);
+		return HSM_SUCCESS;
+	}
 	if (info->created > n->created)
-		*n = (newest){info->created, info->file_bytes};
+		*n = (newest){info->created, info->file_bytes, n->now};
 	return HSM_SUCCESS;
 }
 
 /*
- * A directory hsmd can use: made if missing, and a file can be created in
- * it.  Checked at start so a wrong setting stops the node at once rather
- * than failing the first backup (or audit file copy) a day later.
+ * A directory hsmd can use: made if missing (when create), and a file can be
+ * created in it.  Checked at start so a wrong setting stops the node at once
+ * rather than failing the first backup (or audit file copy) a day later.
  */
-hsm_result hsm_server_usable_dir(const char *setting, const char *dir)
+hsm_result hsm_server_usable_dir(const char *setting, const char *dir, bool create)
 {
 	/* Only the reason: the caller's message names the setting and its source. */
 	char why[HSM_ERRMSG_MAX];
+	struct stat st;
+	/* A copy directory is another disk or a mount: made here, an unmounted mount point
+	 * would quietly become a directory on the node's own disk. */
+	HSM_ENSURE(create || (stat(dir, &st) == 0 && S_ISDIR(st.st_mode)), HSM_ERR_VALIDATION,
+	           "%s = '%.256s' does not exist: hsmd does not make it, so that a disaster-"
+	           "recovery mount missing at start is not taken for a local directory; make it "
+	           "(on that mount)",
+	           setting, dir);
 	if (hsm_failed(hsm_mkdir_p(dir))) {
 		snprintf(why, sizeof(why), "%s", hsm_last_message());
 		return HSM_FAIL(HSM_ERR_VALIDATION, "%s = '%.256s' is not a usable directory: %s",
@@ -63,11 +82,12 @@ hsm_result hsm_server_usable_dir(const char *setting, const char *dir)
 hsm_result hsm_server_backup_init(hsm_server *s)
 {
 	const char *store_id = hsm_keystore_store_id(s->ks);
-	newest n = {0, 0};
-	HSM_GUARD(hsm_server_blame(s, "backup_dir", hsm_server_usable_dir("backup_dir", s->backup_dir)));
+	newest n = {0, 0, hsm_now()};
+	HSM_GUARD(hsm_server_blame(s, "backup_dir",
+	                           hsm_server_usable_dir("backup_dir", s->backup_dir, true)));
 	if (s->backup_copy_dir[0] != '\0')
-		HSM_GUARD(hsm_server_blame(s, "backup_copy_dir",
-		                           hsm_server_usable_dir("backup_copy_dir", s->backup_copy_dir)));
+		HSM_GUARD(hsm_server_blame(
+		    s, "backup_copy_dir", hsm_server_usable_dir("backup_copy_dir", s->backup_copy_dir, false)));
 	hsm_backup_remove_leftovers(s->backup_dir, s->data_dir); /* the store is locked: ours */
 	if (*store_id == '\0')
 		return HSM_SUCCESS;
@@ -84,7 +104,8 @@ static bool prune(hsm_server *s, const char *dir, const char *store_id)
 {
 	size_t removed = 0;
 	hsm_result r =
-	    hsm_backup_prune(dir, store_id, s->opt.backup_retention_days, hsm_now(), &removed);
+	    hsm_backup_prune(dir, store_id, s->opt.backup_retention_days, hsm_now(),
+	                     HSM_BACKUP_KEEP_MIN, &removed);
 	atomic_fetch_add(&s->backups_expired, removed);
 	if (hsm_failed(r))
 		hsm_log_failure("deleting expired backups");
@@ -176,8 +197,9 @@ void hsm_server_backup_if_due(hsm_server *s)
 {
 	uint32_t every = s->opt.backup_interval;
 	int64_t now = hsm_now();
-	if (every == 0 || now < s->backup_next_try ||
-	    now - atomic_load(&s->backup_last_success) < (int64_t)every)
+	int64_t since = now - atomic_load(&s->backup_last_success);
+	/* A last backup dated ahead of now (the clock stepped back since): one is due now. */
+	if (every == 0 || now < s->backup_next_try || (since >= 0 && since < (int64_t)every))
 		return;
 	char path[4096];
 	hsm_backup_info info;

@@ -116,11 +116,11 @@ static hsm_result distinct_copy_dir(const char *audit_dir, const char *what, con
 static hsm_result copy_dir_of_node(const hsm_server *s, char *out, size_t cap)
 {
 	static const char node_dir[] = "audit_copy_dir/NODE_ID";
-	HSM_GUARD(hsm_server_usable_dir("audit_copy_dir", s->audit_copy_dir));
+	HSM_GUARD(hsm_server_usable_dir("audit_copy_dir", s->audit_copy_dir, false));
 	HSM_GUARD(distinct_copy_dir(s->audit_dir, "audit_copy_dir", s->audit_copy_dir));
 	HSM_ENSURE((size_t)snprintf(out, cap, "%s/%s", s->audit_copy_dir, s->node_id) < cap,
 	           HSM_ERR_VALIDATION, "audit_copy_dir is too long");
-	HSM_GUARD(hsm_server_usable_dir(node_dir, out));
+	HSM_GUARD(hsm_server_usable_dir(node_dir, out, true));
 	return distinct_copy_dir(s->audit_dir, node_dir, out);
 }
 

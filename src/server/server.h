@@ -286,12 +286,12 @@ void hsm_server_jwks(hsm_server *s, hsm_http_req *req);
 
 /*
  * At start: checks that backup_dir and backup_copy_dir are usable directories
- * (making them if missing; VALIDATION naming the setting if not), removes what
+ * (making backup_dir if missing, never backup_copy_dir; VALIDATION naming the setting if not), removes what
  * an interrupted backup left, reads the newest backup's time and size.
  */
 hsm_result hsm_server_backup_init(hsm_server *s) HSM_MUST_CHECK;
-/* A directory made if missing, in which a file can be created (VALIDATION naming setting). */
-hsm_result hsm_server_usable_dir(const char *setting, const char *dir) HSM_MUST_CHECK;
+/* A directory (made if missing, when create) in which a file can be created (VALIDATION naming setting). */
+hsm_result hsm_server_usable_dir(const char *setting, const char *dir, bool create) HSM_MUST_CHECK;
 /* Returns r; when it failed, names setting as its cause (options' failed_setting). */
 hsm_result hsm_server_blame(const hsm_server *s, const char *setting, hsm_result r);
 /*

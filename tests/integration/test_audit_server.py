@@ -472,6 +472,7 @@ def test_closed_audit_files_are_copied_to_the_copy_dir():
     verify as one trail."""
     tmp = tempfile.mkdtemp(prefix="hsmd-audit-copy-")
     copies = os.path.join(tmp, "dr", "audit")
+    os.makedirs(copies)  # the mount in the other region: hsmd does not make it
     nodes = {}
     try:
         for name in ("node-a", "node-b"):

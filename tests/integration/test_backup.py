@@ -362,6 +362,7 @@ def test_a_failed_copy_is_a_copy_failure_not_a_failed_backup():
     Once the directory is back, the next backup is copied again."""
     tmp = tempfile.mkdtemp(prefix="hsmd-badcopy-")
     copy_dir = os.path.join(tmp, "dr")
+    os.mkdir(copy_dir)
     server = start_dev(["--backup-interval-seconds", "0", "--backup-copy-dir", copy_dir])
     try:
         os.rmdir(copy_dir)
@@ -411,6 +412,59 @@ def test_an_unusable_backup_directory_stops_the_start(setting):
             assert f"from --{setting})" in p.stderr and ".c:" not in p.stderr, p.stderr
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_missing_copy_dir_stops_the_start():
+    """backup_copy_dir (and audit_copy_dir) name another disk or a mount in another
+    region: hsmd does not make them, so a mount missing at boot stops the start
+    instead of the copies landing on the node's own disk."""
+    from conftest import HSMD, free_port
+    tmp = tempfile.mkdtemp(prefix="hsmd-nocopy-")
+    try:
+        mount = os.path.join(tmp, "mnt-dr")  # the mount point, with nothing mounted
+        os.mkdir(mount)
+        for setting in ("backup-copy-dir", "audit-copy-dir"):
+            missing = os.path.join(mount, "hsmd")
+            p = subprocess.run([HSMD, "--dev", "--data-dir", os.path.join(tmp, "data"),
+                                "--listen", f"127.0.0.1:{free_port()}", f"--{setting}", missing],
+                               capture_output=True, text=True, timeout=20)
+            assert p.returncode == 2 and "does not exist" in p.stderr, p.stderr
+            assert f"from --{setting})" in p.stderr and not os.path.exists(missing), p.stderr
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_backup_dated_in_the_future_does_not_stop_the_schedule():
+    """A backup's header is authenticated only when it is restored, and clocks step:
+    a file dated ten years ahead in backup_dir is not taken as the newest backup, so
+    scheduled backups go on and the last-success metric stays true."""
+    from conftest import DEV_AKID, DEV_SECRET
+    server = start_dev(["--backup-interval-seconds", "0"])
+    try:
+        made = admin(server, "CreateBackup")
+        with open(made["Path"], "rb") as f:
+            raw = bytearray(f.read())
+        stamp = made["CreationDate"].to_bytes(8, "big")
+        at = raw.index(stamp, 0, 512)
+        raw[at:at + 8] = (made["CreationDate"] + 10 * 365 * 86400).to_bytes(8, "big")
+        forged = os.path.join(os.path.dirname(made["Path"]), "hsmd-forged.hsmbak")
+        with open(forged, "wb") as f:
+            f.write(raw)
+        data = server.data_dir
+        server.stop()
+        env = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
+        again = Hsmd(["--dev", "--backup-interval-seconds", "1"], env=env, data_dir=data)
+        try:
+            deadline = time.time() + 20
+            while metric(again, "hsmd_backups_created_total") < 1 and time.time() < deadline:
+                time.sleep(0.2)
+            assert metric(again, "hsmd_backups_created_total") >= 1
+            assert metric(again, "hsmd_backup_last_success_time_seconds") <= time.time() + 60
+            assert "made in the future" in again.read_log()
+        finally:
+            again.stop()
+    finally:
+        server.cleanup()
 
 
 def test_last_backup_size_survives_a_restart():
