@@ -47,20 +47,37 @@ static hsm_result set_policy(hsm_key_record *rec, void *arg)
 	return HSM_SUCCESS;
 }
 
-hsm_result kms_lockout_check(hsm_kms *kms, const hsm_caller *caller, const char *key_arn,
-                             const hsm_policy *next)
+hsm_result kms_lockout_check(hsm_kms *kms, const hsm_caller *caller, const hsm_key_record *rec,
+                             const char *key_arn, const hsm_policy *next)
 {
 	if (caller->local)
 		return HSM_SUCCESS;
 	char arn[HSM_PRINCIPAL_ARN_MAX];
 	hsm_kms_caller_arn(kms, caller, arn);
+	/* The key as it will be, under the new policy: what the condition values are read for. */
+	kms_key as_next;
+	memset(&as_next, 0, sizeof(as_next));
+	as_next.rec = *rec; /* a shallow copy, only read */
+	as_next.rec.policy = NULL;
+	as_next.policy = (hsm_policy *)(uintptr_t)next;
+	hsm_policy_pair bypass = {"kms:BypassPolicyLockoutSafetyCheck", "false"};
+	kms_authz_extra extra = {.more = &bypass, .n_more = 1};
+	kms_cond_values more;
+	hsm_result r = kms_cond_values_fill(kms, caller, &as_next, &extra, &more);
 	hsm_policy_request req = {
 	    .principal_arn = arn,
 	    .account_id = kms->account,
 	    .action = "kms:PutKeyPolicy",
 	    .resource = key_arn,
+	    .key_spec = hsm_spec_name(rec->spec),
+	    .key_usage = hsm_usage_name(rec->usage),
+	    .extra = more.pairs,
+	    .n_extra = more.n,
 	};
-	HSM_ENSURE(hsm_policy_evaluate(next, &req, NULL) == HSM_POLICY_ALLOW, HSM_ERR_MALFORMED_POLICY,
+	bool allowed = hsm_ok(r) && hsm_policy_evaluate(next, &req, NULL) == HSM_POLICY_ALLOW;
+	kms_cond_values_free(&more);
+	HSM_GUARD(r);
+	HSM_ENSURE(allowed, HSM_ERR_MALFORMED_POLICY,
 	           "The new key policy will not allow you to update the key policy in the future.");
 	return HSM_SUCCESS;
 }
@@ -79,7 +96,7 @@ hsm_result hsm_kms_put_policy(hsm_kms *kms, const hsm_caller *caller, const char
 	HSM_TRY(kms_lookup(kms, caller, HSM_OP_PutKeyPolicy, ref, &extra, &k));
 	HSM_TRY(hsm_policy_parse(policy, strlen(policy), &parsed));
 	if (!bypass)
-		HSM_TRY(kms_lockout_check(kms, caller, k->arn, parsed));
+		HSM_TRY(kms_lockout_check(kms, caller, &k->rec, k->arn, parsed));
 	HSM_TRY(kms_modify_with(kms, caller, HSM_OP_PutKeyPolicy, k->rec.key_id, &extra, set_policy,
 	                        (void *)(uintptr_t)policy, NULL, NULL));
 out:

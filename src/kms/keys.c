@@ -79,18 +79,18 @@ static hsm_result validate_create(const hsm_create_key_req *req)
 }
 
 /* A given policy must let the creator change it later, unless the check is bypassed. */
-static hsm_result check_lockout(hsm_kms *kms, const hsm_caller *caller, const char *key_id,
-                                const char *policy)
+static hsm_result check_lockout(hsm_kms *kms, const hsm_caller *caller,
+                                const hsm_key_record *rec, const char *policy)
 {
 	hsm_policy *p = NULL;
 	hsm_buf arn = {0};
 	hsm_result r = hsm_policy_parse(policy, strlen(policy), &p);
 	if (hsm_ok(r))
-		r = hsm_kms_key_arn(kms, key_id, &arn);
+		r = hsm_kms_key_arn(kms, rec->key_id, &arn);
 	if (hsm_ok(r))
 		r = hsm_buf_terminate(&arn);
 	if (hsm_ok(r))
-		r = kms_lockout_check(kms, caller, (const char *)arn.data, p);
+		r = kms_lockout_check(kms, caller, rec, (const char *)arn.data, p);
 	hsm_policy_free(p);
 	hsm_buf_free(&arn);
 	return r;
@@ -107,9 +107,9 @@ hsm_result hsm_kms_create_key(hsm_kms *kms, const hsm_caller *caller,
 	HSM_GUARD(kms_authorize(kms, caller, HSM_OP_CreateKey, NULL, NULL));
 	HSM_GUARD(validate_create(req));
 	HSM_TRY(hsm_uuid_new(rec.key_id));
-	if (req->policy != NULL && !req->bypass_lockout_check)
-		HSM_TRY(check_lockout(kms, caller, rec.key_id, req->policy));
 	HSM_TRY(build_record(kms, req, &rec));
+	if (req->policy != NULL && !req->bypass_lockout_check)
+		HSM_TRY(check_lockout(kms, caller, &rec, req->policy));
 	memcpy(v.key_id, rec.key_id, sizeof(v.key_id));
 	v.version = 1;
 	v.created = rec.created;

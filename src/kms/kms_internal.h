@@ -151,10 +151,13 @@ hsm_ks_keyref kms_keyref(const kms_key *k, uint32_t version);
 /*
  * KMS's policy lockout safety check (PutKeyPolicy and CreateKey,
  * BypassPolicyLockoutSafetyCheck): the caller must still be allowed to
- * change the policy of the key key_arn under the policy next.
+ * change the policy of the key rec (named key_arn) under the policy next,
+ * judged with every condition value this caller's PutKeyPolicy would carry
+ * (its principal type and name, source address, transport, the time, the
+ * key's facts, aliases and tags, and BypassPolicyLockoutSafetyCheck false).
  */
-hsm_result kms_lockout_check(hsm_kms *kms, const hsm_caller *caller, const char *key_arn,
-                             const hsm_policy *next) HSM_MUST_CHECK;
+hsm_result kms_lockout_check(hsm_kms *kms, const hsm_caller *caller, const hsm_key_record *rec,
+                             const char *key_arn, const hsm_policy *next) HSM_MUST_CHECK;
 /* Validates an encryption context and appends its canonical form to out. */
 hsm_result kms_canonical_ctx(const hsm_enc_ctx *ctx, hsm_buf *out) HSM_MUST_CHECK;
 

@@ -168,6 +168,8 @@ static bool parse_aws_principal(pol_arena *a, const char *s, pol_principal *out)
 	size_t part = strspn(p, "abcdefghijklmnopqrstuvwxyz-");
 	if (part == 0 || p[part] != ':')
 		return false;
+	/* hsmd's callers are all in the aws partition: aws-cn, aws-us-gov, ... name none. */
+	bool ours = part == 3 && strncmp(p, "aws", 3) == 0;
 	p += part + 1;
 	bool sts = strncmp(p, "sts::", 5) == 0;
 	if (!sts && strncmp(p, "iam::", 5) != 0)
@@ -181,7 +183,7 @@ static bool parse_aws_principal(pol_arena *a, const char *s, pol_principal *out)
 		return false;
 	p += 13;
 	if (!sts && strcmp(p, "root") == 0) {
-		out->kind = POL_PRIN_ACCOUNT;
+		out->kind = ours ? POL_PRIN_ACCOUNT : POL_PRIN_NONE;
 		out->value = hsm_pol_strdup(a, account);
 		return out->value != NULL;
 	}
@@ -189,7 +191,7 @@ static bool parse_aws_principal(pol_arena *a, const char *s, pol_principal *out)
 	                 : (strncmp(p, "user/", 5) == 0 || strncmp(p, "role/", 5) == 0);
 	if (!named || p[strlen(p) - 1] == '/')
 		return false;
-	out->kind = POL_PRIN_ARN;
+	out->kind = ours ? POL_PRIN_ARN : POL_PRIN_NONE;
 	out->value = hsm_pol_strdup(a, s);
 	return out->value != NULL;
 }
@@ -313,6 +315,10 @@ static hsm_result parse_statement(pol_arena *a, json_t *obj, size_t stmt, bool v
 	                       sizeof(statement_fields) / sizeof(statement_fields[0]), stmt));
 	HSM_GUARD(parse_effect_sid(a, obj, stmt, st));
 	HSM_GUARD(one_of(obj, "Principal", "NotPrincipal", stmt, &v, &st->not_principal));
+	/* IAM: NotPrincipal with "Effect": "Allow" is not supported. */
+	HSM_ENSURE(!st->not_principal || st->deny, MALFORMED,
+	           "Statement %zu: NotPrincipal is supported with \"Effect\": \"Deny\" only.",
+	           stmt);
 	HSM_GUARD(parse_principal(a, v, stmt, st));
 	HSM_GUARD(one_of(obj, "Action", "NotAction", stmt, &v, &st->not_action));
 	HSM_GUARD(string_list(a, v, stmt, st->not_action ? "NotAction" : "Action", valid_action,

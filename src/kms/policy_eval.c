@@ -79,6 +79,24 @@ bool hsm_pol_arn_like(const char *pattern, const char *arn)
 	return true;
 }
 
+/* The caller is its account's root ("arn:aws:iam::<account>:root"): hsmd's local operators. */
+static bool is_account_root(const hsm_policy_request *req)
+{
+	static const char prefix[] = "arn:aws:iam::", suffix[] = ":root";
+	const char *arn = req->principal_arn;
+	size_t n = strlen(arn), acct = strlen(req->account_id);
+	return n == sizeof(prefix) - 1 + acct + sizeof(suffix) - 1 &&
+	       strncmp(arn, prefix, sizeof(prefix) - 1) == 0 &&
+	       strncmp(arn + sizeof(prefix) - 1, req->account_id, acct) == 0 &&
+	       strcmp(arn + sizeof(prefix) - 1 + acct, suffix) == 0;
+}
+
+/*
+ * In Principal, an account (its id or root ARN) stands for every principal of
+ * it.  In NotPrincipal it names the account's root alone, as in IAM: AWS's
+ * own pattern lists a user and its account's ARN in NotPrincipal to deny
+ * everyone but that user, which would otherwise deny no one.
+ */
 static bool principal_matches(const pol_statement *st, const hsm_policy_request *req)
 {
 	for (size_t i = 0; i < st->n_principals; i++) {
@@ -87,7 +105,8 @@ static bool principal_matches(const pol_statement *st, const hsm_policy_request 
 		case POL_PRIN_ANY:
 			return true;
 		case POL_PRIN_ACCOUNT:
-			if (strcmp(p->value, req->account_id) == 0)
+			if (strcmp(p->value, req->account_id) == 0 &&
+			    (!st->not_principal || is_account_root(req)))
 				return true;
 			break;
 		case POL_PRIN_ARN:

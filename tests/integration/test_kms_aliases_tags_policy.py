@@ -377,6 +377,32 @@ def test_policy_lockout_safety_check(kms):
     raises("AccessDeniedException", kms.describe_key, KeyId=kid)
 
 
+def test_lockout_check_reads_the_conditions_a_later_request_would_carry(kms):
+    """The check asks whether this caller could change the policy later, with the
+    condition values its requests carry: a Deny that applies to every user, or an
+    Allow only for requests without a source address (no request is), lock it out
+    just the same, and are refused without the bypass; a condition that a later
+    request can meet passes."""
+    kid = new_key(kms)
+    before = kms.get_key_policy(KeyId=kid, PolicyName="default")["Policy"]
+    deny_users = policy(ADMIN, {"Effect": "Deny", "Principal": "*",
+                                "Action": "kms:PutKeyPolicy", "Resource": "*",
+                                "Condition": {"StringEquals": {"aws:PrincipalType": "User"}}})
+    never = policy({"Effect": "Allow", "Principal": {"AWS": DEV_ARN}, "Action": "kms:*",
+                    "Resource": "*", "Condition": {"Null": {"aws:SourceIp": "true"}}})
+    for locked in (deny_users, never):
+        raises("MalformedPolicyDocumentException", kms.put_key_policy, KeyId=kid,
+               PolicyName="default", Policy=locked)
+        raises("MalformedPolicyDocumentException", kms.create_key, Policy=locked, status=400)
+    assert kms.get_key_policy(KeyId=kid, PolicyName="default")["Policy"] == before
+    # A Deny of the bypass itself is what careful policies say; it passes.
+    guarded = policy(ADMIN, {"Effect": "Deny", "Principal": "*", "Action": "kms:PutKeyPolicy",
+                             "Resource": "*", "Condition": {
+                                 "Bool": {"kms:BypassPolicyLockoutSafetyCheck": "true"}}})
+    kms.put_key_policy(KeyId=kid, PolicyName="default", Policy=guarded)
+    kms.put_key_policy(KeyId=kid, PolicyName="default", Policy=before)
+
+
 def test_create_key_policy_lockout_safety_check(kms):
     n = len(kms.list_keys(Limit=1000)["Keys"])
     lockout = policy({"Sid": "OnlyBob", "Effect": "Allow",

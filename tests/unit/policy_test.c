@@ -82,6 +82,9 @@ static const bad_case bad[] = {
     {STMT("{\"Effect\": \"Allow\", \"Principal\": \"*\", \"NotPrincipal\": \"*\", \"Action\": \"*\", "
           "\"Resource\": \"*\"}"),
      "Statement 1: Principal and NotPrincipal cannot both be present."},
+    {STMT("{\"Effect\": \"Allow\", \"NotPrincipal\": {\"AWS\": \"" ALICE "\"}, \"Action\": \"*\", "
+          "\"Resource\": \"*\"}"),
+     "Statement 1: NotPrincipal is supported with \"Effect\": \"Deny\" only."},
     {STMT("{\"Effect\": \"Allow\", \"Principal\": \"" ALICE "\", \"Action\": \"*\", \"Resource\": \"*\"}"),
      "Statement 1: a Principal string must be \"*\"; name principals as {\"AWS\": ...}."},
     {STMT("{\"Effect\": \"Allow\", \"Principal\": {}, \"Action\": \"*\", \"Resource\": \"*\"}"),
@@ -443,6 +446,29 @@ static void test_not_elements(void **state)
 	assert_string_equal(v.sid, "OnlyAliceDecrypts");
 	r = req(BOB, "kms:Sign");
 	assert_int_equal(decide(p, &r), HSM_POLICY_ALLOW);
+	hsm_policy_free(p);
+
+	/* AWS's pattern to deny all but one user: the user and its account in NotPrincipal.
+	 * The account names its root there, not every user of it. */
+	p = parse_ok(STMT(
+	    "{\"Effect\": \"Allow\", \"Principal\": {\"AWS\": \"" ACCT "\"}, \"Action\": \"kms:*\", "
+	    "\"Resource\": \"*\"},"
+	    "{\"Effect\": \"Deny\", \"NotPrincipal\": {\"AWS\": [\"" ALICE
+	    "\", \"arn:aws:iam::" ACCT ":root\"]}, \"Action\": \"kms:Decrypt\", \"Resource\": \"*\"}"));
+	r = req(ALICE, "kms:Decrypt");
+	assert_int_equal(decide(p, &r), HSM_POLICY_ALLOW);
+	r = req(BOB, "kms:Decrypt");
+	assert_int_equal(decide(p, &r), HSM_POLICY_EXPLICIT_DENY);
+	r = req("arn:aws:iam::" ACCT ":root", "kms:Decrypt");
+	assert_int_equal(decide(p, &r), HSM_POLICY_ALLOW);
+	hsm_policy_free(p);
+
+	/* Another partition's ARNs name none of hsmd's callers, in Principal or NotPrincipal. */
+	p = parse_ok(STMT("{\"Effect\": \"Allow\", \"Principal\": {\"AWS\": [\"arn:aws-cn:iam::" ACCT
+	                  ":root\", \"arn:aws-us-gov:iam::" ACCT ":user/alice\"]}, \"Action\": "
+	                  "\"kms:*\", \"Resource\": \"*\"}"));
+	r = req(ALICE, "kms:Encrypt");
+	assert_int_equal(decide(p, &r), HSM_POLICY_IMPLICIT_DENY);
 	hsm_policy_free(p);
 
 	p = parse_ok(STMT("{\"Effect\": \"Allow\", \"Principal\": \"*\", \"Action\": \"kms:*\", "
