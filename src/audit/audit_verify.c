@@ -316,6 +316,9 @@ static bool check_anchor_record(vreader *r, const ventry *e, const hsm_audit_ver
 
 /* Requests in flight when a node seals may still succeed, and be recorded, this long after. */
 #define SEAL_GRACE_MS 60000
+/* An unseal makes the keystore usable a moment before the signer is set: a checkpoint may
+ * be written unsigned that long after the first request it answered. */
+#define UNSEAL_GRACE_MS 2000
 
 /* A request that succeeds only on an unsealed node. */
 static bool shows_unsealed(const ventry *e)
@@ -339,7 +342,9 @@ static bool shows_unsealed(const ventry *e)
  * A verified signature shows the node unsealed, and so does a request only
  * an unsealed node can answer (a minute after a seal: requests in flight
  * then may still finish).  An unsigned checkpoint after either, with no seal,
- * shutdown or restart between, was not written by hsmd.
+ * shutdown or restart between, was not written by hsmd (but for one within
+ * UNSEAL_GRACE_MS of such a request: an unseal makes the keystore usable
+ * just before it sets the signer).
  */
 static bool check_signing(vreader *r, vstate *s, const ventry *e, sig_state sig,
                           hsm_audit_verify_report *rep)
@@ -353,6 +358,8 @@ static bool check_signing(vreader *r, vstate *s, const ventry *e, sig_state sig,
 	    (!s->sealed_by_checkpoint || e->time_ms > s->sealed_ms + SEAL_GRACE_MS)) {
 		s->must_sign = true;
 		s->must_sign_seq = e->seq;
+		s->must_sign_by_request = true;
+		s->must_sign_ms = e->time_ms;
 	}
 	if (!e->ckpt)
 		return true;
@@ -360,11 +367,13 @@ static bool check_signing(vreader *r, vstate *s, const ventry *e, sig_state sig,
 		bool ends = strcmp(e->reason, "seal") == 0 || strcmp(e->reason, "shutdown") == 0;
 		s->must_sign = !ends;
 		s->must_sign_seq = e->seq;
+		s->must_sign_by_request = false;
 		s->sealed_by_checkpoint = ends;
 		s->sealed_ms = e->time_ms;
 		return true;
 	}
-	if (sig == SIG_NONE && s->must_sign) {
+	if (sig == SIG_NONE && s->must_sign &&
+	    !(s->must_sign_by_request && e->time_ms <= s->must_sign_ms + UNSEAL_GRACE_MS)) {
 		verify_report_at(r, rep, HSM_AUDIT_UNSIGNED, e,
 		                 "unsigned: this %s checkpoint carries no signature, but seq %llu shows "
 		                 "the node unsealed, and it was not sealed, stopped or restarted since: "

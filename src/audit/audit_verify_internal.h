@@ -69,6 +69,8 @@ typedef struct vstate {
 	 * since the record at must_sign_seq showed the node unsealed. */
 	bool must_sign;
 	uint64_t must_sign_seq;
+	bool must_sign_by_request;  /* ...a request only an unsealed node answers, at must_sign_ms */
+	int64_t must_sign_ms;
 	bool sealed_by_checkpoint; /* the last reset was a verified "seal" checkpoint... */
 	int64_t sealed_ms;         /* ...written then */
 } vstate;
