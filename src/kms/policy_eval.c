@@ -355,6 +355,16 @@ static bool condition_holds(const pol_condition *c, const hsm_policy_request *re
 				return true;
 		return false;
 	}
+	/* And in an Allow, a plain operator holds only when every spelling matches: a second
+	 * spelling carrying the allowed value cannot open a context whose other one does not. */
+	if (!deny && !c->negated && c->key == POL_KEY_ENCRYPTION_CONTEXT) {
+		if (v == NULL)
+			return false;
+		for (; v != NULL; v = next_value(&it))
+			if (!value_matches(c, req, v))
+				return false;
+		return true;
+	}
 	bool any = false;
 	for (; v != NULL && !any; v = next_value(&it))
 		any = value_matches(c, req, v);

@@ -789,6 +789,12 @@ static void test_case_variant_context_keys_and_deny(void **state)
 	const char *ne = "{\"StringNotEquals\": {\"kms:EncryptionContext:stage\": \"prod\"}}";
 	FAILS(ne, WITH({"stage", "ok"}, {"Stage", "prod"}));
 	HOLDS(ne, WITH({"stage", "ok"}));
+	/* An Allow for one tenant is not met by a context that also names another. */
+	const char *eq = "{\"StringEquals\": {\"kms:EncryptionContext:tenant\": \"alice\"}}";
+	HOLDS(eq, WITH({"tenant", "alice"}));
+	HOLDS(eq, WITH({"Tenant", "alice"}, {"tenant", "alice"}));
+	FAILS(eq, WITH({"tenant", "bob"}, {"Tenant", "alice"}));
+	FAILS(eq, WITH({"Tenant", "alice"}, {"tenant", "bob"}));
 }
 
 static hsm_policy_request with_extra(const char *key, const char *value)
