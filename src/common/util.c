@@ -21,7 +21,11 @@
 
 int64_t hsm_now(void)
 {
-	return (int64_t)time(NULL);
+	/* Not time(): on Linux it reads the coarse clock, up to a tick behind CLOCK_REALTIME,
+	 * so a second could turn later here than in hsm_now_ms() or in a client. */
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec;
 }
 
 int64_t hsm_now_ms(void)

@@ -260,8 +260,9 @@ typedef struct hsm_jwt_issued {
 
 /*
  * SignToken: makes and signs a JWT with the key's token version: the newest
- * version created at least `lead` seconds ago (hsm_jwt_limits), or the
- * key's first version.  After a rotation the old version keeps signing
+ * version created more than `lead` whole seconds ago (hsm_jwt_limits), so
+ * published for at least the lead whatever the fraction of its second, or
+ * the key's first version.  After a rotation the old version keeps signing
  * while the new one is published ahead of its first token; a key with one
  * version signs at once.  The caller needs the crypto-user role and the key policy action
  * "kms:SignToken" (kms:SigningAlgorithm conditions see the KMS name of the
@@ -305,8 +306,8 @@ hsm_result hsm_kms_disable_jwt(hsm_kms *kms, const hsm_caller *caller, const cha
 /*
  * Which public keys the JWK Set holds: for every Enabled key marked for JWT
  * signing, its primary version, and each older version v while
- *     now < created(v + 1) + lead + max_lifetime + clock_skew,
- * i.e. while v signs tokens (until lead after v + 1 was created, see
+ *     now <= created(v + 1) + lead + max_lifetime + clock_skew,
+ * i.e. while v signs tokens (through second created(v + 1) + lead, see
  * hsm_kms_sign_token) or one it signed may still be valid to a verifier
  * whose clock is clock_skew behind.  Versions newer than the one signing
  * are published from their creation, ahead of their first token.  Disabled

@@ -97,8 +97,9 @@ static hsm_result walk_version(const hsm_version_record *v, void *arg)
 	version_walk *w = arg;
 	if (v->version > w->key->primary || v->public_der.len == 0)
 		return HSM_SUCCESS;
-	/* The held version signed until lead after v was created; its tokens live until then
-	 * + max_lifetime, and verifiers may run clock_skew behind: w->grace is all three. */
+	/* The held version signed through second created(v) + lead (kms_jwt.c, token_version);
+	 * its tokens live max_lifetime more, and verifiers may run clock_skew behind: it leaves
+	 * at the second after all three, w->grace past created(v). */
 	if (w->prev != 0 && w->prev + 1 == v->version) {
 		int64_t leaves = v->created > INT64_MAX - w->grace ? INT64_MAX : v->created + w->grace;
 		if (w->now < leaves) {
@@ -129,7 +130,7 @@ hsm_result hsm_kms_jwks_render(hsm_kms *kms, int64_t now, hsm_buf *out, int64_t 
 	          HSM_ERR_NOMEM, "out of memory");
 	HSM_TRY(list_jwt_keys(kms->store, &l));
 	for (size_t i = 0; i < l.n; i++) {
-		version_walk w = {&l.items[i], now, lim.lead + lim.max_lifetime + lim.clock_skew,
+		version_walk w = {&l.items[i], now, lim.lead + 1 + lim.max_lifetime + lim.clock_skew,
 		                  keys, &until, 0, {0}};
 		res = hsm_store_version_list(kms->store, w.key->key_id, walk_version, &w);
 		hsm_buf_free(&w.prev_spki);

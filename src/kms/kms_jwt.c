@@ -85,7 +85,9 @@ static hsm_result token_version(hsm_kms *kms, kms_key *k, int64_t now, uint32_t 
 		hsm_jwt_limits lim;
 		hsm_kms_jwt_limits(kms, &lim);
 		HSM_GUARD(version_times(kms, k, &t));
-		while (v > 1 && v <= t->n && t->created[v - 1] > now - lim.lead)
+		/* Times are whole seconds: created in second c, a version has been published for
+		 * the lead in full only from second c + lead + 1 (now - created > lead). */
+		while (v > 1 && v <= t->n && t->created[v - 1] >= now - lim.lead)
 			v--;
 	}
 	*out = v;

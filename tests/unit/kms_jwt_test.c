@@ -267,10 +267,12 @@ static void test_policy_actions(void **state)
 }
 
 /*
- * After a rotation the old version signs for LEAD more seconds while the new
- * one is published; then the new one signs, and the old one stays published
- * while now < created(v+1) + LEAD + max_lifetime + clock_skew, so tokens it
- * signed keep verifying until they expire.
+ * After a rotation the old version signs through second created(v+1) + LEAD
+ * while the new one is published (so for LEAD seconds in full, whatever the
+ * fraction of the second the rotation came in); then the new one signs, and
+ * the old one stays published while now <= created(v+1) + LEAD +
+ * max_lifetime + clock_skew, so tokens it signed keep verifying until they
+ * expire.
  */
 static void test_jwks_lead_and_grace_after_rotation(void **state)
 {
@@ -296,19 +298,19 @@ static void test_jwks_lead_and_grace_after_rotation(void **state)
 	jwks = jwks_now(f, &until);
 	assert_true(has_kid(jwks, k.key_id, 1));
 	assert_true(has_kid(jwks, k.key_id, 2));
-	assert_int_equal(until, rotated + LEAD + GRACE);
+	assert_int_equal(until, rotated + LEAD + 1 + GRACE);
 	json_decref(jwks);
 	assert_true(hsm_ok(sign(f, &user, k.key_id, HSM_JWS_NONE, MAX_LIFETIME, &t1, &is)));
 	assert_int_equal(is.used.version, 1);
 	assert_true(hsm_ok(hsm_kms_jwt_token_version(f->kms, k.key_id, &version)));
 	assert_int_equal(version, 1);
-	f->now = rotated + LEAD - 1;
+	f->now = rotated + LEAD; /* the rotation may have come at the end of its second */
 	assert_true(hsm_ok(sign(f, &user, k.key_id, HSM_JWS_NONE, MAX_LIFETIME, &t1, &is)));
 	assert_int_equal(is.used.version, 1);
 	snprintf(kid, sizeof(kid), "%s.v1", k.key_id);
 	assert_string_equal(is.kid, kid);
 	int64_t last_v1_exp = is.expires_at;
-	f->now = rotated + LEAD;
+	f->now = rotated + LEAD + 1;
 	assert_true(hsm_ok(sign(f, &user, k.key_id, HSM_JWS_NONE, MAX_LIFETIME, &t2, &is)));
 	assert_int_equal(is.used.version, 2);
 	snprintf(kid, sizeof(kid), "%s.v2", k.key_id);
@@ -319,11 +321,12 @@ static void test_jwks_lead_and_grace_after_rotation(void **state)
 	f->now = last_v1_exp - 1;
 	verify_ok(f, &t1);
 	verify_ok(f, &t2);
-	f->now = rotated + LEAD + GRACE - 1;
+	f->now = last_v1_exp + SKEW;
+	assert_int_equal(f->now, rotated + LEAD + GRACE);
 	jwks = jwks_now(f, NULL);
 	assert_true(has_kid(jwks, k.key_id, 1));
 	json_decref(jwks);
-	f->now = rotated + LEAD + GRACE;
+	f->now = rotated + LEAD + 1 + GRACE;
 	jwks = jwks_now(f, &until);
 	assert_false(has_kid(jwks, k.key_id, 1));
 	assert_true(has_kid(jwks, k.key_id, 2));
@@ -340,14 +343,17 @@ static void test_jwks_lead_and_grace_after_rotation(void **state)
 	assert_false(has_kid(jwks, k.key_id, 1));
 	assert_true(has_kid(jwks, k.key_id, 2) && has_kid(jwks, k.key_id, 3) &&
 	            has_kid(jwks, k.key_id, 4));
-	assert_int_equal(until, again + LEAD + GRACE);
+	assert_int_equal(until, again + LEAD + 1 + GRACE);
 	json_decref(jwks);
 	assert_true(hsm_ok(sign(f, &user, k.key_id, HSM_JWS_NONE, 0, &t2, &is)));
 	assert_int_equal(is.used.version, 2);
 	f->now = again + LEAD;
 	assert_true(hsm_ok(sign(f, &user, k.key_id, HSM_JWS_NONE, 0, &t2, &is)));
+	assert_int_equal(is.used.version, 2);
+	f->now = again + LEAD + 1;
+	assert_true(hsm_ok(sign(f, &user, k.key_id, HSM_JWS_NONE, 0, &t2, &is)));
 	assert_int_equal(is.used.version, 3);
-	f->now = again + 100 + LEAD;
+	f->now = again + 100 + LEAD + 1;
 	assert_true(hsm_ok(sign(f, &user, k.key_id, HSM_JWS_NONE, 0, &t2, &is)));
 	assert_int_equal(is.used.version, 4);
 	verify_ok(f, &t2);
@@ -438,13 +444,13 @@ static void test_jwks_cache(void **state)
 	assert_non_null(strstr(text, ".v2\""));
 	free(text);
 	hsm_jwks_doc_release(c);
-	f->now = rotated + LEAD + GRACE - 1;
+	f->now = rotated + LEAD + GRACE;
 	assert_true(hsm_ok(hsm_kms_jwks(f->kms, &c)));
 	text = doc_text(c);
 	assert_non_null(strstr(text, ".v1\""));
 	free(text);
 	hsm_jwks_doc_release(c);
-	f->now = rotated + LEAD + GRACE;
+	f->now = rotated + LEAD + 1 + GRACE;
 	assert_true(hsm_ok(hsm_kms_jwks(f->kms, &c)));
 	text = doc_text(c);
 	assert_null(strstr(text, ".v1\""));
