@@ -213,12 +213,13 @@ static bool is_change(const char *op)
 
 /*
  * Requests that are node events rather than changes (README, "Audit trail"):
- * the key ceremony, unseal and seal, a stopped node's backup, a restore, a
- * rekey (new master key and custodians' shares).
+ * the key ceremony, unseal and seal, a backup (and a copy of one made
+ * late), a restore, a rekey (new master key and custodians' shares).
  */
 static bool is_node_request(const char *op)
 {
-	static const char *const ops[] = {"Init", "Unseal", "Seal", "Backup", "Restore", "Rekey"};
+	static const char *const ops[] = {"Init",       "Unseal",  "Seal", "Backup",
+	                                  "BackupCopy", "Restore", "Rekey"};
 	for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
 		if (strcmp(op, ops[i]) == 0)
 			return true;

@@ -4,7 +4,10 @@
  * at a time; copied to backup_copy_dir when one is set; pruned after
  * backup_retention_days in both directories; counted for /metrics and
  * audited as a "Backup" event.  A backup made but not copied is a copy
- * failure, not a failed backup: the alerts tell the two apart.
+ * failure, not a failed backup: the alerts tell the two apart.  A copy
+ * that failed is made later: after each backup, and every BACKUP_RETRY_S
+ * while one is missing, the scheduler copies whatever of backup_dir the
+ * copy directory lacks ("BackupCopy" events).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -135,6 +138,67 @@ static bool copy_backup(hsm_server *s, const char *path, const char *store_id, c
 	return ok;
 }
 
+/* This store's backups in backup_dir that backup_copy_dir lacks, copied while copies work. */
+typedef struct catch_up {
+	hsm_server *s;
+	bool trying; /* false after a failure: the rest are only counted */
+	size_t missing;
+} catch_up;
+
+static hsm_result copy_if_missing(const char *path, const hsm_backup_info *info, void *arg)
+{
+	catch_up *c = arg;
+	hsm_server *s = c->s;
+	const char *name = hsm_path_base(path);
+	char there[sizeof(s->backup_copy_dir) + 256];
+	struct stat st;
+	/* Copies are renamed into place whole, so a file of the right size is the copy. */
+	if ((size_t)snprintf(there, sizeof(there), "%s/%s", s->backup_copy_dir, name) <
+	        sizeof(there) &&
+	    stat(there, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size == info->file_bytes)
+		return HSM_SUCCESS;
+	if (!c->trying) {
+		c->missing++;
+		return HSM_SUCCESS;
+	}
+	char why[HSM_ERRMSG_MAX] = "";
+	hsm_result r = hsm_backup_copy(path, s->backup_copy_dir);
+	if (hsm_failed(r)) {
+		snprintf(why, sizeof(why), "%s", hsm_last_message());
+		hsm_log_failure("copying an earlier backup to backup_copy_dir");
+		atomic_fetch_add(&s->backup_copy_failures, 1);
+		c->trying = false;
+		c->missing++;
+	} else {
+		hsm_info("backup %s copied to backup_copy_dir (its copy had failed)", path);
+	}
+	hsm_audit_field f[] = {
+	    {"backup_id", info->backup_id},
+	    {"file", name},
+	    {"copy", hsm_ok(r) ? "made" : "failed"},
+	    {"copy_error", why},
+	};
+	hsm_server_event(s, "BackupCopy", NULL, 0, HSM_SUCCESS, f, hsm_ok(r) ? 3 : 4);
+	return HSM_SUCCESS;
+}
+
+/*
+ * Under backup_lock: copies what backup_copy_dir lacks (unless trying is
+ * false: then only counts it) and sets the gauge and, while some copy is
+ * missing, when to try again.
+ */
+static void catch_up_copies(hsm_server *s, const char *store_id, bool trying)
+{
+	catch_up c = {s, trying, 0};
+	if (hsm_failed(hsm_backup_list(s->backup_dir, store_id, copy_if_missing, &c))) {
+		hsm_log_failure("reading backup_dir for copies to make");
+		c.missing = c.missing > 0 ? c.missing : 1;
+	}
+	atomic_store(&s->backup_copies_missing, (int64_t)c.missing);
+	if (c.missing > 0)
+		atomic_store(&s->backup_copy_next_try, hsm_now() + BACKUP_RETRY_S);
+}
+
 /* The Backup event; copy says what became of the copy ("made", "failed" or "none"). */
 static void audit_backup(hsm_server *s, const char *trigger, const hsm_backup_info *info,
                          const char *path, hsm_result r, const char *copy, const char *copy_error)
@@ -189,8 +253,25 @@ hsm_result hsm_server_backup(hsm_server *s, const char *trigger, char *path, siz
 		}
 	}
 	audit_backup(s, trigger, info, path, r, copy, copy_error);
+	/* Then the copies earlier failures left missing, if copies work again. */
+	if (hsm_ok(r) && s->backup_copy_dir[0] != '\0')
+		catch_up_copies(s, store_id, *copied);
 	pthread_mutex_unlock(&s->backup_lock);
 	return r;
+}
+
+/* Copies missing from backup_copy_dir, when they are to be looked for (module comment). */
+static void copies_if_due(hsm_server *s, int64_t now)
+{
+	if (s->backup_copy_dir[0] == '\0' || atomic_load(&s->backup_copies_missing) == 0 ||
+	    now < atomic_load(&s->backup_copy_next_try))
+		return;
+	const char *store_id = hsm_keystore_store_id(s->ks);
+	if (*store_id == '\0')
+		return;
+	pthread_mutex_lock(&s->backup_lock);
+	catch_up_copies(s, store_id, true);
+	pthread_mutex_unlock(&s->backup_lock);
 }
 
 void hsm_server_backup_if_due(hsm_server *s)
@@ -199,11 +280,15 @@ void hsm_server_backup_if_due(hsm_server *s)
 	int64_t now = hsm_now();
 	int64_t since = now - atomic_load(&s->backup_last_success);
 	/* A last backup dated ahead of now (the clock stepped back since): one is due now. */
-	if (every == 0 || now < s->backup_next_try || (since >= 0 && since < (int64_t)every))
+	if (every == 0 || now < s->backup_next_try || (since >= 0 && since < (int64_t)every)) {
+		copies_if_due(s, now);
 		return;
+	}
 	char path[4096];
 	hsm_backup_info info;
 	bool copied;
-	if (hsm_failed(hsm_server_backup(s, "scheduled", path, sizeof(path), &info, &copied)))
+	if (hsm_failed(hsm_server_backup(s, "scheduled", path, sizeof(path), &info, &copied))) {
 		s->backup_next_try = now + (every < BACKUP_RETRY_S ? every : BACKUP_RETRY_S);
+		copies_if_due(s, now);
+	}
 }

@@ -268,6 +268,7 @@ hsm_result hsm_server_new(const hsm_server_options *opt, hsm_server **out)
 	pthread_mutex_init(&s->akids_lock, NULL);
 	s->akid_lookups = HSM_BUCKET_NEW;
 	s->started = hsm_now();
+	atomic_store(&s->backup_copies_missing, -1);
 	HSM_TRY(copy_opt(s->data_dir, sizeof(s->data_dir), opt->data_dir, "data_dir"));
 	if (opt->audit_dir != NULL && *opt->audit_dir != '\0')
 		HSM_TRY(hsm_strcpy(s->audit_dir, sizeof(s->audit_dir), opt->audit_dir));
@@ -792,6 +793,7 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "hsmd_http_connections_evicted_total %llu\n",
 	    hs.open, (unsigned long long)hs.refused_full, (unsigned long long)hs.refused_source,
 	    (unsigned long long)hs.evicted));
+	int64_t missing = atomic_load(&s->backup_copies_missing);
 	HSM_GUARD(hsm_buf_printf(
 	    out,
 	    "# HELP hsmd_backup_last_success_time_seconds When the newest backup of this store in "
@@ -810,14 +812,19 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "# HELP hsmd_backup_copy_failures_total Backups not copied to backup_copy_dir, or expired "
 	    "copies not deleted.\n"
 	    "# TYPE hsmd_backup_copy_failures_total counter\nhsmd_backup_copy_failures_total %llu\n"
-	    "# TYPE hsmd_backups_expired_total counter\nhsmd_backups_expired_total %llu\n",
+	    "# TYPE hsmd_backups_expired_total counter\nhsmd_backups_expired_total %llu\n"
+	    "# HELP hsmd_backup_copies_missing This store's backups in backup_dir that "
+	    "backup_copy_dir lacks, at the last look (retried every 5 minutes; 0 without a copy "
+	    "directory).\n"
+	    "# TYPE hsmd_backup_copies_missing gauge\nhsmd_backup_copies_missing %lld\n",
 	    (long long)atomic_load(&s->backup_last_success),
 	    (unsigned long long)atomic_load(&s->backup_last_bytes),
 	    (double)atomic_load(&s->backup_last_ms) / 1000.0,
 	    (unsigned long long)atomic_load(&s->backups_made),
 	    (unsigned long long)atomic_load(&s->backup_failures),
 	    (unsigned long long)atomic_load(&s->backup_copy_failures),
-	    (unsigned long long)atomic_load(&s->backups_expired)));
+	    (unsigned long long)atomic_load(&s->backups_expired),
+	    (long long)(missing > 0 ? missing : 0)));
 	HSM_GUARD(render_audit_syncs(&as, out));
 	HSM_GUARD(render_disk(s, out));
 	return hsm_metrics_render(&s->metrics, out);

@@ -141,6 +141,10 @@ typedef struct hsm_server {
 	atomic_int_fast64_t backup_last_success; /* Unix seconds of the newest backup; 0 = none */
 	atomic_uint_fast64_t backup_last_bytes, backup_last_ms;
 	atomic_uint_fast64_t backups_made, backup_failures, backup_copy_failures, backups_expired;
+	/* This store's backups in backup_dir not (or not whole) in backup_copy_dir at the last
+	 * look; -1 until the first look (at the scheduler's first pass as leader). */
+	atomic_int_fast64_t backup_copies_missing;
+	atomic_int_fast64_t backup_copy_next_try; /* when missing copies are tried again */
 	int64_t started;
 	/* approval_operations as bit sets: by hsm_op, and by hsm_admin_index. */
 	uint64_t approval_kms_ops;
@@ -301,7 +305,8 @@ hsm_result hsm_server_blame(const hsm_server *s, const char *setting, hsm_result
  */
 hsm_result hsm_server_backup(hsm_server *s, const char *trigger, char *path, size_t cap,
                              hsm_backup_info *info, bool *copied) HSM_MUST_CHECK;
-/* The scheduler's part: a backup when one is due. */
+/* The scheduler's part: a backup when one is due, and the copies of earlier backups that
+ * backup_copy_dir lacks (a copy that failed), tried again every 5 minutes until made. */
 void hsm_server_backup_if_due(hsm_server *s);
 
 /* Writes /metrics (metrics.c). */

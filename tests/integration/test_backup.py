@@ -12,7 +12,9 @@ import time
 
 import pytest
 
-from conftest import HSMCTL, Hsmd, client, signed_call, start_dev
+from conftest import DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, start_dev
+
+DEV_ENV = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
 from helpers import admin, audit_records, metric, new_user, raises, self_signed
 from test_sealed import create_first_officer, init_store, unseal
 
@@ -372,24 +374,71 @@ def test_a_failed_copy_is_a_copy_failure_not_a_failed_backup():
         assert metric(server, "hsmd_backups_created_total") == 1
         assert metric(server, "hsmd_backup_copy_failures_total") == 1
         assert metric(server, "hsmd_backup_failures_total") == 0
+        assert metric(server, "hsmd_backup_copies_missing") == 1
         ev = backup_events(server, 1)
         assert len(ev) == 1 and ev[0]["outcome"] == "success", ev
         assert ev[0]["extra"]["copy"] == "failed" and copy_dir in ev[0]["extra"]["copy_error"], ev
+        first = made
         os.unlink(copy_dir)
         os.mkdir(copy_dir)
         made = admin(server, "CreateBackup")
         assert made["Copied"] is True
         assert os.path.exists(os.path.join(copy_dir, made["File"]))
+        # The copy that failed is made now too, byte for byte, and audited.
+        with open(first["Path"], "rb") as a, open(os.path.join(copy_dir, first["File"]), "rb") as b:
+            assert a.read() == b.read()
+        assert metric(server, "hsmd_backup_copies_missing") == 0
         assert metric(server, "hsmd_backup_copy_failures_total") == 1
         assert metric(server, "hsmd_backup_failures_total") == 0
         ev = backup_events(server, 2)
         assert ev[1]["extra"]["copy"] == "made" and "copy_error" not in ev[1]["extra"], ev
+        late = [r for r in audit_records(server.data_dir) if r.get("op") == "BackupCopy"]
+        assert [(r["extra"]["file"], r["extra"]["copy"]) for r in late] == \
+            [(first["File"], "made")], late
         # Gone altogether (a mount that went away): a failed copy, not one made on the
         # local disk in a directory made again.
         shutil.rmtree(copy_dir)
         made = admin(server, "CreateBackup")
         assert made["Copied"] is False and not os.path.exists(copy_dir)
         assert metric(server, "hsmd_backup_copy_failures_total") == 2
+        assert metric(server, "hsmd_backup_copies_missing") == 3
+    finally:
+        server.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_copy_that_failed_is_made_by_the_scheduler():
+    """A copy that failed is not forgotten: the node looks for missing copies when it
+    starts (and every 5 minutes while one is missing) and makes them, without waiting for
+    the next backup (here none is scheduled)."""
+    tmp = tempfile.mkdtemp(prefix="hsmd-latecopy-")
+    copy_dir, data = os.path.join(tmp, "dr"), os.path.join(tmp, "data")
+    os.mkdir(copy_dir)
+    args = ["--dev", "--backup-interval-seconds", "0", "--backup-copy-dir", copy_dir]
+    server = Hsmd(args, env=DEV_ENV, data_dir=data)
+    try:
+        os.rmdir(copy_dir)  # the mount went away
+        made = admin(server, "CreateBackup")
+        assert made["Copied"] is False
+        assert metric(server, "hsmd_backup_copies_missing") == 1
+        server.stop()
+        os.mkdir(copy_dir)  # and is back
+        server = Hsmd(args, env=DEV_ENV, data_dir=data)
+        copy = os.path.join(copy_dir, made["File"])
+        deadline = time.time() + 30
+        while not os.path.exists(copy) and time.time() < deadline:
+            time.sleep(0.1)
+        with open(made["Path"], "rb") as a, open(copy, "rb") as b:
+            assert a.read() == b.read()
+        deadline = time.time() + 10
+        while metric(server, "hsmd_backup_copies_missing") != 0:
+            assert time.time() < deadline, "the gauge still counts the copy made"
+            time.sleep(0.1)
+        late = [r for r in audit_records(data) if r.get("op") == "BackupCopy"]
+        assert [(r["extra"]["file"], r["extra"]["copy"], r["outcome"]) for r in late] == \
+            [(made["File"], "made", "success")], late
+        p = hsmctl("backup", "list", "--dir", copy_dir)
+        assert made["BackupId"] in p.stdout
     finally:
         server.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -438,7 +487,6 @@ def test_a_backup_dated_in_the_future_does_not_stop_the_schedule():
     """A backup's header is authenticated only when it is restored, and clocks step:
     a file dated ten years ahead in backup_dir is not taken as the newest backup, so
     scheduled backups go on and the last-success metric stays true."""
-    from conftest import DEV_AKID, DEV_SECRET
     server = start_dev(["--backup-interval-seconds", "0"])
     try:
         made = admin(server, "CreateBackup")
@@ -452,8 +500,7 @@ def test_a_backup_dated_in_the_future_does_not_stop_the_schedule():
             f.write(raw)
         data = server.data_dir
         server.stop()
-        env = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
-        again = Hsmd(["--dev", "--backup-interval-seconds", "1"], env=env, data_dir=data)
+        again = Hsmd(["--dev", "--backup-interval-seconds", "1"], env=DEV_ENV, data_dir=data)
         try:
             deadline = time.time() + 20
             while metric(again, "hsmd_backups_created_total") < 1 and time.time() < deadline:
@@ -486,7 +533,6 @@ def test_leftovers_of_an_interrupted_backup_are_removed_at_start():
     """A crash mid-backup leaves the plain store copy in the data directory (for a
     PostgreSQL store, a directory holding it) and a partial file in the backup
     directory: the next start removes them, and only those."""
-    from conftest import DEV_AKID, DEV_SECRET
     tmp = tempfile.mkdtemp(prefix="hsmd-leftovers-")
     data = os.path.join(tmp, "data")
     os.makedirs(os.path.join(data, "backups"))
@@ -502,7 +548,7 @@ def test_leftovers_of_an_interrupted_backup_are_removed_at_start():
             f.write("x")
     left.append(snapdir)
     server = Hsmd(["--dev", "--backup-interval-seconds", "0"], data_dir=data,
-                  env={"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET})
+                  env=DEV_ENV)
     try:
         assert not any(os.path.exists(p) for p in left)
         assert all(os.path.exists(p) for p in kept)
