@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "common/encoding.h"
 #include "crypto/crypto.h"
@@ -214,6 +215,11 @@ hsm_result hsm_jwt_check_header(const json_t *header, const char **typ, const ch
 	const char *t = NULL, *c = NULL;
 	HSM_GUARD(header_value(header, "typ", &t));
 	HSM_GUARD(header_value(header, "cty", &c));
+	/* RFC 7519 5.2: "JWT" says the payload is itself a signed or encrypted JWT, which the
+	 * claims hsmd writes never are; a verifier following it would misread the token. */
+	HSM_ENSURE(c == NULL || strcasecmp(c, "JWT") != 0, HSM_ERR_VALIDATION,
+	           "Header \"cty\" \"JWT\" announces a nested JWT (RFC 7519 section 5.2); the "
+	           "payload hsmd signs is the claims object itself: leave \"cty\" out");
 	*typ = t;
 	*cty = c;
 	return HSM_SUCCESS;

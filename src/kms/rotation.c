@@ -85,6 +85,8 @@ typedef struct rotate_arg {
 	uint32_t new_version;
 	int64_t now;
 	bool automatic;
+	hsm_kms *kms;
+	hsm_version_record *version; /* inserted after make_primary returns (store.h) */
 } rotate_arg;
 
 static hsm_result make_primary(hsm_key_record *rec, void *arg)
@@ -99,6 +101,9 @@ static hsm_result make_primary(hsm_key_record *rec, void *arg)
 		               rec->next_rotation <= a->now,
 		           HSM_ERR_CONFLICT, "the rotation of %s is no longer due", rec->key_id);
 	rec->primary_version = a->new_version;
+	/* Dated as it commits, after its (possibly long) generation: a token version waits a lead
+	 * from this time (kms_jwt.c), which must count from when the JWK Set can show it. */
+	a->version->created = kms_now(a->kms);
 	/* Both kinds of rotation restart the automatic rotation period. */
 	if (rec->rotation_enabled)
 		rec->next_rotation = a->now + (int64_t)rec->rotation_period_days * DAY;
@@ -112,10 +117,10 @@ static hsm_result rotate(hsm_kms *kms, const hsm_caller *caller, const kms_key *
 	hsm_result res = HSM_SUCCESS;
 	hsm_version_record v;
 	memset(&v, 0, sizeof(v));
-	rotate_arg a = {k->rec.primary_version + 1, kms_now(kms), automatic};
+	rotate_arg a = {k->rec.primary_version + 1, kms_now(kms), automatic, kms, &v};
 	memcpy(v.key_id, k->rec.key_id, sizeof(v.key_id));
 	v.version = a.new_version;
-	v.created = a.now;
+	v.created = a.now; /* set again in make_primary */
 	v.rotation_type = automatic ? HSM_ROTATION_AUTOMATIC : HSM_ROTATION_ON_DEMAND;
 	hsm_ks_keyref ref = kms_keyref(k, v.version);
 	/* Approved before the (possibly long) key generation, not after it. */

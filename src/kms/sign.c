@@ -59,6 +59,14 @@ static hsm_result sign_lookup(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
 	    .signing_algorithm = hsm_sign_alg_name(alg), .more = &cond, .n_more = 1};
 	HSM_GUARD(kms_lookup(kms, caller, op, key, &extra, out));
 	hsm_result r = require_sign_alg(*out, alg);
+	/* Its signatures over any bytes would be tokens the JWK Set vouches for, of any lifetime
+	 * and claims, made without kms:SignToken and audited as something else. */
+	if (hsm_ok(r) && op == HSM_OP_Sign && ((*out)->rec.flags & HSM_KEYFLAG_JWT) != 0)
+		r = HSM_FAIL(HSM_ERR_INVALID_KEY_USAGE,
+		             "%s is marked for JWT signing and signs tokens only (HsmdJwt.SignToken): "
+		             "a signature over any message would verify as a token against the JWK "
+		             "Set; use another key for Sign, or DisableJwtSigning",
+		             (*out)->arn);
 	if (hsm_ok(r))
 		r = kms_dry_run_stop(caller);
 	if (hsm_failed(r)) {

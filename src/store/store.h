@@ -297,7 +297,9 @@ hsm_result hsm_store_key_get(hsm_store *s, const char *key_id, hsm_key_record *o
  * When add_version is given the store makes it primary: after fn returns it
  * sets primary_version to add_version->version, so fn need not (and any other
  * value fn chose is overwritten).  add_version->key_id must equal key_id
- * (HSM_ERR_VALIDATION).  The store keeps `updated` as fn leaves it.
+ * (HSM_ERR_VALIDATION).  The store keeps `updated` as fn leaves it.  fn
+ * runs before add_version is read, so a caller may let fn fill in fields of
+ * it (a rotation dates its version in the transaction this way).
  *
  * State rules the store enforces (HSM_ERR_INVALID_STATE, nothing changes):
  * only hsm_store_key_destroy makes a key Destroyed, a Destroyed key never

@@ -176,6 +176,39 @@ def test_header_typ_and_cty(hsmd, kms):
     pyjwt_verify(hsmd, out["Token"], alg)
 
 
+def test_a_token_key_refuses_kms_sign(hsmd, kms):
+    """KMS Sign on a key marked for tokens would let a caller with kms:Sign make a token
+    of its own, any claims and any lifetime, that the JWK Set vouches for: refused, with
+    RAW and DIGEST messages alike, while the mark is on."""
+    import hashlib
+    from botocore.exceptions import ClientError
+    key, alg = jwt_key(hsmd, kms, "RSA_2048")
+    header = base64.urlsafe_b64encode(json.dumps(
+        {"alg": "RS256", "kid": f"{key}.v1", "typ": "JWT"}).encode()).rstrip(b"=")
+    payload = base64.urlsafe_b64encode(json.dumps(
+        {"sub": "admin", "exp": int(time.time()) + 10 * 365 * 86400}).encode()).rstrip(b"=")
+    forged = header + b"." + payload
+    for kind, message in (("RAW", forged), ("DIGEST", hashlib.sha256(forged).digest())):
+        with pytest.raises(ClientError) as e:
+            kms.sign(KeyId=key, Message=message, MessageType=kind,
+                     SigningAlgorithm="RSASSA_PKCS1_V1_5_SHA_256")
+        assert e.value.response["Error"]["Code"] == "InvalidKeyUsageException", kind
+        assert "SignToken" in e.value.response["Error"]["Message"]
+    # Verifying and the public key work as before; a token it signed verifies.
+    token = sign(hsmd, key, {"sub": "svc"})["Token"]
+    pyjwt_verify(hsmd, token, alg)
+    assert kms.get_public_key(KeyId=key)["KeySpec"] == "RSA_2048"
+    # Unmarked (and so out of the JWK Set), it signs messages again.
+    ok(jwt_call(hsmd, "DisableJwtSigning", {"KeyId": key}))
+    sig = kms.sign(KeyId=key, Message=forged, MessageType="RAW",
+                   SigningAlgorithm="RSASSA_PKCS1_V1_5_SHA_256")["Signature"]
+    assert kms.verify(KeyId=key, Message=forged, MessageType="RAW", Signature=sig,
+                      SigningAlgorithm="RSASSA_PKCS1_V1_5_SHA_256")["SignatureValid"]
+    with pytest.raises(pyjwt.exceptions.PyJWKClientError):
+        pyjwt.PyJWKClient(hsmd.endpoint + JWKS_PATH).get_signing_key_from_jwt(
+            (forged + b"." + base64.urlsafe_b64encode(sig).rstrip(b"=")).decode())
+
+
 def test_bad_input_gets_clear_errors(hsmd, kms):
     key, _ = jwt_key(hsmd, kms, "RSA_2048")
     cases = [
@@ -192,6 +225,7 @@ def test_bad_input_gets_clear_errors(hsmd, kms):
         ({"Claims": {"pad": "x" * 17000}}, "ValidationException", "16384"),
         ({"Claims": {}, "Header": {"alg": "none"}}, "ValidationException", '"alg"'),
         ({"Claims": {}, "Header": {"kid": "other"}}, "ValidationException", '"kid"'),
+        ({"Claims": {}, "Header": {"cty": "JWT"}}, "ValidationException", "nested JWT"),
         ({"Claims": {}, "Header": {"crit": ["exp"]}}, "ValidationException", '"crit"'),
         ({"Claims": {}, "Header": "JWT"}, "ValidationException", "Header"),
         ({"Claims": {}, "Algorithm": "none"}, "ValidationException", "Algorithm"),

@@ -183,7 +183,9 @@ static void test_header_rules(void **state)
 	assert_null(cty);
 	json_decref(h);
 	static const char *bad[] = {"{\"alg\":\"none\"}", "{\"kid\":\"k\"}", "{\"crit\":[\"b64\"]}",
-	                            "{\"typ\":\"\"}", "{\"typ\":7}", "{\"cty\":null}", "[]"};
+	                            "{\"typ\":\"\"}", "{\"typ\":7}", "{\"cty\":null}", "[]",
+	                            /* RFC 7519 5.2: a nested JWT, which the payload never is */
+	                            "{\"cty\":\"JWT\"}", "{\"cty\":\"jwt\"}"};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		h = parse(bad[i]);
 		assert_fails_with(hsm_jwt_check_header(h, &typ, &cty), HSM_ERR_VALIDATION);
@@ -214,7 +216,7 @@ static void test_signing_input_encoding(void **state)
 	free(header);
 	free(payload);
 	/* typ and cty from the caller; the same input gives the same bytes. */
-	hsm_jwt_header h2 = {HSM_JWS_EDDSA, KEY_ID ".v1", "at+jwt", "JWT"};
+	hsm_jwt_header h2 = {HSM_JWS_EDDSA, KEY_ID ".v1", "at+jwt", "example"};
 	hsm_buf a = {0}, b = {0};
 	assert_succeeds(hsm_jwt_signing_input(&h2, claims, NOW, NOW + 1, &a));
 	assert_succeeds(hsm_jwt_signing_input(&h2, claims, NOW, NOW + 1, &b));
@@ -223,7 +225,7 @@ static void test_signing_input_encoding(void **state)
 	dot = memchr(a.data, '.', a.len);
 	header = b64url_json_decode((const char *)a.data, (size_t)(dot - (const char *)a.data));
 	assert_string_equal(header, "{\"alg\":\"EdDSA\",\"kid\":\"" KEY_ID
-	                            ".v1\",\"typ\":\"at+jwt\",\"cty\":\"JWT\"}");
+	                            ".v1\",\"typ\":\"at+jwt\",\"cty\":\"example\"}");
 	free(header);
 	/* Numbers with a fraction come out as short as reads back exactly. */
 	json_t *reals = parse("{\"a\":0.1,\"b\":[1.5,{\"c\":-2.25e-7}],\"n\":3}");

@@ -362,6 +362,49 @@ static void test_jwks_lead_and_grace_after_rotation(void **state)
 	hsm_key_record_clear(&k);
 }
 
+/* A clock that moves a second at each reading, so time passes while a rotation works. */
+static int64_t ticking_clock(void *arg)
+{
+	return ((fx *)arg)->now++;
+}
+
+static int64_t still_clock(void *arg)
+{
+	return ((fx *)arg)->now;
+}
+
+static hsm_result note_v2_created(const hsm_version_record *v, void *arg)
+{
+	if (v->version == 2)
+		*(int64_t *)arg = v->created;
+	return HSM_SUCCESS;
+}
+
+/*
+ * A rotation dates its version as it commits, not when it began: generating
+ * an RSA-4096 key takes seconds, and the lead before the version signs
+ * tokens must count from when the JWK Set can show it.
+ */
+static void test_rotation_dated_at_commit(void **state)
+{
+	fx *f = *state;
+	hsm_key_record k, r;
+	create(f, HSM_SPEC_ECC_NIST_P256, HSM_USAGE_SIGN_VERIFY, NULL, &k);
+	assert_true(hsm_ok(hsm_kms_enable_jwt(f->kms, &officer, k.key_id, HSM_JWS_NONE, NULL)));
+	hsm_kms_set_clock(f->kms, ticking_clock, f);
+	int64_t began = f->now;
+	assert_true(hsm_ok(hsm_kms_rotate_now(f->kms, &officer, k.key_id, &r)));
+	int64_t ended = f->now;
+	hsm_kms_set_clock(f->kms, still_clock, f);
+	int64_t created = 0;
+	assert_true(hsm_ok(hsm_store_version_list(f->store, k.key_id, note_v2_created, &created)));
+	/* Later than the change's own time, read before its transaction began. */
+	assert_true(created > r.updated);
+	assert_true(created > began && created < ended);
+	hsm_key_record_clear(&r);
+	hsm_key_record_clear(&k);
+}
+
 /* The lead is the JWK Set's max-age, plus a node's document lifetime when the store is
  * shared; a key with one version signs at once. */
 static void test_lead(void **state)
@@ -483,6 +526,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_jwks_lead_and_grace_after_rotation, setup,
 	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_lead, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_rotation_dated_at_commit, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_jwks_cache, setup, kms_fx_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
