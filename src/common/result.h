@@ -62,10 +62,10 @@
 	X(HSM_ERR_CONFLICT, "ConflictException", 400, 0x006UL /* FUNCTION_FAILED */)    \
 	X(HSM_ERR_DRY_RUN, "DryRunOperationException", 412, 0x006UL)                     \
 	X(HSM_ERR_ACCESS_DENIED, "AccessDeniedException", 400, 0x01BUL /* ACTION_PROHIBITED */) \
-	X(HSM_ERR_UNRECOGNIZED_CLIENT, "UnrecognizedClientException", 403, 0x0A0UL /* PIN_INCORRECT */) \
-	X(HSM_ERR_BAD_SIGNATURE, "InvalidSignatureException", 403, 0x0A0UL)             \
-	X(HSM_ERR_INCOMPLETE_SIGNATURE, "IncompleteSignatureException", 403, 0x0A0UL)   \
-	X(HSM_ERR_MISSING_AUTH, "MissingAuthenticationTokenException", 403, 0x101UL /* USER_NOT_LOGGED_IN */) \
+	X(HSM_ERR_UNRECOGNIZED_CLIENT, "UnrecognizedClientException", 400, 0x0A0UL /* PIN_INCORRECT */) \
+	X(HSM_ERR_BAD_SIGNATURE, "InvalidSignatureException", 400, 0x0A0UL)             \
+	X(HSM_ERR_INCOMPLETE_SIGNATURE, "IncompleteSignatureException", 400, 0x0A0UL)   \
+	X(HSM_ERR_MISSING_AUTH, "MissingAuthenticationTokenException", 400, 0x101UL /* USER_NOT_LOGGED_IN */) \
 	X(HSM_ERR_PRINCIPAL_LOCKED, "AccessDeniedException", 403, 0x0A4UL /* PIN_LOCKED */) \
 	X(HSM_ERR_THROTTLING, "ThrottlingException", 400, 0x030UL /* DEVICE_ERROR */)  \
 	X(HSM_ERR_SEALED, "ServiceUnavailableException", 503, 0x0E0UL /* TOKEN_NOT_PRESENT */) \

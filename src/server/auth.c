@@ -5,8 +5,9 @@
  * derived SigV4 signing key and a snapshot of the user.  A hit costs one
  * map lookup, so authentication adds two SHA-256 and one HMAC to a request.
  * The cache is flushed on seal and on any principal change made here, and
- * entries expire after CRED_TTL_MS so changes made by another node sharing
- * the store take effect quickly.
+ * entries expire after CRED_TTL_MS (on the monotonic clock: a wall clock
+ * stepped back must not keep a revoked key alive) so changes made by
+ * another node sharing the store take effect quickly.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +23,7 @@ typedef struct cred {
 	atomic_int refs;
 	hsm_user_record user;
 	hsm_secret *signing_key;
-	int64_t loaded_ms;
+	uint64_t loaded_ns; /* hsm_mono_ns() */
 } cred;
 
 static void *cred_ref(void *p)
@@ -57,6 +58,7 @@ void hsm_server_auth_free(hsm_server *s)
 
 void hsm_server_auth_flush(hsm_server *s)
 {
+	atomic_fetch_add(&s->creds_flushed, 1);
 	hsm_shmap_clear(s->creds);
 	hsm_server_akids_stale(s); /* a key made here works at once, not at the list's next read */
 }
@@ -102,14 +104,18 @@ static hsm_result load_cred(hsm_server *s, const hsm_sigv4_auth *a, const char *
 	cred *c = calloc(1, sizeof(*c));
 	HSM_ENSURE(c != NULL, HSM_ERR_NOMEM, "out of memory");
 	atomic_init(&c->refs, 1);
+	/* A flush between this read and the put below (the key revoked, the user locked)
+	 * must not be undone by caching what was read before it. */
+	uint_fast64_t flushes = atomic_load(&s->creds_flushed);
+	c->loaded_ns = hsm_mono_ns();
 	res = hsm_kms_credential(s->kms, a->access_key_id, &c->user, &secret);
 	if (res.err == HSM_ERR_UNRECOGNIZED_CLIENT)
 		res = hsm_sigv4_unknown_key(a);
 	if (hsm_failed(res))
 		goto out;
 	HSM_TRY(hsm_sigv4_signing_key(secret, a->date, a->region, a->service, &c->signing_key));
-	c->loaded_ms = hsm_now_ms();
-	HSM_TRY(hsm_shmap_put(s->creds, key, c));
+	if (atomic_load(&s->creds_flushed) == flushes)
+		HSM_TRY(hsm_shmap_put(s->creds, key, c));
 	*out = c;
 	c = NULL;
 out:
@@ -129,7 +135,7 @@ static hsm_result find_cred(hsm_server *s, const hsm_sigv4_auth *a, cred **out)
 	hsm_sb_add(&b, a->date);
 	if (hsm_shmap_get(s->creds, key, &hit)) {
 		cred *c = hit;
-		if (hsm_now_ms() - c->loaded_ms < CRED_TTL_MS) {
+		if (hsm_mono_ns() - c->loaded_ns < (uint64_t)CRED_TTL_MS * 1000000U) {
 			*out = c;
 			return HSM_SUCCESS;
 		}
@@ -181,19 +187,18 @@ hsm_result hsm_server_authenticate(hsm_server *s, hsm_http_req *req, hsm_auth_re
 	memset(out, 0, sizeof(*out));
 	HSM_TRY(view_of(req, &v));
 	HSM_TRY(hsm_sigv4_parse(&v.r, &a));
-	/*
-	 * hsmd issues no temporary credentials: a session token (an AWS role's,
-	 * left in a client's environment; SDKs sign it) is refused, as AWS
-	 * refuses one it did not issue, rather than ignored.  Read from the
-	 * signed header names (lowercase, one short string), not by a search of
-	 * every header of every request; an unsigned one is ignored as any
-	 * unsigned header is.
-	 */
-	HSM_CHECK(!signs_session_token(a.signed_headers), HSM_ERR_UNRECOGNIZED_CLIENT,
-	          "The security token included in the request is invalid: hsmd issues no session "
-	          "tokens; sign with an access key alone");
 	hsm_sb_init(&b, out->akid, sizeof(out->akid));
 	hsm_sb_add(&b, a.access_key_id);
+	/*
+	 * hsmd issues no temporary credentials: a session token (an AWS role's,
+	 * left in a client's environment; SDKs sign it) is refused, signed or
+	 * not, as AWS refuses one it did not issue, rather than ignored.
+	 */
+	HSM_CHECK(!signs_session_token(a.signed_headers) &&
+	              hsm_http_req_header(req, "x-amz-security-token") == NULL,
+	          HSM_ERR_UNRECOGNIZED_CLIENT,
+	          "The security token included in the request is invalid: hsmd issues no session "
+	          "tokens; sign with an access key alone");
 	HSM_TRY(hsm_sigv4_check_scope(&s->sigv4, &v.r, &a, now, &scope));
 	HSM_TRY(find_cred(s, &a, &c));
 	out->key_found = true;

@@ -753,10 +753,30 @@ static void dispatch_route(hsm_server *s, hsm_http_req *req, route how, const ch
 	run_route(s, req, how, name, info);
 }
 
+/*
+ * A POST that names no operation hsmd answers (no X-Amz-Target, a target of
+ * no service of hsmd's, a path other than "/"): authenticated first, as AWS
+ * authenticates before it reads the target, so the caller without valid
+ * credentials learns nothing from it, and audited like any refusal.
+ */
+static void refuse_post(hsm_server *s, hsm_http_req *req, const char *name, const char *why)
+{
+	pending *p = pending_new(s, req, HSM_METRIC_NONE, false);
+	if (p == NULL) {
+		hsm_http_respond(req, 500, NULL, NULL, 0, 0, NULL);
+		return;
+	}
+	hsm_auth_result auth;
+	memset(&auth, 0, sizeof(auth));
+	hsm_result r = admit(s, req, &auth);
+	if (hsm_ok(r))
+		r = HSM_FAIL(HSM_ERR_UNKNOWN_OPERATION, "%s", why);
+	finish_kms(s, name, NULL, p, &auth, NULL, r);
+}
+
 static void handle_post(hsm_server *s, hsm_http_req *req)
 {
 	const char *target = hsm_http_req_header(req, "X-Amz-Target");
-	hsm_buf body = {0};
 	if (target != NULL && hsm_str_has_prefix(target, KMS_PREFIX)) {
 		dispatch_route(s, req, ROUTE_KMS, target + strlen(KMS_PREFIX));
 		return;
@@ -773,10 +793,8 @@ static void handle_post(hsm_server *s, hsm_http_req *req)
 		dispatch_route(s, req, ROUTE_ADMIN, target + strlen(ADMIN_PREFIX));
 		return;
 	}
-	error_body(HSM_ERR_UNKNOWN_OPERATION,
-	           "X-Amz-Target must name an operation: TrentService.<Operation>", &body);
-	respond_now(s, req, HSM_METRIC_NONE, 400, CONTENT_TYPE_JSON, &body);
-	hsm_buf_free(&body);
+	refuse_post(s, req, target != NULL ? target : "",
+	            "X-Amz-Target must name an operation: TrentService.<Operation>");
 }
 
 static void handle_readyz(hsm_server *s, hsm_http_req *req)
@@ -843,6 +861,12 @@ void hsm_server_on_request(hsm_http_req *req, void *arg)
 	const char *method = hsm_http_req_method(req), *path = hsm_http_req_path(req);
 	if (strcmp(method, "POST") == 0 && strcmp(path, "/") == 0) {
 		handle_post(s, req);
+	} else if (strcmp(method, "POST") == 0) {
+		/* Recorded under the operation it names, as a request to "/" would be. */
+		const char *target = hsm_http_req_header(req, "X-Amz-Target");
+		const char *dot = target != NULL ? strchr(target, '.') : NULL;
+		refuse_post(s, req, dot != NULL ? dot + 1 : target != NULL ? target : "",
+		            "the API answers POST / only");
 	} else if (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0) {
 		handle_get(s, req, path);
 	} else {

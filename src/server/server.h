@@ -100,6 +100,8 @@ typedef struct hsm_server {
 	int64_t akids_loaded_ms; /* monotonic; 0: never */
 	hsm_bucket akid_lookups; /* lookups of ids missing from the list */
 	atomic_uint_fast64_t akids_spared; /* requests refused as unknown without a lookup */
+	/* Credential cache flushes (auth.c): a credential read before one is not cached. */
+	atomic_uint_fast64_t creds_flushed;
 	hsm_sigv4_config sigv4;
 	hsm_metrics metrics;
 	pthread_t scheduler;

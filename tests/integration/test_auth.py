@@ -2,7 +2,7 @@
 
 Requests are signed by botocore's own signer (signed_request/signed_call in
 conftest.py) and then altered: every part the signature covers, changed by
-one byte, must be refused with 403 and audited with the same error.
+one byte, must be refused with 400 (as AWS answers) and audited with the same error.
 """
 import datetime
 import http.client
@@ -89,7 +89,7 @@ def flip_body(headers, payload):
     return headers, payload.replace(b"5", b"4")
 
 
-def refused(server, resp, code, akid=None, status=403, op="ListKeys"):
+def refused(server, resp, code, akid=None, status=400, op="ListKeys"):
     """Asserts the refusal and finds its audit record by the x-amzn-RequestId header."""
     body = parsed_body(resp)
     assert (resp.status_code, body.get("__type")) == (status, code), (resp.status_code, body)
@@ -159,9 +159,12 @@ def test_changed_query_string_is_refused(hsmd, creds):
 
 
 def test_other_path_is_not_an_api_endpoint(hsmd, creds):
+    """The path is signed: sent elsewhere than signed for, the request is refused as any
+    changed part is (authenticated first, and audited), not answered as a missing page."""
     akid, secret = creds
     r = signed_request(hsmd, TARGET, BODY, akid=akid, secret=secret, send_path="/x")
-    assert r.status_code == 404 and r.json()["__type"] == "NotFoundException"
+    refused(hsmd, r, "InvalidSignatureException", akid)
+    good_call(hsmd, akid, secret)
 
 
 @pytest.mark.parametrize("method,status", [("PUT", 405), ("DELETE", 405), ("GET", 404)])
@@ -203,7 +206,7 @@ def test_malformed_authorization(hsmd, creds, what, mutate):
 
 def test_unsigned_request(hsmd):
     st, body = unsigned_call(hsmd, TARGET, BODY)
-    assert (st, body["__type"]) == (403, "MissingAuthenticationTokenException")
+    assert (st, body["__type"]) == (400, "MissingAuthenticationTokenException")
     r = signed_request(hsmd, TARGET, BODY, mutate=drop("Authorization"))
     refused(hsmd, r, "MissingAuthenticationTokenException")
 
@@ -255,6 +258,12 @@ def test_session_token_is_refused_not_ignored(hsmd):
         with_token.list_keys()
     assert e.value.response["Error"]["Code"] == "UnrecognizedClientException"
     assert "session tokens" in e.value.response["Error"]["Message"]
+    # Left out of SignedHeaders, it is refused all the same; the record names the key.
+    def add_token(headers, payload):
+        headers["X-Amz-Security-Token"] = "FQoGZXIvYXdzEXAMPLEtoken"
+        return headers, payload
+    r = signed_request(hsmd, TARGET, BODY, mutate=add_token)
+    refused(hsmd, r, "UnrecognizedClientException", DEV_AKID)
 
 
 def test_wrong_secret(hsmd, creds):
@@ -300,7 +309,7 @@ def test_region_is_checked_with_boto3(hsmd):
     with pytest.raises(botocore.exceptions.ClientError) as e:
         kms_in("eu-west-1").list_keys()
     assert e.value.response["Error"]["Code"] == "InvalidSignatureException"
-    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
     assert "Keys" in kms_in(REGION).list_keys()
 
 
@@ -378,7 +387,7 @@ def test_lockout_after_five_bad_signatures_survives_restart():
         assert users(server)["lock-me"]["Locked"] is True
         # The correct signature is refused now, and so audited.
         r = signed_request(server, TARGET, BODY, akid=akid, secret=secret)
-        refused(server, r, "AccessDeniedException", akid)
+        refused(server, r, "AccessDeniedException", akid, status=403)
         assert "locked" in r.json()["message"] and "lock-me" in r.json()["message"]
         # Without the secret nobody learns the user's name or that it is locked; nor do
         # more failures count.
@@ -389,7 +398,7 @@ def test_lockout_after_five_bad_signatures_survives_restart():
         # Still locked after a restart.
         server = restart_dev(server)
         r = signed_request(server, TARGET, BODY, akid=akid, secret=secret)
-        refused(server, r, "AccessDeniedException", akid)
+        refused(server, r, "AccessDeniedException", akid, status=403)
         # Other users are not affected; an officer unlocks.
         admin(server, "UnlockUser", {"UserName": "lock-me"})
         u = users(server)["lock-me"]
@@ -410,7 +419,7 @@ def test_disabled_user_is_refused(hsmd):
     good_call(hsmd, akid, secret)
     admin(hsmd, "DisableUser", {"UserName": "to-disable"})
     r = signed_request(hsmd, TARGET, BODY, akid=akid, secret=secret)
-    refused(hsmd, r, "AccessDeniedException", akid)
+    refused(hsmd, r, "AccessDeniedException", akid, status=403)
     assert "disabled" in r.json()["message"]
     # A wrong signature learns nothing of it, and does not count toward a lockout.
     r = signed_request(hsmd, TARGET, BODY, akid=akid, secret=secret, mutate=BAD_SIG)
@@ -424,5 +433,5 @@ def test_disabled_user_is_refused(hsmd):
 def test_unknown_keys_do_not_lock_anyone(hsmd):
     for _ in range(6):
         r = signed_request(hsmd, TARGET, BODY, akid="AKIAUNKNOWNUNKNOWN01", secret="x" * 40)
-        assert r.status_code == 403
+        assert r.status_code == 400
     good_call(hsmd, DEV_AKID, DEV_SECRET)

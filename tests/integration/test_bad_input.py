@@ -160,7 +160,31 @@ def test_sdk_catches_those_as_kms_exceptions(kms):
 
 @pytest.mark.parametrize("target", ["Frobnicate", "KMS.ListKeys", ""])
 def test_target_without_a_known_service(hsmd, kms, target):
-    expect(hsmd, kms, None, b"{}", "UnknownOperationException", target=target)
+    """Authenticated first, as any request, then refused, and audited."""
+    r = expect(hsmd, kms, None, b"{}", "UnknownOperationException", target=target)
+    rec = audit_record(hsmd.data_dir, request_id(r))
+    assert (rec["outcome"], rec["error"]) == ("error", "UnknownOperationException"), rec
+    assert rec["principal"].endswith(":root") or rec["principal"], rec
+
+
+def test_a_post_that_names_nothing_is_authenticated_first(hsmd):
+    """Without credentials, no X-Amz-Target, or a path other than /, learns nothing
+    more than that credentials are missing; signed, it is refused as unknown. Every
+    such request is audited."""
+    import requests
+    r = requests.post(hsmd.endpoint + "/", data=b"{}", timeout=30,
+                      headers={"Content-Type": "application/x-amz-json-1.1"})
+    assert (r.status_code, r.json()["__type"]) == (400, "MissingAuthenticationTokenException")
+    assert audit_record(hsmd.data_dir, request_id(r))["outcome"] == "denied"
+    r = requests.post(hsmd.endpoint + "/kms", data=b"{}", timeout=30,
+                      headers={"Content-Type": "application/x-amz-json-1.1",
+                               "X-Amz-Target": "TrentService.ListKeys"})
+    assert (r.status_code, r.json()["__type"]) == (400, "MissingAuthenticationTokenException")
+    r = signed_request(hsmd, "TrentService.ListKeys", {}, send_path="/kms")
+    assert r.status_code == 400, r.text
+    # Signed for "/", sent to "/kms": the signature covers the path, so it does not match.
+    assert r.json()["__type"] == "InvalidSignatureException", r.text
+    assert audit_record(hsmd.data_dir, request_id(r))["outcome"] == "denied"
 
 
 def test_oversized_body(hsmd, kms, key):

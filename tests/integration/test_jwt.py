@@ -273,7 +273,7 @@ def test_bad_input_gets_clear_errors(hsmd, kms):
     assert error(jwt_call(hsmd, "Encrypt", {"KeyId": key, "Plaintext": "AA=="}))[0] == \
         "UnknownOperationException"
     status, body = unsigned_call(hsmd, "HsmdJwt.SignToken", {"KeyId": key, "Claims": {}})
-    assert status == 403 and body["__type"] == "MissingAuthenticationTokenException"
+    assert status == 400 and body["__type"] == "MissingAuthenticationTokenException"
 
 
 def test_disabled_key_is_refused_and_unpublished(hsmd, kms):

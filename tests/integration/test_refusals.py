@@ -62,10 +62,10 @@ def test_a_flood_of_unsigned_requests_is_summarized_not_recorded_one_by_one():
         unknown = flood(server, 60, akid=UNKNOWN_AKID)
         # Summarized or not, every refusal is the same answer.
         assert {(st, body) for st, body, _ in unsigned} == {unsigned[0][:2]}
-        assert unsigned[0][0] == 403
+        assert unsigned[0][0] == 400
         assert json.loads(unsigned[0][1])["__type"] == "MissingAuthenticationTokenException"
         assert {(st, json.loads(body)["__type"]) for st, body, _ in unknown} == \
-            {(403, "UnrecognizedClientException")}
+            {(400, "UnrecognizedClientException")}
         assert len({rid for _, _, rid in unsigned + unknown}) == 360
         # A signed request from the same source is served, and recorded on its own.
         ok = signed_request(server, TARGET, {})
@@ -145,7 +145,7 @@ def test_made_up_access_key_ids_cost_no_store_lookup_past_a_rate():
         for i in range(200):
             st, body = signed_call(server, TARGET, {}, akid=f"AKIDMADEUP{i:010d}",
                                    secret="made-up-secret-made-up-secret-0000000000")
-            assert (st, body["__type"]) == (403, "UnrecognizedClientException"), body
+            assert (st, body["__type"]) == (400, "UnrecognizedClientException"), body
         elapsed = time.time() - start
         spared = metric(server, "hsmd_auth_unknown_keys_unlooked_total")
         # 40 lookups at once, then 20 a second (and a second of slack).

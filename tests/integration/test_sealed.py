@@ -235,7 +235,7 @@ def test_unsealed_production_node_has_no_users(prod):
     if status(server)["Sealed"]:
         pytest.fail("the previous test did not unseal the node")
     # Serving now, but no access key exists yet.
-    raises("UnrecognizedClientException", client(server).list_keys, status=403)
+    raises("UnrecognizedClientException", client(server).list_keys, status=400)
 
 
 def test_seal_with_an_officer(prod):
