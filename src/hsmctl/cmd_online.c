@@ -99,7 +99,9 @@ static hsm_result await_approval(const char *op, const char *id)
 	sigaction(SIGINT, &act, &old_int); /* no SA_RESTART: sleep returns at once */
 	sigaction(SIGTERM, &act, &old_term);
 	long limit = hsmctl_globals.approval_wait; /* seconds; -1: until decided */
-	time_t deadline = time(NULL) + (limit > 0 ? limit : 0);
+	/* Monotonic milliseconds: whole seconds of the wall clock would end the wait up to a
+	 * second early when the second turns during a poll, or late after a clock step. */
+	uint64_t deadline = hsm_mono_ns() / 1000000U + (uint64_t)(limit > 0 ? limit : 0) * 1000U;
 	hsm_result r = HSM_SUCCESS;
 	for (;;) {
 		json_t *a = NULL;
@@ -123,7 +125,8 @@ static hsm_result await_approval(const char *op, const char *id)
 			             id, was, op);
 			break;
 		}
-		if (stop_waiting || (limit >= 0 && time(NULL) >= deadline)) {
+		uint64_t now = hsm_mono_ns() / 1000000U;
+		if (stop_waiting || (limit >= 0 && now >= deadline)) {
 			withdraw(id);
 			r = HSM_FAIL(HSM_ERR_APPROVAL_REQUIRED,
 			             "approval request %s not approved %s: %s was not made", id,
@@ -131,9 +134,11 @@ static hsm_result await_approval(const char *op, const char *id)
 			             op);
 			break;
 		}
-		long left = limit >= 0 ? (long)(deadline - time(NULL)) : APPROVAL_POLL_SECONDS;
-		sleep((unsigned)(left < APPROVAL_POLL_SECONDS ? (left > 0 ? left : 0)
-		                                              : APPROVAL_POLL_SECONDS));
+		uint64_t left = limit >= 0 ? deadline - now : (uint64_t)APPROVAL_POLL_SECONDS * 1000U;
+		if (left > (uint64_t)APPROVAL_POLL_SECONDS * 1000U)
+			left = (uint64_t)APPROVAL_POLL_SECONDS * 1000U;
+		struct timespec nap = {(time_t)(left / 1000U), (long)(left % 1000U) * 1000000L};
+		nanosleep(&nap, NULL); /* a signal cuts it short: stop_waiting is then set */
 	}
 	sigaction(SIGINT, &old_int, NULL);
 	sigaction(SIGTERM, &old_term, NULL);

@@ -30,6 +30,29 @@ DEV_AKID = "AKIAHSMDTESTDEVKEY01"
 DEV_SECRET = "hsmd-integration-test-secret-key-0123456789"
 
 
+# A program a test runs that dies of a crash signal fails that test, whatever the test
+# asserts about it: a test expecting a non-zero exit must not take a crash for a refusal.
+CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT}
+_crashes = []
+_handle_exitstatus = subprocess.Popen._handle_exitstatus
+
+
+def _note_crash(self, *args, **kwargs):
+    _handle_exitstatus(self, *args, **kwargs)
+    if self.returncode is not None and -self.returncode in CRASH_SIGNALS:
+        _crashes.append(f"{self.args!r} died of {signal.Signals(-self.returncode).name}")
+
+
+subprocess.Popen._handle_exitstatus = _note_crash
+
+
+@pytest.fixture(autouse=True)
+def no_crashes():
+    del _crashes[:]
+    yield
+    assert not _crashes, "a program crashed: " + "; ".join(_crashes)
+
+
 # Every node's scratch directory (its log; its data unless given one).  A test
 # that only stops its node, to read the log or restart on the same data, leaves
 # it behind: removed when the session ends, kept for reading if a test failed.
@@ -57,19 +80,29 @@ class Hsmd:
         self.tmp = tempfile.mkdtemp(prefix="hsmd-it-")
         _scratch.append(self.tmp)
         self.data_dir = data_dir or os.path.join(self.tmp, "data")
-        self.port = free_port()
         self.scheme = "https" if tls_ca else "http"
         self.tls_ca = tls_ca
-        self.endpoint = f"{self.scheme}://127.0.0.1:{self.port}"
         self.log_path = os.path.join(self.tmp, "hsmd.log")
         full_env = dict(os.environ)
         full_env.update(env or {})
-        cmd = [HSMD, "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.data_dir] + args
-        if not tls_ca and "--dev" not in args:
-            cmd.append("--allow-plaintext-loopback")  # production mode, plain HTTP on loopback
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
-        self.wait_alive()
+        # A free port is free only until another process takes it (tests run in parallel):
+        # a start that lost the race is tried again on another port.
+        for attempt in range(5):
+            self.port = free_port()
+            self.endpoint = f"{self.scheme}://127.0.0.1:{self.port}"
+            cmd = [HSMD, "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.data_dir] + args
+            if not tls_ca and "--dev" not in args:
+                cmd.append("--allow-plaintext-loopback")  # production mode, plain HTTP
+            self.log = open(self.log_path, "w")
+            self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                         env=full_env)
+            try:
+                self.wait_alive()
+                return
+            except RuntimeError:
+                if attempt == 4 or "Address already in use" not in self.read_log():
+                    raise
+                self.log.close()
 
     def wait_alive(self, timeout=30):
         deadline = time.time() + timeout
@@ -127,9 +160,9 @@ def hsmd():
     server.cleanup()
 
 
-def client(server, akid=DEV_AKID, secret=DEV_SECRET, retries=0):
+def client(server, akid=DEV_AKID, secret=DEV_SECRET, retries=0, read_timeout=30):
     cfg = botocore.config.Config(retries={"max_attempts": retries + 1, "mode": "standard"},
-                                 connect_timeout=5, read_timeout=30)
+                                 connect_timeout=5, read_timeout=read_timeout)
     return boto3.client("kms", region_name=REGION, endpoint_url=server.endpoint,
                         aws_access_key_id=akid, aws_secret_access_key=secret, config=cfg,
                         verify=server.tls_ca if server.tls_ca else None)

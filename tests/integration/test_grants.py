@@ -87,8 +87,7 @@ def test_grants_are_listed_with_every_field_and_filtered(hsmd, kms, users):
     assert first["IssuingAccount"] == ROOT
     assert sorted(first["Operations"]) == ["Decrypt", "DescribeKey", "Encrypt"]
     assert first["Constraints"] == {"EncryptionContextSubset": {"Dept": "IT"}}
-    # hsmd stamps whole seconds with time(), which reads the kernel's coarse clock: it may
-    # still say the second before the one this test's precise clock has just entered.
+    # hsmd stamps whole seconds: the grant's second may have begun before `before`.
     slack = datetime.timedelta(seconds=1)
     assert before - slack <= first["CreationDate"] <= datetime.datetime.now(datetime.timezone.utc)
     second = grants[g2["GrantId"]]

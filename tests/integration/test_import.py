@@ -194,7 +194,7 @@ def test_expiry_deletes_the_material(hsmd, kms):
     params = kms.get_parameters_for_import(KeyId=key, WrappingAlgorithm="RSAES_OAEP_SHA_256",
                                            WrappingKeySpec="RSA_2048")
     enc = wrap(params, material, "RSAES_OAEP_SHA_256")
-    valid_to = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=5)
+    valid_to = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=10)
     kms.import_key_material(KeyId=key, ImportToken=params["ImportToken"],
                             EncryptedKeyMaterial=enc, ValidTo=valid_to)
     blob = kms.encrypt(KeyId=key, Plaintext=b"x")["CiphertextBlob"]

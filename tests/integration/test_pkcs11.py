@@ -1527,7 +1527,7 @@ s.login(sys.argv[2])
 mech = PyKCS11.Mechanism(PyKCS11.CKM_ECDSA_SHA256)
 for i in range(10):
     s.sign(key, b"kept alive %d" % i, mech)
-time.sleep(1.0)  # hsmd closes the idle connection meanwhile
+time.sleep(4.0)  # hsmd closes the idle connection meanwhile
 s.sign(key, b"after the idle timeout", mech)
 print("signed")
 """
@@ -1538,7 +1538,9 @@ def test_one_connection_kept_alive_and_renewed(tmp_path):
     cost more than the signature): ten signatures arrive from one client
     address.  When hsmd closes it for being idle, the next call opens another
     and succeeds."""
-    server = start_dev(["--idle-timeout-ms", "300"])
+    # Long enough that a pause of the client between its ten calls (a loaded machine)
+    # does not close the connection; short against the script's 4 s pause.
+    server = start_dev(["--idle-timeout-ms", "1500"])
     try:
         kid = client(server).create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")[
             "KeyMetadata"]["KeyId"]

@@ -282,7 +282,7 @@ def test_seal_and_unseal_in_dev_mode():
         assert status(server)["KeyCount"] == 1  # the same count, without credentials
         assert admin(server, "Seal")["Sealed"] is True
         assert_sealed(server)
-        assert gauge_becomes(server, "hsmd_keys", 0, 1.5), "a sealed node reports no keys"
+        assert gauge_becomes(server, "hsmd_keys", 0, 4), "a sealed node reports no keys"
         raises("ServiceUnavailableException", kms.decrypt, CiphertextBlob=blob, status=503)
         # Every signed call, Seal included, is refused while sealed: access key
         # secrets are sealed too, so no signature can be checked.
@@ -294,7 +294,7 @@ def test_seal_and_unseal_in_dev_mode():
         assert st == 200 and out["Sealed"] is False, out
         st, body, _ = server.get("/readyz")
         assert st == 200
-        assert gauge_becomes(server, "hsmd_keys", 1, 1.5), "counted again on unseal"
+        assert gauge_becomes(server, "hsmd_keys", 1, 4), "counted again on unseal"
         assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"survives a seal"
         ops = [r.get("op") for r in audit_records(server.data_dir)]
         assert "Seal" in ops and "Unseal" in ops
@@ -320,18 +320,20 @@ def test_requests_without_credentials_stay_small_and_out_of_the_lane():
         assert st == 400 and "4096" not in out["message"], out  # parsed: not a share
         # Status while the lane is busy making RSA-4096 keys: answered without waiting.
         # Eight key generations share the lane's threads (two on two cores) for seconds;
-        # Status queued behind them would come back only once six or more were done.
+        # Status queued behind them would come back only once the lane had emptied, so
+        # the lane still holding work when Status is back shows it did not wait (however
+        # fast or slow the machine makes keys).
         import concurrent.futures
-        kms = client(server)
+        kms = client(server, read_timeout=600)  # the last keys wait for all the others
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             busy = [pool.submit(kms.create_key, KeySpec="RSA_4096", KeyUsage="SIGN_VERIFY")
                     for _ in range(8)]
             time.sleep(0.3)
             st, out = unsigned_call(server, "HsmdAdmin.Status", {})
-            done_before = sum(f.done() for f in busy)
+            lane_after = gauge(server, "hsmd_lane_requests")
             for f in busy:
                 f.result()
         assert st == 200, out
-        assert done_before <= 4, f"Status waited for the lane ({done_before} of 8 done)"
+        assert lane_after >= 1, "Status waited for the lane to empty"
     finally:
         server.cleanup()
