@@ -17,9 +17,11 @@
  *   re-encoded (unreserved characters kept, everything else %XX), sorted by
  *   name and then by value, joined as name=value with '&'.  A parameter
  *   without '=' has an empty value.  '+' decodes to a space, as in HTML form
- *   encoding: botocore puts query parameters on the wire that way while
- *   signing them as %20, and a client that means a literal '+' must send
- *   %2B anyway for the AWS canonical form.
+ *   encoding: botocore puts parameters given as request params on the wire
+ *   that way while signing them as %20 (a query string written into the URL
+ *   it signs as written, so only one already in canonical form matches
+ *   here), and a client that means a literal '+' must send %2B anyway for
+ *   the AWS canonical form.  No KMS client sends a query string.
  * - CanonicalHeaders: for each signed header, "name:value\n" with the name
  *   lowercased and the value trimmed, runs of whitespace folded to one
  *   space, and repeated headers joined with ',' in the order received.

@@ -281,7 +281,24 @@ static void fail_request(pending *p, outcome *o, hsm_result r)
 {
 	o->err = r.err;
 	p->status = hsm_err_http_status(r.err);
-	error_body(r.err, hsm_last_message(), &p->body);
+	if (p->status == 500 && r.err != HSM_ERR_KEY_UNAVAILABLE &&
+	    (o->auth == NULL || o->auth->user[0] == '\0')) {
+		/*
+		 * An internal failure's text names what failed inside the node (a
+		 * database host and port, a file): to a caller not authenticated
+		 * (the failure came first, or it has no credentials at all) the
+		 * answer says no more than that something failed; the log has the
+		 * text under the request id the answer carries.
+		 */
+		char msg[160];
+		hsm_warn("request %s failed: %s", hsm_http_req_id(p->req), hsm_last_message());
+		snprintf(msg, sizeof(msg),
+		         "the request failed inside hsmd; its log has the detail under request id %s",
+		         hsm_http_req_id(p->req));
+		error_body(r.err, msg, &p->body);
+	} else {
+		error_body(r.err, hsm_last_message(), &p->body);
+	}
 	finish(p, o);
 }
 

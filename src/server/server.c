@@ -495,7 +495,10 @@ static void *scheduler_main(void *arg)
 				atomic_fetch_add(&s->metrics.scheduler_failures, 1);
 				hsm_log_failure("scheduled key work");
 			}
-			hsm_server_backup_if_due(s);
+			/* Asked again: the key work may have taken long, and a backup made after the
+			 * lead was lost would be made twice, here and by the new leader. */
+			if (lead(s, can_work))
+				hsm_server_backup_if_due(s);
 		}
 		pthread_mutex_lock(&s->stop_lock);
 	}

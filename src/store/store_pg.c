@@ -104,6 +104,9 @@ static hsm_result conn_open(const pg_store *s, pg_conn **out)
 		goto out;
 	}
 	PQsetNoticeProcessor(c->db, drop_notice, NULL);
+	/* Sending never blocks either: every wait is await_result's, with its deadline. */
+	HSM_CHECK(PQsetnonblocking(c->db, 1) == 0, HSM_ERR_STORE,
+	          "cannot make the PostgreSQL connection non-blocking");
 	HSM_TRY(pg_simple(c, SQL_SESSION, "configure a connection"));
 	c->ok = 0;
 	*out = c;
@@ -210,7 +213,8 @@ static void pool_put(pg_store *s, pg_conn *c)
  */
 static bool may_retry(const pg_conn *c, hsm_result res, int attempt)
 {
-	return hsm_failed(res) && c->broken && c->ok == 0 && attempt == 0;
+	/* Not after a timeout: the server may be frozen, and the caller has waited enough. */
+	return hsm_failed(res) && c->broken && !c->late && c->ok == 0 && attempt == 0;
 }
 
 hsm_result pg_read(pg_store *s, pg_body body, void *arg)
@@ -232,8 +236,8 @@ static void rollback_if_open(pg_conn *c)
 {
 	if (c->broken || PQtransactionStatus(c->db) == PQTRANS_IDLE)
 		return;
-	PGresult *r = PQexec(c->db, "ROLLBACK");
-	if (PQresultStatus(r) != PGRES_COMMAND_OK)
+	PGresult *r = pg_exec_raw(c, "ROLLBACK");
+	if (r == NULL || PQresultStatus(r) != PGRES_COMMAND_OK)
 		c->broken = true; /* not reused in an unknown state */
 	PQclear(r);
 }
@@ -241,6 +245,11 @@ static void rollback_if_open(pg_conn *c)
 static hsm_result commit(pg_conn *c)
 {
 	hsm_result res = pg_simple(c, "COMMIT", "commit a transaction");
+	if (hsm_failed(res) && c->late)
+		return HSM_FAIL(HSM_ERR_DEPENDENCY_TIMEOUT,
+		                "PostgreSQL did not answer the COMMIT within %d s: the change may or "
+		                "may not have been applied",
+		                PG_CLIENT_TIMEOUT_MS / 1000);
 	if (hsm_failed(res) && c->broken)
 		return HSM_FAIL(HSM_ERR_STORE, "lost the connection to PostgreSQL during COMMIT: the "
 		                               "change may or may not have been applied");
@@ -338,8 +347,17 @@ static hsm_result lead_try(pg_store *s)
 		if (hsm_failed(r))
 			lead_drop(s);
 	}
-	if (s->lead == NULL)
+	if (s->lead == NULL) {
 		HSM_GUARD(conn_open(s, &s->lead));
+		/* A lease: the lock lives only as long as the leader keeps proving itself. */
+		hsm_result r = pg_simple(s->lead,
+		                         "SET idle_session_timeout = " STR(PG_LEAD_IDLE_TIMEOUT_MS),
+		                         "limit the leadership session's idle time");
+		if (hsm_failed(r)) {
+			lead_drop(s);
+			return r;
+		}
+	}
 	if (s->leading)
 		return HSM_SUCCESS;
 	PGresult *res = NULL;

@@ -61,6 +61,24 @@
 #define PG_STATEMENT_TIMEOUT_MS 15000
 /* A node wedged inside a transaction does not hold row locks beyond this. */
 #define PG_IDLE_TX_TIMEOUT_MS 60000
+/*
+ * How long hsmd waits for any answer of the server, whatever it is doing:
+ * the limits above are the server's to enforce, and a server that is
+ * stopped, frozen or cut off behind a link that still answers TCP enforces
+ * nothing.  Past it the connection is given up (closed, not pooled) and the
+ * request fails with DEPENDENCY_TIMEOUT rather than hanging.
+ */
+#define PG_CLIENT_TIMEOUT_MS (PG_STATEMENT_TIMEOUT_MS + 5000)
+/*
+ * The leadership session (store.h, hsm_store_lead) is ended by the server
+ * after this long without a statement: the leader's scheduler proves it
+ * every pass (5 s), so a leader that is stopped, or hung, without its
+ * connection closing (SIGSTOP, a frozen VM, a pass stuck on a hung disk)
+ * loses the lead, which another node then takes.  A pass longer than this
+ * (a very large backup) may hand the lead over meanwhile: harmless, as every
+ * scheduled change is decided again under its row lock.
+ */
+#define PG_LEAD_IDLE_TIMEOUT_MS 30000
 /* Seconds libpq waits to connect, unless the location names its own connect_timeout. */
 #define PG_CONNECT_TIMEOUT_S "5"
 /*
@@ -87,6 +105,7 @@ typedef struct pg_conn {
 	PGconn *db;
 	struct pg_conn *next; /* idle-pool link */
 	bool broken;          /* lost its server: closed instead of pooled */
+	bool late;            /* a statement's answer did not come within PG_CLIENT_TIMEOUT_MS */
 	unsigned ok;          /* statements that succeeded since checkout (the retry rule) */
 	struct pg_slot {
 		const char *sql; /* the statement's text, identified by address */
@@ -140,6 +159,11 @@ void pg_p_bytea(pg_params *p, const hsm_buf *v);
 hsm_result pg_run(pg_conn *c, const char *sql, const pg_params *p, PGresult **out) HSM_MUST_CHECK;
 /* A one-off statement (no cache): transaction control, session settings. */
 hsm_result pg_simple(pg_conn *c, const char *sql, const char *what) HSM_MUST_CHECK;
+/*
+ * sql's result (PQexec's), waiting at most PG_CLIENT_TIMEOUT_MS; NULL when
+ * none came (c->broken set, and c->late if time ran out).  Sets no error.
+ */
+PGresult *pg_exec_raw(pg_conn *c, const char *sql);
 /* Whether sql with $1 = text returns a row. */
 hsm_result pg_exists(pg_conn *c, const char *sql, const char *text, bool *found) HSM_MUST_CHECK;
 

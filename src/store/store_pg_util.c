@@ -9,7 +9,9 @@
 #include "store/store_pg.h"
 
 #include <endian.h>
+#include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,6 +118,87 @@ void pg_p_bytea(pg_params *p, const hsm_buf *v)
 
 /* ---- Statements ------------------------------------------------------------------------- */
 
+/* 1 when c's socket is ready for events, 0 at the deadline (hsm_mono_ns), -1 on error. */
+static int wait_socket(pg_conn *c, short events, uint64_t deadline)
+{
+	int fd = PQsocket(c->db);
+	if (fd < 0)
+		return -1;
+	for (;;) {
+		uint64_t now = hsm_mono_ns();
+		if (now >= deadline)
+			return 0;
+		struct pollfd p = {.fd = fd, .events = events};
+		int n = poll(&p, 1, (int)((deadline - now + 999999U) / 1000000U));
+		if (n != 0 || errno != EINTR)
+			return n > 0 ? 1 : n;
+	}
+}
+
+/*
+ * The answer to what was just sent on c, as the blocking calls give it (the
+ * first error, else the last result), waiting at most PG_CLIENT_TIMEOUT_MS.
+ * NULL when sending failed or the connection broke (PQstatus says which),
+ * or, with c->late and c->broken set, when no answer came in time.
+ */
+static PGresult *await_result(pg_conn *c)
+{
+	uint64_t deadline = hsm_mono_ns() + (uint64_t)PG_CLIENT_TIMEOUT_MS * 1000000U;
+	PGresult *keep = NULL;
+	int flushed;
+	while ((flushed = PQflush(c->db)) == 1) {
+		int w = wait_socket(c, POLLIN | POLLOUT, deadline);
+		if (w == 0)
+			goto late;
+		if (w < 0 || !PQconsumeInput(c->db))
+			break;
+	}
+	for (;;) {
+		while (flushed >= 0 && PQisBusy(c->db)) {
+			int w = wait_socket(c, POLLIN, deadline);
+			if (w == 0)
+				goto late;
+			if (w < 0 || !PQconsumeInput(c->db))
+				break;
+		}
+		if (PQisBusy(c->db) && PQstatus(c->db) != CONNECTION_BAD)
+			break; /* cannot read on, yet not known lost: give the connection up */
+		PGresult *r = PQgetResult(c->db);
+		if (r == NULL)
+			return keep;
+		ExecStatusType kept = keep != NULL ? PQresultStatus(keep) : PGRES_COMMAND_OK;
+		if (kept != PGRES_COMMAND_OK && kept != PGRES_TUPLES_OK) {
+			PQclear(r); /* the first error stands */
+		} else {
+			PQclear(keep);
+			keep = r;
+		}
+	}
+	PQclear(keep);
+	c->broken = true;
+	return NULL;
+late:
+	PQclear(keep);
+	c->late = true;
+	c->broken = true; /* in an unknown state: closed, never pooled */
+	return NULL;
+}
+
+PGresult *pg_exec_raw(pg_conn *c, const char *sql)
+{
+	return PQsendQuery(c->db, sql) ? await_result(c) : NULL;
+}
+
+/* The failure for an answer await_result did not give. */
+static hsm_result no_answer(pg_conn *c, const char *what)
+{
+	if (c->late)
+		return HSM_FAIL(HSM_ERR_DEPENDENCY_TIMEOUT,
+		                "PostgreSQL did not answer within %d s while trying to %s",
+		                PG_CLIENT_TIMEOUT_MS / 1000, what);
+	return pg_fail(c, NULL, what);
+}
+
 static size_t slot_of(const char *sql)
 {
 	/* Fibonacci hashing of the address; the low bits are alignment. */
@@ -134,7 +217,9 @@ static hsm_result prepared_name(pg_conn *c, const char *sql, int nparams, char n
 			return HSM_SUCCESS;
 		if (slot->sql != NULL)
 			continue;
-		PGresult *r = PQprepare(c->db, name, sql, nparams, NULL);
+		PGresult *r = PQsendPrepare(c->db, name, sql, nparams, NULL) ? await_result(c) : NULL;
+		if (r == NULL)
+			return no_answer(c, "prepare a statement");
 		hsm_result res = HSM_SUCCESS;
 		if (PQresultStatus(r) != PGRES_COMMAND_OK) {
 			res = pg_fail(c, r, "prepare a statement");
@@ -156,7 +241,11 @@ hsm_result pg_run(pg_conn *c, const char *sql, const pg_params *p, PGresult **ou
 		p = &none;
 	char name[16];
 	HSM_GUARD(prepared_name(c, sql, p->n, name));
-	PGresult *r = PQexecPrepared(c->db, name, p->n, p->values, p->lengths, p->formats, 1);
+	PGresult *r = PQsendQueryPrepared(c->db, name, p->n, p->values, p->lengths, p->formats, 1)
+	                  ? await_result(c)
+	                  : NULL;
+	if (r == NULL)
+		return no_answer(c, "run a statement");
 	ExecStatusType st = PQresultStatus(r);
 	if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
 		hsm_result res = pg_fail(c, r, "run a statement");
@@ -173,7 +262,9 @@ hsm_result pg_run(pg_conn *c, const char *sql, const pg_params *p, PGresult **ou
 
 hsm_result pg_simple(pg_conn *c, const char *sql, const char *what)
 {
-	PGresult *r = PQexec(c->db, sql);
+	PGresult *r = pg_exec_raw(c, sql);
+	if (r == NULL)
+		return no_answer(c, what);
 	hsm_result res = HSM_SUCCESS;
 	ExecStatusType st = PQresultStatus(r);
 	if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -289,6 +290,22 @@ class Postgres:
         p = subprocess.run([PG_SERVER, action, self.dir], capture_output=True, text=True,
                            timeout=120)
         assert p.returncode == 0, p.stdout + p.stderr
+
+    def _processes(self):
+        with open(os.path.join(self.dir, "data", "postmaster.pid")) as f:
+            main = int(f.readline())
+        kids = subprocess.run(["pgrep", "-P", str(main)], capture_output=True, text=True)
+        return [main] + [int(p) for p in kids.stdout.split()]
+
+    def freeze(self):
+        """Stops every process of the server (SIGSTOP): connections stay open, nothing
+        answers, and the server enforces none of its timeouts (a frozen VM, a hung disk)."""
+        for pid in self._processes():
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self):
+        for pid in self._processes():
+            os.kill(pid, signal.SIGCONT)
 
     def close(self):
         subprocess.run([PG_SERVER, "stop", self.dir], capture_output=True, timeout=120)

@@ -91,6 +91,20 @@ def eventually(fn, within):
         time.sleep(0.05)
 
 
+def stale_for(refused, within=5):
+    """Polls refused() until it is true; how long after the first poll the last call that
+    was still served began.  A slow call on a loaded machine does not count against the
+    cache's bound, only what the node still served and when it was asked."""
+    t0 = last_served = time.monotonic()
+    while True:
+        began = time.monotonic()
+        if refused():
+            return last_served - t0
+        last_served = began
+        assert began - t0 < within, "the change never reached the other node"
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def pg():
     server = Postgres()
@@ -150,7 +164,6 @@ def test_a_change_on_one_node_shows_on_the_other_within_the_cache_lifetime(clust
     kid = off_a.create_key()["KeyMetadata"]["KeyId"]
     blob = app_b.encrypt(KeyId=kid, Plaintext=b"x")["CiphertextBlob"]  # B caches the key
     off_a.disable_key(KeyId=kid)
-    t0 = time.monotonic()
 
     def refused():
         try:
@@ -158,9 +171,8 @@ def test_a_change_on_one_node_shows_on_the_other_within_the_cache_lifetime(clust
             return False
         except app_b.exceptions.DisabledException:
             return True
-    assert eventually(refused, 5), "node B still encrypts with a key node A disabled"
-    waited = time.monotonic() - t0
-    assert waited < CACHE_MS / 1000 + 1.0, waited
+    waited = stale_for(refused)
+    assert waited < CACHE_MS / 1000 + 0.5, waited
     off_a.enable_key(KeyId=kid)
     assert eventually(lambda: _try(lambda: app_b.decrypt(CiphertextBlob=blob)["Plaintext"] == b"x"),
                       20)
@@ -234,9 +246,7 @@ def test_grants_made_on_one_node_hold_on_the_other(cluster):
     assert eventually(lambda: not refused(), 20), "node B never honoured node A's grant"
     assert [x["GrantId"] for x in off_b.list_grants(KeyId=kid)["Grants"]] == [g["GrantId"]]
     off_a.revoke_grant(KeyId=kid, GrantId=g["GrantId"])
-    t0 = time.monotonic()
-    assert eventually(refused, 5), "node B still honours a revoked grant"
-    assert time.monotonic() - t0 < CACHE_MS / 1000 + 1.0
+    assert stale_for(refused) < CACHE_MS / 1000 + 0.5, "node B honoured a revoked grant"
 
 
 def test_imported_material_across_nodes(cluster):
@@ -258,7 +268,6 @@ def test_imported_material_across_nodes(cluster):
                       == "Enabled", 20)
     blob = app_b.encrypt(KeyId=kid, Plaintext=b"imported")["CiphertextBlob"]  # B caches it
     off_a.delete_imported_key_material(KeyId=kid)
-    t0 = time.monotonic()
 
     def refused():
         try:
@@ -266,8 +275,7 @@ def test_imported_material_across_nodes(cluster):
             return False
         except app_b.exceptions.KMSInvalidStateException:
             return True
-    assert eventually(refused, 5), "node B still decrypts with deleted material"
-    assert time.monotonic() - t0 < CACHE_MS / 1000 + 1.0
+    assert stale_for(refused) < CACHE_MS / 1000 + 0.5, "node B decrypted with deleted material"
     other = off_b.get_parameters_for_import(KeyId=kid, WrappingAlgorithm="RSAES_OAEP_SHA_1",
                                             WrappingKeySpec="RSA_2048")
     with pytest.raises(off_a.exceptions.IncorrectKeyMaterialException):
@@ -380,18 +388,22 @@ def test_a_token_signed_on_one_node_verifies_through_the_other_nodes_jwks(cluste
     assert verifies_on_b(first["Token"])
     assert eventually(lambda: f"{kid}.v2" in b_kids(), JWT_LEAD), \
         "node B never published version 2"
-    published_on_b = time.time()
     # Every token A signs verifies through B; the first of version 2 comes after B has it.
     new = None
     while new is None and time.time() < after + JWT_LEAD + 5:
         t = token()
         assert verifies_on_b(t["Token"]), t["Kid"]
+        # Within the lead of the earliest the rotation can be dated: v1; from the second
+        # after the lead of the latest: v2.
+        if t["IssuedAt"] <= before + JWT_LEAD:
+            assert t["Kid"] == f"{kid}.v1", t
+        if t["IssuedAt"] >= int(after) + JWT_LEAD + 1:
+            assert t["Kid"] == f"{kid}.v2", t
         if t["Kid"] == f"{kid}.v2":
             new = t
         time.sleep(0.1)
     assert new is not None, "node A never signed with version 2"
-    assert before + JWT_LEAD + 1 <= new["IssuedAt"] <= after + JWT_LEAD + 2
-    assert published_on_b < before + JWT_LEAD + 1
+    assert before + JWT_LEAD + 1 <= new["IssuedAt"]
 
 
 def test_hsmctl_works_on_the_shared_store_beside_running_nodes(cluster, tmp_path):
@@ -508,6 +520,21 @@ def test_one_node_at_a_time_runs_the_scheduled_work(pg, tmp_path):
         assert eventually(lambda: "no longer runs the store's scheduled work"
                           in follower.read_log(), 20), follower.read_log()
         assert eventually(lambda: len(backups(back)) >= 1, 30), back.read_log()
+        # A stopped leader (SIGSTOP, a frozen VM: its connections stay open) holds the
+        # lead only as a lease, which the server ends after 30 s without a statement.
+        unseal(follower, files)
+        back.proc.send_signal(signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            assert eventually(lambda: gauge(follower, "hsmd_scheduler_leader") == 1, 90), \
+                follower.read_log()
+            assert time.monotonic() - t0 >= 20, "the lease ended long before its time"
+        finally:
+            back.proc.send_signal(signal.SIGCONT)
+        # Woken, it finds its session gone and leaves the work to the new leader.
+        assert eventually(lambda: gauge(back, "hsmd_scheduler_leader") == 0, 20), back.read_log()
+        time.sleep(6)
+        assert gauge(follower, "hsmd_scheduler_leader") == 1
     finally:
         for n in nodes:
             n.cleanup()
@@ -710,10 +737,20 @@ def test_store_outage_and_postgres_restart(cluster, pg):
             assert eventually(lambda: readyz(n)[0] == 503, 20), readyz(n)
             st, body = readyz(n)
             assert body["store"] is False and body["state"] == "unsealed", body
-        # A write cannot succeed; it fails with a KMS error, and the node stays up.
+        # A write cannot succeed; it fails with a KMS error, and the node stays up.  The
+        # node's cached credentials (2 s) are gone by now: the failure comes before anyone
+        # is authenticated.
+        time.sleep(2.5)
         with pytest.raises(Exception) as e:
             off.create_key()
         assert re.search(r"KMSInternal|DependencyTimeout|ServiceUnavailable", str(e.value))
+        # The answer names no part of the database (its log does, by request id).
+        port = urllib.parse.urlsplit(cluster.store).port
+        assert str(port) not in str(e.value) and "PostgreSQL" not in str(e.value), e.value
+        if "KMSInternal" in str(e.value):
+            rid = e.value.response["ResponseMetadata"]["RequestId"]
+            assert rid in str(e.value)
+            assert eventually(lambda: f"request {rid} failed: " in cluster.a.read_log(), 5)
         assert cluster.a.get("/healthz")[0] == 200
     finally:
         pg.ctl("resume")
@@ -724,6 +761,30 @@ def test_store_outage_and_postgres_restart(cluster, pg):
     assert eventually(lambda: _try(lambda: kms(cluster.b, cluster.ops).create_key()), 20)
     blob = app.encrypt(KeyId=kid, Plaintext=b"after")["CiphertextBlob"]
     assert kms(cluster.a, cluster.app).decrypt(CiphertextBlob=blob)["Plaintext"] == b"after"
+
+
+def test_a_frozen_store_fails_requests_in_bounded_time(cluster, pg):
+    """PostgreSQL stopped without its connections closing (SIGSTOP: a frozen VM, a hung
+    disk) enforces none of its own timeouts: hsmd stops waiting by itself, answers
+    DependencyTimeoutException instead of hanging, and works again once the store does."""
+    import botocore.exceptions
+    off = client(cluster.a, cluster.ops[0], cluster.ops[1], read_timeout=120)
+    kid = off.create_key()["KeyMetadata"]["KeyId"]
+    pg.freeze()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            off.tag_resource(KeyId=kid, Tags=[{"TagKey": "frozen", "TagValue": "yes"}])
+        waited = time.monotonic() - t0
+        assert e.value.response["Error"]["Code"] == "DependencyTimeoutException", e.value
+        # The client-side limit (20 s), once or twice (the credential, then the change).
+        assert waited < 50, waited
+    finally:
+        pg.thaw()
+    assert eventually(lambda: _try(lambda: off.tag_resource(
+        KeyId=kid, Tags=[{"TagKey": "thawed", "TagValue": "yes"}])), 30)
+    tags = {t["TagKey"] for t in off.list_resource_tags(KeyId=kid)["Tags"]}
+    assert "thawed" in tags and "frozen" not in tags, tags
 
 
 def _try(fn):
