@@ -239,43 +239,80 @@ static int digits_for(double x)
 	return 17;
 }
 
-/* The precision that writes every real number in v back exactly, as short as that allows. */
-static int precision_of(const json_t *v)
+/*
+ * A real number as jansson writes one (a '.' or an exponent always, the
+ * exponent without '+' or leading zeros), with the fewest digits that read
+ * back exactly: 0.1, not 0.10000000000000001.
+ */
+static void format_real(double x, char out[40])
 {
-	int p = 1;
-	if (json_is_real(v))
-		return digits_for(json_real_value(v));
-	if (json_is_object(v)) {
-		const char *k;
-		json_t *m;
-		json_object_foreach((json_t *)(uintptr_t)v, k, m)
-		{
-			int q = precision_of(m);
-			p = q > p ? q : p;
-		}
-	} else if (json_is_array(v)) {
-		for (size_t i = 0; i < json_array_size(v); i++) {
-			int q = precision_of(json_array_get(v, i));
-			p = q > p ? q : p;
-		}
+	char text[40];
+	snprintf(text, sizeof(text), "%.*g", digits_for(x), x);
+	char *e = strpbrk(text, "eE");
+	size_t n = 0;
+	for (const char *p = text; *p != '\0' && p != e; p++)
+		out[n++] = *p;
+	if (e == NULL && strchr(text, '.') == NULL) {
+		out[n++] = '.';
+		out[n++] = '0';
 	}
-	return p;
+	if (e != NULL) {
+		const char *p = e + 1;
+		out[n++] = 'e';
+		if (*p == '-')
+			out[n++] = *p;
+		if (*p == '-' || *p == '+')
+			p++;
+		while (*p == '0' && p[1] != '\0')
+			p++;
+		while (*p != '\0')
+			out[n++] = *p++;
+	}
+	out[n] = '\0';
 }
 
 /*
- * Appends BASE64URL(compact JSON of v).  Numbers with a fraction are written
- * as short as reads back exactly (0.1, not jansson's default
- * 0.10000000000000001): one precision for the document, the largest any of
- * its numbers needs.
+ * Appends BASE64URL(compact JSON of v).  Each number with a fraction is
+ * written as short as reads back exactly, on its own: jansson writes every
+ * real of a document with one precision, so the text (at full precision)
+ * is rewritten number by number outside its strings.
  */
 static hsm_result put_b64url_json(hsm_buf *out, const json_t *v)
 {
-	size_t flags = JSON_COMPACT | (size_t)JSON_REAL_PRECISION(precision_of(v));
-	char *text = json_dumps(v, flags);
-	HSM_ENSURE(text != NULL, HSM_ERR_NOMEM, "out of memory");
-	hsm_result r = hsm_b64url_encode(out, (const uint8_t *)text, strlen(text));
-	free(text);
-	return r;
+	hsm_result res = HSM_SUCCESS;
+	hsm_buf text = {0};
+	char *full = json_dumps(v, JSON_COMPACT | (size_t)JSON_REAL_PRECISION(17));
+	HSM_ENSURE(full != NULL, HSM_ERR_NOMEM, "out of memory");
+	bool in_string = false;
+	for (const char *p = full; *p != '\0';) {
+		if (in_string || (*p != '-' && (*p < '0' || *p > '9'))) {
+			if (in_string && *p == '\\' && p[1] != '\0') {
+				HSM_TRY(hsm_buf_put(&text, p, 2));
+				p += 2;
+				continue;
+			}
+			if (*p == '"')
+				in_string = !in_string;
+			HSM_TRY(hsm_buf_put(&text, p, 1));
+			p++;
+			continue;
+		}
+		size_t len = strspn(p, "+-0123456789.eE");
+		char real[40];
+		if (memchr(p, '.', len) != NULL || memchr(p, 'e', len) != NULL ||
+		    memchr(p, 'E', len) != NULL) {
+			format_real(strtod(p, NULL), real);
+			HSM_TRY(hsm_buf_put_str(&text, real));
+		} else {
+			HSM_TRY(hsm_buf_put(&text, p, len)); /* an integer: as written */
+		}
+		p += len;
+	}
+	HSM_TRY(hsm_b64url_encode(out, text.data, text.len));
+out:
+	free(full);
+	hsm_buf_free(&text);
+	return res;
 }
 
 static hsm_result build_header(const hsm_jwt_header *h, json_t **out)

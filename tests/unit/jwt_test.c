@@ -237,13 +237,16 @@ static void test_signing_input_encoding(void **state)
 	                             "\"iat\":1800000000,\"nbf\":1800000000,\"exp\":1800000001}");
 	free(payload);
 	json_decref(reals);
-	/* One that needs all 17 digits keeps them (and so do the others beside it). */
-	reals = parse("{\"x\":0.30000000000000004}");
+	/* One that needs all 17 digits keeps them, and the others beside it stay short; a
+	 * whole real stays a real, and strings holding digits are left alone. */
+	reals = parse("{\"n\":0.1,\"x\":0.30000000000000004,\"w\":[1.0,-1e20,2.5e-300],"
+	              "\"s\":\"0.10000000000000001 \\\" 1.0\",\"i\":-12}");
 	hsm_buf_clear(&rb);
 	assert_succeeds(hsm_jwt_signing_input(&h, reals, NOW, NOW + 1, &rb));
 	dot = memchr(rb.data, '.', rb.len);
 	payload = b64url_json_decode(dot + 1, rb.len - (size_t)(dot + 1 - (const char *)rb.data));
-	assert_non_null(strstr(payload, "\"x\":0.30000000000000004,"));
+	assert_non_null(strstr(payload, "{\"n\":0.1,\"x\":0.30000000000000004,\"w\":[1.0,-1e20,"
+	                                "2.5e-300],\"s\":\"0.10000000000000001 \\\" 1.0\",\"i\":-12,"));
 	free(payload);
 	json_decref(reals);
 	hsm_buf_free(&rb);
