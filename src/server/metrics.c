@@ -34,13 +34,16 @@ void hsm_metrics_observe(hsm_metrics *m, unsigned slot, int http_status, uint64_
 	                       : http_status < 500 ? HSM_METRIC_CLIENT_ERROR
 	                                           : HSM_METRIC_SERVER_ERROR;
 	atomic_fetch_add_explicit(&m->requests[slot][o], 1, memory_order_relaxed);
+	/* Latency is the service's: a request refused as the client's error (no valid
+	 * credentials, bad input) is counted above only, so a flood of them cannot hide how
+	 * long the requests that were served took. */
+	if (o == HSM_METRIC_CLIENT_ERROR)
+		return;
 	double s = (double)latency_ns / 1e9;
-	for (unsigned b = 0; b < HSM_METRIC_BUCKETS; b++) {
-		if (s <= bucket_le[b]) {
-			atomic_fetch_add_explicit(&m->buckets[slot][b], 1, memory_order_relaxed);
-			break;
-		}
-	}
+	unsigned b = 0;
+	while (b < HSM_METRIC_BUCKETS && s > bucket_le[b])
+		b++;
+	atomic_fetch_add_explicit(&m->buckets[slot][b], 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&m->latency_us_sum[slot], latency_ns / 1000, memory_order_relaxed);
 }
 
@@ -49,40 +52,59 @@ static uint64_t load(const atomic_uint_fast64_t *v)
 	return atomic_load_explicit(v, memory_order_relaxed);
 }
 
-static hsm_result render_histogram(const hsm_metrics *m, unsigned slot, hsm_buf *out)
+static hsm_result render_requests(const hsm_metrics *m, unsigned slot, hsm_buf *out)
 {
 	const char *op = hsm_metrics_slot_name(slot);
-	uint64_t total = 0, cumulative = 0;
+	uint64_t n[HSM_METRIC_OUTCOMES], total = 0;
 	for (unsigned o = 0; o < HSM_METRIC_OUTCOMES; o++)
-		total += load(&m->requests[slot][o]);
+		total += n[o] = load(&m->requests[slot][o]);
 	if (total == 0 || op == NULL)
 		return HSM_SUCCESS;
 	for (unsigned o = 0; o < HSM_METRIC_OUTCOMES; o++)
 		HSM_GUARD(hsm_buf_printf(out, "hsmd_requests_total{operation=\"%s\",outcome=\"%s\"} %llu\n",
-		                         op, outcome_names[o],
-		                         (unsigned long long)load(&m->requests[slot][o])));
-	for (unsigned b = 0; b < HSM_METRIC_BUCKETS; b++) {
-		cumulative += load(&m->buckets[slot][b]);
+		                         op, outcome_names[o], (unsigned long long)n[o]));
+	return HSM_SUCCESS;
+}
+
+/* One operation's histogram from one reading of its buckets, so it is consistent in itself:
+ * +Inf and _count are the running total of the buckets read here. */
+static hsm_result render_histogram(const hsm_metrics *m, unsigned slot, hsm_buf *out)
+{
+	const char *op = hsm_metrics_slot_name(slot);
+	uint64_t cumulative = 0;
+	uint64_t b[HSM_METRIC_BUCKETS + 1];
+	for (unsigned i = 0; i <= HSM_METRIC_BUCKETS; i++)
+		cumulative += b[i] = load(&m->buckets[slot][i]);
+	if (cumulative == 0 || op == NULL)
+		return HSM_SUCCESS;
+	cumulative = 0;
+	for (unsigned i = 0; i < HSM_METRIC_BUCKETS; i++) {
+		cumulative += b[i];
 		HSM_GUARD(hsm_buf_printf(out,
 		                         "hsmd_request_duration_seconds_bucket{operation=\"%s\",le=\"%g\"} "
 		                         "%llu\n",
-		                         op, bucket_le[b], (unsigned long long)cumulative));
+		                         op, bucket_le[i], (unsigned long long)cumulative));
 	}
+	cumulative += b[HSM_METRIC_BUCKETS];
 	HSM_GUARD(hsm_buf_printf(out,
 	                         "hsmd_request_duration_seconds_bucket{operation=\"%s\",le=\"+Inf\"} "
 	                         "%llu\n",
-	                         op, (unsigned long long)total));
+	                         op, (unsigned long long)cumulative));
 	HSM_GUARD(hsm_buf_printf(out, "hsmd_request_duration_seconds_sum{operation=\"%s\"} %.6f\n", op,
 	                         (double)load(&m->latency_us_sum[slot]) / 1e6));
 	return hsm_buf_printf(out, "hsmd_request_duration_seconds_count{operation=\"%s\"} %llu\n", op,
-	                      (unsigned long long)total);
+	                      (unsigned long long)cumulative);
 }
 
 hsm_result hsm_metrics_render(const hsm_metrics *m, hsm_buf *out)
 {
 	HSM_GUARD(hsm_buf_put_str(out, "# HELP hsmd_requests_total Requests by operation and outcome.\n"
-	                               "# TYPE hsmd_requests_total counter\n"
-	                               "# HELP hsmd_request_duration_seconds Request latency.\n"
+	                               "# TYPE hsmd_requests_total counter\n"));
+	for (unsigned slot = 0; slot < HSM_METRIC_SLOTS; slot++)
+		HSM_GUARD(render_requests(m, slot, out));
+	HSM_GUARD(hsm_buf_put_str(out, "# HELP hsmd_request_duration_seconds Latency of the requests "
+	                               "answered with success or a server error (client errors are "
+	                               "in hsmd_requests_total only).\n"
 	                               "# TYPE hsmd_request_duration_seconds histogram\n"));
 	for (unsigned slot = 0; slot < HSM_METRIC_SLOTS; slot++)
 		HSM_GUARD(render_histogram(m, slot, out));
@@ -96,13 +118,22 @@ hsm_result hsm_metrics_render(const hsm_metrics *m, hsm_buf *out)
 		HSM_GUARD(hsm_buf_printf(out, "hsmd_http_probe_requests_total{path=\"%s\"} %llu\n",
 		                         probe_paths[p], (unsigned long long)load(&m->probes[p])));
 	return hsm_buf_printf(out,
+	                      "# HELP hsmd_auth_failures_total Requests refused in authentication.\n"
 	                      "# TYPE hsmd_auth_failures_total counter\nhsmd_auth_failures_total %llu\n"
+	                      "# HELP hsmd_sealed_refusals_total Requests refused because the node "
+	                      "was sealed.\n"
 	                      "# TYPE hsmd_sealed_refusals_total counter\n"
 	                      "hsmd_sealed_refusals_total %llu\n"
+	                      "# HELP hsmd_audit_refusals_total Requests refused because the audit "
+	                      "trail could not take their record.\n"
 	                      "# TYPE hsmd_audit_refusals_total counter\n"
 	                      "hsmd_audit_refusals_total %llu\n"
+	                      "# HELP hsmd_scheduler_actions_total Scheduled changes made (rotations, "
+	                      "destructions, expiries).\n"
 	                      "# TYPE hsmd_scheduler_actions_total counter\n"
 	                      "hsmd_scheduler_actions_total %llu\n"
+	                      "# HELP hsmd_scheduler_failures_total Scheduler passes whose key work "
+	                      "failed.\n"
 	                      "# TYPE hsmd_scheduler_failures_total counter\n"
 	                      "hsmd_scheduler_failures_total %llu\n",
 	                      (unsigned long long)load(&m->auth_failures),

@@ -43,7 +43,8 @@ typedef enum hsm_metric_probe {
 
 typedef struct hsm_metrics {
 	atomic_uint_fast64_t requests[HSM_METRIC_SLOTS][HSM_METRIC_OUTCOMES];
-	atomic_uint_fast64_t buckets[HSM_METRIC_SLOTS][HSM_METRIC_BUCKETS];
+	/* Answered 2xx or 5xx only, by bucket; the last counts those beyond every bound. */
+	atomic_uint_fast64_t buckets[HSM_METRIC_SLOTS][HSM_METRIC_BUCKETS + 1];
 	atomic_uint_fast64_t latency_us_sum[HSM_METRIC_SLOTS];
 	atomic_uint_fast64_t probes[HSM_METRIC_PROBES];
 	atomic_uint_fast64_t auth_failures;

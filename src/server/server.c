@@ -698,9 +698,13 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	hsm_ks_get_stats(s->ks, &ks);
 	HSM_GUARD(hsm_buf_printf(
 	    out,
+	    "# HELP hsmd_up 1 while the process answers.\n"
 	    "# TYPE hsmd_up gauge\nhsmd_up 1\n"
+	    "# HELP hsmd_sealed 1 while the master key is sealed.\n"
 	    "# TYPE hsmd_sealed gauge\nhsmd_sealed %d\n"
+	    "# HELP hsmd_error_state 1 when the node stopped serving after an unrecoverable fault.\n"
 	    "# TYPE hsmd_error_state gauge\nhsmd_error_state %d\n"
+	    "# HELP hsmd_start_time_seconds When this process started (Unix seconds).\n"
 	    "# TYPE hsmd_start_time_seconds gauge\nhsmd_start_time_seconds %lld\n"
 	    "# HELP hsmd_keys Keys in the store, not destroyed (counted every few seconds).\n"
 	    "# TYPE hsmd_keys gauge\nhsmd_keys %llu\n"
@@ -725,15 +729,20 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "# HELP hsmd_certificates_expiring_30d Certificates whose notAfter is within 30 days, "
 	    "or past.\n"
 	    "# TYPE hsmd_certificates_expiring_30d gauge\nhsmd_certificates_expiring_30d %llu\n"
+	    "# HELP hsmd_audit_healthy 1 while the audit trail takes records.\n"
 	    "# TYPE hsmd_audit_healthy gauge\nhsmd_audit_healthy %d\n"
 	    "# HELP hsmd_store_up Whether the store answered the last probe (every 5 s).\n"
 	    "# TYPE hsmd_store_up gauge\nhsmd_store_up %d\n"
 	    "# HELP hsmd_scheduler_leader Whether this node runs the store's scheduled work "
 	    "(rotation, destruction, scheduled backups): one node of those sharing a store.\n"
 	    "# TYPE hsmd_scheduler_leader gauge\nhsmd_scheduler_leader %d\n"
+	    "# HELP hsmd_audit_records_total Records written to the audit trail.\n"
 	    "# TYPE hsmd_audit_records_total counter\nhsmd_audit_records_total %llu\n"
+	    "# HELP hsmd_audit_failed_records_total Records the audit trail could not write.\n"
 	    "# TYPE hsmd_audit_failed_records_total counter\nhsmd_audit_failed_records_total %llu\n"
+	    "# HELP hsmd_audit_outages_total Times the audit trail stopped taking records.\n"
 	    "# TYPE hsmd_audit_outages_total counter\nhsmd_audit_outages_total %llu\n"
+	    "# HELP hsmd_audit_next_sequence The sequence number of the next audit record.\n"
 	    "# TYPE hsmd_audit_next_sequence gauge\nhsmd_audit_next_sequence %llu\n"
 	    "# HELP hsmd_audit_files_expired_total Audit files deleted by the retention.\n"
 	    "# TYPE hsmd_audit_files_expired_total counter\nhsmd_audit_files_expired_total %llu\n"
@@ -742,8 +751,11 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "# HELP hsmd_audit_copy_failures_total Audit files not copied to audit_copy_dir when "
 	    "tried (retried each pass: after a rotation, hourly), or expired copies not deleted.\n"
 	    "# TYPE hsmd_audit_copy_failures_total counter\nhsmd_audit_copy_failures_total %llu\n"
+	    "# HELP hsmd_key_cache_hits_total Key lookups answered from the cache.\n"
 	    "# TYPE hsmd_key_cache_hits_total counter\nhsmd_key_cache_hits_total %llu\n"
+	    "# HELP hsmd_key_cache_misses_total Key lookups that read the store.\n"
 	    "# TYPE hsmd_key_cache_misses_total counter\nhsmd_key_cache_misses_total %llu\n"
+	    "# HELP hsmd_key_cache_entries Keys held in the cache.\n"
 	    "# TYPE hsmd_key_cache_entries gauge\nhsmd_key_cache_entries %llu\n"
 	    "# HELP hsmd_lane_requests Long requests (key generation, store writes, administration) "
 	    "queued or running beside the HTTP workers.\n"
@@ -808,6 +820,7 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "# HELP hsmd_backup_last_duration_seconds How long the last backup of this run took "
 	    "(0: none yet).\n"
 	    "# TYPE hsmd_backup_last_duration_seconds gauge\nhsmd_backup_last_duration_seconds %.3f\n"
+	    "# HELP hsmd_backups_created_total Backups this process made.\n"
 	    "# TYPE hsmd_backups_created_total counter\nhsmd_backups_created_total %llu\n"
 	    "# HELP hsmd_backup_failures_total Backups that failed, or expired backups not deleted "
 	    "from backup_dir.\n"
@@ -815,7 +828,11 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "# HELP hsmd_backup_copy_failures_total Backups not copied to backup_copy_dir, or expired "
 	    "copies not deleted.\n"
 	    "# TYPE hsmd_backup_copy_failures_total counter\nhsmd_backup_copy_failures_total %llu\n"
+	    "# HELP hsmd_backups_expired_total Backups deleted by retention.\n"
 	    "# TYPE hsmd_backups_expired_total counter\nhsmd_backups_expired_total %llu\n"
+	    "# HELP hsmd_backup_interval_seconds backup_interval_seconds (0: no scheduled "
+	    "backups), for the stale-backup alert.\n"
+	    "# TYPE hsmd_backup_interval_seconds gauge\nhsmd_backup_interval_seconds %u\n"
 	    "# HELP hsmd_backup_copies_missing This store's backups in backup_dir that "
 	    "backup_copy_dir lacks, at the last look (retried every 5 minutes; 0 without a copy "
 	    "directory).\n"
@@ -826,7 +843,7 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    (unsigned long long)atomic_load(&s->backups_made),
 	    (unsigned long long)atomic_load(&s->backup_failures),
 	    (unsigned long long)atomic_load(&s->backup_copy_failures),
-	    (unsigned long long)atomic_load(&s->backups_expired),
+	    (unsigned long long)atomic_load(&s->backups_expired), (unsigned)s->opt.backup_interval,
 	    (long long)(missing > 0 ? missing : 0)));
 	HSM_GUARD(render_audit_syncs(&as, out));
 	HSM_GUARD(render_disk(s, out));

@@ -234,3 +234,36 @@ def test_readme_alert_rules_name_exported_series(server):
         {n for n, _ in scrape(server)}
     missing = sorted(n for n in names if n not in exported)
     assert not missing, f"alert rules read series hsmd does not export: {missing}"
+
+
+def test_exposition_reads_whole_in_a_strict_parser(server):
+    """prometheus_client's own parser reads every family with its samples (each family's
+    lines together, after its HELP and TYPE); each histogram is consistent in itself
+    (buckets never fall, +Inf equals _count); and requests refused as the client's error
+    (here a flood without credentials) count in hsmd_requests_total but not in latency."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from conftest import unsigned_call
+    kms = client(server)
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    kms.encrypt(KeyId=key, Plaintext=b"x")
+    for _ in range(30):
+        assert unsigned_call(server, "TrentService.Encrypt", {"KeyId": key})[0] == 400
+    body = server.get("/metrics")[1].decode()
+    families = {f.name: f for f in text_string_to_metric_families(body)}
+    for f in families.values():
+        assert f.type in ("counter", "gauge", "histogram"), (f.name, f.type)
+        assert f.samples, f"family {f.name} came out without samples"
+        assert f.documentation, f"family {f.name} has no HELP"
+    hist = families["hsmd_request_duration_seconds"]
+    by_op = {}
+    for s in hist.samples:
+        by_op.setdefault(s.labels["operation"], []).append(s)
+    for op, samples in by_op.items():
+        buckets = [s.value for s in samples if s.name.endswith("_bucket")]
+        count = [s.value for s in samples if s.name.endswith("_count")][0]
+        assert buckets == sorted(buckets) and buckets[-1] == count, (op, buckets, count)
+    reqs = {(s.labels["operation"], s.labels["outcome"]): s.value
+            for s in families["hsmd_requests"].samples}
+    encrypt_count = [s.value for s in by_op["Encrypt"] if s.name.endswith("_count")][0]
+    assert reqs[("Encrypt", "client_error")] >= 30
+    assert encrypt_count == reqs[("Encrypt", "ok")] + reqs[("Encrypt", "server_error")]
