@@ -125,7 +125,10 @@ static hsm_result sign_request(const endpoint *ep, const hsm_client *c, const ch
 		akid = getenv("AWS_ACCESS_KEY_ID");
 		secret = getenv("AWS_SECRET_ACCESS_KEY");
 	}
-	HSM_ENSURE(akid != NULL && secret != NULL, HSM_ERR_MISSING_AUTH,
+	/* Empty is as good as unset (and never an assertion: this code runs inside other
+	 * programs, through the PKCS#11 module). */
+	HSM_ENSURE(akid != NULL && secret != NULL && *akid != '\0' && *secret != '\0',
+	           HSM_ERR_MISSING_AUTH,
 	           "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY to an hsmd access key");
 	const char *region = c->region ? c->region : hsm_env_region();
 	char host[300];
@@ -504,15 +507,29 @@ hsm_result hsm_client_call(hsm_client *c, const char *target, const char *body, 
 {
 	HSM_ENSURE(c->endpoints != NULL && *c->endpoints != '\0', HSM_ERR_VALIDATION,
 	           "--endpoint is required (or HSM_ENDPOINT)");
+	static const char not_serving[] = "\"ServiceUnavailableException\"";
 	const char *p = c->endpoints;
 	char tried[512] = "";
 	while (*p != '\0') {
+		const char *this_one = p;
 		size_t n = strcspn(p, ",");
+		p += n;
+		if (*p == ',')
+			p++;
 		endpoint ep;
 		answer a;
 		bool reached;
-		HSM_GUARD(parse_endpoint(p, n, &ep));
+		HSM_GUARD(parse_endpoint(this_one, n, &ep));
+		size_t before = resp->len;
 		hsm_result r = request(c, &ep, target, body, sign, &a, resp, &reached);
+		/* A node that is not serving (sealed, its audit trail down) refused the request
+		 * before doing anything with it: the next node, if any, may take it. */
+		if (hsm_ok(r) && a.status == 503 && *p != '\0' &&
+		    memmem(resp->data + before, resp->len - before, not_serving,
+		           sizeof(not_serving) - 1) != NULL) {
+			resp->len = before;
+			continue;
+		}
 		if (hsm_ok(r)) {
 			*status = a.status;
 			return HSM_SUCCESS;
@@ -520,10 +537,8 @@ hsm_result hsm_client_call(hsm_client *c, const char *target, const char *body, 
 		if (reached) /* it answered, or TLS failed: not a reason to try another node */
 			return r;
 		size_t used = strlen(tried);
-		snprintf(tried + used, sizeof(tried) - used, "%s%.*s", used ? ", " : "", (int)n, p);
-		p += n;
-		if (*p == ',')
-			p++;
+		snprintf(tried + used, sizeof(tried) - used, "%s%.*s", used ? ", " : "", (int)n,
+		         this_one);
 	}
 	return HSM_FAIL(HSM_ERR_IO, "no endpoint answered (tried %s)", tried);
 }

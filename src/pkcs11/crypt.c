@@ -284,6 +284,12 @@ CK_RV C_Encrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR
 		LEAVE(CKR_SESSION_HANDLE_INVALID);
 	if (!s->encrypt.active)
 		LEAVE(CKR_OPERATION_NOT_INITIALIZED);
+	/* Parts given to C_EncryptUpdate end with C_EncryptFinal, not here: refused and ended,
+	 * as C_Sign after C_SignUpdate is, rather than the parts dropped. */
+	if (s->encrypt.multi) {
+		p11_op_reset(&s->encrypt);
+		LEAVE(CKR_OPERATION_NOT_INITIALIZED);
+	}
 	p11_ticket t = p11_ticket_of(h, &s->encrypt);
 	const p11_object *o = p11_object_get(s->encrypt.key);
 	CK_RV rv = CKR_OK;
@@ -328,6 +334,10 @@ CK_RV C_Decrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR
 		LEAVE(CKR_SESSION_HANDLE_INVALID);
 	if (!s->decrypt.active)
 		LEAVE(CKR_OPERATION_NOT_INITIALIZED);
+	if (s->decrypt.multi) { /* as for C_Encrypt */
+		p11_op_reset(&s->decrypt);
+		LEAVE(CKR_OPERATION_NOT_INITIALIZED);
+	}
 	p11_ticket t = p11_ticket_of(h, &s->decrypt);
 	const p11_object *o = p11_object_get(s->decrypt.key);
 	CK_RV rv = CKR_OK;
@@ -388,6 +398,7 @@ static CK_RV gather(CK_SESSION_HANDLE h, bool encrypt, const CK_BYTE *part, CK_U
 		p11_op_reset(op);
 		return rv;
 	}
+	op->multi = true;
 	*out_n = 0; /* all output comes with the Final call */
 	return CKR_OK;
 }

@@ -511,6 +511,10 @@ static CK_RV call(const char *target, json_t *body, json_t **out, bool unlock,
 		hsm_buf_free(&body_text);
 		return CKR_DEVICE_ERROR; /* HSM_PKCS11_ENDPOINT is not set */
 	}
+	if (p11.conn.akid[0] == '\0' || p11.conn.secret[0] == '\0') {
+		hsm_buf_free(&body_text);
+		return CKR_USER_NOT_LOGGED_IN; /* a logout in another thread wiped them */
+	}
 	hsm_client *c = client_acquire();
 	if (c == NULL) {
 		hsm_buf_free(&body_text);
@@ -696,8 +700,14 @@ CK_RV C_GenerateRandom(CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG len)
 	ENTER();
 	CK_RV rv = p11_user_session(h);
 	p11_ticket t = p11_ticket_of(h, NULL);
+	uint64_t gen = p11.gen;
 	for (CK_ULONG done = 0; done < len && rv == CKR_OK;) {
 		CK_ULONG n = len - done > 1024 ? 1024 : len - done; /* GenerateRandom's bound */
+		/* The lock is let go during each chunk: a logout in another thread ends the call. */
+		if (!p11.logged_in || p11.gen != gen) {
+			rv = CKR_USER_NOT_LOGGED_IN;
+			break;
+		}
 		json_t *ans = NULL;
 		hsm_buf bytes;
 		hsm_buf_init_secure(&bytes);

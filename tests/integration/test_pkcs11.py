@@ -2089,6 +2089,19 @@ def threads_program(tmp_path):
     return c_program(tmp_path, "pkcs11_threads")
 
 
+def test_a_logout_ends_a_long_random_draw_in_another_thread(tmp_path, server, user):
+    """C_GenerateRandom asks for its bytes a chunk at a time and lets the module's lock go
+    meanwhile: a C_Logout from another thread wipes the credentials, and the draw must end
+    with CKR_USER_NOT_LOGGED_IN, not go on without them (it aborted the application)."""
+    exe = c_program(tmp_path, "pkcs11_logout_race")
+    env = dict(os.environ, HSM_PKCS11_ENDPOINT=server.endpoint)
+    p = subprocess.run([str(exe), MODULE, user.pin], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, (p.returncode, p.stderr)
+    # Ended by the logout (0x101), or done before it came on a fast machine (0x0).
+    assert p.stdout.strip() in ("random 0x101", "random 0x0"), p.stdout + p.stderr
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="reading another process's memory needs root")
 def test_plaintexts_and_random_bytes_do_not_stay_in_the_application(tmp_path, server, user,
                                                                     keys):

@@ -337,3 +337,28 @@ def test_requests_without_credentials_stay_small_and_out_of_the_lane():
         assert lane_after >= 1, "Status waited for the lane to empty"
     finally:
         server.cleanup()
+
+
+def test_clients_move_past_a_sealed_node():
+    """A sealed node refuses every signed request before doing anything with it: hsmctl
+    (and the PKCS#11 module, which shares its client) given a list of nodes takes the
+    request to the next one; given only the sealed node, it reports the refusal."""
+    from conftest import DEV_AKID, DEV_SECRET
+    sealed = start_dev(["--backup-interval-seconds", "0"])
+    serving = start_dev(["--backup-interval-seconds", "0"])
+    try:
+        assert admin(sealed, "Seal")["Sealed"] is True
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HSM_"))}
+        env.update(AWS_ACCESS_KEY_ID=DEV_AKID, AWS_SECRET_ACCESS_KEY=DEV_SECRET)
+
+        def users(endpoints):
+            return subprocess.run([HSMCTL, "--endpoint", endpoints, "user", "list"],
+                                  capture_output=True, text=True, timeout=60, env=env)
+        p = users(f"{sealed.endpoint},{serving.endpoint}")
+        assert p.returncode == 0, p.stderr
+        assert any(r.get("op") == "ListUsers" for r in audit_records(serving.data_dir))
+        p = users(sealed.endpoint)
+        assert p.returncode != 0 and "ServiceUnavailableException" in p.stderr, p.stderr
+    finally:
+        sealed.cleanup()
+        serving.cleanup()
