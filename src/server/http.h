@@ -207,6 +207,12 @@ bool hsm_http_req_is_tls(const hsm_http_req *req);
  * presented one and it verified against tls_client_ca; otherwise NULL.
  */
 const char *hsm_http_req_client_subject(const hsm_http_req *req);
+/*
+ * The earliest notAfter (Unix seconds) among the certificates of a PEM file
+ * (tls_cert's chain, tls_client_ca's bundle): when the file stops serving.
+ * HSM_ERR_VALIDATION when it holds no readable certificate.
+ */
+hsm_result hsm_http_tls_file_expiry(const char *path, int64_t *not_after) HSM_MUST_CHECK;
 /* A fresh version-4 UUID naming this request; sent back as x-amzn-RequestId. */
 const char *hsm_http_req_id(const hsm_http_req *req);
 /* CLOCK_MONOTONIC nanoseconds (hsm_mono_ns) when the request had been fully read. */

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -147,6 +148,27 @@ hsm_result hsm_http_tls_new(const hsm_http_config *cfg, SSL_CTX **out)
 out:
 	SSL_CTX_free(ctx);
 	return res;
+}
+
+hsm_result hsm_http_tls_file_expiry(const char *path, int64_t *not_after)
+{
+	FILE *f = fopen(path, "r");
+	HSM_ENSURE(f != NULL, HSM_ERR_VALIDATION, "cannot read %s: %s", path, strerror(errno));
+	int64_t earliest = INT64_MAX;
+	X509 *x;
+	while ((x = PEM_read_X509(f, NULL, NULL, NULL)) != NULL) {
+		struct tm tm;
+		if (ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1) {
+			int64_t t = (int64_t)timegm(&tm);
+			earliest = t < earliest ? t : earliest;
+		}
+		X509_free(x);
+	}
+	ERR_clear_error(); /* the end of the file reads as an error */
+	fclose(f);
+	HSM_ENSURE(earliest != INT64_MAX, HSM_ERR_VALIDATION, "%s holds no certificate", path);
+	*not_after = earliest;
+	return HSM_SUCCESS;
 }
 
 char *hsm_http_tls_client_subject(SSL *ssl)

@@ -269,6 +269,14 @@ hsm_result hsm_server_new(const hsm_server_options *opt, hsm_server **out)
 	s->akid_lookups = HSM_BUCKET_NEW;
 	s->started = hsm_now();
 	atomic_store(&s->backup_copies_missing, -1);
+	/* Read once: the files are loaded at start only (a renewed certificate needs a
+	 * restart), so what they said then is what the node serves until then. */
+	if (opt->http.tls_cert != NULL &&
+	    hsm_failed(hsm_http_tls_file_expiry(opt->http.tls_cert, &s->tls_cert_expiry)))
+		s->tls_cert_expiry = 0; /* the TLS set-up reports the file's fault */
+	if (opt->http.tls_client_ca != NULL &&
+	    hsm_failed(hsm_http_tls_file_expiry(opt->http.tls_client_ca, &s->tls_ca_expiry)))
+		s->tls_ca_expiry = 0;
 	HSM_TRY(copy_opt(s->data_dir, sizeof(s->data_dir), opt->data_dir, "data_dir"));
 	if (opt->audit_dir != NULL && *opt->audit_dir != '\0')
 		HSM_TRY(hsm_strcpy(s->audit_dir, sizeof(s->audit_dir), opt->audit_dir));
@@ -638,6 +646,28 @@ uint16_t hsm_server_port(hsm_server *s)
 /* ---- /metrics --------------------------------------------------------------------- */
 
 /* How long the audit file's syncs take, and how long they held responses. */
+/* When the TLS files loaded at start stop serving (only those configured). */
+static hsm_result render_tls(const hsm_server *s, hsm_buf *out)
+{
+	if (s->tls_cert_expiry == 0 && s->tls_ca_expiry == 0)
+		return HSM_SUCCESS;
+	HSM_GUARD(hsm_buf_put_str(out, "# HELP hsmd_tls_certificate_expiry_time_seconds The earliest "
+	                               "notAfter among the certificates of tls_cert (the chain "
+	                               "served) and of tls_client_ca, as loaded at start.\n"
+	                               "# TYPE hsmd_tls_certificate_expiry_time_seconds gauge\n"));
+	if (s->tls_cert_expiry != 0)
+		HSM_GUARD(hsm_buf_printf(out,
+		                         "hsmd_tls_certificate_expiry_time_seconds{file=\"tls_cert\"} "
+		                         "%lld\n",
+		                         (long long)s->tls_cert_expiry));
+	if (s->tls_ca_expiry != 0)
+		HSM_GUARD(hsm_buf_printf(out,
+		                         "hsmd_tls_certificate_expiry_time_seconds{file=\"tls_client_ca\"} "
+		                         "%lld\n",
+		                         (long long)s->tls_ca_expiry));
+	return HSM_SUCCESS;
+}
+
 /*
  * Space left on the file systems of the audit trail and the backups, read at
  * each scrape: the trail keeps years of records, and a full disk stops the
@@ -847,5 +877,6 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    (long long)(missing > 0 ? missing : 0)));
 	HSM_GUARD(render_audit_syncs(&as, out));
 	HSM_GUARD(render_disk(s, out));
+	HSM_GUARD(render_tls(s, out));
 	return hsm_metrics_render(&s->metrics, out);
 }

@@ -148,6 +148,8 @@ typedef struct hsm_server {
 	atomic_int_fast64_t backup_copies_missing;
 	atomic_int_fast64_t backup_copy_next_try; /* when missing copies are tried again */
 	int64_t started;
+	/* Earliest notAfter of tls_cert's chain and of tls_client_ca's bundle; 0: not set. */
+	int64_t tls_cert_expiry, tls_ca_expiry;
 	/* approval_operations as bit sets: by hsm_op, and by hsm_admin_index. */
 	uint64_t approval_kms_ops;
 	uint32_t approval_admin_ops;

@@ -2,6 +2,7 @@
 with the openssl CLI, boto3 verifying against the CA, the protocol floor
 (TLS 1.2; TLS 1.1 and plain HTTP refused), and client certificates presented
 by hsmctl and the PKCS#11 module to a node that requires one."""
+import datetime
 import os
 import shutil
 import socket
@@ -148,6 +149,28 @@ def mtls():
     yield server, pki
     server.cleanup()
     shutil.rmtree(d, ignore_errors=True)
+
+
+def test_metrics_say_when_the_tls_files_expire(mtls):
+    """/metrics carries the earliest notAfter of the served chain and of the client CA
+    bundle, for the alert that asks for their renewal."""
+    import re
+    from cryptography import x509
+    server, pki = mtls
+    st, body, _ = server.get("/metrics")
+    assert st == 200
+    got = dict(re.findall(r'^hsmd_tls_certificate_expiry_time_seconds\{file="(\w+)"\} (\d+)$',
+                          body.decode(), re.M))
+
+    def not_after(path):
+        with open(path, "rb") as f:
+            end = b"-----END CERTIFICATE-----"
+            certs = [x509.load_pem_x509_certificate(block + end)
+                     for block in f.read().split(end) if b"BEGIN CERTIFICATE" in block]
+        return min(int(c.not_valid_after.replace(tzinfo=datetime.timezone.utc).timestamp())
+                   for c in certs)
+    assert got == {"tls_cert": str(not_after(pki["server.pem"])),
+                   "tls_client_ca": str(not_after(pki["ca.pem"]))}, got
 
 
 def test_hsmctl_presents_a_client_certificate(mtls):
