@@ -62,7 +62,8 @@ static hsm_result refuse_dev_store(hsm_keystore *ks)
 	hsm_result r = hsm_store_meta_get(ks->store, META_DEV, &dev);
 	bool is_dev = hsm_ok(r) && dev.len == 1 && dev.data[0] == '1';
 	hsm_buf_free(&dev);
-	HSM_ENSURE(hsm_ok(r) || r.err == HSM_ERR_NOT_FOUND, r.err, "%s", hsm_last_message());
+	if (hsm_failed(r) && r.err != HSM_ERR_NOT_FOUND)
+		return r; /* its message stands */
 	HSM_ENSURE(!is_dev, HSM_ERR_VALIDATION,
 	           "a development store (1-of-1, its share beside the data) is not rekeyed");
 	return HSM_SUCCESS;

@@ -220,8 +220,9 @@ static hsm_result data_key(hsm_api_ctx *c, bool with_plaintext)
 	HSM_TRY(hsm_api_key_id(c, "KeyId", &key));
 	HSM_TRY(data_key_size(c, &n));
 	HSM_TRY(read_ctx(c, "EncryptionContext", &ctx, true));
+	/* ValidationException: GenerateDataKey declares no UnsupportedOperationException. */
 	if (with_plaintext)
-		HSM_TRY(hsm_api_refuse_recipient(c, "Plaintext", HSM_ERR_UNSUPPORTED_OPERATION));
+		HSM_TRY(hsm_api_refuse_recipient(c, "Plaintext", HSM_ERR_VALIDATION));
 	HSM_TRY(hsm_kms_generate_data_key(c->kms, c->caller, key, n, &ctx,
 	                                  with_plaintext ? &pt : NULL, &ct, &used));
 	hsm_api_note_key(c, &used);

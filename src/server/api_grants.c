@@ -40,12 +40,13 @@ static hsm_result read_constraint(json_t *cons, const char *member, hsm_grant_ct
  * service makes on behalf of that resource) name what hsmd has none of.
  * Refused, not ignored: dropping a constraint would make the grant wider
  * than asked, and dropping a principal would give it to someone else.
+ * ValidationException: CreateGrant declares no UnsupportedOperationException.
  */
 static hsm_result refuse_aws_service_members(hsm_api_ctx *c, json_t *cons)
 {
 	static const char *const members[] = {"GranteeServicePrincipal", "RetiringServicePrincipal"};
 	for (size_t i = 0; i < sizeof(members) / sizeof(members[0]); i++)
-		HSM_ENSURE(json_object_get(c->req, members[i]) == NULL, HSM_ERR_UNSUPPORTED_OPERATION,
+		HSM_ENSURE(json_object_get(c->req, members[i]) == NULL, HSM_ERR_VALIDATION,
 		           "%s is not supported: hsmd serves no AWS services; name an IAM principal "
 		           "(GranteePrincipal, RetiringPrincipal)",
 		           members[i]);
@@ -54,7 +55,7 @@ static hsm_result refuse_aws_service_members(hsm_api_ctx *c, json_t *cons)
 	const char *name;
 	json_t *v;
 	json_object_foreach(cons, name, v) {
-		HSM_ENSURE(strcmp(name, "SourceArn") != 0, HSM_ERR_UNSUPPORTED_OPERATION,
+		HSM_ENSURE(strcmp(name, "SourceArn") != 0, HSM_ERR_VALIDATION,
 		           "Constraints.SourceArn is not supported: no request to hsmd is made on "
 		           "behalf of an AWS resource, so the grant would never apply");
 		HSM_ENSURE(strcmp(name, "EncryptionContextEquals") == 0 ||

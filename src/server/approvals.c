@@ -83,6 +83,17 @@ static hsm_result meet_gate(void *arg)
 	 * approved.
 	 */
 	json_t *doc = g->doc;
+	/* Members named "hsmd:..." are hsmd's own, added below; one sent by the requester
+	 * would show custodians a key other than the one the request acts on. */
+	const char *member;
+	json_t *value;
+	json_object_foreach(g->doc, member, value)
+	{
+		HSM_ENSURE(strncmp(member, "hsmd:", 5) != 0, HSM_ERR_VALIDATION,
+		           "request member %.64s: names beginning hsmd: are reserved for what hsmd "
+		           "adds to the text custodians approve",
+		           member);
+	}
 	const char *named = json_string_value(json_object_get(g->doc, "KeyId"));
 	if (g->commit.key_id[0] != '\0' && (named == NULL || strcmp(named, g->commit.key_id) != 0)) {
 		doc = json_copy(g->doc);

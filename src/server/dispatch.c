@@ -375,8 +375,11 @@ static hsm_result run_kms(hsm_server *s, hsm_op op, const hsm_auth_result *auth,
 	}
 	free(tokens);
 	/* DescribeKey takes grant tokens but does not answer InvalidGrantTokenException. */
-	if (tr.err == HSM_ERR_INVALID_GRANT_TOKEN && op == HSM_OP_DescribeKey)
-		tr = HSM_FAIL(HSM_ERR_VALIDATION, "%s", hsm_last_message());
+	if (tr.err == HSM_ERR_INVALID_GRANT_TOKEN && op == HSM_OP_DescribeKey) {
+		char why[HSM_ERRMSG_MAX]; /* copied first: the message is formatted into its own buffer */
+		snprintf(why, sizeof(why), "%s", hsm_last_message());
+		tr = HSM_FAIL(HSM_ERR_VALIDATION, "GrantTokens: %s", why);
+	}
 	HSM_GUARD(tr);
 	caller.grant_tokens = n_tokens > 0;
 	hsm_authz_note note = {""};

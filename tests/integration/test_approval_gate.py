@@ -267,6 +267,10 @@ def refused_anyway(node):
         ("ScheduleKeyDeletion", {"KeyId": f["ScheduleKeyDeletion"], "PendingWindowInDays": 99},
          "ValidationException"),
         ("ScheduleKeyDeletion", {"KeyId": f["denied"]}, "AccessDeniedException"),
+        # The member hsmd adds to name the resolved key, sent by the requester to show
+        # custodians another key than the one the request would delete.
+        ("ScheduleKeyDeletion", {"KeyId": f["ScheduleKeyDeletion"], "hsmd:KeyId": f["DisableKey"],
+                                 "PendingWindowInDays": 7}, "ValidationException"),
         ("DisableKey", {"KeyId": f["denied"]}, "AccessDeniedException"),
         ("CreateGrant", {"KeyId": f["no-decrypt-grants"], "GranteePrincipal": DEV_ARN,
                          "Operations": ["Encrypt", "Decrypt"]}, "AccessDeniedException"),

@@ -225,8 +225,8 @@ def test_bad_requests_are_refused_and_create_nothing(hsmd, kms):
                   {"GranteeServicePrincipal": "s3.amazonaws.com"},
                   {"RetiringPrincipal": arn("ops"),
                    "RetiringServicePrincipal": "s3.amazonaws.com"}):
-        out = call_error(hsmd, "CreateGrant", dict(base, **extra),
-                         "UnsupportedOperationException")
+        # ValidationException: CreateGrant declares no UnsupportedOperationException.
+        out = call_error(hsmd, "CreateGrant", dict(base, **extra), "ValidationException")
         assert "not supported" in out["message"], out
     out = call_error(hsmd, "CreateGrant", dict(base, Constraints={"EncryptionContextEqual": {}}),
                      "ValidationException")
@@ -240,6 +240,10 @@ def test_bad_requests_are_refused_and_create_nothing(hsmd, kms):
     for token in ("", "a" * 8193):  # GrantTokenType: 1-8192 characters
         call_error(hsmd, "Encrypt", {"KeyId": key, "Plaintext": "eA==", "GrantTokens": [token]},
                    "ValidationException")
+    # DescribeKey declares no InvalidGrantTokenException: ValidationException, saying why.
+    out = call_error(hsmd, "DescribeKey", {"KeyId": key, "GrantTokens": ["x"]},
+                     "ValidationException")
+    assert out["message"].startswith("GrantTokens: "), out
 
 
 def test_a_retried_create_with_the_same_name_returns_the_same_grant(kms):

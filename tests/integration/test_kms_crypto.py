@@ -437,12 +437,12 @@ def test_recipient_is_refused_not_ignored(hsmd, sym):
     """Recipient asks for the secret encrypted to an enclave's key; answering in the clear would
     ignore that, so every operation that takes it refuses it and hands out nothing: with
     UnsupportedOperationException where the operation declares it, ValidationException on
-    Decrypt, which does not; a Recipient that is no structure cannot be read at all."""
+    Decrypt and GenerateDataKey, which do not; a Recipient that is no structure cannot be
+    read at all."""
     blob = call_ok(hsmd, "Encrypt", {"KeyId": sym, "Plaintext": b64(b"abc")})["CiphertextBlob"]
     for op, body, code in (
             ("Decrypt", {"CiphertextBlob": blob}, "ValidationException"),
-            ("GenerateDataKey", {"KeyId": sym, "KeySpec": "AES_256"},
-             "UnsupportedOperationException"),
+            ("GenerateDataKey", {"KeyId": sym, "KeySpec": "AES_256"}, "ValidationException"),
             ("GenerateDataKeyPair", {"KeyId": sym, "KeyPairSpec": "ECC_NIST_P256"},
              "UnsupportedOperationException"),
             ("GenerateRandom", {"NumberOfBytes": 16}, "UnsupportedOperationException")):
