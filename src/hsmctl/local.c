@@ -52,6 +52,12 @@ void hsmctl_share_path(const char *dir, const char *custodian, unsigned i, unsig
 
 hsm_result hsmctl_unseal_files(hsm_keystore *ks, size_t n, char *const files[])
 {
+	return hsmctl_unseal_files_noted(ks, n, files, NULL);
+}
+
+hsm_result hsmctl_unseal_files_noted(hsm_keystore *ks, size_t n, char *const files[],
+                                     hsm_buf *given)
+{
 	hsm_unseal_progress p = {0};
 	for (size_t i = 0; i < n; i++) {
 		hsm_buf text;
@@ -60,6 +66,9 @@ hsm_result hsmctl_unseal_files(hsm_keystore *ks, size_t n, char *const files[])
 		if (hsm_ok(r))
 			r = hsm_keystore_unseal(ks, text.data, text.len, &p);
 		hsm_buf_free(&text);
+		if (given != NULL && p.share[0] != '\0' &&
+		    hsm_failed(hsm_buf_printf(given, "%s%s", given->len > 0 ? "; " : "", p.share)))
+			given->len = 0; /* out of memory: the record names none rather than some */
 		if (hsm_failed(r)) {
 			char why[HSM_ERRMSG_MAX]; /* the message is rewritten in its own buffer */
 			snprintf(why, sizeof(why), "%s", hsm_last_message());
@@ -150,8 +159,17 @@ hsm_result hsmctl_local_open(const char *data_dir, size_t n_shares, char *const 
 	          "self-test failed: %s", hsm_keystore_error_reason(l.ks));
 	if (n_shares > 0) {
 		/* Rebuilding the master key is an unseal wherever it happens: on the trail, as hsmd's. */
-		res = hsmctl_unseal_files(l.ks, n_shares, shares);
-		hsm_result audited = hsmctl_local_audit(&l, "Unseal", NULL, 0, res);
+		hsm_buf given = {0};
+		res = hsmctl_unseal_files_noted(l.ks, n_shares, shares, &given);
+		hsm_result audited = HSM_SUCCESS;
+		if (hsm_ok(hsm_buf_terminate(&given))) {
+			hsm_audit_field f[] = {{"shares", (const char *)given.data}};
+			audited = hsmctl_local_audit_fields(&l, "Unseal", NULL, 0, res, f,
+			                                    given.len > 0 ? 1 : 0);
+		} else {
+			audited = hsmctl_local_audit(&l, "Unseal", NULL, 0, res);
+		}
+		hsm_buf_free(&given);
 		HSM_TRY(res);
 		HSM_TRY(audited);
 		hsm_audit_set_signer(l.audit, local_signer, l.ks);

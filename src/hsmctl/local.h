@@ -46,6 +46,10 @@ hsm_result hsmctl_local_audit_fields(hsmctl_local *l, const char *operation, con
  * with HSM_ERR_QUORUM_REQUIRED when they are fewer than the threshold.
  */
 hsm_result hsmctl_unseal_files(hsm_keystore *ks, size_t n, char *const files[]) HSM_MUST_CHECK;
+/* The same, naming the shares read ("share 2 of 5, custodian bob, sha256:...; ...") in
+ * given (for the audit trail; may be NULL). */
+hsm_result hsmctl_unseal_files_noted(hsm_keystore *ks, size_t n, char *const files[],
+                                     hsm_buf *given) HSM_MUST_CHECK;
 
 /*
  * r, or, when r failed because l's store stayed sealed for want of shares

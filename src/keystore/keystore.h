@@ -110,6 +110,12 @@ typedef struct hsm_unseal_progress {
 	unsigned have;      /* distinct valid shares collected */
 	unsigned threshold; /* shares needed in all */
 	bool unsealed;
+	/*
+	 * The share file given, for the audit trail (never its value): "share 2
+	 * of 5, custodian bob, sha256:<hex of the file>" as the ceremony's
+	 * transcript names it; "" when the file could not be read as a share.
+	 */
+	char share[200];
 } hsm_unseal_progress;
 
 /*

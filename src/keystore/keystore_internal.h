@@ -22,6 +22,9 @@
 #define META_THRESHOLD "threshold"
 #define META_SHARES "shares"
 #define META_KCV "kcv"
+/* Hex of one hsm_share_commitment per share of the current split, by index (absent in
+ * stores made before commitments: their shares are checked when combined only). */
+#define META_SHARE_COMMITS "share_commits"
 #define META_CREATED "created"
 #define META_DEV "dev"
 #define META_AUDIT_KEY "audit_key"
@@ -52,7 +55,11 @@ struct hsm_keystore {
 	uint8_t set_id[KS_SET_ID_LEN];
 	unsigned threshold, count;
 	uint8_t kcv[KS_KCV_LEN];
+	/* The current split's commitments (META_SHARE_COMMITS); n_commits 0: none kept. */
+	uint8_t commits[HSM_MAX_SHARES][HSM_SHARE_COMMIT_LEN];
+	unsigned n_commits;
 	hsm_share_set *pending;
+	uint64_t pending_since_ns; /* hsm_mono_ns() of the pending unseal's last share */
 	char error_reason[160];
 };
 
@@ -88,11 +95,16 @@ hsm_result ks_compute_kcv(const hsm_secret *dmk, const char *store_id,
                           uint8_t kcv[KS_KCV_LEN]) HSM_MUST_CHECK;
 /* VALIDATION unless 2 <= threshold <= count <= HSM_MAX_SHARES (dev: 1-of-1 too). */
 hsm_result ks_check_quorum(unsigned threshold, unsigned count, bool dev) HSM_MUST_CHECK;
-/* Splits dmk into count encoded share files (secure buffers; all freed on failure). */
+/*
+ * Splits dmk into count encoded share files (secure buffers; all freed on
+ * failure) and appends the hex of their commitments, by index, to commits.
+ */
 hsm_result ks_encode_shares(const hsm_secret *dmk, const char *store_id,
                             const uint8_t set_id[KS_SET_ID_LEN], unsigned threshold,
                             unsigned count, const char *const custodians[], bool dev,
-                            hsm_buf out[]) HSM_MUST_CHECK;
+                            hsm_buf out[], hsm_buf *commits) HSM_MUST_CHECK;
+/* Reads META_SHARE_COMMITS's hex into ks->commits (none: n_commits 0). */
+hsm_result ks_set_commits(hsm_keystore *ks, const uint8_t *hex, size_t len) HSM_MUST_CHECK;
 /*
  * The store's audit signing key, unwrapped under `from` into *signer; with
  * rewrap_to, also wrapped under it into rewrapped (a rekey).

@@ -167,6 +167,27 @@ hsm_result ks_load_meta(hsm_keystore *ks)
 	HSM_GUARD(meta_uint(ks->store, META_THRESHOLD, HSM_MAX_SHARES, &ks->threshold));
 	HSM_GUARD(meta_uint(ks->store, META_SHARES, HSM_MAX_SHARES, &ks->count));
 	HSM_ENSURE(ks->threshold <= ks->count, HSM_ERR_STORE, "store quorum settings are malformed");
+	hsm_buf commits = {0};
+	hsm_result r = hsm_store_meta_get(ks->store, META_SHARE_COMMITS, &commits);
+	if (r.err == HSM_ERR_NOT_FOUND)
+		r = ks_set_commits(ks, NULL, 0); /* a store from before commitments */
+	else if (hsm_ok(r))
+		r = ks_set_commits(ks, commits.data, commits.len);
+	hsm_buf_free(&commits);
+	return r;
+}
+
+hsm_result ks_set_commits(hsm_keystore *ks, const uint8_t *hex, size_t len)
+{
+	ks->n_commits = 0;
+	if (len == 0)
+		return HSM_SUCCESS;
+	HSM_ENSURE(len == (size_t)ks->count * 2 * HSM_SHARE_COMMIT_LEN, HSM_ERR_STORE,
+	           "store metadata '%s' is malformed", META_SHARE_COMMITS);
+	hsm_result r = hsm_hex_decode_exact(&ks->commits[0][0], ks->count * HSM_SHARE_COMMIT_LEN,
+	                                    (const char *)hex, len, HSM_ERR_STORE);
+	HSM_ENSURE(hsm_ok(r), HSM_ERR_STORE, "store metadata '%s' is malformed", META_SHARE_COMMITS);
+	ks->n_commits = ks->count;
 	return HSM_SUCCESS;
 }
 
@@ -314,7 +335,7 @@ hsm_result ks_check_quorum(unsigned threshold, unsigned count, bool dev)
 }
 
 static hsm_result put_init_meta(hsm_keystore *ks, bool dev, const hsm_buf *audit_wrapped,
-                                const hsm_buf *audit_pem)
+                                const hsm_buf *audit_pem, const hsm_buf *commits)
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_buf id = {0}, set = {0}, thr = {0}, cnt = {0}, kcv = {0}, created = {0}, devb = {0};
@@ -325,10 +346,11 @@ static hsm_result put_init_meta(hsm_keystore *ks, bool dev, const hsm_buf *audit
 	HSM_TRY(hsm_hex_encode(&kcv, ks->kcv, sizeof(ks->kcv)));
 	HSM_TRY(hsm_buf_printf(&created, "%lld", (long long)hsm_now()));
 	HSM_TRY(hsm_buf_put_str(&devb, dev ? "1" : "0"));
-	const char *names[] = {META_STORE_ID, META_SHARE_SET, META_THRESHOLD, META_SHARES, META_KCV,
-	                       META_CREATED,  META_DEV,       META_AUDIT_KEY, META_AUDIT_PUB};
-	const hsm_buf *values[] = {&id, &set, &thr, &cnt, &kcv, &created, &devb, audit_wrapped,
-	                           audit_pem};
+	const char *names[] = {META_STORE_ID, META_SHARE_SET, META_THRESHOLD, META_SHARES,
+	                       META_KCV,      META_CREATED,   META_DEV,       META_AUDIT_KEY,
+	                       META_AUDIT_PUB, META_SHARE_COMMITS};
+	const hsm_buf *values[] = {&id,      &set,          &thr,      &cnt,       &kcv,
+	                           &created, &devb,         audit_wrapped, audit_pem, commits};
 	HSM_TRY(hsm_store_meta_put(ks->store, sizeof(names) / sizeof(names[0]), names, values));
 out:
 	hsm_buf_free(&id);
@@ -344,15 +366,19 @@ out:
 hsm_result ks_encode_shares(const hsm_secret *dmk, const char *store_id,
                             const uint8_t set_id[KS_SET_ID_LEN], unsigned threshold,
                             unsigned count, const char *const custodians[], bool dev,
-                            hsm_buf out[])
+                            hsm_buf out[], hsm_buf *commits)
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_share shares[HSM_MAX_SHARES];
 	memset(shares, 0, sizeof(shares));
 	HSM_TRY(hsm_shares_create(dmk, store_id, set_id, threshold, count, custodians, dev, shares));
 	for (unsigned i = 0; i < count; i++) {
+		uint8_t c[HSM_SHARE_COMMIT_LEN];
 		hsm_buf_init_secure(&out[i]);
 		HSM_TRY(hsm_share_encode(&shares[i], &out[i]));
+		HSM_ASSERT(shares[i].index == i + 1);
+		hsm_share_commitment(&shares[i], c);
+		HSM_TRY(hsm_hex_encode(commits, c, sizeof(c)));
 	}
 out:
 	for (unsigned i = 0; i < count; i++)
@@ -369,7 +395,7 @@ static hsm_result init_locked(hsm_keystore *ks, unsigned threshold, unsigned cou
 	hsm_result res = HSM_SUCCESS;
 	hsm_secret *dmk = NULL;
 	ks_keys keys = {0};
-	hsm_buf audit_wrapped = {0}, audit_pem = {0};
+	hsm_buf audit_wrapped = {0}, audit_pem = {0}, commits = {0};
 	refresh_uninitialized(ks);
 	HSM_CHECK(atomic_load(&ks->state) == HSM_NODE_UNINITIALIZED, HSM_ERR_CONFLICT,
 	          "this store is already initialized (store id %s)", ks->store_id);
@@ -383,8 +409,10 @@ static hsm_result init_locked(hsm_keystore *ks, unsigned threshold, unsigned cou
 	HSM_TRY(ks_derive_all(dmk, ks->store_id, &keys));
 	HSM_TRY(make_audit_key(&keys, ks->store_id, &keys.audit_signer, &audit_wrapped, &audit_pem));
 	HSM_TRY(ks_encode_shares(dmk, ks->store_id, ks->set_id, ks->threshold, ks->count,
-	                         custodians, dev, shares_out));
-	res = put_init_meta(ks, dev, &audit_wrapped, &audit_pem);
+	                         custodians, dev, shares_out, &commits));
+	res = put_init_meta(ks, dev, &audit_wrapped, &audit_pem, &commits);
+	if (hsm_ok(res))
+		res = ks_set_commits(ks, commits.data, commits.len);
 	if (hsm_failed(res)) {
 		for (unsigned i = 0; i < count; i++)
 			hsm_buf_free(&shares_out[i]);
@@ -410,6 +438,7 @@ out:
 	ks_keys_wipe(&keys);
 	hsm_buf_free(&audit_wrapped);
 	hsm_buf_free(&audit_pem);
+	hsm_buf_free(&commits);
 	return res;
 }
 
@@ -466,12 +495,63 @@ out:
 	return res;
 }
 
+/* Names a share as the ceremony's transcript does: index, custodian, the file's SHA-256. */
+static void describe_share(const hsm_share *s, const uint8_t *file, size_t len, char *out,
+                           size_t cap)
+{
+	uint8_t fp[HSM_SHA256_LEN];
+	char hex[2 * HSM_SHA256_LEN + 1];
+	hsm_sha256(file, len, fp);
+	for (size_t i = 0; i < sizeof(fp); i++)
+		snprintf(hex + 2 * i, 3, "%02x", fp[i]);
+	snprintf(out, cap, "share %u of %u%s%s, sha256:%s", s->index, s->count,
+	         s->custodian[0] != '\0' ? ", custodian " : "", s->custodian, hex);
+}
+
+/* A partial unseal left this long after its last share is forgotten (its shares wiped). */
+#define PENDING_UNSEAL_TTL_NS (15ULL * 60 * 1000000000)
+
+static void expire_pending(hsm_keystore *ks)
+{
+	if (ks->pending != NULL && hsm_mono_ns() - ks->pending_since_ns > PENDING_UNSEAL_TTL_NS) {
+		hsm_warn("an unseal left unfinished for 15 minutes was abandoned: its %u share(s) "
+		         "are forgotten",
+		         hsm_share_set_have(ks->pending));
+		hsm_share_set_free(ks->pending);
+		ks->pending = NULL;
+	}
+}
+
+/*
+ * A share of this store's current split must be one it issued: checked
+ * against the split's commitment before it joins the others, so a forged or
+ * altered share is refused by itself and cannot spoil the shares given so
+ * far.  (Shares of another store or split are refused by hsm_share_set_add,
+ * with their own message.)
+ */
+static hsm_result check_commitment(const hsm_keystore *ks, const hsm_share *share)
+{
+	if (ks->n_commits == 0 || strcmp(share->store_id, ks->store_id) != 0 ||
+	    !hsm_ct_equal(share->set_id, ks->set_id, sizeof(ks->set_id)) || share->index < 1 ||
+	    share->index > ks->n_commits)
+		return HSM_SUCCESS;
+	uint8_t c[HSM_SHARE_COMMIT_LEN];
+	hsm_share_commitment(share, c);
+	HSM_ENSURE(hsm_ct_equal(c, ks->commits[share->index - 1], sizeof(c)),
+	           HSM_ERR_SHARE_INVALID,
+	           "share %u is not the share this store issued as share %u (altered or forged): "
+	           "refused; the shares given so far are kept",
+	           share->index, share->index);
+	return HSM_SUCCESS;
+}
+
 static hsm_result unseal_locked(hsm_keystore *ks, const uint8_t *file, size_t len,
                                 hsm_unseal_progress *progress)
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_share share;
 	memset(&share, 0, sizeof(share));
+	progress->share[0] = '\0';
 	hsm_node_state st = (hsm_node_state)atomic_load(&ks->state);
 	HSM_CHECK(st != HSM_NODE_ERROR, HSM_ERR_NODE_ERROR, "node is in the error state: %s",
 	          ks->error_reason);
@@ -481,14 +561,18 @@ static hsm_result unseal_locked(hsm_keystore *ks, const uint8_t *file, size_t le
 	          "this store is not initialized: run 'hsmctl init' first");
 	HSM_CHECK(st != HSM_NODE_UNSEALED, HSM_ERR_CONFLICT, "the node is already unsealed");
 	HSM_TRY(hsm_share_decode(file, len, &share));
+	describe_share(&share, file, len, progress->share, sizeof(progress->share));
+	expire_pending(ks);
 	/* The first share of an unseal reads the master key's identity again: on a shared
 	 * store, `hsmctl rekey` may have replaced it since this node started. */
 	if (ks->pending == NULL && ks->store != NULL)
 		HSM_TRY(ks_load_meta(ks));
+	HSM_TRY(check_commitment(ks, &share));
 	if (ks->pending == NULL)
 		HSM_TRY(hsm_share_set_new(ks->store_id, ks->set_id, ks->threshold, ks->count,
 		                          &ks->pending));
 	HSM_TRY(hsm_share_set_add(ks->pending, &share));
+	ks->pending_since_ns = hsm_mono_ns();
 	if (hsm_share_set_have(ks->pending) >= ks->threshold)
 		HSM_TRY(complete_unseal(ks));
 out:
@@ -512,6 +596,8 @@ void hsm_keystore_unseal_status(hsm_keystore *ks, hsm_unseal_progress *progress)
 {
 	pthread_mutex_lock(&ks->lock);
 	refresh_uninitialized(ks);
+	expire_pending(ks);
+	progress->share[0] = '\0';
 	progress_of(ks, progress);
 	pthread_mutex_unlock(&ks->lock);
 }

@@ -33,6 +33,7 @@ struct hsm_ks_rekey {
 	unsigned threshold, count;
 	hsm_buf audit_wrapped;  /* META_AUDIT_KEY under the new DMK */
 	hsm_buf digest_wrapped; /* META_IMPORT_DIGEST_KEY under the new DMK */
+	hsm_buf commits;        /* META_SHARE_COMMITS of the new split */
 };
 
 void hsm_ks_rekey_free(hsm_ks_rekey *rk)
@@ -42,6 +43,7 @@ void hsm_ks_rekey_free(hsm_ks_rekey *rk)
 	ks_keys_wipe(&rk->keys);
 	hsm_buf_free(&rk->audit_wrapped);
 	hsm_buf_free(&rk->digest_wrapped);
+	hsm_buf_free(&rk->commits);
 	free(rk);
 }
 
@@ -96,7 +98,7 @@ static hsm_result prepare_locked(hsm_keystore *ks, hsm_ks_rekey *rk,
 	HSM_TRY(ks_load_audit_key(ks, ks->keys.audit, &rk->keys.audit_signer, rk->keys.audit,
 	                          &rk->audit_wrapped));
 	HSM_TRY(ks_encode_shares(dmk, ks->store_id, rk->set_id, rk->threshold, rk->count, custodians,
-	                         false, shares_out));
+	                         false, shares_out, &rk->commits));
 out:
 	hsm_secret_free(dmk);
 	return res;
@@ -215,6 +217,8 @@ static void install(hsm_keystore *ks, hsm_ks_rekey *rk)
 	memcpy(ks->kcv, rk->kcv, sizeof(ks->kcv));
 	ks->threshold = rk->threshold;
 	ks->count = rk->count;
+	if (hsm_failed(ks_set_commits(ks, rk->commits.data, rk->commits.len)))
+		ks->n_commits = 0; /* cannot be: made here; the next unseal reads the store's */
 	hsm_shmap_clear(ks->cache);
 }
 
@@ -230,10 +234,10 @@ static hsm_result commit_locked(hsm_keystore *ks, hsm_ks_rekey *rk, hsm_store_re
 	HSM_TRY(rekey_meta_make(ks, rk, &m));
 	const char *expect_names[] = {META_SHARE_SET, META_KCV};
 	const hsm_buf *expect_values[] = {&m.old_set, &m.old_kcv};
-	const char *names[] = {META_SHARE_SET, META_KCV,       META_THRESHOLD,
-	                       META_SHARES,    META_AUDIT_KEY, META_IMPORT_DIGEST_KEY};
-	const hsm_buf *values[] = {&m.set, &m.kcv, &m.thr, &m.cnt, &rk->audit_wrapped,
-	                           &rk->digest_wrapped};
+	const char *names[] = {META_SHARE_SET, META_KCV,       META_THRESHOLD,        META_SHARES,
+	                       META_AUDIT_KEY, META_IMPORT_DIGEST_KEY, META_SHARE_COMMITS};
+	const hsm_buf *values[] = {&m.set,         &m.kcv, &m.thr, &m.cnt, &rk->audit_wrapped,
+	                           &rk->digest_wrapped, &rk->commits};
 	/* Only ks->lock's holder replaces ks->keys, so they are read here without keys_lock. */
 	rewrap_ctx ctx = {.from = &ks->keys, .to = &rk->keys};
 	hsm_store_rekey_req req = {.n_expect = 2,

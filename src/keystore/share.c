@@ -8,6 +8,7 @@
 #include <openssl/rand.h>
 
 #include "common/encoding.h"
+#include "crypto/crypto.h"
 #include "crypto/shamir.h"
 
 #define SHARE_MAGIC "hsmd-share"
@@ -487,4 +488,24 @@ void hsm_share_set_free(hsm_share_set *set)
 		hsm_secret_free(set->values[x]);
 	OPENSSL_cleanse(set, sizeof(*set));
 	free(set);
+}
+
+void hsm_share_commitment(const hsm_share *s, uint8_t out[HSM_SHARE_COMMIT_LEN])
+{
+	static const char label[] = "hsmd/v1/share-commitment";
+	uint8_t buf[sizeof(label) + HSM_UUID_STRLEN + HSM_SHARE_SET_ID_LEN + 4 + HSM_SHARE_VALUE_LEN];
+	size_t n = 0;
+	memcpy(buf + n, label, sizeof(label));
+	n += sizeof(label);
+	memcpy(buf + n, s->store_id, HSM_UUID_STRLEN);
+	n += HSM_UUID_STRLEN;
+	memcpy(buf + n, s->set_id, HSM_SHARE_SET_ID_LEN);
+	n += HSM_SHARE_SET_ID_LEN;
+	for (int i = 3; i >= 0; i--)
+		buf[n++] = (uint8_t)(s->index >> (8 * i));
+	HSM_ASSERT(hsm_secret_len(s->value) == HSM_SHARE_VALUE_LEN);
+	memcpy(buf + n, hsm_secret_bytes(s->value), HSM_SHARE_VALUE_LEN);
+	n += HSM_SHARE_VALUE_LEN;
+	hsm_sha256(buf, n, out);
+	OPENSSL_cleanse(buf, sizeof(buf));
 }

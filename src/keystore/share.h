@@ -58,6 +58,17 @@ typedef struct hsm_share {
 	hsm_secret *value; /* owned by the struct: released by hsm_share_clear() */
 } hsm_share;
 
+/*
+ * A commitment to one share: SHA-256 over a label, the store id, the set id,
+ * the index and the value.  The store keeps one per share of its current
+ * split, so a share file that parses and carries a right checksum, yet was
+ * not issued (forged from the store's public identity, or its index
+ * rewritten), is refused on its own when given, not found out only when
+ * the quorum is combined.  It reveals nothing of the value.
+ */
+#define HSM_SHARE_COMMIT_LEN 32
+void hsm_share_commitment(const hsm_share *s, uint8_t out[HSM_SHARE_COMMIT_LEN]);
+
 /* A fresh random share-set id for a new split. */
 hsm_result hsm_share_set_id_new(uint8_t out[HSM_SHARE_SET_ID_LEN]) HSM_MUST_CHECK;
 

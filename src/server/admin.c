@@ -26,6 +26,8 @@ static hsm_result op_unseal(hsm_admin_ctx *c)
 	hsm_unseal_progress p;
 	HSM_GUARD(hsm_json_str(c->req, "Share", true, 1, SHARE_FILE_MAX, &share));
 	hsm_result r = hsm_keystore_unseal(c->s->ks, (const uint8_t *)share, strlen(share), &p);
+	/* Unseal takes no credentials: the share is what says who acted. */
+	snprintf(c->audit->share, sizeof(c->audit->share), "%s", p.share);
 	if (hsm_failed(r))
 		return r;
 	if (p.unsealed) {

@@ -38,6 +38,7 @@ typedef struct hsm_api_audit {
 	char target_user[HSM_USER_NAME_MAX + 1];
 	char target_roles[HSM_AUDIT_ROLES_MAX]; /* "crypto-officer,custodian" */
 	char target_access_key_id[HSM_ACCESS_KEY_ID_LEN + 1];
+	char share[200]; /* Unseal: the share given (hsm_unseal_progress.share) */
 } hsm_api_audit;
 
 typedef struct hsm_api_ctx {

@@ -175,7 +175,7 @@ static void kick_audit(void *audit)
 static void submit_audit(pending *p, const outcome *o)
 {
 	hsm_server *s = p->s;
-	hsm_audit_field extra[11];
+	hsm_audit_field extra[12];
 	size_t n_extra = 0;
 	char ctx[HSM_AUDIT_VALUE_MAX], principal[160] = "";
 	char source[HSM_HTTP_ADDR_MAX + 8];
@@ -209,6 +209,8 @@ static void submit_audit(pending *p, const outcome *o)
 		extra[n_extra++] = (hsm_audit_field){"target_user", o->api->target_user};
 	if (o->api != NULL && o->api->target_roles[0] != '\0')
 		extra[n_extra++] = (hsm_audit_field){"target_roles", o->api->target_roles};
+	if (o->api != NULL && o->api->share[0] != '\0')
+		extra[n_extra++] = (hsm_audit_field){"share", o->api->share};
 	if (o->api != NULL && o->api->target_access_key_id[0] != '\0')
 		extra[n_extra++] =
 		    (hsm_audit_field){"target_access_key_id", o->api->target_access_key_id};
@@ -597,7 +599,8 @@ static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 	if (gated)
 		gate_done(&gate, name, r, &audit);
 	if (audit.approval_id[0] != '\0' || audit.key_id[0] != '\0' || audit.cert_id[0] != '\0' ||
-	    audit.target_user[0] != '\0' || audit.target_access_key_id[0] != '\0')
+	    audit.target_user[0] != '\0' || audit.target_access_key_id[0] != '\0' ||
+	    audit.share[0] != '\0')
 		o.api = &audit;
 	if (hsm_failed(r))
 		fail_request(p, &o, r);

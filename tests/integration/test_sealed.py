@@ -145,6 +145,11 @@ def test_hsmctl_share_files_help_and_missing_shares(tmp_path):
     assert [(r["source"], r["outcome"]) for r in unseals] == [("hsmctl", "success"),
                                                               ("hsmctl", "error")], unseals
     assert all(r["principal"].startswith("local:uid=") for r in unseals)
+    # Each names the shares it read (custodian and file hash, never a value).
+    given = unseals[0]["extra"]["shares"].split("; ")
+    assert [g.split(", ")[1] for g in given] == \
+        ["custodian alice", "custodian carol", "custodian erin"], given
+    assert all(re.search(r", sha256:[0-9a-f]{64}$", g) for g in given), given
     p = hsmctl("key", "create", "--data-dir", data, "--description", "no-shares")
     assert p.returncode == 1, p.stdout
     assert "--share FILE for each of 3 shares" in p.stderr and "hsmd is sealed" not in p.stderr, \
@@ -225,6 +230,16 @@ def test_unseal_share_by_share(prod):
                for r in recs)
     with open(shares["erin"]) as f:
         erin_value = re.search(r"^value ([0-9a-f]+)$", f.read(), re.M).group(1)
+    # Unseal takes no credentials: each record names the share given, as the ceremony's
+    # transcript does (index, custodian, the file's SHA-256), refused ones included.
+    import hashlib
+    with open(shares["erin"], "rb") as f:
+        erin_sha = hashlib.sha256(f.read()).hexdigest()
+    named = [r["extra"]["share"] for r in recs if r["outcome"] == "success"]
+    assert named[-1].endswith(f", custodian erin, sha256:{erin_sha}"), named
+    assert named[-1].startswith("share ") and " of 5" in named[-1], named
+    assert any(r["outcome"] != "success" and "custodian alice" in r["extra"].get("share", "")
+               for r in recs), recs  # alice's share given twice
     for path in os.listdir(os.path.join(data, "audit")):
         with open(os.path.join(data, "audit", path), errors="replace") as f:
             assert erin_value not in f.read()

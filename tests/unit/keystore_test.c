@@ -15,6 +15,7 @@
 #include "crypto/blob.h"
 #include "crypto/crypto.h"
 #include "keystore/keystore.h"
+#include "keystore/share.h"
 
 typedef struct fixture {
 	char dir[64];
@@ -165,6 +166,53 @@ static void test_bad_shares_named(void **state)
 	hsm_store_close(st);
 	rm_rf(dir);
 	hsm_keystore_unseal_reset(f->ks);
+}
+
+/* Share idx of f re-encoded with another index and/or a random value: a well-formed file
+ * with a right checksum, as anyone knowing the store's public identity can write. */
+static void forge(fixture *f, int idx, unsigned index, bool new_value, hsm_buf *out)
+{
+	hsm_share sh;
+	memset(&sh, 0, sizeof(sh));
+	assert_true(hsm_ok(hsm_share_decode(f->shares[idx].data, f->shares[idx].len, &sh)));
+	sh.index = index;
+	if (new_value) {
+		hsm_secret_free(sh.value);
+		assert_true(hsm_ok(hsm_secret_random(HSM_SHARE_VALUE_LEN, &sh.value)));
+	}
+	hsm_buf_init_secure(out);
+	assert_true(hsm_ok(hsm_share_encode(&sh, out)));
+	hsm_share_clear(&sh);
+}
+
+/*
+ * A share that parses and carries a right checksum but was never issued (a
+ * forged value, or a real share's index rewritten) is refused on its own by
+ * the split's commitment, and spoils nothing: the shares given before it
+ * stay, the real share of that index is still taken, and the quorum opens.
+ */
+static void test_forged_shares_refused_alone(void **state)
+{
+	fixture *f = *state;
+	hsm_unseal_progress p;
+	hsm_buf forged;
+	hsm_keystore_seal(f->ks);
+	assert_true(hsm_ok(unseal_with(f, 0, &p)));
+	forge(f, 0, 2, true, &forged); /* a made-up share 2 */
+	hsm_result r = hsm_keystore_unseal(f->ks, forged.data, forged.len, &p);
+	assert_int_equal(r.err, HSM_ERR_SHARE_INVALID);
+	assert_non_null(strstr(hsm_last_message(), "not the share this store issued"));
+	assert_int_equal(p.have, 1);
+	hsm_buf_free(&forged);
+	forge(f, 4, 3, false, &forged); /* share 5's value, claimed as share 3 */
+	assert_int_equal(hsm_keystore_unseal(f->ks, forged.data, forged.len, &p).err,
+	                 HSM_ERR_SHARE_INVALID);
+	assert_int_equal(p.have, 1);
+	hsm_buf_free(&forged);
+	assert_true(hsm_ok(unseal_with(f, 1, &p)));
+	assert_true(hsm_ok(unseal_with(f, 2, &p)));
+	assert_true(p.unsealed);
+	assert_int_equal(hsm_keystore_state(f->ks), HSM_NODE_UNSEALED);
 }
 
 static hsm_ks_keyref ref_of(const char *id, uint32_t v, hsm_key_spec spec, hsm_key_usage u)
@@ -521,6 +569,7 @@ int main(void)
 	    cmocka_unit_test(test_late_node_sees_initialization),
 	    cmocka_unit_test(test_concurrent_init_one_wins),
 	    cmocka_unit_test_setup_teardown(test_all_subsets, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_forged_shares_refused_alone, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_bad_shares_named, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_wrapping_binds_identity, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_seal_stops_crypto_and_reopen_unseals, setup, teardown),
