@@ -237,6 +237,48 @@ static hsm_result init_signer(void *arg, const uint8_t *msg, size_t n, hsm_buf *
 	return hsm_ks_audit_sign(arg, msg, n, sig);
 }
 
+/*
+ * The ceremony on the trail: the store, its split and quorum, the custodians
+ * named, and each share file's SHA-256 (its first 16 hex digits; the
+ * transcript has them whole), never a value.
+ */
+static hsm_result audit_init(const init_opts *o, hsmctl_local *l, hsm_result outcome,
+                             const hsm_buf shares[])
+{
+	if (hsm_failed(outcome))
+		return hsmctl_local_audit(l, "Init", NULL, 0, outcome);
+	hsm_ks_identity id;
+	hsm_keystore_identity(l->ks, &id);
+	char set[2 * HSM_KS_SET_ID_LEN + 1], thr[12], cnt[12], names[HSM_AUDIT_VALUE_MAX] = "",
+	    prints[HSM_AUDIT_VALUE_MAX] = "";
+	hsm_hex_encode_str(set, id.set_id, sizeof(id.set_id));
+	snprintf(thr, sizeof(thr), "%u", o->threshold);
+	snprintf(cnt, sizeof(cnt), "%u", o->shares);
+	hsm_sb nb, pb;
+	hsm_sb_init(&nb, names, sizeof(names));
+	hsm_sb_init(&pb, prints, sizeof(prints));
+	for (unsigned i = 0; i < o->shares; i++) {
+		uint8_t fp[HSM_SHA256_LEN];
+		char hex[2 * HSM_SHA256_LEN + 1];
+		hsm_sha256(shares[i].data, shares[i].len, fp);
+		hsm_hex_encode_str(hex, fp, sizeof(fp));
+		if (o->custodians[0] != NULL) {
+			hsm_sb_add(&nb, i > 0 ? "," : "");
+			hsm_sb_add(&nb, o->custodians[i]);
+		}
+		char one[40];
+		snprintf(one, sizeof(one), "%s%u:%.16s", i > 0 ? "," : "", i + 1, hex);
+		hsm_sb_add(&pb, one);
+	}
+	hsm_audit_field f[] = {{"store", hsm_keystore_store_id(l->ks)},
+	                       {"share_set", set},
+	                       {"threshold", thr},
+	                       {"shares", cnt},
+	                       {"share_sha256", prints},
+	                       {"custodians", names}};
+	return hsmctl_local_audit_fields(l, "Init", NULL, 0, outcome, f, names[0] != '\0' ? 6 : 5);
+}
+
 static hsm_result run_init(const init_opts *o)
 {
 	hsm_result res = HSM_SUCCESS;
@@ -250,7 +292,7 @@ static hsm_result run_init(const init_opts *o)
 	res = hsm_keystore_init(l.ks, o->threshold, o->shares,
 	                        o->custodians[0] != NULL ? (const char *const *)o->custodians : NULL,
 	                        o->dev, shares);
-	hsm_result audited = hsmctl_local_audit(&l, "Init", NULL, 0, res);
+	hsm_result audited = audit_init(o, &l, res, shares);
 	HSM_TRY(res);
 	committed = true;
 	HSM_TRY(audited);

@@ -234,12 +234,14 @@ static hsm_result run_rekey(rekey_opts *o, int *exit_code)
 	hsm_ks_rekey_outcome outcome = HSM_KS_REKEY_UNCHANGED;
 	hsm_buf shares[HSM_MAX_SHARES];
 	rekey_files files;
-	char old_hex[2 * HSM_KS_SET_ID_LEN + 1], new_hex[2 * HSM_KS_SET_ID_LEN + 1];
+	char old_hex[2 * HSM_KS_SET_ID_LEN + 1], new_hex[2 * HSM_KS_SET_ID_LEN + 1] = "";
 	char why[HSM_ERRMSG_MAX];
+	bool opened = false, audited_once = false;
 	memset(shares, 0, sizeof(shares));
 	memset(&files, 0, sizeof(files));
 	hsm_log_set_level(HSM_LOG_WARN); /* the command reports what it did */
 	HSM_TRY(hsmctl_local_open(o->data_dir, o->n_shares, o->shares, &l));
+	opened = true; /* the master key was rebuilt: from here on, the rekey is on the trail */
 	hsm_keystore_identity(l.ks, &old);
 	hsm_hex_encode_str(old_hex, old.set_id, sizeof(old.set_id));
 	HSM_TRY(resolve_quorum(o, &old));
@@ -260,6 +262,7 @@ static hsm_result run_rekey(rekey_opts *o, int *exit_code)
 	res = hsm_ks_rekey_commit(l.ks, rk, &counts, &outcome);
 	snprintf(why, sizeof(why), "%s", hsm_last_message());
 	hsm_result audited = audit_rekey(&l, res, old_hex, new_hex, &old, o, &counts);
+	audited_once = true;
 	if (outcome != HSM_KS_REKEY_DONE) {
 		/* Printed here: the explanation does not fit one error message. */
 		fprintf(stderr, "hsmctl: rekey: %s\n", why);
@@ -285,6 +288,15 @@ static hsm_result run_rekey(rekey_opts *o, int *exit_code)
 		*exit_code = 1;
 	}
 out:
+	/* A rekey that failed before its commit (files in the way, a bad quorum) is on the
+	 * trail too: the master key was rebuilt for it. */
+	if (opened && !audited_once && hsm_failed(res)) {
+		snprintf(why, sizeof(why), "%s", hsm_last_message());
+		if (hsm_failed(audit_rekey(&l, res, old_hex, new_hex, &old, o, &counts)))
+			fprintf(stderr, "hsmctl: rekey: auditing the failure failed: %s\n",
+			        hsm_last_message());
+		res = HSM_FAIL(res.err, "%s", why);
+	}
 	for (unsigned i = 0; i < HSM_MAX_SHARES; i++)
 		hsm_buf_free(&shares[i]);
 	hsm_ks_rekey_free(rk);

@@ -145,7 +145,19 @@ def test_hsmctl_share_files_help_and_missing_shares(tmp_path):
     assert [(r["source"], r["outcome"]) for r in unseals] == [("hsmctl", "success"),
                                                               ("hsmctl", "error")], unseals
     assert all(r["principal"].startswith("local:uid=") for r in unseals)
-    # Each names the shares it read (custodian and file hash, never a value).
+    # The ceremony is on the trail: store, split, quorum, custodians, each file's hash.
+    init = [r for r in audit_records(data) if r.get("op") == "Init"]
+    assert len(init) == 1 and init[0]["outcome"] == "success", init
+    with open(shares["alice"]) as f:
+        alice = f.read()
+    import hashlib
+    assert init[0]["extra"]["share_set"] == re.search(r"^set (\w+)$", alice, re.M).group(1)
+    assert init[0]["extra"]["store"] == re.search(r"^store (\S+)$", alice, re.M).group(1)
+    assert (init[0]["extra"]["threshold"], init[0]["extra"]["shares"]) == ("3", "5")
+    assert init[0]["extra"]["custodians"] == ",".join(CUSTODIANS)
+    first = hashlib.sha256(alice.encode()).hexdigest()[:16]
+    assert init[0]["extra"]["share_sha256"].startswith(f"1:{first},2:"), init
+    # Each unseal names the shares it read (custodian and file hash, never a value).
     given = unseals[0]["extra"]["shares"].split("; ")
     assert [g.split(", ")[1] for g in given] == \
         ["custodian alice", "custodian carol", "custodian erin"], given
