@@ -11,6 +11,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "common/log.h"
 #include "common/util.h"
@@ -72,6 +73,7 @@ void hsm_server_auth_flush(hsm_server *s)
 typedef struct sig_view {
 	hsm_sigv4_request r;
 	hsm_sigv4_header headers[HSM_SIGV4_MAX_HEADERS];
+	bool session_token; /* an X-Amz-Security-Token header, signed or not */
 } sig_view;
 
 static hsm_result view_of(hsm_http_req *req, sig_view *v)
@@ -79,10 +81,12 @@ static hsm_result view_of(hsm_http_req *req, sig_view *v)
 	hsm_http_header_iter it = {0};
 	const char *name, *value;
 	size_t n = 0;
+	v->session_token = false;
 	while (hsm_http_req_next_header(req, &it, &name, &value)) {
 		HSM_ENSURE(n < HSM_SIGV4_MAX_HEADERS, HSM_ERR_VALIDATION, "too many headers");
 		v->headers[n].name = name;
 		v->headers[n].value = value;
+		v->session_token |= strcasecmp(name, "x-amz-security-token") == 0;
 		n++;
 	}
 	size_t len = 0;
@@ -194,8 +198,7 @@ hsm_result hsm_server_authenticate(hsm_server *s, hsm_http_req *req, hsm_auth_re
 	 * left in a client's environment; SDKs sign it) is refused, signed or
 	 * not, as AWS refuses one it did not issue, rather than ignored.
 	 */
-	HSM_CHECK(!signs_session_token(a.signed_headers) &&
-	              hsm_http_req_header(req, "x-amz-security-token") == NULL,
+	HSM_CHECK(!v.session_token && !signs_session_token(a.signed_headers),
 	          HSM_ERR_UNRECOGNIZED_CLIENT,
 	          "The security token included in the request is invalid: hsmd issues no session "
 	          "tokens; sign with an access key alone");
