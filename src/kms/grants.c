@@ -805,8 +805,11 @@ hsm_result hsm_kms_list_retirable_grants(hsm_kms *kms, const hsm_caller *caller,
                                          hsm_grant_cb cb, void *arg, bool *truncated)
 {
 	*truncated = false;
-	HSM_GUARD(check_principal("RetiringPrincipal", retiring));
+	if (retiring != NULL)
+		HSM_GUARD(check_principal("RetiringPrincipal", retiring));
 	HSM_GUARD(kms_authorize(kms, caller, HSM_OP_ListRetirableGrants, NULL, NULL));
+	if (retiring == NULL)
+		return HSM_SUCCESS; /* an AWS service principal: no grant here has one */
 	return hsm_store_grant_list_retiring(kms->store, retiring, marker, limit, cb, arg,
 	                                     truncated);
 }

@@ -533,7 +533,8 @@ hsm_result hsm_kms_list_grants(hsm_kms *kms, const hsm_caller *caller, const cha
                                const char *grant_id, const char *grantee, const char *marker,
                                size_t limit, hsm_grant_cb cb, void *arg,
                                bool *truncated) HSM_MUST_CHECK;
-/* ListRetirableGrants: every key's grants that name `retiring` as retiring principal. */
+/* ListRetirableGrants: every key's grants that name `retiring` as retiring principal
+ * (NULL: a service principal was named, which no grant here has: none, once authorized). */
 hsm_result hsm_kms_list_retirable_grants(hsm_kms *kms, const hsm_caller *caller,
                                          const char *retiring, const char *marker,
                                          size_t limit, hsm_grant_cb cb, void *arg,

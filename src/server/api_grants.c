@@ -192,6 +192,25 @@ static hsm_result match_none(const hsm_grant_record *g, void *arg)
 	return HSM_SUCCESS;
 }
 
+/* KMS's ServicePrincipalType: 1-128 characters, a dotted name such as dynamodb.amazonaws.com. */
+static hsm_result service_principal(hsm_api_ctx *c, const char *member, const char **out)
+{
+	*out = NULL;
+	HSM_GUARD(hsm_json_str(c->req, member, false, 1, 128, out));
+	if (*out == NULL)
+		return HSM_SUCCESS;
+	const char *p = *out;
+	bool dot = false, ok = true;
+	for (; *p != '\0'; p++) {
+		dot |= *p == '.';
+		ok &= (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+		      *p == '-' || *p == '.';
+	}
+	HSM_ENSURE(ok && dot && (*out)[0] != '.' && p[-1] != '.', HSM_ERR_VALIDATION,
+	           "%s must be a service principal name such as dynamodb.amazonaws.com", member);
+	return HSM_SUCCESS;
+}
+
 hsm_result hsm_api_list_grants(hsm_api_ctx *c)
 {
 	const char *key, *marker, *grant_id = NULL, *grantee = NULL;
@@ -207,8 +226,7 @@ hsm_result hsm_api_list_grants(hsm_api_ctx *c)
 	/* No grant here has an AWS service principal: filtering on one lists none (the key is
 	 * still looked up and authorized, as for any other filter). */
 	const char *service = NULL;
-	HSM_GUARD(hsm_json_str(c->req, "GranteeServicePrincipal", false, 1, HSM_GRANT_PRINCIPAL_MAX,
-	                       &service));
+	HSM_GUARD(service_principal(c, "GranteeServicePrincipal", &service));
 	list_begin(c, &l);
 	hsm_result r = hsm_kms_list_grants(c->kms, c->caller, key, grant_id, grantee, marker,
 	                                   service != NULL ? 1 : limit,
@@ -222,17 +240,22 @@ hsm_result hsm_api_list_grants(hsm_api_ctx *c)
 
 hsm_result hsm_api_list_retirable_grants(hsm_api_ctx *c)
 {
-	const char *retiring, *marker;
+	const char *retiring = NULL, *service = NULL, *marker;
 	size_t limit;
 	bool truncated = false;
 	grant_list l;
 	HSM_GUARD(
-	    hsm_json_str(c->req, "RetiringPrincipal", true, 1, HSM_GRANT_PRINCIPAL_MAX, &retiring));
+	    hsm_json_str(c->req, "RetiringPrincipal", false, 1, HSM_GRANT_PRINCIPAL_MAX, &retiring));
+	HSM_GUARD(service_principal(c, "RetiringServicePrincipal", &service));
+	HSM_ENSURE(retiring != NULL || service != NULL, HSM_ERR_VALIDATION,
+	           "RetiringPrincipal or RetiringServicePrincipal is required");
 	HSM_GUARD(hsm_api_paging(c, 100, 50, &limit, &marker));
 	HSM_GUARD(grant_marker(marker));
 	list_begin(c, &l);
-	hsm_result r = hsm_kms_list_retirable_grants(c->kms, c->caller, retiring, marker, limit,
-	                                             write_grant, &l, &truncated);
+	/* No grant here has an AWS service principal: one named lists none (authorized all
+	 * the same). */
+	hsm_result r = hsm_kms_list_retirable_grants(c->kms, c->caller, service != NULL ? NULL : retiring,
+	                                             marker, limit, write_grant, &l, &truncated);
 	list_end(c, &l, truncated);
 	return r;
 }

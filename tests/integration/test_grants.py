@@ -109,6 +109,18 @@ def test_grants_are_listed_with_every_field_and_filtered(hsmd, kms, users):
     call_error(hsmd, "ListGrants", {"KeyId": "4d3f3e0a-0000-4000-8000-000000000000",
                                     "GranteeServicePrincipal": "s3.amazonaws.com"},
                "NotFoundException")
+    # ServicePrincipalType: 1-128 characters, a dotted service name.
+    for bad in ("s" * 120 + ".amazonaws.com", "not a service", "nodot"):
+        call_error(hsmd, "ListGrants", {"KeyId": key, "GranteeServicePrincipal": bad},
+                   "ValidationException")
+    # ListRetirableGrants takes a retiring principal or a service one (which lists none).
+    st, out = signed_call(hsmd, "TrentService.ListRetirableGrants",
+                          {"RetiringServicePrincipal": "dynamodb.amazonaws.com"})
+    assert (st, out["Grants"], out["Truncated"]) == (200, [], False), out
+    call_error(hsmd, "ListRetirableGrants", {}, "ValidationException")
+    call_error(hsmd, "ListRetirableGrants", {"RetiringPrincipal": arn("dev"),
+                                             "RetiringServicePrincipal": 12345},
+               "SerializationException")
     # Pages of one, in order, each id once.
     seen, marker = [], None
     while True:
