@@ -21,6 +21,10 @@ static hsm_result read_ctx(hsm_api_ctx *c, const char *member, hsm_enc_ctx *ctx,
 		c->audit.ctx = pairs;
 		c->audit.n_ctx = n;
 	}
+	/* Checked again where the context is used; here the refusal can name the member. */
+	for (size_t i = 0; i < n; i++)
+		HSM_ENSURE(pairs[i].key[0] != '\0', HSM_ERR_VALIDATION, "%s keys must not be empty",
+		           member);
 	return HSM_SUCCESS;
 }
 
@@ -38,7 +42,9 @@ static hsm_result read_enc_alg(hsm_api_ctx *c, const char *member, bool *has, hs
 	HSM_GUARD(hsm_json_str(c->req, member, false, 1, 64, &name));
 	*has = name != NULL;
 	if (*has) {
-		HSM_GUARD(hsm_enc_alg_parse(name, alg));
+		/* Refused under the member's own name (ReEncrypt has two). */
+		HSM_ENSURE(hsm_ok(hsm_enc_alg_parse(name, alg)), HSM_ERR_VALIDATION,
+		           "%s '%.64s' is not supported", member, name);
 		c->audit.algorithm = hsm_enc_alg_name(*alg);
 	}
 	return HSM_SUCCESS;

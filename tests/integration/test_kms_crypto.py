@@ -433,6 +433,19 @@ def test_responses_name_the_key_material_used(kms, hsmd, sym2, rsa2048):
 RECIPIENT = {"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256", "AttestationDocument": "AAAA"}
 
 
+def test_reencrypt_refusals_name_the_member(hsmd, sym):
+    """ReEncrypt has a source and a destination of each: a refusal says which."""
+    blob = call_ok(hsmd, "Encrypt", {"KeyId": sym, "Plaintext": b64(b"abc")})["CiphertextBlob"]
+    base = {"CiphertextBlob": blob, "DestinationKeyId": sym}
+    for member, value, said in (
+            ("SourceEncryptionContext", {"": "v"}, "SourceEncryptionContext keys"),
+            ("DestinationEncryptionContext", {"": "v"}, "DestinationEncryptionContext keys"),
+            ("SourceEncryptionAlgorithm", "BOGUS", "SourceEncryptionAlgorithm 'BOGUS'"),
+            ("DestinationEncryptionAlgorithm", "BOGUS", "DestinationEncryptionAlgorithm 'BOGUS'")):
+        out = call_error(hsmd, "ReEncrypt", dict(base, **{member: value}), "ValidationException")
+        assert out["message"].startswith(said), out
+
+
 def test_recipient_is_refused_not_ignored(hsmd, sym):
     """Recipient asks for the secret encrypted to an enclave's key; answering in the clear would
     ignore that, so every operation that takes it refuses it and hands out nothing: with
