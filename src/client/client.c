@@ -507,7 +507,8 @@ hsm_result hsm_client_call(hsm_client *c, const char *target, const char *body, 
 {
 	HSM_ENSURE(c->endpoints != NULL && *c->endpoints != '\0', HSM_ERR_VALIDATION,
 	           "--endpoint is required (or HSM_ENDPOINT)");
-	static const char not_serving[] = "\"ServiceUnavailableException\"";
+	static const char unavailable[] = "\"ServiceUnavailableException\"";
+	static const char sealed[] = "hsmd is sealed";
 	const char *p = c->endpoints;
 	char tried[512] = "";
 	while (*p != '\0') {
@@ -522,11 +523,14 @@ hsm_result hsm_client_call(hsm_client *c, const char *target, const char *body, 
 		HSM_GUARD(parse_endpoint(this_one, n, &ep));
 		size_t before = resp->len;
 		hsm_result r = request(c, &ep, target, body, sign, &a, resp, &reached);
-		/* A node that is not serving (sealed, its audit trail down) refused the request
-		 * before doing anything with it: the next node, if any, may take it. */
+		/* A sealed node refused the request before doing anything with it: the next node,
+		 * if any, may take it.  Not so other 503s: one whose record could not be written
+		 * after it ran is withheld, and sent again it would run twice. */
 		if (hsm_ok(r) && a.status == 503 && *p != '\0' &&
-		    memmem(resp->data + before, resp->len - before, not_serving,
-		           sizeof(not_serving) - 1) != NULL) {
+		    memmem(resp->data + before, resp->len - before, unavailable,
+		           sizeof(unavailable) - 1) != NULL &&
+		    memmem(resp->data + before, resp->len - before, sealed, sizeof(sealed) - 1) !=
+		        NULL) {
 			resp->len = before;
 			continue;
 		}
