@@ -2089,6 +2089,18 @@ def threads_program(tmp_path):
     return c_program(tmp_path, "pkcs11_threads")
 
 
+def test_gcm_parts_end_with_final_not_a_one_part_call(tmp_path, server, user, keys):
+    """Parts given to C_EncryptUpdate / C_DecryptUpdate end with the Final call: a one-part
+    C_Encrypt / C_Decrypt after them is refused (CKR_OPERATION_NOT_INITIALIZED) and ends
+    the operation, rather than silently dropping the parts given."""
+    exe = c_program(tmp_path, "pkcs11_gcm_parts")
+    env = dict(os.environ, HSM_PKCS11_ENDPOINT=server.endpoint)
+    p = subprocess.run([str(exe), MODULE, user.pin, keys["aes"]], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["encrypt", "0x91", "after", "0x91", "decrypt", "0x91"], p.stdout
+
+
 def test_a_logout_ends_a_long_random_draw_in_another_thread(tmp_path, server, user):
     """C_GenerateRandom asks for its bytes a chunk at a time and lets the module's lock go
     meanwhile: a C_Logout from another thread wipes the credentials, and the draw must end
