@@ -131,6 +131,12 @@ hsm_result hsm_keystore_unseal(hsm_keystore *ks, const uint8_t *share_file, size
 void hsm_keystore_unseal_status(hsm_keystore *ks, hsm_unseal_progress *progress);
 /* Discards shares collected so far. */
 void hsm_keystore_unseal_reset(hsm_keystore *ks);
+/*
+ * How long an unfinished unseal waits for its next share before its shares
+ * are forgotten (HSM_UNSEAL_PENDING_TTL_MS by default).
+ */
+#define HSM_UNSEAL_PENDING_TTL_MS (15 * 60 * 1000)
+void hsm_keystore_set_unseal_ttl_ms(hsm_keystore *ks, uint64_t ms);
 /* Wipes the derived keys and every cached key: back to sealed. */
 void hsm_keystore_seal(hsm_keystore *ks);
 /* Puts the node in the error state (e.g. a later self-test failed). */

@@ -60,6 +60,7 @@ struct hsm_keystore {
 	unsigned n_commits;
 	hsm_share_set *pending;
 	uint64_t pending_since_ns; /* hsm_mono_ns() of the pending unseal's last share */
+	uint64_t pending_ttl_ns;   /* hsm_keystore_set_unseal_ttl_ms */
 	char error_reason[160];
 };
 

@@ -508,15 +508,15 @@ static void describe_share(const hsm_share *s, const uint8_t *file, size_t len, 
 	         s->custodian[0] != '\0' ? ", custodian " : "", s->custodian, hex);
 }
 
-/* A partial unseal left this long after its last share is forgotten (its shares wiped). */
-#define PENDING_UNSEAL_TTL_NS (15ULL * 60 * 1000000000)
-
+/* A partial unseal left pending_ttl_ns after its last share is forgotten (shares wiped). */
 static void expire_pending(hsm_keystore *ks)
 {
-	if (ks->pending != NULL && hsm_mono_ns() - ks->pending_since_ns > PENDING_UNSEAL_TTL_NS) {
-		hsm_warn("an unseal left unfinished for 15 minutes was abandoned: its %u share(s) "
-		         "are forgotten",
-		         hsm_share_set_have(ks->pending));
+	uint64_t ttl = ks->pending_ttl_ns != 0 ? ks->pending_ttl_ns
+	                                       : (uint64_t)HSM_UNSEAL_PENDING_TTL_MS * 1000000U;
+	if (ks->pending != NULL && hsm_mono_ns() - ks->pending_since_ns > ttl) {
+		hsm_warn("an unseal left unfinished for %llu s was abandoned: its %u share(s) are "
+		         "forgotten",
+		         (unsigned long long)(ttl / 1000000000U), hsm_share_set_have(ks->pending));
 		hsm_share_set_free(ks->pending);
 		ks->pending = NULL;
 	}
@@ -599,6 +599,13 @@ void hsm_keystore_unseal_status(hsm_keystore *ks, hsm_unseal_progress *progress)
 	expire_pending(ks);
 	progress->share[0] = '\0';
 	progress_of(ks, progress);
+	pthread_mutex_unlock(&ks->lock);
+}
+
+void hsm_keystore_set_unseal_ttl_ms(hsm_keystore *ks, uint64_t ms)
+{
+	pthread_mutex_lock(&ks->lock);
+	ks->pending_ttl_ns = ms * 1000000U;
 	pthread_mutex_unlock(&ks->lock);
 }
 

@@ -215,6 +215,28 @@ static void test_forged_shares_refused_alone(void **state)
 	assert_int_equal(hsm_keystore_state(f->ks), HSM_NODE_UNSEALED);
 }
 
+/* An unseal left unfinished past its time is abandoned: its shares no longer count. */
+static void test_unfinished_unseal_expires(void **state)
+{
+	fixture *f = *state;
+	hsm_unseal_progress p;
+	hsm_keystore_seal(f->ks);
+	hsm_keystore_set_unseal_ttl_ms(f->ks, 50);
+	assert_true(hsm_ok(unseal_with(f, 0, &p)));
+	assert_true(hsm_ok(unseal_with(f, 1, &p)));
+	assert_int_equal(p.have, 2);
+	usleep(120 * 1000);
+	hsm_keystore_unseal_status(f->ks, &p);
+	assert_int_equal(p.have, 0);
+	/* Share 1 again starts afresh (not a duplicate), and the quorum needs three again. */
+	assert_true(hsm_ok(unseal_with(f, 0, &p)));
+	assert_int_equal(p.have, 1);
+	assert_true(hsm_ok(unseal_with(f, 2, &p)));
+	assert_false(p.unsealed);
+	assert_true(hsm_ok(unseal_with(f, 3, &p)));
+	assert_true(p.unsealed);
+}
+
 static hsm_ks_keyref ref_of(const char *id, uint32_t v, hsm_key_spec spec, hsm_key_usage u)
 {
 	hsm_ks_keyref r = {id, v, spec, u};
@@ -570,6 +592,7 @@ int main(void)
 	    cmocka_unit_test(test_concurrent_init_one_wins),
 	    cmocka_unit_test_setup_teardown(test_all_subsets, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_forged_shares_refused_alone, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_unfinished_unseal_expires, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_bad_shares_named, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_wrapping_binds_identity, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_seal_stops_crypto_and_reopen_unseals, setup, teardown),
