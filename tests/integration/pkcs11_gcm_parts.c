@@ -8,44 +8,16 @@
  * Prints "encrypt 0x<rv>", "decrypt 0x<rv>" and, for the operation ended by
  * the refusal, "after 0x<rv>" (a Final call on it); exits 1 on a set-up error.
  */
-#include <dlfcn.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
-#include <p11-kit/pkcs11.h>
-
-static void fail(const char *what, CK_RV rv)
-{
-	fprintf(stderr, "%s: 0x%lx\n", what, (unsigned long)rv);
-	exit(1);
-}
+#include "pkcs11_client.h"
 
 int main(int argc, char **argv)
 {
 	if (argc != 4)
 		fail("usage: pkcs11_gcm_parts MODULE PIN AES_KEY_ID", 0);
-	void *lib = dlopen(argv[1], RTLD_NOW);
-	if (lib == NULL)
-		fail(dlerror(), 0);
-	CK_C_GetFunctionList get = (CK_C_GetFunctionList)dlsym(lib, "C_GetFunctionList");
-	CK_FUNCTION_LIST_PTR f = NULL;
+	CK_FUNCTION_LIST_PTR f = load_module(argv[1]);
+	CK_SESSION_HANDLE s = logged_in(f, argv[2], 0);
+	CK_OBJECT_HANDLE key = secret_key(f, s, argv[3]);
 	CK_RV rv;
-	if (get == NULL || (rv = get(&f)) != CKR_OK || (rv = f->C_Initialize(NULL)) != CKR_OK)
-		fail("C_Initialize", 0);
-	CK_SESSION_HANDLE s;
-	if ((rv = f->C_OpenSession(0, CKF_SERIAL_SESSION, NULL, NULL, &s)) != CKR_OK)
-		fail("C_OpenSession", rv);
-	if ((rv = f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)argv[2], strlen(argv[2]))) != CKR_OK)
-		fail("C_Login", rv);
-	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-	CK_ATTRIBUTE find[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, argv[3], strlen(argv[3])}};
-	CK_OBJECT_HANDLE key;
-	CK_ULONG n = 0;
-	if ((rv = f->C_FindObjectsInit(s, find, 2)) != CKR_OK ||
-	    (rv = f->C_FindObjects(s, &key, 1, &n)) != CKR_OK || n != 1 ||
-	    (rv = f->C_FindObjectsFinal(s)) != CKR_OK)
-		fail("C_FindObjects", rv);
 	unsigned char iv[12] = {0}, out[64];
 	CK_GCM_PARAMS gcm = {iv, sizeof(iv), 96, NULL, 0, 128};
 	CK_MECHANISM m = {CKM_AES_GCM, &gcm, sizeof(gcm)};

@@ -9,25 +9,15 @@
  * Prints the C_GenerateRandom result as "random 0x<rv>" and exits 0 when the
  * process is still alive to say so; any setup failure exits 1.
  */
-#include <dlfcn.h>
 #include <pthread.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <unistd.h>
 
-#include <p11-kit/pkcs11.h>
+#include "pkcs11_client.h"
 
 static CK_FUNCTION_LIST_PTR f;
 static CK_SESSION_HANDLE drawing, other;
 static CK_RV random_rv;
 static unsigned char bytes[1 << 22]; /* 4096 chunks of 1024 */
-
-static void fail(const char *what, CK_RV rv)
-{
-	fprintf(stderr, "%s: 0x%lx\n", what, (unsigned long)rv);
-	exit(1);
-}
 
 static void *draw(void *arg)
 {
@@ -39,20 +29,11 @@ int main(int argc, char **argv)
 {
 	if (argc != 3)
 		fail("usage: pkcs11_logout_race MODULE PIN", 0);
-	void *lib = dlopen(argv[1], RTLD_NOW);
-	if (lib == NULL)
-		fail(dlerror(), 0);
-	CK_C_GetFunctionList get = (CK_C_GetFunctionList)dlsym(lib, "C_GetFunctionList");
+	f = load_module(argv[1]);
+	drawing = logged_in(f, argv[2], 0);
 	CK_RV rv;
-	if (get == NULL || (rv = get(&f)) != CKR_OK)
-		fail("C_GetFunctionList", 0);
-	if ((rv = f->C_Initialize(NULL)) != CKR_OK)
-		fail("C_Initialize", rv);
-	if ((rv = f->C_OpenSession(0, CKF_SERIAL_SESSION, NULL, NULL, &drawing)) != CKR_OK ||
-	    (rv = f->C_OpenSession(0, CKF_SERIAL_SESSION, NULL, NULL, &other)) != CKR_OK)
+	if ((rv = f->C_OpenSession(0, CKF_SERIAL_SESSION, NULL, NULL, &other)) != CKR_OK)
 		fail("C_OpenSession", rv);
-	if ((rv = f->C_Login(drawing, CKU_USER, (CK_UTF8CHAR_PTR)argv[2], strlen(argv[2]))) != CKR_OK)
-		fail("C_Login", rv);
 	pthread_t t;
 	if (pthread_create(&t, NULL, draw, NULL) != 0)
 		fail("pthread_create", 0);
