@@ -537,8 +537,9 @@ def test_hsmctl_user_create_waits_for_custodians_then_runs(node):
     approval request, waits, and runs once custodians approved it."""
     def users():
         return {u["UserName"]: u["Roles"] for u in admin(node, "ListUsers")["Users"]}
+    seen = set(approvals(node))  # read before hsmctl starts: it may open its request at once
     p = hsmctl_bg(node, "user", "create", "ctl-approved", "--roles", "crypto-user")
-    approval = opened(node, "CreateUser", set(approvals(node)))
+    approval = opened(node, "CreateUser", seen)
     assert json.loads(approvals(node)[approval]["Request"])["UserName"] == "ctl-approved"
     time.sleep(0.5)
     assert p.poll() is None, p.communicate()  # still waiting
