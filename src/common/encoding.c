@@ -3,6 +3,8 @@
 #include <endian.h>
 #include <string.h>
 
+#include "common/util.h"
+
 /* Constant-time helpers: each returns all-ones (0xff...) when true, 0 otherwise. */
 static unsigned ct_ge(unsigned a, unsigned b) { return 0U - ((((a - b) >> 8) & 1U) ^ 1U); }
 static unsigned ct_range(unsigned c, unsigned lo, unsigned hi)
@@ -336,4 +338,42 @@ hsm_result hsm_b64_decode(hsm_buf *out, const char *s, size_t n, hsm_err err)
 hsm_result hsm_b64url_decode(hsm_buf *out, const char *s, size_t n, hsm_err err)
 {
 	return b64_decode(out, s, n, &B64URL, err);
+}
+
+/* ---- PKCS#11 ids kept as aliases ---------------------------------------------------------- */
+
+/* Whether an id spells a key id (a UUID), which every key without an id of its own has. */
+static bool spells_key_id(const void *id, size_t n)
+{
+	char s[HSM_UUID_STRLEN + 1];
+	if (n != HSM_UUID_STRLEN)
+		return false;
+	memcpy(s, id, n);
+	s[n] = '\0';
+	return hsm_is_uuid(s);
+}
+
+bool hsm_pkcs11_id_alias(const void *id, size_t n, char *out, size_t cap)
+{
+	size_t prefix = strlen(HSM_PKCS11_ID_ALIAS);
+	if (n == 0 || n > HSM_PKCS11_ID_MAX || spells_key_id(id, n) || cap < prefix + 2 * n + 1)
+		return false;
+	memcpy(out, HSM_PKCS11_ID_ALIAS, prefix);
+	hsm_hex_encode_str(out + prefix, id, n);
+	return true;
+}
+
+bool hsm_pkcs11_id_of_alias(const char *alias_name, hsm_buf *id)
+{
+	hsm_buf_clear(id);
+	if (!hsm_str_has_prefix(alias_name, HSM_PKCS11_ID_ALIAS))
+		return false;
+	const char *hex = alias_name + strlen(HSM_PKCS11_ID_ALIAS);
+	size_t n = strlen(hex);
+	bool ok = n >= 2 && n <= 2 * HSM_PKCS11_ID_MAX && n % 2 == 0 &&
+	          hsm_ok(hsm_hex_decode(id, hex, n, HSM_ERR_VALIDATION)) &&
+	          !spells_key_id(id->data, id->len);
+	if (!ok)
+		hsm_buf_clear(id);
+	return ok;
 }

@@ -10,6 +10,7 @@
 #ifndef HSM_ENCODING_H
 #define HSM_ENCODING_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -33,5 +34,21 @@ hsm_result hsm_b64url_encode(hsm_buf *out, const uint8_t *p, size_t n) HSM_MUST_
 hsm_result hsm_b64url_decode(hsm_buf *out, const char *s, size_t n, hsm_err err) HSM_MUST_CHECK;
 
 size_t hsm_b64_encoded_len(size_t n);
+
+/*
+ * A key's PKCS#11 CKA_ID of its own is kept as an alias of the key:
+ * HSM_PKCS11_ID_ALIAS followed by the id's bytes in lowercase hex, 1 to
+ * HSM_PKCS11_ID_MAX bytes (so the alias stays within KMS's 256 characters).
+ * An id that spells a key id is not one of a key's own: a key without one
+ * has its key id as CKA_ID.  The PKCS#11 module makes such an alias for a
+ * CKA_ID in a key generation template; certificates imported for the key
+ * take the id as their ObjectId.
+ */
+#define HSM_PKCS11_ID_ALIAS "alias/pkcs11-id/"
+#define HSM_PKCS11_ID_MAX 120
+/* The alias that gives a key the CKA_ID id (n bytes); false when it cannot be one, or out is short. */
+bool hsm_pkcs11_id_alias(const void *id, size_t n, char *out, size_t cap);
+/* The CKA_ID an alias name gives its key, into id; false (id empty) if it gives none. */
+bool hsm_pkcs11_id_of_alias(const char *alias_name, hsm_buf *id);
 
 #endif

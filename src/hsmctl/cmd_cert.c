@@ -8,8 +8,8 @@
  * FILE holds one certificate, PEM or DER, or a PEM chain: the first is the
  * key's, the others its issuers, stored too (once; the first too when it is
  * stored with the same label and ObjectId already).  With --key the first must
- * certify that key, and its PKCS#11 CKA_ID becomes the key's id (the key
- * objects' CKA_ID); the label defaults to the alias --key names, which is
+ * certify that key, and its PKCS#11 CKA_ID becomes the key objects' CKA_ID
+ * (the key's own, if an alias gives it one, else its key id); the label defaults to the alias --key names, which is
  * the key objects' CKA_LABEL, so PKCS#11 applications find key and
  * certificate under one name.  Where ImportCertificate waits for custodians,
  * each import waits for its approval (hsmctl_call_approved), so a chain is
@@ -137,9 +137,43 @@ static hsm_result stored_as(const char *b64, json_t *object_id, const char *labe
 }
 
 /*
- * The ObjectId a list asks for, base64: --id's bytes, or the id of the key
- * --key names (a key's certificates carry it; an import stores it so).  NULL
- * when neither is given.
+ * A key's PKCS#11 CKA_ID (raw): its own when one of its aliases gives it one
+ * (common/encoding.h, HSM_PKCS11_ID_ALIAS), else the key id.
+ */
+static hsm_result key_object_id(const char *key_id, hsm_buf *raw)
+{
+	char marker[1024] = "";
+	bool found = false;
+	hsm_result r = HSM_SUCCESS;
+	while (hsm_ok(r) && !found) {
+		json_t *ans = NULL, *body = json_pack("{s:s,s:i}", "KeyId", key_id, "Limit", 100);
+		if (marker[0] != '\0')
+			json_object_set_new(body, "Marker", json_string(marker));
+		r = call("TrentService.ListAliases", body, &ans);
+		size_t i;
+		json_t *a;
+		json_array_foreach(json_object_get(ans, "Aliases"), i, a) {
+			const char *name = json_string_value(json_object_get(a, "AliasName"));
+			if (!found && name != NULL)
+				found = hsm_pkcs11_id_of_alias(name, raw);
+		}
+		const char *next = json_string_value(json_object_get(ans, "NextMarker"));
+		bool more = json_is_true(json_object_get(ans, "Truncated")) && next != NULL;
+		if (more)
+			snprintf(marker, sizeof(marker), "%s", next);
+		json_decref(ans);
+		if (!more)
+			break;
+	}
+	if (hsm_ok(r) && !found)
+		r = hsm_buf_set(raw, key_id, strlen(key_id));
+	return r;
+}
+
+/*
+ * The ObjectId a list asks for, base64: --id's bytes, or the CKA_ID of the
+ * key --key names (a key's certificates carry it; an import stores it so).
+ * NULL when neither is given.
  */
 static hsm_result object_id_of(const char *hex, const char *key, json_t **out)
 {
@@ -154,7 +188,7 @@ static hsm_result object_id_of(const char *hex, const char *key, json_t **out)
 		const char *id = json_string_value(
 		    json_object_get(json_object_get(ans, "KeyMetadata"), "KeyId"));
 		if (hsm_ok(r))
-			r = id != NULL ? hsm_buf_set(&raw, id, strlen(id))
+			r = id != NULL ? key_object_id(id, &raw)
 			               : HSM_FAIL(HSM_ERR_INTERNAL, "DescribeKey named no key id");
 		json_decref(ans);
 	}

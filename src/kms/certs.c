@@ -15,6 +15,7 @@
 #include <openssl/crypto.h>
 #include <openssl/x509.h>
 
+#include "common/encoding.h"
 #include "common/util.h"
 #include "crypto/x509.h"
 #include "kms/kms_internal.h"
@@ -72,6 +73,35 @@ static hsm_result check_certifies(hsm_kms *kms, const hsm_caller *caller, X509 *
 	return HSM_SUCCESS;
 }
 
+/* A key's aliases, a page at a time, until one gives it a PKCS#11 id of its own. */
+typedef struct own_id {
+	hsm_buf *id;
+	bool found;
+	char last[HSM_ALIAS_MAX + 1];
+} own_id;
+
+static hsm_result own_id_cb(const hsm_alias_record *a, void *arg)
+{
+	own_id *o = arg;
+	memcpy(o->last, a->name, sizeof(o->last));
+	if (!o->found)
+		o->found = hsm_pkcs11_id_of_alias(a->name, o->id);
+	return HSM_SUCCESS;
+}
+
+/*
+ * The CKA_ID of a key's PKCS#11 objects: its own, when an alias gives it
+ * one (common/encoding.h, HSM_PKCS11_ID_ALIAS), else its key id.
+ */
+static hsm_result key_object_id(hsm_kms *kms, const char *key_id, hsm_buf *out)
+{
+	own_id o = {.id = out};
+	bool more = true;
+	while (more && !o.found)
+		HSM_GUARD(hsm_store_alias_list(kms->store, key_id, o.last, 100, own_id_cb, &o, &more));
+	return o.found ? HSM_SUCCESS : hsm_buf_set(out, key_id, strlen(key_id));
+}
+
 hsm_result hsm_kms_cert_import(hsm_kms *kms, const hsm_caller *caller,
                                const hsm_cert_import_req *req, hsm_cert_record *out)
 {
@@ -100,7 +130,7 @@ hsm_result hsm_kms_cert_import(hsm_kms *kms, const hsm_caller *caller,
 	if (req->object_id != NULL)
 		HSM_TRY(hsm_buf_set(&c.object_id, req->object_id, req->object_id_len));
 	else if (key_id[0] != '\0')
-		HSM_TRY(hsm_buf_set(&c.object_id, key_id, strlen(key_id)));
+		HSM_TRY(key_object_id(kms, key_id, &c.object_id));
 	HSM_TRY(hsm_buf_set(&c.der, req->der, req->der_len));
 	HSM_TRY(hsm_strcpy(c.creator, sizeof(c.creator), caller->local ? "" : caller->user));
 	c.created = kms_now(kms);

@@ -141,7 +141,9 @@ static a_status attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
 	/* Imported material (PKCS#11 v2.40 4.7): not made here, and was once in the clear. */
 	case CKA_LOCAL: return boolean(v, !o->external);
 	case CKA_LABEL: return bytes(v, o->label, strlen(o->label));
-	case CKA_ID: return bytes(v, o->key_id, strlen(o->key_id));
+	case CKA_ID: /* its own (an alias gives it: HSM_PKCS11_ID_ALIAS), or the key id */
+		return o->id.len > 0 ? bytes(v, o->id.data, o->id.len)
+		                     : bytes(v, o->key_id, strlen(o->key_id));
 	case CKA_START_DATE:
 	case CKA_END_DATE: return bytes(v, "", 0);
 	case CKA_SIGN: return boolean(v, (priv && o->usage == HSM_USAGE_SIGN_VERIFY) || mac);

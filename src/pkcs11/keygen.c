@@ -3,11 +3,14 @@
  * the spec and usage the mechanism and templates ask for (RSA, NIST EC and
  * secp256k1, Ed25519; signing or decryption, or ECDH), C_GenerateKey an AES
  * or HMAC key; each template is first checked against PKCS#11's rules
- * (template.c).  The new key is read back as the module's objects.
+ * (template.c).  The new key is read back as the module's objects.  A
+ * CKA_LABEL becomes the alias alias/<label>, a CKA_ID the alias
+ * HSM_PKCS11_ID_ALIAS<hex> (common/encoding.h).
  */
 #include <stdio.h>
 #include <string.h>
 
+#include "common/encoding.h"
 #include "pkcs11/p11.h"
 
 /* A key is made in a logged-in read/write session, by a mechanism that makes one (kt known). */
@@ -72,7 +75,10 @@ static CK_RV pair_label(const CK_ATTRIBUTE *a, char *out, size_t cap)
 			return CKR_ATTRIBUTE_VALUE_INVALID;
 	memcpy(out, p, a->ulValueLen);
 	out[a->ulValueLen] = '\0';
-	return hsm_str_has_prefix(out, "aws/") ? CKR_ATTRIBUTE_VALUE_INVALID : CKR_OK;
+	/* aws/ is AWS's; HSM_PKCS11_ID_ALIAS's names give keys CKA_IDs, not labels. */
+	return hsm_str_has_prefix(out, "aws/") || hsm_str_has_prefix(out, HSM_PKCS11_ID_ALIAS + 6)
+	           ? CKR_ATTRIBUTE_VALUE_INVALID
+	           : CKR_OK;
 }
 
 /* The key type a key pair mechanism makes, or CK_UNAVAILABLE_INFORMATION. */
@@ -153,13 +159,16 @@ static CK_RV same_curve(const CK_ATTRIBUTE *pub, CK_ULONG n_pub, const CK_ATTRIB
 	           : CKR_TEMPLATE_INCONSISTENT;
 }
 
-/* One alias a key: the two templates' labels, when both are given, are the same. */
-static CK_RV pair_label_attr(const CK_ATTRIBUTE *pub, CK_ULONG n_pub, const CK_ATTRIBUTE *priv,
-                             CK_ULONG n_priv, const CK_ATTRIBUTE **label)
+/*
+ * The attribute a key pair's templates give it (its CKA_LABEL or CKA_ID):
+ * the private template's, or the public one's; when both give it, the same.
+ */
+static CK_RV pair_attr(const CK_ATTRIBUTE *pub, CK_ULONG n_pub, const CK_ATTRIBUTE *priv,
+                       CK_ULONG n_priv, CK_ATTRIBUTE_TYPE type, const CK_ATTRIBUTE **out)
 {
-	const CK_ATTRIBUTE *a = p11_attr_find(pub, n_pub, CKA_LABEL);
-	const CK_ATTRIBUTE *b = p11_attr_find(priv, n_priv, CKA_LABEL);
-	*label = b != NULL ? b : a;
+	const CK_ATTRIBUTE *a = p11_attr_find(pub, n_pub, type);
+	const CK_ATTRIBUTE *b = p11_attr_find(priv, n_priv, type);
+	*out = b != NULL ? b : a;
 	if (a == NULL || b == NULL)
 		return CKR_OK;
 	return a->ulValueLen == b->ulValueLen &&
@@ -168,38 +177,86 @@ static CK_RV pair_label_attr(const CK_ATTRIBUTE *pub, CK_ULONG n_pub, const CK_A
 	           : CKR_TEMPLATE_INCONSISTENT;
 }
 
-/*
- * Makes a key in hsmd (CreateKey, and CreateAlias for a label), then reads
- * the objects again.  A key whose alias cannot be made goes again: no
- * half-made key stays.
- */
-static CK_RV make_key(hsm_key_spec spec, hsm_key_usage usage, const char *label,
-                      char key_id[HSM_UUID_STRLEN + 1])
+/* The alias a template's CKA_ID asks for (HSM_PKCS11_ID_ALIAS + hex), or "" with none. */
+static CK_RV id_alias(const CK_ATTRIBUTE *a, char *out, size_t cap)
+{
+	out[0] = '\0';
+	if (a == NULL)
+		return CKR_OK;
+	/* Empty, longer than HSM_PKCS11_ID_MAX, or spelling a key id: not an id of its own. */
+	return a->pValue != NULL && hsm_pkcs11_id_alias(a->pValue, a->ulValueLen, out, cap)
+	           ? CKR_OK
+	           : CKR_ATTRIBUTE_VALUE_INVALID;
+}
+
+/* A label or CKA_ID another key has already: refused before a key is made. */
+static CK_RV alias_free(const char *alias)
+{
+	if (alias[0] == '\0')
+		return CKR_OK;
+	json_t *ans = NULL;
+	CK_RV rv = p11_call("TrentService.DescribeKey", json_pack("{s:s}", "KeyId", alias), &ans);
+	json_decref(ans);
+	return rv == CKR_OK                   ? CKR_ATTRIBUTE_VALUE_INVALID /* taken */
+	       : rv == CKR_KEY_HANDLE_INVALID ? CKR_OK                      /* NotFoundException */
+	                                      : rv;
+}
+
+static CK_RV create_alias(const char *alias, const char *key_id)
 {
 	json_t *ans = NULL;
-	CK_RV rv = p11_call("TrentService.CreateKey",
-	                    json_pack("{s:s,s:s,s:s}", "KeySpec", hsm_spec_name(spec), "KeyUsage",
-	                              hsm_usage_name(usage), "Description", "made through PKCS#11"),
-	                    &ans);
+	CK_RV rv = p11_call("TrentService.CreateAlias",
+	                    json_pack("{s:s,s:s}", "AliasName", alias, "TargetKeyId", key_id), &ans);
+	json_decref(ans);
+	return rv;
+}
+
+/*
+ * Makes a key in hsmd (CreateKey, then CreateAlias for a label and for a
+ * CKA_ID), then reads the objects again.  A label or CKA_ID another key has
+ * is refused before the key is made; a key whose aliases cannot be made
+ * (taken meanwhile) goes again, with the alias made for it: no half-made key
+ * stays, and no name it took.
+ */
+static CK_RV make_key(hsm_key_spec spec, hsm_key_usage usage, const char *label,
+                      const char *id, char key_id[HSM_UUID_STRLEN + 1])
+{
+	char alias[P11_LABEL_MAX + 8] = "";
+	if (label[0] != '\0')
+		snprintf(alias, sizeof(alias), "alias/%s", label);
 	key_id[0] = '\0';
-	const char *id = json_string_value(json_object_get(json_object_get(ans, "KeyMetadata"), "KeyId"));
-	if (rv == CKR_OK && (id == NULL || !hsm_is_uuid(id)))
+	CK_RV rv = alias_free(alias);
+	if (rv == CKR_OK)
+		rv = alias_free(id);
+	if (rv != CKR_OK)
+		return rv;
+	json_t *ans = NULL;
+	rv = p11_call("TrentService.CreateKey",
+	              json_pack("{s:s,s:s,s:s}", "KeySpec", hsm_spec_name(spec), "KeyUsage",
+	                        hsm_usage_name(usage), "Description", "made through PKCS#11"),
+	              &ans);
+	const char *made = json_string_value(json_object_get(json_object_get(ans, "KeyMetadata"), "KeyId"));
+	if (rv == CKR_OK && (made == NULL || !hsm_is_uuid(made)))
 		rv = CKR_DEVICE_ERROR;
 	if (rv == CKR_OK)
-		snprintf(key_id, HSM_UUID_STRLEN + 1, "%s", id);
+		snprintf(key_id, HSM_UUID_STRLEN + 1, "%s", made);
 	json_decref(ans);
-	if (rv == CKR_OK && label[0] != '\0') {
-		char alias[P11_LABEL_MAX + 8];
-		snprintf(alias, sizeof(alias), "alias/%s", label);
-		rv = p11_call("TrentService.CreateAlias",
-		              json_pack("{s:s,s:s}", "AliasName", alias, "TargetKeyId", key_id), &ans);
+	if (rv != CKR_OK)
+		return rv;
+	bool labelled = false;
+	if (alias[0] != '\0')
+		labelled = (rv = create_alias(alias, key_id)) == CKR_OK;
+	if (rv == CKR_OK && id[0] != '\0')
+		rv = create_alias(id, key_id);
+	if (rv != CKR_OK) {
+		ans = NULL;
+		if (labelled)
+			(void)p11_call("TrentService.DeleteAlias", json_pack("{s:s}", "AliasName", alias), &ans);
 		json_decref(ans);
-		if (rv != CKR_OK) {
-			(void)p11_schedule_deletion(key_id);
-			rv = CKR_ATTRIBUTE_VALUE_INVALID; /* the label: taken, or not an alias name */
-		}
+		(void)p11_schedule_deletion(key_id);
+		return CKR_ATTRIBUTE_VALUE_INVALID; /* the label or CKA_ID: taken meanwhile */
 	}
-	return rv == CKR_OK ? p11_objects_refresh() : rv;
+	return p11_objects_refresh();
 }
 
 CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR pub,
@@ -211,9 +268,9 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE
 		return CKR_ARGUMENTS_BAD;
 	ENTER();
 	hsm_key_spec spec;
-	char label[P11_LABEL_MAX + 1];
+	char label[P11_LABEL_MAX + 1], id[P11_LABEL_MAX + 1];
 	hsm_key_usage usage;
-	const CK_ATTRIBUTE *l = NULL;
+	const CK_ATTRIBUTE *l = NULL, *i = NULL;
 	CK_KEY_TYPE kt = pair_key_type(mech->mechanism);
 	/* Every check before CreateKey: a template refused makes no key. */
 	CK_RV rv = may_generate(h, kt);
@@ -228,13 +285,17 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE
 	if (rv == CKR_OK)
 		rv = pair_usage(spec, pub, n_pub, priv, n_priv, &usage);
 	if (rv == CKR_OK)
-		rv = pair_label_attr(pub, n_pub, priv, n_priv, &l);
+		rv = pair_attr(pub, n_pub, priv, n_priv, CKA_LABEL, &l);
 	if (rv == CKR_OK)
 		rv = pair_label(l, label, sizeof(label));
+	if (rv == CKR_OK)
+		rv = pair_attr(pub, n_pub, priv, n_priv, CKA_ID, &i);
+	if (rv == CKR_OK)
+		rv = id_alias(i, id, sizeof(id));
 	if (rv != CKR_OK)
 		LEAVE(rv);
 	char key_id[HSM_UUID_STRLEN + 1];
-	rv = make_key(spec, usage, label, key_id);
+	rv = make_key(spec, usage, label, id, key_id);
 	const p11_object *po = rv == CKR_OK ? p11_object_of(key_id, CKO_PUBLIC_KEY) : NULL;
 	const p11_object *ko = rv == CKR_OK ? p11_object_of(key_id, CKO_PRIVATE_KEY) : NULL;
 	if (rv == CKR_OK && (po == NULL || ko == NULL))
@@ -290,7 +351,7 @@ CK_RV C_GenerateKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR
 	ENTER();
 	hsm_key_spec spec;
 	hsm_key_usage usage;
-	char label[P11_LABEL_MAX + 1];
+	char label[P11_LABEL_MAX + 1], id[P11_LABEL_MAX + 1];
 	CK_KEY_TYPE kt = mech->mechanism == CKM_AES_KEY_GEN              ? CKK_AES
 	                 : mech->mechanism == CKM_GENERIC_SECRET_KEY_GEN ? CKK_GENERIC_SECRET
 	                                                                 : CK_UNAVAILABLE_INFORMATION;
@@ -302,10 +363,12 @@ CK_RV C_GenerateKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR
 		rv = secret_spec(mech->mechanism, t, n, &spec, &usage);
 	if (rv == CKR_OK)
 		rv = pair_label(p11_attr_find(t, n, CKA_LABEL), label, sizeof(label));
+	if (rv == CKR_OK)
+		rv = id_alias(p11_attr_find(t, n, CKA_ID), id, sizeof(id));
 	if (rv != CKR_OK)
 		LEAVE(rv);
 	char key_id[HSM_UUID_STRLEN + 1];
-	rv = make_key(spec, usage, label, key_id);
+	rv = make_key(spec, usage, label, id, key_id);
 	const p11_object *o = rv == CKR_OK ? p11_object_of(key_id, CKO_SECRET_KEY) : NULL;
 	if (rv == CKR_OK && o == NULL)
 		rv = CKR_DEVICE_ERROR;

@@ -13,7 +13,9 @@
  *     C_DeriveKey, derive.c) and a public key object, for its public values;
  *   - HMAC keys: a secret key object (sign and verify a MAC);
  *   - SYMMETRIC_DEFAULT keys: an AES secret key object (CKM_AES_GCM, crypt.c).
- * CKA_ID is the key id, CKA_LABEL its first alias without "alias/" (or the
+ * CKA_ID is the key's own when an alias gives it one (HSM_PKCS11_ID_ALIAS
+ * and the id in hex: what a CKA_ID in a generation template makes), else
+ * the key id; CKA_LABEL is its first other alias without "alias/" (or the
  * key id).  A key keeps its handles across listings.  Private values are
  * never in hsmd's answers: CKA_VALUE and the like are CKR_ATTRIBUTE_SENSITIVE.
  * Secrets derived with C_DeriveKey are session objects in the same table,
@@ -27,6 +29,7 @@
 #include <openssl/decoder.h>
 #include <openssl/x509.h>
 
+#include "common/encoding.h"
 #include "pkcs11/p11.h"
 
 /* ---- the object table ---------------------------------------------------------------------- */
@@ -320,19 +323,32 @@ static CK_RV list_aliases(json_t *all, const char *key_id)
 	return CKR_OK;
 }
 
-static void label_of(json_t *aliases, const char *key_id, char *out, size_t cap)
+/*
+ * A key's label and CKA_ID from its aliases: the label is its first alias
+ * (without "alias/") that does not give it a CKA_ID, else its key id; the
+ * CKA_ID is what its first HSM_PKCS11_ID_ALIAS alias spells, else empty (the key id).
+ */
+static void names_of(json_t *aliases, const char *key_id, char *label, size_t cap, hsm_buf *id)
 {
 	size_t i;
 	json_t *a;
+	bool labelled = false, identified = false;
+	hsm_buf_clear(id);
 	json_array_foreach(aliases, i, a) {
 		const char *target = json_string_value(json_object_get(a, "TargetKeyId"));
 		const char *name = json_string_value(json_object_get(a, "AliasName"));
-		if (target != NULL && name != NULL && strcmp(target, key_id) == 0) {
-			snprintf(out, cap, "%s", hsm_str_has_prefix(name, "alias/") ? name + 6 : name);
-			return;
+		if (target == NULL || name == NULL || strcmp(target, key_id) != 0)
+			continue;
+		if (hsm_str_has_prefix(name, HSM_PKCS11_ID_ALIAS)) {
+			if (!identified)
+				identified = hsm_pkcs11_id_of_alias(name, id);
+		} else if (!labelled) {
+			snprintf(label, cap, "%s", hsm_str_has_prefix(name, "alias/") ? name + 6 : name);
+			labelled = true;
 		}
 	}
-	snprintf(out, cap, "%s", key_id);
+	if (!labelled)
+		snprintf(label, cap, "%s", key_id);
 }
 
 static bool is_hmac(hsm_key_spec s)
@@ -354,7 +370,7 @@ typedef struct key_desc {
 } key_desc;
 
 static CK_RV upsert(const char *key_id, CK_OBJECT_CLASS cls, const key_desc *kd, CK_KEY_TYPE kt,
-                    const char *label, const hsm_buf *spki)
+                    const char *label, const hsm_buf *id, const hsm_buf *spki)
 {
 	hsm_key_spec spec = kd->spec;
 	hsm_key_usage usage = kd->usage;
@@ -367,6 +383,8 @@ static CK_RV upsert(const char *key_id, CK_OBJECT_CLASS cls, const key_desc *kd,
 	o->usage = usage;
 	o->key_type = kt;
 	snprintf(o->label, sizeof(o->label), "%s", label);
+	if (hsm_failed(hsm_buf_set(&o->id, id->data, id->len)))
+		return CKR_HOST_MEMORY;
 	if (spki == NULL)
 		return CKR_OK;
 	if (hsm_failed(hsm_buf_set(&o->spki, spki->data, spki->len)))
@@ -406,17 +424,17 @@ static CK_RV load_key(const char *key_id, json_t *aliases)
 	hsm_key_spec spec;
 	hsm_key_usage usage;
 	char label[P11_LABEL_MAX + 1];
-	hsm_buf spki = {0};
+	hsm_buf spki = {0}, id = {0};
 	if (state == NULL || spec_name == NULL || usage_name == NULL ||
 	    hsm_failed(hsm_spec_parse(spec_name, &spec)) ||
 	    hsm_failed(hsm_usage_parse(usage_name, &usage)) || strcmp(state, "Enabled") != 0)
 		goto out; /* not an object of this token */
-	label_of(aliases, key_id, label, sizeof(label));
+	names_of(aliases, key_id, label, sizeof(label), &id);
 	key_desc kd = {spec, usage, origin != NULL && strcmp(origin, "EXTERNAL") == 0};
 	if (usage == HSM_USAGE_GENERATE_VERIFY_MAC && is_hmac(spec)) {
-		rv = upsert(key_id, CKO_SECRET_KEY, &kd, CKK_GENERIC_SECRET, label, NULL);
+		rv = upsert(key_id, CKO_SECRET_KEY, &kd, CKK_GENERIC_SECRET, label, &id, NULL);
 	} else if (usage == HSM_USAGE_ENCRYPT_DECRYPT && spec == HSM_SPEC_SYMMETRIC_DEFAULT) {
-		rv = upsert(key_id, CKO_SECRET_KEY, &kd, CKK_AES, label, NULL);
+		rv = upsert(key_id, CKO_SECRET_KEY, &kd, CKK_AES, label, &id, NULL);
 	} else if ((usage == HSM_USAGE_SIGN_VERIFY && (p11_spec_is_rsa(spec) || curve_of(spec) != NULL)) ||
 	           (usage == HSM_USAGE_ENCRYPT_DECRYPT && p11_spec_is_rsa(spec)) ||
 	           (usage == HSM_USAGE_KEY_AGREEMENT && curve_of(spec) != NULL)) {
@@ -433,12 +451,13 @@ static CK_RV load_key(const char *key_id, json_t *aliases)
 		                 : spec == HSM_SPEC_ECC_NIST_EDWARDS25519 ? CKK_EC_EDWARDS
 		                                                          : CKK_EC;
 		if (rv == CKR_OK)
-			rv = upsert(key_id, CKO_PRIVATE_KEY, &kd, kt, label, &spki);
+			rv = upsert(key_id, CKO_PRIVATE_KEY, &kd, kt, label, &id, &spki);
 		if (rv == CKR_OK)
-			rv = upsert(key_id, CKO_PUBLIC_KEY, &kd, kt, label, &spki);
+			rv = upsert(key_id, CKO_PUBLIC_KEY, &kd, kt, label, &id, &spki);
 	}
 out:
 	hsm_buf_free(&spki);
+	hsm_buf_free(&id);
 	json_decref(ans);
 	return rv;
 }
@@ -597,11 +616,15 @@ static CK_RV refresh_keys_for(const CK_ATTRIBUTE *tmpl, CK_ULONG count)
 	name[named->ulValueLen] = '\0';
 	if (hsm_is_uuid(name))
 		return refresh_key(name);
-	if (named == id) /* not a key id: no key has it */
-		return CKR_OK;
-	/* A label is an alias name without "alias/": ask hsmd which key it names now. */
-	char alias[sizeof(name) + 8];
-	snprintf(alias, sizeof(alias), "alias/%s", name);
+	/*
+	 * A label is an alias name without "alias/", a CKA_ID of a key's own
+	 * an alias too (HSM_PKCS11_ID_ALIAS): ask hsmd which key it names now.
+	 */
+	char alias[P11_LABEL_MAX + 8];
+	if (named == label)
+		snprintf(alias, sizeof(alias), "alias/%s", name);
+	else if (!hsm_pkcs11_id_alias(id->pValue, id->ulValueLen, alias, sizeof(alias)))
+		return CKR_OK; /* longer than any key's own CKA_ID: no key has it */
 	json_t *ans = NULL;
 	CK_RV rv = p11_call("TrentService.DescribeKey", json_pack("{s:s}", "KeyId", alias), &ans);
 	const char *target =
@@ -614,14 +637,20 @@ static CK_RV refresh_keys_for(const CK_ATTRIBUTE *tmpl, CK_ULONG count)
 		return rv;
 	if (key_id[0] != '\0' && (rv = refresh_key(key_id)) != CKR_OK)
 		return rv;
-	/* Keys whose objects had this label before (the alias moved or went) are read again. */
+	/* Keys whose objects had this name before (the alias moved or went) are read again. */
 	size_t n = 0;
 	char (*others)[HSM_UUID_STRLEN + 1] = calloc(p11.n_objects + 1, sizeof(*others));
 	if (others == NULL)
 		return CKR_HOST_MEMORY;
-	for (size_t i = 0; i < p11.n_objects; i++)
-		if (strcmp(p11.objects[i].label, name) == 0 && strcmp(p11.objects[i].key_id, key_id) != 0)
-			snprintf(others[n++], sizeof(others[0]), "%s", p11.objects[i].key_id);
+	for (size_t i = 0; i < p11.n_objects; i++) {
+		const p11_object *o = &p11.objects[i];
+		bool had = named == id ? o->cls != CKO_CERTIFICATE && !o->derived &&
+		                             o->id.len == id->ulValueLen &&
+		                             hsm_ct_equal(o->id.data, id->pValue, o->id.len)
+		                       : strcmp(o->label, name) == 0;
+		if (had && strcmp(o->key_id, key_id) != 0)
+			snprintf(others[n++], sizeof(others[0]), "%s", o->key_id);
+	}
 	rv = CKR_OK;
 	for (size_t i = 0; i < n && rv == CKR_OK; i++)
 		rv = refresh_key(others[i]);

@@ -9,9 +9,9 @@
  *   DeleteCertificate {CertificateId}
  *
  * With KeyId, the certificate must certify that key's public key, and its
- * ObjectId (the PKCS#11 CKA_ID) defaults to the key's id, which is the key
- * objects' CKA_ID: applications that pair keys and certificates by CKA_ID
- * (Java's key store) find them together.
+ * ObjectId (the PKCS#11 CKA_ID) defaults to the key objects' CKA_ID (the
+ * key's own, if an alias gives it one, else its key id): applications that
+ * pair keys and certificates by CKA_ID (Java's key store) find them together.
  */
 #include <string.h>
 

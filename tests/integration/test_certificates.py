@@ -625,6 +625,36 @@ def test_pkcs11_certificate_objects(server, officer, ca, keys, user, p11):
         close(s)
 
 
+def test_a_key_with_its_own_cka_id(server, officer, ca, user, p11, tmp_path):
+    """A key an alias gives a CKA_ID of its own (what pkcs11-tool --keypairgen --id makes;
+    here an operator's CreateAlias): its certificate takes that id as its ObjectId, from
+    ImportCertificate as from hsmctl, and one PKCS#11 search by it finds all three objects."""
+    kid = officer.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")[
+        "KeyMetadata"]["KeyId"]
+    officer.create_alias(AliasName="alias/own-id-key", TargetKeyId=kid)
+    officer.create_alias(AliasName="alias/pkcs11-id/c0de01", TargetKeyId=kid)
+    cert = cert_of_key(officer, ca, kid, "own-id.example")
+    got = import_cert(server, der(cert), KeyId=kid)
+    assert base64.b64decode(got["ObjectId"]) == b"\xc0\xde\x01"
+    admin(server, "DeleteCertificate", {"CertificateId": got["CertificateId"]})
+    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    p = hsmctl(server, "cert", "import", str(tmp_path / "c.pem"), "--key", "alias/own-id-key")
+    assert p.returncode == 0, p.stderr
+    assert fields(p.stdout)["ObjectId"] == b64(b"\xc0\xde\x01")
+    cid = fields(p.stdout)["CertificateId"]
+    p = hsmctl(server, "cert", "list", "--key", kid)  # the key's certificates: by its CKA_ID
+    assert p.returncode == 0 and cid in p.stdout, (p.stdout, p.stderr)
+    s = open_session(p11, user.pin)
+    try:
+        found = s.findObjects([(CKA_ID, b"\xc0\xde\x01")])
+        assert sorted(value(s, x, CKA_CLASS) for x in found) == sorted(
+            [CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKO_CERTIFICATE])
+        assert {value(s, x, CKA_LABEL) for x in found} == {"own-id-key"}
+    finally:
+        close(s)
+    admin(server, "DeleteCertificate", {"CertificateId": cid})
+
+
 def module_calls(server, since, who="cert-app"):
     """The certificate reads the module made as who since the audit trail held `since` records."""
     recs = audit_records(server.data_dir)[since:]

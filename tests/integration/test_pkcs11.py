@@ -35,6 +35,7 @@ import subprocess
 import tempfile
 import time
 import types
+import uuid
 from pathlib import Path
 
 import PyKCS11
@@ -928,12 +929,13 @@ def generate(s, kind, label, label_in_public):
     else:
         pub = [(CKA_EC_PARAMS, P256_OID)]
         mech = PyKCS11.MechanismECGENERATEKEYPAIR
-    pub += [(CKA_TOKEN, True), (CKA_VERIFY, True), (CKA_ID, b"ignored-id")]
+    pub += [(CKA_TOKEN, True), (CKA_VERIFY, True)]
     priv = [(CKA_TOKEN, True), (CKA_PRIVATE, True), (CKA_SENSITIVE, True), (CKA_SIGN, True)]
     (pub if label_in_public else priv).append((CKA_LABEL, label))
     hpub, hpriv = s.generateKeyPair(pub, priv, mech)
     kid, priv_id = attrs(s, hpub, CKA_ID) + attrs(s, hpriv, CKA_ID)
-    assert kid == priv_id and len(kid) == 36 and kid != b"ignored-id", (kid, priv_id)
+    # Without a CKA_ID in the templates, the key's id is its CKA_ID.
+    assert kid == priv_id and str(uuid.UUID(kid.decode())) == kid.decode(), (kid, priv_id)
     return kid.decode()
 
 
@@ -1075,6 +1077,13 @@ def test_generate_applies_the_template_rules(p11, officer):
         (INCONSISTENT, rsa, rsa_pub + [(CKA_ENCRYPT, False)], T + [(CKA_DECRYPT, True)]),
         (INCONSISTENT, rsa, rsa_pub + [(CKA_VERIFY, True)], T + [(CKA_DECRYPT, True)]),
         (INCONSISTENT, ec, ec_pub + [(CKA_LABEL, "p11-one")], T + [(CKA_LABEL, "p11-two")]),
+        (INCONSISTENT, ec, ec_pub + [(CKA_ID, b"\x01")], T + [(CKA_ID, b"\x02")]),
+        # A CKA_ID is kept as an alias: 1 to 120 bytes, not spelling a key id (which a key
+        # without an id of its own has), and not another key's.
+        (VALUE, ec, ec_pub, T + [(CKA_ID, Raw(b""))]),
+        (VALUE, ec, ec_pub, T + [(CKA_ID, b"\x01" * 121)]),
+        (VALUE, ec, ec_pub + [(CKA_ID, str(uuid.uuid4()).encode())], T),
+        (VALUE, ec, ec_pub, T + [(CKA_LABEL, "pkcs11-id/01")]),  # that name gives CKA_IDs
         (INCONSISTENT, ec, ec_pub, T + [(PyKCS11.CKA_MODIFIABLE, True)]),
         (INCONSISTENT, ec, ec_pub, T + [(CKA_EC_PARAMS, P384_OID)]),
     ]
@@ -1091,6 +1100,7 @@ def test_generate_applies_the_template_rules(p11, officer):
         (INCONSISTENT, aes, aes_t + [(PyKCS11.CKA_WRAP, True)]),
         (INCONSISTENT, mac, mac_t + [(CKA_ENCRYPT, True), (CKA_DECRYPT, True)]),
         (INCONSISTENT, mac, mac_t + [(CKA_VERIFY, False)]),
+        (VALUE, aes, aes_t + [(CKA_ID, b"\x01" * 121)]),
     ]
     count = len(officer.list_keys(Limit=1000)["Keys"])
     with session(p11, f"{DEV_AKID}:{DEV_SECRET}") as s:
@@ -1119,10 +1129,11 @@ def test_generate_applies_the_template_rules(p11, officer):
                       (PyKCS11.CKA_SUBJECT, b"0\x00"), (CKA_LABEL, "p11-full"),
                       (PyKCS11.CKA_DESTROYABLE, Raw(b"\x01")), (CKA_EC_PARAMS, P256_OID)],
             ec)
-        kid = attrs(s, hpriv, CKA_ID)[0].decode()
-        assert attrs(s, hpub, CKA_ID)[0].decode() == kid
-    md = officer.describe_key(KeyId=kid)["KeyMetadata"]
+        assert attrs(s, hpriv, CKA_ID) == attrs(s, hpub, CKA_ID) == [b"any"]
+    # The CKA_ID is kept as the alias that gives it (alias/pkcs11-id/ and the id in hex).
+    md = officer.describe_key(KeyId="alias/pkcs11-id/" + b"any".hex())["KeyMetadata"]
     assert (md["KeySpec"], md["KeyUsage"]) == ("ECC_NIST_P256", "SIGN_VERIFY")
+    assert officer.describe_key(KeyId="alias/p11-full")["KeyMetadata"]["KeyId"] == md["KeyId"]
     assert len(officer.list_keys(Limit=1000)["Keys"]) == count + 1
 
 
@@ -1168,38 +1179,42 @@ def test_generate_secret_keys(p11, user, officer):
                              (CKA_ENCRYPT, True), (CKA_DECRYPT, True), (CKA_LABEL, "p11-aes")],
                             Mechanism(PyKCS11.CKM_AES_KEY_GEN))
         aes_id = attrs(s, aes, CKA_ID)[0].decode()
-        mac = s.generateKey([(CKA_TOKEN, True), (CKA_VALUE_LEN, 48), (CKA_LABEL, "p11-mac")],
+        mac = s.generateKey([(CKA_TOKEN, True), (CKA_VALUE_LEN, 48), (CKA_LABEL, "p11-mac"),
+                             (CKA_ID, b"\x0b\x0c")],
                             Mechanism(PyKCS11.CKM_GENERIC_SECRET_KEY_GEN))
-        mac_id = attrs(s, mac, CKA_ID)[0].decode()
+        assert attrs(s, mac, CKA_ID) == [b"\x0b\x0c"]  # the template's, kept
+        mac_id = officer.describe_key(KeyId="alias/pkcs11-id/0b0c")["KeyMetadata"]["KeyId"]
+        assert [o.value() for o in s.findObjects([(CKA_ID, b"\x0b\x0c")])] == [mac.value()]
         before = {k["KeyId"] for k in officer.list_keys(Limit=1000)["Keys"]}
         tok = [(CKA_TOKEN, True)]
         for template, mech in (
                 ([(CKA_VALUE_LEN, 16)], PyKCS11.CKM_AES_KEY_GEN),
                 ([(CKA_EXTRACTABLE, True)], PyKCS11.CKM_AES_KEY_GEN),
                 ([(CKA_VALUE_LEN, 20)], PyKCS11.CKM_GENERIC_SECRET_KEY_GEN),
-                ([(CKA_LABEL, "p11-aes")], PyKCS11.CKM_AES_KEY_GEN)):  # the label is taken
+                ([(CKA_LABEL, "p11-aes")], PyKCS11.CKM_AES_KEY_GEN),  # the label is taken
+                ([(CKA_ID, b"\x0b\x0c")], PyKCS11.CKM_AES_KEY_GEN)):  # so is the CKA_ID
             assert refused(s.generateKey, tok + template, Mechanism(mech)) == \
                 PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID, (template, mech)
         assert refused(s.generateKey, tok, Mechanism(PyKCS11.CKM_GENERIC_SECRET_KEY_GEN)) == \
             PyKCS11.CKR_TEMPLATE_INCOMPLETE
         assert refused(s.generateKey, [], Mechanism(PyKCS11.CKM_DES3_KEY_GEN)) == \
             PyKCS11.CKR_MECHANISM_INVALID
-    # Only the taken label got as far as a key, and that key went again at once.
-    (made,) = {k["KeyId"] for k in officer.list_keys(Limit=1000)["Keys"]} - before
-    assert officer.describe_key(KeyId=made)["KeyMetadata"]["KeyState"] == "PendingDeletion"
-    for kid, spec, usage, alias in ((aes_id, "SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT", "p11-aes"),
-                                    (mac_id, "HMAC_384", "GENERATE_VERIFY_MAC", "p11-mac")):
+    # A taken label or CKA_ID is refused before a key is made: none was.
+    assert {k["KeyId"] for k in officer.list_keys(Limit=1000)["Keys"]} == before
+    for kid, spec, usage, aliases in (
+            (aes_id, "SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT", ["alias/p11-aes"]),
+            (mac_id, "HMAC_384", "GENERATE_VERIFY_MAC", ["alias/p11-mac",
+                                                         "alias/pkcs11-id/0b0c"])):
         md = officer.describe_key(KeyId=kid)["KeyMetadata"]
         assert (md["KeySpec"], md["KeyUsage"], md["KeyState"]) == (spec, usage, "Enabled")
-        assert [a["AliasName"] for a in officer.list_aliases(KeyId=kid)["Aliases"]] == [
-            "alias/" + alias]
+        assert [a["AliasName"] for a in officer.list_aliases(KeyId=kid)["Aliases"]] == aliases
     with session(p11, user.pin) as s:
         (key,) = find(s, CKO_SECRET_KEY, aes_id)
         m = PyKCS11.AES_GCM_Mechanism(bytes(12), b"", 128)
         ct = bytes(s.encrypt(key, b"sealed", m))
         iv = bytes(m._source_iv)
         assert bytes(s.decrypt(key, ct, PyKCS11.AES_GCM_Mechanism(iv, b"", 128))) == b"sealed"
-        (hkey,) = find(s, CKO_SECRET_KEY, mac_id)
+        (hkey,) = s.findObjects([(CKA_ID, b"\x0b\x0c"), (CKA_CLASS, CKO_SECRET_KEY)])
         tag = sign(s, hkey, Mechanism(PyKCS11.CKM_SHA384_HMAC), MSG)
         assert user.kms.verify_mac(KeyId=mac_id, Message=MSG, Mac=tag,
                                    MacAlgorithm="HMAC_SHA_384")["MacValid"] is True
@@ -1467,6 +1482,61 @@ def test_pkcs11_tool(server, user, officer, keys, tmp_path):
              "-o", str(secret))
     assert p.returncode == 0, (p.stdout, p.stderr)
     assert secret.read_bytes() == peer.exchange(ec.ECDH(), public_key(officer, md["KeyId"]))
+
+
+def test_pkcs11_tool_keeps_the_id_it_generates_with(server, user, officer, p11, tmp_path):
+    """pkcs11-tool --keypairgen --id: the key keeps that CKA_ID (as its alias
+    alias/pkcs11-id/<hex>), and --sign --id finds it by it, as on any token; an id
+    another key has is refused and makes no key; an operator gives an existing key one
+    with CreateAlias."""
+    pin = f"{DEV_AKID}:{DEV_SECRET}"
+    p = tool(server.endpoint, "--login", "--pin", pin, "--keypairgen", "--key-type",
+             "EC:prime256v1", "--usage-sign", "--id", "0a1b2c", "--label", "tool-id")
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    kid = officer.describe_key(KeyId="alias/pkcs11-id/0a1b2c")["KeyMetadata"]["KeyId"]
+    assert officer.describe_key(KeyId="alias/tool-id")["KeyMetadata"]["KeyId"] == kid
+    p = tool(server.endpoint, "--login", "--pin", user.pin, "--list-objects", "--type", "privkey")
+    assert p.returncode == 0 and "label:      tool-id\n  ID:         0a1b2c\n" in p.stdout, \
+        (p.stdout, p.stderr)
+    data, sig, pem = tmp_path / "data", tmp_path / "sig", tmp_path / "pub.pem"
+    data.write_bytes(MSG)
+    pem.write_bytes(public_key(officer, kid).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    p = tool(server.endpoint, "--login", "--pin", user.pin, "--sign", "-m", "ECDSA-SHA256",
+             "--id", "0a1b2c", "--signature-format", "openssl", "-i", str(data), "-o", str(sig))
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    v = subprocess.run(["openssl", "dgst", "-sha256", "-verify", str(pem), "-signature",
+                        str(sig), str(data)], capture_output=True, text=True, timeout=60)
+    assert v.returncode == 0 and "Verified OK" in v.stdout, (v.stdout, v.stderr)
+    # The same id again: refused before a key is made.
+    before = {k["KeyId"] for k in officer.list_keys(Limit=1000)["Keys"]}
+    p = tool(server.endpoint, "--login", "--pin", pin, "--keypairgen", "--key-type",
+             "EC:prime256v1", "--usage-sign", "--id", "0a1b2c", "--label", "tool-id-again")
+    assert p.returncode == 1 and "CKR_ATTRIBUTE_VALUE_INVALID" in p.stderr, (p.stdout, p.stderr)
+    assert {k["KeyId"] for k in officer.list_keys(Limit=1000)["Keys"]} == before
+    with pytest.raises(officer.exceptions.NotFoundException):
+        officer.describe_key(KeyId="alias/tool-id-again")
+    # A key made through the KMS API gets an id of its own from an alias; its label stays
+    # its other alias, and a search by the id finds its objects (and by its key id, none).
+    other = officer.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")[
+        "KeyMetadata"]["KeyId"]
+    officer.create_alias(AliasName="alias/api-made", TargetKeyId=other)
+    officer.create_alias(AliasName="alias/pkcs11-id/feed", TargetKeyId=other)
+    with session(p11, user.pin) as s:
+        found = s.findObjects([(CKA_ID, b"\xfe\xed")])
+        assert sorted(attrs(s, o, CKA_CLASS)[0] for o in found) == sorted(
+            [CKO_PRIVATE_KEY, CKO_PUBLIC_KEY])
+        assert {attrs(s, o, CKA_LABEL)[0] for o in found} == {"api-made"}
+        assert s.findObjects([(CKA_ID, other.encode())]) == []
+        # The id moved to another key: a search by it finds that key now, and the first
+        # key has its key id as CKA_ID again.
+        third = officer.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")[
+            "KeyMetadata"]["KeyId"]
+        officer.update_alias(AliasName="alias/pkcs11-id/feed", TargetKeyId=third)
+        found = s.findObjects([(CKA_ID, b"\xfe\xed")])
+        assert {attrs(s, o, CKA_LABEL)[0] for o in found} == {third}
+        assert len(found) == 2
+        assert len(s.findObjects([(CKA_ID, other.encode())])) == 2
 
 
 def test_pkcs11_tool_over_https_and_region(tmp_path):
@@ -1804,7 +1874,8 @@ def test_keys_view(tmp_path, server, user, officer, keys):
     def ids(**settings):
         p = tool(server.endpoint, *pin, **settings)
         assert p.returncode == 0, p.stderr
-        return sorted(set(bytes.fromhex(line.split()[1]).decode()
+        # (keys with an id of their own, made by other tests, have ids that are not text)
+        return sorted(set(bytes.fromhex(line.split()[1]).decode(errors="replace")
                           for line in p.stdout.splitlines() if line.strip().startswith("ID:")))
 
     everything = ids()

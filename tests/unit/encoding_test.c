@@ -656,6 +656,48 @@ static void test_hex_decode_every_char_everywhere(void **state)
  * catches a decoder that looks characters up in a table and a branch on a
  * decoded bit.
  */
+/* A key's PKCS#11 id of its own, kept as an alias (encoding.h): both ways, and what is no id. */
+static void test_pkcs11_id_alias(void **state)
+{
+	(void)state;
+	char alias[300];
+	hsm_buf id = {0};
+	assert_true(hsm_pkcs11_id_alias("\x0a\x1b\xff", 3, alias, sizeof(alias)));
+	assert_string_equal(alias, "alias/pkcs11-id/0a1bff");
+	assert_true(hsm_pkcs11_id_of_alias(alias, &id));
+	assert_int_equal(id.len, 3);
+	assert_memory_equal(id.data, "\x0a\x1b\xff", 3);
+	/* The longest fits KMS's 256-character alias; one byte more is no id, nor is none. */
+	uint8_t big[HSM_PKCS11_ID_MAX + 1];
+	memset(big, 0xab, sizeof(big));
+	assert_true(hsm_pkcs11_id_alias(big, HSM_PKCS11_ID_MAX, alias, sizeof(alias)));
+	assert_int_equal(strlen(alias), 256);
+	assert_true(hsm_pkcs11_id_of_alias(alias, &id));
+	assert_int_equal(id.len, HSM_PKCS11_ID_MAX);
+	assert_false(hsm_pkcs11_id_alias(big, sizeof(big), alias, sizeof(alias)));
+	assert_false(hsm_pkcs11_id_alias(big, 0, alias, sizeof(alias)));
+	assert_false(hsm_pkcs11_id_alias(big, 3, alias, 16 + 6)); /* no room */
+	/* An id spelling a key id is every key's without one: not an id of its own. */
+	const char *uuid = "0b6f4a3e-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
+	assert_false(hsm_pkcs11_id_alias(uuid, strlen(uuid), alias, sizeof(alias)));
+	hsm_buf hex = {0};
+	assert_true(hsm_ok(hsm_hex_encode(&hex, (const uint8_t *)uuid, strlen(uuid))));
+	assert_true(hsm_ok(hsm_buf_terminate(&hex)));
+	snprintf(alias, sizeof(alias), "alias/pkcs11-id/%s", (const char *)hex.data);
+	assert_false(hsm_pkcs11_id_of_alias(alias, &id));
+	assert_int_equal(id.len, 0);
+	hsm_buf_free(&hex);
+	/* Other aliases, and malformed hex, give none. */
+	static const char *const none[] = {"alias/app", "alias/pkcs11-id/", "alias/pkcs11-id/0",
+	                                   "alias/pkcs11-id/0A", "alias/pkcs11-id/zz",
+	                                   "alias/pkcs11-idx/01", "pkcs11-id/01"};
+	for (size_t i = 0; i < sizeof(none) / sizeof(none[0]); i++) {
+		assert_false(hsm_pkcs11_id_of_alias(none[i], &id));
+		assert_int_equal(id.len, 0);
+	}
+	hsm_buf_free(&id);
+}
+
 #ifdef HSM_TEST_ASAN
 /* valgrind cannot run an AddressSanitizer build; the regular build runs these tests. */
 #define CT_PROBE_TESTS
@@ -817,6 +859,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test(test_b64_speed),
 	    cmocka_unit_test(test_hex),
 	    cmocka_unit_test(test_hex_decode_every_char_everywhere),
+	    cmocka_unit_test(test_pkcs11_id_alias),
 	    CT_PROBE_TESTS
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
