@@ -64,9 +64,14 @@ hsm_result audit_syslog_start(audit_syslog **out)
 {
 	audit_syslog *s = calloc(1, sizeof(*s));
 	HSM_ENSURE(s != NULL, HSM_ERR_NOMEM, "out of memory");
-	if (pthread_mutex_init(&s->mu, NULL) != 0 || pthread_cond_init(&s->cv, NULL) != 0 ||
-	    pthread_cond_init(&s->stopped_cv, NULL) != 0 ||
-	    pthread_create(&s->thread, NULL, syslog_main, s) != 0) {
+	pthread_condattr_t ca; /* the stop waits by the monotonic clock, whatever the wall clock does */
+	bool ok = pthread_condattr_init(&ca) == 0;
+	ok = ok && pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0 &&
+	     pthread_mutex_init(&s->mu, NULL) == 0 && pthread_cond_init(&s->cv, NULL) == 0 &&
+	     pthread_cond_init(&s->stopped_cv, &ca) == 0 &&
+	     pthread_create(&s->thread, NULL, syslog_main, s) == 0;
+	pthread_condattr_destroy(&ca);
+	if (!ok) {
 		free(s);
 		return HSM_FAIL(HSM_ERR_INTERNAL, "cannot start audit syslog forwarding");
 	}
@@ -104,7 +109,7 @@ void audit_syslog_stop(audit_syslog *s)
 	if (s == NULL)
 		return;
 	struct timespec dl;
-	clock_gettime(CLOCK_REALTIME, &dl);
+	clock_gettime(CLOCK_MONOTONIC, &dl);
 	dl.tv_sec += SYSLOG_STOP_WAIT_S;
 	pthread_mutex_lock(&s->mu);
 	s->stop = true;

@@ -31,16 +31,30 @@ typedef struct rotation_arg {
 	int64_t now;
 } rotation_arg;
 
+/*
+ * As in KMS: enabling rotation dates the first one a period from now.
+ * Enabling it again keeps the date (a script that applies "rotation on"
+ * every day must not put rotation off for ever); a new period counts from
+ * the start of the current one (the last automatic rotation, or the
+ * enabling), and a date that has passed with it is due at once.
+ */
 static hsm_result set_rotation(hsm_key_record *rec, void *arg)
 {
 	const rotation_arg *a = arg;
-	rec->rotation_enabled = a->enable;
-	if (a->enable) {
-		rec->rotation_period_days = a->period;
-		rec->next_rotation = a->now + (int64_t)a->period * DAY;
-	} else {
+	if (!a->enable) {
+		rec->rotation_enabled = false;
 		rec->next_rotation = 0;
+		return HSM_SUCCESS;
 	}
+	if (!rec->rotation_enabled || rec->next_rotation == 0) {
+		rec->next_rotation = a->now + (int64_t)a->period * DAY;
+	} else if (rec->rotation_period_days != a->period) {
+		int64_t start = rec->next_rotation - (int64_t)rec->rotation_period_days * DAY;
+		int64_t next = start + (int64_t)a->period * DAY;
+		rec->next_rotation = next > a->now ? next : a->now;
+	}
+	rec->rotation_enabled = true;
+	rec->rotation_period_days = a->period;
 	return HSM_SUCCESS;
 }
 
@@ -104,8 +118,9 @@ static hsm_result make_primary(hsm_key_record *rec, void *arg)
 	/* Dated as it commits, after its (possibly long) generation: a token version waits a lead
 	 * from this time (kms_jwt.c), which must count from when the JWK Set can show it. */
 	a->version->created = kms_now(a->kms);
-	/* Both kinds of rotation restart the automatic rotation period. */
-	if (rec->rotation_enabled)
+	/* An automatic rotation starts the next period; as in KMS, one on demand leaves the
+	 * automatic schedule as it was. */
+	if (rec->rotation_enabled && a->automatic)
 		rec->next_rotation = a->now + (int64_t)rec->rotation_period_days * DAY;
 	return HSM_SUCCESS;
 }

@@ -263,7 +263,13 @@ hsm_result hsm_server_new(const hsm_server_options *opt, hsm_server **out)
 	HSM_ENSURE(s != NULL, HSM_ERR_NOMEM, "out of memory");
 	s->opt = *opt;
 	pthread_mutex_init(&s->stop_lock, NULL);
-	pthread_cond_init(&s->stop_cond, NULL);
+	/* The scheduler and the flusher sleep on it by the monotonic clock: a step of the
+	 * wall clock back would otherwise stop their work for as long as the step. */
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&s->stop_cond, &ca);
+	pthread_condattr_destroy(&ca);
 	pthread_mutex_init(&s->backup_lock, NULL);
 	pthread_mutex_init(&s->akids_lock, NULL);
 	s->akid_lookups = HSM_BUCKET_NEW;
@@ -482,7 +488,7 @@ static void *scheduler_main(void *arg)
 	pthread_mutex_lock(&s->stop_lock);
 	while (!s->stopping) {
 		struct timespec until;
-		clock_gettime(CLOCK_REALTIME, &until);
+		clock_gettime(CLOCK_MONOTONIC, &until);
 		until.tv_sec += SCHEDULER_PERIOD_S;
 		int rc = 0;
 		while (!s->stopping && !s->recount && rc != ETIMEDOUT)
@@ -542,7 +548,7 @@ static void *flusher_main(void *arg)
 	pthread_mutex_lock(&s->stop_lock);
 	while (!s->stopping) {
 		struct timespec until;
-		clock_gettime(CLOCK_REALTIME, &until);
+		clock_gettime(CLOCK_MONOTONIC, &until);
 		until.tv_sec += (time_t)(tick_ms / 1000);
 		until.tv_nsec += (long)(tick_ms % 1000) * 1000000L;
 		until.tv_sec += until.tv_nsec / 1000000000L;

@@ -173,9 +173,11 @@ static void test_scheduled_work_listed_stale_is_left_alone(void **state)
 	memset(&listed_d, 0, sizeof(listed_d));
 	assert_true(hsm_ok(hsm_store_key_get(f->store, k.key_id, &listed_k)));
 	assert_true(hsm_ok(hsm_store_key_get(f->store, d.key_id, &listed_d)));
-	/* A rotates the key and the deletion is cancelled, before B gets to them. */
+	/* A rotates the key (its automatic rotation: one on demand would leave the schedule,
+	 * and the rotation due) and the deletion is cancelled, before B gets to them. */
+	assert_true(hsm_ok(kms_rotate_due(f->kms, &listed_k)));
 	memset(&r, 0, sizeof(r));
-	assert_true(hsm_ok(hsm_kms_rotate_now(f->kms, &officer, k.key_id, &r)));
+	assert_true(hsm_ok(hsm_store_key_get(f->store, k.key_id, &r)));
 	assert_int_equal(r.primary_version, 2);
 	hsm_key_record_clear(&r);
 	memset(&r, 0, sizeof(r));
@@ -405,6 +407,51 @@ static void test_rotation_keeps_old_versions(void **state)
 	hsm_buf_free(&ct1);
 	hsm_buf_free(&ct2);
 	hsm_buf_free(&sig);
+}
+
+/* The automatic schedule, as in KMS: what moves its date and what does not. */
+static int64_t next_rotation(fx *f, const char *key_id)
+{
+	hsm_key_record r;
+	memset(&r, 0, sizeof(r));
+	assert_true(hsm_ok(hsm_kms_rotation_status(f->kms, &user, key_id, &r)));
+	int64_t next = r.next_rotation;
+	hsm_key_record_clear(&r);
+	return next;
+}
+
+static void test_rotation_schedule(void **state)
+{
+	fx *f = *state;
+	hsm_key_record k, r;
+	const int64_t day = 86400, t0 = f->now;
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, NULL, &k);
+	assert_true(hsm_ok(hsm_kms_enable_rotation(f->kms, &officer, k.key_id, 90)));
+	assert_true(next_rotation(f, k.key_id) == t0 + 90 * day);
+	/* Enabled again with the same period, 80 days on: the date stays. */
+	f->now = t0 + 80 * day;
+	assert_true(hsm_ok(hsm_kms_enable_rotation(f->kms, &officer, k.key_id, 90)));
+	assert_true(next_rotation(f, k.key_id) == t0 + 90 * day);
+	/* A rotation on demand leaves the automatic schedule as it was. */
+	assert_true(hsm_ok(hsm_kms_rotate_now(f->kms, &officer, k.key_id, &r)));
+	hsm_key_record_clear(&r);
+	assert_true(next_rotation(f, k.key_id) == t0 + 90 * day);
+	/* A new period counts from the start of the current one: 100 days from t0... */
+	assert_true(hsm_ok(hsm_kms_enable_rotation(f->kms, &officer, k.key_id, 100)));
+	assert_true(next_rotation(f, k.key_id) == t0 + 100 * day);
+	/* ...and one whose date has passed is due now, and rotates at the next pass. */
+	assert_true(hsm_ok(hsm_kms_enable_rotation(f->kms, &officer, k.key_id, 30)));
+	assert_true(next_rotation(f, k.key_id) == f->now);
+	size_t done = 0;
+	assert_true(hsm_ok(hsm_kms_run_due(f->kms, &done)));
+	assert_int_equal(done, 1);
+	assert_true(next_rotation(f, k.key_id) == f->now + 30 * day);
+	/* Off and on again: a whole period from now. */
+	f->now += day;
+	assert_true(hsm_ok(hsm_kms_disable_rotation(f->kms, &officer, k.key_id)));
+	assert_true(hsm_ok(hsm_kms_enable_rotation(f->kms, &officer, k.key_id, 30)));
+	assert_true(next_rotation(f, k.key_id) == f->now + 30 * day);
+	hsm_key_record_clear(&k);
 }
 
 static void test_aliases(void **state)
@@ -751,6 +798,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_decrypt_sees_the_request_alias, setup,
 	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_rotation_keeps_old_versions, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_rotation_schedule, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_scheduled_work_listed_stale_is_left_alone, setup,
 	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_aliases, setup, kms_fx_teardown),
