@@ -63,6 +63,29 @@ int64_t audit_now_ms(const hsm_audit *a)
 	return a->cfg.clock_ms ? a->cfg.clock_ms(a->cfg.clock_arg) : hsm_now_ms();
 }
 
+/* The elapsed time (hsm_audit_config.elapsed_ms); false when there is none to compare with. */
+static bool elapsed_ms(const hsm_audit *a, int64_t *out)
+{
+	if (a->cfg.elapsed_ms != NULL) {
+		*out = a->cfg.elapsed_ms(a->cfg.clock_arg);
+		return true;
+	}
+	if (a->cfg.clock_ms != NULL)
+		return false;
+	struct timespec ts; /* counts a suspended machine's time too, unlike CLOCK_MONOTONIC */
+	clock_gettime(CLOCK_BOOTTIME, &ts);
+	*out = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return true;
+}
+
+int64_t audit_clock_ahead_ms(const hsm_audit *a)
+{
+	int64_t elapsed;
+	if (!a->has_elapsed || !elapsed_ms(a, &elapsed))
+		return 0;
+	return (audit_now_ms(a) - a->wall0_ms) - (elapsed - a->elapsed0_ms);
+}
+
 static bool node_id_ok(const char *s)
 {
 	size_t n = strlen(s);
@@ -160,6 +183,8 @@ static hsm_result start(hsm_audit *a, const hsm_audit_config *cfg)
 {
 	a->cfg = *cfg;
 	apply_defaults(&a->cfg);
+	a->has_elapsed = elapsed_ms(a, &a->elapsed0_ms);
+	a->wall0_ms = audit_now_ms(a);
 	a->lock_fd = -1;
 	a->w.fd = -1;
 	a->sync_fd = -1;
@@ -527,6 +552,7 @@ void hsm_audit_get_stats(const hsm_audit *a, hsm_audit_stats *out)
 	out->files_copied = m->files_copied;
 	out->copy_failures = m->copy_failures;
 	out->retention_running = m->sweep_requested || m->sweep_running;
+	out->retention_held = m->retention_held;
 	out->acks_held = m->acks_held;
 	uint64_t held_ns = m->acks_held_ns;
 	if (m->w.held_since_ns != 0) /* a hold in progress counts up to now */

@@ -121,6 +121,15 @@ typedef struct hsm_audit_config {
 	int64_t (*clock_ms)(void *arg);
 	void *clock_arg;
 	/*
+	 * Time elapsed in ms from any origin, which a step of the wall clock does
+	 * not move (called with clock_arg).  NULL: CLOCK_BOOTTIME when clock_ms is
+	 * NULL too, else none (a test moving the wall clock alone).  While the
+	 * wall clock has run more than HSM_AUDIT_CLOCK_AHEAD_MS ahead of it since
+	 * open, retention deletes nothing (a clock stepped years ahead would
+	 * otherwise delete the whole trail and its copies at once).
+	 */
+	int64_t (*elapsed_ms)(void *arg);
+	/*
 	 * Optional: called with true before the log runs a group of done
 	 * callbacks in a row and with false after the last, on the same thread
 	 * (the server batches its workers' wake-ups with it).  Must not block.
@@ -209,6 +218,9 @@ hsm_result hsm_audit_rotate(hsm_audit *a) HSM_MUST_CHECK;
 /* Writes a checkpoint now and waits for it. */
 hsm_result hsm_audit_checkpoint(hsm_audit *a) HSM_MUST_CHECK;
 
+/* How far the wall clock may run ahead of the elapsed time before retention holds. */
+#define HSM_AUDIT_CLOCK_AHEAD_MS (3600LL * 1000)
+
 /* Counters for metrics. */
 #define HSM_AUDIT_SYNC_BUCKETS 10
 typedef struct hsm_audit_stats {
@@ -223,6 +235,7 @@ typedef struct hsm_audit_stats {
 	uint64_t files_copied;    /* closed files copied to copy_dir since open */
 	uint64_t copy_failures;   /* files not copied (or copies not deleted) when tried */
 	bool retention_running;   /* a retention pass is asked for or running */
+	bool retention_held;      /* the last pass deleted nothing: the wall clock ran ahead */
 	/*
 	 * fdatasync calls on the audit file (background and synchronous): their
 	 * total time, and how many took at most hsm_audit_sync_bucket_le[b]

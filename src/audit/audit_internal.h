@@ -154,6 +154,10 @@ struct hsm_audit {
 	uint64_t ret_kept_from, ret_gen, ret_done_gen;
 	hsm_result ret_result;
 	bool sweeper_stop, sweeper_exited;
+	/* The wall clock and the elapsed time at open (audit_clock_ahead_ms); the sweeper's
+	 * last finding, under mu. */
+	int64_t wall0_ms, elapsed0_ms;
+	bool has_elapsed, retention_held;
 
 	/* The current outage (under mu). */
 	uint64_t outage_start_ns;
@@ -229,6 +233,8 @@ int audit_io_check_file(int fd, const char *path, uint64_t len);
  * their copies), never keep_file nor the newest file nor one not copied.
  * Appends the names deleted (comma-separated) to deleted.  Touches no
  * writer state. */
+/* How far the wall clock has run ahead of the elapsed time since open; 0 when unknown. */
+int64_t audit_clock_ahead_ms(const hsm_audit *a);
 hsm_result audit_retention_apply(hsm_audit *a, const char *keep_file,
                                  hsm_buf *deleted) HSM_MUST_CHECK;
 

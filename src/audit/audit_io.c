@@ -326,6 +326,26 @@ hsm_result audit_retention_apply(hsm_audit *a, const char *keep_file, hsm_buf *d
 	size_t copied_n = n > 0 && a->copy_dir[0] != '\0' ? copy_closed_files(a, names, n, keep_file)
 	                                                  : n;
 	/*
+	 * A wall clock stepped ahead (a bad time server, a reset real-time clock)
+	 * makes every file look expired: nothing is deleted while it runs ahead
+	 * of the time this process has been up, and the hold shows in /metrics.
+	 */
+	int64_t ahead = audit_clock_ahead_ms(a);
+	bool held = ahead > HSM_AUDIT_CLOCK_AHEAD_MS;
+	pthread_mutex_lock(&a->mu);
+	bool was_held = a->retention_held;
+	a->retention_held = held;
+	pthread_mutex_unlock(&a->mu);
+	if (held && !was_held)
+		hsm_warn("audit retention holds: the wall clock is %lld s ahead of the time hsmd has "
+		         "run since it opened the audit trail; nothing is deleted until the clock is "
+		         "right again or hsmd restarts (check the clock first)",
+		         (long long)(ahead / 1000));
+	else if (!held && was_held)
+		hsm_info("audit retention runs again: the wall clock agrees with the time elapsed");
+	if (held)
+		goto out;
+	/*
 	 * Only a prefix of the log goes: oldest first, stopping at the first file
 	 * that stays, so retention never opens a gap inside the log and reads one
 	 * file past those it deletes, however many there are.  Never the newest

@@ -274,6 +274,61 @@ static void test_retention_deletes_only_expired(void **state)
 	t_rm_rf(dir);
 }
 
+/* The time elapsed, moved by the test apart from the wall clock. */
+static atomic_llong fake_elapsed;
+static int64_t fake_elapsed_clock(void *arg)
+{
+	(void)arg;
+	return atomic_load(&fake_elapsed);
+}
+
+/*
+ * A wall clock stepped far ahead of the time elapsed (a bad time server)
+ * makes every file look expired: retention deletes nothing and says so
+ * (retention_held) until the clock agrees with the time elapsed again; time
+ * that truly passes expires files as before.
+ */
+static void test_retention_holds_while_the_clock_runs_ahead(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-retention-ahead");
+	int64_t now = hsm_now_ms();
+	hsm_audit_config c = retention_config(dir);
+	c.elapsed_ms = fake_elapsed_clock;
+	c.retention_days = 1;
+	hsm_audit *a = NULL;
+	atomic_store(&fake_now, now);
+	atomic_store(&fake_elapsed, 1000);
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	fill_and_rotate(a, now, 0);
+	fill_and_rotate(a, now + 1000, 5);
+	static char files[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES), 3);
+	/* Ten years ahead while a second elapsed: nothing goes. */
+	atomic_store(&fake_elapsed, 2000);
+	fill_and_rotate(a, now + 3653 * DAY_MS, 10);
+	hsm_audit_stats st;
+	hsm_audit_get_stats(a, &st);
+	assert_true(st.retention_held);
+	assert_int_equal(st.files_expired, 0);
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES), 4);
+	/* An hour ahead is within the tolerance; the clock back where it was, the hold lifts. */
+	atomic_store(&fake_elapsed, 3000);
+	fill_and_rotate(a, now + 3000 + HSM_AUDIT_CLOCK_AHEAD_MS - 1000, 15);
+	hsm_audit_get_stats(a, &st);
+	assert_false(st.retention_held);
+	assert_int_equal(st.files_expired, 0); /* nothing is a day old yet */
+	/* Two days truly pass: the files older than a day go. */
+	atomic_store(&fake_elapsed, 3000 + 2 * DAY_MS);
+	fill_and_rotate(a, now + 2 * DAY_MS + 4000, 20);
+	hsm_audit_get_stats(a, &st);
+	assert_false(st.retention_held);
+	assert_true(st.files_expired >= 2);
+	hsm_audit_close(a);
+	t_rm_rf(dir);
+}
+
 /*
  * Retention removes only a prefix of the log: a closed file whose newest
  * record has expired stays while an older file is kept, here because the
@@ -814,6 +869,7 @@ int main(void)
 	    cmocka_unit_test(test_continuity_across_reopen),
 	    cmocka_unit_test(test_continuity_across_rotation),
 	    cmocka_unit_test(test_retention_deletes_only_expired),
+	    cmocka_unit_test(test_retention_holds_while_the_clock_runs_ahead),
 	    cmocka_unit_test(test_retention_keeps_the_log_whole),
 	    cmocka_unit_test(test_retention_states_what_it_keeps_before_deleting),
 	    cmocka_unit_test(test_files_deleted_while_stopped_show),
