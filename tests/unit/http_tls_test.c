@@ -597,6 +597,37 @@ static void test_tls_config_errors(void **state)
 	expect_new_fails(&cfg, "need TLS");
 }
 
+/* n new connections, each with its ClientHello sent (done: answered at once). */
+static void open_flood(uint16_t port, SSL_CTX *ctx, tc_conn **flood, bool *done, int n)
+{
+	for (int i = 0; i < n; i++) {
+		flood[i] = tc_connect(port, false, 10000);
+		assert_non_null(flood[i]);
+		flood[i]->ssl = SSL_new(ctx);
+		assert_non_null(flood[i]->ssl);
+		SSL_set_fd(flood[i]->ssl, flood[i]->fd);
+		assert_int_equal(fcntl(flood[i]->fd, F_SETFL, O_NONBLOCK), 0);
+		int rc = SSL_connect(flood[i]->ssl);
+		done[i] = rc == 1;
+		if (!done[i])
+			assert_int_equal(SSL_get_error(flood[i]->ssl, rc), SSL_ERROR_WANT_READ);
+	}
+}
+
+/* Completes every handshake of a flood (none is dropped), then closes them. */
+static void finish_flood(tc_conn **flood, const bool *done, int n)
+{
+	for (int i = 0; i < n; i++) {
+		int rc;
+		while (!done[i] && (rc = SSL_connect(flood[i]->ssl)) != 1) {
+			assert_int_equal(SSL_get_error(flood[i]->ssl, rc), SSL_ERROR_WANT_READ);
+			struct pollfd p = {.fd = flood[i]->fd, .events = POLLIN};
+			assert_int_equal(poll(&p, 1, 10000), 1);
+		}
+		tc_close(flood[i]);
+	}
+}
+
 /*
  * A flood of new connections does not starve a client already connected:
  * one worker, 120 connections that each sent a ClientHello (an RSA-2048
@@ -620,40 +651,41 @@ static void test_handshakes_wait_behind_requests(void **state)
 	assert_true(tc_sendf(a, "GET /a HTTP/1.1\r\nHost: t\r\n\r\n") && tc_read(a, &r, false));
 	tc_resp_clear(&r);
 	tc_conn *flood[N];
-	bool done[N];
-	for (int i = 0; i < N; i++) {
-		flood[i] = tc_connect(port, false, 10000);
-		assert_non_null(flood[i]);
-		flood[i]->ssl = SSL_new(ctx);
-		assert_non_null(flood[i]->ssl);
-		SSL_set_fd(flood[i]->ssl, flood[i]->fd);
-		assert_int_equal(fcntl(flood[i]->fd, F_SETFL, O_NONBLOCK), 0);
-		/* Sends the ClientHello; done already if the server answered at once. */
-		int rc = SSL_connect(flood[i]->ssl);
-		done[i] = rc == 1;
-		if (!done[i])
-			assert_int_equal(SSL_get_error(flood[i]->ssl, rc), SSL_ERROR_WANT_READ);
+	bool done[N], waiting[N];
+	/*
+	 * The flood is judged by the handshakes still waiting when the request
+	 * goes: on a loaded machine the worker may answer most of them while this
+	 * thread is still opening the rest, which says nothing about the order.
+	 * Such a flood is finished and another sent (a few tries).
+	 */
+	int backlog = 0;
+	for (int attempt = 0; attempt < 5 && backlog < N / 2; attempt++) {
+		if (attempt > 0)
+			finish_flood(flood, done, N);
+		open_flood(port, ctx, flood, done, N);
+		backlog = 0;
+		for (int i = 0; i < N; i++) {
+			struct pollfd p = {.fd = flood[i]->fd, .events = POLLIN};
+			waiting[i] = !done[i] && poll(&p, 1, 0) == 0;
+			backlog += waiting[i];
+		}
 	}
+	if (backlog < N / 2)
+		fail_msg("no backlog of handshakes built up in five floods (%d of %d waiting)", backlog,
+		         N);
 	assert_true(tc_sendf(a, "GET /b HTTP/1.1\r\nHost: t\r\n\r\n") && tc_read(a, &r, false));
 	assert_int_equal(r.status, 200);
 	tc_resp_clear(&r);
 	int answered = 0;
 	for (int i = 0; i < N; i++) {
 		struct pollfd p = {.fd = flood[i]->fd, .events = POLLIN};
-		answered += done[i] || poll(&p, 1, 0) == 1;
+		answered += waiting[i] && poll(&p, 1, 0) == 1;
 	}
-	if (answered >= N / 2)
-		fail_msg("the request was answered after %d of %d handshakes", answered, N);
+	if (answered >= backlog / 2)
+		fail_msg("the request was answered after %d of the %d handshakes waiting before it",
+		         answered, backlog);
 	/* The waiting ones are not dropped: each handshake completes. */
-	for (int i = 0; i < N; i++) {
-		int rc;
-		while (!done[i] && (rc = SSL_connect(flood[i]->ssl)) != 1) {
-			assert_int_equal(SSL_get_error(flood[i]->ssl, rc), SSL_ERROR_WANT_READ);
-			struct pollfd p = {.fd = flood[i]->fd, .events = POLLIN};
-			assert_int_equal(poll(&p, 1, 10000), 1);
-		}
-		tc_close(flood[i]);
-	}
+	finish_flood(flood, done, N);
 	tc_close(a);
 	SSL_CTX_free(ctx);
 	hsm_http_server_free(srv);
