@@ -254,8 +254,7 @@ static void free_state(hsm_audit *a)
 	hsm_buf_free(&a->swept);
 	EVP_MD_CTX_free(a->w.md_ctx);
 	EVP_MD_free(a->w.sha256);
-	if (a->w.fd >= 0)
-		close(a->w.fd);
+	audit_io_close(a);
 	if (a->lock_fd >= 0)
 		close(a->lock_fd);
 	pthread_mutex_destroy(&a->mu);
@@ -480,9 +479,15 @@ bool hsm_audit_healthy(const hsm_audit *a)
 	return atomic_load(&a->healthy);
 }
 
+bool hsm_audit_low_space(const hsm_audit *a)
+{
+	return atomic_load(&a->low_space);
+}
+
 bool hsm_audit_accepting(const hsm_audit *a)
 {
-	return atomic_load(&a->healthy) && !atomic_load(&a->stopping);
+	return atomic_load(&a->healthy) && !atomic_load(&a->stopping) &&
+	       !atomic_load(&a->low_space);
 }
 
 typedef enum { REQ_ROTATE, REQ_CHECKPOINT, REQ_SEAL } req_kind;
@@ -553,6 +558,7 @@ void hsm_audit_get_stats(const hsm_audit *a, hsm_audit_stats *out)
 	out->copy_failures = m->copy_failures;
 	out->retention_running = m->sweep_requested || m->sweep_running;
 	out->retention_held = m->retention_held;
+	out->low_space = atomic_load(&m->low_space);
 	out->acks_held = m->acks_held;
 	uint64_t held_ns = m->acks_held_ns;
 	if (m->w.held_since_ns != 0) /* a hold in progress counts up to now */

@@ -92,6 +92,7 @@ typedef enum hsm_audit_io_op {
 	HSM_AUDIT_IO_WRITE,
 	HSM_AUDIT_IO_SYNC,
 	HSM_AUDIT_IO_RETENTION, /* a retention pass (on the sweeper thread) */
+	HSM_AUDIT_IO_RESERVE,   /* keeping the space ahead of the file (audit_io_keep_reserve) */
 } hsm_audit_io_op;
 
 typedef struct hsm_audit_config {
@@ -206,8 +207,11 @@ hsm_result hsm_audit_append(hsm_audit *a, const hsm_audit_record *rec) HSM_MUST_
 
 /* False while the log cannot be written (readyz reports it). */
 bool hsm_audit_healthy(const hsm_audit *a);
-/* True when a record submitted now would be accepted: check before executing. */
+/* True when a record submitted now would be accepted: check before executing.  False
+ * too while the space kept ahead of the trail cannot be kept (hsm_audit_low_space). */
 bool hsm_audit_accepting(const hsm_audit *a);
+/* True while the disk has no room for the space kept ahead of the trail. */
+bool hsm_audit_low_space(const hsm_audit *a);
 
 /*
  * Starts a new file now (a checkpoint ends the old one) and applies
@@ -236,6 +240,7 @@ typedef struct hsm_audit_stats {
 	uint64_t copy_failures;   /* files not copied (or copies not deleted) when tried */
 	bool retention_running;   /* a retention pass is asked for or running */
 	bool retention_held;      /* the last pass deleted nothing: the wall clock ran ahead */
+	bool low_space;           /* the space ahead of the file cannot be kept: no new requests */
 	/*
 	 * fdatasync calls on the audit file (background and synchronous): their
 	 * total time, and how many took at most hsm_audit_sync_bucket_le[b]

@@ -29,6 +29,13 @@
 #define AUDIT_SEQ_DIGITS 20
 /* How far back from the end of a file a damaged tail is looked for. */
 #define AUDIT_TAIL_WINDOW ((size_t)1 << 20)
+/*
+ * Space kept allocated ahead of the end of the current file (fallocate,
+ * keeping its size), so that the records of requests already served still
+ * fit when the disk fills: once that space cannot be kept, new requests are
+ * refused (low_space) while what was admitted is written into it.
+ */
+#define AUDIT_RESERVE_BYTES ((uint64_t)4 << 20)
 
 typedef struct audit_slot {
 	hsm_buf body;
@@ -90,6 +97,9 @@ typedef struct audit_writer {
 	uint64_t pending_first_seq; /* seq of the first line in pending */
 	uint64_t kept_from;      /* checkpoints state it: every record from this seq on is kept */
 	bool rotate_pending;     /* a rotation checkpoint ends the file: start a new one */
+	uint64_t reserved_to;    /* file offset up to which space is allocated (0: none yet) */
+	bool reserve_unsupported; /* the file system cannot allocate ahead: no reserve kept */
+	uint64_t reserve_retry_ns; /* low on space: when to try to allocate again */
 	int last_errno;          /* errno of the last failed I/O step */
 	hsm_buf scratch;
 	audit_slot batch[AUDIT_BATCH_MAX];
@@ -114,6 +124,7 @@ struct hsm_audit {
 	bool writer_idle;
 	atomic_bool healthy;
 	atomic_bool stopping;
+	atomic_bool low_space;   /* the reserve ahead of the file cannot be kept (writer's) */
 	bool writer_ready;       /* the open events are written (or failed) */
 	bool writer_exited;
 	bool watchdog_stop;
@@ -217,6 +228,14 @@ hsm_result audit_io_sync(hsm_audit *a) HSM_MUST_CHECK;
 hsm_result audit_io_new_file(hsm_audit *a) HSM_MUST_CHECK;
 /* Brings the file back to synced_off + pending after a failure. */
 hsm_result audit_io_recover(hsm_audit *a) HSM_MUST_CHECK;
+/*
+ * Keeps AUDIT_RESERVE_BYTES allocated ahead of the end of the current file;
+ * sets low_space when it cannot (retried every retry_interval_ms) and clears
+ * it when it can again.  The writer's.
+ */
+void audit_io_keep_reserve(hsm_audit *a);
+/* Closes the current file, giving back the space kept ahead of it. */
+void audit_io_close(hsm_audit *a);
 /* fdatasync(fd) (through the test hook): 0 or an errno value.  Touches no writer state. */
 int audit_io_fdatasync(hsm_audit *a, int fd);
 /*

@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -154,9 +155,68 @@ hsm_result audit_io_new_file(hsm_audit *a)
 	memcpy(w->path, path, sizeof(path));
 	w->synced_off = 0;
 	w->written = 0;
+	w->reserved_to = 0;
 	w->file_first_seq = first;
 	w->file_opened_ms = audit_now_ms(a);
+	audit_io_keep_reserve(a);
 	return HSM_SUCCESS;
+}
+
+void audit_io_keep_reserve(hsm_audit *a)
+{
+	audit_writer *w = &a->w;
+	if (w->fd < 0 || w->reserve_unsupported)
+		return;
+	uint64_t end = w->synced_off + w->written;
+	bool low = atomic_load(&a->low_space);
+	if (!low && w->reserved_to >= end + AUDIT_RESERVE_BYTES / 2)
+		return;
+	uint64_t now = hsm_mono_ns();
+	if (low && now < w->reserve_retry_ns)
+		return;
+	int e = hook(a, HSM_AUDIT_IO_RESERVE);
+	if (e == 0 &&
+	    fallocate(w->fd, FALLOC_FL_KEEP_SIZE, (off_t)end, (off_t)AUDIT_RESERVE_BYTES) != 0)
+		e = errno;
+	if (e == EOPNOTSUPP || e == ENOSYS) {
+		w->reserve_unsupported = true;
+		atomic_store(&a->low_space, false);
+		hsm_warn("audit: the file system of %s cannot allocate space ahead of a file; a full "
+		         "disk may then lose the records of requests already served",
+		         a->dir);
+		return;
+	}
+	if (e == 0) {
+		w->reserved_to = end + AUDIT_RESERVE_BYTES;
+		if (low) {
+			atomic_store(&a->low_space, false);
+			hsm_info("audit: room for the trail again; serving requests");
+		}
+		return;
+	}
+	w->reserve_retry_ns = now + a->cfg.retry_interval_ms * NS_PER_MS;
+	if (!low) {
+		atomic_store(&a->low_space, true);
+		hsm_error("audit: cannot keep %llu MiB free ahead of the trail in %s (%s); refusing "
+		          "requests until there is room (the records of those already served are "
+		          "written into the space kept)",
+		          (unsigned long long)(AUDIT_RESERVE_BYTES >> 20), a->dir, strerror(e));
+	}
+}
+
+void audit_io_close(hsm_audit *a)
+{
+	audit_writer *w = &a->w;
+	if (w->fd < 0)
+		return;
+	uint64_t end = w->synced_off + w->written;
+	/* The space kept ahead goes back to the file system: the file ends where it ends. */
+	if (w->reserved_to > end)
+		(void)fallocate(w->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)end,
+		                (off_t)(w->reserved_to - end));
+	close(w->fd);
+	w->fd = -1;
+	w->reserved_to = 0;
 }
 
 /*
@@ -179,11 +239,11 @@ hsm_result audit_io_recover(hsm_audit *a)
 			/* Records we had synced are gone: the verifier will show it.
 			 * Continue in a new file rather than write over the damage. */
 			hsm_error("audit file %s lost synced records; continuing in a new file", w->path);
-			close(w->fd);
-			w->fd = -1;
-		} else if ((uint64_t)st.st_size > w->synced_off &&
-		           ftruncate(w->fd, (off_t)w->synced_off) != 0) {
-			return io_fail(a, errno, "truncate");
+			audit_io_close(a);
+		} else if ((uint64_t)st.st_size > w->synced_off) {
+			if (ftruncate(w->fd, (off_t)w->synced_off) != 0)
+				return io_fail(a, errno, "truncate");
+			w->reserved_to = 0; /* the cut gave back the space kept ahead too */
 		}
 	}
 	if (w->fd < 0)

@@ -395,9 +395,7 @@ out:
 static bool next_file(hsm_audit *a)
 {
 	audit_writer *w = &a->w;
-	if (w->fd >= 0)
-		close(w->fd);
-	w->fd = -1;
+	audit_io_close(a);
 	audit_op_begin(a, NULL, 0);
 	hsm_result r = audit_io_new_file(a);
 	bool in_time = audit_op_end(a);
@@ -471,6 +469,8 @@ static uint64_t next_wakeup(const hsm_audit *a, uint64_t now)
 	uint64_t t = now + MAX_SLEEP_NS;
 	if (!atomic_load(&a->healthy))
 		return w->retry_at_ns < t ? w->retry_at_ns : t;
+	if (atomic_load(&a->low_space) && w->reserve_retry_ns < t)
+		t = w->reserve_retry_ns > now ? w->reserve_retry_ns : now;
 	if (w->unsynced_since_ns != 0 && a->sync_state == AUDIT_SYNC_IDLE) {
 		uint64_t s = w->unsynced_since_ns + a->cfg.fsync_interval_ms * NS_PER_MS;
 		t = s < t ? s : t;
@@ -615,6 +615,8 @@ static void maintain(hsm_audit *a)
 		audit_request_retention(a);
 	if (atomic_load(&a->healthy) && atomic_load(&a->sweep_unrecorded))
 		audit_record_sweep(a);
+	if (atomic_load(&a->healthy))
+		audit_io_keep_reserve(a);
 	answer_requests(a);
 }
 
@@ -676,6 +678,8 @@ void *audit_writer_main(void *arg)
 	hsm_thread_name("hsmd-audit");
 	lower_priority(a);
 	write_open_events(a);
+	if (atomic_load(&a->healthy))
+		audit_io_keep_reserve(a); /* a file continued from before has none yet */
 	pthread_mutex_lock(&a->mu);
 	a->writer_ready = true;
 	pthread_cond_broadcast(&a->wake_waiters);
@@ -690,10 +694,20 @@ void *audit_writer_main(void *arg)
 			break;
 	}
 	audit_stop_sweeper(a);
-	if (atomic_load(&a->healthy))
+	/* In an outage, one more try: records of requests already served may wait in pending. */
+	if (!atomic_load(&a->healthy))
+		try_recover(a);
+	if (atomic_load(&a->healthy)) {
 		(void)audit_write_checkpoint(a, "shutdown");
-	else
+	} else {
+		if (a->w.pending.len > a->w.written || a->w.pending_records > 0)
+			hsm_error("audit: stopping with the trail unwritable; %llu formatted records "
+			          "(from seq %llu) could not be written and are lost; the requests they "
+			          "record were answered with ServiceUnavailableException",
+			          (unsigned long long)a->w.pending_records,
+			          (unsigned long long)a->w.pending_first_seq);
 		outage(a, ETIMEDOUT); /* already unhealthy: only fails what is queued */
+	}
 	pthread_mutex_lock(&a->mu);
 	a->writer_exited = true;
 	pthread_cond_broadcast(&a->wake_waiters);

@@ -824,7 +824,7 @@ static void handle_readyz(hsm_server *s, hsm_http_req *req)
 {
 	hsm_buf body = {0};
 	hsm_node_state st = hsm_keystore_state(s->ks);
-	bool audit_ok = hsm_audit_healthy(s->audit);
+	bool audit_ok = hsm_audit_healthy(s->audit) && !hsm_audit_low_space(s->audit);
 	bool store_ok = atomic_load(&s->store_up);
 	bool ready = st == HSM_NODE_UNSEALED && audit_ok && store_ok;
 	hsm_jw w;

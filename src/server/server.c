@@ -790,6 +790,9 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "# HELP hsmd_audit_retention_held 1 when the last audit retention pass deleted nothing "
 	    "because the wall clock ran more than an hour ahead of the time hsmd has run.\n"
 	    "# TYPE hsmd_audit_retention_held gauge\nhsmd_audit_retention_held %d\n"
+	    "# HELP hsmd_audit_low_space 1 while the audit disk has no room for the space hsmd "
+	    "keeps ahead of the trail: requests are refused until there is.\n"
+	    "# TYPE hsmd_audit_low_space gauge\nhsmd_audit_low_space %d\n"
 	    "# HELP hsmd_key_cache_hits_total Key lookups answered from the cache.\n"
 	    "# TYPE hsmd_key_cache_hits_total counter\nhsmd_key_cache_hits_total %llu\n"
 	    "# HELP hsmd_key_cache_misses_total Key lookups that read the store.\n"
@@ -813,7 +816,7 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    (unsigned long long)as.written, (unsigned long long)as.refused,
 	    (unsigned long long)as.outages, (unsigned long long)as.next_seq,
 	    (unsigned long long)as.files_expired, (unsigned long long)as.files_copied,
-	    (unsigned long long)as.copy_failures, (int)as.retention_held,
+	    (unsigned long long)as.copy_failures, (int)as.retention_held, (int)as.low_space,
 	    (unsigned long long)ks.cache_hits, (unsigned long long)ks.cache_misses,
 	    (unsigned long long)ks.cache_entries, s->lane != NULL ? hsm_lane_depth(s->lane) : 0));
 	HSM_GUARD(hsm_buf_printf(

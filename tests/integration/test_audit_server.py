@@ -18,6 +18,7 @@ import pytest
 
 from conftest import (DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, start_dev,
                       unsigned_call)
+from helpers import metric
 
 
 def audit_pem(server, directory):
@@ -560,10 +561,15 @@ def mount_tmpfs(path, size):
                                + r.stderr)
 
 
-def test_full_disk_fails_closed_quickly_and_recovers():
+def test_full_disk_refuses_requests_before_any_goes_unrecorded():
+    """The audit disk fills while requests are served.  hsmd keeps 4 MiB allocated ahead of
+    the trail's file: once it cannot keep that much, it refuses new requests (503, /readyz
+    not ready, hsmd_audit_low_space 1) while the records of those already admitted go into
+    what it kept, so a request either changed nothing or is in the trail.  With room again
+    it serves by itself, and the trail verifies without a gap."""
     tmp = tempfile.mkdtemp(prefix="hsmd-audit-full-")
     audit_dir = os.path.join(tmp, "audit")
-    mount_tmpfs(audit_dir, "1m")
+    mount_tmpfs(audit_dir, "16m")
     server = None
     try:
         server = start_dev(["--audit-dir", audit_dir])
@@ -572,12 +578,16 @@ def test_full_disk_fails_closed_quickly_and_recovers():
         kms.encrypt(KeyId=key, Plaintext=b"before")
         filler = os.path.join(audit_dir, "filler")
         subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
-        refused = 0
-        for _ in range(40):
+        served, refused = 0, 0
+        for i in range(20000):
             t0 = time.time()
             try:
-                kms.encrypt(KeyId=key, Plaintext=b"x" * 2000,
-                            EncryptionContext={"pad": "y" * 400})
+                if i % 10 == 0:
+                    kms.create_key(Description=f"full-disk-{i}")
+                else:
+                    kms.encrypt(KeyId=key, Plaintext=b"x" * 2000,
+                                EncryptionContext={"pad": "y" * 2000})
+                served += 1
             except botocore.exceptions.ClientError as e:
                 assert e.response["Error"]["Code"] == "ServiceUnavailableException"
                 assert e.response["ResponseMetadata"]["HTTPStatusCode"] == 503
@@ -587,11 +597,19 @@ def test_full_disk_fails_closed_quickly_and_recovers():
             if refused >= 3:
                 break
         assert refused >= 3, "requests kept succeeding on a full audit disk"
+        # Refused for want of room, not by an outage: the trail itself is healthy.
         st, body, _ = server.get("/readyz")
         assert st == 503 and json.loads(body)["audit"] is False
+        assert metric(server, "hsmd_audit_low_space") == 1
+        assert metric(server, "hsmd_audit_healthy") == 1
+        assert metric(server, "hsmd_audit_outages_total") == 0
+        with pytest.raises(botocore.exceptions.ClientError):  # every request waits for room
+            kms.list_keys()
         os.remove(filler)
         assert wait_for(lambda: server.get("/readyz")[0] == 200, timeout=30)  # retried each 0.5 s
+        assert metric(server, "hsmd_audit_low_space") == 0
         kms.encrypt(KeyId=key, Plaintext=b"after")
+        made = [k["KeyId"] for k in kms.list_keys(Limit=1000)["Keys"]]
         server.stop()
         files = sorted(glob.glob(os.path.join(audit_dir, "audit-*.jsonl")))
         res = subprocess.run([HSMCTL, "audit", "verify"] + files, capture_output=True, text=True)
@@ -601,7 +619,13 @@ def test_full_disk_fails_closed_quickly_and_recovers():
             with open(p) as f:
                 recs += [json.loads(l) for l in f if l.strip()]
         assert [r["seq"] for r in recs] == list(range(1, len(recs) + 1))
-        assert any(r.get("op") == "AuditOutageEnded" for r in recs)
+        ok = [r for r in recs if r.get("outcome") == "success"]
+        # Every request served is in the trail: the two before the disk filled, those
+        # served while it filled, and the one after.
+        assert len([r for r in ok if r.get("op") in ("Encrypt", "CreateKey")]) == served + 3
+        # Every key that exists was made by a recorded CreateKey: none by a refused one.
+        created = {r.get("key_id") for r in ok if r.get("op") == "CreateKey"}
+        assert set(made) <= created, set(made) - created
     finally:
         if server is not None:
             server.cleanup()

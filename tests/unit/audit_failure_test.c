@@ -91,7 +91,8 @@ typedef struct space {
 static void space_setup(space *s, char dir[PATH_MAX])
 {
 	t_mkdtemp(s->mnt, "audit-full");
-	s->mounted = mount("tmpfs", s->mnt, "tmpfs", 0, "size=256k,mode=0700") == 0;
+	/* Room for the space the log keeps ahead of its file (AUDIT_RESERVE_BYTES) and more. */
+	s->mounted = mount("tmpfs", s->mnt, "tmpfs", 0, "size=16m,mode=0700") == 0;
 	if (!s->mounted)
 		print_message("tmpfs mount not permitted (%s): using RLIMIT_FSIZE instead\n",
 		              strerror(errno));
@@ -153,8 +154,9 @@ static void test_full_disk_fails_closed_then_recovers(void **state)
 	assert_int_equal(t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES), 1);
 	space_fill(&sp, paths[0]);
 
-	/* Submit until the log refuses; every accepted record must be answered in time. */
-	enum { MAX = 20000 };
+	/* Submit until the log refuses; every accepted record must be answered in time (the
+	 * records of requests already admitted fill the space kept ahead first). */
+	enum { MAX = 60000 };
 	done_rec *d = calloc(MAX, sizeof(*d));
 	assert_non_null(d);
 	size_t n = 0;
@@ -209,6 +211,104 @@ static void test_full_disk_fails_closed_then_recovers(void **state)
 	check_recovered_log(dir, sp.mounted ? "No space left on device" : "File too large");
 	free(d);
 	space_teardown(&sp);
+}
+
+static int reserve_enospc_hook(void *arg, hsm_audit_io_op op)
+{
+	return op == HSM_AUDIT_IO_RESERVE && atomic_load((atomic_bool *)arg) ? ENOSPC : 0;
+}
+
+static bool wait_accepting(hsm_audit *a, bool want, uint64_t ms)
+{
+	uint64_t end = t_now_ms() + ms;
+	while (hsm_audit_accepting(a) != want && t_now_ms() < end)
+		usleep(5000);
+	return hsm_audit_accepting(a) == want;
+}
+
+/*
+ * The disk fills while requests are served: the space kept ahead of the
+ * file runs low first, and the log stops accepting new requests while the
+ * records of those already admitted (submitted after the check) are all
+ * written, none refused, so no change a request made goes unrecorded.  When
+ * space comes back, requests are accepted again.  On a real tmpfs when one
+ * can be mounted, else by making the allocation ahead fail.
+ */
+static void test_full_disk_refuses_before_records_fail(void **state)
+{
+	(void)state;
+	space sp;
+	char dir[PATH_MAX];
+	space_setup(&sp, dir);
+	atomic_bool no_room = false;
+	hsm_audit_config c = t_config(dir);
+	c.io_deadline_ms = DEADLINE_MS;
+	c.retry_interval_ms = 50;
+	c.test_io_hook = reserve_enospc_hook;
+	c.test_io_arg = &no_room;
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	assert_true(wait_accepting(a, true, 2000));
+	if (sp.mounted) { /* fill it all: what is left is the space kept ahead of the file */
+		int fd = open(sp.filler, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+		assert_true(fd >= 0);
+		char block[4096];
+		memset(block, 'z', sizeof(block));
+		while (write(fd, block, sizeof(block)) > 0)
+			;
+		assert_int_equal(errno, ENOSPC);
+		close(fd);
+	} else {
+		atomic_store(&no_room, true);
+	}
+	/* Requests are served while the log accepts them, each record submitted after the check. */
+	enum { MAX = 60000, IN_FLIGHT = 200 };
+	done_rec *d = calloc(MAX, sizeof(*d));
+	assert_non_null(d);
+	size_t n = 0;
+	while (n < MAX - IN_FLIGHT && hsm_audit_accepting(a)) {
+		atomic_store(&d[n].err, -1);
+		hsm_audit_record r = t_record((unsigned)n);
+		assert_true(hsm_ok(hsm_audit_submit(a, &r, on_done, &d[n])));
+		n++;
+		if (n % 64 == 0)
+			assert_true(wait_done(d, n, BOUND_MS)); /* as served requests wait on theirs */
+	}
+	assert_true(wait_accepting(a, false, 3000));
+	assert_true(hsm_audit_low_space(a));
+	/* Requests admitted just before the log stopped accepting: their records are written. */
+	for (size_t i = 0; i < IN_FLIGHT; i++, n++) {
+		atomic_store(&d[n].err, -1);
+		hsm_audit_record r = t_record((unsigned)n);
+		assert_true(hsm_ok(hsm_audit_submit(a, &r, on_done, &d[n])));
+	}
+	assert_true(wait_done(d, n, BOUND_MS));
+	for (size_t i = 0; i < n; i++)
+		assert_int_equal(atomic_load(&d[i].err), HSM_OK);
+	assert_true(hsm_audit_healthy(a));
+	hsm_audit_stats st;
+	hsm_audit_get_stats(a, &st);
+	assert_int_equal(st.outages, 0);
+	assert_int_equal(st.refused, 0);
+	assert_true(st.low_space);
+	print_message("low space after %zu records; %d in flight written\n", n - IN_FLIGHT,
+	              (int)IN_FLIGHT);
+	/* Space comes back: requests are accepted again. */
+	if (sp.mounted)
+		assert_int_equal(unlink(sp.filler), 0);
+	atomic_store(&no_room, false);
+	assert_true(wait_accepting(a, true, 3000));
+	assert_false(hsm_audit_low_space(a));
+	hsm_audit_record r = t_record(1);
+	assert_true(hsm_ok(hsm_audit_append(a, &r)));
+	hsm_audit_close(a);
+	hsm_audit_verify_report v = t_verify_dir(dir, NULL, false);
+	assert_true(v.valid);
+	assert_int_equal(v.records, v.last_seq); /* no sequence gap */
+	free(d);
+	if (sp.mounted)
+		assert_int_equal(umount(sp.mnt), 0);
+	t_rm_rf(sp.mnt);
 }
 
 /* ---- A stuck device (watchdog) and a failing fsync ----------------------- */
@@ -804,6 +904,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_full_disk_fails_closed_then_recovers),
+	    cmocka_unit_test(test_full_disk_refuses_before_records_fail),
 	    cmocka_unit_test(test_stuck_write_watchdog),
 	    cmocka_unit_test(test_stuck_fsync_watchdog),
 	    cmocka_unit_test(test_stuck_retention_holds_up_nothing),
