@@ -35,7 +35,9 @@ typedef struct endpoint {
 	unsigned port;
 } endpoint;
 
-#define HEAD_MAX (64 * 1024)
+/* hsmd's answers carry a few short header fields; a small bound keeps the stack small too,
+ * as the PKCS#11 module reads answers on its host application's threads. */
+#define HEAD_MAX (16 * 1024)
 #define BODY_MAX (16 * 1024 * 1024)
 
 /* The kept-alive connection: to one endpoint, reused while it stays open. */
@@ -105,8 +107,10 @@ static hsm_result make_ssl(const hsm_client *c, const endpoint *ep, SSL_CTX **ct
 		}
 	}
 	SSL *ssl = ok == 1 ? SSL_new(ctx) : NULL;
+	char sni[sizeof(ep->host)]; /* the macro takes a char *: a copy, not a cast */
+	memcpy(sni, ep->host, sizeof(sni));
 	if (ssl == NULL || SSL_set1_host(ssl, ep->host) != 1 ||
-	    SSL_set_tlsext_host_name(ssl, ep->host) != 1) {
+	    SSL_set_tlsext_host_name(ssl, sni) != 1) {
 		SSL_free(ssl);
 		SSL_CTX_free(ctx);
 		return HSM_FAIL(HSM_ERR_CRYPTO, "cannot set up TLS for %s (CA file %s)", ep->host,
@@ -321,6 +325,8 @@ static hsm_result read_head(struct hsm_client_conn *k, answer *a, int64_t *lengt
 {
 	char head[HEAD_MAX + 1];
 	size_t n = 0;
+	*length = -1;
+	*chunked = false;
 	for (;;) {
 		if (k->off == k->have) {
 			size_t got;
@@ -335,14 +341,16 @@ static hsm_result read_head(struct hsm_client_conn *k, answer *a, int64_t *lengt
 			break;
 	}
 	head[n] = '\0';
+	/* A NUL would end the text early (a status line without its newline, say). */
+	HSM_ENSURE(memchr(head, '\0', n) == NULL, HSM_ERR_IO, "the answer's header holds a NUL byte");
 	int minor = 0;
 	HSM_ENSURE(sscanf(head, "HTTP/1.%d %d", &minor, &a->status) == 2 && a->status >= 100 &&
 	               a->status <= 599,
 	           HSM_ERR_IO, "the answer is not HTTP");
+	char *fields = strchr(head, '\n');
+	HSM_ENSURE(fields != NULL, HSM_ERR_IO, "the answer is not HTTP");
 	a->close = minor == 0;
-	*length = -1;
-	*chunked = false;
-	for (char *save = NULL, *line = strtok_r(strchr(head, '\n') + 1, "\r\n", &save); line;
+	for (char *save = NULL, *line = strtok_r(fields + 1, "\r\n", &save); line;
 	     line = strtok_r(NULL, "\r\n", &save)) {
 		char *colon = strchr(line, ':');
 		if (colon == NULL)

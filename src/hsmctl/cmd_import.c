@@ -178,6 +178,10 @@ static hsm_result wrap(const hsm_buf *spki, const hsm_buf *material, hsm_buf *ou
 	uint8_t *dst;
 	HSM_CHECK(pub != NULL && EVP_PKEY_is_a(pub, "RSA"), HSM_ERR_CRYPTO,
 	          "the wrapping key hsmd sent is not an RSA public key");
+	/* hsmd's wrapping keys are RSA_2048 to RSA_4096: a smaller one is not hsmd's. */
+	HSM_CHECK(EVP_PKEY_get_bits(pub) >= 2048, HSM_ERR_CRYPTO,
+	          "the wrapping key hsmd sent has %d bits, fewer than 2048: not wrapping under it",
+	          EVP_PKEY_get_bits(pub));
 	HSM_CHECK(RAND_priv_bytes(aes, sizeof(aes)) == 1, HSM_ERR_CRYPTO, "no random bytes");
 	pc = EVP_PKEY_CTX_new_from_pkey(NULL, pub, NULL);
 	HSM_CHECK(pc != NULL && EVP_PKEY_encrypt_init(pc) == 1 &&

@@ -124,9 +124,11 @@ static int jwt_sign(jwt_args *a)
 	json_decref(body);
 	if (hsm_failed(r))
 		return hsmctl_fail("jwt sign");
-	printf("%s\n", json_string_value(json_object_get(out, "Token")));
+	const char *token = json_string_value(json_object_get(out, "Token"));
+	if (token != NULL)
+		printf("%s\n", token);
 	json_decref(out);
-	return 0;
+	return token != NULL ? 0 : hsmctl_fail_msg("jwt sign", "the answer has no Token");
 }
 
 static int jwt_mark(const char *op, jwt_args *a)
@@ -164,8 +166,10 @@ static hsm_result load_jwks(const char *where, json_t **out)
 /* The token argument, or standard input for "-" (trailing whitespace removed). */
 static hsm_result load_token(const char *arg, hsm_buf *out)
 {
-	if (strcmp(arg, "-") != 0)
+	if (strcmp(arg, "-") != 0) {
+		HSM_ENSURE(arg[0] != '\0', HSM_ERR_VALIDATION, "the token is empty");
 		return hsm_buf_put_str(out, arg);
+	}
 	char chunk[4096];
 	size_t n;
 	while ((n = fread(chunk, 1, sizeof(chunk), stdin)) > 0) {
@@ -174,6 +178,7 @@ static hsm_result load_token(const char *arg, hsm_buf *out)
 	}
 	while (out->len > 0 && strchr(" \t\r\n", out->data[out->len - 1]) != NULL)
 		out->len--;
+	HSM_ENSURE(out->len > 0, HSM_ERR_VALIDATION, "the token is empty");
 	return HSM_SUCCESS;
 }
 

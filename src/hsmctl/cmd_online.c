@@ -298,18 +298,22 @@ int hsmctl_cmd_audit_online(int argc, char **argv)
 		json_t *out = NULL;
 		if (hsm_failed(call("HsmdAdmin.AuditPublicKey", true, json_object(), &out)))
 			return hsmctl_fail("audit pubkey");
-		fputs(json_string_value(json_object_get(out, "PublicKey")), stdout);
+		const char *pem = json_string_value(json_object_get(out, "PublicKey"));
+		if (pem != NULL)
+			fputs(pem, stdout);
 		json_decref(out);
-		return 0;
+		return pem != NULL ? 0 : hsmctl_fail_msg("audit pubkey", "the answer has no PublicKey");
 	}
 	if (argc != 2)
 		return hsmctl_usage("audit hash", "give exactly one VALUE");
 	json_t *out = NULL;
 	if (hsm_failed(call("HsmdAdmin.AuditHash", true, json_pack("{s:s}", "Value", argv[1]), &out)))
 		return hsmctl_fail("audit hash");
-	printf("%s\n", json_string_value(json_object_get(out, "Hash")));
+	const char *hash = json_string_value(json_object_get(out, "Hash"));
+	if (hash != NULL)
+		printf("%s\n", hash);
 	json_decref(out);
-	return 0;
+	return hash != NULL ? 0 : hsmctl_fail_msg("audit hash", "the answer has no Hash");
 }
 
 /* A request's fields, then its parameters as the requester sent them. */

@@ -24,6 +24,8 @@ typedef struct hsmctl_command {
 
 /* Prints this thread's last failure as "hsmctl: <context>: <message>" and returns 1. */
 int hsmctl_fail(const char *context);
+/* Prints "hsmctl: CONTEXT: WHY" and returns 1: an answer without what the command prints. */
+int hsmctl_fail_msg(const char *context, const char *why);
 /* Prints each member of an answer as "name: value", other than strings as compact JSON. */
 void hsmctl_print_fields(json_t *o);
 /* Prints a usage error for a command and returns 2. */

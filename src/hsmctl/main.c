@@ -123,6 +123,12 @@ static const hsmctl_command commands[] = {
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 
+int hsmctl_fail_msg(const char *context, const char *why)
+{
+	fprintf(stderr, "hsmctl: %s: %s\n", context, why);
+	return 1;
+}
+
 int hsmctl_fail(const char *context)
 {
 	fprintf(stderr, "hsmctl: %s: %s\n", context, hsm_last_message());
