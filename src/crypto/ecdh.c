@@ -141,6 +141,14 @@ static hsm_result decode_spki(const hsm_spec_info *s, const uint8_t *spki, size_
 	ERR_pop_to_mark();
 	HSM_CHECK(xpk != NULL, HSM_ERR_VALIDATION, "PublicKey is not a DER SubjectPublicKeyInfo");
 	HSM_CHECK(p == spki + len, HSM_ERR_VALIDATION, "PublicKey has trailing bytes");
+	/* DER, not any BER that decodes (indefinite or padded lengths, a constructed BIT
+	 * STRING): encoded again, the structure must give back the same bytes. */
+	unsigned char *again = NULL;
+	int n = i2d_X509_PUBKEY(xpk, &again);
+	bool der = n > 0 && (size_t)n == len && hsm_ct_equal(again, spki, len);
+	OPENSSL_free(again);
+	HSM_CHECK(der, HSM_ERR_VALIDATION,
+	          "PublicKey is not DER (a BER encoding of a SubjectPublicKeyInfo is not taken)");
 	HSM_TRY(peer_curve(xpk, s));
 	ERR_set_mark();
 	*peer = X509_PUBKEY_get(xpk);

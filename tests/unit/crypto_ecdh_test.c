@@ -351,6 +351,15 @@ static void test_malformed_spki(void **state)
 	assert_non_null(strstr(hsm_last_message(), "trailing"));
 	/* The point alone (X9.62), without the SubjectPublicKeyInfo around it. */
 	expect_refused(p256, good.data + good.len - 65, 65, "bare point");
+	/* BER that decodes to the same key: the outer length in long form (0x81 0x59 for 0x59),
+	 * which the fast path for the usual encoding does not take either. */
+	assert_true(good.data[0] == 0x30 && good.data[1] < 0x80);
+	hsm_buf_clear(&bad);
+	assert_true(hsm_ok(hsm_buf_put_u8(&bad, 0x30)));
+	assert_true(hsm_ok(hsm_buf_put_u8(&bad, 0x81)));
+	assert_true(hsm_ok(hsm_buf_put(&bad, good.data + 1, good.len - 1)));
+	expect_refused_buf(p256, &bad, "long-form length");
+	assert_non_null(strstr(hsm_last_message(), "not DER"));
 	/* Too long to be a public key: refused before any parsing. */
 	hsm_buf_clear(&bad);
 	uint8_t *p;

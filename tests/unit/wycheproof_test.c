@@ -139,10 +139,15 @@ static wp_verdict mac_group_begin(json_t *group, void **state)
 	snprintf(name, sizeof(name), "HMAC_%zu", info->mac_len * 8);
 	assert_succeeds(hsm_spec_parse(name, &g.spec));
 	g.truncated = (size_t)tag_bits != info->mac_len * 8;
-	g.raw_sha256 = (size_t)key_bits != hsm_spec_get(g.spec)->secret_len * 8;
+	/* Key material hsmd imports for an HMAC key: the digest's length to the hash's block
+	 * size (material.c); other lengths only through the keyed SHA-256 of SigV4 and the
+	 * audit trail. */
+	size_t key_len = (size_t)key_bits / 8, min = hsm_spec_get(g.spec)->secret_len;
+	size_t max = min <= 32 ? 64 : 128;
+	g.raw_sha256 = key_bits % 8 != 0 || key_len < min || key_len > max;
 	*state = &g;
 	if (g.raw_sha256 && g.alg != HSM_MAC_HMAC_SHA_256)
-		return WP_UNSUPPORTED; /* KMS HMAC keys have exactly the spec's length */
+		return WP_UNSUPPORTED;
 	return WP_ACCEPT;
 }
 

@@ -248,10 +248,10 @@ void wp_check_coverage(const wp_family *const *families, size_t n)
 		bool known = false;
 		for (size_t j = 0; j < n && schema != NULL; j++)
 			known = known || strcmp(schema, families[j]->schema) == 0;
-		json_decref(root);
-		if (!known)
+		if (!known) /* before the document (which holds the schema's name) goes */
 			fail_msg("%s has schema %s, which no test handles", l.names[i],
 			         schema ? schema : "(none)");
+		json_decref(root);
 	}
 	assert_true(l.n > 0);
 	free_files(&l);
