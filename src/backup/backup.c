@@ -635,7 +635,7 @@ out:
 }
 
 hsm_result hsm_backup_prune(const char *dir, const char *store_id, uint32_t retention_days,
-                            int64_t now, size_t keep, size_t *removed)
+                            int64_t now, size_t keep, size_t *removed, hsm_buf *names)
 {
 	hsm_result res = HSM_SUCCESS;
 	entries e = {0};
@@ -652,6 +652,11 @@ hsm_result hsm_backup_prune(const char *dir, const char *store_id, uint32_t rete
 		          "cannot delete the expired backup %s: %s", e.v[i].path, strerror(errno));
 		hsm_info("deleted backup %s (older than %u days)", e.v[i].path, retention_days);
 		count++;
+		if (names != NULL) {
+			if (names->len > 0)
+				HSM_TRY(hsm_buf_put_u8(names, ','));
+			HSM_TRY(hsm_buf_put_str(names, hsm_path_base(e.v[i].path)));
+		}
 	}
 	if (count > 0)
 		HSM_TRY(hsm_fsync_dir(dir));

@@ -104,7 +104,9 @@ hsm_result hsm_backup_list(const char *dir, const char *store_id, hsm_backup_cb 
  */
 #define HSM_BACKUP_KEEP_MIN 7
 hsm_result hsm_backup_prune(const char *dir, const char *store_id, uint32_t retention_days,
-                            int64_t now, size_t keep, size_t *removed) HSM_MUST_CHECK;
+                            int64_t now, size_t keep, size_t *removed,
+                            hsm_buf *names) HSM_MUST_CHECK; /* names: NULL, or gets the
+                                                             * deleted files' names, comma-separated */
 
 /* Copies a backup file into dir under the same name (temporary, sync, rename). */
 hsm_result hsm_backup_copy(const char *path, const char *dir) HSM_MUST_CHECK;

@@ -102,13 +102,13 @@ hsm_result hsm_server_backup_init(hsm_server *s)
 	return HSM_SUCCESS;
 }
 
-/* Deletes expired backups in dir; false if some could not be. */
-static bool prune(hsm_server *s, const char *dir, const char *store_id)
+/* Deletes expired backups in dir, naming them in names; false if some could not be. */
+static bool prune(hsm_server *s, const char *dir, const char *store_id, hsm_buf *names)
 {
 	size_t removed = 0;
 	hsm_result r =
 	    hsm_backup_prune(dir, store_id, s->opt.backup_retention_days, hsm_now(),
-	                     HSM_BACKUP_KEEP_MIN, &removed);
+	                     HSM_BACKUP_KEEP_MIN, &removed, names);
 	atomic_fetch_add(&s->backups_expired, removed);
 	if (hsm_failed(r))
 		hsm_log_failure("deleting expired backups");
@@ -121,7 +121,7 @@ static bool prune(hsm_server *s, const char *dir, const char *store_id)
  * the reason (a path and an errno text, nothing secret).
  */
 static bool copy_backup(hsm_server *s, const char *path, const char *store_id, char *why,
-                        size_t cap)
+                        size_t cap, hsm_buf *expired)
 {
 	bool ok = true;
 	if (hsm_failed(hsm_backup_copy(path, s->backup_copy_dir))) {
@@ -129,7 +129,7 @@ static bool copy_backup(hsm_server *s, const char *path, const char *store_id, c
 		hsm_log_failure("copying a backup to backup_copy_dir");
 		ok = false;
 	}
-	if (!prune(s, s->backup_copy_dir, store_id) && ok) {
+	if (!prune(s, s->backup_copy_dir, store_id, expired) && ok) {
 		snprintf(why, cap, "expired backups in backup_copy_dir could not be deleted");
 		ok = false;
 	}
@@ -199,18 +199,34 @@ static void catch_up_copies(hsm_server *s, const char *store_id, bool trying)
 		atomic_store(&s->backup_copy_next_try, hsm_now() + BACKUP_RETRY_S);
 }
 
-/* The Backup event; copy says what became of the copy ("made", "failed" or "none"). */
+/* What a backup run deleted by the retention: file names, comma-separated. */
+typedef struct expired_names {
+	hsm_buf here, copies; /* in backup_dir, in backup_copy_dir */
+} expired_names;
+
+/*
+ * The Backup event; copy says what became of the copy ("made", "failed" or
+ * "none"); expired names the backups the retention deleted, so the trail
+ * shows when each stopped being there to restore.
+ */
 static void audit_backup(hsm_server *s, const char *trigger, const hsm_backup_info *info,
-                         const char *path, hsm_result r, const char *copy, const char *copy_error)
+                         const char *path, hsm_result r, const char *copy, const char *copy_error,
+                         expired_names *expired)
 {
-	hsm_audit_field f[] = {
-	    {"trigger", trigger},
-	    {"backup_id", hsm_ok(r) ? info->backup_id : ""},
-	    {"file", hsm_ok(r) ? hsm_path_base(path) : ""},
-	    {"copy", copy},
-	    {"copy_error", copy_error},
-	};
-	size_t n = !hsm_ok(r) ? 1 : copy_error[0] != '\0' ? 5 : 4;
+	hsm_audit_field f[7];
+	size_t n = 0;
+	f[n++] = (hsm_audit_field){"trigger", trigger};
+	if (hsm_ok(r)) {
+		f[n++] = (hsm_audit_field){"backup_id", info->backup_id};
+		f[n++] = (hsm_audit_field){"file", hsm_path_base(path)};
+		f[n++] = (hsm_audit_field){"copy", copy};
+		if (copy_error[0] != '\0')
+			f[n++] = (hsm_audit_field){"copy_error", copy_error};
+		if (expired->here.len > 0 && hsm_ok(hsm_buf_terminate(&expired->here)))
+			f[n++] = (hsm_audit_field){"expired", (const char *)expired->here.data};
+		if (expired->copies.len > 0 && hsm_ok(hsm_buf_terminate(&expired->copies)))
+			f[n++] = (hsm_audit_field){"expired_copies", (const char *)expired->copies.data};
+	}
 	hsm_server_event(s, "Backup", NULL, 0, r, f, n);
 }
 
@@ -244,15 +260,19 @@ hsm_result hsm_server_backup(hsm_server *s, const char *trigger, char *path, siz
 	const char *store_id = hsm_keystore_store_id(s->ks);
 	const char *copy = "none";
 	char copy_error[HSM_ERRMSG_MAX] = "";
+	expired_names expired = {{0}, {0}};
 	if (hsm_ok(r)) {
-		if (!prune(s, s->backup_dir, store_id))
+		if (!prune(s, s->backup_dir, store_id, &expired.here))
 			atomic_fetch_add(&s->backup_failures, 1);
 		if (s->backup_copy_dir[0] != '\0') {
-			*copied = copy_backup(s, path, store_id, copy_error, sizeof(copy_error));
+			*copied = copy_backup(s, path, store_id, copy_error, sizeof(copy_error),
+			                      &expired.copies);
 			copy = *copied ? "made" : "failed";
 		}
 	}
-	audit_backup(s, trigger, info, path, r, copy, copy_error);
+	audit_backup(s, trigger, info, path, r, copy, copy_error, &expired);
+	hsm_buf_free(&expired.here);
+	hsm_buf_free(&expired.copies);
 	/* Then the copies earlier failures left missing, if copies work again. */
 	if (hsm_ok(r) && s->backup_copy_dir[0] != '\0')
 		catch_up_copies(s, store_id, *copied);

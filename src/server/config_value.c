@@ -83,7 +83,7 @@ const key_def hsm_config_keys[] = {
     {"backup_interval_seconds", K_U32, FIELD(backup_interval_seconds), 0, 366 * DAY, "86400", "S",
      "time between scheduled backups; 0 turns them off"},
     {"backup_retention_days", K_U32, FIELD(backup_retention_days), 1, 36500, "90", "DAYS",
-     "delete backups older than this (the newest is always kept)"},
+     "delete backups older than this (the seven newest are always kept)"},
     {"backup_copy_dir", K_DIR_OPT, FIELD(backup_copy_dir), 0, 0, "", "DIR",
      "also copy each backup here: another disk, or a mount in another region"},
     {"audit_fsync_ms", K_U32, FIELD(audit_fsync_ms), 1, 10000, "10", "MS",

@@ -589,10 +589,10 @@ static void test_list_and_prune(void **state)
 	assert_int_equal(calls, 1);
 	/* Exactly 100 days old is not older than 100 days. */
 	size_t removed = 99;
-	EXPECT_OK(hsm_backup_prune(f->bak, a, 100, NOW, 1, &removed));
+	EXPECT_OK(hsm_backup_prune(f->bak, a, 100, NOW, 1, &removed, NULL));
 	assert_int_equal(removed, 0);
 	/* 90 days: the two older go; nothing else is touched. */
-	EXPECT_OK(hsm_backup_prune(f->bak, a, 90, NOW, 1, &removed));
+	EXPECT_OK(hsm_backup_prune(f->bak, a, 90, NOW, 1, &removed, NULL));
 	assert_int_equal(removed, 2);
 	assert_false(exists(paths[0]) || exists(paths[1]));
 	s = list(f->bak, a);
@@ -602,25 +602,29 @@ static void test_list_and_prune(void **state)
 	for (int i = 0; i < 4; i++)
 		assert_true(exists(junk[i]));
 	assert_true(exists(bpath)); /* another store's, older still */
-	EXPECT_OK(hsm_backup_prune(f->bak, a, 90, NOW, 1, &removed));
+	EXPECT_OK(hsm_backup_prune(f->bak, a, 90, NOW, 1, &removed, NULL));
 	assert_int_equal(removed, 0);
-	EXPECT_OK(hsm_backup_prune(f->bak, a, 10, NOW, 1, &removed));
+	EXPECT_OK(hsm_backup_prune(f->bak, a, 10, NOW, 1, &removed, NULL));
 	assert_int_equal(removed, 0);
 	/* A clock stepped a year ahead makes both look expired: keeping two, none goes. */
-	EXPECT_OK(hsm_backup_prune(f->bak, a, 5, NOW + 400 * DAY, 2, &removed));
+	EXPECT_OK(hsm_backup_prune(f->bak, a, 5, NOW + 400 * DAY, 2, &removed, NULL));
 	assert_int_equal(removed, 0);
 	assert_int_equal(list(f->bak, a).n, 2);
-	/* All expired: the newest stays. */
-	EXPECT_OK(hsm_backup_prune(f->bak, a, 5, NOW + 400 * DAY, 1, &removed));
+	/* All expired: the newest stays; the one deleted is named (for the Backup event). */
+	hsm_buf names = {0};
+	EXPECT_OK(hsm_backup_prune(f->bak, a, 5, NOW + 400 * DAY, 1, &removed, &names));
 	assert_int_equal(removed, 1);
+	assert_true(hsm_ok(hsm_buf_terminate(&names)));
+	assert_string_equal((const char *)names.data, hsm_path_base(paths[2]));
+	hsm_buf_free(&names);
 	s = list(f->bak, a);
 	assert_int_equal(s.n, 1);
 	assert_string_equal(s.path[0], paths[3]);
-	EXPECT_OK(hsm_backup_prune(f->bak, a, 0, NOW + 1000 * DAY, 1, NULL));
-	EXPECT_OK(hsm_backup_prune(f->bak, hsm_keystore_store_id(f->b.ks), 1, NOW, 1, &removed));
+	EXPECT_OK(hsm_backup_prune(f->bak, a, 0, NOW + 1000 * DAY, 1, NULL, NULL));
+	EXPECT_OK(hsm_backup_prune(f->bak, hsm_keystore_store_id(f->b.ks), 1, NOW, 1, &removed, NULL));
 	assert_int_equal(removed, 0);
 	assert_true(exists(paths[3]) && exists(bpath));
-	EXPECT_OK(hsm_backup_prune(missing, a, 1, NOW, 1, &removed));
+	EXPECT_OK(hsm_backup_prune(missing, a, 1, NOW, 1, &removed, NULL));
 	assert_int_equal(removed, 0);
 }
 
