@@ -314,7 +314,7 @@ hsm_result hsm_http_server_new(const hsm_http_config *cfg, hsm_http_handler hand
 	srv->cfg.listen = srv->cfg.tls_cert = srv->cfg.tls_key = srv->cfg.tls_client_ca = NULL;
 	srv->cfg.proxy_protocol_from = NULL;
 	HSM_TRY(hsm_http_fd_limit(srv));
-	HSM_TRY(hsm_conn_limit_new(cfg->max_connections_per_source, cfg->max_connections,
+	HSM_TRY(hsm_conn_limit_new(cfg->max_connections_per_source, srv->cfg.max_connections,
 	                           &srv->per_source));
 	srv->workers = calloc(srv->n_workers, sizeof(*srv->workers));
 	HSM_CHECK(srv->workers != NULL, HSM_ERR_NOMEM, "out of memory");

@@ -793,6 +793,12 @@ void hsm_http_accept(hsm_http_worker *w)
 		socklen_t len = sizeof(ss);
 		int fd = accept4(w->listen_fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd >= 0) {
+			if (w->accept_failures > 0) {
+				hsm_info("accepting connections again (%llu accept failures for want of "
+				         "descriptors or memory)",
+				         (unsigned long long)w->accept_failures);
+				w->accept_failures = 0;
+			}
 			conn_open(w, fd, &ss);
 			continue;
 		}
@@ -806,10 +812,23 @@ void hsm_http_accept(hsm_http_worker *w)
 			return;
 		}
 		if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
-			/* The socket stays readable: pause accepting instead of spinning. */
+			/*
+			 * The socket stays readable: pause accepting instead of spinning, and
+			 * give a stalled or idle connection's descriptor back, as at
+			 * max_connections, so a new client waits 100 ms, not for a timeout.
+			 * Said once a spell, not every pause.
+			 */
 			hsm_http_listen_on(w, false);
 			w->resume_ns = after_ms(ACCEPT_PAUSE_MS);
-			hsm_warn("accept: %s; pausing for %u ms", strerror(err), ACCEPT_PAUSE_MS);
+			hsm_http_conn *old = evictable(w);
+			if (old != NULL) {
+				hsm_http_conn_close(old);
+				atomic_fetch_add_explicit(&w->srv->evicted, 1, memory_order_relaxed);
+			}
+			if (w->accept_failures++ == 0)
+				hsm_warn("accept: %s; pausing %u ms at a time and closing stalled or idle "
+				         "connections until it works (said once)",
+				         strerror(err), ACCEPT_PAUSE_MS);
 		} else {
 			hsm_warn("accept: %s", strerror(err));
 		}
@@ -828,9 +847,18 @@ hsm_result hsm_http_fd_limit(hsm_http_server *srv)
 		struct rlimit nl = {.rlim_cur = raised, .rlim_max = rl.rlim_max};
 		if (setrlimit(RLIMIT_NOFILE, &nl) == 0)
 			rl.rlim_cur = raised;
-		if (rl.rlim_cur < want)
-			hsm_warn("open-file limit %llu is below max_connections + %u; raise it (ulimit -n)",
-			         (unsigned long long)rl.rlim_cur, FD_RESERVE);
+		/*
+		 * Fewer connections than max_connections fit: take the smaller number,
+		 * so a full server closes a stalled or idle connection for a new one
+		 * (evictable) instead of failing to accept it.
+		 */
+		rlim_t room = rl.rlim_cur > 2 * FD_RESERVE ? rl.rlim_cur - FD_RESERVE : rl.rlim_cur / 2;
+		if (rl.rlim_cur < want && room < srv->cfg.max_connections) {
+			srv->cfg.max_connections = room > 0 ? (uint32_t)room : 1;
+			hsm_warn("open-file limit %llu is below max_connections + %u: max_connections "
+			         "lowered to %u; raise the limit (ulimit -n, LimitNOFILE=)",
+			         (unsigned long long)rl.rlim_cur, FD_RESERVE, srv->cfg.max_connections);
+		}
 	}
 	return HSM_SUCCESS;
 }

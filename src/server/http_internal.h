@@ -120,6 +120,7 @@ struct hsm_http_worker {
 	bool listening;          /* listen_fd is in ep */
 	int wake_fd;             /* eventfd: completions queued or stop requested */
 	uint64_t resume_ns;      /* accept paused (EMFILE) until then; 0: not paused */
+	uint64_t accept_failures; /* accept failures for want of descriptors or memory, this spell */
 	uint64_t rearm_ns;       /* accepting yielded to the others until then (http_balance.c) */
 	uint64_t sweep_ns;       /* next deadline sweep */
 	uint64_t proxy_warn_ns;  /* no warning about missing PROXY headers before then */

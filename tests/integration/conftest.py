@@ -74,8 +74,10 @@ def free_port():
 class Hsmd:
     """A running hsmd process."""
 
-    def __init__(self, args, env=None, data_dir=None, tls_ca=None, client_cert=None):
-        """client_cert: (certificate, key) files the test's own probes present over TLS."""
+    def __init__(self, args, env=None, data_dir=None, tls_ca=None, client_cert=None,
+                 wrapper=()):
+        """client_cert: (certificate, key) files the test's own probes present over TLS;
+        wrapper: a command that execs hsmd (prlimit ... --), so the process is hsmd."""
         self.client_cert = client_cert
         self.tmp = tempfile.mkdtemp(prefix="hsmd-it-")
         _scratch.append(self.tmp)
@@ -90,7 +92,8 @@ class Hsmd:
         for attempt in range(5):
             self.port = free_port()
             self.endpoint = f"{self.scheme}://127.0.0.1:{self.port}"
-            cmd = [HSMD, "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.data_dir] + args
+            cmd = list(wrapper) + [HSMD, "--listen", f"127.0.0.1:{self.port}", "--data-dir",
+                                   self.data_dir] + args
             if not tls_ca and "--dev" not in args:
                 cmd.append("--allow-plaintext-loopback")  # production mode, plain HTTP
             self.log = open(self.log_path, "w")
@@ -147,10 +150,10 @@ class Hsmd:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def start_dev(extra_args=(), env=None):
+def start_dev(extra_args=(), env=None, wrapper=()):
     e = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
     e.update(env or {})
-    return Hsmd(["--dev"] + list(extra_args), env=e)
+    return Hsmd(["--dev"] + list(extra_args), env=e, wrapper=wrapper)
 
 
 @pytest.fixture(scope="module")

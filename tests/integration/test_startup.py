@@ -115,3 +115,31 @@ def test_a_data_dir_without_a_store(tmp):
                    "--allow-plaintext-loopback"])
     assert "holds no store" in err, err
     assert os.listdir(data) == []
+
+
+def test_a_low_open_file_limit_lowers_max_connections():
+    """Under an open-file limit too low for max_connections, hsmd takes fewer connections
+    instead of failing to accept them: when they are all held by clients that sent
+    nothing, a new client still gets through (a stalled connection gives way), and the log
+    says it once at start, not once per refused accept."""
+    import time
+    from conftest import start_dev
+    server = start_dev(wrapper=["prlimit", "--nofile=128:128", "--"])
+    held = []
+    try:
+        assert "max_connections lowered to 64" in server.read_log(), server.read_log()
+        for _ in range(150):  # more than the descriptors it has
+            try:
+                held.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+            except OSError:
+                break
+        time.sleep(1.5)  # a connection that sent nothing for a second has stalled
+        t0 = time.monotonic()
+        st, _, _ = server.get("/readyz")
+        assert st == 200 and time.monotonic() - t0 < 5
+        log = server.read_log()
+        assert "Too many open files" not in log, log[-2000:]
+    finally:
+        for s in held:
+            s.close()
+        server.cleanup()
