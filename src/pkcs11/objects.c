@@ -620,7 +620,7 @@ static CK_RV refresh_keys_for(const CK_ATTRIBUTE *tmpl, CK_ULONG count)
 	 * A label is an alias name without "alias/", a CKA_ID of a key's own
 	 * an alias too (HSM_PKCS11_ID_ALIAS): ask hsmd which key it names now.
 	 */
-	char alias[P11_LABEL_MAX + 8];
+	char alias[sizeof(name) + 8];
 	if (named == label)
 		snprintf(alias, sizeof(alias), "alias/%s", name);
 	else if (!hsm_pkcs11_id_alias(id->pValue, id->ulValueLen, alias, sizeof(alias)))
