@@ -279,6 +279,30 @@ static pending *pending_new(hsm_server *s, hsm_http_req *req, unsigned slot, boo
 	return p;
 }
 
+/*
+ * An internal failure answered to an authenticated caller (who gets its text)
+ * goes to the log too, where an operator looks: at most one line a second,
+ * with a count of those left out, so a full store disk does not flood it.
+ */
+static void log_internal_failure(const pending *p, const char *text)
+{
+	static atomic_llong last_sec;
+	static atomic_ullong unlogged;
+	long long now = (long long)hsm_now();
+	long long last = atomic_load(&last_sec);
+	if (now == last || !atomic_compare_exchange_strong(&last_sec, &last, now)) {
+		atomic_fetch_add(&unlogged, 1);
+		return;
+	}
+	unsigned long long skipped = atomic_exchange(&unlogged, 0);
+	if (skipped > 0)
+		hsm_warn("request %s failed: %s (and %llu more internal failures since the last "
+		         "line)",
+		         hsm_http_req_id(p->req), text, skipped);
+	else
+		hsm_warn("request %s failed: %s", hsm_http_req_id(p->req), text);
+}
+
 static void fail_request(pending *p, outcome *o, hsm_result r)
 {
 	o->err = r.err;
@@ -299,6 +323,8 @@ static void fail_request(pending *p, outcome *o, hsm_result r)
 		         hsm_http_req_id(p->req));
 		error_body(r.err, msg, &p->body);
 	} else {
+		if (p->status == 500 && r.err != HSM_ERR_KEY_UNAVAILABLE)
+			log_internal_failure(p, hsm_last_message());
 		error_body(r.err, hsm_last_message(), &p->body);
 	}
 	finish(p, o);

@@ -675,15 +675,17 @@ static hsm_result render_tls(const hsm_server *s, hsm_buf *out)
 }
 
 /*
- * Space left on the file systems of the audit trail and the backups, read at
- * each scrape: the trail keeps years of records, and a full disk stops the
- * node (a request that cannot be audited is refused).
+ * Space left on the file systems of the audit trail, the backups and the
+ * data directory, read at each scrape: the trail keeps years of records, and
+ * a full disk stops the node (a request that cannot be audited is refused);
+ * on a full data directory the SQLite store refuses every write (and a
+ * backup's snapshot, made there first, fails).
  */
 static hsm_result render_disk(const hsm_server *s, hsm_buf *out)
 {
-	static const char *const names[] = {"audit", "backup"};
-	const char *dirs[] = {s->audit_dir, s->backup_dir};
-	for (size_t i = 0; i < 2; i++) {
+	static const char *const names[] = {"audit", "backup", "data"};
+	const char *dirs[] = {s->audit_dir, s->backup_dir, s->data_dir};
+	for (size_t i = 0; i < 3; i++) {
 		HSM_GUARD(hsm_buf_printf(out,
 		                         "# HELP hsmd_%s_disk_free_bytes Bytes an unprivileged writer may "
 		                         "still use on the file system of %s_dir.\n"

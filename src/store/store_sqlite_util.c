@@ -4,6 +4,7 @@
  */
 #include "store/store_sqlite.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,6 +32,14 @@ hsm_result sq_fail(sq_conn *c, int rc, const char *what)
 			return HSM_FAIL(HSM_ERR_ALREADY_EXISTS, "cannot %s: %s", what, msg);
 		if (rc == SQLITE_CONSTRAINT_FOREIGNKEY)
 			return HSM_FAIL(HSM_ERR_NOT_FOUND, "cannot %s: %s", what, msg);
+		break;
+	case SQLITE_FULL:
+		return HSM_FAIL(HSM_ERR_STORE, "store failed to %s: its file system is full", what);
+	case SQLITE_IOERR:
+		/* A write that met a full disk can come back as an I/O error (at start, say). */
+		if (c != NULL && c->db != NULL && sqlite3_system_errno(c->db) == ENOSPC)
+			return HSM_FAIL(HSM_ERR_STORE, "store failed to %s: its file system is full",
+			                what);
 		break;
 	default:
 		break;

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import (DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, start_dev,
                       unsigned_call)
-from helpers import metric
+from helpers import audit_records, metric
 
 
 def audit_pem(server, directory):
@@ -630,6 +630,55 @@ def test_full_disk_refuses_requests_before_any_goes_unrecorded():
         if server is not None:
             server.cleanup()
         subprocess.run(["umount", "-l", audit_dir])
+        subprocess.run(["rm", "-rf", tmp])
+
+
+def test_full_store_disk_refuses_writes_and_says_so():
+    """The SQLite store's disk (data_dir) fills: writes are refused with
+    KMSInternalException naming a full file system (and logged, not once per request),
+    nothing is half-made, /metrics shows the space left, and with room again writes work."""
+    tmp = tempfile.mkdtemp(prefix="hsmd-store-full-")
+    data_dir = os.path.join(tmp, "data")
+    mount_tmpfs(data_dir, "24m")
+    server = None
+    try:
+        server = Hsmd(["--dev", "--audit-dir", os.path.join(tmp, "audit")],
+                      env={"HSM_DEV_ACCESS_KEY_ID": DEV_AKID,
+                           "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET},
+                      data_dir=data_dir)
+        kms = client(server)
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        before = {k["KeyId"] for k in kms.list_keys(Limit=1000)["Keys"]}
+        filler = os.path.join(data_dir, "filler")
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
+        assert metric(server, "hsmd_data_disk_free_bytes") < 64 << 10
+        failures = 0
+        for i in range(200):  # the WAL's free pages take a few before the disk says no
+            try:
+                kms.create_key(Description="x" * 8000)
+            except botocore.exceptions.ClientError as e:
+                assert e.response["Error"]["Code"] == "KMSInternalException", e.response
+                assert "file system is full" in e.response["Error"]["Message"], e.response
+                failures += 1
+                if failures == 20:
+                    break
+        assert failures == 20
+        log = server.read_log()
+        assert "file system is full" in log
+        assert log.count("file system is full") < 20  # one line a second at most
+        assert kms.encrypt(KeyId=key, Plaintext=b"reads and crypto go on")["KeyId"]
+        os.remove(filler)
+        made = kms.create_key()["KeyMetadata"]["KeyId"]
+        after = {k["KeyId"] for k in kms.list_keys(Limit=1000)["Keys"]}
+        # Keys made before the disk refused (its WAL had room) stay; the refused made none.
+        assert before < after and made in after
+        ok = [r for r in audit_records(tmp)  # the trail is in tmp/audit
+              if r.get("op") == "CreateKey" and r.get("outcome") == "success"]
+        assert {r["key_id"] for r in ok} >= after - {key}
+    finally:
+        if server is not None:
+            server.cleanup()
+        subprocess.run(["umount", "-l", data_dir])
         subprocess.run(["rm", "-rf", tmp])
 
 

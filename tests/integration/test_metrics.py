@@ -209,12 +209,14 @@ def test_probes_are_counted_apart_from_requests(server):
     assert total(after) == total(before) and count(after) == count(before)
 
 
-def test_disk_free_space_of_the_trail_and_the_backups(server):
-    """What the file systems of audit_dir and backup_dir have left, read at the scrape."""
+def test_disk_free_space_of_the_trail_the_backups_and_the_store(server):
+    """What the file systems of audit_dir, backup_dir and data_dir have left, read at the
+    scrape."""
     import os
     samples = scrape(server)
     for name, path in (("audit", os.path.join(server.data_dir, "audit")),
-                       ("backup", os.path.join(server.data_dir, "backups"))):
+                       ("backup", os.path.join(server.data_dir, "backups")),
+                       ("data", server.data_dir)):
         got = value(samples, f"hsmd_{name}_disk_free_bytes")
         st = os.statvfs(path)
         want = st.f_bavail * st.f_frsize
