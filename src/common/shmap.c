@@ -237,6 +237,17 @@ void hsm_shmap_clear(hsm_shmap *m)
 	remove_matching(m, NULL);
 }
 
+void hsm_shmap_each_key(hsm_shmap *m, void (*cb)(const char *key, void *arg), void *arg)
+{
+	for (unsigned i = 0; i < SHARDS; i++) {
+		shard *s = &m->shards[i];
+		pthread_mutex_lock(&s->lock);
+		for (const entry *e = s->newest; e != NULL; e = e->older)
+			cb(e->key, arg);
+		pthread_mutex_unlock(&s->lock);
+	}
+}
+
 void hsm_shmap_get_stats(hsm_shmap *m, hsm_shmap_stats *out)
 {
 	uint64_t n = 0;

@@ -46,6 +46,8 @@ void hsm_shmap_remove(hsm_shmap *m, const char *key);
  * a grouped map one shard when the prefix contains a '/'). */
 void hsm_shmap_remove_prefix(hsm_shmap *m, const char *prefix);
 void hsm_shmap_clear(hsm_shmap *m);
+/* Calls cb with each key, a shard's lock held: cb must be brief and not use the map. */
+void hsm_shmap_each_key(hsm_shmap *m, void (*cb)(const char *key, void *arg), void *arg);
 
 typedef struct hsm_shmap_stats {
 	uint64_t hits, misses, entries;

@@ -291,6 +291,50 @@ void hsm_ks_forget(hsm_keystore *ks, const char *key_id)
 	hsm_shmap_remove_prefix(ks->cache, prefix);
 }
 
+typedef struct key_list {
+	char (*ids)[HSM_UUID_STRLEN + 1];
+	size_t n, cap;
+	bool nomem;
+} key_list;
+
+/* Cache keys are "<key id>/<version>": the id, once unless its versions lie apart. */
+static void collect_key(const char *cache_key, void *arg)
+{
+	key_list *l = arg;
+	const char *slash = strchr(cache_key, '/');
+	size_t len = slash != NULL ? (size_t)(slash - cache_key) : strlen(cache_key);
+	if (len != HSM_UUID_STRLEN || l->nomem)
+		return;
+	for (size_t i = l->n; i > 0 && i + 8 > l->n; i--) /* its versions sit together */
+		if (memcmp(l->ids[i - 1], cache_key, len) == 0)
+			return;
+	if (l->n == l->cap) {
+		size_t cap = l->cap ? 2 * l->cap : 64;
+		void *p = realloc(l->ids, cap * sizeof(*l->ids));
+		if (p == NULL) {
+			l->nomem = true;
+			return;
+		}
+		l->ids = p;
+		l->cap = cap;
+	}
+	memcpy(l->ids[l->n], cache_key, len);
+	l->ids[l->n++][len] = '\0';
+}
+
+hsm_result hsm_ks_cached_keys(hsm_keystore *ks, char (**ids)[HSM_UUID_STRLEN + 1], size_t *n)
+{
+	key_list l = {0};
+	hsm_shmap_each_key(ks->cache, collect_key, &l);
+	if (l.nomem) {
+		free(l.ids);
+		return HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
+	}
+	*ids = l.ids;
+	*n = l.n;
+	return HSM_SUCCESS;
+}
+
 void hsm_ks_get_stats(hsm_keystore *ks, hsm_ks_stats *out)
 {
 	hsm_shmap_stats st;

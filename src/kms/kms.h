@@ -439,6 +439,17 @@ hsm_result hsm_kms_list_rotations(hsm_kms *kms, const hsm_caller *caller, const 
  */
 hsm_result hsm_kms_run_due(hsm_kms *kms, size_t *done) HSM_MUST_CHECK;
 
+/*
+ * On a store nodes share (meta_cache_ttl_ms > 0): reads again the records of
+ * up to max keys whose material this node holds, and drops the material of
+ * those that can no longer be used (disabled, pending deletion or destroyed,
+ * or gone, by another node), so it does not stay in memory until something
+ * asks for the key here.  Called by every node's scheduler; *forgotten
+ * counts the keys dropped.  Nothing to do on a store of one node's own: the
+ * node that changes a key drops its material there and then.
+ */
+hsm_result hsm_kms_sweep_material(hsm_kms *kms, size_t max, size_t *forgotten) HSM_MUST_CHECK;
+
 /* ---- Aliases, tags, policies -------------------------------------------------- */
 
 hsm_result hsm_kms_create_alias(hsm_kms *kms, const hsm_caller *caller, const char *alias,

@@ -43,6 +43,7 @@ struct hsm_kms {
 	struct kms_jwks *jwks;           /* the JWK Set cache (kms_jwks.c) */
 	hsm_shmap *policies;             /* document hash -> hsm_policy, shared by keys (kms.c) */
 	hsm_usage *usage;                /* last uses of keys (usage.c); NULL: not recorded */
+	atomic_size_t sweep_from;        /* where the next material sweep starts (rotation.c) */
 };
 
 int64_t kms_now(hsm_kms *kms);

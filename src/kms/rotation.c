@@ -308,3 +308,36 @@ hsm_result hsm_kms_run_due(hsm_kms *kms, size_t *done)
 	free(l.recs);
 	return r;
 }
+
+hsm_result hsm_kms_sweep_material(hsm_kms *kms, size_t max, size_t *forgotten)
+{
+	*forgotten = 0;
+	if (kms->cfg.meta_cache_ttl_ms <= 0)
+		return HSM_SUCCESS;
+	char(*ids)[HSM_UUID_STRLEN + 1] = NULL;
+	size_t n = 0;
+	HSM_GUARD(hsm_ks_cached_keys(kms->ks, &ids, &n));
+	hsm_result res = HSM_SUCCESS;
+	/* A part at a time when there are many: the next pass goes on where this one ended. */
+	size_t from = n > 0 ? atomic_load(&kms->sweep_from) % n : 0, count = n < max ? n : max;
+	for (size_t i = 0; i < count && hsm_ok(res); i++) {
+		const char *key_id = ids[(from + i) % n];
+		hsm_key_record rec;
+		memset(&rec, 0, sizeof(rec));
+		hsm_result r = hsm_store_key_get(kms->store, key_id, &rec);
+		bool unusable = r.err == HSM_ERR_NOT_FOUND ||
+		                (hsm_ok(r) && (rec.state != HSM_KEY_ENABLED ||
+		                               (rec.flags & HSM_KEYFLAG_NO_MATERIAL) != 0));
+		if (unusable) {
+			hsm_ks_forget(kms->ks, key_id);
+			kms_key_invalidate(kms, key_id);
+			(*forgotten)++;
+		} else if (hsm_failed(r)) {
+			res = r; /* the store does not answer: the next pass tries again */
+		}
+		hsm_key_record_clear(&rec);
+	}
+	atomic_store(&kms->sweep_from, n > 0 ? (from + count) % n : 0);
+	free(ids);
+	return res;
+}

@@ -481,10 +481,14 @@ static bool lead(hsm_server *s, bool can_work)
 	return leading;
 }
 
+/* Keys whose records a scheduler pass reads again to drop unusable material (rotation.c). */
+#define MATERIAL_SWEEP_MAX 2000
+
 static void *scheduler_main(void *arg)
 {
 	hsm_server *s = arg;
 	hsm_thread_name("hsmd-sched");
+	bool sweep_failing = false;
 	pthread_mutex_lock(&s->stop_lock);
 	while (!s->stopping) {
 		struct timespec until;
@@ -501,6 +505,16 @@ static void *scheduler_main(void *arg)
 		count_store_gauges(s);
 		bool can_work = hsm_keystore_state(s->ks) == HSM_NODE_UNSEALED &&
 		                hsm_audit_accepting(s->audit);
+		/* Every node: material of keys another node disabled or destroyed goes here too
+		 * (a failure is said once a streak: the store's own outage is reported apart). */
+		size_t forgotten = 0;
+		if (!recount_only && hsm_keystore_state(s->ks) == HSM_NODE_UNSEALED) {
+			bool failed = hsm_failed(
+			    hsm_kms_sweep_material(s->kms, MATERIAL_SWEEP_MAX, &forgotten));
+			if (failed && !sweep_failing)
+				hsm_log_failure("dropping the material of keys changed on other nodes");
+			sweep_failing = failed;
+		}
 		if (lead(s, can_work) && !recount_only) {
 			size_t done = 0;
 			hsm_result r = hsm_kms_run_due(s->kms, &done);

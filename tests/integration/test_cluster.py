@@ -194,6 +194,24 @@ def test_a_change_on_one_node_shows_on_the_other_within_the_cache_lifetime(clust
     assert eventually(revoked, 20), "a revoked access key still works on the other node"
 
 
+def test_material_of_a_key_disabled_or_deleted_on_one_node_leaves_the_other(cluster):
+    """A node holds the material of the keys it used.  Disabled, or scheduled for
+    deletion, through the other node, the key's material leaves this node's memory too
+    within a scheduler pass or two, without anything asking for the key here."""
+    off_a, app_b = kms(cluster.a, cluster.ops), kms(cluster.b, cluster.app)
+    keys = [off_a.create_key()["KeyMetadata"]["KeyId"] for _ in range(2)]
+    for kid in keys:
+        app_b.encrypt(KeyId=kid, Plaintext=b"x")  # B unwraps and keeps each key's material
+    held = gauge(cluster.b, "hsmd_key_cache_entries")
+    assert held >= 2
+    off_a.disable_key(KeyId=keys[0])
+    off_a.schedule_key_deletion(KeyId=keys[1], PendingWindowInDays=7)
+    assert eventually(lambda: gauge(cluster.b, "hsmd_key_cache_entries") <= held - 2, 20), \
+        "the other node still holds the material of keys it can no longer use"
+    off_a.enable_key(KeyId=keys[0])  # usable again: B unwraps it again when asked
+    assert eventually(lambda: _try(lambda: app_b.encrypt(KeyId=keys[0], Plaintext=b"y")), 20)
+
+
 def test_a_use_on_one_node_is_the_last_use_on_the_other(cluster):
     """GetKeyLastUsage: each node writes its uses to the shared store about every second; a
     node answers with the later of the store's record and its own unwritten uses."""

@@ -230,6 +230,35 @@ static void test_remove_prefix_and_clear(void **state)
 	assert_int_equal(vals[14].refs, 0);
 }
 
+static void count_key(const char *key, void *arg)
+{
+	int *seen = arg;
+	int i = -1;
+	assert_int_equal(sscanf(key, "k%d", &i), 1);
+	assert_true(i >= 0 && i < 300);
+	seen[i]++;
+}
+
+/* Every key, once, whatever shard it is in; removed keys are not among them. */
+static void test_each_key(void **state)
+{
+	(void)state;
+	hsm_shmap *m = new_map(10000);
+	counted vals[300];
+	char key[32];
+	for (int i = 0; i < 300; i++) {
+		vals[i] = (counted){.id = i};
+		snprintf(key, sizeof(key), "k%d", i);
+		assert_true(hsm_ok(hsm_shmap_put(m, key, &vals[i])));
+	}
+	hsm_shmap_remove(m, "k7");
+	int seen[300] = {0};
+	hsm_shmap_each_key(m, count_key, seen);
+	for (int i = 0; i < 300; i++)
+		assert_int_equal(seen[i], i == 7 ? 0 : 1);
+	hsm_shmap_free(m);
+}
+
 /* A grouped map keeps "group/..." keys of a group together; removing by a
  * prefix with a '/' takes exactly the matching keys, one without takes
  * every group it starts. */
@@ -341,6 +370,7 @@ int main(void)
 	    cmocka_unit_test(test_stays_within_capacity_evicting_the_oldest),
 	    cmocka_unit_test(test_a_hit_renews_the_entry),
 	    cmocka_unit_test(test_remove_prefix_and_clear),
+	    cmocka_unit_test(test_each_key),
 	    cmocka_unit_test(test_grouped_remove_prefix),
 	    cmocka_unit_test(test_matches_a_model),
 	};
