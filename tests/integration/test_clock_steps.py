@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from conftest import start_dev
+from conftest import HSMCTL, start_dev
 from helpers import admin, audit_records
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -103,10 +103,8 @@ def test_audit_retention_holds_when_the_clock_jumps_ahead(shim, tmp_path):
         clock.set(0)
         server.stop()
         assert not any(r.get("op") == "AuditFilesExpired" for r in audit_records(server.data_dir))
-        verify = subprocess.run([os.path.join(os.environ.get("HSM_BUILD_DIR",
-                                                             os.path.join(HERE, "../../build")),
-                                              "hsmctl"), "audit", "verify", audit_dir],
-                                capture_output=True, text=True, timeout=120)
+        verify = subprocess.run([HSMCTL, "audit", "verify", audit_dir], capture_output=True,
+                                text=True, timeout=120)
         assert verify.returncode == 0, verify.stdout + verify.stderr
     finally:
         server.cleanup()
