@@ -7,6 +7,7 @@
  */
 #include <string.h>
 
+#include "common/encoding.h"
 #include "kms/kms_internal.h"
 
 #define ALIAS_PREFIX "alias/"
@@ -43,6 +44,50 @@ static hsm_result check_alias_name(const char *name, bool create)
 	return HSM_SUCCESS;
 }
 
+/* Another alias of a key that gives it a PKCS#11 CKA_ID (a page at a time). */
+typedef struct other_id {
+	const char *alias;
+	char found[HSM_ALIAS_MAX + 1];
+	char last[HSM_ALIAS_MAX + 1];
+} other_id;
+
+static hsm_result other_id_cb(const hsm_alias_record *a, void *arg)
+{
+	other_id *o = arg;
+	memcpy(o->last, a->name, sizeof(o->last));
+	if (o->found[0] == '\0' && hsm_str_has_prefix(a->name, HSM_PKCS11_ID_ALIAS) &&
+	    strcmp(a->name, o->alias) != 0)
+		memcpy(o->found, a->name, sizeof(o->found));
+	return HSM_SUCCESS;
+}
+
+/*
+ * Names under alias/pkcs11-id/ give their key its PKCS#11 CKA_ID
+ * (common/encoding.h): such a name must spell one id one way, and a key has
+ * at most one, so that adding a name never changes an id a script uses.
+ */
+static hsm_result check_pkcs11_id(hsm_kms *kms, const char *alias, const char *key_id,
+                                  hsm_err invalid)
+{
+	if (!hsm_str_has_prefix(alias, HSM_PKCS11_ID_ALIAS))
+		return HSM_SUCCESS;
+	hsm_buf id = {0};
+	bool ok = hsm_pkcs11_id_of_alias(alias, &id);
+	hsm_buf_free(&id);
+	HSM_ENSURE(ok, invalid,
+	           "%s names a PKCS#11 CKA_ID: after alias/pkcs11-id/ come 1 to %d bytes in "
+	           "lowercase hex, not spelling a key id",
+	           alias, HSM_PKCS11_ID_MAX);
+	other_id o = {.alias = alias};
+	bool more = true;
+	while (more && o.found[0] == '\0')
+		HSM_GUARD(hsm_store_alias_list(kms->store, key_id, o.last, 100, other_id_cb, &o, &more));
+	HSM_ENSURE(o.found[0] == '\0', HSM_ERR_VALIDATION,
+	           "key %s has a PKCS#11 CKA_ID already (%s): delete that alias, or move it, first",
+	           key_id, o.found);
+	return HSM_SUCCESS;
+}
+
 /* A target must be named by key id or key ARN, not by another alias. */
 static hsm_result check_target(const char *target)
 {
@@ -60,7 +105,9 @@ hsm_result hsm_kms_create_alias(hsm_kms *kms, const hsm_caller *caller, const ch
 	HSM_GUARD(check_target(target));
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_CreateAlias, target, NULL, &k));
 	hsm_alias_record had;
-	hsm_result r = kms_commit_unless_taken(hsm_store_alias_get(kms->store, alias, &had), caller);
+	hsm_result r = check_pkcs11_id(kms, alias, k->rec.key_id, HSM_ERR_INVALID_ALIAS_NAME);
+	if (hsm_ok(r))
+		r = kms_commit_unless_taken(hsm_store_alias_get(kms->store, alias, &had), caller);
 	if (hsm_ok(r)) {
 		r = hsm_store_alias_create(kms->store, alias, k->rec.key_id, kms_now(kms));
 		kms_aliases_changed(kms);
@@ -97,6 +144,7 @@ hsm_result hsm_kms_update_alias(hsm_kms *kms, const hsm_caller *caller, const ch
 	HSM_CHECK(same_kind(&cur->rec, &next->rec), HSM_ERR_VALIDATION,
 	          "%s and %s are different key types or usages: an alias can only move to a key of "
 	          "the same type and usage", cur->rec.key_id, next->rec.key_id);
+	HSM_TRY(check_pkcs11_id(kms, alias, next->rec.key_id, HSM_ERR_VALIDATION));
 	HSM_TRY(hsm_caller_commit(caller));
 	res = hsm_store_alias_update(kms->store, alias, next->rec.key_id, kms_now(kms));
 	kms_aliases_changed(kms);

@@ -189,24 +189,44 @@ static CK_RV id_alias(const CK_ATTRIBUTE *a, char *out, size_t cap)
 	           : CKR_ATTRIBUTE_VALUE_INVALID;
 }
 
-/* A label or CKA_ID another key has already: refused before a key is made. */
-static CK_RV alias_free(const char *alias)
+/*
+ * A label or CKA_ID another key has already: refused before a key is made.
+ * One held by a key pending deletion is free (*reclaim): that key's objects
+ * left the token with C_DestroyObject, and a script that deletes a key and
+ * makes it again under the same name must work, as on any token; the name
+ * moves to the new key.
+ */
+static CK_RV alias_free(const char *alias, bool *reclaim)
 {
+	*reclaim = false;
 	if (alias[0] == '\0')
 		return CKR_OK;
 	json_t *ans = NULL;
 	CK_RV rv = p11_call("TrentService.DescribeKey", json_pack("{s:s}", "KeyId", alias), &ans);
+	const char *state =
+	    json_string_value(json_object_get(json_object_get(ans, "KeyMetadata"), "KeyState"));
+	*reclaim = rv == CKR_OK && state != NULL && strcmp(state, "PendingDeletion") == 0;
 	json_decref(ans);
-	return rv == CKR_OK                   ? CKR_ATTRIBUTE_VALUE_INVALID /* taken */
-	       : rv == CKR_KEY_HANDLE_INVALID ? CKR_OK                      /* NotFoundException */
+	return rv == CKR_OK                   ? (*reclaim ? CKR_OK : CKR_ATTRIBUTE_VALUE_INVALID)
+	       : rv == CKR_KEY_HANDLE_INVALID ? CKR_OK /* NotFoundException */
 	                                      : rv;
 }
 
-static CK_RV create_alias(const char *alias, const char *key_id)
+/* Gives key_id the alias (taken first from the key pending deletion that had it: reclaim). */
+static CK_RV create_alias(const char *alias, const char *key_id, bool reclaim)
 {
 	json_t *ans = NULL;
-	CK_RV rv = p11_call("TrentService.CreateAlias",
-	                    json_pack("{s:s,s:s}", "AliasName", alias, "TargetKeyId", key_id), &ans);
+	CK_RV rv = CKR_OK;
+	if (reclaim) {
+		rv = p11_call("TrentService.DeleteAlias", json_pack("{s:s}", "AliasName", alias), &ans);
+		json_decref(ans);
+		ans = NULL;
+		if (rv == CKR_KEY_HANDLE_INVALID) /* gone meanwhile */
+			rv = CKR_OK;
+	}
+	if (rv == CKR_OK)
+		rv = p11_call("TrentService.CreateAlias",
+		              json_pack("{s:s,s:s}", "AliasName", alias, "TargetKeyId", key_id), &ans);
 	json_decref(ans);
 	return rv;
 }
@@ -214,9 +234,10 @@ static CK_RV create_alias(const char *alias, const char *key_id)
 /*
  * Makes a key in hsmd (CreateKey, then CreateAlias for a label and for a
  * CKA_ID), then reads the objects again.  A label or CKA_ID another key has
- * is refused before the key is made; a key whose aliases cannot be made
- * (taken meanwhile) goes again, with the alias made for it: no half-made key
- * stays, and no name it took.
+ * is refused before the key is made (one a key pending deletion has moves to
+ * the new key); a key whose aliases cannot be made (taken meanwhile) goes
+ * again, with the alias made for it: no half-made key stays, and no name it
+ * took.
  */
 static CK_RV make_key(hsm_key_spec spec, hsm_key_usage usage, const char *label,
                       const char *id, char key_id[HSM_UUID_STRLEN + 1])
@@ -225,9 +246,10 @@ static CK_RV make_key(hsm_key_spec spec, hsm_key_usage usage, const char *label,
 	if (label[0] != '\0')
 		snprintf(alias, sizeof(alias), "alias/%s", label);
 	key_id[0] = '\0';
-	CK_RV rv = alias_free(alias);
+	bool reclaim_label = false, reclaim_id = false;
+	CK_RV rv = alias_free(alias, &reclaim_label);
 	if (rv == CKR_OK)
-		rv = alias_free(id);
+		rv = alias_free(id, &reclaim_id);
 	if (rv != CKR_OK)
 		return rv;
 	json_t *ans = NULL;
@@ -245,9 +267,9 @@ static CK_RV make_key(hsm_key_spec spec, hsm_key_usage usage, const char *label,
 		return rv;
 	bool labelled = false;
 	if (alias[0] != '\0')
-		labelled = (rv = create_alias(alias, key_id)) == CKR_OK;
+		labelled = (rv = create_alias(alias, key_id, reclaim_label)) == CKR_OK;
 	if (rv == CKR_OK && id[0] != '\0')
-		rv = create_alias(id, key_id);
+		rv = create_alias(id, key_id, reclaim_id);
 	if (rv != CKR_OK) {
 		ans = NULL;
 		if (labelled)

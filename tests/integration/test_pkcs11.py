@@ -39,6 +39,7 @@ import uuid
 from pathlib import Path
 
 import PyKCS11
+from botocore.exceptions import ClientError
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
@@ -1516,6 +1517,34 @@ def test_pkcs11_tool_keeps_the_id_it_generates_with(server, user, officer, p11, 
     assert {k["KeyId"] for k in officer.list_keys(Limit=1000)["Keys"]} == before
     with pytest.raises(officer.exceptions.NotFoundException):
         officer.describe_key(KeyId="alias/tool-id-again")
+    # Deleted (pending deletion, gone from the token), a key gives up its id and label:
+    # a script that deletes a key and makes it again under the same names works.
+    p = tool(server.endpoint, "--login", "--pin", pin, "--delete-object", "--type", "privkey",
+             "--id", "0a1b2c")
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert officer.describe_key(KeyId=kid)["KeyMetadata"]["KeyState"] == "PendingDeletion"
+    p = tool(server.endpoint, "--login", "--pin", pin, "--keypairgen", "--key-type",
+             "EC:prime256v1", "--usage-sign", "--id", "0a1b2c", "--label", "tool-id")
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    again = officer.describe_key(KeyId="alias/pkcs11-id/0a1b2c")["KeyMetadata"]["KeyId"]
+    assert again != kid and officer.describe_key(KeyId="alias/tool-id")["KeyMetadata"][
+        "KeyId"] == again
+    assert officer.list_aliases(KeyId=kid)["Aliases"] == []
+    officer.cancel_key_deletion(KeyId=kid)
+    officer.enable_key(KeyId=kid)
+    # Names under alias/pkcs11-id/ spell one id one way, and a key has one at most.
+    for bad in ("alias/pkcs11-id/0A1B", "alias/pkcs11-id/0", "alias/pkcs11-id/zz",
+                "alias/pkcs11-id/" + kid.encode().hex()):  # spells a key id
+        with pytest.raises(officer.exceptions.InvalidAliasNameException):
+            officer.create_alias(AliasName=bad, TargetKeyId=kid)
+    officer.create_alias(AliasName="alias/pkcs11-id/0d", TargetKeyId=kid)
+    with pytest.raises(ClientError) as e:
+        officer.create_alias(AliasName="alias/pkcs11-id/09", TargetKeyId=kid)
+    assert e.value.response["Error"]["Code"] == "ValidationException", e.value.response
+    with pytest.raises(ClientError) as e:  # moving one onto a key that has one
+        officer.update_alias(AliasName="alias/pkcs11-id/0a1b2c", TargetKeyId=kid)
+    assert e.value.response["Error"]["Code"] == "ValidationException", e.value.response
+    kid = again
     # A key made through the KMS API gets an id of its own from an alias; its label stays
     # its other alias, and a search by the id finds its objects (and by its key id, none).
     other = officer.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")[
