@@ -484,6 +484,11 @@ bool hsm_audit_low_space(const hsm_audit *a)
 	return atomic_load(&a->low_space);
 }
 
+void hsm_audit_note_refused(hsm_audit *a)
+{
+	atomic_fetch_add(&a->refused_low, 1);
+}
+
 bool hsm_audit_accepting(const hsm_audit *a)
 {
 	return atomic_load(&a->healthy) && !atomic_load(&a->stopping) &&

@@ -212,6 +212,13 @@ bool hsm_audit_healthy(const hsm_audit *a);
 bool hsm_audit_accepting(const hsm_audit *a);
 /* True while the disk has no room for the space kept ahead of the trail. */
 bool hsm_audit_low_space(const hsm_audit *a);
+/*
+ * A request refused because the trail did not accept it (hsm_audit_accepting
+ * false) and given no record of its own: while the disk is low on space its
+ * record would eat into the space kept for requests already admitted.  The
+ * count goes into the event that ends the spell (AuditLowSpaceEnded).
+ */
+void hsm_audit_note_refused(hsm_audit *a);
 
 /*
  * Starts a new file now (a checkpoint ends the old one) and applies

@@ -100,6 +100,8 @@ typedef struct audit_writer {
 	uint64_t reserved_to;    /* file offset up to which space is allocated (0: none yet) */
 	bool reserve_unsupported; /* the file system cannot allocate ahead: no reserve kept */
 	uint64_t reserve_retry_ns; /* low on space: when to try to allocate again */
+	uint64_t low_since_ns;   /* when the low-space spell began (0: none) */
+	bool low_ended;          /* a spell ended: its event is still to be written */
 	int last_errno;          /* errno of the last failed I/O step */
 	hsm_buf scratch;
 	audit_slot batch[AUDIT_BATCH_MAX];
@@ -125,6 +127,7 @@ struct hsm_audit {
 	atomic_bool healthy;
 	atomic_bool stopping;
 	atomic_bool low_space;   /* the reserve ahead of the file cannot be kept (writer's) */
+	atomic_uint_fast64_t refused_low; /* requests refused meanwhile (hsm_audit_note_refused) */
 	bool writer_ready;       /* the open events are written (or failed) */
 	bool writer_exited;
 	bool watchdog_stop;

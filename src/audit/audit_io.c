@@ -190,12 +190,15 @@ void audit_io_keep_reserve(hsm_audit *a)
 		w->reserved_to = end + AUDIT_RESERVE_BYTES;
 		if (low) {
 			atomic_store(&a->low_space, false);
+			w->low_ended = true; /* the writer records the spell (audit_writer.c) */
 			hsm_info("audit: room for the trail again; serving requests");
 		}
 		return;
 	}
 	w->reserve_retry_ns = now + a->cfg.retry_interval_ms * NS_PER_MS;
 	if (!low) {
+		w->low_since_ns = now;
+		atomic_store(&a->refused_low, 0);
 		atomic_store(&a->low_space, true);
 		hsm_error("audit: cannot keep %llu MiB free ahead of the trail in %s (%s); refusing "
 		          "requests until there is room (the records of those already served are "

@@ -587,6 +587,19 @@ static void follow_clock_back(audit_writer *w, int64_t wall, uint64_t checkpoint
 		w->file_opened_ms = wall;
 }
 
+/* The end of a low-space spell: how long, and how many requests were refused unrecorded. */
+static void record_low_space(hsm_audit *a)
+{
+	audit_writer *w = &a->w;
+	char dur[24], ref[24];
+	snprintf(dur, sizeof(dur), "%llu",
+	         (unsigned long long)((hsm_mono_ns() - w->low_since_ns) / NS_PER_MS));
+	snprintf(ref, sizeof(ref), "%llu", (unsigned long long)atomic_load(&a->refused_low));
+	hsm_audit_field f[] = {{"duration_ms", dur}, {"refused", ref}};
+	if (hsm_ok(audit_write_event(a, "AuditLowSpaceEnded", HSM_AUDIT_SUCCESS, f, 2)))
+		w->low_ended = false;
+}
+
 static void maintain(hsm_audit *a)
 {
 	audit_writer *w = &a->w;
@@ -617,6 +630,8 @@ static void maintain(hsm_audit *a)
 		audit_record_sweep(a);
 	if (atomic_load(&a->healthy))
 		audit_io_keep_reserve(a);
+	if (atomic_load(&a->healthy) && w->low_ended)
+		record_low_space(a);
 	answer_requests(a);
 }
 

@@ -204,30 +204,39 @@ typedef struct expired_names {
 	hsm_buf here, copies; /* in backup_dir, in backup_copy_dir */
 } expired_names;
 
+/* A BackupExpired event for each name in names (comma-separated), in the directory named. */
+static void audit_expired(hsm_server *s, hsm_buf *names, const char *dir_name)
+{
+	if (names->len == 0 || hsm_failed(hsm_buf_terminate(names)))
+		return;
+	char *save = NULL;
+	for (char *name = strtok_r((char *)names->data, ",", &save); name != NULL;
+	     name = strtok_r(NULL, ",", &save)) {
+		hsm_audit_field f[] = {{"file", name}, {"dir", dir_name}};
+		hsm_server_event(s, "BackupExpired", NULL, 0, HSM_SUCCESS, f, 2);
+	}
+}
+
 /*
  * The Backup event; copy says what became of the copy ("made", "failed" or
- * "none"); expired names the backups the retention deleted, so the trail
- * shows when each stopped being there to restore.
+ * "none").  Then a BackupExpired event for each backup the retention
+ * deleted, so the trail shows when each restore point stopped being there.
  */
 static void audit_backup(hsm_server *s, const char *trigger, const hsm_backup_info *info,
                          const char *path, hsm_result r, const char *copy, const char *copy_error,
                          expired_names *expired)
 {
-	hsm_audit_field f[7];
-	size_t n = 0;
-	f[n++] = (hsm_audit_field){"trigger", trigger};
-	if (hsm_ok(r)) {
-		f[n++] = (hsm_audit_field){"backup_id", info->backup_id};
-		f[n++] = (hsm_audit_field){"file", hsm_path_base(path)};
-		f[n++] = (hsm_audit_field){"copy", copy};
-		if (copy_error[0] != '\0')
-			f[n++] = (hsm_audit_field){"copy_error", copy_error};
-		if (expired->here.len > 0 && hsm_ok(hsm_buf_terminate(&expired->here)))
-			f[n++] = (hsm_audit_field){"expired", (const char *)expired->here.data};
-		if (expired->copies.len > 0 && hsm_ok(hsm_buf_terminate(&expired->copies)))
-			f[n++] = (hsm_audit_field){"expired_copies", (const char *)expired->copies.data};
-	}
+	hsm_audit_field f[] = {
+	    {"trigger", trigger},
+	    {"backup_id", hsm_ok(r) ? info->backup_id : ""},
+	    {"file", hsm_ok(r) ? hsm_path_base(path) : ""},
+	    {"copy", copy},
+	    {"copy_error", copy_error},
+	};
+	size_t n = !hsm_ok(r) ? 1 : copy_error[0] != '\0' ? 5 : 4;
 	hsm_server_event(s, "Backup", NULL, 0, r, f, n);
+	audit_expired(s, &expired->here, "backup_dir");
+	audit_expired(s, &expired->copies, "backup_copy_dir");
 }
 
 hsm_result hsm_server_backup(hsm_server *s, const char *trigger, char *path, size_t cap,

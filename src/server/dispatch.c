@@ -256,6 +256,20 @@ static void submit_audit(pending *p, const outcome *o)
  */
 static void finish(pending *p, const outcome *o)
 {
+	/*
+	 * Refused because the trail's disk is low on space: a record of the
+	 * refusal would eat into the space kept for the records of requests
+	 * already admitted (clients retrying a 503 would soon use it all).
+	 * Counted instead, in the event that ends the spell.  (In an outage the
+	 * record fails at once, and the outage's own event counts it.)
+	 */
+	if (o->err == HSM_ERR_AUDIT_UNAVAILABLE && hsm_audit_low_space(p->s->audit)) {
+		hsm_audit_note_refused(p->s->audit);
+		respond_now(p->s, p->req, p->slot, p->status, CONTENT_TYPE_JSON, &p->body);
+		hsm_buf_free(&p->body);
+		free(p);
+		return;
+	}
 	if (hsm_server_own_record(p->s, p->req, o->operation, o->auth, o->err)) {
 		submit_audit(p, o);
 		return;

@@ -286,6 +286,9 @@ static void test_full_disk_refuses_before_records_fail(void **state)
 	for (size_t i = 0; i < n; i++)
 		assert_int_equal(atomic_load(&d[i].err), HSM_OK);
 	assert_true(hsm_audit_healthy(a));
+	/* Requests refused meanwhile get no record each, only a count. */
+	for (int i = 0; i < 3; i++)
+		hsm_audit_note_refused(a);
 	hsm_audit_stats st;
 	hsm_audit_get_stats(a, &st);
 	assert_int_equal(st.outages, 0);
@@ -305,6 +308,16 @@ static void test_full_disk_refuses_before_records_fail(void **state)
 	hsm_audit_verify_report v = t_verify_dir(dir, NULL, false);
 	assert_true(v.valid);
 	assert_int_equal(v.records, v.last_seq); /* no sequence gap */
+	static char paths[T_MAX_FILES][PATH_MAX];
+	size_t nf = t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES);
+	bool ended = false;
+	for (size_t i = 0; i < nf && !ended; i++) {
+		char *text = t_slurp(paths[i], NULL);
+		char *ev = strstr(text, "\"op\":\"AuditLowSpaceEnded\"");
+		ended = ev != NULL && strstr(ev, "\"refused\":\"3\"") != NULL;
+		free(text);
+	}
+	assert_true(ended);
 	free(d);
 	if (sp.mounted)
 		assert_int_equal(umount(sp.mnt), 0);
