@@ -297,7 +297,7 @@ typedef struct key_list {
 	bool nomem;
 } key_list;
 
-/* Cache keys are "<key id>/<version>": the id, once unless its versions lie apart. */
+/* Cache keys are "<key id>/<version>": the id (each version's; made unique after). */
 static void collect_key(const char *cache_key, void *arg)
 {
 	key_list *l = arg;
@@ -305,9 +305,6 @@ static void collect_key(const char *cache_key, void *arg)
 	size_t len = slash != NULL ? (size_t)(slash - cache_key) : strlen(cache_key);
 	if (len != HSM_UUID_STRLEN || l->nomem)
 		return;
-	for (size_t i = l->n; i > 0 && i + 8 > l->n; i--) /* its versions sit together */
-		if (memcmp(l->ids[i - 1], cache_key, len) == 0)
-			return;
 	if (l->n == l->cap) {
 		size_t cap = l->cap ? 2 * l->cap : 64;
 		void *p = realloc(l->ids, cap * sizeof(*l->ids));
@@ -322,6 +319,11 @@ static void collect_key(const char *cache_key, void *arg)
 	l->ids[l->n++][len] = '\0';
 }
 
+static int by_id(const void *a, const void *b)
+{
+	return strcmp(a, b);
+}
+
 hsm_result hsm_ks_cached_keys(hsm_keystore *ks, char (**ids)[HSM_UUID_STRLEN + 1], size_t *n)
 {
 	key_list l = {0};
@@ -330,8 +332,15 @@ hsm_result hsm_ks_cached_keys(hsm_keystore *ks, char (**ids)[HSM_UUID_STRLEN + 1
 		free(l.ids);
 		return HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
 	}
+	/* A key with several versions cached was collected once for each: once it is. */
+	if (l.n > 1)
+		qsort(l.ids, l.n, sizeof(*l.ids), by_id);
+	size_t u = 0;
+	for (size_t i = 0; i < l.n; i++)
+		if (u == 0 || strcmp(l.ids[u - 1], l.ids[i]) != 0)
+			memmove(l.ids[u++], l.ids[i], sizeof(*l.ids));
 	*ids = l.ids;
-	*n = l.n;
+	*n = u;
 	return HSM_SUCCESS;
 }
 

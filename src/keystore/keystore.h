@@ -204,10 +204,8 @@ hsm_result hsm_ks_generate(hsm_keystore *ks, const hsm_ks_keyref *ref, hsm_buf *
                            hsm_buf *public_der) HSM_MUST_CHECK;
 /* Drops every cached version of a key (disable, deletion, destruction). */
 void hsm_ks_forget(hsm_keystore *ks, const char *key_id);
-/*
- * The ids of the keys with material in the cache into *ids (the caller frees
- * it), *n of them; a key with several versions cached may come more than once.
- */
+/* The ids of the keys with material in the cache, each once, into *ids (the caller frees
+ * it), *n of them. */
 hsm_result hsm_ks_cached_keys(hsm_keystore *ks, char (**ids)[HSM_UUID_STRLEN + 1],
                               size_t *n) HSM_MUST_CHECK;
 

@@ -482,7 +482,7 @@ static bool lead(hsm_server *s, bool can_work)
 }
 
 /* Keys whose records a scheduler pass reads again to drop unusable material (rotation.c). */
-#define MATERIAL_SWEEP_MAX 2000
+#define MATERIAL_SWEEP_MAX 1000
 
 static void *scheduler_main(void *arg)
 {
