@@ -276,7 +276,9 @@ static CK_RV make_key(hsm_key_spec spec, hsm_key_usage usage, const char *label,
 			(void)p11_call("TrentService.DeleteAlias", json_pack("{s:s}", "AliasName", alias), &ans);
 		json_decref(ans);
 		(void)p11_schedule_deletion(key_id);
-		return CKR_ATTRIBUTE_VALUE_INVALID; /* the label or CKA_ID: taken meanwhile */
+		/* AlreadyExistsException (CKR_TEMPLATE_INCONSISTENT): the label or CKA_ID was taken
+		 * meanwhile; any other refusal (permissions, the network) says what it is. */
+		return rv == CKR_TEMPLATE_INCONSISTENT ? CKR_ATTRIBUTE_VALUE_INVALID : rv;
 	}
 	return p11_objects_refresh();
 }
