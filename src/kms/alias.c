@@ -44,20 +44,32 @@ static hsm_result check_alias_name(const char *name, bool create)
 	return HSM_SUCCESS;
 }
 
-/* Another alias of a key that gives it a PKCS#11 CKA_ID (a page at a time). */
-typedef struct other_id {
-	const char *alias;
-	char found[HSM_ALIAS_MAX + 1];
+/* A key's aliases, a page at a time, until one other than `except` gives it a CKA_ID. */
+typedef struct id_walk {
+	const char *except;
+	hsm_buf *id;
+	char *found;
 	char last[HSM_ALIAS_MAX + 1];
-} other_id;
+} id_walk;
 
-static hsm_result other_id_cb(const hsm_alias_record *a, void *arg)
+static hsm_result id_walk_cb(const hsm_alias_record *a, void *arg)
 {
-	other_id *o = arg;
-	memcpy(o->last, a->name, sizeof(o->last));
-	if (o->found[0] == '\0' && hsm_str_has_prefix(a->name, HSM_PKCS11_ID_ALIAS) &&
-	    strcmp(a->name, o->alias) != 0)
-		memcpy(o->found, a->name, sizeof(o->found));
+	id_walk *w = arg;
+	memcpy(w->last, a->name, sizeof(w->last));
+	if (w->found[0] == '\0' && (w->except == NULL || strcmp(a->name, w->except) != 0) &&
+	    hsm_pkcs11_id_of_alias(a->name, w->id))
+		memcpy(w->found, a->name, HSM_ALIAS_MAX + 1);
+	return HSM_SUCCESS;
+}
+
+hsm_result kms_key_id_alias(hsm_kms *kms, const char *key_id, const char *except,
+                            char found[HSM_ALIAS_MAX + 1], hsm_buf *id)
+{
+	id_walk w = {.except = except, .id = id, .found = found};
+	bool more = true;
+	found[0] = '\0';
+	while (more && found[0] == '\0')
+		HSM_GUARD(hsm_store_alias_list(kms->store, key_id, w.last, 100, id_walk_cb, &w, &more));
 	return HSM_SUCCESS;
 }
 
@@ -73,18 +85,19 @@ static hsm_result check_pkcs11_id(hsm_kms *kms, const char *alias, const char *k
 		return HSM_SUCCESS;
 	hsm_buf id = {0};
 	bool ok = hsm_pkcs11_id_of_alias(alias, &id);
-	hsm_buf_free(&id);
+	if (!ok)
+		hsm_buf_free(&id);
 	HSM_ENSURE(ok, invalid,
 	           "%s names a PKCS#11 CKA_ID: after alias/pkcs11-id/ come 1 to %d bytes in "
 	           "lowercase hex, not spelling a key id",
 	           alias, HSM_PKCS11_ID_MAX);
-	other_id o = {.alias = alias};
-	bool more = true;
-	while (more && o.found[0] == '\0')
-		HSM_GUARD(hsm_store_alias_list(kms->store, key_id, o.last, 100, other_id_cb, &o, &more));
-	HSM_ENSURE(o.found[0] == '\0', HSM_ERR_VALIDATION,
+	char other[HSM_ALIAS_MAX + 1];
+	hsm_result r = kms_key_id_alias(kms, key_id, alias, other, &id);
+	hsm_buf_free(&id);
+	HSM_GUARD(r);
+	HSM_ENSURE(other[0] == '\0', HSM_ERR_VALIDATION,
 	           "key %s has a PKCS#11 CKA_ID already (%s): delete that alias, or move it, first",
-	           key_id, o.found);
+	           key_id, other);
 	return HSM_SUCCESS;
 }
 

@@ -73,33 +73,15 @@ static hsm_result check_certifies(hsm_kms *kms, const hsm_caller *caller, X509 *
 	return HSM_SUCCESS;
 }
 
-/* A key's aliases, a page at a time, until one gives it a PKCS#11 id of its own. */
-typedef struct own_id {
-	hsm_buf *id;
-	bool found;
-	char last[HSM_ALIAS_MAX + 1];
-} own_id;
-
-static hsm_result own_id_cb(const hsm_alias_record *a, void *arg)
-{
-	own_id *o = arg;
-	memcpy(o->last, a->name, sizeof(o->last));
-	if (!o->found)
-		o->found = hsm_pkcs11_id_of_alias(a->name, o->id);
-	return HSM_SUCCESS;
-}
-
 /*
  * The CKA_ID of a key's PKCS#11 objects: its own, when an alias gives it
  * one (common/encoding.h, HSM_PKCS11_ID_ALIAS), else its key id.
  */
 static hsm_result key_object_id(hsm_kms *kms, const char *key_id, hsm_buf *out)
 {
-	own_id o = {.id = out};
-	bool more = true;
-	while (more && !o.found)
-		HSM_GUARD(hsm_store_alias_list(kms->store, key_id, o.last, 100, own_id_cb, &o, &more));
-	return o.found ? HSM_SUCCESS : hsm_buf_set(out, key_id, strlen(key_id));
+	char alias[HSM_ALIAS_MAX + 1];
+	HSM_GUARD(kms_key_id_alias(kms, key_id, NULL, alias, out));
+	return alias[0] != '\0' ? HSM_SUCCESS : hsm_buf_set(out, key_id, strlen(key_id));
 }
 
 hsm_result hsm_kms_cert_import(hsm_kms *kms, const hsm_caller *caller,

@@ -56,6 +56,13 @@ void kms_key_invalidate(hsm_kms *kms, const char *key_id);
 /* Forgets every cached alias; called after each alias write, whatever its
  * outcome, and after a key's destruction (which deletes its aliases). */
 void kms_aliases_changed(hsm_kms *kms);
+/*
+ * The first alias of a key other than `except` (may be NULL) that gives it a
+ * PKCS#11 CKA_ID (common/encoding.h, HSM_PKCS11_ID_ALIAS) into found, its id
+ * into id; found is "" when there is none.
+ */
+hsm_result kms_key_id_alias(hsm_kms *kms, const char *key_id, const char *except,
+                            char found[HSM_ALIAS_MAX + 1], hsm_buf *id) HSM_MUST_CHECK;
 void kms_emit(hsm_kms *kms, const char *operation, const char *key_id, uint32_t version,
               hsm_result result);
 

@@ -59,23 +59,33 @@ static bool wait_done(done_rec *d, size_t n, uint64_t ms)
 	}
 }
 
+/* Whether some file of the log holds the event op, with each of the texts after it. */
+static bool log_has_event(const char *dir, const char *op, const char *const *texts, size_t n)
+{
+	static char paths[T_MAX_FILES][PATH_MAX];
+	size_t nf = t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES);
+	char want[128];
+	snprintf(want, sizeof(want), "\"op\":\"%s\"", op);
+	bool found = false;
+	for (size_t i = 0; i < nf && !found; i++) {
+		char *s = t_slurp(paths[i], NULL);
+		char *ev = strstr(s, want);
+		found = ev != NULL;
+		for (size_t j = 0; j < n && found; j++)
+			found = strstr(ev, texts[j]) != NULL;
+		free(s);
+	}
+	return found;
+}
+
 static void check_recovered_log(const char *dir, const char *cause)
 {
 	hsm_audit_verify_report r = t_verify_dir(dir, NULL, false);
 	assert_true(r.valid);
 	assert_int_equal(r.first_seq, 1);
 	assert_int_equal(r.records, r.last_seq); /* no sequence gap */
-	static char paths[T_MAX_FILES][PATH_MAX];
-	size_t n = t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES);
-	bool found = false;
-	for (size_t i = 0; i < n && !found; i++) {
-		char *s = t_slurp(paths[i], NULL);
-		char *ev = strstr(s, "\"op\":\"AuditOutageEnded\"");
-		found = ev != NULL && strstr(ev, cause) != NULL && strstr(ev, "\"refused\":\"") != NULL &&
-		        strstr(ev, "\"duration_ms\":\"") != NULL;
-		free(s);
-	}
-	assert_true(found);
+	const char *texts[] = {cause, "\"refused\":\"", "\"duration_ms\":\""};
+	assert_true(log_has_event(dir, "AuditOutageEnded", texts, 3));
 }
 
 /* ---- A full filesystem --------------------------------------------------- */
@@ -308,16 +318,8 @@ static void test_full_disk_refuses_before_records_fail(void **state)
 	hsm_audit_verify_report v = t_verify_dir(dir, NULL, false);
 	assert_true(v.valid);
 	assert_int_equal(v.records, v.last_seq); /* no sequence gap */
-	static char paths[T_MAX_FILES][PATH_MAX];
-	size_t nf = t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES);
-	bool ended = false;
-	for (size_t i = 0; i < nf && !ended; i++) {
-		char *text = t_slurp(paths[i], NULL);
-		char *ev = strstr(text, "\"op\":\"AuditLowSpaceEnded\"");
-		ended = ev != NULL && strstr(ev, "\"refused\":\"3\"") != NULL;
-		free(text);
-	}
-	assert_true(ended);
+	const char *refused[] = {"\"refused\":\"3\""};
+	assert_true(log_has_event(dir, "AuditLowSpaceEnded", refused, 1));
 	free(d);
 	if (sp.mounted)
 		assert_int_equal(umount(sp.mnt), 0);
