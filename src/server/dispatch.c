@@ -265,12 +265,7 @@ static void finish(pending *p, const outcome *o)
 	 */
 	if (o->err == HSM_ERR_AUDIT_UNAVAILABLE && hsm_audit_low_space(p->s->audit)) {
 		hsm_audit_note_refused(p->s->audit);
-		respond_now(p->s, p->req, p->slot, p->status, CONTENT_TYPE_JSON, &p->body);
-		hsm_buf_free(&p->body);
-		free(p);
-		return;
-	}
-	if (hsm_server_own_record(p->s, p->req, o->operation, o->auth, o->err)) {
+	} else if (hsm_server_own_record(p->s, p->req, o->operation, o->auth, o->err)) {
 		submit_audit(p, o);
 		return;
 	}
