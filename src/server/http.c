@@ -418,6 +418,7 @@ void hsm_http_server_stats(const hsm_http_server *srv, hsm_http_stats *out)
 	out->refused_full = atomic_load_explicit(&srv->refused_full, memory_order_relaxed);
 	out->refused_source = atomic_load_explicit(&srv->refused_source, memory_order_relaxed);
 	out->evicted = atomic_load_explicit(&srv->evicted, memory_order_relaxed);
+	out->buffered = atomic_load_explicit(&srv->buffered, memory_order_relaxed);
 }
 
 size_t hsm_http_server_inflight(const hsm_http_server *srv)

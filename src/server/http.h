@@ -168,6 +168,7 @@ typedef struct hsm_http_stats {
 	uint64_t refused_full;     /* closed at once: max_connections, with none to give way */
 	uint64_t refused_source;   /* closed at once: their source held max_connections_per_source */
 	uint64_t evicted;          /* closed to make room for a new one at max_connections */
+	size_t buffered;           /* input buffered now, against max_buffered_bytes */
 } hsm_http_stats;
 void hsm_http_server_stats(const hsm_http_server *srv, hsm_http_stats *out);
 /* Requests handed to the handler and not yet responded to (approximate while running). */

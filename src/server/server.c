@@ -864,9 +864,12 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "# HELP hsmd_http_connections_evicted_total Connections closed at max_connections to "
 	    "make room for a new one (stalled ones first, then the longest idle).\n"
 	    "# TYPE hsmd_http_connections_evicted_total counter\n"
-	    "hsmd_http_connections_evicted_total %llu\n",
+	    "hsmd_http_connections_evicted_total %llu\n"
+	    "# HELP hsmd_http_buffered_bytes Request input held in buffers beyond each "
+	    "connection's first 16 KiB (past 256 MiB, requests needing more get 503).\n"
+	    "# TYPE hsmd_http_buffered_bytes gauge\nhsmd_http_buffered_bytes %zu\n",
 	    hs.open, (unsigned long long)hs.refused_full, (unsigned long long)hs.refused_source,
-	    (unsigned long long)hs.evicted));
+	    (unsigned long long)hs.evicted, hs.buffered));
 	int64_t missing = atomic_load(&s->backup_copies_missing);
 	HSM_GUARD(hsm_buf_printf(
 	    out,

@@ -349,7 +349,17 @@ static void test_write_timeout(void **state)
 	tc_conn *c = tc_connect(hsm_http_server_port(srv), false, 5000);
 	assert_non_null(c);
 	assert_true(tc_sendf(c, "GET /big HTTP/1.1\r\nHost: t\r\n\r\n"));
-	usleep(1500 * 1000); /* read nothing: the server's writes stall */
+	/*
+	 * Read nothing: the server's writes stall, and it closes the connection
+	 * 300 ms later.  Waited for, not slept through: on a loaded machine the
+	 * handler may take a while to produce the response at all.
+	 */
+	hsm_http_stats st = {.open = 1};
+	for (int i = 0; i < 1000 && st.open != 0; i++) {
+		usleep(20 * 1000);
+		hsm_http_server_stats(srv, &st);
+	}
+	assert_int_equal(st.open, 0);
 	size_t got = 0;
 	char buf[65536];
 	for (;;) {
@@ -393,7 +403,13 @@ static void test_buffered_budget(void **state)
 	assert_non_null(a);
 	assert_true(tc_sendf(a, "POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: %zu\r\n\r\n", na));
 	assert_true(tc_send(a, body, na - 1000));
-	usleep(200 * 1000);
+	/* Once the server has read past 128 KB of it, A's buffer has grown to the whole request. */
+	hsm_http_stats st = {0};
+	for (int i = 0; i < 1000 && st.buffered < na; i++) {
+		usleep(10 * 1000);
+		hsm_http_server_stats(srv, &st);
+	}
+	assert_true(st.buffered >= na);
 	/* ...so B's 100 KB does not fit beside it: 503, and B's connection closes. */
 	tc_conn *b = tc_connect(port, false, 5000);
 	assert_non_null(b);
