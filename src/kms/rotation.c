@@ -309,6 +309,30 @@ hsm_result hsm_kms_run_due(hsm_kms *kms, size_t *done)
 	return r;
 }
 
+typedef struct usable_list {
+	const char **ids; /* the keys found usable; they point into the sweep's own list */
+	size_t n;
+	const char *const *asked;
+	size_t n_asked;
+} usable_list;
+
+static int cmp_id(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static hsm_result note_usable(const hsm_key_record *rec, void *arg)
+{
+	usable_list *u = arg;
+	if (rec->state != HSM_KEY_ENABLED || (rec->flags & HSM_KEYFLAG_NO_MATERIAL) != 0)
+		return HSM_SUCCESS;
+	const char *const *asked = bsearch(&(const char *){rec->key_id}, u->asked, u->n_asked,
+	                                   sizeof(*u->asked), cmp_id);
+	if (asked != NULL && u->n < u->n_asked)
+		u->ids[u->n++] = *asked;
+	return HSM_SUCCESS;
+}
+
 hsm_result hsm_kms_sweep_material(hsm_kms *kms, size_t max, size_t *forgotten)
 {
 	*forgotten = 0;
@@ -317,27 +341,36 @@ hsm_result hsm_kms_sweep_material(hsm_kms *kms, size_t max, size_t *forgotten)
 	char(*ids)[HSM_UUID_STRLEN + 1] = NULL;
 	size_t n = 0;
 	HSM_GUARD(hsm_ks_cached_keys(kms->ks, &ids, &n));
-	hsm_result res = HSM_SUCCESS;
 	/* A part at a time when there are many: the next pass goes on where this one ended. */
+	if (max > HSM_STORE_KEYS_GET_MAX)
+		max = HSM_STORE_KEYS_GET_MAX;
 	size_t from = n > 0 ? atomic_load(&kms->sweep_from) % n : 0, count = n < max ? n : max;
-	for (size_t i = 0; i < count && hsm_ok(res); i++) {
-		const char *key_id = ids[(from + i) % n];
-		hsm_key_record rec;
-		memset(&rec, 0, sizeof(rec));
-		hsm_result r = hsm_store_key_get(kms->store, key_id, &rec);
-		bool unusable = r.err == HSM_ERR_NOT_FOUND ||
-		                (hsm_ok(r) && (rec.state != HSM_KEY_ENABLED ||
-		                               (rec.flags & HSM_KEYFLAG_NO_MATERIAL) != 0));
-		if (unusable) {
-			hsm_ks_forget(kms->ks, key_id);
-			kms_key_invalidate(kms, key_id);
+	const char **asked = count > 0 ? calloc(count, sizeof(*asked)) : NULL;
+	const char **usable = count > 0 ? calloc(count, sizeof(*usable)) : NULL;
+	hsm_result res = HSM_SUCCESS;
+	if (count > 0 && (asked == NULL || usable == NULL))
+		res = HSM_FAIL(HSM_ERR_NOMEM, "out of memory for the material sweep");
+	if (hsm_ok(res) && count > 0) {
+		for (size_t i = 0; i < count; i++)
+			asked[i] = ids[(from + i) % n];
+		qsort(asked, count, sizeof(*asked), cmp_id);
+		usable_list u = {.ids = usable, .asked = asked, .n_asked = count};
+		/* One read for them all; a store that does not answer leaves them for the next pass. */
+		res = hsm_store_keys_get(kms->store, count, asked, note_usable, &u);
+		if (hsm_ok(res))
+			qsort(usable, u.n, sizeof(*usable), cmp_id);
+		for (size_t i = 0; i < count && hsm_ok(res); i++) {
+			if (bsearch(&asked[i], usable, u.n, sizeof(*usable), cmp_id) != NULL)
+				continue;
+			hsm_ks_forget(kms->ks, asked[i]);
+			kms_key_invalidate(kms, asked[i]);
 			(*forgotten)++;
-		} else if (hsm_failed(r)) {
-			res = r; /* the store does not answer: the next pass tries again */
 		}
-		hsm_key_record_clear(&rec);
 	}
-	atomic_store(&kms->sweep_from, n > 0 ? (from + count) % n : 0);
+	if (hsm_ok(res))
+		atomic_store(&kms->sweep_from, n > 0 ? (from + count) % n : 0);
+	free(asked);
+	free(usable);
 	free(ids);
 	return res;
 }

@@ -443,6 +443,21 @@ hsm_result hsm_store_key_get(hsm_store *s, const char *key_id, hsm_key_record *o
 	return s->ops->key_get(s, key_id, out);
 }
 
+hsm_result hsm_store_keys_get(hsm_store *s, size_t n, const char *const key_ids[], hsm_key_cb cb,
+                              void *arg)
+{
+	HSM_ASSERT(s != NULL && cb != NULL && (n == 0 || key_ids != NULL));
+	HSM_ENSURE(n <= HSM_STORE_KEYS_GET_MAX, HSM_ERR_VALIDATION,
+	           "at most %d keys can be read at once", HSM_STORE_KEYS_GET_MAX);
+	for (size_t i = 0; i < n; i++) {
+		hsm_result r = st_check_lookup(key_ids[i], KEY_ID_CAP, "key");
+		if (r.err == HSM_ERR_NOT_FOUND) /* too long to be an id: no such key */
+			continue;
+		HSM_GUARD(r);
+	}
+	return n == 0 ? HSM_SUCCESS : s->ops->keys_get(s, n, key_ids, cb, arg);
+}
+
 hsm_result hsm_store_key_update(hsm_store *s, const char *key_id, hsm_key_update_fn fn, void *arg,
                                 const hsm_version_record *add_version, hsm_key_record *after)
 {

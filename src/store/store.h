@@ -396,6 +396,14 @@ hsm_result hsm_store_key_promote(hsm_store *s, const char *key_id, uint32_t vers
  * Destroyed keys are skipped unless include_destroyed.
  */
 typedef hsm_result (*hsm_key_cb)(const hsm_key_record *key, void *arg);
+/*
+ * The records of those of the n distinct keys (at most HSM_STORE_KEYS_GET_MAX)
+ * that exist, Destroyed ones included, read at once and passed to cb in no
+ * particular order: a key that is not passed does not exist.
+ */
+#define HSM_STORE_KEYS_GET_MAX 1000
+hsm_result hsm_store_keys_get(hsm_store *s, size_t n, const char *const key_ids[], hsm_key_cb cb,
+                              void *arg) HSM_MUST_CHECK;
 hsm_result hsm_store_key_list(hsm_store *s, const char *after, size_t limit,
                               bool include_destroyed, hsm_key_cb cb, void *arg,
                               bool *truncated) HSM_MUST_CHECK;

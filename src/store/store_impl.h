@@ -64,6 +64,9 @@ struct hsm_store_ops {
 	                         const hsm_version_record *first, size_t n_tags,
 	                         const hsm_tag tags[]);
 	hsm_result (*key_get)(hsm_store *s, const char *key_id, hsm_key_record *out);
+	/* Every id is a valid lookup (st_check_lookup); 0 < n <= HSM_STORE_KEYS_GET_MAX. */
+	hsm_result (*keys_get)(hsm_store *s, size_t n, const char *const key_ids[], hsm_key_cb cb,
+	                       void *arg);
 	hsm_result (*key_update)(hsm_store *s, const char *key_id, hsm_key_update_fn fn, void *arg,
 	                         const hsm_version_record *add_version, hsm_key_record *after);
 	/* due_only: hsm_store_key_destroy_due */

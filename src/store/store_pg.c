@@ -417,6 +417,7 @@ static const hsm_store_ops pg_ops = {
 	.rekey = pg_rekey,
 	.key_create = pg_key_create,
 	.key_get = pg_key_get,
+	.keys_get = pg_keys_get,
 	.key_update = pg_key_update,
 	.key_destroy = pg_key_destroy,
 	.key_set_material = pg_key_set_material,

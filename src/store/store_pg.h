@@ -286,6 +286,8 @@ hsm_result pg_rekey(hsm_store *s, const hsm_store_rekey_req *req, hsm_store_reke
 hsm_result pg_key_create(hsm_store *s, const hsm_key_record *key, const hsm_version_record *first,
                          size_t n_tags, const hsm_tag tags[]);
 hsm_result pg_key_get(hsm_store *s, const char *key_id, hsm_key_record *out);
+hsm_result pg_keys_get(hsm_store *s, size_t n, const char *const key_ids[], hsm_key_cb cb,
+                       void *arg);
 hsm_result pg_key_update(hsm_store *s, const char *key_id, hsm_key_update_fn fn, void *arg,
                          const hsm_version_record *add_version, hsm_key_record *after);
 hsm_result pg_key_destroy(hsm_store *s, const char *key_id, int64_t now, bool due_only);

@@ -618,6 +618,9 @@ static hsm_result read_due(pg_conn *c, const char *sql, page_op *op)
 static hsm_result keys_due_body(pg_conn *c, void *arg)
 {
 	page_op *op = arg;
+	/* A retry on a new connection starts afresh: no key listed twice. */
+	st_vec_free(&op->v, clear_key);
+	st_vec_init(&op->v, sizeof(hsm_key_record));
 	HSM_GUARD(read_due(c, SQL_DUE_DELETIONS, op));
 	if (op->v.n < op->limit)
 		HSM_GUARD(read_due(c, SQL_DUE_EXPIRIES, op));
@@ -634,6 +637,56 @@ hsm_result pg_keys_due(hsm_store *base, int64_t now, size_t limit, hsm_key_cb cb
 	if (hsm_ok(res))
 		res = emit_keys(&op.v, cb, arg);
 	st_vec_free(&op.v, clear_key);
+	return res;
+}
+
+/* One text[] parameter: the ids as an array literal, each quoted. */
+static const char SQL_KEYS_GET[] = "SELECT " PG_KEY_COLS " FROM keys WHERE id = ANY($1::text[])";
+
+static hsm_result keys_get_body(pg_conn *c, void *arg)
+{
+	page_op *op = arg;
+	pg_params p;
+	PGresult *r = NULL;
+	st_vec_free(&op->v, clear_key); /* a retry starts afresh */
+	st_vec_init(&op->v, sizeof(hsm_key_record));
+	pg_params_init(&p);
+	pg_p_text(&p, op->after);
+	HSM_GUARD(pg_run(c, SQL_KEYS_GET, &p, &r));
+	hsm_result res = pg_collect(r, op->limit, pg_read_key, clear_key, &op->v, NULL);
+	PQclear(r);
+	return res;
+}
+
+hsm_result pg_keys_get(hsm_store *base, size_t n, const char *const key_ids[], hsm_key_cb cb,
+                       void *arg)
+{
+	hsm_buf literal;
+	hsm_buf_init(&literal);
+	hsm_result res = hsm_buf_put_str(&literal, "{");
+	for (size_t i = 0; i < n && hsm_ok(res); i++) {
+		res = hsm_buf_put(&literal, i == 0 ? "\"" : ",\"", i == 0 ? 1 : 2);
+		for (const char *ch = key_ids[i]; *ch != '\0' && hsm_ok(res); ch++) {
+			if (*ch == '"' || *ch == '\\')
+				res = hsm_buf_put(&literal, "\\", 1);
+			if (hsm_ok(res))
+				res = hsm_buf_put(&literal, ch, 1);
+		}
+		if (hsm_ok(res))
+			res = hsm_buf_put(&literal, "\"", 1);
+	}
+	if (hsm_ok(res))
+		res = hsm_buf_put_str(&literal, "}");
+	if (hsm_ok(res))
+		res = hsm_buf_terminate(&literal);
+	page_op op = {.after = (const char *)literal.data, .limit = n};
+	st_vec_init(&op.v, sizeof(hsm_key_record));
+	if (hsm_ok(res))
+		res = pg_read(pg_of(base), keys_get_body, &op);
+	if (hsm_ok(res))
+		res = emit_keys(&op.v, cb, arg);
+	st_vec_free(&op.v, clear_key);
+	hsm_buf_free(&literal);
 	return res;
 }
 

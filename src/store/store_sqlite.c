@@ -390,6 +390,7 @@ static const hsm_store_ops sqlite_ops = {
 	.rekey = sq_rekey,
 	.key_create = sq_key_create,
 	.key_get = sq_key_get,
+	.keys_get = sq_keys_get,
 	.key_update = sq_key_update,
 	.key_destroy = sq_key_destroy,
 	.key_set_material = sq_key_set_material,

@@ -236,6 +236,36 @@ hsm_result sq_key_get(hsm_store *base, const char *key_id, hsm_key_record *out)
 	return res;
 }
 
+/* One read transaction, one indexed lookup a key: the file is local, a query costs little. */
+hsm_result sq_keys_get(hsm_store *base, size_t n, const char *const key_ids[], hsm_key_cb cb,
+                       void *arg)
+{
+	sq_store *s = sq_of(base);
+	sq_conn *c;
+	st_vec v;
+	st_vec_init(&v, sizeof(hsm_key_record));
+	HSM_GUARD(sq_read_begin(s, &c));
+	hsm_result res = HSM_SUCCESS;
+	for (size_t i = 0; i < n && hsm_ok(res); i++) {
+		hsm_key_record *rec;
+		res = st_vec_push(&v, (void **)&rec);
+		if (hsm_failed(res))
+			break;
+		res = load_key(c, key_ids[i], rec);
+		if (hsm_failed(res)) {
+			hsm_key_record_clear(rec);
+			st_vec_pop(&v);
+			if (res.err == HSM_ERR_NOT_FOUND)
+				res = HSM_SUCCESS;
+		}
+	}
+	sq_read_end(s, c);
+	if (hsm_ok(res))
+		res = emit_keys(&v, cb, arg);
+	st_vec_free(&v, clear_key);
+	return res;
+}
+
 static hsm_result key_update_in(sq_conn *w, const char *key_id, hsm_key_update_fn fn, void *arg,
                                 const hsm_version_record *add_version, hsm_key_record *rec)
 {

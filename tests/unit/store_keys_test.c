@@ -714,6 +714,85 @@ static void test_keys_due(void **state)
 	EXPECT_ERR(hsm_store_keys_due(f->s, 1000, 0, on_due, &d), HSM_ERR_VALIDATION);
 }
 
+typedef struct got_keys {
+	page p;
+	hsm_key_state state[16];
+} got_keys;
+
+static hsm_result on_got(const hsm_key_record *k, void *arg)
+{
+	got_keys *g = arg;
+	assert_true(g->p.n < 16);
+	g->state[g->p.n] = k->state;
+	return collect_key(k, &g->p);
+}
+
+/* The state a key was seen in by one batch read, or -1: not passed. */
+static int seen(const got_keys *g, const char *id)
+{
+	int found = -1;
+	for (size_t i = 0; i < g->p.n; i++) {
+		if (strcmp(g->p.ids[i], id) == 0) {
+			assert_int_equal(found, -1); /* each key once */
+			found = (int)g->state[i];
+		}
+	}
+	return found;
+}
+
+/*
+ * One read for many keys (the material sweep's): those that exist, in any
+ * state, each once; missing ones are simply not passed; ids with the
+ * characters of an array literal ({ } , " \ and a space) are ids like any other.
+ */
+static void test_keys_get(void **state)
+{
+	st_fixture *f = *state;
+	const char *odd[] = {"a\"b", "c\\d,e", "{x}", "sp ace", "NULL"};
+	for (size_t i = 0; i < sizeof(odd) / sizeof(odd[0]); i++)
+		add_due_key(f->s, odd[i], HSM_KEY_ENABLED, 0, false, 0);
+	add_due_key(f->s, "off", HSM_KEY_DISABLED, 0, false, 0);
+	add_due_key(f->s, "gone", HSM_KEY_PENDING_DELETION, 100, false, 0);
+	EXPECT_OK(hsm_store_key_destroy(f->s, "gone", 200));
+	add_due_key(f->s, "not-asked", HSM_KEY_ENABLED, 0, false, 0);
+
+	const char *ask[] = {"a\"b", "c\\d,e", "{x}", "sp ace", "NULL", "off", "gone",
+	                     "missing", "a", "c\\d", "x"};
+	got_keys g = {0};
+	EXPECT_OK(hsm_store_keys_get(f->s, sizeof(ask) / sizeof(ask[0]), ask, on_got, &g));
+	assert_int_equal(g.p.n, 7);
+	for (size_t i = 0; i < sizeof(odd) / sizeof(odd[0]); i++)
+		assert_int_equal(seen(&g, odd[i]), HSM_KEY_ENABLED);
+	assert_int_equal(seen(&g, "off"), HSM_KEY_DISABLED);
+	assert_int_equal(seen(&g, "gone"), HSM_KEY_DESTROYED);
+	assert_int_equal(seen(&g, "not-asked"), -1);
+	assert_int_equal(seen(&g, "missing"), -1);
+
+	/* None at all, an id too long to be one (not found), and more than a batch holds. */
+	memset(&g, 0, sizeof(g));
+	EXPECT_OK(hsm_store_keys_get(f->s, 0, NULL, on_got, &g));
+	assert_int_equal(g.p.n, 0);
+	const char *long_id = "0123456789012345678901234567890123456789-not-an-id";
+	const char *with_long[] = {long_id, "off"};
+	EXPECT_OK(hsm_store_keys_get(f->s, 2, with_long, on_got, &g));
+	assert_int_equal(g.p.n, 1);
+	assert_int_equal(seen(&g, "off"), HSM_KEY_DISABLED);
+	const char *empty[] = {"off", ""};
+	EXPECT_ERR(hsm_store_keys_get(f->s, 2, empty, on_got, &g), HSM_ERR_VALIDATION);
+	static const char *many[HSM_STORE_KEYS_GET_MAX + 1];
+	for (size_t i = 0; i <= HSM_STORE_KEYS_GET_MAX; i++)
+		many[i] = "off";
+	EXPECT_ERR(hsm_store_keys_get(f->s, HSM_STORE_KEYS_GET_MAX + 1, many, on_got, &g),
+	           HSM_ERR_VALIDATION);
+
+	/* A callback's failure ends the read and is returned. */
+	memset(&g, 0, sizeof(g));
+	g.p.fail_at = 2;
+	EXPECT_ERR(hsm_store_keys_get(f->s, sizeof(ask) / sizeof(ask[0]), ask, on_got, &g),
+	           HSM_ERR_THROTTLING);
+	assert_int_equal(g.p.n, 1);
+}
+
 /*
  * The scheduler's destruction decides in its own transaction: a key whose
  * deletion was cancelled after the scheduler looked, one not due yet and one
@@ -807,6 +886,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_jwt_key_list, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_jwt_index_added_to_an_older_store, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_keys_due, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_keys_get, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_destroy_due_decides_under_the_lock, st_setup,
 		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_versions, st_setup, st_teardown),
