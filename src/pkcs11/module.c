@@ -181,7 +181,10 @@ CK_RV C_Initialize(CK_VOID_PTR init_args)
 	if (p11.conn.timeout_s < 0) {
 		memset(&p11, 0, sizeof(p11));
 		pthread_mutex_unlock(&p11_lock);
-		return CKR_ARGUMENTS_BAD; /* a setting that is not a number of seconds */
+		/* Not the caller's arguments: the environment.  Said on stderr, as the code cannot. */
+		fprintf(stderr, "libhsm_pkcs11: HSM_PKCS11_TIMEOUT must be a number of seconds from 1 "
+		                "to 3600\n");
+		return CKR_GENERAL_ERROR;
 	}
 	p11.next_handle = 1;
 	p11.gen = p11_serial(); /* clients out before a C_Finalize are not kept */
@@ -320,11 +323,23 @@ CK_RV C_GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECHANISM_I
 
 /* ---- sessions ------------------------------------------------------------------------------ */
 
+/*
+ * A session handle is its slot (1 to P11_MAX_SESSIONS, the low 9 bits) and
+ * 22 bits of the serial it was opened with: a handle closed is not valid again
+ * when its slot is reused, so a stale handle (a double close, a late cleanup
+ * in one of the libraries sharing the module) reaches no other session.
+ * Handles stay below 2^31 for applications that keep them in an int.
+ */
+#define SLOT_BITS 9
+_Static_assert(P11_MAX_SESSIONS < (1 << SLOT_BITS), "a session's slot fits its bits");
+
 p11_session *p11_session_get(CK_SESSION_HANDLE h)
 {
-	if (h == CK_INVALID_HANDLE || h > P11_MAX_SESSIONS || !p11.sessions[h - 1].open)
+	CK_SESSION_HANDLE slot = h & ((1u << SLOT_BITS) - 1);
+	if (slot == 0 || slot > P11_MAX_SESSIONS)
 		return NULL;
-	return &p11.sessions[h - 1];
+	p11_session *s = &p11.sessions[slot - 1];
+	return s->open && s->handle == h ? s : NULL;
 }
 
 CK_RV p11_user_session(CK_SESSION_HANDLE h)
@@ -351,8 +366,10 @@ CK_RV C_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app, CK_NOTIFY 
 			memset(&p11.sessions[i], 0, sizeof(p11.sessions[i]));
 			p11.sessions[i].open = true;
 			p11.sessions[i].serial = p11_serial();
+			p11.sessions[i].handle =
+			    (CK_SESSION_HANDLE)((p11.sessions[i].serial & 0x3fffff) << SLOT_BITS) | (i + 1);
 			p11.sessions[i].flags = flags;
-			*session = (CK_SESSION_HANDLE)(i + 1);
+			*session = p11.sessions[i].handle;
 			LEAVE(CKR_OK);
 		}
 	}
@@ -367,6 +384,9 @@ static void end_login(void)
 		p11_op_reset(&p11.sessions[i].verify);
 		p11_op_reset(&p11.sessions[i].encrypt);
 		p11_op_reset(&p11.sessions[i].decrypt);
+		/* A search under way ends too: it could hand out handles the logout took away. */
+		free(p11.sessions[i].find.handles);
+		memset(&p11.sessions[i].find, 0, sizeof(p11.sessions[i].find));
 	}
 	wipe_credentials();
 	p11_pool_drain();
@@ -402,8 +422,10 @@ CK_RV C_CloseAllSessions(CK_SLOT_ID slot)
 	if (slot != P11_SLOT)
 		LEAVE(CKR_SLOT_ID_INVALID);
 	for (size_t i = 0; i < P11_MAX_SESSIONS; i++) {
+		CK_SESSION_HANDLE h = p11.sessions[i].handle;
 		close_session(&p11.sessions[i]);
-		p11_objects_drop_session(i + 1);
+		if (h != CK_INVALID_HANDLE)
+			p11_objects_drop_session(h);
 	}
 	end_login(); /* as C_CloseSession of the last session */
 	LEAVE(CKR_OK);

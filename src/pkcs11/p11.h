@@ -139,6 +139,7 @@ typedef struct p11_find {
 typedef struct p11_session {
 	bool open;
 	uint64_t serial; /* given at C_OpenSession (p11_serial): a handle reused is another session */
+	CK_SESSION_HANDLE handle; /* its slot in the low bits, part of its serial above them */
 	CK_FLAGS flags;
 	p11_find find;
 	p11_op sign, verify, encrypt, decrypt, digest;

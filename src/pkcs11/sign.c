@@ -188,17 +188,23 @@ static CK_RV op_init(CK_SESSION_HANDLE hs, bool sign, CK_MECHANISM_PTR mech, CK_
 	/* An RSA key for decryption does not sign, a key agreement key's public key does not verify. */
 	if (o->usage == HSM_USAGE_ENCRYPT_DECRYPT || o->usage == HSM_USAGE_KEY_AGREEMENT)
 		return CKR_KEY_FUNCTION_NOT_PERMITTED;
-	CK_OBJECT_CLASS want = m->family == P11_HMAC ? CKO_SECRET_KEY
-	                       : sign               ? CKO_PRIVATE_KEY
-	                                            : CKO_PUBLIC_KEY;
+	/*
+	 * First what the key's attributes allow (CKA_SIGN: private and MAC keys;
+	 * CKA_VERIFY: public and MAC keys), then whether it is a key of the
+	 * mechanism's type, as SoftHSMv2 does: an HMAC key given to CKM_ECDSA is
+	 * inconsistent, a public key given to C_SignInit not permitted.
+	 */
+	if (o->cls != CKO_SECRET_KEY && o->cls != (sign ? CKO_PRIVATE_KEY : CKO_PUBLIC_KEY))
+		return CKR_KEY_FUNCTION_NOT_PERMITTED;
 	CK_KEY_TYPE kt = m->family == P11_HMAC    ? CKK_GENERIC_SECRET
 	                 : m->family == P11_ECDSA ? CKK_EC
 	                 : m->family == P11_EDDSA ? CKK_EC_EDWARDS
 	                                          : CKK_RSA;
-	if (o->cls != want)
-		return CKR_KEY_FUNCTION_NOT_PERMITTED;
 	if (o->key_type != kt)
 		return CKR_KEY_TYPE_INCONSISTENT;
+	/* Only PSS and EdDSA take parameters (an empty pointer-and-length pair is no parameter). */
+	if (m->family != P11_RSA_PSS && m->family != P11_EDDSA && mech->ulParameterLen != 0)
+		return CKR_MECHANISM_PARAM_INVALID;
 	/* Ed25519 as hsmd signs it (RFC 8032 PureEdDSA): no prehash, no context. */
 	if (m->family == P11_EDDSA && mech->pParameter != NULL) {
 		const eddsa_params *p = mech->pParameter;

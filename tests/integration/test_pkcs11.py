@@ -313,6 +313,58 @@ def test_closing_the_last_session_ends_the_login(p11, user, keys):
             assert len(find(t, CKO_PRIVATE_KEY, keys["rsa"])) == 1
 
 
+def test_stale_handles_searches_and_init_codes(p11, user, keys):
+    """A closed session's handle stays invalid when its slot is reused (a double close reaches
+    no other session); a search under way ends at logout; C_SignInit/C_VerifyInit say
+    KEY_FUNCTION_NOT_PERMITTED for what a key's attributes do not allow and
+    KEY_TYPE_INCONSISTENT for a key of another type, and refuse parameters given to a
+    mechanism that takes none."""
+    a = p11.openSession(0, PyKCS11.CKF_SERIAL_SESSION | PyKCS11.CKF_RW_SESSION)
+    try:
+        a.login(user.pin)
+        b = p11.openSession(0, PyKCS11.CKF_SERIAL_SESSION)
+        old = b.session
+        b.closeSession()
+        c = p11.openSession(0, PyKCS11.CKF_SERIAL_SESSION)
+        assert c.session.value() != old.value()
+        assert p11.lib.C_CloseSession(old) == PyKCS11.CKR_SESSION_HANDLE_INVALID
+        assert c.getSessionInfo().state == PyKCS11.CKS_RO_USER_FUNCTIONS  # c is untouched
+        c.closeSession()
+
+        # A search begun while logged in ends at logout: no handle the logout took away.
+        tpl = PyKCS11.LowLevel.ckattrlist(0)
+        assert a.lib.C_FindObjectsInit(a.session, tpl) == CKR_OK
+        a.logout()
+        found = PyKCS11.LowLevel.ckobjlist(8)
+        assert a.lib.C_FindObjects(a.session, found) == PyKCS11.CKR_OPERATION_NOT_INITIALIZED
+        a.login(user.pin)
+
+        (ec_priv,) = find(a, CKO_PRIVATE_KEY, keys["ec"])
+        (ec_pub,) = find(a, CKO_PUBLIC_KEY, keys["ec"])
+        (mac,) = find(a, CKO_SECRET_KEY, keys["mac"])
+
+        def init(fn, mech, key):  # (one that began an operation fails the next: ACTIVE)
+            return fn(a.session, mech.to_native(), key)
+
+        ecdsa, hmac = Mechanism(PyKCS11.CKM_ECDSA), Mechanism(PyKCS11.CKM_SHA256_HMAC)
+        assert init(a.lib.C_SignInit, ecdsa, mac) == PyKCS11.CKR_KEY_TYPE_INCONSISTENT
+        assert init(a.lib.C_SignInit, hmac, ec_priv) == PyKCS11.CKR_KEY_TYPE_INCONSISTENT
+        assert init(a.lib.C_VerifyInit, hmac, ec_pub) == PyKCS11.CKR_KEY_TYPE_INCONSISTENT
+        assert init(a.lib.C_SignInit, ecdsa, ec_pub) == PyKCS11.CKR_KEY_FUNCTION_NOT_PERMITTED
+        assert init(a.lib.C_VerifyInit, ecdsa, ec_priv) == \
+            PyKCS11.CKR_KEY_FUNCTION_NOT_PERMITTED
+        junk = Mechanism(PyKCS11.CKM_ECDSA, b"junk")
+        assert init(a.lib.C_SignInit, junk, ec_priv) == PyKCS11.CKR_MECHANISM_PARAM_INVALID
+        assert init(a.lib.C_SignInit, Mechanism(PyKCS11.CKM_SHA256_HMAC, b"junk"), mac) == \
+            PyKCS11.CKR_MECHANISM_PARAM_INVALID
+        # None of them left an operation behind: the right pair signs.
+        assert len(sign(a, ec_priv, Mechanism(PyKCS11.CKM_ECDSA_SHA256), MSG)) == 64
+    finally:
+        with contextlib.suppress(PyKCS11.PyKCS11Error):
+            a.logout()
+        a.closeSession()
+
+
 def test_logout_keeps_the_handles_of_public_objects(p11, user, officer, keys):
     """PKCS#11 v2.40 5.6: at logout only private objects' handles become invalid.  Public keys
     and certificates (token objects, and session certificates with CKA_PRIVATE false) keep
@@ -2401,7 +2453,8 @@ def test_a_call_that_timed_out_is_not_sent_again(tmp_path, server, officer):
                           "    print(PyKCS11.CKR.get(e.value, e.value))\n", MODULE],
                          env=dict(env, HSM_PKCS11_TIMEOUT="soon"), capture_output=True,
                          text=True, timeout=60)
-    assert bad.stdout.strip() == "CKR_ARGUMENTS_BAD", (bad.stdout, bad.stderr)
+    assert bad.stdout.strip() == "CKR_GENERAL_ERROR", (bad.stdout, bad.stderr)
+    assert "HSM_PKCS11_TIMEOUT must be a number of seconds" in bad.stderr
 
 
 def test_sessions_closed_and_logouts_while_calls_wait_on_hsmd(tmp_path, server, user, keys):
