@@ -23,6 +23,7 @@
 #include "hsmctl/hsmctl.h"
 #include "kms/kms.h"
 #include "hsmctl/local.h"
+#include "keystore/keystore.h"
 
 typedef struct init_opts {
 	const char *data_dir;
@@ -82,6 +83,9 @@ static int parse_init(int argc, char **argv, init_opts *o)
 		return hsmctl_usage("init", "--data-dir and --share-dir are required");
 	if (o->custodian_users && o->custodian_list == NULL)
 		return hsmctl_usage("init", "--custodian-users needs --custodians");
+	/* Checked before anything is made: a refused init leaves no store behind. */
+	if (hsm_failed(hsm_keystore_check_quorum(o->threshold, o->shares, o->dev)))
+		return hsmctl_usage("init", "%s", hsm_last_message());
 	if (o->custodian_list != NULL)
 		return parse_custodians(o);
 	return 0;

@@ -149,7 +149,7 @@ void hsm_keystore_set_error(hsm_keystore *ks, const char *why)
 	ks_keys_wipe(&ks->keys);
 	pthread_rwlock_unlock(&ks->keys_lock);
 	if (ks->cache != NULL)
-		hsm_shmap_clear(ks->cache);
+		ks_cache_drop_all(ks);
 	pthread_mutex_unlock(&ks->lock);
 	hsm_error("node entered the error state: %s", why);
 }
@@ -230,11 +230,15 @@ static hsm_result material_get(hsm_keystore *ks, const hsm_ks_keyref *ref, hsm_m
 		*out = hit;
 		return HSM_SUCCESS;
 	}
+	/* Read before the store: a forget or seal after it takes back what this call caches. */
+	uint_fast64_t epoch = atomic_load_explicit(&ks->cache_epoch, memory_order_acquire);
 	HSM_TRY(hsm_store_version_get(ks->store, ref->key_id, ref->version, &v));
 	HSM_CHECK(v.wrapped.len > 0, HSM_ERR_KEY_UNAVAILABLE,
 	          "the key material of %s was destroyed", ref->key_id);
 	HSM_TRY(unwrap_version(ks, ref, &v, &m));
 	HSM_TRY(hsm_shmap_put(ks->cache, key, m));
+	if (atomic_load_explicit(&ks->cache_epoch, memory_order_acquire) != epoch)
+		hsm_shmap_remove(ks->cache, key); /* this call still uses it; the cache does not keep it */
 	*out = m;
 	m = NULL;
 out:
@@ -288,7 +292,14 @@ void hsm_ks_forget(hsm_keystore *ks, const char *key_id)
 {
 	char prefix[HSM_UUID_STRLEN + 2];
 	snprintf(prefix, sizeof(prefix), "%.36s/", key_id);
+	atomic_fetch_add_explicit(&ks->cache_epoch, 1, memory_order_acq_rel);
 	hsm_shmap_remove_prefix(ks->cache, prefix);
+}
+
+void ks_cache_drop_all(hsm_keystore *ks)
+{
+	atomic_fetch_add_explicit(&ks->cache_epoch, 1, memory_order_acq_rel);
+	hsm_shmap_clear(ks->cache);
 }
 
 typedef struct key_list {

@@ -94,6 +94,9 @@ const char *hsm_keystore_store_id(hsm_keystore *ks);
 /* The store's identity and quorum (zeroed fields before init). */
 void hsm_keystore_identity(hsm_keystore *ks, hsm_ks_identity *out);
 
+/* VALIDATION unless 2 <= threshold <= count <= HSM_MAX_SHARES (dev: 1-of-1 too). */
+hsm_result hsm_keystore_check_quorum(unsigned threshold, unsigned count, bool dev) HSM_MUST_CHECK;
+
 /*
  * Initializes an empty store: makes a random 256-bit DMK, records its key
  * check value, the quorum parameters and a new share-set id, creates the

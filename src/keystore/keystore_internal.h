@@ -47,6 +47,11 @@ typedef struct ks_keys {
 struct hsm_keystore {
 	hsm_store *store; /* NULL for a detached keystore (hsm_keystore_new_detached) */
 	hsm_shmap *cache; /* "<key id>/<version>/<spec>/<usage>" -> hsm_material */
+	/*
+	 * Bumped before material leaves the cache (forget, seal, error, rekey):
+	 * an unwrap that began before it must not put its material back after.
+	 */
+	atomic_uint_fast64_t cache_epoch;
 	atomic_int state; /* hsm_node_state; read lock-free on the hot path */
 	pthread_mutex_t lock;     /* serializes init/unseal/seal */
 	pthread_rwlock_t keys_lock; /* guards `keys` against a concurrent seal */
@@ -66,6 +71,8 @@ struct hsm_keystore {
 
 /* Fails with the precise "sealed / error / uninitialized" error unless serving. */
 hsm_result ks_require_unsealed(hsm_keystore *ks) HSM_MUST_CHECK;
+/* Empties the material cache (the epoch first: see cache_epoch). */
+void ks_cache_drop_all(hsm_keystore *ks);
 
 /*
  * Wrapped secret format: u8 KS_WRAP_VERSION || 12-byte IV || ciphertext ||
@@ -94,8 +101,6 @@ hsm_result ks_derive_all(const hsm_secret *dmk, const char *store_id, ks_keys *k
 /* The key check value of dmk for the store. */
 hsm_result ks_compute_kcv(const hsm_secret *dmk, const char *store_id,
                           uint8_t kcv[KS_KCV_LEN]) HSM_MUST_CHECK;
-/* VALIDATION unless 2 <= threshold <= count <= HSM_MAX_SHARES (dev: 1-of-1 too). */
-hsm_result ks_check_quorum(unsigned threshold, unsigned count, bool dev) HSM_MUST_CHECK;
 /*
  * Splits dmk into count encoded share files (secure buffers; all freed on
  * failure) and appends the hex of their commitments, by index, to commits.

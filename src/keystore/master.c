@@ -323,7 +323,7 @@ out:
 
 /* ---- init ------------------------------------------------------------------- */
 
-hsm_result ks_check_quorum(unsigned threshold, unsigned count, bool dev)
+hsm_result hsm_keystore_check_quorum(unsigned threshold, unsigned count, bool dev)
 {
 	if (dev && threshold == 1 && count == 1)
 		return HSM_SUCCESS;
@@ -399,7 +399,7 @@ static hsm_result init_locked(hsm_keystore *ks, unsigned threshold, unsigned cou
 	refresh_uninitialized(ks);
 	HSM_CHECK(atomic_load(&ks->state) == HSM_NODE_UNINITIALIZED, HSM_ERR_CONFLICT,
 	          "this store is already initialized (store id %s)", ks->store_id);
-	HSM_TRY(ks_check_quorum(threshold, count, dev));
+	HSM_TRY(hsm_keystore_check_quorum(threshold, count, dev));
 	HSM_TRY(hsm_uuid_new(ks->store_id));
 	HSM_TRY(hsm_random_bytes(ks->set_id, sizeof(ks->set_id)));
 	ks->threshold = threshold;
@@ -625,7 +625,7 @@ void hsm_keystore_seal(hsm_keystore *ks)
 	pthread_rwlock_wrlock(&ks->keys_lock);
 	ks_keys_wipe(&ks->keys);
 	pthread_rwlock_unlock(&ks->keys_lock);
-	hsm_shmap_clear(ks->cache);
+	ks_cache_drop_all(ks);
 	hsm_share_set_free(ks->pending);
 	ks->pending = NULL;
 	pthread_mutex_unlock(&ks->lock);

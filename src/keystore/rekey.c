@@ -81,7 +81,7 @@ static hsm_result prepare_locked(hsm_keystore *ks, hsm_ks_rekey *rk,
 	HSM_CHECK(ks->store != NULL, HSM_ERR_VALIDATION, "only a store's keystore is rekeyed");
 	HSM_TRY(refuse_dev_store(ks));
 	memcpy(rk->store_id, ks->store_id, sizeof(rk->store_id));
-	HSM_TRY(ks_check_quorum(rk->threshold, rk->count, false));
+	HSM_TRY(hsm_keystore_check_quorum(rk->threshold, rk->count, false));
 	do /* a new split must never be taken for the old one */
 		HSM_TRY(hsm_random_bytes(rk->set_id, sizeof(rk->set_id)));
 	while (hsm_ct_equal(rk->set_id, ks->set_id, sizeof(rk->set_id)));
@@ -219,7 +219,7 @@ static void install(hsm_keystore *ks, hsm_ks_rekey *rk)
 	ks->count = rk->count;
 	if (hsm_failed(ks_set_commits(ks, rk->commits.data, rk->commits.len)))
 		ks->n_commits = 0; /* cannot be: made here; the next unseal reads the store's */
-	hsm_shmap_clear(ks->cache);
+	ks_cache_drop_all(ks);
 }
 
 static hsm_result commit_locked(hsm_keystore *ks, hsm_ks_rekey *rk, hsm_store_rekey_counts *counts,

@@ -480,7 +480,7 @@ static hsm_result erase(hsm_kms *kms, const char *key_id, const hsm_version_reco
 		r = hsm_store_key_set_material(kms->store, key_id, set_material_state, a, &v, out);
 	hsm_version_record_clear(&v);
 	kms_key_invalidate(kms, key_id);
-	hsm_ks_forget(kms->ks, key_id); /* zeroize this node's copy at once */
+	kms_forget(kms, key_id); /* zeroize this node's copy at once */
 	return r;
 }
 

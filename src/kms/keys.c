@@ -175,7 +175,7 @@ hsm_result hsm_kms_disable_key(hsm_kms *kms, const hsm_caller *caller, const cha
 	hsm_key_record after;
 	memset(&after, 0, sizeof(after));
 	HSM_GUARD(kms_modify(kms, caller, HSM_OP_DisableKey, ref, set_enabled, &on, NULL, &after));
-	hsm_ks_forget(kms->ks, after.key_id); /* zeroize the cached material at once */
+	kms_forget(kms, after.key_id); /* zeroize the cached material at once */
 	hsm_key_record_clear(&after);
 	return HSM_SUCCESS;
 }
@@ -227,7 +227,7 @@ hsm_result hsm_kms_schedule_deletion(hsm_kms *kms, const hsm_caller *caller, con
 	kms_authz_extra extra = {.more = &cond, .n_more = 1};
 	HSM_GUARD(kms_modify_with(kms, caller, HSM_OP_ScheduleKeyDeletion, ref, &extra, set_pending,
 	                          &s, NULL, out));
-	hsm_ks_forget(kms->ks, out->key_id);
+	kms_forget(kms, out->key_id);
 	return HSM_SUCCESS;
 }
 
@@ -291,7 +291,7 @@ hsm_result kms_destroy_due(hsm_kms *kms, const hsm_key_record *rec)
 		return HSM_SUCCESS; /* cancelled or destroyed since the look above: nothing done */
 	kms_key_invalidate(kms, rec->key_id);
 	kms_aliases_changed(kms); /* the store deleted the key's aliases with it */
-	hsm_ks_forget(kms->ks, rec->key_id);
+	kms_forget(kms, rec->key_id);
 	kms_emit(kms, "DeleteKey", rec->key_id, rec->primary_version, r);
 	if (hsm_ok(r))
 		hsm_info("key %s destroyed: its deletion waiting period ended", rec->key_id);

@@ -121,6 +121,11 @@ void kms_key_release(kms_key *k)
 {
 	if (k == NULL || atomic_fetch_sub_explicit(&k->refs, 1, memory_order_acq_rel) != 1)
 		return;
+	hsm_kms *kms = k->kms;
+	if (kms != NULL && atomic_load_explicit(&k->superseded, memory_order_acquire) &&
+	    !atomic_load_explicit(&kms->closing, memory_order_acquire) &&
+	    atomic_load_explicit(&kms->forgets, memory_order_acquire) != k->forgets_at_load)
+		hsm_ks_forget(kms->ks, k->rec.key_id);
 	hsm_key_record_clear(&k->rec);
 	hsm_policy_free(k->policy);
 	kms_grant_set_free(atomic_load_explicit(&k->grants, memory_order_acquire));
@@ -210,6 +215,7 @@ void hsm_kms_free(hsm_kms *kms)
 {
 	if (kms == NULL)
 		return;
+	atomic_store(&kms->closing, true);
 	hsm_shmap_free(kms->keys);
 	hsm_shmap_free(kms->policies);
 	hsm_shmap_free(kms->aliases);
@@ -434,6 +440,7 @@ static hsm_result snapshot_new(hsm_kms *kms, const hsm_key_record *rec, kms_key 
 	kms_key *k = calloc(1, sizeof(*k));
 	HSM_ENSURE(k != NULL, HSM_ERR_NOMEM, "out of memory");
 	atomic_init(&k->refs, 1);
+	k->kms = kms;
 	/* The policy text is not copied: the shared parsed policy keeps it (a copy per key was half
 	 * of a cached key's memory, though most keys carry the same document). */
 	hsm_key_record without_policy = *rec;
@@ -466,6 +473,14 @@ hsm_result kms_key_load(hsm_kms *kms, const char *key_id, kms_key **out)
 		}
 		kms_key_release(hit);
 	}
+	/*
+	 * Read before the store: a change of the key after it (kms_key_invalidate
+	 * bumps the generation first) takes back what this call caches, or a
+	 * reader that read the old record could cache it after the change's
+	 * removal and keep a disabled key usable.
+	 */
+	uint_fast64_t generation = atomic_load_explicit(&kms->generation, memory_order_acquire);
+	uint_fast64_t forgets = atomic_load_explicit(&kms->forgets, memory_order_acquire);
 	res = hsm_store_key_get(kms->store, key_id, &rec);
 	if (res.err == HSM_ERR_NOT_FOUND)
 		res = HSM_FAIL(HSM_ERR_NOT_FOUND, "Key '%s' does not exist", key_id);
@@ -474,9 +489,14 @@ hsm_result kms_key_load(hsm_kms *kms, const char *key_id, kms_key **out)
 	/* Destroyed, or its imported material deleted, by another node sharing the store: drop
 	 * what this node still holds of it. */
 	if (rec.state == HSM_KEY_DESTROYED || (rec.flags & HSM_KEYFLAG_NO_MATERIAL) != 0)
-		hsm_ks_forget(kms->ks, key_id);
+		kms_forget(kms, key_id);
 	HSM_TRY(snapshot_new(kms, &rec, &k));
+	k->forgets_at_load = forgets;
 	HSM_TRY(hsm_shmap_put(kms->keys, key_id, k));
+	if (atomic_load_explicit(&kms->generation, memory_order_acquire) != generation) {
+		atomic_store_explicit(&k->superseded, true, memory_order_release);
+		hsm_shmap_remove(kms->keys, key_id); /* this call still uses its snapshot */
+	}
 	*out = k;
 	k = NULL;
 out:
@@ -505,8 +525,20 @@ bool hsm_kms_spec_hint(hsm_kms *kms, const char *ref, hsm_key_spec *out)
 
 void kms_key_invalidate(hsm_kms *kms, const char *key_id)
 {
+	/* The generation first (JWKS cache, and kms_key_load's check), then the entry. */
+	atomic_fetch_add_explicit(&kms->generation, 1, memory_order_acq_rel);
+	void *hit = NULL;
+	if (hsm_shmap_get(kms->keys, key_id, &hit)) {
+		atomic_store_explicit(&((kms_key *)hit)->superseded, true, memory_order_release);
+		kms_key_release(hit);
+	}
 	hsm_shmap_remove(kms->keys, key_id);
-	atomic_fetch_add_explicit(&kms->generation, 1, memory_order_release); /* JWKS cache */
+}
+
+void kms_forget(hsm_kms *kms, const char *key_id)
+{
+	atomic_fetch_add_explicit(&kms->forgets, 1, memory_order_acq_rel);
+	hsm_ks_forget(kms->ks, key_id);
 }
 
 /* ---- Authorization --------------------------------------------------------------- */

@@ -24,6 +24,15 @@ typedef struct kms_key {
 	/* Creation times of versions 1..rec.primary_version, read when a token
 	 * first needs them (kms_jwt.c); NULL until then. */
 	_Atomic(struct kms_version_times *) version_times;
+	/*
+	 * Set when a change replaces this snapshot while requests may hold it.
+	 * When the last of them lets go, if material was forgotten since it was
+	 * read (kms_forget), this key's material is forgotten again: a request
+	 * that read the key before a DisableKey may have cached it after.
+	 */
+	atomic_bool superseded;
+	uint_fast64_t forgets_at_load; /* hsm_kms.forgets when the record was read */
+	struct hsm_kms *kms;
 } kms_key;
 
 struct hsm_kms {
@@ -38,6 +47,8 @@ struct hsm_kms {
 	int64_t (*clock)(void *arg);
 	void *clock_arg;
 	atomic_uint_fast64_t generation; /* bumped on every key change (kms_key_invalidate) */
+	atomic_uint_fast64_t forgets;    /* bumped on every kms_forget */
+	atomic_bool closing;             /* hsm_kms_free: snapshots let go forget nothing */
 	hsm_shmap *aliases;              /* alias name -> kms_alias (kms.c) */
 	atomic_uint_fast64_t alias_generation; /* bumped on every alias change */
 	struct kms_jwks *jwks;           /* the JWK Set cache (kms_jwks.c) */
@@ -52,6 +63,8 @@ void kms_version_times_free(struct kms_version_times *t);
 /* Seconds a node's JWK Set document is served before it is rebuilt, at most (kms_jwks.c). */
 int64_t hsm_kms_jwks_ttl(const hsm_kms *kms);
 /* Drops the cached snapshot of a key after a change. */
+/* Zeroizes this node's cached material of a key (see kms_key.superseded). */
+void kms_forget(hsm_kms *kms, const char *key_id);
 void kms_key_invalidate(hsm_kms *kms, const char *key_id);
 /* Forgets every cached alias; called after each alias write, whatever its
  * outcome, and after a key's destruction (which deletes its aliases). */

@@ -362,7 +362,7 @@ hsm_result hsm_kms_sweep_material(hsm_kms *kms, size_t max, size_t *forgotten)
 		for (size_t i = 0; i < count && hsm_ok(res); i++) {
 			if (bsearch(&asked[i], usable, u.n, sizeof(*usable), cmp_id) != NULL)
 				continue;
-			hsm_ks_forget(kms->ks, asked[i]);
+			kms_forget(kms, asked[i]);
 			kms_key_invalidate(kms, asked[i]);
 			(*forgotten)++;
 		}

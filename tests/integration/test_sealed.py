@@ -102,6 +102,12 @@ def test_init_writes_only_new_files_and_checks_them_before_the_store_commits(tmp
         assert p.returncode == 1 and why in p.stderr, p.stderr
         assert os.listdir(shares) == [] and "store:" not in p.stdout, p.stdout
         assert not os.path.exists(os.path.join(data, "hsmd.db"))
+    # A quorum the store cannot take is refused before any file or directory is made.
+    for n, t in (("2", "1"), ("3", "4"), ("1", "1")):
+        p = hsmctl("init", "--data-dir", data + "-q", "--share-dir", str(tmp_path / "q"),
+                   "--shares", n, "--threshold", t)
+        assert p.returncode == 2 and "must be between 2 and" in p.stderr, p.stderr
+        assert not os.path.exists(data + "-q") and not os.path.exists(tmp_path / "q")
     if os.geteuid() != 0:  # root writes anywhere: the mode cannot stop it
         shares.chmod(0o500)
         p = hsmctl(*args)

@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +16,7 @@
 
 #include "kms/kms.h"
 #include "kms/kms_internal.h"
+#include "store/store_impl.h"
 #include "support/kms_fixture.h"
 
 typedef kms_fx fx;
@@ -129,6 +132,143 @@ static void test_state_rules(void **state)
 	hsm_key_record_clear(&k);
 	hsm_buf_free(&ct);
 	hsm_buf_free(&keep);
+}
+
+/* ---- A change racing a cache fill -------------------------------------------------- */
+
+/*
+ * A store whose next read of one key's record (or of its version) holds the
+ * reading thread after the read, until the test lets it go: the window in
+ * which a request that missed a cache has read the old state and not yet
+ * cached it.
+ */
+static struct {
+	const hsm_store_ops *orig;
+	hsm_store_ops ops;
+	char key_id[HSM_UUID_STRLEN + 1];
+	atomic_bool hold_key, hold_version;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int phase; /* 1: a reader is held; 2: let go */
+} stall = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+static void stall_hold(void)
+{
+	pthread_mutex_lock(&stall.mu);
+	stall.phase = 1;
+	pthread_cond_broadcast(&stall.cv);
+	while (stall.phase != 2)
+		pthread_cond_wait(&stall.cv, &stall.mu);
+	pthread_mutex_unlock(&stall.mu);
+}
+
+static hsm_result stall_key_get(hsm_store *s, const char *key_id, hsm_key_record *out)
+{
+	hsm_result r = stall.orig->key_get(s, key_id, out);
+	if (strcmp(key_id, stall.key_id) == 0 && atomic_exchange(&stall.hold_key, false))
+		stall_hold();
+	return r;
+}
+
+static hsm_result stall_version_get(hsm_store *s, const char *key_id, uint32_t version,
+                                    hsm_version_record *out)
+{
+	hsm_result r = stall.orig->version_get(s, key_id, version, out);
+	if (strcmp(key_id, stall.key_id) == 0 && atomic_exchange(&stall.hold_version, false))
+		stall_hold();
+	return r;
+}
+
+typedef struct reader {
+	fx *f;
+	pthread_t t;
+	hsm_result r;
+} reader;
+
+static void *read_encrypt(void *arg)
+{
+	reader *rd = arg;
+	hsm_buf ct = {0};
+	rd->r = encrypt(rd->f, &user, stall.key_id, &ct);
+	hsm_buf_free(&ct);
+	return NULL;
+}
+
+/* Starts an Encrypt that is held after its store read, and waits until it is. */
+static void start_held_encrypt(fx *f, reader *rd)
+{
+	stall.phase = 0;
+	rd->f = f;
+	assert_int_equal(pthread_create(&rd->t, NULL, read_encrypt, rd), 0);
+	pthread_mutex_lock(&stall.mu);
+	while (stall.phase != 1)
+		pthread_cond_wait(&stall.cv, &stall.mu);
+	pthread_mutex_unlock(&stall.mu);
+}
+
+static void let_go(reader *rd)
+{
+	pthread_mutex_lock(&stall.mu);
+	stall.phase = 2;
+	pthread_cond_broadcast(&stall.cv);
+	pthread_mutex_unlock(&stall.mu);
+	assert_int_equal(pthread_join(rd->t, NULL), 0);
+}
+
+static bool material_cached(fx *f, const char *key_id)
+{
+	char(*ids)[HSM_UUID_STRLEN + 1] = NULL;
+	size_t n = 0;
+	assert_true(hsm_ok(hsm_ks_cached_keys(f->ks, &ids, &n)));
+	bool found = false;
+	for (size_t i = 0; i < n; i++)
+		found = found || strcmp(ids[i], key_id) == 0;
+	free(ids);
+	return found;
+}
+
+/*
+ * DisableKey while an Encrypt that missed the caches has read the key as
+ * Enabled and not yet cached it: the Encrypt may finish (it began first),
+ * but neither the old record nor the material stays cached, so the next
+ * Encrypt is refused and the node holds no material of the disabled key.
+ */
+static void test_change_racing_a_cache_fill(void **state)
+{
+	fx *f = *state;
+	hsm_key_record k;
+	hsm_buf ct = {0};
+	reader rd;
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, NULL, &k);
+	snprintf(stall.key_id, sizeof(stall.key_id), "%s", k.key_id);
+	stall.orig = f->store->ops;
+	stall.ops = *f->store->ops;
+	stall.ops.key_get = stall_key_get;
+	stall.ops.version_get = stall_version_get;
+	f->store->ops = &stall.ops;
+
+	/* The key's record: the change's removal comes while the reader holds the old one. */
+	assert_true(hsm_ok(encrypt(f, &user, k.key_id, &ct)));
+	assert_true(hsm_ok(hsm_kms_update_description(f->kms, &officer, k.key_id, "miss")));
+	atomic_store(&stall.hold_key, true);
+	start_held_encrypt(f, &rd);
+	assert_true(hsm_ok(hsm_kms_disable_key(f->kms, &officer, k.key_id)));
+	let_go(&rd);
+	assert_int_equal(encrypt(f, &user, k.key_id, &ct).err, HSM_ERR_DISABLED);
+
+	/* The material: unwrapped by a reader that began before the disable. */
+	assert_true(hsm_ok(hsm_kms_enable_key(f->kms, &officer, k.key_id)));
+	assert_false(material_cached(f, k.key_id));
+	atomic_store(&stall.hold_version, true);
+	start_held_encrypt(f, &rd);
+	assert_true(hsm_ok(hsm_kms_disable_key(f->kms, &officer, k.key_id)));
+	let_go(&rd);
+	assert_false(material_cached(f, k.key_id));
+	assert_int_equal(encrypt(f, &user, k.key_id, &ct).err, HSM_ERR_DISABLED);
+
+	f->store->ops = stall.orig;
+	hsm_key_record_clear(&k);
+	hsm_buf_free(&ct);
 }
 
 /* ---- Two nodes sharing one store ------------------------------------------------- */
@@ -791,6 +931,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(test_spec_usage_combinations, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_state_rules, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_change_racing_a_cache_fill, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_gcm, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_destruction_after_waiting_period, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_scheduled_work_decides_under_the_row_lock, setup,
