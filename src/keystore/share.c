@@ -413,10 +413,9 @@ static hsm_result check_belongs(const hsm_share_set *set, const hsm_share *share
 		char theirs[2 * HSM_SHARE_SET_ID_LEN + 1];
 		set_id_hex(share->set_id, theirs);
 		return HSM_FAIL(HSM_ERR_SHARE_MISMATCH,
-		                "share is from a different split of the master key (set %s) than "
-		                "the one this store or backup was made with: a rekey or a new "
-		                "ceremony made one after the other; give the shares of the same "
-		                "split (`hsmctl backup inspect` names a backup's)",
+		                "share is from a different split of the master key (set %s): a rekey "
+		                "or a new ceremony replaced it; give the current split's shares "
+		                "(`hsmctl backup inspect` names a backup's)",
 		                theirs);
 	}
 	HSM_ENSURE(share->threshold == set->threshold && share->count == set->count,

@@ -184,6 +184,45 @@ static hsm_result check_store_exists(const hsm_server *s)
 	                s->data_dir, s->data_dir);
 }
 
+/*
+ * The store keeps, for each node id, when that node's audit trail first
+ * began on it ("audit_trail:<node_id>").  A trail that begins beside an
+ * initialized store is news only when the store has seen this node's trail
+ * before: a node joining a shared store (or given its first audit_dir) is not
+ * one whose trail was taken away.
+ */
+static void trail_meta_name(const hsm_server *s, char *out, size_t cap)
+{
+	snprintf(out, cap, "audit_trail:%s", s->node_id);
+}
+
+/* Whether the store has seen this node's trail (true when it cannot tell: the caution). */
+static bool store_knows_trail(hsm_server *s)
+{
+	char name[96];
+	hsm_buf v;
+	hsm_buf_init(&v);
+	trail_meta_name(s, name, sizeof(name));
+	hsm_result r = hsm_store_meta_get(s->store, name, &v);
+	hsm_buf_free(&v);
+	return r.err != HSM_ERR_NOT_FOUND;
+}
+
+/* Records that this node's trail is on the store (once; a failure is said and left). */
+static void note_trail(hsm_server *s)
+{
+	if (store_knows_trail(s))
+		return;
+	char name[96], when[24];
+	trail_meta_name(s, name, sizeof(name));
+	int n = snprintf(when, sizeof(when), "%lld", (long long)hsm_now());
+	hsm_buf v = {.data = (uint8_t *)when, .len = (size_t)n};
+	const char *names[] = {name};
+	const hsm_buf *values[] = {&v};
+	if (hsm_failed(hsm_store_meta_put(s->store, 1, names, values)))
+		hsm_log_failure("could not record this node's audit trail in the store");
+}
+
 static hsm_result open_parts(hsm_server *s)
 {
 	bool shared = s->opt.store != NULL && s->opt.store[0] != '\0';
@@ -208,10 +247,20 @@ static hsm_result open_parts(hsm_server *s)
 	                 f, 2);
 	/*
 	 * An audit directory with no record, beside a store initialized before
-	 * this start: a node given a new audit_dir, or one whose trail was taken
-	 * away.  hsmd cannot tell which; the new trail says so from its start.
+	 * this start and that has seen this node's trail: a node given a new
+	 * audit_dir, or one whose trail was taken away.  hsmd cannot tell which;
+	 * the new trail says so from its start.  A node id the store has not seen
+	 * is a node joining it, which its trail says too (not flagged).
 	 */
-	if (hsm_audit_began_here(s->audit) && st != HSM_NODE_UNINITIALIZED) {
+	bool began = hsm_audit_began_here(s->audit) && st != HSM_NODE_UNINITIALIZED;
+	if (began && !store_knows_trail(s)) {
+		hsm_audit_field g[] = {{"node_id", s->node_id}};
+		hsm_server_event(s, "AuditTrailJoinsStore", NULL, 0, HSM_SUCCESS, g, 1);
+		began = false;
+	}
+	if (st != HSM_NODE_UNINITIALIZED)
+		note_trail(s);
+	if (began) {
 		hsm_warn("the audit trail in %s begins now, but the store was initialized before: if "
 		         "this node kept a trail there, it is gone",
 		         s->audit_dir);
@@ -349,6 +398,8 @@ static hsm_result dev_init_or_unseal(hsm_server *s)
 		if (hsm_ok(r))
 			r = hsm_write_file_atomic(path, share.data, share.len, 0600);
 		hsm_server_event(s, "Init", NULL, 0, r, NULL, 0);
+		if (hsm_ok(r))
+			note_trail(s);
 	} else if (hsm_keystore_state(s->ks) == HSM_NODE_SEALED) {
 		r = hsm_read_file(path, 4096, &share);
 		if (hsm_ok(r))

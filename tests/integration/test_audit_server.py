@@ -366,6 +366,31 @@ def test_a_trail_taken_away_whole_is_said_so_by_the_next():
         later = records(server)[len(again):]
         assert later[0]["extra"]["previous_shutdown"] == "clean"
         assert not [r for r in later if r.get("op") == "AuditTrailBeginsAfterStore"]
+
+        # Another node id with a trail of its own (a node joining a shared store): its first
+        # trail says it joined, and is not flagged; the store remembers it from then on.
+        joined = os.path.join(tmp, "audit-node-b")
+        for round_ in ("first", "taken away"):
+            if round_ == "taken away":
+                subprocess.run(["rm", "-rf", joined], check=True)
+            server = start_dev(["--data-dir", data, "--node-id", "node-b",
+                                "--audit-dir", joined])
+            server.stop()
+            with open(sorted(glob.glob(os.path.join(joined, "audit-*.jsonl")))[0]) as f:
+                head = [json.loads(line) for line in f][:6]
+            ops = [r.get("op") for r in head]
+            if round_ == "first":
+                ev = [r for r in head if r.get("op") == "AuditTrailJoinsStore"]
+                assert len(ev) == 1 and ev[0]["extra"] == {"node_id": "node-b"}, head
+                assert "AuditTrailBeginsAfterStore" not in ops, head
+                rep = subprocess.run([HSMCTL, "audit", "report", joined], capture_output=True,
+                                     text=True)
+                assert rep.returncode == 0 and "AuditTrailJoinsStore" in rep.stdout, \
+                    rep.stdout + rep.stderr
+                assert "THE TRAIL BEGINS AFTER THE STORE" not in rep.stdout, rep.stdout
+            else:  # the same node id, its trail gone: flagged as before
+                assert "AuditTrailBeginsAfterStore" in ops, head
+                assert "AuditTrailJoinsStore" not in ops, head
     finally:
         subprocess.run(["rm", "-rf", tmp])
 

@@ -219,6 +219,7 @@ def test_rekey_then_everything_works_with_the_new_shares_only(stopped):
     try:
         p = unseal(node, shares["alice"])
         assert p.returncode != 0 and "different split" in p.stderr, p.stderr
+        assert "names a backup's)" in p.stderr, p.stderr  # said whole, over the API too
         # Unseal answers anyone: it names the share's set, never the store's current one.
         assert out["old share set"] in p.stderr and out["share set"] not in p.stderr, p.stderr
         assert unseal(node, new["zoe"]).returncode == 0
@@ -247,6 +248,7 @@ def test_rekey_then_everything_works_with_the_new_shares_only(stopped):
     # The old shares open nothing the store holds; the audit trail verifies across the rekey.
     p = hsmctl("unseal", "--data-dir", data, shares["bob"], shares["carol"], shares["dave"])
     assert p.returncode == 1 and "different split" in p.stderr, p.stderr
+    assert "names a backup's)" in p.stderr, p.stderr
     # The operator, on the data directory, reads which split is current.
     p = hsmctl("status", "--data-dir", data)
     assert p.returncode == 0 and f"split: {out['share set']}\n" in p.stdout, p.stdout + p.stderr

@@ -525,9 +525,8 @@ static void test_set_refuses_foreign_shares(void **state)
 	assert_int_equal(hsm_share_set_add(new_split, &s).err, HSM_ERR_SHARE_MISMATCH);
 	assert_string_equal(hsm_last_message(),
 	                    "share is from a different split of the master key (set "
-	                    "3f9a0c12d4e5b6a7) than the one this store or backup was made with: a "
-	                    "rekey or a new ceremony made one after the other; give the shares of "
-	                    "the same split (`hsmctl backup inspect` names a backup's)");
+	                    "3f9a0c12d4e5b6a7): a rekey or a new ceremony replaced it; give the "
+	                    "current split's shares (`hsmctl backup inspect` names a backup's)");
 	assert_no_values(&f, hsm_last_message());
 	hsm_share_set_free(new_split);
 
