@@ -341,7 +341,7 @@ hsm_result hsm_http_server_start(hsm_http_server *srv)
 	for (unsigned i = 0; i < srv->n_workers && rc == 0; i++) {
 		hsm_http_worker *w = &srv->workers[i];
 		rc = pthread_create(&w->thread, NULL, worker_main, w);
-		w->thread_started = rc == 0;
+		atomic_store_explicit(&w->thread_started, rc == 0, memory_order_release);
 	}
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (rc != 0) {
@@ -364,15 +364,16 @@ void hsm_http_server_stop(hsm_http_server *srv, uint32_t grace_ms)
 		(void)shutdown(srv->shared_fd, SHUT_RDWR);
 	for (unsigned i = 0; i < srv->n_workers; i++) {
 		uint64_t one = 1;
-		if (srv->workers[i].thread_started) {
+		if (atomic_load(&srv->workers[i].thread_started)) {
 			ssize_t n = write(srv->workers[i].wake_fd, &one, sizeof(one));
 			(void)n; /* a failed write means a wakeup is already pending */
 		}
 	}
 	bool all_ran = srv->n_workers > 0;
 	for (unsigned i = 0; i < srv->n_workers; i++) {
-		all_ran = all_ran && srv->workers[i].thread_started;
-		if (srv->workers[i].thread_started)
+		bool ran = atomic_load(&srv->workers[i].thread_started);
+		all_ran = all_ran && ran;
+		if (ran)
 			pthread_join(srv->workers[i].thread, NULL);
 	}
 	/* Every worker has let go of a shared socket: stop queueing connections on it. */

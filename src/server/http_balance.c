@@ -41,7 +41,8 @@ static void wake_paused(hsm_http_worker *self)
 	for (unsigned i = 0; i < srv->n_workers; i++) {
 		hsm_http_worker *o = &srv->workers[i];
 		uint64_t one = 1;
-		if (o != self && o->thread_started && o->wake_fd >= 0) {
+		if (o != self && atomic_load_explicit(&o->thread_started, memory_order_acquire) &&
+		    o->wake_fd >= 0) {
 			ssize_t r = write(o->wake_fd, &one, sizeof(one));
 			(void)r; /* a full counter means a wakeup is pending already */
 		}

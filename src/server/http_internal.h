@@ -113,7 +113,7 @@ struct hsm_http_worker {
 	hsm_http_server *srv;
 	unsigned index;
 	pthread_t thread;
-	bool thread_started;
+	atomic_bool thread_started; /* read by other workers (wake_paused) while later ones start */
 	int ep;        /* epoll instance */
 	int listen_fd; /* the shared socket or this worker's own (reuseport); -1 once let go */
 	bool own_listen_fd;

@@ -20,6 +20,7 @@
  */
 #include <dlfcn.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,8 +34,8 @@
 
 static CK_FUNCTION_LIST_PTR f;
 static const char *pin, *aes_id, *ec_id;
-static volatile int finalizing;
-static volatile CK_SESSION_HANDLE worker_session[WORKERS];
+static atomic_int finalizing;
+static _Atomic CK_SESSION_HANDLE worker_session[WORKERS];
 static pthread_mutex_t count_lock = PTHREAD_MUTEX_INITIALIZER;
 static long encrypted, signed_, closed;
 

@@ -884,6 +884,9 @@ static void run_held(hsm_audit_io_op op)
 	assert_true(pid >= 0);
 	if (pid == 0)
 		_exit(held_child(dir, op, up[1], down[0]));
+	/* The child's ends closed here: a child that dies early is an EOF, not a wait forever. */
+	close(up[1]);
+	close(down[0]);
 	char c = 0;
 	assert_int_equal(read(up[0], &c, 1), 1); /* the step has begun */
 	assert_int_equal(kill(pid, SIGSTOP), 0);
@@ -897,8 +900,6 @@ static void run_held(hsm_audit_io_op op)
 	hsm_audit_verify_report rep = t_verify_dir(dir, NULL, false);
 	assert_true(rep.valid);
 	close(up[0]);
-	close(up[1]);
-	close(down[0]);
 	close(down[1]);
 	t_rm_rf(dir);
 }
