@@ -407,13 +407,20 @@ def hsmctl_bg(node, *args):
 
 
 def hsmctl_import(node, key, material_file, *globals_):
-    return hsmctl_bg(node, *globals_, "key", "import", key, "--material", str(material_file))
+    # RSA_2048: an RSA-4096 wrapping key (the default) can take over 30 s to generate on a
+    # loaded machine, which is not what these tests are about.
+    p = hsmctl_bg(node, *globals_, "key", "import", key, "--material", str(material_file),
+                  "--wrapping-key-spec", "RSA_2048")
+    return p
 
 
-def open_import_request(node, key):
-    """The approval request an hsmctl import into key opened (waiting for it to appear)."""
-    deadline = time.time() + 30
+def open_import_request(node, key, p=None):
+    """The approval request an hsmctl import into key opened (waiting for it to appear, while
+    hsmctl p runs)."""
+    deadline = time.time() + 120
     while time.time() < deadline:
+        if p is not None and p.poll() is not None:
+            raise AssertionError(f"hsmctl ended before opening a request: {p.communicate()}")
         for a in approvals(node).values():
             if (a["Operation"], a["State"]) == ("ImportKeyMaterial", "Pending") and \
                     json.loads(a["Request"])["KeyId"] == key:
@@ -429,7 +436,7 @@ def test_hsmctl_import_waits_for_custodians_and_sends_the_same_request(node, tmp
     material.write_bytes(os.urandom(32))
     kms = client(node)
     p = hsmctl_import(node, node.f["hsmctl-approved"], material)
-    approval = open_import_request(node, node.f["hsmctl-approved"])
+    approval = open_import_request(node, node.f["hsmctl-approved"], p)
     time.sleep(0.5)
     assert p.poll() is None, p.communicate()  # still waiting
     assert kms.describe_key(KeyId=node.f["hsmctl-approved"])["KeyMetadata"]["KeyState"] == \
@@ -443,7 +450,7 @@ def test_hsmctl_import_waits_for_custodians_and_sends_the_same_request(node, tmp
     assert approvals(node)[approval]["State"] == "Used"
     # A denial ends the wait, and nothing is imported.
     p = hsmctl_import(node, node.f["hsmctl-denied"], material)
-    approval = open_import_request(node, node.f["hsmctl-denied"])
+    approval = open_import_request(node, node.f["hsmctl-denied"], p)
     akid, secret = node.users["alice"]
     admin(node, "DenyRequest", {"ApprovalId": approval}, akid=akid, secret=secret)
     out, err = p.communicate(timeout=30)
@@ -460,7 +467,7 @@ def test_hsmctl_withdraws_what_it_stops_waiting_for(node, tmp_path):
     kms = client(node)
     started = time.monotonic()
     p = hsmctl_import(node, node.f["hsmctl-bounded"], material, "--approval-wait", "3")
-    approval = open_import_request(node, node.f["hsmctl-bounded"])
+    approval = open_import_request(node, node.f["hsmctl-bounded"], p)
     out, err = p.communicate(timeout=120)
     waited = time.monotonic() - started
     # Bounded, not forever: the import's own steps (an RSA wrapping key made on a loaded
@@ -473,7 +480,7 @@ def test_hsmctl_withdraws_what_it_stops_waiting_for(node, tmp_path):
         "PendingImport"
     # Ctrl-C while waiting.
     p = hsmctl_import(node, node.f["hsmctl-stopped"], material)
-    approval = open_import_request(node, node.f["hsmctl-stopped"])
+    approval = open_import_request(node, node.f["hsmctl-stopped"], p)
     time.sleep(0.5)
     assert p.poll() is None, p.communicate()
     p.send_signal(signal.SIGINT)

@@ -7,6 +7,7 @@ and the watchdog keep the normal policy.  batch_scheduling = false leaves every
 thread under the normal policy.  The writer's nice value (five levels below
 the workers) holds either way."""
 import os
+import time
 
 from conftest import client, start_dev
 
@@ -38,6 +39,16 @@ def run_and_look(extra_args):
         key = kms.create_key()["KeyMetadata"]["KeyId"]
         blob = kms.encrypt(KeyId=key, Plaintext=b"x")["CiphertextBlob"]
         assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"x"
+        # Each thread names itself and sets its policy as it starts: one not yet run shows
+        # as "hsmd" beside the main thread.  Wait until every one has.
+        want = {"hsmd-http-0", "hsmd-http-1", "hsmd-audit", "hsmd-audit-sync", "hsmd-audit-dog"}
+        deadline = time.time() + 30
+        while True:
+            seen = threads(server.proc.pid)
+            if (want <= set(seen) and len(seen.get("hsmd", [])) == 1) or time.time() > deadline:
+                break
+            time.sleep(0.05)
+        time.sleep(0.1)  # a thread that has just named itself sets its policy next
         return threads(server.proc.pid)
     finally:
         server.cleanup()

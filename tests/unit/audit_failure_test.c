@@ -44,6 +44,15 @@ static bool wait_healthy(hsm_audit *a, uint64_t ms)
 	return hsm_audit_healthy(a);
 }
 
+/* Whether new requests are taken (the space kept ahead is checked on its own timer). */
+static bool wait_accepting(hsm_audit *a, bool want, uint64_t ms)
+{
+	uint64_t end = t_now_ms() + ms;
+	while (hsm_audit_accepting(a) != want && t_now_ms() < end)
+		usleep(5000);
+	return hsm_audit_accepting(a) == want;
+}
+
 static bool wait_done(done_rec *d, size_t n, uint64_t ms)
 {
 	uint64_t end = t_now_ms() + ms;
@@ -208,7 +217,7 @@ static void test_full_disk_fails_closed_then_recovers(void **state)
 	/* Space comes back: the log resumes by itself. */
 	space_free(&sp);
 	assert_true(wait_healthy(a, 3000));
-	assert_true(hsm_audit_accepting(a));
+	assert_true(wait_accepting(a, true, 3000));
 	for (unsigned i = 0; i < 10; i++) {
 		r = t_record(i);
 		assert_true(hsm_ok(hsm_audit_append(a, &r)));
@@ -226,14 +235,6 @@ static void test_full_disk_fails_closed_then_recovers(void **state)
 static int reserve_enospc_hook(void *arg, hsm_audit_io_op op)
 {
 	return op == HSM_AUDIT_IO_RESERVE && atomic_load((atomic_bool *)arg) ? ENOSPC : 0;
-}
-
-static bool wait_accepting(hsm_audit *a, bool want, uint64_t ms)
-{
-	uint64_t end = t_now_ms() + ms;
-	while (hsm_audit_accepting(a) != want && t_now_ms() < end)
-		usleep(5000);
-	return hsm_audit_accepting(a) == want;
 }
 
 /*
