@@ -9,7 +9,7 @@ FUZZ_TARGETS ?=
 JOBS       ?= $(shell nproc)
 CMAKE_ARGS ?=
 
-.PHONY: all deps build run test test-unit test-integration test-asan lint bench bench-build \
+.PHONY: all deps build run install test test-unit test-integration test-asan lint bench bench-build \
 	bench-scale bench-store bench-profile bench-instructions fuzz clean
 
 all: build
@@ -24,6 +24,11 @@ build: deps
 
 run: build
 	$(BUILD)/hsmd --dev
+
+# hsmd, hsmctl and libhsm_pkcs11.so into PREFIX (bin/, lib/); docs/hsmd.service runs it.
+PREFIX ?= /usr/local
+install: build
+	cmake --install $(BUILD) --prefix $(PREFIX)
 
 # Everything CI runs: lint, unit and integration tests, then the unit tests
 # again under AddressSanitizer and UndefinedBehaviorSanitizer.
