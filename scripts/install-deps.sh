@@ -8,6 +8,7 @@ PKGS="build-essential cmake pkg-config openssl
 libssl-dev libsqlite3-dev libjansson-dev libcmocka-dev
 sqlite3 awscli python3 python3-boto3 python3-botocore python3-pytest python3-requests
 python3-jwt python3-jwcrypto python3-cryptography python3-pykcs11 python3-prometheus-client opensc
+python3-yaml
 softhsm2 libp11-kit-dev gnuplot-nox wrk"
 # OpenSSL's pkcs11 engine (libp11): the PKCS#11 module's tests use it as nginx or openssl req would.
 PKGS="$PKGS libengine-pkcs11-openssl"

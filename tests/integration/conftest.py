@@ -24,6 +24,7 @@ import pytest
 BUILD = os.environ.get("HSM_BUILD_DIR", os.path.join(os.path.dirname(__file__), "../../build"))
 HSMD = os.path.join(BUILD, "hsmd")
 HSMCTL = os.path.join(BUILD, "hsmctl")
+SOURCE_DIR = os.environ.get("HSM_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "../.."))
 REGION = "us-east-1"
 ACCOUNT = "111122223333"
 DEV_AKID = "AKIAHSMDTESTDEVKEY01"

@@ -5,9 +5,7 @@ import os
 import subprocess
 import tempfile
 
-from conftest import BUILD
-
-SOURCE = os.environ.get("HSM_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "../.."))
+from conftest import BUILD, SOURCE_DIR as SOURCE
 
 
 def test_install_puts_programs_and_module_where_the_readme_says():

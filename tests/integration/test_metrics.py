@@ -6,12 +6,14 @@ health gauges, key counts, the 7-day rotation warning, request counters by
 operation and outcome, latency histograms, authentication failures and the
 audit trail's counters.
 """
+import os
 import re
 import time
 
 import pytest
+import yaml
 
-from conftest import client, signed_call, start_dev
+from conftest import SOURCE_DIR, client, signed_call, start_dev
 from helpers import raises
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (-?[0-9.e+-]+|\+Inf|NaN)$')
@@ -223,23 +225,6 @@ def test_disk_free_space_of_the_trail_the_backups_and_the_store(server):
         assert got > 0 and abs(got - want) < 256 << 20, (name, got, want)
 
 
-def test_readme_alert_rules_name_exported_series(server):
-    """Every hsmd series the README's alert rules read exists: a renamed or misspelt gauge
-    would leave its alert silent forever."""
-    import os
-    readme = open(os.path.join(os.environ.get("HSM_SOURCE_DIR", "../.."), "README.md")).read()
-    block = readme.split("Alerts the platform's plan asks for", 1)[1].split("```yaml", 1)[1]
-    rules = block.split("```", 1)[0]
-    names = set(re.findall(r"\bhsmd_[a-z0-9_]+", rules))
-    assert len(names) >= 10, names
-    exported = {re.sub(r"_(bucket|sum|count)$", "", n) for n, _ in scrape(server)} | \
-        {n for n, _ in scrape(server)}
-    # Exported only when set up (tested with TLS on in test_tls.py).
-    only_with_tls = {"hsmd_tls_certificate_expiry_time_seconds"}
-    missing = sorted(n for n in names if n not in exported | only_with_tls)
-    assert not missing, f"alert rules read series hsmd does not export: {missing}"
-
-
 def test_exposition_reads_whole_in_a_strict_parser(server):
     """prometheus_client's own parser reads every family with its samples (each family's
     lines together, after its HELP and TYPE); each histogram is consistent in itself
@@ -271,3 +256,38 @@ def test_exposition_reads_whole_in_a_strict_parser(server):
     encrypt_count = [s.value for s in by_op["Encrypt"] if s.name.endswith("_count")][0]
     assert reqs[("Encrypt", "client_error")] >= 30
     assert encrypt_count == reqs[("Encrypt", "ok")] + reqs[("Encrypt", "server_error")]
+
+
+def readme_yaml(marker):
+    with open(os.path.join(SOURCE_DIR, "README.md")) as f:
+        blocks = re.findall(r"```yaml\n(.*?)```\n", f.read(), re.S)
+    found = [yaml.safe_load(b) for b in blocks if marker in b]
+    assert len(found) == 1, marker
+    return found[0]
+
+
+def test_readme_alert_rules_load_and_name_only_exported_metrics(server):
+    """The README's rule file has a rule file's shape (groups of rules, each alert named once
+    with an expression), its scrape job is the job the rules match, and every hsmd metric an
+    expression reads is one a node exports: a misspelt gauge would leave its alert silent."""
+    rules = readme_yaml("alert: HsmdDown")
+    assert list(rules) == ["groups"] and [g["name"] for g in rules["groups"]] == ["hsmd"]
+    alerts = rules["groups"][0]["rules"]
+    names = [r["alert"] for r in alerts]
+    assert len(names) == len(set(names)) > 20
+    allowed = {"alert", "expr", "for", "labels", "annotations"}
+    for r in alerts:
+        assert set(r) <= allowed and isinstance(r["expr"], str), r
+    prometheus = readme_yaml("scrape_configs:")
+    assert [j["job_name"] for j in prometheus["scrape_configs"]] == ["hsmd"]
+    assert 'up{job="hsmd"}' in alerts[0]["expr"]
+    named = set()
+    for r in alerts:
+        named |= set(re.findall(r"\bhsmd_[a-z0-9_]+", r["expr"]))
+    assert len(named) >= 10, named
+    client(server).list_keys()  # the request series exist once there was a request
+    exported = {n for n, _ in scrape(server)}
+    # Exported only when set up (tested with TLS on in test_tls.py).
+    only_with_tls = {"hsmd_tls_certificate_expiry_time_seconds"}
+    missing = sorted(named - exported - only_with_tls)
+    assert not missing, f"alert rules read series hsmd does not export: {missing}"
