@@ -322,6 +322,11 @@ int main(int argc, char **argv)
 	const hsmctl_command *cmd = lookup(argc - 1, argv + 1, &words);
 	if (cmd == NULL) {
 		/* "hsmctl audit": a family of commands, named without the one to run. */
+		if (family_usages(NULL, argv[1]) > 0 && wants_help(argc - 1, argv + 1)) {
+			printf("'hsmctl %s' commands:\n", argv[1]);
+			family_usages(stdout, argv[1]);
+			return 0;
+		}
 		if (family_usages(NULL, argv[1]) > 0) {
 			fprintf(stderr, "hsmctl: '%s' needs one of its commands:\n", argv[1]);
 			family_usages(stderr, argv[1]);
@@ -331,8 +336,14 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (wants_help(argc - words, argv + words)) {
-		printf("usage: hsmctl [global options] %s %s\n      %s\n(global options: 'hsmctl help')\n",
-		       cmd->name, cmd->args, cmd->summary);
+		printf("usage: hsmctl [global options] %s %s\n      %s\n", cmd->name, cmd->args,
+		       cmd->summary);
+		/* "hsmctl key --help": the family's other commands too (key import, key usage). */
+		if (family_usages(NULL, cmd->name) > 0) {
+			printf("and:\n");
+			family_usages(stdout, cmd->name);
+		}
+		printf("(global options: 'hsmctl help')\n");
 		return 0;
 	}
 	/* The command sees argv[0] = its own name, then its arguments. */

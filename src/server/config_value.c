@@ -65,7 +65,7 @@ const key_def hsm_config_keys[] = {
      "database and state (default /var/lib/hsmd, --dev ./dev-data)"},
     {"store", K_STORE, FIELD(store), 0, 0, "", "URI",
      "a store several nodes share: postgresql://USER@HOST[:PORT]/DB[?OPTIONS] (libpq; give the "
-     "password in PGPASSFILE or HSM_STORE, not on the command line); empty: SQLite in DATA_DIR"},
+     "password in ~/.pgpass or PGPASSFILE, not in the URI); empty: SQLite in DATA_DIR"},
     {"store_cache_ms", K_U32, FIELD(store_cache_ms), 0, 3600000, NULL, "MS",
      "how long cached key metadata and aliases are trusted before the store is read again; "
      "0: until this node changes them (default 0 with SQLite, 1000 with a shared store)"},

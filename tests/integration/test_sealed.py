@@ -135,6 +135,14 @@ def test_hsmctl_share_files_help_and_missing_shares(tmp_path):
     p = hsmctl("audit")
     assert p.returncode == 2 and "'audit' needs one of its commands" in p.stderr, p.stderr
     assert "hsmctl audit verify " in p.stderr and "unknown command" not in p.stderr
+    # Asked for help, a family lists its commands (success), and a command that has
+    # others under its name (key: key import, key usage) lists them too.
+    for family in ("audit", "jwt", "backup", "store"):
+        p = hsmctl(family, "--help")
+        assert p.returncode == 0 and f"hsmctl {family} " in p.stdout, (family, p)
+    p = hsmctl("key", "--help")
+    assert p.returncode == 0 and "hsmctl key import KEY" in p.stdout, p
+    assert "hsmctl key usage " in p.stdout
     assert "--ca-file  " in hsmctl("help").stdout
     data, shares = init_store(str(tmp_path))
     crlf = {}
