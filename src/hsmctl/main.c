@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include <jansson.h>
+#include <openssl/crypto.h>
 
 #include "common/log.h"
 #include "common/secret.h"
@@ -258,6 +259,85 @@ static long wait_seconds(const char *text)
 }
 
 /*
+ * Without AWS_ACCESS_KEY_ID in the environment, the credentials of the AWS
+ * shared credentials file (AWS_SHARED_CREDENTIALS_FILE, else
+ * ~/.aws/credentials), profile AWS_PROFILE (else "default"), as aws-cli
+ * reads them: the files `hsmctl init` writes are such files.  Returns false
+ * when a file or profile named by the environment does not give both.
+ */
+static char cred_akid[128], cred_secret[256];
+
+static void trim(char *s)
+{
+	size_t n = strlen(s);
+	while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == '\r' || s[n - 1] == ' ' || s[n - 1] == '\t'))
+		s[--n] = '\0';
+	size_t lead = strspn(s, " \t");
+	memmove(s, s + lead, n - lead + 1);
+}
+
+static bool read_shared_credentials(hsm_client *c)
+{
+	const char *named = getenv("AWS_SHARED_CREDENTIALS_FILE"), *home = getenv("HOME");
+	const char *profile = getenv("AWS_PROFILE");
+	char path[4096];
+	if (getenv("AWS_ACCESS_KEY_ID") != NULL)
+		return true;
+	if (named != NULL)
+		snprintf(path, sizeof(path), "%s", named);
+	else if (home != NULL)
+		snprintf(path, sizeof(path), "%s/.aws/credentials", home);
+	else
+		return true;
+	bool asked = named != NULL || profile != NULL; /* not only the default file and profile */
+	FILE *f = fopen(path, "r");
+	if (f == NULL) {
+		if (asked)
+			fprintf(stderr, "hsmctl: cannot read the credentials file %s: %s\n", path,
+			        strerror(errno));
+		return !asked;
+	}
+	if (profile == NULL || *profile == '\0')
+		profile = "default";
+	char line[512];
+	bool in = false;
+	cred_akid[0] = cred_secret[0] = '\0';
+	while (fgets(line, sizeof(line), f) != NULL) {
+		trim(line);
+		if (line[0] == '[') {
+			char *end = strchr(line, ']');
+			if (end != NULL)
+				*end = '\0';
+			in = strcmp(line + 1, profile) == 0;
+			continue;
+		}
+		char *eq = strchr(line, '=');
+		if (!in || eq == NULL || line[0] == '#' || line[0] == ';')
+			continue;
+		*eq = '\0';
+		char *value = eq + 1;
+		trim(line);
+		trim(value);
+		if (strcmp(line, "aws_access_key_id") == 0)
+			snprintf(cred_akid, sizeof(cred_akid), "%s", value);
+		else if (strcmp(line, "aws_secret_access_key") == 0)
+			snprintf(cred_secret, sizeof(cred_secret), "%s", value);
+	}
+	OPENSSL_cleanse(line, sizeof(line));
+	fclose(f);
+	if (cred_akid[0] == '\0' || cred_secret[0] == '\0') {
+		if (asked)
+			fprintf(stderr, "hsmctl: %s has no aws_access_key_id and aws_secret_access_key "
+			                "for profile '%s' (AWS_PROFILE)\n",
+			        path, profile);
+		return !asked;
+	}
+	c->akid = cred_akid;
+	c->secret = cred_secret;
+	return true;
+}
+
+/*
  * Consumes leading global options; returns the index of the command word, or -1
  * after a malformed option value.
  */
@@ -290,6 +370,8 @@ static int parse_globals(int argc, char **argv)
 			break;
 		i += 2;
 	}
+	if (!read_shared_credentials(c))
+		return -1;
 	hsmctl_globals.approval_wait = wait_seconds(wait);
 	if (hsmctl_globals.approval_wait == -2) {
 		fprintf(stderr, "hsmctl: --approval-wait (HSM_APPROVAL_WAIT): give whole seconds, "

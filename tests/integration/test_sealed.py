@@ -290,6 +290,19 @@ def test_seal_with_an_officer(prod):
     for c in ("alice", "bob", "carol"):
         assert unseal(server, shares[c]).returncode == 0
     kms.list_keys()
+    # hsmctl reads the credentials file init wrote, as aws-cli does (AWS_PROFILE names its
+    # section), when the environment holds no access key.
+    creds = os.path.join(os.path.dirname(shares["alice"]), "ops.credentials")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    run = lambda **extra: subprocess.run(  # noqa: E731
+        [HSMCTL, "--endpoint", server.endpoint, "user", "list"], capture_output=True,
+        text=True, timeout=60, env=dict(env, AWS_SHARED_CREDENTIALS_FILE=creds, **extra))
+    p = run(AWS_PROFILE="ops")
+    assert p.returncode == 0 and "ops" in p.stdout, p.stdout + p.stderr
+    p = run(AWS_PROFILE="nobody")
+    assert p.returncode == 2 and "no aws_access_key_id" in p.stderr and "'nobody'" in p.stderr
+    p = run(AWS_PROFILE="ops", AWS_ACCESS_KEY_ID="AKIANOTAKEY000000000", AWS_SECRET_ACCESS_KEY="x")
+    assert p.returncode != 0 and "UnrecognizedClient" in p.stderr, p.stderr  # env first
 
 
 def gauge(server, name):
