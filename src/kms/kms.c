@@ -117,6 +117,15 @@ static void *key_ref(void *p)
 	return k;
 }
 
+/* The kms_forget counter of a key's stripe (FNV-1a of its id). */
+static atomic_uint_fast64_t *forgets_of(hsm_kms *kms, const char *key_id)
+{
+	uint32_t h = 2166136261u;
+	for (const unsigned char *p = (const unsigned char *)key_id; *p != '\0'; p++)
+		h = (h ^ *p) * 16777619u;
+	return &kms->forgets[h % KMS_FORGET_STRIPES];
+}
+
 void kms_key_release(kms_key *k)
 {
 	if (k == NULL || atomic_fetch_sub_explicit(&k->refs, 1, memory_order_acq_rel) != 1)
@@ -124,7 +133,8 @@ void kms_key_release(kms_key *k)
 	hsm_kms *kms = k->kms;
 	if (kms != NULL && atomic_load_explicit(&k->superseded, memory_order_acquire) &&
 	    !atomic_load_explicit(&kms->closing, memory_order_acquire) &&
-	    atomic_load_explicit(&kms->forgets, memory_order_acquire) != k->forgets_at_load)
+	    atomic_load_explicit(forgets_of(kms, k->rec.key_id), memory_order_acquire) !=
+	        k->forgets_at_load)
 		hsm_ks_forget(kms->ks, k->rec.key_id);
 	hsm_key_record_clear(&k->rec);
 	hsm_policy_free(k->policy);
@@ -133,8 +143,10 @@ void kms_key_release(kms_key *k)
 	free(k);
 }
 
+/* The cache lets go of its snapshot (removed, replaced, evicted): see kms_key.superseded. */
 static void key_unref(void *p)
 {
+	atomic_store_explicit(&((kms_key *)p)->superseded, true, memory_order_release);
 	kms_key_release(p);
 }
 
@@ -480,7 +492,7 @@ hsm_result kms_key_load(hsm_kms *kms, const char *key_id, kms_key **out)
 	 * removal and keep a disabled key usable.
 	 */
 	uint_fast64_t generation = atomic_load_explicit(&kms->generation, memory_order_acquire);
-	uint_fast64_t forgets = atomic_load_explicit(&kms->forgets, memory_order_acquire);
+	uint_fast64_t forgets = atomic_load_explicit(forgets_of(kms, key_id), memory_order_acquire);
 	res = hsm_store_key_get(kms->store, key_id, &rec);
 	if (res.err == HSM_ERR_NOT_FOUND)
 		res = HSM_FAIL(HSM_ERR_NOT_FOUND, "Key '%s' does not exist", key_id);
@@ -493,10 +505,8 @@ hsm_result kms_key_load(hsm_kms *kms, const char *key_id, kms_key **out)
 	HSM_TRY(snapshot_new(kms, &rec, &k));
 	k->forgets_at_load = forgets;
 	HSM_TRY(hsm_shmap_put(kms->keys, key_id, k));
-	if (atomic_load_explicit(&kms->generation, memory_order_acquire) != generation) {
-		atomic_store_explicit(&k->superseded, true, memory_order_release);
+	if (atomic_load_explicit(&kms->generation, memory_order_acquire) != generation)
 		hsm_shmap_remove(kms->keys, key_id); /* this call still uses its snapshot */
-	}
 	*out = k;
 	k = NULL;
 out:
@@ -527,17 +537,12 @@ void kms_key_invalidate(hsm_kms *kms, const char *key_id)
 {
 	/* The generation first (JWKS cache, and kms_key_load's check), then the entry. */
 	atomic_fetch_add_explicit(&kms->generation, 1, memory_order_acq_rel);
-	void *hit = NULL;
-	if (hsm_shmap_get(kms->keys, key_id, &hit)) {
-		atomic_store_explicit(&((kms_key *)hit)->superseded, true, memory_order_release);
-		kms_key_release(hit);
-	}
 	hsm_shmap_remove(kms->keys, key_id);
 }
 
 void kms_forget(hsm_kms *kms, const char *key_id)
 {
-	atomic_fetch_add_explicit(&kms->forgets, 1, memory_order_acq_rel);
+	atomic_fetch_add_explicit(forgets_of(kms, key_id), 1, memory_order_acq_rel);
 	hsm_ks_forget(kms->ks, key_id);
 }
 

@@ -13,6 +13,8 @@
 #define KMS_ARN_MAX 160
 
 /* An immutable, reference-counted snapshot of one key's metadata. */
+#define KMS_FORGET_STRIPES 64
+
 typedef struct kms_key {
 	atomic_int refs;
 	hsm_key_record rec;   /* rec.policy is NULL: the text is hsm_policy_source(policy) */
@@ -25,13 +27,14 @@ typedef struct kms_key {
 	 * first needs them (kms_jwt.c); NULL until then. */
 	_Atomic(struct kms_version_times *) version_times;
 	/*
-	 * Set when a change replaces this snapshot while requests may hold it.
-	 * When the last of them lets go, if material was forgotten since it was
-	 * read (kms_forget), this key's material is forgotten again: a request
-	 * that read the key before a DisableKey may have cached it after.
+	 * Set when the cache lets go of this snapshot (a change, a newer read,
+	 * eviction) while requests may hold it.  When the last of them lets go,
+	 * if this key's material was forgotten since it was read (kms_forget),
+	 * it is forgotten again: a request that read the key before a DisableKey
+	 * may have cached the material after.
 	 */
 	atomic_bool superseded;
-	uint_fast64_t forgets_at_load; /* hsm_kms.forgets when the record was read */
+	uint_fast64_t forgets_at_load; /* the key's hsm_kms.forgets stripe when it was read */
 	struct hsm_kms *kms;
 } kms_key;
 
@@ -47,7 +50,8 @@ struct hsm_kms {
 	int64_t (*clock)(void *arg);
 	void *clock_arg;
 	atomic_uint_fast64_t generation; /* bumped on every key change (kms_key_invalidate) */
-	atomic_uint_fast64_t forgets;    /* bumped on every kms_forget */
+	/* Bumped by kms_forget, a counter for the keys whose ids hash to each. */
+	atomic_uint_fast64_t forgets[KMS_FORGET_STRIPES];
 	atomic_bool closing;             /* hsm_kms_free: snapshots let go forget nothing */
 	hsm_shmap *aliases;              /* alias name -> kms_alias (kms.c) */
 	atomic_uint_fast64_t alias_generation; /* bumped on every alias change */

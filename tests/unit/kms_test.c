@@ -271,6 +271,54 @@ static void test_change_racing_a_cache_fill(void **state)
 	hsm_buf_free(&ct);
 }
 
+/*
+ * A snapshot a request holds after a newer read replaced it in the cache:
+ * the request can still fetch the key's material after a DisableKey forgot
+ * it, and cache it; when that request lets go of its snapshot, the material
+ * is forgotten again.
+ */
+static void test_displaced_snapshot_forgets_material(void **state)
+{
+	fx *f = *state;
+	hsm_key_record k;
+	hsm_buf ct = {0};
+	reader rd;
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, NULL, &k);
+	snprintf(stall.key_id, sizeof(stall.key_id), "%s", k.key_id);
+	stall.orig = f->store->ops;
+	stall.ops = *f->store->ops;
+	stall.ops.key_get = stall_key_get;
+	stall.ops.version_get = stall_version_get;
+	f->store->ops = &stall.ops;
+	assert_true(hsm_ok(encrypt(f, &user, k.key_id, &ct)));
+	assert_true(hsm_ok(hsm_kms_disable_key(f->kms, &officer, k.key_id)));
+	assert_true(hsm_ok(hsm_kms_enable_key(f->kms, &officer, k.key_id)));
+	assert_false(material_cached(f, k.key_id));
+
+	/* R1 has read the key and waits; this thread reads it too and keeps its snapshot. */
+	atomic_store(&stall.hold_key, true);
+	start_held_encrypt(f, &rd);
+	kms_key *mine = NULL;
+	assert_true(hsm_ok(kms_key_load(f->kms, k.key_id, &mine)));
+	let_go(&rd); /* R1 caches its own snapshot over this one, and encrypts */
+	assert_true(hsm_ok(rd.r));
+	assert_true(hsm_ok(hsm_kms_disable_key(f->kms, &officer, k.key_id)));
+	assert_false(material_cached(f, k.key_id));
+
+	/* This request goes on with the snapshot it read while the key was enabled. */
+	hsm_ks_keyref ref = kms_keyref(mine, mine->rec.primary_version);
+	hsm_buf ctx = {0}, blob = {0};
+	assert_true(hsm_ok(hsm_ks_encrypt(f->ks, &ref, &ctx, (const uint8_t *)"x", 1, &blob)));
+	assert_true(material_cached(f, k.key_id)); /* what the race leaves, until... */
+	kms_key_release(mine);                     /* ...the request lets go */
+	assert_false(material_cached(f, k.key_id));
+
+	f->store->ops = stall.orig;
+	hsm_buf_free(&blob);
+	hsm_key_record_clear(&k);
+	hsm_buf_free(&ct);
+}
+
 /* ---- Two nodes sharing one store ------------------------------------------------- */
 
 static int64_t test_clock(void *arg)
@@ -932,6 +980,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_spec_usage_combinations, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_state_rules, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_change_racing_a_cache_fill, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_displaced_snapshot_forgets_material, setup,
+	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_gcm, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_destruction_after_waiting_period, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_scheduled_work_decides_under_the_row_lock, setup,
