@@ -208,19 +208,28 @@ static bool store_knows_trail(hsm_server *s)
 	return r.err != HSM_ERR_NOT_FOUND;
 }
 
-/* Records that this node's trail is on the store (once; a failure is said and left). */
-static void note_trail(hsm_server *s)
+/*
+ * Records that this node's trail is on the store, once: at start, after a
+ * dev-mode init, and else from the scheduler's passes until it is done (a
+ * node started before the ceremony, or a store that could not be written).
+ */
+static void note_trail(hsm_server *s, bool say_failure)
 {
-	if (store_knows_trail(s))
+	if (atomic_load(&s->trail_noted))
 		return;
-	char name[96], when[24];
-	trail_meta_name(s, name, sizeof(name));
-	int n = snprintf(when, sizeof(when), "%lld", (long long)hsm_now());
-	hsm_buf v = {.data = (uint8_t *)when, .len = (size_t)n};
-	const char *names[] = {name};
-	const hsm_buf *values[] = {&v};
-	if (hsm_failed(hsm_store_meta_put(s->store, 1, names, values)))
-		hsm_log_failure("could not record this node's audit trail in the store");
+	bool done = store_knows_trail(s);
+	if (!done) {
+		char name[96], when[24];
+		trail_meta_name(s, name, sizeof(name));
+		int n = snprintf(when, sizeof(when), "%lld", (long long)hsm_now());
+		hsm_buf v = {.data = (uint8_t *)when, .len = (size_t)n};
+		const char *names[] = {name};
+		const hsm_buf *values[] = {&v};
+		done = hsm_ok(hsm_store_meta_put(s->store, 1, names, values));
+		if (!done && say_failure)
+			hsm_log_failure("could not record this node's audit trail in the store (retried)");
+	}
+	atomic_store(&s->trail_noted, done);
 }
 
 static hsm_result open_parts(hsm_server *s)
@@ -259,7 +268,7 @@ static hsm_result open_parts(hsm_server *s)
 		began = false;
 	}
 	if (st != HSM_NODE_UNINITIALIZED)
-		note_trail(s);
+		note_trail(s, true);
 	if (began) {
 		hsm_warn("the audit trail in %s begins now, but the store was initialized before: if "
 		         "this node kept a trail there, it is gone",
@@ -399,7 +408,7 @@ static hsm_result dev_init_or_unseal(hsm_server *s)
 			r = hsm_write_file_atomic(path, share.data, share.len, 0600);
 		hsm_server_event(s, "Init", NULL, 0, r, NULL, 0);
 		if (hsm_ok(r))
-			note_trail(s);
+			note_trail(s, true);
 	} else if (hsm_keystore_state(s->ks) == HSM_NODE_SEALED) {
 		r = hsm_read_file(path, 4096, &share);
 		if (hsm_ok(r))
@@ -554,6 +563,8 @@ static void *scheduler_main(void *arg)
 		s->recount = false;
 		pthread_mutex_unlock(&s->stop_lock);
 		count_store_gauges(s);
+		if (hsm_keystore_state(s->ks) != HSM_NODE_UNINITIALIZED)
+			note_trail(s, false);
 		bool can_work = hsm_keystore_state(s->ks) == HSM_NODE_UNSEALED &&
 		                hsm_audit_accepting(s->audit);
 		/* Every node: material of keys another node disabled or destroyed goes here too

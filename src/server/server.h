@@ -126,6 +126,7 @@ typedef struct hsm_server {
 	 * sends its clients to a node that can.
 	 */
 	atomic_bool store_up;
+	atomic_bool trail_noted; /* the store records this node's audit trail (server.c note_trail) */
 	/*
 	 * Whether this node holds the store's leadership (hsm_store_lead) and so
 	 * runs the scheduled work: rotation, destruction, scheduled backups.

@@ -483,6 +483,13 @@ def test_node_started_before_the_ceremony(pg, tmp_path):
         assert p.returncode != 0 and "already initialized" in p.stderr, p.stderr
         assert not os.path.exists(tmp_path / "again-shares" / "share-1-of-3.share")
         assert n.get("/readyz")[0] == 200
+        # Its trail began before the store was initialized: the store learns of it from
+        # the scheduler's next pass, so a trail of this node taken away later is flagged.
+        deadline = time.time() + 30
+        while not pg.sql(store, "SELECT count(*) FROM meta WHERE name = 'audit_trail:early'") \
+                == "1":
+            assert time.time() < deadline, "the store never recorded the node's trail"
+            time.sleep(0.2)
     finally:
         n.cleanup()
 
