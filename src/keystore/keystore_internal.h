@@ -58,7 +58,8 @@ struct hsm_keystore {
 	ks_keys keys;
 	char store_id[HSM_UUID_STRLEN + 1];
 	uint8_t set_id[KS_SET_ID_LEN];
-	unsigned threshold, count;
+	/* Written under lock; read without it by ks_require_unsealed's message, hence atomic. */
+	_Atomic unsigned threshold, count;
 	uint8_t kcv[KS_KCV_LEN];
 	/* The current split's commitments (META_SHARE_COMMITS); n_commits 0: none kept. */
 	uint8_t commits[HSM_MAX_SHARES][HSM_SHARE_COMMIT_LEN];

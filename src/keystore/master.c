@@ -164,9 +164,12 @@ hsm_result ks_load_meta(hsm_keystore *ks)
 	HSM_ENSURE(hsm_is_uuid(ks->store_id), HSM_ERR_STORE, "store id is malformed");
 	HSM_GUARD(meta_hex(ks->store, META_SHARE_SET, ks->set_id, sizeof(ks->set_id)));
 	HSM_GUARD(meta_hex(ks->store, META_KCV, ks->kcv, sizeof(ks->kcv)));
-	HSM_GUARD(meta_uint(ks->store, META_THRESHOLD, HSM_MAX_SHARES, &ks->threshold));
-	HSM_GUARD(meta_uint(ks->store, META_SHARES, HSM_MAX_SHARES, &ks->count));
-	HSM_ENSURE(ks->threshold <= ks->count, HSM_ERR_STORE, "store quorum settings are malformed");
+	unsigned threshold = 0, count = 0;
+	HSM_GUARD(meta_uint(ks->store, META_THRESHOLD, HSM_MAX_SHARES, &threshold));
+	HSM_GUARD(meta_uint(ks->store, META_SHARES, HSM_MAX_SHARES, &count));
+	HSM_ENSURE(threshold <= count, HSM_ERR_STORE, "store quorum settings are malformed");
+	ks->threshold = threshold;
+	ks->count = count;
 	hsm_buf commits = {0};
 	hsm_result r = hsm_store_meta_get(ks->store, META_SHARE_COMMITS, &commits);
 	if (r.err == HSM_ERR_NOT_FOUND)
