@@ -227,6 +227,18 @@ static bool material_cached(fx *f, const char *key_id)
 	return found;
 }
 
+/* An AES key whose reads this test's stalling store can hold (stall.hold_key, hold_version). */
+static void stalled_key(fx *f, hsm_key_record *k)
+{
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, NULL, k);
+	snprintf(stall.key_id, sizeof(stall.key_id), "%s", k->key_id);
+	stall.orig = f->store->ops;
+	stall.ops = *f->store->ops;
+	stall.ops.key_get = stall_key_get;
+	stall.ops.version_get = stall_version_get;
+	f->store->ops = &stall.ops;
+}
+
 /*
  * DisableKey while an Encrypt that missed the caches has read the key as
  * Enabled and not yet cached it: the Encrypt may finish (it began first),
@@ -239,13 +251,7 @@ static void test_change_racing_a_cache_fill(void **state)
 	hsm_key_record k;
 	hsm_buf ct = {0};
 	reader rd;
-	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, NULL, &k);
-	snprintf(stall.key_id, sizeof(stall.key_id), "%s", k.key_id);
-	stall.orig = f->store->ops;
-	stall.ops = *f->store->ops;
-	stall.ops.key_get = stall_key_get;
-	stall.ops.version_get = stall_version_get;
-	f->store->ops = &stall.ops;
+	stalled_key(f, &k);
 
 	/* The key's record: the change's removal comes while the reader holds the old one. */
 	assert_true(hsm_ok(encrypt(f, &user, k.key_id, &ct)));
@@ -266,7 +272,7 @@ static void test_change_racing_a_cache_fill(void **state)
 	assert_false(material_cached(f, k.key_id));
 	assert_int_equal(encrypt(f, &user, k.key_id, &ct).err, HSM_ERR_DISABLED);
 
-	f->store->ops = stall.orig;
+	f->store->ops = stall.orig; /* the fixture's teardown closes the real store */
 	hsm_key_record_clear(&k);
 	hsm_buf_free(&ct);
 }
@@ -283,13 +289,7 @@ static void test_displaced_snapshot_forgets_material(void **state)
 	hsm_key_record k;
 	hsm_buf ct = {0};
 	reader rd;
-	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, NULL, &k);
-	snprintf(stall.key_id, sizeof(stall.key_id), "%s", k.key_id);
-	stall.orig = f->store->ops;
-	stall.ops = *f->store->ops;
-	stall.ops.key_get = stall_key_get;
-	stall.ops.version_get = stall_version_get;
-	f->store->ops = &stall.ops;
+	stalled_key(f, &k);
 	assert_true(hsm_ok(encrypt(f, &user, k.key_id, &ct)));
 	assert_true(hsm_ok(hsm_kms_disable_key(f->kms, &officer, k.key_id)));
 	assert_true(hsm_ok(hsm_kms_enable_key(f->kms, &officer, k.key_id)));
@@ -313,7 +313,7 @@ static void test_displaced_snapshot_forgets_material(void **state)
 	kms_key_release(mine);                     /* ...the request lets go */
 	assert_false(material_cached(f, k.key_id));
 
-	f->store->ops = stall.orig;
+	f->store->ops = stall.orig; /* the fixture's teardown closes the real store */
 	hsm_buf_free(&blob);
 	hsm_key_record_clear(&k);
 	hsm_buf_free(&ct);
