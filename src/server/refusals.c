@@ -34,6 +34,7 @@ struct hsm_refusals {
 	entry other; /* the sources that found no room */
 	hsm_bucket total;
 	uint64_t summarized;
+	size_t open; /* entries holding a summary: the flush scans the table only when some do */
 };
 
 hsm_result hsm_refusals_new(const hsm_refusals_config *cfg, hsm_refusals **out)
@@ -166,11 +167,14 @@ static void merge(hsm_refusal_summary *dst, const hsm_refusal_summary *src)
 	dst->more_akids = dst->more_akids || src->more_akids;
 }
 
-/* e's summary, made when it has none; NULL when out of memory. */
-static hsm_refusal_summary *summary_of(entry *e)
+/* e's summary, made when it has none; NULL when out of memory.  lock held. */
+static hsm_refusal_summary *summary_of(hsm_refusals *g, entry *e)
 {
-	if (e->sum == NULL)
+	if (e->sum == NULL) {
 		e->sum = calloc(1, sizeof(*e->sum));
+		if (e->sum != NULL)
+			g->open++;
+	}
 	return e->sum;
 }
 
@@ -192,7 +196,7 @@ bool hsm_refusals_take(hsm_refusals *g, const char *addr, const char *kind, cons
 		if (g->cfg.total != 0)
 			hsm_bucket_spend(&g->total);
 		own = true;
-	} else if (summary_of(e) != NULL) {
+	} else if (summary_of(g, e) != NULL) {
 		hsm_refusal_summary one;
 		memset(&one, 0, sizeof(one));
 		one.count = 1;
@@ -209,15 +213,17 @@ bool hsm_refusals_take(hsm_refusals *g, const char *addr, const char *kind, cons
 	return own;
 }
 
-/* Moves e's summary to out when it is due. */
-static bool take_due(entry *e, int64_t now_ms, bool all, uint32_t period_ms,
+/* Moves e's summary to out when it is due.  lock held. */
+static bool take_due(hsm_refusals *g, entry *e, int64_t now_ms, bool all,
                      hsm_refusal_summary *out)
 {
-	if (e->sum == NULL || (!all && now_ms - e->sum->first_mono_ms < (int64_t)period_ms))
+	if (e->sum == NULL ||
+	    (!all && now_ms - e->sum->first_mono_ms < (int64_t)g->cfg.period_ms))
 		return false;
 	*out = *e->sum;
 	free(e->sum);
 	e->sum = NULL;
+	g->open--;
 	return true;
 }
 
@@ -226,12 +232,12 @@ size_t hsm_refusals_due(hsm_refusals *g, int64_t now_ms, bool all, hsm_refusal_s
 {
 	size_t n = 0;
 	pthread_mutex_lock(&g->lock);
-	for (size_t i = 0; i < g->cfg.capacity && n < cap; i++) {
+	for (size_t i = 0; i < g->cfg.capacity && n < cap && g->open > 0; i++) {
 		entry *e = &g->table[i];
-		if (take_due(e, now_ms, all, g->cfg.period_ms, &out[n]))
+		if (take_due(g, e, now_ms, all, &out[n]))
 			hsm_source_text(&e->key, out[n++].source);
 	}
-	if (n < cap && take_due(&g->other, now_ms, all, g->cfg.period_ms, &out[n]))
+	if (n < cap && take_due(g, &g->other, now_ms, all, &out[n]))
 		snprintf(out[n++].source, HSM_REFUSALS_SOURCE_MAX, "%s", HSM_REFUSALS_OTHER_SOURCES);
 	pthread_mutex_unlock(&g->lock);
 	return n;
@@ -245,7 +251,7 @@ void hsm_refusals_restore(hsm_refusals *g, const hsm_refusal_summary *s, int64_t
 		hsm_source k = hsm_source_of_text(s->source);
 		e = entry_of(g, &k, mono_ms);
 	}
-	hsm_refusal_summary *dst = summary_of(e);
+	hsm_refusal_summary *dst = summary_of(g, e);
 	if (dst != NULL)
 		merge(dst, s);
 	pthread_mutex_unlock(&g->lock);
