@@ -113,10 +113,19 @@ static a_status cert_attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value
 	}
 }
 
+/*
+ * The value of an attribute of a key, or why there is none.  An attribute its
+ * class or key type does not have (CKA_SIGN of a public key, CKA_VALUE_LEN of
+ * an RSA key, CKA_MODULUS of an AES key) is A_INVALID, not a false or empty
+ * value: C_GetAttributeValue answers CKR_ATTRIBUTE_TYPE_INVALID for it
+ * (PKCS#11 v2.40 5.7), and a search template naming it matches no such key.
+ */
 static a_status attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
 {
 	if (o->cls == CKO_CERTIFICATE)
 		return cert_attribute(o, t, v);
+	if (!p11_key_has(t, o->cls, o->key_type))
+		return A_INVALID;
 	if (o->derived)
 		return derived_attribute(o, t, v);
 	bool priv = o->cls == CKO_PRIVATE_KEY, pub = o->cls == CKO_PUBLIC_KEY;
@@ -136,7 +145,8 @@ static a_status attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
 	case CKA_VERIFY_RECOVER:
 	case CKA_TRUSTED:
 	case CKA_WRAP_WITH_TRUSTED:
-	case CKA_ALWAYS_AUTHENTICATE: return boolean(v, false);
+	case CKA_ALWAYS_AUTHENTICATE:
+	case CKA_EXTRACTABLE: return boolean(v, false);
 	case CKA_DESTROYABLE: return boolean(v, !pub); /* a public key goes with its private key */
 	/* Imported material (PKCS#11 v2.40 4.7): not made here, and was once in the clear. */
 	case CKA_LOCAL: return boolean(v, !o->external);
@@ -145,7 +155,8 @@ static a_status attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
 		return o->id.len > 0 ? bytes(v, o->id.data, o->id.len)
 		                     : bytes(v, o->key_id, strlen(o->key_id));
 	case CKA_START_DATE:
-	case CKA_END_DATE: return bytes(v, "", 0);
+	case CKA_END_DATE:
+	case CKA_SUBJECT: return bytes(v, "", 0);
 	case CKA_SIGN: return boolean(v, (priv && o->usage == HSM_USAGE_SIGN_VERIFY) || mac);
 	case CKA_VERIFY: return boolean(v, (pub && o->usage == HSM_USAGE_SIGN_VERIFY) || mac);
 	case CKA_DECRYPT: return boolean(v, (priv && o->usage == HSM_USAGE_ENCRYPT_DECRYPT) || aes);
@@ -157,63 +168,32 @@ static a_status attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
 		                      : secret                       ? CKM_GENERIC_SECRET_KEY_GEN
 		                      : o->key_type == CKK_EC_EDWARDS ? CKM_EC_EDWARDS_KEY_PAIR_GEN
 		                                                      : CKM_EC_KEY_PAIR_GEN);
-	case CKA_SENSITIVE:
-		if (pub)
-			break;
-		return boolean(v, true);
+	case CKA_SENSITIVE: return boolean(v, true);
 	case CKA_ALWAYS_SENSITIVE:
-	case CKA_NEVER_EXTRACTABLE:
-		if (pub)
-			break;
-		return boolean(v, !o->external);
-	case CKA_EXTRACTABLE:
-		if (pub)
-			break;
-		return boolean(v, false);
-	case CKA_SUBJECT: return pub || priv ? bytes(v, "", 0) : A_INVALID;
+	case CKA_NEVER_EXTRACTABLE: return boolean(v, !o->external);
 	case CKA_VALUE_LEN:
-		if (!secret)
-			break;
 		return ulong_value(v, aes                            ? 32
 		                      : o->spec == HSM_SPEC_HMAC_224 ? 28
 		                      : o->spec == HSM_SPEC_HMAC_256 ? 32
 		                      : o->spec == HSM_SPEC_HMAC_384 ? 48
 		                                                     : 64);
-	case CKA_VALUE: return pub ? A_INVALID : A_SENSITIVE;
-	case CKA_PUBLIC_KEY_INFO:
-		if (secret)
-			break;
-		return bytes(v, o->spki.data, o->spki.len);
-	case CKA_MODULUS:
-		if (!rsa)
-			break;
-		return bytes(v, o->modulus.data, o->modulus.len);
-	case CKA_PUBLIC_EXPONENT:
-		if (!rsa)
-			break;
-		return bytes(v, o->exponent.data, o->exponent.len);
-	case CKA_MODULUS_BITS:
-		if (!rsa)
-			break;
-		return ulong_value(v, o->modulus_bits);
+	/* Private values: an EC private key's and a secret key's CKA_VALUE, RSA's components. */
+	case CKA_VALUE:
 	case CKA_PRIVATE_EXPONENT:
 	case CKA_PRIME_1:
 	case CKA_PRIME_2:
 	case CKA_EXPONENT_1:
 	case CKA_EXPONENT_2:
-	case CKA_COEFFICIENT:
-		return priv && rsa ? A_SENSITIVE : A_INVALID;
-	case CKA_EC_PARAMS:
-		if (o->key_type != CKK_EC && o->key_type != CKK_EC_EDWARDS)
-			break;
-		return bytes(v, o->ec_params.data, o->ec_params.len);
-	case CKA_EC_POINT:
-		if (!pub || (o->key_type != CKK_EC && o->key_type != CKK_EC_EDWARDS))
-			break;
-		return bytes(v, o->ec_point.data, o->ec_point.len);
+	case CKA_COEFFICIENT: return A_SENSITIVE;
+	case CKA_PUBLIC_KEY_INFO: return bytes(v, o->spki.data, o->spki.len);
+	case CKA_MODULUS: return bytes(v, o->modulus.data, o->modulus.len);
+	case CKA_PUBLIC_EXPONENT: return bytes(v, o->exponent.data, o->exponent.len);
+	case CKA_MODULUS_BITS: return ulong_value(v, o->modulus_bits);
+	case CKA_EC_PARAMS: return bytes(v, o->ec_params.data, o->ec_params.len);
+	case CKA_EC_POINT: return bytes(v, o->ec_point.data, o->ec_point.len);
 	default: break;
 	}
-	return A_INVALID;
+	return A_INVALID; /* one the module does not give (CKA_ALLOWED_MECHANISMS, ...) */
 }
 
 CK_RV C_GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR tmpl,

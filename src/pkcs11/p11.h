@@ -308,6 +308,13 @@ void p11_objects_drop_session(CK_SESSION_HANDLE owner);
  * are the caller's to check.  CKR_OK or the error to return, no key made.
  */
 CK_RV p11_template_check(const CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_CLASS cls, CK_KEY_TYPE kt);
+/*
+ * Whether a key of class cls (CKO_PUBLIC_KEY, CKO_PRIVATE_KEY, CKO_SECRET_KEY)
+ * and key type kt has the attribute type at all (PKCS#11 v2.40 4.4-4.10 and
+ * the key types' sections): the table templates are checked against, which
+ * C_GetAttributeValue and searches follow too.
+ */
+bool p11_key_has(CK_ATTRIBUTE_TYPE type, CK_OBJECT_CLASS cls, CK_KEY_TYPE kt);
 /* Whether a (checked) template gives the boolean type as true, or as false. */
 bool p11_template_true(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type);
 bool p11_template_false(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type);

@@ -112,6 +112,11 @@ static const attr_rule *rule_of(CK_ATTRIBUTE_TYPE type, CK_OBJECT_CLASS cls, CK_
 	return NULL;
 }
 
+bool p11_key_has(CK_ATTRIBUTE_TYPE type, CK_OBJECT_CLASS cls, CK_KEY_TYPE kt)
+{
+	return rule_of(type, cls, kt) != NULL;
+}
+
 static bool well_formed(const CK_ATTRIBUTE *a, t_kind kind)
 {
 	if (a->pValue == NULL && a->ulValueLen > 0)

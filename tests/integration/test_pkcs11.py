@@ -492,18 +492,20 @@ def test_objects_mirror_the_kms_keys(p11, user, officer, keys):
                          CKA_EXTRACTABLE, CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE) == [
                 True, True, False, True, False, True, True]
             assert attrs(s, pub, CKA_PRIVATE, CKA_VERIFY) == [False, True]
-            assert attr_rv(s, priv, CKA_VALUE) == PyKCS11.CKR_ATTRIBUTE_SENSITIVE
+            # An EC private key has a CKA_VALUE, never given; an RSA one has none (2.1.3).
+            assert attr_rv(s, priv, CKA_VALUE) == (PyKCS11.CKR_ATTRIBUTE_SENSITIVE if name == "ec"
+                                                   else PyKCS11.CKR_ATTRIBUTE_TYPE_INVALID)
             assert attr_rv(s, priv, CKA_UNKNOWN) == PyKCS11.CKR_ATTRIBUTE_TYPE_INVALID
             assert attr_rv(s, pub, CKA_UNKNOWN) == PyKCS11.CKR_ATTRIBUTE_TYPE_INVALID
             pk = public_key(officer, keys[name])
             if name == "rsa":
                 for t in (CKA_PRIVATE_EXPONENT, CKA_PRIME_1):
                     assert attr_rv(s, priv, t) == PyKCS11.CKR_ATTRIBUTE_SENSITIVE, PyKCS11.CKA[t]
-                for o in (priv, pub):
+                for o in (priv, pub):  # CKA_MODULUS_BITS: a public key's (2.1.2), not 2.1.3's
                     n, e, bits = attrs(s, o, CKA_MODULUS, CKA_PUBLIC_EXPONENT, CKA_MODULUS_BITS)
                     assert int.from_bytes(n, "big") == pk.public_numbers().n
                     assert int.from_bytes(e, "big") == pk.public_numbers().e == 65537
-                    assert bits == 2048
+                    assert bits == (2048 if o == pub else None)
             else:
                 assert attrs(s, priv, CKA_EC_PARAMS) == [P256_OID]
                 assert attrs(s, pub, CKA_EC_PARAMS, CKA_EC_POINT) == [
@@ -540,6 +542,80 @@ def test_key_agreement_key_objects(p11, user, officer, keys):
             Mechanism(PyKCS11.CKM_ECDSA_SHA384))
         assert s.lib.C_DestroyObject(s.session, pub) == CKR_ACTION_PROHIBITED
     assert officer.describe_key(KeyId=keys["ecdh"])["KeyMetadata"]["KeyState"] == "Enabled"
+
+
+# Attributes each object's class or key type does not have (PKCS#11 v2.40 4.6-4.10, RSA
+# 2.1.2-2.1.3, EC 2.3.3-2.3.4): keys by (class, key type), then certificates.
+A = PyKCS11
+NOT_A_PUBLIC_KEYS = (CKA_SIGN, CKA_DECRYPT, A.CKA_UNWRAP, A.CKA_SIGN_RECOVER, CKA_SENSITIVE,
+                     CKA_EXTRACTABLE, CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE,
+                     A.CKA_ALWAYS_AUTHENTICATE, A.CKA_WRAP_WITH_TRUSTED, CKA_VALUE_LEN)
+NOT_A_PRIVATE_KEYS = (CKA_VERIFY, CKA_ENCRYPT, A.CKA_WRAP, A.CKA_VERIFY_RECOVER, A.CKA_TRUSTED,
+                      CKA_VALUE_LEN, CKA_EC_POINT)
+NOT_A_SECRET_KEYS = (A.CKA_SIGN_RECOVER, A.CKA_VERIFY_RECOVER, A.CKA_ALWAYS_AUTHENTICATE,
+                     A.CKA_SUBJECT, A.CKA_PUBLIC_KEY_INFO, CKA_MODULUS, CKA_PUBLIC_EXPONENT,
+                     CKA_EC_PARAMS, CKA_EC_POINT)
+NOT_A_CERTIFICATES = (CKA_SIGN, CKA_VERIFY, CKA_ENCRYPT, CKA_KEY_TYPE, CKA_SENSITIVE,
+                      CKA_MODULUS, CKA_VALUE_LEN, CKA_DERIVE, A.CKA_LOCAL)
+
+
+def test_attributes_an_object_does_not_have_are_invalid(p11, user, officer, keys):
+    """C_GetAttributeValue of an attribute the object's class or key type does not have (a
+    public key's CKA_SIGN, a private key's CKA_VERIFY, an RSA private key's CKA_MODULUS_BITS
+    and CKA_VALUE, a secret key's CKA_MODULUS, a certificate's CKA_KEY_TYPE) sets its
+    ulValueLen to CK_UNAVAILABLE_INFORMATION and answers CKR_ATTRIBUTE_TYPE_INVALID, not a
+    false or empty value; the template's other attributes are still given (PKCS#11 v2.40
+    5.7, C_GetAttributeValue); and a search naming such an attribute finds no such object."""
+    def invalid(s, obj, *types_):
+        for t in types_:
+            assert attr_rv(s, obj, t) == PyKCS11.CKR_ATTRIBUTE_TYPE_INVALID, (obj, A.CKA[t])
+
+    with session(p11, user.pin) as s:
+        for name in ("rsa", "ec", "rsa_enc", "ecdh"):
+            (priv,) = find(s, CKO_PRIVATE_KEY, keys[name])
+            (pub,) = find(s, CKO_PUBLIC_KEY, keys[name])
+            invalid(s, pub, *NOT_A_PUBLIC_KEYS, CKA_VALUE, CKA_PRIVATE_EXPONENT)
+            invalid(s, priv, *NOT_A_PRIVATE_KEYS)
+            if name.startswith("rsa"):
+                invalid(s, priv, CKA_MODULUS_BITS, CKA_VALUE, CKA_EC_PARAMS)
+                assert attr_rv(s, priv, PyKCS11.CKA_PRIME_1) == PyKCS11.CKR_ATTRIBUTE_SENSITIVE
+            else:
+                invalid(s, priv, CKA_MODULUS, CKA_MODULUS_BITS, CKA_PUBLIC_EXPONENT)
+                invalid(s, pub, CKA_MODULUS, CKA_MODULUS_BITS)
+                assert attr_rv(s, priv, CKA_VALUE) == PyKCS11.CKR_ATTRIBUTE_SENSITIVE
+        for name in ("aes", "mac"):
+            (key,) = find(s, CKO_SECRET_KEY, keys[name])
+            invalid(s, key, *NOT_A_SECRET_KEYS, CKA_MODULUS_BITS)
+        theirs = ec.generate_private_key(ec.SECP384R1()).public_key()
+        (agree,) = find(s, CKO_PRIVATE_KEY, keys["ecdh"])
+        derived = s.deriveKey(agree, SECRET_TEMPLATE, ecdh(theirs.public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)))
+        invalid(s, derived, *NOT_A_SECRET_KEYS)
+        assert attrs(s, derived, CKA_SIGN, A.CKA_WRAP, CKA_VALUE_LEN) == [False, False, 48]
+        cert = s.createObject([(CKA_CLASS, PyKCS11.CKO_CERTIFICATE),
+                               (PyKCS11.CKA_CERTIFICATE_TYPE, PyKCS11.CKC_X_509),
+                               (CKA_TOKEN, False), (CKA_VALUE, self_signed_der())])
+        invalid(s, cert, *NOT_A_CERTIFICATES)
+
+        # In one template: the attribute the key lacks is unavailable, the others are given.
+        (pub,) = find(s, CKO_PUBLIC_KEY, keys["rsa"])
+        tpl = LowLevel.ckattrlist(3)
+        for i, t in enumerate((CKA_CLASS, CKA_SIGN, CKA_LABEL)):
+            tpl[i].SetType(t)
+        assert s.lib.C_GetAttributeValue(s.session, pub, tpl) == \
+            PyKCS11.CKR_ATTRIBUTE_TYPE_INVALID  # the lengths
+        assert [tpl[0].GetLen(), tpl[2].GetLen()] == [ctypes.sizeof(ctypes.c_ulong), 7]
+        assert s.lib.C_GetAttributeValue(s.session, pub, tpl) == \
+            PyKCS11.CKR_ATTRIBUTE_TYPE_INVALID  # the values
+        assert [tpl[0].GetNum(), tpl[2].GetString()] == [CKO_PUBLIC_KEY, "web-tls"]
+        assert attrs(s, pub, CKA_CLASS, CKA_SIGN, CKA_VERIFY, CKA_LABEL) == [
+            CKO_PUBLIC_KEY, None, True, "web-tls"]
+
+        # A search for what a class lacks finds none of that class.
+        ids = [(CKA_ID, keys["rsa"].encode())]
+        assert s.findObjects(ids + [(CKA_SIGN, False)]) == []
+        assert [o.value() for o in s.findObjects(ids + [(CKA_SIGN, True)])] == [
+            find(s, CKO_PRIVATE_KEY, keys["rsa"])[0].value()]
 
 
 def ecdh(peer_point, kdf=PyKCS11.CKD_NULL, shared=None):
@@ -960,7 +1036,7 @@ def test_other_rsa_and_hmac_sizes(p11, officer, user):
     pk = public_key(officer, rsa)
     with session(p11, user.pin) as s:
         (priv,) = find(s, CKO_PRIVATE_KEY, rsa)
-        assert attrs(s, priv, CKA_MODULUS_BITS) == [3072]
+        assert attrs(s, find(s, CKO_PUBLIC_KEY, rsa)[0], CKA_MODULUS_BITS) == [3072]
         sig = sign(s, priv, Mechanism(PyKCS11.CKM_SHA384_RSA_PKCS), MSG)
         pk.verify(sig, MSG, padding.PKCS1v15(), hashes.SHA384())
         params = (CKM["CKM_SHA512"], PyKCS11.CKG_MGF1_SHA512, 64)
@@ -1458,6 +1534,7 @@ def test_pkcs11_tool(server, user, officer, keys, tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"
     p = tool(f"{dead},{server.endpoint}", "--login", "--pin", user.pin, "-O")
     assert p.returncode == 0, p.stderr
+    assert "CKR_ATTRIBUTE_TYPE_INVALID" not in p.stderr, p.stderr  # each class its own only
     for kind, kid, label in (("RSA", keys["rsa"], "web-tls"), ("EC", keys["ec"], keys["ec"])):
         block = f"Private Key Object; {kind}"
         assert block in p.stdout, p.stdout
