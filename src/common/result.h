@@ -68,7 +68,7 @@
 	X(HSM_ERR_MISSING_AUTH, "MissingAuthenticationTokenException", 400, 0x101UL /* USER_NOT_LOGGED_IN */) \
 	X(HSM_ERR_PRINCIPAL_LOCKED, "AccessDeniedException", 403, 0x0A4UL /* PIN_LOCKED */) \
 	X(HSM_ERR_THROTTLING, "ThrottlingException", 400, 0x030UL /* DEVICE_ERROR */)  \
-	X(HSM_ERR_SEALED, "ServiceUnavailableException", 503, 0x0E0UL /* TOKEN_NOT_PRESENT */) \
+	X(HSM_ERR_SEALED, "ServiceUnavailableException", 503, 0x030UL /* DEVICE_ERROR: token present */) \
 	X(HSM_ERR_NODE_ERROR, "ServiceUnavailableException", 503, 0x030UL /* DEVICE_ERROR */) \
 	X(HSM_ERR_AUDIT_UNAVAILABLE, "ServiceUnavailableException", 503, 0x030UL)        \
 	X(HSM_ERR_DEPENDENCY_TIMEOUT, "DependencyTimeoutException", 503, 0x030UL)       \

@@ -416,3 +416,57 @@ def test_clients_move_past_a_sealed_node():
     finally:
         sealed.cleanup()
         serving.cleanup()
+
+
+def test_pkcs11_token_of_a_sealed_node(tmp_path):
+    """The PKCS#11 module's token stays present while its node is sealed (C_GetSlotList with
+    tokenPresent, CKF_TOKEN_PRESENT, C_GetTokenInfo and C_OpenSession say so), so the calls
+    the node refuses answer CKR_DEVICE_ERROR, not CKR_TOKEN_NOT_PRESENT, which the slot
+    would contradict: a login, and once logged in, a search; the session and its login stay,
+    and serve again once the node is unsealed."""
+    import PyKCS11
+    from conftest import BUILD
+    data, shares = init_store(str(tmp_path))
+    server = Hsmd([], data_dir=data)
+    old = os.environ.get("HSM_PKCS11_ENDPOINT")
+    os.environ["HSM_PKCS11_ENDPOINT"] = server.endpoint
+    lib = PyKCS11.PyKCS11Lib()
+    lib.load(os.path.join(BUILD, "libhsm_pkcs11.so"))
+    try:
+        akid, secret = create_first_officer(server, data, shares)
+        pin = f"{akid}:{secret}"
+
+        def present():
+            assert lib.getSlotList(tokenPresent=True) == [0]
+            assert lib.getSlotInfo(0).flags & PyKCS11.CKF_TOKEN_PRESENT
+            assert lib.getTokenInfo(0).label.strip() == "hsmd"
+
+        def refused(fn, *args):
+            with pytest.raises(PyKCS11.PyKCS11Error) as e:
+                fn(*args)
+            assert e.value.value == PyKCS11.CKR_DEVICE_ERROR, PyKCS11.CKR.get(e.value.value)
+
+        present()
+        s = lib.openSession(0, PyKCS11.CKF_SERIAL_SESSION | PyKCS11.CKF_RW_SESSION)
+        refused(s.login, pin)
+        assert s.getSessionInfo().state == PyKCS11.CKS_RW_PUBLIC_SESSION
+        for c in ("alice", "carol", "erin"):
+            assert unseal(server, shares[c]).returncode == 0
+        s.login(pin)
+        assert s.findObjects([(PyKCS11.CKA_CLASS, PyKCS11.CKO_PRIVATE_KEY)]) == []
+        assert admin(server, "Seal", akid=akid, secret=secret)["Sealed"] is True
+        present()
+        refused(s.findObjects, [(PyKCS11.CKA_CLASS, PyKCS11.CKO_PRIVATE_KEY)])
+        assert s.getSessionInfo().state == PyKCS11.CKS_RW_USER_FUNCTIONS
+        for c in ("bob", "dave", "erin"):
+            assert unseal(server, shares[c]).returncode == 0
+        assert s.findObjects([(PyKCS11.CKA_CLASS, PyKCS11.CKO_PRIVATE_KEY)]) == []
+        s.logout()
+        s.closeSession()
+    finally:
+        lib.lib.Unload()  # C_Finalize
+        if old is None:
+            os.environ.pop("HSM_PKCS11_ENDPOINT", None)
+        else:
+            os.environ["HSM_PKCS11_ENDPOINT"] = old
+        server.cleanup()
