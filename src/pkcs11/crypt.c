@@ -273,17 +273,33 @@ static CK_RV call_crypt(const char *target, const p11_ticket *t, const p11_op *o
 	return rv;
 }
 
+/*
+ * The session of h, its encryption (or decryption) active; else NULL and *rv.
+ * Arguments found bad (args_ok false) end the operation, as any other failure
+ * of these calls does but a length query's CKR_BUFFER_TOO_SMALL (PKCS#11
+ * v2.40 5.8-5.9): CKR_ARGUMENTS_BAD leaves no operation behind.
+ */
+static p11_session *crypting(CK_SESSION_HANDLE h, bool encrypt, bool args_ok, CK_RV *rv)
+{
+	p11_session *s = p11_session_get(h);
+	p11_op *op = s == NULL ? NULL : encrypt ? &s->encrypt : &s->decrypt;
+	*rv = s == NULL      ? CKR_SESSION_HANDLE_INVALID
+	      : !op->active ? CKR_OPERATION_NOT_INITIALIZED
+	      : !args_ok    ? CKR_ARGUMENTS_BAD
+	                    : CKR_OK;
+	if (*rv == CKR_ARGUMENTS_BAD)
+		p11_op_reset(op);
+	return *rv == CKR_OK ? s : NULL;
+}
+
 CK_RV C_Encrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR out,
                 CK_ULONG_PTR out_n)
 {
-	if ((data == NULL && len > 0) || out_n == NULL)
-		return CKR_ARGUMENTS_BAD;
 	ENTER();
-	p11_session *s = p11_session_get(h);
+	CK_RV rv;
+	p11_session *s = crypting(h, true, (data != NULL || len == 0) && out_n != NULL, &rv);
 	if (s == NULL)
-		LEAVE(CKR_SESSION_HANDLE_INVALID);
-	if (!s->encrypt.active)
-		LEAVE(CKR_OPERATION_NOT_INITIALIZED);
+		LEAVE(rv);
 	/* Parts given to C_EncryptUpdate end with C_EncryptFinal, not here: refused and ended,
 	 * as C_Sign after C_SignUpdate is, rather than the parts dropped. */
 	if (s->encrypt.multi) {
@@ -292,7 +308,6 @@ CK_RV C_Encrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR
 	}
 	p11_ticket t = p11_ticket_of(h, &s->encrypt);
 	const p11_object *o = p11_object_get(s->encrypt.key);
-	CK_RV rv = CKR_OK;
 	if (o == NULL) {
 		rv = CKR_KEY_HANDLE_INVALID;
 	} else if (s->encrypt.mech->family == P11_AES_GCM) {
@@ -326,21 +341,17 @@ CK_RV C_Encrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR
 CK_RV C_Decrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR out,
                 CK_ULONG_PTR out_n)
 {
-	if ((data == NULL && len > 0) || out_n == NULL)
-		return CKR_ARGUMENTS_BAD;
 	ENTER();
-	p11_session *s = p11_session_get(h);
+	CK_RV rv;
+	p11_session *s = crypting(h, false, (data != NULL || len == 0) && out_n != NULL, &rv);
 	if (s == NULL)
-		LEAVE(CKR_SESSION_HANDLE_INVALID);
-	if (!s->decrypt.active)
-		LEAVE(CKR_OPERATION_NOT_INITIALIZED);
+		LEAVE(rv);
 	if (s->decrypt.multi) { /* as for C_Encrypt */
 		p11_op_reset(&s->decrypt);
 		LEAVE(CKR_OPERATION_NOT_INITIALIZED);
 	}
 	p11_ticket t = p11_ticket_of(h, &s->decrypt);
 	const p11_object *o = p11_object_get(s->decrypt.key);
-	CK_RV rv = CKR_OK;
 	if (o == NULL) {
 		rv = CKR_KEY_HANDLE_INVALID;
 	} else if (s->decrypt.mech->family == P11_AES_GCM) {
@@ -380,13 +391,11 @@ CK_RV C_Decrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR
 static CK_RV gather(CK_SESSION_HANDLE h, bool encrypt, const CK_BYTE *part, CK_ULONG len,
                     CK_ULONG_PTR out_n)
 {
-	p11_session *s = p11_session_get(h);
+	CK_RV rv;
+	p11_session *s = crypting(h, encrypt, (part != NULL || len == 0) && out_n != NULL, &rv);
 	if (s == NULL)
-		return CKR_SESSION_HANDLE_INVALID;
+		return rv;
 	p11_op *op = encrypt ? &s->encrypt : &s->decrypt;
-	if (!op->active)
-		return CKR_OPERATION_NOT_INITIALIZED;
-	CK_RV rv = CKR_OK;
 	size_t max = encrypt ? GCM_MAX_DATA : GCM_MAX_DATA + GCM_TAG_LEN;
 	if (op->mech->family != P11_AES_GCM)
 		rv = CKR_FUNCTION_NOT_SUPPORTED;
@@ -407,8 +416,6 @@ CK_RV C_EncryptUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR part, CK_ULONG len, CK_BY
                       CK_ULONG_PTR out_n)
 {
 	(void)out;
-	if ((part == NULL && len > 0) || out_n == NULL)
-		return CKR_ARGUMENTS_BAD;
 	ENTER();
 	LEAVE(gather(h, true, part, len, out_n));
 }
@@ -417,8 +424,6 @@ CK_RV C_DecryptUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR part, CK_ULONG len, CK_BY
                       CK_ULONG_PTR out_n)
 {
 	(void)out;
-	if ((part == NULL && len > 0) || out_n == NULL)
-		return CKR_ARGUMENTS_BAD;
 	ENTER();
 	LEAVE(gather(h, false, part, len, out_n));
 }
@@ -426,20 +431,18 @@ CK_RV C_DecryptUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR part, CK_ULONG len, CK_BY
 /* The Final call: the gathered input, encrypted or decrypted in one request. */
 static CK_RV finish(CK_SESSION_HANDLE h, bool encrypt, CK_BYTE_PTR out, CK_ULONG_PTR out_n)
 {
-	p11_session *s = p11_session_get(h);
+	CK_RV rv;
+	p11_session *s = crypting(h, encrypt, out_n != NULL, &rv);
 	if (s == NULL)
-		return CKR_SESSION_HANDLE_INVALID;
+		return rv;
 	p11_op *op = encrypt ? &s->encrypt : &s->decrypt;
-	if (!op->active)
-		return CKR_OPERATION_NOT_INITIALIZED;
 	p11_ticket t = p11_ticket_of(h, op);
 	const p11_object *o = p11_object_get(op->key);
 	bool query = false;
-	CK_RV rv =
-	    o == NULL                         ? CKR_KEY_HANDLE_INVALID
-	    : op->mech->family != P11_AES_GCM ? CKR_FUNCTION_NOT_SUPPORTED
-	    : encrypt ? gcm_encrypt(op, &t, o, op->input.data, op->input.len, out, out_n, &query)
-	              : gcm_decrypt(op, &t, o, op->input.data, op->input.len, out, out_n, &query);
+	rv = o == NULL                         ? CKR_KEY_HANDLE_INVALID
+	     : op->mech->family != P11_AES_GCM ? CKR_FUNCTION_NOT_SUPPORTED
+	     : encrypt ? gcm_encrypt(op, &t, o, op->input.data, op->input.len, out, out_n, &query)
+	               : gcm_decrypt(op, &t, o, op->input.data, op->input.len, out, out_n, &query);
 	if (!query)
 		p11_op_end(op, &t);
 	return rv;
@@ -447,16 +450,12 @@ static CK_RV finish(CK_SESSION_HANDLE h, bool encrypt, CK_BYTE_PTR out, CK_ULONG
 
 CK_RV C_EncryptFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG_PTR out_n)
 {
-	if (out_n == NULL)
-		return CKR_ARGUMENTS_BAD;
 	ENTER();
 	LEAVE(finish(h, true, out, out_n));
 }
 
 CK_RV C_DecryptFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG_PTR out_n)
 {
-	if (out_n == NULL)
-		return CKR_ARGUMENTS_BAD;
 	ENTER();
 	LEAVE(finish(h, false, out, out_n));
 }

@@ -16,12 +16,16 @@
 
 #include "pkcs11/p11.h"
 
-static p11_session *digesting(CK_SESSION_HANDLE h, CK_RV *rv)
+/* The session of h, its digest active; else NULL and *rv.  Bad arguments end it (sign.c's active). */
+static p11_session *digesting(CK_SESSION_HANDLE h, bool args_ok, CK_RV *rv)
 {
 	p11_session *s = p11_session_get(h);
-	*rv = s == NULL ? CKR_SESSION_HANDLE_INVALID
-	      : !s->digest.active ? CKR_OPERATION_NOT_INITIALIZED
-	                          : CKR_OK;
+	*rv = s == NULL             ? CKR_SESSION_HANDLE_INVALID
+	      : !s->digest.active  ? CKR_OPERATION_NOT_INITIALIZED
+	      : !args_ok           ? CKR_ARGUMENTS_BAD
+	                           : CKR_OK;
+	if (*rv == CKR_ARGUMENTS_BAD)
+		p11_op_reset(&s->digest);
 	return *rv == CKR_OK ? s : NULL;
 }
 
@@ -85,11 +89,9 @@ static CK_RV finish(p11_op *op, CK_BYTE_PTR out, CK_ULONG_PTR out_n)
 CK_RV C_Digest(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR out,
                CK_ULONG_PTR out_n)
 {
-	if ((data == NULL && len > 0) || out_n == NULL)
-		return CKR_ARGUMENTS_BAD;
 	ENTER();
 	CK_RV rv;
-	p11_session *s = digesting(h, &rv);
+	p11_session *s = digesting(h, (data != NULL || len == 0) && out_n != NULL, &rv);
 	if (s == NULL)
 		LEAVE(rv);
 	/* C_Digest does not end a multi-part digest (PKCS#11 C_Digest): refused, and ended. */
@@ -109,11 +111,9 @@ CK_RV C_Digest(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR 
 
 CK_RV C_DigestUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len)
 {
-	if (data == NULL && len > 0)
-		return CKR_ARGUMENTS_BAD;
 	ENTER();
 	CK_RV rv;
-	p11_session *s = digesting(h, &rv);
+	p11_session *s = digesting(h, data != NULL || len == 0, &rv);
 	if (s == NULL)
 		LEAVE(rv);
 	s->digest.multi = true;
@@ -124,7 +124,7 @@ CK_RV C_DigestKey(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE key)
 {
 	ENTER();
 	CK_RV rv;
-	p11_session *s = digesting(h, &rv);
+	p11_session *s = digesting(h, true, &rv);
 	if (s == NULL)
 		LEAVE(rv);
 	rv = p11_object_get(key) == NULL ? CKR_KEY_HANDLE_INVALID : CKR_KEY_INDIGESTIBLE;
@@ -134,11 +134,9 @@ CK_RV C_DigestKey(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE key)
 
 CK_RV C_DigestFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG_PTR out_n)
 {
-	if (out_n == NULL)
-		return CKR_ARGUMENTS_BAD;
 	ENTER();
 	CK_RV rv;
-	p11_session *s = digesting(h, &rv);
+	p11_session *s = digesting(h, out_n != NULL, &rv);
 	if (s == NULL)
 		LEAVE(rv);
 	LEAVE(finish(&s->digest, out, out_n));

@@ -516,23 +516,31 @@ static CK_RV sign_final(CK_SESSION_HANDLE h, p11_session *s, bool one_part, cons
 	return rv;
 }
 
-static p11_session *active(CK_SESSION_HANDLE h, bool sign, CK_RV *rv)
+/*
+ * The session of h, its signing (or verification) operation active; else NULL
+ * and *rv.  Arguments found bad (args_ok false) end the operation, as any
+ * other failure of these calls does but a length query's CKR_BUFFER_TOO_SMALL
+ * (PKCS#11 v2.40 5.11-5.12): CKR_ARGUMENTS_BAD leaves no operation behind.
+ */
+static p11_session *active(CK_SESSION_HANDLE h, bool sign, bool args_ok, CK_RV *rv)
 {
 	p11_session *s = p11_session_get(h);
-	*rv = s == NULL                         ? CKR_SESSION_HANDLE_INVALID
-	      : !(sign ? s->sign : s->verify).active ? CKR_OPERATION_NOT_INITIALIZED
-	                                              : CKR_OK;
+	p11_op *op = s == NULL ? NULL : sign ? &s->sign : &s->verify;
+	*rv = s == NULL      ? CKR_SESSION_HANDLE_INVALID
+	      : !op->active ? CKR_OPERATION_NOT_INITIALIZED
+	      : !args_ok    ? CKR_ARGUMENTS_BAD
+	                    : CKR_OK;
+	if (*rv == CKR_ARGUMENTS_BAD)
+		p11_op_reset(op);
 	return *rv == CKR_OK ? s : NULL;
 }
 
 /* C_SignUpdate and C_VerifyUpdate: a failure ends the operation. */
 static CK_RV update_entry(CK_SESSION_HANDLE h, bool sign, const CK_BYTE *data, CK_ULONG len)
 {
-	if (data == NULL && len > 0)
-		return CKR_ARGUMENTS_BAD;
 	ENTER();
 	CK_RV rv;
-	p11_session *s = active(h, sign, &rv);
+	p11_session *s = active(h, sign, data != NULL || len == 0, &rv);
 	if (s == NULL)
 		LEAVE(rv);
 	p11_op *op = sign ? &s->sign : &s->verify;
@@ -547,11 +555,9 @@ static CK_RV update_entry(CK_SESSION_HANDLE h, bool sign, const CK_BYTE *data, C
 CK_RV C_Sign(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR sig,
              CK_ULONG_PTR sig_n)
 {
-	if ((data == NULL && len > 0) || sig_n == NULL)
-		return CKR_ARGUMENTS_BAD;
 	ENTER();
 	CK_RV rv;
-	p11_session *s = active(h, true, &rv);
+	p11_session *s = active(h, true, (data != NULL || len == 0) && sig_n != NULL, &rv);
 	if (s == NULL)
 		LEAVE(rv);
 	/* A multi-part operation is not ended in one part: refused, and ended (as SoftHSM does). */
@@ -569,11 +575,9 @@ CK_RV C_SignUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len)
 
 CK_RV C_SignFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG_PTR sig_n)
 {
-	if (sig_n == NULL)
-		return CKR_ARGUMENTS_BAD;
 	ENTER();
 	CK_RV rv;
-	p11_session *s = active(h, true, &rv);
+	p11_session *s = active(h, true, sig_n != NULL, &rv);
 	if (s == NULL)
 		LEAVE(rv);
 	LEAVE(sign_final(h, s, false, NULL, 0, sig, sig_n));
@@ -592,11 +596,9 @@ static CK_RV verify_final(CK_SESSION_HANDLE h, p11_session *s, const CK_BYTE *si
 CK_RV C_Verify(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR sig,
                CK_ULONG sig_n)
 {
-	if ((data == NULL && len > 0) || sig == NULL)
-		return CKR_ARGUMENTS_BAD;
 	ENTER();
 	CK_RV rv;
-	p11_session *s = active(h, false, &rv);
+	p11_session *s = active(h, false, (data != NULL || len == 0) && sig != NULL, &rv);
 	if (s == NULL)
 		LEAVE(rv);
 	if (s->verify.multi) { /* as for C_Sign */
@@ -618,11 +620,9 @@ CK_RV C_VerifyUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len)
 
 CK_RV C_VerifyFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG sig_n)
 {
-	if (sig == NULL)
-		return CKR_ARGUMENTS_BAD;
 	ENTER();
 	CK_RV rv;
-	p11_session *s = active(h, false, &rv);
+	p11_session *s = active(h, false, sig != NULL, &rv);
 	if (s == NULL)
 		LEAVE(rv);
 	LEAVE(verify_final(h, s, sig, sig_n));

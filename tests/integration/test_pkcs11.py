@@ -2330,6 +2330,28 @@ def test_gcm_parts_end_with_final_not_a_one_part_call(tmp_path, server, user, ke
     assert p.stdout.split() == ["encrypt", "0x91", "after", "0x91", "decrypt", "0x91"], p.stdout
 
 
+def test_calls_end_their_operation_on_bad_arguments(tmp_path, server, user, keys):
+    """C_Sign, C_Encrypt, C_Decrypt, C_Digest and their Final calls end the active operation
+    on any answer but a length query's CKR_OK and CKR_BUFFER_TOO_SMALL; C_Verify and
+    C_VerifyFinal always; Update calls on any error (PKCS#11 v2.40 5.8-5.12). Bad arguments
+    (a NULL length pointer, NULL data with a length) are such answers: the operation they
+    leave is ended, not kept for a next call."""
+    exe = c_program(tmp_path, "pkcs11_op_ends")
+    env = dict(os.environ, HSM_PKCS11_ENDPOINT=server.endpoint)
+    p = subprocess.run([str(exe), MODULE, user.pin, keys["ec"], keys["aes"]], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    got = {line.split()[0]: tuple(line.split()[1:]) for line in p.stdout.splitlines()}
+    going_on = {"sign_query": "0x0", "sign_short": "0x150", "encrypt_query": "0x0",
+                "digest_query": "0x0"}
+    assert len(got) == 23, p.stdout
+    for case, (rv, state) in got.items():
+        if case in going_on:
+            assert (rv, state) == (going_on[case], "active"), case
+        else:
+            assert (rv, state) == ("0x7", "ended"), case  # CKR_ARGUMENTS_BAD
+
+
 def test_a_logout_ends_a_long_random_draw_in_another_thread(tmp_path, server, user):
     """C_GenerateRandom asks for its bytes a chunk at a time and lets the module's lock go
     meanwhile: a C_Logout from another thread wipes the credentials, and the draw must end
