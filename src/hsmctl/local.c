@@ -30,15 +30,40 @@ hsm_result hsmctl_read_share(const char *path, hsm_buf *text)
 	return HSM_SUCCESS;
 }
 
+/* The directory holding path's entry, fsynced so that a new file's name is durable too. */
+static hsm_result fsync_parent(const char *path)
+{
+	char dir[PATH_MAX];
+	const char *slash = strrchr(path, '/');
+	if (slash == NULL)
+		return hsm_fsync_dir(".");
+	size_t len = slash == path ? 1 : (size_t)(slash - path);
+	HSM_ENSURE(len < sizeof(dir), HSM_ERR_VALIDATION, "%s: the path is too long", path);
+	memcpy(dir, path, len);
+	dir[len] = '\0';
+	return hsm_fsync_dir(dir);
+}
+
 hsm_result hsmctl_write_new_file(const char *path, const uint8_t *p, size_t n)
 {
 	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0400);
 	HSM_ENSURE(fd >= 0, HSM_ERR_IO, "cannot create %s: %s", path, strerror(errno));
 	ssize_t w = write(fd, p, n);
-	int ok = w == (ssize_t)n && fsync(fd) == 0;
+	int err = w < 0 ? errno : 0;
+	bool ok = w == (ssize_t)n;
+	if (ok && fsync(fd) != 0) {
+		err = errno;
+		ok = false;
+	}
 	close(fd);
-	HSM_ENSURE(ok, HSM_ERR_IO, "cannot write %s", path);
-	return HSM_SUCCESS;
+	if (!ok) /* a partial file would stand in the way of the next try: it goes */
+		unlink(path);
+	HSM_ENSURE(ok, HSM_ERR_IO, "cannot write %s: %s", path,
+	           err != 0 ? strerror(err) : "short write (disk full?)");
+	hsm_result r = fsync_parent(path);
+	if (hsm_failed(r))
+		unlink(path);
+	return r;
 }
 
 void hsmctl_share_path(const char *dir, const char *custodian, unsigned i, unsigned n, char *out,

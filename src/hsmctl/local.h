@@ -60,7 +60,8 @@ hsm_result hsmctl_local_explain(hsmctl_local *l, size_t n_shares, hsm_result r) 
 
 /*
  * Writes a file that must not exist yet (an existing one is refused, never
- * overwritten), readable by its owner only (0400), and fsyncs it.
+ * overwritten), readable by its owner only (0400), and fsyncs it and its
+ * directory.  A file it could not write whole and durably is deleted.
  */
 hsm_result hsmctl_write_new_file(const char *path, const uint8_t *p, size_t n) HSM_MUST_CHECK;
 /* A share file's path: DIR/<custodian>.share, or DIR/share-<i+1>-of-<n>.share without names. */
