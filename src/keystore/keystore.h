@@ -109,6 +109,47 @@ hsm_result hsm_keystore_init(hsm_keystore *ks, unsigned threshold, unsigned coun
                              const char *const custodians[], bool dev,
                              hsm_buf shares_out[]) HSM_MUST_CHECK;
 
+/*
+ * The same in two steps, so that the shares can be written out, durably,
+ * before the store records a master key they are the only copies of: a
+ * ceremony stopped before the commit leaves an uninitialized store, one
+ * stopped after it leaves a store whose shares exist (hsmctl init).
+ *
+ * hsm_ks_init_prepare makes the DMK, the store and share-set ids, the
+ * derived keys and the audit signing key, and returns the encoded share
+ * files in shares_out[] (secure buffers the caller frees); the store and the
+ * keystore are not changed.  It fails (CONFLICT) if the store is already
+ * initialized.  *out is freed with hsm_ks_init_free.
+ */
+typedef struct hsm_ks_init hsm_ks_init;
+hsm_result hsm_ks_init_prepare(hsm_keystore *ks, unsigned threshold, unsigned count,
+                               const char *const custodians[], bool dev, hsm_buf shares_out[],
+                               hsm_ks_init **out) HSM_MUST_CHECK;
+/* The prepared store's identity (store id, set id, quorum, KCV). */
+void hsm_ks_init_identity(const hsm_ks_init *in, hsm_ks_identity *out);
+/* The prepared audit signing key's public key (PEM), appended to out. */
+hsm_result hsm_ks_init_audit_public_pem(const hsm_ks_init *in, hsm_buf *out) HSM_MUST_CHECK;
+
+/* Where the store stands after hsm_ks_init_commit. */
+typedef enum hsm_ks_init_outcome {
+	HSM_KS_INIT_UNCHANGED, /* not initialized by this ceremony: its shares open nothing */
+	HSM_KS_INIT_DONE,      /* initialized with the prepared master key */
+	HSM_KS_INIT_UNKNOWN,   /* the commit's outcome could not be learned */
+} hsm_ks_init_outcome;
+/*
+ * Records the prepared master key's check value, quorum, share commitments
+ * and audit key in the store, in one transaction, and leaves the node
+ * unsealed.  On failure the store is read back: *outcome says whether it
+ * stayed uninitialized (or another node initialized it first: CONFLICT),
+ * holds this ceremony's store all the same (then the result is a success,
+ * logged as a warning), or cannot be told.  in is consumed only on success;
+ * free it in every case.
+ */
+hsm_result hsm_ks_init_commit(hsm_keystore *ks, hsm_ks_init *in,
+                              hsm_ks_init_outcome *outcome) HSM_MUST_CHECK;
+/* Wipes and frees.  NULL is a no-op. */
+void hsm_ks_init_free(hsm_ks_init *in);
+
 typedef struct hsm_unseal_progress {
 	unsigned have;      /* distinct valid shares collected */
 	unsigned threshold; /* shares needed in all */

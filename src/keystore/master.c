@@ -7,6 +7,7 @@
  * id, one label per purpose), then it is wiped.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/encoding.h"
@@ -337,23 +338,61 @@ hsm_result hsm_keystore_check_quorum(unsigned threshold, unsigned count, bool de
 	return HSM_SUCCESS;
 }
 
-static hsm_result put_init_meta(hsm_keystore *ks, bool dev, const hsm_buf *audit_wrapped,
-                                const hsm_buf *audit_pem, const hsm_buf *commits)
+struct hsm_ks_init {
+	char store_id[HSM_UUID_STRLEN + 1];
+	uint8_t set_id[KS_SET_ID_LEN];
+	uint8_t kcv[KS_KCV_LEN];
+	unsigned threshold, count;
+	bool dev;
+	ks_keys keys;          /* derived from the new DMK, with the audit signer */
+	hsm_buf audit_wrapped; /* META_AUDIT_KEY */
+	hsm_buf audit_pem;     /* META_AUDIT_PUB */
+	hsm_buf commits;       /* META_SHARE_COMMITS */
+};
+
+void hsm_ks_init_free(hsm_ks_init *in)
+{
+	if (in == NULL)
+		return;
+	ks_keys_wipe(&in->keys);
+	hsm_buf_free(&in->audit_wrapped);
+	hsm_buf_free(&in->audit_pem);
+	hsm_buf_free(&in->commits);
+	free(in);
+}
+
+void hsm_ks_init_identity(const hsm_ks_init *in, hsm_ks_identity *out)
+{
+	memset(out, 0, sizeof(*out));
+	memcpy(out->store_id, in->store_id, sizeof(out->store_id));
+	memcpy(out->set_id, in->set_id, sizeof(out->set_id));
+	memcpy(out->kcv, in->kcv, sizeof(out->kcv));
+	out->threshold = in->threshold;
+	out->count = in->count;
+}
+
+hsm_result hsm_ks_init_audit_public_pem(const hsm_ks_init *in, hsm_buf *out)
+{
+	return hsm_buf_put(out, in->audit_pem.data, in->audit_pem.len);
+}
+
+static hsm_result put_init_meta(hsm_keystore *ks, const hsm_ks_init *in)
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_buf id = {0}, set = {0}, thr = {0}, cnt = {0}, kcv = {0}, created = {0}, devb = {0};
-	HSM_TRY(hsm_buf_put_str(&id, ks->store_id));
-	HSM_TRY(hsm_hex_encode(&set, ks->set_id, sizeof(ks->set_id)));
-	HSM_TRY(hsm_buf_printf(&thr, "%u", ks->threshold));
-	HSM_TRY(hsm_buf_printf(&cnt, "%u", ks->count));
-	HSM_TRY(hsm_hex_encode(&kcv, ks->kcv, sizeof(ks->kcv)));
+	HSM_TRY(hsm_buf_put_str(&id, in->store_id));
+	HSM_TRY(hsm_hex_encode(&set, in->set_id, sizeof(in->set_id)));
+	HSM_TRY(hsm_buf_printf(&thr, "%u", in->threshold));
+	HSM_TRY(hsm_buf_printf(&cnt, "%u", in->count));
+	HSM_TRY(hsm_hex_encode(&kcv, in->kcv, sizeof(in->kcv)));
 	HSM_TRY(hsm_buf_printf(&created, "%lld", (long long)hsm_now()));
-	HSM_TRY(hsm_buf_put_str(&devb, dev ? "1" : "0"));
+	HSM_TRY(hsm_buf_put_str(&devb, in->dev ? "1" : "0"));
 	const char *names[] = {META_STORE_ID, META_SHARE_SET, META_THRESHOLD, META_SHARES,
 	                       META_KCV,      META_CREATED,   META_DEV,       META_AUDIT_KEY,
 	                       META_AUDIT_PUB, META_SHARE_COMMITS};
-	const hsm_buf *values[] = {&id,      &set,          &thr,      &cnt,       &kcv,
-	                           &created, &devb,         audit_wrapped, audit_pem, commits};
+	const hsm_buf *values[] = {&id,      &set,  &thr,      &cnt,          &kcv,
+	                           &created, &devb, &in->audit_wrapped, &in->audit_pem,
+	                           &in->commits};
 	HSM_TRY(hsm_store_meta_put(ks->store, sizeof(names) / sizeof(names[0]), names, values));
 out:
 	hsm_buf_free(&id);
@@ -392,68 +431,132 @@ out:
 	return res;
 }
 
-static hsm_result init_locked(hsm_keystore *ks, unsigned threshold, unsigned count,
-                              const char *const custodians[], bool dev, hsm_buf shares_out[])
+/* Under ks->lock: the new DMK, its derived keys, the audit key and the shares. */
+static hsm_result prepare_init_locked(hsm_keystore *ks, hsm_ks_init *in,
+                                      const char *const custodians[], hsm_buf shares_out[])
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_secret *dmk = NULL;
-	ks_keys keys = {0};
-	hsm_buf audit_wrapped = {0}, audit_pem = {0}, commits = {0};
+	HSM_CHECK(atomic_load(&ks->state) != HSM_NODE_ERROR, HSM_ERR_NODE_ERROR,
+	          "node is in the error state: %s", ks->error_reason);
 	refresh_uninitialized(ks);
 	HSM_CHECK(atomic_load(&ks->state) == HSM_NODE_UNINITIALIZED, HSM_ERR_CONFLICT,
 	          "this store is already initialized (store id %s)", ks->store_id);
-	HSM_TRY(hsm_keystore_check_quorum(threshold, count, dev));
-	HSM_TRY(hsm_uuid_new(ks->store_id));
-	HSM_TRY(hsm_random_bytes(ks->set_id, sizeof(ks->set_id)));
-	ks->threshold = threshold;
-	ks->count = count;
+	HSM_TRY(hsm_keystore_check_quorum(in->threshold, in->count, in->dev));
+	HSM_TRY(hsm_uuid_new(in->store_id));
+	HSM_TRY(hsm_random_bytes(in->set_id, sizeof(in->set_id)));
 	HSM_TRY(hsm_secret_random(HSM_AES_KEY_LEN, &dmk));
-	HSM_TRY(ks_compute_kcv(dmk, ks->store_id, ks->kcv));
-	HSM_TRY(ks_derive_all(dmk, ks->store_id, &keys));
-	HSM_TRY(make_audit_key(&keys, ks->store_id, &keys.audit_signer, &audit_wrapped, &audit_pem));
-	HSM_TRY(ks_encode_shares(dmk, ks->store_id, ks->set_id, ks->threshold, ks->count,
-	                         custodians, dev, shares_out, &commits));
-	res = put_init_meta(ks, dev, &audit_wrapped, &audit_pem, &commits);
-	if (hsm_ok(res))
-		res = ks_set_commits(ks, commits.data, commits.len);
+	HSM_TRY(ks_compute_kcv(dmk, in->store_id, in->kcv));
+	HSM_TRY(ks_derive_all(dmk, in->store_id, &in->keys));
+	HSM_TRY(make_audit_key(&in->keys, in->store_id, &in->keys.audit_signer, &in->audit_wrapped,
+	                       &in->audit_pem));
+	HSM_TRY(ks_encode_shares(dmk, in->store_id, in->set_id, in->threshold, in->count,
+	                         custodians, in->dev, shares_out, &in->commits));
+out:
+	hsm_secret_free(dmk);
+	return res;
+}
+
+hsm_result hsm_ks_init_prepare(hsm_keystore *ks, unsigned threshold, unsigned count,
+                               const char *const custodians[], bool dev, hsm_buf shares_out[],
+                               hsm_ks_init **out)
+{
+	hsm_ks_init *in = calloc(1, sizeof(*in));
+	HSM_ENSURE(in != NULL, HSM_ERR_NOMEM, "out of memory");
+	in->threshold = threshold;
+	in->count = count;
+	in->dev = dev;
+	pthread_mutex_lock(&ks->lock);
+	hsm_result res = prepare_init_locked(ks, in, custodians, shares_out);
+	pthread_mutex_unlock(&ks->lock);
 	if (hsm_failed(res)) {
-		for (unsigned i = 0; i < count; i++)
-			hsm_buf_free(&shares_out[i]);
-		if (res.err == HSM_ERR_ALREADY_EXISTS) {
-			/* Another node sharing the store initialized it first; its master key stands. */
-			ks->store_id[0] = '\0';
-			refresh_uninitialized(ks);
-			res = HSM_FAIL(HSM_ERR_CONFLICT,
-			               "this store was initialized by another node meanwhile");
-		}
-		goto out;
+		hsm_ks_init_free(in);
+		return res;
 	}
+	*out = in;
+	return HSM_SUCCESS;
+}
+
+/* After a failed commit: does the store hold this ceremony's store id? */
+static hsm_ks_init_outcome init_read_back(hsm_keystore *ks, const hsm_ks_init *in)
+{
+	char id[HSM_UUID_STRLEN + 1];
+	hsm_result r = meta_text(ks->store, META_STORE_ID, id, sizeof(id));
+	if (r.err == HSM_ERR_NOT_FOUND)
+		return HSM_KS_INIT_UNCHANGED;
+	if (hsm_failed(r))
+		return HSM_KS_INIT_UNKNOWN;
+	return strcmp(id, in->store_id) == 0 ? HSM_KS_INIT_DONE : HSM_KS_INIT_UNCHANGED;
+}
+
+static hsm_result commit_init_locked(hsm_keystore *ks, hsm_ks_init *in,
+                                     hsm_ks_init_outcome *outcome)
+{
+	hsm_result res = HSM_SUCCESS;
+	*outcome = HSM_KS_INIT_UNCHANGED;
+	HSM_CHECK(atomic_load(&ks->state) != HSM_NODE_ERROR, HSM_ERR_NODE_ERROR,
+	          "node is in the error state: %s", ks->error_reason);
+	HSM_CHECK(in->keys.material != NULL, HSM_ERR_VALIDATION, "this init cannot be committed");
+	refresh_uninitialized(ks);
+	HSM_CHECK(atomic_load(&ks->state) == HSM_NODE_UNINITIALIZED, HSM_ERR_CONFLICT,
+	          "this store was initialized by another node meanwhile (store id %s)",
+	          ks->store_id);
+	res = put_init_meta(ks, in);
+	if (hsm_failed(res)) {
+		char why[HSM_ERRMSG_MAX];
+		snprintf(why, sizeof(why), "%s", hsm_last_message());
+		*outcome = init_read_back(ks, in);
+		if (*outcome != HSM_KS_INIT_DONE) {
+			/* ALREADY_EXISTS: another node sharing the store initialized it first. */
+			if (*outcome == HSM_KS_INIT_UNCHANGED)
+				refresh_uninitialized(ks);
+			res = res.err == HSM_ERR_ALREADY_EXISTS
+			          ? HSM_FAIL(HSM_ERR_CONFLICT,
+			                     "this store was initialized by another node meanwhile")
+			          : HSM_FAIL(res.err, "%s", why);
+			goto out;
+		}
+		hsm_warn("init: committed, then: %s", why);
+		res = HSM_SUCCESS;
+	}
+	*outcome = HSM_KS_INIT_DONE;
+	memcpy(ks->store_id, in->store_id, sizeof(ks->store_id));
+	memcpy(ks->set_id, in->set_id, sizeof(ks->set_id));
+	memcpy(ks->kcv, in->kcv, sizeof(ks->kcv));
+	ks->threshold = in->threshold;
+	ks->count = in->count;
+	if (hsm_failed(ks_set_commits(ks, in->commits.data, in->commits.len)))
+		ks->n_commits = 0; /* cannot be: made here; the next unseal reads the store's */
 	pthread_rwlock_wrlock(&ks->keys_lock);
-	ks->keys = keys;
-	memset(&keys, 0, sizeof(keys));
+	ks->keys = in->keys;
+	memset(&in->keys, 0, sizeof(in->keys));
 	pthread_rwlock_unlock(&ks->keys_lock);
 	atomic_store(&ks->state, HSM_NODE_UNSEALED);
-	hsm_info("store %s initialized: %u-of-%u custodian quorum", ks->store_id, threshold, count);
+	hsm_info("store %s initialized: %u-of-%u custodian quorum", ks->store_id, ks->threshold,
+	         ks->count);
 out:
-	if (hsm_failed(res) && atomic_load(&ks->state) == HSM_NODE_UNINITIALIZED)
-		ks->store_id[0] = '\0';
-	hsm_secret_free(dmk);
-	ks_keys_wipe(&keys);
-	hsm_buf_free(&audit_wrapped);
-	hsm_buf_free(&audit_pem);
-	hsm_buf_free(&commits);
 	return res;
+}
+
+hsm_result hsm_ks_init_commit(hsm_keystore *ks, hsm_ks_init *in, hsm_ks_init_outcome *outcome)
+{
+	pthread_mutex_lock(&ks->lock);
+	hsm_result r = commit_init_locked(ks, in, outcome);
+	pthread_mutex_unlock(&ks->lock);
+	return r;
 }
 
 hsm_result hsm_keystore_init(hsm_keystore *ks, unsigned threshold, unsigned count,
                              const char *const custodians[], bool dev, hsm_buf shares_out[])
 {
-	pthread_mutex_lock(&ks->lock);
-	hsm_result r = atomic_load(&ks->state) == HSM_NODE_ERROR
-	                   ? HSM_FAIL(HSM_ERR_NODE_ERROR, "node is in the error state: %s",
-	                              ks->error_reason)
-	                   : init_locked(ks, threshold, count, custodians, dev, shares_out);
-	pthread_mutex_unlock(&ks->lock);
+	hsm_ks_init *in = NULL;
+	hsm_ks_init_outcome outcome;
+	HSM_GUARD(hsm_ks_init_prepare(ks, threshold, count, custodians, dev, shares_out, &in));
+	hsm_result r = hsm_ks_init_commit(ks, in, &outcome);
+	hsm_ks_init_free(in);
+	if (hsm_failed(r))
+		for (unsigned i = 0; i < count; i++)
+			hsm_buf_free(&shares_out[i]);
 	return r;
 }
 

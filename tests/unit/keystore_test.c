@@ -513,6 +513,69 @@ static void test_late_node_sees_initialization(void **state)
 	rm_rf(dir);
 }
 
+/*
+ * Init in two steps (hsmctl init writes the shares between them): the store
+ * is not changed until the commit, and a commit that lost to another node's
+ * init changes nothing (its shares are of no store).
+ */
+static void test_init_prepare_changes_nothing_until_commit(void **state)
+{
+	(void)state;
+	char dir[] = "/tmp/hsm-ks-test-XXXXXX";
+	assert_non_null(mkdtemp(dir));
+	hsm_store *store = NULL;
+	hsm_keystore *a = NULL, *b = NULL;
+	hsm_ks_init *in = NULL, *lost = NULL;
+	hsm_ks_init_outcome outcome = HSM_KS_INIT_UNKNOWN;
+	hsm_ks_identity prepared, now;
+	hsm_buf shares[5], other[5], pem = {0};
+	memset(shares, 0, sizeof(shares));
+	memset(other, 0, sizeof(other));
+	assert_true(hsm_ok(hsm_store_open(dir, &store)));
+	assert_true(hsm_ok(hsm_keystore_new(store, 0, &a)));
+	assert_true(hsm_ok(hsm_keystore_new(store, 0, &b)));
+	assert_true(hsm_ok(hsm_ks_init_prepare(a, 2, 3, NULL, false, shares, &in)));
+	hsm_ks_init_identity(in, &prepared);
+	assert_int_equal(strlen(prepared.store_id), HSM_UUID_STRLEN);
+	assert_int_equal(prepared.threshold, 2);
+	assert_true(hsm_ok(hsm_ks_init_audit_public_pem(in, &pem)));
+	assert_non_null(strstr((const char *)pem.data, "BEGIN PUBLIC KEY"));
+	/* Prepared, not committed: neither this node nor another sees a store. */
+	hsm_unseal_progress p = {0};
+	hsm_keystore_unseal_status(b, &p);
+	assert_int_equal(hsm_keystore_state(a), HSM_NODE_UNINITIALIZED);
+	assert_int_equal(hsm_keystore_state(b), HSM_NODE_UNINITIALIZED);
+	assert_string_equal(hsm_keystore_store_id(a), "");
+	/* A second ceremony prepared meanwhile loses at its commit, changing nothing. */
+	assert_true(hsm_ok(hsm_ks_init_prepare(b, 2, 3, NULL, false, other, &lost)));
+	assert_true(hsm_ok(hsm_ks_init_commit(a, in, &outcome)));
+	assert_int_equal(outcome, HSM_KS_INIT_DONE);
+	assert_int_equal(hsm_keystore_state(a), HSM_NODE_UNSEALED);
+	hsm_keystore_identity(a, &now);
+	assert_memory_equal(&now, &prepared, sizeof(now));
+	assert_int_equal(hsm_ks_init_commit(b, lost, &outcome).err, HSM_ERR_CONFLICT);
+	assert_int_equal(outcome, HSM_KS_INIT_UNCHANGED);
+	assert_int_equal(hsm_keystore_state(b), HSM_NODE_SEALED);
+	assert_string_equal(hsm_keystore_store_id(b), prepared.store_id);
+	/* The losing shares open nothing; the prepared ones unseal every node. */
+	assert_true(hsm_failed(hsm_keystore_unseal(b, other[0].data, other[0].len, &p)));
+	assert_int_equal(p.have, 0);
+	assert_true(hsm_ok(hsm_keystore_unseal(b, shares[1].data, shares[1].len, &p)));
+	assert_true(hsm_ok(hsm_keystore_unseal(b, shares[2].data, shares[2].len, &p)));
+	assert_true(p.unsealed);
+	hsm_ks_init_free(in);
+	hsm_ks_init_free(lost);
+	hsm_buf_free(&pem);
+	for (int i = 0; i < 5; i++) {
+		hsm_buf_free(&shares[i]);
+		hsm_buf_free(&other[i]);
+	}
+	hsm_keystore_free(a);
+	hsm_keystore_free(b);
+	hsm_store_close(store);
+	rm_rf(dir);
+}
+
 typedef struct racer {
 	hsm_keystore *ks;
 	pthread_barrier_t *start;
@@ -591,6 +654,7 @@ int main(void)
 	    cmocka_unit_test(test_quorum_params),
 	    cmocka_unit_test(test_late_node_sees_initialization),
 	    cmocka_unit_test(test_concurrent_init_one_wins),
+	    cmocka_unit_test(test_init_prepare_changes_nothing_until_commit),
 	    cmocka_unit_test_setup_teardown(test_all_subsets, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_forged_shares_refused_alone, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_unfinished_unseal_expires, setup, teardown),
