@@ -2,7 +2,9 @@
  * cmd_init.c - hsmctl init: the key ceremony that creates a store.
  *
  * Creates the data directory and its master key, writes one share file per
- * custodian and a ceremony transcript: what was created, when, with which
+ * custodian and a ceremony transcript (all of them, durably, before the
+ * store records the master key: a store is initialized once, and one whose
+ * shares exist nowhere could never be unsealed nor initialized again): what was created, when, with which
  * quorum, each share file's fingerprint (so every custodian can confirm the
  * file they were handed) and the audit public key auditors must keep.
  */
@@ -18,6 +20,7 @@
 #include <unistd.h>
 
 #include "common/encoding.h"
+#include "common/log.h"
 #include "common/util.h"
 #include "crypto/crypto.h"
 #include "hsmctl/hsmctl.h"
@@ -112,13 +115,6 @@ static hsm_result must_be_new(const char *path)
 	return HSM_SUCCESS;
 }
 
-/*
- * Before the store commits: every file init writes is new, and the share
- * directory takes files.  A store is initialized once, so a share that
- * could not be written after the commit would leave a master key whose
- * shares exist nowhere (the transcript's name holds the new store's id:
- * it cannot exist yet).
- */
 /* The users init makes: valid names, none twice (regardless of case, as the store has it). */
 static hsm_result check_users(const init_opts *o)
 {
@@ -139,6 +135,12 @@ static hsm_result check_users(const init_opts *o)
 	return HSM_SUCCESS;
 }
 
+/*
+ * Before anything is made: every file init writes is new, and the share
+ * directory takes files, so that a ceremony refused for them leaves nothing
+ * to clean up (the transcript's name holds the new store's id: it cannot
+ * exist yet).
+ */
 static hsm_result check_outputs(const init_opts *o)
 {
 	char path[PATH_MAX];
@@ -164,36 +166,81 @@ static hsm_result check_outputs(const init_opts *o)
 	return HSM_SUCCESS;
 }
 
-static hsm_result write_transcript(const init_opts *o, hsmctl_local *l, hsm_buf shares[])
+/* The share files and the transcript init writes before the store commits, in that order. */
+typedef struct init_files {
+	char paths[HSM_MAX_SHARES + 1][PATH_MAX];
+	unsigned written;
+} init_files;
+
+static void plan_files(const init_opts *o, const hsm_ks_identity *id, init_files *f)
+{
+	for (unsigned i = 0; i < o->shares; i++)
+		share_path(o, i, f->paths[i], sizeof(f->paths[i]));
+	snprintf(f->paths[o->shares], sizeof(f->paths[o->shares]), "%s/ceremony-%s.txt",
+	         o->share_dir, id->store_id);
+	f->written = 0;
+}
+
+/* Deletes what init wrote before its commit failed; false if a file stayed. */
+static bool remove_files(const init_opts *o, init_files *f)
+{
+	bool all = true;
+	for (unsigned i = 0; i < f->written; i++)
+		if (unlink(f->paths[i]) != 0 && errno != ENOENT) {
+			fprintf(stderr, "hsmctl: init: cannot delete %s: %s\n", f->paths[i],
+			        strerror(errno));
+			all = false;
+		}
+	f->written = 0;
+	if (hsm_failed(hsm_fsync_dir(o->share_dir)))
+		hsm_log_failure("init: the deletions may not be durable yet");
+	return all;
+}
+
+static hsm_result write_transcript(const init_opts *o, const hsm_ks_init *in,
+                                   const hsm_ks_identity *id, const hsm_buf shares[],
+                                   init_files *f)
 {
 	hsm_result res = HSM_SUCCESS;
-	hsm_buf t = {0}, pem = {0}, hex = {0};
-	char when[21], path[PATH_MAX];
+	hsm_buf t = {0}, hex = {0};
+	char when[21];
 	hsm_format_time(hsm_now(), when);
 	HSM_TRY(hsm_buf_printf(&t, "hsmd key ceremony transcript\ndate: %s\nstore: %s\n"
 	                           "quorum: %u of %u custodian shares\n%s",
-	                       when, hsm_keystore_store_id(l->ks), o->threshold, o->shares,
+	                       when, id->store_id, o->threshold, o->shares,
 	                       o->dev ? "mode: development (not for production keys)\n" : ""));
 	for (unsigned i = 0; i < o->shares; i++) {
 		uint8_t fp[HSM_SHA256_LEN];
 		hsm_sha256(shares[i].data, shares[i].len, fp);
 		hex.len = 0;
 		HSM_TRY(hsm_hex_encode(&hex, fp, sizeof(fp)));
-		share_path(o, i, path, sizeof(path));
-		HSM_TRY(hsm_buf_printf(&t, "share %u: %s sha256:%.*s\n", i + 1, path, (int)hex.len,
-		                       (const char *)hex.data));
+		HSM_TRY(hsm_buf_printf(&t, "share %u: %s sha256:%.*s\n", i + 1, f->paths[i],
+		                       (int)hex.len, (const char *)hex.data));
 	}
-	HSM_TRY(hsm_ks_audit_public_pem(l->ks, &pem));
 	HSM_TRY(hsm_buf_put_str(&t, "audit public key (keep it to verify the audit trail):\n"));
-	HSM_TRY(hsm_buf_put(&t, pem.data, pem.len));
-	snprintf(path, sizeof(path), "%s/ceremony-%s.txt", o->share_dir, hsm_keystore_store_id(l->ks));
-	HSM_TRY(hsmctl_write_new_file(path, t.data, t.len));
-	printf("transcript: %s\n", path);
+	HSM_TRY(hsm_ks_init_audit_public_pem(in, &t));
+	HSM_TRY(hsmctl_write_new_file(f->paths[o->shares], t.data, t.len));
+	f->written++;
 out:
 	hsm_buf_free(&t);
-	hsm_buf_free(&pem);
 	hsm_buf_free(&hex);
 	return res;
+}
+
+/*
+ * Writes every share file and the transcript, durably (each file and the
+ * directory entries), before the store records the master key: a store
+ * whose shares exist nowhere could never be unsealed nor initialized again.
+ */
+static hsm_result write_files(const init_opts *o, const hsm_ks_init *in,
+                              const hsm_ks_identity *id, const hsm_buf shares[], init_files *f)
+{
+	for (unsigned i = 0; i < o->shares; i++) {
+		HSM_GUARD(hsmctl_write_new_file(f->paths[i], shares[i].data, shares[i].len));
+		f->written++;
+	}
+	HSM_GUARD(write_transcript(o, in, id, shares, f));
+	return hsm_fsync_dir(o->share_dir);
 }
 
 /*
@@ -246,11 +293,8 @@ static hsm_result init_signer(void *arg, const uint8_t *msg, size_t n, hsm_buf *
  * named, and each share file's SHA-256 (its first 16 hex digits; the
  * transcript has them whole), never a value.
  */
-static hsm_result audit_init(const init_opts *o, hsmctl_local *l, hsm_result outcome,
-                             const hsm_buf shares[])
+static hsm_result audit_init(const init_opts *o, hsmctl_local *l, const hsm_buf shares[])
 {
-	if (hsm_failed(outcome))
-		return hsmctl_local_audit(l, "Init", NULL, 0, outcome);
 	hsm_ks_identity id;
 	hsm_keystore_identity(l->ks, &id);
 	char set[2 * HSM_KS_SET_ID_LEN + 1], thr[12], cnt[12], names[HSM_AUDIT_VALUE_MAX] = "",
@@ -280,50 +324,109 @@ static hsm_result audit_init(const init_opts *o, hsmctl_local *l, hsm_result out
 	                       {"shares", cnt},
 	                       {"share_sha256", prints},
 	                       {"custodians", names}};
-	return hsmctl_local_audit_fields(l, "Init", NULL, 0, outcome, f, names[0] != '\0' ? 6 : 5);
+	return hsmctl_local_audit_fields(l, "Init", NULL, 0, HSM_SUCCESS, f, names[0] != '\0' ? 6 : 5);
+}
+
+/*
+ * After the commit: the Init record, the signer and the printout.  The
+ * record follows the commit so that the trail never claims an Init that did
+ * not happen; a run stopped between the two leaves an initialized store
+ * whose shares and transcript are all written, and no Init on the trail
+ * (the transcript is the ceremony's record then).
+ */
+static hsm_result finish_init(const init_opts *o, hsmctl_local *l, const hsm_buf shares[],
+                              const init_files *f)
+{
+	HSM_GUARD(audit_init(o, l, shares));
+	hsm_audit_set_signer(l->audit, init_signer, l->ks);
+	printf("store: %s\nquorum: %u of %u\n", hsm_keystore_store_id(l->ks), o->threshold,
+	       o->shares);
+	for (unsigned i = 0; i < o->shares; i++)
+		printf("share %u: %s\n", i + 1, f->paths[i]);
+	printf("transcript: %s\n", f->paths[o->shares]);
+	if (o->admin != NULL)
+		HSM_GUARD(bootstrap_user(o, l, o->admin, HSM_ROLES_OFFICER | HSM_ROLES_AUDITOR));
+	for (unsigned i = 0; o->custodian_users && i < o->shares; i++)
+		HSM_GUARD(bootstrap_user(o, l, o->custodians[i], HSM_ROLES_CUSTODIAN));
+	printf("Give each custodian exactly one share file; any %u of them unseal this store.\n",
+	       o->threshold);
+	return HSM_SUCCESS;
+}
+
+/* A commit that failed: the files go unless the store may hold them as its shares. */
+static hsm_result commit_failed(const init_opts *o, hsm_result r, hsm_ks_init_outcome outcome,
+                                init_files *f)
+{
+	char why[HSM_ERRMSG_MAX];
+	snprintf(why, sizeof(why), "%s", hsm_last_message());
+	if (outcome == HSM_KS_INIT_UNKNOWN)
+		return HSM_FAIL(r.err, "%.200s; whether the store was initialized is unknown: the share "
+		                       "files were kept in %s; `hsmctl status --data-dir DIR` tells: "
+		                       "initialized, they are its shares; not, delete them and run "
+		                       "init again",
+		                why, o->share_dir);
+	return HSM_FAIL(r.err, "%.200s; the store was not initialized, and the share files %s", why,
+	                remove_files(o, f) ? "written were deleted"
+	                                   : "written could not all be deleted: destroy them");
 }
 
 static hsm_result run_init(const init_opts *o)
 {
 	hsm_result res = HSM_SUCCESS;
 	hsmctl_local l = {0};
+	hsm_ks_init *in = NULL;
+	hsm_ks_init_outcome outcome = HSM_KS_INIT_UNCHANGED;
+	hsm_ks_identity id;
 	hsm_buf shares[HSM_MAX_SHARES];
+	init_files files;
+	char why[HSM_ERRMSG_MAX];
+	bool opened = false, committed = false;
 	memset(shares, 0, sizeof(shares));
-	bool committed = false;
+	memset(&files, 0, sizeof(files));
 	HSM_TRY(hsm_mkdir_p(o->share_dir));
 	HSM_TRY(check_outputs(o));
 	HSM_TRY(hsmctl_local_open(o->data_dir, 0, NULL, &l));
-	res = hsm_keystore_init(l.ks, o->threshold, o->shares,
-	                        o->custodians[0] != NULL ? (const char *const *)o->custodians : NULL,
-	                        o->dev, shares);
-	hsm_result audited = audit_init(o, &l, res, shares);
-	HSM_TRY(res);
-	committed = true;
-	HSM_TRY(audited);
-	hsm_audit_set_signer(l.audit, init_signer, l.ks);
-	printf("store: %s\nquorum: %u of %u\n", hsm_keystore_store_id(l.ks), o->threshold, o->shares);
-	for (unsigned i = 0; i < o->shares; i++) {
-		char path[PATH_MAX];
-		share_path(o, i, path, sizeof(path));
-		HSM_TRY(hsmctl_write_new_file(path, shares[i].data, shares[i].len));
-		printf("share %u: %s\n", i + 1, path);
+	opened = true;
+	HSM_TRY(hsm_ks_init_prepare(l.ks, o->threshold, o->shares,
+	                            o->custodians[0] != NULL ? (const char *const *)o->custodians
+	                                                     : NULL,
+	                            o->dev, shares, &in));
+	hsm_ks_init_identity(in, &id);
+	plan_files(o, &id, &files);
+	res = write_files(o, in, &id, shares, &files);
+	if (hsm_failed(res)) {
+		snprintf(why, sizeof(why), "%s", hsm_last_message());
+		remove_files(o, &files);
+		res = HSM_FAIL(res.err, "%.200s; the store was not initialized: run init again", why);
+		goto out;
 	}
-	HSM_TRY(write_transcript(o, &l, shares));
-	if (o->admin != NULL)
-		HSM_TRY(bootstrap_user(o, &l, o->admin, HSM_ROLES_OFFICER | HSM_ROLES_AUDITOR));
-	for (unsigned i = 0; o->custodian_users && i < o->shares; i++)
-		HSM_TRY(bootstrap_user(o, &l, o->custodians[i], HSM_ROLES_CUSTODIAN));
-	printf("Give each custodian exactly one share file; any %u of them unseal this store.\n",
-	       o->threshold);
+	res = hsm_ks_init_commit(l.ks, in, &outcome);
+	if (hsm_failed(res)) {
+		res = commit_failed(o, res, outcome, &files);
+		goto out;
+	}
+	committed = true;
+	res = finish_init(o, &l, shares, &files);
 out:
+	if (opened && !committed && hsm_failed(res)) {
+		/* An Init that failed is on the trail too; one that did not commit never succeeds. */
+		snprintf(why, sizeof(why), "%s", hsm_last_message());
+		if (hsm_failed(hsmctl_local_audit(&l, "Init", NULL, 0, res)))
+			fprintf(stderr, "hsmctl: init: auditing the failure failed: %s\n",
+			        hsm_last_message());
+		res = HSM_FAIL(res.err, "%s", why);
+	}
 	/* Checked before, so only a failing disk gets here: say what is left and what to do. */
 	if (hsm_failed(res) && committed)
-		fprintf(stderr, "hsmctl: init: the store was initialized, but init stopped before its "
-		                "end (the files it wrote are listed above); if a share file is missing, "
-		                "the store can never be unsealed: delete the data directory (it holds "
-		                "nothing else yet) and run init again\n");
+		fprintf(stderr, "hsmctl: init: the store was initialized and its share files and "
+		                "transcript are written (listed in %s/ceremony-%s.txt): any %u of them "
+		                "unseal it; init stopped before its end (the Init record or the users "
+		                "it makes); to start over instead, delete the data directory (it holds "
+		                "nothing else yet) and those files, and run init again\n",
+		        o->share_dir, id.store_id, o->threshold);
 	for (unsigned i = 0; i < HSM_MAX_SHARES; i++)
 		hsm_buf_free(&shares[i]);
+	hsm_ks_init_free(in);
 	hsmctl_local_close(&l);
 	return res;
 }

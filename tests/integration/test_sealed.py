@@ -120,6 +120,96 @@ def test_init_writes_only_new_files_and_checks_them_before_the_store_commits(tmp
     assert p.returncode == 0 and "reconstruct the master key" in p.stdout, p.stdout + p.stderr
 
 
+def killed_init(base, stop_at, ignore=0):
+    """Runs `hsmctl init` (3 of 5) under gdb, killed the first time (or the ignore+1-th time)
+    it reaches the function stop_at: a crash, a power cut or an operator's ^C at that point."""
+    data, shares = os.path.join(base, "data"), os.path.join(base, "shares")
+    cmd = ["gdb", "-q", "-nx", "-batch", "-ex", f"break {stop_at}"]
+    cmd += ["-ex", f"ignore 1 {ignore}"] if ignore else []
+    cmd += ["-ex", "run", "-ex", "kill", "--args", HSMCTL, "init", "--data-dir", data,
+            "--share-dir", shares, "--shares", "5", "--threshold", "3",
+            "--custodians", ",".join(CUSTODIANS), "--admin", "ops"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HSM_"))}
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert "Breakpoint 1, " in p.stdout and "killed]" in p.stdout, p.stdout + p.stderr
+    return data, shares
+
+
+def written_shares(shares):
+    return sorted(f for f in os.listdir(shares) if f.endswith(".share")) \
+        if os.path.isdir(shares) else []
+
+
+@pytest.mark.skipif(shutil.which("gdb") is None, reason="stopping hsmctl init midway needs gdb")
+@pytest.mark.parametrize("stop_at,ignore,n_files,committed", [
+    ("hsmctl_write_new_file", 0, 0, False),     # before the first share file
+    ("hsmctl_write_new_file", 2, 2, False),     # two share files written, the third not
+    ("hsm_store_meta_put", 0, 5, False),        # every file written, the store not yet
+    ("hsmctl_local_audit_fields", 0, 5, True),  # the store committed, Init not yet recorded
+])
+def test_init_stopped_midway_leaves_a_usable_store_or_none(tmp_path, stop_at, ignore, n_files,
+                                                           committed):
+    """An init killed at any point leaves either no store (init runs again) or a store its
+    share files unseal: the share files and the transcript are written and fsynced before the
+    store records the master key.  Never a store that says "sealed, quorum 3" whose shares
+    exist nowhere, which could neither be unsealed nor initialized again."""
+    data, shares = killed_init(str(tmp_path), stop_at, ignore)
+    state = hsmctl("status", "--data-dir", data)
+    assert state.returncode == 0, state.stderr
+    files = written_shares(shares)
+    assert len(files) == n_files, files
+    # The trail never names an Init that did not finish: the record follows the commit.
+    assert [r for r in audit_records(data) if r.get("op") == "Init"] == []
+    if committed:
+        assert "state: sealed" in state.stdout, state.stdout
+        assert len([f for f in os.listdir(shares) if f.startswith("ceremony-")]) == 1
+        p = hsmctl("unseal", "--data-dir", data, *(os.path.join(shares, f) for f in files[:3]))
+        assert p.returncode == 0 and "reconstruct the master key" in p.stdout, p.stdout + p.stderr
+        again = hsmctl("init", "--data-dir", data, "--share-dir", str(tmp_path / "again"))
+        assert again.returncode == 1 and "already initialized" in again.stderr, again.stderr
+        return
+    assert "state: uninitialized" in state.stdout, state.stdout
+    # The files of a stopped ceremony stay in the way (init overwrites nothing); with another
+    # share directory, the same data directory takes a new ceremony.
+    if files:
+        p = hsmctl("init", "--data-dir", data, "--share-dir", shares, "--shares", "5",
+                   "--threshold", "3", "--custodians", ",".join(CUSTODIANS))
+        assert p.returncode == 1 and "already exists" in p.stderr, p.stderr
+    fresh = str(tmp_path / "shares2") if files else shares
+    p = hsmctl("init", "--data-dir", data, "--share-dir", fresh, "--shares", "2",
+               "--threshold", "2", "--custodians", "alice,bob")
+    assert p.returncode == 0 and "quorum: 2 of 2" in p.stdout, p.stdout + p.stderr
+    p = hsmctl("unseal", "--data-dir", data, os.path.join(fresh, "alice.share"),
+               os.path.join(fresh, "bob.share"))
+    assert p.returncode == 0 and "reconstruct the master key" in p.stdout, p.stdout + p.stderr
+
+
+@pytest.mark.skipif(shutil.which("gdb") is None, reason="failing a write midway needs gdb")
+def test_init_that_cannot_write_a_file_deletes_those_it_wrote(tmp_path):
+    """A file init cannot write (here the transcript: something took its name after the
+    checks) stops the ceremony before the store commits: the share files already written are
+    deleted, the store stays uninitialized, and the trail records a failed Init."""
+    data, shares = str(tmp_path / "data"), str(tmp_path / "shares")
+    args = ["init", "--data-dir", data, "--share-dir", shares, "--shares", "2",
+            "--threshold", "2", "--custodians", "alice,bob"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HSM_"))}
+    p = subprocess.run(["gdb", "-q", "-nx", "-batch", "-ex", "break hsmctl_write_new_file",
+                        "-ex", "ignore 1 2", "-ex", "run", "-ex", "call (int)mkdir(path, 0700)",
+                        "-ex", "continue", "--args", HSMCTL] + args,
+                       capture_output=True, text=True, timeout=120, env=env)
+    out = p.stdout + p.stderr
+    assert "cannot create" in out and "File exists" in out, out
+    assert "the store was not initialized: run init again" in out, out
+    assert written_shares(shares) == []
+    state = hsmctl("status", "--data-dir", data)
+    assert "state: uninitialized" in state.stdout, state.stdout + state.stderr
+    inits = [r for r in audit_records(data) if r.get("op") == "Init"]
+    assert [r["outcome"] for r in inits] == ["error"], inits
+    shutil.rmtree(shares)
+    p = hsmctl(*args)
+    assert p.returncode == 0 and "quorum: 2 of 2" in p.stdout, p.stdout + p.stderr
+
+
 def test_hsmctl_share_files_help_and_missing_shares(tmp_path):
     """Share files with CRLF line endings (a Windows editor, a mail client) are the same
     shares, offline and online; an offline command that needs the master key without
