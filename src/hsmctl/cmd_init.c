@@ -2,11 +2,12 @@
  * cmd_init.c - hsmctl init: the key ceremony that creates a store.
  *
  * Creates the data directory and its master key, writes one share file per
- * custodian and a ceremony transcript (all of them, durably, before the
- * store records the master key: a store is initialized once, and one whose
- * shares exist nowhere could never be unsealed nor initialized again): what was created, when, with which
+ * custodian and a ceremony transcript: what was created, when, with which
  * quorum, each share file's fingerprint (so every custodian can confirm the
- * file they were handed) and the audit public key auditors must keep.
+ * file they were handed) and the audit public key auditors must keep.  The
+ * files are all written, durably, before the store records the master key:
+ * a store is initialized once, and one whose shares exist nowhere could
+ * never be unsealed nor initialized again.
  */
 #include <errno.h>
 #include <fcntl.h>
