@@ -173,7 +173,7 @@ static int create_offline(const char *cmd, const backup_opts *o)
 	host[strcspn(host, ".")] = '\0';
 	hsm_log_set_level(HSM_LOG_WARN);
 	hsmctl_local l;
-	if (hsm_failed(hsmctl_local_open(o->data_dir, o->n_shares, o->shares, &l)))
+	if (hsm_failed(hsmctl_local_inspect(o->data_dir, o->n_shares, o->shares, &l)))
 		return hsmctl_fail(cmd);
 	hsm_backup_request req = {.store = l.store,
 	                          .ks = l.ks,

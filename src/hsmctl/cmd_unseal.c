@@ -38,7 +38,7 @@ int hsmctl_cmd_status_local(int argc, char **argv)
 		return rc;
 	hsmctl_local l = {0};
 	uint64_t keys = 0;
-	hsm_result r = hsmctl_local_open(dir, 0, NULL, &l);
+	hsm_result r = hsmctl_local_inspect(dir, 0, NULL, &l);
 	if (hsm_ok(r))
 		r = hsm_store_key_count(l.store, &keys);
 	if (hsm_ok(r)) {
@@ -68,7 +68,7 @@ int hsmctl_cmd_unseal_check(int argc, char **argv)
 	if (optind >= argc)
 		return hsmctl_usage("unseal", "give the custodians' share files");
 	hsmctl_local l = {0};
-	hsm_result r = hsmctl_local_open(dir, (size_t)(argc - optind), argv + optind, &l);
+	hsm_result r = hsmctl_local_inspect(dir, (size_t)(argc - optind), argv + optind, &l);
 	if (hsm_ok(r))
 		printf("the %d share files reconstruct the master key of store %s\n", argc - optind,
 		       hsm_keystore_store_id(l.ks));

@@ -170,14 +170,17 @@ const char *hsmctl_store_location(const char *data_dir)
 	return shared != NULL && shared[0] != '\0' ? shared : data_dir;
 }
 
-hsm_result hsmctl_local_open(const char *data_dir, size_t n_shares, char *const shares[],
-                             hsmctl_local *out)
+static hsm_result local_open(const char *data_dir, bool inspect, size_t n_shares,
+                             char *const shares[], hsmctl_local *out)
 {
 	hsm_result res = HSM_SUCCESS;
 	hsmctl_local l = {0};
 	HSM_ENSURE(data_dir != NULL, HSM_ERR_VALIDATION, "--data-dir is required");
 	HSM_TRY(hsm_secure_process_init(HSM_SECURE_HEAP_DEFAULT));
-	HSM_TRY(hsm_store_open(hsmctl_store_location(data_dir), &l.store));
+	if (inspect)
+		HSM_TRY(hsm_store_open_existing(hsmctl_store_location(data_dir), &l.store));
+	else
+		HSM_TRY(hsm_store_open(hsmctl_store_location(data_dir), &l.store));
 	HSM_TRY(open_audit(data_dir, &l.audit));
 	HSM_TRY(hsm_keystore_new(l.store, 0, &l.ks));
 	HSM_CHECK(hsm_keystore_state(l.ks) != HSM_NODE_ERROR, HSM_ERR_NODE_ERROR,
@@ -206,6 +209,18 @@ hsm_result hsmctl_local_open(const char *data_dir, size_t n_shares, char *const 
 out:
 	hsmctl_local_close(&l);
 	return res;
+}
+
+hsm_result hsmctl_local_open(const char *data_dir, size_t n_shares, char *const shares[],
+                             hsmctl_local *out)
+{
+	return local_open(data_dir, false, n_shares, shares, out);
+}
+
+hsm_result hsmctl_local_inspect(const char *data_dir, size_t n_shares, char *const shares[],
+                                hsmctl_local *out)
+{
+	return local_open(data_dir, true, n_shares, shares, out);
 }
 
 void hsmctl_local_close(hsmctl_local *l)

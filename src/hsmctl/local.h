@@ -29,6 +29,15 @@ const char *hsmctl_store_location(const char *data_dir);
  */
 hsm_result hsmctl_local_open(const char *data_dir, size_t n_shares, char *const shares[],
                              hsmctl_local *out) HSM_MUST_CHECK;
+/*
+ * The same for commands that only read the store (status, unseal, backup
+ * create): an existing store, opened as it is (hsm_store_open_existing), so
+ * a mistyped directory is reported instead of made into a new store and an
+ * older store is not migrated behind the operator's back (the hsmd that
+ * wrote it can still open it; restore migrates the backup's copy).
+ */
+hsm_result hsmctl_local_inspect(const char *data_dir, size_t n_shares, char *const shares[],
+                                hsmctl_local *out) HSM_MUST_CHECK;
 void hsmctl_local_close(hsmctl_local *l);
 /*
  * Records an offline operation in the audit trail (blocking).  Fails closed:

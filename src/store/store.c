@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "crypto/x509.h"
 #include "store/store_impl.h"
 
 /* ---- Enumeration names ------------------------------------------------------ */
@@ -335,13 +337,13 @@ static const struct backend {
 	bool whole; /* the backend gets the whole location, prefix included */
 	hsm_store_backend_open_fn open;
 } backends[] = {
-	{"sqlite:", false, hsm_store_sqlite_open},
+	{"sqlite:", false, hsm_store_sqlite_open_mode},
 	/* libpq takes the URI as it is (its own two spellings of the scheme). */
 	{"postgresql://", true, hsm_store_pg_open},
 	{"postgres://", true, hsm_store_pg_open},
 };
 
-hsm_result hsm_store_open(const char *location, hsm_store **out)
+static hsm_result open_mode(const char *location, hsm_store_open_mode mode, hsm_store **out)
 {
 	HSM_ASSERT(location != NULL && out != NULL);
 	HSM_ENSURE(*location != '\0', HSM_ERR_VALIDATION, "the store location is empty");
@@ -349,14 +351,24 @@ hsm_result hsm_store_open(const char *location, hsm_store **out)
 		if (hsm_str_has_prefix(location, backends[i].prefix)) {
 			const char *rest = location + strlen(backends[i].prefix);
 			HSM_ENSURE(*rest != '\0', HSM_ERR_VALIDATION, "the store location is empty");
-			return backends[i].open(backends[i].whole ? location : rest, out);
+			return backends[i].open(backends[i].whole ? location : rest, mode, out);
 		}
 	}
 	/* Anything shaped like a URL names a backend this build does not have. */
 	HSM_ENSURE(strstr(location, "://") == NULL, HSM_ERR_VALIDATION,
 	           "unsupported store location (expected a directory, sqlite:DIR or "
 	           "postgresql://...)");
-	return hsm_store_sqlite_open(location, out);
+	return hsm_store_sqlite_open_mode(location, mode, out);
+}
+
+hsm_result hsm_store_open(const char *location, hsm_store **out)
+{
+	return open_mode(location, HSM_STORE_MIGRATE, out);
+}
+
+hsm_result hsm_store_open_existing(const char *location, hsm_store **out)
+{
+	return open_mode(location, HSM_STORE_EXISTING, out);
 }
 
 void hsm_store_close(hsm_store *s)
@@ -826,4 +838,19 @@ hsm_result hsm_store_grant_list_retiring(hsm_store *s, const char *retiring, con
 	HSM_GUARD(st_check_limit(limit));
 	return s->ops->grant_list_retiring(s, retiring, st_cursor(after), limit, cb, arg,
 	                                   truncated);
+}
+
+/* ---- Certificates ------------------------------------------------------------------------ */
+
+hsm_result st_cert_not_after(const uint8_t *der, size_t len, int64_t *out)
+{
+	X509 *x = hsm_x509_from_der(der, len, HSM_CERT_DER_MAX);
+	HSM_ENSURE(x != NULL, HSM_ERR_VALIDATION, "a stored certificate is not DER X.509");
+	struct tm tm;
+	const ASN1_TIME *t = X509_get0_notAfter(x);
+	bool read = t != NULL && ASN1_TIME_to_tm(t, &tm) == 1;
+	X509_free(x);
+	HSM_ENSURE(read, HSM_ERR_VALIDATION, "a stored certificate's notAfter cannot be read");
+	*out = (int64_t)timegm(&tm);
+	return HSM_SUCCESS;
 }

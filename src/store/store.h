@@ -247,6 +247,17 @@ hsm_result hsm_key_record_copy(hsm_key_record *dst, const hsm_key_record *src) H
  * its own (after the parent closed the directory) instead of using it.
  */
 hsm_result hsm_store_open(const char *location, hsm_store **out) HSM_MUST_CHECK;
+/*
+ * Opens an existing store as it is, for commands that only read it (hsmctl
+ * status, backup create): nothing is created and the schema is not
+ * migrated, so the hsmd that wrote the store can still open it afterwards.
+ * A SQLite directory without HSM_STORE_DB_FILE, or a database without hsmd's
+ * schema, is HSM_ERR_NOT_FOUND ("no hsmd store in ..."); a store newer than
+ * this build is HSM_ERR_STORE as for hsm_store_open.  The handle may write
+ * (an older schema's tables permitting); hsm_store_schema_version tells the
+ * store's own version, which may be older than this build's.
+ */
+hsm_result hsm_store_open_existing(const char *location, hsm_store **out) HSM_MUST_CHECK;
 /* Releases the handle (SQLite: and its lock; PostgreSQL: its connections).  No call on s may be running.  NULL is a no-op. */
 void hsm_store_close(hsm_store *s);
 /* Schema version the store is at (for status output and tests). */

@@ -335,18 +335,30 @@ hsm_result st_rekey_kind(void *conn, const hsm_store_rekey_req *req, hsm_wrapped
                          st_rekey_read_fn read_page, st_rekey_write_fn write_row,
                          uint64_t *count) HSM_MUST_CHECK;
 
-/* Opens a backend at its location (the part after the prefix, or all of it: store.c's table). */
-typedef hsm_result (*hsm_store_backend_open_fn)(const char *location, hsm_store **out);
+/*
+ * Opens a backend at its location (the part after the prefix, or all of it:
+ * store.c's table), as hsm_store_open (mode HSM_STORE_MIGRATE) or
+ * hsm_store_open_existing (HSM_STORE_EXISTING) say.
+ */
+typedef enum hsm_store_open_mode {
+	HSM_STORE_MIGRATE,  /* create when missing, bring the schema up to date */
+	HSM_STORE_EXISTING, /* only an existing store, its schema left as it is */
+} hsm_store_open_mode;
+typedef hsm_result (*hsm_store_backend_open_fn)(const char *location, hsm_store_open_mode mode,
+                                                hsm_store **out);
 
 /* The embedded SQLite backend (store_sqlite*.c); location is a directory. */
 hsm_result hsm_store_sqlite_open(const char *dir, hsm_store **out) HSM_MUST_CHECK;
+hsm_result hsm_store_sqlite_open_mode(const char *dir, hsm_store_open_mode mode,
+                                      hsm_store **out) HSM_MUST_CHECK;
 /* Empties what copies do not carry (approvals, key uses) from a closed SQLite file. */
 hsm_result hsm_store_sqlite_drop_transient(const char *db_path) HSM_MUST_CHECK;
 /* The SQLite schema version this build writes; opening migrates older stores to it. */
 int hsm_store_sqlite_schema_latest(void);
 
 /* The PostgreSQL backend (store_pg*.c); location is the whole libpq connection URI. */
-hsm_result hsm_store_pg_open(const char *location, hsm_store **out) HSM_MUST_CHECK;
+hsm_result hsm_store_pg_open(const char *location, hsm_store_open_mode mode,
+                             hsm_store **out) HSM_MUST_CHECK;
 /* The PostgreSQL schema version this build writes (numbered apart from SQLite's). */
 int hsm_store_pg_schema_latest(void);
 
@@ -357,6 +369,23 @@ int hsm_store_pg_schema_latest(void);
  * Nothing is left at path on failure.
  */
 hsm_result hsm_store_snapshot_to_sqlite(hsm_store *src, const char *path) HSM_MUST_CHECK;
+
+/*
+ * The schema steps of each backend, in order, for the test that pins what
+ * has shipped: count, and step i's number and SQL ("" for a step that is
+ * C code only).
+ */
+size_t hsm_store_sqlite_schema_steps(void);
+int hsm_store_sqlite_schema_step(size_t i, const char **sql);
+size_t hsm_store_pg_schema_steps(void);
+int hsm_store_pg_schema_step(size_t i, const char **sql);
+
+/*
+ * A stored certificate's notAfter (epoch seconds), read from its DER, for
+ * the schema steps that fill in the column for rows written before it
+ * existed.  HSM_ERR_VALIDATION when der is no certificate.
+ */
+hsm_result st_cert_not_after(const uint8_t *der, size_t len, int64_t *out) HSM_MUST_CHECK;
 
 
 /* ---- Argument checks (store.c), shared by the public functions' files ---- */

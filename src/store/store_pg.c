@@ -314,7 +314,6 @@ size_t pg_own_sessions(pg_store *s, int *pids, size_t cap)
 #define PG_LEAD_LOCK "1213418828"
 static const char SQL_LEAD_TRY[] = "SELECT pg_try_advisory_lock(" PG_LEAD_LOCK ")";
 static const char SQL_LEAD_RELEASE[] = "SELECT pg_advisory_unlock(" PG_LEAD_LOCK ")";
-static const char SQL_ALIVE[] = "SELECT 1";
 
 static void lead_drop(pg_store *s)
 {
@@ -339,13 +338,39 @@ static void lead_release(pg_store *s)
 	lead_drop(s);
 }
 
+/*
+ * A node whose build is older than the store's schema (a newer node migrated
+ * it during an upgrade of the cluster) must not run the scheduled work: its
+ * backups would leave out what it does not know.  The leadership session
+ * reads the version on each pass anyway (the round trip that proves it
+ * alive), so a node steps down within one pass of the migration.
+ */
+static hsm_result lead_check_schema(pg_store *s, bool *gone)
+{
+	int64_t current = 0;
+	hsm_result r = pg_schema_current(s->lead, &current);
+	*gone = hsm_failed(r);
+	HSM_GUARD(r);
+	int known = pg_schema_latest();
+	HSM_ENSURE(current <= known, HSM_ERR_STORE,
+	           "the store was upgraded to schema %lld by a newer hsmd; upgrade this node "
+	           "(it knows schema %d): it does not run scheduled work meanwhile",
+	           (long long)current, known);
+	return HSM_SUCCESS;
+}
+
 static hsm_result lead_try(pg_store *s)
 {
 	if (s->lead != NULL) {
 		/* A round trip proves the session, and so the lock it holds, still lives. */
-		hsm_result r = pg_simple(s->lead, SQL_ALIVE, "check the leadership session");
-		if (hsm_failed(r))
+		bool gone = false;
+		hsm_result r = lead_check_schema(s, &gone);
+		if (gone) {
 			lead_drop(s);
+		} else if (hsm_failed(r)) {
+			lead_release(s);
+			return r;
+		}
 	}
 	if (s->lead == NULL) {
 		HSM_GUARD(conn_open(s, &s->lead));
@@ -360,8 +385,14 @@ static hsm_result lead_try(pg_store *s)
 	}
 	if (s->leading)
 		return HSM_SUCCESS;
+	bool gone = false;
+	hsm_result r = lead_check_schema(s, &gone);
+	if (hsm_failed(r)) {
+		lead_drop(s);
+		return r;
+	}
 	PGresult *res = NULL;
-	hsm_result r = pg_run(s->lead, SQL_LEAD_TRY, NULL, &res);
+	r = pg_run(s->lead, SQL_LEAD_TRY, NULL, &res);
 	if (hsm_ok(r))
 		r = pg_col_bool(res, 0, 0, &s->leading);
 	PQclear(res);
@@ -500,7 +531,7 @@ static hsm_result store_alloc(const char *location, pg_store **out)
 	return HSM_SUCCESS;
 }
 
-hsm_result hsm_store_pg_open(const char *location, hsm_store **out)
+hsm_result hsm_store_pg_open(const char *location, hsm_store_open_mode mode, hsm_store **out)
 {
 	HSM_ASSERT(location != NULL && out != NULL);
 	hsm_result res = HSM_SUCCESS;
@@ -514,7 +545,10 @@ hsm_result hsm_store_pg_open(const char *location, hsm_store **out)
 		return HSM_FAIL(HSM_ERR_VALIDATION, "the PostgreSQL connection URI is malformed");
 	}
 	HSM_TRY(store_alloc(location, &s));
-	HSM_TRY(pg_schema_migrate(s, &s->schema_version));
+	if (mode == HSM_STORE_EXISTING)
+		HSM_TRY(pg_schema_read(s, &s->schema_version));
+	else
+		HSM_TRY(pg_schema_migrate(s, &s->schema_version));
 	*out = &s->base;
 	s = NULL;
 out:

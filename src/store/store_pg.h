@@ -239,6 +239,12 @@ size_t pg_own_sessions(pg_store *s, int *pids, size_t cap);
 int pg_schema_latest(void);
 /* Brings the database to the latest schema (safe against other nodes doing the same). */
 hsm_result pg_schema_migrate(pg_store *s, int *version) HSM_MUST_CHECK;
+/* Reads an existing store's version without changing it (NOT_FOUND: no hsmd schema). */
+hsm_result pg_schema_read(pg_store *s, int *version) HSM_MUST_CHECK;
+/* The database's schema version now, read on c (inside the caller's transaction). */
+hsm_result pg_schema_current(pg_conn *c, int64_t *out) HSM_MUST_CHECK;
+/* Refuses a version newer than this build knows (or a corrupt one). */
+hsm_result pg_schema_check(int64_t current) HSM_MUST_CHECK;
 
 /* ---- Row codecs shared with the copy code --------------------------------------------------------- */
 

@@ -249,9 +249,35 @@ static hsm_result export_table(pg_conn *c, const table *t, const hsm_store_sink 
 	return res;
 }
 
+/*
+ * The export reads the tables this build knows, so it must read a database
+ * at exactly this build's schema.  The version is read again here, in the
+ * export's own snapshot: in a cluster being upgraded a newer node may have
+ * migrated the database since this node opened it, and a copy that left
+ * out the newer tables, labelled with this build's schema, would lose them
+ * silently on restore.
+ */
+static hsm_result check_exportable(pg_conn *c)
+{
+	int64_t current = 0;
+	int known = pg_schema_latest();
+	HSM_GUARD(pg_schema_current(c, &current));
+	HSM_ENSURE(current <= known, HSM_ERR_STORE,
+	           "the store was upgraded to schema %lld by a newer hsmd; upgrade this node "
+	           "(it knows schema %d) to back up or copy the store",
+	           (long long)current, known);
+	HSM_ENSURE(current == known, HSM_ERR_STORE,
+	           "the store is at schema %lld, older than this build's (%d): start this "
+	           "version's hsmd on it once (which migrates it), or back it up with the "
+	           "hsmctl of its own version",
+	           (long long)current, known);
+	return HSM_SUCCESS;
+}
+
 static hsm_result export_body(pg_conn *c, void *arg)
 {
 	export_op *op = arg;
+	HSM_GUARD(check_exportable(c));
 	for (size_t i = 0; i < sizeof(tables) / sizeof(tables[0]); i++)
 		HSM_GUARD(export_table(c, &tables[i], op->sink));
 	return HSM_SUCCESS;

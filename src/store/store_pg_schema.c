@@ -21,6 +21,9 @@
 #include "store/store_pg.h"
 
 #include <stdio.h>
+#include <string.h>
+
+#include "common/log.h"
 
 /* pg_advisory_xact_lock key: "HSMD" as a number, so other applications' locks do not collide. */
 #define PG_SCHEMA_LOCK "1213418820"
@@ -28,7 +31,11 @@
 typedef struct migration {
 	int version;
 	const char *sql;
+	/* What SQL alone does not say, run in the step's transaction after sql (or NULL). */
+	hsm_result (*code)(pg_conn *c);
 } migration;
+
+static hsm_result certificates_fill_not_after(pg_conn *c);
 
 static const migration migrations[] = {
 	{1,
@@ -103,7 +110,8 @@ static const migration migrations[] = {
 	 "  created        bigint NOT NULL,"
 	 "  wrapped_secret bytea NOT NULL"
 	 ");"
-	 "CREATE INDEX access_keys_by_user ON access_keys (user_name, id);"},
+	 "CREATE INDEX access_keys_by_user ON access_keys (user_name, id);",
+	 NULL},
 	/*
 	 * Grants (KMS CreateGrant), with the SQLite schema's indexes (its step 3):
 	 * a key's grants in grant id order, a key's grants of one grantee, grants
@@ -122,7 +130,8 @@ static const migration migrations[] = {
 	 ");"
 	 "CREATE INDEX grants_by_key ON grants (key_id, grant_id);"
 	 "CREATE INDEX grants_by_grantee ON grants (key_id, grantee, grant_id);"
-	 "CREATE INDEX grants_by_retiring ON grants (retiring, grant_id);"},
+	 "CREATE INDEX grants_by_retiring ON grants (retiring, grant_id);",
+	 NULL},
 	/*
 	 * Imported key material, as the SQLite schema's step 4: the PendingImport
 	 * state, valid_to (0 = never) and the versions' digests.  The state check
@@ -137,7 +146,8 @@ static const migration migrations[] = {
 	 "  ('Enabled', 'Disabled', 'PendingDeletion', 'Destroyed', 'PendingImport'));"
 	 "ALTER TABLE keys ADD COLUMN valid_to bigint NOT NULL DEFAULT 0;"
 	 "ALTER TABLE key_versions ADD COLUMN digest bytea NOT NULL DEFAULT '\\x'::bytea;"
-	 "CREATE INDEX keys_expiry_due ON keys (valid_to, id) WHERE valid_to <> 0;"},
+	 "CREATE INDEX keys_expiry_due ON keys (valid_to, id) WHERE valid_to <> 0;",
+	 NULL},
 	/*
 	 * Imported material per version, as the SQLite schema's step 5: each
 	 * version's expiry (valid_to, 0 = never) and KeyMaterialDescription, and
@@ -150,7 +160,8 @@ static const migration migrations[] = {
 	 "ALTER TABLE key_versions ADD COLUMN description text NOT NULL DEFAULT '';"
 	 "UPDATE key_versions v SET valid_to = k.valid_to FROM keys k "
 	 "WHERE k.id = v.key_id AND k.valid_to <> 0 AND length(v.digest) > 0 "
-	 "AND length(v.wrapped) > 0;"},
+	 "AND length(v.wrapped) > 0;",
+	 NULL},
 	/*
 	 * Quorum approvals, as the SQLite schema's step 6: requests waiting for
 	 * custodians and their approvers in the order they approved, with the
@@ -181,7 +192,8 @@ static const migration migrations[] = {
 	 "  created     bigint NOT NULL,"
 	 "  PRIMARY KEY (approval_id, approver),"
 	 "  UNIQUE (approval_id, position)"
-	 ");"},
+	 ");",
+	 NULL},
 	/*
 	 * Certificates, as the SQLite schema's step 7, with the same size checks
 	 * (octet_length: bytes, whatever the encoding).  How creators on several
@@ -199,7 +211,8 @@ static const migration migrations[] = {
 	 ");"
 	 "CREATE INDEX certificates_not_after ON certificates (not_after);"
 	 "CREATE INDEX certificates_object_id ON certificates (object_id, cert_id);"
-	 "CREATE INDEX certificates_label ON certificates (label, cert_id);"},
+	 "CREATE INDEX certificates_label ON certificates (label, cert_id);",
+	 NULL},
 	/* Key usage, as the SQLite schema's step 8. */
 	{7,
 	 "CREATE TABLE key_usage ("
@@ -208,7 +221,22 @@ static const migration migrations[] = {
 	 "  used_ms    bigint NOT NULL,"
 	 "  request_id text NOT NULL"
 	 ");"
-	 "CREATE TABLE usage_tracking (since bigint NOT NULL);"},
+	 "CREATE TABLE usage_tracking (since bigint NOT NULL);",
+	 NULL},
+	/*
+	 * The certificates table as step 6 now reads, as the SQLite schema's
+	 * step 9: step 6 was edited after it shipped (not_after and its index,
+	 * then the object id and label indexes), so a store that took its first
+	 * version is marked as having it without them.  not_after is filled in
+	 * from each certificate's DER (certificates_fill_not_after), as 0 would
+	 * count as expiring.
+	 */
+	{8,
+	 "ALTER TABLE certificates ADD COLUMN IF NOT EXISTS not_after bigint NOT NULL DEFAULT 0;"
+	 "CREATE INDEX IF NOT EXISTS certificates_not_after ON certificates (not_after);"
+	 "CREATE INDEX IF NOT EXISTS certificates_object_id ON certificates (object_id, cert_id);"
+	 "CREATE INDEX IF NOT EXISTS certificates_label ON certificates (label, cert_id);",
+	 certificates_fill_not_after},
 };
 _Static_assert(HSM_CERT_LABEL_MAX == 256 && HSM_CERT_OBJECT_ID_MAX == 256 &&
                    HSM_CERT_DER_MAX == 32768,
@@ -224,6 +252,71 @@ int pg_schema_latest(void)
 int hsm_store_pg_schema_latest(void)
 {
 	return pg_schema_latest();
+}
+
+size_t hsm_store_pg_schema_steps(void)
+{
+	return (size_t)MIGRATION_COUNT;
+}
+
+int hsm_store_pg_schema_step(size_t i, const char **sql)
+{
+	HSM_ASSERT(i < (size_t)MIGRATION_COUNT);
+	*sql = migrations[i].sql;
+	return migrations[i].version;
+}
+
+/* ---- Step 8: the certificates' notAfter ---------------------------------------------------- */
+
+static const char SQL_CERT_UNFILLED[] = "SELECT cert_id, der FROM certificates "
+                                        "WHERE not_after = 0 AND cert_id > $1 "
+                                        "ORDER BY cert_id LIMIT 1";
+static const char SQL_CERT_FILL[] = "UPDATE certificates SET not_after = $2 WHERE cert_id = $1";
+
+/* The next certificate after `after` whose not_after is 0, and what its DER says (or 0). */
+static hsm_result next_unfilled(pg_conn *c, const char *after, char id[HSM_UUID_STRLEN + 1],
+                                int64_t *not_after, bool *found)
+{
+	PGresult *r = NULL;
+	hsm_buf der = {0};
+	pg_params p;
+	pg_params_init(&p);
+	pg_p_text(&p, after);
+	HSM_GUARD(pg_run(c, SQL_CERT_UNFILLED, &p, &r));
+	hsm_result res = HSM_SUCCESS;
+	*found = PQntuples(r) > 0;
+	if (*found)
+		res = pg_col_text(r, 0, 0, id, HSM_UUID_STRLEN + 1);
+	if (*found && hsm_ok(res))
+		res = pg_col_bytea(r, 0, 1, &der);
+	PQclear(r);
+	if (*found && hsm_ok(res) && hsm_failed(st_cert_not_after(der.data, der.len, not_after))) {
+		hsm_warn("store: certificate %s: its notAfter cannot be read, so it stays 0", id);
+		*not_after = 0;
+	}
+	hsm_buf_free(&der);
+	return res;
+}
+
+static hsm_result certificates_fill_not_after(pg_conn *c)
+{
+	char after[HSM_UUID_STRLEN + 1] = "";
+	for (;;) {
+		char id[HSM_UUID_STRLEN + 1];
+		int64_t not_after = 0;
+		bool found = false;
+		HSM_GUARD(next_unfilled(c, after, id, &not_after, &found));
+		if (!found)
+			return HSM_SUCCESS;
+		if (not_after != 0) {
+			pg_params p;
+			pg_params_init(&p);
+			pg_p_text(&p, id);
+			pg_p_i64(&p, not_after);
+			HSM_GUARD(pg_run(c, SQL_CERT_FILL, &p, NULL));
+		}
+		memcpy(after, id, sizeof(after));
+	}
 }
 
 static const char SQL_LOCK[] = "SELECT pg_advisory_xact_lock(" PG_SCHEMA_LOCK ")";
@@ -253,6 +346,8 @@ static hsm_result step_body(pg_conn *c, void *arg)
 	if (st->m == NULL || st->current >= st->m->version)
 		return HSM_SUCCESS;
 	HSM_GUARD(pg_simple(c, st->m->sql, "apply a schema migration"));
+	if (st->m->code != NULL)
+		HSM_GUARD(st->m->code(c));
 	pg_params p;
 	pg_params_init(&p);
 	pg_p_i64(&p, st->m->version);
@@ -272,22 +367,72 @@ static hsm_result usage_start_body(pg_conn *c, void *arg)
 	                 "record when key uses began to be recorded");
 }
 
+hsm_result pg_schema_check(int64_t current)
+{
+	int latest = pg_schema_latest();
+	HSM_ENSURE(current <= latest, HSM_ERR_STORE,
+	           "the store has schema version %lld, newer than this hsmd knows (%d): "
+	           "upgrade hsmd to open it",
+	           (long long)current, latest);
+	HSM_ENSURE(current >= 0, HSM_ERR_STORE, "the store's schema version is corrupt");
+	return HSM_SUCCESS;
+}
+
+hsm_result pg_schema_current(pg_conn *c, int64_t *out)
+{
+	PGresult *r = NULL;
+	HSM_GUARD(pg_run(c, SQL_CURRENT, NULL, &r));
+	hsm_result res = pg_col_i64(r, 0, 0, out);
+	PQclear(r);
+	return res;
+}
+
+static const char SQL_HAS_VERSION_TABLE[] = "SELECT to_regclass('schema_version') IS NOT NULL";
+
+typedef struct existing {
+	bool found;
+	int64_t current;
+} existing;
+
+static hsm_result read_body(pg_conn *c, void *arg)
+{
+	existing *e = arg;
+	PGresult *r = NULL;
+	HSM_GUARD(pg_run(c, SQL_HAS_VERSION_TABLE, NULL, &r));
+	hsm_result res = pg_col_bool(r, 0, 0, &e->found);
+	PQclear(r);
+	HSM_GUARD(res);
+	return e->found ? pg_schema_current(c, &e->current) : HSM_SUCCESS;
+}
+
+hsm_result pg_schema_read(pg_store *s, int *version)
+{
+	existing e = {false, 0};
+	HSM_GUARD(pg_read_snapshot(s, read_body, &e));
+	HSM_ENSURE(e.found, HSM_ERR_NOT_FOUND,
+	           "no hsmd store in that PostgreSQL database (it has no schema_version table)");
+	HSM_GUARD(pg_schema_check(e.current));
+	*version = (int)e.current;
+	return HSM_SUCCESS;
+}
+
 hsm_result pg_schema_migrate(pg_store *s, int *version)
 {
 	step st = {NULL, 0};
 	HSM_GUARD(pg_write(s, step_body, &st));
 	int latest = pg_schema_latest();
-	HSM_ENSURE(st.current <= latest, HSM_ERR_STORE,
-	           "the store has schema version %lld, newer than this hsmd knows (%d): "
-	           "upgrade hsmd to open it",
-	           (long long)st.current, latest);
-	HSM_ENSURE(st.current >= 0, HSM_ERR_STORE, "the store's schema version is corrupt");
+	HSM_GUARD(pg_schema_check(st.current));
+	int64_t from = st.current;
 	for (int i = 0; i < MIGRATION_COUNT; i++) {
 		if (migrations[i].version <= st.current)
 			continue;
 		st.m = &migrations[i];
 		HSM_GUARD(pg_write(s, step_body, &st));
 	}
+	/* An upgrade is said (a new database, from 0, is a creation); another node may have done it. */
+	if (from > 0 && from < latest)
+		hsm_info("store: PostgreSQL schema migrated from version %lld to %d", (long long)from,
+		         latest);
 	/* When the store began recording key uses (the SQLite schema's note). */
 	HSM_GUARD(pg_write(s, usage_start_body, NULL));
 	*version = latest;

@@ -299,15 +299,47 @@ hsm_result sq_write_end_scrub(sq_store *s, sq_conn *c, hsm_result res)
  * needs no journal beside it and no sync; secure_delete (conn_open) zeroes
  * the pages they held.
  */
+/* Whether the database on c has a table of that name: an SQLite result code. */
+static int table_exists(sq_conn *c, const char *name, bool *out)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = sqlite3_prepare_v2(c->db,
+	                            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' "
+	                            "AND name = ?1",
+	                            -1, &st, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		*out = sqlite3_column_int64(st, 0) > 0;
+		rc = SQLITE_OK;
+	}
+	sqlite3_finalize(st);
+	return rc;
+}
+
 hsm_result hsm_store_sqlite_drop_transient(const char *path)
 {
-	static const char sql[] = "PRAGMA query_only=OFF; PRAGMA journal_mode=MEMORY;"
-	                          "PRAGMA synchronous=OFF; BEGIN IMMEDIATE;"
-	                          "DELETE FROM approval_votes; DELETE FROM approvals;"
-	                          "DELETE FROM key_usage; DELETE FROM usage_tracking; COMMIT";
+	static const char begin[] = "PRAGMA query_only=OFF; PRAGMA journal_mode=MEMORY;"
+	                            "PRAGMA synchronous=OFF; BEGIN IMMEDIATE;";
+	/* A copy of a store at an older schema (hsm_store_open_existing) may lack the tables. */
+	static const char *const tables[] = {"approval_votes", "approvals", "key_usage",
+	                                     "usage_tracking"};
 	sq_conn *c = NULL;
 	HSM_GUARD(conn_open(path, false, &c));
-	int rc = sqlite3_exec(c->db, sql, NULL, NULL, NULL);
+	int rc = sqlite3_exec(c->db, begin, NULL, NULL, NULL);
+	for (size_t i = 0; rc == SQLITE_OK && i < sizeof(tables) / sizeof(tables[0]); i++) {
+		bool there = false;
+		rc = table_exists(c, tables[i], &there);
+		if (rc == SQLITE_OK && there) {
+			char sql[64]; /* the names are the constants above: nothing to quote */
+			snprintf(sql, sizeof(sql), "DELETE FROM %s", tables[i]);
+			rc = sqlite3_exec(c->db, sql, NULL, NULL, NULL);
+		}
+	}
+	if (rc == SQLITE_OK)
+		rc = sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL);
 	hsm_result res = rc == SQLITE_OK ? HSM_SUCCESS : sq_fail(c, rc, "drop approvals from a copy");
 	conn_close(c); /* rolls back what a failure left open */
 	return res;
@@ -464,7 +496,22 @@ static hsm_result store_alloc(sq_store **out)
 	return HSM_SUCCESS;
 }
 
-hsm_result hsm_store_sqlite_open(const char *dir, hsm_store **out)
+/*
+ * HSM_STORE_EXISTING: the database file must be there before anything is
+ * made (a mistyped directory gets no hsmd.lock, hsmd.db or directory), and
+ * its schema is read, not migrated.
+ */
+static hsm_result open_existing(sq_store *s, const char *dir)
+{
+	struct stat st;
+	HSM_ENSURE(stat(s->db_path, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0,
+	           HSM_ERR_NOT_FOUND, "no hsmd store in %s (no " HSM_STORE_DB_FILE " there)", dir);
+	HSM_GUARD(lock_directory(dir, &s->lock_fd));
+	HSM_GUARD(conn_open(s->db_path, true, &s->writer));
+	return sq_schema_read(s->writer, dir, &s->schema_version);
+}
+
+hsm_result hsm_store_sqlite_open_mode(const char *dir, hsm_store_open_mode mode, hsm_store **out)
 {
 	HSM_ASSERT(dir != NULL && out != NULL);
 	hsm_result res = HSM_SUCCESS;
@@ -472,17 +519,26 @@ hsm_result hsm_store_sqlite_open(const char *dir, hsm_store **out)
 	HSM_TRY(store_alloc(&s));
 	HSM_TRY(hsm_strcpy(s->dir, sizeof(s->dir), dir));
 	HSM_TRY(join_path(s->db_path, sizeof(s->db_path), dir, HSM_STORE_DB_FILE));
-	HSM_TRY(hsm_mkdir_p(dir));
-	HSM_TRY(lock_directory(dir, &s->lock_fd));
-	HSM_TRY(prepare_db_file(s->db_path));
-	HSM_TRY(conn_open(s->db_path, true, &s->writer));
-	HSM_TRY(sq_schema_migrate(s->writer, &s->schema_version));
-	/* The database, -wal and -shm files may be new: make their directory entries durable. */
-	HSM_TRY(hsm_fsync_dir(dir));
+	if (mode == HSM_STORE_EXISTING) {
+		HSM_TRY(open_existing(s, dir));
+	} else {
+		HSM_TRY(hsm_mkdir_p(dir));
+		HSM_TRY(lock_directory(dir, &s->lock_fd));
+		HSM_TRY(prepare_db_file(s->db_path));
+		HSM_TRY(conn_open(s->db_path, true, &s->writer));
+		HSM_TRY(sq_schema_migrate(s->writer, &s->schema_version));
+		/* The database, -wal and -shm files may be new: make their directory entries durable. */
+		HSM_TRY(hsm_fsync_dir(dir));
+	}
 	*out = &s->base;
 	s = NULL;
 out:
 	if (s != NULL)
 		sq_close(&s->base);
 	return res;
+}
+
+hsm_result hsm_store_sqlite_open(const char *dir, hsm_store **out)
+{
+	return hsm_store_sqlite_open_mode(dir, HSM_STORE_MIGRATE, out);
 }

@@ -140,6 +140,11 @@ hsm_result sq_collect(sq_conn *c, sqlite3_stmt *st, size_t max, sq_row_reader re
 
 /* Brings the database on the write connection to the latest schema; *version receives it. */
 hsm_result sq_schema_migrate(sq_conn *w, int *version) HSM_MUST_CHECK;
+/*
+ * Reads the version of an existing store in dir (named in messages) without
+ * changing anything: HSM_ERR_NOT_FOUND when the database has no hsmd schema.
+ */
+hsm_result sq_schema_read(sq_conn *w, const char *dir, int *version) HSM_MUST_CHECK;
 
 /* ---- Row codecs shared with the copy code (store_sqlite_copy.c) ---------------------------- */
 

@@ -17,6 +17,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/log.h"
+
 /* Marks the file as an hsmd store ("HSMD") for PRAGMA application_id. */
 #define HSM_SQLITE_APPLICATION_ID 0x48534D44
 
@@ -29,7 +31,11 @@ typedef struct migration {
 	 * references are checked before it commits (apply_rebuild).
 	 */
 	bool rebuilds;
+	/* What SQL alone cannot say, run in the step's transaction before sql (or NULL). */
+	hsm_result (*code)(sq_conn *w);
 } migration;
+
+static hsm_result certificates_reshape(sq_conn *w);
 
 static const migration migrations[] = {
 	{1,
@@ -104,10 +110,10 @@ static const migration migrations[] = {
 	 "  wrapped_secret BLOB NOT NULL"
 	 ");"
 	 "CREATE INDEX access_keys_by_user ON access_keys (user, id);",
-	 false},
+	 false, NULL},
 	/* The keys marked for JWT signing (flag bit 0, HSM_KEYFLAG_JWT), for the JWK Set: a
 	 * partial index, so listing them costs what they number, not what the store holds. */
-	{2, "CREATE INDEX keys_jwt ON keys (id) WHERE (flags & 1) = 1;", false},
+	{2, "CREATE INDEX keys_jwt ON keys (id) WHERE (flags & 1) = 1;", false, NULL},
 	/*
 	 * Grants (KMS CreateGrant).  Indexes: a key's grants in grant id order
 	 * (ListGrants, the per-key limit, key destruction); a key's grants of one
@@ -129,7 +135,7 @@ static const migration migrations[] = {
 	 "CREATE INDEX grants_by_key ON grants (key_id, grant_id);"
 	 "CREATE INDEX grants_by_grantee ON grants (key_id, grantee, grant_id);"
 	 "CREATE INDEX grants_by_retiring ON grants (retiring, grant_id);",
-	 false},
+	 false, NULL},
 	/*
 	 * Imported key material (KMS ImportKeyMaterial): the PendingImport state,
 	 * when the material expires (valid_to, 0 = never) and the digest that
@@ -175,7 +181,7 @@ static const migration migrations[] = {
 	 "CREATE INDEX keys_jwt ON keys (id) WHERE (flags & 1) = 1;"
 	 "CREATE INDEX keys_expiry_due ON keys (valid_to) WHERE valid_to <> 0;"
 	 "ALTER TABLE key_versions ADD COLUMN digest BLOB NOT NULL DEFAULT x'';",
-	 true},
+	 true, NULL},
 	/*
 	 * Imported material per version (KMS imported keys that rotate): each
 	 * version's own expiry (valid_to, 0 = never) and KeyMaterialDescription.
@@ -190,7 +196,7 @@ static const migration migrations[] = {
 	 "UPDATE key_versions SET valid_to = "
 	 "  (SELECT k.valid_to FROM keys k WHERE k.id = key_versions.key_id) "
 	 "WHERE length(digest) > 0 AND length(wrapped) > 0;",
-	 false},
+	 false, NULL},
 	/*
 	 * Quorum approvals (store.h): a request waiting for custodians, and its
 	 * approvers numbered in the order they approved.  The primary key keeps
@@ -224,7 +230,7 @@ static const migration migrations[] = {
 	 "  PRIMARY KEY (approval_id, approver),"
 	 "  UNIQUE (approval_id, position)"
 	 ") WITHOUT ROWID;",
-	 false},
+	 false, NULL},
 	/*
 	 * Certificates (store.h, PKCS#11 CKO_CERTIFICATE objects).  The checks
 	 * hold the sizes the records promise (HSM_CERT_*_MAX; length() of a blob
@@ -247,7 +253,7 @@ static const migration migrations[] = {
 	 "CREATE INDEX certificates_not_after ON certificates (not_after);"
 	 "CREATE INDEX certificates_object_id ON certificates (object_id, cert_id);"
 	 "CREATE INDEX certificates_label ON certificates (label, cert_id);",
-	 false},
+	 false, NULL},
 	/*
 	 * Key usage (store.h, GetKeyLastUsage): each key's last use, and when
 	 * this store began recording them (set_usage_start).
@@ -260,7 +266,20 @@ static const migration migrations[] = {
 	 "  request_id TEXT NOT NULL"
 	 ") WITHOUT ROWID;"
 	 "CREATE TABLE usage_tracking (since INTEGER NOT NULL);",
-	 false},
+	 false, NULL},
+	/*
+	 * The certificates table as step 7 now reads.  Step 7 was edited after
+	 * it shipped (not_after and its index, then the object id and label
+	 * indexes), so a store that took the first version of it is marked as
+	 * having it without them.  certificates_reshape adds not_after where it
+	 * is missing and fills it in from each certificate's DER (0 would count
+	 * as expiring); the indexes follow, where missing.
+	 */
+	{9,
+	 "CREATE INDEX IF NOT EXISTS certificates_not_after ON certificates (not_after);"
+	 "CREATE INDEX IF NOT EXISTS certificates_object_id ON certificates (object_id, cert_id);"
+	 "CREATE INDEX IF NOT EXISTS certificates_label ON certificates (label, cert_id);",
+	 false, certificates_reshape},
 };
 _Static_assert(HSM_CERT_LABEL_MAX == 256 && HSM_CERT_OBJECT_ID_MAX == 256 &&
                    HSM_CERT_DER_MAX == 32768,
@@ -271,6 +290,18 @@ _Static_assert(HSM_CERT_LABEL_MAX == 256 && HSM_CERT_OBJECT_ID_MAX == 256 &&
 int hsm_store_sqlite_schema_latest(void)
 {
 	return migrations[MIGRATION_COUNT - 1].version;
+}
+
+size_t hsm_store_sqlite_schema_steps(void)
+{
+	return (size_t)MIGRATION_COUNT;
+}
+
+int hsm_store_sqlite_schema_step(size_t i, const char **sql)
+{
+	HSM_ASSERT(i < (size_t)MIGRATION_COUNT);
+	*sql = migrations[i].sql;
+	return migrations[i].version;
 }
 
 static hsm_result exec_sql(sq_conn *w, const char *sql, const char *what)
@@ -320,6 +351,103 @@ static hsm_result check_references(sq_conn *w)
 	return res;
 }
 
+/* Whether table has a column of that name. */
+static hsm_result has_column(sq_conn *w, const char *table, const char *column, bool *out)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = sqlite3_prepare_v2(w->db, "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
+	                            -1, &st, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_bind_text(st, 1, table, -1, SQLITE_STATIC);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_bind_text(st, 2, column, -1, SQLITE_STATIC);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(st);
+	hsm_result res = HSM_SUCCESS;
+	if (rc == SQLITE_ROW)
+		*out = sqlite3_column_int64(st, 0) > 0;
+	else
+		res = sq_fail(w, rc, "read a table's columns");
+	sqlite3_finalize(st);
+	return res;
+}
+
+/*
+ * The next certificate after `after` (by id) whose not_after is 0: *found
+ * false when none is left.  id receives its id, *not_after what its DER
+ * says, or 0 (with a warning) if the DER cannot be read.
+ */
+static hsm_result next_unfilled(sq_conn *w, const char *after, char id[HSM_UUID_STRLEN + 1],
+                                int64_t *not_after, bool *found)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = sqlite3_prepare_v2(w->db,
+	                            "SELECT cert_id, der FROM certificates WHERE not_after = 0 "
+	                            "AND cert_id > ?1 ORDER BY cert_id LIMIT 1",
+	                            -1, &st, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_bind_text(st, 1, after, -1, SQLITE_STATIC);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(st);
+	hsm_result res = HSM_SUCCESS;
+	*found = rc == SQLITE_ROW;
+	if (rc == SQLITE_ROW) {
+		const char *text = (const char *)sqlite3_column_text(st, 0);
+		const void *der = sqlite3_column_blob(st, 1);
+		int len = sqlite3_column_bytes(st, 1);
+		res = hsm_strcpy(id, HSM_UUID_STRLEN + 1, text != NULL ? text : "");
+		if (hsm_ok(res) && hsm_failed(st_cert_not_after(der, len > 0 ? (size_t)len : 0,
+		                                                not_after))) {
+			hsm_warn("store: certificate %s: its notAfter cannot be read, so it stays 0", id);
+			*not_after = 0;
+		}
+	} else if (rc != SQLITE_DONE) {
+		res = sq_fail(w, rc, "read the certificates");
+	}
+	sqlite3_finalize(st);
+	return res;
+}
+
+static hsm_result set_not_after(sq_conn *w, const char *id, int64_t not_after)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = sqlite3_prepare_v2(w->db, "UPDATE certificates SET not_after = ?2 WHERE cert_id = ?1",
+	                            -1, &st, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_bind_int64(st, 2, not_after);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(st);
+	hsm_result res = rc == SQLITE_DONE ? HSM_SUCCESS : sq_fail(w, rc, "fill in a notAfter");
+	sqlite3_finalize(st);
+	return res;
+}
+
+/* Step 9's code: not_after where it is missing, filled in from the DER where it is 0. */
+static hsm_result certificates_reshape(sq_conn *w)
+{
+	bool present = false;
+	HSM_GUARD(has_column(w, "certificates", "not_after", &present));
+	if (!present)
+		HSM_GUARD(exec_sql(w,
+		                   "ALTER TABLE certificates ADD COLUMN not_after INTEGER NOT NULL "
+		                   "DEFAULT 0",
+		                   "add the certificates' notAfter"));
+	char after[HSM_UUID_STRLEN + 1] = "";
+	for (;;) {
+		char id[HSM_UUID_STRLEN + 1];
+		int64_t not_after = 0;
+		bool found = false;
+		HSM_GUARD(next_unfilled(w, after, id, &not_after, &found));
+		if (!found)
+			return HSM_SUCCESS;
+		if (not_after != 0)
+			HSM_GUARD(set_not_after(w, id, not_after));
+		memcpy(after, id, sizeof(after));
+	}
+}
+
 /* Runs one step and records it, in one transaction. */
 static hsm_result apply(sq_conn *w, const migration *m)
 {
@@ -329,6 +457,8 @@ static hsm_result apply(sq_conn *w, const migration *m)
 	         " VALUES (%d, CAST(strftime('%%s', 'now') AS INTEGER))",
 	         m->version);
 	hsm_result res = exec_sql(w, "BEGIN IMMEDIATE", "begin a schema migration");
+	if (hsm_ok(res) && m->code != NULL)
+		res = m->code(w);
 	if (hsm_ok(res))
 		res = exec_sql(w, m->sql, "apply a schema migration");
 	if (hsm_ok(res) && m->rebuilds)
@@ -373,6 +503,33 @@ static hsm_result check_application_id(sq_conn *w)
 	return HSM_SUCCESS;
 }
 
+static hsm_result check_version(int64_t current)
+{
+	int latest = hsm_store_sqlite_schema_latest();
+	HSM_ENSURE(current <= latest, HSM_ERR_STORE,
+	           "the store has schema version %lld, newer than this hsmd knows (%d): "
+	           "upgrade hsmd to open it",
+	           (long long)current, latest);
+	HSM_ENSURE(current >= 0, HSM_ERR_STORE, "the store's schema version is corrupt");
+	return HSM_SUCCESS;
+}
+
+hsm_result sq_schema_read(sq_conn *w, const char *dir, int *version)
+{
+	int64_t tables = 0, current = 0;
+	HSM_GUARD(check_application_id(w));
+	HSM_GUARD(query_int(w,
+	                    "SELECT count(*) FROM sqlite_schema "
+	                    "WHERE type = 'table' AND name = 'schema_version'",
+	                    &tables));
+	HSM_ENSURE(tables == 1, HSM_ERR_NOT_FOUND,
+	           "no hsmd store in %s (its " HSM_STORE_DB_FILE " holds no hsmd schema)", dir);
+	HSM_GUARD(query_int(w, "SELECT coalesce(max(version), 0) FROM schema_version", &current));
+	HSM_GUARD(check_version(current));
+	*version = (int)current;
+	return HSM_SUCCESS;
+}
+
 hsm_result sq_schema_migrate(sq_conn *w, int *version)
 {
 	HSM_GUARD(check_application_id(w));
@@ -383,12 +540,8 @@ hsm_result sq_schema_migrate(sq_conn *w, int *version)
 	                   "create the schema version table"));
 	int64_t current = 0;
 	HSM_GUARD(query_int(w, "SELECT coalesce(max(version), 0) FROM schema_version", &current));
+	HSM_GUARD(check_version(current));
 	int latest = hsm_store_sqlite_schema_latest();
-	HSM_ENSURE(current <= latest, HSM_ERR_STORE,
-	           "the store has schema version %lld, newer than this hsmd knows (%d): "
-	           "upgrade hsmd to open it",
-	           (long long)current, latest);
-	HSM_ENSURE(current >= 0, HSM_ERR_STORE, "the store's schema version is corrupt");
 	for (int i = 0; i < MIGRATION_COUNT; i++) {
 		if (migrations[i].version <= current)
 			continue;
@@ -397,6 +550,10 @@ hsm_result sq_schema_migrate(sq_conn *w, int *version)
 		else
 			HSM_GUARD(apply(w, &migrations[i]));
 	}
+	/* An upgrade is said (a new store, from 0, is a creation). */
+	if (current > 0 && current < latest)
+		hsm_info("store: SQLite schema migrated from version %lld to %d", (long long)current,
+		         latest);
 	/*
 	 * When the store began recording key uses: at its first opening with the
 	 * tables, which for a snapshot (whose copy is emptied of uses and of

@@ -15,6 +15,9 @@
 #include <stdatomic.h>
 #include <sys/stat.h>
 
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
 #include "store/store.h"
 #include "store/store_impl.h"
 #include "store_test_util.h"
@@ -570,6 +573,129 @@ static void test_added_to_an_older_store(void **state)
 	assert_int_equal(count(f->s), 1);
 }
 
+/* A real self-signed certificate (DER) valid until not_after. */
+static void real_cert_der(int64_t not_after, hsm_buf *out)
+{
+	EVP_PKEY *key = EVP_EC_gen("P-256");
+	X509 *x = X509_new();
+	assert_non_null(key);
+	assert_non_null(x);
+	assert_int_equal(ASN1_INTEGER_set(X509_get_serialNumber(x), 7), 1);
+	assert_non_null(ASN1_TIME_set(X509_getm_notBefore(x), 1700000000));
+	assert_non_null(ASN1_TIME_set(X509_getm_notAfter(x), (time_t)not_after));
+	X509_NAME *name = X509_get_subject_name(x);
+	assert_int_equal(X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+	                                            (const unsigned char *)"old", -1, -1, 0),
+	                 1);
+	assert_int_equal(X509_set_issuer_name(x, name), 1);
+	assert_int_equal(X509_set_pubkey(x, key), 1);
+	assert_true(X509_sign(x, key, EVP_sha256()) > 0);
+	unsigned char *der = NULL;
+	int len = i2d_X509(x, &der);
+	assert_true(len > 0);
+	assert_true(hsm_ok(hsm_buf_set(out, der, (size_t)len)));
+	OPENSSL_free(der);
+	X509_free(x);
+	EVP_PKEY_free(key);
+}
+
+/*
+ * The certificates table as the first shipped version of its step had it
+ * (SQLite step 7, PostgreSQL step 6, before not_after and the object id and
+ * label indexes), holding one certificate, the store marked as at that step.
+ */
+static void old_certificates_table(st_fixture *f, const hsm_buf *der)
+{
+	char hex[2 * HSM_CERT_DER_MAX + 1];
+	assert_true(der->len <= HSM_CERT_DER_MAX);
+	for (size_t i = 0; i < der->len; i++)
+		snprintf(hex + 2 * i, 3, "%02x", der->data[i]);
+	char *sql = malloc(sizeof(hex) + 1024);
+	assert_non_null(sql);
+	hsm_store_close(f->s);
+	f->s = NULL;
+	st_drop_certificates(f);
+	if (st_is_pg()) {
+		snprintf(sql, sizeof(hex) + 1024,
+		         "BEGIN;"
+		         "CREATE TABLE certificates ("
+		         "  cert_id   text COLLATE \"C\" PRIMARY KEY,"
+		         "  label     text NOT NULL CHECK (octet_length(label) <= 256),"
+		         "  object_id bytea NOT NULL CHECK (octet_length(object_id) <= 256),"
+		         "  der       bytea NOT NULL CHECK (octet_length(der) BETWEEN 1 AND 32768),"
+		         "  creator   text NOT NULL,"
+		         "  created   bigint NOT NULL);"
+		         "INSERT INTO schema_version VALUES (6, 1);"
+		         "INSERT INTO certificates VALUES ('%s', 'old', '\\x01'::bytea, "
+		         "decode('%s', 'hex'), '', 1);"
+		         "COMMIT",
+		         "00000000-0000-4000-8000-000000000001", hex);
+		assert_int_equal(st_pg_exec(f->db, sql), 0);
+	} else {
+		snprintf(sql, sizeof(hex) + 1024,
+		         "BEGIN;"
+		         "CREATE TABLE certificates ("
+		         "  cert_id   TEXT PRIMARY KEY,"
+		         "  label     TEXT NOT NULL CHECK (length(CAST(label AS BLOB)) <= 256),"
+		         "  object_id BLOB NOT NULL CHECK (length(object_id) <= 256),"
+		         "  der       BLOB NOT NULL CHECK (length(der) BETWEEN 1 AND 32768),"
+		         "  creator   TEXT NOT NULL,"
+		         "  created   INTEGER NOT NULL);"
+		         "INSERT INTO schema_version VALUES (7, 1);"
+		         "INSERT INTO certificates VALUES ('%s', 'old', x'01', x'%s', '', 1);"
+		         "COMMIT",
+		         "00000000-0000-4000-8000-000000000001", hex);
+		assert_int_equal(st_raw_exec(f->dir, sql), SQLITE_OK);
+	}
+	free(sql);
+}
+
+static long long cert_index_count(st_fixture *f)
+{
+	if (st_is_pg())
+		return st_pg_int(f->db, "SELECT count(*) FROM pg_indexes WHERE tablename = "
+		                        "'certificates' AND indexname IN ('certificates_not_after', "
+		                        "'certificates_object_id', 'certificates_label')");
+	return st_raw_int(f->dir, "SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND "
+	                          "name IN ('certificates_not_after', 'certificates_object_id', "
+	                          "'certificates_label')");
+}
+
+/*
+ * A store that took the certificates step as it first shipped gets the
+ * column and indexes the step gained later, each certificate's notAfter read
+ * from its DER (not 0, which would count it as expiring).
+ */
+static void test_first_certificates_step_brought_forward(void **state)
+{
+	st_fixture *f = *state;
+	int latest = st_is_pg() ? hsm_store_pg_schema_latest() : hsm_store_sqlite_schema_latest();
+	const int64_t not_after = 4102444800; /* 2100-01-01 */
+	hsm_buf der = {0};
+	real_cert_der(not_after, &der);
+	old_certificates_table(f, &der);
+	/* Control: the old shape, without the column or the indexes. */
+	assert_int_equal(cert_index_count(f), 0);
+
+	EXPECT_OK(hsm_store_open(f->loc, &f->s));
+	assert_int_equal(hsm_store_schema_version(f->s), latest);
+	assert_int_equal(cert_index_count(f), 3);
+	assert_int_equal(count(f->s), 1);
+	hsm_cert_record got;
+	EXPECT_OK(hsm_store_cert_get(f->s, "00000000-0000-4000-8000-000000000001", &got));
+	assert_int_equal(got.not_after, not_after);
+	assert_int_equal(got.der.len, der.len);
+	hsm_cert_record_clear(&got);
+	uint64_t expiring = 99;
+	EXPECT_OK(hsm_store_cert_count_expiring(f->s, 1800000000, &expiring));
+	assert_int_equal(expiring, 0);
+	/* The step changes nothing in a store whose table was already whole. */
+	create(f->s, 2);
+	st_reopen(f);
+	assert_int_equal(count(f->s), 2);
+	hsm_buf_free(&der);
+}
+
 /* A row's label, object id and DER as SQL expressions of one dialect. */
 typedef struct raw_row {
 	const char *label, *object_id, *der;
@@ -802,6 +928,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_snapshot_keeps_certificates, st_setup,
 		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_added_to_an_older_store, st_setup,
+		                                st_teardown),
+		cmocka_unit_test_setup_teardown(test_first_certificates_step_brought_forward, st_setup,
 		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_schema_constraints, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_queries_walk_the_index, st_setup, st_teardown),

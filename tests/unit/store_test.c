@@ -16,6 +16,8 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <openssl/evp.h>
+
 #include "common/util.h"
 #include "store/store.h"
 #include "store/store_impl.h"
@@ -309,6 +311,82 @@ static void test_a_lone_handle_leads(void **state)
 	}
 }
 
+/* ---- Shipped schema steps ------------------------------------------------------------- */
+
+/*
+ * The first 16 hex digits of the SHA-256 of every shipped schema step's SQL.
+ * A store that took a step is marked as having it and never runs it again,
+ * so an edit to a shipped step never reaches the stores that took it (the
+ * certificates step once lost its not_after column that way).  Add a step
+ * and its hash here; never change a line.
+ */
+typedef struct pinned_step {
+	int version;
+	const char *sha256_16;
+} pinned_step;
+
+static const pinned_step sqlite_steps[] = {
+	{1, "7dccd227b40e6356"},
+	{2, "4bed2bec5d3a87e2"},
+	{3, "2f64beb9591f473f"},
+	{4, "375ca253d969a051"},
+	{5, "144a4eaf9dfba2cc"},
+	{6, "2c9bd016fd8e9c7a"},
+	{7, "736be4b4dc1ff991"},
+	{8, "cf1d2bfd71c9a08a"},
+	{9, "90299e66f619e036"},
+};
+static const pinned_step pg_steps[] = {
+	{1, "f28206757a1a478c"},
+	{2, "d30ebf3c6a6948a1"},
+	{3, "f856af67c36e2e24"},
+	{4, "c393293e7197a2d5"},
+	{5, "e66eadfd2b29ed62"},
+	{6, "c58f45f5023649af"},
+	{7, "57b76a1b006225de"},
+	{8, "993adbe87633d66c"},
+};
+
+static void sha256_16(const char *sql, char out[17])
+{
+	unsigned char d[EVP_MAX_MD_SIZE];
+	unsigned n = 0;
+	assert_int_equal(EVP_Digest(sql, strlen(sql), d, &n, EVP_sha256(), NULL), 1);
+	for (int i = 0; i < 8; i++)
+		snprintf(out + 2 * i, 3, "%02x", d[i]);
+}
+
+static void check_steps(const char *backend, size_t n, int (*step)(size_t, const char **),
+                        const pinned_step *pinned, size_t n_pinned)
+{
+	if (n < n_pinned)
+		fail_msg("the %s schema has %zu steps but %zu shipped: shipped steps are never removed",
+		         backend, n, n_pinned);
+	for (size_t i = 0; i < n; i++) {
+		const char *sql = NULL;
+		int version = step(i, &sql);
+		char got[17];
+		sha256_16(sql, got);
+		if (i >= n_pinned)
+			fail_msg("%s schema step %d is not pinned: add {%d, \"%s\"} to this test's table",
+			         backend, version, version, got);
+		if (version != pinned[i].version || strcmp(got, pinned[i].sha256_16) != 0)
+			fail_msg("%s schema step %d was edited after it shipped (its SQL hashes to %s, "
+			         "not %s): stores that took it never run it again, so restore the step "
+			         "and add a new step that brings them forward",
+			         backend, version, got, pinned[i].sha256_16);
+	}
+}
+
+static void test_shipped_schema_steps_unchanged(void **state)
+{
+	(void)state;
+	check_steps("SQLite", hsm_store_sqlite_schema_steps(), hsm_store_sqlite_schema_step,
+	            sqlite_steps, sizeof(sqlite_steps) / sizeof(sqlite_steps[0]));
+	check_steps("PostgreSQL", hsm_store_pg_schema_steps(), hsm_store_pg_schema_step, pg_steps,
+	            sizeof(pg_steps) / sizeof(pg_steps[0]));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -322,6 +400,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_meta, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_meta_batch_is_atomic, st_setup, st_teardown),
 		cmocka_unit_test(test_enum_names),
+		cmocka_unit_test(test_shipped_schema_steps_unchanged),
 		cmocka_unit_test_setup_teardown(test_a_lone_handle_leads, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_busy_maps_to_dependency_timeout, st_setup, st_teardown),
 	};
