@@ -526,6 +526,44 @@ static void test_destroy_leaves_no_live_material(void **state)
 	EXPECT_OK(hsm_store_key_destroy(f->s, "victim", 1900000001));
 }
 
+/* ---- A newer node migrated the shared store ---------------------------------------------- */
+
+/*
+ * In a cluster being upgraded, a newer node migrates the shared schema while
+ * this (older) node runs.  Its backups would leave out the tables it does not
+ * know, labelled with its older schema: the backup is refused by name, and
+ * the node gives up the scheduled work it led.
+ */
+static void test_newer_schema_stops_backups_and_leadership(void **state)
+{
+	st_fixture *f = *state;
+	char path[PATH_MAX], sql[128];
+	bool leading = false;
+	EXPECT_OK(hsm_store_lead(f->s, true, &leading));
+	assert_true(leading);
+	st_path(path, f->dir, "before.db");
+	EXPECT_OK(hsm_store_snapshot(f->s, path)); /* control: the same schema backs up */
+
+	int newer = hsm_store_pg_schema_latest() + 1;
+	snprintf(sql, sizeof(sql), "INSERT INTO schema_version VALUES (%d, 1)", newer);
+	assert_int_equal(st_pg_exec(f->db, sql), 0);
+
+	st_path(path, f->dir, "after.db");
+	EXPECT_ERR(hsm_store_snapshot(f->s, path), HSM_ERR_STORE);
+	char want[96];
+	snprintf(want, sizeof(want), "the store was upgraded to schema %d by a newer hsmd", newer);
+	assert_non_null(strstr(hsm_last_message(), want));
+	assert_non_null(strstr(hsm_last_message(), "upgrade this node"));
+	assert_int_equal(access(path, F_OK), -1); /* nothing left behind */
+
+	EXPECT_ERR(hsm_store_lead(f->s, true, &leading), HSM_ERR_STORE);
+	assert_false(leading);
+	assert_non_null(strstr(hsm_last_message(), want));
+	/* Not taken again either while the store stays newer. */
+	EXPECT_ERR(hsm_store_lead(f->s, true, &leading), HSM_ERR_STORE);
+	assert_false(leading);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -543,6 +581,8 @@ int main(void)
 		cmocka_unit_test(test_bad_locations_and_passwords),
 		cmocka_unit_test(test_connect_timeout_maps_to_dependency_timeout),
 		cmocka_unit_test_setup_teardown(test_synchronous_commit_never_lowered, pg_setup,
+		                                st_teardown),
+		cmocka_unit_test_setup_teardown(test_newer_schema_stops_backups_and_leadership, pg_setup,
 		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_destroy_leaves_no_live_material, pg_setup,
 		                                st_teardown),
