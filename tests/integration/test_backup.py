@@ -600,3 +600,54 @@ def test_offline_backup_of_a_stopped_node():
             node.cleanup()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def schema_of(data):
+    import sqlite3
+    db = sqlite3.connect(os.path.join(data, "hsmd.db"))
+    try:
+        return db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_read_only_commands_neither_create_nor_migrate_the_store():
+    """status, unseal and an offline backup read a store as it is: a mistyped or empty
+    directory is reported and left as it was (no hsmd.db, audit/ or hsmd.lock that would
+    later pass for a store), and an older store keeps its schema, so the hsmd that wrote
+    it still opens it; its backup restores with this hsmctl, which migrates the copy."""
+    base = tempfile.mkdtemp(prefix="hsmd-inspect-")
+    try:
+        empty, missing = os.path.join(base, "empty"), os.path.join(base, "missing")
+        os.mkdir(empty)
+        for d in (empty, missing):
+            p = hsmctl("status", "--data-dir", d)
+            assert p.returncode == 1 and f"no hsmd store in {d}" in p.stderr, p.stderr
+        assert os.listdir(empty) == [] and not os.path.exists(missing)
+
+        data, shares = init_store(base)
+        latest = schema_of(data)
+        # The store as the build before the last schema step left it.
+        import sqlite3
+        db = sqlite3.connect(os.path.join(data, "hsmd.db"))
+        db.execute("DELETE FROM schema_version WHERE version = ?", (latest,))
+        db.commit()
+        db.close()
+        quorum = ["--share", shares["alice"], "--share", shares["dave"], "--share", shares["erin"]]
+        p = hsmctl("status", "--data-dir", data)
+        assert p.returncode == 0 and fields(p.stdout)["schema"] == str(latest - 1), p.stdout
+        p = hsmctl("unseal", "--data-dir", data, shares["alice"], shares["dave"], shares["erin"])
+        assert p.returncode == 0, p.stderr
+        p = hsmctl("backup", "create", "--data-dir", data, *quorum)
+        assert p.returncode == 0, p.stderr
+        made = fields(p.stdout)
+        assert schema_of(data) == latest - 1
+
+        target = os.path.join(base, "restored")
+        p = hsmctl("restore", "--data-dir", target, *quorum, made["file"])
+        assert p.returncode == 0, p.stderr
+        assert schema_of(target) == latest
+        p = hsmctl("status", "--data-dir", target)
+        assert p.returncode == 0 and fields(p.stdout)["schema"] == str(latest), p.stdout
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
