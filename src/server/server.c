@@ -484,6 +484,7 @@ static void count_store_gauges(hsm_server *s)
 		return;
 	uint64_t keys = 0, approvals = 0, certs = 0, certs_expiring = 0;
 	hsm_due_counts due = {0, 0, 0, 0};
+	bool certs_counted = true;
 	if (hsm_keystore_state(s->ks) == HSM_NODE_UNSEALED) {
 		hsm_result r = hsm_store_key_count(s->store, &keys);
 		if (hsm_ok(r))
@@ -492,15 +493,20 @@ static void count_store_gauges(hsm_server *s)
 		if (hsm_ok(r) && s->opt.approval_quorum > 0)
 			r = hsm_store_approval_list(s->store, true, hsm_now(), HSM_STORE_LIST_MAX,
 			                            count_approval, &approvals);
-		if (hsm_ok(r))
-			r = hsm_store_cert_count(s->store, &certs);
+		if (hsm_failed(r)) {
+			atomic_fetch_add(&s->metrics.scheduler_failures, 1);
+			hsm_log_failure("counting keys for /metrics");
+			return;
+		}
+		/* Certificates apart: a failure to count them keeps their last counts, not the keys'. */
+		r = hsm_store_cert_count(s->store, &certs);
 		if (hsm_ok(r))
 			r = hsm_store_cert_count_expiring(s->store, hsm_now() + 30 * 86400,
 			                                  &certs_expiring);
 		if (hsm_failed(r)) {
 			atomic_fetch_add(&s->metrics.scheduler_failures, 1);
-			hsm_log_failure("counting keys for /metrics");
-			return;
+			hsm_log_failure("counting certificates for /metrics");
+			certs_counted = false;
 		}
 	}
 	atomic_store(&s->gauge_keys, keys);
@@ -509,8 +515,10 @@ static void count_store_gauges(hsm_server *s)
 	atomic_store(&s->gauge_material_needed, due.material_needed);
 	atomic_store(&s->gauge_rotations_overdue, due.overdue);
 	atomic_store(&s->gauge_approvals_open, approvals);
-	atomic_store(&s->gauge_certs, certs);
-	atomic_store(&s->gauge_certs_expiring, certs_expiring);
+	if (certs_counted) {
+		atomic_store(&s->gauge_certs, certs);
+		atomic_store(&s->gauge_certs_expiring, certs_expiring);
+	}
 	atomic_store(&s->gauges_counted_at, hsm_now());
 }
 
