@@ -19,6 +19,17 @@
 
 #define AUDIT_HASH_LEN 32
 #define AUDIT_HASH_HEX 64
+/*
+ * The trail format hsmd declares in every AuditLogOpened event
+ * ("trail_format"): from 2 on, an unsealed node signs every checkpoint until
+ * a signed "seal" or "shutdown" checkpoint.  Records before the first
+ * opening that declares it were written by an older hsmd (format 1, never
+ * written out), which left its shutdown checkpoint, and the checkpoints
+ * after a Seal request, unsigned; the verifier holds them to that.
+ */
+#define AUDIT_TRAIL_FORMAT 2
+#define AUDIT_TRAIL_FORMAT_STR "2"
+
 /* A line never exceeds this (bounded fields x worst-case escaping, plus room). */
 #define AUDIT_LINE_MAX ((size_t)64 << 10)
 

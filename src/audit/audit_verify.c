@@ -92,6 +92,29 @@ static void parse_checkpoint(json_t *c, ventry *e)
 	hsm_buf_free(&raw);
 }
 
+/*
+ * The format an AuditLogOpened declares ("extra":{"trail_format":"N"}): 0 when
+ * it declares none (an older hsmd's), false when the value is not a format.
+ */
+static bool parse_trail_format(json_t *j, ventry *e)
+{
+	json_t *v = json_object_get(json_object_get(j, "extra"), "trail_format");
+	if (v == NULL)
+		return true;
+	const char *f = json_string_value(v);
+	size_t n = f != NULL ? strlen(f) : 0;
+	if (n == 0 || n > 3 || f[0] == '0')
+		return false;
+	unsigned t = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (f[i] < '0' || f[i] > '9')
+			return false;
+		t = t * 10 + (unsigned)(f[i] - '0');
+	}
+	e->trail_format = t;
+	return true;
+}
+
 static void parse_entry(const uint8_t *p, size_t n, ventry *e)
 {
 	EVP_Digest(p, n, e->hash, NULL, EVP_sha256(), NULL);
@@ -128,6 +151,11 @@ static void parse_entry(const uint8_t *p, size_t n, ventry *e)
 			e->success = outcome != NULL && strcmp(outcome, "success") == 0;
 			if (op != NULL && strlen(op) < sizeof(e->op)) /* a longer one is none of ours */
 				memcpy(e->op, op, strlen(op) + 1);
+			json_t *lat = json_object_get(j, "latency_us");
+			if (json_is_integer(lat) && json_integer_value(lat) >= 0)
+				e->latency_us = (uint64_t)json_integer_value(lat);
+			if (e->event && strcmp(e->op, "AuditLogOpened") == 0 && !parse_trail_format(j, e))
+				e->kind = VE_MALFORMED;
 		}
 	}
 	json_decref(j);
@@ -332,6 +360,73 @@ static bool shows_unsealed(const ventry *e)
 	return true;
 }
 
+static bool is_opening(const ventry *e)
+{
+	return e->event && strcmp(e->op, "AuditLogOpened") == 0;
+}
+
+/*
+ * The trail format rises at an AuditLogOpened that declares a higher one and
+ * never falls: hsmd declares it at every start, so with a public key an
+ * opening that declares less than an earlier one is refused.  Dropping the
+ * declaration to get an older hsmd's leniency means rewriting the chain from
+ * that opening on, which the signed checkpoints after it show, unless their
+ * signatures go too, and then every run from the first declaration on must
+ * pass as an older hsmd's, a range verify reports (older_format_through).
+ */
+static bool check_format(vreader *r, vstate *s, const ventry *e, EVP_PKEY *pub,
+                         hsm_audit_verify_report *rep)
+{
+	if (!is_opening(e))
+		return true;
+	if (e->trail_format < s->trail_format && pub != NULL) {
+		verify_report_at(r, rep, HSM_AUDIT_MODIFIED, e,
+		                 "modified: this AuditLogOpened declares trail format %u, but the one "
+		                 "at seq %llu declared %u: the log was rewritten from here (or an older "
+		                 "hsmd was started on a trail a newer one had written)",
+		                 e->trail_format, (unsigned long long)s->trail_format_seq,
+		                 s->trail_format);
+		return false;
+	}
+	if (e->trail_format > s->trail_format) {
+		s->trail_format = e->trail_format;
+		s->trail_format_seq = e->seq;
+	}
+	return true;
+}
+
+/*
+ * What an older hsmd (records before the trail declares its format) wrote
+ * when it stopped signing without a signed checkpoint to say so: a successful
+ * Seal request (builds before the "seal" checkpoint cleared the signer while
+ * it ran) or a Shutdown event (builds before the signed "shutdown"
+ * checkpoint cleared it right after that event).
+ */
+static bool older_signer_end(const ventry *e)
+{
+	return (e->request && e->success && strcmp(e->op, "Seal") == 0) ||
+	       (e->event && e->success && strcmp(e->op, "Shutdown") == 0);
+}
+
+/*
+ * An older hsmd's Seal request is recorded once it has run, after it cleared
+ * the signer: a checkpoint written in between is unsigned, and the Seal
+ * record follows it (before any signed checkpoint or restart) with a start
+ * (its time less its latency) no later than the checkpoint.  A second of
+ * slack: the two times come from different threads' reads of the clock.
+ */
+static bool older_seal_follows(vreader *r, const ventry *e)
+{
+	for (size_t i = 1; i < VERIFY_WINDOW; i++) {
+		const ventry *x = vreader_peek(r, i);
+		if (x == NULL || x->kind != VE_RECORD || is_opening(x) || (x->ckpt && x->ckpt_signed))
+			return false;
+		if (x->request && x->success && strcmp(x->op, "Seal") == 0)
+			return e->time_ms + 1000 >= x->time_ms - (int64_t)(x->latency_us / 1000);
+	}
+	return false;
+}
+
 /*
  * With a public key, signatures cannot simply be stripped.  Whoever rewrites
  * the log from some record on must give every later checkpoint up, and a
@@ -344,14 +439,23 @@ static bool shows_unsealed(const ventry *e)
  * then may still finish).  An unsigned checkpoint after either, with no seal,
  * shutdown or restart between, was not written by hsmd (but for one within
  * UNSEAL_GRACE_MS of such a request: an unseal makes the keystore usable
- * just before it sets the signer).
+ * just before it sets the signer).  Before the trail declares its format, an
+ * older hsmd's Seal request or Shutdown event ends the signing as those
+ * checkpoints do (older_signer_end, older_seal_follows).
  */
 static bool check_signing(vreader *r, vstate *s, const ventry *e, sig_state sig,
                           hsm_audit_verify_report *rep)
 {
-	if (e->event && strcmp(e->op, "AuditLogOpened") == 0) {
+	bool older = s->trail_format < AUDIT_TRAIL_FORMAT;
+	if (is_opening(e)) {
 		s->must_sign = false;
 		s->sealed_by_checkpoint = false;
+		return true;
+	}
+	if (older && older_signer_end(e)) { /* as a signed "seal" or "shutdown" checkpoint now */
+		s->must_sign = false;
+		s->sealed_by_checkpoint = true;
+		s->sealed_ms = e->time_ms;
 		return true;
 	}
 	if (!s->must_sign && shows_unsealed(e) &&
@@ -373,7 +477,8 @@ static bool check_signing(vreader *r, vstate *s, const ventry *e, sig_state sig,
 		return true;
 	}
 	if (sig == SIG_NONE && s->must_sign &&
-	    !(s->must_sign_by_request && e->time_ms <= s->must_sign_ms + UNSEAL_GRACE_MS)) {
+	    !(s->must_sign_by_request && e->time_ms <= s->must_sign_ms + UNSEAL_GRACE_MS) &&
+	    !(older && older_seal_follows(r, e))) {
 		verify_report_at(r, rep, HSM_AUDIT_UNSIGNED, e,
 		                 "unsigned: this %s checkpoint carries no signature, but seq %llu shows "
 		                 "the node unsealed, and it was not sealed, stopped or restarted since: "
@@ -416,8 +521,10 @@ static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, const hsm_audit_ve
 		return false;
 	if (!check_anchor_record(r, e, o, rep))
 		return false;
-	if (pub != NULL && !check_signing(r, s, e, sig, rep))
+	if (!check_format(r, s, e, pub, rep) || (pub != NULL && !check_signing(r, s, e, sig, rep)))
 		return false;
+	if (s->trail_format < AUDIT_TRAIL_FORMAT)
+		rep->older_format_through = e->seq;
 	if (e->ckpt)
 		count_checkpoint(e, sig, rep);
 	if (rep->records == 0)

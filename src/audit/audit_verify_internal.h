@@ -32,6 +32,8 @@ typedef struct ventry {
 	/* Requests and events: what and whether it succeeded */
 	bool request, event, success;
 	char op[HSM_AUDIT_NAME_MAX + 1];
+	uint64_t latency_us;    /* requests: how long it ran before it was recorded */
+	unsigned trail_format;  /* AuditLogOpened: the format it declares, 0 = none (older) */
 	/* Checkpoints */
 	bool ckpt, ckpt_signed, ckpt_sig_ok_form;
 	char reason[16], time[25], node[HSM_AUDIT_NAME_MAX + 1];
@@ -73,6 +75,10 @@ typedef struct vstate {
 	int64_t must_sign_ms;
 	bool sealed_by_checkpoint; /* the last reset was a verified "seal" checkpoint... */
 	int64_t sealed_ms;         /* ...written then */
+	/* The highest trail format an AuditLogOpened has declared so far: 0 while the records
+	 * are an older hsmd's (audit_format.h, AUDIT_TRAIL_FORMAT). */
+	unsigned trail_format;
+	uint64_t trail_format_seq; /* ...and the seq of the opening that declared it */
 } vstate;
 
 const ventry *vstate_back(const vstate *s, size_t i); /* 0 = last accepted */

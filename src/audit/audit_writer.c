@@ -648,10 +648,13 @@ static void write_open_events(hsm_audit *a)
 		if (hsm_failed(audit_write_event(a, "AuditTornTail", HSM_AUDIT_ERROR, f, 2)))
 			return;
 	}
-	/* "none": no earlier record, a log begun here (or one whose files were all taken away). */
+	/* "none": no earlier record, a log begun here (or one whose files were all taken away).
+	 * trail_format: which signing rules this run keeps (audit_format.h); the event is
+	 * chained, so later signed checkpoints cover the declaration. */
 	hsm_audit_field f[] = {
-	    {"previous_shutdown", !t->found ? "none" : t->clean ? "clean" : "unclean"}};
-	if (hsm_ok(audit_write_event(a, "AuditLogOpened", HSM_AUDIT_SUCCESS, f, 1)))
+	    {"previous_shutdown", !t->found ? "none" : t->clean ? "clean" : "unclean"},
+	    {"trail_format", AUDIT_TRAIL_FORMAT_STR}};
+	if (hsm_ok(audit_write_event(a, "AuditLogOpened", HSM_AUDIT_SUCCESS, f, 2)))
 		audit_request_retention(a);
 }
 

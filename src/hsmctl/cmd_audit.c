@@ -38,6 +38,12 @@ static void print_summary(const hsm_audit_verify_report *r)
 		       "end)\n",
 		       (unsigned long long)r->last_seq, hex);
 	}
+	if (r->older_format_through != 0)
+		printf("note: records %llu to %llu were written by an older hsmd, whose checkpoints "
+		       "are not all signed (no AuditLogOpened before seq %llu declares trail_format; "
+		       "docs/audit.md)\n",
+		       (unsigned long long)r->first_seq, (unsigned long long)r->older_format_through,
+		       (unsigned long long)r->older_format_through + 1);
 	if (r->valid && r->records > 0 && r->first_seq != 1 && r->kept_from != 0)
 		printf("note: the log starts at seq %llu; records before it were deleted by retention "
 		       "(the checkpoint at seq %llu keeps every record from seq %llu)\n",

@@ -10,6 +10,9 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <jansson.h>
+
+#include "audit/audit_format.h"
 #include "audit_test_util.h"
 
 #define N_RECORDS 1000
@@ -528,6 +531,305 @@ static void test_signatures_cannot_be_stripped(void **state)
 	t_rm_rf(dir);
 }
 
+/* ---- Trails begun by an older hsmd ---------------------------------------- */
+
+static const char *const MARKER = ",\"trail_format\":\"" AUDIT_TRAIL_FORMAT_STR "\"";
+
+/* The only log file in dir, read whole. */
+static char *slurp_only(const char *dir, char path[PATH_MAX], size_t *len)
+{
+	static char paths[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES), 1);
+	snprintf(path, PATH_MAX, "%s", paths[0]);
+	return t_slurp(path, len);
+}
+
+/* Index (0-based) of the n-th (0-based) line of s holding needle. */
+static size_t line_with(const char *s, const char *needle, size_t n)
+{
+	size_t i = 0;
+	for (const char *p = s; *p; p = strchr(p, '\n') + 1, i++) {
+		const char *hit = strstr(p, needle);
+		if (hit != NULL && hit < strchr(p, '\n') && n-- == 0)
+			return i;
+	}
+	fail_msg("no line %zu holding %s", n, needle);
+	return 0;
+}
+
+/* Line i of s (0-based). */
+static char *line_at(char *s, size_t i)
+{
+	for (; i > 0; i--)
+		s = strchr(s, '\n') + 1;
+	return s;
+}
+
+/* Signs the checkpoint line l (in place: the signature keeps its length) with fx's key. */
+static void resign(char *l, size_t n)
+{
+	json_t *j = json_loadb(l, n, 0, NULL);
+	json_t *c = json_object_get(j, "checkpoint");
+	hsm_buf msg = {0}, sig = {0};
+	json_t *kept = json_object_get(c, "kept_from");
+	assert_true(hsm_ok(audit_checkpoint_message(
+	    &msg, json_string_value(json_object_get(j, "node")),
+	    (uint64_t)json_integer_value(json_object_get(j, "seq")),
+	    json_string_value(json_object_get(j, "time")),
+	    json_string_value(json_object_get(c, "reason")),
+	    kept ? (uint64_t)json_integer_value(kept) : 0, json_string_value(json_object_get(j, "prev")))));
+	assert_true(hsm_ok(t_sign(&fx.signer, msg.data, msg.len, &sig)));
+	unsigned char enc[128];
+	assert_int_equal(EVP_EncodeBlock(enc, sig.data, (int)sig.len), 88);
+	char *at = strstr(l, "\"sig\":\"");
+	assert_true(at != NULL && at < l + n);
+	memcpy(at + 7, enc, 88);
+	hsm_buf_free(&msg);
+	hsm_buf_free(&sig);
+	json_decref(j);
+}
+
+/*
+ * The log as an hsmd older than the trail format would have left it from
+ * line `from` on: its AuditLogOpened events declare no format.  Then the
+ * chain is redone from there and, if sign, its signed checkpoints signed
+ * again, as that hsmd did when it wrote them.
+ */
+static char *older_from(const char *src, size_t from, bool sign, size_t *out_len)
+{
+	size_t n = strlen(src);
+	char *b = calloc(n + 1, 1);
+	assert_non_null(b);
+	size_t o = 0, idx = 0, ml = strlen(MARKER);
+	for (const char *p = src; *p;) {
+		const char *nl = strchr(p, '\n');
+		const char *m = strstr(p, MARKER);
+		if (idx >= from && m != NULL && m < nl && strstr(p, "\"op\":\"AuditLogOpened\"") < nl) {
+			memcpy(b + o, p, (size_t)(m - p));
+			o += (size_t)(m - p);
+			p = m + ml;
+		}
+		memcpy(b + o, p, (size_t)(nl + 1 - p));
+		o += (size_t)(nl + 1 - p);
+		p = nl + 1;
+		idx++;
+	}
+	char *fixed = rechain(b, o, from > 0 ? from : 1); /* line 0 keeps its all-zero prev */
+	free(b);
+	size_t start = 0, i = 0;
+	while (start < o) {
+		size_t l = (size_t)(strchr(fixed + start, '\n') - (fixed + start));
+		if (i >= from && sign) {
+			const char *sg = strstr(fixed + start, "\"signed\":true");
+			if (sg != NULL && sg < fixed + start + l) {
+				resign(fixed + start, l);
+				/* the next line's prev changes with it */
+				char *again = rechain(fixed, o, i + 1);
+				free(fixed);
+				fixed = again;
+			}
+		}
+		start += l + 1;
+		i++;
+	}
+	*out_len = o;
+	return fixed;
+}
+
+/* An old build's run: a seal that cleared the signer without a checkpoint, a stop likewise. */
+static void write_older_run(const char *dir)
+{
+	hsm_audit_config c = t_config(dir);
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	hsm_audit_set_signer(a, t_sign, &fx.signer);
+	hsm_audit_record rec = t_record(1);
+	assert_true(hsm_ok(hsm_audit_append(a, &rec)));
+	assert_true(hsm_ok(hsm_audit_checkpoint(a)));
+	/* Seal: the signer goes first, a checkpoint may come before the Seal record. */
+	hsm_audit_set_signer(a, NULL, NULL);
+	assert_true(hsm_ok(hsm_audit_checkpoint(a)));
+	hsm_audit_record seal = {.type = HSM_AUDIT_REQUEST, .principal = "ops",
+	                         .operation = "Seal", .outcome = HSM_AUDIT_SUCCESS,
+	                         .request_id = "seal-1", .latency_us = 5000};
+	assert_true(hsm_ok(hsm_audit_append(a, &seal)));
+	assert_true(hsm_ok(hsm_audit_checkpoint(a)));
+	/* Unsealed again, then stopped: the signer cleared after the Shutdown event. */
+	hsm_audit_set_signer(a, t_sign, &fx.signer);
+	rec = t_record(2);
+	assert_true(hsm_ok(hsm_audit_append(a, &rec)));
+	assert_true(hsm_ok(hsm_audit_checkpoint(a)));
+	hsm_audit_record down = {.type = HSM_AUDIT_EVENT, .principal = "hsmd",
+	                         .operation = "Shutdown", .outcome = HSM_AUDIT_SUCCESS};
+	assert_true(hsm_ok(hsm_audit_append(a, &down)));
+	hsm_audit_set_signer(a, NULL, NULL);
+	hsm_audit_close(a); /* an unsigned shutdown checkpoint */
+}
+
+/* The current hsmd continues the trail: unsealed, a request, a seal, a stop. */
+static void write_current_run(const char *dir)
+{
+	hsm_audit_config c = t_config(dir);
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	hsm_audit_set_signer(a, t_sign, &fx.signer);
+	hsm_audit_record rec = t_record(3);
+	assert_true(hsm_ok(hsm_audit_append(a, &rec)));
+	assert_true(hsm_ok(hsm_audit_checkpoint(a)));
+	assert_true(hsm_ok(hsm_audit_seal(a)));
+	hsm_audit_close(a);
+}
+
+/* Writes the older run and rewrites it into an older hsmd's shape; *older_len its bytes. */
+static void make_upgraded_trail(const char *dir, size_t *older_len, uint64_t *older_last)
+{
+	write_older_run(dir);
+	char path[PATH_MAX];
+	size_t n;
+	char *s = slurp_only(dir, path, &n);
+	assert_non_null(strstr(s, MARKER)); /* hsmd declares it now */
+	char *old = older_from(s, 0, true, older_len);
+	assert_null(strstr(old, "trail_format"));
+	t_spit(path, old, *older_len);
+	*older_last = t_count_lines(old);
+	free(old);
+	free(s);
+	write_current_run(dir);
+}
+
+/*
+ * A trail an older hsmd began (its seal and its stop left unsigned
+ * checkpoints) and the current one continued verifies with the key; verify
+ * says where the older records end.
+ */
+static void test_trail_begun_by_older_hsmd_verifies(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-older");
+	size_t older_len;
+	uint64_t older_last;
+	write_older_run(dir);
+	char path[PATH_MAX];
+	size_t n;
+	char *s = slurp_only(dir, path, &n);
+	char *old = older_from(s, 0, true, &older_len);
+	/* The older run alone: VALID with the key, all of it older. */
+	hsm_audit_verify_report r = verify_buf(old, older_len, fx.pem);
+	if (!r.valid)
+		print_message("%s\n", r.detail);
+	assert_true(r.valid);
+	assert_int_equal(r.older_format_through, r.last_seq);
+	assert_int_equal(r.checkpoints_unsigned, 3); /* before and after the Seal record, shutdown */
+	free(old);
+	free(s);
+	t_rm_rf(dir);
+
+	t_mkdtemp(dir, "audit-upgraded");
+	make_upgraded_trail(dir, &older_len, &older_last);
+	r = t_verify_dir(dir, fx.pem, false);
+	assert_true(r.valid);
+	assert_int_equal(r.older_format_through, older_last);
+	assert_true(r.last_seq > older_last + 3);
+	/* Covered up to the current run's signed seal checkpoint; a sealed stop follows it. */
+	assert_int_equal(r.last_verified_seq, r.last_seq - 1);
+	/* The same records written by the current hsmd: its own rules, no older range. */
+	t_rm_rf(dir);
+	t_mkdtemp(dir, "audit-current");
+	write_current_run(dir);
+	r = t_verify_dir(dir, fx.pem, false);
+	assert_true(r.valid);
+	assert_int_equal(r.older_format_through, 0);
+	t_rm_rf(dir);
+}
+
+/*
+ * The older hsmd's leniency is no way around the signatures: its unsigned
+ * checkpoints are still chained and covered by the signed ones after them,
+ * the current runs keep the current rules, and the declaration cannot be
+ * dropped or lowered without the key noticing.
+ */
+static void test_older_format_cannot_be_forged(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX], path[PATH_MAX];
+	t_mkdtemp(dir, "audit-older-forged");
+	size_t older_len, n;
+	uint64_t older_last;
+	make_upgraded_trail(dir, &older_len, &older_last);
+	char *s = slurp_only(dir, path, &n);
+	/* An older unsigned checkpoint edited: the chain shows it... */
+	size_t ck = line_with(s, "\"why\":\"sealed\"", 0);
+	char *b = strdup(s);
+	assert_non_null(b);
+	strstr(line_at(b, ck), "\"sealed\"")[1] = 'S';
+	expect_bad(verify_buf(b, n, fx.pem), HSM_AUDIT_MODIFIED, ck + 1);
+	/* ...and with the chain redone, the next signed checkpoint. */
+	char *re = rechain(b, n, ck + 1);
+	hsm_audit_verify_report r = verify_buf(re, n, fx.pem);
+	assert_false(r.valid);
+	assert_int_equal(r.problem, HSM_AUDIT_BAD_SIGNATURE);
+	assert_true(r.seq > ck + 1);
+	free(re);
+	free(b);
+
+	/* The current run's declaration dropped: its signed checkpoints no longer verify. */
+	size_t cur = (size_t)older_last, len2;
+	char *dropped = older_from(s, cur, false, &len2);
+	r = verify_buf(dropped, len2, fx.pem);
+	assert_false(r.valid);
+	assert_int_equal(r.problem, HSM_AUDIT_BAD_SIGNATURE);
+	free(dropped);
+
+	/* A run after it that declares no format (an older build started on the trail, or
+	 * the declaration dropped from the last run): refused at its opening with the key. */
+	write_current_run(dir);
+	free(s);
+	s = slurp_only(dir, path, &n);
+	size_t third = line_with(s, "\"op\":\"AuditLogOpened\"", 2);
+	char *older = older_from(s, third, true, &len2);
+	r = verify_buf(older, len2, fx.pem);
+	expect_bad(r, HSM_AUDIT_MODIFIED, third + 1);
+	assert_non_null(strstr(r.detail, "declares trail format 0"));
+	assert_true(verify_buf(older, len2, NULL).valid);
+	free(older);
+	free(s);
+	t_rm_rf(dir);
+}
+
+/*
+ * In a run that declares the format, what an older hsmd's stop looked like
+ * (a Shutdown event, then the signer cleared without a signed checkpoint) is
+ * what a rewritten tail looks like: refused.
+ */
+static void test_current_run_gets_no_older_leniency(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-no-leniency");
+	hsm_audit_config c = t_config(dir);
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	hsm_audit_set_signer(a, t_sign, &fx.signer);
+	hsm_audit_record rec = t_record(1);
+	assert_true(hsm_ok(hsm_audit_append(a, &rec)));
+	assert_true(hsm_ok(hsm_audit_checkpoint(a)));
+	hsm_audit_record seal = {.type = HSM_AUDIT_REQUEST, .principal = "ops",
+	                         .operation = "Seal", .outcome = HSM_AUDIT_SUCCESS,
+	                         .request_id = "seal-1", .latency_us = 5000};
+	assert_true(hsm_ok(hsm_audit_append(a, &seal)));
+	hsm_audit_record down = {.type = HSM_AUDIT_EVENT, .principal = "hsmd",
+	                         .operation = "Shutdown", .outcome = HSM_AUDIT_SUCCESS};
+	assert_true(hsm_ok(hsm_audit_append(a, &down)));
+	hsm_audit_set_signer(a, NULL, NULL);
+	hsm_audit_close(a);
+	hsm_audit_verify_report r = t_verify_dir(dir, fx.pem, false);
+	assert_false(r.valid);
+	assert_int_equal(r.problem, HSM_AUDIT_UNSIGNED);
+	assert_int_equal(r.seq, r.last_seq + 1);
+	t_rm_rf(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -543,6 +845,9 @@ int main(void)
 	    cmocka_unit_test(test_kept_from_is_signed_and_rises_only_at_retention),
 	    cmocka_unit_test(test_sealed_checkpoints_unsigned_then_covered),
 	    cmocka_unit_test(test_signatures_cannot_be_stripped),
+	    cmocka_unit_test(test_trail_begun_by_older_hsmd_verifies),
+	    cmocka_unit_test(test_older_format_cannot_be_forged),
+	    cmocka_unit_test(test_current_run_gets_no_older_leniency),
 	};
 	return cmocka_run_group_tests(tests, build_log, free_log);
 }
