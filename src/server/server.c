@@ -245,15 +245,21 @@ static hsm_result open_parts(hsm_server *s)
 	HSM_GUARD(hsm_keystore_new(s->store, 0, &s->ks));
 	hsm_node_state st = hsm_keystore_state(s->ks);
 	/* The quorum is the node's configuration, not the API's: the trail says what it was. */
-	char quorum[16];
+	char quorum[16], schema[16], from[16];
 	snprintf(quorum, sizeof(quorum), "%u", (unsigned)s->opt.approval_quorum);
+	snprintf(schema, sizeof(schema), "%d", hsm_store_schema_version(s->store));
+	snprintf(from, sizeof(from), "%d", hsm_store_migrated_from(s->store));
+	/* Which build runs, and the store's schema: an upgrade is on the trail where it happened. */
 	hsm_audit_field f[] = {
 	    {"self_test", st == HSM_NODE_ERROR ? hsm_keystore_error_reason(s->ks) : "passed"},
-	    {"approval_quorum", quorum}};
+	    {"approval_quorum", quorum},
+	    {"version", HSM_VERSION},
+	    {"store_schema", schema},
+	    {"schema_migrated_from", from}};
 	hsm_server_event(s, "Startup", NULL, 0,
 	                 st == HSM_NODE_ERROR ? HSM_FAIL(HSM_ERR_NODE_ERROR, "self-test failed")
 	                                      : HSM_SUCCESS,
-	                 f, 2);
+	                 f, hsm_store_migrated_from(s->store) != 0 ? 5 : 4);
 	/*
 	 * An audit directory with no record, beside a store initialized before
 	 * this start and that has seen this node's trail: a node given a new

@@ -262,6 +262,12 @@ hsm_result hsm_store_open_existing(const char *location, hsm_store **out) HSM_MU
 void hsm_store_close(hsm_store *s);
 /* Schema version the store is at (for status output and tests). */
 int hsm_store_schema_version(hsm_store *s);
+/*
+ * The schema version this handle's opening migrated the store from; 0 when
+ * it migrated nothing (the store was current, new, or another node of a
+ * shared store brought it forward first).
+ */
+int hsm_store_migrated_from(hsm_store *s);
 
 /* ---- Metadata: small named values (store id, KCV, quorum settings, ...) ---- */
 

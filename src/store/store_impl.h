@@ -49,6 +49,7 @@ typedef hsm_result (*hsm_store_producer)(const hsm_store_sink *sink, void *arg);
 /* Every backend's handle begins with this header. */
 struct hsm_store {
 	const hsm_store_ops *ops;
+	int migrated_from; /* the schema version this opening brought forward; 0 when none */
 };
 
 struct hsm_store_ops {

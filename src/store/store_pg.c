@@ -548,7 +548,7 @@ hsm_result hsm_store_pg_open(const char *location, hsm_store_open_mode mode, hsm
 	if (mode == HSM_STORE_EXISTING)
 		HSM_TRY(pg_schema_read(s, &s->schema_version));
 	else
-		HSM_TRY(pg_schema_migrate(s, &s->schema_version));
+		HSM_TRY(pg_schema_migrate(s, &s->schema_version, &s->base.migrated_from));
 	*out = &s->base;
 	s = NULL;
 out:

@@ -238,7 +238,7 @@ size_t pg_own_sessions(pg_store *s, int *pids, size_t cap);
 
 int pg_schema_latest(void);
 /* Brings the database to the latest schema (safe against other nodes doing the same). */
-hsm_result pg_schema_migrate(pg_store *s, int *version) HSM_MUST_CHECK;
+hsm_result pg_schema_migrate(pg_store *s, int *version, int *migrated_from) HSM_MUST_CHECK;
 /* Reads an existing store's version without changing it (NOT_FOUND: no hsmd schema). */
 hsm_result pg_schema_read(pg_store *s, int *version) HSM_MUST_CHECK;
 /* The database's schema version now, read on c (inside the caller's transaction). */

@@ -416,7 +416,7 @@ hsm_result pg_schema_read(pg_store *s, int *version)
 	return HSM_SUCCESS;
 }
 
-hsm_result pg_schema_migrate(pg_store *s, int *version)
+hsm_result pg_schema_migrate(pg_store *s, int *version, int *migrated_from)
 {
 	step st = {NULL, 0};
 	HSM_GUARD(pg_write(s, step_body, &st));
@@ -430,9 +430,12 @@ hsm_result pg_schema_migrate(pg_store *s, int *version)
 		HSM_GUARD(pg_write(s, step_body, &st));
 	}
 	/* An upgrade is said (a new database, from 0, is a creation); another node may have done it. */
-	if (from > 0 && from < latest)
+	*migrated_from = 0;
+	if (from > 0 && from < latest) {
 		hsm_info("store: PostgreSQL schema migrated from version %lld to %d", (long long)from,
 		         latest);
+		*migrated_from = (int)from;
+	}
 	/* When the store began recording key uses (the SQLite schema's note). */
 	HSM_GUARD(pg_write(s, usage_start_body, NULL));
 	*version = latest;

@@ -526,7 +526,7 @@ hsm_result hsm_store_sqlite_open_mode(const char *dir, hsm_store_open_mode mode,
 		HSM_TRY(lock_directory(dir, &s->lock_fd));
 		HSM_TRY(prepare_db_file(s->db_path));
 		HSM_TRY(conn_open(s->db_path, true, &s->writer));
-		HSM_TRY(sq_schema_migrate(s->writer, &s->schema_version));
+		HSM_TRY(sq_schema_migrate(s->writer, &s->schema_version, &s->base.migrated_from));
 		/* The database, -wal and -shm files may be new: make their directory entries durable. */
 		HSM_TRY(hsm_fsync_dir(dir));
 	}

@@ -139,7 +139,7 @@ hsm_result sq_collect(sq_conn *c, sqlite3_stmt *st, size_t max, sq_row_reader re
 /* ---- Schema (store_sqlite_schema.c) --------------------------------------------------------- */
 
 /* Brings the database on the write connection to the latest schema; *version receives it. */
-hsm_result sq_schema_migrate(sq_conn *w, int *version) HSM_MUST_CHECK;
+hsm_result sq_schema_migrate(sq_conn *w, int *version, int *migrated_from) HSM_MUST_CHECK;
 /*
  * Reads the version of an existing store in dir (named in messages) without
  * changing anything: HSM_ERR_NOT_FOUND when the database has no hsmd schema.

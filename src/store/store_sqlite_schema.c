@@ -530,7 +530,7 @@ hsm_result sq_schema_read(sq_conn *w, const char *dir, int *version)
 	return HSM_SUCCESS;
 }
 
-hsm_result sq_schema_migrate(sq_conn *w, int *version)
+hsm_result sq_schema_migrate(sq_conn *w, int *version, int *migrated_from)
 {
 	HSM_GUARD(check_application_id(w));
 	HSM_GUARD(exec_sql(w,
@@ -551,9 +551,12 @@ hsm_result sq_schema_migrate(sq_conn *w, int *version)
 			HSM_GUARD(apply(w, &migrations[i]));
 	}
 	/* An upgrade is said (a new store, from 0, is a creation). */
-	if (current > 0 && current < latest)
+	*migrated_from = 0;
+	if (current > 0 && current < latest) {
 		hsm_info("store: SQLite schema migrated from version %lld to %d", (long long)current,
 		         latest);
+		*migrated_from = (int)current;
+	}
 	/*
 	 * When the store began recording key uses: at its first opening with the
 	 * tables, which for a snapshot (whose copy is emptied of uses and of

@@ -143,3 +143,36 @@ def test_a_low_open_file_limit_lowers_max_connections():
         for s in held:
             s.close()
         server.cleanup()
+
+
+def test_each_start_records_its_version_and_the_schema_it_brought_forward(tmp):
+    """The Startup record says which hsmd ran and the store's schema; a start that
+    migrated the store says from which version, so an upgrade is on the trail of the node
+    that made it (and the log says it too)."""
+    import sqlite3
+
+    from conftest import start_dev
+    from helpers import audit_records
+
+    data = os.path.join(tmp, "data")
+    version = subprocess.run([HSMD, "--version"], capture_output=True, text=True,
+                             check=True).stdout.split()[-1]
+    node = start_dev(["--data-dir", data])
+    node.cleanup()
+    db = sqlite3.connect(os.path.join(data, "hsmd.db"))
+    latest = db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+    # The store as the build before the last schema step left it (the step is idempotent).
+    db.execute("DELETE FROM schema_version WHERE version = ?", (latest,))
+    db.commit()
+    db.close()
+    node = start_dev(["--data-dir", data])
+    try:
+        starts = [r["extra"] for r in audit_records(data) if r.get("op") == "Startup"]
+        assert [(s["version"], s["store_schema"]) for s in starts] == \
+            [(version, str(latest))] * 2, starts
+        assert "schema_migrated_from" not in starts[0], starts
+        assert starts[1]["schema_migrated_from"] == str(latest - 1), starts
+        assert f"SQLite schema migrated from version {latest - 1} to {latest}" in \
+            node.read_log()
+    finally:
+        node.cleanup()
