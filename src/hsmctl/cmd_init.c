@@ -366,9 +366,10 @@ static hsm_result commit_failed(const init_opts *o, hsm_result r, hsm_ks_init_ou
 		                       "initialized, they are its shares; not, delete them and run "
 		                       "init again",
 		                why, o->share_dir);
-	return HSM_FAIL(r.err, "%.200s; the store was not initialized, and the share files %s", why,
-	                remove_files(o, f) ? "written were deleted"
-	                                   : "written could not all be deleted: destroy them");
+	return HSM_FAIL(r.err, "%.200s; this init changed nothing in the store, and the share files %s",
+	                why,
+	                remove_files(o, f) ? "it wrote were deleted"
+	                                   : "it wrote could not all be deleted: destroy them");
 }
 
 static hsm_result run_init(const init_opts *o)
@@ -410,9 +411,14 @@ static hsm_result run_init(const init_opts *o)
 	res = finish_init(o, &l, shares, &files);
 out:
 	if (opened && !committed && hsm_failed(res)) {
-		/* An Init that failed is on the trail too; one that did not commit never succeeds. */
+		/*
+		 * An Init that failed is on the trail too; one that did not commit
+		 * never succeeds, and one that may have says so.
+		 */
 		snprintf(why, sizeof(why), "%s", hsm_last_message());
-		if (hsm_failed(hsmctl_local_audit(&l, "Init", NULL, 0, res)))
+		hsm_audit_field unknown[] = {{"store_initialized", "unknown"}};
+		if (hsm_failed(hsmctl_local_audit_fields(&l, "Init", NULL, 0, res, unknown,
+		                                         outcome == HSM_KS_INIT_UNKNOWN ? 1 : 0)))
 			fprintf(stderr, "hsmctl: init: auditing the failure failed: %s\n",
 			        hsm_last_message());
 		res = HSM_FAIL(res.err, "%s", why);

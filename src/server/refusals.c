@@ -34,7 +34,7 @@ struct hsm_refusals {
 	entry other; /* the sources that found no room */
 	hsm_bucket total;
 	uint64_t summarized;
-	size_t open; /* entries holding a summary: the flush scans the table only when some do */
+	size_t open; /* table entries holding a summary: the flush scans the table only when some do */
 };
 
 hsm_result hsm_refusals_new(const hsm_refusals_config *cfg, hsm_refusals **out)
@@ -172,7 +172,7 @@ static hsm_refusal_summary *summary_of(hsm_refusals *g, entry *e)
 {
 	if (e->sum == NULL) {
 		e->sum = calloc(1, sizeof(*e->sum));
-		if (e->sum != NULL)
+		if (e->sum != NULL && e != &g->other)
 			g->open++;
 	}
 	return e->sum;
@@ -223,7 +223,8 @@ static bool take_due(hsm_refusals *g, entry *e, int64_t now_ms, bool all,
 	*out = *e->sum;
 	free(e->sum);
 	e->sum = NULL;
-	g->open--;
+	if (e != &g->other)
+		g->open--;
 	return true;
 }
 

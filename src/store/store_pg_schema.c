@@ -330,6 +330,8 @@ static const char SQL_RECORD[] = "INSERT INTO schema_version (version, applied) 
 typedef struct step {
 	const migration *m; /* NULL: only create the version table and read the version */
 	int64_t current;
+	int64_t before;     /* the version read under the lock, before m */
+	bool applied;       /* m was applied by this attempt (not by another node first) */
 } step;
 
 /* Under the lock: reads the version and applies m if the database is still below it. */
@@ -343,6 +345,8 @@ static hsm_result step_body(pg_conn *c, void *arg)
 	hsm_result res = pg_col_i64(r, 0, 0, &st->current);
 	PQclear(r);
 	HSM_GUARD(res);
+	st->before = st->current;
+	st->applied = false; /* set again by each attempt pg_write makes */
 	if (st->m == NULL || st->current >= st->m->version)
 		return HSM_SUCCESS;
 	HSM_GUARD(pg_simple(c, st->m->sql, "apply a schema migration"));
@@ -353,6 +357,7 @@ static hsm_result step_body(pg_conn *c, void *arg)
 	pg_p_i64(&p, st->m->version);
 	HSM_GUARD(pg_run(c, SQL_RECORD, &p, NULL));
 	st->current = st->m->version;
+	st->applied = true;
 	return HSM_SUCCESS;
 }
 
@@ -418,20 +423,25 @@ hsm_result pg_schema_read(pg_store *s, int *version)
 
 hsm_result pg_schema_migrate(pg_store *s, int *version, int *migrated_from)
 {
-	step st = {NULL, 0};
+	step st = {NULL, 0, 0, false};
 	HSM_GUARD(pg_write(s, step_body, &st));
 	int latest = pg_schema_latest();
 	HSM_GUARD(pg_schema_check(st.current));
-	int64_t from = st.current;
+	int64_t from = -1; /* the version before the first step this node applied */
 	for (int i = 0; i < MIGRATION_COUNT; i++) {
 		if (migrations[i].version <= st.current)
 			continue;
 		st.m = &migrations[i];
 		HSM_GUARD(pg_write(s, step_body, &st));
+		if (st.applied && from < 0)
+			from = st.before;
 	}
-	/* An upgrade is said (a new database, from 0, is a creation); another node may have done it. */
+	/*
+	 * An upgrade is said (a new database, from 0, is a creation) by the node
+	 * that made it: steps another node applied first are not this node's.
+	 */
 	*migrated_from = 0;
-	if (from > 0 && from < latest) {
+	if (from > 0) {
 		hsm_info("store: PostgreSQL schema migrated from version %lld to %d", (long long)from,
 		         latest);
 		*migrated_from = (int)from;
