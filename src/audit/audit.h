@@ -352,9 +352,9 @@ typedef struct hsm_audit_verify_report {
 	/* The last checkpoint stating it says every record from kept_from on is
 	 * kept (earlier ones were deleted by retention); 0 = none states it. */
 	uint64_t kept_from, kept_from_seq;
-	/* Records first_seq to older_format_through come before the first
-	 * AuditLogOpened that declares the trail format: an older hsmd wrote them
-	 * (docs/audit.md, "Trails from older hsmd"); 0 = none does. */
+	/* Records first_seq to older_format_through are in runs whose
+	 * AuditLogOpened and checkpoints declare no trail format: an older hsmd
+	 * wrote them (docs/audit.md, "Trails from older hsmd"); 0 = none. */
 	uint64_t older_format_through;
 	/* The first problem, when !valid. */
 	hsm_audit_problem problem;

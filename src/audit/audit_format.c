@@ -222,6 +222,9 @@ hsm_result audit_format_checkpoint_body(hsm_buf *b, const char *node, int64_t ti
 		HSM_GUARD(hsm_buf_put_str(b, ",\"kept_from\":"));
 		HSM_GUARD(put_u64(b, kept_from));
 	}
+	/* Every checkpoint declares the format as the run's AuditLogOpened does, so a trail
+	 * whose opening retention removed still says which rules it keeps (audit_format.h). */
+	HSM_GUARD(hsm_buf_put_str(b, ",\"trail_format\":" AUDIT_TRAIL_FORMAT_STR));
 	if (sig != NULL) {
 		HSM_GUARD(hsm_buf_put_str(b, ",\"signed\":true,\"alg\":\"Ed25519\",\"sig\":\""));
 		HSM_GUARD(hsm_b64_encode(b, sig, sig_len));

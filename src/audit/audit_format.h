@@ -21,11 +21,12 @@
 #define AUDIT_HASH_HEX 64
 /*
  * The trail format hsmd declares in every AuditLogOpened event
- * ("trail_format"): from 2 on, an unsealed node signs every checkpoint until
- * a signed "seal" or "shutdown" checkpoint.  Records before the first
- * opening that declares it were written by an older hsmd (format 1, never
- * written out), which left its shutdown checkpoint, and the checkpoints
- * after a Seal request, unsigned; the verifier holds them to that.
+ * ("extra":{"trail_format":"2"}) and every checkpoint ("trail_format":2 in
+ * its checkpoint object): from 2 on, an unsealed node signs every checkpoint
+ * until a signed "seal" or "shutdown" checkpoint.  A run that declares none
+ * was written by an older hsmd (format 1, never written out), which left its
+ * shutdown checkpoint, and the checkpoints after a Seal request, unsigned;
+ * the verifier holds such a run to that.
  */
 #define AUDIT_TRAIL_FORMAT 2
 #define AUDIT_TRAIL_FORMAT_STR "2"
@@ -42,7 +43,8 @@ hsm_result audit_format_body(hsm_buf *b, const char *node, const hsm_audit_recor
 
 /*
  * Appends the body of a checkpoint.  kept_from is the seq from which hsmd
- * keeps every record (0: not stated, as before it was recorded).  sig is NULL
+ * keeps every record (0: not stated, as before it was recorded); the trail
+ * format (AUDIT_TRAIL_FORMAT) follows it, outside the signed message.  sig is NULL
  * for an unsigned checkpoint; why says then why ("sealed", "signer failed").
  */
 hsm_result audit_format_checkpoint_body(hsm_buf *b, const char *node, int64_t time_ms,

@@ -78,6 +78,15 @@ static void parse_checkpoint(json_t *c, ventry *e)
 		}
 		e->kept_from = (uint64_t)json_integer_value(kept);
 	}
+	json_t *fmt = json_object_get(c, "trail_format"); /* none: an older hsmd's */
+	if (fmt != NULL) {
+		if (!json_is_integer(fmt) || json_integer_value(fmt) <= 0 ||
+		    json_integer_value(fmt) > 999) {
+			e->kind = VE_MALFORMED;
+			return;
+		}
+		e->trail_format = (unsigned)json_integer_value(fmt);
+	}
 	e->ckpt_signed = json_is_true(sgn);
 	if (!e->ckpt_signed)
 		return;
@@ -93,8 +102,9 @@ static void parse_checkpoint(json_t *c, ventry *e)
 }
 
 /*
- * The format an AuditLogOpened declares ("extra":{"trail_format":"N"}): 0 when
- * it declares none (an older hsmd's), false when the value is not a format.
+ * The format an AuditLogOpened declares ("extra":{"trail_format":"N"}; a
+ * checkpoint's is parse_checkpoint's): 0 when it declares none (an older
+ * hsmd's), false when the value is not a format.
  */
 static bool parse_trail_format(json_t *j, ventry *e)
 {
@@ -365,28 +375,50 @@ static bool is_opening(const ventry *e)
 	return e->event && strcmp(e->op, "AuditLogOpened") == 0;
 }
 
+/* What e is, for a message: "AuditLogOpened" or "<reason> checkpoint". */
+static const char *declarer(const ventry *e, char *buf, size_t n)
+{
+	if (!e->ckpt)
+		return "AuditLogOpened";
+	snprintf(buf, n, "%s checkpoint", e->reason);
+	return buf;
+}
+
 /*
- * The trail format rises at an AuditLogOpened that declares a higher one and
- * never falls: hsmd declares it at every start, so with a public key an
- * opening that declares less than an earlier one is refused.  Dropping the
- * declaration to get an older hsmd's leniency means rewriting the chain from
- * that opening on, which the signed checkpoints after it show, unless their
- * signatures go too, and then every run from the first declaration on must
- * pass as an older hsmd's, a range verify reports (older_format_through).
+ * The trail format rises at an AuditLogOpened or checkpoint that declares a
+ * higher one and never falls: hsmd declares it at every start and in every
+ * checkpoint, so with a public key one that declares less than an earlier
+ * record did is refused.  Dropping the declarations to get an older hsmd's
+ * leniency means rewriting the chain from there on, which the signed
+ * checkpoints after it show, unless their signatures go too, and then every
+ * run from the first declaration on must pass as an older hsmd's, a range
+ * verify reports (older_format_through).
+ *
+ * The first opening or checkpoint also settles the records before it, when
+ * the log given starts inside a run: a checkpoint speaks for its own run, so
+ * those records are held to the rules it declares; before an opening they
+ * are another run's, of which only the chain is checked (the opening ends
+ * any signing), and a run before an undeclared one is older too.
  */
 static bool check_format(vreader *r, vstate *s, const ventry *e, EVP_PKEY *pub,
                          hsm_audit_verify_report *rep)
 {
-	if (!is_opening(e))
+	if (!is_opening(e) && !e->ckpt)
 		return true;
 	if (e->trail_format < s->trail_format && pub != NULL) {
+		char what[48];
 		verify_report_at(r, rep, HSM_AUDIT_MODIFIED, e,
-		                 "modified: this AuditLogOpened declares trail format %u, but the one "
-		                 "at seq %llu declared %u: the log was rewritten from here (or an older "
-		                 "hsmd was started on a trail a newer one had written)",
-		                 e->trail_format, (unsigned long long)s->trail_format_seq,
-		                 s->trail_format);
+		                 "modified: this %s declares trail format %u, but seq %llu declared "
+		                 "%u: the log was rewritten from here (or an older hsmd was started on a "
+		                 "trail a newer one had written)",
+		                 declarer(e, what, sizeof(what)), e->trail_format,
+		                 (unsigned long long)s->trail_format_seq, s->trail_format);
 		return false;
+	}
+	if (!s->format_known) {
+		s->format_known = true;
+		if (e->trail_format < AUDIT_TRAIL_FORMAT)
+			s->sign = s->sign_older;
 	}
 	if (e->trail_format > s->trail_format) {
 		s->trail_format = e->trail_format;
@@ -427,6 +459,30 @@ static bool older_seal_follows(vreader *r, const ventry *e)
 	return false;
 }
 
+/* What a record other than a checkpoint tells of the signing, under an older hsmd's rules
+ * or the current ones. */
+static void note_signing(vsigning *g, const ventry *e, bool older)
+{
+	if (is_opening(e)) {
+		g->must_sign = false;
+		g->sealed_by_checkpoint = false;
+		return;
+	}
+	if (older && older_signer_end(e)) { /* as a signed "seal" or "shutdown" checkpoint now */
+		g->must_sign = false;
+		g->sealed_by_checkpoint = true;
+		g->sealed_ms = e->time_ms;
+		return;
+	}
+	if (!g->must_sign && shows_unsealed(e) &&
+	    (!g->sealed_by_checkpoint || e->time_ms > g->sealed_ms + SEAL_GRACE_MS)) {
+		g->must_sign = true;
+		g->must_sign_seq = e->seq;
+		g->must_sign_by_request = true;
+		g->must_sign_ms = e->time_ms;
+	}
+}
+
 /*
  * With a public key, signatures cannot simply be stripped.  Whoever rewrites
  * the log from some record on must give every later checkpoint up, and a
@@ -439,52 +495,40 @@ static bool older_seal_follows(vreader *r, const ventry *e)
  * then may still finish).  An unsigned checkpoint after either, with no seal,
  * shutdown or restart between, was not written by hsmd (but for one within
  * UNSEAL_GRACE_MS of such a request: an unseal makes the keystore usable
- * just before it sets the signer).  Before the trail declares its format, an
+ * just before it sets the signer).  In a run that declares no format, an
  * older hsmd's Seal request or Shutdown event ends the signing as those
- * checkpoints do (older_signer_end, older_seal_follows).
+ * checkpoints do (older_signer_end, older_seal_follows); until the log given
+ * says which (check_format), both states are kept.
  */
 static bool check_signing(vreader *r, vstate *s, const ventry *e, sig_state sig,
                           hsm_audit_verify_report *rep)
 {
 	bool older = s->trail_format < AUDIT_TRAIL_FORMAT;
-	if (is_opening(e)) {
-		s->must_sign = false;
-		s->sealed_by_checkpoint = false;
+	vsigning *g = &s->sign;
+	if (!e->ckpt) {
+		note_signing(g, e, older && s->format_known);
+		if (!s->format_known)
+			note_signing(&s->sign_older, e, true);
 		return true;
 	}
-	if (older && older_signer_end(e)) { /* as a signed "seal" or "shutdown" checkpoint now */
-		s->must_sign = false;
-		s->sealed_by_checkpoint = true;
-		s->sealed_ms = e->time_ms;
-		return true;
-	}
-	if (!s->must_sign && shows_unsealed(e) &&
-	    (!s->sealed_by_checkpoint || e->time_ms > s->sealed_ms + SEAL_GRACE_MS)) {
-		s->must_sign = true;
-		s->must_sign_seq = e->seq;
-		s->must_sign_by_request = true;
-		s->must_sign_ms = e->time_ms;
-	}
-	if (!e->ckpt)
-		return true;
 	if (sig == SIG_VERIFIED) {
 		bool ends = strcmp(e->reason, "seal") == 0 || strcmp(e->reason, "shutdown") == 0;
-		s->must_sign = !ends;
-		s->must_sign_seq = e->seq;
-		s->must_sign_by_request = false;
-		s->sealed_by_checkpoint = ends;
-		s->sealed_ms = e->time_ms;
+		g->must_sign = !ends;
+		g->must_sign_seq = e->seq;
+		g->must_sign_by_request = false;
+		g->sealed_by_checkpoint = ends;
+		g->sealed_ms = e->time_ms;
 		return true;
 	}
-	if (sig == SIG_NONE && s->must_sign &&
-	    !(s->must_sign_by_request && e->time_ms <= s->must_sign_ms + UNSEAL_GRACE_MS) &&
+	if (sig == SIG_NONE && g->must_sign &&
+	    !(g->must_sign_by_request && e->time_ms <= g->must_sign_ms + UNSEAL_GRACE_MS) &&
 	    !(older && older_seal_follows(r, e))) {
 		verify_report_at(r, rep, HSM_AUDIT_UNSIGNED, e,
 		                 "unsigned: this %s checkpoint carries no signature, but seq %llu shows "
 		                 "the node unsealed, and it was not sealed, stopped or restarted since: "
 		                 "the log was rewritten after seq %llu (or the node's signer failed)",
-		                 e->reason, (unsigned long long)s->must_sign_seq,
-		                 (unsigned long long)s->must_sign_seq);
+		                 e->reason, (unsigned long long)g->must_sign_seq,
+		                 (unsigned long long)g->must_sign_seq);
 		return false;
 	}
 	return true;
@@ -523,7 +567,7 @@ static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, const hsm_audit_ve
 		return false;
 	if (!check_format(r, s, e, pub, rep) || (pub != NULL && !check_signing(r, s, e, sig, rep)))
 		return false;
-	if (s->trail_format < AUDIT_TRAIL_FORMAT)
+	if (s->format_known && s->trail_format < AUDIT_TRAIL_FORMAT)
 		rep->older_format_through = e->seq;
 	if (e->ckpt)
 		count_checkpoint(e, sig, rep);

@@ -33,7 +33,7 @@ typedef struct ventry {
 	bool request, event, success;
 	char op[HSM_AUDIT_NAME_MAX + 1];
 	uint64_t latency_us;    /* requests: how long it ran before it was recorded */
-	unsigned trail_format;  /* AuditLogOpened: the format it declares, 0 = none (older) */
+	unsigned trail_format;  /* AuditLogOpened, checkpoint: the format declared, 0 = none (older) */
 	/* Checkpoints */
 	bool ckpt, ckpt_signed, ckpt_sig_ok_form;
 	char reason[16], time[25], node[HSM_AUDIT_NAME_MAX + 1];
@@ -61,24 +61,33 @@ typedef struct vreader {
 const ventry *vreader_peek(vreader *r, size_t i);
 void vreader_pop(vreader *r);
 
-/* State of the walk along the chain. */
-typedef struct vstate {
-	bool have_p;
-	ventry hist[VERIFY_WINDOW]; /* accepted records, newest at hist_head-1 */
-	size_t hist_head, hist_count;
-	ventry floor_at;            /* the last checkpoint stating kept_from (kept_from 0: none) */
-	/* With a public key (audit_verify.c, check_signing): every checkpoint must be signed
-	 * since the record at must_sign_seq showed the node unsealed. */
+/* With a public key (audit_verify.c, check_signing): every checkpoint must be signed
+ * since the record at must_sign_seq showed the node unsealed. */
+typedef struct vsigning {
 	bool must_sign;
 	uint64_t must_sign_seq;
 	bool must_sign_by_request;  /* ...a request only an unsealed node answers, at must_sign_ms */
 	int64_t must_sign_ms;
 	bool sealed_by_checkpoint; /* the last reset was a verified "seal" checkpoint... */
 	int64_t sealed_ms;         /* ...written then */
-	/* The highest trail format an AuditLogOpened has declared so far: 0 while the records
-	 * are an older hsmd's (audit_format.h, AUDIT_TRAIL_FORMAT). */
+} vsigning;
+
+/* State of the walk along the chain. */
+typedef struct vstate {
+	bool have_p;
+	ventry hist[VERIFY_WINDOW]; /* accepted records, newest at hist_head-1 */
+	size_t hist_head, hist_count;
+	ventry floor_at;            /* the last checkpoint stating kept_from (kept_from 0: none) */
+	vsigning sign;
+	/* The log given may start inside a run whose AuditLogOpened retention removed.  Until
+	 * the first opening or checkpoint says which format the run keeps (format_known), sign
+	 * follows the current rules and sign_older an older hsmd's, and that record picks one. */
+	bool format_known;
+	vsigning sign_older;
+	/* The highest trail format an opening or checkpoint has declared so far: 0 while the
+	 * records are an older hsmd's (audit_format.h, AUDIT_TRAIL_FORMAT). */
 	unsigned trail_format;
-	uint64_t trail_format_seq; /* ...and the seq of the opening that declared it */
+	uint64_t trail_format_seq; /* ...and the seq of the record that declared it */
 } vstate;
 
 const ventry *vstate_back(const vstate *s, size_t i); /* 0 = last accepted */

@@ -40,10 +40,9 @@ static void print_summary(const hsm_audit_verify_report *r)
 	}
 	if (r->older_format_through != 0)
 		printf("note: records %llu to %llu were written by an older hsmd, whose checkpoints "
-		       "are not all signed (no AuditLogOpened before seq %llu declares trail_format; "
-		       "docs/audit.md)\n",
-		       (unsigned long long)r->first_seq, (unsigned long long)r->older_format_through,
-		       (unsigned long long)r->older_format_through + 1);
+		       "are not all signed (neither their AuditLogOpened events nor their checkpoints "
+		       "declare trail_format; docs/audit.md)\n",
+		       (unsigned long long)r->first_seq, (unsigned long long)r->older_format_through);
 	if (r->valid && r->records > 0 && r->first_seq != 1 && r->kept_from != 0)
 		printf("note: the log starts at seq %llu; records before it were deleted by retention "
 		       "(the checkpoint at seq %llu keeps every record from seq %llu)\n",

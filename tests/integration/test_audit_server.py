@@ -260,7 +260,8 @@ def test_shutdown_checkpoint_is_signed_so_a_forged_end_shows():
         kept = lines[:-2]
         prev = json.loads(kept[-1])
         forged = ('{"seq":%d,"time":"%s","node":"%s","type":"checkpoint","checkpoint":'
-                  '{"reason":"shutdown","signed":false,"why":"sealed"},"prev":"%s"}' %
+                  '{"reason":"shutdown","trail_format":2,"signed":false,"why":"sealed"},'
+                  '"prev":"%s"}' %
                   (prev["seq"] + 1, prev["time"], prev["node"],
                    hashlib.sha256(kept[-1]).hexdigest()))
         with open(path, "wb") as f:
@@ -272,6 +273,13 @@ def test_shutdown_checkpoint_is_signed_so_a_forged_end_shows():
         assert res.returncode == 1, res.stdout
         assert "problem: unsigned: this shutdown checkpoint carries no signature" in res.stdout, \
             res.stdout
+        # Forged without the format every checkpoint declares: refused as a rewrite.
+        with open(path, "wb") as f:
+            f.write(b"".join(l + b"\n" for l in kept + [forged.replace(
+                ',"trail_format":2', '').encode()]))
+        res = verify(server, pubkey=pem)
+        assert res.returncode == 1, res.stdout
+        assert "this shutdown checkpoint declares trail format 0" in res.stdout, res.stdout
         assert verify(server).returncode == 0  # the chain alone cannot tell
     finally:
         server.cleanup()

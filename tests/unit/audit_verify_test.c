@@ -8,6 +8,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
+#include <stdatomic.h>
+#include <time.h>
 #include <cmocka.h>
 
 #include <jansson.h>
@@ -533,7 +535,9 @@ static void test_signatures_cannot_be_stripped(void **state)
 
 /* ---- Trails begun by an older hsmd ---------------------------------------- */
 
+/* The declarations of the trail format: an opening's, a checkpoint's. */
 static const char *const MARKER = ",\"trail_format\":\"" AUDIT_TRAIL_FORMAT_STR "\"";
+static const char *const CK_MARKER = ",\"trail_format\":" AUDIT_TRAIL_FORMAT_STR ",";
 
 /* The only log file in dir, read whole. */
 static char *slurp_only(const char *dir, char path[PATH_MAX], size_t *len)
@@ -591,7 +595,8 @@ static void resign(char *l, size_t n)
 
 /*
  * The log as an hsmd older than the trail format would have left it from
- * line `from` on: its AuditLogOpened events declare no format.  Then the
+ * line `from` on: its AuditLogOpened events and checkpoints declare no
+ * format.  Then the
  * chain is redone from there and, if sign, its signed checkpoints signed
  * again, as that hsmd did when it wrote them.
  */
@@ -600,14 +605,18 @@ static char *older_from(const char *src, size_t from, bool sign, size_t *out_len
 	size_t n = strlen(src);
 	char *b = calloc(n + 1, 1);
 	assert_non_null(b);
-	size_t o = 0, idx = 0, ml = strlen(MARKER);
+	size_t o = 0, idx = 0, ml = strlen(MARKER), cl = strlen(CK_MARKER);
 	for (const char *p = src; *p;) {
 		const char *nl = strchr(p, '\n');
-		const char *m = strstr(p, MARKER);
+		const char *m = strstr(p, MARKER), *ck = strstr(p, CK_MARKER);
 		if (idx >= from && m != NULL && m < nl && strstr(p, "\"op\":\"AuditLogOpened\"") < nl) {
 			memcpy(b + o, p, (size_t)(m - p));
 			o += (size_t)(m - p);
 			p = m + ml;
+		} else if (idx >= from && ck != NULL && ck < nl) { /* keep the comma after it */
+			memcpy(b + o, p, (size_t)(ck - p));
+			o += (size_t)(ck - p);
+			p = ck + cl - 1;
 		}
 		memcpy(b + o, p, (size_t)(nl + 1 - p));
 		o += (size_t)(nl + 1 - p);
@@ -830,6 +839,169 @@ static void test_current_run_gets_no_older_leniency(void **state)
 	t_rm_rf(dir);
 }
 
+/* ---- The format declared in checkpoints ----------------------------------- */
+
+/*
+ * A checkpoint that declares a lower format than an earlier record did (the
+ * declaration dropped, the chain redone after it) is refused with the key:
+ * its own signature still verifies, since the declaration is outside the
+ * signed message, so this is what shows it.  A value that is not a format
+ * is malformed.
+ */
+static void test_checkpoint_declaring_a_lower_format_is_refused(void **state)
+{
+	(void)state;
+	size_t i = nth_line_with("\"reason\":\"manual\"", 2);
+	const char *line = fx.data + fx.off[i];
+	const char *m = strstr(line, CK_MARKER);
+	assert_true(m != NULL && m < fx.data + fx.off[i + 1]);
+	size_t cut = strlen(CK_MARKER) - 1, at = (size_t)(m - fx.data); /* keeps the comma after */
+	char *b = malloc(fx.len);
+	assert_non_null(b);
+	memcpy(b, fx.data, at);
+	memcpy(b + at, fx.data + at + cut, fx.len - at - cut);
+	char *fixed = rechain(b, fx.len - cut, i + 1);
+	hsm_audit_verify_report r = verify_buf(fixed, fx.len - cut, fx.pem);
+	expect_bad(r, HSM_AUDIT_MODIFIED, i + 1);
+	assert_non_null(strstr(r.detail, "this manual checkpoint declares trail format 0, but seq"));
+	assert_true(verify_buf(fixed, fx.len - cut, NULL).valid); /* the chain alone cannot tell */
+	free(fixed);
+
+	/* "trail_format":"2" (a string, as in an opening's extra) is no checkpoint's. */
+	memcpy(b, fx.data, fx.len);
+	char *v = b + at + strlen(",\"trail_format\":");
+	assert_int_equal(*v, AUDIT_TRAIL_FORMAT_STR[0]);
+	*v = '0';
+	expect_bad(verify_buf(b, fx.len, NULL), HSM_AUDIT_MALFORMED, i + 1);
+	free(b);
+}
+
+static atomic_llong fake_now;
+static int64_t fake_clock(void *arg)
+{
+	(void)arg;
+	return atomic_load(&fake_now);
+}
+
+#define DAY_MS (86400LL * 1000)
+
+/* Waits (up to 10 s) for the retention pass asked for by the last rotation to end. */
+static void wait_retention(hsm_audit *a)
+{
+	hsm_audit_stats st;
+	for (int i = 0; i < 1000; i++) {
+		hsm_audit_get_stats(a, &st);
+		if (!st.retention_running)
+			return;
+		struct timespec ts = {0, 10 * 1000000L};
+		nanosleep(&ts, NULL);
+	}
+	fail_msg("the retention pass did not end");
+}
+
+/*
+ * One run of the current hsmd over years: a file written 3000 days ago, then
+ * one begun then and continued now (the clock's step writes an interval
+ * checkpoint, its first), whose rotation lets retention delete the first
+ * file, with the run's AuditLogOpened.  If seal_unsigned, the second file's
+ * requests end with a Seal request after which the signer is cleared without
+ * a seal checkpoint (what an older hsmd did), so that checkpoint is unsigned.
+ * Returns the 1-based line of the first checkpoint in the first file left.
+ */
+static uint64_t write_run_cut_by_retention(const char *dir, bool seal_unsigned)
+{
+	int64_t now = hsm_now_ms();
+	hsm_audit_config c = t_config(dir);
+	c.clock_ms = fake_clock;
+	c.checkpoint_interval_ms = 3600 * 1000;
+	c.rotate_age_ms = (uint64_t)200000 * DAY_MS;
+	atomic_store(&fake_now, now - 3000 * DAY_MS);
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	hsm_audit_set_signer(a, t_sign, &fx.signer);
+	for (unsigned i = 0; i < 10; i++) {
+		hsm_audit_record rec = t_record(i);
+		assert_true(hsm_ok(hsm_audit_append(a, &rec)));
+		if (i == 4) {
+			assert_true(hsm_ok(hsm_audit_rotate(a)));
+			wait_retention(a);
+		}
+	}
+	if (seal_unsigned) {
+		hsm_audit_record seal = {.type = HSM_AUDIT_REQUEST, .principal = "ops",
+		                         .operation = "Seal", .outcome = HSM_AUDIT_SUCCESS,
+		                         .request_id = "seal-1", .latency_us = 5000};
+		assert_true(hsm_ok(hsm_audit_append(a, &seal)));
+		hsm_audit_set_signer(a, NULL, NULL);
+	}
+	atomic_store(&fake_now, now);
+	hsm_audit_record rec = t_record(10);
+	assert_true(hsm_ok(hsm_audit_append(a, &rec)));
+	assert_true(hsm_ok(hsm_audit_checkpoint(a)));
+	hsm_audit_set_signer(a, t_sign, &fx.signer);
+	assert_true(hsm_ok(hsm_audit_rotate(a))); /* the first file is 3000 days old: deleted */
+	wait_retention(a);
+	rec = t_record(11);
+	assert_true(hsm_ok(hsm_audit_append(a, &rec)));
+	assert_true(hsm_ok(hsm_audit_checkpoint(a)));
+	assert_true(hsm_ok(hsm_audit_checkpoint(a))); /* the deletion's record is written by now */
+	hsm_audit_close(a);
+	/* The log left starts inside the run: no AuditLogOpened, and requests first. */
+	static char paths[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES), 2);
+	char *first = t_slurp(paths[0], NULL);
+	assert_null(strstr(first, "AuditLogOpened"));
+	assert_non_null(strstr(first, "\"op\":\"Encrypt\""));
+	assert_true(strstr(first, "\"op\":\"Encrypt\"") < strstr(first, "\"type\":\"checkpoint\""));
+	uint64_t line = (uint64_t)line_with(first, "\"type\":\"checkpoint\"", 0) + 1;
+	free(first);
+	return line;
+}
+
+/*
+ * A trail whose oldest files retention removed starts inside a run, before
+ * any AuditLogOpened.  Its first checkpoint declares the format for the run
+ * it belongs to, records before it included: VALID with the key, and no
+ * record is said to be an older hsmd's (older_format_through 0).
+ */
+static void test_trail_cut_by_retention_is_not_taken_for_an_older_hsmds(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-cut");
+	(void)write_run_cut_by_retention(dir, false);
+	hsm_audit_verify_report r = t_verify_dir(dir, fx.pem, false);
+	assert_true(r.valid);
+	assert_true(r.first_seq > 1);
+	assert_int_equal(r.kept_from, r.first_seq);
+	assert_int_equal(r.older_format_through, 0);
+	assert_int_equal(r.checkpoints_unsigned, 0);
+	assert_int_equal(r.last_verified_seq, r.last_seq);
+	t_rm_rf(dir);
+}
+
+/*
+ * The records before the first checkpoint of such a trail are that
+ * checkpoint's run's, held to the rules it declares: a Seal request there
+ * does not end the signing as an older hsmd's did, so an unsigned checkpoint
+ * after it is refused with the key.
+ */
+static void test_trail_cut_by_retention_gets_no_older_leniency(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-cut-seal");
+	uint64_t ck = write_run_cut_by_retention(dir, true);
+	hsm_audit_verify_report r = t_verify_dir(dir, fx.pem, false);
+	assert_false(r.valid);
+	assert_int_equal(r.problem, HSM_AUDIT_UNSIGNED);
+	assert_int_equal(r.line, ck);
+	assert_non_null(strstr(r.file, "audit-"));
+	assert_null(strstr(r.detail, "older"));
+	assert_true(t_verify_dir(dir, NULL, false).valid);
+	t_rm_rf(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -848,6 +1020,9 @@ int main(void)
 	    cmocka_unit_test(test_trail_begun_by_older_hsmd_verifies),
 	    cmocka_unit_test(test_older_format_cannot_be_forged),
 	    cmocka_unit_test(test_current_run_gets_no_older_leniency),
+	    cmocka_unit_test(test_checkpoint_declaring_a_lower_format_is_refused),
+	    cmocka_unit_test(test_trail_cut_by_retention_is_not_taken_for_an_older_hsmds),
+	    cmocka_unit_test(test_trail_cut_by_retention_gets_no_older_leniency),
 	};
 	return cmocka_run_group_tests(tests, build_log, free_log);
 }
