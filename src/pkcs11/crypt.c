@@ -273,23 +273,13 @@ static CK_RV call_crypt(const char *target, const p11_ticket *t, const p11_op *o
 	return rv;
 }
 
-/*
- * The session of h, its encryption (or decryption) active; else NULL and *rv.
- * Arguments found bad (args_ok false) end the operation, as any other failure
- * of these calls does but a length query's CKR_BUFFER_TOO_SMALL (PKCS#11
- * v2.40 5.8-5.9): CKR_ARGUMENTS_BAD leaves no operation behind.
- */
+/* The session of h, its encryption (or decryption) active (p11_op_session). */
 static p11_session *crypting(CK_SESSION_HANDLE h, bool encrypt, bool args_ok, CK_RV *rv)
 {
-	p11_session *s = p11_session_get(h);
-	p11_op *op = s == NULL ? NULL : encrypt ? &s->encrypt : &s->decrypt;
-	*rv = s == NULL      ? CKR_SESSION_HANDLE_INVALID
-	      : !op->active ? CKR_OPERATION_NOT_INITIALIZED
-	      : !args_ok    ? CKR_ARGUMENTS_BAD
-	                    : CKR_OK;
-	if (*rv == CKR_ARGUMENTS_BAD)
-		p11_op_reset(op);
-	return *rv == CKR_OK ? s : NULL;
+	return p11_op_session(h,
+	                      encrypt ? offsetof(p11_session, encrypt)
+	                              : offsetof(p11_session, decrypt),
+	                      args_ok, rv);
 }
 
 CK_RV C_Encrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR out,

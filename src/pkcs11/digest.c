@@ -16,17 +16,10 @@
 
 #include "pkcs11/p11.h"
 
-/* The session of h, its digest active; else NULL and *rv.  Bad arguments end it (sign.c's active). */
+/* The session of h, its digest active (p11_op_session). */
 static p11_session *digesting(CK_SESSION_HANDLE h, bool args_ok, CK_RV *rv)
 {
-	p11_session *s = p11_session_get(h);
-	*rv = s == NULL             ? CKR_SESSION_HANDLE_INVALID
-	      : !s->digest.active  ? CKR_OPERATION_NOT_INITIALIZED
-	      : !args_ok           ? CKR_ARGUMENTS_BAD
-	                           : CKR_OK;
-	if (*rv == CKR_ARGUMENTS_BAD)
-		p11_op_reset(&s->digest);
-	return *rv == CKR_OK ? s : NULL;
+	return p11_op_session(h, offsetof(p11_session, digest), args_ok, rv);
 }
 
 CK_RV C_DigestInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech)

@@ -335,5 +335,13 @@ extern const p11_mech p11_mechs[];
 extern const size_t p11_n_mechs;
 const p11_mech *p11_mech_find(CK_MECHANISM_TYPE type);
 void p11_op_reset(p11_op *op);
+/*
+ * The session of h whose operation at op_offset (offsetof(p11_session, sign),
+ * ...) is active; else NULL and *rv.  Arguments found bad (args_ok false) end
+ * the operation, as any other failure of the calls that continue one does but
+ * a length query's CKR_BUFFER_TOO_SMALL (PKCS#11 v2.40 5.8-5.12):
+ * CKR_ARGUMENTS_BAD leaves no operation behind.
+ */
+p11_session *p11_op_session(CK_SESSION_HANDLE h, size_t op_offset, bool args_ok, CK_RV *rv);
 
 #endif

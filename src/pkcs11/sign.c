@@ -516,16 +516,10 @@ static CK_RV sign_final(CK_SESSION_HANDLE h, p11_session *s, bool one_part, cons
 	return rv;
 }
 
-/*
- * The session of h, its signing (or verification) operation active; else NULL
- * and *rv.  Arguments found bad (args_ok false) end the operation, as any
- * other failure of these calls does but a length query's CKR_BUFFER_TOO_SMALL
- * (PKCS#11 v2.40 5.11-5.12): CKR_ARGUMENTS_BAD leaves no operation behind.
- */
-static p11_session *active(CK_SESSION_HANDLE h, bool sign, bool args_ok, CK_RV *rv)
+p11_session *p11_op_session(CK_SESSION_HANDLE h, size_t op_offset, bool args_ok, CK_RV *rv)
 {
 	p11_session *s = p11_session_get(h);
-	p11_op *op = s == NULL ? NULL : sign ? &s->sign : &s->verify;
+	p11_op *op = s == NULL ? NULL : (p11_op *)(void *)((char *)s + op_offset);
 	*rv = s == NULL      ? CKR_SESSION_HANDLE_INVALID
 	      : !op->active ? CKR_OPERATION_NOT_INITIALIZED
 	      : !args_ok    ? CKR_ARGUMENTS_BAD
@@ -533,6 +527,13 @@ static p11_session *active(CK_SESSION_HANDLE h, bool sign, bool args_ok, CK_RV *
 	if (*rv == CKR_ARGUMENTS_BAD)
 		p11_op_reset(op);
 	return *rv == CKR_OK ? s : NULL;
+}
+
+/* The session of h, its signing (or verification) operation active (p11_op_session). */
+static p11_session *active(CK_SESSION_HANDLE h, bool sign, bool args_ok, CK_RV *rv)
+{
+	return p11_op_session(h, sign ? offsetof(p11_session, sign) : offsetof(p11_session, verify),
+	                      args_ok, rv);
 }
 
 /* C_SignUpdate and C_VerifyUpdate: a failure ends the operation. */
