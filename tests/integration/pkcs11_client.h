@@ -45,11 +45,10 @@ static inline CK_SESSION_HANDLE logged_in(CK_FUNCTION_LIST_PTR f, const char *pi
 	return s;
 }
 
-/* The secret key whose CKA_ID is id. */
-static inline CK_OBJECT_HANDLE secret_key(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s,
-                                          const char *id)
+/* The key of class cls whose CKA_ID is id. */
+static inline CK_OBJECT_HANDLE key_of_class(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s,
+                                            CK_OBJECT_CLASS cls, const char *id)
 {
-	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
 	CK_ATTRIBUTE find[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, (void *)id, strlen(id)}};
 	CK_OBJECT_HANDLE key;
 	CK_ULONG n = 0;
@@ -59,6 +58,13 @@ static inline CK_OBJECT_HANDLE secret_key(CK_FUNCTION_LIST_PTR f, CK_SESSION_HAN
 	    (rv = f->C_FindObjectsFinal(s)) != CKR_OK)
 		fail("C_FindObjects", rv);
 	return key;
+}
+
+/* The secret key whose CKA_ID is id. */
+static inline CK_OBJECT_HANDLE secret_key(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s,
+                                          const char *id)
+{
+	return key_of_class(f, s, CKO_SECRET_KEY, id);
 }
 
 #endif

@@ -25,19 +25,6 @@ static CK_OBJECT_HANDLE ec_priv, ec_pub, aes;
 static unsigned char iv[12];
 static CK_GCM_PARAMS gcm = {iv, sizeof(iv), 96, NULL, 0, 128};
 
-static CK_OBJECT_HANDLE key_of(CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, const char *id)
-{
-	CK_ATTRIBUTE find[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, (void *)id, strlen(id)}};
-	CK_OBJECT_HANDLE key;
-	CK_ULONG n = 0;
-	CK_RV rv;
-	if ((rv = f->C_FindObjectsInit(s, find, 2)) != CKR_OK ||
-	    (rv = f->C_FindObjects(s, &key, 1, &n)) != CKR_OK || n != 1 ||
-	    (rv = f->C_FindObjectsFinal(s)) != CKR_OK)
-		fail("C_FindObjects", rv);
-	return key;
-}
-
 static CK_RV init(CK_SESSION_HANDLE s, enum op op)
 {
 	CK_MECHANISM ecdsa = {CKM_ECDSA_SHA256, NULL, 0}, sha = {CKM_SHA256, NULL, 0};
@@ -153,9 +140,9 @@ int main(int argc, char **argv)
 		fail("usage: pkcs11_op_ends MODULE PIN EC_KEY_ID AES_KEY_ID", 0);
 	f = load_module(argv[1]);
 	CK_SESSION_HANDLE s = logged_in(f, argv[2], 0); /* kept open: the login stays */
-	ec_priv = key_of(s, CKO_PRIVATE_KEY, argv[3]);
-	ec_pub = key_of(s, CKO_PUBLIC_KEY, argv[3]);
-	aes = key_of(s, CKO_SECRET_KEY, argv[4]);
+	ec_priv = key_of_class(f, s, CKO_PRIVATE_KEY, argv[3]);
+	ec_pub = key_of_class(f, s, CKO_PUBLIC_KEY, argv[3]);
+	aes = key_of_class(f, s, CKO_SECRET_KEY, argv[4]);
 	run("sign_query", SIGN, false, sign_query);
 	run("sign_short", SIGN, false, sign_short);
 	run("sign_no_len", SIGN, false, sign_no_len);
