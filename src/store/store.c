@@ -274,6 +274,16 @@ hsm_result st_check_fits(const char *s, size_t cap, const char *what)
 	return HSM_SUCCESS;
 }
 
+hsm_result st_check_schema(int64_t current, int latest)
+{
+	HSM_ENSURE(current <= latest, HSM_ERR_STORE,
+	           "the store has schema version %lld, newer than this hsmd knows (%d): "
+	           "upgrade hsmd to open it",
+	           (long long)current, latest);
+	HSM_ENSURE(current >= 0, HSM_ERR_STORE, "the store's schema version is corrupt");
+	return HSM_SUCCESS;
+}
+
 /*
  * Identifiers used for lookups: one that cannot fit the field cannot exist,
  * so it is reported as absent rather than malformed.

@@ -397,6 +397,8 @@ hsm_result st_check_name(const char *s, size_t cap, const char *what) HSM_MUST_C
 hsm_result st_check_fits(const char *s, size_t cap, const char *what) HSM_MUST_CHECK;
 /* An identifier for a lookup: empty is VALIDATION, too long NOT_FOUND (it cannot exist). */
 hsm_result st_check_lookup(const char *s, size_t cap, const char *what) HSM_MUST_CHECK;
+/* A store's schema version this build can open: not newer than latest, not negative. */
+hsm_result st_check_schema(int64_t current, int latest) HSM_MUST_CHECK;
 /* Whether s is exactly len lowercase hex digits (reads at most len + 1 bytes of it). */
 bool st_is_lower_hex(const char *s, size_t len);
 /* A listing's limit: 1 to HSM_STORE_LIST_MAX. */

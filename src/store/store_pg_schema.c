@@ -374,13 +374,7 @@ static hsm_result usage_start_body(pg_conn *c, void *arg)
 
 hsm_result pg_schema_check(int64_t current)
 {
-	int latest = pg_schema_latest();
-	HSM_ENSURE(current <= latest, HSM_ERR_STORE,
-	           "the store has schema version %lld, newer than this hsmd knows (%d): "
-	           "upgrade hsmd to open it",
-	           (long long)current, latest);
-	HSM_ENSURE(current >= 0, HSM_ERR_STORE, "the store's schema version is corrupt");
-	return HSM_SUCCESS;
+	return st_check_schema(current, pg_schema_latest());
 }
 
 hsm_result pg_schema_current(pg_conn *c, int64_t *out)

@@ -505,13 +505,7 @@ static hsm_result check_application_id(sq_conn *w)
 
 static hsm_result check_version(int64_t current)
 {
-	int latest = hsm_store_sqlite_schema_latest();
-	HSM_ENSURE(current <= latest, HSM_ERR_STORE,
-	           "the store has schema version %lld, newer than this hsmd knows (%d): "
-	           "upgrade hsmd to open it",
-	           (long long)current, latest);
-	HSM_ENSURE(current >= 0, HSM_ERR_STORE, "the store's schema version is corrupt");
-	return HSM_SUCCESS;
+	return st_check_schema(current, hsm_store_sqlite_schema_latest());
 }
 
 hsm_result sq_schema_read(sq_conn *w, const char *dir, int *version)
