@@ -546,6 +546,16 @@ static bool lead(hsm_server *s, bool can_work)
 	bool leading = false;
 	hsm_result r = hsm_store_lead(s->store, can_work, &leading);
 	bool was = atomic_exchange(&s->leading, leading);
+	/* A try that fails while not leading (a node older than the store's schema) is said once. */
+	if (can_work) {
+		bool refused = hsm_failed(r) && !was;
+		if (refused && !s->lead_refused)
+			hsm_log_failure("this node cannot take the store's leadership");
+		else if (hsm_ok(r) && s->lead_refused)
+			hsm_info("this node can take the store's leadership again");
+		if (refused || hsm_ok(r))
+			s->lead_refused = refused;
+	}
 	if (hsm_failed(r) && was)
 		hsm_log_failure("the store's leadership is lost");
 	else if (leading && !was)

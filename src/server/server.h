@@ -134,6 +134,7 @@ typedef struct hsm_server {
 	 * another takes over when it stops, dies, is sealed or loses the store.
 	 */
 	atomic_bool leading;
+	bool lead_refused; /* the scheduler's: the last try for the leadership failed (logged once) */
 	pthread_mutex_t stop_lock;
 	pthread_cond_t stop_cond;
 	bool stopping;

@@ -494,6 +494,30 @@ def test_node_started_before_the_ceremony(pg, tmp_path):
         n.cleanup()
 
 
+def test_a_node_older_than_the_shared_schema_gives_up_the_scheduled_work(pg, tmp_path):
+    """A newer hsmd migrating the shared store during an upgrade leaves this node a build
+    that does not know the new tables: it stops running the scheduled work (its backups
+    would leave them out), says so once rather than at every pass, and keeps serving."""
+    store = pg.database("newer")
+    files, ops = ceremony(str(tmp_path), store)
+    n = node(store, "older")
+    try:
+        unseal(n, files)
+        assert eventually(lambda: gauge(n, "hsmd_scheduler_leader") == 1, 20)
+        latest = int(pg.sql(store, "SELECT max(version) FROM schema_version"))
+        pg.sql(store, f"INSERT INTO schema_version (version, applied) VALUES ({latest + 1}, 0)")
+        assert eventually(lambda: gauge(n, "hsmd_scheduler_leader") == 0, 20)
+        log = lambda: n.read_log()  # noqa: E731
+        assert eventually(lambda: "cannot take the store's leadership" in log(), 20), log()
+        time.sleep(11)  # two more scheduler passes, each refused again
+        assert log().count("cannot take the store's leadership") == 1, log()
+        assert f"upgraded to schema {latest + 1} by a newer hsmd" in log(), log()
+        st, out = signed_call(n, "TrentService.ListKeys", {}, akid=ops[0], secret=ops[1])
+        assert st == 200, out
+    finally:
+        n.cleanup()
+
+
 def gauge(server, name):
     st, body, _ = server.get("/metrics")
     assert st == 200
