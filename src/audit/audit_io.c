@@ -11,6 +11,7 @@
 #include <linux/falloc.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -228,6 +229,38 @@ void audit_io_close(hsm_audit *a)
  * file back to synced_off and write pending again: the same bytes, so the
  * sequence and chain stay intact.
  */
+/*
+ * Before a new file after a failure: the directory's .lock must still be the
+ * one this log holds.  A directory deleted and made again under the running
+ * node has a new one (or none yet), which another process may hold: two
+ * writers would interleave their chains in one file.  The log takes the new
+ * lock, or stays failed and tries again later.
+ */
+static hsm_result relock(hsm_audit *a)
+{
+	char path[PATH_MAX];
+	HSM_ENSURE((size_t)snprintf(path, sizeof(path), "%s/.lock", a->dir) < sizeof(path),
+	           HSM_ERR_VALIDATION, "audit directory path too long");
+	struct stat held, named;
+	if (a->lock_fd >= 0 && fstat(a->lock_fd, &held) == 0 && stat(path, &named) == 0 &&
+	    held.st_dev == named.st_dev && held.st_ino == named.st_ino)
+		return HSM_SUCCESS;
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return io_fail(a, errno, "lock");
+	if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+		int e = errno;
+		close(fd);
+		return io_fail(a, e == EWOULDBLOCK ? EBUSY : e, "lock");
+	}
+	if (a->lock_fd >= 0)
+		close(a->lock_fd);
+	a->lock_fd = fd;
+	hsm_warn("audit directory %s was made again under the running log: its lock is taken again",
+	         a->dir);
+	return HSM_SUCCESS;
+}
+
 hsm_result audit_io_recover(hsm_audit *a)
 {
 	audit_writer *w = &a->w;
@@ -249,8 +282,10 @@ hsm_result audit_io_recover(hsm_audit *a)
 			w->reserved_to = 0; /* the cut gave back the space kept ahead too */
 		}
 	}
-	if (w->fd < 0)
+	if (w->fd < 0) {
+		HSM_GUARD(relock(a));
 		HSM_GUARD(audit_io_new_file(a));
+	}
 	w->written = 0;
 	HSM_GUARD(audit_io_write(a));
 	return audit_io_sync(a);

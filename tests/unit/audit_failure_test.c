@@ -13,6 +13,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -815,6 +816,63 @@ static void test_live_file_replaced(void **state)
 }
 
 /*
+ * The whole directory deleted and made again under the running log (an
+ * operator's rm -rf and mkdir), where another process may then hold the new
+ * .lock: the log must not go on in it beside that writer.  It stays failed
+ * while the lock is held elsewhere, writes nothing there, and takes the lock
+ * and recovers once it is free.
+ */
+static void test_directory_made_again_under_the_log(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX], lock[PATH_MAX + 8];
+	t_mkdtemp(dir, "audit-remade");
+	snprintf(lock, sizeof(lock), "%s/.lock", dir);
+	hsm_audit_config c = t_config(dir);
+	c.retry_interval_ms = 50;
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	for (unsigned i = 1; i <= 5; i++) {
+		hsm_audit_record r = t_record(i);
+		assert_true(hsm_ok(hsm_audit_append(a, &r)));
+	}
+	usleep(50000);
+	t_rm_rf(dir);
+	assert_int_equal(mkdir(dir, 0700), 0);
+	int other = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600); /* another writer's lock */
+	assert_true(other >= 0);
+	assert_int_equal(flock(other, LOCK_EX | LOCK_NB), 0);
+	/* Requests go on until the next sync notices the file is gone; then, held off. */
+	bool failed = false;
+	uint64_t end = t_now_ms() + 3000;
+	for (unsigned i = 6; !failed && t_now_ms() < end; i++) {
+		hsm_audit_record r = t_record(i);
+		failed = hsm_failed(hsm_audit_append(a, &r));
+		usleep(2000);
+	}
+	assert_true(failed);
+	usleep(500000); /* about ten tries at recovery */
+	assert_false(hsm_audit_healthy(a));
+	static char paths[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES), 0);
+	/* Freed, the lock is the log's: it recovers in the new directory and holds it. */
+	close(other);
+	assert_true(wait_healthy(a, 3000));
+	hsm_audit_record r = t_record(999);
+	assert_true(hsm_ok(hsm_audit_append(a, &r)));
+	other = open(lock, O_RDWR | O_CLOEXEC);
+	assert_true(other >= 0);
+	assert_int_not_equal(flock(other, LOCK_EX | LOCK_NB), 0);
+	close(other);
+	hsm_audit_close(a);
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES), 1);
+	char *s = t_slurp(paths[0], NULL);
+	assert_non_null(strstr(s, "\"request_id\":\"req-00000999\""));
+	free(s);
+	t_rm_rf(dir);
+}
+
+/*
  * The whole process held (SIGSTOP, a paused VM) while a write or an fsync
  * is under way is no outage: the step was held just as long, and goes on
  * afterwards within its deadline.  In a child, which the parent stops for
@@ -931,6 +989,7 @@ int main(void)
 	    cmocka_unit_test(test_slow_fsync_holds_acks_only_past_the_lag),
 	    cmocka_unit_test(test_fsync_error_rewrites_and_recovers),
 	    cmocka_unit_test(test_live_file_deleted),
+	    cmocka_unit_test(test_directory_made_again_under_the_log),
 	    cmocka_unit_test(test_live_file_replaced),
 	    cmocka_unit_test(test_held_process_write_is_no_outage),
 	    cmocka_unit_test(test_held_process_fsync_is_no_outage),
