@@ -315,18 +315,28 @@ static bool check_file_end(vreader *r, const vstate *s, const ventry *e,
  * expired files.  Any other rise means files left the start of the log some
  * other way: by hand, or while hsmd was stopped (it states, at its next start,
  * the oldest file it finds).  A lower floor (files put back) is no loss.
+ *
+ * With a public key the retention checkpoint must be signed: anyone who can
+ * write the trail can delete its start and append an unsigned one.  hsmd
+ * deletes nothing under an unsigned one (it counts as not written), so its
+ * kept_from is passed over, not reported: a later checkpoint stating it, or
+ * a log that starts after the floor, is then a deletion.
  */
-static bool check_floor(vreader *r, vstate *s, const ventry *e, hsm_audit_verify_report *rep)
+static bool check_floor(vreader *r, vstate *s, const ventry *e, sig_state sig, bool keyed,
+                        hsm_audit_verify_report *rep)
 {
 	if (e->kept_from == 0)
 		return true;
+	bool retention = strcmp(e->reason, "retention") == 0;
+	if (retention && keyed && sig != SIG_VERIFIED)
+		return true;
 	const ventry *f = &s->floor_at;
-	if (f->kept_from != 0 && e->kept_from > f->kept_from && strcmp(e->reason, "retention") != 0) {
+	if (f->kept_from != 0 && e->kept_from > f->kept_from && !retention) {
 		verify_report_at(r, rep, HSM_AUDIT_DELETED, e,
 		                 "deleted: records %llu to %llu left the start of the log without "
 		                 "retention (the checkpoint at seq %llu keeps every record from seq "
-		                 "%llu, this %s checkpoint from seq %llu; only a retention checkpoint "
-		                 "raises it)",
+		                 "%llu, this %s checkpoint from seq %llu; only a retention checkpoint, "
+		                 "signed when a public key is given, raises it)",
 		                 (unsigned long long)f->kept_from, (unsigned long long)e->kept_from - 1,
 		                 (unsigned long long)f->seq, (unsigned long long)f->kept_from, e->reason,
 		                 (unsigned long long)e->kept_from);
@@ -561,7 +571,8 @@ static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, const hsm_audit_ve
 	    !check_file_edges(r, e, rep))
 		return false;
 	sig_state sig = SIG_NONE;
-	if (e->ckpt && (!check_signature(r, pub, e, rep, &sig) || !check_floor(r, s, e, rep)))
+	if (e->ckpt && (!check_signature(r, pub, e, rep, &sig) ||
+	                !check_floor(r, s, e, sig, pub != NULL, rep)))
 		return false;
 	if (!check_anchor_record(r, e, o, rep))
 		return false;

@@ -876,6 +876,133 @@ static void test_checkpoint_declaring_a_lower_format_is_refused(void **state)
 	free(b);
 }
 
+/*
+ * A record like fx's line i, given seq; if reason, a checkpoint stating it
+ * and kept_from, with room for a signature if sign (resign fills it in).
+ */
+static char *forged_line(size_t i, uint64_t seq, const char *reason, uint64_t kept_from,
+                         bool sign)
+{
+	json_t *j = json_loadb(fx.data + fx.off[i], fx.off[i + 1] - fx.off[i], 0, NULL);
+	assert_non_null(j);
+	assert_int_equal(json_object_set_new(j, "seq", json_integer((json_int_t)seq)), 0);
+	if (reason != NULL) {
+		char sig[89];
+		memset(sig, 'A', 86);
+		memcpy(sig + 86, "==", 3);
+		json_t *c = sign ? json_pack("{s:s,s:I,s:i,s:b,s:s,s:s}", "reason", reason, "kept_from",
+		                             (json_int_t)kept_from, "trail_format", AUDIT_TRAIL_FORMAT,
+		                             "signed", 1, "alg", "Ed25519", "sig", sig)
+		                 : json_pack("{s:s,s:I,s:i,s:b,s:s}", "reason", reason, "kept_from",
+		                             (json_int_t)kept_from, "trail_format", AUDIT_TRAIL_FORMAT,
+		                             "signed", 0, "why", "sealed");
+		assert_non_null(c);
+		assert_int_equal(json_object_set_new(j, "checkpoint", c), 0);
+	}
+	char *l = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	assert_non_null(l);
+	json_decref(j);
+	return l;
+}
+
+/*
+ * A log of fx's lines from index `from` on, then the lines given (rechained,
+ * and their checkpoints with room for a signature signed with fx's key).
+ */
+static char *with_tail(size_t from, char **lines, size_t n, size_t *len)
+{
+	size_t kept = fx.len - fx.off[from], o = kept;
+	char *b = malloc(kept + 4096 * n + 1);
+	assert_non_null(b);
+	memcpy(b, fx.data + fx.off[from], kept);
+	for (size_t i = 0; i < n; i++) {
+		o += (size_t)snprintf(b + o, 4096, "%s\n", lines[i]);
+		free(lines[i]);
+	}
+	size_t first = fx.n_lines - from;
+	char *fixed = rechain(b, o, first);
+	free(b);
+	for (size_t i = first; i < first + n; i++) {
+		char *l = line_at(fixed, i);
+		size_t l_len = (size_t)(strchr(l, '\n') - l);
+		const char *sg = strstr(l, "\"signed\":true");
+		if (sg != NULL && sg < l + l_len) {
+			resign(l, l_len);
+			char *again = rechain(fixed, o, i + 1);
+			free(fixed);
+			fixed = again;
+		}
+	}
+	*len = o;
+	return fixed;
+}
+
+static hsm_audit_verify_report verify_named(const char *name, const char *p, size_t n,
+                                            const char *pem)
+{
+	const char *names[1] = {name};
+	const uint8_t *data[1] = {(const uint8_t *)p};
+	size_t lens[1] = {n};
+	hsm_audit_verify_options o = {.pubkey_pem = pem};
+	hsm_audit_verify_report r;
+	assert_true(hsm_ok(hsm_audit_verify_memory(names, data, lens, 1, &o, &r)));
+	return r;
+}
+
+static const char *const CUT_NAME = "audit-00000000000000000041.jsonl";
+
+/*
+ * What an attacker who can write the trail does while hsmd is stopped:
+ * deletes its oldest records (1 to 40), names what is left after its first
+ * record, and appends a made-up run of a sealed node whose unsigned retention
+ * checkpoint states kept_from 41.  Only a signed retention checkpoint raises
+ * the floor, so with the key this is a deletion; the chain alone cannot tell.
+ */
+static void test_unsigned_retention_does_not_raise_the_floor(void **state)
+{
+	(void)state;
+	size_t last = fx.n_lines - 1, len;
+	uint64_t seq = (uint64_t)fx.n_lines;
+	char *tail[4] = {forged_line(0, seq + 1, NULL, 0, false), /* AuditLogOpened */
+	                 forged_line(last, seq + 2, "retention", 41, false),
+	                 forged_line(1, seq + 3, NULL, 0, false), /* not a checkpoint */
+	                 forged_line(last, seq + 4, "shutdown", 41, false)};
+	char *forged = with_tail(40, tail, 4, &len);
+	hsm_audit_verify_report r = verify_named(CUT_NAME, forged, len, fx.pem);
+	size_t lines = fx.n_lines - 40 + 4;
+	expect_bad(r, HSM_AUDIT_DELETED, lines); /* the shutdown checkpoint raises it */
+	assert_non_null(strstr(r.detail, "without retention"));
+	r = verify_named(CUT_NAME, forged, len, NULL);
+	if (!r.valid)
+		print_message("%s\n", r.detail);
+	assert_true(r.valid); /* as before, without a key */
+	free(forged);
+
+	/* Laundered: the node restarted on it and unsealed signs checkpoints stating 41. */
+	char *laundered[4] = {forged_line(0, seq + 1, NULL, 0, false),
+	                      forged_line(last, seq + 2, "retention", 41, false),
+	                      forged_line(last, seq + 3, "signer", 41, true),
+	                      forged_line(last, seq + 4, "shutdown", 41, true)};
+	forged = with_tail(40, laundered, 4, &len);
+	r = verify_named(CUT_NAME, forged, len, fx.pem);
+	expect_bad(r, HSM_AUDIT_DELETED, lines - 1);
+	assert_non_null(strstr(r.detail, "records 1 to 40 left the start of the log"));
+	free(forged);
+
+	/* A retention checkpoint that went out unsigned (the signer cleared meanwhile) after
+	 * which nothing was deleted: later checkpoints keep the old floor, and it verifies. */
+	char *failed[3] = {forged_line(0, seq + 1, NULL, 0, false),
+	                   forged_line(last, seq + 2, "retention", 41, false),
+	                   forged_line(last, seq + 3, "shutdown", 1, false)};
+	char *genuine = with_tail(0, failed, 3, &len);
+	r = verify_named(NAME, genuine, len, fx.pem);
+	if (!r.valid)
+		print_message("%s\n", r.detail);
+	assert_true(r.valid);
+	assert_int_equal(r.kept_from, 1);
+	free(genuine);
+}
+
 static atomic_llong fake_now;
 static int64_t fake_clock(void *arg)
 {
@@ -1015,6 +1142,7 @@ int main(void)
 	    cmocka_unit_test(test_truncations_detected),
 	    cmocka_unit_test(test_checkpoint_signatures),
 	    cmocka_unit_test(test_kept_from_is_signed_and_rises_only_at_retention),
+	    cmocka_unit_test(test_unsigned_retention_does_not_raise_the_floor),
 	    cmocka_unit_test(test_sealed_checkpoints_unsigned_then_covered),
 	    cmocka_unit_test(test_signatures_cannot_be_stripped),
 	    cmocka_unit_test(test_trail_begun_by_older_hsmd_verifies),
