@@ -172,6 +172,7 @@ struct hsm_audit {
 	 * last finding, under mu. */
 	int64_t wall0_ms, elapsed0_ms;
 	bool has_elapsed, retention_held;
+	bool retention_unsigned; /* the last pass deleted nothing: no signer to sign its checkpoint */
 
 	/* The current outage (under mu). */
 	uint64_t outage_start_ns;
@@ -273,6 +274,10 @@ hsm_result audit_write_event(hsm_audit *a, const char *op, hsm_audit_outcome out
                              const hsm_audit_field *extra, size_t n_extra);
 /* The writer's: appends a checkpoint (signed when a signer is set) and makes it durable. */
 hsm_result audit_write_checkpoint(hsm_audit *a, const char *reason);
+/* The same; *signed_out says whether it went out signed (false on failure). */
+hsm_result audit_write_checkpoint_signed(hsm_audit *a, const char *reason, bool *signed_out);
+/* Whether a signer is set now (it may be cleared the moment after). */
+bool audit_has_signer(hsm_audit *a);
 
 void *audit_writer_main(void *arg);
 void *audit_watchdog_main(void *arg);

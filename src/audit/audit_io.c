@@ -409,6 +409,26 @@ static void delete_copies(hsm_audit *a, char **names, size_t n)
 		hsm_log_failure("audit retention: syncing audit_copy_dir");
 }
 
+/*
+ * Whether the retention checkpoint went out signed, so files may go.  Without
+ * a signer the pass deletes nothing and is no failure: it is tried again at
+ * the next pass and once a signer is set.  Said once, not at every pass.
+ */
+static bool declared(hsm_audit *a, hsm_result r, hsm_result *res)
+{
+	bool unsigned_now = r.err == HSM_ERR_SEALED;
+	pthread_mutex_lock(&a->mu);
+	bool was = a->retention_unsigned;
+	a->retention_unsigned = unsigned_now;
+	pthread_mutex_unlock(&a->mu);
+	if (unsigned_now && !was)
+		hsm_info("audit retention waits: expired files are deleted only under a signed "
+		         "retention checkpoint, and there is no signer (unseal the node)");
+	if (!unsigned_now)
+		*res = r;
+	return hsm_ok(r);
+}
+
 hsm_result audit_retention_apply(hsm_audit *a, const char *keep_file, hsm_buf *deleted)
 {
 	char **names = NULL;
@@ -479,7 +499,8 @@ hsm_result audit_retention_apply(hsm_audit *a, const char *keep_file, hsm_buf *d
 		hsm_warn("audit retention: %s is not an audit file name; nothing deleted", names[expired]);
 		goto out;
 	}
-	HSM_TRY(audit_declare_kept_from(a, kept_from));
+	if (!declared(a, audit_declare_kept_from(a, kept_from), &res))
+		goto out;
 	for (; deleted_n < expired; deleted_n++) {
 		char path[PATH_MAX];
 		if ((size_t)snprintf(path, sizeof(path), "%s/%s", a->dir, names[deleted_n]) >=

@@ -33,12 +33,16 @@ void audit_request_retention(hsm_audit *a)
 }
 
 /*
- * Retention states what it is about to delete before it deletes: a
+ * Retention states what it is about to delete before it deletes: a signed
  * "retention" checkpoint whose kept_from is the first seq that stays.  Only
  * such a checkpoint may raise the floor the checkpoints state, so verify
  * tells files retention deleted from files deleted any other way (and a
  * crash between the checkpoint and the deletion leaves files past the
- * floor, which is no gap).  The writer answers; the sweeper waits.
+ * floor, which is no gap).  Anyone who can write the trail can append an
+ * unsigned one, so verify does not take it for retention: without a signer
+ * (sealed, or hsmctl without shares) nothing is deleted, and a checkpoint
+ * that went out unsigned (the signer cleared meanwhile, or failing) counts
+ * as not written.  The writer answers; the sweeper waits.
  */
 void audit_answer_retention(hsm_audit *a)
 {
@@ -50,11 +54,17 @@ void audit_answer_retention(hsm_audit *a)
 	if (!asked)
 		return;
 	hsm_result r = HSM_FAIL(HSM_ERR_AUDIT_UNAVAILABLE, "the audit log is unavailable");
-	if (atomic_load(&a->healthy)) {
+	if (atomic_load(&a->healthy) && !audit_has_signer(a)) {
+		r = HSM_FAIL(HSM_ERR_SEALED, "audit retention waits for the signer (unseal the node)");
+	} else if (atomic_load(&a->healthy)) {
 		uint64_t was = a->w.kept_from;
+		bool signed_ok = false;
 		if (kept_from > a->w.kept_from)
 			a->w.kept_from = kept_from;
-		r = audit_write_checkpoint(a, "retention");
+		r = audit_write_checkpoint_signed(a, "retention", &signed_ok);
+		if (hsm_ok(r) && !signed_ok)
+			r = HSM_FAIL(HSM_ERR_SEALED, "the retention checkpoint went out unsigned "
+			                             "(the signer was cleared or failed); nothing deleted");
 		if (hsm_failed(r))
 			a->w.kept_from = was; /* nothing will be deleted */
 	}

@@ -337,6 +337,14 @@ hsm_result audit_write_event(hsm_audit *a, const char *op, hsm_audit_outcome out
 	return HSM_SUCCESS;
 }
 
+bool audit_has_signer(hsm_audit *a)
+{
+	pthread_mutex_lock(&a->signer_mu);
+	bool has = a->signer != NULL;
+	pthread_mutex_unlock(&a->signer_mu);
+	return has;
+}
+
 /* Asks the signer (under the watchdog) for a signature over msg. */
 static bool sign_message(hsm_audit *a, const hsm_buf *msg, hsm_buf *sig, const char **why)
 {
@@ -357,7 +365,14 @@ static bool sign_message(hsm_audit *a, const hsm_buf *msg, hsm_buf *sig, const c
 
 hsm_result audit_write_checkpoint(hsm_audit *a, const char *reason)
 {
+	bool signed_ok;
+	return audit_write_checkpoint_signed(a, reason, &signed_ok);
+}
+
+hsm_result audit_write_checkpoint_signed(hsm_audit *a, const char *reason, bool *signed_out)
+{
 	audit_writer *w = &a->w;
+	*signed_out = false;
 	hsm_result res = HSM_SUCCESS;
 	hsm_buf msg = {0}, sig = {0};
 	int64_t now = audit_now_ms(a);
@@ -385,6 +400,7 @@ hsm_result audit_write_checkpoint(hsm_audit *a, const char *reason)
 	HSM_CHECK(flush(a, NULL, 0, from) && sync_now(a), HSM_ERR_AUDIT_UNAVAILABLE,
 	          "the audit log is unavailable");
 	w->next_checkpoint_ms = now + a->cfg.checkpoint_interval_ms;
+	*signed_out = signed_ok;
 out:
 	hsm_buf_free(&msg);
 	hsm_buf_free(&sig);
@@ -616,9 +632,12 @@ static void maintain(hsm_audit *a)
 		request_sync(a);
 	int64_t wall = audit_now_ms(a);
 	follow_clock_back(w, wall, a->cfg.checkpoint_interval_ms);
-	if (atomic_exchange(&a->signer_changed, false))
-		(void)audit_write_checkpoint(a, "signer");
-	else if (wall >= w->next_checkpoint_ms)
+	bool signed_ok = false;
+	if (atomic_exchange(&a->signer_changed, false)) {
+		/* Retention deletes only under a signer: what it put off while sealed goes now. */
+		if (hsm_ok(audit_write_checkpoint_signed(a, "signer", &signed_ok)) && signed_ok)
+			audit_request_retention(a);
+	} else if (wall >= w->next_checkpoint_ms)
 		(void)audit_write_checkpoint(a, "interval");
 	w->next_checkpoint_ms = w->next_checkpoint_ms > wall ? w->next_checkpoint_ms
 	                                                     : wall + a->cfg.checkpoint_interval_ms;

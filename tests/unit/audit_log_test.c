@@ -178,6 +178,17 @@ static hsm_audit_config retention_config(const char *dir)
 	return c;
 }
 
+static t_signer log_signer;
+
+/* Opens c's log with a signer, as an unsealed node: retention deletes only under one. */
+static void open_unsealed(hsm_audit_config *c, hsm_audit **a)
+{
+	if (log_signer.key == NULL)
+		t_signer_init(&log_signer);
+	assert_true(hsm_ok(hsm_audit_open(c, a)));
+	hsm_audit_set_signer(*a, t_sign, &log_signer);
+}
+
 /* Waits (up to 10 s) for the retention pass asked for by the last rotation to end. */
 static void wait_retention(hsm_audit *a)
 {
@@ -210,7 +221,7 @@ static void test_retention_deletes_only_expired(void **state)
 	hsm_audit_config c = retention_config(dir);
 	hsm_audit *a = NULL;
 	atomic_store(&fake_now, now - 3000 * DAY_MS);
-	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	open_unsealed(&c, &a);
 	fill_and_rotate(a, now - 3000 * DAY_MS, 0); /* file 1: newest record 3000 days old */
 	fill_and_rotate(a, now - 2556 * DAY_MS, 5); /* file 2: 2556 days old, still kept */
 	static char before[T_MAX_FILES][PATH_MAX];
@@ -300,7 +311,7 @@ static void test_retention_holds_while_the_clock_runs_ahead(void **state)
 	hsm_audit *a = NULL;
 	atomic_store(&fake_now, now);
 	atomic_store(&fake_elapsed, 1000);
-	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	open_unsealed(&c, &a);
 	fill_and_rotate(a, now, 0);
 	fill_and_rotate(a, now + 1000, 5);
 	static char files[T_MAX_FILES][PATH_MAX];
@@ -343,7 +354,7 @@ static void test_retention_keeps_the_log_whole(void **state)
 	hsm_audit_config c = retention_config(dir);
 	hsm_audit *a = NULL;
 	atomic_store(&fake_now, now - 2600 * DAY_MS);
-	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	open_unsealed(&c, &a);
 	fill_and_rotate(a, now - 2600 * DAY_MS, 0);  /* file 1: expired at the end */
 	fill_and_rotate(a, now - 100 * DAY_MS, 5);   /* file 2: kept */
 	fill_and_rotate(a, now - 2650 * DAY_MS, 10); /* file 3: the clock went back; expired */
@@ -399,7 +410,7 @@ static void test_retention_states_what_it_keeps_before_deleting(void **state)
 	hsm_audit_config c = retention_config(dir);
 	hsm_audit *a = NULL;
 	atomic_store(&fake_now, now - 3000 * DAY_MS);
-	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	open_unsealed(&c, &a);
 	fill_and_rotate(a, now - 3000 * DAY_MS, 0); /* file 1: expired at the third pass */
 	fill_and_rotate(a, now - 2556 * DAY_MS, 5); /* file 2: kept */
 	static char before[T_MAX_FILES][PATH_MAX];
@@ -426,6 +437,89 @@ static void test_retention_states_what_it_keeps_before_deleting(void **state)
 	assert_false(r.valid);
 	assert_int_equal(r.problem, HSM_AUDIT_DELETED);
 	assert_non_null(strstr(r.detail, "not by retention"));
+	t_rm_rf(dir);
+}
+
+/* At time at_ms: five events (which need no unsealed node), then a rotation. */
+static void events_and_rotate(hsm_audit *a, int64_t at_ms)
+{
+	atomic_store(&fake_now, at_ms);
+	for (int i = 0; i < 5; i++) {
+		hsm_audit_record ev = {.type = HSM_AUDIT_EVENT, .principal = "hsmd",
+		                       .operation = "KeyRotated", .outcome = HSM_AUDIT_SUCCESS};
+		assert_true(hsm_ok(hsm_audit_append(a, &ev)));
+	}
+	assert_true(hsm_ok(hsm_audit_rotate(a)));
+	wait_retention(a);
+}
+
+static hsm_result failing_signer(void *arg, const uint8_t *msg, size_t n, hsm_buf *sig)
+{
+	(void)arg;
+	(void)msg;
+	(void)n;
+	(void)sig;
+	return HSM_FAIL(HSM_ERR_INTERNAL, "test signer fails");
+}
+
+/*
+ * Only a signed retention checkpoint raises the floor verify accepts, so a
+ * sealed node (no signer) deletes nothing past retention, nor does one whose
+ * retention checkpoint could not be signed; once a signer is set, the pass
+ * put off runs, and what remains verifies with the key.
+ */
+static void test_retention_waits_for_a_signer(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-retention-sealed");
+	int64_t now = hsm_now_ms();
+	hsm_audit_config c = retention_config(dir);
+	hsm_audit *a = NULL;
+	if (log_signer.key == NULL)
+		t_signer_init(&log_signer);
+	atomic_store(&fake_now, now - 3000 * DAY_MS);
+	assert_true(hsm_ok(hsm_audit_open(&c, &a))); /* sealed */
+	events_and_rotate(a, now - 3000 * DAY_MS);  /* file 1: expired at the next pass */
+	events_and_rotate(a, now);
+	assert_true(hsm_ok(hsm_audit_checkpoint(a)));
+	wait_retention(a);
+	static char files[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES), 3);
+	hsm_audit_stats st;
+	hsm_audit_get_stats(a, &st);
+	assert_int_equal(st.files_expired, 0);
+	char *log = slurp_log(dir);
+	assert_null(strstr(log, "\"reason\":\"retention\""));
+	free(log);
+	uint64_t kept = file_seq(files[1]);
+	/* A signer that fails: the retention checkpoint goes out unsigned, counts as not
+	 * written, and nothing is deleted. */
+	hsm_audit_set_signer(a, failing_signer, NULL);
+	assert_true(hsm_ok(hsm_audit_rotate(a)));
+	wait_retention(a);
+	assert_true(hsm_ok(hsm_audit_checkpoint(a)));
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES), 4);
+	log = slurp_log(dir);
+	assert_non_null(strstr(log, "\"reason\":\"retention\",\"kept_from\""));
+	free(log);
+	hsm_audit_set_signer(a, t_sign, &log_signer); /* unsealed: the pass put off runs now */
+	for (int i = 0; i < 1000 && t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES) != 3; i++) {
+		struct timespec ts = {0, 10 * 1000000L};
+		nanosleep(&ts, NULL);
+	}
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES), 3);
+	assert_true(hsm_ok(hsm_audit_checkpoint(a)));
+	assert_true(hsm_ok(hsm_audit_checkpoint(a))); /* the deletion's record is written by now */
+	hsm_audit_close(a);
+	char *pem = t_signer_pem(&log_signer);
+	hsm_audit_verify_report r = t_verify_dir(dir, pem, false);
+	if (!r.valid)
+		print_message("%s\n", r.detail);
+	assert_true(r.valid);
+	assert_int_equal(r.first_seq, kept);
+	assert_int_equal(r.kept_from, kept);
+	free(pem);
 	t_rm_rf(dir);
 }
 
@@ -480,7 +574,7 @@ static void test_retention_deletes_nothing_it_cannot_state(void **state)
 	c.test_io_hook = fail_after_pass;
 	hsm_audit *a = NULL;
 	atomic_store(&fake_now, now - 3000 * DAY_MS);
-	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	open_unsealed(&c, &a);
 	fill_and_rotate(a, now - 3000 * DAY_MS, 0); /* file 1: expired at the third pass */
 	fill_and_rotate(a, now - 2556 * DAY_MS, 5);
 	static char files[T_MAX_FILES][PATH_MAX];
@@ -539,7 +633,7 @@ static void copy_open(copy_fx *x, const char *tag)
 	x->c.copy_dir = x->copies;
 	x->a = NULL;
 	atomic_store(&fake_now, x->now - 3000 * DAY_MS);
-	assert_true(hsm_ok(hsm_audit_open(&x->c, &x->a)));
+	open_unsealed(&x->c, &x->a);
 }
 
 static void copy_done(copy_fx *x)
@@ -673,7 +767,7 @@ static void test_a_different_file_in_the_copy_dir_is_left_alone(void **state)
 	assert_int_equal(fwrite(body, 1, len, f), len);
 	fclose(f);
 	atomic_store(&fake_now, x.now);
-	assert_true(hsm_ok(hsm_audit_open(&x.c, &x.a))); /* a new process: compares it once */
+	open_unsealed(&x.c, &x.a); /* a new process: compares it once */
 	fill_and_rotate(x.a, x.now, 5);                  /* file 1 has expired */
 	hsm_audit_stats st;
 	hsm_audit_get_stats(x.a, &st);
@@ -872,6 +966,7 @@ int main(void)
 	    cmocka_unit_test(test_retention_holds_while_the_clock_runs_ahead),
 	    cmocka_unit_test(test_retention_keeps_the_log_whole),
 	    cmocka_unit_test(test_retention_states_what_it_keeps_before_deleting),
+	    cmocka_unit_test(test_retention_waits_for_a_signer),
 	    cmocka_unit_test(test_files_deleted_while_stopped_show),
 	    cmocka_unit_test(test_retention_deletes_nothing_it_cannot_state),
 	    cmocka_unit_test(test_closed_files_are_copied_and_expire_with_their_originals),
