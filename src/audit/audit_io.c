@@ -224,12 +224,6 @@ void audit_io_close(hsm_audit *a)
 }
 
 /*
- * After a failed write or fsync nothing past synced_off can be trusted (a
- * partial line, or pages the kernel dropped after a failed fsync).  Cut the
- * file back to synced_off and write pending again: the same bytes, so the
- * sequence and chain stay intact.
- */
-/*
  * Before a new file after a failure: the directory's .lock must still be the
  * one this log holds.  A directory deleted and made again under the running
  * node has a new one (or none yet), which another process may hold: two
@@ -261,6 +255,12 @@ static hsm_result relock(hsm_audit *a)
 	return HSM_SUCCESS;
 }
 
+/*
+ * After a failed write or fsync nothing past synced_off can be trusted (a
+ * partial line, or pages the kernel dropped after a failed fsync).  Cut the
+ * file back to synced_off and write pending again: the same bytes, so the
+ * sequence and chain stay intact.
+ */
 hsm_result audit_io_recover(hsm_audit *a)
 {
 	audit_writer *w = &a->w;

@@ -53,10 +53,12 @@ void audit_answer_retention(hsm_audit *a)
 	pthread_mutex_unlock(&a->mu);
 	if (!asked)
 		return;
-	hsm_result r = HSM_FAIL(HSM_ERR_AUDIT_UNAVAILABLE, "the audit log is unavailable");
-	if (atomic_load(&a->healthy) && !audit_has_signer(a)) {
+	hsm_result r;
+	if (!atomic_load(&a->healthy)) {
+		r = HSM_FAIL(HSM_ERR_AUDIT_UNAVAILABLE, "the audit log is unavailable");
+	} else if (!audit_has_signer(a)) {
 		r = HSM_FAIL(HSM_ERR_SEALED, "audit retention waits for the signer (unseal the node)");
-	} else if (atomic_load(&a->healthy)) {
+	} else {
 		uint64_t was = a->w.kept_from;
 		bool signed_ok = false;
 		if (kept_from > a->w.kept_from)

@@ -111,17 +111,10 @@ static bool parse_trail_format(json_t *j, ventry *e)
 	json_t *v = json_object_get(json_object_get(j, "extra"), "trail_format");
 	if (v == NULL)
 		return true;
-	const char *f = json_string_value(v);
-	size_t n = f != NULL ? strlen(f) : 0;
-	if (n == 0 || n > 3 || f[0] == '0')
+	int64_t t = 0;
+	if (!json_is_string(v) || hsm_failed(hsm_parse_i64(json_string_value(v), 1, 999, &t)))
 		return false;
-	unsigned t = 0;
-	for (size_t i = 0; i < n; i++) {
-		if (f[i] < '0' || f[i] > '9')
-			return false;
-		t = t * 10 + (unsigned)(f[i] - '0');
-	}
-	e->trail_format = t;
+	e->trail_format = (unsigned)t;
 	return true;
 }
 
