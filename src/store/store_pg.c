@@ -351,12 +351,7 @@ static hsm_result lead_check_schema(pg_store *s, bool *gone)
 	hsm_result r = pg_schema_current(s->lead, &current);
 	*gone = hsm_failed(r);
 	HSM_GUARD(r);
-	int known = pg_schema_latest();
-	HSM_ENSURE(current <= known, HSM_ERR_STORE,
-	           "the store was upgraded to schema %lld by a newer hsmd; upgrade this node "
-	           "(it knows schema %d): it does not run scheduled work meanwhile",
-	           (long long)current, known);
-	return HSM_SUCCESS;
+	return pg_schema_not_newer(current, ": it does not run scheduled work meanwhile");
 }
 
 static hsm_result lead_try(pg_store *s)

@@ -245,6 +245,12 @@ hsm_result pg_schema_read(pg_store *s, int *version) HSM_MUST_CHECK;
 hsm_result pg_schema_current(pg_conn *c, int64_t *out) HSM_MUST_CHECK;
 /* Refuses a version newer than this build knows (or a corrupt one). */
 hsm_result pg_schema_check(int64_t current) HSM_MUST_CHECK;
+/*
+ * A store a newer node has migrated since this one opened it (a cluster
+ * being upgraded) is refused, the message naming both versions and ending
+ * with what this node does meanwhile (tail).
+ */
+hsm_result pg_schema_not_newer(int64_t current, const char *tail) HSM_MUST_CHECK;
 
 /* ---- Row codecs shared with the copy code --------------------------------------------------------- */
 

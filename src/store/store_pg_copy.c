@@ -262,10 +262,7 @@ static hsm_result check_exportable(pg_conn *c)
 	int64_t current = 0;
 	int known = pg_schema_latest();
 	HSM_GUARD(pg_schema_current(c, &current));
-	HSM_ENSURE(current <= known, HSM_ERR_STORE,
-	           "the store was upgraded to schema %lld by a newer hsmd; upgrade this node "
-	           "(it knows schema %d) to back up or copy the store",
-	           (long long)current, known);
+	HSM_GUARD(pg_schema_not_newer(current, " to back up or copy the store"));
 	HSM_ENSURE(current == known, HSM_ERR_STORE,
 	           "the store is at schema %lld, older than this build's (%d): start this "
 	           "version's hsmd on it once (which migrates it), or back it up with the "

@@ -372,6 +372,16 @@ static hsm_result usage_start_body(pg_conn *c, void *arg)
 	                 "record when key uses began to be recorded");
 }
 
+hsm_result pg_schema_not_newer(int64_t current, const char *tail)
+{
+	int known = pg_schema_latest();
+	HSM_ENSURE(current <= known, HSM_ERR_STORE,
+	           "the store was upgraded to schema %lld by a newer hsmd; upgrade this node "
+	           "(it knows schema %d)%s",
+	           (long long)current, known, tail);
+	return HSM_SUCCESS;
+}
+
 hsm_result pg_schema_check(int64_t current)
 {
 	return st_check_schema(current, pg_schema_latest());
