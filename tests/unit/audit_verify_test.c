@@ -951,6 +951,19 @@ static hsm_audit_verify_report verify_named(const char *name, const char *p, siz
 
 static const char *const CUT_NAME = "audit-00000000000000000041.jsonl";
 
+/* The first line of the fixture after its opening that is not a checkpoint (where the
+ * fixture's checkpoints fall depends on how fast it was written). */
+static size_t record_line(void)
+{
+	static const char ckpt[] = "\"type\":\"checkpoint\"";
+	for (size_t i = 1; i + 1 < fx.n_lines; i++)
+		if (memmem(fx.data + fx.off[i], fx.off[i + 1] - fx.off[i], ckpt, sizeof(ckpt) - 1) ==
+		    NULL)
+			return i;
+	fail_msg("the fixture holds no record but checkpoints");
+	return 0;
+}
+
 /*
  * What an attacker who can write the trail does while hsmd is stopped:
  * deletes its oldest records (1 to 40), names what is left after its first
@@ -965,7 +978,7 @@ static void test_unsigned_retention_does_not_raise_the_floor(void **state)
 	uint64_t seq = (uint64_t)fx.n_lines;
 	char *tail[4] = {forged_line(0, seq + 1, NULL, 0, false), /* AuditLogOpened */
 	                 forged_line(last, seq + 2, "retention", 41, false),
-	                 forged_line(1, seq + 3, NULL, 0, false), /* not a checkpoint */
+	                 forged_line(record_line(), seq + 3, NULL, 0, false),
 	                 forged_line(last, seq + 4, "shutdown", 41, false)};
 	char *forged = with_tail(40, tail, 4, &len);
 	hsm_audit_verify_report r = verify_named(CUT_NAME, forged, len, fx.pem);
