@@ -164,6 +164,12 @@ hsm_result pg_simple(pg_conn *c, const char *sql, const char *what) HSM_MUST_CHE
  * none came (c->broken set, and c->late if time ran out).  Sets no error.
  */
 PGresult *pg_exec_raw(pg_conn *c, const char *sql);
+/*
+ * Appends text as an element of the array literal being built in a ("{"
+ * first, "}" last): quoted, with " and \\ escaped, after a comma unless it
+ * is the first.
+ */
+hsm_result pg_array_put_text(hsm_buf *a, const char *text) HSM_MUST_CHECK;
 /* Whether sql with $1 = text returns a row. */
 hsm_result pg_exists(pg_conn *c, const char *sql, const char *text, bool *found) HSM_MUST_CHECK;
 

@@ -31,18 +31,6 @@ typedef struct usage_op {
 	int64_t since;
 } usage_op;
 
-/* Appends text as an element of an array literal: quoted, with " and \\ escaped. */
-static hsm_result put_element(hsm_buf *a, const char *text)
-{
-	HSM_GUARD(hsm_buf_put_str(a, a->len > 1 ? ",\"" : "\""));
-	for (const char *c = text; *c != '\0'; c++) {
-		if (*c == '"' || *c == '\\')
-			HSM_GUARD(hsm_buf_put(a, "\\", 1));
-		HSM_GUARD(hsm_buf_put(a, c, 1));
-	}
-	return hsm_buf_put_str(a, "\"");
-}
-
 typedef struct usage_arrays {
 	hsm_buf ids, ops, times, reqs;
 } usage_arrays;
@@ -64,10 +52,10 @@ static hsm_result build_arrays(size_t n, const hsm_key_usage_record *recs, usage
 	for (size_t i = 0; i < n; i++) {
 		char ms[24];
 		snprintf(ms, sizeof(ms), "%lld", (long long)recs[i].used_ms);
-		HSM_GUARD(put_element(&a->ids, recs[i].key_id));
-		HSM_GUARD(put_element(&a->ops, recs[i].operation));
-		HSM_GUARD(put_element(&a->times, ms));
-		HSM_GUARD(put_element(&a->reqs, recs[i].request_id));
+		HSM_GUARD(pg_array_put_text(&a->ids, recs[i].key_id));
+		HSM_GUARD(pg_array_put_text(&a->ops, recs[i].operation));
+		HSM_GUARD(pg_array_put_text(&a->times, ms));
+		HSM_GUARD(pg_array_put_text(&a->reqs, recs[i].request_id));
 	}
 	for (size_t k = 0; k < 4; k++) {
 		HSM_GUARD(hsm_buf_put_str(all[k], "}"));

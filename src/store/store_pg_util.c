@@ -275,6 +275,17 @@ hsm_result pg_simple(pg_conn *c, const char *sql, const char *what)
 	return res;
 }
 
+hsm_result pg_array_put_text(hsm_buf *a, const char *text)
+{
+	HSM_GUARD(hsm_buf_put_str(a, a->len > 1 ? ",\"" : "\""));
+	for (const char *c = text; *c != '\0'; c++) {
+		if (*c == '"' || *c == '\\')
+			HSM_GUARD(hsm_buf_put(a, "\\", 1));
+		HSM_GUARD(hsm_buf_put(a, c, 1));
+	}
+	return hsm_buf_put_str(a, "\"");
+}
+
 hsm_result pg_exists(pg_conn *c, const char *sql, const char *text, bool *found)
 {
 	pg_params p;
