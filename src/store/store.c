@@ -353,7 +353,7 @@ static const struct backend {
 	{"postgres://", true, hsm_store_pg_open},
 };
 
-static hsm_result open_mode(const char *location, hsm_store_open_mode mode, hsm_store **out)
+static hsm_result open_backend(const char *location, hsm_store_open_mode mode, hsm_store **out)
 {
 	HSM_ASSERT(location != NULL && out != NULL);
 	HSM_ENSURE(*location != '\0', HSM_ERR_VALIDATION, "the store location is empty");
@@ -369,6 +369,15 @@ static hsm_result open_mode(const char *location, hsm_store_open_mode mode, hsm_
 	           "unsupported store location (expected a directory, sqlite:DIR or "
 	           "postgresql://...)");
 	return hsm_store_sqlite_open_mode(location, mode, out);
+}
+
+/* An opening's schema migrations are no request's change: they carry no outbox row. */
+static hsm_result open_mode(const char *location, hsm_store_open_mode mode, hsm_store **out)
+{
+	hsm_store_intent *held = st_intent_hold();
+	hsm_result res = open_backend(location, mode, out);
+	st_intent_restore(held);
+	return res;
 }
 
 hsm_result hsm_store_open(const char *location, hsm_store **out)
@@ -570,7 +579,11 @@ hsm_result hsm_store_snapshot(hsm_store *s, const char *path)
 {
 	HSM_ASSERT(s != NULL && path != NULL);
 	HSM_ENSURE(*path != '\0', HSM_ERR_VALIDATION, "snapshot path is empty");
-	return s->ops->snapshot(s, path);
+	/* A snapshot's writes land in the copy, not in s: no outbox row (store.h). */
+	hsm_store_intent *held = st_intent_hold();
+	hsm_result res = s->ops->snapshot(s, path);
+	st_intent_restore(held);
+	return res;
 }
 
 hsm_result hsm_store_rekey(hsm_store *s, const hsm_store_rekey_req *req,

@@ -901,4 +901,91 @@ hsm_result hsm_store_approval_list(hsm_store *s, bool open_only, int64_t now, si
 hsm_result hsm_store_approval_purge(hsm_store *s, int64_t before,
                                     uint64_t *deleted) HSM_MUST_CHECK;
 
+/* ---- Audit outbox -------------------------------------------------------------- */
+
+/*
+ * A request's change reaches the store before its audit record is written,
+ * so a node killed between the two (kill -9, power loss), or an audit
+ * outage at that moment, would keep a change the trail never shows.  The
+ * outbox closes that gap: while a thread has an intent set, the first write
+ * transaction it commits also inserts, in that same transaction, one row
+ * saying "request R (operation, principal, access key id, source, key id)
+ * changed the store on node N at time T".  The server deletes the row once
+ * the request's audit record is written, and at its next start writes a
+ * recovery record for every row of its node left behind.
+ *
+ * Rules every backend keeps:
+ *  - The row goes in just before the COMMIT of the thread's first write
+ *    transaction that commits (INSERT ... ON CONFLICT (node_id, request_id)
+ *    DO NOTHING); written becomes true only once that COMMIT succeeded.
+ *    If the insert fails, the transaction fails and the change is not made
+ *    (fail closed).  A transaction that rolls back leaves no row and leaves
+ *    written false; once written is true, later writes insert nothing.
+ *  - Reads never insert, and neither do hsm_store_outbox_list and
+ *    hsm_store_outbox_delete, opening a store (its schema migrations),
+ *    hsm_store_copy and hsm_store_snapshot (whose writes land in another
+ *    store), whatever intent the thread has.
+ *  - Values longer than the HSM_OUTBOX_*_MAX bytes below are cut, never
+ *    refused: the change matters more than the row's detail.  A row holds
+ *    these fields only, never a secret.
+ *  - The outbox belongs to its node and lives only until the audit trail
+ *    catches up: it is not part of hsm_store_copy, snapshots or backups, and
+ *    a restored store starts with an empty one.
+ */
+#define HSM_OUTBOX_NODE_ID_MAX 64
+#define HSM_OUTBOX_REQUEST_ID_MAX 64
+#define HSM_OUTBOX_OPERATION_MAX 64
+#define HSM_OUTBOX_PRINCIPAL_MAX 160
+#define HSM_OUTBOX_ACCESS_KEY_ID_MAX 128
+#define HSM_OUTBOX_SOURCE_MAX 80
+#define HSM_OUTBOX_KEY_ID_MAX 64
+
+/* One outbox row (strings owned by the record; hsm_outbox_record_clear frees them). */
+typedef struct hsm_outbox_record {
+	char *node_id;
+	char *request_id;
+	int64_t created_ms;  /* UTC ms of the commit that wrote the row */
+	char *operation;     /* "CreateKey", "HsmdAdmin.CreateUser", ... */
+	char *principal;     /* "" when none */
+	char *access_key_id; /* "" when none */
+	char *source;        /* "ip:port", "" when none */
+	char *key_id;        /* "" when none */
+} hsm_outbox_record;
+/* Frees what the record owns and zeroes it; NULL is a no-op. */
+void hsm_outbox_record_clear(hsm_outbox_record *r);
+typedef hsm_result (*hsm_outbox_cb)(const hsm_outbox_record *r, void *arg);
+
+/* What a thread is about to change the store for (all strings borrowed; NULL = ""). */
+typedef struct hsm_store_intent {
+	const char *node_id, *request_id, *operation, *principal, *access_key_id, *source;
+	const char *key_id; /* read at commit time: may point at a buffer the caller fills in meanwhile */
+	bool written;       /* set true by the store once a commit carrying the row succeeded */
+} hsm_store_intent;
+
+/*
+ * Marks the calling thread's write transactions, in any store, until
+ * hsm_store_intent_end (thread-local; not nested: a second begin before
+ * the end aborts).  in and the strings it points at must stay valid until
+ * then; begin does not reset in->written.
+ */
+void hsm_store_intent_begin(hsm_store_intent *in);
+/* Clears the calling thread's intent; a no-op when none is set. */
+void hsm_store_intent_end(void);
+
+/*
+ * node_id's rows, oldest first (created_ms, then request_id).  Read a page
+ * at a time, each page's callbacks running after the backend released it,
+ * so a callback may delete the rows it is given.
+ */
+hsm_result hsm_store_outbox_list(hsm_store *s, const char *node_id, hsm_outbox_cb cb,
+                                 void *arg) HSM_MUST_CHECK;
+/*
+ * Deletes node_id's rows named by request_ids (missing ones are not an
+ * error) in one transaction; n may be large, and 0 does nothing.  Ids are
+ * cut as the insert cuts them, so the id a request gave its intent deletes
+ * its row.
+ */
+hsm_result hsm_store_outbox_delete(hsm_store *s, const char *node_id,
+                                   const char *const *request_ids, size_t n) HSM_MUST_CHECK;
+
 #endif

@@ -26,7 +26,11 @@ static hsm_result export_from(const hsm_store_sink *sink, void *arg)
 hsm_result hsm_store_copy(hsm_store *src, hsm_store *dst)
 {
 	HSM_ASSERT(src != NULL && dst != NULL && src != dst);
-	return dst->ops->import_all(dst, export_from, src);
+	/* A copy (a restore, a move of backend) starts with an empty outbox (store.h). */
+	hsm_store_intent *held = st_intent_hold();
+	hsm_result res = dst->ops->import_all(dst, export_from, src);
+	st_intent_restore(held);
+	return res;
 }
 
 /* ---- Snapshots as SQLite files ------------------------------------------------------------ */

@@ -23,6 +23,7 @@
 #include "store/store.h"
 
 typedef struct hsm_store_ops hsm_store_ops;
+typedef struct st_vec st_vec; /* below, with the helpers */
 
 /*
  * Every record a store holds, one call per record, for hsm_store_copy and
@@ -195,15 +196,27 @@ struct hsm_store_ops {
 	 * express), and commits only if produce succeeds.
 	 */
 	hsm_result (*import_all)(hsm_store *s, hsm_store_producer produce, void *arg);
+
+	/*
+	 * Audit outbox (store.h); every string is already cut to its bound.
+	 * page: node_id's rows after (after_ms, after_id) in list order (the
+	 * first page: after_ms INT64_MIN, after_id ""), at most limit, appended
+	 * to out (hsm_outbox_record items).  delete: n >= 1, in one write
+	 * transaction.  Neither carries the thread's outbox row.
+	 */
+	hsm_result (*outbox_page)(hsm_store *s, const char *node_id, int64_t after_ms,
+	                          const char *after_id, size_t limit, st_vec *out);
+	hsm_result (*outbox_delete)(hsm_store *s, const char *node_id,
+	                            const char *const *request_ids, size_t n);
 };
 
 /* ---- Helpers every backend uses (store.c) ------------------------------------------- */
 
 /* A growable array of records, so list callbacks run after the backend's resources are released. */
-typedef struct st_vec {
+struct st_vec {
 	unsigned char *items;
 	size_t n, cap, size;
-} st_vec;
+};
 
 void st_vec_init(st_vec *v, size_t item_size);
 /* Appends a zeroed item and points *item at it (valid until the next push). */
@@ -352,7 +365,10 @@ typedef hsm_result (*hsm_store_backend_open_fn)(const char *location, hsm_store_
 hsm_result hsm_store_sqlite_open(const char *dir, hsm_store **out) HSM_MUST_CHECK;
 hsm_result hsm_store_sqlite_open_mode(const char *dir, hsm_store_open_mode mode,
                                       hsm_store **out) HSM_MUST_CHECK;
-/* Empties what copies do not carry (approvals, key uses) from a closed SQLite file. */
+/*
+ * Empties what copies do not carry (approvals, key uses, the audit outbox)
+ * from a closed SQLite file.
+ */
 hsm_result hsm_store_sqlite_drop_transient(const char *db_path) HSM_MUST_CHECK;
 /* The SQLite schema version this build writes; opening migrates older stores to it. */
 int hsm_store_sqlite_schema_latest(void);
@@ -388,6 +404,40 @@ int hsm_store_pg_schema_step(size_t i, const char **sql);
  */
 hsm_result st_cert_not_after(const uint8_t *der, size_t len, int64_t *out) HSM_MUST_CHECK;
 
+
+/* ---- Audit outbox (store_outbox.c) ------------------------------------------------------------ */
+
+/* The row an intent writes: its values cut to the HSM_OUTBOX_*_MAX bounds (store.h). */
+typedef struct st_outbox_row {
+	char node_id[HSM_OUTBOX_NODE_ID_MAX + 1];
+	char request_id[HSM_OUTBOX_REQUEST_ID_MAX + 1];
+	int64_t created_ms;
+	char operation[HSM_OUTBOX_OPERATION_MAX + 1];
+	char principal[HSM_OUTBOX_PRINCIPAL_MAX + 1];
+	char access_key_id[HSM_OUTBOX_ACCESS_KEY_ID_MAX + 1];
+	char source[HSM_OUTBOX_SOURCE_MAX + 1];
+	char key_id[HSM_OUTBOX_KEY_ID_MAX + 1];
+} st_outbox_row;
+
+/*
+ * The calling thread's intent while its row is still to be written (one is
+ * set and not written), else NULL.  A backend's write commit asks this just
+ * before COMMIT: with an intent, it inserts st_outbox_row_of's row in the
+ * same transaction (a failed insert fails the transaction), and sets
+ * written once the COMMIT succeeded.
+ */
+hsm_store_intent *st_intent_pending(void);
+/* in's row as of now: key_id as it reads now, created_ms the current UTC time. */
+void st_outbox_row_of(const hsm_store_intent *in, st_outbox_row *out);
+/*
+ * Takes the calling thread's intent away (returning it, or NULL) around
+ * writes that must carry no row (store.h, "Audit outbox"); st_intent_restore
+ * gives it back.
+ */
+hsm_store_intent *st_intent_hold(void);
+void st_intent_restore(hsm_store_intent *in);
+/* The st_vec clear function of hsm_outbox_record items. */
+void st_outbox_record_clear(void *item);
 
 /* ---- Argument checks (store.c), shared by the public functions' files ---- */
 

@@ -256,8 +256,17 @@ static hsm_result commit(pg_conn *c)
 	return res;
 }
 
-static hsm_result transaction(pg_store *s, const char *begin, pg_body body, void *arg)
+/*
+ * body inside begin ... COMMIT.  A write (outbox) carries the thread's
+ * outbox row (store.h, "Audit outbox"), inserted just before COMMIT in the
+ * same transaction: a failed insert rolls the change back.  written is set
+ * only once the COMMIT succeeded; a COMMIT whose outcome is unknown leaves
+ * it false.
+ */
+static hsm_result transaction(pg_store *s, const char *begin, bool outbox, pg_body body,
+                              void *arg)
 {
+	hsm_store_intent *in = outbox ? st_intent_pending() : NULL;
 	for (int attempt = 0;; attempt++) {
 		pg_conn *c;
 		HSM_GUARD(pool_get(s, &c));
@@ -270,8 +279,12 @@ static hsm_result transaction(pg_store *s, const char *begin, pg_body body, void
 			return res;
 		}
 		res = body(c, arg);
+		if (hsm_ok(res) && in != NULL)
+			res = pg_outbox_insert(c, in);
 		if (hsm_ok(res))
 			res = commit(c);
+		if (hsm_ok(res) && in != NULL)
+			in->written = true;
 		rollback_if_open(c);
 		pool_put(s, c);
 		return res;
@@ -282,14 +295,14 @@ hsm_result pg_write(pg_store *s, pg_body body, void *arg)
 {
 	HSM_ASSERT(pg_writing != s); /* a key_update fn called back into the store */
 	pg_writing = s;
-	hsm_result res = transaction(s, "BEGIN", body, arg);
+	hsm_result res = transaction(s, "BEGIN", true, body, arg);
 	pg_writing = NULL;
 	return res;
 }
 
 hsm_result pg_read_snapshot(pg_store *s, pg_body body, void *arg)
 {
-	return transaction(s, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", body, arg);
+	return transaction(s, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", false, body, arg);
 }
 
 size_t pg_own_sessions(pg_store *s, int *pids, size_t cap)
@@ -500,6 +513,8 @@ static const hsm_store_ops pg_ops = {
 	.approval_purge = pg_approval_purge,
 	.export_all = pg_export,
 	.import_all = pg_import,
+	.outbox_page = pg_outbox_page,
+	.outbox_delete = pg_outbox_delete,
 };
 
 static hsm_result store_alloc(const char *location, pg_store **out)

@@ -14,6 +14,7 @@
  *   store_pg_approvals.c   quorum approvals
  *   store_pg_copy.c        export, import and snapshot
  *   store_pg_rekey.c       re-wrapping under a new master key (hsm_store_rekey)
+ *   store_pg_outbox.c      the audit outbox
  *
  * Why this backend exists: several hsmd nodes share one database.  So there
  * is no lock on the location (unlike the SQLite directory lock); every
@@ -225,7 +226,8 @@ hsm_result pg_read(pg_store *s, pg_body body, void *arg) HSM_MUST_CHECK;
  * where a body reads before it writes).  Rolled back when body fails.
  * Retried only when BEGIN found the connection broken.  Aborts when this
  * thread is already inside a write of this store (a key_update fn calling
- * back into the store would wait on its own row lock).
+ * back into the store would wait on its own row lock).  Carries the
+ * thread's outbox row when an intent is pending (store.h, "Audit outbox").
  */
 hsm_result pg_write(pg_store *s, pg_body body, void *arg) HSM_MUST_CHECK;
 /*
@@ -396,5 +398,12 @@ hsm_result pg_approval_purge(hsm_store *s, int64_t before, uint64_t *deleted);
 hsm_result pg_export(hsm_store *s, const hsm_store_sink *sink);
 hsm_result pg_import(hsm_store *s, hsm_store_producer produce, void *arg);
 hsm_result pg_snapshot(hsm_store *s, const char *path);
+
+/* Inserts in's row (store.h, "Audit outbox") inside w's open write transaction. */
+hsm_result pg_outbox_insert(pg_conn *w, const hsm_store_intent *in) HSM_MUST_CHECK;
+hsm_result pg_outbox_page(hsm_store *s, const char *node_id, int64_t after_ms,
+                          const char *after_id, size_t limit, st_vec *out);
+hsm_result pg_outbox_delete(hsm_store *s, const char *node_id, const char *const *request_ids,
+                            size_t n);
 
 #endif

@@ -237,6 +237,22 @@ static const migration migrations[] = {
 	 "CREATE INDEX IF NOT EXISTS certificates_object_id ON certificates (object_id, cert_id);"
 	 "CREATE INDEX IF NOT EXISTS certificates_label ON certificates (label, cert_id);",
 	 certificates_fill_not_after},
+	/* The audit outbox, as the SQLite schema's step 10. */
+	{9,
+	 "CREATE TABLE IF NOT EXISTS audit_outbox ("
+	 "  node_id       text COLLATE \"C\" NOT NULL,"
+	 "  request_id    text COLLATE \"C\" NOT NULL,"
+	 "  created_ms    bigint NOT NULL,"
+	 "  operation     text NOT NULL,"
+	 "  principal     text NOT NULL DEFAULT '',"
+	 "  access_key_id text NOT NULL DEFAULT '',"
+	 "  source        text NOT NULL DEFAULT '',"
+	 "  key_id        text NOT NULL DEFAULT '',"
+	 "  PRIMARY KEY (node_id, request_id)"
+	 ");"
+	 "CREATE INDEX IF NOT EXISTS audit_outbox_order "
+	 "ON audit_outbox (node_id, created_ms, request_id);",
+	 NULL},
 };
 _Static_assert(HSM_CERT_LABEL_MAX == 256 && HSM_CERT_OBJECT_ID_MAX == 256 &&
                    HSM_CERT_DER_MAX == 32768,

@@ -266,11 +266,20 @@ static hsm_result checkpoint_truncate(sq_conn *c)
 	return HSM_SUCCESS;
 }
 
+/*
+ * The thread's outbox row (store.h, "Audit outbox") goes in just before
+ * COMMIT, in the same transaction: a failed insert rolls the change back.
+ */
 static hsm_result write_finish(sq_store *s, sq_conn *c, hsm_result res, bool scrub)
 {
 	HSM_ASSERT(c == s->writer && sq_writing == s);
+	hsm_store_intent *in = st_intent_pending();
+	if (hsm_ok(res) && in != NULL)
+		res = sq_outbox_insert(c, in);
 	if (hsm_ok(res))
 		res = run_cached(c, SQL_COMMIT);
+	if (hsm_ok(res) && in != NULL)
+		in->written = true;
 	rollback_if_open(c);
 	if (hsm_ok(res) && scrub)
 		res = checkpoint_truncate(c);
@@ -293,8 +302,9 @@ hsm_result sq_write_end_scrub(sq_store *s, sq_conn *c, hsm_result res)
 
 /*
  * Approvals are short-lived and no part of copies and backups (store.h), and
- * neither are the last uses of keys and when their recording began: the copy
- * drops them; every other table stays (certificates too: they are part of
+ * neither are the last uses of keys and when their recording began, nor the
+ * audit outbox (a node's own, until its trail catches up): the copy drops
+ * them; every other table stays (certificates too: they are part of
  * backups).  It is a private scratch file, removed on any failure, so it
  * needs no journal beside it and no sync; secure_delete (conn_open) zeroes
  * the pages they held.
@@ -324,8 +334,8 @@ hsm_result hsm_store_sqlite_drop_transient(const char *path)
 	static const char begin[] = "PRAGMA query_only=OFF; PRAGMA journal_mode=MEMORY;"
 	                            "PRAGMA synchronous=OFF; BEGIN IMMEDIATE;";
 	/* A copy of a store at an older schema (hsm_store_open_existing) may lack the tables. */
-	static const char *const tables[] = {"approval_votes", "approvals", "key_usage",
-	                                     "usage_tracking"};
+	static const char *const tables[] = {"approval_votes", "approvals",    "key_usage",
+	                                     "usage_tracking", "audit_outbox"};
 	sq_conn *c = NULL;
 	HSM_GUARD(conn_open(path, false, &c));
 	int rc = sqlite3_exec(c->db, begin, NULL, NULL, NULL);
@@ -340,7 +350,7 @@ hsm_result hsm_store_sqlite_drop_transient(const char *path)
 	}
 	if (rc == SQLITE_OK)
 		rc = sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL);
-	hsm_result res = rc == SQLITE_OK ? HSM_SUCCESS : sq_fail(c, rc, "drop approvals from a copy");
+	hsm_result res = rc == SQLITE_OK ? HSM_SUCCESS : sq_fail(c, rc, "drop what a copy does not carry");
 	conn_close(c); /* rolls back what a failure left open */
 	return res;
 }
@@ -479,6 +489,8 @@ static const hsm_store_ops sqlite_ops = {
 	.approval_purge = sq_approval_purge,
 	.export_all = sq_export,
 	.import_all = sq_import,
+	.outbox_page = sq_outbox_page,
+	.outbox_delete = sq_outbox_delete,
 };
 
 static hsm_result store_alloc(sq_store **out)

@@ -14,6 +14,7 @@
  *   store_sqlite_approvals.c   quorum approvals
  *   store_sqlite_copy.c        export and import (hsm_store_copy)
  *   store_sqlite_rekey.c       re-wrapping under a new master key (hsm_store_rekey)
+ *   store_sqlite_outbox.c      the audit outbox
  *
  * Concurrency: one write connection, guarded by a mutex and used only inside
  * BEGIN IMMEDIATE transactions; reads use connections from a pool, so in WAL
@@ -284,5 +285,12 @@ hsm_result sq_approval_purge(hsm_store *s, int64_t before, uint64_t *deleted);
 
 hsm_result sq_export(hsm_store *s, const hsm_store_sink *sink);
 hsm_result sq_import(hsm_store *s, hsm_store_producer produce, void *arg);
+
+/* Inserts in's row (store.h, "Audit outbox") inside w's open write transaction. */
+hsm_result sq_outbox_insert(sq_conn *w, const hsm_store_intent *in) HSM_MUST_CHECK;
+hsm_result sq_outbox_page(hsm_store *s, const char *node_id, int64_t after_ms,
+                          const char *after_id, size_t limit, st_vec *out);
+hsm_result sq_outbox_delete(hsm_store *s, const char *node_id, const char *const *request_ids,
+                            size_t n);
 
 #endif

@@ -280,6 +280,27 @@ static const migration migrations[] = {
 	 "CREATE INDEX IF NOT EXISTS certificates_object_id ON certificates (object_id, cert_id);"
 	 "CREATE INDEX IF NOT EXISTS certificates_label ON certificates (label, cert_id);",
 	 false, certificates_reshape},
+	/*
+	 * The audit outbox (store.h): one row per request whose change committed
+	 * and whose audit record may not be written yet, listed per node in the
+	 * order they were written.  IF NOT EXISTS: the step may run again on a
+	 * store whose record of it was lost.
+	 */
+	{10,
+	 "CREATE TABLE IF NOT EXISTS audit_outbox ("
+	 "  node_id       TEXT NOT NULL,"
+	 "  request_id    TEXT NOT NULL,"
+	 "  created_ms    INTEGER NOT NULL,"
+	 "  operation     TEXT NOT NULL,"
+	 "  principal     TEXT NOT NULL DEFAULT '',"
+	 "  access_key_id TEXT NOT NULL DEFAULT '',"
+	 "  source        TEXT NOT NULL DEFAULT '',"
+	 "  key_id        TEXT NOT NULL DEFAULT '',"
+	 "  PRIMARY KEY (node_id, request_id)"
+	 ") WITHOUT ROWID;"
+	 "CREATE INDEX IF NOT EXISTS audit_outbox_order "
+	 "ON audit_outbox (node_id, created_ms, request_id);",
+	 false, NULL},
 };
 _Static_assert(HSM_CERT_LABEL_MAX == 256 && HSM_CERT_OBJECT_ID_MAX == 256 &&
                    HSM_CERT_DER_MAX == 32768,

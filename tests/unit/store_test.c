@@ -335,6 +335,7 @@ static const pinned_step sqlite_steps[] = {
 	{7, "736be4b4dc1ff991"},
 	{8, "cf1d2bfd71c9a08a"},
 	{9, "90299e66f619e036"},
+	{10, "8390e177eed411e3"},
 };
 static const pinned_step pg_steps[] = {
 	{1, "f28206757a1a478c"},
@@ -345,6 +346,7 @@ static const pinned_step pg_steps[] = {
 	{6, "c58f45f5023649af"},
 	{7, "57b76a1b006225de"},
 	{8, "993adbe87633d66c"},
+	{9, "65930e24c9848b80"},
 };
 
 static void sha256_16(const char *sql, char out[17])

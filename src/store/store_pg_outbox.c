@@ -1,0 +1,128 @@
+/*
+ * store_pg_outbox.c - the audit outbox (store.h) in PostgreSQL: the row a
+ * request's write transaction carries (transaction, store_pg.c, calls
+ * pg_outbox_insert before COMMIT), and a node's rows listed and deleted.
+ * Each node lists and deletes only its own rows, so nodes sharing the
+ * database never contend for them.
+ */
+#include "store/store_pg.h"
+
+#include <string.h>
+
+static const char SQL_OUTBOX_INSERT[] =
+	"INSERT INTO audit_outbox (node_id, request_id, created_ms, operation, principal, "
+	"access_key_id, source, key_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+	"ON CONFLICT (node_id, request_id) DO NOTHING";
+/* Keyset pagination over audit_outbox_order. */
+static const char SQL_OUTBOX_PAGE[] =
+	"SELECT node_id, request_id, created_ms, operation, principal, access_key_id, source, "
+	"key_id FROM audit_outbox WHERE node_id = $1 AND (created_ms, request_id) > ($2, $3) "
+	"ORDER BY created_ms, request_id LIMIT $4";
+/* A batch of ids as one array literal: one round trip per OUTBOX_DELETE_BATCH ids. */
+static const char SQL_OUTBOX_DELETE[] =
+	"DELETE FROM audit_outbox WHERE node_id = $1 AND request_id = ANY ($2::text[])";
+#define OUTBOX_DELETE_BATCH 1000
+
+hsm_result pg_outbox_insert(pg_conn *w, const hsm_store_intent *in)
+{
+	st_outbox_row row;
+	st_outbox_row_of(in, &row);
+	pg_params p;
+	pg_params_init(&p);
+	pg_p_text(&p, row.node_id);
+	pg_p_text(&p, row.request_id);
+	pg_p_i64(&p, row.created_ms);
+	pg_p_text(&p, row.operation);
+	pg_p_text(&p, row.principal);
+	pg_p_text(&p, row.access_key_id);
+	pg_p_text(&p, row.source);
+	pg_p_text(&p, row.key_id);
+	return pg_run(w, SQL_OUTBOX_INSERT, &p, NULL);
+}
+
+typedef struct page_op {
+	const char *node_id;
+	int64_t after_ms;
+	const char *after_id;
+	size_t limit;
+	st_vec *out;
+} page_op;
+
+static hsm_result read_row(const PGresult *r, int row, void *item)
+{
+	hsm_outbox_record *o = item;
+	HSM_GUARD(pg_col_strdup(r, row, 0, &o->node_id));
+	HSM_GUARD(pg_col_strdup(r, row, 1, &o->request_id));
+	HSM_GUARD(pg_col_i64(r, row, 2, &o->created_ms));
+	HSM_GUARD(pg_col_strdup(r, row, 3, &o->operation));
+	HSM_GUARD(pg_col_strdup(r, row, 4, &o->principal));
+	HSM_GUARD(pg_col_strdup(r, row, 5, &o->access_key_id));
+	HSM_GUARD(pg_col_strdup(r, row, 6, &o->source));
+	return pg_col_strdup(r, row, 7, &o->key_id);
+}
+
+static hsm_result page_body(pg_conn *c, void *arg)
+{
+	page_op *op = arg;
+	PGresult *r = NULL;
+	pg_params p;
+	pg_params_init(&p);
+	pg_p_text(&p, op->node_id);
+	pg_p_i64(&p, op->after_ms);
+	pg_p_text(&p, op->after_id);
+	pg_p_i64(&p, (int64_t)op->limit);
+	HSM_GUARD(pg_run(c, SQL_OUTBOX_PAGE, &p, &r));
+	hsm_result res = pg_collect(r, op->limit, read_row, st_outbox_record_clear, op->out, NULL);
+	PQclear(r);
+	return res;
+}
+
+hsm_result pg_outbox_page(hsm_store *base, const char *node_id, int64_t after_ms,
+                          const char *after_id, size_t limit, st_vec *out)
+{
+	page_op op = {node_id, after_ms, after_id, limit, out};
+	return pg_read(pg_of(base), page_body, &op);
+}
+
+typedef struct delete_op {
+	const char *node_id;
+	const char *const *ids;
+	size_t n;
+} delete_op;
+
+static hsm_result delete_batch(pg_conn *w, const char *node_id, const char *const *ids, size_t n,
+                               hsm_buf *a)
+{
+	hsm_buf_clear(a);
+	HSM_GUARD(hsm_buf_put_str(a, "{"));
+	for (size_t i = 0; i < n; i++)
+		HSM_GUARD(pg_array_put_text(a, ids[i]));
+	HSM_GUARD(hsm_buf_put_str(a, "}"));
+	HSM_GUARD(hsm_buf_terminate(a));
+	pg_params p;
+	pg_params_init(&p);
+	pg_p_text(&p, node_id);
+	pg_p_text(&p, (const char *)a->data);
+	return pg_run(w, SQL_OUTBOX_DELETE, &p, NULL);
+}
+
+static hsm_result delete_body(pg_conn *w, void *arg)
+{
+	const delete_op *op = arg;
+	hsm_buf a = {0};
+	hsm_result res = HSM_SUCCESS;
+	for (size_t done = 0; hsm_ok(res) && done < op->n; done += OUTBOX_DELETE_BATCH) {
+		size_t n = op->n - done < OUTBOX_DELETE_BATCH ? op->n - done : OUTBOX_DELETE_BATCH;
+		res = delete_batch(w, op->node_id, op->ids + done, n, &a);
+	}
+	hsm_buf_free(&a);
+	return res;
+}
+
+/* The caller (hsm_store_outbox_delete) holds the thread's intent: this commit carries no row. */
+hsm_result pg_outbox_delete(hsm_store *base, const char *node_id, const char *const *request_ids,
+                            size_t n)
+{
+	delete_op op = {node_id, request_ids, n};
+	return pg_write(pg_of(base), delete_body, &op);
+}

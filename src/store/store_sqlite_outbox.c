@@ -1,0 +1,95 @@
+/*
+ * store_sqlite_outbox.c - the audit outbox (store.h) in SQLite: the row a
+ * request's write transaction carries (write_finish, store_sqlite.c, calls
+ * sq_outbox_insert before COMMIT), and a node's rows listed and deleted.
+ */
+#include "store/store_sqlite.h"
+
+static const char SQL_OUTBOX_INSERT[] =
+	"INSERT INTO audit_outbox (node_id, request_id, created_ms, operation, principal, "
+	"access_key_id, source, key_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) "
+	"ON CONFLICT (node_id, request_id) DO NOTHING";
+/* Keyset pagination over audit_outbox_order. */
+static const char SQL_OUTBOX_PAGE[] =
+	"SELECT node_id, request_id, created_ms, operation, principal, access_key_id, source, "
+	"key_id FROM audit_outbox WHERE node_id = ?1 AND (created_ms, request_id) > (?2, ?3) "
+	"ORDER BY created_ms, request_id LIMIT ?4";
+static const char SQL_OUTBOX_DELETE[] =
+	"DELETE FROM audit_outbox WHERE node_id = ?1 AND request_id = ?2";
+
+hsm_result sq_outbox_insert(sq_conn *w, const hsm_store_intent *in)
+{
+	st_outbox_row row;
+	sqlite3_stmt *st;
+	st_outbox_row_of(in, &row);
+	HSM_GUARD(sq_prepare(w, SQL_OUTBOX_INSERT, &st));
+	sq_bind_text(w, st, 1, row.node_id);
+	sq_bind_text(w, st, 2, row.request_id);
+	sq_bind_i64(w, st, 3, row.created_ms);
+	sq_bind_text(w, st, 4, row.operation);
+	sq_bind_text(w, st, 5, row.principal);
+	sq_bind_text(w, st, 6, row.access_key_id);
+	sq_bind_text(w, st, 7, row.source);
+	sq_bind_text(w, st, 8, row.key_id);
+	hsm_result res = sq_exec(w, st);
+	sq_reset(st);
+	return res;
+}
+
+static hsm_result read_row(sqlite3_stmt *st, void *item)
+{
+	hsm_outbox_record *r = item;
+	HSM_GUARD(sq_col_strdup(st, 0, &r->node_id));
+	HSM_GUARD(sq_col_strdup(st, 1, &r->request_id));
+	r->created_ms = sqlite3_column_int64(st, 2);
+	HSM_GUARD(sq_col_strdup(st, 3, &r->operation));
+	HSM_GUARD(sq_col_strdup(st, 4, &r->principal));
+	HSM_GUARD(sq_col_strdup(st, 5, &r->access_key_id));
+	HSM_GUARD(sq_col_strdup(st, 6, &r->source));
+	return sq_col_strdup(st, 7, &r->key_id);
+}
+
+hsm_result sq_outbox_page(hsm_store *base, const char *node_id, int64_t after_ms,
+                          const char *after_id, size_t limit, st_vec *out)
+{
+	sq_store *s = sq_of(base);
+	sq_conn *c;
+	sqlite3_stmt *st = NULL;
+	HSM_GUARD(sq_read_begin(s, &c));
+	hsm_result res = sq_prepare(c, SQL_OUTBOX_PAGE, &st);
+	if (hsm_ok(res)) {
+		sq_bind_text(c, st, 1, node_id);
+		sq_bind_i64(c, st, 2, after_ms);
+		sq_bind_text(c, st, 3, after_id);
+		sq_bind_i64(c, st, 4, (int64_t)limit);
+		res = sq_collect(c, st, limit, read_row, st_outbox_record_clear, out, NULL);
+		sq_reset(st);
+	}
+	sq_read_end(s, c);
+	return res;
+}
+
+static hsm_result delete_in(sq_conn *w, const char *node_id, const char *const *request_ids,
+                            size_t n)
+{
+	sqlite3_stmt *st;
+	HSM_GUARD(sq_prepare(w, SQL_OUTBOX_DELETE, &st));
+	hsm_result res = HSM_SUCCESS;
+	for (size_t i = 0; hsm_ok(res) && i < n; i++) {
+		sq_bind_text(w, st, 1, node_id);
+		sq_bind_text(w, st, 2, request_ids[i]);
+		res = sq_exec(w, st);
+		sq_reset(st);
+	}
+	return res;
+}
+
+/* The caller (hsm_store_outbox_delete) holds the thread's intent: this commit carries no row. */
+hsm_result sq_outbox_delete(hsm_store *base, const char *node_id, const char *const *request_ids,
+                            size_t n)
+{
+	sq_store *s = sq_of(base);
+	sq_conn *w;
+	HSM_GUARD(sq_write_begin(s, &w));
+	return sq_write_end(s, w, delete_in(w, node_id, request_ids, n));
+}
