@@ -161,6 +161,7 @@ static hsm_result init_writer(hsm_audit *a, const audit_tail_info *t)
 	w->next_seq = t->next_seq;
 	memcpy(w->head, t->head, AUDIT_HASH_LEN);
 	atomic_store(&a->next_seq_pub, t->next_seq);
+	atomic_store(&a->durable_seq_pub, t->next_seq); /* what the opening found is on disk */
 	w->kept_from = t->kept_from;
 	w->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
 	w->md_ctx = EVP_MD_CTX_new();
@@ -532,6 +533,16 @@ hsm_result hsm_audit_checkpoint(hsm_audit *a)
 {
 	HSM_ASSERT(a != NULL);
 	return request(a, REQ_CHECKPOINT);
+}
+
+uint64_t hsm_audit_next_seq(const hsm_audit *a)
+{
+	return atomic_load(&a->next_seq_pub);
+}
+
+uint64_t hsm_audit_durable_seq(const hsm_audit *a)
+{
+	return atomic_load(&a->durable_seq_pub);
 }
 
 bool hsm_audit_began_here(const hsm_audit *a)

@@ -291,6 +291,24 @@ void hsm_audit_set_signer(hsm_audit *a, hsm_audit_sign_fn fn, void *arg);
  * cannot be written (the result says so).
  */
 hsm_result hsm_audit_seal(hsm_audit *a);
+/*
+ * The sequence number the next record will get, and the one below which
+ * every record is durable (fdatasync'd).  A record acknowledged to its
+ * submitter has a number below hsm_audit_next_seq() read afterwards; it is
+ * durable once hsm_audit_durable_seq() has passed that value.
+ */
+uint64_t hsm_audit_next_seq(const hsm_audit *a);
+uint64_t hsm_audit_durable_seq(const hsm_audit *a);
+/*
+ * Which of the request ids ids[0..n) (sorted by strcmp, no duplicates) have a
+ * record in the log in dir: any line whose "request_id" is the id (the
+ * request's own record, or one written in its stead).  found[i] answers for
+ * ids[i].  Files are read newest first; the search ends after the first file
+ * whose first record is older than since_ms (UTC ms).  Reads only; safe
+ * while a node writes the log.
+ */
+hsm_result hsm_audit_find_requests(const char *dir, int64_t since_ms, const char *const *ids,
+                                   size_t n, bool *found) HSM_MUST_CHECK;
 /* True when the log found no earlier record when it was opened: it began at seq 1. */
 bool hsm_audit_began_here(const hsm_audit *a);
 

@@ -183,6 +183,7 @@ struct hsm_audit {
 	uint64_t ckpt_signed, ckpt_unsigned, files_expired, files_copied, copy_failures;
 	uint64_t acks_held, acks_held_ns;
 	atomic_uint_fast64_t next_seq_pub;
+	atomic_uint_fast64_t durable_seq_pub; /* every record below this seq is durable */
 	/* fdatasync durations (atomics: the writer and the syncer both sync). */
 	atomic_uint_fast64_t sync_ns;
 	atomic_uint_fast64_t sync_buckets[HSM_AUDIT_SYNC_BUCKETS + 1];

@@ -104,6 +104,7 @@ hsm_result audit_io_sync(hsm_audit *a)
 	w->synced_off += w->pending.len;
 	w->pending.len = 0;
 	w->written = 0;
+	atomic_store(&a->durable_seq_pub, w->next_seq);
 	return HSM_SUCCESS;
 }
 

@@ -211,6 +211,7 @@ static bool collect_sync(hsm_audit *a)
 		return false;
 	}
 	sync_succeeded(&a->w);
+	atomic_store(&a->durable_seq_pub, a->w.req_seq);
 	return !timed_out; /* late success: durable, but the outage stands until recovery */
 }
 

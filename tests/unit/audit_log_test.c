@@ -956,6 +956,52 @@ static void test_syslog_forwarding_never_blocks_the_log(void **state)
 	t_rm_rf(dir);
 }
 
+/* ---- Looking records up by request id (the server's outbox) --------------- */
+
+static void test_requests_are_found_by_id_across_files(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-find");
+	hsm_audit_config c = retention_config(dir);
+	hsm_audit *a = NULL;
+	atomic_store(&fake_now, 10 * DAY_MS);
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	uint64_t below = hsm_audit_next_seq(a);
+	append_n(a, 0, 5); /* req-00000000 .. 04, in the first file */
+	/* Acknowledged records are below next_seq; durable once the watermark passes it. */
+	assert_true(hsm_audit_next_seq(a) >= below + 5);
+	assert_true(hsm_ok(hsm_audit_rotate(a)));
+	assert_true(hsm_audit_durable_seq(a) >= below + 5);
+	atomic_store(&fake_now, 12 * DAY_MS);
+	append_n(a, 5, 5); /* req-00000005 .. 09, in the second */
+	assert_true(hsm_ok(hsm_audit_rotate(a)));
+	atomic_store(&fake_now, 20 * DAY_MS);
+	append_n(a, 10, 5); /* req-00000010 .. 14, in the third */
+	hsm_audit_close(a);
+
+	/* sorted: "req-0000000" (a prefix of ids, not an id) < ...01 < ...07 < ...12 < ...99 */
+	const char *ids[] = {"req-0000000", "req-00000001", "req-00000007", "req-00000012",
+	                     "req-00000099"};
+	bool found[5];
+	assert_true(hsm_ok(hsm_audit_find_requests(dir, 0, ids, 5, found)));
+	assert_false(found[0]);
+	assert_true(found[1] && found[2] && found[3]);
+	assert_false(found[4]);
+	/* The search ends with the first file that begins before since_ms (it may hold later
+	 * records): the second is read, the first is not. */
+	assert_true(hsm_ok(hsm_audit_find_requests(dir, 15 * DAY_MS, ids, 5, found)));
+	assert_false(found[1]);
+	assert_true(found[2] && found[3]);
+	/* No log files at all: nothing found, no failure. */
+	char empty[PATH_MAX];
+	t_mkdtemp(empty, "audit-find-empty");
+	assert_true(hsm_ok(hsm_audit_find_requests(empty, 0, ids, 5, found)));
+	assert_false(found[1] || found[2] || found[3]);
+	t_rm_rf(empty);
+	t_rm_rf(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -977,6 +1023,7 @@ int main(void)
 	    cmocka_unit_test(test_damaged_last_lines_cut_back_to_valid),
 	    cmocka_unit_test(test_second_writer_refused_and_checkpoint_type_refused),
 	    cmocka_unit_test(test_syslog_forwarding_never_blocks_the_log),
+	    cmocka_unit_test(test_requests_are_found_by_id_across_files),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
