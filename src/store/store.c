@@ -470,6 +470,7 @@ hsm_result hsm_store_key_create_tagged(hsm_store *s, const hsm_key_record *key,
 	HSM_ENSURE(key->state != HSM_KEY_DESTROYED, HSM_ERR_INVALID_STATE,
 	           "a key cannot be created destroyed");
 	HSM_GUARD(check_tags(n_tags, tags));
+	st_intent_note_key(key->key_id);
 	return s->ops->key_create(s, key, first, n_tags, tags);
 }
 

@@ -959,6 +959,14 @@ typedef hsm_result (*hsm_outbox_cb)(const hsm_outbox_record *r, void *arg);
 typedef struct hsm_store_intent {
 	const char *node_id, *request_id, *operation, *principal, *access_key_id, *source;
 	const char *key_id; /* read at commit time: may point at a buffer the caller fills in meanwhile */
+	/*
+	 * NULL, or called at each commit that inserts the row, before its fields
+	 * are read: fills in fields too costly to make for every request when
+	 * most change nothing (the caller's principal and source).
+	 */
+	void (*prepare)(struct hsm_store_intent *in);
+	/* The key the change created (hsm_store_key_create*): the row's key_id when key_id is empty. */
+	char created_key[HSM_OUTBOX_KEY_ID_MAX + 1];
 	bool written;       /* set true by the store once a commit carrying the row succeeded */
 } hsm_store_intent;
 

@@ -53,8 +53,17 @@ static void cut(char *dst, size_t cap, const char *src)
 	dst[n] = '\0';
 }
 
-void st_outbox_row_of(const hsm_store_intent *in, st_outbox_row *out)
+void st_intent_note_key(const char *key_id)
 {
+	hsm_store_intent *in = st_intent_pending();
+	if (in != NULL)
+		cut(in->created_key, sizeof(in->created_key), key_id);
+}
+
+void st_outbox_row_of(hsm_store_intent *in, st_outbox_row *out)
+{
+	if (in->prepare != NULL)
+		in->prepare(in);
 	memset(out, 0, sizeof(*out));
 	cut(out->node_id, sizeof(out->node_id), in->node_id);
 	cut(out->request_id, sizeof(out->request_id), in->request_id);
@@ -63,7 +72,8 @@ void st_outbox_row_of(const hsm_store_intent *in, st_outbox_row *out)
 	cut(out->principal, sizeof(out->principal), in->principal);
 	cut(out->access_key_id, sizeof(out->access_key_id), in->access_key_id);
 	cut(out->source, sizeof(out->source), in->source);
-	cut(out->key_id, sizeof(out->key_id), in->key_id);
+	cut(out->key_id, sizeof(out->key_id),
+	    in->key_id != NULL && in->key_id[0] != '\0' ? in->key_id : in->created_key);
 }
 
 void hsm_outbox_record_clear(hsm_outbox_record *r)

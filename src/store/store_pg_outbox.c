@@ -23,7 +23,7 @@ static const char SQL_OUTBOX_DELETE[] =
 	"DELETE FROM audit_outbox WHERE node_id = $1 AND request_id = ANY ($2::text[])";
 #define OUTBOX_DELETE_BATCH 1000
 
-hsm_result pg_outbox_insert(pg_conn *w, const hsm_store_intent *in)
+hsm_result pg_outbox_insert(pg_conn *w, hsm_store_intent *in)
 {
 	st_outbox_row row;
 	st_outbox_row_of(in, &row);

@@ -287,7 +287,7 @@ hsm_result sq_export(hsm_store *s, const hsm_store_sink *sink);
 hsm_result sq_import(hsm_store *s, hsm_store_producer produce, void *arg);
 
 /* Inserts in's row (store.h, "Audit outbox") inside w's open write transaction. */
-hsm_result sq_outbox_insert(sq_conn *w, const hsm_store_intent *in) HSM_MUST_CHECK;
+hsm_result sq_outbox_insert(sq_conn *w, hsm_store_intent *in) HSM_MUST_CHECK;
 hsm_result sq_outbox_page(hsm_store *s, const char *node_id, int64_t after_ms,
                           const char *after_id, size_t limit, st_vec *out);
 hsm_result sq_outbox_delete(hsm_store *s, const char *node_id, const char *const *request_ids,

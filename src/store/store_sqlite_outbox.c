@@ -17,7 +17,7 @@ static const char SQL_OUTBOX_PAGE[] =
 static const char SQL_OUTBOX_DELETE[] =
 	"DELETE FROM audit_outbox WHERE node_id = ?1 AND request_id = ?2";
 
-hsm_result sq_outbox_insert(sq_conn *w, const hsm_store_intent *in)
+hsm_result sq_outbox_insert(sq_conn *w, hsm_store_intent *in)
 {
 	st_outbox_row row;
 	sqlite3_stmt *st;

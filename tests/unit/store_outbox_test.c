@@ -144,13 +144,52 @@ static void test_write_carries_one_row(void **state)
 	assert_int_equal(rows(f), 1);
 }
 
+/* Fills the sender in only when a row goes in (dispatch.c's prepare). */
+static int prepared;
+static void prepare_sender(hsm_store_intent *in)
+{
+	prepared++;
+	in->principal = "arn:aws:iam::111122223333:user/bob";
+	in->source = "198.51.100.4:443";
+}
+
+/* A row names the key its change created when the caller has no key id yet, and its
+ * sender as prepare fills it in, which no write-free request pays for. */
+static void test_created_key_and_prepared_sender(void **state)
+{
+	st_fixture *f = *state;
+	hsm_store_intent in = {.node_id = "node-a", .request_id = "req-c", .operation = "CreateKey",
+	                       .prepare = prepare_sender};
+	prepared = 0;
+	hsm_store_intent_begin(&in);
+	uint64_t count = 0;
+	EXPECT_OK(hsm_store_key_count(f->s, &count));
+	assert_int_equal(prepared, 0); /* a read inserts nothing, prepares nothing */
+	create_key(f, 7);
+	hsm_store_intent_end();
+	assert_true(in.written);
+	assert_int_equal(prepared, 1);
+	char key_id[HSM_UUID_STRLEN + 1];
+	st_key_id(key_id, 7);
+	seen *s = list(f, "node-a");
+	assert_int_equal(s->n, 1);
+	assert_string_equal(s->r[0].key_id, key_id);
+	assert_string_equal(s->r[0].principal, "arn:aws:iam::111122223333:user/bob");
+	assert_string_equal(s->r[0].source, "198.51.100.4:443");
+	seen_free(s);
+}
+
 /* Strings left NULL are stored as "". */
 static void test_null_fields_are_empty(void **state)
 {
 	st_fixture *f = *state;
+	char key_id[HSM_UUID_STRLEN + 1];
+	st_key_id(key_id, 2);
+	create_key(f, 2);
+	/* A change that creates no key (a created key would name itself: below). */
 	hsm_store_intent in = {.node_id = "node-a", .request_id = "req-2", .operation = "Seal"};
 	hsm_store_intent_begin(&in);
-	create_key(f, 2);
+	EXPECT_OK(hsm_store_alias_create(f->s, "alias/two", key_id, 1700000000));
 	hsm_store_intent_end();
 	assert_true(in.written);
 	seen *s = list(f, "node-a");
@@ -259,7 +298,9 @@ static void test_values_cut_to_bounds(void **state)
 	char lng[400];
 	memset(lng, 'x', sizeof(lng) - 1);
 	lng[sizeof(lng) - 1] = '\0';
-	hsm_store_intent in = {lng, lng, lng, lng, lng, lng, lng, false};
+	hsm_store_intent in = {.node_id = lng, .request_id = lng, .operation = lng,
+	                       .principal = lng, .access_key_id = lng, .source = lng,
+	                       .key_id = lng};
 	hsm_store_intent_begin(&in);
 	create_key(f, 1);
 	hsm_store_intent_end();
@@ -492,6 +533,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_write_carries_one_row, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_null_fields_are_empty, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_created_key_and_prepared_sender, st_setup,
+		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_rollback_leaves_no_row, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_no_intent_no_row, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_reads_carry_no_row, st_setup, st_teardown),
