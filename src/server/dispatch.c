@@ -20,7 +20,9 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "server/api.h"
+#include "server/outbox.h"
 #include "server/server.h"
+#include "store/store.h"
 
 #define CONTENT_TYPE_JSON "application/x-amz-json-1.1"
 #define KMS_PREFIX "TrentService."
@@ -39,6 +41,7 @@ typedef struct pending {
 	/* A successful use of keys, noted once the record is written (GetKeyLastUsage). */
 	const char *use_op;
 	char use_key[HSM_UUID_STRLEN + 1], use_source[HSM_UUID_STRLEN + 1];
+	bool outboxed; /* the request changed the store: its outbox row waits for the record */
 } pending;
 
 static void respond_now(hsm_server *s, hsm_http_req *req, unsigned slot, int status,
@@ -62,9 +65,18 @@ static void error_body(hsm_err err, const char *message, hsm_buf *out)
 		hsm_buf_clear(out);
 }
 
+/* The request's record is written or failed: its outbox row, if any, can be settled. */
+static void settle_outbox(pending *p, bool recorded)
+{
+	if (p->outboxed)
+		hsm_outbox_settled(p->s->outbox, hsm_http_req_id(p->req), recorded,
+		                   hsm_audit_next_seq(p->s->audit));
+}
+
 static void audit_done(void *arg, hsm_result result)
 {
 	pending *p = arg;
+	settle_outbox(p, hsm_ok(result));
 	if (hsm_ok(result) && p->use_op != NULL) {
 		int64_t now = hsm_now_ms();
 		const char *id = hsm_http_req_id(p->req);
@@ -172,25 +184,86 @@ static void kick_audit(void *audit)
 	hsm_audit_kick(audit);
 }
 
+/* Who sent a request, as its record names them: "ip:port" and the user's ARN ("" when none). */
+typedef struct sender {
+	char source[HSM_HTTP_ADDR_MAX + 8];
+	char principal[160];
+} sender;
+
+static void sender_of(const hsm_server *s, hsm_http_req *req, const hsm_auth_result *auth,
+                      sender *out)
+{
+	hsm_sb b;
+	hsm_sb_init(&b, out->source, sizeof(out->source));
+	hsm_sb_add(&b, hsm_http_req_remote_addr(req));
+	hsm_sb_add(&b, ":");
+	hsm_sb_u64(&b, hsm_http_req_remote_port(req));
+	out->principal[0] = '\0';
+	if (auth != NULL && auth->user[0] != '\0') {
+		hsm_sb_init(&b, out->principal, sizeof(out->principal));
+		hsm_sb_add(&b, "arn:aws:iam::");
+		hsm_sb_add(&b, s->account);
+		hsm_sb_add(&b, ":user/");
+		hsm_sb_add(&b, auth->user);
+	}
+}
+
+/* A request's outbox intent; the sender is formatted only if the request writes the store. */
+typedef struct outbox_intent {
+	hsm_store_intent in; /* first: prepare_sender gets it */
+	sender who;
+	pending *p;
+	const hsm_auth_result *auth;
+} outbox_intent;
+
+static void prepare_sender(hsm_store_intent *in)
+{
+	outbox_intent *x = (outbox_intent *)in;
+	sender_of(x->p->s, x->p->req, x->auth, &x->who);
+	in->principal = x->who.principal;
+	in->source = x->who.source;
+}
+
+/*
+ * From here to outbox_end, every store change the thread commits carries
+ * the request's outbox row (store.h): a kill before its record is written
+ * leaves the row, and the next start records the change (outbox.h).
+ */
+static void outbox_begin(outbox_intent *x, pending *p, const char *operation,
+                         const hsm_auth_result *auth, const char *key_id)
+{
+	/* Field by field: every request passes here, and the buffers need no zeroing. */
+	hsm_store_intent *in = &x->in;
+	in->node_id = p->s->node_id;
+	in->request_id = hsm_http_req_id(p->req);
+	in->operation = operation;
+	in->principal = NULL;
+	in->access_key_id = auth != NULL ? auth->akid : NULL;
+	in->source = NULL;
+	in->key_id = key_id;
+	in->prepare = prepare_sender;
+	in->created_key[0] = '\0';
+	in->written = false;
+	x->p = p;
+	x->auth = auth;
+	hsm_store_intent_begin(in);
+}
+
+static void outbox_end(const outbox_intent *x)
+{
+	hsm_store_intent_end();
+	x->p->outboxed = x->in.written;
+}
+
 static void submit_audit(pending *p, const outcome *o)
 {
 	hsm_server *s = p->s;
 	hsm_audit_field extra[12];
 	size_t n_extra = 0;
-	char ctx[HSM_AUDIT_VALUE_MAX], principal[160] = "";
-	char source[HSM_HTTP_ADDR_MAX + 8];
-	hsm_sb b;
-	hsm_sb_init(&b, source, sizeof(source));
-	hsm_sb_add(&b, hsm_http_req_remote_addr(p->req));
-	hsm_sb_add(&b, ":");
-	hsm_sb_u64(&b, hsm_http_req_remote_port(p->req));
-	if (o->auth != NULL && o->auth->user[0] != '\0') {
-		hsm_sb_init(&b, principal, sizeof(principal));
-		hsm_sb_add(&b, "arn:aws:iam::");
-		hsm_sb_add(&b, s->account);
-		hsm_sb_add(&b, ":user/");
-		hsm_sb_add(&b, o->auth->user);
-	}
+	char ctx[HSM_AUDIT_VALUE_MAX];
+	sender who;
+	sender_of(s, p->req, o->auth, &who);
+	const char *source = who.source, *principal = who.principal;
 	if (o->api != NULL && o->api->algorithm != NULL)
 		extra[n_extra++] = (hsm_audit_field){"algorithm", o->api->algorithm};
 	if (o->api != NULL && o->api->message_type != NULL)
@@ -269,6 +342,7 @@ static void finish(pending *p, const outcome *o)
 		submit_audit(p, o);
 		return;
 	}
+	settle_outbox(p, false);
 	respond_now(p->s, p->req, p->slot, p->status, CONTENT_TYPE_JSON, &p->body);
 	hsm_buf_free(&p->body);
 	free(p);
@@ -378,7 +452,8 @@ static void note_key(hsm_api_ctx *c, json_t *doc)
 
 /* Runs the handler on the request document (kept alive until the audit record is built). */
 static hsm_result run_kms(hsm_server *s, hsm_op op, const hsm_auth_result *auth, pending *p,
-                          hsm_api_audit *audit, json_t *doc, hsm_commit_gate *gate)
+                          hsm_api_audit *audit, json_t *doc, hsm_commit_gate *gate,
+                          hsm_store_intent *intent)
 {
 	/*
 	 * DryRun: everything is checked, nothing performed.  Operations without
@@ -425,7 +500,9 @@ static hsm_result run_kms(hsm_server *s, hsm_op op, const hsm_auth_result *auth,
 	hsm_jw_init(&w, &p->body);
 	hsm_jw_begin(&w);
 	hsm_api_ctx c = {.kms = s->kms, .caller = &caller, .req = doc, .w = &w, .out = &p->body};
+	intent->key_id = c.audit.key_id; /* the key the handler names, as its commit has it */
 	hsm_result r = hsm_api_handler_for(op)(&c);
+
 	if (hsm_failed(r) && c.audit.key_id[0] == '\0')
 		note_key(&c, doc);
 	hsm_jw_end(&w);
@@ -433,6 +510,7 @@ static hsm_result run_kms(hsm_server *s, hsm_op op, const hsm_auth_result *auth,
 		r = hsm_jw_finish(&w);
 	memcpy(c.audit.via_grant, note.grant_id, sizeof(c.audit.via_grant));
 	*audit = c.audit;
+	intent->key_id = audit->key_id; /* for a commit after the handler (an approval given back) */
 	return r;
 }
 
@@ -505,15 +583,18 @@ static void finish_kms(hsm_server *s, const char *name, const hsm_op_info *info,
 {
 	hsm_api_audit audit;
 	hsm_server_gate gate;
+	outbox_intent intent;
 	memset(&audit, 0, sizeof(audit));
 	outcome o = {name, auth, &audit, HSM_OK};
 	bool gated = hsm_ok(r) && hsm_server_kms_needs_approval(s, info, &auth->caller);
+	outbox_begin(&intent, p, name, auth, NULL);
 	if (gated)
 		hsm_server_gate_init(&gate, s, info->name, &auth->caller, doc);
 	if (hsm_ok(r))
-		r = run_kms(s, info->op, auth, p, &audit, doc, gated ? &gate.commit : NULL);
+		r = run_kms(s, info->op, auth, p, &audit, doc, gated ? &gate.commit : NULL, &intent.in);
 	if (gated)
 		gate_done(&gate, name, r, &audit);
+	outbox_end(&intent);
 	if (hsm_failed(r))
 		fail_request(p, &o, r);
 	else
@@ -614,9 +695,11 @@ static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 		r = hsm_json_parse(raw, len, &doc);
 	hsm_server_gate gate;
 	hsm_api_audit audit;
+	outbox_intent intent;
 	memset(&audit, 0, sizeof(audit));
 	bool gated =
 	    hsm_ok(r) && op->needs_auth && hsm_server_admin_needs_approval(s, op, &auth.caller);
+	outbox_begin(&intent, p, name, op != NULL && op->needs_auth ? &auth : NULL, audit.key_id);
 	if (gated) {
 		hsm_server_gate_init(&gate, s, op->name, &auth.caller, doc);
 		auth.caller.gate = &gate.commit; /* met by the handler (hsm_caller_commit) */
@@ -633,6 +716,7 @@ static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 	}
 	if (gated)
 		gate_done(&gate, name, r, &audit);
+	outbox_end(&intent);
 	if (audit.approval_id[0] != '\0' || audit.key_id[0] != '\0' || audit.cert_id[0] != '\0' ||
 	    audit.target_user[0] != '\0' || audit.target_access_key_id[0] != '\0' ||
 	    audit.share[0] != '\0')

@@ -14,6 +14,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "kms/jwt.h"
+#include "server/outbox.h"
 #include "server/server.h"
 
 #define SCHEDULER_PERIOD_S 5
@@ -282,6 +283,9 @@ static hsm_result open_parts(hsm_server *s)
 		hsm_audit_field g[] = {{"store", "initialized before this trail began"}};
 		hsm_server_event(s, "AuditTrailBeginsAfterStore", NULL, 0, HSM_SUCCESS, g, 1);
 	}
+	/* Changes the last run made but did not record (killed, or its trail failed them). */
+	HSM_GUARD(hsm_outbox_new(&s->outbox));
+	hsm_outbox_recover(s);
 	hsm_kms_config kc = {.region = s->region,
 	                     .account_id = s->account,
 	                     .jwt_default_lifetime = s->opt.jwt_default_lifetime,
@@ -664,6 +668,7 @@ static void *flusher_main(void *arg)
 		}
 		hsm_server_flush_refusals(s, false);
 		hsm_server_akids_refresh(s);
+		hsm_outbox_pass(s, false);
 		pthread_mutex_lock(&s->stop_lock);
 	}
 	pthread_mutex_unlock(&s->stop_lock);
@@ -725,6 +730,10 @@ void hsm_server_free(hsm_server *s)
 	 * chain alone.  Close returns only once the signer is no longer used.
 	 */
 	hsm_audit_close(s->audit);
+	/* Every record is durable now: the rows of those written go. */
+	if (s->outbox != NULL && s->store != NULL)
+		hsm_outbox_pass(s, true);
+	hsm_outbox_free(s->outbox);
 	hsm_server_auth_free(s);
 	hsm_kms_free(s->kms);
 	hsm_keystore_free(s->ks);
@@ -880,6 +889,11 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "# TYPE hsmd_audit_failed_records_total counter\nhsmd_audit_failed_records_total %llu\n"
 	    "# HELP hsmd_audit_outages_total Times the audit trail stopped taking records.\n"
 	    "# TYPE hsmd_audit_outages_total counter\nhsmd_audit_outages_total %llu\n"
+	    "# HELP hsmd_audit_records_recovered_total Changes recorded after the fact: requests "
+	    "that changed the store but whose own records were lost to a stop or an outage "
+	    "(RequestRecordRecovered).\n"
+	    "# TYPE hsmd_audit_records_recovered_total counter\nhsmd_audit_records_recovered_total "
+	    "%llu\n"
 	    "# HELP hsmd_audit_next_sequence The sequence number of the next audit record.\n"
 	    "# TYPE hsmd_audit_next_sequence gauge\nhsmd_audit_next_sequence %llu\n"
 	    "# HELP hsmd_audit_files_expired_total Audit files deleted by the retention.\n"
@@ -916,7 +930,8 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    (unsigned long long)atomic_load(&s->gauge_certs_expiring), hsm_audit_healthy(s->audit),
 	    (int)atomic_load(&s->store_up), (int)atomic_load(&s->leading),
 	    (unsigned long long)as.written, (unsigned long long)as.refused,
-	    (unsigned long long)as.outages, (unsigned long long)as.next_seq,
+	    (unsigned long long)as.outages, (unsigned long long)hsm_outbox_recovered(s->outbox),
+	    (unsigned long long)as.next_seq,
 	    (unsigned long long)as.files_expired, (unsigned long long)as.files_copied,
 	    (unsigned long long)as.copy_failures, (int)as.retention_held, (int)as.low_space,
 	    (unsigned long long)ks.cache_hits, (unsigned long long)ks.cache_misses,

@@ -107,6 +107,7 @@ typedef struct hsm_server {
 	pthread_t scheduler;
 	bool scheduler_running;
 	hsm_usage *usage;   /* last uses of keys, written to the store by the flusher */
+	struct hsm_outbox *outbox; /* requests whose records the store's outbox waits for */
 	pthread_t flusher;
 	bool flusher_running;
 	/*

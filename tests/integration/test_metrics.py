@@ -68,7 +68,7 @@ def test_metrics_follow_what_was_done(server):
         assert value(before, name) == 1, name
     for name in ("hsmd_sealed", "hsmd_error_state", "hsmd_lane_requests",
                  "hsmd_audit_files_expired_total", "hsmd_audit_failed_records_total",
-                 "hsmd_audit_outages_total"):
+                 "hsmd_audit_outages_total", "hsmd_audit_records_recovered_total"):
         assert value(before, name) == 0, name
     keys0 = value(before, "hsmd_keys")
     records0 = value(before, "hsmd_audit_records_total")
