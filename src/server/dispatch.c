@@ -242,7 +242,7 @@ static void outbox_begin(outbox_intent *x, pending *p, const char *operation,
 	in->source = NULL;
 	in->key_id = key_id;
 	in->prepare = prepare_sender;
-	in->created_key[0] = '\0';
+	in->touched_key[0] = '\0';
 	in->written = false;
 	x->p = p;
 	x->auth = auth;

@@ -31,8 +31,10 @@ hsm_result hsm_server_audit_signer(void *arg, const uint8_t *msg, size_t n, hsm_
 	return hsm_ks_audit_sign(arg, msg, n, sig);
 }
 
-void hsm_server_event(hsm_server *s, const char *event, const char *key_id, uint32_t version,
-                      hsm_result result, const hsm_audit_field *extra, size_t n_extra)
+/* An event of the node's own; request_id names the outbox row of its change (or NULL). */
+static bool server_event(hsm_server *s, const char *event, const char *key_id, uint32_t version,
+                         hsm_result result, const hsm_audit_field *extra, size_t n_extra,
+                         const char *request_id)
 {
 	hsm_audit_record rec = {
 	    .type = HSM_AUDIT_EVENT,
@@ -42,16 +44,77 @@ void hsm_server_event(hsm_server *s, const char *event, const char *key_id, uint
 	    .key_version = version,
 	    .outcome = hsm_ok(result) ? HSM_AUDIT_SUCCESS : HSM_AUDIT_ERROR,
 	    .error = hsm_ok(result) ? NULL : hsm_err_kms_name(result.err),
+	    .request_id = request_id,
 	    .extra = extra,
 	    .n_extra = n_extra,
 	};
-	if (s->audit == NULL || hsm_failed(hsm_audit_append(s->audit, &rec)))
-		hsm_error("could not audit event %s (key %s)", event, key_id ? key_id : "-");
+	if (s->audit != NULL && hsm_ok(hsm_audit_append(s->audit, &rec)))
+		return true;
+	hsm_error("could not audit event %s (key %s)", event, key_id ? key_id : "-");
+	return false;
+}
+
+void hsm_server_event(hsm_server *s, const char *event, const char *key_id, uint32_t version,
+                      hsm_result result, const hsm_audit_field *extra, size_t n_extra)
+{
+	(void)server_event(s, event, key_id, version, result, extra, n_extra, NULL);
+}
+
+/*
+ * The scheduler's key work (rotation, expiry, destruction) changes the store
+ * before its event is written, as a request does.  Each action runs under an
+ * outbox intent of its own, named by an id its event carries as request_id:
+ * a kill between the commit and the event leaves the row, and the next
+ * start records the change (outbox.h).  One commit, then its event: the
+ * event ends the action's intent and begins the next one's.
+ */
+typedef struct sched_action {
+	hsm_server *s;
+	hsm_store_intent in;
+	char id[HSM_UUID_STRLEN + 1];
+	bool active;
+} sched_action;
+
+static _Thread_local sched_action *current_action;
+
+static void action_begin(sched_action *a)
+{
+	a->active = hsm_ok(hsm_uuid_new(a->id));
+	if (!a->active)
+		return; /* no id: this action's change is not outboxed (the RNG failed: logged) */
+	memset(&a->in, 0, sizeof(a->in));
+	a->in.node_id = a->s->node_id;
+	a->in.request_id = a->id;
+	a->in.operation = "ScheduledKeyWork";
+	a->in.principal = "hsmd";
+	hsm_store_intent_begin(&a->in);
+	current_action = a;
+}
+
+/* Ends the action; its row goes once its event is durable, or is settled with a record. */
+static void action_end(sched_action *a, bool recorded)
+{
+	if (!a->active)
+		return;
+	hsm_store_intent_end();
+	current_action = NULL;
+	a->active = false;
+	if (a->in.written)
+		hsm_outbox_settled(a->s->outbox, a->id, recorded, hsm_audit_next_seq(a->s->audit));
 }
 
 static void on_kms_event(void *arg, const hsm_kms_event *ev)
 {
-	hsm_server_event(arg, ev->operation, ev->key_id, ev->key_version, ev->result, NULL, 0);
+	hsm_server *s = arg;
+	sched_action *a = current_action;
+	if (a == NULL || a->s != s) {
+		hsm_server_event(s, ev->operation, ev->key_id, ev->key_version, ev->result, NULL, 0);
+		return;
+	}
+	bool ok = server_event(s, ev->operation, ev->key_id, ev->key_version, ev->result, NULL, 0,
+	                       a->in.written ? a->id : NULL);
+	action_end(a, ok);
+	action_begin(a);
 }
 
 hsm_result hsm_server_blame(const hsm_server *s, const char *setting, hsm_result r)
@@ -607,7 +670,11 @@ static void *scheduler_main(void *arg)
 		}
 		if (lead(s, can_work) && !recount_only) {
 			size_t done = 0;
+			sched_action action = {.s = s};
+			action_begin(&action);
 			hsm_result r = hsm_kms_run_due(s->kms, &done);
+			/* A commit no event followed has no record to wait for. */
+			action_end(&action, true);
 			atomic_fetch_add(&s->metrics.scheduler_actions, done);
 			if (hsm_failed(r)) {
 				atomic_fetch_add(&s->metrics.scheduler_failures, 1);

@@ -506,6 +506,7 @@ hsm_result hsm_store_key_update(hsm_store *s, const char *key_id, hsm_key_update
 		HSM_ENSURE(strcmp(add_version->key_id, key_id) == 0, HSM_ERR_VALIDATION,
 		           "the new version belongs to another key");
 	}
+	st_intent_note_key(key_id);
 	return s->ops->key_update(s, key_id, fn, arg, add_version, after);
 }
 
@@ -513,6 +514,7 @@ hsm_result hsm_store_key_destroy(hsm_store *s, const char *key_id, int64_t now)
 {
 	HSM_ASSERT(s != NULL);
 	HSM_GUARD(st_check_lookup(key_id, KEY_ID_CAP, "key"));
+	st_intent_note_key(key_id);
 	return s->ops->key_destroy(s, key_id, now, false);
 }
 
@@ -520,6 +522,7 @@ hsm_result hsm_store_key_destroy_due(hsm_store *s, const char *key_id, int64_t n
 {
 	HSM_ASSERT(s != NULL);
 	HSM_GUARD(st_check_lookup(key_id, KEY_ID_CAP, "key"));
+	st_intent_note_key(key_id);
 	return s->ops->key_destroy(s, key_id, now, true);
 }
 
@@ -532,6 +535,7 @@ hsm_result hsm_store_key_set_material(hsm_store *s, const char *key_id, hsm_key_
 	HSM_GUARD(check_version_record(material));
 	HSM_ENSURE(strcmp(material->key_id, key_id) == 0, HSM_ERR_VALIDATION,
 	           "the material belongs to another key");
+	st_intent_note_key(key_id);
 	return s->ops->key_set_material(s, key_id, fn, arg, material, after);
 }
 
@@ -543,6 +547,7 @@ hsm_result hsm_store_key_promote(hsm_store *s, const char *key_id, uint32_t vers
 	HSM_ASSERT((unsigned)type < COUNT_OF(rotation_type_names));
 	HSM_GUARD(st_check_lookup(key_id, KEY_ID_CAP, "key"));
 	HSM_ENSURE(version >= 1, HSM_ERR_VALIDATION, "key versions start at 1");
+	st_intent_note_key(key_id);
 	return s->ops->key_promote(s, key_id, version, now, type, fn, arg, after);
 }
 

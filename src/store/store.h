@@ -965,8 +965,13 @@ typedef struct hsm_store_intent {
 	 * most change nothing (the caller's principal and source).
 	 */
 	void (*prepare)(struct hsm_store_intent *in);
-	/* The key the change created (hsm_store_key_create*): the row's key_id when key_id is empty. */
-	char created_key[HSM_OUTBOX_KEY_ID_MAX + 1];
+	/*
+	 * The first key the change created or wrote (hsm_store_key_create*,
+	 * _update, _destroy*, _set_material, _promote): the row's key_id when
+	 * key_id is empty (CreateKey learns its key's id only then; the
+	 * scheduler's work names none beforehand).
+	 */
+	char touched_key[HSM_OUTBOX_KEY_ID_MAX + 1];
 	bool written;       /* set true by the store once a commit carrying the row succeeded */
 } hsm_store_intent;
 

@@ -429,7 +429,7 @@ typedef struct st_outbox_row {
 hsm_store_intent *st_intent_pending(void);
 /* in's row as of now: key_id as it reads now, created_ms the current UTC time. */
 void st_outbox_row_of(hsm_store_intent *in, st_outbox_row *out);
-/* The key a change creates, for the row of the thread's intent (if one is pending). */
+/* The key a change creates or writes, for the row of the thread's intent (if one is pending). */
 void st_intent_note_key(const char *key_id);
 /*
  * Takes the calling thread's intent away (returning it, or NULL) around

@@ -56,8 +56,8 @@ static void cut(char *dst, size_t cap, const char *src)
 void st_intent_note_key(const char *key_id)
 {
 	hsm_store_intent *in = st_intent_pending();
-	if (in != NULL)
-		cut(in->created_key, sizeof(in->created_key), key_id);
+	if (in != NULL && in->touched_key[0] == '\0')
+		cut(in->touched_key, sizeof(in->touched_key), key_id);
 }
 
 void st_outbox_row_of(hsm_store_intent *in, st_outbox_row *out)
@@ -73,7 +73,7 @@ void st_outbox_row_of(hsm_store_intent *in, st_outbox_row *out)
 	cut(out->access_key_id, sizeof(out->access_key_id), in->access_key_id);
 	cut(out->source, sizeof(out->source), in->source);
 	cut(out->key_id, sizeof(out->key_id),
-	    in->key_id != NULL && in->key_id[0] != '\0' ? in->key_id : in->created_key);
+	    in->key_id != NULL && in->key_id[0] != '\0' ? in->key_id : in->touched_key);
 }
 
 void hsm_outbox_record_clear(hsm_outbox_record *r)

@@ -3,6 +3,7 @@ it in the same transaction, so a change whose record was lost (hsmd killed
 between the commit and the record) is recorded at the next start
 (RequestRecordRecovered), and a change whose record was written is not
 recorded twice."""
+import datetime
 import os
 import shutil
 import sqlite3
@@ -251,5 +252,67 @@ def test_a_change_whose_record_an_outage_failed_is_on_the_trail_once_it_recovers
         if mine[0]["op"] == RECOVERED:
             assert mine[0]["extra"]["record_lost"] == "the audit trail could not write it"
             assert metric(server, "hsmd_audit_records_recovered_total") == 1
+    finally:
+        server.cleanup()
+
+
+@pytest.mark.skipif(not GDB, reason="killing hsmd between a scheduled change and its event "
+                                    "needs gdb, allowed to attach")
+def test_scheduled_work_killed_before_its_event_is_recorded_at_the_next_start():
+    from test_import import external_key, wrap
+    server = start_dev()
+    try:
+        kms = client(server)
+        key = external_key(kms)
+        params = kms.get_parameters_for_import(KeyId=key, WrappingAlgorithm="RSAES_OAEP_SHA_256",
+                                               WrappingKeySpec="RSA_2048")
+        valid_to = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=3)
+        kms.import_key_material(KeyId=key, ImportToken=params["ImportToken"],
+                                EncryptedKeyMaterial=wrap(params, os.urandom(32),
+                                                          "RSAES_OAEP_SHA_256"),
+                                ValidTo=valid_to)
+        # The scheduler deletes the expired material, then dies before its event.
+        killer = KilledAt(server, "on_kms_event")
+        killer.wait()
+        rows = outbox_rows(server.data_dir)
+        assert [(r[1], r[2]) for r in rows] == [("ScheduledKeyWork", key)], rows
+        assert not [r for r in audit_records(server.data_dir)
+                    if r.get("op") == "DeleteExpiredKeyMaterial"]
+
+        server = restart(server)
+        kms = client(server)
+        assert kms.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "PendingImport"
+        recs = recovered(server.data_dir)
+        assert len(recs) == 1, recs
+        r = recs[0]
+        assert r["key_id"] == key and r["request_id"] == rows[0][0], r
+        assert r["extra"]["request_op"] == "ScheduledKeyWork", r
+        assert r["extra"]["request_principal"] == "hsmd", r
+        assert outbox_rows(server.data_dir) == []
+    finally:
+        server.cleanup()
+
+
+def test_scheduled_work_recorded_leaves_no_row_and_its_event_names_it():
+    from test_import import external_key, wrap
+    server = start_dev()
+    try:
+        kms = client(server)
+        key = external_key(kms)
+        params = kms.get_parameters_for_import(KeyId=key, WrappingAlgorithm="RSAES_OAEP_SHA_256",
+                                               WrappingKeySpec="RSA_2048")
+        valid_to = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=2)
+        kms.import_key_material(KeyId=key, ImportToken=params["ImportToken"],
+                                EncryptedKeyMaterial=wrap(params, os.urandom(32),
+                                                          "RSAES_OAEP_SHA_256"),
+                                ValidTo=valid_to)
+        assert wait_for(lambda: [r for r in audit_records(server.data_dir)
+                                 if r.get("op") == "DeleteExpiredKeyMaterial"], 30)
+        ev = [r for r in audit_records(server.data_dir)
+              if r.get("op") == "DeleteExpiredKeyMaterial"][0]
+        # The event carries the id of its change's outbox row; the row is gone.
+        assert ev["key_id"] == key and len(ev.get("request_id", "")) == 36, ev
+        assert wait_for(lambda: outbox_rows(server.data_dir) == [], 10), \
+            outbox_rows(server.data_dir)
     finally:
         server.cleanup()

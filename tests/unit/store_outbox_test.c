@@ -179,6 +179,26 @@ static void test_created_key_and_prepared_sender(void **state)
 	seen_free(s);
 }
 
+/* A change that names no key beforehand (the scheduler's): the row names the key it wrote. */
+static void test_row_names_the_key_written(void **state)
+{
+	st_fixture *f = *state;
+	char key_id[HSM_UUID_STRLEN + 1];
+	st_key_id(key_id, 8);
+	create_key(f, 8);
+	hsm_store_intent in = {.node_id = "node-a", .request_id = "act-1",
+	                       .operation = "ScheduledKeyWork", .principal = "hsmd"};
+	hsm_store_intent_begin(&in);
+	EXPECT_OK(hsm_store_key_destroy(f->s, key_id, 1700000000));
+	hsm_store_intent_end();
+	assert_true(in.written);
+	seen *s = list(f, "node-a");
+	assert_int_equal(s->n, 1);
+	assert_string_equal(s->r[0].key_id, key_id);
+	assert_string_equal(s->r[0].operation, "ScheduledKeyWork");
+	seen_free(s);
+}
+
 /* Strings left NULL are stored as "". */
 static void test_null_fields_are_empty(void **state)
 {
@@ -535,6 +555,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_null_fields_are_empty, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_created_key_and_prepared_sender, st_setup,
 		                                st_teardown),
+		cmocka_unit_test_setup_teardown(test_row_names_the_key_written, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_rollback_leaves_no_row, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_no_intent_no_row, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_reads_carry_no_row, st_setup, st_teardown),
