@@ -165,7 +165,9 @@ def hsmd():
 
 
 def client(server, akid=DEV_AKID, secret=DEV_SECRET, retries=0, read_timeout=30):
-    cfg = botocore.config.Config(retries={"max_attempts": retries + 1, "mode": "standard"},
+    # total_max_attempts counts the first attempt; botocore's max_attempts counts retries only
+    # (max_attempts 1 is two attempts: a 503 would be retried unseen).
+    cfg = botocore.config.Config(retries={"total_max_attempts": retries + 1, "mode": "standard"},
                                  connect_timeout=5, read_timeout=read_timeout)
     return boto3.client("kms", region_name=REGION, endpoint_url=server.endpoint,
                         aws_access_key_id=akid, aws_secret_access_key=secret, config=cfg,
