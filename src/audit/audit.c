@@ -161,7 +161,9 @@ static hsm_result init_writer(hsm_audit *a, const audit_tail_info *t)
 	w->next_seq = t->next_seq;
 	memcpy(w->head, t->head, AUDIT_HASH_LEN);
 	atomic_store(&a->next_seq_pub, t->next_seq);
-	atomic_store(&a->durable_seq_pub, t->next_seq); /* what the opening found is on disk */
+	/* What the opening found may be in the page cache only (a killed run's last
+	 * writes): durable from the first sync on. */
+	atomic_store(&a->durable_seq_pub, 0);
 	w->kept_from = t->kept_from;
 	w->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
 	w->md_ctx = EVP_MD_CTX_new();
@@ -339,8 +341,15 @@ static void abandon(hsm_audit *a, int stuck, const char *what)
 
 void hsm_audit_close(hsm_audit *a)
 {
+	uint64_t durable;
+	(void)hsm_audit_close_durable(a, &durable);
+}
+
+bool hsm_audit_close_durable(hsm_audit *a, uint64_t *durable_seq)
+{
+	*durable_seq = 0;
 	if (a == NULL)
-		return;
+		return true;
 	pthread_mutex_lock(&a->mu);
 	atomic_store(&a->stopping, true);
 	pthread_cond_signal(&a->wake_writer);
@@ -348,7 +357,7 @@ void hsm_audit_close(hsm_audit *a)
 	pthread_mutex_unlock(&a->mu);
 	if (!exited) { /* the watchdog has failed every pending record */
 		abandon(a, STOP_WRITER, "writer");
-		return;
+		return false;
 	}
 	pthread_join(a->writer_thread, NULL);
 	/* The writer stopped the sweeper, waiting for it up to the I/O deadline. */
@@ -357,7 +366,7 @@ void hsm_audit_close(hsm_audit *a)
 	pthread_mutex_unlock(&a->mu);
 	if (!swept) {
 		abandon(a, STOP_SWEEPER, "retention");
-		return;
+		return false;
 	}
 	pthread_join(a->sweeper_thread, NULL);
 	/* The writer waited for any sync in progress unless the watchdog gave up on it. */
@@ -368,7 +377,7 @@ void hsm_audit_close(hsm_audit *a)
 	pthread_mutex_unlock(&a->mu);
 	if (!exited) {
 		abandon(a, STOP_SYNCER, "fsync");
-		return;
+		return false;
 	}
 	pthread_join(a->syncer_thread, NULL);
 	pthread_mutex_lock(&a->mu);
@@ -377,7 +386,9 @@ void hsm_audit_close(hsm_audit *a)
 	pthread_mutex_unlock(&a->mu);
 	pthread_join(a->watchdog_thread, NULL);
 	audit_syslog_stop(a->syslog);
+	*durable_seq = atomic_load(&a->durable_seq_pub);
 	free_state(a);
+	return true;
 }
 
 static hsm_result submit(hsm_audit *a, const hsm_audit_record *rec, hsm_audit_done_fn done_cb,

@@ -166,6 +166,13 @@ hsm_result hsm_audit_open(const hsm_audit_config *cfg, hsm_audit **out) HSM_MUST
  * use and never called again, so what it uses may be freed.  NULL is a no-op.
  */
 void hsm_audit_close(hsm_audit *a);
+/*
+ * hsm_audit_close, telling how it ended: true when every thread stopped
+ * (*durable_seq: every record below it is durable), false when a stuck
+ * writer, sweeper or fsync was abandoned (*durable_seq 0; done callbacks of
+ * records it held may still run later, from the watchdog or the writer).
+ */
+bool hsm_audit_close_durable(hsm_audit *a, uint64_t *durable_seq);
 
 /* ---- Writing ------------------------------------------------------------- */
 

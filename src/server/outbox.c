@@ -112,11 +112,10 @@ static hsm_result delete_rows(hsm_server *s, const char *const *ids, size_t n)
 	return n == 0 ? HSM_SUCCESS : hsm_store_outbox_delete(s->store, s->node_id, ids, n);
 }
 
-/* Rows of the durable records: deleted; put back when the store fails. */
-static void delete_done(hsm_server *s, bool final)
+/* Rows whose records are below durable (all durable): deleted; put back when the store fails. */
+static void delete_done(hsm_server *s, uint64_t durable)
 {
 	hsm_outbox *o = s->outbox;
-	uint64_t durable = final ? UINT64_MAX : hsm_audit_durable_seq(s->audit);
 	pthread_mutex_lock(&o->mu);
 	settled_vec take = {0}, keep = {0};
 	bool ok = true;
@@ -208,7 +207,8 @@ static hsm_result record_in_stead(hsm_server *s, const row *w, bool at_start)
 		f[n++] = (hsm_audit_field){"request_source", w->source};
 	f[n++] = (hsm_audit_field){"committed", committed};
 	f[n++] = (hsm_audit_field){"record_lost",
-	                           at_start ? "the node stopped before writing it"
+	                           at_start ? "the node stopped before writing it (or its trail "
+	                                      "failed it before the stop)"
 	                                    : "the audit trail could not write it"};
 	hsm_audit_record rec = {
 	    .type = HSM_AUDIT_EVENT,
@@ -225,7 +225,9 @@ static hsm_result record_in_stead(hsm_server *s, const row *w, bool at_start)
 
 /*
  * Settles the rows named in want[0..n) (sorted by id): a record in place of
- * each request the trail has none for, then the rows go.  *recorded: how
+ * each request the trail has none for; then the rows join those deleted
+ * once their records are durable (those written here, and those found,
+ * which may be a killed run's last writes, not yet synced).  *recorded: how
  * many records were written.  On failure nothing is settled (the caller
  * keeps want): the records written meanwhile are found in the trail next
  * time, so none is written twice.
@@ -269,8 +271,16 @@ static hsm_result settle(hsm_server *s, const settled *want, size_t n_want, size
 			atomic_fetch_add(&s->outbox->recovered, 1);
 		}
 	}
-	if (hsm_ok(r))
-		r = delete_rows(s, ids, c.n);
+	if (hsm_ok(r)) {
+		settled e = {.below = hsm_audit_next_seq(s->audit)};
+		pthread_mutex_lock(&s->outbox->mu);
+		for (size_t i = 0; i < c.n && hsm_ok(r); i++) {
+			memcpy(e.id, ids[i], sizeof(e.id));
+			if (!push(&s->outbox->done, &e))
+				r = HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
+		}
+		pthread_mutex_unlock(&s->outbox->mu);
+	}
 	free(ids);
 	free(found);
 	free(c.rows);
@@ -313,11 +323,16 @@ static void settle_lost(hsm_server *s)
 	free(want.v);
 }
 
-void hsm_outbox_pass(hsm_server *s, bool final)
+void hsm_outbox_pass(hsm_server *s)
 {
-	delete_done(s, final);
-	if (!final && hsm_audit_accepting(s->audit))
+	delete_done(s, hsm_audit_durable_seq(s->audit));
+	if (hsm_audit_accepting(s->audit))
 		settle_lost(s);
+}
+
+void hsm_outbox_final(hsm_server *s, uint64_t durable_seq)
+{
+	delete_done(s, durable_seq);
 }
 
 static hsm_result note_left(const hsm_outbox_record *r, void *arg)

@@ -38,12 +38,13 @@ void hsm_outbox_settled(hsm_outbox *o, const char *request_id, bool recorded,
                         uint64_t below_seq);
 
 /*
- * Deletes the rows of requests whose records are durable (final: every
- * settled one: the trail is closed) and, while the trail takes records,
- * writes the records of requests that got none.  Failures are logged once
- * a streak and retried at the next pass.
+ * Deletes the rows of requests whose records are durable and, while the
+ * trail takes records, writes the records of requests that got none.
+ * Failures are logged once a streak and retried at the next pass.
  */
-void hsm_outbox_pass(struct hsm_server *s, bool final);
+void hsm_outbox_pass(struct hsm_server *s);
+/* At stop, the trail closed: deletes the rows of records below durable_seq. */
+void hsm_outbox_final(struct hsm_server *s, uint64_t durable_seq);
 
 /* At start, before requests are served: settles every row this node left. */
 void hsm_outbox_recover(struct hsm_server *s);

@@ -735,7 +735,7 @@ static void *flusher_main(void *arg)
 		}
 		hsm_server_flush_refusals(s, false);
 		hsm_server_akids_refresh(s);
-		hsm_outbox_pass(s, false);
+		hsm_outbox_pass(s);
 		pthread_mutex_lock(&s->stop_lock);
 	}
 	pthread_mutex_unlock(&s->stop_lock);
@@ -796,11 +796,14 @@ void hsm_server_free(hsm_server *s)
 	 * signed, so no record of the trail, its end included, is left to the
 	 * chain alone.  Close returns only once the signer is no longer used.
 	 */
-	hsm_audit_close(s->audit);
-	/* Every record is durable now: the rows of those written go. */
-	if (s->outbox != NULL && s->store != NULL)
-		hsm_outbox_pass(s, true);
-	hsm_outbox_free(s->outbox);
+	uint64_t durable = 0;
+	bool closed = hsm_audit_close_durable(s->audit, &durable);
+	/* The rows of the records the close made durable go.  A trail that could
+	 * not close (a stuck disk) may still answer records: its outbox stays. */
+	if (s->outbox != NULL && s->store != NULL && closed)
+		hsm_outbox_final(s, durable);
+	if (closed)
+		hsm_outbox_free(s->outbox);
 	hsm_server_auth_free(s);
 	hsm_kms_free(s->kms);
 	hsm_keystore_free(s->ks);

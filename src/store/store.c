@@ -719,6 +719,7 @@ hsm_result hsm_store_alias_create(hsm_store *s, const char *name, const char *ke
 	HSM_ASSERT(s != NULL);
 	HSM_GUARD(st_check_name(name, ALIAS_CAP, "alias name"));
 	HSM_GUARD(st_check_lookup(key_id, KEY_ID_CAP, "key"));
+	st_intent_note_key(key_id);
 	return s->ops->alias_create(s, name, key_id, now);
 }
 
@@ -727,6 +728,7 @@ hsm_result hsm_store_alias_update(hsm_store *s, const char *name, const char *ke
 	HSM_ASSERT(s != NULL);
 	HSM_GUARD(st_check_lookup(name, ALIAS_CAP, "alias"));
 	HSM_GUARD(st_check_lookup(key_id, KEY_ID_CAP, "key"));
+	st_intent_note_key(key_id);
 	return s->ops->alias_update(s, name, key_id, now);
 }
 
@@ -770,6 +772,7 @@ hsm_result hsm_store_tags_put(hsm_store *s, const char *key_id, size_t n, const 
 	if (n == 0)
 		return HSM_SUCCESS;
 	HSM_GUARD(check_tags(n, tags));
+	st_intent_note_key(key_id);
 	return s->ops->tags_put(s, key_id, n, tags);
 }
 
@@ -783,6 +786,7 @@ hsm_result hsm_store_tags_remove(hsm_store *s, const char *key_id, size_t n,
 	HSM_ASSERT(keys != NULL);
 	for (size_t i = 0; i < n; i++)
 		HSM_ASSERT(keys[i] != NULL);
+	st_intent_note_key(key_id);
 	return s->ops->tags_remove(s, key_id, n, keys);
 }
 
@@ -828,6 +832,7 @@ hsm_result hsm_store_grant_create(hsm_store *s, hsm_grant_record *g, bool *exist
 	HSM_ASSERT(s != NULL);
 	HSM_GUARD(check_grant_record(g));
 	bool found = false;
+	st_intent_note_key(g->key_id);
 	HSM_GUARD(s->ops->grant_create(s, g, &found));
 	if (existed != NULL)
 		*existed = found;
@@ -848,6 +853,7 @@ hsm_result hsm_store_grant_delete(hsm_store *s, const char *key_id, const char *
 	HSM_ASSERT(s != NULL);
 	HSM_GUARD(st_check_lookup(key_id, KEY_ID_CAP, "key"));
 	HSM_GUARD(check_grant_id(grant_id));
+	st_intent_note_key(key_id);
 	return s->ops->grant_delete(s, key_id, grant_id);
 }
 

@@ -967,9 +967,10 @@ typedef struct hsm_store_intent {
 	void (*prepare)(struct hsm_store_intent *in);
 	/*
 	 * The first key the change created or wrote (hsm_store_key_create*,
-	 * _update, _destroy*, _set_material, _promote): the row's key_id when
-	 * key_id is empty (CreateKey learns its key's id only then; the
-	 * scheduler's work names none beforehand).
+	 * _update, _destroy*, _set_material, _promote; an alias, tag or grant
+	 * of it): the row's key_id when key_id is empty (CreateKey learns its
+	 * key's id only then, the scheduler's work names none beforehand, and
+	 * some handlers name the key only once the change is made).
 	 */
 	char touched_key[HSM_OUTBOX_KEY_ID_MAX + 1];
 	bool written;       /* set true by the store once a commit carrying the row succeeded */

@@ -154,9 +154,10 @@ def test_a_change_whose_record_was_lost_is_recorded_at_the_next_start():
         assert extra["request_access_key"] == DEV_AKID, r
         assert extra["request_source"].startswith("127.0.0.1:"), r
         assert extra["committed"].endswith("Z"), r
-        assert extra["record_lost"] == "the node stopped before writing it", r
+        assert extra["record_lost"].startswith("the node stopped before writing it"), r
         # The row is settled, the trail still verifies, the count says so.
-        assert outbox_rows(server.data_dir) == []
+        assert wait_for(lambda: outbox_rows(server.data_dir) == [], 10), \
+            outbox_rows(server.data_dir)
         assert metric(server, "hsmd_audit_records_recovered_total") == 1
         p = verify(server.data_dir)
         assert p.returncode == 0 and "VALID" in p.stdout, p.stdout + p.stderr
@@ -187,7 +188,8 @@ def test_a_change_recorded_before_a_kill_is_not_recorded_twice():
 
         server = restart(server)
         assert recovered(server.data_dir) == []
-        assert outbox_rows(server.data_dir) == []
+        assert wait_for(lambda: outbox_rows(server.data_dir) == [], 10), \
+            outbox_rows(server.data_dir)
         assert metric(server, "hsmd_audit_records_recovered_total") == 0
     finally:
         server.cleanup()
@@ -288,7 +290,8 @@ def test_scheduled_work_killed_before_its_event_is_recorded_at_the_next_start():
         assert r["key_id"] == key and r["request_id"] == rows[0][0], r
         assert r["extra"]["request_op"] == "ScheduledKeyWork", r
         assert r["extra"]["request_principal"] == "hsmd", r
-        assert outbox_rows(server.data_dir) == []
+        assert wait_for(lambda: outbox_rows(server.data_dir) == [], 10), \
+            outbox_rows(server.data_dir)
     finally:
         server.cleanup()
 
@@ -314,5 +317,29 @@ def test_scheduled_work_recorded_leaves_no_row_and_its_event_names_it():
         assert ev["key_id"] == key and len(ev.get("request_id", "")) == 36, ev
         assert wait_for(lambda: outbox_rows(server.data_dir) == [], 10), \
             outbox_rows(server.data_dir)
+    finally:
+        server.cleanup()
+
+
+@pytest.mark.skipif(not GDB, reason="killing hsmd between a commit and its record needs gdb, "
+                                    "allowed to attach")
+def test_a_recovered_change_names_a_key_its_handler_names_only_afterwards():
+    server = start_dev()
+    try:
+        kms = client(server)
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        assert wait_for(lambda: outbox_rows(server.data_dir) == [], 10)
+        killer = KilledAt(server, "hsm_audit_submit_lazy")
+        with pytest.raises((botocore.exceptions.EndpointConnectionError,
+                            botocore.exceptions.ConnectionClosedError,
+                            botocore.exceptions.ReadTimeoutError)):
+            kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
+        killer.wait()
+        server = restart(server)
+        kms = client(server)
+        assert kms.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "PendingDeletion"
+        recs = recovered(server.data_dir)
+        assert len(recs) == 1 and recs[0]["key_id"] == key, recs
+        assert recs[0]["extra"]["request_op"] == "ScheduleKeyDeletion", recs
     finally:
         server.cleanup()

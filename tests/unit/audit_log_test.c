@@ -978,7 +978,10 @@ static void test_requests_are_found_by_id_across_files(void **state)
 	assert_true(hsm_ok(hsm_audit_rotate(a)));
 	atomic_store(&fake_now, 20 * DAY_MS);
 	append_n(a, 10, 5); /* req-00000010 .. 14, in the third */
-	hsm_audit_close(a);
+	uint64_t last = hsm_audit_next_seq(a), durable = 0;
+	/* A close that stopped every thread made every record durable, its checkpoint too. */
+	assert_true(hsm_audit_close_durable(a, &durable));
+	assert_int_equal(durable, last + 1);
 
 	/* sorted: "req-0000000" (a prefix of ids, not an id) < ...01 < ...07 < ...12 < ...99 */
 	const char *ids[] = {"req-0000000", "req-00000001", "req-00000007", "req-00000012",

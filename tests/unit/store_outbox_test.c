@@ -203,13 +203,15 @@ static void test_row_names_the_key_written(void **state)
 static void test_null_fields_are_empty(void **state)
 {
 	st_fixture *f = *state;
-	char key_id[HSM_UUID_STRLEN + 1];
-	st_key_id(key_id, 2);
-	create_key(f, 2);
-	/* A change that creates no key (a created key would name itself: below). */
+	/* A change that touches no key (one that does would name it: below). */
 	hsm_store_intent in = {.node_id = "node-a", .request_id = "req-2", .operation = "Seal"};
+	const char *names[] = {"outbox-test"};
+	hsm_buf one = {0};
+	assert_true(hsm_ok(hsm_buf_put_str(&one, "1")));
+	const hsm_buf *values[] = {&one};
 	hsm_store_intent_begin(&in);
-	EXPECT_OK(hsm_store_alias_create(f->s, "alias/two", key_id, 1700000000));
+	EXPECT_OK(hsm_store_meta_put(f->s, 1, names, values));
+	hsm_buf_free(&one);
 	hsm_store_intent_end();
 	assert_true(in.written);
 	seen *s = list(f, "node-a");
