@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "server/server.h"
+#include "store/store.h"
 
 #define CRED_TTL_MS 2000
 #define CRED_CAPACITY 4096
@@ -154,11 +155,36 @@ static hsm_result find_cred(hsm_server *s, const hsm_sigv4_auth *a, cred **out)
  * A wrong signature for a known user counts toward the lockout; the failure
  * that locks the user is an event of its own on the trail (UserLocked).
  */
-static void count_failure(hsm_server *s, const char *user, const char *akid)
+/*
+ * Authentication's own store changes (a failure counted, a lockout, a count
+ * reset) commit before any record, as a handler's do: they carry the
+ * request's outbox row, which its record (or the summary that counts a
+ * refusal) settles, so a kill in between leaves the row (outbox.h).
+ */
+static hsm_result auth_outcome(hsm_server *s, hsm_http_req *req, const char *user,
+                               const char *akid, bool success, bool *locked_now,
+                               hsm_auth_result *out)
+{
+	hsm_store_intent in;
+	memset(&in, 0, sizeof(in));
+	in.node_id = s->node_id;
+	in.request_id = hsm_http_req_id(req);
+	in.operation = "Authenticate";
+	in.principal = user;
+	in.access_key_id = akid;
+	hsm_store_intent_begin(&in);
+	hsm_result r =
+	    hsm_kms_auth_outcome(s->kms, user, success, s->opt.lockout_threshold, locked_now);
+	hsm_store_intent_end();
+	out->outboxed |= in.written;
+	return r;
+}
+
+static void count_failure(hsm_server *s, hsm_http_req *req, const char *user, const char *akid,
+                          hsm_auth_result *out)
 {
 	bool locked_now = false;
-	hsm_result r =
-	    hsm_kms_auth_outcome(s->kms, user, false, s->opt.lockout_threshold, &locked_now);
+	hsm_result r = auth_outcome(s, req, user, akid, false, &locked_now, out);
 	if (hsm_failed(r))
 		hsm_log_failure("recording a failed authentication");
 	hsm_server_auth_flush(s); /* the user may be locked now: no cached entry may outlive that */
@@ -209,7 +235,7 @@ hsm_result hsm_server_authenticate(hsm_server *s, hsm_http_req *req, hsm_auth_re
 	if (res.err == HSM_ERR_BAD_SIGNATURE) {
 		out->counted_failure = !c->user.disabled && !c->user.locked;
 		if (out->counted_failure)
-			count_failure(s, c->user.name, a.access_key_id);
+			count_failure(s, req, c->user.name, a.access_key_id, out);
 		res = HSM_FAIL(HSM_ERR_BAD_SIGNATURE,
 		               "The request signature we calculated does not match the signature you "
 		               "provided. Check your AWS Secret Access Key and signing method.");
@@ -217,8 +243,7 @@ hsm_result hsm_server_authenticate(hsm_server *s, hsm_http_req *req, hsm_auth_re
 	HSM_TRY(res);
 	HSM_TRY(hsm_kms_user_admit(&c->user));
 	if (c->user.failed_auth > 0) {
-		HSM_TRY(hsm_kms_auth_outcome(s->kms, c->user.name, true, s->opt.lockout_threshold,
-		                             NULL));
+		HSM_TRY(auth_outcome(s, req, c->user.name, a.access_key_id, true, NULL, out));
 		hsm_server_auth_flush(s);
 	}
 	hsm_sb_init(&b, out->user, sizeof(out->user));

@@ -252,7 +252,7 @@ static void outbox_begin(outbox_intent *x, pending *p, const char *operation,
 static void outbox_end(const outbox_intent *x)
 {
 	hsm_store_intent_end();
-	x->p->outboxed = x->in.written;
+	x->p->outboxed |= x->in.written;
 }
 
 static void submit_audit(pending *p, const outcome *o)
@@ -342,7 +342,9 @@ static void finish(pending *p, const outcome *o)
 		submit_audit(p, o);
 		return;
 	}
-	settle_outbox(p, false);
+	/* Counted in a summary or a low-space event instead of a record of its own: an
+	 * authentication's change (a failure counted) is settled by that, not recovered. */
+	settle_outbox(p, true);
 	respond_now(p->s, p->req, p->slot, p->status, CONTENT_TYPE_JSON, &p->body);
 	hsm_buf_free(&p->body);
 	free(p);
@@ -526,10 +528,11 @@ static hsm_result require_serving(hsm_server *s)
 	return hsm_failed(r) ? r : HSM_FAIL(HSM_ERR_SEALED, "hsmd is sealed");
 }
 
-static hsm_result admit(hsm_server *s, hsm_http_req *req, hsm_auth_result *auth)
+static hsm_result admit(hsm_server *s, pending *p, hsm_auth_result *auth)
 {
 	HSM_GUARD(require_serving(s));
-	hsm_result r = hsm_server_authenticate(s, req, auth);
+	hsm_result r = hsm_server_authenticate(s, p->req, auth);
+	p->outboxed |= auth->outboxed; /* a failure counted, a count reset: settled with the rest */
 	if (hsm_failed(r)) {
 		atomic_fetch_add_explicit(&s->metrics.auth_failures, 1, memory_order_relaxed);
 		return r;
@@ -647,7 +650,7 @@ static void handle_kms(hsm_server *s, hsm_http_req *req, const char *name, const
 	json_t *doc = NULL;
 	bool brief = false;
 	memset(&auth, 0, sizeof(auth));
-	hsm_result r = admit(s, req, &auth);
+	hsm_result r = admit(s, p, &auth);
 	if (hsm_ok(r) && info == NULL)
 		r = refuse_unknown(name);
 	if (hsm_ok(r)) {
@@ -681,7 +684,7 @@ static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 	                                     "Operation %.64s is not supported", name)
 	                          : HSM_SUCCESS;
 	if (hsm_ok(r) && op->needs_auth)
-		r = admit(s, req, &auth);
+		r = admit(s, p, &auth);
 	else if (hsm_ok(r) && !hsm_audit_accepting(s->audit))
 		r = HSM_FAIL(HSM_ERR_AUDIT_UNAVAILABLE, "the audit trail cannot be written; retry later");
 	size_t len = 0;
@@ -910,7 +913,7 @@ static void refuse_post(hsm_server *s, hsm_http_req *req, const char *name, cons
 	}
 	hsm_auth_result auth;
 	memset(&auth, 0, sizeof(auth));
-	hsm_result r = admit(s, req, &auth);
+	hsm_result r = admit(s, p, &auth);
 	if (hsm_ok(r))
 		r = HSM_FAIL(HSM_ERR_UNKNOWN_OPERATION, "%s", why);
 	finish_kms(s, name, NULL, p, &auth, NULL, r);

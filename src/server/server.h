@@ -178,6 +178,9 @@ typedef struct hsm_auth_result {
 	char akid[HSM_SIGV4_AKID_MAX + 1]; /* as claimed, even when authentication failed */
 	bool key_found;        /* akid is an active access key of the store */
 	bool counted_failure;  /* a wrong signature counted toward its user's lockout */
+	/* authentication changed the store (a failure counted, a count reset): the request's
+	 * outbox row waits for its record (outbox.h) */
+	bool outboxed;
 } hsm_auth_result;
 
 hsm_result hsm_server_auth_init(hsm_server *s) HSM_MUST_CHECK;

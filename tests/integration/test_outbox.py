@@ -343,3 +343,35 @@ def test_a_recovered_change_names_a_key_its_handler_names_only_afterwards():
         assert recs[0]["extra"]["request_op"] == "ScheduleKeyDeletion", recs
     finally:
         server.cleanup()
+
+
+@pytest.mark.skipif(not GDB, reason="killing hsmd between a lockout and its record needs gdb, "
+                                    "allowed to attach")
+def test_a_lockout_whose_records_were_lost_is_recorded_at_the_next_start():
+    from helpers import new_user
+    server = start_dev(["--lockout-threshold", "2"])
+    try:
+        akid, secret = new_user(server, "victim", ["crypto-user"])
+        st, _ = signed_call(server, "TrentService.ListKeys", {}, akid=akid, secret="x" * 40)
+        assert st == 400
+        assert wait_for(lambda: outbox_rows(server.data_dir) == [], 10)
+        # The second wrong signature locks the user; hsmd dies right after that commit,
+        # before UserLocked and the refusal's record.
+        killer = KilledAt(server, "hsm_server_auth_flush")
+        with pytest.raises(Exception):
+            signed_call(server, "TrentService.ListKeys", {}, akid=akid, secret="x" * 40)
+        killer.wait()
+        rows = outbox_rows(server.data_dir)
+        assert [r[1] for r in rows] == ["Authenticate"], rows
+
+        server = restart(server)
+        st, body = signed_call(server, "TrentService.ListKeys", {}, akid=akid, secret=secret)
+        assert st == 403 and "locked" in body.get("message", ""), (st, body)
+        recs = recovered(server.data_dir)
+        assert len(recs) == 1 and recs[0]["request_id"] == rows[0][0], recs
+        extra = recs[0]["extra"]
+        assert extra["request_op"] == "Authenticate", recs
+        assert (extra["request_principal"], extra["request_access_key"]) == ("victim", akid)
+        assert wait_for(lambda: outbox_rows(server.data_dir) == [], 10)
+    finally:
+        server.cleanup()
