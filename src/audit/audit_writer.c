@@ -739,9 +739,12 @@ void *audit_writer_main(void *arg)
 		(void)audit_write_checkpoint(a, "shutdown");
 	} else {
 		if (a->w.pending.len > a->w.written || a->w.pending_records > 0)
-			hsm_error("audit: stopping with the trail unwritable; %llu formatted records "
-			          "(from seq %llu) could not be written and are lost; the requests they "
-			          "record were answered with ServiceUnavailableException",
+			hsm_error("audit: stopping with the trail unwritable; %llu records (from seq "
+			          "%llu) were not made durable: those already written stay in the file "
+			          "unless the machine loses power, the others are lost (their requests "
+			          "were answered with ServiceUnavailableException); a store change any "
+			          "of them recorded is recorded at the next start if its record is "
+			          "missing (RequestRecordRecovered)",
 			          (unsigned long long)a->w.pending_records,
 			          (unsigned long long)a->w.pending_first_seq);
 		outage(a, ETIMEDOUT); /* already unhealthy: only fails what is queued */
