@@ -165,13 +165,19 @@ static hsm_result auth_outcome(hsm_server *s, hsm_http_req *req, const char *use
                                const char *akid, bool success, bool *locked_now,
                                hsm_auth_result *out)
 {
+	/* Named as the request's record names its caller (rare: failures and resets only). */
+	char principal[160], source[HSM_HTTP_ADDR_MAX + 8];
+	snprintf(principal, sizeof(principal), "arn:aws:iam::%s:user/%s", s->account, user);
+	snprintf(source, sizeof(source), "%s:%u", hsm_http_req_remote_addr(req),
+	         (unsigned)hsm_http_req_remote_port(req));
 	hsm_store_intent in;
 	memset(&in, 0, sizeof(in));
 	in.node_id = s->node_id;
 	in.request_id = hsm_http_req_id(req);
 	in.operation = "Authenticate";
-	in.principal = user;
+	in.principal = principal;
 	in.access_key_id = akid;
+	in.source = source;
 	hsm_store_intent_begin(&in);
 	hsm_result r =
 	    hsm_kms_auth_outcome(s->kms, user, success, s->opt.lockout_threshold, locked_now);

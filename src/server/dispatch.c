@@ -332,11 +332,14 @@ static void finish(pending *p, const outcome *o)
 	/*
 	 * Refused because the trail's disk is low on space: a record of the
 	 * refusal would eat into the space kept for the records of requests
-	 * already admitted (clients retrying a 503 would soon use it all).
+	 * already admitted (clients retrying a 503 would soon use it all).  One
+	 * whose authentication changed the store (a count reset) gets its record
+	 * all the same: the change needs one, and it happens once per failure.
 	 * Counted instead, in the event that ends the spell.  (In an outage the
 	 * record fails at once, and the outage's own event counts it.)
 	 */
-	if (o->err == HSM_ERR_AUDIT_UNAVAILABLE && hsm_audit_low_space(p->s->audit)) {
+	if (o->err == HSM_ERR_AUDIT_UNAVAILABLE && hsm_audit_low_space(p->s->audit) &&
+	    !p->outboxed) {
 		hsm_audit_note_refused(p->s->audit);
 	} else if (hsm_server_own_record(p->s, p->req, o->operation, o->auth, o->err)) {
 		submit_audit(p, o);

@@ -916,8 +916,11 @@ hsm_result hsm_store_approval_purge(hsm_store *s, int64_t before,
  *
  * Rules every backend keeps:
  *  - The row goes in just before the COMMIT of the thread's first write
- *    transaction that commits (INSERT ... ON CONFLICT (node_id, request_id)
- *    DO NOTHING); written becomes true only once that COMMIT succeeded.
+ *    transaction that commits; written becomes true only once that COMMIT
+ *    succeeded.  A later intent of the same request id (the handler's,
+ *    after authentication committed a count reset under its own) updates
+ *    the row: its operation, and each of its non-empty principal, access
+ *    key id, source and key id, replace the first one's; the time stays.
  *    If the insert fails, the transaction fails and the change is not made
  *    (fail closed).  A transaction that rolls back leaves no row and leaves
  *    written false; once written is true, later writes insert nothing.

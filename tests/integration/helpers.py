@@ -310,3 +310,13 @@ class Postgres:
     def close(self):
         subprocess.run([PG_SERVER, "stop", self.dir], capture_output=True, timeout=120)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def gdb_can_trace():
+    """gdb is installed and may trace a child or attach to a process here (ptrace can be
+    denied: a container without CAP_SYS_PTRACE, kernel.yama.ptrace_scope 3)."""
+    if shutil.which("gdb") is None:
+        return False
+    p = subprocess.run(["gdb", "-q", "-nx", "-batch", "-ex", "run", "--args", "/bin/true"],
+                       capture_output=True, text=True, timeout=60)
+    return "exited normally" in p.stdout

@@ -4,10 +4,12 @@ between the commit and the record) is recorded at the next start
 (RequestRecordRecovered), and a change whose record was written is not
 recorded twice."""
 import datetime
+import json
 import os
 import shutil
 import sqlite3
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -15,19 +17,10 @@ import botocore.exceptions
 import pytest
 
 from conftest import DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, start_dev
-from helpers import audit_records, metric
+from helpers import audit_records, gdb_can_trace, metric
 
 DEV_ENV = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
 RECOVERED = "RequestRecordRecovered"
-
-
-def gdb_can_trace():
-    """gdb is installed and may attach here (ptrace can be denied in a container)."""
-    if shutil.which("gdb") is None:
-        return False
-    p = subprocess.run(["gdb", "-q", "-nx", "-batch", "-ex", "run", "--args", "/bin/true"],
-                       capture_output=True, text=True, timeout=60)
-    return "exited normally" in p.stdout
 
 
 GDB = gdb_can_trace()
@@ -258,21 +251,26 @@ def test_a_change_whose_record_an_outage_failed_is_on_the_trail_once_it_recovers
         server.cleanup()
 
 
+def expiring_key(kms, seconds):
+    """An imported AES key whose material expires in `seconds`: the scheduler's work then."""
+    from test_import import external_key, wrap
+    key = external_key(kms)
+    params = kms.get_parameters_for_import(KeyId=key, WrappingAlgorithm="RSAES_OAEP_SHA_256",
+                                           WrappingKeySpec="RSA_2048")
+    valid_to = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=seconds)
+    kms.import_key_material(KeyId=key, ImportToken=params["ImportToken"],
+                            EncryptedKeyMaterial=wrap(params, os.urandom(32), "RSAES_OAEP_SHA_256"),
+                            ValidTo=valid_to)
+    return key
+
+
 @pytest.mark.skipif(not GDB, reason="killing hsmd between a scheduled change and its event "
                                     "needs gdb, allowed to attach")
 def test_scheduled_work_killed_before_its_event_is_recorded_at_the_next_start():
-    from test_import import external_key, wrap
     server = start_dev()
     try:
         kms = client(server)
-        key = external_key(kms)
-        params = kms.get_parameters_for_import(KeyId=key, WrappingAlgorithm="RSAES_OAEP_SHA_256",
-                                               WrappingKeySpec="RSA_2048")
-        valid_to = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=3)
-        kms.import_key_material(KeyId=key, ImportToken=params["ImportToken"],
-                                EncryptedKeyMaterial=wrap(params, os.urandom(32),
-                                                          "RSAES_OAEP_SHA_256"),
-                                ValidTo=valid_to)
+        key = expiring_key(kms, 3)
         # The scheduler deletes the expired material, then dies before its event.
         killer = KilledAt(server, "on_kms_event")
         killer.wait()
@@ -297,18 +295,10 @@ def test_scheduled_work_killed_before_its_event_is_recorded_at_the_next_start():
 
 
 def test_scheduled_work_recorded_leaves_no_row_and_its_event_names_it():
-    from test_import import external_key, wrap
     server = start_dev()
     try:
         kms = client(server)
-        key = external_key(kms)
-        params = kms.get_parameters_for_import(KeyId=key, WrappingAlgorithm="RSAES_OAEP_SHA_256",
-                                               WrappingKeySpec="RSA_2048")
-        valid_to = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=2)
-        kms.import_key_material(KeyId=key, ImportToken=params["ImportToken"],
-                                EncryptedKeyMaterial=wrap(params, os.urandom(32),
-                                                          "RSAES_OAEP_SHA_256"),
-                                ValidTo=valid_to)
+        key = expiring_key(kms, 2)
         assert wait_for(lambda: [r for r in audit_records(server.data_dir)
                                  if r.get("op") == "DeleteExpiredKeyMaterial"], 30)
         ev = [r for r in audit_records(server.data_dir)
@@ -371,7 +361,90 @@ def test_a_lockout_whose_records_were_lost_is_recorded_at_the_next_start():
         assert len(recs) == 1 and recs[0]["request_id"] == rows[0][0], recs
         extra = recs[0]["extra"]
         assert extra["request_op"] == "Authenticate", recs
-        assert (extra["request_principal"], extra["request_access_key"]) == ("victim", akid)
+        assert extra["request_principal"].endswith(":user/victim"), recs
+        assert extra["request_access_key"] == akid, recs
+        assert extra["request_source"].startswith("127.0.0.1:"), recs
         assert wait_for(lambda: outbox_rows(server.data_dir) == [], 10)
     finally:
         server.cleanup()
+
+
+@pytest.mark.skipif(not GDB, reason="killing hsmd between a commit and its record needs gdb, "
+                                    "allowed to attach")
+def test_a_change_after_a_failed_signature_is_recovered_as_what_it_did():
+    """A correct signature after a wrong one resets the count (authentication's own commit,
+    under the request's row) before the handler commits: the row names the handler's work."""
+    from helpers import new_user
+    server = start_dev(["--lockout-threshold", "5"])
+    try:
+        akid, secret = new_user(server, "alice", ["crypto-officer"])
+        kms = client(server, akid=akid, secret=secret)
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        st, _ = signed_call(server, "TrentService.ListKeys", {}, akid=akid, secret="x" * 40)
+        assert st == 400
+        assert wait_for(lambda: outbox_rows(server.data_dir) == [], 10)
+        killer = KilledAt(server, "hsm_audit_submit_lazy")
+        with pytest.raises((botocore.exceptions.EndpointConnectionError,
+                            botocore.exceptions.ConnectionClosedError,
+                            botocore.exceptions.ReadTimeoutError)):
+            kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
+        killer.wait()
+        rows = outbox_rows(server.data_dir)
+        assert [(r[1], r[2]) for r in rows] == [("ScheduleKeyDeletion", key)], rows
+        server = restart(server)
+        recs = recovered(server.data_dir)
+        assert len(recs) == 1 and recs[0]["key_id"] == key, recs
+        assert recs[0]["extra"]["request_op"] == "ScheduleKeyDeletion", recs
+        assert recs[0]["extra"]["request_principal"].endswith(":user/alice"), recs
+    finally:
+        server.cleanup()
+
+
+def test_a_count_reset_refused_for_want_of_audit_space_still_gets_its_record():
+    """A refusal for want of audit space is counted, not recorded, unless its
+    authentication changed the store (a failed-signature count reset): that one gets
+    its record, from the space kept for records, and its row goes under it."""
+    from conftest import signed_request
+    from helpers import new_user
+    from test_audit_server import mount_tmpfs
+    tmp = tempfile.mkdtemp(prefix="hsmd-it-low-")
+    audit_dir = os.path.join(tmp, "audit")
+    mount_tmpfs(audit_dir, "16m")
+    server = None
+    try:
+        server = start_dev(["--audit-dir", audit_dir, "--lockout-threshold", "5"])
+        akid, secret = new_user(server, "alice", ["crypto-user"])
+        kms = client(server)
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        st, _ = signed_call(server, "TrentService.ListKeys", {}, akid=akid, secret="x" * 40)
+        assert st == 400
+        # Fill the disk until the trail cannot keep its reserve: requests are refused.
+        subprocess.run(["dd", "if=/dev/zero", f"of={os.path.join(audit_dir, 'filler')}",
+                        "bs=64k"], capture_output=True)
+        for _ in range(20000):
+            try:
+                kms.encrypt(KeyId=key, Plaintext=b"x" * 2000,
+                            EncryptionContext={"pad": "y" * 2000})
+            except botocore.exceptions.ClientError:
+                break
+        r = signed_request(server, "TrentService.ListKeys", {}, akid=akid, secret=secret)
+        assert r.status_code == 503, r.text
+        request_id = r.headers["x-amzn-RequestId"]
+        os.remove(os.path.join(audit_dir, "filler"))
+        assert wait_for(lambda: server.get("/readyz")[0] == 200, 30)
+        assert wait_for(lambda: outbox_rows(server.data_dir) == [], 10), \
+            outbox_rows(server.data_dir)
+        server.stop()
+        recs = []
+        for f in sorted(os.listdir(audit_dir)):
+            if f.endswith(".jsonl"):
+                with open(os.path.join(audit_dir, f)) as fh:
+                    recs += [json.loads(line) for line in fh if line.strip()]
+        mine = [x for x in recs if x.get("request_id") == request_id]
+        assert [(x["op"], x["error"]) for x in mine] == \
+            [("ListKeys", "ServiceUnavailableException")], mine
+    finally:
+        if server is not None:
+            server.cleanup()
+        subprocess.run(["umount", "-l", audit_dir])
+        shutil.rmtree(tmp, ignore_errors=True)

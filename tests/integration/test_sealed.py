@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import HSMCTL, Hsmd, client, signed_call, start_dev, unsigned_call
-from helpers import admin, audit_record, audit_records, raises
+from helpers import admin, audit_record, audit_records, gdb_can_trace, raises
 
 CUSTODIANS = ["alice", "bob", "carol", "dave", "erin"]
 
@@ -118,16 +118,6 @@ def test_init_writes_only_new_files_and_checks_them_before_the_store_commits(tmp
     assert p.returncode == 0 and "quorum: 2 of 2" in p.stdout, p.stdout + p.stderr
     p = hsmctl("unseal", "--data-dir", data, str(shares / "alice.share"), str(shares / "bob.share"))
     assert p.returncode == 0 and "reconstruct the master key" in p.stdout, p.stdout + p.stderr
-
-
-def gdb_can_trace():
-    """gdb is installed and may trace a child here (ptrace can be denied: a container
-    without CAP_SYS_PTRACE, kernel.yama.ptrace_scope 3)."""
-    if shutil.which("gdb") is None:
-        return False
-    p = subprocess.run(["gdb", "-q", "-nx", "-batch", "-ex", "run", "--args", "/bin/true"],
-                       capture_output=True, text=True, timeout=60)
-    return "exited normally" in p.stdout
 
 
 GDB = gdb_can_trace()

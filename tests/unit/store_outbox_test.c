@@ -199,6 +199,49 @@ static void test_row_names_the_key_written(void **state)
 	seen_free(s);
 }
 
+/* Authentication's row, then the handler's under the same request id: one row, the handler's. */
+static void test_later_intent_of_a_request_names_what_it_did(void **state)
+{
+	st_fixture *f = *state;
+	char key_id[HSM_UUID_STRLEN + 1];
+	st_key_id(key_id, 9);
+	create_key(f, 9);
+	const char *names[] = {"outbox-auth"};
+	hsm_buf one = {0};
+	assert_true(hsm_ok(hsm_buf_put_str(&one, "1")));
+	const hsm_buf *values[] = {&one};
+	hsm_store_intent auth = {.node_id = "node-a", .request_id = "req-9",
+	                         .operation = "Authenticate", .principal = "alice",
+	                         .access_key_id = "AKIAEXAMPLE000000009"};
+	hsm_store_intent_begin(&auth);
+	EXPECT_OK(hsm_store_meta_put(f->s, 1, names, values));
+	hsm_store_intent_end();
+	hsm_buf_free(&one);
+	assert_true(auth.written);
+	int64_t first_ms = 0;
+	seen *s = list(f, "node-a");
+	assert_int_equal(s->n, 1);
+	first_ms = s->r[0].created_ms;
+	seen_free(s);
+	hsm_store_intent handler = {.node_id = "node-a", .request_id = "req-9",
+	                            .operation = "ScheduleKeyDeletion",
+	                            .principal = "arn:aws:iam::111122223333:user/alice",
+	                            .source = "192.0.2.9:4431"};
+	hsm_store_intent_begin(&handler);
+	EXPECT_OK(hsm_store_key_destroy(f->s, key_id, 1700000000));
+	hsm_store_intent_end();
+	assert_true(handler.written);
+	s = list(f, "node-a");
+	assert_int_equal(s->n, 1);
+	assert_string_equal(s->r[0].operation, "ScheduleKeyDeletion");
+	assert_string_equal(s->r[0].key_id, key_id);
+	assert_string_equal(s->r[0].principal, "arn:aws:iam::111122223333:user/alice");
+	assert_string_equal(s->r[0].source, "192.0.2.9:4431");
+	assert_string_equal(s->r[0].access_key_id, "AKIAEXAMPLE000000009"); /* kept: none given */
+	assert_true(s->r[0].created_ms == first_ms);
+	seen_free(s);
+}
+
 /* Strings left NULL are stored as "". */
 static void test_null_fields_are_empty(void **state)
 {
@@ -558,6 +601,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_created_key_and_prepared_sender, st_setup,
 		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_row_names_the_key_written, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_later_intent_of_a_request_names_what_it_did, st_setup,
+		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_rollback_leaves_no_row, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_no_intent_no_row, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_reads_carry_no_row, st_setup, st_teardown),
