@@ -320,6 +320,9 @@ static hsm_result scan_file(hsm_audit *a, const char *path, audit_tail_info *out
 	if (valid_end < win)
 		HSM_TRY(save_torn(a, fd, path, buf + valid_end, win - valid_end, base + valid_end, out));
 	if (*found) {
+		/* A killed run's last writes may be in the page cache only: durable before
+		 * anything (the audit outbox) takes them for written. */
+		HSM_CHECK(fdatasync(fd) == 0, HSM_ERR_IO, "cannot sync %s: %s", path, strerror(errno));
 		out->found = true;
 		out->next_seq = li.seq + 1;
 		out->clean = li.shutdown && out->torn_bytes == 0;
