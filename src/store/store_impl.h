@@ -428,6 +428,21 @@ typedef struct st_outbox_row {
  */
 hsm_store_intent *st_intent_pending(void);
 /* in's row as of now: key_id as it reads now, created_ms the current UTC time. */
+/*
+ * The end of both backends' row insert: a later intent of the same request
+ * (the handler's, after authentication's count reset) names what the
+ * request did: its operation and non-empty fields win, the first commit's
+ * time stays (store.h).  Both SQLite and PostgreSQL read it the same way.
+ */
+#define ST_OUTBOX_MERGE                                                                            \
+	"ON CONFLICT (node_id, request_id) DO UPDATE SET operation = excluded.operation, "        \
+	"principal = CASE WHEN excluded.principal <> '' THEN excluded.principal "                \
+	"ELSE audit_outbox.principal END, "                                                        \
+	"access_key_id = CASE WHEN excluded.access_key_id <> '' THEN excluded.access_key_id "    \
+	"ELSE audit_outbox.access_key_id END, "                                                    \
+	"source = CASE WHEN excluded.source <> '' THEN excluded.source ELSE audit_outbox.source " \
+	"END, key_id = CASE WHEN excluded.key_id <> '' THEN excluded.key_id "                     \
+	"ELSE audit_outbox.key_id END"
 void st_outbox_row_of(hsm_store_intent *in, st_outbox_row *out);
 /* The key a change creates or writes, for the row of the thread's intent (if one is pending). */
 void st_intent_note_key(const char *key_id);

@@ -5,21 +5,11 @@
  */
 #include "store/store_sqlite.h"
 
-/*
- * A later intent of the same request (the handler's, after authentication's
- * count reset) names what the request did: its operation and key win, the
- * first commit's time stays (store.h).
- */
+/* A later intent of the same request updates the row (ST_OUTBOX_MERGE). */
 static const char SQL_OUTBOX_INSERT[] =
 	"INSERT INTO audit_outbox (node_id, request_id, created_ms, operation, principal, "
 	"access_key_id, source, key_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) "
-	"ON CONFLICT (node_id, request_id) DO UPDATE SET operation = excluded.operation, "
-	"principal = CASE WHEN excluded.principal <> '' THEN excluded.principal "
-	"ELSE audit_outbox.principal END, "
-	"access_key_id = CASE WHEN excluded.access_key_id <> '' THEN excluded.access_key_id "
-	"ELSE audit_outbox.access_key_id END, "
-	"source = CASE WHEN excluded.source <> '' THEN excluded.source ELSE audit_outbox.source END, "
-	"key_id = CASE WHEN excluded.key_id <> '' THEN excluded.key_id ELSE audit_outbox.key_id END";
+	ST_OUTBOX_MERGE;
 /* Keyset pagination over audit_outbox_order. */
 static const char SQL_OUTBOX_PAGE[] =
 	"SELECT node_id, request_id, created_ms, operation, principal, access_key_id, source, "
