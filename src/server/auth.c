@@ -166,18 +166,16 @@ static hsm_result auth_outcome(hsm_server *s, hsm_http_req *req, const char *use
                                hsm_auth_result *out)
 {
 	/* Named as the request's record names its caller (rare: failures and resets only). */
-	char principal[160], source[HSM_HTTP_ADDR_MAX + 8];
-	snprintf(principal, sizeof(principal), "arn:aws:iam::%s:user/%s", s->account, user);
-	snprintf(source, sizeof(source), "%s:%u", hsm_http_req_remote_addr(req),
-	         (unsigned)hsm_http_req_remote_port(req));
+	hsm_sender who;
+	hsm_server_sender(s, req, user, &who);
 	hsm_store_intent in;
 	memset(&in, 0, sizeof(in));
 	in.node_id = s->node_id;
 	in.request_id = hsm_http_req_id(req);
 	in.operation = "Authenticate";
-	in.principal = principal;
+	in.principal = who.principal;
 	in.access_key_id = akid;
-	in.source = source;
+	in.source = who.source;
 	hsm_store_intent_begin(&in);
 	hsm_result r =
 	    hsm_kms_auth_outcome(s->kms, user, success, s->opt.lockout_threshold, locked_now);

@@ -184,14 +184,8 @@ static void kick_audit(void *audit)
 	hsm_audit_kick(audit);
 }
 
-/* Who sent a request, as its record names them: "ip:port" and the user's ARN ("" when none). */
-typedef struct sender {
-	char source[HSM_HTTP_ADDR_MAX + 8];
-	char principal[160];
-} sender;
-
-static void sender_of(const hsm_server *s, hsm_http_req *req, const hsm_auth_result *auth,
-                      sender *out)
+void hsm_server_sender(const hsm_server *s, hsm_http_req *req, const char *user,
+                       hsm_sender *out)
 {
 	hsm_sb b;
 	hsm_sb_init(&b, out->source, sizeof(out->source));
@@ -199,19 +193,25 @@ static void sender_of(const hsm_server *s, hsm_http_req *req, const hsm_auth_res
 	hsm_sb_add(&b, ":");
 	hsm_sb_u64(&b, hsm_http_req_remote_port(req));
 	out->principal[0] = '\0';
-	if (auth != NULL && auth->user[0] != '\0') {
+	if (user != NULL && user[0] != '\0') {
 		hsm_sb_init(&b, out->principal, sizeof(out->principal));
 		hsm_sb_add(&b, "arn:aws:iam::");
 		hsm_sb_add(&b, s->account);
 		hsm_sb_add(&b, ":user/");
-		hsm_sb_add(&b, auth->user);
+		hsm_sb_add(&b, user);
 	}
+}
+
+static void sender_of(const hsm_server *s, hsm_http_req *req, const hsm_auth_result *auth,
+                      hsm_sender *out)
+{
+	hsm_server_sender(s, req, auth != NULL ? auth->user : NULL, out);
 }
 
 /* A request's outbox intent; the sender is formatted only if the request writes the store. */
 typedef struct outbox_intent {
 	hsm_store_intent in; /* first: prepare_sender gets it */
-	sender who;
+	hsm_sender who;
 	pending *p;
 	const hsm_auth_result *auth;
 } outbox_intent;
@@ -261,7 +261,7 @@ static void submit_audit(pending *p, const outcome *o)
 	hsm_audit_field extra[12];
 	size_t n_extra = 0;
 	char ctx[HSM_AUDIT_VALUE_MAX];
-	sender who;
+	hsm_sender who;
 	sender_of(s, p->req, o->auth, &who);
 	const char *source = who.source, *principal = who.principal;
 	if (o->api != NULL && o->api->algorithm != NULL)

@@ -106,12 +106,6 @@ static int cmp_settled(const void *x, const void *y)
 	return strcmp(((const settled *)x)->id, ((const settled *)y)->id);
 }
 
-/* Deletes the rows named by ids[0..n) in batches. */
-static hsm_result delete_rows(hsm_server *s, const char *const *ids, size_t n)
-{
-	return n == 0 ? HSM_SUCCESS : hsm_store_outbox_delete(s->store, s->node_id, ids, n);
-}
-
 /* Rows whose records are below durable (all durable): deleted; put back when the store fails. */
 static void delete_done(hsm_server *s, uint64_t durable)
 {
@@ -139,7 +133,7 @@ static void delete_done(hsm_server *s, uint64_t durable)
 	for (size_t i = 0; ids != NULL && i < take.n; i++)
 		ids[i] = take.v[i].id;
 	if (hsm_ok(r))
-		r = delete_rows(s, ids, take.n);
+		r = hsm_store_outbox_delete(s->store, s->node_id, ids, take.n);
 	free(ids);
 	if (hsm_failed(r)) {
 		if (!o->delete_failing)

@@ -183,6 +183,14 @@ typedef struct hsm_auth_result {
 	bool outboxed;
 } hsm_auth_result;
 
+/* Who sent a request, as its record names them: "ip:port" and the user's ARN ("" when none). */
+typedef struct hsm_sender {
+	char source[HSM_HTTP_ADDR_MAX + 8];
+	char principal[160];
+} hsm_sender;
+void hsm_server_sender(const hsm_server *s, hsm_http_req *req, const char *user,
+                       hsm_sender *out);
+
 hsm_result hsm_server_auth_init(hsm_server *s) HSM_MUST_CHECK;
 void hsm_server_auth_free(hsm_server *s);
 /* Verifies SigV4 and loads the principal; counts failures toward the lockout. */

@@ -88,6 +88,17 @@ class KilledAt:
         return text
 
 
+def killed_before_its_record(server, call):
+    """Runs call (one request) with hsmd killed once the change it commits is made and
+    before its record is submitted: the client gets no answer."""
+    killer = KilledAt(server, "hsm_audit_submit_lazy")
+    with pytest.raises((botocore.exceptions.EndpointConnectionError,
+                        botocore.exceptions.ConnectionClosedError,
+                        botocore.exceptions.ReadTimeoutError)):
+        call()
+    killer.wait()
+
+
 def restart(server):
     server.log.close()
     return Hsmd(["--dev"], env=DEV_ENV, data_dir=server.data_dir)
@@ -117,13 +128,9 @@ def test_a_change_whose_record_was_lost_is_recorded_at_the_next_start():
     server = start_dev()
     try:
         kms = client(server)
-        killer = KilledAt(server, "hsm_audit_submit_lazy")
         # The change commits; hsmd dies before its record is submitted: no answer.
-        with pytest.raises((botocore.exceptions.EndpointConnectionError,
-                            botocore.exceptions.ConnectionClosedError,
-                            botocore.exceptions.ReadTimeoutError)):
-            kms.create_key(Description="committed, then killed")
-        killer.wait()
+        killed_before_its_record(server,
+                                 lambda: kms.create_key(Description="committed, then killed"))
         rows = outbox_rows(server.data_dir)
         assert len(rows) == 1 and rows[0][1] == "CreateKey", rows
         request_id = rows[0][0]
@@ -319,12 +326,8 @@ def test_a_recovered_change_names_a_key_its_handler_names_only_afterwards():
         kms = client(server)
         key = kms.create_key()["KeyMetadata"]["KeyId"]
         assert wait_for(lambda: outbox_rows(server.data_dir) == [], 10)
-        killer = KilledAt(server, "hsm_audit_submit_lazy")
-        with pytest.raises((botocore.exceptions.EndpointConnectionError,
-                            botocore.exceptions.ConnectionClosedError,
-                            botocore.exceptions.ReadTimeoutError)):
-            kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
-        killer.wait()
+        killed_before_its_record(
+            server, lambda: kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=7))
         server = restart(server)
         kms = client(server)
         assert kms.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "PendingDeletion"
@@ -383,12 +386,8 @@ def test_a_change_after_a_failed_signature_is_recovered_as_what_it_did():
         st, _ = signed_call(server, "TrentService.ListKeys", {}, akid=akid, secret="x" * 40)
         assert st == 400
         assert wait_for(lambda: outbox_rows(server.data_dir) == [], 10)
-        killer = KilledAt(server, "hsm_audit_submit_lazy")
-        with pytest.raises((botocore.exceptions.EndpointConnectionError,
-                            botocore.exceptions.ConnectionClosedError,
-                            botocore.exceptions.ReadTimeoutError)):
-            kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
-        killer.wait()
+        killed_before_its_record(
+            server, lambda: kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=7))
         rows = outbox_rows(server.data_dir)
         assert [(r[1], r[2]) for r in rows] == [("ScheduleKeyDeletion", key)], rows
         server = restart(server)
