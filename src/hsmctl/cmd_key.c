@@ -13,7 +13,8 @@
  *   hsmctl key import   ... (cmd_import.c; also with --endpoint)
  *
  * KEY is a key id, key ARN or alias.  Commands that make key material need
- * a quorum of custodian share files.
+ * a quorum of custodian share files.  list and describe only read: they
+ * open the store as it is (no new store, no migration).
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -194,6 +195,23 @@ static hsm_result do_sub(hsmctl_local *l, const key_opts *o)
 	return show(l, o->key);
 }
 
+/*
+ * list and describe read the store as it is, as status does: never made or
+ * migrated.  A store older than this build lacks what later schema steps
+ * added, so reading it here is refused rather than half done.
+ */
+static hsm_result open_to_read(const key_opts *o, hsmctl_local *l)
+{
+	HSM_GUARD(hsmctl_local_inspect(o->data_dir, o->n_shares, o->shares, l));
+	int have = hsm_store_schema_version(l->store), latest = hsm_store_schema_latest(l->store);
+	HSM_ENSURE(have >= latest, HSM_ERR_STORE,
+	           "the store has schema version %d, older than this hsmctl's %d, and key %s never "
+	           "brings it forward: use the hsmctl of the hsmd that runs it, or start the "
+	           "upgraded hsmd first (it migrates the store)",
+	           have, latest, o->sub);
+	return HSM_SUCCESS;
+}
+
 int hsmctl_cmd_key(int argc, char **argv)
 {
 	if (argc < 2)
@@ -208,7 +226,9 @@ int hsmctl_cmd_key(int argc, char **argv)
 	if (needs_key && o.key == NULL)
 		return hsmctl_usage("key", "%s needs a KEY argument", o.sub);
 	hsmctl_local l = {0};
-	hsm_result r = hsmctl_local_open(o.data_dir, o.n_shares, o.shares, &l);
+	bool reads = strcmp(o.sub, "list") == 0 || strcmp(o.sub, "describe") == 0;
+	hsm_result r = reads ? open_to_read(&o, &l)
+	                     : hsmctl_local_open(o.data_dir, o.n_shares, o.shares, &l);
 	if (hsm_ok(r)) {
 		if (strcmp(o.sub, "create") == 0)
 			r = do_create(&l, &o);

@@ -402,6 +402,12 @@ int hsm_store_schema_version(hsm_store *s)
 	return s->ops->schema_version(s);
 }
 
+int hsm_store_schema_latest(hsm_store *s)
+{
+	HSM_ASSERT(s != NULL);
+	return s->ops->schema_latest();
+}
+
 int hsm_store_migrated_from(hsm_store *s)
 {
 	HSM_ASSERT(s != NULL);

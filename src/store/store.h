@@ -263,6 +263,12 @@ void hsm_store_close(hsm_store *s);
 /* Schema version the store is at (for status output and tests). */
 int hsm_store_schema_version(hsm_store *s);
 /*
+ * The schema version this build writes for the store's backend: a store
+ * opened as it is (hsm_store_open_existing) may be older, and then lacks
+ * what later steps added.
+ */
+int hsm_store_schema_latest(hsm_store *s);
+/*
  * The schema version this handle's opening migrated the store from; 0 when
  * it migrated nothing (the store was current, new, or another node of a
  * shared store brought it forward first).

@@ -451,6 +451,7 @@ static const hsm_store_ops pg_ops = {
 	.name = "postgresql",
 	.close = pg_close,
 	.schema_version = pg_schema_version_op,
+	.schema_latest = hsm_store_pg_schema_latest,
 	.meta_get = pg_meta_get,
 	.meta_put = pg_meta_put,
 	.rekey = pg_rekey,

@@ -427,6 +427,7 @@ static const hsm_store_ops sqlite_ops = {
 	.name = "sqlite",
 	.close = sq_close,
 	.schema_version = sq_schema_version_op,
+	.schema_latest = hsm_store_sqlite_schema_latest,
 	.meta_get = sq_meta_get,
 	.meta_put = sq_meta_put,
 	.rekey = sq_rekey,

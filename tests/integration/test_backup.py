@@ -612,7 +612,7 @@ def schema_of(data):
 
 
 def test_read_only_commands_neither_create_nor_migrate_the_store():
-    """status, unseal and an offline backup read a store as it is: a mistyped or empty
+    """status, unseal, an offline backup and key list/describe read a store as it is: a mistyped or empty
     directory is reported and left as it was (no hsmd.db, audit/ or hsmd.lock that would
     later pass for a store), and an older store keeps its schema, so the hsmd that wrote
     it still opens it; its backup restores with this hsmctl, which migrates the copy."""
@@ -642,6 +642,17 @@ def test_read_only_commands_neither_create_nor_migrate_the_store():
         assert p.returncode == 0, p.stderr
         made = fields(p.stdout)
         assert schema_of(data) == latest - 1
+        # Listing and describing keys read too; on an older schema they are refused, not
+        # half done, and the store keeps its version.
+        for sub in (["list"], ["describe", "alias/none"]):
+            p = hsmctl("key", *sub, "--data-dir", data)
+            assert p.returncode == 1, (sub, p.stdout, p.stderr)
+            assert f"the store has schema version {latest - 1}, older than this hsmctl's " \
+                f"{latest}, and key {sub[0]} never brings it forward" in p.stderr, p.stderr
+        p = hsmctl("key", "list", "--data-dir", empty)
+        assert p.returncode == 1 and f"no hsmd store in {empty}" in p.stderr, p.stderr
+        assert os.listdir(empty) == []
+        assert schema_of(data) == latest - 1
 
         target = os.path.join(base, "restored")
         p = hsmctl("restore", "--data-dir", target, *quorum, made["file"])
@@ -649,5 +660,7 @@ def test_read_only_commands_neither_create_nor_migrate_the_store():
         assert schema_of(target) == latest
         p = hsmctl("status", "--data-dir", target)
         assert p.returncode == 0 and fields(p.stdout)["schema"] == str(latest), p.stdout
+        p = hsmctl("key", "list", "--data-dir", target)
+        assert p.returncode == 0, p.stderr
     finally:
         shutil.rmtree(base, ignore_errors=True)
