@@ -246,7 +246,7 @@ static int list_of(const char *target, json_t *body, const char *member)
 int hsmctl_cmd_user(int argc, char **argv)
 {
 	if (!hsmctl_online())
-		return hsmctl_usage("user", "needs --endpoint (a running hsmd)");
+		return hsmctl_cmd_user_local(argc, argv);
 	if (argc >= 2 && strcmp(argv[1], "list") == 0)
 		return list_of("HsmdAdmin.ListUsers", json_object(), "Users");
 	if (argc < 3)
@@ -274,7 +274,7 @@ int hsmctl_cmd_user(int argc, char **argv)
 int hsmctl_cmd_access_key(int argc, char **argv)
 {
 	if (!hsmctl_online())
-		return hsmctl_usage("access-key", "needs --endpoint (a running hsmd)");
+		return hsmctl_cmd_access_key_local(argc, argv);
 	if (argc >= 2 && strcmp(argv[1], "list") == 0) {
 		json_t *body = argc >= 3 ? json_pack("{s:s}", "UserName", argv[2]) : json_object();
 		return list_of("HsmdAdmin.ListAccessKeys", body, "AccessKeys");

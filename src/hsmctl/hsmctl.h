@@ -81,6 +81,9 @@ bool hsmctl_online(void);
 int hsmctl_cmd_online(int argc, char **argv);
 int hsmctl_cmd_user(int argc, char **argv);
 int hsmctl_cmd_access_key(int argc, char **argv);
+/* The same without --endpoint: on --data-dir (or --store), a quorum of shares standing in for an officer. */
+int hsmctl_cmd_user_local(int argc, char **argv);
+int hsmctl_cmd_access_key_local(int argc, char **argv);
 int hsmctl_cmd_approval(int argc, char **argv);
 int hsmctl_cmd_cert(int argc, char **argv);
 int hsmctl_cmd_audit_online(int argc, char **argv);

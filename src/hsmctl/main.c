@@ -48,9 +48,11 @@ static const hsmctl_command commands[] = {
      "give a custodian share to a running hsmd, or check shares offline", cmd_unseal},
     {"seal", "(with --endpoint)", "seal a running hsmd: wipe its keys from memory",
      hsmctl_cmd_online},
-    {"user", "create NAME --roles R[,R] | list | disable|enable|unlock NAME (with --endpoint)",
+    {"user", "create NAME --roles R[,R] | list | disable|enable|unlock NAME (--endpoint, or "
+             "offline: --data-dir DIR --share FILE...)",
      "manage users (roles: crypto-officer, crypto-user, auditor, custodian)", hsmctl_cmd_user},
-    {"access-key", "create USER | revoke AKID | list [USER] (with --endpoint)",
+    {"access-key", "create USER | revoke AKID | list [USER] (--endpoint, or offline: "
+                   "--data-dir DIR --share FILE...)",
      "manage SigV4 access keys", hsmctl_cmd_access_key},
     {"approval", "list [--all] | show|approve|deny|cancel ID (with --endpoint)",
      "requests waiting for custodians: read them, approve or deny them (custodians), or "

@@ -1,0 +1,150 @@
+"""Users and access keys managed offline, a quorum of custodians standing in for an officer:
+the way back when no officer can act through the API (locked out, credentials lost or
+stolen, or a ceremony that stopped before it wrote its officer)."""
+import glob
+import os
+import shutil
+import tempfile
+
+import pytest
+
+from conftest import Hsmd, client, signed_request
+from helpers import audit_records, raises
+from test_auth import BAD_SIG
+from test_backup import fields, hsmctl
+from test_sealed import create_first_officer, init_store
+
+TARGET, BODY = "TrentService.ListKeys", {"Limit": 5}
+
+
+def unsealed(data, shares):
+    server = Hsmd([], data_dir=data)
+    for c in ("alice", "dave", "erin"):
+        p = hsmctl("unseal", shares[c], endpoint=server.endpoint)
+        assert p.returncode == 0, p.stderr
+    return server
+
+
+def offline(*args):
+    return hsmctl(*args)
+
+
+def users(data):
+    p = offline("user", "list", "--data-dir", data)
+    assert p.returncode == 0, p.stderr
+    blocks = [dict(l.split(": ", 1) for l in b.splitlines()) for b in p.stdout.split("\n\n")
+              if b.strip()]
+    return {b["UserName"]: b for b in blocks}
+
+
+@pytest.fixture()
+def store():
+    base = tempfile.mkdtemp(prefix="hsmd-offline-users-")
+    data, shares = init_store(base)
+    yield data, shares
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_quorum_unlocks_the_only_officer_and_makes_another(store):
+    data, shares = store
+    ops = create_first_officer(None, data, shares)
+    server = unsealed(data, shares)
+    try:
+        # Whoever knows the officer's access key id locks it with five wrong signatures;
+        # no other officer exists to unlock it.
+        for _ in range(5):
+            r = signed_request(server, TARGET, BODY, akid=ops[0], secret=ops[1], mutate=BAD_SIG)
+            assert r.status_code == 400, r.text
+        r = signed_request(server, TARGET, BODY, akid=ops[0], secret=ops[1])
+        assert r.status_code == 403 and "locked" in r.json()["message"], r.text
+    finally:
+        server.stop()
+
+    quorum = ["--share", shares["alice"], "--share", shares["dave"], "--share", shares["erin"]]
+    # The data directory alone grants no authority: changes need the quorum, whole.
+    p = offline("user", "unlock", "ops", "--data-dir", data)
+    assert p.returncode == 2 and "quorum of the custodians' share files" in p.stderr, p.stderr
+    p = offline("user", "unlock", "ops", "--data-dir", data, *quorum[:4])
+    assert p.returncode == 1 and "2 of 3 shares given" in p.stderr, p.stderr
+    assert users(data)["ops"]["Locked"] == "true"
+    p = offline("user", "unlock", "nobody", "--data-dir", data, *quorum)
+    assert p.returncode == 1 and "nobody" in p.stderr, p.stderr
+
+    p = offline("user", "unlock", "ops", "--data-dir", data, *quorum)
+    assert p.returncode == 0, p.stderr
+    u = users(data)["ops"]
+    assert (u["Locked"], u["FailedAuthentications"], u["Roles"]) == (
+        "false", "0", "crypto-officer,auditor"), u
+    # A second officer, so one lockout no longer stops administration.
+    p = offline("user", "create", "ops2", "--roles", "crypto-officer,auditor", "--data-dir",
+                data, *quorum)
+    assert p.returncode == 0, p.stderr
+    p = offline("access-key", "create", "ops2", "--data-dir", data, *quorum)
+    assert p.returncode == 0, p.stderr
+    made = fields(p.stdout)
+    akid2, secret2 = made["AccessKeyId"], made["SecretAccessKey"]
+    assert made["UserName"] == "ops2" and akid2.startswith("AKIA") and len(secret2) == 40
+    p = offline("access-key", "list", "ops2", "--data-dir", data)
+    assert p.returncode == 0 and fields(p.stdout) == {
+        "AccessKeyId": akid2, "UserName": "ops2", "Status": "Active"}, p.stdout
+    p = offline("user", "create", "OPS2", "--roles", "crypto-user", "--data-dir", data, *quorum)
+    assert p.returncode == 1 and "already exists" in p.stderr, p.stderr
+
+    server = unsealed(data, shares)
+    try:
+        kms = client(server, *ops)
+        kms.list_keys()
+        kms2 = client(server, akid2, secret2)
+        key = kms2.create_key()["KeyMetadata"]["KeyId"]
+        assert kms.describe_key(KeyId=key)["KeyMetadata"]["KeyId"] == key
+    finally:
+        server.stop()
+
+    # Stolen credentials are revoked the same way.
+    p = offline("access-key", "revoke", akid2, "--data-dir", data, *quorum)
+    assert p.returncode == 0, p.stderr
+    server = unsealed(data, shares)
+    try:
+        raises("UnrecognizedClientException", client(server, akid2, secret2).list_keys)
+        client(server, *ops).list_keys()
+    finally:
+        server.stop()
+
+    # On the trail as hsmd records the API's changes, by the local operator; the secret
+    # appears nowhere in it.
+    recs = [r for r in audit_records(data) if r.get("source") == "hsmctl"]
+    done = [(r["op"], r["outcome"], r.get("extra", {}).get("target_user"),
+             r.get("extra", {}).get("target_access_key_id")) for r in recs
+            if r["op"] in ("UnlockUser", "CreateUser", "CreateAccessKey", "RevokeAccessKey")]
+    assert ("UnlockUser", "error", "nobody", None) in done, done
+    assert done[-5:] == [("UnlockUser", "success", "ops", None),
+                         ("CreateUser", "success", "ops2", None),
+                         ("CreateAccessKey", "success", "ops2", akid2),
+                         ("CreateUser", "error", "OPS2", None),
+                         ("RevokeAccessKey", "success", None, akid2)], done
+    created = [r for r in recs if r["op"] == "CreateUser" and r["outcome"] == "success"]
+    assert created[-1]["extra"]["target_roles"] == "crypto-officer,auditor", created[-1]
+    for path in glob.glob(os.path.join(data, "audit", "*")):
+        with open(path, "rb") as f:
+            assert secret2.encode() not in f.read(), path
+
+
+def test_offline_user_commands_need_a_store_and_name_what_they_need(store, tmp_path):
+    data, shares = store
+    p = offline("user", "list", "--data-dir", str(tmp_path / "none"))
+    assert p.returncode == 1 and "no hsmd store in" in p.stderr, p.stderr
+    assert not (tmp_path / "none").exists()
+    quorum = ["--share", shares["alice"], "--share", shares["dave"], "--share", shares["erin"]]
+    p = offline("user", "create", "x", "--data-dir", data, *quorum)
+    assert p.returncode == 1 and "user create needs --roles" in p.stderr, p.stderr
+    p = offline("user", "create", "x", "--roles", "root", "--data-dir", data, *quorum)
+    assert p.returncode == 1 and "root" in p.stderr, p.stderr
+    p = offline("user", "disable", "ops", "--roles", "auditor", "--data-dir", data, *quorum)
+    assert p.returncode == 2 and "--roles goes with create only" in p.stderr, p.stderr
+    p = offline("user", "list")
+    assert p.returncode == 2 and "--data-dir DIR" in p.stderr, p.stderr
+    p = offline("user", "rename", "x", "--data-dir", data)
+    assert p.returncode == 2 and "unknown subcommand 'rename'" in p.stderr, p.stderr
+    p = offline("access-key", "create", "--data-dir", data, "--share", shares["alice"])
+    assert p.returncode == 2 and "needs a user NAME" in p.stderr, p.stderr
+    assert list(users(data)) == ["ops"]
