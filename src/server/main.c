@@ -185,6 +185,7 @@ int main(int argc, char **argv)
 			break;
 	}
 	hsm_info("stopping");
+	bool lost = hsm_server_node_id_lost(s);
 	hsm_server_free(s);
-	return 0;
+	return lost ? 1 : 0;
 }

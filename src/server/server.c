@@ -4,9 +4,11 @@
  */
 #include <errno.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -296,6 +298,34 @@ static void note_trail(hsm_server *s, bool say_failure)
 	atomic_store(&s->trail_noted, done);
 }
 
+/*
+ * How long a start waits for its node id while another session holds it: a
+ * node that vanished (power lost, network cut) keeps its session, and so the
+ * id, until the database's keepalives end it (about 11 s, store_pg.h).
+ */
+#define NODE_CLAIM_WAIT_MS 20000
+#define NODE_CLAIM_RETRY_MS 500
+
+/*
+ * Before anything is done under the node id against the store (the trail's
+ * first opening, the outbox's rows): no other running node may hold it.
+ */
+static hsm_result claim_node_id(hsm_server *s)
+{
+	uint64_t deadline = hsm_mono_ns() + (uint64_t)NODE_CLAIM_WAIT_MS * 1000000U;
+	for (bool said = false;; said = true) {
+		hsm_result r = hsm_store_claim_node(s->store, s->node_id);
+		if (r.err != HSM_ERR_CONFLICT || hsm_mono_ns() >= deadline)
+			return r;
+		if (!said)
+			hsm_warn("%s; waiting up to %d s for it to be freed (a node that vanished keeps it "
+			         "until the database ends its session)",
+			         hsm_last_message(), NODE_CLAIM_WAIT_MS / 1000);
+		struct timespec nap = {0, NODE_CLAIM_RETRY_MS * 1000000L};
+		nanosleep(&nap, NULL);
+	}
+}
+
 static hsm_result open_parts(hsm_server *s)
 {
 	bool shared = s->opt.store != NULL && s->opt.store[0] != '\0';
@@ -305,6 +335,7 @@ static hsm_result open_parts(hsm_server *s)
 	HSM_GUARD(hsm_server_blame(s, shared ? "store" : "data_dir",
 	                           hsm_store_open(shared ? s->opt.store : s->data_dir, &s->store)));
 	atomic_store(&s->store_up, true);
+	HSM_GUARD(hsm_server_blame(s, "node_id", claim_node_id(s)));
 	HSM_GUARD(open_audit(s));
 	HSM_GUARD(hsm_keystore_new(s->store, 0, &s->ks));
 	hsm_node_state st = hsm_keystore_state(s->ks);
@@ -632,6 +663,28 @@ static bool lead(hsm_server *s, bool can_work)
 	return leading;
 }
 
+/*
+ * Each scheduler pass proves the node still holds its id.  A database that
+ * cannot be reached changes nothing here (the node is unready for it
+ * already).  An id another node took while this node's session was lost
+ * (the database ended it: a network cut, a restart, an administrator) means
+ * two running nodes share it: this one stops, as for SIGTERM, and exits
+ * non-zero, so that it does nothing more under an id that is not its own.
+ */
+static void check_node_id(hsm_server *s)
+{
+	hsm_result r = hsm_store_claim_node(s->store, s->node_id);
+	if (r.err != HSM_ERR_CONFLICT || atomic_exchange(&s->node_id_lost, true))
+		return;
+	hsm_log_failure("this node's id was taken while its session to the store was lost; stopping");
+	kill(getpid(), SIGTERM); /* main's sigwait: the orderly stop */
+}
+
+bool hsm_server_node_id_lost(const hsm_server *s)
+{
+	return atomic_load(&s->node_id_lost);
+}
+
 /* Keys whose records a scheduler pass reads again to drop unusable material (rotation.c). */
 #define MATERIAL_SWEEP_MAX 1000
 
@@ -653,6 +706,7 @@ static void *scheduler_main(void *arg)
 		bool recount_only = s->recount && rc != ETIMEDOUT;
 		s->recount = false;
 		pthread_mutex_unlock(&s->stop_lock);
+		check_node_id(s);
 		count_store_gauges(s);
 		if (hsm_keystore_state(s->ks) != HSM_NODE_UNINITIALIZED)
 			note_trail(s, false);

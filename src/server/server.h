@@ -135,6 +135,7 @@ typedef struct hsm_server {
 	 * another takes over when it stops, dies, is sealed or loses the store.
 	 */
 	atomic_bool leading;
+	atomic_bool node_id_lost; /* another node took this node's id: it stops (main's exit status) */
 	bool lead_refused; /* the scheduler's: the last try for the leadership failed (logged once) */
 	pthread_mutex_t stop_lock;
 	pthread_cond_t stop_cond;
@@ -167,6 +168,11 @@ void hsm_server_stop(hsm_server *s);
 /* Has the scheduler count the store-wide gauges of /metrics now, not at its next period. */
 void hsm_server_recount(hsm_server *s);
 void hsm_server_free(hsm_server *s);
+/*
+ * Whether the node stopped itself because another running node took its
+ * node_id on the shared store (hsm_store_claim_node): main exits non-zero.
+ */
+bool hsm_server_node_id_lost(const hsm_server *s);
 uint16_t hsm_server_port(hsm_server *s);
 
 /* ---- Pipeline pieces (server-internal) ----------------------------------------- */

@@ -408,6 +408,13 @@ int hsm_store_schema_latest(hsm_store *s)
 	return s->ops->schema_latest();
 }
 
+hsm_result hsm_store_claim_node(hsm_store *s, const char *node_id)
+{
+	HSM_ASSERT(s != NULL && node_id != NULL);
+	HSM_ENSURE(node_id[0] != '\0', HSM_ERR_VALIDATION, "the node id is empty");
+	return s->ops->claim_node(s, node_id);
+}
+
 int hsm_store_migrated_from(hsm_store *s)
 {
 	HSM_ASSERT(s != NULL);

@@ -491,6 +491,26 @@ hsm_result hsm_store_keys_due(hsm_store *s, int64_t now, size_t limit, hsm_key_c
  */
 hsm_result hsm_store_lead(hsm_store *s, bool want, bool *leading) HSM_MUST_CHECK;
 
+/* ---- This node's id ----------------------------------------------------------- */
+
+/*
+ * Claims node_id on the store for as long as the handle stays open: the id
+ * names the node's audit trail, its rows of the audit outbox (which the node
+ * settles as its own) and its trail's copy, so two running nodes must never
+ * share one.  The first call takes the claim; each later call with the same
+ * id proves it is still held, and takes it again when it was lost (the
+ * database ended the session) and nobody else took it meanwhile.
+ *
+ * SQLite: one process holds the store (its directory lock): always granted.
+ * PostgreSQL: a session advisory lock keyed by a hash of the id, on a
+ * connection kept for it alone, which the server releases when that session
+ * ends (the node closed the store, died, or lost the database).  Another
+ * session holding it is HSM_ERR_CONFLICT, naming the id and, as far as the
+ * role may see it, the holder's session (process id, client address,
+ * application name); a database that cannot be reached is its own failure.
+ */
+hsm_result hsm_store_claim_node(hsm_store *s, const char *node_id) HSM_MUST_CHECK;
+
 /* ---- Backups ---------------------------------------------------------------- */
 
 /*

@@ -316,6 +316,10 @@ size_t pg_own_sessions(pg_store *s, int *pids, size_t cap)
 	if (s->lead != NULL && n < cap)
 		pids[n++] = PQbackendPID(s->lead->db);
 	pthread_mutex_unlock(&s->lead_lock);
+	pthread_mutex_lock(&s->node_lock);
+	if (s->node != NULL && n < cap)
+		pids[n++] = PQbackendPID(s->node->db);
+	pthread_mutex_unlock(&s->node_lock);
 	return n;
 }
 
@@ -423,6 +427,134 @@ static hsm_result pg_lead(hsm_store *base, bool want, bool *leading)
 	return r;
 }
 
+/* ---- This node's id ----------------------------------------------------------------------------- */
+
+/*
+ * pg_try_advisory_lock(int4, int4) keys: "HSMN" as a number, then the node
+ * id's hash (pg_node_lock_key).  The two-key form never meets the one-key
+ * locks above and in the schema code; both keys stay non-negative, so
+ * pg_locks shows them as the same numbers.
+ */
+#define PG_NODE_LOCK_CLASS "1213418830"
+static const char SQL_NODE_NAME[] = "SELECT set_config('application_name', $1, false)";
+static const char SQL_NODE_TRY[] =
+    "SELECT pg_try_advisory_lock(" PG_NODE_LOCK_CLASS ", $1::int4)";
+static const char SQL_NODE_RELEASE[] =
+    "SELECT pg_advisory_unlock(" PG_NODE_LOCK_CLASS ", $1::int4)";
+static const char SQL_NODE_ALIVE[] = "SELECT 1";
+/* Who holds it: pg_locks shows every session's locks; pg_stat_activity hides others' roles' details. */
+static const char SQL_NODE_HOLDER[] =
+    "SELECT l.pid, coalesce(host(a.client_addr), ''), coalesce(a.application_name, '') "
+    "FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.classid = " PG_NODE_LOCK_CLASS "::int8::oid "
+    "AND l.objid = $1::int8::oid AND l.objsubid = 2 AND l.granted LIMIT 1";
+
+/* FNV-1a (32 bits) of the id, its sign bit cleared.  Fixed for good: nodes of all builds meet on it. */
+int32_t pg_node_lock_key(const char *node_id)
+{
+	uint32_t h = 2166136261U;
+	for (const unsigned char *p = (const unsigned char *)node_id; *p != '\0'; p++)
+		h = (h ^ *p) * 16777619U;
+	return (int32_t)(h & 0x7fffffffU);
+}
+
+static void node_drop(pg_store *s)
+{
+	conn_close(s->node); /* ending the session releases the lock */
+	s->node = NULL;
+}
+
+/* The conflict, naming the holder as far as this role may see it. */
+static hsm_result node_held_elsewhere(pg_conn *c, const char *node_id, const char *key)
+{
+	pg_params p;
+	pg_params_init(&p);
+	pg_p_text(&p, key);
+	PGresult *res = NULL;
+	char who[256] = "";
+	if (hsm_ok(pg_run(c, SQL_NODE_HOLDER, &p, &res)) && PQntuples(res) == 1) {
+		int32_t pid = 0;
+		char addr[64] = "", app[96] = "";
+		if (hsm_ok(pg_col_i32(res, 0, 0, &pid)) &&
+		    hsm_ok(pg_col_text(res, 0, 1, addr, sizeof(addr))) &&
+		    hsm_ok(pg_col_text(res, 0, 2, app, sizeof(app))))
+			snprintf(who, sizeof(who), " (PostgreSQL session %d%s%s%s%s%s)", (int)pid,
+			         addr[0] != '\0' ? " from " : "", addr, app[0] != '\0' ? ", \"" : "", app,
+			         app[0] != '\0' ? "\"" : "");
+	}
+	PQclear(res);
+	return HSM_FAIL(HSM_ERR_CONFLICT,
+	                "node_id '%.64s' is held by another running node on this store%s: each "
+	                "node sharing a store needs a node_id of its own",
+	                node_id, who);
+}
+
+/* Opens the node's own session, names it, and tries the lock; the session is kept only when held. */
+static hsm_result node_try(pg_store *s, const char *node_id)
+{
+	char key[16], app[64];
+	snprintf(key, sizeof(key), "%d", (int)pg_node_lock_key(node_id));
+	/* Where pg_stat_activity shows it, the holder names itself to a node refused its id. */
+	snprintf(app, sizeof(app), "hsmd node %.48s", node_id);
+	pg_conn *c = NULL;
+	HSM_GUARD(conn_open(s, &c));
+	pg_params p;
+	pg_params_init(&p);
+	pg_p_text(&p, app);
+	hsm_result r = pg_run(c, SQL_NODE_NAME, &p, NULL);
+	PGresult *res = NULL;
+	bool held = false;
+	if (hsm_ok(r)) {
+		pg_params_init(&p);
+		pg_p_text(&p, key);
+		r = pg_run(c, SQL_NODE_TRY, &p, &res);
+	}
+	if (hsm_ok(r))
+		r = pg_col_bool(res, 0, 0, &held);
+	PQclear(res);
+	if (hsm_ok(r) && !held)
+		r = node_held_elsewhere(c, node_id, key);
+	if (hsm_failed(r)) {
+		conn_close(c);
+		return r;
+	}
+	s->node = c;
+	return HSM_SUCCESS;
+}
+
+static hsm_result pg_claim_node(hsm_store *base, const char *node_id)
+{
+	pg_store *s = pg_of(base);
+	HSM_ENSURE(strlen(node_id) <= HSM_PG_NODE_ID_MAX, HSM_ERR_VALIDATION,
+	           "a node id is at most %d bytes", HSM_PG_NODE_ID_MAX);
+	hsm_result r = HSM_SUCCESS;
+	pthread_mutex_lock(&s->node_lock);
+	HSM_ASSERT(s->node_id[0] == '\0' || strcmp(s->node_id, node_id) == 0);
+	snprintf(s->node_id, sizeof(s->node_id), "%s", node_id);
+	/* A round trip proves the session, and so the lock it holds, still lives. */
+	if (s->node != NULL && hsm_failed(pg_run(s->node, SQL_NODE_ALIVE, NULL, NULL)))
+		node_drop(s);
+	if (s->node == NULL)
+		r = node_try(s, node_id);
+	pthread_mutex_unlock(&s->node_lock);
+	return r;
+}
+
+/* Unlocked before closing, so a node started next with the id takes it at once. */
+static void node_release(pg_store *s)
+{
+	if (s->node != NULL) {
+		char key[16];
+		snprintf(key, sizeof(key), "%d", (int)pg_node_lock_key(s->node_id));
+		pg_params p;
+		pg_params_init(&p);
+		pg_p_text(&p, key);
+		if (hsm_failed(pg_run(s->node, SQL_NODE_RELEASE, &p, NULL)))
+			hsm_log_failure("the node id is freed when the session ends instead");
+	}
+	node_drop(s);
+}
+
 static void pg_close(hsm_store *base)
 {
 	pg_store *s = pg_of(base);
@@ -436,6 +568,8 @@ static void pg_close(hsm_store *base)
 		free(s->conninfo);
 	}
 	lead_release(s);
+	node_release(s);
+	pthread_mutex_destroy(&s->node_lock);
 	pthread_mutex_destroy(&s->lead_lock);
 	pthread_cond_destroy(&s->pool_free);
 	pthread_mutex_destroy(&s->pool_lock);
@@ -452,6 +586,7 @@ static const hsm_store_ops pg_ops = {
 	.close = pg_close,
 	.schema_version = pg_schema_version_op,
 	.schema_latest = hsm_store_pg_schema_latest,
+	.claim_node = pg_claim_node,
 	.meta_get = pg_meta_get,
 	.meta_put = pg_meta_put,
 	.rekey = pg_rekey,
@@ -528,6 +663,7 @@ static hsm_result store_alloc(const char *location, pg_store **out)
 	s->base.ops = &pg_ops;
 	pthread_mutex_init(&s->pool_lock, NULL);
 	pthread_mutex_init(&s->lead_lock, NULL);
+	pthread_mutex_init(&s->node_lock, NULL);
 	pthread_condattr_t attr;
 	pthread_condattr_init(&attr);
 	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);

@@ -102,6 +102,9 @@
 /* Parameters one statement takes at most (a key row: PG_KEY_COLS). */
 #define PG_MAX_PARAMS 17
 
+/* The longest node id a claim keeps (the server's are at most 64 bytes). */
+#define HSM_PG_NODE_ID_MAX 128
+
 typedef struct pg_conn {
 	PGconn *db;
 	struct pg_conn *next; /* idle-pool link */
@@ -125,6 +128,10 @@ typedef struct pg_store {
 	pthread_mutex_t lead_lock;
 	pg_conn *lead;
 	bool leading;
+	/* This node's id (hsm_store_claim_node): a session of its own, holding its lock. */
+	pthread_mutex_t node_lock;
+	pg_conn *node;
+	char node_id[HSM_PG_NODE_ID_MAX + 1];
 } pg_store;
 
 static inline pg_store *pg_of(hsm_store *s)
@@ -237,10 +244,14 @@ hsm_result pg_write(pg_store *s, pg_body body, void *arg) HSM_MUST_CHECK;
 hsm_result pg_read_snapshot(pg_store *s, pg_body body, void *arg) HSM_MUST_CHECK;
 
 /*
- * The server process ids of this handle's idle pooled sessions and its
- * leadership session, at most cap (a rekey tells them from other nodes').
+ * The server process ids of this handle's idle pooled sessions, its
+ * leadership session and its node id's, at most cap (a rekey tells them
+ * from other nodes').
  */
 size_t pg_own_sessions(pg_store *s, int *pids, size_t cap);
+
+/* The advisory lock key a node id is claimed under (pg_try_advisory_lock(int4, int4)'s second). */
+int32_t pg_node_lock_key(const char *node_id);
 
 /* ---- Schema (store_pg_schema.c) ------------------------------------------------------------------- */
 

@@ -51,10 +51,10 @@ typedef struct rekey_op {
 /* CONFLICT while another hsmd session (a running node) is connected to the database. */
 static hsm_result refuse_other_sessions(pg_store *s, pg_conn *w)
 {
-	int pids[PG_POOL_MAX + 2];
+	int pids[PG_POOL_MAX + 3]; /* the pool, leadership, node id, w */
 	size_t n = pg_own_sessions(s, pids, sizeof(pids) / sizeof(pids[0]) - 1);
 	pids[n++] = PQbackendPID(w->db);
-	char list[(PG_POOL_MAX + 2) * 12 + 3];
+	char list[(PG_POOL_MAX + 3) * 12 + 3];
 	hsm_sb b;
 	hsm_sb_init(&b, list, sizeof(list));
 	hsm_sb_add(&b, "{");

@@ -423,11 +423,20 @@ static hsm_result sq_lead(hsm_store *base, bool want, bool *leading)
 	return HSM_SUCCESS;
 }
 
+/* The directory lock already keeps every other process out of this store. */
+static hsm_result sq_claim_node(hsm_store *base, const char *node_id)
+{
+	(void)base;
+	(void)node_id;
+	return HSM_SUCCESS;
+}
+
 static const hsm_store_ops sqlite_ops = {
 	.name = "sqlite",
 	.close = sq_close,
 	.schema_version = sq_schema_version_op,
 	.schema_latest = hsm_store_sqlite_schema_latest,
+	.claim_node = sq_claim_node,
 	.meta_get = sq_meta_get,
 	.meta_put = sq_meta_put,
 	.rekey = sq_rekey,

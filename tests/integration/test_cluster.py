@@ -1076,3 +1076,56 @@ def test_approvals_are_shared_by_the_nodes(pg):
         for n in nodes:
             n.cleanup()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_node_id_is_held_by_one_running_node_at_a_time(pg, tmp_path):
+    """Two running nodes with one node_id would settle each other's audit outbox rows and
+    copy their trails over each other: the second waits for the id (a vanished node keeps it
+    until the database ends its session), then refuses to start; a node that finds its id
+    taken after its session was lost stops itself."""
+    store = pg.database("nodeids")
+    files, ops = ceremony(str(tmp_path), store)
+    nodes = [node(store, "node-x")]
+    try:
+        unseal(nodes[0], files)
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError) as refused:
+            node(store, "node-x")
+        said = str(refused.value)
+        assert time.monotonic() - t0 >= 20, said
+        assert "hsmd exited with 2" in said, said
+        assert "node_id 'node-x' is held by another running node on this store " \
+               "(PostgreSQL session" in said and '"hsmd node node-x"' in said, said
+        assert "waiting up to 20 s for it to be freed" in said, said
+        assert "(node_id from" in said, said
+        kms(nodes[0], ops).list_keys()  # the first one serves on
+        # Stopped, it frees the id at once.
+        nodes[0].stop()
+        nodes.append(node(store, "node-x"))
+        b = nodes[-1]
+        unseal(b, files)
+        # Its session to the store ends under it (a network cut, a restart of the database,
+        # an administrator) while it is frozen, and another node takes the id in the gap.
+        os.kill(b.proc.pid, signal.SIGSTOP)
+        try:
+            holder = pg.sql(store, "SELECT pid FROM pg_stat_activity "
+                                   "WHERE application_name = 'hsmd node node-x'")
+            assert holder.isdigit(), holder
+            assert pg.sql(store, f"SELECT pg_terminate_backend({holder}, 5000)") == "t"
+            nodes.append(node(store, "node-x"))
+            twin = nodes[-1]
+        finally:
+            os.kill(b.proc.pid, signal.SIGCONT)
+        # Within a scheduler period it finds out, and stops, non-zero.
+        assert b.proc.wait(timeout=30) == 1, b.read_log()
+        assert "this node's id was taken while its session to the store was lost; stopping" \
+            in b.read_log(), b.read_log()
+        unseal(twin, files)
+        kms(twin, ops).list_keys()
+        # Different ids share the store as before.
+        nodes.append(node(store, "node-y"))
+        unseal(nodes[-1], files)
+        assert twin.proc.poll() is None
+    finally:
+        for n in nodes:
+            n.cleanup()

@@ -21,6 +21,7 @@
 
 #include "store/store.h"
 #include "store/store_impl.h"
+#include "store/store_pg.h"
 #include "store_test_util.h"
 
 static int pg_setup(void **state)
@@ -364,6 +365,70 @@ static void test_one_leader_at_a_time(void **state)
 	hsm_store_close(b);
 }
 
+/* ---- Node ids ------------------------------------------------------------------------------------ */
+
+static bool pid_is_own(hsm_store *s, int pid)
+{
+	int pids[64];
+	size_t n = pg_own_sessions((pg_store *)s, pids, 64);
+	for (size_t i = 0; i < n; i++)
+		if (pids[i] == pid)
+			return true;
+	return false;
+}
+
+static void test_one_running_node_per_node_id(void **state)
+{
+	st_fixture *f = *state;
+	hsm_store *b = NULL, *c = NULL;
+	EXPECT_OK(hsm_store_open(f->loc, &b));
+	EXPECT_OK(hsm_store_open(f->loc, &c));
+	EXPECT_OK(hsm_store_claim_node(f->s, "node-a"));
+	/* Asked again, the holder keeps it; another id is another claim. */
+	EXPECT_OK(hsm_store_claim_node(f->s, "node-a"));
+	EXPECT_OK(hsm_store_claim_node(c, "node-c"));
+	/* A second handle with the same id is refused, and told who holds it. */
+	hsm_result r = hsm_store_claim_node(b, "node-a");
+	assert_int_equal(r.err, HSM_ERR_CONFLICT);
+	const char *m = hsm_last_message();
+	assert_non_null(strstr(m, "node_id 'node-a' is held by another running node on this store"));
+	assert_non_null(strstr(m, "\"hsmd node node-a\""));
+	int holder = 0;
+	assert_int_equal(sscanf(strstr(m, "PostgreSQL session "), "PostgreSQL session %d", &holder),
+	                 1);
+	assert_true(pid_is_own(f->s, holder));
+	assert_false(pid_is_own(b, holder));
+	assert_int_equal(hsm_store_claim_node(b, "node-a").err, HSM_ERR_CONFLICT);
+	/* The holder's handle closed: it unlocks, and the id is free at once. */
+	hsm_store_close(f->s);
+	f->s = NULL;
+	EXPECT_OK(hsm_store_claim_node(b, "node-a"));
+	/*
+	 * The holder's session ended under it (the database restarted, an
+	 * administrator, a network cut): the next check takes the id again when
+	 * it is free, and is refused when another node took it first.
+	 */
+	kill_sessions(f->db);
+	EXPECT_OK(hsm_store_claim_node(b, "node-a"));
+	EXPECT_OK(hsm_store_claim_node(c, "node-c"));
+	kill_sessions(f->db);
+	EXPECT_OK(hsm_store_open(f->loc, &f->s));
+	EXPECT_OK(hsm_store_claim_node(f->s, "node-a"));
+	assert_int_equal(hsm_store_claim_node(b, "node-a").err, HSM_ERR_CONFLICT);
+	hsm_store_close(b);
+	hsm_store_close(c);
+}
+
+static void test_node_lock_key_is_fixed(void **state)
+{
+	(void)state;
+	/* Nodes of every build meet on these numbers: FNV-1a, sign bit cleared. */
+	assert_int_equal(pg_node_lock_key(""), 2166136261U & 0x7fffffffU);
+	assert_int_equal(pg_node_lock_key("a"), 0xe40c292cU & 0x7fffffffU);
+	assert_int_equal(pg_node_lock_key("foobar"), 0xbf9cf968U & 0x7fffffffU);
+	assert_true(pg_node_lock_key("node-a") != pg_node_lock_key("node-b"));
+}
+
 /* ---- Timeouts and messages -------------------------------------------------------------------- */
 
 static void test_lock_wait_maps_to_dependency_timeout(void **state)
@@ -575,6 +640,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_connection_killed_under_the_store, pg_setup,
 		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_one_leader_at_a_time, pg_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_one_running_node_per_node_id, pg_setup, st_teardown),
+		cmocka_unit_test(test_node_lock_key_is_fixed),
 		cmocka_unit_test_setup_teardown(test_lock_wait_maps_to_dependency_timeout, pg_setup,
 		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_messages_hold_no_values, pg_setup, st_teardown),
