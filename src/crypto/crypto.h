@@ -76,6 +76,17 @@ hsm_result hsm_spki_spec(const uint8_t *spki, size_t spki_len, hsm_key_spec *out
  */
 hsm_result hsm_material_pairwise_test(const hsm_material *m, hsm_key_usage usage) HSM_MUST_CHECK;
 hsm_key_spec hsm_material_spec(const hsm_material *m);
+/*
+ * A key check value: bytes that show two holders have the same secret key
+ * without revealing it (PKCS#11's CKA_CHECK_VALUE).  AES keys: the first
+ * HSM_KCV_LEN bytes of the key's AES-ECB encryption of one all-zero block
+ * (HSM_KCV_ZERO_BLOCK); HMAC keys: of the SHA-1 hash of the key
+ * (HSM_KCV_SHA1).  Asymmetric keys have none: HSM_ERR_UNSUPPORTED_OPERATION.
+ */
+#define HSM_KCV_LEN 3
+typedef enum hsm_kcv_alg { HSM_KCV_ZERO_BLOCK, HSM_KCV_SHA1 } hsm_kcv_alg;
+hsm_result hsm_material_check_value(const hsm_material *m, uint8_t kcv[HSM_KCV_LEN],
+                                    hsm_kcv_alg *alg) HSM_MUST_CHECK;
 /* Drops one reference; the last one wipes and frees the key.  NULL is a no-op. */
 void hsm_material_free(hsm_material *m);
 /* Adds a reference (for caches); released by hsm_material_free. */

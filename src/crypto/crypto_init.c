@@ -20,6 +20,7 @@ static void fetch_all(void)
 {
 	algs.aes_256_gcm = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
 	algs.aes_256_kwp = EVP_CIPHER_fetch(NULL, "AES-256-WRAP-PAD", NULL);
+	algs.aes_256_ecb = EVP_CIPHER_fetch(NULL, "AES-256-ECB", NULL);
 	algs.sha1 = EVP_MD_fetch(NULL, "SHA1", NULL);
 	algs.sha224 = EVP_MD_fetch(NULL, "SHA224", NULL);
 	algs.sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
@@ -27,7 +28,8 @@ static void fetch_all(void)
 	algs.sha512 = EVP_MD_fetch(NULL, "SHA512", NULL);
 	algs.hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
 	algs.hkdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
-	init_ok = algs.aes_256_gcm != NULL && algs.aes_256_kwp != NULL && algs.sha1 != NULL &&
+	init_ok = algs.aes_256_gcm != NULL && algs.aes_256_kwp != NULL &&
+	          algs.aes_256_ecb != NULL && algs.sha1 != NULL &&
 	          algs.sha224 != NULL && algs.sha256 != NULL && algs.sha384 != NULL &&
 	          algs.sha512 != NULL && algs.hmac != NULL && algs.hkdf != NULL;
 	if (!init_ok)

@@ -26,6 +26,7 @@
 typedef struct hsm_algs {
 	EVP_CIPHER *aes_256_gcm;
 	EVP_CIPHER *aes_256_kwp;
+	EVP_CIPHER *aes_256_ecb; /* key check values only */
 	EVP_MD *sha1;
 	EVP_MD *sha224;
 	EVP_MD *sha256;

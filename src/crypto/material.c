@@ -113,6 +113,48 @@ hsm_key_spec hsm_material_spec(const hsm_material *m) { return m->spec; }
 EVP_PKEY *hsm_material_pkey(const hsm_material *m) { return m->pkey; }
 const hsm_secret *hsm_material_secret(const hsm_material *m) { return m->secret; }
 
+/* ---- key check values --------------------------------------------------------- */
+
+static hsm_result zero_block_kcv(const hsm_secret *key, uint8_t kcv[HSM_KCV_LEN])
+{
+	static const uint8_t zero[16];
+	uint8_t block[sizeof(zero) * 2];
+	hsm_result res = HSM_SUCCESS;
+	int n = 0;
+	EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+	HSM_OSSL_CHECK(ctx != NULL, HSM_ERR_NOMEM, "out of memory");
+	HSM_OSSL_CHECK(EVP_EncryptInit_ex2(ctx, hsm_crypto_algs()->aes_256_ecb,
+	                                   hsm_secret_bytes(key), NULL, NULL) == 1 &&
+	                   EVP_CIPHER_CTX_set_padding(ctx, 0) == 1 &&
+	                   EVP_EncryptUpdate(ctx, block, &n, zero, (int)sizeof(zero)) == 1 &&
+	                   n == (int)sizeof(zero),
+	               HSM_ERR_CRYPTO, "cannot compute the key check value");
+	memcpy(kcv, block, HSM_KCV_LEN);
+out:
+	EVP_CIPHER_CTX_free(ctx); /* clears the key schedule */
+	return res;
+}
+
+hsm_result hsm_material_check_value(const hsm_material *m, uint8_t kcv[HSM_KCV_LEN],
+                                    hsm_kcv_alg *alg)
+{
+	HSM_ENSURE(m->secret != NULL, HSM_ERR_UNSUPPORTED_OPERATION,
+	           "an asymmetric key has no key check value");
+	if (m->spec == HSM_SPEC_SYMMETRIC_DEFAULT) {
+		*alg = HSM_KCV_ZERO_BLOCK;
+		return zero_block_kcv(m->secret, kcv);
+	}
+	uint8_t md[EVP_MAX_MD_SIZE];
+	unsigned int len = 0;
+	*alg = HSM_KCV_SHA1;
+	HSM_ENSURE(EVP_Digest(hsm_secret_bytes(m->secret), hsm_secret_len(m->secret), md, &len,
+	                      hsm_crypto_algs()->sha1, NULL) == 1 &&
+	               len >= HSM_KCV_LEN,
+	           HSM_ERR_CRYPTO, "cannot compute the key check value");
+	memcpy(kcv, md, HSM_KCV_LEN);
+	return HSM_SUCCESS;
+}
+
 /* ---- pairwise consistency ------------------------------------------------- */
 
 static hsm_result pairwise_sign(const hsm_material *m)

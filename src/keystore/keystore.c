@@ -517,6 +517,16 @@ hsm_result hsm_ks_verify_mac(hsm_keystore *ks, const hsm_ks_keyref *ref, hsm_mac
 	return r;
 }
 
+hsm_result hsm_ks_check_value(hsm_keystore *ks, const hsm_ks_keyref *ref, uint8_t kcv[HSM_KCV_LEN],
+                              hsm_kcv_alg *alg)
+{
+	hsm_material *m = NULL;
+	HSM_GUARD(material_get(ks, ref, &m));
+	hsm_result r = hsm_material_check_value(m, kcv, alg);
+	hsm_material_free(m);
+	return r;
+}
+
 /* ---- key agreement ------------------------------------------------------------- */
 
 hsm_result hsm_ks_derive_shared_secret(hsm_keystore *ks, const hsm_ks_keyref *ref,

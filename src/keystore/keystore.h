@@ -336,6 +336,10 @@ hsm_result hsm_ks_gcm_open(hsm_keystore *ks, const hsm_ks_keyref *ref,
 hsm_result hsm_ks_decrypt(hsm_keystore *ks, const hsm_ks_keyref *ref, const hsm_blob *blob,
                           const hsm_buf *ctx, hsm_buf *pt) HSM_MUST_CHECK;
 
+/* The key check value of an AES or HMAC key version (crypto.h, hsm_material_check_value). */
+hsm_result hsm_ks_check_value(hsm_keystore *ks, const hsm_ks_keyref *ref, uint8_t kcv[HSM_KCV_LEN],
+                              hsm_kcv_alg *alg) HSM_MUST_CHECK;
+
 /* ---- RSA encryption ------------------------------------------------------ */
 
 hsm_result hsm_ks_rsa_encrypt(hsm_keystore *ks, const hsm_ks_keyref *ref, hsm_enc_alg alg,

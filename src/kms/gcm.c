@@ -17,6 +17,8 @@
  * data that begins as such a header is refused (crypto/blob.h), or
  * GcmDecrypt would open blobs that the policy's kms:Decrypt conditions and
  * grants deny.
+ *
+ * GetKeyCheckValue, beside them, tells an AES or HMAC key's check value.
  */
 #include <string.h>
 
@@ -100,5 +102,25 @@ hsm_result hsm_kms_gcm_decrypt(hsm_kms *kms, const hsm_caller *caller, const cha
 	if (tried)
 		return HSM_FAIL(HSM_ERR_INVALID_CIPHERTEXT,
 		                "The ciphertext, IV or additional data is not valid for this key");
+	return r;
+}
+
+hsm_result hsm_kms_key_check_value(hsm_kms *kms, const hsm_caller *caller, const char *key,
+                                   uint8_t kcv[HSM_KCV_LEN], hsm_kcv_alg *alg, hsm_used_key *used)
+{
+	kms_key *k = NULL;
+	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_GetKeyCheckValue, key, NULL, &k));
+	hsm_result r = HSM_SUCCESS;
+	if (hsm_spec_is_asymmetric(k->rec.spec))
+		r = HSM_FAIL(HSM_ERR_UNSUPPORTED_OPERATION,
+		             "%s is a %s key: key check values are for AES and HMAC keys", k->arn,
+		             hsm_spec_name(k->rec.spec));
+	if (hsm_ok(r)) {
+		hsm_ks_keyref ref = kms_keyref(k, k->rec.primary_version);
+		r = hsm_ks_check_value(kms->ks, &ref, kcv, alg);
+		if (hsm_ok(r))
+			kms_used(k, ref.version, used);
+	}
+	kms_key_release(k);
 	return r;
 }

@@ -108,7 +108,8 @@ typedef enum hsm_op {
 	X(DisableJwtSigning, HSM_OPC_MODIFY, HSM_ROLES_OFFICER, true)                        \
 	/* hsmd's cipher operations (X-Amz-Target HsmdCipher.<Op>, kms/gcm.c) */           \
 	X(GcmEncrypt, HSM_OPC_CRYPTO, HSM_ROLES_USER, false)                                \
-	X(GcmDecrypt, HSM_OPC_CRYPTO, HSM_ROLES_USER, false)
+	X(GcmDecrypt, HSM_OPC_CRYPTO, HSM_ROLES_USER, false)                                \
+	X(GetKeyCheckValue, HSM_OPC_CRYPTO, HSM_ROLES_OFFICER | HSM_ROLES_USER | HSM_ROLES_AUDITOR, false)
 	HSM_OP_TABLE(HSM_OP_ENUM)
 #undef HSM_OP_ENUM
 	HSM_OP_COUNT
@@ -633,6 +634,18 @@ hsm_result hsm_kms_gcm_decrypt(hsm_kms *kms, const hsm_caller *caller, const cha
                                const uint8_t iv[12], const uint8_t *aad, size_t aad_len,
                                const uint8_t *ct, size_t ct_len, hsm_buf *pt,
                                hsm_used_key *used) HSM_MUST_CHECK;
+
+/*
+ * GetKeyCheckValue: the key check value of the primary version of an AES
+ * or HMAC key (crypto.h, hsm_material_check_value), for comparing it with
+ * another holder's copy (imported material, a ceremony, a PKCS#11 token)
+ * without revealing it.  Key states as for the key's cryptographic use;
+ * action kms:GetKeyCheckValue, no grants; asymmetric keys:
+ * HSM_ERR_UNSUPPORTED_OPERATION.
+ */
+hsm_result hsm_kms_key_check_value(hsm_kms *kms, const hsm_caller *caller, const char *key,
+                                   uint8_t kcv[HSM_KCV_LEN], hsm_kcv_alg *alg,
+                                   hsm_used_key *used) HSM_MUST_CHECK;
 
 typedef struct hsm_reencrypt_req {
 	hsm_decrypt_req source;

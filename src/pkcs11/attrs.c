@@ -177,6 +177,8 @@ static a_status attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
 		                      : o->spec == HSM_SPEC_HMAC_256 ? 32
 		                      : o->spec == HSM_SPEC_HMAC_384 ? 48
 		                                                     : 64);
+	/* A secret key's check value: readable although the key is sensitive (hsmd's, objects.c). */
+	case CKA_CHECK_VALUE: return o->check.len > 0 ? bytes(v, o->check.data, o->check.len) : A_INVALID;
 	/* Private values: an EC private key's and a secret key's CKA_VALUE, RSA's components. */
 	case CKA_VALUE:
 	case CKA_PRIVATE_EXPONENT:

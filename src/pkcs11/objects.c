@@ -21,6 +21,7 @@
  * Secrets derived with C_DeriveKey are session objects in the same table,
  * kept across listings and dropped when their session closes.
  */
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -406,6 +407,31 @@ static bool refused_key(CK_RV rv)
 }
 
 /*
+ * A secret key's CKA_CHECK_VALUE (hsmd's GetKeyCheckValue: for AES the
+ * specification's encryption of a zero block, for HMAC the first bytes of
+ * the key's SHA-1), of its current material: so it follows a rotation at
+ * the next listing.  A policy that denies it leaves the key without one
+ * (CKR_ATTRIBUTE_TYPE_INVALID), not out of the token.
+ */
+static CK_RV load_check_value(const char *key_id, hsm_buf *check)
+{
+	json_t *ans = NULL;
+	CK_RV rv = p11_call("HsmdCipher.GetKeyCheckValue", json_pack("{s:s}", "KeyId", key_id), &ans);
+	const char *hex = json_string_value(json_object_get(ans, "KeyCheckValue"));
+	char low[7] = ""; /* uppercase in the answer, as check values are written down */
+	for (size_t i = 0; hex != NULL && i < sizeof(low) - 1 && hex[i] != '\0'; i++)
+		low[i] = (char)tolower((unsigned char)hex[i]);
+	hsm_buf_clear(check);
+	if (rv == CKR_OK && (hex == NULL || strlen(hex) != 6 ||
+	                     hsm_failed(hsm_hex_decode(check, low, 6, HSM_ERR_VALIDATION)))) {
+		hsm_buf_clear(check);
+		rv = CKR_DEVICE_ERROR; /* an answer without what it answers */
+	}
+	json_decref(ans);
+	return refused_key(rv) ? CKR_OK : rv;
+}
+
+/*
  * Makes the objects of one key, if it is one this token shows: Enabled (a
  * disabled key, one pending import or deletion is not listed), of a spec and
  * usage the module knows, and readable by this user.
@@ -431,10 +457,12 @@ static CK_RV load_key(const char *key_id, json_t *aliases)
 		goto out; /* not an object of this token */
 	names_of(aliases, key_id, label, sizeof(label), &id);
 	key_desc kd = {spec, usage, origin != NULL && strcmp(origin, "EXTERNAL") == 0};
-	if (usage == HSM_USAGE_GENERATE_VERIFY_MAC && is_hmac(spec)) {
-		rv = upsert(key_id, CKO_SECRET_KEY, &kd, CKK_GENERIC_SECRET, label, &id, NULL);
-	} else if (usage == HSM_USAGE_ENCRYPT_DECRYPT && spec == HSM_SPEC_SYMMETRIC_DEFAULT) {
-		rv = upsert(key_id, CKO_SECRET_KEY, &kd, CKK_AES, label, &id, NULL);
+	if ((usage == HSM_USAGE_GENERATE_VERIFY_MAC && is_hmac(spec)) ||
+	    (usage == HSM_USAGE_ENCRYPT_DECRYPT && spec == HSM_SPEC_SYMMETRIC_DEFAULT)) {
+		CK_KEY_TYPE kt = is_hmac(spec) ? CKK_GENERIC_SECRET : CKK_AES;
+		rv = upsert(key_id, CKO_SECRET_KEY, &kd, kt, label, &id, NULL);
+		if (rv == CKR_OK)
+			rv = load_check_value(key_id, &p11_object_of(key_id, CKO_SECRET_KEY)->check);
 	} else if ((usage == HSM_USAGE_SIGN_VERIFY && (p11_spec_is_rsa(spec) || curve_of(spec) != NULL)) ||
 	           (usage == HSM_USAGE_ENCRYPT_DECRYPT && p11_spec_is_rsa(spec)) ||
 	           (usage == HSM_USAGE_KEY_AGREEMENT && curve_of(spec) != NULL)) {

@@ -116,6 +116,8 @@ bool hsm_api_is_jwt_op(hsm_op op);
 /* hsmd's plain AES-GCM (X-Amz-Target HsmdCipher.<Op>), api_gcm.c. */
 hsm_result hsm_api_gcm_encrypt(hsm_api_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_api_gcm_decrypt(hsm_api_ctx *c) HSM_MUST_CHECK;
+/* The key check value of an AES or HMAC key (HsmdCipher.GetKeyCheckValue), api_gcm.c. */
+hsm_result hsm_api_get_key_check_value(hsm_api_ctx *c) HSM_MUST_CHECK;
 bool hsm_api_is_cipher_op(hsm_op op);
 
 /* Shared request pieces. */

@@ -18,7 +18,7 @@
 
 bool hsm_api_is_cipher_op(hsm_op op)
 {
-	return op == HSM_OP_GcmEncrypt || op == HSM_OP_GcmDecrypt;
+	return op == HSM_OP_GcmEncrypt || op == HSM_OP_GcmDecrypt || op == HSM_OP_GetKeyCheckValue;
 }
 
 hsm_result hsm_api_gcm_encrypt(hsm_api_ctx *c)
@@ -76,4 +76,28 @@ out:
 	hsm_buf_free(&ct);
 	hsm_buf_free(&iv);
 	return res;
+}
+
+/* KeyCheckValue: uppercase hex, as key check values are written down and compared. */
+hsm_result hsm_api_get_key_check_value(hsm_api_ctx *c)
+{
+	const char *key;
+	uint8_t kcv[HSM_KCV_LEN];
+	hsm_kcv_alg alg;
+	hsm_used_key used;
+	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
+	hsm_api_note_ref(c, key);
+	HSM_GUARD(hsm_kms_key_check_value(c->kms, c->caller, key, kcv, &alg, &used));
+	hsm_api_note_key(c, &used);
+	char hex[2 * HSM_KCV_LEN + 1];
+	static const char digits[] = "0123456789ABCDEF";
+	for (size_t i = 0; i < HSM_KCV_LEN; i++) {
+		hex[2 * i] = digits[kcv[i] >> 4];
+		hex[2 * i + 1] = digits[kcv[i] & 15];
+	}
+	hex[2 * HSM_KCV_LEN] = '\0';
+	hsm_api_write_key_arn(c, "KeyId", used.key_id);
+	hsm_jw_str(c->w, "KeyCheckValue", hex);
+	hsm_jw_str(c->w, "KeyCheckValueAlgorithm", alg == HSM_KCV_ZERO_BLOCK ? "AES_ZERO_BLOCK" : "SHA_1");
+	return HSM_SUCCESS;
 }

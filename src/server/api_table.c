@@ -58,6 +58,7 @@ static const hsm_api_handler handlers[HSM_OP_COUNT] = {
     [HSM_OP_DisableJwtSigning] = hsm_api_disable_jwt_signing,
     [HSM_OP_GcmEncrypt] = hsm_api_gcm_encrypt,
     [HSM_OP_GcmDecrypt] = hsm_api_gcm_decrypt,
+    [HSM_OP_GetKeyCheckValue] = hsm_api_get_key_check_value,
 };
 
 hsm_api_handler hsm_api_handler_for(hsm_op op)

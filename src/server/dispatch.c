@@ -428,11 +428,12 @@ static bool returns_secret(hsm_op op)
 
 /*
  * Operations that take DryRun: those that use key material (GetPublicKey
- * aside, as in AWS KMS) and the grant changes.
+ * aside, as in AWS KMS, and hsmd's GetKeyCheckValue) and the grant changes.
  */
 static bool takes_dry_run(hsm_op op)
 {
-	return (hsm_op_get(op)->cls == HSM_OPC_CRYPTO && op != HSM_OP_GetPublicKey) ||
+	return (hsm_op_get(op)->cls == HSM_OPC_CRYPTO && op != HSM_OP_GetPublicKey &&
+	        op != HSM_OP_GetKeyCheckValue) ||
 	       op == HSM_OP_CreateGrant || op == HSM_OP_RetireGrant || op == HSM_OP_RevokeGrant;
 }
 

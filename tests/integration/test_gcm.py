@@ -180,3 +180,84 @@ def test_policy_and_roles(hsmd, kms):
     st, out, _ = cipher(hsmd, "GcmEncrypt", {"KeyId": key, "Plaintext": b64(b"x")},
                         akid=akid, secret=secret)
     assert (st, out["__type"]) == (400, "AccessDeniedException"), out
+
+
+def kcv(hsmd, key, **kw):
+    return cipher(hsmd, "GetKeyCheckValue", {"KeyId": key}, **kw)
+
+
+def test_key_check_values(hsmd, kms):
+    """GetKeyCheckValue: the check value of imported material equals the one its other
+    holder computes (AES: the first 3 bytes of the key's ECB encryption of a zero block;
+    HMAC: of the key's SHA-1), so two holders compare keys without revealing them."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from test_import import external_key
+
+    material = os.urandom(32)
+    key = external_key(kms)
+    do_import(kms, key, material)
+    enc = Cipher(algorithms.AES(material), modes.ECB()).encryptor()
+    want = (enc.update(bytes(16)) + enc.finalize())[:3].hex().upper()
+    kms.create_alias(AliasName="alias/kcv-aes", TargetKeyId=key)
+    for ref in (key, key_arn(key), "alias/kcv-aes"):
+        st, out, r = kcv(hsmd, ref)
+        assert st == 200, out
+        assert out == {"KeyId": key_arn(key), "KeyCheckValue": want,
+                       "KeyCheckValueAlgorithm": "AES_ZERO_BLOCK"}, out
+    rec = audit_record(hsmd.data_dir, request_id(r))
+    assert (rec["op"], rec["outcome"], rec["key_id"]) == ("GetKeyCheckValue", "success", key), rec
+    assert want not in json.dumps(rec)
+
+    mac_material = os.urandom(32)
+    mac_key = external_key(kms, KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")
+    do_import(kms, mac_key, mac_material)
+    st, out, _ = kcv(hsmd, mac_key)
+    assert st == 200 and out["KeyCheckValue"] == hashlib.sha1(mac_material).hexdigest()[
+        :6].upper() and out["KeyCheckValueAlgorithm"] == "SHA_1", out
+
+    # A generated key's value follows its current material: the same until it rotates.
+    gen = kms.create_key()["KeyMetadata"]["KeyId"]
+    before = kcv(hsmd, gen)[1]["KeyCheckValue"]
+    assert kcv(hsmd, gen)[1]["KeyCheckValue"] == before and len(before) == 6
+    call_ok(hsmd, "RotateKeyOnDemand", {"KeyId": gen})
+    assert kcv(hsmd, gen)[1]["KeyCheckValue"] != before
+
+    # No value for keys without secret material, or in states their use is refused in.
+    sign = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    pending = external_key(kms)
+    off = kms.create_key()["KeyMetadata"]["KeyId"]
+    kms.disable_key(KeyId=off)
+    for ref, err in ((sign, "UnsupportedOperationException"),
+                     (pending, "KMSInvalidStateException"), (off, "DisabledException"),
+                     ("alias/none", "NotFoundException")):
+        st, out, _ = kcv(hsmd, ref)
+        assert (st, out["__type"]) == (400, err), (ref, out)
+    st, out, _ = cipher(hsmd, "GetKeyCheckValue", {})
+    assert (st, out["__type"]) == (400, "ValidationException"), out
+
+
+def test_key_check_value_policy_and_roles(hsmd, kms):
+    from helpers import new_user
+    account = kms.describe_key(KeyId=kms.create_key()["KeyMetadata"]["KeyId"])[
+        "KeyMetadata"]["AWSAccountId"]
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+         "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Deny", "Principal": "*", "Action": "kms:GetKeyCheckValue", "Resource": "*"}]}
+    denied = kms.create_key(Policy=json.dumps(policy),
+                            BypassPolicyLockoutSafetyCheck=True)["KeyMetadata"]["KeyId"]
+    st, out, _ = kcv(hsmd, denied)
+    assert (st, out["__type"]) == (400, "AccessDeniedException"), out
+    assert "kms:GetKeyCheckValue" in out["message"]
+    # Auditors and key users may compare values, as they may read public keys.
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    value = kcv(hsmd, key)[1]["KeyCheckValue"]
+    for name, roles in (("kcv-auditor", ["auditor"]), ("kcv-user", ["crypto-user"])):
+        akid, secret = new_user(hsmd, name, roles)
+        st, out, _ = kcv(hsmd, key, akid=akid, secret=secret)
+        assert st == 200 and out["KeyCheckValue"] == value, out
+    akid, secret = new_user(hsmd, "kcv-custodian", ["custodian"])
+    st, out, _ = kcv(hsmd, key, akid=akid, secret=secret)
+    assert (st, out["__type"]) == (400, "AccessDeniedException"), out

@@ -2572,3 +2572,46 @@ def test_sessions_closed_and_logouts_while_calls_wait_on_hsmd(tmp_path, server, 
     print(p.stdout)
     encrypted, signed, _ = (int(w) for w in words[1::2])
     assert encrypted > 0 and signed > 0, p.stdout
+
+
+def test_secret_keys_have_check_values(p11, server, user, officer, keys):
+    """CKA_CHECK_VALUE of AES and HMAC keys: hsmd's GetKeyCheckValue of the key's current
+    material, readable although the key is sensitive, usable in a search; a generation
+    template may not set it; a key whose policy denies it is listed without one."""
+    expected = {}
+    for name in ("aes", "mac"):
+        st, out = signed_call(server, "HsmdCipher.GetKeyCheckValue",
+                              {"KeyId": keys[name]})
+        assert st == 200, out
+        expected[name] = bytes.fromhex(out["KeyCheckValue"])
+    with session(p11, user.pin) as s:
+        for name in ("aes", "mac"):
+            (key,) = find(s, CKO_SECRET_KEY, keys[name])
+            assert attrs(s, key, PyKCS11.CKA_CHECK_VALUE) == [expected[name]], name
+            assert attrs(s, key, CKA_SENSITIVE) == [True]
+            found = s.findObjects([(CKA_CLASS, CKO_SECRET_KEY),
+                                   (PyKCS11.CKA_CHECK_VALUE, expected[name])])
+            assert [o.value() for o in found] == [key.value()], name
+        other = expected["aes"][:2] + bytes([expected["aes"][2] ^ 1])
+        (aes,) = find(s, CKO_SECRET_KEY, keys["aes"])
+        assert aes.value() not in [o.value() for o in s.findObjects(
+            [(PyKCS11.CKA_CHECK_VALUE, other)])]
+        # Asymmetric keys have none.
+        (priv,) = find(s, CKO_PRIVATE_KEY, keys["ec"])
+        assert attr_rv(s, priv, PyKCS11.CKA_CHECK_VALUE) == PyKCS11.CKR_ATTRIBUTE_TYPE_INVALID
+    with session(p11, f"{DEV_AKID}:{DEV_SECRET}") as s:
+        template = [(CKA_TOKEN, True), (PyKCS11.CKA_CHECK_VALUE, b"\x01\x02\x03")]
+        assert refused(s.generateKey, template, Mechanism(PyKCS11.CKM_AES_KEY_GEN)) == \
+            PyKCS11.CKR_ATTRIBUTE_READ_ONLY
+    # A policy that denies the value leaves the key usable, without one.
+    account = officer.describe_key(KeyId=keys["aes"])["KeyMetadata"]["AWSAccountId"]
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+         "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Deny", "Principal": "*", "Action": "kms:GetKeyCheckValue", "Resource": "*"}]}
+    hidden = officer.create_key(Policy=json.dumps(policy),
+                                BypassPolicyLockoutSafetyCheck=True)["KeyMetadata"]["KeyId"]
+    with session(p11, user.pin) as s:
+        (key,) = find(s, CKO_SECRET_KEY, hidden)
+        assert attr_rv(s, key, PyKCS11.CKA_CHECK_VALUE) == PyKCS11.CKR_ATTRIBUTE_TYPE_INVALID
+        assert attrs(s, key, CKA_ENCRYPT) == [True]

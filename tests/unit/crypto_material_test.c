@@ -292,6 +292,37 @@ static void test_spki_spec_refuses_junk(void **state)
 	hsm_buf_free(&pub);
 }
 
+/*
+ * Key check values against values computed apart (python3-cryptography's
+ * AES-ECB and hashlib's SHA-1 of 32 zero bytes): AES-256 with a zero key
+ * encrypts the zero block to DC95C078..., SHA-1 of 32 zero bytes is
+ * DE8A847B...; each key check value is the first three bytes.
+ */
+static void test_check_values(void **state)
+{
+	(void)state;
+	static const uint8_t zero[32];
+	static const uint8_t aes_kcv[HSM_KCV_LEN] = {0xDC, 0x95, 0xC0};
+	static const uint8_t sha1_kcv[HSM_KCV_LEN] = {0xDE, 0x8A, 0x84};
+	uint8_t kcv[HSM_KCV_LEN];
+	hsm_kcv_alg alg;
+	hsm_material *m = NULL;
+	assert_succeeds(hsm_material_import(HSM_SPEC_SYMMETRIC_DEFAULT, zero, sizeof(zero), &m));
+	assert_succeeds(hsm_material_check_value(m, kcv, &alg));
+	assert_memory_equal(kcv, aes_kcv, HSM_KCV_LEN);
+	assert_int_equal(alg, HSM_KCV_ZERO_BLOCK);
+	hsm_material_free(m);
+	assert_succeeds(hsm_material_import(HSM_SPEC_HMAC_256, zero, sizeof(zero), &m));
+	assert_succeeds(hsm_material_check_value(m, kcv, &alg));
+	assert_memory_equal(kcv, sha1_kcv, HSM_KCV_LEN);
+	assert_int_equal(alg, HSM_KCV_SHA1);
+	hsm_material_free(m);
+	/* Asymmetric keys have none. */
+	assert_succeeds(hsm_material_generate(HSM_SPEC_ECC_NIST_P256, &m));
+	assert_fails_with(hsm_material_check_value(m, kcv, &alg), HSM_ERR_UNSUPPORTED_OPERATION);
+	hsm_material_free(m);
+}
+
 static void test_refcount(void **state)
 {
 	(void)state;
@@ -352,6 +383,7 @@ int main(void)
 	    cmocka_unit_test(test_mismatched_key_pair_refused),
 	    cmocka_unit_test(test_corrupt_rsa_key_refused),
 	    cmocka_unit_test(test_spki_spec_refuses_junk),
+	    cmocka_unit_test(test_check_values),
 	    cmocka_unit_test(test_refcount),
 	    cmocka_unit_test(test_concurrent_use),
 	};
