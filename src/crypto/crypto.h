@@ -85,6 +85,8 @@ hsm_key_spec hsm_material_spec(const hsm_material *m);
  */
 #define HSM_KCV_LEN 3
 typedef enum hsm_kcv_alg { HSM_KCV_ZERO_BLOCK, HSM_KCV_SHA1 } hsm_kcv_alg;
+/* "AES_ZERO_BLOCK" or "SHA_1": the name hsmd's answers give the algorithm. */
+const char *hsm_kcv_alg_name(hsm_kcv_alg alg);
 hsm_result hsm_material_check_value(const hsm_material *m, uint8_t kcv[HSM_KCV_LEN],
                                     hsm_kcv_alg *alg) HSM_MUST_CHECK;
 /* Drops one reference; the last one wipes and frees the key.  NULL is a no-op. */

@@ -135,6 +135,11 @@ out:
 	return res;
 }
 
+const char *hsm_kcv_alg_name(hsm_kcv_alg alg)
+{
+	return alg == HSM_KCV_ZERO_BLOCK ? "AES_ZERO_BLOCK" : "SHA_1";
+}
+
 hsm_result hsm_material_check_value(const hsm_material *m, uint8_t kcv[HSM_KCV_LEN],
                                     hsm_kcv_alg *alg)
 {

@@ -262,6 +262,22 @@ static hsm_result import_online(const import_opts *o, const hsm_buf *material)
 	body = json_pack("{s:s}", "KeyId", o->key);
 	HSM_TRY(hsm_client_call_json(c, "TrentService.DescribeKey", body, true, &out));
 	hsmctl_print_fields(json_object_get(out, "KeyMetadata"));
+	hsm_key_spec spec;
+	const char *spec_name =
+	    json_string_value(json_object_get(json_object_get(out, "KeyMetadata"), "KeySpec"));
+	if (spec_name != NULL && hsm_ok(hsm_spec_parse(spec_name, &spec)) &&
+	    !hsm_spec_is_asymmetric(spec)) {
+		/* What the other holder of the material compares (a ceremony's record). */
+		json_decref(out);
+		out = NULL;
+		if (hsm_ok(hsm_client_call_json(c, "HsmdCipher.GetKeyCheckValue", body, true, &out))) {
+			json_object_del(out, "KeyId");
+			hsmctl_print_fields(out);
+		} else {
+			fprintf(stderr, "hsmctl: key import: the key check value: %s\n", hsm_last_message());
+			printf("KeyCheckValue: -\n");
+		}
+	}
 out:
 	json_decref(params);
 	json_decref(out);
@@ -316,6 +332,16 @@ static hsm_result import_offline(const import_opts *o, const hsm_buf *material)
 		hsm_format_time(rec.valid_to, valid_to);
 	printf("key: %s\nstate: %s\norigin: %s\nmaterial-valid-to: %s\n", rec.key_id,
 	       hsm_key_state_name(rec.state), hsm_key_origin_name(rec.origin), valid_to);
+	if (!hsm_spec_is_asymmetric(rec.spec)) {
+		/* What the other holder of the material compares (a ceremony's record). */
+		uint8_t kcv[HSM_KCV_LEN];
+		hsm_kcv_alg alg;
+		hsm_used_key used;
+		done = hsm_kms_key_check_value(l.kms, &hsmctl_local_caller, rec.key_id, kcv, &alg, &used);
+		HSM_TRY(hsmctl_local_audit(&l, "GetKeyCheckValue", rec.key_id, version, done));
+		HSM_TRY(done);
+		printf("check-value: %02X%02X%02X (%s)\n", kcv[0], kcv[1], kcv[2], hsm_kcv_alg_name(alg));
+	}
 out:
 	res = hsmctl_local_explain(&l, o->n_shares, res);
 	hsm_import_params_clear(&p);

@@ -98,6 +98,6 @@ hsm_result hsm_api_get_key_check_value(hsm_api_ctx *c)
 	hex[2 * HSM_KCV_LEN] = '\0';
 	hsm_api_write_key_arn(c, "KeyId", used.key_id);
 	hsm_jw_str(c->w, "KeyCheckValue", hex);
-	hsm_jw_str(c->w, "KeyCheckValueAlgorithm", alg == HSM_KCV_ZERO_BLOCK ? "AES_ZERO_BLOCK" : "SHA_1");
+	hsm_jw_str(c->w, "KeyCheckValueAlgorithm", hsm_kcv_alg_name(alg));
 	return HSM_SUCCESS;
 }

@@ -364,6 +364,9 @@ def test_hsmctl_imports_through_a_node(hsmd, kms, tmp_path):
     p = run_hsmctl("--endpoint", hsmd.endpoint, "key", "import", sym, "--material", str(raw),
                    "--valid-days", "10", env=creds)
     assert p.returncode == 0, p.stderr
+    # The check value to compare with the material's other holder: hsmd's, of what it holds.
+    assert f"KeyCheckValue: {zero_block_kcv(raw.read_bytes())}\n" in p.stdout, p.stdout
+    assert "KeyCheckValueAlgorithm: AES_ZERO_BLOCK" in p.stdout, p.stdout
     md = state(kms, sym)
     assert md["KeyState"] == "Enabled" and md["ExpirationModel"] == "KEY_MATERIAL_EXPIRES"
     assert abs(md["ValidTo"].timestamp() - (time.time() + 10 * 86400)) < 120
@@ -390,6 +393,12 @@ def test_hsmctl_imports_through_a_node(hsmd, kms, tmp_path):
     # Usage errors.
     p = run_hsmctl("--endpoint", hsmd.endpoint, "key", "import", key, env=creds)
     assert p.returncode == 2, p.stderr
+
+
+def zero_block_kcv(material):
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    enc = Cipher(algorithms.AES(material), modes.ECB()).encryptor()
+    return (enc.update(bytes(16)) + enc.finalize())[:3].hex().upper()
 
 
 def test_hsmctl_imports_offline(tmp_path):
@@ -419,6 +428,19 @@ def test_hsmctl_imports_offline(tmp_path):
     p = run_hsmctl("key", "import", "--data-dir", str(data), *quorum, key, "--material",
                    str(wrong), "--wrapping-key-spec", "RSA_2048")
     assert p.returncode == 1 and "not a ECC_NIST_P256 key" in p.stderr, p.stderr
+    # A symmetric key's import ends with its check value, recorded as asked for.
+    p = run_hsmctl("key", "create", "--data-dir", str(data), *quorum, "--origin", "EXTERNAL")
+    assert p.returncode == 0, p.stderr
+    sym = next(line.split()[1] for line in p.stdout.splitlines() if line.startswith("key:"))
+    raw = tmp_path / "aes.bin"
+    raw.write_bytes(os.urandom(32))
+    p = run_hsmctl("key", "import", "--data-dir", str(data), *quorum, sym, "--material",
+                   str(raw))
+    assert p.returncode == 0, p.stderr
+    assert f"check-value: {zero_block_kcv(raw.read_bytes())} (AES_ZERO_BLOCK)\n" in p.stdout, \
+        p.stdout
+    assert [r["outcome"] for r in audit_records(str(data))
+            if r.get("key_id") == sym and r["op"] == "GetKeyCheckValue"] == ["success"]
     # Both calls of each import are in the data directory's audit trail, with their outcomes.
     recs = audit_records(str(data))
     ops = [(r["op"], r["outcome"]) for r in recs if r.get("key_id") == key]
