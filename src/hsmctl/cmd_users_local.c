@@ -44,6 +44,7 @@ static int parse(const char *cmd, int argc, char **argv, users_opts *o)
 	memset(o, 0, sizeof(*o));
 	o->cmd = cmd;
 	o->sub = argv[0];
+	optind = 1;
 	for (int c; (c = getopt_long(argc, argv, "", longopts, NULL)) != -1;) {
 		switch (c) {
 		case 'd': o->data_dir = optarg; break;

@@ -219,8 +219,8 @@ def b64(data):
 
 
 __all__ = ["AWS_CLI", "ACCOUNT", "AwsCli", "admin", "audit_record", "audit_records", "b64",
-           "call_error", "call_ok", "key_arn", "make_pki", "new_user", "parsed_body", "raises",
-           "request_id", "restart_dev", "self_signed", "signed_at", "signing_clock"]
+           "call_error", "call_ok", "key_arn", "key_denying", "make_pki", "new_user", "parsed_body",
+           "raises", "request_id", "restart_dev", "self_signed", "signed_at", "signing_clock"]
 
 
 def self_signed(cn):
@@ -320,3 +320,13 @@ def gdb_can_trace():
     p = subprocess.run(["gdb", "-q", "-nx", "-batch", "-ex", "run", "--args", "/bin/true"],
                        capture_output=True, text=True, timeout=60)
     return "exited normally" in p.stdout
+
+
+def key_denying(kms, action, **create):
+    """A new key whose policy lets the account do everything but `action`, denied to all."""
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+         "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Deny", "Principal": "*", "Action": action, "Resource": "*"}]}
+    return kms.create_key(Policy=json.dumps(policy), BypassPolicyLockoutSafetyCheck=True,
+                          **create)["KeyMetadata"]["KeyId"]

@@ -10,7 +10,7 @@ import os
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from conftest import signed_request
-from helpers import audit_record, call_ok, key_arn, request_id
+from helpers import audit_record, call_ok, key_arn, key_denying, request_id
 from test_import import do_import
 
 
@@ -162,14 +162,7 @@ def test_kms_ciphertexts_stay_closed_to_plain_gcm(hsmd, kms):
 def test_policy_and_roles(hsmd, kms):
     from conftest import DEV_AKID
     from helpers import new_user
-    account = kms.describe_key(KeyId=kms.create_key()["KeyMetadata"]["KeyId"])[
-        "KeyMetadata"]["AWSAccountId"]
-    policy = {"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
-         "Action": "kms:*", "Resource": "*"},
-        {"Effect": "Deny", "Principal": "*", "Action": "kms:GcmDecrypt", "Resource": "*"}]}
-    key = kms.create_key(Policy=json.dumps(policy),
-                         BypassPolicyLockoutSafetyCheck=True)["KeyMetadata"]["KeyId"]
+    key = key_denying(kms, "kms:GcmDecrypt")
     iv, ct = encrypt(hsmd, key, b"x")
     st, out, _ = decrypt(hsmd, key, iv, ct)
     assert (st, out["__type"]) == (400, "AccessDeniedException"), out
@@ -240,14 +233,7 @@ def test_key_check_values(hsmd, kms):
 
 def test_key_check_value_policy_and_roles(hsmd, kms):
     from helpers import new_user
-    account = kms.describe_key(KeyId=kms.create_key()["KeyMetadata"]["KeyId"])[
-        "KeyMetadata"]["AWSAccountId"]
-    policy = {"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
-         "Action": "kms:*", "Resource": "*"},
-        {"Effect": "Deny", "Principal": "*", "Action": "kms:GetKeyCheckValue", "Resource": "*"}]}
-    denied = kms.create_key(Policy=json.dumps(policy),
-                            BypassPolicyLockoutSafetyCheck=True)["KeyMetadata"]["KeyId"]
+    denied = key_denying(kms, "kms:GetKeyCheckValue")
     st, out, _ = kcv(hsmd, denied)
     assert (st, out["__type"]) == (400, "AccessDeniedException"), out
     assert "kms:GetKeyCheckValue" in out["message"]

@@ -54,7 +54,7 @@ from PyKCS11 import (CKA_ALWAYS_SENSITIVE, CKA_CLASS, CKA_DECRYPT, CKA_DERIVE, C
 
 from conftest import (ACCOUNT, BUILD, DEV_AKID, DEV_SECRET, REGION, Hsmd, client, free_port,
                       signed_call, start_dev)
-from helpers import admin, audit_records, make_pki, new_user
+from helpers import admin, audit_records, key_denying, make_pki, new_user
 
 MODULE = os.path.join(BUILD, "libhsm_pkcs11.so")
 CKR_ACTION_PROHIBITED = 0x1B  # PKCS#11 v2.40; not among PyKCS11 1.5's names
@@ -2604,13 +2604,7 @@ def test_secret_keys_have_check_values(p11, server, user, officer, keys):
         assert refused(s.generateKey, template, Mechanism(PyKCS11.CKM_AES_KEY_GEN)) == \
             PyKCS11.CKR_ATTRIBUTE_READ_ONLY
     # A policy that denies the value leaves the key usable, without one.
-    account = officer.describe_key(KeyId=keys["aes"])["KeyMetadata"]["AWSAccountId"]
-    policy = {"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
-         "Action": "kms:*", "Resource": "*"},
-        {"Effect": "Deny", "Principal": "*", "Action": "kms:GetKeyCheckValue", "Resource": "*"}]}
-    hidden = officer.create_key(Policy=json.dumps(policy),
-                                BypassPolicyLockoutSafetyCheck=True)["KeyMetadata"]["KeyId"]
+    hidden = key_denying(officer, "kms:GetKeyCheckValue")
     with session(p11, user.pin) as s:
         (key,) = find(s, CKO_SECRET_KEY, hidden)
         assert attr_rv(s, key, PyKCS11.CKA_CHECK_VALUE) == PyKCS11.CKR_ATTRIBUTE_TYPE_INVALID
