@@ -410,8 +410,9 @@ static bool refused_key(CK_RV rv)
  * A secret key's CKA_CHECK_VALUE (hsmd's GetKeyCheckValue: for AES the
  * specification's encryption of a zero block, for HMAC the first bytes of
  * the key's SHA-1), of its current material: so it follows a rotation at
- * the next listing.  A policy that denies it leaves the key without one
- * (CKR_ATTRIBUTE_TYPE_INVALID), not out of the token.
+ * the next listing.  A policy that denies it, or a node that does not
+ * offer it, leaves the key without one (CKR_ATTRIBUTE_TYPE_INVALID), not
+ * out of the token.
  */
 static CK_RV load_check_value(const char *key_id, hsm_buf *check)
 {
@@ -428,7 +429,8 @@ static CK_RV load_check_value(const char *key_id, hsm_buf *check)
 		rv = CKR_DEVICE_ERROR; /* an answer without what it answers */
 	}
 	json_decref(ans);
-	return refused_key(rv) ? CKR_OK : rv;
+	/* FUNCTION_NOT_SUPPORTED: a node older than the module, without the operation. */
+	return refused_key(rv) || rv == CKR_FUNCTION_NOT_SUPPORTED ? CKR_OK : rv;
 }
 
 /*

@@ -2609,3 +2609,62 @@ def test_secret_keys_have_check_values(p11, server, user, officer, keys):
         (key,) = find(s, CKO_SECRET_KEY, hidden)
         assert attr_rv(s, key, PyKCS11.CKA_CHECK_VALUE) == PyKCS11.CKR_ATTRIBUTE_TYPE_INVALID
         assert attrs(s, key, CKA_ENCRYPT) == [True]
+
+
+OLDER_NODE_CLIENT = r"""
+import sys, PyKCS11
+lib = PyKCS11.PyKCS11Lib()
+lib.load(sys.argv[1])
+s = lib.openSession(0, PyKCS11.CKF_SERIAL_SESSION | PyKCS11.CKF_RW_SESSION)
+s.login(sys.argv[2])
+(key,) = s.findObjects([(PyKCS11.CKA_CLASS, PyKCS11.CKO_SECRET_KEY),
+                        (PyKCS11.CKA_ID, sys.argv[3].encode())])
+tpl = PyKCS11.LowLevel.ckattrlist(1)
+tpl[0].SetType(PyKCS11.CKA_CHECK_VALUE)
+print(PyKCS11.CKR[s.lib.C_GetAttributeValue(s.session, key, tpl)])
+print(s.getAttributeValue(key, [PyKCS11.CKA_ENCRYPT])[0])
+"""
+
+
+def test_a_node_without_check_values_still_serves_the_module(tmp_path, server, keys):
+    """A module newer than the node it talks to: where the node answers GetKeyCheckValue with
+    UnknownOperationException, the login works and secret keys have no CKA_CHECK_VALUE."""
+    import http.server
+    import threading
+    import urllib.request
+
+    class OlderNode(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if self.headers["X-Amz-Target"] == "HsmdCipher.GetKeyCheckValue":
+                status, out = 400, json.dumps({"__type": "UnknownOperationException",
+                                               "message": "unknown"}).encode()
+            else:  # passed on as signed: hsmd checks the Host header the module signed
+                req = urllib.request.Request(server.endpoint + self.path, data=body,
+                                             headers=dict(self.headers), method="POST")
+                try:
+                    with urllib.request.urlopen(req, timeout=30) as r:
+                        status, out = r.status, r.read()
+                except urllib.error.HTTPError as e:
+                    status, out = e.code, e.read()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/x-amz-json-1.1")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args):
+            pass
+
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OlderNode)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        script = tmp_path / "older_node_client.py"
+        script.write_text(OLDER_NODE_CLIENT)
+        env = dict(os.environ, HSM_PKCS11_ENDPOINT=f"http://127.0.0.1:{proxy.server_port}")
+        p = subprocess.run(["/usr/bin/python3", str(script), MODULE, f"{DEV_AKID}:{DEV_SECRET}",
+                            keys["aes"]], env=env, capture_output=True, text=True, timeout=120)
+        assert p.stdout.split() == ["CKR_ATTRIBUTE_TYPE_INVALID", "True"], (p.stdout, p.stderr)
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
