@@ -72,6 +72,7 @@ typedef struct hsmctl_globals_t {
 	 * the approval request; -1: until the request is decided or expires.
 	 */
 	long approval_wait;
+	const char *command; /* the command running ("key create"), for the audit outbox */
 } hsmctl_globals_t;
 extern hsmctl_globals_t hsmctl_globals;
 /* True when --endpoint (or HSM_ENDPOINT) names a running hsmd. */

@@ -4,11 +4,13 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
 
+#include "audit/outbox_rows.h"
 #include "common/secret.h"
 #include "common/util.h"
 #include "hsmctl/hsmctl.h"
@@ -123,6 +125,144 @@ static hsm_result open_audit(const char *data_dir, hsm_audit **out)
 	return hsm_audit_open(&cfg, out);
 }
 
+/* ---- The audit outbox of offline changes (local.h) ------------------------- */
+
+typedef struct hsmctl_outbox {
+	hsm_store_intent intent;
+	char node[HSM_OUTBOX_NODE_ID_MAX + 1]; /* hsm_outbox_offline_node(data_dir) */
+	char request[HSM_UUID_STRLEN + 1];     /* the next record's request id */
+	char operation[HSM_OUTBOX_OPERATION_MAX + 1];
+	char principal[32];
+	char **done; /* request ids whose records are written: their rows go at close */
+	size_t n_done, cap_done;
+	uint64_t below; /* every record of done has a number below this */
+} hsmctl_outbox;
+
+static void local_principal(char *out, size_t cap)
+{
+	snprintf(out, cap, "local:uid=%u", (unsigned)getuid());
+}
+
+/* The intent for the next change: a new request id, which the next record carries. */
+static hsm_result outbox_arm(hsmctl_outbox *o)
+{
+	hsm_store_intent_end();
+	HSM_GUARD(hsm_uuid_new(o->request));
+	memset(&o->intent, 0, sizeof(o->intent));
+	o->intent.node_id = o->node;
+	o->intent.request_id = o->request;
+	o->intent.operation = o->operation;
+	o->intent.principal = o->principal;
+	o->intent.source = "hsmctl";
+	hsm_store_intent_begin(&o->intent);
+	return HSM_SUCCESS;
+}
+
+static bool outbox_note_done(hsmctl_outbox *o, const char *id)
+{
+	if (o->n_done == o->cap_done) {
+		size_t cap = o->cap_done != 0 ? o->cap_done * 2 : 8;
+		char **nv = realloc(o->done, cap * sizeof(*nv));
+		if (nv == NULL)
+			return false;
+		o->done = nv;
+		o->cap_done = cap;
+	}
+	char *copy = strdup(id);
+	if (copy != NULL)
+		o->done[o->n_done++] = copy;
+	return copy != NULL;
+}
+
+static void outbox_free(hsmctl_outbox *o)
+{
+	if (o == NULL)
+		return;
+	for (size_t i = 0; i < o->n_done; i++)
+		free(o->done[i]);
+	free(o->done);
+	free(o);
+}
+
+/*
+ * The rows earlier offline commands on data_dir left (hsmctl stopped between
+ * a change and its record): a record in place of each the trail does not
+ * hold; all of them go at close, once those records are durable.  A trail
+ * that cannot be searched leaves them for later (warned); one that cannot
+ * be written fails the command, as any record would.
+ */
+static hsm_result outbox_settle(hsmctl_local *l, hsmctl_outbox *o, const char *data_dir)
+{
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s/audit", data_dir);
+	const char *dirs[] = {dir};
+	hsm_outbox_rows rows = {0};
+	bool *found = NULL;
+	size_t recorded = 0;
+	hsm_result res = hsm_outbox_rows_list(l->store, o->node, NULL, NULL, &rows);
+	if (hsm_ok(res) && rows.n > 0) {
+		found = calloc(rows.n, sizeof(*found));
+		res = found != NULL ? hsm_outbox_rows_find(&rows, dirs, 1, found)
+		                    : HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
+	}
+	if (hsm_failed(res)) {
+		fprintf(stderr, "hsmctl: warning: the offline changes an earlier hsmctl left unrecorded "
+		                "could not be looked for (%s); they stay for the next command or hsmd\n",
+		        hsm_last_message());
+		res = HSM_SUCCESS;
+		goto out;
+	}
+	for (size_t i = 0; i < rows.n; i++) {
+		if (!found[i]) {
+			HSM_TRY(hsm_outbox_record_in_stead(l->audit, o->principal, &rows.v[i],
+			                                   "hsmctl stopped before writing it (or its trail "
+			                                   "failed it)"));
+			recorded++;
+		}
+		if (!outbox_note_done(o, rows.v[i].id))
+			break; /* the rest stay: found next time */
+	}
+	o->below = hsm_audit_next_seq(l->audit);
+	if (recorded > 0)
+		fprintf(stderr, "hsmctl: %zu offline change(s) an earlier hsmctl made without a record "
+		                "(it stopped first) are recorded now as " HSM_OUTBOX_RECOVERED_EVENT "\n",
+		        recorded);
+out:
+	free(found);
+	hsm_outbox_rows_free(&rows);
+	return res;
+}
+
+static hsm_result outbox_open(hsmctl_local *l, const char *data_dir)
+{
+	hsmctl_outbox *o = calloc(1, sizeof(*o));
+	HSM_ENSURE(o != NULL, HSM_ERR_NOMEM, "out of memory");
+	l->outbox = o;
+	hsm_outbox_offline_node(data_dir, o->node);
+	snprintf(o->operation, sizeof(o->operation), "hsmctl %s",
+	         hsmctl_globals.command != NULL ? hsmctl_globals.command : "");
+	local_principal(o->principal, sizeof(o->principal));
+	HSM_GUARD(outbox_settle(l, o, data_dir));
+	return outbox_arm(o);
+}
+
+/* At close, the trail closed (whole: every thread stopped, records below durable are durable). */
+static void outbox_close(hsmctl_local *l, bool whole, uint64_t durable)
+{
+	hsmctl_outbox *o = l->outbox;
+	if (o == NULL)
+		return;
+	hsm_store_intent_end();
+	if (o->n_done > 0 && whole && durable >= o->below && l->store != NULL &&
+	    hsm_failed(hsm_store_outbox_delete(l->store, o->node, (const char *const *)o->done,
+	                                       o->n_done)))
+		fprintf(stderr, "hsmctl: warning: the audit outbox rows of this command's recorded "
+		                "changes stay (%s); the next command or hsmd finds their records\n",
+		        hsm_last_message());
+	outbox_free(o);
+	l->outbox = NULL;
+}
+
 hsm_result hsmctl_local_audit(hsmctl_local *l, const char *operation, const char *key_id,
                               uint32_t version, hsm_result outcome)
 {
@@ -134,7 +274,8 @@ hsm_result hsmctl_local_audit_fields(hsmctl_local *l, const char *operation, con
                                      const hsm_audit_field *extra, size_t n_extra)
 {
 	char who[64];
-	snprintf(who, sizeof(who), "local:uid=%u", (unsigned)getuid());
+	local_principal(who, sizeof(who));
+	hsmctl_outbox *o = l->outbox;
 	hsm_audit_record rec = {
 	    .type = HSM_AUDIT_REQUEST,
 	    .principal = who,
@@ -146,8 +287,16 @@ hsm_result hsmctl_local_audit_fields(hsmctl_local *l, const char *operation, con
 	    .error = hsm_ok(outcome) ? NULL : hsm_err_kms_name(outcome.err),
 	    .extra = extra,
 	    .n_extra = n_extra,
+	    .request_id = o != NULL ? o->request : NULL,
 	};
-	return hsm_audit_append(l->audit, &rec);
+	hsm_result r = hsm_audit_append(l->audit, &rec);
+	if (o == NULL)
+		return r;
+	/* A change this record is for: its row goes at close (one not noted is found later). */
+	if (hsm_ok(r) && o->intent.written && outbox_note_done(o, o->request))
+		o->below = hsm_audit_next_seq(l->audit);
+	hsm_result armed = outbox_arm(o);
+	return hsm_ok(r) ? armed : r;
 }
 
 hsm_result hsmctl_local_explain(hsmctl_local *l, size_t n_shares, hsm_result r)
@@ -204,6 +353,8 @@ static hsm_result local_open(const char *data_dir, bool inspect, size_t n_shares
 	}
 	hsm_kms_config cfg = {.region = "us-east-1", .account_id = "111122223333"};
 	HSM_TRY(hsm_kms_new(l.store, l.ks, &cfg, &l.kms));
+	if (!inspect)
+		HSM_TRY(outbox_open(&l, data_dir));
 	*out = l;
 	memset(&l, 0, sizeof(l));
 out:
@@ -226,7 +377,10 @@ hsm_result hsmctl_local_inspect(const char *data_dir, size_t n_shares, char *con
 void hsmctl_local_close(hsmctl_local *l)
 {
 	hsm_kms_free(l->kms);
-	hsm_audit_close(l->audit); /* its shutdown checkpoint is still signed when unsealed */
+	uint64_t durable = 0;
+	/* Its shutdown checkpoint is still signed when unsealed. */
+	bool whole = l->audit != NULL && hsm_audit_close_durable(l->audit, &durable);
+	outbox_close(l, whole, durable);
 	hsm_keystore_free(l->ks);
 	hsm_store_close(l->store);
 	memset(l, 0, sizeof(*l));

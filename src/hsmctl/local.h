@@ -17,6 +17,7 @@ typedef struct hsmctl_local {
 	hsm_keystore *ks;
 	hsm_kms *kms;
 	hsm_audit *audit; /* <data dir>/audit: offline changes are audited like API calls */
+	struct hsmctl_outbox *outbox; /* each change's outbox row (local.c), when opened to change */
 } hsmctl_local;
 
 #define HSMCTL_MAX_SHARE_ARGS 16
@@ -25,7 +26,12 @@ typedef struct hsmctl_local {
 const char *hsmctl_store_location(const char *data_dir);
 /*
  * Opens the store (hsmctl_store_location) and data_dir's audit trail; with
- * n_shares > 0 also unseals with those share files.
+ * n_shares > 0 also unseals with those share files.  Each change made until
+ * the next record (hsmctl_local_audit*) commits an audit outbox row
+ * (store.h) with that record's request id, deleted at close once the trail
+ * is durable: hsmctl killed between a change and its record leaves the row,
+ * which the next offline command on data_dir, or the hsmd serving it at its
+ * start, settles with a RequestRecordRecovered record.
  */
 hsm_result hsmctl_local_open(const char *data_dir, size_t n_shares, char *const shares[],
                              hsmctl_local *out) HSM_MUST_CHECK;

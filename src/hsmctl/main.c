@@ -1,6 +1,7 @@
 /*
  * hsmctl - init, unseal, ceremony, keys, users, backups, audit and reports.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -222,6 +223,27 @@ static const hsmctl_command *lookup(int argc, char **argv, int *consumed)
 }
 
 /*
+ * The command as the audit outbox names its changes: its name, and the
+ * subcommand it was given when its synopsis lists that word ("user create",
+ * "key rotate"; not "key import" and its key's id).
+ */
+static void name_command(const hsmctl_command *cmd, int argc, char **argv, char *out, size_t cap)
+{
+	snprintf(out, cap, "%s", cmd->name);
+	if (argc < 1 || !islower((unsigned char)argv[0][0]))
+		return;
+	const char *w = argv[0];
+	size_t n = strlen(w);
+	for (const char *p = cmd->args; (p = strstr(p, w)) != NULL; p += n) {
+		if ((p == cmd->args || strchr(" |[", p[-1]) != NULL) &&
+		    (p[n] == '\0' || strchr(" |]", p[n]) != NULL)) {
+			snprintf(out, cap, "%s %s", cmd->name, w);
+			return;
+		}
+	}
+}
+
+/*
  * Prints (to f, unless NULL) the usage of each command of the family named
  * word ("audit": audit verify, audit report, ...); returns how many there are.
  */
@@ -430,6 +452,9 @@ int main(int argc, char **argv)
 		printf("(global options: 'hsmctl help')\n");
 		return 0;
 	}
+	char name[96];
+	name_command(cmd, argc - words - 1, argv + words + 1, name, sizeof(name));
+	hsmctl_globals.command = name;
 	/* The command sees argv[0] = its own name, then its arguments. */
 	int rc = cmd->fn(argc - words, argv + words);
 	hsm_client_close(&hsmctl_globals.client);

@@ -7,18 +7,22 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <limits.h>
 #include <string.h>
+#include <time.h>
 
 #include "audit/audit.h"
+#include "audit/outbox_rows.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "server/server.h"
 #include "store/store.h"
 
-#define ID_CAP 65
-/* A request's record is looked for from this long before its commit (the clock may have moved). */
-#define SEARCH_MARGIN_MS (10LL * 60 * 1000)
-#define RECOVERED_EVENT "RequestRecordRecovered"
+#define ID_CAP (HSM_OUTBOX_REQUEST_ID_MAX + 1)
+#define RECOVERED_EVENT HSM_OUTBOX_RECOVERED_EVENT
+#define LOST_AT_STOP "the node stopped before writing it (or its trail failed it before the stop)"
+#define LOST_IN_OUTAGE "the audit trail could not write it"
+#define LOST_BY_HSMCTL "hsmctl stopped before writing it (or its trail failed it)"
 
 typedef struct settled {
 	char id[ID_CAP];
@@ -38,13 +42,6 @@ struct hsm_outbox {
 	bool delete_failing, settle_failing; /* said once a streak */
 	atomic_uint_fast64_t recovered;
 };
-
-/* One row, copied out of the store's listing. */
-typedef struct row {
-	char id[ID_CAP], op[65], principal[161], akid[129], source[81], key_id[65];
-	int64_t created_ms;
-	bool in_trail;
-} row;
 
 hsm_result hsm_outbox_new(hsm_outbox **out)
 {
@@ -94,11 +91,6 @@ void hsm_outbox_settled(hsm_outbox *o, const char *request_id, bool recorded,
 	pthread_mutex_unlock(&o->mu);
 	if (!ok) /* the row stays; the next start settles it */
 		hsm_warn("audit outbox: out of memory noting request %s", e.id);
-}
-
-static int cmp_str(const void *x, const void *y)
-{
-	return strcmp(*(const char *const *)x, *(const char *const *)y);
 }
 
 static int cmp_settled(const void *x, const void *y)
@@ -151,70 +143,18 @@ static void delete_done(hsm_server *s, uint64_t durable)
 	free(take.v);
 }
 
-/* The listing of this node's rows, kept when named in want (sorted). */
-typedef struct collect {
-	const settled *want;
-	size_t n_want;
-	row *rows;
-	size_t n, cap;
-} collect;
+/* want: the settled entries asked for, sorted by id. */
+typedef struct wanted {
+	const settled *v;
+	size_t n;
+} wanted;
 
-static hsm_result collect_row(const hsm_outbox_record *r, void *arg)
+static bool is_wanted(const char *request_id, void *arg)
 {
-	collect *c = arg;
+	const wanted *w = arg;
 	settled key;
-	snprintf(key.id, sizeof(key.id), "%s", r->request_id);
-	if (c->want != NULL && bsearch(&key, c->want, c->n_want, sizeof(*c->want), cmp_settled) == NULL)
-		return HSM_SUCCESS;
-	if (c->n == c->cap) {
-		size_t cap = c->cap != 0 ? c->cap * 2 : 16;
-		row *nv = realloc(c->rows, cap * sizeof(*nv));
-		HSM_ENSURE(nv != NULL, HSM_ERR_NOMEM, "out of memory");
-		c->rows = nv;
-		c->cap = cap;
-	}
-	row *w = &c->rows[c->n++];
-	memset(w, 0, sizeof(*w));
-	snprintf(w->id, sizeof(w->id), "%s", r->request_id);
-	snprintf(w->op, sizeof(w->op), "%s", r->operation ? r->operation : "");
-	snprintf(w->principal, sizeof(w->principal), "%s", r->principal ? r->principal : "");
-	snprintf(w->akid, sizeof(w->akid), "%s", r->access_key_id ? r->access_key_id : "");
-	snprintf(w->source, sizeof(w->source), "%s", r->source ? r->source : "");
-	snprintf(w->key_id, sizeof(w->key_id), "%s", r->key_id ? r->key_id : "");
-	w->created_ms = r->created_ms;
-	return HSM_SUCCESS;
-}
-
-/* The record written in place of the request's own. */
-static hsm_result record_in_stead(hsm_server *s, const row *w, bool at_start)
-{
-	char committed[25];
-	hsm_format_time_ms(w->created_ms, committed);
-	hsm_audit_field f[6];
-	size_t n = 0;
-	f[n++] = (hsm_audit_field){"request_op", w->op};
-	if (w->principal[0] != '\0')
-		f[n++] = (hsm_audit_field){"request_principal", w->principal};
-	if (w->akid[0] != '\0')
-		f[n++] = (hsm_audit_field){"request_access_key", w->akid};
-	if (w->source[0] != '\0')
-		f[n++] = (hsm_audit_field){"request_source", w->source};
-	f[n++] = (hsm_audit_field){"committed", committed};
-	f[n++] = (hsm_audit_field){"record_lost",
-	                           at_start ? "the node stopped before writing it (or its trail "
-	                                      "failed it before the stop)"
-	                                    : "the audit trail could not write it"};
-	hsm_audit_record rec = {
-	    .type = HSM_AUDIT_EVENT,
-	    .principal = "hsmd",
-	    .operation = RECOVERED_EVENT,
-	    .key_id = w->key_id[0] != '\0' ? w->key_id : NULL,
-	    .outcome = HSM_AUDIT_SUCCESS,
-	    .request_id = w->id,
-	    .extra = f,
-	    .n_extra = n,
-	};
-	return hsm_audit_append(s->audit, &rec);
+	snprintf(key.id, sizeof(key.id), "%s", request_id);
+	return bsearch(&key, w->v, w->n, sizeof(*w->v), cmp_settled) != NULL;
 }
 
 /*
@@ -228,38 +168,27 @@ static hsm_result record_in_stead(hsm_server *s, const row *w, bool at_start)
  */
 static hsm_result settle(hsm_server *s, const settled *want, size_t n_want, size_t *recorded)
 {
-	collect c = {.want = want, .n_want = n_want};
-	*recorded = 0;
-	hsm_result r = hsm_store_outbox_list(s->store, s->node_id, collect_row, &c);
-	const char **ids = NULL;
+	wanted wt = {want, n_want};
+	hsm_outbox_rows rows = {0};
 	bool *found = NULL;
-	if (hsm_ok(r) && c.n > 0) {
-		ids = malloc(c.n * sizeof(*ids));
-		found = calloc(c.n, sizeof(*found));
-		if (ids == NULL || found == NULL)
-			r = HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
+	*recorded = 0;
+	hsm_result r = hsm_outbox_rows_list(s->store, s->node_id, is_wanted, &wt, &rows);
+	if (hsm_ok(r) && rows.n > 0) {
+		found = calloc(rows.n, sizeof(*found));
+		r = found != NULL ? HSM_SUCCESS : HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
 	}
-	int64_t since = INT64_MAX;
-	for (size_t i = 0; hsm_ok(r) && i < c.n; i++) {
-		ids[i] = c.rows[i].id;
-		if (c.rows[i].created_ms < since)
-			since = c.rows[i].created_ms;
-	}
-	if (hsm_ok(r) && c.n > 0) {
-		qsort(ids, c.n, sizeof(*ids), cmp_str);
-		r = hsm_audit_find_requests(s->audit_dir, since - SEARCH_MARGIN_MS, ids, c.n, found);
-	}
-	for (size_t i = 0; hsm_ok(r) && i < c.n; i++) {
-		row *w = &c.rows[i];
-		const char *id = w->id;
-		const char *const *at = bsearch(&id, ids, c.n, sizeof(*ids), cmp_str);
-		HSM_ASSERT(at != NULL);
-		if (found[at - ids])
+	const char *dirs[] = {s->audit_dir};
+	if (hsm_ok(r))
+		r = hsm_outbox_rows_find(&rows, dirs, 1, found);
+	for (size_t i = 0; hsm_ok(r) && i < rows.n; i++) {
+		const hsm_outbox_row *w = &rows.v[i];
+		if (found[i])
 			continue;
 		settled key;
 		memcpy(key.id, w->id, sizeof(key.id));
 		const settled *e = bsearch(&key, want, n_want, sizeof(*want), cmp_settled);
-		r = record_in_stead(s, w, e != NULL && e->at_start);
+		r = hsm_outbox_record_in_stead(s->audit, "hsmd", w,
+		                               e != NULL && e->at_start ? LOST_AT_STOP : LOST_IN_OUTAGE);
 		if (hsm_ok(r)) {
 			(*recorded)++;
 			atomic_fetch_add(&s->outbox->recovered, 1);
@@ -268,16 +197,15 @@ static hsm_result settle(hsm_server *s, const settled *want, size_t n_want, size
 	if (hsm_ok(r)) {
 		settled e = {.below = hsm_audit_next_seq(s->audit)};
 		pthread_mutex_lock(&s->outbox->mu);
-		for (size_t i = 0; i < c.n && hsm_ok(r); i++) {
-			memcpy(e.id, ids[i], sizeof(e.id));
+		for (size_t i = 0; i < rows.n && hsm_ok(r); i++) {
+			memcpy(e.id, rows.v[i].id, sizeof(e.id));
 			if (!push(&s->outbox->done, &e))
 				r = HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
 		}
 		pthread_mutex_unlock(&s->outbox->mu);
 	}
-	free(ids);
 	free(found);
-	free(c.rows);
+	hsm_outbox_rows_free(&rows);
 	return r;
 }
 
@@ -341,8 +269,72 @@ static hsm_result note_left(const hsm_outbox_record *r, void *arg)
 	return HSM_SUCCESS;
 }
 
+/* Waits (up to about 10 s) until every record below seq is durable. */
+static bool wait_durable(hsm_server *s, uint64_t seq)
+{
+	for (int i = 0; i < 1000 && hsm_audit_durable_seq(s->audit) < seq; i++) {
+		struct timespec ts = {0, 10 * 1000 * 1000};
+		nanosleep(&ts, NULL);
+	}
+	return hsm_audit_durable_seq(s->audit) >= seq;
+}
+
+/*
+ * The rows hsmctl's offline changes on this node's data directory left
+ * (hsm_outbox_offline_node: hsmctl stopped between a change and its
+ * record): a record in place of each request that none of the trails
+ * holds (hsmctl's, <data_dir>/audit, and this node's), then the rows go
+ * once those records are durable.  Kept for the next start (or hsmctl's next
+ * offline command there) when anything fails: the search finds what was
+ * written meanwhile, so nothing is recorded twice.
+ */
+static void settle_offline(hsm_server *s)
+{
+	char node[HSM_OUTBOX_NODE_ID_MAX + 1], local[PATH_MAX];
+	hsm_outbox_offline_node(s->data_dir, node);
+	if ((size_t)snprintf(local, sizeof(local), "%.*s/audit", PATH_MAX - 8, s->data_dir) >=
+	    sizeof(local))
+		return; /* no hsmctl trail can be there either */
+	const char *dirs[] = {local, strcmp(local, s->audit_dir) != 0 ? s->audit_dir : NULL};
+	hsm_outbox_rows rows = {0};
+	bool *found = NULL;
+	const char **ids = NULL;
+	size_t recorded = 0;
+	hsm_result r = hsm_outbox_rows_list(s->store, node, NULL, NULL, &rows);
+	if (hsm_ok(r) && rows.n > 0) {
+		found = calloc(rows.n, sizeof(*found));
+		ids = hsm_outbox_rows_ids(&rows);
+		r = found != NULL && ids != NULL ? HSM_SUCCESS : HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
+	}
+	if (hsm_ok(r) && rows.n > 0)
+		r = hsm_outbox_rows_find(&rows, dirs, 2, found);
+	for (size_t i = 0; hsm_ok(r) && i < rows.n; i++) {
+		if (found[i])
+			continue;
+		r = hsm_outbox_record_in_stead(s->audit, "hsmd", &rows.v[i], LOST_BY_HSMCTL);
+		if (hsm_ok(r)) {
+			recorded++;
+			atomic_fetch_add(&s->outbox->recovered, 1);
+		}
+	}
+	if (recorded > 0)
+		hsm_warn("audit: %zu offline change(s) by hsmctl reached the store without a record in "
+		         "the trail (hsmctl stopped first); each is recorded now as " RECOVERED_EVENT,
+		         recorded);
+	if (hsm_ok(r) && rows.n > 0 && wait_durable(s, hsm_audit_next_seq(s->audit)))
+		r = hsm_store_outbox_delete(s->store, node, ids, rows.n);
+	if (hsm_failed(r))
+		hsm_log_failure("audit outbox: settling the offline changes hsmctl left; retried at the "
+		                "next start");
+	free(ids);
+	free(found);
+	hsm_outbox_rows_free(&rows);
+}
+
 void hsm_outbox_recover(hsm_server *s)
 {
+	if (hsm_audit_accepting(s->audit))
+		settle_offline(s);
 	hsm_result r = hsm_store_outbox_list(s->store, s->node_id, note_left, s->outbox);
 	if (hsm_failed(r))
 		hsm_log_failure("audit outbox: reading the requests left by the last run; settled at "

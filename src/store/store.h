@@ -1031,4 +1031,14 @@ hsm_result hsm_store_outbox_list(hsm_store *s, const char *node_id, hsm_outbox_c
 hsm_result hsm_store_outbox_delete(hsm_store *s, const char *node_id,
                                    const char *const *request_ids, size_t n) HSM_MUST_CHECK;
 
+/*
+ * The node id under which hsmctl's offline changes to the store of the data
+ * directory data_dir write their rows: "hsmctl-" and a hash of the host's
+ * name and the directory's real path (the path as given when it has none;
+ * nodes sharing a store keep their data in the same path), so the hsmd
+ * that serves that directory finds them at its next start and settles them
+ * from the trail hsmctl wrote there, whatever node_id it is configured with.
+ */
+void hsm_outbox_offline_node(const char *data_dir, char out[HSM_OUTBOX_NODE_ID_MAX + 1]);
+
 #endif

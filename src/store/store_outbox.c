@@ -6,8 +6,11 @@
  */
 #include "store/store.h"
 
+#include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "store/store_impl.h"
 
@@ -153,4 +156,16 @@ hsm_result hsm_store_outbox_delete(hsm_store *s, const char *node_id,
 	free(ptrs);
 	free(ids);
 	return res;
+}
+
+void hsm_outbox_offline_node(const char *data_dir, char out[HSM_OUTBOX_NODE_ID_MAX + 1])
+{
+	char real[PATH_MAX], host[256] = "";
+	const char *path = realpath(data_dir, real) != NULL ? real : data_dir;
+	(void)gethostname(host, sizeof(host) - 1);
+	uint64_t h = 14695981039346656037ULL; /* FNV-1a: a name, not a secret */
+	for (const char *part[] = {host, "\n", path}, **q = part; q < part + 3; q++)
+		for (const unsigned char *p = (const unsigned char *)*q; *p != '\0'; p++)
+			h = (h ^ *p) * 1099511628211ULL;
+	snprintf(out, HSM_OUTBOX_NODE_ID_MAX + 1, "hsmctl-%016llx", (unsigned long long)h);
 }

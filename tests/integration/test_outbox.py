@@ -447,3 +447,137 @@ def test_a_count_reset_refused_for_want_of_audit_space_still_gets_its_record():
             server.cleanup()
         subprocess.run(["umount", "-l", audit_dir])
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---- hsmctl's offline changes -------------------------------------------------------------
+
+def offline_rows(data_dir):
+    """The rows hsmctl's offline changes left: under a node id of their own."""
+    db = sqlite3.connect(f"file:{os.path.join(data_dir, 'hsmd.db')}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT node_id, request_id, operation, principal, source "
+                          "FROM audit_outbox WHERE node_id LIKE 'hsmctl-%'").fetchall()
+    finally:
+        db.close()
+
+
+def offline_hsmctl(*args):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HSM_"))}
+    return subprocess.run([HSMCTL, *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def offline_killed_at(stop_at, *args):
+    """hsmctl run under gdb and killed (SIGKILL) the first time it reaches stop_at."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HSM_"))}
+    p = subprocess.run(["gdb", "-q", "-nx", "-batch", "-ex", f"break {stop_at}", "-ex", "run",
+                        "-ex", "kill", "--args", HSMCTL, *args],
+                       capture_output=True, text=True, timeout=180, env=env)
+    assert "Breakpoint 1, " in p.stdout and ") killed]" in p.stdout, p.stdout + p.stderr
+
+
+@pytest.fixture()
+def offline_store(tmp_path):
+    data, shares = tmp_path / "data", tmp_path / "shares"
+    p = offline_hsmctl("init", "--data-dir", str(data), "--share-dir", str(shares), "--shares",
+                       "2", "--threshold", "2", "--admin", "ops")
+    assert p.returncode == 0, p.stderr
+    quorum = ["--share", str(shares / "share-1-of-2.share"),
+              "--share", str(shares / "share-2-of-2.share")]
+    assert offline_rows(str(data)) == []  # the ceremony's own changes were recorded
+    return str(data), quorum
+
+
+def by_request(data_dir):
+    return {r["request_id"]: r for r in audit_records(data_dir) if r.get("request_id")}
+
+
+def test_offline_changes_carry_request_ids_and_leave_no_row(offline_store):
+    data, quorum = offline_store
+    for args in (["user", "create", "app", "--roles", "crypto-user"],
+                 ["access-key", "create", "app"]):
+        p = offline_hsmctl(*args, "--data-dir", data, *quorum)
+        assert p.returncode == 0, p.stderr
+        assert offline_rows(data) == []
+    recs = [r for r in audit_records(data) if r.get("op") in ("CreateUser", "CreateAccessKey")
+            and r.get("source") == "hsmctl" and r["extra"].get("target_user") == "app"]
+    assert [r["op"] for r in recs] == ["CreateUser", "CreateAccessKey"], recs
+    ids = [r.get("request_id") for r in recs]
+    assert all(ids) and len(set(ids)) == 2, ids  # one per change
+
+
+@pytest.mark.skipif(not GDB, reason="killing hsmctl between a change and its record needs gdb")
+def test_an_offline_change_killed_before_its_record_is_recorded_at_the_nodes_start(
+        offline_store):
+    data, quorum = offline_store
+    offline_killed_at('hsmctl_local_audit_fields if $_streq(operation, "CreateUser")',
+                      "user", "create", "app", "--roles", "crypto-user", "--data-dir", data,
+                      *quorum)
+    # The change stands, without its record; its row names it.
+    p = offline_hsmctl("user", "list", "--data-dir", data)
+    assert p.returncode == 0 and "UserName: app" in p.stdout, p.stdout + p.stderr
+    assert not [r for r in audit_records(data) if r.get("op") == "CreateUser"
+                and r["extra"].get("target_user") == "app"]
+    (row,) = offline_rows(data)
+    assert row[2:] == ("hsmctl user create", f"local:uid={os.getuid()}", "hsmctl"), row
+    request = row[1]
+    server = Hsmd([], data_dir=data)  # the directory's node, sealed: its start settles it
+    try:
+        assert wait_for(lambda: offline_rows(data) == [], 20), offline_rows(data)
+        (rec,) = recovered(data)
+        assert rec["request_id"] == request and rec["principal"] == "hsmd", rec
+        assert rec["extra"]["request_op"] == "hsmctl user create", rec
+        assert rec["extra"]["request_principal"] == f"local:uid={os.getuid()}", rec
+        assert rec["extra"]["request_source"] == "hsmctl", rec
+        assert rec["extra"]["record_lost"].startswith("hsmctl stopped before writing it"), rec
+        assert metric(server, "hsmd_audit_records_recovered_total") == 1
+    finally:
+        server.stop()
+    server = Hsmd([], data_dir=data)  # once: a second start finds nothing to settle
+    try:
+        assert len(recovered(data)) == 1
+    finally:
+        server.stop()
+    p = verify(data)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+@pytest.mark.skipif(not GDB, reason="killing hsmctl between a change and its record needs gdb")
+def test_the_next_offline_command_records_what_a_killed_one_left(offline_store):
+    data, quorum = offline_store
+    offline_killed_at('hsmctl_local_audit_fields if $_streq(operation, "CreateKey")',
+                      "key", "create", "--data-dir", data, *quorum, "--description", "killed")
+    (row,) = offline_rows(data)
+    request = row[1]
+    p = offline_hsmctl("user", "create", "app", "--roles", "crypto-user", "--data-dir", data,
+                       *quorum)
+    assert p.returncode == 0, p.stderr
+    assert "1 offline change(s) an earlier hsmctl made without a record" in p.stderr, p.stderr
+    assert offline_rows(data) == []
+    (rec,) = recovered(data)
+    assert rec["request_id"] == request and rec["extra"]["request_op"] == "hsmctl key create"
+    assert rec["principal"] == f"local:uid={os.getuid()}", rec
+    # It names the key the killed command made: the only one, listed offline.
+    p = offline_hsmctl("key", "list", "--data-dir", data)
+    keys = [l.split()[0] for l in p.stdout.splitlines() if l.strip()]
+    assert p.returncode == 0 and keys == [rec["key_id"]], (p.stdout, rec)
+    # The later command's own records are there, once each; nothing is recorded again.
+    p = offline_hsmctl("user", "disable", "app", "--data-dir", data, *quorum)
+    assert p.returncode == 0, p.stderr
+    assert len(recovered(data)) == 1 and offline_rows(data) == []
+    p = verify(data)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+@pytest.mark.skipif(not GDB, reason="killing hsmctl before its rows go needs gdb")
+def test_an_offline_change_recorded_before_a_kill_is_not_recorded_twice(offline_store):
+    data, quorum = offline_store
+    offline_killed_at("hsm_store_outbox_delete", "user", "create", "app", "--roles",
+                      "crypto-user", "--data-dir", data, *quorum)
+    (row,) = offline_rows(data)
+    assert by_request(data)[row[1]]["op"] == "CreateUser", row  # recorded, then killed
+    server = Hsmd([], data_dir=data)
+    try:
+        assert wait_for(lambda: offline_rows(data) == [], 20), offline_rows(data)
+        assert recovered(data) == []
+    finally:
+        server.stop()

@@ -12,7 +12,10 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <limits.h>
 #include <sys/stat.h>
+#include <string.h>
+#include <unistd.h>
 
 #include "store/store.h"
 #include "store/store_impl.h"
@@ -593,6 +596,32 @@ static void test_added_to_an_older_store(void **state)
 	assert_int_equal(rows(f), 1);
 }
 
+/* hsmctl's node id for a data directory: one per directory, whatever path names it. */
+static void test_offline_node_id_names_the_directory(void **state)
+{
+	st_fixture *f = *state;
+	char sub[PATH_MAX + 8], other[PATH_MAX + 8], link[PATH_MAX + 8], a[HSM_OUTBOX_NODE_ID_MAX + 1],
+	    b[HSM_OUTBOX_NODE_ID_MAX + 1], c[HSM_OUTBOX_NODE_ID_MAX + 1],
+	    d[HSM_OUTBOX_NODE_ID_MAX + 1];
+	snprintf(sub, sizeof(sub), "%s/one", f->dir);
+	snprintf(other, sizeof(other), "%s/two", f->dir);
+	snprintf(link, sizeof(link), "%s/link", f->dir);
+	assert_int_equal(mkdir(sub, 0700), 0);
+	assert_int_equal(mkdir(other, 0700), 0);
+	assert_int_equal(symlink(sub, link), 0);
+	hsm_outbox_offline_node(sub, a);
+	hsm_outbox_offline_node(link, b);
+	hsm_outbox_offline_node(other, c);
+	char dotted[PATH_MAX + 16];
+	snprintf(dotted, sizeof(dotted), "%s/./one/", f->dir);
+	hsm_outbox_offline_node(dotted, d);
+	assert_int_equal(strlen(a), strlen("hsmctl-") + 16);
+	assert_memory_equal(a, "hsmctl-", 7);
+	assert_string_equal(a, b);
+	assert_string_equal(a, d);
+	assert_string_not_equal(a, c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -617,6 +646,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_snapshot_leaves_the_outbox_out, st_setup,
 		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_added_to_an_older_store, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_offline_node_id_names_the_directory, st_setup,
+		                                st_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,140 @@
+/*
+ * outbox_rows.c - reading the store's audit outbox to settle it (outbox_rows.h).
+ */
+#include "audit/outbox_rows.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common/util.h"
+
+typedef struct collect {
+	hsm_outbox_keep_fn keep;
+	void *arg;
+	hsm_outbox_rows *out;
+} collect;
+
+static void copy(char *dst, size_t cap, const char *src)
+{
+	snprintf(dst, cap, "%s", src != NULL ? src : "");
+}
+
+static hsm_result collect_row(const hsm_outbox_record *r, void *arg)
+{
+	collect *c = arg;
+	if (c->keep != NULL && !c->keep(r->request_id, c->arg))
+		return HSM_SUCCESS;
+	hsm_outbox_rows *o = c->out;
+	if (o->n == o->cap) {
+		size_t cap = o->cap != 0 ? o->cap * 2 : 16;
+		hsm_outbox_row *nv = realloc(o->v, cap * sizeof(*nv));
+		HSM_ENSURE(nv != NULL, HSM_ERR_NOMEM, "out of memory");
+		o->v = nv;
+		o->cap = cap;
+	}
+	hsm_outbox_row *w = &o->v[o->n++];
+	copy(w->id, sizeof(w->id), r->request_id);
+	copy(w->op, sizeof(w->op), r->operation);
+	copy(w->principal, sizeof(w->principal), r->principal);
+	copy(w->akid, sizeof(w->akid), r->access_key_id);
+	copy(w->source, sizeof(w->source), r->source);
+	copy(w->key_id, sizeof(w->key_id), r->key_id);
+	w->created_ms = r->created_ms;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_outbox_rows_list(hsm_store *s, const char *node_id, hsm_outbox_keep_fn keep,
+                                void *arg, hsm_outbox_rows *out)
+{
+	collect c = {keep, arg, out};
+	return hsm_store_outbox_list(s, node_id, collect_row, &c);
+}
+
+void hsm_outbox_rows_free(hsm_outbox_rows *r)
+{
+	free(r->v);
+	memset(r, 0, sizeof(*r));
+}
+
+static int cmp_str(const void *x, const void *y)
+{
+	return strcmp(*(const char *const *)x, *(const char *const *)y);
+}
+
+const char **hsm_outbox_rows_ids(const hsm_outbox_rows *r)
+{
+	const char **ids = malloc((r->n > 0 ? r->n : 1) * sizeof(*ids));
+	for (size_t i = 0; ids != NULL && i < r->n; i++)
+		ids[i] = r->v[i].id;
+	return ids;
+}
+
+hsm_result hsm_outbox_rows_find(const hsm_outbox_rows *r, const char *const *dirs, size_t n_dirs,
+                                bool *found)
+{
+	for (size_t i = 0; i < r->n; i++)
+		found[i] = false;
+	if (r->n == 0)
+		return HSM_SUCCESS;
+	const char **ids = hsm_outbox_rows_ids(r);
+	bool *in_dir = calloc(r->n, sizeof(*in_dir)), *any = calloc(r->n, sizeof(*any));
+	hsm_result res = HSM_SUCCESS;
+	HSM_CHECK(ids != NULL && in_dir != NULL && any != NULL, HSM_ERR_NOMEM, "out of memory");
+	int64_t since = INT64_MAX;
+	for (size_t i = 0; i < r->n; i++)
+		if (r->v[i].created_ms < since)
+			since = r->v[i].created_ms;
+	qsort(ids, r->n, sizeof(*ids), cmp_str); /* the search takes them sorted */
+	for (size_t d = 0; d < n_dirs; d++) {
+		struct stat st;
+		if (dirs[d] == NULL || (stat(dirs[d], &st) != 0 && errno == ENOENT))
+			continue;
+		HSM_TRY(hsm_audit_find_requests(dirs[d], since - HSM_OUTBOX_SEARCH_MARGIN_MS, ids, r->n,
+		                                in_dir));
+		for (size_t i = 0; i < r->n; i++)
+			any[i] |= in_dir[i];
+	}
+	for (size_t i = 0; i < r->n; i++) {
+		const char *id = r->v[i].id;
+		const char *const *at = bsearch(&id, ids, r->n, sizeof(*ids), cmp_str);
+		HSM_ASSERT(at != NULL);
+		found[i] = any[at - ids];
+	}
+out:
+	free(ids);
+	free(in_dir);
+	free(any);
+	return res;
+}
+
+hsm_result hsm_outbox_record_in_stead(hsm_audit *a, const char *by, const hsm_outbox_row *w,
+                                      const char *lost_why)
+{
+	char committed[25];
+	hsm_format_time_ms(w->created_ms, committed);
+	hsm_audit_field f[6];
+	size_t n = 0;
+	f[n++] = (hsm_audit_field){"request_op", w->op};
+	if (w->principal[0] != '\0')
+		f[n++] = (hsm_audit_field){"request_principal", w->principal};
+	if (w->akid[0] != '\0')
+		f[n++] = (hsm_audit_field){"request_access_key", w->akid};
+	if (w->source[0] != '\0')
+		f[n++] = (hsm_audit_field){"request_source", w->source};
+	f[n++] = (hsm_audit_field){"committed", committed};
+	f[n++] = (hsm_audit_field){"record_lost", lost_why};
+	hsm_audit_record rec = {
+	    .type = HSM_AUDIT_EVENT,
+	    .principal = by,
+	    .operation = HSM_OUTBOX_RECOVERED_EVENT,
+	    .key_id = w->key_id[0] != '\0' ? w->key_id : NULL,
+	    .outcome = HSM_AUDIT_SUCCESS,
+	    .request_id = w->id,
+	    .extra = f,
+	    .n_extra = n,
+	};
+	return hsm_audit_append(a, &rec);
+}

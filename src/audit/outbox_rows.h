@@ -1,0 +1,62 @@
+/*
+ * outbox_rows.h - reading the store's audit outbox (store.h) to settle it:
+ * the rows a node left, and the record written in place of a request's lost
+ * one.  Shared by hsmd (server/outbox.c: its own rows, and those hsmctl's
+ * offline changes left under its data directory) and hsmctl (its own, at the
+ * next offline command on the directory).
+ */
+#ifndef HSM_AUDIT_OUTBOX_ROWS_H
+#define HSM_AUDIT_OUTBOX_ROWS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "audit/audit.h"
+#include "store/store.h"
+
+#define HSM_OUTBOX_RECOVERED_EVENT "RequestRecordRecovered"
+/* A request's record is looked for from this long before its commit (the clock may have moved). */
+#define HSM_OUTBOX_SEARCH_MARGIN_MS (10LL * 60 * 1000)
+
+/* One row, copied out of the store's listing. */
+typedef struct hsm_outbox_row {
+	char id[HSM_OUTBOX_REQUEST_ID_MAX + 1], op[HSM_OUTBOX_OPERATION_MAX + 1];
+	char principal[HSM_OUTBOX_PRINCIPAL_MAX + 1], akid[HSM_OUTBOX_ACCESS_KEY_ID_MAX + 1];
+	char source[HSM_OUTBOX_SOURCE_MAX + 1], key_id[HSM_OUTBOX_KEY_ID_MAX + 1];
+	int64_t created_ms;
+} hsm_outbox_row;
+
+typedef struct hsm_outbox_rows {
+	hsm_outbox_row *v;
+	size_t n, cap;
+} hsm_outbox_rows;
+
+/* Which rows to keep: NULL keeps all. */
+typedef bool (*hsm_outbox_keep_fn)(const char *request_id, void *arg);
+
+/* node_id's rows (those keep keeps) appended to out, oldest first. */
+hsm_result hsm_outbox_rows_list(hsm_store *s, const char *node_id, hsm_outbox_keep_fn keep,
+                                void *arg, hsm_outbox_rows *out) HSM_MUST_CHECK;
+void hsm_outbox_rows_free(hsm_outbox_rows *r);
+
+/*
+ * Which rows have a record in one of the trails in dirs[0..n_dirs) (NULL
+ * entries skipped; a directory that does not exist holds none): found[i]
+ * (n of them, the caller's) answers for r->v[i].
+ */
+hsm_result hsm_outbox_rows_find(const hsm_outbox_rows *r, const char *const *dirs, size_t n_dirs,
+                                bool *found) HSM_MUST_CHECK;
+
+/* The rows' request ids in a new array (r->n of them, borrowed from r; the caller frees it). */
+const char **hsm_outbox_rows_ids(const hsm_outbox_rows *r);
+
+/*
+ * Writes to a the record in place of w's lost one (RequestRecordRecovered,
+ * by `by`, request_id w's): who changed what and when, and why (lost_why)
+ * its own record is missing.
+ */
+hsm_result hsm_outbox_record_in_stead(hsm_audit *a, const char *by, const hsm_outbox_row *w,
+                                      const char *lost_why) HSM_MUST_CHECK;
+
+#endif
