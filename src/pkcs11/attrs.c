@@ -207,11 +207,16 @@ CK_RV C_GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUT
 	if (p11_session_get(h) == NULL)
 		LEAVE(CKR_SESSION_HANDLE_INVALID);
 	/* Before login no object shows (a search finds none): not even by a handle kept. */
-	const p11_object *o = p11.logged_in ? p11_object_get(obj) : NULL;
+	p11_object *o = p11.logged_in ? p11_object_get(obj) : NULL;
 	if (o == NULL)
 		LEAVE(CKR_OBJECT_HANDLE_INVALID);
 	CK_RV rv = CKR_OK;
 	for (CK_ULONG i = 0; i < count; i++) {
+		if (tmpl[i].type == CKA_CHECK_VALUE) {
+			CK_RV read = p11_object_read_check(o);
+			if (read != CKR_OK)
+				LEAVE(read);
+		}
 		a_value v;
 		a_status st = attribute(o, tmpl[i].type, &v);
 		if (st != A_OK) {
@@ -259,9 +264,13 @@ CK_RV C_GetObjectSize(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ULONG_PTR si
 
 /* ---- search ---------------------------------------------------------------------------------------- */
 
-static bool matches(const p11_object *o, const CK_ATTRIBUTE *tmpl, CK_ULONG count)
+/* Whether o has tmpl's values (but CKA_CHECK_VALUE's, unless with_check). */
+static bool matches(const p11_object *o, const CK_ATTRIBUTE *tmpl, CK_ULONG count,
+                    bool with_check)
 {
 	for (CK_ULONG i = 0; i < count; i++) {
+		if (tmpl[i].type == CKA_CHECK_VALUE && !with_check)
+			continue;
 		a_value v;
 		if (attribute(o, tmpl[i].type, &v) != A_OK || v.n != tmpl[i].ulValueLen ||
 		    (v.n > 0 && (tmpl[i].pValue == NULL || !hsm_ct_equal(v.p, tmpl[i].pValue, v.n))))
@@ -291,9 +300,21 @@ CK_RV C_FindObjectsInit(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR tmpl, CK_ULONG cou
 	s->find.handles = calloc(p11.n_objects + 1, sizeof(CK_OBJECT_HANDLE));
 	if (s->find.handles == NULL)
 		LEAVE(CKR_HOST_MEMORY);
-	for (size_t i = 0; p11.logged_in && i < p11.n_objects; i++)
-		if (matches(&p11.objects[i], tmpl, count))
-			s->find.handles[s->find.n++] = p11.objects[i].handle;
+	bool by_check = p11_attr_find(tmpl, count, CKA_CHECK_VALUE) != NULL;
+	for (size_t i = 0; p11.logged_in && i < p11.n_objects; i++) {
+		p11_object *o = &p11.objects[i];
+		if (!matches(o, tmpl, count, false))
+			continue;
+		/* Check values are read for the keys the rest of the template leaves. */
+		CK_RV rv = by_check ? p11_object_read_check(o) : CKR_OK;
+		if (rv != CKR_OK) {
+			free(s->find.handles);
+			memset(&s->find, 0, sizeof(s->find));
+			LEAVE(rv);
+		}
+		if (matches(o, tmpl, count, true))
+			s->find.handles[s->find.n++] = o->handle;
+	}
 	s->find.active = true;
 	LEAVE(CKR_OK);
 }

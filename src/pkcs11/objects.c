@@ -409,10 +409,11 @@ static bool refused_key(CK_RV rv)
 /*
  * A secret key's CKA_CHECK_VALUE (hsmd's GetKeyCheckValue: for AES the
  * specification's encryption of a zero block, for HMAC the first bytes of
- * the key's SHA-1), of its current material: so it follows a rotation at
- * the next listing.  A policy that denies it, or a node that does not
- * offer it, leaves the key without one (CKR_ATTRIBUTE_TYPE_INVALID), not
- * out of the token.
+ * the key's SHA-1), of its current material: read when first asked for
+ * after a listing (a read or a search naming it), so it follows a rotation
+ * at the next listing, and a listing costs no request per secret key.  A
+ * policy that denies it, or a node that does not offer it, leaves the key
+ * without one (CKR_ATTRIBUTE_TYPE_INVALID), not out of the token.
  */
 static CK_RV load_check_value(const char *key_id, hsm_buf *check)
 {
@@ -431,6 +432,16 @@ static CK_RV load_check_value(const char *key_id, hsm_buf *check)
 	json_decref(ans);
 	/* FUNCTION_NOT_SUPPORTED: a node older than the module, without the operation. */
 	return refused_key(rv) || rv == CKR_FUNCTION_NOT_SUPPORTED ? CKR_OK : rv;
+}
+
+CK_RV p11_object_read_check(p11_object *o)
+{
+	if (!o->check_unread)
+		return CKR_OK;
+	CK_RV rv = load_check_value(o->key_id, &o->check);
+	if (rv == CKR_OK)
+		o->check_unread = false;
+	return rv;
 }
 
 /*
@@ -463,8 +474,11 @@ static CK_RV load_key(const char *key_id, json_t *aliases)
 	    (usage == HSM_USAGE_ENCRYPT_DECRYPT && spec == HSM_SPEC_SYMMETRIC_DEFAULT)) {
 		CK_KEY_TYPE kt = is_hmac(spec) ? CKK_GENERIC_SECRET : CKK_AES;
 		rv = upsert(key_id, CKO_SECRET_KEY, &kd, kt, label, &id, NULL);
-		if (rv == CKR_OK)
-			rv = load_check_value(key_id, &p11_object_of(key_id, CKO_SECRET_KEY)->check);
+		if (rv == CKR_OK) {
+			p11_object *o = p11_object_of(key_id, CKO_SECRET_KEY);
+			hsm_buf_clear(&o->check);
+			o->check_unread = true;
+		}
 	} else if ((usage == HSM_USAGE_SIGN_VERIFY && (p11_spec_is_rsa(spec) || curve_of(spec) != NULL)) ||
 	           (usage == HSM_USAGE_ENCRYPT_DECRYPT && p11_spec_is_rsa(spec)) ||
 	           (usage == HSM_USAGE_KEY_AGREEMENT && curve_of(spec) != NULL)) {

@@ -85,6 +85,9 @@ typedef struct p11_object {
 	hsm_buf value, id; /* a certificate's: its DER and CKA_ID */
 	/* A certificate's DER subject, issuer and serial number, and its CKA_CHECK_VALUE. */
 	hsm_buf subject, issuer, serial, check;
+	/* An hsmd secret key's check value is read when first asked for after each
+	 * listing (p11_object_read_check), not at the listing. */
+	bool check_unread;
 	bool is_private, sensitive, extractable;
 	bool uses[P11_USES]; /* in the order of p11_use_attrs */
 } p11_object;
@@ -266,6 +269,12 @@ void p11_objects_clear(void);
  */
 void p11_objects_logout(void);
 p11_object *p11_object_get(CK_OBJECT_HANDLE h);
+/*
+ * Reads o's CKA_CHECK_VALUE from hsmd when it is still unread since the
+ * listing (an hsmd secret key's); refusals leave it without one (CKR_OK),
+ * a failure to reach hsmd is returned.
+ */
+CK_RV p11_object_read_check(p11_object *o);
 /* The key object behind a handle, or NULL (none, or a certificate: CKR_KEY_HANDLE_INVALID). */
 p11_object *p11_key_get(CK_OBJECT_HANDLE h);
 /* A new session object for a derived secret (its handle set, the rest zero). */

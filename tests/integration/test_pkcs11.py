@@ -2611,6 +2611,30 @@ def test_secret_keys_have_check_values(p11, server, user, officer, keys):
         assert attrs(s, key, CKA_ENCRYPT) == [True]
 
 
+def test_check_values_are_read_when_asked_for(p11, server, user, keys):
+    """A listing costs no request per secret key: a key's check value is read from hsmd when
+    first asked for after a listing (a read, or a search naming it), once."""
+    def reads():
+        return len([r for r in audit_records(server.data_dir)
+                    if r.get("op") == "GetKeyCheckValue" and r.get("outcome") == "success"])
+    before = reads()
+    with session(p11, user.pin) as s:
+        secret = s.findObjects([(CKA_CLASS, CKO_SECRET_KEY)])
+        assert len(secret) >= 2
+        for o in secret:
+            assert attrs(s, o, CKA_SENSITIVE, CKA_VALUE_LEN)[0] is True
+        (aes,) = find(s, CKO_SECRET_KEY, keys["aes"])
+        assert reads() == before
+        value = attrs(s, aes, PyKCS11.CKA_CHECK_VALUE)
+        assert len(value[0]) == 3 and reads() == before + 1
+        assert attrs(s, aes, PyKCS11.CKA_CHECK_VALUE) == value and reads() == before + 1
+        # A search naming it reads the values of the keys the rest of its template leaves.
+        found = s.findObjects([(CKA_CLASS, CKO_SECRET_KEY), (CKA_ID, keys["aes"].encode()),
+                               (PyKCS11.CKA_CHECK_VALUE, value[0])])
+        assert [o.value() for o in found] == [aes.value()]
+        assert reads() == before + 2
+
+
 OLDER_NODE_CLIENT = r"""
 import sys, PyKCS11
 lib = PyKCS11.PyKCS11Lib()
