@@ -42,6 +42,8 @@ typedef struct pending {
 	const char *use_op;
 	char use_key[HSM_UUID_STRLEN + 1], use_source[HSM_UUID_STRLEN + 1];
 	bool outboxed; /* the request changed the store: its outbox row waits for the record */
+	/* Refused because the trail takes no records: nothing ran, and its answer says so. */
+	bool trail_refusal;
 } pending;
 
 static void respond_now(hsm_server *s, hsm_http_req *req, unsigned slot, int status,
@@ -84,8 +86,11 @@ static void audit_done(void *arg, hsm_result result)
 		if (p->use_source[0] != '\0' && strcmp(p->use_source, p->use_key) != 0)
 			hsm_usage_note(p->s->usage, p->use_source, p->use_op, id, now);
 	}
-	if (hsm_failed(result)) {
+	if (hsm_failed(result))
 		atomic_fetch_add_explicit(&p->s->metrics.audit_refusals, 1, memory_order_relaxed);
+	/* A refusal for the trail's sake keeps its own answer: "result withheld" would
+	 * say the request ran (an Unseal's share applied, a CreateKey's key made). */
+	if (hsm_failed(result) && !p->trail_refusal) {
 		p->status = hsm_err_http_status(HSM_ERR_AUDIT_UNAVAILABLE);
 		error_body(HSM_ERR_AUDIT_UNAVAILABLE,
 		           "the request could not be audited, so its result is withheld; retry later",
@@ -342,6 +347,7 @@ static void finish(pending *p, const outcome *o)
 	    !p->outboxed) {
 		hsm_audit_note_refused(p->s->audit);
 	} else if (hsm_server_own_record(p->s, p->req, o->operation, o->auth, o->err)) {
+		p->trail_refusal = o->err == HSM_ERR_AUDIT_UNAVAILABLE;
 		submit_audit(p, o);
 		return;
 	}

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import (DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, start_dev,
                       unsigned_call)
-from helpers import audit_records, metric
+from helpers import audit_records, gdb_can_trace, metric
 
 
 def audit_pem(server, directory):
@@ -994,3 +994,110 @@ def records_of(files):
         with open(path, encoding="utf-8") as f:
             out += [json.loads(line) for line in f if line.strip()]
     return out
+
+
+FAIL_TRAIL_WRITES = r'''
+import os
+import gdb
+
+
+class FailTrailWrites(gdb.Breakpoint):
+    """write(2) to one of the trail's files fails (EBADF) until the test's flag file exists;
+    the first such write after that stops hsmd, so the test's gdb detaches."""
+
+    def stop(self):
+        fd = int(gdb.parse_and_eval("$rdi"))
+        try:
+            target = os.readlink("/proc/%d/fd/%d" % (gdb.selected_inferior().pid, fd))
+        except OSError:
+            return False
+        if not target.endswith(".jsonl"):
+            return False
+        if os.path.exists(os.environ["HSMD_TEST_OUTAGE_OVER"]):
+            return True
+        gdb.execute("set $rdi = -1")
+        return False
+
+
+FailTrailWrites("write")
+'''
+
+
+class TrailOutage:
+    """An audit outage: every write(2) to the trail's files fails until end()."""
+
+    def __init__(self, server, tmp):
+        self.server = server
+        self.over = os.path.join(tmp, f"outage-over-{server.proc.pid}")
+        script = os.path.join(tmp, "fail-trail.py")
+        with open(script, "w") as f:
+            f.write(FAIL_TRAIL_WRITES)
+        self.gdb = subprocess.Popen(
+            ["gdb", "-q", "-nx", "-batch", "-p", str(server.proc.pid), "-x", script,
+             "-ex", "continue", "-ex", "delete", "-ex", "detach"],
+            env=dict(os.environ, HSMD_TEST_OUTAGE_OVER=self.over),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.out = []
+        for line in self.gdb.stdout:
+            self.out.append(line)
+            if line.startswith("Breakpoint 1 at "):
+                break
+        assert self.gdb.poll() is None, "".join(self.out)
+        time.sleep(0.5)  # the continue
+
+    def end(self):
+        with open(self.over, "w"):
+            pass
+        # The trail's next try writes: that write stops hsmd, and gdb detaches.
+        rest, _ = self.gdb.communicate(timeout=60)
+        assert ") detached]" in rest, "".join(self.out) + rest
+        assert self.server.proc.poll() is None
+
+
+@pytest.mark.skipif(not gdb_can_trace(), reason="an audit outage is made with gdb, allowed to "
+                                              "attach")
+def test_requests_refused_in_an_outage_say_that_nothing_ran(tmp_path):
+    """In an audit outage every request is refused with a 503 that says no request is
+    served, not that its result is withheld (which says it ran): a CreateKey made no key,
+    an Unseal applied no share."""
+    from test_sealed import init_store, status
+    data, shares = init_store(str(tmp_path))
+    sealed = Hsmd([], data_dir=data)
+    dev = start_dev()
+    try:
+        for server in (sealed, dev):
+            outage = TrailOutage(server, str(tmp_path))
+            try:
+                # The first record that fails starts the outage; its request ran, and
+                # its answer is withheld.
+                st, out = unsigned_call(server, "HsmdAdmin.Status", {})
+                assert st == 503 and "withheld" in out["message"], out
+                assert wait_for(lambda: metric(server, "hsmd_audit_healthy") == 0)
+                if server is sealed:
+                    with open(shares["alice"]) as f:
+                        st, out = unsigned_call(server, "HsmdAdmin.Unseal",
+                                                {"Share": f.read()})
+                    assert (st, out["__type"]) == (503, "ServiceUnavailableException"), out
+                    assert out["message"] == ("the audit trail cannot be written; retry "
+                                              "later"), out
+                else:
+                    st, out = signed_call(server, "TrentService.CreateKey",
+                                          {"Description": "in the outage"})
+                    assert (st, out["__type"]) == (503, "ServiceUnavailableException"), out
+                    assert out["message"] == ("the audit trail cannot be written, so no "
+                                              "request is served; retry later"), out
+                assert metric(server, "hsmd_audit_refusals_total") >= 2
+            finally:
+                outage.end()
+            assert wait_for(lambda: metric(server, "hsmd_audit_healthy") == 1, 30)
+        assert status(sealed)["Progress"] == 0  # the refused share was not applied
+        with open(shares["alice"]) as f:
+            st, out = unsigned_call(sealed, "HsmdAdmin.Unseal", {"Share": f.read()})
+        assert st == 200 and status(sealed)["Progress"] == 1, out
+        kms = client(dev)
+        described = [kms.describe_key(KeyId=k["KeyId"])["KeyMetadata"].get("Description")
+                     for k in kms.list_keys()["Keys"]]
+        assert "in the outage" not in described
+    finally:
+        dev.cleanup()
+        sealed.cleanup()
