@@ -63,6 +63,13 @@ void hsm_calls_run(hsm_calls *c);
 
 /* A version-4 (random) UUID in lowercase text form; out holds 37 bytes. */
 hsm_result hsm_uuid_new(char out[HSM_UUID_STRLEN + 1]) HSM_MUST_CHECK;
+
+/*
+ * The build's version: the release (HSM_VERSION) and, as semantic-version
+ * build metadata, the commit it was built from ("0.1.0+g1a2b3c4d5e6f", with
+ * ".dirty" when the tree had changes; "+unknown" outside a git checkout).
+ */
+const char *hsm_version(void);
 bool hsm_is_uuid(const char *s);
 
 /*

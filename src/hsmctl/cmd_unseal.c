@@ -53,7 +53,7 @@ int hsmctl_cmd_status_local(int argc, char **argv)
 		       "version: %s\n",
 		       hsm_keystore_store_id(l.ks), hsm_node_state_name(hsm_keystore_state(l.ks)),
 		       p.threshold, split, (unsigned long long)keys, hsm_store_schema_version(l.store),
-		       HSM_VERSION);
+		       hsm_version());
 	}
 	hsmctl_local_close(&l);
 	return hsm_ok(r) ? 0 : hsmctl_fail("status");

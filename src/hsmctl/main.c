@@ -13,6 +13,7 @@
 
 #include "common/log.h"
 #include "common/secret.h"
+#include "common/util.h"
 #include "hsmctl/hsmctl.h"
 
 static int cmd_version(int argc, char **argv);
@@ -166,7 +167,7 @@ static int cmd_version(int argc, char **argv)
 {
 	(void)argc;
 	(void)argv;
-	printf("hsmctl %s\n", HSM_VERSION);
+	printf("hsmctl %s\n", hsm_version());
 	return 0;
 }
 

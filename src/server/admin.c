@@ -52,7 +52,7 @@ static hsm_result op_status(hsm_admin_ctx *c)
 	hsm_jw_bool(c->w, "Sealed", st != HSM_NODE_UNSEALED);
 	hsm_jw_int(c->w, "Progress", p.have);
 	hsm_jw_int(c->w, "Threshold", p.threshold);
-	hsm_jw_str(c->w, "Version", HSM_VERSION);
+	hsm_jw_str(c->w, "Version", hsm_version());
 	hsm_jw_str(c->w, "StoreId", hsm_keystore_store_id(c->s->ks));
 	hsm_jw_str(c->w, "NodeId", c->s->node_id);
 	if (st == HSM_NODE_UNSEALED)

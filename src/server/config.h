@@ -125,7 +125,7 @@ typedef struct hsm_config {
 typedef enum hsm_config_action {
 	HSM_CONFIG_RUN,          /* cfg is loaded and valid */
 	HSM_CONFIG_SHOW_HELP,    /* --help: print hsm_config_usage(), exit 0 */
-	HSM_CONFIG_SHOW_VERSION, /* --version: print HSM_VERSION, exit 0 */
+	HSM_CONFIG_SHOW_VERSION, /* --version: print hsm_version(), exit 0 */
 } hsm_config_action;
 
 /*

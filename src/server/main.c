@@ -100,7 +100,7 @@ static int load_config(int argc, char **argv, hsm_config *cfg)
 		return 0;
 	}
 	if (action == HSM_CONFIG_SHOW_VERSION) {
-		printf("hsmd %s\n", HSM_VERSION);
+		printf("hsmd %s\n", hsm_version());
 		return 0;
 	}
 	hsm_log_set_level(cfg->log_level);
@@ -177,7 +177,7 @@ int main(int argc, char **argv)
 	}
 	char store[256];
 	hsm_location_shown(cfg.store[0] != '\0' ? cfg.store : cfg.data_dir, store, sizeof(store));
-	hsm_info("hsmd %s listening on %s (%s), store %s", HSM_VERSION, s->opt.http.listen,
+	hsm_info("hsmd %s listening on %s (%s), store %s", hsm_version(), s->opt.http.listen,
 	         hsm_node_state_name(hsm_keystore_state(s->ks)), store);
 	for (;;) {
 		int sig = 0;

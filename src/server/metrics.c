@@ -3,6 +3,8 @@
  * probe counters, rendered in Prometheus text format.
  */
 #include "server/metrics.h"
+
+#include "common/util.h"
 #include "server/server.h"
 
 /* Upper bounds in seconds (the latency targets are p95 < 50 ms, p99 < 2 ms). */
@@ -98,6 +100,12 @@ static hsm_result render_histogram(const hsm_metrics *m, unsigned slot, hsm_buf 
 
 hsm_result hsm_metrics_render(const hsm_metrics *m, hsm_buf *out)
 {
+	/* Which build answers (Prometheus's *_build_info convention): a fleet mid-upgrade shows. */
+	HSM_GUARD(hsm_buf_printf(out, "# HELP hsmd_build_info The version of the running hsmd, and "
+	                              "the commit it was built from.\n"
+	                              "# TYPE hsmd_build_info gauge\n"
+	                              "hsmd_build_info{version=\"%s\"} 1\n",
+	                         hsm_version()));
 	HSM_GUARD(hsm_buf_put_str(out, "# HELP hsmd_requests_total Requests by operation and outcome.\n"
 	                               "# TYPE hsmd_requests_total counter\n"));
 	for (unsigned slot = 0; slot < HSM_METRIC_SLOTS; slot++)

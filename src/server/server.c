@@ -348,7 +348,7 @@ static hsm_result open_parts(hsm_server *s)
 	hsm_audit_field f[] = {
 	    {"self_test", st == HSM_NODE_ERROR ? hsm_keystore_error_reason(s->ks) : "passed"},
 	    {"approval_quorum", quorum},
-	    {"version", HSM_VERSION},
+	    {"version", hsm_version()},
 	    {"store_schema", schema},
 	    {"schema_migrated_from", from}};
 	hsm_server_event(s, "Startup", NULL, 0,

@@ -176,3 +176,32 @@ def test_each_start_records_its_version_and_the_schema_it_brought_forward(tmp):
             node.read_log()
     finally:
         node.cleanup()
+
+
+def test_the_version_names_the_commit_it_was_built_from():
+    """hsmd --version, hsmctl version, the Status answer and /metrics' hsmd_build_info say
+    the release and, as build metadata, the commit the programs were built from (with
+    ".dirty" when the tree had changes), so the trail and a fleet mid-upgrade show it."""
+    import re
+
+    from conftest import HSMCTL, start_dev, unsigned_call
+
+    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+    git = subprocess.run(["git", "-C", source, "rev-parse", "--short=12", "HEAD"],
+                         capture_output=True, text=True)
+    want = rf"0\.1\.0\+g{git.stdout.strip()}(\.dirty)?" if git.returncode == 0 else \
+        r"0\.1\.0\+unknown"
+    version = subprocess.run([HSMD, "--version"], capture_output=True, text=True, check=True)
+    assert re.fullmatch(rf"hsmd ({want})\n", version.stdout), (version.stdout, want)
+    release = version.stdout.split()[1]
+    p = subprocess.run([HSMCTL, "version"], capture_output=True, text=True, check=True)
+    assert p.stdout == f"hsmctl {release}\n", p.stdout
+    node = start_dev()
+    try:
+        st, out = unsigned_call(node, "HsmdAdmin.Status", {})
+        assert st == 200 and out["Version"] == release, out
+        st, body, _ = node.get("/metrics")
+        lines = [l for l in body.decode().splitlines() if l.startswith("hsmd_build_info")]
+        assert st == 200 and lines == [f'hsmd_build_info{{version="{release}"}} 1'], lines
+    finally:
+        node.cleanup()
