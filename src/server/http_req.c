@@ -183,7 +183,9 @@ void hsm_http_req_dispatch(hsm_http_conn *conn, hsm_http_req *req)
 	req->state = REQ_HANDLER;
 	hsm_http_inflight_add(w, 1);
 	const char *m = req->head.method;
-	bool served = strcmp(m, "GET") == 0 || strcmp(m, "POST") == 0 || req->is_head;
+	/* OPTIONS of a path goes to the handler (a CORS preflight); OPTIONS * gets 405. */
+	bool served = strcmp(m, "GET") == 0 || strcmp(m, "POST") == 0 || req->is_head ||
+	              (strcmp(m, "OPTIONS") == 0 && req->head.path[0] == '/');
 	if (!ok) {
 		hsm_http_respond(req, 500, NULL, NULL, 0, 0, NULL);
 	} else if (!served && is_known_method(m)) {

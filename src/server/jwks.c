@@ -58,6 +58,24 @@ static void respond(hsm_server *s, hsm_http_req *req, int status, const hsm_jwks
 	hsm_http_respond(req, status, JWKS_TYPE, body, len, d != NULL ? 3 : 2, h);
 }
 
+/*
+ * OPTIONS of the document: the CORS preflight (Fetch standard, "CORS
+ * protocol") a browser sends before a GET that carries a header outside the
+ * safelisted ones (If-None-Match set by a script, Cache-Control).  Any
+ * origin may read the public keys; no credentials are involved.
+ */
+void hsm_server_jwks_preflight(hsm_server *s, hsm_http_req *req)
+{
+	static const hsm_http_header h[] = {
+	    {"Access-Control-Allow-Origin", "*"},
+	    {"Access-Control-Allow-Methods", "GET, HEAD"},
+	    {"Access-Control-Allow-Headers", "If-None-Match, If-Modified-Since, Cache-Control, Pragma"},
+	    {"Access-Control-Max-Age", "86400"},
+	    {"Allow", "GET, HEAD, OPTIONS"}};
+	(void)s;
+	hsm_http_respond(req, 204, NULL, NULL, 0, sizeof(h) / sizeof(h[0]), h);
+}
+
 void hsm_server_jwks(hsm_server *s, hsm_http_req *req)
 {
 	static const char unavailable[] =

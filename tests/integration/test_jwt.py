@@ -330,6 +330,39 @@ def test_jwks_http_caching(hsmd, kms):
     assert status == 200
 
 
+def test_jwks_answers_the_cors_preflight(hsmd):
+    """A browser's script that sends If-None-Match itself (or Cache-Control) preflights its
+    GET with OPTIONS: the JWK Set allows any origin to GET and HEAD it with those headers,
+    and says so for a day.  OPTIONS of other paths stays a 405 listing what they allow."""
+    def options(path, headers):
+        req = urllib.request.Request(hsmd.endpoint + path, method="OPTIONS", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, r.read(), r.headers
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), e.headers
+
+    status, body, h = options(JWKS_PATH, {
+        "Origin": "https://app.example", "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "if-none-match"})
+    assert status == 204 and body == b"", (status, body)
+    assert h["Access-Control-Allow-Origin"] == "*"
+    assert [m.strip() for m in h["Access-Control-Allow-Methods"].split(",")] == ["GET", "HEAD"]
+    allowed = [x.strip().lower() for x in h["Access-Control-Allow-Headers"].split(",")]
+    assert "if-none-match" in allowed and "cache-control" in allowed, allowed
+    assert h["Access-Control-Max-Age"] == "86400"
+    for path in ("/", "/metrics", "/.well-known/jwks.json/x"):
+        status, _, h = options(path, {"Origin": "https://app.example",
+                                      "Access-Control-Request-Method": "POST"})
+        assert status == 405 and h["Allow"] == "GET, POST, HEAD", (path, status)
+        assert "Access-Control-Allow-Origin" not in h, path
+    # The GET the preflight allowed.
+    req = urllib.request.Request(hsmd.endpoint + JWKS_PATH,
+                                 headers={"Origin": "https://app.example"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert r.status == 200 and r.headers["Access-Control-Allow-Origin"] == "*"
+
+
 def test_signing_is_audited_and_counted(hsmd, kms):
     key, _ = jwt_key(hsmd, kms, "ECC_NIST_P384")
     out = sign(hsmd, key, {"sub": "s"})
