@@ -1025,13 +1025,9 @@ void hsm_server_on_request(hsm_http_req *req, void *arg)
 	} else if (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0) {
 		handle_get(s, req, path);
 	} else if (strcmp(method, "OPTIONS") == 0 && strcmp(path, JWKS_PATH) == 0) {
-		hsm_server_jwks_preflight(s, req); /* browsers verifying tokens from any origin */
+		hsm_server_jwks_preflight(req); /* browsers verifying tokens from any origin */
 	} else if (strcmp(method, "OPTIONS") == 0) {
-		/* RFC 9110 section 15.5.6: 405 lists the methods that are allowed. */
-		static const char not_allowed[] = "{\"message\":\"Method Not Allowed\"}";
-		static const hsm_http_header allow = {"Allow", "GET, POST, HEAD"};
-		hsm_http_respond(req, 405, CONTENT_TYPE_JSON, not_allowed, sizeof(not_allowed) - 1, 1,
-		                 &allow);
+		hsm_http_respond_not_allowed(req);
 	} else {
 		hsm_buf body = {0};
 		error_body(HSM_ERR_NOT_FOUND, "no such resource", &body);

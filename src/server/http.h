@@ -237,6 +237,8 @@ typedef struct hsm_http_header {
  */
 void hsm_http_respond(hsm_http_req *req, int status, const char *content_type, const void *body,
                       size_t len, size_t n_headers, const hsm_http_header *headers);
+/* 405 with the Allow header of the methods the server serves (RFC 9110 section 15.5.6). */
+void hsm_http_respond_not_allowed(hsm_http_req *req);
 
 /*
  * Calls fn(arg) on this worker once the requests that arrived in the current

@@ -107,6 +107,13 @@ static bool next_id(hsm_http_worker *w, char out[HSM_UUID_STRLEN + 1])
 
 /* ---- incoming ------------------------------------------------------------- */
 
+void hsm_http_respond_not_allowed(hsm_http_req *req)
+{
+	static const hsm_http_header allow = {"Allow", "GET, POST, HEAD"};
+	hsm_http_respond(req, 405, "application/json", not_allowed_body,
+	                 sizeof(not_allowed_body) - 1, 1, &allow);
+}
+
 /* Methods the server knows but does not serve: 405 rather than 501 (RFC 9110 section 9). */
 static bool is_known_method(const char *m)
 {
@@ -189,10 +196,7 @@ void hsm_http_req_dispatch(hsm_http_conn *conn, hsm_http_req *req)
 	if (!ok) {
 		hsm_http_respond(req, 500, NULL, NULL, 0, 0, NULL);
 	} else if (!served && is_known_method(m)) {
-		/* RFC 9110 section 15.5.6: 405 lists the methods that are allowed. */
-		static const hsm_http_header allow = {"Allow", "GET, POST, HEAD"};
-		hsm_http_respond(req, 405, "application/json", not_allowed_body,
-		                 sizeof(not_allowed_body) - 1, 1, &allow);
+		hsm_http_respond_not_allowed(req);
 	} else if (!served) {
 		static const char body[] = "{\"message\":\"Not Implemented\"}";
 		hsm_http_respond(req, 501, "application/json", body, sizeof(body) - 1, 0, NULL);

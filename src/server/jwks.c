@@ -64,7 +64,7 @@ static void respond(hsm_server *s, hsm_http_req *req, int status, const hsm_jwks
  * safelisted ones (If-None-Match set by a script, Cache-Control).  Any
  * origin may read the public keys; no credentials are involved.
  */
-void hsm_server_jwks_preflight(hsm_server *s, hsm_http_req *req)
+void hsm_server_jwks_preflight(hsm_http_req *req)
 {
 	static const hsm_http_header h[] = {
 	    {"Access-Control-Allow-Origin", "*"},
@@ -72,7 +72,6 @@ void hsm_server_jwks_preflight(hsm_server *s, hsm_http_req *req)
 	    {"Access-Control-Allow-Headers", "If-None-Match, If-Modified-Since, Cache-Control, Pragma"},
 	    {"Access-Control-Max-Age", "86400"},
 	    {"Allow", "GET, HEAD, OPTIONS"}};
-	(void)s;
 	hsm_http_respond(req, 204, NULL, NULL, 0, sizeof(h) / sizeof(h[0]), h);
 }
 

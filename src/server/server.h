@@ -310,7 +310,7 @@ hsm_result hsm_server_audit_signer(void *arg, const uint8_t *msg, size_t n, hsm_
 /* Answers GET /.well-known/jwks.json (jwks.c). */
 void hsm_server_jwks(hsm_server *s, hsm_http_req *req);
 /* OPTIONS /.well-known/jwks.json: the CORS preflight (jwks.c). */
-void hsm_server_jwks_preflight(hsm_server *s, hsm_http_req *req);
+void hsm_server_jwks_preflight(hsm_http_req *req);
 
 /* ---- Backups (backups.c) ------------------------------------------------------------ */
 
