@@ -312,7 +312,7 @@ CK_RV C_FindObjectsInit(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR tmpl, CK_ULONG cou
 			memset(&s->find, 0, sizeof(s->find));
 			LEAVE(rv);
 		}
-		if (matches(o, tmpl, count, true))
+		if (!by_check || matches(o, tmpl, count, true))
 			s->find.handles[s->find.n++] = o->handle;
 	}
 	s->find.active = true;
