@@ -72,8 +72,9 @@ const char **hsm_outbox_rows_ids(const hsm_outbox_rows *r)
 	return ids;
 }
 
-hsm_result hsm_outbox_rows_find(const hsm_outbox_rows *r, const char *const *dirs, size_t n_dirs,
-                                bool *found)
+/* Which rows have a record in one of the trails in dirs: found[i] for r->v[i]. */
+static hsm_result find_rows(const hsm_outbox_rows *r, const char *const *dirs, size_t n_dirs,
+                            bool *found)
 {
 	for (size_t i = 0; i < r->n; i++)
 		found[i] = false;
@@ -110,8 +111,9 @@ out:
 	return res;
 }
 
-hsm_result hsm_outbox_record_in_stead(hsm_audit *a, const char *by, const hsm_outbox_row *w,
-                                      const char *lost_why)
+/* The record in place of w's lost one. */
+static hsm_result record_in_stead(hsm_audit *a, const char *by, const hsm_outbox_row *w,
+                                  const char *lost_why)
 {
 	char committed[25];
 	hsm_format_time_ms(w->created_ms, committed);
@@ -137,4 +139,25 @@ hsm_result hsm_outbox_record_in_stead(hsm_audit *a, const char *by, const hsm_ou
 	    .n_extra = n,
 	};
 	return hsm_audit_append(a, &rec);
+}
+
+hsm_result hsm_outbox_rows_record_missing(const hsm_outbox_rows *r, const char *const *dirs,
+                                          size_t n_dirs, hsm_audit *a, const char *by,
+                                          hsm_outbox_why_fn why, void *arg, size_t *recorded)
+{
+	*recorded = 0;
+	if (r->n == 0)
+		return HSM_SUCCESS;
+	bool *found = calloc(r->n, sizeof(*found));
+	HSM_ENSURE(found != NULL, HSM_ERR_NOMEM, "out of memory");
+	hsm_result res = find_rows(r, dirs, n_dirs, found);
+	for (size_t i = 0; hsm_ok(res) && i < r->n; i++) {
+		if (found[i])
+			continue;
+		res = record_in_stead(a, by, &r->v[i], why(&r->v[i], arg));
+		if (hsm_ok(res))
+			(*recorded)++;
+	}
+	free(found);
+	return res;
 }

@@ -40,23 +40,23 @@ hsm_result hsm_outbox_rows_list(hsm_store *s, const char *node_id, hsm_outbox_ke
                                 void *arg, hsm_outbox_rows *out) HSM_MUST_CHECK;
 void hsm_outbox_rows_free(hsm_outbox_rows *r);
 
-/*
- * Which rows have a record in one of the trails in dirs[0..n_dirs) (NULL
- * entries skipped; a directory that does not exist holds none): found[i]
- * (n of them, the caller's) answers for r->v[i].
- */
-hsm_result hsm_outbox_rows_find(const hsm_outbox_rows *r, const char *const *dirs, size_t n_dirs,
-                                bool *found) HSM_MUST_CHECK;
-
 /* The rows' request ids in a new array (r->n of them, borrowed from r; the caller frees it). */
 const char **hsm_outbox_rows_ids(const hsm_outbox_rows *r);
 
+/* Why a row's own record is missing, as its record in stead says. */
+typedef const char *(*hsm_outbox_why_fn)(const hsm_outbox_row *w, void *arg);
+
 /*
- * Writes to a the record in place of w's lost one (RequestRecordRecovered,
- * by `by`, request_id w's): who changed what and when, and why (lost_why)
- * its own record is missing.
+ * For each of r's rows that none of the trails in dirs[0..n_dirs) holds
+ * (NULL entries skipped; a directory that does not exist holds none),
+ * writes to a the record in its stead: RequestRecordRecovered, by `by`,
+ * request_id the row's, saying who changed what and when, and why(w, arg)
+ * its own record is missing.  *recorded counts those written, also when a
+ * failure stops it (they are found in the trail next time).
  */
-hsm_result hsm_outbox_record_in_stead(hsm_audit *a, const char *by, const hsm_outbox_row *w,
-                                      const char *lost_why) HSM_MUST_CHECK;
+hsm_result hsm_outbox_rows_record_missing(const hsm_outbox_rows *r, const char *const *dirs,
+                                          size_t n_dirs, hsm_audit *a, const char *by,
+                                          hsm_outbox_why_fn why, void *arg,
+                                          size_t *recorded) HSM_MUST_CHECK;
 
 #endif

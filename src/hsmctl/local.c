@@ -184,53 +184,45 @@ static void outbox_free(hsmctl_outbox *o)
 	free(o);
 }
 
+static const char *why_lost(const hsm_outbox_row *row, void *arg)
+{
+	(void)row;
+	(void)arg;
+	return "hsmctl stopped before writing it (or its trail failed it)";
+}
+
 /*
  * The rows earlier offline commands on data_dir left (hsmctl stopped between
  * a change and its record): a record in place of each the trail does not
- * hold; all of them go at close, once those records are durable.  A trail
- * that cannot be searched leaves them for later (warned); one that cannot
- * be written fails the command, as any record would.
+ * hold; all of them go at close, once those records are durable.  On a
+ * failure they stay for the next command or hsmd (warned): what was written
+ * meanwhile is found then, and a trail that cannot be written fails this
+ * command's own records anyway.
  */
-static hsm_result outbox_settle(hsmctl_local *l, hsmctl_outbox *o, const char *data_dir)
+static void outbox_settle(hsmctl_local *l, hsmctl_outbox *o, const char *data_dir)
 {
 	char dir[PATH_MAX];
 	snprintf(dir, sizeof(dir), "%s/audit", data_dir);
 	const char *dirs[] = {dir};
 	hsm_outbox_rows rows = {0};
-	bool *found = NULL;
 	size_t recorded = 0;
-	hsm_result res = hsm_outbox_rows_list(l->store, o->node, NULL, NULL, &rows);
-	if (hsm_ok(res) && rows.n > 0) {
-		found = calloc(rows.n, sizeof(*found));
-		res = found != NULL ? hsm_outbox_rows_find(&rows, dirs, 1, found)
-		                    : HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
-	}
-	if (hsm_failed(res)) {
-		fprintf(stderr, "hsmctl: warning: the offline changes an earlier hsmctl left unrecorded "
-		                "could not be looked for (%s); they stay for the next command or hsmd\n",
-		        hsm_last_message());
-		res = HSM_SUCCESS;
-		goto out;
-	}
-	for (size_t i = 0; i < rows.n; i++) {
-		if (!found[i]) {
-			HSM_TRY(hsm_outbox_record_in_stead(l->audit, o->principal, &rows.v[i],
-			                                   "hsmctl stopped before writing it (or its trail "
-			                                   "failed it)"));
-			recorded++;
-		}
-		if (!outbox_note_done(o, rows.v[i].id))
-			break; /* the rest stay: found next time */
-	}
-	o->below = hsm_audit_next_seq(l->audit);
+	hsm_result r = hsm_outbox_rows_list(l->store, o->node, NULL, NULL, &rows);
+	if (hsm_ok(r))
+		r = hsm_outbox_rows_record_missing(&rows, dirs, 1, l->audit, o->principal, why_lost, NULL,
+		                                   &recorded);
 	if (recorded > 0)
 		fprintf(stderr, "hsmctl: %zu offline change(s) an earlier hsmctl made without a record "
 		                "(it stopped first) are recorded now as " HSM_OUTBOX_RECOVERED_EVENT "\n",
 		        recorded);
-out:
-	free(found);
+	if (hsm_failed(r))
+		fprintf(stderr, "hsmctl: warning: the offline changes an earlier hsmctl left unrecorded "
+		                "could not all be settled (%s); they stay for the next command or hsmd\n",
+		        hsm_last_message());
+	for (size_t i = 0; hsm_ok(r) && i < rows.n; i++)
+		if (!outbox_note_done(o, rows.v[i].id))
+			break; /* the rest stay: found next time */
+	o->below = hsm_audit_next_seq(l->audit);
 	hsm_outbox_rows_free(&rows);
-	return res;
 }
 
 static hsm_result outbox_open(hsmctl_local *l, const char *data_dir)
@@ -242,7 +234,7 @@ static hsm_result outbox_open(hsmctl_local *l, const char *data_dir)
 	snprintf(o->operation, sizeof(o->operation), "hsmctl %s",
 	         hsmctl_globals.command != NULL ? hsmctl_globals.command : "");
 	local_principal(o->principal, sizeof(o->principal));
-	HSM_GUARD(outbox_settle(l, o, data_dir));
+	outbox_settle(l, o, data_dir);
 	return outbox_arm(o);
 }
 

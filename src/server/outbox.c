@@ -157,6 +157,23 @@ static bool is_wanted(const char *request_id, void *arg)
 	return bsearch(&key, w->v, w->n, sizeof(*w->v), cmp_settled) != NULL;
 }
 
+/* A row left at a stop (noted at start) or by a record an outage failed. */
+static const char *why_lost(const hsm_outbox_row *row, void *arg)
+{
+	const wanted *w = arg;
+	settled key;
+	memcpy(key.id, row->id, sizeof(key.id));
+	const settled *e = bsearch(&key, w->v, w->n, sizeof(*w->v), cmp_settled);
+	return e != NULL && e->at_start ? LOST_AT_STOP : LOST_IN_OUTAGE;
+}
+
+static const char *why_hsmctl(const hsm_outbox_row *row, void *arg)
+{
+	(void)row;
+	(void)arg;
+	return LOST_BY_HSMCTL;
+}
+
 /*
  * Settles the rows named in want[0..n) (sorted by id): a record in place of
  * each request the trail has none for; then the rows join those deleted
@@ -170,30 +187,13 @@ static hsm_result settle(hsm_server *s, const settled *want, size_t n_want, size
 {
 	wanted wt = {want, n_want};
 	hsm_outbox_rows rows = {0};
-	bool *found = NULL;
 	*recorded = 0;
 	hsm_result r = hsm_outbox_rows_list(s->store, s->node_id, is_wanted, &wt, &rows);
-	if (hsm_ok(r) && rows.n > 0) {
-		found = calloc(rows.n, sizeof(*found));
-		r = found != NULL ? HSM_SUCCESS : HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
-	}
 	const char *dirs[] = {s->audit_dir};
 	if (hsm_ok(r))
-		r = hsm_outbox_rows_find(&rows, dirs, 1, found);
-	for (size_t i = 0; hsm_ok(r) && i < rows.n; i++) {
-		const hsm_outbox_row *w = &rows.v[i];
-		if (found[i])
-			continue;
-		settled key;
-		memcpy(key.id, w->id, sizeof(key.id));
-		const settled *e = bsearch(&key, want, n_want, sizeof(*want), cmp_settled);
-		r = hsm_outbox_record_in_stead(s->audit, "hsmd", w,
-		                               e != NULL && e->at_start ? LOST_AT_STOP : LOST_IN_OUTAGE);
-		if (hsm_ok(r)) {
-			(*recorded)++;
-			atomic_fetch_add(&s->outbox->recovered, 1);
-		}
-	}
+		r = hsm_outbox_rows_record_missing(&rows, dirs, 1, s->audit, "hsmd", why_lost, &wt,
+		                                   recorded);
+	atomic_fetch_add(&s->outbox->recovered, *recorded);
 	if (hsm_ok(r)) {
 		settled e = {.below = hsm_audit_next_seq(s->audit)};
 		pthread_mutex_lock(&s->outbox->mu);
@@ -204,7 +204,6 @@ static hsm_result settle(hsm_server *s, const settled *want, size_t n_want, size
 		}
 		pthread_mutex_unlock(&s->outbox->mu);
 	}
-	free(found);
 	hsm_outbox_rows_free(&rows);
 	return r;
 }
@@ -291,32 +290,23 @@ static bool wait_durable(hsm_server *s, uint64_t seq)
 static void settle_offline(hsm_server *s)
 {
 	char node[HSM_OUTBOX_NODE_ID_MAX + 1], local[PATH_MAX];
-	hsm_outbox_offline_node(s->data_dir, node);
-	if ((size_t)snprintf(local, sizeof(local), "%.*s/audit", PATH_MAX - 8, s->data_dir) >=
-	    sizeof(local))
+	if (strlen(s->data_dir) + sizeof("/audit") > sizeof(local))
 		return; /* no hsmctl trail can be there either */
+	snprintf(local, sizeof(local), "%.*s/audit", PATH_MAX - 8, s->data_dir);
+	hsm_outbox_offline_node(s->data_dir, node);
 	const char *dirs[] = {local, strcmp(local, s->audit_dir) != 0 ? s->audit_dir : NULL};
 	hsm_outbox_rows rows = {0};
-	bool *found = NULL;
 	const char **ids = NULL;
 	size_t recorded = 0;
 	hsm_result r = hsm_outbox_rows_list(s->store, node, NULL, NULL, &rows);
 	if (hsm_ok(r) && rows.n > 0) {
-		found = calloc(rows.n, sizeof(*found));
 		ids = hsm_outbox_rows_ids(&rows);
-		r = found != NULL && ids != NULL ? HSM_SUCCESS : HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
+		r = ids != NULL ? HSM_SUCCESS : HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
 	}
-	if (hsm_ok(r) && rows.n > 0)
-		r = hsm_outbox_rows_find(&rows, dirs, 2, found);
-	for (size_t i = 0; hsm_ok(r) && i < rows.n; i++) {
-		if (found[i])
-			continue;
-		r = hsm_outbox_record_in_stead(s->audit, "hsmd", &rows.v[i], LOST_BY_HSMCTL);
-		if (hsm_ok(r)) {
-			recorded++;
-			atomic_fetch_add(&s->outbox->recovered, 1);
-		}
-	}
+	if (hsm_ok(r))
+		r = hsm_outbox_rows_record_missing(&rows, dirs, 2, s->audit, "hsmd", why_hsmctl, NULL,
+		                                   &recorded);
+	atomic_fetch_add(&s->outbox->recovered, recorded);
 	if (recorded > 0)
 		hsm_warn("audit: %zu offline change(s) by hsmctl reached the store without a record in "
 		         "the trail (hsmctl stopped first); each is recorded now as " RECOVERED_EVENT,
@@ -327,7 +317,6 @@ static void settle_offline(hsm_server *s)
 		hsm_log_failure("audit outbox: settling the offline changes hsmctl left; retried at the "
 		                "next start");
 	free(ids);
-	free(found);
 	hsm_outbox_rows_free(&rows);
 }
 
