@@ -63,6 +63,7 @@ void hsm_calls_run(hsm_calls *c);
 
 /* A version-4 (random) UUID in lowercase text form; out holds 37 bytes. */
 hsm_result hsm_uuid_new(char out[HSM_UUID_STRLEN + 1]) HSM_MUST_CHECK;
+bool hsm_is_uuid(const char *s);
 
 /*
  * The build's version: the release (HSM_VERSION) and, as semantic-version
@@ -70,7 +71,6 @@ hsm_result hsm_uuid_new(char out[HSM_UUID_STRLEN + 1]) HSM_MUST_CHECK;
  * ".dirty" when the tree had changes; "+unknown" outside a git checkout).
  */
 const char *hsm_version(void);
-bool hsm_is_uuid(const char *s);
 
 /*
  * A string assembled in a fixed buffer, for the short strings built on every
