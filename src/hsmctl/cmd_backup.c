@@ -268,10 +268,11 @@ static void remove_staging(const char *staging)
 /*
  * Opens the decrypted copy as a store (bringing its schema up to date) and
  * unseals it with the shares: proof that it is a whole store of the backup's
- * store, opened by this quorum.
+ * store, opened by this quorum.  With change, commits the restore's outbox
+ * row into it: the store is then renamed into place with its row.
  */
 static hsm_result check_staged(const char *staging, const backup_opts *o,
-                               const hsm_backup_info *info)
+                               const hsm_backup_info *info, hsmctl_early_change *change)
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_store *st = NULL;
@@ -281,6 +282,11 @@ static hsm_result check_staged(const char *staging, const backup_opts *o,
 	HSM_CHECK(strcmp(hsm_keystore_store_id(ks), info->identity.store_id) == 0, HSM_ERR_CONFLICT,
 	          "the restored store's identity differs from the backup header's");
 	HSM_TRY(hsmctl_unseal_files(ks, o->n_shares, o->shares));
+	if (change != NULL) {
+		hsm_store_intent_begin(&change->intent);
+		res = hsm_store_outbox_note(st);
+		hsm_store_intent_end();
+	}
 out:
 	hsm_keystore_free(ks);
 	hsm_store_close(st);
@@ -289,15 +295,18 @@ out:
 
 /*
  * Copies the checked store in staging into the shared store --store names,
- * which must be empty: a restore never mixes two stores' records.
+ * which must be empty: a restore never mixes two stores' records.  The
+ * copy's transaction carries the restore's outbox row.
  */
-static hsm_result copy_to_shared(const char *staging)
+static hsm_result copy_to_shared(const char *staging, hsmctl_early_change *change)
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_store *src = NULL, *dst = NULL;
 	HSM_TRY(hsm_store_open(staging, &src));
 	HSM_TRY(hsm_store_open(hsmctl_globals.store, &dst));
-	res = hsm_store_copy(src, dst);
+	hsm_store_intent_begin(&change->intent);
+	res = hsm_store_copy_noted(src, dst);
+	hsm_store_intent_end();
 	if (res.err == HSM_ERR_CONFLICT)
 		res = HSM_FAIL(HSM_ERR_CONFLICT, "the store --store names is not empty; restore into "
 		                                 "a new, empty database");
@@ -342,7 +351,15 @@ static hsm_result audit_dir_unused(const char *data_dir)
 	return res;
 }
 
-static hsm_result restore(const backup_opts *o, hsm_backup_info *info)
+/*
+ * The restore, into o's data directory or shared store, with change's
+ * outbox row (made here: the directory exists only now): until the
+ * Restore record settles it, the row in the restored store says a restore
+ * put it there, so hsmctl killed before that record leaves the restore on
+ * the trail all the same (outbox.h, settled by the next command or hsmd).
+ */
+static hsm_result restore(const backup_opts *o, hsm_backup_info *info,
+                          hsmctl_early_change *change)
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_keystore *ks = NULL;
@@ -357,6 +374,7 @@ static hsm_result restore(const backup_opts *o, hsm_backup_info *info)
 	HSM_GUARD(audit_dir_unused(o->data_dir));
 	HSM_TRY(open_for(o, info, &ks));
 	HSM_TRY(hsm_mkdir_p(o->data_dir));
+	HSM_TRY(hsmctl_early_change_init(change, o->data_dir));
 	HSM_TRY(path_of(staging, sizeof(staging), o->data_dir, ".restore"));
 	if (stat(staging, &sb) == 0)
 		remove_staging(staging); /* left by an interrupted restore */
@@ -365,9 +383,9 @@ static hsm_result restore(const backup_opts *o, hsm_backup_info *info)
 	made_staging = true;
 	HSM_TRY(path_of(staged, sizeof(staged), staging, HSM_STORE_DB_FILE));
 	HSM_TRY(hsm_backup_decrypt(o->file, ks, staged, info));
-	HSM_TRY(check_staged(staging, o, info));
+	HSM_TRY(check_staged(staging, o, info, shared ? NULL : change));
 	if (shared) {
-		HSM_TRY(copy_to_shared(staging));
+		HSM_TRY(copy_to_shared(staging, change));
 	} else {
 		HSM_CHECK(rename(staged, target) == 0, HSM_ERR_IO, "cannot move the store into %s: %s",
 		          o->data_dir, strerror(errno));
@@ -389,11 +407,13 @@ int hsmctl_cmd_restore(int argc, char **argv)
 	if (o.file == NULL)
 		return hsmctl_usage("restore", "name the backup FILE");
 	hsm_backup_info info;
-	if (hsm_failed(restore(&o, &info)))
+	hsmctl_early_change change;
+	if (hsm_failed(restore(&o, &info, &change)))
 		return hsmctl_fail("restore");
-	/* The restored node's audit trail starts with the restore. */
+	/* The restored node's audit trail starts with the restore (after the quorum's Unseal). */
 	hsmctl_local l;
-	if (hsm_failed(hsmctl_local_open(o.data_dir, o.n_shares, o.shares, &l)))
+	if (hsm_failed(hsmctl_local_open_adopting(o.data_dir, o.n_shares, o.shares, change.request,
+	                                          &l)))
 		return hsmctl_fail("restore: opening the restored store");
 	char created[21];
 	hsm_format_time(info.created, created);

@@ -143,6 +143,27 @@ static void local_principal(char *out, size_t cap)
 	snprintf(out, cap, "local:uid=%u", (unsigned)getuid());
 }
 
+/* "hsmctl <command [sub]>": what an offline change's row names. */
+static void local_operation(char *out, size_t cap)
+{
+	snprintf(out, cap, "hsmctl %s", hsmctl_globals.command != NULL ? hsmctl_globals.command : "");
+}
+
+hsm_result hsmctl_early_change_init(hsmctl_early_change *c, const char *data_dir)
+{
+	memset(c, 0, sizeof(*c));
+	HSM_GUARD(hsm_uuid_new(c->request));
+	hsm_outbox_offline_node(data_dir, c->node);
+	local_operation(c->operation, sizeof(c->operation));
+	local_principal(c->principal, sizeof(c->principal));
+	c->intent.node_id = c->node;
+	c->intent.request_id = c->request;
+	c->intent.operation = c->operation;
+	c->intent.principal = c->principal;
+	c->intent.source = "hsmctl";
+	return HSM_SUCCESS;
+}
+
 /* The intent for the next change: a new request id, which the next record carries. */
 static hsm_result outbox_arm(hsmctl_outbox *o)
 {
@@ -199,14 +220,21 @@ static const char *why_lost(const hsm_outbox_row *row, void *arg)
  * meanwhile is found then, and a trail that cannot be written fails this
  * command's own records anyway.
  */
-static void outbox_settle(hsmctl_local *l, hsmctl_outbox *o, const char *data_dir)
+static bool not_adopted(const char *request_id, void *adopted)
+{
+	return strcmp(request_id, adopted) != 0;
+}
+
+static void outbox_settle(hsmctl_local *l, hsmctl_outbox *o, const char *data_dir,
+                          const char *adopted)
 {
 	char dir[PATH_MAX];
 	snprintf(dir, sizeof(dir), "%s/audit", data_dir);
 	const char *dirs[] = {dir};
 	hsm_outbox_rows rows = {0};
 	size_t recorded = 0;
-	hsm_result r = hsm_outbox_rows_list(l->store, o->node, NULL, NULL, &rows);
+	hsm_result r = hsm_outbox_rows_list(l->store, o->node, adopted != NULL ? not_adopted : NULL,
+	                                    (void *)(uintptr_t)adopted, &rows);
 	if (hsm_ok(r))
 		r = hsm_outbox_rows_record_missing(&rows, dirs, 1, l->audit, o->principal, why_lost, NULL,
 		                                   &recorded);
@@ -225,17 +253,24 @@ static void outbox_settle(hsmctl_local *l, hsmctl_outbox *o, const char *data_di
 	hsm_outbox_rows_free(&rows);
 }
 
-static hsm_result outbox_open(hsmctl_local *l, const char *data_dir)
+/* adopted: the request id of a change already made (hsmctl_early_change), or NULL. */
+static hsm_result outbox_open(hsmctl_local *l, const char *data_dir, const char *adopted)
 {
 	hsmctl_outbox *o = calloc(1, sizeof(*o));
 	HSM_ENSURE(o != NULL, HSM_ERR_NOMEM, "out of memory");
 	l->outbox = o;
 	hsm_outbox_offline_node(data_dir, o->node);
-	snprintf(o->operation, sizeof(o->operation), "hsmctl %s",
-	         hsmctl_globals.command != NULL ? hsmctl_globals.command : "");
+	local_operation(o->operation, sizeof(o->operation));
 	local_principal(o->principal, sizeof(o->principal));
-	outbox_settle(l, o, data_dir);
-	return outbox_arm(o);
+	outbox_settle(l, o, data_dir, adopted);
+	HSM_GUARD(outbox_arm(o));
+	if (adopted != NULL) {
+		/* The next record is the change's: its row is written, so it goes at close. */
+		HSM_ENSURE(strlen(adopted) < sizeof(o->request), HSM_ERR_INTERNAL, "request id too long");
+		memcpy(o->request, adopted, strlen(adopted) + 1);
+		o->intent.written = true;
+	}
+	return HSM_SUCCESS;
 }
 
 /* At close, the trail closed (whole: every thread stopped, records below durable are durable). */
@@ -312,7 +347,7 @@ const char *hsmctl_store_location(const char *data_dir)
 }
 
 static hsm_result local_open(const char *data_dir, bool inspect, size_t n_shares,
-                             char *const shares[], hsmctl_local *out)
+                             char *const shares[], const char *adopted, hsmctl_local *out)
 {
 	hsm_result res = HSM_SUCCESS;
 	hsmctl_local l = {0};
@@ -346,7 +381,7 @@ static hsm_result local_open(const char *data_dir, bool inspect, size_t n_shares
 	hsm_kms_config cfg = {.region = "us-east-1", .account_id = "111122223333"};
 	HSM_TRY(hsm_kms_new(l.store, l.ks, &cfg, &l.kms));
 	if (!inspect)
-		HSM_TRY(outbox_open(&l, data_dir));
+		HSM_TRY(outbox_open(&l, data_dir, adopted));
 	*out = l;
 	memset(&l, 0, sizeof(l));
 out:
@@ -357,13 +392,19 @@ out:
 hsm_result hsmctl_local_open(const char *data_dir, size_t n_shares, char *const shares[],
                              hsmctl_local *out)
 {
-	return local_open(data_dir, false, n_shares, shares, out);
+	return local_open(data_dir, false, n_shares, shares, NULL, out);
+}
+
+hsm_result hsmctl_local_open_adopting(const char *data_dir, size_t n_shares, char *const shares[],
+                                      const char *request_id, hsmctl_local *out)
+{
+	return local_open(data_dir, false, n_shares, shares, request_id, out);
 }
 
 hsm_result hsmctl_local_inspect(const char *data_dir, size_t n_shares, char *const shares[],
                                 hsmctl_local *out)
 {
-	return local_open(data_dir, true, n_shares, shares, out);
+	return local_open(data_dir, true, n_shares, shares, NULL, out);
 }
 
 void hsmctl_local_close(hsmctl_local *l)

@@ -10,7 +10,9 @@
 #define HSMCTL_LOCAL_H
 
 #include "audit/audit.h"
+#include "common/util.h"
 #include "kms/kms.h"
+#include "store/store.h"
 
 typedef struct hsmctl_local {
 	hsm_store *store;
@@ -45,6 +47,28 @@ hsm_result hsmctl_local_open(const char *data_dir, size_t n_shares, char *const 
 hsm_result hsmctl_local_inspect(const char *data_dir, size_t n_shares, char *const shares[],
                                 hsmctl_local *out) HSM_MUST_CHECK;
 void hsmctl_local_close(hsmctl_local *l);
+
+/*
+ * A change hsmctl makes to data_dir's store before it can open it to record
+ * it (restore: the store is put in place first).  hsmctl_early_change_init
+ * makes its outbox intent: a new request id, under data_dir's offline node
+ * id (data_dir must exist: the id hashes its real path).  The caller sets
+ * it on the thread (hsm_store_intent_begin) around the commit that makes
+ * the change (hsm_store_outbox_note, hsm_store_copy_noted), so the row is
+ * in the store exactly when the change is.  hsmctl_local_open_adopting then
+ * opens as hsmctl_local_open, leaving that row for this command: its next
+ * record carries the change's request id and settles the row as any other.
+ */
+typedef struct hsmctl_early_change {
+	hsm_store_intent intent;
+	char node[HSM_OUTBOX_NODE_ID_MAX + 1];
+	char request[HSM_UUID_STRLEN + 1];
+	char operation[HSM_OUTBOX_OPERATION_MAX + 1];
+	char principal[32];
+} hsmctl_early_change;
+hsm_result hsmctl_early_change_init(hsmctl_early_change *c, const char *data_dir) HSM_MUST_CHECK;
+hsm_result hsmctl_local_open_adopting(const char *data_dir, size_t n_shares, char *const shares[],
+                                      const char *request_id, hsmctl_local *out) HSM_MUST_CHECK;
 /*
  * Records an offline operation in the audit trail (blocking).  Fails closed:
  * the caller reports a failure to record as the command's failure.

@@ -537,6 +537,12 @@ hsm_result hsm_store_snapshot(hsm_store *s, const char *path) HSM_MUST_CHECK;
  * handles; writers of src do not wait for the copy.
  */
 hsm_result hsm_store_copy(hsm_store *src, hsm_store *dst) HSM_MUST_CHECK;
+/*
+ * hsm_store_copy whose write transaction carries the calling thread's audit
+ * outbox row (store.h, "Audit outbox"): a restore into a shared store, whose
+ * row is then in dst exactly when the copy is.
+ */
+hsm_result hsm_store_copy_noted(hsm_store *src, hsm_store *dst) HSM_MUST_CHECK;
 /* The file name a SQLite store keeps its database under, inside its directory. */
 #define HSM_STORE_DB_FILE "hsmd.db"
 
@@ -953,13 +959,14 @@ hsm_result hsm_store_approval_purge(hsm_store *s, int64_t before,
  *  - Reads never insert, and neither do hsm_store_outbox_list and
  *    hsm_store_outbox_delete, opening a store (its schema migrations),
  *    hsm_store_copy and hsm_store_snapshot (whose writes land in another
- *    store), whatever intent the thread has.
+ *    store), whatever intent the thread has; hsm_store_copy_noted does.
  *  - Values longer than the HSM_OUTBOX_*_MAX bytes below are cut, never
  *    refused: the change matters more than the row's detail.  A row holds
  *    these fields only, never a secret.
  *  - The outbox belongs to its node and lives only until the audit trail
  *    catches up: it is not part of hsm_store_copy, snapshots or backups, and
- *    a restored store starts with an empty one.
+ *    a restored store starts with an empty one but for the restore's own
+ *    row (hsmctl restore puts it there, to be settled like any other).
  */
 #define HSM_OUTBOX_NODE_ID_MAX 64
 #define HSM_OUTBOX_REQUEST_ID_MAX 64
@@ -1040,5 +1047,14 @@ hsm_result hsm_store_outbox_delete(hsm_store *s, const char *node_id,
  * from the trail hsmctl wrote there, whatever node_id it is configured with.
  */
 void hsm_outbox_offline_node(const char *data_dir, char out[HSM_OUTBOX_NODE_ID_MAX + 1]);
+
+/*
+ * Commits a write transaction that changes nothing but carries the calling
+ * thread's outbox row: for a change the store's own writes do not make (a
+ * restore renames a whole store file into place), whose row must still be
+ * in the store exactly when the change is.  Nothing without an intent, or
+ * when its row is already written.
+ */
+hsm_result hsm_store_outbox_note(hsm_store *s) HSM_MUST_CHECK;
 
 #endif

@@ -33,6 +33,12 @@ hsm_result hsm_store_copy(hsm_store *src, hsm_store *dst)
 	return res;
 }
 
+hsm_result hsm_store_copy_noted(hsm_store *src, hsm_store *dst)
+{
+	HSM_ASSERT(src != NULL && dst != NULL && src != dst);
+	return dst->ops->import_all(dst, export_from, src);
+}
+
 /* ---- Snapshots as SQLite files ------------------------------------------------------------ */
 
 /* Removes what a SQLite store leaves in its directory, then the directory. */

@@ -210,6 +210,8 @@ struct hsm_store_ops {
 	                          const char *after_id, size_t limit, st_vec *out);
 	hsm_result (*outbox_delete)(hsm_store *s, const char *node_id,
 	                            const char *const *request_ids, size_t n);
+	/* One write transaction that changes nothing: it carries the thread's row alone. */
+	hsm_result (*outbox_note)(hsm_store *s);
 };
 
 /* ---- Helpers every backend uses (store.c) ------------------------------------------- */

@@ -169,3 +169,11 @@ void hsm_outbox_offline_node(const char *data_dir, char out[HSM_OUTBOX_NODE_ID_M
 			h = (h ^ *p) * 1099511628211ULL;
 	snprintf(out, HSM_OUTBOX_NODE_ID_MAX + 1, "hsmctl-%016llx", (unsigned long long)h);
 }
+
+hsm_result hsm_store_outbox_note(hsm_store *s)
+{
+	HSM_ASSERT(s != NULL);
+	if (st_intent_pending() == NULL)
+		return HSM_SUCCESS;
+	return s->ops->outbox_note(s);
+}

@@ -651,6 +651,7 @@ static const hsm_store_ops pg_ops = {
 	.import_all = pg_import,
 	.outbox_page = pg_outbox_page,
 	.outbox_delete = pg_outbox_delete,
+	.outbox_note = pg_outbox_note,
 };
 
 static hsm_result store_alloc(const char *location, pg_store **out)

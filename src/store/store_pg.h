@@ -416,5 +416,6 @@ hsm_result pg_outbox_page(hsm_store *s, const char *node_id, int64_t after_ms,
                           const char *after_id, size_t limit, st_vec *out);
 hsm_result pg_outbox_delete(hsm_store *s, const char *node_id, const char *const *request_ids,
                             size_t n);
+hsm_result pg_outbox_note(hsm_store *s);
 
 #endif

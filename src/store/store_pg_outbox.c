@@ -127,3 +127,16 @@ hsm_result pg_outbox_delete(hsm_store *base, const char *node_id, const char *co
 	delete_op op = {node_id, request_ids, n};
 	return pg_write(pg_of(base), delete_body, &op);
 }
+
+static hsm_result note_body(pg_conn *w, void *arg)
+{
+	(void)w;
+	(void)arg;
+	return HSM_SUCCESS;
+}
+
+/* The caller (hsm_store_outbox_note) has an intent pending: the commit carries its row alone. */
+hsm_result pg_outbox_note(hsm_store *base)
+{
+	return pg_write(pg_of(base), note_body, NULL);
+}

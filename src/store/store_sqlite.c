@@ -501,6 +501,7 @@ static const hsm_store_ops sqlite_ops = {
 	.import_all = sq_import,
 	.outbox_page = sq_outbox_page,
 	.outbox_delete = sq_outbox_delete,
+	.outbox_note = sq_outbox_note,
 };
 
 static hsm_result store_alloc(sq_store **out)

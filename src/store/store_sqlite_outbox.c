@@ -94,3 +94,12 @@ hsm_result sq_outbox_delete(hsm_store *base, const char *node_id, const char *co
 	HSM_GUARD(sq_write_begin(s, &w));
 	return sq_write_end(s, w, delete_in(w, node_id, request_ids, n));
 }
+
+/* The caller (hsm_store_outbox_note) has an intent pending: the commit carries its row alone. */
+hsm_result sq_outbox_note(hsm_store *base)
+{
+	sq_store *s = sq_of(base);
+	sq_conn *w;
+	HSM_GUARD(sq_write_begin(s, &w));
+	return sq_write_end(s, w, HSM_SUCCESS);
+}

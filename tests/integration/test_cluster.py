@@ -27,7 +27,8 @@ import urllib.parse
 import pytest
 
 from conftest import BUILD, HSMCTL, Hsmd, client, signed_call
-from helpers import PG_SERVER, Postgres, admin, audit_records, raises, self_signed
+from helpers import (PG_SERVER, Postgres, admin, audit_records, gdb_can_trace, raises,
+                     self_signed)
 
 MODULE = os.path.join(BUILD, "libhsm_pkcs11.so")
 CUSTODIANS = ["alice", "bob", "carol", "dave", "erin"]
@@ -895,6 +896,41 @@ def test_backup_of_the_shared_store(cluster, pg, tmp_path):
     p = hsmctl("restore", "--data-dir", str(tmp_path / "again"), *share_args, path,
                store=cluster.store, check=False)
     assert p.returncode != 0 and "not empty" in p.stderr, p.stderr
+
+
+@pytest.mark.skipif(not gdb_can_trace(), reason="killing hsmctl between a restore and its "
+                    "record needs gdb")
+def test_a_restore_into_the_shared_store_is_recorded_though_hsmctl_was_killed(pg, tmp_path):
+    """The copy into the shared store commits the restore's outbox row with it: hsmctl
+    killed before its Restore record leaves the row in the store, and the next offline
+    command on the data directory records the restore in its stead."""
+    data, shares = tmp_path / "single", tmp_path / "shares"
+    hsmctl("init", "--data-dir", str(data), "--share-dir", str(shares), "--shares", "2",
+           "--threshold", "2", "--admin", "ops")
+    quorum = ["--share", str(shares / "share-1-of-2.share"),
+              "--share", str(shares / "share-2-of-2.share")]
+    p = hsmctl("backup", "create", "--data-dir", str(data), *quorum, "--dir",
+               str(tmp_path / "backups"))
+    path = dict(l.split(": ", 1) for l in p.stdout.splitlines() if ": " in l)["file"]
+    store, audit = pg.database("restored_killed"), tmp_path / "restore-audit"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HSM_"))}
+    env["HSM_STORE"] = store
+    p = subprocess.run(["gdb", "-q", "-nx", "-batch", "-ex",
+                        'break hsmctl_local_audit_fields if $_streq(operation, "Restore")',
+                        "-ex", "run", "-ex", "kill", "--args", HSMCTL, "restore", "--data-dir",
+                        str(audit), *quorum, path],
+                       capture_output=True, text=True, timeout=180, env=env)
+    assert "Breakpoint 1, " in p.stdout and ") killed]" in p.stdout, p.stdout + p.stderr
+    row = pg.sql(store, "SELECT request_id, operation, source FROM audit_outbox")
+    request, op, source = row.split("|")
+    assert (op, source) == ("hsmctl restore", "hsmctl"), row
+    assert not [r for r in audit_records(str(audit)) if r.get("op") == "Restore"]
+    p = hsmctl("user", "create", "app", "--roles", "crypto-user", "--data-dir", str(audit),
+               *quorum, store=store)
+    assert "1 offline change(s) an earlier hsmctl made without a record" in p.stderr, p.stderr
+    assert pg.sql(store, "SELECT count(*) FROM audit_outbox") == "0"
+    (rec,) = [r for r in audit_records(str(audit)) if r.get("op") == "RequestRecordRecovered"]
+    assert rec["request_id"] == request and rec["extra"]["request_op"] == "hsmctl restore", rec
 
 
 def test_no_password_in_logs_or_errors(cluster, pg):

@@ -581,3 +581,71 @@ def test_an_offline_change_recorded_before_a_kill_is_not_recorded_twice(offline_
         assert recovered(data) == []
     finally:
         server.stop()
+
+
+# ---- hsmctl restore ------------------------------------------------------------------------
+
+@pytest.fixture()
+def backup_file(offline_store, tmp_path):
+    data, quorum = offline_store
+    p = offline_hsmctl("user", "create", "app", "--roles", "crypto-user", "--data-dir", data,
+                       *quorum)
+    assert p.returncode == 0, p.stderr
+    p = offline_hsmctl("backup", "create", "--data-dir", data, *quorum,
+                       "--dir", str(tmp_path / "backups"))
+    assert p.returncode == 0, p.stderr
+    path = dict(l.split(": ", 1) for l in p.stdout.splitlines() if ": " in l)["file"]
+    return path, quorum
+
+
+def test_a_restore_carries_its_request_id_and_leaves_no_row(backup_file, tmp_path):
+    path, quorum = backup_file
+    target = str(tmp_path / "restored")
+    p = offline_hsmctl("restore", "--data-dir", target, *quorum, path)
+    assert p.returncode == 0, p.stderr
+    assert offline_rows(target) == []
+    (rec,) = [r for r in audit_records(target) if r.get("op") == "Restore"]
+    assert rec.get("request_id") and rec["source"] == "hsmctl", rec
+    assert recovered(target) == []
+
+
+@pytest.mark.skipif(not GDB, reason="killing hsmctl between a restore and its record needs gdb")
+def test_a_restore_killed_before_its_record_is_recorded_at_the_nodes_start(backup_file,
+                                                                           tmp_path):
+    path, quorum = backup_file
+    target = str(tmp_path / "restored")
+    offline_killed_at('hsmctl_local_audit_fields if $_streq(operation, "Restore")',
+                      "restore", "--data-dir", target, *quorum, path)
+    # The store is in place, its restore on no trail; the restored store's row says so.
+    assert os.path.exists(os.path.join(target, "hsmd.db"))
+    assert not [r for r in audit_records(target) if r.get("op") == "Restore"]
+    (row,) = offline_rows(target)
+    assert row[2:] == ("hsmctl restore", f"local:uid={os.getuid()}", "hsmctl"), row
+    server = Hsmd([], data_dir=target)
+    try:
+        assert wait_for(lambda: offline_rows(target) == [], 20), offline_rows(target)
+        (rec,) = recovered(target)
+        assert rec["request_id"] == row[1] and rec["principal"] == "hsmd", rec
+        assert rec["extra"]["request_op"] == "hsmctl restore", rec
+    finally:
+        server.stop()
+    p = verify(target)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+@pytest.mark.skipif(not GDB, reason="killing hsmctl between a restore and its record needs gdb")
+def test_the_next_offline_command_records_a_restore_a_killed_one_left(backup_file, tmp_path):
+    path, quorum = backup_file
+    target = str(tmp_path / "restored")
+    offline_killed_at('hsmctl_local_audit_fields if $_streq(operation, "Restore")',
+                      "restore", "--data-dir", target, *quorum, path)
+    (row,) = offline_rows(target)
+    p = offline_hsmctl("user", "disable", "app", "--data-dir", target, *quorum)
+    assert p.returncode == 0, p.stderr
+    assert "1 offline change(s) an earlier hsmctl made without a record" in p.stderr, p.stderr
+    assert offline_rows(target) == []
+    (rec,) = recovered(target)
+    assert rec["request_id"] == row[1] and rec["extra"]["request_op"] == "hsmctl restore", rec
+    p = verify(target)
+    assert p.returncode == 0, p.stdout + p.stderr
+

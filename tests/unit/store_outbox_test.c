@@ -3,8 +3,9 @@
  * a write carries while its thread has an intent (every field, once per
  * intent, only after a commit, none for a rollback, a read or no intent),
  * a failed insert failing the change, values cut to their bounds, listing
- * per node in order and in pages, deletion (a few thousand at once), and
- * copies and snapshots, which carry no rows.  SQLite unless
+ * per node in order and in pages, deletion (a few thousand at once),
+ * copies and snapshots, which carry no rows, and the noted copy and the
+ * note, which carry the thread's row alone.  SQLite unless
  * HSM_TEST_STORE=pg (store_test_util.h).
  */
 #include <stdarg.h>
@@ -544,6 +545,71 @@ static void test_copy_leaves_the_outbox_out(void **state)
 	assert_int_equal(rows(f), 1);
 }
 
+/* The noted copy (a restore into a shared store) carries the thread's row, and only it. */
+static void test_noted_copy_carries_the_row(void **state)
+{
+	st_fixture *f = *state;
+	hsm_store_intent in = intent("req-13");
+	hsm_store_intent_begin(&in);
+	create_key(f, 1);
+	hsm_store_intent_end();
+	st_fixture dst;
+	memset(&dst, 0, sizeof(dst));
+	st_fresh_location(&dst);
+	EXPECT_OK(hsm_store_open(dst.loc, &dst.s));
+	hsm_store_intent restore = intent("req-14");
+	restore.operation = "hsmctl restore";
+	hsm_store_intent_begin(&restore);
+	EXPECT_OK(hsm_store_copy_noted(f->s, dst.s));
+	hsm_store_intent_end();
+	assert_true(restore.written);
+	assert_int_equal(rows(&dst), 1);
+	seen *s = list(&dst, "node-a");
+	assert_int_equal(s->n, 1);
+	assert_string_equal(s->r[0].request_id, "req-14");
+	assert_string_equal(s->r[0].operation, "hsmctl restore");
+	seen_free(s);
+	char key_id[HSM_UUID_STRLEN + 1];
+	st_key_id(key_id, 1);
+	hsm_key_record k = {0};
+	EXPECT_OK(hsm_store_key_get(dst.s, key_id, &k));
+	hsm_key_record_clear(&k);
+	/* A copy refused (dst is no longer empty) carries no row either. */
+	hsm_store_intent again = intent("req-15");
+	hsm_store_intent_begin(&again);
+	hsm_result r = hsm_store_copy_noted(f->s, dst.s);
+	hsm_store_intent_end();
+	assert_int_equal(r.err, HSM_ERR_CONFLICT);
+	assert_false(again.written);
+	assert_int_equal(rows(&dst), 1);
+	hsm_store_close(dst.s);
+	st_release_location(&dst);
+	assert_int_equal(rows(f), 1);
+}
+
+/* A note commits the intent's row and nothing else; without an intent, or twice, nothing. */
+static void test_note_carries_the_row_alone(void **state)
+{
+	st_fixture *f = *state;
+	EXPECT_OK(hsm_store_outbox_note(f->s));
+	assert_int_equal(rows(f), 0);
+	long long keys = raw_int(f, "SELECT count(*) FROM keys");
+	hsm_store_intent in = intent("req-16");
+	in.operation = "hsmctl restore";
+	hsm_store_intent_begin(&in);
+	EXPECT_OK(hsm_store_outbox_note(f->s));
+	assert_true(in.written);
+	EXPECT_OK(hsm_store_outbox_note(f->s));
+	hsm_store_intent_end();
+	seen *s = list(f, "node-a");
+	assert_int_equal(s->n, 1);
+	assert_string_equal(s->r[0].request_id, "req-16");
+	assert_string_equal(s->r[0].operation, "hsmctl restore");
+	assert_string_equal(s->r[0].source, "192.0.2.7:50412");
+	seen_free(s);
+	assert_int_equal(raw_int(f, "SELECT count(*) FROM keys"), keys);
+}
+
 /* A snapshot (what a backup holds) has no outbox rows, whoever takes it. */
 static void test_snapshot_leaves_the_outbox_out(void **state)
 {
@@ -645,6 +711,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_copy_leaves_the_outbox_out, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_snapshot_leaves_the_outbox_out, st_setup,
 		                                st_teardown),
+		cmocka_unit_test_setup_teardown(test_noted_copy_carries_the_row, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_note_carries_the_row_alone, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_added_to_an_older_store, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_offline_node_id_names_the_directory, st_setup,
 		                                st_teardown),
