@@ -8,6 +8,18 @@
  * that failed is made later: after each backup, and every BACKUP_RETRY_S
  * while one is missing, the scheduler copies whatever of backup_dir the
  * copy directory lacks ("BackupCopy" events).
+ *
+ * The files come before their events, so a node killed between the two
+ * would leave a backup, a copy or a deletion the trail never names.  Each
+ * piece of work is therefore a run with an audit outbox row (store.h)
+ * committed before it touches a file (hsm_store_outbox_note): a backup
+ * (operation "Backup") makes, copies and prunes its files first and writes
+ * its "Backup" event, which carries the row's id, last; a later copy
+ * ("BackupCopy") likewise.  Their rows go once those events are durable; a
+ * row left behind is recorded at the next start (RequestRecordRecovered,
+ * outbox.h).  A backup requested through HsmdAdmin.CreateBackup runs under
+ * the request's own row, which its record settles.  A row that cannot be
+ * committed fails the run before it touches a file.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -18,7 +30,9 @@
 
 #include "common/log.h"
 #include "common/util.h"
+#include "server/outbox.h"
 #include "server/server.h"
+#include "store/store.h"
 
 /* A failed scheduled backup is tried again after this long (or the interval, if shorter). */
 #define BACKUP_RETRY_S 300
@@ -102,6 +116,57 @@ hsm_result hsm_server_backup_init(hsm_server *s)
 	return HSM_SUCCESS;
 }
 
+/* A piece of backup work and its outbox row (module comment). */
+typedef struct backup_run {
+	hsm_server *s;
+	hsm_store_intent in;
+	char id[HSM_UUID_STRLEN + 1];
+	bool own; /* its own row; false: the thread's intent (a request's, or the backup's) */
+} backup_run;
+
+/* Commits the run's row before any file is touched: a failure stops the run. */
+static hsm_result run_begin(hsm_server *s, backup_run *run, const char *operation)
+{
+	memset(run, 0, sizeof(*run));
+	run->s = s;
+	if (hsm_store_intent_current() == NULL) {
+		HSM_GUARD(hsm_uuid_new(run->id));
+		run->in.node_id = s->node_id;
+		run->in.request_id = run->id;
+		run->in.operation = operation;
+		run->in.principal = "hsmd";
+		hsm_store_intent_begin(&run->in);
+		run->own = true;
+	}
+	hsm_result r = hsm_store_outbox_note(s->store);
+	if (hsm_ok(r))
+		return HSM_SUCCESS;
+	if (run->own) {
+		hsm_store_intent_end();
+		run->own = false;
+	}
+	char why[HSM_ERRMSG_MAX];
+	snprintf(why, sizeof(why), "%s", hsm_last_message());
+	return HSM_FAIL(r.err, "the backup's audit outbox row could not be committed: %s", why);
+}
+
+/* The id the run's last event carries: its own row's (NULL when it has none). */
+static const char *run_id(const backup_run *run)
+{
+	return run->own && run->in.written ? run->id : NULL;
+}
+
+/* Ends the run: its row goes once its last event (recorded) is durable, else is recorded. */
+static void run_end(backup_run *run, bool recorded)
+{
+	if (!run->own)
+		return;
+	hsm_store_intent_end();
+	if (run->in.written)
+		hsm_outbox_settled(run->s->outbox, run->id, recorded, hsm_audit_next_seq(run->s->audit));
+	run->own = false;
+}
+
 /* Deletes expired backups in dir, naming them in names; false if some could not be. */
 static bool prune(hsm_server *s, const char *dir, const char *store_id, hsm_buf *names)
 {
@@ -162,7 +227,15 @@ static hsm_result copy_if_missing(const char *path, const hsm_backup_info *info,
 		return HSM_SUCCESS;
 	}
 	char why[HSM_ERRMSG_MAX] = "";
-	hsm_result r = hsm_backup_copy(path, s->backup_copy_dir);
+	backup_run run;
+	hsm_result r = run_begin(s, &run, "BackupCopy");
+	if (hsm_failed(r)) {
+		hsm_log_failure("copying an earlier backup to backup_copy_dir");
+		c->trying = false;
+		c->missing++;
+		return HSM_SUCCESS; /* no file touched: nothing to record */
+	}
+	r = hsm_backup_copy(path, s->backup_copy_dir);
 	if (hsm_failed(r)) {
 		snprintf(why, sizeof(why), "%s", hsm_last_message());
 		hsm_log_failure("copying an earlier backup to backup_copy_dir");
@@ -178,7 +251,9 @@ static hsm_result copy_if_missing(const char *path, const hsm_backup_info *info,
 	    {"copy", hsm_ok(r) ? "made" : "failed"},
 	    {"copy_error", why},
 	};
-	hsm_server_event(s, "BackupCopy", NULL, 0, HSM_SUCCESS, f, hsm_ok(r) ? 3 : 4);
+	bool recorded = hsm_server_event_of(s, run_id(&run), "BackupCopy", HSM_SUCCESS, f,
+	                                    hsm_ok(r) ? 3 : 4);
+	run_end(&run, recorded);
 	return HSM_SUCCESS;
 }
 
@@ -204,28 +279,38 @@ typedef struct expired_names {
 	hsm_buf here, copies; /* in backup_dir, in backup_copy_dir */
 } expired_names;
 
-/* A BackupExpired event for each name in names (comma-separated), in the directory named. */
-static void audit_expired(hsm_server *s, hsm_buf *names, const char *dir_name)
+/*
+ * A BackupExpired event for each name in names (comma-separated), in the
+ * directory named; false if one was not written.
+ */
+static bool audit_expired(hsm_server *s, hsm_buf *names, const char *dir_name)
 {
-	if (names->len == 0 || hsm_failed(hsm_buf_terminate(names)))
-		return;
+	if (names->len == 0)
+		return true;
+	if (hsm_failed(hsm_buf_terminate(names)))
+		return false;
+	bool all = true;
 	char *save = NULL;
 	for (char *name = strtok_r((char *)names->data, ",", &save); name != NULL;
 	     name = strtok_r(NULL, ",", &save)) {
 		hsm_audit_field f[] = {{"file", name}, {"dir", dir_name}};
-		hsm_server_event(s, "BackupExpired", NULL, 0, HSM_SUCCESS, f, 2);
+		all &= hsm_server_event_of(s, NULL, "BackupExpired", HSM_SUCCESS, f, 2);
 	}
+	return all;
 }
 
 /*
- * The Backup event; copy says what became of the copy ("made", "failed" or
- * "none").  Then a BackupExpired event for each backup the retention
- * deleted, so the trail shows when each restore point stopped being there.
+ * A BackupExpired event for each backup the retention deleted, so the trail
+ * shows when each restore point stopped being there, then the Backup event
+ * (copy says what became of the copy: "made", "failed" or "none"), last, as
+ * it carries the run's id (run_id).  True if every one was written.
  */
-static void audit_backup(hsm_server *s, const char *trigger, const hsm_backup_info *info,
-                         const char *path, hsm_result r, const char *copy, const char *copy_error,
-                         expired_names *expired)
+static bool audit_backup(hsm_server *s, const backup_run *run, const char *trigger,
+                         const hsm_backup_info *info, const char *path, hsm_result r,
+                         const char *copy, const char *copy_error, expired_names *expired)
 {
+	bool all = audit_expired(s, &expired->here, "backup_dir");
+	all &= audit_expired(s, &expired->copies, "backup_copy_dir");
 	hsm_audit_field f[] = {
 	    {"trigger", trigger},
 	    {"backup_id", hsm_ok(r) ? info->backup_id : ""},
@@ -234,9 +319,7 @@ static void audit_backup(hsm_server *s, const char *trigger, const hsm_backup_in
 	    {"copy_error", copy_error},
 	};
 	size_t n = !hsm_ok(r) ? 1 : copy_error[0] != '\0' ? 5 : 4;
-	hsm_server_event(s, "Backup", NULL, 0, r, f, n);
-	audit_expired(s, &expired->here, "backup_dir");
-	audit_expired(s, &expired->copies, "backup_copy_dir");
+	return hsm_server_event_of(s, run_id(run), "Backup", r, f, n) && all;
 }
 
 hsm_result hsm_server_backup(hsm_server *s, const char *trigger, char *path, size_t cap,
@@ -244,6 +327,8 @@ hsm_result hsm_server_backup(hsm_server *s, const char *trigger, char *path, siz
 {
 	*copied = false;
 	pthread_mutex_lock(&s->backup_lock);
+	backup_run run;
+	hsm_result noted = run_begin(s, &run, "Backup");
 	uint64_t t0 = hsm_mono_ns();
 	hsm_backup_request req = {
 	    .store = s->store,
@@ -254,7 +339,7 @@ hsm_result hsm_server_backup(hsm_server *s, const char *trigger, char *path, siz
 	    .now = hsm_now(),
 	};
 	path[0] = '\0';
-	hsm_result r = hsm_backup_create(&req, path, cap, info);
+	hsm_result r = hsm_ok(noted) ? hsm_backup_create(&req, path, cap, info) : noted;
 	if (hsm_ok(r)) {
 		atomic_store(&s->backup_last_success, info->created);
 		atomic_store(&s->backup_last_bytes, info->file_bytes);
@@ -279,12 +364,13 @@ hsm_result hsm_server_backup(hsm_server *s, const char *trigger, char *path, siz
 			copy = *copied ? "made" : "failed";
 		}
 	}
-	audit_backup(s, trigger, info, path, r, copy, copy_error, &expired);
-	hsm_buf_free(&expired.here);
-	hsm_buf_free(&expired.copies);
-	/* Then the copies earlier failures left missing, if copies work again. */
+	/* Then the copies earlier failures left missing, if copies work again (in this run). */
 	if (hsm_ok(r) && s->backup_copy_dir[0] != '\0')
 		catch_up_copies(s, store_id, *copied);
+	bool recorded = audit_backup(s, &run, trigger, info, path, r, copy, copy_error, &expired);
+	run_end(&run, recorded);
+	hsm_buf_free(&expired.here);
+	hsm_buf_free(&expired.copies);
 	pthread_mutex_unlock(&s->backup_lock);
 	return r;
 }

@@ -62,6 +62,12 @@ void hsm_server_event(hsm_server *s, const char *event, const char *key_id, uint
 	(void)server_event(s, event, key_id, version, result, extra, n_extra, NULL);
 }
 
+bool hsm_server_event_of(hsm_server *s, const char *request_id, const char *event,
+                         hsm_result result, const hsm_audit_field *extra, size_t n_extra)
+{
+	return server_event(s, event, NULL, 0, result, extra, n_extra, request_id);
+}
+
 /*
  * The scheduler's key work (rotation, expiry, destruction) changes the store
  * before its event is written, as a request does.  Each action runs under an

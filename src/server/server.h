@@ -340,5 +340,8 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out) HSM_MUST_CHECK
 /* Audits an internal event synchronously (startup, seal, rotation, ...). */
 void hsm_server_event(hsm_server *s, const char *event, const char *key_id, uint32_t version,
                       hsm_result result, const hsm_audit_field *extra, size_t n_extra);
+/* The same, carrying request_id (an outbox row's: NULL for none); false if it was not written. */
+bool hsm_server_event_of(hsm_server *s, const char *request_id, const char *event,
+                         hsm_result result, const hsm_audit_field *extra, size_t n_extra);
 
 #endif

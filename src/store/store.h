@@ -1021,6 +1021,8 @@ typedef struct hsm_store_intent {
 void hsm_store_intent_begin(hsm_store_intent *in);
 /* Clears the calling thread's intent; a no-op when none is set. */
 void hsm_store_intent_end(void);
+/* The calling thread's intent, or NULL. */
+hsm_store_intent *hsm_store_intent_current(void);
 
 /*
  * node_id's rows, oldest first (created_ms, then request_id).  Read a page

@@ -29,6 +29,11 @@ void hsm_store_intent_end(void)
 	thread_intent = NULL;
 }
 
+hsm_store_intent *hsm_store_intent_current(void)
+{
+	return thread_intent;
+}
+
 hsm_store_intent *st_intent_pending(void)
 {
 	hsm_store_intent *in = thread_intent;

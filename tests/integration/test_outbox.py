@@ -649,3 +649,59 @@ def test_the_next_offline_command_records_a_restore_a_killed_one_left(backup_fil
     p = verify(target)
     assert p.returncode == 0, p.stdout + p.stderr
 
+
+
+# ---- Backups -------------------------------------------------------------------------------
+
+def backup_files(data_dir):
+    d = os.path.join(data_dir, "backups")
+    return sorted(f for f in os.listdir(d) if f.endswith(".hsmbak")) if os.path.isdir(d) else []
+
+
+def test_a_backup_s_event_carries_its_row_s_id_and_the_row_goes():
+    server = start_dev(["--backup-interval-seconds", "1"])
+    try:
+        def backups():
+            return [r for r in audit_records(server.data_dir) if r.get("op") == "Backup"]
+        assert wait_for(lambda: len(backups()) >= 2, 30), backups()
+        for ev in backups():
+            assert ev["outcome"] == "success" and len(ev.get("request_id", "")) == 36, ev
+        assert len({ev["request_id"] for ev in backups()}) == len(backups())
+        named = {ev["extra"]["file"] for ev in backups()}
+        assert named <= set(backup_files(server.data_dir)), (named, backup_files(server.data_dir))
+        assert wait_for(lambda: not [r for r in outbox_rows(server.data_dir)
+                                     if r[1] == "Backup"], 10), outbox_rows(server.data_dir)
+    finally:
+        server.cleanup()
+
+
+@pytest.mark.skipif(not GDB, reason="killing hsmd between a backup and its event needs gdb, "
+                                    "allowed to attach")
+def test_a_backup_killed_before_its_event_is_recorded_at_the_next_start():
+    server = start_dev(["--backup-interval-seconds", "1"])
+    try:
+        assert wait_for(lambda: backup_files(server.data_dir), 30)
+        # The next scheduled backup writes its file, then the node dies before its event.
+        killer = KilledAt(server, 'hsm_server_event_of if $_streq(event, "Backup")')
+        killer.wait()
+        named = {r["extra"]["file"] for r in audit_records(server.data_dir)
+                 if r.get("op") == "Backup"}
+        unnamed = [f for f in backup_files(server.data_dir) if f not in named]
+        assert len(unnamed) == 1, (unnamed, named)
+        rows = [r for r in outbox_rows(server.data_dir) if r[1] == "Backup"]
+        assert len(rows) == 1, outbox_rows(server.data_dir)
+
+        server.log.close()
+        server = Hsmd(["--dev", "--backup-interval-seconds", "0"], env=DEV_ENV,
+                      data_dir=server.data_dir)
+        (rec,) = recovered(server.data_dir)
+        assert rec["request_id"] == rows[0][0] and rec["principal"] == "hsmd", rec
+        assert rec["extra"]["request_op"] == "Backup", rec
+        assert rec["extra"]["request_principal"] == "hsmd", rec
+        assert wait_for(lambda: outbox_rows(server.data_dir) == [], 10), \
+            outbox_rows(server.data_dir)
+        server.stop()
+        p = verify(server.data_dir)
+        assert p.returncode == 0, p.stdout + p.stderr
+    finally:
+        server.cleanup()
