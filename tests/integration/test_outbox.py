@@ -705,3 +705,28 @@ def test_a_backup_killed_before_its_event_is_recorded_at_the_next_start():
         assert p.returncode == 0, p.stdout + p.stderr
     finally:
         server.cleanup()
+
+
+@pytest.mark.skipif(not GDB, reason="killing hsmd between a backup and its event needs gdb, "
+                                    "allowed to attach")
+def test_a_requested_backup_killed_before_its_event_is_recorded_as_its_request():
+    server = start_dev(["--backup-interval-seconds", "0"])
+    try:
+        killer = KilledAt(server, 'hsm_server_event_of if $_streq(event, "Backup")')
+        with pytest.raises(Exception):
+            signed_call(server, "HsmdAdmin.CreateBackup", {})
+        killer.wait()
+        assert backup_files(server.data_dir) and not [
+            r for r in audit_records(server.data_dir) if r.get("op") == "Backup"]
+        (row,) = outbox_rows(server.data_dir)
+        assert row[1] == "CreateBackup", row
+
+        server.log.close()
+        server = Hsmd(["--dev", "--backup-interval-seconds", "0"], env=DEV_ENV,
+                      data_dir=server.data_dir)
+        (rec,) = recovered(server.data_dir)
+        assert rec["request_id"] == row[0], rec
+        assert rec["extra"]["request_op"] == "CreateBackup", rec
+        assert rec["extra"]["request_access_key"] == DEV_AKID, rec
+    finally:
+        server.cleanup()
