@@ -693,12 +693,16 @@ CK_RV C_Login(CK_SESSION_HANDLE h, CK_USER_TYPE type, CK_UTF8CHAR_PTR pin, CK_UL
 	json_t *out = NULL;
 	CK_RV rv = p11_call("TrentService.ListKeys", json_pack("{s:i}", "Limit", 1), &out);
 	json_decref(out);
-	if (rv == CKR_OK) {
-		p11.logged_in = true;
-		rv = p11_objects_refresh();
-	}
-	if (rv != CKR_OK)
+	if (rv != CKR_OK) {
 		wipe_credentials();
+		LEAVE(rv);
+	}
+	p11.logged_in = true;
+	rv = p11_objects_refresh();
+	/* A listing that failed part-way ends the login as a logout does: no half-listed
+	 * private or secret key objects, no pooled connection, stay behind. */
+	if (rv != CKR_OK)
+		end_login();
 	LEAVE(rv);
 }
 
