@@ -108,6 +108,10 @@ static void apply_defaults(hsm_audit_config *c)
 		c->fsync_max_records = DEFAULT_FSYNC_RECORDS;
 	if (c->fsync_max_lag_ms == 0)
 		c->fsync_max_lag_ms = DEFAULT_FSYNC_LAG_MS;
+	/* No sync runs before N has passed, and records are acknowledged meanwhile: an N
+	 * above L would break L's bound (audit.h). */
+	if (c->fsync_interval_ms > c->fsync_max_lag_ms)
+		c->fsync_interval_ms = c->fsync_max_lag_ms;
 	if (c->checkpoint_interval_ms == 0)
 		c->checkpoint_interval_ms = DEFAULT_CHECKPOINT_MS;
 	if (c->io_deadline_ms == 0)

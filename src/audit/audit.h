@@ -98,7 +98,7 @@ typedef enum hsm_audit_io_op {
 typedef struct hsm_audit_config {
 	const char *dir;              /* directory of the log files (created 0700) */
 	const char *node_id;          /* [A-Za-z0-9._-]{1,64} */
-	uint32_t fsync_interval_ms;   /* N: 0 = default 10 */
+	uint32_t fsync_interval_ms;   /* N: 0 = default 10; cut to L when above it */
 	uint32_t fsync_max_records;   /* K: 0 = default 4096 */
 	/* L: records are not acknowledged while the oldest one not yet durable is
 	 * older than this and a sync is running; 0 = default 50 */

@@ -87,7 +87,7 @@ const key_def hsm_config_keys[] = {
     {"backup_copy_dir", K_DIR_OPT, FIELD(backup_copy_dir), 0, 0, "", "DIR",
      "also copy each backup here: another disk, or a mount in another region"},
     {"audit_fsync_ms", K_U32, FIELD(audit_fsync_ms), 1, 10000, "10", "MS",
-     "longest wait to group audit records into one fsync"},
+     "longest wait to group audit records into one fsync (at most audit_fsync_max_lag_ms)"},
     {"audit_fsync_max_lag_ms", K_U32, FIELD(audit_fsync_max_lag_ms), 1, 60000, "50", "MS",
      "acknowledge records during an fsync until the oldest not durable is this old"},
     {"audit_rotate_bytes", K_SIZE, FIELD(audit_rotate_bytes), MIB, 64 * GIB, "256M", "SIZE",

@@ -693,6 +693,31 @@ static void test_slow_fsync_holds_acks_only_past_the_lag(void **state)
 	t_rm_rf(dir);
 }
 
+/*
+ * No sync runs before fsync_interval_ms has passed, and records are
+ * acknowledged meanwhile: an interval longer than fsync_max_lag_ms is cut to
+ * it, so an acknowledged record is durable within the lag bound still.
+ */
+static void test_a_sync_interval_past_the_lag_is_cut_to_it(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-interval");
+	hsm_audit_config c = t_config(dir);
+	c.fsync_interval_ms = 10000;
+	c.fsync_max_lag_ms = 50;
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	hsm_audit_record r = t_record(0);
+	assert_true(hsm_ok(hsm_audit_append(a, &r)));
+	uint64_t below = hsm_audit_next_seq(a), t0 = t_now_ms();
+	while (hsm_audit_durable_seq(a) < below && t_now_ms() - t0 < 3000)
+		usleep(5000);
+	assert_true(hsm_audit_durable_seq(a) >= below); /* not 10 s later */
+	hsm_audit_close(a);
+	t_rm_rf(dir);
+}
+
 static void test_fsync_error_rewrites_and_recovers(void **state)
 {
 	(void)state;
@@ -987,6 +1012,7 @@ int main(void)
 	    cmocka_unit_test(test_close_leaves_a_stuck_writer_behind),
 	    cmocka_unit_test(test_close_leaves_a_stuck_fsync_behind),
 	    cmocka_unit_test(test_slow_fsync_holds_acks_only_past_the_lag),
+	    cmocka_unit_test(test_a_sync_interval_past_the_lag_is_cut_to_it),
 	    cmocka_unit_test(test_fsync_error_rewrites_and_recovers),
 	    cmocka_unit_test(test_live_file_deleted),
 	    cmocka_unit_test(test_directory_made_again_under_the_log),
