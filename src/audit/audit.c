@@ -271,6 +271,7 @@ static void free_state(hsm_audit *a)
 	pthread_cond_destroy(&a->wake_watchdog);
 	pthread_cond_destroy(&a->wake_syncer);
 	pthread_cond_destroy(&a->wake_sweeper);
+	free(a->held);
 	free(a);
 }
 

@@ -116,6 +116,14 @@ typedef struct hsm_audit_config {
 	 */
 	const char *copy_dir;
 	uint32_t queue_capacity;      /* records waiting for the writer; 0 = default 16384 */
+	/*
+	 * Acknowledge a record only once it is durable (fdatasync'd): a sync is
+	 * asked as soon as records are written, and their done callbacks run when
+	 * it finishes (fsync_interval_ms and fsync_max_lag_ms then do not apply).
+	 * A power loss then takes no acknowledged record; each acknowledgement
+	 * waits for one sync (the records written meanwhile share the next).
+	 */
+	bool ack_durable;
 	bool syslog;                  /* also forward each line to syslog(LOG_AUTHPRIV) */
 	bool batch_scheduling;        /* the writer under SCHED_BATCH (hsm_thread_batch) */
 	/* Wall clock in UTC ms; NULL = the system clock.  Tests move time with it. */

@@ -56,6 +56,12 @@ typedef struct audit_cbent {
 	void *arg;
 } audit_cbent;
 
+/* ack_durable: a written record's callback, held until every record below `below` is durable. */
+typedef struct audit_held {
+	audit_cbent cb;
+	uint64_t below;
+} audit_held;
+
 /* What the open-time scan found at the end of the log. */
 typedef struct audit_tail_info {
 	uint64_t next_seq;
@@ -143,6 +149,12 @@ struct hsm_audit {
 	const audit_cbent *inflight; /* callbacks of the batch being written, or NULL */
 	size_t n_inflight;
 	audit_cbent wd_cbs[AUDIT_BATCH_MAX];
+
+	/* ack_durable (under mu): callbacks of records written, not yet durable, in seq order:
+	 * held[held_head .. held_n).  Released by the writer as the syncs finish, failed by
+	 * audit_fail_locked. */
+	audit_held *held;
+	size_t held_head, held_n, held_cap;
 
 	/* The background sync (under mu): see audit_sync_state. */
 	pthread_cond_t wake_syncer;

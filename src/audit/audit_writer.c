@@ -59,7 +59,65 @@ void audit_fail_locked(hsm_audit *a, audit_cbent *out, size_t *n_out, size_t max
 	}
 	a->refused_total += n;
 	a->refused_in_outage += n;
+	/* Then the written records whose acknowledgements waited for a sync (ack_durable). */
+	while (n < max && a->held_head < a->held_n)
+		out[n++] = a->held[a->held_head++].cb;
+	if (a->held_head == a->held_n)
+		a->held_head = a->held_n = 0;
 	*n_out = n;
+}
+
+/*
+ * ack_durable: holds the callbacks of n records just written, the last of
+ * them below `below`, until a sync makes them durable.  False when memory
+ * runs out (the caller fails them: written, but not acknowledged).
+ */
+static bool hold_acks(hsm_audit *a, const audit_cbent *cbs, size_t n, uint64_t below)
+{
+	pthread_mutex_lock(&a->mu);
+	if (a->held_head > 0 && a->held_n + n > a->held_cap) {
+		memmove(a->held, a->held + a->held_head, (a->held_n - a->held_head) * sizeof(*a->held));
+		a->held_n -= a->held_head;
+		a->held_head = 0;
+	}
+	bool ok = true;
+	if (a->held_n + n > a->held_cap) {
+		size_t cap = a->held_cap != 0 ? a->held_cap * 2 : AUDIT_BATCH_MAX;
+		while (cap < a->held_n + n)
+			cap *= 2;
+		audit_held *nv = realloc(a->held, cap * sizeof(*nv));
+		ok = nv != NULL;
+		if (ok) {
+			a->held = nv;
+			a->held_cap = cap;
+		}
+	}
+	for (size_t i = 0; ok && i < n; i++)
+		a->held[a->held_n++] = (audit_held){cbs[i], below};
+	pthread_mutex_unlock(&a->mu);
+	return ok;
+}
+
+/* ack_durable: acknowledges the held records that are durable now (writer thread). */
+static void release_durable(hsm_audit *a)
+{
+	if (!a->cfg.ack_durable)
+		return;
+	audit_cbent *buf = a->w.drained;
+	for (;;) {
+		size_t n = 0;
+		pthread_mutex_lock(&a->mu);
+		uint64_t durable = atomic_load(&a->durable_seq_pub);
+		while (n < AUDIT_BATCH_MAX && a->held_head < a->held_n &&
+		       a->held[a->held_head].below <= durable)
+			buf[n++] = a->held[a->held_head++].cb;
+		if (a->held_head == a->held_n)
+			a->held_head = a->held_n = 0;
+		pthread_mutex_unlock(&a->mu);
+		if (n == 0)
+			return;
+		fire(a, buf, n, HSM_SUCCESS);
+	}
 }
 
 /* Marks the log unhealthy for reason err and fails everything queued. */
@@ -144,7 +202,10 @@ static bool flush(hsm_audit *a, const audit_cbent *cbs, size_t n, size_t from)
 			w->unsynced_since_ns = now;
 		if (w->lag_since_ns == 0)
 			w->lag_since_ns = now;
-		fire(a, cbs, n, HSM_SUCCESS);
+		if (!a->cfg.ack_durable)
+			fire(a, cbs, n, HSM_SUCCESS);
+		else if (!hold_acks(a, cbs, n, w->next_seq))
+			fire(a, cbs, n, (hsm_result){HSM_ERR_AUDIT_UNAVAILABLE});
 		if (a->syslog != NULL)
 			forward_to_syslog(a, from);
 		return true;
@@ -296,6 +357,7 @@ static bool sync_now(hsm_audit *a)
 		w->unsynced_since_ns = 0;
 		w->lag_since_ns = 0;
 		w->pending_records = 0;
+		release_durable(a);
 		return true;
 	}
 	outage(a, hsm_ok(r) ? ETIMEDOUT : w->last_errno);
@@ -318,7 +380,8 @@ static void process_batch(hsm_audit *a, size_t n)
 		pthread_mutex_unlock(&a->mu);
 		fire(a, w->cbs + ok, n - ok, (hsm_result){HSM_ERR_AUDIT_UNAVAILABLE});
 	}
-	if (flush(a, w->cbs, ok, from) && w->pending_records >= a->cfg.fsync_max_records)
+	if (flush(a, w->cbs, ok, from) &&
+	    (a->cfg.ack_durable || w->pending_records >= a->cfg.fsync_max_records))
 		request_sync(a);
 }
 
@@ -489,7 +552,8 @@ static uint64_t next_wakeup(const hsm_audit *a, uint64_t now)
 	if (atomic_load(&a->low_space) && w->reserve_retry_ns < t)
 		t = w->reserve_retry_ns > now ? w->reserve_retry_ns : now;
 	if (w->unsynced_since_ns != 0 && a->sync_state == AUDIT_SYNC_IDLE) {
-		uint64_t s = w->unsynced_since_ns + a->cfg.fsync_interval_ms * NS_PER_MS;
+		uint64_t s = w->unsynced_since_ns +
+		             (a->cfg.ack_durable ? 0 : a->cfg.fsync_interval_ms * NS_PER_MS);
 		t = s < t ? s : t;
 	}
 	int64_t wall = audit_now_ms(a), due = w->next_checkpoint_ms - wall;
@@ -504,7 +568,9 @@ static uint64_t next_wakeup(const hsm_audit *a, uint64_t now)
 static bool acks_held_locked(const hsm_audit *a, uint64_t now)
 {
 	const audit_writer *w = &a->w;
-	return a->sync_state != AUDIT_SYNC_IDLE && w->lag_since_ns != 0 &&
+	/* ack_durable: no acknowledgement comes before its sync; writing on lets the records
+	 * written meanwhile share the next one. */
+	return !a->cfg.ack_durable && a->sync_state != AUDIT_SYNC_IDLE && w->lag_since_ns != 0 &&
 	       now - w->lag_since_ns > a->cfg.fsync_max_lag_ms * NS_PER_MS;
 }
 
@@ -621,6 +687,7 @@ static void maintain(hsm_audit *a)
 {
 	audit_writer *w = &a->w;
 	(void)collect_sync(a);
+	release_durable(a);
 	uint64_t now = hsm_mono_ns();
 	if (!atomic_load(&a->healthy)) {
 		if (now >= w->retry_at_ns && !atomic_load(&a->stopping))
@@ -629,7 +696,7 @@ static void maintain(hsm_audit *a)
 		return;
 	}
 	if (w->unsynced_since_ns != 0 &&
-	    now - w->unsynced_since_ns >= a->cfg.fsync_interval_ms * NS_PER_MS)
+	    (a->cfg.ack_durable || now - w->unsynced_since_ns >= a->cfg.fsync_interval_ms * NS_PER_MS))
 		request_sync(a);
 	int64_t wall = audit_now_ms(a);
 	follow_clock_back(w, wall, a->cfg.checkpoint_interval_ms);
@@ -810,7 +877,7 @@ void *audit_watchdog_main(void *arg)
 			}
 			audit_fail_locked(a, a->wd_cbs, &m, AUDIT_BATCH_MAX);
 			pthread_cond_signal(&a->wake_writer);
-		} else if (!atomic_load(&a->healthy) && a->count > 0) {
+		} else if (!atomic_load(&a->healthy) && (a->count > 0 || a->held_head < a->held_n)) {
 			audit_fail_locked(a, a->wd_cbs, &m, AUDIT_BATCH_MAX);
 		}
 		if (n + m > 0) {

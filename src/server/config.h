@@ -97,6 +97,7 @@ typedef struct hsm_config {
 	uint32_t audit_retention_days;
 	uint32_t audit_checkpoint_seconds;
 	bool audit_syslog;
+	bool audit_ack_durable;
 	/* authentication and tokens */
 	uint32_t jwt_default_lifetime_seconds;
 	uint32_t jwt_max_lifetime_seconds;

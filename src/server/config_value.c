@@ -90,6 +90,8 @@ const key_def hsm_config_keys[] = {
      "longest wait to group audit records into one fsync (at most audit_fsync_max_lag_ms)"},
     {"audit_fsync_max_lag_ms", K_U32, FIELD(audit_fsync_max_lag_ms), 1, 60000, "50", "MS",
      "acknowledge records during an fsync until the oldest not durable is this old"},
+    {"audit_ack_durable", K_BOOL, FIELD(audit_ack_durable), 0, 0, "false", "BOOL",
+     "answer a request only once its audit record is fsynced (no loss on power cut)"},
     {"audit_rotate_bytes", K_SIZE, FIELD(audit_rotate_bytes), MIB, 64 * GIB, "256M", "SIZE",
      "start a new audit file past this size"},
     {"audit_rotate_seconds", K_U32, FIELD(audit_rotate_seconds), 60, 366 * DAY, "86400", "S",

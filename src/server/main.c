@@ -48,6 +48,7 @@ static void options_from(const hsm_config *cfg, hsm_server_options *o)
 	o->backup_retention_days = cfg->backup_retention_days;
 	o->audit_checkpoint_seconds = cfg->audit_checkpoint_seconds;
 	o->audit_syslog = cfg->audit_syslog;
+	o->audit_ack_durable = cfg->audit_ack_durable;
 	o->jwt_default_lifetime = cfg->jwt_default_lifetime_seconds;
 	o->jwt_max_lifetime = cfg->jwt_max_lifetime_seconds;
 	o->jwt_clock_skew = cfg->jwt_clock_skew_seconds;

@@ -214,6 +214,7 @@ static hsm_result open_audit(hsm_server *s)
 	    .retention_days = s->opt.audit_retention_days,
 	    .copy_dir = copy_dir[0] != '\0' ? copy_dir : NULL,
 	    .syslog = s->opt.audit_syslog,
+	    .ack_durable = s->opt.audit_ack_durable,
 	    .batch_scheduling = s->opt.http.batch_scheduling,
 	    .batch_hook = batch_hook,
 	};

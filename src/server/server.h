@@ -57,6 +57,7 @@ typedef struct hsm_server_options {
 	uint32_t audit_retention_days;
 	uint32_t audit_checkpoint_seconds;
 	bool audit_syslog;
+	bool audit_ack_durable; /* a request's answer waits for its record's fdatasync */
 	int64_t jwt_default_lifetime;
 	int64_t jwt_max_lifetime;
 	int64_t jwt_clock_skew;      /* verifiers' clock skew the JWKS grace period allows */

@@ -996,14 +996,15 @@ def records_of(files):
     return out
 
 
-FAIL_TRAIL_WRITES = r'''
+FAIL_TRAIL_CALLS = r'''
 import os
 import gdb
 
 
-class FailTrailWrites(gdb.Breakpoint):
-    """write(2) to one of the trail's files fails (EBADF) until the test's flag file exists;
-    the first such write after that stops hsmd, so the test's gdb detaches."""
+class FailTrailCalls(gdb.Breakpoint):
+    """A call (write(2), fdatasync(2)) on one of the trail's files fails (EBADF) until the
+    test's flag file exists; the first such call after that stops hsmd, so the test's gdb
+    detaches."""
 
     def stop(self):
         fd = int(gdb.parse_and_eval("$rdi"))
@@ -1019,23 +1020,24 @@ class FailTrailWrites(gdb.Breakpoint):
         return False
 
 
-FailTrailWrites("write")
+FailTrailCalls(os.environ["HSMD_TEST_OUTAGE_CALL"])
 '''
 
 
 class TrailOutage:
-    """An audit outage: every write(2) to the trail's files fails until end()."""
+    """An audit outage: every call (write(2), or fdatasync(2)) on the trail's files fails
+    until end()."""
 
-    def __init__(self, server, tmp):
+    def __init__(self, server, tmp, call="write"):
         self.server = server
         self.over = os.path.join(tmp, f"outage-over-{server.proc.pid}")
         script = os.path.join(tmp, "fail-trail.py")
         with open(script, "w") as f:
-            f.write(FAIL_TRAIL_WRITES)
+            f.write(FAIL_TRAIL_CALLS)
         self.gdb = subprocess.Popen(
             ["gdb", "-q", "-nx", "-batch", "-p", str(server.proc.pid), "-x", script,
              "-ex", "continue", "-ex", "delete", "-ex", "detach"],
-            env=dict(os.environ, HSMD_TEST_OUTAGE_OVER=self.over),
+            env=dict(os.environ, HSMD_TEST_OUTAGE_OVER=self.over, HSMD_TEST_OUTAGE_CALL=call),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.out = []
         for line in self.gdb.stdout:
@@ -1101,3 +1103,37 @@ def test_requests_refused_in_an_outage_say_that_nothing_ran(tmp_path):
     finally:
         dev.cleanup()
         sealed.cleanup()
+
+
+@pytest.mark.skipif(not gdb_can_trace(), reason="failing the trail's fdatasync needs gdb, "
+                                              "allowed to attach")
+def test_with_durable_acks_no_answer_comes_before_its_record_is_synced(tmp_path):
+    """audit_ack_durable: a request whose record could not be made durable (its fdatasync
+    failed) is answered 503, its result withheld.  By default the same request is answered
+    once its record is written, before any sync: a power cut then could take the record."""
+    normal = start_dev(["--backup-interval-seconds", "0"])
+    durable = start_dev(["--backup-interval-seconds", "0", "--audit-ack-durable"])
+    try:
+        for server in (normal, durable):
+            kms = client(server)
+            key = kms.create_key(Description="durable acks")["KeyMetadata"]["KeyId"]
+            outage = TrailOutage(server, str(tmp_path), call="fdatasync")
+            try:
+                st, out = signed_call(server, "TrentService.Encrypt",
+                                      {"KeyId": key, "Plaintext": "aGVsbG8="})
+                if server is durable:
+                    assert (st, out["__type"]) == (503, "ServiceUnavailableException"), out
+                    assert "withheld" in out["message"], out
+                else:
+                    assert st == 200 and out["KeyId"].endswith(key), out
+                assert wait_for(lambda: metric(server, "hsmd_audit_healthy") == 0, 10)
+            finally:
+                outage.end()
+            assert wait_for(lambda: metric(server, "hsmd_audit_healthy") == 1, 30)
+            assert kms.encrypt(KeyId=key, Plaintext=b"after")["KeyId"].endswith(key)
+            # Its record was written all the same: the trail holds it, and verifies.
+            encrypts = [r for r in audit_records(server.data_dir) if r.get("op") == "Encrypt"]
+            assert len(encrypts) == 2, encrypts
+    finally:
+        normal.cleanup()
+        durable.cleanup()

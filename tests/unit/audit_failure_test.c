@@ -718,6 +718,114 @@ static void test_a_sync_interval_past_the_lag_is_cut_to_it(void **state)
 	t_rm_rf(dir);
 }
 
+/*
+ * ack_durable: a record is acknowledged only once a sync made it durable.
+ * Its sync stuck (inside the deadline), it waits; released, it goes, with
+ * the records written meanwhile, which the next sync takes in one.
+ */
+static void test_durable_acks_wait_for_their_sync(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-durable");
+	stall s = {.stuck = false, .op = HSM_AUDIT_IO_SYNC};
+	hsm_audit_config c = stall_config(&s, dir);
+	c.io_deadline_ms = 5000;
+	c.ack_durable = true;
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	hsm_audit_record r = t_record(0);
+	assert_true(hsm_ok(hsm_audit_append(a, &r))); /* returns once durable */
+	assert_true(hsm_audit_durable_seq(a) >= hsm_audit_next_seq(a));
+
+	set_stuck(&s, true);
+	done_rec d[4];
+	for (size_t i = 0; i < 4; i++) {
+		d[i] = (done_rec){.submit_ms = t_now_ms()};
+		atomic_store(&d[i].err, -1);
+		r = t_record(1 + i);
+		assert_true(hsm_ok(hsm_audit_submit(a, &r, on_done, &d[i])));
+		if (i == 0) {
+			uint64_t t0 = t_now_ms();
+			while (atomic_load(&s.hits) == 0 && t_now_ms() - t0 < 2000)
+				usleep(1000);
+			assert_true(atomic_load(&s.hits) >= 1); /* the first one's sync is stuck */
+		}
+	}
+	/* Written (the writer does not wait for the sync), not acknowledged. */
+	uint64_t t0 = t_now_ms();
+	while (hsm_audit_next_seq(a) < 6 && t_now_ms() - t0 < 2000)
+		usleep(1000);
+	assert_false(wait_done(d, 4, 300));
+	for (size_t i = 0; i < 4; i++)
+		assert_int_equal(atomic_load(&d[i].err), -1);
+	assert_true(hsm_audit_healthy(a));
+	set_stuck(&s, false);
+	assert_true(wait_done(d, 4, 3000));
+	for (size_t i = 0; i < 4; i++)
+		assert_int_equal(atomic_load(&d[i].err), HSM_OK);
+	assert_true(hsm_audit_durable_seq(a) >= hsm_audit_next_seq(a));
+	hsm_audit_close(a);
+	hsm_audit_verify_report rep = t_verify_dir(dir, NULL, false);
+	assert_true(rep.valid);
+	assert_int_equal(rep.records, rep.last_seq);
+	pthread_mutex_destroy(&s.mu);
+	pthread_cond_destroy(&s.cv);
+	t_rm_rf(dir);
+}
+
+/* ack_durable: a sync that fails, or outlasts the deadline, fails the records it held. */
+static void run_durable_ack_failure(bool stuck)
+{
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-durable-fail");
+	stall s = {.stuck = false, .op = HSM_AUDIT_IO_SYNC};
+	hsm_audit_config c = stall_config(&s, dir);
+	c.io_deadline_ms = DEADLINE_MS;
+	c.retry_interval_ms = 50;
+	c.ack_durable = true;
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	hsm_audit_record r = t_record(0);
+	assert_true(hsm_ok(hsm_audit_append(a, &r)));
+	if (stuck)
+		set_stuck(&s, true);
+	else
+		atomic_store(&s.fail_errno, EIO);
+	done_rec d = {.submit_ms = t_now_ms()};
+	atomic_store(&d.err, -1);
+	r = t_record(1);
+	assert_true(hsm_ok(hsm_audit_submit(a, &r, on_done, &d)));
+	assert_true(wait_done(&d, 1, BOUND_MS + 1000));
+	assert_int_equal(atomic_load(&d.err), HSM_ERR_AUDIT_UNAVAILABLE);
+	assert_false(hsm_audit_healthy(a));
+	if (stuck)
+		set_stuck(&s, false);
+	else
+		atomic_store(&s.fail_errno, 0);
+	assert_true(wait_healthy(a, 5000));
+	/* Back: acknowledged once durable again. */
+	r = t_record(2);
+	assert_true(hsm_ok(hsm_audit_append(a, &r)));
+	assert_true(hsm_audit_durable_seq(a) >= hsm_audit_next_seq(a));
+	hsm_audit_close(a);
+	pthread_mutex_destroy(&s.mu);
+	pthread_cond_destroy(&s.cv);
+	t_rm_rf(dir);
+}
+
+static void test_durable_acks_fail_with_a_failed_sync(void **state)
+{
+	(void)state;
+	run_durable_ack_failure(false);
+}
+
+static void test_durable_acks_fail_with_a_stuck_sync(void **state)
+{
+	(void)state;
+	run_durable_ack_failure(true);
+}
+
 static void test_fsync_error_rewrites_and_recovers(void **state)
 {
 	(void)state;
@@ -1013,6 +1121,9 @@ int main(void)
 	    cmocka_unit_test(test_close_leaves_a_stuck_fsync_behind),
 	    cmocka_unit_test(test_slow_fsync_holds_acks_only_past_the_lag),
 	    cmocka_unit_test(test_a_sync_interval_past_the_lag_is_cut_to_it),
+	    cmocka_unit_test(test_durable_acks_wait_for_their_sync),
+	    cmocka_unit_test(test_durable_acks_fail_with_a_failed_sync),
+	    cmocka_unit_test(test_durable_acks_fail_with_a_stuck_sync),
 	    cmocka_unit_test(test_fsync_error_rewrites_and_recovers),
 	    cmocka_unit_test(test_live_file_deleted),
 	    cmocka_unit_test(test_directory_made_again_under_the_log),

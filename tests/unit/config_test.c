@@ -144,6 +144,7 @@ static void test_defaults(void **state)
 	assert_true(cfg.workers >= 1);
 	assert_true(strlen(cfg.node_id) > 0);
 	assert_false(cfg.audit_syslog);
+	assert_false(cfg.audit_ack_durable);
 	assert_true(cfg.batch_scheduling);
 	assert_true(hsm_ok(LOAD(&cfg, NULL, "--dev", "--data-dir=/srv/hsm", "--listen=[::1]:9")));
 	assert_string_equal(cfg.audit_dir, "/srv/hsm/audit");
