@@ -58,6 +58,7 @@ static hsm_result op_status(hsm_admin_ctx *c)
 	if (st == HSM_NODE_UNSEALED)
 		hsm_jw_int(c->w, "KeyCount", (int64_t)keys);
 	hsm_jw_bool(c->w, "AuditHealthy", hsm_audit_healthy(c->s->audit));
+	hsm_jw_bool(c->w, "AuditAckDurable", c->s->opt.audit_ack_durable);
 	if (st == HSM_NODE_ERROR)
 		hsm_jw_str(c->w, "Error", hsm_keystore_error_reason(c->s->ks));
 	return HSM_SUCCESS;

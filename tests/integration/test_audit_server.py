@@ -1115,6 +1115,8 @@ def test_with_durable_acks_no_answer_comes_before_its_record_is_synced(tmp_path)
     durable = start_dev(["--backup-interval-seconds", "0", "--audit-ack-durable"])
     try:
         for server in (normal, durable):
+            st, out = unsigned_call(server, "HsmdAdmin.Status", {})
+            assert st == 200 and out["AuditAckDurable"] == (server is durable), out
             kms = client(server)
             key = kms.create_key(Description="durable acks")["KeyMetadata"]["KeyId"]
             outage = TrailOutage(server, str(tmp_path), call="fdatasync")
