@@ -161,7 +161,11 @@ out:
 /*
  * A backup of a stopped node's data directory (right after the key ceremony,
  * before an upgrade): the shares unseal it here, as for `hsmctl key`; the
- * backup goes to --dir (default DATA_DIR/backups) and is audited there.
+ * backup goes to --dir (default DATA_DIR/backups) and is audited there.  Its
+ * file comes before its record, so it first commits an audit outbox row
+ * (the store's schema permitting: an older store is not migrated here), and
+ * hsmctl killed in between leaves the backup to be recorded by the next
+ * offline command or the node's start.
  */
 static int create_offline(const char *cmd, const backup_opts *o)
 {
@@ -173,8 +177,13 @@ static int create_offline(const char *cmd, const backup_opts *o)
 	host[strcspn(host, ".")] = '\0';
 	hsm_log_set_level(HSM_LOG_WARN);
 	hsmctl_local l;
-	if (hsm_failed(hsmctl_local_inspect(o->data_dir, o->n_shares, o->shares, &l)))
+	if (hsm_failed(hsmctl_local_inspect_noting(o->data_dir, o->n_shares, o->shares, &l)))
 		return hsmctl_fail(cmd);
+	if (l.outbox != NULL && hsm_failed(hsm_store_outbox_note(l.store))) {
+		int failed = hsmctl_fail("backup create: committing its audit outbox row");
+		hsmctl_local_close(&l);
+		return failed;
+	}
 	hsm_backup_request req = {.store = l.store,
 	                          .ks = l.ks,
 	                          .dir = o->dir != NULL ? o->dir : dir,

@@ -346,7 +346,7 @@ const char *hsmctl_store_location(const char *data_dir)
 	return shared != NULL && shared[0] != '\0' ? shared : data_dir;
 }
 
-static hsm_result local_open(const char *data_dir, bool inspect, size_t n_shares,
+static hsm_result local_open(const char *data_dir, bool inspect, bool noting, size_t n_shares,
                              char *const shares[], const char *adopted, hsmctl_local *out)
 {
 	hsm_result res = HSM_SUCCESS;
@@ -380,7 +380,9 @@ static hsm_result local_open(const char *data_dir, bool inspect, size_t n_shares
 	}
 	hsm_kms_config cfg = {.region = "us-east-1", .account_id = "111122223333"};
 	HSM_TRY(hsm_kms_new(l.store, l.ks, &cfg, &l.kms));
-	if (!inspect)
+	/* A read-only command's outbox needs the store's current schema: it is not migrated. */
+	if (!inspect || (noting && hsm_store_schema_version(l.store) ==
+	                               hsm_store_schema_latest(l.store)))
 		HSM_TRY(outbox_open(&l, data_dir, adopted));
 	*out = l;
 	memset(&l, 0, sizeof(l));
@@ -392,19 +394,25 @@ out:
 hsm_result hsmctl_local_open(const char *data_dir, size_t n_shares, char *const shares[],
                              hsmctl_local *out)
 {
-	return local_open(data_dir, false, n_shares, shares, NULL, out);
+	return local_open(data_dir, false, false, n_shares, shares, NULL, out);
 }
 
 hsm_result hsmctl_local_open_adopting(const char *data_dir, size_t n_shares, char *const shares[],
                                       const char *request_id, hsmctl_local *out)
 {
-	return local_open(data_dir, false, n_shares, shares, request_id, out);
+	return local_open(data_dir, false, false, n_shares, shares, request_id, out);
 }
 
 hsm_result hsmctl_local_inspect(const char *data_dir, size_t n_shares, char *const shares[],
                                 hsmctl_local *out)
 {
-	return local_open(data_dir, true, n_shares, shares, NULL, out);
+	return local_open(data_dir, true, false, n_shares, shares, NULL, out);
+}
+
+hsm_result hsmctl_local_inspect_noting(const char *data_dir, size_t n_shares,
+                                       char *const shares[], hsmctl_local *out)
+{
+	return local_open(data_dir, true, true, n_shares, shares, NULL, out);
 }
 
 void hsmctl_local_close(hsmctl_local *l)

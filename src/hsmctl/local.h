@@ -46,6 +46,15 @@ hsm_result hsmctl_local_open(const char *data_dir, size_t n_shares, char *const 
  */
 hsm_result hsmctl_local_inspect(const char *data_dir, size_t n_shares, char *const shares[],
                                 hsmctl_local *out) HSM_MUST_CHECK;
+/*
+ * hsmctl_local_inspect for a command that changes files, not the store
+ * (backup create): when the store's schema is this build's (l->outbox is
+ * then set), the audit outbox works as for hsmctl_local_open, so the
+ * command can commit its row (hsm_store_outbox_note) before it writes its
+ * files.  An older store is still opened as it is, without one.
+ */
+hsm_result hsmctl_local_inspect_noting(const char *data_dir, size_t n_shares,
+                                       char *const shares[], hsmctl_local *out) HSM_MUST_CHECK;
 void hsmctl_local_close(hsmctl_local *l);
 
 /*

@@ -730,3 +730,36 @@ def test_a_requested_backup_killed_before_its_event_is_recorded_as_its_request()
         assert rec["extra"]["request_access_key"] == DEV_AKID, rec
     finally:
         server.cleanup()
+
+
+def test_an_offline_backup_carries_its_request_id_and_leaves_no_row(offline_store, tmp_path):
+    data, quorum = offline_store
+    p = offline_hsmctl("backup", "create", "--data-dir", data, *quorum,
+                       "--dir", str(tmp_path / "backups"))
+    assert p.returncode == 0, p.stderr
+    assert offline_rows(data) == []
+    (rec,) = [r for r in audit_records(data) if r.get("op") == "Backup"]
+    assert rec["extra"]["trigger"] == "offline" and rec.get("request_id"), rec
+
+
+@pytest.mark.skipif(not GDB, reason="killing hsmctl between a backup and its record needs gdb")
+def test_an_offline_backup_killed_before_its_record_is_recorded_next_time(offline_store,
+                                                                          tmp_path):
+    data, quorum = offline_store
+    backups = tmp_path / "backups"
+    offline_killed_at('hsmctl_local_audit_fields if $_streq(operation, "Backup")',
+                      "backup", "create", "--data-dir", data, *quorum, "--dir", str(backups))
+    # The file was written, its record not; the row says a backup was under way.
+    assert [f for f in os.listdir(backups) if f.endswith(".hsmbak")]
+    assert not [r for r in audit_records(data) if r.get("op") == "Backup"]
+    (row,) = offline_rows(data)
+    assert row[2:] == ("hsmctl backup create", f"local:uid={os.getuid()}", "hsmctl"), row
+    p = offline_hsmctl("backup", "create", "--data-dir", data, *quorum, "--dir", str(backups))
+    assert p.returncode == 0, p.stderr
+    assert "1 offline change(s) an earlier hsmctl made without a record" in p.stderr, p.stderr
+    assert offline_rows(data) == []
+    (rec,) = recovered(data)
+    assert rec["request_id"] == row[1], rec
+    assert rec["extra"]["request_op"] == "hsmctl backup create", rec
+    p = verify(data)
+    assert p.returncode == 0, p.stdout + p.stderr
