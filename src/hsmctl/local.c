@@ -212,6 +212,12 @@ static const char *why_lost(const hsm_outbox_row *row, void *arg)
 	return "hsmctl stopped before writing it (or its trail failed it)";
 }
 
+/* Rows to settle: all but the adopted one (outbox_open), this command's own change. */
+static bool not_adopted(const char *request_id, void *adopted)
+{
+	return strcmp(request_id, adopted) != 0;
+}
+
 /*
  * The rows earlier offline commands on data_dir left (hsmctl stopped between
  * a change and its record): a record in place of each the trail does not
@@ -220,11 +226,6 @@ static const char *why_lost(const hsm_outbox_row *row, void *arg)
  * meanwhile is found then, and a trail that cannot be written fails this
  * command's own records anyway.
  */
-static bool not_adopted(const char *request_id, void *adopted)
-{
-	return strcmp(request_id, adopted) != 0;
-}
-
 static void outbox_settle(hsmctl_local *l, hsmctl_outbox *o, const char *data_dir,
                           const char *adopted)
 {
