@@ -943,7 +943,8 @@ static hsm_result render_audit_syncs(const hsm_audit_stats *as, hsm_buf *out)
 {
 	HSM_GUARD(hsm_buf_put_str(
 	    out, "# HELP hsmd_audit_sync_duration_seconds fdatasync of the audit file: every "
-	         "acknowledged record is durable within fsync_max_lag_ms of its write.\n"
+	         "acknowledged record is durable within fsync_max_lag_ms of its write (with "
+	         "audit_ack_durable, before it is acknowledged).\n"
 	         "# TYPE hsmd_audit_sync_duration_seconds histogram\n"));
 	uint64_t cumulative = 0;
 	for (size_t b = 0; b < HSM_AUDIT_SYNC_BUCKETS; b++) {
