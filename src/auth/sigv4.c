@@ -16,6 +16,7 @@
 #include "auth/sigv4_internal.h"
 #include "common/encoding.h"
 #include "common/util.h"
+#include "crypto/crypto.h"
 
 #define MSG_MISMATCH                                                                    \
 	"The request signature we calculated does not match the signature you provided. " \
@@ -407,25 +408,35 @@ out:
 	return res;
 }
 
-hsm_result hsm_sigv4_verify_scoped(const hsm_sigv4_request *req, const hsm_sigv4_auth *auth,
-                                   const hsm_sigv4_scope *scope, const hsm_secret *signing_key)
+hsm_result hsm_sigv4_verify_with(const hsm_sigv4_request *req, const hsm_sigv4_auth *auth,
+                                 const hsm_sigv4_scope *scope, hsm_keyed_hmac *mac)
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_buf creq = {0};
-	EVP_MAC_CTX *ctx = NULL;
-	uint8_t mac[HSM_SIGV4_SIG_LEN];
-	HSM_ASSERT(auth != NULL && scope != NULL && signing_key != NULL);
-	HSM_ASSERT(hsm_secret_len(signing_key) == HSM_SIGV4_KEY_LEN);
+	char sts[HSM_SIGV4_STS_MAX];
+	size_t n = 0;
+	uint8_t sig[HSM_SHA256_LEN];
+	HSM_ASSERT(auth != NULL && scope != NULL && mac != NULL);
 	HSM_TRY(hsm_sigv4_build_canonical(req, auth->signed_headers, scope->payload_hex, &creq));
-	HSM_TRY(hsm_sigv4_mac_new(signing_key, &ctx));
-	HSM_TRY(hsm_sigv4_compute(&creq, scope->amz_date, auth->date, auth->region, auth->service,
-	                          ctx, mac));
-	HSM_CHECK(hsm_ct_equal(mac, auth->signature, HSM_SIGV4_SIG_LEN), HSM_ERR_BAD_SIGNATURE,
+	HSM_TRY(hsm_sigv4_string_to_sign(&creq, scope->amz_date, auth->date, auth->region,
+	                                 auth->service, sts, &n));
+	HSM_TRY(hsm_keyed_hmac_of(mac, sts, n, sig));
+	HSM_CHECK(hsm_ct_equal(sig, auth->signature, HSM_SIGV4_SIG_LEN), HSM_ERR_BAD_SIGNATURE,
 	          MSG_MISMATCH);
 out:
-	OPENSSL_cleanse(mac, sizeof(mac));
-	EVP_MAC_CTX_free(ctx);
+	OPENSSL_cleanse(sig, sizeof(sig));
 	hsm_buf_free(&creq);
+	return res;
+}
+
+hsm_result hsm_sigv4_verify_scoped(const hsm_sigv4_request *req, const hsm_sigv4_auth *auth,
+                                   const hsm_sigv4_scope *scope, const hsm_secret *signing_key)
+{
+	hsm_keyed_hmac *mac = NULL;
+	HSM_ASSERT(signing_key != NULL && hsm_secret_len(signing_key) == HSM_SIGV4_KEY_LEN);
+	HSM_GUARD(hsm_keyed_hmac_new(hsm_secret_bytes(signing_key), HSM_SIGV4_KEY_LEN, &mac));
+	hsm_result res = hsm_sigv4_verify_with(req, auth, scope, mac);
+	hsm_keyed_hmac_free(mac);
 	return res;
 }
 

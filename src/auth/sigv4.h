@@ -172,6 +172,15 @@ hsm_result hsm_sigv4_verify(const hsm_sigv4_config *cfg, const hsm_sigv4_request
 hsm_result hsm_sigv4_verify_scoped(const hsm_sigv4_request *req, const hsm_sigv4_auth *auth,
                                    const hsm_sigv4_scope *scope,
                                    const hsm_secret *signing_key) HSM_MUST_CHECK;
+struct hsm_keyed_hmac; /* crypto/crypto.h */
+/*
+ * hsm_sigv4_verify_scoped with the signing key as a keyed HMAC (a pool's
+ * loan, kept by a caller that verifies many requests under one key); mac is
+ * spent, not freed.
+ */
+hsm_result hsm_sigv4_verify_with(const hsm_sigv4_request *req, const hsm_sigv4_auth *auth,
+                                 const hsm_sigv4_scope *scope,
+                                 struct hsm_keyed_hmac *mac) HSM_MUST_CHECK;
 
 /* The failure for an access key id the caller does not know (UnrecognizedClientException). */
 hsm_result hsm_sigv4_unknown_key(const hsm_sigv4_auth *auth) HSM_MUST_CHECK;

@@ -59,9 +59,20 @@ hsm_result hsm_sigv4_hmac(const uint8_t *key, size_t key_len, const void *msg, s
  */
 hsm_result hsm_sigv4_mac_new(const hsm_secret *key, EVP_MAC_CTX **out) HSM_MUST_CHECK;
 
+/* Bounded by the lengths parse and sign enforce on each field. */
+#define HSM_SIGV4_STS_MAX                                                                  \
+	(sizeof(HSM_SIGV4_ALGORITHM) + HSM_SIGV4_AMZ_DATE_LEN + HSM_SIGV4_DATE_LEN +           \
+	 HSM_SIGV4_REGION_MAX + HSM_SIGV4_SERVICE_MAX + sizeof(HSM_SIGV4_TERMINATOR) +         \
+	 HSM_SIGV4_HEX_HASH_LEN + 16)
+
+/* The string to sign for a canonical request, from amz_date and the scope, into sts[0..*len). */
+hsm_result hsm_sigv4_string_to_sign(const hsm_buf *canonical, const char *amz_date,
+                                    const char *date, const char *region, const char *service,
+                                    char sts[HSM_SIGV4_STS_MAX], size_t *len) HSM_MUST_CHECK;
+
 /*
  * Computes the signature for a canonical request: builds the string to sign
- * from amz_date and the scope and MACs it with mac (from hsm_sigv4_mac_new).
+ * and MACs it with mac (from hsm_sigv4_mac_new).
  */
 hsm_result hsm_sigv4_compute(const hsm_buf *canonical, const char *amz_date, const char *date,
                              const char *region, const char *service, EVP_MAC_CTX *mac,

@@ -99,26 +99,32 @@ hsm_result hsm_sigv4_mac_new(const hsm_secret *key, EVP_MAC_CTX **out)
 	return HSM_SUCCESS;
 }
 
-/* AWS IAM User Guide, "Create a signed AWS API request", steps 2 and 4. */
-hsm_result hsm_sigv4_compute(const hsm_buf *canonical, const char *amz_date, const char *date,
-                             const char *region, const char *service, EVP_MAC_CTX *mac,
-                             uint8_t out[HSM_SIGV4_SIG_LEN])
+/* AWS IAM User Guide, "Create a signed AWS API request", steps 2 and 3. */
+hsm_result hsm_sigv4_string_to_sign(const hsm_buf *canonical, const char *amz_date,
+                                    const char *date, const char *region, const char *service,
+                                    char sts[HSM_SIGV4_STS_MAX], size_t *len)
 {
 	char creq_hex[HSM_SIGV4_HEX_HASH_LEN + 1];
-	/* Bounded by the lengths parse and sign enforce on each field. */
-	char sts[sizeof(HSM_SIGV4_ALGORITHM) + HSM_SIGV4_AMZ_DATE_LEN + HSM_SIGV4_DATE_LEN +
-	         HSM_SIGV4_REGION_MAX + HSM_SIGV4_SERVICE_MAX + sizeof(HSM_SIGV4_TERMINATOR) +
-	         HSM_SIGV4_HEX_HASH_LEN + 16];
-	size_t out_len = 0;
 	HSM_GUARD(hsm_sigv4_sha256_hex(canonical->data, canonical->len, creq_hex));
 	hsm_sb b;
-	hsm_sb_init(&b, sts, sizeof(sts));
+	hsm_sb_init(&b, sts, HSM_SIGV4_STS_MAX);
 	const char *parts[] = {HSM_SIGV4_ALGORITHM, "\n", amz_date, "\n", date, "/", region, "/",
 	                       service, "/", HSM_SIGV4_TERMINATOR, "\n", creq_hex};
 	for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
 		hsm_sb_add(&b, parts[i]);
 	HSM_ENSURE(!b.cut, HSM_ERR_INTERNAL, "string to sign too long");
-	size_t n = b.len;
+	*len = b.len;
+	return HSM_SUCCESS;
+}
+
+/* Step 4: the string to sign's HMAC under the signing key mac holds. */
+hsm_result hsm_sigv4_compute(const hsm_buf *canonical, const char *amz_date, const char *date,
+                             const char *region, const char *service, EVP_MAC_CTX *mac,
+                             uint8_t out[HSM_SIGV4_SIG_LEN])
+{
+	char sts[HSM_SIGV4_STS_MAX];
+	size_t n = 0, out_len = 0;
+	HSM_GUARD(hsm_sigv4_string_to_sign(canonical, amz_date, date, region, service, sts, &n));
 	/* A NULL key restarts the MAC with the key the context already holds. */
 	HSM_ENSURE(EVP_MAC_init(mac, NULL, 0, NULL) == 1 && EVP_MAC_update(mac, (const uint8_t *)sts, n) == 1 &&
 	               EVP_MAC_final(mac, out, &out_len, HSM_SIGV4_SIG_LEN) == 1 &&

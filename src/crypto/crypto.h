@@ -262,8 +262,24 @@ hsm_result hsm_keyed_hmac_new(const uint8_t *key, size_t key_len,
                               hsm_keyed_hmac **out) HSM_MUST_CHECK;
 hsm_result hsm_keyed_hmac_of(hsm_keyed_hmac *h, const void *msg, size_t msg_len,
                              uint8_t out[HSM_SHA256_LEN]) HSM_MUST_CHECK;
-/* Wipes and frees.  NULL is a no-op. */
+/* Wipes and frees, or gives a pool's back to it.  NULL is a no-op. */
 void hsm_keyed_hmac_free(hsm_keyed_hmac *h);
+/*
+ * Keyed HMAC-SHA256 states for one key used by many threads on every
+ * request (a SigV4 signing key, the audit trail's hash key): a context is
+ * lent, restarted from the key's pads and given back, instead of being made
+ * and keyed for each use.  Safe to share between threads.  The pool holds the
+ * keyed state outside the secure heap until its last reference goes: its
+ * owner's (hsm_hmac_pool_free) and each loan's.
+ */
+typedef struct hsm_hmac_pool hsm_hmac_pool;
+hsm_result hsm_hmac_pool_new(const uint8_t *key, size_t key_len,
+                             hsm_hmac_pool **out) HSM_MUST_CHECK;
+/* A keyed HMAC lent by p (or, when every pooled one is out, a new one of the
+ * caller's); hsm_keyed_hmac_free gives it back.  It keeps p alive until then. */
+hsm_result hsm_hmac_pool_take(hsm_hmac_pool *p, hsm_keyed_hmac **out) HSM_MUST_CHECK;
+/* Drops the owner's reference; the states are wiped once no loan is out.  NULL: no-op. */
+void hsm_hmac_pool_free(hsm_hmac_pool *p);
 /*
  * HKDF-SHA256 (RFC 5869) into a new secret of out_len bytes (1..8160); info
  * is the NUL-terminated label that separates purposes, salt may be empty.

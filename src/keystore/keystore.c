@@ -645,10 +645,9 @@ hsm_result hsm_ks_audit_sign(hsm_keystore *ks, const uint8_t *msg, size_t len, h
 hsm_result hsm_ks_audit_hasher(hsm_keystore *ks, hsm_keyed_hmac **out)
 {
 	pthread_rwlock_rdlock(&ks->keys_lock);
-	hsm_result r = ks->keys.audit_hash == NULL
+	hsm_result r = ks->keys.audit_hash_macs == NULL
 	                   ? ks_require_unsealed(ks)
-	                   : hsm_keyed_hmac_new(hsm_secret_bytes(ks->keys.audit_hash),
-	                                         hsm_secret_len(ks->keys.audit_hash), out);
+	                   : hsm_hmac_pool_take(ks->keys.audit_hash_macs, out);
 	pthread_rwlock_unlock(&ks->keys_lock);
 	return r;
 }

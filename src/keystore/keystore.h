@@ -408,8 +408,9 @@ hsm_result hsm_ks_audit_sign(hsm_keystore *ks, const uint8_t *msg, size_t len,
                              hsm_buf *sig) HSM_MUST_CHECK;
 /*
  * The keyed hash of the audit trail (HMAC-SHA256 under the audit-hash key)
- * ready for several values of one record: keyed once, freed with
- * hsm_keyed_hmac_free before the record is submitted.
+ * ready for several values of one record: lent by the unsealed keystore's
+ * pool, given back with hsm_keyed_hmac_free before the record is submitted
+ * (a seal meanwhile wipes it once it is back).
  */
 hsm_result hsm_ks_audit_hasher(hsm_keystore *ks, hsm_keyed_hmac **out) HSM_MUST_CHECK;
 /* Keyed hash (HMAC-SHA256, hex) of a value for the audit trail. */

@@ -38,6 +38,7 @@ typedef struct ks_keys {
 	hsm_secret *principal; /* wraps access-key secrets */
 	hsm_secret *audit;     /* wraps the audit signing key */
 	hsm_secret *audit_hash;/* keys the audit trail's hashes of sensitive values */
+	hsm_hmac_pool *audit_hash_macs; /* audit_hash keyed, lent to each record's hashing */
 	hsm_secret *backup;    /* derives each backup file's key (backup.c) */
 	hsm_secret *import_token;  /* seals import tokens (import_wrap.c) */
 	hsm_secret *import_digest; /* keys the digests that identify imported material */

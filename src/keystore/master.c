@@ -83,6 +83,7 @@ void ks_keys_wipe(ks_keys *k)
 	hsm_secret_free(k->principal);
 	hsm_secret_free(k->audit);
 	hsm_secret_free(k->audit_hash);
+	hsm_hmac_pool_free(k->audit_hash_macs); /* wiped once the last loan is back */
 	hsm_secret_free(k->backup);
 	hsm_secret_free(k->import_token);
 	hsm_secret_free(k->import_digest);
@@ -104,6 +105,8 @@ hsm_result ks_derive_all(const hsm_secret *dmk, const char *store_id, ks_keys *k
 	HSM_TRY(derive(dmk, store_id, LABEL_PRINCIPAL, HSM_AES_KEY_LEN, &t.principal));
 	HSM_TRY(derive(dmk, store_id, LABEL_AUDIT, HSM_AES_KEY_LEN, &t.audit));
 	HSM_TRY(derive(dmk, store_id, LABEL_AUDIT_HASH, HSM_SHA256_LEN, &t.audit_hash));
+	HSM_TRY(hsm_hmac_pool_new(hsm_secret_bytes(t.audit_hash), hsm_secret_len(t.audit_hash),
+	                          &t.audit_hash_macs));
 	HSM_TRY(derive(dmk, store_id, LABEL_BACKUP, HSM_SHA256_LEN, &t.backup));
 	HSM_TRY(derive(dmk, store_id, LABEL_IMPORT_TOKEN, HSM_AES_KEY_LEN, &t.import_token));
 	HSM_TRY(derive(dmk, store_id, LABEL_IMPORT_DIGEST, HSM_SHA256_LEN, &t.import_digest));

@@ -2,7 +2,8 @@
  * auth.c - SigV4 authentication of API requests and the lockout rule.
  *
  * Verified credentials are cached per (access key id, signing date): the
- * derived SigV4 signing key and a snapshot of the user.  A hit costs one
+ * derived SigV4 signing key, as a pool of HMAC states keyed with it, and a
+ * snapshot of the user.  A hit costs one
  * map lookup, so authentication adds two SHA-256 and one HMAC to a request.
  * The cache is flushed on seal and on any principal change made here, and
  * entries expire after CRED_TTL_MS (on the monotonic clock: a wall clock
@@ -24,8 +25,8 @@
 typedef struct cred {
 	atomic_int refs;
 	hsm_user_record user;
-	hsm_secret *signing_key;
-	uint64_t loaded_ns; /* hsm_mono_ns() */
+	hsm_hmac_pool *signing_key; /* the derived SigV4 key, keyed, lent to each verification */
+	uint64_t loaded_ns;         /* hsm_mono_ns() */
 } cred;
 
 static void *cred_ref(void *p)
@@ -40,7 +41,7 @@ static void cred_unref(void *p)
 	cred *c = p;
 	if (c == NULL || atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
 		return;
-	hsm_secret_free(c->signing_key);
+	hsm_hmac_pool_free(c->signing_key);
 	free(c);
 }
 
@@ -105,7 +106,7 @@ static hsm_result view_of(hsm_http_req *req, sig_view *v)
 static hsm_result load_cred(hsm_server *s, const hsm_sigv4_auth *a, const char *key, cred **out)
 {
 	hsm_result res = HSM_SUCCESS;
-	hsm_secret *secret = NULL;
+	hsm_secret *secret = NULL, *signing_key = NULL;
 	cred *c = calloc(1, sizeof(*c));
 	HSM_ENSURE(c != NULL, HSM_ERR_NOMEM, "out of memory");
 	atomic_init(&c->refs, 1);
@@ -118,13 +119,16 @@ static hsm_result load_cred(hsm_server *s, const hsm_sigv4_auth *a, const char *
 		res = hsm_sigv4_unknown_key(a);
 	if (hsm_failed(res))
 		goto out;
-	HSM_TRY(hsm_sigv4_signing_key(secret, a->date, a->region, a->service, &c->signing_key));
+	HSM_TRY(hsm_sigv4_signing_key(secret, a->date, a->region, a->service, &signing_key));
+	HSM_TRY(hsm_hmac_pool_new(hsm_secret_bytes(signing_key), hsm_secret_len(signing_key),
+	                          &c->signing_key));
 	if (atomic_load(&s->creds_flushed) == flushes)
 		HSM_TRY(hsm_shmap_put(s->creds, key, c));
 	*out = c;
 	c = NULL;
 out:
 	hsm_secret_free(secret);
+	hsm_secret_free(signing_key);
 	cred_unref(c);
 	return res;
 }
@@ -235,7 +239,11 @@ hsm_result hsm_server_authenticate(hsm_server *s, hsm_http_req *req, hsm_auth_re
 	HSM_TRY(hsm_sigv4_check_scope(&s->sigv4, &v.r, &a, now, &scope));
 	HSM_TRY(find_cred(s, &a, &c));
 	out->key_found = true;
-	res = hsm_sigv4_verify_scoped(&v.r, &a, &scope, c->signing_key);
+	hsm_keyed_hmac *mac = NULL;
+	res = hsm_hmac_pool_take(c->signing_key, &mac);
+	if (hsm_ok(res))
+		res = hsm_sigv4_verify_with(&v.r, &a, &scope, mac);
+	hsm_keyed_hmac_free(mac);
 	if (res.err == HSM_ERR_BAD_SIGNATURE) {
 		out->counted_failure = !c->user.disabled && !c->user.locked;
 		if (out->counted_failure)

@@ -1,3 +1,4 @@
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -107,6 +108,95 @@ static void test_keyed_hmac_matches_one_shot(void **state)
 	hsm_keyed_hmac_free(NULL);
 }
 
+/* A pool's loans, taken together past its slots, given back and taken again, all MAC right. */
+static void test_hmac_pool_loans(void **state)
+{
+	(void)state;
+	uint8_t key[32], msg_[200];
+	memset(key, 0x5c, sizeof(key));
+	for (size_t i = 0; i < sizeof(msg_); i++)
+		msg_[i] = (uint8_t)(i * 13);
+	hsm_hmac_pool *p = NULL;
+	assert_succeeds(hsm_hmac_pool_new(key, sizeof(key), &p));
+	enum { N = 20 }; /* more than the pool's slots: the rest are the borrowers' own */
+	hsm_keyed_hmac *h[N];
+	for (int round = 0; round < 3; round++) {
+		for (size_t i = 0; i < N; i++)
+			assert_succeeds(hsm_hmac_pool_take(p, &h[i]));
+		for (size_t i = 0; i < N; i++) {
+			for (size_t m = 0; m < 3; m++) { /* a loan MACs several values, as a record does */
+				size_t n = (i * 17 + m * 61 + (size_t)round) % sizeof(msg_);
+				uint8_t got[HSM_SHA256_LEN], want[HSM_SHA256_LEN];
+				assert_succeeds(hsm_keyed_hmac_of(h[i], msg_, n, got));
+				assert_succeeds(hsm_hmac_sha256(key, sizeof(key), msg_, n, want));
+				assert_memory_equal(got, want, sizeof(want));
+			}
+		}
+		/* Given back unspent as well as spent: the next loan starts from the key. */
+		for (size_t i = 0; i < N; i++)
+			hsm_keyed_hmac_free(h[i]);
+		assert_succeeds(hsm_hmac_pool_take(p, &h[0]));
+		hsm_keyed_hmac_free(h[0]);
+	}
+	/* The owner lets go while a loan is out: the loan still works, then the pool goes. */
+	assert_succeeds(hsm_hmac_pool_take(p, &h[0]));
+	hsm_hmac_pool_free(p);
+	uint8_t got[HSM_SHA256_LEN], want[HSM_SHA256_LEN];
+	assert_succeeds(hsm_keyed_hmac_of(h[0], msg_, 5, got));
+	assert_succeeds(hsm_hmac_sha256(key, sizeof(key), msg_, 5, want));
+	assert_memory_equal(got, want, sizeof(want));
+	hsm_keyed_hmac_free(h[0]);
+	hsm_hmac_pool_free(NULL);
+}
+
+typedef struct pool_worker {
+	hsm_hmac_pool *pool;
+	unsigned seed;
+	int wrong;
+} pool_worker;
+
+static void *pool_hammer(void *arg)
+{
+	pool_worker *w = arg;
+	uint8_t key[32], m[64];
+	memset(key, 0x5c, sizeof(key));
+	for (int i = 0; i < 2000; i++) {
+		size_t n = (size_t)((w->seed + (unsigned)i * 7U) % sizeof(m));
+		memset(m, (int)(w->seed + (unsigned)i), sizeof(m));
+		hsm_keyed_hmac *h = NULL;
+		uint8_t got[HSM_SHA256_LEN], want[HSM_SHA256_LEN];
+		if (hsm_failed(hsm_hmac_pool_take(w->pool, &h)) ||
+		    hsm_failed(hsm_keyed_hmac_of(h, m, n, got)) ||
+		    hsm_failed(hsm_hmac_sha256(key, sizeof(key), m, n, want)) ||
+		    memcmp(got, want, sizeof(want)) != 0)
+			w->wrong++;
+		hsm_keyed_hmac_free(h);
+	}
+	return NULL;
+}
+
+/* Threads borrowing at once never share a context: every MAC is right. */
+static void test_hmac_pool_threads(void **state)
+{
+	(void)state;
+	uint8_t key[32];
+	memset(key, 0x5c, sizeof(key));
+	hsm_hmac_pool *p = NULL;
+	assert_succeeds(hsm_hmac_pool_new(key, sizeof(key), &p));
+	enum { T = 12 }; /* more threads than slots */
+	pthread_t th[T];
+	pool_worker w[T];
+	for (unsigned i = 0; i < T; i++) {
+		w[i] = (pool_worker){p, i * 101U, 0};
+		assert_int_equal(pthread_create(&th[i], NULL, pool_hammer, &w[i]), 0);
+	}
+	for (unsigned i = 0; i < T; i++) {
+		assert_int_equal(pthread_join(th[i], NULL), 0);
+		assert_int_equal(w[i].wrong, 0);
+	}
+	hsm_hmac_pool_free(p);
+}
+
 static void test_every_hmac_spec(void **state)
 {
 	(void)state;
@@ -139,6 +229,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_hmac_sha256_rfc4231),
 	    cmocka_unit_test(test_keyed_hmac_matches_one_shot),
+	    cmocka_unit_test(test_hmac_pool_loans),
+	    cmocka_unit_test(test_hmac_pool_threads),
 	    cmocka_unit_test(test_every_hmac_spec),
 	    cmocka_unit_test(test_wrong_key_or_algorithm),
 	};
