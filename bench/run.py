@@ -32,10 +32,14 @@ def parse_args():
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     p.add_argument("--quick", action="store_true", help="short runs, for trying things out")
     p.add_argument("--connections", type=int, default=32)
-    p.add_argument("--only", action="append", help="operation ids to run (default: all)")
+    p.add_argument("--only", action="append",
+                   help="operation ids to run, repeated or comma-separated (default: all)")
     p.add_argument("--wait-quiet", type=int, default=300,
                    help="seconds to wait at most for other work on the machine to stop")
-    return p.parse_args()
+    args = p.parse_args()
+    if args.only:
+        args.only = [i for arg in args.only for i in arg.split(",") if i]
+    return args
 
 
 def api_phase(lg, node, ops, d, results, key, with_rate, rate_of=None, passes=1):
@@ -140,6 +144,10 @@ def main():
         node = hb.Node(os.path.join(build, "hsmd"), os.path.join(work, "data")).start()
         try:
             ops = hb.api_ops(node.kms(), hb.create_keys(node.kms()))
+            unknown = sorted(set(only or []) - {o.ident for o in ops})
+            if unknown:
+                raise SystemExit(f"unknown operation ids {unknown}; known: "
+                                 f"{', '.join(o.ident for o in ops)}")
             ops = [o for o in ops if not only or o.ident in only]
             hb.log(f"hsmd over HTTP ({len(ops)} operations)")
             api_phase(lg, node, ops, d, results, "hsmd", lambda op: True, passes=d["passes"])
