@@ -571,6 +571,20 @@ static void test_hex(void **state)
 	assert_int_equal(str[2 * sizeof(all) + 1], 'x');
 	hsm_hex_encode_str(str, all, 0);
 	assert_string_equal(str, "");
+	/* Against printf's digits, at every length to 9 and every offset, so both
+	 * the four-byte steps and the tail are checked. */
+	for (size_t off = 0; off < sizeof(all) - 9; off++) {
+		for (size_t n = 1; n <= 9; n++) {
+			char want[19];
+			for (size_t i = 0; i < n; i++)
+				snprintf(want + 2 * i, 3, "%02x", all[(off * 37 + i * 101) % 256]);
+			uint8_t src[9];
+			for (size_t i = 0; i < n; i++)
+				src[i] = all[(off * 37 + i * 101) % 256];
+			hsm_hex_encode_str(str, src, n);
+			assert_string_equal(str, want);
+		}
+	}
 	hsm_buf_free(&enc);
 	hsm_buf_free(&dec);
 }
@@ -788,6 +802,48 @@ static int probe_encode(const codec *c)
 	return 0;
 }
 
+/* Hex of secret bytes, both ways, at lengths covering the four-byte steps and the tail. */
+static int probe_hex(void)
+{
+	static uint8_t raw[70];
+	static char text[2 * sizeof(raw) + 1];
+	for (size_t n = 0; n <= sizeof(raw); n += n < 20 ? 1 : 25) {
+		rng_fill(raw, n);
+		char want[2 * sizeof(raw) + 1] = "";
+		for (size_t i = 0; i < n; i++)
+			snprintf(want + 2 * i, 3, "%02x", raw[i]);
+		VALGRIND_MAKE_MEM_UNDEFINED(raw, n);
+		hsm_hex_encode_str(text, raw, n);
+		hsm_buf enc = {0}, dec = {0};
+		int rc = hsm_ok(hsm_hex_encode(&enc, raw, n)) ? 0 : 3;
+		VALGRIND_MAKE_MEM_DEFINED(raw, n);
+		VALGRIND_MAKE_MEM_DEFINED(text, 2 * n + 1);
+		/* Decoding: the digits' low three bits secret where that keeps them digits
+		 * ('0'..'7'), as the verdict on a text's validity may show. */
+		uint8_t vbits[2 * sizeof(raw)];
+		for (size_t i = 0; i < 2 * n; i++)
+			vbits[i] = text[i] >= '0' && text[i] <= '7' ? 0x07 : 0;
+		VALGRIND_SET_VBITS(text, vbits, 2 * n);
+		if (rc == 0 && hsm_failed(hsm_hex_decode(&dec, text, 2 * n, E)))
+			rc = 3;
+		VALGRIND_MAKE_MEM_DEFINED(text, 2 * n + 1);
+		if (rc == 0) {
+			VALGRIND_MAKE_MEM_DEFINED(enc.data, enc.len);
+			VALGRIND_MAKE_MEM_DEFINED(dec.data, dec.len);
+			rc = strcmp(text, want) == 0 && enc.len == 2 * n &&
+			             (n == 0 || memcmp(enc.data, want, 2 * n) == 0) && dec.len == n &&
+			             (n == 0 || memcmp(dec.data, raw, n) == 0)
+			         ? 0
+			         : 5;
+		}
+		hsm_buf_free(&enc);
+		hsm_buf_free(&dec);
+		if (rc != 0)
+			return rc;
+	}
+	return 0;
+}
+
 /* Runs inside valgrind: the test binary re-executes itself with a mode argument. */
 static int ct_probe_main(const char *mode)
 {
@@ -802,7 +858,7 @@ static int ct_probe_main(const char *mode)
 			if (rc != 0)
 				return rc;
 		}
-		return 0;
+		return probe_hex();
 	}
 	size_t n = secret_text(&CODECS[0], 64, s);
 	if (strcmp(mode, "--ct-probe-leaky-table") == 0) {
