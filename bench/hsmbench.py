@@ -262,6 +262,12 @@ def create_keys(kms):
             for name, (s, u) in specs.items()}
 
 
+# The operation ids, in api_ops' order: known before a node runs, so that a
+# benchmark can refuse an unknown id before its first phase.
+OP_IDS = ("sign-rsa2048", "sign-rsa4096", "sign-p256", "sign-ed25519", "verify-rsa2048",
+          "encrypt-64", "encrypt-4k", "decrypt-64", "decrypt-4k", "gdk", "mac")
+
+
 def api_ops(kms, keys):
     """Bodies for every operation; calls each once through boto3 to check it works."""
     msg = os.urandom(MSG_LEN)
@@ -304,6 +310,7 @@ def api_ops(kms, keys):
     ops.append(Op("mac", "GenerateMac", "GenerateMac",
                   {"KeyId": "@KEY@", "Message": b64(msg), "MacAlgorithm": "HMAC_SHA_256"},
                   [keys["hmac"]]))
+    assert tuple(o.ident for o in ops) == OP_IDS, "OP_IDS is out of step with api_ops"
     return ops
 
 

@@ -35,7 +35,7 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--build", default="build-bench")
     p.add_argument("--hsmd", help="hsmd binary to count (default: the build's)")
-    p.add_argument("--op", action="append", help="operation ids (default encrypt-64, "
+    p.add_argument("--op", action="append", choices=hb.OP_IDS, help="operation ids (default encrypt-64, "
                    "encrypt-4k, sign-p256)")
     p.add_argument("--requests", type=int, default=1000)
     return p.parse_args()

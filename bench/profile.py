@@ -59,7 +59,8 @@ STAGES = [
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--build", default="build-bench")
-    p.add_argument("--op", action="append", help="operation ids (default encrypt-64, sign-rsa2048)")
+    p.add_argument("--op", action="append", choices=hb.OP_IDS,
+                   help="operation ids (default encrypt-64, sign-rsa2048)")
     p.add_argument("--seconds", type=int, default=5)
     p.add_argument("--connections", type=int, default=32)
     return p.parse_args()

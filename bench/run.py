@@ -39,6 +39,9 @@ def parse_args():
     args = p.parse_args()
     if args.only:
         args.only = [i for arg in args.only for i in arg.split(",") if i]
+        unknown = sorted(set(args.only) - set(hb.OP_IDS))
+        if unknown:
+            p.error(f"unknown operation ids {unknown}; known: {', '.join(hb.OP_IDS)}")
     return args
 
 
@@ -144,10 +147,6 @@ def main():
         node = hb.Node(os.path.join(build, "hsmd"), os.path.join(work, "data")).start()
         try:
             ops = hb.api_ops(node.kms(), hb.create_keys(node.kms()))
-            unknown = sorted(set(only or []) - {o.ident for o in ops})
-            if unknown:
-                raise SystemExit(f"unknown operation ids {unknown}; known: "
-                                 f"{', '.join(o.ident for o in ops)}")
             ops = [o for o in ops if not only or o.ident in only]
             hb.log(f"hsmd over HTTP ({len(ops)} operations)")
             api_phase(lg, node, ops, d, results, "hsmd", lambda op: True, passes=d["passes"])
