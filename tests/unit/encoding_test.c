@@ -575,12 +575,12 @@ static void test_hex(void **state)
 	 * the four-byte steps and the tail are checked. */
 	for (size_t off = 0; off < sizeof(all) - 9; off++) {
 		for (size_t n = 1; n <= 9; n++) {
-			char want[19];
-			for (size_t i = 0; i < n; i++)
-				snprintf(want + 2 * i, 3, "%02x", all[(off * 37 + i * 101) % 256]);
 			uint8_t src[9];
-			for (size_t i = 0; i < n; i++)
+			char want[19];
+			for (size_t i = 0; i < n; i++) {
 				src[i] = all[(off * 37 + i * 101) % 256];
+				snprintf(want + 2 * i, 3, "%02x", src[i]);
+			}
 			hsm_hex_encode_str(str, src, n);
 			assert_string_equal(str, want);
 		}
