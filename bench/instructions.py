@@ -7,7 +7,7 @@ and Sign ECDSA P-256 unless --op is given) this starts hsmd under
 `valgrind --tool=callgrind`, warms it up, zeroes the counters, sends a fixed
 number of requests at a low constant rate, dumps the counters and prints the
 instructions per request, in total and in the functions that cost most
-(inclusive).  Compare two builds with --hsmd.
+(inclusive).  Compare two builds with --hsmd; --tls counts over HTTPS.
 
 Two caveats: callgrind counts user-space instructions only (not the kernel's
 TCP, epoll and futex work), and under valgrind OpenSSL runs SHA-256 without
@@ -38,6 +38,7 @@ def parse_args():
     p.add_argument("--op", action="append", choices=hb.OP_IDS, help="operation ids (default encrypt-64, "
                    "encrypt-4k, sign-p256)")
     p.add_argument("--requests", type=int, default=1000)
+    p.add_argument("--tls", action="store_true", help="over HTTPS (a throwaway certificate)")
     return p.parse_args()
 
 
@@ -59,14 +60,15 @@ def inclusive(dump):
     return total, costs
 
 
-def count_op(lg, hsmd, work, ident, n):
+def count_op(lg, hsmd, work, ident, n, tls=False):
     out = os.path.join(work, f"{ident}.callgrind")
     wrapper = os.path.join(work, "hsmd-callgrind")
     with open(wrapper, "w") as f:
         f.write(f"#!/bin/sh\nexec valgrind -q --tool=callgrind --callgrind-out-file={out} "
                 f"{hsmd} \"$@\"\n")
     os.chmod(wrapper, 0o755)
-    node = hb.Node(wrapper, os.path.join(work, f"data-{ident}")).start(timeout=300)
+    node = hb.Node(wrapper, os.path.join(work, f"data-{ident}"),
+                   tls=hb.make_tls(work) if tls else None).start(timeout=300)
     try:
         kms = node.kms(read_timeout=900)  # an RSA-4096 key made under valgrind takes minutes
         op = {o.ident: o for o in hb.api_ops(kms, hb.create_keys(kms))}[ident]
@@ -102,8 +104,9 @@ def main():
     print(f"hsmd: {hsmd}")
     for ident in args.op or ["encrypt-64", "encrypt-4k", "sign-p256"]:
         hb.log(f"counting {ident}")
-        done, total, costs = count_op(lg, hsmd, work, ident, args.requests)
-        print(f"\n## {ident}: {total / done:,.0f} instructions per request ({done} requests)")
+        done, total, costs = count_op(lg, hsmd, work, ident, args.requests, args.tls)
+        over = " over HTTPS" if args.tls else ""
+        print(f"\n## {ident}{over}: {total / done:,.0f} instructions per request ({done} requests)")
         for w in WATCH:
             if w.endswith("*"):
                 v = max((c for k, c in costs.items() if k.startswith(w[:-1])), default=0)

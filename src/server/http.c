@@ -420,6 +420,9 @@ void hsm_http_server_stats(const hsm_http_server *srv, hsm_http_stats *out)
 	out->refused_source = atomic_load_explicit(&srv->refused_source, memory_order_relaxed);
 	out->evicted = atomic_load_explicit(&srv->evicted, memory_order_relaxed);
 	out->buffered = atomic_load_explicit(&srv->buffered, memory_order_relaxed);
+	out->tls_warm = 0;
+	for (unsigned i = 0; i < srv->n_workers; i++)
+		out->tls_warm += atomic_load_explicit(&srv->workers[i].n_tls_warm, memory_order_relaxed);
 }
 
 size_t hsm_http_server_inflight(const hsm_http_server *srv)

@@ -162,6 +162,18 @@ void hsm_http_server_free(hsm_http_server *srv);
 /* The bound TCP port (useful with port 0). */
 uint16_t hsm_http_server_port(const hsm_http_server *srv);
 unsigned hsm_http_server_workers(const hsm_http_server *srv);
+/*
+ * OpenSSL's record buffers (up to 33 KiB a TLS connection) are given back
+ * whenever they empty (SSL_MODE_RELEASE_BUFFERS), which costs each request
+ * two large allocations and a wipe of the whole read buffer
+ * (SSL_OP_CLEANSE_PLAINTEXT).  Up to HSM_HTTP_TLS_WARM_MAX connections a
+ * worker keep them between requests instead, until they idle for
+ * HSM_HTTP_TLS_WARM_IDLE_MS (given back at the next sweep) or close; every
+ * other connection, and every handshake, gives them back as before.  What a
+ * request decrypted is still wiped as it is taken, by OpenSSL.
+ */
+#define HSM_HTTP_TLS_WARM_MAX 128U
+#define HSM_HTTP_TLS_WARM_IDLE_MS 1000U
 /* What the connection limits did, for /metrics. */
 typedef struct hsm_http_stats {
 	uint32_t open;             /* connections open now */
@@ -169,6 +181,7 @@ typedef struct hsm_http_stats {
 	uint64_t refused_source;   /* closed at once: their source held max_connections_per_source */
 	uint64_t evicted;          /* closed to make room for a new one at max_connections */
 	size_t buffered;           /* input buffered now, against max_buffered_bytes */
+	size_t tls_warm;           /* TLS connections keeping their record buffers (above) */
 } hsm_http_stats;
 void hsm_http_server_stats(const hsm_http_server *srv, hsm_http_stats *out);
 /* Requests handed to the handler and not yet responded to (approximate while running). */

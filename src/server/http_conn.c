@@ -187,6 +187,9 @@ void hsm_http_conn_close(hsm_http_conn *c)
 	if (c->src_counted)
 		hsm_conn_limit_give(w->srv->per_source, &c->src);
 	c->src_counted = false;
+	if (c->tls_warm)
+		atomic_fetch_sub_explicit(&w->n_tls_warm, 1, memory_order_relaxed);
+	c->tls_warm = false;
 	SSL_free(c->ssl); /* no close_notify: HTTP's framing says what was complete */
 	c->ssl = NULL;
 	if (c->fd >= 0)
@@ -427,6 +430,32 @@ static hsm_io proxy_header(hsm_http_conn *c)
 
 /* ---- writing a response -------------------------------------------------- */
 
+/* A TLS connection going idle keeps OpenSSL's buffers if a warm slot is free. */
+static void tls_idle(hsm_http_conn *c)
+{
+	hsm_http_worker *w = c->w;
+	if (c->ssl == NULL || c->tls_warm)
+		return;
+	if (atomic_load_explicit(&w->n_tls_warm, memory_order_relaxed) < HSM_HTTP_TLS_WARM_MAX) {
+		c->tls_warm = true;
+		atomic_fetch_add_explicit(&w->n_tls_warm, 1, memory_order_relaxed);
+		SSL_clear_mode(c->ssl, SSL_MODE_RELEASE_BUFFERS);
+	}
+}
+
+/* Gives an idle warm connection's buffers back, and its slot. */
+static void tls_cool(hsm_http_conn *c)
+{
+	if (!c->tls_warm)
+		return;
+	SSL_set_mode(c->ssl, SSL_MODE_RELEASE_BUFFERS);
+	/* Refused only while OpenSSL holds unread or unsent bytes: they are then
+	 * given back as they drain, under the mode just set. */
+	(void)SSL_free_buffers(c->ssl);
+	c->tls_warm = false;
+	atomic_fetch_sub_explicit(&c->w->n_tls_warm, 1, memory_order_relaxed);
+}
+
 /* The response is out: on to the next request, idling, or closing.  False when closed. */
 static bool response_done(hsm_http_conn *c)
 {
@@ -461,7 +490,8 @@ static bool response_done(hsm_http_conn *c)
 	} else {
 		c->state = CONN_IDLE;
 		c->deadline_ns = after_ms(w->srv->cfg.idle_timeout_ms);
-		hsm_http_in_release(c); /* idle connections hold no buffer */
+		hsm_http_in_release(c); /* idle connections hold no buffer of hsmd's */
+		tls_idle(c);
 	}
 	return true;
 }
@@ -636,11 +666,16 @@ void hsm_http_conn_pass_end(hsm_http_worker *w)
 
 void hsm_http_conn_sweep(hsm_http_worker *w, uint64_t now)
 {
+	uint64_t idle_ns = (uint64_t)w->srv->cfg.idle_timeout_ms * 1000000ULL;
+	uint64_t cool_ns = (uint64_t)HSM_HTTP_TLS_WARM_IDLE_MS * 1000000ULL;
 	hsm_http_conn *next;
 	for (hsm_http_conn *c = w->conns; c != NULL; c = next) {
 		next = c->next;
 		if (c->state != CONN_HANDLING && now >= c->deadline_ns)
 			hsm_http_conn_close(c);
+		/* Idle since deadline_ns - idle_timeout. */
+		else if (c->tls_warm && c->state == CONN_IDLE && now + idle_ns >= c->deadline_ns + cool_ns)
+			tls_cool(c);
 	}
 	hsm_http_conn_pass_end(w);
 }

@@ -72,6 +72,7 @@ struct hsm_http_conn {
 	bool subject_done; /* client_subject has been looked up */
 	bool hs_started;   /* TLS: the handshake has had its first step (a ClientHello came) */
 	bool hs_queued;    /* on the worker's queue of handshakes waiting for a later pass */
+	bool tls_warm;     /* TLS: keeps OpenSSL's record buffers between requests */
 	char *client_subject; /* owned; NULL without a verified client certificate */
 	char addr[HSM_HTTP_ADDR_MAX];
 	uint16_t port;
@@ -144,6 +145,7 @@ struct hsm_http_worker {
 	size_t n_pool;
 	uint8_t *bufs[HSM_HTTP_BUF_POOL_MAX]; /* free input buffers of HSM_HTTP_IN_BUF bytes */
 	size_t n_bufs;
+	_Atomic size_t n_tls_warm; /* connections keeping their TLS buffers; read by stats */
 	_Atomic size_t inflight; /* requests with the handler or queued back */
 	bool stopping;
 	bool balance_paused; /* not accepting: it holds more than its share (http_balance.c) */

@@ -104,6 +104,8 @@ static hsm_result set_policy(SSL_CTX *ctx)
 	static const unsigned char sid_ctx[] = "hsmd";
 	HSM_ENSURE(SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1) == 1,
 	           HSM_ERR_CRYPTO, "cannot set the session context");
+	/* Record buffers given back as they empty, but for the connections a
+	 * worker keeps warm (HSM_HTTP_TLS_WARM_MAX, http_conn.c). */
 	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
 	/* Read whatever has arrived in one read(2), not a record header and then
 	 * its body in two: the reader (http_conn.c) takes records until OpenSSL

@@ -1100,9 +1100,14 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "hsmd_http_connections_evicted_total %llu\n"
 	    "# HELP hsmd_http_buffered_bytes Request input held in buffers beyond each "
 	    "connection's first 16 KiB (past 256 MiB, requests needing more get 503).\n"
-	    "# TYPE hsmd_http_buffered_bytes gauge\nhsmd_http_buffered_bytes %zu\n",
+	    "# TYPE hsmd_http_buffered_bytes gauge\nhsmd_http_buffered_bytes %zu\n"
+	    "# HELP hsmd_http_tls_warm_connections TLS connections keeping OpenSSL's record "
+	    "buffers (up to 33 KiB each) between requests: at most %u a worker, each until it "
+	    "idles for %u ms.\n"
+	    "# TYPE hsmd_http_tls_warm_connections gauge\nhsmd_http_tls_warm_connections %zu\n",
 	    hs.open, (unsigned long long)hs.refused_full, (unsigned long long)hs.refused_source,
-	    (unsigned long long)hs.evicted, hs.buffered));
+	    (unsigned long long)hs.evicted, hs.buffered, HSM_HTTP_TLS_WARM_MAX,
+	    HSM_HTTP_TLS_WARM_IDLE_MS, hs.tls_warm));
 	int64_t missing = atomic_load(&s->backup_copies_missing);
 	HSM_GUARD(hsm_buf_printf(
 	    out,

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from conftest import DEV_AKID, DEV_SECRET, HSMCTL, REGION, Hsmd, client, signed_call
-from helpers import make_pki, openssl
+from helpers import make_pki, metric, openssl
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,32 @@ def test_boto3_over_tls(tls):
     st, out = signed_call(server, "TrentService.ListKeys", {})
     assert st == 200 and kid in [k["KeyId"] for k in out["Keys"]]
 
+
+
+def wait_metric(server, name, pred, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    value = metric(server, name)
+    while not pred(value) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        value = metric(server, name)
+    return value
+
+
+def test_warm_connections_give_their_buffers_back(tls):
+    """A keep-alive client's connection keeps OpenSSL's record buffers between
+    requests, gives them back after a second of idling, and answers as before."""
+    server, _ = tls
+    name = "hsmd_http_tls_warm_connections"
+    kms = client(server)
+    kid = kms.create_key()["KeyMetadata"]["KeyId"]
+    # urllib's /metrics request closes its connection: it is never counted.
+    assert wait_metric(server, name, lambda v: v >= 1) >= 1
+    started = time.monotonic()
+    assert wait_metric(server, name, lambda v: v == 0) == 0
+    assert time.monotonic() - started >= 0.5  # not at once: after idling
+    blob = kms.encrypt(KeyId=kid, Plaintext=b"after idling")["CiphertextBlob"]
+    assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"after idling"
+    assert wait_metric(server, name, lambda v: v >= 1) >= 1
 
 def test_dev_banner_names_the_tls_endpoint(tls):
     server, _ = tls

@@ -1,8 +1,8 @@
 /*
  * http_tls_test.c - the HTTP server over TLS: handshake policy (versions,
  * suites), client certificates in optional and required modes, resumption,
- * a load balancer's PROXY protocol header before the handshake, and
- * configuration errors.  A throwaway CA, server and client certificates
+ * a load balancer's PROXY protocol header before the handshake, the record
+ * buffers kept by warm connections, and configuration errors.  A throwaway CA, server and client certificates
  * are made with the OpenSSL API in a temporary directory.
  */
 #include <stdarg.h>
@@ -691,6 +691,76 @@ static void test_handshakes_wait_behind_requests(void **state)
 	hsm_http_server_free(srv);
 }
 
+/* Waits up to timeout_ms for the server's count of warm TLS connections to be want. */
+static size_t wait_warm(hsm_http_server *srv, size_t want, int timeout_ms)
+{
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	hsm_http_stats st;
+	for (;;) {
+		hsm_http_server_stats(srv, &st);
+		if (st.tls_warm == want || ms_since(&t0) > timeout_ms)
+			return st.tls_warm;
+		usleep(10000);
+	}
+}
+
+static void get_ok(tc_conn *c)
+{
+	tc_resp r;
+	assert_true(tc_sendf(c, "GET /w HTTP/1.1\r\nHost: t\r\n\r\n") && tc_read(c, &r, false));
+	assert_int_equal(r.status, 200);
+	tc_resp_clear(&r);
+}
+
+/*
+ * A TLS connection that completed a request keeps OpenSSL's record buffers
+ * for the next one, at most HSM_HTTP_TLS_WARM_MAX a worker; after
+ * HSM_HTTP_TLS_WARM_IDLE_MS of idling it gives them back at the next sweep
+ * and still answers; closing gives its slot back.
+ */
+static void test_tls_warm_buffers(void **state)
+{
+	(void)state;
+	enum { N = HSM_HTTP_TLS_WARM_MAX + 4 };
+	n_workers = 1;
+	hsm_http_server *srv = start(HSM_HTTP_CLIENT_AUTH_NONE);
+	n_workers = 2;
+	uint16_t port = hsm_http_server_port(srv);
+	SSL_CTX *ctx = client_ctx(NULL, NULL);
+	tc_conn *conns[N];
+	for (int i = 0; i < N; i++) {
+		conns[i] = tc_connect(port, false, 10000);
+		assert_non_null(conns[i]);
+		assert_true(tc_tls(conns[i], ctx));
+	}
+	/* Handshakes alone make no connection warm. */
+	assert_int_equal(wait_warm(srv, 0, 0), 0);
+	for (int i = 0; i < N; i++)
+		get_ok(conns[i]);
+	assert_int_equal(wait_warm(srv, HSM_HTTP_TLS_WARM_MAX, 5000), HSM_HTTP_TLS_WARM_MAX);
+	/* Another request on each: none counted twice, none past the bound. */
+	for (int i = 0; i < N; i++)
+		get_ok(conns[i]);
+	assert_int_equal(wait_warm(srv, HSM_HTTP_TLS_WARM_MAX, 5000), HSM_HTTP_TLS_WARM_MAX);
+	struct timespec idle_from;
+	clock_gettime(CLOCK_MONOTONIC, &idle_from);
+	assert_int_equal(wait_warm(srv, 0, (int)HSM_HTTP_TLS_WARM_IDLE_MS + 5000), 0);
+	long idled = ms_since(&idle_from);
+	if (idled < (long)HSM_HTTP_TLS_WARM_IDLE_MS - 50)
+		fail_msg("buffers given back after %ld ms of idling, before %u", idled,
+		         HSM_HTTP_TLS_WARM_IDLE_MS);
+	/* Cooled connections answer as before, and are warm again. */
+	for (int i = 0; i < N; i++)
+		get_ok(conns[i]);
+	assert_int_equal(wait_warm(srv, HSM_HTTP_TLS_WARM_MAX, 5000), HSM_HTTP_TLS_WARM_MAX);
+	for (int i = 0; i < N; i++)
+		tc_close(conns[i]);
+	assert_int_equal(wait_warm(srv, 0, 5000), 0);
+	SSL_CTX_free(ctx);
+	hsm_http_server_free(srv);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -704,6 +774,7 @@ int main(void)
 	    cmocka_unit_test(test_tls_key_permissions_warned),
 	    cmocka_unit_test(test_tls_config_errors),
 	    cmocka_unit_test(test_handshakes_wait_behind_requests),
+	    cmocka_unit_test(test_tls_warm_buffers),
 	};
 	return cmocka_run_group_tests(tests, setup_certs, teardown_certs);
 }
