@@ -291,6 +291,42 @@ static void test_long_strings(void **state)
 	json_decref(got);
 }
 
+/*
+ * Strings are scanned eight bytes at a time up to the first byte that needs
+ * a closer look: every kind of such byte, at every offset of that scan, and
+ * every short length, read as jansson reads them.
+ */
+static void test_specials_at_every_offset(void **state)
+{
+	(void)state;
+	static const char *const special[] = {
+	    "\"", "\\n", "\\\"", "\\u00e9", "\\ud83d\\ude00", "\x01", "\x1f", "\t",
+	    "\x7f", " ", "~", "\xc3\xa9", "\xe2\x82\xac", "\xff", "\xc3", "\x80",
+	};
+	char doc[128];
+	for (size_t k = 0; k < sizeof(special) / sizeof(special[0]); k++) {
+		for (size_t at = 0; at <= 24; at++) {
+			size_t o = (size_t)snprintf(doc, sizeof(doc), "{\"k\":\"");
+			for (size_t i = 0; i < at; i++)
+				doc[o++] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[i * 7 % 64];
+			o += (size_t)snprintf(doc + o, sizeof(doc) - o, "%s", special[k]);
+			for (size_t i = 0; i < 17; i++)
+				doc[o++] = (char)('a' + i);
+			o += (size_t)snprintf(doc + o, sizeof(doc) - o, "\"}");
+			compare((const uint8_t *)doc, o);
+		}
+	}
+	for (size_t len = 0; len <= 40; len++) {
+		size_t o = (size_t)snprintf(doc, sizeof(doc), "[\"");
+		for (size_t i = 0; i < len; i++)
+			doc[o++] = (char)('A' + i % 26);
+		doc[o++] = '"';
+		compare((const uint8_t *)doc, o); /* unterminated array */
+		doc[o++] = ']';
+		compare((const uint8_t *)doc, o);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -299,6 +335,7 @@ int main(void)
 	    cmocka_unit_test(test_depth_limit),
 	    cmocka_unit_test(test_error_position),
 	    cmocka_unit_test(test_long_strings),
+	    cmocka_unit_test(test_specials_at_every_offset),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
