@@ -49,6 +49,15 @@ static size_t escape_into(uint8_t *dst, const unsigned char *p, size_t n)
 {
 	size_t o = 0;
 	for (size_t i = 0; i < n;) {
+		/* Runs of plain characters eight at a time (dst has room for 8 here). */
+		if (n - i >= 8) {
+			unsigned k = hsm_json_plain8(p + i, true);
+			memcpy(dst + o, p + i, 8);
+			o += k;
+			i += k;
+			if (k == 8)
+				continue;
+		}
 		unsigned char c = p[i];
 		if (c >= 0x20 && c < 0x7F && c != '"' && c != '\\') {
 			dst[o++] = c;

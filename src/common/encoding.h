@@ -10,9 +10,11 @@
 #ifndef HSM_ENCODING_H
 #define HSM_ENCODING_H
 
+#include <endian.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "common/buf.h"
 
@@ -50,5 +52,26 @@ size_t hsm_b64_encoded_len(size_t n);
 bool hsm_pkcs11_id_alias(const void *id, size_t n, char *out, size_t cap);
 /* The CKA_ID an alias name gives its key, into id; false (id empty) if it gives none. */
 bool hsm_pkcs11_id_of_alias(const char *alias_name, hsm_buf *id);
+
+/*
+ * How many of the 8 bytes at p come before the first one that JSON text
+ * cannot carry as it is: '"', '\\', a control character, a byte of 128 or
+ * more (a UTF-8 sequence, looked at apart), and with del the DEL character
+ * too (8: none).  Zero-byte tests on a whole word: the lowest flagged byte
+ * of each is exact, a borrow only running upward from a byte itself flagged.
+ */
+static inline unsigned hsm_json_plain8(const uint8_t *p, bool del)
+{
+	const uint64_t low = UINT64_C(0x0101010101010101), high = UINT64_C(0x8080808080808080);
+	uint64_t x;
+	memcpy(&x, p, sizeof(x));
+	x = le64toh(x); /* the first byte lowest */
+	uint64_t q = x ^ ('"' * low), b = x ^ ('\\' * low);
+	uint64_t m = ((q - low) & ~q) | ((b - low) & ~b) | ((x - 0x20 * low) & ~x) | x;
+	if (del)
+		m |= (x & ~high) + low; /* top bit: a 0x7f (or 0xff) lane, no carry out */
+	m &= high;
+	return m == 0 ? 8U : (unsigned)__builtin_ctzll(m) / 8U;
+}
 
 #endif

@@ -24,7 +24,6 @@
  */
 #include "server/json.h"
 
-#include <endian.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -33,6 +32,8 @@
 #include <string.h>
 
 #include <openssl/crypto.h>
+
+#include "common/encoding.h"
 
 #define MAX_DEPTH 64 /* a KMS request nests 3 deep; jansson allows 2048 */
 #define STACK_STR 256
@@ -130,26 +131,6 @@ static size_t put_utf8(uint8_t *d, uint32_t cp)
  * buf (STACK_STR bytes) or in *heap, which the caller frees.  False on a
  * malformed string (r->p left at the fault) or out of memory.
  */
-#define LANES_LOW UINT64_C(0x0101010101010101)
-#define LANES_HIGH UINT64_C(0x8080808080808080)
-
-/*
- * How many of the 8 bytes at p come before the first that a string cannot
- * take as it is: '"', '\\', a control character or a byte of 128 or more
- * (8: none).  Zero-byte tests on whole words: the lowest flagged byte is
- * exact (a borrow only runs upward from a byte that is itself flagged).
- */
-static inline unsigned plain_prefix8(const uint8_t *p)
-{
-	uint64_t x;
-	memcpy(&x, p, sizeof(x));
-	x = le64toh(x); /* the first byte lowest */
-	uint64_t q = x ^ ('"' * LANES_LOW), b = x ^ ('\\' * LANES_LOW);
-	uint64_t m = ((q - LANES_LOW) & ~q) | ((b - LANES_LOW) & ~b) | ((x - 0x20 * LANES_LOW) & ~x) | x;
-	m &= LANES_HIGH;
-	return m == 0 ? 8U : (unsigned)__builtin_ctzll(m) / 8U;
-}
-
 static bool read_string(reader *r, uint8_t *buf, uint8_t **heap, const uint8_t **s, size_t *len)
 {
 	const uint8_t *start = ++r->p;
@@ -158,7 +139,7 @@ static bool read_string(reader *r, uint8_t *buf, uint8_t **heap, const uint8_t *
 	for (;;) {
 		/* Runs of plain characters (base64 blobs) eight at a time. */
 		unsigned k;
-		while (r->end - r->p >= 8 && (k = plain_prefix8(r->p)) != 0) {
+		while (r->end - r->p >= 8 && (k = hsm_json_plain8(r->p, false)) != 0) {
 			r->p += k;
 			if (k < 8)
 				break;

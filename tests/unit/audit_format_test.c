@@ -172,6 +172,46 @@ static void test_hostile_values_through_the_writer(void **state)
 	t_rm_rf(dir);
 }
 
+/*
+ * Plain runs are copied eight bytes at a time up to the first byte that
+ * needs escaping or a look as UTF-8: every kind of such byte at every
+ * offset of that copy comes out escaped (no raw control byte or DEL) and
+ * reads back as what went in, an invalid byte as U+FFFD.
+ */
+static void test_specials_at_every_offset(void **state)
+{
+	(void)state;
+	static const char *const special[][2] = {
+	    {"\"", "\""},         {"\\", "\\"},         {"\n", "\n"},
+	    {"\x01", "\x01"},     {"\x1f", "\x1f"},     {"\x7f", "\x7f"},
+	    {"~", "~"},           {" ", " "},           {"\xc3\xa9", "\xc3\xa9"},
+	    {"\xe2\x82\xac", "\xe2\x82\xac"}, {"\xff", "\xef\xbf\xbd"}, {"\xc3", "\xef\xbf\xbd"},
+	    {"\x80", "\xef\xbf\xbd"},
+	};
+	for (size_t k = 0; k < sizeof(special) / sizeof(special[0]); k++) {
+		for (size_t at = 0; at <= 24; at++) {
+			char in[64] = "", want[64] = "";
+			for (size_t i = 0; i < at; i++)
+				in[i] = (char)('A' + i % 26);
+			memcpy(want, in, at);
+			strcat(in, special[k][0]);
+			strcat(want, special[k][1]);
+			strcat(in, "abcdefghijklmnopq");
+			strcat(want, "abcdefghijklmnopq");
+			hsm_buf b = {0};
+			assert_true(hsm_ok(audit_put_json_string(&b, in, HSM_AUDIT_VALUE_MAX)));
+			for (size_t i = 0; i < b.len; i++)
+				if (b.data[i] < 0x20 || b.data[i] == 0x7f)
+					fail_msg("raw byte 0x%02x in the output (case %zu at %zu)", b.data[i], k, at);
+			json_t *j = json_loadb((const char *)b.data, b.len, JSON_DECODE_ANY, NULL);
+			assert_non_null(j);
+			assert_string_equal(json_string_value(j), want);
+			json_decref(j);
+			hsm_buf_free(&b);
+		}
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -181,6 +221,7 @@ int main(void)
 	    cmocka_unit_test(test_keyed_hash_of_sensitive_values),
 	    cmocka_unit_test(test_time_round_trip),
 	    cmocka_unit_test(test_hostile_values_through_the_writer),
+	    cmocka_unit_test(test_specials_at_every_offset),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
