@@ -138,8 +138,8 @@ static bool read_string(reader *r, uint8_t *buf, uint8_t **heap, const uint8_t *
 	/* Pass 1: validate and find the end. */
 	for (;;) {
 		/* Runs of plain characters (base64 blobs) eight at a time. */
-		unsigned k;
-		while (r->end - r->p >= 8 && (k = hsm_json_plain8(r->p, false)) != 0) {
+		while (r->end - r->p >= 8) {
+			unsigned k = hsm_json_plain8(r->p, false);
 			r->p += k;
 			if (k < 8)
 				break;
