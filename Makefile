@@ -62,7 +62,7 @@ fuzz: deps
 
 # Benchmarks (not part of `make test`; see the README's "Benchmarks").  They
 # build hsmd and the bench programs in their own directory, then measure.
-BENCH_TARGETS = hsmd hsmctl loadgen limit softhsm bulkkeys hsmd-noaudit
+BENCH_TARGETS = hsmd hsmctl loadgen limit hostcost softhsm bulkkeys hsmd-noaudit
 BENCH_ARGS ?=
 
 bench-build: deps

@@ -133,7 +133,34 @@ def rss_kib(pid):
 CPU_FEATURES = ("aes", "sha_ni", "adx", "bmi2", "avx2", "avx512f", "avx512ifma", "vaes")
 
 
-def machine_info():
+def host_costs(build):
+    """What the host charges for a system call and a switch (bench/hostcost.c), or {}.
+
+    Virtual machines of one kind have differed by a factor of about ten here
+    between boots, and every result moves with it (bench/PROFILE.md item 49).
+    """
+    prog = os.path.join(build, "bench", "hostcost") if build else None
+    if prog is None or not os.path.exists(prog):
+        return {}
+    r = subprocess.run([prog], capture_output=True, text=True, timeout=120)
+    try:
+        return json.loads(r.stdout) if r.returncode == 0 else {}
+    except ValueError:
+        return {}
+
+
+def host_cost_text(m):
+    """The machine's host costs as a sentence for a report, or ''."""
+    c = m.get("host_costs") or {}
+    if not c:
+        return ""
+    return (f"a system call {c['syscall_ns']:,.0f} ns, OpenSSL's RAND_bytes(16) "
+            f"{c['rand16_ns']:,.0f} ns, a pipe round trip on one core between threads "
+            f"{c['thread_rtt_us']:.1f} µs and between processes {c['process_rtt_us']:.1f} µs "
+            "(bench/hostcost.c)")
+
+
+def machine_info(build=None):
     model, flags = "unknown", set()
     with open("/proc/cpuinfo") as f:
         for line in f:
@@ -150,6 +177,7 @@ def machine_info():
         "kernel": platform.release(),
         "openssl": ossl,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "host_costs": host_costs(build),
     }
 
 

@@ -1,8 +1,11 @@
 """Writes results.md, results.csv and results.png from a run.py result."""
 import csv
+import json
 import os
 import subprocess
 import tempfile
+
+import hsmbench as hb
 
 TITLES = {
     "sign-rsa2048": "Sign RSA-2048", "sign-rsa4096": "Sign RSA-4096",
@@ -145,7 +148,8 @@ def write_csv(res, rs, path):
     with open(path, "w", newline="") as f:
         f.write(f"# cpu={m['cpu']}; features={m.get('features', '?')}; cores={m['cores']}; "
                 f"kernel={m['kernel']}; "
-                f"openssl={m['openssl']}; date={m['date']}\n")
+                f"openssl={m['openssl']}; date={m['date']}; "
+                f"host_costs={json.dumps(m.get('host_costs') or {})}\n")
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         for r in rs:
@@ -270,6 +274,11 @@ def write_md(res, rs, path):
         f"- Machine: {m['cpu']}, {m['cores']} cores (CPU features: {m.get('features', '?')}); "
         f"kernel {m['kernel']}; {m['openssl']}",
         f"- Date: {m['date']}; whole run {res.get('elapsed_s', '?')} s",
+    ]
+    if hb.host_cost_text(m):
+        lines.append(f"- What the host charges: {hb.host_cost_text(m)}.  Every figure below "
+                     "moves with these; compare runs whose host charged alike.")
+    lines += [
         f"- limit and SoftHSMv2: {d['inproc']} s per operation, one thread per core; the fastest "
         "of three passes a few seconds apart counts (the host only ever takes time away).  SoftHSMv2 "
         "2.6 offers no CKM_ECDSA_SHA256, so its P-256 signature is C_Digest (SHA-256) then "

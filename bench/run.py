@@ -128,7 +128,7 @@ def main():
     d = {"inproc": 1 if args.quick else 2, "api": 2 if args.quick else 5,
          "rate": 2 if args.quick else 8, "warmup": 0.5 if args.quick else 1,
          "passes": 1 if args.quick else 3, "conns": args.connections}
-    results = {"machine": hb.machine_info(), "params": d, "limit": {}, "softhsm": {}, "hsmd": {},
+    results = {"machine": hb.machine_info(build), "params": d, "limit": {}, "softhsm": {}, "hsmd": {},
                "tls": {}, "audit": {}}
     work = hb.scratch_dir("hsmd-bench-", "/tmp")
     t0 = time.monotonic()

@@ -122,7 +122,7 @@ def main():
     sizes = [int(s) for s in args.sizes.split(",")]
     work = hb.scratch_dir("hsmd-scale-", "/tmp")
     lg = hb.Loadgen(os.path.join(build, "bench", "loadgen"), work)
-    res = {"machine": hb.machine_info(), "params": d, "sizes": {}}
+    res = {"machine": hb.machine_info(build), "params": d, "sizes": {}}
     rates = {}
     hb.wait_quiet(args.wait_quiet)
     t0 = time.monotonic()
@@ -179,7 +179,8 @@ def write(res, sizes, startup_size, out):
     with open(os.path.join(out, "scale.csv"), "w", newline="") as f:
         f.write(f"# cpu={m['cpu']}; features={m.get('features', '?')}; cores={m['cores']}; "
                 f"kernel={m['kernel']}; "
-                f"openssl={m['openssl']}; date={m['date']}\n")
+                f"openssl={m['openssl']}; date={m['date']}; "
+                f"host_costs={json.dumps(m.get('host_costs') or {})}\n")
         w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["keys"])
         w.writeheader()
         w.writerows(rows)
@@ -192,6 +193,7 @@ def write(res, sizes, startup_size, out):
              f"- Machine: {m['cpu']}, {m['cores']} cores (CPU features: {m.get('features', '?')}); "
              f"kernel {m['kernel']}; {m['openssl']}",
              f"- Date: {m['date']}; whole run {res.get('elapsed_s', '?')} s",
+             f"- What the host charges: {hb.host_cost_text(m) or 'not measured'}.",
              "- Keys: AES keys made by bench/bulkkeys through the KMS layer (each wrapped under the "
              "master key, one durable commit each, on tmpfs), the store then copied to disk; "
              "the signing keys are made through the API.  Start-up is measured with the store in "

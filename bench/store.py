@@ -160,7 +160,7 @@ def main():
          "warmup": 0.5 if args.quick else 1}
     work = hb.scratch_dir("hsmd-store-bench-", "/tmp")
     lg = hb.Loadgen(os.path.join(build, "bench", "loadgen"), work)
-    res = {"machine": hb.machine_info(), "params": d, "nodes": {}}
+    res = {"machine": hb.machine_info(build), "params": d, "nodes": {}}
     pg_dir, uri = pg_start()
     nodes = {}
     try:
@@ -204,6 +204,7 @@ def write(res, out):
              f"{m.get('openssl', '')}; "
              "client, hsmd and PostgreSQL share the cores. Peak: closed loop, 32 connections; "
              "latency at half of each node's own peak.", "",
+             f"What the host charges: {hb.host_cost_text(m) or 'not measured'}.", "",
              "| operation | SQLite ops/s | PostgreSQL ops/s | PG / SQLite | SQLite p50 / p99 µs "
              "| PostgreSQL p50 / p99 µs |", "|---|---:|---:|---:|---:|---:|"]
     sq, pg = res["nodes"]["sqlite"], res["nodes"]["postgresql"]
