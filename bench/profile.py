@@ -23,6 +23,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hsmbench as hb  # noqa: E402
 
 
+# The system calls counted one by one (perf's syscalls:sys_enter_* tracepoints).
+# getpid is OpenSSL 3.0's fork check, made on every draw of its random
+# generator: about 1 µs on some boots of this machine (PROFILE.md item 49).
+SYSCALLS = ["read", "sendto", "write", "writev", "epoll_wait", "futex", "getpid", "fdatasync",
+            "pread64", "pwrite64", "newfstatat"]
+
+
 def has(*names):
     """True for a stack holding one of names; a name ending in '*' is a prefix."""
     def pred(st):
@@ -36,9 +43,9 @@ def but_not(a, b):
 
 # Pipeline stages: inclusive cost, by the functions that root them.
 STAGES = [
-    ("libevent: read and parse the request", but_not(has("bufferevent_run_readcb_"),
-                                                      has("hsm_server_on_request"))),
-    ("handler, all of it (hsm_server_on_request)", has("hsm_server_on_request")),
+    ("read and parse the request (hsmd's HTTP server)",
+     but_not(has("hsm_http_conn_input"), has("hsm_http_req_dispatch"))),
+    ("handler, all of it (hsm_http_req_dispatch)", has("hsm_http_req_dispatch")),
     ("  authenticate (SigV4)", has("hsm_server_authenticate")),
     ("  parse JSON", has("hsm_json_parse")),
     ("  API handler (decode, KMS, keystore, render)", but_not(has("hsm_api_*"),
@@ -50,7 +57,7 @@ STAGES = [
     ("    waking the audit writer (futex)", has("___pthread_cond_signal")),
     ("audit writer thread", has("audit_writer_main")),
     ("responses handed back to their worker", has("hsm_http_worker_drain")),
-    ("response write (writev)", has("evbuffer_write_atmost")),
+    ("response write (send, SSL_write)", has("hsm_http_conn_write")),
     ("epoll_ctl (anywhere)", has("epoll_ctl", "__GI_epoll_ctl")),
     ("context switches (schedule)", has("schedule", "__schedule")),
 ]
@@ -107,8 +114,9 @@ def profile_op(lg, node, op, args, work):
     t = threading.Thread(target=drive)
     t.start()
     time.sleep(2)
-    stat = subprocess.run(["perf", "stat", "-x", ",", "-e",
-                           "raw_syscalls:sys_enter,context-switches,cpu-clock", "-p", str(pid),
+    events = ",".join(["raw_syscalls:sys_enter", "context-switches", "cpu-clock"] +
+                      [f"syscalls:sys_enter_{n}" for n in SYSCALLS])
+    stat = subprocess.run(["perf", "stat", "-x", ",", "-e", events, "-p", str(pid),
                            "--", "sleep", str(args.seconds)], capture_output=True, text=True).stderr
     data = os.path.join(work, f"{op.ident}.perf.data")
     subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "--call-graph",
@@ -128,6 +136,8 @@ def profile_op(lg, node, op, args, work):
         "cpu_us_per_request": counts.get("cpu-clock", 0) * 1000 / args.seconds / rps if rps else 0,
         "syscalls_per_request": counts.get("raw_syscalls:sys_enter", 0) / args.seconds / rps if rps else 0,
         "switches_per_request": counts.get("context-switches", 0) / args.seconds / rps if rps else 0,
+        "syscalls_by_kind": {n: counts.get(f"syscalls:sys_enter_{n}", 0) / args.seconds / rps
+                             for n in SYSCALLS if rps and counts.get(f"syscalls:sys_enter_{n}")},
         "stages": stage_costs(sts), "top": top_self(sts), "samples": len(sts), "perf_data": data,
     }
 
@@ -148,7 +158,12 @@ def main():
             print(f"\n## {op.ident}: {r['ops_per_s']:.0f} req/s, hsmd {r['server_cores']:.2f} cores, "
                   f"{r['cpu_us_per_request']:.1f} µs CPU, {r['syscalls_per_request']:.1f} syscalls and "
                   f"{r['switches_per_request']:.2f} context switches per request "
-                  f"({r['samples']} samples)\n\nStage (inclusive, % of hsmd's samples):")
+                  f"({r['samples']} samples)\n")
+            kinds = sorted(r["syscalls_by_kind"].items(), key=lambda kv: -kv[1])
+            if kinds:
+                print("System calls per request: " +
+                      ", ".join(f"{n} {v:.2f}" for n, v in kinds if v >= 0.005) + "\n")
+            print("Stage (inclusive, % of hsmd's samples):")
             for label, pct in r["stages"]:
                 print(f"  {pct:5.1f}%  {label}")
             print("\nTop functions (self):")
