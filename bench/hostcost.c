@@ -6,10 +6,10 @@
  * On a virtual machine the price of entering the kernel and of switching
  * between threads and processes depends on the hypervisor and the guest
  * kernel, and has been seen to change between boots of the same kind of
- * machine by a factor that moves every result: hsmd makes about three
- * system calls per request, SoftHSMv2 three to five getpid() calls per
- * operation, and OpenSSL 3.0's random generator one getpid() per draw (its
- * fork check).  Measured, each the median of five rounds:
+ * machine enough to move every result: hsmd makes about three system calls
+ * per request, SoftHSMv2 three to seven getpid() calls per operation, and
+ * OpenSSL 3.0's random generator one getpid() per draw (its fork check).
+ * Measured, each the median of five rounds:
  *   syscall_ns         one system call that does nothing (getpid)
  *   rand16_ns          RAND_bytes of 16 bytes (OpenSSL's public generator)
  *   thread_rtt_us      a byte sent and answered through two pipes between

@@ -136,8 +136,8 @@ CPU_FEATURES = ("aes", "sha_ni", "adx", "bmi2", "avx2", "avx512f", "avx512ifma",
 def host_costs(build):
     """What the host charges for a system call and a switch (bench/hostcost.c), or {}.
 
-    Virtual machines of one kind have differed by a factor of about ten here
-    between boots, and every result moves with it (bench/PROFILE.md item 49).
+    Boots of the same kind of virtual machine have differed in these enough
+    to move every result (bench/PROFILE.md item 49).
     """
     prog = os.path.join(build, "bench", "hostcost") if build else None
     if prog is None or not os.path.exists(prog):
