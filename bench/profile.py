@@ -58,6 +58,8 @@ STAGES = [
     ("audit writer thread", has("audit_writer_main")),
     ("responses handed back to their worker", has("hsm_http_worker_drain")),
     ("response write (send, SSL_write)", has("hsm_http_conn_write")),
+    ("  TLS record encryption", has("ssl3_write_bytes")),
+    ("TLS reads (SSL_read: read, record decryption)", has("SSL_read")),
     ("epoll_ctl (anywhere)", has("epoll_ctl", "__GI_epoll_ctl")),
     ("context switches (schedule)", has("schedule", "__schedule")),
 ]
@@ -70,6 +72,7 @@ def parse_args():
                    help="operation ids (default encrypt-64, sign-rsa2048)")
     p.add_argument("--seconds", type=int, default=5)
     p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--tls", action="store_true", help="over HTTPS (a throwaway certificate)")
     return p.parse_args()
 
 
@@ -148,7 +151,8 @@ def main():
     work = hb.scratch_dir("hsmd-profile-", "/tmp")
     wanted = args.op or ["encrypt-64", "sign-rsa2048"]
     lg = hb.Loadgen(os.path.join(build, "bench", "loadgen"), work)
-    node = hb.Node(os.path.join(build, "hsmd"), os.path.join(work, "data")).start()
+    tls = hb.make_tls(work) if args.tls else None
+    node = hb.Node(os.path.join(build, "hsmd"), os.path.join(work, "data"), tls=tls).start()
     report = {}
     try:
         ops = [o for o in hb.api_ops(node.kms(), hb.create_keys(node.kms())) if o.ident in wanted]

@@ -8,15 +8,17 @@ itself is measured by `make bench`, not asserted here.
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 
 import pytest
 
-from conftest import BUILD, DEV_AKID, DEV_SECRET, client, start_dev
-from helpers import audit_records, b64
+from conftest import BUILD, DEV_AKID, DEV_SECRET, Hsmd, client, start_dev
+from helpers import audit_records, b64, make_pki
 
 LOADGEN = os.path.join(BUILD, "bench", "loadgen")
 
@@ -24,8 +26,8 @@ pytestmark = pytest.mark.skipif(not os.path.exists(LOADGEN),
                                 reason="the bench programs are not built (HSM_BENCH=OFF)")
 
 
-def loadgen(server, key, *args):
-    body = json.dumps({"KeyId": "@KEY@", "Plaintext": b64(b"loadgen check"),
+def loadgen(server, key, *args, plaintext=b"loadgen check"):
+    body = json.dumps({"KeyId": "@KEY@", "Plaintext": b64(plaintext),
                        "EncryptionContext": {"run": "test"}})
     env = dict(os.environ, AWS_ACCESS_KEY_ID=DEV_AKID, AWS_SECRET_ACCESS_KEY=DEV_SECRET)
     p = subprocess.run([LOADGEN, "--url", server.endpoint, "--op", "Encrypt", "--body", body,
@@ -101,3 +103,33 @@ def test_refused_requests_are_errors_not_throughput(served):
     out, err = loadgen(server, "alias/no-such-key", "--connections", "2", "--duration", "0.5")
     assert out["ok"] == 0 and out["errors"] > 0
     assert "HTTP 400" in err and "NotFoundException" in err
+
+
+def test_over_tls_every_answer_is_read_whole():
+    """Over HTTPS the load generator reads each TLS record's header and body in
+    one read (read-ahead): answers small and large (a 4 KiB Encrypt's answer is
+    about 5.5 KiB) are counted only when whole, and each is an audited success."""
+    d = tempfile.mkdtemp(prefix="hsmd-pki-")
+    pki = make_pki(d)
+    env = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
+    server = Hsmd(["--dev", "--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"]],
+                  env=env, tls_ca=pki["ca.pem"])
+    try:
+        key = client(server).create_key()["KeyMetadata"]["KeyId"]
+        for plaintext in (b"x" * 64, os.urandom(4096)):
+            before = encrypt_successes(server)
+            out, _ = loadgen(server, key, "--connections", "4", "--duration", "0.5",
+                             "--cafile", pki["ca.pem"], plaintext=plaintext)
+            assert (out["mode"], out["errors"], out["incomplete"]) == ("closed", 0, 0), out
+            assert out["ok"] > 20, out
+            assert encrypt_successes(server) - before >= out["ok"]
+        # A certificate it cannot verify: no request is sent at all.
+        p = subprocess.run([LOADGEN, "--url", server.endpoint, "--op", "Encrypt", "--body", "{}",
+                            "--key", key, "--duration", "0.2", "--cafile", pki["other-ca.pem"]],
+                           env=dict(os.environ, AWS_ACCESS_KEY_ID=DEV_AKID,
+                                    AWS_SECRET_ACCESS_KEY=DEV_SECRET),
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode != 0 and "TLS handshake failed" in p.stderr, p.stderr
+    finally:
+        server.cleanup()
+        shutil.rmtree(d, ignore_errors=True)
