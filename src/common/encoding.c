@@ -3,7 +3,7 @@
 #include <endian.h>
 #include <string.h>
 
-#include "common/encoding_simd.h"
+#include "common/simd.h"
 #include "common/util.h"
 
 /* Constant-time helpers: each returns all-ones (0xff...) when true, 0 otherwise. */
@@ -289,8 +289,8 @@ B64_INLINE hsm_result b64_encode(hsm_buf *out, const uint8_t *p, size_t n, const
 	HSM_ENSURE(n <= HSM_BUF_MAX / 2, HSM_ERR_LIMIT_EXCEEDED, "input too long");
 	uint8_t *dst;
 	HSM_GUARD(hsm_buf_append_space(out, hsm_b64_encoded_len(n), &dst));
-	/* Whole 24-byte steps with AVX2 where the CPU has it (encoding_simd.c), the rest here. */
-	size_t i = hsm_b64_simd_encode(dst, p, n, a->c62, a->c63), o = i / 3 * 4;
+	/* Whole 24-byte steps with AVX2 where the CPU has it (simd.c), the rest here. */
+	size_t i = hsm_simd_b64_encode(dst, p, n, a->c62, a->c63), o = i / 3 * 4;
 	for (; n - i >= 8; i += 6, o += 8) /* reads 8 bytes, uses 6 */
 		store_be64(dst + o, b64_chars(spread6(load_be64(p + i) >> 16), a));
 	while (i < n) {
@@ -338,7 +338,7 @@ B64_INLINE hsm_result b64_decode(hsm_buf *out, const char *text, size_t n, const
 	HSM_GUARD(hsm_buf_append_space(out, outlen, &dst));
 	uint64_t bad = 0;
 	bool simd_bad = false;
-	size_t i = hsm_b64_simd_decode(dst, s, chars, a->c62, a->c63, &simd_bad), o = i / 4 * 3;
+	size_t i = hsm_simd_b64_decode(dst, s, chars, a->c62, a->c63, &simd_bad), o = i / 4 * 3;
 	for (; chars - i >= 8; i += 8, o += 6) /* 8 characters -> 6 bytes */
 		store_be48(dst + o, pack6(b64_values(load_be64(s + i), a, &bad)));
 	if (i < chars) {

@@ -34,6 +34,7 @@
 #include <openssl/crypto.h>
 
 #include "common/encoding.h"
+#include "common/simd.h"
 
 #define MAX_DEPTH 64 /* a KMS request nests 3 deep; jansson allows 2048 */
 #define STACK_STR 256
@@ -137,7 +138,8 @@ static bool read_string(reader *r, uint8_t *buf, uint8_t **heap, const uint8_t *
 	bool escaped = false;
 	/* Pass 1: validate and find the end. */
 	for (;;) {
-		/* Runs of plain characters (base64 blobs) eight at a time. */
+		/* Runs of plain characters (base64 blobs) 32 at a time with AVX2, then eight. */
+		r->p += hsm_simd_json_plain(r->p, (size_t)(r->end - r->p));
 		while (r->end - r->p >= 8) {
 			unsigned k = hsm_json_plain8(r->p, false);
 			r->p += k;

@@ -15,7 +15,7 @@
 #include <string.h>
 
 #include "common/encoding.h"
-#include "common/encoding_simd.h"
+#include "common/simd.h"
 #include "common/util.h"
 #include "support/ct_probe.h"
 
@@ -853,7 +853,7 @@ static int ct_probe_main(const char *mode)
 	if (!RUNNING_ON_VALGRIND)
 		return 2;
 	if (strcmp(mode, "--ct-probe-portable") == 0) {
-		hsm_b64_simd_set(false);
+		hsm_simd_set(false);
 		mode = "--ct-probe";
 	}
 	if (strcmp(mode, "--ct-probe") == 0) {
@@ -911,14 +911,14 @@ static void test_memcheck_catches_leaks(void **state)
 static int portable_on(void **state)
 {
 	(void)state;
-	hsm_b64_simd_set(false);
-	return hsm_b64_simd_active() ? -1 : 0;
+	hsm_simd_set(false);
+	return hsm_simd_active() ? -1 : 0;
 }
 
 static int portable_off(void **state)
 {
 	(void)state;
-	hsm_b64_simd_set(true);
+	hsm_simd_set(true);
 	return 0;
 }
 
@@ -942,7 +942,7 @@ int main(int argc, char **argv)
 	};
 	/* Everything twice: as hsmd runs (base64 with AVX2 where the CPU has it), then with
 	 * the portable code alone, which CPUs without AVX2 run. */
-	if (!hsm_b64_simd_active())
+	if (!hsm_simd_active())
 		print_message("this CPU has no AVX2: both groups test the portable code\n");
 	int failed = cmocka_run_group_tests_name("as built", tests, NULL, NULL);
 	return failed + cmocka_run_group_tests_name("portable", tests, portable_on, portable_off);

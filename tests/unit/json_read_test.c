@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/simd.h"
 #include "server/json.h"
 
 #define DEPTH_LIMIT 64 /* hsm_json_read's; jansson's is 2048 */
@@ -292,9 +293,11 @@ static void test_long_strings(void **state)
 }
 
 /*
- * Strings are scanned eight bytes at a time up to the first byte that needs
- * a closer look: every kind of such byte, at every offset of that scan, and
- * every short length, read as jansson reads them.
+ * Strings are scanned 32 bytes at a time (AVX2), then eight at a time, up to
+ * the first byte that needs a closer look: every kind of such byte, at every
+ * offset of two vector steps and the word steps after them, and every short
+ * length, read as jansson reads them.  main runs it with the vector steps and
+ * again without them.
  */
 static void test_specials_at_every_offset(void **state)
 {
@@ -303,9 +306,9 @@ static void test_specials_at_every_offset(void **state)
 	    "\"", "\\n", "\\\"", "\\u00e9", "\\ud83d\\ude00", "\x01", "\x1f", "\t",
 	    "\x7f", " ", "~", "\xc3\xa9", "\xe2\x82\xac", "\xff", "\xc3", "\x80",
 	};
-	char doc[128];
+	char doc[256];
 	for (size_t k = 0; k < sizeof(special) / sizeof(special[0]); k++) {
-		for (size_t at = 0; at <= 24; at++) {
+		for (size_t at = 0; at <= 80; at++) {
 			size_t o = (size_t)snprintf(doc, sizeof(doc), "{\"k\":\"");
 			for (size_t i = 0; i < at; i++)
 				doc[o++] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[i * 7 % 64];
@@ -316,7 +319,7 @@ static void test_specials_at_every_offset(void **state)
 			compare((const uint8_t *)doc, o);
 		}
 	}
-	for (size_t len = 0; len <= 40; len++) {
+	for (size_t len = 0; len <= 100; len++) {
 		size_t o = (size_t)snprintf(doc, sizeof(doc), "[\"");
 		for (size_t i = 0; i < len; i++)
 			doc[o++] = (char)('A' + i % 26);
@@ -325,6 +328,21 @@ static void test_specials_at_every_offset(void **state)
 		doc[o++] = ']';
 		compare((const uint8_t *)doc, o);
 	}
+}
+
+/* The second run: the scans without their AVX2 steps, as on CPUs without AVX2. */
+static int portable_on(void **state)
+{
+	(void)state;
+	hsm_simd_set(false);
+	return hsm_simd_active() ? -1 : 0;
+}
+
+static int portable_off(void **state)
+{
+	(void)state;
+	hsm_simd_set(true);
+	return 0;
 }
 
 int main(void)
@@ -337,5 +355,6 @@ int main(void)
 	    cmocka_unit_test(test_long_strings),
 	    cmocka_unit_test(test_specials_at_every_offset),
 	};
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	int failed = cmocka_run_group_tests_name("as built", tests, NULL, NULL);
+	return failed + cmocka_run_group_tests_name("portable", tests, portable_on, portable_off);
 }

@@ -1,5 +1,5 @@
 /*
- * encoding_simd.c - see encoding_simd.h.
+ * simd.c - see simd.h.
  *
  * Base64 with AVX2, 24 bytes <-> 32 characters a step, after the method of
  * Muła and Lemire ("Faster Base64 Encoding and Decoding Using AVX2
@@ -8,31 +8,34 @@
  * the only table lookups are in-register byte shuffles (vpshufb), whose
  * time does not depend on the index, so plaintexts and data keys passing
  * through keep the constant-time property of the portable code.
+ *
+ * The JSON scan flags the bytes a string cannot carry as they are with
+ * three compares a step, and stops at the first.
  */
-#include "common/encoding_simd.h"
+#include "common/simd.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
-#define HSM_B64_AVX2 1
+#define HSM_AVX2 1
 #include <immintrin.h>
 #endif
 
 static bool simd_off;
 
-bool hsm_b64_simd_active(void)
+bool hsm_simd_active(void)
 {
-#ifdef HSM_B64_AVX2
+#ifdef HSM_AVX2
 	return !simd_off && __builtin_cpu_supports("avx2");
 #else
 	return false;
 #endif
 }
 
-void hsm_b64_simd_set(bool on)
+void hsm_simd_set(bool on)
 {
 	simd_off = !on;
 }
 
-#ifdef HSM_B64_AVX2
+#ifdef HSM_AVX2
 
 #define B(x) ((char)(x)) /* a byte constant for the _mm256_set* intrinsics */
 
@@ -137,14 +140,32 @@ __attribute__((target("avx2"))) static size_t decode_avx2(uint8_t *dst, const ui
 	return i;
 }
 
+__attribute__((target("avx2"))) static size_t json_plain_avx2(const uint8_t *p, size_t n)
+{
+	/* Signed: a byte of 128 or more is negative, so "below 0x20" flags it too. */
+	const __m256i space = _mm256_set1_epi8(0x20), quote = _mm256_set1_epi8('"');
+	const __m256i backslash = _mm256_set1_epi8('\\');
+	size_t i = 0;
+	for (; n - i >= 32; i += 32) {
+		__m256i c = _mm256_loadu_si256((const void *)(p + i));
+		__m256i stop = _mm256_or_si256(_mm256_cmpgt_epi8(space, c),
+		                               _mm256_or_si256(_mm256_cmpeq_epi8(c, quote),
+		                                               _mm256_cmpeq_epi8(c, backslash)));
+		unsigned m = (unsigned)_mm256_movemask_epi8(stop);
+		if (m != 0)
+			return i + (unsigned)__builtin_ctz(m);
+	}
+	return i;
+}
+
 #undef B
 
 #endif
 
-size_t hsm_b64_simd_encode(uint8_t *dst, const uint8_t *p, size_t n, int c62, int c63)
+size_t hsm_simd_b64_encode(uint8_t *dst, const uint8_t *p, size_t n, int c62, int c63)
 {
-#ifdef HSM_B64_AVX2
-	if (hsm_b64_simd_active())
+#ifdef HSM_AVX2
+	if (hsm_simd_active())
 		return encode_avx2(dst, p, n, c62, c63);
 #else
 	(void)dst, (void)p, (void)n, (void)c62, (void)c63;
@@ -152,13 +173,24 @@ size_t hsm_b64_simd_encode(uint8_t *dst, const uint8_t *p, size_t n, int c62, in
 	return 0;
 }
 
-size_t hsm_b64_simd_decode(uint8_t *dst, const uint8_t *s, size_t n, int c62, int c63, bool *bad)
+size_t hsm_simd_b64_decode(uint8_t *dst, const uint8_t *s, size_t n, int c62, int c63, bool *bad)
 {
-#ifdef HSM_B64_AVX2
-	if (hsm_b64_simd_active())
+#ifdef HSM_AVX2
+	if (hsm_simd_active())
 		return decode_avx2(dst, s, n, c62, c63, bad);
 #else
 	(void)dst, (void)s, (void)n, (void)c62, (void)c63, (void)bad;
+#endif
+	return 0;
+}
+
+size_t hsm_simd_json_plain(const uint8_t *p, size_t n)
+{
+#ifdef HSM_AVX2
+	if (hsm_simd_active())
+		return json_plain_avx2(p, n);
+#else
+	(void)p, (void)n;
 #endif
 	return 0;
 }
