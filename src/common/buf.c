@@ -38,7 +38,7 @@ void hsm_buf_free(hsm_buf *b)
 void hsm_buf_clear(hsm_buf *b)
 {
 	if (b->data != NULL)
-		OPENSSL_cleanse(b->data, b->cap);
+		explicit_bzero(b->data, b->cap);
 	b->len = 0;
 }
 

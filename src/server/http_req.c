@@ -16,7 +16,6 @@
 #include <string.h>
 #include <strings.h>
 
-#include <openssl/crypto.h>
 #include <openssl/rand.h>
 
 #include "common/log.h"
@@ -51,7 +50,7 @@ void hsm_http_req_put(hsm_http_req *req)
 	hsm_http_worker *w = req->w;
 	/* Bytes are only ever written below len (stash reserves before copying). */
 	if (req->out.data != NULL)
-		OPENSSL_cleanse(req->out.data, req->out.len);
+		explicit_bzero(req->out.data, req->out.len);
 	req->out.len = 0;
 	if (req->out.cap > POOL_BUF_MAX)
 		hsm_buf_free(&req->out);
