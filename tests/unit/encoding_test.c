@@ -18,6 +18,7 @@
 #include "common/simd.h"
 #include "common/util.h"
 #include "support/ct_probe.h"
+#include "support/simd_groups.h"
 
 /* ---- Reference: the per-character constant-time codec ---------------------
  *
@@ -908,20 +909,6 @@ static void test_memcheck_catches_leaks(void **state)
 	    cmocka_unit_test(test_memcheck_catches_leaks),
 #endif
 
-static int portable_on(void **state)
-{
-	(void)state;
-	hsm_simd_set(false);
-	return hsm_simd_active() ? -1 : 0;
-}
-
-static int portable_off(void **state)
-{
-	(void)state;
-	hsm_simd_set(true);
-	return 0;
-}
-
 int main(int argc, char **argv)
 {
 	if (argc == 2)
@@ -940,10 +927,5 @@ int main(int argc, char **argv)
 	    cmocka_unit_test(test_pkcs11_id_alias),
 	    CT_PROBE_TESTS
 	};
-	/* Everything twice: as hsmd runs (base64 with AVX2 where the CPU has it), then with
-	 * the portable code alone, which CPUs without AVX2 run. */
-	if (!hsm_simd_active())
-		print_message("this CPU has no AVX2: both groups test the portable code\n");
-	int failed = cmocka_run_group_tests_name("as built", tests, NULL, NULL);
-	return failed + cmocka_run_group_tests_name("portable", tests, portable_on, portable_off);
+	return SIMD_GROUPS_RUN(tests); /* with the AVX2 steps, then without */
 }

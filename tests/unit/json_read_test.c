@@ -11,8 +11,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "common/simd.h"
 #include "server/json.h"
+#include "support/simd_groups.h"
 
 #define DEPTH_LIMIT 64 /* hsm_json_read's; jansson's is 2048 */
 
@@ -330,21 +330,6 @@ static void test_specials_at_every_offset(void **state)
 	}
 }
 
-/* The second run: the scans without their AVX2 steps, as on CPUs without AVX2. */
-static int portable_on(void **state)
-{
-	(void)state;
-	hsm_simd_set(false);
-	return hsm_simd_active() ? -1 : 0;
-}
-
-static int portable_off(void **state)
-{
-	(void)state;
-	hsm_simd_set(true);
-	return 0;
-}
-
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -355,6 +340,5 @@ int main(void)
 	    cmocka_unit_test(test_long_strings),
 	    cmocka_unit_test(test_specials_at_every_offset),
 	};
-	int failed = cmocka_run_group_tests_name("as built", tests, NULL, NULL);
-	return failed + cmocka_run_group_tests_name("portable", tests, portable_on, portable_off);
+	return SIMD_GROUPS_RUN(tests); /* with the AVX2 steps, then without */
 }
