@@ -70,7 +70,7 @@ bench-build: deps
 		-DHSM_INTEGRATION=OFF $(CMAKE_ARGS) >/dev/null
 	@cmake --build $(BENCH_BUILD) -j $(JOBS) --target $(BENCH_TARGETS)
 
-# About 12 minutes on 2 cores; writes bench/results/results.{md,csv,png}.
+# About 14 minutes on 2 cores; writes bench/results/results.{md,csv,png}.
 bench: bench-build
 	/usr/bin/python3 bench/run.py --build $(BENCH_BUILD) $(BENCH_ARGS)
 

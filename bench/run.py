@@ -127,7 +127,8 @@ def main():
     build = os.path.abspath(args.build)
     d = {"inproc": 1 if args.quick else 2, "api": 2 if args.quick else 5,
          "rate": 2 if args.quick else 8, "warmup": 0.5 if args.quick else 1,
-         "passes": 1 if args.quick else 3, "conns": args.connections}
+         "passes": 1 if args.quick else 3, "tls_passes": 1 if args.quick else 3,
+         "conns": args.connections}
     results = {"machine": hb.machine_info(build), "params": d, "limit": {}, "softhsm": {}, "hsmd": {},
                "tls": {}, "audit": {}}
     work = hb.scratch_dir("hsmd-bench-", "/tmp")
@@ -161,7 +162,8 @@ def main():
         node = hb.Node(os.path.join(build, "hsmd"), os.path.join(work, "data"), tls=tls).start()
         try:
             hb.log("hsmd over HTTPS")
-            api_phase(lg, node, ops, d, results, "tls", lambda op: op.ident in LATENCY_OPS)
+            api_phase(lg, node, ops, d, results, "tls", lambda op: op.ident in LATENCY_OPS,
+                      passes=d["tls_passes"])
         finally:
             node.stop()
         results["elapsed_s"] = round(time.monotonic() - t0)
