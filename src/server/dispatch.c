@@ -30,6 +30,8 @@
 #define JWT_PREFIX "HsmdJwt."
 #define CIPHER_PREFIX "HsmdCipher."
 #define JWKS_PATH "/.well-known/jwks.json"
+/* An answer's members besides what its request brought: key ARN, key material id, names. */
+#define SECRET_ANSWER_SLACK 512
 
 /* A response waiting for its audit record. */
 typedef struct pending {
@@ -368,8 +370,21 @@ static pending *pending_new(hsm_server *s, hsm_http_req *req, unsigned slot, boo
 	p->req = req;
 	p->slot = slot;
 	p->status = 200;
-	if (secure)
+	if (secure) {
 		hsm_buf_init_secure(&p->body);
+		/*
+		 * Room for the whole answer at once: grown by doubling from 64 bytes,
+		 * a Decrypt's answer took four secure-heap allocations, each under
+		 * the heap's one lock and each wiping what it replaced.  The answers
+		 * that carry a secret are at most the request (a Decrypt's
+		 * plaintext is shorter than its ciphertext) plus their fixed
+		 * members, GenerateDataKeyPair's aside, which still grows.
+		 */
+		size_t len = 0;
+		(void)hsm_http_req_body(req, &len);
+		hsm_result r = hsm_buf_reserve(&p->body, len + SECRET_ANSWER_SLACK);
+		(void)r; /* short of secure heap: nothing changed, and writing the answer fails as before */
+	}
 	return p;
 }
 
