@@ -58,7 +58,6 @@ STAGES = [
     ("audit writer thread", has("audit_writer_main")),
     ("responses handed back to their worker", has("hsm_http_worker_drain")),
     ("response write (send, SSL_write)", has("hsm_http_conn_write")),
-    ("  TLS record encryption", has("ssl3_write_bytes")),
     ("TLS reads (SSL_read: read, record decryption)", has("SSL_read")),
     ("epoll_ctl (anywhere)", has("epoll_ctl", "__GI_epoll_ctl")),
     ("context switches (schedule)", has("schedule", "__schedule")),

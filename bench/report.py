@@ -268,7 +268,7 @@ def tails_table(rs):
 
 
 def passes_text(d):
-    """How each peak was taken (runs before 2026-12-04b took one pass over HTTPS)."""
+    """How each peak was taken (runs up to 2026-12-04b took one pass over HTTPS)."""
     def fastest(n):
         return "one pass counts" if n == 1 else \
             f"the fastest of {n} passes back to back counts, as for the limit"
