@@ -73,6 +73,7 @@ typedef struct hsm_config {
 	uint32_t max_connections;
 	uint32_t max_connections_per_source; /* 0: no bound */
 	bool batch_scheduling; /* workers and audit writer under SCHED_BATCH */
+	bool tls_watch;        /* load the TLS files again when they change */
 	char proxy_protocol_from[HSM_CONFIG_NETS_MAX]; /* "" when none */
 	/* identity */
 	char data_dir[HSM_CONFIG_PATH_MAX];

@@ -32,6 +32,9 @@ const key_def hsm_config_keys[] = {
      "PEM CA certificates that client certificates must chain to"},
     {"tls_client_auth", K_AUTH, FIELD(tls_client_auth), 0, 0, "none", "MODE",
      "client certificates: none, optional or required"},
+    {"tls_watch", K_BOOL, FIELD(tls_watch), 0, 0, "true", "BOOL",
+     "load tls_cert, tls_key and tls_client_ca again when one of them changes (looked at "
+     "every 5 s); SIGHUP loads them in any case; neither restarts or seals the node"},
     {"allow_plaintext_loopback", K_BOOL, FIELD(allow_plaintext_loopback), 0, 0, "false", "BOOL",
      "allow plain HTTP without --dev when listen is a loopback address"},
     {"workers", K_U32, FIELD(workers), 0, HSM_HTTP_MAX_WORKERS, "0", "N",

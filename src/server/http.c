@@ -300,6 +300,7 @@ hsm_result hsm_http_server_new(const hsm_http_config *cfg, hsm_http_handler hand
 	hsm_http_server *srv = calloc(1, sizeof(*srv));
 	HSM_ENSURE(srv != NULL, HSM_ERR_NOMEM, "out of memory");
 	srv->cfg = *cfg;
+	pthread_mutex_init(&srv->tls_mu, NULL);
 	if (srv->cfg.max_buffered_bytes == 0)
 		srv->cfg.max_buffered_bytes = HSM_HTTP_DEFAULT_MAX_BUFFERED;
 	srv->handler = handler;
@@ -310,7 +311,8 @@ hsm_result hsm_http_server_new(const hsm_http_config *cfg, hsm_http_handler hand
 	if (cfg->proxy_protocol_from != NULL)
 		HSM_TRY(proxy_nets(srv, cfg->proxy_protocol_from));
 	if (cfg->tls_cert != NULL)
-		HSM_TRY(hsm_http_tls_new(cfg, &srv->tls));
+		HSM_TRY(hsm_http_tls_load(cfg, &srv->tls));
+	srv->tls_on = srv->tls != NULL;
 	srv->cfg.listen = srv->cfg.tls_cert = srv->cfg.tls_key = srv->cfg.tls_client_ca = NULL;
 	srv->cfg.proxy_protocol_from = NULL;
 	HSM_TRY(hsm_http_fd_limit(srv));
@@ -405,9 +407,25 @@ void hsm_http_server_free(hsm_http_server *srv)
 	if (srv->shared_fd >= 0)
 		close(srv->shared_fd);
 	SSL_CTX_free(srv->tls);
+	pthread_mutex_destroy(&srv->tls_mu);
 	free(srv->workers);
 	hsm_conn_limit_free(srv->per_source);
 	free(srv);
+}
+
+hsm_result hsm_http_server_use_tls(hsm_http_server *srv, SSL_CTX *ctx)
+{
+	HSM_ASSERT(srv != NULL && ctx != NULL);
+	if (!srv->tls_on) {
+		SSL_CTX_free(ctx);
+		return HSM_FAIL(HSM_ERR_VALIDATION, "the server speaks plain HTTP: no TLS to replace");
+	}
+	pthread_mutex_lock(&srv->tls_mu);
+	SSL_CTX *old = srv->tls;
+	srv->tls = ctx;
+	pthread_mutex_unlock(&srv->tls_mu);
+	SSL_CTX_free(old); /* freed once the last connection that began with it closes */
+	return HSM_SUCCESS;
 }
 
 uint16_t hsm_http_server_port(const hsm_http_server *srv) { return srv->port; }

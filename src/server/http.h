@@ -55,6 +55,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include <openssl/types.h>
+
 #include "common/result.h"
 
 #define HSM_HTTP_DEFAULT_MAX_BODY ((size_t)1 << 20)
@@ -227,6 +229,29 @@ const char *hsm_http_req_client_subject(const hsm_http_req *req);
  * HSM_ERR_VALIDATION when it holds no readable certificate.
  */
 hsm_result hsm_http_tls_file_expiry(const char *path, int64_t *not_after) HSM_MUST_CHECK;
+
+/*
+ * Loading the TLS files again without a restart (a renewed certificate, a
+ * changed client CA bundle).  hsm_http_tls_load() reads cfg's tls_cert,
+ * tls_key, tls_client_ca and client_auth into a new context under the same
+ * policy as at start, checking that the key is the certificate's;
+ * hsm_http_server_use_tls() makes it the one new connections begin with and
+ * takes it over (freeing it when it cannot).  Connections already open go on
+ * with the context they began with, and tickets issued under the old one do
+ * not resume under the new (a full handshake, so every client is checked
+ * against what was loaded).  A server that speaks plain HTTP cannot begin
+ * TLS this way (HSM_ERR_VALIDATION).
+ */
+hsm_result hsm_http_tls_load(const hsm_http_config *cfg, SSL_CTX **out) HSM_MUST_CHECK;
+hsm_result hsm_http_server_use_tls(hsm_http_server *srv, SSL_CTX *ctx) HSM_MUST_CHECK;
+/* What a loaded context serves, for the log, the audit trail and /metrics. */
+typedef struct hsm_http_tls_info {
+	char subject[256];   /* the certificate's subject (RFC 2253), cut to fit */
+	char sha256[65];     /* the certificate's SHA-256 fingerprint, lowercase hex */
+	int64_t cert_expiry; /* the earliest notAfter of the chain served */
+	int64_t ca_expiry;   /* ... of tls_client_ca's certificates; 0 without one */
+} hsm_http_tls_info;
+hsm_result hsm_http_tls_describe(SSL_CTX *ctx, hsm_http_tls_info *out) HSM_MUST_CHECK;
 /* A fresh version-4 UUID naming this request; sent back as x-amzn-RequestId. */
 const char *hsm_http_req_id(const hsm_http_req *req);
 /* CLOCK_MONOTONIC nanoseconds (hsm_mono_ns) when the request had been fully read. */

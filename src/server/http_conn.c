@@ -716,8 +716,10 @@ static hsm_http_conn *conn_new(hsm_http_worker *w, int fd, const struct sockaddr
 	c->w = w;
 	c->fd = fd;
 	peer_text(c, ss);
-	if (w->srv->tls != NULL) {
+	if (w->srv->tls_on) {
+		pthread_mutex_lock(&w->srv->tls_mu);
 		c->ssl = SSL_new(w->srv->tls);
+		pthread_mutex_unlock(&w->srv->tls_mu);
 		if (c->ssl == NULL || SSL_set_fd(c->ssl, fd) != 1) {
 			SSL_free(c->ssl);
 			free(c);

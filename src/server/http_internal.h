@@ -160,7 +160,12 @@ struct hsm_http_server {
 	hsm_http_config cfg; /* strings dropped: not kept after _new */
 	hsm_http_handler handler;
 	void *arg;
+	/* What new TLS connections begin with (NULL: plain HTTP); replaced by
+	 * hsm_http_server_use_tls() under tls_mu, which SSL_new() holds too.  A
+	 * connection keeps a reference to the context it began with. */
 	SSL_CTX *tls;
+	pthread_mutex_t tls_mu;
+	bool tls_on; /* fixed at _new: whether connections speak TLS */
 	/* Peers that must begin with a PROXY protocol header (proxy_protocol_from). */
 	hsm_net proxy_from[HSM_HTTP_PROXY_NETS_MAX];
 	size_t n_proxy_from;
@@ -189,8 +194,6 @@ hsm_result hsm_http_listen_socket(const struct sockaddr_storage *ss, socklen_t l
 uint16_t hsm_http_sockaddr_port(const struct sockaddr_storage *ss);
 void hsm_http_sockaddr_set_port(struct sockaddr_storage *ss, uint16_t port);
 
-/* http_tls.c */
-hsm_result hsm_http_tls_new(const hsm_http_config *cfg, SSL_CTX **out) HSM_MUST_CHECK;
 /* http_tls_ticket.c: session tickets under keys rotated hourly. */
 hsm_result hsm_http_tls_tickets_init(SSL_CTX *ctx) HSM_MUST_CHECK;
 /* The verified client certificate's subject, or NULL (also on allocation failure). */

@@ -212,7 +212,7 @@ const char *hsm_http_req_path(const hsm_http_req *req) { return req->head.path; 
 const char *hsm_http_req_query(const hsm_http_req *req) { return req->head.query; }
 const char *hsm_http_req_id(const hsm_http_req *req) { return req->id; }
 uint64_t hsm_http_req_start_ns(const hsm_http_req *req) { return req->start_ns; }
-bool hsm_http_req_is_tls(const hsm_http_req *req) { return req->w->srv->tls != NULL; }
+bool hsm_http_req_is_tls(const hsm_http_req *req) { return req->w->srv->tls_on; }
 
 const char *hsm_http_req_client_subject(const hsm_http_req *req)
 {

@@ -1,5 +1,6 @@
 /*
- * http_tls.c - the server's TLS policy (one SSL_CTX shared by all workers).
+ * http_tls.c - the server's TLS policy (one SSL_CTX shared by all workers,
+ * replaced whole when the files are loaded again: hsm_http_server_use_tls).
  *
  * - TLS 1.2 is the floor and 1.3 is preferred (RFC 8446; RFC 9325 section
  *   3.1.1 recommends against anything older).
@@ -76,6 +77,12 @@ static hsm_result load_key(SSL_CTX *ctx, const char *path)
 	pkey = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL);
 	HSM_CHECK(pkey != NULL, HSM_ERR_VALIDATION,
 	          "tls_key %s: not an unencrypted PEM private key (%s)", path, ossl_reason());
+	/* Said plainly before OpenSSL's own check ("key values mismatch"): a renewal
+	 * that replaced the certificate and not yet its key is the usual cause. */
+	X509 *leaf = SSL_CTX_get0_certificate(ctx);
+	HSM_CHECK(leaf == NULL || X509_check_private_key(leaf, pkey) == 1, HSM_ERR_VALIDATION,
+	          "tls_key %s does not match the certificate in tls_cert", path);
+	ERR_clear_error();
 	HSM_CHECK(SSL_CTX_use_PrivateKey(ctx, pkey) == 1, HSM_ERR_VALIDATION, "tls_key %s: %s", path,
 	          ossl_reason());
 	HSM_CHECK(SSL_CTX_check_private_key(ctx) == 1, HSM_ERR_VALIDATION,
@@ -134,7 +141,7 @@ static hsm_result set_client_auth(SSL_CTX *ctx, const hsm_http_config *cfg)
 	return HSM_SUCCESS;
 }
 
-hsm_result hsm_http_tls_new(const hsm_http_config *cfg, SSL_CTX **out)
+hsm_result hsm_http_tls_load(const hsm_http_config *cfg, SSL_CTX **out)
 {
 	hsm_result res = HSM_SUCCESS;
 	HSM_ENSURE(cfg->tls_key != NULL, HSM_ERR_VALIDATION, "tls_cert needs tls_key");
@@ -150,6 +157,58 @@ hsm_result hsm_http_tls_new(const hsm_http_config *cfg, SSL_CTX **out)
 out:
 	SSL_CTX_free(ctx);
 	return res;
+}
+
+/* The notAfter of x as seconds since the epoch, folded into *earliest. */
+static void fold_not_after(const X509 *x, int64_t *earliest)
+{
+	struct tm tm;
+	if (x != NULL && ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1) {
+		int64_t t = (int64_t)timegm(&tm);
+		*earliest = t < *earliest ? t : *earliest;
+	}
+}
+
+hsm_result hsm_http_tls_describe(SSL_CTX *ctx, hsm_http_tls_info *out)
+{
+	HSM_ASSERT(ctx != NULL && out != NULL);
+	memset(out, 0, sizeof(*out));
+	X509 *leaf = SSL_CTX_get0_certificate(ctx);
+	HSM_ENSURE(leaf != NULL, HSM_ERR_INTERNAL, "the TLS context has no certificate");
+	int64_t earliest = INT64_MAX;
+	fold_not_after(leaf, &earliest);
+	STACK_OF(X509) *chain = NULL;
+	if (SSL_CTX_get0_chain_certs(ctx, &chain) == 1 && chain != NULL)
+		for (int i = 0; i < sk_X509_num(chain); i++)
+			fold_not_after(sk_X509_value(chain, i), &earliest);
+	out->cert_expiry = earliest == INT64_MAX ? 0 : earliest;
+	/* The client CA bundle: every certificate the verification store holds. */
+	earliest = INT64_MAX;
+	X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+	STACK_OF(X509_OBJECT) *objs = store != NULL ? X509_STORE_get0_objects(store) : NULL;
+	for (int i = 0; objs != NULL && i < sk_X509_OBJECT_num(objs); i++)
+		fold_not_after(X509_OBJECT_get0_X509(sk_X509_OBJECT_value(objs, i)), &earliest);
+	out->ca_expiry = earliest == INT64_MAX ? 0 : earliest;
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int n = 0;
+	HSM_ENSURE(X509_digest(leaf, EVP_sha256(), md, &n) == 1 && n == 32, HSM_ERR_CRYPTO,
+	           "cannot hash the certificate: %s", ossl_reason());
+	for (unsigned i = 0; i < n; i++)
+		snprintf(out->sha256 + 2 * i, 3, "%02x", md[i]);
+	BIO *bio = BIO_new(BIO_s_mem());
+	HSM_ENSURE(bio != NULL, HSM_ERR_NOMEM, "out of memory");
+	char *p = NULL;
+	long len = 0;
+	if (X509_NAME_print_ex(bio, X509_get_subject_name(leaf), 0, XN_FLAG_RFC2253) >= 0)
+		len = BIO_get_mem_data(bio, &p);
+	if (len > 0 && p != NULL) {
+		size_t k = (size_t)len < sizeof(out->subject) - 1 ? (size_t)len : sizeof(out->subject) - 1;
+		memcpy(out->subject, p, k);
+		out->subject[k] = '\0';
+	}
+	BIO_free(bio);
+	ERR_clear_error();
+	return HSM_SUCCESS;
 }
 
 hsm_result hsm_http_tls_file_expiry(const char *path, int64_t *not_after)

@@ -49,6 +49,7 @@ static void options_from(const hsm_config *cfg, hsm_server_options *o)
 	o->audit_checkpoint_seconds = cfg->audit_checkpoint_seconds;
 	o->audit_syslog = cfg->audit_syslog;
 	o->audit_ack_durable = cfg->audit_ack_durable;
+	o->tls_watch = cfg->tls_watch;
 	o->jwt_default_lifetime = cfg->jwt_default_lifetime_seconds;
 	o->jwt_max_lifetime = cfg->jwt_max_lifetime_seconds;
 	o->jwt_clock_skew = cfg->jwt_clock_skew_seconds;
@@ -182,8 +183,12 @@ int main(int argc, char **argv)
 	         hsm_node_state_name(hsm_keystore_state(s->ks)), store);
 	for (;;) {
 		int sig = 0;
-		if (sigwait(&sigs, &sig) == 0 && sig != SIGHUP)
+		if (sigwait(&sigs, &sig) != 0)
+			continue;
+		if (sig != SIGHUP)
 			break;
+		/* A renewed certificate without a restart, which would seal the node. */
+		(void)hsm_server_reload_tls(s, "signal"); /* logged, counted and recorded there */
 	}
 	hsm_info("stopping");
 	bool lost = hsm_server_node_id_lost(s);

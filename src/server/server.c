@@ -444,14 +444,18 @@ hsm_result hsm_server_new(const hsm_server_options *opt, hsm_server **out)
 	s->akid_lookups = HSM_BUCKET_NEW;
 	s->started = hsm_now();
 	atomic_store(&s->backup_copies_missing, -1);
-	/* Read once: the files are loaded at start only (a renewed certificate needs a
-	 * restart), so what they said then is what the node serves until then. */
+	/* What the files say now, before the HTTP server loads them; a reload
+	 * (tls_reload.c) says it again of what it loads.  The stamps too: a file
+	 * changed after this is loaded again by tls_watch. */
+	pthread_mutex_init(&s->tls_reload_lock, NULL);
+	hsm_server_tls_stamp(s);
+	int64_t expiry = 0;
 	if (opt->http.tls_cert != NULL &&
-	    hsm_failed(hsm_http_tls_file_expiry(opt->http.tls_cert, &s->tls_cert_expiry)))
-		s->tls_cert_expiry = 0; /* the TLS set-up reports the file's fault */
+	    hsm_ok(hsm_http_tls_file_expiry(opt->http.tls_cert, &expiry)))
+		atomic_store(&s->tls_cert_expiry, expiry); /* else the TLS set-up reports the fault */
 	if (opt->http.tls_client_ca != NULL &&
-	    hsm_failed(hsm_http_tls_file_expiry(opt->http.tls_client_ca, &s->tls_ca_expiry)))
-		s->tls_ca_expiry = 0;
+	    hsm_ok(hsm_http_tls_file_expiry(opt->http.tls_client_ca, &expiry)))
+		atomic_store(&s->tls_ca_expiry, expiry);
 	HSM_TRY(copy_opt(s->data_dir, sizeof(s->data_dir), opt->data_dir, "data_dir"));
 	if (opt->audit_dir != NULL && *opt->audit_dir != '\0')
 		HSM_TRY(hsm_strcpy(s->audit_dir, sizeof(s->audit_dir), opt->audit_dir));
@@ -714,6 +718,8 @@ static void *scheduler_main(void *arg)
 		s->recount = false;
 		pthread_mutex_unlock(&s->stop_lock);
 		check_node_id(s);
+		if (!recount_only)
+			hsm_server_tls_watch(s);
 		count_store_gauges(s);
 		if (hsm_keystore_state(s->ks) != HSM_NODE_UNINITIALIZED)
 			note_trail(s, false);
@@ -879,6 +885,7 @@ void hsm_server_free(hsm_server *s)
 	pthread_cond_destroy(&s->stop_cond);
 	pthread_mutex_destroy(&s->stop_lock);
 	pthread_mutex_destroy(&s->backup_lock);
+	pthread_mutex_destroy(&s->tls_reload_lock);
 	hsm_server_akids_free(s);
 	pthread_mutex_destroy(&s->akids_lock);
 	free(s);
@@ -892,25 +899,37 @@ uint16_t hsm_server_port(hsm_server *s)
 /* ---- /metrics --------------------------------------------------------------------- */
 
 /* How long the audit file's syncs take, and how long they held responses. */
-/* When the TLS files loaded at start stop serving (only those configured). */
+/* When the TLS files last loaded stop serving (only those configured), and the reloads. */
 static hsm_result render_tls(const hsm_server *s, hsm_buf *out)
 {
-	if (s->tls_cert_expiry == 0 && s->tls_ca_expiry == 0)
+	int64_t cert = atomic_load(&s->tls_cert_expiry), ca = atomic_load(&s->tls_ca_expiry);
+	if (s->opt.http.tls_cert == NULL)
+		return HSM_SUCCESS;
+	HSM_GUARD(hsm_buf_printf(out,
+	                         "# HELP hsmd_tls_reloads_total Loads of the TLS files after start "
+	                         "(SIGHUP, or tls_watch seeing a change), by result; after a "
+	                         "failure new connections still get what was loaded before.\n"
+	                         "# TYPE hsmd_tls_reloads_total counter\n"
+	                         "hsmd_tls_reloads_total{result=\"success\"} %llu\n"
+	                         "hsmd_tls_reloads_total{result=\"failure\"} %llu\n",
+	                         (unsigned long long)atomic_load(&s->tls_reloads),
+	                         (unsigned long long)atomic_load(&s->tls_reload_failures)));
+	if (cert == 0 && ca == 0)
 		return HSM_SUCCESS;
 	HSM_GUARD(hsm_buf_put_str(out, "# HELP hsmd_tls_certificate_expiry_time_seconds The earliest "
 	                               "notAfter among the certificates of tls_cert (the chain "
-	                               "served) and of tls_client_ca, as loaded at start.\n"
+	                               "served) and of tls_client_ca, as last loaded.\n"
 	                               "# TYPE hsmd_tls_certificate_expiry_time_seconds gauge\n"));
-	if (s->tls_cert_expiry != 0)
+	if (cert != 0)
 		HSM_GUARD(hsm_buf_printf(out,
 		                         "hsmd_tls_certificate_expiry_time_seconds{file=\"tls_cert\"} "
 		                         "%lld\n",
-		                         (long long)s->tls_cert_expiry));
-	if (s->tls_ca_expiry != 0)
+		                         (long long)cert));
+	if (ca != 0)
 		HSM_GUARD(hsm_buf_printf(out,
 		                         "hsmd_tls_certificate_expiry_time_seconds{file=\"tls_client_ca\"} "
 		                         "%lld\n",
-		                         (long long)s->tls_ca_expiry));
+		                         (long long)ca));
 	return HSM_SUCCESS;
 }
 

@@ -58,6 +58,7 @@ typedef struct hsm_server_options {
 	uint32_t audit_checkpoint_seconds;
 	bool audit_syslog;
 	bool audit_ack_durable; /* a request's answer waits for its record's fdatasync */
+	bool tls_watch;         /* load the TLS files again when they change (tls_reload.c) */
 	int64_t jwt_default_lifetime;
 	int64_t jwt_max_lifetime;
 	int64_t jwt_clock_skew;      /* verifiers' clock skew the JWKS grace period allows */
@@ -75,6 +76,13 @@ typedef struct hsm_server_options {
 	const char **failed_setting;
 } hsm_server_options;
 
+
+/* What a file was when last looked at: a change of any part is a new file. */
+typedef struct hsm_file_stamp {
+	bool exists;
+	uint64_t dev, ino, size;
+	int64_t mtime_ns, ctime_ns;
+} hsm_file_stamp;
 
 typedef struct hsm_server {
 	hsm_server_options opt;
@@ -153,8 +161,14 @@ typedef struct hsm_server {
 	atomic_int_fast64_t backup_copies_missing;
 	atomic_int_fast64_t backup_copy_next_try; /* when missing copies are tried again */
 	int64_t started;
-	/* Earliest notAfter of tls_cert's chain and of tls_client_ca's bundle; 0: not set. */
-	int64_t tls_cert_expiry, tls_ca_expiry;
+	/* Earliest notAfter of tls_cert's chain and of tls_client_ca's bundle as last loaded
+	 * (at start, or by a reload); 0: not set. */
+	atomic_int_fast64_t tls_cert_expiry, tls_ca_expiry;
+	/* TLS files loaded again (tls_reload.c): one load at a time, what the files were
+	 * when last loaded or tried (tls_watch compares), and the counts /metrics reports. */
+	pthread_mutex_t tls_reload_lock;
+	hsm_file_stamp tls_stamps[3]; /* tls_cert, tls_key, tls_client_ca */
+	atomic_uint_fast64_t tls_reloads, tls_reload_failures;
 	/* approval_operations as bit sets: by hsm_op, and by hsm_admin_index. */
 	uint64_t approval_kms_ops;
 	uint32_t approval_admin_ops;
@@ -335,6 +349,19 @@ hsm_result hsm_server_backup(hsm_server *s, const char *trigger, char *path, siz
 /* The scheduler's part: a backup when one is due, and the copies of earlier backups that
  * backup_copy_dir lacks (a copy that failed), tried again every 5 minutes until made. */
 void hsm_server_backup_if_due(hsm_server *s);
+
+/*
+ * Loads tls_cert, tls_key and tls_client_ca again (tls_reload.c): new
+ * connections begin with them once their "TlsReload" event is written;
+ * connections open keep what they began with.  A failure changes nothing but
+ * the counts, the log and the trail.  trigger says what asked ("signal",
+ * "file change").  Without TLS it does nothing.  It logs its own outcome.
+ */
+hsm_result hsm_server_reload_tls(hsm_server *s, const char *trigger);
+/* The files' identities now, before they are first loaded (tls_watch compares later ones). */
+void hsm_server_tls_stamp(hsm_server *s);
+/* The scheduler's part, with tls_watch: a reload when one of the files changed. */
+void hsm_server_tls_watch(hsm_server *s);
 
 /* Writes /metrics (metrics.c). */
 hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out) HSM_MUST_CHECK;

@@ -161,8 +161,10 @@ static void test_defaults(void **state)
 	assert_int_equal(http.max_body_bytes, 1 << 20);
 	assert_int_equal(http.workers, cfg.workers);
 	assert_true(http.batch_scheduling);
-	assert_true(hsm_ok(LOAD(&cfg, NULL, "--dev", "--batch-scheduling=false")));
+	assert_true(cfg.tls_watch); /* on by default: renewed TLS files load without a restart */
+	assert_true(hsm_ok(LOAD(&cfg, NULL, "--dev", "--batch-scheduling=false", "--tls-watch=false")));
 	assert_false(cfg.batch_scheduling);
+	assert_false(cfg.tls_watch);
 	hsm_config_http(&cfg, &http);
 	assert_false(http.batch_scheduling);
 }

@@ -597,6 +597,98 @@ static void test_tls_config_errors(void **state)
 	expect_new_fails(&cfg, "need TLS");
 }
 
+/* The SHA-256 of a PEM certificate file, in hex. */
+static void pem_sha256(const char *path, char out[65])
+{
+	FILE *f = fopen(path, "r");
+	assert_non_null(f);
+	X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
+	fclose(f);
+	assert_non_null(x);
+	unsigned char md[32];
+	unsigned int n = 0;
+	assert_int_equal(X509_digest(x, EVP_sha256(), md, &n), 1);
+	for (unsigned i = 0; i < n; i++)
+		snprintf(out + 2 * i, 3, "%02x", md[i]);
+	X509_free(x);
+}
+
+/*
+ * A context loaded again replaces the one new connections begin with: a
+ * connection open before goes on with the old one, a new one gets the new
+ * certificate (here the rogue one, which the client does not trust), and
+ * describe() says what was loaded.  A plain HTTP server takes none.
+ */
+static void test_tls_context_replaced(void **state)
+{
+	(void)state;
+	hsm_http_server *srv = start(HSM_HTTP_CLIENT_AUTH_NONE);
+	uint16_t port = hsm_http_server_port(srv);
+	SSL_CTX *trusting = client_ctx(NULL, NULL);
+	tc_conn *before = tc_connect(port, false, 5000);
+	assert_non_null(before);
+	assert_true(tc_tls(before, trusting));
+	tc_resp r;
+	assert_true(tc_sendf(before, "GET /a HTTP/1.1\r\nHost: t\r\n\r\n") &&
+	            tc_read(before, &r, false));
+	assert_int_equal(r.status, 200);
+	tc_resp_clear(&r);
+
+	hsm_http_config cfg;
+	hsm_http_config_defaults(&cfg);
+	cfg.tls_cert = path_rogue;
+	cfg.tls_key = path_srv_key; /* not the certificate's key */
+	SSL_CTX *ctx = NULL;
+	hsm_result res = hsm_http_tls_load(&cfg, &ctx);
+	assert_true(hsm_failed(res) && ctx == NULL);
+	assert_non_null(strstr(hsm_last_message(), "does not match the certificate"));
+	cfg.tls_key = path_rogue_key;
+	cfg.client_auth = HSM_HTTP_CLIENT_AUTH_OPTIONAL;
+	cfg.tls_client_ca = path_ca;
+	assert_true(hsm_ok(hsm_http_tls_load(&cfg, &ctx)));
+	hsm_http_tls_info info;
+	assert_true(hsm_ok(hsm_http_tls_describe(ctx, &info)));
+	char want[65];
+	pem_sha256(path_rogue, want);
+	assert_string_equal(info.sha256, want);
+	assert_string_equal(info.subject, "CN=client-1,O=hsmd-test");
+	int64_t end = 0;
+	assert_true(hsm_ok(hsm_http_tls_file_expiry(path_rogue, &end)));
+	assert_int_equal(info.cert_expiry, end);
+	assert_true(hsm_ok(hsm_http_tls_file_expiry(path_ca, &end)));
+	assert_int_equal(info.ca_expiry, end);
+	assert_true(hsm_ok(hsm_http_server_use_tls(srv, ctx)));
+
+	int reason;
+	assert_null(request(port, trusting, &reason, NULL));
+	assert_int_equal(reason, SSL_R_CERTIFICATE_VERIFY_FAILED);
+	/* The connection from before still answers, under the certificate it began with. */
+	assert_true(tc_sendf(before, "GET /b HTTP/1.1\r\nHost: t\r\n\r\n") &&
+	            tc_read(before, &r, false));
+	assert_int_equal(r.status, 200);
+	assert_string_equal(r.body, "tls=1 subject=- path=/b");
+	tc_resp_clear(&r);
+	tc_close(before);
+	SSL_CTX_free(trusting);
+	hsm_http_server_free(srv);
+
+	/* Without a client CA the bundle's expiry is 0; a plain server refuses a context. */
+	cfg.client_auth = HSM_HTTP_CLIENT_AUTH_NONE;
+	cfg.tls_client_ca = NULL;
+	assert_true(hsm_ok(hsm_http_tls_load(&cfg, &ctx)));
+	assert_true(hsm_ok(hsm_http_tls_describe(ctx, &info)));
+	assert_int_equal(info.ca_expiry, 0);
+	hsm_http_config plain;
+	hsm_http_config_defaults(&plain);
+	plain.listen = "127.0.0.1:0";
+	plain.workers = 1;
+	assert_true(hsm_ok(hsm_http_server_new(&plain, handler, NULL, &srv)));
+	res = hsm_http_server_use_tls(srv, ctx); /* taken over and freed: ASan sees no leak */
+	assert_true(hsm_failed(res));
+	assert_non_null(strstr(hsm_last_message(), "plain HTTP"));
+	hsm_http_server_free(srv);
+}
+
 /* n new connections, each with its ClientHello sent (done: answered at once). */
 static void open_flood(uint16_t port, SSL_CTX *ctx, tc_conn **flood, bool *done, int n)
 {
@@ -773,6 +865,7 @@ int main(void)
 	    cmocka_unit_test(test_tls_after_proxy_header),
 	    cmocka_unit_test(test_tls_key_permissions_warned),
 	    cmocka_unit_test(test_tls_config_errors),
+	    cmocka_unit_test(test_tls_context_replaced),
 	    cmocka_unit_test(test_handshakes_wait_behind_requests),
 	    cmocka_unit_test(test_tls_warm_buffers),
 	};

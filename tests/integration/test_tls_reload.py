@@ -1,0 +1,288 @@
+"""TLS files loaded again without a restart: SIGHUP, and tls_watch seeing a
+renewal.  The same process (a production node would stay unsealed) serves the
+new certificate to new connections while open ones go on; the reload is on
+the audit trail and in /metrics; a certificate with the wrong key, or any
+file that does not load, changes nothing; a new client CA bundle decides
+which client certificates the next handshakes take."""
+import datetime
+import hashlib
+import http.client
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import tempfile
+import time
+
+import pytest
+from cryptography import x509
+
+from conftest import DEV_AKID, DEV_SECRET, Hsmd, client
+from helpers import audit_records_until, make_pki, openssl
+
+EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+
+
+def issue(d, ca, name, days, usage="serverAuth", cn="127.0.0.1"):
+    """name.pem and name.key: a certificate for 127.0.0.1 signed by ca (ca.pem/ca.key, or
+    other-ca.pem/other.key), valid for `days`."""
+    ca_pem, ca_key = {"ca": ("ca.pem", "ca.key"), "other": ("other-ca.pem", "other.key")}[ca]
+    openssl("req", *EC, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}",
+            cwd=d)
+    with open(os.path.join(d, f"{name}.cnf"), "w") as f:
+        f.write(f"subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n"
+                "basicConstraints=CA:FALSE\n")
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", ca_pem, "-CAkey", ca_key,
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", str(days), "-extfile",
+            f"{name}.cnf", cwd=d)
+    return os.path.join(d, f"{name}.pem"), os.path.join(d, f"{name}.key")
+
+
+def put(path, src):
+    """Replaces path with a copy of src in one rename, as a renewal tool does."""
+    tmp = path + ".new"
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, path)
+
+
+def fingerprint_of(pem_path):
+    with open(pem_path, "rb") as f:
+        cert = x509.load_pem_x509_certificate(f.read())
+    return hashlib.sha256(cert.public_bytes(encoding=_der())).hexdigest()
+
+
+def _der():
+    from cryptography.hazmat.primitives.serialization import Encoding
+    return Encoding.DER
+
+
+def not_after(pem_path):
+    with open(pem_path, "rb") as f:
+        cert = x509.load_pem_x509_certificate(f.read())
+    return int(cert.not_valid_after.replace(tzinfo=datetime.timezone.utc).timestamp())
+
+
+def served(server, ca, client_cert=None):
+    """The SHA-256 of the certificate a new handshake gets."""
+    ctx = ssl.create_default_context(cafile=ca)
+    if client_cert:
+        ctx.load_cert_chain(*client_cert)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        with ctx.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+            der = tls.getpeercert(binary_form=True)
+            if client_cert:  # TLS 1.3: a refused client certificate shows at the first read
+                tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert tls.recv(64).startswith(b"HTTP/1.1 200"), "no answer"
+    return hashlib.sha256(der).hexdigest()
+
+
+def reloads(server):
+    st, body, _ = server.get("/metrics")
+    assert st == 200
+    got = dict(re.findall(rb'^hsmd_tls_reloads_total\{result="(\w+)"\} (\d+)$', body, re.M))
+    expiry = dict(re.findall(rb'^hsmd_tls_certificate_expiry_time_seconds\{file="(\w+)"\} (\d+)$',
+                             body, re.M))
+    return ({k.decode(): int(v) for k, v in got.items()},
+            {k.decode(): int(v) for k, v in expiry.items()})
+
+
+def wait_for(pred, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+def reload_events(server, n):
+    return audit_records_until(server.data_dir, lambda r: r.get("op") == "TlsReload", n=n)
+
+
+@pytest.fixture
+def pki():
+    d = tempfile.mkdtemp(prefix="hsmd-tls-reload-")
+    p = make_pki(d)
+    p["dir"] = d
+    yield p
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def start(pki, cert, key, *extra, client_cert=None):
+    env = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
+    return Hsmd(["--dev", "--tls-cert", cert, "--tls-key", key, *extra], env=env,
+                tls_ca=pki["ca.pem"], client_cert=client_cert)
+
+
+def test_sighup_serves_a_renewed_certificate_without_a_restart(pki):
+    d = pki["dir"]
+    cert, key = os.path.join(d, "live.pem"), os.path.join(d, "live.key")
+    put(cert, pki["server.pem"])
+    put(key, pki["server.key"])
+    new_cert, new_key = issue(d, "ca", "renewed", days=30)
+    server = start(pki, cert, key, "--tls-watch=false")
+    try:
+        old = fingerprint_of(pki["server.pem"])
+        assert served(server, pki["ca.pem"]) == old
+        assert reloads(server) == ({"success": 0, "failure": 0},
+                                   {"tls_cert": not_after(pki["server.pem"])})
+        kms = client(server)
+        kid = kms.create_key()["KeyMetadata"]["KeyId"]
+        blob = kms.encrypt(KeyId=kid, Plaintext=b"before")["CiphertextBlob"]
+        # A keep-alive connection opened before the reload.
+        ctx = ssl.create_default_context(cafile=pki["ca.pem"])
+        kept = http.client.HTTPSConnection("127.0.0.1", server.port, context=ctx, timeout=10)
+        kept.request("GET", "/healthz")
+        assert kept.getresponse().read() is not None
+        pid = server.proc.pid
+
+        put(cert, new_cert)
+        put(key, new_key)
+        # Without tls_watch nothing changes until asked.
+        time.sleep(6)
+        assert served(server, pki["ca.pem"]) == old
+        server.proc.send_signal(signal.SIGHUP)
+        renewed = fingerprint_of(new_cert)
+        assert wait_for(lambda: served(server, pki["ca.pem"]) == renewed), server.read_log()
+
+        assert server.proc.poll() is None and server.proc.pid == pid
+        assert reloads(server) == ({"success": 1, "failure": 0},
+                                   {"tls_cert": not_after(new_cert)})
+        # The connection from before goes on, with the certificate it began with.
+        kept.request("GET", "/healthz")
+        r = kept.getresponse()
+        assert r.status == 200 and r.read()
+        assert hashlib.sha256(kept.sock.getpeercert(binary_form=True)).hexdigest() == old
+        kept.close()
+        # Keys and state are as they were: nothing restarted.
+        assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"before"
+        [ev] = reload_events(server, 1)
+        assert ev["outcome"] == "success" and ev["principal"] == "hsmd", ev
+        assert ev["extra"]["trigger"] == "signal"
+        assert ev["extra"]["certificate_sha256"] == renewed
+        assert ev["extra"]["certificate_subject"] == "CN=127.0.0.1"
+        assert ev["extra"]["certificate_not_after"] == datetime.datetime.fromtimestamp(
+            not_after(new_cert), datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert "client_ca_not_after" not in ev["extra"]
+        assert "TLS files loaded again (signal)" in server.read_log()
+    finally:
+        server.cleanup()
+
+
+def test_a_failed_reload_changes_nothing(pki):
+    d = pki["dir"]
+    cert, key = os.path.join(d, "live.pem"), os.path.join(d, "live.key")
+    put(cert, pki["server.pem"])
+    put(key, pki["server.key"])
+    server = start(pki, cert, key, "--tls-watch=false")
+    try:
+        old = fingerprint_of(pki["server.pem"])
+        new_cert, new_key = issue(d, "ca", "renewed", days=30)
+        put(cert, new_cert)  # the certificate, with the old key: they do not match
+        server.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: reloads(server)[0]["failure"] == 1), server.read_log()
+        assert served(server, pki["ca.pem"]) == old
+        assert reloads(server) == ({"success": 0, "failure": 1},
+                                   {"tls_cert": not_after(pki["server.pem"])})
+        [ev] = reload_events(server, 1)
+        assert ev["outcome"] == "error" and ev["error"] == "ValidationException", ev
+        assert "does not match the certificate" in ev["extra"]["reason"], ev
+        assert "tls_key" in ev["extra"]["reason"] and "PRIVATE KEY" not in str(ev)
+        log = server.read_log()
+        assert "does not match the certificate" in log and "still get what was loaded" in log
+        # Not a certificate at all, then a missing key file: refused the same way.
+        with open(cert + ".new", "w") as f:
+            f.write("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+        os.replace(cert + ".new", cert)
+        server.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: reloads(server)[0]["failure"] == 2), server.read_log()
+        put(cert, new_cert)
+        os.remove(key)
+        server.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: reloads(server)[0]["failure"] == 3), server.read_log()
+        assert served(server, pki["ca.pem"]) == old
+        assert server.proc.poll() is None
+        # With the key in place the next signal loads them.
+        put(key, new_key)
+        server.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: served(server, pki["ca.pem"]) == fingerprint_of(new_cert))
+        assert reloads(server)[0] == {"success": 1, "failure": 3}
+        assert [e["outcome"] for e in reload_events(server, 4)] == ["error"] * 3 + ["success"]
+    finally:
+        server.cleanup()
+
+
+def test_tls_watch_loads_a_renewal_that_swaps_a_link(pki):
+    """As Kubernetes mounts a renewed secret: the files are links through a directory
+    link that is swapped in one rename."""
+    d = pki["dir"]
+    for gen, (c, k) in (("v1", (pki["server.pem"], pki["server.key"])),
+                        ("v2", issue(d, "ca", "renewed", days=30))):
+        os.mkdir(os.path.join(d, gen))
+        shutil.copyfile(c, os.path.join(d, gen, "tls.crt"))
+        shutil.copyfile(k, os.path.join(d, gen, "tls.key"))
+    os.symlink("v1", os.path.join(d, "..data"))
+    for n in ("tls.crt", "tls.key"):
+        os.symlink(os.path.join("..data", n), os.path.join(d, n))
+    server = start(pki, os.path.join(d, "tls.crt"), os.path.join(d, "tls.key"))
+    try:
+        assert served(server, pki["ca.pem"]) == fingerprint_of(pki["server.pem"])
+        os.symlink("v2", os.path.join(d, "..data_tmp"))
+        os.replace(os.path.join(d, "..data_tmp"), os.path.join(d, "..data"))
+        renewed = fingerprint_of(os.path.join(d, "v2", "tls.crt"))
+        assert wait_for(lambda: served(server, pki["ca.pem"]) == renewed), server.read_log()
+        [ev] = reload_events(server, 1)
+        assert ev["outcome"] == "success" and ev["extra"]["trigger"] == "file change", ev
+        assert ev["extra"]["certificate_sha256"] == renewed
+        # One change, one reload: the watch does not load unchanged files again.
+        time.sleep(6)
+        assert reloads(server)[0] == {"success": 1, "failure": 0}
+    finally:
+        server.cleanup()
+
+
+def test_a_new_client_ca_bundle_decides_the_next_handshakes(pki):
+    d = pki["dir"]
+    first = issue(d, "ca", "client1", days=2, usage="clientAuth", cn="operator")
+    second = issue(d, "other", "client2", days=2, usage="clientAuth", cn="operator")
+    bundle = os.path.join(d, "clients.pem")
+    put(bundle, pki["ca.pem"])
+    server = start(pki, pki["server.pem"], pki["server.key"], "--tls-client-ca", bundle,
+                   "--tls-client-auth", "required", "--tls-watch=false", client_cert=first)
+    try:
+        served(server, pki["ca.pem"], client_cert=first)
+        with pytest.raises((ssl.SSLError, ConnectionError, AssertionError)):
+            served(server, pki["ca.pem"], client_cert=second)
+        put(bundle, pki["other-ca.pem"])
+        server.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "TLS files loaded again (signal)" in server.read_log())
+        server.client_cert = second  # what the fixture's own probes (/metrics) present now
+        served(server, pki["ca.pem"], client_cert=second)
+        with pytest.raises((ssl.SSLError, ConnectionError, AssertionError)):
+            served(server, pki["ca.pem"], client_cert=first)
+        counts, expiry = reloads(server)
+        assert counts == {"success": 1, "failure": 0}
+        assert expiry == {"tls_cert": not_after(pki["server.pem"]),
+                          "tls_client_ca": not_after(pki["other-ca.pem"])}
+        [ev] = reload_events(server, 1)
+        assert ev["extra"]["client_ca_not_after"] == datetime.datetime.fromtimestamp(
+            not_after(pki["other-ca.pem"]), datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    finally:
+        server.cleanup()
+
+
+def test_sighup_without_tls_is_harmless():
+    env = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
+    server = Hsmd(["--dev"], env=env)
+    try:
+        server.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "there are no TLS files to load" in server.read_log())
+        assert server.proc.poll() is None and server.get("/healthz")[0] == 200
+        st, body, _ = server.get("/metrics")
+        assert b"hsmd_tls_reloads_total" not in body
+        assert not audit_records_until(server.data_dir, lambda r: r.get("op") == "TlsReload",
+                                       timeout=0.5)
+    finally:
+        server.cleanup()
