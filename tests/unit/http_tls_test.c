@@ -13,6 +13,8 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -689,6 +691,53 @@ static void test_tls_context_replaced(void **state)
 	hsm_http_server_free(srv);
 }
 
+typedef struct swapper {
+	hsm_http_server *srv;
+	atomic_bool stop;
+	int swaps;
+} swapper;
+
+static void *swap_main(void *arg)
+{
+	swapper *w = arg;
+	hsm_http_config cfg;
+	hsm_http_config_defaults(&cfg);
+	cfg.tls_cert = path_srv;
+	cfg.tls_key = path_srv_key;
+	while (!atomic_load(&w->stop)) {
+		SSL_CTX *ctx = NULL;
+		if (hsm_failed(hsm_http_tls_load(&cfg, &ctx)) ||
+		    hsm_failed(hsm_http_server_use_tls(w->srv, ctx)))
+			return NULL; /* swaps stop short: the test fails on the count */
+		w->swaps++;
+	}
+	return NULL;
+}
+
+/* Contexts replaced over and over while clients connect: every handshake
+ * gets a whole context (under ASan, none is used after it was freed). */
+static void test_tls_context_replaced_under_load(void **state)
+{
+	(void)state;
+	hsm_http_server *srv = start(HSM_HTTP_CLIENT_AUTH_NONE);
+	uint16_t port = hsm_http_server_port(srv);
+	SSL_CTX *trusting = client_ctx(NULL, NULL);
+	swapper w = {.srv = srv};
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, swap_main, &w), 0);
+	for (int i = 0; i < 60; i++) {
+		int reason;
+		char *body = request(port, trusting, &reason, NULL);
+		assert_non_null(body);
+		free(body);
+	}
+	atomic_store(&w.stop, true);
+	pthread_join(t, NULL);
+	assert_true(w.swaps >= 2);
+	SSL_CTX_free(trusting);
+	hsm_http_server_free(srv);
+}
+
 /* n new connections, each with its ClientHello sent (done: answered at once). */
 static void open_flood(uint16_t port, SSL_CTX *ctx, tc_conn **flood, bool *done, int n)
 {
@@ -866,6 +915,7 @@ int main(void)
 	    cmocka_unit_test(test_tls_key_permissions_warned),
 	    cmocka_unit_test(test_tls_config_errors),
 	    cmocka_unit_test(test_tls_context_replaced),
+	    cmocka_unit_test(test_tls_context_replaced_under_load),
 	    cmocka_unit_test(test_handshakes_wait_behind_requests),
 	    cmocka_unit_test(test_tls_warm_buffers),
 	};
