@@ -911,9 +911,15 @@ static hsm_result render_tls(const hsm_server *s, hsm_buf *out)
 	                         "failure new connections still get what was loaded before.\n"
 	                         "# TYPE hsmd_tls_reloads_total counter\n"
 	                         "hsmd_tls_reloads_total{result=\"success\"} %llu\n"
-	                         "hsmd_tls_reloads_total{result=\"failure\"} %llu\n",
+	                         "hsmd_tls_reloads_total{result=\"failure\"} %llu\n"
+	                         "# HELP hsmd_tls_last_reload_successful 0 when the last load of "
+	                         "the TLS files failed (new connections get what was loaded "
+	                         "before), 1 otherwise.\n"
+	                         "# TYPE hsmd_tls_last_reload_successful gauge\n"
+	                         "hsmd_tls_last_reload_successful %d\n",
 	                         (unsigned long long)atomic_load(&s->tls_reloads),
-	                         (unsigned long long)atomic_load(&s->tls_reload_failures)));
+	                         (unsigned long long)atomic_load(&s->tls_reload_failures),
+	                         atomic_load(&s->tls_reload_failing) ? 0 : 1));
 	if (cert == 0 && ca == 0)
 		return HSM_SUCCESS;
 	HSM_GUARD(hsm_buf_put_str(out, "# HELP hsmd_tls_certificate_expiry_time_seconds The earliest "

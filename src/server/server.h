@@ -169,6 +169,7 @@ typedef struct hsm_server {
 	pthread_mutex_t tls_reload_lock;
 	hsm_file_stamp tls_stamps[3]; /* tls_cert, tls_key, tls_client_ca */
 	atomic_uint_fast64_t tls_reloads, tls_reload_failures;
+	atomic_bool tls_reload_failing; /* the last load failed: the files are not what is served */
 	/* approval_operations as bit sets: by hsm_op, and by hsm_admin_index. */
 	uint64_t approval_kms_ops;
 	uint32_t approval_admin_ops;

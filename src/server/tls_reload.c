@@ -92,6 +92,7 @@ static hsm_result reload_locked(hsm_server *s, const char *trigger)
 		(void)hsm_server_event_of(s, NULL, "TlsReload", r, f, 2);
 		SSL_CTX_free(ctx);
 		atomic_fetch_add(&s->tls_reload_failures, 1);
+		atomic_store(&s->tls_reload_failing, true);
 		hsm_error("loading the TLS files again (%s) failed; new connections still get what "
 		          "was loaded before: %s",
 		          trigger, reason);
@@ -108,6 +109,7 @@ static hsm_result reload_locked(hsm_server *s, const char *trigger)
 	if (!hsm_server_event_of(s, NULL, "TlsReload", HSM_SUCCESS, f, info.ca_expiry != 0 ? 5 : 4)) {
 		SSL_CTX_free(ctx);
 		atomic_fetch_add(&s->tls_reload_failures, 1);
+		atomic_store(&s->tls_reload_failing, true);
 		/* The files are fine; the trail is not (its outage is logged apart): the
 		 * watch tries again at its next look, not only at the files' next change. */
 		memset(s->tls_stamps, 0, sizeof(s->tls_stamps));
@@ -119,6 +121,7 @@ static hsm_result reload_locked(hsm_server *s, const char *trigger)
 	atomic_store(&s->tls_cert_expiry, info.cert_expiry);
 	atomic_store(&s->tls_ca_expiry, info.ca_expiry);
 	atomic_fetch_add(&s->tls_reloads, 1);
+	atomic_store(&s->tls_reload_failing, false);
 	hsm_info("TLS files loaded again (%s): new connections get %s (SHA-256 %s), valid until %s",
 	         trigger, info.subject, info.sha256, cert_end);
 	return HSM_SUCCESS;

@@ -88,6 +88,13 @@ def reloads(server):
             {k.decode(): int(v) for k, v in expiry.items()})
 
 
+def last_ok(server):
+    st, body, _ = server.get("/metrics")
+    m = re.search(rb"^hsmd_tls_last_reload_successful (\d)$", body, re.M)
+    assert st == 200 and m, body[-300:]
+    return int(m.group(1))
+
+
 def wait_for(pred, timeout=20.0):
     deadline = time.monotonic() + timeout
     while True:
@@ -128,6 +135,7 @@ def test_sighup_serves_a_renewed_certificate_without_a_restart(pki):
         assert served(server, pki["ca.pem"]) == old
         assert reloads(server) == ({"success": 0, "failure": 0},
                                    {"tls_cert": not_after(pki["server.pem"])})
+        assert last_ok(server) == 1
         kms = client(server)
         kid = kms.create_key()["KeyMetadata"]["KeyId"]
         blob = kms.encrypt(KeyId=kid, Plaintext=b"before")["CiphertextBlob"]
@@ -186,6 +194,7 @@ def test_a_failed_reload_changes_nothing(pki):
         assert served(server, pki["ca.pem"]) == old
         assert reloads(server) == ({"success": 0, "failure": 1},
                                    {"tls_cert": not_after(pki["server.pem"])})
+        assert last_ok(server) == 0
         [ev] = reload_events(server, 1)
         assert ev["outcome"] == "error" and ev["error"] == "ValidationException", ev
         assert "does not match the certificate" in ev["extra"]["reason"], ev
@@ -209,6 +218,7 @@ def test_a_failed_reload_changes_nothing(pki):
         server.proc.send_signal(signal.SIGHUP)
         assert wait_for(lambda: served(server, pki["ca.pem"]) == fingerprint_of(new_cert))
         assert reloads(server)[0] == {"success": 1, "failure": 3}
+        assert last_ok(server) == 1
         assert [e["outcome"] for e in reload_events(server, 4)] == ["error"] * 3 + ["success"]
     finally:
         server.cleanup()
@@ -282,6 +292,7 @@ def test_sighup_without_tls_is_harmless():
         assert server.proc.poll() is None and server.get("/healthz")[0] == 200
         st, body, _ = server.get("/metrics")
         assert b"hsmd_tls_reloads_total" not in body
+        assert b"hsmd_tls_last_reload_successful" not in body
         assert not audit_records_until(server.data_dir, lambda r: r.get("op") == "TlsReload",
                                        timeout=0.5)
     finally:
