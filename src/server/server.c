@@ -453,7 +453,8 @@ hsm_result hsm_server_new(const hsm_server_options *opt, hsm_server **out)
 	if (opt->http.tls_cert != NULL &&
 	    hsm_ok(hsm_http_tls_file_expiry(opt->http.tls_cert, &expiry)))
 		atomic_store(&s->tls_cert_expiry, expiry); /* else the TLS set-up reports the fault */
-	if (opt->http.tls_client_ca != NULL &&
+	/* The bundle counts only where it is used (a reload loads it only then too). */
+	if (opt->http.tls_client_ca != NULL && opt->http.client_auth != HSM_HTTP_CLIENT_AUTH_NONE &&
 	    hsm_ok(hsm_http_tls_file_expiry(opt->http.tls_client_ca, &expiry)))
 		atomic_store(&s->tls_ca_expiry, expiry);
 	HSM_TRY(copy_opt(s->data_dir, sizeof(s->data_dir), opt->data_dir, "data_dir"));
