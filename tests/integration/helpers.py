@@ -109,6 +109,18 @@ def metric(server, name):
     return float(m.group(1))
 
 
+def eventually(fn, timeout=10.0, step=0.05):
+    """Polls fn until it returns a true value and returns that value, or fn's last (false)
+    one once `timeout` seconds passed: what hsmd does on its own (a scheduler, a watch,
+    a writer) shows a moment after what caused it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(step)
+
+
 # ---- audit trail --------------------------------------------------------------------------
 
 def audit_records(data_dir):

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import (DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, start_dev,
                       unsigned_call)
-from helpers import audit_records, gdb_can_trace, metric
+from helpers import audit_records, eventually, gdb_can_trace, metric
 
 
 def audit_pem(server, directory):
@@ -45,15 +45,6 @@ def verify(server, pubkey=None, live=False, extra=()):
     if pubkey:
         cmd += ["--pubkey", pubkey]
     return subprocess.run(cmd + files, capture_output=True, text=True)
-
-
-def wait_for(pred, timeout=10.0, step=0.05):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return False
 
 
 def test_every_request_is_recorded_with_its_request_id():
@@ -527,7 +518,7 @@ def test_closed_audit_files_are_copied_to_the_copy_dir():
             m = re.search(rf"^{name} (\d+)$", body.decode(), re.M)
             return int(m.group(1)) if st == 200 and m else -1
         for name, server in nodes.items():
-            assert wait_for(lambda: counter(server, "hsmd_audit_files_copied_total") >= 1,
+            assert eventually(lambda: counter(server, "hsmd_audit_files_copied_total") >= 1,
                             timeout=30), name
             assert counter(server, "hsmd_audit_copy_failures_total") == 0, name
         pubkeys = {}
@@ -652,7 +643,7 @@ def test_full_disk_refuses_requests_before_any_goes_unrecorded():
         with pytest.raises(botocore.exceptions.ClientError):  # every request waits for room
             kms.list_keys()
         os.remove(filler)
-        assert wait_for(lambda: server.get("/readyz")[0] == 200, timeout=30)  # retried each 0.5 s
+        assert eventually(lambda: server.get("/readyz")[0] == 200, timeout=30)  # retried each 0.5 s
         assert metric(server, "hsmd_audit_low_space") == 0
         kms.encrypt(KeyId=key, Plaintext=b"after")
         made = [k["KeyId"] for k in kms.list_keys(Limit=1000)["Keys"]]
@@ -761,7 +752,7 @@ def test_threads_are_named_and_the_audit_writer_yields_to_the_workers():
             return sorted((n for n in threads if n.startswith("hsmd-http-")),
                           key=lambda n: int(n.rsplit("-", 1)[1]))
 
-        wait_for(all_named, timeout=30)
+        eventually(all_named, timeout=30)
         workers = http_workers()
         assert workers == [f"hsmd-http-{i}" for i in range(len(workers))] and workers
         for name in ("hsmd-audit", "hsmd-audit-sync", "hsmd-audit-dog", "hsmd-audit-ret", "hsmd-sched"):
@@ -1074,7 +1065,7 @@ def test_requests_refused_in_an_outage_say_that_nothing_ran(tmp_path):
                 # its answer is withheld.
                 st, out = unsigned_call(server, "HsmdAdmin.Status", {})
                 assert st == 503 and "withheld" in out["message"], out
-                assert wait_for(lambda: metric(server, "hsmd_audit_healthy") == 0)
+                assert eventually(lambda: metric(server, "hsmd_audit_healthy") == 0)
                 if server is sealed:
                     with open(shares["alice"]) as f:
                         st, out = unsigned_call(server, "HsmdAdmin.Unseal",
@@ -1091,7 +1082,7 @@ def test_requests_refused_in_an_outage_say_that_nothing_ran(tmp_path):
                 assert metric(server, "hsmd_audit_refusals_total") >= 2
             finally:
                 outage.end()
-            assert wait_for(lambda: metric(server, "hsmd_audit_healthy") == 1, 30)
+            assert eventually(lambda: metric(server, "hsmd_audit_healthy") == 1, 30)
         assert status(sealed)["Progress"] == 0  # the refused share was not applied
         with open(shares["alice"]) as f:
             st, out = unsigned_call(sealed, "HsmdAdmin.Unseal", {"Share": f.read()})
@@ -1128,10 +1119,10 @@ def test_with_durable_acks_no_answer_comes_before_its_record_is_synced(tmp_path)
                     assert "withheld" in out["message"], out
                 else:
                     assert st == 200 and out["KeyId"].endswith(key), out
-                assert wait_for(lambda: metric(server, "hsmd_audit_healthy") == 0, 10)
+                assert eventually(lambda: metric(server, "hsmd_audit_healthy") == 0, 10)
             finally:
                 outage.end()
-            assert wait_for(lambda: metric(server, "hsmd_audit_healthy") == 1, 30)
+            assert eventually(lambda: metric(server, "hsmd_audit_healthy") == 1, 30)
             assert kms.encrypt(KeyId=key, Plaintext=b"after")["KeyId"].endswith(key)
             # Its record was written all the same: the trail holds it, and verifies.
             encrypts = [r for r in audit_records(server.data_dir) if r.get("op") == "Encrypt"]

@@ -15,12 +15,11 @@ import glob
 import os
 import re
 import subprocess
-import time
 
 import pytest
 
 from conftest import HSMCTL, start_dev
-from helpers import admin, audit_records
+from helpers import admin, audit_records, eventually
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -63,23 +62,14 @@ def gauge(server, name):
     return float(m.group(1)) if m else None
 
 
-def wait_for(pred, timeout):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.2)
-    return pred()
-
-
 def test_scheduled_work_goes_on_after_the_clock_steps_back(shim, tmp_path):
     server, clock = start_shifted(shim, tmp_path)
     try:
-        assert wait_for(lambda: (gauge(server, "hsmd_keys_counted_time_seconds") or 0) > 0, 30)
+        assert eventually(lambda: (gauge(server, "hsmd_keys_counted_time_seconds") or 0) > 0, 30)
         before = gauge(server, "hsmd_keys_counted_time_seconds")
         clock.set(-600)
         # The scheduler counts every 5 s: the next count is dated by the stepped clock.
-        assert wait_for(lambda: gauge(server, "hsmd_keys_counted_time_seconds") < before - 300,
+        assert eventually(lambda: gauge(server, "hsmd_keys_counted_time_seconds") < before - 300,
                         30), "the scheduler stopped when the clock stepped back"
     finally:
         server.cleanup()
@@ -96,7 +86,7 @@ def test_audit_retention_holds_when_the_clock_jumps_ahead(shim, tmp_path):
         # Ten years ahead: the current file is 10 years old by the wall clock and rotates;
         # retention then finds every closed file expired, and holds.
         clock.set(3653 * 86400)
-        assert wait_for(lambda: gauge(server, "hsmd_audit_retention_held") == 1, 30), \
+        assert eventually(lambda: gauge(server, "hsmd_audit_retention_held") == 1, 30), \
             "retention did not hold"
         assert set(files) <= set(glob.glob(os.path.join(audit_dir, "audit-*.jsonl")))
         assert gauge(server, "hsmd_audit_files_expired_total") == 0
@@ -129,7 +119,7 @@ def test_each_backup_the_retention_deletes_is_audited(shim, tmp_path):
         def expired_events():
             return [r for r in audit_records(server.data_dir) if r.get("op") == "BackupExpired"]
         want = len(before) + 1 - 7
-        assert wait_for(lambda: len(expired_events()) >= want, 30), expired_events()
+        assert eventually(lambda: len(expired_events()) >= want, 30), expired_events()
         events = expired_events()
         names = {r["extra"]["file"] for r in events}
         assert len(events) == len(names) == want, (events, before)

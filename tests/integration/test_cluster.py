@@ -27,7 +27,7 @@ import urllib.parse
 import pytest
 
 from conftest import BUILD, HSMCTL, Hsmd, client, signed_call
-from helpers import (PG_SERVER, Postgres, admin, audit_records, gdb_can_trace, raises,
+from helpers import (PG_SERVER, Postgres, admin, audit_records, eventually, gdb_can_trace, raises,
                      self_signed)
 
 MODULE = os.path.join(BUILD, "libhsm_pkcs11.so")
@@ -80,16 +80,6 @@ def unseal(server, files, who=("alice", "carol", "erin")):
 def readyz(server):
     st, body, _ = server.get("/readyz")
     return st, json.loads(body)
-
-
-def eventually(fn, within):
-    """Polls fn until it returns a true value; that value, or None after `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        v = fn()
-        if v or time.monotonic() > deadline:
-            return v
-        time.sleep(0.05)
 
 
 def stale_for(refused, within=5):

@@ -11,13 +11,12 @@ import sqlite3
 import subprocess
 import tempfile
 import threading
-import time
 
 import botocore.exceptions
 import pytest
 
 from conftest import DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, start_dev
-from helpers import audit_records, gdb_can_trace, metric
+from helpers import audit_records, eventually, gdb_can_trace, metric
 
 DEV_ENV = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
 RECOVERED = "RequestRecordRecovered"
@@ -32,15 +31,6 @@ def outbox_rows(data_dir):
         return db.execute("SELECT request_id, operation, key_id FROM audit_outbox").fetchall()
     finally:
         db.close()
-
-
-def wait_for(pred, timeout=10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
 
 
 def recovered(data_dir):
@@ -112,7 +102,7 @@ def test_rows_of_recorded_changes_go_and_a_clean_restart_recovers_nothing():
         kms.create_alias(AliasName="alias/outbox-clean", TargetKeyId=key)
         kms.encrypt(KeyId=key, Plaintext=b"x")
         # Each change committed a row; once its record is durable the row goes.
-        assert wait_for(lambda: outbox_rows(server.data_dir) == [], 10), \
+        assert eventually(lambda: outbox_rows(server.data_dir) == [], 10), \
             outbox_rows(server.data_dir)
         server.stop()
         server = restart(server)
@@ -156,7 +146,7 @@ def test_a_change_whose_record_was_lost_is_recorded_at_the_next_start():
         assert extra["committed"].endswith("Z"), r
         assert extra["record_lost"].startswith("the node stopped before writing it"), r
         # The row is settled, the trail still verifies, the count says so.
-        assert wait_for(lambda: outbox_rows(server.data_dir) == [], 10), \
+        assert eventually(lambda: outbox_rows(server.data_dir) == [], 10), \
             outbox_rows(server.data_dir)
         assert metric(server, "hsmd_audit_records_recovered_total") == 1
         p = verify(server.data_dir)
@@ -188,12 +178,11 @@ def test_a_change_recorded_before_a_kill_is_not_recorded_twice():
 
         server = restart(server)
         assert recovered(server.data_dir) == []
-        assert wait_for(lambda: outbox_rows(server.data_dir) == [], 10), \
+        assert eventually(lambda: outbox_rows(server.data_dir) == [], 10), \
             outbox_rows(server.data_dir)
         assert metric(server, "hsmd_audit_records_recovered_total") == 0
     finally:
         server.cleanup()
-
 
 
 @pytest.mark.skipif(not GDB, reason="failing an audit write needs gdb, allowed to attach")
@@ -241,12 +230,12 @@ def test_a_change_whose_record_an_outage_failed_is_on_the_trail_once_it_recovers
         # The change stands; once the trail takes records again, it is on it exactly once:
         # its own record (the trail writes what it held again when it recovers, so here it
         # usually is) or one in its stead; either way the row is settled.
-        assert wait_for(lambda: server.get("/readyz")[0] == 200, 20)
+        assert eventually(lambda: server.get("/readyz")[0] == 200, 20)
         key = [k["KeyId"] for k in kms.list_keys()["Keys"]
                if kms.describe_key(KeyId=k["KeyId"])["KeyMetadata"].get("Description")
                == "committed, record failed"]
         assert len(key) == 1
-        assert wait_for(lambda: outbox_rows(server.data_dir) == [], 10), \
+        assert eventually(lambda: outbox_rows(server.data_dir) == [], 10), \
             outbox_rows(server.data_dir)
         mine = [r for r in audit_records(server.data_dir) if r.get("key_id") == key[0]
                 and (r.get("op") == "CreateKey" or r.get("op") == RECOVERED)]
@@ -295,7 +284,7 @@ def test_scheduled_work_killed_before_its_event_is_recorded_at_the_next_start():
         assert r["key_id"] == key and r["request_id"] == rows[0][0], r
         assert r["extra"]["request_op"] == "ScheduledKeyWork", r
         assert r["extra"]["request_principal"] == "hsmd", r
-        assert wait_for(lambda: outbox_rows(server.data_dir) == [], 10), \
+        assert eventually(lambda: outbox_rows(server.data_dir) == [], 10), \
             outbox_rows(server.data_dir)
     finally:
         server.cleanup()
@@ -306,13 +295,13 @@ def test_scheduled_work_recorded_leaves_no_row_and_its_event_names_it():
     try:
         kms = client(server)
         key = expiring_key(kms, 2)
-        assert wait_for(lambda: [r for r in audit_records(server.data_dir)
+        assert eventually(lambda: [r for r in audit_records(server.data_dir)
                                  if r.get("op") == "DeleteExpiredKeyMaterial"], 30)
         ev = [r for r in audit_records(server.data_dir)
               if r.get("op") == "DeleteExpiredKeyMaterial"][0]
         # The event carries the id of its change's outbox row; the row is gone.
         assert ev["key_id"] == key and len(ev.get("request_id", "")) == 36, ev
-        assert wait_for(lambda: outbox_rows(server.data_dir) == [], 10), \
+        assert eventually(lambda: outbox_rows(server.data_dir) == [], 10), \
             outbox_rows(server.data_dir)
     finally:
         server.cleanup()
@@ -325,7 +314,7 @@ def test_a_recovered_change_names_a_key_its_handler_names_only_afterwards():
     try:
         kms = client(server)
         key = kms.create_key()["KeyMetadata"]["KeyId"]
-        assert wait_for(lambda: outbox_rows(server.data_dir) == [], 10)
+        assert eventually(lambda: outbox_rows(server.data_dir) == [], 10)
         killed_before_its_record(
             server, lambda: kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=7))
         server = restart(server)
@@ -347,7 +336,7 @@ def test_a_lockout_whose_records_were_lost_is_recorded_at_the_next_start():
         akid, secret = new_user(server, "victim", ["crypto-user"])
         st, _ = signed_call(server, "TrentService.ListKeys", {}, akid=akid, secret="x" * 40)
         assert st == 400
-        assert wait_for(lambda: outbox_rows(server.data_dir) == [], 10)
+        assert eventually(lambda: outbox_rows(server.data_dir) == [], 10)
         # The second wrong signature locks the user; hsmd dies right after that commit,
         # before UserLocked and the refusal's record.
         killer = KilledAt(server, "hsm_server_auth_flush")
@@ -367,7 +356,7 @@ def test_a_lockout_whose_records_were_lost_is_recorded_at_the_next_start():
         assert extra["request_principal"].endswith(":user/victim"), recs
         assert extra["request_access_key"] == akid, recs
         assert extra["request_source"].startswith("127.0.0.1:"), recs
-        assert wait_for(lambda: outbox_rows(server.data_dir) == [], 10)
+        assert eventually(lambda: outbox_rows(server.data_dir) == [], 10)
     finally:
         server.cleanup()
 
@@ -385,7 +374,7 @@ def test_a_change_after_a_failed_signature_is_recovered_as_what_it_did():
         key = kms.create_key()["KeyMetadata"]["KeyId"]
         st, _ = signed_call(server, "TrentService.ListKeys", {}, akid=akid, secret="x" * 40)
         assert st == 400
-        assert wait_for(lambda: outbox_rows(server.data_dir) == [], 10)
+        assert eventually(lambda: outbox_rows(server.data_dir) == [], 10)
         killed_before_its_record(
             server, lambda: kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=7))
         rows = outbox_rows(server.data_dir)
@@ -430,8 +419,8 @@ def test_a_count_reset_refused_for_want_of_audit_space_still_gets_its_record():
         assert r.status_code == 503, r.text
         request_id = r.headers["x-amzn-RequestId"]
         os.remove(os.path.join(audit_dir, "filler"))
-        assert wait_for(lambda: server.get("/readyz")[0] == 200, 30)
-        assert wait_for(lambda: outbox_rows(server.data_dir) == [], 10), \
+        assert eventually(lambda: server.get("/readyz")[0] == 200, 30)
+        assert eventually(lambda: outbox_rows(server.data_dir) == [], 10), \
             outbox_rows(server.data_dir)
         server.stop()
         recs = []
@@ -522,7 +511,7 @@ def test_an_offline_change_killed_before_its_record_is_recorded_at_the_nodes_sta
     request = row[1]
     server = Hsmd([], data_dir=data)  # the directory's node, sealed: its start settles it
     try:
-        assert wait_for(lambda: offline_rows(data) == [], 20), offline_rows(data)
+        assert eventually(lambda: offline_rows(data) == [], 20), offline_rows(data)
         (rec,) = recovered(data)
         assert rec["request_id"] == request and rec["principal"] == "hsmd", rec
         assert rec["extra"]["request_op"] == "hsmctl user create", rec
@@ -577,7 +566,7 @@ def test_an_offline_change_recorded_before_a_kill_is_not_recorded_twice(offline_
     assert by_request(data)[row[1]]["op"] == "CreateUser", row  # recorded, then killed
     server = Hsmd([], data_dir=data)
     try:
-        assert wait_for(lambda: offline_rows(data) == [], 20), offline_rows(data)
+        assert eventually(lambda: offline_rows(data) == [], 20), offline_rows(data)
         assert recovered(data) == []
     finally:
         server.stop()
@@ -623,7 +612,7 @@ def test_a_restore_killed_before_its_record_is_recorded_at_the_nodes_start(backu
     assert row[2:] == ("hsmctl restore", f"local:uid={os.getuid()}", "hsmctl"), row
     server = Hsmd([], data_dir=target)
     try:
-        assert wait_for(lambda: offline_rows(target) == [], 20), offline_rows(target)
+        assert eventually(lambda: offline_rows(target) == [], 20), offline_rows(target)
         (rec,) = recovered(target)
         assert rec["request_id"] == row[1] and rec["principal"] == "hsmd", rec
         assert rec["extra"]["request_op"] == "hsmctl restore", rec
@@ -650,7 +639,6 @@ def test_the_next_offline_command_records_a_restore_a_killed_one_left(backup_fil
     assert p.returncode == 0, p.stdout + p.stderr
 
 
-
 # ---- Backups -------------------------------------------------------------------------------
 
 def backup_files(data_dir):
@@ -663,13 +651,13 @@ def test_a_backup_s_event_carries_its_row_s_id_and_the_row_goes():
     try:
         def backups():
             return [r for r in audit_records(server.data_dir) if r.get("op") == "Backup"]
-        assert wait_for(lambda: len(backups()) >= 2, 30), backups()
+        assert eventually(lambda: len(backups()) >= 2, 30), backups()
         for ev in backups():
             assert ev["outcome"] == "success" and len(ev.get("request_id", "")) == 36, ev
         assert len({ev["request_id"] for ev in backups()}) == len(backups())
         named = {ev["extra"]["file"] for ev in backups()}
         assert named <= set(backup_files(server.data_dir)), (named, backup_files(server.data_dir))
-        assert wait_for(lambda: not [r for r in outbox_rows(server.data_dir)
+        assert eventually(lambda: not [r for r in outbox_rows(server.data_dir)
                                      if r[1] == "Backup"], 10), outbox_rows(server.data_dir)
     finally:
         server.cleanup()
@@ -680,7 +668,7 @@ def test_a_backup_s_event_carries_its_row_s_id_and_the_row_goes():
 def test_a_backup_killed_before_its_event_is_recorded_at_the_next_start():
     server = start_dev(["--backup-interval-seconds", "1"])
     try:
-        assert wait_for(lambda: backup_files(server.data_dir), 30)
+        assert eventually(lambda: backup_files(server.data_dir), 30)
         # The next scheduled backup writes its file, then the node dies before its event.
         killer = KilledAt(server, 'hsm_server_event_of if $_streq(event, "Backup")')
         killer.wait()
@@ -698,7 +686,7 @@ def test_a_backup_killed_before_its_event_is_recorded_at_the_next_start():
         assert rec["request_id"] == rows[0][0] and rec["principal"] == "hsmd", rec
         assert rec["extra"]["request_op"] == "Backup", rec
         assert rec["extra"]["request_principal"] == "hsmd", rec
-        assert wait_for(lambda: outbox_rows(server.data_dir) == [], 10), \
+        assert eventually(lambda: outbox_rows(server.data_dir) == [], 10), \
             outbox_rows(server.data_dir)
         server.stop()
         p = verify(server.data_dir)

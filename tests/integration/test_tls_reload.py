@@ -20,7 +20,7 @@ import pytest
 from cryptography import x509
 
 from conftest import DEV_AKID, DEV_SECRET, Hsmd, client
-from helpers import audit_records_until, make_pki, openssl
+from helpers import audit_records_until, eventually, make_pki, openssl
 
 EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
 
@@ -95,15 +95,6 @@ def last_ok(server):
     return int(m.group(1))
 
 
-def wait_for(pred, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
-
-
 def reload_events(server, n):
     return audit_records_until(server.data_dir, lambda r: r.get("op") == "TlsReload", n=n)
 
@@ -153,7 +144,7 @@ def test_sighup_serves_a_renewed_certificate_without_a_restart(pki):
         assert served(server, pki["ca.pem"]) == old
         server.proc.send_signal(signal.SIGHUP)
         renewed = fingerprint_of(new_cert)
-        assert wait_for(lambda: served(server, pki["ca.pem"]) == renewed), server.read_log()
+        assert eventually(lambda: served(server, pki["ca.pem"]) == renewed), server.read_log()
 
         assert server.proc.poll() is None and server.proc.pid == pid
         assert reloads(server) == ({"success": 1, "failure": 0},
@@ -190,7 +181,7 @@ def test_a_failed_reload_changes_nothing(pki):
         new_cert, new_key = issue(d, "ca", "renewed", days=30)
         put(cert, new_cert)  # the certificate, with the old key: they do not match
         server.proc.send_signal(signal.SIGHUP)
-        assert wait_for(lambda: reloads(server)[0]["failure"] == 1), server.read_log()
+        assert eventually(lambda: reloads(server)[0]["failure"] == 1), server.read_log()
         assert served(server, pki["ca.pem"]) == old
         assert reloads(server) == ({"success": 0, "failure": 1},
                                    {"tls_cert": not_after(pki["server.pem"])})
@@ -206,17 +197,17 @@ def test_a_failed_reload_changes_nothing(pki):
             f.write("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
         os.replace(cert + ".new", cert)
         server.proc.send_signal(signal.SIGHUP)
-        assert wait_for(lambda: reloads(server)[0]["failure"] == 2), server.read_log()
+        assert eventually(lambda: reloads(server)[0]["failure"] == 2), server.read_log()
         put(cert, new_cert)
         os.remove(key)
         server.proc.send_signal(signal.SIGHUP)
-        assert wait_for(lambda: reloads(server)[0]["failure"] == 3), server.read_log()
+        assert eventually(lambda: reloads(server)[0]["failure"] == 3), server.read_log()
         assert served(server, pki["ca.pem"]) == old
         assert server.proc.poll() is None
         # With the key in place the next signal loads them.
         put(key, new_key)
         server.proc.send_signal(signal.SIGHUP)
-        assert wait_for(lambda: served(server, pki["ca.pem"]) == fingerprint_of(new_cert))
+        assert eventually(lambda: served(server, pki["ca.pem"]) == fingerprint_of(new_cert))
         assert reloads(server)[0] == {"success": 1, "failure": 3}
         assert last_ok(server) == 1
         assert [e["outcome"] for e in reload_events(server, 4)] == ["error"] * 3 + ["success"]
@@ -242,7 +233,7 @@ def test_tls_watch_loads_a_renewal_that_swaps_a_link(pki):
         os.symlink("v2", os.path.join(d, "..data_tmp"))
         os.replace(os.path.join(d, "..data_tmp"), os.path.join(d, "..data"))
         renewed = fingerprint_of(os.path.join(d, "v2", "tls.crt"))
-        assert wait_for(lambda: served(server, pki["ca.pem"]) == renewed), server.read_log()
+        assert eventually(lambda: served(server, pki["ca.pem"]) == renewed), server.read_log()
         [ev] = reload_events(server, 1)
         assert ev["outcome"] == "success" and ev["extra"]["trigger"] == "file change", ev
         assert ev["extra"]["certificate_sha256"] == renewed
@@ -267,7 +258,7 @@ def test_a_new_client_ca_bundle_decides_the_next_handshakes(pki):
             served(server, pki["ca.pem"], client_cert=second)
         put(bundle, pki["other-ca.pem"])
         server.proc.send_signal(signal.SIGHUP)
-        assert wait_for(lambda: "TLS files loaded again (signal)" in server.read_log())
+        assert eventually(lambda: "TLS files loaded again (signal)" in server.read_log())
         server.client_cert = second  # what the fixture's own probes (/metrics) present now
         served(server, pki["ca.pem"], client_cert=second)
         with pytest.raises((ssl.SSLError, ConnectionError, AssertionError)):
@@ -288,7 +279,7 @@ def test_sighup_without_tls_is_harmless():
     server = Hsmd(["--dev"], env=env)
     try:
         server.proc.send_signal(signal.SIGHUP)
-        assert wait_for(lambda: "there are no TLS files to load" in server.read_log())
+        assert eventually(lambda: "there are no TLS files to load" in server.read_log())
         assert server.proc.poll() is None and server.get("/healthz")[0] == 200
         st, body, _ = server.get("/metrics")
         assert b"hsmd_tls_reloads_total" not in body
