@@ -113,9 +113,13 @@ static hsm_result reload_locked(hsm_server *s, const char *trigger)
 		/* The files are fine; the trail is not (its outage is logged apart): the
 		 * watch tries again at its next look, not only at the files' next change. */
 		memset(s->tls_stamps, 0, sizeof(s->tls_stamps));
-		return HSM_FAIL(HSM_ERR_AUDIT_UNAVAILABLE,
-		                "the TLS files were loaded but their reload could not be recorded in "
-		                "the audit trail: new connections still get what was loaded before");
+		hsm_result fail = HSM_FAIL(HSM_ERR_AUDIT_UNAVAILABLE,
+		                           "the TLS files loaded (%s), but the reload could not be "
+		                           "recorded in the audit trail: new connections still get what "
+		                           "was loaded before",
+		                           trigger);
+		hsm_log_failure("loading the TLS files again");
+		return fail;
 	}
 	HSM_GUARD(hsm_http_server_use_tls(s->http, ctx));
 	atomic_store(&s->tls_cert_expiry, info.cert_expiry);

@@ -19,8 +19,8 @@ import time
 import pytest
 from cryptography import x509
 
-from conftest import DEV_AKID, DEV_SECRET, Hsmd, client
-from helpers import audit_records_until, eventually, make_pki, openssl
+from conftest import DEV_AKID, DEV_SECRET, Hsmd, client, unsigned_call
+from helpers import audit_records_until, eventually, gdb_can_trace, make_pki, metric, openssl
 
 EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
 
@@ -211,6 +211,46 @@ def test_a_failed_reload_changes_nothing(pki):
         assert reloads(server)[0] == {"success": 1, "failure": 3}
         assert last_ok(server) == 1
         assert [e["outcome"] for e in reload_events(server, 4)] == ["error"] * 3 + ["success"]
+    finally:
+        server.cleanup()
+
+
+@pytest.mark.skipif(not gdb_can_trace(), reason="an audit outage is made with gdb, allowed to "
+                                              "attach")
+def test_a_reload_the_trail_cannot_record_is_not_made(pki, tmp_path):
+    """In an audit outage the files load but their TlsReload event cannot be written: new
+    connections keep the old certificate.  Once the trail is back, the watch loads them
+    at its next look, though they did not change again."""
+    from test_audit_server import TrailOutage
+    d = pki["dir"]
+    cert, key = os.path.join(d, "live.pem"), os.path.join(d, "live.key")
+    put(cert, pki["server.pem"])
+    put(key, pki["server.key"])
+    new_cert, new_key = issue(d, "ca", "renewed", days=30)
+    server = start(pki, cert, key)
+    try:
+        old = fingerprint_of(pki["server.pem"])
+        outage = TrailOutage(server, str(tmp_path))
+        try:
+            st, _ = unsigned_call(server, "HsmdAdmin.Status", {})  # its record starts it
+            assert st == 503
+            assert eventually(lambda: metric(server, "hsmd_audit_healthy") == 0)
+            put(cert, new_cert)
+            put(key, new_key)
+            server.proc.send_signal(signal.SIGHUP)
+            assert eventually(lambda: reloads(server)[0]["failure"] >= 1), server.read_log()
+            assert served(server, pki["ca.pem"]) == old
+            assert last_ok(server) == 0 and reloads(server)[0]["success"] == 0
+            assert "could not be recorded in the audit trail" in server.read_log()
+        finally:
+            outage.end()
+        renewed = fingerprint_of(new_cert)
+        assert eventually(lambda: served(server, pki["ca.pem"]) == renewed, 30), \
+            server.read_log()
+        assert last_ok(server) == 1
+        done = [e for e in reload_events(server, 1) if e["outcome"] == "success"]
+        assert [(e["extra"]["trigger"], e["extra"]["certificate_sha256"]) for e in done] == \
+            [("file change", renewed)], done
     finally:
         server.cleanup()
 
