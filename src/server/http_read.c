@@ -14,7 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 #include "common/log.h"
 #include "server/http_internal.h"
 

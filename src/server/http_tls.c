@@ -23,6 +23,7 @@
 #include <openssl/x509.h>
 
 #include "common/buf.h"
+#include "common/encoding.h"
 #include "common/log.h"
 #include "server/http_internal.h"
 
@@ -169,6 +170,28 @@ static void fold_not_after(const X509 *x, int64_t *earliest)
 	}
 }
 
+/* A certificate's subject as RFC 2253 text (malloc'd), or NULL: none, or over SUBJECT_MAX. */
+static char *subject_text(X509 *cert)
+{
+	BIO *bio = BIO_new(BIO_s_mem());
+	if (bio == NULL)
+		return NULL;
+	char *subject = NULL;
+	if (X509_NAME_print_ex(bio, X509_get_subject_name(cert), 0, XN_FLAG_RFC2253) >= 0) {
+		char *p = NULL;
+		long n = BIO_get_mem_data(bio, &p);
+		if (n >= 0 && n < SUBJECT_MAX && p != NULL) {
+			subject = malloc((size_t)n + 1);
+			if (subject != NULL) {
+				memcpy(subject, p, (size_t)n);
+				subject[n] = '\0';
+			}
+		}
+	}
+	BIO_free(bio);
+	return subject;
+}
+
 hsm_result hsm_http_tls_describe(SSL_CTX *ctx, hsm_http_tls_info *out)
 {
 	HSM_ASSERT(ctx != NULL && out != NULL);
@@ -193,20 +216,10 @@ hsm_result hsm_http_tls_describe(SSL_CTX *ctx, hsm_http_tls_info *out)
 	unsigned int n = 0;
 	HSM_ENSURE(X509_digest(leaf, EVP_sha256(), md, &n) == 1 && n == 32, HSM_ERR_CRYPTO,
 	           "cannot hash the certificate: %s", ossl_reason());
-	for (unsigned i = 0; i < n; i++)
-		snprintf(out->sha256 + 2 * i, 3, "%02x", md[i]);
-	BIO *bio = BIO_new(BIO_s_mem());
-	HSM_ENSURE(bio != NULL, HSM_ERR_NOMEM, "out of memory");
-	char *p = NULL;
-	long len = 0;
-	if (X509_NAME_print_ex(bio, X509_get_subject_name(leaf), 0, XN_FLAG_RFC2253) >= 0)
-		len = BIO_get_mem_data(bio, &p);
-	if (len > 0 && p != NULL) {
-		size_t k = (size_t)len < sizeof(out->subject) - 1 ? (size_t)len : sizeof(out->subject) - 1;
-		memcpy(out->subject, p, k);
-		out->subject[k] = '\0';
-	}
-	BIO_free(bio);
+	hsm_hex_encode_str(out->sha256, md, n);
+	char *subject = subject_text(leaf);
+	snprintf(out->subject, sizeof(out->subject), "%s", subject != NULL ? subject : "");
+	free(subject);
 	ERR_clear_error();
 	return HSM_SUCCESS;
 }
@@ -218,11 +231,7 @@ hsm_result hsm_http_tls_file_expiry(const char *path, int64_t *not_after)
 	int64_t earliest = INT64_MAX;
 	X509 *x;
 	while ((x = PEM_read_X509(f, NULL, NULL, NULL)) != NULL) {
-		struct tm tm;
-		if (ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1) {
-			int64_t t = (int64_t)timegm(&tm);
-			earliest = t < earliest ? t : earliest;
-		}
+		fold_not_after(x, &earliest);
 		X509_free(x);
 	}
 	ERR_clear_error(); /* the end of the file reads as an error */
@@ -237,21 +246,5 @@ char *hsm_http_tls_client_subject(SSL *ssl)
 	X509 *cert = SSL_get0_peer_certificate(ssl);
 	if (cert == NULL || SSL_get_verify_result(ssl) != X509_V_OK)
 		return NULL;
-	BIO *bio = BIO_new(BIO_s_mem());
-	if (bio == NULL)
-		return NULL;
-	char *subject = NULL;
-	if (X509_NAME_print_ex(bio, X509_get_subject_name(cert), 0, XN_FLAG_RFC2253) >= 0) {
-		char *p = NULL;
-		long n = BIO_get_mem_data(bio, &p);
-		if (n >= 0 && n < SUBJECT_MAX && p != NULL) {
-			subject = malloc((size_t)n + 1);
-			if (subject != NULL) {
-				memcpy(subject, p, (size_t)n);
-				subject[n] = '\0';
-			}
-		}
-	}
-	BIO_free(bio);
-	return subject;
+	return subject_text(cert);
 }

@@ -899,7 +899,6 @@ uint16_t hsm_server_port(hsm_server *s)
 
 /* ---- /metrics --------------------------------------------------------------------- */
 
-/* How long the audit file's syncs take, and how long they held responses. */
 /* When the TLS files last loaded stop serving (only those configured), and the reloads. */
 static hsm_result render_tls(const hsm_server *s, hsm_buf *out)
 {

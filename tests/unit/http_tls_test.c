@@ -26,6 +26,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
+#include "common/encoding.h"
 #include "common/util.h"
 #include "server/http.h"
 #include "support/http_client.h"
@@ -610,8 +611,7 @@ static void pem_sha256(const char *path, char out[65])
 	unsigned char md[32];
 	unsigned int n = 0;
 	assert_int_equal(X509_digest(x, EVP_sha256(), md, &n), 1);
-	for (unsigned i = 0; i < n; i++)
-		snprintf(out + 2 * i, 3, "%02x", md[i]);
+	hsm_hex_encode_str(out, md, n);
 	X509_free(x);
 }
 
