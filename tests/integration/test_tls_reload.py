@@ -18,6 +18,7 @@ import time
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from conftest import DEV_AKID, DEV_SECRET, Hsmd, client, unsigned_call
 from helpers import audit_records_until, eventually, gdb_can_trace, make_pki, metric, openssl
@@ -47,21 +48,18 @@ def put(path, src):
     os.replace(tmp, path)
 
 
-def fingerprint_of(pem_path):
+def certificate(pem_path):
     with open(pem_path, "rb") as f:
-        cert = x509.load_pem_x509_certificate(f.read())
-    return hashlib.sha256(cert.public_bytes(encoding=_der())).hexdigest()
+        return x509.load_pem_x509_certificate(f.read())
 
 
-def _der():
-    from cryptography.hazmat.primitives.serialization import Encoding
-    return Encoding.DER
+def fingerprint_of(pem_path):
+    return hashlib.sha256(certificate(pem_path).public_bytes(Encoding.DER)).hexdigest()
 
 
 def not_after(pem_path):
-    with open(pem_path, "rb") as f:
-        cert = x509.load_pem_x509_certificate(f.read())
-    return int(cert.not_valid_after.replace(tzinfo=datetime.timezone.utc).timestamp())
+    end = certificate(pem_path).not_valid_after
+    return int(end.replace(tzinfo=datetime.timezone.utc).timestamp())
 
 
 def served(server, ca, client_cert=None):
