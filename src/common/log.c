@@ -1,21 +1,23 @@
 #include "common/log.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 
 #include "common/util.h"
 
-static hsm_log_level min_level = HSM_LOG_INFO;
+/* Atomic: a configuration reload (SIGHUP) sets it while other threads log. */
+static _Atomic int min_level = HSM_LOG_INFO;
 
 void hsm_log_set_level(hsm_log_level level)
 {
-	min_level = level;
+	atomic_store_explicit(&min_level, (int)level, memory_order_relaxed);
 }
 
 void hsm_log(hsm_log_level level, const char *fmt, ...)
 {
 	static const char *const names[] = {"debug", "info", "warn", "error"};
-	if (level < min_level)
+	if ((int)level < atomic_load_explicit(&min_level, memory_order_relaxed))
 		return;
 	char when[25], line[1024];
 	hsm_format_time_ms(hsm_now_ms(), when);

@@ -440,3 +440,63 @@ void hsm_config_http(const hsm_config *cfg, hsm_http_config *http)
 	http->client_auth = cfg->tls_client_auth;
 	http->proxy_protocol_from = cfg->proxy_protocol_from;
 }
+
+static bool is_text(key_type t)
+{
+	return t != K_BOOL && t != K_U32 && t != K_SIZE && t != K_AUTH && t != K_LOG;
+}
+
+size_t hsm_config_changed(const hsm_config *a, const hsm_config *b, const char **names,
+                          size_t cap)
+{
+	HSM_ASSERT(a != NULL && b != NULL && (names != NULL || cap == 0));
+	size_t n = 0;
+	for (size_t i = 0; i < hsm_config_n_keys; i++) {
+		const key_def *k = &hsm_config_keys[i];
+		const char *fa = (const char *)a + k->off, *fb = (const char *)b + k->off;
+		/* Text fields are compared up to their NUL: the bytes after it are not the value. */
+		bool same = is_text(k->type) ? strncmp(fa, fb, k->size) == 0
+		                             : hsm_ct_equal(fa, fb, k->size);
+		if (!same && n++ < cap)
+			names[n - 1] = k->name;
+	}
+	return n;
+}
+
+void hsm_config_value_text(const hsm_config *cfg, const char *name, char *out, size_t cap)
+{
+	static const char *const auth[] = {"none", "optional", "required"};
+	static const char *const levels[] = {"debug", "info", "warn", "error"};
+	const key_def *k = hsm_config_find(name);
+	HSM_ASSERT(k != NULL && cap > 0);
+	const uint8_t *field = (const uint8_t *)cfg + k->off;
+	uint64_t u = 0;
+	switch (k->type) {
+	case K_BOOL:
+		snprintf(out, cap, "%s", *(const bool *)(const void *)field ? "true" : "false");
+		return;
+	case K_U32:
+	case K_SIZE:
+		if (k->size == sizeof(uint64_t)) {
+			memcpy(&u, field, sizeof(u));
+		} else {
+			uint32_t v32;
+			memcpy(&v32, field, sizeof(v32));
+			u = v32;
+		}
+		snprintf(out, cap, "%llu", (unsigned long long)u);
+		return;
+	case K_AUTH:
+		snprintf(out, cap, "%s", auth[*(const hsm_http_client_auth *)(const void *)field]);
+		return;
+	case K_LOG:
+		snprintf(out, cap, "%s", levels[*(const hsm_log_level *)(const void *)field]);
+		return;
+	case K_STORE: /* a URI's password stays out of every message */
+		hsm_location_shown((const char *)field, out, cap);
+		return;
+	default:
+		snprintf(out, cap, "%s", (const char *)field);
+		return;
+	}
+}

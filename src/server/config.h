@@ -148,6 +148,19 @@ hsm_result hsm_config_load(hsm_config *cfg, int argc, char *const argv[], char *
  */
 void hsm_config_source(const hsm_config *cfg, const char *name, char *out, size_t cap);
 
+/*
+ * The settings whose values differ between a and b, by name (static
+ * storage), in the order of --help: the first cap of them go to names.
+ * Returns how many differ, which may be more than cap.
+ */
+size_t hsm_config_changed(const hsm_config *a, const hsm_config *b, const char **names,
+                          size_t cap);
+/*
+ * The value of the setting called name in cfg as text, for messages about
+ * it: "true", "90", "info", a path; a store URI without its password
+ * (hsm_location_shown).  Truncated to fit cap.
+ */
+void hsm_config_value_text(const hsm_config *cfg, const char *name, char *out, size_t cap);
 /* The --help text (static storage). */
 const char *hsm_config_usage(void);
 

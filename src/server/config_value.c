@@ -132,7 +132,8 @@ const key_def hsm_config_keys[] = {
      "N", "the same over all sources together; 0: no bound but the per-source one"},
     {"secure_heap_bytes", K_SIZE, FIELD(secure_heap_bytes), MIB, GIB, "64M", "SIZE",
      "locked memory for key material (a power of two)"},
-    {"log_level", K_LOG, FIELD(log_level), 0, 0, "info", "LEVEL", "debug, info, warn or error"},
+    {"log_level", K_LOG, FIELD(log_level), 0, 0, "info", "LEVEL",
+     "debug, info, warn or error; a SIGHUP applies a change at once"},
     {"dev", K_BOOL, FIELD(dev), 0, 0, "false", "BOOL",
      "development mode: local defaults, dev credentials, TLS optional"},
 };

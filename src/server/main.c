@@ -187,8 +187,10 @@ int main(int argc, char **argv)
 			continue;
 		if (sig != SIGHUP)
 			break;
-		/* A renewed certificate without a restart, which would seal the node. */
-		(void)hsm_server_reload_tls(s, "signal"); /* logged, counted and recorded there */
+		/* An edited configuration and a renewed certificate without a restart, which
+		 * would seal the node; each is logged, counted and recorded there. */
+		(void)hsm_server_reload_config(s, &cfg, argc, argv);
+		(void)hsm_server_reload_tls(s, "signal");
 	}
 	hsm_info("stopping");
 	bool lost = hsm_server_node_id_lost(s);

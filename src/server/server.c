@@ -899,6 +899,29 @@ uint16_t hsm_server_port(hsm_server *s)
 
 /* ---- /metrics --------------------------------------------------------------------- */
 
+/* The configuration read again on SIGHUP (config_reload.c). */
+static hsm_result render_config(const hsm_server *s, hsm_buf *out)
+{
+	return hsm_buf_printf(
+	    out,
+	    "# HELP hsmd_config_reloads_total Readings of the configuration after start (SIGHUP), "
+	    "by result.\n"
+	    "# TYPE hsmd_config_reloads_total counter\n"
+	    "hsmd_config_reloads_total{result=\"success\"} %llu\n"
+	    "hsmd_config_reloads_total{result=\"failure\"} %llu\n"
+	    "# HELP hsmd_config_last_reload_successful 0 when the configuration did not load at "
+	    "the last SIGHUP: as it stands it would not start the node; 1 otherwise.\n"
+	    "# TYPE hsmd_config_last_reload_successful gauge\n"
+	    "hsmd_config_last_reload_successful %d\n"
+	    "# HELP hsmd_config_restart_pending Settings the last SIGHUP found changed that take "
+	    "effect only at the next start.\n"
+	    "# TYPE hsmd_config_restart_pending gauge\n"
+	    "hsmd_config_restart_pending %u\n",
+	    (unsigned long long)atomic_load(&s->config_reloads),
+	    (unsigned long long)atomic_load(&s->config_reload_failures),
+	    atomic_load(&s->config_reload_failing) ? 0 : 1, atomic_load(&s->config_restart_pending));
+}
+
 /* When the TLS files last loaded stop serving (only those configured), and the reloads. */
 static hsm_result render_tls(const hsm_server *s, hsm_buf *out)
 {
@@ -1173,5 +1196,6 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	HSM_GUARD(render_audit_syncs(&as, out));
 	HSM_GUARD(render_disk(s, out));
 	HSM_GUARD(render_tls(s, out));
+	HSM_GUARD(render_config(s, out));
 	return hsm_metrics_render(&s->metrics, out);
 }

@@ -170,6 +170,11 @@ typedef struct hsm_server {
 	hsm_file_stamp tls_stamps[3]; /* tls_cert, tls_key, tls_client_ca */
 	atomic_uint_fast64_t tls_reloads, tls_reload_failures;
 	atomic_bool tls_reload_failing; /* the last load failed: the files are not what is served */
+	/* The configuration read again (config_reload.c, on SIGHUP): the counts, whether the
+	 * last reading loaded, and how many settings it found changed that wait for a restart. */
+	atomic_uint_fast64_t config_reloads, config_reload_failures;
+	atomic_bool config_reload_failing;
+	atomic_uint config_restart_pending;
 	/* approval_operations as bit sets: by hsm_op, and by hsm_admin_index. */
 	uint64_t approval_kms_ops;
 	uint32_t approval_admin_ops;
@@ -363,6 +368,20 @@ hsm_result hsm_server_reload_tls(hsm_server *s, const char *trigger);
 void hsm_server_tls_stamp(hsm_server *s);
 /* The scheduler's part, with tls_watch: a reload when one of the files changed. */
 void hsm_server_tls_watch(hsm_server *s);
+
+/*
+ * Reads the configuration again from the sources it was started with (argv,
+ * the environment, the file; config_reload.c) and compares it with running,
+ * the configuration the node runs with.  log_level changes at once; every
+ * other changed setting is named in the log and the trail as taking effect
+ * at the next start, and counted for /metrics.  A configuration that does not
+ * load, and so would not start the node, changes nothing and is reported the
+ * same ways.  The "ConfigReload" event is written before the change: one
+ * that cannot be recorded is not made.  running is updated for what changed;
+ * the server's options, which point into it, are not touched otherwise.
+ */
+hsm_result hsm_server_reload_config(hsm_server *s, hsm_config *running, int argc,
+                                    char *const argv[]);
 
 /* Writes /metrics (metrics.c). */
 hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out) HSM_MUST_CHECK;

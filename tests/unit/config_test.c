@@ -489,6 +489,64 @@ static void test_store(void **state)
 	EXPECT_ERROR(NULL, "store_cache_ms = '3600001'", "--dev", "--store-cache-ms=3600001");
 }
 
+/* What a SIGHUP compares: the settings that differ, and their values as messages show them. */
+static void test_changed_and_value_text(void **state)
+{
+	(void)state;
+	hsm_config a, b;
+	char *env[] = {"HSM_STORE=postgresql://hsmd:s3cr3t-pw@db.example:5432/hsm", NULL};
+	char *env2[] = {"HSM_STORE=postgresql://hsmd:0ther-pw@db.example:5432/hsm", NULL};
+	assert_true(hsm_ok(LOAD(&a, env, "--tls-cert", cert, "--tls-key", key)));
+	assert_true(hsm_ok(LOAD(&b, env, "--tls-cert", cert, "--tls-key", key)));
+	const char *names[4];
+	assert_int_equal(hsm_config_changed(&a, &b, names, 4), 0);
+	/* Bytes past a text's NUL are not its value. */
+	memset(b.region + strlen(b.region) + 1, 'x', 4);
+	assert_int_equal(hsm_config_changed(&a, &b, names, 4), 0);
+
+	assert_true(hsm_ok(LOAD(&b, env2, "--tls-cert", cert, "--tls-key", key, "--log-level=warn",
+	                        "--backup-retention-days=30", "--tls-watch=false",
+	                        "--max-body-bytes=2M", "--tls-client-auth=optional",
+	                        "--tls-client-ca", ca)));
+	size_t n = hsm_config_changed(&a, &b, names, 4);
+	assert_int_equal(n, 7); /* more than fit: the first four, in --help's order */
+	const char *all[8];
+	assert_int_equal(hsm_config_changed(&a, &b, all, 8), 7);
+	for (size_t i = 0; i < 4; i++)
+		assert_string_equal(names[i], all[i]);
+	const char *want[] = {"tls_client_ca", "tls_client_auth", "max_body_bytes", "tls_watch",
+	                      "store", "backup_retention_days", "log_level"};
+	for (size_t i = 0; i < 7; i++) {
+		bool found = false;
+		for (size_t j = 0; j < 7; j++)
+			found = found || strcmp(all[j], want[i]) == 0;
+		if (!found)
+			fail_msg("%s is not among the changed settings", want[i]);
+	}
+	/* Symmetric, and nothing for a NULL list. */
+	assert_int_equal(hsm_config_changed(&b, &a, NULL, 0), 7);
+
+	char v[256];
+	hsm_config_value_text(&b, "log_level", v, sizeof(v));
+	assert_string_equal(v, "warn");
+	hsm_config_value_text(&a, "log_level", v, sizeof(v));
+	assert_string_equal(v, "info");
+	hsm_config_value_text(&b, "backup_retention_days", v, sizeof(v));
+	assert_string_equal(v, "30");
+	hsm_config_value_text(&b, "max_body_bytes", v, sizeof(v));
+	assert_string_equal(v, "2097152");
+	hsm_config_value_text(&b, "tls_watch", v, sizeof(v));
+	assert_string_equal(v, "false");
+	hsm_config_value_text(&b, "tls_client_auth", v, sizeof(v));
+	assert_string_equal(v, "optional");
+	hsm_config_value_text(&b, "tls_client_ca", v, sizeof(v));
+	assert_string_equal(v, ca);
+	hsm_config_value_text(&b, "store", v, sizeof(v));
+	assert_string_equal(v, "postgresql://db.example:5432/hsm"); /* no password */
+	hsm_config_value_text(&b, "store", v, 12);
+	assert_string_equal(v, "postgresql:");
+}
+
 /* How often the last uses of keys are written: a second unless set, 100 ms to an hour. */
 static void test_key_usage_flush(void **state)
 {
@@ -531,6 +589,7 @@ int main(void)
 	    cmocka_unit_test(test_precedence),
 	    cmocka_unit_test(test_defaults),
 	    cmocka_unit_test(test_store),
+	    cmocka_unit_test(test_changed_and_value_text),
 	    cmocka_unit_test(test_key_usage_flush),
 	    cmocka_unit_test(test_proxy_protocol_from),
 	    cmocka_unit_test(test_booleans_and_sizes),

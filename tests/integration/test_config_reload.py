@@ -1,0 +1,156 @@
+"""The configuration read again on SIGHUP, without the restart that would seal the node:
+log_level changes at once, every other changed setting is named as waiting for the next
+start, and a configuration that would not start the node is reported now and changes
+nothing.  Each reading is on the audit trail and in /metrics."""
+import os
+import re
+import signal
+
+import pytest
+
+from conftest import DEV_AKID, DEV_SECRET, Hsmd, unsigned_call
+from helpers import audit_records_until, eventually, gdb_can_trace, metric
+
+# An info line each SIGHUP writes on a node without TLS: it shows which level is in force.
+INFO_LINE = "there are no TLS files to load"
+
+
+def start(conf, text):
+    with open(conf, "w") as f:
+        f.write(text)
+    env = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
+    return Hsmd(["--dev", "--config", conf], env=env)
+
+
+def edit(conf, text):
+    with open(conf + ".new", "w") as f:
+        f.write(text)
+    os.replace(conf + ".new", conf)
+
+
+def reloads(server):
+    st, body, _ = server.get("/metrics")
+    assert st == 200
+    got = dict(re.findall(rb'^hsmd_config_reloads_total\{result="(\w+)"\} (\d+)$', body, re.M))
+    return {k.decode(): int(v) for k, v in got.items()}
+
+
+def events(server, n):
+    found = audit_records_until(server.data_dir, lambda r: r.get("op") == "ConfigReload", n=n)
+    assert len(found) == n, found
+    return found
+
+
+def hup(server, n_events):
+    """Sends SIGHUP and returns the ConfigReload events once there are n_events."""
+    server.proc.send_signal(signal.SIGHUP)
+    return events(server, n_events)
+
+
+def test_sighup_applies_log_level_and_names_what_waits_for_a_restart(tmp_path):
+    conf = str(tmp_path / "hsmd.conf")
+    server = start(conf, "log_level = info\nbackup_retention_days = 90\n")
+    try:
+        assert reloads(server) == {"success": 0, "failure": 0}
+        assert metric(server, "hsmd_config_last_reload_successful") == 1
+        assert metric(server, "hsmd_config_restart_pending") == 0
+
+        edit(conf, "log_level = warn\nbackup_retention_days = 30\nrefusal_record_rate = 20\n")
+        ev = hup(server, 1)[0]
+        assert ev["outcome"] == "success", ev
+        assert ev["extra"]["applied"] == "log_level: info -> warn"
+        assert ev["extra"]["restart_pending_count"] == "2"
+        assert sorted(ev["extra"]["restart_pending"].split(", ")) == \
+            ["backup_retention_days", "refusal_record_rate"]
+        assert eventually(lambda: reloads(server)["success"] == 1)
+        assert metric(server, "hsmd_config_restart_pending") == 2
+        log = server.read_log()
+        assert (f"backup_retention_days changed from '90' to '30' ({conf}:2); it takes effect "
+                "at the next start") in log, log
+        assert f"refusal_record_rate changed from '10' to '20' ({conf}:3)" in log
+        assert "configuration read again: log_level: info -> warn at once; 2 settings wait " \
+            "for the next start" in log
+
+        # Back to info, and the other two as they were: nothing waits any more.
+        edit(conf, "log_level = info\nbackup_retention_days = 90\n")
+        ev = hup(server, 2)[1]
+        assert ev["extra"] == {"restart_pending_count": "0", "applied": "log_level: warn -> info"}
+        # The TLS step of each SIGHUP writes an info line: only this one's, not the first's,
+        # which ran under warn.
+        assert eventually(lambda: INFO_LINE in server.read_log()), server.read_log()
+        assert server.read_log().count(INFO_LINE) == 1
+        assert metric(server, "hsmd_config_restart_pending") == 0
+
+        # Nothing changed: recorded all the same, and said so.
+        ev = hup(server, 3)[2]
+        assert ev["extra"] == {"restart_pending_count": "0"}
+        assert eventually(lambda: "configuration read again: nothing changed"
+                          in server.read_log())
+        assert reloads(server) == {"success": 3, "failure": 0}
+        assert server.get("/healthz")[0] == 200
+    finally:
+        server.cleanup()
+
+
+def test_a_configuration_that_would_not_start_is_reported_and_changes_nothing(tmp_path):
+    conf = str(tmp_path / "hsmd.conf")
+    server = start(conf, "log_level = info\n")
+    try:
+        edit(conf, "log_level = warn\nbogus = 1\n")
+        ev = hup(server, 1)[0]
+        assert ev["outcome"] == "error" and ev["error"] == "ValidationException", ev
+        assert ev["extra"] == {"reason": f"{conf}:2: unknown key 'bogus'"}
+        assert eventually(lambda: reloads(server)["failure"] == 1)
+        assert metric(server, "hsmd_config_last_reload_successful") == 0
+        log = server.read_log()
+        assert "the configuration does not load, and would not start the node as it stands" in log
+        # log_level stayed info: the TLS step's info line is there.
+        assert eventually(lambda: INFO_LINE in server.read_log())
+
+        # A value out of range is caught the same way, and named with its source.
+        edit(conf, "log_level = warn\nlockout_threshold = 0\n")
+        ev = hup(server, 2)[1]
+        assert ev["outcome"] == "error"
+        assert ev["extra"]["reason"].startswith(f"lockout_threshold = '0' (from {conf}:2)")
+        assert eventually(lambda: reloads(server)["failure"] == 2)
+
+        edit(conf, "log_level = info\n")
+        ev = hup(server, 3)[2]
+        assert ev["outcome"] == "success" and ev["extra"] == {"restart_pending_count": "0"}
+        assert eventually(lambda: metric(server, "hsmd_config_last_reload_successful") == 1)
+        assert reloads(server) == {"success": 1, "failure": 2}
+    finally:
+        server.cleanup()
+
+
+@pytest.mark.skipif(not gdb_can_trace(), reason="an audit outage is made with gdb, allowed to "
+                                              "attach")
+def test_a_reading_the_trail_cannot_record_changes_nothing(tmp_path):
+    """In an audit outage the configuration loads but its ConfigReload event cannot be
+    written: log_level stays as it was."""
+    from test_audit_server import TrailOutage
+    conf = str(tmp_path / "hsmd.conf")
+    server = start(conf, "log_level = info\n")
+    try:
+        outage = TrailOutage(server, str(tmp_path))
+        try:
+            st, _ = unsigned_call(server, "HsmdAdmin.Status", {})  # its record starts it
+            assert st == 503
+            assert eventually(lambda: metric(server, "hsmd_audit_healthy") == 0)
+            edit(conf, "log_level = warn\n")
+            server.proc.send_signal(signal.SIGHUP)
+            assert eventually(lambda: reloads(server)["failure"] == 1), server.read_log()
+            # Still info: the TLS step of the same SIGHUP writes its info line.
+            assert eventually(lambda: INFO_LINE in server.read_log()), server.read_log()
+            assert "could not be recorded in the audit trail: nothing was changed" in \
+                server.read_log()
+            assert reloads(server)["success"] == 0
+            # The configuration itself loads: this gauge is about the file, not the trail.
+            assert metric(server, "hsmd_config_last_reload_successful") == 1
+        finally:
+            outage.end()
+        assert eventually(lambda: metric(server, "hsmd_audit_healthy") == 1, 30)
+        ev = hup(server, 1)[0]
+        assert ev["extra"]["applied"] == "log_level: info -> warn"
+    finally:
+        server.cleanup()
