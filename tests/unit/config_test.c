@@ -526,23 +526,24 @@ static void test_changed_and_value_text(void **state)
 	/* Symmetric, and nothing for a NULL list. */
 	assert_int_equal(hsm_config_changed(&b, &a, NULL, 0), 7);
 
+	const struct {
+		const hsm_config *cfg;
+		const char *name, *text;
+	} shown[] = {
+	    {&b, "log_level", "warn"},
+	    {&a, "log_level", "info"},
+	    {&b, "backup_retention_days", "30"},
+	    {&b, "max_body_bytes", "2097152"},
+	    {&b, "tls_watch", "false"},
+	    {&b, "tls_client_auth", "optional"},
+	    {&b, "tls_client_ca", ca},
+	    {&b, "store", "postgresql://db.example:5432/hsm"}, /* no password */
+	};
 	char v[256];
-	hsm_config_value_text(&b, "log_level", v, sizeof(v));
-	assert_string_equal(v, "warn");
-	hsm_config_value_text(&a, "log_level", v, sizeof(v));
-	assert_string_equal(v, "info");
-	hsm_config_value_text(&b, "backup_retention_days", v, sizeof(v));
-	assert_string_equal(v, "30");
-	hsm_config_value_text(&b, "max_body_bytes", v, sizeof(v));
-	assert_string_equal(v, "2097152");
-	hsm_config_value_text(&b, "tls_watch", v, sizeof(v));
-	assert_string_equal(v, "false");
-	hsm_config_value_text(&b, "tls_client_auth", v, sizeof(v));
-	assert_string_equal(v, "optional");
-	hsm_config_value_text(&b, "tls_client_ca", v, sizeof(v));
-	assert_string_equal(v, ca);
-	hsm_config_value_text(&b, "store", v, sizeof(v));
-	assert_string_equal(v, "postgresql://db.example:5432/hsm"); /* no password */
+	for (size_t i = 0; i < sizeof(shown) / sizeof(shown[0]); i++) {
+		hsm_config_value_text(shown[i].cfg, shown[i].name, v, sizeof(v));
+		assert_string_equal(v, shown[i].text);
+	}
 	hsm_config_value_text(&b, "store", v, 12);
 	assert_string_equal(v, "postgresql:");
 }
