@@ -10,6 +10,8 @@ void hsm_bucket_refill(hsm_bucket *b, uint32_t rate, uint32_t burst, int64_t now
 	uint64_t cap = (uint64_t)burst * MILLI;
 	/* Quiet long enough to have earned the whole burst, whatever the gap: no product of it. */
 	int64_t fill_ms = rate > 0 ? (int64_t)((uint64_t)burst * 1000 / rate) : 0;
+	if (b->milli > cap) /* the burst was lowered since the last look */
+		b->milli = cap;
 	if (b->at_ms == INT64_MIN || now_ms - b->at_ms >= fill_ms) {
 		b->milli = cap;
 	} else if (now_ms > b->at_ms) {

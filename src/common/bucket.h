@@ -18,7 +18,8 @@ typedef struct hsm_bucket {
 
 #define HSM_BUCKET_NEW ((hsm_bucket){0, INT64_MIN})
 
-/* Adds what the time since the last look earned (up to burst tokens). */
+/* Adds what the time since the last look earned (up to burst tokens; a bucket holding more,
+ * its burst lowered since, keeps burst). */
 void hsm_bucket_refill(hsm_bucket *b, uint32_t rate, uint32_t burst, int64_t now_ms);
 /* Whether a token is there (after hsm_bucket_refill). */
 bool hsm_bucket_ready(const hsm_bucket *b);

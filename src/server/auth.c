@@ -182,7 +182,7 @@ static hsm_result auth_outcome(hsm_server *s, hsm_http_req *req, const char *use
 	in.source = who.source;
 	hsm_store_intent_begin(&in);
 	hsm_result r =
-	    hsm_kms_auth_outcome(s->kms, user, success, s->opt.lockout_threshold, locked_now);
+	    hsm_kms_auth_outcome(s->kms, user, success, atomic_load(&s->lockout_threshold), locked_now);
 	hsm_store_intent_end();
 	out->outboxed |= in.written;
 	return r;

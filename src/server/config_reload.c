@@ -5,15 +5,18 @@
  * A restart seals the node, so hsmd does not leave an operator to find out
  * at the next one what an edited configuration does.  On SIGHUP it reads the
  * configuration from the sources it started with and compares it with the
- * one it runs: log_level changes at once; every other changed setting is
- * named, with its running and its new value, as waiting for the next start
- * (the node's listeners, store, trail, keys and policies were built from the
- * old values, and changing them under requests in flight is not something
- * hsmd does).  A configuration that does not load, and so would not start
+ * one it runs.  The settings an operator may need in an incident change
+ * at once: log_level, lockout_threshold and the refusal record rates (a
+ * flood of unauthenticated requests).  Every other changed setting is named,
+ * with its running and its new value, as waiting for the next start (the
+ * node's listeners, store, trail, keys and policies were built from the old
+ * values, and changing them under requests in flight is not something hsmd
+ * does).  A configuration that does not load, and so would not start
  * the node, is reported now rather than at the next start.  All of it goes
  * to the log, the audit trail ("ConfigReload") and /metrics; a store URI is
  * shown without its password.
  */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,6 +24,45 @@
 #include "server/server.h"
 
 #define VALUE_SHOWN 256 /* the part of a value a log line shows */
+
+/* The settings a reload applies at once, each read by its subsystem under its own care. */
+static void apply_log_level(hsm_server *s, const hsm_config *c)
+{
+	(void)s;
+	hsm_log_set_level(c->log_level);
+}
+
+static void apply_lockout(hsm_server *s, const hsm_config *c)
+{
+	atomic_store(&s->lockout_threshold, c->lockout_threshold);
+}
+
+static void apply_refusal_rates(hsm_server *s, const hsm_config *c)
+{
+	hsm_refusals_set_rates(s->refusals, c->refusal_record_rate, c->refusal_record_rate_total);
+}
+
+static const struct {
+	const char *name;
+	size_t off, size; /* the field in hsm_config, copied into the running one once applied */
+	void (*apply)(hsm_server *s, const hsm_config *c);
+} live[] = {
+#define LIVE(f, fn) {#f, offsetof(hsm_config, f), sizeof(((hsm_config *)0)->f), fn}
+    LIVE(log_level, apply_log_level),
+    LIVE(lockout_threshold, apply_lockout),
+    LIVE(refusal_record_rate, apply_refusal_rates),
+    LIVE(refusal_record_rate_total, apply_refusal_rates),
+#undef LIVE
+};
+#define N_LIVE (sizeof(live) / sizeof(live[0]))
+
+static int live_index(const char *name)
+{
+	for (size_t i = 0; i < N_LIVE; i++)
+		if (strcmp(live[i].name, name) == 0)
+			return (int)i;
+	return -1;
+}
 
 /* "a, b, c" of names, truncated with "..." where it does not fit cap. */
 static void join_names(const char *const *names, size_t n, char *out, size_t cap)
@@ -67,20 +109,25 @@ hsm_result hsm_server_reload_config(hsm_server *s, hsm_config *running, int argc
 	HSM_ASSERT(action == HSM_CONFIG_RUN); /* the same arguments as at the start */
 
 	const char *changed[HSM_CONFIG_KEYS_MAX], *pending[HSM_CONFIG_KEYS_MAX];
-	size_t n = hsm_config_changed(running, next, changed, HSM_CONFIG_KEYS_MAX), n_pending = 0;
-	bool level = false;
-	for (size_t i = 0; i < n; i++) {
-		if (strcmp(changed[i], "log_level") == 0)
-			level = true;
-		else
-			pending[n_pending++] = changed[i];
-	}
-	char applied[2 * VALUE_SHOWN + 16] = "", names[HSM_AUDIT_VALUE_MAX], count[24];
+	int now_live[N_LIVE];
+	size_t n = hsm_config_changed(running, next, changed, HSM_CONFIG_KEYS_MAX), n_pending = 0,
+	       n_live = 0;
+	/* "log_level: info -> warn, lockout_threshold: 5 -> 3" */
+	char applied[N_LIVE * (HSM_CONFIG_NAME_MAX + 2 * VALUE_SHOWN + 8)] = "";
+	char names[HSM_AUDIT_VALUE_MAX], count[24];
 	char was[VALUE_SHOWN], now[VALUE_SHOWN], where[HSM_CONFIG_PATH_MAX + 16];
-	if (level) {
-		hsm_config_value_text(running, "log_level", was, sizeof(was));
-		hsm_config_value_text(next, "log_level", now, sizeof(now));
-		snprintf(applied, sizeof(applied), "log_level: %s -> %s", was, now);
+	for (size_t i = 0; i < n; i++) {
+		int li = live_index(changed[i]);
+		if (li < 0) {
+			pending[n_pending++] = changed[i];
+			continue;
+		}
+		now_live[n_live++] = li;
+		hsm_config_value_text(running, changed[i], was, sizeof(was));
+		hsm_config_value_text(next, changed[i], now, sizeof(now));
+		size_t o = strlen(applied);
+		snprintf(applied + o, sizeof(applied) - o, "%s%s: %s -> %s", o > 0 ? ", " : "",
+		         changed[i], was, now);
 	}
 	join_names(pending, n_pending, names, sizeof(names));
 	snprintf(count, sizeof(count), "%zu", n_pending);
@@ -89,7 +136,7 @@ hsm_result hsm_server_reload_config(hsm_server *s, hsm_config *running, int argc
 	f[nf++] = (hsm_audit_field){"restart_pending_count", count};
 	if (n_pending > 0)
 		f[nf++] = (hsm_audit_field){"restart_pending", names};
-	if (level)
+	if (n_live > 0)
 		f[nf++] = (hsm_audit_field){"applied", applied};
 	if (!hsm_server_event_of(s, NULL, "ConfigReload", HSM_SUCCESS, f, nf)) {
 		atomic_fetch_add(&s->config_reload_failures, 1);
@@ -107,16 +154,18 @@ hsm_result hsm_server_reload_config(hsm_server *s, hsm_config *running, int argc
 		         "effect at the next start",
 		         pending[i], was, now, where);
 	}
-	/* Said before a stricter level would hide it. */
+	/* Said before a stricter log_level would hide it. */
 	if (n == 0)
 		hsm_info("configuration read again: nothing changed");
 	else
 		hsm_info("configuration read again: %s%s%zu setting%s wait%s for the next start",
-		         applied, level ? " at once; " : "", n_pending, n_pending == 1 ? "" : "s",
+		         applied, n_live > 0 ? " at once; " : "", n_pending, n_pending == 1 ? "" : "s",
 		         n_pending == 1 ? "s" : "");
-	if (level) {
-		hsm_log_set_level(next->log_level);
-		running->log_level = next->log_level;
+	for (size_t i = 0; i < n_live; i++) {
+		size_t li = (size_t)now_live[i];
+		live[li].apply(s, next);
+		memcpy((char *)running + live[li].off, (const char *)next + live[li].off,
+		       live[li].size);
 	}
 	atomic_store(&s->config_restart_pending, (unsigned)n_pending);
 	atomic_fetch_add(&s->config_reloads, 1);

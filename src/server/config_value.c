@@ -124,12 +124,14 @@ const key_def hsm_config_keys[] = {
     {"approval_ttl_seconds", K_U32, FIELD(approval_ttl_seconds), 60, 30 * DAY, "86400", "S",
      "how long an approval request stays open for custodians and for the approved retry"},
     {"lockout_threshold", K_U32, FIELD(lockout_threshold), 1, 1000, "5", "N",
-     "failed authentications before a principal is locked"},
+     "failed authentications before a principal is locked; a SIGHUP applies a change at once"},
     {"refusal_record_rate", K_U32, FIELD(refusal_record_rate), 0, 1000000, "10", "N",
      "audit records a second for requests from one source refused before authentication "
-     "(ten seconds' worth at once); beyond, they are counted in a summary record; 0: no bound"},
+     "(ten seconds' worth at once); beyond, they are counted in a summary record; 0: no bound; "
+     "a SIGHUP applies a change at once"},
     {"refusal_record_rate_total", K_U32, FIELD(refusal_record_rate_total), 0, 1000000, "500",
-     "N", "the same over all sources together; 0: no bound but the per-source one"},
+     "N", "the same over all sources together; 0: no bound but the per-source one; a SIGHUP "
+     "applies a change at once"},
     {"secure_heap_bytes", K_SIZE, FIELD(secure_heap_bytes), MIB, GIB, "64M", "SIZE",
      "locked memory for key material (a power of two)"},
     {"log_level", K_LOG, FIELD(log_level), 0, 0, "info", "LEVEL",

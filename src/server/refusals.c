@@ -167,6 +167,14 @@ static void merge(hsm_refusal_summary *dst, const hsm_refusal_summary *src)
 	dst->more_akids = dst->more_akids || src->more_akids;
 }
 
+void hsm_refusals_set_rates(hsm_refusals *g, uint32_t per_source, uint32_t total)
+{
+	pthread_mutex_lock(&g->lock);
+	g->cfg.per_source = per_source;
+	g->cfg.total = total;
+	pthread_mutex_unlock(&g->lock);
+}
+
 /* e's summary, made when it has none; NULL when out of memory.  lock held. */
 static hsm_refusal_summary *summary_of(hsm_refusals *g, entry *e)
 {
@@ -181,11 +189,13 @@ static hsm_refusal_summary *summary_of(hsm_refusals *g, entry *e)
 bool hsm_refusals_take(hsm_refusals *g, const char *addr, const char *kind, const char *akid,
                        bool akid_known, int64_t now_ms, int64_t wall_ms)
 {
-	if (g->cfg.per_source == 0)
-		return true;
 	hsm_source k = hsm_source_of_text(addr);
 	bool own = false;
 	pthread_mutex_lock(&g->lock);
+	if (g->cfg.per_source == 0) { /* under the lock: a reload may set it */
+		pthread_mutex_unlock(&g->lock);
+		return true;
+	}
 	entry *e = entry_of(g, &k, now_ms);
 	hsm_bucket_refill(&e->b, g->cfg.per_source, burst_of(g->cfg.per_source), now_ms);
 	if (g->cfg.total != 0)

@@ -99,6 +99,13 @@ size_t hsm_refusals_due(hsm_refusals *g, int64_t mono_ms, bool all, hsm_refusal_
 /* Gives back a summary that could not be written: it is counted again, with what came since. */
 void hsm_refusals_restore(hsm_refusals *g, const hsm_refusal_summary *s, int64_t mono_ms);
 
+/*
+ * Sets cfg's per_source and total from now on (a configuration reload): the
+ * buckets keep what they hold, up to the new bursts; 0 means what it means in
+ * hsm_refusals_config.
+ */
+void hsm_refusals_set_rates(hsm_refusals *g, uint32_t per_source, uint32_t total);
+
 /* Refusals counted into summaries since the start (hsmd_refusals_summarized_total). */
 uint64_t hsm_refusals_summarized(hsm_refusals *g);
 

@@ -486,6 +486,7 @@ hsm_result hsm_server_new(const hsm_server_options *opt, hsm_server **out)
 	s->opt.audit_copy_dir = s->audit_copy_dir[0] ? s->audit_copy_dir : NULL;
 	if (s->opt.lockout_threshold == 0)
 		s->opt.lockout_threshold = 5;
+	atomic_init(&s->lockout_threshold, s->opt.lockout_threshold);
 	HSM_TRY(jwt_defaults(&s->opt));
 	HSM_TRY(hsm_server_approval_ops(opt->approval_operations != NULL ? opt->approval_operations
 	                                                                 : HSM_APPROVAL_OPS_DEFAULT,

@@ -102,6 +102,8 @@ typedef struct hsm_server {
 	hsm_lane *lane; /* long requests: key generation, store writes, administration */
 	hsm_shmap *creds; /* access key id -> authenticated credential (auth.c) */
 	hsm_refusals *refusals; /* unauthenticated refusals beyond their records' rate */
+	/* Failed authentications that lock a user: opt's, or a configuration reload's. */
+	atomic_uint lockout_threshold;
 	/* The store's active access key ids, sorted, and when they were read (auth_keys.c). */
 	pthread_mutex_t akids_lock;
 	char (*akids)[HSM_ACCESS_KEY_ID_LEN + 1];
@@ -372,9 +374,10 @@ void hsm_server_tls_watch(hsm_server *s);
 /*
  * Reads the configuration again from the sources it was started with (argv,
  * the environment, the file; config_reload.c) and compares it with running,
- * the configuration the node runs with.  log_level changes at once; every
- * other changed setting is named in the log and the trail as taking effect
- * at the next start, and counted for /metrics.  A configuration that does not
+ * the configuration the node runs with.  log_level, lockout_threshold and
+ * the refusal record rates change at once; every other changed setting is
+ * named in the log and the trail as taking effect at the next start, and
+ * counted for /metrics.  A configuration that does not
  * load, and so would not start the node, changes nothing and is reported the
  * same ways.  The "ConfigReload" event is written before the change: one
  * that cannot be recorded is not made.  running is updated for what changed;

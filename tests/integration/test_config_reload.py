@@ -5,11 +5,12 @@ nothing.  Each reading is on the audit trail and in /metrics."""
 import os
 import re
 import signal
+import time
 
 import pytest
 
 from conftest import DEV_AKID, DEV_SECRET, Hsmd, unsigned_call
-from helpers import audit_records_until, eventually, gdb_can_trace, metric
+from helpers import audit_records_until, eventually, gdb_can_trace, metric, new_user
 
 # An info line each SIGHUP writes on a node without TLS: it shows which level is in force.
 INFO_LINE = "there are no TLS files to load"
@@ -55,19 +56,19 @@ def test_sighup_applies_log_level_and_names_what_waits_for_a_restart(tmp_path):
         assert metric(server, "hsmd_config_last_reload_successful") == 1
         assert metric(server, "hsmd_config_restart_pending") == 0
 
-        edit(conf, "log_level = warn\nbackup_retention_days = 30\nrefusal_record_rate = 20\n")
+        edit(conf, "log_level = warn\nbackup_retention_days = 30\napproval_ttl_seconds = 3600\n")
         ev = hup(server, 1)[0]
         assert ev["outcome"] == "success", ev
         assert ev["extra"]["applied"] == "log_level: info -> warn"
         assert ev["extra"]["restart_pending_count"] == "2"
         assert sorted(ev["extra"]["restart_pending"].split(", ")) == \
-            ["backup_retention_days", "refusal_record_rate"]
+            ["approval_ttl_seconds", "backup_retention_days"]
         assert eventually(lambda: reloads(server)["success"] == 1)
         assert metric(server, "hsmd_config_restart_pending") == 2
         log = server.read_log()
         assert (f"backup_retention_days changed from '90' to '30' ({conf}:2); it takes effect "
                 "at the next start") in log, log
-        assert f"refusal_record_rate changed from '10' to '20' ({conf}:3)" in log
+        assert f"approval_ttl_seconds changed from '86400' to '3600' ({conf}:3)" in log
         assert "configuration read again: log_level: info -> warn at once; 2 settings wait " \
             "for the next start" in log
 
@@ -152,5 +153,33 @@ def test_a_reading_the_trail_cannot_record_changes_nothing(tmp_path):
         assert eventually(lambda: metric(server, "hsmd_audit_healthy") == 1, 30)
         ev = hup(server, 1)[0]
         assert ev["extra"]["applied"] == "log_level: info -> warn"
+    finally:
+        server.cleanup()
+
+
+def test_the_incident_levers_apply_at_once(tmp_path):
+    """lockout_threshold and the refusal record rates, which an operator may need in an
+    incident, change without a restart; a rate lowered under a full bucket holds at once."""
+    from test_auth import bad, users
+    from test_refusals import flood
+    conf = str(tmp_path / "hsmd.conf")
+    server = start(conf, "lockout_threshold = 5\nrefusal_record_rate = 10\n")
+    try:
+        akid, secret = new_user(server, "lever", ["crypto-user"])
+        flood(server, 30)  # within the burst of 100: each gets a record of its own
+        assert metric(server, "hsmd_refusals_summarized_total") == 0
+
+        edit(conf, "lockout_threshold = 2\nrefusal_record_rate = 1\n")
+        ev = hup(server, 1)[0]
+        assert ev["extra"] == {"restart_pending_count": "0",
+                               "applied": "lockout_threshold: 5 -> 2, refusal_record_rate: 10 -> 1"}
+        bad(server, akid, secret, 2)
+        assert users(server)["lever"]["Locked"] is True
+        # A burst of 10 now, though the bucket held 70: at most 10 more records of their
+        # own, and one a second while the flood lasts.
+        started = time.monotonic()
+        flood(server, 40)
+        seconds = time.monotonic() - started
+        assert metric(server, "hsmd_refusals_summarized_total") >= 30 - int(seconds) - 1
     finally:
         server.cleanup()

@@ -1,7 +1,7 @@
 /*
  * The token bucket: it starts full, earns rate tokens a second up to its
  * burst, never more after a long quiet spell, and earns nothing while the
- * clock stands still or steps back.
+ * clock stands still or steps back; a burst lowered since holds at once.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -54,12 +54,23 @@ static void test_ready_and_spend_take_one_token(void **state)
 	assert_false(hsm_bucket_ready(&b));
 }
 
+/* A burst lowered under a bucket that holds more (a configuration reload): the new burst. */
+static void test_a_lowered_burst_holds_at_once(void **state)
+{
+	(void)state;
+	hsm_bucket b = HSM_BUCKET_NEW;
+	assert_int_equal(takes(&b, 10, 100, 1000, 30), 30); /* 70 left */
+	assert_int_equal(takes(&b, 1, 10, 1000, 30), 10);
+	assert_int_equal(takes(&b, 1, 10, 2000, 5), 1); /* and the new rate */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_burst_rate_and_cap),
 	    cmocka_unit_test(test_a_clock_that_steps_back_earns_nothing),
 	    cmocka_unit_test(test_ready_and_spend_take_one_token),
+	    cmocka_unit_test(test_a_lowered_burst_holds_at_once),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -71,6 +71,24 @@ static void test_zero_rate_means_every_refusal_has_its_record(void **state)
 	hsm_refusals_free(g);
 }
 
+/* Rates set again (a configuration reload): the new ones from the next refusal on. */
+static void test_rates_set_again(void **state)
+{
+	(void)state;
+	hsm_refusals *g = guard(0, 0, 0);
+	assert_int_equal(own(g, "192.0.2.1", 100, T0, "InvalidSignatureException"), 100);
+	hsm_refusals_set_rates(g, 1, 0); /* ten at once from now on */
+	assert_int_equal(own(g, "192.0.2.1", 30, T0, "InvalidSignatureException"), 10);
+	hsm_refusals_set_rates(g, 1, 2); /* and twenty over all sources */
+	assert_int_equal(own(g, "192.0.2.2", 30, T0, "InvalidSignatureException"), 10);
+	assert_int_equal(own(g, "192.0.2.3", 30, T0, "InvalidSignatureException"), 10);
+	assert_int_equal(own(g, "192.0.2.4", 30, T0, "InvalidSignatureException"), 0);
+	assert_int_equal(hsm_refusals_summarized(g), 20 + 20 + 20 + 30);
+	hsm_refusals_set_rates(g, 0, 0); /* every refusal its own record again */
+	assert_int_equal(own(g, "192.0.2.1", 50, T0, "InvalidSignatureException"), 50);
+	hsm_refusals_free(g);
+}
+
 static void test_total_bounds_many_sources(void **state)
 {
 	(void)state;
@@ -254,6 +272,7 @@ int main(void)
 	    cmocka_unit_test(test_burst_then_rate),
 	    cmocka_unit_test(test_zero_rate_means_every_refusal_has_its_record),
 	    cmocka_unit_test(test_total_bounds_many_sources),
+	    cmocka_unit_test(test_rates_set_again),
 	    cmocka_unit_test(test_ipv6_slash64_is_one_source),
 	    cmocka_unit_test(test_summary_counts_kinds_and_access_keys),
 	    cmocka_unit_test(test_known_access_keys_are_named_first_and_times_are_wall_clock),
