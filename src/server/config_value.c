@@ -280,11 +280,27 @@ static void store_u64(hsm_config *cfg, const key_def *k, uint64_t v)
 	}
 }
 
+/* store_u64's reverse. */
+static uint64_t load_u64(const hsm_config *cfg, const key_def *k)
+{
+	const uint8_t *field = (const uint8_t *)cfg + k->off;
+	if (k->size == sizeof(uint64_t)) {
+		uint64_t v;
+		memcpy(&v, field, sizeof(v));
+		return v;
+	}
+	uint32_t v32;
+	memcpy(&v32, field, sizeof(v32));
+	return v32;
+}
+
+/* The names of K_AUTH's and K_LOG's values, by their enum value: parsed and shown. */
+static const char *const auth_names[] = {"none", "optional", "required"};
+static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
 /* Parses t into k's field of cfg. */
 static hsm_result parse_into(hsm_config *cfg, const key_def *k, const char *t)
 {
-	static const char *const auth[] = {"none", "optional", "required"};
-	static const char *const levels[] = {"debug", "info", "warn", "error"};
 	uint8_t *field = (uint8_t *)cfg + k->off;
 	uint64_t u = 0;
 	int e = 0;
@@ -313,7 +329,8 @@ static hsm_result parse_into(hsm_config *cfg, const key_def *k, const char *t)
 		return HSM_SUCCESS;
 	case K_AUTH:
 	case K_LOG:
-		HSM_GUARD(parse_enum(t, k->type == K_AUTH ? auth : levels, k->type == K_AUTH ? 3 : 4, &e));
+		HSM_GUARD(parse_enum(t, k->type == K_AUTH ? auth_names : level_names,
+		                     k->type == K_AUTH ? 3 : 4, &e));
 		if (k->type == K_AUTH)
 			*(hsm_http_client_auth *)(void *)field = (hsm_http_client_auth)e;
 		else
@@ -368,4 +385,32 @@ hsm_result hsm_config_set_value(hsm_config *cfg, const key_def *k, const setting
 	if (k->type == K_STORE) /* the value may hold a password */
 		return HSM_FAIL(HSM_ERR_VALIDATION, "%s (from %s): %s", k->name, where, why);
 	return HSM_FAIL(HSM_ERR_VALIDATION, "%s = '%.64s' (from %s): %s", k->name, text, where, why);
+}
+
+void hsm_config_value_text(const hsm_config *cfg, const char *name, char *out, size_t cap)
+{
+	const key_def *k = hsm_config_find(name);
+	HSM_ASSERT(k != NULL && cap > 0);
+	const uint8_t *field = (const uint8_t *)cfg + k->off;
+	switch (k->type) {
+	case K_BOOL:
+		snprintf(out, cap, "%s", *(const bool *)(const void *)field ? "true" : "false");
+		return;
+	case K_U32:
+	case K_SIZE:
+		snprintf(out, cap, "%llu", (unsigned long long)load_u64(cfg, k));
+		return;
+	case K_AUTH:
+		snprintf(out, cap, "%s", auth_names[*(const hsm_http_client_auth *)(const void *)field]);
+		return;
+	case K_LOG:
+		snprintf(out, cap, "%s", level_names[*(const hsm_log_level *)(const void *)field]);
+		return;
+	case K_STORE: /* a URI's password stays out of every message */
+		hsm_location_shown((const char *)field, out, cap);
+		return;
+	default:
+		snprintf(out, cap, "%s", (const char *)field);
+		return;
+	}
 }
