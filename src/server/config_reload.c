@@ -6,8 +6,9 @@
  * at the next one what an edited configuration does.  On SIGHUP it reads the
  * configuration from the sources it started with and compares it with the
  * one it runs.  The settings an operator may need in an incident change
- * at once: log_level, lockout_threshold and the refusal record rates (a
- * flood of unauthenticated requests).  Every other changed setting is named,
+ * at once: log_level, lockout_threshold, the refusal record rates (a
+ * flood of unauthenticated requests) and max_connections_per_source (one
+ * client holding the connections).  Every other changed setting is named,
  * with its running and its new value, as waiting for the next start (the
  * node's listeners, store, trail, keys and policies were built from the old
  * values, and changing them under requests in flight is not something hsmd
@@ -42,6 +43,12 @@ static void apply_refusal_rates(hsm_server *s, const hsm_config *c)
 	hsm_refusals_set_rates(s->refusals, c->refusal_record_rate, c->refusal_record_rate_total);
 }
 
+static void apply_per_source(hsm_server *s, const hsm_config *c)
+{
+	if (s->http != NULL)
+		hsm_http_server_set_per_source(s->http, c->max_connections_per_source);
+}
+
 static const struct {
 	const char *name;
 	size_t off, size; /* the field in hsm_config, copied into the running one once applied */
@@ -52,6 +59,7 @@ static const struct {
     LIVE(lockout_threshold, apply_lockout),
     LIVE(refusal_record_rate, apply_refusal_rates),
     LIVE(refusal_record_rate_total, apply_refusal_rates),
+    LIVE(max_connections_per_source, apply_per_source),
 #undef LIVE
 };
 #define N_LIVE (sizeof(live) / sizeof(live[0]))

@@ -56,7 +56,7 @@ const key_def hsm_config_keys[] = {
     {"max_connections_per_source", K_U32, FIELD(max_connections_per_source), 0, 1000000, "1000",
      "N",
      "open connections one client address (IPv4, or IPv6 /64) may hold; more are closed at "
-     "once; 0: no bound"},
+     "once; 0: no bound; a SIGHUP applies a change at once"},
     {"proxy_protocol_from", K_NETS, FIELD(proxy_protocol_from), 0, 0, "", "CIDRS",
      "load balancers (comma-separated addresses or CIDR ranges) whose connections begin with a "
      "PROXY protocol header (v1 or v2) naming the client; required from them, believed from no "

@@ -3,7 +3,9 @@
  *
  * An open-addressing table with linear probing, at most half full: it has
  * room for twice as many sources as connections can be open, and a source
- * holds an entry only while it holds a connection.  A source's last
+ * holds an entry only while it holds a connection.  Connections are counted
+ * even while there is no bound, so a bound set later (a SIGHUP) meets true
+ * counts.  A source's last
  * connection frees its entry by backward-shift deletion, so no tombstones
  * pile up however many sources come and go.
  */
@@ -21,7 +23,7 @@ typedef struct slot {
 } slot;
 
 struct hsm_conn_limit {
-	uint32_t per_source;
+	uint32_t per_source; /* under lock */
 	pthread_mutex_t lock;
 	uint64_t seed;
 	slot *table;
@@ -34,7 +36,7 @@ hsm_result hsm_conn_limit_new(uint32_t per_source, uint32_t max_open, hsm_conn_l
 	HSM_ENSURE(l != NULL, HSM_ERR_NOMEM, "out of memory");
 	l->per_source = per_source;
 	size_t cap = 16;
-	while (per_source != 0 && cap < 2 * (size_t)max_open + 2)
+	while (cap < 2 * (size_t)max_open + 2)
 		cap *= 2;
 	l->table = calloc(cap, sizeof(*l->table));
 	if (l->table == NULL || pthread_mutex_init(&l->lock, NULL) != 0) {
@@ -73,11 +75,9 @@ static slot *find(hsm_conn_limit *l, const hsm_source *src)
 
 bool hsm_conn_limit_take(hsm_conn_limit *l, const hsm_source *src)
 {
-	if (l->per_source == 0)
-		return true;
 	pthread_mutex_lock(&l->lock);
 	slot *s = find(l, src);
-	bool ok = s != NULL && s->n < l->per_source;
+	bool ok = s != NULL && (l->per_source == 0 || s->n < l->per_source);
 	if (ok) {
 		if (s->n == 0)
 			s->src = *src;
@@ -105,8 +105,6 @@ static void remove_at(hsm_conn_limit *l, size_t i)
 
 void hsm_conn_limit_give(hsm_conn_limit *l, const hsm_source *src)
 {
-	if (l->per_source == 0)
-		return;
 	pthread_mutex_lock(&l->lock);
 	slot *s = find(l, src);
 	if (s != NULL && s->n > 0 && --s->n == 0)
@@ -116,11 +114,24 @@ void hsm_conn_limit_give(hsm_conn_limit *l, const hsm_source *src)
 
 uint32_t hsm_conn_limit_held(hsm_conn_limit *l, const hsm_source *src)
 {
-	if (l->per_source == 0)
-		return 0;
 	pthread_mutex_lock(&l->lock);
 	slot *s = find(l, src);
 	uint32_t n = s != NULL ? s->n : 0;
+	pthread_mutex_unlock(&l->lock);
+	return n;
+}
+
+void hsm_conn_limit_set(hsm_conn_limit *l, uint32_t per_source)
+{
+	pthread_mutex_lock(&l->lock);
+	l->per_source = per_source;
+	pthread_mutex_unlock(&l->lock);
+}
+
+uint32_t hsm_conn_limit_bound(hsm_conn_limit *l)
+{
+	pthread_mutex_lock(&l->lock);
+	uint32_t n = l->per_source;
 	pthread_mutex_unlock(&l->lock);
 	return n;
 }

@@ -16,8 +16,8 @@
 typedef struct hsm_conn_limit hsm_conn_limit;
 
 /*
- * per_source: connections one source may hold open; 0: no bound (nothing is
- * counted).  max_open: how many connections can be open at once, all
+ * per_source: connections one source may hold open; 0: no bound (they are
+ * counted all the same, for a bound set later).  max_open: how many connections can be open at once, all
  * sources together (the table is sized for that many sources).
  */
 hsm_result hsm_conn_limit_new(uint32_t per_source, uint32_t max_open,
@@ -30,5 +30,11 @@ bool hsm_conn_limit_take(hsm_conn_limit *l, const hsm_source *src);
 void hsm_conn_limit_give(hsm_conn_limit *l, const hsm_source *src);
 /* How many connections src holds (for tests and logs). */
 uint32_t hsm_conn_limit_held(hsm_conn_limit *l, const hsm_source *src);
+/*
+ * A new bound (0: none) for the connections opened from now on; a source
+ * above it keeps the connections it holds until they close.
+ */
+void hsm_conn_limit_set(hsm_conn_limit *l, uint32_t per_source);
+uint32_t hsm_conn_limit_bound(hsm_conn_limit *l);
 
 #endif

@@ -443,6 +443,11 @@ void hsm_http_server_stats(const hsm_http_server *srv, hsm_http_stats *out)
 		out->tls_warm += atomic_load_explicit(&srv->workers[i].n_tls_warm, memory_order_relaxed);
 }
 
+void hsm_http_server_set_per_source(hsm_http_server *srv, uint32_t per_source)
+{
+	hsm_conn_limit_set(srv->per_source, per_source);
+}
+
 size_t hsm_http_server_inflight(const hsm_http_server *srv)
 {
 	size_t n = 0;

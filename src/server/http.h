@@ -186,6 +186,12 @@ typedef struct hsm_http_stats {
 	size_t tls_warm;           /* TLS connections keeping their record buffers (above) */
 } hsm_http_stats;
 void hsm_http_server_stats(const hsm_http_server *srv, hsm_http_stats *out);
+/*
+ * A new max_connections_per_source (0: no bound), for the connections opened
+ * from now on (a SIGHUP): a source above it keeps what it holds until those
+ * connections close.  Any thread.
+ */
+void hsm_http_server_set_per_source(hsm_http_server *srv, uint32_t per_source);
 /* Requests handed to the handler and not yet responded to (approximate while running). */
 size_t hsm_http_server_inflight(const hsm_http_server *srv);
 

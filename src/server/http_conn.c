@@ -340,7 +340,7 @@ static void limit_refused(hsm_http_worker *w, const hsm_source *src, bool per_so
 	if (per_source)
 		hsm_warn("connection from %s closed: it holds max_connections_per_source (%u) "
 		         "already (hsmd_http_connections_refused_total counts every one)",
-		         text, srv->cfg.max_connections_per_source);
+		         text, hsm_conn_limit_bound(srv->per_source));
 	else
 		hsm_warn("connection from %s closed: max_connections (%u) reached, with no "
 		         "stalled or idle connection to give way "

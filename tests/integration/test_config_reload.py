@@ -1,7 +1,8 @@
 """The configuration read again on SIGHUP, without the restart that would seal the node:
-log_level changes at once, every other changed setting is named as waiting for the next
+log_level and the incident levers change at once, every other changed setting is named as waiting for the next
 start, and a configuration that would not start the node is reported now and changes
 nothing.  Each reading is on the audit trail and in /metrics."""
+import http.client
 import os
 import re
 import signal
@@ -183,3 +184,76 @@ def test_the_incident_levers_apply_at_once(tmp_path):
         assert metric(server, "hsmd_refusals_summarized_total") >= 30 - int(seconds) - 1
     finally:
         server.cleanup()
+
+
+def held_connection(server, source):
+    """A keep-alive connection from `source` that has had one answer."""
+    c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5,
+                                   source_address=(source, 0))
+    c.request("GET", "/healthz")
+    r = c.getresponse()
+    r.read()
+    assert r.status == 200
+    return c
+
+
+def answered(conn):
+    try:
+        conn.request("GET", "/healthz")
+        r = conn.getresponse()
+        r.read()
+        return r.status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+
+
+def test_max_connections_per_source_applies_at_once(tmp_path):
+    """One client holding the connections is bounded without a restart: the source above a
+    new bound keeps what it holds and opens nothing more until it is below it."""
+    conf = str(tmp_path / "hsmd.conf")
+    server = start(conf, "max_connections_per_source = 0\n")
+    held = []
+    try:
+        held = [held_connection(server, "127.0.0.5") for _ in range(4)]
+        edit(conf, "max_connections_per_source = 3\n")
+        ev = hup(server, 1)[0]
+        assert ev["extra"] == {"restart_pending_count": "0",
+                               "applied": "max_connections_per_source: 0 -> 3"}
+        refused = re.compile(rb'^hsmd_http_connections_refused_total\{reason="per_source"\} '
+                             rb'(\d+)$', re.M)
+
+        def refusals():
+            st, body, _ = server.get("/metrics")  # from 127.0.0.1, which holds none
+            assert st == 200
+            return int(refused.search(body).group(1))
+
+        assert refusals() == 0
+        assert not answered(http.client.HTTPConnection(
+            "127.0.0.1", server.port, timeout=5, source_address=("127.0.0.5", 0)))
+        assert refusals() == 1
+        assert all(answered(c) for c in held)  # what it held stays open
+        held.pop().close()
+        held.pop().close()
+        held.append(eventually(lambda: answered_new(server)))
+        assert not answered(http.client.HTTPConnection(
+            "127.0.0.1", server.port, timeout=5, source_address=("127.0.0.5", 0)))
+        assert "max_connections_per_source (3)" in server.read_log()
+
+        edit(conf, "max_connections_per_source = 0\n")
+        hup(server, 2)
+        held += [held_connection(server, "127.0.0.5") for _ in range(3)]
+        assert len(held) == 6
+    finally:
+        for c in held:
+            c.close()
+        server.cleanup()
+
+
+def answered_new(server):
+    """A new connection from 127.0.0.5 if it is answered, else None."""
+    c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5,
+                                   source_address=("127.0.0.5", 0))
+    if answered(c):
+        return c
+    c.close()
+    return None

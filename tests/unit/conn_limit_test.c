@@ -70,6 +70,52 @@ static void test_no_bound(void **state)
 	hsm_source a = src("192.0.2.1");
 	for (int i = 0; i < 1000; i++)
 		assert_true(hsm_conn_limit_take(l, &a));
+	assert_int_equal(hsm_conn_limit_held(l, &a), 1000); /* counted all the same */
+	hsm_conn_limit_free(l);
+}
+
+/*
+ * A bound set while connections are open (a SIGHUP) meets the counts made
+ * without one: a source above it keeps what it holds and opens nothing more
+ * until it is below it.
+ */
+static void test_bound_changed(void **state)
+{
+	(void)state;
+	hsm_conn_limit *l = NULL;
+	assert_true(hsm_ok(hsm_conn_limit_new(0, 100, &l)));
+	assert_int_equal(hsm_conn_limit_bound(l), 0);
+	hsm_source a = src("192.0.2.1"), b = src("192.0.2.2");
+	for (int i = 0; i < 5; i++)
+		assert_true(hsm_conn_limit_take(l, &a));
+	assert_true(hsm_conn_limit_take(l, &b));
+	assert_int_equal(hsm_conn_limit_held(l, &a), 5);
+	hsm_conn_limit_set(l, 3);
+	assert_int_equal(hsm_conn_limit_bound(l), 3);
+	assert_false(hsm_conn_limit_take(l, &a));
+	assert_int_equal(hsm_conn_limit_held(l, &a), 5);
+	assert_true(hsm_conn_limit_take(l, &b));
+	assert_true(hsm_conn_limit_take(l, &b));
+	assert_false(hsm_conn_limit_take(l, &b));
+	hsm_conn_limit_give(l, &a);
+	hsm_conn_limit_give(l, &a);
+	assert_false(hsm_conn_limit_take(l, &a)); /* 3 held: at the bound */
+	hsm_conn_limit_give(l, &a);
+	assert_true(hsm_conn_limit_take(l, &a));
+	assert_false(hsm_conn_limit_take(l, &a));
+	/* Raised, then lifted. */
+	hsm_conn_limit_set(l, 4);
+	assert_true(hsm_conn_limit_take(l, &a));
+	assert_false(hsm_conn_limit_take(l, &a));
+	hsm_conn_limit_set(l, 0);
+	for (int i = 0; i < 10; i++)
+		assert_true(hsm_conn_limit_take(l, &a));
+	assert_int_equal(hsm_conn_limit_held(l, &a), 14);
+	assert_int_equal(hsm_conn_limit_held(l, &b), 3);
+	for (int i = 0; i < 14; i++)
+		hsm_conn_limit_give(l, &a);
+	assert_int_equal(hsm_conn_limit_held(l, &a), 0);
+	assert_int_equal(hsm_conn_limit_held(l, &b), 3);
 	hsm_conn_limit_free(l);
 }
 
@@ -114,6 +160,7 @@ int main(void)
 	    cmocka_unit_test(test_bound_per_source),
 	    cmocka_unit_test(test_ipv6_by_prefix_and_mapped_ipv4),
 	    cmocka_unit_test(test_no_bound),
+	    cmocka_unit_test(test_bound_changed),
 	    cmocka_unit_test(test_churn_keeps_counts_exact),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

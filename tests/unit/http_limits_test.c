@@ -557,6 +557,55 @@ static void test_connections_per_source(void **state)
 }
 
 /*
+ * max_connections_per_source set on a running server (a SIGHUP): counted
+ * while there was no bound, a source above the new one keeps its open
+ * connections and opens no more until it is below it.
+ */
+static void test_connections_per_source_changed(void **state)
+{
+	(void)state;
+	hsm_http_config cfg = defaults(2);
+	cfg.max_connections_per_source = 0;
+	hsm_http_server *srv = start(&cfg);
+	uint16_t port = hsm_http_server_port(srv);
+	tc_conn *c[4];
+	for (int i = 0; i < 4; i++) {
+		c[i] = tc_connect(port, false, 5000);
+		assert_true(answers(c[i]));
+	}
+	hsm_http_server_set_per_source(srv, 3);
+	assert_true(refused(tc_connect(port, false, 5000)));
+	for (int i = 0; i < 4; i++)
+		assert_true(answers(c[i])); /* what it held stays open */
+	tc_conn *other = tc_connect_from(port, "127.0.0.2", 5000);
+	assert_true(answers(other));
+	tc_close(c[0]);
+	usleep(100 * 1000);
+	assert_true(refused(tc_connect(port, false, 5000))); /* 3 held: at the bound */
+	tc_close(c[1]);
+	usleep(100 * 1000);
+	c[0] = tc_connect(port, false, 5000);
+	assert_true(answers(c[0]));
+	assert_true(refused(tc_connect(port, false, 5000)));
+	hsm_http_stats st;
+	hsm_http_server_stats(srv, &st);
+	assert_int_equal(st.refused_source, 3);
+	hsm_http_server_set_per_source(srv, 0);
+	c[1] = tc_connect(port, false, 5000);
+	assert_true(answers(c[1]));
+	tc_conn *more = tc_connect(port, false, 5000);
+	assert_true(answers(more));
+	hsm_http_server_stats(srv, &st);
+	assert_int_equal(st.refused_source, 3);
+	assert_int_equal(st.open, 6);
+	for (int i = 0; i < 4; i++)
+		tc_close(c[i]);
+	tc_close(more);
+	tc_close(other);
+	hsm_http_server_free(srv);
+}
+
+/*
  * At max_connections, connections that began a request a second ago and
  * have not completed it (silent or trickling: how slots are held on purpose)
  * give way before a client idling between its requests.
@@ -655,6 +704,7 @@ int main(void)
 	    cmocka_unit_test(test_buffered_budget),
 	    cmocka_unit_test(test_max_connections),
 	    cmocka_unit_test(test_connections_per_source),
+	    cmocka_unit_test(test_connections_per_source_changed),
 	    cmocka_unit_test(test_stalled_connections_give_way_first),
 	    cmocka_unit_test(test_pipelining_without_reading_stalls),
 	};
