@@ -5,9 +5,9 @@
  * not OpenSSL's built-in ticket key, which lives as long as the process: a
  * single leak of it would open every ticket-resumed session ever recorded.
  * Here the key rotates every TICKET_ROTATE_S seconds and the previous one is
- * kept only to decrypt (and renew) tickets it issued, so a ticket is usable
- * for at most two periods and a key leak exposes at most that window (the
- * advice of RFC 9325 section 3.4 on ticket keys).  Keys live in the secure heap.
+ * kept only to decrypt (and renew) tickets it issued, until it is two periods
+ * old, so a ticket is usable for at most two periods and a key leak exposes
+ * at most that window (the advice of RFC 9325 section 3.4 on ticket keys).  Keys live in the secure heap.
  * Every resumption is sent a new ticket.
  *
  * A server-side session cache is not used: the server closes connections
@@ -84,19 +84,36 @@ static hsm_result new_key(ticket_key *k)
 	return HSM_SUCCESS;
 }
 
-/* With the ring locked: starts a new period when the current one is over. */
+static void drop_key(ticket_key *k)
+{
+	hsm_secret_free(k->keys);
+	memset(k, 0, sizeof(*k));
+}
+
+/*
+ * With the ring locked, before a ticket is issued or opened: starts a new
+ * period when the current one is over, and drops a key two periods old.  A
+ * key issues tickets only in its first period (a ticket is issued after this
+ * check), so a key two periods old opens nothing younger than one period,
+ * however long the node went without a handshake.
+ */
 static void rotate_if_due(ticket_ring *r)
 {
-	if (mono_s() - r->cur.created < TICKET_ROTATE_S)
+	int64_t now = mono_s();
+	if (r->prev.keys != NULL && now - r->prev.created >= 2 * TICKET_ROTATE_S)
+		drop_key(&r->prev);
+	if (now - r->cur.created < TICKET_ROTATE_S)
 		return;
 	ticket_key fresh = {0};
 	if (hsm_failed(new_key(&fresh))) {
 		hsm_log_failure("session ticket key rotation");
 		return;
 	}
-	hsm_secret_free(r->prev.keys);
+	drop_key(&r->prev);
 	r->prev = r->cur;
 	r->cur = fresh;
+	if (now - r->prev.created >= 2 * TICKET_ROTATE_S)
+		drop_key(&r->prev);
 }
 
 static int key_init(const ticket_key *k, unsigned char *iv, EVP_CIPHER_CTX *cctx,
@@ -127,8 +144,8 @@ static int ticket_cb(SSL *ssl, unsigned char *name, unsigned char *iv, EVP_CIPHE
 	ticket_ring *r = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ring_index);
 	int rc = -1;
 	pthread_mutex_lock(&r->mu);
+	rotate_if_due(r);
 	if (enc) {
-		rotate_if_due(r);
 		if (RAND_bytes(iv, EVP_MAX_IV_LENGTH) == 1 && r->cur.keys != NULL) {
 			memcpy(name, r->cur.name, TICKET_NAME_LEN);
 			rc = key_init(&r->cur, iv, cctx, hctx, 1) == 0 ? 1 : -1;
@@ -167,4 +184,15 @@ hsm_result hsm_http_tls_tickets_init(SSL_CTX *ctx)
 	/* Tickets outliving both keys would only be refused. */
 	SSL_CTX_set_timeout(ctx, 2L * TICKET_ROTATE_S);
 	return HSM_SUCCESS;
+}
+
+void hsm_http_tls_tickets_age(SSL_CTX *ctx, int64_t seconds)
+{
+	ticket_ring *r = SSL_CTX_get_ex_data(ctx, ring_index);
+	if (r == NULL)
+		return;
+	pthread_mutex_lock(&r->mu);
+	r->cur.created -= seconds;
+	r->prev.created -= seconds;
+	pthread_mutex_unlock(&r->mu);
 }

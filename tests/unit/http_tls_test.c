@@ -29,6 +29,7 @@
 #include "common/encoding.h"
 #include "common/util.h"
 #include "server/http.h"
+#include "server/http_internal.h"
 #include "support/http_client.h"
 
 static char dir[64];
@@ -315,6 +316,83 @@ static void test_tls_round_trip(void **state)
 	SSL_SESSION_free(sess);
 	SSL_CTX_free(ctx);
 	hsm_http_server_free(srv);
+}
+
+/*
+ * Resumes with sess and makes one request.  Returns whether the session was
+ * resumed (-1: the connection failed); *renewed (if not NULL) gets the
+ * session the connection ended with.
+ */
+static int resumed(uint16_t port, SSL_CTX *ctx, SSL_SESSION *sess, SSL_SESSION **renewed)
+{
+	tc_conn *c = tc_connect(port, false, 5000);
+	assert_non_null(c);
+	c->ssl = SSL_new(ctx);
+	assert_non_null(c->ssl);
+	SSL_set_session(c->ssl, sess);
+	SSL_set_fd(c->ssl, c->fd);
+	int rc = -1;
+	tc_resp r;
+	if (SSL_connect(c->ssl) == 1 && tc_sendf(c, "GET / HTTP/1.1\r\nHost: t\r\n\r\n") &&
+	    tc_read(c, &r, false)) {
+		rc = r.status == 200 ? SSL_session_reused(c->ssl) : -1;
+		tc_resp_clear(&r);
+	}
+	if (renewed != NULL)
+		*renewed = SSL_get1_session(c->ssl);
+	tc_close(c);
+	return rc;
+}
+
+/*
+ * Ticket keys rotate hourly: a ticket resumes while the key that issued it
+ * is the current one or the one before, and never once that key is two
+ * hours old, however long the node went without a handshake.
+ */
+static void test_ticket_keys_rotate(void **state)
+{
+	(void)state;
+	hsm_http_server *srv = start(HSM_HTTP_CLIENT_AUTH_NONE);
+	uint16_t port = hsm_http_server_port(srv);
+	hsm_http_config cfg;
+	hsm_http_config_defaults(&cfg);
+	cfg.tls_cert = path_srv;
+	cfg.tls_key = path_srv_key;
+	SSL_CTX *sctx = NULL;
+	assert_true(hsm_ok(hsm_http_tls_load(&cfg, &sctx)));
+	assert_int_equal(SSL_CTX_up_ref(sctx), 1); /* kept to age its keys */
+	assert_true(hsm_ok(hsm_http_server_use_tls(srv, sctx)));
+	SSL_CTX *ctx = client_ctx(NULL, NULL);
+	SSL_SESSION *s1 = NULL, *s2 = NULL, *s3 = NULL, *s4 = NULL;
+	int reason;
+	free(request(port, ctx, &reason, &s1)); /* key A's */
+	assert_non_null(s1);
+
+	hsm_http_tls_tickets_age(sctx, 3599);
+	assert_int_equal(resumed(port, ctx, s1, NULL), 1); /* A current */
+	hsm_http_tls_tickets_age(sctx, 2);
+	assert_int_equal(resumed(port, ctx, s1, &s2), 1); /* B current, A the one before */
+	assert_non_null(s2);                              /* B's */
+	hsm_http_tls_tickets_age(sctx, 3598);
+	assert_int_equal(resumed(port, ctx, s1, NULL), 1); /* A 7,199 s old */
+	hsm_http_tls_tickets_age(sctx, 2);
+	assert_int_equal(resumed(port, ctx, s1, &s3), 0); /* A two hours old: a full handshake */
+	assert_non_null(s3);                              /* C's */
+	assert_int_equal(resumed(port, ctx, s2, NULL), 1); /* B the one before */
+	assert_int_equal(resumed(port, ctx, s3, NULL), 1);
+
+	/* Two hours without a handshake: B and C are gone at the next one. */
+	hsm_http_tls_tickets_age(sctx, 7200);
+	assert_int_equal(resumed(port, ctx, s3, NULL), 0);
+	assert_int_equal(resumed(port, ctx, s2, &s4), 0);
+	assert_int_equal(resumed(port, ctx, s4, NULL), 1);
+	SSL_SESSION_free(s1);
+	SSL_SESSION_free(s2);
+	SSL_SESSION_free(s3);
+	SSL_SESSION_free(s4);
+	SSL_CTX_free(ctx);
+	hsm_http_server_free(srv);
+	SSL_CTX_free(sctx);
 }
 
 /* Replies that take many records and several writes arrive whole, and the
@@ -907,6 +985,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_tls_round_trip),
 	    cmocka_unit_test(test_tls_large_replies),
+	    cmocka_unit_test(test_ticket_keys_rotate),
 	    cmocka_unit_test(test_tls_versions_and_suites),
 	    cmocka_unit_test(test_client_cert_required),
 	    cmocka_unit_test(test_client_cert_optional),
