@@ -3,6 +3,7 @@ and requests a grant allows, through boto3 and botocore-signed requests.
 
 Keys here carry a key policy that allows only the dev user, so whatever other
 users may do with them comes from grants alone."""
+import concurrent.futures
 import datetime
 import json
 import re
@@ -192,6 +193,151 @@ def test_grants_on_signing_and_mac_keys(kms, users):
            Operations=["Sign"])
 
 
+# Grant operations of an asymmetric ENCRYPT_DECRYPT key (AWS KMS developer guide, "Grant
+# operations"); those that take an encryption context only on a symmetric key are not.
+ASYMMETRIC_ENCRYPT_OPS = ["Encrypt", "Decrypt", "ReEncryptFrom", "ReEncryptTo", "GetPublicKey",
+                          "DescribeKey", "CreateGrant", "RetireGrant"]
+NOT_FOR_ASYMMETRIC_ENCRYPT = ["GenerateDataKey", "GenerateDataKeyWithoutPlaintext",
+                              "GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext",
+                              "Sign", "Verify", "GenerateMac", "VerifyMac", "DeriveSharedSecret"]
+
+
+def test_grants_on_an_asymmetric_encryption_key(kms, users):
+    rsa = dev_key(kms, KeySpec="RSA_2048", KeyUsage="ENCRYPT_DECRYPT")
+    app = users["app"]
+    oaep = "RSAES_OAEP_SHA_256"
+    # Each operation a grant on it may not allow is refused by name, and creates nothing.
+    for op in NOT_FOR_ASYMMETRIC_ENCRYPT:
+        raises("ValidationException", kms.create_grant, KeyId=rsa, GranteePrincipal=arn("app"),
+               Operations=["Encrypt", op], status=400,
+               message=f"Operation {op} is not valid for a key with KeySpec RSA_2048 and "
+                       "KeyUsage ENCRYPT_DECRYPT")
+    # Constraints exist only on symmetric encryption keys, for the operations it allows too.
+    for kind in ("EncryptionContextSubset", "EncryptionContextEquals"):
+        raises("ValidationException", kms.create_grant, KeyId=rsa, GranteePrincipal=arn("app"),
+               Operations=["Encrypt", "Decrypt"], Constraints={kind: {"a": "1"}},
+               message="supported only for symmetric encryption")
+    assert kms.list_grants(KeyId=rsa)["Grants"] == []
+    denied(app.encrypt, KeyId=rsa, Plaintext=b"x", EncryptionAlgorithm=oaep)
+    # All eight together: accepted, listed as given, and each one works for the grantee.
+    g = kms.create_grant(KeyId=rsa, GranteePrincipal=arn("app"), Operations=ASYMMETRIC_ENCRYPT_OPS)
+    listed = kms.list_grants(KeyId=rsa)["Grants"]
+    assert [x["GrantId"] for x in listed] == [g["GrantId"]]
+    assert sorted(listed[0]["Operations"]) == sorted(ASYMMETRIC_ENCRYPT_OPS)
+    blob = app.encrypt(KeyId=rsa, Plaintext=b"rsa", EncryptionAlgorithm=oaep)["CiphertextBlob"]
+    assert app.decrypt(KeyId=rsa, CiphertextBlob=blob,
+                       EncryptionAlgorithm=oaep)["Plaintext"] == b"rsa"
+    again = app.re_encrypt(CiphertextBlob=blob, SourceKeyId=rsa, SourceEncryptionAlgorithm=oaep,
+                           DestinationKeyId=rsa, DestinationEncryptionAlgorithm=oaep)
+    assert again["SourceKeyId"] == again["KeyId"] == key_arn(rsa)
+    assert kms.decrypt(KeyId=rsa, CiphertextBlob=again["CiphertextBlob"],
+                       EncryptionAlgorithm=oaep)["Plaintext"] == b"rsa"
+    assert app.get_public_key(KeyId=rsa)["EncryptionAlgorithms"] == [
+        "RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256"]
+    assert app.describe_key(KeyId=rsa)["KeyMetadata"]["KeySpec"] == "RSA_2048"
+    # CreateGrant by the grantee, within what it holds; RetireGrant of its own grant.
+    child = app.create_grant(KeyId=rsa, GranteePrincipal=arn("other"),
+                             Operations=["GetPublicKey"])
+    assert users["other"].get_public_key(KeyId=rsa)["KeySpec"] == "RSA_2048"
+    denied(users["other"].encrypt, KeyId=rsa, Plaintext=b"x", EncryptionAlgorithm=oaep)
+    app.retire_grant(KeyId=rsa, GrantId=g["GrantId"])
+    assert [x["GrantId"] for x in kms.list_grants(KeyId=rsa)["Grants"]] == [child["GrantId"]]
+    denied(app.encrypt, KeyId=rsa, Plaintext=b"x", EncryptionAlgorithm=oaep)
+
+
+def test_reencrypt_needs_reencrypt_from_on_the_source_and_to_on_the_destination(kms, users):
+    src, dst = dev_key(kms), dev_key(kms)
+    app = users["app"]
+    blob = kms.encrypt(KeyId=src, Plaintext=b"move me",
+                       EncryptionContext={"app": "a"})["CiphertextBlob"]
+    other_blob = kms.encrypt(KeyId=src, Plaintext=b"not this",
+                             EncryptionContext={"app": "b"})["CiphertextBlob"]
+
+    def reencrypt(ciphertext=blob, source_ctx=None, dest_ctx=None, who=app):
+        return who.re_encrypt(CiphertextBlob=ciphertext,
+                              SourceEncryptionContext=source_ctx or {"app": "a"},
+                              DestinationKeyId=dst,
+                              DestinationEncryptionContext=dest_ctx or {"dest": "d"})
+
+    def refused(**kw):
+        denied(reencrypt, **kw)
+
+    refused()
+    # Decrypt on the source and Encrypt on the destination are not ReEncrypt.
+    kms.create_grant(KeyId=src, GranteePrincipal=arn("app"), Operations=["Decrypt"])
+    kms.create_grant(KeyId=dst, GranteePrincipal=arn("app"), Operations=["Encrypt"])
+    refused()
+    # ReEncryptFrom on the source alone; then ReEncryptTo on the wrong key (the source).
+    from_g = kms.create_grant(KeyId=src, GranteePrincipal=arn("app"),
+                              Operations=["ReEncryptFrom"],
+                              Constraints={"EncryptionContextSubset": {"app": "a"}})
+    refused()
+    wrong = kms.create_grant(KeyId=src, GranteePrincipal=arn("app"), Operations=["ReEncryptTo"])
+    refused()
+    kms.revoke_grant(KeyId=src, GrantId=wrong["GrantId"])
+    to_g = kms.create_grant(KeyId=dst, GranteePrincipal=arn("app"), Operations=["ReEncryptTo"],
+                            Constraints={"EncryptionContextEquals": {"dest": "d"}})
+    # Both: allowed, and the result opens under the destination key and context.
+    out = reencrypt()
+    assert (out["SourceKeyId"], out["KeyId"]) == (key_arn(src), key_arn(dst))
+    assert kms.decrypt(CiphertextBlob=out["CiphertextBlob"],
+                       EncryptionContext={"dest": "d"})["Plaintext"] == b"move me"
+    # Each grant's constraint applies to its own side: the source context to ReEncryptFrom,
+    # the destination context to ReEncryptTo.
+    refused(ciphertext=other_blob, source_ctx={"app": "b"})
+    refused(dest_ctx={"dest": "d", "x": "y"})
+    refused(dest_ctx={"dest": "D"})
+    # The grants are the grantee's alone.
+    denied(reencrypt, who=users["other"])
+    # Either one gone: refused again.
+    kms.revoke_grant(KeyId=src, GrantId=from_g["GrantId"])
+    refused()
+    from_g = kms.create_grant(KeyId=src, GranteePrincipal=arn("app"),
+                              Operations=["ReEncryptFrom"])
+    reencrypt()
+    kms.revoke_grant(KeyId=dst, GrantId=to_g["GrantId"])
+    refused()
+    assert len(kms.list_grants(KeyId=src)["Grants"]) == 2  # Decrypt, ReEncryptFrom
+    assert len(kms.list_grants(KeyId=dst)["Grants"]) == 1  # Encrypt
+    # One grant allowing both, on one key, allows re-encrypting on that key.
+    kms.create_grant(KeyId=src, GranteePrincipal=arn("other"),
+                     Operations=["ReEncryptFrom", "ReEncryptTo"])
+    out = users["other"].re_encrypt(CiphertextBlob=blob, SourceEncryptionContext={"app": "a"},
+                                    DestinationKeyId=src)
+    assert (out["SourceKeyId"], out["KeyId"]) == (key_arn(src), key_arn(src))
+    assert kms.decrypt(CiphertextBlob=out["CiphertextBlob"])["Plaintext"] == b"move me"
+
+
+def test_each_data_key_operation_needs_its_own_grant_operation(kms, users):
+    app = users["app"]
+    ctx = {"purpose": "data-keys"}
+    calls = {
+        "GenerateDataKey": lambda **kw: app.generate_data_key(KeySpec="AES_256", **kw),
+        "GenerateDataKeyWithoutPlaintext": lambda **kw: app.generate_data_key_without_plaintext(
+            KeySpec="AES_256", **kw),
+        "GenerateDataKeyPair": lambda **kw: app.generate_data_key_pair(
+            KeyPairSpec="ECC_NIST_P256", **kw),
+        "GenerateDataKeyPairWithoutPlaintext": lambda **kw:
+            app.generate_data_key_pair_without_plaintext(KeyPairSpec="ECC_NIST_P256", **kw),
+    }
+    for granted in calls:
+        key = dev_key(kms)
+        kms.create_grant(KeyId=key, GranteePrincipal=arn("app"), Operations=[granted],
+                         Constraints={"EncryptionContextSubset": ctx})
+        out = calls[granted](KeyId=key, EncryptionContext=ctx)
+        assert out["KeyId"] == key_arn(key)
+        assert ("Plaintext" in out or "PrivateKeyPlaintext" in out) == \
+            (not granted.endswith("WithoutPlaintext")), (granted, sorted(out))
+        # The grant's constraint applies to it: each one takes an encryption context.
+        denied(calls[granted], KeyId=key, EncryptionContext={"purpose": "other"})
+        denied(calls[granted], KeyId=key)
+        for op, call in calls.items():
+            if op != granted:
+                denied(call, KeyId=key, EncryptionContext=ctx)
+        denied(app.encrypt, KeyId=key, Plaintext=b"x", EncryptionContext=ctx)
+        assert len(kms.list_grants(KeyId=key)["Grants"]) == 1
+
+
 def test_bad_requests_are_refused_and_create_nothing(hsmd, kms):
     key = dev_key(kms)
     raises("ValidationException", kms.create_grant, KeyId="alias/nope",
@@ -314,6 +460,58 @@ def test_revoke_follows_the_key_policy(kms, users):
     raises("InvalidGrantIdException", kms.revoke_grant, KeyId=key, GrantId="G" * 64)
 
 
+def test_revoke_and_retire_of_a_grant_the_key_does_not_hold(hsmd, kms, users):
+    # AWS KMS documents NotFoundException for a grant that is not there and
+    # InvalidGrantIdException for a GrantId that is not one (RevokeGrant, RetireGrant).
+    key, elsewhere = dev_key(kms), dev_key(kms)
+    g = kms.create_grant(KeyId=key, GranteePrincipal=arn("app"), RetiringPrincipal=arn("retirer"),
+                         Operations=["Encrypt", "RetireGrant"])
+    missing = "0123456789abcdef" * 4
+    for gid in (missing, g["GrantId"]):
+        r = raises("NotFoundException", kms.revoke_grant, KeyId=elsewhere, GrantId=gid,
+                   status=400)
+        assert r["Error"]["Message"] == f"Grant ID {gid} not found", r
+        raises("NotFoundException", kms.revoke_grant, KeyId=key_arn(elsewhere), GrantId=gid)
+        for who in ("retirer", "app"):
+            r = raises("NotFoundException", users[who].retire_grant, KeyId=elsewhere,
+                       GrantId=gid, status=400)
+            assert r["Error"]["Message"] == f"Grant ID {gid} not found", r
+    raises("NotFoundException", kms.revoke_grant, KeyId=key, GrantId=missing)
+    raises("NotFoundException", users["retirer"].retire_grant, KeyId=key, GrantId=missing)
+    # A key that is not there at all: NotFoundException too.
+    raises("NotFoundException", kms.revoke_grant, KeyId="4d3f3e0a-0000-4000-8000-000000000000",
+           GrantId=g["GrantId"])
+    # Nothing changed: the grant is still listed, on its key only, and still allows.
+    assert [x["GrantId"] for x in kms.list_grants(KeyId=key)["Grants"]] == [g["GrantId"]]
+    assert kms.list_grants(KeyId=elsewhere)["Grants"] == []
+    users["app"].encrypt(KeyId=key, Plaintext=b"x")
+
+
+def test_a_grant_revoked_or_retired_at_once_by_many_is_removed_once(hsmd, kms, users):
+    key = dev_key(kms)
+    creds = {"dev": {}, "retirer": dict(zip(("akid", "secret"), users["retirer-creds"]))}
+    for round_ in range(3):
+        g = kms.create_grant(KeyId=key, GranteePrincipal=arn("app"),
+                             RetiringPrincipal=arn("retirer"), Operations=["Encrypt"])
+        calls = [("RevokeGrant", "dev"), ("RetireGrant", "retirer")] * 4
+
+        def call(op_who):
+            op, who = op_who
+            return signed_call(hsmd, "TrentService." + op,
+                               {"KeyId": key, "GrantId": g["GrantId"]}, **creds[who])
+
+        with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+            answers = list(pool.map(call, calls))
+        ok = [a for a in answers if a[0] == 200]
+        assert len(ok) == 1, (round_, answers)
+        for st, out in answers:
+            if st != 200:
+                assert (st, out.get("__type")) == (400, "NotFoundException"), answers
+                assert out["message"] == f"Grant ID {g['GrantId']} not found", answers
+        assert kms.list_grants(KeyId=key)["Grants"] == []
+        denied(users["app"].encrypt, KeyId=key, Plaintext=b"x")
+
+
 def test_list_retirable_grants_spans_keys(kms, users):
     k1, k2 = dev_key(kms), dev_key(kms)
     ids = {kms.create_grant(KeyId=k, GranteePrincipal=arn("app"), Operations=["Encrypt"],
@@ -372,6 +570,49 @@ def test_a_grantee_may_grant_only_what_it_holds(kms, users):
     other.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext={"team": "a", "x": "1"})
     denied(other.encrypt, KeyId=key, Plaintext=b"x", EncryptionContext={"team": "a"})
     assert len(kms.list_grants(KeyId=key)["Grants"]) == 3
+
+
+def test_a_grant_bound_to_an_exact_context_grants_only_that_context(kms, users):
+    key = dev_key(kms)
+    app, other = users["app"], users["other"]
+    exact = {"team": "a", "env": "prod"}
+    parent = kms.create_grant(KeyId=key, GranteePrincipal=arn("app"),
+                              Operations=["Encrypt", "Decrypt", "CreateGrant"],
+                              Constraints={"EncryptionContextEquals": exact})
+
+    def child(**constraints):
+        kw = {"Constraints": constraints} if constraints else {}
+        return app.create_grant(KeyId=key, GranteePrincipal=arn("other"),
+                                Operations=["Encrypt"], **kw)
+
+    # Each would allow a context the parent does not: refused, and nothing is created.
+    denied(child)
+    denied(child, EncryptionContextSubset=exact)
+    denied(child, EncryptionContextSubset={"team": "a"})
+    denied(child, EncryptionContextEquals={"team": "a"})
+    denied(child, EncryptionContextEquals={"team": "a", "env": "dev"})
+    denied(child, EncryptionContextEquals={"team": "A", "env": "prod"})  # values: exactly
+    denied(child, EncryptionContextEquals=dict(exact, extra="1"))
+    denied(child, EncryptionContextEquals={})
+    # The same pairs, but an operation the parent does not hold.
+    denied(app.create_grant, KeyId=key, GranteePrincipal=arn("other"),
+           Operations=["Encrypt", "GenerateDataKey"],
+           Constraints={"EncryptionContextEquals": exact})
+    assert [g["GrantId"] for g in kms.list_grants(KeyId=key)["Grants"]] == [parent["GrantId"]]
+    denied(other.encrypt, KeyId=key, Plaintext=b"x", EncryptionContext=exact)
+    # The same pairs (keys match without case, as the parent's constraint matches them),
+    # alone or with a subset on top: allowed.
+    same = child(EncryptionContextEquals=exact)
+    child(EncryptionContextEquals={"TEAM": "a", "Env": "prod"})
+    child(EncryptionContextEquals=exact, EncryptionContextSubset={"team": "a"})
+    assert len(kms.list_grants(KeyId=key)["Grants"]) == 4
+    listed = kms.list_grants(KeyId=key, GrantId=same["GrantId"])["Grants"]
+    assert listed[0]["Constraints"] == {"EncryptionContextEquals": exact}
+    # The child allows what the parent allows, and no more.
+    other.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext=exact)
+    denied(other.encrypt, KeyId=key, Plaintext=b"x", EncryptionContext={"team": "a"})
+    denied(other.encrypt, KeyId=key, Plaintext=b"x", EncryptionContext=dict(exact, x="1"))
+    denied(other.encrypt, KeyId=key, Plaintext=b"x")
 
 
 def test_key_policy_conditions_on_grant_requests(kms, users):
@@ -475,3 +716,52 @@ def test_a_key_with_more_grants_than_a_node_caches(kms, users):
     kms.revoke_grant(KeyId=key, GrantId=g["GrantId"])
     denied(app.encrypt, KeyId=key, Plaintext=b"x")
     assert len(kms.list_grants(KeyId=key, Limit=100)["Grants"]) == 100
+
+
+def grant_ids(kms, key, **filters):
+    """Every grant id of the key (ListGrants pages of 100, the most one may ask)."""
+    ids, marker = [], None
+    while True:
+        page = kms.list_grants(KeyId=key, Limit=100, **filters,
+                               **({"Marker": marker} if marker else {}))
+        ids += [g["GrantId"] for g in page["Grants"]]
+        if not page["Truncated"]:
+            return ids
+        marker = page["NextMarker"]
+
+
+def test_a_grantee_holds_at_most_500_grants_on_a_key(kms, users):
+    key = dev_key(kms)
+    app = users["app"]
+    first = dict(KeyId=key, GranteePrincipal=arn("app"), Operations=["Encrypt"], Name="first")
+    first_id = kms.create_grant(**first)["GrantId"]
+    for _ in range(498):
+        kms.create_grant(KeyId=key, GranteePrincipal=arn("app"), Operations=["Encrypt"])
+    kms.create_grant(KeyId=key, GranteePrincipal=arn("app"), Operations=["Decrypt"])
+    held = grant_ids(kms, key)
+    assert len(held) == len(set(held)) == 500
+    # The 501st, named or not: refused, and nothing changes.
+    for extra in ({}, {"Name": "one-more"}):
+        raises("LimitExceededException", kms.create_grant, KeyId=key,
+               GranteePrincipal=arn("app"), Operations=["Encrypt"], status=400,
+               message="at most 500 for one grantee", **extra)
+    assert grant_ids(kms, key) == held
+    # A retry of a grant it holds is no new grant: it answers that grant, as below the limit.
+    assert kms.create_grant(**first)["GrantId"] == first_id
+    assert grant_ids(kms, key) == held
+    # The grants held still allow.
+    blob = app.encrypt(KeyId=key, Plaintext=b"x")["CiphertextBlob"]
+    assert app.decrypt(CiphertextBlob=blob)["Plaintext"] == b"x"
+    # The limit is per grantee and key: another grantee on this key, this grantee on another.
+    g = kms.create_grant(KeyId=key, GranteePrincipal=arn("other"), Operations=["Encrypt"])
+    users["other"].encrypt(KeyId=key, Plaintext=b"x", GrantTokens=[g["GrantToken"]])
+    assert len(grant_ids(kms, key)) == 501
+    key2 = dev_key(kms)
+    kms.create_grant(KeyId=key2, GranteePrincipal=arn("app"), Operations=["Encrypt"])
+    app.encrypt(KeyId=key2, Plaintext=b"x")
+    # One grant gone makes room for one.
+    kms.revoke_grant(KeyId=key, GrantId=first_id)
+    kms.create_grant(KeyId=key, GranteePrincipal=arn("app"), Operations=["Encrypt"])
+    raises("LimitExceededException", kms.create_grant, KeyId=key,
+           GranteePrincipal=arn("app"), Operations=["Encrypt"])
+    assert len(grant_ids(kms, key, GranteePrincipal=arn("app"))) == 500
