@@ -1,0 +1,174 @@
+"""hsmctl's key commands on a stopped node's data directory (a key ceremony, a recovery):
+enable, disable, the rotation schedule, scheduled deletion and its cancelling.  Each
+changes what a node started on the directory then serves, refuses bad input without
+changing anything, and is on the directory's audit trail with its outcome."""
+import datetime
+import os
+import subprocess
+
+import pytest
+
+from conftest import HSMCTL, Hsmd, client
+from helpers import audit_records
+
+
+def run(*args):
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HSM_"))}
+    return subprocess.run([HSMCTL, *args], capture_output=True, text=True, timeout=120, env=e)
+
+
+def fields(stdout):
+    """hsmctl's "name: value" lines as a dict."""
+    return dict(line.split(": ", 1) for line in stdout.splitlines() if ": " in line)
+
+
+@pytest.fixture(scope="module")
+def ceremony(tmp_path_factory):
+    base = tmp_path_factory.mktemp("offline-keys")
+    data, shares = base / "data", base / "shares"
+    p = run("init", "--data-dir", str(data), "--share-dir", str(shares), "--shares", "2",
+            "--threshold", "2", "--admin", "ops")
+    assert p.returncode == 0, p.stderr
+    quorum = ["--share", str(shares / "share-1-of-2.share"),
+              "--share", str(shares / "share-2-of-2.share")]
+    return str(data), quorum, str(shares / "ops.credentials")
+
+
+def key_cmd(ceremony, *args):
+    data, quorum, _ = ceremony
+    return run("key", args[0], "--data-dir", data, *quorum, *args[1:])
+
+
+def create(ceremony, *args):
+    p = key_cmd(ceremony, "create", *args)
+    assert p.returncode == 0, p.stderr
+    return fields(p.stdout)
+
+
+def describe(ceremony, key):
+    p = key_cmd(ceremony, "describe", key)
+    assert p.returncode == 0, p.stderr
+    return fields(p.stdout)
+
+
+def outcomes(ceremony, key, op):
+    return [r["outcome"] for r in audit_records(ceremony[0])
+            if r.get("key_id") == key and r.get("op") == op]
+
+
+def test_the_spec_implies_the_usage(ceremony):
+    assert create(ceremony, "--spec", "HMAC_256")["usage"] == "GENERATE_VERIFY_MAC"
+    assert create(ceremony, "--spec", "ECC_NIST_P256")["usage"] == "SIGN_VERIFY"
+    assert create(ceremony, "--spec", "ECC_NIST_EDWARDS25519")["usage"] == "SIGN_VERIFY"
+    # RSA keys can do either, and default to encryption as AWS KMS's CreateKey does.
+    assert create(ceremony, "--spec", "RSA_3072")["usage"] == "ENCRYPT_DECRYPT"
+    assert create(ceremony, "--spec", "RSA_3072", "--usage", "SIGN_VERIFY")["usage"] == \
+        "SIGN_VERIFY"
+    p = key_cmd(ceremony, "create", "--spec", "HMAC_256", "--usage", "ENCRYPT_DECRYPT")
+    assert p.returncode == 1 and "ENCRYPT_DECRYPT" in p.stderr, p.stderr
+
+
+def test_disable_and_enable(ceremony):
+    key = create(ceremony)["key"]
+    p = key_cmd(ceremony, "disable", key)
+    assert p.returncode == 0, p.stderr
+    assert fields(p.stdout)["state"] == "Disabled"
+    assert describe(ceremony, key)["state"] == "Disabled"
+    p = key_cmd(ceremony, "enable", key)
+    assert p.returncode == 0, p.stderr
+    assert describe(ceremony, key)["state"] == "Enabled"
+    assert outcomes(ceremony, key, "DisableKey") == ["success"]
+    assert outcomes(ceremony, key, "EnableKey") == ["success"]
+    # An unknown key: refused, and recorded as refused.
+    p = key_cmd(ceremony, "enable", "1234abcd-12ab-34cd-56ef-1234567890ab")
+    assert p.returncode == 1 and "1234abcd-12ab-34cd-56ef-1234567890ab" in p.stderr, p.stderr
+    assert [r["outcome"] for r in audit_records(ceremony[0])
+            if r.get("op") == "EnableKey"][-1] == "error"
+
+
+def test_rotation_schedule(ceremony):
+    key = create(ceremony)["key"]
+    assert describe(ceremony, key)["rotation"].startswith("disabled")
+    before = datetime.datetime.now(datetime.timezone.utc)
+    p = key_cmd(ceremony, "rotation", key, "--enable", "--period", "30")
+    assert p.returncode == 0, p.stderr
+    rot = describe(ceremony, key)["rotation"]
+    assert rot.startswith("enabled (period 30 days, next "), rot
+    nxt = datetime.datetime.strptime(rot.split("next ")[1].rstrip(")"), "%Y-%m-%dT%H:%M:%SZ")
+    nxt = nxt.replace(tzinfo=datetime.timezone.utc)
+    assert abs((nxt - before).total_seconds() - 30 * 86400) < 120, rot
+    # The default period is 90 days.
+    other = create(ceremony)["key"]
+    assert key_cmd(ceremony, "rotation", other, "--enable").returncode == 0
+    assert describe(ceremony, other)["rotation"].startswith("enabled (period 90 days")
+    p = key_cmd(ceremony, "rotation", key, "--disable")
+    assert p.returncode == 0, p.stderr
+    assert describe(ceremony, key)["rotation"].startswith("disabled")
+    assert outcomes(ceremony, key, "EnableKeyRotation") == ["success"]
+    assert outcomes(ceremony, key, "DisableKeyRotation") == ["success"]
+    # Neither or both of --enable and --disable, or a period out of range: nothing changes.
+    for args, code in ((["--enable", "--disable"], 1), ([], 1), (["--enable", "--period", "0"], 2),
+                       (["--enable", "--period", "2561"], 2)):
+        p = key_cmd(ceremony, "rotation", other, *args)
+        assert p.returncode == code, (args, p.returncode, p.stderr)
+        assert describe(ceremony, other)["rotation"].startswith("enabled (period 90 days")
+
+
+def test_schedule_and_cancel_deletion(ceremony):
+    key = create(ceremony, "--alias", "alias/offline-doomed")["key"]
+    before = datetime.datetime.now(datetime.timezone.utc)
+    p = key_cmd(ceremony, "schedule-deletion", key, "--days", "7")
+    assert p.returncode == 0, p.stderr
+    got = describe(ceremony, key)
+    assert got["state"] == "PendingDeletion"
+    when = datetime.datetime.strptime(got["deletion-date"], "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=datetime.timezone.utc)
+    assert abs((when - before).total_seconds() - 7 * 86400) < 120, got["deletion-date"]
+    # A key pending deletion is not enabled again before its deletion is cancelled.
+    p = key_cmd(ceremony, "enable", key)
+    assert p.returncode == 1, p.stderr
+    assert describe(ceremony, key)["state"] == "PendingDeletion"
+    p = key_cmd(ceremony, "cancel-deletion", key)
+    assert p.returncode == 0, p.stderr
+    got = describe(ceremony, key)
+    assert got["state"] == "Disabled" and got["deletion-date"] == "-", got  # as in AWS KMS
+    assert outcomes(ceremony, key, "ScheduleKeyDeletion") == ["success"]
+    assert outcomes(ceremony, key, "CancelKeyDeletion") == ["success"]
+    # The default waiting period is 30 days; outside 7-30 is refused and changes nothing.
+    other = create(ceremony)["key"]
+    for days in ("6", "31"):
+        p = key_cmd(ceremony, "schedule-deletion", other, "--days", days)
+        assert p.returncode == 1 and "7" in p.stderr and "30" in p.stderr, p.stderr
+        assert describe(ceremony, other)["state"] == "Enabled"
+    assert outcomes(ceremony, other, "ScheduleKeyDeletion") == ["error"] * 2
+    p = key_cmd(ceremony, "schedule-deletion", other)
+    assert p.returncode == 0, p.stderr
+    when = datetime.datetime.strptime(describe(ceremony, other)["deletion-date"],
+                                      "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+    assert abs((when - before).total_seconds() - 30 * 86400) < 120
+    # Cancelling a deletion that is not scheduled is refused.
+    p = key_cmd(ceremony, "cancel-deletion", key)
+    assert p.returncode == 1, p.stderr
+
+
+def test_a_node_serves_what_the_ceremony_changed(ceremony):
+    """The changes are in the store: a node started on the directory serves them."""
+    enabled = create(ceremony)["key"]
+    disabled = create(ceremony)["key"]
+    assert key_cmd(ceremony, "disable", disabled).returncode == 0
+    assert key_cmd(ceremony, "rotation", enabled, "--enable", "--period", "45").returncode == 0
+    data, quorum, credentials = ceremony
+    with open(credentials) as f:
+        creds = dict(line.split(" = ", 1) for line in f.read().splitlines() if " = " in line)
+    node = Hsmd([], data_dir=data)
+    try:
+        for share in quorum[1::2]:
+            p = run("--endpoint", node.endpoint, "unseal", share)
+            assert p.returncode == 0, p.stderr
+        kms = client(node, creds["aws_access_key_id"], creds["aws_secret_access_key"])
+        assert kms.describe_key(KeyId=disabled)["KeyMetadata"]["KeyState"] == "Disabled"
+        assert kms.get_key_rotation_status(KeyId=enabled)["KeyRotationEnabled"] is True
+        assert kms.describe_key(KeyId=enabled)["KeyMetadata"]["KeyState"] == "Enabled"
+        assert kms.get_key_rotation_status(KeyId=disabled)["KeyRotationEnabled"] is False
+    finally:
+        node.cleanup()
