@@ -71,6 +71,13 @@ uint8_t *hsm_secret_bytes(const hsm_secret *s)
 	return s->bytes;
 }
 
+__attribute__((noinline)) void hsm_stack_wipe(void)
+{
+	uint8_t area[HSM_STACK_WIPE_BYTES];
+	explicit_bzero(area, sizeof(area));
+	__asm__ volatile("" : : "r"(area) : "memory"); /* the frame is really there */
+}
+
 hsm_result hsm_harden_process(void)
 {
 	struct rlimit none = {0, 0};

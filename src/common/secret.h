@@ -39,6 +39,20 @@ hsm_result hsm_secure_process_init(size_t heap_size) HSM_MUST_CHECK;
 /* Only the last two: no core dumps, no ptrace attach (for a client holding a share or a secret). */
 hsm_result hsm_harden_process(void) HSM_MUST_CHECK;
 
+/*
+ * Wipes HSM_STACK_WIPE_BYTES of stack below the caller's frame: what the
+ * functions it called, now returned, left there.  A digest's message
+ * schedule, registers a codec spilled, the locals of an unoptimized build:
+ * pieces of the plaintexts, keys and shares a call handled stay in a dead
+ * frame until something deeper overwrites them, which on an idle thread is
+ * never.  Threads that handle secrets call this after each unit of work (an
+ * HTTP worker's pass, a lane's job, a scheduler round, a PKCS#11 call), from
+ * the frame the work started from.  The deepest request paths reach about
+ * 18 KiB below a worker's pass, optimized or not.
+ */
+#define HSM_STACK_WIPE_BYTES (32 * 1024)
+void hsm_stack_wipe(void);
+
 #define HSM_SECURE_HEAP_DEFAULT ((size_t)64 << 20)
 
 /*

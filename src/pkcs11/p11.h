@@ -44,6 +44,7 @@
 
 #include "client/client.h"
 #include "common/buf.h"
+#include "common/secret.h"
 #include "common/util.h"
 #include "crypto/keyspec.h"
 
@@ -187,10 +188,12 @@ extern pthread_mutex_t p11_lock;
 			return CKR_CRYPTOKI_NOT_INITIALIZED; \
 		}                                         \
 	} while (0)
+/* Wipes the stack the call used too (hsm_stack_wipe): the application's thread goes on. */
 #define LEAVE(rv)                          \
 	do {                                   \
 		CK_RV leave_rv__ = (rv);           \
 		pthread_mutex_unlock(&p11_lock);   \
+		hsm_stack_wipe();                  \
 		return leave_rv__;                 \
 	} while (0)
 

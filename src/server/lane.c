@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/secret.h"
 #include "common/util.h"
 
 #define LANE_MAX_THREADS 64U
@@ -99,6 +100,7 @@ static void *lane_main(void *arg)
 		l->running++;
 		pthread_mutex_unlock(&l->mu);
 		job->fn(job->arg, cancelled); /* job may be freed by now */
+		hsm_stack_wipe();
 		in_batch++;
 		pthread_mutex_lock(&l->mu);
 		if (!batch_goes_on(l, brief, in_batch)) {

@@ -181,6 +181,7 @@ int main(int argc, char **argv)
 	hsm_location_shown(cfg.store[0] != '\0' ? cfg.store : cfg.data_dir, store, sizeof(store));
 	hsm_info("hsmd %s listening on %s (%s), store %s", hsm_version(), s->opt.http.listen,
 	         hsm_node_state_name(hsm_keystore_state(s->ks)), store);
+	hsm_stack_wipe(); /* the start's unseal (dev mode) and TLS key */
 	for (;;) {
 		int sig = 0;
 		if (sigwait(&sigs, &sig) != 0)
@@ -191,6 +192,7 @@ int main(int argc, char **argv)
 		 * would seal the node; each is logged, counted and recorded there. */
 		(void)hsm_server_reload_config(s, &cfg, argc, argv);
 		(void)hsm_server_reload_tls(s, "signal");
+		hsm_stack_wipe();
 	}
 	hsm_info("stopping");
 	bool lost = hsm_server_node_id_lost(s);

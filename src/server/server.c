@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/secret.h"
 #include "common/util.h"
 #include "kms/jwt.h"
 #include "server/outbox.h"
@@ -754,6 +755,7 @@ static void *scheduler_main(void *arg)
 			if (lead(s, can_work))
 				hsm_server_backup_if_due(s);
 		}
+		hsm_stack_wipe(); /* rotations make key material; backups and sweeps read it */
 		pthread_mutex_lock(&s->stop_lock);
 	}
 	pthread_mutex_unlock(&s->stop_lock);

@@ -8,10 +8,12 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/buf.h"
 #include "common/secret.h"
@@ -116,12 +118,63 @@ static void test_buf_wipes_what_it_grows_out_of_and_frees(void **state)
 	assert_null(b.data);
 }
 
+/*
+ * hsm_stack_wipe: a frame that held a secret and returned leaves it on the
+ * stack; the wipe takes it away.  The dead frame is read through
+ * /proc/self/mem, which reads memory as it is, without touching it as C.
+ */
+static const uint8_t canary[32] = "hsm_stack_wipe canary 0123456789";
+static uintptr_t dirt_at;
+
+#define DIRT_BYTES 8192
+
+__attribute__((noinline)) static void dirty_frame(void)
+{
+	uint8_t area[DIRT_BYTES];
+	for (size_t i = 0; i < sizeof(area); i += sizeof(canary))
+		memcpy(area + i, canary, sizeof(canary));
+	__asm__ volatile("" : : "r"(area) : "memory");
+	dirt_at = (uintptr_t)area;
+}
+
+/* Copies of the canary in the DIRT_BYTES at dirt_at, as memory holds them now. */
+__attribute__((noinline)) static size_t canaries_left(void)
+{
+	static uint8_t seen[DIRT_BYTES]; /* not on the stack it reads */
+	int fd = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return SIZE_MAX;
+	ssize_t n = pread(fd, seen, sizeof(seen), (off_t)dirt_at);
+	close(fd);
+	if (n != (ssize_t)sizeof(seen))
+		return SIZE_MAX;
+	size_t found = 0;
+	for (size_t i = 0; i + sizeof(canary) <= sizeof(seen); i += sizeof(canary))
+		found += memcmp(seen + i, canary, sizeof(canary)) == 0;
+	return found;
+}
+
+static void test_stack_wipe_clears_dead_frames(void **state)
+{
+	(void)state;
+	/* The control: without the wipe, the dead frame still holds its canaries (the
+	 * calls in between reuse only the top of it). */
+	dirty_frame();
+	size_t left = canaries_left();
+	assert_int_not_equal(left, SIZE_MAX);
+	assert_true(left >= DIRT_BYTES / sizeof(canary) / 2);
+	dirty_frame();
+	hsm_stack_wipe();
+	assert_int_equal(canaries_left(), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_free_wipes_the_whole_block),
 	    cmocka_unit_test(test_realloc_keeps_the_bytes_and_wipes_the_old_block),
 	    cmocka_unit_test(test_buf_wipes_what_it_grows_out_of_and_frees),
+	    cmocka_unit_test(test_stack_wipe_clears_dead_frames),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
