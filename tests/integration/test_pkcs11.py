@@ -2352,6 +2352,40 @@ def test_calls_end_their_operation_on_bad_arguments(tmp_path, server, user, keys
             assert (rv, state) == ("0x7", "ended"), case  # CKR_ARGUMENTS_BAD
 
 
+def test_answers_only_a_c_caller_meets(tmp_path, server, user, keys):
+    """A decryption into too small a buffer answers CKR_BUFFER_TOO_SMALL with the exact
+    length and goes on (PKCS#11 v2.40 5.2); a signature of the wrong length is
+    CKR_SIGNATURE_LEN_RANGE; objects, views of hsmd's keys, are not modified, copied,
+    wrapped or sized; functions the token does not offer say so."""
+    exe = c_program(tmp_path, "pkcs11_edges")
+    env = dict(os.environ, HSM_PKCS11_ENDPOINT=server.endpoint)
+    p = subprocess.run([str(exe), MODULE, user.pin, keys["rsa_enc"], keys["ec"]], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    got = {line.split()[0]: " ".join(line.split()[1:]) for line in p.stdout.splitlines()}
+    assert got == {
+        "decrypt_short": "0x150 20",                 # CKR_BUFFER_TOO_SMALL, the exact length
+        "decrypt_again": "0x0 20 same ended",
+        "decrypt_wrong_length": "0x41 ended",        # CKR_ENCRYPTED_DATA_LEN_RANGE
+        "verify_short_signature": "0xc1 ended",      # CKR_SIGNATURE_LEN_RANGE
+        "verify_zero_signature": "0xc0 ended",       # CKR_SIGNATURE_INVALID
+        "verify_long_signature": "0xc1",
+        "set_attribute": "0x1b",                     # CKR_ACTION_PROHIBITED
+        "set_attribute_bad_handle": "0x82",          # CKR_OBJECT_HANDLE_INVALID
+        "object_size": "0x0 unavailable",
+        "object_size_bad_handle": "0x82",
+        "object_size_no_out": "0x7",                 # CKR_ARGUMENTS_BAD
+        "copy_object": "0x54",                       # CKR_FUNCTION_NOT_SUPPORTED
+        "wrap_key": "0x54",
+        "unwrap_key": "0x54",
+        "get_operation_state": "0x54",
+        "set_pin": "0x54",
+        "function_status": "0x51",                   # CKR_FUNCTION_NOT_PARALLEL
+        "cancel_function": "0x51",
+        "wait_for_slot_event": "0x54",
+    }, p.stdout
+
+
 def test_a_logout_ends_a_long_random_draw_in_another_thread(tmp_path, server, user):
     """C_GenerateRandom asks for its bytes a chunk at a time and lets the module's lock go
     meanwhile: a C_Logout from another thread wipes the credentials, and the draw must end
