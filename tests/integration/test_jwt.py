@@ -553,6 +553,17 @@ def test_hsmctl_jwt_sign_and_verify(hsmd, kms, tmp_path):
     assert r.returncode == 1 and "InvalidKeyUsageException" in r.stderr
     r = hsmctl("jwt", "sign", "--endpoint", hsmd.endpoint, key, "--claims", "[1]")
     assert r.returncode == 1 and "JSON object" in r.stderr
+    # The header's typ and cty as asked; claims from a file.
+    claims_file = tmp_path / "claims.json"
+    claims_file.write_text(json.dumps({"sub": "file-claims"}))
+    r = hsmctl("jwt", "sign", "--endpoint", hsmd.endpoint, key, "--claims", "@" + str(claims_file),
+               "--typ", "at+jwt", "--cty", "example")
+    assert r.returncode == 0, r.stderr
+    header = pyjwt.get_unverified_header(r.stdout.strip())
+    assert (header["typ"], header["cty"], header["alg"]) == ("at+jwt", "example", "ES256"), header
+    assert pyjwt_verify(hsmd, r.stdout.strip(), "ES256")["sub"] == "file-claims"
+    r = hsmctl("jwt", "sign", "--endpoint", hsmd.endpoint, key, "--claims", "@/nonexistent/c.json")
+    assert r.returncode == 1 and "/nonexistent/c.json" in r.stderr, r.stderr
     r = hsmctl("jwt", "disable", "--endpoint", hsmd.endpoint, key)
     assert r.returncode == 0 and "JwtSigningEnabled: false" in r.stdout
     r = hsmctl("jwt", "verify", "--jwks", url, token, "--audience", "saas-api")
