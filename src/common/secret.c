@@ -1,6 +1,8 @@
 #include "common/secret.h"
 
 #include <malloc.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -71,11 +73,41 @@ uint8_t *hsm_secret_bytes(const hsm_secret *s)
 	return s->bytes;
 }
 
-__attribute__((noinline)) void hsm_stack_wipe(void)
+/*
+ * A frame of n bytes, zeroed: what callees left in that much stack below
+ * the caller.  Each is its own frame, called straight from the frame whose
+ * callees it wipes (a wrapper would keep the top of the area for itself).
+ */
+#define WIPE_FN(name, n)                                                              \
+	__attribute__((noinline)) void name(void)                                         \
+	{                                                                                 \
+		uint8_t area[n];                                                              \
+		explicit_bzero(area, sizeof(area));                                           \
+		__asm__ volatile("" : : "r"(area) : "memory"); /* the frame is really there */ \
+	}
+WIPE_FN(hsm_stack_wipe, HSM_STACK_WIPE_BYTES)
+WIPE_FN(hsm_stack_wipe_16k, HSM_STACK_WIPE_BYTES / 2)
+WIPE_FN(hsm_stack_wipe_8k, HSM_STACK_WIPE_BYTES / 4)
+WIPE_FN(hsm_stack_wipe_4k, HSM_STACK_WIPE_BYTES / 8)
+#undef WIPE_FN
+
+__attribute__((noinline)) size_t hsm_stack_room(void)
 {
-	uint8_t area[HSM_STACK_WIPE_BYTES];
-	explicit_bzero(area, sizeof(area));
-	__asm__ volatile("" : : "r"(area) : "memory"); /* the frame is really there */
+	static _Thread_local uintptr_t floor; /* the stack's lowest usable address; 0: unknown */
+	static _Thread_local bool looked;
+	if (!looked) {
+		looked = true;
+		pthread_attr_t attr;
+		void *addr = NULL;
+		size_t size = 0;
+		if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+			if (pthread_attr_getstack(&attr, &addr, &size) == 0)
+				floor = (uintptr_t)addr;
+			pthread_attr_destroy(&attr);
+		}
+	}
+	uintptr_t here = (uintptr_t)__builtin_frame_address(0);
+	return floor != 0 && here > floor ? here - floor : 0;
 }
 
 hsm_result hsm_harden_process(void)

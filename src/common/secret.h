@@ -52,6 +52,29 @@ hsm_result hsm_harden_process(void) HSM_MUST_CHECK;
  */
 #define HSM_STACK_WIPE_BYTES (32 * 1024)
 void hsm_stack_wipe(void);
+/*
+ * The same on a thread whose stack this code did not size (the PKCS#11
+ * module runs on the application's): as much of it as the thread's stack
+ * has room for below the caller, with 8 KiB to spare (a signal handler),
+ * down to nothing.  Inlined, so the wipe starts right below the caller's
+ * frame; hsm_stack_room() is how far the stack reaches below it.
+ */
+void hsm_stack_wipe_16k(void);
+void hsm_stack_wipe_8k(void);
+void hsm_stack_wipe_4k(void);
+size_t hsm_stack_room(void);
+__attribute__((always_inline)) static inline void hsm_stack_wipe_guarded(void)
+{
+	size_t room = hsm_stack_room(), spare = 8192;
+	if (room >= HSM_STACK_WIPE_BYTES + spare)
+		hsm_stack_wipe();
+	else if (room >= HSM_STACK_WIPE_BYTES / 2 + spare)
+		hsm_stack_wipe_16k();
+	else if (room >= HSM_STACK_WIPE_BYTES / 4 + spare)
+		hsm_stack_wipe_8k();
+	else if (room >= HSM_STACK_WIPE_BYTES / 8 + spare)
+		hsm_stack_wipe_4k();
+}
 
 #define HSM_SECURE_HEAP_DEFAULT ((size_t)64 << 20)
 

@@ -188,12 +188,15 @@ extern pthread_mutex_t p11_lock;
 			return CKR_CRYPTOKI_NOT_INITIALIZED; \
 		}                                         \
 	} while (0)
-/* Wipes the stack the call used too (hsm_stack_wipe): the application's thread goes on. */
+/*
+ * Wipes the stack the call used too (hsm_stack_wipe_guarded: the thread and
+ * its stack are the application's), since the application's thread goes on.
+ */
 #define LEAVE(rv)                          \
 	do {                                   \
 		CK_RV leave_rv__ = (rv);           \
 		pthread_mutex_unlock(&p11_lock);   \
-		hsm_stack_wipe();                  \
+		hsm_stack_wipe_guarded();          \
 		return leave_rv__;                 \
 	} while (0)
 

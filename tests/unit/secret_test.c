@@ -10,6 +10,8 @@
 #include <cmocka.h>
 #include <fcntl.h>
 #include <malloc.h>
+#include <pthread.h>
+#include <sys/mman.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -166,6 +168,53 @@ static void test_stack_wipe_clears_dead_frames(void **state)
 	dirty_frame();
 	hsm_stack_wipe();
 	assert_int_equal(canaries_left(), 0);
+	dirty_frame();
+	hsm_stack_wipe_guarded();
+	assert_int_equal(canaries_left(), 0);
+}
+
+static void *guarded_on_a_small_stack(void *arg)
+{
+	(void)arg;
+	dirty_frame();
+	hsm_stack_wipe_guarded();
+	return (void *)(uintptr_t)canaries_left();
+}
+
+static void *guarded_on_a_tiny_stack(void *arg)
+{
+	(void)arg;
+	hsm_stack_wipe_guarded(); /* no room for 32 KiB: less, or nothing, but no overflow */
+	return (void *)1;
+}
+
+/* Runs fn on a thread whose stack is exactly `stack` bytes, above an inaccessible page. */
+static uintptr_t run_with_stack(void *(*fn)(void *), size_t stack)
+{
+	size_t guard = (size_t)sysconf(_SC_PAGESIZE);
+	uint8_t *map = mmap(NULL, guard + stack, PROT_READ | PROT_WRITE,
+	                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+	assert_true(map != MAP_FAILED);
+	assert_int_equal(mprotect(map, guard, PROT_NONE), 0);
+	pthread_attr_t attr;
+	pthread_t t;
+	void *out = NULL;
+	assert_int_equal(pthread_attr_init(&attr), 0);
+	assert_int_equal(pthread_attr_setstack(&attr, map + guard, stack), 0);
+	assert_int_equal(pthread_create(&t, &attr, fn, NULL), 0);
+	assert_int_equal(pthread_join(t, &out), 0);
+	pthread_attr_destroy(&attr);
+	munmap(map, guard + stack);
+	return (uintptr_t)out;
+}
+
+/* An application's thread with a stack smaller than the wipe (the PKCS#11 module's case). */
+static void test_guarded_stack_wipe_fits_the_stack(void **state)
+{
+	(void)state;
+	assert_int_equal(run_with_stack(guarded_on_a_small_stack, 64 * 1024), 0);
+	assert_int_equal(run_with_stack(guarded_on_a_tiny_stack, 16 * 1024), 1);
+	assert_int_equal(run_with_stack(guarded_on_a_tiny_stack, 24 * 1024), 1);
 }
 
 int main(void)
@@ -175,6 +224,7 @@ int main(void)
 	    cmocka_unit_test(test_realloc_keeps_the_bytes_and_wipes_the_old_block),
 	    cmocka_unit_test(test_buf_wipes_what_it_grows_out_of_and_frees),
 	    cmocka_unit_test(test_stack_wipe_clears_dead_frames),
+	    cmocka_unit_test(test_guarded_stack_wipe_fits_the_stack),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
