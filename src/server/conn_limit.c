@@ -5,9 +5,8 @@
  * room for twice as many sources as connections can be open, and a source
  * holds an entry only while it holds a connection.  Connections are counted
  * even while there is no bound, so a bound set later (a SIGHUP) meets true
- * counts.  A source's last
- * connection frees its entry by backward-shift deletion, so no tombstones
- * pile up however many sources come and go.
+ * counts.  A source's last connection frees its entry by backward-shift
+ * deletion, so no tombstones pile up however many sources come and go.
  */
 #include "server/conn_limit.h"
 

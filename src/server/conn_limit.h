@@ -17,8 +17,9 @@ typedef struct hsm_conn_limit hsm_conn_limit;
 
 /*
  * per_source: connections one source may hold open; 0: no bound (they are
- * counted all the same, for a bound set later).  max_open: how many connections can be open at once, all
- * sources together (the table is sized for that many sources).
+ * counted all the same, for a bound set later).  max_open: how many
+ * connections can be open at once, all sources together (the table is sized
+ * for that many sources).
  */
 hsm_result hsm_conn_limit_new(uint32_t per_source, uint32_t max_open,
                               hsm_conn_limit **out) HSM_MUST_CHECK;

@@ -200,8 +200,7 @@ static void *worker_main(void *arg)
 			break;
 		}
 		run_pass(w, evs, n > 0 ? n : 0);
-		if (n > 0)
-			hsm_stack_wipe(); /* what the pass's requests left below this frame */
+		hsm_stack_wipe(); /* what the pass's requests left below this frame */
 		run_timers(w, hsm_mono_ns());
 		if (w->stopping && w->n_conns == 0)
 			w->quit = true;

@@ -7,8 +7,8 @@
  * Here the key rotates every TICKET_ROTATE_S seconds and the previous one is
  * kept only to decrypt (and renew) tickets it issued, until it is two periods
  * old, so a ticket is usable for at most two periods and a key leak exposes
- * at most that window (the advice of RFC 9325 section 3.4 on ticket keys).  Keys live in the secure heap.
- * Every resumption is sent a new ticket.
+ * at most that window (the advice of RFC 9325 section 3.4 on ticket keys).
+ * Keys live in the secure heap.  Every resumption is sent a new ticket.
  *
  * A server-side session cache is not used: the server closes connections
  * without close_notify, and OpenSSL drops such sessions from its cache, so it
