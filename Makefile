@@ -10,7 +10,7 @@ JOBS       ?= $(shell nproc)
 CMAKE_ARGS ?=
 
 .PHONY: all deps build run install test test-unit test-integration test-asan lint bench bench-build \
-	bench-scale bench-store bench-profile bench-instructions fuzz clean
+	bench-scale bench-store bench-profile bench-instructions fuzz coverage clean
 
 all: build
 
@@ -59,6 +59,11 @@ fuzz: deps
 	@cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzzers
 	@tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
+# Which lines of src/ no test runs: the whole suite in an unoptimized --coverage
+# build of its own (about 20 minutes on 2 cores), then a list by file.
+COV_BUILD ?= build-cov
+coverage: deps
+	/usr/bin/python3 scripts/coverage.py --build $(COV_BUILD) --jobs $(JOBS)
 
 # Benchmarks (not part of `make test`; see the README's "Benchmarks").  They
 # build hsmd and the bench programs in their own directory, then measure.
@@ -92,4 +97,4 @@ bench-instructions: bench-build
 	/usr/bin/python3 bench/instructions.py --build $(BENCH_BUILD) $(BENCH_ARGS)
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) $(BENCH_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) $(BENCH_BUILD) $(COV_BUILD)
