@@ -44,9 +44,12 @@ def events(server, n):
 
 
 def hup(server, n_events):
-    """Sends SIGHUP and returns the ConfigReload events once there are n_events."""
+    """Sends SIGHUP and returns the ConfigReload events once there are n_events and the
+    readings are done: the event is written before a change is applied, the counter after."""
     server.proc.send_signal(signal.SIGHUP)
-    return events(server, n_events)
+    found = events(server, n_events)
+    assert eventually(lambda: sum(reloads(server).values()) >= n_events), reloads(server)
+    return found
 
 
 def test_sighup_applies_log_level_and_names_what_waits_for_a_restart(tmp_path):
