@@ -6,6 +6,7 @@
  */
 #include "client/client.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -31,8 +32,9 @@
 
 typedef struct endpoint {
 	bool tls;
-	char host[256];
+	char host[256];      /* a name or an address, IPv6 without its brackets */
 	unsigned port;
+	char authority[300]; /* "host:port" or "[v6-address]:port": Host, SigV4, messages */
 } endpoint;
 
 /* hsmd's answers carry a few short header fields; a small bound keeps the stack small too,
@@ -51,6 +53,11 @@ struct hsm_client_conn {
 	bool timed_out; /* a read waited the whole timeout: the server may be working on it */
 };
 
+/*
+ * "http[s]://host[:port][/...]", the host a name, an IPv4 address or an IPv6
+ * address in brackets; without a port, the scheme's own (443 or 80), as any
+ * HTTP client takes it.
+ */
 static hsm_result parse_endpoint(const char *text, size_t n, endpoint *ep)
 {
 	char buf[320];
@@ -68,20 +75,48 @@ static hsm_result parse_endpoint(const char *text, size_t n, endpoint *ep)
 		return HSM_FAIL(HSM_ERR_VALIDATION, "endpoint '%s' must start with http:// or https://",
 		                buf);
 	}
-	const char *colon = strrchr(rest, ':');
-	const char *end = rest + strcspn(rest, "/");
-	HSM_ENSURE(colon != NULL && colon < end, HSM_ERR_VALIDATION,
-	           "endpoint '%s' needs a port (https://host:8443)", buf);
-	HSM_ENSURE((size_t)(colon - rest) < sizeof(ep->host), HSM_ERR_VALIDATION, "host too long");
-	memcpy(ep->host, rest, (size_t)(colon - rest));
-	ep->host[colon - rest] = '\0';
-	char port[8] = "";
-	HSM_ENSURE((size_t)(end - colon - 1) < sizeof(port), HSM_ERR_VALIDATION, "bad port");
-	memcpy(port, colon + 1, (size_t)(end - colon - 1));
-	int64_t p;
-	HSM_GUARD(hsm_parse_i64(port, 1, 65535, &p));
+	const char *end = rest + strcspn(rest, "/?#"), *host = rest, *host_end, *port_at = NULL;
+	if (*rest == '[') {
+		host = rest + 1;
+		host_end = memchr(host, ']', (size_t)(end - host));
+		HSM_ENSURE(host_end != NULL && (host_end + 1 == end || host_end[1] == ':'),
+		           HSM_ERR_VALIDATION, "endpoint '%s': an IPv6 address goes in brackets, "
+		           "https://[2001:db8::1]:8443", buf);
+		if (host_end + 1 < end)
+			port_at = host_end + 2;
+	} else {
+		host_end = memchr(rest, ':', (size_t)(end - rest));
+		if (host_end != NULL)
+			port_at = host_end + 1;
+		else
+			host_end = end;
+	}
+	size_t host_len = (size_t)(host_end - host);
+	HSM_ENSURE(host_len > 0 && host_len < sizeof(ep->host) &&
+	               memchr(host, '@', host_len) == NULL,
+	           HSM_ERR_VALIDATION, "endpoint '%s' needs a host (https://host:8443)", buf);
+	memcpy(ep->host, host, host_len);
+	ep->host[host_len] = '\0';
+	int64_t p = ep->tls ? 443 : 80;
+	if (port_at != NULL) {
+		char port[8] = "";
+		HSM_ENSURE((size_t)(end - port_at) < sizeof(port), HSM_ERR_VALIDATION,
+		           "endpoint '%s' has a bad port", buf);
+		memcpy(port, port_at, (size_t)(end - port_at));
+		HSM_ENSURE(hsm_ok(hsm_parse_i64(port, 1, 65535, &p)), HSM_ERR_VALIDATION,
+		           "endpoint '%s' has a bad port", buf);
+	}
 	ep->port = (unsigned)p;
+	bool v6 = *rest == '[';
+	snprintf(ep->authority, sizeof(ep->authority), v6 ? "[%s]:%u" : "%s:%u", ep->host, ep->port);
 	return HSM_SUCCESS;
+}
+
+/* An address, not a name: no SNI for it (RFC 6066 allows names only). */
+static bool is_ip_literal(const char *host)
+{
+	unsigned char a[sizeof(struct in6_addr)];
+	return inet_pton(AF_INET, host, a) == 1 || inet_pton(AF_INET6, host, a) == 1;
 }
 
 static hsm_result make_ssl(const hsm_client *c, const endpoint *ep, SSL_CTX **ctx_out,
@@ -109,8 +144,10 @@ static hsm_result make_ssl(const hsm_client *c, const endpoint *ep, SSL_CTX **ct
 	SSL *ssl = ok == 1 ? SSL_new(ctx) : NULL;
 	char sni[sizeof(ep->host)]; /* the macro takes a char *: a copy, not a cast */
 	memcpy(sni, ep->host, sizeof(sni));
+	/* SSL_set1_host checks an address against the certificate's IP names, a name
+	 * against its DNS names. */
 	if (ssl == NULL || SSL_set1_host(ssl, ep->host) != 1 ||
-	    SSL_set_tlsext_host_name(ssl, sni) != 1) {
+	    (!is_ip_literal(ep->host) && SSL_set_tlsext_host_name(ssl, sni) != 1)) {
 		SSL_free(ssl);
 		SSL_CTX_free(ctx);
 		return HSM_FAIL(HSM_ERR_CRYPTO, "cannot set up TLS for %s (CA file %s)", ep->host,
@@ -135,9 +172,7 @@ static hsm_result sign_request(const endpoint *ep, const hsm_client *c, const ch
 	           HSM_ERR_MISSING_AUTH,
 	           "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY to an hsmd access key");
 	const char *region = c->region ? c->region : hsm_env_region();
-	char host[300];
-	snprintf(host, sizeof(host), "%s:%u", ep->host, ep->port);
-	hsm_sigv4_header headers[] = {{"Host", host},
+	hsm_sigv4_header headers[] = {{"Host", ep->authority},
 	                              {"Content-Type", "application/x-amz-json-1.1"},
 	                              {"X-Amz-Target", target}};
 	hsm_sigv4_request req = {"POST", "/", "", headers, 3, (const uint8_t *)body, strlen(body)};
@@ -242,15 +277,14 @@ static hsm_result conn_open(const hsm_client *c, const endpoint *ep, struct hsm_
 	k->fd = tcp_connect(c, ep, &err);
 	if (k->fd < 0) {
 		conn_free(k);
-		return HSM_FAIL(HSM_ERR_IO, "cannot connect to %s:%u: %s", ep->host, ep->port,
-		                strerror(err));
+		return HSM_FAIL(HSM_ERR_IO, "cannot connect to %s: %s", ep->authority, strerror(err));
 	}
 	*reached = true;
 	if (ep->tls) {
 		hsm_result r = make_ssl(c, ep, &k->ctx, &k->ssl);
 		if (hsm_ok(r) && (SSL_set_fd(k->ssl, k->fd) != 1 || SSL_connect(k->ssl) != 1)) {
 			long v = SSL_get_verify_result(k->ssl);
-			r = HSM_FAIL(HSM_ERR_IO, "TLS with %s:%u failed: %s", ep->host, ep->port,
+			r = HSM_FAIL(HSM_ERR_IO, "TLS with %s failed: %s", ep->authority,
 			             v != X509_V_OK ? X509_verify_cert_error_string(v) : "handshake failed");
 			ERR_clear_error();
 		}
@@ -277,7 +311,7 @@ static hsm_result conn_write(struct hsm_client_conn *k, const void *p, size_t n)
 			if (w < 0 && errno == EINTR)
 				continue;
 		}
-		HSM_ENSURE(w > 0, HSM_ERR_IO, "cannot send to %s:%u", k->ep.host, k->ep.port);
+		HSM_ENSURE(w > 0, HSM_ERR_IO, "cannot send to %s", k->ep.authority);
 		b += w;
 		n -= (size_t)w;
 	}
@@ -304,7 +338,7 @@ static hsm_result conn_fill(struct hsm_client_conn *k, size_t *got)
 		while (r < 0 && errno == EINTR);
 	}
 	k->timed_out = r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
-	HSM_ENSURE(r >= 0, HSM_ERR_IO, "no answer from %s:%u (%s%s%s)", k->ep.host, k->ep.port,
+	HSM_ENSURE(r >= 0, HSM_ERR_IO, "no answer from %s (%s%s%s)", k->ep.authority,
 	           k->timed_out ? "timed out" : "connection failed", tls_why != NULL ? ": " : "",
 	           tls_why != NULL ? tls_why : "");
 	k->have = (size_t)r;
@@ -331,8 +365,8 @@ static hsm_result read_head(struct hsm_client_conn *k, answer *a, int64_t *lengt
 		if (k->off == k->have) {
 			size_t got;
 			HSM_GUARD(conn_fill(k, &got));
-			HSM_ENSURE(got > 0, HSM_ERR_IO, "%s:%u closed the connection%s", k->ep.host,
-			           k->ep.port, a->any ? " during its answer" : "");
+			HSM_ENSURE(got > 0, HSM_ERR_IO, "%s closed the connection%s", k->ep.authority,
+			           a->any ? " during its answer" : "");
 		}
 		a->any = true;
 		HSM_ENSURE(n < HEAD_MAX, HSM_ERR_IO, "the answer's header is too long");
@@ -356,7 +390,9 @@ static hsm_result read_head(struct hsm_client_conn *k, answer *a, int64_t *lengt
 		if (colon == NULL)
 			continue;
 		*colon = '\0';
-		const char *v = colon + 1 + strspn(colon + 1, " \t");
+		char *v = colon + 1 + strspn(colon + 1, " \t");
+		for (size_t len = strlen(v); len > 0 && (v[len - 1] == ' ' || v[len - 1] == '\t');)
+			v[--len] = '\0'; /* optional whitespace after the value, too */
 		if (strcasecmp(line, "Content-Length") == 0) {
 			HSM_GUARD(hsm_parse_i64(v, 0, BODY_MAX, length));
 		} else if (strcasecmp(line, "Transfer-Encoding") == 0) {
@@ -366,6 +402,10 @@ static hsm_result read_head(struct hsm_client_conn *k, answer *a, int64_t *lengt
 			           : strcasecmp(v, "keep-alive") == 0 ? false
 			                                             : a->close;
 		}
+	}
+	if (a->status < 200 || a->status == 204 || a->status == 304) {
+		*length = 0; /* answers that never have a body (RFC 9112, section 6.3) */
+		*chunked = false;
 	}
 	return HSM_SUCCESS;
 }
@@ -418,13 +458,19 @@ static hsm_result read_chunked(struct hsm_client_conn *k, hsm_buf *resp)
 	char line[256];
 	for (;;) {
 		HSM_GUARD(read_line(k, line, sizeof(line)));
-		char *end;
-		unsigned long long n = strtoull(line, &end, 16);
-		HSM_ENSURE(end != line && n <= BODY_MAX, HSM_ERR_IO, "malformed chunked answer");
+		/* The size in hex, then nothing, or extensions after ';' */
+		size_t digits = strspn(line, "0123456789abcdefABCDEF");
+		const char *after = line + digits + strspn(line + digits, " \t");
+		HSM_ENSURE(digits > 0 && digits <= 8 && (*after == '\0' || *after == ';'), HSM_ERR_IO,
+		           "malformed chunked answer");
+		unsigned long n = strtoul(line, NULL, 16);
+		HSM_ENSURE(n <= BODY_MAX, HSM_ERR_IO, "the answer is too long");
 		if (n == 0)
 			break;
 		HSM_GUARD(read_body(k, (int64_t)n, resp));
+		/* The chunk's data ends exactly where its size said. */
 		HSM_GUARD(read_line(k, line, sizeof(line)));
+		HSM_ENSURE(line[0] == '\0', HSM_ERR_IO, "malformed chunked answer");
 	}
 	do /* trailer fields, up to the empty line */
 		HSM_GUARD(read_line(k, line, sizeof(line)));
@@ -445,8 +491,8 @@ static hsm_result exchange(struct hsm_client_conn *k, const hsm_client *c, const
 	memset(a, 0, sizeof(*a));
 	if (sign)
 		HSM_TRY(sign_request(&k->ep, c, target, body, &sig));
-	HSM_TRY(hsm_buf_printf(&req, "%s %s HTTP/1.1\r\nHost: %s:%u\r\n", target ? "POST" : "GET",
-	                       path, k->ep.host, k->ep.port));
+	HSM_TRY(hsm_buf_printf(&req, "%s %s HTTP/1.1\r\nHost: %s\r\n", target ? "POST" : "GET",
+	                       path, k->ep.authority));
 	if (target != NULL)
 		HSM_TRY(hsm_buf_printf(&req,
 		                       "Content-Type: application/x-amz-json-1.1\r\nX-Amz-Target: %s\r\n"
@@ -460,7 +506,9 @@ static hsm_result exchange(struct hsm_client_conn *k, const hsm_client *c, const
 		HSM_TRY(hsm_buf_put_str(&req, body));
 	HSM_TRY(conn_write(k, req.data, req.len));
 	size_t mark = resp->len;
-	HSM_TRY(read_head(k, a, &length, &chunked));
+	do /* an interim answer (100 Continue from a proxy, say) comes before the answer */
+		HSM_TRY(read_head(k, a, &length, &chunked));
+	while (a->status < 200);
 	if (chunked)
 		res = read_chunked(k, resp);
 	else

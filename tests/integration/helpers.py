@@ -253,8 +253,9 @@ def openssl(*args, cwd):
     return p
 
 
-def make_pki(d):
-    """ca.pem, server.pem (CN and IP SAN 127.0.0.1, signed by the CA), server.key; P-256."""
+def make_pki(d, san="IP:127.0.0.1"):
+    """ca.pem, server.pem (CN 127.0.0.1, subjectAltName san, signed by the CA), server.key;
+    P-256."""
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
     openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
             "-subj", "/CN=hsmd test CA", "-addext", "basicConstraints=critical,CA:TRUE",
@@ -262,7 +263,7 @@ def make_pki(d):
     openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1",
             cwd=d)
     with open(os.path.join(d, "ext.cnf"), "w") as f:
-        f.write("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+        f.write(f"subjectAltName={san}\nextendedKeyUsage=serverAuth\n"
                 "basicConstraints=CA:FALSE\n")
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
             "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)

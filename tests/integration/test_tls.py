@@ -17,7 +17,7 @@ import botocore.exceptions
 import pytest
 import requests
 
-from conftest import DEV_AKID, DEV_SECRET, HSMCTL, REGION, Hsmd, client, signed_call
+from conftest import DEV_AKID, DEV_SECRET, HSMCTL, HSMD, REGION, Hsmd, client, signed_call
 from helpers import make_pki, metric, openssl
 
 
@@ -143,6 +143,73 @@ def test_openssl_s_client_tls1_1_is_refused(tls):
                          capture_output=True, text=True, timeout=30)
     assert old.returncode != 0
     assert "protocol version" in (old.stdout + old.stderr).lower(), old.stderr
+
+
+def ipv6_loopback_port():
+    """A free port on ::1, or None where this machine has no IPv6 loopback."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+            return s.getsockname()[1]
+    except OSError:
+        return None
+
+
+def test_ipv6_endpoint_over_tls(tmp_path):
+    """A node on [::1]: hsmctl and boto3 reach it by its bracketed address, the certificate's
+    IP name is checked against the address, and SigV4's Host (brackets and all) is the same
+    on both ends."""
+    port = ipv6_loopback_port()
+    if port is None:
+        pytest.skip("no IPv6 loopback on this machine")
+    good = tmp_path / "good"
+    wrong = tmp_path / "wrong"
+    good.mkdir()
+    wrong.mkdir()
+    pki = make_pki(str(good), san="IP:::1")
+    other = make_pki(str(wrong))  # for 127.0.0.1 only
+    env = dict(os.environ, HSM_DEV_ACCESS_KEY_ID=DEV_AKID, HSM_DEV_SECRET_ACCESS_KEY=DEV_SECRET,
+               AWS_ACCESS_KEY_ID=DEV_AKID, AWS_SECRET_ACCESS_KEY=DEV_SECRET)
+    endpoint = f"https://[::1]:{port}"
+
+    def hsmctl(ca, *args):
+        return subprocess.run([HSMCTL, "--endpoint", endpoint, "--ca-file", ca, *args],
+                              capture_output=True, text=True, timeout=30, env=env)
+
+    for server_pki, ok in ((pki, True), (other, False)):
+        log = open(tmp_path / f"hsmd-{ok}.log", "w")
+        proc = subprocess.Popen([HSMD, "--dev", "--listen", f"[::1]:{port}", "--data-dir",
+                                 str(tmp_path / f"data-{ok}"), "--tls-cert", server_pki["server.pem"],
+                                 "--tls-key", server_pki["server.key"]],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                assert proc.poll() is None, open(tmp_path / f"hsmd-{ok}.log").read()
+                try:
+                    socket.create_connection(("::1", port), timeout=1).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, "hsmd did not come up on [::1]"
+                    time.sleep(0.05)
+            p = hsmctl(server_pki["ca.pem"], "status")
+            if not ok:
+                assert p.returncode != 0 and "IP address mismatch" in p.stderr, p.stdout + p.stderr
+                continue
+            assert p.returncode == 0 and "Sealed: false" in p.stdout, p.stdout + p.stderr
+            # Signed by hsmctl's own client: hsmd checks the signature over "[::1]:port".
+            p = hsmctl(pki["ca.pem"], "audit", "hash", "some value")
+            assert p.returncode == 0 and len(p.stdout.strip()) >= 64, p.stdout + p.stderr
+            kms = boto3.client("kms", endpoint_url=endpoint, region_name=REGION,
+                               aws_access_key_id=DEV_AKID, aws_secret_access_key=DEV_SECRET,
+                               verify=pki["ca.pem"])
+            kid = kms.create_key()["KeyMetadata"]["KeyId"]
+            blob = kms.encrypt(KeyId=kid, Plaintext=b"over IPv6")["CiphertextBlob"]
+            assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"over IPv6"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+            log.close()
 
 
 def test_hsmctl_over_tls(tls):
