@@ -28,6 +28,8 @@
 #include <openssl/x509v3.h>
 
 #include "auth/sigv4.h"
+#include "client/client_internal.h"
+#include "common/http_parse.h"
 #include "common/util.h"
 
 typedef struct endpoint {
@@ -40,7 +42,7 @@ typedef struct endpoint {
 /* hsmd's answers carry a few short header fields; a small bound keeps the stack small too,
  * as the PKCS#11 module reads answers on its host application's threads. */
 #define HEAD_MAX (16 * 1024)
-#define BODY_MAX (16 * 1024 * 1024)
+#define BODY_MAX HSM_CLIENT_BODY_MAX
 
 /* The kept-alive connection: to one endpoint, reused while it stays open. */
 struct hsm_client_conn {
@@ -433,49 +435,80 @@ static hsm_result read_body(struct hsm_client_conn *k, int64_t n, hsm_buf *resp)
 	return HSM_SUCCESS;
 }
 
-static hsm_result read_line(struct hsm_client_conn *k, char *line, size_t cap)
+/*
+ * A chunked body, through the decoder hsmd reads chunked requests with
+ * (common/http_parse.h): the encoded bytes are appended to resp and decoded
+ * in place.  Encoded, a body is larger than decoded, within a bound.
+ */
+static hsm_result read_chunked(struct hsm_client_conn *k, hsm_buf *resp)
 {
-	size_t n = 0;
+	size_t mark = resp->len;
+	hsm_http_chunked c;
+	hsm_http_chunked_init(&c);
+	HSM_ENSURE(mark < BODY_MAX, HSM_ERR_IO, "the answer is too long");
 	for (;;) {
 		if (k->off == k->have) {
 			size_t got;
 			HSM_GUARD(conn_fill(k, &got));
 			HSM_ENSURE(got > 0, HSM_ERR_IO, "the answer was cut short");
 		}
-		char ch = (char)k->buf[k->off++];
-		if (ch == '\n')
-			break;
-		HSM_ENSURE(n + 1 < cap, HSM_ERR_IO, "malformed chunked answer");
-		if (ch != '\r')
-			line[n++] = ch;
+		size_t take = k->have - k->off;
+		HSM_ENSURE(resp->len - mark + take <= 2 * (size_t)BODY_MAX, HSM_ERR_IO,
+		           "the answer is too long");
+		HSM_GUARD(hsm_buf_put(resp, k->buf + k->off, take));
+		k->off += take;
+		hsm_http_parse st =
+		    hsm_http_chunked_step(&c, resp->data + mark, resp->len - mark, BODY_MAX - mark);
+		if (st == HSM_HTTP_PARSE_OK) {
+			/* The encoded bytes left behind the decoded body: wiped, like the rest. */
+			OPENSSL_cleanse(resp->data + mark + c.out, resp->len - mark - c.out);
+			resp->len = mark + c.out;
+			return HSM_SUCCESS;
+		}
+		HSM_ENSURE(st == HSM_HTTP_PARSE_PARTIAL, HSM_ERR_IO,
+		           st == HSM_HTTP_PARSE_TOO_LARGE ? "the answer is too long"
+		                                          : "malformed chunked answer");
 	}
-	line[n] = '\0';
-	return HSM_SUCCESS;
 }
 
-static hsm_result read_chunked(struct hsm_client_conn *k, hsm_buf *resp)
+/* Reads one answer, after any interim ones, into resp; refused, resp is as it was. */
+static hsm_result read_answer(struct hsm_client_conn *k, answer *a, hsm_buf *resp)
 {
-	char line[256];
-	for (;;) {
-		HSM_GUARD(read_line(k, line, sizeof(line)));
-		/* The size in hex, then nothing, or extensions after ';' */
-		size_t digits = strspn(line, "0123456789abcdefABCDEF");
-		const char *after = line + digits + strspn(line + digits, " \t");
-		HSM_ENSURE(digits > 0 && digits <= 8 && (*after == '\0' || *after == ';'), HSM_ERR_IO,
-		           "malformed chunked answer");
-		unsigned long n = strtoul(line, NULL, 16);
-		HSM_ENSURE(n <= BODY_MAX, HSM_ERR_IO, "the answer is too long");
-		if (n == 0)
-			break;
-		HSM_GUARD(read_body(k, (int64_t)n, resp));
-		/* The chunk's data ends exactly where its size said. */
-		HSM_GUARD(read_line(k, line, sizeof(line)));
-		HSM_ENSURE(line[0] == '\0', HSM_ERR_IO, "malformed chunked answer");
+	int64_t length = -1;
+	bool chunked = false;
+	size_t mark = resp->len;
+	hsm_result res;
+	do /* an interim answer (100 Continue from a proxy, say) comes before the answer */
+		res = read_head(k, a, &length, &chunked);
+	while (hsm_ok(res) && a->status < 200);
+	if (hsm_ok(res))
+		res = chunked ? read_chunked(k, resp) : read_body(k, length, resp);
+	if (hsm_ok(res) && length < 0 && !chunked)
+		a->close = true; /* the body ended with the stream */
+	if (hsm_failed(res) && resp->len > mark) {
+		OPENSSL_cleanse(resp->data + mark, resp->len - mark);
+		resp->len = mark;
 	}
-	do /* trailer fields, up to the empty line */
-		HSM_GUARD(read_line(k, line, sizeof(line)));
-	while (line[0] != '\0');
-	return HSM_SUCCESS;
+	/* Answers can carry secrets (a new access key's, data keys): not kept here. */
+	OPENSSL_cleanse(k->buf, sizeof(k->buf));
+	k->have = k->off = 0;
+	return res;
+}
+
+hsm_result hsm_client_answer_from_fd(int fd, int *status, bool *close_after, hsm_buf *resp)
+{
+	struct hsm_client_conn *k = calloc(1, sizeof(*k));
+	HSM_ENSURE(k != NULL, HSM_ERR_NOMEM, "out of memory");
+	k->fd = fd;
+	snprintf(k->ep.authority, sizeof(k->ep.authority), "fd %d", fd);
+	answer a;
+	memset(&a, 0, sizeof(a));
+	hsm_result r = read_answer(k, &a, resp);
+	k->fd = -1; /* the caller's */
+	conn_free(k);
+	*status = a.status;
+	*close_after = a.close;
+	return r;
 }
 
 /* Sends a request (POST with target and body, or GET of path) and reads its answer. */
@@ -486,8 +519,6 @@ static hsm_result exchange(struct hsm_client_conn *k, const hsm_client *c, const
 	hsm_buf req = {0};
 	hsm_sigv4_signature sig;
 	hsm_result res = HSM_SUCCESS;
-	int64_t length;
-	bool chunked;
 	memset(a, 0, sizeof(*a));
 	if (sign)
 		HSM_TRY(sign_request(&k->ep, c, target, body, &sig));
@@ -505,21 +536,7 @@ static hsm_result exchange(struct hsm_client_conn *k, const hsm_client *c, const
 	if (target != NULL)
 		HSM_TRY(hsm_buf_put_str(&req, body));
 	HSM_TRY(conn_write(k, req.data, req.len));
-	size_t mark = resp->len;
-	do /* an interim answer (100 Continue from a proxy, say) comes before the answer */
-		HSM_TRY(read_head(k, a, &length, &chunked));
-	while (a->status < 200);
-	if (chunked)
-		res = read_chunked(k, resp);
-	else
-		res = read_body(k, length, resp);
-	if (length < 0 && !chunked)
-		a->close = true; /* the body ended with the stream */
-	if (hsm_failed(res))
-		resp->len = mark;
-	/* Answers can carry secrets (a new access key's, data keys): not kept here. */
-	OPENSSL_cleanse(k->buf, sizeof(k->buf));
-	k->have = k->off = 0;
+	res = read_answer(k, a, resp);
 out:
 	hsm_buf_free(&req);
 	return res;

@@ -29,7 +29,7 @@
 #include "common/util.h"
 #include "server/conn_limit.h"
 #include "server/http.h"
-#include "server/http_parse.h"
+#include "common/http_parse.h"
 
 typedef struct hsm_http_worker hsm_http_worker;
 typedef struct hsm_http_conn hsm_http_conn;

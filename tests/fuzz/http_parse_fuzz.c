@@ -27,7 +27,7 @@
 #include <ctype.h>
 #include <strings.h>
 
-#include "server/http_parse.h"
+#include "common/http_parse.h"
 
 /* Piece sizes, 1 to 32 bytes, from a seed taken from the input. */
 static size_t next_piece(uint32_t *seed)

@@ -192,6 +192,20 @@ static hsm_result get_doc(const fake *f, char *out, size_t cap)
 
 #define OK_HEAD "HTTP/1.1 200 OK\r\n"
 
+/* Ends a test's exchange: the client's connection, its buffer, the fake's script. */
+static void hang_up(hsm_client *c, hsm_buf *b, fake *f)
+{
+	hsm_client_close(c);
+	hsm_buf_free(b);
+	fake_stop(f);
+}
+
+/* An unsigned call whose answer the fake chose. */
+static hsm_result list_keys(hsm_client *c, int *status, hsm_buf *b)
+{
+	return hsm_client_call(c, "TrentService.ListKeys", "{}", false, status, b);
+}
+
 static void test_content_length(void **state)
 {
 	(void)state;
@@ -237,17 +251,15 @@ static void test_chunked(void **state)
 	hsm_client c = client_of(ep, sizeof(ep), &f);
 	int status = 0;
 	hsm_buf b = {0};
-	assert_true(hsm_ok(hsm_client_call(&c, "TrentService.ListKeys", "{}", false, &status, &b)));
+	assert_true(hsm_ok(list_keys(&c, &status, &b)));
 	assert_int_equal(status, 200);
 	assert_int_equal(b.len, 2);
 	assert_memory_equal(b.data, "{}", 2);
 	b.len = 0;
-	assert_true(hsm_ok(hsm_client_call(&c, "TrentService.ListKeys", "{}", false, &status, &b)));
+	assert_true(hsm_ok(list_keys(&c, &status, &b)));
 	assert_int_equal(b.len, 4);
 	assert_memory_equal(b.data, "[1] ", 4);
-	hsm_client_close(&c);
-	hsm_buf_free(&b);
-	fake_stop(&f);
+	hang_up(&c, &b, &f);
 	assert_int_equal(f.connections, 1);
 	assert_int_equal(f.requests, 2);
 }
@@ -298,7 +310,7 @@ static void test_chunked_malformed(void **state)
 		int status = 0;
 		hsm_buf b = {0};
 		assert_true(hsm_ok(hsm_buf_put(&b, "kept", 4)));
-		hsm_result r = hsm_client_call(&c, "TrentService.ListKeys", "{}", false, &status, &b);
+		hsm_result r = list_keys(&c, &status, &b);
 		if (hsm_ok(r))
 			fail_msg("answer %zu was taken (status %d, %zu bytes)", i, status, b.len);
 		/* What the caller had in its buffer is all it has. */
@@ -331,13 +343,11 @@ static void test_body_to_end_of_stream(void **state)
 	hsm_client c = client_of(ep, sizeof(ep), &f);
 	int status = 0;
 	hsm_buf b = {0};
-	assert_true(hsm_ok(hsm_client_call(&c, "TrentService.ListKeys", "{}", false, &status, &b)));
-	assert_true(hsm_ok(hsm_client_call(&c, "TrentService.ListKeys", "{}", false, &status, &b)));
+	assert_true(hsm_ok(list_keys(&c, &status, &b)));
+	assert_true(hsm_ok(list_keys(&c, &status, &b)));
 	assert_int_equal(b.len, 4);
 	assert_memory_equal(b.data, "{}[]", 4);
-	hsm_client_close(&c);
-	hsm_buf_free(&b);
-	fake_stop(&f);
+	hang_up(&c, &b, &f);
 	assert_int_equal(f.connections, 2);
 }
 
@@ -357,18 +367,16 @@ static void test_answers_without_body(void **state)
 	c.timeout_s = 5;
 	int status = 0;
 	hsm_buf b = {0};
-	assert_true(hsm_ok(hsm_client_call(&c, "TrentService.ListKeys", "{}", false, &status, &b)));
+	assert_true(hsm_ok(list_keys(&c, &status, &b)));
 	assert_int_equal(status, 204);
 	assert_int_equal(b.len, 0);
-	assert_true(hsm_ok(hsm_client_call(&c, "TrentService.ListKeys", "{}", false, &status, &b)));
+	assert_true(hsm_ok(list_keys(&c, &status, &b)));
 	assert_int_equal(status, 304);
 	assert_int_equal(b.len, 0);
-	assert_true(hsm_ok(hsm_client_call(&c, "TrentService.ListKeys", "{}", false, &status, &b)));
+	assert_true(hsm_ok(list_keys(&c, &status, &b)));
 	assert_int_equal(status, 200);
 	assert_int_equal(b.len, 2);
-	hsm_client_close(&c);
-	hsm_buf_free(&b);
-	fake_stop(&f);
+	hang_up(&c, &b, &f);
 	assert_int_equal(f.connections, 1);
 	assert_int_equal(f.requests, 3);
 }
@@ -401,14 +409,12 @@ static void test_reconnects_after_idle_close(void **state)
 	hsm_client c = client_of(ep, sizeof(ep), &f);
 	int status = 0;
 	hsm_buf b = {0};
-	assert_true(hsm_ok(hsm_client_call(&c, "TrentService.ListKeys", "{}", false, &status, &b)));
+	assert_true(hsm_ok(list_keys(&c, &status, &b)));
 	usleep(50 * 1000); /* the close reaches the client's socket */
-	assert_true(hsm_ok(hsm_client_call(&c, "TrentService.ListKeys", "{}", false, &status, &b)));
+	assert_true(hsm_ok(list_keys(&c, &status, &b)));
 	assert_int_equal(status, 200);
 	assert_int_equal(b.len, 6);
-	hsm_client_close(&c);
-	hsm_buf_free(&b);
-	fake_stop(&f);
+	hang_up(&c, &b, &f);
 	assert_int_equal(f.connections, 2);
 	assert_int_equal(f.requests, 2);
 
@@ -418,13 +424,11 @@ static void test_reconnects_after_idle_close(void **state)
 	fake_start(&f);
 	c = client_of(ep, sizeof(ep), &f);
 	b = (hsm_buf){0};
-	assert_true(hsm_ok(hsm_client_call(&c, "TrentService.ListKeys", "{}", false, &status, &b)));
+	assert_true(hsm_ok(list_keys(&c, &status, &b)));
 	hsm_result r = hsm_client_call(&c, "TrentService.CreateKey", "{}", false, &status, &b);
 	assert_int_equal(r.err, HSM_ERR_IO);
 	assert_non_null(strstr(hsm_last_error()->message, "cut short"));
-	hsm_client_close(&c);
-	hsm_buf_free(&b);
-	fake_stop(&f);
+	hang_up(&c, &b, &f);
 	assert_int_equal(f.requests, 2);
 }
 
@@ -448,17 +452,15 @@ static void test_sealed_node_passes_to_next(void **state)
 	int status = 0;
 	hsm_buf out = {0};
 	/* Sealed: refused before anything was done, so the next node takes it. */
-	assert_true(hsm_ok(hsm_client_call(&c, "TrentService.ListKeys", "{}", false, &status, &out)));
+	assert_true(hsm_ok(list_keys(&c, &status, &out)));
 	assert_int_equal(status, 200);
 	assert_int_equal(out.len, 2);
 	/* Another 503 may follow a change that was made: it is the answer. */
 	out.len = 0;
-	assert_true(hsm_ok(hsm_client_call(&c, "TrentService.ListKeys", "{}", false, &status, &out)));
+	assert_true(hsm_ok(list_keys(&c, &status, &out)));
 	assert_int_equal(status, 503);
 	assert_non_null(memmem(out.data, out.len, "audit unavailable", 17));
-	hsm_client_close(&c);
-	hsm_buf_free(&out);
-	fake_stop(&a);
+	hang_up(&c, &out, &a);
 	fake_stop(&b);
 	assert_int_equal(a.requests, 2);
 	assert_int_equal(b.requests, 1);
@@ -536,7 +538,7 @@ static void test_bad_endpoints(void **state)
 		hsm_client c = {.endpoints = bad[i], .timeout_s = 1};
 		int status = 0;
 		hsm_buf b = {0};
-		hsm_result r = hsm_client_call(&c, "TrentService.ListKeys", "{}", false, &status, &b);
+		hsm_result r = list_keys(&c, &status, &b);
 		if (r.err != HSM_ERR_VALIDATION)
 			fail_msg("endpoint '%s' was not refused as invalid (error %d)", bad[i], r.err);
 		hsm_buf_free(&b);
@@ -556,7 +558,7 @@ static void test_bad_endpoints(void **state)
 	snprintf(want, sizeof(want), "127.0.0.1:%u", port);
 	c.endpoints = ep;
 	int status = 0;
-	assert_int_equal(hsm_client_call(&c, "TrentService.ListKeys", "{}", false, &status, &b).err,
+	assert_int_equal(list_keys(&c, &status, &b).err,
 	                 HSM_ERR_IO);
 	assert_non_null(strstr(hsm_last_error()->message, want));
 	hsm_buf_free(&b);

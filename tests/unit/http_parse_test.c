@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "server/http_parse.h"
+#include "common/http_parse.h"
 
 /* A string literal with its length, so that embedded NULs count. */
 #define LIT(s) (s), (sizeof(s) - 1)

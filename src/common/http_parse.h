@@ -1,6 +1,7 @@
 /*
  * http_parse.h - reading HTTP/1.1 requests off the wire (RFC 9112): where a
- * request head ends, the head itself (parsed in place), and chunked bodies.
+ * request head ends, the head itself (parsed in place), and chunked bodies,
+ * which the client (client/client.c) decodes answers with too.
  *
  * Pure functions over bytes: no I/O, no allocation, no global state, so the
  * server's reader (http_conn.c) stays small and the parsing can be fuzzed on
@@ -8,8 +9,8 @@
  * server choose, since hsmd's clients are SDKs, not browsers: anything that a
  * proxy in front could read differently is refused (RFC 9112 section 11.2).
  */
-#ifndef HSM_SERVER_HTTP_PARSE_H
-#define HSM_SERVER_HTTP_PARSE_H
+#ifndef HSM_COMMON_HTTP_PARSE_H
+#define HSM_COMMON_HTTP_PARSE_H
 
 #include <stdbool.h>
 #include <stddef.h>

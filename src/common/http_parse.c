@@ -3,7 +3,7 @@
  * rules are in http_parse.h.  Chunk-size lines and trailers go through a
  * byte-at-a-time state machine; chunk data is moved in runs.
  */
-#include "server/http_parse.h"
+#include "common/http_parse.h"
 
 #include <string.h>
 
