@@ -197,8 +197,9 @@ typedef struct hsm_jwt_verify_opts {
 /*
  * Verifies a compact JWS token against a JWK Set ({"keys": [...]}):
  *   - header: a JSON object with a known "alg" and a "kid", no "crit";
- *   - the JWK with that kid (exactly one) whose "alg", when present, is the
- *     header's (RFC 8725 section 3.1) and whose key fits the algorithm;
+ *   - the JWK with that kid (exactly one; a header without "kid" only with
+ *     a JWK Set of one key) whose "alg", when present, is the header's
+ *     (RFC 8725 section 3.1) and whose key fits the algorithm;
  *   - the signature (ES*: exactly 2 x field length bytes of R || S);
  *   - claims: "exp" required and not passed, "nbf" and "iat" not in the
  *     future (each with leeway), "iss" and "aud" as opts say

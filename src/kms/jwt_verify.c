@@ -72,8 +72,11 @@ static hsm_result read_header(const json_t *h, hsm_jws_alg *alg, const char **ki
 	/* RFC 7515 section 4.1.11: extensions a recipient does not understand make it reject. */
 	HSM_ENSURE(json_object_get(h, "crit") == NULL, HSM_ERR_VALIDATION,
 	           "the token header has \"crit\" extensions, which are not supported");
-	*kid = json_string_value(json_object_get(h, "kid"));
-	HSM_ENSURE(*kid != NULL, HSM_ERR_VALIDATION, "the token header has no \"kid\"");
+	/* RFC 7515 section 4.1.4: optional; without it the JWK Set must leave no choice. */
+	const json_t *k = json_object_get(h, "kid");
+	*kid = json_string_value(k);
+	HSM_ENSURE(k == NULL || *kid != NULL, HSM_ERR_VALIDATION,
+	           "the token header's \"kid\" is not a string");
 	return HSM_SUCCESS;
 }
 
@@ -83,6 +86,15 @@ static hsm_result find_jwk(const json_t *jwks, const char *kid, const json_t **o
 	const json_t *found = NULL;
 	HSM_ENSURE(json_is_array(keys), HSM_ERR_VALIDATION,
 	           "the JWK Set is not a JSON object with a \"keys\" array");
+	if (kid == NULL) {
+		size_t n = json_array_size(keys);
+		HSM_ENSURE(n == 1, n == 0 ? HSM_ERR_NOT_FOUND : HSM_ERR_VALIDATION,
+		           "the token header has no \"kid\" and the JWK Set holds %zu keys: "
+		           "which one signed it is not said",
+		           n);
+		*out = json_array_get(keys, 0);
+		return HSM_SUCCESS;
+	}
 	for (size_t i = 0; i < json_array_size(keys); i++) {
 		const json_t *k = json_array_get(keys, i);
 		const char *id = json_string_value(json_object_get(k, "kid"));

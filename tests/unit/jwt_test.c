@@ -290,6 +290,24 @@ static void make_token(const hsm_material *m, hsm_jws_alg alg, const char *kid,
 	json_decref(claims);
 }
 
+/* A token whose header has no kid, {"alg":...,"typ":"JWT"}, signed with m (another issuer's,
+ * say: hsmd's own tokens always name theirs). */
+static void make_token_without_kid(const hsm_material *m, hsm_jws_alg alg, const char *claims,
+                                   hsm_buf *out)
+{
+	char header[64];
+	snprintf(header, sizeof(header), "{\"alg\":\"%s\",\"typ\":\"JWT\"}", hsm_jws_alg_name(alg));
+	hsm_buf sig = {0};
+	assert_succeeds(hsm_b64url_encode(out, (const uint8_t *)header, strlen(header)));
+	assert_succeeds(hsm_buf_put(out, ".", 1));
+	assert_succeeds(hsm_b64url_encode(out, (const uint8_t *)claims, strlen(claims)));
+	assert_succeeds(hsm_sign(m, hsm_jws_alg_get(alg)->sign_alg, HSM_MSG_RAW, out->data, out->len,
+	                         &sig));
+	assert_succeeds(hsm_jwt_append_signature(out, alg, hsm_material_spec(m), sig.data, sig.len));
+	assert_succeeds(hsm_buf_terminate(out));
+	hsm_buf_free(&sig);
+}
+
 static size_t signature_len(const hsm_buf *token)
 {
 	const char *last = strrchr((const char *)token->data, '.');
@@ -496,6 +514,58 @@ static void test_verify_every_algorithm(void **state)
 	}
 }
 
+/* RFC 7515 section 4.1.4: "kid" is optional.  Without it, a JWK Set of one key is the key;
+ * a set of several leaves the choice open, and that is refused, not guessed. */
+static void test_verify_without_kid(void **state)
+{
+	(void)state;
+	const hsm_material *ec = fixture_key(HSM_SPEC_ECC_NIST_P256);
+	const hsm_material *rsa = fixture_key(HSM_SPEC_RSA_2048);
+	hsm_jwt_verify_opts o = {NOW, 0, NULL, NULL};
+	hsm_buf t = {0};
+	char claims[64];
+	snprintf(claims, sizeof(claims), "{\"sub\":\"s\",\"exp\":%d}", NOW + 60);
+	make_token_without_kid(ec, HSM_JWS_ES256, claims, &t);
+	const char *tok = (const char *)t.data;
+	json_t *one = jwks_of(ec, HSM_JWS_ES256, "any-kid"), *claims_out = NULL;
+	assert_succeeds(hsm_jwt_verify(tok, t.len, one, &o, NULL, &claims_out));
+	assert_string_equal(json_string_value(json_object_get(claims_out, "sub")), "s");
+	json_decref(claims_out);
+	/* The one key still decides the algorithm, and still has to have signed. */
+	json_t *wrong = jwks_of(rsa, HSM_JWS_RS256, "any-kid");
+	assert_fails_with(hsm_jwt_verify(tok, t.len, wrong, &o, NULL, NULL),
+	                  HSM_ERR_INVALID_KEY_USAGE);
+	json_decref(wrong);
+	char *forged = strdup(tok);
+	char *last = strrchr(forged, '.') + 1;
+	last[3] = last[3] == 'A' ? 'B' : 'A';
+	assert_fails_with(hsm_jwt_verify(forged, t.len, one, &o, NULL, NULL),
+	                  HSM_ERR_INVALID_SIGNATURE);
+	free(forged);
+	/* Two keys (the signer among them), or none. */
+	json_t *two = jwks_of(ec, HSM_JWS_ES256, "a");
+	json_array_append_new(json_object_get(two, "keys"),
+	                      json_deep_copy(json_array_get(json_object_get(one, "keys"), 0)));
+	assert_fails_with(hsm_jwt_verify(tok, t.len, two, &o, NULL, NULL), HSM_ERR_VALIDATION);
+	assert_non_null(strstr(hsm_last_message(), "holds 2 keys"));
+	json_t *none = parse("{\"keys\":[]}");
+	assert_fails_with(hsm_jwt_verify(tok, t.len, none, &o, NULL, NULL), HSM_ERR_NOT_FOUND);
+	/* A kid that is there but not a string is malformed, not absent. */
+	hsm_buf bad = {0};
+	static const char header[] = "{\"alg\":\"ES256\",\"kid\":7}";
+	assert_succeeds(hsm_b64url_encode(&bad, (const uint8_t *)header, sizeof(header) - 1));
+	const char *rest = strchr(tok, '.');
+	assert_succeeds(hsm_buf_put(&bad, rest, strlen(rest)));
+	assert_fails_with(hsm_jwt_verify((const char *)bad.data, bad.len, one, &o, NULL, NULL),
+	                  HSM_ERR_VALIDATION);
+	assert_non_null(strstr(hsm_last_message(), "not a string"));
+	hsm_buf_free(&bad);
+	json_decref(none);
+	json_decref(two);
+	json_decref(one);
+	hsm_buf_free(&t);
+}
+
 static void test_verify_refusals(void **state)
 {
 	(void)state;
@@ -601,6 +671,7 @@ int main(void)
 	    cmocka_unit_test(test_jwk_parse_refusals),
 	    cmocka_unit_test(test_verify_every_algorithm),
 	    cmocka_unit_test(test_verify_refusals),
+	    cmocka_unit_test(test_verify_without_kid),
 	    cmocka_unit_test(test_verify_es_signature_form),
 	};
 	return cmocka_run_group_tests(tests, crypto_fixture_setup, crypto_fixture_teardown);
