@@ -43,6 +43,8 @@ typedef struct endpoint {
  * as the PKCS#11 module reads answers on its host application's threads. */
 #define HEAD_MAX (16 * 1024)
 #define BODY_MAX HSM_CLIENT_BODY_MAX
+/* Interim (1xx) answers taken before an answer: a server that sends only those is refused. */
+#define INTERIM_MAX 8
 
 /* The kept-alive connection: to one endpoint, reused while it stays open. */
 struct hsm_client_conn {
@@ -478,9 +480,12 @@ static hsm_result read_answer(struct hsm_client_conn *k, answer *a, hsm_buf *res
 	bool chunked = false;
 	size_t mark = resp->len;
 	hsm_result res;
+	int interim = 0;
 	do /* an interim answer (100 Continue from a proxy, say) comes before the answer */
 		res = read_head(k, a, &length, &chunked);
-	while (hsm_ok(res) && a->status < 200);
+	while (hsm_ok(res) && a->status < 200 && ++interim <= INTERIM_MAX);
+	if (hsm_ok(res) && a->status < 200)
+		res = HSM_FAIL(HSM_ERR_IO, "%s sent interim answers and no answer", k->ep.authority);
 	if (hsm_ok(res))
 		res = chunked ? read_chunked(k, resp) : read_body(k, length, resp);
 	if (hsm_ok(res) && length < 0 && !chunked)

@@ -294,6 +294,12 @@ static void test_chunked_malformed(void **state)
 	    ANSWER("SSH-2.0-OpenSSH_9.2\r\n\r\n"),
 	    ANSWER("HTTP/1.1 200\0 OK\r\nContent-Length: 0\r\n\r\n"),
 	    ANSWER(OK_HEAD "X-A: 1\r\n"),
+	    /* interim answers without end */
+	    ANSWER("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n"
+	           "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n"
+	           "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n"
+	           "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n"
+	           "HTTP/1.1 100 Continue\r\n\r\n" OK_HEAD "Content-Length: 0\r\n\r\n"),
 	};
 #undef ANSWER
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
