@@ -466,6 +466,44 @@ static bool takes_grant_tokens(hsm_op op)
 }
 
 /*
+ * The members the API model requires of the operations that take grant
+ * tokens (the AWS KMS service model; hsmd's own operations as documented).
+ * AWS checks a request's shape before its grant tokens, so a request that
+ * lacks one of these answers ValidationException whatever its tokens are.
+ */
+#define MEMBERS(...) ((const char *const[]){__VA_ARGS__, NULL})
+static const char *const *const required_members[HSM_OP_COUNT] = {
+    [HSM_OP_CreateGrant] = MEMBERS("KeyId", "GranteePrincipal", "Operations"),
+    [HSM_OP_Decrypt] = MEMBERS("CiphertextBlob"),
+    [HSM_OP_DescribeKey] = MEMBERS("KeyId"),
+    [HSM_OP_Encrypt] = MEMBERS("KeyId", "Plaintext"),
+    [HSM_OP_GenerateDataKey] = MEMBERS("KeyId"),
+    [HSM_OP_GenerateDataKeyPair] = MEMBERS("KeyId", "KeyPairSpec"),
+    [HSM_OP_GenerateDataKeyPairWithoutPlaintext] = MEMBERS("KeyId", "KeyPairSpec"),
+    [HSM_OP_GenerateDataKeyWithoutPlaintext] = MEMBERS("KeyId"),
+    [HSM_OP_GenerateMac] = MEMBERS("Message", "KeyId", "MacAlgorithm"),
+    [HSM_OP_GetPublicKey] = MEMBERS("KeyId"),
+    [HSM_OP_ReEncrypt] = MEMBERS("CiphertextBlob", "DestinationKeyId"),
+    [HSM_OP_Sign] = MEMBERS("KeyId", "Message", "SigningAlgorithm"),
+    [HSM_OP_Verify] = MEMBERS("KeyId", "Message", "Signature", "SigningAlgorithm"),
+    [HSM_OP_VerifyMac] = MEMBERS("Message", "KeyId", "MacAlgorithm", "Mac"),
+    [HSM_OP_DeriveSharedSecret] = MEMBERS("KeyId", "KeyAgreementAlgorithm", "PublicKey"),
+    [HSM_OP_SignToken] = MEMBERS("KeyId", "Claims"),
+    [HSM_OP_GcmEncrypt] = MEMBERS("KeyId", "Plaintext"),
+    [HSM_OP_GcmDecrypt] = MEMBERS("KeyId", "Ciphertext", "Iv"),
+    [HSM_OP_GetKeyCheckValue] = MEMBERS("KeyId"),
+};
+#undef MEMBERS
+
+/* Called only once a grant token was refused: the well-formed request pays nothing. */
+static hsm_result require_members(hsm_op op, json_t *doc)
+{
+	for (const char *const *m = required_members[op]; m != NULL && *m != NULL; m++)
+		HSM_GUARD(hsm_json_present(doc, *m));
+	return HSM_SUCCESS;
+}
+
+/*
  * A request refused or failed before its handler named its key: the record
  * still says which key the caller asked for (when it resolves), so a key's
  * trail shows the attempts on it that failed.  Only failures pay for this lookup.
@@ -513,6 +551,8 @@ static hsm_result run_kms(hsm_server *s, hsm_op op, const hsm_auth_result *auth,
 		tr = hsm_grant_token_parse(tokens[i], tk, tg);
 	}
 	free(tokens);
+	if (tr.err == HSM_ERR_INVALID_GRANT_TOKEN)
+		HSM_GUARD(require_members(op, doc));
 	/* DescribeKey takes grant tokens but does not answer InvalidGrantTokenException. */
 	if (tr.err == HSM_ERR_INVALID_GRANT_TOKEN && op == HSM_OP_DescribeKey) {
 		char why[HSM_ERRMSG_MAX]; /* copied first: the message is formatted into its own buffer */

@@ -67,6 +67,12 @@ static size_t utf8_len(const char *s, size_t bytes)
 	return n;
 }
 
+hsm_result hsm_json_present(json_t *o, const char *name)
+{
+	json_t *v = json_object_get(o, name);
+	return v == NULL || json_is_null(v) ? missing(name) : HSM_SUCCESS;
+}
+
 hsm_result hsm_json_str(json_t *o, const char *name, bool required, size_t min, size_t max,
                         const char **out)
 {

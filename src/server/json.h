@@ -37,6 +37,8 @@ hsm_result hsm_json_read(const uint8_t *body, size_t n, json_t **out, unsigned *
 hsm_result hsm_json_parse(const uint8_t *body, size_t n, json_t **out) HSM_MUST_CHECK;
 
 /* String member of min..max characters; *out is NULL when absent and optional. */
+/* A required member is there (not null): else AWS's "must not be null" ValidationException. */
+hsm_result hsm_json_present(json_t *o, const char *name) HSM_MUST_CHECK;
 hsm_result hsm_json_str(json_t *o, const char *name, bool required, size_t min, size_t max,
                         const char **out) HSM_MUST_CHECK;
 /* Integer member in [min, max]; *present tells whether it was given. */

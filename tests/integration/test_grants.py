@@ -398,6 +398,18 @@ def test_bad_requests_are_refused_and_create_nothing(hsmd, kms):
     for token in ("", "a" * 8193):  # GrantTokenType: 1-8192 characters
         call_error(hsmd, "Encrypt", {"KeyId": key, "Plaintext": "eA==", "GrantTokens": [token]},
                    "ValidationException")
+    # The request's shape comes first, as in AWS KMS: a required member missing is
+    # ValidationException beside a malformed token too; with the shape right, the token.
+    out = call_error(hsmd, "Encrypt", {"Plaintext": "eA==", "GrantTokens": ["not a token"]},
+                     "ValidationException")
+    assert "'keyId'" in out["message"], out
+    out = call_error(hsmd, "Verify", {"KeyId": key, "Message": "eA==", "GrantTokens": ["x"],
+                                      "SigningAlgorithm": "ECDSA_SHA_256"}, "ValidationException")
+    assert "'signature'" in out["message"], out
+    out = call_error(hsmd, "DescribeKey", {"GrantTokens": ["x"]}, "ValidationException")
+    assert "'keyId'" in out["message"], out
+    call_error(hsmd, "Decrypt", {"CiphertextBlob": "eA==", "GrantTokens": ["x"]},
+               "InvalidGrantTokenException")
     # DescribeKey declares no InvalidGrantTokenException: ValidationException, saying why.
     out = call_error(hsmd, "DescribeKey", {"KeyId": key, "GrantTokens": ["x"]},
                      "ValidationException")
