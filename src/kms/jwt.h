@@ -196,7 +196,7 @@ typedef struct hsm_jwt_verify_opts {
 
 /*
  * Verifies a compact JWS token against a JWK Set ({"keys": [...]}):
- *   - header: a JSON object with a known "alg" and a "kid", no "crit";
+ *   - header: a JSON object with a known "alg", a "kid" (a string) or none, no "crit";
  *   - the JWK with that kid (exactly one; a header without "kid" only with
  *     a JWK Set of one key) whose "alg", when present, is the header's
  *     (RFC 8725 section 3.1) and whose key fits the algorithm;
