@@ -6,7 +6,6 @@
  */
 #include "client/client.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -30,6 +29,7 @@
 #include "auth/sigv4.h"
 #include "client/client_internal.h"
 #include "common/http_parse.h"
+#include "common/net.h"
 #include "common/util.h"
 
 typedef struct endpoint {
@@ -116,13 +116,6 @@ static hsm_result parse_endpoint(const char *text, size_t n, endpoint *ep)
 	return HSM_SUCCESS;
 }
 
-/* An address, not a name: no SNI for it (RFC 6066 allows names only). */
-static bool is_ip_literal(const char *host)
-{
-	unsigned char a[sizeof(struct in6_addr)];
-	return inet_pton(AF_INET, host, a) == 1 || inet_pton(AF_INET6, host, a) == 1;
-}
-
 static hsm_result make_ssl(const hsm_client *c, const endpoint *ep, SSL_CTX **ctx_out,
                            SSL **ssl_out)
 {
@@ -149,9 +142,11 @@ static hsm_result make_ssl(const hsm_client *c, const endpoint *ep, SSL_CTX **ct
 	char sni[sizeof(ep->host)]; /* the macro takes a char *: a copy, not a cast */
 	memcpy(sni, ep->host, sizeof(sni));
 	/* SSL_set1_host checks an address against the certificate's IP names, a name
-	 * against its DNS names. */
+	 * against its DNS names; SNI is for names only (RFC 6066). */
+	hsm_net addr;
+	bool is_addr = hsm_net_parse(ep->host, false, &addr);
 	if (ssl == NULL || SSL_set1_host(ssl, ep->host) != 1 ||
-	    (!is_ip_literal(ep->host) && SSL_set_tlsext_host_name(ssl, sni) != 1)) {
+	    (!is_addr && SSL_set_tlsext_host_name(ssl, sni) != 1)) {
 		SSL_free(ssl);
 		SSL_CTX_free(ctx);
 		return HSM_FAIL(HSM_ERR_CRYPTO, "cannot set up TLS for %s (CA file %s)", ep->host,
