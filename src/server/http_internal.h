@@ -196,7 +196,8 @@ void hsm_http_sockaddr_set_port(struct sockaddr_storage *ss, uint16_t port);
 
 /* http_tls_ticket.c: session tickets under keys rotated hourly. */
 hsm_result hsm_http_tls_tickets_init(SSL_CTX *ctx) HSM_MUST_CHECK;
-/* For tests: ages ctx's ticket keys by seconds, as if that much time had passed. */
+/* For tests: stops the clock of ctx's ticket keys (at the first call, where the
+ * newest key began) and moves it on by seconds. */
 void hsm_http_tls_tickets_age(SSL_CTX *ctx, int64_t seconds);
 /* The verified client certificate's subject, or NULL (also on allocation failure). */
 char *hsm_http_tls_client_subject(SSL *ssl);

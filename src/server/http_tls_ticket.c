@@ -15,6 +15,7 @@
  * would never hit.
  */
 #include <pthread.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include <openssl/core_names.h>
@@ -40,6 +41,8 @@ typedef struct ticket_ring {
 	pthread_mutex_t mu;
 	ticket_key cur;
 	ticket_key prev;
+	bool stopped;    /* tests only: the clock moves by hsm_http_tls_tickets_age alone */
+	int64_t stopped_at;
 } ticket_ring;
 
 static int ring_index = -1;
@@ -72,7 +75,12 @@ static void make_ring_index(void)
 	ring_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, ring_free_cb);
 }
 
-static hsm_result new_key(ticket_key *k)
+static int64_t ring_now(const ticket_ring *r)
+{
+	return r->stopped ? r->stopped_at : mono_s();
+}
+
+static hsm_result new_key(ticket_key *k, int64_t now)
 {
 	HSM_GUARD(hsm_secret_random(TICKET_AES_LEN + TICKET_HMAC_LEN, &k->keys));
 	if (RAND_bytes(k->name, sizeof(k->name)) != 1) {
@@ -80,7 +88,7 @@ static hsm_result new_key(ticket_key *k)
 		k->keys = NULL;
 		return HSM_FAIL(HSM_ERR_CRYPTO, "random generator failed");
 	}
-	k->created = mono_s();
+	k->created = now;
 	return HSM_SUCCESS;
 }
 
@@ -99,13 +107,13 @@ static void drop_key(ticket_key *k)
  */
 static void rotate_if_due(ticket_ring *r)
 {
-	int64_t now = mono_s();
+	int64_t now = ring_now(r);
 	if (r->prev.keys != NULL && now - r->prev.created >= 2 * TICKET_ROTATE_S)
 		drop_key(&r->prev);
 	if (now - r->cur.created < TICKET_ROTATE_S)
 		return;
 	ticket_key fresh = {0};
-	if (hsm_failed(new_key(&fresh))) {
+	if (hsm_failed(new_key(&fresh, now))) {
 		hsm_log_failure("session ticket key rotation");
 		return;
 	}
@@ -172,7 +180,7 @@ hsm_result hsm_http_tls_tickets_init(SSL_CTX *ctx)
 	ticket_ring *r = calloc(1, sizeof(*r));
 	HSM_ENSURE(r != NULL, HSM_ERR_NOMEM, "out of memory");
 	pthread_mutex_init(&r->mu, NULL);
-	hsm_result res = new_key(&r->cur);
+	hsm_result res = new_key(&r->cur, mono_s());
 	if (hsm_ok(res) && (SSL_CTX_set_ex_data(ctx, ring_index, r) != 1 ||
 	                    SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_cb) != 1))
 		res = HSM_FAIL(HSM_ERR_CRYPTO, "cannot install the ticket key callback");
@@ -192,7 +200,12 @@ void hsm_http_tls_tickets_age(SSL_CTX *ctx, int64_t seconds)
 	if (r == NULL)
 		return;
 	pthread_mutex_lock(&r->mu);
-	r->cur.created -= seconds;
-	r->prev.created -= seconds;
+	if (!r->stopped) {
+		/* Stopped where the newest key began, so the real time a slow test
+		 * takes between two steps cannot carry a key across a boundary. */
+		r->stopped = true;
+		r->stopped_at = r->cur.created;
+	}
+	r->stopped_at += seconds;
 	pthread_mutex_unlock(&r->mu);
 }
