@@ -29,6 +29,7 @@
 #include "auth/sigv4.h"
 #include "client/client_internal.h"
 #include "common/http_parse.h"
+#include "common/json_read.h"
 #include "common/net.h"
 #include "common/util.h"
 
@@ -627,8 +628,10 @@ hsm_result hsm_client_call_ok(hsm_client *c, const char *target, const char *bod
 	HSM_GUARD(hsm_client_call(c, target, body, sign, &status, resp));
 	if (status == 200)
 		return HSM_SUCCESS;
-	json_error_t e;
-	json_t *j = json_loadb((const char *)resp->data, resp->len, 0, &e);
+	json_t *j = NULL;
+	unsigned line, col;
+	if (hsm_failed(hsm_json_read(resp->data, resp->len, &j, &line, &col)))
+		j = NULL; /* no error document: the status says what is known */
 	const char *type = j ? json_string_value(json_object_get(j, "__type")) : NULL;
 	const char *msg = j ? json_string_value(json_object_get(j, "message")) : NULL;
 	/* The server's error, so that a caller can tell one from another (HSM_ERR_INTERNAL if unknown). */
@@ -642,16 +645,19 @@ hsm_result hsm_client_call_ok(hsm_client *c, const char *target, const char *bod
 hsm_result hsm_client_call_json(hsm_client *c, const char *target, const json_t *body,
                             bool sign, json_t **out)
 {
-	char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
-	HSM_ENSURE(text != NULL, HSM_ERR_NOMEM, "out of memory");
+	HSM_ENSURE(body != NULL, HSM_ERR_INTERNAL, "no request body");
+	/* Written and read by hsmd's own JSON code, which fails whole when memory
+	 * runs out, where jansson's may send or read other text. */
+	char *text = NULL;
+	HSM_GUARD(hsm_json_text(body, JSON_COMPACT, &text));
 	hsm_buf resp;
 	hsm_buf_init_secure(&resp);
 	hsm_result r = hsm_client_call_ok(c, target, text, sign, &resp);
-	free(text);
+	hsm_wiping_free(text); /* a request may carry a plaintext */
 	if (hsm_ok(r)) {
-		json_error_t e;
-		*out = json_loadb((const char *)resp.data, resp.len, 0, &e);
-		if (*out == NULL)
+		unsigned line, col;
+		r = hsm_json_read(resp.data, resp.len, out, &line, &col);
+		if (hsm_failed(r) && r.err != HSM_ERR_NOMEM)
 			r = HSM_FAIL(HSM_ERR_SERIALIZATION, "the server's answer is not JSON");
 	}
 	hsm_buf_free(&resp);

@@ -247,7 +247,8 @@ hsm_result hsm_ecdh_check_peer(hsm_key_spec spec, const uint8_t *peer_spki,
 /* ---- Hashes, KDF, randomness --------------------------------------------- */
 
 #define HSM_SHA256_LEN 32
-void hsm_sha256(const void *p, size_t n, uint8_t out[HSM_SHA256_LEN]);
+/* Fails only when OpenSSL cannot allocate its digest context (HSM_ERR_NOMEM). */
+hsm_result hsm_sha256(const void *p, size_t n, uint8_t out[HSM_SHA256_LEN]) HSM_MUST_CHECK;
 /* HMAC-SHA256 with a raw key. */
 hsm_result hsm_hmac_sha256(const uint8_t *key, size_t key_len, const void *msg, size_t msg_len,
                            uint8_t out[HSM_SHA256_LEN]) HSM_MUST_CHECK;

@@ -68,3 +68,13 @@ const EVP_MD *hsm_crypto_md(const char *name)
 		return a->sha1;
 	return NULL;
 }
+
+bool hsm_ossl_drop_errors(void)
+{
+	bool nomem = false;
+	unsigned long e;
+	while ((e = ERR_get_error()) != 0)
+		if (ERR_GET_REASON(e) == ERR_GET_REASON(ERR_R_MALLOC_FAILURE))
+			nomem = true;
+	return nomem;
+}

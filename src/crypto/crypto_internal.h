@@ -8,6 +8,8 @@
 #ifndef HSM_CRYPTO_INTERNAL_H
 #define HSM_CRYPTO_INTERNAL_H
 
+#include <errno.h>
+
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
@@ -98,11 +100,41 @@ hsm_result hsm_hmac_compute(const uint8_t *key, size_t key_len, const char *dige
 hsm_result hsm_spki_parse(const uint8_t *spki, size_t spki_len, EVP_PKEY **out) HSM_MUST_CHECK;
 
 /*
+ * Drops this thread's OpenSSL error queue; returns whether it said an
+ * allocation failed.
+ */
+bool hsm_ossl_drop_errors(void);
+
+/*
+ * Around a call that fails alike for bad input and for want of memory (the
+ * decoders, which try one format after another and do not always queue
+ * their allocation failures): hsm_ossl_watch() before it, and when it
+ * failed, hsm_ossl_ran_out() says whether memory ran out, by OpenSSL's
+ * queue or by malloc's ENOMEM.  The queue is dropped either way.
+ */
+static inline void hsm_ossl_watch(void)
+{
+	ERR_clear_error();
+	errno = 0;
+}
+
+static inline bool hsm_ossl_ran_out(void)
+{
+	bool queued = hsm_ossl_drop_errors();
+	return queued || errno == ENOMEM;
+}
+
+/*
  * Failure after an OpenSSL call: drops this thread's OpenSSL error queue, so
  * stale entries never surface in a later, unrelated failure (hsm_result
- * carries the error; OpenSSL's detail is not shown to clients).
+ * carries the error; OpenSSL's detail is not shown to clients).  When memory
+ * ran out (hsm_ossl_ran_out), the failure is that, not err: an allocation
+ * failure must not read as a bad signature or a bad input.  A request's
+ * errno starts at 0 (hsm_api_run), so a stale ENOMEM does not outlive it.
  */
-#define HSM_OSSL_FAIL(err, ...) (ERR_clear_error(), HSM_FAIL((err), __VA_ARGS__))
+#define HSM_OSSL_FAIL(err, ...)                                                    \
+	(hsm_ossl_ran_out() ? HSM_FAIL(HSM_ERR_NOMEM, "out of memory in the crypto library") \
+	                    : HSM_FAIL((err), __VA_ARGS__))
 
 #define HSM_OSSL_ENSURE(cond, err, ...)                  \
 	do {                                                 \

@@ -114,14 +114,15 @@ static bool canonical_point(hsm_key_spec spec, const uint8_t *spki, size_t len,
 	return false;
 }
 
-/* A public key on like's curve with the encoded point; NULL when the point is not one. */
-static EVP_PKEY *key_of_point(const EVP_PKEY *like, const uint8_t *point, size_t n)
+/* A public key on like's curve with the encoded point; NULL when the point is not
+ * one, or when memory ran out (*nomem). */
+static EVP_PKEY *key_of_point(const EVP_PKEY *like, const uint8_t *point, size_t n, bool *nomem)
 {
+	hsm_ossl_watch();
 	EVP_PKEY *peer = EVP_PKEY_new();
-	ERR_set_mark();
 	bool ok = peer != NULL && EVP_PKEY_copy_parameters(peer, like) == 1 &&
 	          EVP_PKEY_set1_encoded_public_key(peer, point, n) == 1;
-	ERR_pop_to_mark();
+	*nomem = peer == NULL || hsm_ossl_ran_out();
 	if (!ok) {
 		EVP_PKEY_free(peer);
 		return NULL;
@@ -136,9 +137,10 @@ static hsm_result decode_spki(const hsm_spec_info *s, const uint8_t *spki, size_
 	hsm_result res = HSM_SUCCESS;
 	const unsigned char *p = spki;
 	/* The structure first: decoding the key itself fails alike for a bad point and bad DER. */
-	ERR_set_mark();
+	hsm_ossl_watch();
 	X509_PUBKEY *xpk = d2i_X509_PUBKEY(NULL, &p, (long)len);
-	ERR_pop_to_mark();
+	HSM_CHECK(xpk != NULL || !hsm_ossl_ran_out(), HSM_ERR_NOMEM,
+	          "out of memory in the crypto library");
 	HSM_CHECK(xpk != NULL, HSM_ERR_VALIDATION, "PublicKey is not a DER SubjectPublicKeyInfo");
 	HSM_CHECK(p == spki + len, HSM_ERR_VALIDATION, "PublicKey has trailing bytes");
 	/* DER, not any BER that decodes (indefinite or padded lengths, a constructed BIT
@@ -150,9 +152,10 @@ static hsm_result decode_spki(const hsm_spec_info *s, const uint8_t *spki, size_
 	HSM_CHECK(der, HSM_ERR_VALIDATION,
 	          "PublicKey is not DER (a BER encoding of a SubjectPublicKeyInfo is not taken)");
 	HSM_TRY(peer_curve(xpk, s));
-	ERR_set_mark();
+	hsm_ossl_watch();
 	*peer = X509_PUBKEY_get(xpk);
-	ERR_pop_to_mark();
+	HSM_CHECK(*peer != NULL || !hsm_ossl_ran_out(), HSM_ERR_NOMEM,
+	          "out of memory in the crypto library");
 out:
 	X509_PUBKEY_free(xpk);
 	return res;
@@ -174,10 +177,13 @@ static hsm_result peer_key(hsm_key_spec spec, const EVP_PKEY *like, const uint8_
 	EVP_PKEY_CTX *ctx = NULL;
 	HSM_CHECK(spki != NULL && len > 0 && len <= PEER_SPKI_MAX, HSM_ERR_VALIDATION,
 	          "PublicKey must be a DER SubjectPublicKeyInfo of 1 to %d bytes", PEER_SPKI_MAX);
-	if (like != NULL && canonical_point(spec, spki, len, &point, &point_len))
-		peer = key_of_point(like, point, point_len);
-	else
+	if (like != NULL && canonical_point(spec, spki, len, &point, &point_len)) {
+		bool nomem;
+		peer = key_of_point(like, point, point_len, &nomem);
+		HSM_CHECK(peer != NULL || !nomem, HSM_ERR_NOMEM, "out of memory in the crypto library");
+	} else {
 		HSM_TRY(decode_spki(s, spki, len, &peer));
+	}
 	HSM_CHECK(peer != NULL, HSM_ERR_VALIDATION, "PublicKey is not a valid point of curve %s",
 	          s->group);
 	ctx = EVP_PKEY_CTX_new_from_pkey(NULL, peer, NULL);

@@ -19,14 +19,16 @@
 /* RFC 5869 section 2.3: L <= 255 * HashLen. */
 #define HKDF_SHA256_MAX (255 * HSM_SHA256_LEN)
 
-void hsm_sha256(const void *p, size_t n, uint8_t out[HSM_SHA256_LEN])
+hsm_result hsm_sha256(const void *p, size_t n, uint8_t out[HSM_SHA256_LEN])
 {
 	static const uint8_t empty[1];
 	unsigned int len = 0;
-	/* Fails only if OpenSSL itself is broken: nothing a caller could handle. */
-	HSM_ASSERT(EVP_Digest(n > 0 ? p : empty, n, out, &len, hsm_crypto_algs()->sha256, NULL) ==
-	               1 &&
-	           len == HSM_SHA256_LEN);
+	/* EVP_Digest allocates a context: out of memory, it fails. */
+	HSM_OSSL_ENSURE(EVP_Digest(n > 0 ? p : empty, n, out, &len, hsm_crypto_algs()->sha256, NULL) ==
+	                        1 &&
+	                    len == HSM_SHA256_LEN,
+	                HSM_ERR_NOMEM, "out of memory");
+	return HSM_SUCCESS;
 }
 
 hsm_result hsm_hkdf_sha256(const hsm_secret *ikm, const uint8_t *salt, size_t salt_len,

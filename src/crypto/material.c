@@ -177,6 +177,8 @@ static hsm_result pairwise_sign(const hsm_material *m)
 		res = hsm_pkey_verify(m->pkey, alg, HSM_MSG_RAW, pairwise_msg, sizeof(pairwise_msg),
 		                      sig.data, sig.len);
 	hsm_buf_free(&sig);
+	if (res.err == HSM_ERR_NOMEM) /* no verdict on the key */
+		return res;
 	if (hsm_failed(res))
 		return HSM_FAIL(HSM_ERR_CRYPTO, "pairwise consistency test (sign/verify) failed for %s",
 		                s->name);
@@ -195,6 +197,8 @@ static hsm_result pairwise_encrypt(const hsm_material *m)
 	            hsm_ct_equal(pt.data, pairwise_msg, sizeof(pairwise_msg));
 	hsm_buf_free(&ct);
 	hsm_buf_free(&pt);
+	if (res.err == HSM_ERR_NOMEM) /* no verdict on the key */
+		return res;
 	if (!same)
 		return HSM_FAIL(HSM_ERR_CRYPTO,
 		                "pairwise consistency test (encrypt/decrypt) failed for %s",
@@ -228,6 +232,8 @@ static hsm_result pairwise_agree(const hsm_material *m)
 	EVP_PKEY_free(eph);
 	hsm_buf_free(&ours);
 	hsm_buf_free(&theirs);
+	if (res.err == HSM_ERR_NOMEM) /* no verdict on the key */
+		return res;
 	if (!same)
 		return HSM_FAIL(HSM_ERR_CRYPTO,
 		                "pairwise consistency test (key agreement) failed for %s", s->name);
@@ -361,12 +367,14 @@ static hsm_result decode_pkcs8(const uint8_t *p, size_t n, EVP_PKEY **out)
 	EVP_PKEY *pkey = NULL;
 	const unsigned char *data = p;
 	size_t left = n;
-	/* The decoder tries several key types and leaves errors behind even when one succeeds. */
-	ERR_set_mark();
+	/* The decoder tries several key types and leaves errors behind even when one
+	 * succeeds; they are dropped, but one that says memory ran out is heeded. */
+	hsm_ossl_watch();
 	OSSL_DECODER_CTX *dctx = OSSL_DECODER_CTX_new_for_pkey(&pkey, "DER", "PrivateKeyInfo", NULL,
 	                                                       EVP_PKEY_KEYPAIR, NULL, NULL);
 	bool decoded = dctx != NULL && OSSL_DECODER_from_data(dctx, &data, &left) == 1 && pkey != NULL;
-	ERR_pop_to_mark();
+	bool nomem = hsm_ossl_ran_out();
+	HSM_CHECK(decoded || !nomem, HSM_ERR_NOMEM, "out of memory in the crypto library");
 	HSM_CHECK(dctx != NULL, HSM_ERR_CRYPTO, "no PKCS#8 decoder available");
 	HSM_CHECK(decoded, HSM_ERR_VALIDATION, "the key material is not a DER PKCS#8 private key");
 	HSM_CHECK(left == 0, HSM_ERR_VALIDATION, "the key material has trailing bytes");
@@ -432,7 +440,8 @@ static hsm_result import_pkey(hsm_key_spec spec, const uint8_t *p, size_t n, hsm
 	pkey = NULL; /* owned by m */
 	res = pairwise_all(m, hsm_spec_get(spec)->type == HSM_KT_EC); /* check_key_pair ran */
 	if (hsm_failed(res)) {
-		res = HSM_FAIL(HSM_ERR_VALIDATION, "the key material fails its pairwise test");
+		if (res.err != HSM_ERR_NOMEM) /* out of memory is not the material's fault */
+			res = HSM_FAIL(HSM_ERR_VALIDATION, "the key material fails its pairwise test");
 		goto out;
 	}
 	*out = m;

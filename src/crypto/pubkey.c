@@ -76,9 +76,10 @@ hsm_result hsm_spki_parse(const uint8_t *spki, size_t spki_len, EVP_PKEY **out)
 	           "the public key must be a DER SubjectPublicKeyInfo of at most %d bytes",
 	           SPKI_MAX);
 	const unsigned char *p = spki;
-	ERR_set_mark(); /* d2i_PUBKEY goes through the decoders too */
+	hsm_ossl_watch(); /* d2i_PUBKEY goes through the decoders too (material.c) */
 	EVP_PKEY *pkey = d2i_PUBKEY(NULL, &p, (long)spki_len);
-	ERR_pop_to_mark();
+	bool nomem = hsm_ossl_ran_out();
+	HSM_ENSURE(pkey != NULL || !nomem, HSM_ERR_NOMEM, "out of memory in the crypto library");
 	HSM_ENSURE(pkey != NULL, HSM_ERR_VALIDATION, "the public key is not a DER SubjectPublicKeyInfo");
 	if (p != spki + spki_len) {
 		EVP_PKEY_free(pkey);

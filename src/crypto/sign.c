@@ -132,8 +132,12 @@ static hsm_result sign_digest(EVP_PKEY *pkey, const hsm_material *m, hsm_sign_al
 	HSM_CHECK(max > 0, HSM_ERR_CRYPTO, "cannot set up %s signing", info->name);
 	len = (size_t)max;
 	HSM_TRY(hsm_buf_append_space(out, len, &p));
-	HSM_OSSL_CHECK(EVP_PKEY_sign(ctx, p, &len, dgst, dgst_len) == 1, HSM_ERR_CRYPTO,
-	               "%s signing failed", info->name);
+	/* The length is checked too: OpenSSL 3.0's ECDSA reports success with a
+	 * length of (size_t)(unsigned)-1 when encoding the signature runs out of
+	 * memory. */
+	HSM_OSSL_CHECK(EVP_PKEY_sign(ctx, p, &len, dgst, dgst_len) == 1 && len > 0 &&
+	                   len <= (size_t)max,
+	               HSM_ERR_CRYPTO, "%s signing failed", info->name);
 	out->len = old + len; /* ECDSA signatures may be shorter than the maximum */
 out:
 	if (hsm_failed(res))

@@ -325,7 +325,7 @@ static hsm_result import_offline(const import_opts *o, const hsm_buf *material)
 	HSM_TRY(hsmctl_local_audit(&l, "ImportKeyMaterial", p.key_id, version, done));
 	HSM_TRY(done);
 	char id[HSM_MATERIAL_ID_LEN + 1];
-	hsm_kms_material_id(rec.key_id, version, id);
+	HSM_TRY(hsm_kms_material_id(rec.key_id, version, id));
 	printf("material-id: %s\nversion: %u\n", id, version);
 	char valid_to[21] = "-";
 	if (rec.valid_to != 0)

@@ -212,7 +212,7 @@ static hsm_result write_transcript(const init_opts *o, const hsm_ks_init *in,
 	                       o->dev ? "mode: development (not for production keys)\n" : ""));
 	for (unsigned i = 0; i < o->shares; i++) {
 		uint8_t fp[HSM_SHA256_LEN];
-		hsm_sha256(shares[i].data, shares[i].len, fp);
+		HSM_TRY(hsm_sha256(shares[i].data, shares[i].len, fp));
 		hex.len = 0;
 		HSM_TRY(hsm_hex_encode(&hex, fp, sizeof(fp)));
 		HSM_TRY(hsm_buf_printf(&t, "share %u: %s sha256:%.*s\n", i + 1, f->paths[i],
@@ -309,7 +309,7 @@ static hsm_result audit_init(const init_opts *o, hsmctl_local *l, const hsm_buf 
 	for (unsigned i = 0; i < o->shares; i++) {
 		uint8_t fp[HSM_SHA256_LEN];
 		char hex[2 * HSM_SHA256_LEN + 1];
-		hsm_sha256(shares[i].data, shares[i].len, fp);
+		HSM_GUARD(hsm_sha256(shares[i].data, shares[i].len, fp));
 		hsm_hex_encode_str(hex, fp, sizeof(fp));
 		if (o->custodians[0] != NULL) {
 			hsm_sb_add(&nb, i > 0 ? "," : "");

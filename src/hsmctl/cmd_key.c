@@ -83,7 +83,8 @@ static void print_key(const hsm_key_record *r)
 	char valid_to[21] = "-", material[HSM_MATERIAL_ID_LEN + 1];
 	if (r->valid_to)
 		hsm_format_time(r->valid_to, valid_to);
-	hsm_kms_material_id(r->key_id, r->primary_version, material);
+	if (hsm_failed(hsm_kms_material_id(r->key_id, r->primary_version, material)))
+		snprintf(material, sizeof(material), "(out of memory)");
 	printf("key: %s\nspec: %s\nusage: %s\nstate: %s\norigin: %s\ncreated: %s\n"
 	       "primary-version: %u\ncurrent-material-id: %s\n"
 	       "rotation: %s (period %d days, next %s)\ndeletion-date: %s\n"

@@ -158,7 +158,7 @@ static hsm_result write_transcript(const rekey_opts *o, hsmctl_local *l, const c
 	for (unsigned i = 0; i < o->count; i++) {
 		uint8_t fp[HSM_SHA256_LEN];
 		char hex[2 * HSM_SHA256_LEN + 1];
-		hsm_sha256(shares[i].data, shares[i].len, fp);
+		HSM_TRY(hsm_sha256(shares[i].data, shares[i].len, fp));
 		hsm_hex_encode_str(hex, fp, sizeof(fp));
 		HSM_TRY(hsm_buf_printf(&t, "share %u: %s sha256:%s\n", i + 1, f->paths[i], hex));
 	}

@@ -243,6 +243,8 @@ static hsm_result check_material(const hsm_ks_keyref *ref, const hsm_buf *pt, hs
 	if (hsm_failed(r)) {
 		hsm_material_free(*out);
 		*out = NULL;
+		if (r.err == HSM_ERR_NOMEM) /* no verdict on the material */
+			return r;
 		return HSM_FAIL(HSM_ERR_INCORRECT_KEY_MATERIAL,
 		                "the key material fails its pairwise test for %s",
 		                hsm_usage_name(ref->usage));

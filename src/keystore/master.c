@@ -422,7 +422,7 @@ hsm_result ks_encode_shares(const hsm_secret *dmk, const char *store_id,
 		hsm_buf_init_secure(&out[i]);
 		HSM_TRY(hsm_share_encode(&shares[i], &out[i]));
 		HSM_ASSERT(shares[i].index == i + 1);
-		hsm_share_commitment(&shares[i], c);
+		HSM_TRY(hsm_share_commitment(&shares[i], c));
 		HSM_TRY(hsm_hex_encode(commits, c, sizeof(c)));
 	}
 out:
@@ -605,16 +605,16 @@ out:
 }
 
 /* Names a share as the ceremony's transcript does: index, custodian, the file's SHA-256. */
-static void describe_share(const hsm_share *s, const uint8_t *file, size_t len, char *out,
-                           size_t cap)
+static hsm_result describe_share(const hsm_share *s, const uint8_t *file, size_t len,
+                                 char *out, size_t cap)
 {
 	uint8_t fp[HSM_SHA256_LEN];
 	char hex[2 * HSM_SHA256_LEN + 1];
-	hsm_sha256(file, len, fp);
-	for (size_t i = 0; i < sizeof(fp); i++)
-		snprintf(hex + 2 * i, 3, "%02x", fp[i]);
+	HSM_GUARD(hsm_sha256(file, len, fp));
+	hsm_hex_encode_str(hex, fp, sizeof(fp));
 	snprintf(out, cap, "share %u of %u%s%s, sha256:%s", s->index, s->count,
 	         s->custodian[0] != '\0' ? ", custodian " : "", s->custodian, hex);
+	return HSM_SUCCESS;
 }
 
 /* A partial unseal left pending_ttl_ns after its last share is forgotten (shares wiped). */
@@ -645,7 +645,7 @@ static hsm_result check_commitment(const hsm_keystore *ks, const hsm_share *shar
 	    share->index > ks->n_commits)
 		return HSM_SUCCESS;
 	uint8_t c[HSM_SHARE_COMMIT_LEN];
-	hsm_share_commitment(share, c);
+	HSM_GUARD(hsm_share_commitment(share, c));
 	HSM_ENSURE(hsm_ct_equal(c, ks->commits[share->index - 1], sizeof(c)),
 	           HSM_ERR_SHARE_INVALID,
 	           "share %u is not the share this store issued as share %u (altered or forged): "
@@ -670,7 +670,7 @@ static hsm_result unseal_locked(hsm_keystore *ks, const uint8_t *file, size_t le
 	          "this store is not initialized: run 'hsmctl init' first");
 	HSM_CHECK(st != HSM_NODE_UNSEALED, HSM_ERR_CONFLICT, "the node is already unsealed");
 	HSM_TRY(hsm_share_decode(file, len, &share));
-	describe_share(&share, file, len, progress->share, sizeof(progress->share));
+	HSM_TRY(describe_share(&share, file, len, progress->share, sizeof(progress->share)));
 	expire_pending(ks);
 	/* The first share of an unseal reads the master key's identity again: on a shared
 	 * store, `hsmctl rekey` may have replaced it since this node started. */

@@ -489,7 +489,7 @@ void hsm_share_set_free(hsm_share_set *set)
 	free(set);
 }
 
-void hsm_share_commitment(const hsm_share *s, uint8_t out[HSM_SHARE_COMMIT_LEN])
+hsm_result hsm_share_commitment(const hsm_share *s, uint8_t out[HSM_SHARE_COMMIT_LEN])
 {
 	static const char label[] = "hsmd/v1/share-commitment";
 	uint8_t buf[sizeof(label) + HSM_UUID_STRLEN + HSM_SHARE_SET_ID_LEN + 4 + HSM_SHARE_VALUE_LEN];
@@ -505,6 +505,7 @@ void hsm_share_commitment(const hsm_share *s, uint8_t out[HSM_SHARE_COMMIT_LEN])
 	HSM_ASSERT(hsm_secret_len(s->value) == HSM_SHARE_VALUE_LEN);
 	memcpy(buf + n, hsm_secret_bytes(s->value), HSM_SHARE_VALUE_LEN);
 	n += HSM_SHARE_VALUE_LEN;
-	hsm_sha256(buf, n, out);
+	hsm_result r = hsm_sha256(buf, n, out);
 	OPENSSL_cleanse(buf, sizeof(buf));
+	return r;
 }

@@ -67,7 +67,8 @@ typedef struct hsm_share {
  * the quorum is combined.  It reveals nothing of the value.
  */
 #define HSM_SHARE_COMMIT_LEN 32
-void hsm_share_commitment(const hsm_share *s, uint8_t out[HSM_SHARE_COMMIT_LEN]);
+hsm_result hsm_share_commitment(const hsm_share *s,
+                                uint8_t out[HSM_SHARE_COMMIT_LEN]) HSM_MUST_CHECK;
 
 /* A fresh random share-set id for a new split. */
 hsm_result hsm_share_set_id_new(uint8_t out[HSM_SHARE_SET_ID_LEN]) HSM_MUST_CHECK;

@@ -34,8 +34,7 @@ static void fingerprint(const char *operation, const char *user, const char *req
 	uint8_t digest[HSM_SHA256_LEN];
 	if (hsm_ok(hsm_buf_put(&b, FINGERPRINT_LABEL, n_label)) &&
 	    hsm_ok(hsm_buf_put(&b, operation, n_op)) && hsm_ok(hsm_buf_put(&b, user, n_user)) &&
-	    hsm_ok(hsm_buf_put(&b, request, n_req))) {
-		hsm_sha256(b.data, b.len, digest);
+	    hsm_ok(hsm_buf_put(&b, request, n_req)) && hsm_ok(hsm_sha256(b.data, b.len, digest))) {
 		hsm_hex_encode_str(out, digest, sizeof(digest));
 	} else {
 		out[0] = '\0'; /* out of memory: the store refuses an empty fingerprint */

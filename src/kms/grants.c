@@ -27,11 +27,13 @@
  * grants afresh instead of trusting their cache.
  */
 #include <ctype.h>
+#include <errno.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/encoding.h"
+#include "common/json_read.h"
 #include "crypto/crypto.h"
 #include "kms/kms_internal.h"
 
@@ -212,8 +214,15 @@ hsm_result hsm_grant_constraints_parse(const char *text, hsm_grant_constraints *
 	memset(out, 0, sizeof(*out));
 	if (text == NULL || *text == '\0')
 		return HSM_SUCCESS;
-	json_t *doc = json_loads(text, JSON_REJECT_DUPLICATES, NULL);
-	HSM_ENSURE(json_is_object(doc), HSM_ERR_STORE, "a grant's constraints are unreadable");
+	json_t *doc = NULL;
+	unsigned line, col;
+	/* hsmd's reader, not json_loads: out of memory, jansson's may read other text. */
+	hsm_result read = hsm_json_read((const uint8_t *)text, strlen(text), &doc, &line, &col);
+	HSM_GUARD(read.err == HSM_ERR_NOMEM ? read : HSM_SUCCESS);
+	if (!json_is_object(doc)) {
+		json_decref(doc);
+		return HSM_FAIL(HSM_ERR_STORE, "a grant's constraints are unreadable");
+	}
 	hsm_result r = HSM_SUCCESS;
 	json_t *e = json_object_get(doc, EQUALS), *s = json_object_get(doc, SUBSET);
 	if (e != NULL)
@@ -244,8 +253,12 @@ static hsm_result ctx_to_json(json_t *doc, const char *name, const hsm_grant_ctx
 		for (size_t j = 0; j < i; j++)
 			HSM_ENSURE(strcasecmp(c->pairs[j].key, p->key) != 0, HSM_ERR_VALIDATION,
 			           "%s has two keys that differ only by case", name);
-		HSM_ENSURE(json_object_set_new(o, p->key, json_string(p->value)) == 0,
-		           HSM_ERR_VALIDATION, "%s must hold UTF-8 strings", name);
+		/* jansson refuses text that is not UTF-8 and fails out of memory alike;
+		 * malloc's ENOMEM tells the two apart. */
+		errno = 0;
+		bool set = json_object_set_new(o, p->key, json_string(p->value)) == 0;
+		HSM_ENSURE(set || errno != ENOMEM, HSM_ERR_NOMEM, "out of memory");
+		HSM_ENSURE(set, HSM_ERR_VALIDATION, "%s must hold UTF-8 strings", name);
 	}
 	return HSM_SUCCESS;
 }
@@ -265,11 +278,8 @@ static hsm_result constraints_text(const hsm_grant_constraints *c, char **out)
 	hsm_result r = ctx_to_json(doc, EQUALS, &c->equals);
 	if (hsm_ok(r))
 		r = ctx_to_json(doc, SUBSET, &c->subset);
-	if (hsm_ok(r)) {
-		*out = json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII);
-		if (*out == NULL)
-			r = HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
-	}
+	if (hsm_ok(r))
+		r = hsm_json_text(doc, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII, out);
 	json_decref(doc);
 	return r;
 }
@@ -744,16 +754,19 @@ hsm_result hsm_kms_create_grant(hsm_kms *kms, const hsm_caller *caller,
 	g.created = kms_now(kms);
 	HSM_TRY(kms_dry_run_stop(caller));
 	HSM_TRY(hsm_caller_commit_key(caller, k->rec.key_id));
+	/* The token first: once the grant is stored, nothing may fail. */
+	HSM_TRY(make_token(g.key_id, g.grant_id, token));
 	res = hsm_store_grant_create(kms->store, &g, NULL);
 	if (res.err == HSM_ERR_LIMIT_EXCEEDED)
 		res = HSM_FAIL(HSM_ERR_LIMIT_EXCEEDED,
 		               "A key can have at most %d grants, and at most %d for one grantee",
 		               HSM_MAX_GRANTS_PER_KEY, HSM_MAX_GRANTS_PER_GRANTEE);
 	kms_key_invalidate(kms, k->rec.key_id);
-	if (hsm_failed(res))
+	if (hsm_failed(res)) {
+		hsm_buf_clear(token);
 		goto out;
+	}
 	memcpy(grant_id, g.grant_id, HSM_GRANT_ID_LEN + 1);
-	HSM_TRY(make_token(g.key_id, g.grant_id, token));
 out:
 	free(both);
 	kms_key_release(k);

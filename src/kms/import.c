@@ -132,7 +132,8 @@ static hsm_result check_description(const char *d)
 	return HSM_SUCCESS;
 }
 
-void hsm_kms_material_id(const char *key_id, uint32_t version, char out[HSM_MATERIAL_ID_LEN + 1])
+hsm_result hsm_kms_material_id(const char *key_id, uint32_t version,
+                               char out[HSM_MATERIAL_ID_LEN + 1])
 {
 	static const char label[] = "hsmd key material id";
 	uint8_t msg[sizeof(label) + HSM_UUID_STRLEN + 4], d[HSM_SHA256_LEN];
@@ -144,8 +145,9 @@ void hsm_kms_material_id(const char *key_id, uint32_t version, char out[HSM_MATE
 	be[1] = (uint8_t)(version >> 16);
 	be[2] = (uint8_t)(version >> 8);
 	be[3] = (uint8_t)version;
-	hsm_sha256(msg, sizeof(label) + n + 4, d);
+	HSM_GUARD(hsm_sha256(msg, sizeof(label) + n + 4, d));
 	hsm_hex_encode_str(out, d, sizeof(d));
+	return HSM_SUCCESS;
 }
 
 /* KeyMaterialId's form; NULL (not given) passes. */
@@ -228,7 +230,7 @@ static hsm_result materials_by_id(const materials *m, const kms_key *k, const ch
 	for (size_t i = 0; i < m->n; i++) {
 		if (m->v[i].digest.len == 0 && m->v[i].wrapped.len == 0)
 			continue; /* never imported */
-		hsm_kms_material_id(k->rec.key_id, m->v[i].version, mine);
+		HSM_GUARD(hsm_kms_material_id(k->rec.key_id, m->v[i].version, mine));
 		if (strcmp(mine, id) == 0) {
 			*out = &m->v[i];
 			return HSM_SUCCESS;
@@ -364,7 +366,7 @@ static hsm_result plan_import(const kms_key *k, const materials *m, const hsm_im
 	const hsm_version_record *waiting = materials_find(m, primary + 1);
 	if (waiting != NULL && waiting->wrapped.len > 0) {
 		char id[HSM_MATERIAL_ID_LEN + 1];
-		hsm_kms_material_id(k->rec.key_id, waiting->version, id);
+		HSM_GUARD(hsm_kms_material_id(k->rec.key_id, waiting->version, id));
 		return HSM_FAIL(HSM_ERR_INVALID_STATE,
 		                "%s already has new key material pending rotation (KeyMaterialId %s): "
 		                "rotate to it (RotateKeyOnDemand) or delete it first",

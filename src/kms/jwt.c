@@ -9,6 +9,7 @@
 #include <strings.h>
 
 #include "common/encoding.h"
+#include "common/json_read.h"
 #include "crypto/crypto.h"
 #include "kms/jwt.h"
 
@@ -164,7 +165,9 @@ hsm_result hsm_jwt_check_claims(const json_t *claims)
 	static const char *const strings[] = {"iss", "sub", "jti"};
 	HSM_ENSURE(json_is_object(claims), HSM_ERR_VALIDATION, "Claims must be a JSON object");
 	size_t size = json_dumpb(claims, NULL, 0, JSON_COMPACT);
-	HSM_ENSURE(size > 0 && size <= HSM_JWT_CLAIMS_MAX, HSM_ERR_VALIDATION,
+	/* An object is at least "{}": 0 is jansson out of memory. */
+	HSM_ENSURE(size > 0, HSM_ERR_NOMEM, "out of memory");
+	HSM_ENSURE(size <= HSM_JWT_CLAIMS_MAX, HSM_ERR_VALIDATION,
 	           "Claims must be at most %d bytes of JSON (got %zu)", HSM_JWT_CLAIMS_MAX, size);
 	for (size_t i = 0; i < sizeof(owned) / sizeof(owned[0]); i++)
 		HSM_ENSURE(json_object_get(claims, owned[i]) == NULL, HSM_ERR_VALIDATION,
@@ -281,8 +284,8 @@ static hsm_result put_b64url_json(hsm_buf *out, const json_t *v)
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_buf text = {0};
-	char *full = json_dumps(v, JSON_COMPACT | (size_t)JSON_REAL_PRECISION(17));
-	HSM_ENSURE(full != NULL, HSM_ERR_NOMEM, "out of memory");
+	char *full = NULL;
+	HSM_GUARD(hsm_json_text(v, JSON_COMPACT | (size_t)JSON_REAL_PRECISION(17), &full));
 	bool in_string = false;
 	for (const char *p = full; *p != '\0';) {
 		if (in_string || (*p != '-' && (*p < '0' || *p > '9'))) {

@@ -326,8 +326,8 @@ typedef enum hsm_import_type {
  * The KeyMaterialId of a key's version: SHA-256 of a label, the key id and
  * the version, so it names that version for good and says nothing else.
  */
-void hsm_kms_material_id(const char *key_id, uint32_t version,
-                         char out[HSM_MATERIAL_ID_LEN + 1]);
+hsm_result hsm_kms_material_id(const char *key_id, uint32_t version,
+                               char out[HSM_MATERIAL_ID_LEN + 1]) HSM_MUST_CHECK;
 
 typedef struct hsm_import_req {
 	const char *key;

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "common/encoding.h"
+#include "common/json_read.h"
 #include "common/log.h"
 #include "crypto/crypto.h"
 #include "kms/jwt.h"
@@ -138,8 +139,7 @@ hsm_result hsm_kms_jwks_render(hsm_kms *kms, int64_t now, hsm_buf *out, int64_t 
 			res = HSM_SUCCESS; /* destroyed since it was listed */
 		HSM_TRY(res);
 	}
-	text = json_dumps(doc, JSON_COMPACT);
-	HSM_CHECK(text != NULL, HSM_ERR_NOMEM, "out of memory");
+	HSM_TRY(hsm_json_text(doc, JSON_COMPACT, &text));
 	HSM_TRY(hsm_buf_put_str(out, text));
 	*valid_until = until;
 out:
@@ -215,8 +215,9 @@ static hsm_result make_etag(hsm_jwks_doc *d)
 {
 	uint8_t h[HSM_SHA256_LEN];
 	hsm_buf tag = {0};
-	hsm_sha256(d->body.data, d->body.len, h);
-	hsm_result r = hsm_buf_put_u8(&tag, '"');
+	hsm_result r = hsm_sha256(d->body.data, d->body.len, h);
+	if (hsm_ok(r))
+		r = hsm_buf_put_u8(&tag, '"');
 	if (hsm_ok(r))
 		r = hsm_b64url_encode(&tag, h, 16);
 	if (hsm_ok(r))

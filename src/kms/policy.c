@@ -12,6 +12,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/json_read.h"
 #include "common/util.h"
 #include "kms/policy_internal.h"
 
@@ -146,54 +147,55 @@ static bool valid_resource(char *s)
  * arn:<partition>:iam::<account>:root | user/... | role/...
  * arn:<partition>:sts::<account>:assumed-role/...
  * Wildcards are not allowed inside a principal (IAM: "*" only on its own).
+ * Returns 1 when parsed, 0 when invalid, -1 when out of memory.
  */
-static bool parse_aws_principal(pol_arena *a, const char *s, pol_principal *out)
+static int parse_aws_principal(pol_arena *a, const char *s, pol_principal *out)
 {
 	char account[13];
 	if (strcmp(s, "*") == 0) {
 		out->kind = POL_PRIN_ANY;
-		return true;
+		return 1;
 	}
 	if (strpbrk(s, "*?") != NULL)
-		return false;
+		return 0;
 	if (is_digits(s, 12)) {
 		out->kind = POL_PRIN_ACCOUNT;
 		out->value = hsm_pol_strdup(a, s);
-		return out->value != NULL;
+		return out->value != NULL ? 1 : -1;
 	}
 	const char *p = s;
 	if (strncmp(p, "arn:", 4) != 0)
-		return false;
+		return 0;
 	p += 4;
 	size_t part = strspn(p, "abcdefghijklmnopqrstuvwxyz-");
 	if (part == 0 || p[part] != ':')
-		return false;
+		return 0;
 	/* hsmd's callers are all in the aws partition: aws-cn, aws-us-gov, ... name none. */
 	bool ours = part == 3 && strncmp(p, "aws", 3) == 0;
 	p += part + 1;
 	bool sts = strncmp(p, "sts::", 5) == 0;
 	if (!sts && strncmp(p, "iam::", 5) != 0)
-		return false;
+		return 0;
 	p += 5;
 	if (strnlen(p, 13) < 13 || p[12] != ':')
-		return false;
+		return 0;
 	memcpy(account, p, 12);
 	account[12] = '\0';
 	if (!is_digits(account, 12))
-		return false;
+		return 0;
 	p += 13;
 	if (!sts && strcmp(p, "root") == 0) {
 		out->kind = ours ? POL_PRIN_ACCOUNT : POL_PRIN_NONE;
 		out->value = hsm_pol_strdup(a, account);
-		return out->value != NULL;
+		return out->value != NULL ? 1 : -1;
 	}
 	bool named = sts ? strncmp(p, "assumed-role/", 13) == 0
 	                 : (strncmp(p, "user/", 5) == 0 || strncmp(p, "role/", 5) == 0);
 	if (!named || p[strlen(p) - 1] == '/')
-		return false;
+		return 0;
 	out->kind = ours ? POL_PRIN_ARN : POL_PRIN_NONE;
 	out->value = hsm_pol_strdup(a, s);
-	return out->value != NULL;
+	return out->value != NULL ? 1 : -1;
 }
 
 static hsm_result add_principals(pol_arena *a, json_t *v, size_t stmt, bool aws,
@@ -212,7 +214,9 @@ static hsm_result add_principals(pol_arena *a, json_t *v, size_t stmt, bool aws,
 		HSM_ENSURE(s != NULL && s[0] != '\0', MALFORMED,
 		           "Statement %zu: principal values must be non-empty strings.", stmt);
 		if (aws) {
-			HSM_ENSURE(parse_aws_principal(a, s, pr), MALFORMED,
+			int ok = parse_aws_principal(a, s, pr);
+			HSM_ENSURE(ok >= 0, HSM_ERR_NOMEM, "out of memory");
+			HSM_ENSURE(ok > 0, MALFORMED,
 			           "Statement %zu: Policy contains a statement with one or more invalid "
 			           "principals: '%.96s'.",
 			           stmt, s);
@@ -406,14 +410,20 @@ hsm_result hsm_policy_parse(const char *doc, size_t len, hsm_policy **out)
 	hsm_result res = HSM_SUCCESS;
 	hsm_policy *p = NULL;
 	json_t *root = NULL;
-	json_error_t jerr;
+	unsigned line, col;
 	HSM_ASSERT(doc != NULL && out != NULL);
 	HSM_CHECK(len <= HSM_POLICY_MAX_BYTES, MALFORMED,
 	          "The policy document is %zu bytes; the limit is %d bytes.", len,
 	          HSM_POLICY_MAX_BYTES);
-	root = json_loadb(doc, len, JSON_REJECT_DUPLICATES, &jerr);
-	HSM_CHECK(root != NULL, MALFORMED, "The policy document is not valid JSON: %s (line %d).",
-	          jerr.text, jerr.line);
+	/* hsmd's reader, not json_loadb: out of memory, jansson's may read another document. */
+	res = hsm_json_read((const uint8_t *)doc, len, &root, &line, &col);
+	if (hsm_failed(res) && res.err != HSM_ERR_NOMEM)
+		res = HSM_FAIL(MALFORMED,
+		               "The policy document is not valid JSON (line %u, column %u): %s.", line,
+		               col,
+		               res.err == HSM_ERR_VALIDATION ? "a string holds U+0000"
+		                                              : "a syntax error or a duplicate key");
+	HSM_TRY(res);
 	p = calloc(1, sizeof(*p));
 	HSM_CHECK(p != NULL, HSM_ERR_NOMEM, "out of memory");
 	atomic_init(&p->refs, 1);
@@ -484,8 +494,7 @@ hsm_result hsm_policy_default(const char *account_id, hsm_buf *out)
 	                "Effect", "Allow", "Principal", "AWS", root, "Action", "kms:*", "Resource",
 	                "*");
 	HSM_CHECK(doc != NULL, HSM_ERR_NOMEM, "out of memory");
-	text = json_dumps(doc, JSON_INDENT(2));
-	HSM_CHECK(text != NULL, HSM_ERR_NOMEM, "out of memory");
+	HSM_TRY(hsm_json_text(doc, JSON_INDENT(2), &text));
 	HSM_TRY(hsm_buf_put_str(out, text));
 out:
 	free(text);

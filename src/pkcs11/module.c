@@ -21,6 +21,7 @@
 #include <openssl/crypto.h>
 
 #include "common/encoding.h"
+#include "common/json_read.h"
 #include "pkcs11/p11.h"
 
 p11_module p11;
@@ -566,8 +567,10 @@ static CK_RV call(const char *target, json_t *body, json_t **out, bool unlock,
 	hsm_buf_free(&body_text); /* secure: wiped */
 	CK_RV rv = CKR_OK;
 	bool took = hsm_ok(r) && status == 200 && secret != NULL && take_secret(&resp, secret, secret_out);
-	json_error_t e;
-	json_t *j = hsm_ok(r) ? json_loadb((const char *)resp.data, resp.len, 0, &e) : NULL;
+	json_t *j = NULL;
+	unsigned line, col;
+	if (hsm_ok(r) && hsm_failed(hsm_json_read(resp.data, resp.len, &j, &line, &col)))
+		j = NULL; /* not JSON, or out of memory: a device error either way */
 	if (j != NULL && status == 200 && secret != NULL && !took) {
 		/* Not where hsmd puts it: read it the ordinary way, and wipe jansson's copy. */
 		rv = p11_b64_member(j, secret, secret_out);

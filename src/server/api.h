@@ -53,8 +53,11 @@ typedef struct hsm_api_ctx {
 
 typedef hsm_result (*hsm_api_handler)(hsm_api_ctx *c);
 
-/* The handler of a KMS operation (never NULL for a valid op). */
-hsm_api_handler hsm_api_handler_for(hsm_op op);
+/*
+ * Runs the handler of a KMS operation.  errno starts at 0, so that an ENOMEM
+ * seen during the request means memory ran out in it (crypto_internal.h).
+ */
+hsm_result hsm_api_run(hsm_op op, hsm_api_ctx *c) HSM_MUST_CHECK;
 
 /* Records the key and version an operation used (for the audit record). */
 void hsm_api_note_key(hsm_api_ctx *c, const hsm_used_key *used);

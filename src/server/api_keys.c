@@ -69,7 +69,9 @@ void hsm_api_write_material_id(hsm_api_ctx *c, const char *member, const hsm_use
 	if (used->spec != HSM_SPEC_SYMMETRIC_DEFAULT)
 		return;
 	char id[HSM_MATERIAL_ID_LEN + 1];
-	hsm_kms_material_id(used->key_id, used->version, id);
+	hsm_result r = hsm_kms_material_id(used->key_id, used->version, id);
+	if (hsm_failed(r))
+		hsm_jw_fail(c->w, r);
 	hsm_jw_str(c->w, member, id);
 }
 
@@ -179,7 +181,9 @@ void hsm_api_write_key_metadata(hsm_api_ctx *c, const char *member, const hsm_ke
 	if (r->origin != HSM_ORIGIN_EXTERNAL || r->primary_version > 1 ||
 	    (r->flags & HSM_KEYFLAG_NO_MATERIAL) == 0) {
 		char id[HSM_MATERIAL_ID_LEN + 1];
-		hsm_kms_material_id(r->key_id, r->primary_version, id);
+		hsm_result mr = hsm_kms_material_id(r->key_id, r->primary_version, id);
+		if (hsm_failed(mr))
+			hsm_jw_fail(c->w, mr);
 		hsm_jw_str(c->w, "CurrentKeyMaterialId", id);
 	}
 	if (r->origin == HSM_ORIGIN_EXTERNAL && (r->flags & HSM_KEYFLAG_NO_MATERIAL) == 0) {

@@ -88,7 +88,7 @@ static hsm_result write_rotation(const hsm_version_record *v, void *arg)
 		return HSM_SUCCESS;
 	}
 	char id[HSM_MATERIAL_ID_LEN + 1];
-	hsm_kms_material_id(v->key_id, v->version, id);
+	HSM_GUARD(hsm_kms_material_id(v->key_id, v->version, id));
 	hsm_jw_begin_object(w);
 	hsm_api_write_key_arn(r->c, "KeyId", v->key_id);
 	hsm_jw_str(w, "KeyMaterialId", id);

@@ -5,6 +5,8 @@
  */
 #include "server/api.h"
 
+#include <errno.h>
+
 static const hsm_api_handler handlers[HSM_OP_COUNT] = {
     [HSM_OP_CreateKey] = hsm_api_create_key,
     [HSM_OP_DescribeKey] = hsm_api_describe_key,
@@ -61,8 +63,9 @@ static const hsm_api_handler handlers[HSM_OP_COUNT] = {
     [HSM_OP_GetKeyCheckValue] = hsm_api_get_key_check_value,
 };
 
-hsm_api_handler hsm_api_handler_for(hsm_op op)
+hsm_result hsm_api_run(hsm_op op, hsm_api_ctx *c)
 {
 	HSM_ASSERT((unsigned)op < HSM_OP_COUNT && handlers[op] != NULL);
-	return handlers[op];
+	errno = 0;
+	return handlers[op](c);
 }

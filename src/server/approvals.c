@@ -107,12 +107,12 @@ static hsm_result meet_gate(void *arg)
 		json_incref(doc);
 	}
 	/* Canonical text: members sorted, no spaces, escapes for anything not ASCII. */
-	char *text = json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII);
+	char *text = NULL;
+	hsm_result r = hsm_json_text(doc, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII, &text);
 	json_decref(doc);
 	memset(&g->approval, 0, sizeof(g->approval));
-	HSM_ENSURE(text != NULL, HSM_ERR_NOMEM, "out of memory");
-	hsm_result r =
-	    hsm_kms_approval_gate(g->s->kms, g->requester, g->operation, text, &g->approval);
+	HSM_GUARD(r);
+	r = hsm_kms_approval_gate(g->s->kms, g->requester, g->operation, text, &g->approval);
 	free(text);
 	return r;
 }

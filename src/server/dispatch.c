@@ -568,7 +568,7 @@ static hsm_result run_kms(hsm_server *s, hsm_op op, const hsm_auth_result *auth,
 	hsm_jw_begin(&w);
 	hsm_api_ctx c = {.kms = s->kms, .caller = &caller, .req = doc, .w = &w, .out = &p->body};
 	intent->key_id = c.audit.key_id; /* the key the handler names, as its commit has it */
-	hsm_result r = hsm_api_handler_for(op)(&c);
+	hsm_result r = hsm_api_run(op, &c);
 
 	if (hsm_failed(r) && c.audit.key_id[0] == '\0')
 		note_key(&c, doc);

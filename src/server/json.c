@@ -138,6 +138,8 @@ hsm_result hsm_json_blob(json_t *o, const char *name, bool required, size_t min,
 	size_t start = out->len;
 	hsm_result r = hsm_b64_decode(out, json_string_value(v), json_string_length(v),
 	                              HSM_ERR_SERIALIZATION);
+	if (hsm_failed(r) && r.err != HSM_ERR_SERIALIZATION)
+		return r; /* out of memory is not the caller's fault */
 	if (hsm_failed(r))
 		return HSM_FAIL(HSM_ERR_SERIALIZATION, "%s is not valid base64", name);
 	size_t n = out->len - start;
@@ -388,4 +390,10 @@ void hsm_jw_time_ms(hsm_jw *w, const char *k, int64_t epoch_ms)
 hsm_result hsm_jw_finish(hsm_jw *w)
 {
 	return w->err;
+}
+
+void hsm_jw_fail(hsm_jw *w, hsm_result r)
+{
+	if (hsm_ok(w->err))
+		w->err = r;
 }

@@ -21,17 +21,9 @@
 #include <stdint.h>
 
 #include "common/buf.h"
+#include "common/json_read.h"
 #include "crypto/blob.h"
 #include "store/store.h"
-
-/*
- * Reads a JSON document (object or array at the top) into jansson values,
- * as json_loadb(JSON_REJECT_DUPLICATES) would, nesting at most 64 deep (see
- * json_read.c).  On a malformed document: HSM_ERR_SERIALIZATION, with the
- * line and column (characters, from 1) where reading stopped.
- */
-hsm_result hsm_json_read(const uint8_t *body, size_t n, json_t **out, unsigned *line,
-                         unsigned *col) HSM_MUST_CHECK;
 
 /* Parses a request body; it must be a JSON object (an empty body counts as {}). */
 hsm_result hsm_json_parse(const uint8_t *body, size_t n, json_t **out) HSM_MUST_CHECK;
@@ -86,5 +78,7 @@ void hsm_jw_time(hsm_jw *w, const char *key, int64_t epoch_seconds);
 /* The same to the millisecond (epoch_ms >= 0): 1764567890.123. */
 void hsm_jw_time_ms(hsm_jw *w, const char *key, int64_t epoch_ms);
 hsm_result hsm_jw_finish(hsm_jw *w) HSM_MUST_CHECK;
+/* Fails the writer with r (the first failure stays): hsm_jw_finish returns it. */
+void hsm_jw_fail(hsm_jw *w, hsm_result r);
 
 #endif

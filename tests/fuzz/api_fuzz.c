@@ -1,6 +1,6 @@
 /*
  * api_fuzz.c - the KMS JSON API handlers (server/api_*.c) behind
- * hsm_api_handler_for, over a real store, keystore and KMS service.
+ * hsm_api_run, over a real store, keystore and KMS service.
  *
  * Set-up, once per process: a store in a fresh temporary directory, a
  * keystore initialized 1-of-1 in dev mode (so unsealed), the KMS service,
@@ -52,6 +52,7 @@
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
 #include <sqlite3.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fuzz.h"
@@ -61,6 +62,12 @@
 #include "kms/jwt.h"
 #include "kms/policy.h"
 #include "server/api.h"
+
+#ifdef HSM_API_OOM
+#include "oom_alloc.h"
+static long oom_input; /* the input's number in the run, for the leak report */
+static void check_leaks(void);
+#endif
 
 #define MAX_BODY 65536
 
@@ -179,6 +186,10 @@ static void init_once(void)
 	const char *tmp = getenv("TMPDIR") != NULL ? getenv("TMPDIR") : "/tmp";
 	FUZZ_ASSERT(snprintf(g.dir, sizeof(g.dir), "%s/hsm-fuzz-api-XXXXXX", tmp) < (int)sizeof(g.dir));
 	FUZZ_ASSERT(mkdtemp(g.dir) != NULL);
+#ifdef HSM_API_OOM
+	atexit(check_leaks); /* registered first, so it runs after cleanup */
+	tzset(); /* libc's time zone, read once for good: not a refused run's leak */
+#endif
 	atexit(cleanup);
 	hsm_log_set_level(HSM_LOG_ERROR);
 	FUZZ_ASSERT(hsm_ok(hsm_crypto_init()));
@@ -295,19 +306,33 @@ static bool too_slow(json_t *doc)
 
 /*
  * echoes: whether the request itself holds the fixture plaintext, which a
- * message may then quote back (an invalid key id, for instance).
+ * message may then quote back (an invalid key id, for instance).  refused:
+ * whether an allocation of the request was refused (api_oom_replay), which
+ * makes an internal error (5xx) a fair answer too; the caller checks that a
+ * client error (4xx) was not the refusal's doing.  answer_lost: the handler
+ * succeeded and only writing its answer failed, after the change was made
+ * (the client then knows no more than when an answer is lost on the way).
  */
-static void check_failure(hsm_result r, int64_t version_before, bool echoes)
+static void check_failure(hsm_result r, int64_t version_before, bool echoes, bool refused,
+                          bool answer_lost)
 {
 	FUZZ_ASSERT(r.err > HSM_OK && r.err < HSM_ERR_COUNT_);
 	int status = hsm_err_http_status(r.err);
-	FUZZ_ASSERT((status >= 400 && status < 500) || r.err == HSM_ERR_NOMEM);
+	FUZZ_ASSERT((status >= 400 && status < 500) || r.err == HSM_ERR_NOMEM ||
+	            (refused && status >= 500));
 	const char *msg = hsm_last_message();
 	FUZZ_ASSERT(msg[0] != '\0' && (echoes || strstr(msg, FIXTURE_PLAINTEXT) == NULL));
-	FUZZ_ASSERT(data_version() == version_before);
+	FUZZ_ASSERT(data_version() == version_before || (refused && answer_lost));
 }
 
-static void run(hsm_op op, const hsm_caller *caller, json_t *doc, bool echoes)
+/*
+ * Runs one request through its handler and checks the outcome.  In
+ * api_oom_replay the request's allocation number fail_at is refused (none
+ * when negative), *fired says whether it was, and *allocs counts the
+ * request's allocations; elsewhere fail_at must be negative.
+ */
+static hsm_err run(hsm_op op, const hsm_caller *caller, json_t *doc, bool echoes, long fail_at,
+                   bool *fired, long *allocs)
 {
 	hsm_buf out;
 	hsm_jw w;
@@ -316,16 +341,32 @@ static void run(hsm_op op, const hsm_caller *caller, json_t *doc, bool echoes)
 	hsm_jw_begin(&w);
 	hsm_api_ctx c = {.kms = g.kms, .caller = caller, .req = doc, .w = &w, .out = &out};
 	int64_t version = data_version();
-	hsm_result r = hsm_api_handler_for(op)(&c);
+	*fired = false;
+#ifdef HSM_API_OOM
+	oom_arm(fail_at, fail_at >= 0, oom_input * 1000000 + fail_at);
+#else
+	FUZZ_ASSERT(fail_at < 0);
+#endif
+	hsm_result r = hsm_api_run(op, &c);
 	hsm_jw_end(&w);
-	if (hsm_ok(r))
+	bool answer_lost = false;
+	if (hsm_ok(r)) {
 		r = hsm_jw_finish(&w);
+		answer_lost = hsm_failed(r);
+	}
+#ifdef HSM_API_OOM
+	long n = oom_disarm(fired);
+	if (allocs != NULL)
+		*allocs = n;
+#else
+	(void)allocs;
+#endif
 	if (getenv("HSM_FUZZ_VERBOSE") != NULL)
 		fprintf(stderr, "%s: %s%s %s\n", hsm_op_get(op)->name, hsm_err_code_name(r.err),
 		        data_version() != version ? " (store changed)" : "",
 		        hsm_failed(r) ? hsm_last_message() : "");
 	if (hsm_failed(r)) {
-		check_failure(r, version, echoes);
+		check_failure(r, version, echoes, *fired, answer_lost);
 	} else {
 		json_error_t err;
 		json_t *resp = json_loadb((const char *)out.data, out.len, JSON_REJECT_DUPLICATES, &err);
@@ -335,7 +376,81 @@ static void run(hsm_op op, const hsm_caller *caller, json_t *doc, bool echoes)
 	FUZZ_ASSERT(c.audit.key_id[0] == '\0' || hsm_is_uuid(c.audit.key_id));
 	free(c.audit.ctx);
 	hsm_buf_free(&out);
+	return r.err;
 }
+
+#ifdef HSM_API_OOM
+/* Refused allocations tried per request, spread evenly over all of its own. */
+#define OOM_POINTS 150
+
+/*
+ * The request once as it is, to count its allocations and to warm what is
+ * made once (caches, OpenSSL's fetched algorithms), then again with each of
+ * OOM_POINTS allocations refused in turn.  Beyond run()'s checks: a client
+ * error after a refusal must be the one the request gets without it, so
+ * that running out of memory never reads as "your request is wrong".
+ */
+static void run_refusing(hsm_op op, const hsm_caller *caller, json_t *doc, bool echoes)
+{
+	bool fired;
+	long allocs = 0;
+	bool mutating = hsm_op_get(op)->mutating;
+	(void)run(op, caller, doc, echoes, -1, &fired, &allocs);
+	if (mutating)
+		restore_fixtures();
+	long stride = allocs / OOM_POINTS + 1;
+	for (long n = 0;; n += stride) {
+		hsm_err got = run(op, caller, doc, echoes, n, &fired, NULL);
+		if (mutating)
+			restore_fixtures();
+		if (!fired)
+			break;
+		int status = hsm_err_http_status(got);
+		if (got == HSM_OK || status >= 500)
+			continue;
+		hsm_err again = run(op, caller, doc, echoes, -1, &fired, NULL);
+		if (mutating)
+			restore_fixtures();
+		if (again != got) {
+			fprintf(stderr, "%s with allocation %ld refused: %s, without the refusal: %s\n",
+			        hsm_op_get(op)->name, n, hsm_err_code_name(got), hsm_err_code_name(again));
+			FUZZ_ASSERT(again == got);
+		}
+	}
+	oom_input++;
+}
+
+/* The body read again with each of its allocations refused in turn: out of
+ * memory, or the outcome it has without the refusal (want, and the document
+ * read then, if any), nothing else. */
+static void parse_refusing(const hsm_buf *body, hsm_err want, const json_t *want_doc)
+{
+	for (long n = 0;; n++) {
+		json_t *doc = NULL;
+		bool fired;
+		oom_arm(n, true, oom_input * 1000000 + n);
+		hsm_result r = hsm_json_parse(body->data, body->len, &doc);
+		(void)oom_disarm(&fired);
+		bool same = hsm_failed(r) || json_equal(doc, want_doc);
+		json_decref(doc);
+		if (!fired)
+			break;
+		FUZZ_ASSERT(r.err == HSM_ERR_NOMEM || (r.err == want && same));
+	}
+}
+
+/* At exit, after cleanup(): every block a refused run was given is freed. */
+static void check_leaks(void)
+{
+	sqlite3_shutdown();
+	size_t left = oom_report(stderr);
+	if (left > 0) {
+		fprintf(stderr, "%zu blocks allocated by refused runs were never freed "
+		                "(run = input number * 1000000 + refused allocation)\n", left);
+		abort();
+	}
+}
+#endif
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -364,14 +479,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	json_t *doc = NULL;
 	hsm_result r = hsm_json_parse(body.data, body.len, &doc);
+#ifdef HSM_API_OOM
+	parse_refusing(&body, r.err, doc);
+#endif
 	if (hsm_failed(r)) {
 		FUZZ_ASSERT(fuzz_json_refusal(r, body.data, body.len));
 	} else if (!too_slow(doc)) {
 		bool echoes = body.len > 0 && memmem(body.data, body.len, FIXTURE_PLAINTEXT,
 		                                     sizeof(FIXTURE_PLAINTEXT) - 1) != NULL;
-		run(op, &caller, doc, echoes);
+#ifdef HSM_API_OOM
+		run_refusing(op, &caller, doc, echoes);
+#else
+		bool fired;
+		(void)run(op, &caller, doc, echoes, -1, &fired, NULL);
 		if (hsm_op_get(op)->mutating)
 			restore_fixtures();
+#endif
 	}
 	json_decref(doc);
 	hsm_buf_free(&body);

@@ -59,7 +59,7 @@ static void relink(uint8_t *p, size_t n, uint8_t prev[HSM_SHA256_LEN], bool *hav
 			hsm_buf_free(&hex);
 			break;
 		}
-		hsm_sha256(p + start, len, prev);
+		FUZZ_ASSERT(hsm_ok(hsm_sha256(p + start, len, prev)));
 		*have = true;
 		start += len + 1;
 	}

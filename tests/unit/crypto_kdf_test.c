@@ -24,10 +24,10 @@ static void test_sha256(void **state)
 	(void)state;
 	uint8_t out[HSM_SHA256_LEN];
 	hsm_buf want = {0};
-	hsm_sha256("abc", 3, out); /* FIPS 180-2 B.1 */
+	assert_true(hsm_ok(hsm_sha256("abc", 3, out))); /* FIPS 180-2 B.1 */
 	fixture_unhex("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", &want);
 	assert_memory_equal(out, want.data, 32);
-	hsm_sha256(NULL, 0, out);
+	assert_true(hsm_ok(hsm_sha256(NULL, 0, out)));
 	fixture_unhex("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", &want);
 	assert_memory_equal(out, want.data, 32);
 	hsm_buf_free(&want);

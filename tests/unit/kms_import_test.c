@@ -811,8 +811,8 @@ static void test_rotation_to_new_material(void **state)
 	assert_int_equal(RAND_bytes(m3, 32), 1);
 	assert_int_equal(RAND_bytes(m4, 32), 1);
 	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, HSM_ORIGIN_EXTERNAL, &k);
-	hsm_kms_material_id(k.key_id, 1, id1);
-	hsm_kms_material_id(k.key_id, 2, id2);
+	assert_true(hsm_ok(hsm_kms_material_id(k.key_id, 1, id1)));
+	assert_true(hsm_ok(hsm_kms_material_id(k.key_id, 2, id2)));
 	assert_int_equal(strlen(id1), HSM_MATERIAL_ID_LEN);
 	assert_string_not_equal(id1, id2);
 	assert_true(hsm_ok(import_full(f, k.key_id, m1, 0, HSM_IMPORT_ANY, NULL, "first", &v)));
@@ -893,7 +893,7 @@ static void test_rotation_to_new_material(void **state)
 	assert_int_equal(import_full(f, k.key_id, m1, 0, HSM_IMPORT_EXISTING, id2, NULL, &v).err,
 	                 HSM_ERR_INCORRECT_KEY_MATERIAL);
 	char unknown[HSM_MATERIAL_ID_LEN + 1];
-	hsm_kms_material_id(k.key_id, 7, unknown);
+	assert_true(hsm_ok(hsm_kms_material_id(k.key_id, 7, unknown)));
 	assert_int_equal(import_full(f, k.key_id, m1, 0, HSM_IMPORT_EXISTING, unknown, NULL, &v).err,
 	                 HSM_ERR_NOT_FOUND);
 	assert_int_equal(import_full(f, k.key_id, m1, 0, HSM_IMPORT_EXISTING, "ABC", NULL, &v).err,

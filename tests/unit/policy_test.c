@@ -57,9 +57,12 @@ typedef struct bad_case {
 } bad_case;
 
 static const bad_case bad[] = {
-    {"{", "The policy document is not valid JSON: ..."},
-    {"{\"Version\": \"2012-10-17\", \"Version\": \"2012-10-17\"}",
-     "The policy document is not valid JSON: duplicate object key..."},
+    {"{", "The policy document is not valid JSON (line 1, column 2): a syntax error or a "
+          "duplicate key."},
+    {"{\"Version\": \"2012-10-17\",\n \"Version\": \"2012-10-17\"}",
+     "The policy document is not valid JSON (line 2, column ..."},
+    {"{\"Version\": \"2012-10-17\", \"Sid\": \"a\\u0000b\"}",
+     "The policy document is not valid JSON (line 1, column 36): a string holds U+0000."},
     {"[]", "The policy document must be a JSON object."},
     {"{\"Version\": \"2012-10-17\", \"Foo\": 1, \"Statement\": {" ALLOW_ALL_BODY "}}",
      "Unknown field 'Foo' in the policy document."},

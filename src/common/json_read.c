@@ -1,5 +1,5 @@
 /*
- * json_read.c - the request-body JSON reader.
+ * json_read.c - the JSON reader (json_read.h).
  *
  * Every API request body goes through here, so it is written for that one
  * job: one pass over the bytes, strings without escapes handed to jansson as
@@ -22,7 +22,7 @@
  * number (a quirk of its push-back); here it is an error like any other
  * stray byte.
  */
-#include "server/json.h"
+#include "common/json_read.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -529,4 +529,21 @@ hsm_result hsm_json_read(const uint8_t *body, size_t n, json_t **out, unsigned *
 	           *line, *col);
 	return HSM_FAIL(HSM_ERR_SERIALIZATION, "The request body is not valid JSON (line %u, column %u)",
 	                *line, *col);
+}
+
+hsm_result hsm_json_text(const json_t *v, size_t flags, char **out)
+{
+	*out = NULL;
+	/* json_dumpb writes into the caller's buffer, where no write can fail. */
+	size_t n = json_dumpb(v, NULL, 0, flags);
+	HSM_ENSURE(n > 0, HSM_ERR_NOMEM, "out of memory");
+	char *text = malloc(n + 1);
+	HSM_ENSURE(text != NULL, HSM_ERR_NOMEM, "out of memory");
+	if (json_dumpb(v, text, n, flags) != n) {
+		free(text);
+		return HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
+	}
+	text[n] = '\0';
+	*out = text;
+	return HSM_SUCCESS;
 }
