@@ -645,7 +645,8 @@ hsm_result hsm_client_call_ok(hsm_client *c, const char *target, const char *bod
 hsm_result hsm_client_call_json(hsm_client *c, const char *target, const json_t *body,
                             bool sign, json_t **out)
 {
-	HSM_ENSURE(body != NULL, HSM_ERR_INTERNAL, "no request body");
+	/* Callers build body with json_pack, which gives NULL out of memory. */
+	HSM_ENSURE(body != NULL, HSM_ERR_NOMEM, "out of memory");
 	/* Written and read by hsmd's own JSON code, which fails whole when memory
 	 * runs out, where jansson's may send or read other text. */
 	char *text = NULL;
