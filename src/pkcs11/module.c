@@ -569,8 +569,8 @@ static CK_RV call(const char *target, json_t *body, json_t **out, bool unlock,
 	bool took = hsm_ok(r) && status == 200 && secret != NULL && take_secret(&resp, secret, secret_out);
 	json_t *j = NULL;
 	unsigned line, col;
-	if (hsm_ok(r) && hsm_failed(hsm_json_read(resp.data, resp.len, &j, &line, &col)))
-		j = NULL; /* not JSON, or out of memory: a device error either way */
+	/* j stays NULL when the answer is not JSON or memory ran out (read says which). */
+	hsm_result read = hsm_ok(r) ? hsm_json_read(resp.data, resp.len, &j, &line, &col) : r;
 	if (j != NULL && status == 200 && secret != NULL && !took) {
 		/* Not where hsmd puts it: read it the ordinary way, and wipe jansson's copy. */
 		rv = p11_b64_member(j, secret, secret_out);
@@ -579,7 +579,7 @@ static CK_RV call(const char *target, json_t *body, json_t **out, bool unlock,
 	if (hsm_failed(r)) {
 		rv = r.err == HSM_ERR_NOMEM ? CKR_HOST_MEMORY : CKR_DEVICE_ERROR;
 	} else if (j == NULL) {
-		rv = CKR_DEVICE_ERROR;
+		rv = read.err == HSM_ERR_NOMEM ? CKR_HOST_MEMORY : CKR_DEVICE_ERROR; /* else not JSON */
 	} else if (rv != CKR_OK) {
 		json_decref(j);
 		j = NULL;
