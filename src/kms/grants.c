@@ -218,7 +218,8 @@ hsm_result hsm_grant_constraints_parse(const char *text, hsm_grant_constraints *
 	unsigned line, col;
 	/* hsmd's reader, not json_loads: out of memory, jansson's may read other text. */
 	hsm_result read = hsm_json_read((const uint8_t *)text, strlen(text), &doc, &line, &col);
-	HSM_GUARD(read.err == HSM_ERR_NOMEM ? read : HSM_SUCCESS);
+	if (read.err == HSM_ERR_NOMEM)
+		return read;
 	if (!json_is_object(doc)) {
 		json_decref(doc);
 		return HSM_FAIL(HSM_ERR_STORE, "a grant's constraints are unreadable");

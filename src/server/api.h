@@ -154,6 +154,9 @@ hsm_result hsm_api_policy(hsm_api_ctx *c, bool required, const char **out) HSM_M
  * names it); nothing for other keys.
  */
 void hsm_api_write_material_id(hsm_api_ctx *c, const char *member, const hsm_used_key *used);
+/* member: the KeyMaterialId of key_id's version; failing that (out of memory), the writer fails. */
+void hsm_api_write_material_member(hsm_api_ctx *c, const char *member, const char *key_id,
+                                   uint32_t version);
 /* Writes KeyMetadata for a key record. */
 void hsm_api_write_key_metadata(hsm_api_ctx *c, const char *member, const hsm_key_record *r);
 /* Writes "KeyId": <key ARN>. */

@@ -75,13 +75,9 @@ static hsm_result read_import_type(hsm_api_ctx *c, hsm_import_type *out)
 /* KeyId and KeyMaterialId, the members both operations answer with. */
 static void write_material(hsm_api_ctx *c, const char *key_id, uint32_t version)
 {
-	char id[HSM_MATERIAL_ID_LEN + 1];
-	hsm_result r = hsm_kms_material_id(key_id, version, id);
-	if (hsm_failed(r))
-		hsm_jw_fail(c->w, r);
 	c->audit.key_version = version;
 	hsm_api_write_key_arn(c, "KeyId", key_id);
-	hsm_jw_str(c->w, "KeyMaterialId", id);
+	hsm_api_write_material_member(c, "KeyMaterialId", key_id, version);
 }
 
 hsm_result hsm_api_import_key_material(hsm_api_ctx *c)

@@ -68,11 +68,18 @@ void hsm_api_write_material_id(hsm_api_ctx *c, const char *member, const hsm_use
 {
 	if (used->spec != HSM_SPEC_SYMMETRIC_DEFAULT)
 		return;
+	hsm_api_write_material_member(c, member, used->key_id, used->version);
+}
+
+void hsm_api_write_material_member(hsm_api_ctx *c, const char *member, const char *key_id,
+                                   uint32_t version)
+{
 	char id[HSM_MATERIAL_ID_LEN + 1];
-	hsm_result r = hsm_kms_material_id(used->key_id, used->version, id);
+	hsm_result r = hsm_kms_material_id(key_id, version, id);
 	if (hsm_failed(r))
-		hsm_jw_fail(c->w, r);
-	hsm_jw_str(c->w, member, id);
+		hsm_jw_fail(c->w, r); /* id was not written */
+	else
+		hsm_jw_str(c->w, member, id);
 }
 
 hsm_result hsm_api_paging(hsm_api_ctx *c, int64_t max, int64_t def, size_t *limit,
@@ -180,11 +187,7 @@ void hsm_api_write_key_metadata(hsm_api_ctx *c, const char *member, const hsm_ke
 	 */
 	if (r->origin != HSM_ORIGIN_EXTERNAL || r->primary_version > 1 ||
 	    (r->flags & HSM_KEYFLAG_NO_MATERIAL) == 0) {
-		char id[HSM_MATERIAL_ID_LEN + 1];
-		hsm_result mr = hsm_kms_material_id(r->key_id, r->primary_version, id);
-		if (hsm_failed(mr))
-			hsm_jw_fail(c->w, mr);
-		hsm_jw_str(c->w, "CurrentKeyMaterialId", id);
+		hsm_api_write_material_member(c, "CurrentKeyMaterialId", r->key_id, r->primary_version);
 	}
 	if (r->origin == HSM_ORIGIN_EXTERNAL && (r->flags & HSM_KEYFLAG_NO_MATERIAL) == 0) {
 		hsm_jw_str(c->w, "ExpirationModel", r->valid_to != 0 ? "KEY_MATERIAL_EXPIRES"
