@@ -55,8 +55,13 @@ static void respond_now(hsm_server *s, hsm_http_req *req, unsigned slot, int sta
 	hsm_http_respond(req, status, type, body->data, body->len, 0, NULL);
 }
 
-/* The KMS error body: {"__type": "...", "message": "..."}. */
-static void error_body(hsm_err err, const char *message, hsm_buf *out)
+/*
+ * The KMS error body: {"__type": "...", "message": "..."}.  Returns the
+ * status to answer with it: `status`, or 500 when there was no memory to
+ * write it, since a client error without its code would tell the caller its
+ * request was wrong.
+ */
+static int error_body(hsm_err err, const char *message, int status, hsm_buf *out)
 {
 	hsm_jw w;
 	hsm_buf_clear(out);
@@ -65,8 +70,10 @@ static void error_body(hsm_err err, const char *message, hsm_buf *out)
 	hsm_jw_str(&w, "__type", hsm_err_kms_name(err));
 	hsm_jw_str(&w, "message", message);
 	hsm_jw_end(&w);
-	if (hsm_failed(hsm_jw_finish(&w)))
-		hsm_buf_clear(out);
+	if (hsm_ok(hsm_jw_finish(&w)))
+		return status;
+	hsm_buf_clear(out);
+	return 500;
 }
 
 /* The request's record is written or failed: its outbox row, if any, can be settled. */
@@ -93,10 +100,10 @@ static void audit_done(void *arg, hsm_result result)
 	/* A refusal for the trail's sake keeps its own answer: "result withheld" would
 	 * say the request ran (an Unseal's share applied, a CreateKey's key made). */
 	if (hsm_failed(result) && !p->trail_refusal) {
-		p->status = hsm_err_http_status(HSM_ERR_AUDIT_UNAVAILABLE);
-		error_body(HSM_ERR_AUDIT_UNAVAILABLE,
-		           "the request could not be audited, so its result is withheld; retry later",
-		           &p->body);
+		p->status = error_body(
+		    HSM_ERR_AUDIT_UNAVAILABLE,
+		    "the request could not be audited, so its result is withheld; retry later",
+		    hsm_err_http_status(HSM_ERR_AUDIT_UNAVAILABLE), &p->body);
 	}
 	respond_now(p->s, p->req, p->slot, p->status, CONTENT_TYPE_JSON, &p->body);
 	hsm_buf_free(&p->body);
@@ -109,6 +116,7 @@ typedef struct outcome {
 	const hsm_auth_result *auth; /* may be NULL */
 	const hsm_api_audit *api;    /* may be NULL */
 	hsm_err err;
+	bool answer_lost; /* done (err HSM_OK), but its answer could not be written */
 } outcome;
 
 static hsm_audit_outcome audit_outcome_of(hsm_err err)
@@ -271,6 +279,8 @@ static void submit_audit(pending *p, const outcome *o)
 	hsm_sender who;
 	sender_of(s, p->req, o->auth, &who);
 	const char *source = who.source, *principal = who.principal;
+	if (o->answer_lost)
+		extra[n_extra++] = (hsm_audit_field){"answer", "lost: out of memory"};
 	if (o->api != NULL && o->api->algorithm != NULL)
 		extra[n_extra++] = (hsm_audit_field){"algorithm", o->api->algorithm};
 	if (o->api != NULL && o->api->message_type != NULL)
@@ -430,12 +440,29 @@ static void fail_request(pending *p, outcome *o, hsm_result r)
 		snprintf(msg, sizeof(msg),
 		         "the request failed inside hsmd; its log has the detail under request id %s",
 		         hsm_http_req_id(p->req));
-		error_body(r.err, msg, &p->body);
+		p->status = error_body(r.err, msg, p->status, &p->body);
 	} else {
 		if (p->status == 500 && r.err != HSM_ERR_KEY_UNAVAILABLE)
 			log_internal_failure(p, hsm_last_message());
-		error_body(r.err, hsm_last_message(), &p->body);
+		p->status = error_body(r.err, hsm_last_message(), p->status, &p->body);
 	}
+	finish(p, o);
+}
+
+/*
+ * The request was carried out (a change committed, a key used) but there was
+ * no memory to write its answer.  Its record says it was done and that its
+ * answer was lost, and the caller is told the same, so that a retry knows
+ * the first attempt took effect.
+ */
+static void lose_answer(pending *p, outcome *o)
+{
+	char msg[160];
+	o->answer_lost = true;
+	snprintf(msg, sizeof(msg),
+	         "%.64s was carried out, but hsmd ran out of memory writing its answer", o->operation);
+	log_internal_failure(p, msg);
+	p->status = error_body(HSM_ERR_NOMEM, msg, 500, &p->body);
 	finish(p, o);
 }
 
@@ -518,7 +545,7 @@ static void note_key(hsm_api_ctx *c, json_t *doc)
 /* Runs the handler on the request document (kept alive until the audit record is built). */
 static hsm_result run_kms(hsm_server *s, hsm_op op, const hsm_auth_result *auth, pending *p,
                           hsm_api_audit *audit, json_t *doc, hsm_commit_gate *gate,
-                          hsm_store_intent *intent)
+                          hsm_store_intent *intent, bool *answer_lost)
 {
 	/*
 	 * DryRun: everything is checked, nothing performed.  Operations without
@@ -566,6 +593,7 @@ static hsm_result run_kms(hsm_server *s, hsm_op op, const hsm_auth_result *auth,
 	hsm_jw w;
 	hsm_jw_init(&w, &p->body);
 	hsm_jw_begin(&w);
+	HSM_GUARD(hsm_jw_finish(&w)); /* no room for an answer: refused before anything is done */
 	hsm_api_ctx c = {.kms = s->kms, .caller = &caller, .req = doc, .w = &w, .out = &p->body};
 	intent->key_id = c.audit.key_id; /* the key the handler names, as its commit has it */
 	hsm_result r = hsm_api_run(op, &c);
@@ -573,8 +601,7 @@ static hsm_result run_kms(hsm_server *s, hsm_op op, const hsm_auth_result *auth,
 	if (hsm_failed(r) && c.audit.key_id[0] == '\0')
 		note_key(&c, doc);
 	hsm_jw_end(&w);
-	if (hsm_ok(r))
-		r = hsm_jw_finish(&w);
+	*answer_lost = hsm_ok(r) && hsm_failed(hsm_jw_finish(&w));
 	memcpy(c.audit.via_grant, note.grant_id, sizeof(c.audit.via_grant));
 	*audit = c.audit;
 	intent->key_id = audit->key_id; /* for a commit after the handler (an approval given back) */
@@ -653,18 +680,22 @@ static void finish_kms(hsm_server *s, const char *name, const hsm_op_info *info,
 	hsm_server_gate gate;
 	outbox_intent intent;
 	memset(&audit, 0, sizeof(audit));
-	outcome o = {name, auth, &audit, HSM_OK};
+	outcome o = {name, auth, &audit, HSM_OK, false};
 	bool gated = hsm_ok(r) && hsm_server_kms_needs_approval(s, info, &auth->caller);
 	outbox_begin(&intent, p, name, auth, NULL);
 	if (gated)
 		hsm_server_gate_init(&gate, s, info->name, &auth->caller, doc);
+	bool lost = false;
 	if (hsm_ok(r))
-		r = run_kms(s, info->op, auth, p, &audit, doc, gated ? &gate.commit : NULL, &intent.in);
+		r = run_kms(s, info->op, auth, p, &audit, doc, gated ? &gate.commit : NULL, &intent.in,
+		            &lost);
 	if (gated)
 		gate_done(&gate, name, r, &audit);
 	outbox_end(&intent);
 	if (hsm_failed(r))
 		fail_request(p, &o, r);
+	else if (lost)
+		lose_answer(p, &o);
 	else
 		finish(p, &o);
 	/* The record was copied by the submission: the document and context can go now. */
@@ -741,7 +772,7 @@ static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 	hsm_auth_result auth;
 	json_t *doc = NULL;
 	memset(&auth, 0, sizeof(auth));
-	outcome o = {name, &auth, NULL, HSM_OK};
+	outcome o = {name, &auth, NULL, HSM_OK, false};
 	char source[HSM_HTTP_ADDR_MAX + 8];
 	snprintf(source, sizeof(source), "%s:%u", hsm_http_req_remote_addr(req),
 	         hsm_http_req_remote_port(req));
@@ -772,15 +803,17 @@ static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 		hsm_server_gate_init(&gate, s, op->name, &auth.caller, doc);
 		auth.caller.gate = &gate.commit; /* met by the handler (hsm_caller_commit) */
 	}
+	bool lost = false;
 	if (hsm_ok(r)) {
 		hsm_jw w;
 		hsm_jw_init(&w, &p->body);
 		hsm_jw_begin(&w);
+		r = hsm_jw_finish(&w); /* no room for an answer: refused before anything is done */
 		hsm_admin_ctx c = {s, op->needs_auth ? &auth : NULL, doc, &w, source, &audit};
-		r = op->fn(&c);
-		hsm_jw_end(&w);
 		if (hsm_ok(r))
-			r = hsm_jw_finish(&w);
+			r = op->fn(&c);
+		hsm_jw_end(&w);
+		lost = hsm_ok(r) && hsm_failed(hsm_jw_finish(&w));
 	}
 	if (gated)
 		gate_done(&gate, name, r, &audit);
@@ -791,6 +824,8 @@ static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 		o.api = &audit;
 	if (hsm_failed(r))
 		fail_request(p, &o, r);
+	else if (lost)
+		lose_answer(p, &o);
 	else
 		finish(p, &o);
 	json_decref(doc);
@@ -862,7 +897,7 @@ static void refuse_stopping(hsm_server *s, hsm_http_req *req, route how, const c
 		hsm_http_respond(req, 500, NULL, NULL, 0, 0, NULL);
 		return;
 	}
-	outcome o = {name, NULL, NULL, HSM_OK};
+	outcome o = {name, NULL, NULL, HSM_OK, false};
 	fail_request(p, &o, HSM_FAIL(HSM_ERR_NODE_ERROR, STOPPING));
 }
 
@@ -1052,9 +1087,8 @@ static void handle_get(hsm_server *s, hsm_http_req *req, const char *path)
 		if (hsm_failed(hsm_server_render_metrics(s, &body)))
 			status = 500;
 	} else {
-		status = 404;
 		type = CONTENT_TYPE_JSON;
-		error_body(HSM_ERR_NOT_FOUND, "no such resource", &body);
+		status = error_body(HSM_ERR_NOT_FOUND, "no such resource", 404, &body);
 	}
 	if (probe == HSM_PROBE_HEALTHZ)
 		hsm_metrics_probe(&s->metrics, probe);
@@ -1085,8 +1119,8 @@ void hsm_server_on_request(hsm_http_req *req, void *arg)
 		hsm_http_respond_not_allowed(req);
 	} else {
 		hsm_buf body = {0};
-		error_body(HSM_ERR_NOT_FOUND, "no such resource", &body);
-		respond_now(s, req, HSM_METRIC_NONE, 404, CONTENT_TYPE_JSON, &body);
+		int status = error_body(HSM_ERR_NOT_FOUND, "no such resource", 404, &body);
+		respond_now(s, req, HSM_METRIC_NONE, status, CONTENT_TYPE_JSON, &body);
 		hsm_buf_free(&body);
 	}
 }

@@ -1,0 +1,371 @@
+"""Running out of memory on the request path fails a request, never the node.
+
+An HSM that stops must be unsealed again by a quorum of custodians, so an
+allocation that fails while hsmd serves a request must cost that request
+alone, and its answer must not tell the caller that the request was wrong.
+The fuzz harness api_oom proves it for the API handlers in-process; this
+test proves it for the whole server: TLS, HTTP parsing, SigV4
+authentication, dispatch, the lane, the handlers, the audit record and the
+answer.
+
+hsmd runs with oomfault.c preloaded.  For each request below, the test first
+counts the allocations that hsmd's HTTP workers and lane threads (or, in one
+round, its audit writer) make for it, then sends it again with one of them
+refused, for a spread of them.  After each refused run:
+- hsmd is still running, and the same request, unrefused, gets its usual
+  answer (nothing was left broken: a cache, a connection, a pool);
+- the answer is the usual one, or 500 or 503, or the connection closed
+  without one; never a client error (4xx) the request does not otherwise
+  get;
+- a run in which nothing was refused got the usual answer, so the refusal
+  and nothing else made the difference;
+- a 500 that says the request was carried out (its answer could not be
+  written) has a record that says so;
+- a change answered with an error is recorded as made: by its own record
+  (the answer was lost after the commit) or, when that record could not be
+  written, by the RequestRecordRecovered the outbox writes in its stead; and
+  the changes made match the records, one for one.
+At the end every success answered has its audit record, the trail verifies,
+and hsmd stops cleanly.
+"""
+import glob
+import mmap
+import os
+import struct
+import subprocess
+import time
+import uuid
+
+import pytest
+import requests
+
+from conftest import DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_request
+from helpers import admin, audit_records, b64, make_pki
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REQUEST_THREADS = "hsmd-http,hsmd-lane"  # the HTTP workers and the lane
+POINTS = 120  # refusals tried per request, spread over its allocations
+TAIL = 80
+
+# struct ctl of oomfault.c: mode, gen, at, seen, fired, then the thread list.
+CTL_FIELDS = "<5q"
+CTL_SIZE = 256
+MODE, GEN, AT, SEEN, FIRED = range(5)
+RECOVERED = "RequestRecordRecovered"
+
+
+class Faults:
+    """The shared control file of a node's oomfault.c."""
+
+    def __init__(self, path, threads):
+        with open(path, "wb") as f:
+            f.write(b"\0" * CTL_SIZE)
+        self.f = open(path, "r+b")
+        self.m = mmap.mmap(self.f.fileno(), CTL_SIZE)
+        self.threads = threads
+        self.m[40:40 + len(threads)] = threads.encode()
+
+    def _get(self, field):
+        return struct.unpack_from("<q", self.m, field * 8)[0]
+
+    def _set(self, field, value):
+        struct.pack_into("<q", self.m, field * 8, value)
+
+    def command(self, mode, at=0):
+        self._set(MODE, 0)
+        self._set(AT, at)
+        self._set(SEEN, 0)
+        self._set(FIRED, 0)
+        self._set(GEN, self._get(GEN) + 1)
+        self._set(MODE, mode)
+
+    def off(self):
+        self._set(MODE, 0)
+        self._set(GEN, self._get(GEN) + 1)
+
+    @property
+    def seen(self):
+        return self._get(SEEN)
+
+    @property
+    def fired(self):
+        return self._get(FIRED) == 1
+
+    def close(self):
+        self.m.close()
+        self.f.close()
+
+
+@pytest.fixture(scope="module")
+def shim(tmp_path_factory):
+    out = tmp_path_factory.mktemp("oomfault") / "oomfault.so"
+    cc = subprocess.run(["cc", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-o",
+                         str(out), os.path.join(HERE, "oomfault.c")],
+                        capture_output=True, text=True, timeout=120)
+    assert cc.returncode == 0, cc.stderr
+    return str(out)
+
+
+@pytest.fixture(params=[("http", REQUEST_THREADS), ("https", REQUEST_THREADS),
+                        ("http", "hsmd-audit")], ids=["http", "https", "audit-writer"])
+def node(request, shim, tmp_path_factory):
+    """A dev node under oomfault.c: over plain HTTP or over TLS (whose handshake,
+    records and session tickets allocate too), refusing the request threads'
+    allocations or the audit writer's (a record that cannot be written: the
+    request is refused, or, when it changed the store, the change is recorded
+    as recovered)."""
+    scheme, threads = request.param
+    ctl = str(tmp_path_factory.mktemp("oomctl") / "ctl")
+    faults = Faults(ctl, threads)
+    env = {"LD_PRELOAD": shim, "HSM_TEST_OOM_CTL": ctl,
+           "HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
+    args = ["--dev"]
+    tls_ca = None
+    if scheme == "https":
+        pki = make_pki(str(tmp_path_factory.mktemp("oompki")))
+        args += ["--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"]]
+        tls_ca = pki["ca.pem"]
+    server = Hsmd(args, env=env, tls_ca=tls_ca)
+    yield server, faults
+    server.cleanup()
+    faults.close()
+
+
+UNKNOWN_AKID = "AKIAHSMDOOMUNKNOWN00"
+
+
+def send(server, target, body, akid=DEV_AKID):
+    """(status, parsed body, request id) of one request on a new connection, or
+    (None, None, None) when the connection closed without an answer."""
+    try:
+        r = signed_request(server, target, body, akid=akid)
+    except requests.exceptions.ConnectionError:
+        return None, None, None
+    try:
+        doc = r.json() if r.content else {}
+    except ValueError:
+        doc = {"raw": r.text}
+    return r.status_code, doc, r.headers.get("x-amzn-RequestId")
+
+
+class Scenario:
+    """A request (a new body for each run) and, for changes, whether its change is there
+    and how to take it back (so that a hundred runs stay within the key's limits)."""
+
+    def __init__(self, name, target, body, made=None, undo=None, akid=DEV_AKID,
+                 own_record=True):
+        self.name, self.body, self.made, self.undo, self.akid = name, body, made, undo, akid
+        # Calls without credentials are summarized past a rate (refusals.h), not recorded one by one.
+        self.own_record = own_record
+        self.target = target if "." in target else "TrentService." + target
+
+
+@pytest.fixture
+def scenarios(node):
+    server, _ = node
+    kms = client(server)
+    aes = kms.create_key()["KeyMetadata"]["KeyId"]
+    ec = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    rsa = kms.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    mac = kms.create_key(KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")["KeyMetadata"][
+        "KeyId"]
+    ctx = {"tenant": "oom", "purpose": "test"}
+    blob = b64(kms.encrypt(KeyId=aes, Plaintext=b"p" * 64, EncryptionContext=ctx)[
+        "CiphertextBlob"])
+    kms.create_alias(AliasName="alias/oom-aes", TargetKeyId=aes)
+
+    def alias_there(body):
+        try:
+            kms.describe_key(KeyId=body["AliasName"])
+            return True
+        except kms.exceptions.NotFoundException:
+            return False
+
+    def tag_there(body):
+        tags = kms.list_resource_tags(KeyId=aes)["Tags"]
+        return any(t["TagKey"] == body["Tags"][0]["TagKey"] for t in tags)
+
+    def untag(body):
+        kms.untag_resource(KeyId=aes, TagKeys=[body["Tags"][0]["TagKey"]])
+
+    def user_there(body):
+        return any(u["UserName"] == body["UserName"] for u in admin(server, "ListUsers")["Users"])
+
+    return [
+        Scenario("Encrypt", "Encrypt", lambda: {
+            "KeyId": "alias/oom-aes", "Plaintext": b64(b"x" * 64), "EncryptionContext": ctx}),
+        Scenario("Decrypt", "Decrypt", lambda: {"CiphertextBlob": blob, "EncryptionContext": ctx}),
+        Scenario("GenerateDataKey", "GenerateDataKey", lambda: {
+            "KeyId": aes, "KeySpec": "AES_256"}),
+        Scenario("Sign P-256", "Sign", lambda: {
+            "KeyId": ec, "Message": b64(b"m" * 64), "MessageType": "RAW",
+            "SigningAlgorithm": "ECDSA_SHA_256"}),
+        Scenario("Sign RSA-2048 (lane)", "Sign", lambda: {
+            "KeyId": rsa, "Message": b64(b"m" * 64), "MessageType": "RAW",
+            "SigningAlgorithm": "RSASSA_PSS_SHA_256"}),
+        Scenario("GenerateMac", "GenerateMac", lambda: {
+            "KeyId": mac, "Message": b64(b"m" * 32), "MacAlgorithm": "HMAC_SHA_256"}),
+        Scenario("DescribeKey", "DescribeKey", lambda: {"KeyId": aes}),
+        Scenario("Encrypt refused (wrong usage)", "Encrypt", lambda: {
+            "KeyId": ec, "Plaintext": b64(b"x")}),
+        Scenario("CreateAlias", "CreateAlias", lambda: {
+            "AliasName": "alias/oom-" + uuid.uuid4().hex, "TargetKeyId": aes}, alias_there),
+        Scenario("TagResource", "TagResource", lambda: {
+            "KeyId": aes, "Tags": [{"TagKey": "oom-" + uuid.uuid4().hex, "TagValue": "v"}]},
+            tag_there, untag),
+        Scenario("CreateUser (administration, lane)", "HsmdAdmin.CreateUser", lambda: {
+            "UserName": "oom-" + uuid.uuid4().hex[:16], "Roles": ["crypto-user"]}, user_there),
+        Scenario("Status (administration, no credentials)", "HsmdAdmin.Status", lambda: {},
+                 own_record=False),
+        Scenario("unknown access key", "Encrypt", lambda: {
+            "KeyId": aes, "Plaintext": b64(b"x")}, akid=UNKNOWN_AKID),
+    ]
+
+
+def points(n):
+    """Which allocations to refuse: every one, or POINTS spread over them all and
+    every one of the last TAIL (over TLS the handshake comes first, with hundreds
+    of allocations, and the request's own come last)."""
+    if n <= POINTS:
+        return list(range(1, n + 1))
+    spread = {1 + round(i * (n - 1) / (POINTS - 1)) for i in range(POINTS)}
+    return sorted(spread | set(range(n - TAIL + 1, n + 1)))
+
+
+def last_refusal(server):
+    """The call stack of the last refusal, when HSM_TEST_OOM_TRACE asked for them."""
+    log = server.read_log()
+    at = log.rfind("oomfault: allocation refused")
+    return log[at:at + 4000] if at >= 0 else "(HSM_TEST_OOM_TRACE=1 shows where)"
+
+
+def record_of(server, rid, timeout=15.0):
+    """The record of a request that changed the store: its own, or, when that could
+    not be written, the RequestRecordRecovered the outbox writes in its stead."""
+    deadline = time.time() + timeout
+    while True:
+        found = [r for r in audit_records(server.data_dir) if r.get("request_id") == rid]
+        if found or time.time() > deadline:
+            return found[0] if found else None
+        time.sleep(0.1)
+
+
+def changes_recorded(server, op, after_seq):
+    """Records since after_seq saying a request `op` changed the store: its own
+    success, or the RequestRecordRecovered written in place of a lost one."""
+    return [r for r in audit_records(server.data_dir) if r["seq"] > after_seq and (
+        (r.get("op") == op and r.get("outcome") == "success") or (
+            r.get("op") == RECOVERED and r.get("extra", {}).get("request_op") == op))]
+
+
+def last_seq(server):
+    recs = audit_records(server.data_dir)
+    return recs[-1]["seq"] if recs else 0
+
+
+def test_refused_allocations(node, scenarios):
+    server, faults = node
+    answered = {}  # request id answered 2xx: where
+    summary = {}
+    for sc in scenarios:
+        made = 0  # changes the scenario's runs made, each of which the trail must record
+        since = last_seq(server)
+
+        def run(body, where, mode=0, at=0):
+            """One request; returns (status, doc, request id, fired)."""
+            nonlocal made
+            if mode:
+                faults.command(mode, at)
+            status, doc, rid = send(server, sc.target, body, sc.akid)
+            if mode:
+                time.sleep(0.02 if mode == 1 else 0)  # the worker's last allocations
+            fired = mode == 2 and faults.fired
+            faults.off()
+            assert server.proc.poll() is None, f"{where}: hsmd died\n{server.read_log()[-3000:]}"
+            if status is not None and status < 300 and sc.own_record:
+                answered[rid] = f"{where} ({'refused' if fired else 'unrefused'})"
+            if sc.made is not None and sc.made(body):
+                made += 1
+            if sc.undo is not None:
+                sc.undo(body)
+            return status, doc, rid, fired
+
+        # Once unrefused first, so that the counted run finds the key's caches warm
+        # (a key's first use decodes its material: thousands of allocations).
+        assert run(sc.body(), sc.name)[0] is not None
+        status0, doc0, _, _ = run(sc.body(), sc.name, mode=1)
+        n = faults.seen
+        assert status0 is not None, sc.name
+        assert n > 0, f"{sc.name}: no allocation counted on {faults.threads}"
+        type0 = doc0.get("__type") if status0 >= 400 else None
+
+        def usual(status, doc):
+            return status == status0 and (status < 400 or doc.get("__type") == type0)
+
+        outcomes = {"usual": 0, "500": 0, "503": 0, "closed": 0, "done, answer lost": 0,
+                    "made, answer lost": 0}
+        for at in points(n):
+            where = f"{sc.name}, allocation {at} of {n}"
+            body = sc.body()
+            before = made
+            status, doc, rid, fired = run(body, where, mode=2, at=at)
+            if status is None:
+                assert fired, f"{where}: connection closed with nothing refused"
+                outcomes["closed"] += 1
+            elif usual(status, doc):
+                outcomes["usual"] += 1
+            else:
+                assert fired, f"{where}: {status} {doc} with nothing refused"
+                assert status in (500, 503), (
+                    f"{where}: a refused allocation answered {status} {doc}; "
+                    f"unrefused: {status0} {doc0}")
+                assert doc == {} or doc.get("__type") in (
+                    "KMSInternalException", "ServiceUnavailableException"), f"{where}: {doc}"
+                outcomes[str(status)] += 1
+                if "was carried out" in doc.get("message", ""):
+                    # Done, but its answer could not be written: the record says both.
+                    rec = record_of(server, rid)
+                    assert rec is not None and rec["outcome"] == "success" and rec.get(
+                        "extra", {}).get("answer") == "lost: out of memory", f"{where}: {rec}"
+                    outcomes["done, answer lost"] += 1
+            if made > before and not usual(status, doc):
+                # Made, though the answer said otherwise: the answer was lost after the
+                # commit, and the trail must say the change was made.
+                outcomes["made, answer lost"] += 1
+                if rid is not None:
+                    rec = record_of(server, rid)
+                    assert rec is not None and rec["outcome"] == "success", (
+                        f"{where}: answered {status} but the change was made, and the trail "
+                        f"does not say so: {rec}\n{last_refusal(server)}")
+            again, doc_again, _, _ = run(sc.body(), where)
+            assert usual(again, doc_again), (
+                f"{where}: unrefused afterwards {again} {doc_again}; before {status0} {doc0}")
+        summary[sc.name] = (n, outcomes)
+        # The test must reach the code it means to: refusals that showed.
+        assert outcomes["usual"] < len(points(n)), f"{sc.name}: no refusal ever showed {outcomes}"
+        if sc.made is not None:
+            # Every change made has its record, also those whose connection closed
+            # before the answer (the trail is searched by count: no request id then).
+            op = sc.target.split(".", 1)[1]
+            deadline = time.time() + 15
+            while len(changes_recorded(server, op, since)) != made and time.time() < deadline:
+                time.sleep(0.1)
+            got = changes_recorded(server, op, since)
+            assert len(got) == made, f"{sc.name}: {made} changes made, {len(got)} recorded"
+    print("\n".join(f"{k}: {n} allocations, {o}" for k, (n, o) in summary.items()))
+
+    deadline = time.time() + 10
+    while True:
+        recorded = {r.get("request_id"): r for r in audit_records(server.data_dir)}
+        missing = [where for rid, where in answered.items() if rid not in recorded]
+        if not missing or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    assert not missing, f"{len(missing)} successes without an audit record: {missing}"
+    assert all(recorded[rid]["outcome"] == "success" for rid in answered)
+
+    server.stop()
+    assert server.proc.returncode == 0, server.read_log()[-3000:]
+    files = sorted(glob.glob(os.path.join(server.data_dir, "audit", "audit-*.jsonl")))
+    out = subprocess.run([HSMCTL, "audit", "verify"] + files, capture_output=True, text=True)
+    assert out.returncode == 0 and "result: VALID" in out.stdout, out.stdout + out.stderr
