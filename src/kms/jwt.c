@@ -2,6 +2,7 @@
  * jwt.c - JWS algorithms as data, the kid, the claims rules and the
  * assembly of a compact JWS (RFC 7515 section 7.1).
  */
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -322,6 +323,9 @@ static hsm_result build_header(const hsm_jwt_header *h, json_t **out)
 {
 	json_t *o = json_object();
 	HSM_ENSURE(o != NULL, HSM_ERR_NOMEM, "out of memory");
+	/* jansson answers NULL both for text that is not UTF-8 and for want of
+	 * memory; only malloc leaves ENOMEM. */
+	errno = 0;
 	/* Member order is fixed so equal inputs give equal tokens. */
 	int rc = json_object_set_new(o, "alg", json_string(hsm_jws_alg_name(h->alg)));
 	rc |= json_object_set_new(o, "kid", json_string(h->kid));
@@ -330,6 +334,7 @@ static hsm_result build_header(const hsm_jwt_header *h, json_t **out)
 		rc |= json_object_set_new(o, "cty", json_string(h->cty));
 	if (rc != 0) {
 		json_decref(o);
+		HSM_ENSURE(errno != ENOMEM, HSM_ERR_NOMEM, "out of memory");
 		return HSM_FAIL(HSM_ERR_VALIDATION, "the token header is not valid UTF-8 text");
 	}
 	*out = o;

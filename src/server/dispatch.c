@@ -1084,8 +1084,10 @@ static void handle_get(hsm_server *s, hsm_http_req *req, const char *path)
 		type = "text/plain; version=0.0.4; charset=utf-8";
 		probe = HSM_PROBE_METRICS;
 		hsm_metrics_probe(&s->metrics, probe); /* this scrape included */
-		if (hsm_failed(hsm_server_render_metrics(s, &body)))
-			status = 500;
+		if (hsm_failed(hsm_server_render_metrics(s, &body))) {
+			status = 500; /* no half a scrape: a scraper would read the gauges left out as gone */
+			hsm_buf_clear(&body);
+		}
 	} else {
 		type = CONTENT_TYPE_JSON;
 		status = error_body(HSM_ERR_NOT_FOUND, "no such resource", 404, &body);
