@@ -138,7 +138,9 @@ static hsm_result check_signature(const parts *p, const json_t *jwk, hsm_jws_alg
 	          "the token says alg %s but its key is a %s key", hsm_jws_alg_name(alg),
 	          hsm_spec_name(spec));
 	res = hsm_b64url_decode(&sig, p->sig, p->sig_len, HSM_ERR_INVALID_SIGNATURE);
-	HSM_CHECK(hsm_ok(res), HSM_ERR_INVALID_SIGNATURE, "the token's signature is not base64url");
+	HSM_CHECK(hsm_ok(res) || res.err == HSM_ERR_NOMEM, HSM_ERR_INVALID_SIGNATURE,
+	          "the token's signature is not base64url");
+	HSM_TRY(res);
 	const uint8_t *s = sig.data;
 	size_t s_len = sig.len;
 	if (hsm_jws_alg_get(alg)->type == HSM_KT_EC) {

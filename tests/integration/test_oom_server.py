@@ -159,8 +159,9 @@ class Scenario:
     and how to take it back (so that a hundred runs stay within the key's limits)."""
 
     def __init__(self, name, target, body, made=None, undo=None, akid=DEV_AKID,
-                 own_record=True):
+                 own_record=True, spread=POINTS):
         self.name, self.body, self.made, self.undo, self.akid = name, body, made, undo, akid
+        self.spread = spread
         # Calls without credentials are summarized past a rate (refusals.h), not recorded one by one.
         self.own_record = own_record
         self.target = target if "." in target or "/" in target else "TrentService." + target
@@ -215,6 +216,13 @@ def scenarios(node):
         return sum(len(page["Grants"])
                    for page in kms.get_paginator("list_grants").paginate(KeyId=aes))
 
+    def cold(spec, usage):
+        """A new key for each run: its first use loads its material (unwrapped into
+        the secure heap, decoded, its signing templates made)."""
+        return lambda: kms.create_key(KeySpec=spec, KeyUsage=usage)["KeyMetadata"]["KeyId"]
+
+    cold_ec, cold_aes = cold("ECC_NIST_P256", "SIGN_VERIFY"), cold("SYMMETRIC_DEFAULT",
+                                                                    "ENCRYPT_DECRYPT")
     jwt = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
     st, out = signed_call(server, "HsmdJwt.EnableJwtSigning", {"KeyId": jwt})
     assert st == 200, out
@@ -254,18 +262,23 @@ def scenarios(node):
             "Constraints": {"EncryptionContextSubset": {"tenant": "oom"}}}, grew(grants)),
         Scenario("SignToken (JWT)", "HsmdJwt.SignToken", lambda: {
             "KeyId": jwt, "Claims": {"sub": "oom", "aud": "api"}}),
+        Scenario("Sign P-256, the key's first use", "Sign", lambda: {
+            "KeyId": cold_ec(), "Message": b64(b"m" * 64), "MessageType": "RAW",
+            "SigningAlgorithm": "ECDSA_SHA_256"}, spread=150),
+        Scenario("Encrypt, the key's first use", "Encrypt", lambda: {
+            "KeyId": cold_aes(), "Plaintext": b64(b"x" * 64)}, spread=150),
         Scenario("JWK Set (GET, no credentials)", JWKS_PATH, lambda: {}, own_record=False),
         Scenario("metrics (GET, no credentials)", "/metrics", lambda: {}, own_record=False),
     ]
 
 
-def points(n):
-    """Which allocations to refuse: every one, or POINTS spread over them all and
+def points(n, spread=POINTS):
+    """Which allocations to refuse: every one, or `spread` spread over them all and
     every one of the last TAIL (over TLS the handshake comes first, with hundreds
     of allocations, and the request's own come last)."""
-    if n <= POINTS:
+    if n <= spread:
         return list(range(1, n + 1))
-    spread = {1 + round(i * (n - 1) / (POINTS - 1)) for i in range(POINTS)}
+    spread = {1 + round(i * (n - 1) / (spread - 1)) for i in range(spread)}
     return sorted(spread | set(range(n - TAIL + 1, n + 1)))
 
 
@@ -346,7 +359,7 @@ def test_refused_allocations(node, scenarios):
 
         outcomes = {"usual": 0, "500": 0, "503": 0, "closed": 0, "done, answer lost": 0,
                     "made, answer lost": 0}
-        for at in points(n):
+        for at in points(n, sc.spread):
             where = f"{sc.name}, allocation {at} of {n}"
             body = sc.body()
             before = made
@@ -384,7 +397,7 @@ def test_refused_allocations(node, scenarios):
                 f"{where}: unrefused afterwards {again} {doc_again}; before {status0} {doc0}")
         summary[sc.name] = (n, outcomes)
         # The test must reach the code it means to: refusals that showed.
-        assert outcomes["usual"] < len(points(n)), f"{sc.name}: no refusal ever showed {outcomes}"
+        assert outcomes["usual"] < len(points(n, sc.spread)), f"{sc.name}: no refusal ever showed {outcomes}"
         if sc.made is not None:
             # Every change made has its record, also those whose connection closed
             # before the answer (the trail is searched by count: no request id then).
