@@ -368,13 +368,15 @@ static hsm_result decode_pkcs8(const uint8_t *p, size_t n, EVP_PKEY **out)
 	const unsigned char *data = p;
 	size_t left = n;
 	/* The decoder tries several key types and leaves errors behind even when one
-	 * succeeds; they are dropped, but one that says memory ran out is heeded. */
+	 * succeeds; they are dropped, but one that says memory ran out is heeded,
+	 * even when a key came out: OpenSSL 3.0 can return an EC key whose public
+	 * point it could not compute. */
 	hsm_ossl_watch();
 	OSSL_DECODER_CTX *dctx = OSSL_DECODER_CTX_new_for_pkey(&pkey, "DER", "PrivateKeyInfo", NULL,
 	                                                       EVP_PKEY_KEYPAIR, NULL, NULL);
 	bool decoded = dctx != NULL && OSSL_DECODER_from_data(dctx, &data, &left) == 1 && pkey != NULL;
 	bool nomem = hsm_ossl_ran_out();
-	HSM_CHECK(decoded || !nomem, HSM_ERR_NOMEM, "out of memory in the crypto library");
+	HSM_CHECK(!nomem, HSM_ERR_NOMEM, "out of memory in the crypto library");
 	HSM_CHECK(dctx != NULL, HSM_ERR_CRYPTO, "no PKCS#8 decoder available");
 	HSM_CHECK(decoded, HSM_ERR_VALIDATION, "the key material is not a DER PKCS#8 private key");
 	HSM_CHECK(left == 0, HSM_ERR_VALIDATION, "the key material has trailing bytes");
@@ -436,8 +438,10 @@ static hsm_result import_pkey(hsm_key_spec spec, const uint8_t *p, size_t n, hsm
 	if (hsm_spec_get(spec)->type == HSM_KT_RSA)
 		HSM_TRY(check_rsa_exponent(pkey));
 	HSM_TRY(check_key_pair(pkey));
-	HSM_TRY(material_new(spec, NULL, pkey, &m));
-	pkey = NULL; /* owned by m */
+	res = material_new(spec, NULL, pkey, &m);
+	pkey = NULL; /* owned by m, or already freed by material_new's failure */
+	if (hsm_failed(res))
+		goto out;
 	res = pairwise_all(m, hsm_spec_get(spec)->type == HSM_KT_EC); /* check_key_pair ran */
 	if (hsm_failed(res)) {
 		if (res.err != HSM_ERR_NOMEM) /* out of memory is not the material's fault */

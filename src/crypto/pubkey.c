@@ -58,7 +58,9 @@ static hsm_result rsa_spec(const EVP_PKEY *pkey, hsm_key_spec *out)
 
 hsm_result hsm_pkey_spec(const EVP_PKEY *pkey, hsm_key_spec *out)
 {
-	/* EVP_PKEY_is_a("RSA") is false for id-RSASSA-PSS keys, which KMS never makes. */
+	/* EVP_PKEY_is_a("RSA") is false for id-RSASSA-PSS keys, which KMS never makes.
+	 * Looking a type up by name can allocate: a failure there is not a key type. */
+	hsm_ossl_watch();
 	if (EVP_PKEY_is_a(pkey, "RSA"))
 		return rsa_spec(pkey, out);
 	if (EVP_PKEY_is_a(pkey, "EC"))
@@ -67,7 +69,7 @@ hsm_result hsm_pkey_spec(const EVP_PKEY *pkey, hsm_key_spec *out)
 		*out = HSM_SPEC_ECC_NIST_EDWARDS25519;
 		return HSM_SUCCESS;
 	}
-	return HSM_FAIL(HSM_ERR_VALIDATION, "the key type is not supported");
+	return HSM_OSSL_FAIL(HSM_ERR_VALIDATION, "the key type is not supported");
 }
 
 hsm_result hsm_spki_parse(const uint8_t *spki, size_t spki_len, EVP_PKEY **out)

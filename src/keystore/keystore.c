@@ -194,7 +194,15 @@ static hsm_result unwrap_version(hsm_keystore *ks, const hsm_ks_keyref *ref,
 	pthread_rwlock_unlock(&ks->keys_lock);
 	if (hsm_failed(res))
 		goto out;
-	HSM_TRY(hsm_material_import(ref->spec, pt.data, pt.len, out));
+	res = hsm_material_import(ref->spec, pt.data, pt.len, out);
+	/* Stored material passed these checks when it was made or imported: failing them
+	 * now is the node's trouble, never the caller's (a ValidationException). */
+	if (res.err == HSM_ERR_VALIDATION) {
+		char why[HSM_ERRMSG_MAX]; /* copied first: the message is formatted into its own buffer */
+		snprintf(why, sizeof(why), "%s", hsm_last_message());
+		res = HSM_FAIL(HSM_ERR_KEY_UNAVAILABLE, "stored key material of %s is not usable: %s",
+		               ref->key_id, why);
+	}
 out:
 	hsm_buf_free(&aad);
 	hsm_buf_free(&pt);

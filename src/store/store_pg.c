@@ -242,9 +242,26 @@ static void rollback_if_open(pg_conn *c)
 	PQclear(r);
 }
 
-static hsm_result commit(pg_conn *c)
+/*
+ * *unanswered: the COMMIT's own answer never came, so its outcome is
+ * unknown: no result (a lost connection, no answer in time), or a failure
+ * libpq made up itself, without the server's SQLSTATE (as when it ran out of
+ * memory reading the answer).  Such a connection is not used again.
+ */
+static hsm_result commit(pg_conn *c, bool *unanswered)
 {
-	hsm_result res = pg_simple(c, "COMMIT", "commit a transaction");
+	PGresult *r = pg_exec_raw(c, "COMMIT");
+	hsm_result res = HSM_SUCCESS;
+	*unanswered = r == NULL || (PQresultStatus(r) != PGRES_COMMAND_OK &&
+	                            PQresultErrorField(r, PG_DIAG_SQLSTATE) == NULL);
+	if (r == NULL || PQresultStatus(r) != PGRES_COMMAND_OK)
+		res = pg_fail(c, r, "commit a transaction");
+	else
+		c->ok++;
+	PQclear(r);
+	*unanswered |= c->broken;
+	if (*unanswered)
+		c->broken = true;
 	if (hsm_failed(res) && c->late)
 		return HSM_FAIL(HSM_ERR_DEPENDENCY_TIMEOUT,
 		                "PostgreSQL did not answer the COMMIT within %d s: the change may or "
@@ -257,11 +274,42 @@ static hsm_result commit(pg_conn *c)
 }
 
 /*
+ * A COMMIT was sent and its answer never came (the connection broke, or the
+ * answer could not be read for want of memory): the change may or may not
+ * have been applied.  When the transaction carried the request's first
+ * outbox row, that row says which (pg_outbox_probe, on another connection,
+ * waits for the transaction to end), so the request is neither answered nor
+ * recorded as failed when its change was made.  Unknown stays unknown when
+ * the probe fails too.
+ */
+static hsm_result resolve_commit(pg_store *s, hsm_store_intent *in, hsm_result failed)
+{
+	char why[HSM_ERRMSG_MAX];
+	snprintf(why, sizeof(why), "%s", hsm_last_message());
+	pg_conn *c;
+	if (hsm_failed(pool_get(s, &c)))
+		return HSM_FAIL(failed.err, "%s", why);
+	bool present = false;
+	hsm_result r = pg_simple(c, "BEGIN", "begin a transaction");
+	if (hsm_ok(r))
+		r = pg_outbox_probe(c, in, &present);
+	rollback_if_open(c);
+	pool_put(s, c);
+	if (hsm_failed(r))
+		return HSM_FAIL(failed.err, "%s", why);
+	if (present) {
+		hsm_warn("store: the answer to a COMMIT was lost (%s); the change was applied", why);
+		return HSM_SUCCESS;
+	}
+	return HSM_FAIL(failed.err, "the answer to a COMMIT was lost, and the change was not applied");
+}
+
+/*
  * body inside begin ... COMMIT.  A write (outbox) carries the thread's
  * outbox row (store.h, "Audit outbox"), inserted just before COMMIT in the
  * same transaction: a failed insert rolls the change back.  written is set
- * only once the COMMIT succeeded; a COMMIT whose outcome is unknown leaves
- * it false.
+ * only once the COMMIT succeeded, or was found to have (resolve_commit); a
+ * COMMIT whose outcome is unknown leaves it false.
  */
 static hsm_result transaction(pg_store *s, const char *begin, bool outbox, pg_body body,
                               void *arg)
@@ -281,12 +329,16 @@ static hsm_result transaction(pg_store *s, const char *begin, bool outbox, pg_bo
 		res = body(c, arg);
 		if (hsm_ok(res) && in != NULL)
 			res = pg_outbox_insert(c, in);
+		/* A COMMIT that failed with an answer (a serialization failure) did nothing. */
+		bool unanswered = false;
 		if (hsm_ok(res))
-			res = commit(c);
-		if (hsm_ok(res) && in != NULL)
-			in->written = true;
+			res = commit(c, &unanswered);
 		rollback_if_open(c);
 		pool_put(s, c);
+		if (hsm_failed(res) && unanswered && in != NULL && !in->written)
+			res = resolve_commit(s, in, res);
+		if (hsm_ok(res) && in != NULL)
+			in->written = true;
 		return res;
 	}
 }

@@ -41,6 +41,26 @@ hsm_result pg_outbox_insert(pg_conn *w, hsm_store_intent *in)
 	return pg_run(w, SQL_OUTBOX_INSERT, &p, NULL);
 }
 
+/* The probe's row is never kept: the caller rolls its transaction back. */
+static const char SQL_OUTBOX_PROBE[] =
+	"INSERT INTO audit_outbox (node_id, request_id, created_ms, operation) "
+	"VALUES ($1, $2, 0, 'probe') ON CONFLICT (node_id, request_id) DO NOTHING RETURNING 1";
+
+hsm_result pg_outbox_probe(pg_conn *c, hsm_store_intent *in, bool *present)
+{
+	st_outbox_row row;
+	st_outbox_row_of(in, &row);
+	pg_params p;
+	pg_params_init(&p);
+	pg_p_text(&p, row.node_id);
+	pg_p_text(&p, row.request_id);
+	PGresult *r = NULL;
+	HSM_GUARD(pg_run(c, SQL_OUTBOX_PROBE, &p, &r));
+	*present = PQntuples(r) == 0; /* nothing inserted: the row is there */
+	PQclear(r);
+	return HSM_SUCCESS;
+}
+
 typedef struct page_op {
 	const char *node_id;
 	int64_t after_ms;

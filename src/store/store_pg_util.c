@@ -41,8 +41,17 @@ hsm_result pg_fail(pg_conn *c, const PGresult *r, const char *what)
 		return HSM_FAIL(HSM_ERR_STORE, "lost the connection to PostgreSQL while trying to %s",
 		                what);
 	}
-	if (state == NULL)
+	if (state == NULL) {
+		/*
+		 * The server answers every error with a SQLSTATE: this one is libpq's
+		 * own (it ran out of memory reading an answer, say), and what the
+		 * server did is not known (a statement prepared, a transaction
+		 * committed).  The connection is not used again.
+		 */
+		if (c != NULL)
+			c->broken = true;
 		return HSM_FAIL(HSM_ERR_STORE, "PostgreSQL failed to %s (no SQLSTATE)", what);
+	}
 	if (strcmp(state, "23505") == 0)
 		return HSM_FAIL(HSM_ERR_ALREADY_EXISTS, "cannot %s: already exists (%.63s)", what,
 		                constraint);

@@ -34,19 +34,23 @@ import os
 import struct
 import subprocess
 import time
+import types
 import uuid
 
 import pytest
 import requests
 
 from conftest import DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, signed_request
-from helpers import admin, audit_records, b64, make_pki
+from helpers import Postgres, admin, audit_records, b64, make_pki
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 JWKS_PATH = "/.well-known/jwks.json"
 REQUEST_THREADS = "hsmd-http,hsmd-lane"  # the HTTP workers and the lane
 POINTS = 40  # refusals tried per request, spread over its allocations,
 TAIL = 80  # and on every one of its last TAIL
+# A key's first use makes thousands of allocations (OpenSSL's decoders): refusals spread
+# over them; HSM_TEST_OOM_COLD_SPREAD=5000 refuses every one (minutes, not for every run).
+COLD_SPREAD = int(os.environ.get("HSM_TEST_OOM_COLD_SPREAD", "150"))
 
 # struct ctl of oomfault.c: mode, gen, at, seen, fired, then the thread list.
 CTL_FIELDS = "<5q"
@@ -107,44 +111,85 @@ def shim(tmp_path_factory):
     return str(out)
 
 
+def ceremony(base, store):
+    """A 2-of-2 key ceremony on a shared store: the officer's credentials and the shares."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HSM_"))}
+    env["HSM_STORE"] = store
+    shares = os.path.join(base, "shares")
+    p = subprocess.run([HSMCTL, "init", "--data-dir", os.path.join(base, "ceremony"),
+                        "--share-dir", shares, "--shares", "2", "--threshold", "2",
+                        "--custodians", "alice,bob", "--admin", "ops"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    with open(os.path.join(shares, "ops.credentials")) as f:
+        fields = dict(line.split(" = ", 1) for line in f.read().splitlines() if " = " in line)
+    return (fields["aws_access_key_id"], fields["aws_secret_access_key"],
+            [os.path.join(shares, c + ".share") for c in ("alice", "bob")], env)
+
+
 @pytest.fixture(params=[("http", REQUEST_THREADS), ("https", REQUEST_THREADS),
-                        ("http", "hsmd-audit")], ids=["http", "https", "audit-writer"])
+                        ("http", "hsmd-audit"), ("postgresql", REQUEST_THREADS)],
+                ids=["http", "https", "audit-writer", "postgresql"])
 def node(request, shim, tmp_path_factory):
-    """A dev node under oomfault.c: over plain HTTP or over TLS (whose handshake,
-    records and session tickets allocate too), refusing the request threads'
-    allocations or the audit writer's (a record that cannot be written: the
-    request is refused, or, when it changed the store, the change is recorded
-    as recovered)."""
+    """A node under oomfault.c: a dev node over plain HTTP or over TLS (whose
+    handshake, records and session tickets allocate too), refusing the request
+    threads' allocations or the audit writer's (a record that cannot be
+    written: the request is refused, or, when it changed the store, the change
+    is recorded as recovered); or a node on PostgreSQL (libpq allocates on the
+    request threads), unsealed after a 2-of-2 ceremony."""
     scheme, threads = request.param
     ctl = str(tmp_path_factory.mktemp("oomctl") / "ctl")
     faults = Faults(ctl, threads)
-    env = {"LD_PRELOAD": shim, "HSM_TEST_OOM_CTL": ctl,
-           "HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
-    args = ["--dev"]
-    tls_ca = None
-    if scheme == "https":
-        pki = make_pki(str(tmp_path_factory.mktemp("oompki")))
-        args += ["--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"]]
-        tls_ca = pki["ca.pem"]
-    server = Hsmd(args, env=env, tls_ca=tls_ca)
-    yield server, faults
+    env = {"LD_PRELOAD": shim, "HSM_TEST_OOM_CTL": ctl}
+    pg = None
+    if scheme == "postgresql":
+        pg = Postgres()
+        store = pg.database("oom")
+        officer_akid, officer_secret, shares, ctl_env = ceremony(
+            str(tmp_path_factory.mktemp("oomceremony")), store)
+        env["HSM_STORE"] = store
+        server = Hsmd(["--node-id", "oom"], env=env)
+        for share in shares:
+            p = subprocess.run([HSMCTL, "--endpoint", server.endpoint, "unseal", share],
+                               capture_output=True, text=True, timeout=120, env=ctl_env)
+            assert p.returncode == 0, p.stdout + p.stderr
+        roles = ["crypto-officer", "crypto-user", "auditor"]
+        admin(server, "CreateUser", {"UserName": "oom", "Roles": roles},
+              akid=officer_akid, secret=officer_secret)
+        k = admin(server, "CreateAccessKey", {"UserName": "oom"}, akid=officer_akid,
+                  secret=officer_secret)
+        akid, secret = k["AccessKeyId"], k["SecretAccessKey"]
+    else:
+        env.update({"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET})
+        args, tls_ca = ["--dev"], None
+        if scheme == "https":
+            pki = make_pki(str(tmp_path_factory.mktemp("oompki")))
+            args += ["--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"]]
+            tls_ca = pki["ca.pem"]
+        server = Hsmd(args, env=env, tls_ca=tls_ca)
+        akid, secret = DEV_AKID, DEV_SECRET
+    yield types.SimpleNamespace(server=server, faults=faults, akid=akid, secret=secret)
     server.cleanup()
     faults.close()
+    if pg is not None:
+        pg.close()
 
 
 UNKNOWN_AKID = "AKIAHSMDOOMUNKNOWN00"
 
 
-def send(server, target, body, akid=DEV_AKID):
+def send(n, target, body, unknown=False):
     """(status, parsed body, request id) of one request on a new connection, or
     (None, None, None) when the connection closed without an answer.  A target
     that starts with "/" is a GET of that path, unsigned."""
+    server = n.server
     try:
         if target.startswith("/"):
             r = requests.get(server.endpoint + target, timeout=30,
                              verify=server.tls_ca if server.tls_ca else True)
         else:
-            r = signed_request(server, target, body, akid=akid)
+            r = signed_request(server, target, body, akid=UNKNOWN_AKID if unknown else n.akid,
+                               secret=n.secret)
     except requests.exceptions.ConnectionError:
         return None, None, None
     try:
@@ -158,9 +203,10 @@ class Scenario:
     """A request (a new body for each run) and, for changes, whether its change is there
     and how to take it back (so that a hundred runs stay within the key's limits)."""
 
-    def __init__(self, name, target, body, made=None, undo=None, akid=DEV_AKID,
+    def __init__(self, name, target, body, made=None, undo=None, unknown=False,
                  own_record=True, spread=POINTS):
-        self.name, self.body, self.made, self.undo, self.akid = name, body, made, undo, akid
+        self.name, self.body, self.made, self.undo = name, body, made, undo
+        self.unknown = unknown  # signed with an access key hsmd does not know
         self.spread = spread
         # Calls without credentials are summarized past a rate (refusals.h), not recorded one by one.
         self.own_record = own_record
@@ -169,8 +215,8 @@ class Scenario:
 
 @pytest.fixture
 def scenarios(node):
-    server, _ = node
-    kms = client(server)
+    server = node.server
+    kms = client(server, node.akid, node.secret)
     aes = kms.create_key()["KeyMetadata"]["KeyId"]
     ec = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
     rsa = kms.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
@@ -196,7 +242,8 @@ def scenarios(node):
         kms.untag_resource(KeyId=aes, TagKeys=[body["Tags"][0]["TagKey"]])
 
     def user_there(body):
-        return any(u["UserName"] == body["UserName"] for u in admin(server, "ListUsers")["Users"])
+        return any(u["UserName"] == body["UserName"] for u in admin(server, "ListUsers", akid=node.akid,
+                                                            secret=node.secret)["Users"])
 
     def grew(count):
         """made() for a request that adds one of what count() counts, named by nothing
@@ -223,8 +270,12 @@ def scenarios(node):
 
     cold_ec, cold_aes = cold("ECC_NIST_P256", "SIGN_VERIFY"), cold("SYMMETRIC_DEFAULT",
                                                                     "ENCRYPT_DECRYPT")
+    cold_rsa, cold_ed = cold("RSA_2048", "SIGN_VERIFY"), cold("ECC_NIST_EDWARDS25519",
+                                                              "SIGN_VERIFY")
+    cold_mac = cold("HMAC_256", "GENERATE_VERIFY_MAC")
     jwt = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
-    st, out = signed_call(server, "HsmdJwt.EnableJwtSigning", {"KeyId": jwt})
+    st, out = signed_call(server, "HsmdJwt.EnableJwtSigning", {"KeyId": jwt}, akid=node.akid,
+                          secret=node.secret)
     assert st == 200, out
 
     return [
@@ -254,7 +305,7 @@ def scenarios(node):
         Scenario("Status (administration, no credentials)", "HsmdAdmin.Status", lambda: {},
                  own_record=False),
         Scenario("unknown access key", "Encrypt", lambda: {
-            "KeyId": aes, "Plaintext": b64(b"x")}, akid=UNKNOWN_AKID),
+            "KeyId": aes, "Plaintext": b64(b"x")}, unknown=True),
         Scenario("CreateKey (lane)", "CreateKey", lambda: {"Description": "oom"}, grew(keys)),
         Scenario("CreateGrant (lane)", "CreateGrant", lambda: {
             "KeyId": aes, "GranteePrincipal": "arn:aws:iam::111122223333:user/oom",
@@ -264,9 +315,18 @@ def scenarios(node):
             "KeyId": jwt, "Claims": {"sub": "oom", "aud": "api"}}),
         Scenario("Sign P-256, the key's first use", "Sign", lambda: {
             "KeyId": cold_ec(), "Message": b64(b"m" * 64), "MessageType": "RAW",
-            "SigningAlgorithm": "ECDSA_SHA_256"}, spread=150),
+            "SigningAlgorithm": "ECDSA_SHA_256"}, spread=COLD_SPREAD),
+        Scenario("Sign RSA-2048, the key's first use", "Sign", lambda: {
+            "KeyId": cold_rsa(), "Message": b64(b"m" * 64), "MessageType": "RAW",
+            "SigningAlgorithm": "RSASSA_PSS_SHA_256"}, spread=COLD_SPREAD // 3),
+        Scenario("Sign Ed25519, the key's first use", "Sign", lambda: {
+            "KeyId": cold_ed(), "Message": b64(b"m" * 64), "MessageType": "RAW",
+            "SigningAlgorithm": "ED25519_SHA_512"}, spread=COLD_SPREAD // 3),
+        Scenario("GenerateMac, the key's first use", "GenerateMac", lambda: {
+            "KeyId": cold_mac(), "Message": b64(b"m" * 32), "MacAlgorithm": "HMAC_SHA_256"},
+            spread=COLD_SPREAD // 3),
         Scenario("Encrypt, the key's first use", "Encrypt", lambda: {
-            "KeyId": cold_aes(), "Plaintext": b64(b"x" * 64)}, spread=150),
+            "KeyId": cold_aes(), "Plaintext": b64(b"x" * 64)}, spread=COLD_SPREAD),
         Scenario("JWK Set (GET, no credentials)", JWKS_PATH, lambda: {}, own_record=False),
         Scenario("metrics (GET, no credentials)", "/metrics", lambda: {}, own_record=False),
     ]
@@ -279,7 +339,7 @@ def points(n, spread=POINTS):
     if n <= spread:
         return list(range(1, n + 1))
     spread = {1 + round(i * (n - 1) / (spread - 1)) for i in range(spread)}
-    return sorted(spread | set(range(n - TAIL + 1, n + 1)))
+    return sorted(spread | set(range(max(1, n - TAIL + 1), n + 1)))
 
 
 def last_refusal(server):
@@ -314,7 +374,7 @@ def last_seq(server):
 
 
 def test_refused_allocations(node, scenarios):
-    server, faults = node
+    server, faults = node.server, node.faults
     answered = {}  # request id answered 2xx: where
     summary = {}
     for sc in scenarios:
@@ -326,7 +386,7 @@ def test_refused_allocations(node, scenarios):
             nonlocal made
             if mode:
                 faults.command(mode, at)
-            status, doc, rid = send(server, sc.target, body, sc.akid)
+            status, doc, rid = send(node, sc.target, body, sc.unknown)
             if mode:
                 time.sleep(0.02 if mode == 1 else 0)  # the worker's last allocations
             fired = mode == 2 and faults.fired
@@ -373,7 +433,7 @@ def test_refused_allocations(node, scenarios):
                 assert fired, f"{where}: {status} {doc} with nothing refused"
                 assert status in (500, 503), (
                     f"{where}: a refused allocation answered {status} {doc}; "
-                    f"unrefused: {status0} {doc0}")
+                    f"unrefused: {status0} {doc0}\n{last_refusal(server)}")
                 assert doc == {} or doc.get("__type") in (
                     "KMSInternalException", "ServiceUnavailableException"), f"{where}: {doc}"
                 outcomes[str(status)] += 1
