@@ -333,9 +333,11 @@ static hsm_result transaction(pg_store *s, const char *begin, bool outbox, pg_bo
 		bool unanswered = false;
 		if (hsm_ok(res))
 			res = commit(c, &unanswered);
+		/* Not after a timeout: the probe would wait as long again on a frozen server. */
+		bool resolvable = unanswered && !c->late && in != NULL && !in->written;
 		rollback_if_open(c);
 		pool_put(s, c);
-		if (hsm_failed(res) && unanswered && in != NULL && !in->written)
+		if (hsm_failed(res) && resolvable)
 			res = resolve_commit(s, in, res);
 		if (hsm_ok(res) && in != NULL)
 			in->written = true;
