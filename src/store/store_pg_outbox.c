@@ -24,14 +24,20 @@ static const char SQL_OUTBOX_DELETE[] =
 	"DELETE FROM audit_outbox WHERE node_id = $1 AND request_id = ANY ($2::text[])";
 #define OUTBOX_DELETE_BATCH 1000
 
+/* in's row, and parameters that begin with its key: $1 node id, $2 request id. */
+static void row_params(hsm_store_intent *in, st_outbox_row *row, pg_params *p)
+{
+	st_outbox_row_of(in, row);
+	pg_params_init(p);
+	pg_p_text(p, row->node_id);
+	pg_p_text(p, row->request_id);
+}
+
 hsm_result pg_outbox_insert(pg_conn *w, hsm_store_intent *in)
 {
 	st_outbox_row row;
-	st_outbox_row_of(in, &row);
 	pg_params p;
-	pg_params_init(&p);
-	pg_p_text(&p, row.node_id);
-	pg_p_text(&p, row.request_id);
+	row_params(in, &row, &p);
 	pg_p_i64(&p, row.created_ms);
 	pg_p_text(&p, row.operation);
 	pg_p_text(&p, row.principal);
@@ -49,11 +55,8 @@ static const char SQL_OUTBOX_PROBE[] =
 hsm_result pg_outbox_probe(pg_conn *c, hsm_store_intent *in, bool *present)
 {
 	st_outbox_row row;
-	st_outbox_row_of(in, &row);
 	pg_params p;
-	pg_params_init(&p);
-	pg_p_text(&p, row.node_id);
-	pg_p_text(&p, row.request_id);
+	row_params(in, &row, &p);
 	PGresult *r = NULL;
 	HSM_GUARD(pg_run(c, SQL_OUTBOX_PROBE, &p, &r));
 	*present = PQntuples(r) == 0; /* nothing inserted: the row is there */
