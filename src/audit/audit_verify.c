@@ -14,6 +14,8 @@
 
 #include "audit/audit_internal.h"
 #include "common/encoding.h"
+#include "common/json_read.h"
+#include "crypto/crypto.h"
 #include "common/util.h"
 
 #define VERIFY_FILE_MAX ((size_t)1 << 30)
@@ -58,7 +60,8 @@ static bool is_hex64(const char *s)
 	return true;
 }
 
-static void parse_checkpoint(json_t *c, ventry *e)
+/* Fails only for want of memory: anything else is a verdict in e. */
+static hsm_result parse_checkpoint(json_t *c, ventry *e)
 {
 	const char *reason = json_string_value(json_object_get(c, "reason"));
 	json_t *sgn = json_object_get(c, "signed");
@@ -66,7 +69,7 @@ static void parse_checkpoint(json_t *c, ventry *e)
 	if (reason == NULL || !json_is_boolean(sgn) ||
 	    hsm_failed(hsm_strcpy(e->reason, sizeof(e->reason), reason))) {
 		e->kind = VE_MALFORMED;
-		return;
+		return HSM_SUCCESS;
 	}
 	json_t *kept = json_object_get(c, "kept_from");
 	if (kept != NULL) {
@@ -74,7 +77,7 @@ static void parse_checkpoint(json_t *c, ventry *e)
 		if (!json_is_integer(kept) || json_integer_value(kept) <= 0 ||
 		    (uint64_t)json_integer_value(kept) > e->seq) {
 			e->kind = VE_MALFORMED;
-			return;
+			return HSM_SUCCESS;
 		}
 		e->kept_from = (uint64_t)json_integer_value(kept);
 	}
@@ -83,22 +86,25 @@ static void parse_checkpoint(json_t *c, ventry *e)
 		if (!json_is_integer(fmt) || json_integer_value(fmt) <= 0 ||
 		    json_integer_value(fmt) > 999) {
 			e->kind = VE_MALFORMED;
-			return;
+			return HSM_SUCCESS;
 		}
 		e->trail_format = (unsigned)json_integer_value(fmt);
 	}
 	e->ckpt_signed = json_is_true(sgn);
 	if (!e->ckpt_signed)
-		return;
+		return HSM_SUCCESS;
 	const char *alg = json_string_value(json_object_get(c, "alg"));
 	const char *sig = json_string_value(json_object_get(c, "sig"));
 	hsm_buf raw = {0};
+	hsm_result res = HSM_SUCCESS;
+	if (alg != NULL && strcmp(alg, "Ed25519") == 0 && sig != NULL)
+		res = hsm_b64_decode(&raw, sig, strlen(sig), HSM_ERR_VALIDATION);
 	e->ckpt_sig_ok_form = alg != NULL && strcmp(alg, "Ed25519") == 0 && sig != NULL &&
-	                      hsm_ok(hsm_b64_decode(&raw, sig, strlen(sig), HSM_ERR_VALIDATION)) &&
-	                      raw.len == sizeof(e->sig);
+	                      hsm_ok(res) && raw.len == sizeof(e->sig);
 	if (e->ckpt_sig_ok_form)
 		memcpy(e->sig, raw.data, sizeof(e->sig));
 	hsm_buf_free(&raw);
+	return res.err == HSM_ERR_NOMEM ? res : HSM_SUCCESS;
 }
 
 /*
@@ -118,11 +124,23 @@ static bool parse_trail_format(json_t *j, ventry *e)
 	return true;
 }
 
-static void parse_entry(const uint8_t *p, size_t n, ventry *e)
+/*
+ * Fails only for want of memory, which is no verdict on the line: jansson's
+ * json_loadb would read a line it had no memory for as malformed (or as
+ * another line), hence hsmd's own reader.
+ */
+static hsm_result parse_entry(const uint8_t *p, size_t n, ventry *e)
 {
-	EVP_Digest(p, n, e->hash, NULL, EVP_sha256(), NULL);
+	hsm_result res = HSM_SUCCESS;
+	hsm_crypto_watch();
+	HSM_ENSURE(EVP_Digest(p, n, e->hash, NULL, EVP_sha256(), NULL) == 1, HSM_ERR_NOMEM,
+	           "out of memory hashing an audit record");
 	e->kind = VE_MALFORMED;
-	json_t *j = json_loadb((const char *)p, n, JSON_REJECT_DUPLICATES, NULL);
+	json_t *j = NULL;
+	unsigned line, col;
+	res = hsm_json_read(p, n, &j, &line, &col);
+	if (res.err == HSM_ERR_NOMEM)
+		return res;
 	json_t *seq = json_object_get(j, "seq");
 	const char *prev = json_string_value(json_object_get(j, "prev"));
 	const char *type = json_string_value(json_object_get(j, "type"));
@@ -145,7 +163,7 @@ static void parse_entry(const uint8_t *p, size_t n, ventry *e)
 		static const uint8_t zero[AUDIT_HASH_LEN];
 		e->genesis = hsm_ct_equal(e->prev, zero, AUDIT_HASH_LEN);
 		if (strcmp(type, "checkpoint") == 0) {
-			parse_checkpoint(json_object_get(j, "checkpoint"), e);
+			res = parse_checkpoint(json_object_get(j, "checkpoint"), e);
 		} else {
 			const char *op = json_string_value(json_object_get(j, "op"));
 			const char *outcome = json_string_value(json_object_get(j, "outcome"));
@@ -162,6 +180,7 @@ static void parse_entry(const uint8_t *p, size_t n, ventry *e)
 		}
 	}
 	json_decref(j);
+	return res.err == HSM_ERR_NOMEM ? res : HSM_SUCCESS;
 }
 
 /* Reads the next line of the log into e; false at the end. */
@@ -189,7 +208,12 @@ static bool read_entry(vreader *r, ventry *e)
 	}
 	e->len = (size_t)(nl - start);
 	r->pos += e->len + 1;
-	parse_entry(start, e->len, e);
+	hsm_result res = parse_entry(start, e->len, e);
+	if (hsm_failed(res)) { /* no verdict: the run fails (r->io) */
+		if (hsm_ok(r->io))
+			r->io = res;
+		return false;
+	}
 	return true;
 }
 
@@ -247,13 +271,20 @@ static bool check_signature(vreader *r, EVP_PKEY *pub, const ventry *e,
 		return true;
 	}
 	hsm_buf msg = {0};
-	bool ok = hsm_ok(audit_checkpoint_message(&msg, e->node, e->seq, e->time, e->reason,
-	                                          e->kept_from, e->prev_hex));
-	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-	ok = ok && ctx != NULL && EVP_DigestVerifyInit_ex(ctx, NULL, NULL, NULL, NULL, pub, NULL) == 1 &&
-	     EVP_DigestVerify(ctx, e->sig, sizeof(e->sig), msg.data, msg.len) == 1;
+	hsm_crypto_watch();
+	hsm_result made = audit_checkpoint_message(&msg, e->node, e->seq, e->time, e->reason,
+	                                           e->kept_from, e->prev_hex);
+	EVP_MD_CTX *ctx = hsm_ok(made) ? EVP_MD_CTX_new() : NULL;
+	bool set = ctx != NULL && EVP_DigestVerifyInit_ex(ctx, NULL, NULL, NULL, NULL, pub, NULL) == 1;
+	bool ok = set && EVP_DigestVerify(ctx, e->sig, sizeof(e->sig), msg.data, msg.len) == 1;
 	EVP_MD_CTX_free(ctx);
 	hsm_buf_free(&msg);
+	/* Short of memory: no verdict on the signature; the run fails (r->io). */
+	if (!ok && (hsm_failed(made) || !set || hsm_crypto_ran_out())) {
+		if (hsm_ok(r->io))
+			r->io = hsm_failed(made) ? made : HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
+		return false;
+	}
 	if (!ok) {
 		verify_report_at(r, rep, HSM_AUDIT_BAD_SIGNATURE, e,
 		                 "checkpoint signature does not verify with the given public key");

@@ -35,6 +35,14 @@
  * before any other function here; idempotent and thread-safe.
  */
 hsm_result hsm_crypto_init(void) HSM_MUST_CHECK;
+/*
+ * For code outside this module that calls OpenSSL itself: hsm_crypto_watch()
+ * before the call and, when it failed, hsm_crypto_ran_out() says whether
+ * memory ran out (OpenSSL's error queue, or malloc's ENOMEM), so that the
+ * failure is not read as a verdict.  The queue is dropped either way.
+ */
+void hsm_crypto_watch(void);
+bool hsm_crypto_ran_out(void);
 
 /* ---- Key material -------------------------------------------------------- */
 

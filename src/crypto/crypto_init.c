@@ -69,6 +69,16 @@ const EVP_MD *hsm_crypto_md(const char *name)
 	return NULL;
 }
 
+void hsm_crypto_watch(void)
+{
+	hsm_ossl_watch();
+}
+
+bool hsm_crypto_ran_out(void)
+{
+	return hsm_ossl_ran_out();
+}
+
 bool hsm_ossl_drop_errors(void)
 {
 	bool nomem = false;

@@ -10,8 +10,10 @@
 
 #include <jansson.h>
 #include <openssl/crypto.h>
+#include <openssl/provider.h>
 
 #include "common/log.h"
+#include "crypto/crypto.h"
 #include "common/secret.h"
 #include "common/util.h"
 #include "hsmctl/hsmctl.h"
@@ -418,6 +420,12 @@ int main(int argc, char **argv)
 	/* Request and response bodies (shares, secrets, data keys) pass through
 	 * jansson's memory: wipe it on free. */
 	json_set_alloc_funcs(hsm_wiping_malloc, hsm_wiping_free);
+	/* OpenSSL otherwise sets up its default library context on first use, where
+	 * 3.0 crashes if memory runs out: here, checked, it fails cleanly. */
+	if (OSSL_LIB_CTX_get0_global_default() == NULL || hsm_failed(hsm_crypto_init())) {
+		fprintf(stderr, "hsmctl: cannot initialize OpenSSL (out of memory?)\n");
+		return 1;
+	}
 	int first = parse_globals(argc, argv);
 	if (first < 0)
 		return 2;

@@ -40,7 +40,8 @@ import uuid
 import pytest
 import requests
 
-from conftest import DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, signed_request
+from conftest import (DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, signed_request,
+                      start_dev)
 from helpers import Postgres, admin, audit_records, b64, make_pki
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -498,3 +499,48 @@ def test_refused_allocations(node, scenarios):
     files = sorted(glob.glob(os.path.join(server.data_dir, "audit", "audit-*.jsonl")))
     out = subprocess.run([HSMCTL, "audit", "verify"] + files, capture_output=True, text=True)
     assert out.returncode == 0 and "result: VALID" in out.stdout, out.stdout + out.stderr
+
+
+def test_audit_verify_short_of_memory(shim, tmp_path):
+    """`hsmctl audit verify` short of memory says it could not verify, never that the
+    trail was tampered with (INVALID), and does not crash.  A false INVALID would send
+    an auditor after an intruder who does not exist."""
+    server = start_dev()
+    try:
+        kms = client(server)
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        for i in range(20):
+            kms.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext={"n": str(i)})
+    finally:
+        server.stop()
+    files = sorted(glob.glob(os.path.join(server.data_dir, "audit", "audit-*.jsonl")))
+    faults = Faults(str(tmp_path / "ctl"), "hsmctl")
+    env = dict(os.environ, LD_PRELOAD=shim, HSM_TEST_OOM_CTL=str(tmp_path / "ctl"))
+
+    def verify(mode, at=0):
+        faults.command(mode, at)
+        p = subprocess.run([HSMCTL, "audit", "verify"] + files, capture_output=True, text=True,
+                           env=env, timeout=120)
+        return p, faults.seen, faults.fired
+
+    p, n, _ = verify(1)
+    assert p.returncode == 0 and "result: VALID" in p.stdout, p.stdout + p.stderr
+    outcomes = {"valid": 0, "could not verify": 0, "loader": 0}
+    for at in points(n, 400, 0):
+        p, _, fired = verify(2, at)
+        out = p.stdout + p.stderr
+        where = f"allocation {at} of {n}"
+        assert p.returncode >= 0, f"{where}: hsmctl died of signal {-p.returncode}\n{out}"
+        assert "INVALID" not in out, f"{where}: a false verdict\n{out}"
+        if p.returncode == 0:
+            assert "result: VALID" in p.stdout, f"{where}: {out}"
+            outcomes["valid"] += 1
+        elif p.returncode == 127 and "ld.so" in p.stderr:
+            # The dynamic loader's own allocation, before hsmctl runs (glibc asserts).
+            outcomes["loader"] += 1
+        else:
+            assert fired and p.returncode == 1 and "out of memory" in p.stderr, f"{where}: {out}"
+            outcomes["could not verify"] += 1
+    faults.close()
+    print(f"audit verify: {n} allocations, {outcomes}")
+    assert outcomes["could not verify"] > 0, outcomes
