@@ -6,7 +6,9 @@
  * typical KMS request.  HMAC contexts are cloned from a template that
  * already names SHA-256, so a MAC costs one context copy and no lookup.
  */
+#include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -18,20 +20,26 @@
 #include "common/encoding.h"
 #include "common/util.h"
 
-static pthread_once_t prim_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t prim_lock = PTHREAD_MUTEX_INITIALIZER;
+static atomic_bool prim_set_up;
 static EVP_MD *prim_sha256;
 static EVP_MAC_CTX *prim_hmac_template;
 
-static void prim_init(void)
+/* The error of a failed OpenSSL call made after errno was set to 0 (HSM_ERR_NOMEM: malloc's). */
+static hsm_err ossl_err(void)
 {
-	prim_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
-	EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-	if (mac == NULL)
-		return;
-	EVP_MAC_CTX *ctx = EVP_MAC_CTX_new(mac);
+	return errno == ENOMEM ? HSM_ERR_NOMEM : HSM_ERR_CRYPTO;
+}
+
+static bool prim_init(void)
+{
+	if (prim_sha256 == NULL)
+		prim_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+	EVP_MAC *mac = prim_sha256 != NULL ? EVP_MAC_fetch(NULL, "HMAC", NULL) : NULL;
+	EVP_MAC_CTX *ctx = mac != NULL ? EVP_MAC_CTX_new(mac) : NULL;
 	EVP_MAC_free(mac); /* the context keeps its own reference */
 	if (ctx == NULL)
-		return;
+		return false;
 	char digest[] = "SHA256";
 	OSSL_PARAM params[] = {
 	    OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
@@ -39,16 +47,31 @@ static void prim_init(void)
 	};
 	if (EVP_MAC_CTX_set_params(ctx, params) != 1) {
 		EVP_MAC_CTX_free(ctx);
-		return;
+		return false;
 	}
 	prim_hmac_template = ctx;
+	return true;
 }
 
+/*
+ * Sets the implementations up on first use.  Not pthread_once: a set-up that
+ * failed (memory ran out, in a process this code shares with an application
+ * through the PKCS#11 module) is tried again by the next call, rather than
+ * leaving SigV4 unavailable for the life of the process.
+ */
 static hsm_result prim_ready(void)
 {
-	HSM_ENSURE(pthread_once(&prim_once, prim_init) == 0 && prim_sha256 != NULL &&
-	               prim_hmac_template != NULL,
-	           HSM_ERR_CRYPTO, "SHA-256 or HMAC is unavailable");
+	if (atomic_load_explicit(&prim_set_up, memory_order_acquire))
+		return HSM_SUCCESS;
+	pthread_mutex_lock(&prim_lock);
+	errno = 0;
+	bool ok = atomic_load_explicit(&prim_set_up, memory_order_relaxed) || prim_init();
+	hsm_err err = ossl_err();
+	if (ok)
+		atomic_store_explicit(&prim_set_up, true, memory_order_release);
+	pthread_mutex_unlock(&prim_lock);
+	HSM_ENSURE(ok, err, "SHA-256 or HMAC is unavailable%s",
+	           err == HSM_ERR_NOMEM ? ": out of memory" : "");
 	return HSM_SUCCESS;
 }
 
@@ -58,9 +81,10 @@ hsm_result hsm_sigv4_sha256_hex(const void *p, size_t n, char out[HSM_SIGV4_HEX_
 	unsigned int md_len = 0;
 	HSM_GUARD(prim_ready());
 	/* EVP_Digest wants a non-NULL pointer even for an empty message. */
+	errno = 0;
 	HSM_ENSURE(EVP_Digest(n > 0 ? p : "", n, md, &md_len, prim_sha256, NULL) == 1 &&
 	               md_len == sizeof(md),
-	           HSM_ERR_CRYPTO, "SHA-256 failed");
+	           ossl_err(), "SHA-256 failed");
 	hsm_hex_encode_str(out, md, sizeof(md));
 	return HSM_SUCCESS;
 }
@@ -72,13 +96,14 @@ hsm_result hsm_sigv4_hmac(const uint8_t *key, size_t key_len, const void *msg, s
 	EVP_MAC_CTX *ctx = NULL;
 	size_t out_len = 0;
 	HSM_TRY(prim_ready());
+	errno = 0;
 	ctx = EVP_MAC_CTX_dup(prim_hmac_template);
 	HSM_CHECK(ctx != NULL, HSM_ERR_NOMEM, "out of memory");
 	HSM_CHECK(EVP_MAC_init(ctx, key, key_len, NULL) == 1 &&
 	              EVP_MAC_update(ctx, msg, msg_len) == 1 &&
 	              EVP_MAC_final(ctx, out, &out_len, HSM_SIGV4_SIG_LEN) == 1 &&
 	              out_len == HSM_SIGV4_SIG_LEN,
-	          HSM_ERR_CRYPTO, "HMAC-SHA256 failed");
+	          ossl_err(), "HMAC-SHA256 failed");
 out:
 	EVP_MAC_CTX_free(ctx);
 	return res;
@@ -89,11 +114,13 @@ hsm_result hsm_sigv4_mac_new(const hsm_secret *key, EVP_MAC_CTX **out)
 	EVP_MAC_CTX *ctx;
 	HSM_ASSERT(hsm_secret_len(key) == HSM_SIGV4_KEY_LEN);
 	HSM_GUARD(prim_ready());
+	errno = 0;
 	ctx = EVP_MAC_CTX_dup(prim_hmac_template);
 	HSM_ENSURE(ctx != NULL, HSM_ERR_NOMEM, "out of memory");
 	if (EVP_MAC_init(ctx, hsm_secret_bytes(key), HSM_SIGV4_KEY_LEN, NULL) != 1) {
+		hsm_err err = ossl_err();
 		EVP_MAC_CTX_free(ctx);
-		return HSM_FAIL(HSM_ERR_CRYPTO, "HMAC-SHA256 failed");
+		return HSM_FAIL(err, "HMAC-SHA256 failed");
 	}
 	*out = ctx;
 	return HSM_SUCCESS;
@@ -126,10 +153,11 @@ hsm_result hsm_sigv4_compute(const hsm_buf *canonical, const char *amz_date, con
 	size_t n = 0, out_len = 0;
 	HSM_GUARD(hsm_sigv4_string_to_sign(canonical, amz_date, date, region, service, sts, &n));
 	/* A NULL key restarts the MAC with the key the context already holds. */
+	errno = 0;
 	HSM_ENSURE(EVP_MAC_init(mac, NULL, 0, NULL) == 1 && EVP_MAC_update(mac, (const uint8_t *)sts, n) == 1 &&
 	               EVP_MAC_final(mac, out, &out_len, HSM_SIGV4_SIG_LEN) == 1 &&
 	               out_len == HSM_SIGV4_SIG_LEN,
-	           HSM_ERR_CRYPTO, "HMAC-SHA256 failed");
+	           ossl_err(), "HMAC-SHA256 failed");
 	return HSM_SUCCESS;
 }
 

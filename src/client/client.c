@@ -117,11 +117,28 @@ static hsm_result parse_endpoint(const char *text, size_t n, endpoint *ep)
 	return HSM_SUCCESS;
 }
 
+/*
+ * The error of a failed OpenSSL call made after errno was set to 0: out of
+ * memory when an allocation in it failed (malloc's ENOMEM, or OpenSSL's
+ * queue: its socket reads set errno to 0 again), else `otherwise`.  Empties
+ * the queue.  This client also runs inside applications (the PKCS#11
+ * module), where memory running out must not read as a broken connection or
+ * a bad server.
+ */
+static hsm_err tls_err(hsm_err otherwise)
+{
+	bool ran_out = errno == ENOMEM;
+	for (unsigned long e; (e = ERR_get_error()) != 0;)
+		ran_out = ran_out || ERR_GET_REASON(e) == ERR_R_MALLOC_FAILURE;
+	return ran_out ? HSM_ERR_NOMEM : otherwise;
+}
+
 static hsm_result make_ssl(const hsm_client *c, const endpoint *ep, SSL_CTX **ctx_out,
                            SSL **ssl_out)
 {
+	errno = 0;
 	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-	HSM_ENSURE(ctx != NULL, HSM_ERR_CRYPTO, "cannot create a TLS context");
+	HSM_ENSURE(ctx != NULL, tls_err(HSM_ERR_CRYPTO), "cannot create a TLS context");
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 	int ok = c->ca_file != NULL ? SSL_CTX_load_verify_locations(ctx, c->ca_file, NULL)
@@ -133,7 +150,7 @@ static hsm_result make_ssl(const hsm_client *c, const endpoint *ep, SSL_CTX **ct
 		    SSL_CTX_check_private_key(ctx) != 1) {
 			ERR_clear_error();
 			SSL_CTX_free(ctx);
-			return HSM_FAIL(HSM_ERR_CRYPTO,
+			return HSM_FAIL(tls_err(HSM_ERR_CRYPTO),
 			                "cannot use the client certificate %s with the key %s (unreadable, "
 			                "not PEM, or not a pair)",
 			                c->cert_file, key);
@@ -150,7 +167,7 @@ static hsm_result make_ssl(const hsm_client *c, const endpoint *ep, SSL_CTX **ct
 	    (!is_addr && SSL_set_tlsext_host_name(ssl, sni) != 1)) {
 		SSL_free(ssl);
 		SSL_CTX_free(ctx);
-		return HSM_FAIL(HSM_ERR_CRYPTO, "cannot set up TLS for %s (CA file %s)", ep->host,
+		return HSM_FAIL(tls_err(HSM_ERR_CRYPTO), "cannot set up TLS for %s (CA file %s)", ep->host,
 		                c->ca_file ? c->ca_file : "system default");
 	}
 	*ctx_out = ctx;
@@ -265,9 +282,26 @@ static int tcp_connect(const hsm_client *c, const endpoint *ep, int *err)
 /*
  * Connects to ep.  *reached is false when no connection could be made at all
  * (the caller then tries the next endpoint); a TLS failure is an error.
+ * A handshake that failed is made once more, from a new context, before it
+ * is reported: short of memory, OpenSSL can fail quietly (a CA certificate
+ * left out as the file is read, a key not decoded), and the failure then
+ * reads as a server not trusted.  A server truly refused fails both times;
+ * no request has been sent.
  */
+static hsm_result conn_open_once(const hsm_client *c, const endpoint *ep,
+                                 struct hsm_client_conn **out, bool *reached);
+
 static hsm_result conn_open(const hsm_client *c, const endpoint *ep, struct hsm_client_conn **out,
                             bool *reached)
+{
+	hsm_result r = conn_open_once(c, ep, out, reached);
+	if (hsm_failed(r) && *reached && ep->tls && r.err == HSM_ERR_IO)
+		r = conn_open_once(c, ep, out, reached);
+	return r;
+}
+
+static hsm_result conn_open_once(const hsm_client *c, const endpoint *ep,
+                                 struct hsm_client_conn **out, bool *reached)
 {
 	*reached = false;
 	struct hsm_client_conn *k = calloc(1, sizeof(*k));
@@ -282,11 +316,14 @@ static hsm_result conn_open(const hsm_client *c, const endpoint *ep, struct hsm_
 	*reached = true;
 	if (ep->tls) {
 		hsm_result r = make_ssl(c, ep, &k->ctx, &k->ssl);
+		errno = 0;
 		if (hsm_ok(r) && (SSL_set_fd(k->ssl, k->fd) != 1 || SSL_connect(k->ssl) != 1)) {
 			long v = SSL_get_verify_result(k->ssl);
-			r = HSM_FAIL(HSM_ERR_IO, "TLS with %s failed: %s", ep->authority,
-			             v != X509_V_OK ? X509_verify_cert_error_string(v) : "handshake failed");
-			ERR_clear_error();
+			hsm_err e = tls_err(HSM_ERR_IO);
+			r = HSM_FAIL(e, "TLS with %s failed: %s", ep->authority,
+			             e == HSM_ERR_NOMEM ? "out of memory"
+			             : v != X509_V_OK     ? X509_verify_cert_error_string(v)
+			                                  : "handshake failed");
 		}
 		if (hsm_failed(r)) {
 			conn_free(k);
@@ -302,16 +339,20 @@ static hsm_result conn_write(struct hsm_client_conn *k, const void *p, size_t n)
 	const uint8_t *b = p;
 	while (n > 0) {
 		ssize_t w;
+		errno = 0;
+		hsm_err err = HSM_ERR_IO;
 		if (k->ssl != NULL) {
 			size_t done = 0;
 			w = SSL_write_ex(k->ssl, b, n, &done) == 1 ? (ssize_t)done : -1;
-			ERR_clear_error();
+			err = tls_err(HSM_ERR_IO);
 		} else {
 			w = send(k->fd, b, n, MSG_NOSIGNAL);
 			if (w < 0 && errno == EINTR)
 				continue;
+			err = w < 0 && errno == ENOMEM ? HSM_ERR_NOMEM : HSM_ERR_IO;
 		}
-		HSM_ENSURE(w > 0, HSM_ERR_IO, "cannot send to %s", k->ep.authority);
+		HSM_ENSURE(w > 0, err, "cannot send to %s%s", k->ep.authority,
+		           err == HSM_ERR_NOMEM ? ": out of memory" : "");
 		b += w;
 		n -= (size_t)w;
 	}
@@ -324,23 +365,30 @@ static hsm_result conn_fill(struct hsm_client_conn *k, size_t *got)
 	k->have = k->off = 0;
 	ssize_t r;
 	const char *tls_why = NULL; /* OpenSSL's reason: a node refusing this client says why */
+	hsm_err err;
+	errno = 0;
 	if (k->ssl != NULL) {
 		size_t done = 0;
 		int rc = SSL_read_ex(k->ssl, k->buf, sizeof(k->buf), &done);
 		int e = rc == 1 ? SSL_ERROR_NONE : SSL_get_error(k->ssl, rc);
 		if (e == SSL_ERROR_SSL)
 			tls_why = ERR_reason_error_string(ERR_peek_last_error());
-		ERR_clear_error();
+		k->timed_out = rc != 1 && (errno == EAGAIN || errno == EWOULDBLOCK);
+		err = tls_err(HSM_ERR_IO);
 		r = rc == 1 ? (ssize_t)done : e == SSL_ERROR_ZERO_RETURN ? 0 : -1;
 	} else {
 		do
 			r = recv(k->fd, k->buf, sizeof(k->buf), 0);
 		while (r < 0 && errno == EINTR);
+		k->timed_out = r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+		err = r < 0 && errno == ENOMEM ? HSM_ERR_NOMEM : HSM_ERR_IO;
 	}
-	k->timed_out = r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
-	HSM_ENSURE(r >= 0, HSM_ERR_IO, "no answer from %s (%s%s%s)", k->ep.authority,
-	           k->timed_out ? "timed out" : "connection failed", tls_why != NULL ? ": " : "",
-	           tls_why != NULL ? tls_why : "");
+	HSM_ENSURE(r >= 0, err, "no answer from %s (%s%s%s)", k->ep.authority,
+	           k->timed_out            ? "timed out"
+	           : err == HSM_ERR_NOMEM ? "out of memory"
+	                                   : "connection failed",
+	           tls_why != NULL && err != HSM_ERR_NOMEM ? ": " : "",
+	           tls_why != NULL && err != HSM_ERR_NOMEM ? tls_why : "");
 	k->have = (size_t)r;
 	*got = k->have;
 	return HSM_SUCCESS;
@@ -570,7 +618,9 @@ static hsm_result request(hsm_client *c, const endpoint *ep, const char *target,
 		bool timed_out = k->timed_out;
 		if (hsm_failed(r) || a->close)
 			hsm_client_close(c);
-		if (hsm_ok(r) || !reused || a->any || timed_out || attempt > 0)
+		/* Only a connection found closed is tried again: never a request that failed
+		 * for want of memory, which may have been sent already. */
+		if (hsm_ok(r) || r.err != HSM_ERR_IO || !reused || a->any || timed_out || attempt > 0)
 			return r;
 		k = NULL;
 	}
