@@ -133,14 +133,14 @@ static CK_RV list(json_t *object_id, json_t *label, new_ids *fresh)
 	CK_RV rv = CKR_OK;
 	for (;;) {
 		json_t *body = json_pack("{s:i,s:b}", "Limit", 1000, "IncludeCertificate", fresh == NULL);
-		if (body == NULL)
-			return CKR_HOST_MEMORY;
-		if (marker[0] != '\0')
-			json_object_set_new(body, "Marker", json_string(marker));
-		if (object_id != NULL)
-			json_object_set(body, "ObjectId", object_id);
-		if (label != NULL)
-			json_object_set(body, "Label", label);
+		/* A filter or marker left out would list other certificates: none is. */
+		if (body == NULL || (marker[0] != '\0' && !p11_set(body, "Marker", json_string(marker))) ||
+		    (object_id != NULL && json_object_set(body, "ObjectId", object_id) != 0) ||
+		    (label != NULL && json_object_set(body, "Label", label) != 0)) {
+			json_decref(body);
+			rv = CKR_HOST_MEMORY;
+			break;
+		}
 		json_decref(ans);
 		ans = NULL;
 		rv = p11_call("HsmdAdmin.ListCertificates", body, &ans);
@@ -383,10 +383,11 @@ static CK_RV import(const CK_ATTRIBUTE *value, const char *label, const CK_ATTRI
 	    hsm_failed(hsm_b64_encode(&oid, id != NULL ? id->pValue : NULL,
 	                              id != NULL ? id->ulValueLen : 0)))
 		goto out;
-	json_object_set_new(body, "Certificate", json_stringn((const char *)der.data, der.len));
-	json_object_set_new(body, "Label", json_string(label));
-	/* Always given: a certificate without CKA_ID has none (hsmd's default is for KeyId). */
-	json_object_set_new(body, "ObjectId", json_stringn(oid.len ? (const char *)oid.data : "", oid.len));
+	/* ObjectId always given: a certificate without CKA_ID has none (hsmd's default is for KeyId). */
+	if (!p11_set(body, "Certificate", json_stringn((const char *)der.data, der.len)) ||
+	    !p11_set(body, "Label", json_string(label)) ||
+	    !p11_set(body, "ObjectId", json_stringn(oid.len ? (const char *)oid.data : "", oid.len)))
+		goto out;
 	rv = p11_call("HsmdAdmin.ImportCertificate", body, &ans);
 	body = NULL; /* taken */
 	const char *got = json_string_value(json_object_get(ans, "CertificateId"));

@@ -105,12 +105,13 @@ static CK_RV call_gcm(bool encrypt, const p11_ticket *t, const p11_op *op, const
 	    hsm_failed(hsm_b64_encode(&aad, op->data.data, op->data.len)) ||
 	    (!encrypt && hsm_failed(hsm_b64_encode(&ivb, op->iv, GCM_IV_LEN))))
 		goto out;
-	json_object_set_new(body, "KeyId", json_string(key_id));
-	json_object_set_new(body, encrypt ? "Plaintext" : "Ciphertext",
-	                    json_stringn((const char *)data.data, data.len));
-	json_object_set_new(body, "AdditionalData", json_stringn((const char *)aad.data, aad.len));
-	if (!encrypt)
-		json_object_set_new(body, "Iv", json_stringn((const char *)ivb.data, ivb.len));
+	/* A member left out would change the request (no AdditionalData: none bound). */
+	if (!p11_set(body, "KeyId", json_string(key_id)) ||
+	    !p11_set(body, encrypt ? "Plaintext" : "Ciphertext",
+	             json_stringn((const char *)data.data, data.len)) ||
+	    !p11_set(body, "AdditionalData", json_stringn((const char *)aad.data, aad.len)) ||
+	    (!encrypt && !p11_set(body, "Iv", json_stringn((const char *)ivb.data, ivb.len))))
+		goto out;
 	/* The plaintext of a decryption never passes through jansson. */
 	rv = p11_call_session_secret(t, encrypt ? "HsmdCipher.GcmEncrypt" : "HsmdCipher.GcmDecrypt",
 	                             body, &ans, encrypt ? "Ciphertext" : "Plaintext", out);

@@ -235,9 +235,11 @@ static CK_RV create_alias(const char *alias, const char *key_id, bool reclaim)
  * Makes a key in hsmd (CreateKey, then CreateAlias for a label and for a
  * CKA_ID), then reads the objects again.  A label or CKA_ID another key has
  * is refused before the key is made (one a key pending deletion has moves to
- * the new key); a key whose aliases cannot be made (taken meanwhile) goes
- * again, with the alias made for it: no half-made key stays, and no name it
- * took.
+ * the new key); a key whose aliases or objects cannot be made (a name taken
+ * meanwhile, memory running out) goes again, with the aliases made for it:
+ * no half-made key stays usable, and no name it took.  (A CreateKey whose
+ * answer was lost, the connection or memory failing as it came, leaves a key
+ * the module never learnt of.)
  */
 static CK_RV make_key(hsm_key_spec spec, hsm_key_usage usage, const char *label,
                       const char *id, char key_id[HSM_UUID_STRLEN + 1])
@@ -265,22 +267,34 @@ static CK_RV make_key(hsm_key_spec spec, hsm_key_usage usage, const char *label,
 	json_decref(ans);
 	if (rv != CKR_OK)
 		return rv;
-	bool labelled = false;
+	bool labelled = false, ided = false;
 	if (alias[0] != '\0')
 		labelled = (rv = create_alias(alias, key_id, reclaim_label)) == CKR_OK;
 	if (rv == CKR_OK && id[0] != '\0')
-		rv = create_alias(id, key_id, reclaim_id);
+		ided = (rv = create_alias(id, key_id, reclaim_id)) == CKR_OK;
+	/* Without its objects (memory ran out reading them, say) the call fails: the key goes too. */
+	if (rv == CKR_OK)
+		rv = p11_objects_refresh();
 	if (rv != CKR_OK) {
-		ans = NULL;
-		if (labelled)
-			(void)p11_call("TrentService.DeleteAlias", json_pack("{s:s}", "AliasName", alias), &ans);
-		json_decref(ans);
+		const char *names[] = {labelled ? alias : NULL, ided ? id : NULL};
+		for (size_t i = 0; i < 2; i++) {
+			ans = NULL;
+			if (names[i] != NULL)
+				(void)p11_call("TrentService.DeleteAlias",
+				               json_pack("{s:s}", "AliasName", names[i]), &ans);
+			json_decref(ans);
+		}
 		(void)p11_schedule_deletion(key_id);
+		for (CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY; cls <= CKO_SECRET_KEY; cls++) {
+			const p11_object *o = p11_object_of(key_id, cls);
+			if (o != NULL)
+				p11_object_drop(o->handle);
+		}
 		/* AlreadyExistsException (CKR_TEMPLATE_INCONSISTENT): the label or CKA_ID was taken
 		 * meanwhile; any other refusal (permissions, the network) says what it is. */
 		return rv == CKR_TEMPLATE_INCONSISTENT ? CKR_ATTRIBUTE_VALUE_INVALID : rv;
 	}
-	return p11_objects_refresh();
+	return CKR_OK;
 }
 
 CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR pub,

@@ -14,11 +14,13 @@
  *                        separated by commas (default: every key the user sees)
  *   HSM_PKCS11_TIMEOUT   seconds a call waits for hsmd's answer (1-3600, default 30)
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 
 #include "common/encoding.h"
 #include "common/json_read.h"
@@ -653,9 +655,33 @@ void p11_op_end(p11_op *op, const p11_ticket *t)
 CK_RV p11_b64_member(json_t *o, const char *name, hsm_buf *out)
 {
 	const char *v = json_string_value(json_object_get(o, name));
-	if (v == NULL || hsm_failed(hsm_b64_decode(out, v, strlen(v), HSM_ERR_VALIDATION)))
+	if (v == NULL)
 		return CKR_DEVICE_ERROR;
-	return CKR_OK;
+	return p11_rv_of(hsm_b64_decode(out, v, strlen(v), HSM_ERR_VALIDATION), CKR_DEVICE_ERROR);
+}
+
+CK_RV p11_rv_of(hsm_result r, CK_RV otherwise)
+{
+	return hsm_ok(r) ? CKR_OK : r.err == HSM_ERR_NOMEM ? CKR_HOST_MEMORY : otherwise;
+}
+
+bool p11_set(json_t *body, const char *name, json_t *v)
+{
+	return v != NULL && json_object_set_new(body, name, v) == 0;
+}
+
+void p11_ossl_watch(void)
+{
+	ERR_set_mark();
+	errno = 0;
+}
+
+bool p11_ossl_ran_out(void)
+{
+	/* Not OpenSSL's queue: what is on it below the mark is not the module's to read. */
+	bool ran_out = errno == ENOMEM;
+	(void)ERR_pop_to_mark();
+	return ran_out;
 }
 
 /* ---- login ------------------------------------------------------------------------------------- */

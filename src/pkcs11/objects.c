@@ -257,10 +257,9 @@ static EVP_PKEY *decode_spki(const hsm_buf *spki)
 	return pk;
 }
 
-/* The public values of o from its SubjectPublicKeyInfo. */
-static CK_RV parse_public(p11_object *o)
+/* The public values of o from its decoded key (NULL: not decoded). */
+static CK_RV parse_values(p11_object *o, EVP_PKEY *pk)
 {
-	EVP_PKEY *pk = decode_spki(&o->spki);
 	if (pk == NULL)
 		return CKR_DEVICE_ERROR;
 	hsm_buf_clear(&o->modulus);
@@ -294,6 +293,21 @@ static CK_RV parse_public(p11_object *o)
 	} else {
 		rv = CKR_DEVICE_ERROR;
 	}
+	return rv;
+}
+
+/*
+ * The public values of o from its SubjectPublicKeyInfo.  hsmd's answer is
+ * well formed, so a failure here is memory running out in OpenSSL, unless
+ * the answer was not what hsmd sends (CKR_DEVICE_ERROR).
+ */
+static CK_RV parse_public(p11_object *o)
+{
+	p11_ossl_watch();
+	EVP_PKEY *pk = decode_spki(&o->spki);
+	CK_RV rv = parse_values(o, pk);
+	if (p11_ossl_ran_out()) /* even when it worked: a decoder short of memory is not trusted */
+		rv = CKR_HOST_MEMORY;
 	EVP_PKEY_free(pk);
 	return rv;
 }
@@ -306,16 +320,23 @@ static CK_RV list_aliases(json_t *all, const char *key_id)
 	const char *marker = NULL;
 	json_t *ans = NULL;
 	for (;;) {
+		/* A filter or marker left out would list other aliases: none is. */
 		json_t *body = json_pack("{s:i}", "Limit", 100);
-		if (key_id != NULL)
-			json_object_set_new(body, "KeyId", json_string(key_id));
-		if (marker != NULL)
-			json_object_set_new(body, "Marker", json_string(marker));
+		if (body == NULL || (key_id != NULL && !p11_set(body, "KeyId", json_string(key_id))) ||
+		    (marker != NULL && !p11_set(body, "Marker", json_string(marker)))) {
+			json_decref(body);
+			json_decref(ans);
+			return CKR_HOST_MEMORY;
+		}
 		json_decref(ans);
 		CK_RV rv = p11_call("TrentService.ListAliases", body, &ans);
 		if (rv != CKR_OK)
 			return rv;
-		json_array_extend(all, json_object_get(ans, "Aliases"));
+		json_t *got = json_object_get(ans, "Aliases");
+		if (json_is_array(got) && json_array_extend(all, got) != 0) {
+			json_decref(ans);
+			return CKR_HOST_MEMORY;
+		}
 		marker = json_string_value(json_object_get(ans, "NextMarker"));
 		if (!json_is_true(json_object_get(ans, "Truncated")) || marker == NULL)
 			break;
@@ -388,9 +409,17 @@ static CK_RV upsert(const char *key_id, CK_OBJECT_CLASS cls, const key_desc *kd,
 		return CKR_HOST_MEMORY;
 	if (spki == NULL)
 		return CKR_OK;
+	/* A key's public key does not change: read again, it is not decoded again (a
+	 * listing reads every key's, and OpenSSL's decoders are most of its cost). */
+	if (o->parsed && o->key_type == kt && o->spki.len == spki->len &&
+	    hsm_ct_equal(o->spki.data, spki->data, spki->len))
+		return CKR_OK;
+	o->parsed = false;
 	if (hsm_failed(hsm_buf_set(&o->spki, spki->data, spki->len)))
 		return CKR_HOST_MEMORY;
-	return parse_public(o);
+	CK_RV rv = parse_public(o);
+	o->parsed = rv == CKR_OK;
+	return rv;
 }
 
 /*
@@ -544,8 +573,11 @@ static CK_RV load_listing(json_t *aliases)
 	CK_RV rv = CKR_OK;
 	for (;;) {
 		json_t *body = json_pack("{s:i}", "Limit", 1000);
-		if (marker[0] != '\0')
-			json_object_set_new(body, "Marker", json_string(marker));
+		if (body == NULL || (marker[0] != '\0' && !p11_set(body, "Marker", json_string(marker)))) {
+			json_decref(body);
+			rv = CKR_HOST_MEMORY;
+			break;
+		}
 		json_decref(ans);
 		rv = p11_call("TrentService.ListKeys", body, &ans);
 		if (rv != CKR_OK)

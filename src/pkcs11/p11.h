@@ -76,9 +76,11 @@ typedef struct p11_object {
 	CK_KEY_TYPE key_type; /* CKK_RSA, CKK_EC, CKK_EC_EDWARDS, CKK_GENERIC_SECRET */
 	bool seen;            /* in the last listing */
 	bool external;        /* an hsmd key whose material was imported (Origin EXTERNAL) */
-	/* Public values (asymmetric keys), from the key's SubjectPublicKeyInfo. */
+	/* Public values (asymmetric keys), from the key's SubjectPublicKeyInfo;
+	 * parsed is true once they were read from spki as it now is. */
 	hsm_buf spki, modulus, exponent, ec_params, ec_point;
 	CK_ULONG modulus_bits;
+	bool parsed;
 	/* A derived secret (CKO_SECRET_KEY, CKK_GENERIC_SECRET): the session it
 	 * belongs to, its value (a secure buffer), and its template's attributes. */
 	bool derived;
@@ -254,8 +256,22 @@ bool p11_ticket_live(const p11_ticket *t);
 void p11_op_end(p11_op *op, const p11_ticket *t);
 /* Closes the idle connections; those in use are closed when given back. */
 void p11_pool_drain(void);
-/* A base64 member of an answer, decoded. */
+/* A base64 member of an answer, decoded (CKR_HOST_MEMORY when memory ran out). */
 CK_RV p11_b64_member(json_t *o, const char *name, hsm_buf *out);
+/* CKR_HOST_MEMORY for a failure that is a lack of memory, otherwise `otherwise`. */
+CK_RV p11_rv_of(hsm_result r, CK_RV otherwise);
+/* Adds a member to a request body; false when memory ran out (v is taken either way). */
+bool p11_set(json_t *body, const char *name, json_t *v) HSM_MUST_CHECK;
+/*
+ * Around the module's own OpenSSL calls, in the application's process:
+ * p11_ossl_watch() before them and, when they failed (or, for a decoder,
+ * even when it did not: OpenSSL 3.0's can report success for a key it could
+ * not finish), p11_ossl_ran_out() says whether an allocation failed in
+ * them (malloc's ENOMEM).  Only the errors the calls queued are dropped: the
+ * application's own stay on its queue.
+ */
+void p11_ossl_watch(void);
+bool p11_ossl_ran_out(void);
 
 /* ---- objects.c ---- */
 /* Reads hsmd's keys again (login, FindObjectsInit, after changes). */

@@ -423,8 +423,8 @@ static CK_RV do_sign(p11_op *op, const p11_object *o, CK_BYTE_PTR out, const p11
 	if (rv != CKR_OK)
 		goto out;
 	if (k.family == P11_ECDSA) {
-		if (hsm_failed(hsm_ecdsa_der_to_p1363(raw.data, raw.len, k.field_len, &sig)))
-			rv = CKR_DEVICE_ERROR;
+		rv = p11_rv_of(hsm_ecdsa_der_to_p1363(raw.data, raw.len, k.field_len, &sig),
+		               CKR_DEVICE_ERROR);
 	} else if (hsm_failed(hsm_buf_set(&sig, raw.data, raw.len))) {
 		rv = CKR_HOST_MEMORY;
 	}
@@ -452,9 +452,12 @@ static CK_RV do_verify(p11_op *op, const p11_object *o, const CK_BYTE *sig, CK_U
 	if (rv != CKR_OK)
 		goto out;
 	copy_key(op, o, &k);
-	if (k.family == P11_ECDSA && hsm_failed(hsm_ecdsa_p1363_to_der(sig, sig_n, k.field_len, &der))) {
-		rv = CKR_SIGNATURE_INVALID;
-		goto out;
+	if (k.family == P11_ECDSA) {
+		/* Not r||s of two integers in range: invalid, unless memory ran out. */
+		rv = p11_rv_of(hsm_ecdsa_p1363_to_der(sig, sig_n, k.field_len, &der),
+		               CKR_SIGNATURE_INVALID);
+		if (rv != CKR_OK)
+			goto out;
 	}
 	json_t *msg = b64_string(input.data, input.len);
 	json_t *s = der.len ? b64_string(der.data, der.len) : b64_string(sig, sig_n);
