@@ -233,3 +233,14 @@ def unsigned_call(server, target, body):
 
 def error_code(exc_info):
     return exc_info.value.response["Error"]["Code"]
+
+
+@pytest.fixture(scope="module")
+def shim(tmp_path_factory):
+    """oomfault.c built: the preload that refuses a process's allocations on command."""
+    out = tmp_path_factory.mktemp("oomfault") / "oomfault.so"
+    cc = subprocess.run(["cc", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-o",
+                         str(out), os.path.join(os.path.dirname(__file__), "oomfault.c")],
+                        capture_output=True, text=True, timeout=120)
+    assert cc.returncode == 0, cc.stderr
+    return str(out)

@@ -1,6 +1,7 @@
 /*
  * oomfault.c - an LD_PRELOAD library that makes one allocation of a running
- * server fail, on a test's command (test_oom_server.py).
+ * process fail, on a test's command: hsmd (test_oom_server.py), hsmctl, or
+ * an application of the PKCS#11 module (pkcs11_oom.c, test_oom_pkcs11.py).
  *
  * HSM_TEST_OOM_CTL names a file the test shares with the server, read as the
  * struct ctl below (little-endian 64-bit fields):

@@ -104,16 +104,6 @@ class Faults:
         self.f.close()
 
 
-@pytest.fixture(scope="module")
-def shim(tmp_path_factory):
-    out = tmp_path_factory.mktemp("oomfault") / "oomfault.so"
-    cc = subprocess.run(["cc", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-o",
-                         str(out), os.path.join(HERE, "oomfault.c")],
-                        capture_output=True, text=True, timeout=120)
-    assert cc.returncode == 0, cc.stderr
-    return str(out)
-
-
 def ceremony(base, store):
     """A 2-of-2 key ceremony on a shared store: the officer's credentials and the shares."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HSM_"))}
