@@ -425,12 +425,10 @@ static CK_RV s_generate_pair(void)
 	return f->C_GenerateKeyPair(h.s, &m, pub, 3, priv, 5, &made_pub, &made_priv);
 }
 
-/* After a generation that failed: no key with its label to be found (none left usable). */
-static bool n_generate_pair(void)
+/* After a generation that failed: no key of class cls with its label to be found. */
+static bool none_labelled(CK_OBJECT_CLASS cls, const char *label)
 {
-	CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
-	CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
-	                    {CKA_LABEL, pair_label, strlen(pair_label)}};
+	CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_LABEL, (void *)label, strlen(label)}};
 	CK_OBJECT_HANDLE o;
 	CK_ULONG n = 1;
 	CK_RV rv = f->C_FindObjectsInit(h.s, t, 2);
@@ -438,6 +436,11 @@ static bool n_generate_pair(void)
 		rv = f->C_FindObjects(h.s, &o, 1, &n);
 	(void)f->C_FindObjectsFinal(h.s);
 	return rv == CKR_OK && n == 0;
+}
+
+static bool n_generate_pair(void)
+{
+	return none_labelled(CKO_PRIVATE_KEY, pair_label);
 }
 
 static bool c_generate_pair(void)
@@ -522,16 +525,7 @@ static bool c_generate_secret(void)
 
 static bool n_generate_secret(void)
 {
-	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-	CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
-	                    {CKA_LABEL, secret_label, strlen(secret_label)}};
-	CK_OBJECT_HANDLE o;
-	CK_ULONG n = 1;
-	CK_RV rv = f->C_FindObjectsInit(h.s, t, 2);
-	if (rv == CKR_OK)
-		rv = f->C_FindObjects(h.s, &o, 1, &n);
-	(void)f->C_FindObjectsFinal(h.s);
-	return rv == CKR_OK && n == 0;
+	return none_labelled(CKO_SECRET_KEY, secret_label);
 }
 
 /* Before each run of destroy: a new key to destroy (made with nothing refused). */
