@@ -578,6 +578,10 @@ static void probe_store(hsm_server *s)
 	hsm_buf id = {0};
 	hsm_result r = hsm_store_meta_get(s->store, "store_id", &id);
 	hsm_buf_free(&id);
+	/* A probe that ran out of memory on this side says nothing of the store: a node
+	 * called not ready for it would be taken out of service by its load balancer. */
+	if (r.err == HSM_ERR_NOMEM)
+		return;
 	bool up = hsm_ok(r) || r.err == HSM_ERR_NOT_FOUND; /* NOT_FOUND: not initialized yet */
 	bool was = atomic_exchange(&s->store_up, up);
 	if (was && !up)
