@@ -5,7 +5,8 @@
  *
  * HSM_TEST_OOM_CTL names a file the test shares with the server, read as the
  * struct ctl below (little-endian 64-bit fields):
- *   mode    0 off; 1 count; 2 refuse allocation number `at`, then count on
+ *   mode    0 off; 1 count; 2 refuse allocation number `at`, then count on;
+ *           3 refuse every `at`-th allocation (fired counts the refusals)
  *   gen     moved by the test with every command, so that each thread reads
  *           its name again before it counts
  *   at      in mode 2, which allocation to refuse (1 is the first after the
@@ -101,10 +102,16 @@ static bool refuse(void)
 	if (!counts)
 		return false;
 	long n = atomic_fetch_add(&ctl->seen, 1) + 1;
-	long armed = 2;
-	if (n != atomic_load(&ctl->at) || !atomic_compare_exchange_strong(&ctl->mode, &armed, 1))
+	long armed = 2, at = atomic_load(&ctl->at);
+	if (atomic_load(&ctl->mode) == 3) {
+		if (at <= 0 || n % at != 0)
+			return false;
+		atomic_fetch_add(&ctl->fired, 1);
+	} else if (n != at || !atomic_compare_exchange_strong(&ctl->mode, &armed, 1)) {
 		return false;
-	atomic_store(&ctl->fired, 1);
+	} else {
+		atomic_store(&ctl->fired, 1);
+	}
 	if (trace) {
 		void *frames[32];
 		static const char head[] = "oomfault: allocation refused at\n";

@@ -31,6 +31,7 @@ and hsmd stops cleanly.
 import glob
 import mmap
 import os
+import sqlite3
 import struct
 import subprocess
 import time
@@ -42,7 +43,7 @@ import requests
 
 from conftest import (DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, signed_request,
                       start_dev)
-from helpers import Postgres, admin, audit_records, b64, make_pki
+from helpers import Postgres, admin, audit_records, b64, make_pki, request_id
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 JWKS_PATH = "/.well-known/jwks.json"
@@ -534,3 +535,69 @@ def test_audit_verify_short_of_memory(shim, tmp_path):
     faults.close()
     print(f"audit verify: {n} allocations, {outcomes}")
     assert outcomes["could not verify"] > 0, outcomes
+
+
+BACKGROUND_THREADS = "hsmd-sched,hsmd-usage,hsmd-audit-ret"
+
+
+def test_background_threads_short_of_memory(shim, tmp_path):
+    """The threads that work unasked short of memory: the scheduler (store gauges, the
+    trail's checks, material of keys changed elsewhere, due key work, backups), the
+    flusher of keys' last uses, and the audit retention sweeper.  Every 7th of their
+    allocations is refused for a while as requests come: hsmd stays up, requests are
+    served, and once memory is back the work they missed is done (the last uses of every
+    key reach the store), the trail verifies, and hsmd stops cleanly."""
+    ctl = str(tmp_path / "ctl")
+    faults = Faults(ctl, BACKGROUND_THREADS)
+    env = {"LD_PRELOAD": shim, "HSM_TEST_OOM_CTL": ctl,
+           "HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
+    server = Hsmd(["--dev", "--key-usage-flush-ms", "100"], env=env)
+    try:
+        kms = client(server)
+        keys = [kms.create_key()["KeyMetadata"]["KeyId"] for _ in range(4)]
+        faults.command(3, 7)
+        deadline = time.monotonic() + 12  # two scheduler passes (5 s) and a hundred flushes
+        n = 0
+        while time.monotonic() < deadline:
+            kms.encrypt(KeyId=keys[n % len(keys)], Plaintext=b"x")
+            n += 1
+            time.sleep(0.02)
+        refused, made = faults._get(FIRED), faults.seen
+        faults.off()
+        print(f"{refused} of {made} allocations refused, {n} requests")  # shown on failure
+        assert server.proc.poll() is None, server.read_log()[-3000:]
+        assert refused > 0, "no allocation of the background threads was refused"
+        # Memory is back: the last use of each key reaches the store within a few flushes.
+        last = {}
+        for k in keys:
+            r = signed_request(server, "TrentService.Encrypt",
+                               {"KeyId": k, "Plaintext": b64(b"last")})
+            assert r.status_code == 200, r.text
+            last[k] = request_id(r)
+        deadline = time.monotonic() + 30
+        while stored_uses(server) != last and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert stored_uses(server) == last, (stored_uses(server), last)
+        server.stop()
+        with open(server.log_path, errors="replace") as f:
+            log = f.read()
+        assert server.proc.returncode == 0, log[-3000:]
+        # A probe of the store that ran out of memory here did not call the store down
+        # (the node not ready: its load balancer would take it out of service).
+        assert "the store does not answer" not in log, log[-3000:]
+        files = sorted(glob.glob(os.path.join(server.data_dir, "audit", "audit-*.jsonl")))
+        out = subprocess.run([HSMCTL, "audit", "verify"] + files, capture_output=True,
+                             text=True)
+        assert out.returncode == 0 and "result: VALID" in out.stdout, out.stdout + out.stderr
+    finally:
+        faults.close()
+        server.cleanup()
+
+
+def stored_uses(server):
+    """The last uses the node's SQLite store holds, by key (read beside the running node)."""
+    db = sqlite3.connect(f"file:{os.path.join(server.data_dir, 'hsmd.db')}?mode=ro", uri=True)
+    try:
+        return dict(db.execute("SELECT key_id, request_id FROM key_usage").fetchall())
+    finally:
+        db.close()
