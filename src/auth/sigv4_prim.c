@@ -25,12 +25,6 @@ static atomic_bool prim_set_up;
 static EVP_MD *prim_sha256;
 static EVP_MAC_CTX *prim_hmac_template;
 
-/* The error of a failed OpenSSL call made after errno was set to 0 (HSM_ERR_NOMEM: malloc's). */
-static hsm_err ossl_err(void)
-{
-	return errno == ENOMEM ? HSM_ERR_NOMEM : HSM_ERR_CRYPTO;
-}
-
 static bool prim_init(void)
 {
 	if (prim_sha256 == NULL)
@@ -66,7 +60,7 @@ static hsm_result prim_ready(void)
 	pthread_mutex_lock(&prim_lock);
 	errno = 0;
 	bool ok = atomic_load_explicit(&prim_set_up, memory_order_relaxed) || prim_init();
-	hsm_err err = ossl_err();
+	hsm_err err = hsm_nomem_or(HSM_ERR_CRYPTO);
 	if (ok)
 		atomic_store_explicit(&prim_set_up, true, memory_order_release);
 	pthread_mutex_unlock(&prim_lock);
@@ -84,7 +78,7 @@ hsm_result hsm_sigv4_sha256_hex(const void *p, size_t n, char out[HSM_SIGV4_HEX_
 	errno = 0;
 	HSM_ENSURE(EVP_Digest(n > 0 ? p : "", n, md, &md_len, prim_sha256, NULL) == 1 &&
 	               md_len == sizeof(md),
-	           ossl_err(), "SHA-256 failed");
+	           hsm_nomem_or(HSM_ERR_CRYPTO), "SHA-256 failed");
 	hsm_hex_encode_str(out, md, sizeof(md));
 	return HSM_SUCCESS;
 }
@@ -103,7 +97,7 @@ hsm_result hsm_sigv4_hmac(const uint8_t *key, size_t key_len, const void *msg, s
 	              EVP_MAC_update(ctx, msg, msg_len) == 1 &&
 	              EVP_MAC_final(ctx, out, &out_len, HSM_SIGV4_SIG_LEN) == 1 &&
 	              out_len == HSM_SIGV4_SIG_LEN,
-	          ossl_err(), "HMAC-SHA256 failed");
+	          hsm_nomem_or(HSM_ERR_CRYPTO), "HMAC-SHA256 failed");
 out:
 	EVP_MAC_CTX_free(ctx);
 	return res;
@@ -118,7 +112,7 @@ hsm_result hsm_sigv4_mac_new(const hsm_secret *key, EVP_MAC_CTX **out)
 	ctx = EVP_MAC_CTX_dup(prim_hmac_template);
 	HSM_ENSURE(ctx != NULL, HSM_ERR_NOMEM, "out of memory");
 	if (EVP_MAC_init(ctx, hsm_secret_bytes(key), HSM_SIGV4_KEY_LEN, NULL) != 1) {
-		hsm_err err = ossl_err();
+		hsm_err err = hsm_nomem_or(HSM_ERR_CRYPTO);
 		EVP_MAC_CTX_free(ctx);
 		return HSM_FAIL(err, "HMAC-SHA256 failed");
 	}
@@ -157,7 +151,7 @@ hsm_result hsm_sigv4_compute(const hsm_buf *canonical, const char *amz_date, con
 	HSM_ENSURE(EVP_MAC_init(mac, NULL, 0, NULL) == 1 && EVP_MAC_update(mac, (const uint8_t *)sts, n) == 1 &&
 	               EVP_MAC_final(mac, out, &out_len, HSM_SIGV4_SIG_LEN) == 1 &&
 	               out_len == HSM_SIGV4_SIG_LEN,
-	           ossl_err(), "HMAC-SHA256 failed");
+	           hsm_nomem_or(HSM_ERR_CRYPTO), "HMAC-SHA256 failed");
 	return HSM_SUCCESS;
 }
 

@@ -127,10 +127,11 @@ static hsm_result parse_endpoint(const char *text, size_t n, endpoint *ep)
  */
 static hsm_err tls_err(hsm_err otherwise)
 {
-	bool ran_out = errno == ENOMEM;
+	hsm_err err = hsm_nomem_or(otherwise);
 	for (unsigned long e; (e = ERR_get_error()) != 0;)
-		ran_out = ran_out || ERR_GET_REASON(e) == ERR_R_MALLOC_FAILURE;
-	return ran_out ? HSM_ERR_NOMEM : otherwise;
+		if (ERR_GET_REASON(e) == ERR_R_MALLOC_FAILURE)
+			err = HSM_ERR_NOMEM;
+	return err;
 }
 
 static hsm_result make_ssl(const hsm_client *c, const endpoint *ep, SSL_CTX **ctx_out,
@@ -286,22 +287,25 @@ static int tcp_connect(const hsm_client *c, const endpoint *ep, int *err)
  * is reported: short of memory, OpenSSL can fail quietly (a CA certificate
  * left out as the file is read, a key not decoded), and the failure then
  * reads as a server not trusted.  A server truly refused fails both times;
- * no request has been sent.
+ * no request has been sent.  Not a handshake that timed out or whose
+ * connection broke: the time bound a caller set would double.
  */
 static hsm_result conn_open_once(const hsm_client *c, const endpoint *ep,
-                                 struct hsm_client_conn **out, bool *reached);
+                                 struct hsm_client_conn **out, bool *reached, bool *refused);
 
 static hsm_result conn_open(const hsm_client *c, const endpoint *ep, struct hsm_client_conn **out,
                             bool *reached)
 {
-	hsm_result r = conn_open_once(c, ep, out, reached);
-	if (hsm_failed(r) && *reached && ep->tls && r.err == HSM_ERR_IO)
-		r = conn_open_once(c, ep, out, reached);
+	bool refused = false;
+	hsm_result r = conn_open_once(c, ep, out, reached, &refused);
+	if (hsm_failed(r) && refused)
+		r = conn_open_once(c, ep, out, reached, &refused);
 	return r;
 }
 
+/* *refused: the handshake failed in TLS itself (SSL_ERROR_SSL: a certificate, a protocol). */
 static hsm_result conn_open_once(const hsm_client *c, const endpoint *ep,
-                                 struct hsm_client_conn **out, bool *reached)
+                                 struct hsm_client_conn **out, bool *reached, bool *refused)
 {
 	*reached = false;
 	struct hsm_client_conn *k = calloc(1, sizeof(*k));
@@ -317,9 +321,12 @@ static hsm_result conn_open_once(const hsm_client *c, const endpoint *ep,
 	if (ep->tls) {
 		hsm_result r = make_ssl(c, ep, &k->ctx, &k->ssl);
 		errno = 0;
-		if (hsm_ok(r) && (SSL_set_fd(k->ssl, k->fd) != 1 || SSL_connect(k->ssl) != 1)) {
+		int rc = 1; /* SSL_connect's, once made */
+		if (hsm_ok(r) && (SSL_set_fd(k->ssl, k->fd) != 1 || (rc = SSL_connect(k->ssl)) != 1)) {
 			long v = SSL_get_verify_result(k->ssl);
+			*refused = rc != 1 && SSL_get_error(k->ssl, rc) == SSL_ERROR_SSL;
 			hsm_err e = tls_err(HSM_ERR_IO);
+			*refused = *refused && e == HSM_ERR_IO;
 			r = HSM_FAIL(e, "TLS with %s failed: %s", ep->authority,
 			             e == HSM_ERR_NOMEM ? "out of memory"
 			             : v != X509_V_OK     ? X509_verify_cert_error_string(v)
@@ -349,7 +356,7 @@ static hsm_result conn_write(struct hsm_client_conn *k, const void *p, size_t n)
 			w = send(k->fd, b, n, MSG_NOSIGNAL);
 			if (w < 0 && errno == EINTR)
 				continue;
-			err = w < 0 && errno == ENOMEM ? HSM_ERR_NOMEM : HSM_ERR_IO;
+			err = hsm_nomem_or(HSM_ERR_IO);
 		}
 		HSM_ENSURE(w > 0, err, "cannot send to %s%s", k->ep.authority,
 		           err == HSM_ERR_NOMEM ? ": out of memory" : "");
@@ -381,7 +388,7 @@ static hsm_result conn_fill(struct hsm_client_conn *k, size_t *got)
 			r = recv(k->fd, k->buf, sizeof(k->buf), 0);
 		while (r < 0 && errno == EINTR);
 		k->timed_out = r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
-		err = r < 0 && errno == ENOMEM ? HSM_ERR_NOMEM : HSM_ERR_IO;
+		err = hsm_nomem_or(HSM_ERR_IO);
 	}
 	HSM_ENSURE(r >= 0, err, "no answer from %s (%s%s%s)", k->ep.authority,
 	           k->timed_out            ? "timed out"

@@ -1,5 +1,6 @@
 #include "common/result.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,6 +58,7 @@ const char *hsm_err_kms_name(hsm_err err) { return row(err)->kms; }
 int hsm_err_http_status(hsm_err err) { return row(err)->status; }
 unsigned long hsm_err_ckr(hsm_err err) { return row(err)->ckr; }
 const char *hsm_err_code_name(hsm_err err) { return row(err)->code; }
+hsm_err hsm_nomem_or(hsm_err otherwise) { return errno == ENOMEM ? HSM_ERR_NOMEM : otherwise; }
 
 hsm_err hsm_err_from_kms_name(const char *name)
 {

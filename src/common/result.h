@@ -172,5 +172,11 @@ unsigned long hsm_err_ckr(hsm_err err);
 hsm_err hsm_err_from_kms_name(const char *name);
 /* The enum's own name, e.g. "HSM_ERR_NOT_FOUND", for logs and tests. */
 const char *hsm_err_code_name(hsm_err err);
+/*
+ * After a failed call of a library that allocates (OpenSSL, the socket
+ * layer), made with errno set to 0 before it: HSM_ERR_NOMEM when an
+ * allocation in it failed (malloc's ENOMEM), otherwise `otherwise`.
+ */
+hsm_err hsm_nomem_or(hsm_err otherwise);
 
 #endif

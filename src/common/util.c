@@ -160,7 +160,7 @@ hsm_result hsm_uuid_new(char out[HSM_UUID_STRLEN + 1])
 {
 	uint8_t u[16];
 	errno = 0; /* a thread's first draw sets its generator up, which allocates */
-	HSM_ENSURE(RAND_bytes(u, sizeof(u)) == 1, errno == ENOMEM ? HSM_ERR_NOMEM : HSM_ERR_CRYPTO,
+	HSM_ENSURE(RAND_bytes(u, sizeof(u)) == 1, hsm_nomem_or(HSM_ERR_CRYPTO),
 	           "random generator failed%s", errno == ENOMEM ? ": out of memory" : "");
 	u[6] = (uint8_t)((u[6] & 0x0fU) | 0x40U); /* version 4 */
 	u[8] = (uint8_t)((u[8] & 0x3fU) | 0x80U); /* RFC 4122 variant */

@@ -297,9 +297,9 @@ static CK_RV parse_values(p11_object *o, EVP_PKEY *pk)
 }
 
 /*
- * The public values of o from its SubjectPublicKeyInfo.  hsmd's answer is
- * well formed, so a failure here is memory running out in OpenSSL, unless
- * the answer was not what hsmd sends (CKR_DEVICE_ERROR).
+ * The public values of o from its SubjectPublicKeyInfo: CKR_HOST_MEMORY when
+ * memory ran out on the way, CKR_DEVICE_ERROR when hsmd's answer held no
+ * such key.
  */
 static CK_RV parse_public(p11_object *o)
 {
