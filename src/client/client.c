@@ -56,6 +56,7 @@ struct hsm_client_conn {
 	uint8_t buf[16384]; /* bytes received and not yet consumed */
 	size_t have, off;
 	bool timed_out; /* a read waited the whole timeout: the server may be working on it */
+	bool ran_out;   /* errno was ENOMEM as the TLS call in progress went to the socket */
 };
 
 /*
@@ -132,6 +133,31 @@ static hsm_err tls_err(hsm_err otherwise)
 		if (ERR_GET_REASON(e) == ERR_R_MALLOC_FAILURE)
 			err = HSM_ERR_NOMEM;
 	return err;
+}
+
+/*
+ * OpenSSL 3.0 often reports an allocation that failed inside a TLS call only
+ * as an "internal error", and its socket BIO sets errno to 0 before each
+ * system call: a failure in a post-handshake message (a session ticket
+ * read before the answer) then reads as a broken connection.  Watched as
+ * each operation on the socket BIO begins (the flushes and the alert such a
+ * failure makes are some), malloc's ENOMEM is still there; the call in
+ * progress began with errno 0.
+ */
+static long watch_enomem(BIO *b, int oper, const char *argp, size_t len, int argi, long argl,
+                         int ret, size_t *processed)
+{
+	(void)argp, (void)len, (void)argi, (void)argl, (void)processed;
+	if ((oper & BIO_CB_RETURN) == 0 && errno == ENOMEM)
+		((struct hsm_client_conn *)(void *)BIO_get_callback_arg(b))->ran_out = true;
+	return ret;
+}
+
+/* tls_err, for a call on k's connection begun with errno 0 and k->ran_out false. */
+static hsm_err conn_tls_err(const struct hsm_client_conn *k, hsm_err otherwise)
+{
+	hsm_err e = tls_err(otherwise);
+	return k->ran_out ? HSM_ERR_NOMEM : e;
 }
 
 static hsm_result make_ssl(const hsm_client *c, const endpoint *ep, SSL_CTX **ctx_out,
@@ -238,8 +264,13 @@ static int tcp_connect(const hsm_client *c, const endpoint *ep, int *err)
 	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai = NULL;
 	snprintf(port, sizeof(port), "%u", ep->port);
 	*err = EHOSTUNREACH;
-	if (getaddrinfo(ep->host, port, &hints, &ai) != 0)
+	errno = 0;
+	int gai = getaddrinfo(ep->host, port, &hints, &ai);
+	if (gai != 0) {
+		if (gai == EAI_MEMORY || (gai == EAI_SYSTEM && errno == ENOMEM))
+			*err = ENOMEM;
 		return -1;
+	}
 	int fd = -1;
 	for (struct addrinfo *a = ai; a != NULL && fd < 0; a = a->ai_next) {
 		fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
@@ -303,6 +334,17 @@ static hsm_result conn_open(const hsm_client *c, const endpoint *ep, struct hsm_
 	return r;
 }
 
+/* Watches the socket BIO SSL_set_fd made (watch_enomem). */
+static bool watch_bio(struct hsm_client_conn *k)
+{
+	BIO *b = SSL_get_rbio(k->ssl);
+	if (b == NULL)
+		return false;
+	BIO_set_callback_arg(b, (char *)(void *)k);
+	BIO_set_callback_ex(b, watch_enomem);
+	return true;
+}
+
 /* *refused: the handshake failed in TLS itself (SSL_ERROR_SSL: a certificate, a protocol). */
 static hsm_result conn_open_once(const hsm_client *c, const endpoint *ep,
                                  struct hsm_client_conn **out, bool *reached, bool *refused)
@@ -315,17 +357,19 @@ static hsm_result conn_open_once(const hsm_client *c, const endpoint *ep,
 	k->fd = tcp_connect(c, ep, &err);
 	if (k->fd < 0) {
 		conn_free(k);
-		return HSM_FAIL(HSM_ERR_IO, "cannot connect to %s: %s", ep->authority, strerror(err));
+		return HSM_FAIL(err == ENOMEM ? HSM_ERR_NOMEM : HSM_ERR_IO, "cannot connect to %s: %s",
+		                ep->authority, strerror(err));
 	}
 	*reached = true;
 	if (ep->tls) {
 		hsm_result r = make_ssl(c, ep, &k->ctx, &k->ssl);
 		errno = 0;
 		int rc = 1; /* SSL_connect's, once made */
-		if (hsm_ok(r) && (SSL_set_fd(k->ssl, k->fd) != 1 || (rc = SSL_connect(k->ssl)) != 1)) {
+		if (hsm_ok(r) && (SSL_set_fd(k->ssl, k->fd) != 1 || !watch_bio(k) ||
+		                  (rc = SSL_connect(k->ssl)) != 1)) {
 			long v = SSL_get_verify_result(k->ssl);
 			*refused = rc != 1 && SSL_get_error(k->ssl, rc) == SSL_ERROR_SSL;
-			hsm_err e = tls_err(HSM_ERR_IO);
+			hsm_err e = conn_tls_err(k, HSM_ERR_IO);
 			*refused = *refused && e == HSM_ERR_IO;
 			r = HSM_FAIL(e, "TLS with %s failed: %s", ep->authority,
 			             e == HSM_ERR_NOMEM ? "out of memory"
@@ -347,11 +391,12 @@ static hsm_result conn_write(struct hsm_client_conn *k, const void *p, size_t n)
 	while (n > 0) {
 		ssize_t w;
 		errno = 0;
+		k->ran_out = false;
 		hsm_err err = HSM_ERR_IO;
 		if (k->ssl != NULL) {
 			size_t done = 0;
 			w = SSL_write_ex(k->ssl, b, n, &done) == 1 ? (ssize_t)done : -1;
-			err = tls_err(HSM_ERR_IO);
+			err = conn_tls_err(k, HSM_ERR_IO);
 		} else {
 			w = send(k->fd, b, n, MSG_NOSIGNAL);
 			if (w < 0 && errno == EINTR)
@@ -374,6 +419,7 @@ static hsm_result conn_fill(struct hsm_client_conn *k, size_t *got)
 	const char *tls_why = NULL; /* OpenSSL's reason: a node refusing this client says why */
 	hsm_err err;
 	errno = 0;
+	k->ran_out = false;
 	if (k->ssl != NULL) {
 		size_t done = 0;
 		int rc = SSL_read_ex(k->ssl, k->buf, sizeof(k->buf), &done);
@@ -381,7 +427,7 @@ static hsm_result conn_fill(struct hsm_client_conn *k, size_t *got)
 		if (e == SSL_ERROR_SSL)
 			tls_why = ERR_reason_error_string(ERR_peek_last_error());
 		k->timed_out = rc != 1 && (errno == EAGAIN || errno == EWOULDBLOCK);
-		err = tls_err(HSM_ERR_IO);
+		err = conn_tls_err(k, HSM_ERR_IO);
 		r = rc == 1 ? (ssize_t)done : e == SSL_ERROR_ZERO_RETURN ? 0 : -1;
 	} else {
 		do
@@ -669,7 +715,8 @@ hsm_result hsm_client_call(hsm_client *c, const char *target, const char *body, 
 			*status = a.status;
 			return HSM_SUCCESS;
 		}
-		if (reached) /* it answered, or TLS failed: not a reason to try another node */
+		/* It answered, or TLS failed, or memory ran out here: not a reason to try another node. */
+		if (reached || r.err == HSM_ERR_NOMEM)
 			return r;
 		size_t used = strlen(tried);
 		snprintf(tried + used, sizeof(tried) - used, "%s%.*s", used ? ", " : "", (int)n,
