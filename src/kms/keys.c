@@ -1,5 +1,5 @@
 /*
- * keys.c - key life cycle: CreateKey, DescribeKey, ListKeys, EnableKey,
+ * keys.c - key life cycle: CreateKey, DescribeKey, ListKeys, DescribeKeys, EnableKey,
  * DisableKey, UpdateKeyDescription, ScheduleKeyDeletion, CancelKeyDeletion,
  * and destruction once the waiting period ends.
  */
@@ -155,6 +155,77 @@ hsm_result hsm_kms_list_keys(hsm_kms *kms, const hsm_caller *caller, const char 
 	HSM_ENSURE(marker == NULL || *marker == '\0' || hsm_is_uuid(marker), HSM_ERR_INVALID_MARKER,
 	           "Marker is invalid");
 	return hsm_store_key_list(kms->store, marker, limit, false, cb, arg, truncated);
+}
+
+typedef struct id_page {
+	char (*ids)[HSM_UUID_STRLEN + 1];
+	size_t n;
+} id_page;
+
+static hsm_result collect_id(const hsm_key_record *r, void *arg)
+{
+	id_page *p = arg;
+	memcpy(p->ids[p->n++], r->key_id, HSM_UUID_STRLEN + 1);
+	return HSM_SUCCESS;
+}
+
+/*
+ * Failures that concern one key of a DescribeKeys page (the caller may not
+ * read it, it went, or its state or kind has no public key to give), not
+ * the request: the key is left out, or shown without its public key.
+ */
+static bool about_the_key(hsm_err e)
+{
+	return e == HSM_ERR_ACCESS_DENIED || e == HSM_ERR_NOT_FOUND || e == HSM_ERR_DISABLED ||
+	       e == HSM_ERR_INVALID_STATE || e == HSM_ERR_INVALID_KEY_USAGE ||
+	       e == HSM_ERR_UNSUPPORTED_OPERATION;
+}
+
+static hsm_result describe_one(hsm_kms *kms, const hsm_caller *caller, const char *key_id,
+                               hsm_key_desc_cb cb, void *arg)
+{
+	hsm_key_record rec, pub_rec;
+	memset(&rec, 0, sizeof(rec));
+	memset(&pub_rec, 0, sizeof(pub_rec));
+	hsm_buf spki = {0};
+	bool has_public = false;
+	hsm_result r = hsm_kms_describe_key(kms, caller, key_id, &rec);
+	if (hsm_failed(r))
+		return about_the_key(r.err) ? HSM_SUCCESS : r;
+	if (hsm_spec_is_asymmetric(rec.spec)) {
+		r = hsm_kms_get_public_key(kms, caller, key_id, &spki, &pub_rec);
+		has_public = hsm_ok(r);
+		if (hsm_failed(r) && about_the_key(r.err))
+			r = HSM_SUCCESS;
+	}
+	if (hsm_ok(r))
+		r = cb(&rec, has_public ? &spki : NULL, arg);
+	hsm_buf_free(&spki);
+	hsm_key_record_clear(&pub_rec);
+	hsm_key_record_clear(&rec);
+	return r;
+}
+
+hsm_result hsm_kms_describe_keys(hsm_kms *kms, const hsm_caller *caller, const char *marker,
+                                 size_t limit, hsm_key_desc_cb cb, void *arg, bool *truncated,
+                                 char last[HSM_UUID_STRLEN + 1])
+{
+	HSM_GUARD(kms_authorize(kms, caller, HSM_OP_DescribeKeys, NULL, NULL));
+	HSM_ENSURE(marker == NULL || *marker == '\0' || hsm_is_uuid(marker), HSM_ERR_INVALID_MARKER,
+	           "Marker is invalid");
+	HSM_ENSURE(limit > 0, HSM_ERR_VALIDATION, "Limit must be at least 1");
+	/* The page's ids first: each key is then read outside the store's listing. */
+	id_page page = {calloc(limit, sizeof(*page.ids)), 0};
+	HSM_ENSURE(page.ids != NULL, HSM_ERR_NOMEM, "out of memory");
+	*truncated = false;
+	hsm_result r = hsm_store_key_list(kms->store, marker, limit, false, collect_id, &page, truncated);
+	for (size_t i = 0; hsm_ok(r) && i < page.n; i++)
+		r = describe_one(kms, caller, page.ids[i], cb, arg);
+	if (hsm_ok(r) && page.n > 0)
+		memcpy(last, page.ids[page.n - 1], HSM_UUID_STRLEN + 1);
+	*truncated = hsm_ok(r) && *truncated && page.n > 0;
+	free(page.ids);
+	return r;
 }
 
 static hsm_result set_enabled(hsm_key_record *rec, void *arg)

@@ -109,7 +109,9 @@ typedef enum hsm_op {
 	/* hsmd's cipher operations (X-Amz-Target HsmdCipher.<Op>, kms/gcm.c) */           \
 	X(GcmEncrypt, HSM_OPC_CRYPTO, HSM_ROLES_USER, false)                                \
 	X(GcmDecrypt, HSM_OPC_CRYPTO, HSM_ROLES_USER, false)                                \
-	X(GetKeyCheckValue, HSM_OPC_CRYPTO, HSM_ROLES_OFFICER | HSM_ROLES_USER | HSM_ROLES_AUDITOR, false)
+	X(GetKeyCheckValue, HSM_OPC_CRYPTO, HSM_ROLES_OFFICER | HSM_ROLES_USER | HSM_ROLES_AUDITOR, false) \
+	/* hsmd's token operation (X-Amz-Target HsmdToken.<Op>, kms/keys.c) */            \
+	X(DescribeKeys, HSM_OPC_NONE, HSM_ROLES_OFFICER | HSM_ROLES_USER | HSM_ROLES_AUDITOR, false)
 	HSM_OP_TABLE(HSM_OP_ENUM)
 #undef HSM_OP_ENUM
 	HSM_OP_COUNT
@@ -281,6 +283,18 @@ hsm_result hsm_kms_describe_key(hsm_kms *kms, const hsm_caller *caller, const ch
 hsm_result hsm_kms_list_keys(hsm_kms *kms, const hsm_caller *caller, const char *marker,
                              size_t limit, hsm_key_cb cb, void *arg,
                              bool *truncated) HSM_MUST_CHECK;
+/*
+ * DescribeKeys (HsmdToken.DescribeKeys): a page of ListKeys, each key with
+ * what DescribeKey would answer this caller, and its public key where
+ * GetPublicKey would answer it (spki NULL otherwise).  Each key is
+ * authorized as those two operations are; a key the caller may not
+ * describe, or one gone since the page was read, is left out.  *last is
+ * the page's last key id (the next page's marker), set when *truncated.
+ */
+typedef hsm_result (*hsm_key_desc_cb)(const hsm_key_record *key, const hsm_buf *spki, void *arg);
+hsm_result hsm_kms_describe_keys(hsm_kms *kms, const hsm_caller *caller, const char *marker,
+                                 size_t limit, hsm_key_desc_cb cb, void *arg, bool *truncated,
+                                 char last[HSM_UUID_STRLEN + 1]) HSM_MUST_CHECK;
 hsm_result hsm_kms_enable_key(hsm_kms *kms, const hsm_caller *caller, const char *ref) HSM_MUST_CHECK;
 hsm_result hsm_kms_disable_key(hsm_kms *kms, const hsm_caller *caller, const char *ref) HSM_MUST_CHECK;
 hsm_result hsm_kms_update_description(hsm_kms *kms, const hsm_caller *caller, const char *ref,

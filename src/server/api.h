@@ -122,6 +122,9 @@ hsm_result hsm_api_gcm_decrypt(hsm_api_ctx *c) HSM_MUST_CHECK;
 /* The key check value of an AES or HMAC key (HsmdCipher.GetKeyCheckValue), api_gcm.c. */
 hsm_result hsm_api_get_key_check_value(hsm_api_ctx *c) HSM_MUST_CHECK;
 bool hsm_api_is_cipher_op(hsm_op op);
+/* hsmd's token operation (X-Amz-Target HsmdToken.<Op>): DescribeKeys, api_keys.c. */
+hsm_result hsm_api_describe_keys(hsm_api_ctx *c) HSM_MUST_CHECK;
+bool hsm_api_is_token_op(hsm_op op);
 
 /* Shared request pieces. */
 #define HSM_KEYID_MAX 2048

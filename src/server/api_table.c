@@ -61,6 +61,7 @@ static const hsm_api_handler handlers[HSM_OP_COUNT] = {
     [HSM_OP_GcmEncrypt] = hsm_api_gcm_encrypt,
     [HSM_OP_GcmDecrypt] = hsm_api_gcm_decrypt,
     [HSM_OP_GetKeyCheckValue] = hsm_api_get_key_check_value,
+    [HSM_OP_DescribeKeys] = hsm_api_describe_keys,
 };
 
 hsm_result hsm_api_run(hsm_op op, hsm_api_ctx *c)

@@ -29,6 +29,7 @@
 #define ADMIN_PREFIX "HsmdAdmin."
 #define JWT_PREFIX "HsmdJwt."
 #define CIPHER_PREFIX "HsmdCipher."
+#define TOKEN_PREFIX "HsmdToken."
 #define JWKS_PATH "/.well-known/jwks.json"
 /* An answer's members besides what its request brought: key ARN, key material id, names. */
 #define SECRET_ANSWER_SLACK 512
@@ -635,11 +636,14 @@ static hsm_result admit(hsm_server *s, pending *p, hsm_auth_result *auth)
 }
 
 /* The X-Amz-Target namespace an operation answers under (the admin one has no hsm_op). */
-typedef enum route { ROUTE_KMS, ROUTE_JWT, ROUTE_CIPHER, ROUTE_ADMIN } route;
+typedef enum route { ROUTE_KMS, ROUTE_JWT, ROUTE_CIPHER, ROUTE_TOKEN, ROUTE_ADMIN } route;
 
 static route route_of(hsm_op op)
 {
-	return hsm_api_is_jwt_op(op) ? ROUTE_JWT : hsm_api_is_cipher_op(op) ? ROUTE_CIPHER : ROUTE_KMS;
+	return hsm_api_is_jwt_op(op)      ? ROUTE_JWT
+	       : hsm_api_is_cipher_op(op) ? ROUTE_CIPHER
+	       : hsm_api_is_token_op(op)  ? ROUTE_TOKEN
+	                                  : ROUTE_KMS;
 }
 
 /*
@@ -1032,6 +1036,10 @@ static void handle_post(hsm_server *s, hsm_http_req *req)
 	}
 	if (target != NULL && hsm_str_has_prefix(target, CIPHER_PREFIX)) {
 		dispatch_route(s, req, ROUTE_CIPHER, target + strlen(CIPHER_PREFIX));
+		return;
+	}
+	if (target != NULL && hsm_str_has_prefix(target, TOKEN_PREFIX)) {
+		dispatch_route(s, req, ROUTE_TOKEN, target + strlen(TOKEN_PREFIX));
 		return;
 	}
 	if (target != NULL && hsm_str_has_prefix(target, ADMIN_PREFIX)) {
