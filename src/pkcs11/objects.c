@@ -2,10 +2,12 @@
  * objects.c - hsmd's keys as token objects (p11.h).
  *
  * After login, and again at each C_FindObjectsInit, the module lists the
- * user's view of hsmd's keys (ListKeys, ListAliases, DescribeKey,
- * GetPublicKey).  Enabled keys become objects (a key disabled, pending
- * import or deletion, or one hsmd refuses to describe to this user, is left
- * out; the listing fails only where hsmd does not answer it at all):
+ * user's view of hsmd's keys (ListAliases, and HsmdToken.DescribeKeys: a
+ * page of keys with their metadata and public keys; from an older node,
+ * ListKeys, DescribeKey and GetPublicKey).  Enabled keys become objects (a
+ * key disabled, pending import or deletion, or one hsmd refuses to describe
+ * to this user, is left out; the listing fails only where hsmd does not
+ * answer it at all):
  *   - SIGN_VERIFY RSA, NIST/secp256k1 EC and Ed25519 keys: a private key
  *     object (sign) and a public key object (verify, with the public values);
  *   - ENCRYPT_DECRYPT RSA keys: the same pair for decryption and encryption;
@@ -22,12 +24,14 @@
  * kept across listings and dropped when their session closes.
  */
 #include <ctype.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/core_names.h>
+#include <openssl/asn1.h>
+#include <openssl/bn.h>
 #include <openssl/crypto.h>
-#include <openssl/decoder.h>
+#include <openssl/objects.h>
 #include <openssl/x509.h>
 
 #include "common/encoding.h"
@@ -184,13 +188,14 @@ static const struct curve {
 	const char *group;
 	uint8_t der[12];
 	size_t len;
+	size_t point_len; /* the public key's bytes: an uncompressed point, Ed25519's 32 */
 } curves[] = {
-    {HSM_SPEC_ECC_NIST_P256, "prime256v1", {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07}, 10},
-    {HSM_SPEC_ECC_NIST_P384, "secp384r1", {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22}, 7},
-    {HSM_SPEC_ECC_NIST_P521, "secp521r1", {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23}, 7},
-    {HSM_SPEC_ECC_SECG_P256K1, "secp256k1", {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a}, 7},
+    {HSM_SPEC_ECC_NIST_P256, "prime256v1", {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07}, 10, 65},
+    {HSM_SPEC_ECC_NIST_P384, "secp384r1", {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22}, 7, 97},
+    {HSM_SPEC_ECC_NIST_P521, "secp521r1", {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23}, 7, 133},
+    {HSM_SPEC_ECC_SECG_P256K1, "secp256k1", {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a}, 7, 65},
     /* id-Ed25519 (RFC 8410); key generation also takes PrintableString "edwards25519". */
-    {HSM_SPEC_ECC_NIST_EDWARDS25519, "ED25519", {0x06, 0x03, 0x2b, 0x65, 0x70}, 5},
+    {HSM_SPEC_ECC_NIST_EDWARDS25519, "ED25519", {0x06, 0x03, 0x2b, 0x65, 0x70}, 5, 32},
 };
 static const uint8_t edwards25519_name[] = {0x13, 0x0c, 'e', 'd', 'w', 'a', 'r', 'd', 's',
                                             '2',  '5',  '5', '1', '9'};
@@ -221,78 +226,129 @@ static const struct curve *curve_of(hsm_key_spec spec)
 	return NULL;
 }
 
-static CK_RV put_bn(EVP_PKEY *pk, const char *name, hsm_buf *out)
+/* One element of a generic ASN.1 SEQUENCE, of the given type (NULL when not). */
+static const ASN1_TYPE *element(const ASN1_SEQUENCE_ANY *seq, int i, int type)
 {
-	BIGNUM *bn = NULL;
-	if (!EVP_PKEY_get_bn_param(pk, name, &bn))
+	const ASN1_TYPE *t = sk_ASN1_TYPE_value(seq, i);
+	return t != NULL && t->type == type ? t : NULL;
+}
+
+/* A DER item that fills its whole buffer, read as a generic SEQUENCE. */
+static ASN1_SEQUENCE_ANY *whole_sequence(const unsigned char *der, int len, int n_elements)
+{
+	const unsigned char *p = der;
+	ASN1_SEQUENCE_ANY *seq = d2i_ASN1_SEQUENCE_ANY(NULL, &p, len);
+	if (seq != NULL && (p != der + len || sk_ASN1_TYPE_num(seq) != n_elements)) {
+		sk_ASN1_TYPE_pop_free(seq, ASN1_TYPE_free);
+		seq = NULL;
+	}
+	return seq;
+}
+
+/* A positive INTEGER's magnitude, big-endian, into out; *bits its length in bits. */
+static CK_RV put_integer(const ASN1_TYPE *t, hsm_buf *out, CK_ULONG *bits)
+{
+	if (t == NULL || ASN1_STRING_type(t->value.integer) != V_ASN1_INTEGER)
+		return CKR_DEVICE_ERROR;
+	BIGNUM *bn = ASN1_INTEGER_to_BN(t->value.integer, NULL);
+	if (bn == NULL)
 		return CKR_DEVICE_ERROR;
 	uint8_t *p;
 	size_t n = (size_t)BN_num_bytes(bn);
-	CK_RV rv = hsm_ok(hsm_buf_append_space(out, n, &p)) ? CKR_OK : CKR_HOST_MEMORY;
+	CK_RV rv = n == 0                                             ? CKR_DEVICE_ERROR
+	           : hsm_ok(hsm_buf_append_space(out, n, &p)) ? CKR_OK
+	                                                      : CKR_HOST_MEMORY;
 	if (rv == CKR_OK)
 		BN_bn2bin(bn, p);
+	if (bits != NULL)
+		*bits = (CK_ULONG)BN_num_bits(bn);
 	BN_free(bn);
 	return rv;
 }
 
-/*
- * A SubjectPublicKeyInfo decoded by OpenSSL's providers.  Not d2i_PUBKEY: in
- * an application that made an engine its default for RSA and EC keys (as
- * `openssl req -engine pkcs11` does with OpenSSL's pkcs11 engine, which may
- * be this module's own caller), that gives a key of the engine's, whose
- * parameters cannot be read.
- */
-static EVP_PKEY *decode_spki(const hsm_buf *spki)
+/* RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER } */
+static CK_RV rsa_values(p11_object *o, const ASN1_BIT_STRING *key)
 {
-	EVP_PKEY *pk = NULL;
-	const unsigned char *p = spki->data;
-	size_t n = spki->len;
-	OSSL_DECODER_CTX *d = OSSL_DECODER_CTX_new_for_pkey(&pk, "DER", "SubjectPublicKeyInfo", NULL,
-	                                                    EVP_PKEY_PUBLIC_KEY, NULL, NULL);
-	if (d == NULL || !OSSL_DECODER_from_data(d, &p, &n) || n != 0) {
-		EVP_PKEY_free(pk);
-		pk = NULL;
-	}
-	OSSL_DECODER_CTX_free(d);
-	return pk;
+	ASN1_SEQUENCE_ANY *seq = whole_sequence(key->data, key->length, 2);
+	if (seq == NULL)
+		return CKR_DEVICE_ERROR;
+	CK_RV rv = put_integer(element(seq, 0, V_ASN1_INTEGER), &o->modulus, &o->modulus_bits);
+	if (rv == CKR_OK)
+		rv = put_integer(element(seq, 1, V_ASN1_INTEGER), &o->exponent, NULL);
+	sk_ASN1_TYPE_pop_free(seq, ASN1_TYPE_free);
+	return rv;
 }
 
-/* The public values of o from its decoded key (NULL: not decoded). */
-static CK_RV parse_values(p11_object *o, EVP_PKEY *pk)
+/* CKA_EC_POINT (the point as a DER OCTET STRING) and CKA_EC_PARAMS of curve c. */
+static CK_RV ec_values(p11_object *o, const struct curve *c, const ASN1_BIT_STRING *key)
 {
-	if (pk == NULL)
+	size_t n = (size_t)key->length;
+	bool edwards = c->spec == HSM_SPEC_ECC_NIST_EDWARDS25519; /* the point is the key itself */
+	if (n != c->point_len || (!edwards && key->data[0] != 0x04)) /* uncompressed */
 		return CKR_DEVICE_ERROR;
+	if (hsm_failed(hsm_buf_put_u8(&o->ec_point, 0x04)) ||
+	    (n >= 128 && hsm_failed(hsm_buf_put_u8(&o->ec_point, 0x81))) ||
+	    hsm_failed(hsm_buf_put_u8(&o->ec_point, (uint8_t)n)) ||
+	    hsm_failed(hsm_buf_put(&o->ec_point, key->data, n)) ||
+	    hsm_failed(hsm_buf_put(&o->ec_params, c->der, c->len)))
+		return CKR_HOST_MEMORY;
+	return CKR_OK;
+}
+
+/*
+ * The public values of o from its SubjectPublicKeyInfo (RFC 5280: SEQUENCE
+ * { AlgorithmIdentifier, BIT STRING }), which must be one of o's spec.  Read
+ * with OpenSSL's ASN.1 parser alone, making no EVP_PKEY: OpenSSL 3.0's
+ * decoders look their providers up again for every key (about half a
+ * millisecond each, which a login paid for every key the token shows), and
+ * d2i_PUBKEY, in an application that made an engine the default for RSA and
+ * EC keys (as `openssl req -engine pkcs11` does with OpenSSL's pkcs11
+ * engine, which may be this module's own caller), gives a key of the
+ * engine's.
+ */
+static CK_RV parse_values(p11_object *o)
+{
 	hsm_buf_clear(&o->modulus);
 	hsm_buf_clear(&o->exponent);
 	hsm_buf_clear(&o->ec_params);
 	hsm_buf_clear(&o->ec_point);
-	CK_RV rv = CKR_OK;
-	const struct curve *c = curve_of(o->spec);
-	if (o->key_type == CKK_RSA) {
-		rv = put_bn(pk, OSSL_PKEY_PARAM_RSA_N, &o->modulus);
-		if (rv == CKR_OK)
-			rv = put_bn(pk, OSSL_PKEY_PARAM_RSA_E, &o->exponent);
-		o->modulus_bits = (CK_ULONG)EVP_PKEY_get_bits(pk);
-	} else if (c != NULL) {
-		uint8_t point[160];
-		size_t n = sizeof(point);
-		bool ok = o->key_type == CKK_EC_EDWARDS /* the point is the 32-byte key itself */
-		              ? EVP_PKEY_get_raw_public_key(pk, point, &n) && n == 32
-		              : EVP_PKEY_get_octet_string_param(pk, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY,
-		                                                point, sizeof(point), &n) &&
-		                    n >= 1 && point[0] == 0x04;
-		if (!ok)
-			rv = CKR_DEVICE_ERROR;
-		/* CKA_EC_POINT: the uncompressed point as a DER OCTET STRING. */
-		else if (hsm_failed(hsm_buf_put_u8(&o->ec_point, 0x04)) ||
-		         (n >= 128 && hsm_failed(hsm_buf_put_u8(&o->ec_point, 0x81))) ||
-		         hsm_failed(hsm_buf_put_u8(&o->ec_point, (uint8_t)n)) ||
-		         hsm_failed(hsm_buf_put(&o->ec_point, point, n)) ||
-		         hsm_failed(hsm_buf_put(&o->ec_params, c->der, c->len)))
-			rv = CKR_HOST_MEMORY;
-	} else {
-		rv = CKR_DEVICE_ERROR;
+	if (o->spki.len == 0 || o->spki.len > INT_MAX)
+		return CKR_DEVICE_ERROR;
+	ASN1_SEQUENCE_ANY *spki = whole_sequence(o->spki.data, (int)o->spki.len, 2);
+	const ASN1_TYPE *alg_t = spki != NULL ? element(spki, 0, V_ASN1_SEQUENCE) : NULL;
+	const ASN1_TYPE *key_t = spki != NULL ? element(spki, 1, V_ASN1_BIT_STRING) : NULL;
+	X509_ALGOR *alg = NULL;
+	if (alg_t != NULL) {
+		const unsigned char *p = alg_t->value.sequence->data;
+		alg = d2i_X509_ALGOR(NULL, &p, alg_t->value.sequence->length);
+		if (alg != NULL && p != alg_t->value.sequence->data + alg_t->value.sequence->length) {
+			X509_ALGOR_free(alg);
+			alg = NULL;
+		}
 	}
+	CK_RV rv = CKR_DEVICE_ERROR;
+	const ASN1_BIT_STRING *key = key_t != NULL ? key_t->value.bit_string : NULL;
+	/* Whole bytes only: a key's bits are never a part of one. */
+	if (alg != NULL && key != NULL && key->length > 0 &&
+	    !((key->flags & ASN1_STRING_FLAG_BITS_LEFT) != 0 && (key->flags & 0x07) != 0)) {
+		const ASN1_OBJECT *obj;
+		const void *param;
+		int ptype;
+		X509_ALGOR_get0(&obj, &ptype, &param, alg);
+		int nid = OBJ_obj2nid(obj);
+		const struct curve *c = curve_of(o->spec);
+		if (o->key_type == CKK_RSA && nid == NID_rsaEncryption &&
+		    (ptype == V_ASN1_NULL || ptype == V_ASN1_UNDEF))
+			rv = rsa_values(o, key);
+		else if (o->key_type == CKK_EC && c != NULL && nid == NID_X9_62_id_ecPublicKey &&
+		         ptype == V_ASN1_OBJECT && OBJ_obj2nid(param) == OBJ_sn2nid(c->group))
+			rv = ec_values(o, c, key);
+		else if (o->key_type == CKK_EC_EDWARDS && c != NULL && nid == NID_ED25519 &&
+		         ptype == V_ASN1_UNDEF)
+			rv = ec_values(o, c, key);
+	}
+	X509_ALGOR_free(alg);
+	sk_ASN1_TYPE_pop_free(spki, ASN1_TYPE_free);
 	return rv;
 }
 
@@ -304,11 +360,9 @@ static CK_RV parse_values(p11_object *o, EVP_PKEY *pk)
 static CK_RV parse_public(p11_object *o)
 {
 	p11_ossl_watch();
-	EVP_PKEY *pk = decode_spki(&o->spki);
-	CK_RV rv = parse_values(o, pk);
-	if (p11_ossl_ran_out()) /* even when it worked: a decoder short of memory is not trusted */
+	CK_RV rv = parse_values(o);
+	if (p11_ossl_ran_out()) /* even when it worked: a parser short of memory is not trusted */
 		rv = CKR_HOST_MEMORY;
-	EVP_PKEY_free(pk);
 	return rv;
 }
 
@@ -474,17 +528,16 @@ CK_RV p11_object_read_check(p11_object *o)
 }
 
 /*
- * Makes the objects of one key, if it is one this token shows: Enabled (a
- * disabled key, one pending import or deletion is not listed), of a spec and
- * usage the module knows, and readable by this user.
+ * Makes the objects of one key from what DescribeKey answers of it (md), if
+ * it is one this token shows: Enabled (a disabled key, one pending import
+ * or deletion is not listed), of a spec and usage the module knows, and
+ * readable by this user.  entry: a DescribeKeys entry, whose PublicKey is
+ * absent where GetPublicKey would have been refused; NULL: GetPublicKey is
+ * asked here.
  */
-static CK_RV load_key(const char *key_id, json_t *aliases)
+static CK_RV add_key(const char *key_id, json_t *md, json_t *aliases, json_t *entry)
 {
-	json_t *ans = NULL;
-	CK_RV rv = p11_call("TrentService.DescribeKey", json_pack("{s:s}", "KeyId", key_id), &ans);
-	if (rv != CKR_OK)
-		return refused_key(rv) ? CKR_OK : rv;
-	json_t *md = json_object_get(ans, "KeyMetadata");
+	CK_RV rv = CKR_OK;
 	const char *state = json_string_value(json_object_get(md, "KeyState"));
 	const char *spec_name = json_string_value(json_object_get(md, "KeySpec"));
 	const char *usage_name = json_string_value(json_object_get(md, "KeyUsage"));
@@ -511,11 +564,17 @@ static CK_RV load_key(const char *key_id, json_t *aliases)
 	} else if ((usage == HSM_USAGE_SIGN_VERIFY && (p11_spec_is_rsa(spec) || curve_of(spec) != NULL)) ||
 	           (usage == HSM_USAGE_ENCRYPT_DECRYPT && p11_spec_is_rsa(spec)) ||
 	           (usage == HSM_USAGE_KEY_AGREEMENT && curve_of(spec) != NULL)) {
-		json_t *pub = NULL;
-		rv = p11_call("TrentService.GetPublicKey", json_pack("{s:s}", "KeyId", key_id), &pub);
-		if (rv == CKR_OK)
-			rv = p11_b64_member(pub, "PublicKey", &spki);
-		json_decref(pub);
+		if (entry == NULL) {
+			json_t *pub = NULL;
+			rv = p11_call("TrentService.GetPublicKey", json_pack("{s:s}", "KeyId", key_id), &pub);
+			if (rv == CKR_OK)
+				rv = p11_b64_member(pub, "PublicKey", &spki);
+			json_decref(pub);
+		} else if (json_object_get(entry, "PublicKey") != NULL) {
+			rv = p11_b64_member(entry, "PublicKey", &spki);
+		} else {
+			rv = CKR_ACTION_PROHIBITED; /* GetPublicKey would have been refused */
+		}
 		if (refused_key(rv)) { /* disabled or refused since DescribeKey: not listed */
 			rv = CKR_OK;
 			goto out;
@@ -531,6 +590,18 @@ static CK_RV load_key(const char *key_id, json_t *aliases)
 out:
 	hsm_buf_free(&spki);
 	hsm_buf_free(&id);
+	return rv;
+}
+
+/* One key, read with DescribeKey (and GetPublicKey). */
+static CK_RV load_key(const char *key_id, json_t *aliases)
+{
+	json_t *ans = NULL;
+	CK_RV rv = p11_call("TrentService.DescribeKey", json_pack("{s:s}", "KeyId", key_id), &ans);
+	if (rv == CKR_OK)
+		rv = add_key(key_id, json_object_get(ans, "KeyMetadata"), aliases, NULL);
+	else if (refused_key(rv))
+		rv = CKR_OK;
 	json_decref(ans);
 	return rv;
 }
@@ -565,28 +636,31 @@ static CK_RV load_view(json_t *aliases)
 	return rv;
 }
 
-/* Every key the user sees (ListKeys, a page at a time). */
-static CK_RV load_listing(json_t *aliases)
+/*
+ * Asks for the pages of a listing (ListKeys or DescribeKeys, 100 keys a
+ * page) and hands each entry of its Keys to each.
+ */
+static CK_RV load_pages(const char *target, CK_RV (*each)(json_t *entry, json_t *aliases),
+                        json_t *aliases)
 {
 	json_t *ans = NULL;
 	char marker[1024] = "";
 	CK_RV rv = CKR_OK;
 	for (;;) {
-		json_t *body = json_pack("{s:i}", "Limit", 1000);
+		json_t *body = json_pack("{s:i}", "Limit", 100);
 		if (body == NULL || (marker[0] != '\0' && !p11_set(body, "Marker", json_string(marker)))) {
 			json_decref(body);
 			rv = CKR_HOST_MEMORY;
 			break;
 		}
 		json_decref(ans);
-		rv = p11_call("TrentService.ListKeys", body, &ans);
+		rv = p11_call(target, body, &ans);
 		if (rv != CKR_OK)
 			break;
 		size_t i;
 		json_t *k;
 		json_array_foreach(json_object_get(ans, "Keys"), i, k) {
-			const char *id = json_string_value(json_object_get(k, "KeyId"));
-			if (id != NULL && hsm_is_uuid(id) && (rv = load_key(id, aliases)) != CKR_OK)
+			if ((rv = each(k, aliases)) != CKR_OK)
 				break;
 		}
 		const char *next = json_string_value(json_object_get(ans, "NextMarker"));
@@ -595,6 +669,32 @@ static CK_RV load_listing(json_t *aliases)
 		snprintf(marker, sizeof(marker), "%s", next);
 	}
 	json_decref(ans);
+	return rv;
+}
+
+static CK_RV load_listed(json_t *entry, json_t *aliases)
+{
+	const char *id = json_string_value(json_object_get(entry, "KeyId"));
+	return id != NULL && hsm_is_uuid(id) ? load_key(id, aliases) : CKR_OK;
+}
+
+static CK_RV load_described(json_t *entry, json_t *aliases)
+{
+	json_t *md = json_object_get(entry, "KeyMetadata");
+	const char *id = json_string_value(json_object_get(md, "KeyId"));
+	return id != NULL && hsm_is_uuid(id) ? add_key(id, md, aliases, entry) : CKR_OK;
+}
+
+/*
+ * Every key the user sees: DescribeKeys, one request for a page of keys
+ * with their metadata and public keys; from a node that does not know it
+ * (one older than the module), ListKeys and two requests per key.
+ */
+static CK_RV load_listing(json_t *aliases)
+{
+	CK_RV rv = load_pages("HsmdToken.DescribeKeys", load_described, aliases);
+	if (rv == CKR_FUNCTION_NOT_SUPPORTED)
+		rv = load_pages("TrentService.ListKeys", load_listed, aliases);
 	return rv;
 }
 

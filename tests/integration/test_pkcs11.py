@@ -1539,7 +1539,7 @@ def test_pkcs11_tool(server, user, officer, keys, tmp_path):
         block = f"Private Key Object; {kind}"
         assert block in p.stdout, p.stdout
         assert f"label:      {label}\n  ID:         {kid.encode().hex()}\n" in p.stdout, p.stdout
-    assert f"Secret Key Object; AES length 32\n  label:      session-aes\n" in p.stdout, p.stdout
+    assert "Secret Key Object; AES length 32\n  label:      session-aes\n" in p.stdout, p.stdout
     # The key agreement key: a private key object that derives, and its public key object.
     objects = []  # each object's lines: a header ("Public Key Object; EC ..."), then indented
     for line in p.stdout.splitlines():
@@ -1795,10 +1795,22 @@ def test_one_connection_kept_alive_and_renewed(tmp_path):
 
 # ---- 11. searches that name a key ------------------------------------------------------------
 
-def calls_by(server, user, ops=("ListKeys", "ListAliases", "DescribeKey", "GetPublicKey")):
+def calls_by(server, user,
+             ops=("ListKeys", "ListAliases", "DescribeKey", "GetPublicKey", "DescribeKeys")):
     """How many of each listing call the user has made, as the audit trail records them."""
     recs = [r for r in audit_records(server.data_dir) if r.get("principal") == user.arn]
     return {op: sum(r.get("op") == op for r in recs) for op in ops}
+
+
+def server_keys(officer):
+    """Every key id ListKeys names (the listing's pages are of these)."""
+    ids, marker = [], None
+    while True:
+        out = officer.list_keys(**({"Marker": marker} if marker else {}))
+        ids += [k["KeyId"] for k in out["Keys"]]
+        if not out["Truncated"]:
+            return ids
+        marker = out["NextMarker"]
 
 
 def settled_calls(server, user, before_total):
@@ -1821,12 +1833,16 @@ def test_search_by_id_or_label_reads_that_key_only(p11, server, user, officer, k
         base = calls_by(server, user)
         assert len(s.findObjects([])) >= 2 * 12  # a search naming nothing reads every key
         full = settled_calls(server, user, sum(base.values()))
-        assert full["ListKeys"] - base["ListKeys"] >= 1
-        assert full["DescribeKey"] - base["DescribeKey"] >= 14
+        # A page of up to 100 keys, metadata and public keys, a request: none per key.
+        n_keys = len(server_keys(officer))
+        assert full["DescribeKeys"] - base["DescribeKeys"] == (n_keys + 99) // 100
+        for op in ("ListKeys", "DescribeKey", "GetPublicKey"):
+            assert full[op] == base[op], op
 
         (priv,) = find(s, CKO_PRIVATE_KEY, keys["rsa"])
         by_id = settled_calls(server, user, sum(full.values()))
         assert by_id["ListKeys"] == full["ListKeys"]
+        assert by_id["DescribeKeys"] == full["DescribeKeys"]
         assert by_id["DescribeKey"] - full["DescribeKey"] == 1
         assert by_id["GetPublicKey"] - full["GetPublicKey"] == 1
 
@@ -2681,12 +2697,26 @@ tpl = PyKCS11.LowLevel.ckattrlist(1)
 tpl[0].SetType(PyKCS11.CKA_CHECK_VALUE)
 print(PyKCS11.CKR[s.lib.C_GetAttributeValue(s.session, key, tpl)])
 print(s.getAttributeValue(key, [PyKCS11.CKA_ENCRYPT])[0])
+# The whole token: each object's class, id, label and public values.
+seen = []
+for o in s.findObjects([]):
+    vals = []
+    for t in (PyKCS11.CKA_CLASS, PyKCS11.CKA_ID, PyKCS11.CKA_LABEL, PyKCS11.CKA_MODULUS,
+              PyKCS11.CKA_EC_POINT):
+        tpl = PyKCS11.LowLevel.ckattrlist(1)
+        tpl[0].SetType(t)
+        if s.lib.C_GetAttributeValue(s.session, o, tpl) == PyKCS11.CKR_OK:
+            vals.append(repr(s.getAttributeValue(o, [t])[0]))
+    seen.append("|".join(vals))
+print(len(seen), hash(tuple(sorted(seen))))
 """
 
 
 def test_a_node_without_check_values_still_serves_the_module(tmp_path, server, keys):
-    """A module newer than the node it talks to: where the node answers GetKeyCheckValue with
-    UnknownOperationException, the login works and secret keys have no CKA_CHECK_VALUE."""
+    """A module newer than the node it talks to: where the node answers GetKeyCheckValue and
+    HsmdToken.DescribeKeys with UnknownOperationException, the login works, the token lists
+    the same objects (ListKeys, DescribeKey and GetPublicKey key by key), and secret keys have
+    no CKA_CHECK_VALUE."""
     import http.server
     import threading
     import urllib.request
@@ -2694,7 +2724,9 @@ def test_a_node_without_check_values_still_serves_the_module(tmp_path, server, k
     class OlderNode(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
             body = self.rfile.read(int(self.headers["Content-Length"]))
-            if self.headers["X-Amz-Target"] == "HsmdCipher.GetKeyCheckValue":
+            targets.append(self.headers["X-Amz-Target"])
+            if self.headers["X-Amz-Target"] in ("HsmdCipher.GetKeyCheckValue",
+                                                "HsmdToken.DescribeKeys"):
                 status, out = 400, json.dumps({"__type": "UnknownOperationException",
                                                "message": "unknown"}).encode()
             else:  # passed on as signed: hsmd checks the Host header the module signed
@@ -2714,15 +2746,27 @@ def test_a_node_without_check_values_still_serves_the_module(tmp_path, server, k
         def log_message(self, *args):
             pass
 
+    targets = []
     proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OlderNode)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     try:
         script = tmp_path / "older_node_client.py"
         script.write_text(OLDER_NODE_CLIENT)
-        env = dict(os.environ, HSM_PKCS11_ENDPOINT=f"http://127.0.0.1:{proxy.server_port}")
-        p = subprocess.run(["/usr/bin/python3", str(script), MODULE, f"{DEV_AKID}:{DEV_SECRET}",
-                            keys["aes"]], env=env, capture_output=True, text=True, timeout=120)
-        assert p.stdout.split() == ["CKR_ATTRIBUTE_TYPE_INVALID", "True"], (p.stdout, p.stderr)
+
+        def run(endpoint):
+            env = dict(os.environ, HSM_PKCS11_ENDPOINT=endpoint, PYTHONHASHSEED="0")
+            p = subprocess.run(["/usr/bin/python3", str(script), MODULE,
+                                f"{DEV_AKID}:{DEV_SECRET}", keys["aes"]],
+                               env=env, capture_output=True, text=True, timeout=120)
+            assert p.returncode == 0, p.stderr
+            return p.stdout.split()
+
+        older = run(f"http://127.0.0.1:{proxy.server_port}")
+        assert older[:2] == ["CKR_ATTRIBUTE_TYPE_INVALID", "True"], older
+        assert "HsmdToken.DescribeKeys" in targets and "TrentService.DescribeKey" in targets
+        current = run(server.endpoint)
+        assert current[0] == "CKR_OK" and int(current[2]) >= 10, current
+        assert older[2:] == current[2:]  # the same objects, with the same values
     finally:
         proxy.shutdown()
         proxy.server_close()
