@@ -274,7 +274,7 @@ static CK_RV make_key(hsm_key_spec spec, hsm_key_usage usage, const char *label,
 		ided = (rv = create_alias(id, key_id, reclaim_id)) == CKR_OK;
 	/* Without its objects (memory ran out reading them, say) the call fails: the key goes too. */
 	if (rv == CKR_OK)
-		rv = p11_objects_refresh();
+		rv = p11_objects_add_made(key_id);
 	if (rv != CKR_OK) {
 		const char *names[] = {labelled ? alias : NULL, ided ? id : NULL};
 		for (size_t i = 0; i < 2; i++) {

@@ -74,6 +74,9 @@ void p11_objects_clear(void)
 	free(p11.objects);
 	p11.objects = NULL;
 	p11.n_objects = p11.cap_objects = 0;
+	free(p11.made);
+	p11.made = NULL;
+	p11.n_made = 0;
 }
 
 const CK_ATTRIBUTE_TYPE p11_use_attrs[P11_USES] = {CKA_ENCRYPT, CKA_DECRYPT, CKA_SIGN, CKA_VERIFY,
@@ -609,6 +612,7 @@ static CK_RV load_key(const char *key_id, json_t *aliases)
 /*
  * The keys HSM_PKCS11_KEYS names, each resolved now (an alias that moved
  * shows the key it names today); a name that names no key shows nothing.
+ * Then the keys this module made since C_Initialize (p11_objects_add_made).
  */
 static CK_RV load_view(json_t *aliases)
 {
@@ -633,6 +637,8 @@ static CK_RV load_view(json_t *aliases)
 		if (rv == CKR_OK && key_id[0] != '\0')
 			rv = load_key(key_id, aliases);
 	}
+	for (size_t i = 0; rv == CKR_OK && i < p11.n_made; i++)
+		rv = load_key(p11.made[i], aliases);
 	return rv;
 }
 
@@ -756,6 +762,27 @@ static CK_RV refresh_key(const char *key_id)
 	else
 		for (size_t i = 0; i < p11.n_objects; i++)
 			p11.objects[i].seen = true;
+	return rv;
+}
+
+/*
+ * A key made here is read alone (three calls, not a listing).  Under
+ * HSM_PKCS11_KEYS it joins the view: the application sees the keys it
+ * makes, at this listing and the next ones.
+ */
+CK_RV p11_objects_add_made(const char *key_id)
+{
+	bool view = p11.keys[0] != '\0';
+	if (view) {
+		void *more = realloc(p11.made, (p11.n_made + 1) * sizeof(*p11.made));
+		if (more == NULL)
+			return CKR_HOST_MEMORY;
+		p11.made = more;
+		memcpy(p11.made[p11.n_made++], key_id, HSM_UUID_STRLEN + 1);
+	}
+	CK_RV rv = refresh_key(key_id);
+	if (rv != CKR_OK && view)
+		p11.n_made--; /* its maker deletes it */
 	return rv;
 }
 

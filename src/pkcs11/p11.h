@@ -167,6 +167,9 @@ typedef struct p11_module {
 	pid_t pid; /* of the process that initialized the module (a forked child must again) */
 	p11_conn conn;
 	char keys[4096]; /* HSM_PKCS11_KEYS: the keys the token shows (empty: every key) */
+	/* Keys this module made under HSM_PKCS11_KEYS: shown too, until C_Finalize. */
+	char (*made)[HSM_UUID_STRLEN + 1];
+	size_t n_made;
 	/* Idle clients, each with its kept-alive connection; calls take one and give it back. */
 	hsm_client *pool[P11_POOL_MAX];
 	size_t pool_n;
@@ -276,6 +279,11 @@ bool p11_ossl_ran_out(void);
 /* ---- objects.c ---- */
 /* Reads hsmd's keys again (login, FindObjectsInit, after changes). */
 CK_RV p11_objects_refresh(void);
+/*
+ * Reads a key this module just made (C_GenerateKey, C_GenerateKeyPair), that
+ * key alone; under HSM_PKCS11_KEYS the token shows it from then on too.
+ */
+CK_RV p11_objects_add_made(const char *key_id);
 /*
  * Refreshes what a search template asks for: certificates (CKA_CLASS
  * CKO_CERTIFICATE), keys (any other class; only the key CKA_ID or CKA_LABEL

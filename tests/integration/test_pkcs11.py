@@ -2076,6 +2076,56 @@ def test_keys_view(tmp_path, server, user, officer, keys):
         assert (p.returncode == 0) == found, (view, p.stdout, p.stderr)
 
 
+VIEW_MAKER = r"""
+import sys, PyKCS11
+lib = PyKCS11.PyKCS11Lib()
+lib.load(sys.argv[1])
+s = lib.openSession(0, PyKCS11.CKF_SERIAL_SESSION | PyKCS11.CKF_RW_SESSION)
+s.login(sys.argv[2])
+def ids():
+    return sorted({bytes(s.getAttributeValue(o, [PyKCS11.CKA_ID])[0]).decode()
+                   for o in s.findObjects([])})
+print(" ".join(ids()))
+pub, priv = s.generateKeyPair(
+    [(PyKCS11.CKA_EC_PARAMS, bytes.fromhex(sys.argv[3])), (PyKCS11.CKA_TOKEN, True),
+     (PyKCS11.CKA_VERIFY, True)],
+    [(PyKCS11.CKA_TOKEN, True), (PyKCS11.CKA_PRIVATE, True), (PyKCS11.CKA_SENSITIVE, True),
+     (PyKCS11.CKA_SIGN, True), (PyKCS11.CKA_LABEL, sys.argv[4])],
+    mecha=PyKCS11.MechanismECGENERATEKEYPAIR)
+made = bytes(s.getAttributeValue(priv, [PyKCS11.CKA_ID])[0]).decode()
+print(made)
+print(" ".join(ids()))
+s.logout()
+s.login(sys.argv[2])
+print(" ".join(ids()))
+"""
+
+
+def test_keys_view_shows_the_keys_it_makes(tmp_path, server, officer, keys):
+    """Under HSM_PKCS11_KEYS, a key pair the application generates is answered with its
+    handles, and stays in the token at later listings (a search, a new login) beside the
+    keys the view names; another process's view does not name it."""
+    script = tmp_path / "view_maker.py"
+    script.write_text(VIEW_MAKER)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HSM_PKCS11_")}
+    env.update(HSM_PKCS11_ENDPOINT=server.endpoint, HSM_PKCS11_KEYS=keys["ec"])
+    p = subprocess.run(["/usr/bin/python3", str(script), MODULE, f"{DEV_AKID}:{DEV_SECRET}",
+                        P256_OID.hex(), "view-made"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    before, made, after, relogged = p.stdout.splitlines()
+    try:
+        assert before.split() == [keys["ec"]]
+        assert officer.describe_key(KeyId="alias/view-made")["KeyMetadata"]["KeyId"] == made
+        assert sorted(after.split()) == sorted([keys["ec"], made])
+        assert relogged == after
+        p = tool(server.endpoint, "--login", "--pin", f"{DEV_AKID}:{DEV_SECRET}", "-O",
+                 keys=keys["ec"])
+        assert p.returncode == 0 and made.encode().hex() not in p.stdout, p.stdout
+    finally:
+        officer.schedule_key_deletion(KeyId=made, PendingWindowInDays=7)
+
+
 # ---- 12b. OpenSSL's pkcs11 engine ------------------------------------------------------------
 
 ENGINE = "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so"
