@@ -1,7 +1,7 @@
 /*
- * keys.c - key life cycle: CreateKey, DescribeKey, ListKeys, DescribeKeys, EnableKey,
- * DisableKey, UpdateKeyDescription, ScheduleKeyDeletion, CancelKeyDeletion,
- * and destruction once the waiting period ends.
+ * keys.c - key life cycle: CreateKey, DescribeKey, ListKeys, DescribeKeys,
+ * EnableKey, DisableKey, UpdateKeyDescription, ScheduleKeyDeletion,
+ * CancelKeyDeletion, and destruction once the waiting period ends.
  */
 #include <stdio.h>
 #include <stdlib.h>
