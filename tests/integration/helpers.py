@@ -335,6 +335,12 @@ def gdb_can_trace():
     return "exited normally" in p.stdout
 
 
+def listed_key_ids(kms):
+    """Every key id ListKeys names, in its order (all pages)."""
+    return [k["KeyId"] for page in kms.get_paginator("list_keys").paginate()
+            for k in page["Keys"]]
+
+
 def key_denying(kms, action, **create):
     """A new key whose policy lets the account do everything but `action`, denied to all."""
     policy = {"Version": "2012-10-17", "Statement": [

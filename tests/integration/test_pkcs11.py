@@ -54,7 +54,7 @@ from PyKCS11 import (CKA_ALWAYS_SENSITIVE, CKA_CLASS, CKA_DECRYPT, CKA_DERIVE, C
 
 from conftest import (ACCOUNT, BUILD, DEV_AKID, DEV_SECRET, REGION, Hsmd, client, free_port,
                       signed_call, start_dev)
-from helpers import admin, audit_records, key_denying, make_pki, new_user
+from helpers import admin, audit_records, key_denying, listed_key_ids, make_pki, new_user
 
 MODULE = os.path.join(BUILD, "libhsm_pkcs11.so")
 CKR_ACTION_PROHIBITED = 0x1B  # PKCS#11 v2.40; not among PyKCS11 1.5's names
@@ -1802,17 +1802,6 @@ def calls_by(server, user,
     return {op: sum(r.get("op") == op for r in recs) for op in ops}
 
 
-def server_keys(officer):
-    """Every key id ListKeys names (the listing's pages are of these)."""
-    ids, marker = [], None
-    while True:
-        out = officer.list_keys(**({"Marker": marker} if marker else {}))
-        ids += [k["KeyId"] for k in out["Keys"]]
-        if not out["Truncated"]:
-            return ids
-        marker = out["NextMarker"]
-
-
 def settled_calls(server, user, before_total):
     deadline = time.time() + 5
     while True:
@@ -1834,7 +1823,7 @@ def test_search_by_id_or_label_reads_that_key_only(p11, server, user, officer, k
         assert len(s.findObjects([])) >= 2 * 12  # a search naming nothing reads every key
         full = settled_calls(server, user, sum(base.values()))
         # A page of up to 100 keys, metadata and public keys, a request: none per key.
-        n_keys = len(server_keys(officer))
+        n_keys = len(listed_key_ids(officer))
         assert full["DescribeKeys"] - base["DescribeKeys"] == (n_keys + 99) // 100
         for op in ("ListKeys", "DescribeKey", "GetPublicKey"):
             assert full[op] == base[op], op
