@@ -96,6 +96,11 @@ bool hsm_str_has_prefix(const char *s, const char *prefix);
 /* Characters (code points) in valid UTF-8 text: the lengths AWS limits are in characters. */
 size_t hsm_utf8_chars(const char *s);
 /*
+ * Whether n bytes are valid UTF-8 (RFC 3629: shortest forms, no surrogates,
+ * nothing above U+10FFFF; NUL allowed), checked without allocating.
+ */
+bool hsm_utf8_valid(const void *p, size_t n);
+/*
  * A location as it may be shown in logs and audit records: a URI loses its
  * userinfo (user:password@), its query (?password=...) and its fragment,
  * keeping scheme://hosts/path; anything else (a directory) is copied.

@@ -20,6 +20,7 @@
 #include <openssl/x509.h>
 
 #include "common/encoding.h"
+#include "common/util.h"
 #include "crypto/x509.h"
 #include "pkcs11/p11.h"
 
@@ -33,9 +34,10 @@ static bool put_der(hsm_buf *b, int n, unsigned char *der)
 
 /*
  * Fills a certificate object's values from its DER: CKR_ATTRIBUTE_VALUE_INVALID
- * unless it is exactly one DER X.509 certificate.
+ * unless it is exactly one DER X.509 certificate, CKR_HOST_MEMORY when memory
+ * ran out on the way (OpenSSL's parser then reads any DER as invalid).
  */
-static CK_RV fill(p11_object *o, const uint8_t *der, size_t len)
+static CK_RV fill_values(p11_object *o, const uint8_t *der, size_t len)
 {
 	/* DER, not merely BER, and nothing after it: what hsmd stores. */
 	X509 *x = hsm_x509_from_der(der, len, P11_CERT_DER_MAX);
@@ -58,6 +60,15 @@ static CK_RV fill(p11_object *o, const uint8_t *der, size_t len)
 	ok = ok && EVP_Digest(der, len, sha1, &n, EVP_sha1(), NULL) == 1 && n >= 3 &&
 	     hsm_ok(hsm_buf_set(&o->check, sha1, 3)) && hsm_ok(hsm_buf_set(&o->value, der, len));
 	return ok ? CKR_OK : CKR_HOST_MEMORY;
+}
+
+static CK_RV fill(p11_object *o, const uint8_t *der, size_t len)
+{
+	p11_ossl_watch();
+	CK_RV rv = fill_values(o, der, len);
+	if (p11_ossl_ran_out()) /* even when it worked: a parser short of memory is not trusted */
+		rv = CKR_HOST_MEMORY;
+	return rv;
 }
 
 /* One certificate with its DER (listed, or from GetCertificate): a new object, or the one it is. */
@@ -83,9 +94,16 @@ static CK_RV load_one(json_t *c)
 		snprintf(o->label, sizeof(o->label), "%s", label);
 		o->id = object_id;
 		object_id = (hsm_buf){0};
-		/* One hsmd could not describe is not an object of this token: it goes with the unseen. */
-		if (fill(o, der.data, der.len) != CKR_OK)
+		/* One hsmd could not describe is not an object of this token: it goes with the unseen.
+		 * Short of memory, the listing fails and the object goes now (not kept half made,
+		 * to be read whole at the next listing): a certificate is not left out for that. */
+		CK_RV filled = fill(o, der.data, der.len);
+		if (filled == CKR_HOST_MEMORY) {
+			p11_object_drop(o->handle);
+			rv = CKR_HOST_MEMORY;
+		} else if (filled != CKR_OK) {
 			o->seen = false;
+		}
 	}
 	hsm_buf_free(&der);
 	hsm_buf_free(&object_id);
@@ -229,10 +247,14 @@ CK_RV p11_certs_refresh(const CK_ATTRIBUTE *id, const CK_ATTRIBUTE *label)
 	if (label != NULL) {
 		/* Not UTF-8, or too long: no certificate has such a label. */
 		if (label->ulValueLen > P11_LABEL_MAX || (label->pValue == NULL && label->ulValueLen > 0) ||
-		    (jlabel = json_stringn(label->ulValueLen ? label->pValue : "", label->ulValueLen)) ==
-		        NULL) {
+		    !hsm_utf8_valid(label->pValue, label->ulValueLen)) {
 			json_decref(jid);
 			return CKR_OK;
+		}
+		jlabel = json_stringn(label->ulValueLen ? label->pValue : "", label->ulValueLen);
+		if (jlabel == NULL) {
+			json_decref(jid);
+			return CKR_HOST_MEMORY;
 		}
 	}
 	/* Only the certificates this listing can show are read again. */
@@ -356,16 +378,15 @@ static CK_RV read_label(const CK_ATTRIBUTE *a, char *out, size_t cap)
 	out[0] = '\0';
 	if (a == NULL)
 		return CKR_OK;
-	if (a->ulValueLen > P11_LABEL_MAX || a->ulValueLen >= cap)
+	if (a->ulValueLen > P11_LABEL_MAX || a->ulValueLen >= cap ||
+	    (a->pValue == NULL && a->ulValueLen > 0))
 		return CKR_ATTRIBUTE_VALUE_INVALID;
 	const unsigned char *p = a->pValue;
 	for (CK_ULONG i = 0; i < a->ulValueLen; i++)
 		if (p[i] < 0x20 || p[i] == 0x7f)
 			return CKR_ATTRIBUTE_VALUE_INVALID;
-	json_t *utf8 = json_stringn(a->pValue, a->ulValueLen); /* NULL unless valid UTF-8 */
-	if (utf8 == NULL)
+	if (!hsm_utf8_valid(a->pValue, a->ulValueLen))
 		return CKR_ATTRIBUTE_VALUE_INVALID;
-	json_decref(utf8);
 	if (a->ulValueLen > 0)
 		memcpy(out, a->pValue, a->ulValueLen);
 	out[a->ulValueLen] = '\0';

@@ -134,13 +134,14 @@ p11_object *p11_object_add_derived(CK_SESSION_HANDLE owner)
 	return o;
 }
 
-/* Drops the objects matching: the derived secret with this handle, those of a session. */
+/* Drops the objects matching: the one with this handle, the session objects of a session. */
 static void objects_drop(CK_OBJECT_HANDLE handle, CK_SESSION_HANDLE owner)
 {
 	size_t j = 0;
 	for (size_t i = 0; i < p11.n_objects; i++) {
 		p11_object *o = &p11.objects[i];
-		if (o->derived && (o->handle == handle || o->owner == owner))
+		if ((handle != CK_INVALID_HANDLE && o->handle == handle) ||
+		    (o->derived && owner != CK_INVALID_HANDLE && o->owner == owner))
 			object_free(o);
 		else
 			p11.objects[j++] = *o;

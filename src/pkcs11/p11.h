@@ -334,7 +334,7 @@ CK_RV p11_schedule_deletion(const char *key_id);
 CK_RV p11_rw_session(CK_SESSION_HANDLE h);
 /* Drops the objects not seen in the last listing (derived ones stay). */
 void p11_objects_remove_unseen(void);
-/* Destroys one session object (a derived secret or a session certificate). */
+/* Drops one object from the table (a session object destroyed, one half made). */
 void p11_object_drop(CK_OBJECT_HANDLE h);
 /* Destroys the derived secrets of a session that closes. */
 void p11_objects_drop_session(CK_SESSION_HANDLE owner);

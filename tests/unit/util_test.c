@@ -190,6 +190,43 @@ static void test_thread_batch_keeps_nice(void **state)
 }
 
 /* The published FNV-1a 64-bit test values. */
+static void test_utf8_valid_as_rfc_3629(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *bytes;
+		size_t len;
+		bool valid;
+	} cases[] = {
+	    {"", 0, true},
+	    {"web-tls", 7, true},
+	    {"a\0b", 3, true},
+	    {"\xc3\xa9t\xc3\xa9", 6, true},             /* été */
+	    {"\xe2\x82\xac", 3, true},                  /* U+20AC */
+	    {"\xf0\x9f\x94\x91", 4, true},              /* U+1F511 */
+	    {"\xf4\x8f\xbf\xbf", 4, true},              /* U+10FFFF */
+	    {"\xed\x9f\xbf", 3, true},                  /* U+D7FF */
+	    {"\xee\x80\x80", 3, true},                  /* U+E000 */
+	    {"\x80", 1, false},                         /* a continuation first */
+	    {"\xc3", 1, false},                         /* cut short */
+	    {"\xe2\x82", 2, false},
+	    {"\xc3\x28", 2, false},                     /* not a continuation */
+	    {"\xc0\xaf", 2, false},                     /* overlong '/' */
+	    {"\xe0\x80\xaf", 3, false},
+	    {"\xf0\x80\x80\xaf", 4, false},
+	    {"\xed\xa0\x80", 3, false},                 /* U+D800, a surrogate */
+	    {"\xed\xbf\xbf", 3, false},                 /* U+DFFF */
+	    {"\xf4\x90\x80\x80", 4, false},             /* above U+10FFFF */
+	    {"\xf8\x88\x80\x80\x80", 5, false},
+	    {"\xff", 1, false},
+	    {"ok\xc3\xa9\xc3", 5, false},               /* cut short at the end */
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		if (hsm_utf8_valid(cases[i].bytes, cases[i].len) != cases[i].valid)
+			fail_msg("case %zu", i);
+	}
+}
+
 static void test_fnv1a(void **state)
 {
 	(void)state;
@@ -209,6 +246,7 @@ int main(void)
 	    cmocka_unit_test(test_thread_batch_keeps_nice),
 	    cmocka_unit_test(test_thread_batch_keeps_other_policies),
 	    cmocka_unit_test(test_fnv1a),
+	    cmocka_unit_test(test_utf8_valid_as_rfc_3629),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
