@@ -50,6 +50,9 @@ struct ctl {
 static struct ctl *ctl;
 static CK_FUNCTION_LIST_PTR f;
 static const char *pin, *ids[6];
+/* A DER X.509 certificate (HSM_TEST_OOM_CERT), stored in hsmd as "oom-cert" at the start. */
+static CK_BYTE cert[4096];
+static CK_ULONG cert_len;
 enum { EC, RSA, MAC, AES, RSA_ENC, ECDH };
 
 /* What the scenarios work with, found again after a login or an initialization. */
@@ -66,7 +69,7 @@ static CK_ULONG ec_point_len;
 /* What the last scenario's run produced, checked with nothing refused. */
 static CK_BYTE out[512], out_iv[12];
 static CK_ULONG out_len;
-static CK_OBJECT_HANDLE made_pub, made_priv, made_secret, doomed;
+static CK_OBJECT_HANDLE made_pub, made_priv, made_secret, made_cert, doomed;
 
 static void die(const char *what, CK_RV rv)
 {
@@ -549,6 +552,84 @@ static void e_destroy(void)
 		(void)f->C_DestroyObject(h.s, doomed);
 }
 
+/* ---- certificates ---------------------------------------------------------- */
+
+static CK_RV create_cert(CK_BBOOL token, CK_OBJECT_HANDLE *o)
+{
+	CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+	CK_CERTIFICATE_TYPE type = CKC_X_509;
+	char label[] = "oom-cert";
+	CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
+	                    {CKA_CERTIFICATE_TYPE, &type, sizeof(type)},
+	                    {CKA_TOKEN, &token, sizeof(token)},
+	                    {CKA_LABEL, label, sizeof(label) - 1},
+	                    {CKA_VALUE, cert, cert_len}};
+	return f->C_CreateObject(h.s, t, 5, o);
+}
+
+/* The certificate objects labelled "oom-cert" (at most 4) into handles; their number. */
+static CK_RV find_certs(CK_OBJECT_HANDLE handles[4], CK_ULONG *n)
+{
+	CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+	char label[] = "oom-cert";
+	CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_LABEL, label, sizeof(label) - 1}};
+	*n = 0;
+	CK_RV rv = f->C_FindObjectsInit(h.s, t, 2);
+	if (rv != CKR_OK)
+		return rv;
+	rv = f->C_FindObjects(h.s, handles, 4, n);
+	CK_RV end = f->C_FindObjectsFinal(h.s);
+	return rv != CKR_OK ? rv : end;
+}
+
+/* A certificate object's DER and the first byte of its subject, as they should be. */
+static bool cert_object_right(CK_OBJECT_HANDLE o)
+{
+	CK_BYTE value[sizeof(cert)], subject[1024];
+	CK_ATTRIBUTE t[] = {{CKA_VALUE, value, sizeof(value)}, {CKA_SUBJECT, subject, sizeof(subject)}};
+	return f->C_GetAttributeValue(h.s, o, t, 2) == CKR_OK && t[0].ulValueLen == cert_len &&
+	       memcmp(value, cert, cert_len) == 0 && t[1].ulValueLen > 2 && subject[0] == 0x30;
+}
+
+/* A session certificate: the module parses it and keeps it for the session. */
+static CK_RV s_cert_session(void)
+{
+	made_cert = CK_INVALID_HANDLE;
+	return create_cert(CK_FALSE, &made_cert);
+}
+
+static bool c_cert_session(void)
+{
+	return cert_object_right(made_cert);
+}
+
+static void e_cert_session(void)
+{
+	if (made_cert != CK_INVALID_HANDLE)
+		(void)f->C_DestroyObject(h.s, made_cert);
+	made_cert = CK_INVALID_HANDLE;
+}
+
+/* A token certificate the module has not seen: read at login (a new module instance). */
+static void p_cert_login(void)
+{
+	(void)f->C_Finalize(NULL);
+	CK_RV rv;
+	if ((rv = f->C_Initialize(NULL)) != CKR_OK)
+		die("C_Initialize", rv);
+	if ((rv = f->C_OpenSession(0, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h.s)) !=
+	    CKR_OK)
+		die("C_OpenSession", rv);
+}
+
+/* Logged in, the token shows the certificate, whole: not left out, not half made. */
+static bool c_cert_login(void)
+{
+	CK_OBJECT_HANDLE o[4];
+	CK_ULONG n;
+	return find_certs(o, &n) == CKR_OK && n == 1 && cert_object_right(o[0]);
+}
+
 struct scenario {
 	const char *name;
 	CK_RV (*run)(void);
@@ -585,6 +666,8 @@ static const struct scenario scenarios[] = {
     {"generate_secret", s_generate_secret, c_generate_secret, CKR_OK, NULL, NULL,
      n_generate_secret},
     {"destroy", s_destroy, NULL, CKR_OK, p_destroy, e_destroy, NULL},
+    {"cert_session", s_cert_session, c_cert_session, CKR_OK, NULL, e_cert_session, NULL},
+    {"cert_login", s_login, c_cert_login, CKR_OK, p_cert_login, e_login, NULL},
 };
 
 /* ---- the sweep ------------------------------------------------------------ */
@@ -701,6 +784,14 @@ int main(int argc, char **argv)
 	for (int i = 0; i < 6; i++)
 		ids[i] = argv[3 + i];
 	long cap = argc == 10 ? atol(argv[9]) : 100000;
+	const char *cert_path = getenv("HSM_TEST_OOM_CERT");
+	FILE *cf = cert_path != NULL ? fopen(cert_path, "rb") : NULL;
+	if (cf == NULL)
+		die("HSM_TEST_OOM_CERT", 0);
+	cert_len = (CK_ULONG)fread(cert, 1, sizeof(cert), cf);
+	fclose(cf);
+	if (cert_len == 0 || cert_len == sizeof(cert))
+		die("HSM_TEST_OOM_CERT: a DER certificate under 4 KiB", 0);
 	const char *path = getenv("HSM_TEST_OOM_CTL");
 	int fd = path != NULL ? open(path, O_RDWR | O_CLOEXEC) : -1;
 	if (fd < 0)
@@ -723,6 +814,9 @@ int main(int argc, char **argv)
 	if ((rv = f->C_Initialize(NULL)) != CKR_OK)
 		die("C_Initialize", rv);
 	session_and_login();
+	CK_OBJECT_HANDLE stored;
+	if ((rv = create_cert(CK_TRUE, &stored)) != CKR_OK)
+		die("C_CreateObject of a token certificate", rv);
 	known_answers();
 	const char *only = getenv("PKCS11_OOM_ONLY");
 	for (size_t i = 0; i < sizeof(scenarios) / sizeof(scenarios[0]); i++)

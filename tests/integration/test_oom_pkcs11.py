@@ -9,7 +9,8 @@ operation left active, a login lost or a connection left broken.
 pkcs11_oom.c loads the module with oomfault.c preloaded and, for each of its
 scenarios (signing, verifying, HMAC, AES-GCM, RSA-OAEP, ECDH, digests, random
 bytes, attributes, searches, sessions, login, C_Initialize, key generation
-and destruction), counts the allocations the module makes for it and refuses
+and destruction, certificates parsed in C_CreateObject and at a login that
+first sees one), counts the allocations the module makes for it and refuses
 each of them in turn (or CAP of them, spread from the first to the last:
 reading the objects again makes thousands), each refused run followed by an
 unrefused one.  This test starts the node (over HTTP, then TLS), makes the
@@ -21,7 +22,7 @@ import subprocess
 import pytest
 
 from conftest import BUILD, DEV_AKID, DEV_SECRET, Hsmd, client
-from helpers import make_pki
+from helpers import make_pki, self_signed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODULE = os.path.join(BUILD, "libhsm_pkcs11.so")
@@ -30,7 +31,7 @@ SCENARIOS = {"sign_ecdsa", "sign_ecdsa_parts", "sign_rsa", "verify_ecdsa", "veri
              "hmac", "hmac_verify", "gcm_encrypt", "gcm_decrypt", "oaep_encrypt", "oaep_decrypt",
              "digest", "random", "ec_point", "rsa_modulus", "find", "token_info", "session",
              "login", "initialize", "gcm_parts", "derive", "generate_pair", "generate_secret",
-             "destroy"}
+             "destroy", "cert_session", "cert_login"}
 # The scenarios that allocate: those that ask hsmd, or hash in the module.
 ALLOCATING = SCENARIOS - {"ec_point", "rsa_modulus", "token_info", "session", "initialize"}
 
@@ -78,8 +79,10 @@ def test_the_module_short_of_memory(tmp_path, server, shim):
     keys_before = all_keys(kms)
     ctl = tmp_path / "ctl"
     ctl.write_bytes(b"\0" * 256)  # oomfault.c's control file; pkcs11_oom.c drives it
+    cert = tmp_path / "cert.der"  # stored once, then parsed by the module under refusal
+    cert.write_bytes(self_signed("oom-cert"))
     env = dict(os.environ, HSM_PKCS11_ENDPOINT=server.endpoint, HSM_TEST_OOM_CTL=str(ctl),
-               LD_PRELOAD=shim)
+               HSM_TEST_OOM_CERT=str(cert), LD_PRELOAD=shim)
     if server.tls_ca:
         env["HSM_PKCS11_CA_FILE"] = server.tls_ca
     p = subprocess.run([str(program(tmp_path)), MODULE, f"{DEV_AKID}:{DEV_SECRET}", *ids,
