@@ -34,8 +34,7 @@ static bool put_der(hsm_buf *b, int n, unsigned char *der)
 
 /*
  * Fills a certificate object's values from its DER: CKR_ATTRIBUTE_VALUE_INVALID
- * unless it is exactly one DER X.509 certificate, CKR_HOST_MEMORY when memory
- * ran out on the way (OpenSSL's parser then reads any DER as invalid).
+ * unless it is exactly one DER X.509 certificate.
  */
 static CK_RV fill_values(p11_object *o, const uint8_t *der, size_t len)
 {
@@ -62,6 +61,8 @@ static CK_RV fill_values(p11_object *o, const uint8_t *der, size_t len)
 	return ok ? CKR_OK : CKR_HOST_MEMORY;
 }
 
+/* fill_values, or CKR_HOST_MEMORY when memory ran out on the way: OpenSSL's parser, short
+ * of memory, reads any DER as invalid. */
 static CK_RV fill(p11_object *o, const uint8_t *der, size_t len)
 {
 	p11_ossl_watch();
