@@ -28,7 +28,7 @@ import pytest
 
 from conftest import BUILD, HSMCTL, Hsmd, client, signed_call
 from helpers import (PG_SERVER, Postgres, admin, audit_records, eventually, gdb_can_trace, raises,
-                     self_signed)
+                     listed_key_ids, self_signed)
 
 MODULE = os.path.join(BUILD, "libhsm_pkcs11.so")
 CUSTODIANS = ["alice", "bob", "carol", "dave", "erin"]
@@ -430,6 +430,41 @@ def test_hsmctl_works_on_the_shared_store_beside_running_nodes(cluster, tmp_path
     # hsmctl's own audit trail, in --data-dir, records both changes.
     ops = [r.get("op") for r in audit_records(audit_dir)]
     assert "CreateKey" in ops and "DisableKey" in ops, ops
+
+
+def test_hsmctl_reads_the_shared_store_as_it_is(cluster, pg, tmp_path):
+    """The offline commands that only read (status, the unseal check, user list) open the
+    shared store as it is, beside the running nodes: they report what the nodes serve, and
+    a database that holds no store is reported as such, not made into one."""
+    data = str(tmp_path / "operator")
+    node = admin(cluster.a, "Status", {}, akid=cluster.ops[0], secret=cluster.ops[1])
+    kms(cluster.a, cluster.ops).create_key(Description="counted offline")
+    listed = len(listed_key_ids(kms(cluster.b, cluster.ops)))
+    p = hsmctl("status", "--data-dir", data, store=cluster.store)
+    fields = dict(l.split(": ", 1) for l in p.stdout.splitlines() if ": " in l)
+    assert fields["store"] == node["StoreId"], (p.stdout, node)
+    # hsmctl's own keystore is sealed: no share was given to it.
+    assert fields["state"] == "sealed" and fields["quorum"] == "3", p.stdout
+    assert int(fields["keys"]) == listed, (p.stdout, listed)
+    latest = int(pg.sql(cluster.store, "SELECT max(version) FROM schema_version"))
+    assert int(fields["schema"]) == latest, p.stdout
+
+    quorum = [cluster.files[c] for c in ("bob", "dave", "erin")]
+    p = hsmctl("unseal", "--data-dir", data, *quorum, store=cluster.store)
+    assert f"reconstruct the master key of store {node['StoreId']}" in p.stdout, p.stdout
+    p = hsmctl("unseal", "--data-dir", data, *quorum[:2], store=cluster.store, check=False)
+    assert p.returncode != 0 and "reconstruct" not in p.stdout, p.stdout + p.stderr
+
+    p = hsmctl("user", "list", "--data-dir", data, store=cluster.store)
+    names = set(re.findall(r"^UserName: (\S+)$", p.stdout, re.M))
+    assert {"ops", "app"} <= names, p.stdout
+
+    empty = pg.database("nostore")
+    p = hsmctl("status", "--data-dir", data, store=empty, check=False)
+    assert p.returncode != 0, p.stdout
+    assert "no hsmd store in that PostgreSQL database" in p.stderr, p.stderr
+    assert pg.sql(empty, "SELECT count(*) FROM information_schema.tables "
+                         "WHERE table_schema = 'public'") == "0"
 
 
 def test_concurrent_writes_through_both_nodes(cluster):
