@@ -183,6 +183,15 @@ typedef struct p11_module {
 
 extern p11_module p11;
 
+/* ---- errq.c ---- */
+/*
+ * The calling thread's OpenSSL error queue is the application's: ENTER sets
+ * its entries aside and LEAVE drops what the module queued and puts them
+ * back.
+ */
+void p11_errq_set_aside(void);
+void p11_errq_restore(void);
+
 /* The module lock: every entry point holds it (ENTER ... LEAVE). */
 extern pthread_mutex_t p11_lock;
 #define ENTER()                                   \
@@ -192,6 +201,7 @@ extern pthread_mutex_t p11_lock;
 			pthread_mutex_unlock(&p11_lock);      \
 			return CKR_CRYPTOKI_NOT_INITIALIZED; \
 		}                                         \
+		p11_errq_set_aside();                     \
 	} while (0)
 /*
  * Wipes the stack the call used too (hsm_stack_wipe_guarded: the thread and
@@ -200,6 +210,7 @@ extern pthread_mutex_t p11_lock;
 #define LEAVE(rv)                          \
 	do {                                   \
 		CK_RV leave_rv__ = (rv);           \
+		p11_errq_restore();                \
 		pthread_mutex_unlock(&p11_lock);   \
 		hsm_stack_wipe_guarded();          \
 		return leave_rv__;                 \

@@ -1718,6 +1718,49 @@ def test_pkcs11_tool_over_https_and_region(tmp_path):
         server.cleanup()
 
 
+def test_the_applications_openssl_error_queue_is_left_as_it_was(tmp_path):
+    """The module runs inside applications that use OpenSSL themselves, on the same thread
+    (an OpenSSL provider or engine calls it in the middle of OpenSSL's own work): every
+    call, one that works or one that fails, a TLS handshake refused included, leaves the
+    thread's error queue as it found it, the application's entries there and none of the
+    module's."""
+    pki = make_pki(str(tmp_path))
+    server = Hsmd(["--dev", "--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"]],
+                  env={"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET},
+                  tls_ca=pki["ca.pem"])
+    try:
+        kid = client(server).create_key(KeySpec="SYMMETRIC_DEFAULT", KeyUsage="ENCRYPT_DECRYPT")[
+            "KeyMetadata"]["KeyId"]
+        exe = c_program(tmp_path, "pkcs11_err_queue", ["-lcrypto"])
+
+        def run(ca):
+            env = dict(os.environ, HSM_PKCS11_ENDPOINT=server.endpoint, HSM_PKCS11_CA_FILE=ca)
+            p = subprocess.run([str(exe), MODULE, f"{DEV_AKID}:{DEV_SECRET}", kid], env=env,
+                               capture_output=True, text=True, timeout=120)
+            assert p.returncode == 0, p.stderr
+            return {w[0]: tuple(w[1:]) for w in map(str.split, p.stdout.splitlines())}
+
+        ok = hex(PyKCS11.CKR["CKR_OK"])
+        trusted = run(pki["ca.pem"])
+        assert trusted == {
+            "initialize": (ok, "kept"), "open_session": (ok, "kept"),
+            "login_bad_pin": (hex(PyKCS11.CKR["CKR_PIN_INCORRECT"]), "kept"), "login": (ok, "kept"),
+            "digest_init": (ok, "kept"), "digest": (ok, "kept"), "random": (ok, "kept"),
+            "find_init": (ok, "kept"), "find": (ok, "kept"), "find_final": (ok, "kept"),
+            "encrypt_init": (ok, "kept"), "encrypt": (ok, "kept"),
+            "decrypt_init": (ok, "kept"),
+            "decrypt_tampered": (hex(PyKCS11.CKR["CKR_ENCRYPTED_DATA_INVALID"]), "kept"),
+            "logout": (ok, "kept"), "close_session": (ok, "kept"), "finalize": (ok, "kept"),
+        }, trusted
+        # A server the module must not trust: the handshake fails inside the module.
+        untrusted = run(pki["other-ca.pem"])
+        assert untrusted["login"] == (hex(PyKCS11.CKR["CKR_DEVICE_ERROR"]), "kept"), untrusted
+        assert all(state == "kept" for _, state in untrusted.values()), untrusted
+        assert "random" not in untrusted, untrusted
+    finally:
+        server.cleanup()
+
+
 # ---- 9. audit --------------------------------------------------------------------------------
 
 def audited(server, op, user, key_id):
@@ -2358,13 +2401,13 @@ def test_pkcs11_tool_test(server, user, keys):
 
 # ---- 13. threads -----------------------------------------------------------------------------
 
-def c_program(tmp_path, name):
+def c_program(tmp_path, name, libs=()):
     """Compiles tests/integration/<name>.c, a client of the module."""
     exe = tmp_path / name
     src = os.path.join(os.path.dirname(__file__), name + ".c")
     cc = subprocess.run(["cc", "-O2", "-Wall", "-Werror", "-I/usr/include/p11-kit-1", "-o",
-                         str(exe), src, "-ldl", "-lpthread"], capture_output=True, text=True,
-                        timeout=120)
+                         str(exe), src, "-ldl", "-lpthread", *libs], capture_output=True,
+                        text=True, timeout=120)
     assert cc.returncode == 0, cc.stderr
     return exe
 
