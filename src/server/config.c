@@ -369,6 +369,11 @@ static hsm_result check_together(loader *L)
 	           HSM_ERR_VALIDATION, "%s is longer than %s",
 	           described(L, "jwt_default_lifetime_seconds", a, sizeof(a)),
 	           described(L, "jwt_max_lifetime_seconds", b, sizeof(b)));
+	/* The leader proves its lease once a round: a lease of fewer rounds would lapse between them. */
+	HSM_ENSURE(cfg->leader_lease_seconds >= 3 * cfg->scheduler_interval_seconds,
+	           HSM_ERR_VALIDATION, "%s is shorter than three rounds of %s",
+	           described(L, "leader_lease_seconds", a, sizeof(a)),
+	           described(L, "scheduler_interval_seconds", b, sizeof(b)));
 	/* Dev mode keeps its 1-of-1 share beside the data: never beside a store other nodes use. */
 	HSM_ENSURE(!cfg->dev || cfg->store[0] == '\0', HSM_ERR_VALIDATION,
 	           "dev mode keeps its store in data_dir; a shared store (store = ...) needs a key "

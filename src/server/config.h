@@ -80,6 +80,8 @@ typedef struct hsm_config {
 	char store[HSM_CONFIG_PATH_MAX]; /* "" for SQLite in data_dir; a URI may hold a password */
 	uint32_t store_cache_ms;         /* key metadata cache lifetime; 0: until changed here */
 	uint32_t key_usage_flush_ms;     /* last uses of keys written to the store this often */
+	uint32_t scheduler_interval_seconds; /* a node's background rounds (server.c) */
+	uint32_t leader_lease_seconds;   /* a shared store's leadership, lost after this idle */
 	char region[HSM_CONFIG_NAME_MAX];
 	char account_id[13];
 	char node_id[HSM_CONFIG_NAME_MAX];

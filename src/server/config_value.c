@@ -34,7 +34,8 @@ const key_def hsm_config_keys[] = {
      "client certificates: none, optional or required"},
     {"tls_watch", K_BOOL, FIELD(tls_watch), 0, 0, "true", "BOOL",
      "load tls_cert, tls_key and tls_client_ca again when one of them changes (looked at "
-     "every 5 s); SIGHUP loads them in any case; neither restarts or seals the node"},
+     "every scheduler_interval_seconds); SIGHUP loads them in any case; neither restarts or seals "
+     "the node"},
     {"allow_plaintext_loopback", K_BOOL, FIELD(allow_plaintext_loopback), 0, 0, "false", "BOOL",
      "allow plain HTTP without --dev when listen is a loopback address"},
     {"workers", K_U32, FIELD(workers), 0, HSM_HTTP_MAX_WORKERS, "0", "N",
@@ -75,6 +76,13 @@ const key_def hsm_config_keys[] = {
     {"key_usage_flush_ms", K_U32, FIELD(key_usage_flush_ms), 100, 3600000, "1000", "MS",
      "how often the last uses of keys (GetKeyLastUsage) are written to the store; longer "
      "writes less where requests spread over many keys, and other nodes see uses later"},
+    {"scheduler_interval_seconds", K_U32, FIELD(scheduler_interval_seconds), 1, 60, "5", "S",
+     "how often each node makes its round: probes the store (/readyz), drops the material of "
+     "keys changed on other nodes, looks at the TLS files (tls_watch) and asks for the store's "
+     "leadership, whose holder then runs due rotations, deletions and backups"},
+    {"leader_lease_seconds", K_U32, FIELD(leader_lease_seconds), 3, 3600, "30", "S",
+     "with a shared store, a leader that makes no round for this long (stopped, hung) loses "
+     "the scheduled work to the next node to ask; at least 3 x scheduler_interval_seconds"},
     {"region", K_REGION, FIELD(region), 0, 0, "us-east-1", "NAME", "region named in key ARNs"},
     {"account_id", K_ACCOUNT, FIELD(account_id), 0, 0, "111122223333", "ID",
      "12-digit account named in key ARNs"},

@@ -45,6 +45,8 @@ static void options_from(const hsm_config *cfg, hsm_server_options *o)
 	o->backup_dir = cfg->backup_dir;
 	o->backup_copy_dir = cfg->backup_copy_dir[0] ? cfg->backup_copy_dir : NULL;
 	o->backup_interval = cfg->backup_interval_seconds;
+	o->scheduler_interval = cfg->scheduler_interval_seconds;
+	o->leader_lease = cfg->leader_lease_seconds;
 	o->backup_retention_days = cfg->backup_retention_days;
 	o->audit_checkpoint_seconds = cfg->audit_checkpoint_seconds;
 	o->audit_syslog = cfg->audit_syslog;

@@ -20,7 +20,6 @@
 #include "server/outbox.h"
 #include "server/server.h"
 
-#define SCHEDULER_PERIOD_S 5
 /* A rotation this long past its date did not happen: the scheduler is stuck, or an imported key
  * has no material to rotate to (hsmd_keys_rotation_overdue). */
 #define HSM_ROTATION_OVERDUE_S 3600
@@ -477,6 +476,10 @@ hsm_result hsm_server_new(const hsm_server_options *opt, hsm_server **out)
 		HSM_TRY(hsm_strcpy(s->audit_copy_dir, sizeof(s->audit_copy_dir), opt->audit_copy_dir));
 	if (s->opt.backup_retention_days == 0)
 		s->opt.backup_retention_days = 90;
+	if (s->opt.scheduler_interval == 0)
+		s->opt.scheduler_interval = 5;
+	if (s->opt.leader_lease == 0)
+		s->opt.leader_lease = 30;
 	HSM_TRY(copy_opt(s->node_id, sizeof(s->node_id), opt->node_id, "node_id"));
 	HSM_TRY(copy_opt(s->region, sizeof(s->region), opt->region, "region"));
 	HSM_TRY(copy_opt(s->account, sizeof(s->account), opt->account_id, "account_id"));
@@ -660,7 +663,7 @@ void hsm_server_recount(hsm_server *s)
 static bool lead(hsm_server *s, bool can_work)
 {
 	bool leading = false;
-	hsm_result r = hsm_store_lead(s->store, can_work, &leading);
+	hsm_result r = hsm_store_lead(s->store, can_work, s->opt.leader_lease * 1000U, &leading);
 	bool was = atomic_exchange(&s->leading, leading);
 	/* A try that fails while not leading (a node older than the store's schema) is said once. */
 	if (can_work) {
@@ -715,7 +718,7 @@ static void *scheduler_main(void *arg)
 	while (!s->stopping) {
 		struct timespec until;
 		clock_gettime(CLOCK_MONOTONIC, &until);
-		until.tv_sec += SCHEDULER_PERIOD_S;
+		until.tv_sec += s->opt.scheduler_interval;
 		int rc = 0;
 		while (!s->stopping && !s->recount && rc != ETIMEDOUT)
 			rc = pthread_cond_timedwait(&s->stop_cond, &s->stop_lock, &until);
@@ -1065,7 +1068,7 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "# TYPE hsmd_certificates_expiring_30d gauge\nhsmd_certificates_expiring_30d %llu\n"
 	    "# HELP hsmd_audit_healthy 1 while the audit trail takes records.\n"
 	    "# TYPE hsmd_audit_healthy gauge\nhsmd_audit_healthy %d\n"
-	    "# HELP hsmd_store_up Whether the store answered the last probe (every 5 s).\n"
+	    "# HELP hsmd_store_up Whether the store answered the last probe (every scheduler round).\n"
 	    "# TYPE hsmd_store_up gauge\nhsmd_store_up %d\n"
 	    "# HELP hsmd_scheduler_leader Whether this node runs the store's scheduled work "
 	    "(rotation, destruction, scheduled backups): one node of those sharing a store.\n"

@@ -39,6 +39,8 @@ typedef struct hsm_server_options {
 	const char *backup_dir;      /* NULL: <data_dir>/backups */
 	const char *backup_copy_dir; /* NULL: backups are not copied */
 	uint32_t backup_interval;    /* seconds between scheduled backups; 0: none */
+	uint32_t scheduler_interval; /* seconds between a node's background rounds; 0: 5 */
+	uint32_t leader_lease;       /* seconds a shared store's leader may go without a round; 0: 30 */
 	uint32_t backup_retention_days; /* 0: 90 */
 	const char *node_id;
 	const char *region;

@@ -587,11 +587,11 @@ hsm_result hsm_store_key_count(hsm_store *s, uint64_t *out)
 	return s->ops->key_count(s, out);
 }
 
-hsm_result hsm_store_lead(hsm_store *s, bool want, bool *leading)
+hsm_result hsm_store_lead(hsm_store *s, bool want, uint32_t lease_ms, bool *leading)
 {
-	HSM_ASSERT(s != NULL && leading != NULL);
+	HSM_ASSERT(s != NULL && leading != NULL && lease_ms > 0);
 	*leading = false;
-	return s->ops->lead(s, want, leading);
+	return s->ops->lead(s, want, lease_ms, leading);
 }
 
 hsm_result hsm_store_snapshot(hsm_store *s, const char *path)

@@ -486,10 +486,14 @@ hsm_result hsm_store_keys_due(hsm_store *s, int64_t now, size_t limit, hsm_key_c
  * whenever it wants to.  PostgreSQL: a session advisory lock on a connection
  * kept for it alone; the server releases it when that session ends, because
  * the node gave it up, closed the store, died, or lost the database, and the
- * next node to ask takes it.  A failure to reach the database is returned
- * (*leading false): a node that cannot reach it does not lead.
+ * next node to ask takes it.  The leadership is a lease of lease_ms: the
+ * server also ends that session after lease_ms without a statement, and each
+ * call with want is one, so a leader that stops asking (stopped, hung) loses
+ * it.  A failure to reach the database is returned (*leading false): a node
+ * that cannot reach it does not lead.
  */
-hsm_result hsm_store_lead(hsm_store *s, bool want, bool *leading) HSM_MUST_CHECK;
+hsm_result hsm_store_lead(hsm_store *s, bool want, uint32_t lease_ms,
+                          bool *leading) HSM_MUST_CHECK;
 
 /* ---- This node's id ----------------------------------------------------------- */
 

@@ -14,6 +14,7 @@
 #include "store/store_pg.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -425,7 +426,7 @@ static hsm_result lead_check_schema(pg_store *s, bool *gone)
 	return pg_schema_not_newer(current, ": it does not run scheduled work meanwhile");
 }
 
-static hsm_result lead_try(pg_store *s)
+static hsm_result lead_try(pg_store *s, uint32_t lease_ms)
 {
 	if (s->lead != NULL) {
 		/* A round trip proves the session, and so the lock it holds, still lives. */
@@ -441,9 +442,9 @@ static hsm_result lead_try(pg_store *s)
 	if (s->lead == NULL) {
 		HSM_GUARD(conn_open(s, &s->lead));
 		/* A lease: the lock lives only as long as the leader keeps proving itself. */
-		hsm_result r = pg_simple(s->lead,
-		                         "SET idle_session_timeout = " STR(PG_LEAD_IDLE_TIMEOUT_MS),
-		                         "limit the leadership session's idle time");
+		char sql[64];
+		snprintf(sql, sizeof(sql), "SET idle_session_timeout = %" PRIu32, lease_ms);
+		hsm_result r = pg_simple(s->lead, sql, "limit the leadership session's idle time");
 		if (hsm_failed(r)) {
 			lead_drop(s);
 			return r;
@@ -467,7 +468,7 @@ static hsm_result lead_try(pg_store *s)
 	return r;
 }
 
-static hsm_result pg_lead(hsm_store *base, bool want, bool *leading)
+static hsm_result pg_lead(hsm_store *base, bool want, uint32_t lease_ms, bool *leading)
 {
 	pg_store *s = pg_of(base);
 	hsm_result r = HSM_SUCCESS;
@@ -475,7 +476,7 @@ static hsm_result pg_lead(hsm_store *base, bool want, bool *leading)
 	if (!want)
 		lead_release(s);
 	else
-		r = lead_try(s);
+		r = lead_try(s, lease_ms);
 	*leading = hsm_ok(r) && s->leading;
 	pthread_mutex_unlock(&s->lead_lock);
 	return r;

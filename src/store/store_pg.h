@@ -72,14 +72,15 @@
 #define PG_CLIENT_TIMEOUT_MS (PG_STATEMENT_TIMEOUT_MS + 5000)
 /*
  * The leadership session (store.h, hsm_store_lead) is ended by the server
- * after this long without a statement: the leader's scheduler proves it
- * every pass (5 s), so a leader that is stopped, or hung, without its
- * connection closing (SIGSTOP, a frozen VM, a pass stuck on a hung disk)
- * loses the lead, which another node then takes.  A pass longer than this
- * (a very large backup) may hand the lead over meanwhile: harmless, as every
- * scheduled change is decided again under its row lock.
+ * after the lease it is given without a statement: the leader's scheduler
+ * proves it every round (hsmd's scheduler_interval_seconds and
+ * leader_lease_seconds, 5 s and 30 s by default), so a leader that is
+ * stopped, or hung, without its connection closing (SIGSTOP, a frozen VM, a
+ * round stuck on a hung disk) loses the lead, which another node then takes.
+ * A round longer than the lease (a very large backup) may hand the lead over
+ * meanwhile: harmless, as every scheduled change is decided again under its
+ * row lock.
  */
-#define PG_LEAD_IDLE_TIMEOUT_MS 30000
 /* Seconds libpq waits to connect, unless the location names its own connect_timeout. */
 #define PG_CONNECT_TIMEOUT_S "5"
 /*

@@ -416,9 +416,9 @@ static int sq_schema_version_op(hsm_store *base)
 }
 
 /* The directory lock makes this process the store's only user: it leads when it wants to. */
-static hsm_result sq_lead(hsm_store *base, bool want, bool *leading)
+static hsm_result sq_lead(hsm_store *base, bool want, uint32_t lease_ms, bool *leading)
 {
-	(void)base;
+	(void)base, (void)lease_ms;
 	*leading = want;
 	return HSM_SUCCESS;
 }

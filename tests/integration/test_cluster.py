@@ -65,8 +65,13 @@ JWT_FLAGS = ["--jwt-max-lifetime-seconds", "10", "--jwt-default-lifetime-seconds
 JWT_LEAD = 3 + -(-CACHE_MS // 1000)
 
 
-def node(store, name):
-    return Hsmd(["--node-id", name, "--store-cache-ms", str(CACHE_MS)] + JWT_FLAGS,
+# Scheduler rounds of 1 s and a leadership lease of 5 s, for the tests of the scheduled work
+# (the defaults, 5 s and 30 s, would make them wait six times as long).
+ROUNDS = ["--scheduler-interval-seconds", "1", "--leader-lease-seconds", "5"]
+
+
+def node(store, name, extra=()):
+    return Hsmd(["--node-id", name, "--store-cache-ms", str(CACHE_MS)] + JWT_FLAGS + list(extra),
                 env={"HSM_STORE": store})
 
 
@@ -526,7 +531,7 @@ def test_a_node_older_than_the_shared_schema_gives_up_the_scheduled_work(pg, tmp
     would leave them out), says so once rather than at every pass, and keeps serving."""
     store = pg.database("newer")
     files, ops = ceremony(str(tmp_path), store)
-    n = node(store, "older")
+    n = node(store, "older", ROUNDS)
     try:
         unseal(n, files)
         assert eventually(lambda: gauge(n, "hsmd_scheduler_leader") == 1, 20)
@@ -535,7 +540,7 @@ def test_a_node_older_than_the_shared_schema_gives_up_the_scheduled_work(pg, tmp
         assert eventually(lambda: gauge(n, "hsmd_scheduler_leader") == 0, 20)
         log = lambda: n.read_log()  # noqa: E731
         assert eventually(lambda: "cannot take the store's leadership" in log(), 20), log()
-        time.sleep(11)  # two more scheduler passes, each refused again
+        time.sleep(2.5)  # two more scheduler rounds, each refused again
         assert log().count("cannot take the store's leadership") == 1, log()
         assert f"upgraded to schema {latest + 1} by a newer hsmd" in log(), log()
         st, out = signed_call(n, "TrentService.ListKeys", {}, akid=ops[0], secret=ops[1])
@@ -560,7 +565,7 @@ def backups(server):
 def test_one_node_at_a_time_runs_the_scheduled_work(pg, tmp_path):
     store = pg.database("leader")
     files, ops = ceremony(str(tmp_path), store)
-    args = ["--store-cache-ms", str(CACHE_MS), "--backup-interval-seconds", "1"]
+    args = ["--store-cache-ms", str(CACHE_MS), "--backup-interval-seconds", "1"] + ROUNDS
     nodes = [Hsmd(["--node-id", f"node-{n}"] + args, env={"HSM_STORE": store}) for n in "cd"]
     try:
         for n in nodes:
@@ -572,21 +577,21 @@ def test_one_node_at_a_time_runs_the_scheduled_work(pg, tmp_path):
         leader = eventually(one_leader, 30)
         assert leader, "no single node took the store's leadership"
         follower = nodes[1 - nodes.index(leader)]
-        # Scheduled backups (every scheduler period here) come from the leader alone.
+        # Scheduled backups (every scheduler round here) come from the leader alone.
         assert eventually(lambda: len(backups(leader)) >= 2, 40), leader.read_log()
         assert backups(follower) == [] and gauge(follower, "hsmd_scheduler_leader") == 0
         assert "runs the store's scheduled work" in leader.read_log()
-        # The leader dies: the other node takes over within a few scheduler periods.
+        # The leader dies: the other node takes over within a few scheduler rounds.
         leader.stop(signal.SIGKILL)
         t0 = time.monotonic()
         assert eventually(lambda: gauge(follower, "hsmd_scheduler_leader") == 1, 20)
-        assert time.monotonic() - t0 < 15
+        assert time.monotonic() - t0 < 10
         assert eventually(lambda: len(backups(follower)) >= 1, 30), follower.read_log()
         # A sealed leader gives the work up, to a node that can do it.
         back = Hsmd(["--node-id", "node-e"] + args, env={"HSM_STORE": store})
         nodes.append(back)
         unseal(back, files)
-        time.sleep(6)  # a scheduler period: it asks, and the live leader keeps the work
+        time.sleep(2.5)  # two scheduler rounds: it asks, and the live leader keeps the work
         assert gauge(back, "hsmd_scheduler_leader") == 0 and backups(back) == []
         admin(follower, "Seal", {}, akid=ops[0], secret=ops[1])
         assert eventually(lambda: gauge(back, "hsmd_scheduler_leader") == 1, 20)
@@ -596,19 +601,22 @@ def test_one_node_at_a_time_runs_the_scheduled_work(pg, tmp_path):
                           in follower.read_log(), 20), follower.read_log()
         assert eventually(lambda: len(backups(back)) >= 1, 30), back.read_log()
         # A stopped leader (SIGSTOP, a frozen VM: its connections stay open) holds the
-        # lead only as a lease, which the server ends after 30 s without a statement.
+        # lead only as a lease, which the server ends after leader_lease_seconds (5 s here;
+        # its last statement was at most a round before the stop) without a statement.
         unseal(follower, files)
         back.proc.send_signal(signal.SIGSTOP)
         try:
             t0 = time.monotonic()
-            assert eventually(lambda: gauge(follower, "hsmd_scheduler_leader") == 1, 90), \
+            assert eventually(lambda: gauge(follower, "hsmd_scheduler_leader") == 1, 60), \
                 follower.read_log()
-            assert time.monotonic() - t0 >= 20, "the lease ended long before its time"
+            took = time.monotonic() - t0
+            assert took >= 3, f"the lease ended long before its time: {took:.1f} s"
+            assert took < 20, f"the lease set is 5 s, not the default 30 s: {took:.1f} s"
         finally:
             back.proc.send_signal(signal.SIGCONT)
         # Woken, it finds its session gone and leaves the work to the new leader.
         assert eventually(lambda: gauge(back, "hsmd_scheduler_leader") == 0, 20), back.read_log()
-        time.sleep(6)
+        time.sleep(2.5)
         assert gauge(follower, "hsmd_scheduler_leader") == 1
     finally:
         for n in nodes:
@@ -702,7 +710,7 @@ def test_the_leader_cut_off_from_the_store_is_replaced(tmp_path):
         a = subprocess.Popen(["ip", "netns", "exec", ns.name, HSMD, "--listen",
                               f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "a"),
                               "--allow-plaintext-loopback", "--node-id", "node-a",
-                              "--backup-interval-seconds", "0"],
+                              "--backup-interval-seconds", "0"] + ROUNDS,
                              env=dict(os.environ, HSM_STORE=store.replace("127.0.0.1",
                                                                          ns.host_ip)),
                              stdout=log, stderr=subprocess.STDOUT)
@@ -726,10 +734,10 @@ def test_the_leader_cut_off_from_the_store_is_replaced(tmp_path):
             m = re.search(r"^hsmd_scheduler_leader (\d)$", get_a("/metrics")[1], re.M)
             return m is not None and m.group(1) == "1"
         assert eventually(a_leads, 30), open(log.name).read()
-        b = node(store, "node-b")
+        b = node(store, "node-b", ROUNDS)
         nodes.append(b)
         unseal(b, files)
-        time.sleep(6)  # a scheduler period: B asks, and A keeps the work
+        time.sleep(2.5)  # two scheduler rounds: B asks, and A keeps the work
         assert gauge(b, "hsmd_scheduler_leader") == 0
 
         ns.cut()

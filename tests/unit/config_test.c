@@ -236,6 +236,24 @@ static void test_validation_errors(void **state)
 	EXPECT_ERROR(NULL, "jwt_default_lifetime_seconds (from --jwt-default-lifetime-seconds) is longer "
 	                   "than jwt_max_lifetime_seconds (from --jwt-max-lifetime-seconds)",
 	             "--dev", "--jwt-default-lifetime-seconds=900", "--jwt-max-lifetime-seconds=600");
+	/* The leader proves its lease once a round: three rounds at least, and a round 1-60 s. */
+	EXPECT_ERROR(NULL, "leader_lease_seconds (from default) is shorter than three rounds of "
+	                   "scheduler_interval_seconds (from --scheduler-interval-seconds)",
+	             "--dev", "--scheduler-interval-seconds=11");
+	EXPECT_ERROR(NULL, "leader_lease_seconds (from --leader-lease-seconds) is shorter than three "
+	                   "rounds of scheduler_interval_seconds (from default)",
+	             "--dev", "--leader-lease-seconds=14");
+	EXPECT_ERROR(NULL, "scheduler_interval_seconds = '0'", "--dev", "--scheduler-interval-seconds=0");
+	EXPECT_ERROR(NULL, "scheduler_interval_seconds = '61'", "--dev",
+	             "--scheduler-interval-seconds=61");
+	hsm_config rounds;
+	assert_true(hsm_ok(LOAD(&rounds, NULL, "--dev", "--scheduler-interval-seconds=1",
+	                        "--leader-lease-seconds=3")));
+	assert_int_equal(rounds.scheduler_interval_seconds, 1);
+	assert_int_equal(rounds.leader_lease_seconds, 3);
+	assert_true(hsm_ok(LOAD(&rounds, NULL, "--dev")));
+	assert_int_equal(rounds.scheduler_interval_seconds, 5); /* defaults */
+	assert_int_equal(rounds.leader_lease_seconds, 30);
 	EXPECT_ERROR(NULL, "tls_cert (from --tls-cert) and tls_key (from default) must be set together",
 	             "--tls-cert", cert);
 	EXPECT_ERROR(NULL, "tls_client_auth (from --tls-client-auth) needs tls_client_ca", "--tls-cert",

@@ -325,11 +325,18 @@ static void test_connection_killed_under_the_store(void **state)
 
 /* ---- Leadership ---------------------------------------------------------------------------------- */
 
-static bool leads(hsm_store *s)
+#define LEASE_MS 30000
+
+static bool leads_for(hsm_store *s, uint32_t lease_ms)
 {
 	bool leading = true;
-	EXPECT_OK(hsm_store_lead(s, true, &leading));
+	EXPECT_OK(hsm_store_lead(s, true, lease_ms, &leading));
 	return leading;
+}
+
+static bool leads(hsm_store *s)
+{
+	return leads_for(s, LEASE_MS);
 }
 
 static void test_one_leader_at_a_time(void **state)
@@ -344,7 +351,7 @@ static void test_one_leader_at_a_time(void **state)
 	assert_false(leads(b));
 	/* Given up: the next to ask takes it. */
 	bool leading = true;
-	EXPECT_OK(hsm_store_lead(f->s, false, &leading));
+	EXPECT_OK(hsm_store_lead(f->s, false, LEASE_MS, &leading));
 	assert_false(leading);
 	assert_true(leads(b));
 	assert_false(leads(f->s));
@@ -362,6 +369,29 @@ static void test_one_leader_at_a_time(void **state)
 	hsm_store_close(f->s);
 	f->s = NULL;
 	assert_true(leads(b));
+	hsm_store_close(b);
+}
+
+/*
+ * The leadership is a lease: a leader that stops asking (stopped, hung, with
+ * its connection open) loses it once the lease has passed without a
+ * statement, and finds that out when it asks again; one that keeps asking
+ * within its lease keeps it.
+ */
+static void test_a_leader_that_stops_asking_loses_the_lease(void **state)
+{
+	st_fixture *f = *state;
+	hsm_store *b = NULL;
+	EXPECT_OK(hsm_store_open(f->loc, &b));
+	assert_true(leads_for(f->s, 1500));
+	for (int i = 0; i < 4; i++) { /* 2 s in all, asking every 0.5 s */
+		nanosleep(&(struct timespec){0, 500 * 1000 * 1000}, NULL);
+		assert_true(leads_for(f->s, 1500));
+		assert_false(leads_for(b, 1500));
+	}
+	nanosleep(&(struct timespec){3, 0}, NULL); /* twice the lease without a statement */
+	assert_true(leads_for(b, 1500));
+	assert_false(leads_for(f->s, 1500));
 	hsm_store_close(b);
 }
 
@@ -604,7 +634,7 @@ static void test_newer_schema_stops_backups_and_leadership(void **state)
 	st_fixture *f = *state;
 	char path[PATH_MAX], sql[128];
 	bool leading = false;
-	EXPECT_OK(hsm_store_lead(f->s, true, &leading));
+	EXPECT_OK(hsm_store_lead(f->s, true, LEASE_MS, &leading));
 	assert_true(leading);
 	st_path(path, f->dir, "before.db");
 	EXPECT_OK(hsm_store_snapshot(f->s, path)); /* control: the same schema backs up */
@@ -621,11 +651,11 @@ static void test_newer_schema_stops_backups_and_leadership(void **state)
 	assert_non_null(strstr(hsm_last_message(), "upgrade this node"));
 	assert_int_equal(access(path, F_OK), -1); /* nothing left behind */
 
-	EXPECT_ERR(hsm_store_lead(f->s, true, &leading), HSM_ERR_STORE);
+	EXPECT_ERR(hsm_store_lead(f->s, true, LEASE_MS, &leading), HSM_ERR_STORE);
 	assert_false(leading);
 	assert_non_null(strstr(hsm_last_message(), want));
 	/* Not taken again either while the store stays newer. */
-	EXPECT_ERR(hsm_store_lead(f->s, true, &leading), HSM_ERR_STORE);
+	EXPECT_ERR(hsm_store_lead(f->s, true, LEASE_MS, &leading), HSM_ERR_STORE);
 	assert_false(leading);
 }
 
@@ -640,6 +670,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_connection_killed_under_the_store, pg_setup,
 		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_one_leader_at_a_time, pg_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_a_leader_that_stops_asking_loses_the_lease, pg_setup,
+		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_one_running_node_per_node_id, pg_setup, st_teardown),
 		cmocka_unit_test(test_node_lock_key_is_fixed),
 		cmocka_unit_test_setup_teardown(test_lock_wait_maps_to_dependency_timeout, pg_setup,

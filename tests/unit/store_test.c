@@ -296,17 +296,19 @@ static void test_busy_maps_to_dependency_timeout(void **state)
 	hsm_buf_free(&v);
 }
 
+#define LEASE_MS 30000
+
 /* One handle alone leads whenever it wants to, and stops when it gives the leadership up. */
 static void test_a_lone_handle_leads(void **state)
 {
 	st_fixture *f = *state;
 	bool leading = false;
 	for (int i = 0; i < 2; i++) {
-		EXPECT_OK(hsm_store_lead(f->s, true, &leading));
+		EXPECT_OK(hsm_store_lead(f->s, true, LEASE_MS, &leading));
 		assert_true(leading);
-		EXPECT_OK(hsm_store_lead(f->s, true, &leading));
+		EXPECT_OK(hsm_store_lead(f->s, true, LEASE_MS, &leading));
 		assert_true(leading);
-		EXPECT_OK(hsm_store_lead(f->s, false, &leading));
+		EXPECT_OK(hsm_store_lead(f->s, false, LEASE_MS, &leading));
 		assert_false(leading);
 	}
 }
