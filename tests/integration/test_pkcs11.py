@@ -1697,11 +1697,17 @@ def test_pkcs11_tool_keeps_the_id_it_generates_with(server, user, officer, p11, 
         assert len(s.findObjects([(CKA_ID, other.encode())])) == 2
 
 
-def test_pkcs11_tool_over_https_and_region(tmp_path):
+def dev_over_https(tmp_path):
+    """A dev node serving HTTPS with a certificate of a CA of its own, and that PKI."""
     pki = make_pki(str(tmp_path))
     server = Hsmd(["--dev", "--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"]],
                   env={"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET},
                   tls_ca=pki["ca.pem"])
+    return server, pki
+
+
+def test_pkcs11_tool_over_https_and_region(tmp_path):
+    server, pki = dev_over_https(tmp_path)
     try:
         kid = client(server).create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")[
             "KeyMetadata"]["KeyId"]
@@ -1724,10 +1730,7 @@ def test_the_applications_openssl_error_queue_is_left_as_it_was(tmp_path):
     call, one that works or one that fails, a TLS handshake refused included, leaves the
     thread's error queue as it found it, the application's entries there and none of the
     module's."""
-    pki = make_pki(str(tmp_path))
-    server = Hsmd(["--dev", "--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"]],
-                  env={"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET},
-                  tls_ca=pki["ca.pem"])
+    server, pki = dev_over_https(tmp_path)
     try:
         kid = client(server).create_key(KeySpec="SYMMETRIC_DEFAULT", KeyUsage="ENCRYPT_DECRYPT")[
             "KeyMetadata"]["KeyId"]
