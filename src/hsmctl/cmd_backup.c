@@ -159,6 +159,32 @@ out:
 }
 
 /*
+ * A backup made whose record could not be written.  With its outbox row
+ * committed first, the backup stays: the row is recorded by the next
+ * offline command or the node's start, as a change whose record was lost
+ * (RequestRecordRecovered).  Without one (a store of an older schema) no
+ * record would ever name it, so it is deleted: what cannot be audited is
+ * refused.
+ */
+static int unrecorded_backup(const char *cmd, const char *path, const char *why, bool noted,
+                             const char *data_dir)
+{
+	if (noted) {
+		fprintf(stderr,
+		        "hsmctl: %s: %s is written, but its Backup record could not be (%s); the "
+		        "audit outbox row committed before it stays, and the next offline command on "
+		        "%s, or its node's start, records the backup\n",
+		        cmd, path, why, data_dir);
+		return 1;
+	}
+	bool gone = unlink(path) == 0 || errno == ENOENT;
+	fprintf(stderr, "hsmctl: %s: the backup could not be recorded (%s), %s\n", cmd, why,
+	        gone ? "so its file was deleted: a backup no record names is not kept"
+	             : "and its file could not be deleted: delete it, no record names it");
+	return 1;
+}
+
+/*
  * A backup of a stopped node's data directory (right after the key ceremony,
  * before an upgrade): the shares unseal it here, as for `hsmctl key`; the
  * backup goes to --dir (default DATA_DIR/backups) and is audited there.  Its
@@ -198,13 +224,16 @@ static int create_offline(const char *cmd, const backup_opts *o)
 	                       {"backup_id", hsm_ok(r) ? info.backup_id : ""},
 	                       {"file", hsm_ok(r) ? strrchr(path, '/') + 1 : ""}};
 	hsm_result a = hsmctl_local_audit_fields(&l, "Backup", NULL, 0, r, f, hsm_ok(r) ? 3 : 1);
+	char why_not[HSM_ERRMSG_MAX];
+	snprintf(why_not, sizeof(why_not), "%s", hsm_last_message());
+	bool noted = l.outbox != NULL;
 	hsmctl_local_close(&l);
 	if (hsm_failed(r)) {
 		fprintf(stderr, "hsmctl: %s: %s\n", cmd, why);
 		return 1;
 	}
 	if (hsm_failed(a))
-		return hsmctl_fail("backup create: auditing the backup");
+		return unrecorded_backup(cmd, path, why_not, noted, o->data_dir);
 	print_info(path, &info);
 	return 0;
 }
@@ -288,6 +317,9 @@ static hsm_result check_staged(const char *staging, const backup_opts *o,
 	hsm_keystore *ks = NULL;
 	HSM_TRY(hsm_store_open(staging, &st));
 	HSM_TRY(hsm_keystore_new(st, 0, &ks));
+	/* A keystore whose self-test failed has read nothing of the store: no identity to compare. */
+	HSM_CHECK(hsm_keystore_state(ks) != HSM_NODE_ERROR, HSM_ERR_NODE_ERROR, "self-test failed: %s",
+	          hsm_keystore_error_reason(ks));
 	HSM_CHECK(strcmp(hsm_keystore_store_id(ks), info->identity.store_id) == 0, HSM_ERR_CONFLICT,
 	          "the restored store's identity differs from the backup header's");
 	HSM_TRY(hsmctl_unseal_files(ks, o->n_shares, o->shares));
@@ -407,6 +439,21 @@ out:
 	return res;
 }
 
+/*
+ * The store is in place with its outbox row (check_staged), but this command
+ * could not go on to record the restore: the row is recorded by the next
+ * offline command or the node's start (RequestRecordRecovered).
+ */
+static int unrecorded_restore(const char *where, const char *why)
+{
+	fprintf(stderr,
+	        "hsmctl: restore: the backup is restored into %s, but its Restore record could not "
+	        "be written (%s); the audit outbox row the restored store holds stays, and the next "
+	        "offline command on it, or a node's start, records the restore\n",
+	        where, why);
+	return 1;
+}
+
 int hsmctl_cmd_restore(int argc, char **argv)
 {
 	backup_opts o;
@@ -419,21 +466,24 @@ int hsmctl_cmd_restore(int argc, char **argv)
 	hsmctl_early_change change;
 	if (hsm_failed(restore(&o, &info, &change)))
 		return hsmctl_fail("restore");
+	const char *where =
+	    hsmctl_store_location(o.data_dir) != o.data_dir ? "the store --store names" : o.data_dir;
 	/* The restored node's audit trail starts with the restore (after the quorum's Unseal). */
 	hsmctl_local l;
 	if (hsm_failed(hsmctl_local_open_adopting(o.data_dir, o.n_shares, o.shares, change.request,
 	                                          &l)))
-		return hsmctl_fail("restore: opening the restored store");
+		return unrecorded_restore(where, hsm_last_message());
 	char created[21];
 	hsm_format_time(info.created, created);
 	hsm_audit_field f[] = {{"backup_id", info.backup_id}, {"backup_created", created},
 	                       {"backup_node", info.node_id}};
 	hsm_result r = hsmctl_local_audit_fields(&l, "Restore", NULL, 0, HSM_SUCCESS, f, 3);
+	char why[HSM_ERRMSG_MAX];
+	snprintf(why, sizeof(why), "%s", hsm_last_message());
 	hsmctl_local_close(&l);
 	if (hsm_failed(r))
-		return hsmctl_fail("restore: auditing the restore");
+		return unrecorded_restore(where, why);
 	print_info(o.file, &info);
-	printf("restored into: %s\n",
-	       hsmctl_store_location(o.data_dir) != o.data_dir ? "the store --store names" : o.data_dir);
+	printf("restored into: %s\n", where);
 	return 0;
 }

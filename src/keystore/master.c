@@ -55,8 +55,8 @@ hsm_result ks_unwrap(const hsm_secret *key, const hsm_buf *aad, const uint8_t *p
 	HSM_GUARD(hsm_cursor_get_bytes(&c, ct_len, &ct, HSM_ERR_KEY_UNAVAILABLE));
 	HSM_GUARD(hsm_cursor_get_bytes(&c, HSM_GCM_TAG_LEN, &tag, HSM_ERR_KEY_UNAVAILABLE));
 	hsm_result r = hsm_aes_gcm_open_raw(key, iv, aad->data, aad->len, ct, ct_len, tag, pt);
-	/* Short of memory is not a tampered store: no false alarm. */
-	HSM_GUARD(r.err == HSM_ERR_NOMEM ? r : HSM_SUCCESS);
+	/* Only a tag that did not verify is a tampered store: short of memory is no such alarm. */
+	HSM_GUARD(r.err == HSM_ERR_INVALID_CIPHERTEXT ? HSM_SUCCESS : r);
 	HSM_ENSURE(hsm_ok(r), HSM_ERR_KEY_UNAVAILABLE,
 	           "stored secret failed its integrity check (edited, moved or wrong master key)");
 	return HSM_SUCCESS;

@@ -9,10 +9,12 @@ import contextlib
 import datetime
 import glob
 import json
+import mmap
 import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import tempfile
 import time
@@ -349,3 +351,68 @@ def key_denying(kms, action, **create):
         {"Effect": "Deny", "Principal": "*", "Action": action, "Resource": "*"}]}
     return kms.create_key(Policy=json.dumps(policy), BypassPolicyLockoutSafetyCheck=True,
                           **create)["KeyMetadata"]["KeyId"]
+
+
+# ---- oomfault.c's control file ---------------------------------------------------------------
+
+# struct ctl of oomfault.c: mode, gen, at, seen, fired, then the thread list.
+CTL_SIZE = 256
+MODE, GEN, AT, SEEN, FIRED = range(5)
+
+
+class Faults:
+    """The shared control file of a process's oomfault.c (threads: the comma-separated
+    prefixes of the names of the threads whose allocations count)."""
+
+    def __init__(self, path, threads):
+        with open(path, "wb") as f:
+            f.write(b"\0" * CTL_SIZE)
+        self.f = open(path, "r+b")
+        self.m = mmap.mmap(self.f.fileno(), CTL_SIZE)
+        self.threads = threads
+        self.m[40:40 + len(threads)] = threads.encode()
+
+    def _get(self, field):
+        return struct.unpack_from("<q", self.m, field * 8)[0]
+
+    def _set(self, field, value):
+        struct.pack_into("<q", self.m, field * 8, value)
+
+    def command(self, mode, at=0):
+        self._set(MODE, 0)
+        self._set(AT, at)
+        self._set(SEEN, 0)
+        self._set(FIRED, 0)
+        self._set(GEN, self._get(GEN) + 1)
+        self._set(MODE, mode)
+
+    def off(self):
+        self._set(MODE, 0)
+        self._set(GEN, self._get(GEN) + 1)
+
+    @property
+    def seen(self):
+        return self._get(SEEN)
+
+    @property
+    def fired(self):
+        return self._get(FIRED) == 1
+
+    @property
+    def refused(self):
+        """In mode 3 (every at-th refused), how many were."""
+        return self._get(FIRED)
+
+    def close(self):
+        self.m.close()
+        self.f.close()
+
+
+def points(n, spread, tail):
+    """Which of n allocations to refuse: every one, or `spread` spread over them all and
+    every one of the last `tail` (over TLS the handshake comes first, with hundreds
+    of allocations, and the request's own come last)."""
+    if n <= spread:
+        return list(range(1, n + 1))
+    spread = {1 + round(i * (n - 1) / (spread - 1)) for i in range(spread)}
+    return sorted(spread | set(range(max(1, n - tail + 1), n + 1)))

@@ -29,10 +29,8 @@ At the end every success answered has its audit record, the trail verifies,
 and hsmd stops cleanly.
 """
 import glob
-import mmap
 import os
 import sqlite3
-import struct
 import subprocess
 import time
 import types
@@ -43,7 +41,7 @@ import requests
 
 from conftest import (DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, signed_request,
                       start_dev)
-from helpers import Postgres, admin, audit_records, b64, make_pki, request_id
+from helpers import Faults, Postgres, admin, audit_records, b64, make_pki, points, request_id
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 JWKS_PATH = "/.well-known/jwks.json"
@@ -55,55 +53,7 @@ TAIL = 80  # and on every one of its last TAIL
 SAMPLED = 10  # the spread over TLS and the audit writer, after the first request,
 SAMPLED_TAIL = 50  # and the tail
 COLD_SPREAD = int(os.environ.get("HSM_TEST_OOM_COLD_SPREAD", "150"))
-
-# struct ctl of oomfault.c: mode, gen, at, seen, fired, then the thread list.
-CTL_FIELDS = "<5q"
-CTL_SIZE = 256
-MODE, GEN, AT, SEEN, FIRED = range(5)
 RECOVERED = "RequestRecordRecovered"
-
-
-class Faults:
-    """The shared control file of a node's oomfault.c."""
-
-    def __init__(self, path, threads):
-        with open(path, "wb") as f:
-            f.write(b"\0" * CTL_SIZE)
-        self.f = open(path, "r+b")
-        self.m = mmap.mmap(self.f.fileno(), CTL_SIZE)
-        self.threads = threads
-        self.m[40:40 + len(threads)] = threads.encode()
-
-    def _get(self, field):
-        return struct.unpack_from("<q", self.m, field * 8)[0]
-
-    def _set(self, field, value):
-        struct.pack_into("<q", self.m, field * 8, value)
-
-    def command(self, mode, at=0):
-        self._set(MODE, 0)
-        self._set(AT, at)
-        self._set(SEEN, 0)
-        self._set(FIRED, 0)
-        self._set(GEN, self._get(GEN) + 1)
-        self._set(MODE, mode)
-
-    def off(self):
-        self._set(MODE, 0)
-        self._set(GEN, self._get(GEN) + 1)
-
-    @property
-    def seen(self):
-        return self._get(SEEN)
-
-    @property
-    def fired(self):
-        return self._get(FIRED) == 1
-
-    def close(self):
-        self.m.close()
-        self.f.close()
-
 
 def ceremony(base, store):
     """A 2-of-2 key ceremony on a shared store: the officer's credentials and the shares."""
@@ -333,16 +283,6 @@ def scenarios(node):
     ]
 
 
-def points(n, spread=POINTS, tail=TAIL):
-    """Which allocations to refuse: every one, or `spread` spread over them all and
-    every one of the last `tail` (over TLS the handshake comes first, with hundreds
-    of allocations, and the request's own come last)."""
-    if n <= spread:
-        return list(range(1, n + 1))
-    spread = {1 + round(i * (n - 1) / (spread - 1)) for i in range(spread)}
-    return sorted(spread | set(range(max(1, n - tail + 1), n + 1)))
-
-
 def last_refusal(server):
     """The call stack of the last refusal, when HSM_TEST_OOM_TRACE asked for them."""
     log = server.read_log()
@@ -562,7 +502,7 @@ def test_background_threads_short_of_memory(shim, tmp_path):
             kms.encrypt(KeyId=keys[n % len(keys)], Plaintext=b"x")
             n += 1
             time.sleep(0.02)
-        refused, made = faults._get(FIRED), faults.seen
+        refused, made = faults.refused, faults.seen
         faults.off()
         print(f"{refused} of {made} allocations refused, {n} requests")  # shown on failure
         assert server.proc.poll() is None, server.read_log()[-3000:]
