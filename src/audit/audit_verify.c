@@ -124,6 +124,53 @@ static bool parse_trail_format(json_t *j, ventry *e)
 	return true;
 }
 
+/* What an AuditLogOpened says of the run before it ("extra":{"previous_shutdown":...}). */
+static bool parse_previous_shutdown(json_t *j, ventry *e)
+{
+	json_t *v = json_object_get(json_object_get(j, "extra"), "previous_shutdown");
+	if (v == NULL)
+		return true;
+	const char *t = json_string_value(v);
+	if (t == NULL || (strcmp(t, "none") != 0 && strcmp(t, "clean") != 0 &&
+	                  strcmp(t, "unclean") != 0))
+		return false;
+	memcpy(e->previous_shutdown, t, strlen(t) + 1);
+	return true;
+}
+
+/*
+ * A checkpoint's signature covers its node, seq, time, reason, kept_from and
+ * prev, and a later record's chain covers its every byte; but the last record
+ * of a trail (the shutdown checkpoint) has no later one.  So a checkpoint of
+ * the current format must be byte for byte what hsmd writes for those fields
+ * (audit_format_checkpoint_body): nothing added, nothing changed beside them.
+ * Older formats are taken as they are.  Fails only for want of memory.
+ */
+static hsm_result check_canonical(const uint8_t *p, size_t n, ventry *e, json_t *c)
+{
+	e->canonical = true;
+	if (e->trail_format != AUDIT_TRAIL_FORMAT)
+		return HSM_SUCCESS;
+	const char *why = json_string_value(json_object_get(c, "why"));
+	if (e->ckpt_signed ? !e->ckpt_sig_ok_form : why == NULL) {
+		e->canonical = false;
+		return HSM_SUCCESS;
+	}
+	hsm_buf body = {0}, line = {0};
+	hsm_result res = audit_format_checkpoint_body(&body, e->node, e->time_ms, e->reason,
+	                                              e->kept_from, e->ckpt_signed ? e->sig : NULL,
+	                                              sizeof(e->sig), why);
+	if (hsm_ok(res))
+		res = audit_format_line(&line, e->seq, body.data, body.len, e->prev);
+	if (hsm_ok(res))
+		e->canonical = line.len == n && hsm_ct_equal(line.data, p, n);
+	else if (res.err != HSM_ERR_NOMEM)
+		e->canonical = false, res = HSM_SUCCESS; /* a field hsmd could not have written */
+	hsm_buf_free(&body);
+	hsm_buf_free(&line);
+	return res;
+}
+
 /*
  * Fails only for want of memory, which is no verdict on the line: jansson's
  * json_loadb would read a line it had no memory for as malformed (or as
@@ -175,9 +222,14 @@ static hsm_result parse_entry(const uint8_t *p, size_t n, ventry *e)
 			json_t *lat = json_object_get(j, "latency_us");
 			if (json_is_integer(lat) && json_integer_value(lat) >= 0)
 				e->latency_us = (uint64_t)json_integer_value(lat);
-			if (e->event && strcmp(e->op, "AuditLogOpened") == 0 && !parse_trail_format(j, e))
+			if (e->event && strcmp(e->op, "AuditLogOpened") == 0 &&
+			    (!parse_trail_format(j, e) || !parse_previous_shutdown(j, e)))
 				e->kind = VE_MALFORMED;
 		}
+		const char *source = json_string_value(json_object_get(j, "source"));
+		e->offline = source != NULL && strcmp(source, "hsmctl") == 0;
+		if (hsm_ok(res) && e->ckpt && e->kind == VE_RECORD)
+			res = check_canonical(p, n, e, json_object_get(j, "checkpoint"));
 	}
 	json_decref(j);
 	return res.err == HSM_ERR_NOMEM ? res : HSM_SUCCESS;
@@ -392,16 +444,27 @@ static bool check_anchor_record(vreader *r, const ventry *e, const hsm_audit_ver
  * be written unsigned that long after the first request it answered. */
 #define UNSEAL_GRACE_MS 2000
 
-/* A request that succeeds only on an unsealed node. */
+static bool op_in(const char *op, const char *const *list, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(op, list[i]) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * A request that succeeds only on an unsealed node.  hsmctl without shares
+ * reads users and access keys, and copies a store, with nothing unsealed.
+ */
 static bool shows_unsealed(const ventry *e)
 {
 	static const char *const sealed_ok[] = {"Status", "Unseal", "Init", "Seal"};
+	static const char *const offline_sealed_ok[] = {"ListUsers", "ListAccessKeys", "StoreCopy"};
 	if (!e->request || !e->success)
 		return false;
-	for (size_t i = 0; i < sizeof(sealed_ok) / sizeof(sealed_ok[0]); i++)
-		if (strcmp(e->op, sealed_ok[i]) == 0)
-			return false;
-	return true;
+	return !op_in(e->op, sealed_ok, sizeof(sealed_ok) / sizeof(sealed_ok[0])) &&
+	       !(e->offline && op_in(e->op, offline_sealed_ok,
+	                             sizeof(offline_sealed_ok) / sizeof(offline_sealed_ok[0])));
 }
 
 static bool is_opening(const ventry *e)
@@ -439,6 +502,15 @@ static bool check_format(vreader *r, vstate *s, const ventry *e, EVP_PKEY *pub,
 {
 	if (!is_opening(e) && !e->ckpt)
 		return true;
+	if (e->trail_format > AUDIT_TRAIL_FORMAT) {
+		char what[48];
+		verify_report_at(r, rep, HSM_AUDIT_MODIFIED, e,
+		                 "modified: this %s declares trail format %u, newer than the %u this "
+		                 "verifier knows: an edit, or a newer hsmd's trail (verify that with "
+		                 "the newer hsmctl)",
+		                 declarer(e, what, sizeof(what)), e->trail_format, AUDIT_TRAIL_FORMAT);
+		return false;
+	}
 	if (e->trail_format < s->trail_format && pub != NULL) {
 		char what[48];
 		verify_report_at(r, rep, HSM_AUDIT_MODIFIED, e,
@@ -518,6 +590,72 @@ static void note_signing(vsigning *g, const ventry *e, bool older)
 }
 
 /*
+ * A restart ends the signing (a new run begins sealed), so whoever rewrites
+ * a trail could put an AuditLogOpened before each checkpoint whose signature
+ * the rewrite broke, and pass it off unsigned.  But a run that answered a
+ * request only an unsealed node answers was unsealed, and an unsealed node
+ * writes a signed checkpoint at once (the "signer" one, moments after the
+ * unseal) and then every minute: under the current rules, a run with such a
+ * request and no verified checkpoint after it, ended by a restart, was not
+ * written by hsmd (short of a crash within moments of an unseal).  A minute
+ * after a seal, as for must_sign, requests in flight may still finish.
+ */
+static bool check_restart(vreader *r, vstate *s, const ventry *e, hsm_audit_verify_report *rep)
+{
+	const vsigning *g = &s->sign;
+	if (is_opening(e)) {
+		if (s->use_unsigned) {
+			verify_report_at(r, rep, HSM_AUDIT_UNSIGNED, e,
+			                 "unsigned: this AuditLogOpened says hsmd restarted, but seq %llu "
+			                 "answered a request only an unsealed node answers and no signed "
+			                 "checkpoint followed it: the log was rewritten after seq %llu (or "
+			                 "hsmd crashed within moments of an unseal)",
+			                 (unsigned long long)s->use_unsigned_seq,
+			                 (unsigned long long)s->use_unsigned_seq);
+			return false;
+		}
+		return true;
+	}
+	bool current = s->format_known && s->trail_format >= AUDIT_TRAIL_FORMAT;
+	if (current && !s->use_unsigned && shows_unsealed(e) &&
+	    (!g->sealed_by_checkpoint || e->time_ms > g->sealed_ms + SEAL_GRACE_MS)) {
+		s->use_unsigned = true;
+		s->use_unsigned_seq = e->seq;
+	}
+	return true;
+}
+
+/*
+ * An AuditLogOpened says how the run before it ended, from the last record
+ * it found: "clean" after a shutdown checkpoint (and no torn line), "none"
+ * with no record before it.  A restart inserted into a rewritten trail, or a
+ * cut back to any other record, contradicts that.
+ */
+static bool check_opening(vreader *r, const vstate *s, const ventry *e,
+                          hsm_audit_verify_report *rep)
+{
+	if (!is_opening(e) || e->trail_format < AUDIT_TRAIL_FORMAT)
+		return true;
+	const ventry *p = s->have_p ? vstate_back(s, 0) : NULL;
+	if (strcmp(e->previous_shutdown, "none") == 0 && !e->genesis) {
+		verify_report_at(r, rep, HSM_AUDIT_MODIFIED, e,
+		                 "modified: this AuditLogOpened says no record came before it, but it "
+		                 "chains to an earlier one: a restart was inserted");
+		return false;
+	}
+	if (p != NULL && strcmp(e->previous_shutdown, "clean") == 0 &&
+	    !(p->ckpt && strcmp(p->reason, "shutdown") == 0)) {
+		verify_report_at(r, rep, HSM_AUDIT_MODIFIED, e,
+		                 "modified: this AuditLogOpened says the run before it shut down "
+		                 "cleanly, but seq %llu before it is no shutdown checkpoint: records "
+		                 "were cut there, or a restart was inserted",
+		                 (unsigned long long)p->seq);
+		return false;
+	}
+	return true;
+}
+
+/*
  * With a public key, signatures cannot simply be stripped.  Whoever rewrites
  * the log from some record on must give every later checkpoint up, and a
  * checkpoint may say it is unsigned ("why":"sealed"), so the key alone would
@@ -540,11 +678,15 @@ static bool check_signing(vreader *r, vstate *s, const ventry *e, sig_state sig,
 	bool older = s->trail_format < AUDIT_TRAIL_FORMAT;
 	vsigning *g = &s->sign;
 	if (!e->ckpt) {
+		if (!check_restart(r, s, e, rep))
+			return false;
 		note_signing(g, e, older && s->format_known);
 		if (!s->format_known)
 			note_signing(&s->sign_older, e, true);
 		return true;
 	}
+	if (sig == SIG_VERIFIED)
+		s->use_unsigned = false;
 	if (sig == SIG_VERIFIED) {
 		bool ends = strcmp(e->reason, "seal") == 0 || strcmp(e->reason, "shutdown") == 0;
 		g->must_sign = !ends;
@@ -593,6 +735,15 @@ static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, const hsm_audit_ve
 	}
 	if (!check_file_end(r, s, e, rep) || !verify_rules_check(r, s, rep) ||
 	    !check_file_edges(r, e, rep))
+		return false;
+	if (e->ckpt && !e->canonical) {
+		verify_report_at(r, rep, HSM_AUDIT_MODIFIED, e,
+		                 "modified: this %s checkpoint is not what hsmd writes for its fields "
+		                 "(a member added, removed or changed beside them)",
+		                 e->reason);
+		return false;
+	}
+	if (!check_opening(r, s, e, rep))
 		return false;
 	sig_state sig = SIG_NONE;
 	if (e->ckpt && (!check_signature(r, pub, e, rep, &sig) ||
@@ -649,6 +800,15 @@ static bool check_end(vreader *r, const vstate *s, const hsm_audit_verify_option
 		                 "the anchor names seq %llu, before the first record given (seq %llu): "
 		                 "it cannot be checked",
 		                 (unsigned long long)o->anchor_seq, (unsigned long long)rep->first_seq);
+		return false;
+	}
+	if (o->pubkey_pem != NULL && !o->allow_open_tail && s->use_unsigned) {
+		verify_report_at(r, rep, HSM_AUDIT_UNSIGNED, p,
+		                 "unsigned: the log ends, but seq %llu answered a request only an "
+		                 "unsealed node answers and no signed checkpoint followed it: the log "
+		                 "was rewritten after seq %llu",
+		                 (unsigned long long)s->use_unsigned_seq,
+		                 (unsigned long long)s->use_unsigned_seq);
 		return false;
 	}
 	if (o->allow_open_tail || (p->ckpt && strcmp(p->reason, "shutdown") == 0))

@@ -34,8 +34,11 @@ typedef struct ventry {
 	char op[HSM_AUDIT_NAME_MAX + 1];
 	uint64_t latency_us;    /* requests: how long it ran before it was recorded */
 	unsigned trail_format;  /* AuditLogOpened, checkpoint: the format declared, 0 = none (older) */
+	bool offline;           /* written by hsmctl ("source":"hsmctl") */
+	char previous_shutdown[8]; /* AuditLogOpened: "none", "clean", "unclean"; "" unstated */
 	/* Checkpoints */
 	bool ckpt, ckpt_signed, ckpt_sig_ok_form;
+	bool canonical; /* checkpoint: the line is byte for byte what hsmd writes for its fields */
 	char reason[16], time[25], node[HSM_AUDIT_NAME_MAX + 1];
 	uint64_t kept_from; /* 0: the checkpoint does not state it */
 	uint8_t sig[64];
@@ -79,6 +82,10 @@ typedef struct vstate {
 	size_t hist_head, hist_count;
 	ventry floor_at;            /* the last checkpoint stating kept_from (kept_from 0: none) */
 	vsigning sign;
+	/* With a public key, under the current rules: a request only an unsealed node answers
+	 * (at use_unsigned_seq) that no verified checkpoint has followed yet in its run. */
+	bool use_unsigned;
+	uint64_t use_unsigned_seq;
 	/* The log given may start inside a run whose AuditLogOpened retention removed.  Until
 	 * the first opening or checkpoint says which format the run keeps (format_known), sign
 	 * follows the current rules and sign_older an older hsmd's, and that record picks one. */

@@ -878,7 +878,9 @@ static void test_checkpoint_declaring_a_lower_format_is_refused(void **state)
 
 /*
  * A record like fx's line i, given seq; if reason, a checkpoint stating it
- * and kept_from, with room for a signature if sign (resign fills it in).
+ * and kept_from, with room for a signature if sign (resign fills it in).  An
+ * AuditLogOpened (line 0) says the run before it shut down cleanly: the
+ * lines forged here follow fx's shutdown checkpoint.
  */
 static char *forged_line(size_t i, uint64_t seq, const char *reason, uint64_t kept_from,
                          bool sign)
@@ -886,6 +888,10 @@ static char *forged_line(size_t i, uint64_t seq, const char *reason, uint64_t ke
 	json_t *j = json_loadb(fx.data + fx.off[i], fx.off[i + 1] - fx.off[i], 0, NULL);
 	assert_non_null(j);
 	assert_int_equal(json_object_set_new(j, "seq", json_integer((json_int_t)seq)), 0);
+	json_t *extra = json_object_get(j, "extra");
+	if (json_object_get(extra, "previous_shutdown") != NULL)
+		assert_int_equal(json_object_set_new(extra, "previous_shutdown", json_string("clean")),
+		                 0);
 	if (reason != NULL) {
 		char sig[89];
 		memset(sig, 'A', 86);
@@ -1014,6 +1020,232 @@ static void test_unsigned_retention_does_not_raise_the_floor(void **state)
 	assert_true(r.valid);
 	assert_int_equal(r.kept_from, 1);
 	free(genuine);
+}
+
+/* ---- Restarts and the last checkpoint --------------------------------------- */
+
+/* fx's line i as a JSON object (the caller owns it). */
+static json_t *fx_json(size_t i)
+{
+	json_t *j = json_loadb(fx.data + fx.off[i], fx.off[i + 1] - fx.off[i], 0, NULL);
+	assert_non_null(j);
+	return j;
+}
+
+/* Appends j to b at *o with seq, compact and in order, and a newline; frees j. */
+static void put_json(char *b, size_t *o, json_t *j, uint64_t seq)
+{
+	assert_int_equal(json_object_set_new(j, "seq", json_integer((json_int_t)seq)), 0);
+	char *l = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	assert_non_null(l);
+	*o += (size_t)sprintf(b + *o, "%s\n", l);
+	free(l);
+	json_decref(j);
+}
+
+/*
+ * fx rewritten from line `victim` on, as someone without the audit key could:
+ * the victim deleted, every later signed checkpoint made unsigned ("sealed"),
+ * and, when opening is not NULL, a restart saying `opening` put before each,
+ * renumbered and rechained.  Returns the log; *first_opening is the line
+ * (1-based) of the first restart put in.
+ */
+static char *stripped_behind_restarts(size_t victim, const char *opening, size_t *len,
+                                      uint64_t *first_opening)
+{
+	char *b = malloc(fx.len * 2 + 1);
+	assert_non_null(b);
+	memcpy(b, fx.data, fx.off[victim]);
+	size_t o = fx.off[victim];
+	uint64_t seq = victim; /* the seq of the last line written */
+	*first_opening = 0;
+	for (size_t i = victim + 1; i < fx.n_lines; i++) {
+		json_t *j = fx_json(i);
+		json_t *c = json_object_get(j, "checkpoint");
+		if (json_is_true(json_object_get(c, "signed"))) {
+			if (opening != NULL) {
+				json_t *open = fx_json(0);
+				json_object_set_new(json_object_get(open, "extra"), "previous_shutdown",
+				                    json_string(opening));
+				json_object_set(open, "time", json_object_get(j, "time"));
+				put_json(b, &o, open, ++seq);
+				if (*first_opening == 0)
+					*first_opening = seq;
+			}
+			json_object_del(c, "alg");
+			json_object_del(c, "sig");
+			json_object_set_new(c, "signed", json_false());
+			json_object_set_new(c, "why", json_string("sealed"));
+		}
+		put_json(b, &o, j, ++seq);
+	}
+	char *fixed = rechain(b, o, victim);
+	free(b);
+	*len = o;
+	return fixed;
+}
+
+static void test_restarts_cannot_hide_stripped_signatures(void **state)
+{
+	(void)state;
+	size_t victim = 30, len; /* a request after the first signed checkpoint (i == 20) */
+	assert_memory_equal(strstr(fx.data + fx.off[victim], "\"type\":"), "\"type\":\"request\"",
+	                    16);
+	uint64_t at;
+	/* Stripped alone: the first checkpoint after the rewrite is unsigned in an unsealed run. */
+	char *log = stripped_behind_restarts(victim, NULL, &len, &at);
+	hsm_audit_verify_report r = verify_buf(log, len, fx.pem);
+	assert_false(r.valid);
+	assert_int_equal(r.problem, HSM_AUDIT_UNSIGNED);
+	assert_non_null(strstr(r.detail, "checkpoint carries no signature"));
+	free(log);
+	/* Behind restarts after crashes: the run before each answered requests only an
+	 * unsealed node answers, and signed nothing after them. */
+	log = stripped_behind_restarts(victim, "unclean", &len, &at);
+	r = verify_buf(log, len, fx.pem);
+	expect_bad(r, HSM_AUDIT_UNSIGNED, at);
+	assert_non_null(strstr(r.detail, "says hsmd restarted"));
+	free(log);
+	/* Behind clean restarts: no shutdown checkpoint came before them. */
+	log = stripped_behind_restarts(victim, "clean", &len, &at);
+	r = verify_buf(log, len, fx.pem);
+	expect_bad(r, HSM_AUDIT_MODIFIED, at);
+	assert_non_null(strstr(r.detail, "shut down cleanly"));
+	free(log);
+}
+
+static void test_a_restart_says_how_the_run_before_it_ended(void **state)
+{
+	(void)state;
+	size_t len, last = fx.n_lines - 1;
+	uint64_t seq = (uint64_t)fx.n_lines;
+	/* After fx's shutdown checkpoint, a clean restart and an unsigned shutdown: a
+	 * sealed run, as hsmd writes it. */
+	char *clean[2] = {forged_line(0, seq + 1, NULL, 0, false),
+	                  forged_line(last, seq + 2, "shutdown", 1, false)};
+	char *log = with_tail(0, clean, 2, &len);
+	hsm_audit_verify_report r = verify_buf(log, len, fx.pem);
+	if (!r.valid)
+		print_message("%s\n", r.detail);
+	assert_true(r.valid);
+	free(log);
+	/* A restart that says no record came before it, chained to one. */
+	json_t *j = fx_json(0);
+	assert_non_null(json_object_get(json_object_get(j, "extra"), "previous_shutdown"));
+	char *none = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	json_decref(j);
+	char *tail[2] = {none, forged_line(last, seq + 2, "shutdown", 1, false)};
+	json_t *k = json_loads(tail[0], 0, NULL);
+	json_object_set_new(k, "seq", json_integer((json_int_t)(seq + 1)));
+	free(tail[0]);
+	tail[0] = json_dumps(k, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	json_decref(k);
+	log = with_tail(0, tail, 2, &len);
+	r = verify_buf(log, len, NULL);
+	expect_bad(r, HSM_AUDIT_MODIFIED, seq + 1);
+	assert_non_null(strstr(r.detail, "no record came before it"));
+	free(log);
+}
+
+/* fx with its last line (the signed shutdown checkpoint) replaced by `last`. */
+static char *with_last_line(const char *last, size_t *len)
+{
+	size_t keep = fx.off[fx.n_lines - 1];
+	char *b = malloc(keep + strlen(last) + 2);
+	assert_non_null(b);
+	memcpy(b, fx.data, keep);
+	*len = keep + (size_t)sprintf(b + keep, "%s\n", last);
+	return b;
+}
+
+static void test_the_last_checkpoint_holds_only_what_hsmd_writes(void **state)
+{
+	(void)state;
+	size_t last = fx.n_lines - 1, len;
+	uint64_t line = fx.n_lines;
+	char text[4096];
+	size_t n = fx.off[last + 1] - fx.off[last] - 1;
+	memcpy(text, fx.data + fx.off[last], n);
+	text[n] = '\0';
+	assert_non_null(strstr(text, "\"reason\":\"shutdown\""));
+	/* No later record chains it, and its signature covers node, seq, time, reason,
+	 * kept_from and prev: every other byte must be hsmd's. */
+	static const char *const edits[][2] = {
+	    {"\"type\":\"checkpoint\"", "\"type\":\"checkpoint\",\"op\":\"Decrypt\""},
+	    {"\"signed\":true", "\"extra\":1,\"signed\":true"},
+	    {"{\"seq\"", "{ \"seq\""},
+	};
+	for (size_t i = 0; i < sizeof(edits) / sizeof(edits[0]); i++) {
+		char edited[4200];
+		const char *at = strstr(text, edits[i][0]);
+		assert_non_null(at);
+		snprintf(edited, sizeof(edited), "%.*s%s%s", (int)(at - text), text, edits[i][1],
+		         at + strlen(edits[i][0]));
+		char *log = with_last_line(edited, &len);
+		hsm_audit_verify_report r = verify_buf(log, len, fx.pem);
+		expect_bad(r, HSM_AUDIT_MODIFIED, line);
+		assert_non_null(strstr(r.detail, "not what hsmd writes"));
+		free(log);
+	}
+	/* A format this verifier does not know. */
+	char newer[4200];
+	const char *at = strstr(text, CK_MARKER);
+	assert_non_null(at);
+	snprintf(newer, sizeof(newer), "%.*s,\"trail_format\":%u,%s", (int)(at - text), text,
+	         AUDIT_TRAIL_FORMAT + 1, at + strlen(CK_MARKER));
+	char *log = with_last_line(newer, &len);
+	hsm_audit_verify_report r = verify_buf(log, len, fx.pem);
+	expect_bad(r, HSM_AUDIT_MODIFIED, line);
+	assert_non_null(strstr(r.detail, "newer than the"));
+	free(log);
+	/* Unedited, it verifies. */
+	log = with_last_line(text, &len);
+	r = verify_buf(log, len, fx.pem);
+	assert_true(r.valid);
+	free(log);
+}
+
+/* A run of the real writer on dir: n requests of op from source, then close. */
+static void run_on(const char *dir, bool signer, const char *op, const char *source, unsigned n)
+{
+	hsm_audit_config c = t_config(dir);
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	if (signer)
+		hsm_audit_set_signer(a, t_sign, &fx.signer);
+	for (unsigned i = 0; i < n; i++) {
+		hsm_audit_record rec = t_record(i + 1);
+		rec.operation = op;
+		rec.source = source;
+		rec.outcome = HSM_AUDIT_SUCCESS;
+		rec.error = NULL;
+		assert_true(hsm_ok(hsm_audit_append(a, &rec)));
+	}
+	hsm_audit_close(a);
+}
+
+static void test_sealed_runs_between_signed_ones(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-sealed-runs");
+	run_on(dir, true, "Encrypt", "10.0.0.7:51234", 5);
+	/* hsmctl without shares lists users with nothing unsealed: no signature owed. */
+	run_on(dir, false, "ListUsers", "hsmctl", 1);
+	run_on(dir, false, "Status", "10.0.0.7:51234", 2);
+	run_on(dir, true, "Encrypt", "10.0.0.7:51234", 5);
+	hsm_audit_verify_report r = t_verify_dir(dir, fx.pem, false);
+	if (!r.valid)
+		print_message("%s\n", r.detail);
+	assert_true(r.valid);
+	/* A run that answered Encrypt and signed nothing, then a restart: not hsmd's. */
+	run_on(dir, false, "Encrypt", "10.0.0.7:51234", 1);
+	run_on(dir, true, "Encrypt", "10.0.0.7:51234", 1);
+	r = t_verify_dir(dir, fx.pem, false);
+	assert_false(r.valid);
+	assert_int_equal(r.problem, HSM_AUDIT_UNSIGNED);
+	assert_non_null(strstr(r.detail, "says hsmd restarted"));
+	t_rm_rf(dir);
 }
 
 static atomic_llong fake_now;
@@ -1156,6 +1388,10 @@ int main(void)
 	    cmocka_unit_test(test_checkpoint_signatures),
 	    cmocka_unit_test(test_kept_from_is_signed_and_rises_only_at_retention),
 	    cmocka_unit_test(test_unsigned_retention_does_not_raise_the_floor),
+	    cmocka_unit_test(test_restarts_cannot_hide_stripped_signatures),
+	    cmocka_unit_test(test_a_restart_says_how_the_run_before_it_ended),
+	    cmocka_unit_test(test_the_last_checkpoint_holds_only_what_hsmd_writes),
+	    cmocka_unit_test(test_sealed_runs_between_signed_ones),
 	    cmocka_unit_test(test_sealed_checkpoints_unsigned_then_covered),
 	    cmocka_unit_test(test_signatures_cannot_be_stripped),
 	    cmocka_unit_test(test_trail_begun_by_older_hsmd_verifies),
