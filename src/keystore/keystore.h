@@ -171,6 +171,13 @@ typedef struct hsm_unseal_progress {
  */
 hsm_result hsm_keystore_unseal(hsm_keystore *ks, const uint8_t *share_file, size_t len,
                                hsm_unseal_progress *progress) HSM_MUST_CHECK;
+/*
+ * Checks a share file as hsm_keystore_unseal would (this store's current
+ * split, as issued, whole) without adding it: a share given beyond the
+ * quorum, once the keystore is unsealed.
+ */
+hsm_result hsm_keystore_check_share(hsm_keystore *ks, const uint8_t *share_file, size_t len,
+                                    hsm_unseal_progress *progress) HSM_MUST_CHECK;
 /* Progress of the current unseal without adding a share. */
 void hsm_keystore_unseal_status(hsm_keystore *ks, hsm_unseal_progress *progress);
 /* Discards shares collected so far. */

@@ -703,6 +703,28 @@ hsm_result hsm_keystore_unseal(hsm_keystore *ks, const uint8_t *share_file, size
 	return r;
 }
 
+hsm_result hsm_keystore_check_share(hsm_keystore *ks, const uint8_t *share_file, size_t len,
+                                    hsm_unseal_progress *progress)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_share share;
+	hsm_share_set *set = NULL;
+	memset(&share, 0, sizeof(share));
+	pthread_mutex_lock(&ks->lock);
+	progress->share[0] = '\0';
+	HSM_TRY(hsm_share_decode(share_file, len, &share));
+	HSM_TRY(describe_share(&share, share_file, len, progress->share, sizeof(progress->share)));
+	HSM_TRY(check_commitment(ks, &share));
+	HSM_TRY(hsm_share_set_new(ks->store_id, ks->set_id, ks->threshold, ks->count, &set));
+	HSM_TRY(hsm_share_set_add(set, &share)); /* of this store and split, and whole */
+out:
+	hsm_share_set_free(set);
+	hsm_share_clear(&share);
+	progress_of(ks, progress);
+	pthread_mutex_unlock(&ks->lock);
+	return res;
+}
+
 void hsm_keystore_unseal_status(hsm_keystore *ks, hsm_unseal_progress *progress)
 {
 	pthread_mutex_lock(&ks->lock);

@@ -664,3 +664,36 @@ def test_read_only_commands_neither_create_nor_migrate_the_store():
         assert p.returncode == 0, p.stderr
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_every_custodian_may_bring_a_share():
+    """A drill or a disaster restore with all five custodians present: shares beyond the
+    quorum are checked and not needed, for the offline share check, an offline backup,
+    `backup verify` and `restore`.  One of another store among them is still refused,
+    named, even past the quorum."""
+    base = tempfile.mkdtemp(prefix="hsmd-all-shares-")
+    try:
+        data, shares = init_store(base)
+        every = [shares[c] for c in sorted(shares)]
+        quorum = [a for f in every for a in ("--share", f)]
+        p = hsmctl("unseal", "--data-dir", data, *every)
+        assert p.returncode == 0 and "reconstruct the master key" in p.stdout, p.stderr
+        p = hsmctl("backup", "create", "--data-dir", data, *quorum)
+        assert p.returncode == 0, p.stderr
+        made = fields(p.stdout)["file"]
+        p = hsmctl("backup", "verify", *quorum, made)
+        assert p.returncode == 0 and "verified: every chunk authenticated" in p.stdout, p.stderr
+        target = os.path.join(base, "restored")
+        p = hsmctl("restore", "--data-dir", target, *quorum, made)
+        assert p.returncode == 0, p.stderr
+        # A share of another store after the quorum: the file is named, nothing restored.
+        _, others = init_store(base, name="other")
+        stray = others[sorted(others)[0]]
+        p = hsmctl("backup", "verify", *quorum, "--share", stray, made)
+        assert p.returncode == 1 and f"{stray}: share is for store" in p.stderr, p.stderr
+        again = os.path.join(base, "restored-again")
+        p = hsmctl("restore", "--data-dir", again, *quorum, "--share", stray, made)
+        assert p.returncode == 1 and f"{stray}: share is for store" in p.stderr, p.stderr
+        assert not os.path.exists(os.path.join(again, "hsmd.db"))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
