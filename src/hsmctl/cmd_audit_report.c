@@ -484,8 +484,16 @@ static hsm_result read_files(char **paths, size_t n, report *r, const report_opt
 		ssize_t len;
 		hsm_result res = HSM_SUCCESS;
 		while (hsm_ok(res) && (len = getline(&line, &cap, f)) > 0) {
-			if ((size_t)len > LINE_MAX_BYTES || line[len - 1] != '\n')
-				continue; /* a torn tail of a live log: verify allowed it, nothing to count */
+			if (line[len - 1] != '\n')
+				continue; /* appended since verify read it: the next report counts it */
+			if ((size_t)len > LINE_MAX_BYTES) {
+				/* Verified, so counted: a report leaves nothing out it does not say. */
+				res = HSM_FAIL(HSM_ERR_VALIDATION,
+				               "%s: a record of %zd bytes, longer than hsmd writes (%u): "
+				               "no report is made",
+				               paths[i], len, LINE_MAX_BYTES);
+				break;
+			}
 			json_error_t jerr;
 			json_t *rec = json_loadb(line, (size_t)len, 0, &jerr);
 			if (rec == NULL) {

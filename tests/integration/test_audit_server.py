@@ -8,6 +8,7 @@ import json
 import os
 import hashlib
 import re
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -1130,3 +1131,33 @@ def test_with_durable_acks_no_answer_comes_before_its_record_is_synced(tmp_path)
     finally:
         normal.cleanup()
         durable.cleanup()
+
+
+def test_audit_report_leaves_out_no_verified_record():
+    """A record longer than hsmd writes (1 MiB) that verify accepts (the unsigned tail of
+    a live trail, which no signature covers) makes the report refuse, rather than count
+    the trail without it."""
+    tmp = tempfile.mkdtemp(prefix="hsmd-audit-long-")
+    data = os.path.join(tmp, "data")
+    server = start_dev(["--data-dir", data])
+    try:
+        kms = client(server)
+        kms.encrypt(KeyId=kms.create_key()["KeyMetadata"]["KeyId"], Plaintext=b"x")
+    finally:
+        server.stop()
+    files = sorted(glob.glob(os.path.join(data, "audit", "audit-*.jsonl")))
+    with open(files[-1], "rb") as f:
+        lines = f.read().splitlines()
+    rec = next(json.loads(ln) for ln in lines if b'"op":"Encrypt"' in ln)
+    rec["seq"] = json.loads(lines[-1])["seq"] + 1
+    rec["extra"] = {"note": "x" * (1 << 20)}
+    rec.pop("prev")
+    rec["prev"] = hashlib.sha256(lines[-1]).hexdigest()
+    with open(files[-1], "ab") as f:
+        f.write(json.dumps(rec, separators=(",", ":")).encode() + b"\n")
+    v = subprocess.run([HSMCTL, "audit", "verify", "--live"] + files, capture_output=True,
+                       text=True)
+    assert v.returncode == 0 and "result: VALID" in v.stdout, v.stdout + v.stderr
+    p = report(files, "--live")
+    assert p.returncode == 1 and "longer than hsmd writes" in p.stderr, p.stdout + p.stderr
+    shutil.rmtree(tmp, ignore_errors=True)
