@@ -405,7 +405,7 @@ static hsm_result restore(const backup_opts *o, hsm_backup_info *info,
 	hsm_result res = HSM_SUCCESS;
 	hsm_keystore *ks = NULL;
 	char target[4200], staging[4200], staged[4300];
-	bool made_staging = false;
+	bool made_staging = false, made_dir = false;
 	bool shared = hsmctl_store_location(o->data_dir) != o->data_dir;
 	struct stat sb;
 	HSM_ENSURE(o->data_dir != NULL, HSM_ERR_VALIDATION, "--data-dir is required");
@@ -414,6 +414,7 @@ static hsm_result restore(const backup_opts *o, hsm_backup_info *info,
 	           "%s already holds a store; restore into a new or empty data directory", o->data_dir);
 	HSM_GUARD(audit_dir_unused(o->data_dir));
 	HSM_TRY(open_for(o, info, &ks));
+	made_dir = stat(o->data_dir, &sb) != 0 && errno == ENOENT;
 	HSM_TRY(hsm_mkdir_p(o->data_dir));
 	HSM_TRY(hsmctl_early_change_init(change, o->data_dir));
 	HSM_TRY(path_of(staging, sizeof(staging), o->data_dir, ".restore"));
@@ -435,6 +436,8 @@ static hsm_result restore(const backup_opts *o, hsm_backup_info *info,
 out:
 	if (made_staging)
 		remove_staging(staging);
+	if (hsm_failed(res) && made_dir)
+		(void)rmdir(o->data_dir); /* a failed restore leaves no directory it made (if empty) */
 	hsm_keystore_free(ks);
 	return res;
 }
