@@ -194,8 +194,18 @@ hsm_result hsm_kms_list_aliases(hsm_kms *kms, const hsm_caller *caller, const ch
 	HSM_GUARD(kms_authorize(kms, caller, HSM_OP_ListAliases, NULL, NULL));
 	HSM_ENSURE(marker == NULL || *marker == '\0' || hsm_str_has_prefix(marker, ALIAS_PREFIX),
 	           HSM_ERR_INVALID_MARKER, "Marker is invalid");
-	if (ref != NULL)
-		HSM_GUARD(kms_lookup(kms, caller, HSM_OP_ListAliases, ref, NULL, &k));
+	/* As in AWS KMS, ListAliases is the caller's permission alone: the key's policy is not
+	 * asked (the listing without KeyId shows the same aliases), only whether it exists. */
+	char key_id[HSM_UUID_STRLEN + 1];
+	if (ref != NULL) {
+		HSM_GUARD(hsm_kms_resolve(kms, ref, key_id));
+		HSM_GUARD(kms_key_load(kms, key_id, &k));
+		if (k->rec.state == HSM_KEY_DESTROYED) {
+			hsm_result gone = HSM_FAIL(HSM_ERR_NOT_FOUND, "Key '%s' does not exist", k->arn);
+			kms_key_release(k);
+			return gone;
+		}
+	}
 	hsm_result r = hsm_store_alias_list(kms->store, k != NULL ? k->rec.key_id : NULL, marker,
 	                                    limit, cb, arg, truncated);
 	kms_key_release(k);

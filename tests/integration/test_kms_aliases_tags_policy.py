@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from conftest import REGION
-from helpers import ACCOUNT, call_error, call_ok, key_arn, raises
+from helpers import ACCOUNT, call_error, call_ok, key_arn, key_denying, raises
 
 DEV_ARN = f"arn:aws:iam::{ACCOUNT}:user/dev"
 
@@ -189,6 +189,16 @@ def test_list_aliases_pagination(kms):
         f"alias/page-{i}" for i in range(5)]
     raises("InvalidMarkerException", kms.list_aliases, Marker="bogus")
     raises("NotFoundException", kms.list_aliases, KeyId=str(uuid.uuid4()))
+
+
+def test_list_aliases_of_a_key_asks_the_caller_alone(kms):
+    """As in AWS KMS, ListAliases needs the caller's kms:ListAliases only: the key's policy
+    is not asked, with KeyId as without it (where the same aliases are listed)."""
+    kid = key_denying(kms, "kms:ListAliases")
+    name = f"alias/listed-{uuid.uuid4().hex[:8]}"
+    kms.create_alias(AliasName=name, TargetKeyId=kid)
+    assert [a["AliasName"] for a in kms.list_aliases(KeyId=kid)["Aliases"]] == [name]
+    assert name in aliases_of(kms)
 
 
 # ---- Tags -----------------------------------------------------------------------------------
