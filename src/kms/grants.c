@@ -757,12 +757,23 @@ hsm_result hsm_kms_create_grant(hsm_kms *kms, const hsm_caller *caller,
 	HSM_TRY(hsm_caller_commit_key(caller, k->rec.key_id));
 	/* The token first: once the grant is stored, nothing may fail. */
 	HSM_TRY(make_token(g.key_id, g.grant_id, token));
-	res = hsm_store_grant_create(kms->store, &g, NULL);
+	bool existed = false;
+	res = hsm_store_grant_create(kms->store, &g, &existed);
 	if (res.err == HSM_ERR_LIMIT_EXCEEDED)
 		res = HSM_FAIL(HSM_ERR_LIMIT_EXCEEDED,
 		               "A key can have at most %d grants, and at most %d for one grantee",
 		               HSM_MAX_GRANTS_PER_KEY, HSM_MAX_GRANTS_PER_GRANTEE);
 	kms_key_invalidate(kms, k->rec.key_id);
+	/*
+	 * A retry with the same Name answers the grant the first call made (g now
+	 * holds its id), and its token must name that grant: one naming the id
+	 * drawn above would name no grant, and RetireGrant with it would leave the
+	 * grant in force.  Nothing was stored, so failing here changes nothing.
+	 */
+	if (hsm_ok(res) && existed) {
+		hsm_buf_clear(token);
+		res = make_token(g.key_id, g.grant_id, token);
+	}
 	if (hsm_failed(res)) {
 		hsm_buf_clear(token);
 		goto out;

@@ -433,6 +433,28 @@ def test_a_retried_create_with_the_same_name_returns_the_same_grant(kms):
     assert len(kms.list_grants(KeyId=key)["Grants"]) == 2
 
 
+def test_every_token_of_a_retried_create_names_the_first_grant(kms, users):
+    key = dev_key(kms)
+    app = users["app"]
+    args = dict(KeyId=key, GranteePrincipal=arn("app"), RetiringPrincipal=arn("retirer"),
+                Operations=["Encrypt", "RetireGrant"], Name="retried-token")
+    first = kms.create_grant(**args)
+    again = kms.create_grant(**args)
+    assert again["GrantId"] == first["GrantId"]
+    # The retry's token authorizes and retires the grant the first call made.
+    app.encrypt(KeyId=key, Plaintext=b"x", GrantTokens=[again["GrantToken"]])
+    app.retire_grant(GrantToken=again["GrantToken"])
+    assert kms.list_grants(KeyId=key)["Grants"] == []
+    denied(app.encrypt, KeyId=key, Plaintext=b"x")
+    raises("NotFoundException", users["retirer"].retire_grant, GrantToken=first["GrantToken"])
+    # So does its retiring principal's, with a retry's token too.
+    first = kms.create_grant(**args)
+    again = kms.create_grant(**args)
+    users["retirer"].retire_grant(GrantToken=again["GrantToken"])
+    assert kms.list_grants(KeyId=key)["Grants"] == []
+    denied(app.encrypt, KeyId=key, Plaintext=b"x")
+
+
 def test_retire_by_token_by_id_and_who_may(hsmd, kms, users):
     key = dev_key(kms)
     app, retirer = users["app"], users["retirer"]

@@ -396,6 +396,54 @@ static void test_operations_must_suit_the_key(void **state)
 	hsm_buf_free(&token);
 }
 
+/* The grant id a token names (the token NUL-terminated in place). */
+static void token_names(hsm_buf *token, const char *key, const char *id)
+{
+	char tk[HSM_UUID_STRLEN + 1], tg[HSM_GRANT_ID_LEN + 1];
+	assert_true(hsm_ok(hsm_buf_terminate(token)));
+	assert_int_equal(hsm_grant_token_parse((const char *)token->data, tk, tg).err, HSM_OK);
+	assert_string_equal(tk, key);
+	assert_string_equal(tg, id);
+}
+
+/* A retried CreateGrant with the same Name answers the first grant, and so does its token. */
+static void test_retried_create_token_names_the_first_grant(void **state)
+{
+	fx *f = *state;
+	char key[HSM_UUID_STRLEN + 1], id[HSM_GRANT_ID_LEN + 1], again[HSM_GRANT_ID_LEN + 1];
+	char kid[HSM_UUID_STRLEN + 1];
+	hsm_buf first_token = {0}, token = {0};
+	create_key(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, key);
+	grant_args a = {.grantee = ALICE,
+	                .retiring = BOB,
+	                .ops = {"Encrypt"},
+	                .n_equals = SIZE_MAX,
+	                .n_subset = SIZE_MAX,
+	                .name = "retried"};
+	assert_int_equal(grant(f, &officer, key, &a, id, &first_token).err, HSM_OK);
+	assert_int_equal(grant(f, &officer, key, &a, again, &token).err, HSM_OK);
+	assert_string_equal(again, id);
+	assert_int_equal(count_grants(f, key), 1);
+	token_names(&first_token, key, id);
+	token_names(&token, key, id);
+	assert_false(token.len == first_token.len &&
+	             memcmp(token.data, first_token.data, token.len) == 0);
+	/* The retry's token retires the grant, and the grantee loses what it allowed. */
+	assert_int_equal(encrypt(f, &alice, key, NULL, 0).err, HSM_OK);
+	assert_int_equal(
+	    hsm_kms_retire_grant(f->kms, &bob, (const char *)token.data, NULL, NULL, kid).err,
+	    HSM_OK);
+	assert_string_equal(kid, key);
+	assert_int_equal(count_grants(f, key), 0);
+	assert_int_equal(encrypt(f, &alice, key, NULL, 0).err, HSM_ERR_ACCESS_DENIED);
+	assert_int_equal(
+	    hsm_kms_retire_grant(f->kms, &bob, (const char *)first_token.data, NULL, NULL, kid)
+	        .err,
+	    HSM_ERR_NOT_FOUND);
+	hsm_buf_free(&first_token);
+	hsm_buf_free(&token);
+}
+
 static void test_retire_and_destruction(void **state)
 {
 	fx *f = *state;
@@ -461,6 +509,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_grantee_grants_within_its_own, setup,
 	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_operations_must_suit_the_key, setup,
+	                                    kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_retried_create_token_names_the_first_grant, setup,
 	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_retire_and_destruction, setup, kms_fx_teardown),
 	};
