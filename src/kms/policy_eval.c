@@ -310,6 +310,32 @@ static bool value_matches(const pol_condition *c, const hsm_policy_request *req,
 	return false;
 }
 
+/*
+ * kms:EncryptionContext:<key> is single-valued, but KMS matches the context key
+ * in it without regard to case, so a context may give it several values, one per
+ * spelling ({"tenant":"evil","Tenant":"acme"}).  None may slip past a
+ * statement: an Allow's condition holds only when every spelling's value
+ * satisfies the operator, a Deny's as soon as one does.  A set operator
+ * (ForAnyValue:, ForAllValues:) on a single-valued key means what the plain
+ * operator means (IAM User Guide, "Single-valued vs. multivalued context
+ * keys"), so it changes only the answer for an absent key: ForAnyValue over
+ * no value is false, ForAllValues true, a plain negated operator true.
+ * (policy_cond.c refuses ForAllValues on this key as AWS KMS does, as overly
+ * permissive; the answer here stays right without that.)
+ */
+static bool context_condition_holds(const pol_condition *c, const hsm_policy_request *req,
+                                     bool deny, value_iter *it, const char *v)
+{
+	if (v == NULL)
+		return c->set == POL_SET_ALL || (c->set == POL_SET_NONE && c->negated);
+	for (; v != NULL; v = next_value(it)) {
+		bool satisfied = value_matches(c, req, v) != c->negated;
+		if (satisfied == deny)
+			return deny; /* a Deny met by one spelling, an Allow failed by one */
+	}
+	return !deny;
+}
+
 static bool condition_holds(const pol_condition *c, const hsm_policy_request *req, bool deny)
 {
 	value_iter it = {c, req, 0};
@@ -324,6 +350,8 @@ static bool condition_holds(const pol_condition *c, const hsm_policy_request *re
 	}
 	if (v == NULL && c->if_exists)
 		return true;
+	if (c->key == POL_KEY_ENCRYPTION_CONTEXT)
+		return context_condition_holds(c, req, deny, &it, v);
 	switch (c->set) {
 	case POL_SET_ANY: /* some request value satisfies the operator; false when there is none */
 		for (; v != NULL; v = next_value(&it)) {
@@ -340,31 +368,7 @@ static bool condition_holds(const pol_condition *c, const hsm_policy_request *re
 	case POL_SET_NONE:
 		break;
 	}
-	/*
-	 * Without a set operator: any match; a negated operator holds when nothing
-	 * matches.  An encryption context may hold keys that differ only by case
-	 * ({"stage":"ok","Stage":"prod"}), which the context key matches alike: in
-	 * a Deny, a negated operator then holds when any of them fails to match,
-	 * so a second spelling cannot slip a forbidden value past the Deny.
-	 */
-	if (deny && c->negated && c->key == POL_KEY_ENCRYPTION_CONTEXT) {
-		if (v == NULL)
-			return true; /* as for an absent key anywhere */
-		for (; v != NULL; v = next_value(&it))
-			if (!value_matches(c, req, v))
-				return true;
-		return false;
-	}
-	/* And in an Allow, a plain operator holds only when every spelling matches: a second
-	 * spelling carrying the allowed value cannot open a context whose other one does not. */
-	if (!deny && !c->negated && c->key == POL_KEY_ENCRYPTION_CONTEXT) {
-		if (v == NULL)
-			return false;
-		for (; v != NULL; v = next_value(&it))
-			if (!value_matches(c, req, v))
-				return false;
-		return true;
-	}
+	/* Without a set operator: any match; a negated operator holds when nothing matches. */
 	bool any = false;
 	for (; v != NULL && !any; v = next_value(&it))
 		any = value_matches(c, req, v);

@@ -510,6 +510,63 @@ def test_condition_resource_aliases(kms):
     kms.encrypt(KeyId=kid, Plaintext=b"x")
 
 
+# A context may spell one key twice ({"tenant": ..., "Tenant": ...}), and
+# kms:EncryptionContext:tenant reads both; ForAnyValue on this single-valued key
+# means the plain operator.  An Allow needs every spelling, a Deny any one.
+TWO_SPELLINGS = ({"tenant": "evil", "Tenant": "acme"}, {"Tenant": "acme", "tenant": "evil"})
+CONTEXT_OPS = ("Encrypt", "GenerateDataKey")
+
+
+def context_call(kms, kid, op, ctx):
+    if op == "Encrypt":
+        return kms.encrypt(KeyId=kid, Plaintext=b"x", EncryptionContext=ctx)
+    return kms.generate_data_key(KeyId=kid, KeySpec="AES_256", EncryptionContext=ctx)
+
+
+@pytest.mark.parametrize("operator,value", [
+    ("StringEquals", "acme"), ("ForAnyValue:StringEquals", "acme"),
+    ("StringNotEquals", "evil"), ("ForAnyValue:StringNotEquals", "evil"),
+    ("ForAnyValue:StringEqualsIgnoreCase", "ACME"), ("ForAnyValue:StringLike", "ac*"),
+])
+def test_condition_context_key_spelt_twice_in_an_allow(kms, operator, value):
+    kid = new_key(kms)
+    kms.put_key_policy(KeyId=kid, PolicyName="default", Policy=policy(
+        {"Sid": "AdminButUse", "Effect": "Allow", "Principal": {"AWS": DEV_ARN},
+         "NotAction": ["kms:Encrypt", "kms:GenerateDataKey"], "Resource": "*"},
+        {"Sid": "UseForAcme", "Effect": "Allow", "Principal": {"AWS": DEV_ARN},
+         "Action": ["kms:Encrypt", "kms:GenerateDataKey"], "Resource": "*",
+         "Condition": {operator: {"kms:EncryptionContext:tenant": value}}}))
+    for op in CONTEXT_OPS:
+        context_call(kms, kid, op, {"tenant": "acme"})
+        context_call(kms, kid, op, {"Tenant": "acme", "tenant": "acme"})
+        for ctx in TWO_SPELLINGS:
+            raises("AccessDeniedException", context_call, kms, kid, op, ctx)
+
+
+@pytest.mark.parametrize("operator,value", [
+    ("StringEquals", "evil"), ("ForAnyValue:StringEquals", "evil"),
+    ("StringNotEquals", "acme"), ("ForAnyValue:StringNotEquals", "acme"),
+])
+def test_condition_context_key_spelt_twice_in_a_deny(kms, operator, value):
+    kid = guarded_key(kms, deny(["kms:Encrypt", "kms:GenerateDataKey"], operator,
+                                "kms:EncryptionContext:tenant", value))
+    for op in CONTEXT_OPS:
+        context_call(kms, kid, op, {"tenant": "acme"})
+        context_call(kms, kid, op, {"Tenant": "acme", "tenant": "acme"})
+        for ctx in TWO_SPELLINGS:
+            raises("AccessDeniedException", context_call, kms, kid, op, ctx)
+
+
+@pytest.mark.parametrize("effect", ["Allow", "Deny"])
+def test_condition_for_all_values_on_a_context_key_is_refused(kms, effect):
+    kid = new_key(kms)
+    guard = {"Sid": "Guard", "Effect": effect, "Principal": {"AWS": DEV_ARN},
+             "Action": ["kms:Encrypt", "kms:GenerateDataKey"], "Resource": "*",
+             "Condition": {"ForAllValues:StringEquals": {"kms:EncryptionContext:tenant": "acme"}}}
+    raises("MalformedPolicyDocumentException", kms.put_key_policy, KeyId=kid,
+           PolicyName="default", Policy=policy(ADMIN, guard), message="ForAllValues")
+
+
 def test_condition_key_origin_transport_and_time(kms):
     kid = guarded_key(kms, deny("kms:Encrypt", "StringEquals", "kms:KeyOrigin", "AWS_KMS"))
     denied(kms.encrypt, KeyId=kid, Plaintext=b"x")

@@ -800,6 +800,88 @@ static void test_case_variant_context_keys_and_deny(void **state)
 	FAILS(eq, WITH({"Tenant", "alice"}, {"tenant", "bob"}));
 }
 
+/* Does an allow-everything policy with a Deny of everything guarded by `condition` deny r? */
+static void expect_denies(const char *condition, hsm_policy_request r, bool expected, int line)
+{
+	char doc[4096];
+	snprintf(doc, sizeof(doc),
+	         STMT("{" ALLOW_ALL_BODY "}, {\"Effect\": \"Deny\", \"Principal\": \"*\", "
+	              "\"Action\": \"*\", \"Resource\": \"*\", \"Condition\": %s}"),
+	         condition);
+	hsm_policy *p = parse_ok(doc);
+	if ((decide(p, &r) == HSM_POLICY_EXPLICIT_DENY) != expected)
+		fail_msg("line %d: a Deny on %s should %s", line, condition,
+		         expected ? "deny" : "not deny");
+	hsm_policy_free(p);
+}
+#define DENIES(c, r) expect_denies((c), (r), true, __LINE__)
+#define LETS_BY(c, r) expect_denies((c), (r), false, __LINE__)
+
+/*
+ * kms:EncryptionContext:<key> is single-valued: ForAnyValue on it means the
+ * plain operator, so the rule for two spellings of the context key holds with
+ * that prefix too (an Allow needs every spelling, a Deny any one).
+ */
+static void test_case_variant_context_keys_and_set_operators(void **state)
+{
+	(void)state;
+	hsm_policy_request none = with_ctx(NULL, 0);
+	static const char *const prefixes[] = {"", "ForAnyValue:"};
+	for (size_t i = 0; i < 2; i++) {
+		char eq[256], ne[256], deny_eq[256], deny_ne[256];
+		snprintf(eq, sizeof(eq), "{\"%sStringEquals\": {\"kms:EncryptionContext:tenant\": "
+		         "\"acme\"}}", prefixes[i]);
+		snprintf(ne, sizeof(ne), "{\"%sStringNotEquals\": {\"kms:EncryptionContext:tenant\": "
+		         "\"evil\"}}", prefixes[i]);
+		snprintf(deny_eq, sizeof(deny_eq), "{\"%sStringEquals\": "
+		         "{\"kms:EncryptionContext:tenant\": \"evil\"}}", prefixes[i]);
+		snprintf(deny_ne, sizeof(deny_ne), "{\"%sStringNotEquals\": "
+		         "{\"kms:EncryptionContext:tenant\": \"acme\"}}", prefixes[i]);
+		/* In an Allow: every spelling must satisfy the operator. */
+		HOLDS(eq, WITH({"tenant", "acme"}));
+		HOLDS(eq, WITH({"Tenant", "acme"}, {"tenant", "acme"}));
+		FAILS(eq, WITH({"tenant", "evil"}, {"Tenant", "acme"}));
+		FAILS(eq, WITH({"Tenant", "acme"}, {"tenant", "evil"}));
+		HOLDS(ne, WITH({"tenant", "acme"}));
+		HOLDS(ne, WITH({"TENANT", "acme"}, {"tenant", "other"}));
+		FAILS(ne, WITH({"tenant", "evil"}, {"Tenant", "acme"}));
+		FAILS(ne, WITH({"Tenant", "acme"}, {"tenant", "evil"}));
+		/* In a Deny: one spelling satisfying it is enough. */
+		LETS_BY(deny_eq, WITH({"tenant", "acme"}));
+		DENIES(deny_eq, WITH({"tenant", "evil"}));
+		DENIES(deny_eq, WITH({"tenant", "acme"}, {"Tenant", "evil"}));
+		DENIES(deny_eq, WITH({"Tenant", "evil"}, {"tenant", "acme"}));
+		LETS_BY(deny_ne, WITH({"tenant", "acme"}, {"Tenant", "acme"}));
+		DENIES(deny_ne, WITH({"tenant", "acme"}, {"Tenant", "evil"}));
+		DENIES(deny_ne, WITH({"Tenant", "evil"}, {"tenant", "acme"}));
+	}
+	/* The prefix still decides for an absent key: ForAnyValue over no value is false,
+	 * a plain negated operator true. */
+	FAILS("{\"StringEquals\": {\"kms:EncryptionContext:tenant\": \"acme\"}}", none);
+	HOLDS("{\"StringNotEquals\": {\"kms:EncryptionContext:tenant\": \"evil\"}}", none);
+	FAILS("{\"ForAnyValue:StringEquals\": {\"kms:EncryptionContext:tenant\": \"acme\"}}",
+	      none);
+	FAILS("{\"ForAnyValue:StringNotEquals\": {\"kms:EncryptionContext:tenant\": \"evil\"}}",
+	      none);
+	LETS_BY("{\"ForAnyValue:StringNotEquals\": {\"kms:EncryptionContext:tenant\": "
+	        "\"acme\"}}", none);
+	/* IfExists: an absent key holds; present spellings still must all match. */
+	HOLDS("{\"ForAnyValue:StringEqualsIfExists\": {\"kms:EncryptionContext:tenant\": "
+	      "\"acme\"}}", none);
+	FAILS("{\"ForAnyValue:StringEqualsIfExists\": {\"kms:EncryptionContext:tenant\": "
+	      "\"acme\"}}", WITH({"tenant", "acme"}, {"Tenant", "evil"}));
+	/* ForAllValues on it is refused as overly permissive, in a Deny as in an Allow. */
+	const char *deny_all = STMT("{" ALLOW_ALL_BODY "}, {\"Effect\": \"Deny\", "
+	                            "\"Principal\": \"*\", \"Action\": \"*\", "
+	                            "\"Resource\": \"*\", \"Condition\": "
+	                            "{\"ForAllValues:StringEquals\": "
+	                            "{\"kms:EncryptionContext:tenant\": \"evil\"}}}");
+	hsm_policy *q = NULL;
+	assert_int_equal(hsm_policy_parse(deny_all, strlen(deny_all), &q).err,
+	                 HSM_ERR_MALFORMED_POLICY);
+	assert_null(q);
+}
+
 static hsm_policy_request with_extra(const char *key, const char *value)
 {
 	static hsm_policy_pair pair;
@@ -1121,6 +1203,7 @@ int main(void)
 	    cmocka_unit_test(test_string_operators),
 	    cmocka_unit_test(test_policy_variables),
 	    cmocka_unit_test(test_case_variant_context_keys_and_deny),
+	    cmocka_unit_test(test_case_variant_context_keys_and_set_operators),
 	    cmocka_unit_test(test_null_bool_if_exists),
 	    cmocka_unit_test(test_date_operators),
 	    cmocka_unit_test(test_ip_operators),
