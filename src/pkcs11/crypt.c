@@ -53,14 +53,9 @@ static const char *oaep_algorithm(const CK_MECHANISM *mech, size_t *hash_len)
 #define GCM_MAX_AAD 8192
 #define GCM_MAX_DATA 65536
 
-/* CKM_AES_GCM's init: an AES key, a 12-byte IV buffer, a 128-bit tag. */
+/* CKM_AES_GCM's init (an AES key, checked): a 12-byte IV buffer, a 128-bit tag. */
 static CK_RV gcm_init(p11_op *op, bool encrypt, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key)
 {
-	const p11_object *o = p11_key_get(key);
-	if (o == NULL)
-		return CKR_KEY_HANDLE_INVALID;
-	if (o->key_type != CKK_AES)
-		return CKR_KEY_TYPE_INCONSISTENT;
 	if (mech->pParameter == NULL || mech->ulParameterLen != sizeof(CK_GCM_PARAMS))
 		return CKR_MECHANISM_PARAM_INVALID;
 	const CK_GCM_PARAMS *p = mech->pParameter;
@@ -203,18 +198,18 @@ static CK_RV crypt_init(CK_SESSION_HANDLE hs, bool encrypt, CK_MECHANISM_PTR mec
 		return CKR_OPERATION_ACTIVE;
 	if (mech == NULL)
 		return CKR_ARGUMENTS_BAD;
-	if (mech->mechanism == CKM_AES_GCM)
-		return gcm_init(op, encrypt, mech, key);
-	if (mech->mechanism != CKM_RSA_PKCS_OAEP)
+	const p11_mech *m = p11_mech_find(mech->mechanism);
+	CK_FLAGS fn = encrypt ? CKF_ENCRYPT : CKF_DECRYPT;
+	if (m == NULL || (m->flags & fn) == 0)
 		return CKR_MECHANISM_INVALID;
 	const p11_object *o = p11_key_get(key);
 	if (o == NULL)
 		return CKR_KEY_HANDLE_INVALID;
-	if (o->key_type != CKK_RSA)
-		return CKR_KEY_TYPE_INCONSISTENT;
-	if (o->usage != HSM_USAGE_ENCRYPT_DECRYPT ||
-	    o->cls != (encrypt ? CKO_PUBLIC_KEY : CKO_PRIVATE_KEY))
-		return CKR_KEY_FUNCTION_NOT_PERMITTED;
+	rv = p11_key_permits(o, m, fn);
+	if (rv != CKR_OK)
+		return rv;
+	if (m->family == P11_AES_GCM)
+		return gcm_init(op, encrypt, mech, key);
 	size_t hash_len = 0;
 	const char *alg = oaep_algorithm(mech, &hash_len);
 	if (alg == NULL)

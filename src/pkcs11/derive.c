@@ -237,10 +237,9 @@ static CK_RV check_mechanism(const CK_MECHANISM *mech, const p11_object *base, h
 	CK_RV rv = kdf_params(prm, md, shared);
 	if (rv != CKR_OK)
 		return rv;
-	if (base->key_type != CKK_EC)
-		return CKR_KEY_TYPE_INCONSISTENT;
-	if (base->cls != CKO_PRIVATE_KEY || base->usage != HSM_USAGE_KEY_AGREEMENT)
-		return CKR_KEY_FUNCTION_NOT_PERMITTED;
+	rv = p11_key_permits(base, p11_mech_find(mech->mechanism), CKF_DERIVE);
+	if (rv != CKR_OK)
+		return rv;
 	const uint8_t *pt = NULL;
 	size_t pt_n = 0;
 	if (!peer_point(prm->pPublicData, prm->ulPublicDataLen, hsm_ec_field_len(base->spec), &pt,

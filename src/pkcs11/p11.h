@@ -384,6 +384,14 @@ CK_RV p11_cert_destroy(p11_object *o);
 extern const p11_mech p11_mechs[];
 extern const size_t p11_n_mechs;
 const p11_mech *p11_mech_find(CK_MECHANISM_TYPE type);
+/*
+ * Whether key o may do fn (CKF_SIGN, CKF_VERIFY, CKF_ENCRYPT, CKF_DECRYPT or
+ * CKF_DERIVE) with mechanism m: CKR_OK, or CKR_MECHANISM_INVALID (m does not
+ * do fn), CKR_KEY_TYPE_INCONSISTENT, CKR_KEY_FUNCTION_NOT_PERMITTED (its
+ * class or usage does not allow fn), CKR_KEY_SIZE_RANGE (an HMAC key and
+ * another hash's mechanism), in that order.
+ */
+CK_RV p11_key_permits(const p11_object *o, const p11_mech *m, CK_FLAGS fn);
 void p11_op_reset(p11_op *op);
 /*
  * The session of h whose operation at op_offset (offsetof(p11_session, sign),

@@ -142,6 +142,65 @@ static const hash_def *key_hash(hsm_key_spec spec)
 	}
 }
 
+/* ---- the keys a mechanism takes ----------------------------------------------------------------- */
+
+/*
+ * For each mechanism family and function (CKF_SIGN, ..., as its flags say),
+ * the key it takes: its key type, then the object class and the hsmd key
+ * usage that let it do that.  The *Init functions and C_DeriveKey check a
+ * key against it (p11_key_permits), and a key's CKA_ALLOWED_MECHANISMS is
+ * read from it (p11_key_mechs): what an object says it allows and what it
+ * is let do are one rule.
+ */
+typedef struct key_rule {
+	p11_family family;
+	CK_FLAGS fn;
+	CK_KEY_TYPE key_type;
+	CK_OBJECT_CLASS cls;
+	hsm_key_usage usage;
+} key_rule;
+
+static const key_rule key_rules[] = {
+    {P11_RSA_PKCS, CKF_SIGN, CKK_RSA, CKO_PRIVATE_KEY, HSM_USAGE_SIGN_VERIFY},
+    {P11_RSA_PKCS, CKF_VERIFY, CKK_RSA, CKO_PUBLIC_KEY, HSM_USAGE_SIGN_VERIFY},
+    {P11_RSA_PSS, CKF_SIGN, CKK_RSA, CKO_PRIVATE_KEY, HSM_USAGE_SIGN_VERIFY},
+    {P11_RSA_PSS, CKF_VERIFY, CKK_RSA, CKO_PUBLIC_KEY, HSM_USAGE_SIGN_VERIFY},
+    {P11_ECDSA, CKF_SIGN, CKK_EC, CKO_PRIVATE_KEY, HSM_USAGE_SIGN_VERIFY},
+    {P11_ECDSA, CKF_VERIFY, CKK_EC, CKO_PUBLIC_KEY, HSM_USAGE_SIGN_VERIFY},
+    {P11_EDDSA, CKF_SIGN, CKK_EC_EDWARDS, CKO_PRIVATE_KEY, HSM_USAGE_SIGN_VERIFY},
+    {P11_EDDSA, CKF_VERIFY, CKK_EC_EDWARDS, CKO_PUBLIC_KEY, HSM_USAGE_SIGN_VERIFY},
+    {P11_HMAC, CKF_SIGN, CKK_GENERIC_SECRET, CKO_SECRET_KEY, HSM_USAGE_GENERATE_VERIFY_MAC},
+    {P11_HMAC, CKF_VERIFY, CKK_GENERIC_SECRET, CKO_SECRET_KEY, HSM_USAGE_GENERATE_VERIFY_MAC},
+    {P11_RSA_OAEP, CKF_ENCRYPT, CKK_RSA, CKO_PUBLIC_KEY, HSM_USAGE_ENCRYPT_DECRYPT},
+    {P11_RSA_OAEP, CKF_DECRYPT, CKK_RSA, CKO_PRIVATE_KEY, HSM_USAGE_ENCRYPT_DECRYPT},
+    {P11_AES_GCM, CKF_ENCRYPT, CKK_AES, CKO_SECRET_KEY, HSM_USAGE_ENCRYPT_DECRYPT},
+    {P11_AES_GCM, CKF_DECRYPT, CKK_AES, CKO_SECRET_KEY, HSM_USAGE_ENCRYPT_DECRYPT},
+    {P11_DERIVE, CKF_DERIVE, CKK_EC, CKO_PRIVATE_KEY, HSM_USAGE_KEY_AGREEMENT},
+};
+
+CK_RV p11_key_permits(const p11_object *o, const p11_mech *m, CK_FLAGS fn)
+{
+	const key_rule *r = NULL;
+	for (size_t i = 0; i < sizeof(key_rules) / sizeof(key_rules[0]) && r == NULL; i++)
+		if (key_rules[i].family == m->family && key_rules[i].fn == fn)
+			r = &key_rules[i];
+	if (r == NULL || (m->flags & fn) == 0)
+		return CKR_MECHANISM_INVALID;
+	/*
+	 * The key's type first: CKR_KEY_FUNCTION_NOT_PERMITTED "has lower priority
+	 * than CKR_KEY_TYPE_INCONSISTENT" (PKCS#11 v2.40 5.1.6).  A derived secret
+	 * is the caller's to read (CKA_VALUE), a key of no mechanism here.
+	 */
+	if (o->derived || o->key_type != r->key_type)
+		return CKR_KEY_TYPE_INCONSISTENT;
+	if (o->cls != r->cls || o->usage != r->usage)
+		return CKR_KEY_FUNCTION_NOT_PERMITTED;
+	/* An HMAC key with its own hash only: a generic secret of another size. */
+	if (m->family == P11_HMAC && hash_by_md(m->md) != key_hash(o->spec))
+		return CKR_KEY_SIZE_RANGE;
+	return CKR_OK;
+}
+
 /* ---- init ------------------------------------------------------------------------------------------- */
 
 static CK_RV pss_params(const CK_MECHANISM *mech, const hash_def **h)
@@ -177,31 +236,17 @@ static CK_RV op_init(CK_SESSION_HANDLE hs, bool sign, CK_MECHANISM_PTR mech, CK_
 	if (mech == NULL)
 		return CKR_ARGUMENTS_BAD;
 	const p11_mech *m = p11_mech_find(mech->mechanism);
-	if (m == NULL || m->family == P11_KEYGEN || m->family == P11_RSA_OAEP ||
-	    m->family == P11_AES_GCM || m->family == P11_DIGEST || m->family == P11_DERIVE)
+	CK_FLAGS fn = sign ? CKF_SIGN : CKF_VERIFY;
+	if (m == NULL || (m->flags & fn) == 0)
 		return CKR_MECHANISM_INVALID;
 	const p11_object *o = p11_key_get(key);
 	if (o == NULL)
 		return CKR_KEY_HANDLE_INVALID;
-	if (o->derived) /* a derived secret is the caller's to read (CKA_VALUE), not a key here */
-		return CKR_KEY_TYPE_INCONSISTENT;
-	/* An RSA key for decryption does not sign, a key agreement key's public key does not verify. */
-	if (o->usage == HSM_USAGE_ENCRYPT_DECRYPT || o->usage == HSM_USAGE_KEY_AGREEMENT)
-		return CKR_KEY_FUNCTION_NOT_PERMITTED;
-	/*
-	 * First what the key's attributes allow (CKA_SIGN: private and MAC keys;
-	 * CKA_VERIFY: public and MAC keys), then whether it is a key of the
-	 * mechanism's type, as SoftHSMv2 does: an HMAC key given to CKM_ECDSA is
-	 * inconsistent, a public key given to C_SignInit not permitted.
-	 */
-	if (o->cls != CKO_SECRET_KEY && o->cls != (sign ? CKO_PRIVATE_KEY : CKO_PUBLIC_KEY))
-		return CKR_KEY_FUNCTION_NOT_PERMITTED;
-	CK_KEY_TYPE kt = m->family == P11_HMAC    ? CKK_GENERIC_SECRET
-	                 : m->family == P11_ECDSA ? CKK_EC
-	                 : m->family == P11_EDDSA ? CKK_EC_EDWARDS
-	                                          : CKK_RSA;
-	if (o->key_type != kt)
-		return CKR_KEY_TYPE_INCONSISTENT;
+	/* An HMAC key given to CKM_ECDSA is inconsistent, a public key given to C_SignInit not
+	 * permitted, an RSA key for decryption given to CKM_ECDSA inconsistent first. */
+	rv = p11_key_permits(o, m, fn);
+	if (rv != CKR_OK)
+		return rv;
 	/* Only PSS and EdDSA take parameters (an empty pointer-and-length pair is no parameter). */
 	if (m->family != P11_RSA_PSS && m->family != P11_EDDSA && mech->ulParameterLen != 0)
 		return CKR_MECHANISM_PARAM_INVALID;
@@ -216,10 +261,6 @@ static CK_RV op_init(CK_SESSION_HANDLE hs, bool sign, CK_MECHANISM_PTR mech, CK_
 		rv = pss_params(mech, &h);
 	else if (m->family == P11_ECDSA) /* any digest, fitted to the curve's own (ecdsa_fit) */
 		h = key_hash(o->spec);
-	else if (m->family == P11_HMAC && h == NULL)
-		h = key_hash(o->spec);
-	else if (m->family == P11_HMAC && h != key_hash(o->spec))
-		rv = CKR_KEY_SIZE_RANGE; /* a generic secret of another size: HMAC_256 with SHA-256, ... */
 	if (rv != CKR_OK)
 		return rv;
 	memset(op, 0, sizeof(*op));

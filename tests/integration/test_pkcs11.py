@@ -365,6 +365,50 @@ def test_stale_handles_searches_and_init_codes(p11, user, keys):
         a.closeSession()
 
 
+def test_init_codes_put_the_key_type_before_its_function(p11, user, keys):
+    """A key of another type than the mechanism's is CKR_KEY_TYPE_INCONSISTENT even when its
+    class or usage would not allow the function either: CKR_KEY_FUNCTION_NOT_PERMITTED "has
+    lower priority than CKR_KEY_TYPE_INCONSISTENT" (PKCS#11 v2.40 5.1.6).  The same order
+    for signing, verification, encryption and derivation; a key of the mechanism's type
+    whose class or usage does not allow it is not permitted."""
+    TYPE, FUNCTION = PyKCS11.CKR_KEY_TYPE_INCONSISTENT, PyKCS11.CKR_KEY_FUNCTION_NOT_PERMITTED
+    with session(p11, user.pin) as s:
+        def obj(cls, name):
+            (o,) = find(s, cls, keys[name])
+            return o
+
+        rsa_pub, ec_pub = obj(CKO_PUBLIC_KEY, "rsa"), obj(CKO_PUBLIC_KEY, "ec")
+        ec_priv, dec_priv = obj(CKO_PRIVATE_KEY, "ec"), obj(CKO_PRIVATE_KEY, "rsa_enc")
+        agree_pub, agree_priv = obj(CKO_PUBLIC_KEY, "ecdh"), obj(CKO_PRIVATE_KEY, "ecdh")
+        aes, mac = obj(CKO_SECRET_KEY, "aes"), obj(CKO_SECRET_KEY, "mac")
+        ecdsa = Mechanism(PyKCS11.CKM_ECDSA_SHA256)
+        hmac, rsa = Mechanism(PyKCS11.CKM_SHA256_HMAC), Mechanism(PyKCS11.CKM_SHA256_RSA_PKCS)
+        sha256_oaep = oaep(CKM["CKM_SHA256"], PyKCS11.CKG_MGF1_SHA256)
+        gcm = PyKCS11.AES_GCM_Mechanism(bytes(12), b"", 128)
+        for fn, mech, key, code in [
+            (s.lib.C_SignInit, ecdsa, aes, TYPE),
+            (s.lib.C_SignInit, ecdsa, rsa_pub, TYPE),       # a public key, of another type
+            (s.lib.C_SignInit, ecdsa, dec_priv, TYPE),      # a decryption key, of another type
+            (s.lib.C_VerifyInit, hmac, ec_priv, TYPE),      # a private key, of another type
+            (s.lib.C_EncryptInit, sha256_oaep, ec_pub, TYPE),
+            (s.lib.C_EncryptInit, gcm, mac, TYPE),
+            (s.lib.C_SignInit, rsa, dec_priv, FUNCTION),    # RSA, but for decryption
+            (s.lib.C_SignInit, ecdsa, ec_pub, FUNCTION),
+            (s.lib.C_VerifyInit, Mechanism(PyKCS11.CKM_ECDSA), agree_pub, FUNCTION),
+            (s.lib.C_EncryptInit, sha256_oaep, rsa_pub, FUNCTION),
+            (s.lib.C_DecryptInit, sha256_oaep, obj(CKO_PUBLIC_KEY, "rsa_enc"), FUNCTION),
+        ]:
+            got = fn(s.session, mech.to_native(), key)
+            assert got == code, (fn.__name__, CKR.get(got, hex(got)), key.value())
+        point = ec.generate_private_key(ec.SECP384R1()).public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        ckr(TYPE, s.deriveKey, dec_priv, SECRET_TEMPLATE, ecdh(point))
+        ckr(FUNCTION, s.deriveKey, ec_priv, SECRET_TEMPLATE, ecdh(point))
+        # None of them began an operation: the right keys still begin one.
+        assert len(sign(s, ec_priv, ecdsa, MSG)) == 64
+        assert s.deriveKey(agree_priv, SECRET_TEMPLATE, ecdh(point)).value() != 0
+
+
 def test_logout_keeps_the_handles_of_public_objects(p11, user, officer, keys):
     """PKCS#11 v2.40 5.6: at logout only private objects' handles become invalid.  Public keys
     and certificates (token objects, and session certificates with CKA_PRIVATE false) keep
