@@ -20,6 +20,7 @@ typedef struct a_value {
 	union {
 		CK_BBOOL b;
 		CK_ULONG u;
+		CK_MECHANISM_TYPE mechs[P11_MECHS_MAX];
 	} scratch;
 } a_value;
 
@@ -126,6 +127,11 @@ static a_status attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
 		return cert_attribute(o, t, v);
 	if (!p11_key_has(t, o->cls, o->key_type))
 		return A_INVALID;
+	/* What the key may be used with: what C_SignInit, C_EncryptInit, ... let it do (sign.c). */
+	if (t == CKA_ALLOWED_MECHANISMS) {
+		size_t n = p11_key_mechs(o, v->scratch.mechs);
+		return bytes(v, v->scratch.mechs, n * sizeof(CK_MECHANISM_TYPE));
+	}
 	if (o->derived)
 		return derived_attribute(o, t, v);
 	bool priv = o->cls == CKO_PRIVATE_KEY, pub = o->cls == CKO_PUBLIC_KEY;
@@ -195,7 +201,7 @@ static a_status attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
 	case CKA_EC_POINT: return bytes(v, o->ec_point.data, o->ec_point.len);
 	default: break;
 	}
-	return A_INVALID; /* one the module does not give (CKA_ALLOWED_MECHANISMS, ...) */
+	return A_INVALID; /* one the module does not give */
 }
 
 CK_RV C_GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR tmpl,

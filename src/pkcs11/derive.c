@@ -118,6 +118,15 @@ static CK_RV parse_template(const CK_ATTRIBUTE *t, CK_ULONG n, derived_tmpl *d)
 			d->id = a;
 			break;
 		case CKA_VALUE: return CKR_ATTRIBUTE_READ_ONLY;
+		case CKA_ALLOWED_MECHANISMS: /* none: no mechanism of the module takes a derived secret */
+		{
+			CK_RV rv = p11_template_mechs(a, 1, &(p11_object){.cls = CKO_SECRET_KEY,
+			                                                  .key_type = CKK_GENERIC_SECRET,
+			                                                  .derived = true});
+			if (rv != CKR_OK)
+				return rv;
+			break;
+		}
 		case CKA_DESTROYABLE: /* a derived secret can always be destroyed */
 			if (!p11_attr_bool(a, &b))
 				return CKR_ATTRIBUTE_VALUE_INVALID;

@@ -145,6 +145,14 @@ static CK_RV pair_usage(hsm_key_spec spec, const CK_ATTRIBUTE *pub, CK_ULONG n_p
 	return rv;
 }
 
+/* A template's CKA_ALLOWED_MECHANISMS, if any, must be what its object will allow. */
+static CK_RV mechs_fit(const CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_CLASS cls, CK_KEY_TYPE kt,
+                       hsm_key_spec spec, hsm_key_usage usage)
+{
+	p11_object o = {.cls = cls, .key_type = kt, .spec = spec, .usage = usage};
+	return p11_template_mechs(t, n, &o);
+}
+
 /* The private template's CKA_EC_PARAMS, if any, must be the public one's. */
 static CK_RV same_curve(const CK_ATTRIBUTE *pub, CK_ULONG n_pub, const CK_ATTRIBUTE *priv,
                         CK_ULONG n_priv)
@@ -323,6 +331,10 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE
 	if (rv == CKR_OK)
 		rv = pair_usage(spec, pub, n_pub, priv, n_priv, &usage);
 	if (rv == CKR_OK)
+		rv = mechs_fit(pub, n_pub, CKO_PUBLIC_KEY, kt, spec, usage);
+	if (rv == CKR_OK)
+		rv = mechs_fit(priv, n_priv, CKO_PRIVATE_KEY, kt, spec, usage);
+	if (rv == CKR_OK)
 		rv = pair_attr(pub, n_pub, priv, n_priv, CKA_LABEL, &l);
 	if (rv == CKR_OK)
 		rv = pair_label(l, label, sizeof(label));
@@ -399,6 +411,8 @@ CK_RV C_GenerateKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR
 		rv = p11_template_check(t, n, CKO_SECRET_KEY, kt);
 	if (rv == CKR_OK)
 		rv = secret_spec(mech->mechanism, t, n, &spec, &usage);
+	if (rv == CKR_OK)
+		rv = mechs_fit(t, n, CKO_SECRET_KEY, kt, spec, usage);
 	if (rv == CKR_OK)
 		rv = pair_label(p11_attr_find(t, n, CKA_LABEL), label, sizeof(label));
 	if (rv == CKR_OK)

@@ -365,6 +365,12 @@ CK_RV p11_template_check(const CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_CLASS cls,
  * C_GetAttributeValue and searches follow too.
  */
 bool p11_key_has(CK_ATTRIBUTE_TYPE type, CK_OBJECT_CLASS cls, CK_KEY_TYPE kt);
+/*
+ * A template's CKA_ALLOWED_MECHANISMS for a key like o (its class, key type,
+ * spec and usage set): absent, or exactly the mechanisms o allows
+ * (p11_key_mechs), in any order; otherwise CKR_ATTRIBUTE_VALUE_INVALID.
+ */
+CK_RV p11_template_mechs(const CK_ATTRIBUTE *t, CK_ULONG n, const p11_object *o);
 /* Whether a (checked) template gives the boolean type as true, or as false. */
 bool p11_template_true(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type);
 bool p11_template_false(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type);
@@ -392,6 +398,13 @@ const p11_mech *p11_mech_find(CK_MECHANISM_TYPE type);
  * another hash's mechanism), in that order.
  */
 CK_RV p11_key_permits(const p11_object *o, const p11_mech *m, CK_FLAGS fn);
+/* At most as many mechanisms as the module has (p11_mechs). */
+#define P11_MECHS_MAX 64
+/*
+ * The mechanisms key o may be used with, by p11_key_permits (its
+ * CKA_ALLOWED_MECHANISMS), in the order of p11_mechs, into out; their number.
+ */
+size_t p11_key_mechs(const p11_object *o, CK_MECHANISM_TYPE out[P11_MECHS_MAX]);
 void p11_op_reset(p11_op *op);
 /*
  * The session of h whose operation at op_offset (offsetof(p11_session, sign),

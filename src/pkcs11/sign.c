@@ -201,6 +201,23 @@ CK_RV p11_key_permits(const p11_object *o, const p11_mech *m, CK_FLAGS fn)
 	return CKR_OK;
 }
 
+_Static_assert(sizeof(p11_mechs) / sizeof(p11_mechs[0]) <= P11_MECHS_MAX,
+               "P11_MECHS_MAX holds every mechanism");
+
+size_t p11_key_mechs(const p11_object *o, CK_MECHANISM_TYPE out[P11_MECHS_MAX])
+{
+	static const CK_FLAGS fns[] = {CKF_SIGN, CKF_VERIFY, CKF_ENCRYPT, CKF_DECRYPT, CKF_DERIVE};
+	size_t n = 0;
+	for (size_t i = 0; i < p11_n_mechs; i++) {
+		bool allowed = false;
+		for (size_t j = 0; j < sizeof(fns) / sizeof(fns[0]) && !allowed; j++)
+			allowed = p11_key_permits(o, &p11_mechs[i], fns[j]) == CKR_OK;
+		if (allowed)
+			out[n++] = p11_mechs[i].type;
+	}
+	return n;
+}
+
 /* ---- init ------------------------------------------------------------------------------------------- */
 
 static CK_RV pss_params(const CK_MECHANISM *mech, const hash_def **h)

@@ -196,6 +196,43 @@ CK_RV p11_template_check(const CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_CLASS cls,
 	return CKR_OK;
 }
 
+static bool has_mech(const CK_MECHANISM_TYPE *list, size_t n, CK_MECHANISM_TYPE m)
+{
+	for (size_t i = 0; i < n; i++)
+		if (list[i] == m)
+			return true;
+	return false;
+}
+
+/*
+ * hsmd's keys are KMS keys that other clients use too: the token keeps no
+ * list of its own for a key, so a template may give CKA_ALLOWED_MECHANISMS
+ * only as the list the key has anyway.  A narrower one is a restriction it
+ * could not keep, a wider one names mechanisms the key will not do.
+ */
+CK_RV p11_template_mechs(const CK_ATTRIBUTE *t, CK_ULONG n, const p11_object *o)
+{
+	const CK_ATTRIBUTE *a = p11_attr_find(t, n, CKA_ALLOWED_MECHANISMS);
+	if (a == NULL)
+		return CKR_OK;
+	if (!well_formed(a, T_MECHS))
+		return CKR_ATTRIBUTE_VALUE_INVALID;
+	CK_MECHANISM_TYPE own[P11_MECHS_MAX], given[P11_MECHS_MAX];
+	size_t n_own = p11_key_mechs(o, own);
+	size_t n_given = a->ulValueLen / sizeof(CK_MECHANISM_TYPE);
+	if (n_given > P11_MECHS_MAX)
+		return CKR_ATTRIBUTE_VALUE_INVALID; /* more than the module has: some are not its own */
+	if (n_given > 0)
+		memcpy(given, a->pValue, n_given * sizeof(CK_MECHANISM_TYPE)); /* maybe unaligned */
+	for (size_t i = 0; i < n_given; i++)
+		if (!has_mech(own, n_own, given[i]))
+			return CKR_ATTRIBUTE_VALUE_INVALID;
+	for (size_t i = 0; i < n_own; i++)
+		if (!has_mech(given, n_given, own[i]))
+			return CKR_ATTRIBUTE_VALUE_INVALID;
+	return CKR_OK;
+}
+
 /* ---- reading template attributes ---- */
 
 const CK_ATTRIBUTE *p11_attr_find(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type)

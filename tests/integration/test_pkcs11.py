@@ -23,6 +23,7 @@ certificates with `openssl req` and serving TLS with `openssl s_server`;
 ssh-agent as a fourth, signing with `ssh-keygen -Y sign`; and GnuTLS's
 p11tool as a fifth.
 """
+import array
 import contextlib
 import ctypes
 import datetime
@@ -1289,7 +1290,7 @@ def test_generate_applies_the_template_rules(p11, officer):
         common = [(CKA_TOKEN, True), (CKA_ID, b"any"), (PyKCS11.CKA_MODIFIABLE, False),
                   (PyKCS11.CKA_COPYABLE, Raw(b"\x00")), (PyKCS11.CKA_START_DATE, b""),
                   (PyKCS11.CKA_END_DATE, b""),
-                  (PyKCS11.CKA_ALLOWED_MECHANISMS, Raw(PyKCS11.CKM_ECDSA.to_bytes(8, "little")))]
+                  (PyKCS11.CKA_ALLOWED_MECHANISMS, mech_list(sorted(ALLOWED["ec"])))]
         hpub, hpriv = s.generateKeyPair(
             common + [(CKA_CLASS, CKO_PUBLIC_KEY), (CKA_KEY_TYPE, CKK_EC), (CKA_PRIVATE, False),
                       (CKA_EC_PARAMS, P256_OID), (CKA_VERIFY, True), (CKA_ENCRYPT, False),
@@ -1308,6 +1309,144 @@ def test_generate_applies_the_template_rules(p11, officer):
     assert (md["KeySpec"], md["KeyUsage"]) == ("ECC_NIST_P256", "SIGN_VERIFY")
     assert officer.describe_key(KeyId="alias/p11-full")["KeyMetadata"]["KeyId"] == md["KeyId"]
     assert len(officer.list_keys(Limit=1000)["Keys"]) == count + 1
+
+
+def mech_list(mechs):
+    """A CKA_ALLOWED_MECHANISMS value: CK_MECHANISM_TYPEs in the host's byte order."""
+    return Raw(array.array("L", mechs).tobytes())
+
+
+def allowed_mechanisms(s, obj):
+    """An object's CKA_ALLOWED_MECHANISMS, read with C_GetAttributeValue (length, then value)."""
+    tpl = LowLevel.ckattrlist(1)
+    tpl[0].SetType(PyKCS11.CKA_ALLOWED_MECHANISMS)
+    check(s.lib.C_GetAttributeValue(s.session, obj, tpl), "C_GetAttributeValue (length)")
+    if tpl[0].GetLen() == 0:
+        return []
+    check(s.lib.C_GetAttributeValue(s.session, obj, tpl), "C_GetAttributeValue")
+    return list(array.array("L", bytes(tpl[0].GetBin())))
+
+
+ALLOWED = {
+    "ec": {CKM[n] for n in ("CKM_ECDSA", "CKM_ECDSA_SHA224", "CKM_ECDSA_SHA256",
+                            "CKM_ECDSA_SHA384", "CKM_ECDSA_SHA512")},
+    "rsa": {CKM[n] for n in ("CKM_RSA_PKCS", "CKM_SHA256_RSA_PKCS", "CKM_SHA384_RSA_PKCS",
+                             "CKM_SHA512_RSA_PKCS", "CKM_RSA_PKCS_PSS",
+                             "CKM_SHA256_RSA_PKCS_PSS", "CKM_SHA384_RSA_PKCS_PSS",
+                             "CKM_SHA512_RSA_PKCS_PSS")},
+    "rsa_enc": {CKM["CKM_RSA_PKCS_OAEP"]},
+    "aes": {CKM["CKM_AES_GCM"]},
+    "mac": {CKM["CKM_SHA256_HMAC"]},  # an HMAC_256 key: its own hash only
+}
+
+
+def derive_rv(s, mech, base, template):
+    return s.lib.C_DeriveKey(s.session, mech.to_native(), base, raw_template(s, template),
+                             LowLevel.CK_OBJECT_HANDLE())
+
+
+def usable_mechanisms(p11, obj, peer_point):
+    """The module's mechanisms whose *Init (or C_DeriveKey) takes obj, each tried in a
+    session of its own with parameters it accepts."""
+    pss = {CKM["CKM_RSA_PKCS_PSS"]: PSS_SHA256, CKM["CKM_SHA256_RSA_PKCS_PSS"]: PSS_SHA256,
+           CKM["CKM_SHA384_RSA_PKCS_PSS"]: (CKM["CKM_SHA384"], PyKCS11.CKG_MGF1_SHA384, 48),
+           CKM["CKM_SHA512_RSA_PKCS_PSS"]: (CKM["CKM_SHA512"], PyKCS11.CKG_MGF1_SHA512, 64)}
+    usable = set()
+    for m in p11.getMechanismList(0):
+        m = CKM[m]
+        info = p11.getMechanismInfo(0, CKM[m]).flags
+        mech = (RSA_PSS_Mechanism(m, *pss[m]) if m in pss
+                else oaep(CKM["CKM_SHA256"], PyKCS11.CKG_MGF1_SHA256)
+                if m == CKM["CKM_RSA_PKCS_OAEP"]
+                else PyKCS11.AES_GCM_Mechanism(bytes(12), b"", 128) if m == CKM["CKM_AES_GCM"]
+                else ecdh(peer_point) if info & PyKCS11.CKF_DERIVE
+                else Mechanism(m))
+        for flag, name in ((PyKCS11.CKF_SIGN, "C_SignInit"), (PyKCS11.CKF_VERIFY, "C_VerifyInit"),
+                           (PyKCS11.CKF_ENCRYPT, "C_EncryptInit"),
+                           (PyKCS11.CKF_DECRYPT, "C_DecryptInit"), (PyKCS11.CKF_DERIVE, None)):
+            if not info & flag:
+                continue
+            with session(p11) as s:
+                rv = (derive_rv(s, mech, obj, SECRET_TEMPLATE) if name is None
+                      else getattr(s.lib, name)(s.session, mech.to_native(), obj))
+            if rv == CKR_OK:
+                usable.add(m)
+    return usable
+
+
+def test_allowed_mechanisms_are_what_the_key_is_let_do(p11, user, keys):
+    """CKA_ALLOWED_MECHANISMS of every key object is the list of mechanisms the module lets it
+    be used with: those whose C_SignInit, C_VerifyInit, C_EncryptInit, C_DecryptInit or
+    C_DeriveKey takes it, no more and no fewer (one table decides both); a derived secret,
+    which no mechanism takes, allows none."""
+    peer = ec.generate_private_key(ec.SECP384R1()).public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    with session(p11, user.pin) as s:
+        objects = {}
+        for name in ("ec", "rsa", "rsa_enc", "ecdh"):
+            (objects[name, "private"],) = find(s, CKO_PRIVATE_KEY, keys[name])
+            (objects[name, "public"],) = find(s, CKO_PUBLIC_KEY, keys[name])
+        for name in ("aes", "mac"):
+            (objects[name, "secret"],) = find(s, CKO_SECRET_KEY, keys[name])
+        (agree,) = find(s, CKO_PRIVATE_KEY, keys["ecdh"])
+        derived = s.deriveKey(agree, SECRET_TEMPLATE, ecdh(peer))
+        assert allowed_mechanisms(s, derived) == []
+        expected = dict(ALLOWED, ecdh={CKM["CKM_ECDH1_DERIVE"], CKM["CKM_ECDH1_COFACTOR_DERIVE"]})
+        for (name, cls), obj in objects.items():
+            listed = allowed_mechanisms(s, obj)
+            assert len(listed) == len(set(listed)), (name, cls, listed)
+            want = set() if (name, cls) == ("ecdh", "public") else expected[name]
+            assert set(listed) == want, (name, cls, [CKM[m] for m in listed])
+            assert usable_mechanisms(p11, obj, peer) == want, (name, cls)
+
+
+def test_generation_takes_only_the_allowed_mechanisms_a_key_has(p11, officer):
+    """hsmd's keys are KMS keys other clients use too: the token cannot keep a narrower
+    CKA_ALLOWED_MECHANISMS for one.  A generation template may give the attribute only as
+    the list the key will have (in any order); a narrower list, or one naming a mechanism
+    the key will not do, is CKR_ATTRIBUTE_VALUE_INVALID and makes no key."""
+    ec_pub = [(CKA_TOKEN, True), (CKA_EC_PARAMS, P256_OID)]
+    ec_priv = [(CKA_TOKEN, True), (CKA_SIGN, True)]
+    own = sorted(ALLOWED["ec"], reverse=True)
+    ec_gen = PyKCS11.MechanismECGENERATEKEYPAIR
+    aes = [(CKA_CLASS, CKO_SECRET_KEY), (CKA_TOKEN, True), (CKA_VALUE_LEN, 32)]
+    aes_gen = Mechanism(PyKCS11.CKM_AES_KEY_GEN)
+    bad = PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID
+    count = len(officer.list_keys(Limit=1000)["Keys"])
+    with session(p11, f"{DEV_AKID}:{DEV_SECRET}") as s:
+        allowed = PyKCS11.CKA_ALLOWED_MECHANISMS
+        for pub, priv in (
+                (ec_pub, ec_priv + [(allowed, mech_list([CKM["CKM_ECDSA"]]))]),
+                (ec_pub + [(allowed, mech_list(own[1:]))], ec_priv),
+                (ec_pub, ec_priv + [(allowed, mech_list(own + [CKM["CKM_SHA256_RSA_PKCS"]]))]),
+                (ec_pub + [(allowed, mech_list([]))], ec_priv)):
+            assert generate_pair_rv(s, ec_gen, pub, priv) == bad
+        assert generate_key_rv(s, aes_gen, aes + [(allowed, mech_list([]))]) == bad
+        assert generate_key_rv(s, aes_gen, aes + [
+            (allowed, mech_list([CKM["CKM_AES_GCM"], CKM["CKM_RSA_PKCS_OAEP"]]))]) == bad
+        assert len(officer.list_keys(Limit=1000)["Keys"]) == count  # none made
+        # The key's own list, in any order (and repeated), is what it gets.
+        hpub, hpriv = s.generateKeyPair(ec_pub + [(allowed, mech_list(own))],
+                                        ec_priv + [(allowed, mech_list(own + own[:1]))], ec_gen)
+        assert sorted(allowed_mechanisms(s, hpriv)) == sorted(own)
+        assert sorted(allowed_mechanisms(s, hpub)) == sorted(own)
+        made = [attrs(s, hpriv, CKA_ID)[0].decode()]
+        key = s.generateKey(aes + [(allowed, mech_list([CKM["CKM_AES_GCM"]]))], aes_gen)
+        assert allowed_mechanisms(s, key) == [CKM["CKM_AES_GCM"]]
+        made.append(attrs(s, key, CKA_ID)[0].decode())
+        # A derived secret allows none: an empty list only.
+        agree = officer.create_key(KeySpec="ECC_NIST_P256", KeyUsage="KEY_AGREEMENT")[
+            "KeyMetadata"]["KeyId"]
+        made.append(agree)
+        (base,) = find(s, CKO_PRIVATE_KEY, agree)
+        point = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        hmac = mech_list([CKM["CKM_SHA256_HMAC"]])
+        assert derive_rv(s, ecdh(point), base, SECRET_TEMPLATE + [(allowed, hmac)]) == bad
+        assert derive_rv(s, ecdh(point), base,
+                         SECRET_TEMPLATE + [(allowed, mech_list([]))]) == CKR_OK
+    for kid in made:
+        officer.schedule_key_deletion(KeyId=kid, PendingWindowInDays=7)
 
 
 def test_generate_key_agreement_pairs(p11, officer):
