@@ -10,7 +10,8 @@
  *     of 4 bytes on a 64-bit host): CKR_ATTRIBUTE_VALUE_INVALID;
  *   - a value the new key would not have: CKR_TEMPLATE_INCONSISTENT (another
  *     class or key type than the mechanism makes, a session object, a
- *     modifiable or copyable key, dates, trust), or, as this module always
+ *     modifiable or copyable key, a CKA_PRIVATE it will not have, dates,
+ *     trust), or, as this module always
  *     answered, CKR_ATTRIBUTE_VALUE_INVALID for an extractable or
  *     non-sensitive key.
  *
@@ -177,9 +178,10 @@ CK_RV p11_template_check(const CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_CLASS cls,
 	/* hsmd's keys never leave it (this module's answer since its first version). */
 	if (given(t, n, CKA_EXTRACTABLE, true) || given(t, n, CKA_SENSITIVE, false))
 		return CKR_ATTRIBUTE_VALUE_INVALID;
-	/* A token object (absent: FALSE, 4.4), neither modifiable nor copyable, no dates kept. */
+	/* A token object (absent: FALSE, 4.4), neither modifiable nor copyable, no dates kept;
+	 * private and secret keys private (they show after login only), public keys not. */
 	if (!given(t, n, CKA_TOKEN, true) || given(t, n, CKA_MODIFIABLE, true) ||
-	    given(t, n, CKA_COPYABLE, true))
+	    given(t, n, CKA_COPYABLE, true) || given(t, n, CKA_PRIVATE, cls == CKO_PUBLIC_KEY))
 		return CKR_TEMPLATE_INCONSISTENT;
 	for (CK_ATTRIBUTE_TYPE d = CKA_START_DATE; d <= CKA_END_DATE; d++) {
 		const CK_ATTRIBUTE *a = p11_attr_find(t, n, d);

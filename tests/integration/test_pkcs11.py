@@ -1215,7 +1215,8 @@ def test_generate_applies_the_template_rules(p11, officer):
     """PKCS#11 v2.40 4.1.1, before any key is made: an attribute unknown for the class is
     CKR_ATTRIBUTE_TYPE_INVALID, one the generation sets CKR_ATTRIBUTE_READ_ONLY, a value of
     the wrong size CKR_ATTRIBUTE_VALUE_INVALID, and a class, key type, session object, second
-    usage or refused usage the key would not have CKR_TEMPLATE_INCONSISTENT; none makes a key.
+    usage, refused usage or CKA_PRIVATE the key would not have CKR_TEMPLATE_INCONSISTENT; none
+    makes a key.
     The standard attributes with the values an hsmd key has are accepted."""
     T = [(CKA_TOKEN, True)]
     ec_pub = T + [(CKA_EC_PARAMS, P256_OID)]
@@ -1259,6 +1260,10 @@ def test_generate_applies_the_template_rules(p11, officer):
         (VALUE, ec, ec_pub + [(CKA_ID, str(uuid.uuid4()).encode())], T),
         (VALUE, ec, ec_pub, T + [(CKA_LABEL, "pkcs11-id/01")]),  # that name gives CKA_IDs
         (INCONSISTENT, ec, ec_pub, T + [(PyKCS11.CKA_MODIFIABLE, True)]),
+        # Public keys read CKA_PRIVATE false, private keys true: a template asking otherwise.
+        (INCONSISTENT, ec, ec_pub + [(CKA_PRIVATE, True)], T),
+        (INCONSISTENT, ec, ec_pub, T + [(CKA_PRIVATE, False)]),
+        (INCONSISTENT, rsa, rsa_pub, T + [(CKA_DECRYPT, True), (CKA_PRIVATE, False)]),
         (INCONSISTENT, ec, ec_pub, T + [(CKA_EC_PARAMS, P384_OID)]),
     ]
     secrets = [
@@ -1274,6 +1279,8 @@ def test_generate_applies_the_template_rules(p11, officer):
         (INCONSISTENT, aes, aes_t + [(PyKCS11.CKA_WRAP, True)]),
         (INCONSISTENT, mac, mac_t + [(CKA_ENCRYPT, True), (CKA_DECRYPT, True)]),
         (INCONSISTENT, mac, mac_t + [(CKA_VERIFY, False)]),
+        (INCONSISTENT, aes, aes_t + [(CKA_PRIVATE, False)]),
+        (INCONSISTENT, mac, mac_t + [(CKA_PRIVATE, False)]),
         (VALUE, aes, aes_t + [(CKA_ID, b"\x01" * 121)]),
     ]
     count = len(officer.list_keys(Limit=1000)["Keys"])
@@ -1750,12 +1757,16 @@ def test_pkcs11_tool(server, user, officer, keys, tmp_path):
                             str(sig), str(data)], capture_output=True, text=True, timeout=60)
         assert v.returncode == 0 and "Verified OK" in v.stdout, (mech, v.stdout, v.stderr)
     # An AES key made with pkcs11-tool is an hsmd key; it must be asked for sensitive (the
-    # tool's default is a key whose CKA_VALUE may be read, which hsmd never gives).
+    # tool's default is a key whose CKA_VALUE may be read, which hsmd never gives) and
+    # private (the tool's default is CKA_PRIVATE false; secret keys read true).
     p = tool(server.endpoint, "--login", "--pin", f"{DEV_AKID}:{DEV_SECRET}", "--keygen",
              "--key-type", "AES:32", "--label", "tool-aes")
     assert p.returncode == 1 and "CKR_ATTRIBUTE_VALUE_INVALID" in p.stderr, p.stderr
     p = tool(server.endpoint, "--login", "--pin", f"{DEV_AKID}:{DEV_SECRET}", "--keygen",
              "--key-type", "AES:32", "--sensitive", "--label", "tool-aes")
+    assert p.returncode == 1 and "CKR_TEMPLATE_INCONSISTENT" in p.stderr, p.stderr
+    p = tool(server.endpoint, "--login", "--pin", f"{DEV_AKID}:{DEV_SECRET}", "--keygen",
+             "--key-type", "AES:32", "--sensitive", "--private", "--label", "tool-aes")
     assert p.returncode == 0, (p.stdout, p.stderr)
     md = officer.describe_key(KeyId="alias/tool-aes")["KeyMetadata"]
     assert (md["KeySpec"], md["KeyUsage"]) == ("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT"), md
@@ -1775,7 +1786,8 @@ def test_pkcs11_tool(server, user, officer, keys, tmp_path):
         assert (md["KeySpec"], md["KeyUsage"]) == ("RSA_2048", kind), md
     # An HMAC key: --usage-sign (by default the tool asks a secret key to encrypt).
     p = tool(server.endpoint, "--login", "--pin", f"{DEV_AKID}:{DEV_SECRET}", "--keygen",
-             "--key-type", "GENERIC:32", "--sensitive", "--usage-sign", "--label", "tool-mac")
+             "--key-type", "GENERIC:32", "--sensitive", "--private", "--usage-sign", "--label",
+             "tool-mac")
     assert p.returncode == 0, (p.stdout, p.stderr)
     md = officer.describe_key(KeyId="alias/tool-mac")["KeyMetadata"]
     assert (md["KeySpec"], md["KeyUsage"]) == ("HMAC_256", "GENERATE_VERIFY_MAC"), md
