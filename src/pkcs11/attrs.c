@@ -207,11 +207,9 @@ static a_status attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
 CK_RV C_GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR tmpl,
                           CK_ULONG count)
 {
+	ENTER_SESSION(h);
 	if (tmpl == NULL && count > 0)
-		return CKR_ARGUMENTS_BAD;
-	ENTER();
-	if (p11_session_get(h) == NULL)
-		LEAVE(CKR_SESSION_HANDLE_INVALID);
+		LEAVE(CKR_ARGUMENTS_BAD);
 	/* Before login no object shows (a search finds none): not even by a handle kept. */
 	p11_object *o = p11.logged_in ? p11_object_get(obj) : NULL;
 	if (o == NULL)
@@ -247,9 +245,7 @@ CK_RV C_SetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUT
 {
 	(void)tmpl;
 	(void)count;
-	ENTER();
-	if (p11_session_get(h) == NULL)
-		LEAVE(CKR_SESSION_HANDLE_INVALID);
+	ENTER_SESSION(h);
 	/* Objects are views of hsmd's keys: change a key through hsmd's API. */
 	LEAVE(!p11.logged_in || p11_object_get(obj) == NULL ? CKR_OBJECT_HANDLE_INVALID
 	                                                  : CKR_ACTION_PROHIBITED);
@@ -257,11 +253,9 @@ CK_RV C_SetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUT
 
 CK_RV C_GetObjectSize(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ULONG_PTR size)
 {
+	ENTER_SESSION(h);
 	if (size == NULL)
-		return CKR_ARGUMENTS_BAD;
-	ENTER();
-	if (p11_session_get(h) == NULL)
-		LEAVE(CKR_SESSION_HANDLE_INVALID);
+		LEAVE(CKR_ARGUMENTS_BAD);
 	if (!p11.logged_in || p11_object_get(obj) == NULL)
 		LEAVE(CKR_OBJECT_HANDLE_INVALID);
 	*size = CK_UNAVAILABLE_INFORMATION;
@@ -287,12 +281,10 @@ static bool matches(const p11_object *o, const CK_ATTRIBUTE *tmpl, CK_ULONG coun
 
 CK_RV C_FindObjectsInit(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR tmpl, CK_ULONG count)
 {
+	ENTER_SESSION(h);
 	if (tmpl == NULL && count > 0)
-		return CKR_ARGUMENTS_BAD;
-	ENTER();
+		LEAVE(CKR_ARGUMENTS_BAD);
 	p11_session *s = p11_session_get(h);
-	if (s == NULL)
-		LEAVE(CKR_SESSION_HANDLE_INVALID);
 	if (s->find.active)
 		LEAVE(CKR_OPERATION_ACTIVE);
 	/* Before login this token shows nothing: every object is one of the user's keys. */
@@ -328,12 +320,10 @@ CK_RV C_FindObjectsInit(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR tmpl, CK_ULONG cou
 CK_RV C_FindObjects(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE_PTR out, CK_ULONG max,
                     CK_ULONG_PTR count)
 {
+	ENTER_SESSION(h);
 	if (out == NULL || count == NULL)
-		return CKR_ARGUMENTS_BAD;
-	ENTER();
+		LEAVE(CKR_ARGUMENTS_BAD);
 	p11_session *s = p11_session_get(h);
-	if (s == NULL)
-		LEAVE(CKR_SESSION_HANDLE_INVALID);
 	if (!s->find.active)
 		LEAVE(CKR_OPERATION_NOT_INITIALIZED);
 	CK_ULONG n = 0;

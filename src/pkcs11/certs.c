@@ -427,9 +427,9 @@ out:
 
 CK_RV C_CreateObject(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR out)
 {
+	ENTER_SESSION(h);
 	if (out == NULL || (t == NULL && n > 0))
-		return CKR_ARGUMENTS_BAD;
-	ENTER();
+		LEAVE(CKR_ARGUMENTS_BAD);
 	CK_RV rv = p11_user_session(h);
 	if (rv != CKR_OK)
 		LEAVE(rv);

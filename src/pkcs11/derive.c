@@ -306,9 +306,9 @@ static CK_RV x963(const char *md, const hsm_buf *secret, const hsm_buf *shared, 
 CK_RV C_DeriveKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE base,
                   CK_ATTRIBUTE_PTR tmpl, CK_ULONG count, CK_OBJECT_HANDLE_PTR out)
 {
+	ENTER_SESSION(h);
 	if (mech == NULL || out == NULL || (tmpl == NULL && count > 0))
-		return CKR_ARGUMENTS_BAD;
-	ENTER();
+		LEAVE(CKR_ARGUMENTS_BAD);
 	CK_RV rv = p11_user_session(h);
 	if (rv != CKR_OK)
 		LEAVE(rv);

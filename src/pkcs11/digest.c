@@ -24,14 +24,12 @@ static p11_session *digesting(CK_SESSION_HANDLE h, bool args_ok, CK_RV *rv)
 
 CK_RV C_DigestInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech)
 {
-	if (mech == NULL)
-		return CKR_ARGUMENTS_BAD;
-	ENTER();
+	ENTER_SESSION(h);
 	p11_session *s = p11_session_get(h);
-	if (s == NULL)
-		LEAVE(CKR_SESSION_HANDLE_INVALID);
 	if (s->digest.active)
 		LEAVE(CKR_OPERATION_ACTIVE);
+	if (mech == NULL)
+		LEAVE(CKR_ARGUMENTS_BAD);
 	const p11_mech *m = p11_mech_find(mech->mechanism);
 	if (m == NULL || m->family != P11_DIGEST)
 		LEAVE(CKR_MECHANISM_INVALID);

@@ -309,10 +309,10 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE
                         CK_ULONG n_pub, CK_ATTRIBUTE_PTR priv, CK_ULONG n_priv,
                         CK_OBJECT_HANDLE_PTR pub_out, CK_OBJECT_HANDLE_PTR priv_out)
 {
+	ENTER_SESSION(h);
 	if (mech == NULL || pub_out == NULL || priv_out == NULL || (pub == NULL && n_pub > 0) ||
 	    (priv == NULL && n_priv > 0))
-		return CKR_ARGUMENTS_BAD;
-	ENTER();
+		LEAVE(CKR_ARGUMENTS_BAD);
 	hsm_key_spec spec;
 	char label[P11_LABEL_MAX + 1], id[P11_LABEL_MAX + 1];
 	hsm_key_usage usage;
@@ -396,9 +396,9 @@ static CK_RV secret_spec(CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *t, CK_ULONG
 CK_RV C_GenerateKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR t, CK_ULONG n,
                     CK_OBJECT_HANDLE_PTR out)
 {
+	ENTER_SESSION(h);
 	if (mech == NULL || out == NULL || (t == NULL && n > 0))
-		return CKR_ARGUMENTS_BAD;
-	ENTER();
+		LEAVE(CKR_ARGUMENTS_BAD);
 	hsm_key_spec spec;
 	hsm_key_usage usage;
 	char label[P11_LABEL_MAX + 1], id[P11_LABEL_MAX + 1];

@@ -198,9 +198,9 @@ CK_RV C_Initialize(CK_VOID_PTR init_args)
 
 CK_RV C_Finalize(CK_VOID_PTR reserved)
 {
-	if (reserved != NULL)
-		return CKR_ARGUMENTS_BAD;
 	ENTER();
+	if (reserved != NULL)
+		LEAVE(CKR_ARGUMENTS_BAD);
 	for (size_t i = 0; i < P11_MAX_SESSIONS; i++)
 		close_session(&p11.sessions[i]);
 	p11_objects_clear();
@@ -212,9 +212,9 @@ CK_RV C_Finalize(CK_VOID_PTR reserved)
 
 CK_RV C_GetInfo(CK_INFO_PTR info)
 {
-	if (info == NULL)
-		return CKR_ARGUMENTS_BAD;
 	ENTER();
+	if (info == NULL)
+		LEAVE(CKR_ARGUMENTS_BAD);
 	memset(info, 0, sizeof(*info));
 	info->cryptokiVersion.major = 2;
 	info->cryptokiVersion.minor = 40;
@@ -230,9 +230,9 @@ CK_RV C_GetInfo(CK_INFO_PTR info)
 CK_RV C_GetSlotList(CK_BBOOL token_present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count)
 {
 	(void)token_present;
-	if (count == NULL)
-		return CKR_ARGUMENTS_BAD;
 	ENTER();
+	if (count == NULL)
+		LEAVE(CKR_ARGUMENTS_BAD);
 	CK_RV rv = CKR_OK;
 	if (list != NULL && *count < 1)
 		rv = CKR_BUFFER_TOO_SMALL;
@@ -244,9 +244,9 @@ CK_RV C_GetSlotList(CK_BBOOL token_present, CK_SLOT_ID_PTR list, CK_ULONG_PTR co
 
 CK_RV C_GetSlotInfo(CK_SLOT_ID slot, CK_SLOT_INFO_PTR info)
 {
-	if (info == NULL)
-		return CKR_ARGUMENTS_BAD;
 	ENTER();
+	if (info == NULL)
+		LEAVE(CKR_ARGUMENTS_BAD);
 	if (slot != P11_SLOT)
 		LEAVE(CKR_SLOT_ID_INVALID);
 	memset(info, 0, sizeof(*info));
@@ -260,9 +260,9 @@ CK_RV C_GetSlotInfo(CK_SLOT_ID slot, CK_SLOT_INFO_PTR info)
 
 CK_RV C_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info)
 {
-	if (info == NULL)
-		return CKR_ARGUMENTS_BAD;
 	ENTER();
+	if (info == NULL)
+		LEAVE(CKR_ARGUMENTS_BAD);
 	if (slot != P11_SLOT)
 		LEAVE(CKR_SLOT_ID_INVALID);
 	memset(info, 0, sizeof(*info));
@@ -293,9 +293,9 @@ CK_RV C_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info)
 
 CK_RV C_GetMechanismList(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list, CK_ULONG_PTR count)
 {
-	if (count == NULL)
-		return CKR_ARGUMENTS_BAD;
 	ENTER();
+	if (count == NULL)
+		LEAVE(CKR_ARGUMENTS_BAD);
 	if (slot != P11_SLOT)
 		LEAVE(CKR_SLOT_ID_INVALID);
 	CK_RV rv = CKR_OK;
@@ -310,9 +310,9 @@ CK_RV C_GetMechanismList(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list, CK_ULONG_P
 
 CK_RV C_GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR info)
 {
-	if (info == NULL)
-		return CKR_ARGUMENTS_BAD;
 	ENTER();
+	if (info == NULL)
+		LEAVE(CKR_ARGUMENTS_BAD);
 	if (slot != P11_SLOT)
 		LEAVE(CKR_SLOT_ID_INVALID);
 	const p11_mech *m = p11_mech_find(type);
@@ -357,9 +357,9 @@ CK_RV C_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app, CK_NOTIFY 
 {
 	(void)app;
 	(void)notify;
-	if (session == NULL)
-		return CKR_ARGUMENTS_BAD;
 	ENTER();
+	if (session == NULL)
+		LEAVE(CKR_ARGUMENTS_BAD);
 	if (slot != P11_SLOT)
 		LEAVE(CKR_SLOT_ID_INVALID);
 	if (!(flags & CKF_SERIAL_SESSION))
@@ -436,12 +436,10 @@ CK_RV C_CloseAllSessions(CK_SLOT_ID slot)
 
 CK_RV C_GetSessionInfo(CK_SESSION_HANDLE h, CK_SESSION_INFO_PTR info)
 {
+	ENTER_SESSION(h);
 	if (info == NULL)
-		return CKR_ARGUMENTS_BAD;
-	ENTER();
-	p11_session *s = p11_session_get(h);
-	if (s == NULL)
-		LEAVE(CKR_SESSION_HANDLE_INVALID);
+		LEAVE(CKR_ARGUMENTS_BAD);
+	const p11_session *s = p11_session_get(h);
 	bool rw = (s->flags & CKF_RW_SESSION) != 0;
 	info->slotID = P11_SLOT;
 	info->state = p11.logged_in ? (rw ? CKS_RW_USER_FUNCTIONS : CKS_RO_USER_FUNCTIONS)
@@ -688,9 +686,7 @@ bool p11_ossl_ran_out(void)
 
 CK_RV C_Login(CK_SESSION_HANDLE h, CK_USER_TYPE type, CK_UTF8CHAR_PTR pin, CK_ULONG pin_len)
 {
-	ENTER();
-	if (p11_session_get(h) == NULL)
-		LEAVE(CKR_SESSION_HANDLE_INVALID);
+	ENTER_SESSION(h);
 	/* No key needs a login of its own (CKA_ALWAYS_AUTHENTICATE is false everywhere): */
 	if (type == CKU_CONTEXT_SPECIFIC)
 		LEAVE(CKR_OPERATION_NOT_INITIALIZED);
@@ -737,9 +733,7 @@ CK_RV C_Login(CK_SESSION_HANDLE h, CK_USER_TYPE type, CK_UTF8CHAR_PTR pin, CK_UL
 
 CK_RV C_Logout(CK_SESSION_HANDLE h)
 {
-	ENTER();
-	if (p11_session_get(h) == NULL)
-		LEAVE(CKR_SESSION_HANDLE_INVALID);
+	ENTER_SESSION(h);
 	if (!p11.logged_in)
 		LEAVE(CKR_USER_NOT_LOGGED_IN);
 	end_login();
@@ -750,9 +744,9 @@ CK_RV C_Logout(CK_SESSION_HANDLE h)
 
 CK_RV C_GenerateRandom(CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG len)
 {
+	ENTER_SESSION(h);
 	if (out == NULL && len > 0)
-		return CKR_ARGUMENTS_BAD;
-	ENTER();
+		LEAVE(CKR_ARGUMENTS_BAD);
 	CK_RV rv = p11_user_session(h);
 	p11_ticket t = p11_ticket_of(h, NULL);
 	uint64_t gen = p11.gen;
@@ -784,8 +778,8 @@ CK_RV C_SeedRandom(CK_SESSION_HANDLE h, CK_BYTE_PTR seed, CK_ULONG len)
 {
 	(void)seed;
 	(void)len;
-	ENTER();
-	LEAVE(p11_session_get(h) == NULL ? CKR_SESSION_HANDLE_INVALID : CKR_RANDOM_SEED_NOT_SUPPORTED);
+	ENTER_SESSION(h);
+	LEAVE(CKR_RANDOM_SEED_NOT_SUPPORTED);
 }
 
 /* ---- what this token does not do ---------------------------------------------------------------

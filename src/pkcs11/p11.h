@@ -204,6 +204,18 @@ extern pthread_mutex_t p11_lock;
 		p11_errq_set_aside();                     \
 	} while (0)
 /*
+ * ENTER, then the session handle h: an entry point that takes a session
+ * answers CKR_CRYPTOKI_NOT_INITIALIZED, then CKR_SESSION_HANDLE_INVALID,
+ * before anything else (PKCS#11 v2.40 5.1.7: the codes of 5.1.2 come before
+ * 5.1.6's CKR_ARGUMENTS_BAD), so its arguments are checked after this.
+ */
+#define ENTER_SESSION(h)                          \
+	do {                                          \
+		ENTER();                                  \
+		if (p11_session_get(h) == NULL)           \
+			LEAVE(CKR_SESSION_HANDLE_INVALID);    \
+	} while (0)
+/*
  * Wipes the stack the call used too (hsm_stack_wipe_guarded: the thread and
  * its stack are the application's), since the application's thread goes on.
  */

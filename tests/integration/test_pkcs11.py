@@ -2682,6 +2682,24 @@ def test_answers_only_a_c_caller_meets(tmp_path, server, user, keys):
     }, p.stdout
 
 
+def test_initialization_and_the_session_handle_come_before_the_arguments(tmp_path, server,
+                                                                          user):
+    """A call both made on no valid session and given NULL where it needs a pointer answers
+    CKR_CRYPTOKI_NOT_INITIALIZED before C_Initialize and CKR_SESSION_HANDLE_INVALID after
+    it, not CKR_ARGUMENTS_BAD: the codes of PKCS#11 v2.40 5.1.2 come before 5.1.6's
+    (5.1.7).  With a valid session the same call is CKR_ARGUMENTS_BAD."""
+    exe = c_program(tmp_path, "pkcs11_precedence")
+    env = dict(os.environ, HSM_PKCS11_ENDPOINT=server.endpoint)
+    p = subprocess.run([str(exe), MODULE, user.pin], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    got = {line.split()[0]: line.split()[1:] for line in p.stdout.splitlines()}
+    assert len(got) == 13, p.stdout
+    for name, codes in got.items():
+        # CKR_CRYPTOKI_NOT_INITIALIZED, CKR_SESSION_HANDLE_INVALID, CKR_ARGUMENTS_BAD
+        assert codes == ["0x190", "0xb3", "0x7"], (name, codes)
+
+
 def test_a_logout_ends_a_long_random_draw_in_another_thread(tmp_path, server, user):
     """C_GenerateRandom asks for its bytes a chunk at a time and lets the module's lock go
     meanwhile: a C_Logout from another thread wipes the credentials, and the draw must end
