@@ -373,7 +373,7 @@ CK_RV C_Decrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR
 
 /* ---- AES-GCM in parts ------------------------------------------------------------------------ */
 
-/* Gathers a part of the input; RSA-OAEP comes in one part only. */
+/* Gathers a part of the input; RSA-OAEP comes in one part only (p11_op_in_parts). */
 static CK_RV gather(CK_SESSION_HANDLE h, bool encrypt, const CK_BYTE *part, CK_ULONG len,
                     CK_ULONG_PTR out_n)
 {
@@ -383,9 +383,10 @@ static CK_RV gather(CK_SESSION_HANDLE h, bool encrypt, const CK_BYTE *part, CK_U
 		return rv;
 	p11_op *op = encrypt ? &s->encrypt : &s->decrypt;
 	size_t max = encrypt ? GCM_MAX_DATA : GCM_MAX_DATA + GCM_TAG_LEN;
-	if (op->mech->family != P11_AES_GCM)
-		rv = CKR_FUNCTION_NOT_SUPPORTED;
-	else if (len > max - op->input.len)
+	rv = p11_op_in_parts(op);
+	if (rv != CKR_OK)
+		return rv;
+	if (len > max - op->input.len)
 		rv = encrypt ? CKR_DATA_LEN_RANGE : CKR_ENCRYPTED_DATA_LEN_RANGE;
 	else if (len > 0 && hsm_failed(hsm_buf_put(&op->input, part, len)))
 		rv = CKR_HOST_MEMORY;
@@ -422,11 +423,13 @@ static CK_RV finish(CK_SESSION_HANDLE h, bool encrypt, CK_BYTE_PTR out, CK_ULONG
 	if (s == NULL)
 		return rv;
 	p11_op *op = encrypt ? &s->encrypt : &s->decrypt;
+	rv = p11_op_in_parts(op);
+	if (rv != CKR_OK)
+		return rv;
 	p11_ticket t = p11_ticket_of(h, op);
 	const p11_object *o = p11_object_get(op->key);
 	bool query = false;
-	rv = o == NULL                         ? CKR_KEY_HANDLE_INVALID
-	     : op->mech->family != P11_AES_GCM ? CKR_FUNCTION_NOT_SUPPORTED
+	rv = o == NULL   ? CKR_KEY_HANDLE_INVALID
 	     : encrypt ? gcm_encrypt(op, &t, o, op->input.data, op->input.len, out, out_n, &query)
 	               : gcm_decrypt(op, &t, o, op->input.data, op->input.len, out, out_n, &query);
 	if (!query)

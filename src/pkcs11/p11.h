@@ -117,6 +117,7 @@ typedef struct p11_mech {
 	const char *md;   /* hashing mechanisms: the digest the module computes; NULL: raw input */
 	CK_ULONG min_bits, max_bits;
 	CK_FLAGS flags;
+	bool one_part; /* single-part only: no Update or Final calls (sign.c's table says which) */
 } p11_mech;
 
 /* A signing, verification, encryption, decryption or digest in progress. */
@@ -418,6 +419,12 @@ CK_RV p11_key_permits(const p11_object *o, const p11_mech *m, CK_FLAGS fn);
  */
 size_t p11_key_mechs(const p11_object *o, CK_MECHANISM_TYPE out[P11_MECHS_MAX]);
 void p11_op_reset(p11_op *op);
+/*
+ * For an Update or Final call: CKR_OK when op's mechanism goes in parts;
+ * otherwise op is ended and CKR_OPERATION_NOT_INITIALIZED returned (no
+ * multi-part operation is active, as SoftHSMv2 answers too).
+ */
+CK_RV p11_op_in_parts(p11_op *op);
 /*
  * The session of h whose operation at op_offset (offsetof(p11_session, sign),
  * ...) is active; else NULL and *rv.  Arguments found bad (args_ok false) end

@@ -982,6 +982,58 @@ def test_one_part_calls_do_not_end_a_multi_part_operation(p11, user, officer, ke
         assert verify_parts(s, pub, m, [b"he", b"llo"], sig) == CKR_OK
 
 
+def test_single_part_mechanisms_take_no_update_or_final_call(p11, user, keys):
+    """CKM_ECDSA, CKM_RSA_PKCS and CKM_RSA_PKCS_PSS (raw: a digest or DigestInfo, no message)
+    and CKM_RSA_PKCS_OAEP are single-part mechanisms (PKCS#11 v2.40 Current Mechanisms): an
+    Update or Final call finds no multi-part operation (CKR_OPERATION_NOT_INITIALIZED, as
+    SoftHSMv2 answers) and ends the one begun; C_Sign, C_Verify, C_Encrypt, C_Decrypt work."""
+    NOT_INIT = PyKCS11.CKR_OPERATION_NOT_INITIALIZED
+    digest = hashlib.sha256(MSG).digest()
+    with session(p11, user.pin) as s:
+        def obj(cls, name):
+            (o,) = find(s, cls, keys[name])
+            return o
+
+        def ended(init, mech, key):
+            """The operation is over: a new Init begins one (and its call ends it)."""
+            return init(s.session, mech.to_native(), key) == CKR_OK
+
+        for mech, name, data in (
+                (Mechanism(PyKCS11.CKM_ECDSA), "ec", digest),
+                (Mechanism(PyKCS11.CKM_RSA_PKCS), "rsa", DIGESTINFO_SHA256 + digest),
+                (RSA_PSS_Mechanism(PyKCS11.CKM_RSA_PKCS_PSS, *PSS_SHA256), "rsa", digest)):
+            priv, pub = obj(CKO_PRIVATE_KEY, name), obj(CKO_PUBLIC_KEY, name)
+            check(s.lib.C_SignInit(s.session, mech.to_native(), priv), "C_SignInit")
+            assert s.lib.C_SignUpdate(s.session, ckbytelist(data)) == NOT_INIT
+            assert s.lib.C_SignFinal(s.session, ckbytelist()) == NOT_INIT  # ended by the Update
+            assert ended(s.lib.C_SignInit, mech, priv)
+            assert s.lib.C_SignFinal(s.session, ckbytelist()) == NOT_INIT  # a length query too
+            assert ended(s.lib.C_SignInit, mech, priv)
+            sig = ckbytelist()
+            for _ in range(2):  # the length, then the signature
+                check(s.lib.C_Sign(s.session, ckbytelist(data), sig), "C_Sign")
+            check(s.lib.C_VerifyInit(s.session, mech.to_native(), pub), "C_VerifyInit")
+            assert s.lib.C_VerifyUpdate(s.session, ckbytelist(data)) == NOT_INIT
+            assert ended(s.lib.C_VerifyInit, mech, pub)
+            assert s.lib.C_VerifyFinal(s.session, sig) == NOT_INIT
+            assert ended(s.lib.C_VerifyInit, mech, pub)
+            check(s.lib.C_Verify(s.session, ckbytelist(data), sig), "C_Verify")
+        mech = oaep(CKM["CKM_SHA256"], PyKCS11.CKG_MGF1_SHA256)
+        enc, dec = obj(CKO_PUBLIC_KEY, "rsa_enc"), obj(CKO_PRIVATE_KEY, "rsa_enc")
+        check(s.lib.C_EncryptInit(s.session, mech.to_native(), enc), "C_EncryptInit")
+        assert s.lib.C_EncryptFinal(s.session, ckbytelist()) == NOT_INIT
+        assert ended(s.lib.C_EncryptInit, mech, enc)
+        out = ckbytelist()
+        for _ in range(2):
+            check(s.lib.C_Encrypt(s.session, ckbytelist(b"one part"), out), "C_Encrypt")
+        ct = bytes(out)
+        check(s.lib.C_DecryptInit(s.session, mech.to_native(), dec), "C_DecryptInit")
+        assert s.lib.C_DecryptUpdate(s.session, ckbytelist(ct), ckbytelist()) == NOT_INIT
+        assert ended(s.lib.C_DecryptInit, mech, dec)
+        assert s.lib.C_DecryptFinal(s.session, ckbytelist()) == NOT_INIT
+        assert bytes(s.decrypt(dec, ct, mech)) == b"one part"
+
+
 def test_refused_inputs_and_parameters(p11, user, keys):
     with session(p11, user.pin) as s:
         (rsa,) = find(s, CKO_PRIVATE_KEY, keys["rsa"])
@@ -2262,7 +2314,7 @@ def test_aes_gcm_encrypt_and_decrypt(p11, server, user, officer, keys):
                         [bytes(40000), bytes(40000)]) == PyKCS11.CKR_DATA_LEN_RANGE
         (enc,) = find(s, CKO_PUBLIC_KEY, keys["rsa_enc"])
         assert parts_rv(s, True, enc, oaep(CKM["CKM_SHA256"], PyKCS11.CKG_MGF1_SHA256),
-                        [b"x"]) == PyKCS11.CKR_FUNCTION_NOT_SUPPORTED
+                        [b"x"]) == PyKCS11.CKR_OPERATION_NOT_INITIALIZED  # one part only
     recs = [r for r in audit_records(server.data_dir) if r.get("op") == "GcmEncrypt"]
     assert recs and all(r["principal"] == user.arn for r in recs)
 
