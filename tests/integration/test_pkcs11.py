@@ -2186,6 +2186,16 @@ def test_rsa_oaep_encrypt_and_decrypt(p11, user, officer, keys):
         assert refused(s.decrypt, dec, bytes(bad[:255]), m) == \
             PyKCS11.CKR_ENCRYPTED_DATA_LEN_RANGE
         assert refused(s.encrypt, enc, b"x" * 191, m) == PyKCS11.CKR_DATA_LEN_RANGE  # 256-2*32-2
+        # An empty message: OAEP carries one, and one encrypted with the public key decrypts;
+        # but hsmd's Encrypt, like AWS KMS's, takes 1 to 4096 bytes, so C_Encrypt refuses it.
+        empty = pk.encrypt(b"", padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None))
+        assert bytes(s.decrypt(dec, empty, m)) == b""
+        c = ctypes.CDLL(MODULE)  # PyKCS11 passes no empty data: ctypes calls the module
+        h, out, n = ctypes.c_ulong(s.session.value()), ctypes.create_string_buffer(256), \
+            ctypes.c_ulong(256)
+        check(s.lib.C_EncryptInit(s.session, m.to_native(), enc), "C_EncryptInit")
+        assert c.C_Encrypt(h, None, ctypes.c_ulong(0), out, ctypes.byref(n)) == \
+            PyKCS11.CKR_DATA_LEN_RANGE
         mixed = oaep(CKM["CKM_SHA256"], PyKCS11.CKG_MGF1_SHA1)
         assert refused(s.decrypt, dec, bytes(bad), mixed) == PyKCS11.CKR_MECHANISM_PARAM_INVALID
         labelled = PyKCS11.RSAOAEPMechanism(CKM["CKM_SHA256"], PyKCS11.CKG_MGF1_SHA256, b"label")
