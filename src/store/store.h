@@ -162,6 +162,7 @@ typedef struct hsm_alias_record {
 #define HSM_TAG_KEY_MAX 128
 #define HSM_TAG_VALUE_MAX 256
 #define HSM_MAX_TAGS_PER_KEY 50
+#define HSM_MAX_ALIASES_PER_KEY 50
 typedef struct hsm_tag {
 	char key[HSM_TAG_KEY_MAX * 4 + 1];     /* UTF-8: up to 4 bytes a character */
 	char value[HSM_TAG_VALUE_MAX * 4 + 1];
@@ -624,10 +625,18 @@ hsm_result hsm_store_version_list(hsm_store *s, const char *key_id, hsm_version_
 
 /* ---- Aliases ---------------------------------------------------------------- */
 
-/* ALREADY_EXISTS when the name is taken; NOT_FOUND when the key does not exist. */
+/*
+ * ALREADY_EXISTS when the name is taken; NOT_FOUND when the key does not
+ * exist; LIMIT_EXCEEDED when the key has HSM_MAX_ALIASES_PER_KEY aliases
+ * already (counted in the write transaction, so nodes sharing a store
+ * cannot pass it together).
+ */
 hsm_result hsm_store_alias_create(hsm_store *s, const char *name, const char *key_id,
                                   int64_t now) HSM_MUST_CHECK;
-/* Points an existing alias at another key; NOT_FOUND when the alias or the key does not exist. */
+/*
+ * Points an existing alias at another key; NOT_FOUND when the alias or the
+ * key does not exist; LIMIT_EXCEEDED as hsm_store_alias_create.
+ */
 hsm_result hsm_store_alias_update(hsm_store *s, const char *name, const char *key_id,
                                   int64_t now) HSM_MUST_CHECK;
 /* NOT_FOUND when the alias does not exist. */

@@ -500,6 +500,13 @@ hsm_result st_edit_key(hsm_key_record *rec, const char *key_id, hsm_key_update_f
 	return st_fill_empty(&rec->policy);
 }
 
+hsm_result st_check_alias_limit(const char *key_id, int64_t others)
+{
+	HSM_ENSURE(others < HSM_MAX_ALIASES_PER_KEY, HSM_ERR_LIMIT_EXCEEDED,
+	           "key %s already has %d aliases, the most allowed", key_id, HSM_MAX_ALIASES_PER_KEY);
+	return HSM_SUCCESS;
+}
+
 hsm_result st_check_grant_limits(const char *key_id, int64_t for_grantee, int64_t for_key)
 {
 	HSM_ENSURE(for_grantee < HSM_MAX_GRANTS_PER_GRANTEE, HSM_ERR_LIMIT_EXCEEDED,

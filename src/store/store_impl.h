@@ -275,6 +275,11 @@ void st_set_material_fields(hsm_key_record *k, int64_t earliest_valid_to, bool i
  */
 hsm_result st_check_promote(const hsm_key_record *k, uint32_t version, bool exists,
                             bool holds_material) HSM_MUST_CHECK;
+/*
+ * The limit of hsm_store_alias_create and _update (store.h), given how many
+ * other aliases the key has, counted in the write transaction.
+ */
+hsm_result st_check_alias_limit(const char *key_id, int64_t others) HSM_MUST_CHECK;
 /* The grant limits of hsm_store_grant_create (store.h), given the key's counts: LIMIT_EXCEEDED when broken. */
 hsm_result st_check_grant_limits(const char *key_id, int64_t for_grantee,
                                  int64_t for_key) HSM_MUST_CHECK;

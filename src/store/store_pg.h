@@ -181,6 +181,9 @@ PGresult *pg_exec_raw(pg_conn *c, const char *sql);
 hsm_result pg_array_put_text(hsm_buf *a, const char *text) HSM_MUST_CHECK;
 /* Whether sql with $1 = text returns a row. */
 hsm_result pg_exists(pg_conn *c, const char *sql, const char *text, bool *found) HSM_MUST_CHECK;
+/* The count(*) that sql returns with $1 = a and $2 = b (unless NULL). */
+hsm_result pg_count(pg_conn *c, const char *sql, const char *a, const char *b,
+                    int64_t *out) HSM_MUST_CHECK;
 
 /*
  * The failure for a result (or NULL) on c: mapped by SQLSTATE, with at most

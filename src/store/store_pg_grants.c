@@ -146,28 +146,12 @@ static hsm_result find_twin(pg_conn *w, grant_op *op)
 	return res;
 }
 
-/* count(*) of sql with $1 = key_id and $2 = grantee (unless NULL). */
-static hsm_result grant_count(pg_conn *w, const char *sql, const char *key_id,
-                              const char *grantee, int64_t *out)
-{
-	pg_params p;
-	PGresult *r = NULL;
-	pg_params_init(&p);
-	pg_p_text(&p, key_id);
-	if (grantee != NULL)
-		pg_p_text(&p, grantee);
-	HSM_GUARD(pg_run(w, sql, &p, &r));
-	hsm_result res = pg_col_i64(r, 0, 0, out);
-	PQclear(r);
-	return res;
-}
-
 /* KMS quotas: grants per key, and per key and grantee principal (store.h). */
 static hsm_result check_limits(pg_conn *w, const hsm_grant_record *g)
 {
 	int64_t for_grantee = 0, for_key = 0;
-	HSM_GUARD(grant_count(w, SQL_GRANT_COUNT_GRANTEE, g->key_id, g->grantee, &for_grantee));
-	HSM_GUARD(grant_count(w, SQL_GRANT_COUNT_KEY, g->key_id, NULL, &for_key));
+	HSM_GUARD(pg_count(w, SQL_GRANT_COUNT_GRANTEE, g->key_id, g->grantee, &for_grantee));
+	HSM_GUARD(pg_count(w, SQL_GRANT_COUNT_KEY, g->key_id, NULL, &for_key));
 	return st_check_grant_limits(g->key_id, for_grantee, for_key);
 }
 

@@ -1,13 +1,16 @@
 /*
  * store_pg_names.c - aliases and tags in PostgreSQL.
  *
- * Writes lock the key row they depend on (FOR SHARE), so an alias cannot be
- * attached to a key another node is destroying at that moment, and two nodes
- * tagging one key cannot together pass the tag limit.
+ * Writes lock the key row they depend on, so an alias cannot be attached to
+ * a key another node is destroying at that moment; alias and tag writers
+ * lock it FOR NO KEY UPDATE, so two nodes cannot together pass the limit of
+ * aliases or tags a key may have.
  */
 #include "store/store_pg.h"
 
 #include <string.h>
+
+static const char SQL_KEY_LOCK[] = "SELECT 1 FROM keys WHERE id = $1 FOR NO KEY UPDATE";
 
 /* ---- Aliases ---------------------------------------------------------------------- */
 
@@ -26,6 +29,8 @@ static const char SQL_ALIAS_INSERT[] =
 	"INSERT INTO aliases (" PG_ALIAS_COLS ") VALUES ($1, $2, $3, $4)";
 static const char SQL_ALIAS_UPDATE[] =
 	"UPDATE aliases SET key_id = $2, updated = $3 WHERE name = $1";
+static const char SQL_ALIAS_COUNT_OTHERS[] =
+	"SELECT count(*) FROM aliases WHERE key_id = $1 AND name <> $2";
 static const char SQL_ALIAS_DELETE[] = "DELETE FROM aliases WHERE name = $1";
 static const char SQL_ALIAS_DELETE_FOR_KEY[] = "DELETE FROM aliases WHERE key_id = $1";
 static const char SQL_ALIAS_GET[] = "SELECT " PG_ALIAS_COLS " FROM aliases WHERE name = $1";
@@ -57,13 +62,28 @@ typedef struct alias_op {
 	bool more;
 } alias_op;
 
+/*
+ * The key exists and may take the alias `name` (held by another key or
+ * none).  The key row lock serializes alias writers of this key on every
+ * node, so the count holds until the transaction ends.
+ */
+static hsm_result alias_key_accepts(pg_conn *w, const char *key_id, const char *name)
+{
+	bool found = false;
+	int64_t others = 0;
+	HSM_GUARD(pg_exists(w, SQL_KEY_LOCK, key_id, &found));
+	HSM_ENSURE(found, HSM_ERR_NOT_FOUND, "key %s does not exist", key_id);
+	HSM_GUARD(pg_count(w, SQL_ALIAS_COUNT_OTHERS, key_id, name, &others));
+	return st_check_alias_limit(key_id, others);
+}
+
 static hsm_result alias_create_body(pg_conn *w, void *arg)
 {
 	alias_op *op = arg;
 	bool taken = false;
 	HSM_GUARD(pg_exists(w, SQL_ALIAS_EXISTS, op->name, &taken));
 	HSM_ENSURE(!taken, HSM_ERR_ALREADY_EXISTS, "alias %s already exists", op->name);
-	HSM_GUARD(pg_key_require_locked(w, op->key_id));
+	HSM_GUARD(alias_key_accepts(w, op->key_id, op->name));
 	/* A concurrent create of the same name ends in the primary key: ALREADY_EXISTS. */
 	hsm_alias_record a = {.created = op->now, .updated = op->now};
 	HSM_GUARD(hsm_strcpy(a.name, sizeof(a.name), op->name));
@@ -90,7 +110,7 @@ static hsm_result alias_update_body(pg_conn *w, void *arg)
 	alias_op *op = arg;
 	pg_params p;
 	HSM_GUARD(alias_require_locked(w, op->name));
-	HSM_GUARD(pg_key_require_locked(w, op->key_id));
+	HSM_GUARD(alias_key_accepts(w, op->key_id, op->name));
 	pg_params_init(&p);
 	pg_p_text(&p, op->name);
 	pg_p_text(&p, op->key_id);
@@ -197,7 +217,6 @@ static const char SQL_TAG_UPSERT[] =
 	"ON CONFLICT (key_id, tag_key) DO UPDATE SET tag_value = excluded.tag_value";
 static const char SQL_TAG_INSERT[] =
 	"INSERT INTO tags (key_id, tag_key, tag_value) VALUES ($1, $2, $3)";
-static const char SQL_KEY_LOCK[] = "SELECT 1 FROM keys WHERE id = $1 FOR NO KEY UPDATE";
 static const char SQL_TAG_COUNT[] = "SELECT count(*) FROM tags WHERE key_id = $1";
 static const char SQL_TAG_DELETE[] = "DELETE FROM tags WHERE key_id = $1 AND tag_key = $2";
 static const char SQL_TAG_PAGE[] = "SELECT tag_key, tag_value FROM tags "
@@ -234,18 +253,11 @@ typedef struct tag_op {
 
 hsm_result pg_tags_put_in(pg_conn *w, const char *key_id, size_t n, const hsm_tag tags[])
 {
-	PGresult *r = NULL;
-	pg_params p;
 	for (size_t i = 0; i < n; i++)
 		HSM_GUARD(tag_write(w, SQL_TAG_UPSERT, key_id, tags[i].key, tags[i].value));
 	/* Counted after the writes so replaced values do not count twice. */
-	pg_params_init(&p);
-	pg_p_text(&p, key_id);
-	HSM_GUARD(pg_run(w, SQL_TAG_COUNT, &p, &r));
 	int64_t count = 0;
-	hsm_result res = pg_col_i64(r, 0, 0, &count);
-	PQclear(r);
-	HSM_GUARD(res);
+	HSM_GUARD(pg_count(w, SQL_TAG_COUNT, key_id, NULL, &count));
 	HSM_ENSURE(count <= HSM_MAX_TAGS_PER_KEY, HSM_ERR_LIMIT_EXCEEDED,
 	           "key %s would have %lld tags; at most %d are allowed", key_id, (long long)count,
 	           HSM_MAX_TAGS_PER_KEY);

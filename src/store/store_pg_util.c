@@ -307,6 +307,20 @@ hsm_result pg_exists(pg_conn *c, const char *sql, const char *text, bool *found)
 	return HSM_SUCCESS;
 }
 
+hsm_result pg_count(pg_conn *c, const char *sql, const char *a, const char *b, int64_t *out)
+{
+	pg_params p;
+	PGresult *r = NULL;
+	pg_params_init(&p);
+	pg_p_text(&p, a);
+	if (b != NULL)
+		pg_p_text(&p, b);
+	HSM_GUARD(pg_run(c, sql, &p, &r));
+	hsm_result res = pg_col_i64(r, 0, 0, out);
+	PQclear(r);
+	return res;
+}
+
 /* ---- Column readers --------------------------------------------------------------------- */
 
 static hsm_result col_bytes(const PGresult *r, int row, int col, const char **p, size_t *n)

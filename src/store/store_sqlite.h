@@ -90,6 +90,9 @@ hsm_result sq_step(sq_conn *c, sqlite3_stmt *st, bool *row) HSM_MUST_CHECK;
 hsm_result sq_exec(sq_conn *c, sqlite3_stmt *st) HSM_MUST_CHECK;
 /* Prepares (cached), runs a statement binding ?1 = text, and tells whether it returned a row. */
 hsm_result sq_exists(sq_conn *c, const char *sql, const char *text, bool *found) HSM_MUST_CHECK;
+/* The count(*) that sql returns with ?1 = a and ?2 = b (unless NULL). */
+hsm_result sq_count(sq_conn *c, const char *sql, const char *a, const char *b,
+                    int64_t *out) HSM_MUST_CHECK;
 
 /* Builds the failure for SQLite result rc on c: its message, no data values. */
 hsm_result sq_fail(sq_conn *c, int rc, const char *what);

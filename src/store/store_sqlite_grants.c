@@ -147,31 +147,12 @@ static hsm_result find_twin(sq_conn *w, const hsm_grant_record *g, grant_twin *t
 	return res;
 }
 
-/* count(*) of sql with ?1 = key_id and ?2 = grantee (unless NULL). */
-static hsm_result grant_count(sq_conn *w, const char *sql, const char *key_id,
-                              const char *grantee, int64_t *out)
-{
-	sqlite3_stmt *st;
-	bool row = false;
-	HSM_GUARD(sq_prepare(w, sql, &st));
-	sq_bind_text(w, st, 1, key_id);
-	if (grantee != NULL)
-		sq_bind_text(w, st, 2, grantee);
-	hsm_result res = sq_step(w, st, &row);
-	if (hsm_ok(res) && row)
-		*out = sqlite3_column_int64(st, 0);
-	else if (hsm_ok(res))
-		res = HSM_FAIL(HSM_ERR_STORE, "store failed to count grants");
-	sq_reset(st);
-	return res;
-}
-
 /* KMS quotas: grants per key, and per key and grantee principal (store.h). */
 static hsm_result check_limits(sq_conn *w, const hsm_grant_record *g)
 {
 	int64_t for_grantee = 0, for_key = 0;
-	HSM_GUARD(grant_count(w, SQL_GRANT_COUNT_GRANTEE, g->key_id, g->grantee, &for_grantee));
-	HSM_GUARD(grant_count(w, SQL_GRANT_COUNT_KEY, g->key_id, NULL, &for_key));
+	HSM_GUARD(sq_count(w, SQL_GRANT_COUNT_GRANTEE, g->key_id, g->grantee, &for_grantee));
+	HSM_GUARD(sq_count(w, SQL_GRANT_COUNT_KEY, g->key_id, NULL, &for_key));
 	return st_check_grant_limits(g->key_id, for_grantee, for_key);
 }
 

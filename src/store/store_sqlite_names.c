@@ -26,6 +26,8 @@ static const char SQL_ALIAS_IMPORT[] =
 	"INSERT INTO aliases (" ALIAS_COLS ") VALUES (?1, ?2, ?3, ?4)";
 static const char SQL_ALIAS_UPDATE[] =
 	"UPDATE aliases SET key_id = ?2, updated = ?3 WHERE name = ?1";
+static const char SQL_ALIAS_COUNT_OTHERS[] =
+	"SELECT count(*) FROM aliases WHERE key_id = ?1 AND name <> ?2";
 static const char SQL_ALIAS_DELETE[] = "DELETE FROM aliases WHERE name = ?1";
 static const char SQL_ALIAS_DELETE_FOR_KEY[] = "DELETE FROM aliases WHERE key_id = ?1";
 static const char SQL_ALIAS_GET[] = "SELECT " ALIAS_COLS " FROM aliases WHERE name = ?1";
@@ -51,12 +53,21 @@ static hsm_result alias_write(sq_conn *w, const char *sql, const char *name, con
 	return res;
 }
 
+/* The key exists and may take the alias `name` (held by another key or none). */
+static hsm_result alias_key_accepts(sq_conn *w, const char *key_id, const char *name)
+{
+	int64_t others = 0;
+	HSM_GUARD(sq_key_require(w, key_id));
+	HSM_GUARD(sq_count(w, SQL_ALIAS_COUNT_OTHERS, key_id, name, &others));
+	return st_check_alias_limit(key_id, others);
+}
+
 static hsm_result alias_create_in(sq_conn *w, const char *name, const char *key_id, int64_t now)
 {
 	bool taken = false;
 	HSM_GUARD(sq_exists(w, SQL_ALIAS_EXISTS, name, &taken));
 	HSM_ENSURE(!taken, HSM_ERR_ALREADY_EXISTS, "alias %s already exists", name);
-	HSM_GUARD(sq_key_require(w, key_id));
+	HSM_GUARD(alias_key_accepts(w, key_id, name));
 	return alias_write(w, SQL_ALIAS_INSERT, name, key_id, now);
 }
 
@@ -79,7 +90,7 @@ static hsm_result alias_require(sq_conn *c, const char *name)
 static hsm_result alias_update_in(sq_conn *w, const char *name, const char *key_id, int64_t now)
 {
 	HSM_GUARD(alias_require(w, name));
-	HSM_GUARD(sq_key_require(w, key_id));
+	HSM_GUARD(alias_key_accepts(w, key_id, name));
 	return alias_write(w, SQL_ALIAS_UPDATE, name, key_id, now);
 }
 
@@ -228,21 +239,6 @@ hsm_result sq_insert_tag(sq_conn *w, const char *key_id, const hsm_tag *t)
 	return tag_write(w, SQL_TAG_UPSERT, key_id, t->key, t->value);
 }
 
-static hsm_result tag_count(sq_conn *w, const char *key_id, int64_t *out)
-{
-	sqlite3_stmt *st;
-	bool row = false;
-	HSM_GUARD(sq_prepare(w, SQL_TAG_COUNT, &st));
-	sq_bind_text(w, st, 1, key_id);
-	hsm_result res = sq_step(w, st, &row);
-	if (hsm_ok(res) && row)
-		*out = sqlite3_column_int64(st, 0);
-	else if (hsm_ok(res))
-		res = HSM_FAIL(HSM_ERR_STORE, "store failed to count tags");
-	sq_reset(st);
-	return res;
-}
-
 hsm_result sq_tags_put_in(sq_conn *w, const char *key_id, size_t n, const hsm_tag tags[])
 {
 	HSM_GUARD(sq_key_require(w, key_id));
@@ -250,7 +246,7 @@ hsm_result sq_tags_put_in(sq_conn *w, const char *key_id, size_t n, const hsm_ta
 		HSM_GUARD(tag_write(w, SQL_TAG_UPSERT, key_id, tags[i].key, tags[i].value));
 	/* Counted after the writes so replaced values do not count twice. */
 	int64_t count = 0;
-	HSM_GUARD(tag_count(w, key_id, &count));
+	HSM_GUARD(sq_count(w, SQL_TAG_COUNT, key_id, NULL, &count));
 	HSM_ENSURE(count <= HSM_MAX_TAGS_PER_KEY, HSM_ERR_LIMIT_EXCEEDED,
 	           "key %s would have %lld tags; at most %d are allowed", key_id, (long long)count,
 	           HSM_MAX_TAGS_PER_KEY);

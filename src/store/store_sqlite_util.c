@@ -158,6 +158,23 @@ hsm_result sq_exists(sq_conn *c, const char *sql, const char *text, bool *found)
 	return res;
 }
 
+hsm_result sq_count(sq_conn *c, const char *sql, const char *a, const char *b, int64_t *out)
+{
+	sqlite3_stmt *st;
+	bool row = false;
+	HSM_GUARD(sq_prepare(c, sql, &st));
+	sq_bind_text(c, st, 1, a);
+	if (b != NULL)
+		sq_bind_text(c, st, 2, b);
+	hsm_result res = sq_step(c, st, &row);
+	if (hsm_ok(res) && row)
+		*out = sqlite3_column_int64(st, 0);
+	else if (hsm_ok(res))
+		res = HSM_FAIL(HSM_ERR_STORE, "store failed to count rows");
+	sq_reset(st);
+	return res;
+}
+
 /* ---- Column readers ------------------------------------------------------------------ */
 
 /* NULL from sqlite3_column_text/blob: a NULL value (corrupt here) or out of memory. */

@@ -74,6 +74,28 @@ def test_alias_duplicates_and_targets(kms):
     assert "alias/x1" not in aliases_of(kms) and "alias/x2" not in aliases_of(kms)
 
 
+def test_aliases_per_key_limit(kms):
+    full, other = new_key(kms), new_key(kms)
+    for i in range(50):
+        kms.create_alias(AliasName=f"alias/full-{i:02}", TargetKeyId=full)
+    raises("LimitExceededException", kms.create_alias, AliasName="alias/full-50",
+           TargetKeyId=full, status=400)
+    kms.create_alias(AliasName="alias/elsewhere", TargetKeyId=other)
+    raises("LimitExceededException", kms.update_alias, AliasName="alias/elsewhere",
+           TargetKeyId=full)
+    assert list(aliases_of(kms, other)) == ["alias/elsewhere"]
+    assert sorted(aliases_of(kms, full)) == [f"alias/full-{i:02}" for i in range(50)]
+    # Pointing an alias of the key at it again is no new alias; a deleted one makes room.
+    kms.update_alias(AliasName="alias/full-00", TargetKeyId=full)
+    kms.delete_alias(AliasName="alias/full-01")
+    kms.update_alias(AliasName="alias/elsewhere", TargetKeyId=full)
+    assert aliases_of(kms, other) == {}
+    assert len(aliases_of(kms, full)) == 50
+    # Removed, so the module's listings of every alias stay within one page.
+    for name in aliases_of(kms, full):
+        kms.delete_alias(AliasName=name)
+
+
 def test_update_alias(kms):
     k1, k2 = new_key(kms), new_key(kms)
     kms.create_alias(AliasName="alias/moving", TargetKeyId=k1)

@@ -80,6 +80,39 @@ static void test_alias_lifecycle(void **state)
 	assert_int_equal(strlen(a.name), HSM_ALIAS_MAX);
 }
 
+/* A key takes HSM_MAX_ALIASES_PER_KEY aliases, by create or by update; a refusal changes nothing. */
+static void test_alias_limit(void **state)
+{
+	st_fixture *f = *state;
+	char name[32];
+	hsm_alias_record a;
+	for (int i = 0; i < HSM_MAX_ALIASES_PER_KEY; i++) {
+		snprintf(name, sizeof(name), "alias/k1-%02d", i);
+		EXPECT_OK(hsm_store_alias_create(f->s, name, "k1", 1));
+	}
+	EXPECT_ERR(hsm_store_alias_create(f->s, "alias/one-more", "k1", 2), HSM_ERR_LIMIT_EXCEEDED);
+	EXPECT_ERR(hsm_store_alias_get(f->s, "alias/one-more", &a), HSM_ERR_NOT_FOUND);
+	/* Another key is not held to k1's count. */
+	EXPECT_OK(hsm_store_alias_create(f->s, "alias/k2-00", "k2", 2));
+	EXPECT_ERR(hsm_store_alias_update(f->s, "alias/k2-00", "k1", 3), HSM_ERR_LIMIT_EXCEEDED);
+	EXPECT_OK(hsm_store_alias_get(f->s, "alias/k2-00", &a));
+	assert_string_equal(a.key_id, "k2");
+	assert_int_equal(a.updated, 2);
+	/* An alias already on the key does not count against itself. */
+	EXPECT_OK(hsm_store_alias_update(f->s, "alias/k1-07", "k1", 4));
+	/* Moving one away makes room for exactly one. */
+	EXPECT_OK(hsm_store_alias_update(f->s, "alias/k1-00", "k2", 5));
+	EXPECT_OK(hsm_store_alias_update(f->s, "alias/k2-00", "k1", 6));
+	EXPECT_ERR(hsm_store_alias_create(f->s, "alias/one-more", "k1", 7), HSM_ERR_LIMIT_EXCEEDED);
+	EXPECT_OK(hsm_store_alias_delete(f->s, "alias/k1-01"));
+	EXPECT_OK(hsm_store_alias_create(f->s, "alias/one-more", "k1", 8));
+	names all = {.n = 0};
+	bool truncated = true;
+	EXPECT_OK(hsm_store_alias_list(f->s, "k1", NULL, 100, collect_alias, &all, &truncated));
+	assert_int_equal(all.n, HSM_MAX_ALIASES_PER_KEY);
+	assert_false(truncated);
+}
+
 static void list_aliases(hsm_store *s, const char *key_id, size_t limit, names *all,
                          size_t *pages)
 {
@@ -281,6 +314,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_alias_lifecycle, setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_alias_list, setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_alias_limit, setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_tags_put_replace_remove, setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_tags_limit, setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_tags_pagination, setup, st_teardown),

@@ -95,6 +95,72 @@ static void test_two_nodes_no_lost_update(void **state)
 	hsm_store_close(nodes[1]);
 }
 
+/* ---- Aliases created on two nodes at once ------------------------------------------------- */
+
+#define ALIAS_THREADS 8
+#define ALIAS_ROUNDS 5
+
+typedef struct aliaser {
+	hsm_store *s;
+	char name[32];
+	pthread_barrier_t *start;
+	atomic_int *created, *refused, *failed;
+} aliaser;
+
+static void *alias_worker(void *arg)
+{
+	aliaser *w = arg;
+	pthread_barrier_wait(w->start);
+	hsm_result r = hsm_store_alias_create(w->s, w->name, "shared", 1);
+	if (hsm_ok(r))
+		atomic_fetch_add(w->created, 1);
+	else
+		atomic_fetch_add(r.err == HSM_ERR_LIMIT_EXCEEDED ? w->refused : w->failed, 1);
+	return NULL;
+}
+
+/*
+ * The aliases-per-key limit holds against creators on two nodes: with the
+ * key one alias short of it, threads on both ask for one more at once and
+ * exactly one gets it, because the key row lock serializes them.
+ */
+static void test_two_nodes_alias_limit(void **state)
+{
+	st_fixture *f = *state;
+	hsm_store *nodes[NODES] = {f->s, NULL};
+	char name[32];
+	EXPECT_OK(hsm_store_open(f->loc, &nodes[1]));
+	st_create_key(f->s, "shared", "w", 1);
+	for (int i = 0; i < HSM_MAX_ALIASES_PER_KEY - 1; i++) {
+		snprintf(name, sizeof(name), "alias/base-%02d", i);
+		EXPECT_OK(hsm_store_alias_create(f->s, name, "shared", 1));
+	}
+	for (int round = 0; round < ALIAS_ROUNDS; round++) {
+		atomic_int created = 0, refused = 0, failed = 0;
+		pthread_barrier_t start;
+		pthread_t t[ALIAS_THREADS];
+		aliaser w[ALIAS_THREADS];
+		pthread_barrier_init(&start, NULL, ALIAS_THREADS);
+		for (int i = 0; i < ALIAS_THREADS; i++) {
+			w[i] = (aliaser){nodes[i % NODES], "", &start, &created, &refused, &failed};
+			snprintf(w[i].name, sizeof(w[i].name), "alias/r%d-t%d", round, i);
+			assert_int_equal(pthread_create(&t[i], NULL, alias_worker, &w[i]), 0);
+		}
+		for (int i = 0; i < ALIAS_THREADS; i++)
+			pthread_join(t[i], NULL);
+		pthread_barrier_destroy(&start);
+		assert_int_equal(atomic_load(&failed), 0);
+		assert_int_equal(atomic_load(&created), 1);
+		assert_int_equal(atomic_load(&refused), ALIAS_THREADS - 1);
+		assert_int_equal(st_pg_int(f->db, "SELECT count(*) FROM aliases"),
+		                 HSM_MAX_ALIASES_PER_KEY);
+		for (int i = 0; i < ALIAS_THREADS; i++) /* back to one short, for the next round */
+			if (hsm_ok(hsm_store_alias_delete(f->s, w[i].name)))
+				break;
+	}
+	hsm_store_close(nodes[1]);
+}
+
 /* ---- Grants created on two nodes at once ---------------------------------------------------- */
 
 #define GRANT_THREADS 8
@@ -663,6 +729,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_two_nodes_no_lost_update, pg_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_two_nodes_alias_limit, pg_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_two_nodes_grant_limit, pg_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_two_nodes_retried_grant, pg_setup, st_teardown),
 		cmocka_unit_test(test_concurrent_first_open),
