@@ -42,6 +42,17 @@ static hsm_result require_enc_alg(const kms_key *k, hsm_enc_alg alg)
 	return HSM_SUCCESS;
 }
 
+/*
+ * RSA encryption binds no context: one given to an RSA key would protect
+ * nothing, so it is refused rather than ignored, on the way in and out.
+ */
+static hsm_result require_no_ctx(const hsm_enc_ctx *ctx)
+{
+	HSM_ENSURE(ctx->n == 0, HSM_ERR_VALIDATION,
+	           "EncryptionContext is not supported with asymmetric KMS keys");
+	return HSM_SUCCESS;
+}
+
 /* The default algorithm is SYMMETRIC_DEFAULT, which asymmetric keys refuse. */
 static hsm_enc_alg alg_or_default(bool has, hsm_enc_alg alg)
 {
@@ -70,8 +81,7 @@ static hsm_result encrypt_with(hsm_kms *kms, const hsm_caller *caller, const kms
 		HSM_TRY(kms_dry_run_stop(caller));
 		HSM_TRY(hsm_ks_encrypt(kms->ks, &ref, &canon, pt, n, out));
 	} else {
-		HSM_CHECK(ctx->n == 0, HSM_ERR_VALIDATION,
-		          "EncryptionContext is not supported with asymmetric KMS keys");
+		HSM_TRY(require_no_ctx(ctx));
 		size_t max = hsm_rsa_oaep_max_plaintext(k->rec.spec, alg);
 		HSM_CHECK(n <= max, HSM_ERR_VALIDATION,
 		          "Plaintext is %zu bytes; %s with %s takes at most %zu", n,
@@ -222,6 +232,8 @@ static hsm_result decrypt_any(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
 		HSM_GUARD(kms_lookup(kms, caller, op, req->key, &extra, &k));
 	}
 	HSM_TRY(require_enc_alg(k, alg));
+	if (!symmetric)
+		HSM_TRY(require_no_ctx(&req->ctx));
 	if (skip)
 		kms_used(k, k->rec.primary_version, used);
 	else if (symmetric)

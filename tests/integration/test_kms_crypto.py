@@ -218,9 +218,14 @@ def test_rsa_decrypt_errors(kms, rsa2048, hsmd):
            message="SYMMETRIC_DEFAULT")
     raises("InvalidKeyUsageException", kms.decrypt, CiphertextBlob=ct, KeyId=rsa2048,
            EncryptionAlgorithm="SYMMETRIC_DEFAULT")
-    # Encryption context is for symmetric keys only.
+    # Encryption context is for symmetric keys only: refused, not ignored, both ways.
+    no_ctx = "EncryptionContext is not supported with asymmetric KMS keys"
     raises("ValidationException", kms.encrypt, KeyId=rsa2048, Plaintext=b"x",
-           EncryptionAlgorithm="RSAES_OAEP_SHA_256", EncryptionContext={"a": "b"})
+           EncryptionAlgorithm="RSAES_OAEP_SHA_256", EncryptionContext={"a": "b"},
+           message=no_ctx)
+    raises("ValidationException", kms.decrypt, CiphertextBlob=ct, KeyId=rsa2048,
+           EncryptionAlgorithm="RSAES_OAEP_SHA_256", EncryptionContext={"a": "b"},
+           message=no_ctx)
 
 
 # ---- ReEncrypt ----------------------------------------------------------------------------
@@ -266,6 +271,13 @@ def test_reencrypt_with_rsa(kms, sym, rsa2048):
                        EncryptionAlgorithm="RSAES_OAEP_SHA_256")["Plaintext"] == b"from rsa"
     raises("ValidationException", kms.re_encrypt, CiphertextBlob=ct,
            SourceEncryptionAlgorithm="RSAES_OAEP_SHA_1", DestinationKeyId=sym)
+    no_ctx = "EncryptionContext is not supported with asymmetric KMS keys"
+    raises("ValidationException", kms.re_encrypt, CiphertextBlob=ct, SourceKeyId=rsa2048,
+           SourceEncryptionAlgorithm="RSAES_OAEP_SHA_1", SourceEncryptionContext={"a": "b"},
+           DestinationKeyId=sym, message=no_ctx)
+    raises("ValidationException", kms.re_encrypt, CiphertextBlob=r["CiphertextBlob"],
+           DestinationKeyId=rsa2048, DestinationEncryptionAlgorithm="RSAES_OAEP_SHA_256",
+           DestinationEncryptionContext={"a": "b"}, message=no_ctx)
 
 
 # ---- Data keys ----------------------------------------------------------------------------
