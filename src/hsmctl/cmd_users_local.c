@@ -158,6 +158,7 @@ static hsm_result access_key_change(hsmctl_local *l, const users_opts *o)
 	char akid[HSM_ACCESS_KEY_ID_LEN + 1] = "";
 	hsm_secret *secret = NULL;
 	hsm_result r = hsm_kms_access_key_create(l->kms, &hsmctl_local_caller, o->name, akid, &secret);
+	bool noted = hsmctl_local_noted(l);
 	/* The id only: the secret goes to the operator's terminal alone. */
 	hsm_audit_field f[] = {{"target_user", o->name}, {"target_access_key_id", akid}};
 	hsm_result a =
@@ -168,6 +169,15 @@ static hsm_result access_key_change(hsmctl_local *l, const users_opts *o)
 		fflush(stdout);
 	}
 	hsm_secret_free(secret);
+	if (hsm_ok(r) && hsm_failed(a)) /* the key exists, but no one will ever hold its secret */
+		fprintf(stderr,
+		        "hsmctl: access-key create: access key %s of %s is made, but its record could "
+		        "not be written, so its secret is withheld: revoke it (hsmctl access-key revoke "
+		        "%s); %s\n",
+		        akid, o->name, akid,
+		        noted ? "the next offline command on the store, or its node's start, records "
+		                "its creation"
+		              : "its creation is in no record");
 	HSM_GUARD(a);
 	return r;
 }

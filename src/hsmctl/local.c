@@ -300,6 +300,11 @@ hsm_result hsmctl_local_audit(hsmctl_local *l, const char *operation, const char
 	return hsmctl_local_audit_fields(l, operation, key_id, version, outcome, NULL, 0);
 }
 
+bool hsmctl_local_noted(const hsmctl_local *l)
+{
+	return l->outbox != NULL && l->outbox->intent.written;
+}
+
 hsm_result hsmctl_local_audit_fields(hsmctl_local *l, const char *operation, const char *key_id,
                                      uint32_t version, hsm_result outcome,
                                      const hsm_audit_field *extra, size_t n_extra)

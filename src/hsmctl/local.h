@@ -85,6 +85,12 @@ hsm_result hsmctl_local_open_adopting(const char *data_dir, size_t n_shares, cha
 hsm_result hsmctl_local_audit(hsmctl_local *l, const char *operation, const char *key_id,
                               uint32_t version, hsm_result outcome) HSM_MUST_CHECK;
 
+/*
+ * Whether the change just made committed its outbox row: if its record then
+ * fails, the next offline command or the node's start writes it.
+ */
+bool hsmctl_local_noted(const hsmctl_local *l);
+
 /* The same with extra fields. */
 hsm_result hsmctl_local_audit_fields(hsmctl_local *l, const char *operation, const char *key_id,
                                      uint32_t version, hsm_result outcome,

@@ -271,3 +271,39 @@ def test_backup_of_an_older_store_short_of_memory(store, refuse):
              if r.get("op") == "Backup" and r.get("outcome") == "success"}
     assert set(kept) <= named, (kept, named)
     trail_verifies(older)
+
+
+def test_access_key_create_short_of_memory(store, refuse):
+    """An offline access-key create that runs out of memory makes no key, or prints the
+    one it made with its secret, or names the key it made and withholds the secret from
+    (its record failed): the key to revoke is never one nobody knows of.  The trail
+    then verifies, the creation recorded by the next offline command."""
+    ctl("user", "create", "oom-user", "--roles", "crypto-user", "--data-dir", store["data"],
+        *store["quorum"])
+
+    def keys():
+        p = ctl("access-key", "list", "oom-user", "--data-dir", store["data"])
+        return set(re.findall(r"AccessKeyId: (AKIA[A-Z0-9]{16})", p.stdout))
+
+    held = keys()
+    named = []
+
+    def after(at, p):
+        made = keys() - held
+        held.update(made)
+        assert len(made) <= 1, made
+        if p.returncode == 0:
+            assert len(made) == 1 and f"AccessKeyId: {min(made)}" in p.stdout, p.stdout
+            assert "SecretAccessKey: " in p.stdout, p.stdout
+        elif made:
+            akid = min(made)
+            assert "SecretAccessKey" not in p.stdout, p.stdout
+            assert f"revoke it (hsmctl access-key revoke {akid})" in p.stderr, p.stderr
+            named.append(akid)
+
+    refuse(lambda at: ["access-key", "create", "oom-user", "--data-dir", store["data"],
+                       *store["quorum"]], after, tail=60)
+    print(f"keys made but withheld: {named}")
+    for akid in named:
+        ctl("access-key", "revoke", akid, "--data-dir", store["data"], *store["quorum"])
+    trail_verifies(store["data"])
