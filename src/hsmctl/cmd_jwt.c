@@ -55,9 +55,12 @@ static int parse_args(const char *cmd, int argc, char **argv, jwt_args *a)
 			*dst = v;
 			i++;
 		} else if (num) {
-			int64_t *n = strcmp(o, "--lifetime") == 0 ? &a->lifetime : &a->leeway;
-			if (hsm_failed(hsm_parse_i64(v, 0, 3650LL * 86400, n)))
-				return hsmctl_usage(cmd, "%s takes a number of seconds", o);
+			bool life = strcmp(o, "--lifetime") == 0;
+			int64_t *n = life ? &a->lifetime : &a->leeway;
+			/* A token lives at least a second: 0 is no lifetime, not "the default". */
+			if (hsm_failed(hsm_parse_i64(v, life ? 1 : 0, 3650LL * 86400, n)))
+				return hsmctl_usage(cmd, "%s takes a number of seconds%s", o,
+				                    life ? ", at least 1" : "");
 			i++;
 		} else if (o[0] == '-' && o[1] == '-') {
 			return hsmctl_usage(cmd, "unknown option %s", o);

@@ -110,7 +110,7 @@ hsm_result hsm_jwk_from_spki(const uint8_t *spki, size_t spki_len, hsm_jws_alg a
 	HSM_ASSERT(kid != NULL);
 	HSM_GUARD(hsm_spki_spec(spki, spki_len, &spec));
 	HSM_ENSURE(hsm_jws_alg_fits(alg, spec), HSM_ERR_INVALID_KEY_USAGE,
-	           "a %s key cannot sign %s tokens", hsm_spec_name(spec), hsm_jws_alg_name(alg));
+	           "%s keys cannot sign %s tokens", hsm_spec_name(spec), hsm_jws_alg_name(alg));
 	const unsigned char *p = spki;
 	pkey = d2i_PUBKEY(NULL, &p, (long)spki_len);
 	HSM_CHECK(pkey != NULL, HSM_ERR_VALIDATION, "the public key is not a SubjectPublicKeyInfo");

@@ -123,6 +123,20 @@ static hsm_result check_key_use(const json_t *jwk, hsm_jws_alg alg)
 	           hsm_jws_alg_name(alg), jalg != NULL ? jalg : "");
 	HSM_ENSURE(json_object_get(jwk, "use") == NULL || (use != NULL && strcmp(use, "sig") == 0),
 	           HSM_ERR_INVALID_KEY_USAGE, "the token's key is not a signature key (use)");
+	/* RFC 7517 section 4.3: a key that lists its operations is used for those alone. */
+	const json_t *ops = json_object_get(jwk, "key_ops");
+	if (ops == NULL)
+		return HSM_SUCCESS;
+	HSM_ENSURE(json_is_array(ops), HSM_ERR_VALIDATION, "the JWK's \"key_ops\" is not an array");
+	bool verify = false;
+	for (size_t i = 0; i < json_array_size(ops); i++) {
+		const char *op = json_string_value(json_array_get(ops, i));
+		HSM_ENSURE(op != NULL, HSM_ERR_VALIDATION,
+		           "the JWK's \"key_ops\" holds a member that is not a string");
+		verify = verify || strcmp(op, "verify") == 0;
+	}
+	HSM_ENSURE(verify, HSM_ERR_INVALID_KEY_USAGE,
+	           "the token's key is not for verifying signatures (key_ops)");
 	return HSM_SUCCESS;
 }
 

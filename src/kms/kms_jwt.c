@@ -223,7 +223,7 @@ static hsm_result enable_in_txn(hsm_key_record *rec, void *arg)
 	if (alg == HSM_JWS_NONE)
 		HSM_GUARD(hsm_jws_default_alg(rec->spec, &alg));
 	HSM_ENSURE(hsm_jws_alg_fits(alg, rec->spec), HSM_ERR_INVALID_KEY_USAGE,
-	           "a %s key cannot sign %s tokens", hsm_spec_name(rec->spec), hsm_jws_alg_name(alg));
+	           "%s keys cannot sign %s tokens", hsm_spec_name(rec->spec), hsm_jws_alg_name(alg));
 	HSM_ENSURE(previous == HSM_JWS_NONE || previous == alg, HSM_ERR_VALIDATION,
 	           "key %s signs tokens with %s%s; its kids name key versions, and verifiers that "
 	           "cached them expect that algorithm: use a new key for %s",

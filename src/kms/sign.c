@@ -63,9 +63,8 @@ static hsm_result sign_lookup(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
 	 * and claims, made without kms:SignToken and audited as something else. */
 	if (hsm_ok(r) && op == HSM_OP_Sign && ((*out)->rec.flags & HSM_KEYFLAG_JWT) != 0)
 		r = HSM_FAIL(HSM_ERR_INVALID_KEY_USAGE,
-		             "%s is marked for JWT signing and signs tokens only (HsmdJwt.SignToken): "
-		             "a signature over any message would verify as a token against the JWK "
-		             "Set; use another key for Sign, or DisableJwtSigning",
+		             "%s signs JWTs only (HsmdJwt.SignToken): any signature it made would "
+		             "verify as a token; use another key, or DisableJwtSigning first",
 		             (*out)->arn);
 	if (hsm_ok(r))
 		r = kms_dry_run_stop(caller);

@@ -193,6 +193,9 @@ def test_a_token_key_refuses_kms_sign(hsmd, kms):
             kms.sign(KeyId=key, Message=message, MessageType=kind,
                      SigningAlgorithm="RSASSA_PKCS1_V1_5_SHA_256")
         assert e.value.response["Error"]["Code"] == "InvalidKeyUsageException", kind
+        # The whole message, the way out at its end included (messages are at most 255 bytes).
+        assert e.value.response["Error"]["Message"].endswith(
+            "use another key, or DisableJwtSigning first"), e.value.response["Error"]
         assert "SignToken" in e.value.response["Error"]["Message"]
     # Verifying and the public key work as before; a token it signed verifies.
     token = sign(hsmd, key, {"sub": "svc"})["Token"]
@@ -548,6 +551,10 @@ def test_hsmctl_jwt_sign_and_verify(hsmd, kms, tmp_path):
     assert r.returncode == 1 and "expired" in r.stderr, r.stderr
     r = hsmctl("jwt", "verify", "--jwks", url, short, "--leeway", "30")
     assert r.returncode == 0, r.stderr
+    # A lifetime of 0 is refused, as the API refuses it, not taken for the default.
+    r = hsmctl("jwt", "sign", "--endpoint", hsmd.endpoint, key, "--claims", "{}",
+               "--lifetime", "0")
+    assert r.returncode == 2 and "at least 1" in r.stderr and r.stdout == "", (r.stdout, r.stderr)
     # Server errors come back by name; the key was marked for ES256 only.
     r = hsmctl("jwt", "sign", "--endpoint", hsmd.endpoint, key, "--claims", "{}", "--alg", "RS256")
     assert r.returncode == 1 and "InvalidKeyUsageException" in r.stderr

@@ -612,6 +612,29 @@ static void test_verify_refusals(void **state)
 	assert_fails_with(hsm_jwt_verify(tok, t.len, other, &o, NULL, NULL),
 	                  HSM_ERR_INVALID_KEY_USAGE);
 	json_decref(other);
+	/* key_ops (RFC 7517 section 4.3): a key listing its operations verifies only with "verify". */
+	static const struct {
+		const char *ops;
+		hsm_err want;
+	} ops[] = {
+	    {"[\"verify\"]", HSM_OK},
+	    {"[\"sign\",\"verify\"]", HSM_OK},
+	    {"[\"encrypt\"]", HSM_ERR_INVALID_KEY_USAGE},
+	    {"[]", HSM_ERR_INVALID_KEY_USAGE},
+	    {"\"verify\"", HSM_ERR_VALIDATION},
+	    {"[\"verify\",1]", HSM_ERR_VALIDATION},
+	};
+	for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
+		other = jwks_of(rsa, HSM_JWS_RS256, KEY_ID ".v1");
+		json_object_set_new(json_array_get(json_object_get(other, "keys"), 0), "key_ops",
+		                    parse(ops[i].ops));
+		hsm_result r = hsm_jwt_verify(tok, t.len, other, &o, NULL, NULL);
+		if (ops[i].want == HSM_OK)
+			assert_succeeds(r);
+		else
+			assert_fails_with(r, ops[i].want);
+		json_decref(other);
+	}
 	/* Structure: parts, alg "none", crit, garbage. */
 	static const char *bad[] = {"", "abc", "a.b", "a.b.c.d", "..", "e30.e30.", "e30..AA"};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
