@@ -450,7 +450,9 @@ hsm_result hsm_kms_list_rotations(hsm_kms *kms, const hsm_caller *caller, const 
  * destruction of keys whose deletion waiting period ended, and deletion of
  * imported key material that expired.  Called by the
  * server's scheduler every few seconds; each action is reported to the
- * event sink.  *done counts actions taken.
+ * event sink.  *done counts actions taken.  A key whose work fails is
+ * logged and the others go on; the call then fails (with the first such
+ * failure's code, after every key was tried), as when the listing fails.
  */
 hsm_result hsm_kms_run_due(hsm_kms *kms, size_t *done) HSM_MUST_CHECK;
 

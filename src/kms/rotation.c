@@ -287,6 +287,8 @@ hsm_result hsm_kms_run_due(hsm_kms *kms, size_t *done)
 	due_list l = {0};
 	int64_t now = kms_now(kms);
 	hsm_result r = hsm_store_keys_due(kms->store, now, 1000, collect_due, &l);
+	hsm_err first = HSM_OK;
+	size_t failed = 0;
 	*done = 0;
 	for (size_t i = 0; i < l.n; i++) {
 		const hsm_key_record *rec = &l.recs[i];
@@ -299,14 +301,19 @@ hsm_result hsm_kms_run_due(hsm_kms *kms, size_t *done)
 		                 : rec->valid_to != 0 && rec->valid_to <= now
 		                     ? kms_expire_due(kms, rec)
 		                     : kms_rotate_due(kms, rec);
-		if (hsm_failed(one))
+		if (hsm_failed(one)) {
 			hsm_log_failure("scheduled key work"); /* one key must not stop the others */
-		else
+			first = failed++ == 0 ? one.err : first;
+		} else {
 			(*done)++;
+		}
 		hsm_key_record_clear(&l.recs[i]);
 	}
 	free(l.recs);
-	return r;
+	HSM_GUARD(r);
+	HSM_ENSURE(failed == 0, first, "%zu of the %zu keys due failed their scheduled work", failed,
+	           l.n);
+	return HSM_SUCCESS;
 }
 
 typedef struct usable_list {

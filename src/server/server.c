@@ -714,11 +714,13 @@ static void *scheduler_main(void *arg)
 	hsm_server *s = arg;
 	hsm_thread_name("hsmd-sched");
 	bool sweep_failing = false;
+	/* The next full round: a recount asked for between rounds does not put it off, or
+	 * recounts asked for more often than the interval would stop the scheduled work. */
+	struct timespec until;
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += s->opt.scheduler_interval;
 	pthread_mutex_lock(&s->stop_lock);
 	while (!s->stopping) {
-		struct timespec until;
-		clock_gettime(CLOCK_MONOTONIC, &until);
-		until.tv_sec += s->opt.scheduler_interval;
 		int rc = 0;
 		while (!s->stopping && !s->recount && rc != ETIMEDOUT)
 			rc = pthread_cond_timedwait(&s->stop_cond, &s->stop_lock, &until);
@@ -763,6 +765,10 @@ static void *scheduler_main(void *arg)
 				hsm_server_backup_if_due(s);
 		}
 		hsm_stack_wipe(); /* rotations make key material; backups and sweeps read it */
+		if (!recount_only) {
+			clock_gettime(CLOCK_MONOTONIC, &until);
+			until.tv_sec += s->opt.scheduler_interval;
+		}
 		pthread_mutex_lock(&s->stop_lock);
 	}
 	pthread_mutex_unlock(&s->stop_lock);
@@ -1059,6 +1065,9 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "# TYPE hsmd_keys_material_expiring_7d gauge\nhsmd_keys_material_expiring_7d %llu\n"
 	    "# HELP hsmd_keys_counted_time_seconds When the key gauges were last counted.\n"
 	    "# TYPE hsmd_keys_counted_time_seconds gauge\nhsmd_keys_counted_time_seconds %lld\n"
+	    "# HELP hsmd_scheduler_interval_seconds How often the key gauges are counted and the "
+	    "scheduled work runs (scheduler_interval_seconds).\n"
+	    "# TYPE hsmd_scheduler_interval_seconds gauge\nhsmd_scheduler_interval_seconds %u\n"
 	    "# HELP hsmd_approvals_open Approval requests waiting for custodians (approval_quorum).\n"
 	    "# TYPE hsmd_approvals_open gauge\nhsmd_approvals_open %llu\n"
 	    "# HELP hsmd_certificates Certificates kept beside the keys.\n"
@@ -1114,7 +1123,7 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    (unsigned long long)atomic_load(&s->gauge_material_needed),
 	    (unsigned long long)atomic_load(&s->gauge_rotations_overdue),
 	    (unsigned long long)atomic_load(&s->gauge_expirations_due),
-	    (long long)atomic_load(&s->gauges_counted_at),
+	    (long long)atomic_load(&s->gauges_counted_at), (unsigned)s->opt.scheduler_interval,
 	    (unsigned long long)atomic_load(&s->gauge_approvals_open),
 	    (unsigned long long)atomic_load(&s->gauge_certs),
 	    (unsigned long long)atomic_load(&s->gauge_certs_expiring), hsm_audit_healthy(s->audit),

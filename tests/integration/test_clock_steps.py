@@ -1,4 +1,5 @@
-"""The wall clock steps while hsmd runs: what each step must not do.
+"""The wall clock steps while hsmd runs: what each step must not do; and what else
+must not stop, or hide a failure of, the scheduler's rounds.
 
 hsmd runs with clockshift.c preloaded, which moves its wall clock (only) by
 the seconds the test writes in a file, as a time server or an administrator
@@ -8,17 +9,28 @@ stepping the clock would; the monotonic and boot-time clocks go on.
 - A step far ahead must not let audit retention delete the trail: the pass
   deletes nothing and hsmd_audit_retention_held says so.
 - Each backup the retention deletes is named in a BackupExpired event.
+- Recounts asked for between rounds (certificate imports and deletions) must
+  not put the next round off, and a key whose scheduled work fails must be
+  counted in hsmd_scheduler_failures_total, the others done.
 Requests to hsmd's API are signed with the real time, so a test that moves
 the clock more than SigV4's five minutes reads only /metrics and the files.
 """
+import base64
+import datetime
 import glob
 import os
 import re
+import sqlite3
 import subprocess
+import time
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from conftest import HSMCTL, start_dev
+from conftest import HSMCTL, client, signed_call, start_dev
 from helpers import admin, audit_records, eventually
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -125,5 +137,70 @@ def test_each_backup_the_retention_deletes_is_audited(shim, tmp_path):
         assert len(events) == len(names) == want, (events, before)
         assert all(r["extra"]["dir"] == "backup_dir" for r in events)
         assert names <= before and not names & backups(), (names, before)
+    finally:
+        server.cleanup()
+
+
+def self_signed():
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "recount")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=30)).sign(key, hashes.SHA256()))
+    return base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
+
+
+def test_recounts_between_rounds_do_not_put_the_round_off(tmp_path):
+    """Each certificate import or deletion asks for the gauges to be counted again at
+    once; a stream of them, closer together than the interval, must leave the full
+    round (rotation, destruction, backups) on its schedule: here the node's first
+    scheduled backup, due at its first full round, 10 s after start."""
+    server = start_dev(["--scheduler-interval-seconds", "10"])
+    try:
+        started = time.monotonic()
+        backup_dir = os.path.join(server.data_dir, "backups")
+        cert = self_signed()
+        made = []
+        while time.monotonic() - started < 30 and not made:
+            cid = admin(server, "ImportCertificate", {"Certificate": cert})["CertificateId"]
+            admin(server, "DeleteCertificate", {"CertificateId": cid})
+            time.sleep(1.5)
+            made = glob.glob(os.path.join(backup_dir, "*.hsmbak"))
+        assert made, "no scheduled backup in 30 s of recounts, with a 10 s interval"
+    finally:
+        server.cleanup()
+
+
+def test_a_failing_key_is_counted_and_the_others_done(shim, tmp_path):
+    """Two keys due for rotation, one of which the store refuses to change: the other
+    rotates, and the failure is counted (hsmd_scheduler_failures_total, which the
+    README's HsmdSchedulerFailing alert watches), logged and audited."""
+    server, clock = start_shifted(shim, tmp_path)
+    try:
+        kms = client(server)
+        keys = [kms.create_key()["KeyMetadata"]["KeyId"] for _ in range(2)]
+        for k in keys:
+            st, out = signed_call(server, "TrentService.EnableKeyRotation",
+                                  {"KeyId": k, "RotationPeriodInDays": 1})
+            assert st == 200, out
+        failing, rotating = keys
+        db = sqlite3.connect(os.path.join(server.data_dir, "hsmd.db"), timeout=10)
+        db.execute("CREATE TRIGGER refuse_one BEFORE UPDATE ON keys WHEN OLD.id = '%s' "
+                   "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END" % failing)
+        db.commit()
+        db.close()
+        assert gauge(server, "hsmd_scheduler_failures_total") == 0
+        clock.set(2 * 86400)  # both keys' rotation dates pass
+
+        def rotations():
+            return {(r.get("key_id"), r.get("outcome")) for r in audit_records(server.data_dir)
+                    if r.get("op") == "RotateKey"}
+        assert eventually(lambda: {(failing, "error"), (rotating, "success")} <= rotations(),
+                          30), rotations()
+        assert eventually(lambda: gauge(server, "hsmd_scheduler_failures_total") >= 1, 30)
+        assert (failing, "success") not in rotations()
+        assert "scheduled key work" in server.read_log()
     finally:
         server.cleanup()
