@@ -302,23 +302,26 @@ static bool audit_expired(hsm_server *s, hsm_buf *names, const char *dir_name)
 /*
  * A BackupExpired event for each backup the retention deleted, so the trail
  * shows when each restore point stopped being there, then the Backup event
- * (copy says what became of the copy: "made", "failed" or "none"), last, as
- * it carries the run's id (run_id).  True if every one was written.
+ * (copy says what became of the copy: "made", "failed" or "none"; a backup
+ * not made says why in backup_error), last, as it carries the run's id
+ * (run_id).  True if every one was written.
  */
 static bool audit_backup(hsm_server *s, const backup_run *run, const char *trigger,
                          const hsm_backup_info *info, const char *path, hsm_result r,
-                         const char *copy, const char *copy_error, expired_names *expired)
+                         const char *why, const char *copy, const char *copy_error,
+                         expired_names *expired)
 {
 	bool all = audit_expired(s, &expired->here, "backup_dir");
 	all &= audit_expired(s, &expired->copies, "backup_copy_dir");
+	if (hsm_failed(r)) {
+		hsm_audit_field f[] = {{"trigger", trigger}, {"backup_error", why}};
+		return hsm_server_event_of(s, run_id(run), "Backup", r, f, 2) && all;
+	}
 	hsm_audit_field f[] = {
-	    {"trigger", trigger},
-	    {"backup_id", hsm_ok(r) ? info->backup_id : ""},
-	    {"file", hsm_ok(r) ? hsm_path_base(path) : ""},
-	    {"copy", copy},
-	    {"copy_error", copy_error},
+	    {"trigger", trigger}, {"backup_id", info->backup_id}, {"file", hsm_path_base(path)},
+	    {"copy", copy},       {"copy_error", copy_error},
 	};
-	size_t n = !hsm_ok(r) ? 1 : copy_error[0] != '\0' ? 5 : 4;
+	size_t n = copy_error[0] != '\0' ? 5 : 4;
 	return hsm_server_event_of(s, run_id(run), "Backup", r, f, n) && all;
 }
 
@@ -340,6 +343,9 @@ hsm_result hsm_server_backup(hsm_server *s, const char *trigger, char *path, siz
 	};
 	path[0] = '\0';
 	hsm_result r = hsm_ok(noted) ? hsm_backup_create(&req, path, cap, info) : noted;
+	char why[HSM_ERRMSG_MAX] = ""; /* what the failure said: the Backup event keeps it */
+	if (hsm_failed(r))
+		snprintf(why, sizeof(why), "%s", hsm_last_message());
 	if (hsm_ok(r)) {
 		atomic_store(&s->backup_last_success, info->created);
 		atomic_store(&s->backup_last_bytes, info->file_bytes);
@@ -367,7 +373,8 @@ hsm_result hsm_server_backup(hsm_server *s, const char *trigger, char *path, siz
 	/* Then the copies earlier failures left missing, if copies work again (in this run). */
 	if (hsm_ok(r) && s->backup_copy_dir[0] != '\0')
 		catch_up_copies(s, store_id, *copied);
-	bool recorded = audit_backup(s, &run, trigger, info, path, r, copy, copy_error, &expired);
+	bool recorded =
+	    audit_backup(s, &run, trigger, info, path, r, why, copy, copy_error, &expired);
 	run_end(&run, recorded);
 	hsm_buf_free(&expired.here);
 	hsm_buf_free(&expired.copies);

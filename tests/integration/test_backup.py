@@ -344,6 +344,9 @@ def test_failed_backup_is_counted_audited_and_reported():
         assert metric(server, "hsmd_backup_last_success_time_seconds") == 0
         ev = [r for r in audit_records(server.data_dir) if r.get("op") == "Backup"]
         assert len(ev) == 1 and ev[0]["outcome"] == "error", ev
+        # The event keeps the reason, as the log does: the trail alone tells what went wrong.
+        assert backups in ev[0]["extra"]["backup_error"], ev
+        assert ev[0]["extra"]["trigger"] == "requested", ev
         assert not glob.glob(os.path.join(server.data_dir, ".backup-*"))
     finally:
         server.cleanup()
