@@ -2918,18 +2918,32 @@ def test_fork_while_another_thread_is_in_the_module(tmp_path, server, user):
 
 
 TIMEOUT_CLIENT = """
-import os, signal, sys, PyKCS11
+import os, signal, sys, time, PyKCS11
 lib = PyKCS11.PyKCS11Lib()
 lib.load(sys.argv[1])
 s = lib.openSession(0, PyKCS11.CKF_SERIAL_SESSION | PyKCS11.CKF_RW_SESSION)
 s.login(sys.argv[2])
 pid = int(sys.argv[3])
+
+
+def stopped():
+    # Every thread: one finishing a disk write stops only when the write returns.
+    tasks = os.listdir(f"/proc/{pid}/task")
+    return all(open(f"/proc/{pid}/task/{t}/stat").read().rsplit(")", 1)[1].split()[0] == "T"
+               for t in tasks)
+
+
 os.kill(pid, signal.SIGSTOP)  # hsmd takes the request in, and answers nothing
+deadline = time.monotonic() + 10
+while not stopped() and time.monotonic() < deadline:
+    time.sleep(0.01)
 try:
+    if not stopped():
+        raise SystemExit("hsmd did not stop")
     s.generateKey([(PyKCS11.CKA_CLASS, PyKCS11.CKO_SECRET_KEY), (PyKCS11.CKA_TOKEN, True),
                    (PyKCS11.CKA_VALUE_LEN, 32)],
                   PyKCS11.Mechanism(PyKCS11.CKM_AES_KEY_GEN))
-    print("made")
+    print("made, hsmd", "stopped" if stopped() else "running")  # what a failure says
 except PyKCS11.PyKCS11Error as e:
     print("error", PyKCS11.CKR.get(e.value, e.value))
 finally:
