@@ -342,6 +342,11 @@ static hsm_result open_parts(hsm_server *s)
 	HSM_GUARD(hsm_server_blame(s, shared ? "store" : "data_dir",
 	                           hsm_store_open(shared ? s->opt.store : s->data_dir, &s->store)));
 	atomic_store(&s->store_up, true);
+	if (shared && s->opt.store_cache_ms == 0)
+		hsm_warn("store_cache_ms is 0 with a shared store: this node trusts what it cached "
+		         "until it changes it itself, so a key disabled, scheduled for deletion or "
+		         "given a new policy through another node stays usable here; unless this is "
+		         "the only node, leave it at its default (1000) or set a few hundred ms");
 	HSM_GUARD(hsm_server_blame(s, "node_id", claim_node_id(s)));
 	HSM_GUARD(open_audit(s));
 	HSM_GUARD(hsm_keystore_new(s->store, 0, &s->ks));

@@ -525,6 +525,23 @@ def test_node_started_before_the_ceremony(pg, tmp_path):
         n.cleanup()
 
 
+def test_a_node_that_would_trust_its_cache_for_good_is_warned(pg, tmp_path):
+    """store_cache_ms = 0 means "until this node changes it": on a shared store, changes
+    made through other nodes would never show here. Allowed (one node alone on
+    PostgreSQL), but said at start."""
+    store = pg.database("nocache")
+    n = node(store, "trusting", ["--store-cache-ms", "0"])
+    try:
+        assert "store_cache_ms is 0 with a shared store" in n.read_log()
+    finally:
+        n.cleanup()
+    n = node(store, "default")
+    try:
+        assert "store_cache_ms is 0" not in n.read_log()
+    finally:
+        n.cleanup()
+
+
 def test_a_node_older_than_the_shared_schema_gives_up_the_scheduled_work(pg, tmp_path):
     """A newer hsmd migrating the shared store during an upgrade leaves this node a build
     that does not know the new tables: it stops running the scheduled work (its backups
