@@ -137,6 +137,46 @@ static int online(const char *cmd, const char *target)
 	return 0;
 }
 
+/*
+ * The store a share file names (its "store" line: no secret), or "" when
+ * it cannot be read.
+ */
+static void share_store(const char *file, char out[HSM_UUID_STRLEN + 1])
+{
+	hsm_buf text;
+	hsm_buf_init_secure(&text);
+	out[0] = '\0';
+	if (hsm_ok(hsmctl_read_share(file, &text)) && hsm_ok(hsm_buf_terminate(&text))) {
+		const char *line = strstr((const char *)text.data, "\nstore ");
+		if (line != NULL && strspn(line + 7, "0123456789abcdef-") == HSM_UUID_STRLEN)
+			snprintf(out, HSM_UUID_STRLEN + 1, "%.*s", HSM_UUID_STRLEN, line + 7);
+	}
+	hsm_buf_free(&text);
+}
+
+/*
+ * Shares of one store that refuse the store a backup's header names: the
+ * shares are another store's, or the backup is, or its header was altered.
+ * The shares' refusal alone would read as if the shares were the wrong ones.
+ */
+static void explain_other_store(const backup_opts *o, const hsm_backup_info *info)
+{
+	char first[HSM_UUID_STRLEN + 1], other[HSM_UUID_STRLEN + 1];
+	share_store(o->shares[0], first);
+	if (first[0] == '\0' || strcmp(first, info->identity.store_id) == 0)
+		return;
+	for (size_t i = 1; i < o->n_shares; i++) {
+		share_store(o->shares[i], other);
+		if (strcmp(other, first) != 0)
+			return; /* shares of several stores: the shares are what is wrong */
+	}
+	fprintf(stderr,
+	        "hsmctl: %s: its header names store %s, and the shares given are all of store "
+	        "%s: they are not this backup's shares, or the backup is of another store, or "
+	        "its header was altered\n",
+	        o->file, info->identity.store_id, first);
+}
+
 /* A keystore for the backup's store, unsealed with the share files. */
 static hsm_result open_for(const backup_opts *o, hsm_backup_info *info, hsm_keystore **ks)
 {
@@ -150,7 +190,10 @@ static hsm_result open_for(const backup_opts *o, hsm_backup_info *info, hsm_keys
 	HSM_TRY(hsm_keystore_new_detached(&info->identity, &k));
 	HSM_CHECK(hsm_keystore_state(k) != HSM_NODE_ERROR, HSM_ERR_NODE_ERROR, "self-test failed: %s",
 	          hsm_keystore_error_reason(k));
-	HSM_TRY(hsmctl_unseal_files(k, o->n_shares, o->shares));
+	res = hsmctl_unseal_files(k, o->n_shares, o->shares);
+	if (res.err == HSM_ERR_SHARE_MISMATCH)
+		explain_other_store(o, info);
+	HSM_TRY(res);
 	*ks = k;
 	k = NULL;
 out:

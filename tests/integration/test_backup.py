@@ -141,6 +141,7 @@ def test_verify_needs_the_quorum_of_this_store(node):
     p = hsmctl("backup", "verify", "--share", other_shares["alice"], path)
     assert p.returncode == 1 and "share is for store" in p.stderr, p.stderr
     assert f"this store is {node['made']['StoreId']}" in p.stderr
+    assert "they are not this backup's shares, or the backup is of another store" in p.stderr
     p = hsmctl("backup", "verify", "--share", shares["bob"], "--share", shares["dave"],
                "--share", shares["erin"], path)
     assert p.returncode == 0, p.stderr
@@ -183,6 +184,37 @@ def test_tampered_backup_is_refused_and_restores_nothing(node, name, edit):
     assert re.search(r"integrity check|truncated|after its last chunk|header", p.stderr), p.stderr
     assert not os.path.exists(os.path.join(target, "hsmd.db"))
     assert not os.path.exists(os.path.join(target, ".restore"))
+
+
+def test_a_header_naming_another_store_is_not_blamed_on_the_shares(node):
+    """The store id in a backup's header altered: the right shares refuse it (they are of
+    another store, as far as the header says), and hsmctl says the three ways that can be,
+    not only that the shares are for another store; nothing is restored."""
+    sid = node["made"]["StoreId"]
+    altered = ("0" if sid[0] != "0" else "1") + sid[1:]
+
+    def edit(b):
+        i = b.index(sid.encode())
+        b[i:i + len(sid)] = altered.encode()
+        return b
+    path = tampered(node, "header-store.hsmbak", edit)
+    s = node["shares"]
+    three = ["--share", s["alice"], "--share", s["bob"], "--share", s["carol"]]
+    hint = (f"its header names store {altered}, and the shares given are all of store {sid}: "
+            "they are not this backup's shares, or the backup is of another store, or its "
+            "header was altered")
+    p = hsmctl("backup", "verify", *three, path)
+    assert p.returncode == 1 and hint in p.stderr, p.stderr
+    target = os.path.join(node["base"], "restore-header-store")
+    p = hsmctl("restore", "--data-dir", target, *three, path)
+    assert p.returncode == 1 and hint in p.stderr, p.stderr
+    assert not os.path.exists(os.path.join(target, "hsmd.db"))
+    # Shares of two stores: the shares are what is wrong, and no more is said.
+    other, other_shares = init_store(node["base"], "two-stores")
+    p = hsmctl("backup", "verify", "--share", other_shares["alice"], "--share", s["bob"],
+               node["made"]["Path"])
+    assert p.returncode == 1 and "share is for store" in p.stderr, p.stderr
+    assert "its header names" not in p.stderr, p.stderr
 
 
 def test_restore_on_another_machine(node):
