@@ -1,5 +1,6 @@
 #include "keystore/share.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -70,8 +71,13 @@ static hsm_result checksum(const uint8_t *p, size_t n, uint8_t out[HSM_SHARE_CHE
 {
 	uint8_t md[EVP_MAX_MD_SIZE];
 	unsigned md_len = 0;
+	errno = 0;
 	int ok = EVP_Digest(p, n, md, &md_len, EVP_sha256(), NULL);
-	HSM_ENSURE(ok == 1 && md_len >= HSM_SHARE_CHECK_LEN, HSM_ERR_CRYPTO, "SHA-256 failed");
+	if (ok != 1 || md_len < HSM_SHARE_CHECK_LEN) {
+		/* Short of memory, OpenSSL fails the digest: that is no fault of the share. */
+		hsm_err e = hsm_nomem_or(HSM_ERR_CRYPTO);
+		return HSM_FAIL(e, e == HSM_ERR_NOMEM ? "out of memory" : "SHA-256 failed");
+	}
 	memcpy(out, md, HSM_SHARE_CHECK_LEN);
 	OPENSSL_cleanse(md, sizeof(md));
 	return HSM_SUCCESS;
