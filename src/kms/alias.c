@@ -152,7 +152,10 @@ hsm_result hsm_kms_update_alias(hsm_kms *kms, const hsm_caller *caller, const ch
 	if (res.err == HSM_ERR_NOT_FOUND)
 		return HSM_FAIL(HSM_ERR_NOT_FOUND, "Alias %s is not found.", alias);
 	HSM_GUARD(res);
-	HSM_TRY(kms_lookup(kms, caller, HSM_OP_UpdateAlias, a.key_id, NULL, &cur));
+	/* The key it leaves may be pending deletion (moving off such a key is the
+	 * point); the one it goes to may not (key state table, note 10). */
+	HSM_TRY(kms_lookup_as(kms, caller, HSM_OP_UpdateAlias, HSM_OP_DeleteAlias, a.key_id, NULL,
+	                      &cur));
 	HSM_TRY(kms_lookup(kms, caller, HSM_OP_UpdateAlias, target, NULL, &next));
 	HSM_CHECK(same_kind(&cur->rec, &next->rec), HSM_ERR_VALIDATION,
 	          "%s and %s are different key types or usages: an alias can only move to a key of "

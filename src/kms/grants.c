@@ -285,14 +285,24 @@ static hsm_result constraints_text(const hsm_grant_constraints *c, char **out)
 	return r;
 }
 
-/* Whether the context has the pair (key without case, value exactly). */
+/*
+ * Whether the context has the pair: its key, matched without regard to case as
+ * KMS matches grant constraints, with exactly its value.  A context may spell one
+ * key several ways ({"tenant":"acme","Tenant":"evil"}); every spelling must then
+ * carry the value, or one tenant's grantee could make data another tenant's
+ * grant accepts (policy_eval.c holds key-policy conditions to the same rule).
+ */
 static bool ctx_has(const hsm_enc_ctx *ctx, const hsm_ctx_pair *p)
 {
-	for (size_t i = 0; ctx != NULL && i < ctx->n; i++)
-		if (strcasecmp(ctx->pairs[i].key, p->key) == 0 &&
-		    strcmp(ctx->pairs[i].value, p->value) == 0)
-			return true;
-	return false;
+	bool found = false;
+	for (size_t i = 0; ctx != NULL && i < ctx->n; i++) {
+		if (strcasecmp(ctx->pairs[i].key, p->key) != 0)
+			continue;
+		if (strcmp(ctx->pairs[i].value, p->value) != 0)
+			return false;
+		found = true;
+	}
+	return found;
 }
 
 static bool ctx_holds_all(const hsm_enc_ctx *ctx, const hsm_grant_ctx *c)

@@ -38,8 +38,8 @@ const hsm_op_info *hsm_op_find(const char *name)
 
 /*
  * Key state x operation class, from the AWS KMS Developer Guide, "Key states
- * of AWS KMS keys" (key state table).  Disabled keys refuse cryptographic use
- * and rotation changes with DisabledException; keys pending deletion refuse
+ * of AWS KMS keys" (key state table).  Disabled keys refuse cryptographic use,
+ * new grants and rotation changes with DisabledException; keys pending deletion refuse
  * everything but reads, alias deletion, policy changes and cancellation
  * with KMSInvalidStateException.  Destroyed keys no longer exist for the API.
  */
@@ -51,6 +51,7 @@ static const hsm_err state_rules[HSM_KEY_STATE_COUNT][HSM_OPC_COUNT] = {
     [HSM_KEY_DISABLED] =
         {
             [HSM_OPC_CRYPTO] = HSM_ERR_DISABLED,
+            [HSM_OPC_GRANT] = HSM_ERR_DISABLED,
             [HSM_OPC_ROTATION] = HSM_ERR_DISABLED,
             [HSM_OPC_CANCEL_DELETION] = HSM_ERR_INVALID_STATE,
         },
@@ -58,6 +59,7 @@ static const hsm_err state_rules[HSM_KEY_STATE_COUNT][HSM_OPC_COUNT] = {
         {
             [HSM_OPC_CRYPTO] = HSM_ERR_INVALID_STATE,
             [HSM_OPC_MODIFY] = HSM_ERR_INVALID_STATE,
+            [HSM_OPC_GRANT] = HSM_ERR_INVALID_STATE,
             [HSM_OPC_ENABLE] = HSM_ERR_INVALID_STATE,
             [HSM_OPC_DISABLE] = HSM_ERR_INVALID_STATE,
             [HSM_OPC_SCHEDULE_DELETION] = HSM_ERR_INVALID_STATE,
@@ -71,6 +73,7 @@ static const hsm_err state_rules[HSM_KEY_STATE_COUNT][HSM_OPC_COUNT] = {
     [HSM_KEY_PENDING_IMPORT] =
         {
             [HSM_OPC_CRYPTO] = HSM_ERR_INVALID_STATE,
+            [HSM_OPC_GRANT] = HSM_ERR_INVALID_STATE,
             [HSM_OPC_ENABLE] = HSM_ERR_INVALID_STATE,
             [HSM_OPC_DISABLE] = HSM_ERR_INVALID_STATE,
             [HSM_OPC_CANCEL_DELETION] = HSM_ERR_INVALID_STATE,
@@ -81,6 +84,7 @@ static const hsm_err state_rules[HSM_KEY_STATE_COUNT][HSM_OPC_COUNT] = {
             [HSM_OPC_CRYPTO] = HSM_ERR_NOT_FOUND,
             [HSM_OPC_READ] = HSM_ERR_NOT_FOUND,
             [HSM_OPC_MODIFY] = HSM_ERR_NOT_FOUND,
+            [HSM_OPC_GRANT] = HSM_ERR_NOT_FOUND,
             [HSM_OPC_ENABLE] = HSM_ERR_NOT_FOUND,
             [HSM_OPC_DISABLE] = HSM_ERR_NOT_FOUND,
             [HSM_OPC_SCHEDULE_DELETION] = HSM_ERR_NOT_FOUND,
@@ -548,14 +552,14 @@ void kms_forget(hsm_kms *kms, const char *key_id)
 
 /* ---- Authorization --------------------------------------------------------------- */
 
-static hsm_result deny(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const kms_key *key,
-                       const char *why)
+static hsm_result deny(hsm_kms *kms, const hsm_caller *caller, const char *action,
+                       const kms_key *key, const char *why)
 {
 	char arn[HSM_PRINCIPAL_ARN_MAX];
 	hsm_kms_caller_arn(kms, caller, arn);
 	return HSM_FAIL(HSM_ERR_ACCESS_DENIED,
-	                "User: %s is not authorized to perform: %s on resource: %s %s", arn,
-	                hsm_op_get(op)->action, key != NULL ? key->arn : "*", why);
+	                "User: %s is not authorized to perform: %s on resource: %s %s", arn, action,
+	                key != NULL ? key->arn : "*", why);
 }
 
 hsm_result kms_authorize(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const kms_key *key,
@@ -563,8 +567,11 @@ hsm_result kms_authorize(hsm_kms *kms, const hsm_caller *caller, hsm_op op, cons
 {
 	if (caller->local)
 		return HSM_SUCCESS; /* an operator holding the data directory and the quorum */
+	/* The action asked of this key: kms:ReEncryptFrom or To for ReEncrypt's two. */
+	const char *action =
+	    extra != NULL && extra->action != NULL ? extra->action : hsm_op_get(op)->action;
 	if ((hsm_op_get(op)->roles & caller->roles) == 0)
-		return deny(kms, caller, op, key, "because no role of this user allows it");
+		return deny(kms, caller, action, key, "because no role of this user allows it");
 	if (key == NULL)
 		return HSM_SUCCESS;
 	char arn[HSM_PRINCIPAL_ARN_MAX];
@@ -572,7 +579,7 @@ hsm_result kms_authorize(hsm_kms *kms, const hsm_caller *caller, hsm_op op, cons
 	hsm_policy_request req = {
 	    .principal_arn = arn,
 	    .account_id = kms->account,
-	    .action = hsm_op_get(op)->action,
+	    .action = action,
 	    .resource = key->arn,
 	    .key_spec = hsm_spec_name(key->rec.spec),
 	    .key_usage = hsm_usage_name(key->rec.usage),
@@ -589,8 +596,6 @@ hsm_result kms_authorize(hsm_kms *kms, const hsm_caller *caller, hsm_op op, cons
 	req.encryption_context = ctx;
 	req.n_encryption_context = n_ctx;
 	if (extra != NULL) {
-		if (extra->action != NULL)
-			req.action = extra->action;
 		req.encryption_algorithm = extra->encryption_algorithm;
 		req.signing_algorithm = extra->signing_algorithm;
 		req.mac_algorithm = extra->mac_algorithm;
@@ -615,7 +620,7 @@ hsm_result kms_authorize(hsm_kms *kms, const hsm_caller *caller, hsm_op op, cons
 		if (granted)
 			return HSM_SUCCESS;
 	}
-	return deny(kms, caller, op, key,
+	return deny(kms, caller, action, key,
 	            d == HSM_POLICY_EXPLICIT_DENY
 	                ? "with an explicit deny in a resource-based policy"
 	                : "because no resource-based policy allows the action");
@@ -630,6 +635,12 @@ hsm_result kms_dry_run_stop(const hsm_caller *caller)
 
 hsm_result kms_lookup(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const char *ref,
                       const kms_authz_extra *extra, kms_key **out)
+{
+	return kms_lookup_as(kms, caller, op, op, ref, extra, out);
+}
+
+hsm_result kms_lookup_as(hsm_kms *kms, const hsm_caller *caller, hsm_op op, hsm_op state_op,
+                         const char *ref, const kms_authz_extra *extra, kms_key **out)
 {
 	char key_id[HSM_UUID_STRLEN + 1];
 	kms_key *k = NULL;
@@ -651,7 +662,7 @@ hsm_result kms_lookup(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const c
 	                   ? HSM_FAIL(HSM_ERR_NOT_FOUND, "Key '%s' does not exist", k->arn)
 	                   : kms_authorize(kms, caller, op, k, extra);
 	if (hsm_ok(r))
-		r = kms_check_state(op, &k->rec);
+		r = kms_check_state(state_op, &k->rec);
 	if (hsm_failed(r)) {
 		kms_key_release(k);
 		return r;

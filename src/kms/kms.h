@@ -37,6 +37,7 @@ typedef enum hsm_op_class {
 	HSM_OPC_CRYPTO,     /* uses key material */
 	HSM_OPC_READ,       /* reads metadata */
 	HSM_OPC_MODIFY,     /* changes metadata: description, tags, aliases, policy */
+	HSM_OPC_GRANT,      /* CreateGrant: delegates use, so only of a usable key */
 	HSM_OPC_ENABLE,
 	HSM_OPC_DISABLE,
 	HSM_OPC_SCHEDULE_DELETION,
@@ -92,7 +93,7 @@ typedef enum hsm_op {
 	X(GetKeyPolicy, HSM_OPC_READ, HSM_ROLES_OFFICER | HSM_ROLES_AUDITOR, false)         \
 	X(PutKeyPolicy, HSM_OPC_READ, HSM_ROLES_OFFICER, true)                              \
 	X(ListKeyPolicies, HSM_OPC_READ, HSM_ROLES_OFFICER | HSM_ROLES_AUDITOR, false)     \
-	X(CreateGrant, HSM_OPC_MODIFY, HSM_ROLES_OFFICER | HSM_ROLES_USER, true)            \
+	X(CreateGrant, HSM_OPC_GRANT,  HSM_ROLES_OFFICER | HSM_ROLES_USER, true)            \
 	X(ListGrants, HSM_OPC_READ, HSM_ROLES_OFFICER | HSM_ROLES_USER | HSM_ROLES_AUDITOR, false) \
 	X(ListRetirableGrants, HSM_OPC_NONE, HSM_ROLES_OFFICER | HSM_ROLES_AUDITOR, false)   \
 	X(RetireGrant, HSM_OPC_READ, HSM_ROLES_OFFICER | HSM_ROLES_USER | HSM_ROLES_AUDITOR, true) \

@@ -144,6 +144,10 @@ hsm_result kms_check_state(hsm_op op, const hsm_key_record *rec) HSM_MUST_CHECK;
  */
 hsm_result kms_lookup(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const char *ref,
                       const kms_authz_extra *extra, kms_key **out) HSM_MUST_CHECK;
+/* The same, with the state rule of state_op's class (UpdateAlias's source key). */
+hsm_result kms_lookup_as(hsm_kms *kms, const hsm_caller *caller, hsm_op op, hsm_op state_op,
+                         const char *ref, const kms_authz_extra *extra,
+                         kms_key **out) HSM_MUST_CHECK;
 /*
  * DryRun: every check a request makes before it would act has passed; it
  * stops here with DryRunOperationException.  Success when DryRun is not set.

@@ -161,6 +161,42 @@ def test_constraints_match_keys_without_case_and_values_exactly(kms, users):
     denied(other.generate_data_key, KeyId=key2, KeySpec="AES_256", EncryptionContext={})
 
 
+def test_a_context_spelling_a_constrained_key_twice_needs_the_value_in_each(kms, users):
+    # Keys match without case, so {"tenant": "acme", "Tenant": "evil"} names the
+    # constrained key twice: a grant for one tenant must not accept the other's value
+    # beside its own, or one tenant's grantee makes data another's grant opens.
+    key = dev_key(kms)
+    app, other = users["app"], users["other"]
+    for who, tenant in (("app", "acme"), ("other", "evil")):
+        kms.create_grant(KeyId=key, GranteePrincipal=arn(who), Operations=["Encrypt", "Decrypt"],
+                         Constraints={"EncryptionContextSubset": {"tenant": tenant}})
+    twins = {"tenant": "acme", "Tenant": "evil"}
+    denied(app.encrypt, KeyId=key, Plaintext=b"s", EncryptionContext=twins)
+    denied(other.encrypt, KeyId=key, Plaintext=b"s",
+           EncryptionContext={"TENANT": "evil", "tenant": "acme"})
+    blob = kms.encrypt(KeyId=key, Plaintext=b"s", EncryptionContext=twins)["CiphertextBlob"]
+    denied(other.decrypt, CiphertextBlob=blob, EncryptionContext=twins)
+    denied(app.decrypt, CiphertextBlob=blob, EncryptionContext=twins)
+    # Two spellings with the same value meet the constraint; so does one spelling.
+    same = {"tenant": "acme", "TENANT": "acme"}
+    blob = app.encrypt(KeyId=key, Plaintext=b"s", EncryptionContext=same)["CiphertextBlob"]
+    assert app.decrypt(CiphertextBlob=blob, EncryptionContext=same)["Plaintext"] == b"s"
+    blob = other.encrypt(KeyId=key, Plaintext=b"s",
+                         EncryptionContext={"Tenant": "evil"})["CiphertextBlob"]
+    assert other.decrypt(CiphertextBlob=blob,
+                         EncryptionContext={"Tenant": "evil"})["Plaintext"] == b"s"
+    # EncryptionContextEquals holds spellings to the same rule.
+    key2 = dev_key(kms)
+    kms.create_grant(KeyId=key2, GranteePrincipal=arn("app"), Operations=["Encrypt"],
+                     Constraints={"EncryptionContextEquals": {"tenant": "acme", "x": "1"}})
+    denied(app.encrypt, KeyId=key2, Plaintext=b"s",
+           EncryptionContext={"tenant": "acme", "Tenant": "evil", "x": "1"})
+    denied(app.encrypt, KeyId=key2, Plaintext=b"s",
+           EncryptionContext={"tenant": "acme", "X": "2", "x": "1"})
+    assert app.encrypt(KeyId=key2, Plaintext=b"s",
+                       EncryptionContext={"Tenant": "acme", "x": "1"})["KeyId"] == key_arn(key2)
+
+
 def test_grants_on_signing_and_mac_keys(kms, users):
     sign = dev_key(kms, KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")
     mac = dev_key(kms, KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")
@@ -262,7 +298,9 @@ def test_reencrypt_needs_reencrypt_from_on_the_source_and_to_on_the_destination(
     def refused(**kw):
         denied(reencrypt, **kw)
 
-    refused()
+    # A refusal names the action refused: ReEncryptFrom on the source, ReEncryptTo on the
+    # destination.
+    refused(message=f"perform: kms:ReEncryptFrom on resource: {key_arn(src)} ")
     # Decrypt on the source and Encrypt on the destination are not ReEncrypt.
     kms.create_grant(KeyId=src, GranteePrincipal=arn("app"), Operations=["Decrypt"])
     kms.create_grant(KeyId=dst, GranteePrincipal=arn("app"), Operations=["Encrypt"])
@@ -271,7 +309,7 @@ def test_reencrypt_needs_reencrypt_from_on_the_source_and_to_on_the_destination(
     from_g = kms.create_grant(KeyId=src, GranteePrincipal=arn("app"),
                               Operations=["ReEncryptFrom"],
                               Constraints={"EncryptionContextSubset": {"app": "a"}})
-    refused()
+    refused(message=f"perform: kms:ReEncryptTo on resource: {key_arn(dst)} ")
     wrong = kms.create_grant(KeyId=src, GranteePrincipal=arn("app"), Operations=["ReEncryptTo"])
     refused()
     kms.revoke_grant(KeyId=src, GrantId=wrong["GrantId"])
@@ -666,19 +704,32 @@ def test_key_policy_conditions_on_grant_requests(kms, users):
            Operations=["Encrypt", "GenerateDataKey"])
 
 
-def test_grant_operations_follow_the_key_state(kms, users):
+def test_grant_operations_follow_the_key_state(hsmd, kms, users):
+    # The key state table: a new grant only on a usable key (DisabledException,
+    # KMSInvalidStateException); listing, retiring and revoking in every state.
     key = dev_key(kms)
     kms.create_grant(KeyId=key, GranteePrincipal=arn("app"), Operations=["Encrypt"])
     kms.disable_key(KeyId=key)
     raises("DisabledException", users["app"].encrypt, KeyId=key, Plaintext=b"x")
-    g = kms.create_grant(KeyId=key, GranteePrincipal=arn("other"), Operations=["Encrypt"])
+    raises("DisabledException", kms.create_grant, KeyId=key, GranteePrincipal=arn("other"),
+           Operations=["Encrypt"], message=f"{key} is disabled")
+    r = signed_request(hsmd, "TrentService.CreateGrant", {
+        "KeyId": key, "GranteePrincipal": arn("other"), "Operations": ["Encrypt"],
+        "DryRun": True})
+    assert (r.status_code, r.json()["__type"]) == (400, "DisabledException"), r.text
+    assert len(kms.list_grants(KeyId=key)["Grants"]) == 1
     kms.enable_key(KeyId=key)
+    g = kms.create_grant(KeyId=key, GranteePrincipal=arn("other"), Operations=["Encrypt"])
     users["other"].encrypt(KeyId=key, Plaintext=b"x")
     kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
     raises("KMSInvalidStateException", kms.create_grant, KeyId=key, GranteePrincipal=arn("app"),
            Operations=["Decrypt"])
     assert len(kms.list_grants(KeyId=key)["Grants"]) == 2
     kms.revoke_grant(KeyId=key, GrantId=g["GrantId"])
+    pending = kms.create_key(Policy=DEV_ONLY, Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
+    raises("KMSInvalidStateException", kms.create_grant, KeyId=pending,
+           GranteePrincipal=arn("app"), Operations=["Encrypt"], message="is pending import")
+    assert kms.list_grants(KeyId=pending)["Grants"] == []
 
 
 def test_grant_requests_are_audited(hsmd, kms, users):

@@ -344,6 +344,7 @@ def test_pending_deletion_state_rules(kms):
     blob = kms.encrypt(KeyId=kid, Plaintext=b"kept")["CiphertextBlob"]
     kms.create_alias(AliasName="alias/pending-rules", TargetKeyId=kid)
     kms.create_alias(AliasName="alias/pending-other", TargetKeyId=other)
+    kms.create_alias(AliasName="alias/pending-moving", TargetKeyId=kid)
     kms.tag_resource(KeyId=kid, Tags=[{"TagKey": "keep", "TagValue": "me"}])
     kms.schedule_key_deletion(KeyId=kid, PendingWindowInDays=7)
     state = "KMSInvalidStateException"
@@ -367,6 +368,10 @@ def test_pending_deletion_state_rules(kms):
     kms.get_key_policy(KeyId=kid, PolicyName="default")
     kms.list_resource_tags(KeyId=kid)
     kms.get_key_rotation_status(KeyId=kid)
+    # An alias moves off a key pending deletion (not onto one): the usual way to
+    # retire a key without a moment where its alias names nothing.
+    kms.update_alias(AliasName="alias/pending-moving", TargetKeyId=other)
+    assert kms.describe_key(KeyId="alias/pending-moving")["KeyMetadata"]["KeyId"] == other
     kms.delete_alias(AliasName="alias/pending-rules")
     # Cancelling leaves the key Disabled, as in KMS.
     r = kms.cancel_key_deletion(KeyId=kid)
