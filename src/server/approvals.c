@@ -58,10 +58,28 @@ hsm_result hsm_server_approval_ops(const char *list, uint64_t *kms_ops, uint32_t
 	return HSM_SUCCESS;
 }
 
-bool hsm_server_kms_needs_approval(const hsm_server *s, const hsm_op_info *info,
-                                   const hsm_caller *caller)
+/*
+ * An import with an expiry (KEY_MATERIAL_EXPIRES, the default) has the
+ * material erased when it passes: a deletion set in advance.  Where
+ * DeleteImportedKeyMaterial waits for custodians, so does such an import, or
+ * one officer could erase material without them by importing it again with
+ * a ValidTo a minute away.
+ */
+static bool import_sets_expiry(const hsm_server *s, const hsm_op_info *info, const json_t *doc)
 {
-	return s->opt.approval_quorum > 0 && (s->approval_kms_ops >> (unsigned)info->op & 1U) != 0 &&
+	if (info->op != HSM_OP_ImportKeyMaterial ||
+	    (s->approval_kms_ops >> (unsigned)HSM_OP_DeleteImportedKeyMaterial & 1U) == 0)
+		return false;
+	const char *model = json_string_value(json_object_get(doc, "ExpirationModel"));
+	return model == NULL || strcmp(model, "KEY_MATERIAL_DOES_NOT_EXPIRE") != 0;
+}
+
+bool hsm_server_kms_needs_approval(const hsm_server *s, const hsm_op_info *info,
+                                   const hsm_caller *caller, const json_t *doc)
+{
+	return s->opt.approval_quorum > 0 &&
+	       ((s->approval_kms_ops >> (unsigned)info->op & 1U) != 0 ||
+	        import_sets_expiry(s, info, doc)) &&
 	       (caller->roles & info->roles) != 0;
 }
 

@@ -685,7 +685,7 @@ static void finish_kms(hsm_server *s, const char *name, const hsm_op_info *info,
 	outbox_intent intent;
 	memset(&audit, 0, sizeof(audit));
 	outcome o = {name, auth, &audit, HSM_OK, false};
-	bool gated = hsm_ok(r) && hsm_server_kms_needs_approval(s, info, &auth->caller);
+	bool gated = hsm_ok(r) && hsm_server_kms_needs_approval(s, info, &auth->caller, doc);
 	outbox_begin(&intent, p, name, auth, NULL);
 	if (gated)
 		hsm_server_gate_init(&gate, s, info->name, &auth->caller, doc);

@@ -291,9 +291,13 @@ unsigned hsm_admin_index(const hsm_admin_op *op);
  */
 hsm_result hsm_server_approval_ops(const char *list, uint64_t *kms_ops,
                                    uint32_t *admin_ops) HSM_MUST_CHECK;
-/* Whether this request waits for approval: listed, approvals on, and the caller holds the role. */
+/*
+ * Whether this request (its parsed body: doc) waits for approval: listed,
+ * approvals on, and the caller holds the role.  ImportKeyMaterial setting an
+ * expiry waits where DeleteImportedKeyMaterial does.
+ */
 bool hsm_server_kms_needs_approval(const hsm_server *s, const hsm_op_info *info,
-                                   const hsm_caller *caller);
+                                   const hsm_caller *caller, const json_t *doc);
 bool hsm_server_admin_needs_approval(const hsm_server *s, const hsm_admin_op *op,
                                      const hsm_caller *caller);
 /*

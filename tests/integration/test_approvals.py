@@ -2,6 +2,7 @@
 identical request.  Driven with boto3, aws-cli, hsmctl and raw requests signed by
 botocore's SigV4 signer, against a node started with --approval-quorum 2."""
 import concurrent.futures
+import datetime
 import glob
 import json
 import os
@@ -10,6 +11,8 @@ import subprocess
 import time
 
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
 
 from conftest import DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, start_dev
 from helpers import AwsCli, admin, audit_records, new_user, raises
@@ -315,6 +318,45 @@ def test_operations_not_listed_run_at_once(node, kms):
     kms.enable_key(KeyId=key)
     kms.create_alias(AliasName="alias/approvals-free", TargetKeyId=key)
     assert kms.encrypt(KeyId="alias/approvals-free", Plaintext=b"x")["KeyId"].endswith(key)
+
+
+def test_an_import_setting_an_expiry_waits_where_deleting_material_does(node, kms):
+    # DeleteImportedKeyMaterial waits (by default), ImportKeyMaterial does not: but an
+    # import with an expiry has the material erased when it passes, so it waits too.
+    # Otherwise one officer erases material by importing it again, a ValidTo away.
+    key = kms.create_key(Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
+    material = os.urandom(32)
+
+    def wrapped():
+        params = kms.get_parameters_for_import(KeyId=key, WrappingAlgorithm="RSAES_OAEP_SHA_256",
+                                               WrappingKeySpec="RSA_2048")
+        pub = serialization.load_der_public_key(params["PublicKey"])
+        h = hashes.SHA256()
+        blob = pub.encrypt(material, padding.OAEP(mgf=padding.MGF1(algorithm=h), algorithm=h,
+                                                  label=None))
+        return {"KeyId": key, "ImportToken": params["ImportToken"],
+                "EncryptedKeyMaterial": blob}
+
+    kms.import_key_material(**wrapped(), ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+    blob = kms.encrypt(KeyId=key, Plaintext=b"kept")["CiphertextBlob"]
+    valid_to = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=5)
+    again = dict(wrapped(), ExpirationModel="KEY_MATERIAL_EXPIRES", ValidTo=valid_to)
+    approval = approval_of(raises("ApprovalRequiredException", kms.import_key_material, **again))
+    assert get(node, approval)["Operation"] == "ImportKeyMaterial"
+    m = kms.describe_key(KeyId=key)["KeyMetadata"]
+    assert (m["KeyState"], m["ExpirationModel"]) == ("Enabled", "KEY_MATERIAL_DOES_NOT_EXPIRE")
+    # ExpirationModel left out is KEY_MATERIAL_EXPIRES, KMS's default: it waits too.
+    approval_of(raises("ApprovalRequiredException", kms.import_key_material,
+                       **wrapped(), ValidTo=valid_to))
+    approve(node, "alice", approval, "bob")
+    kms.import_key_material(**again)
+    m = kms.describe_key(KeyId=key)["KeyMetadata"]
+    assert (m["KeyState"], m["ExpirationModel"]) == ("Enabled", "KEY_MATERIAL_EXPIRES")
+    assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"kept"
+    # Without an expiry an import runs at once, as before.
+    kms.import_key_material(**wrapped(), ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+    m = kms.describe_key(KeyId=key)["KeyMetadata"]
+    assert m["ExpirationModel"] == "KEY_MATERIAL_DOES_NOT_EXPIRE"
 
 
 def test_aws_cli_sees_the_refusal_and_the_approved_retry(node, kms):
