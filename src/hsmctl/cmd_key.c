@@ -12,9 +12,12 @@
  *   hsmctl key cancel-deletion   --data-dir DIR KEY
  *   hsmctl key import   ... (cmd_import.c; also with --endpoint)
  *
- * KEY is a key id, key ARN or alias.  Commands that make key material need
- * a quorum of custodian share files.  list and describe only read: they
- * open the store as it is (no new store, no migration).
+ * KEY is a key id, key ARN or alias.  Every change needs a quorum of the
+ * custodians' share files, as offline user changes do: they stand in for an
+ * officer, so the data directory alone can neither disable nor destroy a key
+ * (online, ScheduleKeyDeletion may wait for custodians), and the unsealed
+ * store signs the trail's checkpoint after the change.  list and describe
+ * only read: they open the store as it is (no new store, no migration).
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -228,6 +231,10 @@ int hsmctl_cmd_key(int argc, char **argv)
 		return hsmctl_usage("key", "%s needs a KEY argument", o.sub);
 	hsmctl_local l = {0};
 	bool reads = strcmp(o.sub, "list") == 0 || strcmp(o.sub, "describe") == 0;
+	if (!reads && o.n_shares == 0)
+		return hsmctl_usage("key", "offline, key %s needs a quorum of the custodians' share "
+		                           "files (--share FILE for each): they stand in for an officer",
+		                    o.sub);
 	hsm_result r = reads ? open_to_read(&o, &l)
 	                     : hsmctl_local_open(o.data_dir, o.n_shares, o.shares, &l);
 	if (hsm_ok(r)) {

@@ -76,7 +76,8 @@ static const hsmctl_command commands[] = {
      "[--origin AWS_KMS|EXTERNAL] [--description TEXT] [--alias alias/NAME] (KMS names; "
      "default SYMMETRIC_DEFAULT and the usage the spec implies; EXTERNAL: no material until "
      "imported); rotation KEY [--enable [--period DAYS] | --disable] (1-2560 days, default "
-     "90); schedule-deletion KEY [--days N] (7-30, default 30)",
+     "90); schedule-deletion KEY [--days N] (7-30, default 30); every command but list and "
+     "describe needs a quorum of --share FILE",
      hsmctl_cmd_key},
     {"key import", "KEY --material FILE [--wrapping-key-spec RSA_2048|RSA_3072|RSA_4096] "
                    "[--valid-days N] [--new] [--description TEXT] (with --endpoint, or "

@@ -430,7 +430,7 @@ def test_hsmctl_works_on_the_shared_store_beside_running_nodes(cluster, tmp_path
     kid = re.search(r"^key: (\S+)$", p.stdout, re.M).group(1)
     app = kms(cluster.b, cluster.app)
     blob = app.encrypt(KeyId="alias/made-offline", Plaintext=b"o")["CiphertextBlob"]
-    hsmctl("key", "disable", "--data-dir", audit_dir, kid, store=cluster.store)
+    hsmctl("key", "disable", "--data-dir", audit_dir, *quorum, kid, store=cluster.store)
     assert eventually(lambda: not _try(lambda: app.decrypt(CiphertextBlob=blob)), 20)
     # hsmctl's own audit trail, in --data-dir, records both changes.
     ops = [r.get("op") for r in audit_records(audit_dir)]
