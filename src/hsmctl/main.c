@@ -365,6 +365,9 @@ static bool read_shared_credentials(hsm_client *c)
 	return true;
 }
 
+/* --endpoint was on the command line (not only HSM_ENDPOINT in the environment). */
+static bool endpoint_given;
+
 /*
  * Consumes leading global options; returns the index of the command word, or -1
  * after a malformed option value.
@@ -380,8 +383,10 @@ static int parse_globals(int argc, char **argv)
 	hsmctl_globals.store = getenv("HSM_STORE");
 	int i = 1;
 	while (i + 1 < argc && argv[i][0] == '-' && argv[i][1] == '-') {
-		if (strcmp(argv[i], "--endpoint") == 0)
+		if (strcmp(argv[i], "--endpoint") == 0) {
 			c->endpoints = argv[i + 1];
+			endpoint_given = true;
+		}
 		else if (strcmp(argv[i], "--ca-file") == 0)
 			c->ca_file = argv[i + 1];
 		else if (strcmp(argv[i], "--client-cert") == 0)
@@ -461,6 +466,23 @@ int main(int argc, char **argv)
 		}
 		printf("(global options: 'hsmctl help')\n");
 		return 0;
+	}
+	/*
+	 * --data-dir names a stopped node's directory: HSM_ENDPOINT, exported for the
+	 * running nodes, must not send the command to one of them instead (status
+	 * would report another node's state, user list list its users).  With
+	 * --endpoint too, the command would have to choose: it is refused.
+	 */
+	for (int i = words + 1; i < argc; i++) {
+		if (strcmp(argv[i], "--data-dir") != 0 && strncmp(argv[i], "--data-dir=", 11) != 0)
+			continue;
+		if (endpoint_given) {
+			fprintf(stderr, "hsmctl %s: --endpoint (a running node) and --data-dir (a stopped "
+			                "one) name two places: give one\n", cmd->name);
+			return 2;
+		}
+		hsmctl_globals.client.endpoints = NULL;
+		break;
 	}
 	char name[96];
 	name_command(cmd, argc - words - 1, argv + words + 1, name, sizeof(name));

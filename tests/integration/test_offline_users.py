@@ -4,11 +4,12 @@ stolen, or a ceremony that stopped before it wrote its officer)."""
 import glob
 import os
 import shutil
+import subprocess
 import tempfile
 
 import pytest
 
-from conftest import Hsmd, client, signed_request
+from conftest import DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_request, start_dev
 from helpers import audit_records, raises
 from test_auth import BAD_SIG
 from test_backup import fields, hsmctl
@@ -148,3 +149,39 @@ def test_offline_user_commands_need_a_store_and_name_what_they_need(store, tmp_p
     p = offline("access-key", "create", "--data-dir", data, "--share", shares["alice"])
     assert p.returncode == 2 and "needs a user NAME" in p.stderr, p.stderr
     assert list(users(data)) == ["ops"]
+
+
+def test_an_explicit_data_dir_is_not_sent_to_the_endpoint_the_environment_names(store):
+    # HSM_ENDPOINT is exported for the running nodes; a command given --data-dir works on
+    # that directory all the same, not on the node the variable names (status would report
+    # the node's state, user list its users).
+    data, shares = store
+    node = start_dev()
+    try:
+        ops = client(node)
+        assert ops.list_keys()["Keys"] is not None
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HSM_"))}
+        env.update(HSM_ENDPOINT=node.endpoint, AWS_ACCESS_KEY_ID=DEV_AKID,
+                   AWS_SECRET_ACCESS_KEY=DEV_SECRET)
+
+        def run(*args):
+            return subprocess.run([HSMCTL, *args], capture_output=True, text=True, timeout=60,
+                                  env=env)
+
+        p = run("status")  # no --data-dir: the node the environment names
+        assert p.returncode == 0 and "unsealed" in p.stdout, p.stdout + p.stderr
+        p = run("status", "--data-dir", data)
+        assert p.returncode == 0 and "unsealed" not in p.stdout and "sealed" in p.stdout, \
+            p.stdout + p.stderr
+        p = run("user", "list", "--data-dir", data)
+        assert p.returncode == 0, p.stderr
+        assert "UserName: ops" in p.stdout and "UserName: dev" not in p.stdout, p.stdout
+        p = run("unseal", "--data-dir", data, shares["alice"], shares["dave"], shares["erin"])
+        assert p.returncode == 0, p.stdout + p.stderr
+        # Both named on the command line: which one was meant is not guessed.
+        p = run("--endpoint", node.endpoint, "status", "--data-dir", data)
+        assert p.returncode == 2, p.stdout + p.stderr
+        assert "--endpoint (a running node) and --data-dir (a stopped one) name two places" \
+            in p.stderr, p.stderr
+    finally:
+        node.cleanup()
