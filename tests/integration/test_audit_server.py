@@ -224,6 +224,28 @@ def test_chain_continues_across_restarts_and_verifies_with_the_audit_key():
         subprocess.run(["rm", "-rf", tmp])
 
 
+def test_a_live_trail_verified_without_live_reads_as_truncated_not_rewritten(tmp_path):
+    """A running node's trail ends with requests its next checkpoint will sign: verified
+    with the key but without --live it is refused as truncated, naming --live, not called
+    rewritten; with --live it verifies."""
+    server = start_dev(["--data-dir", str(tmp_path / "data")])
+    server.data_dir = str(tmp_path / "data")
+    try:
+        pem = audit_pem(server, str(tmp_path))
+        kms = client(server)
+        kms.encrypt(KeyId=kms.create_key()["KeyMetadata"]["KeyId"], Plaintext=b"x")
+        assert records(server)[-1]["type"] != "checkpoint"
+        res = verify(server, pubkey=pem)
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert "problem: truncated: the log ends at seq" in res.stdout, res.stdout
+        assert "still writing it (--live)" in res.stdout and "rewritten" not in res.stdout, \
+            res.stdout
+        res = verify(server, pubkey=pem, live=True)
+        assert res.returncode == 0 and "result: VALID" in res.stdout, res.stdout + res.stderr
+    finally:
+        server.cleanup()
+
+
 def test_shutdown_checkpoint_is_signed_so_a_forged_end_shows():
     """An unsealed node that stops signs its shutdown checkpoint: every record,
     the Shutdown event included, is covered by a signature.  A trail cut short
