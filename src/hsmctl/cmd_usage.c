@@ -5,8 +5,9 @@
  *
  * Each key's last successful cryptographic use (GetKeyLastUsage), for the
  * keys named or, without KEY, for every key ListKeys gives.  --unused-days N
- * keeps the keys with no use recorded in the last N days: the candidates to
- * disable (and, after watching for the failures that brings, to delete).  A
+ * keeps the keys with no use recorded in the last N days, uses having been
+ * recorded for all of them: the candidates to disable (and, after watching
+ * for the failures that brings, to delete).  A
  * key without a recorded use shows since when uses are recorded: one used
  * only before that may still be in use (its audit trail says).  --json
  * prints each GetKeyLastUsage answer as one line of JSON.
@@ -74,9 +75,13 @@ static void one(usage_opts *o, const char *key)
 		(void)hsmctl_fail(key);
 		return;
 	}
+	/* Unused for N days: a use older than that, or none while uses were recorded for
+	 * all N days (TrackingStartDate, the key's creation if later: a key made an hour
+	 * ago is no candidate to disable). */
 	json_t *when = json_object_get(json_object_get(ans, "KeyLastUsage"), "Timestamp");
-	double used = when != NULL ? json_number_value(when) : 0;
-	if (o->cutoff_ms == 0 || when == NULL || used * 1000.0 < (double)o->cutoff_ms)
+	double since = when != NULL ? json_number_value(when)
+	                            : json_number_value(json_object_get(ans, "TrackingStartDate"));
+	if (o->cutoff_ms == 0 || since * 1000.0 < (double)o->cutoff_ms)
 		print_usage(o, ans);
 	json_decref(ans);
 }

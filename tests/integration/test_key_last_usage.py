@@ -283,10 +283,24 @@ def test_hsmctl_key_usage_lists_last_uses_and_unused_keys():
         assert [a["KeyId"] for a in answers] == [used, idle]
         assert answers[0]["KeyLastUsage"]["KmsRequestId"] == rid_used
         assert answers[1]["KeyLastUsage"] == {}
-        # Unused for a day: only the key never used.
+        # Unused for a day: none, as none has been there a day (a key made a minute ago
+        # is no candidate to disable).
         p = hsmctl(server, "--unused-days", "1", "--json")
         assert p.returncode == 0, p.stderr
-        assert [json.loads(ln)["KeyId"] for ln in p.stdout.splitlines()] == [idle]
+        assert p.stdout == "", p.stdout
+        # Three days on (the keys and the store's recording made three days earlier):
+        # the idle key, never used since; the used ones were used within the day.
+        server.stop()
+        db = sqlite3.connect(os.path.join(server.data_dir, "hsmd.db"))
+        with db:
+            db.execute("UPDATE keys SET created = created - 3 * 86400")
+            db.execute("UPDATE usage_tracking SET since = since - 3 * 86400")
+        db.close()
+        server = restart_dev(server)
+        p = hsmctl(server, "--unused-days", "1", "--json")
+        assert p.returncode == 0, p.stderr
+        got = [json.loads(ln) for ln in p.stdout.splitlines()]
+        assert [(a["KeyId"], a["KeyLastUsage"]) for a in got] == [(idle, {})], got
         # Bad input: a malformed day count, a key that does not exist (named, exit 1).
         p = hsmctl(server, "--unused-days", "soon")
         assert p.returncode == 2 and "--unused-days" in p.stderr
