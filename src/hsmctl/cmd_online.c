@@ -316,12 +316,25 @@ int hsmctl_cmd_audit_online(int argc, char **argv)
 	return hash != NULL ? 0 : hsmctl_fail_msg("audit hash", "the answer has no Hash");
 }
 
-/* A request's fields, then its parameters as the requester sent them. */
+/*
+ * A request's fields, then its parameters as the requester sent them.  Its
+ * dates (epoch seconds in the API) in ISO 8601 UTC, as backup list shows
+ * them: a custodian reads when a request expires without converting it.
+ */
 static void print_approval(json_t *a)
 {
 	json_t *copy = json_deep_copy(a);
 	const char *text = json_string_value(json_object_get(a, "Request"));
 	json_object_del(copy, "Request");
+	static const char *const dates[] = {"CreationDate", "ExpirationDate", "ClosedDate"};
+	for (size_t i = 0; copy != NULL && i < sizeof(dates) / sizeof(dates[0]); i++) {
+		json_t *v = json_object_get(copy, dates[i]);
+		if (!json_is_number(v))
+			continue;
+		char when[21];
+		hsm_format_time((int64_t)json_number_value(v), when);
+		json_object_set_new(copy, dates[i], json_string(when));
+	}
 	hsmctl_print_fields(copy);
 	json_decref(copy);
 	json_t *req = text != NULL ? json_loads(text, 0, NULL) : NULL;

@@ -136,6 +136,12 @@ def test_schedule_key_deletion_waits_for_two_custodians(node, kms):
     p = hsmctl(node, "bob", "approval", "approve", approval)
     assert p.returncode == 0, p.stderr
     assert "Approvals: 2" in p.stdout and '"PendingWindowInDays": 7' in p.stdout
+    # Its dates as a custodian reads them: ISO 8601 UTC, not epoch seconds.
+    shown = dict(ln.split(": ", 1) for ln in p.stdout.splitlines() if ": " in ln)
+    for name in ("CreationDate", "ExpirationDate"):
+        assert re.fullmatch(r"20\d\d-\d\d-\d\dT\d\d:\d\d:\d\dZ", shown[name]), shown
+    assert shown["ExpirationDate"] == time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                    time.gmtime(a["ExpirationDate"]))
 
     done = kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
     assert done["KeyState"] == "PendingDeletion"
