@@ -200,11 +200,16 @@ bool hsm_str_has_prefix(const char *s, const char *prefix)
 	return strncmp(s, prefix, strlen(prefix)) == 0;
 }
 
-size_t hsm_utf8_chars(const char *s)
+size_t hsm_utf16_units(const char *s)
 {
 	size_t n = 0;
-	for (; *s != '\0'; s++)
-		n += ((unsigned char)*s & 0xc0) != 0x80; /* every byte but a continuation starts one */
+	for (; *s != '\0'; s++) {
+		unsigned char c = (unsigned char)*s;
+		/* Every byte but a continuation starts a character; one of four bytes (above
+		 * U+FFFF) is a surrogate pair in UTF-16. */
+		n += (c & 0xc0) != 0x80;
+		n += c >= 0xf0;
+	}
 	return n;
 }
 

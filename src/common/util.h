@@ -93,8 +93,12 @@ void hsm_sb_u64(hsm_sb *b, uint64_t v);
 /* Copies src into dst (capacity cap), failing rather than truncating. */
 hsm_result hsm_strcpy(char *dst, size_t cap, const char *src) HSM_MUST_CHECK;
 bool hsm_str_has_prefix(const char *s, const char *prefix);
-/* Characters (code points) in valid UTF-8 text: the lengths AWS limits are in characters. */
-size_t hsm_utf8_chars(const char *s);
+/*
+ * The length of valid UTF-8 text in UTF-16 code units: AWS's length limits
+ * count a string's characters as Java does, a character above U+FFFF (an
+ * emoji) as two.
+ */
+size_t hsm_utf16_units(const char *s);
 /*
  * Whether n bytes are valid UTF-8 (RFC 3629: shortest forms, no surrogates,
  * nothing above U+10FFFF; NUL allowed), checked without allocating.

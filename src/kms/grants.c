@@ -249,7 +249,7 @@ static hsm_result ctx_to_json(json_t *doc, const char *name, const hsm_grant_ctx
 		const hsm_ctx_pair *p = &c->pairs[i];
 		HSM_ENSURE(p->key[0] != '\0', HSM_ERR_VALIDATION, "%s keys must not be empty",
 		           name);
-		HSM_ENSURE(hsm_utf8_chars(p->value) <= CONSTRAINT_VALUE_MAX, HSM_ERR_VALIDATION,
+		HSM_ENSURE(hsm_utf16_units(p->value) <= CONSTRAINT_VALUE_MAX, HSM_ERR_VALIDATION,
 		           "%s values must be at most %d characters", name, CONSTRAINT_VALUE_MAX);
 		for (size_t j = 0; j < i; j++)
 			HSM_ENSURE(strcasecmp(c->pairs[j].key, p->key) != 0, HSM_ERR_VALIDATION,

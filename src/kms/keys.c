@@ -17,7 +17,7 @@
 
 static hsm_result check_description(const char *d)
 {
-	HSM_ENSURE(hsm_utf8_chars(d) <= DESCRIPTION_MAX, HSM_ERR_VALIDATION,
+	HSM_ENSURE(hsm_utf16_units(d) <= DESCRIPTION_MAX, HSM_ERR_VALIDATION,
 	           "Description must be at most %d characters", DESCRIPTION_MAX);
 	return HSM_SUCCESS;
 }

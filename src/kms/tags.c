@@ -13,7 +13,10 @@
 
 #include "kms/kms_internal.h"
 
-/* Counts UTF-8 characters; -1 when the string is not valid UTF-8 or has control characters. */
+/*
+ * Counts characters as AWS does, in UTF-16 code units (one above U+FFFF is
+ * two); -1 when the string is not valid UTF-8 or has control characters.
+ */
 static long utf8_chars(const char *s)
 {
 	long n = 0;
@@ -36,7 +39,7 @@ static long utf8_chars(const char *s)
 		for (unsigned i = 0; i < extra; i++, p++)
 			if ((*p & 0xc0) != 0x80)
 				return -1;
-		n++;
+		n += extra == 3 ? 2 : 1;
 	}
 	return n;
 }

@@ -58,12 +58,17 @@ hsm_result hsm_json_parse(const uint8_t *body, size_t n, json_t **out)
 	return HSM_SUCCESS;
 }
 
-/* UTF-8 characters in s (jansson guarantees valid UTF-8). */
+/*
+ * The length of s (jansson guarantees valid UTF-8) as AWS's limits count it:
+ * in UTF-16 code units, a character above U+FFFF being two.
+ */
 static size_t utf8_len(const char *s, size_t bytes)
 {
 	size_t n = 0;
-	for (size_t i = 0; i < bytes; i++)
+	for (size_t i = 0; i < bytes; i++) {
 		n += ((unsigned char)s[i] & 0xc0U) != 0x80U;
+		n += (unsigned char)s[i] >= 0xf0U;
+	}
 	return n;
 }
 

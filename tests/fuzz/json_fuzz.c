@@ -28,11 +28,14 @@ static const char *const members[] = {"KeyId", "Plaintext", "EncryptionContext",
 
 #define ERRS HSM_ERR_VALIDATION, HSM_ERR_SERIALIZATION, HSM_ERR_TAG
 
+/* A string's length as AWS's limits count it: UTF-16 code units. */
 static size_t utf8_chars(const char *s)
 {
 	size_t n = 0;
-	for (; *s != '\0'; s++)
+	for (; *s != '\0'; s++) {
 		n += ((unsigned char)*s & 0xc0U) != 0x80U;
+		n += (unsigned char)*s >= 0xf0U;
+	}
 	return n;
 }
 

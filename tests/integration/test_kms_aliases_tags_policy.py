@@ -726,3 +726,14 @@ def test_lengths_are_characters(kms):
     assert g["GrantId"]
     raises("ValidationException", kms.create_grant, KeyId=kid, GranteePrincipal=DEV_ARN,
            Operations=["Encrypt"], Constraints={"EncryptionContextSubset": {"k": "é" * 385}})
+    # Characters as AWS counts them (Java's UTF-16): one above U+FFFF is two.
+    kms.update_key_description(KeyId=kid, Description="\U0001F680" * 4096)
+    raises("ValidationException", kms.update_key_description, KeyId=kid,
+           Description="\U0001F680" * 4096 + "x")
+    assert kms.describe_key(KeyId=kid)["KeyMetadata"]["Description"] == "\U0001F680" * 4096
+    kms.tag_resource(KeyId=kid, Tags=[{"TagKey": "\U0001F680" * 64, "TagValue": "v"}])
+    raises("ValidationException", kms.tag_resource, KeyId=kid,
+           Tags=[{"TagKey": "\U0001F680" * 64 + "k", "TagValue": "v"}])
+    raises("ValidationException", kms.create_grant, KeyId=kid, GranteePrincipal=DEV_ARN,
+           Operations=["Encrypt"],
+           Constraints={"EncryptionContextSubset": {"k": "\U0001F680" * 192 + "x"}})
