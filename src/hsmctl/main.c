@@ -155,6 +155,10 @@ void hsmctl_print_fields(json_t *o)
 	}
 }
 
+/* A global option given after the command word (NULL: none), named when the command's
+ * arguments are refused: "--approval-wait" there is the command's argument, not hsmctl's. */
+static const char *misplaced_global;
+
 int hsmctl_usage(const char *command, const char *fmt, ...)
 {
 	char msg[512];
@@ -163,6 +167,10 @@ int hsmctl_usage(const char *command, const char *fmt, ...)
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
 	fprintf(stderr, "hsmctl %s: %s (see 'hsmctl help')\n", command, msg);
+	if (misplaced_global != NULL)
+		fprintf(stderr, "hsmctl %s: %s is a global option: give it before the command "
+		                "(hsmctl %s ... %s ...)\n",
+		        command, misplaced_global, misplaced_global, command);
 	return 2;
 }
 
@@ -484,6 +492,16 @@ int main(int argc, char **argv)
 		hsmctl_globals.client.endpoints = NULL;
 		break;
 	}
+	static const char *const globals[] = {"--endpoint", "--ca-file",  "--client-cert",
+	                                      "--client-key", "--region", "--store",
+	                                      "--approval-wait"};
+	for (int i = words + 1; i < argc && misplaced_global == NULL; i++)
+		for (size_t g = 0; g < sizeof(globals) / sizeof(globals[0]); g++) {
+			char own[32]; /* "[--endpoint": one the command takes itself (jwt's) */
+			snprintf(own, sizeof(own), "[%s", globals[g]);
+			if (strcmp(argv[i], globals[g]) == 0 && strstr(cmd->args, own) == NULL)
+				misplaced_global = globals[g];
+		}
 	char name[96];
 	name_command(cmd, argc - words - 1, argv + words + 1, name, sizeof(name));
 	hsmctl_globals.command = name;

@@ -185,3 +185,21 @@ def test_an_explicit_data_dir_is_not_sent_to_the_endpoint_the_environment_names(
             in p.stderr, p.stderr
     finally:
         node.cleanup()
+
+
+def test_a_global_option_after_the_command_is_named_when_the_arguments_are_refused():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HSM_"))}
+    env["HSM_ENDPOINT"] = "http://127.0.0.1:9"  # refused before anything is sent
+
+    def run(*args):
+        return subprocess.run([HSMCTL, *args], capture_output=True, text=True, timeout=60,
+                              env=env)
+
+    p = run("user", "create", "api", "--roles", "crypto-user", "--approval-wait", "1")
+    assert p.returncode == 2, p.stderr
+    assert "--approval-wait is a global option: give it before the command" in p.stderr, \
+        p.stderr
+    # An option the command takes itself (jwt's --endpoint) is not called misplaced.
+    p = run("jwt", "sign", "--endpoint", "http://127.0.0.1:9", "k")
+    assert p.returncode == 2 and "--claims" in p.stderr, p.stderr
+    assert "global option" not in p.stderr, p.stderr
