@@ -183,6 +183,10 @@ static hsm_result parse_entry(const uint8_t *p, size_t n, ventry *e)
 	HSM_ENSURE(EVP_Digest(p, n, e->hash, NULL, EVP_sha256(), NULL) == 1, HSM_ERR_NOMEM,
 	           "out of memory hashing an audit record");
 	e->kind = VE_MALFORMED;
+	/* hsmd writes no longer line: one is malformed, unread (read, hostile JSON would
+	 * cost dozens of times its size in memory). */
+	if (n > AUDIT_LINE_MAX)
+		return HSM_SUCCESS;
 	json_t *j = NULL;
 	unsigned line, col;
 	res = hsm_json_read(p, n, &j, &line, &col);
@@ -596,24 +600,35 @@ static void note_signing(vsigning *g, const ventry *e, bool older)
  * request only an unsealed node answers was unsealed, and an unsealed node
  * writes a signed checkpoint at once (the "signer" one, moments after the
  * unseal) and then every minute: under the current rules, a run with such a
- * request and no verified checkpoint after it, ended by a restart, was not
- * written by hsmd (short of a crash within moments of an unseal).  A minute
- * after a seal, as for must_sign, requests in flight may still finish.
+ * request and no verified checkpoint before or after it, ended by a restart,
+ * was not written by hsmd (short of a crash within moments of an unseal).
+ * One that signed before it crashed (a kill -9, a power cut) leaves the
+ * requests since its last checkpoint unsigned: a verified checkpoint of a
+ * later run covers them, by the chain, and a log that ends before one is
+ * refused at its end (check_end).  A minute after a seal, as for must_sign,
+ * requests in flight may still finish.
  */
 static bool check_restart(vreader *r, vstate *s, const ventry *e, hsm_audit_verify_report *rep)
 {
 	const vsigning *g = &s->sign;
 	if (is_opening(e)) {
-		if (s->use_unsigned) {
+		if (s->use_unsigned && !s->use_unsigned_run_signed) {
 			verify_report_at(r, rep, HSM_AUDIT_UNSIGNED, e,
 			                 "unsigned: this AuditLogOpened says hsmd restarted, but seq %llu "
 			                 "answered a request only an unsealed node answers and no signed "
-			                 "checkpoint followed it: the log was rewritten after seq %llu (or "
-			                 "hsmd crashed within moments of an unseal)",
+			                 "checkpoint came before or after it in its run: the log was "
+			                 "rewritten after seq %llu (or hsmd crashed within moments of an "
+			                 "unseal)",
 			                 (unsigned long long)s->use_unsigned_seq,
 			                 (unsigned long long)s->use_unsigned_seq);
 			return false;
 		}
+		/* A run that signed, then crashed before its next checkpoint: the requests since
+		 * are unsigned, and the next verified checkpoint covers them (check_signing);
+		 * with none, the log's end says so (check_end). */
+		if (s->use_unsigned && s->use_unsigned_restart_seq == 0)
+			s->use_unsigned_restart_seq = e->seq;
+		s->run_signed = false;
 		return true;
 	}
 	bool current = s->format_known && s->trail_format >= AUDIT_TRAIL_FORMAT;
@@ -621,6 +636,7 @@ static bool check_restart(vreader *r, vstate *s, const ventry *e, hsm_audit_veri
 	    (!g->sealed_by_checkpoint || e->time_ms > g->sealed_ms + SEAL_GRACE_MS)) {
 		s->use_unsigned = true;
 		s->use_unsigned_seq = e->seq;
+		s->use_unsigned_run_signed = s->run_signed;
 	}
 	return true;
 }
@@ -685,8 +701,11 @@ static bool check_signing(vreader *r, vstate *s, const ventry *e, sig_state sig,
 			note_signing(&s->sign_older, e, true);
 		return true;
 	}
-	if (sig == SIG_VERIFIED)
+	if (sig == SIG_VERIFIED) {
 		s->use_unsigned = false;
+		s->use_unsigned_restart_seq = 0;
+		s->run_signed = true;
+	}
 	if (sig == SIG_VERIFIED) {
 		bool ends = strcmp(e->reason, "seal") == 0 || strcmp(e->reason, "shutdown") == 0;
 		g->must_sign = !ends;
@@ -729,6 +748,13 @@ static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, const hsm_audit_ve
 		                 (unsigned long long)e->len);
 		return false;
 	}
+	if (e->kind == VE_MALFORMED && e->len > AUDIT_LINE_MAX) {
+		verify_report_at(r, rep, HSM_AUDIT_MALFORMED, e,
+		                 "modified: a line of %llu bytes, longer than hsmd writes (at most "
+		                 "%zu)",
+		                 (unsigned long long)e->len, AUDIT_LINE_MAX);
+		return false;
+	}
 	if (e->kind == VE_MALFORMED) {
 		verify_report_at(r, rep, HSM_AUDIT_MALFORMED, e, "modified: not a valid audit record");
 		return false;
@@ -745,6 +771,21 @@ static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, const hsm_audit_ve
 	}
 	if (!check_opening(r, s, e, rep))
 		return false;
+	/* A shutdown checkpoint is its run's last record: what follows opens a new run
+	 * (its AuditLogOpened, after the AuditTornTail of a torn line set aside).  Records
+	 * appended after one would be no run's. */
+	bool torn_note = e->event && strcmp(e->op, "AuditTornTail") == 0;
+	if (s->after_shutdown && !is_opening(e) && !torn_note && s->format_known &&
+	    s->trail_format >= AUDIT_TRAIL_FORMAT) {
+		verify_report_at(r, rep, HSM_AUDIT_MODIFIED, e,
+		                 "modified: seq %llu follows a shutdown checkpoint, which ends its "
+		                 "run, but is no AuditLogOpened (a new run): records were added "
+		                 "after the run ended",
+		                 (unsigned long long)e->seq);
+		return false;
+	}
+	s->after_shutdown = (e->ckpt && strcmp(e->reason, "shutdown") == 0) ||
+	                    (s->after_shutdown && torn_note);
 	sig_state sig = SIG_NONE;
 	if (e->ckpt && (!check_signature(r, pub, e, rep, &sig) ||
 	                !check_floor(r, s, e, sig, pub != NULL, rep)))
@@ -804,6 +845,17 @@ static bool check_end(vreader *r, const vstate *s, const hsm_audit_verify_option
 	}
 	/* A log that ends without a checkpoint is truncated, or live (below): said so
 	 * first, as a live trail's last minute is unsigned yet. */
+	if (o->pubkey_pem != NULL && s->use_unsigned && s->use_unsigned_restart_seq != 0) {
+		verify_report_at(r, rep, HSM_AUDIT_UNSIGNED, p,
+		                 "unsigned: the log ends, but seq %llu answered a request only an "
+		                 "unsealed node answers, hsmd restarted after it (seq %llu) and no "
+		                 "signed checkpoint followed: the log was rewritten after seq %llu, or "
+		                 "hsmd crashed then and has not been unsealed since",
+		                 (unsigned long long)s->use_unsigned_seq,
+		                 (unsigned long long)s->use_unsigned_restart_seq,
+		                 (unsigned long long)s->use_unsigned_seq);
+		return false;
+	}
 	if (o->pubkey_pem != NULL && !o->allow_open_tail && s->use_unsigned && p->ckpt) {
 		verify_report_at(r, rep, HSM_AUDIT_UNSIGNED, p,
 		                 "unsigned: the log ends, but seq %llu answered a request only an "

@@ -86,6 +86,16 @@ typedef struct vstate {
 	 * (at use_unsigned_seq) that no verified checkpoint has followed yet in its run. */
 	bool use_unsigned;
 	uint64_t use_unsigned_seq;
+	/* ...whether its run had shown a verified checkpoint before it (an unsealed node
+	 * signs one at once), and the seq of an AuditLogOpened since (0: none): a run that
+	 * signed, then crashed before the next minute's checkpoint.  A verified checkpoint of
+	 * a later run covers its unsigned tail by the chain; with none, the log's end fails. */
+	bool use_unsigned_run_signed;
+	uint64_t use_unsigned_restart_seq;
+	bool run_signed; /* a verified checkpoint since the last AuditLogOpened */
+	/* The last record was a shutdown checkpoint: only a new run (an AuditLogOpened)
+	 * may follow it, the run that wrote it having ended. */
+	bool after_shutdown;
 	/* The log given may start inside a run whose AuditLogOpened retention removed.  Until
 	 * the first opening or checkpoint says which format the run keeps (format_known), sign
 	 * follows the current rules and sign_older an older hsmd's, and that record picks one. */

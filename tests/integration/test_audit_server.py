@@ -224,6 +224,71 @@ def test_chain_continues_across_restarts_and_verifies_with_the_audit_key():
         subprocess.run(["rm", "-rf", tmp])
 
 
+def test_a_crash_after_signing_verifies_once_a_later_run_signs(tmp_path):
+    """kill -9 of a node that signed and then answered requests leaves them unsigned;
+    the next run's signed checkpoint covers them by the chain, so the trail verifies
+    (the requests a crash left unsigned are not a rewrite)."""
+    data = str(tmp_path / "data")
+    server = start_dev(["--data-dir", data])
+    server.data_dir = data
+    try:
+        pem = audit_pem(server, str(tmp_path))
+        kms = client(server)
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        for _ in range(5):
+            kms.encrypt(KeyId=key, Plaintext=b"x")
+        server.stop(signal.SIGKILL)
+        assert records(server)[-1]["type"] == "request"
+        server = start_dev(["--data-dir", data])
+        server.data_dir = data
+        client(server).encrypt(KeyId=key, Plaintext=b"after")
+        server.stop()
+        opened = [r for r in records(server) if r.get("op") == "AuditLogOpened"]
+        assert opened[-1]["extra"]["previous_shutdown"] == "unclean", opened
+        res = verify(server, pubkey=pem)
+        assert res.returncode == 0 and "result: VALID" in res.stdout, res.stdout + res.stderr
+    finally:
+        server.cleanup()
+
+
+def test_records_appended_after_a_shutdown_checkpoint_are_refused(tmp_path):
+    """A run ends with its shutdown checkpoint: records added after it, chained and
+    ended with an unsigned shutdown checkpoint of their own, belong to no run."""
+    data = str(tmp_path / "data")
+    server = start_dev(["--data-dir", data])
+    server.data_dir = data
+    try:
+        pem = audit_pem(server, str(tmp_path))
+        client(server).create_key()
+        server.stop()
+        path = sorted(glob.glob(os.path.join(data, "audit", "audit-*.jsonl")))[-1]
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")[:-1]
+        last = json.loads(lines[-1])
+        assert last["checkpoint"]["reason"] == "shutdown" and last["checkpoint"]["signed"]
+        forged = [('{"seq":%d,"time":"%s","node":"%s","type":"request","principal":'
+                   '"arn:aws:iam::111122223333:user/dev","access_key":"%s","source":'
+                   '"10.0.0.5:5555","op":"DisableKey","key_id":"%s","outcome":"success",'
+                   '"request_id":"11111111-2222-3333-4444-555555555555","latency_us":100'
+                   % (last["seq"] + 1, last["time"], last["node"], DEV_AKID,
+                      "1234abcd-12ab-34cd-56ef-1234567890ab")),
+                  ('{"seq":%d,"time":"%s","node":"%s","type":"checkpoint","checkpoint":'
+                   '{"reason":"shutdown","kept_from":1,"trail_format":2,"signed":false,'
+                   '"why":"sealed"}' % (last["seq"] + 2, last["time"], last["node"]))]
+        out, prev = list(lines), lines[-1]
+        for body in forged:
+            line = (body + ',"prev":"%s"}' % hashlib.sha256(prev).hexdigest()).encode()
+            out.append(line)
+            prev = line
+        with open(path, "wb") as f:
+            f.write(b"".join(ln + b"\n" for ln in out))
+        res = verify(server, pubkey=pem)
+        assert res.returncode == 1, res.stdout
+        assert "follows a shutdown checkpoint, which ends its run" in res.stdout, res.stdout
+    finally:
+        server.cleanup()
+
+
 def test_a_live_trail_verified_without_live_reads_as_truncated_not_rewritten(tmp_path):
     """A running node's trail ends with requests its next checkpoint will sign: verified
     with the key but without --live it is refused as truncated, naming --live, not called
@@ -1156,9 +1221,10 @@ def test_with_durable_acks_no_answer_comes_before_its_record_is_synced(tmp_path)
 
 
 def test_audit_report_leaves_out_no_verified_record():
-    """A record longer than hsmd writes (1 MiB) that verify accepts (the unsigned tail of
-    a live trail, which no signature covers) makes the report refuse, rather than count
-    the trail without it."""
+    """A record longer than hsmd writes (1 MiB) in the unsigned tail of a live trail,
+    which no signature covers: verify refuses it unread (hostile JSON that long would
+    cost many times its size to parse), and so does the report, rather than count the
+    trail without it."""
     tmp = tempfile.mkdtemp(prefix="hsmd-audit-long-")
     data = os.path.join(tmp, "data")
     server = start_dev(["--data-dir", data])
@@ -1179,7 +1245,9 @@ def test_audit_report_leaves_out_no_verified_record():
         f.write(json.dumps(rec, separators=(",", ":")).encode() + b"\n")
     v = subprocess.run([HSMCTL, "audit", "verify", "--live"] + files, capture_output=True,
                        text=True)
-    assert v.returncode == 0 and "result: VALID" in v.stdout, v.stdout + v.stderr
+    assert v.returncode == 1 and "result: INVALID" in v.stdout, v.stdout + v.stderr
+    assert "longer than hsmd writes (at most 65536)" in v.stdout, v.stdout
     p = report(files, "--live")
-    assert p.returncode == 1 and "longer than hsmd writes" in p.stderr, p.stdout + p.stderr
+    assert p.returncode == 1 and "longer than hsmd writes" in p.stdout + p.stderr, \
+        p.stdout + p.stderr
     shutil.rmtree(tmp, ignore_errors=True)

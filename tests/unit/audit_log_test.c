@@ -877,6 +877,8 @@ static void test_torn_tail_detected_preserved_continued(void **state)
 	assert_non_null(strstr(now, want));
 	assert_non_null(strstr(now, "\"previous_shutdown\":\"unclean\""));
 	r = t_verify_dir(dir, NULL, false);
+	if (!r.valid)
+		print_message("%s\n", r.detail);
 	assert_true(r.valid);
 	assert_int_equal(r.records, r.last_seq);
 	free(s);
