@@ -231,13 +231,16 @@ int hsmctl_cmd_key(int argc, char **argv)
 		return hsmctl_usage("key", "%s needs a KEY argument", o.sub);
 	hsmctl_local l = {0};
 	bool reads = strcmp(o.sub, "list") == 0 || strcmp(o.sub, "describe") == 0;
-	if (!reads && o.n_shares == 0)
-		return hsmctl_usage("key", "offline, key %s needs a quorum of the custodians' share "
-		                           "files (--share FILE for each): they stand in for an officer",
-		                    o.sub);
 	hsm_result r = reads ? open_to_read(&o, &l)
 	                     : hsmctl_local_open(o.data_dir, o.n_shares, o.shares, &l);
-	if (hsm_ok(r)) {
+	if (hsm_ok(r) && !reads && o.n_shares == 0) {
+		hsm_unseal_progress p;
+		hsm_keystore_unseal_status(l.ks, &p);
+		r = HSM_FAIL(HSM_ERR_QUORUM_REQUIRED,
+		             "offline, key %s needs a quorum of the custodians' share files, --share "
+		             "FILE for each of %u shares: they stand in for an officer",
+		             o.sub, p.threshold);
+	} else if (hsm_ok(r)) {
 		if (strcmp(o.sub, "create") == 0)
 			r = do_create(&l, &o);
 		else if (strcmp(o.sub, "list") == 0)
