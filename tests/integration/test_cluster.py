@@ -26,7 +26,7 @@ import urllib.parse
 
 import pytest
 
-from conftest import BUILD, HSMCTL, Hsmd, client, signed_call
+from conftest import BUILD, HSMCTL, Hsmd, client, signed_call, signed_request
 from helpers import (PG_SERVER, Postgres, admin, audit_records, eventually, gdb_can_trace, raises,
                      listed_key_ids, self_signed)
 
@@ -880,6 +880,14 @@ def test_a_frozen_store_fails_requests_in_bounded_time(cluster, pg):
         assert e.value.response["Error"]["Code"] == "DependencyTimeoutException", e.value
         # The client-side limit (20 s), once or twice (the credential, then the change).
         assert waited < 50, waited
+        # A caller not authenticated (a made-up access key, whose lookup is what waits)
+        # is told the store failed, not where it is.
+        r = signed_request(cluster.a, "TrentService.ListKeys", {},
+                           akid="AKIAZZZZZZZZZZZZZZZZ", secret="x" * 40)
+        assert r.status_code == 503 and r.json()["__type"] == "DependencyTimeoutException", \
+            r.text
+        assert "failed inside hsmd" in r.json()["message"], r.text
+        assert "PostgreSQL" not in r.text and "127.0.0.1" not in r.text, r.text
     finally:
         pg.thaw()
     assert eventually(lambda: _try(lambda: off.tag_resource(
