@@ -24,9 +24,11 @@
 #include <string.h>
 
 #include <jansson.h>
+#include <openssl/evp.h>
 
 #include "audit/audit.h"
 #include "common/buf.h"
+#include "common/encoding.h"
 #include "common/util.h"
 #include "hsmctl/hsmctl.h"
 #include "kms/kms.h"
@@ -470,11 +472,52 @@ static int by_name(const void *a, const void *b)
  * Reads the files in the order the verifier does (by file name, = by first
  * seq) and adds their records.  A file and its copy (same name; the verifier
  * found them identical) count once.
+ *
+ * The files are read a second time (a trail may be too large to hold), so
+ * what is counted is tied to what was verified: each line read must chain
+ * to the one before it, and the last one counted (seq last_seq; later ones
+ * were appended since) must hash to the head verify reported.  A file
+ * changed between the two readings is refused, not counted.
  */
-static hsm_result read_files(char **paths, size_t n, report *r, const report_opts *o)
+typedef struct chain_walk {
+	uint8_t prev[32];
+	bool have_prev, done;
+} chain_walk;
+
+static hsm_result chain_line(chain_walk *w, const char *path, const char *line, size_t len,
+                             json_t *rec, const hsm_audit_verify_report *v)
 {
+	uint8_t h[32], named[32];
+	HSM_ENSURE(EVP_Digest(line, len, h, NULL, EVP_sha256(), NULL) == 1,
+	           hsm_nomem_or(HSM_ERR_CRYPTO), "SHA-256 failed");
+	const char *prev = json_string_value(json_object_get(rec, "prev"));
+	bool linked = !w->have_prev ||
+	              (prev != NULL && hsm_ok(hsm_hex_decode_exact(named, sizeof(named), prev, 64,
+	                                                           HSM_ERR_VALIDATION)) &&
+	               hsm_ct_equal(named, w->prev, sizeof(named)));
+	HSM_ENSURE(linked, HSM_ERR_VALIDATION,
+	           "%s changed after it was verified (a record no longer chains to the one "
+	           "before it): no report is made",
+	           path);
+	memcpy(w->prev, h, sizeof(h));
+	w->have_prev = true;
+	json_t *seq = json_object_get(rec, "seq");
+	if (json_is_integer(seq) && (uint64_t)json_integer_value(seq) == v->last_seq) {
+		HSM_ENSURE(hsm_ct_equal(h, v->last_hash, sizeof(h)), HSM_ERR_VALIDATION,
+		           "%s changed after it was verified (its records no longer end at the head "
+		           "verify read): no report is made",
+		           path);
+		w->done = true;
+	}
+	return HSM_SUCCESS;
+}
+
+static hsm_result read_files(char **paths, size_t n, report *r, const report_opts *o,
+                             const hsm_audit_verify_report *v)
+{
+	chain_walk w = {.done = v->records == 0};
 	qsort(paths, n, sizeof(paths[0]), by_name);
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < n && !w.done; i++) {
 		if (i > 0 && by_name(&paths[i - 1], &paths[i]) == 0)
 			continue;
 		FILE *f = fopen(paths[i], "r");
@@ -483,7 +526,7 @@ static hsm_result read_files(char **paths, size_t n, report *r, const report_opt
 		size_t cap = 0;
 		ssize_t len;
 		hsm_result res = HSM_SUCCESS;
-		while (hsm_ok(res) && (len = getline(&line, &cap, f)) > 0) {
+		while (hsm_ok(res) && !w.done && (len = getline(&line, &cap, f)) > 0) {
 			if (line[len - 1] != '\n')
 				continue; /* appended since verify read it: the next report counts it */
 			if ((size_t)len > LINE_MAX_BYTES) {
@@ -500,13 +543,19 @@ static hsm_result read_files(char **paths, size_t n, report *r, const report_opt
 				res = HSM_FAIL(HSM_ERR_VALIDATION, "%s: a record is not JSON", paths[i]);
 				break;
 			}
-			res = add_record(r, o, rec);
+			res = chain_line(&w, paths[i], line, (size_t)len - 1, rec, v);
+			if (hsm_ok(res))
+				res = add_record(r, o, rec);
 			json_decref(rec);
 		}
 		free(line);
 		fclose(f);
 		HSM_GUARD(res);
 	}
+	HSM_ENSURE(w.done, HSM_ERR_VALIDATION,
+	           "the trail changed after it was verified (it no longer reaches seq %llu): no "
+	           "report is made",
+	           (unsigned long long)v->last_seq);
 	return HSM_SUCCESS;
 }
 
@@ -664,7 +713,7 @@ int cmd_audit_report(int argc, char **argv)
 		        "%s line %llu (seq %llu): %s\n",
 		        v.file, (unsigned long long)v.line, (unsigned long long)v.seq, v.detail);
 		rc = 1;
-	} else if (hsm_failed(read_files(files, n, &r, &o)) ||
+	} else if (hsm_failed(read_files(files, n, &r, &o, &v)) ||
 	           hsm_failed(o.json ? emit_json(&r, &v, &o) : HSM_SUCCESS)) {
 		rc = hsmctl_fail("audit report");
 	} else {

@@ -856,6 +856,39 @@ def report(files, *args):
                           text=True)
 
 
+def test_audit_report_counts_only_what_it_verified(tmp_path):
+    """The report reads the files again after verifying them: a file that changes in
+    between (here a FIFO serving the genuine bytes to verify, then an edited copy) is
+    refused, not counted."""
+    import threading
+    server = start_dev(["--data-dir", str(tmp_path / "data")])
+    try:
+        client(server).create_key()
+    finally:
+        server.stop()
+    path, = glob.glob(str(tmp_path / "data" / "audit" / "audit-*.jsonl"))
+    with open(path, "rb") as f:
+        genuine = f.read()
+    edited = genuine.replace(b"user/dev", b"user/eve")
+    assert edited != genuine
+    fifo = str(tmp_path / os.path.basename(path))
+    os.mkfifo(fifo)
+
+    def serve():
+        for content in (genuine, edited):
+            with open(fifo, "wb") as f:
+                f.write(content)
+            time.sleep(1)  # verify reads to the end (no writer) before the next opening
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    p = report([fifo])
+    t.join(timeout=30)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "changed after it was verified" in p.stderr and "user/eve" not in p.stdout, \
+        p.stdout + p.stderr
+
+
 def test_audit_report_summarizes_a_verified_trail():
     """`hsmctl audit report` verifies the files first, then counts operations, principals
     and failed authentications and lists every change and node event; --key, --since,
