@@ -103,8 +103,10 @@ const key_def hsm_config_keys[] = {
      "acknowledge records during an fsync until the oldest not durable is this old"},
     {"audit_ack_durable", K_BOOL, FIELD(audit_ack_durable), 0, 0, "false", "BOOL",
      "answer a request only once its audit record is fsynced (no loss on power cut)"},
-    {"audit_rotate_bytes", K_SIZE, FIELD(audit_rotate_bytes), MIB, 64 * GIB, "256M", "SIZE",
-     "start a new audit file past this size"},
+    /* At most 512 MiB: audit verify reads files of up to 1 GiB, and a file ends a
+     * batch of records past this size. */
+    {"audit_rotate_bytes", K_SIZE, FIELD(audit_rotate_bytes), MIB, 512 * MIB, "256M", "SIZE",
+     "start a new audit file past this size (at most 512M: audit verify reads up to 1G)"},
     {"audit_rotate_seconds", K_U32, FIELD(audit_rotate_seconds), 60, 366 * DAY, "86400", "S",
      "start a new audit file past this age"},
     {"audit_retention_days", K_U32, FIELD(audit_retention_days), 1, 36500, "2557", "DAYS",

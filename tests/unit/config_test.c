@@ -186,13 +186,18 @@ static void test_booleans_and_sizes(void **state)
 		const char *text;
 		uint64_t bytes;
 	} sizes[] = {{"1048576", 1 << 20}, {"2048k", 2 << 20}, {"2MiB", 2 << 20}, {"3 MB", 3 << 20},
-	             {"1G", 1ULL << 30},   {"8gib", 8ULL << 30}};
+	             {"512M", 512ULL << 20}};
 	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
 		char flag[64];
 		snprintf(flag, sizeof(flag), "--audit-rotate-bytes=%s", sizes[i].text);
 		assert_true(hsm_ok(LOAD(&cfg, NULL, "--dev", flag)));
 		assert_int_equal(cfg.audit_rotate_bytes, sizes[i].bytes);
 	}
+	assert_true(hsm_ok(LOAD(&cfg, NULL, "--dev", "--secure-heap-bytes=1gib")));
+	assert_int_equal(cfg.secure_heap_bytes, 1ULL << 30);
+	/* audit verify reads files of up to 1 GiB: a rotation size past 512 MiB would make
+	 * files it cannot read. */
+	EXPECT_ERROR(NULL, "out of range [1048576, 536870912]", "--dev", "--audit-rotate-bytes=1G");
 	EXPECT_ERROR(NULL, "unknown size unit", "--dev", "--audit-rotate-bytes=1T");
 	EXPECT_ERROR(NULL, "size too large", "--dev", "--audit-rotate-bytes=999999999999G");
 	EXPECT_ERROR(NULL, "expected a size", "--dev", "--audit-rotate-bytes=M");
