@@ -267,6 +267,22 @@ static void put(hsm_jw *w, const char *s, size_t n)
 		w->err = hsm_buf_put(w->out, s, n);
 }
 
+/* The length of the valid UTF-8 character at s (n bytes left), or 0. */
+static size_t utf8_char_len(const char *s, size_t n)
+{
+	unsigned char c = (unsigned char)s[0];
+	size_t len = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3
+	                                        : c >= 0xf0 && c <= 0xf4 ? 4
+	                                                                 : 0;
+	return len != 0 && len <= n && hsm_utf8_valid(s, len) ? len : 0;
+}
+
+/*
+ * A JSON string of s.  Text that is not UTF-8 becomes U+FFFD, byte by byte:
+ * messages quote what a request sent (an X-Amz-Date header, cut to 32
+ * bytes, maybe inside a character), and an answer must stay JSON a client
+ * can read.
+ */
 static void put_escaped(hsm_jw *w, const char *s, size_t n)
 {
 	static const char hex[] = "0123456789abcdef";
@@ -274,8 +290,19 @@ static void put_escaped(hsm_jw *w, const char *s, size_t n)
 	size_t run = 0;
 	for (size_t i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)s[i];
-		if (c >= 0x20 && c != '"' && c != '\\')
+		if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\')
 			continue;
+		if (c >= 0x80) {
+			size_t len = utf8_char_len(s + i, n - i);
+			if (len > 0) {
+				i += len - 1;
+				continue;
+			}
+			put(w, s + run, i - run);
+			run = i + 1;
+			put(w, "\\ufffd", 6);
+			continue;
+		}
 		put(w, s + run, i - run);
 		run = i + 1;
 		char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};

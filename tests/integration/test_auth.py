@@ -435,3 +435,32 @@ def test_unknown_keys_do_not_lock_anyone(hsmd):
         r = signed_request(hsmd, TARGET, BODY, akid="AKIAUNKNOWNUNKNOWN01", secret="x" * 40)
         assert r.status_code == 400
     good_call(hsmd, DEV_AKID, DEV_SECRET)
+
+
+def test_an_error_quoting_bytes_that_are_not_utf8_stays_readable_json(hsmd):
+    """A refusal quotes what the request sent (X-Amz-Date, cut to 32 bytes): bytes that
+    are not UTF-8, or a character cut in two, become U+FFFD, so the answer is JSON a
+    client can read."""
+    import socket
+    import urllib.parse
+    u = urllib.parse.urlsplit(hsmd.endpoint)
+    for date, shown in ((b"2026\xc3\xa9\xff\xfe0101T000000Z", "2026\u00e9\ufffd\ufffd0101"),
+                        (b"\xe2\x82\xac" * 12, "\u20ac" * 10 + "\ufffd\ufffd")):
+        head = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-amz-json-1.1\r\n"
+                b"X-Amz-Target: TrentService.ListKeys\r\nX-Amz-Date: " + date + b"\r\n"
+                b"Authorization: AWS4-HMAC-SHA256 Credential=" + DEV_AKID.encode() +
+                b"/20260101/us-east-1/kms/aws4_request, SignedHeaders=host;x-amz-date, "
+                b"Signature=" + b"0" * 64 + b"\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        with socket.create_connection((u.hostname, u.port), timeout=10) as s:
+            s.sendall(head)
+            raw = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                raw += chunk
+        status, body = raw.split(b" ", 2)[1], raw.split(b"\r\n\r\n", 1)[1]
+        assert status == b"400", raw
+        answer = json.loads(body.decode("utf-8"))
+        assert answer["__type"] == "IncompleteSignatureException", answer
+        assert shown in answer["message"], answer
