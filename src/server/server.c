@@ -333,6 +333,46 @@ static hsm_result claim_node_id(hsm_server *s)
 	}
 }
 
+/*
+ * A store restored or copied into a node of another account_id matches none
+ * of its key policies' principals (the default policy names the account's
+ * root), so every key request would be refused with nothing at start to say
+ * why.  The first key's policy tells: one that names an account
+ * (arn:aws:iam::<id>:) and never this node's is worth a warning.
+ */
+typedef struct account_probe {
+	const char *mine;
+	char other[13];
+} account_probe;
+
+static hsm_result probe_account(const hsm_key_record *k, void *arg)
+{
+	account_probe *p = arg;
+	static const char prefix[] = "arn:aws:iam::";
+	const char *at = k->policy != NULL ? strstr(k->policy, prefix) : NULL;
+	if (at == NULL || strstr(k->policy, p->mine) != NULL)
+		return HSM_SUCCESS;
+	at += sizeof(prefix) - 1;
+	size_t n = strspn(at, "0123456789");
+	if (n == 12 && at[n] == ':')
+		memcpy(p->other, at, 12);
+	return HSM_SUCCESS;
+}
+
+static void warn_other_account(hsm_server *s)
+{
+	account_probe p = {.mine = s->account, .other = ""};
+	bool truncated = false;
+	if (hsm_failed(hsm_store_key_list(s->store, NULL, 1, false, probe_account, &p, &truncated)) ||
+	    p.other[0] == '\0')
+		return;
+	hsm_warn("the store's key policies name account %s, and this node's account_id is %s: "
+	         "their principals match none of its callers, so key requests will be refused "
+	         "(a store restored or copied from another node: give this one its account_id "
+	         "and region)",
+	         p.other, s->account);
+}
+
 static hsm_result open_parts(hsm_server *s)
 {
 	bool shared = s->opt.store != NULL && s->opt.store[0] != '\0';
@@ -347,6 +387,7 @@ static hsm_result open_parts(hsm_server *s)
 		         "until it changes it itself, so a key disabled, scheduled for deletion or "
 		         "given a new policy through another node stays usable here; unless this is "
 		         "the only node, leave it at its default (1000) or set a few hundred ms");
+	warn_other_account(s);
 	HSM_GUARD(hsm_server_blame(s, "node_id", claim_node_id(s)));
 	HSM_GUARD(open_audit(s));
 	HSM_GUARD(hsm_keystore_new(s->store, 0, &s->ks));

@@ -250,6 +250,25 @@ def test_restore_on_another_machine(node):
         raises("NotFoundException", kms.describe_key, KeyId=node["after"])
         got = admin(dr, "GetCertificate", {"CertificateId": node["cert_id"]}, *node["app"])
         assert base64.b64decode(got["Certificate"]["Certificate"]) == node["cert"]
+        assert "key policies name account" not in dr.read_log()
+    finally:
+        dr.cleanup()
+
+
+def test_a_restored_node_of_another_account_is_warned(node):
+    """Key policies name the account's principals: a node started on a restored store
+    with another account_id would refuse every key request, and says why at start."""
+    s, made = node["shares"], node["made"]
+    target = os.path.join(node["base"], "dr-other-account")
+    three = ["--share", s["carol"], "--share", s["dave"], "--share", s["erin"]]
+    p = hsmctl("restore", "--data-dir", target, *three, made["Path"])
+    assert p.returncode == 0, p.stderr
+    dr = Hsmd(["--backup-interval-seconds", "0", "--account-id", "999988887777"],
+              data_dir=target)
+    try:
+        log = dr.read_log()
+        assert "the store's key policies name account 111122223333, and this node's " \
+               "account_id is 999988887777" in log, log
     finally:
         dr.cleanup()
 
