@@ -26,6 +26,8 @@ PKGS="$PKGS postgresql libpq-dev"
 PKGS="$PKGS clang libclang-rt-14-dev"
 # ip (network namespaces): a cluster test cuts a node off the network.
 PKGS="$PKGS iproute2"
+# pyflakes: `make lint` checks the Python tests and tools for unused names and typos.
+PKGS="$PKGS python3-pyflakes"
 
 missing=""
 for p in $PKGS; do

@@ -31,4 +31,10 @@ rule secret-log "secret bytes must not be formatted; log identifiers only" \
 rule unchecked-alloc "check every allocation: assign it and test for NULL on the next line" \
 	'^[[:space:]]*(malloc|calloc|realloc|strdup)[[:space:]]*\(' src
 
+# The Python tests and tools: an unused name is often a check that was meant and not made.
+if ! /usr/bin/python3 -m pyflakes tests/integration bench scripts; then
+	echo "lint [pyflakes]: the Python above has unused or undefined names"
+	status=1
+fi
+
 exit $status

@@ -26,11 +26,11 @@ def test_acknowledged_keys_survive_kill_9():
             while not stop.is_set():
                 try:
                     key = kms.create_key(Description=f"round {round_}")["KeyMetadata"]["KeyId"]
-                except Exception:
+                except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
                     return  # the server is gone
                 try:
                     blob = kms.encrypt(KeyId=key, Plaintext=key.encode())["CiphertextBlob"]
-                except Exception:
+                except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
                     blob = None
                 acked[key] = blob
 

@@ -129,6 +129,7 @@ def test_failures_dry_runs_and_reads_do_not_count(hsmd, keys):
     rid = use(hsmd, "Encrypt", {"KeyId": sym, "Plaintext": b64(b"x"),
                                 "EncryptionContext": {"a": "b"}})
     t1 = time.time()
+    expect_last(hsmd, sym, "Encrypt", rid, t0, t1)
     blob = call_ok(hsmd, "Encrypt", {"KeyId": sym, "Plaintext": b64(b"y")})["CiphertextBlob"]
     rid2 = use(hsmd, "Decrypt", {"CiphertextBlob": blob})
     t2 = time.time()
