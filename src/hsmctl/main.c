@@ -376,6 +376,33 @@ static bool read_shared_credentials(hsm_client *c)
 /* --endpoint was on the command line (not only HSM_ENDPOINT in the environment). */
 static bool endpoint_given;
 
+/* The options given before the command word (and named when given after it). */
+enum global_option {
+	G_ENDPOINT,
+	G_CA_FILE,
+	G_CLIENT_CERT,
+	G_CLIENT_KEY,
+	G_REGION,
+	G_STORE,
+	G_APPROVAL_WAIT,
+	G_COUNT
+};
+static const char *const global_options[G_COUNT] = {
+	[G_ENDPOINT] = "--endpoint",       [G_CA_FILE] = "--ca-file",
+	[G_CLIENT_CERT] = "--client-cert", [G_CLIENT_KEY] = "--client-key",
+	[G_REGION] = "--region",           [G_STORE] = "--store",
+	[G_APPROVAL_WAIT] = "--approval-wait",
+};
+
+/* The global option arg names, or G_COUNT. */
+static enum global_option global_option(const char *arg)
+{
+	int g = 0;
+	while (g < G_COUNT && strcmp(arg, global_options[g]) != 0)
+		g++;
+	return (enum global_option)g;
+}
+
 /*
  * Consumes leading global options; returns the index of the command word, or -1
  * after a malformed option value.
@@ -390,26 +417,35 @@ static int parse_globals(int argc, char **argv)
 	c->key_file = getenv("HSM_CLIENT_KEY");
 	hsmctl_globals.store = getenv("HSM_STORE");
 	int i = 1;
-	while (i + 1 < argc && argv[i][0] == '-' && argv[i][1] == '-') {
-		if (strcmp(argv[i], "--endpoint") == 0) {
-			c->endpoints = argv[i + 1];
+	enum global_option g;
+	for (; i + 1 < argc && (g = global_option(argv[i])) != G_COUNT; i += 2) {
+		const char *value = argv[i + 1];
+		switch (g) {
+		case G_ENDPOINT:
+			c->endpoints = value;
 			endpoint_given = true;
-		}
-		else if (strcmp(argv[i], "--ca-file") == 0)
-			c->ca_file = argv[i + 1];
-		else if (strcmp(argv[i], "--client-cert") == 0)
-			c->cert_file = argv[i + 1];
-		else if (strcmp(argv[i], "--client-key") == 0)
-			c->key_file = argv[i + 1];
-		else if (strcmp(argv[i], "--region") == 0)
-			c->region = argv[i + 1];
-		else if (strcmp(argv[i], "--store") == 0)
-			hsmctl_globals.store = argv[i + 1];
-		else if (strcmp(argv[i], "--approval-wait") == 0)
-			wait = argv[i + 1];
-		else
 			break;
-		i += 2;
+		case G_CA_FILE:
+			c->ca_file = value;
+			break;
+		case G_CLIENT_CERT:
+			c->cert_file = value;
+			break;
+		case G_CLIENT_KEY:
+			c->key_file = value;
+			break;
+		case G_REGION:
+			c->region = value;
+			break;
+		case G_STORE:
+			hsmctl_globals.store = value;
+			break;
+		case G_APPROVAL_WAIT:
+			wait = value;
+			break;
+		case G_COUNT:
+			break;
+		}
 	}
 	if (!read_shared_credentials(c))
 		return -1;
@@ -492,16 +528,15 @@ int main(int argc, char **argv)
 		hsmctl_globals.client.endpoints = NULL;
 		break;
 	}
-	static const char *const globals[] = {"--endpoint", "--ca-file",  "--client-cert",
-	                                      "--client-key", "--region", "--store",
-	                                      "--approval-wait"};
-	for (int i = words + 1; i < argc && misplaced_global == NULL; i++)
-		for (size_t g = 0; g < sizeof(globals) / sizeof(globals[0]); g++) {
-			char own[32]; /* "[--endpoint": one the command takes itself (jwt's) */
-			snprintf(own, sizeof(own), "[%s", globals[g]);
-			if (strcmp(argv[i], globals[g]) == 0 && strstr(cmd->args, own) == NULL)
-				misplaced_global = globals[g];
-		}
+	for (int i = words + 1; i < argc && misplaced_global == NULL; i++) {
+		enum global_option g = global_option(argv[i]);
+		char own[32]; /* "[--endpoint": one the command takes itself (jwt's) */
+		if (g == G_COUNT)
+			continue;
+		snprintf(own, sizeof(own), "[%s", global_options[g]);
+		if (strstr(cmd->args, own) == NULL)
+			misplaced_global = global_options[g];
+	}
 	char name[96];
 	name_command(cmd, argc - words - 1, argv + words + 1, name, sizeof(name));
 	hsmctl_globals.command = name;
