@@ -317,9 +317,17 @@ static hsm_result strip_arn(hsm_kms *kms, const char *ref, const char **rest)
 	return HSM_SUCCESS;
 }
 
+/*
+ * Cache ages run on the monotonic clock: a wall clock stepped back by an hour
+ * would otherwise keep every cached key, policy and alias for that hour, and
+ * another node's DisableKey or PutKeyPolicy unseen on this one.
+ */
+static int64_t cache_clock_ms(void) { return (int64_t)(hsm_mono_ns() / 1000000u); }
+
 static bool cache_fresh(hsm_kms *kms, int64_t loaded_ms)
 {
-	return kms->cfg.meta_cache_ttl_ms <= 0 || hsm_now_ms() - loaded_ms < kms->cfg.meta_cache_ttl_ms;
+	return kms->cfg.meta_cache_ttl_ms <= 0 ||
+	       cache_clock_ms() - loaded_ms < kms->cfg.meta_cache_ttl_ms;
 }
 
 /* The key an alias names, from the cache; false when it is not there or stale. */
@@ -348,7 +356,7 @@ static void alias_remember(hsm_kms *kms, const char *name, const char *key_id,
 		return;
 	atomic_init(&a->refs, 1);
 	a->generation = generation;
-	a->loaded_ms = hsm_now_ms();
+	a->loaded_ms = cache_clock_ms();
 	memcpy(a->key_id, key_id, HSM_UUID_STRLEN + 1);
 	if (hsm_failed(hsm_shmap_put(kms->aliases, name, a))) /* costs a store read next time */
 		hsm_debug("alias cache: %s not stored", name);
@@ -466,7 +474,7 @@ static hsm_result snapshot_new(hsm_kms *kms, const hsm_key_record *rec, kms_key 
 	HSM_TRY(hsm_kms_key_arn(kms, rec->key_id, &arn));
 	HSM_TRY(hsm_buf_terminate(&arn));
 	HSM_TRY(hsm_strcpy(k->arn, sizeof(k->arn), (const char *)arn.data));
-	k->loaded_ms = hsm_now_ms();
+	k->loaded_ms = cache_clock_ms();
 	*out = k;
 	k = NULL;
 out:

@@ -166,6 +166,7 @@ struct hsm_jwks_doc {
 	hsm_buf body;
 	char etag[40];
 	int64_t max_age;
+	int64_t built;       /* kms clock, seconds */
 	int64_t expires;     /* kms clock, seconds */
 	uint64_t generation; /* kms->generation it was built at */
 };
@@ -247,6 +248,7 @@ static hsm_result build(hsm_kms *kms, uint64_t generation, int64_t now, hsm_jwks
 	hsm_kms_jwt_limits(kms, &lim);
 	d->max_age = lim.max_age;
 	int64_t ttl = hsm_kms_jwks_ttl(kms);
+	d->built = now;
 	d->expires = until < now + ttl ? until : now + ttl;
 	d->generation = generation;
 	*out = d;
@@ -262,7 +264,8 @@ hsm_result hsm_kms_jwks(hsm_kms *kms, hsm_jwks_doc **out)
 	uint64_t gen = atomic_load_explicit(&kms->generation, memory_order_acquire);
 	int64_t now = kms_now(kms);
 	hsm_jwks_doc *d = j->doc;
-	if (d == NULL || d->generation != gen || now >= d->expires) {
+	/* A clock stepped back (now before the build) would keep the document for the step. */
+	if (d == NULL || d->generation != gen || now >= d->expires || now < d->built) {
 		hsm_jwks_doc *fresh = NULL;
 		r = build(kms, gen, now, &fresh);
 		if (hsm_ok(r)) {

@@ -235,12 +235,25 @@ def error_code(exc_info):
     return exc_info.value.response["Error"]["Code"]
 
 
-@pytest.fixture(scope="module")
-def shim(tmp_path_factory):
-    """oomfault.c built: the preload that refuses a process's allocations on command."""
-    out = tmp_path_factory.mktemp("oomfault") / "oomfault.so"
+def build_preload(tmp_path_factory, name):
+    """tests/integration/<name>.c built as a library to preload into hsmd."""
+    out = tmp_path_factory.mktemp(name) / (name + ".so")
     cc = subprocess.run(["cc", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-o",
-                         str(out), os.path.join(os.path.dirname(__file__), "oomfault.c")],
+                         str(out), os.path.join(os.path.dirname(__file__), name + ".c"),
+                         "-ldl", "-lpthread"],
                         capture_output=True, text=True, timeout=120)
     assert cc.returncode == 0, cc.stderr
     return str(out)
+
+
+@pytest.fixture(scope="module")
+def shim(tmp_path_factory):
+    """oomfault.c built: the preload that refuses a process's allocations on command."""
+    return build_preload(tmp_path_factory, "oomfault")
+
+
+@pytest.fixture(scope="module")
+def clockshift(tmp_path_factory):
+    """clockshift.c built: the preload that moves a process's wall clock (only) by the
+    seconds written in the file HSM_TEST_CLOCK_SHIFT_FILE names (helpers.Clock)."""
+    return build_preload(tmp_path_factory, "clockshift")

@@ -416,3 +416,17 @@ def points(n, spread, tail):
         return list(range(1, n + 1))
     spread = {1 + round(i * (n - 1) / (spread - 1)) for i in range(spread)}
     return sorted(spread | set(range(max(1, n - tail + 1), n + 1)))
+
+
+class Clock:
+    """The shift of a node's wall clock, in whole seconds."""
+
+    def __init__(self, path):
+        self.path = path
+        self.set(0)
+
+    def set(self, seconds):
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(str(int(seconds)))
+        os.replace(tmp, self.path)

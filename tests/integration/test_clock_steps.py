@@ -24,45 +24,18 @@ import sqlite3
 import subprocess
 import time
 
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from conftest import HSMCTL, client, signed_call, start_dev
-from helpers import admin, audit_records, eventually
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from helpers import Clock, admin, audit_records, eventually
 
 
-@pytest.fixture(scope="module")
-def shim(tmp_path_factory):
-    out = tmp_path_factory.mktemp("clockshift") / "clockshift.so"
-    cc = subprocess.run(["cc", "-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o", str(out),
-                         os.path.join(HERE, "clockshift.c"), "-ldl", "-lpthread"],
-                        capture_output=True, text=True, timeout=120)
-    assert cc.returncode == 0, cc.stderr
-    return str(out)
-
-
-class Clock:
-    """The shift of a node's wall clock, in whole seconds."""
-
-    def __init__(self, path):
-        self.path = path
-        self.set(0)
-
-    def set(self, seconds):
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(str(int(seconds)))
-        os.replace(tmp, self.path)
-
-
-def start_shifted(shim, tmp_path, args=()):
+def start_shifted(clockshift, tmp_path, args=()):
     clock = Clock(str(tmp_path / "shift"))
-    server = start_dev(list(args), env={"LD_PRELOAD": shim,
+    server = start_dev(list(args), env={"LD_PRELOAD": clockshift,
                                         "HSM_TEST_CLOCK_SHIFT_FILE": clock.path})
     return server, clock
 
@@ -74,8 +47,8 @@ def gauge(server, name):
     return float(m.group(1)) if m else None
 
 
-def test_scheduled_work_goes_on_after_the_clock_steps_back(shim, tmp_path):
-    server, clock = start_shifted(shim, tmp_path)
+def test_scheduled_work_goes_on_after_the_clock_steps_back(clockshift, tmp_path):
+    server, clock = start_shifted(clockshift, tmp_path)
     try:
         assert eventually(lambda: (gauge(server, "hsmd_keys_counted_time_seconds") or 0) > 0, 30)
         before = gauge(server, "hsmd_keys_counted_time_seconds")
@@ -87,8 +60,8 @@ def test_scheduled_work_goes_on_after_the_clock_steps_back(shim, tmp_path):
         server.cleanup()
 
 
-def test_audit_retention_holds_when_the_clock_jumps_ahead(shim, tmp_path):
-    server, clock = start_shifted(shim, tmp_path, ["--audit-retention-days", "1",
+def test_audit_retention_holds_when_the_clock_jumps_ahead(clockshift, tmp_path):
+    server, clock = start_shifted(clockshift, tmp_path, ["--audit-retention-days", "1",
                                                    "--audit-rotate-seconds", "60"])
     try:
         audit_dir = os.path.join(server.data_dir, "audit")
@@ -112,8 +85,8 @@ def test_audit_retention_holds_when_the_clock_jumps_ahead(shim, tmp_path):
         server.cleanup()
 
 
-def test_each_backup_the_retention_deletes_is_audited(shim, tmp_path):
-    server, clock = start_shifted(shim, tmp_path, ["--backup-retention-days", "1",
+def test_each_backup_the_retention_deletes_is_audited(clockshift, tmp_path):
+    server, clock = start_shifted(clockshift, tmp_path, ["--backup-retention-days", "1",
                                                    "--backup-interval-seconds", "86400"])
     try:
         for _ in range(16):  # more names than one audit field would hold
@@ -173,11 +146,11 @@ def test_recounts_between_rounds_do_not_put_the_round_off(tmp_path):
         server.cleanup()
 
 
-def test_a_failing_key_is_counted_and_the_others_done(shim, tmp_path):
+def test_a_failing_key_is_counted_and_the_others_done(clockshift, tmp_path):
     """Two keys due for rotation, one of which the store refuses to change: the other
     rotates, and the failure is counted (hsmd_scheduler_failures_total, which the
     README's HsmdSchedulerFailing alert watches), logged and audited."""
-    server, clock = start_shifted(shim, tmp_path)
+    server, clock = start_shifted(clockshift, tmp_path)
     try:
         kms = client(server)
         keys = [kms.create_key()["KeyMetadata"]["KeyId"] for _ in range(2)]

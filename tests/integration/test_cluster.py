@@ -27,8 +27,8 @@ import urllib.parse
 import pytest
 
 from conftest import BUILD, HSMCTL, Hsmd, client, signed_call, signed_request
-from helpers import (PG_SERVER, Postgres, admin, audit_records, eventually, gdb_can_trace, raises,
-                     listed_key_ids, self_signed)
+from helpers import (PG_SERVER, Clock, Postgres, admin, audit_records, eventually, gdb_can_trace,
+                     raises, listed_key_ids, self_signed)
 
 MODULE = os.path.join(BUILD, "libhsm_pkcs11.so")
 CUSTODIANS = ["alice", "bob", "carol", "dave", "erin"]
@@ -188,6 +188,62 @@ def test_a_change_on_one_node_shows_on_the_other_within_the_cache_lifetime(clust
             return "UnrecognizedClient" in str(e) or "InvalidSignature" in str(e) or \
                 "AccessDenied" in str(e)
     assert eventually(revoked, 20), "a revoked access key still works on the other node"
+
+
+def test_a_node_whose_wall_clock_steps_back_still_sees_the_others_changes(cluster, clockshift,
+                                                                         tmp_path):
+    """Cached keys, aliases and the JWK Set age on the monotonic clock: a node whose wall
+    clock an administrator or a time server steps back four minutes (inside SigV4's five)
+    sees another node's changes within the cache lifetime, not four minutes later."""
+    clock = Clock(str(tmp_path / "shift"))
+    c = Hsmd(["--node-id", "node-c", "--store-cache-ms", str(CACHE_MS)] + JWT_FLAGS,
+             env={"HSM_STORE": cluster.store, "LD_PRELOAD": clockshift,
+                  "HSM_TEST_CLOCK_SHIFT_FILE": clock.path})
+    try:
+        unseal(c, cluster.files)
+        off_a, app_c = kms(cluster.a, cluster.ops), kms(c, cluster.app)
+        kid = off_a.create_key()["KeyMetadata"]["KeyId"]
+        off_a.create_alias(AliasName="alias/steps-back", TargetKeyId=kid)
+        jwt_key = off_a.create_key(KeySpec="ECC_NIST_P256",
+                                   KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+        st, out = signed_call(cluster.a, "HsmdJwt.EnableJwtSigning", {"KeyId": jwt_key},
+                              akid=cluster.ops[0], secret=cluster.ops[1])
+        assert st == 200, out
+
+        def c_kids():
+            st, body, _ = c.get("/.well-known/jwks.json")
+            assert st == 200, body
+            return {k["kid"] for k in json.loads(body)["keys"]}
+        assert eventually(lambda: f"{jwt_key}.v1" in c_kids(), 5)
+        app_c.encrypt(KeyId="alias/steps-back", Plaintext=b"x")  # C caches key and alias
+        clock.set(-240)
+        time.sleep(0.2)
+        app_c.encrypt(KeyId="alias/steps-back", Plaintext=b"x")  # and again, stepped back
+        off_a.disable_key(KeyId=kid)
+
+        def refused():
+            try:
+                app_c.encrypt(KeyId=kid, Plaintext=b"x")
+                return False
+            except app_c.exceptions.DisabledException:
+                return True
+        waited = stale_for(refused)
+        assert waited < CACHE_MS / 1000 + 0.5, waited
+        # An alias moved on A names the new key on C within the cache lifetime too.
+        other = off_a.create_key()["KeyMetadata"]["KeyId"]
+        off_a.update_alias(AliasName="alias/steps-back", TargetKeyId=other)
+        waited = stale_for(lambda: app_c.encrypt(KeyId="alias/steps-back",
+                                                 Plaintext=b"x")["KeyId"].endswith(other))
+        assert waited < CACHE_MS / 1000 + 0.5, waited
+        # A rotation on A shows in C's JWK Set within its document's lifetime (1 s here).
+        st, out = signed_call(cluster.a, "TrentService.RotateKeyOnDemand", {"KeyId": jwt_key},
+                              akid=cluster.ops[0], secret=cluster.ops[1])
+        assert st == 200, out
+        waited = stale_for(lambda: f"{jwt_key}.v2" in c_kids())
+        assert waited < -(-CACHE_MS // 1000) + 0.5, waited
+    finally:
+        clock.set(0)
+        c.cleanup()
 
 
 def test_material_of_a_key_disabled_or_deleted_on_one_node_leaves_the_other(cluster):
