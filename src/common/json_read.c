@@ -334,10 +334,12 @@ static json_t *read_number(reader *r)
 		text[n] = '\0';
 		errno = 0;
 		double d = strtod(text, NULL);
-		bool overflow = (d == HUGE_VAL || d == -HUGE_VAL) && errno == ERANGE;
+		/* Out of a double's range either way: too large, or so small that it would
+		 * read as 0 or lose digits (1e-400); a value the sender never wrote is refused. */
+		bool out_of_range = errno == ERANGE;
 		if (text != small)
 			free(text);
-		if (overflow) {
+		if (out_of_range) {
 			r->p = start;
 			return NULL;
 		}
