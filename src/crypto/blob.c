@@ -58,15 +58,21 @@ hsm_result hsm_blob_write_header(hsm_buf *out, const char *key_id, uint32_t key_
 	return res;
 }
 
-hsm_result hsm_blob_refuse_header_aad(const uint8_t *aad, size_t aad_len, const char *key_id)
+hsm_result hsm_blob_refuse_header_aad(const uint8_t *aad, size_t aad_len, const char *key_id,
+                                      const uint8_t *iv)
 {
 	uint8_t id[KEY_ID_BYTES];
 	HSM_GUARD(uuid_bytes(key_id, id));
-	HSM_ENSURE(aad_len < 1 + KEY_ID_BYTES || aad == NULL || aad[0] != HSM_BLOB_VERSION ||
-	               !hsm_ct_equal(aad + 1, id, KEY_ID_BYTES),
-	           HSM_ERR_VALIDATION,
+	if (aad == NULL || aad_len < 1 + KEY_ID_BYTES || aad[0] != HSM_BLOB_VERSION)
+		return HSM_SUCCESS;
+	HSM_ENSURE(!hsm_ct_equal(aad + 1, id, KEY_ID_BYTES), HSM_ERR_VALIDATION,
 	           "AdditionalData begins as the header of a KMS ciphertext of this key; plain "
 	           "AES-GCM neither makes nor opens those (use Encrypt and Decrypt)");
+	HSM_ENSURE(iv == NULL || aad_len < HSM_BLOB_HEADER_LEN ||
+	               !hsm_ct_equal(aad + HSM_BLOB_HEADER_LEN - HSM_GCM_IV_LEN, iv, HSM_GCM_IV_LEN),
+	           HSM_ERR_VALIDATION,
+	           "AdditionalData begins as the header of a KMS ciphertext made with this Iv; plain "
+	           "AES-GCM does not open those (use Decrypt)");
 	return HSM_SUCCESS;
 }
 

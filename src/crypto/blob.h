@@ -52,15 +52,18 @@ hsm_result hsm_blob_write_header(hsm_buf *out, const char *key_id, uint32_t key_
 
 /*
  * Plain AES-GCM (GcmEncrypt, GcmDecrypt) uses the same key material as the
- * blobs, so its additional data must never begin as a blob header of the
- * same key: that AAD is exactly how Decrypt authenticates a blob and its
- * encryption context, and GcmDecrypt, which key policies grant apart from
- * kms:Decrypt and which sees no encryption context, would open any blob.
- * HSM_ERR_VALIDATION when aad starts with HSM_BLOB_VERSION and key_id's 16
- * bytes (or key_id is not a UUID); success otherwise.
+ * blobs, so its additional data must never begin as a blob header: that AAD
+ * is exactly how Decrypt authenticates a blob and its encryption context, and
+ * GcmDecrypt, which key policies grant apart from kms:Decrypt and which sees
+ * no encryption context, would open any blob.  Keys holding the same imported
+ * material open each other's blobs too, so for opening (iv given) a header
+ * naming any key is refused when it carries the IV being used, as a blob's
+ * does.  HSM_ERR_VALIDATION when aad starts with HSM_BLOB_VERSION and key_id's
+ * 16 bytes (or key_id is not a UUID), or, with iv, is a whole header whose IV
+ * field is iv; success otherwise.
  */
-hsm_result hsm_blob_refuse_header_aad(const uint8_t *aad, size_t aad_len,
-                                      const char *key_id) HSM_MUST_CHECK;
+hsm_result hsm_blob_refuse_header_aad(const uint8_t *aad, size_t aad_len, const char *key_id,
+                                      const uint8_t *iv) HSM_MUST_CHECK;
 
 /* One encryption context pair, as received (UTF-8 strings). */
 typedef struct hsm_ctx_pair {

@@ -431,7 +431,7 @@ hsm_result hsm_ks_gcm_seal(hsm_keystore *ks, const hsm_ks_keyref *ref, const uin
 	size_t start = ct->len;
 	HSM_ENSURE(ref->spec == HSM_SPEC_SYMMETRIC_DEFAULT, HSM_ERR_INVALID_KEY_USAGE,
 	           "AES-GCM needs a SYMMETRIC_DEFAULT key");
-	HSM_GUARD(hsm_blob_refuse_header_aad(aad, aad_len, ref->key_id));
+	HSM_GUARD(hsm_blob_refuse_header_aad(aad, aad_len, ref->key_id, NULL));
 	HSM_GUARD(material_get(ks, ref, &m));
 	HSM_TRY(hsm_random_iv(iv));
 	HSM_TRY(hsm_aes_gcm_seal(m, iv, aad, aad_len, pt, pt_len, ct, tag));
@@ -452,7 +452,7 @@ hsm_result hsm_ks_gcm_open(hsm_keystore *ks, const hsm_ks_keyref *ref,
 	           "AES-GCM needs a SYMMETRIC_DEFAULT key");
 	HSM_ENSURE(ct_len >= HSM_GCM_TAG_LEN, HSM_ERR_INVALID_CIPHERTEXT,
 	           "the ciphertext is shorter than its tag");
-	HSM_GUARD(hsm_blob_refuse_header_aad(aad, aad_len, ref->key_id));
+	HSM_GUARD(hsm_blob_refuse_header_aad(aad, aad_len, ref->key_id, iv));
 	HSM_GUARD(material_get(ks, ref, &m));
 	size_t n = ct_len - HSM_GCM_TAG_LEN;
 	hsm_result r = hsm_aes_gcm_open(m, iv, aad, aad_len, ct, n, ct + n, pt);

@@ -53,7 +53,7 @@ hsm_result hsm_kms_gcm_encrypt(hsm_kms *kms, const hsm_caller *caller, const cha
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_GcmEncrypt, key, NULL, &k));
 	hsm_result r = require_aes(k);
 	if (hsm_ok(r))
-		r = hsm_blob_refuse_header_aad(aad, aad_len, k->rec.key_id);
+		r = hsm_blob_refuse_header_aad(aad, aad_len, k->rec.key_id, NULL);
 	if (hsm_ok(r))
 		r = kms_dry_run_stop(caller);
 	if (hsm_ok(r)) {
@@ -78,7 +78,7 @@ hsm_result hsm_kms_gcm_decrypt(hsm_kms *kms, const hsm_caller *caller, const cha
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_GcmDecrypt, key, NULL, &k));
 	hsm_result r = require_aes(k);
 	if (hsm_ok(r))
-		r = hsm_blob_refuse_header_aad(aad, aad_len, k->rec.key_id);
+		r = hsm_blob_refuse_header_aad(aad, aad_len, k->rec.key_id, iv);
 	if (hsm_ok(r))
 		r = kms_dry_run_stop(caller);
 	bool tried = false; /* every version, and none verified the tag */

@@ -159,6 +159,33 @@ def test_kms_ciphertexts_stay_closed_to_plain_gcm(hsmd, kms):
         assert st == 200 and base64.b64decode(out["Plaintext"]) == b"fine", out
 
 
+def test_kms_ciphertexts_stay_closed_to_a_key_sharing_the_material(hsmd, kms):
+    """Two keys holding the same imported material: Decrypt refuses A's blob under B
+    (IncorrectKeyException), and GcmDecrypt on B must not open it either, or B's
+    policy would decide what A's denies."""
+    material = os.urandom(32)
+    a, b = (kms.create_key(Origin="EXTERNAL")["KeyMetadata"]["KeyId"] for _ in range(2))
+    for k in (a, b):
+        do_import(kms, k, material)
+    ctx = {"tenant": "A"}
+    blob = kms.encrypt(KeyId=a, Plaintext=b"a's secret", EncryptionContext=ctx)[
+        "CiphertextBlob"]
+    aad = blob[:33] + canonical_context(ctx)
+    # The material is the same: as plain GCM, the blob is open to anyone holding it.
+    assert AESGCM(material).decrypt(blob[21:33], blob[33:], aad) == b"a's secret"
+    st, out, _ = decrypt(hsmd, b, blob[21:33], blob[33:], aad)
+    assert (st, out["__type"]) == (400, "ValidationException"), out
+    assert "Plaintext" not in out and "header of a KMS ciphertext" in out["message"], out
+    # Without the context, and with A's header alone, just the same.
+    for extra in (b"", b"\0\0\0\0"):
+        st, out, _ = decrypt(hsmd, b, blob[21:33], blob[33:], blob[:33] + extra)
+        assert (st, out["__type"]) == (400, "ValidationException"), out
+    # B's own GCM with A's header as ordinary AAD, under another IV, still works.
+    iv2, ct2 = encrypt(hsmd, b, b"fine", aad)
+    st, out, _ = decrypt(hsmd, b, iv2, ct2, aad)
+    assert st == 200 and base64.b64decode(out["Plaintext"]) == b"fine", out
+
+
 def test_policy_and_roles(hsmd, kms):
     from conftest import DEV_AKID
     from helpers import new_user

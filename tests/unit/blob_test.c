@@ -84,28 +84,51 @@ static void test_header_needs_uuid(void **state)
 	hsm_buf_free(&blob);
 }
 
-/* Plain AES-GCM may not use AAD that begins as a blob header of the same key. */
+/*
+ * Plain AES-GCM may not use AAD that begins as a blob header of the same key;
+ * opening, not one of any key that carries the IV used either (keys holding
+ * the same imported material would open each other's blobs).
+ */
 static void test_header_aad_refused(void **state)
 {
 	(void)state;
-	uint8_t iv[HSM_GCM_IV_LEN] = {0};
+	uint8_t iv[HSM_GCM_IV_LEN] = {0}, other_iv[HSM_GCM_IV_LEN] = {0};
+	const char *other_key = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f1";
 	hsm_buf h = {0};
+	for (size_t i = 0; i < sizeof(iv); i++)
+		iv[i] = other_iv[i] = (uint8_t)(0xa0 + i);
+	other_iv[11] ^= 1;
 	assert_succeeds(hsm_blob_write_header(&h, key_id, 7, iv));
 	assert_succeeds(hsm_buf_put(&h, "context", 7));
-	for (size_t n = 17; n <= h.len; n++)
-		assert_fails_with(hsm_blob_refuse_header_aad(h.data, n, key_id), HSM_ERR_VALIDATION);
-	for (size_t n = 0; n < 17; n++)
-		assert_succeeds(hsm_blob_refuse_header_aad(n ? h.data : NULL, n, key_id));
-	/* Another key's header, another format version, one byte of the id changed. */
-	assert_succeeds(hsm_blob_refuse_header_aad(h.data, h.len,
-	                                           "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f1"));
+	for (size_t n = 17; n <= h.len; n++) {
+		assert_fails_with(hsm_blob_refuse_header_aad(h.data, n, key_id, NULL),
+		                  HSM_ERR_VALIDATION);
+		assert_fails_with(hsm_blob_refuse_header_aad(h.data, n, key_id, other_iv),
+		                  HSM_ERR_VALIDATION);
+	}
+	for (size_t n = 0; n < 17; n++) {
+		assert_succeeds(hsm_blob_refuse_header_aad(n ? h.data : NULL, n, key_id, NULL));
+		assert_succeeds(hsm_blob_refuse_header_aad(n ? h.data : NULL, n, other_key, iv));
+	}
+	/* Another key's header: sealing and opening with another IV may use it, opening
+	 * with the IV it carries may not, once the whole header is there. */
+	assert_succeeds(hsm_blob_refuse_header_aad(h.data, h.len, other_key, NULL));
+	assert_succeeds(hsm_blob_refuse_header_aad(h.data, h.len, other_key, other_iv));
+	for (size_t n = 17; n < HSM_BLOB_HEADER_LEN; n++)
+		assert_succeeds(hsm_blob_refuse_header_aad(h.data, n, other_key, iv));
+	for (size_t n = HSM_BLOB_HEADER_LEN; n <= h.len; n++)
+		assert_fails_with(hsm_blob_refuse_header_aad(h.data, n, other_key, iv),
+		                  HSM_ERR_VALIDATION);
+	/* Another format version, one byte of the id changed. */
 	h.data[0] ^= 0xff;
-	assert_succeeds(hsm_blob_refuse_header_aad(h.data, h.len, key_id));
+	assert_succeeds(hsm_blob_refuse_header_aad(h.data, h.len, key_id, NULL));
+	assert_succeeds(hsm_blob_refuse_header_aad(h.data, h.len, other_key, iv));
 	h.data[0] ^= 0xff;
 	h.data[16] ^= 1;
-	assert_succeeds(hsm_blob_refuse_header_aad(h.data, h.len, key_id));
+	assert_succeeds(hsm_blob_refuse_header_aad(h.data, h.len, key_id, NULL));
+	assert_fails_with(hsm_blob_refuse_header_aad(h.data, h.len, key_id, iv), HSM_ERR_VALIDATION);
 	/* Not a key id: refused, whatever the AAD. */
-	assert_fails_with(hsm_blob_refuse_header_aad(NULL, 0, "alias/x"), HSM_ERR_VALIDATION);
+	assert_fails_with(hsm_blob_refuse_header_aad(NULL, 0, "alias/x", NULL), HSM_ERR_VALIDATION);
 	hsm_buf_free(&h);
 }
 
