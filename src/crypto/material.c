@@ -372,12 +372,22 @@ static hsm_result decode_pkcs8(const uint8_t *p, size_t n, EVP_PKEY **out)
 	 * even when a key came out: OpenSSL 3.0 can return an EC key whose public
 	 * point it could not compute. */
 	hsm_ossl_watch();
-	OSSL_DECODER_CTX *dctx = OSSL_DECODER_CTX_new_for_pkey(&pkey, "DER", "PrivateKeyInfo", NULL,
-	                                                       EVP_PKEY_KEYPAIR, NULL, NULL);
-	bool decoded = dctx != NULL && OSSL_DECODER_from_data(dctx, &data, &left) == 1 && pkey != NULL;
+	/* The decoder asked for PrivateKeyInfo also takes a bare SEC1 ECPrivateKey or
+	 * PKCS#1 RSAPrivateKey: the outer structure is checked first, as KMS does. */
+	const unsigned char *outer = p;
+	PKCS8_PRIV_KEY_INFO *info = d2i_PKCS8_PRIV_KEY_INFO(NULL, &outer, (long)n);
+	bool is_pkcs8 = info != NULL;
+	PKCS8_PRIV_KEY_INFO_free(info);
+	OSSL_DECODER_CTX *dctx = NULL;
+	bool decoded = false;
+	if (is_pkcs8) {
+		dctx = OSSL_DECODER_CTX_new_for_pkey(&pkey, "DER", "PrivateKeyInfo", NULL,
+		                                     EVP_PKEY_KEYPAIR, NULL, NULL);
+		decoded = dctx != NULL && OSSL_DECODER_from_data(dctx, &data, &left) == 1 && pkey != NULL;
+	}
 	bool nomem = hsm_ossl_ran_out();
 	HSM_CHECK(!nomem, HSM_ERR_NOMEM, "out of memory in the crypto library");
-	HSM_CHECK(dctx != NULL, HSM_ERR_CRYPTO, "no PKCS#8 decoder available");
+	HSM_CHECK(!is_pkcs8 || dctx != NULL, HSM_ERR_CRYPTO, "no PKCS#8 decoder available");
 	HSM_CHECK(decoded, HSM_ERR_VALIDATION, "the key material is not a DER PKCS#8 private key");
 	HSM_CHECK(left == 0, HSM_ERR_VALIDATION, "the key material has trailing bytes");
 	*out = pkey;

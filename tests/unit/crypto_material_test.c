@@ -200,6 +200,37 @@ static void test_malformed_pkcs8_refused(void **state)
 	hsm_buf_free(&der);
 }
 
+/* A key in its type's own structure (SEC1 ECPrivateKey, PKCS#1 RSAPrivateKey), which
+ * OpenSSL's PrivateKeyInfo decoder also takes, is not PKCS#8: refused, as KMS does. */
+static void test_type_specific_encodings_refused(void **state)
+{
+	(void)state;
+	static const hsm_key_spec specs[] = {HSM_SPEC_ECC_NIST_P256, HSM_SPEC_RSA_2048};
+	for (size_t i = 0; i < sizeof(specs) / sizeof(specs[0]); i++) {
+		hsm_buf der;
+		hsm_buf_init_secure(&der);
+		assert_succeeds(hsm_material_export(fixture_key(specs[i]), &der));
+		hsm_material *m = NULL;
+		assert_succeeds(hsm_material_import(specs[i], der.data, der.len, &m));
+		hsm_material_free(m);
+		m = NULL;
+		const unsigned char *q = der.data;
+		EVP_PKEY *pk = d2i_AutoPrivateKey(NULL, &q, (long)der.len);
+		assert_non_null(pk);
+		unsigned char *own = NULL;
+		int n = i2d_PrivateKey(pk, &own);
+		assert_true(n > 0);
+		assert_true(own[0] == 0x30 && ((size_t)n != der.len || memcmp(own, der.data, der.len)));
+		assert_fails_with(hsm_material_import(specs[i], own, (size_t)n, &m), HSM_ERR_VALIDATION);
+		assert_non_null(strstr(hsm_last_message(), "PKCS#8"));
+		assert_null(m);
+		assert_int_equal(ERR_peek_error(), 0);
+		OPENSSL_clear_free(own, (size_t)n);
+		EVP_PKEY_free(pk);
+		hsm_buf_free(&der);
+	}
+}
+
 static void pkcs8_of(EVP_PKEY *pk, hsm_buf *out)
 {
 	unsigned char *p = NULL;
@@ -379,6 +410,7 @@ int main(void)
 	    cmocka_unit_test(test_wrong_spec_import_refused),
 	    cmocka_unit_test(test_symmetric_lengths_checked),
 	    cmocka_unit_test(test_malformed_pkcs8_refused),
+	    cmocka_unit_test(test_type_specific_encodings_refused),
 	    cmocka_unit_test(test_small_rsa_exponent_refused),
 	    cmocka_unit_test(test_mismatched_key_pair_refused),
 	    cmocka_unit_test(test_corrupt_rsa_key_refused),
