@@ -427,14 +427,21 @@ static void fail_request(pending *p, outcome *o, hsm_result r)
 {
 	o->err = r.err;
 	p->status = hsm_err_http_status(r.err);
-	if ((p->status == 500 || r.err == HSM_ERR_DEPENDENCY_TIMEOUT) &&
-	    r.err != HSM_ERR_KEY_UNAVAILABLE && (o->auth == NULL || o->auth->user[0] == '\0')) {
+	/* Where the database is (libpq's words name its host and port) is none of an
+	 * application's business: not said to any caller. */
+	bool store_unreachable =
+	    r.err == HSM_ERR_DEPENDENCY_TIMEOUT ||
+	    (r.err == HSM_ERR_STORE && strncmp(hsm_last_message(), HSM_STORE_CONNECT_FAILED,
+	                                       strlen(HSM_STORE_CONNECT_FAILED)) == 0);
+	if ((p->status == 500 || store_unreachable) && r.err != HSM_ERR_KEY_UNAVAILABLE &&
+	    (store_unreachable || o->auth == NULL || o->auth->user[0] == '\0')) {
 		/*
 		 * An internal failure's text names what failed inside the node (a
 		 * database host and port, a file), and so may a store that timed
 		 * out (libpq's words): to a caller not authenticated (the failure
-		 * came first, or it has no credentials at all) the answer says no
-		 * more than that something failed; the log has the text under the
+		 * came first, or it has no credentials at all), and for a store
+		 * that cannot be reached to every caller, the answer says no more
+		 * than that something failed; the log has the text under the
 		 * request id the answer carries.
 		 */
 		char msg[160];

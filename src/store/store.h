@@ -27,7 +27,8 @@
  * success; on failure the output is untouched.
  *
  * Errors every function may return besides those it names:
- *   HSM_ERR_STORE              the backend failed (its message, no data values)
+ *   HSM_ERR_STORE              the backend failed (its message, no data values;
+ *                              HSM_STORE_CONNECT_FAILED first when it could not be reached)
  *   HSM_ERR_DEPENDENCY_TIMEOUT the backend stayed busy beyond its timeout
  *   HSM_ERR_NOMEM              out of memory
  *   HSM_ERR_VALIDATION         a value the store cannot hold (too long, empty
@@ -54,6 +55,9 @@
 #include "crypto/keyspec.h"
 
 typedef struct hsm_store hsm_store;
+
+/* How a failure to reach a database server begins (its text may name the host). */
+#define HSM_STORE_CONNECT_FAILED "cannot connect to PostgreSQL"
 
 /* ---- Enumerations stored as their KMS names ------------------------------ */
 

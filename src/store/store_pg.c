@@ -45,8 +45,8 @@ static hsm_result connect_failure(PGconn *db)
 	snprintf(msg, sizeof(msg), "%s", text);
 	msg[strcspn(msg, "\n")] = '\0';
 	if (strstr(text, "timeout expired") != NULL)
-		return HSM_FAIL(HSM_ERR_DEPENDENCY_TIMEOUT, "cannot connect to PostgreSQL: %s", msg);
-	return HSM_FAIL(HSM_ERR_STORE, "cannot connect to PostgreSQL: %s", msg);
+		return HSM_FAIL(HSM_ERR_DEPENDENCY_TIMEOUT, HSM_STORE_CONNECT_FAILED ": %s", msg);
+	return HSM_FAIL(HSM_ERR_STORE, HSM_STORE_CONNECT_FAILED ": %s", msg);
 }
 
 /*

@@ -936,6 +936,11 @@ def test_a_frozen_store_fails_requests_in_bounded_time(cluster, pg):
         assert e.value.response["Error"]["Code"] == "DependencyTimeoutException", e.value
         # The client-side limit (20 s), once or twice (the credential, then the change).
         assert waited < 50, waited
+        # An authenticated caller is not told where the database is either.
+        said = e.value.response["Error"]["Message"]
+        assert "failed inside hsmd" in said, said
+        assert "PostgreSQL" not in said and "127.0.0.1" not in said, said
+        assert f":{urllib.parse.urlsplit(cluster.store).port}" not in said, said
         # A caller not authenticated (a made-up access key, whose lookup is what waits)
         # is told the store failed, not where it is.
         r = signed_request(cluster.a, "TrentService.ListKeys", {},
