@@ -551,6 +551,17 @@ def test_concurrent_writes_through_both_nodes(cluster):
     st, out = signed_call(cluster.b, "TrentService.ListKeyRotations", {"KeyId": kid},
                           akid=cluster.ops[0], secret=cluster.ops[1])
     assert st == 200 and len(out["Rotations"]) == ok, (ok, out)
+    # One after the other, through A then at once through B (which has the key cached from
+    # before A's rotation): both rotate; B's is not taken for a rotation racing A's.
+    for first, then in ((cluster.a, cluster.b), (cluster.b, cluster.a)):
+        off[0 if then is cluster.a else 1].describe_key(KeyId=kid)
+        for node in (first, then):
+            st, out = signed_call(node, "TrentService.RotateKeyOnDemand", {"KeyId": kid},
+                                  akid=cluster.ops[0], secret=cluster.ops[1])
+            assert st == 200, out
+    st, out = signed_call(cluster.a, "TrentService.ListKeyRotations", {"KeyId": kid},
+                          akid=cluster.ops[0], secret=cluster.ops[1])
+    assert st == 200 and len(out["Rotations"]) == ok + 4, (ok, out)
 
 
 def test_node_started_before_the_ceremony(pg, tmp_path):
