@@ -66,13 +66,18 @@ static hsm_enc_alg alg_or_default(bool has, hsm_enc_alg alg)
  */
 static hsm_result encrypt_with(hsm_kms *kms, const hsm_caller *caller, const kms_key *k,
                                hsm_enc_alg alg, const hsm_enc_ctx *ctx, const uint8_t *pt,
-                               size_t n, hsm_buf *out, hsm_used_key *used)
+                               size_t n, bool reencrypt, hsm_buf *out, hsm_used_key *used)
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_buf canon = {0};
 	HSM_GUARD(require_enc_alg(k, alg));
 	if (n == 0)
 		HSM_GUARD(kms_dry_run_stop(caller));
+	/* ReEncrypt's plaintext is the source ciphertext's, which the caller never sees: its
+	 * refusal names the destination's limit, not the plaintext's length. */
+	HSM_ENSURE(!reencrypt || (n >= 1 && n <= HSM_MAX_PLAINTEXT), HSM_ERR_VALIDATION,
+	           "the source ciphertext's plaintext is %s; DestinationKeyId takes 1 to %d bytes",
+	           n == 0 ? "empty" : "too long", HSM_MAX_PLAINTEXT);
 	HSM_ENSURE(n >= 1 && n <= HSM_MAX_PLAINTEXT, HSM_ERR_VALIDATION,
 	           "Plaintext must be between 1 and %d bytes", HSM_MAX_PLAINTEXT);
 	hsm_ks_keyref ref = kms_keyref(k, k->rec.primary_version);
@@ -83,6 +88,10 @@ static hsm_result encrypt_with(hsm_kms *kms, const hsm_caller *caller, const kms
 	} else {
 		HSM_TRY(require_no_ctx(ctx));
 		size_t max = hsm_rsa_oaep_max_plaintext(k->rec.spec, alg);
+		HSM_CHECK(!reencrypt || n <= max, HSM_ERR_VALIDATION,
+		          "the source ciphertext's plaintext is longer than %s with %s takes (at most "
+		          "%zu bytes)",
+		          hsm_spec_name(k->rec.spec), hsm_enc_alg_name(alg), max);
 		HSM_CHECK(n <= max, HSM_ERR_VALIDATION,
 		          "Plaintext is %zu bytes; %s with %s takes at most %zu", n,
 		          hsm_spec_name(k->rec.spec), hsm_enc_alg_name(alg), max);
@@ -103,7 +112,7 @@ hsm_result hsm_kms_encrypt(hsm_kms *kms, const hsm_caller *caller, const hsm_enc
 	kms_authz_extra extra = {.ctx = &req->ctx, .encryption_algorithm = hsm_enc_alg_name(alg)};
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_Encrypt, req->key, &extra, &k));
 	hsm_result r = encrypt_with(kms, caller, k, alg, &req->ctx, req->plaintext,
-	                            req->plaintext_len, ciphertext, used);
+	                            req->plaintext_len, false, ciphertext, used);
 	kms_key_release(k);
 	return r;
 }
@@ -280,7 +289,8 @@ hsm_result hsm_kms_reencrypt(hsm_kms *kms, const hsm_caller *caller,
 	extra.more = &same;
 	extra.n_more = 1;
 	HSM_TRY(kms_lookup(kms, caller, HSM_OP_ReEncrypt, req->dest_key, &extra, &k));
-	HSM_TRY(encrypt_with(kms, caller, k, alg, &req->dest_ctx, pt.data, pt.len, ciphertext, dest));
+	HSM_TRY(encrypt_with(kms, caller, k, alg, &req->dest_ctx, pt.data, pt.len, true, ciphertext,
+	                     dest));
 	*dest_alg = alg;
 out:
 	kms_key_release(k);

@@ -280,6 +280,27 @@ def test_reencrypt_with_rsa(kms, sym, rsa2048):
            DestinationEncryptionContext={"a": "b"}, message=no_ctx)
 
 
+def test_reencrypt_refusals_keep_the_source_plaintext_to_themselves(kms, sym, rsa2048, rsa4096):
+    """ReEncrypt's plaintext is the source ciphertext's, which its caller (kms:ReEncrypt*
+    alone) never sees: a destination that cannot take it is named with its limit, and
+    the plaintext's length, which RSA ciphertexts hide, is not told."""
+    secret = os.urandom(400)
+    ct = public_key(kms, rsa4096).encrypt(secret, oaep("RSAES_OAEP_SHA_256"))
+    resp = raises("ValidationException", kms.re_encrypt, CiphertextBlob=ct, SourceKeyId=rsa4096,
+                  SourceEncryptionAlgorithm="RSAES_OAEP_SHA_256", DestinationKeyId=rsa2048,
+                  DestinationEncryptionAlgorithm="RSAES_OAEP_SHA_256",
+                  message="source ciphertext's plaintext is longer than RSA_2048")
+    assert "400" not in resp["Error"]["Message"], resp
+    # Empty plaintext, which OAEP allows (encrypted elsewhere with the public key).
+    empty = public_key(kms, rsa2048).encrypt(b"", oaep("RSAES_OAEP_SHA_256"))
+    assert kms.decrypt(CiphertextBlob=empty, KeyId=rsa2048,
+                       EncryptionAlgorithm="RSAES_OAEP_SHA_256")["Plaintext"] == b""
+    resp = raises("ValidationException", kms.re_encrypt, CiphertextBlob=empty,
+                  SourceKeyId=rsa2048, SourceEncryptionAlgorithm="RSAES_OAEP_SHA_256",
+                  DestinationKeyId=sym, message="source ciphertext's plaintext is empty")
+    assert "Plaintext must" not in resp["Error"]["Message"], resp
+
+
 # ---- Data keys ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kw,n", [({"KeySpec": "AES_256"}, 32), ({"KeySpec": "AES_128"}, 16),
