@@ -96,6 +96,48 @@ static hsm_result check_lockout(hsm_kms *kms, const hsm_caller *caller,
 	return r;
 }
 
+#define META_ACCOUNT "account"
+
+hsm_result hsm_kms_account_check(hsm_store *store, const char *account_id, const char *region,
+                                 bool record)
+{
+	char mine[96];
+	snprintf(mine, sizeof(mine), "%s %s", account_id, region);
+	hsm_buf v;
+	hsm_buf_init(&v);
+	hsm_result r = hsm_store_meta_get(store, META_ACCOUNT, &v);
+	if (r.err == HSM_ERR_NOT_FOUND) {
+		if (!record) {
+			hsm_buf_free(&v);
+			return HSM_SUCCESS;
+		}
+		const char *names[] = {META_ACCOUNT};
+		hsm_buf value = {.data = (uint8_t *)mine, .len = strlen(mine)};
+		const hsm_buf *values[] = {&value};
+		r = hsm_store_meta_put(store, 1, names, values);
+		if (r.err != HSM_ERR_ALREADY_EXISTS) { /* recorded, or not: either way no other */
+			hsm_buf_free(&v);
+			return r;
+		}
+		r = hsm_store_meta_get(store, META_ACCOUNT, &v); /* another node's, just now */
+	}
+	char theirs[96];
+	snprintf(theirs, sizeof(theirs), "%.*s", (int)(v.len < sizeof(theirs) - 1 ? v.len : 95),
+	         v.data != NULL ? (const char *)v.data : "");
+	hsm_buf_free(&v);
+	HSM_GUARD(r);
+	if (strcmp(theirs, mine) == 0)
+		return HSM_SUCCESS;
+	char *space = strchr(theirs, ' ');
+	if (space != NULL)
+		*space = '\0';
+	return HSM_FAIL(HSM_ERR_CONFLICT,
+	                "the store's keys belong to account %s in region %s, and this node's "
+	                "account_id and region are %s and %s: give it the store's (its key ARNs and "
+	                "policies name them)",
+	                theirs, space != NULL ? space + 1 : "?", account_id, region);
+}
+
 hsm_result hsm_kms_create_key(hsm_kms *kms, const hsm_caller *caller,
                               const hsm_create_key_req *req, hsm_key_record *out)
 {
@@ -106,6 +148,18 @@ hsm_result hsm_kms_create_key(hsm_kms *kms, const hsm_caller *caller,
 	memset(&v, 0, sizeof(v));
 	HSM_GUARD(kms_authorize(kms, caller, HSM_OP_CreateKey, NULL, NULL));
 	HSM_GUARD(validate_create(req));
+	if (!atomic_load_explicit(&kms->account_checked, memory_order_acquire)) {
+		/* The account's record is no change of this request's: the request's outbox row
+		 * goes with the key's own write, not with it. */
+		hsm_store_intent *intent = hsm_store_intent_current();
+		hsm_store_intent_end();
+		hsm_result checked =
+		    hsm_kms_account_check(kms->store, kms->cfg.account_id, kms->cfg.region, true);
+		if (intent != NULL)
+			hsm_store_intent_begin(intent);
+		HSM_GUARD(checked);
+		atomic_store_explicit(&kms->account_checked, true, memory_order_release);
+	}
 	HSM_TRY(hsm_uuid_new(rec.key_id));
 	HSM_TRY(build_record(kms, req, &rec));
 	if (req->policy != NULL && !req->bypass_lockout_check)

@@ -160,6 +160,16 @@ typedef void (*hsm_kms_event_fn)(void *arg, const hsm_kms_event *ev);
 hsm_result hsm_kms_new(hsm_store *store, hsm_keystore *ks, const hsm_kms_config *cfg,
                        hsm_kms **out) HSM_MUST_CHECK;
 void hsm_kms_free(hsm_kms *kms);
+
+/*
+ * The account and region a store's keys belong to (their ARNs, the default
+ * policy's root principal), kept in the store's metadata.  HSM_ERR_CONFLICT,
+ * naming both, when the store names another than account_id/region; when it
+ * names none, records them if record, else succeeds.  CreateKey records them,
+ * so a node of another account cannot make keys its peers cannot manage.
+ */
+hsm_result hsm_kms_account_check(hsm_store *store, const char *account_id, const char *region,
+                                 bool record) HSM_MUST_CHECK;
 void hsm_kms_set_event_sink(hsm_kms *kms, hsm_kms_event_fn fn, void *arg);
 /* Replaces the clock (tests): returns epoch seconds. */
 void hsm_kms_set_clock(hsm_kms *kms, int64_t (*now)(void *arg), void *arg);

@@ -53,6 +53,7 @@ struct hsm_kms {
 	/* Bumped by kms_forget, a counter for the keys whose ids hash to each. */
 	atomic_uint_fast64_t forgets[KMS_FORGET_STRIPES];
 	atomic_bool closing;             /* hsm_kms_free: snapshots let go forget nothing */
+	atomic_bool account_checked;     /* the store's account is this node's (CreateKey) */
 	hsm_shmap *aliases;              /* alias name -> kms_alias (kms.c) */
 	atomic_uint_fast64_t alias_generation; /* bumped on every alias change */
 	struct kms_jwks *jwks;           /* the JWK Set cache (kms_jwks.c) */

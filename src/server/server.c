@@ -343,11 +343,13 @@ static hsm_result claim_node_id(hsm_server *s)
 typedef struct account_probe {
 	const char *mine;
 	char other[13];
+	bool seen; /* a key was listed */
 } account_probe;
 
 static hsm_result probe_account(const hsm_key_record *k, void *arg)
 {
 	account_probe *p = arg;
+	p->seen = true;
 	static const char prefix[] = "arn:aws:iam::";
 	const char *at = k->policy != NULL ? strstr(k->policy, prefix) : NULL;
 	if (at == NULL || strstr(k->policy, p->mine) != NULL)
@@ -359,18 +361,32 @@ static hsm_result probe_account(const hsm_key_record *k, void *arg)
 	return HSM_SUCCESS;
 }
 
-static void warn_other_account(hsm_server *s)
+/*
+ * The store records the account and region its keys belong to (CreateKey
+ * does, and a start on a store with keys): a node of another refuses to
+ * start.  A store with keys made before it did is recorded as this node's,
+ * unless the first key's policy says the keys are another account's: then
+ * only a warning, as nothing tells which is right.
+ */
+static hsm_result check_account(hsm_server *s)
 {
+	HSM_GUARD(hsm_kms_account_check(s->store, s->account, s->region, false));
 	account_probe p = {.mine = s->account, .other = ""};
 	bool truncated = false;
-	if (hsm_failed(hsm_store_key_list(s->store, NULL, 1, false, probe_account, &p, &truncated)) ||
-	    p.other[0] == '\0')
-		return;
-	hsm_warn("the store's key policies name account %s, and this node's account_id is %s: "
-	         "their principals match none of its callers, so key requests will be refused "
-	         "(a store restored or copied from another node: give this one its account_id "
-	         "and region)",
-	         p.other, s->account);
+	if (hsm_failed(hsm_store_key_list(s->store, NULL, 1, false, probe_account, &p, &truncated)))
+		return HSM_SUCCESS; /* unread: checked again at the next start and CreateKey */
+	if (p.other[0] != '\0') {
+		hsm_warn("the store's key policies name account %s, and this node's account_id is %s: "
+		         "their principals match none of its callers, so key requests will be refused "
+		         "(a store restored or copied from another node: give this one its account_id "
+		         "and region)",
+		         p.other, s->account);
+		return HSM_SUCCESS;
+	}
+	if (!p.seen)
+		return HSM_SUCCESS;
+	hsm_result r = hsm_kms_account_check(s->store, s->account, s->region, true);
+	return r.err == HSM_ERR_CONFLICT ? r : HSM_SUCCESS;
 }
 
 static hsm_result open_parts(hsm_server *s)
@@ -387,7 +403,7 @@ static hsm_result open_parts(hsm_server *s)
 		         "until it changes it itself, so a key disabled, scheduled for deletion or "
 		         "given a new policy through another node stays usable here; unless this is "
 		         "the only node, leave it at its default (1000) or set a few hundred ms");
-	warn_other_account(s);
+	HSM_GUARD(hsm_server_blame(s, "account_id", check_account(s)));
 	HSM_GUARD(hsm_server_blame(s, "node_id", claim_node_id(s)));
 	HSM_GUARD(open_audit(s));
 	HSM_GUARD(hsm_keystore_new(s->store, 0, &s->ks));

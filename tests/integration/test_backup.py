@@ -6,6 +6,7 @@ import glob
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -255,14 +256,31 @@ def test_restore_on_another_machine(node):
         dr.cleanup()
 
 
-def test_a_restored_node_of_another_account_is_warned(node):
-    """Key policies name the account's principals: a node started on a restored store
-    with another account_id would refuse every key request, and says why at start."""
+def test_a_restored_node_of_another_account_is_refused(node):
+    """Key ARNs and policies name the store's account: a node started on a restored store
+    with another account_id would refuse every key request (and make keys its peers could
+    not manage), so it refuses to start, naming both; a store whose keys predate the
+    record of its account is warned about instead, and not recorded as the wrong one."""
     s, made = node["shares"], node["made"]
     target = os.path.join(node["base"], "dr-other-account")
     three = ["--share", s["carol"], "--share", s["dave"], "--share", s["erin"]]
     p = hsmctl("restore", "--data-dir", target, *three, made["Path"])
     assert p.returncode == 0, p.stderr
+    with pytest.raises(RuntimeError) as e:
+        Hsmd(["--backup-interval-seconds", "0", "--account-id", "999988887777"],
+             data_dir=target)
+    said = str(e.value)
+    assert "hsmd exited with 2" in said, said
+    assert "the store's keys belong to account 111122223333 in region us-east-1, and this " \
+           "node's account_id and region are 999988887777 and us-east-1" in said, said
+    with pytest.raises(RuntimeError) as e:
+        Hsmd(["--backup-interval-seconds", "0", "--region", "eu-west-1"], data_dir=target)
+    assert "in region us-east-1" in str(e.value) and "eu-west-1" in str(e.value), e.value
+    # Keys made before the store recorded its account: the first key's policy tells.
+    db = sqlite3.connect(os.path.join(target, "hsmd.db"))
+    with db:
+        db.execute("DELETE FROM meta WHERE name = 'account'")
+    db.close()
     dr = Hsmd(["--backup-interval-seconds", "0", "--account-id", "999988887777"],
               data_dir=target)
     try:
@@ -271,6 +289,16 @@ def test_a_restored_node_of_another_account_is_warned(node):
                "account_id is 999988887777" in log, log
     finally:
         dr.cleanup()
+    db = sqlite3.connect(os.path.join(target, "hsmd.db"))
+    assert db.execute("SELECT count(*) FROM meta WHERE name = 'account'").fetchone() == (0,)
+    db.close()
+    # The right account is recorded by its first start.
+    dr = Hsmd(["--backup-interval-seconds", "0"], data_dir=target)
+    dr.cleanup()
+    db = sqlite3.connect(os.path.join(target, "hsmd.db"))
+    row = db.execute("SELECT value FROM meta WHERE name = 'account'").fetchone()
+    db.close()
+    assert row is not None and bytes(row[0]) == b"111122223333 us-east-1", row
 
 
 def test_restore_refuses_a_data_directory_with_an_audit_trail(node):

@@ -564,6 +564,18 @@ def test_concurrent_writes_through_both_nodes(cluster):
     assert st == 200 and len(out["Rotations"]) == ok + 4, (ok, out)
 
 
+def test_a_node_of_another_account_is_refused(cluster):
+    """The keys on the shared store are the account's (their ARNs, the policies' root
+    principal): a node of another account_id would refuse every key request and make keys
+    the others cannot manage, so it does not start; nor does one whose store it shares
+    with a node started first, which recorded the account when it made a key."""
+    kms(cluster.a, cluster.ops).create_key()
+    with pytest.raises(RuntimeError) as e:
+        node(cluster.store, "node-other-account", ["--account-id", "999988887777"])
+    said = str(e.value)
+    assert "hsmd exited with 2" in said and "belong to account 111122223333" in said, said
+
+
 def test_node_started_before_the_ceremony(pg, tmp_path):
     """A node pointed at an empty store waits uninitialized, then unseals with the shares
     of a ceremony run after it started; a second ceremony on that store is refused."""
