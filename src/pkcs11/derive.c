@@ -106,9 +106,10 @@ static CK_RV parse_template(const CK_ATTRIBUTE *t, CK_ULONG n, derived_tmpl *d)
 				return CKR_ATTRIBUTE_VALUE_INVALID;
 			d->has_len = true;
 			break;
-		case CKA_LABEL:
+		case CKA_LABEL: /* UTF-8 (PKCS#11's rule, and C_CreateObject's) */
 			if ((a->pValue == NULL && a->ulValueLen > 0) || a->ulValueLen > P11_LABEL_MAX ||
-			    (a->ulValueLen > 0 && memchr(a->pValue, '\0', a->ulValueLen) != NULL))
+			    (a->ulValueLen > 0 && memchr(a->pValue, '\0', a->ulValueLen) != NULL) ||
+			    !hsm_utf8_valid(a->pValue, a->ulValueLen))
 				return CKR_ATTRIBUTE_VALUE_INVALID;
 			d->label = a;
 			break;

@@ -478,10 +478,18 @@ static void cleanse_strings(json_t *j)
 	}
 }
 
-/* The JSON text of body, in secure memory; body is wiped and consumed. */
-static bool dump_body(json_t *body, hsm_buf *text)
+/*
+ * The JSON text of body, in secure memory; body is wiped and consumed.  A
+ * NULL body is one jansson did not make: memory ran out (malloc's ENOMEM,
+ * as p11_ossl_ran_out reads it), or it refused a value, a string that is
+ * not UTF-8, which JSON cannot carry: CKR_ARGUMENTS_BAD, as hsmd answers a
+ * request it cannot read (ValidationException), not CKR_HOST_MEMORY.
+ */
+static CK_RV dump_body(json_t *body, hsm_buf *text)
 {
-	size_t n = body != NULL ? json_dumpb(body, NULL, 0, JSON_COMPACT) : 0;
+	if (body == NULL)
+		return errno == ENOMEM ? CKR_HOST_MEMORY : CKR_ARGUMENTS_BAD;
+	size_t n = json_dumpb(body, NULL, 0, JSON_COMPACT);
 	bool ok = n > 0 && hsm_ok(hsm_buf_reserve(text, n + 1)) &&
 	          json_dumpb(body, (char *)text->data, n, JSON_COMPACT) == n;
 	if (ok) {
@@ -490,7 +498,7 @@ static bool dump_body(json_t *body, hsm_buf *text)
 	}
 	cleanse_strings(body);
 	json_decref(body);
-	return ok;
+	return ok ? CKR_OK : CKR_HOST_MEMORY; /* a body jansson made fails only for memory */
 }
 
 /*
@@ -525,9 +533,10 @@ static CK_RV call(const char *target, json_t *body, json_t **out, bool unlock,
 	*out = NULL;
 	hsm_buf body_text;
 	hsm_buf_init_secure(&body_text);
-	if (!dump_body(body, &body_text)) {
+	CK_RV dumped = dump_body(body, &body_text);
+	if (dumped != CKR_OK) {
 		hsm_buf_free(&body_text);
-		return CKR_HOST_MEMORY;
+		return dumped;
 	}
 	const char *text = (const char *)body_text.data;
 	if (p11.conn.endpoints[0] == '\0') {

@@ -806,6 +806,29 @@ CK_RV p11_objects_refresh_for(const CK_ATTRIBUTE *tmpl, CK_ULONG count)
 	return rv;
 }
 
+/* KMS's longest alias name, "alias/" included (hsmd's HSM_ALIAS_MAX). */
+#define ALIAS_NAME_MAX 256
+
+/*
+ * Whether a label can be a key's: a key's label is an alias name without
+ * "alias/" (or its key id), so of KMS's alias characters (letters, digits and
+ * "/_-:", AWS KMS API reference, CreateAlias) and short enough.  Another label
+ * (not UTF-8, with a space, too long) can only be a session object's or a
+ * certificate's.
+ */
+static bool key_label(const uint8_t *p, size_t n)
+{
+	if (n > ALIAS_NAME_MAX - strlen("alias/"))
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		uint8_t c = p[i]; /* ASCII, whatever the application's locale */
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '/' || c == '_' || c == '-' || c == ':'))
+			return false;
+	}
+	return true;
+}
+
 /* Refreshes the keys a search template asks for: the key it names, or every key. */
 static CK_RV refresh_keys_for(const CK_ATTRIBUTE *tmpl, CK_ULONG count)
 {
@@ -813,8 +836,13 @@ static CK_RV refresh_keys_for(const CK_ATTRIBUTE *tmpl, CK_ULONG count)
 	const CK_ATTRIBUTE *label = p11_attr_find(tmpl, count, CKA_LABEL);
 	char name[P11_LABEL_MAX + 8] = "";
 	const CK_ATTRIBUTE *named = id != NULL ? id : label;
-	if (named == NULL || named->pValue == NULL || named->ulValueLen == 0 ||
-	    named->ulValueLen > P11_LABEL_MAX)
+	if (named == NULL || named->pValue == NULL || named->ulValueLen == 0)
+		return refresh_keys();
+	/* A label no key can have: hsmd is not asked (one that is not UTF-8 could not even be
+	 * sent), and the search matches the objects the module has, such as derived secrets. */
+	if (named == label && !key_label(label->pValue, label->ulValueLen))
+		return CKR_OK;
+	if (named->ulValueLen > P11_LABEL_MAX)
 		return refresh_keys();
 	memcpy(name, named->pValue, named->ulValueLen);
 	name[named->ulValueLen] = '\0';

@@ -235,10 +235,12 @@ p11_session *p11_session_get(CK_SESSION_HANDLE h);
 /* CKR_OK when h is an open session and the user is logged in. */
 CK_RV p11_user_session(CK_SESSION_HANDLE h);
 /*
- * Calls hsmd: target "TrentService.Sign", ...; body is consumed.  On a 200
- * answer *out is the parsed JSON; otherwise the CKR_* value of the answer's
- * error (CKR_DEVICE_ERROR when no endpoint answered).  Called with the module
- * lock held, which it keeps.
+ * Calls hsmd: target "TrentService.Sign", ...; body is consumed (NULL, as
+ * json_pack gives it: CKR_HOST_MEMORY when memory ran out, otherwise jansson
+ * refused a value, CKR_ARGUMENTS_BAD).  On a 200 answer *out is the parsed
+ * JSON; otherwise the CKR_* value of the answer's error (CKR_DEVICE_ERROR
+ * when no endpoint answered).  Called with the module lock held, which it
+ * keeps.
  */
 CK_RV p11_call(const char *target, json_t *body, json_t **out);
 /*

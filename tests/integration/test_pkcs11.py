@@ -771,6 +771,9 @@ def test_ecdh_refusals(p11, user, officer, keys):
             ([(PyKCS11.CKA_DESTROYABLE, b"\x00")], PyKCS11.CKR_TEMPLATE_INCONSISTENT),
         ]:
             ckr(code, s.deriveKey, priv, tmpl, ecdh(point))
+        # A label is UTF-8 (as a certificate's).
+        got = derive_rv(s, ecdh(point), priv, [(CKA_LABEL, Raw(b"caf\xe9"))])
+        assert got == PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID, CKR.get(got, hex(got))
         # A valid attribute at its only possible value is no error.
         # (PyKCS11 1.5 does not know CKA_DESTROYABLE is a CK_BBOOL: its bytes, then.)
         k = s.deriveKey(priv, SECRET_TEMPLATE + [(PyKCS11.CKA_DESTROYABLE, b"\x01")],
@@ -2148,6 +2151,41 @@ def test_search_by_id_or_label_reads_that_key_only(p11, server, user, officer, k
         assert find(s, None, other) == []
 
 
+def find_raw(s, template):
+    """C_FindObjectsInit with a raw template: its code, and the handles C_FindObjects gives."""
+    rv = s.lib.C_FindObjectsInit(s.session, raw_template(s, template))
+    if rv != CKR_OK:
+        return rv, []
+    out = LowLevel.ckobjlist(16)
+    check(s.lib.C_FindObjects(s.session, out), "C_FindObjects")
+    check(s.lib.C_FindObjectsFinal(s.session), "C_FindObjectsFinal")
+    return rv, [h.value() for h in out]
+
+
+def test_a_label_no_alias_can_be_is_searched_without_hsmd(p11, server, user, keys):
+    """A key's label is an alias name (letters, digits, "/_-:", at most 250 of them): a
+    search by another label, not UTF-8 (which no JSON request can carry), with a space or too
+    long, asks hsmd nothing and answers CKR_OK, finding the module's own objects that have it,
+    such as a derived secret."""
+    point = ec.generate_private_key(ec.SECP384R1()).public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    label = "shared secret \u00e9"
+    with session(p11, user.pin) as s:
+        (priv,) = find(s, CKO_PRIVATE_KEY, keys["ecdh"])
+        k = s.deriveKey(priv, SECRET_TEMPLATE + [(CKA_LABEL, label)], ecdh(point))
+        base = calls_by(server, user)
+        for raw in (b"caf\xe9", b"\xff", b"caf\xc3", b"web tls", b"x" * 251):
+            assert find_raw(s, [(CKA_LABEL, Raw(raw))]) == (CKR_OK, []), raw
+        assert find_raw(s, [(CKA_LABEL, Raw(label.encode()))]) == (CKR_OK, [k.value()])
+        # Only the search by an alias's label that ends this asks hsmd: for the alias, then
+        # for its key.
+        assert len(s.findObjects([(CKA_LABEL, "ecdh-key"), (CKA_CLASS, CKO_PRIVATE_KEY)])) == 1
+        after = settled_calls(server, user, sum(base.values()))
+        assert {op: after[op] - base[op] for op in base} == {
+            "ListKeys": 0, "ListAliases": 1, "DescribeKey": 2, "GetPublicKey": 1,
+            "DescribeKeys": 0}
+
+
 # ---- 12. RSA-OAEP ----------------------------------------------------------------------------
 
 def oaep(hash_ck, mgf):
@@ -2351,6 +2389,10 @@ def test_keys_view(tmp_path, server, user, officer, keys):
         [keys["rsa"], keys["ec"], keys["mac"]])
     assert ids(keys=f"alias/no-such-key,{keys['aes']},,00000000-0000-4000-8000-000000000000") == \
         [keys["aes"]]
+    # A name that is not UTF-8 cannot be sent (JSON carries none): the login is refused as
+    # hsmd refuses a request it cannot read, CKR_ARGUMENTS_BAD, not as a lack of memory.
+    p = tool(server.endpoint, *pin, keys="alias/caf\udce9")  # the byte 0xe9, as the OS passes it
+    assert login_fails(p) and "CKR_ARGUMENTS_BAD" in p.stderr, p.stderr
     # An alias is resolved at each listing: moved, it shows the key it names now.
     other = officer.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")[
         "KeyMetadata"]["KeyId"]
