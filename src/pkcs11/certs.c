@@ -337,6 +337,11 @@ static CK_RV check_template(const CK_ATTRIBUTE *t, CK_ULONG n, const p11_object 
 		if (t[i].pValue == NULL && t[i].ulValueLen > 0)
 			return CKR_ATTRIBUTE_VALUE_INVALID;
 	}
+	/* The attributes read before this (class, CKA_TOKEN, label, CKA_ID) were their first
+	 * ones: a second that says otherwise is refused here, before anything is stored. */
+	CK_RV rv = p11_template_repeats(t, n);
+	if (rv != CKR_OK)
+		return rv;
 	CK_ULONG u = 0;
 	bool b = false;
 	/* The security officer alone marks certificates trusted; this token has none. */

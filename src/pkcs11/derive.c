@@ -147,7 +147,8 @@ static CK_RV parse_template(const CK_ATTRIBUTE *t, CK_ULONG n, derived_tmpl *d)
 			break;
 		}
 	}
-	return CKR_OK;
+	/* Each attribute is well formed on its own; one given twice must say the same twice. */
+	return p11_template_repeats(t, n);
 }
 
 /* ---- the peer's public key ------------------------------------------------------------------ */

@@ -341,6 +341,15 @@ bool p11_attr_bool(const CK_ATTRIBUTE *a, bool *out);
 bool p11_attr_ulong(const CK_ATTRIBUTE *a, CK_ULONG *out);
 /* The template attribute of a type, or NULL. */
 const CK_ATTRIBUTE *p11_attr_find(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type);
+/*
+ * CKR_TEMPLATE_INCONSISTENT when a template gives one attribute type twice
+ * with different bytes (PKCS#11 v2.40 4.1.1: "two different values for the
+ * same attribute"), else CKR_OK.  Every template the module reads (key
+ * generation, C_CreateObject, C_DeriveKey) is checked with it: the module
+ * reads an attribute where it first comes (p11_attr_find), and a later value
+ * saying otherwise would go unheard.
+ */
+CK_RV p11_template_repeats(const CK_ATTRIBUTE *t, CK_ULONG n) HSM_MUST_CHECK;
 /* The object of an hsmd key or certificate id and class, or NULL. */
 p11_object *p11_object_of(const char *key_id, CK_OBJECT_CLASS cls);
 /* A new object (its handle set, the rest zero), or NULL. */

@@ -8,6 +8,9 @@
  *     CKR_ATTRIBUTE_READ_ONLY;
  *   - a value of the wrong size (a CK_BBOOL that is not one byte, a CK_ULONG
  *     of 4 bytes on a 64-bit host): CKR_ATTRIBUTE_VALUE_INVALID;
+ *   - one attribute given twice with different values: CKR_TEMPLATE_INCONSISTENT
+ *     (4.1.1's "two different values for the same attribute"; the same bytes
+ *     twice are one value);
  *   - a value the new key would not have: CKR_TEMPLATE_INCONSISTENT (another
  *     class or key type than the mechanism makes, a session object, a
  *     modifiable or copyable key, a CKA_PRIVATE it will not have, dates,
@@ -167,6 +170,8 @@ static CK_RV check_each(const CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_CLASS cls, 
 CK_RV p11_template_check(const CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_CLASS cls, CK_KEY_TYPE kt)
 {
 	CK_RV rv = check_each(t, n, cls, kt);
+	if (rv == CKR_OK)
+		rv = p11_template_repeats(t, n);
 	if (rv != CKR_OK)
 		return rv;
 	CK_ULONG u = cls;
@@ -243,6 +248,42 @@ const CK_ATTRIBUTE *p11_attr_find(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUT
 		if (t[i].type == type)
 			return &t[i];
 	return NULL;
+}
+
+/* Whether two attributes hold the same bytes. */
+static bool same_value(const CK_ATTRIBUTE *a, const CK_ATTRIBUTE *b)
+{
+	return a->ulValueLen == b->ulValueLen &&
+	       (a->ulValueLen == 0 ||
+	        (a->pValue != NULL && b->pValue != NULL &&
+	         hsm_ct_equal(a->pValue, b->pValue, a->ulValueLen)));
+}
+
+/*
+ * Each attribute is compared with the first of its type, found in a short
+ * table of first ones: the templates checked here hold only types their
+ * callers know (a few dozen), so a long template is read once, not once an
+ * attribute.  A type beyond the table's room is looked for in the template.
+ */
+#define REPEAT_TYPES_MAX 64
+
+CK_RV p11_template_repeats(const CK_ATTRIBUTE *t, CK_ULONG n)
+{
+	const CK_ATTRIBUTE *first[REPEAT_TYPES_MAX];
+	size_t n_first = 0;
+	for (CK_ULONG i = 0; i < n; i++) {
+		const CK_ATTRIBUTE *f = NULL;
+		for (size_t k = 0; k < n_first && f == NULL; k++)
+			if (first[k]->type == t[i].type)
+				f = first[k];
+		if (f == NULL && n_first == REPEAT_TYPES_MAX)
+			f = p11_attr_find(t, i, t[i].type);
+		if (f == NULL && n_first < REPEAT_TYPES_MAX)
+			first[n_first++] = &t[i];
+		else if (f != NULL && !same_value(f, &t[i]))
+			return CKR_TEMPLATE_INCONSISTENT;
+	}
+	return CKR_OK;
 }
 
 bool p11_attr_bool(const CK_ATTRIBUTE *a, bool *out)

@@ -716,8 +716,9 @@ def test_pkcs11_create_and_destroy(server, officer, ca, keys, user, p11):
         s.destroyObject(o)
         assert listed(server) == before
         assert o.value() not in handles(s, [(CKA_CLASS, CKO_CERTIFICATE)])
-        # Without CKA_ID and CKA_LABEL: stored without them.
-        o = s.createObject(cert_template(der(cert)))
+        # Without CKA_ID and CKA_LABEL: stored without them.  (An attribute given twice alike
+        # is one value.)
+        o = s.createObject(cert_template(der(cert), extra=[(CKA_TOKEN, True)]))
         stored = [c for c in listed(server) if c not in before]
         assert [(c["Label"], c["ObjectId"]) for c in stored] == [("", "")]
         s.destroyObject(o)
@@ -777,6 +778,13 @@ def test_pkcs11_refused_creations(server, officer, ca, keys, user, p11):
             (PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID, cert_template(der(cert), label="tab\there")),
             (PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID, cert_template(der(cert), cka_id=b"i" * 257)),
             (PyKCS11.CKR_ATTRIBUTE_TYPE_INVALID, cert_template(der(cert), extra=[(CKA_UNKNOWN, b"x")])),
+            # One attribute with two values (PKCS#11 v2.40 4.1.1), not read as its first.
+            (PyKCS11.CKR_TEMPLATE_INCONSISTENT, cert_template(der(cert), label="one",
+                                                              extra=[(CKA_LABEL, "two")])),
+            (PyKCS11.CKR_TEMPLATE_INCONSISTENT, cert_template(der(cert),
+                                                              extra=[(CKA_TOKEN, False)])),
+            (PyKCS11.CKR_TEMPLATE_INCONSISTENT, cert_template(der(cert), token=False,
+                                                              extra=[(CKA_TOKEN, True)])),
         ]
         for code, tpl in bad:
             ckr(code, s.createObject, tpl)

@@ -771,12 +771,19 @@ def test_ecdh_refusals(p11, user, officer, keys):
             ([(PyKCS11.CKA_DESTROYABLE, b"\x00")], PyKCS11.CKR_TEMPLATE_INCONSISTENT),
         ]:
             ckr(code, s.deriveKey, priv, tmpl, ecdh(point))
-        # A label is UTF-8 (as a certificate's).
-        got = derive_rv(s, ecdh(point), priv, [(CKA_LABEL, Raw(b"caf\xe9"))])
-        assert got == PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID, CKR.get(got, hex(got))
-        # A valid attribute at its only possible value is no error.
+        # A label is UTF-8 (as a certificate's); an attribute given twice must say the same
+        # both times (PKCS#11 v2.40 4.1.1), not be read as its first value.
+        for tmpl, code in [
+            ([(CKA_LABEL, Raw(b"caf\xe9"))], PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID),
+            ([(CKA_SENSITIVE, True), (CKA_SENSITIVE, False)], PyKCS11.CKR_TEMPLATE_INCONSISTENT),
+            ([(CKA_LABEL, "one"), (CKA_LABEL, "two")], PyKCS11.CKR_TEMPLATE_INCONSISTENT),
+        ]:
+            got = derive_rv(s, ecdh(point), priv, tmpl)
+            assert got == code, (tmpl, CKR.get(got, hex(got)))
+        # A valid attribute at its only possible value is no error, nor one given twice alike.
         # (PyKCS11 1.5 does not know CKA_DESTROYABLE is a CK_BBOOL: its bytes, then.)
-        k = s.deriveKey(priv, SECRET_TEMPLATE + [(PyKCS11.CKA_DESTROYABLE, b"\x01")],
+        k = s.deriveKey(priv, SECRET_TEMPLATE + [(PyKCS11.CKA_DESTROYABLE, b"\x01"),
+                                                 (CKA_TOKEN, False)],
                         ecdh(point))
         assert attrs(s, k, PyKCS11.CKA_DESTROYABLE) == [b"\x01"]
         s.destroyObject(k)
@@ -1272,7 +1279,10 @@ def test_generate_applies_the_template_rules(p11, officer):
     the wrong size CKR_ATTRIBUTE_VALUE_INVALID, and a class, key type, session object, second
     usage, refused usage or CKA_PRIVATE the key would not have CKR_TEMPLATE_INCONSISTENT; none
     makes a key.
-    The standard attributes with the values an hsmd key has are accepted."""
+    An attribute given twice with different values is CKR_TEMPLATE_INCONSISTENT too (4.1.1),
+    not read as its first value.
+    The standard attributes with the values an hsmd key has are accepted, one of them twice
+    with the same value."""
     T = [(CKA_TOKEN, True)]
     ec_pub = T + [(CKA_EC_PARAMS, P256_OID)]
     rsa_pub = T + [(CKA_MODULUS_BITS, 2048)]
@@ -1320,6 +1330,10 @@ def test_generate_applies_the_template_rules(p11, officer):
         (INCONSISTENT, ec, ec_pub, T + [(CKA_PRIVATE, False)]),
         (INCONSISTENT, rsa, rsa_pub, T + [(CKA_DECRYPT, True), (CKA_PRIVATE, False)]),
         (INCONSISTENT, ec, ec_pub, T + [(CKA_EC_PARAMS, P384_OID)]),
+        # One attribute with two values (4.1.1), whichever comes first: no key, not the first.
+        (INCONSISTENT, rsa, rsa_pub, T + [(CKA_DECRYPT, False), (CKA_DECRYPT, True)]),
+        (INCONSISTENT, ec, ec_pub, T + [(CKA_LABEL, "p11-dup-a"), (CKA_LABEL, "p11-dup-b")]),
+        (INCONSISTENT, ec, ec_pub + [(CKA_TOKEN, False)], T),
     ]
     secrets = [
         (TYPE, aes, aes_t + [(CKA_MODULUS_BITS, 2048)]),
@@ -1337,6 +1351,8 @@ def test_generate_applies_the_template_rules(p11, officer):
         (INCONSISTENT, aes, aes_t + [(CKA_PRIVATE, False)]),
         (INCONSISTENT, mac, mac_t + [(CKA_PRIVATE, False)]),
         (VALUE, aes, aes_t + [(CKA_ID, b"\x01" * 121)]),
+        (INCONSISTENT, aes, aes_t + [(CKA_SENSITIVE, True), (CKA_SENSITIVE, False)]),
+        (INCONSISTENT, mac, mac_t + [(CKA_VALUE_LEN, 64)]),
     ]
     count = len(officer.list_keys(Limit=1000)["Keys"])
     with session(p11, f"{DEV_AKID}:{DEV_SECRET}") as s:
@@ -1363,7 +1379,8 @@ def test_generate_applies_the_template_rules(p11, officer):
                       (CKA_SENSITIVE, True), (CKA_EXTRACTABLE, False), (CKA_SIGN, True),
                       (CKA_DECRYPT, False), (PyKCS11.CKA_UNWRAP, False), (CKA_DERIVE, False),
                       (PyKCS11.CKA_SUBJECT, b"0\x00"), (CKA_LABEL, "p11-full"),
-                      (PyKCS11.CKA_DESTROYABLE, Raw(b"\x01")), (CKA_EC_PARAMS, P256_OID)],
+                      (PyKCS11.CKA_DESTROYABLE, Raw(b"\x01")), (CKA_EC_PARAMS, P256_OID),
+                      (CKA_TOKEN, True)],
             ec)
         assert attrs(s, hpriv, CKA_ID) == attrs(s, hpub, CKA_ID) == [b"any"]
     # The CKA_ID is kept as the alias that gives it (alias/pkcs11-id/ and the id in hex).
