@@ -47,7 +47,13 @@ static a_status bytes(a_value *v, const void *p, size_t n)
 	return A_OK;
 }
 
-/* A derived secret's attributes: what its template asked for. */
+/*
+ * A derived secret's attributes: what its template asked for.  It was
+ * always sensitive, or never extractable, when it is so now and its base
+ * key always was (PKCS#11 v2.40 Current Mechanisms, ECDH key derivation's
+ * rules): not when the base key's material was imported (external), and so
+ * once in the clear.
+ */
 static a_status derived_attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
 {
 	for (size_t i = 0; i < P11_USES; i++)
@@ -57,10 +63,10 @@ static a_status derived_attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_va
 	case CKA_CLASS: return ulong_value(v, CKO_SECRET_KEY);
 	case CKA_KEY_TYPE: return ulong_value(v, CKK_GENERIC_SECRET);
 	case CKA_PRIVATE: return boolean(v, o->is_private);
-	case CKA_SENSITIVE:
-	case CKA_ALWAYS_SENSITIVE: return boolean(v, o->sensitive);
+	case CKA_SENSITIVE: return boolean(v, o->sensitive);
+	case CKA_ALWAYS_SENSITIVE: return boolean(v, o->sensitive && !o->external);
 	case CKA_EXTRACTABLE: return boolean(v, o->extractable);
-	case CKA_NEVER_EXTRACTABLE: return boolean(v, !o->extractable);
+	case CKA_NEVER_EXTRACTABLE: return boolean(v, !o->extractable && !o->external);
 	case CKA_DESTROYABLE: return boolean(v, true);
 	case CKA_TOKEN:
 	case CKA_MODIFIABLE:

@@ -334,6 +334,7 @@ CK_RV C_DeriveKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE b
 	char key_id[HSM_UUID_STRLEN + 1];
 	snprintf(key_id, sizeof(key_id), "%s", o->key_id);
 	hsm_key_spec spec = o->spec;
+	bool external = o->external;
 	uint64_t gen = p11.gen;
 	p11_ticket t = p11_ticket_of(h, NULL);
 	o = NULL; /* the table may change while the lock is let go */
@@ -355,6 +356,7 @@ CK_RV C_DeriveKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE b
 		k->is_private = d.is_private;
 		k->sensitive = d.sensitive;
 		k->extractable = d.extractable;
+		k->external = external; /* its base's: see attrs.c */
 		memcpy(k->uses, d.uses, sizeof(k->uses));
 		if (d.label != NULL && d.label->ulValueLen > 0)
 			memcpy(k->label, d.label->pValue, d.label->ulValueLen);

@@ -75,7 +75,8 @@ typedef struct p11_object {
 	                       * KEY_AGREEMENT (EC, a public key object only) */
 	CK_KEY_TYPE key_type; /* CKK_RSA, CKK_EC, CKK_EC_EDWARDS, CKK_GENERIC_SECRET */
 	bool seen;            /* in the last listing */
-	bool external;        /* an hsmd key whose material was imported (Origin EXTERNAL) */
+	bool external;        /* an hsmd key whose material was imported (Origin EXTERNAL); a
+	                       * derived secret: derived from such a key */
 	/* Public values (asymmetric keys), from the key's SubjectPublicKeyInfo;
 	 * parsed is true once they were read from spki as it now is. */
 	hsm_buf spki, modulus, exponent, ec_params, ec_point;

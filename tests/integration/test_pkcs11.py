@@ -855,6 +855,39 @@ def test_imported_key_is_an_object_once_it_has_material(p11, user, officer, keys
             False, -1]
 
 
+def test_a_secret_derived_from_an_imported_key_was_never_always_sensitive(p11, user, officer,
+                                                                          keys):
+    """A derived secret is always sensitive, or never extractable, only if its base key is too
+    (PKCS#11 v2.40 Current Mechanisms, ECDH key derivation): from a key made in hsmd, as its
+    own template says; from a KEY_AGREEMENT key whose material was imported (once in the
+    clear), never, whatever its template."""
+    from test_import import do_import
+    ours = ec.generate_private_key(ec.SECP256R1())
+    kid = officer.create_key(KeySpec="ECC_NIST_P256", KeyUsage="KEY_AGREEMENT",
+                             Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
+    do_import(officer, kid, ours.private_bytes(serialization.Encoding.DER,
+                                               serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()),
+              alg="RSA_AES_KEY_WRAP_SHA_256", spec="RSA_2048")
+
+    def peer(curve):
+        return ec.generate_private_key(curve).public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+
+    flags = (CKA_SENSITIVE, CKA_ALWAYS_SENSITIVE, CKA_EXTRACTABLE, CKA_NEVER_EXTRACTABLE)
+    kept = [(CKA_SENSITIVE, True), (CKA_EXTRACTABLE, False)]
+    with session(p11, user.pin) as s:
+        (imported,) = find(s, CKO_PRIVATE_KEY, kid)
+        assert attrs(s, imported, CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE) == [False, False]
+        k = s.deriveKey(imported, kept, ecdh(peer(ec.SECP256R1())))
+        assert attrs(s, k, *flags) == [True, False, False, False]
+        (made,) = find(s, CKO_PRIVATE_KEY, keys["ecdh"])
+        k = s.deriveKey(made, kept, ecdh(peer(ec.SECP384R1())))
+        assert attrs(s, k, *flags) == [True, True, False, True]
+        k = s.deriveKey(made, SECRET_TEMPLATE, ecdh(peer(ec.SECP384R1())))
+        assert attrs(s, k, *flags) == [False, False, True, False]
+
+
 # ---- 4. signing and verification -------------------------------------------------------------
 
 def test_rsa_signatures(p11, user, officer, keys):
