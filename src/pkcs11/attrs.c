@@ -220,7 +220,10 @@ CK_RV C_GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUT
 	p11_object *o = p11.logged_in ? p11_object_get(obj) : NULL;
 	if (o == NULL)
 		LEAVE(CKR_OBJECT_HANDLE_INVALID);
-	CK_RV rv = CKR_OK;
+	/* Every attribute is answered (PKCS#11 v2.40 5.7), and the code is the same whatever
+	 * their order: a sensitive one, then one the object lacks, then a buffer too small,
+	 * as SoftHSMv2 answers (5.7 lets any of those that apply be returned). */
+	bool sensitive = false, invalid = false, small = false;
 	for (CK_ULONG i = 0; i < count; i++) {
 		if (tmpl[i].type == CKA_CHECK_VALUE) {
 			CK_RV read = p11_object_read_check(o);
@@ -231,19 +234,23 @@ CK_RV C_GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUT
 		a_status st = attribute(o, tmpl[i].type, &v);
 		if (st != A_OK) {
 			tmpl[i].ulValueLen = CK_UNAVAILABLE_INFORMATION;
-			rv = st == A_SENSITIVE ? CKR_ATTRIBUTE_SENSITIVE : CKR_ATTRIBUTE_TYPE_INVALID;
+			sensitive = sensitive || st == A_SENSITIVE;
+			invalid = invalid || st == A_INVALID;
 		} else if (tmpl[i].pValue == NULL) {
 			tmpl[i].ulValueLen = v.n;
 		} else if (tmpl[i].ulValueLen < v.n) {
 			tmpl[i].ulValueLen = CK_UNAVAILABLE_INFORMATION;
-			rv = CKR_BUFFER_TOO_SMALL;
+			small = true;
 		} else {
 			if (v.n > 0)
 				memcpy(tmpl[i].pValue, v.p, v.n);
 			tmpl[i].ulValueLen = v.n;
 		}
 	}
-	LEAVE(rv);
+	LEAVE(sensitive ? CKR_ATTRIBUTE_SENSITIVE
+	      : invalid ? CKR_ATTRIBUTE_TYPE_INVALID
+	      : small   ? CKR_BUFFER_TOO_SMALL
+	                : CKR_OK);
 }
 
 CK_RV C_SetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR tmpl,

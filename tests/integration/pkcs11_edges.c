@@ -1,9 +1,9 @@
 /*
  * pkcs11_edges.c - answers only a C caller meets: a decryption into a
  * buffer too small for its plaintext (CKR_BUFFER_TOO_SMALL with the exact
- * length, the operation going on), a signature of the wrong length, the
- * object calls a view of hsmd's keys refuses, and the functions the token
- * does not offer.
+ * length, the operation going on), a signature of the wrong length,
+ * C_GetAttributeValue failing in two ways at once, the object calls a view
+ * of hsmd's keys refuses, and the functions the token does not offer.
  *
  *   pkcs11_edges MODULE PIN RSA_ENC_KEY_ID EC_KEY_ID
  *
@@ -64,6 +64,45 @@ static void decrypt_cases(CK_SESSION_HANDLE s, const char *id)
 	f->C_DecryptFinal(s, out, &room); /* whatever the last Init left */
 }
 
+/* What C_GetAttributeValue left in an attribute's ulValueLen. */
+static const char *length_of(const CK_ATTRIBUTE *a)
+{
+	return a->ulValueLen == CK_UNAVAILABLE_INFORMATION ? "unavailable" : "given";
+}
+
+/*
+ * C_GetAttributeValue with two attributes that fail, in either order, and one that
+ * does not: an EC private key's CKA_VALUE (sensitive), its CKA_MODULUS (it has none),
+ * its CKA_EC_PARAMS into one byte (too small), and its CKA_CLASS.  Prints the code,
+ * then what each length says and whether the class was given.
+ */
+static void attribute_cases(CK_SESSION_HANDLE s, const char *id)
+{
+	CK_OBJECT_HANDLE priv = key_of_class(f, s, CKO_PRIVATE_KEY, id);
+	static const CK_ATTRIBUTE_TYPE types[] = {CKA_VALUE, CKA_MODULUS, CKA_EC_PARAMS};
+	static const char *const names[] = {"sensitive", "invalid", "small"};
+	for (size_t i = 0; i < 3; i++) {
+		for (size_t j = 0; j < 3; j++) {
+			if (i == j)
+				continue;
+			CK_BYTE a[256], b[256];
+			CK_OBJECT_CLASS cls = 0;
+			CK_ATTRIBUTE t[] = {
+			    {types[i], a, types[i] == CKA_EC_PARAMS ? 1 : sizeof(a)},
+			    {types[j], b, types[j] == CKA_EC_PARAMS ? 1 : sizeof(b)},
+			    {CKA_CLASS, &cls, sizeof(cls)},
+			};
+			CK_RV rv = f->C_GetAttributeValue(s, priv, t, 3);
+			bool given_class = cls == CKO_PRIVATE_KEY && t[2].ulValueLen == sizeof(cls);
+			char name[64], what[64];
+			snprintf(name, sizeof(name), "attributes_%s_%s", names[i], names[j]);
+			snprintf(what, sizeof(what), "%s %s %s", length_of(&t[0]), length_of(&t[1]),
+			         given_class ? "class" : "?");
+			line(name, rv, what);
+		}
+	}
+}
+
 static void verify_cases(CK_SESSION_HANDLE s, const char *id)
 {
 	CK_OBJECT_HANDLE pub = key_of_class(f, s, CKO_PUBLIC_KEY, id);
@@ -120,6 +159,7 @@ int main(int argc, char **argv)
 	CK_SESSION_HANDLE s = logged_in(f, argv[2], 0);
 	decrypt_cases(s, argv[3]);
 	verify_cases(s, argv[4]);
+	attribute_cases(s, argv[4]);
 	object_cases(s, argv[3]);
 	f->C_Logout(s);
 	f->C_CloseSession(s);

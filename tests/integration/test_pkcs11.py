@@ -2805,8 +2805,10 @@ def test_calls_end_their_operation_on_bad_arguments(tmp_path, server, user, keys
 def test_answers_only_a_c_caller_meets(tmp_path, server, user, keys):
     """A decryption into too small a buffer answers CKR_BUFFER_TOO_SMALL with the exact
     length and goes on (PKCS#11 v2.40 5.2); a signature of the wrong length is
-    CKR_SIGNATURE_LEN_RANGE; objects, views of hsmd's keys, are not modified, copied,
-    wrapped or sized; functions the token does not offer say so."""
+    CKR_SIGNATURE_LEN_RANGE; C_GetAttributeValue failing in two ways answers the same code
+    whatever the order (CKR_ATTRIBUTE_SENSITIVE, then CKR_ATTRIBUTE_TYPE_INVALID, then
+    CKR_BUFFER_TOO_SMALL), with every attribute answered; objects, views of hsmd's keys, are
+    not modified, copied, wrapped or sized; functions the token does not offer say so."""
     exe = c_program(tmp_path, "pkcs11_edges")
     env = dict(os.environ, HSM_PKCS11_ENDPOINT=server.endpoint)
     p = subprocess.run([str(exe), MODULE, user.pin, keys["rsa_enc"], keys["ec"]], env=env,
@@ -2820,6 +2822,13 @@ def test_answers_only_a_c_caller_meets(tmp_path, server, user, keys):
         "verify_short_signature": "0xc1 ended",      # CKR_SIGNATURE_LEN_RANGE
         "verify_zero_signature": "0xc0 ended",       # CKR_SIGNATURE_INVALID
         "verify_long_signature": "0xc1",
+        # CKR_ATTRIBUTE_SENSITIVE before CKR_ATTRIBUTE_TYPE_INVALID before CKR_BUFFER_TOO_SMALL
+        "attributes_sensitive_invalid": "0x11 unavailable unavailable class",
+        "attributes_invalid_sensitive": "0x11 unavailable unavailable class",
+        "attributes_sensitive_small": "0x11 unavailable unavailable class",
+        "attributes_small_sensitive": "0x11 unavailable unavailable class",
+        "attributes_invalid_small": "0x12 unavailable unavailable class",
+        "attributes_small_invalid": "0x12 unavailable unavailable class",
         "set_attribute": "0x1b",                     # CKR_ACTION_PROHIBITED
         "set_attribute_bad_handle": "0x82",          # CKR_OBJECT_HANDLE_INVALID
         "object_size": "0x0 unavailable",
