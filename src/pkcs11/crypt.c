@@ -35,7 +35,9 @@ static const char *oaep_algorithm(const CK_MECHANISM *mech, size_t *hash_len)
 	const CK_RSA_PKCS_OAEP_PARAMS *p = mech->pParameter;
 	if (p->source != CKZ_DATA_SPECIFIED && p->source != 0)
 		return NULL;
-	if (p->pSourceData != NULL && p->ulSourceDataLen != 0) /* hsmd's OAEP has no label */
+	/* hsmd's OAEP has no label.  A length without its data (pSourceData NULL) is no empty
+	 * label either, but a malformed one: refused, not read as none. */
+	if (p->ulSourceDataLen != 0)
 		return NULL;
 	if (p->hashAlg == CKM_SHA_1 && p->mgf == CKG_MGF1_SHA1) {
 		*hash_len = 20;

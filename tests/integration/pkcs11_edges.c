@@ -1,9 +1,10 @@
 /*
  * pkcs11_edges.c - answers only a C caller meets: a decryption into a
  * buffer too small for its plaintext (CKR_BUFFER_TOO_SMALL with the exact
- * length, the operation going on), a signature of the wrong length,
- * C_GetAttributeValue failing in two ways at once, the object calls a view
- * of hsmd's keys refuses, and the functions the token does not offer.
+ * length, the operation going on), OAEP parameters giving a label's length
+ * without its data, a signature of the wrong length, C_GetAttributeValue
+ * failing in two ways at once, the object calls a view of hsmd's keys
+ * refuses, and the functions the token does not offer.
  *
  *   pkcs11_edges MODULE PIN RSA_ENC_KEY_ID EC_KEY_ID
  *
@@ -62,6 +63,17 @@ static void decrypt_cases(CK_SESSION_HANDLE s, const char *id)
 	rv = f->C_Decrypt(s, ct, n - 1, out, &room);
 	line("decrypt_wrong_length", rv, decrypt_state(s, &m, priv));
 	f->C_DecryptFinal(s, out, &room); /* whatever the last Init left */
+}
+
+/* pSourceData NULL with a length: no empty label, but malformed parameters. */
+static void oaep_cases(CK_SESSION_HANDLE s, const char *id)
+{
+	CK_OBJECT_HANDLE pub = key_of_class(f, s, CKO_PUBLIC_KEY, id);
+	CK_OBJECT_HANDLE priv = key_of_class(f, s, CKO_PRIVATE_KEY, id);
+	CK_RSA_PKCS_OAEP_PARAMS oaep = {CKM_SHA256, CKG_MGF1_SHA256, CKZ_DATA_SPECIFIED, NULL, 5};
+	CK_MECHANISM m = {CKM_RSA_PKCS_OAEP, &oaep, sizeof(oaep)};
+	line("oaep_label_length_only_encrypt", f->C_EncryptInit(s, &m, pub), "");
+	line("oaep_label_length_only_decrypt", f->C_DecryptInit(s, &m, priv), "");
 }
 
 /* What C_GetAttributeValue left in an attribute's ulValueLen. */
@@ -158,6 +170,7 @@ int main(int argc, char **argv)
 	f = load_module(argv[1]);
 	CK_SESSION_HANDLE s = logged_in(f, argv[2], 0);
 	decrypt_cases(s, argv[3]);
+	oaep_cases(s, argv[3]);
 	verify_cases(s, argv[4]);
 	attribute_cases(s, argv[4]);
 	object_cases(s, argv[3]);

@@ -2804,11 +2804,13 @@ def test_calls_end_their_operation_on_bad_arguments(tmp_path, server, user, keys
 
 def test_answers_only_a_c_caller_meets(tmp_path, server, user, keys):
     """A decryption into too small a buffer answers CKR_BUFFER_TOO_SMALL with the exact
-    length and goes on (PKCS#11 v2.40 5.2); a signature of the wrong length is
-    CKR_SIGNATURE_LEN_RANGE; C_GetAttributeValue failing in two ways answers the same code
-    whatever the order (CKR_ATTRIBUTE_SENSITIVE, then CKR_ATTRIBUTE_TYPE_INVALID, then
-    CKR_BUFFER_TOO_SMALL), with every attribute answered; objects, views of hsmd's keys, are
-    not modified, copied, wrapped or sized; functions the token does not offer say so."""
+    length and goes on (PKCS#11 v2.40 5.2); OAEP parameters with a label's length and no
+    label (pSourceData NULL) are CKR_MECHANISM_PARAM_INVALID, not taken for no label; a
+    signature of the wrong length is CKR_SIGNATURE_LEN_RANGE; C_GetAttributeValue failing
+    in two ways answers the same code whatever the order (CKR_ATTRIBUTE_SENSITIVE, then
+    CKR_ATTRIBUTE_TYPE_INVALID, then CKR_BUFFER_TOO_SMALL), with every attribute answered;
+    objects, views of hsmd's keys, are not modified, copied, wrapped or sized; functions the
+    token does not offer say so."""
     exe = c_program(tmp_path, "pkcs11_edges")
     env = dict(os.environ, HSM_PKCS11_ENDPOINT=server.endpoint)
     p = subprocess.run([str(exe), MODULE, user.pin, keys["rsa_enc"], keys["ec"]], env=env,
@@ -2819,6 +2821,8 @@ def test_answers_only_a_c_caller_meets(tmp_path, server, user, keys):
         "decrypt_short": "0x150 20",                 # CKR_BUFFER_TOO_SMALL, the exact length
         "decrypt_again": "0x0 20 same ended",
         "decrypt_wrong_length": "0x41 ended",        # CKR_ENCRYPTED_DATA_LEN_RANGE
+        "oaep_label_length_only_encrypt": "0x71",    # CKR_MECHANISM_PARAM_INVALID
+        "oaep_label_length_only_decrypt": "0x71",
         "verify_short_signature": "0xc1 ended",      # CKR_SIGNATURE_LEN_RANGE
         "verify_zero_signature": "0xc0 ended",       # CKR_SIGNATURE_INVALID
         "verify_long_signature": "0xc1",
