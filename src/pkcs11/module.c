@@ -794,7 +794,9 @@ CK_RV C_SeedRandom(CK_SESSION_HANDLE h, CK_BYTE_PTR seed, CK_ULONG len)
 /* ---- what this token does not do ---------------------------------------------------------------
  * Keys are made and managed in hsmd (C_GenerateKey and C_GenerateKeyPair
  * make one); its users, PINs and the token itself are hsmd's administration.
- * Encryption is RSA-OAEP (in one part) and AES-GCM (crypt.c).
+ * Encryption is RSA-OAEP (in one part) and AES-GCM (crypt.c).  These
+ * functions answer as the others do first: CKR_CRYPTOKI_NOT_INITIALIZED,
+ * then CKR_SESSION_HANDLE_INVALID for those that take a session (p11.h).
  */
 
 CK_RV C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR slot, CK_VOID_PTR reserved)
@@ -802,18 +804,29 @@ CK_RV C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR slot, CK_VOID_PTR reserv
 	(void)flags;
 	(void)slot;
 	(void)reserved;
-	return CKR_FUNCTION_NOT_SUPPORTED;
+	ENTER();
+	LEAVE(CKR_FUNCTION_NOT_SUPPORTED);
 }
 
-#define NOT_SUPPORTED(name, params, uses) \
-	CK_RV name params                    \
-	{                                    \
-		uses;                            \
-		return CKR_FUNCTION_NOT_SUPPORTED; \
+CK_RV C_InitToken(CK_SLOT_ID slot, CK_UTF8CHAR_PTR pin, CK_ULONG pin_len, CK_UTF8CHAR_PTR label)
+{
+	(void)slot;
+	(void)pin;
+	(void)pin_len;
+	(void)label;
+	ENTER();
+	LEAVE(CKR_FUNCTION_NOT_SUPPORTED);
+}
+
+/* A function of a session (its first parameter, a) that the token does not offer. */
+#define NOT_SUPPORTED(name, params, uses)       \
+	CK_RV name params                          \
+	{                                          \
+		uses;                                  \
+		ENTER_SESSION(a);                      \
+		LEAVE(CKR_FUNCTION_NOT_SUPPORTED);     \
 	}
 
-NOT_SUPPORTED(C_InitToken, (CK_SLOT_ID a, CK_UTF8CHAR_PTR b, CK_ULONG c, CK_UTF8CHAR_PTR d),
-              (void)a; (void)b; (void)c; (void)d)
 NOT_SUPPORTED(C_InitPIN, (CK_SESSION_HANDLE a, CK_UTF8CHAR_PTR b, CK_ULONG c),
               (void)a; (void)b; (void)c)
 NOT_SUPPORTED(C_SetPIN,
@@ -860,16 +873,17 @@ NOT_SUPPORTED(C_UnwrapKey,
               (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c, CK_BYTE_PTR d,
                CK_ULONG e, CK_ATTRIBUTE_PTR f, CK_ULONG g, CK_OBJECT_HANDLE_PTR h),
               (void)a; (void)b; (void)c; (void)d; (void)e; (void)f; (void)g; (void)h)
+/* Legacy functions of parallel sessions, which this token has none of. */
 CK_RV C_GetFunctionStatus(CK_SESSION_HANDLE h)
 {
-	(void)h;
-	return CKR_FUNCTION_NOT_PARALLEL;
+	ENTER_SESSION(h);
+	LEAVE(CKR_FUNCTION_NOT_PARALLEL);
 }
 
 CK_RV C_CancelFunction(CK_SESSION_HANDLE h)
 {
-	(void)h;
-	return CKR_FUNCTION_NOT_PARALLEL;
+	ENTER_SESSION(h);
+	LEAVE(CKR_FUNCTION_NOT_PARALLEL);
 }
 
 /* ---- the function list ------------------------------------------------------------------------- */
