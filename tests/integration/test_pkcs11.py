@@ -1357,6 +1357,13 @@ def test_generate_applies_the_template_rules(p11, officer):
         (VALUE, ec, ec_pub, T + [(CKA_ID, b"\x01" * 121)]),
         (VALUE, ec, ec_pub + [(CKA_ID, str(uuid.uuid4()).encode())], T),
         (VALUE, ec, ec_pub, T + [(CKA_LABEL, "pkcs11-id/01")]),  # that name gives CKA_IDs
+        # A label is an alias name: 1 to 200 ASCII letters, digits, "/", "_" and "-" (README).
+        (VALUE, ec, ec_pub, T + [(CKA_LABEL, "web server")]),
+        (VALUE, ec, ec_pub, T + [(CKA_LABEL, "web.tls")]),
+        (VALUE, ec, ec_pub, T + [(CKA_LABEL, "web:tls")]),
+        (VALUE, ec, ec_pub, T + [(CKA_LABEL, "x" * 201)]),
+        (VALUE, ec, ec_pub, T + [(CKA_LABEL, Raw(b""))]),
+        (VALUE, ec, ec_pub, T + [(CKA_LABEL, "aws/web")]),
         (INCONSISTENT, ec, ec_pub, T + [(PyKCS11.CKA_MODIFIABLE, True)]),
         # Public keys read CKA_PRIVATE false, private keys true: a template asking otherwise.
         (INCONSISTENT, ec, ec_pub + [(CKA_PRIVATE, True)], T),
