@@ -347,6 +347,40 @@ static void remove_staging(const char *staging)
 }
 
 /*
+ * Refuses what SQLite leaves beside a store whose hsmd.db was removed by
+ * hand (its node killed, say): the restored copy's first opening would
+ * replay that log into it, making a malformed store, or another store's.
+ */
+static hsm_result no_store_leftovers(const char *data_dir)
+{
+	static const char *const names[] = {HSM_STORE_DB_FILE "-wal", HSM_STORE_DB_FILE "-shm",
+	                                    HSM_STORE_DB_FILE "-journal"};
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		char p[4200];
+		struct stat sb;
+		HSM_GUARD(path_of(p, sizeof(p), data_dir, names[i]));
+		HSM_ENSURE(lstat(p, &sb) != 0, HSM_ERR_CONFLICT,
+		           "%s is left by a store no longer there, and SQLite would apply it to the "
+		           "restored store: move it away (with whatever else is left of that store) "
+		           "and restore again",
+		           p);
+		HSM_ENSURE(errno == ENOENT, HSM_ERR_IO, "cannot check for %s: %s", p, strerror(errno));
+	}
+	return HSM_SUCCESS;
+}
+
+/* Whether ks, just made on a store, read the backup's store identity from it. */
+static hsm_result is_backups_store(hsm_keystore *ks, const hsm_backup_info *info)
+{
+	/* A keystore whose self-test failed has read nothing of the store: no identity to compare. */
+	HSM_ENSURE(hsm_keystore_state(ks) != HSM_NODE_ERROR, HSM_ERR_NODE_ERROR,
+	           "self-test failed: %s", hsm_keystore_error_reason(ks));
+	HSM_ENSURE(strcmp(hsm_keystore_store_id(ks), info->identity.store_id) == 0, HSM_ERR_CONFLICT,
+	           "the restored store's identity differs from the backup header's");
+	return HSM_SUCCESS;
+}
+
+/*
  * Opens the decrypted copy as a store (bringing its schema up to date) and
  * unseals it with the shares: proof that it is a whole store of the backup's
  * store, opened by this quorum.  With change, commits the restore's outbox
@@ -360,11 +394,7 @@ static hsm_result check_staged(const char *staging, const backup_opts *o,
 	hsm_keystore *ks = NULL;
 	HSM_TRY(hsm_store_open(staging, &st));
 	HSM_TRY(hsm_keystore_new(st, 0, &ks));
-	/* A keystore whose self-test failed has read nothing of the store: no identity to compare. */
-	HSM_CHECK(hsm_keystore_state(ks) != HSM_NODE_ERROR, HSM_ERR_NODE_ERROR, "self-test failed: %s",
-	          hsm_keystore_error_reason(ks));
-	HSM_CHECK(strcmp(hsm_keystore_store_id(ks), info->identity.store_id) == 0, HSM_ERR_CONFLICT,
-	          "the restored store's identity differs from the backup header's");
+	HSM_TRY(is_backups_store(ks, info));
 	HSM_TRY(hsmctl_unseal_files(ks, o->n_shares, o->shares));
 	if (change != NULL) {
 		hsm_store_intent_begin(&change->intent);
@@ -375,6 +405,69 @@ out:
 	hsm_keystore_free(ks);
 	hsm_store_close(st);
 	return res;
+}
+
+/*
+ * The store renamed into data_dir, opened as its node will open it: whole,
+ * and the backup's.  This opening is the first in data_dir, where SQLite
+ * applies any log it finds beside hsmd.db (one that appeared after
+ * no_store_leftovers looked): only a store that passes is reported restored.
+ */
+static hsm_result check_in_place(const char *data_dir, const hsm_backup_info *info)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_store *st = NULL;
+	hsm_keystore *ks = NULL;
+	HSM_TRY(hsm_store_open_existing(data_dir, &st));
+	HSM_TRY(hsm_store_check(st));
+	HSM_TRY(hsm_keystore_new(st, 0, &ks));
+	HSM_TRY(is_backups_store(ks, info));
+out:
+	hsm_keystore_free(ks);
+	hsm_store_close(st);
+	return res;
+}
+
+/* Removes what SQLite's opening of data_dir's store left beside it. */
+static void remove_store_logs(const char *data_dir)
+{
+	static const char *const names[] = {HSM_STORE_DB_FILE "-wal", HSM_STORE_DB_FILE "-shm",
+	                                    HSM_STORE_DB_FILE "-journal"};
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		char p[4200];
+		if (hsm_ok(path_of(p, sizeof(p), data_dir, names[i])))
+			unlink(p);
+	}
+}
+
+/*
+ * The store is in target and check_in_place failed: it is taken back out
+ * into staged (which the caller removes), so a failed restore leaves no
+ * store behind, and with it the logs its opening made.  Logs that were there
+ * before that opening (one that appeared during the restore) are another
+ * store's: left where they are, and named.
+ */
+static hsm_result take_back(const char *data_dir, const char *target, const char *staged,
+                            bool foreign_logs)
+{
+	char why[HSM_ERRMSG_MAX];
+	snprintf(why, sizeof(why), "%s", hsm_last_message());
+	bool out = rename(target, staged) == 0;
+	if (out && !foreign_logs)
+		remove_store_logs(data_dir);
+	if (!out)
+		return HSM_FAIL(HSM_ERR_STORE,
+		                "the store moved into %s does not open as the backup's, so it is not "
+		                "restored (%s), and it could not be taken out again: move it and the "
+		                "files beside it away, and restore again",
+		                data_dir, why);
+	return HSM_FAIL(HSM_ERR_STORE,
+	                "the store moved into %s does not open as the backup's, so it is not "
+	                "restored (%s); it is taken out again%s",
+	                data_dir, why,
+	                foreign_logs ? ": move away the hsmd.db-wal, -shm or -journal that appeared "
+	                               "beside it during the restore, and restore again"
+	                             : "");
 }
 
 /*
@@ -455,6 +548,8 @@ static hsm_result restore(const backup_opts *o, hsm_backup_info *info,
 	HSM_GUARD(path_of(target, sizeof(target), o->data_dir, HSM_STORE_DB_FILE));
 	HSM_ENSURE(shared || (stat(target, &sb) != 0 && errno == ENOENT), HSM_ERR_CONFLICT,
 	           "%s already holds a store; restore into a new or empty data directory", o->data_dir);
+	if (!shared)
+		HSM_GUARD(no_store_leftovers(o->data_dir));
 	HSM_GUARD(audit_dir_unused(o->data_dir));
 	HSM_TRY(open_for(o, info, &ks));
 	made_dir = stat(o->data_dir, &sb) != 0 && errno == ENOENT;
@@ -475,6 +570,10 @@ static hsm_result restore(const backup_opts *o, hsm_backup_info *info,
 		HSM_CHECK(rename(staged, target) == 0, HSM_ERR_IO, "cannot move the store into %s: %s",
 		          o->data_dir, strerror(errno));
 		HSM_TRY(hsm_fsync_dir(o->data_dir));
+		bool foreign_logs = hsm_failed(no_store_leftovers(o->data_dir));
+		res = check_in_place(o->data_dir, info);
+		if (hsm_failed(res))
+			res = take_back(o->data_dir, target, staged, foreign_logs);
 	}
 out:
 	if (made_staging)

@@ -396,6 +396,12 @@ void hsm_store_close(hsm_store *s)
 		s->ops->close(s);
 }
 
+hsm_result hsm_store_check(hsm_store *s)
+{
+	HSM_ASSERT(s != NULL);
+	return s->ops->check != NULL ? s->ops->check(s) : HSM_SUCCESS;
+}
+
 int hsm_store_schema_version(hsm_store *s)
 {
 	HSM_ASSERT(s != NULL);

@@ -265,6 +265,14 @@ hsm_result hsm_store_open(const char *location, hsm_store **out) HSM_MUST_CHECK;
 hsm_result hsm_store_open_existing(const char *location, hsm_store **out) HSM_MUST_CHECK;
 /* Releases the handle (SQLite: and its lock; PostgreSQL: its connections).  No call on s may be running.  NULL is a no-op. */
 void hsm_store_close(hsm_store *s);
+/*
+ * Checks that the store's files are whole, as far as it can be done
+ * quickly: SQLite's PRAGMA quick_check (each page and index structure, not
+ * the rows' agreement with indexes), HSM_ERR_STORE naming the first problem
+ * found.  PostgreSQL checks its own pages: nothing to do there.  For hsmctl
+ * restore, whose store file meets whatever SQLite finds beside it.
+ */
+hsm_result hsm_store_check(hsm_store *s) HSM_MUST_CHECK;
 /* Schema version the store is at (for status output and tests). */
 int hsm_store_schema_version(hsm_store *s);
 /*

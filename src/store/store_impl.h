@@ -59,6 +59,8 @@ struct hsm_store_ops {
 	int (*schema_version)(hsm_store *s);
 	int (*schema_latest)(void); /* the version this build writes */
 	hsm_result (*claim_node)(hsm_store *s, const char *node_id);
+	/* hsm_store_check; NULL for a backend whose server checks its own pages. */
+	hsm_result (*check)(hsm_store *s);
 
 	hsm_result (*meta_get)(hsm_store *s, const char *name, hsm_buf *out);
 	hsm_result (*meta_put)(hsm_store *s, size_t n, const char *const names[],

@@ -415,6 +415,32 @@ static int sq_schema_version_op(hsm_store *base)
 	return sq_of(base)->schema_version;
 }
 
+/* quick_check answers one row "ok", or a row per problem (the first is enough to name). */
+static hsm_result sq_check(hsm_store *base)
+{
+	sq_store *s = sq_of(base);
+	sq_conn *c = NULL;
+	sqlite3_stmt *st = NULL;
+	const char *verdict = NULL;
+	hsm_result res = HSM_SUCCESS;
+	HSM_GUARD(sq_read_begin(s, &c));
+	int rc = sqlite3_prepare_v2(c->db, "PRAGMA quick_check(1)", -1, &st, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(st);
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+		res = sq_fail(c, rc, "check the database"); /* a damaged header fails here */
+		goto out;
+	}
+	if (rc == SQLITE_ROW)
+		verdict = (const char *)sqlite3_column_text(st, 0);
+	HSM_CHECK(verdict != NULL && strcmp(verdict, "ok") == 0, HSM_ERR_STORE, "%s is damaged: %.200s",
+	          s->db_path, verdict != NULL ? verdict : "quick_check gave no answer");
+out:
+	sqlite3_finalize(st);
+	sq_read_end(s, c);
+	return res;
+}
+
 /* The directory lock makes this process the store's only user: it leads when it wants to. */
 static hsm_result sq_lead(hsm_store *base, bool want, uint32_t lease_ms, bool *leading)
 {
@@ -437,6 +463,7 @@ static const hsm_store_ops sqlite_ops = {
 	.schema_version = sq_schema_version_op,
 	.schema_latest = hsm_store_sqlite_schema_latest,
 	.claim_node = sq_claim_node,
+	.check = sq_check,
 	.meta_get = sq_meta_get,
 	.meta_put = sq_meta_put,
 	.rekey = sq_rekey,

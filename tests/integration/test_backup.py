@@ -6,6 +6,7 @@ import glob
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import tempfile
@@ -16,7 +17,7 @@ import pytest
 from conftest import DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, start_dev
 
 DEV_ENV = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
-from helpers import admin, audit_records, metric, new_user, raises, self_signed
+from helpers import admin, audit_records, gdb_can_trace, metric, new_user, raises, self_signed
 from test_sealed import create_first_officer, init_store, unseal
 
 
@@ -336,6 +337,75 @@ def test_restore_refuses_a_data_directory_with_an_audit_trail(node):
     assert [r["op"] for r in recs if r.get("op")][1:3] == ["Unseal", "Restore"], recs
     p = hsmctl("audit", "verify", *sorted(glob.glob(os.path.join(target, "audit", "*.jsonl"))))
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+@pytest.fixture(scope="module")
+def stale_wal(node):
+    """The hsmd.db-wal a node of another store left when it was killed mid-write."""
+    data, shares = init_store(node["base"], "killed")
+    server = Hsmd(["--backup-interval-seconds", "0"], data_dir=data)
+    try:
+        for c in ("alice", "bob", "carol"):
+            assert unseal(server, shares[c]).returncode == 0
+        ops = create_first_officer(server, data, shares)
+        client(server, *ops).create_key(Description="in the write-ahead log")
+        server.stop(signal.SIGKILL)
+    finally:
+        server.cleanup()
+    wal = os.path.join(data, "hsmd.db-wal")
+    assert os.path.getsize(wal) > 0
+    return wal
+
+
+def test_restore_refuses_a_data_directory_with_sqlite_leftovers(node, stale_wal):
+    """A node killed mid-write leaves hsmd.db-wal (and -shm) beside its store: with only
+    hsmd.db removed, SQLite would replay that log into the restored copy at its first
+    opening, leaving a malformed store, or another store's.  Any of the files is refused,
+    named, and the directory left as it was; without them the restore goes on."""
+    s, made = node["shares"], node["made"]
+    target = os.path.join(node["base"], "killed-node")
+    os.mkdir(target)
+    shutil.copy(stale_wal, target)
+    three = ["--share", s["carol"], "--share", s["dave"], "--share", s["erin"]]
+    for name in ("hsmd.db-wal", "hsmd.db-shm", "hsmd.db-journal"):
+        if name != "hsmd.db-wal":
+            open(os.path.join(target, name), "w").close()
+        before = sorted(os.listdir(target))
+        p = hsmctl("restore", "--data-dir", target, *three, made["Path"])
+        assert p.returncode == 1, p.stdout
+        assert f"{target}/{name} is left by a store no longer there" in p.stderr, p.stderr
+        assert "move it away" in p.stderr and "restored into" not in p.stdout, p.stderr
+        assert sorted(os.listdir(target)) == before
+        os.unlink(os.path.join(target, name))
+    p = hsmctl("restore", "--data-dir", target, *three, made["Path"])
+    assert p.returncode == 0, p.stderr
+    p = hsmctl("status", "--data-dir", target)
+    assert p.returncode == 0 and fields(p.stdout)["store"] == made["StoreId"], p.stdout
+
+
+@pytest.mark.skipif(not gdb_can_trace(), reason="a log appearing beside the store just as "
+                    "it is moved into place is made with gdb")
+def test_a_restored_store_is_checked_where_it_lands(node, stale_wal):
+    """A log that appears beside hsmd.db after the restore looked for one is applied by
+    SQLite when the store in place is first opened: that opening is checked (whole, the
+    backup's store) before anything is recorded or reported restored."""
+    s, made = node["shares"], node["made"]
+    target = os.path.join(node["base"], "raced-node")
+    os.mkdir(target)
+    three = ["--share", s["carol"], "--share", s["dave"], "--share", s["erin"]]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HSM_"))}
+    # hsm_fsync_dir(target) comes right after the rename that puts the store in place.
+    p = subprocess.run(["gdb", "-q", "-nx", "-batch", "-ex",
+                        f'break hsm_fsync_dir if $_streq(path, "{target}")', "-ex", "run",
+                        "-ex", f"shell cp {stale_wal} {target}/", "-ex", "continue",
+                        "--args", HSMCTL, "restore", "--data-dir", target, *three,
+                        made["Path"]],
+                       capture_output=True, text=True, timeout=180, env=env)
+    assert "Breakpoint 1, " in p.stdout and "exited with code 01" in p.stdout, p.stdout
+    assert f"the store moved into {target} does not open as the backup's, so it is not " \
+        "restored" in p.stderr, p.stderr
+    assert "restored into" not in p.stdout and "is restored into" not in p.stderr, p.stderr
+    assert not [r for r in audit_records(target) if r.get("op") == "Restore"]
 
 
 def test_backup_list_of_a_directory_that_is_missing_or_empty(node):

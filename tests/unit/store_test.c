@@ -13,6 +13,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -174,6 +175,32 @@ static void test_connection_settings(void **state)
 	assert_string_equal((const char *)sqlite3_column_text(st, 0), "wal");
 	sqlite3_finalize(st);
 	sqlite3_close(db);
+}
+
+/*
+ * hsm_store_check answers for the file's structure: a healthy store passes;
+ * a table page overwritten (the first byte, its page type) is named as
+ * damaged though the store still opens.
+ */
+static void test_check_finds_a_damaged_page(void **state)
+{
+	st_fixture *f = *state;
+	EXPECT_OK(hsm_store_check(f->s));
+	st_sqlite_only();
+	hsm_store_close(f->s);
+	f->s = NULL;
+	long long page = st_raw_int(f->dir, "SELECT rootpage FROM sqlite_schema WHERE name = 'grants'");
+	long long size = st_raw_int(f->dir, "PRAGMA page_size");
+	assert_true(page > 1 && size > 0);
+	char path[PATH_MAX];
+	st_path(path, f->dir, "hsmd.db");
+	int fd = open(path, O_WRONLY);
+	assert_true(fd >= 0);
+	assert_int_equal(pwrite(fd, "\x01", 1, (off_t)((page - 1) * size)), 1);
+	close(fd);
+	EXPECT_OK(hsm_store_open(f->loc, &f->s));
+	EXPECT_ERR(hsm_store_check(f->s), HSM_ERR_STORE);
+	assert_non_null(strstr(hsm_last_message(), "hsmd.db is damaged: "));
 }
 
 /* ---- Metadata -------------------------------------------------------------------------- */
@@ -401,6 +428,7 @@ int main(void)
 		cmocka_unit_test(test_failed_migration_changes_nothing),
 		cmocka_unit_test_setup_teardown(test_refuses_newer_schema_and_foreign_files, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_connection_settings, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_check_finds_a_damaged_page, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_meta, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_meta_batch_is_atomic, st_setup, st_teardown),
 		cmocka_unit_test(test_enum_names),
