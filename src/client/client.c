@@ -6,6 +6,7 @@
  */
 #include "client/client.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -115,6 +116,38 @@ static hsm_result parse_endpoint(const char *text, size_t n, endpoint *ep)
 	ep->port = (unsigned)p;
 	bool v6 = *rest == '[';
 	snprintf(ep->authority, sizeof(ep->authority), v6 ? "[%s]:%u" : "%s:%u", ep->host, ep->port);
+	return HSM_SUCCESS;
+}
+
+/* A host that is this machine, by its address or the name every system gives it. */
+static bool host_is_loopback(const char *host)
+{
+	struct in_addr a4;
+	struct in6_addr a6;
+	if (strcasecmp(host, "localhost") == 0)
+		return true;
+	if (inet_pton(AF_INET, host, &a4) == 1)
+		return (ntohl(a4.s_addr) >> 24) == 127;
+	return inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+}
+
+hsm_result hsm_client_require_private(const hsm_client *c, const char *what)
+{
+	HSM_ENSURE(c->endpoints != NULL && *c->endpoints != '\0', HSM_ERR_VALIDATION,
+	           "--endpoint is required (or HSM_ENDPOINT)");
+	for (const char *p = c->endpoints; *p != '\0';) {
+		const char *this_one = p;
+		size_t n = strcspn(p, ",");
+		p += n + (p[n] == ',');
+		endpoint ep;
+		HSM_GUARD(parse_endpoint(this_one, n, &ep));
+		/* Anyone on the path reads plain HTTP, and may answer in the node's stead. */
+		HSM_ENSURE(ep.tls || host_is_loopback(ep.host), HSM_ERR_VALIDATION,
+		           "%.*s is plain HTTP to an address that is not loopback, and %s would "
+		           "cross the network in clear: use https://, or http:// only to a loopback "
+		           "address (127.0.0.1, [::1], localhost)",
+		           (int)n, this_one, what);
+	}
 	return HSM_SUCCESS;
 }
 

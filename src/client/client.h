@@ -31,6 +31,15 @@ typedef struct hsm_client {
 	struct hsm_client_conn *conn; /* the kept-alive connection (client.c); NULL at first */
 } hsm_client;
 
+/*
+ * Succeeds when every endpoint keeps what is sent to it, and what it
+ * answers, off the network: HTTPS, or plain HTTP to a loopback address
+ * (127.0.0.0/8, ::1, "localhost"), as hsmd itself serves plain HTTP only
+ * there.  Otherwise HSM_ERR_VALIDATION naming the endpoint and what, which
+ * says what would travel in clear ("a custodian share").  For the calls
+ * that carry secrets; others may use plain HTTP to a TLS proxy.
+ */
+hsm_result hsm_client_require_private(const hsm_client *c, const char *what) HSM_MUST_CHECK;
 /* Closes the kept-alive connection (the client stays usable). */
 void hsm_client_close(hsm_client *c);
 

@@ -356,6 +356,9 @@ int hsmctl_cmd_key_import(int argc, char **argv)
 	import_opts o;
 	memset(&o, 0, sizeof(o));
 	int rc = parse(argc, argv, &o);
+	/* Over plain HTTP the wrapping key comes unauthenticated: whoever answers may send theirs. */
+	if (rc == 0 && hsmctl_online())
+		rc = hsmctl_require_private("key import", "the key material");
 	if (rc != 0)
 		return rc;
 	hsm_buf material;

@@ -179,6 +179,9 @@ static int unseal_online(int argc, char **argv)
 {
 	if (argc < 2)
 		return hsmctl_usage("unseal", "give a share file");
+	int refused = hsmctl_require_private("unseal", "a custodian share");
+	if (refused != 0)
+		return refused;
 	for (int i = 1; i < argc; i++) {
 		hsm_buf text;
 		hsm_buf_init_secure(&text);
@@ -281,9 +284,14 @@ int hsmctl_cmd_access_key(int argc, char **argv)
 	}
 	if (argc != 3)
 		return hsmctl_usage("access-key", "create USER | revoke AKID | list [USER]");
-	if (strcmp(argv[1], "create") == 0)
+	if (strcmp(argv[1], "create") == 0) {
+		/* The answer holds the new key's secret. */
+		int refused = hsmctl_require_private("access-key create", "the new secret access key");
+		if (refused != 0)
+			return refused;
 		return simple("access-key create", "HsmdAdmin.CreateAccessKey", true,
 		              json_pack("{s:s}", "UserName", argv[2]));
+	}
 	if (strcmp(argv[1], "revoke") == 0)
 		return simple("access-key revoke", "HsmdAdmin.RevokeAccessKey", true,
 		              json_pack("{s:s}", "AccessKeyId", argv[2]));

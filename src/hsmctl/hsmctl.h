@@ -77,6 +77,12 @@ typedef struct hsmctl_globals_t {
 extern hsmctl_globals_t hsmctl_globals;
 /* True when --endpoint (or HSM_ENDPOINT) names a running hsmd. */
 bool hsmctl_online(void);
+/*
+ * 0 when every endpoint keeps what cmd sends or receives (what: "a custodian
+ * share") off the network (hsm_client_require_private); else prints why and
+ * returns 2: nothing has been read or sent.
+ */
+int hsmctl_require_private(const char *cmd, const char *what);
 
 /* Commands (cmd_*.c). */
 int hsmctl_cmd_online(int argc, char **argv);

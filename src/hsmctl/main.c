@@ -30,6 +30,14 @@ bool hsmctl_online(void)
 	return hsmctl_globals.client.endpoints != NULL && *hsmctl_globals.client.endpoints != '\0';
 }
 
+int hsmctl_require_private(const char *cmd, const char *what)
+{
+	if (hsm_ok(hsm_client_require_private(&hsmctl_globals.client, what)))
+		return 0;
+	fprintf(stderr, "hsmctl %s: %s\n", cmd, hsm_last_message());
+	return 2;
+}
+
 /* status and unseal work on a data directory or, with --endpoint, on a running hsmd. */
 static int cmd_status(int argc, char **argv)
 {

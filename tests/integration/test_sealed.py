@@ -4,8 +4,10 @@ again (HsmdAdmin.Seal, which needs a crypto-officer)."""
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
@@ -396,6 +398,72 @@ def test_seal_with_an_officer(prod):
     assert p.returncode == 2 and "no aws_access_key_id" in p.stderr and "'nobody'" in p.stderr
     p = run(AWS_PROFILE="ops", AWS_ACCESS_KEY_ID="AKIANOTAKEY000000000", AWS_SECRET_ACCESS_KEY="x")
     assert p.returncode != 0 and "UnrecognizedClient" in p.stderr, p.stderr  # env first
+
+
+def non_loopback_address():
+    """This machine's address on its way out (no packet is sent), or None without one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        addr = s.getsockname()[0]
+    return None if addr.startswith("127.") else addr
+
+
+def test_secrets_go_over_plain_http_only_to_loopback(prod):
+    """hsmd serves plain HTTP only on loopback; hsmctl sends a share, asks for a new secret
+    access key or wraps key material (under a key the node sends) over plain HTTP only to a
+    loopback address.  To another (a node behind a proxy, whoever answers on the path) it
+    refuses with exit 2 before sending anything: the listener there receives nothing."""
+    server, data, shares, base = prod
+    host = non_loopback_address()
+    if host is None:
+        pytest.skip("no non-loopback address to listen on")
+    received = []
+    with socket.socket() as lst:
+        lst.bind((host, 0))
+        lst.listen()
+        lst.settimeout(0.5)
+
+        def listen():
+            try:
+                conn, _ = lst.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(2)
+                try:
+                    while chunk := conn.recv(65536):
+                        received.append(chunk)
+                except OSError:
+                    pass
+        far = f"http://{host}:{lst.getsockname()[1]}"
+        refusal = f"{far} is plain HTTP to an address that is not loopback, and "
+        t = threading.Thread(target=listen)
+        t.start()
+        try:
+            # Also behind a loopback endpoint: a failover would carry the share there.
+            for endpoint in (far, f"{server.endpoint},{far}"):
+                p = hsmctl("unseal", shares["bob"], endpoint=endpoint)
+                assert p.returncode == 2 and p.stdout == "", p.stdout + p.stderr
+                assert refusal + "a custodian share would cross the network in clear: use " \
+                    "https://, or http:// only to a loopback address" in p.stderr, p.stderr
+            p = hsmctl("access-key", "create", "ops", endpoint=far)
+            assert p.returncode == 2 and refusal + "the new secret access key" in p.stderr, \
+                p.stderr
+            material = os.path.join(base, "material.bin")
+            with open(material, "wb") as f:
+                f.write(os.urandom(32))
+            p = hsmctl("key", "import", "alias/none", "--material", material, endpoint=far)
+            assert p.returncode == 2 and refusal + "the key material" in p.stderr, p.stderr
+        finally:
+            t.join()
+    assert received == []
+    # Loopback by name or address passes: the node (unsealed by now) answers.
+    for name in ("localhost", "127.0.0.1"):
+        p = hsmctl("unseal", shares["bob"], endpoint=f"http://{name}:{server.port}")
+        assert p.returncode == 1 and "the node is already unsealed" in p.stderr, p.stderr
 
 
 def gauge(server, name):

@@ -2,8 +2,8 @@
  * client_test.c - the client of a running hsmd (client/client.h) against a
  * scripted server: how it reads answers (a length, chunks, to the end of the
  * stream, none at all), what it refuses to take for one, how it parses
- * endpoints (IPv6 in brackets, the scheme's default port), when it connects
- * again and when it moves on to the next node.
+ * endpoints (IPv6 in brackets, the scheme's default port), which of them may
+ * carry secrets, when it connects again and when it moves on to the next node.
  *
  * hsmd itself always answers with a Content-Length; the other framings come
  * from what stands between (a proxy) and from the servers of public documents
@@ -570,6 +570,37 @@ static void test_bad_endpoints(void **state)
 	hsm_buf_free(&b);
 }
 
+/* Secrets go over HTTPS, or plain HTTP only to this machine; every endpoint listed counts. */
+static void test_require_private(void **state)
+{
+	(void)state;
+	static const char *const ok[] = {
+	    "https://hsm1:8443",     "https://192.0.2.2:8443", "http://127.0.0.1:8080",
+	    "http://127.255.0.9:80", "http://[::1]:8080",      "http://LocalHost:8080",
+	    "http://localhost",      "https://a:1,http://127.0.0.1:2",
+	};
+	static const char *const refused[] = {
+	    "http://192.0.2.2:8080", "http://hsm1:8080", "http://[fd00::2]:8080",
+	    "http://128.0.0.1:8080", "http://localhost.example.com:8080",
+	    "http://127.0.0.1:1,http://10.0.0.1:2", "http://[::ffff:10.0.0.1]:8080",
+	};
+	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		hsm_client c = {.endpoints = ok[i]};
+		if (hsm_failed(hsm_client_require_private(&c, "a share")))
+			fail_msg("'%s' was refused: %s", ok[i], hsm_last_message());
+	}
+	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+		hsm_client c = {.endpoints = refused[i]};
+		hsm_result r = hsm_client_require_private(&c, "a share");
+		if (r.err != HSM_ERR_VALIDATION ||
+		    strstr(hsm_last_message(), "a share would cross") == NULL)
+			fail_msg("'%s' was not refused (error %d)", refused[i], r.err);
+	}
+	hsm_client c = {.endpoints = "http://127.0.0.1:1,http://10.0.0.1:2"};
+	assert_true(hsm_failed(hsm_client_require_private(&c, "a share")));
+	assert_non_null(strstr(hsm_last_message(), "http://10.0.0.1:2 is plain HTTP"));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -584,6 +615,7 @@ int main(void)
 	    cmocka_unit_test(test_ipv6_endpoint),
 	    cmocka_unit_test(test_default_port),
 	    cmocka_unit_test(test_bad_endpoints),
+	    cmocka_unit_test(test_require_private),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
