@@ -102,9 +102,14 @@ hsm_result hsm_server_backup_init(hsm_server *s)
 	newest n = {0, 0, hsm_now()};
 	HSM_GUARD(hsm_server_blame(s, "backup_dir",
 	                           hsm_server_usable_dir("backup_dir", s->backup_dir, true)));
-	if (s->backup_copy_dir[0] != '\0')
+	if (s->backup_copy_dir[0] != '\0') {
 		HSM_GUARD(hsm_server_blame(
 		    s, "backup_copy_dir", hsm_server_usable_dir("backup_copy_dir", s->backup_copy_dir, false)));
+		HSM_GUARD(hsm_server_blame(s, "backup_copy_dir",
+		                           hsm_server_distinct_copy_dir(s->backup_dir, "backup directory",
+		                                                        "backup_copy_dir",
+		                                                        s->backup_copy_dir)));
+	}
 	hsm_backup_remove_leftovers(s->backup_dir, s->data_dir); /* the store is locked: ours */
 	if (*store_id == '\0')
 		return HSM_SUCCESS;

@@ -166,16 +166,17 @@ static void batch_hook(bool begin)
 		hsm_http_release_wakeups();
 }
 
-/* A copy directory that is the audit directory itself would copy nothing anywhere. */
-static hsm_result distinct_copy_dir(const char *audit_dir, const char *what, const char *copy_dir)
+/* A copy directory that is the directory it copies would copy nothing anywhere. */
+hsm_result hsm_server_distinct_copy_dir(const char *dir, const char *dir_name, const char *what,
+                                        const char *copy_dir)
 {
 	struct stat a, c;
-	HSM_ENSURE(stat(audit_dir, &a) == 0 && stat(copy_dir, &c) == 0, HSM_ERR_VALIDATION,
+	HSM_ENSURE(stat(dir, &a) == 0 && stat(copy_dir, &c) == 0, HSM_ERR_VALIDATION,
 	           "%s = '%.256s' cannot be read: %s", what, copy_dir, strerror(errno));
 	HSM_ENSURE(a.st_dev != c.st_dev || a.st_ino != c.st_ino, HSM_ERR_VALIDATION,
-	           "%s = '%.256s' is the audit directory itself: give a directory on "
-	           "another disk or in another region",
-	           what, copy_dir);
+	           "%s = '%.256s' is the %s itself: give a directory on another disk or in "
+	           "another region",
+	           what, copy_dir, dir_name);
 	return HSM_SUCCESS;
 }
 
@@ -189,11 +190,12 @@ static hsm_result copy_dir_of_node(const hsm_server *s, char *out, size_t cap)
 {
 	static const char node_dir[] = "audit_copy_dir/NODE_ID";
 	HSM_GUARD(hsm_server_usable_dir("audit_copy_dir", s->audit_copy_dir, false));
-	HSM_GUARD(distinct_copy_dir(s->audit_dir, "audit_copy_dir", s->audit_copy_dir));
+	HSM_GUARD(hsm_server_distinct_copy_dir(s->audit_dir, "audit directory", "audit_copy_dir",
+	                                       s->audit_copy_dir));
 	HSM_ENSURE((size_t)snprintf(out, cap, "%s/%s", s->audit_copy_dir, s->node_id) < cap,
 	           HSM_ERR_VALIDATION, "audit_copy_dir is too long");
 	HSM_GUARD(hsm_server_usable_dir(node_dir, out, true));
-	return distinct_copy_dir(s->audit_dir, node_dir, out);
+	return hsm_server_distinct_copy_dir(s->audit_dir, "audit directory", node_dir, out);
 }
 
 static hsm_result open_audit(hsm_server *s)

@@ -344,13 +344,21 @@ void hsm_server_jwks_preflight(hsm_http_req *req);
 /* ---- Backups (backups.c) ------------------------------------------------------------ */
 
 /*
- * At start: checks that backup_dir and backup_copy_dir are usable directories
+ * At start: checks that backup_dir and backup_copy_dir are usable, distinct directories
  * (making backup_dir if missing, never backup_copy_dir; VALIDATION naming the setting if not), removes what
  * an interrupted backup left, reads the newest backup's time and size.
  */
 hsm_result hsm_server_backup_init(hsm_server *s) HSM_MUST_CHECK;
 /* A directory (made if missing, when create) in which a file can be created (VALIDATION naming setting). */
 hsm_result hsm_server_usable_dir(const char *setting, const char *dir, bool create) HSM_MUST_CHECK;
+/*
+ * Refuses (VALIDATION naming what, the setting) a copy directory that is dir
+ * itself, by device and inode, so also through a symlink or "dir/.": its
+ * copies would be the files themselves.  dir_name says what dir is in the
+ * message ("audit directory").
+ */
+hsm_result hsm_server_distinct_copy_dir(const char *dir, const char *dir_name, const char *what,
+                                        const char *copy_dir) HSM_MUST_CHECK;
 /* Returns r; when it failed, names setting as its cause (options' failed_setting). */
 hsm_result hsm_server_blame(const hsm_server *s, const char *setting, hsm_result r);
 /*

@@ -80,6 +80,24 @@ def test_an_audit_copy_dir_that_is_the_audit_dir(tmp):
             and "(audit_copy_dir from --audit-copy-dir)" in err), err
 
 
+def test_a_backup_copy_dir_that_is_the_backup_dir(tmp):
+    """A copy in the backup directory itself is no copy: each backup would report it
+    copied while one file exists.  Refused as the same directory, also through a
+    symlink, naming the setting."""
+    data, backups = os.path.join(tmp, "data"), os.path.join(tmp, "backups")
+    os.makedirs(os.path.join(data, "backups"))
+    os.mkdir(backups)
+    os.symlink(backups, os.path.join(tmp, "dr-mount"))
+    for extra, copy in (([], os.path.join(data, "backups")),
+                        (["--backup-dir", backups], os.path.join(tmp, "dr-mount")),
+                        (["--backup-dir", os.path.join(tmp, "dr-mount")], backups + "/.")):
+        err = refused(["--dev", "--data-dir", data, "--listen", f"127.0.0.1:{free_port()}",
+                       *extra, "--backup-copy-dir", copy])
+        assert (f"backup_copy_dir = '{copy}' is the backup directory itself: give a "
+                "directory on another disk or in another region" in err
+                and "(backup_copy_dir from --backup-copy-dir)" in err), err
+
+
 def test_a_store_that_cannot_be_reached(tmp):
     """A shared store hsmd cannot connect to is refused like a setting's other faults: the
     message names the setting and where it came from, and the status is 2."""
