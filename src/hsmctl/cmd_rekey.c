@@ -96,15 +96,41 @@ static int parse_rekey(int argc, char **argv, rekey_opts *o)
 	return 0;
 }
 
-/* The quorum asked for, the store's current one where not given. */
+/*
+ * Whether a share file names its custodian (its "custodian" line: no
+ * secret).  init and rekey name every share of a split or none.
+ */
+static bool share_names_custodian(const char *file)
+{
+	hsm_buf text;
+	hsm_buf_init_secure(&text);
+	bool named = hsm_ok(hsmctl_read_share(file, &text)) && hsm_ok(hsm_buf_terminate(&text)) &&
+	             strstr((const char *)text.data, "\ncustodian ") != NULL;
+	hsm_buf_free(&text);
+	return named;
+}
+
+/*
+ * The quorum asked for, the store's current one where not given.  Fewer
+ * shares than the current threshold cannot keep it: lowering it is the
+ * custodians' choice, said with --threshold, never a default.
+ */
 static hsm_result resolve_quorum(rekey_opts *o, const hsm_ks_identity *old)
 {
 	if (o->count == 0)
 		o->count = o->n_custodians > 0 ? o->n_custodians : old->count;
-	if (o->threshold == 0)
-		o->threshold = old->threshold <= o->count ? old->threshold : o->count;
 	HSM_ENSURE(o->n_custodians == 0 || o->n_custodians == o->count, HSM_ERR_VALIDATION,
 	           "%u custodian names given for %u shares", o->n_custodians, o->count);
+	HSM_ENSURE(o->threshold != 0 || old->threshold <= o->count, HSM_ERR_VALIDATION,
+	           "%u new shares cannot keep the current quorum of %u: give --threshold to "
+	           "lower it, or more shares",
+	           o->count, old->threshold);
+	if (o->threshold == 0)
+		o->threshold = old->threshold;
+	/* The shares that opened the store are of its current split: a name in one is in all. */
+	if (o->n_custodians == 0 && share_names_custodian(o->shares[0]))
+		fprintf(stderr, "hsmctl: rekey: warning: the current share files name their "
+		                "custodians and the new ones will not: give --custodians to name them\n");
 	return HSM_SUCCESS;
 }
 

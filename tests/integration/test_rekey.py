@@ -139,6 +139,11 @@ def test_refused_rekeys_change_nothing(stopped):
     p = rekey(data, shares, ["alice", "bob", "carol"], new_dir, "--shares", "5",
               "--custodians", "x,y")
     assert p.returncode == 1 and "2 custodian names given for 5 shares" in p.stderr, p.stderr
+    # Fewer shares than the current quorum of 3 do not lower it unasked.
+    for extra in (["--custodians", "xena,yann"], ["--shares", "2"]):
+        p = rekey(data, shares, ["alice", "bob", "carol"], new_dir, *extra)
+        assert p.returncode == 1 and "2 new shares cannot keep the current quorum of 3: " \
+            "give --threshold to lower it, or more shares" in p.stderr, p.stderr
     os.makedirs(new_dir, exist_ok=True)
     open(os.path.join(new_dir, "yann.share"), "w").close()
     p = rekey(data, shares, ["alice", "bob", "carol"], new_dir, "--shares", "2",
@@ -149,7 +154,30 @@ def test_refused_rekeys_change_nothing(stopped):
     # Those refused after the shares rebuilt the master key are on the trail as failed
     # rekeys (the quorum outside 2..16, the names, the file in the way); none succeeded.
     rekeys = [r for r in audit_records(data) if r.get("op") == "Rekey"]
-    assert len(rekeys) == 3 and all(r["outcome"] == "error" for r in rekeys), rekeys
+    assert len(rekeys) == 5 and all(r["outcome"] == "error" for r in rekeys), rekeys
+
+
+def test_a_rekey_keeps_the_quorum_and_says_when_names_go(stopped):
+    """Without --threshold the current quorum stays (3, here of 4 new shares), and
+    named current shares with no --custodians given make unnamed new ones: said on
+    stderr.  With --custodians, or --threshold for fewer shares, nothing is said."""
+    base, shares = stopped["base"], stopped["shares"]
+    copy = os.path.join(base, "quorum-copy")
+    shutil.copytree(stopped["data"], copy)
+    warning = "warning: the current share files name their custodians and the new ones " \
+        "will not: give --custodians to name them"
+    p = rekey(copy, shares, ["alice", "bob", "carol"], os.path.join(base, "unnamed"),
+              "--shares", "4")
+    assert p.returncode == 0 and fields(p.stdout)["quorum"] == "3 of 4", p.stdout + p.stderr
+    assert warning in p.stderr, p.stderr
+    with open(os.path.join(base, "unnamed", "share-1-of-4.share")) as f:
+        assert "custodian" not in f.read()
+    copy = os.path.join(base, "quorum-copy-2")
+    shutil.copytree(stopped["data"], copy)
+    p = rekey(copy, shares, ["alice", "bob", "carol"], os.path.join(base, "named"),
+              "--custodians", "xena,yann", "--threshold", "2")
+    assert p.returncode == 0 and fields(p.stdout)["quorum"] == "2 of 2", p.stdout + p.stderr
+    assert "warning" not in p.stderr, p.stderr
 
 
 def test_interrupted_rekey_leaves_the_old_shares_working(stopped):
@@ -181,7 +209,7 @@ def test_interrupted_rekey_leaves_the_old_shares_working(stopped):
     # The injected failure's record: the last Rekey on the trail (the refusals before it
     # in this module are there too).
     ev = [r for r in audit_records(data) if r.get("op") == "Rekey"]
-    assert len(ev) == 4 and all(r["outcome"] == "error" for r in ev), ev
+    assert len(ev) == 6 and all(r["outcome"] == "error" for r in ev), ev
 
 
 def test_rekey_then_everything_works_with_the_new_shares_only(stopped):
@@ -280,10 +308,10 @@ def test_the_audit_trail_reports_the_rekey_and_holds_no_share(stopped):
     assert report["verified"]["valid"] and report["verified"]["signatures_checked"]
     assert report["verified"]["checkpoints_verified"] > 0, report["verified"]
     rekeys = [e for e in report["events"] if e["op"] == "Rekey"]
-    # Three refused, one rolled back by an injected failure, the one that was made, and
+    # Five refused, one rolled back by an injected failure, the one that was made, and
     # one refused after it (its share files were in the way).
-    assert [e["outcome"] for e in rekeys] == ["error"] * 4 + ["success", "error"], rekeys
-    done = rekeys[4]["extra"]
+    assert [e["outcome"] for e in rekeys] == ["error"] * 6 + ["success", "error"], rekeys
+    done = rekeys[6]["extra"]
     with open(os.path.join(base, "new-shares", "xena.share")) as f:
         new_set = next(l.split()[1] for l in f if l.startswith("set "))
     with open(shares["alice"]) as f:
