@@ -101,6 +101,15 @@ def stale_for(refused, within=5):
         time.sleep(0.05)
 
 
+def disabled_on(kms, kid):
+    """Whether Encrypt with kid through this client is refused as disabled."""
+    try:
+        kms.encrypt(KeyId=kid, Plaintext=b"x")
+        return False
+    except kms.exceptions.DisabledException:
+        return True
+
+
 @pytest.fixture(scope="module")
 def pg():
     server = Postgres()
@@ -160,14 +169,7 @@ def test_a_change_on_one_node_shows_on_the_other_within_the_cache_lifetime(clust
     kid = off_a.create_key()["KeyMetadata"]["KeyId"]
     blob = app_b.encrypt(KeyId=kid, Plaintext=b"x")["CiphertextBlob"]  # B caches the key
     off_a.disable_key(KeyId=kid)
-
-    def refused():
-        try:
-            app_b.encrypt(KeyId=kid, Plaintext=b"x")
-            return False
-        except app_b.exceptions.DisabledException:
-            return True
-    waited = stale_for(refused)
+    waited = stale_for(lambda: disabled_on(app_b, kid))
     assert waited < CACHE_MS / 1000 + 0.5, waited
     off_a.enable_key(KeyId=kid)
     assert eventually(lambda: _try(lambda: app_b.decrypt(CiphertextBlob=blob)["Plaintext"] == b"x"),
@@ -220,14 +222,7 @@ def test_a_node_whose_wall_clock_steps_back_still_sees_the_others_changes(cluste
         time.sleep(0.2)
         app_c.encrypt(KeyId="alias/steps-back", Plaintext=b"x")  # and again, stepped back
         off_a.disable_key(KeyId=kid)
-
-        def refused():
-            try:
-                app_c.encrypt(KeyId=kid, Plaintext=b"x")
-                return False
-            except app_c.exceptions.DisabledException:
-                return True
-        waited = stale_for(refused)
+        waited = stale_for(lambda: disabled_on(app_c, kid))
         assert waited < CACHE_MS / 1000 + 0.5, waited
         # An alias moved on A names the new key on C within the cache lifetime too.
         other = off_a.create_key()["KeyMetadata"]["KeyId"]
