@@ -333,6 +333,11 @@ static hsm_result path_of(char *out, size_t cap, const char *dir, const char *na
 	return HSM_SUCCESS;
 }
 
+/* The files SQLite keeps beside hsmd.db while it is open, or leaves after a crash. */
+static const char *const store_logs[] = {HSM_STORE_DB_FILE "-wal", HSM_STORE_DB_FILE "-shm",
+                                         HSM_STORE_DB_FILE "-journal"};
+#define N_STORE_LOGS (sizeof(store_logs) / sizeof(store_logs[0]))
+
 /* Removes the staging directory and what opening a store left in it. */
 static void remove_staging(const char *staging)
 {
@@ -353,12 +358,10 @@ static void remove_staging(const char *staging)
  */
 static hsm_result no_store_leftovers(const char *data_dir)
 {
-	static const char *const names[] = {HSM_STORE_DB_FILE "-wal", HSM_STORE_DB_FILE "-shm",
-	                                    HSM_STORE_DB_FILE "-journal"};
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+	for (size_t i = 0; i < N_STORE_LOGS; i++) {
 		char p[4200];
 		struct stat sb;
-		HSM_GUARD(path_of(p, sizeof(p), data_dir, names[i]));
+		HSM_GUARD(path_of(p, sizeof(p), data_dir, store_logs[i]));
 		HSM_ENSURE(lstat(p, &sb) != 0, HSM_ERR_CONFLICT,
 		           "%s is left by a store no longer there, and SQLite would apply it to the "
 		           "restored store: move it away (with whatever else is left of that store) "
@@ -431,11 +434,9 @@ out:
 /* Removes what SQLite's opening of data_dir's store left beside it. */
 static void remove_store_logs(const char *data_dir)
 {
-	static const char *const names[] = {HSM_STORE_DB_FILE "-wal", HSM_STORE_DB_FILE "-shm",
-	                                    HSM_STORE_DB_FILE "-journal"};
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+	for (size_t i = 0; i < N_STORE_LOGS; i++) {
 		char p[4200];
-		if (hsm_ok(path_of(p, sizeof(p), data_dir, names[i])))
+		if (hsm_ok(path_of(p, sizeof(p), data_dir, store_logs[i])))
 			unlink(p);
 	}
 }
