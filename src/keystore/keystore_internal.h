@@ -22,9 +22,14 @@
 #define META_THRESHOLD "threshold"
 #define META_SHARES "shares"
 #define META_KCV "kcv"
-/* Hex of one hsm_share_commitment per share of the current split, by index (absent in
- * stores made before commitments: their shares are checked when combined only). */
+/*
+ * One hsm_share_commitment per share of the current split, by index, in hex: bare for
+ * version 1 (splits made before custodian names were bound, checked the old way), after
+ * META_COMMITS_V2_PREFIX for version 2.  Absent in stores made before commitments: their
+ * shares are checked when combined only.  A rekey writes the current version.
+ */
 #define META_SHARE_COMMITS "share_commits"
+#define META_COMMITS_V2_PREFIX "v2:"
 #define META_CREATED "created"
 #define META_DEV "dev"
 #define META_AUDIT_KEY "audit_key"
@@ -65,6 +70,7 @@ struct hsm_keystore {
 	/* The current split's commitments (META_SHARE_COMMITS); n_commits 0: none kept. */
 	uint8_t commits[HSM_MAX_SHARES][HSM_SHARE_COMMIT_LEN];
 	unsigned n_commits;
+	unsigned commits_version; /* HSM_SHARE_COMMIT_V1 or _V2, when n_commits > 0 */
 	hsm_share_set *pending;
 	uint64_t pending_since_ns; /* hsm_mono_ns() of the pending unseal's last share */
 	uint64_t pending_ttl_ns;   /* hsm_keystore_set_unseal_ttl_ms */
@@ -105,13 +111,14 @@ hsm_result ks_compute_kcv(const hsm_secret *dmk, const char *store_id,
                           uint8_t kcv[KS_KCV_LEN]) HSM_MUST_CHECK;
 /*
  * Splits dmk into count encoded share files (secure buffers; all freed on
- * failure) and appends the hex of their commitments, by index, to commits.
+ * failure) and appends their commitments (HSM_SHARE_COMMIT_CURRENT), by
+ * index, to commits as META_SHARE_COMMITS holds them.
  */
 hsm_result ks_encode_shares(const hsm_secret *dmk, const char *store_id,
                             const uint8_t set_id[KS_SET_ID_LEN], unsigned threshold,
                             unsigned count, const char *const custodians[], bool dev,
                             hsm_buf out[], hsm_buf *commits) HSM_MUST_CHECK;
-/* Reads META_SHARE_COMMITS's hex into ks->commits (none: n_commits 0). */
+/* Reads META_SHARE_COMMITS (either version) into ks->commits (none: n_commits 0). */
 hsm_result ks_set_commits(hsm_keystore *ks, const uint8_t *hex, size_t len) HSM_MUST_CHECK;
 /*
  * The store's audit signing key, unwrapped under `from` into *signer; with

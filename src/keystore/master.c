@@ -188,14 +188,22 @@ hsm_result ks_load_meta(hsm_keystore *ks)
 
 hsm_result ks_set_commits(hsm_keystore *ks, const uint8_t *hex, size_t len)
 {
+	static const char v2[] = META_COMMITS_V2_PREFIX;
+	unsigned version = HSM_SHARE_COMMIT_V1; /* bare hex: a split made by an earlier hsmd */
 	ks->n_commits = 0;
 	if (len == 0)
 		return HSM_SUCCESS;
+	if (len >= sizeof(v2) - 1 && strncmp((const char *)hex, v2, sizeof(v2) - 1) == 0) {
+		version = HSM_SHARE_COMMIT_V2;
+		hex += sizeof(v2) - 1;
+		len -= sizeof(v2) - 1;
+	}
 	HSM_ENSURE(len == (size_t)ks->count * 2 * HSM_SHARE_COMMIT_LEN, HSM_ERR_STORE,
 	           "store metadata '%s' is malformed", META_SHARE_COMMITS);
 	hsm_result r = hsm_hex_decode_exact(&ks->commits[0][0], ks->count * HSM_SHARE_COMMIT_LEN,
 	                                    (const char *)hex, len, HSM_ERR_STORE);
 	HSM_ENSURE(hsm_ok(r), HSM_ERR_STORE, "store metadata '%s' is malformed", META_SHARE_COMMITS);
+	ks->commits_version = version;
 	ks->n_commits = ks->count;
 	return HSM_SUCCESS;
 }
@@ -419,12 +427,13 @@ hsm_result ks_encode_shares(const hsm_secret *dmk, const char *store_id,
 	hsm_share shares[HSM_MAX_SHARES];
 	memset(shares, 0, sizeof(shares));
 	HSM_TRY(hsm_shares_create(dmk, store_id, set_id, threshold, count, custodians, dev, shares));
+	HSM_TRY(hsm_buf_put_str(commits, META_COMMITS_V2_PREFIX));
 	for (unsigned i = 0; i < count; i++) {
 		uint8_t c[HSM_SHARE_COMMIT_LEN];
 		hsm_buf_init_secure(&out[i]);
 		HSM_TRY(hsm_share_encode(&shares[i], &out[i]));
 		HSM_ASSERT(shares[i].index == i + 1);
-		HSM_TRY(hsm_share_commitment(&shares[i], c));
+		HSM_TRY(hsm_share_commitment(&shares[i], HSM_SHARE_COMMIT_CURRENT, c));
 		HSM_TRY(hsm_hex_encode(commits, c, sizeof(c)));
 	}
 out:
@@ -647,13 +656,17 @@ static hsm_result check_commitment(const hsm_keystore *ks, const hsm_share *shar
 	    share->index > ks->n_commits)
 		return HSM_SUCCESS;
 	uint8_t c[HSM_SHARE_COMMIT_LEN];
-	HSM_GUARD(hsm_share_commitment(share, c));
-	HSM_ENSURE(hsm_ct_equal(c, ks->commits[share->index - 1], sizeof(c)),
-	           HSM_ERR_SHARE_INVALID,
-	           "share %u is not the share this store issued as share %u (altered or forged): "
-	           "refused; the shares given so far are kept",
-	           share->index, share->index);
-	return HSM_SUCCESS;
+	HSM_GUARD(hsm_share_commitment(share, ks->commits_version, c));
+	if (hsm_ct_equal(c, ks->commits[share->index - 1], sizeof(c)))
+		return HSM_SUCCESS;
+	/* Version 1 commitments never bound the name: only version 2 can find a relabelling. */
+	return HSM_FAIL(HSM_ERR_SHARE_INVALID,
+	                "share %u is not the share this store issued as share %u (%s): refused; "
+	                "the shares given so far are kept",
+	                share->index, share->index,
+	                ks->commits_version == HSM_SHARE_COMMIT_V2
+	                    ? "altered, forged, or carrying a custodian name it was not issued to"
+	                    : "altered or forged");
 }
 
 static hsm_result unseal_locked(hsm_keystore *ks, const uint8_t *file, size_t len,

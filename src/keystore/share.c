@@ -495,19 +495,32 @@ void hsm_share_set_free(hsm_share_set *set)
 	free(set);
 }
 
-hsm_result hsm_share_commitment(const hsm_share *s, uint8_t out[HSM_SHARE_COMMIT_LEN])
+hsm_result hsm_share_commitment(const hsm_share *s, unsigned version,
+                                uint8_t out[HSM_SHARE_COMMIT_LEN])
 {
-	static const char label[] = "hsmd/v1/share-commitment";
-	uint8_t buf[sizeof(label) + HSM_UUID_STRLEN + HSM_SHARE_SET_ID_LEN + 4 + HSM_SHARE_VALUE_LEN];
+	/* A label per version, so the two versions never commit alike. */
+	static const char label_v1[] = "hsmd/v1/share-commitment";
+	static const char label_v2[] = "hsmd/v2/share-commitment";
+	uint8_t buf[sizeof(label_v2) + HSM_UUID_STRLEN + HSM_SHARE_SET_ID_LEN + 4 + 1 +
+	            HSM_SHARE_CUSTODIAN_MAX + HSM_SHARE_VALUE_LEN];
 	size_t n = 0;
-	memcpy(buf + n, label, sizeof(label));
-	n += sizeof(label);
+	HSM_ASSERT(version == HSM_SHARE_COMMIT_V1 || version == HSM_SHARE_COMMIT_V2);
+	memcpy(buf + n, version == HSM_SHARE_COMMIT_V1 ? label_v1 : label_v2, sizeof(label_v2));
+	n += sizeof(label_v2);
 	memcpy(buf + n, s->store_id, HSM_UUID_STRLEN);
 	n += HSM_UUID_STRLEN;
 	memcpy(buf + n, s->set_id, HSM_SHARE_SET_ID_LEN);
 	n += HSM_SHARE_SET_ID_LEN;
 	for (int i = 3; i >= 0; i--)
 		buf[n++] = (uint8_t)(s->index >> (8 * i));
+	if (version == HSM_SHARE_COMMIT_V2) {
+		/* Length-prefixed, so no name can run into the value that follows. */
+		size_t name_len = strnlen(s->custodian, sizeof(s->custodian));
+		HSM_ASSERT(name_len <= HSM_SHARE_CUSTODIAN_MAX);
+		buf[n++] = (uint8_t)name_len;
+		memcpy(buf + n, s->custodian, name_len);
+		n += name_len;
+	}
 	HSM_ASSERT(hsm_secret_len(s->value) == HSM_SHARE_VALUE_LEN);
 	memcpy(buf + n, hsm_secret_bytes(s->value), HSM_SHARE_VALUE_LEN);
 	n += HSM_SHARE_VALUE_LEN;

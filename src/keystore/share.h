@@ -60,14 +60,22 @@ typedef struct hsm_share {
 
 /*
  * A commitment to one share: SHA-256 over a label, the store id, the set id,
- * the index and the value.  The store keeps one per share of its current
- * split, so a share file that parses and carries a right checksum, yet was
- * not issued (forged from the store's public identity, or its index
- * rewritten), is refused on its own when given, not found out only when
- * the quorum is combined.  It reveals nothing of the value.
+ * the index, the custodian name (version 2 only) and the value.  The store
+ * keeps one per share of its current split, so a share file that parses and
+ * carries a right checksum, yet was not issued (forged from the store's
+ * public identity, its index rewritten, or, from version 2, relabelled with
+ * another custodian's name), is refused on its own when given, not found out
+ * only when the quorum is combined.  It reveals nothing of the value.
+ *
+ * Version 1 is what splits made before custodian names were bound carry; it
+ * is computed only to check their shares.  Every new split commits with
+ * HSM_SHARE_COMMIT_CURRENT.  An unnamed share commits to the empty name.
  */
 #define HSM_SHARE_COMMIT_LEN 32
-hsm_result hsm_share_commitment(const hsm_share *s,
+#define HSM_SHARE_COMMIT_V1 1 /* store, set, index, value */
+#define HSM_SHARE_COMMIT_V2 2 /* store, set, index, custodian name, value */
+#define HSM_SHARE_COMMIT_CURRENT HSM_SHARE_COMMIT_V2
+hsm_result hsm_share_commitment(const hsm_share *s, unsigned version,
                                 uint8_t out[HSM_SHARE_COMMIT_LEN]) HSM_MUST_CHECK;
 
 /* A fresh random share-set id for a new split. */

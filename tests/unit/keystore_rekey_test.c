@@ -17,6 +17,7 @@
 #include "crypto/blob.h"
 #include "keystore/keystore.h"
 #include "store/store_impl.h"
+#include "keystore/share.h"
 #include "store_test_util.h"
 
 #define KEY_AES "aaaaaaaa-0000-4000-8000-000000000001"
@@ -300,6 +301,18 @@ static void test_rekey_rewraps_every_secret(void **state)
 	hsm_unseal_progress p;
 	EXPECT_ERR(hsm_keystore_unseal(t->ks, t->old[0].data, t->old[0].len, &p),
 	           HSM_ERR_SHARE_MISMATCH);
+	/* The new split binds its custodians' names: yara's share relabelled as zoe's is refused. */
+	hsm_share sh;
+	hsm_buf relabelled;
+	memset(&sh, 0, sizeof(sh));
+	EXPECT_OK(hsm_share_decode(t->fresh[1].data, t->fresh[1].len, &sh));
+	snprintf(sh.custodian, sizeof(sh.custodian), "zoe");
+	hsm_buf_init_secure(&relabelled);
+	EXPECT_OK(hsm_share_encode(&sh, &relabelled));
+	hsm_share_clear(&sh);
+	EXPECT_ERR(hsm_keystore_unseal(t->ks, relabelled.data, relabelled.len, &p),
+	           HSM_ERR_SHARE_INVALID);
+	hsm_buf_free(&relabelled);
 	EXPECT_OK(restart_with(t, t->fresh + 1, 2));
 	assert_secrets_work(t);
 	EXPECT_OK(hsm_ks_audit_public_pem(t->ks, &pem_after));

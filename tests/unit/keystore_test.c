@@ -7,11 +7,13 @@
 #include <setjmp.h>
 #include <cmocka.h>
 #include <pthread.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "common/encoding.h"
 #include "crypto/blob.h"
 #include "crypto/crypto.h"
 #include "keystore/keystore.h"
@@ -213,6 +215,125 @@ static void test_forged_shares_refused_alone(void **state)
 	assert_true(hsm_ok(unseal_with(f, 2, &p)));
 	assert_true(p.unsealed);
 	assert_int_equal(hsm_keystore_state(f->ks), HSM_NODE_UNSEALED);
+}
+
+static const char *const CUSTODIANS[5] = {"alice", "bob", "carol", "dave", "erin"};
+
+/* As setup, with the five shares named after CUSTODIANS. */
+static int setup_named(void **state)
+{
+	fixture *f = calloc(1, sizeof(*f));
+	snprintf(f->dir, sizeof(f->dir), "/tmp/hsm-ks-test-XXXXXX");
+	if (mkdtemp(f->dir) == NULL || hsm_failed(hsm_store_open(f->dir, &f->store)) ||
+	    hsm_failed(hsm_keystore_new(f->store, 0, &f->ks)) ||
+	    hsm_failed(hsm_keystore_init(f->ks, 3, 5, CUSTODIANS, false, f->shares)))
+		return -1;
+	*state = f;
+	return 0;
+}
+
+/* Share idx of f as its custodian could rewrite it: another name, a right checksum. */
+static void relabel(fixture *f, int idx, const char *name, hsm_buf *out)
+{
+	hsm_share sh;
+	memset(&sh, 0, sizeof(sh));
+	assert_true(hsm_ok(hsm_share_decode(f->shares[idx].data, f->shares[idx].len, &sh)));
+	snprintf(sh.custodian, sizeof(sh.custodian), "%s", name);
+	hsm_buf_init_secure(out);
+	assert_true(hsm_ok(hsm_share_encode(&sh, out)));
+	hsm_share_clear(&sh);
+}
+
+/*
+ * A new split commits to each share's custodian name, so bob's share
+ * relabelled as carol's (or as nobody's) is refused when given, by unseal and
+ * by the check of a share beyond the quorum, as an altered share is: an
+ * unseal's record can never name a custodian who did not give a share.
+ */
+static void test_relabelled_share_refused(void **state)
+{
+	fixture *f = *state;
+	hsm_unseal_progress p;
+	hsm_buf meta = {0}, bad;
+	assert_true(hsm_ok(hsm_store_meta_get(f->store, "share_commits", &meta)));
+	assert_true(meta.len > 3 && strncmp((const char *)meta.data, "v2:", 3) == 0);
+	hsm_buf_free(&meta);
+	hsm_keystore_seal(f->ks);
+	assert_true(hsm_ok(unseal_with(f, 0, &p)));
+	const char *names[] = {"carol", "", "alice"};
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		relabel(f, 1, names[i], &bad);
+		assert_int_equal(hsm_keystore_unseal(f->ks, bad.data, bad.len, &p).err,
+		                 HSM_ERR_SHARE_INVALID);
+		assert_string_equal(hsm_last_message(),
+		                    "share 2 is not the share this store issued as share 2 (altered, "
+		                    "forged, or carrying a custodian name it was not issued to): "
+		                    "refused; the shares given so far are kept");
+		assert_int_equal(p.have, 1);
+		hsm_buf_free(&bad);
+	}
+	assert_true(hsm_ok(unseal_with(f, 1, &p)));
+	assert_true(hsm_ok(unseal_with(f, 2, &p)));
+	assert_true(p.unsealed);
+	/* Beyond the quorum: dave's share as erin's is refused; dave's own passes. */
+	relabel(f, 3, "erin", &bad);
+	assert_int_equal(hsm_keystore_check_share(f->ks, bad.data, bad.len, &p).err,
+	                 HSM_ERR_SHARE_INVALID);
+	hsm_buf_free(&bad);
+	assert_true(hsm_ok(hsm_keystore_check_share(f->ks, f->shares[3].data, f->shares[3].len, &p)));
+}
+
+/*
+ * A store whose commitments an earlier hsmd made (version 1: bare hex, no
+ * name in them) is checked the old way: a relabelled share unseals as before,
+ * and an altered value is still refused.
+ */
+static void test_old_commitments_checked_the_old_way(void **state)
+{
+	fixture *f = *state;
+	hsm_unseal_progress p;
+	hsm_buf old = {0}, bad;
+	for (int i = 0; i < 5; i++) {
+		hsm_share sh;
+		uint8_t c[HSM_SHARE_COMMIT_LEN];
+		memset(&sh, 0, sizeof(sh));
+		assert_true(hsm_ok(hsm_share_decode(f->shares[i].data, f->shares[i].len, &sh)));
+		assert_true(hsm_ok(hsm_share_commitment(&sh, HSM_SHARE_COMMIT_V1, c)));
+		assert_true(hsm_ok(hsm_hex_encode(&old, c, sizeof(c))));
+		hsm_share_clear(&sh);
+	}
+	/* Metadata is written once through the store: an earlier hsmd's value goes in by hand. */
+	char path[128];
+	sqlite3 *db = NULL;
+	sqlite3_stmt *st = NULL;
+	snprintf(path, sizeof(path), "%s/hsmd.db", f->dir);
+	assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_prepare_v2(db, "UPDATE meta SET value = ? WHERE name = "
+	                                        "'share_commits'",
+	                                    -1, &st, NULL),
+	                 SQLITE_OK);
+	assert_int_equal(sqlite3_bind_blob(st, 1, old.data, (int)old.len, SQLITE_STATIC), SQLITE_OK);
+	assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+	assert_int_equal(sqlite3_changes(db), 1);
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	hsm_buf_free(&old);
+	hsm_keystore_seal(f->ks); /* the next unseal reads the store's commitments */
+	forge(f, 0, 1, true, &bad);
+	assert_int_equal(hsm_keystore_unseal(f->ks, bad.data, bad.len, &p).err,
+	                 HSM_ERR_SHARE_INVALID);
+	assert_non_null(strstr(hsm_last_message(), "(altered or forged)"));
+	hsm_buf_free(&bad);
+	relabel(f, 0, "bob", &bad);
+	assert_true(hsm_ok(hsm_keystore_unseal(f->ks, bad.data, bad.len, &p)));
+	assert_non_null(strstr(p.share, "share 1 of 5, custodian bob, sha256:"));
+	hsm_buf_free(&bad);
+	assert_true(hsm_ok(unseal_with(f, 1, &p)));
+	assert_true(hsm_ok(unseal_with(f, 2, &p)));
+	assert_true(p.unsealed);
+	relabel(f, 3, "erin", &bad);
+	assert_true(hsm_ok(hsm_keystore_check_share(f->ks, bad.data, bad.len, &p)));
+	hsm_buf_free(&bad);
 }
 
 /* An unseal left unfinished past its time is abandoned: its shares no longer count. */
@@ -657,6 +778,9 @@ int main(void)
 	    cmocka_unit_test(test_init_prepare_changes_nothing_until_commit),
 	    cmocka_unit_test_setup_teardown(test_all_subsets, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_forged_shares_refused_alone, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_relabelled_share_refused, setup_named, teardown),
+	    cmocka_unit_test_setup_teardown(test_old_commitments_checked_the_old_way, setup_named,
+	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_unfinished_unseal_expires, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_bad_shares_named, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_wrapping_binds_identity, setup, teardown),

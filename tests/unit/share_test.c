@@ -683,6 +683,52 @@ static void test_every_quorum_from_files(void **state)
 	free_fixture(&f);
 }
 
+/*
+ * Version 2 commitments bind the custodian name (an unnamed share to the empty
+ * name): a share relabelled with another name commits differently, while
+ * version 1, kept for splits made before names were bound, does not see it.
+ * Store, set, index and value are bound by both.
+ */
+static void test_commitment_binds_the_custodian_name(void **state)
+{
+	(void)state;
+	fixture f;
+	make_fixture(&f, NAMES);
+	hsm_share s = {0};
+	uint8_t v1[HSM_SHARE_COMMIT_LEN], v2[HSM_SHARE_COMMIT_LEN], c[HSM_SHARE_COMMIT_LEN];
+	decode_file(&f, 0, &s);
+	assert_true(hsm_ok(hsm_share_commitment(&s, HSM_SHARE_COMMIT_V1, v1)));
+	assert_true(hsm_ok(hsm_share_commitment(&s, HSM_SHARE_COMMIT_V2, v2)));
+	assert_memory_not_equal(v1, v2, sizeof(v1));
+	/* The same share, once more: the same commitments. */
+	assert_true(hsm_ok(hsm_share_commitment(&s, HSM_SHARE_COMMIT_V2, c)));
+	assert_memory_equal(c, v2, sizeof(c));
+	/* Relabelled with bob.smith's name, or with none: only version 1 stays the same. */
+	const char *relabels[] = {"bob.smith", "", "alicf", "alice2"};
+	for (size_t i = 0; i < sizeof(relabels) / sizeof(relabels[0]); i++) {
+		snprintf(s.custodian, sizeof(s.custodian), "%s", relabels[i]);
+		assert_true(hsm_ok(hsm_share_commitment(&s, HSM_SHARE_COMMIT_V2, c)));
+		assert_memory_not_equal(c, v2, sizeof(c));
+		assert_true(hsm_ok(hsm_share_commitment(&s, HSM_SHARE_COMMIT_V1, c)));
+		assert_memory_equal(c, v1, sizeof(c));
+	}
+	/* The unnamed share commits to the empty name, unlike a named one. */
+	s.custodian[0] = '\0';
+	uint8_t unnamed[HSM_SHARE_COMMIT_LEN];
+	assert_true(hsm_ok(hsm_share_commitment(&s, HSM_SHARE_COMMIT_V2, unnamed)));
+	snprintf(s.custodian, sizeof(s.custodian), "alice");
+	assert_true(hsm_ok(hsm_share_commitment(&s, HSM_SHARE_COMMIT_V2, c)));
+	assert_memory_equal(c, v2, sizeof(c));
+	/* Index: bound by both versions. */
+	s.index = 2;
+	assert_true(hsm_ok(hsm_share_commitment(&s, HSM_SHARE_COMMIT_V2, c)));
+	assert_memory_not_equal(c, v2, sizeof(c));
+	assert_true(hsm_ok(hsm_share_commitment(&s, HSM_SHARE_COMMIT_V1, c)));
+	assert_memory_not_equal(c, v1, sizeof(c));
+	hsm_share_clear(&s);
+	free_fixture(&f);
+}
+
 static int setup(void **state)
 {
 	(void)state;
@@ -707,6 +753,7 @@ int main(void)
 	    cmocka_unit_test(test_set_duplicates_and_quorum),
 	    cmocka_unit_test(test_old_split_is_refused),
 	    cmocka_unit_test(test_every_quorum_from_files),
+	    cmocka_unit_test(test_commitment_binds_the_custodian_name),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
 }
