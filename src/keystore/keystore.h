@@ -81,7 +81,9 @@ hsm_result hsm_keystore_new(hsm_store *store, size_t cache_capacity,
 /*
  * A keystore of a store that is not open here (restoring or checking a
  * backup): it starts sealed, unseals with the store's share files like any
- * other, and then serves only the backup functions below.
+ * other, and then serves only the backup functions below.  Unsealed, it
+ * keeps its quorum's shares (secure heap) until sealed or freed, to check
+ * shares given beyond the quorum (hsm_keystore_check_share).
  */
 hsm_result hsm_keystore_new_detached(const hsm_ks_identity *id,
                                      hsm_keystore **out) HSM_MUST_CHECK;
@@ -174,7 +176,10 @@ hsm_result hsm_keystore_unseal(hsm_keystore *ks, const uint8_t *share_file, size
 /*
  * Checks a share file as hsm_keystore_unseal would (this store's current
  * split, as issued, whole) without adding it: a share given beyond the
- * quorum, once the keystore is unsealed.
+ * quorum, once the keystore is unsealed.  A detached keystore, which has no
+ * commitments, checks it against the split its quorum rebuilt
+ * (hsm_share_set_check_member): altered or forged shares are refused, a
+ * custodian name is not checked.
  */
 hsm_result hsm_keystore_check_share(hsm_keystore *ks, const uint8_t *share_file, size_t len,
                                     hsm_unseal_progress *progress) HSM_MUST_CHECK;

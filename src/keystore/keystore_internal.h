@@ -72,6 +72,11 @@ struct hsm_keystore {
 	unsigned n_commits;
 	unsigned commits_version; /* HSM_SHARE_COMMIT_V1 or _V2, when n_commits > 0 */
 	hsm_share_set *pending;
+	/*
+	 * A detached keystore's quorum, kept from its unseal until it is sealed: with no
+	 * commitments at hand, shares given beyond the quorum are checked against it.
+	 */
+	hsm_share_set *quorum;
 	uint64_t pending_since_ns; /* hsm_mono_ns() of the pending unseal's last share */
 	uint64_t pending_ttl_ns;   /* hsm_keystore_set_unseal_ttl_ms */
 	char error_reason[160];

@@ -607,6 +607,11 @@ static hsm_result complete_unseal(hsm_keystore *ks)
 	memset(&keys, 0, sizeof(keys));
 	pthread_rwlock_unlock(&ks->keys_lock);
 	atomic_store(&ks->state, HSM_NODE_UNSEALED);
+	if (ks->store == NULL && ks->n_commits == 0) { /* see hsm_keystore::quorum */
+		hsm_share_set_free(ks->quorum);
+		ks->quorum = ks->pending;
+		ks->pending = NULL;
+	}
 out:
 	hsm_share_set_free(ks->pending);
 	ks->pending = NULL;
@@ -729,6 +734,8 @@ hsm_result hsm_keystore_check_share(hsm_keystore *ks, const uint8_t *share_file,
 	HSM_TRY(describe_share(&share, share_file, len, progress->share, sizeof(progress->share)));
 	HSM_TRY(check_commitment(ks, &share));
 	HSM_TRY(hsm_share_set_new(ks->store_id, ks->set_id, ks->threshold, ks->count, &set));
+	if (ks->quorum != NULL) /* before the value moves into set */
+		HSM_TRY(hsm_share_set_check_member(ks->quorum, &share));
 	HSM_TRY(hsm_share_set_add(set, &share)); /* of this store and split, and whole */
 out:
 	hsm_share_set_free(set);
@@ -774,5 +781,7 @@ void hsm_keystore_seal(hsm_keystore *ks)
 	ks_cache_drop_all(ks);
 	hsm_share_set_free(ks->pending);
 	ks->pending = NULL;
+	hsm_share_set_free(ks->quorum);
+	ks->quorum = NULL;
 	pthread_mutex_unlock(&ks->lock);
 }

@@ -485,6 +485,56 @@ hsm_result hsm_share_set_combine(const hsm_share_set *set, hsm_secret **dmk)
 	return hsm_shamir_combine(xs, ys, k, dmk);
 }
 
+/* Rebuilds from the first `want` shares of set whose index is not skip, then extra if given. */
+static hsm_result combine_some(const hsm_share_set *set, unsigned want, unsigned skip,
+                               const hsm_share *extra, hsm_secret **out)
+{
+	uint8_t xs[HSM_SHAMIR_MAX_SHARES];
+	const hsm_secret *ys[HSM_SHAMIR_MAX_SHARES];
+	unsigned k = 0;
+	for (unsigned x = 1; x <= set->count && k < want; x++) {
+		if (set->values[x] == NULL || x == skip)
+			continue;
+		xs[k] = (uint8_t)x;
+		ys[k++] = set->values[x];
+	}
+	HSM_ASSERT(k == want);
+	if (extra != NULL) {
+		xs[k] = (uint8_t)extra->index;
+		ys[k++] = extra->value;
+	}
+	return hsm_shamir_combine(xs, ys, k, out);
+}
+
+hsm_result hsm_share_set_check_member(const hsm_share_set *set, const hsm_share *share)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_secret *want = NULL, *got = NULL;
+	HSM_ASSERT(set != NULL && share != NULL);
+	HSM_ENSURE(set->have >= set->threshold, HSM_ERR_QUORUM_REQUIRED,
+	           "%u of %u shares provided; %u more needed", set->have, set->threshold,
+	           hsm_share_set_needed(set));
+	HSM_GUARD(check_belongs(set, share));
+	HSM_ENSURE(share->value != NULL && hsm_secret_len(share->value) == HSM_SHARE_VALUE_LEN,
+	           HSM_ERR_SHARE_INVALID, "share %u has the wrong length", share->index);
+	/*
+	 * Any threshold shares of a split fix its polynomial, so a share of it, put in
+	 * place of one of them, rebuilds the same secret; a share off the polynomial
+	 * changes every byte it differs in (each Lagrange weight at 0 is nonzero).
+	 */
+	HSM_TRY(combine_some(set, set->threshold, 0, NULL, &want));
+	HSM_TRY(combine_some(set, set->threshold - 1, share->index, share, &got));
+	HSM_CHECK(hsm_ct_equal(hsm_secret_bytes(want), hsm_secret_bytes(got), HSM_SHARE_VALUE_LEN),
+	          HSM_ERR_SHARE_INVALID,
+	          "share %u is not a share of the split the others rebuild (altered or forged): "
+	          "refused",
+	          share->index);
+out:
+	hsm_secret_free(want);
+	hsm_secret_free(got);
+	return res;
+}
+
 void hsm_share_set_free(hsm_share_set *set)
 {
 	if (set == NULL)

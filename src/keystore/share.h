@@ -166,6 +166,20 @@ bool hsm_share_set_has(const hsm_share_set *set, unsigned index);
  */
 hsm_result hsm_share_set_combine(const hsm_share_set *set, hsm_secret **dmk) HSM_MUST_CHECK;
 
+/*
+ * Checks share against the polynomial the set's shares define, without
+ * adding it: for shares given beyond the quorum where no commitments are at
+ * hand (a backup's keystore).  The set holds at least threshold shares that
+ * rebuilt the DMK (checked against its key check value).  The custodian name
+ * is not covered: only commitments bind it.  Errors: those of
+ * hsm_share_set_add for a share of another store or split;
+ * HSM_ERR_SHARE_INVALID when share is not of the split (altered or forged);
+ * HSM_ERR_QUORUM_REQUIRED when the set holds too few shares.  Neither the
+ * set nor share changes.
+ */
+hsm_result hsm_share_set_check_member(const hsm_share_set *set,
+                                      const hsm_share *share) HSM_MUST_CHECK;
+
 /* Wipes and frees every share held.  NULL is a no-op. */
 void hsm_share_set_free(hsm_share_set *set);
 

@@ -336,6 +336,38 @@ static void test_old_commitments_checked_the_old_way(void **state)
 	hsm_buf_free(&bad);
 }
 
+/*
+ * A detached keystore (a backup's: no commitments) checks each share given
+ * beyond its quorum against the split the quorum rebuilt: a forged share is
+ * refused, a real one passes, and sealing forgets the quorum.
+ */
+static void test_detached_checks_extra_shares(void **state)
+{
+	fixture *f = *state;
+	hsm_ks_identity id;
+	hsm_keystore *d = NULL;
+	hsm_unseal_progress p;
+	hsm_buf bad;
+	hsm_keystore_identity(f->ks, &id);
+	assert_true(hsm_ok(hsm_keystore_new_detached(&id, &d)));
+	for (int i = 0; i < 3; i++)
+		assert_true(hsm_ok(hsm_keystore_unseal(d, f->shares[i].data, f->shares[i].len, &p)));
+	assert_true(p.unsealed);
+	forge(f, 3, 4, true, &bad); /* a made-up share 4 */
+	assert_int_equal(hsm_keystore_check_share(d, bad.data, bad.len, &p).err,
+	                 HSM_ERR_SHARE_INVALID);
+	assert_string_equal(hsm_last_message(), "share 4 is not a share of the split the others "
+	                                        "rebuild (altered or forged): refused");
+	hsm_buf_free(&bad);
+	forge(f, 4, 4, false, &bad); /* share 5's value, claimed as share 4 */
+	assert_int_equal(hsm_keystore_check_share(d, bad.data, bad.len, &p).err,
+	                 HSM_ERR_SHARE_INVALID);
+	hsm_buf_free(&bad);
+	for (int i = 3; i < 5; i++)
+		assert_true(hsm_ok(hsm_keystore_check_share(d, f->shares[i].data, f->shares[i].len, &p)));
+	hsm_keystore_free(d);
+}
+
 /* An unseal left unfinished past its time is abandoned: its shares no longer count. */
 static void test_unfinished_unseal_expires(void **state)
 {
@@ -781,6 +813,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_relabelled_share_refused, setup_named, teardown),
 	    cmocka_unit_test_setup_teardown(test_old_commitments_checked_the_old_way, setup_named,
 	                                    teardown),
+	    cmocka_unit_test_setup_teardown(test_detached_checks_extra_shares, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_unfinished_unseal_expires, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_bad_shares_named, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_wrapping_binds_identity, setup, teardown),

@@ -729,6 +729,76 @@ static void test_commitment_binds_the_custodian_name(void **state)
 	free_fixture(&f);
 }
 
+/* A new set of f's split holding f's shares idx[0..n) (0-based). */
+static hsm_share_set *set_of(fixture *f, const unsigned idx[], size_t n)
+{
+	hsm_share_set *set = NULL;
+	assert_true(hsm_ok(hsm_share_set_new(STORE_A, SET_A, 3, 5, &set)));
+	for (size_t i = 0; i < n; i++) {
+		hsm_share s = {0};
+		decode_file(f, idx[i], &s);
+		assert_true(hsm_ok(hsm_share_set_add(set, &s)));
+		hsm_share_clear(&s);
+	}
+	return set;
+}
+
+/*
+ * A share beyond the quorum, with no commitments at hand, is checked against
+ * the polynomial the quorum defines: every share of the split passes, one
+ * with any byte of its value changed does not, and neither changes the set.
+ */
+static void test_extra_share_checked_against_the_quorum(void **state)
+{
+	(void)state;
+	fixture f;
+	make_fixture(&f, NAMES);
+	const unsigned quorum[] = {0, 2, 4};
+	hsm_share_set *set = set_of(&f, quorum, 1);
+	hsm_share s = {0};
+	decode_file(&f, 1, &s);
+	assert_int_equal(hsm_share_set_check_member(set, &s).err, HSM_ERR_QUORUM_REQUIRED);
+	hsm_share_set_free(set);
+	set = set_of(&f, quorum, 3);
+	for (unsigned i = 0; i < 5; i++) { /* its own members too */
+		hsm_share_clear(&s);
+		decode_file(&f, i, &s);
+		assert_true(hsm_ok(hsm_share_set_check_member(set, &s)));
+		assert_non_null(s.value);
+	}
+	/* Share 2 with one byte of its value changed, at each position. */
+	for (size_t pos = 0; pos < HSM_SHARE_VALUE_LEN; pos++) {
+		hsm_share_clear(&s);
+		decode_file(&f, 1, &s);
+		uint8_t v[HSM_SHARE_VALUE_LEN];
+		memcpy(v, hsm_secret_bytes(s.value), sizeof(v));
+		v[pos] ^= (uint8_t)(1U << (pos % 8));
+		hsm_secret_free(s.value);
+		assert_true(hsm_ok(hsm_secret_from(v, sizeof(v), &s.value)));
+		assert_int_equal(hsm_share_set_check_member(set, &s).err, HSM_ERR_SHARE_INVALID);
+		assert_string_equal(hsm_last_message(),
+		                    "share 2 is not a share of the split the others rebuild (altered "
+		                    "or forged): refused");
+		assert_no_values(&f, hsm_last_message());
+	}
+	/* A real share's value under another index, and a share of another store. */
+	hsm_share_clear(&s);
+	decode_file(&f, 3, &s);
+	s.index = 2;
+	assert_int_equal(hsm_share_set_check_member(set, &s).err, HSM_ERR_SHARE_INVALID);
+	snprintf(s.store_id, sizeof(s.store_id), "%s", STORE_B);
+	assert_int_equal(hsm_share_set_check_member(set, &s).err, HSM_ERR_SHARE_MISMATCH);
+	hsm_share_clear(&s);
+	/* The set is as it was: three shares, rebuilding the DMK. */
+	assert_int_equal(hsm_share_set_have(set), 3);
+	hsm_secret *dmk = NULL;
+	assert_true(hsm_ok(hsm_share_set_combine(set, &dmk)));
+	assert_memory_equal(hsm_secret_bytes(dmk), hsm_secret_bytes(f.dmk), HSM_SHARE_VALUE_LEN);
+	hsm_secret_free(dmk);
+	hsm_share_set_free(set);
+	free_fixture(&f);
+}
+
 static int setup(void **state)
 {
 	(void)state;
@@ -754,6 +824,7 @@ int main(void)
 	    cmocka_unit_test(test_old_split_is_refused),
 	    cmocka_unit_test(test_every_quorum_from_files),
 	    cmocka_unit_test(test_commitment_binds_the_custodian_name),
+	    cmocka_unit_test(test_extra_share_checked_against_the_quorum),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
 }
