@@ -40,6 +40,7 @@ typedef struct pending {
 	hsm_http_req *req;
 	unsigned slot;
 	int status;
+	hsm_err err; /* the error the answer carries, for /metrics; HSM_OK when none */
 	hsm_buf body;
 	/* A successful use of keys, noted once the record is written (GetKeyLastUsage). */
 	const char *use_op;
@@ -49,10 +50,11 @@ typedef struct pending {
 	bool trail_refusal;
 } pending;
 
-static void respond_now(hsm_server *s, hsm_http_req *req, unsigned slot, int status,
+static void respond_now(hsm_server *s, hsm_http_req *req, unsigned slot, int status, hsm_err err,
                         const char *type, const hsm_buf *body)
 {
-	hsm_metrics_observe(&s->metrics, slot, status, hsm_mono_ns() - hsm_http_req_start_ns(req));
+	hsm_metrics_observe(&s->metrics, slot, status, err,
+	                    hsm_mono_ns() - hsm_http_req_start_ns(req));
 	hsm_http_respond(req, status, type, body->data, body->len, 0, NULL);
 }
 
@@ -101,12 +103,13 @@ static void audit_done(void *arg, hsm_result result)
 	/* A refusal for the trail's sake keeps its own answer: "result withheld" would
 	 * say the request ran (an Unseal's share applied, a CreateKey's key made). */
 	if (hsm_failed(result) && !p->trail_refusal) {
+		p->err = HSM_ERR_AUDIT_UNAVAILABLE;
 		p->status = error_body(
 		    HSM_ERR_AUDIT_UNAVAILABLE,
 		    "the request could not be audited, so its result is withheld; retry later",
 		    hsm_err_http_status(HSM_ERR_AUDIT_UNAVAILABLE), &p->body);
 	}
-	respond_now(p->s, p->req, p->slot, p->status, CONTENT_TYPE_JSON, &p->body);
+	respond_now(p->s, p->req, p->slot, p->status, p->err, CONTENT_TYPE_JSON, &p->body);
 	hsm_buf_free(&p->body);
 	free(p);
 }
@@ -347,6 +350,7 @@ static void submit_audit(pending *p, const outcome *o)
  */
 static void finish(pending *p, const outcome *o)
 {
+	p->err = o->err;
 	/*
 	 * Refused because the trail's disk is low on space: a record of the
 	 * refusal would eat into the space kept for the records of requests
@@ -367,7 +371,7 @@ static void finish(pending *p, const outcome *o)
 	/* Counted in a summary or a low-space event instead of a record of its own: an
 	 * authentication's change (a failure counted) is settled by that, not recovered. */
 	settle_outbox(p, true);
-	respond_now(p->s, p->req, p->slot, p->status, CONTENT_TYPE_JSON, &p->body);
+	respond_now(p->s, p->req, p->slot, p->status, p->err, CONTENT_TYPE_JSON, &p->body);
 	hsm_buf_free(&p->body);
 	free(p);
 }
@@ -1111,7 +1115,7 @@ static void handle_get(hsm_server *s, hsm_http_req *req, const char *path)
 	if (probe == HSM_PROBE_HEALTHZ)
 		hsm_metrics_probe(&s->metrics, probe);
 	if (probe == HSM_METRIC_PROBES)
-		respond_now(s, req, HSM_METRIC_NONE, status, type, &body);
+		respond_now(s, req, HSM_METRIC_NONE, status, HSM_ERR_NOT_FOUND, type, &body);
 	else
 		hsm_http_respond(req, status, type, body.data, body.len, 0, NULL);
 	hsm_buf_free(&body);
@@ -1138,7 +1142,8 @@ void hsm_server_on_request(hsm_http_req *req, void *arg)
 	} else {
 		hsm_buf body = {0};
 		int status = error_body(HSM_ERR_NOT_FOUND, "no such resource", 404, &body);
-		respond_now(s, req, HSM_METRIC_NONE, status, CONTENT_TYPE_JSON, &body);
+		respond_now(s, req, HSM_METRIC_NONE, status, HSM_ERR_NOT_FOUND, CONTENT_TYPE_JSON,
+		            &body);
 		hsm_buf_free(&body);
 	}
 }

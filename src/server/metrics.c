@@ -11,7 +11,7 @@
 static const double bucket_le[HSM_METRIC_BUCKETS] = {0.0005, 0.001, 0.002, 0.005, 0.01, 0.025,
                                                      0.05,   0.1,   0.25,  0.5,   1.0,   2.5};
 static const char *const outcome_names[HSM_METRIC_OUTCOMES] = {"ok", "client_error",
-                                                               "server_error"};
+                                                               "server_error", "unavailable"};
 
 const char *hsm_metrics_slot_name(unsigned slot)
 {
@@ -28,18 +28,35 @@ void hsm_metrics_probe(hsm_metrics *m, hsm_metric_probe probe)
 	atomic_fetch_add_explicit(&m->probes[probe], 1, memory_order_relaxed);
 }
 
-void hsm_metrics_observe(hsm_metrics *m, unsigned slot, int http_status, uint64_t latency_ns)
+/*
+ * A 503 because the node serves nothing now: sealed (or not initialized), in
+ * its error state or stopping, or its audit trail takes no records.  Each of
+ * these has its own gauge and alert (hsmd_sealed, hsmd_error_state,
+ * hsmd_audit_healthy, hsmd_audit_low_space); counted as server errors they
+ * would page a second time, as a failing service, for the same cause.  A store
+ * that timed out (DependencyTimeoutException) stays a server error: the node
+ * serves, and the request failed.
+ */
+static bool refused_unavailable(int http_status, hsm_err err)
+{
+	return http_status == 503 && (err == HSM_ERR_SEALED || err == HSM_ERR_NODE_ERROR ||
+	                              err == HSM_ERR_AUDIT_UNAVAILABLE);
+}
+
+void hsm_metrics_observe(hsm_metrics *m, unsigned slot, int http_status, hsm_err err,
+                         uint64_t latency_ns)
 {
 	if (slot >= HSM_METRIC_SLOTS)
 		slot = HSM_METRIC_NONE;
-	hsm_metric_outcome o = http_status < 400   ? HSM_METRIC_OK
-	                       : http_status < 500 ? HSM_METRIC_CLIENT_ERROR
-	                                           : HSM_METRIC_SERVER_ERROR;
+	hsm_metric_outcome o = http_status < 400                      ? HSM_METRIC_OK
+	                       : http_status < 500                    ? HSM_METRIC_CLIENT_ERROR
+	                       : refused_unavailable(http_status, err) ? HSM_METRIC_UNAVAILABLE
+	                                                               : HSM_METRIC_SERVER_ERROR;
 	atomic_fetch_add_explicit(&m->requests[slot][o], 1, memory_order_relaxed);
 	/* Latency is the service's: a request refused as the client's error (no valid
-	 * credentials, bad input) is counted above only, so a flood of them cannot hide how
-	 * long the requests that were served took. */
-	if (o == HSM_METRIC_CLIENT_ERROR)
+	 * credentials, bad input) or because the node serves nothing now is counted above
+	 * only, so a flood of them cannot hide how long the requests that were served took. */
+	if (o == HSM_METRIC_CLIENT_ERROR || o == HSM_METRIC_UNAVAILABLE)
 		return;
 	double s = (double)latency_ns / 1e9;
 	unsigned b = 0;
@@ -111,8 +128,8 @@ hsm_result hsm_metrics_render(const hsm_metrics *m, hsm_buf *out)
 	for (unsigned slot = 0; slot < HSM_METRIC_SLOTS; slot++)
 		HSM_GUARD(render_requests(m, slot, out));
 	HSM_GUARD(hsm_buf_put_str(out, "# HELP hsmd_request_duration_seconds Latency of the requests "
-	                               "answered with success or a server error (client errors are "
-	                               "in hsmd_requests_total only).\n"
+	                               "answered with success or a server error (client errors and "
+	                               "refusals as unavailable are in hsmd_requests_total only).\n"
 	                               "# TYPE hsmd_request_duration_seconds histogram\n"));
 	for (unsigned slot = 0; slot < HSM_METRIC_SLOTS; slot++)
 		HSM_GUARD(render_histogram(m, slot, out));

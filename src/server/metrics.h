@@ -28,7 +28,8 @@
 typedef enum hsm_metric_outcome {
 	HSM_METRIC_OK,
 	HSM_METRIC_CLIENT_ERROR,  /* 4xx: the request was wrong or not allowed */
-	HSM_METRIC_SERVER_ERROR,  /* 5xx: sealed, audit down, internal */
+	HSM_METRIC_SERVER_ERROR,  /* 5xx: failed inside a node that serves */
+	HSM_METRIC_UNAVAILABLE,   /* 503: sealed, error state, stopping, or the trail down */
 	HSM_METRIC_OUTCOMES
 } hsm_metric_outcome;
 
@@ -43,7 +44,7 @@ typedef enum hsm_metric_probe {
 
 typedef struct hsm_metrics {
 	atomic_uint_fast64_t requests[HSM_METRIC_SLOTS][HSM_METRIC_OUTCOMES];
-	/* Answered 2xx or 5xx only, by bucket; the last counts those beyond every bound. */
+	/* Answered 2xx or a server error only, by bucket; the last counts those beyond every bound. */
 	atomic_uint_fast64_t buckets[HSM_METRIC_SLOTS][HSM_METRIC_BUCKETS + 1];
 	atomic_uint_fast64_t latency_us_sum[HSM_METRIC_SLOTS];
 	atomic_uint_fast64_t probes[HSM_METRIC_PROBES];
@@ -54,7 +55,13 @@ typedef struct hsm_metrics {
 	atomic_uint_fast64_t scheduler_failures;
 } hsm_metrics;
 
-void hsm_metrics_observe(hsm_metrics *m, unsigned slot, int http_status, uint64_t latency_ns);
+/*
+ * Counts a request answered with http_status; err is the error code its answer
+ * carries (HSM_OK when none), which tells a node that serves nothing now from
+ * one that failed a request.
+ */
+void hsm_metrics_observe(hsm_metrics *m, unsigned slot, int http_status, hsm_err err,
+                         uint64_t latency_ns);
 void hsm_metrics_probe(hsm_metrics *m, hsm_metric_probe probe);
 /* The operation label of a slot; NULL for an admin slot no operation uses. */
 const char *hsm_metrics_slot_name(unsigned slot);

@@ -1174,6 +1174,7 @@ def test_requests_refused_in_an_outage_say_that_nothing_ran(tmp_path):
     """In an audit outage every request is refused with a 503 that says no request is
     served, not that its result is withheld (which says it ran): a CreateKey made no key,
     an Unseal applied no share."""
+    from test_metrics import outcome_count, scrape
     from test_sealed import init_store, status
     data, shares = init_store(str(tmp_path))
     sealed = Hsmd([], data_dir=data)
@@ -1201,6 +1202,12 @@ def test_requests_refused_in_an_outage_say_that_nothing_ran(tmp_path):
                     assert out["message"] == ("the audit trail cannot be written, so no "
                                               "request is served; retry later"), out
                 assert metric(server, "hsmd_audit_refusals_total") >= 2
+                # Refused for the trail's sake: outcome unavailable (HsmdAuditOutage's
+                # to report), not a server error for HsmdErrors to page on as well.
+                samples = scrape(server)
+                for op in ("Status", "Unseal" if server is sealed else "CreateKey"):
+                    assert outcome_count(samples, op, "unavailable") >= 1, op
+                    assert outcome_count(samples, op, "server_error") == 0, op
             finally:
                 outage.end()
             assert eventually(lambda: metric(server, "hsmd_audit_healthy") == 1, 30)

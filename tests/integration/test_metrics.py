@@ -13,7 +13,7 @@ import time
 import pytest
 import yaml
 
-from conftest import SOURCE_DIR, client, signed_call, start_dev
+from conftest import SOURCE_DIR, client, signed_call, start_dev, unsigned_call
 from helpers import raises
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (-?[0-9.e+-]+|\+Inf|NaN)$')
@@ -189,6 +189,52 @@ def test_admin_operations_count_under_their_own_names(server):
     assert requests_of(after, "Admin") == 0
 
 
+def outcome_count(samples, operation, outcome):
+    return samples.get(("hsmd_requests_total",
+                        (("operation", operation), ("outcome", outcome))), 0)
+
+
+def test_refusals_of_a_sealed_node_count_as_unavailable_not_server_errors():
+    """A sealed node answers 503 to every signed request: counted under outcome
+    unavailable, not server_error, so the README's HsmdErrors alert (the server_error
+    ratio) stays quiet while HsmdDown (hsmd_sealed) says what is wrong; and kept out of
+    the latency histogram, as fast refusals would hide how long served requests take."""
+    server = start_dev(["--backup-interval-seconds", "0"])
+    try:
+        kms = client(server)
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        kms.encrypt(KeyId=key, Plaintext=b"x")
+        st, out = signed_call(server, "HsmdAdmin.Seal", {})
+        assert st == 200 and out["Sealed"] is True, out
+        before = scrape(server)
+        assert value(before, "hsmd_sealed") == 1
+        for _ in range(5):
+            raises("ServiceUnavailableException", kms.encrypt, KeyId=key, Plaintext=b"x",
+                   status=503)
+        st, out = signed_call(server, "HsmdAdmin.ListUsers", {})
+        assert (st, out["__type"]) == (503, "ServiceUnavailableException"), out
+        after = scrape(server)
+        assert outcome_count(after, "Encrypt", "unavailable") - \
+            outcome_count(before, "Encrypt", "unavailable") == 5
+        assert outcome_count(after, "ListUsers", "unavailable") - \
+            outcome_count(before, "ListUsers", "unavailable") == 1
+        for op in ("Encrypt", "ListUsers"):
+            assert outcome_count(after, op, "server_error") == \
+                outcome_count(before, op, "server_error") == 0, op
+        assert value(after, "hsmd_request_duration_seconds_count", operation="Encrypt") == \
+            value(before, "hsmd_request_duration_seconds_count", operation="Encrypt") == 1
+        with open(os.path.join(server.data_dir, "dev-unseal.share")) as f:
+            st, out = unsigned_call(server, "HsmdAdmin.Unseal", {"Share": f.read()})
+        assert st == 200 and out["Sealed"] is False, out
+        kms.encrypt(KeyId=key, Plaintext=b"x")
+        served = scrape(server)
+        assert outcome_count(served, "Encrypt", "ok") == 2
+        assert outcome_count(served, "Encrypt", "unavailable") == \
+            outcome_count(after, "Encrypt", "unavailable")
+    finally:
+        server.cleanup()
+
+
 def test_probes_are_counted_apart_from_requests(server):
     """/healthz, /readyz, /metrics and the JWKS are polled constantly: they have
     their own counter and stay out of hsmd_requests_total and the latency
@@ -231,7 +277,6 @@ def test_exposition_reads_whole_in_a_strict_parser(server):
     (buckets never fall, +Inf equals _count); and requests refused as the client's error
     (here a flood without credentials) count in hsmd_requests_total but not in latency."""
     from prometheus_client.parser import text_string_to_metric_families
-    from conftest import unsigned_call
     kms = client(server)
     key = kms.create_key()["KeyMetadata"]["KeyId"]
     kms.encrypt(KeyId=key, Plaintext=b"x")
