@@ -21,7 +21,8 @@
 #include "server/server.h"
 
 /* A rotation this long past its date did not happen: the scheduler is stuck, or an imported key
- * has no material to rotate to (hsmd_keys_rotation_overdue). */
+ * has no material to rotate to (hsmd_keys_rotation_overdue).  The same bound for a destruction
+ * that did not happen (hsmd_keys_deletion_overdue): no scheduler, or the destruction fails. */
 #define HSM_ROTATION_OVERDUE_S 3600
 /* How often the last uses of keys are written to the store by default (GetKeyLastUsage). */
 #define USAGE_FLUSH_MS 1000
@@ -672,7 +673,7 @@ static void count_store_gauges(hsm_server *s)
 	if (!atomic_load(&s->store_up))
 		return;
 	uint64_t keys = 0, approvals = 0, certs = 0, certs_expiring = 0;
-	hsm_due_counts due = {0, 0, 0, 0};
+	hsm_due_counts due = {0, 0, 0, 0, 0};
 	bool certs_counted = true;
 	if (hsm_keystore_state(s->ks) == HSM_NODE_UNSEALED) {
 		hsm_result r = hsm_store_key_count(s->store, &keys);
@@ -703,6 +704,7 @@ static void count_store_gauges(hsm_server *s)
 	atomic_store(&s->gauge_expirations_due, due.expirations);
 	atomic_store(&s->gauge_material_needed, due.material_needed);
 	atomic_store(&s->gauge_rotations_overdue, due.overdue);
+	atomic_store(&s->gauge_deletions_overdue, due.deletions_overdue);
 	atomic_store(&s->gauge_approvals_open, approvals);
 	if (certs_counted) {
 		atomic_store(&s->gauge_certs, certs);
@@ -1124,6 +1126,9 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "# HELP hsmd_keys_rotation_overdue Keys whose rotation date passed more than an hour ago "
 	    "without a rotation.\n"
 	    "# TYPE hsmd_keys_rotation_overdue gauge\nhsmd_keys_rotation_overdue %llu\n"
+	    "# HELP hsmd_keys_deletion_overdue Keys scheduled for deletion whose deletion date passed "
+	    "more than an hour ago and that are not destroyed.\n"
+	    "# TYPE hsmd_keys_deletion_overdue gauge\nhsmd_keys_deletion_overdue %llu\n"
 	    "# HELP hsmd_keys_material_expiring_7d Keys whose imported key material expires (and is "
 	    "deleted, leaving the key unusable) within 7 days, or has expired.\n"
 	    "# TYPE hsmd_keys_material_expiring_7d gauge\nhsmd_keys_material_expiring_7d %llu\n"
@@ -1186,6 +1191,7 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    (unsigned long long)atomic_load(&s->gauge_rotations_due),
 	    (unsigned long long)atomic_load(&s->gauge_material_needed),
 	    (unsigned long long)atomic_load(&s->gauge_rotations_overdue),
+	    (unsigned long long)atomic_load(&s->gauge_deletions_overdue),
 	    (unsigned long long)atomic_load(&s->gauge_expirations_due),
 	    (long long)atomic_load(&s->gauges_counted_at), (unsigned)s->opt.scheduler_interval,
 	    (unsigned long long)atomic_load(&s->gauge_approvals_open),

@@ -707,7 +707,7 @@ hsm_result hsm_store_keys_due_count(hsm_store *s, int64_t horizon, int64_t overd
                                     hsm_due_counts *out)
 {
 	HSM_ASSERT(s != NULL && out != NULL);
-	*out = (hsm_due_counts){0, 0, 0, 0};
+	*out = (hsm_due_counts){0, 0, 0, 0, 0};
 	return s->ops->keys_due_count(s, horizon, overdue_before, out);
 }
 

@@ -472,14 +472,17 @@ hsm_result hsm_store_key_count(hsm_store *s, uint64_t *out) HSM_MUST_CHECK;
  * are EXTERNAL without HSM_KEYFLAG_PENDING_MATERIAL (nothing to rotate to
  * until material is imported), `overdue` those with next_rotation <=
  * overdue_before.  `expirations` are keys not Destroyed whose imported
- * material expires (valid_to != 0) by horizon.  A key may count in several.
- * Each count walks an index range.
+ * material expires (valid_to != 0) by horizon.  `deletions_overdue` are keys
+ * still PendingDeletion whose deletion_date <= overdue_before: no scheduler
+ * destroyed them, or their destruction keeps failing.  A key may count in
+ * several.  Each count walks an index range.
  */
 typedef struct hsm_due_counts {
 	uint64_t rotations;
 	uint64_t material_needed;
 	uint64_t overdue;
 	uint64_t expirations;
+	uint64_t deletions_overdue;
 } hsm_due_counts;
 hsm_result hsm_store_keys_due_count(hsm_store *s, int64_t horizon, int64_t overdue_before,
                                     hsm_due_counts *out) HSM_MUST_CHECK;

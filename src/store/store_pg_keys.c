@@ -690,7 +690,7 @@ hsm_result pg_keys_get(hsm_store *base, size_t n, const char *const key_ids[], h
 	return res;
 }
 
-/* Each count is a range of an index (keys_rotation_due, keys_expiry_due). */
+/* Each count is a range of an index (keys_rotation_due, keys_expiry_due, keys_deletion_due). */
 static const char SQL_DUE_COUNT[] =
 	"SELECT (SELECT count(*) FROM keys WHERE rotation_enabled AND state = 'Enabled' AND "
 	"next_rotation <= $1), "
@@ -699,11 +699,13 @@ static const char SQL_DUE_COUNT[] =
 	"(SELECT count(*) FROM keys WHERE rotation_enabled AND state = 'Enabled' AND "
 	"next_rotation <= $2), "
 	"(SELECT count(*) FROM keys WHERE valid_to <> 0 AND valid_to <= $1 AND "
-	"state <> 'Destroyed')";
+	"state <> 'Destroyed'), "
+	"(SELECT count(*) FROM keys WHERE state = 'PendingDeletion' AND deletion_date <= $2)";
 
+#define DUE_COUNT_COLS 5
 typedef struct due_count_op {
 	int64_t horizon, overdue_before;
-	int64_t n[4]; /* the columns of SQL_DUE_COUNT */
+	int64_t n[DUE_COUNT_COLS]; /* the columns of SQL_DUE_COUNT */
 } due_count_op;
 
 static hsm_result keys_due_count_body(pg_conn *c, void *arg)
@@ -716,7 +718,7 @@ static hsm_result keys_due_count_body(pg_conn *c, void *arg)
 	pg_p_i64(&p, op->overdue_before);
 	HSM_GUARD(pg_run(c, SQL_DUE_COUNT, &p, &r));
 	hsm_result res = HSM_SUCCESS;
-	for (int i = 0; i < 4 && hsm_ok(res); i++) {
+	for (int i = 0; i < DUE_COUNT_COLS && hsm_ok(res); i++) {
 		res = pg_col_i64(r, 0, i, &op->n[i]);
 		if (hsm_ok(res) && op->n[i] < 0)
 			res = HSM_FAIL(HSM_ERR_STORE, "PostgreSQL returned a negative count");
@@ -734,6 +736,7 @@ hsm_result pg_keys_due_count(hsm_store *base, int64_t horizon, int64_t overdue_b
 	out->material_needed = (uint64_t)op.n[1];
 	out->overdue = (uint64_t)op.n[2];
 	out->expirations = (uint64_t)op.n[3];
+	out->deletions_overdue = (uint64_t)op.n[4];
 	return HSM_SUCCESS;
 }
 

@@ -668,7 +668,7 @@ hsm_result sq_keys_due(hsm_store *base, int64_t now, size_t limit, hsm_key_cb cb
 	return res;
 }
 
-/* Each count is a range of an index (keys_rotation_due, keys_expiry_due). */
+/* Each count is a range of an index (keys_rotation_due, keys_expiry_due, keys_deletion_due). */
 static const char SQL_DUE_COUNT[] =
 	"SELECT (SELECT count(*) FROM keys WHERE rotation_enabled = 1 AND state = 'Enabled' AND "
 	"next_rotation <= ?1), "
@@ -677,7 +677,8 @@ static const char SQL_DUE_COUNT[] =
 	"(SELECT count(*) FROM keys WHERE rotation_enabled = 1 AND state = 'Enabled' AND "
 	"next_rotation <= ?2), "
 	"(SELECT count(*) FROM keys WHERE valid_to <> 0 AND valid_to <= ?1 AND "
-	"state != 'Destroyed')";
+	"state != 'Destroyed'), "
+	"(SELECT count(*) FROM keys WHERE state = 'PendingDeletion' AND deletion_date <= ?2)";
 
 hsm_result sq_keys_due_count(hsm_store *base, int64_t horizon, int64_t overdue_before,
                              hsm_due_counts *out)
@@ -697,6 +698,7 @@ hsm_result sq_keys_due_count(hsm_store *base, int64_t horizon, int64_t overdue_b
 	out->material_needed = (uint64_t)sqlite3_column_int64(st, 1);
 	out->overdue = (uint64_t)sqlite3_column_int64(st, 2);
 	out->expirations = (uint64_t)sqlite3_column_int64(st, 3);
+	out->deletions_overdue = (uint64_t)sqlite3_column_int64(st, 4);
 out:
 	sq_reset(st);
 	sq_read_end(s, c);

@@ -12,6 +12,8 @@ stepping the clock would; the monotonic and boot-time clocks go on.
 - Recounts asked for between rounds (certificate imports and deletions) must
   not put the next round off, and a key whose scheduled work fails must be
   counted in hsmd_scheduler_failures_total, the others done.
+- A key whose deletion date passed over an hour ago and that still exists is
+  counted in hsmd_keys_deletion_overdue, until it is destroyed.
 Requests to hsmd's API are signed with the real time, so a test that moves
 the clock more than SigV4's five minutes reads only /metrics and the files.
 """
@@ -175,5 +177,42 @@ def test_a_failing_key_is_counted_and_the_others_done(clockshift, tmp_path):
         assert eventually(lambda: gauge(server, "hsmd_scheduler_failures_total") >= 1, 30)
         assert (failing, "success") not in rotations()
         assert "scheduled key work" in server.read_log()
+    finally:
+        server.cleanup()
+
+
+def test_a_deletion_that_does_not_happen_is_counted_overdue(clockshift, tmp_path):
+    """A key scheduled for deletion whose date passed over an hour ago and that still
+    exists (here its destruction keeps failing: the store refuses to change it) is
+    counted in hsmd_keys_deletion_overdue, which the README's HsmdDeletionOverdue alert
+    watches; once it is destroyed, it is not."""
+    server, clock = start_shifted(clockshift, tmp_path)
+    try:
+        kms = client(server)
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
+        db = sqlite3.connect(os.path.join(server.data_dir, "hsmd.db"), timeout=10)
+        db.execute("CREATE TRIGGER refuse_one BEFORE UPDATE ON keys WHEN OLD.id = '%s' "
+                   "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END" % key)
+        db.commit()
+        assert eventually(lambda: (gauge(server, "hsmd_keys_counted_time_seconds") or 0) > 0, 30)
+        assert gauge(server, "hsmd_keys_deletion_overdue") == 0
+        # Past the date, within the hour: due, not yet overdue.
+        clock.set(7 * 86400 + 600)
+        assert eventually(lambda: gauge(server, "hsmd_scheduler_failures_total") >= 1, 30)
+        assert gauge(server, "hsmd_keys_deletion_overdue") == 0
+        clock.set(7 * 86400 + 2 * 3600)
+        assert eventually(lambda: gauge(server, "hsmd_keys_deletion_overdue") == 1, 30)
+        # The store takes the change again: the next round destroys the key.
+        db.execute("DROP TRIGGER refuse_one")
+        db.commit()
+        db.close()
+
+        def destroyed():
+            return any(r.get("key_id") == key and r.get("outcome") == "success"
+                       for r in audit_records(server.data_dir) if r.get("op") == "DeleteKey")
+        assert eventually(lambda: gauge(server, "hsmd_keys_deletion_overdue") == 0, 30)
+        assert eventually(destroyed, 10), [r for r in audit_records(server.data_dir)
+                                          if r.get("key_id") == key]
     finally:
         server.cleanup()

@@ -597,7 +597,7 @@ static void test_keys_due_lists_an_expiring_key_due_to_rotate_once(void **state)
 static void expect_due_count(hsm_store *s, int64_t horizon, uint64_t rotations,
                              uint64_t material_needed, uint64_t expirations)
 {
-	hsm_due_counts n = {99, 99, 99, 99}, early = {99, 99, 99, 99};
+	hsm_due_counts n = {99, 99, 99, 99, 99}, early = {99, 99, 99, 99, 99};
 	EXPECT_OK(hsm_store_keys_due_count(s, horizon, 100, &n));
 	assert_int_equal(n.rotations, rotations);
 	assert_int_equal(n.material_needed, material_needed);
@@ -678,6 +678,35 @@ static void test_keys_due_count(void **state)
 	clone_key(f, "rot", HSM_STORE_LIST_MAX);
 	clone_key(f, "exp", HSM_STORE_LIST_MAX + 7);
 	expect_due_count(f->s, 1000, HSM_STORE_LIST_MAX + 3, 0, HSM_STORE_LIST_MAX + 7 + 4);
+}
+
+/*
+ * hsmd_keys_deletion_overdue: keys still PendingDeletion whose deletion date is at or
+ * before the bound (no scheduler destroyed them, or their destruction failed); a
+ * destroyed key, or a date not yet reached, is not counted.
+ */
+static void test_keys_due_count_deletions_overdue(void **state)
+{
+	st_fixture *f = *state;
+	hsm_due_counts n = {99, 99, 99, 99, 99};
+	EXPECT_OK(hsm_store_keys_due_count(f->s, 1000, 100, &n));
+	assert_int_equal(n.deletions_overdue, 0);
+	add_key(f->s, "del-overdue", HSM_KEY_PENDING_DELETION, 0, 40, 0);
+	add_key(f->s, "del-at-bound", HSM_KEY_PENDING_DELETION, 0, 100, 0);
+	add_key(f->s, "del-later", HSM_KEY_PENDING_DELETION, 0, 150, 0);
+	add_key(f->s, "enabled", HSM_KEY_ENABLED, 0, 40, 0); /* a date left from a cancel */
+	add_key(f->s, "del-gone", HSM_KEY_PENDING_DELETION, 0, 30, 0);
+	EXPECT_OK(hsm_store_key_destroy(f->s, "del-gone", 90));
+	EXPECT_OK(hsm_store_keys_due_count(f->s, 1000, 100, &n));
+	assert_int_equal(n.deletions_overdue, 2);
+	assert_int_equal(n.overdue, 0); /* none of them rotates */
+	EXPECT_OK(hsm_store_keys_due_count(f->s, 1000, 149, &n));
+	assert_int_equal(n.deletions_overdue, 2);
+	EXPECT_OK(hsm_store_keys_due_count(f->s, 1000, 150, &n));
+	assert_int_equal(n.deletions_overdue, 3);
+	EXPECT_OK(hsm_store_key_destroy(f->s, "del-overdue", 200));
+	EXPECT_OK(hsm_store_keys_due_count(f->s, 1000, 150, &n));
+	assert_int_equal(n.deletions_overdue, 2);
 }
 
 /*
@@ -1552,6 +1581,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_erased_material_leaves_the_store, st_setup,
 		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_keys_due_count, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_keys_due_count_deletions_overdue, st_setup,
+		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_keys_due_lists_expired_material, st_setup,
 		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_expiry_query_walks_its_index, st_setup,
