@@ -644,8 +644,20 @@ hsm_result hsm_backup_prune(const char *dir, const char *store_id, uint32_t rete
 	HSM_TRY(collect(dir, store_id, &e));
 	if (keep == 0)
 		keep = 1;
-	/* Sorted oldest first: the `keep` newest (last) always stay. */
-	for (size_t i = 0; i + keep < e.n; i++) {
+	/* Sorted oldest first: those dated in the future are last, and stay apart. */
+	size_t dated = e.n;
+	while (dated > 0 && e.v[dated - 1].info.created > now + HSM_BACKUP_FUTURE_SLACK_S)
+		dated--;
+	for (size_t i = dated; i < e.n; i++) {
+		char when[21];
+		hsm_format_time(e.v[i].info.created, when);
+		hsm_warn("backup %s is dated %s, ahead of this clock: it is neither deleted nor counted "
+		         "among the %zu newest kept; check the clock that made it, and delete it by "
+		         "hand if it is not wanted",
+		         e.v[i].path, when, keep);
+	}
+	/* Of the others, the `keep` newest (last) always stay. */
+	for (size_t i = 0; i + keep < dated; i++) {
 		if (e.v[i].info.created >= cutoff)
 			continue;
 		HSM_CHECK(unlink(e.v[i].path) == 0 || errno == ENOENT, HSM_ERR_IO,

@@ -96,11 +96,22 @@ hsm_result hsm_backup_list(const char *dir, const char *store_id, hsm_backup_cb 
                            void *arg) HSM_MUST_CHECK;
 
 /*
+ * A backup dated more than this after now is not believed: its header is not
+ * authenticated until the backup is restored, and the clock that dated it may
+ * have been wrong (or this one is, stepped back since).
+ */
+#define HSM_BACKUP_FUTURE_SLACK_S 86400
+
+/*
  * Deletes store_id's backups in dir created more than retention_days before
  * now, but never the `keep` newest (at least one).  hsmd keeps
  * HSM_BACKUP_KEEP_MIN: a wall clock stepped forward (an NTP step, a restored
- * VM, a bad RTC) makes every backup look expired at once.  removed (may be
- * NULL) receives the count.
+ * VM, a bad RTC) makes every backup look expired at once.  A backup dated
+ * more than HSM_BACKUP_FUTURE_SLACK_S after now is neither deleted nor one of
+ * the `keep` newest (it would hold a slot until its date, and the last
+ * honestly dated backups would go in its place): each is named in a warning,
+ * for an operator to check and delete by hand.  removed (may be NULL)
+ * receives the count deleted.
  */
 #define HSM_BACKUP_KEEP_MIN 7
 hsm_result hsm_backup_prune(const char *dir, const char *store_id, uint32_t retention_days,

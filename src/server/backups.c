@@ -37,10 +37,6 @@
 /* A failed scheduled backup is tried again after this long (or the interval, if shorter). */
 #define BACKUP_RETRY_S 300
 
-/* A backup dated more than this after now is not believed (a file's header is not
- * authenticated until the backup is restored, and clocks step). */
-#define FUTURE_SLACK_S 86400
-
 /* The newest backup of this store: when it was made and its size. */
 typedef struct newest {
 	int64_t created;
@@ -51,7 +47,7 @@ typedef struct newest {
 static hsm_result newest_of(const char *path, const hsm_backup_info *info, void *arg)
 {
 	newest *n = arg;
-	if (info->created > n->now + FUTURE_SLACK_S) {
+	if (info->created > n->now + HSM_BACKUP_FUTURE_SLACK_S) {
 		/* Believed, it would put off every scheduled backup until that date, and hide
 		 * from the stale-backup alert that none is made. */
 		hsm_warn("backup %s says it was made in the future; not counted as the newest", path);

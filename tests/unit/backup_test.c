@@ -628,6 +628,44 @@ static void test_list_and_prune(void **state)
 	assert_int_equal(removed, 0);
 }
 
+/*
+ * A backup dated in the future (made under a clock that was wrong, or copied in) is
+ * neither deleted nor one of the newest kept: counted among them, it held a slot until
+ * its date, and the honestly dated backups it displaced were deleted.
+ */
+static void test_prune_leaves_future_dated_backups_apart(void **state)
+{
+	fx *f = *state;
+	static const int64_t ages[] = {100, 95, 10, 0}; /* days before NOW */
+	char paths[4][PATH_MAX], ahead[PATH_MAX], near[PATH_MAX];
+	hsm_backup_info info;
+	const char *a = hsm_keystore_store_id(f->a.ks);
+	for (int i = 0; i < 4; i++)
+		EXPECT_OK(make_backup(f, &f->a, NOW - ages[i] * DAY, paths[i], &info));
+	EXPECT_OK(make_backup(f, &f->a, NOW + 400 * DAY, ahead, &info));
+	/* Retention 5 days, the 2 newest kept: NOW and NOW - 10 days, not the one dated ahead. */
+	size_t removed = 99;
+	EXPECT_OK(hsm_backup_prune(f->bak, a, 5, NOW, 2, &removed, NULL));
+	assert_int_equal(removed, 2);
+	assert_false(exists(paths[0]) || exists(paths[1]));
+	assert_true(exists(paths[2]) && exists(paths[3]) && exists(ahead));
+	/* However short the retention, it is never deleted while it is ahead. */
+	EXPECT_OK(hsm_backup_prune(f->bak, a, 0, NOW, 1, &removed, NULL));
+	assert_int_equal(removed, 1);
+	assert_true(exists(paths[3]) && exists(ahead));
+	/* A day of slack for clocks a little apart: within it, a backup counts as the newest. */
+	EXPECT_OK(make_backup(f, &f->a, NOW + DAY, near, &info));
+	EXPECT_OK(hsm_backup_prune(f->bak, a, 0, NOW + 60, 1, &removed, NULL));
+	assert_int_equal(removed, 1);
+	assert_false(exists(paths[3]));
+	assert_true(exists(near) && exists(ahead));
+	/* Once the clock reaches its date, it is a backup like the others. */
+	EXPECT_OK(hsm_backup_prune(f->bak, a, 0, NOW + 400 * DAY, 1, &removed, NULL));
+	assert_int_equal(removed, 1);
+	assert_false(exists(near));
+	assert_true(exists(ahead));
+}
+
 static void test_copy(void **state)
 {
 	fx *f = *state;
@@ -734,6 +772,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_sealed_makes_nothing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unreadable_header_values_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_list_and_prune, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_prune_leaves_future_dated_backups_apart, setup,
+		                                teardown),
 		cmocka_unit_test_setup_teardown(test_copy, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_leftovers_spare_a_backup_being_written, setup,
 		                                teardown),
