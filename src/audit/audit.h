@@ -351,10 +351,12 @@ typedef enum hsm_audit_problem {
 	HSM_AUDIT_TORN,          /* incomplete last line */
 	HSM_AUDIT_TRUNCATED,     /* the log or a file ends early */
 	HSM_AUDIT_BAD_SIGNATURE, /* checkpoint signature does not verify */
-	HSM_AUDIT_UNSIGNED       /* unsigned where the node was signing: the signatures were stripped */
+	HSM_AUDIT_UNSIGNED,      /* unsigned where the node was signing: the signatures were stripped */
+	/* Not a verdict: the files hold more than one node's trail, to verify each alone. */
+	HSM_AUDIT_SEVERAL_TRAILS
 } hsm_audit_problem;
 
-#define HSM_AUDIT_DETAIL_MAX 256
+#define HSM_AUDIT_DETAIL_MAX 512
 #define HSM_AUDIT_PATH_MAX 512
 
 typedef struct hsm_audit_verify_options {
@@ -402,8 +404,12 @@ typedef struct hsm_audit_verify_report {
  * Verifies the files (sorted by name, which sorts them by first sequence
  * number) as one log: sequence, chain, checkpoint signatures, torn or
  * truncated tails.  Two files of the same name (a file and its copy) are
- * read once if they hold the same bytes, and reported as modified if not.  Returns HSM_SUCCESS when the check ran (the verdict is in
- * report->valid) and a failure only when a file or the key cannot be read.
+ * read once if they hold the same bytes, and reported as modified if not.
+ * Files of more than one node's trail (no node id in common, the same seqs
+ * claimed twice) are no verdict: report->problem is HSM_AUDIT_SEVERAL_TRAILS,
+ * and report->detail names the trails.  Returns HSM_SUCCESS when the check
+ * ran (the verdict is in report->valid) and a failure only when a file or the
+ * key cannot be read.
  */
 hsm_result hsm_audit_verify_files(const char *const *paths, size_t n_paths,
                                   const hsm_audit_verify_options *opts,

@@ -1003,13 +1003,21 @@ hsm_result hsm_audit_verify_files(const char *const *paths, size_t n_paths,
 		sorted[i] = paths[i];
 	qsort(sorted, n_paths, sizeof(*sorted), cmp_base);
 	hsm_result io = HSM_SUCCESS;
-	if (!drop_copies(sorted, &n_paths, report, &io)) {
+	size_t n_unique = n_paths;
+	if (!drop_copies(sorted, &n_unique, report, &io)) {
 		res = io;
-		goto out;
+	} else {
+		r->names = sorted;
+		r->n_files = n_unique;
+		res = run(r, opts, report);
 	}
-	r->names = sorted;
-	r->n_files = n_paths;
-	res = run(r, opts, report);
+	/* Files that do not verify as one log may be two nodes' trails: no verdict on either. */
+	if (hsm_ok(res) && !report->valid) {
+		for (size_t i = 0; i < n_paths; i++)
+			sorted[i] = paths[i]; /* the copies drop_copies left out too */
+		qsort(sorted, n_paths, sizeof(*sorted), cmp_base);
+		(void)audit_verify_several_trails(sorted, n_paths, report);
+	}
 out:
 	if (r != NULL)
 		hsm_buf_free(&r->owned);
@@ -1048,6 +1056,7 @@ const char *hsm_audit_problem_name(hsm_audit_problem p)
 	case HSM_AUDIT_TRUNCATED: return "truncated";
 	case HSM_AUDIT_BAD_SIGNATURE: return "bad signature";
 	case HSM_AUDIT_UNSIGNED: return "unsigned";
+	case HSM_AUDIT_SEVERAL_TRAILS: return "several trails";
 	}
 	return "unknown";
 }

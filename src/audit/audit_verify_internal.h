@@ -118,4 +118,13 @@ bool verify_rules_check(vreader *r, const vstate *s, hsm_audit_verify_report *re
 void verify_report_at(vreader *r, hsm_audit_verify_report *rep, hsm_audit_problem p,
                       const ventry *e, const char *fmt, ...) HSM_PRINTF(5, 6);
 
+/*
+ * After files failed to verify as one log: whether they hold more than one
+ * node's trail (audit_verify_trails.c).  If so, rep says which
+ * (HSM_AUDIT_SEVERAL_TRAILS) and true is returned; otherwise rep is left as
+ * it is (a file that cannot be read leaves it too).
+ */
+bool audit_verify_several_trails(const char *const *paths, size_t n,
+                                 hsm_audit_verify_report *rep);
+
 #endif

@@ -114,6 +114,11 @@ int cmd_audit_verify(int argc, char **argv)
 		rc = hsmctl_fail("audit verify");
 		goto out;
 	}
+	if (rep.problem == HSM_AUDIT_SEVERAL_TRAILS) {
+		/* The files asked for are not one log: no verdict, as for any wrong argument. */
+		rc = hsmctl_usage("audit verify", "%s", rep.detail);
+		goto out;
+	}
 	print_summary(&rep);
 	if (rep.valid) {
 		printf("result: VALID\n");

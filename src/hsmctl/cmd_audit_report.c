@@ -707,6 +707,8 @@ int cmd_audit_report(int argc, char **argv)
 	                                      (size_t)(argc - first), &files, &n)) ||
 	    hsm_failed(hsm_audit_verify_files((const char *const *)files, n, &o.verify, &v))) {
 		rc = hsmctl_fail("audit report");
+	} else if (v.problem == HSM_AUDIT_SEVERAL_TRAILS) {
+		rc = hsmctl_usage("audit report", "%s", v.detail);
 	} else if (!v.valid) {
 		fprintf(stderr,
 		        "hsmctl: audit report: the trail does not verify, so no report is made from it: "

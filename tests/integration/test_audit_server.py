@@ -576,6 +576,75 @@ def test_files_deleted_from_the_start_show():
         subprocess.run(["rm", "-rf", tmp])
 
 
+def test_two_nodes_trails_given_together_are_refused_not_called_modified():
+    """Each node writes its own trail, numbered from seq 1: files of two nodes' trails
+    given to one `audit verify` are no log, and verify says so and names the trails
+    (exit 2, the usage error), where it reported the mix as modified (exit 1) although
+    each trail verifies alone.  A trail genuinely modified is still reported modified,
+    given alone or beside its own copy."""
+    tmp = tempfile.mkdtemp(prefix="hsmd-audit-two-")
+    nodes = {}
+    try:
+        for name in ("node-a", "node-b"):
+            data = os.path.join(tmp, name)
+            server = start_dev(["--data-dir", data, "--node-id", name,
+                                "--audit-rotate-bytes", "1M", "--backup-interval-seconds", "0"])
+            server.data_dir = data
+            nodes[name] = server
+        files = lambda name: sorted(glob.glob(os.path.join(tmp, name, "audit",
+                                                           "audit-*.jsonl")))
+        client(nodes["node-a"]).create_key()
+        # Trails of several files: node-b's second file, which starts past seq 1, holds
+        # seqs node-a's three files hold too.
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            for name, n in (("node-a", 3), ("node-b", 2)):
+                kms = client(nodes[name])
+                while len(files(name)) < n:
+                    list(pool.map(lambda _: kms.list_keys(), range(400)))
+        for server in nodes.values():
+            server.stop()
+        dirs = {name: os.path.join(tmp, name, "audit") for name in nodes}
+
+        def run(*args):
+            return subprocess.run([HSMCTL, "audit", *args], capture_output=True, text=True)
+        for name in nodes:
+            p = run("verify", dirs[name])
+            assert p.returncode == 0 and "result: VALID" in p.stdout, p.stdout + p.stderr
+        n_b = len(files("node-b"))
+        for given, b_files in (([dirs["node-a"], dirs["node-b"]], n_b),  # same names
+                               (files("node-a") + files("node-b")[1:], n_b - 1)):  # none
+            p = run("verify", *given)
+            assert p.returncode == 2, p.stdout + p.stderr
+            assert "result:" not in p.stdout and "modified" not in p.stderr, p.stdout + p.stderr
+            assert "the files given hold 2 audit trails" in p.stderr, p.stderr
+            assert f"node-a's ({len(files('node-a'))} files in {dirs['node-a']})" in p.stderr, \
+                p.stderr
+            assert f"node-b's ({b_files} file{'s' if b_files > 1 else ''} in " \
+                f"{dirs['node-b']})" in p.stderr, p.stderr
+            assert "verify each trail alone" in p.stderr, p.stderr
+        p = run("report", dirs["node-a"], dirs["node-b"])
+        assert p.returncode == 2 and "2 audit trails" in p.stderr, p.stdout + p.stderr
+        # A modified trail: alone, and beside its unmodified copy, it is modified.
+        copy = os.path.join(tmp, "copy")
+        shutil.copytree(dirs["node-a"], copy)
+        path = files("node-a")[0]
+        with open(path) as f:
+            text = f.read()
+        assert '"op":"CreateKey"' in text
+        with open(path, "w") as f:
+            f.write(text.replace('"op":"CreateKey"', '"op":"DescribeKey"', 1))
+        for given in ([dirs["node-a"]], [copy, dirs["node-a"]]):
+            p = run("verify", *given)
+            assert p.returncode == 1 and "result: INVALID" in p.stdout, p.stdout + p.stderr
+            assert "modified" in p.stdout, p.stdout
+        # Beside another node's trail it is refused all the same: alone, it shows.
+        p = run("verify", dirs["node-a"], dirs["node-b"])
+        assert p.returncode == 2 and "2 audit trails" in p.stderr, p.stdout + p.stderr
+    finally:
+        for server in nodes.values():
+            server.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
 def test_closed_audit_files_are_copied_to_the_copy_dir():
     """audit_copy_dir (another disk, a mount in another region) receives each
     closed file, byte for byte, soon after its rotation, in a directory named

@@ -701,6 +701,64 @@ static void test_closed_files_are_copied_and_expire_with_their_originals(void **
 	copy_done(&x);
 }
 
+/*
+ * Two nodes' trails, each numbered from seq 1, given together are not one log: no
+ * verdict (HSM_AUDIT_SEVERAL_TRAILS), the detail naming each trail by its node and
+ * directory, where the mix was reported as modified; each verifies alone.  A trail
+ * with a changed record beside its own copy is still modified (the test above).
+ */
+static void test_two_nodes_trails_are_told_apart(void **state)
+{
+	(void)state;
+	char dirs[2][PATH_MAX];
+	static const char *const nodes[2] = {"node-a", "node-b"};
+	static char files[2][T_MAX_FILES][PATH_MAX];
+	const char *both[2 * T_MAX_FILES];
+	size_t n_both = 0;
+	for (int i = 0; i < 2; i++) {
+		t_mkdtemp(dirs[i], nodes[i]);
+		hsm_audit_config c = t_config(dirs[i]);
+		c.node_id = nodes[i];
+		c.rotate_bytes = 8192;
+		hsm_audit *a = NULL;
+		assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+		append_n(a, 0, 80 - 50 * (unsigned)i); /* node-b's last file: seqs node-a has */
+		assert_true(hsm_ok(hsm_audit_rotate(a)));
+		append_n(a, 100, 10);
+		hsm_audit_close(a);
+		assert_true(t_verify_dir(dirs[i], NULL, false).valid);
+		size_t n = t_list(dirs[i], "audit-", ".jsonl", files[i], T_MAX_FILES);
+		assert_true(n >= 2);
+		for (size_t k = 0; k < n; k++)
+			both[n_both++] = files[i][k];
+	}
+	hsm_audit_verify_options o = {0};
+	hsm_audit_verify_report r;
+	assert_true(hsm_ok(hsm_audit_verify_files(both, n_both, &o, &r)));
+	assert_false(r.valid);
+	assert_int_equal(r.problem, HSM_AUDIT_SEVERAL_TRAILS);
+	assert_string_equal(hsm_audit_problem_name(r.problem), "several trails");
+	assert_non_null(strstr(r.detail, "the files given hold 2 audit trails"));
+	assert_non_null(strstr(r.detail, "verify each trail alone"));
+	for (int i = 0; i < 2; i++) {
+		char named[3 * PATH_MAX];
+		snprintf(named, sizeof(named), "%s's (", nodes[i]);
+		assert_non_null(strstr(r.detail, named));
+		snprintf(named, sizeof(named), " files in %s)", dirs[i]);
+		assert_non_null(strstr(r.detail, named));
+	}
+	/* One trail's files beside the other's later file only (no name in common). */
+	const char *mixed[T_MAX_FILES + 1];
+	size_t n_mixed = 0;
+	for (size_t k = 0; both[k] != files[1][0]; k++)
+		mixed[n_mixed++] = both[k];
+	mixed[n_mixed++] = both[n_both - 1];
+	assert_true(hsm_ok(hsm_audit_verify_files(mixed, n_mixed, &o, &r)));
+	assert_int_equal(r.problem, HSM_AUDIT_SEVERAL_TRAILS);
+	for (int i = 0; i < 2; i++)
+		t_rm_rf(dirs[i]);
+}
+
 /* A file the copy directory does not hold is kept past its retention, until it is copied. */
 static void test_retention_keeps_files_not_copied(void **state)
 {
@@ -1029,6 +1087,7 @@ int main(void)
 	    cmocka_unit_test(test_second_writer_refused_and_checkpoint_type_refused),
 	    cmocka_unit_test(test_syslog_forwarding_never_blocks_the_log),
 	    cmocka_unit_test(test_requests_are_found_by_id_across_files),
+	    cmocka_unit_test(test_two_nodes_trails_are_told_apart),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
