@@ -17,7 +17,8 @@ import pytest
 from conftest import DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, start_dev
 
 DEV_ENV = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
-from helpers import admin, audit_records, gdb_can_trace, metric, new_user, raises, self_signed
+from helpers import (admin, audit_records, eventually, gdb_can_trace, metric, new_user, raises,
+                     self_signed)
 from test_sealed import create_first_officer, init_store, unseal
 
 
@@ -640,7 +641,8 @@ def test_a_missing_copy_dir_stops_the_start():
 def test_a_backup_dated_in_the_future_does_not_stop_the_schedule():
     """A backup's header is authenticated only when it is restored, and clocks step:
     a file dated ten years ahead in backup_dir is not taken as the newest backup, so
-    scheduled backups go on and the last-success metric stays true."""
+    scheduled backups go on and the last-success metric stays true; the retention
+    neither deletes it nor keeps it as one of the newest, and warns of it."""
     server = start_dev(["--backup-interval-seconds", "0"])
     try:
         made = admin(server, "CreateBackup")
@@ -662,6 +664,11 @@ def test_a_backup_dated_in_the_future_does_not_stop_the_schedule():
             assert metric(again, "hsmd_backups_created_total") >= 1
             assert metric(again, "hsmd_backup_last_success_time_seconds") <= time.time() + 60
             assert "made in the future" in again.read_log()
+            # The retention that followed the backup left it, named in a warning, and does
+            # not count it among the newest kept.
+            assert os.path.exists(forged)
+            assert eventually(lambda: f"backup {forged} is dated " in again.read_log())
+            assert "not wanted" in again.read_log()
         finally:
             again.stop()
     finally:
