@@ -59,23 +59,23 @@ static CK_RV pair_spec(CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *pub, CK_ULONG
 	return CKR_MECHANISM_INVALID;
 }
 
-/* A label usable as a KMS alias name (alias/<label>). */
+/*
+ * A label for a new key: any the key can have (p11_key_label), which becomes
+ * its alias alias/<label>, but those under "aws/" (AWS's reserved names,
+ * which CreateAlias refuses) and "pkcs11-id/" (those give a key its CKA_ID,
+ * not a label).  Any other is CKR_ATTRIBUTE_VALUE_INVALID, before a key is made.
+ */
+_Static_assert(P11_KEY_LABEL_MAX <= P11_LABEL_MAX, "a key's label fits the buffers");
+
 static CK_RV pair_label(const CK_ATTRIBUTE *a, char *out, size_t cap)
 {
 	out[0] = '\0';
 	if (a == NULL)
 		return CKR_OK;
-	if (a->pValue == NULL || a->ulValueLen == 0 || a->ulValueLen > 200 || a->ulValueLen >= cap)
+	if (a->pValue == NULL || !p11_key_label(a->pValue, a->ulValueLen) || a->ulValueLen >= cap)
 		return CKR_ATTRIBUTE_VALUE_INVALID;
-	const char *p = a->pValue;
-	for (CK_ULONG i = 0; i < a->ulValueLen; i++)
-		if (!((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= 'A' && p[i] <= 'Z') ||
-		      (p[i] >= '0' && p[i] <= '9') || strchr("/_-", p[i]) != NULL) ||
-		    p[i] == '\0')
-			return CKR_ATTRIBUTE_VALUE_INVALID;
-	memcpy(out, p, a->ulValueLen);
+	memcpy(out, a->pValue, a->ulValueLen);
 	out[a->ulValueLen] = '\0';
-	/* aws/ is AWS's; HSM_PKCS11_ID_ALIAS's names give keys CKA_IDs, not labels. */
 	return hsm_str_has_prefix(out, "aws/") || hsm_str_has_prefix(out, HSM_PKCS11_ID_ALIAS + 6)
 	           ? CKR_ATTRIBUTE_VALUE_INVALID
 	           : CKR_OK;

@@ -806,19 +806,10 @@ CK_RV p11_objects_refresh_for(const CK_ATTRIBUTE *tmpl, CK_ULONG count)
 	return rv;
 }
 
-/* KMS's longest alias name, "alias/" included (hsmd's HSM_ALIAS_MAX). */
-#define ALIAS_NAME_MAX 256
-
-/*
- * Whether a label can be a key's: a key's label is an alias name without
- * "alias/" (or its key id), so of KMS's alias characters (letters, digits and
- * "/_-:", AWS KMS API reference, CreateAlias) and short enough.  Another label
- * (not UTF-8, with a space, too long) can only be a session object's or a
- * certificate's.
- */
-static bool key_label(const uint8_t *p, size_t n)
+bool p11_key_label(const void *label, size_t n)
 {
-	if (n > ALIAS_NAME_MAX - strlen("alias/"))
+	const uint8_t *p = label;
+	if (n < 1 || n > P11_KEY_LABEL_MAX)
 		return false;
 	for (size_t i = 0; i < n; i++) {
 		uint8_t c = p[i]; /* ASCII, whatever the application's locale */
@@ -840,7 +831,7 @@ static CK_RV refresh_keys_for(const CK_ATTRIBUTE *tmpl, CK_ULONG count)
 		return refresh_keys();
 	/* A label no key can have: hsmd is not asked (one that is not UTF-8 could not even be
 	 * sent), and the search matches the objects the module has, such as derived secrets. */
-	if (named == label && !key_label(label->pValue, label->ulValueLen))
+	if (named == label && !p11_key_label(label->pValue, label->ulValueLen))
 		return CKR_OK;
 	if (named->ulValueLen > P11_LABEL_MAX)
 		return refresh_keys();

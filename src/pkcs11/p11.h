@@ -363,6 +363,17 @@ p11_object *p11_object_new(const char *key_id, CK_OBJECT_CLASS cls);
  */
 CK_RV p11_curve_spec(const void *params, size_t len, bool edwards_mech, hsm_key_spec *spec);
 bool p11_spec_is_rsa(hsm_key_spec s);
+/*
+ * A key's label is an alias name without "alias/" (keygen.c makes alias/<label>,
+ * and a key reads its first such alias as its label): 1 to P11_KEY_LABEL_MAX
+ * of KMS's alias characters, ASCII letters, digits and "/_-:" (AWS KMS API
+ * reference, CreateAlias: AliasName, 1 to 256 characters with "alias/";
+ * hsmd's kms/alias.c).  Whether the n bytes at label can be one; another
+ * label (not UTF-8, with a space, too long) is only ever a certificate's or
+ * a session object's.
+ */
+#define P11_KEY_LABEL_MAX (256 - 6)
+bool p11_key_label(const void *label, size_t n);
 /* Schedules a key's deletion with hsmd's shortest waiting period (7 days: it can
  * still be recovered with CancelKeyDeletion). */
 CK_RV p11_schedule_deletion(const char *key_id);

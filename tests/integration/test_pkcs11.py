@@ -1237,6 +1237,32 @@ def test_generate_key_pairs(p11, user, officer):
         public_key(officer, eck).verify(der_ecdsa(sig), MSG, ec.ECDSA(hashes.SHA256()))
 
 
+def test_generate_takes_every_label_an_alias_name_can_end_with(p11, user, officer):
+    """A key's CKA_LABEL becomes its alias alias/<label>, so every tail KMS allows an alias
+    name is a label a key can be generated with: ':' among the characters (hsmd's alias
+    rule, and AWS's), up to 250 characters (256 with "alias/").  Each key gets that alias
+    and reads the label back; a search by it finds the key."""
+    labels = ["p11:web:tls", "p11/a_b-c:D9", "p11:" + "x" * 246]
+    assert len(labels[2]) == 250
+    made = {}
+    with session(p11, f"{DEV_AKID}:{DEV_SECRET}") as s:
+        made[labels[0]] = generate(s, "ec", labels[0], label_in_public=False)
+        made[labels[1]] = generate(s, "ec", labels[1], label_in_public=True)
+        h = s.generateKey([(CKA_TOKEN, True), (CKA_CLASS, CKO_SECRET_KEY),
+                           (CKA_VALUE_LEN, 32), (CKA_LABEL, labels[2])],
+                          Mechanism(PyKCS11.CKM_AES_KEY_GEN))
+        made[labels[2]] = bytes(attrs(s, h, CKA_ID)[0]).decode()
+    for label, kid in made.items():
+        assert [a["AliasName"] for a in officer.list_aliases(KeyId=kid)["Aliases"]] == \
+            ["alias/" + label]
+    with session(p11, user.pin) as s:
+        for label, kid in made.items():
+            found = s.findObjects([(CKA_LABEL, label)])
+            assert found, label
+            for o in found:
+                assert attrs(s, o, CKA_LABEL, CKA_ID) == [label, kid.encode()], label
+
+
 def test_generate_honours_or_refuses_the_template(p11, officer):
     """What a template asks of a new key is made, or refused: hsmd makes lasting, audited keys
     only, in R/W sessions; an RSA pair that is to decrypt and not to sign is an ENCRYPT_DECRYPT
@@ -1357,11 +1383,13 @@ def test_generate_applies_the_template_rules(p11, officer):
         (VALUE, ec, ec_pub, T + [(CKA_ID, b"\x01" * 121)]),
         (VALUE, ec, ec_pub + [(CKA_ID, str(uuid.uuid4()).encode())], T),
         (VALUE, ec, ec_pub, T + [(CKA_LABEL, "pkcs11-id/01")]),  # that name gives CKA_IDs
-        # A label is an alias name: 1 to 200 ASCII letters, digits, "/", "_" and "-" (README).
+        # A label is an alias name's tail: 1 to 250 ASCII letters, digits, "/", "_", "-"
+        # and ":" (README; test_generate_takes_every_label_an_alias_name_can_end_with).
         (VALUE, ec, ec_pub, T + [(CKA_LABEL, "web server")]),
         (VALUE, ec, ec_pub, T + [(CKA_LABEL, "web.tls")]),
-        (VALUE, ec, ec_pub, T + [(CKA_LABEL, "web:tls")]),
-        (VALUE, ec, ec_pub, T + [(CKA_LABEL, "x" * 201)]),
+        (VALUE, ec, ec_pub, T + [(CKA_LABEL, "caf\u00e9")]),
+        (VALUE, ec, ec_pub, T + [(CKA_LABEL, Raw(b"web\x00tls"))]),
+        (VALUE, ec, ec_pub, T + [(CKA_LABEL, "x" * 251)]),
         (VALUE, ec, ec_pub, T + [(CKA_LABEL, Raw(b""))]),
         (VALUE, ec, ec_pub, T + [(CKA_LABEL, "aws/web")]),
         (INCONSISTENT, ec, ec_pub, T + [(PyKCS11.CKA_MODIFIABLE, True)]),
