@@ -11,8 +11,11 @@
  *   HSM_PKCS11_REGION    the SigV4 region (default: AWS_REGION, AWS_DEFAULT_REGION,
  *                        else us-east-1)
  *   HSM_PKCS11_KEYS      the keys the token shows, by key id, key ARN or alias,
- *                        separated by commas (default: every key the user sees)
+ *                        separated by commas (default: every key the user sees);
+ *                        UTF-8, at most 4095 bytes, each name at most 2048
  *   HSM_PKCS11_TIMEOUT   seconds a call waits for hsmd's answer (1-3600, default 30)
+ * A setting the module cannot use as it is makes C_Initialize fail with
+ * CKR_GENERAL_ERROR, and a line on stderr says which and why.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -139,6 +142,57 @@ static void close_session(p11_session *s)
 	memset(s, 0, sizeof(*s));
 }
 
+/*
+ * HSM_PKCS11_KEYS: names separated by commas, each sent to hsmd as a KeyId
+ * at every listing.  JSON carries only UTF-8, and a name cut short would
+ * name another key, so a value that is not UTF-8 or does not fit is a
+ * setting no listing could use: what is wrong with it, or NULL.
+ */
+_Static_assert(sizeof(p11.keys) == 4096 && P11_KEY_NAME_MAX == 2048, "the messages' numbers");
+
+static const char *keys_setting(const char *v)
+{
+	size_t n = strlen(v);
+	if (n >= sizeof(p11.keys))
+		return "HSM_PKCS11_KEYS is longer than 4095 bytes";
+	if (!hsm_utf8_valid(v, n))
+		return "HSM_PKCS11_KEYS is not UTF-8 text (key ids, key ARNs or aliases, separated "
+		       "by commas)";
+	for (const char *p = v; *p != '\0';) {
+		size_t len = strcspn(p, ",");
+		if (len > P11_KEY_NAME_MAX)
+			return "HSM_PKCS11_KEYS names a key with more than 2048 bytes";
+		p += len + (p[len] == ',');
+	}
+	return NULL;
+}
+
+/*
+ * Reads the environment's settings into p11 (C_Initialize, the lock held):
+ * NULL, or what is wrong with a setting the module cannot use as it is.
+ */
+static const char *read_settings(void)
+{
+	env_copy(p11.conn.endpoints, sizeof(p11.conn.endpoints), "HSM_PKCS11_ENDPOINT", "");
+	env_copy(p11.conn.ca_file, sizeof(p11.conn.ca_file), "HSM_PKCS11_CA_FILE", "");
+	env_copy(p11.conn.client_cert, sizeof(p11.conn.client_cert), "HSM_PKCS11_CLIENT_CERT", "");
+	env_copy(p11.conn.client_key, sizeof(p11.conn.client_key), "HSM_PKCS11_CLIENT_KEY", "");
+	env_copy(p11.conn.region, sizeof(p11.conn.region), "HSM_PKCS11_REGION", hsm_env_region());
+	const char *keys = getenv("HSM_PKCS11_KEYS");
+	const char *wrong = keys != NULL ? keys_setting(keys) : NULL;
+	if (wrong != NULL)
+		return wrong;
+	env_copy(p11.keys, sizeof(p11.keys), "HSM_PKCS11_KEYS", "");
+	const char *t = getenv("HSM_PKCS11_TIMEOUT");
+	char *end = NULL;
+	long secs = t != NULL ? strtol(t, &end, 10) : 30;
+	p11.conn.timeout_s = t == NULL || *t == '\0' ? 30
+	                : end != NULL && *end == '\0' && secs >= 1 && secs <= 3600 ? (int)secs
+	                                                                           : -1;
+	return p11.conn.timeout_s < 0 ? "HSM_PKCS11_TIMEOUT must be a number of seconds from 1 to 3600"
+	                              : NULL;
+}
+
 CK_RV C_Initialize(CK_VOID_PTR init_args)
 {
 	if (init_args != NULL) {
@@ -169,24 +223,12 @@ CK_RV C_Initialize(CK_VOID_PTR init_args)
 	}
 	memset(&p11, 0, sizeof(p11));
 	p11.pid = getpid();
-	env_copy(p11.conn.endpoints, sizeof(p11.conn.endpoints), "HSM_PKCS11_ENDPOINT", "");
-	env_copy(p11.conn.ca_file, sizeof(p11.conn.ca_file), "HSM_PKCS11_CA_FILE", "");
-	env_copy(p11.conn.client_cert, sizeof(p11.conn.client_cert), "HSM_PKCS11_CLIENT_CERT", "");
-	env_copy(p11.conn.client_key, sizeof(p11.conn.client_key), "HSM_PKCS11_CLIENT_KEY", "");
-	env_copy(p11.conn.region, sizeof(p11.conn.region), "HSM_PKCS11_REGION", hsm_env_region());
-	env_copy(p11.keys, sizeof(p11.keys), "HSM_PKCS11_KEYS", "");
-	const char *t = getenv("HSM_PKCS11_TIMEOUT");
-	char *end = NULL;
-	long secs = t != NULL ? strtol(t, &end, 10) : 30;
-	p11.conn.timeout_s = t == NULL || *t == '\0' ? 30
-	                : end != NULL && *end == '\0' && secs >= 1 && secs <= 3600 ? (int)secs
-	                                                                           : -1;
-	if (p11.conn.timeout_s < 0) {
+	const char *wrong = read_settings();
+	if (wrong != NULL) {
 		memset(&p11, 0, sizeof(p11));
 		pthread_mutex_unlock(&p11_lock);
 		/* Not the caller's arguments: the environment.  Said on stderr, as the code cannot. */
-		fprintf(stderr, "libhsm_pkcs11: HSM_PKCS11_TIMEOUT must be a number of seconds from 1 "
-		                "to 3600\n");
+		fprintf(stderr, "libhsm_pkcs11: %s\n", wrong);
 		return CKR_GENERAL_ERROR;
 	}
 	p11.next_handle = 1;

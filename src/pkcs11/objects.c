@@ -621,7 +621,7 @@ static CK_RV load_view(json_t *aliases)
 	const char *p = p11.keys;
 	while (rv == CKR_OK && *p != '\0') {
 		size_t n = strcspn(p, ",");
-		char name[512], key_id[HSM_UUID_STRLEN + 1] = "";
+		char name[P11_KEY_NAME_MAX + 1], key_id[HSM_UUID_STRLEN + 1] = "";
 		snprintf(name, sizeof(name), "%.*s", (int)(n < sizeof(name) ? n : sizeof(name) - 1), p);
 		p += n + (p[n] == ',');
 		if (name[0] == '\0')

@@ -52,6 +52,8 @@
 #define P11_MAX_SESSIONS 256
 #define P11_LABEL_MAX 256
 #define P11_POOL_MAX 16
+/* The longest name of a key HSM_PKCS11_KEYS may give (a KMS KeyId: 1 to 2048 characters). */
+#define P11_KEY_NAME_MAX 2048
 /* hsmd's limits for a certificate (store.h: HSM_CERT_DER_MAX, HSM_CERT_OBJECT_ID_MAX). */
 #define P11_CERT_DER_MAX 32768
 #define P11_CERT_ID_MAX 256

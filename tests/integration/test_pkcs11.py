@@ -2474,10 +2474,12 @@ def test_keys_view(tmp_path, server, user, officer, keys):
         [keys["rsa"], keys["ec"], keys["mac"]])
     assert ids(keys=f"alias/no-such-key,{keys['aes']},,00000000-0000-4000-8000-000000000000") == \
         [keys["aes"]]
-    # A name that is not UTF-8 cannot be sent (JSON carries none): the login is refused as
-    # hsmd refuses a request it cannot read, CKR_ARGUMENTS_BAD, not as a lack of memory.
+    # A name that is not UTF-8 cannot be sent (JSON carries none): the setting is refused
+    # when the module is initialized, not at login as the caller's fault
+    # (test_a_keys_setting_no_listing_can_use_stops_the_initialization).
     p = tool(server.endpoint, *pin, keys="alias/caf\udce9")  # the byte 0xe9, as the OS passes it
-    assert login_fails(p) and "CKR_ARGUMENTS_BAD" in p.stderr, p.stderr
+    assert p.returncode != 0 and "C_Initialize failed" in p.stderr, p.stderr
+    assert "CKR_GENERAL_ERROR" in p.stderr and "HSM_PKCS11_KEYS is not UTF-8" in p.stderr
     # An alias is resolved at each listing: moved, it shows the key it names now.
     other = officer.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")[
         "KeyMetadata"]["KeyId"]
@@ -2493,6 +2495,49 @@ def test_keys_view(tmp_path, server, user, officer, keys):
                  "--id", keys["rsa"].encode().hex(), "-i", str(data), "-o",
                  str(tmp_path / "sig"), keys=view)
         assert (p.returncode == 0) == found, (view, p.stdout, p.stderr)
+
+
+INIT_CODE = r"""
+import sys, PyKCS11
+lib = PyKCS11.PyKCS11Lib()
+try:
+    lib.load(sys.argv[1])
+    print("CKR_OK", len(lib.getSlotList()))
+except PyKCS11.PyKCS11Error as e:
+    print(PyKCS11.CKR.get(e.value, e.value))
+"""
+
+
+def test_a_keys_setting_no_listing_can_use_stops_the_initialization(tmp_path, server, user):
+    """HSM_PKCS11_KEYS that is not UTF-8 (JSON, hence hsmd, takes no other text), longer than
+    the module keeps, or naming a key by more than a KeyId's 2048 bytes (a name cut short
+    would be another key's) is a configuration no listing can use: C_Initialize fails with
+    CKR_GENERAL_ERROR and says why on stderr, as for HSM_PKCS11_TIMEOUT, instead of every
+    login failing with CKR_ARGUMENTS_BAD, a code that blames the caller's arguments.  The
+    longest settings it takes initialize, and a well-formed view still logs in."""
+    script = tmp_path / "init_code.py"
+    script.write_text(INIT_CODE)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HSM_PKCS11_")}
+    base["HSM_PKCS11_ENDPOINT"] = server.endpoint
+
+    def init(keys):
+        env = dict(base)
+        env["HSM_PKCS11_KEYS"] = keys
+        p = subprocess.run(["/usr/bin/python3", str(script), MODULE], env=env,
+                           capture_output=True, text=True, timeout=60)
+        return p.stdout.strip(), p.stderr
+
+    for keys, why in (("alias/caf\udce9", "is not UTF-8"),
+                      ("alias/ok,\udcff\udcfe", "is not UTF-8"),
+                      ("alias/a," + "x" * 4090, "is longer than 4095 bytes"),
+                      ("alias/a," + "k" * 2049, "names a key with more than 2048 bytes")):
+        out, err = init(keys)
+        assert out == "CKR_GENERAL_ERROR", (keys[:20], out, err)
+        assert f"libhsm_pkcs11: HSM_PKCS11_KEYS {why}" in err, (keys[:20], err)
+    for keys in ("alias/caf\u00e9", "k" * 2048 + ",alias/a", ",".join(["x" * 2047] * 2)):
+        assert init(keys) == ("CKR_OK 1", ""), keys[:20]
+    p = tool(server.endpoint, "--login", "--pin", user.pin, "-O", keys="alias/caf\u00e9")
+    assert p.returncode == 0, p.stderr
 
 
 VIEW_MAKER = r"""
