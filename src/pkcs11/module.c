@@ -838,25 +838,35 @@ CK_RV C_SeedRandom(CK_SESSION_HANDLE h, CK_BYTE_PTR seed, CK_ULONG len)
  * make one); its users, PINs and the token itself are hsmd's administration.
  * Encryption is RSA-OAEP (in one part) and AES-GCM (crypt.c).  These
  * functions answer as the others do first: CKR_CRYPTOKI_NOT_INITIALIZED,
- * then CKR_SESSION_HANDLE_INVALID for those that take a session (p11.h).
+ * then CKR_SESSION_HANDLE_INVALID for those that take a session (p11.h), or
+ * CKR_SLOT_ID_INVALID for one that takes a slot.
  */
 
+/*
+ * PKCS#11 v2.40 5.5: C_WaitForSlotEvent takes no slot id; it writes the slot
+ * of an event into *slot, and pReserved must be NULL.  The one slot holds its
+ * token for good, so no event ever comes: a poll (CKF_DONT_BLOCK) answers
+ * CKR_NO_EVENT; a wait would hold the application's thread for nothing until
+ * C_Finalize, so the blocking form is not offered (CKR_FUNCTION_NOT_SUPPORTED,
+ * which the function may return: callers then poll, or give up on events).
+ */
 CK_RV C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR slot, CK_VOID_PTR reserved)
 {
-	(void)flags;
-	(void)slot;
-	(void)reserved;
 	ENTER();
-	LEAVE(CKR_FUNCTION_NOT_SUPPORTED);
+	if (slot == NULL || reserved != NULL)
+		LEAVE(CKR_ARGUMENTS_BAD);
+	LEAVE((flags & CKF_DONT_BLOCK) != 0 ? CKR_NO_EVENT : CKR_FUNCTION_NOT_SUPPORTED);
 }
 
+/* A slot that is not the module's is CKR_SLOT_ID_INVALID, as in every function taking one. */
 CK_RV C_InitToken(CK_SLOT_ID slot, CK_UTF8CHAR_PTR pin, CK_ULONG pin_len, CK_UTF8CHAR_PTR label)
 {
-	(void)slot;
 	(void)pin;
 	(void)pin_len;
 	(void)label;
 	ENTER();
+	if (slot != P11_SLOT)
+		LEAVE(CKR_SLOT_ID_INVALID);
 	LEAVE(CKR_FUNCTION_NOT_SUPPORTED);
 }
 

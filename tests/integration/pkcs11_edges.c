@@ -161,6 +161,7 @@ static void object_cases(CK_SESSION_HANDLE s, const char *id)
 	line("cancel_function", f->C_CancelFunction(s), "");
 	CK_SLOT_ID slot;
 	line("wait_for_slot_event", f->C_WaitForSlotEvent(CKF_DONT_BLOCK, &slot, NULL), "");
+	line("wait_for_slot_event_blocking", f->C_WaitForSlotEvent(0, &slot, NULL), "");
 }
 
 int main(int argc, char **argv)

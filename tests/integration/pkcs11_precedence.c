@@ -77,7 +77,7 @@ static CK_RV call_sessionless(int i)
 	CK_SLOT_ID slot;
 	switch (i) {
 	case 0: return f->C_InitToken(0, NULL, 0, NULL);
-	case 1: return f->C_WaitForSlotEvent(CKF_DONT_BLOCK, &slot, NULL);
+	case 1: return f->C_WaitForSlotEvent(0, &slot, NULL); /* the blocking form */
 	}
 	return CKR_GENERAL_ERROR;
 }

@@ -2925,7 +2925,8 @@ def test_answers_only_a_c_caller_meets(tmp_path, server, user, keys):
         "set_pin": "0x54",
         "function_status": "0x51",                   # CKR_FUNCTION_NOT_PARALLEL
         "cancel_function": "0x51",
-        "wait_for_slot_event": "0x54",
+        "wait_for_slot_event": "0x8",                # CKR_NO_EVENT: the slot never changes
+        "wait_for_slot_event_blocking": "0x54",      # no wait for an event that never comes
     }, p.stdout
 
 
