@@ -7,7 +7,10 @@
  *     is not the module's slot 0, and changes nothing (PKCS#11 v2.40 5.5, 5.6);
  *   - C_WaitForSlotEvent, which takes no slot id: its pSlot and pReserved
  *     checked, a poll answering CKR_NO_EVENT (the slot never changes);
- *   - an HSM_PKCS11_KEYS no listing could use stops C_Initialize.
+ *   - an HSM_PKCS11_KEYS no listing could use stops C_Initialize;
+ *   - the function list calls the module's own functions, even where another
+ *     library exporting C_* names came first (p11-kit's, loaded before the
+ *     module and global, as in any application using GnuTLS).
  *
  * HSM_PKCS11_MODULE, when set, names another build of the module to test.
  */
@@ -22,12 +25,13 @@
 
 #include <p11-kit/pkcs11.h>
 
-static void *lib;
+static void *lib, *p11kit;
 static CK_FUNCTION_LIST_PTR f;
 
 static int load(void **state)
 {
 	(void)state;
+	p11kit = dlopen("libp11-kit.so.0", RTLD_NOW | RTLD_GLOBAL);
 	const char *path = getenv("HSM_PKCS11_MODULE");
 	lib = dlopen(path != NULL ? path : HSM_PKCS11_MODULE_PATH, RTLD_NOW);
 	if (lib == NULL)
@@ -39,7 +43,7 @@ static int load(void **state)
 static int unload(void **state)
 {
 	(void)state;
-	return dlclose(lib);
+	return dlclose(lib) | (p11kit != NULL ? dlclose(p11kit) : 0);
 }
 
 /* Each test starts with the module initialized from an environment of no settings. */
@@ -138,6 +142,25 @@ static void test_an_unusable_keys_setting_stops_the_initialization(void **state)
 	assert_int_equal(count, 1);
 }
 
+/* The entry point of that name in the module itself (dlsym searches the module first). */
+static void *own(const char *name)
+{
+	return dlsym(lib, name);
+}
+
+static void test_the_function_list_is_the_modules_own(void **state)
+{
+	(void)state;
+	if (p11kit == NULL || dlsym(p11kit, "C_GetFunctionList") == NULL)
+		skip(); /* nothing to take the name: the case does not arise */
+	assert_ptr_equal((void *)f->C_GetFunctionList, own("C_GetFunctionList"));
+	assert_ptr_equal((void *)f->C_Initialize, own("C_Initialize"));
+	assert_ptr_equal((void *)f->C_GetSlotList, own("C_GetSlotList"));
+	CK_FUNCTION_LIST_PTR again = NULL;
+	assert_int_equal(f->C_GetFunctionList(&again), CKR_OK);
+	assert_ptr_equal(again, f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -147,6 +170,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_wait_for_slot_event, init, finalize),
 	    cmocka_unit_test_setup_teardown(test_an_unusable_keys_setting_stops_the_initialization,
 	                                    init, finalize),
+	    cmocka_unit_test_setup_teardown(test_the_function_list_is_the_modules_own, init, finalize),
 	};
 	return cmocka_run_group_tests(tests, load, unload);
 }
