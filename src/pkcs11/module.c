@@ -940,7 +940,7 @@ CK_RV C_CancelFunction(CK_SESSION_HANDLE h)
 
 /* ---- the function list ------------------------------------------------------------------------- */
 
-static CK_FUNCTION_LIST function_list = {
+CK_FUNCTION_LIST p11_function_list = {
     .version = {2, 40},
     .C_Initialize = C_Initialize,
     .C_Finalize = C_Finalize,
@@ -1016,6 +1016,6 @@ CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out)
 {
 	if (out == NULL)
 		return CKR_ARGUMENTS_BAD;
-	*out = &function_list;
+	*out = &p11_function_list;
 	return CKR_OK;
 }

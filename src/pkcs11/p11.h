@@ -4,6 +4,8 @@
  *
  *   module.c   C_GetFunctionList, initialization, slot and token, sessions,
  *              login, mechanisms, random numbers, the unsupported functions
+ *   interface.c  C_GetInterfaceList and C_GetInterface (v3.0's): the
+ *              function list as the interface "PKCS 11", version 2.40
  *   objects.c  hsmd's keys as token objects: the table, public values,
  *              loading, destruction
  *   attrs.c    object attributes, and searches matching templates against them
@@ -47,6 +49,7 @@
 #include "common/secret.h"
 #include "common/util.h"
 #include "crypto/keyspec.h"
+#include "pkcs11/p11_interface.h"
 
 #define P11_SLOT 0
 #define P11_MAX_SESSIONS 256
@@ -233,6 +236,8 @@ extern pthread_mutex_t p11_lock;
 	} while (0)
 
 /* ---- module.c ---- */
+/* The module's function list (version 2.40): C_GetFunctionList's, the "PKCS 11" interface's. */
+extern CK_FUNCTION_LIST p11_function_list;
 /* The session behind a handle, or NULL. */
 p11_session *p11_session_get(CK_SESSION_HANDLE h);
 /* CKR_OK when h is an open session and the user is logged in. */
