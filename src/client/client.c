@@ -60,15 +60,23 @@ struct hsm_client_conn {
 	bool ran_out;   /* errno was ENOMEM as the TLS call in progress went to the socket */
 };
 
+/* The longest endpoint taken, in bytes. */
+#define ENDPOINT_MAX 319
+_Static_assert(ENDPOINT_MAX == 319, "the message's number");
+
 /*
  * "http[s]://host[:port][/...]", the host a name, an IPv4 address or an IPv6
  * address in brackets; without a port, the scheme's own (443 or 80), as any
- * HTTP client takes it.
+ * HTTP client takes it.  NULL, or what is wrong with the text as a phrase
+ * that quotes none of it: a URL may carry a user name and password.
  */
-static hsm_result parse_endpoint(const char *text, size_t n, endpoint *ep)
+static const char *endpoint_problem(const char *text, size_t n, endpoint *ep)
 {
-	char buf[320];
-	HSM_ENSURE(n < sizeof(buf), HSM_ERR_VALIDATION, "endpoint is too long");
+	char buf[ENDPOINT_MAX + 1];
+	if (n == 0)
+		return "is empty";
+	if (n >= sizeof(buf))
+		return "is longer than 319 bytes";
 	memcpy(buf, text, n);
 	buf[n] = '\0';
 	const char *rest;
@@ -79,16 +87,18 @@ static hsm_result parse_endpoint(const char *text, size_t n, endpoint *ep)
 		ep->tls = false;
 		rest = buf + 7;
 	} else {
-		return HSM_FAIL(HSM_ERR_VALIDATION, "endpoint '%s' must start with http:// or https://",
-		                buf);
+		return "must start with http:// or https://";
 	}
 	const char *end = rest + strcspn(rest, "/?#"), *host = rest, *host_end, *port_at = NULL;
+	/* RFC 3986 3.2.1's userinfo: a password in clear, which no request would send anyway. */
+	if (memchr(rest, '@', (size_t)(end - rest)) != NULL)
+		return "has a user name or password in it (user:password@host), which no request "
+		       "sends: the access key goes in the PIN or the environment";
 	if (*rest == '[') {
 		host = rest + 1;
 		host_end = memchr(host, ']', (size_t)(end - host));
-		HSM_ENSURE(host_end != NULL && (host_end + 1 == end || host_end[1] == ':'),
-		           HSM_ERR_VALIDATION, "endpoint '%s': an IPv6 address goes in brackets, "
-		           "https://[2001:db8::1]:8443", buf);
+		if (host_end == NULL || (host_end + 1 != end && host_end[1] != ':'))
+			return "needs its IPv6 address in brackets, https://[2001:db8::1]:8443";
 		if (host_end + 1 < end)
 			port_at = host_end + 2;
 	} else {
@@ -99,24 +109,51 @@ static hsm_result parse_endpoint(const char *text, size_t n, endpoint *ep)
 			host_end = end;
 	}
 	size_t host_len = (size_t)(host_end - host);
-	HSM_ENSURE(host_len > 0 && host_len < sizeof(ep->host) &&
-	               memchr(host, '@', host_len) == NULL,
-	           HSM_ERR_VALIDATION, "endpoint '%s' needs a host (https://host:8443)", buf);
+	if (host_len == 0 || host_len >= sizeof(ep->host))
+		return "needs a host (https://host:8443)";
 	memcpy(ep->host, host, host_len);
 	ep->host[host_len] = '\0';
 	int64_t p = ep->tls ? 443 : 80;
 	if (port_at != NULL) {
 		char port[8] = "";
-		HSM_ENSURE((size_t)(end - port_at) < sizeof(port), HSM_ERR_VALIDATION,
-		           "endpoint '%s' has a bad port", buf);
+		if ((size_t)(end - port_at) >= sizeof(port))
+			return "has a bad port";
 		memcpy(port, port_at, (size_t)(end - port_at));
-		HSM_ENSURE(hsm_ok(hsm_parse_i64(port, 1, 65535, &p)), HSM_ERR_VALIDATION,
-		           "endpoint '%s' has a bad port", buf);
+		if (hsm_failed(hsm_parse_i64(port, 1, 65535, &p)))
+			return "has a bad port";
 	}
 	ep->port = (unsigned)p;
 	bool v6 = *rest == '[';
 	snprintf(ep->authority, sizeof(ep->authority), v6 ? "[%s]:%u" : "%s:%u", ep->host, ep->port);
-	return HSM_SUCCESS;
+	return NULL;
+}
+
+static hsm_result parse_endpoint(const char *text, size_t n, endpoint *ep)
+{
+	const char *problem = endpoint_problem(text, n, ep);
+	if (problem == NULL)
+		return HSM_SUCCESS;
+	/* Not quoted when too long to be read, or when it may carry a password. */
+	if (n > ENDPOINT_MAX || memchr(text, '@', n) != NULL)
+		return HSM_FAIL(HSM_ERR_VALIDATION, "endpoint %s", problem);
+	return HSM_FAIL(HSM_ERR_VALIDATION, "endpoint '%.*s' %s", (int)n, text, problem);
+}
+
+bool hsm_client_endpoints_usable(const char *endpoints, char *why, size_t cap)
+{
+	size_t i = 1;
+	for (const char *p = endpoints;; i++) {
+		size_t n = strcspn(p, ",");
+		endpoint ep;
+		const char *problem = endpoint_problem(p, n, &ep);
+		if (problem != NULL) {
+			snprintf(why, cap, "endpoint %zu of the list %s", i, problem);
+			return false;
+		}
+		if (p[n] == '\0')
+			return true;
+		p += n + 1;
+	}
 }
 
 /* A host that is this machine, by its address or the name every system gives it. */

@@ -40,6 +40,14 @@ typedef struct hsm_client {
  * that carry secrets; others may use plain HTTP to a TLS proxy.
  */
 hsm_result hsm_client_require_private(const hsm_client *c, const char *what) HSM_MUST_CHECK;
+/*
+ * Whether every endpoint of a comma-separated list is one the client can
+ * call (an empty one is not); if not, writes to why (cap bytes) which one,
+ * by its place in the list, and what is wrong with it, quoting none of the
+ * list's text: a URL may carry a user name and password.  For settings
+ * checked before any call is made (the PKCS#11 module's).
+ */
+bool hsm_client_endpoints_usable(const char *endpoints, char *why, size_t cap) HSM_MUST_CHECK;
 /* Closes the kept-alive connection (the client stays usable). */
 void hsm_client_close(hsm_client *c);
 

@@ -549,6 +549,30 @@ static void test_bad_endpoints(void **state)
 			fail_msg("endpoint '%s' was not refused as invalid (error %d)", bad[i], r.err);
 		hsm_buf_free(&b);
 	}
+	/* A settings check refuses each one too, naming its place in the list and none of it. */
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char list[128], why[256] = "";
+		snprintf(list, sizeof(list), "https://ok:8443,%s", bad[i]);
+		if (hsm_client_endpoints_usable(list, why, sizeof(why)))
+			fail_msg("endpoint '%s' was taken as usable", bad[i]);
+		assert_true(strncmp(why, "endpoint 2 of the list ", 23) == 0);
+		assert_null(strstr(why, bad[i]));
+	}
+	char why[256] = "";
+	assert_false(hsm_client_endpoints_usable("https://a:1,,https://b:2", why, sizeof(why)));
+	assert_string_equal(why, "endpoint 2 of the list is empty");
+	assert_false(hsm_client_endpoints_usable("https://a:1,", why, sizeof(why)));
+	assert_string_equal(why, "endpoint 2 of the list is empty");
+	assert_true(hsm_client_endpoints_usable("https://[::1]:8443,http://127.0.0.1/x,https://h",
+	                                        why, sizeof(why)));
+	/* A password in one is not repeated in the call's message either. */
+	hsm_client pw = {.endpoints = "http://admin:s3cret@127.0.0.1:8443", .timeout_s = 1};
+	int pw_status = 0;
+	hsm_buf pw_b = {0};
+	assert_int_equal(list_keys(&pw, &pw_status, &pw_b).err, HSM_ERR_VALIDATION);
+	assert_null(strstr(hsm_last_error()->message, "s3cret"));
+	assert_non_null(strstr(hsm_last_error()->message, "user name or password"));
+	hsm_buf_free(&pw_b);
 	/* A URL for a document needs a path. */
 	hsm_client c = {.timeout_s = 1};
 	hsm_buf b = {0};
