@@ -4,23 +4,29 @@
  * random numbers, and the functions this token does not offer.
  *
  * Configuration comes from the environment at C_Initialize:
- *   HSM_PKCS11_ENDPOINT  hsmd's URL, or several separated by commas (tried in order)
+ *   HSM_PKCS11_ENDPOINT  hsmd's URL, or several separated by commas (tried in order);
+ *                        each http(s)://host[:port], at most 1023 bytes in all
  *   HSM_PKCS11_CA_FILE   PEM bundle that verifies hsmd's TLS certificate
  *   HSM_PKCS11_CLIENT_CERT, HSM_PKCS11_CLIENT_KEY  a PEM client certificate and its
- *                        key, for a node with tls_client_auth
+ *                        key, for a node with tls_client_auth (the key needs the
+ *                        certificate); each of the three a file this process can
+ *                        read, its path at most 1023 bytes
  *   HSM_PKCS11_REGION    the SigV4 region (default: AWS_REGION, AWS_DEFAULT_REGION,
- *                        else us-east-1)
+ *                        else us-east-1); a region name as hsmd's configuration takes
  *   HSM_PKCS11_KEYS      the keys the token shows, by key id, key ARN or alias,
  *                        separated by commas (default: every key the user sees);
  *                        UTF-8, at most 4095 bytes, each name at most 2048
  *   HSM_PKCS11_TIMEOUT   seconds a call waits for hsmd's answer (1-3600, default 30)
- * A setting the module cannot use as it is makes C_Initialize fail with
- * CKR_GENERAL_ERROR, and a line on stderr says which and why.
+ * Empty is as unset.  A setting the module cannot use as it is makes
+ * C_Initialize fail with CKR_GENERAL_ERROR, and a line on stderr says which
+ * and why: none is ever cut short to fit.
  */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -69,12 +75,6 @@ static void pad(unsigned char *dst, size_t n, const char *src)
 	size_t len = strlen(src);
 	memset(dst, ' ', n);
 	memcpy(dst, src, len < n ? len : n);
-}
-
-static void env_copy(char *dst, size_t cap, const char *name, const char *def)
-{
-	const char *v = getenv(name);
-	snprintf(dst, cap, "%s", v != NULL && *v != '\0' ? v : def);
 }
 
 static void wipe_credentials(void)
@@ -143,54 +143,164 @@ static void close_session(p11_session *s)
 }
 
 /*
- * HSM_PKCS11_KEYS: names separated by commas, each sent to hsmd as a KeyId
- * at every listing.  JSON carries only UTF-8, and a name cut short would
- * name another key, so a value that is not UTF-8 or does not fit is a
- * setting no listing could use: what is wrong with it, or NULL.
+ * The settings' checks: each tells whether a (non-empty) value is one the
+ * module can use as it is, or writes to why what is wrong with it, as words
+ * that follow the variable's name and quote none of the value, which may
+ * carry a password (an endpoint's user:password@) or key names.
  */
-_Static_assert(sizeof(p11.keys) == 4096 && P11_KEY_NAME_MAX == 2048, "the messages' numbers");
+typedef bool setting_check(const char *v, char *why, size_t cap);
 
-static const char *keys_setting(const char *v)
+/* The endpoints: as the client calls them, or C_Initialize would take a list no call can use. */
+static bool endpoints_check(const char *v, char *why, size_t cap)
+{
+	return hsm_client_endpoints_usable(v, why, cap);
+}
+
+/*
+ * A file the client reads at each connection (CA bundle, certificate, key):
+ * one that is not there, or not readable, would fail every call as a broken
+ * connection, with no word of which setting.  Its path is no secret.
+ */
+static bool file_check(const char *v, char *why, size_t cap)
+{
+	struct stat st;
+	const char *problem = stat(v, &st) != 0      ? "names no file this process can reach"
+	                      : !S_ISREG(st.st_mode) ? "names something other than a file"
+	                      : access(v, R_OK) != 0 ? "names a file this process cannot read"
+	                                             : NULL;
+	if (problem != NULL)
+		snprintf(why, cap, "%s", problem);
+	return problem == NULL;
+}
+
+/*
+ * The region the requests are signed for must be hsmd's own, which is one
+ * of its configuration's region names (src/server/config_value.c): at most
+ * 32 lowercase letters, digits and '-', a letter first, no '-' last.
+ */
+static bool region_check(const char *v, char *why, size_t cap)
 {
 	size_t n = strlen(v);
-	if (n >= sizeof(p11.keys))
-		return "HSM_PKCS11_KEYS is longer than 4095 bytes";
-	if (!hsm_utf8_valid(v, n))
-		return "HSM_PKCS11_KEYS is not UTF-8 text (key ids, key ARNs or aliases, separated "
-		       "by commas)";
+	if (n > 32 || strspn(v, "abcdefghijklmnopqrstuvwxyz0123456789-") != n || v[0] < 'a' ||
+	    v[0] > 'z' || v[n - 1] == '-') {
+		snprintf(why, cap, "is not a region name such as us-east-1 (at most 32 lowercase "
+		                   "letters, digits and '-')");
+		return false;
+	}
+	return true;
+}
+
+/*
+ * HSM_PKCS11_KEYS: names separated by commas, each sent to hsmd as a KeyId
+ * at every listing.  JSON carries only UTF-8, and a name cut short would
+ * name another key.
+ */
+_Static_assert(P11_KEY_NAME_MAX == 2048, "the message's number");
+
+static bool keys_check(const char *v, char *why, size_t cap)
+{
+	if (!hsm_utf8_valid(v, strlen(v))) {
+		snprintf(why, cap, "is not UTF-8 text (key ids, key ARNs or aliases, separated by "
+		                   "commas)");
+		return false;
+	}
 	for (const char *p = v; *p != '\0';) {
 		size_t len = strcspn(p, ",");
-		if (len > P11_KEY_NAME_MAX)
-			return "HSM_PKCS11_KEYS names a key with more than 2048 bytes";
+		if (len > P11_KEY_NAME_MAX) {
+			snprintf(why, cap, "names a key with more than 2048 bytes");
+			return false;
+		}
 		p += len + (p[len] == ',');
+	}
+	return true;
+}
+
+static bool timeout_check(const char *v, char *why, size_t cap)
+{
+	char *end = NULL;
+	long secs = strtol(v, &end, 10);
+	if (*end != '\0' || secs < 1 || secs > 3600) {
+		snprintf(why, cap, "must be a number of seconds from 1 to 3600");
+		return false;
+	}
+	return true;
+}
+
+/*
+ * Copies the setting name (unset or empty: leaves dst empty) into dst, of
+ * cap bytes, when the whole of it fits and check (if any) takes it; else
+ * writes to why the line that says which setting is wrong, and how.
+ */
+static bool take_setting(const char *name, char *dst, size_t cap, setting_check *check, char *why,
+                         size_t why_cap)
+{
+	const char *v = getenv(name);
+	dst[0] = '\0';
+	if (v == NULL || *v == '\0')
+		return true;
+	char problem[200];
+	size_t n = strlen(v);
+	if (n >= cap)
+		snprintf(problem, sizeof(problem), "is longer than %zu bytes", cap - 1);
+	if (n < cap && (check == NULL || check(v, problem, sizeof(problem)))) {
+		memcpy(dst, v, n + 1);
+		return true;
+	}
+	snprintf(why, why_cap, "%s %s", name, problem);
+	return false;
+}
+
+/* The variable that gives the region: the module's own, else those the AWS tools read. */
+static const char *region_variable(void)
+{
+	static const char *const names[] = {"HSM_PKCS11_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"};
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		const char *v = getenv(names[i]);
+		if (v != NULL && *v != '\0')
+			return names[i];
 	}
 	return NULL;
 }
 
 /*
  * Reads the environment's settings into p11 (C_Initialize, the lock held):
- * NULL, or what is wrong with a setting the module cannot use as it is.
+ * true, or false with why saying which setting the module cannot use as it
+ * is.  None is ever cut short: an endpoint or a file path cut short would
+ * name another host or file than the one configured.
  */
-static const char *read_settings(void)
+static bool read_settings(char *why, size_t cap)
 {
-	env_copy(p11.conn.endpoints, sizeof(p11.conn.endpoints), "HSM_PKCS11_ENDPOINT", "");
-	env_copy(p11.conn.ca_file, sizeof(p11.conn.ca_file), "HSM_PKCS11_CA_FILE", "");
-	env_copy(p11.conn.client_cert, sizeof(p11.conn.client_cert), "HSM_PKCS11_CLIENT_CERT", "");
-	env_copy(p11.conn.client_key, sizeof(p11.conn.client_key), "HSM_PKCS11_CLIENT_KEY", "");
-	env_copy(p11.conn.region, sizeof(p11.conn.region), "HSM_PKCS11_REGION", hsm_env_region());
-	const char *keys = getenv("HSM_PKCS11_KEYS");
-	const char *wrong = keys != NULL ? keys_setting(keys) : NULL;
-	if (wrong != NULL)
-		return wrong;
-	env_copy(p11.keys, sizeof(p11.keys), "HSM_PKCS11_KEYS", "");
-	const char *t = getenv("HSM_PKCS11_TIMEOUT");
-	char *end = NULL;
-	long secs = t != NULL ? strtol(t, &end, 10) : 30;
-	p11.conn.timeout_s = t == NULL || *t == '\0' ? 30
-	                : end != NULL && *end == '\0' && secs >= 1 && secs <= 3600 ? (int)secs
-	                                                                           : -1;
-	return p11.conn.timeout_s < 0 ? "HSM_PKCS11_TIMEOUT must be a number of seconds from 1 to 3600"
-	                              : NULL;
+	p11_conn *c = &p11.conn;
+	const char *region = region_variable();
+	char timeout[16];
+	const struct {
+		const char *name;
+		char *dst;
+		size_t cap;
+		setting_check *check;
+	} settings[] = {
+	    {"HSM_PKCS11_ENDPOINT", c->endpoints, sizeof(c->endpoints), endpoints_check},
+	    {"HSM_PKCS11_CA_FILE", c->ca_file, sizeof(c->ca_file), file_check},
+	    {"HSM_PKCS11_CLIENT_CERT", c->client_cert, sizeof(c->client_cert), file_check},
+	    {"HSM_PKCS11_CLIENT_KEY", c->client_key, sizeof(c->client_key), file_check},
+	    {region != NULL ? region : "HSM_PKCS11_REGION", c->region, sizeof(c->region),
+	     region_check},
+	    {"HSM_PKCS11_KEYS", p11.keys, sizeof(p11.keys), keys_check},
+	    {"HSM_PKCS11_TIMEOUT", timeout, sizeof(timeout), timeout_check},
+	};
+	for (size_t i = 0; i < sizeof(settings) / sizeof(settings[0]); i++)
+		if (!take_setting(settings[i].name, settings[i].dst, settings[i].cap, settings[i].check,
+		                  why, cap))
+			return false;
+	/* A key alone is no client certificate: the connection would go without one. */
+	if (c->client_key[0] != '\0' && c->client_cert[0] == '\0') {
+		snprintf(why, cap, "HSM_PKCS11_CLIENT_KEY is set without HSM_PKCS11_CLIENT_CERT");
+		return false;
+	}
+	if (c->region[0] == '\0')
+		snprintf(c->region, sizeof(c->region), "%s", "us-east-1");
+	c->timeout_s = timeout[0] != '\0' ? (int)strtol(timeout, NULL, 10) : 30;
+	return true;
 }
 
 CK_RV C_Initialize(CK_VOID_PTR init_args)
@@ -223,8 +333,8 @@ CK_RV C_Initialize(CK_VOID_PTR init_args)
 	}
 	memset(&p11, 0, sizeof(p11));
 	p11.pid = getpid();
-	const char *wrong = read_settings();
-	if (wrong != NULL) {
+	char wrong[512];
+	if (!read_settings(wrong, sizeof(wrong))) {
 		memset(&p11, 0, sizeof(p11));
 		pthread_mutex_unlock(&p11_lock);
 		/* Not the caller's arguments: the environment.  Said on stderr, as the code cannot. */
