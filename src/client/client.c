@@ -93,7 +93,7 @@ static const char *endpoint_problem(const char *text, size_t n, endpoint *ep)
 	/* RFC 3986 3.2.1's userinfo: a password in clear, which no request would send anyway. */
 	if (memchr(rest, '@', (size_t)(end - rest)) != NULL)
 		return "has a user name or password in it (user:password@host), which no request "
-		       "sends: the access key goes in the PIN or the environment";
+		       "sends: requests are signed with an access key, given apart";
 	if (*rest == '[') {
 		host = rest + 1;
 		host_end = memchr(host, ']', (size_t)(end - host));

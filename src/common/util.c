@@ -213,6 +213,14 @@ size_t hsm_utf16_units(const char *s)
 	return n;
 }
 
+bool hsm_region_name_valid(const char *s)
+{
+	size_t n = strlen(s);
+	return n >= 1 && n <= HSM_REGION_NAME_MAX &&
+	       strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789-") == n && s[0] >= 'a' &&
+	       s[0] <= 'z' && s[n - 1] != '-';
+}
+
 bool hsm_utf8_valid(const void *p, size_t n)
 {
 	const unsigned char *s = p;

@@ -105,6 +105,13 @@ size_t hsm_utf16_units(const char *s);
  */
 bool hsm_utf8_valid(const void *p, size_t n);
 /*
+ * Whether s is a region name as hsmd takes one (us-east-1): 1 to 32
+ * lowercase letters, digits and '-', a letter first, no '-' last.  The
+ * server's `region` setting and the PKCS#11 module's both hold to it.
+ */
+#define HSM_REGION_NAME_MAX 32
+bool hsm_region_name_valid(const char *s);
+/*
  * A location as it may be shown in logs and audit records: a URI loses its
  * userinfo (user:password@), its query (?password=...) and its fragment,
  * keeping scheme://hosts/path; anything else (a directory) is copied.

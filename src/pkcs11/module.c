@@ -173,21 +173,16 @@ static bool file_check(const char *v, char *why, size_t cap)
 	return problem == NULL;
 }
 
-/*
- * The region the requests are signed for must be hsmd's own, which is one
- * of its configuration's region names (src/server/config_value.c): at most
- * 32 lowercase letters, digits and '-', a letter first, no '-' last.
- */
+/* The region the requests are signed for must be one hsmd's configuration can name. */
 static bool region_check(const char *v, char *why, size_t cap)
 {
-	size_t n = strlen(v);
-	if (n > 32 || strspn(v, "abcdefghijklmnopqrstuvwxyz0123456789-") != n || v[0] < 'a' ||
-	    v[0] > 'z' || v[n - 1] == '-') {
-		snprintf(why, cap, "is not a region name such as us-east-1 (at most 32 lowercase "
-		                   "letters, digits and '-')");
-		return false;
-	}
-	return true;
+	if (hsm_region_name_valid(v))
+		return true;
+	snprintf(why, cap,
+	         "is not a region name such as us-east-1 (at most %d lowercase letters, digits "
+	         "and '-')",
+	         HSM_REGION_NAME_MAX);
+	return false;
 }
 
 /*

@@ -256,9 +256,8 @@ static hsm_result check_name(key_type type, const char *t)
 	if (type == K_ACCOUNT)
 		HSM_ENSURE(n == 12 && all_of(t, DIGITS), HSM_ERR_VALIDATION, "expected 12 digits");
 	if (type == K_REGION)
-		HSM_ENSURE(n <= 32 && all_of(t, LOWER DIGITS "-") && strchr(LOWER, t[0]) != NULL &&
-		               t[n - 1] != '-',
-		           HSM_ERR_VALIDATION, "expected a region name such as us-east-1");
+		HSM_ENSURE(hsm_region_name_valid(t), HSM_ERR_VALIDATION,
+		           "expected a region name such as us-east-1");
 	/* A node's name is also a directory's (audit_copy_dir/NODE_ID): never "." or "..". */
 	if (type == K_NODE)
 		HSM_ENSURE(n < HSM_CONFIG_NAME_MAX && all_of(t, LOWER UPPER DIGITS "._-") &&

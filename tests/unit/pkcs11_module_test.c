@@ -288,8 +288,8 @@ static void test_an_unusable_setting_stops_the_initialization(void **state)
 	     "HSM_PKCS11_ENDPOINT endpoint 2 of the list must start with http:// or https://"},
 	    {"HSM_PKCS11_ENDPOINT", "https://hsm1:8443,https://admin:s3cret@hsm2:8443",
 	     "HSM_PKCS11_ENDPOINT endpoint 2 of the list has a user name or password in it "
-	     "(user:password@host), which no request sends: the access key goes in the PIN or the "
-	     "environment"},
+	     "(user:password@host), which no request sends: requests are signed with an access "
+	     "key, given apart"},
 	    {"HSM_PKCS11_ENDPOINT", "https://:8443",
 	     "HSM_PKCS11_ENDPOINT endpoint 1 of the list needs a host (https://host:8443)"},
 	    {"HSM_PKCS11_ENDPOINT", "https://[2001:db8::1:8443",
