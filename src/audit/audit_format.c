@@ -290,8 +290,9 @@ static _Thread_local char cached_prefix[21];
 
 void audit_format_time(int64_t t_ms, char out[25])
 {
-	if (t_ms < 0)
-		t_ms = 0;
+	/* The record's time field is always this form: clamped to 1970..9999. */
+	static const int64_t last_ms = 253402300799999LL; /* 9999-12-31T23:59:59.999Z */
+	t_ms = t_ms < 0 ? 0 : t_ms > last_ms ? last_ms : t_ms;
 	int64_t sec = t_ms / 1000;
 	if (sec != cached_sec) {
 		hsm_format_time(sec, cached_prefix);

@@ -44,18 +44,30 @@ uint64_t hsm_mono_ns(void)
 
 void hsm_format_time(int64_t t, char out[21])
 {
+	/* 0000-01-01T00:00:00Z and 9999-12-31T23:59:59Z: the years "%04d" writes in four digits. */
+	static const int64_t first = -62167219200LL, last = 253402300799LL;
 	time_t tt = (time_t)t;
 	struct tm tm;
-	gmtime_r(&tt, &tm);
-	strftime(out, 21, "%Y-%m-%dT%H:%M:%SZ", &tm);
+	if (t < first || t > last || (int64_t)tt != t || gmtime_r(&tt, &tm) == NULL) {
+		/* A time out of range is shown as it is (at most 20 characters). */
+		snprintf(out, 21, "%lld", (long long)t);
+		return;
+	}
+	snprintf(out, 21, "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+	         tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
 }
 
 void hsm_format_time_ms(int64_t t_ms, char out[25])
 {
+	/* Floor division, so that times before 1970 keep their second and a 0..999 remainder. */
+	int64_t sec = t_ms / 1000 - (t_ms % 1000 < 0);
+	unsigned ms = (unsigned)((t_ms % 1000 + 1000) % 1000);
 	char base[21];
-	hsm_format_time(t_ms / 1000, base);
-	base[19] = '\0'; /* drop the 'Z' */
-	unsigned ms = (unsigned)(t_ms % 1000) % 1000U;
+	hsm_format_time(sec, base);
+	if (strlen(base) != 20) {
+		snprintf(out, 25, "%lld", (long long)t_ms); /* out of range: as it is */
+		return;
+	}
 	snprintf(out, 25, "%.19s.%03uZ", base, ms);
 }
 

@@ -19,9 +19,18 @@ int64_t hsm_now(void);
 int64_t hsm_now_ms(void);
 /* Monotonic clock in nanoseconds, for latencies and timeouts. */
 uint64_t hsm_mono_ns(void);
-/* Formats t (epoch seconds) as "2026-11-29T01:30:12Z"; out must hold 21 bytes. */
+/*
+ * Formats t (epoch seconds) as "2026-11-29T01:30:12Z"; out must hold 21 bytes.
+ * A time outside 0000-01-01T00:00:00Z..9999-12-31T23:59:59Z (which files and
+ * rows read from outside can claim) is written as its number of seconds in
+ * decimal, e.g. "253402300800" (digits, with a '-' if negative).  out is
+ * always a NUL-terminated string of one of these two forms.
+ */
 void hsm_format_time(int64_t t, char out[21]);
-/* Same with milliseconds: "2026-11-29T01:30:12.345Z"; out must hold 25 bytes. */
+/*
+ * Same with milliseconds: "2026-11-29T01:30:12.345Z"; out must hold 25 bytes.
+ * Out of the same range: the number of milliseconds in decimal.
+ */
 void hsm_format_time_ms(int64_t t_ms, char out[25]);
 
 /*

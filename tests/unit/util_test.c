@@ -236,6 +236,55 @@ static void test_fnv1a(void **state)
 	assert_true(hsm_fnv1a("foobar", 3) == hsm_fnv1a("foo", 3)); /* n bytes, not to a NUL */
 }
 
+/*
+ * Times a file or a row can claim, out of the four-digit years: each is written
+ * as its number of seconds (milliseconds), always NUL-terminated inside the
+ * buffer, where strftime left year 10000 unterminated and gmtime_r left 2^62
+ * unconverted.  The bytes after the buffer's end are a canary.
+ */
+static void test_format_time_out_of_range_is_a_terminated_number(void **state)
+{
+	(void)state;
+	static const struct {
+		int64_t t;
+		const char *text, *text_ms; /* text_ms: t taken as milliseconds */
+	} cases[] = {
+	    {0, "1970-01-01T00:00:00Z", "1970-01-01T00:00:00.000Z"},
+	    {1795915812, "2026-11-29T01:30:12Z", "1970-01-21T18:51:55.812Z"},
+	    {253402300799LL, "9999-12-31T23:59:59Z", "1978-01-11T21:31:40.799Z"},
+	    {253402300800LL, "253402300800", "1978-01-11T21:31:40.800Z"},      /* year 10000 */
+	    {INT64_C(1) << 62, "4611686018427387904", "4611686018427387904"},
+	    {INT64_MAX, "9223372036854775807", "9223372036854775807"},
+	    {INT64_MIN, "-9223372036854775808", "-9223372036854775808"},
+	    {-1, "1969-12-31T23:59:59Z", "1969-12-31T23:59:59.999Z"},
+	    {-62167219200LL, "0000-01-01T00:00:00Z", "1968-01-12T11:19:40.800Z"},
+	    {-62167219201LL, "-62167219201", "1968-01-12T11:19:40.799Z"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char buf[21 + 8], buf_ms[25 + 8];
+		memset(buf, 'x', sizeof(buf));
+		memset(buf_ms, 'x', sizeof(buf_ms));
+		hsm_format_time(cases[i].t, buf);
+		hsm_format_time_ms(cases[i].t, buf_ms);
+		assert_non_null(memchr(buf, '\0', 21));
+		assert_non_null(memchr(buf_ms, '\0', 25));
+		assert_string_equal(buf, cases[i].text);
+		assert_string_equal(buf_ms, cases[i].text_ms);
+		for (size_t k = 21; k < sizeof(buf); k++)
+			assert_int_equal(buf[k], 'x');
+		for (size_t k = 25; k < sizeof(buf_ms); k++)
+			assert_int_equal(buf_ms[k], 'x');
+	}
+	/* Milliseconds past year 9999, and before year 0. */
+	char ms[25];
+	hsm_format_time_ms(253402300800000LL, ms);
+	assert_string_equal(ms, "253402300800000");
+	hsm_format_time_ms(253402300799999LL, ms);
+	assert_string_equal(ms, "9999-12-31T23:59:59.999Z");
+	hsm_format_time_ms(-62167219200001LL, ms);
+	assert_string_equal(ms, "-62167219200001");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -247,6 +296,7 @@ int main(void)
 	    cmocka_unit_test(test_thread_batch_keeps_other_policies),
 	    cmocka_unit_test(test_fnv1a),
 	    cmocka_unit_test(test_utf8_valid_as_rfc_3629),
+	    cmocka_unit_test(test_format_time_out_of_range_is_a_terminated_number),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
