@@ -405,9 +405,11 @@ typedef struct hsm_audit_verify_report {
  * number) as one log: sequence, chain, checkpoint signatures, torn or
  * truncated tails.  Two files of the same name (a file and its copy) are
  * read once if they hold the same bytes, and reported as modified if not.
- * Files of more than one node's trail (no node id in common, the same seqs
- * claimed twice) are no verdict: report->problem is HSM_AUDIT_SEVERAL_TRAILS,
- * and report->detail names the trails.  Returns HSM_SUCCESS when the check
+ * Files that fail as one log and hold more than one node's trail (groups of
+ * files with no node id in common, a seq claimed by a record in each) are
+ * verified each trail alone: if one fails, the report is its verdict; only
+ * if every one verifies is there no verdict: report->problem is
+ * HSM_AUDIT_SEVERAL_TRAILS, and report->detail names the trails.  Returns HSM_SUCCESS when the check
  * ran (the verdict is in report->valid) and a failure only when a file or the
  * key cannot be read.
  */

@@ -990,38 +990,53 @@ static bool drop_copies(const char **sorted, size_t *n, hsm_audit_verify_report 
 	return true;
 }
 
+/* Files sorted by name verified as one log: copies dropped, then the chain read. */
+static hsm_result verify_as_one(const char *const *paths, size_t n,
+                                const hsm_audit_verify_options *opts,
+                                hsm_audit_verify_report *report)
+{
+	const char **unique = calloc(n ? n : 1, sizeof(*unique));
+	vreader *r = calloc(1, sizeof(*r));
+	hsm_result res = HSM_SUCCESS;
+	HSM_CHECK(unique != NULL && r != NULL, HSM_ERR_NOMEM, "out of memory");
+	for (size_t i = 0; i < n; i++)
+		unique[i] = paths[i];
+	hsm_result io = HSM_SUCCESS;
+	size_t n_unique = n;
+	if (!drop_copies(unique, &n_unique, report, &io)) {
+		res = io;
+	} else {
+		r->names = unique;
+		r->n_files = n_unique;
+		res = run(r, opts, report);
+	}
+out:
+	if (r != NULL)
+		hsm_buf_free(&r->owned);
+	free(r);
+	free(unique);
+	return res;
+}
+
 hsm_result hsm_audit_verify_files(const char *const *paths, size_t n_paths,
                                   const hsm_audit_verify_options *opts,
                                   hsm_audit_verify_report *report)
 {
 	HSM_ASSERT(report != NULL && (paths != NULL || n_paths == 0));
 	const char **sorted = calloc(n_paths ? n_paths : 1, sizeof(*sorted));
-	vreader *r = calloc(1, sizeof(*r));
 	hsm_result res = HSM_SUCCESS;
-	HSM_CHECK(sorted != NULL && r != NULL, HSM_ERR_NOMEM, "out of memory");
+	HSM_CHECK(sorted != NULL, HSM_ERR_NOMEM, "out of memory");
 	for (size_t i = 0; i < n_paths; i++)
 		sorted[i] = paths[i];
 	qsort(sorted, n_paths, sizeof(*sorted), cmp_base);
-	hsm_result io = HSM_SUCCESS;
-	size_t n_unique = n_paths;
-	if (!drop_copies(sorted, &n_unique, report, &io)) {
-		res = io;
-	} else {
-		r->names = sorted;
-		r->n_files = n_unique;
-		res = run(r, opts, report);
-	}
-	/* Files that do not verify as one log may be two nodes' trails: no verdict on either. */
-	if (hsm_ok(res) && !report->valid) {
-		for (size_t i = 0; i < n_paths; i++)
-			sorted[i] = paths[i]; /* the copies drop_copies left out too */
-		qsort(sorted, n_paths, sizeof(*sorted), cmp_base);
-		(void)audit_verify_several_trails(sorted, n_paths, report);
-	}
+	HSM_TRY(verify_as_one(sorted, n_paths, opts, report));
+	/*
+	 * Files that do not verify as one log may be two nodes' trails; each is
+	 * verified alone, and a verdict on any of them stands.
+	 */
+	if (!report->valid)
+		res = audit_verify_several_trails(sorted, n_paths, verify_as_one, opts, report);
 out:
-	if (r != NULL)
-		hsm_buf_free(&r->owned);
-	free(r);
 	free(sorted);
 	return res;
 }

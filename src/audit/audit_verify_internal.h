@@ -118,13 +118,23 @@ bool verify_rules_check(vreader *r, const vstate *s, hsm_audit_verify_report *re
 void verify_report_at(vreader *r, hsm_audit_verify_report *rep, hsm_audit_problem p,
                       const ventry *e, const char *fmt, ...) HSM_PRINTF(5, 6);
 
+/* Verifies paths[0..n) as one log into rep (hsm_audit_verify_files without this check). */
+typedef hsm_result (*audit_verify_group_fn)(const char *const *paths, size_t n,
+                                            const hsm_audit_verify_options *opts,
+                                            hsm_audit_verify_report *rep);
+
 /*
- * After files failed to verify as one log: whether they hold more than one
- * node's trail (audit_verify_trails.c).  If so, rep says which
- * (HSM_AUDIT_SEVERAL_TRAILS) and true is returned; otherwise rep is left as
- * it is (a file that cannot be read leaves it too).
+ * After files failed to verify as one log (rep holds that verdict): whether
+ * they hold more than one node's trail (audit_verify_trails.c).  Only when a
+ * seq appears in two groups of files with no node id in common are the groups
+ * verified each alone with verify(opts): if one fails, rep gets its verdict;
+ * if all verify, rep says the files hold several trails and names them
+ * (HSM_AUDIT_SEVERAL_TRAILS).  Otherwise, or if a file cannot be read here,
+ * rep is left as it is.  Fails only when verify does (or memory runs out).
  */
-bool audit_verify_several_trails(const char *const *paths, size_t n,
-                                 hsm_audit_verify_report *rep);
+hsm_result audit_verify_several_trails(const char *const *paths, size_t n,
+                                       audit_verify_group_fn verify,
+                                       const hsm_audit_verify_options *opts,
+                                       hsm_audit_verify_report *rep) HSM_MUST_CHECK;
 
 #endif

@@ -1,23 +1,32 @@
 /*
- * audit_verify_trails.c - whether a set of audit files holds more than one
- * trail.
+ * audit_verify_trails.c - whether a set of audit files that failed to verify
+ * as one log holds more than one trail, each of which verifies alone.
  *
  * Each node writes a trail of its own, numbered from seq 1, and every record
  * names the node that wrote it ("node"; hsmctl's offline commands on a data
  * directory write into that directory's trail as "hsmctl-<host>").  Files
  * of two nodes' trails given to one verification are no log hsmd wrote:
  * they hold two records of each seq both trails reached (and two files of
- * each name), which read as one log look modified.  A verification that
- * failed looks here before it says so: files that share no node id, whose
- * records claim the same seqs, are two trails, and the caller is told to
- * verify each alone.  Files that share a node id are one trail however they
- * differ, so a file of a trail changed in place, or its copy changed, is
- * still reported as modified; a trail whose node was renamed holds no seq
- * twice, so is never taken for two.
+ * each name), which read as one log look modified.
+ *
+ * A verification that failed looks here before it says so.  The files are
+ * grouped by node id: files that share one are one trail however they
+ * differ.  The files count as several trails only when a seq really appears
+ * in two groups (two different records claiming it, from groups with no node
+ * in common); groups whose seq ranges merely overlap do not, so a trail with
+ * a record cut from one file whose node was also rewritten is still the one
+ * trail it was, and its verdict stands.  Even then no tampering verdict is
+ * ever traded for the usage error: each group is verified on its own, and
+ * the first group that fails gives the report (INVALID, that group's
+ * verdict).  Only when every group verifies alone is the answer
+ * HSM_AUDIT_SEVERAL_TRAILS, naming the trails so each can be verified alone.
+ * A file that holds no record names no node: it is verified with every
+ * group, so what it holds is judged whichever trail it was part of.
  *
  * Only on the failure path: a set of files that verifies is one trail, and
  * pays nothing for this second reading.  The records are read with the
- * verifier's own reader (malformed lines name no node and are skipped).
+ * verifier's own reader (malformed lines name no node and are skipped, and
+ * are found again when the group is verified).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -33,30 +42,54 @@
 typedef struct file_ids {
 	char node[FILE_NODES_MAX][HSM_AUDIT_NAME_MAX + 1];
 	size_t n_nodes;
-	uint64_t first_seq, last_seq; /* both 0: no record */
+	uint64_t records;
 	size_t group;                 /* union-find parent */
 } file_ids;
 
-/* The node ids and seq range of one file's records; false if it could not be read. */
-static bool read_ids(const char *path, vreader *r, file_ids *f)
+/* One record's seq and the file it is in: what a collision is found from. */
+typedef struct seq_at {
+	uint64_t seq;
+	size_t file;
+} seq_at;
+
+typedef struct seq_list {
+	seq_at *v;
+	size_t n, cap;
+} seq_list;
+
+static bool seq_add(seq_list *l, uint64_t seq, size_t file)
 {
+	if (l->n == l->cap) {
+		size_t cap = l->cap ? 2 * l->cap : 1024;
+		seq_at *v = cap > SIZE_MAX / sizeof(*v) ? NULL : realloc(l->v, cap * sizeof(*v));
+		if (v == NULL)
+			return false;
+		l->v = v;
+		l->cap = cap;
+	}
+	l->v[l->n++] = (seq_at){seq, file};
+	return true;
+}
+
+/* The node ids and seqs of file i's records; false if it could not be read. */
+static bool read_ids(const char *path, size_t i, vreader *r, file_ids *f, seq_list *seqs)
+{
+	bool ok = true;
 	memset(r, 0, sizeof(*r));
 	r->names = &path;
 	r->n_files = 1;
-	for (const ventry *e; (e = vreader_peek(r, 0)) != NULL; vreader_pop(r)) {
+	for (const ventry *e; ok && (e = vreader_peek(r, 0)) != NULL; vreader_pop(r)) {
 		if (e->kind != VE_RECORD)
 			continue;
-		if (f->first_seq == 0 || e->seq < f->first_seq)
-			f->first_seq = e->seq;
-		if (e->seq > f->last_seq)
-			f->last_seq = e->seq;
+		f->records++;
+		ok = seq_add(seqs, e->seq, i);
 		bool known = false;
-		for (size_t i = 0; i < f->n_nodes && !known; i++)
-			known = strcmp(f->node[i], e->node) == 0;
+		for (size_t k = 0; k < f->n_nodes && !known; k++)
+			known = strcmp(f->node[k], e->node) == 0;
 		if (!known && f->n_nodes < FILE_NODES_MAX)
 			memcpy(f->node[f->n_nodes++], e->node, sizeof(f->node[0]));
 	}
-	bool ok = hsm_ok(r->io);
+	ok = ok && hsm_ok(r->io);
 	hsm_buf_free(&r->owned);
 	return ok;
 }
@@ -77,10 +110,9 @@ static bool share_a_node(const file_ids *a, const file_ids *b)
 	return false;
 }
 
-/* One trail: its files' seq range, and where to name it from. */
+/* One trail: its files, and where to name it from. */
 typedef struct trail {
 	size_t root, files;
-	uint64_t first_seq, last_seq;
 	bool several_dirs;
 } trail;
 
@@ -118,16 +150,14 @@ static size_t group_trails(file_ids *f, const char *const *paths, size_t n, trai
 				f[root_of(f, j)].group = root_of(f, i);
 	size_t n_trails = 0;
 	for (size_t i = 0; i < n; i++) {
-		if (f[i].first_seq == 0)
+		if (f[i].records == 0)
 			continue;
 		size_t root = root_of(f, i), k = 0;
 		while (k < n_trails && t[k].root != root)
 			k++;
 		if (k == n_trails)
-			t[n_trails++] = (trail){root, 0, f[i].first_seq, f[i].last_seq, false};
+			t[n_trails++] = (trail){root, 0, false};
 		t[k].files++;
-		t[k].first_seq = f[i].first_seq < t[k].first_seq ? f[i].first_seq : t[k].first_seq;
-		t[k].last_seq = f[i].last_seq > t[k].last_seq ? f[i].last_seq : t[k].last_seq;
 		size_t d = dir_len(paths[i]);
 		t[k].several_dirs |=
 		    d != dir_len(paths[root]) || strncmp(paths[i], paths[root], d) != 0;
@@ -135,42 +165,103 @@ static size_t group_trails(file_ids *f, const char *const *paths, size_t n, trai
 	return n_trails;
 }
 
-bool audit_verify_several_trails(const char *const *paths, size_t n,
-                                 hsm_audit_verify_report *rep)
+static int cmp_seq(const void *a, const void *b)
+{
+	uint64_t x = ((const seq_at *)a)->seq, y = ((const seq_at *)b)->seq;
+	return x < y ? -1 : x > y;
+}
+
+/* Whether a seq appears in two groups: two records, of no node in common, claim it. */
+static bool seq_in_two_groups(file_ids *f, seq_list *seqs)
+{
+	qsort(seqs->v, seqs->n, sizeof(*seqs->v), cmp_seq);
+	for (size_t i = 1; i < seqs->n; i++)
+		if (seqs->v[i].seq == seqs->v[i - 1].seq &&
+		    root_of(f, seqs->v[i].file) != root_of(f, seqs->v[i - 1].file))
+			return true;
+	return false;
+}
+
+/*
+ * Verifies each trail alone (with the files that name no node); the first
+ * that fails gives rep its verdict and *all_valid is false.
+ */
+static hsm_result verify_each(file_ids *f, const char *const *paths, size_t n,
+                              const trail *t, size_t n_trails, audit_verify_group_fn verify,
+                              const hsm_audit_verify_options *opts,
+                              hsm_audit_verify_report *rep, bool *all_valid)
+{
+	hsm_result res = HSM_SUCCESS;
+	const char **group = calloc(n, sizeof(*group));
+	hsm_audit_verify_report *alone = calloc(1, sizeof(*alone));
+	bool valid = true;
+	*all_valid = false;
+	HSM_CHECK(group != NULL && alone != NULL, HSM_ERR_NOMEM, "out of memory");
+	for (size_t k = 0; k < n_trails && valid; k++) {
+		size_t m = 0;
+		for (size_t i = 0; i < n; i++)
+			if (f[i].records == 0 || root_of(f, i) == t[k].root)
+				group[m++] = paths[i];
+		HSM_TRY(verify(group, m, opts, alone));
+		valid = alone->valid;
+		if (!valid)
+			*rep = *alone;
+	}
+	*all_valid = valid;
+out:
+	free(alone);
+	free(group);
+	return res;
+}
+
+static void say_several(const file_ids *f, const char *const *paths, size_t n,
+                        const trail *t, size_t n_trails, hsm_audit_verify_report *rep)
+{
+	memset(rep, 0, sizeof(*rep));
+	rep->problem = HSM_AUDIT_SEVERAL_TRAILS;
+	rep->files = n;
+	hsm_sb b;
+	hsm_sb_init(&b, rep->detail, sizeof(rep->detail));
+	hsm_sb_add(&b, "the files given hold ");
+	hsm_sb_u64(&b, n_trails);
+	hsm_sb_add(&b, " audit trails (each node writes its own, numbered from seq 1), "
+	               "each of which verifies alone but not as one log with the others: "
+	               "verify each trail alone: ");
+	for (size_t i = 0; i < n_trails && i < TRAILS_NAMED_MAX; i++) {
+		hsm_sb_add(&b, i > 0 ? ", " : "");
+		name_trail(&t[i], f, paths, &b);
+	}
+	hsm_sb_add(&b, n_trails > TRAILS_NAMED_MAX ? ", ..." : "");
+}
+
+hsm_result audit_verify_several_trails(const char *const *paths, size_t n,
+                                       audit_verify_group_fn verify,
+                                       const hsm_audit_verify_options *opts,
+                                       hsm_audit_verify_report *rep)
 {
 	if (n < 2)
-		return false;
+		return HSM_SUCCESS;
+	hsm_result res = HSM_SUCCESS;
 	file_ids *f = calloc(n, sizeof(*f));
 	trail *t = calloc(n, sizeof(*t));
 	vreader *r = calloc(1, sizeof(*r));
-	bool several = false, read = f != NULL && t != NULL && r != NULL;
+	seq_list seqs = {0};
+	bool read = f != NULL && t != NULL && r != NULL;
 	for (size_t i = 0; i < n && read; i++) {
 		f[i].group = i;
-		read = read_ids(paths[i], r, &f[i]);
+		read = read_ids(paths[i], i, r, &f[i], &seqs);
 	}
+	/* Unread, or one trail: the verdict as one log stands. */
 	size_t n_trails = read ? group_trails(f, paths, n, t) : 0;
-	/* Two trails that claim the same seqs: one log holds each seq once. */
-	for (size_t i = 0; i < n_trails && !several; i++)
-		for (size_t j = i + 1; j < n_trails && !several; j++)
-			several = t[i].first_seq <= t[j].last_seq && t[j].first_seq <= t[i].last_seq;
-	if (several) {
-		memset(rep, 0, sizeof(*rep));
-		rep->problem = HSM_AUDIT_SEVERAL_TRAILS;
-		rep->files = n;
-		hsm_sb b;
-		hsm_sb_init(&b, rep->detail, sizeof(rep->detail));
-		hsm_sb_add(&b, "the files given hold ");
-		hsm_sb_u64(&b, n_trails);
-		hsm_sb_add(&b, " audit trails (each node writes its own, numbered from seq 1), "
-		               "which do not verify as one: verify each trail alone: ");
-		for (size_t i = 0; i < n_trails && i < TRAILS_NAMED_MAX; i++) {
-			hsm_sb_add(&b, i > 0 ? ", " : "");
-			name_trail(&t[i], f, paths, &b);
-		}
-		hsm_sb_add(&b, n_trails > TRAILS_NAMED_MAX ? ", ..." : "");
+	if (n_trails >= 2 && seq_in_two_groups(f, &seqs)) {
+		bool all_valid = false;
+		res = verify_each(f, paths, n, t, n_trails, verify, opts, rep, &all_valid);
+		if (hsm_ok(res) && all_valid)
+			say_several(f, paths, n, t, n_trails, rep);
 	}
+	free(seqs.v);
 	free(r);
 	free(t);
 	free(f);
-	return several;
+	return res;
 }

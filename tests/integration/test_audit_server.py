@@ -580,8 +580,10 @@ def test_two_nodes_trails_given_together_are_refused_not_called_modified():
     """Each node writes its own trail, numbered from seq 1: files of two nodes' trails
     given to one `audit verify` are no log, and verify says so and names the trails
     (exit 2, the usage error), where it reported the mix as modified (exit 1) although
-    each trail verifies alone.  A trail genuinely modified is still reported modified,
-    given alone or beside its own copy."""
+    each trail verifies alone.  A trail genuinely modified is still reported modified
+    (exit 1), given alone, beside its own copy, or beside another node's trail; so is
+    a trail given from a later file on beside another, and one whose file had a record
+    cut and its node renamed."""
     tmp = tempfile.mkdtemp(prefix="hsmd-audit-two-")
     nodes = {}
     try:
@@ -611,19 +613,41 @@ def test_two_nodes_trails_given_together_are_refused_not_called_modified():
             p = run("verify", dirs[name])
             assert p.returncode == 0 and "result: VALID" in p.stdout, p.stdout + p.stderr
         n_b = len(files("node-b"))
-        for given, b_files in (([dirs["node-a"], dirs["node-b"]], n_b),  # same names
-                               (files("node-a") + files("node-b")[1:], n_b - 1)):  # none
-            p = run("verify", *given)
-            assert p.returncode == 2, p.stdout + p.stderr
-            assert "result:" not in p.stdout and "modified" not in p.stderr, p.stdout + p.stderr
-            assert "the files given hold 2 audit trails" in p.stderr, p.stderr
-            assert f"node-a's ({len(files('node-a'))} files in {dirs['node-a']})" in p.stderr, \
-                p.stderr
-            assert f"node-b's ({b_files} file{'s' if b_files > 1 else ''} in " \
-                f"{dirs['node-b']})" in p.stderr, p.stderr
-            assert "verify each trail alone" in p.stderr, p.stderr
+        p = run("verify", dirs["node-a"], dirs["node-b"])  # files of the same names
+        assert p.returncode == 2, p.stdout + p.stderr
+        assert "result:" not in p.stdout and "modified" not in p.stderr, p.stdout + p.stderr
+        assert "the files given hold 2 audit trails" in p.stderr, p.stderr
+        assert f"node-a's ({len(files('node-a'))} files in {dirs['node-a']})" in p.stderr, \
+            p.stderr
+        assert f"node-b's ({n_b} files in {dirs['node-b']})" in p.stderr, p.stderr
+        assert "verify each trail alone" in p.stderr, p.stderr
         p = run("report", dirs["node-a"], dirs["node-b"])
         assert p.returncode == 2 and "2 audit trails" in p.stderr, p.stdout + p.stderr
+        # node-b from its second file on does not verify alone (its start is missing):
+        # that is the verdict, beside node-a's trail too.
+        p = run("verify", *files("node-b")[1:])
+        assert p.returncode == 1 and "deleted" in p.stdout, p.stdout + p.stderr
+        p = run("verify", *files("node-a"), *files("node-b")[1:])
+        assert p.returncode == 1 and "result: INVALID" in p.stdout, p.stdout + p.stderr
+        assert "deleted" in p.stdout and files("node-b")[1] in p.stdout, p.stdout
+        # One trail, one file of which lost a record and had its node renamed: not two
+        # trails (no seq is claimed twice), but modified.
+        tampered = os.path.join(tmp, "tampered")
+        shutil.copytree(dirs["node-a"], tampered)
+        middle = sorted(glob.glob(os.path.join(tampered, "audit-*.jsonl")))[1]
+        with open(middle) as f:
+            lines = f.readlines()
+        assert '"node":"node-a"' in lines[5]
+        renamed = [line.replace('"node":"node-a"', '"node":"node-z"') for line in lines]
+        for text in ("".join(renamed[:5] + renamed[6:]), "".join(renamed)):
+            with open(middle, "w") as f:
+                f.write(text)
+            p = run("verify", tampered)
+            assert p.returncode == 1 and "result: INVALID" in p.stdout, p.stdout + p.stderr
+            assert "modified" in p.stdout and middle in p.stdout, p.stdout
+            p = run("report", tampered)
+            assert p.returncode == 1 and "does not verify" in p.stderr, p.stdout + p.stderr
+        shutil.rmtree(tampered)
         # A modified trail: alone, and beside its unmodified copy, it is modified.
         copy = os.path.join(tmp, "copy")
         shutil.copytree(dirs["node-a"], copy)
@@ -637,9 +661,13 @@ def test_two_nodes_trails_given_together_are_refused_not_called_modified():
             p = run("verify", *given)
             assert p.returncode == 1 and "result: INVALID" in p.stdout, p.stdout + p.stderr
             assert "modified" in p.stdout, p.stdout
-        # Beside another node's trail it is refused all the same: alone, it shows.
-        p = run("verify", dirs["node-a"], dirs["node-b"])
-        assert p.returncode == 2 and "2 audit trails" in p.stderr, p.stdout + p.stderr
+        # Beside another node's genuine trail, verified alone, it is modified all the same.
+        for given in ([dirs["node-a"], dirs["node-b"]], [dirs["node-b"], copy, dirs["node-a"]]):
+            p = run("verify", *given)
+            assert p.returncode == 1 and "result: INVALID" in p.stdout, p.stdout + p.stderr
+            assert "modified" in p.stdout and "audit trails" not in p.stderr, p.stdout
+            p = run("report", *given)
+            assert p.returncode == 1 and "does not verify" in p.stderr, p.stdout + p.stderr
     finally:
         for server in nodes.values():
             server.cleanup()

@@ -747,14 +747,140 @@ static void test_two_nodes_trails_are_told_apart(void **state)
 		snprintf(named, sizeof(named), " files in %s)", dirs[i]);
 		assert_non_null(strstr(r.detail, named));
 	}
-	/* One trail's files beside the other's later file only (no name in common). */
+	/*
+	 * One trail's files beside the other's later file only (no name in common):
+	 * that file alone does not verify (its trail's start is missing), and
+	 * verified alone is how it is judged: INVALID, its own verdict.
+	 */
 	const char *mixed[T_MAX_FILES + 1];
 	size_t n_mixed = 0;
 	for (size_t k = 0; both[k] != files[1][0]; k++)
 		mixed[n_mixed++] = both[k];
 	mixed[n_mixed++] = both[n_both - 1];
 	assert_true(hsm_ok(hsm_audit_verify_files(mixed, n_mixed, &o, &r)));
-	assert_int_equal(r.problem, HSM_AUDIT_SEVERAL_TRAILS);
+	assert_false(r.valid);
+	assert_int_equal(r.problem, HSM_AUDIT_DELETED);
+	assert_string_equal(r.file, both[n_both - 1]);
+	for (int i = 0; i < 2; i++)
+		t_rm_rf(dirs[i]);
+}
+
+/* A trail of node's own in a new directory, of at least `files` files; *n gets their count. */
+static void trail_of(char dir[PATH_MAX], const char *node, size_t files,
+                     char paths[][PATH_MAX], size_t *n)
+{
+	t_mkdtemp(dir, node);
+	hsm_audit_config c = t_config(dir);
+	c.node_id = node;
+	c.rotate_bytes = 8192;
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	for (unsigned i = 0; t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES) < files; i++)
+		append_n(a, 10 * i, 10);
+	hsm_audit_close(a);
+	assert_true(t_verify_dir(dir, NULL, false).valid);
+	*n = t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES);
+}
+
+/* Rewrites path: without its line `cut` (1-based; 0 = none), each "node":"from" as "to". */
+static void tamper(const char *path, size_t cut, const char *from, const char *to)
+{
+	char *text = t_slurp(path, NULL), *out = calloc(1, strlen(text) * 2 + 1), *w = out;
+	assert_non_null(out);
+	char old[64], new[64];
+	snprintf(old, sizeof(old), "\"node\":\"%s\"", from);
+	snprintf(new, sizeof(new), "\"node\":\"%s\"", to);
+	size_t line = 1;
+	for (const char *p = text; *p != '\0';) {
+		const char *end = strchr(p, '\n');
+		size_t len = end != NULL ? (size_t)(end - p) + 1 : strlen(p);
+		if (line++ != cut) {
+			for (const char *q = p; q < p + len;) {
+				if (strncmp(q, old, strlen(old)) == 0) {
+					w += sprintf(w, "%s", new);
+					q += strlen(old);
+				} else {
+					*w++ = *q++;
+				}
+			}
+		}
+		p += len;
+	}
+	t_spit(path, out, (size_t)(w - out));
+	free(out);
+	free(text);
+}
+
+static hsm_audit_verify_report verify_paths(char paths[][PATH_MAX], size_t n)
+{
+	const char *ptrs[2 * T_MAX_FILES];
+	for (size_t i = 0; i < n; i++)
+		ptrs[i] = paths[i];
+	hsm_audit_verify_options o = {0};
+	hsm_audit_verify_report r;
+	assert_true(hsm_ok(hsm_audit_verify_files(ptrs, n, &o, &r)));
+	return r;
+}
+
+/*
+ * One trail whose middle file had its node rewritten (and a record cut from
+ * it) is not two trails: no seq appears in both groups, so its verdict as
+ * one log stands (INVALID), where the seq ranges' overlap made it a usage
+ * error with the verdict wiped.
+ */
+static void test_a_trail_with_a_renamed_file_is_invalid_not_several(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	static char files[T_MAX_FILES][PATH_MAX];
+	size_t n = 0;
+	for (size_t cut = 0; cut <= 1; cut++) {
+		trail_of(dir, "node-a", 3, files, &n);
+		tamper(files[1], cut, "node-a", "node-x");
+		hsm_audit_verify_report r = verify_paths(files, n);
+		assert_false(r.valid);
+		assert_int_not_equal(r.problem, HSM_AUDIT_SEVERAL_TRAILS);
+		assert_null(strstr(r.detail, "audit trails"));
+		assert_string_equal(r.file, files[1]);
+		assert_int_equal(r.problem, HSM_AUDIT_MODIFIED);
+		assert_non_null(strstr(r.detail, cut == 0 ? "\"prev\" does not match the previous record"
+		                                          : "do not follow seq"));
+		t_rm_rf(dir);
+	}
+}
+
+/*
+ * Two nodes' trails given together whose seqs collide, one of them tampered
+ * with: each is verified alone, and the tampered one's verdict is the
+ * answer (INVALID), not "several trails"; both genuine is still that.
+ */
+static void test_a_tampered_trail_beside_another_nodes_is_invalid(void **state)
+{
+	(void)state;
+	char dirs[2][PATH_MAX];
+	static char files[2][T_MAX_FILES][PATH_MAX], both[2 * T_MAX_FILES][PATH_MAX];
+	size_t n[2], n_both = 0;
+	trail_of(dirs[0], "node-a", 2, files[0], &n[0]);
+	trail_of(dirs[1], "node-b", 2, files[1], &n[1]);
+	for (int i = 0; i < 2; i++)
+		for (size_t k = 0; k < n[i]; k++)
+			memcpy(both[n_both++], files[i][k], PATH_MAX);
+	assert_int_equal(verify_paths(both, n_both).problem, HSM_AUDIT_SEVERAL_TRAILS);
+	/* node-b's first file loses its fifth line: node-b alone says so. */
+	tamper(files[1][0], 5, "node-b", "node-b");
+	hsm_audit_verify_report alone = verify_paths(files[1], n[1]);
+	assert_false(alone.valid);
+	hsm_audit_verify_report r = verify_paths(both, n_both);
+	assert_false(r.valid);
+	assert_int_equal(r.problem, alone.problem);
+	assert_int_not_equal(r.problem, HSM_AUDIT_SEVERAL_TRAILS);
+	assert_string_equal(r.file, files[1][0]);
+	assert_int_equal(r.seq, alone.seq);
+	assert_string_equal(r.detail, alone.detail);
+	/* Given the other way round (node-b's files first), the same. */
+	memcpy(both[n_both], both[0], PATH_MAX);
+	r = verify_paths(both + 1, n_both);
+	assert_int_equal(r.problem, alone.problem);
 	for (int i = 0; i < 2; i++)
 		t_rm_rf(dirs[i]);
 }
@@ -1088,6 +1214,8 @@ int main(void)
 	    cmocka_unit_test(test_syslog_forwarding_never_blocks_the_log),
 	    cmocka_unit_test(test_requests_are_found_by_id_across_files),
 	    cmocka_unit_test(test_two_nodes_trails_are_told_apart),
+	    cmocka_unit_test(test_a_trail_with_a_renamed_file_is_invalid_not_several),
+	    cmocka_unit_test(test_a_tampered_trail_beside_another_nodes_is_invalid),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
