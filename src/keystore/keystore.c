@@ -150,6 +150,10 @@ void hsm_keystore_set_error(hsm_keystore *ks, const char *why)
 	pthread_rwlock_unlock(&ks->keys_lock);
 	if (ks->cache != NULL)
 		ks_cache_drop_all(ks);
+	hsm_share_set_free(ks->pending); /* share values: wiped with the keys */
+	ks->pending = NULL;
+	hsm_share_set_free(ks->quorum);
+	ks->quorum = NULL;
 	pthread_mutex_unlock(&ks->lock);
 	hsm_error("node entered the error state: %s", why);
 }

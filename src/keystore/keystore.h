@@ -176,10 +176,10 @@ hsm_result hsm_keystore_unseal(hsm_keystore *ks, const uint8_t *share_file, size
 /*
  * Checks a share file as hsm_keystore_unseal would (this store's current
  * split, as issued, whole) without adding it: a share given beyond the
- * quorum, once the keystore is unsealed.  A detached keystore, which has no
- * commitments, checks it against the split its quorum rebuilt
- * (hsm_share_set_check_member): altered or forged shares are refused, a
- * custodian name is not checked.
+ * quorum, once the keystore is unsealed.  A keystore with no commitments (a
+ * detached one, or a store made before commitments existed) checks it against
+ * the split its quorum rebuilt (hsm_share_set_check_member): altered or forged
+ * shares are refused, a custodian name is not checked.
  */
 hsm_result hsm_keystore_check_share(hsm_keystore *ks, const uint8_t *share_file, size_t len,
                                     hsm_unseal_progress *progress) HSM_MUST_CHECK;

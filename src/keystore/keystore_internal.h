@@ -73,8 +73,10 @@ struct hsm_keystore {
 	unsigned commits_version; /* HSM_SHARE_COMMIT_V1 or _V2, when n_commits > 0 */
 	hsm_share_set *pending;
 	/*
-	 * A detached keystore's quorum, kept from its unseal until it is sealed: with no
-	 * commitments at hand, shares given beyond the quorum are checked against it.
+	 * The quorum that unsealed a keystore with no commitments at hand (a detached
+	 * keystore, or a store made before commitments existed), kept until it is sealed,
+	 * put in the error state or rekeyed: shares given beyond the quorum are checked
+	 * against it.  NULL whenever there are commitments to check against.
 	 */
 	hsm_share_set *quorum;
 	uint64_t pending_since_ns; /* hsm_mono_ns() of the pending unseal's last share */

@@ -607,7 +607,7 @@ static hsm_result complete_unseal(hsm_keystore *ks)
 	memset(&keys, 0, sizeof(keys));
 	pthread_rwlock_unlock(&ks->keys_lock);
 	atomic_store(&ks->state, HSM_NODE_UNSEALED);
-	if (ks->store == NULL && ks->n_commits == 0) { /* see hsm_keystore::quorum */
+	if (ks->n_commits == 0) { /* see hsm_keystore::quorum */
 		hsm_share_set_free(ks->quorum);
 		ks->quorum = ks->pending;
 		ks->pending = NULL;

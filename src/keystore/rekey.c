@@ -219,6 +219,9 @@ static void install(hsm_keystore *ks, hsm_ks_rekey *rk)
 	ks->count = rk->count;
 	if (hsm_failed(ks_set_commits(ks, rk->commits.data, rk->commits.len)))
 		ks->n_commits = 0; /* cannot be: made here; the next unseal reads the store's */
+	/* The old split's quorum checks no share of the new one. */
+	hsm_share_set_free(ks->quorum);
+	ks->quorum = NULL;
 	ks_cache_drop_all(ks);
 }
 

@@ -199,3 +199,63 @@ def test_backup_verify_checks_every_share_past_the_quorum(custody):
         p = hsmctl("restore", "--data-dir", target, *share_args(quorum + [f]), backup)
         assert p.returncode == 1 and f"{f}: share 4 " in p.stderr, p.stderr
         assert not os.path.exists(target)
+
+
+def drop_commitments(data):
+    """Makes data's store one from before commitments existed: no share_commits."""
+    db = sqlite3.connect(os.path.join(data, "hsmd.db"))
+    try:
+        assert db.execute("DELETE FROM meta WHERE name = 'share_commits'").rowcount == 1
+        db.commit()
+    finally:
+        db.close()
+
+
+def test_a_store_without_commitments_checks_every_share_past_the_quorum(tmp_path):
+    """A store made before commitments existed has none to check shares against: a share
+    given past the quorum is checked against the split the quorum rebuilt, as `backup
+    verify` checks it, by every offline command that takes shares.  A forged one (another
+    value, or another share's value under its index) is refused and named, and the command
+    does nothing; the genuine ones pass."""
+    base = str(tmp_path)
+    data, shares = init_store(base)
+    drop_commitments(data)
+    quorum = [shares["alice"], shares["bob"], shares["carol"]]
+    forged = [rewrite_share(shares["dave"], os.path.join(base, "dave-forged.share"),
+                            value=other_value(shares["dave"])),
+              rewrite_share(shares["erin"], os.path.join(base, "erin-as-4.share"), index=4,
+                            custodian="dave")]
+    p = hsmctl("unseal", "--data-dir", data, *quorum, shares["dave"], shares["erin"])
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "the 5 share files reconstruct the master key" in p.stdout, p.stdout
+    p = hsmctl("backup", "create", "--data-dir", data,
+               *share_args(quorum + [shares["dave"], shares["erin"]]))
+    assert p.returncode == 0, p.stdout + p.stderr
+    backup = fields(p.stdout)["file"]
+    backups = set(os.listdir(os.path.dirname(backup)))
+    for n, f in enumerate(forged):
+        refused = f"{f}: share 4 {OFF_SPLIT}: refused"
+        p = hsmctl("unseal", "--data-dir", data, *quorum, f)
+        assert p.returncode == 1 and refused in p.stderr, p.stdout + p.stderr
+        assert "reconstruct" not in p.stdout
+        p = hsmctl("backup", "create", "--data-dir", data, *share_args(quorum + [f]))
+        assert p.returncode == 1 and refused in p.stderr, p.stdout + p.stderr
+        assert set(os.listdir(os.path.dirname(backup))) == backups
+        target = os.path.join(base, f"restored-{n}")
+        p = hsmctl("restore", "--data-dir", target, *share_args(quorum + [f]), backup)
+        assert p.returncode == 1 and refused in p.stderr, p.stdout + p.stderr
+        assert not os.path.exists(target)
+        new_dir = os.path.join(base, f"rekey-refused-{n}")
+        p = hsmctl("rekey", "--data-dir", data, *share_args(quorum + [f]),
+                   "--share-dir", new_dir)
+        assert p.returncode == 1 and refused in p.stderr, p.stdout + p.stderr
+        assert not os.path.exists(new_dir) or os.listdir(new_dir) == []
+    # The refusals changed nothing: the restore and the rekey go through with the real ones.
+    target = os.path.join(base, "restored")
+    p = hsmctl("restore", "--data-dir", target, *share_args(quorum + [shares["dave"]]), backup)
+    assert p.returncode == 0, p.stdout + p.stderr
+    new_dir = os.path.join(base, "rekeyed")
+    p = hsmctl("rekey", "--data-dir", data, *share_args(quorum + [shares["erin"]]),
+               "--share-dir", new_dir)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert len([f for f in os.listdir(new_dir) if f.endswith(".share")]) == 5

@@ -368,6 +368,56 @@ static void test_detached_checks_extra_shares(void **state)
 	hsm_keystore_free(d);
 }
 
+/*
+ * A store made before commitments existed (no share_commits) has none to
+ * check a share given beyond the quorum against: it is checked against the
+ * split the quorum rebuilt, as a detached keystore checks it.
+ */
+static void test_store_without_commitments_checks_extra_shares(void **state)
+{
+	fixture *f = *state;
+	hsm_unseal_progress p;
+	hsm_buf bad;
+	char path[128];
+	sqlite3 *db = NULL;
+	snprintf(path, sizeof(path), "%s/hsmd.db", f->dir);
+	assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, "DELETE FROM meta WHERE name = 'share_commits'", NULL,
+	                              NULL, NULL),
+	                 SQLITE_OK);
+	assert_int_equal(sqlite3_changes(db), 1);
+	sqlite3_close(db);
+	hsm_keystore_seal(f->ks); /* the next unseal reads the store's (absent) commitments */
+	for (int i = 0; i < 3; i++)
+		assert_true(hsm_ok(unseal_with(f, i, &p)));
+	assert_true(p.unsealed);
+	forge(f, 3, 4, true, &bad); /* a made-up share 4 */
+	assert_int_equal(hsm_keystore_check_share(f->ks, bad.data, bad.len, &p).err,
+	                 HSM_ERR_SHARE_INVALID);
+	assert_string_equal(hsm_last_message(), "share 4 is not a share of the split the others "
+	                                        "rebuild (altered or forged): refused");
+	hsm_buf_free(&bad);
+	forge(f, 4, 4, false, &bad); /* share 5's value, claimed as share 4 */
+	assert_int_equal(hsm_keystore_check_share(f->ks, bad.data, bad.len, &p).err,
+	                 HSM_ERR_SHARE_INVALID);
+	hsm_buf_free(&bad);
+	for (int i = 3; i < 5; i++)
+		assert_true(hsm_ok(hsm_keystore_check_share(f->ks, f->shares[i].data, f->shares[i].len,
+		                                            &p)));
+	/* Sealed and unsealed again by another quorum: its shares are the ones checked. */
+	hsm_keystore_seal(f->ks);
+	for (int i = 2; i < 5; i++)
+		assert_true(hsm_ok(unseal_with(f, i, &p)));
+	assert_true(p.unsealed);
+	forge(f, 0, 1, true, &bad);
+	assert_int_equal(hsm_keystore_check_share(f->ks, bad.data, bad.len, &p).err,
+	                 HSM_ERR_SHARE_INVALID);
+	hsm_buf_free(&bad);
+	for (int i = 0; i < 2; i++)
+		assert_true(hsm_ok(hsm_keystore_check_share(f->ks, f->shares[i].data, f->shares[i].len,
+		                                            &p)));
+}
+
 /* An unseal left unfinished past its time is abandoned: its shares no longer count. */
 static void test_unfinished_unseal_expires(void **state)
 {
@@ -814,6 +864,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_old_commitments_checked_the_old_way, setup_named,
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_detached_checks_extra_shares, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_store_without_commitments_checks_extra_shares, setup,
+	                                    teardown),
 	    cmocka_unit_test_setup_teardown(test_unfinished_unseal_expires, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_bad_shares_named, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_wrapping_binds_identity, setup, teardown),
