@@ -409,7 +409,9 @@ static hsm_result submit(hsm_audit *a, const hsm_audit_record *rec, hsm_audit_do
 
 	hsm_result res = HSM_SUCCESS;
 	pthread_mutex_lock(&a->mu);
-	bool ok = atomic_load(&a->healthy) && !atomic_load(&a->stopping) && a->count < a->cap;
+	bool up = atomic_load(&a->healthy) && !atomic_load(&a->stopping);
+	bool room = a->count < a->cap;
+	bool ok = up && room;
 	if (ok) {
 		audit_slot *s = &a->slots[(a->head + a->count) % a->cap];
 		s->body.len = 0;
@@ -427,7 +429,9 @@ static hsm_result submit(hsm_audit *a, const hsm_audit_record *rec, hsm_audit_do
 	}
 	pthread_mutex_unlock(&a->mu);
 	HSM_GUARD(res);
-	HSM_ENSURE(ok, HSM_ERR_AUDIT_UNAVAILABLE, "the audit log is unavailable");
+	HSM_ENSURE(up, HSM_ERR_AUDIT_UNAVAILABLE, "the audit log is unavailable");
+	/* The trail is up, behind only: this record fails, not the trail (see hsm_audit_submit). */
+	HSM_ENSURE(room, HSM_ERR_THROTTLING, "the audit queue is full");
 	return HSM_SUCCESS;
 }
 

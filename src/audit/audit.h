@@ -188,16 +188,21 @@ bool hsm_audit_close_durable(hsm_audit *a, uint64_t *durable_seq);
  * Called exactly once per accepted record, from the writer or the watchdog
  * thread, never from inside hsm_audit_submit: with HSM_SUCCESS once the line
  * is written to the file (write(2) returned; fsync follows within the bound
- * in docs/audit.md), or with HSM_ERR_AUDIT_UNAVAILABLE.  It must not block
- * and must not call hsm_audit_append or hsm_audit_close.
+ * in docs/audit.md); with HSM_ERR_AUDIT_UNAVAILABLE when the trail went down
+ * (hsm_audit_healthy false) or is stopping; or with the record's own failure
+ * while the trail stays up: HSM_ERR_NOMEM (no memory to format the record or
+ * to hold its acknowledgement), HSM_ERR_LIMIT_EXCEEDED (too long to format).
+ * It must not block and must not call hsm_audit_append or hsm_audit_close.
  */
 typedef void (*hsm_audit_done_fn)(void *cb_arg, hsm_result result);
 
 /*
  * Copies rec into the queue without blocking on I/O.  On HSM_SUCCESS, done_cb
  * will be called exactly once.  On failure done_cb is never called:
- * HSM_ERR_AUDIT_UNAVAILABLE when the log is unhealthy, closing, or its queue
- * is full; HSM_ERR_VALIDATION for a CHECKPOINT type.
+ * HSM_ERR_AUDIT_UNAVAILABLE when the log is unhealthy or closing;
+ * HSM_ERR_THROTTLING when its queue is full (the trail is up, behind);
+ * HSM_ERR_VALIDATION for a CHECKPOINT type; else the record's own failure
+ * (HSM_ERR_NOMEM, HSM_ERR_LIMIT_EXCEEDED: no memory for it, too long).
  */
 hsm_result hsm_audit_submit(hsm_audit *a, const hsm_audit_record *rec, hsm_audit_done_fn done_cb,
                             void *cb_arg) HSM_MUST_CHECK;

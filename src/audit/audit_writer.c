@@ -204,8 +204,8 @@ static bool flush(hsm_audit *a, const audit_cbent *cbs, size_t n, size_t from)
 			w->lag_since_ns = now;
 		if (!a->cfg.ack_durable)
 			fire(a, cbs, n, HSM_SUCCESS);
-		else if (!hold_acks(a, cbs, n, w->next_seq))
-			fire(a, cbs, n, (hsm_result){HSM_ERR_AUDIT_UNAVAILABLE});
+		else if (!hold_acks(a, cbs, n, w->next_seq)) /* no memory to hold them; trail up */
+			fire(a, cbs, n, (hsm_result){HSM_ERR_NOMEM});
 		if (a->syslog != NULL)
 			forward_to_syslog(a, from);
 		return true;
@@ -368,8 +368,10 @@ static void process_batch(hsm_audit *a, size_t n)
 {
 	audit_writer *w = &a->w;
 	size_t from = w->pending.len, ok = 0;
+	hsm_result r = HSM_SUCCESS;
 	for (; ok < n; ok++) {
-		if (hsm_failed(append_line(a, w->batch[ok].body.data, w->batch[ok].body.len)))
+		r = append_line(a, w->batch[ok].body.data, w->batch[ok].body.len);
+		if (hsm_failed(r))
 			break;
 		w->batch[ok].body.len = 0;
 	}
@@ -378,7 +380,8 @@ static void process_batch(hsm_audit *a, size_t n)
 		pthread_mutex_lock(&a->mu);
 		a->refused_total += n - ok;
 		pthread_mutex_unlock(&a->mu);
-		fire(a, w->cbs + ok, n - ok, (hsm_result){HSM_ERR_AUDIT_UNAVAILABLE});
+		/* Their own failure, not the trail's, which stays up (hsm_audit_done_fn). */
+		fire(a, w->cbs + ok, n - ok, r);
 	}
 	if (flush(a, w->cbs, ok, from) &&
 	    (a->cfg.ack_durable || w->pending_records >= a->cfg.fsync_max_records))

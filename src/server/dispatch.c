@@ -40,7 +40,13 @@ typedef struct pending {
 	hsm_http_req *req;
 	unsigned slot;
 	int status;
-	hsm_err err; /* the error the answer carries, for /metrics; HSM_OK when none */
+	/*
+	 * Why the answer is an error, for /metrics; HSM_OK when it is not.  Mostly
+	 * the error the answer carries; a request whose own record failed while
+	 * the trail stayed up is answered HSM_ERR_AUDIT_UNAVAILABLE's 503 but
+	 * counted by its record's failure (see audit_done).
+	 */
+	hsm_err err;
 	hsm_buf body;
 	/* A successful use of keys, noted once the record is written (GetKeyLastUsage). */
 	const char *use_op;
@@ -103,7 +109,14 @@ static void audit_done(void *arg, hsm_result result)
 	/* A refusal for the trail's sake keeps its own answer: "result withheld" would
 	 * say the request ran (an Unseal's share applied, a CreateKey's key made). */
 	if (hsm_failed(result) && !p->trail_refusal) {
-		p->err = HSM_ERR_AUDIT_UNAVAILABLE;
+		/*
+		 * HSM_ERR_AUDIT_UNAVAILABLE: the trail is down or stopping, which its
+		 * gauges and alerts report (an outage: unavailable in /metrics).  Any
+		 * other failure is this record's alone, the trail staying up (no memory
+		 * for it, a full queue: hsm_audit_done_fn), which no audit gauge shows:
+		 * a server error, for HsmdErrors to see.
+		 */
+		p->err = result.err;
 		p->status = error_body(
 		    HSM_ERR_AUDIT_UNAVAILABLE,
 		    "the request could not be audited, so its result is withheld; retry later",

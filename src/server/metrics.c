@@ -35,7 +35,10 @@ void hsm_metrics_probe(hsm_metrics *m, hsm_metric_probe probe)
  * hsmd_audit_healthy, hsmd_audit_low_space); counted as server errors they
  * would page a second time, as a failing service, for the same cause.  A store
  * that timed out (DependencyTimeoutException) stays a server error: the node
- * serves, and the request failed.
+ * serves, and the request failed.  So does a request whose own record failed
+ * while the trail stayed up (no memory for it, a full queue): answered 503
+ * like an outage, but its err is the record's failure, not
+ * HSM_ERR_AUDIT_UNAVAILABLE (dispatch.c's audit_done), as no gauge shows it.
  */
 static bool refused_unavailable(int http_status, hsm_err err)
 {

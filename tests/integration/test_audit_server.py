@@ -1321,6 +1321,92 @@ def test_requests_refused_in_an_outage_say_that_nothing_ran(tmp_path):
         sealed.cleanup()
 
 
+FAIL_ONE_RECORD = r'''
+import os
+import gdb
+
+
+class FailOneRecord(gdb.Breakpoint):
+    """At the entry of audit_format_line(buf, seq, body, body_len, prev): once the test's
+    flag file exists, the next record of the test's operation gets a body_len too long to
+    format, so that record alone fails (as when there is no memory for it); once the over
+    file exists, the next record stops hsmd, so the test's gdb detaches."""
+
+    def stop(self):
+        if os.path.exists(os.environ["HSMD_TEST_FAIL_OVER"]):
+            return True
+        flag = os.environ["HSMD_TEST_FAIL_FLAG"]
+        if not os.path.exists(flag):
+            return False
+        n = int(gdb.parse_and_eval("$rcx"))
+        body = gdb.selected_inferior().read_memory(int(gdb.parse_and_eval("$rdx")), min(n, 4096))
+        if os.environ["HSMD_TEST_FAIL_OP"].encode() not in bytes(body):
+            return False
+        os.unlink(flag)
+        gdb.execute("set $rcx = 0x4000000000000000")
+        return False
+
+
+FailOneRecord("*audit_format_line")
+'''
+
+
+@pytest.mark.skipif(not gdb_can_trace(), reason="failing one record is done with gdb, allowed "
+                                              "to attach")
+def test_a_record_that_fails_alone_counts_as_a_server_error(tmp_path):
+    """A request whose own record cannot be written while the trail stays healthy (no
+    memory to format it, a full queue) is answered 503, its result withheld, and counted
+    as a server_error: no audit gauge or alert shows it (hsmd_audit_healthy stays 1, no
+    outage is counted), so HsmdErrors must.  Only refusals because the trail is down count
+    as unavailable (test_requests_refused_in_an_outage_say_that_nothing_ran)."""
+    from test_metrics import outcome_count, scrape
+    server = start_dev()
+    tmp = str(tmp_path)
+    flag, over = os.path.join(tmp, "fail-one"), os.path.join(tmp, "fail-over")
+    script = os.path.join(tmp, "fail-one.py")
+    with open(script, "w") as f:
+        f.write(FAIL_ONE_RECORD)
+    gdb = None
+    try:
+        assert signed_call(server, "TrentService.ListKeys", {})[0] == 200
+        gdb = subprocess.Popen(
+            ["gdb", "-q", "-nx", "-batch", "-p", str(server.proc.pid), "-x", script,
+             "-ex", "continue", "-ex", "delete", "-ex", "detach"],
+            env=dict(os.environ, HSMD_TEST_FAIL_FLAG=flag, HSMD_TEST_FAIL_OVER=over,
+                     HSMD_TEST_FAIL_OP='"op":"ListKeys"'),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        out = []
+        for line in gdb.stdout:
+            out.append(line)
+            if line.startswith("Breakpoint 1 at "):
+                break
+        assert gdb.poll() is None, "".join(out)
+        time.sleep(0.5)  # the continue
+        with open(flag, "w"):
+            pass
+        st, body = signed_call(server, "TrentService.ListKeys", {})
+        assert not os.path.exists(flag), "".join(out)  # the record did fail
+        assert (st, body["__type"]) == (503, "ServiceUnavailableException"), body
+        assert "could not be audited, so its result is withheld" in body["message"], body
+        assert metric(server, "hsmd_audit_healthy") == 1
+        assert metric(server, "hsmd_audit_outages_total") == 0
+        samples = scrape(server)
+        assert outcome_count(samples, "ListKeys", "server_error") == 1, samples
+        assert outcome_count(samples, "ListKeys", "unavailable") == 0, samples
+        assert outcome_count(samples, "ListKeys", "ok") == 1, samples
+        with open(over, "w"):
+            pass
+        assert signed_call(server, "TrentService.ListKeys", {})[0] == 200
+        rest, _ = gdb.communicate(timeout=60)
+        assert ") detached]" in rest, "".join(out) + rest
+        assert signed_call(server, "TrentService.ListKeys", {})[0] == 200
+    finally:
+        if gdb is not None and gdb.poll() is None:
+            gdb.kill()
+            gdb.wait()
+        server.cleanup()
+
+
 @pytest.mark.skipif(not gdb_can_trace(), reason="failing the trail's fdatasync needs gdb, "
                                               "allowed to attach")
 def test_with_durable_acks_no_answer_comes_before_its_record_is_synced(tmp_path):
