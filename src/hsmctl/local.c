@@ -86,6 +86,7 @@ hsm_result hsmctl_unseal_files_noted(hsm_keystore *ks, size_t n, char *const fil
                                      hsm_buf *given)
 {
 	hsm_unseal_progress p = {0};
+	hsm_keystore_keep_quorum(ks); /* shares past the quorum are checked against it */
 	for (size_t i = 0; i < n; i++) {
 		hsm_buf text;
 		hsm_buf_init_secure(&text);

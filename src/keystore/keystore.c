@@ -97,6 +97,7 @@ hsm_result hsm_keystore_new_detached(const hsm_ks_identity *id, hsm_keystore **o
 	memcpy(ks->kcv, id->kcv, sizeof(ks->kcv));
 	ks->threshold = id->threshold;
 	ks->count = id->count;
+	ks->keep_quorum = true; /* backup verify checks shares past the quorum against it */
 	if (atomic_load(&ks->state) != HSM_NODE_ERROR)
 		atomic_store(&ks->state, HSM_NODE_SEALED);
 	*out = ks;

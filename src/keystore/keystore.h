@@ -179,10 +179,20 @@ hsm_result hsm_keystore_unseal(hsm_keystore *ks, const uint8_t *share_file, size
  * quorum, once the keystore is unsealed.  A keystore with no commitments (a
  * detached one, or a store made before commitments existed) checks it against
  * the split its quorum rebuilt (hsm_share_set_check_member): altered or forged
- * shares are refused, a custodian name is not checked.
+ * shares are refused, a custodian name is not checked; without commitments
+ * and without hsm_keystore_keep_quorum before the unseal, every share is
+ * refused (HSM_ERR_INTERNAL) rather than passed unchecked.
  */
 hsm_result hsm_keystore_check_share(hsm_keystore *ks, const uint8_t *share_file, size_t len,
                                     hsm_unseal_progress *progress) HSM_MUST_CHECK;
+/*
+ * Asks a keystore that will be given shares past the quorum
+ * (hsm_keystore_check_share) to keep its quorum's shares from the unseal on
+ * when it has no commitments to check them against; a detached keystore
+ * always does.  Other keystores (a running node's) keep no share once the
+ * unseal completes.  Call it before the unseal.
+ */
+void hsm_keystore_keep_quorum(hsm_keystore *ks);
 /* Progress of the current unseal without adding a share. */
 void hsm_keystore_unseal_status(hsm_keystore *ks, hsm_unseal_progress *progress);
 /* Discards shares collected so far. */

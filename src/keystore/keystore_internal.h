@@ -74,11 +74,13 @@ struct hsm_keystore {
 	hsm_share_set *pending;
 	/*
 	 * The quorum that unsealed a keystore with no commitments at hand (a detached
-	 * keystore, or a store made before commitments existed), kept until it is sealed,
+	 * keystore, or a store made before commitments existed) that will check shares
+	 * past it (keep_quorum), kept until it is sealed,
 	 * put in the error state or rekeyed: shares given beyond the quorum are checked
 	 * against it.  NULL whenever there are commitments to check against.
 	 */
 	hsm_share_set *quorum;
+	bool keep_quorum; /* hsm_keystore_keep_quorum, or detached */
 	uint64_t pending_since_ns; /* hsm_mono_ns() of the pending unseal's last share */
 	uint64_t pending_ttl_ns;   /* hsm_keystore_set_unseal_ttl_ms */
 	char error_reason[160];

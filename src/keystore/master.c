@@ -607,7 +607,7 @@ static hsm_result complete_unseal(hsm_keystore *ks)
 	memset(&keys, 0, sizeof(keys));
 	pthread_rwlock_unlock(&ks->keys_lock);
 	atomic_store(&ks->state, HSM_NODE_UNSEALED);
-	if (ks->n_commits == 0) { /* see hsm_keystore::quorum */
+	if (ks->keep_quorum && ks->n_commits == 0) { /* see hsm_keystore::quorum */
 		hsm_share_set_free(ks->quorum);
 		ks->quorum = ks->pending;
 		ks->pending = NULL;
@@ -734,6 +734,11 @@ hsm_result hsm_keystore_check_share(hsm_keystore *ks, const uint8_t *share_file,
 	HSM_TRY(describe_share(&share, share_file, len, progress->share, sizeof(progress->share)));
 	HSM_TRY(check_commitment(ks, &share));
 	HSM_TRY(hsm_share_set_new(ks->store_id, ks->set_id, ks->threshold, ks->count, &set));
+	/* With no commitments, only the kept quorum can tell a forged share: none, no check. */
+	HSM_CHECK(ks->n_commits > 0 || ks->quorum != NULL, HSM_ERR_INTERNAL,
+	          "share %u cannot be checked: this store keeps no commitments and the quorum "
+	          "that unsealed it was not kept",
+	          share.index);
 	if (ks->quorum != NULL) /* before the value moves into set */
 		HSM_TRY(hsm_share_set_check_member(ks->quorum, &share));
 	HSM_TRY(hsm_share_set_add(set, &share)); /* of this store and split, and whole */
@@ -743,6 +748,13 @@ out:
 	progress_of(ks, progress);
 	pthread_mutex_unlock(&ks->lock);
 	return res;
+}
+
+void hsm_keystore_keep_quorum(hsm_keystore *ks)
+{
+	pthread_mutex_lock(&ks->lock);
+	ks->keep_quorum = true;
+	pthread_mutex_unlock(&ks->lock);
 }
 
 void hsm_keystore_unseal_status(hsm_keystore *ks, hsm_unseal_progress *progress)

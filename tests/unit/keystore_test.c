@@ -388,6 +388,16 @@ static void test_store_without_commitments_checks_extra_shares(void **state)
 	assert_int_equal(sqlite3_changes(db), 1);
 	sqlite3_close(db);
 	hsm_keystore_seal(f->ks); /* the next unseal reads the store's (absent) commitments */
+	/* A keystore not asked to keep its quorum (a running node's) keeps no share, and so
+	 * cannot check one past the quorum: refused, never passed unchecked. */
+	for (int i = 0; i < 3; i++)
+		assert_true(hsm_ok(unseal_with(f, i, &p)));
+	assert_true(p.unsealed);
+	assert_int_equal(
+	    hsm_keystore_check_share(f->ks, f->shares[3].data, f->shares[3].len, &p).err,
+	    HSM_ERR_INTERNAL);
+	hsm_keystore_seal(f->ks);
+	hsm_keystore_keep_quorum(f->ks);
 	for (int i = 0; i < 3; i++)
 		assert_true(hsm_ok(unseal_with(f, i, &p)));
 	assert_true(p.unsealed);
