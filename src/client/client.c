@@ -64,11 +64,27 @@ struct hsm_client_conn {
 #define ENDPOINT_MAX 319
 _Static_assert(ENDPOINT_MAX == 319, "the message's number");
 
+/* Whether text (n bytes) is a host name or an IPv4 address: letters, digits, '-' and '.'. */
+static bool host_chars_ok(const char *text, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		char ch = text[i];
+		bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+		          (ch >= '0' && ch <= '9') || ch == '-' || ch == '.';
+		if (!ok)
+			return false;
+	}
+	return true;
+}
+
 /*
- * "http[s]://host[:port][/...]", the host a name, an IPv4 address or an IPv6
+ * "http[s]://host[:port][/]", the host a name, an IPv4 address or an IPv6
  * address in brackets; without a port, the scheme's own (443 or 80), as any
- * HTTP client takes it.  NULL, or what is wrong with the text as a phrase
- * that quotes none of it: a URL may carry a user name and password.
+ * HTTP client takes it.  Nothing else: every request goes to hsmd's own
+ * paths, so a path, query or fragment (a reverse proxy's /kms, a ?token=)
+ * would be dropped, and the requests sent elsewhere than the setting says.
+ * NULL, or what is wrong with the text as a phrase that quotes none of it:
+ * a URL may carry a user name and password.
  */
 static const char *endpoint_problem(const char *text, size_t n, endpoint *ep)
 {
@@ -89,12 +105,16 @@ static const char *endpoint_problem(const char *text, size_t n, endpoint *ep)
 	} else {
 		return "must start with http:// or https://";
 	}
-	const char *end = rest + strcspn(rest, "/?#"), *host = rest, *host_end, *port_at = NULL;
 	/* RFC 3986 3.2.1's userinfo: a password in clear, which no request would send anyway. */
-	if (memchr(rest, '@', (size_t)(end - rest)) != NULL)
+	if (strchr(rest, '@') != NULL)
 		return "has a user name or password in it (user:password@host), which no request "
 		       "sends: requests are signed with an access key, given apart";
-	if (*rest == '[') {
+	const char *end = rest + strcspn(rest, "/?#"), *host = rest, *host_end, *port_at = NULL;
+	if (!(*end == '\0' || (end[0] == '/' && end[1] == '\0')))
+		return "has a path, query or fragment after host:port, which requests would not "
+		       "use (only a trailing '/' is taken): https://host:8443";
+	bool v6 = *rest == '[';
+	if (v6) {
 		host = rest + 1;
 		host_end = memchr(host, ']', (size_t)(end - host));
 		if (host_end == NULL || (host_end + 1 != end && host_end[1] != ':'))
@@ -113,41 +133,90 @@ static const char *endpoint_problem(const char *text, size_t n, endpoint *ep)
 		return "needs a host (https://host:8443)";
 	memcpy(ep->host, host, host_len);
 	ep->host[host_len] = '\0';
+	struct in6_addr a6;
+	if (v6 ? inet_pton(AF_INET6, ep->host, &a6) != 1 : !host_chars_ok(host, host_len))
+		return v6 ? "has a bad IPv6 address in its brackets"
+		          : "has a bad host: a DNS name or IPv4 address takes only letters, digits, "
+		            "'-' and '.'";
 	int64_t p = ep->tls ? 443 : 80;
 	if (port_at != NULL) {
 		char port[8] = "";
-		if ((size_t)(end - port_at) >= sizeof(port))
+		size_t port_len = (size_t)(end - port_at);
+		/* Digits only: strtoll would also take a sign or leading blanks. */
+		if (port_len == 0 || port_len > 5 || strspn(port_at, "0123456789") < port_len)
 			return "has a bad port";
-		memcpy(port, port_at, (size_t)(end - port_at));
+		memcpy(port, port_at, port_len);
 		if (hsm_failed(hsm_parse_i64(port, 1, 65535, &p)))
 			return "has a bad port";
 	}
 	ep->port = (unsigned)p;
-	bool v6 = *rest == '[';
 	snprintf(ep->authority, sizeof(ep->authority), v6 ? "[%s]:%u" : "%s:%u", ep->host, ep->port);
 	return NULL;
 }
 
-static hsm_result parse_endpoint(const char *text, size_t n, endpoint *ep)
+/*
+ * What is wrong with a whole comma-separated list before it is split, or
+ * NULL.  An '@' anywhere is refused: no piece of a usable list holds one,
+ * and a password may hold a comma, which would put part of it in a piece of
+ * its own ("http://admin:s3cr3t,x@10.0.0.1"), where no check of that piece
+ * would see a password.
+ */
+static const char *list_problem(const char *list)
 {
-	const char *problem = endpoint_problem(text, n, ep);
-	if (problem == NULL)
-		return HSM_SUCCESS;
-	/* Not quoted when too long to be read, or when it may carry a password. */
-	if (n > ENDPOINT_MAX || memchr(text, '@', n) != NULL)
-		return HSM_FAIL(HSM_ERR_VALIDATION, "endpoint %s", problem);
-	return HSM_FAIL(HSM_ERR_VALIDATION, "endpoint '%.*s' %s", (int)n, text, problem);
+	if (strchr(list, '@') != NULL)
+		return "has '@' in it, as a user name or password (user:password@host) has, which "
+		       "no request sends: requests are signed with an access key, given apart";
+	return NULL;
+}
+
+/* "endpoint 2 of the list", or "the endpoint" when the list has one: never its text. */
+static void endpoint_name(const char *list, size_t i, char *out, size_t cap)
+{
+	if (strchr(list, ',') == NULL)
+		snprintf(out, cap, "the endpoint");
+	else
+		snprintf(out, cap, "endpoint %zu of the list", i);
+}
+
+/* The i-th (from 1) piece of list, n bytes at text, as the client takes it. */
+static hsm_result parse_endpoint(const char *list, size_t i, const char *text, size_t n,
+                                 endpoint *ep)
+{
+	char name[48];
+	endpoint_name(list, i, name, sizeof(name));
+	const char *problem = list_problem(list);
+	if (problem != NULL)
+		return HSM_FAIL(HSM_ERR_VALIDATION, "the endpoint list %s", problem);
+	problem = endpoint_problem(text, n, ep);
+	if (problem != NULL)
+		return HSM_FAIL(HSM_ERR_VALIDATION, "%s %s", name, problem);
+	return HSM_SUCCESS;
+}
+
+/* A piece the client took (parse_endpoint), as messages show it: through the log redaction. */
+static void endpoint_shown(const char *text, size_t n, char *out, size_t cap)
+{
+	char piece[ENDPOINT_MAX + 1];
+	snprintf(piece, sizeof(piece), "%.*s", (int)(n < ENDPOINT_MAX ? n : ENDPOINT_MAX), text);
+	hsm_location_shown(piece, out, cap);
 }
 
 bool hsm_client_endpoints_usable(const char *endpoints, char *why, size_t cap)
 {
+	const char *problem = list_problem(endpoints);
+	if (problem != NULL) {
+		snprintf(why, cap, "%s", problem);
+		return false;
+	}
 	size_t i = 1;
 	for (const char *p = endpoints;; i++) {
 		size_t n = strcspn(p, ",");
 		endpoint ep;
-		const char *problem = endpoint_problem(p, n, &ep);
+		problem = endpoint_problem(p, n, &ep);
 		if (problem != NULL) {
-			snprintf(why, cap, "endpoint %zu of the list %s", i, problem);
+			char name[48];
+			endpoint_name(endpoints, i, name, sizeof(name));
+			snprintf(why, cap, "%s %s", name, problem);
 			return false;
 		}
 		if (p[n] == '\0')
@@ -172,18 +241,22 @@ hsm_result hsm_client_require_private(const hsm_client *c, const char *what)
 {
 	HSM_ENSURE(c->endpoints != NULL && *c->endpoints != '\0', HSM_ERR_VALIDATION,
 	           "--endpoint is required (or HSM_ENDPOINT)");
-	for (const char *p = c->endpoints; *p != '\0';) {
+	size_t i = 1;
+	for (const char *p = c->endpoints; *p != '\0'; i++) {
 		const char *this_one = p;
 		size_t n = strcspn(p, ",");
 		p += n + (p[n] == ',');
 		endpoint ep;
-		HSM_GUARD(parse_endpoint(this_one, n, &ep));
+		HSM_GUARD(parse_endpoint(c->endpoints, i, this_one, n, &ep));
+		char name[48], shown[ENDPOINT_MAX + 1];
+		endpoint_name(c->endpoints, i, name, sizeof(name));
+		endpoint_shown(this_one, n, shown, sizeof(shown));
 		/* Anyone on the path reads plain HTTP, and may answer in the node's stead. */
 		HSM_ENSURE(ep.tls || host_is_loopback(ep.host), HSM_ERR_VALIDATION,
-		           "%.*s is plain HTTP to an address that is not loopback, and %s would "
+		           "%s%s%s is plain HTTP to an address that is not loopback, and %s would "
 		           "cross the network in clear: use https://, or http:// only to a loopback "
 		           "address (127.0.0.1, [::1], localhost)",
-		           (int)n, this_one, what);
+		           name, strchr(c->endpoints, ',') != NULL ? ": " : " ", shown, what);
 	}
 	return HSM_SUCCESS;
 }
@@ -758,7 +831,7 @@ hsm_result hsm_client_call(hsm_client *c, const char *target, const char *body, 
 	static const char sealed[] = "hsmd is sealed";
 	const char *p = c->endpoints;
 	char tried[512] = "";
-	while (*p != '\0') {
+	for (size_t i = 1; *p != '\0'; i++) {
 		const char *this_one = p;
 		size_t n = strcspn(p, ",");
 		p += n;
@@ -767,7 +840,7 @@ hsm_result hsm_client_call(hsm_client *c, const char *target, const char *body, 
 		endpoint ep;
 		answer a;
 		bool reached;
-		HSM_GUARD(parse_endpoint(this_one, n, &ep));
+		HSM_GUARD(parse_endpoint(c->endpoints, i, this_one, n, &ep));
 		size_t before = resp->len;
 		hsm_result r = request(c, &ep, target, body, sign, &a, resp, &reached);
 		/* A sealed node refused the request before doing anything with it: the next node,
@@ -788,9 +861,10 @@ hsm_result hsm_client_call(hsm_client *c, const char *target, const char *body, 
 		/* It answered, or TLS failed, or memory ran out here: not a reason to try another node. */
 		if (reached || r.err == HSM_ERR_NOMEM)
 			return r;
+		char shown[ENDPOINT_MAX + 1];
+		endpoint_shown(this_one, n, shown, sizeof(shown));
 		size_t used = strlen(tried);
-		snprintf(tried + used, sizeof(tried) - used, "%s%.*s", used ? ", " : "", (int)n,
-		         this_one);
+		snprintf(tried + used, sizeof(tried) - used, "%s%s", used ? ", " : "", shown);
 	}
 	return HSM_FAIL(HSM_ERR_IO, "no endpoint answered (tried %s)", tried);
 }
@@ -843,12 +917,25 @@ hsm_result hsm_client_call_json(hsm_client *c, const char *target, const json_t 
 
 hsm_result hsm_client_get(const hsm_client *c, const char *url, hsm_buf *resp)
 {
+	/* A user name and password would not be sent, and no message may quote them: with a
+	 * '/' in the password, even the redaction of logs would not see where they end. */
+	HSM_ENSURE(strchr(url, '@') == NULL, HSM_ERR_VALIDATION,
+	           "the URL has '@' in it, as a user name or password (user:password@host) has, "
+	           "which is not sent: give the URL without it");
+	char shown[160];
+	hsm_location_shown(url, shown, sizeof(shown));
 	endpoint ep;
 	size_t scheme = hsm_str_has_prefix(url, "https://") ? 8 : 7;
 	const char *path = strchr(url + (strlen(url) >= scheme ? scheme : 0), '/');
 	HSM_ENSURE(path != NULL && strlen(path) < 2048, HSM_ERR_VALIDATION,
-	           "URL '%.128s' needs a path (https://host:port/.well-known/jwks.json)", url);
-	HSM_GUARD(parse_endpoint(url, (size_t)(path - url), &ep));
+	           "URL %s needs a path (https://host:port/.well-known/jwks.json)", shown);
+	/* The path goes into the request line as it is: printable, no blank, no fragment. */
+	for (const char *q = path; *q != '\0'; q++)
+		HSM_ENSURE(*q > ' ' && *q < 0x7f && *q != '#', HSM_ERR_VALIDATION,
+		           "URL %s has a blank, a control character or a fragment in its path", shown);
+	const char *problem = endpoint_problem(url, (size_t)(path - url), &ep);
+	HSM_ENSURE(problem == NULL, HSM_ERR_VALIDATION, "URL %s: its scheme and host %s", shown,
+	           problem);
 	struct hsm_client_conn *k = NULL;
 	bool reached;
 	answer a;
@@ -856,6 +943,6 @@ hsm_result hsm_client_get(const hsm_client *c, const char *url, hsm_buf *resp)
 	hsm_result r = exchange(k, c, path, NULL, NULL, false, &a, resp);
 	conn_free(k);
 	HSM_GUARD(r);
-	HSM_ENSURE(a.status == 200, HSM_ERR_IO, "%.128s answered HTTP %d", url, a.status);
+	HSM_ENSURE(a.status == 200, HSM_ERR_IO, "%s answered HTTP %d", shown, a.status);
 	return HSM_SUCCESS;
 }

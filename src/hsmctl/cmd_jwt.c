@@ -159,8 +159,11 @@ static hsm_result load_jwks(const char *where, json_t **out)
 	                   : hsm_read_file(where, JWKS_FILE_MAX, &text);
 	if (hsm_ok(r)) {
 		*out = json_loadb((const char *)text.data, text.len, 0, &e);
-		if (*out == NULL)
-			r = HSM_FAIL(HSM_ERR_VALIDATION, "%.128s is not a JSON JWK Set", where);
+		if (*out == NULL) {
+			char shown[160]; /* a URL may carry a password or a token: never quoted whole */
+			hsm_location_shown(where, shown, sizeof(shown));
+			r = HSM_FAIL(HSM_ERR_VALIDATION, "%s is not a JSON JWK Set", shown);
+		}
 	}
 	hsm_buf_free(&text);
 	return r;

@@ -398,7 +398,10 @@ CK_RV C_GetSlotInfo(CK_SLOT_ID slot, CK_SLOT_INFO_PTR info)
 		LEAVE(CKR_SLOT_ID_INVALID);
 	memset(info, 0, sizeof(*info));
 	char desc[160];
-	snprintf(desc, sizeof(desc), "hsmd at %.120s", p11.conn.endpoints[0] ? p11.conn.endpoints : "(no endpoint)");
+	/* Applications show it: the endpoints only as logs may show a location. */
+	char shown[121];
+	hsm_location_shown(p11.conn.endpoints, shown, sizeof(shown));
+	snprintf(desc, sizeof(desc), "hsmd at %s", p11.conn.endpoints[0] ? shown : "(no endpoint)");
 	pad(info->slotDescription, sizeof(info->slotDescription), desc);
 	pad(info->manufacturerID, sizeof(info->manufacturerID), "hsmd");
 	info->flags = CKF_TOKEN_PRESENT | CKF_REMOVABLE_DEVICE | CKF_HW_SLOT;

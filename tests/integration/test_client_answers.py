@@ -5,7 +5,8 @@ A fake endpoint on loopback answers each request with what the test chose:
 a header holding a NUL byte, a 200 without the member the command prints, a
 wrapping key too small to wrap under.  hsmctl must refuse each with a message
 and exit 1, never crash (conftest fails a test whose program dies of a
-signal).  Also: `jwt verify` with an empty token.
+signal).  Also: `jwt verify` with an empty token, and endpoints refused
+before anything is sent, without their passwords or tokens in any message.
 """
 import base64
 import json
@@ -129,6 +130,32 @@ def test_an_empty_token_is_refused(tmp_path):
                            capture_output=True, text=True, input=stdin, timeout=60)
         assert p.returncode == 1 and "the token is empty" in p.stderr, (args, p.returncode,
                                                                          p.stderr)
+
+
+@pytest.mark.parametrize("endpoint,why", [
+    # A password holding a comma: a list of two pieces, the first "http://admin:s3cr3t".
+    ("http://admin:s3cr3t,x@10.0.0.1", "user name or password"),
+    ("http://127.0.0.1:9,http://admin:s3cr3t,x@10.0.0.1", "user name or password"),
+    ("http://admin:s3/cr3t@127.0.0.1:9", "user name or password"),
+    # Requests go to hsmd's own paths: a proxy's /kms and a ?token= would be dropped.
+    ("http://127.0.0.1:9/kms?token=s3cr3t#x", "has a path, query or fragment"),
+])
+def test_an_endpoint_is_refused_without_its_secret(tmp_path, endpoint, why):
+    share = tmp_path / "share.txt"
+    share.write_text("not a share\n")
+    for args in (["status"], ["unseal", str(share)], ["audit", "hash", "x"]):
+        p = hsmctl(endpoint, *args)
+        assert p.returncode != 0 and why in p.stderr, (args, p.returncode, p.stderr)
+        assert "s3" not in p.stderr + p.stdout, (args, p.stderr)
+
+
+def test_a_jwks_url_is_refused_without_its_password():
+    for url in ("https://user:hunter2@jwks.example", "https://user:hunter2@jwks.example/k.json",
+                "https://user:hun/ter2@jwks.example/k.json"):
+        p = subprocess.run([HSMCTL, "jwt", "verify", "--jwks", url, "a.b.c"],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode != 0 and "user name or password" in p.stderr, (url, p.stderr)
+        assert "hun" not in p.stderr + p.stdout, (url, p.stderr)
 
 
 def test_import_refuses_a_wrapping_key_under_2048_bits(fake, tmp_path):

@@ -537,8 +537,8 @@ static void test_bad_endpoints(void **state)
 	static const char *const bad[] = {
 	    "ftp://127.0.0.1:21", "127.0.0.1:8443",  "http://:8443",         "http://[::1:8443",
 	    "http://[::1]8443",   "http://[]:8443",  "http://::1:8443",      "http://h:0",
-	    "http://h:65536",     "http://h:8x",     "http://h:",            "http://u@h:8443",
-	    "https://h:-1",       "http://h:123456789",
+	    "http://h:65536",     "http://h:8x",     "http://h:",            "https://h:-1",
+	    "http://h:123456789",
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		hsm_client c = {.endpoints = bad[i], .timeout_s = 1};
@@ -563,7 +563,7 @@ static void test_bad_endpoints(void **state)
 	assert_string_equal(why, "endpoint 2 of the list is empty");
 	assert_false(hsm_client_endpoints_usable("https://a:1,", why, sizeof(why)));
 	assert_string_equal(why, "endpoint 2 of the list is empty");
-	assert_true(hsm_client_endpoints_usable("https://[::1]:8443,http://127.0.0.1/x,https://h",
+	assert_true(hsm_client_endpoints_usable("https://[::1]:8443,http://127.0.0.1/,https://h",
 	                                        why, sizeof(why)));
 	/* A password in one is not repeated in the call's message either. */
 	hsm_client pw = {.endpoints = "http://admin:s3cret@127.0.0.1:8443", .timeout_s = 1};
@@ -620,9 +620,122 @@ static void test_require_private(void **state)
 		    strstr(hsm_last_message(), "a share would cross") == NULL)
 			fail_msg("'%s' was not refused (error %d)", refused[i], r.err);
 	}
+	hsm_client one = {.endpoints = "http://10.0.0.1:2/"};
+	assert_true(hsm_failed(hsm_client_require_private(&one, "a share")));
+	assert_non_null(strstr(hsm_last_message(), "the endpoint http://10.0.0.1:2/ is plain HTTP"));
 	hsm_client c = {.endpoints = "http://127.0.0.1:1,http://10.0.0.1:2"};
 	assert_true(hsm_failed(hsm_client_require_private(&c, "a share")));
-	assert_non_null(strstr(hsm_last_message(), "http://10.0.0.1:2 is plain HTTP"));
+	assert_non_null(strstr(hsm_last_message(), "endpoint 2 of the list: http://10.0.0.1:2 is plain HTTP"));
+}
+
+/*
+ * No message quotes a password or a token from an endpoint list, however it
+ * is cut: a password may hold a comma, which splits it across two pieces of
+ * the list, or a '/', which ends the authority where a reader would look
+ * for it.  Each list is refused whole, before anything is sent.
+ */
+static void test_no_message_quotes_an_endpoints_secret(void **state)
+{
+	(void)state;
+	static const char *const lists[] = {
+	    "http://admin:s3cr3t,x@10.0.0.1",
+	    "http://127.0.0.1:1,http://admin:s3cr3t,x@10.0.0.1",
+	    "https://a:1,https://admin:s3cr3t@b:2",
+	    "http://admin:s3cr3t@127.0.0.1:8443",
+	    "http://admin:s3/cr3t@127.0.0.1:8443",
+	    "http://127.0.0.1:9/kms?token=s3cr3t#x",
+	    "http://127.0.0.1:9#s3cr3t",
+	    "http://127.0.0.1:9,http://127.0.0.1:9/?s3cr3t",
+	};
+	for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
+		hsm_client c = {.endpoints = lists[i], .timeout_s = 1};
+		int status = 0;
+		hsm_buf b = {0};
+		hsm_result r = list_keys(&c, &status, &b);
+		hsm_buf_free(&b);
+		if (r.err != HSM_ERR_VALIDATION || strstr(hsm_last_message(), "s3") != NULL)
+			fail_msg("list %zu: error %d, '%s'", i, r.err, hsm_last_message());
+		r = hsm_client_require_private(&c, "a share");
+		if (r.err != HSM_ERR_VALIDATION || strstr(hsm_last_message(), "s3") != NULL)
+			fail_msg("list %zu (private): error %d, '%s'", i, r.err, hsm_last_message());
+		char why[256] = "";
+		if (hsm_client_endpoints_usable(lists[i], why, sizeof(why)) || strstr(why, "s3") != NULL)
+			fail_msg("list %zu (settings): '%s'", i, why);
+	}
+	/* A list with '@' anywhere is refused as one, by what '@' means there. */
+	hsm_client c = {.endpoints = "http://admin:s3cr3t,x@10.0.0.1", .timeout_s = 1};
+	assert_true(hsm_failed(hsm_client_require_private(&c, "a share")));
+	assert_non_null(strstr(hsm_last_message(), "user name or password"));
+	/* A URL fetched whole (the JWK Set) is not quoted with its password either. */
+	static const char *const urls[] = {
+	    "https://user:s3cr3t@jwks.example",
+	    "https://user:s3cr3t@jwks.example/jwks.json",
+	    "https://user:s3/cr3t@jwks.example/jwks.json",
+	};
+	for (size_t i = 0; i < sizeof(urls) / sizeof(urls[0]); i++) {
+		hsm_client g = {.timeout_s = 1};
+		hsm_buf b = {0};
+		hsm_result r = hsm_client_get(&g, urls[i], &b);
+		hsm_buf_free(&b);
+		if (r.err != HSM_ERR_VALIDATION || strstr(hsm_last_message(), "s3") != NULL)
+			fail_msg("URL %zu: error %d, '%s'", i, r.err, hsm_last_message());
+	}
+}
+
+/*
+ * An endpoint is scheme://host[:port] and at most a trailing '/': requests
+ * go to hsmd's own paths, so a path, query or fragment given would be
+ * dropped, and the requests sent elsewhere than the setting says.  The host
+ * is a name or IPv4 address (letters, digits, '-', '.') or an IPv6 address
+ * in brackets; the port, digits only.
+ */
+static void test_an_endpoint_is_scheme_host_and_port(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *text, *why;
+	} bad[] = {
+	    {"https://proxy.example/kms", "has a path, query or fragment"},
+	    {"https://proxy.example:8443/kms/", "has a path, query or fragment"},
+	    {"https://proxy.example?x=1", "has a path, query or fragment"},
+	    {"https://proxy.example/?x=1", "has a path, query or fragment"},
+	    {"https://proxy.example#x", "has a path, query or fragment"},
+	    {"https://proxy.example//", "has a path, query or fragment"},
+	    {"https://h_1.example:8443", "has a bad host"},
+	    {"https://h%2e.example", "has a bad host"},
+	    {"https://h\xc3\xa9.example", "has a bad host"},
+	    {"https://h.example :8443", "has a bad host"},
+	    {"https://[2001:db8::zz]:8443", "has a bad IPv6 address"},
+	    {"https://[fe80::1%25eth0]:8443", "has a bad IPv6 address"},
+	    {"https://[h.example]:8443", "has a bad IPv6 address"},
+	    {"https://h.example:+443", "has a bad port"},
+	    {"https://h.example: 443", "has a bad port"},
+	    {"https://h.example:443 ", "has a bad port"},
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char why[256] = "", want[128];
+		snprintf(want, sizeof(want), "the endpoint %s", bad[i].why);
+		if (hsm_client_endpoints_usable(bad[i].text, why, sizeof(why)) ||
+		    strncmp(why, want, strlen(want)) != 0)
+			fail_msg("'%s': '%s'", bad[i].text, why);
+		hsm_client c = {.endpoints = bad[i].text, .timeout_s = 1};
+		int status = 0;
+		hsm_buf b = {0};
+		hsm_result r = list_keys(&c, &status, &b);
+		hsm_buf_free(&b);
+		if (r.err != HSM_ERR_VALIDATION || strncmp(hsm_last_message(), want, strlen(want)) != 0)
+			fail_msg("'%s' called: error %d, '%s'", bad[i].text, r.err, hsm_last_message());
+	}
+	static const char *const good[] = {
+	    "https://[2001:db8::1]:8443", "https://[2001:db8::1]/", "https://[::ffff:192.0.2.1]",
+	    "http://127.0.0.1/",          "https://h.example:8443/", "https://A-b.Example",
+	    "https://h:1,https://h:65535/",
+	};
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		char why[256] = "";
+		if (!hsm_client_endpoints_usable(good[i], why, sizeof(why)))
+			fail_msg("'%s' refused: %s", good[i], why);
+	}
 }
 
 int main(void)
@@ -639,6 +752,8 @@ int main(void)
 	    cmocka_unit_test(test_ipv6_endpoint),
 	    cmocka_unit_test(test_default_port),
 	    cmocka_unit_test(test_bad_endpoints),
+	    cmocka_unit_test(test_no_message_quotes_an_endpoints_secret),
+	    cmocka_unit_test(test_an_endpoint_is_scheme_host_and_port),
 	    cmocka_unit_test(test_require_private),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -274,6 +274,10 @@ static void test_a_setting_too_long_stops_the_initialization(void **state)
  * carry a password: the line names the variable and the endpoint's place in
  * the list, never its text.
  */
+#define AT_LINE                                                                            \
+	"HSM_PKCS11_ENDPOINT has '@' in it, as a user name or password (user:password@host) "  \
+	"has, which no request sends: requests are signed with an access key, given apart"
+
 static void test_an_unusable_setting_stops_the_initialization(void **state)
 {
 	(void)state;
@@ -281,24 +285,39 @@ static void test_an_unusable_setting_stops_the_initialization(void **state)
 		const char *name, *value, *line;
 	} cases[] = {
 	    {"HSM_PKCS11_ENDPOINT", "hsm1:8443",
-	     "HSM_PKCS11_ENDPOINT endpoint 1 of the list must start with http:// or https://"},
+	     "HSM_PKCS11_ENDPOINT the endpoint must start with http:// or https://"},
 	    {"HSM_PKCS11_ENDPOINT", "https://hsm1:8443,,https://hsm2:8443",
 	     "HSM_PKCS11_ENDPOINT endpoint 2 of the list is empty"},
 	    {"HSM_PKCS11_ENDPOINT", "https://hsm1:8443, https://hsm2:8443",
 	     "HSM_PKCS11_ENDPOINT endpoint 2 of the list must start with http:// or https://"},
-	    {"HSM_PKCS11_ENDPOINT", "https://hsm1:8443,https://admin:s3cret@hsm2:8443",
-	     "HSM_PKCS11_ENDPOINT endpoint 2 of the list has a user name or password in it "
-	     "(user:password@host), which no request sends: requests are signed with an access "
-	     "key, given apart"},
+	    {"HSM_PKCS11_ENDPOINT", "https://hsm1:8443,https://admin:s3cret@hsm2:8443", AT_LINE},
+	    /* A password holding a comma: its first part is no piece of its own to quote. */
+	    {"HSM_PKCS11_ENDPOINT", "http://admin:s3cr3t,x@10.0.0.1", AT_LINE},
+	    {"HSM_PKCS11_ENDPOINT", "https://hsm1:8443,http://admin:s3cr3t,x@10.0.0.1", AT_LINE},
+	    /* Requests go to hsmd's own paths: a proxy's /kms, a ?token= would be dropped. */
+	    {"HSM_PKCS11_ENDPOINT", "https://proxy.example/kms?token=s3cr3t#x",
+	     "HSM_PKCS11_ENDPOINT the endpoint has a path, query or fragment after host:port, "
+	     "which requests would not use (only a trailing '/' is taken): https://host:8443"},
+	    {"HSM_PKCS11_ENDPOINT", "https://hsm1:8443,https://proxy.example/kms",
+	     "HSM_PKCS11_ENDPOINT endpoint 2 of the list has a path, query or fragment after "
+	     "host:port, which requests would not use (only a trailing '/' is taken): "
+	     "https://host:8443"},
+	    {"HSM_PKCS11_ENDPOINT", "https://hsm1:8443,https://hs_m2:8443",
+	     "HSM_PKCS11_ENDPOINT endpoint 2 of the list has a bad host: a DNS name or IPv4 "
+	     "address takes only letters, digits, '-' and '.'"},
+	    {"HSM_PKCS11_ENDPOINT", "https://[2001:db8::zz]:8443",
+	     "HSM_PKCS11_ENDPOINT the endpoint has a bad IPv6 address in its brackets"},
+	    {"HSM_PKCS11_ENDPOINT", "https://hsm1:+8443",
+	     "HSM_PKCS11_ENDPOINT the endpoint has a bad port"},
 	    {"HSM_PKCS11_ENDPOINT", "https://:8443",
-	     "HSM_PKCS11_ENDPOINT endpoint 1 of the list needs a host (https://host:8443)"},
+	     "HSM_PKCS11_ENDPOINT the endpoint needs a host (https://host:8443)"},
 	    {"HSM_PKCS11_ENDPOINT", "https://[2001:db8::1:8443",
-	     "HSM_PKCS11_ENDPOINT endpoint 1 of the list needs its IPv6 address in brackets, "
+	     "HSM_PKCS11_ENDPOINT the endpoint needs its IPv6 address in brackets, "
 	     "https://[2001:db8::1]:8443"},
 	    {"HSM_PKCS11_ENDPOINT", "https://hsm1:65536",
-	     "HSM_PKCS11_ENDPOINT endpoint 1 of the list has a bad port"},
+	     "HSM_PKCS11_ENDPOINT the endpoint has a bad port"},
 	    {"HSM_PKCS11_ENDPOINT", "https://2001:db8::1:8443",
-	     "HSM_PKCS11_ENDPOINT endpoint 1 of the list has a bad port"},
+	     "HSM_PKCS11_ENDPOINT the endpoint has a bad port"},
 	    {"HSM_PKCS11_CA_FILE", "/nonexistent/ca.pem",
 	     "HSM_PKCS11_CA_FILE names no file this process can reach"},
 	    {"HSM_PKCS11_CLIENT_CERT", "/", "HSM_PKCS11_CLIENT_CERT names something other than a file"},
@@ -325,8 +344,8 @@ static void test_an_unusable_setting_stops_the_initialization(void **state)
 	assert_int_equal(f->C_Finalize(NULL), CKR_OK);
 	unsetenv("AWS_REGION");
 	unsetenv("HSM_PKCS11_REGION");
-	/* Usable: a list with IPv6 in brackets and a trailing path, files the process reads. */
-	setenv("HSM_PKCS11_ENDPOINT", "https://[2001:db8::1]:8443,http://127.0.0.1/kms,https://h", 1);
+	/* Usable: a list with IPv6 in brackets and a trailing '/', files the process reads. */
+	setenv("HSM_PKCS11_ENDPOINT", "https://[2001:db8::1]:8443,http://127.0.0.1/,https://h", 1);
 	setenv("HSM_PKCS11_CA_FILE", HSM_PKCS11_MODULE_PATH, 1);
 	setenv("HSM_PKCS11_CLIENT_CERT", HSM_PKCS11_MODULE_PATH, 1);
 	setenv("HSM_PKCS11_CLIENT_KEY", HSM_PKCS11_MODULE_PATH, 1);
