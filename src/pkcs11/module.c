@@ -22,6 +22,7 @@
  * and why: none is ever cut short to fit.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -166,8 +167,10 @@ static bool file_check(const char *v, char *why, size_t cap)
 	struct stat st;
 	const char *problem = stat(v, &st) != 0      ? "names no file this process can reach"
 	                      : !S_ISREG(st.st_mode) ? "names something other than a file"
-	                      : access(v, R_OK) != 0 ? "names a file this process cannot read"
-	                                             : NULL;
+	                      : faccessat(AT_FDCWD, v, R_OK, AT_EACCESS) != 0
+	                          /* the effective ids open it, not the real ones access() tests */
+	                          ? "names a file this process cannot read"
+	                          : NULL;
 	if (problem != NULL)
 		snprintf(why, cap, "%s", problem);
 	return problem == NULL;

@@ -358,6 +358,43 @@ static void test_an_unusable_setting_stops_the_initialization(void **state)
 		unsetenv(set[i]);
 }
 
+/*
+ * A file setting is checked as the process will open it: with its effective
+ * ids, not its real ones (a program that changed ids, a setuid one).  Needs
+ * root, to run with the real and effective user ids apart.
+ */
+static void test_a_file_setting_is_checked_with_the_effective_ids(void **state)
+{
+	(void)state;
+	if (getuid() != 0 || geteuid() != 0)
+		skip(); /* reported as skipped, not passed */
+	char path[] = "/tmp/pkcs11_module_test.XXXXXX";
+	int fd = mkstemp(path); /* 0600, root's */
+	assert_true(fd >= 0);
+	close(fd);
+	const uid_t nobody = 65534;
+	assert_int_equal(f->C_Finalize(NULL), CKR_OK);
+	setenv("HSM_PKCS11_CA_FILE", path, 1);
+	/* Real nobody, effective root: the file opens, so it is taken. */
+	assert_int_equal(setresuid(nobody, 0, 0), 0);
+	char err[1024];
+	CK_RV rv = initialize_saying(err, sizeof(err));
+	assert_int_equal(setresuid(0, 0, 0), 0);
+	assert_string_equal(err, "");
+	assert_int_equal(rv, CKR_OK);
+	assert_int_equal(f->C_Finalize(NULL), CKR_OK);
+	/* Real root, effective nobody: it would not open, so it is refused. */
+	assert_int_equal(setresuid(0, nobody, 0), 0);
+	rv = initialize_saying(err, sizeof(err));
+	assert_int_equal(setresuid(0, 0, 0), 0);
+	assert_string_equal(err, "libhsm_pkcs11: HSM_PKCS11_CA_FILE names a file this process "
+	                         "cannot read\n");
+	assert_int_equal(rv, CKR_GENERAL_ERROR);
+	unsetenv("HSM_PKCS11_CA_FILE");
+	unlink(path);
+	assert_int_equal(f->C_Initialize(NULL), CKR_OK);
+}
+
 /* The entry point of that name in the module itself (dlsym searches the module first). */
 static void *own(const char *name)
 {
@@ -390,6 +427,8 @@ int main(void)
 	                                    finalize),
 	    cmocka_unit_test_setup_teardown(test_an_unusable_setting_stops_the_initialization, init,
 	                                    finalize),
+	    cmocka_unit_test_setup_teardown(test_a_file_setting_is_checked_with_the_effective_ids,
+	                                    init, finalize),
 	    cmocka_unit_test_setup_teardown(test_the_function_list_is_the_modules_own, init, finalize),
 	};
 	return cmocka_run_group_tests(tests, load, unload);
