@@ -20,6 +20,13 @@
  * the first group that fails gives the report (INVALID, that group's
  * verdict).  Only when every group verifies alone is the answer
  * HSM_AUDIT_SEVERAL_TRAILS, naming the trails so each can be verified alone.
+ *
+ * An anchor names one record of one trail.  It is checked on the trail whose
+ * files hold that record (it would fail on any other, all of whose records
+ * differ from it), and the others are verified without it.  When no trail
+ * holds it and every trail verifies, the anchor itself fails: that is what
+ * a trail cut back past it, or rewritten at it, looks like, so the answer is
+ * INVALID (no file named), never the usage error.
  * A file that holds no record names no node: it is verified with every
  * group, so what it holds is judged whichever trail it was part of.
  *
@@ -43,6 +50,7 @@ typedef struct file_ids {
 	char node[FILE_NODES_MAX][HSM_AUDIT_NAME_MAX + 1];
 	size_t n_nodes;
 	uint64_t records;
+	bool holds_anchor;            /* the record the anchor names is here */
 	size_t group;                 /* union-find parent */
 } file_ids;
 
@@ -72,7 +80,8 @@ static bool seq_add(seq_list *l, uint64_t seq, size_t file)
 }
 
 /* The node ids and seqs of file i's records; false if it could not be read. */
-static bool read_ids(const char *path, size_t i, vreader *r, file_ids *f, seq_list *seqs)
+static bool read_ids(const char *path, size_t i, const hsm_audit_verify_options *o, vreader *r,
+                     file_ids *f, seq_list *seqs)
 {
 	bool ok = true;
 	memset(r, 0, sizeof(*r));
@@ -83,6 +92,8 @@ static bool read_ids(const char *path, size_t i, vreader *r, file_ids *f, seq_li
 			continue;
 		f->records++;
 		ok = seq_add(seqs, e->seq, i);
+		f->holds_anchor |= o->anchor_seq != 0 && e->seq == o->anchor_seq &&
+		                   hsm_ct_equal(e->hash, o->anchor_hash, AUDIT_HASH_LEN);
 		bool known = false;
 		for (size_t k = 0; k < f->n_nodes && !known; k++)
 			known = strcmp(f->node[k], e->node) == 0;
@@ -182,18 +193,34 @@ static bool seq_in_two_groups(file_ids *f, seq_list *seqs)
 	return false;
 }
 
+/* The trail whose files hold the record the anchor names, or n_trails for none. */
+static size_t anchor_trail(file_ids *f, size_t n, const trail *t, size_t n_trails)
+{
+	for (size_t i = 0; i < n; i++)
+		for (size_t k = 0; f[i].holds_anchor && k < n_trails; k++)
+			if (root_of(f, i) == t[k].root)
+				return k;
+	return n_trails;
+}
+
 /*
  * Verifies each trail alone (with the files that name no node); the first
- * that fails gives rep its verdict and *all_valid is false.
+ * that fails gives rep its verdict and *all_valid is false.  The anchor is
+ * one record of one trail: it is checked on the trail holding that record
+ * (trail `anchored`) and on no other, whose own records would all differ
+ * from it.
  */
 static hsm_result verify_each(file_ids *f, const char *const *paths, size_t n,
-                              const trail *t, size_t n_trails, audit_verify_group_fn verify,
+                              const trail *t, size_t n_trails, size_t anchored,
+                              audit_verify_group_fn verify,
                               const hsm_audit_verify_options *opts,
                               hsm_audit_verify_report *rep, bool *all_valid)
 {
 	hsm_result res = HSM_SUCCESS;
 	const char **group = calloc(n, sizeof(*group));
 	hsm_audit_verify_report *alone = calloc(1, sizeof(*alone));
+	hsm_audit_verify_options unanchored = *opts;
+	unanchored.anchor_seq = 0;
 	bool valid = true;
 	*all_valid = false;
 	HSM_CHECK(group != NULL && alone != NULL, HSM_ERR_NOMEM, "out of memory");
@@ -202,7 +229,7 @@ static hsm_result verify_each(file_ids *f, const char *const *paths, size_t n,
 		for (size_t i = 0; i < n; i++)
 			if (f[i].records == 0 || root_of(f, i) == t[k].root)
 				group[m++] = paths[i];
-		HSM_TRY(verify(group, m, opts, alone));
+		HSM_TRY(verify(group, m, k == anchored ? opts : &unanchored, alone));
 		valid = alone->valid;
 		if (!valid)
 			*rep = *alone;
@@ -214,8 +241,20 @@ out:
 	return res;
 }
 
+static void name_trails(const file_ids *f, const char *const *paths, const trail *t,
+                        size_t n_trails, hsm_sb *b)
+{
+	for (size_t i = 0; i < n_trails && i < TRAILS_NAMED_MAX; i++) {
+		hsm_sb_add(b, i > 0 ? ", " : "");
+		name_trail(&t[i], f, paths, b);
+	}
+	hsm_sb_add(b, n_trails > TRAILS_NAMED_MAX ? ", ..." : "");
+}
+
+/* Every trail verifies alone: the usage error, naming them (and the anchor's). */
 static void say_several(const file_ids *f, const char *const *paths, size_t n,
-                        const trail *t, size_t n_trails, hsm_audit_verify_report *rep)
+                        const trail *t, size_t n_trails, size_t anchored,
+                        hsm_audit_verify_report *rep)
 {
 	memset(rep, 0, sizeof(*rep));
 	rep->problem = HSM_AUDIT_SEVERAL_TRAILS;
@@ -226,12 +265,40 @@ static void say_several(const file_ids *f, const char *const *paths, size_t n,
 	hsm_sb_u64(&b, n_trails);
 	hsm_sb_add(&b, " audit trails (each node writes its own, numbered from seq 1), "
 	               "each of which verifies alone but not as one log with the others: "
-	               "verify each trail alone: ");
-	for (size_t i = 0; i < n_trails && i < TRAILS_NAMED_MAX; i++) {
-		hsm_sb_add(&b, i > 0 ? ", " : "");
-		name_trail(&t[i], f, paths, &b);
+	               "verify each trail alone");
+	if (anchored < n_trails) {
+		hsm_sb_add(&b, ", and give the anchor only with its own trail, ");
+		name_trail(&t[anchored], f, paths, &b);
 	}
-	hsm_sb_add(&b, n_trails > TRAILS_NAMED_MAX ? ", ..." : "");
+	hsm_sb_add(&b, ": ");
+	name_trails(f, paths, t, n_trails, &b);
+}
+
+/*
+ * Every trail verifies alone, but none holds the record the anchor names: the
+ * trail it was taken from was rewritten or cut short (what the anchor is
+ * there to show), or is not among the files.  Either way the anchor fails,
+ * and no file can be named as the one at fault.
+ */
+static void say_anchor_unheld(const file_ids *f, const char *const *paths, size_t n,
+                              const trail *t, size_t n_trails,
+                              const hsm_audit_verify_options *opts,
+                              hsm_audit_verify_report *rep)
+{
+	memset(rep, 0, sizeof(*rep));
+	rep->problem = HSM_AUDIT_MODIFIED;
+	rep->files = n;
+	rep->seq = opts->anchor_seq;
+	hsm_sb b;
+	hsm_sb_init(&b, rep->detail, sizeof(rep->detail));
+	hsm_sb_add(&b, "the anchor names seq ");
+	hsm_sb_u64(&b, opts->anchor_seq);
+	hsm_sb_add(&b, ", a record none of the ");
+	hsm_sb_u64(&b, n_trails);
+	hsm_sb_add(&b, " audit trails given holds: the trail it was taken from was rewritten "
+	               "or cut short, or is not among the files; verify each trail alone, the "
+	               "anchor only with its own: ");
+	name_trails(f, paths, t, n_trails, &b);
 }
 
 hsm_result audit_verify_several_trails(const char *const *paths, size_t n,
@@ -249,15 +316,18 @@ hsm_result audit_verify_several_trails(const char *const *paths, size_t n,
 	bool read = f != NULL && t != NULL && r != NULL;
 	for (size_t i = 0; i < n && read; i++) {
 		f[i].group = i;
-		read = read_ids(paths[i], i, r, &f[i], &seqs);
+		read = read_ids(paths[i], i, opts, r, &f[i], &seqs);
 	}
 	/* Unread, or one trail: the verdict as one log stands. */
 	size_t n_trails = read ? group_trails(f, paths, n, t) : 0;
 	if (n_trails >= 2 && seq_in_two_groups(f, &seqs)) {
 		bool all_valid = false;
-		res = verify_each(f, paths, n, t, n_trails, verify, opts, rep, &all_valid);
-		if (hsm_ok(res) && all_valid)
-			say_several(f, paths, n, t, n_trails, rep);
+		size_t anchored = anchor_trail(f, n, t, n_trails);
+		res = verify_each(f, paths, n, t, n_trails, anchored, verify, opts, rep, &all_valid);
+		if (hsm_ok(res) && all_valid && opts->anchor_seq != 0 && anchored == n_trails)
+			say_anchor_unheld(f, paths, n, t, n_trails, opts, rep);
+		else if (hsm_ok(res) && all_valid)
+			say_several(f, paths, n, t, n_trails, anchored, rep);
 	}
 	free(seqs.v);
 	free(r);

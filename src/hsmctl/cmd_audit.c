@@ -124,7 +124,9 @@ int cmd_audit_verify(int argc, char **argv)
 		printf("result: VALID\n");
 		rc = 0;
 	} else {
-		if (rep.line == 0) /* a whole file */
+		if (rep.file[0] == '\0') /* no one file: the anchor is in none of the trails */
+			printf("result: INVALID\nthe anchor's record: not in any file given");
+		else if (rep.line == 0) /* a whole file */
 			printf("result: INVALID\nfirst bad file: %s", rep.file);
 		else
 			printf("result: INVALID\nfirst bad record: %s line %llu (byte offset %llu)",

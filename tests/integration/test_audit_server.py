@@ -621,6 +621,45 @@ def test_two_nodes_trails_given_together_are_refused_not_called_modified():
             p.stderr
         assert f"node-b's ({n_b} files in {dirs['node-b']})" in p.stderr, p.stderr
         assert "verify each trail alone" in p.stderr, p.stderr
+        # An anchor names one record of one trail: given with both trails, in either
+        # order, it is checked on its own trail only (the other's genuine trail was
+        # called modified, exit 1), and the answer is still the usage error.
+        anchors = {}
+        for name in nodes:
+            p = run("verify", dirs[name])
+            head = re.search(r"^head: (\d+:[0-9a-f]{64}) ", p.stdout, re.M)
+            assert head, p.stdout
+            anchors[name] = head.group(1)
+            p = run("verify", "--anchor", anchors[name], dirs[name])
+            assert p.returncode == 0 and "result: VALID" in p.stdout, p.stdout + p.stderr
+        for name in nodes:
+            for order in ((dirs["node-a"], dirs["node-b"]), (dirs["node-b"], dirs["node-a"])):
+                p = run("verify", "--anchor", anchors[name], *order)
+                assert p.returncode == 2, p.stdout + p.stderr
+                assert "result:" not in p.stdout and "modified" not in p.stderr, \
+                    p.stdout + p.stderr
+                assert "the files given hold 2 audit trails" in p.stderr, p.stderr
+                assert "give the anchor only with its own trail, " \
+                    f"{name}'s ({len(files(name))} files in {dirs[name]})" in p.stderr, p.stderr
+        # node-a's trail cut back before the record its anchor names: live, only the
+        # anchor shows it, and beside node-b's trail it still does (exit 1, never 2).
+        cut = os.path.join(tmp, "cut")
+        shutil.copytree(dirs["node-a"], cut)
+        last = sorted(glob.glob(os.path.join(cut, "audit-*.jsonl")))[-1]
+        with open(last) as f:
+            lines = f.readlines()
+        with open(last, "w") as f:
+            f.write("".join(lines[:-2]))
+        p = run("verify", "--live", cut)
+        assert p.returncode == 0 and "result: VALID" in p.stdout, p.stdout + p.stderr
+        p = run("verify", "--live", "--anchor", anchors["node-a"], cut)
+        assert p.returncode == 1 and "that the anchor names" in p.stdout, p.stdout + p.stderr
+        for order in ((cut, dirs["node-b"]), (dirs["node-b"], cut)):
+            p = run("verify", "--live", "--anchor", anchors["node-a"], *order)
+            assert p.returncode == 1 and "result: INVALID" in p.stdout, p.stdout + p.stderr
+            assert "none of the 2 audit trails given holds" in p.stdout, p.stdout
+            assert dirs["node-b"] not in p.stdout.split("problem:")[0], p.stdout
+        shutil.rmtree(cut)
         p = run("report", dirs["node-a"], dirs["node-b"])
         assert p.returncode == 2 and "2 audit trails" in p.stderr, p.stdout + p.stderr
         # node-b from its second file on does not verify alone (its start is missing):
@@ -668,6 +707,12 @@ def test_two_nodes_trails_given_together_are_refused_not_called_modified():
             assert "modified" in p.stdout and "audit trails" not in p.stderr, p.stdout
             p = run("report", *given)
             assert p.returncode == 1 and "does not verify" in p.stderr, p.stdout + p.stderr
+            # With either trail's anchor too: its verdict, naming its file.
+            for name in nodes:
+                p = run("verify", "--anchor", anchors[name], *given)
+                assert p.returncode == 1 and "result: INVALID" in p.stdout, \
+                    p.stdout + p.stderr
+                assert "modified" in p.stdout and path in p.stdout, p.stdout
     finally:
         for server in nodes.values():
             server.cleanup()

@@ -885,6 +885,79 @@ static void test_a_tampered_trail_beside_another_nodes_is_invalid(void **state)
 		t_rm_rf(dirs[i]);
 }
 
+static hsm_audit_verify_report verify_anchored(char paths[][PATH_MAX], size_t n,
+                                               const hsm_audit_verify_report *head, bool live)
+{
+	const char *ptrs[2 * T_MAX_FILES];
+	for (size_t i = 0; i < n; i++)
+		ptrs[i] = paths[i];
+	hsm_audit_verify_options o = {.allow_open_tail = live, .anchor_seq = head->last_seq};
+	memcpy(o.anchor_hash, head->last_hash, sizeof(o.anchor_hash));
+	hsm_audit_verify_report r;
+	assert_true(hsm_ok(hsm_audit_verify_files(ptrs, n, &o, &r)));
+	return r;
+}
+
+/*
+ * An anchor names one record of one trail: given with two nodes' trails, it
+ * is checked on the trail holding that record only, where it was checked on
+ * both and the other's genuine trail was called modified.  Both genuine:
+ * "several trails", naming the anchor's own.  The anchor's trail cut back
+ * past it (only the anchor shows that, on a live trail): INVALID, never
+ * "several trails", though every trail verifies without the anchor.
+ */
+static void test_an_anchor_is_checked_on_its_own_trail_only(void **state)
+{
+	(void)state;
+	char dirs[2][PATH_MAX];
+	static const char *const nodes[2] = {"node-a", "node-b"};
+	static char files[2][T_MAX_FILES][PATH_MAX], both[2 * T_MAX_FILES][PATH_MAX];
+	size_t n[2], n_both = 0;
+	hsm_audit_verify_report head[2];
+	for (int i = 0; i < 2; i++) {
+		trail_of(dirs[i], nodes[i], 2, files[i], &n[i]);
+		head[i] = verify_paths(files[i], n[i]);
+		assert_true(head[i].valid);
+		assert_true(verify_anchored(files[i], n[i], &head[i], false).valid);
+	}
+	for (int i = 0; i < 2; i++) /* node-b's files first, then node-a's */
+		for (size_t k = 0; k < n[1 - i]; k++)
+			memcpy(both[n_both++], files[1 - i][k], PATH_MAX);
+	for (int i = 0; i < 2; i++) {
+		hsm_audit_verify_report r = verify_anchored(both, n_both, &head[i], false);
+		assert_false(r.valid);
+		assert_int_equal(r.problem, HSM_AUDIT_SEVERAL_TRAILS);
+		assert_null(strstr(r.detail, "modified"));
+		char named[3 * PATH_MAX];
+		snprintf(named, sizeof(named),
+		         "give the anchor only with its own trail, %s's (%zu files in %s): ", nodes[i],
+		         n[i], dirs[i]);
+		assert_non_null(strstr(r.detail, named));
+	}
+	/* node-a's last record, the one its anchor names, cut: alone and live it verifies. */
+	size_t len = 0, lines = 0;
+	char *text = t_slurp(files[0][n[0] - 1], &len);
+	for (size_t k = 0; k < len; k++)
+		lines += text[k] == '\n';
+	free(text);
+	tamper(files[0][n[0] - 1], lines, "node-a", "node-a");
+	assert_true(verify_anchored(files[0], n[0], &(hsm_audit_verify_report){0}, true).valid);
+	hsm_audit_verify_report alone = verify_anchored(files[0], n[0], &head[0], true);
+	assert_false(alone.valid);
+	assert_int_equal(alone.problem, HSM_AUDIT_TRUNCATED);
+	hsm_audit_verify_report r = verify_anchored(both, n_both, &head[0], true);
+	assert_false(r.valid);
+	assert_int_not_equal(r.problem, HSM_AUDIT_SEVERAL_TRAILS);
+	assert_string_equal(r.file, "");
+	assert_int_equal(r.seq, head[0].last_seq);
+	assert_non_null(strstr(r.detail, "a record none of the 2 audit trails given holds"));
+	/* node-b's anchor still finds its own trail, and node-a's cut is not seen without one. */
+	assert_int_equal(verify_anchored(both, n_both, &head[1], true).problem,
+	                 HSM_AUDIT_SEVERAL_TRAILS);
+	for (int i = 0; i < 2; i++)
+		t_rm_rf(dirs[i]);
+}
+
 /* A file the copy directory does not hold is kept past its retention, until it is copied. */
 static void test_retention_keeps_files_not_copied(void **state)
 {
@@ -1216,6 +1289,7 @@ int main(void)
 	    cmocka_unit_test(test_two_nodes_trails_are_told_apart),
 	    cmocka_unit_test(test_a_trail_with_a_renamed_file_is_invalid_not_several),
 	    cmocka_unit_test(test_a_tampered_trail_beside_another_nodes_is_invalid),
+	    cmocka_unit_test(test_an_anchor_is_checked_on_its_own_trail_only),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
