@@ -155,6 +155,7 @@ void hsm_keystore_set_error(hsm_keystore *ks, const char *why)
 	ks->pending = NULL;
 	hsm_share_set_free(ks->quorum);
 	ks->quorum = NULL;
+	memset(ks->given, 0, sizeof(ks->given));
 	pthread_mutex_unlock(&ks->lock);
 	hsm_error("node entered the error state: %s", why);
 }

@@ -181,7 +181,10 @@ hsm_result hsm_keystore_unseal(hsm_keystore *ks, const uint8_t *share_file, size
  * the split its quorum rebuilt (hsm_share_set_check_member): altered or forged
  * shares are refused, a custodian name is not checked; without commitments
  * and without hsm_keystore_keep_quorum before the unseal, every share is
- * refused (HSM_ERR_INTERNAL) rather than passed unchecked.
+ * refused (HSM_ERR_INTERNAL) rather than passed unchecked.  A share whose
+ * index was already given since the unseal began (in the quorum, or to an
+ * earlier call) is refused with HSM_ERR_SHARE_DUPLICATE, as a repeat within
+ * the quorum is; the indexes are forgotten on seal, error and rekey.
  */
 hsm_result hsm_keystore_check_share(hsm_keystore *ks, const uint8_t *share_file, size_t len,
                                     hsm_unseal_progress *progress) HSM_MUST_CHECK;

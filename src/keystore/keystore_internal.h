@@ -81,6 +81,13 @@ struct hsm_keystore {
 	 */
 	hsm_share_set *quorum;
 	bool keep_quorum; /* hsm_keystore_keep_quorum, or detached */
+	/*
+	 * The share indexes given since the unseal began, the quorum's and each
+	 * one past it that hsm_keystore_check_share passed (bit i: index i), so a
+	 * share given twice is refused past the quorum as within it.  Forgotten
+	 * when the next unseal begins, on seal, on the error state and on rekey.
+	 */
+	uint8_t given[(HSM_MAX_SHARES + 8) / 8];
 	uint64_t pending_since_ns; /* hsm_mono_ns() of the pending unseal's last share */
 	uint64_t pending_ttl_ns;   /* hsm_keystore_set_unseal_ttl_ms */
 	char error_reason[160];

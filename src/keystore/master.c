@@ -620,6 +620,17 @@ out:
 	return res;
 }
 
+static bool was_given(const hsm_keystore *ks, unsigned index)
+{
+	return index <= HSM_MAX_SHARES && (((unsigned)ks->given[index / 8] >> (index % 8)) & 1U) != 0;
+}
+
+static void note_given(hsm_keystore *ks, unsigned index)
+{
+	if (index <= HSM_MAX_SHARES)
+		ks->given[index / 8] |= (uint8_t)(1U << (index % 8));
+}
+
 /* Names a share as the ceremony's transcript does: index, custodian, the file's SHA-256. */
 static hsm_result describe_share(const hsm_share *s, const uint8_t *file, size_t len,
                                  char *out, size_t cap)
@@ -697,10 +708,13 @@ static hsm_result unseal_locked(hsm_keystore *ks, const uint8_t *file, size_t le
 	if (ks->pending == NULL && ks->store != NULL)
 		HSM_TRY(ks_load_meta(ks));
 	HSM_TRY(check_commitment(ks, &share));
-	if (ks->pending == NULL)
+	if (ks->pending == NULL) {
 		HSM_TRY(hsm_share_set_new(ks->store_id, ks->set_id, ks->threshold, ks->count,
 		                          &ks->pending));
+		memset(ks->given, 0, sizeof(ks->given)); /* a new unseal begins */
+	}
 	HSM_TRY(hsm_share_set_add(ks->pending, &share));
+	note_given(ks, share.index);
 	ks->pending_since_ns = hsm_mono_ns();
 	if (hsm_share_set_have(ks->pending) >= ks->threshold)
 		HSM_TRY(complete_unseal(ks));
@@ -742,6 +756,10 @@ hsm_result hsm_keystore_check_share(hsm_keystore *ks, const uint8_t *share_file,
 	if (ks->quorum != NULL) /* before the value moves into set */
 		HSM_TRY(hsm_share_set_check_member(ks->quorum, &share));
 	HSM_TRY(hsm_share_set_add(set, &share)); /* of this store and split, and whole */
+	/* A fresh set per share sees no repeat: the indexes given since the unseal do. */
+	HSM_CHECK(!was_given(ks, share.index), HSM_ERR_SHARE_DUPLICATE,
+	          "share %u was already provided", share.index);
+	note_given(ks, share.index);
 out:
 	hsm_share_set_free(set);
 	hsm_share_clear(&share);
@@ -779,6 +797,7 @@ void hsm_keystore_unseal_reset(hsm_keystore *ks)
 	pthread_mutex_lock(&ks->lock);
 	hsm_share_set_free(ks->pending);
 	ks->pending = NULL;
+	memset(ks->given, 0, sizeof(ks->given));
 	pthread_mutex_unlock(&ks->lock);
 }
 
@@ -795,5 +814,6 @@ void hsm_keystore_seal(hsm_keystore *ks)
 	ks->pending = NULL;
 	hsm_share_set_free(ks->quorum);
 	ks->quorum = NULL;
+	memset(ks->given, 0, sizeof(ks->given));
 	pthread_mutex_unlock(&ks->lock);
 }

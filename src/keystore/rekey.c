@@ -222,6 +222,7 @@ static void install(hsm_keystore *ks, hsm_ks_rekey *rk)
 	/* The old split's quorum checks no share of the new one. */
 	hsm_share_set_free(ks->quorum);
 	ks->quorum = NULL;
+	memset(ks->given, 0, sizeof(ks->given)); /* indexes of the old split */
 	ks_cache_drop_all(ks);
 }
 

@@ -259,3 +259,53 @@ def test_a_store_without_commitments_checks_every_share_past_the_quorum(tmp_path
                "--share-dir", new_dir)
     assert p.returncode == 0, p.stdout + p.stderr
     assert len([f for f in os.listdir(new_dir) if f.endswith(".share")]) == 5
+
+
+def test_a_share_repeated_past_the_quorum_is_refused_and_named(tmp_path):
+    """Each share past the quorum was checked on its own, so one given twice (a share of
+    the quorum again, or an extra twice) passed: `unseal s1 s2 s3 s3 s1` said the 5 share
+    files reconstruct the master key with shares 4 and 5 missing.  Every offline command
+    that takes shares refuses a repeat past the quorum as it does within it, names it,
+    and does nothing; distinct shares past the quorum pass."""
+    base = str(tmp_path)
+    data, shares = init_store(base)
+    quorum = [shares["alice"], shares["bob"], shares["carol"]]
+    p = hsmctl("backup", "create", "--data-dir", data, *share_args(quorum))
+    assert p.returncode == 0, p.stdout + p.stderr
+    backup = fields(p.stdout)["file"]
+    backups = set(os.listdir(os.path.dirname(backup)))
+    repeats = [(quorum + [shares["carol"], shares["alice"]], shares["carol"], 3),
+               (quorum + [shares["alice"]], shares["alice"], 1),
+               (quorum + [shares["dave"], shares["dave"]], shares["dave"], 4),
+               (quorum + [shares["dave"], shares["erin"], shares["bob"]], shares["bob"], 2)]
+    for n, (given, repeated, index) in enumerate(repeats):
+        refused = f"{repeated}: share {index} was already provided"
+        p = hsmctl("unseal", "--data-dir", data, *given)
+        assert p.returncode == 1 and refused in p.stderr, p.stdout + p.stderr
+        assert "reconstruct" not in p.stdout, p.stdout
+        p = hsmctl("backup", "create", "--data-dir", data, *share_args(given))
+        assert p.returncode == 1 and refused in p.stderr, p.stdout + p.stderr
+        assert set(os.listdir(os.path.dirname(backup))) == backups
+        p = hsmctl("backup", "verify", *share_args(given), backup)
+        assert p.returncode == 1 and refused in p.stderr, p.stdout + p.stderr
+        assert "verified" not in p.stdout, p.stdout
+        target = os.path.join(base, f"restored-{n}")
+        p = hsmctl("restore", "--data-dir", target, *share_args(given), backup)
+        assert p.returncode == 1 and refused in p.stderr, p.stdout + p.stderr
+        assert not os.path.exists(target)
+        new_dir = os.path.join(base, f"rekey-refused-{n}")
+        p = hsmctl("rekey", "--data-dir", data, *share_args(given), "--share-dir", new_dir)
+        assert p.returncode == 1 and refused in p.stderr, p.stdout + p.stderr
+        assert not os.path.exists(new_dir) or os.listdir(new_dir) == []
+    # Distinct shares past the quorum pass, and the refusals changed nothing.
+    everyone = quorum + [shares["dave"], shares["erin"]]
+    p = hsmctl("unseal", "--data-dir", data, *everyone)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "the 5 share files reconstruct the master key" in p.stdout, p.stdout
+    p = hsmctl("backup", "create", "--data-dir", data, *share_args(everyone))
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = hsmctl("backup", "verify", *share_args(everyone), backup)
+    assert p.returncode == 0 and "verified: every chunk authenticated" in p.stdout, p.stderr
+    new_dir = os.path.join(base, "rekeyed")
+    p = hsmctl("rekey", "--data-dir", data, *share_args(everyone), "--share-dir", new_dir)
+    assert p.returncode == 0, p.stdout + p.stderr

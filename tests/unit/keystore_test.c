@@ -428,6 +428,55 @@ static void test_store_without_commitments_checks_extra_shares(void **state)
 		                                            &p)));
 }
 
+static void assert_repeat_refused(hsm_keystore *ks, const hsm_buf *share, const char *msg)
+{
+	hsm_unseal_progress p;
+	assert_int_equal(hsm_keystore_check_share(ks, share->data, share->len, &p).err,
+	                 HSM_ERR_SHARE_DUPLICATE);
+	assert_string_equal(hsm_last_message(), msg);
+	assert_true(p.unsealed); /* refused, and nothing else changed */
+}
+
+/*
+ * A share given past the quorum that was already given (in the quorum, or
+ * as an earlier extra) is refused as a repeat within the quorum is: each
+ * extra is checked alone, so only the indexes given since the unseal began
+ * can tell it.  Sealing forgets them, and so does a keystore of a backup.
+ */
+static void test_repeated_extra_shares_refused(void **state)
+{
+	fixture *f = *state;
+	hsm_unseal_progress p;
+	hsm_keystore_seal(f->ks);
+	for (int i = 0; i < 3; i++)
+		assert_true(hsm_ok(unseal_with(f, i, &p)));
+	assert_true(p.unsealed);
+	assert_repeat_refused(f->ks, &f->shares[2], "share 3 was already provided");
+	assert_repeat_refused(f->ks, &f->shares[0], "share 1 was already provided");
+	assert_true(hsm_ok(hsm_keystore_check_share(f->ks, f->shares[3].data, f->shares[3].len, &p)));
+	assert_repeat_refused(f->ks, &f->shares[3], "share 4 was already provided");
+	assert_true(hsm_ok(hsm_keystore_check_share(f->ks, f->shares[4].data, f->shares[4].len, &p)));
+	/* Sealed and unsealed by another quorum: the first one's shares are extras again. */
+	hsm_keystore_seal(f->ks);
+	for (int i = 2; i < 5; i++)
+		assert_true(hsm_ok(unseal_with(f, i, &p)));
+	assert_true(p.unsealed);
+	assert_repeat_refused(f->ks, &f->shares[4], "share 5 was already provided");
+	assert_true(hsm_ok(hsm_keystore_check_share(f->ks, f->shares[0].data, f->shares[0].len, &p)));
+	assert_repeat_refused(f->ks, &f->shares[0], "share 1 was already provided");
+	/* A detached keystore (a backup's) checks against its kept quorum: the same rule. */
+	hsm_ks_identity id;
+	hsm_keystore *d = NULL;
+	hsm_keystore_identity(f->ks, &id);
+	assert_true(hsm_ok(hsm_keystore_new_detached(&id, &d)));
+	for (int i = 0; i < 3; i++)
+		assert_true(hsm_ok(hsm_keystore_unseal(d, f->shares[i].data, f->shares[i].len, &p)));
+	assert_repeat_refused(d, &f->shares[1], "share 2 was already provided");
+	assert_true(hsm_ok(hsm_keystore_check_share(d, f->shares[4].data, f->shares[4].len, &p)));
+	assert_repeat_refused(d, &f->shares[4], "share 5 was already provided");
+	hsm_keystore_free(d);
+}
+
 /* An unseal left unfinished past its time is abandoned: its shares no longer count. */
 static void test_unfinished_unseal_expires(void **state)
 {
@@ -876,6 +925,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_detached_checks_extra_shares, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_store_without_commitments_checks_extra_shares, setup,
 	                                    teardown),
+	    cmocka_unit_test_setup_teardown(test_repeated_extra_shares_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_unfinished_unseal_expires, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_bad_shares_named, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_wrapping_binds_identity, setup, teardown),
