@@ -64,13 +64,16 @@ struct hsm_client_conn {
 #define ENDPOINT_MAX 319
 _Static_assert(ENDPOINT_MAX == 319, "the message's number");
 
-/* Whether text (n bytes) is a host name or an IPv4 address: letters, digits, '-' and '.'. */
+/*
+ * Whether text (n bytes) is a host name or an IPv4 address: letters, digits, '-', '.' and
+ * '_' (not in DNS's host names, but in container and service names that resolve).
+ */
 static bool host_chars_ok(const char *text, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
 		char ch = text[i];
 		bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-		          (ch >= '0' && ch <= '9') || ch == '-' || ch == '.';
+		          (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' || ch == '_';
 		if (!ok)
 			return false;
 	}
@@ -136,8 +139,8 @@ static const char *endpoint_problem(const char *text, size_t n, endpoint *ep)
 	struct in6_addr a6;
 	if (v6 ? inet_pton(AF_INET6, ep->host, &a6) != 1 : !host_chars_ok(host, host_len))
 		return v6 ? "has a bad IPv6 address in its brackets"
-		          : "has a bad host: a DNS name or IPv4 address takes only letters, digits, "
-		            "'-' and '.'";
+		          : "has a bad host: a host name or IPv4 address takes only letters, digits, "
+		            "'-', '.' and '_'";
 	int64_t p = ep->tls ? 443 : 80;
 	if (port_at != NULL) {
 		char port[8] = "";

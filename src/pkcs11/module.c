@@ -162,15 +162,24 @@ static bool endpoints_check(const char *v, char *why, size_t cap)
  * one that is not there, or not readable, would fail every call as a broken
  * connection, with no word of which setting.  Its path is no secret.
  */
+static bool readable(const char *path)
+{
+	/* Opened, as the client will open it: with the effective ids (which access() does not
+	 * test) and through any seccomp filter that refuses faccessat2 (which AT_EACCESS uses). */
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+	if (fd < 0)
+		return false;
+	close(fd);
+	return true;
+}
+
 static bool file_check(const char *v, char *why, size_t cap)
 {
 	struct stat st;
 	const char *problem = stat(v, &st) != 0      ? "names no file this process can reach"
 	                      : !S_ISREG(st.st_mode) ? "names something other than a file"
-	                      : faccessat(AT_FDCWD, v, R_OK, AT_EACCESS) != 0
-	                          /* the effective ids open it, not the real ones access() tests */
-	                          ? "names a file this process cannot read"
-	                          : NULL;
+	                      : !readable(v)         ? "names a file this process cannot read"
+	                                             : NULL;
 	if (problem != NULL)
 		snprintf(why, cap, "%s", problem);
 	return problem == NULL;

@@ -687,7 +687,8 @@ static void test_no_message_quotes_an_endpoints_secret(void **state)
  * go to hsmd's own paths, so a path, query or fragment given would be
  * dropped, and the requests sent elsewhere than the setting says.  The host
  * is a name or IPv4 address (letters, digits, '-', '.') or an IPv6 address
- * in brackets; the port, digits only.
+ * in brackets; the port, digits only.  A '_' is taken: container and service names that
+ * resolve carry one.
  */
 static void test_an_endpoint_is_scheme_host_and_port(void **state)
 {
@@ -701,7 +702,7 @@ static void test_an_endpoint_is_scheme_host_and_port(void **state)
 	    {"https://proxy.example/?x=1", "has a path, query or fragment"},
 	    {"https://proxy.example#x", "has a path, query or fragment"},
 	    {"https://proxy.example//", "has a path, query or fragment"},
-	    {"https://h_1.example:8443", "has a bad host"},
+	    {"https://h*1.example:8443", "has a bad host"},
 	    {"https://h%2e.example", "has a bad host"},
 	    {"https://h\xc3\xa9.example", "has a bad host"},
 	    {"https://h.example :8443", "has a bad host"},
@@ -729,7 +730,7 @@ static void test_an_endpoint_is_scheme_host_and_port(void **state)
 	static const char *const good[] = {
 	    "https://[2001:db8::1]:8443", "https://[2001:db8::1]/", "https://[::ffff:192.0.2.1]",
 	    "http://127.0.0.1/",          "https://h.example:8443/", "https://A-b.Example",
-	    "https://h:1,https://h:65535/",
+	    "https://h:1,https://h:65535/", "https://hsmd_node1:8443",
 	};
 	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
 		char why[256] = "";

@@ -302,9 +302,9 @@ static void test_an_unusable_setting_stops_the_initialization(void **state)
 	     "HSM_PKCS11_ENDPOINT endpoint 2 of the list has a path, query or fragment after "
 	     "host:port, which requests would not use (only a trailing '/' is taken): "
 	     "https://host:8443"},
-	    {"HSM_PKCS11_ENDPOINT", "https://hsm1:8443,https://hs_m2:8443",
-	     "HSM_PKCS11_ENDPOINT endpoint 2 of the list has a bad host: a DNS name or IPv4 "
-	     "address takes only letters, digits, '-' and '.'"},
+	    {"HSM_PKCS11_ENDPOINT", "https://hsm1:8443,https://hs*m2:8443",
+	     "HSM_PKCS11_ENDPOINT endpoint 2 of the list has a bad host: a host name or IPv4 "
+	     "address takes only letters, digits, '-', '.' and '_'"},
 	    {"HSM_PKCS11_ENDPOINT", "https://[2001:db8::zz]:8443",
 	     "HSM_PKCS11_ENDPOINT the endpoint has a bad IPv6 address in its brackets"},
 	    {"HSM_PKCS11_ENDPOINT", "https://hsm1:+8443",
