@@ -151,11 +151,7 @@ void hsm_keystore_set_error(hsm_keystore *ks, const char *why)
 	pthread_rwlock_unlock(&ks->keys_lock);
 	if (ks->cache != NULL)
 		ks_cache_drop_all(ks);
-	hsm_share_set_free(ks->pending); /* share values: wiped with the keys */
-	ks->pending = NULL;
-	hsm_share_set_free(ks->quorum);
-	ks->quorum = NULL;
-	memset(ks->given, 0, sizeof(ks->given));
+	ks_forget_shares(ks); /* share values: wiped with the keys */
 	pthread_mutex_unlock(&ks->lock);
 	hsm_error("node entered the error state: %s", why);
 }

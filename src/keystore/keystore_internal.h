@@ -117,6 +117,12 @@ hsm_result ks_alloc(size_t cache_capacity, hsm_keystore **out) HSM_MUST_CHECK;
 /* Loads the meta records of an initialized store into ks (state -> sealed). */
 hsm_result ks_load_meta(hsm_keystore *ks) HSM_MUST_CHECK;
 void ks_keys_wipe(ks_keys *k);
+/*
+ * Wipes every share the keystore holds (a pending unseal's, the kept quorum)
+ * and forgets the indexes given: on seal, the error state and rekey.  The
+ * caller holds ks->lock.
+ */
+void ks_forget_shares(hsm_keystore *ks);
 
 /* ---- The master key (master.c), shared with the rekey (rekey.c) ---------------------- */
 

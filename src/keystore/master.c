@@ -620,6 +620,15 @@ out:
 	return res;
 }
 
+void ks_forget_shares(hsm_keystore *ks)
+{
+	hsm_share_set_free(ks->pending);
+	ks->pending = NULL;
+	hsm_share_set_free(ks->quorum);
+	ks->quorum = NULL;
+	memset(ks->given, 0, sizeof(ks->given));
+}
+
 static bool was_given(const hsm_keystore *ks, unsigned index)
 {
 	return index <= HSM_MAX_SHARES && (((unsigned)ks->given[index / 8] >> (index % 8)) & 1U) != 0;
@@ -810,10 +819,6 @@ void hsm_keystore_seal(hsm_keystore *ks)
 	ks_keys_wipe(&ks->keys);
 	pthread_rwlock_unlock(&ks->keys_lock);
 	ks_cache_drop_all(ks);
-	hsm_share_set_free(ks->pending);
-	ks->pending = NULL;
-	hsm_share_set_free(ks->quorum);
-	ks->quorum = NULL;
-	memset(ks->given, 0, sizeof(ks->given));
+	ks_forget_shares(ks);
 	pthread_mutex_unlock(&ks->lock);
 }

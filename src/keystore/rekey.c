@@ -219,10 +219,7 @@ static void install(hsm_keystore *ks, hsm_ks_rekey *rk)
 	ks->count = rk->count;
 	if (hsm_failed(ks_set_commits(ks, rk->commits.data, rk->commits.len)))
 		ks->n_commits = 0; /* cannot be: made here; the next unseal reads the store's */
-	/* The old split's quorum checks no share of the new one. */
-	hsm_share_set_free(ks->quorum);
-	ks->quorum = NULL;
-	memset(ks->given, 0, sizeof(ks->given)); /* indexes of the old split */
+	ks_forget_shares(ks); /* the old split's shares check none of the new one */
 	ks_cache_drop_all(ks);
 }
 
