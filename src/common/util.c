@@ -275,9 +275,12 @@ void hsm_location_shown(const char *location, char *out, size_t cap)
 		return;
 	}
 	const char *host = sep + 3, *rest = host;
-	size_t authority = strcspn(host, "/?#");
-	/* The last '@' of the authority ends the userinfo (a password may hold one). */
-	for (size_t i = 0; i < authority; i++)
+	/* The last '@' before any query or fragment ends the userinfo.  A
+	 * password may hold an '@', and one written carelessly a raw '/' too,
+	 * which would end the authority early: hiding too much of a path that
+	 * has an '@' is better than showing such a password. */
+	size_t upto = strcspn(host, "?#");
+	for (size_t i = 0; i < upto; i++)
 		if (host[i] == '@')
 			rest = host + i + 1;
 	size_t keep = strcspn(rest, "?#");

@@ -89,6 +89,8 @@ static void test_location_shown_has_no_credentials(void **state)
 	    {"postgresql://db/hsm#frag", "postgresql://db/hsm"},
 	    {"postgresql://?host=db&password=s3cr3t", "postgresql://"},
 	    {"/var/lib/hsmd", "/var/lib/hsmd"},
+	    {"postgresql://hsmd:pa/ss@db.example/hsm", "postgresql://db.example/hsm"},
+	    {"postgresql://hsmd:a/b@c@db/hsm?password=x", "postgresql://db/hsm"},
 	};
 	char out[128];
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
