@@ -123,8 +123,7 @@ static int online(const char *cmd, const char *target)
 		printf("backup-dir: %s\n", json_string_value(json_object_get(out, "BackupDir")));
 		json_array_foreach(list, i, b) {
 			char created[21];
-			hsm_format_time((int64_t)json_number_value(json_object_get(b, "CreationDate")),
-			                created);
+			hsmctl_format_json_time(json_object_get(b, "CreationDate"), created);
 			printf("%s  %s  %12lld  %s\n", created,
 			       json_string_value(json_object_get(b, "BackupId")),
 			       (long long)json_integer_value(json_object_get(b, "SizeBytes")),

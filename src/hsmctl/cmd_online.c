@@ -340,7 +340,7 @@ static void print_approval(json_t *a)
 		if (!json_is_number(v))
 			continue;
 		char when[21];
-		hsm_format_time((int64_t)json_number_value(v), when);
+		hsmctl_format_json_time(v, when);
 		json_object_set_new(copy, dates[i], json_string(when));
 	}
 	hsmctl_print_fields(copy);

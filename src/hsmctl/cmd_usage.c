@@ -48,16 +48,13 @@ static void print_usage(usage_opts *o, json_t *ans)
 	json_t *last = json_object_get(ans, "KeyLastUsage");
 	if (json_object_get(last, "Timestamp") == NULL) { /* {}: no use recorded */
 		char since[21];
-		hsm_format_time((int64_t)json_number_value(json_object_get(ans, "TrackingStartDate")),
-		                since);
+		hsmctl_format_json_time(json_object_get(ans, "TrackingStartDate"), since);
 		printf("%-36s  %-24s  %-35s  (none recorded since %s)\n", id ? id : "?", "-", "-",
 		       since);
 		return;
 	}
 	char when[25];
-	hsm_format_time_ms((int64_t)(json_number_value(json_object_get(last, "Timestamp")) * 1000.0 +
-	                             0.5),
-	                   when);
+	hsmctl_format_json_time_ms(json_object_get(last, "Timestamp"), when);
 	const char *op = json_string_value(json_object_get(last, "Operation"));
 	const char *rid = json_string_value(json_object_get(last, "KmsRequestId"));
 	printf("%-36s  %-24s  %-35s  %s\n", id ? id : "?", when, op ? op : "?", rid ? rid : "?");

@@ -28,6 +28,12 @@ int hsmctl_fail(const char *context);
 int hsmctl_fail_msg(const char *context, const char *why);
 /* Prints each member of an answer as "name: value", other than strings as compact JSON. */
 void hsmctl_print_fields(json_t *o);
+/*
+ * Formats a date of an answer (epoch seconds, a JSON number) as hsm_format_time and
+ * hsm_format_time_ms do; "?" when it is not a number or no int64_t holds it.
+ */
+void hsmctl_format_json_time(const json_t *v, char out[21]);
+void hsmctl_format_json_time_ms(const json_t *v, char out[25]);
 /* Prints a usage error for a command and returns 2. */
 int hsmctl_usage(const char *command, const char *fmt, ...) HSM_PRINTF(2, 3);
 

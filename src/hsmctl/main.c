@@ -163,6 +163,35 @@ void hsmctl_print_fields(json_t *o)
 	}
 }
 
+/* Whether v is a number whose value times scale, rounded by adding add, fits an
+ * int64_t (converting one that does not is undefined); *out is that value. */
+static bool json_time(const json_t *v, double scale, double add, int64_t *out)
+{
+	double t = json_number_value(v) * scale + add;
+	if (!json_is_number(v) || !(t > -9.2e18 && t < 9.2e18))
+		return false;
+	*out = (int64_t)t;
+	return true;
+}
+
+void hsmctl_format_json_time(const json_t *v, char out[21])
+{
+	int64_t t;
+	if (json_time(v, 1.0, 0.0, &t))
+		hsm_format_time(t, out);
+	else
+		snprintf(out, 21, "?");
+}
+
+void hsmctl_format_json_time_ms(const json_t *v, char out[25])
+{
+	int64_t t;
+	if (json_time(v, 1000.0, 0.5, &t))
+		hsm_format_time_ms(t, out);
+	else
+		snprintf(out, 25, "?");
+}
+
 /* A global option given after the command word (NULL: none), named when the command's
  * arguments are refused: "--approval-wait" there is the command's argument, not hsmctl's. */
 static const char *misplaced_global;

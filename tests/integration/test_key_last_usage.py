@@ -7,11 +7,14 @@ which its audit record carries.  Failures, DryRun and reads do not count.  Track
 when the store began recording (or the key's creation, if later).  Requests go out signed by
 botocore's own SigV4 signer, as Debian's boto3 1.26 predates the operation.
 """
+import http.server
 import json
 import os
 import sqlite3
 import subprocess
+import threading
 import time
+import types
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -309,3 +312,44 @@ def test_hsmctl_key_usage_lists_last_uses_and_unused_keys():
         assert p.returncode == 1 and "NotFound" in p.stderr + p.stdout, (p.stdout, p.stderr)
     finally:
         server.cleanup()
+
+
+def test_hsmctl_key_usage_shows_impossible_dates_as_unknown():
+    """Dates no 64-bit count of seconds holds (here from a node that is not hsmd) print
+    as '?': converting them to an integer is undefined, and printed a made-up date."""
+    answers = {
+        "k-used": {"KeyId": "k-used", "TrackingStartDate": 1.7e9,
+                   "KeyLastUsage": {"Timestamp": 1e300, "Operation": "Sign",
+                                    "KmsRequestId": "r-1"}},
+        "k-idle": {"KeyId": "k-idle", "TrackingStartDate": -1e300, "KeyLastUsage": {}},
+        "k-fine": {"KeyId": "k-fine", "TrackingStartDate": 1.7e9,
+                   "KeyLastUsage": {"Timestamp": 1700000000.25, "Operation": "Encrypt",
+                                    "KmsRequestId": "r-2"}},
+    }
+
+    class Node(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            out = json.dumps(answers[body["KeyId"]]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-amz-json-1.1")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args):
+            pass
+
+    node = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Node)
+    threading.Thread(target=node.serve_forever, daemon=True).start()
+    try:
+        p = hsmctl(types.SimpleNamespace(endpoint=f"http://127.0.0.1:{node.server_port}"),
+                   "k-used", "k-idle", "k-fine")
+        assert p.returncode == 0, p.stderr
+        rows = {ln.split()[0]: ln.split() for ln in p.stdout.splitlines()[1:]}
+        assert rows["k-used"][1:] == ["?", "Sign", "r-1"], rows
+        assert rows["k-idle"][1:] == ["-", "-", "(none", "recorded", "since", "?)"], rows
+        assert rows["k-fine"][1:] == ["2023-11-14T22:13:20.250Z", "Encrypt", "r-2"], rows
+    finally:
+        node.shutdown()
+        node.server_close()
