@@ -4,8 +4,9 @@
  *
  * Each node writes a trail of its own, numbered from seq 1, and every record
  * names the node that wrote it ("node"; hsmctl's offline commands on a data
- * directory write into that directory's trail as "hsmctl-<host>").  Files
- * of two nodes' trails given to one verification are no log hsmd wrote:
+ * directory write into that directory's trail as "hsmctl-<host>-<hash of the
+ * directory>").  Files of two nodes' trails given to one verification are no
+ * log hsmd wrote:
  * they hold two records of each seq both trails reached (and two files of
  * each name), which read as one log look modified.
  *

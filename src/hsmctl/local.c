@@ -117,14 +117,28 @@ static hsm_result local_signer(void *arg, const uint8_t *msg, size_t n, hsm_buf 
 	return hsm_ks_audit_sign(arg, msg, n, sig);
 }
 
-static hsm_result open_audit(const char *data_dir, hsm_audit **out)
+/*
+ * The node id of hsmctl's records in data_dir's trail: "hsmctl-<host>-" and
+ * eight hex digits of the outbox's hash of the host and the directory's path.
+ * Two data directories on one host must not share it: audit verify tells
+ * trails apart by their node ids, and read two stores' trails as one log,
+ * modified, when both began with hsmctl's records under one name.
+ */
+static void audit_node(const char *data_dir, char node[80])
 {
-	char dir[PATH_MAX], node[80], host[64] = "localhost";
-	HSM_ENSURE((size_t)snprintf(dir, sizeof(dir), "%s/audit", data_dir) < sizeof(dir),
-	           HSM_ERR_VALIDATION, "--data-dir is too long");
+	char host[64] = "localhost", offline[HSM_OUTBOX_NODE_ID_MAX + 1];
 	(void)gethostname(host, sizeof(host) - 1);
 	host[strcspn(host, ".")] = '\0';
-	snprintf(node, sizeof(node), "hsmctl-%.50s", host);
+	hsm_outbox_offline_node(data_dir, offline); /* "hsmctl-" and 16 hex digits */
+	snprintf(node, 80, "hsmctl-%.50s-%.8s", host, offline + strlen("hsmctl-"));
+}
+
+static hsm_result open_audit(const char *data_dir, hsm_audit **out)
+{
+	char dir[PATH_MAX], node[80];
+	HSM_ENSURE((size_t)snprintf(dir, sizeof(dir), "%s/audit", data_dir) < sizeof(dir),
+	           HSM_ERR_VALIDATION, "--data-dir is too long");
+	audit_node(data_dir, node);
 	hsm_audit_config cfg = {.dir = dir, .node_id = node};
 	return hsm_audit_open(&cfg, out);
 }

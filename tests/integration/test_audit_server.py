@@ -718,6 +718,34 @@ def test_two_nodes_trails_given_together_are_refused_not_called_modified():
             server.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
 
+def test_two_stores_made_on_one_host_have_trails_of_their_own(tmp_path):
+    """hsmctl's offline records in a data directory's trail name hsmctl, the host and
+    that directory: two stores made on one host (a primary and its recovery copy) have
+    two trails, each of which verifies, and given together they are refused as two
+    trails.  Both named their records "hsmctl-<host>" before, and together read as one
+    log with two different files of one name: "modified"."""
+    dirs = []
+    for name in ("primary", "recovery"):
+        p = subprocess.run([HSMCTL, "init", "--data-dir", str(tmp_path / name), "--share-dir",
+                            str(tmp_path / f"{name}-shares"), "--shares", "3", "--threshold",
+                            "2"], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        dirs.append(str(tmp_path / name / "audit"))
+    nodes = set()
+    for d in dirs:
+        p = subprocess.run([HSMCTL, "audit", "verify", d], capture_output=True, text=True)
+        assert p.returncode == 0 and "result: VALID" in p.stdout, p.stdout + p.stderr
+        with open(sorted(glob.glob(os.path.join(d, "audit-*.jsonl")))[0]) as f:
+            named = {json.loads(line)["node"] for line in f}
+        assert len(named) == 1 and next(iter(named)).startswith("hsmctl-"), named
+        nodes |= named
+    assert len(nodes) == 2, nodes
+    p = subprocess.run([HSMCTL, "audit", "verify", *dirs], capture_output=True, text=True)
+    assert p.returncode == 2 and "the files given hold 2 audit trails" in p.stderr, \
+        p.stdout + p.stderr
+    assert "result:" not in p.stdout and "modified" not in p.stderr, p.stdout + p.stderr
+
+
 def test_closed_audit_files_are_copied_to_the_copy_dir():
     """audit_copy_dir (another disk, a mount in another region) receives each
     closed file, byte for byte, soon after its rotation, in a directory named
