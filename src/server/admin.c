@@ -196,6 +196,10 @@ static hsm_result op_create_access_key(hsm_admin_ctx *c)
 	HSM_GUARD(hsm_json_str(c->req, "UserName", true, 1, HSM_USER_NAME_MAX, &name));
 	note_user(c, name);
 	HSM_GUARD(hsm_kms_access_key_create(c->s->kms, &c->auth->caller, name, akid, &secret));
+	/* The node's list of ids lacks it until its next read: without this, its first
+	 * uses would be rationed as an unknown id's, and refused once made-up ids had
+	 * spent the lookups. */
+	hsm_server_akids_stale(c->s);
 	note_access_key(c, akid); /* the id only: the secret goes to the caller alone */
 	hsm_jw_str(c->w, "UserName", name);
 	hsm_jw_str(c->w, "AccessKeyId", akid);
