@@ -84,6 +84,39 @@ static hsm_result key_object_id(hsm_kms *kms, const char *key_id, hsm_buf *out)
 	return alias[0] != '\0' ? HSM_SUCCESS : hsm_buf_set(out, key_id, strlen(key_id));
 }
 
+/*
+ * The key whose PKCS#11 objects have CKA_ID id: the key whose id it spells,
+ * or the one an alias under alias/pkcs11-id/ gives it; key_id "" when no
+ * key has it.  A certificate with that ObjectId pairs with the key in every
+ * application that matches objects by CKA_ID.
+ */
+static hsm_result key_of_object_id(hsm_kms *kms, const uint8_t *id, size_t n,
+                                   char key_id[HSM_UUID_STRLEN + 1])
+{
+	key_id[0] = '\0';
+	char text[HSM_UUID_STRLEN + 1], alias[HSM_ALIAS_MAX + 1];
+	if (n == HSM_UUID_STRLEN && memchr(id, '\0', n) == NULL) {
+		memcpy(text, id, n);
+		text[n] = '\0';
+		if (hsm_is_uuid(text)) {
+			hsm_key_record rec;
+			memset(&rec, 0, sizeof(rec));
+			hsm_result r = hsm_store_key_get(kms->store, text, &rec);
+			hsm_key_record_clear(&rec);
+			if (hsm_ok(r))
+				memcpy(key_id, text, sizeof(text));
+			return r.err == HSM_ERR_NOT_FOUND ? HSM_SUCCESS : r;
+		}
+	}
+	if (!hsm_pkcs11_id_alias(id, n, alias, sizeof(alias)))
+		return HSM_SUCCESS; /* no alias can give a key this id */
+	hsm_alias_record a;
+	hsm_result r = hsm_store_alias_get(kms->store, alias, &a);
+	if (hsm_ok(r))
+		memcpy(key_id, a.key_id, HSM_UUID_STRLEN + 1);
+	return r.err == HSM_ERR_NOT_FOUND ? HSM_SUCCESS : r;
+}
+
 hsm_result hsm_kms_cert_import(hsm_kms *kms, const hsm_caller *caller,
                                const hsm_cert_import_req *req, hsm_cert_record *out)
 {
@@ -99,20 +132,39 @@ hsm_result hsm_kms_cert_import(hsm_kms *kms, const hsm_caller *caller,
 	           "Certificate is not one DER-encoded X.509 certificate");
 	int64_t not_after = 0;
 	hsm_result res = time_of(X509_get0_notAfter(x), &not_after);
-	char key_id[HSM_UUID_STRLEN + 1] = "";
+	/*
+	 * A certificate goes beside a key's objects only if it certifies that key
+	 * and the caller may read the key's public key: named by KeyId, or by an
+	 * ObjectId that is the key's CKA_ID (else any officer could pair a key
+	 * its policy keeps from them with a certificate of their own).
+	 */
+	char key_id[HSM_UUID_STRLEN + 1] = "", paired[HSM_UUID_STRLEN + 1] = "";
+	if (hsm_ok(res) && req->object_id != NULL)
+		res = key_of_object_id(kms, req->object_id, req->object_id_len, paired);
 	if (hsm_ok(res) && req->key != NULL)
 		res = check_certifies(kms, caller, x, req->key, key_id);
+	else if (hsm_ok(res) && paired[0] != '\0')
+		res = check_certifies(kms, caller, x, paired, key_id);
 	X509_free(x);
 	HSM_GUARD(res);
 
 	hsm_cert_record c;
 	memset(&c, 0, sizeof(c));
+	if (key_id[0] != '\0')
+		HSM_TRY(key_object_id(kms, key_id, &c.object_id));
+	if (req->object_id != NULL) {
+		/* Given with KeyId, it must be that key's CKA_ID: it could pair with nothing else. */
+		HSM_CHECK(key_id[0] == '\0' ||
+		              (c.object_id.len == req->object_id_len &&
+		               hsm_ct_equal(c.object_id.data, req->object_id, req->object_id_len)),
+		          HSM_ERR_VALIDATION,
+		          "ObjectId is not the CKA_ID of key %s's objects: leave it out, and the "
+		          "certificate takes theirs",
+		          key_id);
+		HSM_TRY(hsm_buf_set(&c.object_id, req->object_id, req->object_id_len));
+	}
 	HSM_TRY(hsm_uuid_new(c.cert_id));
 	HSM_TRY(hsm_strcpy(c.label, sizeof(c.label), label));
-	if (req->object_id != NULL)
-		HSM_TRY(hsm_buf_set(&c.object_id, req->object_id, req->object_id_len));
-	else if (key_id[0] != '\0')
-		HSM_TRY(key_object_id(kms, key_id, &c.object_id));
 	HSM_TRY(hsm_buf_set(&c.der, req->der, req->der_len));
 	HSM_TRY(hsm_strcpy(c.creator, sizeof(c.creator), caller->local ? "" : caller->user));
 	c.created = kms_now(kms);
@@ -157,7 +209,18 @@ hsm_result hsm_kms_cert_delete(hsm_kms *kms, const hsm_caller *caller, const cha
 	hsm_cert_record c;
 	memset(&c, 0, sizeof(c));
 	hsm_result r = hsm_store_cert_get(kms->store, cert_id, &c);
+	/* One beside a key's objects goes only with the caller's right to that key. */
+	char key_id[HSM_UUID_STRLEN + 1] = "";
+	if (hsm_ok(r) && c.object_id.len > 0)
+		r = key_of_object_id(kms, c.object_id.data, c.object_id.len, key_id);
 	hsm_cert_record_clear(&c);
+	if (hsm_ok(r) && key_id[0] != '\0') {
+		kms_key *k = NULL;
+		r = kms_key_load(kms, key_id, &k);
+		if (hsm_ok(r))
+			r = kms_authorize(kms, caller, HSM_OP_GetPublicKey, k, NULL);
+		kms_key_release(k);
+	}
 	if (hsm_ok(r))
 		r = hsm_caller_commit(caller);
 	if (hsm_ok(r))

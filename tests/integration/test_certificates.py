@@ -40,7 +40,7 @@ from PyKCS11 import (CKA_CLASS, CKA_ID, CKA_LABEL, CKA_PRIVATE, CKA_TOKEN, CKA_V
                      CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKR)
 
 from conftest import BUILD, DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, start_dev
-from helpers import admin, audit_records, b64, metric, new_user, restart_dev
+from helpers import ACCOUNT, admin, audit_records, b64, metric, new_user, restart_dev
 
 MODULE = os.path.join(BUILD, "libhsm_pkcs11.so")
 JAVA = "/usr/lib/jvm/java-17-openjdk-amd64/bin/java"
@@ -327,6 +327,59 @@ def test_roles(server, officer, ca, keys, user):
                 secret=csecret)
     admin(server, "GetCertificate", {"CertificateId": cid})
     admin(server, "DeleteCertificate", {"CertificateId": cid})
+
+
+def test_a_key_policy_keeps_officers_from_its_key_objects_certificates(server, officer, ca):
+    """A certificate that pairs with a key's PKCS#11 objects (an ObjectId that is their
+    CKA_ID, the key's id or its own alias/pkcs11-id/) must certify that key, and the
+    caller must be allowed the key's public key, to be imported or deleted: an officer
+    the key's policy leaves out could pair the key with a certificate of its own choosing
+    (Java's key store pairs by CKA_ID), or take its certificate away."""
+    policy = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Action": "kms:*", "Resource": "*",
+        "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/dev"}}]}
+    kid = officer.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY",
+                             Policy=json.dumps(policy))["KeyMetadata"]["KeyId"]
+    own_id = b"\x42\x17own-id"
+    officer.create_alias(AliasName="alias/pkcs11-id/" + own_id.hex(), TargetKeyId=kid)
+    akid, secret = new_user(server, "cert-outsider", ["crypto-officer"])
+    out = dict(akid=akid, secret=secret)
+    rogue_key = ec.generate_private_key(ec.SECP256R1())
+    rogue = der(issue(ca, rogue_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo), "rogue"))
+    genuine = der(cert_of_key(officer, ca, kid, "genuine"))
+    before = listed(server)
+    # Not its certificate: refused for everyone, by its id or by its own CKA_ID.
+    for oid in (kid.encode(), own_id):
+        admin_error(server, "ImportCertificate", {"Certificate": b64(rogue),
+                                                  "ObjectId": b64(oid)},
+                    "ValidationException")
+        admin_error(server, "ImportCertificate", {"Certificate": b64(rogue),
+                                                  "ObjectId": b64(oid)},
+                    "AccessDeniedException", **out)
+        # Its certificate, but the officer may not read the key.
+        admin_error(server, "ImportCertificate", {"Certificate": b64(genuine),
+                                                  "ObjectId": b64(oid)},
+                    "AccessDeniedException", **out)
+    # With KeyId, ObjectId can only be the key's own CKA_ID.
+    out_msg = admin_error(server, "ImportCertificate",
+                          {"Certificate": b64(genuine), "KeyId": kid,
+                           "ObjectId": b64(b"elsewhere")}, "ValidationException")
+    assert "ObjectId" in out_msg["message"], out_msg
+    assert listed(server) == before
+    # The key's own certificate, by the key's own principal: stored under its CKA_ID.
+    got = import_cert(server, genuine, ObjectId=b64(own_id))
+    assert base64.b64decode(got["ObjectId"]) == own_id
+    got2 = import_cert(server, genuine, KeyId=kid, ObjectId=b64(own_id))
+    assert base64.b64decode(got2["ObjectId"]) == own_id
+    # The outsider cannot take them away; the key's principal can.
+    for c in (got, got2):
+        admin_error(server, "DeleteCertificate", {"CertificateId": c["CertificateId"]},
+                    "AccessDeniedException", **out)
+        admin(server, "DeleteCertificate", {"CertificateId": c["CertificateId"]})
+    # An ObjectId no key has pairs with nothing: any officer may use it, as before.
+    free = import_cert(server, rogue, ObjectId=b64(b"no key has this id"), **out)
+    admin(server, "DeleteCertificate", {"CertificateId": free["CertificateId"]}, **out)
 
 
 def test_audit_records(server, officer, ca, keys):
