@@ -269,7 +269,7 @@ static hsm_result set_material_state(hsm_key_record *rec, void *arg)
 		               rec->next_rotation <= a->now,
 		           HSM_ERR_CONFLICT, "the rotation of %s is no longer due", rec->key_id);
 	else if (!a->expiry)
-		HSM_GUARD(kms_check_state(a->op, rec)); /* it may have changed since the lookup */
+		HSM_GUARD(kms_check_state(a->op, rec, a->now)); /* it may have changed since the lookup */
 	HSM_ENSURE(rec->origin == HSM_ORIGIN_EXTERNAL, HSM_ERR_UNSUPPORTED_OPERATION,
 	           "%s does not have imported key material", rec->key_id);
 	bool pending = a->version == rec->primary_version + 1;

@@ -95,10 +95,23 @@ static const hsm_err state_rules[HSM_KEY_STATE_COUNT][HSM_OPC_COUNT] = {
         },
 };
 
-hsm_result kms_check_state(hsm_op op, const hsm_key_record *rec)
+hsm_result kms_check_state(hsm_op op, const hsm_key_record *rec, int64_t now)
 {
 	HSM_ASSERT((unsigned)rec->state < HSM_KEY_STATE_COUNT);
 	hsm_err e = state_rules[rec->state][hsm_op_get(op)->cls];
+	/*
+	 * A waiting period that has ended cannot be cancelled: the key is due for
+	 * destruction (which may have been approved by custodians), and only the
+	 * scheduler's next pass, not the key's state, says it is not gone yet.
+	 */
+	if (e == HSM_OK && rec->state == HSM_KEY_PENDING_DELETION && rec->deletion_date != 0 &&
+	    rec->deletion_date <= now && hsm_op_get(op)->cls == HSM_OPC_CANCEL_DELETION) {
+		char when[21];
+		hsm_format_time(rec->deletion_date, when);
+		return HSM_FAIL(HSM_ERR_INVALID_STATE,
+		                "%s is being deleted: its waiting period ended at %s", rec->key_id,
+		                when);
+	}
 	if (e == HSM_OK)
 		return HSM_SUCCESS;
 	if (e == HSM_ERR_NOT_FOUND)
@@ -670,7 +683,7 @@ hsm_result kms_lookup_as(hsm_kms *kms, const hsm_caller *caller, hsm_op op, hsm_
 	                   ? HSM_FAIL(HSM_ERR_NOT_FOUND, "Key '%s' does not exist", k->arn)
 	                   : kms_authorize(kms, caller, op, k, extra);
 	if (hsm_ok(r))
-		r = kms_check_state(state_op, &k->rec);
+		r = kms_check_state(state_op, &k->rec, kms_now(kms));
 	if (hsm_failed(r)) {
 		kms_key_release(k);
 		return r;
@@ -691,7 +704,7 @@ typedef struct modify_ctx {
 static hsm_result modify_in_txn(hsm_key_record *rec, void *arg)
 {
 	modify_ctx *m = arg;
-	HSM_GUARD(kms_check_state(m->op, rec)); /* the state may have changed since the lookup */
+	HSM_GUARD(kms_check_state(m->op, rec, m->now)); /* it may have changed since the lookup */
 	HSM_GUARD(m->fn(rec, m->arg));
 	rec->updated = m->now;
 	return HSM_SUCCESS;

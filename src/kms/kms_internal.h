@@ -137,7 +137,8 @@ void kms_cond_values_free(kms_cond_values *v);
 hsm_result kms_authorize(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const kms_key *key,
                          const kms_authz_extra *extra) HSM_MUST_CHECK;
 /* The key-state rule for op's class: DisabledException, KMSInvalidStateException, ... */
-hsm_result kms_check_state(hsm_op op, const hsm_key_record *rec) HSM_MUST_CHECK;
+/* now: the service's clock (a waiting period that has ended cannot be cancelled). */
+hsm_result kms_check_state(hsm_op op, const hsm_key_record *rec, int64_t now) HSM_MUST_CHECK;
 
 /*
  * Resolves ref, loads the key, checks the state rule and authorizes the

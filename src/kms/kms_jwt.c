@@ -147,7 +147,7 @@ static hsm_result token_lookup(hsm_kms *kms, const hsm_caller *caller, const cha
 	                   ? HSM_FAIL(HSM_ERR_NOT_FOUND, "Key '%s' does not exist", k->arn)
 	                   : kms_authorize(kms, caller, HSM_OP_SignToken, k, &extra);
 	if (hsm_ok(r))
-		r = kms_check_state(HSM_OP_SignToken, &k->rec);
+		r = kms_check_state(HSM_OP_SignToken, &k->rec, kms_now(kms));
 	if (hsm_ok(r))
 		r = hsm_jwt_key_alg(&k->rec, &key_alg);
 	if (hsm_ok(r) && requested != HSM_JWS_NONE && requested != key_alg)

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from conftest import HSMCTL, client, signed_call, start_dev
-from helpers import Clock, admin, audit_records, eventually
+from helpers import Clock, admin, audit_records, eventually, signed_at
 
 
 def start_shifted(clockshift, tmp_path, args=()):
@@ -214,5 +214,44 @@ def test_a_deletion_that_does_not_happen_is_counted_overdue(clockshift, tmp_path
         assert eventually(lambda: gauge(server, "hsmd_keys_deletion_overdue") == 0, 30)
         assert eventually(destroyed, 10), [r for r in audit_records(server.data_dir)
                                           if r.get("key_id") == key]
+    finally:
+        server.cleanup()
+
+
+def test_a_deletion_past_its_date_cannot_be_cancelled(clockshift, tmp_path):
+    """Once a key's waiting period has ended it is due for destruction: CancelKeyDeletion
+    is refused (KMSInvalidStateException, the key unchanged) even while the scheduler has
+    not destroyed it yet (here its destruction is held back by the store).  It used to
+    succeed, leaving a key whose destruction was due (and perhaps approved) Disabled,
+    ready to be enabled again.  Within the period, cancelling works as before."""
+    server, clock = start_shifted(clockshift, tmp_path)
+    try:
+        kms = client(server)
+        kept, due = (kms.create_key()["KeyMetadata"]["KeyId"] for _ in range(2))
+        kms.schedule_key_deletion(KeyId=kept, PendingWindowInDays=30)
+        kms.schedule_key_deletion(KeyId=due, PendingWindowInDays=7)
+        db = sqlite3.connect(os.path.join(server.data_dir, "hsmd.db"), timeout=10)
+        db.execute("CREATE TRIGGER hold_destruction BEFORE UPDATE ON keys WHEN OLD.id = '%s' "
+                   "AND NEW.state = 'Destroyed' BEGIN SELECT RAISE(ABORT, 'held'); END" % due)
+        db.commit()
+        clock.set(7 * 86400 + 600)
+        later = datetime.datetime.utcnow() + datetime.timedelta(seconds=7 * 86400 + 600)
+        assert eventually(lambda: gauge(server, "hsmd_scheduler_failures_total") >= 1, 30)
+        r = signed_at(server, later, "TrentService.CancelKeyDeletion", {"KeyId": due})
+        assert r.status_code == 400, r.text
+        assert r.json()["__type"] == "KMSInvalidStateException", r.text
+        assert "waiting period ended" in r.json()["message"], r.text
+        r = signed_at(server, later, "TrentService.DescribeKey", {"KeyId": due})
+        assert r.json()["KeyMetadata"]["KeyState"] == "PendingDeletion", r.text
+        r = signed_at(server, later, "TrentService.CancelKeyDeletion", {"KeyId": kept})
+        assert r.status_code == 200, r.text
+        db.execute("DROP TRIGGER hold_destruction")
+        db.commit()
+        db.close()
+
+        def destroyed():
+            r = signed_at(server, later, "TrentService.DescribeKey", {"KeyId": due})
+            return r.status_code == 400 and r.json()["__type"] == "NotFoundException"
+        assert eventually(destroyed, 30)
     finally:
         server.cleanup()

@@ -368,9 +368,13 @@ static void test_scheduled_work_listed_stale_is_left_alone(void **state)
 	assert_true(hsm_ok(hsm_store_key_get(f->store, k.key_id, &r)));
 	assert_int_equal(r.primary_version, 2);
 	hsm_key_record_clear(&r);
+	/* The cancellation came in the waiting period's last second (once it has ended, the
+	 * key is due and cancelling it is refused: test_cancel_after_waiting_period). */
+	f->now -= 1;
 	memset(&r, 0, sizeof(r));
 	assert_true(hsm_ok(hsm_kms_cancel_deletion(f->kms, &officer, d.key_id, &r)));
 	hsm_key_record_clear(&r);
+	f->now += 1;
 	/* B acts on what it listed: nothing happens, nothing fails. */
 	assert_true(hsm_ok(kms_rotate_due(b, &listed_k)));
 	assert_true(hsm_ok(kms_destroy_due(b, &listed_d)));
@@ -388,6 +392,34 @@ static void test_scheduled_work_listed_stale_is_left_alone(void **state)
 	hsm_key_record_clear(&k);
 	hsm_key_record_clear(&d);
 	hsm_kms_free(b);
+}
+
+static void test_cancel_after_waiting_period(void **state)
+{
+	fx *f = *state;
+	hsm_key_record k, r;
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, NULL, &k);
+	memset(&r, 0, sizeof(r));
+	assert_true(hsm_ok(hsm_kms_schedule_deletion(f->kms, &officer, k.key_id, 7, &r)));
+	hsm_key_record_clear(&r);
+	/* Due (the scheduler has not come by yet): no longer cancellable, nothing changes. */
+	f->now += 7 * 86400;
+	memset(&r, 0, sizeof(r));
+	hsm_result res = hsm_kms_cancel_deletion(f->kms, &officer, k.key_id, &r);
+	assert_int_equal(res.err, HSM_ERR_INVALID_STATE);
+	assert_non_null(strstr(hsm_last_message(), "waiting period ended"));
+	hsm_key_record_clear(&r);
+	memset(&r, 0, sizeof(r));
+	assert_true(hsm_ok(hsm_store_key_get(f->store, k.key_id, &r)));
+	assert_int_equal(r.state, HSM_KEY_PENDING_DELETION);
+	hsm_key_record_clear(&r);
+	/* A second before, it was. */
+	f->now -= 1;
+	memset(&r, 0, sizeof(r));
+	assert_true(hsm_ok(hsm_kms_cancel_deletion(f->kms, &officer, k.key_id, &r)));
+	assert_int_equal(r.state, HSM_KEY_DISABLED);
+	hsm_key_record_clear(&r);
+	hsm_key_record_clear(&k);
 }
 
 static void test_destruction_after_waiting_period(void **state)
@@ -983,6 +1015,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_displaced_snapshot_forgets_material, setup,
 	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_gcm, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_cancel_after_waiting_period, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_destruction_after_waiting_period, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_scheduled_work_decides_under_the_row_lock, setup,
 	                                    kms_fx_teardown),
