@@ -1079,6 +1079,47 @@ hsm_result hsm_store_outbox_delete(hsm_store *s, const char *node_id,
 void hsm_outbox_offline_node(const char *data_dir, char out[HSM_OUTBOX_NODE_ID_MAX + 1]);
 
 /*
+ * Rows of a node that never comes back (its machine was replaced, the
+ * cluster failed over for good) would stay for ever, their changes recorded
+ * nowhere: the node that leads the store adopts them (server/outbox_adopt.c).
+ * These find such a node and make sure it is not running meanwhile.
+ */
+typedef struct hsm_outbox_node {
+	char node_id[HSM_OUTBOX_NODE_ID_MAX + 1];
+	int64_t oldest_ms; /* created_ms of its oldest row */
+	uint64_t rows;     /* how many it has */
+} hsm_outbox_node;
+typedef hsm_result (*hsm_outbox_node_cb)(const hsm_outbox_node *n, void *arg);
+/*
+ * Every node id whose oldest row was committed before before_ms, in id
+ * order (strcmp, the database's C ordering), read a page at a time like
+ * hsm_store_outbox_list (a callback may delete rows).  Reads only.
+ */
+hsm_result hsm_store_outbox_nodes(hsm_store *s, int64_t before_ms, hsm_outbox_node_cb cb,
+                                  void *arg) HSM_MUST_CHECK;
+
+/*
+ * Takes node_id's claim (hsm_store_claim_node) on a session of its own,
+ * without waiting: *out is the hold, or NULL when another session holds the
+ * id (its node runs, or another node holds it to adopt its rows).  While
+ * the hold lives, no node can claim the id: a node started with it waits,
+ * as for any running holder, and refuses to start if the hold outlives its
+ * wait.  PostgreSQL: the same session advisory lock the claim takes, on a
+ * new connection named "hsmd adopting <id>" whose server ends it after
+ * HSM_NODE_HOLD_IDLE_MS without a statement (a holder that hangs frees the
+ * id).  SQLite: one process holds the store (its directory lock), so nobody
+ * else runs under any id: always granted.
+ */
+typedef struct hsm_node_hold hsm_node_hold;
+#define HSM_NODE_HOLD_IDLE_MS 60000
+hsm_result hsm_store_node_hold(hsm_store *s, const char *node_id,
+                               hsm_node_hold **out) HSM_MUST_CHECK;
+/* Proves the hold still lives (a round trip, which also restarts its idle time); a failure when its session was lost. */
+hsm_result hsm_node_hold_check(hsm_node_hold *h) HSM_MUST_CHECK;
+/* Gives the id back (unlocked, then the session closed); NULL is a no-op. */
+void hsm_node_hold_release(hsm_node_hold *h);
+
+/*
  * Commits a write transaction that changes nothing but carries the calling
  * thread's outbox row: for a change the store's own writes do not make (a
  * restore renames a whole store file into place), whose row must still be

@@ -214,6 +214,20 @@ struct hsm_store_ops {
 	                            const char *const *request_ids, size_t n);
 	/* One write transaction that changes nothing: it carries the thread's row alone. */
 	hsm_result (*outbox_note)(hsm_store *s);
+	/*
+	 * nodes: the node ids after after_node (the first page: "") whose
+	 * oldest row is before before_ms, in id order, at most limit, appended
+	 * to out (hsm_outbox_node items).
+	 */
+	hsm_result (*outbox_nodes_page)(hsm_store *s, const char *after_node, int64_t before_ms,
+	                                size_t limit, st_vec *out);
+	/*
+	 * hsm_store_node_hold: *held, and *session the backend's own (NULL when
+	 * it needs none); check and release take that session back.
+	 */
+	hsm_result (*node_hold)(hsm_store *s, const char *node_id, void **session, bool *held);
+	hsm_result (*node_hold_check)(hsm_store *s, void *session);
+	void (*node_hold_release)(hsm_store *s, void *session, const char *node_id);
 };
 
 /* ---- Helpers every backend uses (store.c) ------------------------------------------- */

@@ -163,6 +163,72 @@ hsm_result hsm_store_outbox_delete(hsm_store *s, const char *node_id,
 	return res;
 }
 
+/* Node ids read per page of hsm_store_outbox_nodes. */
+#define OUTBOX_NODES_PAGE 100
+
+hsm_result hsm_store_outbox_nodes(hsm_store *s, int64_t before_ms, hsm_outbox_node_cb cb,
+                                  void *arg)
+{
+	HSM_ASSERT(s != NULL && cb != NULL);
+	char after[HSM_OUTBOX_NODE_ID_MAX + 1] = "";
+	hsm_result res = HSM_SUCCESS;
+	for (bool more = true; hsm_ok(res) && more;) {
+		st_vec page;
+		st_vec_init(&page, sizeof(hsm_outbox_node));
+		res = s->ops->outbox_nodes_page(s, after, before_ms, OUTBOX_NODES_PAGE, &page);
+		more = hsm_ok(res) && page.n == OUTBOX_NODES_PAGE;
+		if (hsm_ok(res) && page.n > 0) {
+			const hsm_outbox_node *last = st_vec_at(&page, page.n - 1);
+			cut(after, sizeof(after), last->node_id);
+		}
+		for (size_t i = 0; hsm_ok(res) && i < page.n; i++)
+			res = cb(st_vec_at(&page, i), arg);
+		st_vec_free(&page, NULL);
+	}
+	return res;
+}
+
+struct hsm_node_hold {
+	hsm_store *s;
+	void *session; /* the backend's (NULL for SQLite) */
+	char node_id[HSM_OUTBOX_NODE_ID_MAX + 1];
+};
+
+hsm_result hsm_store_node_hold(hsm_store *s, const char *node_id, hsm_node_hold **out)
+{
+	HSM_ASSERT(s != NULL && node_id != NULL && out != NULL);
+	HSM_ENSURE(node_id[0] != '\0', HSM_ERR_VALIDATION, "the node id is empty");
+	HSM_ENSURE(strlen(node_id) <= HSM_OUTBOX_NODE_ID_MAX, HSM_ERR_VALIDATION,
+	           "a node id is at most %d bytes", HSM_OUTBOX_NODE_ID_MAX);
+	hsm_node_hold *h = calloc(1, sizeof(*h));
+	HSM_ENSURE(h != NULL, HSM_ERR_NOMEM, "out of memory");
+	h->s = s;
+	cut(h->node_id, sizeof(h->node_id), node_id);
+	bool held = false;
+	hsm_result r = s->ops->node_hold(s, h->node_id, &h->session, &held);
+	if (hsm_failed(r) || !held) {
+		free(h);
+		h = NULL;
+	}
+	if (hsm_ok(r))
+		*out = h;
+	return r;
+}
+
+hsm_result hsm_node_hold_check(hsm_node_hold *h)
+{
+	HSM_ASSERT(h != NULL);
+	return h->s->ops->node_hold_check(h->s, h->session);
+}
+
+void hsm_node_hold_release(hsm_node_hold *h)
+{
+	if (h == NULL)
+		return;
+	h->s->ops->node_hold_release(h->s, h->session, h->node_id);
+	free(h);
+}
+
 void hsm_outbox_offline_node(const char *data_dir, char out[HSM_OUTBOX_NODE_ID_MAX + 1])
 {
 	char real[PATH_MAX], host[256] = "";

@@ -544,6 +544,38 @@ static hsm_result node_held_elsewhere(pg_conn *c, const char *node_id, const cha
 	                node_id, who);
 }
 
+/*
+ * Opens a session named app and tries node_id's lock on it: *out is the
+ * session, *held whether it holds the lock (the caller closes it if not).
+ */
+static hsm_result node_session(pg_store *s, const char *node_id, const char *app,
+                               pg_conn **out, bool *held)
+{
+	char key[16];
+	snprintf(key, sizeof(key), "%d", (int)pg_node_lock_key(node_id));
+	pg_conn *c = NULL;
+	HSM_GUARD(conn_open(s, &c));
+	pg_params p;
+	pg_params_init(&p);
+	pg_p_text(&p, app);
+	hsm_result r = pg_run(c, SQL_NODE_NAME, &p, NULL);
+	PGresult *res = NULL;
+	if (hsm_ok(r)) {
+		pg_params_init(&p);
+		pg_p_text(&p, key);
+		r = pg_run(c, SQL_NODE_TRY, &p, &res);
+	}
+	if (hsm_ok(r))
+		r = pg_col_bool(res, 0, 0, held);
+	PQclear(res);
+	if (hsm_failed(r)) {
+		conn_close(c);
+		return r;
+	}
+	*out = c;
+	return HSM_SUCCESS;
+}
+
 /* Opens the node's own session, names it, and tries the lock; the session is kept only when held. */
 static hsm_result node_try(pg_store *s, const char *node_id)
 {
@@ -552,24 +584,10 @@ static hsm_result node_try(pg_store *s, const char *node_id)
 	/* Where pg_stat_activity shows it, the holder names itself to a node refused its id. */
 	snprintf(app, sizeof(app), "hsmd node %.48s", node_id);
 	pg_conn *c = NULL;
-	HSM_GUARD(conn_open(s, &c));
-	pg_params p;
-	pg_params_init(&p);
-	pg_p_text(&p, app);
-	hsm_result r = pg_run(c, SQL_NODE_NAME, &p, NULL);
-	PGresult *res = NULL;
 	bool held = false;
-	if (hsm_ok(r)) {
-		pg_params_init(&p);
-		pg_p_text(&p, key);
-		r = pg_run(c, SQL_NODE_TRY, &p, &res);
-	}
-	if (hsm_ok(r))
-		r = pg_col_bool(res, 0, 0, &held);
-	PQclear(res);
-	if (hsm_ok(r) && !held)
-		r = node_held_elsewhere(c, node_id, key);
-	if (hsm_failed(r)) {
+	HSM_GUARD(node_session(s, node_id, app, &c, &held));
+	if (!held) {
+		hsm_result r = node_held_elsewhere(c, node_id, key);
 		conn_close(c);
 		return r;
 	}
@@ -608,6 +626,53 @@ static void node_release(pg_store *s)
 			hsm_log_failure("the node id is freed when the session ends instead");
 	}
 	node_drop(s);
+}
+
+/*
+ * Another node's id, held to adopt its audit outbox rows (store.h,
+ * hsm_store_node_hold): the claim's own lock, on a session of its own
+ * that the server ends after HSM_NODE_HOLD_IDLE_MS without a statement, so
+ * a holder that hangs does not keep the id from its node for ever.
+ */
+static hsm_result pg_node_hold(hsm_store *base, const char *node_id, void **session, bool *held)
+{
+	pg_store *s = pg_of(base);
+	char app[64];
+	snprintf(app, sizeof(app), "hsmd adopting %.48s", node_id);
+	pg_conn *c = NULL;
+	*held = false;
+	HSM_GUARD(node_session(s, node_id, app, &c, held));
+	char sql[64];
+	snprintf(sql, sizeof(sql), "SET idle_session_timeout = %d", HSM_NODE_HOLD_IDLE_MS);
+	hsm_result r = *held ? pg_simple(c, sql, "limit the held node id's idle time") : HSM_SUCCESS;
+	if (hsm_failed(r) || !*held) {
+		conn_close(c); /* ending the session frees the lock it may hold */
+		*held = false;
+		return r;
+	}
+	*session = c;
+	return HSM_SUCCESS;
+}
+
+static hsm_result pg_node_hold_check(hsm_store *base, void *session)
+{
+	(void)base;
+	return pg_run(session, SQL_NODE_ALIVE, NULL, NULL);
+}
+
+/* Unlocked before closing, so the node, started again, takes its id at once. */
+static void pg_node_hold_release(hsm_store *base, void *session, const char *node_id)
+{
+	(void)base;
+	pg_conn *c = session;
+	char key[16];
+	snprintf(key, sizeof(key), "%d", (int)pg_node_lock_key(node_id));
+	pg_params p;
+	pg_params_init(&p);
+	pg_p_text(&p, key);
+	if (!c->broken && hsm_failed(pg_run(c, SQL_NODE_RELEASE, &p, NULL)))
+		hsm_log_failure("the held node id is freed when the session ends instead");
+	conn_close(c);
 }
 
 static void pg_close(hsm_store *base)
@@ -707,6 +772,10 @@ static const hsm_store_ops pg_ops = {
 	.outbox_page = pg_outbox_page,
 	.outbox_delete = pg_outbox_delete,
 	.outbox_note = pg_outbox_note,
+	.outbox_nodes_page = pg_outbox_nodes_page,
+	.node_hold = pg_node_hold,
+	.node_hold_check = pg_node_hold_check,
+	.node_hold_release = pg_node_hold_release,
 };
 
 static hsm_result store_alloc(const char *location, pg_store **out)

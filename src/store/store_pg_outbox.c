@@ -151,6 +151,51 @@ hsm_result pg_outbox_delete(hsm_store *base, const char *node_id, const char *co
 	return pg_write(pg_of(base), delete_body, &op);
 }
 
+/* Node ids by their oldest row (node_id is COLLATE "C": strcmp's order). */
+static const char SQL_OUTBOX_NODES[] =
+	"SELECT node_id, min(created_ms), count(*) FROM audit_outbox WHERE node_id > $1 "
+	"GROUP BY node_id HAVING min(created_ms) < $2 ORDER BY node_id LIMIT $3";
+
+typedef struct nodes_op {
+	const char *after_node;
+	int64_t before_ms;
+	size_t limit;
+	st_vec *out;
+} nodes_op;
+
+static hsm_result read_node(const PGresult *r, int row, void *item)
+{
+	hsm_outbox_node *n = item;
+	int64_t rows = 0;
+	HSM_GUARD(pg_col_text(r, row, 0, n->node_id, sizeof(n->node_id)));
+	HSM_GUARD(pg_col_i64(r, row, 1, &n->oldest_ms));
+	HSM_GUARD(pg_col_i64(r, row, 2, &rows));
+	n->rows = rows > 0 ? (uint64_t)rows : 0;
+	return HSM_SUCCESS;
+}
+
+static hsm_result nodes_body(pg_conn *c, void *arg)
+{
+	nodes_op *op = arg;
+	PGresult *r = NULL;
+	pg_params p;
+	pg_params_init(&p);
+	pg_p_text(&p, op->after_node);
+	pg_p_i64(&p, op->before_ms);
+	pg_p_i64(&p, (int64_t)op->limit);
+	HSM_GUARD(pg_run(c, SQL_OUTBOX_NODES, &p, &r));
+	hsm_result res = pg_collect(r, op->limit, read_node, NULL, op->out, NULL);
+	PQclear(r);
+	return res;
+}
+
+hsm_result pg_outbox_nodes_page(hsm_store *base, const char *after_node, int64_t before_ms,
+                                size_t limit, st_vec *out)
+{
+	nodes_op op = {after_node, before_ms, limit, out};
+	return pg_read(pg_of(base), nodes_body, &op);
+}
+
 static hsm_result note_body(pg_conn *w, void *arg)
 {
 	(void)w;

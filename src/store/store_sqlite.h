@@ -296,5 +296,7 @@ hsm_result sq_outbox_page(hsm_store *s, const char *node_id, int64_t after_ms,
 hsm_result sq_outbox_delete(hsm_store *s, const char *node_id, const char *const *request_ids,
                             size_t n);
 hsm_result sq_outbox_note(hsm_store *s);
+hsm_result sq_outbox_nodes_page(hsm_store *s, const char *after_node, int64_t before_ms,
+                                size_t limit, st_vec *out);
 
 #endif

@@ -95,6 +95,39 @@ hsm_result sq_outbox_delete(hsm_store *base, const char *node_id, const char *co
 	return sq_write_end(s, w, delete_in(w, node_id, request_ids, n));
 }
 
+/* Node ids by their oldest row (the index audit_outbox_order leads with node_id). */
+static const char SQL_OUTBOX_NODES[] =
+	"SELECT node_id, min(created_ms), count(*) FROM audit_outbox WHERE node_id > ?1 "
+	"GROUP BY node_id HAVING min(created_ms) < ?2 ORDER BY node_id LIMIT ?3";
+
+static hsm_result read_node(sqlite3_stmt *st, void *item)
+{
+	hsm_outbox_node *n = item;
+	HSM_GUARD(sq_col_text(st, 0, n->node_id, sizeof(n->node_id)));
+	n->oldest_ms = sqlite3_column_int64(st, 1);
+	n->rows = (uint64_t)sqlite3_column_int64(st, 2);
+	return HSM_SUCCESS;
+}
+
+hsm_result sq_outbox_nodes_page(hsm_store *base, const char *after_node, int64_t before_ms,
+                                size_t limit, st_vec *out)
+{
+	sq_store *s = sq_of(base);
+	sq_conn *c;
+	sqlite3_stmt *st = NULL;
+	HSM_GUARD(sq_read_begin(s, &c));
+	hsm_result res = sq_prepare(c, SQL_OUTBOX_NODES, &st);
+	if (hsm_ok(res)) {
+		sq_bind_text(c, st, 1, after_node);
+		sq_bind_i64(c, st, 2, before_ms);
+		sq_bind_i64(c, st, 3, (int64_t)limit);
+		res = sq_collect(c, st, limit, read_node, NULL, out, NULL);
+		sq_reset(st);
+	}
+	sq_read_end(s, c);
+	return res;
+}
+
 /* The caller (hsm_store_outbox_note) has an intent pending: the commit carries its row alone. */
 hsm_result sq_outbox_note(hsm_store *base)
 {

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include <limits.h>
+#include <stdlib.h>
 #include <sys/stat.h>
 #include <string.h>
 #include <unistd.h>
@@ -688,6 +689,114 @@ static void test_offline_node_id_names_the_directory(void **state)
 	assert_string_not_equal(a, c);
 }
 
+/* ---- Nodes that do not come back ------------------------------------------------------- */
+
+#define NODES_MAX 256
+typedef struct nodes_seen {
+	size_t n;
+	hsm_outbox_node v[NODES_MAX];
+} nodes_seen;
+
+static hsm_result collect_node(const hsm_outbox_node *n, void *arg)
+{
+	nodes_seen *s = arg;
+	assert_true(s->n < NODES_MAX);
+	s->v[s->n++] = *n;
+	return HSM_SUCCESS;
+}
+
+/* Node ids whose oldest row is before the bound, in id order, with that row's time and their count. */
+static void test_nodes_with_old_rows(void **state)
+{
+	st_fixture *f = *state;
+	raw_exec(f, "INSERT INTO audit_outbox (node_id, request_id, created_ms, operation) VALUES "
+	            "('node-c', 'c1', 500, 'Op'), ('node-c', 'c2', 100, 'Op'), "
+	            "('node-b', 'b1', 900, 'Op'), ('node-a', 'a1', 200, 'Op'), "
+	            "('node-a', 'a2', 950, 'Op'), ('node-a', 'a3', 300, 'Op')");
+	nodes_seen *s = calloc(1, sizeof(*s));
+	assert_non_null(s);
+	EXPECT_OK(hsm_store_outbox_nodes(f->s, 800, collect_node, s));
+	assert_int_equal(s->n, 2);
+	assert_string_equal(s->v[0].node_id, "node-a");
+	assert_int_equal(s->v[0].oldest_ms, 200);
+	assert_int_equal(s->v[0].rows, 3);
+	assert_string_equal(s->v[1].node_id, "node-c");
+	assert_int_equal(s->v[1].oldest_ms, 100);
+	assert_int_equal(s->v[1].rows, 2);
+	/* The bound is strict: a node whose oldest row is at it is not listed. */
+	s->n = 0;
+	EXPECT_OK(hsm_store_outbox_nodes(f->s, 200, collect_node, s));
+	assert_int_equal(s->n, 1);
+	assert_string_equal(s->v[0].node_id, "node-c");
+	s->n = 0;
+	EXPECT_OK(hsm_store_outbox_nodes(f->s, 100, collect_node, s));
+	assert_int_equal(s->n, 0);
+	/* More ids than a page, each listed once, in order, though a callback deletes rows. */
+	raw_exec(f, "DELETE FROM audit_outbox");
+	char sql[512];
+	snprintf(sql, sizeof(sql),
+	         st_is_pg() ? "INSERT INTO audit_outbox (node_id, request_id, created_ms, operation) "
+	                      "SELECT 'n' || lpad(i::text, 3, '0'), 'r', i, 'Op' "
+	                      "FROM generate_series(0, 249) AS i"
+	                    : "WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM c "
+	                      "WHERE i < 249) INSERT INTO audit_outbox (node_id, request_id, "
+	                      "created_ms, operation) SELECT printf('n%%03d', i), 'r', i, 'Op' FROM c");
+	raw_exec(f, sql);
+	s->n = 0;
+	EXPECT_OK(hsm_store_outbox_nodes(f->s, 1000, collect_node, s));
+	assert_int_equal(s->n, 250);
+	for (size_t i = 0; i < 250; i++) {
+		char want[8];
+		snprintf(want, sizeof(want), "n%03zu", i);
+		assert_string_equal(s->v[i].node_id, want);
+		assert_int_equal(s->v[i].oldest_ms, (int64_t)i);
+		assert_int_equal(s->v[i].rows, 1);
+	}
+	free(s);
+}
+
+/*
+ * Holding another node's id: granted while nobody claims it, and then no
+ * node can claim it, nor hold it too, until it is released; never granted
+ * while its node runs.  SQLite: the directory lock already keeps everyone
+ * else out, so always granted.
+ */
+static void test_node_hold(void **state)
+{
+	st_fixture *f = *state;
+	hsm_node_hold *h = NULL, *h2 = NULL;
+	EXPECT_OK(hsm_store_node_hold(f->s, "node-gone", &h));
+	assert_non_null(h);
+	EXPECT_OK(hsm_node_hold_check(h));
+	EXPECT_ERR(hsm_store_node_hold(f->s, "", &h2), HSM_ERR_VALIDATION);
+	if (!st_is_pg()) {
+		hsm_node_hold_release(h);
+		hsm_node_hold_release(NULL);
+		return;
+	}
+	hsm_store *b = NULL;
+	EXPECT_OK(hsm_store_open(f->loc, &b));
+	EXPECT_ERR(hsm_store_claim_node(b, "node-gone"), HSM_ERR_CONFLICT);
+	assert_non_null(strstr(hsm_last_message(), "\"hsmd adopting node-gone\""));
+	EXPECT_OK(hsm_store_node_hold(b, "node-gone", &h2));
+	assert_null(h2);
+	/* Released, the node starting again takes its id at once. */
+	hsm_node_hold_release(h);
+	EXPECT_OK(hsm_store_claim_node(b, "node-gone"));
+	/* A running node's id is never held. */
+	EXPECT_OK(hsm_store_node_hold(f->s, "node-gone", &h));
+	assert_null(h);
+	hsm_store_close(b);
+	EXPECT_OK(hsm_store_node_hold(f->s, "node-gone", &h));
+	assert_non_null(h);
+	/* Its session ended (the database restarted, or ended an idle holder): the check says so. */
+	assert_int_equal(st_pg_exec(f->db, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+	                                   "WHERE application_name = 'hsmd adopting node-gone'"),
+	                 0);
+	assert_true(hsm_failed(hsm_node_hold_check(h)));
+	hsm_node_hold_release(h);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -716,6 +825,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_added_to_an_older_store, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_offline_node_id_names_the_directory, st_setup,
 		                                st_teardown),
+		cmocka_unit_test_setup_teardown(test_nodes_with_old_rows, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_node_hold, st_setup, st_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
