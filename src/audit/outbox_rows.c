@@ -113,13 +113,15 @@ out:
 
 /* The record in place of w's lost one. */
 static hsm_result record_in_stead(hsm_audit *a, const char *by, const hsm_outbox_row *w,
-                                  const char *lost_why)
+                                  const char *node, const char *lost_why)
 {
 	char committed[25];
 	hsm_format_time_ms(w->created_ms, committed);
-	hsm_audit_field f[6];
+	hsm_audit_field f[7];
 	size_t n = 0;
 	f[n++] = (hsm_audit_field){"request_op", w->op};
+	if (node != NULL)
+		f[n++] = (hsm_audit_field){"request_node", node};
 	if (w->principal[0] != '\0')
 		f[n++] = (hsm_audit_field){"request_principal", w->principal};
 	if (w->akid[0] != '\0')
@@ -154,7 +156,7 @@ hsm_result hsm_outbox_rows_record_missing(const hsm_outbox_rows *r, const char *
 	for (size_t i = 0; hsm_ok(res) && i < r->n; i++) {
 		if (found[i])
 			continue;
-		res = record_in_stead(a, by, &r->v[i], why(&r->v[i], arg));
+		res = record_in_stead(a, by, &r->v[i], r->request_node, why(&r->v[i], arg));
 		if (hsm_ok(res))
 			(*recorded)++;
 	}

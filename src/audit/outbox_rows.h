@@ -30,6 +30,8 @@ typedef struct hsm_outbox_row {
 typedef struct hsm_outbox_rows {
 	hsm_outbox_row *v;
 	size_t n, cap;
+	/* Set by a node settling another node's rows: their node id, each record's request_node. */
+	const char *request_node;
 } hsm_outbox_rows;
 
 /* Which rows to keep: NULL keeps all. */

@@ -374,6 +374,11 @@ static hsm_result check_together(loader *L)
 	           HSM_ERR_VALIDATION, "%s is shorter than three rounds of %s",
 	           described(L, "leader_lease_seconds", a, sizeof(a)),
 	           described(L, "scheduler_interval_seconds", b, sizeof(b)));
+	/* A node restarting frees its id for a moment: its rows stay its own to settle. */
+	HSM_ENSURE(cfg->outbox_adopt_after_seconds == 0 ||
+	               cfg->outbox_adopt_after_seconds >= HSM_OUTBOX_ADOPT_MIN_S,
+	           HSM_ERR_VALIDATION, "%s is neither 0 (never) nor at least %d",
+	           described(L, "outbox_adopt_after_seconds", a, sizeof(a)), HSM_OUTBOX_ADOPT_MIN_S);
 	/* Dev mode keeps its 1-of-1 share beside the data: never beside a store other nodes use. */
 	HSM_ENSURE(!cfg->dev || cfg->store[0] == '\0', HSM_ERR_VALIDATION,
 	           "dev mode keeps its store in data_dir; a shared store (store = ...) needs a key "

@@ -82,6 +82,8 @@ typedef struct hsm_config {
 	uint32_t key_usage_flush_ms;     /* last uses of keys written to the store this often */
 	uint32_t scheduler_interval_seconds; /* a node's background rounds (server.c) */
 	uint32_t leader_lease_seconds;   /* a shared store's leadership, lost after this idle */
+	uint32_t outbox_adopt_after_seconds; /* another node's rows this old are adopted; 0: never */
+#define HSM_OUTBOX_ADOPT_MIN_S 60            /* its least value but 0 */
 	char region[HSM_CONFIG_NAME_MAX];
 	char account_id[13];
 	char node_id[HSM_CONFIG_NAME_MAX];

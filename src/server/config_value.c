@@ -83,6 +83,12 @@ const key_def hsm_config_keys[] = {
     {"leader_lease_seconds", K_U32, FIELD(leader_lease_seconds), 3, 3600, "30", "S",
      "with a shared store, a leader that makes no round for this long (stopped, hung) loses "
      "the scheduled work to the next node to ask; at least 3 x scheduler_interval_seconds"},
+    {"outbox_adopt_after_seconds", K_U32, FIELD(outbox_adopt_after_seconds), 0, 366 * DAY,
+     "3600", "S",
+     "with a shared store, the leader records in its own trail the audit outbox rows of a "
+     "node that is not running (its id free) once the oldest is this old, then deletes them: "
+     "changes a node that never comes back committed without a record; 0: never; else at "
+     "least 60"},
     {"region", K_REGION, FIELD(region), 0, 0, "us-east-1", "NAME", "region named in key ARNs"},
     {"account_id", K_ACCOUNT, FIELD(account_id), 0, 0, "111122223333", "ID",
      "12-digit account named in key ARNs"},

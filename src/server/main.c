@@ -47,6 +47,7 @@ static void options_from(const hsm_config *cfg, hsm_server_options *o)
 	o->backup_interval = cfg->backup_interval_seconds;
 	o->scheduler_interval = cfg->scheduler_interval_seconds;
 	o->leader_lease = cfg->leader_lease_seconds;
+	o->outbox_adopt_after = cfg->outbox_adopt_after_seconds;
 	o->backup_retention_days = cfg->backup_retention_days;
 	o->audit_checkpoint_seconds = cfg->audit_checkpoint_seconds;
 	o->audit_syslog = cfg->audit_syslog;

@@ -7,6 +7,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <string.h>
 #include <time.h>
@@ -41,6 +42,10 @@ struct hsm_outbox {
 	settled_vec lost; /* not recorded: rows to settle with a record in their stead */
 	bool delete_failing, settle_failing; /* said once a streak */
 	atomic_uint_fast64_t recovered;
+	/* Adoption of other nodes' rows (the scheduler thread's alone, while it leads). */
+	uint64_t adopt_due_ns; /* the next pass, on the monotonic clock; 0: at once */
+	bool adopt_failing;
+	atomic_uint_fast64_t adopted;
 };
 
 hsm_result hsm_outbox_new(hsm_outbox **out)
@@ -65,6 +70,11 @@ void hsm_outbox_free(hsm_outbox *o)
 uint64_t hsm_outbox_recovered(const hsm_outbox *o)
 {
 	return o != NULL ? atomic_load(&((hsm_outbox *)(uintptr_t)o)->recovered) : 0;
+}
+
+uint64_t hsm_outbox_adopted(const hsm_outbox *o)
+{
+	return o != NULL ? atomic_load(&((hsm_outbox *)(uintptr_t)o)->adopted) : 0;
 }
 
 static bool push(settled_vec *v, const settled *e)
@@ -330,4 +340,185 @@ void hsm_outbox_recover(hsm_server *s)
 		                "the next start");
 	else if (hsm_audit_accepting(s->audit))
 		settle_lost(s);
+}
+
+/* ---- Rows of nodes that do not come back ---------------------------------------------- */
+
+#define ADOPT_EVERY_NS (60ULL * 1000 * 1000 * 1000)
+/* Rows settled per round trip proving the hold: records, fdatasync, delete. */
+#define ADOPT_BATCH 500
+/*
+ * No batch begins after the hold is this old: the node, started meanwhile,
+ * waits 20 s for its id (server.c) and must get it.  What is left waits for
+ * the next scheduler round, which leaves the id free in between.
+ */
+#define ADOPT_HOLD_NS (5ULL * 1000 * 1000 * 1000)
+#define OFFLINE_PREFIX "hsmctl-"
+
+typedef struct node_ids {
+	char (*v)[HSM_OUTBOX_NODE_ID_MAX + 1];
+	size_t n, cap;
+} node_ids;
+
+typedef struct adopt_scan {
+	const hsm_server *s;
+	node_ids ids;
+} adopt_scan;
+
+/*
+ * Another node's rows, old enough: this node's own are settled at its start
+ * and by its flusher, hsmctl's by the node serving their data directory (or
+ * the next offline command there), which alone can search the trail hsmctl
+ * wrote.
+ */
+static hsm_result note_stale_node(const hsm_outbox_node *n, void *arg)
+{
+	adopt_scan *a = arg;
+	if (strcmp(n->node_id, a->s->node_id) == 0 ||
+	    strncmp(n->node_id, OFFLINE_PREFIX, sizeof(OFFLINE_PREFIX) - 1) == 0)
+		return HSM_SUCCESS;
+	node_ids *v = &a->ids;
+	if (v->n == v->cap) {
+		size_t cap = v->cap != 0 ? v->cap * 2 : 8;
+		void *nv = realloc(v->v, cap * sizeof(*v->v));
+		HSM_ENSURE(nv != NULL, HSM_ERR_NOMEM, "out of memory");
+		v->v = nv;
+		v->cap = cap;
+	}
+	snprintf(v->v[v->n++], sizeof(*v->v), "%s", n->node_id);
+	return HSM_SUCCESS;
+}
+
+typedef struct adopting {
+	const char *node;
+	uint32_t after_s;
+	char why[256];
+	size_t listed;
+} adopting;
+
+static bool first_batch(const char *request_id, void *arg)
+{
+	(void)request_id;
+	adopting *a = arg;
+	return a->listed++ < ADOPT_BATCH;
+}
+
+static const char *why_adopted(const hsm_outbox_row *row, void *arg)
+{
+	(void)row;
+	return ((const adopting *)arg)->why;
+}
+
+/*
+ * One batch of node's rows (the hold proven first): a record in this
+ * node's trail in place of each that this trail does not hold yet (an
+ * earlier pass may have written it before failing), then, once those
+ * records are durable, the rows go.  *settled: rows deleted; *recorded:
+ * records written.
+ */
+static hsm_result adopt_batch(hsm_server *s, hsm_node_hold *h, adopting *a, size_t *settled_n,
+                              size_t *recorded)
+{
+	hsm_outbox_rows rows = {0};
+	const char **ids = NULL;
+	*settled_n = *recorded = 0;
+	a->listed = 0;
+	hsm_result r = hsm_node_hold_check(h);
+	if (hsm_ok(r))
+		r = hsm_outbox_rows_list(s->store, a->node, first_batch, a, &rows);
+	if (hsm_ok(r) && rows.n > 0) {
+		ids = hsm_outbox_rows_ids(&rows);
+		r = ids != NULL ? HSM_SUCCESS : HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
+	}
+	rows.request_node = a->node;
+	const char *dirs[] = {s->audit_dir};
+	if (hsm_ok(r))
+		r = hsm_outbox_rows_record_missing(&rows, dirs, 1, s->audit, "hsmd", why_adopted, a,
+		                                   recorded);
+	atomic_fetch_add(&s->outbox->recovered, *recorded);
+	atomic_fetch_add(&s->outbox->adopted, *recorded);
+	if (hsm_ok(r) && rows.n > 0 && !wait_durable(s, hsm_audit_next_seq(s->audit)))
+		r = HSM_FAIL(HSM_ERR_AUDIT_UNAVAILABLE,
+		             "the audit trail did not make the records durable in time");
+	if (hsm_ok(r) && rows.n > 0)
+		r = hsm_store_outbox_delete(s->store, a->node, ids, rows.n);
+	if (hsm_ok(r))
+		*settled_n = rows.n;
+	free(ids);
+	hsm_outbox_rows_free(&rows);
+	return r;
+}
+
+/*
+ * node's rows, if node is not running: its id held throughout (it cannot
+ * start meanwhile, nor another leader adopt them too), released at the end.
+ * A failure leaves the rows not yet deleted for the next pass, whose search
+ * of this trail finds the records already written.  *more: rows are left
+ * because the hold reached ADOPT_HOLD_NS.
+ */
+static hsm_result adopt_node(hsm_server *s, const char *node, bool *more)
+{
+	*more = false;
+	hsm_node_hold *h = NULL;
+	HSM_GUARD(hsm_store_node_hold(s->store, node, &h));
+	if (h == NULL) {
+		hsm_debug("audit outbox: node %s has old rows but runs (its id is held): left to it",
+		          node);
+		return HSM_SUCCESS;
+	}
+	adopting a = {.node = node, .after_s = s->opt.outbox_adopt_after};
+	snprintf(a.why, sizeof(a.why),
+	         "node %.64s did not come back within outbox_adopt_after_seconds (%" PRIu32
+	         " s) to record it; its own trail, not searched here, may hold the record",
+	         node, a.after_s);
+	size_t settled_total = 0, recorded_total = 0, settled_n = 0, recorded = 0;
+	uint64_t until = hsm_mono_ns() + ADOPT_HOLD_NS;
+	hsm_result r = HSM_SUCCESS;
+	do {
+		r = adopt_batch(s, h, &a, &settled_n, &recorded);
+		settled_total += settled_n;
+		recorded_total += recorded;
+		*more = hsm_ok(r) && settled_n == ADOPT_BATCH;
+	} while (*more && hsm_mono_ns() < until);
+	hsm_node_hold_release(h);
+	if (settled_total > 0 || recorded_total > 0)
+		hsm_warn("audit outbox: adopted %zu row(s) of node %s, which did not come back within "
+		         "%" PRIu32 " s; %zu recorded now as " RECOVERED_EVENT " (request_node %s)",
+		         settled_total, node, a.after_s, recorded_total, node);
+	return r;
+}
+
+void hsm_outbox_adopt(hsm_server *s)
+{
+	hsm_outbox *o = s->outbox;
+	uint32_t after = s->opt.outbox_adopt_after;
+	uint64_t now = hsm_mono_ns();
+	if (after == 0 || !hsm_audit_accepting(s->audit) ||
+	    (o->adopt_due_ns != 0 && now < o->adopt_due_ns))
+		return;
+	o->adopt_due_ns = now + ADOPT_EVERY_NS;
+	adopt_scan scan = {.s = s};
+	hsm_result r = hsm_store_outbox_nodes(s->store, hsm_now_ms() - (int64_t)after * 1000,
+	                                      note_stale_node, &scan);
+	bool more = false;
+	/* One node's failure (its rows stay for the next pass) does not hold the others up. */
+	for (size_t i = 0; i < scan.ids.n; i++) {
+		bool left = false;
+		hsm_result one = adopt_node(s, scan.ids.v[i], &left);
+		if (hsm_failed(one))
+			r = one;
+		more |= left;
+	}
+	free(scan.ids.v);
+	if (more)
+		o->adopt_due_ns = 0; /* the rest at the next round */
+	if (hsm_failed(r)) {
+		if (!o->adopt_failing)
+			hsm_log_failure("audit outbox: adopting the rows of nodes that did not come back; "
+			                "retried every minute");
+		o->adopt_failing = true;
+	} else if (o->adopt_failing) {
+		hsm_info("audit outbox: the rows of nodes that did not come back are adopted again");
+		o->adopt_failing = false;
+	}
 }

@@ -10,10 +10,13 @@
  * its stead, RequestRecordRecovered, saying who changed what and when:
  * after an outage as soon as the trail takes records again, and at the next
  * start for the rows the node left behind.  The trail is searched first,
- * so a request whose record made it is not recorded twice.
+ * so a request whose record made it is not recorded twice.  The rows of
+ * another node that does not come back are adopted by the leader
+ * (hsm_outbox_adopt), in its own trail.
  *
  * Threads: settled() from any thread; pass() and recover() from one thread
- * at a time (the flusher; the starting or stopping server).
+ * at a time (the flusher; the starting or stopping server); adopt() from
+ * the scheduler alone.
  */
 #ifndef HSM_SERVER_OUTBOX_H
 #define HSM_SERVER_OUTBOX_H
@@ -49,7 +52,21 @@ void hsm_outbox_final(struct hsm_server *s, uint64_t durable_seq);
 /* At start, before requests are served: settles every row this node left. */
 void hsm_outbox_recover(struct hsm_server *s);
 
+/*
+ * On the node leading the store, from its scheduler: about once a minute
+ * (the first call at once), the rows of other node ids whose oldest is older
+ * than outbox_adopt_after and whose node is not running (its id held here
+ * meanwhile, hsm_store_node_hold) are settled in this node's trail, as
+ * those a stopped node left, naming their node (request_node); then those
+ * rows go.  hsmctl's offline node ids are left to the node serving their
+ * data directory.  Nothing when the setting is 0 or the trail takes no
+ * records.  Failures are logged once a streak and retried at the next pass.
+ */
+void hsm_outbox_adopt(struct hsm_server *s);
+
 /* Records written in place of lost ones since start (hsmd_audit_records_recovered_total). */
 uint64_t hsm_outbox_recovered(const hsm_outbox *o);
+/* Those of them adopted from other nodes (hsmd_audit_records_adopted_total). */
+uint64_t hsm_outbox_adopted(const hsm_outbox *o);
 
 #endif

@@ -827,8 +827,11 @@ static void *scheduler_main(void *arg)
 			}
 			/* Asked again: the key work may have taken long, and a backup made after the
 			 * lead was lost would be made twice, here and by the new leader. */
-			if (lead(s, can_work))
+			if (lead(s, can_work)) {
 				hsm_server_backup_if_due(s);
+				/* Rows of nodes that did not come back (outbox.h); safe on any node, done by one. */
+				hsm_outbox_adopt(s);
+			}
 		}
 		hsm_stack_wipe(); /* rotations make key material; backups and sweeps read it */
 		if (!recount_only) {
@@ -1162,6 +1165,10 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "(RequestRecordRecovered).\n"
 	    "# TYPE hsmd_audit_records_recovered_total counter\nhsmd_audit_records_recovered_total "
 	    "%llu\n"
+	    "# HELP hsmd_audit_records_adopted_total Those of them this node wrote for the audit "
+	    "outbox rows of another node that did not come back (outbox_adopt_after_seconds).\n"
+	    "# TYPE hsmd_audit_records_adopted_total counter\nhsmd_audit_records_adopted_total "
+	    "%llu\n"
 	    "# HELP hsmd_audit_next_sequence The sequence number of the next audit record.\n"
 	    "# TYPE hsmd_audit_next_sequence gauge\nhsmd_audit_next_sequence %llu\n"
 	    "# HELP hsmd_audit_files_expired_total Audit files deleted by the retention.\n"
@@ -1200,6 +1207,7 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    (int)atomic_load(&s->store_up), (int)atomic_load(&s->leading),
 	    (unsigned long long)as.written, (unsigned long long)as.refused,
 	    (unsigned long long)as.outages, (unsigned long long)hsm_outbox_recovered(s->outbox),
+	    (unsigned long long)hsm_outbox_adopted(s->outbox),
 	    (unsigned long long)as.next_seq,
 	    (unsigned long long)as.files_expired, (unsigned long long)as.files_copied,
 	    (unsigned long long)as.copy_failures, (int)as.retention_held, (int)as.low_space,

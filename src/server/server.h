@@ -41,6 +41,8 @@ typedef struct hsm_server_options {
 	uint32_t backup_interval;    /* seconds between scheduled backups; 0: none */
 	uint32_t scheduler_interval; /* seconds between a node's background rounds; 0: 5 */
 	uint32_t leader_lease;       /* seconds a shared store's leader may go without a round; 0: 30 */
+	/* Seconds before the leader adopts the audit outbox rows of a node not running (outbox.h); 0: never. */
+	uint32_t outbox_adopt_after;
 	uint32_t backup_retention_days; /* 0: 90 */
 	const char *node_id;
 	const char *region;

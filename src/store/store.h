@@ -516,7 +516,8 @@ hsm_result hsm_store_lead(hsm_store *s, bool want, uint32_t lease_ms,
 /*
  * Claims node_id on the store for as long as the handle stays open: the id
  * names the node's audit trail, its rows of the audit outbox (which the node
- * settles as its own) and its trail's copy, so two running nodes must never
+ * settles as its own, and another node only while it holds the id,
+ * hsm_store_node_hold) and its trail's copy, so two running nodes must never
  * share one.  The first call takes the claim; each later call with the same
  * id proves it is still held, and takes it again when it was lost (the
  * database ended the session) and nobody else took it meanwhile.
@@ -972,7 +973,8 @@ hsm_result hsm_store_approval_purge(hsm_store *s, int64_t before,
  * saying "request R (operation, principal, access key id, source, key id)
  * changed the store on node N at time T".  The server deletes the row once
  * the request's audit record is written, and at its next start writes a
- * recovery record for every row of its node left behind.
+ * recovery record for every row of its node left behind; the rows of a node
+ * that never comes back are adopted by the leader (hsm_store_node_hold).
  *
  * Rules every backend keeps:
  *  - The row goes in just before the COMMIT of the thread's first write

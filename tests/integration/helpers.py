@@ -1,8 +1,9 @@
 """Helpers shared by the integration tests (not a test module itself).
 
 Assertions on KMS errors, the admin API, users with chosen roles, the audit
-trail, aws-cli, restarting a dev node on the same data directory, a test PKI, and a
-throwaway PostgreSQL server (tests/support/pg-server.sh).
+trail, aws-cli, restarting a dev node on the same data directory, a test PKI, a
+throwaway PostgreSQL server (tests/support/pg-server.sh), and hsmd killed under gdb at a
+chosen function.
 """
 import base64
 import contextlib
@@ -17,6 +18,7 @@ import signal
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 import types
 import unittest.mock
@@ -430,3 +432,48 @@ class Clock:
         with open(tmp, "w") as f:
             f.write(str(int(seconds)))
         os.replace(tmp, self.path)
+
+
+class KilledAt:
+    """gdb attached to a running hsmd, which it kills (SIGKILL) the first time any
+    thread reaches the function stop_at: a crash or a power cut at that point."""
+
+    def __init__(self, server, stop_at):
+        self.server = server
+        self.gdb = subprocess.Popen(
+            ["gdb", "-q", "-nx", "-batch", "-p", str(server.proc.pid),
+             "-ex", f"break {stop_at}", "-ex", "continue", "-ex", "kill"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.out = []
+        ready = threading.Event()
+
+        def read():
+            for line in self.gdb.stdout:
+                self.out.append(line)
+                # Set, and the process goes on: a request sent from now on stops there
+                # (one sent before the continue waits in its socket until then).
+                if line.startswith("Breakpoint 1 at "):
+                    ready.set()
+            ready.set()
+        self.reader = threading.Thread(target=read, daemon=True)
+        self.reader.start()
+        assert ready.wait(60) and self.gdb.poll() is None, "".join(self.out)
+
+    def wait(self):
+        self.gdb.wait(timeout=60)
+        self.reader.join(10)
+        text = "".join(self.out)
+        assert "Breakpoint 1, " in text, text
+        self.server.proc.wait(timeout=30)
+        return text
+
+
+def killed_before_its_record(server, call):
+    """Runs call (one request) with hsmd killed once the change it commits is made and
+    before its record is submitted: the client gets no answer."""
+    killer = KilledAt(server, "hsm_audit_submit_lazy")
+    with pytest.raises((botocore.exceptions.EndpointConnectionError,
+                        botocore.exceptions.ConnectionClosedError,
+                        botocore.exceptions.ReadTimeoutError)):
+        call()
+    killer.wait()

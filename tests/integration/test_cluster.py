@@ -28,7 +28,7 @@ import pytest
 
 from conftest import BUILD, HSMCTL, Hsmd, client, signed_call, signed_request
 from helpers import (PG_SERVER, Clock, Postgres, admin, audit_records, eventually, gdb_can_trace,
-                     raises, listed_key_ids, self_signed)
+                     killed_before_its_record, raises, listed_key_ids, metric, self_signed)
 
 MODULE = os.path.join(BUILD, "libhsm_pkcs11.so")
 CUSTODIANS = ["alice", "bob", "carol", "dave", "erin"]
@@ -1299,6 +1299,91 @@ def test_a_node_id_is_held_by_one_running_node_at_a_time(pg, tmp_path):
         nodes.append(node(store, "node-y"))
         unseal(nodes[-1], files)
         assert twin.proc.poll() is None
+    finally:
+        for n in nodes:
+            n.cleanup()
+
+
+def outbox_of(pg, store, node_id):
+    out = pg.sql(store, "SELECT request_id, operation FROM audit_outbox "
+                        f"WHERE node_id = '{node_id}' ORDER BY request_id")
+    return [tuple(l.split("|")) for l in out.splitlines()]
+
+
+def verify_trail(server):
+    d = os.path.join(server.data_dir, "audit")
+    files = sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".jsonl"))
+    return subprocess.run([HSMCTL, "audit", "verify", "--live"] + files, capture_output=True,
+                          text=True)
+
+
+@pytest.mark.skipif(not gdb_can_trace(), reason="killing hsmd between a commit and its record "
+                                                "needs gdb, allowed to attach")
+def test_the_leader_adopts_the_outbox_rows_of_a_node_that_never_comes_back(pg, tmp_path):
+    """A node killed between a change and its record, that does not come back: the node that
+    leads settles its rows in its own trail once they are older than
+    outbox_adopt_after_seconds, holding the dead node's id meanwhile; a node that runs, and
+    hsmctl's offline node ids, are left alone; the dead node, started again, finds nothing
+    left to settle and records nothing twice."""
+    store = pg.database("adopt")
+    files, ops = ceremony(str(tmp_path), store)
+    nodes = []
+    try:
+        b = node(store, "node-b", ROUNDS)
+        nodes.append(b)
+        unseal(b, files)
+        # node-0 runs (sealed: it holds its id all the same), with a row as old as B's will be.
+        nodes.append(node(store, "node-0", ROUNDS))
+        old = "(extract(epoch from now()) * 1000)::bigint - 7200000"
+        pg.sql(store, "INSERT INTO audit_outbox (node_id, request_id, created_ms, operation) "
+                      f"VALUES ('node-0', 'runs', {old}, 'CreateKey'), "
+                      f"('hsmctl-0123456789abcdef', 'offline', {old}, 'hsmctl user create')")
+        killed_before_its_record(
+            b, lambda: kms(b, ops).create_key(Description="committed on b, then killed"))
+        ((request_id, op),) = outbox_of(pg, store, "node-b")
+        assert op == "CreateKey"
+        pg.sql(store, "UPDATE audit_outbox SET created_ms = created_ms - 7200000 "
+                      "WHERE node_id = 'node-b'")
+        # The leader (the only node unsealed) adopts B's row at its first round.
+        a = node(store, "node-a", ROUNDS + ["--outbox-adopt-after-seconds", "60"])
+        nodes.append(a)
+        unseal(a, files)
+        assert eventually(lambda: outbox_of(pg, store, "node-b") == [], 30), a.read_log()
+        (r,) = [r for r in audit_records(a.data_dir) if r.get("op") == "RequestRecordRecovered"]
+        assert r["node"] == "node-a" and r["principal"] == "hsmd", r
+        assert r["request_id"] == request_id, r
+        extra = r["extra"]
+        assert extra["request_op"] == "CreateKey" and extra["request_node"] == "node-b", r
+        assert extra["request_principal"].endswith(":user/ops"), r
+        assert extra["record_lost"] == (
+            "node node-b did not come back within outbox_adopt_after_seconds (60 s) to record "
+            "it; its own trail, not searched here, may hold the record"), r
+        assert metric(a, "hsmd_audit_records_recovered_total") == 1
+        assert metric(a, "hsmd_audit_records_adopted_total") == 1
+        assert "audit outbox: adopted 1 row(s) of node node-b" in a.read_log(), a.read_log()
+        p = verify_trail(a)
+        assert p.returncode == 0 and "VALID" in p.stdout, p.stdout + p.stderr
+        # node-0 (which sorts before node-b, so that pass looked at it first) runs: its row
+        # stays, and so does hsmctl's, which the node serving its data directory settles.
+        assert outbox_of(pg, store, "node-0") == [("runs", "CreateKey")]
+        assert outbox_of(pg, store, "hsmctl-0123456789abcdef") == [("offline", "hsmctl user create")]
+        # B comes back after all: it starts at once (its id is free again), finds nothing of
+        # its own to settle, and the change is on A's trail alone.
+        b.log.close()
+        t0 = time.monotonic()
+        b = Hsmd(["--node-id", "node-b", "--store-cache-ms", str(CACHE_MS)] + JWT_FLAGS + ROUNDS,
+                 env={"HSM_STORE": store}, data_dir=b.data_dir)
+        nodes.append(b)
+        assert time.monotonic() - t0 < 15, b.read_log()
+        unseal(b, files)
+        assert [r for r in audit_records(b.data_dir)
+                if r.get("op") == "RequestRecordRecovered"] == []
+        assert metric(b, "hsmd_audit_records_recovered_total") == 0
+        assert [k for k in kms(b, ops).list_keys()["Keys"]
+                if kms(b, ops).describe_key(KeyId=k["KeyId"])["KeyMetadata"].get("Description")
+                == "committed on b, then killed"]
+        assert len([r for r in audit_records(a.data_dir)
+                    if r.get("request_id") == request_id]) == 1
     finally:
         for n in nodes:
             n.cleanup()

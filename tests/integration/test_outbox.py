@@ -11,12 +11,14 @@ import sqlite3
 import subprocess
 import tempfile
 import threading
+import time
 
 import botocore.exceptions
 import pytest
 
 from conftest import DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, start_dev
-from helpers import audit_records, eventually, gdb_can_trace, metric
+from helpers import (KilledAt, audit_records, eventually, gdb_can_trace,
+                     killed_before_its_record, metric)
 
 DEV_ENV = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
 RECOVERED = "RequestRecordRecovered"
@@ -42,51 +44,6 @@ def verify(data_dir):
                    for f in os.listdir(os.path.join(data_dir, "audit")) if f.endswith(".jsonl"))
     return subprocess.run([HSMCTL, "audit", "verify", "--live"] + files, capture_output=True,
                           text=True)
-
-
-class KilledAt:
-    """gdb attached to a running hsmd, which it kills (SIGKILL) the first time any
-    thread reaches the function stop_at: a crash or a power cut at that point."""
-
-    def __init__(self, server, stop_at):
-        self.server = server
-        self.gdb = subprocess.Popen(
-            ["gdb", "-q", "-nx", "-batch", "-p", str(server.proc.pid),
-             "-ex", f"break {stop_at}", "-ex", "continue", "-ex", "kill"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.out = []
-        ready = threading.Event()
-
-        def read():
-            for line in self.gdb.stdout:
-                self.out.append(line)
-                # Set, and the process goes on: a request sent from now on stops there
-                # (one sent before the continue waits in its socket until then).
-                if line.startswith("Breakpoint 1 at "):
-                    ready.set()
-            ready.set()
-        self.reader = threading.Thread(target=read, daemon=True)
-        self.reader.start()
-        assert ready.wait(60) and self.gdb.poll() is None, "".join(self.out)
-
-    def wait(self):
-        self.gdb.wait(timeout=60)
-        self.reader.join(10)
-        text = "".join(self.out)
-        assert "Breakpoint 1, " in text, text
-        self.server.proc.wait(timeout=30)
-        return text
-
-
-def killed_before_its_record(server, call):
-    """Runs call (one request) with hsmd killed once the change it commits is made and
-    before its record is submitted: the client gets no answer."""
-    killer = KilledAt(server, "hsm_audit_submit_lazy")
-    with pytest.raises((botocore.exceptions.EndpointConnectionError,
-                        botocore.exceptions.ConnectionClosedError,
-                        botocore.exceptions.ReadTimeoutError)):
-        call()
-    killer.wait()
 
 
 def restart(server):
@@ -243,6 +200,59 @@ def test_a_change_whose_record_an_outage_failed_is_on_the_trail_once_it_recovers
         if mine[0]["op"] == RECOVERED:
             assert mine[0]["extra"]["record_lost"] == "the audit trail could not write it"
             assert metric(server, "hsmd_audit_records_recovered_total") == 1
+    finally:
+        server.cleanup()
+
+
+def age_rows(data_dir, node, seconds):
+    """Makes node's rows look committed `seconds` earlier (hsmd stopped)."""
+    db = sqlite3.connect(os.path.join(data_dir, "hsmd.db"))
+    try:
+        with db:
+            db.execute("UPDATE audit_outbox SET created_ms = created_ms - ? WHERE node_id = ?",
+                       (seconds * 1000, node))
+    finally:
+        db.close()
+
+
+@pytest.mark.skipif(not GDB, reason="killing hsmd between a commit and its record needs gdb, "
+                                    "allowed to attach")
+def test_rows_left_under_an_earlier_node_id_are_adopted_once_old_enough():
+    """A data directory whose node_id was changed between a kill and the next start: the
+    rows of the old id are its own node's no more, and are settled once they are older than
+    outbox_adopt_after_seconds (the directory lock proves nobody runs under the old id)."""
+    server = Hsmd(["--dev", "--node-id", "old-name"], env=DEV_ENV)
+    try:
+        kms = client(server)
+        killed_before_its_record(server, lambda: kms.create_key(Description="old name's"))
+        ((request_id, op, _),) = outbox_rows(server.data_dir)
+        assert op == "CreateKey"
+        server.log.close()
+        args = ["--dev", "--node-id", "new-name", "--scheduler-interval-seconds", "1"]
+        # Younger than the setting: left as it is.
+        server = Hsmd(args + ["--outbox-adopt-after-seconds", "3600"], env=DEV_ENV,
+                      data_dir=server.data_dir)
+        assert eventually(lambda: metric(server, "hsmd_scheduler_leader") == 1, 10)
+        time.sleep(2)  # rounds of the scheduler, the first of which looks at once
+        assert [r[0] for r in outbox_rows(server.data_dir)] == [request_id]
+        assert recovered(server.data_dir) == []
+        server.stop()
+        server.log.close()
+        age_rows(server.data_dir, "old-name", 2 * 3600)
+        server = Hsmd(args + ["--outbox-adopt-after-seconds", "3600"], env=DEV_ENV,
+                      data_dir=server.data_dir)
+        assert eventually(lambda: outbox_rows(server.data_dir) == [], 20), \
+            outbox_rows(server.data_dir)
+        (r,) = recovered(server.data_dir)
+        assert r["node"] == "new-name" and r["request_id"] == request_id, r
+        assert r["extra"]["request_op"] == "CreateKey" and r["extra"]["request_node"] == "old-name"
+        assert r["extra"]["record_lost"].startswith(
+            "node old-name did not come back within outbox_adopt_after_seconds (3600 s)"), r
+        assert metric(server, "hsmd_audit_records_recovered_total") == 1
+        assert metric(server, "hsmd_audit_records_adopted_total") == 1
+        assert "adopted 1 row(s) of node old-name" in server.read_log()
+        p = verify(server.data_dir)
+        assert p.returncode == 0 and "VALID" in p.stdout, p.stdout + p.stderr
     finally:
         server.cleanup()
 

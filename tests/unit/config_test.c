@@ -259,6 +259,22 @@ static void test_validation_errors(void **state)
 	assert_true(hsm_ok(LOAD(&rounds, NULL, "--dev")));
 	assert_int_equal(rounds.scheduler_interval_seconds, 5); /* defaults */
 	assert_int_equal(rounds.leader_lease_seconds, 30);
+	/* Another node's outbox rows adopted after an hour by default; 0: never; else 60 s at least. */
+	assert_int_equal(rounds.outbox_adopt_after_seconds, 3600);
+	EXPECT_ERROR(NULL, "outbox_adopt_after_seconds (from --outbox-adopt-after-seconds) is neither 0 "
+	                   "(never) nor at least 60",
+	             "--dev", "--outbox-adopt-after-seconds=59");
+	EXPECT_ERROR(NULL, "outbox_adopt_after_seconds = '31622401'", "--dev",
+	             "--outbox-adopt-after-seconds=31622401");
+	EXPECT_ERROR(NULL, "outbox_adopt_after_seconds = '-1'", "--dev",
+	             "--outbox-adopt-after-seconds=-1");
+	assert_true(hsm_ok(LOAD(&rounds, NULL, "--dev", "--outbox-adopt-after-seconds=0")));
+	assert_int_equal(rounds.outbox_adopt_after_seconds, 0);
+	assert_true(hsm_ok(LOAD(&rounds, NULL, "--dev", "--outbox-adopt-after-seconds=60")));
+	assert_int_equal(rounds.outbox_adopt_after_seconds, 60);
+	char *adopt_env[] = {"HSM_OUTBOX_ADOPT_AFTER_SECONDS=86400", NULL};
+	assert_true(hsm_ok(LOAD(&rounds, adopt_env, "--dev")));
+	assert_int_equal(rounds.outbox_adopt_after_seconds, 86400);
 	EXPECT_ERROR(NULL, "tls_cert (from --tls-cert) and tls_key (from default) must be set together",
 	             "--tls-cert", cert);
 	EXPECT_ERROR(NULL, "tls_client_auth (from --tls-client-auth) needs tls_client_ca", "--tls-cert",
