@@ -35,6 +35,15 @@ def outbox_rows(data_dir):
         db.close()
 
 
+def rows_of(data_dir, node):
+    db = sqlite3.connect(f"file:{os.path.join(data_dir, 'hsmd.db')}?mode=ro", uri=True)
+    try:
+        return [r[0] for r in db.execute("SELECT request_id FROM audit_outbox WHERE node_id = ?",
+                                         (node,))]
+    finally:
+        db.close()
+
+
 def recovered(data_dir):
     return [r for r in audit_records(data_dir) if r.get("op") == RECOVERED]
 
@@ -253,6 +262,43 @@ def test_rows_left_under_an_earlier_node_id_are_adopted_once_old_enough():
         assert "adopted 1 row(s) of node old-name" in server.read_log()
         p = verify(server.data_dir)
         assert p.returncode == 0 and "VALID" in p.stdout, p.stdout + p.stderr
+    finally:
+        server.cleanup()
+
+
+@pytest.mark.skipif(not GDB, reason="killing hsmd between a commit and its record needs gdb, "
+                                    "allowed to attach")
+def test_an_adoption_killed_before_its_rows_go_records_nothing_twice():
+    """The adopting node killed once its records are durable, before the adopted rows go:
+    its next pass finds those records in its own trail, writes none again, and deletes
+    the rows."""
+    server = Hsmd(["--dev", "--node-id", "old-name"], env=DEV_ENV)
+    try:
+        kms = client(server)
+        killed_before_its_record(server, lambda: kms.create_key(Description="old name's"))
+        ((request_id, _, _),) = outbox_rows(server.data_dir)
+        server.log.close()
+        age_rows(server.data_dir, "old-name", 2 * 3600)
+        args = ["--dev", "--node-id", "new-name", "--scheduler-interval-seconds", "1",
+                "--outbox-adopt-after-seconds", "3600"]
+        gdb = ["gdb", "-q", "-nx", "-batch", "-ex",
+               'break hsm_store_outbox_delete if $_streq(node_id, "old-name")',
+               "-ex", "run", "-ex", "kill", "--args"]
+        server = Hsmd(args, env=DEV_ENV, data_dir=server.data_dir, wrapper=gdb)
+        assert server.proc.wait(timeout=60) == 0
+        assert "Breakpoint 1, " in server.read_log(), server.read_log()
+        # Killed at the adopted rows' delete (another of its own rows may be left too).
+        assert rows_of(server.data_dir, "old-name") == [request_id]
+        assert [r["request_id"] for r in recovered(server.data_dir)] == [request_id]
+        server.log.close()
+        server = Hsmd(args, env=DEV_ENV, data_dir=server.data_dir)
+        assert eventually(lambda: rows_of(server.data_dir, "old-name") == [], 20), \
+            outbox_rows(server.data_dir)
+        assert [r["request_id"] for r in recovered(server.data_dir)
+                if r["extra"].get("request_node") == "old-name"] == [request_id]
+        assert "adopted 1 row(s) of node old-name, which did not come back within 3600 s; " \
+            "0 recorded now" in server.read_log(), server.read_log()
+        assert metric(server, "hsmd_audit_records_adopted_total") == 0
     finally:
         server.cleanup()
 
