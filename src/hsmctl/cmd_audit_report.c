@@ -16,7 +16,9 @@
  * after a run that did not shut down, flagged).  A change made under a quorum
  * approval names the custodians who approved it (approved_by), whatever the
  * window or key asked for; a user or access-key change names the user, roles
- * and access key its record carries.  Text for people, --json for programs.
+ * and access key its record carries; a request recorded after the fact
+ * (RequestRecordRecovered) counts as itself, flagged.  Text for people, --json
+ * for programs.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -27,6 +29,7 @@
 #include <openssl/evp.h>
 
 #include "audit/audit.h"
+#include "audit/outbox_rows.h"
 #include "common/buf.h"
 #include "common/encoding.h"
 #include "common/util.h"
@@ -216,12 +219,16 @@ static bool is_change(const char *op)
 /*
  * Requests that are node events rather than changes (README, "Audit trail"):
  * the key ceremony, unseal and seal, a backup (and a copy of one made
- * late), a restore, a rekey (new master key and custodians' shares).
+ * late), a restore, a rekey (new master key and custodians' shares).  The
+ * scheduler's key work and hsmctl's offline ceremonies appear under these
+ * names only in a RequestRecordRecovered event (recovered_request).
  */
 static bool is_node_request(const char *op)
 {
-	static const char *const ops[] = {"Init",       "Unseal",  "Seal", "Backup",
-	                                  "BackupCopy", "Restore", "Rekey"};
+	static const char *const ops[] = {"Init",           "Unseal",         "Seal",
+	                                  "Backup",         "BackupCopy",     "Restore",
+	                                  "Rekey",          "ScheduledKeyWork", "hsmctl init",
+	                                  "hsmctl rekey",   "hsmctl restore", "hsmctl backup create"};
 	for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
 		if (strcmp(op, ops[i]) == 0)
 			return true;
@@ -386,7 +393,63 @@ static json_t *change_of(report *r, json_t *rec)
 	return s;
 }
 
+/*
+ * A RequestRecordRecovered event is written in place of a request's lost
+ * record (README "Audit trail"): the change it made stands, so the report
+ * counts it as that request, flagged "recovered": extra.request_op by
+ * extra.request_principal (with its access key and source), at the time it
+ * was recorded (extra.committed says when it was made).  *out is that request
+ * as a new record, or NULL for any other record and for what authentication
+ * committed (request_op Authenticate: a wrong signature counted, a lockout,
+ * a count reset), whose row names the user an access key belongs to, not
+ * necessarily who sent the request: that stays the node's event.
+ */
+static hsm_result recovered_request(json_t *rec, json_t **out)
+{
+	static const char *const moved[][2] = {{"op", "request_op"},
+	                                       {"principal", "request_principal"},
+	                                       {"access_key", "request_access_key"},
+	                                       {"source", "request_source"}};
+	*out = NULL;
+	json_t *extra = json_object_get(rec, "extra");
+	const char *op = str_of(extra, "request_op");
+	if (strcmp(str_of(rec, "type"), "event") != 0 ||
+	    strcmp(str_of(rec, "op"), HSM_OUTBOX_RECOVERED_EVENT) != 0 || *op == '\0' ||
+	    strcmp(op, "Authenticate") == 0)
+		return HSM_SUCCESS;
+	json_t *req = json_deep_copy(rec), *rest = json_deep_copy(extra);
+	bool ok = req != NULL && rest != NULL &&
+	          json_object_set_new(req, "type", json_string("request")) == 0 &&
+	          json_object_set_new(req, "flag", json_string("recovered")) == 0;
+	for (size_t i = 0; ok && i < sizeof(moved) / sizeof(moved[0]); i++) {
+		json_t *v = json_object_get(extra, moved[i][1]);
+		ok = !json_is_string(v) || (json_object_set(req, moved[i][0], v) == 0 &&
+		                            json_object_del(rest, moved[i][1]) == 0);
+	}
+	ok = ok && json_object_set(req, "extra", rest) == 0;
+	json_decref(rest);
+	if (!ok) {
+		json_decref(req);
+		return HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
+	}
+	*out = req;
+	return HSM_SUCCESS;
+}
+
+static hsm_result add_one(report *r, const report_opts *o, json_t *rec);
+
 static hsm_result add_record(report *r, const report_opts *o, json_t *rec)
+{
+	json_t *req = NULL;
+	HSM_GUARD(recovered_request(rec, &req));
+	if (req == NULL)
+		return add_one(r, o, rec);
+	hsm_result res = add_one(r, o, req);
+	json_decref(req);
+	return res;
+}
+
+static hsm_result add_one(report *r, const report_opts *o, json_t *rec)
 {
 	const char *type = str_of(rec, "type"), *time = str_of(rec, "time");
 	if (strcmp(type, "checkpoint") == 0) {
@@ -455,6 +518,7 @@ static hsm_result add_record(report *r, const report_opts *o, json_t *rec)
 		           "out of memory");
 		const char *flag = unclean ? "unclean_shutdown"
 		                   : strcmp(op, "AuditTrailBeginsAfterStore") == 0 ? "trail_after_store"
+		                   : *str_of(rec, "flag") != '\0'                  ? str_of(rec, "flag")
 		                                                                   : NULL;
 		if (flag != NULL)
 			HSM_ENSURE(json_object_set_new(s, "flag", json_string(flag)) == 0, HSM_ERR_NOMEM,
@@ -620,6 +684,9 @@ static void print_lines(const char *title, json_t *list)
 		if (strcmp(str_of(s, "flag"), "trail_after_store") == 0)
 			printf("  ** THE TRAIL BEGINS AFTER THE STORE: a new audit_dir, or earlier "
 			       "records taken away");
+		if (strcmp(str_of(s, "flag"), "recovered") == 0)
+			printf("  ** RECOVERED: its own record was lost (a stop or an audit outage); "
+			       "recorded in its stead");
 		printf("\n");
 	}
 }

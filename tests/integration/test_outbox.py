@@ -126,6 +126,57 @@ def test_a_change_whose_record_was_lost_is_recorded_at_the_next_start():
         server.cleanup()
 
 
+def audit_report(data_dir, *args):
+    return subprocess.run([HSMCTL, "audit", "report", *args, os.path.join(data_dir, "audit")],
+                          capture_output=True, text=True)
+
+
+@pytest.mark.skipif(not GDB, reason="killing hsmd between a commit and its record needs gdb, "
+                                    "allowed to attach")
+def test_the_report_lists_a_recovered_change_as_its_request_s_by_its_principal():
+    server = start_dev()
+    try:
+        kms = client(server)
+        killed_before_its_record(server,
+                                 lambda: kms.create_key(Description="reported, recovered"))
+        server = restart(server)
+        (rec,) = recovered(server.data_dir)
+        server.stop()
+        p = audit_report(server.data_dir, "--json")
+        assert p.returncode == 0, p.stdout + p.stderr
+        rep = json.loads(p.stdout)
+        # A change like any other, in the list of changes, by whoever asked for it, flagged.
+        (change,) = [c for c in rep["changes"] if c.get("request_id") == rec["request_id"]]
+        assert change["op"] == "CreateKey" and change["flag"] == "recovered", change
+        assert change["principal"] == rec["extra"]["request_principal"], change
+        assert change["access_key"] == DEV_AKID and change["key_id"] == rec["key_id"], change
+        assert change["source"] == rec["extra"]["request_source"], change
+        assert change["extra"]["committed"] == rec["extra"]["committed"], change
+        assert not [e for e in rep["events"] if e.get("request_id") == rec["request_id"]]
+        # Counted under its principal and its operation, not as the node's own event.
+        creates = [r for r in audit_records(server.data_dir) if r.get("op") == "CreateKey"]
+        assert rep["operations"]["CreateKey"]["success"] == len(creates) + 1, rep["operations"]
+        assert RECOVERED not in rep["operations"], rep["operations"]
+        mine = rep["principals"][rec["extra"]["request_principal"]]
+        assert mine["success"] == len([r for r in audit_records(server.data_dir)
+                                       if r.get("principal") == rec["extra"]["request_principal"]
+                                       and r.get("outcome") == "success"]) + 1, mine
+        hsmd = rep["principals"].get("hsmd", {"total": 0})
+        assert hsmd["total"] == len([r for r in audit_records(server.data_dir)
+                                     if r.get("type") == "event" and r.get("op") != RECOVERED
+                                     and r.get("principal", "hsmd") == "hsmd"]), rep["principals"]
+        p = audit_report(server.data_dir)
+        assert p.returncode == 0, p.stdout + p.stderr
+        changes = p.stdout.split("\nchanges (")[1].split("\nnode events (")[0]
+        assert changes.split("\n")[0].endswith(", 1 flagged)"), \
+            changes
+        (line,) = [l for l in changes.splitlines() if f"key={rec['key_id']}" in l]
+        assert " CreateKey " in line and "** RECOVERED" in line, line
+        assert f"by={rec['extra']['request_principal']}" in line, line
+    finally:
+        server.cleanup()
+
+
 @pytest.mark.skipif(not GDB, reason="killing hsmd before its outbox rows go needs gdb, "
                                     "allowed to attach")
 def test_a_change_recorded_before_a_kill_is_not_recorded_twice():
