@@ -805,13 +805,19 @@ static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 	char source[HSM_HTTP_ADDR_MAX + 8];
 	snprintf(source, sizeof(source), "%s:%u", hsm_http_req_remote_addr(req),
 	         hsm_http_req_remote_port(req));
-	hsm_result r = op == NULL ? HSM_FAIL(HSM_ERR_UNKNOWN_OPERATION,
-	                                     "Operation %.64s is not supported", name)
-	                          : HSM_SUCCESS;
-	if (hsm_ok(r) && op->needs_auth)
+	/*
+	 * An unknown name is authenticated first, as handle_kms does: otherwise
+	 * anyone could learn which names hsmd administers without credentials,
+	 * and its record would name no access key.
+	 */
+	bool signed_op = op == NULL || op->needs_auth;
+	hsm_result r = HSM_SUCCESS;
+	if (signed_op)
 		r = admit(s, p, &auth);
-	else if (hsm_ok(r) && !hsm_audit_accepting(s->audit))
+	else if (!hsm_audit_accepting(s->audit))
 		r = HSM_FAIL(HSM_ERR_AUDIT_UNAVAILABLE, "the audit trail cannot be written; retry later");
+	if (hsm_ok(r) && op == NULL)
+		r = HSM_FAIL(HSM_ERR_UNKNOWN_OPERATION, "Operation %.64s is not supported", name);
 	size_t len = 0;
 	const uint8_t *raw = hsm_http_req_body(req, &len);
 	/* Without credentials, the body is only ever "{}" or a share file. */
@@ -827,7 +833,7 @@ static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 	memset(&audit, 0, sizeof(audit));
 	bool gated =
 	    hsm_ok(r) && op->needs_auth && hsm_server_admin_needs_approval(s, op, &auth.caller);
-	outbox_begin(&intent, p, name, op != NULL && op->needs_auth ? &auth : NULL, audit.key_id);
+	outbox_begin(&intent, p, name, signed_op ? &auth : NULL, audit.key_id);
 	if (gated) {
 		hsm_server_gate_init(&gate, s, op->name, &auth.caller, doc);
 		auth.caller.gate = &gate.commit; /* met by the handler (hsm_caller_commit) */

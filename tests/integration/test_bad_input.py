@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import signed_request
+from conftest import DEV_AKID, signed_request, unsigned_call
 from helpers import audit_record, parsed_body, request_id
 
 
@@ -185,6 +185,30 @@ def test_a_post_that_names_nothing_is_authenticated_first(hsmd):
     # Signed for "/", sent to "/kms": the signature covers the path, so it does not match.
     assert r.json()["__type"] == "InvalidSignatureException", r.text
     assert audit_record(hsmd.data_dir, request_id(r))["outcome"] == "denied"
+
+
+@pytest.mark.parametrize("service", ["TrentService", "HsmdAdmin", "HsmdCipher", "HsmdToken",
+                                     "HsmdJwt"])
+def test_an_unknown_operation_is_authenticated_first(hsmd, service):
+    """Under every service, a name hsmd does not answer gets, without valid credentials,
+    the answer a known one gets, so operation names cannot be probed; signed, it is
+    unknown, and its record names who asked."""
+    target = service + ".NoSuchOperation"
+    st, out = unsigned_call(hsmd, target, {})
+    assert (st, out["__type"]) == (400, "MissingAuthenticationTokenException"), out
+    r = signed_request(hsmd, target, {}, secret="x" * 40)
+    assert (r.status_code, parsed_body(r)["__type"]) == (400, "InvalidSignatureException"), \
+        r.text
+    rec = audit_record(hsmd.data_dir, request_id(r))
+    assert (rec["outcome"], rec["error"], rec["access_key"]) == \
+        ("denied", "InvalidSignatureException", DEV_AKID), rec
+    r = signed_request(hsmd, target, {})  # and resets the count of wrong signatures
+    assert (r.status_code, parsed_body(r)["__type"]) == (400, "UnknownOperationException"), \
+        r.text
+    rec = audit_record(hsmd.data_dir, request_id(r))
+    assert (rec["outcome"], rec["error"], rec["access_key"]) == \
+        ("error", "UnknownOperationException", DEV_AKID), rec
+    assert rec["principal"].endswith(":user/dev"), rec
 
 
 def test_oversized_body(hsmd, kms, key):
