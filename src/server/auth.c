@@ -213,6 +213,22 @@ static bool signs_session_token(const char *signed_headers)
 	return false;
 }
 
+void hsm_server_claimed_akid(hsm_http_req *req, hsm_auth_result *out)
+{
+	sig_view v;
+	hsm_sigv4_auth a;
+	hsm_error_info refusal = *hsm_last_error();
+	out->akid[0] = '\0';
+	if (hsm_failed(view_of(req, &v)) || hsm_failed(hsm_sigv4_parse(&v.r, &a))) {
+		/* The parse's own failure replaced the refusal's: put that back for its answer. */
+		(void)hsm_fail_at(refusal.err, refusal.file, refusal.line, "%s", refusal.message);
+		return;
+	}
+	hsm_sb b;
+	hsm_sb_init(&b, out->akid, sizeof(out->akid));
+	hsm_sb_add(&b, a.access_key_id);
+}
+
 hsm_result hsm_server_authenticate(hsm_server *s, hsm_http_req *req, hsm_auth_result *out)
 {
 	hsm_result res = HSM_SUCCESS;

@@ -648,7 +648,13 @@ static hsm_result require_serving(hsm_server *s)
 
 static hsm_result admit(hsm_server *s, pending *p, hsm_auth_result *auth)
 {
-	HSM_GUARD(require_serving(s));
+	hsm_result serving = require_serving(s);
+	if (hsm_failed(serving)) {
+		/* Refused before authentication: the record names the id claimed, as for a failed
+		 * signature (an access key, no principal), unchecked. */
+		hsm_server_claimed_akid(p->req, auth);
+		return serving;
+	}
 	hsm_result r = hsm_server_authenticate(s, p->req, auth);
 	p->outboxed |= auth->outboxed; /* a failure counted, a count reset: settled with the rest */
 	if (hsm_failed(r)) {

@@ -230,6 +230,14 @@ void hsm_server_auth_free(hsm_server *s);
 /* Verifies SigV4 and loads the principal; counts failures toward the lockout. */
 hsm_result hsm_server_authenticate(hsm_server *s, hsm_http_req *req,
                                    hsm_auth_result *out) HSM_MUST_CHECK;
+/*
+ * Sets out->akid to the access key id req's Authorization header claims, once
+ * the header parses (its syntax, the id's among it, checked), and nothing
+ * else: no lookup, no signature checked.  For a refusal that comes before
+ * authentication (a sealed node), whose record names the id as claimed.
+ * This thread's last error (the refusal's, for its answer) is kept.
+ */
+void hsm_server_claimed_akid(hsm_http_req *req, hsm_auth_result *out);
 /* Forgets cached credentials (after seal, principal changes). */
 void hsm_server_auth_flush(hsm_server *s);
 /* Reads the store's active access key ids again (auth_keys.c; every second, on the flusher). */

@@ -211,3 +211,42 @@ def test_attempts_on_a_real_key_stay_on_the_trail_past_the_rate():
     assert any(akid in s["extra"].get("known_access_key_ids", "") for s in sums), sums
     assert all(akid not in s["extra"].get("access_key_ids", "") for s in sums)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_refusals_of_a_sealed_node_name_the_access_key_claimed():
+    """A sealed node checks no signature (the secrets are sealed too), but a refusal's
+    record names the access key id its Authorization claims, well-formed, as claimed (an
+    access key, no principal), as a failed signature's does; past the rate the summary
+    counts it among the ids claimed, and the report under "(not authenticated)"."""
+    tmp = tempfile.mkdtemp(prefix="hsmd-refusals-")
+    data = os.path.join(tmp, "data")
+    server = start_dev(["--data-dir", data, "--refusal-record-rate", "1"])  # ten at once
+    try:
+        admin(server, "Seal")
+        r = signed_request(server, TARGET, {})
+        assert (r.status_code, r.json()["__type"]) == (503, "ServiceUnavailableException")
+        assert "sealed" in r.json()["message"], r.text
+        signed = request_id(r)
+        # An id that is not one (a character no id has) is not named.
+        bad = flood(server, 1, akid="AKID*NOT*AN*ID")[0]
+        assert bad[0] == 503 and b"sealed" in bad[1], bad
+        unsigned = flood(server, 1)[0]
+        flood(server, 20, akid=UNKNOWN_AKID)  # past the source's burst
+    finally:
+        server.stop()
+    recs = audit_records(data)
+    by_id = {x.get("request_id"): x for x in recs}
+    rec = by_id[signed]
+    assert rec["error"] == "ServiceUnavailableException", rec
+    assert rec["access_key"] == DEV_AKID and "principal" not in rec, rec
+    for rid in (bad[2], unsigned[2]):
+        assert "access_key" not in by_id[rid] and "principal" not in by_id[rid], by_id[rid]
+    sums = summaries(recs)
+    assert any(UNKNOWN_AKID in s["extra"].get("access_key_ids", "") for s in sums), sums
+    p = subprocess.run([HSMCTL, "audit", "report", "--json", os.path.join(data, "audit")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    principals = json.loads(p.stdout)["principals"]
+    assert principals[f"(not authenticated) {DEV_AKID}"]["total"] == 1, principals
+    assert principals[f"(not authenticated) {UNKNOWN_AKID}"]["total"] >= 1, principals
+    shutil.rmtree(tmp, ignore_errors=True)
