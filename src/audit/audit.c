@@ -214,7 +214,7 @@ static hsm_result start(hsm_audit *a, const hsm_audit_config *cfg)
 	HSM_GUARD(audit_tail_scan(a, &tail));
 	HSM_GUARD(init_writer(a, &tail));
 	if (a->cfg.syslog)
-		HSM_GUARD(audit_syslog_start(&a->syslog));
+		HSM_GUARD(audit_syslog_start(a->cfg.syslog_path, &a->syslog));
 	atomic_store(&a->healthy, true);
 	/* The writer's first act is to note how the log was found (open event). */
 	a->opened = tail;
@@ -605,6 +605,7 @@ void hsm_audit_get_stats(const hsm_audit *a, hsm_audit_stats *out)
 	for (size_t b = 0; b <= HSM_AUDIT_SYNC_BUCKETS; b++)
 		out->sync_buckets[b] = atomic_load_explicit(&m->sync_buckets[b], memory_order_relaxed);
 	out->syslog_dropped = m->syslog ? audit_syslog_dropped(m->syslog) : 0;
+	out->syslog_cut = m->syslog ? audit_syslog_cut(m->syslog) : 0;
 }
 
 void hsm_audit_set_signer(hsm_audit *a, hsm_audit_sign_fn fn, void *arg)

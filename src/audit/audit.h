@@ -125,6 +125,7 @@ typedef struct hsm_audit_config {
 	 */
 	bool ack_durable;
 	bool syslog;                  /* also forward each line to syslog(LOG_AUTHPRIV) */
+	const char *syslog_path;      /* the log socket (read at open); NULL = /dev/log */
 	bool batch_scheduling;        /* the writer under SCHED_BATCH (hsm_thread_batch) */
 	/* Wall clock in UTC ms; NULL = the system clock.  Tests move time with it. */
 	int64_t (*clock_ms)(void *arg);
@@ -259,7 +260,8 @@ typedef struct hsm_audit_stats {
 	uint64_t written;         /* records written since open */
 	uint64_t refused;         /* records refused or failed since open */
 	uint64_t outages;         /* times the log turned unhealthy */
-	uint64_t syslog_dropped;  /* lines not forwarded to syslog (queue full) */
+	uint64_t syslog_dropped;  /* lines not forwarded to syslog (queue full, not reached) */
+	uint64_t syslog_cut;      /* lines forwarded cut to their first 8192 bytes */
 	uint64_t checkpoints_signed;
 	uint64_t checkpoints_unsigned;
 	uint64_t files_expired;   /* files deleted by the retention since open */

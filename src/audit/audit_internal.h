@@ -317,10 +317,17 @@ void audit_stop_sweeper(hsm_audit *a);
 
 /* ---- audit_syslog.c ------------------------------------------------------ */
 
-hsm_result audit_syslog_start(audit_syslog **out) HSM_MUST_CHECK;
-/* Queues a copy of a line; drops it (counted) when the queue is full. */
+/* Forwards to the log socket at path (NULL: /dev/log), from a thread of its own. */
+hsm_result audit_syslog_start(const char *path, audit_syslog **out) HSM_MUST_CHECK;
+/*
+ * Queues a copy of a line, cut to its first 8192 bytes (counted); drops it
+ * (counted) when the queue is full.
+ */
 void audit_syslog_forward(audit_syslog *s, const uint8_t *line, size_t n);
+/* Lines not delivered: the queue full, or the socket not reached or refusing them. */
 uint64_t audit_syslog_dropped(const audit_syslog *s);
+/* Lines forwarded cut. */
+uint64_t audit_syslog_cut(const audit_syslog *s);
 void audit_syslog_stop(audit_syslog *s);
 
 #endif

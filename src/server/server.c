@@ -1215,6 +1215,16 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    (unsigned long long)ks.cache_entries, s->lane != NULL ? hsm_lane_depth(s->lane) : 0));
 	HSM_GUARD(hsm_buf_printf(
 	    out,
+	    "# HELP hsmd_audit_syslog_dropped_total Audit records not forwarded to syslog "
+	    "(audit_syslog): its socket not reached or refusing them, or the forwarding queue "
+	    "full.  The audit files hold them all.\n"
+	    "# TYPE hsmd_audit_syslog_dropped_total counter\nhsmd_audit_syslog_dropped_total %llu\n"
+	    "# HELP hsmd_audit_syslog_cut_total Audit records forwarded to syslog cut to their "
+	    "first 8192 bytes.\n"
+	    "# TYPE hsmd_audit_syslog_cut_total counter\nhsmd_audit_syslog_cut_total %llu\n",
+	    (unsigned long long)as.syslog_dropped, (unsigned long long)as.syslog_cut));
+	HSM_GUARD(hsm_buf_printf(
+	    out,
 	    "# HELP hsmd_refusals_summarized_total Requests refused before authentication (or "
 	    "unauthenticated Status calls) past their source's rate of audit records "
 	    "(refusal_record_rate), counted in RefusalsSummarized events instead.\n"

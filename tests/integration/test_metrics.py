@@ -8,13 +8,14 @@ audit trail's counters.
 """
 import os
 import re
+import shutil
 import time
 
 import pytest
 import yaml
 
 from conftest import SOURCE_DIR, client, signed_call, start_dev, unsigned_call
-from helpers import raises
+from helpers import audit_records, eventually, metric, raises
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (-?[0-9.e+-]+|\+Inf|NaN)$')
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="([^"]*)"')
@@ -337,3 +338,29 @@ def test_readme_alert_rules_load_and_name_only_exported_metrics(server):
                      "hsmd_tls_last_reload_successful"}
     missing = sorted(named - exported - only_with_tls)
     assert not missing, f"alert rules read series hsmd does not export: {missing}"
+
+
+def test_audit_records_syslog_does_not_take_are_counted_and_said_once():
+    """audit_syslog on with no syslog to reach (no /dev/log, or one masked): the log says
+    so once, at start, and each record not forwarded is counted; none was cut."""
+    wrapper = ()
+    if os.path.exists("/dev/log"):
+        if os.geteuid() != 0 or shutil.which("unshare") is None:
+            pytest.skip("masking /dev/log needs root and unshare")
+        wrapper = ("unshare", "-m", "sh", "-c", 'mount --bind /dev/null /dev/log && exec "$@"',
+                   "sh")
+    server = start_dev(["--audit-syslog"], wrapper=wrapper)
+    try:
+        said = "audit_syslog: syslog cannot be reached at /dev/log"
+        assert eventually(lambda: said in server.read_log(), 10), server.read_log()
+        kms = client(server)
+        for _ in range(5):
+            kms.list_keys()
+        lines = len(audit_records(server.data_dir))
+        assert lines >= 6
+        assert eventually(lambda: metric(server, "hsmd_audit_syslog_dropped_total") >= lines,
+                          10), (metric(server, "hsmd_audit_syslog_dropped_total"), lines)
+        assert metric(server, "hsmd_audit_syslog_cut_total") == 0
+        assert server.read_log().count(said) == 1, server.read_log()
+    finally:
+        server.cleanup()

@@ -8,6 +8,9 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <sys/socket.h>
+#include <sys/un.h>
+
 #include "audit_test_util.h"
 
 static void append_n(hsm_audit *a, unsigned from, unsigned n)
@@ -1215,6 +1218,121 @@ static void test_syslog_forwarding_never_blocks_the_log(void **state)
 	t_rm_rf(dir);
 }
 
+/* A datagram socket at path standing in for /dev/log; receives time out after 5 s. */
+static int t_log_socket(const char *path)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	assert_true(strlen(path) < sizeof(sa.sun_path));
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	assert_true(fd >= 0);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	struct timeval tv = {.tv_sec = 5};
+	assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+	return fd;
+}
+
+/* The next message on fd (NUL-terminated in buf), its length; fails the test on a timeout. */
+static size_t t_log_recv(int fd, char *buf, size_t cap)
+{
+	ssize_t n = recv(fd, buf, cap - 1, 0);
+	assert_true(n > 0);
+	buf[n] = '\0';
+	return (size_t)n;
+}
+
+static void t_wait_syslog_dropped(hsm_audit *a, uint64_t n)
+{
+	hsm_audit_stats st;
+	for (int i = 0; i < 500; i++) {
+		hsm_audit_get_stats(a, &st);
+		if (st.syslog_dropped >= n)
+			break;
+		usleep(10000);
+	}
+	assert_true(st.syslog_dropped >= n);
+}
+
+/* A record of 8 extra values of 512 control characters: each escaped as \u0001, 24 KiB. */
+static void append_big(hsm_audit *a)
+{
+	static char v[513];
+	memset(v, 1, 512);
+	hsm_audit_field f[HSM_AUDIT_MAX_EXTRA];
+	static const char *const names[] = {"a", "b", "c", "d", "e", "f", "g", "h"};
+	for (size_t i = 0; i < HSM_AUDIT_MAX_EXTRA; i++)
+		f[i] = (hsm_audit_field){names[i], v};
+	hsm_audit_record r = t_record(999);
+	r.extra = f;
+	r.n_extra = HSM_AUDIT_MAX_EXTRA;
+	assert_true(hsm_ok(hsm_audit_append(a, &r)));
+}
+
+static void test_syslog_lines_reach_the_socket_as_syslog_writes_them(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX], path[PATH_MAX + 8], buf[16384];
+	t_mkdtemp(dir, "audit-syslog");
+	snprintf(path, sizeof(path), "%s/log", dir);
+	int fd = t_log_socket(path);
+	hsm_audit_config c = t_config(dir);
+	c.syslog = true;
+	c.syslog_path = path;
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	append_n(a, 0, 3);
+	append_big(a);
+	/* The log's opening event, the three, the big one: each a message of its own. */
+	size_t big = 0;
+	for (int i = 0; i < 5 && big == 0; i++) {
+		size_t n = t_log_recv(fd, buf, sizeof(buf));
+		assert_memory_equal(buf, "<86>", 4); /* LOG_AUTHPRIV | LOG_INFO */
+		char *body = strstr(buf, " hsmd-audit[");
+		assert_non_null(body);
+		body = strstr(body, "]: {\"seq\":");
+		assert_non_null(body);
+		if (strstr(body, "req-00000999") != NULL)
+			big = n - (size_t)(body + 3 - buf);
+		else
+			assert_int_equal(buf[n - 1], '}'); /* whole, no NUL: a datagram is framed */
+	}
+	assert_int_equal(big, 8192); /* cut, and counted */
+	hsm_audit_stats st;
+	hsm_audit_get_stats(a, &st);
+	assert_int_equal(st.syslog_cut, 1);
+	assert_int_equal(st.syslog_dropped, 0);
+	hsm_audit_close(a);
+	close(fd);
+	t_rm_rf(dir);
+}
+
+static void test_syslog_not_reached_counts_lines_dropped_until_it_is(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX], path[PATH_MAX + 8], buf[16384];
+	t_mkdtemp(dir, "audit-syslog");
+	snprintf(path, sizeof(path), "%s/log", dir);
+	hsm_audit_config c = t_config(dir);
+	c.syslog = true;
+	c.syslog_path = path; /* nothing there yet */
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	append_n(a, 0, 20);
+	t_wait_syslog_dropped(a, 21); /* and the opening event */
+	/* The daemon comes: a second on, lines reach it again. */
+	int fd = t_log_socket(path);
+	bool reached = false;
+	for (unsigned i = 100; i < 400 && !reached; i++) {
+		append_n(a, i, 1);
+		usleep(10000);
+		reached = recv(fd, buf, sizeof(buf), MSG_DONTWAIT) > 0;
+	}
+	assert_true(reached);
+	hsm_audit_close(a);
+	close(fd);
+	t_rm_rf(dir);
+}
+
 /* ---- Looking records up by request id (the server's outbox) --------------- */
 
 static void test_requests_are_found_by_id_across_files(void **state)
@@ -1285,6 +1403,8 @@ int main(void)
 	    cmocka_unit_test(test_damaged_last_lines_cut_back_to_valid),
 	    cmocka_unit_test(test_second_writer_refused_and_checkpoint_type_refused),
 	    cmocka_unit_test(test_syslog_forwarding_never_blocks_the_log),
+	    cmocka_unit_test(test_syslog_lines_reach_the_socket_as_syslog_writes_them),
+	    cmocka_unit_test(test_syslog_not_reached_counts_lines_dropped_until_it_is),
 	    cmocka_unit_test(test_requests_are_found_by_id_across_files),
 	    cmocka_unit_test(test_two_nodes_trails_are_told_apart),
 	    cmocka_unit_test(test_a_trail_with_a_renamed_file_is_invalid_not_several),
