@@ -51,6 +51,7 @@
 	X(HSM_ERR_INVALID_ARN, "InvalidArnException", 400, 0x007UL)                      \
 	X(HSM_ERR_INVALID_MARKER, "InvalidMarkerException", 400, 0x007UL)                \
 	X(HSM_ERR_INVALID_GRANT_TOKEN, "InvalidGrantTokenException", 400, 0x007UL)      \
+	X(HSM_ERR_CUSTOM_KEY_STORE_NOT_FOUND, "CustomKeyStoreNotFoundException", 400, 0x054UL) \
 	X(HSM_ERR_INVALID_GRANT_ID, "InvalidGrantIdException", 400, 0x007UL)            \
 	X(HSM_ERR_INVALID_IMPORT_TOKEN, "InvalidImportTokenException", 400, 0x007UL)    \
 	X(HSM_ERR_EXPIRED_IMPORT_TOKEN, "ExpiredImportTokenException", 400, 0x007UL)    \

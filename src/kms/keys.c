@@ -202,6 +202,18 @@ hsm_result hsm_kms_describe_key(hsm_kms *kms, const hsm_caller *caller, const ch
 	return r;
 }
 
+hsm_result hsm_kms_custom_key_stores(hsm_kms *kms, const hsm_caller *caller, const char *id,
+                                     const char *name)
+{
+	HSM_GUARD(kms_authorize(kms, caller, HSM_OP_DescribeCustomKeyStores, NULL, NULL));
+	HSM_ENSURE(id == NULL || name == NULL, HSM_ERR_VALIDATION,
+	           "give CustomKeyStoreId or CustomKeyStoreName, not both");
+	HSM_ENSURE(id == NULL && name == NULL, HSM_ERR_CUSTOM_KEY_STORE_NOT_FOUND,
+	           "that custom key store does not exist: hsmd holds its keys itself and has no "
+	           "custom key stores");
+	return HSM_SUCCESS;
+}
+
 hsm_result hsm_kms_list_keys(hsm_kms *kms, const hsm_caller *caller, const char *marker,
                              size_t limit, hsm_key_cb cb, void *arg, bool *truncated)
 {

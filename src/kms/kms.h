@@ -103,6 +103,8 @@ typedef enum hsm_op {
 	X(ImportKeyMaterial, HSM_OPC_IMPORT, HSM_ROLES_OFFICER, true)                       \
 	X(DeleteImportedKeyMaterial, HSM_OPC_DELETE_MATERIAL, HSM_ROLES_OFFICER, true)      \
 	X(GetKeyLastUsage, HSM_OPC_READ, HSM_ROLES_OFFICER | HSM_ROLES_AUDITOR, false)      \
+	X(DescribeCustomKeyStores, HSM_OPC_NONE,                                            \
+	  HSM_ROLES_OFFICER | HSM_ROLES_USER | HSM_ROLES_AUDITOR, false)                    \
 	/* hsmd's token operations (X-Amz-Target HsmdJwt.<Op>, kms/jwt.h) */              \
 	X(SignToken, HSM_OPC_CRYPTO, HSM_ROLES_USER, false)                                 \
 	X(EnableJwtSigning, HSM_OPC_MODIFY, HSM_ROLES_OFFICER, true)                        \
@@ -291,6 +293,14 @@ hsm_result hsm_kms_create_key(hsm_kms *kms, const hsm_caller *caller,
 hsm_result hsm_kms_describe_key(hsm_kms *kms, const hsm_caller *caller, const char *ref,
                                 hsm_key_record *out) HSM_MUST_CHECK;
 /* Lists key ids after marker (a key id; NULL for the first page). */
+/*
+ * DescribeCustomKeyStores: hsmd holds its keys itself and has no custom key
+ * stores.  Authorizes the caller; id and name (either may be NULL) name one
+ * to describe: CustomKeyStoreNotFoundException, as for any store that does
+ * not exist.
+ */
+hsm_result hsm_kms_custom_key_stores(hsm_kms *kms, const hsm_caller *caller, const char *id,
+                                     const char *name) HSM_MUST_CHECK;
 hsm_result hsm_kms_list_keys(hsm_kms *kms, const hsm_caller *caller, const char *marker,
                              size_t limit, hsm_key_cb cb, void *arg,
                              bool *truncated) HSM_MUST_CHECK;

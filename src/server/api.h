@@ -69,6 +69,7 @@ hsm_result hsm_api_create_key(hsm_api_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_api_describe_key(hsm_api_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_api_get_key_last_usage(hsm_api_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_api_list_keys(hsm_api_ctx *c) HSM_MUST_CHECK;
+hsm_result hsm_api_describe_custom_key_stores(hsm_api_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_api_enable_key(hsm_api_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_api_disable_key(hsm_api_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_api_update_key_description(hsm_api_ctx *c) HSM_MUST_CHECK;

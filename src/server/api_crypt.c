@@ -304,7 +304,9 @@ hsm_result hsm_api_generate_random(hsm_api_ctx *c)
 	hsm_buf out;
 	const char *store = NULL;
 	HSM_GUARD(hsm_json_str(c->req, "CustomKeyStoreId", false, 1, 64, &store));
-	HSM_ENSURE(store == NULL, HSM_ERR_UNSUPPORTED_OPERATION, "custom key stores are not supported");
+	HSM_ENSURE(store == NULL, HSM_ERR_CUSTOM_KEY_STORE_NOT_FOUND,
+	           "that custom key store does not exist: hsmd holds its keys itself and has no "
+	           "custom key stores");
 	HSM_GUARD(hsm_api_refuse_recipient(c, "Plaintext", HSM_ERR_UNSUPPORTED_OPERATION));
 	HSM_GUARD(hsm_json_int(c->req, "NumberOfBytes", true, 1, HSM_MAX_RANDOM, &n, &present));
 	hsm_buf_init_secure(&out);

@@ -247,8 +247,11 @@ static hsm_result read_origin(hsm_api_ctx *c, hsm_create_key_req *req)
 		                "imports it (EXTERNAL)",
 		                origin);
 	}
-	HSM_ENSURE(store == NULL && xks == NULL, HSM_ERR_UNSUPPORTED_OPERATION,
-	           "custom key stores are not supported");
+	HSM_ENSURE(store == NULL, HSM_ERR_CUSTOM_KEY_STORE_NOT_FOUND,
+	           "that custom key store does not exist: hsmd holds its keys itself and has no "
+	           "custom key stores");
+	HSM_ENSURE(xks == NULL, HSM_ERR_UNSUPPORTED_OPERATION,
+	           "external key stores are not supported");
 	HSM_ENSURE(!multi, HSM_ERR_UNSUPPORTED_OPERATION,
 	           "multi-Region keys are not supported: replicate the store instead");
 	return HSM_SUCCESS;
@@ -322,6 +325,23 @@ hsm_result hsm_api_list_keys(hsm_api_ctx *c)
 	if (truncated)
 		hsm_jw_str(c->w, "NextMarker", s.last);
 	hsm_jw_bool(c->w, "Truncated", truncated);
+	return HSM_SUCCESS;
+}
+
+/* hsmd has no custom key stores: the list is empty, and a store named does not exist. */
+hsm_result hsm_api_describe_custom_key_stores(hsm_api_ctx *c)
+{
+	const char *id, *name, *marker;
+	size_t limit;
+	HSM_GUARD(hsm_json_str(c->req, "CustomKeyStoreId", false, 1, 64, &id));
+	HSM_GUARD(hsm_json_str(c->req, "CustomKeyStoreName", false, 1, 256, &name));
+	HSM_GUARD(hsm_api_paging(c, 1000, 100, &limit, &marker));
+	HSM_GUARD(hsm_kms_custom_key_stores(c->kms, c->caller, id, name));
+	/* No page ends early, so no marker was ever handed out to come back. */
+	HSM_ENSURE(marker == NULL, HSM_ERR_INVALID_MARKER, "Marker is invalid");
+	hsm_jw_key_begin_array(c->w, "CustomKeyStores");
+	hsm_jw_end_array(c->w);
+	hsm_jw_bool(c->w, "Truncated", false);
 	return HSM_SUCCESS;
 }
 

@@ -55,6 +55,7 @@ static const hsm_api_handler handlers[HSM_OP_COUNT] = {
     [HSM_OP_ImportKeyMaterial] = hsm_api_import_key_material,
     [HSM_OP_DeleteImportedKeyMaterial] = hsm_api_delete_imported_key_material,
     [HSM_OP_GetKeyLastUsage] = hsm_api_get_key_last_usage,
+    [HSM_OP_DescribeCustomKeyStores] = hsm_api_describe_custom_key_stores,
     [HSM_OP_SignToken] = hsm_api_sign_token,
     [HSM_OP_EnableJwtSigning] = hsm_api_enable_jwt_signing,
     [HSM_OP_DisableJwtSigning] = hsm_api_disable_jwt_signing,

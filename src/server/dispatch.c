@@ -745,21 +745,29 @@ static bool defer_kms(hsm_server *s, const char *name, const hsm_op_info *info, 
 /*
  * AWS KMS operations hsmd does not offer: custom key stores (hsmd is the key
  * store) and multi-Region keys (nodes share one store instead).  SDKs know
- * them, so they get KMS's own refusal, not an unknown-operation error.
+ * them, so they get an error their operation declares, not an
+ * unknown-operation error: the custom key store an operation names does
+ * not exist (DescribeCustomKeyStores lists none: api_keys.c), and one
+ * cannot be made (CreateCustomKeyStore declares nothing that says so, so
+ * ValidationException).
  */
 static hsm_result refuse_unknown(const char *name)
 {
-	static const char *const custom_stores[] = {
-	    "CreateCustomKeyStore",    "DeleteCustomKeyStore",     "DescribeCustomKeyStores",
-	    "UpdateCustomKeyStore",    "ConnectCustomKeyStore",    "DisconnectCustomKeyStore"};
+	static const char *const custom_stores[] = {"DeleteCustomKeyStore", "UpdateCustomKeyStore",
+	                                            "ConnectCustomKeyStore",
+	                                            "DisconnectCustomKeyStore"};
+	HSM_ENSURE(strcmp(name, "CreateCustomKeyStore") != 0, HSM_ERR_VALIDATION,
+	           "CreateCustomKeyStore: custom key stores are not supported; hsmd holds its keys "
+	           "itself");
 	static const char *const multi_region[] = {"ReplicateKey", "UpdatePrimaryRegion"};
 	/* ML-KEM (KEY_ENCAPSULATION keys): Debian 12's OpenSSL 3.0 has no ML-KEM. */
 	HSM_ENSURE(strcmp(name, "Encapsulate") != 0 && strcmp(name, "Decapsulate") != 0,
 	           HSM_ERR_UNSUPPORTED_OPERATION,
 	           "%s: ML-KEM key encapsulation is not supported; hsmd's OpenSSL has no ML-KEM", name);
 	for (size_t i = 0; i < sizeof(custom_stores) / sizeof(custom_stores[0]); i++)
-		HSM_ENSURE(strcmp(name, custom_stores[i]) != 0, HSM_ERR_UNSUPPORTED_OPERATION,
-		           "%s: custom key stores are not supported; hsmd holds its keys itself",
+		HSM_ENSURE(strcmp(name, custom_stores[i]) != 0, HSM_ERR_CUSTOM_KEY_STORE_NOT_FOUND,
+		           "%s: that custom key store does not exist: hsmd holds its keys itself and "
+		           "has no custom key stores",
 		           name);
 	for (size_t i = 0; i < sizeof(multi_region) / sizeof(multi_region[0]); i++)
 		HSM_ENSURE(strcmp(name, multi_region[i]) != 0, HSM_ERR_UNSUPPORTED_OPERATION,

@@ -134,10 +134,6 @@ def test_unknown_operation(hsmd, kms, target):
 
 
 @pytest.mark.parametrize("op,why", [
-    ("CreateCustomKeyStore", "custom key stores"), ("DeleteCustomKeyStore", "custom key stores"),
-    ("DescribeCustomKeyStores", "custom key stores"), ("UpdateCustomKeyStore", "custom key stores"),
-    ("ConnectCustomKeyStore", "custom key stores"),
-    ("DisconnectCustomKeyStore", "custom key stores"),
     ("ReplicateKey", "multi-Region"), ("UpdatePrimaryRegion", "multi-Region"),
     ("Encapsulate", "ML-KEM"), ("Decapsulate", "ML-KEM")])
 def test_aws_operations_hsmd_does_not_offer_are_unsupported(hsmd, kms, op, why):
@@ -150,9 +146,39 @@ def test_aws_operations_hsmd_does_not_offer_are_unsupported(hsmd, kms, op, why):
                                                          "UnsupportedOperationException")
 
 
+def test_custom_key_stores_answer_only_errors_their_operations_declare(hsmd, kms):
+    """hsmd holds its keys itself and has no custom key stores: DescribeCustomKeyStores
+    lists none, a store named by any operation does not exist (CustomKeyStoreNotFound,
+    which each of them declares), and CreateCustomKeyStore, which declares nothing that
+    says "not supported", is a ValidationException.  Each is audited.  (They answered
+    UnsupportedOperationException, which none of them declares.)"""
+    out = kms.describe_custom_key_stores()
+    assert out["CustomKeyStores"] == [] and out["Truncated"] is False, out
+    assert "NextMarker" not in out, out
+    cks = "cks-1234567890abcdef0"
+    for call in (lambda: kms.describe_custom_key_stores(CustomKeyStoreId=cks),
+                 lambda: kms.describe_custom_key_stores(CustomKeyStoreName="prod"),
+                 lambda: kms.connect_custom_key_store(CustomKeyStoreId=cks),
+                 lambda: kms.disconnect_custom_key_store(CustomKeyStoreId=cks),
+                 lambda: kms.delete_custom_key_store(CustomKeyStoreId=cks),
+                 lambda: kms.update_custom_key_store(CustomKeyStoreId=cks,
+                                                     NewCustomKeyStoreName="x"),
+                 lambda: kms.create_key(CustomKeyStoreId=cks),
+                 lambda: kms.generate_random(NumberOfBytes=8, CustomKeyStoreId=cks)):
+        with pytest.raises(kms.exceptions.CustomKeyStoreNotFoundException):
+            call()
+    for op, body, code in (
+            ("CreateCustomKeyStore", {"CustomKeyStoreName": "prod"}, "ValidationException"),
+            ("DescribeCustomKeyStores", {"Marker": "m"}, "InvalidMarkerException"),
+            ("DescribeCustomKeyStores", {"Limit": 0}, "ValidationException"),
+            ("DescribeCustomKeyStores", {"CustomKeyStoreId": cks, "CustomKeyStoreName": "x"},
+             "ValidationException")):
+        r = expect(hsmd, kms, op, json.dumps(body).encode(), code)
+        rec = audit_record(hsmd.data_dir, request_id(r))
+        assert (rec["op"], rec["outcome"], rec["error"]) == (op, "error", code), rec
+
+
 def test_sdk_catches_those_as_kms_exceptions(kms):
-    with pytest.raises(kms.exceptions.UnsupportedOperationException):
-        kms.describe_custom_key_stores()
     with pytest.raises(kms.exceptions.UnsupportedOperationException):
         kms.update_primary_region(KeyId="mrk-1234abcd12ab34cd56ef1234567890ab",
                                   PrimaryRegion="eu-west-1")

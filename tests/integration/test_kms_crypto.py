@@ -386,7 +386,7 @@ def test_generate_random(kms, hsmd):
     for n in (0, 1025, -1):
         call_error(hsmd, "GenerateRandom", {"NumberOfBytes": n}, "ValidationException")
     call_error(hsmd, "GenerateRandom", {}, "ValidationException")
-    raises("UnsupportedOperationException", kms.generate_random, NumberOfBytes=8,
+    raises("CustomKeyStoreNotFoundException", kms.generate_random, NumberOfBytes=8,
            CustomKeyStoreId="cks-1234567890abcdef0")
 
 

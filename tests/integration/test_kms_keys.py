@@ -116,7 +116,9 @@ def test_create_key_invalid_names_and_members(kms):
 ])
 def test_create_key_unsupported_members(kms, member, value):
     n = key_count(kms)
-    raises("UnsupportedOperationException", kms.create_key, **{member: value}, status=400)
+    code = ("CustomKeyStoreNotFoundException" if member == "CustomKeyStoreId"
+            else "UnsupportedOperationException")
+    raises(code, kms.create_key, **{member: value}, status=400)
     assert key_count(kms) == n
 
 
