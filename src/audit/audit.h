@@ -394,6 +394,9 @@ typedef struct hsm_audit_verify_report {
 	/* The last checkpoint stating it says every record from kept_from on is
 	 * kept (earlier ones were deleted by retention); 0 = none states it. */
 	uint64_t kept_from, kept_from_seq;
+	/* The seq of the last retention checkpoint taken (signed and verified
+	 * when a public key is given) and the floor it states; 0 = none. */
+	uint64_t retention_seq, retention_kept_from;
 	/* Records first_seq to older_format_through are in runs whose
 	 * AuditLogOpened and checkpoints declare no trail format: an older hsmd
 	 * wrote them (docs/audit.md, "Trails from older hsmd"); 0 = none. */

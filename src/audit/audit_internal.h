@@ -72,7 +72,8 @@ typedef struct audit_tail_info {
 	char path[PATH_MAX]; /* file to continue (when !needs_new_file) */
 	uint64_t file_first_seq;
 	int64_t file_first_ms;
-	uint64_t kept_from;  /* first seq of the oldest file: every record from it on is kept */
+	uint64_t kept_from;  /* every record from it on is kept: the floor the trail states */
+	bool floor_seen;     /* the scan found the checkpoint it took kept_from from */
 	uint64_t torn_bytes; /* damaged bytes moved aside */
 	char torn_path[PATH_MAX];
 } audit_tail_info;

@@ -205,6 +205,8 @@ typedef struct line_info {
 	uint64_t seq;
 	int64_t time_ms;
 	bool shutdown, rotate;
+	bool ckpt;          /* a checkpoint... */
+	uint64_t kept_from; /* ...and the floor it states (0: none, an older hsmd's) */
 } line_info;
 
 static bool is_hex64(const char *s)
@@ -231,6 +233,11 @@ static bool parse_line(const uint8_t *p, size_t n, line_info *li)
 		const char *reason = json_string_value(
 		    json_object_get(json_object_get(j, "checkpoint"), "reason"));
 		bool ckpt = strcmp(type, "checkpoint") == 0 && reason != NULL;
+		json_t *kept = json_object_get(json_object_get(j, "checkpoint"), "kept_from");
+		li->ckpt = ckpt;
+		li->kept_from = ckpt && json_is_integer(kept) && json_integer_value(kept) > 0
+		                    ? (uint64_t)json_integer_value(kept)
+		                    : 0;
 		li->shutdown = ckpt && strcmp(reason, "shutdown") == 0;
 		li->rotate = ckpt && strcmp(reason, "rotate") == 0;
 	}
@@ -299,6 +306,28 @@ static int64_t first_line_time(int fd, int64_t fallback)
 	return fallback;
 }
 
+/*
+ * The floor the trail itself states: kept_from of the last checkpoint in
+ * buf[0..end) (lines of a file's window).  Only a retention checkpoint
+ * raises it, and every later checkpoint repeats it, so the last one holds
+ * it.  *seen: a checkpoint was found (one stating no floor is an older
+ * hsmd's, whose floor is unknown: *kept_from stays 0).
+ */
+static void window_floor(const uint8_t *buf, size_t end, uint64_t *kept_from, bool *seen)
+{
+	while (end > 0 && !*seen) {
+		size_t start = end - 1;
+		while (start > 0 && buf[start - 1] != '\n')
+			start--;
+		line_info li = {0};
+		if (buf[end - 1] == '\n' && parse_line(buf + start, end - 1 - start, &li) && li.ckpt) {
+			*seen = true;
+			*kept_from = li.kept_from;
+		}
+		end = start;
+	}
+}
+
 /* Scans one file; *found says whether it holds a valid record. */
 static hsm_result scan_file(hsm_audit *a, const char *path, audit_tail_info *out, bool *found)
 {
@@ -329,11 +358,39 @@ static hsm_result scan_file(hsm_audit *a, const char *path, audit_tail_info *out
 		out->needs_new_file = li.rotate;
 		HSM_TRY(hsm_strcpy(out->path, sizeof(out->path), path));
 		out->file_first_ms = first_line_time(fd, li.time_ms);
+		window_floor(buf, valid_end, &out->kept_from, &out->floor_seen);
 	}
 out:
 	free(buf);
 	close(fd);
 	return res;
+}
+
+/*
+ * Every record from kept_from on is kept: the floor the trail's own
+ * checkpoints state (window_floor), found in the newest file's tail or else
+ * at the end of an earlier file (its rotation checkpoint).  Files missing
+ * from the start (deleted by hand, or lost) leave it where it was, so the
+ * next checkpoints still state it and verify names the records missing.
+ * A trail none of whose checkpoints states one (an older hsmd's) starts its
+ * floor at its oldest file, as that hsmd's retention left it.
+ */
+static void trail_floor(hsm_audit *a, char **names, size_t newest, audit_tail_info *out)
+{
+	hsm_buf line = {0};
+	for (size_t i = newest; !out->floor_seen && i-- > 0;) {
+		char path[PATH_MAX];
+		line.len = 0;
+		if ((size_t)snprintf(path, sizeof(path), "%s/%s", a->dir, names[i]) >= sizeof(path) ||
+		    !audit_read_last_line(path, &line) || hsm_failed(hsm_buf_put_u8(&line, '\n')))
+			continue;
+		window_floor(line.data, line.len, &out->kept_from, &out->floor_seen);
+	}
+	hsm_buf_free(&line);
+	if (out->kept_from == 0 && !audit_parse_file_name(names[0], &out->kept_from))
+		out->kept_from = 1;
+	if (out->kept_from == 0) /* a file named from seq 0: no record has that seq */
+		out->kept_from = 1;
 }
 
 hsm_result audit_tail_scan(hsm_audit *a, audit_tail_info *out)
@@ -346,13 +403,6 @@ hsm_result audit_tail_scan(hsm_audit *a, audit_tail_info *out)
 	size_t n = 0;
 	HSM_GUARD(audit_list_files(a->dir, &names, &n));
 	hsm_result res = HSM_SUCCESS;
-	/*
-	 * Every record from the oldest file on is kept.  Files found missing at
-	 * the start show in verify: the floor the checkpoints state then rises
-	 * without a retention checkpoint saying so.
-	 */
-	if (n == 0 || !audit_parse_file_name(names[0], &out->kept_from))
-		out->kept_from = 1;
 	for (size_t i = n; i-- > 0;) {
 		char path[PATH_MAX];
 		bool found = false;
@@ -362,6 +412,7 @@ hsm_result audit_tail_scan(hsm_audit *a, audit_tail_info *out)
 		if (found) {
 			HSM_CHECK(audit_parse_file_name(names[i], &out->file_first_seq), HSM_ERR_INTERNAL,
 			          "bad file name");
+			trail_floor(a, names, i, out);
 			goto out;
 		}
 		/* Empty (or emptied) newest file: the chain continues from the one before. */

@@ -405,6 +405,10 @@ static bool check_file_end(vreader *r, const vstate *s, const ventry *e,
 static bool check_floor(vreader *r, vstate *s, const ventry *e, sig_state sig, bool keyed,
                         hsm_audit_verify_report *rep)
 {
+	if (!s->ckpt_seen) {
+		s->ckpt_seen = true;
+		s->older_start = e->kept_from == 0;
+	}
 	if (e->kept_from == 0)
 		return true;
 	bool retention = strcmp(e->reason, "retention") == 0;
@@ -425,6 +429,10 @@ static bool check_floor(vreader *r, vstate *s, const ventry *e, sig_state sig, b
 	s->floor_at = *e;
 	rep->kept_from = e->kept_from;
 	rep->kept_from_seq = e->seq;
+	if (retention) {
+		rep->retention_seq = e->seq;
+		rep->retention_kept_from = e->kept_from;
+	}
 	return true;
 }
 
@@ -807,6 +815,41 @@ static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, const hsm_audit_ve
 	return true;
 }
 
+/*
+ * A log may start past seq 1 only where a retention checkpoint (signed and
+ * verified when a public key is given) states that floor: no other record
+ * tells records retention deleted from records deleted by hand or lost (the
+ * floor the other checkpoints state is what their node took for it).  A log
+ * given from an older hsmd's records on (its first checkpoint states no
+ * floor: that hsmd's retention wrote none) is passed over, as before.
+ */
+static bool check_start(vreader *r, const vstate *s, bool keyed, hsm_audit_verify_report *rep)
+{
+	const ventry *f = &s->floor_at;
+	if (rep->first_seq <= 1 || f->kept_from == 0 || s->older_start ||
+	    rep->retention_kept_from >= rep->first_seq)
+		return true;
+	uint64_t from = rep->retention_kept_from != 0 ? rep->retention_kept_from : 1;
+	if (rep->retention_seq != 0)
+		verify_report_at(r, rep, HSM_AUDIT_DELETED, f,
+		                 "deleted: records %llu to %llu are missing: the log starts at seq %llu, "
+		                 "but the last retention checkpoint (seq %llu) keeps every record from "
+		                 "seq %llu; they were lost or deleted, and not by retention",
+		                 (unsigned long long)from, (unsigned long long)rep->first_seq - 1,
+		                 (unsigned long long)rep->first_seq,
+		                 (unsigned long long)rep->retention_seq,
+		                 (unsigned long long)rep->retention_kept_from);
+	else
+		verify_report_at(r, rep, HSM_AUDIT_DELETED, f,
+		                 "deleted: records %llu to %llu are missing: the log starts at seq %llu "
+		                 "and no retention checkpoint%s states that floor; they were lost or "
+		                 "deleted, and not by retention",
+		                 (unsigned long long)from, (unsigned long long)rep->first_seq - 1,
+		                 (unsigned long long)rep->first_seq,
+		                 keyed ? " (signed, with the key)" : "");
+	return false;
+}
+
 static bool check_end(vreader *r, const vstate *s, const hsm_audit_verify_options *o,
                       hsm_audit_verify_report *rep)
 {
@@ -829,6 +872,8 @@ static bool check_end(vreader *r, const vstate *s, const hsm_audit_verify_option
 		                 (unsigned long long)rep->first_seq - 1);
 		return false;
 	}
+	if (!check_start(r, s, o->pubkey_pem != NULL, rep))
+		return false;
 	if (o->anchor_seq > p->seq) {
 		verify_report_at(r, rep, HSM_AUDIT_TRUNCATED, p,
 		                 "truncated: the log ends at seq %llu, before seq %llu that the anchor "

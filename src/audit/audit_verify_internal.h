@@ -81,6 +81,9 @@ typedef struct vstate {
 	ventry hist[VERIFY_WINDOW]; /* accepted records, newest at hist_head-1 */
 	size_t hist_head, hist_count;
 	ventry floor_at;            /* the last checkpoint stating kept_from (kept_from 0: none) */
+	/* The log given starts with an older hsmd's records: its first checkpoint states no
+	 * kept_from (that hsmd's retention wrote no retention checkpoint). */
+	bool ckpt_seen, older_start;
 	vsigning sign;
 	/* With a public key, under the current rules: a request only an unsealed node answers
 	 * (at use_unsigned_seq) that no verified checkpoint has followed yet in its run. */

@@ -43,11 +43,19 @@ static void print_summary(const hsm_audit_verify_report *r)
 		       "are not all signed (neither their AuditLogOpened events nor their checkpoints "
 		       "declare trail_format; docs/audit.md)\n",
 		       (unsigned long long)r->first_seq, (unsigned long long)r->older_format_through);
-	if (r->valid && r->records > 0 && r->first_seq != 1 && r->kept_from != 0)
+	/* Only a retention checkpoint states that records were deleted by retention (verify
+	 * holds any other start past seq 1 as deleted, but for an older hsmd's records). */
+	bool by_retention = r->retention_seq != 0 && r->retention_kept_from >= r->first_seq;
+	if (r->valid && r->records > 0 && r->first_seq != 1 && by_retention)
 		printf("note: the log starts at seq %llu; records before it were deleted by retention "
-		       "(the checkpoint at seq %llu keeps every record from seq %llu)\n",
-		       (unsigned long long)r->first_seq, (unsigned long long)r->kept_from_seq,
-		       (unsigned long long)r->kept_from);
+		       "(the retention checkpoint at seq %llu keeps every record from seq %llu)\n",
+		       (unsigned long long)r->first_seq, (unsigned long long)r->retention_seq,
+		       (unsigned long long)r->retention_kept_from);
+	else if (r->valid && r->records > 0 && r->first_seq != 1 && r->kept_from != 0)
+		printf("note: the log starts at seq %llu with records of an older hsmd, whose "
+		       "retention stated no floor: earlier records were not given, or were removed "
+		       "by that retention\n",
+		       (unsigned long long)r->first_seq);
 	else if (r->records > 0 && r->first_seq != 1 && r->kept_from == 0)
 		printf("note: the log starts at seq %llu; earlier records were not given (or were "
 		       "removed by retention: no checkpoint given states what it kept)\n",

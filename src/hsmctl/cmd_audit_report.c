@@ -698,10 +698,11 @@ static void print_text(const report *r, const hsm_audit_verify_report *v, const 
 	       v->files, (unsigned long long)v->records, (unsigned long long)v->first_seq,
 	       (unsigned long long)v->last_seq, (unsigned long long)v->checkpoints_verified,
 	       o->verify.pubkey_pem == NULL ? " (no --pubkey: signatures not checked)" : "");
-	if (v->first_seq > 1 && v->kept_from != 0)
+	/* Only a retention checkpoint says so (verify holds any other start past seq 1 as deleted). */
+	if (v->first_seq > 1 && v->retention_seq != 0 && v->retention_kept_from >= v->first_seq)
 		printf("retention: records before seq %llu were deleted by retention (stated by the "
-		       "checkpoint at seq %llu)\n",
-		       (unsigned long long)v->kept_from, (unsigned long long)v->kept_from_seq);
+		       "retention checkpoint at seq %llu)\n",
+		       (unsigned long long)v->retention_kept_from, (unsigned long long)v->retention_seq);
 	printf("period: %s to %s", r->records ? r->first : "-", r->records ? r->last : "-");
 	if (o->since[0] != '\0' || o->until[0] != '\0')
 		printf(" (asked: from %s until %s)", o->since[0] ? o->since : "the start",

@@ -1022,6 +1022,42 @@ static void test_unsigned_retention_does_not_raise_the_floor(void **state)
 	free(genuine);
 }
 
+/*
+ * A log may start past seq 1 only where a retention checkpoint states that
+ * floor.  Here the log starts at seq 41 with a run whose signed checkpoints
+ * state kept_from 41, as a node that took its floor from the oldest file it
+ * found would after files 1 to 40 were deleted by hand (or lost): no
+ * retention checkpoint says they were retention's, so they were deleted.
+ * The same run with a signed retention checkpoint stating 41 verifies.
+ */
+static void test_a_start_past_seq_1_needs_a_retention_checkpoint(void **state)
+{
+	(void)state;
+	size_t last = fx.n_lines - 1, len;
+	char *run[3] = {forged_line(0, 41, NULL, 0, false), /* AuditLogOpened */
+	                forged_line(last, 42, "signer", 41, true),
+	                forged_line(last, 43, "shutdown", 41, true)};
+	char *log = with_tail(fx.n_lines, run, 3, &len);
+	hsm_audit_verify_report r = verify_named(CUT_NAME, log, len, fx.pem);
+	assert_false(r.valid);
+	assert_int_equal(r.problem, HSM_AUDIT_DELETED);
+	assert_non_null(strstr(r.detail, "records 1 to 40 are missing"));
+	assert_non_null(strstr(r.detail, "no retention checkpoint"));
+	free(log);
+
+	char *kept[3] = {forged_line(0, 41, NULL, 0, false),
+	                 forged_line(last, 42, "retention", 41, true),
+	                 forged_line(last, 43, "shutdown", 41, true)};
+	log = with_tail(fx.n_lines, kept, 3, &len);
+	r = verify_named(CUT_NAME, log, len, fx.pem);
+	if (!r.valid)
+		print_message("%s\n", r.detail);
+	assert_true(r.valid);
+	assert_int_equal(r.retention_seq, 42);
+	assert_int_equal(r.retention_kept_from, 41);
+	free(log);
+}
+
 /* ---- Restarts and the last checkpoint --------------------------------------- */
 
 /* fx's line i as a JSON object (the caller owns it). */
@@ -1395,6 +1431,7 @@ int main(void)
 	    cmocka_unit_test(test_truncations_detected),
 	    cmocka_unit_test(test_checkpoint_signatures),
 	    cmocka_unit_test(test_kept_from_is_signed_and_rises_only_at_retention),
+	    cmocka_unit_test(test_a_start_past_seq_1_needs_a_retention_checkpoint),
 	    cmocka_unit_test(test_unsigned_retention_does_not_raise_the_floor),
 	    cmocka_unit_test(test_restarts_cannot_hide_stripped_signatures),
 	    cmocka_unit_test(test_a_restart_says_how_the_run_before_it_ended),
