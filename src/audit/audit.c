@@ -169,6 +169,7 @@ static hsm_result init_writer(hsm_audit *a, const audit_tail_info *t)
 	 * writes): durable from the first sync on. */
 	atomic_store(&a->durable_seq_pub, 0);
 	w->kept_from = t->kept_from;
+	atomic_store(&a->kept_from_pub, t->kept_from);
 	w->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
 	w->md_ctx = EVP_MD_CTX_new();
 	HSM_ENSURE(w->sha256 != NULL && w->md_ctx != NULL, HSM_ERR_CRYPTO, "SHA-256 unavailable");
@@ -594,6 +595,7 @@ void hsm_audit_get_stats(const hsm_audit *a, hsm_audit_stats *out)
 	out->copy_failures = m->copy_failures;
 	out->retention_running = m->sweep_requested || m->sweep_running;
 	out->retention_held = m->retention_held;
+	out->retention_blocked = m->retention_blocked;
 	out->low_space = atomic_load(&m->low_space);
 	out->acks_held = m->acks_held;
 	uint64_t held_ns = m->acks_held_ns;

@@ -269,6 +269,7 @@ typedef struct hsm_audit_stats {
 	uint64_t copy_failures;   /* files not copied (or copies not deleted) when tried */
 	bool retention_running;   /* a retention pass is asked for or running */
 	bool retention_held;      /* the last pass deleted nothing: the wall clock ran ahead */
+	bool retention_blocked;   /* the last pass deleted nothing: records missing among the files */
 	bool low_space;           /* the space ahead of the file cannot be kept: no new requests */
 	/*
 	 * fdatasync calls on the audit file (background and synchronous): their

@@ -186,6 +186,9 @@ struct hsm_audit {
 	int64_t wall0_ms, elapsed0_ms;
 	bool has_elapsed, retention_held;
 	bool retention_unsigned; /* the last pass deleted nothing: no signer to sign its checkpoint */
+	bool retention_blocked;  /* the last pass deleted nothing: the chain does not prove the floor */
+	/* The floor the writer's checkpoints state (w.kept_from), for the sweeper. */
+	atomic_uint_fast64_t kept_from_pub;
 
 	/* The current outage (under mu). */
 	uint64_t outage_start_ns;
@@ -229,6 +232,8 @@ void audit_free_list(char **names, size_t n);
 bool audit_parse_file_name(const char *name, uint64_t *first_seq);
 /* Reads the last complete line of a file; false when there is none. */
 bool audit_read_last_line(const char *path, hsm_buf *line);
+/* Reads the first line of a file (up to 64 KiB, without its newline); false when there is none. */
+bool audit_read_first_line(const char *path, hsm_buf *line);
 /* The "time" of a line, in ms; false when it has none. */
 bool audit_line_time(const uint8_t *line, size_t n, int64_t *t_ms);
 

@@ -15,6 +15,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "common/log.h"
 #include "common/util.h"
 
@@ -430,6 +432,100 @@ static bool declared(hsm_audit *a, hsm_result r, hsm_result *res)
 	return hsm_ok(r);
 }
 
+/* What retention reads of a line at a file's edge: its seq, its prev, and its own hash. */
+typedef struct line_edge {
+	uint64_t seq;
+	char prev[AUDIT_HASH_HEX + 1];
+	char hash[AUDIT_HASH_HEX + 1];
+} line_edge;
+
+static bool read_edge(const char *path, bool first, line_edge *e)
+{
+	hsm_buf line = {0};
+	bool ok = first ? audit_read_first_line(path, &line) : audit_read_last_line(path, &line);
+	json_t *j = ok ? json_loadb((const char *)line.data, line.len, 0, NULL) : NULL;
+	json_t *seq = json_object_get(j, "seq");
+	const char *prev = json_string_value(json_object_get(j, "prev"));
+	uint8_t h[AUDIT_HASH_LEN];
+	ok = json_is_integer(seq) && json_integer_value(seq) > 0 && prev != NULL &&
+	     strlen(prev) == AUDIT_HASH_HEX &&
+	     EVP_Digest(line.data, line.len, h, NULL, EVP_sha256(), NULL) == 1;
+	if (ok) {
+		e->seq = (uint64_t)json_integer_value(seq);
+		memcpy(e->prev, prev, sizeof(e->prev));
+		audit_hex32(h, e->hash);
+	}
+	json_decref(j);
+	hsm_buf_free(&line);
+	return ok;
+}
+
+/*
+ * Retention may state only a floor the chain proves: the files it deletes
+ * and the first it keeps must be one unbroken stretch of the chain from the
+ * floor the trail states on (each file's first record the successor of the
+ * last of the file before: the next seq, chained to its hash).  Otherwise
+ * records are missing among them (deleted by hand, or lost), and deleting
+ * the files around the gap would pass the loss off as retention: nothing is
+ * deleted, the error is logged, and /metrics shows the pass blocked until
+ * the missing files are put back.  Sets *kept_from to the first seq kept.
+ */
+static bool chain_proves(hsm_audit *a, char **names, size_t expired, uint64_t *kept_from)
+{
+	uint64_t floor = atomic_load(&a->kept_from_pub);
+	line_edge before = {0}, first = {0};
+	char why[768] = "";
+	for (size_t i = 0; i <= expired; i++) {
+		char path[PATH_MAX];
+		if ((size_t)snprintf(path, sizeof(path), "%s/%s", a->dir, names[i]) >= sizeof(path) ||
+		    !read_edge(path, true, &first)) {
+			snprintf(why, sizeof(why), "the first record of %s cannot be read", names[i]);
+			break;
+		}
+		if (i == 0 && first.seq > floor) {
+			snprintf(why, sizeof(why),
+			         "records %llu to %llu are missing: the trail keeps every record from seq "
+			         "%llu, but its oldest file, %s, starts at seq %llu",
+			         (unsigned long long)floor, (unsigned long long)first.seq - 1,
+			         (unsigned long long)floor, names[i], (unsigned long long)first.seq);
+			break;
+		}
+		if (i > 0 && first.seq > before.seq + 1) {
+			snprintf(why, sizeof(why), "records %llu to %llu are missing between %s and %s",
+			         (unsigned long long)before.seq + 1, (unsigned long long)first.seq - 1,
+			         names[i - 1], names[i]);
+			break;
+		}
+		if (i > 0 && (first.seq != before.seq + 1 ||
+		              !hsm_ct_equal(first.prev, before.hash, AUDIT_HASH_HEX))) {
+			snprintf(why, sizeof(why), "%s does not continue %s: its first record (seq %llu) "
+			         "does not chain to that file's last (seq %llu)",
+			         names[i], names[i - 1], (unsigned long long)first.seq,
+			         (unsigned long long)before.seq);
+			break;
+		}
+		if (i == expired) {
+			*kept_from = first.seq;
+			break;
+		}
+		if (!read_edge(path, false, &before)) {
+			snprintf(why, sizeof(why), "the last record of %s cannot be read", names[i]);
+			break;
+		}
+	}
+	bool proven = why[0] == '\0';
+	pthread_mutex_lock(&a->mu);
+	bool was = a->retention_blocked;
+	a->retention_blocked = !proven;
+	pthread_mutex_unlock(&a->mu);
+	if (!proven)
+		hsm_error("audit retention deletes nothing: %s; put the missing files back (from "
+		          "audit_copy_dir or a backup) and verify the trail", why);
+	else if (was)
+		hsm_info("audit retention runs again: the files it deletes continue one another");
+	return proven;
+}
+
 hsm_result audit_retention_apply(hsm_audit *a, const char *keep_file, hsm_buf *deleted)
 {
 	char **names = NULL;
@@ -495,11 +591,9 @@ hsm_result audit_retention_apply(hsm_audit *a, const char *keep_file, hsm_buf *d
 	}
 	if (expired == 0)
 		goto out;
-	/* The first file kept names the first record kept; stated before anything goes. */
-	if (!audit_parse_file_name(names[expired], &kept_from)) {
-		hsm_warn("audit retention: %s is not an audit file name; nothing deleted", names[expired]);
+	/* The first file kept holds the first record kept; stated before anything goes. */
+	if (!chain_proves(a, names, expired, &kept_from))
 		goto out;
-	}
 	if (!declared(a, audit_declare_kept_from(a, kept_from), &res))
 		goto out;
 	for (; deleted_n < expired; deleted_n++) {

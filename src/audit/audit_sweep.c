@@ -69,6 +69,7 @@ void audit_answer_retention(hsm_audit *a)
 			                             "(the signer was cleared or failed); nothing deleted");
 		if (hsm_failed(r))
 			a->w.kept_from = was; /* nothing will be deleted */
+		atomic_store(&a->kept_from_pub, a->w.kept_from);
 	}
 	pthread_mutex_lock(&a->mu);
 	a->ret_done_gen = gen;

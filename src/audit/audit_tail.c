@@ -191,6 +191,20 @@ out:
 	return ok;
 }
 
+bool audit_read_first_line(const char *path, hsm_buf *line)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	uint8_t *buf = malloc(HEAD_READ);
+	ssize_t r = buf != NULL ? pread(fd, buf, HEAD_READ, 0) : -1;
+	const uint8_t *nl = r > 0 ? memchr(buf, '\n', (size_t)r) : NULL;
+	bool ok = nl != NULL && hsm_ok(hsm_buf_put(line, buf, (size_t)(nl - buf)));
+	free(buf);
+	close(fd);
+	return ok;
+}
+
 bool audit_line_time(const uint8_t *line, size_t n, int64_t *t_ms)
 {
 	json_t *j = json_loadb((const char *)line, n, 0, NULL);

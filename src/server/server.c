@@ -1181,6 +1181,10 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "# HELP hsmd_audit_retention_held 1 when the last audit retention pass deleted nothing "
 	    "because the wall clock ran more than an hour ahead of the time hsmd has run.\n"
 	    "# TYPE hsmd_audit_retention_held gauge\nhsmd_audit_retention_held %d\n"
+	    "# HELP hsmd_audit_retention_blocked 1 when the last audit retention pass deleted "
+	    "nothing because records are missing among the files it would delete or the first "
+	    "it keeps (deleted by hand, or lost): put them back.\n"
+	    "# TYPE hsmd_audit_retention_blocked gauge\nhsmd_audit_retention_blocked %d\n"
 	    "# HELP hsmd_audit_low_space 1 while the audit disk has no room for the space hsmd "
 	    "keeps ahead of the trail: requests are refused until there is.\n"
 	    "# TYPE hsmd_audit_low_space gauge\nhsmd_audit_low_space %d\n"
@@ -1210,7 +1214,8 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    (unsigned long long)hsm_outbox_adopted(s->outbox),
 	    (unsigned long long)as.next_seq,
 	    (unsigned long long)as.files_expired, (unsigned long long)as.files_copied,
-	    (unsigned long long)as.copy_failures, (int)as.retention_held, (int)as.low_space,
+	    (unsigned long long)as.copy_failures, (int)as.retention_held,
+	    (int)as.retention_blocked, (int)as.low_space,
 	    (unsigned long long)ks.cache_hits, (unsigned long long)ks.cache_misses,
 	    (unsigned long long)ks.cache_entries, s->lane != NULL ? hsm_lane_depth(s->lane) : 0));
 	HSM_GUARD(hsm_buf_printf(

@@ -562,6 +562,55 @@ static void test_files_deleted_while_stopped_show(void **state)
 	t_rm_rf(dir);
 }
 
+/*
+ * Retention states only a floor the chain proves.  A file deleted by hand
+ * between an expired file and the first one kept, or the oldest file deleted
+ * before an expired one, would otherwise be passed off as retention (the
+ * retention checkpoint stating the first seq of the first file kept): the
+ * pass deletes nothing and says so (retention_blocked), and verify names the
+ * records missing.
+ */
+static void test_retention_states_only_a_floor_the_chain_proves(void **state)
+{
+	(void)state;
+	static char files[T_MAX_FILES][PATH_MAX];
+	int64_t now = hsm_now_ms();
+	for (int gone = 0; gone < 2; gone++) {
+		char dir[PATH_MAX];
+		t_mkdtemp(dir, "audit-retention-gap");
+		hsm_audit_config c = retention_config(dir);
+		hsm_audit *a = NULL;
+		atomic_store(&fake_now, now - 3000 * DAY_MS);
+		assert_true(hsm_ok(hsm_audit_open(&c, &a))); /* no signer: retention waits */
+		fill_and_rotate(a, now - 3000 * DAY_MS, 0); /* file 1: expired */
+		/* file 2: kept (gone 0: deleted by hand), or expired (gone 1: file 1 is) */
+		fill_and_rotate(a, gone == 0 ? now : now - 2900 * DAY_MS, 5);
+		hsm_audit_close(a);
+		assert_int_equal(t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES), 3);
+		assert_int_equal(unlink(files[gone == 0 ? 1 : 0]), 0);
+		char kept_name[PATH_MAX];
+		memcpy(kept_name, files[gone == 0 ? 0 : 1], sizeof(kept_name));
+		atomic_store(&fake_now, now);
+		open_unsealed(&c, &a);
+		fill_and_rotate(a, now, 10); /* a pass at open and one after the rotation */
+		hsm_audit_stats st;
+		hsm_audit_get_stats(a, &st);
+		assert_int_equal(st.files_expired, 0);
+		assert_true(st.retention_blocked);
+		hsm_audit_close(a);
+		assert_int_equal(access(kept_name, F_OK), 0); /* the expired file is still there */
+		char *log = slurp_log(dir);
+		assert_null(strstr(log, "\"reason\":\"retention\""));
+		assert_null(strstr(log, "AuditFilesExpired"));
+		free(log);
+		hsm_audit_verify_report r = t_verify_dir(dir, NULL, false);
+		assert_false(r.valid);
+		assert_int_equal(r.problem, HSM_AUDIT_DELETED);
+		assert_non_null(strstr(r.detail, gone == 0 ? " are missing" : "records 1 to "));
+		t_rm_rf(dir);
+	}
+}
+
 /* Fails every write once a retention pass has begun, while armed. */
 static atomic_bool fail_after_pass_armed, fail_writes;
 static int fail_after_pass(void *arg, hsm_audit_io_op op)
@@ -1400,6 +1449,7 @@ int main(void)
 	    cmocka_unit_test(test_retention_states_what_it_keeps_before_deleting),
 	    cmocka_unit_test(test_retention_waits_for_a_signer),
 	    cmocka_unit_test(test_files_deleted_while_stopped_show),
+	    cmocka_unit_test(test_retention_states_only_a_floor_the_chain_proves),
 	    cmocka_unit_test(test_retention_deletes_nothing_it_cannot_state),
 	    cmocka_unit_test(test_closed_files_are_copied_and_expire_with_their_originals),
 	    cmocka_unit_test(test_retention_keeps_files_not_copied),

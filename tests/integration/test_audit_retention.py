@@ -1,0 +1,96 @@
+"""Audit retention and records lost from the trail: only retention may start the trail
+past seq 1, and only where the chain proves what it deleted.
+
+hsmd runs with clockshift.c preloaded (test_clock_steps.py), which moves its wall
+clock, so files can be days or years old without waiting.
+"""
+import datetime
+import glob
+import os
+import re
+
+from conftest import DEV_AKID, DEV_SECRET, Hsmd
+from helpers import Clock, admin, audit_records, eventually, signed_at
+from test_audit_server import audit_pem, verify
+
+DAY = 86400
+
+
+def audit_files(data_dir):
+    return sorted(glob.glob(os.path.join(data_dir, "audit", "audit-*.jsonl")))
+
+
+def start_shifted(clockshift, clock, args, data_dir=None):
+    env = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET,
+           "LD_PRELOAD": clockshift, "HSM_TEST_CLOCK_SHIFT_FILE": clock.path}
+    return Hsmd(["--dev", "--backup-interval-seconds", "0"] + list(args), env=env,
+                data_dir=data_dir)
+
+
+def shifted_admin(server, clock_s, op, body):
+    """An HsmdAdmin call signed at the node's shifted time (SigV4 checks the date)."""
+    when = datetime.datetime.utcnow() + datetime.timedelta(seconds=clock_s)
+    r = signed_at(server, when, "HsmdAdmin." + op, body)
+    assert r.status_code == 200, (op, r.status_code, r.text)
+
+
+def gauge(server, name):
+    """An unlabelled sample of /metrics, or None when there is none."""
+    st, body, _ = server.get("/metrics")
+    assert st == 200
+    m = re.search(rb"^" + name.encode() + rb" (\S+)$", body, re.M)
+    return float(m.group(1)) if m else None
+
+
+def records_of_op(data_dir, op):
+    return [r for r in audit_records(data_dir) if r.get("op") == op]
+
+
+def test_retention_does_not_pass_a_file_deleted_by_hand_off_as_retention(clockshift, tmp_path):
+    """File A (two days old) has expired under audit_retention_days = 1; file B after it,
+    of today, is deleted by hand while hsmd is stopped.  At the next start retention
+    must not delete A and state the first record of C, the file after the gap, as the
+    floor: the trail would then verify as if retention had deleted A and B.  It deletes
+    nothing, says so in /metrics, and verify still names B's records as missing."""
+    args = ["--audit-retention-days", "1", "--audit-rotate-seconds", "60"]
+    clock = Clock(str(tmp_path / "shift"))
+    clock.set(-2 * DAY)
+    server = start_shifted(clockshift, clock, args)
+    data = server.data_dir
+    try:
+        for i in range(3):
+            shifted_admin(server, -2 * DAY, "AuditHash", {"Value": f"a{i}"})
+        clock.set(-2 * DAY + 70)  # A is older than the rotation age: it ends, B begins
+        assert eventually(lambda: len(audit_files(data)) == 2, 10), audit_files(data)
+        for i in range(2):
+            shifted_admin(server, -2 * DAY + 70, "AuditHash", {"Value": f"b{i}"})
+        clock.set(0)  # B ends now, C begins
+        assert eventually(lambda: len(audit_files(data)) == 3, 10), audit_files(data)
+        admin(server, "AuditHash", {"Value": "c"})
+        pem = audit_pem(server, str(tmp_path))
+        server.stop()
+        a, b, _ = audit_files(data)
+        os.unlink(b)
+        res = verify(server, pubkey=pem)
+        assert res.returncode == 1 and "are missing" in res.stdout, res.stdout
+
+        again = start_shifted(clockshift, clock, args, data_dir=data)
+        try:
+            # The pass at start: it deletes, or it says why not.
+            assert eventually(lambda: gauge(again, "hsmd_audit_retention_blocked") == 1
+                              or gauge(again, "hsmd_audit_files_expired_total"), 15)
+            blocked = gauge(again, "hsmd_audit_retention_blocked")
+            log = again.read_log()
+        finally:
+            again.stop()
+        assert os.path.exists(a), "retention deleted the file before the gap"
+        assert blocked == 1 and "audit retention deletes nothing: records" in log, log
+        assert not records_of_op(data, "AuditFilesExpired")
+        assert not [r for r in audit_records(data) if r["type"] == "checkpoint"
+                    and r["checkpoint"]["reason"] == "retention"]
+        res = verify(server, pubkey=pem)
+        assert res.returncode == 1, res.stdout
+        assert "result: INVALID" in res.stdout and "are missing" in res.stdout, res.stdout
+        assert "deleted by retention" not in res.stdout, res.stdout
+    finally:
+        server.cleanup()
