@@ -110,6 +110,10 @@ typedef struct audit_writer {
 	uint64_t low_since_ns;   /* when the low-space spell began (0: none) */
 	bool low_ended;          /* a spell ended: its event is still to be written */
 	int last_errno;          /* errno of the last failed I/O step */
+	/* Records found lost (their file deleted or cut under the log), not yet recorded
+	 * (AuditRecordsLost): lost_first..lost_last, lost_last 0 = none. */
+	uint64_t lost_first, lost_last;
+	bool lost_checkpoint;    /* recorded: the checkpoint after it is still to be written */
 	hsm_buf scratch;
 	audit_slot batch[AUDIT_BATCH_MAX];
 	audit_cbent cbs[AUDIT_BATCH_MAX];

@@ -259,6 +259,21 @@ static hsm_result relock(hsm_audit *a)
 }
 
 /*
+ * The records of the current file written before pending (all synced once)
+ * are lost with it: notes their range, joined to one not yet recorded.
+ */
+static void note_lost(audit_writer *w)
+{
+	uint64_t end = w->pending.len > 0 ? w->pending_first_seq : w->next_seq;
+	if (end <= w->file_first_seq)
+		return;
+	if (w->lost_last == 0 || w->file_first_seq < w->lost_first)
+		w->lost_first = w->file_first_seq;
+	if (end - 1 > w->lost_last)
+		w->lost_last = end - 1;
+}
+
+/*
  * After a failed write or fsync nothing past synced_off can be trusted (a
  * partial line, or pages the kernel dropped after a failed fsync).  Cut the
  * file back to synced_off and write pending again: the same bytes, so the
@@ -275,9 +290,11 @@ hsm_result audit_io_recover(hsm_audit *a)
 		bool moved = stat(w->path, &named) != 0 || named.st_dev != st.st_dev ||
 		             named.st_ino != st.st_ino;
 		if (st.st_nlink == 0 || moved || (uint64_t)st.st_size < w->synced_off) {
-			/* Records we had synced are gone: the verifier will show it.
-			 * Continue in a new file rather than write over the damage. */
+			/* Records we had synced are gone: the verifier will show it, and the
+			 * writer records which (AuditRecordsLost).  Continue in a new file
+			 * rather than write over the damage. */
 			hsm_error("audit file %s lost synced records; continuing in a new file", w->path);
+			note_lost(w);
 			audit_io_close(a);
 		} else if ((uint64_t)st.st_size > w->synced_off) {
 			if (ftruncate(w->fd, (off_t)w->synced_off) != 0)

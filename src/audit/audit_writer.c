@@ -508,6 +508,28 @@ static bool rotation_due(const hsm_audit *a, int64_t now)
 	       (now - w->file_opened_ms) >= (int64_t)a->cfg.rotate_age_ms;
 }
 
+/*
+ * Records lost with their file (audit_io_recover) go on the record at once,
+ * the range named, and a checkpoint follows before any other record: the
+ * loss is in the trail before any request is answered again, and a restart (even after kill -9)
+ * finds the floor where it was, so verify reports the records as missing,
+ * never as retention.
+ */
+static hsm_result record_lost(hsm_audit *a)
+{
+	audit_writer *w = &a->w;
+	char first[24], last[24];
+	snprintf(first, sizeof(first), "%llu", (unsigned long long)w->lost_first);
+	snprintf(last, sizeof(last), "%llu", (unsigned long long)w->lost_last);
+	hsm_audit_field f[] = {{"first_seq", first}, {"last_seq", last}};
+	HSM_GUARD(audit_write_event(a, "AuditRecordsLost", HSM_AUDIT_ERROR, f, 2));
+	hsm_error("audit: records %s to %s were lost with their file; recorded (AuditRecordsLost)",
+	          first, last);
+	w->lost_first = w->lost_last = 0;
+	w->lost_checkpoint = true; /* written once the log is healthy again (try_recover) */
+	return HSM_SUCCESS;
+}
+
 /* After an outage: rewrite what was not durable, then note the outage. */
 static void try_recover(hsm_audit *a)
 {
@@ -528,6 +550,8 @@ static void try_recover(hsm_audit *a)
 	w->pending_records = 0;
 	if (w->rotate_pending && !next_file(a))
 		return;
+	if (w->lost_last != 0 && hsm_failed(record_lost(a)))
+		return;
 	pthread_mutex_lock(&a->mu);
 	uint64_t ms = (hsm_mono_ns() - a->outage_start_ns) / NS_PER_MS;
 	uint64_t refused = a->refused_in_outage;
@@ -543,6 +567,9 @@ static void try_recover(hsm_audit *a)
 	atomic_store(&a->healthy, true);
 	hsm_info("audit log writable again after %llu ms (%llu requests refused)",
 	         (unsigned long long)ms, (unsigned long long)refused);
+	/* Checkpoints are written by a healthy log only; no batch comes before this one. */
+	if (w->lost_checkpoint && hsm_ok(audit_write_checkpoint(a, "lost")))
+		w->lost_checkpoint = false;
 }
 
 /* The next time the writer must wake without new records (monotonic ns). */

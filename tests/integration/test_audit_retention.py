@@ -8,8 +8,9 @@ import datetime
 import glob
 import os
 import re
+import signal
 
-from conftest import DEV_AKID, DEV_SECRET, Hsmd
+from conftest import DEV_AKID, DEV_SECRET, Hsmd, signed_call, start_dev
 from helpers import Clock, admin, audit_records, eventually, signed_at
 from test_audit_server import audit_pem, verify
 
@@ -92,5 +93,51 @@ def test_retention_does_not_pass_a_file_deleted_by_hand_off_as_retention(clocksh
         assert res.returncode == 1, res.stdout
         assert "result: INVALID" in res.stdout and "are missing" in res.stdout, res.stdout
         assert "deleted by retention" not in res.stdout, res.stdout
+    finally:
+        server.cleanup()
+
+
+def test_a_trail_lost_under_the_node_never_verifies_as_retention(tmp_path):
+    """The whole trail deleted under a running node: the next request's sync finds its
+    file gone, and the node goes on in a new file past seq 1.  It records the loss at
+    once (AuditRecordsLost, the range, then a checkpoint), so verify --live reports the
+    records missing; and after a kill -9 before the next interval checkpoint and a
+    restart, the node keeps the floor its checkpoints stated (seq 1), not the oldest
+    file's, so verify still reports a deletion, never retention."""
+    server = start_dev(["--backup-interval-seconds", "0"])
+    data = server.data_dir
+    try:
+        for i in range(10):
+            admin(server, "AuditHash", {"Value": f"r{i}"})
+        pem = audit_pem(server, str(tmp_path))
+        for path in audit_files(data):
+            os.unlink(path)
+        # The first request's record goes to the deleted file; its sync finds it gone.
+        signed_call(server, "HsmdAdmin.AuditHash", {"Value": "after"})
+        assert eventually(lambda: records_of_op(data, "AuditOutageEnded"), 15), server.read_log()
+        first = min(r["seq"] for r in audit_records(data))
+        assert first > 1
+        live = verify(server, pubkey=pem, live=True)
+        assert live.returncode == 1 and "result: INVALID" in live.stdout, live.stdout
+        assert f"records 1 to {first - 1}" in live.stdout, live.stdout
+        server.stop(signal.SIGKILL)  # before the next interval checkpoint
+
+        again = Hsmd(["--dev", "--backup-interval-seconds", "0"],
+                     env={"HSM_DEV_ACCESS_KEY_ID": DEV_AKID,
+                          "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}, data_dir=data)
+        again.stop()
+        ckpts = [r["checkpoint"] for r in audit_records(data) if r["type"] == "checkpoint"]
+        assert ckpts and all(c["kept_from"] == 1 for c in ckpts), ckpts
+        res = verify(server, pubkey=pem)
+        assert res.returncode == 1 and "result: INVALID" in res.stdout, res.stdout
+        assert f"records 1 to {first - 1}" in res.stdout, res.stdout
+        assert "deleted by retention" not in res.stdout, res.stdout
+        # The loss is on the record, named, and a checkpoint followed it at once.
+        lost = records_of_op(data, "AuditRecordsLost")
+        assert len(lost) == 1 and lost[0]["extra"]["first_seq"] == "1", lost
+        assert int(lost[0]["extra"]["last_seq"]) == first - 1, lost
+        after = [r for r in audit_records(data) if r["seq"] > lost[0]["seq"]]
+        assert [r["op"] for r in after[:1]] == ["AuditOutageEnded"], after[:2]
+        assert after[1]["type"] == "checkpoint" and after[1]["checkpoint"]["reason"] == "lost"
     finally:
         server.cleanup()
