@@ -115,6 +115,13 @@ typedef struct hsm_audit_config {
 	 * retention keeps the original; retention deletes no file not copied.
 	 */
 	const char *copy_dir;
+	/*
+	 * No retention pass at all: nothing is copied to copy_dir and nothing is
+	 * deleted.  For a process that writes to a node's trail without its
+	 * configuration (hsmctl's offline commands): the node alone applies its
+	 * audit_retention_days and audit_copy_dir.
+	 */
+	bool no_retention;
 	uint32_t queue_capacity;      /* records waiting for the writer; 0 = default 16384 */
 	/*
 	 * Acknowledge a record only once it is durable (fdatasync'd): a sync is

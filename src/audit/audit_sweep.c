@@ -25,6 +25,8 @@ void audit_request_retention(hsm_audit *a)
 	audit_writer *w = &a->w;
 	const char *base = w->fd >= 0 ? strrchr(w->path, '/') : NULL;
 	w->next_retention_ms = audit_now_ms(a) + RETENTION_PERIOD_MS;
+	if (a->cfg.no_retention)
+		return;
 	pthread_mutex_lock(&a->mu);
 	snprintf(a->sweep_keep, sizeof(a->sweep_keep), "%s", base != NULL ? base + 1 : "");
 	a->sweep_requested = true;

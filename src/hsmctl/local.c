@@ -139,7 +139,9 @@ static hsm_result open_audit(const char *data_dir, hsm_audit **out)
 	HSM_ENSURE((size_t)snprintf(dir, sizeof(dir), "%s/audit", data_dir) < sizeof(dir),
 	           HSM_ERR_VALIDATION, "--data-dir is too long");
 	audit_node(data_dir, node);
-	hsm_audit_config cfg = {.dir = dir, .node_id = node};
+	/* The node's audit_retention_days and audit_copy_dir are not known here: retention is
+	 * the node's alone, and hsmctl never runs it. */
+	hsm_audit_config cfg = {.dir = dir, .node_id = node, .no_retention = true};
 	return hsm_audit_open(&cfg, out);
 }
 

@@ -9,8 +9,9 @@ import glob
 import os
 import re
 import signal
+import subprocess
 
-from conftest import DEV_AKID, DEV_SECRET, Hsmd, signed_call, start_dev
+from conftest import DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, signed_call, start_dev
 from helpers import Clock, admin, audit_records, eventually, signed_at
 from test_audit_server import audit_pem, verify
 
@@ -139,5 +140,44 @@ def test_a_trail_lost_under_the_node_never_verifies_as_retention(tmp_path):
         after = [r for r in audit_records(data) if r["seq"] > lost[0]["seq"]]
         assert [r["op"] for r in after[:1]] == ["AuditOutageEnded"], after[:2]
         assert after[1]["type"] == "checkpoint" and after[1]["checkpoint"]["reason"] == "lost"
+    finally:
+        server.cleanup()
+
+
+def test_hsmctl_offline_commands_run_no_retention(clockshift, tmp_path):
+    """hsmctl's offline commands write to the node's trail without the node's
+    configuration: they must not apply retention (with the default 2557 days and no
+    copy directory) to files the node keeps (audit_retention_days = 36500)."""
+    copies = str(tmp_path / "copies")
+    os.mkdir(copies)
+    args = ["--audit-retention-days", "36500", "--audit-copy-dir", copies,
+            "--audit-rotate-seconds", "60"]
+    clock = Clock(str(tmp_path / "shift"))
+    clock.set(-8 * 365 * DAY)
+    server = start_shifted(clockshift, clock, args)
+    data = server.data_dir
+    try:
+        shifted_admin(server, -8 * 365 * DAY, "AuditHash", {"Value": "eight years ago"})
+        clock.set(-8 * 365 * DAY + 100)
+        assert eventually(lambda: len(audit_files(data)) == 2, 10), audit_files(data)
+        clock.set(0)
+        assert eventually(lambda: len(audit_files(data)) == 3, 10), audit_files(data)
+        admin(server, "AuditHash", {"Value": "today"})
+        copy_files = lambda: sorted(glob.glob(os.path.join(copies, "**", "audit-*.jsonl"),
+                                              recursive=True))
+        assert eventually(lambda: len(copy_files()) >= 2, 10), copy_files()
+        server.stop()
+        before = audit_files(data)
+        copied = copy_files()
+        share = os.path.join(data, "dev-unseal.share")
+        out = subprocess.run([HSMCTL, "unseal", "--data-dir", data, share],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert set(before) <= set(audit_files(data)), (before, audit_files(data))
+        assert copy_files() == copied
+        assert not records_of_op(data, "AuditFilesExpired")
+        res = subprocess.run([HSMCTL, "audit", "verify", os.path.join(data, "audit")],
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0 and "deleted by retention" not in res.stdout, res.stdout
     finally:
         server.cleanup()
