@@ -2,8 +2,10 @@
  * tags.c - TagResource, UntagResource, ListResourceTags.
  *
  * Rules from the AWS KMS API reference (Tag): TagKey 1-128 characters,
- * TagValue 0-256 characters, Unicode letters, digits, white space and
- * _ . : / = + - @; the "aws:" prefix, in any case, is reserved for keys and
+ * TagValue 0-256 characters, with no pattern (other services' Tag shapes
+ * restrict them to Unicode letters, digits, white space and _ . : / = + - @;
+ * KMS's does not, so neither does hsmd: any valid UTF-8 without control
+ * characters); the "aws:" prefix, in any case, is reserved for keys and
  * values alike (TagException), as AWS's tagging rules say.
  */
 #include <stdio.h>
