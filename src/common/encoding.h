@@ -48,6 +48,9 @@ size_t hsm_b64_encoded_len(size_t n);
  */
 #define HSM_PKCS11_ID_ALIAS "alias/pkcs11-id/"
 #define HSM_PKCS11_ID_MAX 120
+/* Why a key refuses a second such alias: the key id, then the alias it has. */
+#define HSM_PKCS11_ID_TAKEN_FMT \
+	"key %s has a PKCS#11 CKA_ID already (%s): delete that alias, or move it, first"
 /* The alias that gives a key the CKA_ID id (n bytes); false when it cannot be one, or out is short. */
 bool hsm_pkcs11_id_alias(const void *id, size_t n, char *out, size_t cap);
 /* The CKA_ID an alias name gives its key, into id; false (id empty) if it gives none. */

@@ -77,6 +77,9 @@ hsm_result kms_key_id_alias(hsm_kms *kms, const char *key_id, const char *except
  * Names under alias/pkcs11-id/ give their key its PKCS#11 CKA_ID
  * (common/encoding.h): such a name must spell one id one way, and a key has
  * at most one, so that adding a name never changes an id a script uses.
+ * The store checks the second rule again in its write (store.h), which is
+ * what holds against concurrent CreateAlias and UpdateAlias calls; this
+ * earlier look refuses the plain case before an approval is claimed.
  */
 static hsm_result check_pkcs11_id(hsm_kms *kms, const char *alias, const char *key_id,
                                   hsm_err invalid)
@@ -95,9 +98,7 @@ static hsm_result check_pkcs11_id(hsm_kms *kms, const char *alias, const char *k
 	hsm_result r = kms_key_id_alias(kms, key_id, alias, other, &id);
 	hsm_buf_free(&id);
 	HSM_GUARD(r);
-	HSM_ENSURE(other[0] == '\0', HSM_ERR_VALIDATION,
-	           "key %s has a PKCS#11 CKA_ID already (%s): delete that alias, or move it, first",
-	           key_id, other);
+	HSM_ENSURE(other[0] == '\0', HSM_ERR_VALIDATION, HSM_PKCS11_ID_TAKEN_FMT, key_id, other);
 	return HSM_SUCCESS;
 }
 

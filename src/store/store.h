@@ -644,14 +644,17 @@ hsm_result hsm_store_version_list(hsm_store *s, const char *key_id, hsm_version_
 /*
  * ALREADY_EXISTS when the name is taken; NOT_FOUND when the key does not
  * exist; LIMIT_EXCEEDED when the key has HSM_MAX_ALIASES_PER_KEY aliases
- * already (counted in the write transaction, so nodes sharing a store
- * cannot pass it together).
+ * already; VALIDATION when the name gives its key a PKCS#11 CKA_ID
+ * (HSM_PKCS11_ID_ALIAS, common/encoding.h) and another alias of the key
+ * gives it one already.  Both are read in the write transaction, so
+ * concurrent writers, on one node or on nodes sharing a store, cannot pass
+ * them together.
  */
 hsm_result hsm_store_alias_create(hsm_store *s, const char *name, const char *key_id,
                                   int64_t now) HSM_MUST_CHECK;
 /*
  * Points an existing alias at another key; NOT_FOUND when the alias or the
- * key does not exist; LIMIT_EXCEEDED as hsm_store_alias_create.
+ * key does not exist; LIMIT_EXCEEDED and VALIDATION as hsm_store_alias_create.
  */
 hsm_result hsm_store_alias_update(hsm_store *s, const char *name, const char *key_id,
                                   int64_t now) HSM_MUST_CHECK;

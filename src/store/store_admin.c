@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/encoding.h"
 #include "store/store_impl.h"
 
 static hsm_result check_user_record(const hsm_user_record *u)
@@ -504,6 +505,23 @@ hsm_result st_check_alias_limit(const char *key_id, int64_t others)
 {
 	HSM_ENSURE(others < HSM_MAX_ALIASES_PER_KEY, HSM_ERR_LIMIT_EXCEEDED,
 	           "key %s already has %d aliases, the most allowed", key_id, HSM_MAX_ALIASES_PER_KEY);
+	return HSM_SUCCESS;
+}
+
+_Static_assert(sizeof(HSM_PKCS11_ID_ALIAS) - 1 == 16, "ST_SQL_PKCS11_ID_NAME compares 16 bytes");
+
+hsm_result st_check_pkcs11_id(const char *key_id, const char *name, const st_vec *others)
+{
+	hsm_buf id = {0};
+	const char *held = NULL;
+	if (hsm_pkcs11_id_of_alias(name, &id))
+		for (size_t i = 0; held == NULL && i < others->n; i++) {
+			const hsm_alias_record *a = st_vec_at(others, i);
+			if (hsm_pkcs11_id_of_alias(a->name, &id))
+				held = a->name;
+		}
+	hsm_buf_free(&id);
+	HSM_ENSURE(held == NULL, HSM_ERR_VALIDATION, HSM_PKCS11_ID_TAKEN_FMT, key_id, held);
 	return HSM_SUCCESS;
 }
 

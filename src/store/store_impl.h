@@ -296,6 +296,19 @@ hsm_result st_check_promote(const hsm_key_record *k, uint32_t version, bool exis
  * other aliases the key has, counted in the write transaction.
  */
 hsm_result st_check_alias_limit(const char *key_id, int64_t others) HSM_MUST_CHECK;
+/*
+ * The one-CKA_ID rule of hsm_store_alias_create and _update (store.h):
+ * VALIDATION when `name` gives its key a PKCS#11 CKA_ID and one of `others`
+ * (hsm_alias_record, the key's other aliases under HSM_PKCS11_ID_ALIAS, read
+ * in the write transaction) gives it one already.
+ */
+hsm_result st_check_pkcs11_id(const char *key_id, const char *name,
+                              const st_vec *others) HSM_MUST_CHECK;
+/*
+ * SQL condition: column `name` starts with HSM_PKCS11_ID_ALIAS (common/encoding.h),
+ * compared byte for byte (LIKE ignores case in SQLite).
+ */
+#define ST_SQL_PKCS11_ID_NAME "substr(name, 1, 16) = '" HSM_PKCS11_ID_ALIAS "'"
 /* The grant limits of hsm_store_grant_create (store.h), given the key's counts: LIMIT_EXCEEDED when broken. */
 hsm_result st_check_grant_limits(const char *key_id, int64_t for_grantee,
                                  int64_t for_key) HSM_MUST_CHECK;

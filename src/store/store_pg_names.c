@@ -10,6 +10,8 @@
 
 #include <string.h>
 
+#include "common/encoding.h"
+
 static const char SQL_KEY_LOCK[] = "SELECT 1 FROM keys WHERE id = $1 FOR NO KEY UPDATE";
 
 /* ---- Aliases ---------------------------------------------------------------------- */
@@ -31,6 +33,9 @@ static const char SQL_ALIAS_UPDATE[] =
 	"UPDATE aliases SET key_id = $2, updated = $3 WHERE name = $1";
 static const char SQL_ALIAS_COUNT_OTHERS[] =
 	"SELECT count(*) FROM aliases WHERE key_id = $1 AND name <> $2";
+static const char SQL_ALIAS_PKCS11_IDS_OTHERS[] =
+	"SELECT " PG_ALIAS_COLS " FROM aliases WHERE key_id = $1 AND name <> $2 AND "
+	ST_SQL_PKCS11_ID_NAME " ORDER BY name";
 static const char SQL_ALIAS_DELETE[] = "DELETE FROM aliases WHERE name = $1";
 static const char SQL_ALIAS_DELETE_FOR_KEY[] = "DELETE FROM aliases WHERE key_id = $1";
 static const char SQL_ALIAS_GET[] = "SELECT " PG_ALIAS_COLS " FROM aliases WHERE name = $1";
@@ -62,10 +67,34 @@ typedef struct alias_op {
 	bool more;
 } alias_op;
 
+/* The one-CKA_ID rule (st_check_pkcs11_id), read under the key row lock. */
+static hsm_result alias_id_free(pg_conn *w, const char *key_id, const char *name)
+{
+	pg_params p;
+	PGresult *r = NULL;
+	st_vec v;
+	if (!hsm_str_has_prefix(name, HSM_PKCS11_ID_ALIAS))
+		return HSM_SUCCESS;
+	pg_params_init(&p);
+	pg_p_text(&p, key_id);
+	pg_p_text(&p, name);
+	HSM_GUARD(pg_run(w, SQL_ALIAS_PKCS11_IDS_OTHERS, &p, &r));
+	st_vec_init(&v, sizeof(hsm_alias_record));
+	/* Within the limit, checked first: the key has fewer others than this. */
+	hsm_result res = pg_collect(r, HSM_MAX_ALIASES_PER_KEY, pg_read_alias, NULL, &v, NULL);
+	PQclear(r);
+	if (hsm_ok(res))
+		res = st_check_pkcs11_id(key_id, name, &v);
+	st_vec_free(&v, NULL);
+	return res;
+}
+
 /*
  * The key exists and may take the alias `name` (held by another key or
  * none).  The key row lock serializes alias writers of this key on every
- * node, so the count holds until the transaction ends.
+ * node, so the count and the CKA_ID read hold until the transaction ends
+ * (writes run at READ COMMITTED: each statement sees what the previous
+ * holder of the lock committed).
  */
 static hsm_result alias_key_accepts(pg_conn *w, const char *key_id, const char *name)
 {
@@ -74,7 +103,8 @@ static hsm_result alias_key_accepts(pg_conn *w, const char *key_id, const char *
 	HSM_GUARD(pg_exists(w, SQL_KEY_LOCK, key_id, &found));
 	HSM_ENSURE(found, HSM_ERR_NOT_FOUND, "key %s does not exist", key_id);
 	HSM_GUARD(pg_count(w, SQL_ALIAS_COUNT_OTHERS, key_id, name, &others));
-	return st_check_alias_limit(key_id, others);
+	HSM_GUARD(st_check_alias_limit(key_id, others));
+	return alias_id_free(w, key_id, name);
 }
 
 static hsm_result alias_create_body(pg_conn *w, void *arg)

@@ -5,6 +5,8 @@
 
 #include <string.h>
 
+#include "common/encoding.h"
+
 /* ---- Aliases ---------------------------------------------------------------------- */
 
 #define ALIAS_COLS SQ_ALIAS_COLS
@@ -28,6 +30,9 @@ static const char SQL_ALIAS_UPDATE[] =
 	"UPDATE aliases SET key_id = ?2, updated = ?3 WHERE name = ?1";
 static const char SQL_ALIAS_COUNT_OTHERS[] =
 	"SELECT count(*) FROM aliases WHERE key_id = ?1 AND name <> ?2";
+static const char SQL_ALIAS_PKCS11_IDS_OTHERS[] =
+	"SELECT " ALIAS_COLS " FROM aliases WHERE key_id = ?1 AND name <> ?2 AND "
+	ST_SQL_PKCS11_ID_NAME " ORDER BY name";
 static const char SQL_ALIAS_DELETE[] = "DELETE FROM aliases WHERE name = ?1";
 static const char SQL_ALIAS_DELETE_FOR_KEY[] = "DELETE FROM aliases WHERE key_id = ?1";
 static const char SQL_ALIAS_GET[] = "SELECT " ALIAS_COLS " FROM aliases WHERE name = ?1";
@@ -53,13 +58,38 @@ static hsm_result alias_write(sq_conn *w, const char *sql, const char *name, con
 	return res;
 }
 
-/* The key exists and may take the alias `name` (held by another key or none). */
+/* The one-CKA_ID rule (st_check_pkcs11_id), read on the write connection. */
+static hsm_result alias_id_free(sq_conn *w, const char *key_id, const char *name)
+{
+	sqlite3_stmt *st;
+	st_vec v;
+	if (!hsm_str_has_prefix(name, HSM_PKCS11_ID_ALIAS))
+		return HSM_SUCCESS;
+	st_vec_init(&v, sizeof(hsm_alias_record));
+	HSM_GUARD(sq_prepare(w, SQL_ALIAS_PKCS11_IDS_OTHERS, &st));
+	sq_bind_text(w, st, 1, key_id);
+	sq_bind_text(w, st, 2, name);
+	/* Within the limit, checked first: the key has fewer others than this. */
+	hsm_result res = sq_collect(w, st, HSM_MAX_ALIASES_PER_KEY, sq_read_alias, NULL, &v, NULL);
+	sq_reset(st);
+	if (hsm_ok(res))
+		res = st_check_pkcs11_id(key_id, name, &v);
+	st_vec_free(&v, NULL);
+	return res;
+}
+
+/*
+ * The key exists and may take the alias `name` (held by another key or
+ * none).  Writes are serialized (sq_write_begin), so what this reads holds
+ * until the write ends.
+ */
 static hsm_result alias_key_accepts(sq_conn *w, const char *key_id, const char *name)
 {
 	int64_t others = 0;
 	HSM_GUARD(sq_key_require(w, key_id));
 	HSM_GUARD(sq_count(w, SQL_ALIAS_COUNT_OTHERS, key_id, name, &others));
-	return st_check_alias_limit(key_id, others);
+	HSM_GUARD(st_check_alias_limit(key_id, others));
+	return alias_id_free(w, key_id, name);
 }
 
 static hsm_result alias_create_in(sq_conn *w, const char *name, const char *key_id, int64_t now)

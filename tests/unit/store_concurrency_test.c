@@ -303,11 +303,132 @@ static void test_imported_rotations_serialize(void **state)
 	st_release_location(&f);
 }
 
+/* ---- PKCS#11 CKA_ID aliases of one key asked for from many threads at once ---------------- */
+
+#define ID_THREADS 8
+#define ID_ROUNDS 5
+
+typedef struct id_shared {
+	shared sh;
+	pthread_barrier_t start;
+	int round;
+	bool update; /* move each thread's alias from its own key, rather than create it */
+	atomic_int won, refused;
+} id_shared;
+
+typedef struct id_worker_arg {
+	id_shared *is;
+	int n;
+} id_worker_arg;
+
+static void id_alias_name(char *out, size_t cap, int round, int n)
+{
+	snprintf(out, cap, "alias/pkcs11-id/%02x%02x", round, n);
+}
+
+static void *id_worker(void *arg)
+{
+	id_worker_arg *w = arg;
+	id_shared *is = w->is;
+	char name[64];
+	id_alias_name(name, sizeof(name), is->round, w->n);
+	pthread_barrier_wait(&is->start);
+	hsm_result r = is->update ? hsm_store_alias_update(is->sh.s, name, "target", 2)
+	                          : hsm_store_alias_create(is->sh.s, name, "target", 2);
+	if (hsm_ok(r))
+		atomic_fetch_add(&is->won, 1);
+	else if (r.err == HSM_ERR_VALIDATION)
+		atomic_fetch_add(&is->refused, 1);
+	else
+		note_failure(&is->sh, is->update ? "alias_update" : "alias_create");
+	return NULL;
+}
+
+static hsm_result count_id_alias(const hsm_alias_record *a, void *arg)
+{
+	char *winner = arg;
+	if (strncmp(a->name, "alias/pkcs11-id/", 16) == 0) {
+		if (winner[0] != '\0')
+			return HSM_FAIL(HSM_ERR_INTERNAL, "a second CKA_ID alias: %s", a->name);
+		snprintf(winner, HSM_ALIAS_MAX + 1, "%s", a->name);
+	}
+	return HSM_SUCCESS;
+}
+
+/* Runs one round of ID_THREADS writers; returns the alias the target key holds after it. */
+static void id_round(id_shared *is, char winner[HSM_ALIAS_MAX + 1])
+{
+	pthread_t t[ID_THREADS];
+	id_worker_arg w[ID_THREADS];
+	atomic_store(&is->won, 0);
+	atomic_store(&is->refused, 0);
+	pthread_barrier_init(&is->start, NULL, ID_THREADS);
+	for (int i = 0; i < ID_THREADS; i++) {
+		w[i] = (id_worker_arg){is, i};
+		assert_int_equal(pthread_create(&t[i], NULL, id_worker, &w[i]), 0);
+	}
+	for (int i = 0; i < ID_THREADS; i++)
+		pthread_join(t[i], NULL);
+	pthread_barrier_destroy(&is->start);
+	if (atomic_load(&is->sh.failures) != 0)
+		fail_msg("%d failures; first: %s", atomic_load(&is->sh.failures), is->sh.first_error);
+	assert_int_equal(atomic_load(&is->won), 1);
+	assert_int_equal(atomic_load(&is->refused), ID_THREADS - 1);
+	bool more = true;
+	winner[0] = '\0';
+	EXPECT_OK(hsm_store_alias_list(is->sh.s, "target", NULL, 100, count_id_alias, winner, &more));
+	assert_false(more);
+	assert_true(winner[0] != '\0');
+}
+
+/*
+ * Threads that each give one key a different PKCS#11 CKA_ID alias at once,
+ * by create or by moving it from a key of its own, leave the key with
+ * exactly one: the rule is read in the write that adds the alias.
+ */
+static void test_one_pkcs11_id_alias_under_concurrency(void **state)
+{
+	(void)state;
+	st_fixture f = {0};
+	st_fresh_location(&f);
+	id_shared is = {0};
+	pthread_mutex_init(&is.sh.error_lock, NULL);
+	assert_true(hsm_ok(hsm_store_open(f.loc, &is.sh.s)));
+	st_create_key(is.sh.s, "target", "w", 1);
+	char name[64], winner[HSM_ALIAS_MAX + 1], src[16];
+	for (int i = 0; i < ID_THREADS; i++) {
+		snprintf(src, sizeof(src), "src-%d", i);
+		st_create_key(is.sh.s, src, "w", 1);
+	}
+	for (is.round = 0; is.round < ID_ROUNDS; is.round++) {
+		is.update = false;
+		id_round(&is, winner);
+		EXPECT_OK(hsm_store_alias_delete(is.sh.s, winner));
+		/* The same contest by UpdateAlias: each alias starts on a key of its own. */
+		is.update = true;
+		for (int i = 0; i < ID_THREADS; i++) {
+			id_alias_name(name, sizeof(name), is.round, i);
+			snprintf(src, sizeof(src), "src-%d", i);
+			EXPECT_OK(hsm_store_alias_create(is.sh.s, name, src, 1));
+		}
+		id_round(&is, winner);
+		EXPECT_OK(hsm_store_alias_delete_for_key(is.sh.s, "target"));
+		for (int i = 0; i < ID_THREADS; i++) {
+			snprintf(src, sizeof(src), "src-%d", i);
+			EXPECT_OK(hsm_store_alias_delete_for_key(is.sh.s, src));
+		}
+	}
+	hsm_store_close(is.sh.s);
+	pthread_mutex_destroy(&is.sh.error_lock);
+	st_release_location(&f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_no_lost_updates),
 		cmocka_unit_test(test_imported_rotations_serialize),
+		cmocka_unit_test(test_one_pkcs11_id_alias_under_concurrency),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

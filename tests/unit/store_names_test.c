@@ -113,6 +113,43 @@ static void test_alias_limit(void **state)
 	assert_false(truncated);
 }
 
+/*
+ * A key takes one alias that gives it a PKCS#11 CKA_ID (HSM_PKCS11_ID_ALIAS), by create
+ * or by update; a refusal names the one it has and changes nothing.
+ */
+static void test_alias_pkcs11_id_one_per_key(void **state)
+{
+	st_fixture *f = *state;
+	hsm_alias_record a;
+	EXPECT_OK(hsm_store_alias_create(f->s, "alias/pkcs11-id/0a", "k1", 1));
+	EXPECT_ERR(hsm_store_alias_create(f->s, "alias/pkcs11-id/0b1c", "k1", 2),
+	           HSM_ERR_VALIDATION);
+	assert_string_equal(hsm_last_message(),
+	                    "key k1 has a PKCS#11 CKA_ID already (alias/pkcs11-id/0a): delete that "
+	                    "alias, or move it, first");
+	EXPECT_ERR(hsm_store_alias_get(f->s, "alias/pkcs11-id/0b1c", &a), HSM_ERR_NOT_FOUND);
+	/* Names that give no CKA_ID are not held to it (the KMS layer refuses the odd ones). */
+	EXPECT_OK(hsm_store_alias_create(f->s, "alias/k1-label", "k1", 3));
+	EXPECT_OK(hsm_store_alias_create(f->s, "alias/pkcs11-id/0B", "k1", 3));
+	EXPECT_OK(hsm_store_alias_create(f->s, "alias/pkcs11-idea", "k1", 3));
+	/* Moving one onto a key that has one is refused; onto its own key it is no second. */
+	EXPECT_OK(hsm_store_alias_create(f->s, "alias/pkcs11-id/0b1c", "k2", 4));
+	EXPECT_ERR(hsm_store_alias_update(f->s, "alias/pkcs11-id/0b1c", "k1", 5),
+	           HSM_ERR_VALIDATION);
+	assert_non_null(strstr(hsm_last_message(), "(alias/pkcs11-id/0a)"));
+	EXPECT_OK(hsm_store_alias_get(f->s, "alias/pkcs11-id/0b1c", &a));
+	assert_string_equal(a.key_id, "k2");
+	assert_int_equal(a.updated, 4);
+	EXPECT_OK(hsm_store_alias_update(f->s, "alias/pkcs11-id/0a", "k1", 6));
+	EXPECT_ERR(hsm_store_alias_update(f->s, "alias/pkcs11-id/0a", "k2", 7), HSM_ERR_VALIDATION);
+	/* Once the first is gone, another may come. */
+	EXPECT_OK(hsm_store_alias_delete(f->s, "alias/pkcs11-id/0a"));
+	EXPECT_OK(hsm_store_alias_update(f->s, "alias/pkcs11-id/0b1c", "k1", 8));
+	EXPECT_OK(hsm_store_alias_create(f->s, "alias/pkcs11-id/0a", "k2", 9));
+	EXPECT_OK(hsm_store_alias_get(f->s, "alias/pkcs11-id/0a", &a));
+	assert_string_equal(a.key_id, "k2");
+}
+
 static void list_aliases(hsm_store *s, const char *key_id, size_t limit, names *all,
                          size_t *pages)
 {
@@ -315,6 +352,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_alias_lifecycle, setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_alias_list, setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_alias_limit, setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_alias_pkcs11_id_one_per_key, setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_tags_put_replace_remove, setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_tags_limit, setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_tags_pagination, setup, st_teardown),

@@ -105,6 +105,7 @@ typedef struct aliaser {
 	char name[32];
 	pthread_barrier_t *start;
 	atomic_int *created, *refused, *failed;
+	hsm_err refusal; /* the error a loser expects */
 } aliaser;
 
 static void *alias_worker(void *arg)
@@ -115,7 +116,7 @@ static void *alias_worker(void *arg)
 	if (hsm_ok(r))
 		atomic_fetch_add(w->created, 1);
 	else
-		atomic_fetch_add(r.err == HSM_ERR_LIMIT_EXCEEDED ? w->refused : w->failed, 1);
+		atomic_fetch_add(r.err == w->refusal ? w->refused : w->failed, 1);
 	return NULL;
 }
 
@@ -142,7 +143,8 @@ static void test_two_nodes_alias_limit(void **state)
 		aliaser w[ALIAS_THREADS];
 		pthread_barrier_init(&start, NULL, ALIAS_THREADS);
 		for (int i = 0; i < ALIAS_THREADS; i++) {
-			w[i] = (aliaser){nodes[i % NODES], "", &start, &created, &refused, &failed};
+			w[i] = (aliaser){nodes[i % NODES], "", &start, &created, &refused, &failed,
+			                 HSM_ERR_LIMIT_EXCEEDED};
 			snprintf(w[i].name, sizeof(w[i].name), "alias/r%d-t%d", round, i);
 			assert_int_equal(pthread_create(&t[i], NULL, alias_worker, &w[i]), 0);
 		}
@@ -157,6 +159,40 @@ static void test_two_nodes_alias_limit(void **state)
 		for (int i = 0; i < ALIAS_THREADS; i++) /* back to one short, for the next round */
 			if (hsm_ok(hsm_store_alias_delete(f->s, w[i].name)))
 				break;
+	}
+	hsm_store_close(nodes[1]);
+}
+
+/*
+ * One PKCS#11 CKA_ID alias a key holds against creators on two nodes: threads
+ * on both give the key a different one at once and exactly one gets it.
+ */
+static void test_two_nodes_one_pkcs11_id_alias(void **state)
+{
+	st_fixture *f = *state;
+	hsm_store *nodes[NODES] = {f->s, NULL};
+	EXPECT_OK(hsm_store_open(f->loc, &nodes[1]));
+	st_create_key(f->s, "shared", "w", 1);
+	for (int round = 0; round < ALIAS_ROUNDS; round++) {
+		atomic_int created = 0, refused = 0, failed = 0;
+		pthread_barrier_t start;
+		pthread_t t[ALIAS_THREADS];
+		aliaser w[ALIAS_THREADS];
+		pthread_barrier_init(&start, NULL, ALIAS_THREADS);
+		for (int i = 0; i < ALIAS_THREADS; i++) {
+			w[i] = (aliaser){nodes[i % NODES], "", &start, &created, &refused, &failed,
+			                 HSM_ERR_VALIDATION};
+			snprintf(w[i].name, sizeof(w[i].name), "alias/pkcs11-id/%02x%02x", round, i);
+			assert_int_equal(pthread_create(&t[i], NULL, alias_worker, &w[i]), 0);
+		}
+		for (int i = 0; i < ALIAS_THREADS; i++)
+			pthread_join(t[i], NULL);
+		pthread_barrier_destroy(&start);
+		assert_int_equal(atomic_load(&failed), 0);
+		assert_int_equal(atomic_load(&created), 1);
+		assert_int_equal(atomic_load(&refused), ALIAS_THREADS - 1);
+		assert_int_equal(st_pg_int(f->db, "SELECT count(*) FROM aliases"), 1);
+		EXPECT_OK(hsm_store_alias_delete_for_key(f->s, "shared"));
 	}
 	hsm_store_close(nodes[1]);
 }
@@ -730,6 +766,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_two_nodes_no_lost_update, pg_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_two_nodes_alias_limit, pg_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_two_nodes_one_pkcs11_id_alias, pg_setup,
+		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_two_nodes_grant_limit, pg_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_two_nodes_retried_grant, pg_setup, st_teardown),
 		cmocka_unit_test(test_concurrent_first_open),
