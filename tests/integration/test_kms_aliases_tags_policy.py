@@ -176,6 +176,74 @@ def test_alias_moves_while_in_use(hsmd, kms):
     assert seen == set(keys)
 
 
+def at_once(calls):
+    """Runs each call on a thread and client of its own, released together; returns, in
+    order, None for a success or the ClientError's response."""
+    import threading
+
+    from botocore.exceptions import ClientError
+    start, out = threading.Barrier(len(calls)), [None] * len(calls)
+
+    def run(i, fn, kw):
+        start.wait()
+        try:
+            fn(**kw)
+        except ClientError as e:
+            out[i] = e.response
+
+    threads = [threading.Thread(target=run, args=(i, fn, kw))
+               for i, (fn, kw) in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    return out
+
+
+def test_one_pkcs11_id_alias_under_concurrency(hsmd, kms):
+    """A key has at most one alias under alias/pkcs11-id/ (its PKCS#11 CKA_ID), also when
+    several CreateAlias or UpdateAlias calls give it one at the same moment: exactly one
+    succeeds, the others are refused as a second one would be alone, and change nothing."""
+    from conftest import client
+    clients = [client(hsmd) for _ in range(8)]
+
+    def check(target, names, out):
+        ids = [n for n in aliases_of(kms, target) if n.startswith("alias/pkcs11-id/")]
+        assert len(ids) == 1, (ids, out)
+        assert out.count(None) == 1, out
+        assert names[out.index(None)] == ids[0]
+        for resp in out:
+            if resp is not None:
+                assert resp["Error"]["Code"] == "ValidationException", resp
+                assert resp["Error"]["Message"] == (
+                    f"key {target} has a PKCS#11 CKA_ID already ({ids[0]}): delete that "
+                    "alias, or move it, first"), resp
+        return ids[0]
+
+    for rnd in range(5):
+        target = new_key(kms)
+        names = [f"alias/pkcs11-id/c{rnd}{i:02x}{target[:4]}" for i in range(8)]
+        out = at_once([(c.create_alias, {"AliasName": n, "TargetKeyId": target})
+                       for c, n in zip(clients, names)])
+        won = check(target, names, out)
+        assert [n for n in names if n in aliases_of(kms)] == [won]
+        kms.delete_alias(AliasName=won)
+
+        # The same by UpdateAlias: six aliases, each on a key of its own, moved at once.
+        sources = [new_key(kms) for _ in range(6)]
+        names = [f"alias/pkcs11-id/d{rnd}{i:02x}{s[:4]}" for i, s in enumerate(sources)]
+        for n, src in zip(names, sources):
+            kms.create_alias(AliasName=n, TargetKeyId=src)
+        out = at_once([(c.update_alias, {"AliasName": n, "TargetKeyId": target})
+                       for c, n in zip(clients, names)])
+        won = check(target, names, out)
+        held = aliases_of(kms)
+        for n, src in zip(names, sources):
+            assert held[n]["TargetKeyId"] == (target if n == won else src)
+            kms.delete_alias(AliasName=n)  # so listings of every alias stay within one page
+
+
 def test_delete_alias(kms):
     kid = new_key(kms)
     kms.create_alias(AliasName="alias/short-lived", TargetKeyId=kid)
