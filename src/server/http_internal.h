@@ -260,8 +260,14 @@ void hsm_http_req_put(hsm_http_req *req);
 void hsm_http_req_pool_free(hsm_http_worker *w);
 /* Gives a complete request to the handler, or answers it (405, 501) itself. */
 void hsm_http_req_dispatch(hsm_http_conn *conn, hsm_http_req *req);
-/* Answers on the framework's behalf (malformed input, limits) and closes after. */
-void hsm_http_req_refuse(hsm_http_conn *conn, hsm_http_req *req, int status, const char *message);
+/*
+ * Answers on the framework's behalf (malformed input, limits) and closes after,
+ * with a KMS-style body whose __type (a string literal, as is message) goes with
+ * status: SDKs report the type, and retry by it, so a 503 must not read as the
+ * caller's fault.
+ */
+void hsm_http_req_refuse(hsm_http_conn *conn, hsm_http_req *req, int status, const char *type,
+                         const char *message);
 
 /* http_balance.c: after a connection was accepted by (accepted) or removed
  * from w, on w's thread; and when rearm_ns has passed. */

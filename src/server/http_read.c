@@ -151,8 +151,12 @@ static bool maybe_continue(hsm_http_conn *c)
 	return true;
 }
 
+/* The __type of a refusal: the request's fault, or the server's for now (retry). */
+static const char invalid[] = "ValidationException";
+static const char unavailable[] = "ServiceUnavailableException";
+
 /* Answers with an error and ends the connection afterwards.  True: c has changed state. */
-static bool refuse(hsm_http_conn *c, int status, const char *message)
+static bool refuse(hsm_http_conn *c, int status, const char *type, const char *message)
 {
 	if (c->req == NULL) {
 		c->req = hsm_http_req_get(c->w);
@@ -164,7 +168,7 @@ static bool refuse(hsm_http_conn *c, int status, const char *message)
 	}
 	c->consumed = c->in_len; /* the rest of the input is not read as requests */
 	c->linger = true;
-	hsm_http_req_refuse(c, c->req, status, message);
+	hsm_http_req_refuse(c, c->req, status, type, message);
 	return true;
 }
 
@@ -172,15 +176,16 @@ static bool refuse_parse(hsm_http_conn *c, hsm_http_parse r)
 {
 	switch (r) {
 	case HSM_HTTP_PARSE_VERSION:
-		return refuse(c, 505, "HTTP Version Not Supported");
+		return refuse(c, 505, invalid, "HTTP Version Not Supported");
 	case HSM_HTTP_PARSE_FRAMING:
-		return refuse(c, 400, "Ambiguous message framing");
+		return refuse(c, 400, invalid, "Ambiguous message framing");
 	case HSM_HTTP_PARSE_TOO_LARGE:
-		return refuse(c, 431, "Request Header Fields Too Large"); /* RFC 6585 section 5 */
+		/* RFC 6585 section 5 */
+		return refuse(c, 431, invalid, "Request Header Fields Too Large");
 	case HSM_HTTP_PARSE_LENGTH_TOO_LARGE:
-		return refuse(c, 413, "Request body too large");
+		return refuse(c, 413, invalid, "Request body too large");
 	default:
-		return refuse(c, 400, "Malformed request");
+		return refuse(c, 400, invalid, "Malformed request");
 	}
 }
 
@@ -192,7 +197,7 @@ static int read_head(hsm_http_conn *c, bool *changed)
 	if (end == 0 && c->in_len <= cfg->max_header_bytes)
 		return 0;
 	if (end == 0 || end > cfg->max_header_bytes) {
-		*changed = refuse(c, 431, "Request Header Fields Too Large");
+		*changed = refuse(c, 431, invalid, "Request Header Fields Too Large");
 		return -1;
 	}
 	c->req = hsm_http_req_get(c->w);
@@ -211,7 +216,7 @@ static int read_head(hsm_http_conn *c, bool *changed)
 	if (c->req->head.body == HSM_HTTP_BODY_LENGTH &&
 	    c->req->head.content_length > cfg->max_body_bytes) {
 		/* Refused on the Content-Length alone, before the body is sent. */
-		*changed = refuse(c, 413, "Request body too large");
+		*changed = refuse(c, 413, invalid, "Request body too large");
 		return -1;
 	}
 	hsm_http_chunked_init(&c->chunked);
@@ -242,8 +247,9 @@ static int read_body(hsm_http_conn *c, bool *changed)
 	if (r == HSM_HTTP_PARSE_PARTIAL)
 		return maybe_continue(c) ? 0 : -1;
 	if (r != HSM_HTTP_PARSE_OK) {
-		*changed = r == HSM_HTTP_PARSE_TOO_LARGE ? refuse(c, 413, "Request body too large")
-		                                         : refuse(c, 400, "Malformed chunked body");
+		*changed = r == HSM_HTTP_PARSE_TOO_LARGE
+		               ? refuse(c, 413, invalid, "Request body too large")
+		               : refuse(c, 400, invalid, "Malformed chunked body");
 		return -1;
 	}
 	req->body = body;
@@ -286,11 +292,12 @@ bool hsm_http_conn_input(hsm_http_conn *c)
 		return false;
 	in_space room = in_room(c);
 	if (room == IN_BUSY)
-		return refuse(c, 503, "Too much request data is being received; retry later");
+		return refuse(c, 503, unavailable,
+		              "Too much request data is being received; retry later");
 	if (room != IN_ROOM) {
 		if (c->head_len == 0)
-			return refuse(c, 431, "Request Header Fields Too Large");
-		return refuse(c, 413, "Request body too large");
+			return refuse(c, 431, invalid, "Request Header Fields Too Large");
+		return refuse(c, 413, invalid, "Request body too large");
 	}
 	size_t n = 0;
 	hsm_io io = hsm_http_conn_read(c, c->in + c->in_len, c->in_cap - c->in_len, &n);

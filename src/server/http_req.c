@@ -146,13 +146,16 @@ static void blank_head(hsm_http_req *req)
 	req->body_len = 0;
 }
 
-void hsm_http_req_refuse(hsm_http_conn *conn, hsm_http_req *req, int status, const char *message)
+void hsm_http_req_refuse(hsm_http_conn *conn, hsm_http_req *req, int status, const char *type,
+                         const char *message)
 {
-	char body[128];
+	char body[160];
 	hsm_sb b;
 	hsm_sb_init(&b, body, sizeof(body));
-	/* KMS-style, so SDKs report an error code: the request itself is at fault. */
-	hsm_sb_add(&b, "{\"__type\":\"ValidationException\",\"message\":\"");
+	/* KMS-style, so SDKs report an error code rather than the bare status. */
+	hsm_sb_add(&b, "{\"__type\":\"");
+	hsm_sb_add(&b, type);
+	hsm_sb_add(&b, "\",\"message\":\"");
 	hsm_sb_add(&b, message);
 	hsm_sb_add(&b, "\"}");
 	conn->state = CONN_HANDLING;
