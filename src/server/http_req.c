@@ -24,7 +24,16 @@
 /* Larger response buffers are not kept in the pool (KMS answers are far smaller). */
 #define POOL_BUF_MAX ((size_t)16 << 10)
 
-static const char not_allowed_body[] = "{\"message\":\"Method Not Allowed\"}";
+/*
+ * KMS-style bodies, so SDKs report an error code rather than the bare status.
+ * In AWS's JSON 1.1 protocol an operation is named by POST and X-Amz-Target:
+ * a request by another method names none hsmd offers, which KMS calls an
+ * UnknownOperationException (what hsmd answers an unknown X-Amz-Target).
+ */
+static const char not_allowed_body[] =
+    "{\"__type\":\"UnknownOperationException\",\"message\":\"Method Not Allowed\"}";
+static const char not_implemented_body[] =
+    "{\"__type\":\"UnknownOperationException\",\"message\":\"Not Implemented\"}";
 
 /* ---- pool ---------------------------------------------------------------- */
 
@@ -200,8 +209,8 @@ void hsm_http_req_dispatch(hsm_http_conn *conn, hsm_http_req *req)
 	} else if (!served && is_known_method(m)) {
 		hsm_http_respond_not_allowed(req);
 	} else if (!served) {
-		static const char body[] = "{\"message\":\"Not Implemented\"}";
-		hsm_http_respond(req, 501, "application/json", body, sizeof(body) - 1, 0, NULL);
+		hsm_http_respond(req, 501, "application/json", not_implemented_body,
+		                 sizeof(not_implemented_body) - 1, 0, NULL);
 	} else {
 		w->srv->handler(req, w->srv->arg);
 	}

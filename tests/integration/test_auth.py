@@ -16,6 +16,7 @@ import botocore.auth
 import botocore.awsrequest
 import botocore.credentials
 import botocore.exceptions
+import botocore.parsers
 import pytest
 import requests
 
@@ -178,6 +179,20 @@ def test_only_post_reaches_the_api(hsmd, kms, method, status):
                          headers=dict(signed.request.headers), timeout=10)
     assert r.status_code == status
     assert len(kms.list_keys(Limit=1000)["Keys"]) == before + 1  # only the POST made a key
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "TRACE", "OPTIONS", "BREW"])
+def test_other_methods_get_a_kms_error(hsmd, method):
+    """A method the API does not take is answered with a KMS-style error, so an SDK
+    reports UnknownOperationException, not a bare status code."""
+    r = requests.request(method, hsmd.endpoint + "/", timeout=10)
+    assert r.status_code == (501 if method == "BREW" else 405)
+    if r.status_code == 405:
+        assert r.headers["Allow"] == "GET, POST, HEAD"
+    assert r.json()["__type"] == "UnknownOperationException", r.text
+    parsed = botocore.parsers.create_parser("json").parse(
+        {"status_code": r.status_code, "headers": dict(r.headers), "body": r.content}, None)
+    assert parsed["Error"]["Code"] == "UnknownOperationException", parsed
 
 
 INCOMPLETE = [

@@ -248,7 +248,10 @@ static void test_methods(void **state)
 	uint16_t port = hsm_http_server_port(srv);
 	tc_resp r;
 	char v[64];
+	/* KMS-style bodies: SDKs report the type as the error's code, not "405". */
+	static const char unknown_op[] = "{\"__type\":\"UnknownOperationException\",";
 	assert_true(tc_simple(port, "DELETE /x HTTP/1.1\r\nHost: t\r\n\r\n", 405, &r));
+	assert_non_null(strstr(r.body, unknown_op));
 	assert_true(tc_header(&r, "Allow", v, sizeof(v)));
 	assert_string_equal(v, "GET, POST, HEAD");
 	assert_true(tc_header(&r, "x-amzn-RequestId", v, sizeof(v)));
@@ -258,6 +261,7 @@ static void test_methods(void **state)
 	assert_true(tc_simple(port, "OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n", 405, &r));
 	tc_resp_clear(&r);
 	assert_true(tc_simple(port, "BREW / HTTP/1.1\r\nHost: t\r\n\r\n", 501, &r));
+	assert_non_null(strstr(r.body, unknown_op));
 	tc_resp_clear(&r);
 	assert_int_equal(atomic_load(&calls), 0);
 	hsm_http_server_free(srv);
