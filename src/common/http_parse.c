@@ -111,6 +111,25 @@ size_t hsm_http_head_end(const uint8_t *buf, size_t len, size_t *scan)
 	return 0;
 }
 
+/* ---- The start of a head ------------------------------------------------ */
+
+bool hsm_http_may_begin_request(uint8_t b)
+{
+	return b == '\r' || b == '\n' || is_tchar(b);
+}
+
+hsm_http_parse hsm_http_head_start(const uint8_t *buf, size_t len, size_t *skip)
+{
+	HSM_ASSERT(skip != NULL && (buf != NULL || len == 0));
+	size_t i = *skip <= len ? *skip : 0; /* a shrunk buffer starts over */
+	while (i < len && (buf[i] == '\r' || buf[i] == '\n'))
+		i++;
+	*skip = i;
+	if (i == len)
+		return HSM_HTTP_PARSE_PARTIAL;
+	return is_tchar(buf[i]) ? HSM_HTTP_PARSE_OK : HSM_HTTP_PARSE_BAD;
+}
+
 /* ---- The head ------------------------------------------------------------ */
 
 /* One line of the head: buf[start..end) without its CRLF or LF. */

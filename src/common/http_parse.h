@@ -76,6 +76,19 @@ typedef struct hsm_http_head {
 size_t hsm_http_head_end(const uint8_t *buf, size_t len, size_t *scan) HSM_MUST_CHECK;
 
 /*
+ * Whether buf[0..len), the start of a request, can still become one: past
+ * the empty lines RFC 9112 section 2.2 lets a client send first (their CRs
+ * and LFs), the first byte must begin a method, a token (RFC 9110 section
+ * 5.6.2).  BAD when it cannot (a TLS ClientHello on a plain-HTTP port, whose
+ * first byte is 0x16), OK when it can, PARTIAL while only CRs and LFs have
+ * come.  *skip carries the CRs and LFs examined across calls on a growing
+ * buffer (0 on the first call), so each byte is examined once.
+ */
+hsm_http_parse hsm_http_head_start(const uint8_t *buf, size_t len, size_t *skip) HSM_MUST_CHECK;
+/* Whether a request may begin with byte b (see hsm_http_head_start). */
+bool hsm_http_may_begin_request(uint8_t b);
+
+/*
  * Parses the head buf[0..head_len) (head_len as returned by
  * hsm_http_head_end) in place: NULs are written into buf, and every string in
  * *head points into buf, valid as long as buf is.  Leading empty lines are

@@ -22,6 +22,11 @@
  * Anything else from such a peer closes the connection; from any other peer
  * a header is not looked for (and is then a malformed request).
  *
+ * A client that begins in plain HTTP on a TLS port (a byte that starts no
+ * TLS record) is told so in a plain 400 and the connection ends; bytes that
+ * begin no HTTP request on a plain port (a ClientHello) are refused with 400
+ * as soon as they come (http_read.c).  Neither waits for the read deadline.
+ *
  * Deadlines (the defence against slowloris and against clients that never
  * read): a request must arrive whole within read_timeout of its first byte
  * (of the accept, for the first one, PROXY header and handshake included); a keep-alive
@@ -310,6 +315,37 @@ static long watch_reads(BIO *b, int oper, const char *argp, size_t len, int argi
 			c->sock_drained = true;
 	}
 	return ret;
+}
+
+/*
+ * Whether the client began in plain HTTP where its TLS ClientHello was due.
+ * A TLS record begins with its content type, 20 to 24 (RFC 8446 section
+ * 5.1), an SSLv2-style hello with a length whose high bit is set: never a
+ * byte a request may begin with, a method's first character or the CR or LF
+ * of an empty line.  One byte peeked at, once there is input.
+ */
+static bool plain_http_first(hsm_http_conn *c)
+{
+	uint8_t b;
+	ssize_t n;
+	do
+		n = recv(c->fd, &b, 1, MSG_PEEK);
+	while (n < 0 && errno == EINTR);
+	return n == 1 && hsm_http_may_begin_request(b);
+}
+
+/*
+ * Plain HTTP on the TLS port: a plain answer saying so, which the client can
+ * read (closing without a word leaves it guessing), then the connection ends.
+ * The request is not read: its bytes are discarded as a refused request's
+ * are, and nothing of it is echoed.
+ */
+static void refuse_plain_http(hsm_http_conn *c)
+{
+	SSL_free(c->ssl);
+	c->ssl = NULL;
+	(void)hsm_http_conn_refuse(c, 400, "ValidationException",
+	                           "This port speaks TLS: send the request over HTTPS");
 }
 
 static hsm_io handshake(hsm_http_conn *c)
@@ -610,6 +646,10 @@ static void conn_run(hsm_http_conn *c)
 			 * buffers then, not for every connection that merely opened. */
 			if (!c->hs_started && !c->rd_ready)
 				break;
+			if (!c->hs_started && plain_http_first(c)) {
+				refuse_plain_http(c);
+				continue;
+			}
 			if (w->hs_budget == 0) {
 				hs_enqueue(w, c);
 				break;

@@ -55,6 +55,7 @@ struct hsm_http_conn {
 	uint8_t *in;
 	size_t in_len, in_cap;
 	size_t scan;       /* hsm_http_head_end's resume point */
+	size_t lead;       /* hsm_http_head_start's: empty lines' bytes before the request */
 	size_t head_len;   /* the current request's head, once parsed (else 0) */
 	size_t consumed;   /* bytes of in the current request takes, once complete */
 	hsm_http_chunked chunked;
@@ -251,6 +252,13 @@ bool hsm_http_conn_input(hsm_http_conn *conn);
 void hsm_http_in_consume(hsm_http_conn *conn, size_t n);
 /* Wipes and gives back conn's input buffer (to the worker's pool when it fits). */
 void hsm_http_in_release(hsm_http_conn *conn);
+/*
+ * Answers with a framework refusal (hsm_http_req_refuse) and ends the
+ * connection after it; for a connection refused before any request was read
+ * (plain HTTP on a TLS port).  True: conn has changed state; false: closed.
+ */
+bool hsm_http_conn_refuse(hsm_http_conn *conn, int status, const char *type,
+                          const char *message);
 
 /* http_req.c */
 hsm_http_req *hsm_http_req_get(hsm_http_worker *w);

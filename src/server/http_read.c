@@ -50,6 +50,7 @@ void hsm_http_in_consume(hsm_http_conn *c, size_t n)
 	c->scan = 0;
 	c->head_len = 0;
 	c->consumed = 0;
+	c->lead = 0;
 	c->continue_sent = false;
 	hsm_http_chunked_init(&c->chunked);
 }
@@ -156,7 +157,7 @@ static const char invalid[] = "ValidationException";
 static const char unavailable[] = "ServiceUnavailableException";
 
 /* Answers with an error and ends the connection afterwards.  True: c has changed state. */
-static bool refuse(hsm_http_conn *c, int status, const char *type, const char *message)
+bool hsm_http_conn_refuse(hsm_http_conn *c, int status, const char *type, const char *message)
 {
 	if (c->req == NULL) {
 		c->req = hsm_http_req_get(c->w);
@@ -170,6 +171,12 @@ static bool refuse(hsm_http_conn *c, int status, const char *type, const char *m
 	c->linger = true;
 	hsm_http_req_refuse(c, c->req, status, type, message);
 	return true;
+}
+
+/* Its name inside this file. */
+static bool refuse(hsm_http_conn *c, int status, const char *type, const char *message)
+{
+	return hsm_http_conn_refuse(c, status, type, message);
 }
 
 static bool refuse_parse(hsm_http_conn *c, hsm_http_parse r)
@@ -194,6 +201,11 @@ static int read_head(hsm_http_conn *c, bool *changed)
 {
 	const hsm_http_config *cfg = &c->w->srv->cfg;
 	size_t end = hsm_http_head_end(c->in, c->in_len, &c->scan);
+	if (end == 0 && hsm_http_head_start(c->in, c->in_len, &c->lead) == HSM_HTTP_PARSE_BAD) {
+		/* Not HTTP (a TLS ClientHello, say): said now, not after read_timeout. */
+		*changed = refuse(c, 400, invalid, "Malformed request");
+		return -1;
+	}
 	if (end == 0 && c->in_len <= cfg->max_header_bytes)
 		return 0;
 	if (end == 0 || end > cfg->max_header_bytes) {

@@ -13,7 +13,9 @@
  * 0 or 1, token field names and values without CR, LF, NUL or surrounding
  * whitespace, framing and Host that agree with its fields (looked up with
  * hsm_http_head_field, which finds the first of each name); and the same
- * head with bare LFs for CRLFs parses to the same thing.
+ * head with bare LFs for CRLFs parses to the same thing.  hsm_http_head_start
+ * answers the same fed all at once and in pieces, and never BAD for a head
+ * that parses.
  *
  * Properties, chunked bodies: all at once, a byte at a time, and in pieces
  * each moved to a new exact-size allocation, the decoder reaches the same
@@ -70,6 +72,23 @@ static void check_head_end(const uint8_t *p, size_t n, size_t all, uint32_t seed
 		end = hsm_http_head_end(p, len, &scan);
 	}
 	FUZZ_ASSERT(end == all);
+}
+
+/* hsm_http_head_start: the same fed all at once and in pieces. */
+static hsm_http_parse check_head_start(const uint8_t *p, size_t n, uint32_t seed)
+{
+	size_t skip = 0;
+	hsm_http_parse all = hsm_http_head_start(p, n, &skip);
+	FUZZ_ASSERT(skip <= n && (all == HSM_HTTP_PARSE_PARTIAL) == (skip == n));
+	size_t len = 0, skip2 = 0;
+	hsm_http_parse r = hsm_http_head_start(p, 0, &skip2);
+	while (r == HSM_HTTP_PARSE_PARTIAL && len < n) {
+		size_t k = next_piece(&seed);
+		len = k < n - len ? len + k : n;
+		r = hsm_http_head_start(p, len, &skip2);
+	}
+	FUZZ_ASSERT(r == all && skip2 == skip);
+	return all;
 }
 
 static bool is_token(const char *s)
@@ -199,6 +218,7 @@ static void fuzz_head(const uint8_t *p, size_t n, uint32_t seed)
 	size_t all = hsm_http_head_end(p, n, &scan);
 	FUZZ_ASSERT(all <= n && (all == 0 || p[all - 1] == '\n'));
 	check_head_end(p, n, all, seed);
+	hsm_http_parse start = check_head_start(p, n, seed);
 	if (all == 0)
 		return;
 	uint8_t *buf = malloc(all); /* exact size: ASan sees overreads */
@@ -211,6 +231,7 @@ static void fuzz_head(const uint8_t *p, size_t n, uint32_t seed)
 	            r == HSM_HTTP_PARSE_TOO_LARGE || r == HSM_HTTP_PARSE_VERSION ||
 	            r == HSM_HTTP_PARSE_FRAMING || r == HSM_HTTP_PARSE_LENGTH_TOO_LARGE);
 	if (r == HSM_HTTP_PARSE_OK) {
+		FUZZ_ASSERT(start == HSM_HTTP_PARSE_OK); /* what is served is never refused early */
 		check_head(h, buf, all);
 		check_bare_lf(p, all, h);
 	}

@@ -1,6 +1,7 @@
 """hsmd over TLS: a CA and a server certificate for 127.0.0.1 (IP SAN) made
 with the openssl CLI, boto3 verifying against the CA, the protocol floor
-(TLS 1.2; TLS 1.1 and plain HTTP refused), and client certificates presented
+(TLS 1.2; TLS 1.1 refused, plain HTTP answered 400 in plain text, and a
+ClientHello on a plain port refused at once), and client certificates presented
 by hsmctl and the PKCS#11 module to a node that requires one."""
 import datetime
 import os
@@ -96,17 +97,54 @@ def test_certificate_is_verified(tls):
             kms.list_keys()
 
 
-def test_plain_http_to_the_tls_port_fails(tls):
-    server, _ = tls
+def test_plain_http_to_the_tls_port_is_told_so(tls):
+    """Plain HTTP where a ClientHello was due gets a plain 400 saying the port speaks
+    TLS (KMS-style, nothing of the request echoed) and the connection ends; the
+    request is not served."""
+    server, pki = tls
     url = server.endpoint.replace("https://", "http://")
-    try:
-        r = requests.post(url + "/", data=b"{}", timeout=10,
-                          headers={"X-Amz-Target": "TrentService.ListKeys",
-                                   "Content-Type": "application/x-amz-json-1.1"})
-    except requests.exceptions.ConnectionError:
-        return
-    # If anything comes back, it is not an HTTP answer to the request.
-    pytest.fail(f"plain HTTP got an answer: {r.status_code} {r.text[:200]!r}")
+    marker = "echo-me-not-7d1f"
+    r = requests.post(url + "/" + marker, data=b"{}", timeout=10,
+                      headers={"X-Amz-Target": "TrentService.CreateKey", "X-Marker": marker,
+                               "Content-Type": "application/x-amz-json-1.1"})
+    assert r.status_code == 400, r.text
+    assert r.json()["__type"] == "ValidationException" and "TLS" in r.json()["message"]
+    assert r.headers["Connection"] == "close"
+    assert marker not in r.text and marker not in str(r.headers)
+    # Any method, and the empty lines a client may send first, are recognised.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"\r\nBREW / HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 400 "), data[:100]
+    # The port still speaks TLS.
+    ctx = ssl.create_default_context(cafile=pki["ca.pem"])
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        with ctx.wrap_socket(sock, server_hostname="127.0.0.1") as tls_sock:
+            assert tls_sock.version() in ("TLSv1.2", "TLSv1.3")
+
+
+def test_tls_to_the_plain_port_is_refused_at_once(hsmd):
+    """A ClientHello sent to a plain-HTTP port cannot begin a request: refused with 400
+    as it arrives, not held until read_timeout (10 s)."""
+    with socket.create_connection(("127.0.0.1", hsmd.port), timeout=5) as s:
+        start = time.monotonic()
+        s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+        assert time.monotonic() - start < 4
+    assert data.startswith(b"HTTP/1.1 400 "), data[:100]
+    assert b'"__type":"ValidationException"' in data
+    # A TLS client sees its handshake fail at once.
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", hsmd.port), timeout=5) as s:
+        start = time.monotonic()
+        with pytest.raises(ssl.SSLError):
+            ctx.wrap_socket(s)
+        assert time.monotonic() - start < 4
 
 
 def handshake(server, ca, minimum, maximum):

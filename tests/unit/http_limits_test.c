@@ -198,6 +198,14 @@ static void test_header_limit_and_garbage(void **state)
 	tc_resp_clear(&r);
 	assert_true(tc_simple(port, "GARBAGE\r\n\r\n", 400, &r));
 	tc_resp_clear(&r);
+	/* Bytes no request begins with (a TLS ClientHello, after the empty lines a client
+	 * may send first): 400 at once, not once the read timeout (10 s) has passed. */
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	assert_true(tc_simple(port, "\r\n\x16\x03\x01\x02\x00\x01", 400, &r));
+	assert_non_null(strstr(r.body, "\"__type\":\"ValidationException\""));
+	assert_true(tc_ms_since(&t0) < 4000);
+	tc_resp_clear(&r);
 	assert_int_equal(atomic_load(&calls), 0);
 	assert_true(tc_simple(port, "GET / HTTP/1.1\r\nHost: t\r\n\r\n", 200, &r));
 	tc_resp_clear(&r);

@@ -279,6 +279,43 @@ static void test_head_end_pieces(void **state)
 	}
 }
 
+/* Whether a request can still begin with these bytes: after empty lines, a token byte. */
+static void test_head_start(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *text;
+		size_t n;
+		hsm_http_parse want;
+		size_t skip;
+	} cases[] = {
+	    {"GET / HTTP/1.1\r\n", 16, HSM_HTTP_PARSE_OK, 0},
+	    {"\r\n\nPOST", 7, HSM_HTTP_PARSE_OK, 3},
+	    {"\r\n\r\n", 4, HSM_HTTP_PARSE_PARTIAL, 4},
+	    {"", 0, HSM_HTTP_PARSE_PARTIAL, 0},
+	    {"\x16\x03\x01\x02\x00", 5, HSM_HTTP_PARSE_BAD, 0}, /* a TLS ClientHello */
+	    {"\x80\x2e\x01", 3, HSM_HTTP_PARSE_BAD, 0},          /* an SSLv2-style one */
+	    {"\r\n\x16\x03", 4, HSM_HTTP_PARSE_BAD, 2},
+	    {" GET / HTTP/1.1", 15, HSM_HTTP_PARSE_BAD, 0},
+	    {"\0", 1, HSM_HTTP_PARSE_BAD, 0},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+		size_t skip = 0;
+		hsm_http_parse got =
+		    hsm_http_head_start((const uint8_t *)cases[i].text, cases[i].n, &skip);
+		if (got != cases[i].want || skip != cases[i].skip)
+			fail_msg("case %zu: %d after %zu", i, (int)got, skip);
+		/* Byte by byte, resuming: the same answer, each byte looked at once. */
+		skip = 0;
+		for (size_t len = 0; len <= cases[i].n; len++)
+			got = hsm_http_head_start((const uint8_t *)cases[i].text, len, &skip);
+		assert_int_equal(got, cases[i].want);
+		assert_int_equal(skip, cases[i].skip);
+	}
+	assert_true(hsm_http_may_begin_request('G') && hsm_http_may_begin_request('\n'));
+	assert_false(hsm_http_may_begin_request(0x16) || hsm_http_may_begin_request(0x80));
+}
+
 static void expect_code(const char *text, size_t n, hsm_http_parse want)
 {
 	hsm_http_head h;
@@ -666,6 +703,7 @@ int main(void)
 	    cmocka_unit_test(test_line_endings),
 	    cmocka_unit_test(test_head_end),
 	    cmocka_unit_test(test_head_end_pieces),
+	    cmocka_unit_test(test_head_start),
 	    cmocka_unit_test(test_bad_request_line),
 	    cmocka_unit_test(test_bad_fields),
 	    cmocka_unit_test(test_field_limit),
