@@ -101,7 +101,10 @@ def test_errors_name_the_kms_exception(cli):
         (["create-alias", "--alias-name", "alias/aws/nope", "--target-key-id",
           "11111111-2222-3333-4444-555555555555"], "InvalidAliasNameException"),
         (["generate-random", "--number-of-bytes", "8", "--custom-key-store-id", "cks-1"],
-         "UnsupportedOperationException"),
+         "CustomKeyStoreNotFoundException"),
+        (["connect-custom-key-store", "--custom-key-store-id", "cks-1"],
+         "CustomKeyStoreNotFoundException"),
+        (["create-key", "--multi-region"], "UnsupportedOperationException"),
     ]
     for args, code in cases:
         p = cli.run(*args, check=False)
