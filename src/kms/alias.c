@@ -94,8 +94,14 @@ static hsm_result check_pkcs11_id(hsm_kms *kms, const char *alias, const char *k
 	           "%s names a PKCS#11 CKA_ID: after alias/pkcs11-id/ come 1 to %d bytes in "
 	           "lowercase hex, not spelling a key id",
 	           alias, HSM_PKCS11_ID_MAX);
+	/* Certificates stored with that id beforehand would pair with the key from now on. */
+	hsm_result r = kms_certs_may_pair(kms, &id, key_id);
+	if (hsm_failed(r)) {
+		hsm_buf_free(&id);
+		return r;
+	}
 	char other[HSM_ALIAS_MAX + 1];
-	hsm_result r = kms_key_id_alias(kms, key_id, alias, other, &id);
+	r = kms_key_id_alias(kms, key_id, alias, other, &id);
 	hsm_buf_free(&id);
 	HSM_GUARD(r);
 	HSM_ENSURE(other[0] == '\0', HSM_ERR_VALIDATION, HSM_PKCS11_ID_TAKEN_FMT, key_id, other);

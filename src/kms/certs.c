@@ -178,6 +178,49 @@ out:
 	return res;
 }
 
+typedef struct pairing {
+	const char *key_id;
+	const hsm_buf *spki; /* the key's primary public key; empty: a key without one */
+	char last[HSM_UUID_STRLEN + 1];
+} pairing;
+
+static hsm_result check_pairs(const hsm_cert_record *c, void *arg)
+{
+	pairing *p = arg;
+	memcpy(p->last, c->cert_id, sizeof(p->last));
+	X509 *x = parse(c->der.data, c->der.len);
+	unsigned char *cert_spki = NULL;
+	int n = x != NULL ? i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x), &cert_spki) : -1;
+	bool same = n > 0 && p->spki->len == (size_t)n &&
+	            hsm_ct_equal(cert_spki, p->spki->data, p->spki->len);
+	OPENSSL_free(cert_spki);
+	X509_free(x);
+	HSM_ENSURE(same, HSM_ERR_VALIDATION,
+	           "certificate %s has that CKA_ID and does not certify key %s, so it would pair "
+	           "with the key's objects: delete it, or give the key another id",
+	           c->cert_id, p->key_id);
+	return HSM_SUCCESS;
+}
+
+hsm_result kms_certs_may_pair(hsm_kms *kms, const hsm_buf *object_id, const char *key_id)
+{
+	hsm_key_record rec;
+	hsm_buf spki = {0};
+	memset(&rec, 0, sizeof(rec));
+	hsm_result r = hsm_store_key_get(kms->store, key_id, &rec);
+	if (hsm_ok(r) && hsm_spec_is_asymmetric(rec.spec))
+		r = hsm_kms_version_public_key(kms, key_id, rec.primary_version, &spki);
+	hsm_key_record_clear(&rec);
+	pairing p = {.key_id = key_id, .spki = &spki};
+	hsm_cert_match m = {.object_id = object_id};
+	bool more = true;
+	while (hsm_ok(r) && more)
+		r = hsm_store_cert_find(kms->store, &m, p.last[0] != '\0' ? p.last : NULL, 100,
+		                        check_pairs, &p, &more);
+	hsm_buf_free(&spki);
+	return r;
+}
+
 static hsm_result not_found(hsm_result r, const char *cert_id)
 {
 	if (r.err == HSM_ERR_NOT_FOUND)

@@ -75,6 +75,14 @@ void kms_key_invalidate(hsm_kms *kms, const char *key_id);
  * outcome, and after a key's destruction (which deletes its aliases). */
 void kms_aliases_changed(hsm_kms *kms);
 /*
+ * Whether the certificates stored with CKA_ID object_id may pair with key_id's
+ * objects: each must certify its primary public key (certs.c), as an import
+ * naming the key is checked.  ValidationException naming the first that does
+ * not.
+ */
+hsm_result kms_certs_may_pair(hsm_kms *kms, const hsm_buf *object_id,
+                              const char *key_id) HSM_MUST_CHECK;
+/*
  * The first alias of a key other than `except` (may be NULL) that gives it a
  * PKCS#11 CKA_ID (common/encoding.h, HSM_PKCS11_ID_ALIAS) into found, its id
  * into id; found is "" when there is none.

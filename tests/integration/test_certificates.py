@@ -380,6 +380,31 @@ def test_a_key_policy_keeps_officers_from_its_key_objects_certificates(server, o
     # An ObjectId no key has pairs with nothing: any officer may use it, as before.
     free = import_cert(server, rogue, ObjectId=b64(b"no key has this id"), **out)
     admin(server, "DeleteCertificate", {"CertificateId": free["CertificateId"]}, **out)
+    # But it cannot be staged for a key to take later: giving a key that CKA_ID (its
+    # pkcs11-id alias, made or moved) is refused while a certificate with it does not
+    # certify the key, and nothing changes.
+    staged_id = b"server-tls"
+    name = "alias/pkcs11-id/" + staged_id.hex()
+    staged = import_cert(server, rogue, ObjectId=b64(staged_id), **out)
+    other, third = (officer.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY",
+                                       Policy=json.dumps(policy))["KeyMetadata"]["KeyId"]
+                    for _ in range(2))
+    with pytest.raises(officer.exceptions.ClientError) as e:
+        officer.create_alias(AliasName=name, TargetKeyId=other)
+    assert staged["CertificateId"] in str(e.value) and "ValidationException" in str(e.value)
+    assert officer.list_aliases(KeyId=other)["Aliases"] == []
+    # Its own certificate under that id is no obstacle; the staged one, deleted, neither.
+    admin(server, "DeleteCertificate", {"CertificateId": staged["CertificateId"]}, **out)
+    mine = import_cert(server, der(cert_of_key(officer, ca, other, "other")),
+                       ObjectId=b64(staged_id))
+    officer.create_alias(AliasName=name, TargetKeyId=other)
+    # Moving the id to a key its certificate does not certify is refused the same way.
+    with pytest.raises(officer.exceptions.ClientError) as e:
+        officer.update_alias(AliasName=name, TargetKeyId=third)
+    assert mine["CertificateId"] in str(e.value) and "ValidationException" in str(e.value)
+    assert [a["AliasName"] for a in officer.list_aliases(KeyId=other)["Aliases"]] == [name]
+    officer.delete_alias(AliasName=name)
+    admin(server, "DeleteCertificate", {"CertificateId": mine["CertificateId"]})
 
 
 def test_audit_records(server, officer, ca, keys):
