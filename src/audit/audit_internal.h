@@ -62,6 +62,21 @@ typedef struct audit_held {
 	uint64_t below;
 } audit_held;
 
+/*
+ * The signed checkpoint the open-time scan took a floor above 1 from: what
+ * its signature covers, so retention can check it is this node's (the
+ * signer signs its message again: Ed25519 signatures are deterministic)
+ * before it deletes anything under that floor.
+ */
+typedef struct audit_floor_ckpt {
+	bool set;            /* a floor above 1 from a checkpoint, not checked yet */
+	uint64_t seq, kept_from;
+	char time[32];
+	char reason[32];
+	char prev[AUDIT_HASH_HEX + 1];
+	uint8_t sig[64];
+} audit_floor_ckpt;
+
 /* What the open-time scan found at the end of the log. */
 typedef struct audit_tail_info {
 	uint64_t next_seq;
@@ -74,6 +89,8 @@ typedef struct audit_tail_info {
 	int64_t file_first_ms;
 	uint64_t kept_from;  /* every record from it on is kept: the floor the trail states */
 	bool floor_seen;     /* the scan found the checkpoint it took kept_from from */
+	bool window_whole;   /* the newest file's scan window held all of it */
+	audit_floor_ckpt floor_ckpt;
 	uint64_t torn_bytes; /* damaged bytes moved aside */
 	char torn_path[PATH_MAX];
 } audit_tail_info;
@@ -103,6 +120,7 @@ typedef struct audit_writer {
 	uint64_t held_since_ns;  /* acknowledgements held by the lag bound since, 0 = not held */
 	uint64_t pending_first_seq; /* seq of the first line in pending */
 	uint64_t kept_from;      /* checkpoints state it: every record from this seq on is kept */
+	audit_floor_ckpt floor_ckpt; /* where kept_from came from at open, until checked */
 	bool rotate_pending;     /* a rotation checkpoint ends the file: start a new one */
 	uint64_t reserved_to;    /* file offset up to which space is allocated (0: none yet) */
 	bool reserve_unsupported; /* the file system cannot allocate ahead: no reserve kept */
@@ -191,6 +209,7 @@ struct hsm_audit {
 	bool has_elapsed, retention_held;
 	bool retention_unsigned; /* the last pass deleted nothing: no signer to sign its checkpoint */
 	bool retention_blocked;  /* the last pass deleted nothing: the chain does not prove the floor */
+	bool floor_unsigned;     /* the checkpoint the floor came from is not this node's signed one */
 	/* The floor the writer's checkpoints state (w.kept_from), for the sweeper. */
 	atomic_uint_fast64_t kept_from_pub;
 
@@ -301,6 +320,12 @@ hsm_result audit_write_checkpoint(hsm_audit *a, const char *reason);
 hsm_result audit_write_checkpoint_signed(hsm_audit *a, const char *reason, bool *signed_out);
 /* Whether a signer is set now (it may be cleared the moment after). */
 bool audit_has_signer(hsm_audit *a);
+/*
+ * The writer's: whether the checkpoint the floor came from at open (w.floor_ckpt)
+ * is one the signer signed, told by signing its message again (Ed25519 signatures
+ * are deterministic).  *no_signer: none was set, nothing was told.
+ */
+bool audit_floor_signed(hsm_audit *a, bool *no_signer);
 
 void *audit_writer_main(void *arg);
 void *audit_watchdog_main(void *arg);

@@ -437,14 +437,18 @@ static void delete_copies(hsm_audit *a, char **names, size_t n)
 static bool declared(hsm_audit *a, hsm_result r, hsm_result *res)
 {
 	bool unsigned_now = r.err == HSM_ERR_SEALED;
+	/* The floor is not this node's (audit_sweep.c floor_signed, which said why). */
+	bool blocked_now = r.err == HSM_ERR_INVALID_STATE;
 	pthread_mutex_lock(&a->mu);
 	bool was = a->retention_unsigned;
 	a->retention_unsigned = unsigned_now;
+	if (blocked_now)
+		a->retention_blocked = true;
 	pthread_mutex_unlock(&a->mu);
 	if (unsigned_now && !was)
 		hsm_info("audit retention waits: expired files are deleted only under a signed "
 		         "retention checkpoint, and there is no signer (unseal the node)");
-	if (!unsigned_now)
+	if (!unsigned_now && !blocked_now)
 		*res = r;
 	return hsm_ok(r);
 }
@@ -492,7 +496,16 @@ static bool chain_proves(hsm_audit *a, char **names, size_t expired, uint64_t *k
 	uint64_t floor = atomic_load(&a->kept_from_pub);
 	line_edge before = {0}, first = {0};
 	char why[768] = "";
-	for (size_t i = 0; i <= expired; i++) {
+	pthread_mutex_lock(&a->mu);
+	bool floor_unsigned = a->floor_unsigned;
+	pthread_mutex_unlock(&a->mu);
+	if (floor_unsigned)
+		snprintf(why, sizeof(why),
+		         "the trail states every record from seq %llu kept, but the checkpoint that "
+		         "says so is not signed by this node's audit key (it was added to the trail, "
+		         "or the trail is another node's)",
+		         (unsigned long long)floor);
+	for (size_t i = 0; i <= expired && why[0] == '\0'; i++) {
 		char path[PATH_MAX];
 		if ((size_t)snprintf(path, sizeof(path), "%s/%s", a->dir, names[i]) >= sizeof(path) ||
 		    !read_edge(path, true, &first)) {
@@ -536,8 +549,10 @@ static bool chain_proves(hsm_audit *a, char **names, size_t expired, uint64_t *k
 	a->retention_blocked = !proven;
 	pthread_mutex_unlock(&a->mu);
 	if (!proven)
-		hsm_error("audit retention deletes nothing: %s; put the missing files back (from "
-		          "audit_copy_dir or a backup) and verify the trail", why);
+		hsm_error("audit retention deletes nothing: %s; %s", why,
+		          floor_unsigned ? "verify the trail with the audit public key"
+		                         : "put the missing files back (from audit_copy_dir or a "
+		                           "backup) and verify the trail");
 	else if (was)
 		hsm_info("audit retention runs again: the files it deletes continue one another");
 	return proven;

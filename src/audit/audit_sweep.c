@@ -46,6 +46,41 @@ void audit_request_retention(hsm_audit *a)
  * that went out unsigned (the signer cleared meanwhile, or failing) counts
  * as not written.  The writer answers; the sweeper waits.
  */
+/*
+ * Whether the floor the trail stated at open is this node's: the checkpoint
+ * it came from signed by this node's audit key.  A floor taken from the trail
+ * by anyone able to write it (a checkpoint added while hsmd was stopped)
+ * would let retention delete files as expired that were deleted by hand:
+ * retention deletes nothing under it (retention_blocked) until the trail is
+ * put right.  Without a signer it waits, as for its own checkpoint.
+ */
+static bool floor_signed(hsm_audit *a, hsm_result *r)
+{
+	bool no_signer = false, ok = audit_floor_signed(a, &no_signer);
+	if (ok)
+		return true;
+	if (no_signer) {
+		*r = HSM_FAIL(HSM_ERR_SEALED, "audit retention waits for the signer (unseal the node)");
+		return false;
+	}
+	pthread_mutex_lock(&a->mu);
+	bool was = a->floor_unsigned;
+	a->floor_unsigned = true;
+	pthread_mutex_unlock(&a->mu);
+	if (!was)
+		hsm_error("audit retention deletes nothing: the trail states every record from seq "
+		          "%llu kept, but the checkpoint that says so (seq %llu) is not signed by this "
+		          "node's audit key; verify the trail with the audit public key",
+		          (unsigned long long)a->w.floor_ckpt.kept_from,
+		          (unsigned long long)a->w.floor_ckpt.seq);
+	*r = HSM_FAIL(HSM_ERR_INVALID_STATE,
+	              "the trail's floor (every record from seq %llu kept) comes from a checkpoint "
+	              "(seq %llu) this node's audit key did not sign",
+	              (unsigned long long)a->w.floor_ckpt.kept_from,
+	              (unsigned long long)a->w.floor_ckpt.seq);
+	return false;
+}
+
 void audit_answer_retention(hsm_audit *a)
 {
 	pthread_mutex_lock(&a->mu);
@@ -60,6 +95,8 @@ void audit_answer_retention(hsm_audit *a)
 		r = HSM_FAIL(HSM_ERR_AUDIT_UNAVAILABLE, "the audit log is unavailable");
 	} else if (!audit_has_signer(a)) {
 		r = HSM_FAIL(HSM_ERR_SEALED, "audit retention waits for the signer (unseal the node)");
+	} else if (!floor_signed(a, &r)) {
+		/* r says why: nothing is deleted under a floor this node did not sign */
 	} else {
 		uint64_t was = a->w.kept_from;
 		bool signed_ok = false;

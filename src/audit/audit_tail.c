@@ -16,6 +16,7 @@
 
 #include <jansson.h>
 
+#include "common/encoding.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -221,6 +222,7 @@ typedef struct line_info {
 	bool shutdown, rotate;
 	bool ckpt;          /* a checkpoint... */
 	uint64_t kept_from; /* ...and the floor it states (0: none, an older hsmd's) */
+	bool ckpt_signed;   /* ...said signed, its signature well-formed (not checked) */
 } line_info;
 
 static bool is_hex64(const char *s)
@@ -233,7 +235,40 @@ static bool is_hex64(const char *s)
 	return true;
 }
 
-static bool parse_line(const uint8_t *p, size_t n, line_info *li)
+/*
+ * Whether the checkpoint j (seq, kept_from set) says it is signed, with a
+ * well-formed Ed25519 signature; fills *fc (when not NULL) with what that
+ * signature covers.
+ */
+static bool signed_ckpt(json_t *j, uint64_t seq, audit_floor_ckpt *fc)
+{
+	json_t *c = json_object_get(j, "checkpoint");
+	const char *alg = json_string_value(json_object_get(c, "alg"));
+	const char *sig = json_string_value(json_object_get(c, "sig"));
+	const char *time = json_string_value(json_object_get(j, "time"));
+	const char *reason = json_string_value(json_object_get(c, "reason"));
+	const char *prev = json_string_value(json_object_get(j, "prev"));
+	if (!json_is_true(json_object_get(c, "signed")) || alg == NULL ||
+	    strcmp(alg, "Ed25519") != 0 || sig == NULL || time == NULL || reason == NULL)
+		return false;
+	hsm_buf raw = {0};
+	bool ok = hsm_ok(hsm_b64_decode(&raw, sig, strlen(sig), HSM_ERR_VALIDATION)) &&
+	          raw.len == sizeof(fc->sig);
+	if (ok && fc != NULL) {
+		memset(fc, 0, sizeof(*fc));
+		ok = hsm_ok(hsm_strcpy(fc->time, sizeof(fc->time), time)) &&
+		     hsm_ok(hsm_strcpy(fc->reason, sizeof(fc->reason), reason)) &&
+		     hsm_ok(hsm_strcpy(fc->prev, sizeof(fc->prev), prev));
+		fc->seq = seq;
+		fc->kept_from = (uint64_t)json_integer_value(json_object_get(c, "kept_from"));
+		memcpy(fc->sig, raw.data, sizeof(fc->sig));
+	}
+	hsm_buf_free(&raw);
+	return ok;
+}
+
+/* fc (may be NULL): what the signature of a signed checkpoint covers. */
+static bool parse_line_ckpt(const uint8_t *p, size_t n, line_info *li, audit_floor_ckpt *fc)
 {
 	json_t *j = json_loadb((const char *)p, n, JSON_REJECT_DUPLICATES, NULL);
 	json_t *seq = json_object_get(j, "seq");
@@ -254,9 +289,15 @@ static bool parse_line(const uint8_t *p, size_t n, line_info *li)
 		                    : 0;
 		li->shutdown = ckpt && strcmp(reason, "shutdown") == 0;
 		li->rotate = ckpt && strcmp(reason, "rotate") == 0;
+		li->ckpt_signed = ckpt && li->kept_from != 0 && signed_ckpt(j, li->seq, fc);
 	}
 	json_decref(j);
 	return ok;
+}
+
+static bool parse_line(const uint8_t *p, size_t n, line_info *li)
+{
+	return parse_line_ckpt(p, n, li, NULL);
 }
 
 /*
@@ -320,30 +361,74 @@ static int64_t first_line_time(int fd, int64_t fallback)
 	return fallback;
 }
 
-/*
- * The floor the trail itself states: kept_from of the last checkpoint in
- * buf[0..end) (lines of a file's window).  Only a retention checkpoint
- * raises it, and every later checkpoint repeats it, so the last one holds
- * it.  *seen: a checkpoint was found (one stating no floor is an older
- * hsmd's, whose floor is unknown: *kept_from stays 0).
- */
-static void window_floor(const uint8_t *buf, size_t end, uint64_t *kept_from, bool *seen)
+/* The floor of a trail whose checkpoints state none (an older hsmd's): its oldest file's. */
+static void older_floor(const char *oldest, audit_tail_info *out)
 {
-	while (end > 0 && !*seen) {
+	out->floor_seen = true;
+	if (!audit_parse_file_name(oldest, &out->kept_from) || out->kept_from == 0)
+		out->kept_from = 1; /* a file named from seq 0: no record has that seq */
+}
+
+/*
+ * The floor the trail itself states, from buf[0..end) (lines of a file):
+ * kept_from of the last checkpoint that says it is signed.  Only a signed
+ * retention checkpoint raises the floor, and every later checkpoint repeats
+ * it, so the last signed one states it; an unsigned one (anyone who can
+ * write the trail can append one) is passed over.  A checkpoint stating no
+ * floor is an older hsmd's: that hsmd's retention left the floor at the
+ * oldest file.  Returns whether the floor was found (out->floor_seen).
+ */
+static bool window_floor(const uint8_t *buf, size_t end, const char *oldest,
+                         audit_tail_info *out)
+{
+	while (end > 0 && !out->floor_seen) {
 		size_t start = end - 1;
 		while (start > 0 && buf[start - 1] != '\n')
 			start--;
 		line_info li = {0};
-		if (buf[end - 1] == '\n' && parse_line(buf + start, end - 1 - start, &li) && li.ckpt) {
-			*seen = true;
-			*kept_from = li.kept_from;
+		audit_floor_ckpt fc = {0};
+		size_t n = end - 1 - start;
+		if (buf[end - 1] == '\n' && memmem(buf + start, n, "\"checkpoint\"", 12) != NULL &&
+		    parse_line_ckpt(buf + start, n, &li, &fc) && li.ckpt) {
+			if (li.kept_from == 0) {
+				older_floor(oldest, out);
+			} else if (li.ckpt_signed) {
+				out->floor_seen = true;
+				out->kept_from = li.kept_from;
+				if (li.kept_from > 1) {
+					out->floor_ckpt = fc;
+					out->floor_ckpt.set = true;
+				}
+			}
 		}
 		end = start;
 	}
+	return out->floor_seen;
 }
 
-/* Scans one file; *found says whether it holds a valid record. */
-static hsm_result scan_file(hsm_audit *a, const char *path, audit_tail_info *out, bool *found)
+/* Reads the whole file at path into *out (replacing what it held). */
+static bool read_whole(const char *path, hsm_buf *out)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	struct stat st;
+	out->len = 0;
+	bool ok = fstat(fd, &st) == 0 && st.st_size >= 0 &&
+	          hsm_ok(hsm_buf_reserve(out, (size_t)st.st_size + 1)) &&
+	          pread_all(fd, out->data, (size_t)st.st_size, 0);
+	if (ok)
+		out->len = (size_t)st.st_size;
+	close(fd);
+	return ok;
+}
+
+/*
+ * Scans one file; *found says whether it holds a valid record.  oldest: the
+ * name of the trail's oldest file.
+ */
+static hsm_result scan_file(hsm_audit *a, const char *path, const char *oldest,
+                            audit_tail_info *out, bool *found)
 {
 	hsm_result res = HSM_SUCCESS;
 	uint8_t *buf = NULL;
@@ -372,7 +457,8 @@ static hsm_result scan_file(hsm_audit *a, const char *path, audit_tail_info *out
 		out->needs_new_file = li.rotate;
 		HSM_TRY(hsm_strcpy(out->path, sizeof(out->path), path));
 		out->file_first_ms = first_line_time(fd, li.time_ms);
-		window_floor(buf, valid_end, &out->kept_from, &out->floor_seen);
+		out->window_whole = base == 0;
+		window_floor(buf, valid_end, oldest, out);
 	}
 out:
 	free(buf);
@@ -381,29 +467,33 @@ out:
 }
 
 /*
- * Every record from kept_from on is kept: the floor the trail's own
- * checkpoints state (window_floor), found in the newest file's tail or else
- * at the end of an earlier file (its rotation checkpoint).  Files missing
+ * Every record from kept_from on is kept: the floor the trail's own signed
+ * checkpoints state (window_floor), looked for from the end of the trail
+ * back, whole files newest first, as far as there are files.  Files missing
  * from the start (deleted by hand, or lost) leave it where it was, so the
  * next checkpoints still state it and verify names the records missing.
- * A trail none of whose checkpoints states one (an older hsmd's) starts its
- * floor at its oldest file, as that hsmd's retention left it.
+ * A trail of the current format none of whose checkpoints states one keeps
+ * every record from seq 1: records missing before its oldest file are a
+ * loss, never retention (only a signed retention checkpoint raises the
+ * floor).  A trail none of whose checkpoints states one because they are an
+ * older hsmd's starts its floor at its oldest file, as that hsmd's
+ * retention left it.  Retention checks the signature of the checkpoint a
+ * floor above 1 came from before it deletes under it (audit_sweep.c).
  */
 static void trail_floor(hsm_audit *a, char **names, size_t newest, audit_tail_info *out)
 {
-	hsm_buf line = {0};
-	for (size_t i = newest; !out->floor_seen && i-- > 0;) {
+	hsm_buf file = {0};
+	for (size_t i = newest + (out->window_whole ? 0 : 1); !out->floor_seen && i-- > 0;) {
 		char path[PATH_MAX];
-		line.len = 0;
 		if ((size_t)snprintf(path, sizeof(path), "%s/%s", a->dir, names[i]) >= sizeof(path) ||
-		    !audit_read_last_line(path, &line) || hsm_failed(hsm_buf_put_u8(&line, '\n')))
+		    !read_whole(path, &file)) {
+			hsm_warn("audit: cannot read %s for the floor the trail states", names[i]);
 			continue;
-		window_floor(line.data, line.len, &out->kept_from, &out->floor_seen);
+		}
+		window_floor(file.data, file.len, names[0], out);
 	}
-	hsm_buf_free(&line);
-	if (out->kept_from == 0 && !audit_parse_file_name(names[0], &out->kept_from))
-		out->kept_from = 1;
-	if (out->kept_from == 0) /* a file named from seq 0: no record has that seq */
+	hsm_buf_free(&file);
+	if (!out->floor_seen)
 		out->kept_from = 1;
 }
 
@@ -422,7 +512,7 @@ hsm_result audit_tail_scan(hsm_audit *a, audit_tail_info *out)
 		bool found = false;
 		HSM_CHECK((size_t)snprintf(path, sizeof(path), "%s/%s", a->dir, names[i]) < sizeof(path),
 		          HSM_ERR_VALIDATION, "audit path too long");
-		HSM_TRY(scan_file(a, path, out, &found));
+		HSM_TRY(scan_file(a, path, names[0], out, &found));
 		if (found) {
 			HSM_CHECK(audit_parse_file_name(names[i], &out->file_first_seq), HSM_ERR_INTERNAL,
 			          "bad file name");

@@ -430,6 +430,29 @@ static bool sign_message(hsm_audit *a, const hsm_buf *msg, hsm_buf *sig, const c
 	return signed_ok;
 }
 
+bool audit_floor_signed(hsm_audit *a, bool *no_signer)
+{
+	audit_floor_ckpt *fc = &a->w.floor_ckpt;
+	*no_signer = false;
+	if (!fc->set)
+		return true;
+	hsm_buf msg = {0}, sig = {0};
+	const char *why = NULL;
+	bool ok = false;
+	if (hsm_ok(audit_checkpoint_message(&msg, a->node, fc->seq, fc->time, fc->reason,
+	                                    fc->kept_from, fc->prev))) {
+		if (sign_message(a, &msg, &sig, &why))
+			ok = hsm_ct_equal(sig.data, fc->sig, sizeof(fc->sig));
+		else
+			*no_signer = true;
+	}
+	hsm_buf_free(&msg);
+	hsm_buf_free(&sig);
+	if (ok)
+		fc->set = false; /* checked once: the floor is this node's */
+	return ok;
+}
+
 hsm_result audit_write_checkpoint(hsm_audit *a, const char *reason)
 {
 	bool signed_ok;

@@ -12,6 +12,7 @@
 #include <sys/un.h>
 
 #include "audit_test_util.h"
+#include "audit/audit_format.h"
 
 static void append_n(hsm_audit *a, unsigned from, unsigned n)
 {
@@ -607,6 +608,145 @@ static void test_retention_states_only_a_floor_the_chain_proves(void **state)
 		assert_false(r.valid);
 		assert_int_equal(r.problem, HSM_AUDIT_DELETED);
 		assert_non_null(strstr(r.detail, gone == 0 ? " are missing" : "records 1 to "));
+		t_rm_rf(dir);
+	}
+}
+
+/* Cuts the last line off the file at path (a run killed before it was written). */
+static void drop_last_line(const char *path)
+{
+	size_t len = 0;
+	char *f = t_slurp(path, &len);
+	assert_true(len > 1 && f[len - 1] == '\n');
+	size_t start = len - 1;
+	while (start > 0 && f[start - 1] != '\n')
+		start--;
+	assert_int_equal(truncate(path, (off_t)start), 0);
+	free(f);
+}
+
+/*
+ * Appends to the file at path what anyone able to write the trail can: a
+ * retention checkpoint stating kept_from, chained to the file's last line,
+ * with sig (64 bytes, not this node's signature) or unsigned (sig NULL).
+ */
+static void append_forged_checkpoint(const char *path, uint64_t kept_from, const uint8_t *sig)
+{
+	size_t len = 0;
+	char *f = t_slurp(path, &len);
+	assert_true(len > 1 && f[len - 1] == '\n');
+	size_t start = len - 1;
+	while (start > 0 && f[start - 1] != '\n')
+		start--;
+	uint8_t prev[AUDIT_HASH_LEN];
+	assert_int_equal(EVP_Digest(f + start, len - 1 - start, prev, NULL, EVP_sha256(), NULL), 1);
+	const char *seq = strstr(f + start, "\"seq\":");
+	assert_non_null(seq);
+	hsm_buf body = {0}, line = {0};
+	assert_true(hsm_ok(audit_format_checkpoint_body(&body, "node-test", atomic_load(&fake_now),
+	                                                "retention", kept_from, sig, sig ? 64 : 0,
+	                                                sig ? NULL : "sealed")));
+	assert_true(hsm_ok(audit_format_line(&line, strtoull(seq + 6, NULL, 10) + 1, body.data,
+	                                     body.len, prev)));
+	assert_true(hsm_ok(hsm_buf_put_u8(&line, '\n')));
+	FILE *fp = fopen(path, "a");
+	assert_non_null(fp);
+	assert_int_equal(fwrite(line.data, 1, line.len, fp), line.len);
+	assert_int_equal(fclose(fp), 0);
+	hsm_buf_free(&body);
+	hsm_buf_free(&line);
+	free(f);
+}
+
+/* A pass at now: deletes nothing, blocked; keep still there; verify names records missing. */
+static void assert_retention_blocked(hsm_audit_config *c, int64_t now, const char *keep)
+{
+	hsm_audit *a = NULL;
+	atomic_store(&fake_now, now);
+	open_unsealed(c, &a);
+	fill_and_rotate(a, now, 100); /* a pass at open and one after the rotation */
+	hsm_audit_stats st;
+	hsm_audit_get_stats(a, &st);
+	assert_int_equal(st.files_expired, 0);
+	assert_true(st.retention_blocked);
+	hsm_audit_close(a);
+	assert_int_equal(access(keep, F_OK), 0);
+	char *log = slurp_log(c->dir);
+	assert_null(strstr(log, "AuditFilesExpired"));
+	free(log);
+	char *pem = t_signer_pem(&log_signer);
+	hsm_audit_verify_report r = t_verify_dir(c->dir, pem, false);
+	free(pem);
+	assert_false(r.valid);
+}
+
+/*
+ * hsmd killed after a rotation, before the new file's first checkpoint, and
+ * every earlier file deleted by hand: no checkpoint is left to state the
+ * floor.  The trail is of the current format, so its floor is seq 1 (the
+ * records before the oldest file are a loss), never the oldest file's first
+ * seq: retention does not pass the deletion off as its own.
+ */
+static void test_a_floor_is_never_taken_from_a_file_name(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-floor-name");
+	hsm_audit_config c = retention_config(dir);
+	hsm_audit *a = NULL;
+	int64_t now = hsm_now_ms(), then = now - 3000 * DAY_MS;
+	atomic_store(&fake_now, then);
+	open_unsealed(&c, &a);
+	fill_and_rotate(a, then, 0);
+	append_n(a, 5, 2); /* into the new file, before any checkpoint there */
+	hsm_audit_close(a);
+	static char files[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES), 2);
+	drop_last_line(files[1]); /* killed: no shutdown checkpoint */
+	char *f = t_slurp(files[1], NULL);
+	assert_null(strstr(f, "\"checkpoint\""));
+	free(f);
+	assert_int_equal(unlink(files[0]), 0);
+	open_unsealed(&c, &a); /* restarted; its checkpoints state every record kept */
+	assert_true(hsm_ok(hsm_audit_rotate(a))); /* the file with its records expires */
+	wait_retention(a);
+	hsm_audit_close(a);
+	char *log = slurp_log(dir);
+	assert_non_null(strstr(log, "\"reason\":\"rotate\",\"kept_from\":1,"));
+	free(log);
+	assert_retention_blocked(&c, now, files[1]);
+	t_rm_rf(dir);
+}
+
+/*
+ * A checkpoint added to the trail while hsmd is stopped, stating a higher
+ * floor: unsigned, it states none (only a signed checkpoint raises the
+ * floor); signed, but not by this node's audit key, retention deletes
+ * nothing under it.  Either way the files deleted by hand before it stay a
+ * loss, and the expired file after them is kept.
+ */
+static void test_retention_takes_a_floor_only_this_node_signed(void **state)
+{
+	(void)state;
+	static char files[T_MAX_FILES][PATH_MAX];
+	int64_t now = hsm_now_ms(), then = now - 3000 * DAY_MS;
+	for (int forged_sig = 0; forged_sig < 2; forged_sig++) {
+		char dir[PATH_MAX];
+		t_mkdtemp(dir, "audit-floor-forged");
+		hsm_audit_config c = retention_config(dir);
+		hsm_audit *a = NULL;
+		atomic_store(&fake_now, then);
+		open_unsealed(&c, &a);
+		fill_and_rotate(a, then, 0);  /* file 1: deleted by hand */
+		fill_and_rotate(a, then, 5);  /* file 2: expired */
+		append_n(a, 10, 2);           /* file 3: live */
+		hsm_audit_close(a);
+		assert_int_equal(t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES), 3);
+		assert_int_equal(unlink(files[0]), 0);
+		uint8_t sig[64];
+		memset(sig, 0x5a, sizeof(sig));
+		append_forged_checkpoint(files[2], file_seq(files[1]), forged_sig ? sig : NULL);
+		assert_retention_blocked(&c, now, files[1]);
 		t_rm_rf(dir);
 	}
 }
@@ -1450,6 +1590,8 @@ int main(void)
 	    cmocka_unit_test(test_retention_waits_for_a_signer),
 	    cmocka_unit_test(test_files_deleted_while_stopped_show),
 	    cmocka_unit_test(test_retention_states_only_a_floor_the_chain_proves),
+	    cmocka_unit_test(test_a_floor_is_never_taken_from_a_file_name),
+	    cmocka_unit_test(test_retention_takes_a_floor_only_this_node_signed),
 	    cmocka_unit_test(test_retention_deletes_nothing_it_cannot_state),
 	    cmocka_unit_test(test_closed_files_are_copied_and_expire_with_their_originals),
 	    cmocka_unit_test(test_retention_keeps_files_not_copied),
