@@ -98,6 +98,63 @@ def test_retention_does_not_pass_a_file_deleted_by_hand_off_as_retention(clocksh
         server.cleanup()
 
 
+def test_a_floor_is_never_taken_from_the_oldest_file_name(clockshift, tmp_path):
+    """hsmd is killed after a rotation, before the new file B holds a checkpoint, and
+    file A before it is deleted by hand.  No checkpoint is left to state the floor:
+    the next start must keep stating every record from seq 1 (A's records are a loss),
+    not B's first seq, or retention later deletes B under a signed retention
+    checkpoint and the trail verifies as if retention had deleted A."""
+    args = ["--audit-retention-days", "1", "--audit-rotate-seconds", "60"]
+    clock = Clock(str(tmp_path / "shift"))
+    clock.set(-3 * DAY)
+    server = start_shifted(clockshift, clock, args)
+    data = server.data_dir
+    try:
+        for i in range(3):
+            shifted_admin(server, -3 * DAY, "AuditHash", {"Value": f"a{i}"})
+        clock.set(-3 * DAY + 70)  # A ends, B begins
+        assert eventually(lambda: len(audit_files(data)) == 2, 10), audit_files(data)
+        for i in range(2):
+            shifted_admin(server, -3 * DAY + 70, "AuditHash", {"Value": f"b{i}"})
+        server.stop(signal.SIGKILL)
+        a, b = audit_files(data)
+        assert not [r for r in audit_records(data) if r["type"] == "checkpoint"
+                    and r["seq"] > int(os.path.basename(b)[6:-6])], "B holds a checkpoint"
+        os.unlink(a)
+        again = start_shifted(clockshift, clock, args, data_dir=data)
+        again.stop()
+        floors = [r["checkpoint"].get("kept_from") for r in audit_records(data)
+                  if r["type"] == "checkpoint"]
+        assert floors and set(floors) == {1}, floors
+
+        clock.set(0)  # B ends (rotation), C begins
+        third = start_shifted(clockshift, clock, args, data_dir=data)
+        try:
+            pem = audit_pem(third, str(tmp_path))
+            admin(third, "AuditHash", {"Value": "c"})
+            assert eventually(lambda: len(audit_files(data)) == 2, 10), audit_files(data)
+        finally:
+            third.stop()
+        clock.set(2 * DAY)  # B has expired
+        fourth = start_shifted(clockshift, clock, args, data_dir=data)
+        try:
+            assert eventually(lambda: gauge(fourth, "hsmd_audit_retention_blocked") == 1
+                              or gauge(fourth, "hsmd_audit_files_expired_total"), 15)
+            blocked = gauge(fourth, "hsmd_audit_retention_blocked")
+            log = fourth.read_log()
+        finally:
+            fourth.stop()
+        assert os.path.exists(b), "retention deleted the file after the deleted one"
+        assert blocked == 1 and "records 1 to " in log, log
+        assert not [r for r in audit_records(data) if r["type"] == "checkpoint"
+                    and r["checkpoint"]["reason"] == "retention"]
+        res = verify(server, pubkey=pem)
+        assert res.returncode == 1 and "result: INVALID" in res.stdout, res.stdout
+        assert "deleted by retention" not in res.stdout, res.stdout
+    finally:
+        server.cleanup()
+
+
 def test_a_trail_lost_under_the_node_never_verifies_as_retention(tmp_path):
     """The whole trail deleted under a running node: the next request's sync finds its
     file gone, and the node goes on in a new file past seq 1.  It records the loss at
