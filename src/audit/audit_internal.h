@@ -29,6 +29,8 @@
 #define AUDIT_SEQ_DIGITS 20
 /* How far back from the end of a file a damaged tail is looked for. */
 #define AUDIT_TAIL_WINDOW ((size_t)1 << 20)
+/* Recorded losses (AuditRecordsLost) one retention pass may pass. */
+#define AUDIT_LOSSES_MAX 8
 /*
  * Space kept allocated ahead of the end of the current file (fallocate,
  * keeping its size), so that the records of requests already served still
@@ -201,6 +203,8 @@ struct hsm_audit {
 	/* The sweeper's request for a retention checkpoint before it deletes. */
 	bool ret_requested;
 	uint64_t ret_kept_from, ret_gen, ret_done_gen;
+	audit_floor_ckpt ret_losses[AUDIT_LOSSES_MAX]; /* see audit_declare_kept_from */
+	size_t ret_n_losses;
 	hsm_result ret_result;
 	bool sweeper_stop, sweeper_exited;
 	/* The wall clock and the elapsed time at open (audit_clock_ahead_ms); the sweeper's
@@ -259,6 +263,10 @@ bool audit_read_last_line(const char *path, hsm_buf *line);
 bool audit_read_first_line(const char *path, hsm_buf *line);
 /* The "time" of a line, in ms; false when it has none. */
 bool audit_line_time(const uint8_t *line, size_t n, int64_t *t_ms);
+/* Reads the whole file at path into *out (replacing what it held); false on failure. */
+bool audit_read_whole(const char *path, hsm_buf *out);
+/* Whether line[0..n) is a checkpoint stating a floor that says it is signed; fills *fc. */
+bool audit_line_signed_ckpt(const uint8_t *line, size_t n, audit_floor_ckpt *fc);
 
 /* ---- audit_io.c: the file, under the watchdog ---------------------------- */
 
@@ -326,6 +334,8 @@ bool audit_has_signer(hsm_audit *a);
  * are deterministic).  *no_signer: none was set, nothing was told.
  */
 bool audit_floor_signed(hsm_audit *a, bool *no_signer);
+/* The writer's: whether this node signed the checkpoint fc, as audit_floor_signed. */
+bool audit_ckpt_ours(hsm_audit *a, const audit_floor_ckpt *fc, bool *no_signer);
 
 void *audit_writer_main(void *arg);
 void *audit_watchdog_main(void *arg);
@@ -336,8 +346,13 @@ void audit_fail_locked(hsm_audit *a, audit_cbent *out, size_t *n_out, size_t max
 /*
  * From the sweeper, before it deletes: has the writer write a "retention"
  * checkpoint stating kept_from and waits until it is durable (or fails).
+ * losses[0..n_losses): the signed checkpoints after the AuditRecordsLost
+ * records of the gaps the pass passes; the writer checks that this node
+ * signed each (HSM_ERR_INVALID_STATE if not: nothing is written).
  */
-hsm_result audit_declare_kept_from(hsm_audit *a, uint64_t kept_from) HSM_MUST_CHECK;
+hsm_result audit_declare_kept_from(hsm_audit *a, uint64_t kept_from,
+                                   const audit_floor_ckpt *losses,
+                                   size_t n_losses) HSM_MUST_CHECK;
 
 /* ---- audit_sweep.c: the writer's side of the sweeper ---------------------- */
 

@@ -482,6 +482,85 @@ static bool read_edge(const char *path, bool first, line_edge *e)
 }
 
 /*
+ * Whether line[0..n) is this node's AuditRecordsLost naming exactly the
+ * records lo..hi, written after them.
+ */
+static bool names_loss(hsm_audit *a, const uint8_t *line, size_t n, uint64_t lo, uint64_t hi)
+{
+	if (memmem(line, n, "\"AuditRecordsLost\"", 18) == NULL)
+		return false;
+	json_t *j = json_loadb((const char *)line, n, JSON_REJECT_DUPLICATES, NULL);
+	json_t *seq = json_object_get(j, "seq"), *extra = json_object_get(j, "extra");
+	const char *type = json_string_value(json_object_get(j, "type"));
+	const char *op = json_string_value(json_object_get(j, "op"));
+	const char *node = json_string_value(json_object_get(j, "node"));
+	const char *first = json_string_value(json_object_get(extra, "first_seq"));
+	const char *last = json_string_value(json_object_get(extra, "last_seq"));
+	char want_first[24], want_last[24];
+	snprintf(want_first, sizeof(want_first), "%llu", (unsigned long long)lo);
+	snprintf(want_last, sizeof(want_last), "%llu", (unsigned long long)hi);
+	bool ok = json_is_integer(seq) && (uint64_t)json_integer_value(seq) > hi && type != NULL &&
+	          strcmp(type, "event") == 0 && op != NULL && strcmp(op, "AuditRecordsLost") == 0 &&
+	          node != NULL && strcmp(node, a->node) == 0 && first != NULL && last != NULL &&
+	          strcmp(first, want_first) == 0 && strcmp(last, want_last) == 0;
+	json_decref(j);
+	return ok;
+}
+
+/* Whether line[0..n)'s prev is the hex of hash. */
+static bool chains_to(const uint8_t *line, size_t n, const uint8_t hash[AUDIT_HASH_LEN])
+{
+	char want[AUDIT_HASH_HEX + 1];
+	audit_hex32(hash, want);
+	json_t *j = json_loadb((const char *)line, n, 0, NULL);
+	const char *prev = json_string_value(json_object_get(j, "prev"));
+	bool ok = prev != NULL && strlen(prev) == AUDIT_HASH_HEX &&
+	          hsm_ct_equal(prev, want, AUDIT_HASH_HEX);
+	json_decref(j);
+	return ok;
+}
+
+/*
+ * Whether the records lo..hi, missing before names[from], are a loss the
+ * node recorded: an AuditRecordsLost of this node naming exactly them, in
+ * names[from..last] (after the gap, in a file the pass deletes or the first
+ * it keeps), followed in its file by a chain of lines up to a checkpoint
+ * that says it is signed.  *ck: what that signature covers; the writer
+ * checks this node made it before anything is deleted.
+ */
+static bool recorded_loss(hsm_audit *a, char **names, size_t from, size_t last, uint64_t lo,
+                          uint64_t hi, audit_floor_ckpt *ck)
+{
+	hsm_buf file = {0};
+	bool found = false;
+	for (size_t i = from; i <= last && !found; i++) {
+		char path[PATH_MAX];
+		if ((size_t)snprintf(path, sizeof(path), "%s/%s", a->dir, names[i]) >= sizeof(path) ||
+		    !audit_read_whole(path, &file))
+			break;
+		bool named = false;
+		uint8_t hash[AUDIT_HASH_LEN];
+		for (size_t start = 0, end; start < file.len && !found; start = end + 1) {
+			const uint8_t *nl = memchr(file.data + start, '\n', file.len - start);
+			if (nl == NULL)
+				break;
+			end = (size_t)(nl - file.data);
+			const uint8_t *line = file.data + start;
+			size_t n = end - start;
+			if (named && !chains_to(line, n, hash))
+				named = false; /* the chain from the loss breaks: look for another */
+			if (named && audit_line_signed_ckpt(line, n, ck))
+				found = true;
+			else if (!named)
+				named = names_loss(a, line, n, lo, hi);
+			EVP_Digest(line, n, hash, NULL, EVP_sha256(), NULL);
+		}
+	}
+	hsm_buf_free(&file);
+	return found;
+}
+
+/*
  * Retention may state only a floor the chain proves: the files it deletes
  * and the first it keeps must be one unbroken stretch of the chain from the
  * floor the trail states on (each file's first record the successor of the
@@ -491,7 +570,8 @@ static bool read_edge(const char *path, bool first, line_edge *e)
  * deleted, the error is logged, and /metrics shows the pass blocked until
  * the missing files are put back.  Sets *kept_from to the first seq kept.
  */
-static bool chain_proves(hsm_audit *a, char **names, size_t expired, uint64_t *kept_from)
+static bool chain_proves(hsm_audit *a, char **names, size_t expired, uint64_t *kept_from,
+                         audit_floor_ckpt losses[AUDIT_LOSSES_MAX], size_t *n_losses)
 {
 	uint64_t floor = atomic_load(&a->kept_from_pub);
 	line_edge before = {0}, first = {0};
@@ -512,7 +592,19 @@ static bool chain_proves(hsm_audit *a, char **names, size_t expired, uint64_t *k
 			snprintf(why, sizeof(why), "the first record of %s cannot be read", names[i]);
 			break;
 		}
-		if (i == 0 && first.seq > floor) {
+		/* A gap the node recorded (AuditRecordsLost) is passed; its files all go. */
+		uint64_t lo = i == 0 ? floor : before.seq + 1;
+		bool gap = i == 0 ? first.seq > floor : first.seq > before.seq + 1;
+		bool recorded = gap && *n_losses < AUDIT_LOSSES_MAX &&
+		                recorded_loss(a, names, i, expired, lo, first.seq - 1,
+		                              &losses[*n_losses]);
+		if (recorded) {
+			hsm_info("audit retention: records %llu to %llu, missing before %s, were lost "
+			         "and recorded so (AuditRecordsLost): the pass goes past them",
+			         (unsigned long long)lo, (unsigned long long)first.seq - 1, names[i]);
+			(*n_losses)++;
+		}
+		if (i == 0 && first.seq > floor && !recorded) {
 			snprintf(why, sizeof(why),
 			         "records %llu to %llu are missing: the trail keeps every record from seq "
 			         "%llu, but its oldest file, %s, starts at seq %llu",
@@ -520,13 +612,13 @@ static bool chain_proves(hsm_audit *a, char **names, size_t expired, uint64_t *k
 			         (unsigned long long)floor, names[i], (unsigned long long)first.seq);
 			break;
 		}
-		if (i > 0 && first.seq > before.seq + 1) {
+		if (i > 0 && first.seq > before.seq + 1 && !recorded) {
 			snprintf(why, sizeof(why), "records %llu to %llu are missing between %s and %s",
 			         (unsigned long long)before.seq + 1, (unsigned long long)first.seq - 1,
 			         names[i - 1], names[i]);
 			break;
 		}
-		if (i > 0 && (first.seq != before.seq + 1 ||
+		if (i > 0 && !recorded && (first.seq != before.seq + 1 ||
 		              !hsm_ct_equal(first.prev, before.hash, AUDIT_HASH_HEX))) {
 			snprintf(why, sizeof(why), "%s does not continue %s: its first record (seq %llu) "
 			         "does not chain to that file's last (seq %llu)",
@@ -568,8 +660,9 @@ hsm_result audit_retention_apply(hsm_audit *a, const char *keep_file, hsm_buf *d
 	hsm_result res = HSM_SUCCESS;
 	int64_t now = audit_now_ms(a), keep = (int64_t)a->cfg.retention_days * MS_PER_DAY;
 	hsm_buf line = {0};
-	size_t expired = 0, deleted_n = 0;
+	size_t expired = 0, deleted_n = 0, n_losses = 0;
 	uint64_t kept_from = 0;
+	audit_floor_ckpt losses[AUDIT_LOSSES_MAX];
 	size_t copied_n = n > 0 && a->copy_dir[0] != '\0' ? copy_closed_files(a, names, n, keep_file)
 	                                                  : n;
 	/*
@@ -624,9 +717,9 @@ hsm_result audit_retention_apply(hsm_audit *a, const char *keep_file, hsm_buf *d
 	if (expired == 0)
 		goto out;
 	/* The first file kept holds the first record kept; stated before anything goes. */
-	if (!chain_proves(a, names, expired, &kept_from))
+	if (!chain_proves(a, names, expired, &kept_from, losses, &n_losses))
 		goto out;
-	if (!declared(a, audit_declare_kept_from(a, kept_from), &res))
+	if (!declared(a, audit_declare_kept_from(a, kept_from, losses, n_losses), &res))
 		goto out;
 	for (; deleted_n < expired; deleted_n++) {
 		char path[PATH_MAX];

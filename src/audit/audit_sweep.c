@@ -81,11 +81,40 @@ static bool floor_signed(hsm_audit *a, hsm_result *r)
 	return false;
 }
 
+/*
+ * Whether this node signed the checkpoint after each AuditRecordsLost the
+ * pass passes (audit_io.c chain_proves): only a loss the node itself
+ * recorded, under its own signature, lets retention go past a gap.
+ */
+static bool losses_signed(hsm_audit *a, const audit_floor_ckpt *losses, size_t n,
+                          hsm_result *r)
+{
+	for (size_t i = 0; i < n; i++) {
+		bool no_signer = false;
+		if (audit_ckpt_ours(a, &losses[i], &no_signer))
+			continue;
+		if (no_signer) {
+			*r = HSM_FAIL(HSM_ERR_SEALED, "audit retention waits for the signer (unseal the node)");
+			return false;
+		}
+		hsm_error("audit retention deletes nothing: the checkpoint (seq %llu) after the "
+		          "AuditRecordsLost that names a gap it would pass is not signed by this "
+		          "node's audit key; verify the trail with the audit public key",
+		          (unsigned long long)losses[i].seq);
+		*r = HSM_FAIL(HSM_ERR_INVALID_STATE, "a recorded loss is not signed by this node");
+		return false;
+	}
+	return true;
+}
+
 void audit_answer_retention(hsm_audit *a)
 {
+	audit_floor_ckpt losses[AUDIT_LOSSES_MAX];
 	pthread_mutex_lock(&a->mu);
 	bool asked = a->ret_requested;
 	uint64_t gen = a->ret_gen, kept_from = a->ret_kept_from;
+	size_t n_losses = a->ret_n_losses;
+	memcpy(losses, a->ret_losses, n_losses * sizeof(losses[0]));
 	a->ret_requested = false;
 	pthread_mutex_unlock(&a->mu);
 	if (!asked)
@@ -95,7 +124,7 @@ void audit_answer_retention(hsm_audit *a)
 		r = HSM_FAIL(HSM_ERR_AUDIT_UNAVAILABLE, "the audit log is unavailable");
 	} else if (!audit_has_signer(a)) {
 		r = HSM_FAIL(HSM_ERR_SEALED, "audit retention waits for the signer (unseal the node)");
-	} else if (!floor_signed(a, &r)) {
+	} else if (!floor_signed(a, &r) || !losses_signed(a, losses, n_losses, &r)) {
 		/* r says why: nothing is deleted under a floor this node did not sign */
 	} else {
 		uint64_t was = a->w.kept_from;
@@ -117,12 +146,17 @@ void audit_answer_retention(hsm_audit *a)
 	pthread_mutex_unlock(&a->mu);
 }
 
-hsm_result audit_declare_kept_from(hsm_audit *a, uint64_t kept_from)
+hsm_result audit_declare_kept_from(hsm_audit *a, uint64_t kept_from,
+                                   const audit_floor_ckpt *losses, size_t n_losses)
 {
+	HSM_ENSURE(n_losses <= AUDIT_LOSSES_MAX, HSM_ERR_INTERNAL, "too many recorded losses");
 	uint64_t end = hsm_mono_ns() + audit_close_timeout_ms(a) * NS_PER_MS;
 	pthread_mutex_lock(&a->mu);
 	a->ret_requested = true;
 	a->ret_kept_from = kept_from;
+	if (n_losses > 0)
+		memcpy(a->ret_losses, losses, n_losses * sizeof(losses[0]));
+	a->ret_n_losses = n_losses;
 	uint64_t gen = ++a->ret_gen;
 	pthread_cond_signal(&a->wake_writer);
 	pthread_cond_broadcast(&a->wake_waiters); /* a writer stopping the sweeper answers too */

@@ -406,8 +406,13 @@ static bool window_floor(const uint8_t *buf, size_t end, const char *oldest,
 	return out->floor_seen;
 }
 
-/* Reads the whole file at path into *out (replacing what it held). */
-static bool read_whole(const char *path, hsm_buf *out)
+bool audit_line_signed_ckpt(const uint8_t *line, size_t n, audit_floor_ckpt *fc)
+{
+	line_info li = {0};
+	return parse_line_ckpt(line, n, &li, fc) && li.ckpt && li.ckpt_signed;
+}
+
+bool audit_read_whole(const char *path, hsm_buf *out)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
@@ -486,7 +491,7 @@ static void trail_floor(hsm_audit *a, char **names, size_t newest, audit_tail_in
 	for (size_t i = newest + (out->window_whole ? 0 : 1); !out->floor_seen && i-- > 0;) {
 		char path[PATH_MAX];
 		if ((size_t)snprintf(path, sizeof(path), "%s/%s", a->dir, names[i]) >= sizeof(path) ||
-		    !read_whole(path, &file)) {
+		    !audit_read_whole(path, &file)) {
 			hsm_warn("audit: cannot read %s for the floor the trail states", names[i]);
 			continue;
 		}

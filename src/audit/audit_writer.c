@@ -430,24 +430,31 @@ static bool sign_message(hsm_audit *a, const hsm_buf *msg, hsm_buf *sig, const c
 	return signed_ok;
 }
 
-bool audit_floor_signed(hsm_audit *a, bool *no_signer)
+bool audit_ckpt_ours(hsm_audit *a, const audit_floor_ckpt *fc, bool *no_signer)
 {
-	audit_floor_ckpt *fc = &a->w.floor_ckpt;
 	*no_signer = false;
-	if (!fc->set)
-		return true;
 	hsm_buf msg = {0}, sig = {0};
 	const char *why = NULL;
 	bool ok = false;
 	if (hsm_ok(audit_checkpoint_message(&msg, a->node, fc->seq, fc->time, fc->reason,
 	                                    fc->kept_from, fc->prev))) {
 		if (sign_message(a, &msg, &sig, &why))
-			ok = hsm_ct_equal(sig.data, fc->sig, sizeof(fc->sig));
+			ok = sig.len == sizeof(fc->sig) && hsm_ct_equal(sig.data, fc->sig, sizeof(fc->sig));
 		else
 			*no_signer = true;
 	}
 	hsm_buf_free(&msg);
 	hsm_buf_free(&sig);
+	return ok;
+}
+
+bool audit_floor_signed(hsm_audit *a, bool *no_signer)
+{
+	audit_floor_ckpt *fc = &a->w.floor_ckpt;
+	*no_signer = false;
+	if (!fc->set)
+		return true;
+	bool ok = audit_ckpt_ours(a, fc, no_signer);
 	if (ok)
 		fc->set = false; /* checked once: the floor is this node's */
 	return ok;

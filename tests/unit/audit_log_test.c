@@ -751,6 +751,83 @@ static void test_retention_takes_a_floor_only_this_node_signed(void **state)
 	}
 }
 
+/* Waits (up to 10 s) until the log in dir holds needle. */
+static void wait_for_log(const char *dir, const char *needle)
+{
+	for (int i = 0; i < 1000; i++) {
+		char *log = slurp_log(dir);
+		bool there = strstr(log, needle) != NULL;
+		free(log);
+		if (there)
+			return;
+		struct timespec ts = {0, 10 * 1000000L};
+		nanosleep(&ts, NULL);
+	}
+	char *log = slurp_log(dir);
+	print_message("%s\n", log);
+	free(log);
+	fail_msg("the log never held %s", needle);
+}
+
+/*
+ * Records lost under the running node (their file deleted while hsmd wrote
+ * it) are recorded as such: AuditRecordsLost names them, a signed checkpoint
+ * follows.  Verify reports the gap while the files around it remain; once
+ * every file up to the gap has expired, retention passes it (the loss is
+ * on the record, nothing is left to put back) instead of blocking for good.
+ */
+static void test_retention_passes_a_recorded_loss(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-recorded-loss");
+	hsm_audit_config c = retention_config(dir);
+	hsm_audit *a = NULL;
+	int64_t now = hsm_now_ms(), then = now - 3000 * DAY_MS;
+	atomic_store(&fake_now, then);
+	open_unsealed(&c, &a);
+	fill_and_rotate(a, then, 0);   /* file 1 */
+	append_n(a, 5, 5);             /* file 2: lost under the node */
+	assert_true(hsm_ok(hsm_audit_checkpoint(a))); /* synced: they were written */
+	static char files[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES), 2);
+	assert_int_equal(unlink(files[1]), 0);
+	hsm_audit_record r = t_record(10);
+	hsm_result ar = hsm_audit_append(a, &r); /* its sync finds the file gone */
+	(void)ar;             /* written again in the new file, or refused: either way */
+	wait_for_log(dir, "\"reason\":\"lost\"");
+	char *log = slurp_log(dir);
+	char want[96];
+	snprintf(want, sizeof(want), "\"first_seq\":\"%llu\"", (unsigned long long)file_seq(files[1]));
+	assert_non_null(strstr(log, "AuditRecordsLost"));
+	assert_non_null(strstr(log, want));
+	free(log);
+	assert_true(hsm_ok(hsm_audit_rotate(a))); /* the file recording the loss ends */
+	wait_retention(a);
+	hsm_audit_close(a);
+	char *pem = t_signer_pem(&log_signer);
+	hsm_audit_verify_report v = t_verify_dir(dir, pem, false);
+	assert_false(v.valid); /* the gap shows while the files around it remain */
+	assert_int_equal(v.problem, HSM_AUDIT_DELETED);
+
+	atomic_store(&fake_now, now);
+	open_unsealed(&c, &a);
+	fill_and_rotate(a, now, 100);
+	hsm_audit_stats st;
+	hsm_audit_get_stats(a, &st);
+	assert_false(st.retention_blocked);
+	assert_int_equal(st.files_expired, 2); /* the files before and after the gap */
+	hsm_audit_close(a);
+	assert_int_equal(access(files[0], F_OK), -1);
+	log = slurp_log(dir);
+	assert_non_null(strstr(log, "\"reason\":\"retention\""));
+	free(log);
+	v = t_verify_dir(dir, pem, false);
+	assert_true(v.valid);
+	free(pem);
+	t_rm_rf(dir);
+}
+
 /* Fails every write once a retention pass has begun, while armed. */
 static atomic_bool fail_after_pass_armed, fail_writes;
 static int fail_after_pass(void *arg, hsm_audit_io_op op)
@@ -1592,6 +1669,7 @@ int main(void)
 	    cmocka_unit_test(test_retention_states_only_a_floor_the_chain_proves),
 	    cmocka_unit_test(test_a_floor_is_never_taken_from_a_file_name),
 	    cmocka_unit_test(test_retention_takes_a_floor_only_this_node_signed),
+	    cmocka_unit_test(test_retention_passes_a_recorded_loss),
 	    cmocka_unit_test(test_retention_deletes_nothing_it_cannot_state),
 	    cmocka_unit_test(test_closed_files_are_copied_and_expire_with_their_originals),
 	    cmocka_unit_test(test_retention_keeps_files_not_copied),
