@@ -201,6 +201,60 @@ def test_a_trail_lost_under_the_node_never_verifies_as_retention(tmp_path):
         server.cleanup()
 
 
+def test_retention_passes_a_loss_the_node_recorded(clockshift, tmp_path):
+    """The trail is deleted under a running node: the node records the loss
+    (AuditRecordsLost naming the records, then a signed checkpoint) and goes on past
+    seq 1.  Verify reports the records missing while the file recording the loss is
+    there; once that file has expired, retention deletes it (nothing can put the
+    records back, so blocking for good would only let the trail grow), and the trail
+    verifies as starting where retention left it."""
+    args = ["--audit-retention-days", "1", "--audit-rotate-seconds", "60"]
+    clock = Clock(str(tmp_path / "shift"))
+    clock.set(-3 * DAY)
+    server = start_shifted(clockshift, clock, args)
+    data = server.data_dir
+    try:
+        for i in range(3):
+            shifted_admin(server, -3 * DAY, "AuditHash", {"Value": f"a{i}"})
+        for path in audit_files(data):
+            os.unlink(path)
+        # The next request's record goes to the deleted file; its sync finds it gone.
+        signed_at(server, datetime.datetime.utcnow() - datetime.timedelta(days=3),
+                  "HsmdAdmin.AuditHash", {"Value": "after"})
+        assert eventually(lambda: [r for r in audit_records(data) if r["type"] == "checkpoint"
+                                   and r["checkpoint"]["reason"] == "lost"], 15)
+        lost = records_of_op(data, "AuditRecordsLost")
+        assert len(lost) == 1 and lost[0]["extra"]["first_seq"] == "1", lost
+        clock.set(-3 * DAY + 70)  # the file recording the loss ends
+        shifted_admin(server, -3 * DAY + 70, "AuditHash", {"Value": "b"})
+        assert eventually(lambda: len(audit_files(data)) == 2, 10), audit_files(data)
+        server.stop()
+        b, _ = audit_files(data)
+
+        clock.set(2 * DAY)  # B has expired
+        again = start_shifted(clockshift, clock, args, data_dir=data)
+        try:
+            r = signed_at(again, datetime.datetime.utcnow() + datetime.timedelta(days=2),
+                          "HsmdAdmin.AuditPublicKey", {})
+            assert r.status_code == 200, r.text
+            pem = os.path.join(str(tmp_path), "audit.pem")
+            with open(pem, "w") as f:
+                f.write(r.json()["PublicKey"])
+            assert eventually(lambda: gauge(again, "hsmd_audit_retention_blocked") == 1
+                              or gauge(again, "hsmd_audit_files_expired_total"), 15)
+            blocked = gauge(again, "hsmd_audit_retention_blocked")
+            log = again.read_log()
+        finally:
+            again.stop()
+        assert blocked == 0, log
+        assert not os.path.exists(b), "retention kept the expired file after the loss"
+        assert "were lost and recorded so (AuditRecordsLost)" in log, log
+        res = verify(server, pubkey=pem)
+        assert res.returncode == 0 and "deleted by retention" in res.stdout, res.stdout
+    finally:
+        server.cleanup()
+
+
 def test_hsmctl_offline_commands_run_no_retention(clockshift, tmp_path):
     """hsmctl's offline commands write to the node's trail without the node's
     configuration: they must not apply retention (with the default 2557 days and no
