@@ -507,15 +507,18 @@ static bool names_loss(hsm_audit *a, const uint8_t *line, size_t n, uint64_t lo,
 	return ok;
 }
 
-/* Whether line[0..n)'s prev is the hex of hash. */
-static bool chains_to(const uint8_t *line, size_t n, const uint8_t hash[AUDIT_HASH_LEN])
+/* Whether line[0..n)'s prev is the hex of hash; *ckpt: the line is a checkpoint. */
+static bool chains_to(const uint8_t *line, size_t n, const uint8_t hash[AUDIT_HASH_LEN],
+                      bool *ckpt)
 {
 	char want[AUDIT_HASH_HEX + 1];
 	audit_hex32(hash, want);
 	json_t *j = json_loadb((const char *)line, n, 0, NULL);
 	const char *prev = json_string_value(json_object_get(j, "prev"));
+	const char *type = json_string_value(json_object_get(j, "type"));
 	bool ok = prev != NULL && strlen(prev) == AUDIT_HASH_HEX &&
 	          hsm_ct_equal(prev, want, AUDIT_HASH_HEX);
+	*ckpt = type != NULL && strcmp(type, "checkpoint") == 0;
 	json_decref(j);
 	return ok;
 }
@@ -524,9 +527,11 @@ static bool chains_to(const uint8_t *line, size_t n, const uint8_t hash[AUDIT_HA
  * Whether the records lo..hi, missing before names[from], are a loss the
  * node recorded: an AuditRecordsLost of this node naming exactly them, in
  * names[from..last] (after the gap, in a file the pass deletes or the first
- * it keeps), followed in its file by a chain of lines up to a checkpoint
- * that says it is signed.  *ck: what that signature covers; the writer
- * checks this node made it before anything is deleted.
+ * it keeps), whose first checkpoint after it (the lines between chained one
+ * to the next) is a "lost" one that says it is signed.  *ck: what that
+ * signature covers; the writer checks this node made it before anything is
+ * deleted.  A loss recorded while the node was sealed (its "lost"
+ * checkpoint unsigned) is not passed.
  */
 static bool recorded_loss(hsm_audit *a, char **names, size_t from, size_t last, uint64_t lo,
                           uint64_t hi, audit_floor_ckpt *ck)
@@ -547,12 +552,19 @@ static bool recorded_loss(hsm_audit *a, char **names, size_t from, size_t last, 
 			end = (size_t)(nl - file.data);
 			const uint8_t *line = file.data + start;
 			size_t n = end - start;
-			if (named && !chains_to(line, n, hash))
+			bool ckpt = false;
+			if (named && !chains_to(line, n, hash, &ckpt)) {
 				named = false; /* the chain from the loss breaks: look for another */
-			if (named && audit_line_signed_ckpt(line, n, ck))
-				found = true;
-			else if (!named)
+			} else if (named && ckpt) {
+				/* The node follows its record of a loss with a "lost" checkpoint
+				 * before anything else: one signed there is the node's word.  A
+				 * record added by hand is followed by none the node signed (a
+				 * later signed checkpoint only covers what it found). */
+				found = audit_line_signed_ckpt(line, n, ck) && strcmp(ck->reason, "lost") == 0;
+				named = false;
+			} else if (!named) {
 				named = names_loss(a, line, n, lo, hi);
+			}
 			EVP_Digest(line, n, hash, NULL, EVP_sha256(), NULL);
 		}
 	}

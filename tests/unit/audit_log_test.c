@@ -658,6 +658,39 @@ static void append_forged_checkpoint(const char *path, uint64_t kept_from, const
 	free(f);
 }
 
+/* Appends to the file at path an AuditRecordsLost naming lo..hi, chained to its last line. */
+static void append_forged_loss(const char *path, uint64_t lo, uint64_t hi)
+{
+	size_t len = 0;
+	char *f = t_slurp(path, &len);
+	assert_true(len > 1 && f[len - 1] == '\n');
+	size_t start = len - 1;
+	while (start > 0 && f[start - 1] != '\n')
+		start--;
+	uint8_t prev[AUDIT_HASH_LEN];
+	assert_int_equal(EVP_Digest(f + start, len - 1 - start, prev, NULL, EVP_sha256(), NULL), 1);
+	const char *seq = strstr(f + start, "\"seq\":");
+	assert_non_null(seq);
+	char first[24], last[24];
+	snprintf(first, sizeof(first), "%llu", (unsigned long long)lo);
+	snprintf(last, sizeof(last), "%llu", (unsigned long long)hi);
+	hsm_audit_field extra[] = {{"first_seq", first}, {"last_seq", last}};
+	hsm_audit_record rec = {.type = HSM_AUDIT_EVENT, .operation = "AuditRecordsLost",
+	                        .outcome = HSM_AUDIT_ERROR, .extra = extra, .n_extra = 2};
+	hsm_buf body = {0}, line = {0};
+	assert_true(hsm_ok(audit_format_body(&body, "node-test", &rec, atomic_load(&fake_now))));
+	assert_true(hsm_ok(audit_format_line(&line, strtoull(seq + 6, NULL, 10) + 1, body.data,
+	                                     body.len, prev)));
+	assert_true(hsm_ok(hsm_buf_put_u8(&line, '\n')));
+	FILE *fp = fopen(path, "a");
+	assert_non_null(fp);
+	assert_int_equal(fwrite(line.data, 1, line.len, fp), line.len);
+	assert_int_equal(fclose(fp), 0);
+	hsm_buf_free(&body);
+	hsm_buf_free(&line);
+	free(f);
+}
+
 /* A pass at now: deletes nothing, blocked; keep still there; verify names records missing. */
 static void assert_retention_blocked(hsm_audit_config *c, int64_t now, const char *keep)
 {
@@ -826,6 +859,44 @@ static void test_retention_passes_a_recorded_loss(void **state)
 	assert_true(v.valid);
 	free(pem);
 	t_rm_rf(dir);
+}
+
+/*
+ * Only the node's own record of a loss lets retention pass a gap: an
+ * AuditRecordsLost added by hand while hsmd was stopped, followed by a
+ * checkpoint that is unsigned or whose signature is not this node's, leaves
+ * the gap a deletion, and retention blocked.
+ */
+static void test_retention_passes_no_loss_recorded_by_hand(void **state)
+{
+	(void)state;
+	static char files[T_MAX_FILES][PATH_MAX];
+	int64_t now = hsm_now_ms(), then = now - 3000 * DAY_MS;
+	for (int forged_sig = 0; forged_sig < 2; forged_sig++) {
+		char dir[PATH_MAX];
+		t_mkdtemp(dir, "audit-loss-forged");
+		hsm_audit_config c = retention_config(dir);
+		hsm_audit *a = NULL;
+		atomic_store(&fake_now, then);
+		open_unsealed(&c, &a);
+		fill_and_rotate(a, then, 0);  /* file 1: expired */
+		fill_and_rotate(a, then, 5);  /* file 2: deleted by hand */
+		append_n(a, 10, 2);           /* file 3: expired, once rotated */
+		hsm_audit_close(a);
+		assert_int_equal(t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES), 3);
+		assert_int_equal(unlink(files[1]), 0);
+		uint8_t sig[64];
+		memset(sig, 0x5a, sizeof(sig));
+		append_forged_loss(files[2], file_seq(files[1]), file_seq(files[2]) - 1);
+		append_forged_checkpoint(files[2], 1, forged_sig ? sig : NULL);
+		atomic_store(&fake_now, then);
+		open_unsealed(&c, &a);
+		assert_true(hsm_ok(hsm_audit_rotate(a))); /* file 3 ends */
+		wait_retention(a);
+		hsm_audit_close(a);
+		assert_retention_blocked(&c, now, files[0]);
+		t_rm_rf(dir);
+	}
 }
 
 /* Fails every write once a retention pass has begun, while armed. */
@@ -1670,6 +1741,7 @@ int main(void)
 	    cmocka_unit_test(test_a_floor_is_never_taken_from_a_file_name),
 	    cmocka_unit_test(test_retention_takes_a_floor_only_this_node_signed),
 	    cmocka_unit_test(test_retention_passes_a_recorded_loss),
+	    cmocka_unit_test(test_retention_passes_no_loss_recorded_by_hand),
 	    cmocka_unit_test(test_retention_deletes_nothing_it_cannot_state),
 	    cmocka_unit_test(test_closed_files_are_copied_and_expire_with_their_originals),
 	    cmocka_unit_test(test_retention_keeps_files_not_copied),
