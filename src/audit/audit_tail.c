@@ -472,6 +472,41 @@ out:
 }
 
 /*
+ * window_floor over the whole file at path, from its end back, a window at a
+ * time (memory stays bounded however large the file).  A line longer than a
+ * window is passed over.
+ */
+static void file_floor(const char *path, const char *oldest, audit_tail_info *out)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	uint8_t *buf = NULL;
+	if (fd < 0 || fstat(fd, &st) != 0 || (buf = malloc(AUDIT_TAIL_WINDOW)) == NULL) {
+		hsm_warn("audit: cannot read %s for the floor the trail states", path);
+		goto out;
+	}
+	for (uint64_t end = (uint64_t)st.st_size; end > 0 && !out->floor_seen;) {
+		size_t win = end < AUDIT_TAIL_WINDOW ? (size_t)end : AUDIT_TAIL_WINDOW;
+		uint64_t base = end - win;
+		if (!pread_all(fd, buf, win, base)) {
+			hsm_warn("audit: cannot read %s for the floor the trail states", path);
+			break;
+		}
+		size_t from = 0; /* the window's first whole line */
+		if (base > 0) {
+			const uint8_t *nl = memchr(buf, '\n', win);
+			from = nl != NULL ? (size_t)(nl - buf) + 1 : win;
+		}
+		window_floor(buf + from, win - from, oldest, out);
+		end = base + from < end ? base + from : base;
+	}
+out:
+	free(buf);
+	if (fd >= 0)
+		close(fd);
+}
+
+/*
  * Every record from kept_from on is kept: the floor the trail's own signed
  * checkpoints state (window_floor), looked for from the end of the trail
  * back, whole files newest first, as far as there are files.  Files missing
@@ -487,17 +522,11 @@ out:
  */
 static void trail_floor(hsm_audit *a, char **names, size_t newest, audit_tail_info *out)
 {
-	hsm_buf file = {0};
 	for (size_t i = newest + (out->window_whole ? 0 : 1); !out->floor_seen && i-- > 0;) {
 		char path[PATH_MAX];
-		if ((size_t)snprintf(path, sizeof(path), "%s/%s", a->dir, names[i]) >= sizeof(path) ||
-		    !audit_read_whole(path, &file)) {
-			hsm_warn("audit: cannot read %s for the floor the trail states", names[i]);
-			continue;
-		}
-		window_floor(file.data, file.len, names[0], out);
+		if ((size_t)snprintf(path, sizeof(path), "%s/%s", a->dir, names[i]) < sizeof(path))
+			file_floor(path, names[0], out);
 	}
-	hsm_buf_free(&file);
 	if (!out->floor_seen)
 		out->kept_from = 1;
 }

@@ -899,6 +899,45 @@ static void test_retention_passes_no_loss_recorded_by_hand(void **state)
 	}
 }
 
+/*
+ * The floor is looked for through whole files: a retention checkpoint more
+ * than the tail window (1 MiB) before the end of the newest file, with no
+ * checkpoint after it (hsmd killed before its next one), still states it.
+ */
+static void test_the_floor_is_found_beyond_the_tail_window(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-floor-far");
+	hsm_audit_config c = retention_config(dir);
+	hsm_audit *a = NULL;
+	int64_t now = hsm_now_ms();
+	atomic_store(&fake_now, now - 3000 * DAY_MS);
+	open_unsealed(&c, &a);
+	fill_and_rotate(a, now - 3000 * DAY_MS, 0); /* file 1: expires at the next pass */
+	fill_and_rotate(a, now, 5); /* file 2: kept; the pass states its seq */
+	static char files[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES), 2);
+	uint64_t floor = file_seq(files[0]);
+	append_n(a, 10, 4000); /* more than a window of records after the retention checkpoint */
+	hsm_audit_close(a);
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", files, T_MAX_FILES), 2);
+	drop_last_line(files[1]); /* killed: no shutdown checkpoint */
+	struct stat st;
+	assert_int_equal(stat(files[1], &st), 0);
+	assert_true(st.st_size > (off_t)(1 << 20));
+	assert_true(hsm_ok(hsm_audit_open(&c, &a))); /* sealed: the floor needs no signer */
+	hsm_audit_close(a);
+	char want[96];
+	snprintf(want, sizeof(want), "\"reason\":\"shutdown\",\"kept_from\":%llu,",
+	         (unsigned long long)floor);
+	char *log = slurp_log(dir);
+	assert_non_null(strstr(log, want));
+	free(log);
+	assert_true(t_verify_dir(dir, NULL, false).valid);
+	t_rm_rf(dir);
+}
+
 /* Fails every write once a retention pass has begun, while armed. */
 static atomic_bool fail_after_pass_armed, fail_writes;
 static int fail_after_pass(void *arg, hsm_audit_io_op op)
@@ -1739,6 +1778,7 @@ int main(void)
 	    cmocka_unit_test(test_files_deleted_while_stopped_show),
 	    cmocka_unit_test(test_retention_states_only_a_floor_the_chain_proves),
 	    cmocka_unit_test(test_a_floor_is_never_taken_from_a_file_name),
+	    cmocka_unit_test(test_the_floor_is_found_beyond_the_tail_window),
 	    cmocka_unit_test(test_retention_takes_a_floor_only_this_node_signed),
 	    cmocka_unit_test(test_retention_passes_a_recorded_loss),
 	    cmocka_unit_test(test_retention_passes_no_loss_recorded_by_hand),
