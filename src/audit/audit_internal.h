@@ -329,13 +329,19 @@ hsm_result audit_write_checkpoint_signed(hsm_audit *a, const char *reason, bool 
 /* Whether a signer is set now (it may be cleared the moment after). */
 bool audit_has_signer(hsm_audit *a);
 /*
- * The writer's: whether the checkpoint the floor came from at open (w.floor_ckpt)
- * is one the signer signed, told by signing its message again (Ed25519 signatures
- * are deterministic).  *no_signer: none was set, nothing was told.
+ * The writer's: whether this node signed the checkpoint fc, told by signing its
+ * message again (Ed25519 signatures are deterministic).  *no_signer: no signer
+ * was set (or it failed), nothing was told.
  */
-bool audit_floor_signed(hsm_audit *a, bool *no_signer);
-/* The writer's: whether this node signed the checkpoint fc, as audit_floor_signed. */
 bool audit_ckpt_ours(hsm_audit *a, const audit_floor_ckpt *fc, bool *no_signer);
+/*
+ * The writer's, before it signs a checkpoint or retention deletes: checks (once,
+ * with a signer) that the checkpoint the floor came from at open (w.floor_ckpt)
+ * is this node's.  If not, the floor goes back to seq 1 (the checkpoints never
+ * repeat a floor the node did not sign), floor_unsigned is set, and false is
+ * returned, then and from then on.  *no_signer: not checked yet, for want of one.
+ */
+bool audit_check_floor(hsm_audit *a, bool *no_signer);
 
 void *audit_writer_main(void *arg);
 void *audit_watchdog_main(void *arg);

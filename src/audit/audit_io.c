@@ -593,10 +593,8 @@ static bool chain_proves(hsm_audit *a, char **names, size_t expired, uint64_t *k
 	pthread_mutex_unlock(&a->mu);
 	if (floor_unsigned)
 		snprintf(why, sizeof(why),
-		         "the trail states every record from seq %llu kept, but the checkpoint that "
-		         "says so is not signed by this node's audit key (it was added to the trail, "
-		         "or the trail is another node's)",
-		         (unsigned long long)floor);
+		         "the floor the trail stated when hsmd started is in a checkpoint this node's "
+		         "audit key did not sign (added to the trail, or another node's trail)");
 	for (size_t i = 0; i <= expired && why[0] == '\0'; i++) {
 		char path[PATH_MAX];
 		if ((size_t)snprintf(path, sizeof(path), "%s/%s", a->dir, names[i]) >= sizeof(path) ||

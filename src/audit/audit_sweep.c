@@ -35,50 +35,26 @@ void audit_request_retention(hsm_audit *a)
 }
 
 /*
- * Retention states what it is about to delete before it deletes: a signed
- * "retention" checkpoint whose kept_from is the first seq that stays.  Only
- * such a checkpoint may raise the floor the checkpoints state, so verify
- * tells files retention deleted from files deleted any other way (and a
- * crash between the checkpoint and the deletion leaves files past the
- * floor, which is no gap).  Anyone who can write the trail can append an
- * unsigned one, so verify does not take it for retention: without a signer
- * (sealed, or hsmctl without shares) nothing is deleted, and a checkpoint
- * that went out unsigned (the signer cleared meanwhile, or failing) counts
- * as not written.  The writer answers; the sweeper waits.
- */
-/*
  * Whether the floor the trail stated at open is this node's: the checkpoint
- * it came from signed by this node's audit key.  A floor taken from the trail
- * by anyone able to write it (a checkpoint added while hsmd was stopped)
- * would let retention delete files as expired that were deleted by hand:
- * retention deletes nothing under it (retention_blocked) until the trail is
- * put right.  Without a signer it waits, as for its own checkpoint.
+ * it came from signed by this node's audit key (audit_check_floor).  A floor
+ * taken from the trail by anyone able to write it (a checkpoint added while
+ * hsmd was stopped) would let retention delete files as expired that were
+ * deleted by hand: retention deletes nothing (retention_blocked).  Without a
+ * signer it waits, as for its own checkpoint.
  */
 static bool floor_signed(hsm_audit *a, hsm_result *r)
 {
-	bool no_signer = false, ok = audit_floor_signed(a, &no_signer);
-	if (ok)
-		return true;
+	bool no_signer = false;
+	if (!audit_check_floor(a, &no_signer)) {
+		*r = HSM_FAIL(HSM_ERR_INVALID_STATE,
+		              "the trail's floor comes from a checkpoint this node did not sign");
+		return false;
+	}
 	if (no_signer) {
 		*r = HSM_FAIL(HSM_ERR_SEALED, "audit retention waits for the signer (unseal the node)");
 		return false;
 	}
-	pthread_mutex_lock(&a->mu);
-	bool was = a->floor_unsigned;
-	a->floor_unsigned = true;
-	pthread_mutex_unlock(&a->mu);
-	if (!was)
-		hsm_error("audit retention deletes nothing: the trail states every record from seq "
-		          "%llu kept, but the checkpoint that says so (seq %llu) is not signed by this "
-		          "node's audit key; verify the trail with the audit public key",
-		          (unsigned long long)a->w.floor_ckpt.kept_from,
-		          (unsigned long long)a->w.floor_ckpt.seq);
-	*r = HSM_FAIL(HSM_ERR_INVALID_STATE,
-	              "the trail's floor (every record from seq %llu kept) comes from a checkpoint "
-	              "(seq %llu) this node's audit key did not sign",
-	              (unsigned long long)a->w.floor_ckpt.kept_from,
-	              (unsigned long long)a->w.floor_ckpt.seq);
-	return false;
+	return true;
 }
 
 /*
@@ -107,6 +83,18 @@ static bool losses_signed(hsm_audit *a, const audit_floor_ckpt *losses, size_t n
 	return true;
 }
 
+/*
+ * Retention states what it is about to delete before it deletes: a signed
+ * "retention" checkpoint whose kept_from is the first seq that stays.  Only
+ * such a checkpoint may raise the floor the checkpoints state, so verify
+ * tells files retention deleted from files deleted any other way (and a
+ * crash between the checkpoint and the deletion leaves files past the
+ * floor, which is no gap).  Anyone who can write the trail can append an
+ * unsigned one, so verify does not take it for retention: without a signer
+ * (sealed, or hsmctl without shares) nothing is deleted, and a checkpoint
+ * that went out unsigned (the signer cleared meanwhile, or failing) counts
+ * as not written.  The writer answers; the sweeper waits.
+ */
 void audit_answer_retention(hsm_audit *a)
 {
 	audit_floor_ckpt losses[AUDIT_LOSSES_MAX];

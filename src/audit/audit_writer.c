@@ -448,15 +448,32 @@ bool audit_ckpt_ours(hsm_audit *a, const audit_floor_ckpt *fc, bool *no_signer)
 	return ok;
 }
 
-bool audit_floor_signed(hsm_audit *a, bool *no_signer)
+bool audit_check_floor(hsm_audit *a, bool *no_signer)
 {
-	audit_floor_ckpt *fc = &a->w.floor_ckpt;
+	audit_writer *w = &a->w;
 	*no_signer = false;
-	if (!fc->set)
-		return true;
-	bool ok = audit_ckpt_ours(a, fc, no_signer);
-	if (ok)
-		fc->set = false; /* checked once: the floor is this node's */
+	if (w->floor_ckpt.set) {
+		if (audit_ckpt_ours(a, &w->floor_ckpt, no_signer) || *no_signer) {
+			w->floor_ckpt.set = *no_signer; /* checked once it could be */
+			return true;
+		}
+		hsm_error("audit: the trail states every record from seq %llu kept, but the "
+		          "checkpoint that says so (seq %llu) is not signed by this node's audit key "
+		          "(added to the trail, or another node's trail): the checkpoints state every "
+		          "record from seq 1 kept from now on, retention deletes nothing, and verify "
+		          "reports the records missing; verify the trail with the audit public key",
+		          (unsigned long long)w->floor_ckpt.kept_from,
+		          (unsigned long long)w->floor_ckpt.seq);
+		w->floor_ckpt.set = false;
+		w->kept_from = 1;
+		atomic_store(&a->kept_from_pub, 1);
+		pthread_mutex_lock(&a->mu);
+		a->floor_unsigned = true;
+		pthread_mutex_unlock(&a->mu);
+	}
+	pthread_mutex_lock(&a->mu);
+	bool ok = !a->floor_unsigned;
+	pthread_mutex_unlock(&a->mu);
 	return ok;
 }
 
@@ -476,6 +493,9 @@ hsm_result audit_write_checkpoint_signed(hsm_audit *a, const char *reason, bool 
 	char when[25], prev[AUDIT_HASH_HEX + 1];
 	audit_format_time(now, when);
 	audit_hex32(w->head, prev);
+	/* Never sign a floor found at open before it is known to be this node's. */
+	bool no_signer = false;
+	(void)audit_check_floor(a, &no_signer);
 	HSM_TRY(audit_checkpoint_message(&msg, a->node, w->next_seq, when, reason, w->kept_from,
 	                                 prev));
 	const char *why = NULL;

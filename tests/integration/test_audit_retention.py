@@ -4,12 +4,17 @@ past seq 1, and only where the chain proves what it deleted.
 hsmd runs with clockshift.c preloaded (test_clock_steps.py), which moves its wall
 clock, so files can be days or years old without waiting.
 """
+import base64
 import datetime
 import glob
+import hashlib
+import json
 import os
 import re
 import signal
 import subprocess
+
+import pytest
 
 from conftest import DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, signed_call, start_dev
 from helpers import Clock, admin, audit_records, eventually, signed_at
@@ -151,6 +156,64 @@ def test_a_floor_is_never_taken_from_the_oldest_file_name(clockshift, tmp_path):
         res = verify(server, pubkey=pem)
         assert res.returncode == 1 and "result: INVALID" in res.stdout, res.stdout
         assert "deleted by retention" not in res.stdout, res.stdout
+    finally:
+        server.cleanup()
+
+
+@pytest.mark.parametrize("forged_sig", [False, True])
+def test_a_checkpoint_added_while_stopped_sets_no_floor(clockshift, tmp_path, forged_sig):
+    """File A is deleted by hand while hsmd is stopped, and a retention checkpoint
+    stating B's first seq as the floor is appended to B: unsigned, or with a
+    signature that is not the node's.  Retention must not take that floor and delete B
+    as expired under its own signed checkpoint: it deletes nothing, and says so."""
+    args = ["--audit-retention-days", "1", "--audit-rotate-seconds", "60"]
+    clock = Clock(str(tmp_path / "shift"))
+    clock.set(-3 * DAY)
+    server = start_shifted(clockshift, clock, args)
+    data = server.data_dir
+    try:
+        for i in range(3):
+            shifted_admin(server, -3 * DAY, "AuditHash", {"Value": f"a{i}"})
+        clock.set(-3 * DAY + 70)  # A ends, B begins
+        assert eventually(lambda: len(audit_files(data)) == 2, 10), audit_files(data)
+        shifted_admin(server, -3 * DAY + 70, "AuditHash", {"Value": "b"})
+        server.stop()
+        a, b = audit_files(data)
+        os.unlink(a)
+        with open(b, "rb") as f:
+            last = f.read().splitlines()[-1]
+        rec = json.loads(last)
+        ckpt = {"reason": "retention", "kept_from": int(os.path.basename(b)[6:-6]),
+                "trail_format": 2}
+        if forged_sig:
+            ckpt.update(signed=True, alg="Ed25519", sig=base64.b64encode(b"Z" * 64).decode())
+        else:
+            ckpt.update(signed=False, why="sealed")
+        forged = {"seq": rec["seq"] + 1, "time": rec["time"], "node": rec["node"],
+                  "type": "checkpoint", "checkpoint": ckpt,
+                  "prev": hashlib.sha256(last).hexdigest()}
+        with open(b, "a") as f:
+            f.write(json.dumps(forged, separators=(",", ":")) + "\n")
+
+        clock.set(0)  # B ends (rotation), C begins
+        again = start_shifted(clockshift, clock, args, data_dir=data)
+        try:
+            admin(again, "AuditHash", {"Value": "c"})
+            assert eventually(lambda: len(audit_files(data)) == 2, 10), audit_files(data)
+        finally:
+            again.stop()
+        clock.set(2 * DAY)  # B has expired
+        third = start_shifted(clockshift, clock, args, data_dir=data)
+        try:
+            assert eventually(lambda: gauge(third, "hsmd_audit_retention_blocked") == 1
+                              or gauge(third, "hsmd_audit_files_expired_total"), 15)
+            blocked = gauge(third, "hsmd_audit_retention_blocked")
+            log = third.read_log()
+        finally:
+            third.stop()
+        assert os.path.exists(b), "retention deleted B under a floor it did not sign"
+        assert blocked == 1 and "audit retention deletes nothing" in log, log
+        assert not records_of_op(data, "AuditFilesExpired")
     finally:
         server.cleanup()
 

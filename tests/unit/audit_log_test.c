@@ -780,6 +780,16 @@ static void test_retention_takes_a_floor_only_this_node_signed(void **state)
 		memset(sig, 0x5a, sizeof(sig));
 		append_forged_checkpoint(files[2], file_seq(files[1]), forged_sig ? sig : NULL);
 		assert_retention_blocked(&c, now, files[1]);
+		/* The node's own checkpoints since never repeated that floor: still blocked. */
+		char *log = slurp_log(dir);
+		char *last = strstr(log, "\"reason\":\"shutdown\"");
+		for (char *p = last; p != NULL; p = strstr(p + 1, "\"reason\":\"shutdown\""))
+			last = p;
+		assert_non_null(last);
+		const char *want = "\"reason\":\"shutdown\",\"kept_from\":1,";
+		assert_int_equal(strncmp(last, want, strlen(want)), 0);
+		free(log);
+		assert_retention_blocked(&c, now, files[1]);
 		t_rm_rf(dir);
 	}
 }
