@@ -104,6 +104,15 @@ static hsm_result conn_open(const pg_store *s, pg_conn **out)
 		res = connect_failure(c->db);
 		goto out;
 	}
+	/*
+	 * The leadership's lease and the adoption hold end an idle session by
+	 * idle_session_timeout, which older servers lack: refused at once, not
+	 * every scheduler round.
+	 */
+	const char *version = PQparameterStatus(c->db, "server_version");
+	HSM_CHECK(PQserverVersion(c->db) >= PG_SERVER_VERSION_MIN, HSM_ERR_STORE,
+	          "the PostgreSQL server is version %.32s: hsmd needs %d or later",
+	          version != NULL ? version : "unknown", PG_SERVER_VERSION_MIN / 10000);
 	PQsetNoticeProcessor(c->db, drop_notice, NULL);
 	/* Sending never blocks either: every wait is await_result's, with its deadline. */
 	HSM_CHECK(PQsetnonblocking(c->db, 1) == 0, HSM_ERR_STORE,

@@ -81,6 +81,8 @@
  * meanwhile: harmless, as every scheduled change is decided again under its
  * row lock.
  */
+/* The oldest server accepted (PQserverVersion): idle_session_timeout came in 14. */
+#define PG_SERVER_VERSION_MIN 140000
 /* Seconds libpq waits to connect, unless the location names its own connect_timeout. */
 #define PG_CONNECT_TIMEOUT_S "5"
 /*
