@@ -54,15 +54,21 @@ void hsm_outbox_recover(struct hsm_server *s);
 
 /*
  * On the node leading the store, from its scheduler: about once a minute
- * (the first call at once), the rows of other node ids whose oldest is older
- * than outbox_adopt_after and whose node is not running (its id held here
- * meanwhile, hsm_store_node_hold) are settled in this node's trail, as
+ * (the first call at once), the rows of other node ids older than
+ * outbox_adopt_after, a batch at a time, each under a hold of the node's id
+ * (hsm_store_node_hold; none while a session holds it) are settled in this
+ * node's trail, as
  * those a stopped node left, naming their node (request_node); then those
  * rows go.  hsmctl's offline node ids are left to the node serving their
  * data directory.  Nothing when the setting is 0 or the trail takes no
  * records.  Failures are logged once a streak and retried at the next pass.
  */
 void hsm_outbox_adopt(struct hsm_server *s);
+/*
+ * The longest an adoption holds another node's id, at most (outbox.c): the
+ * node, at its start or running, waits longer than that for it (server.c).
+ */
+#define HSM_OUTBOX_ADOPT_HOLD_WORST_MS 30000
 
 /* Records written in place of lost ones since start (hsmd_audit_records_recovered_total). */
 uint64_t hsm_outbox_recovered(const hsm_outbox *o);

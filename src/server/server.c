@@ -315,6 +315,63 @@ static void note_trail(hsm_server *s, bool say_failure)
  */
 #define NODE_CLAIM_WAIT_MS 20000
 #define NODE_CLAIM_RETRY_MS 500
+/*
+ * How long a node waits for its id while another node holds it to adopt
+ * the id's old audit outbox rows (outbox.c, hsm_store_node_hold): such a
+ * hold ends by itself within outbox.c's bound on the work done under it
+ * (ADOPT_HOLD_WORST_MS), so a node, at its start or running, waits for it
+ * instead of stopping.
+ */
+#define NODE_ADOPT_WAIT_MS 60000
+_Static_assert(NODE_ADOPT_WAIT_MS > HSM_OUTBOX_ADOPT_HOLD_WORST_MS,
+               "a node must outwait any adoption hold on its id");
+
+/*
+ * Claims the id, retrying while it is held: by an adoption hold up to
+ * NODE_ADOPT_WAIT_MS, by anything else up to wait_ms.  running: the
+ * scheduler's check, whose wait a stop cuts short.
+ */
+static hsm_result claim_node_waiting(hsm_server *s, uint32_t wait_ms, bool running)
+{
+	uint64_t start = hsm_mono_ns();
+	bool said = false, said_adopting = false;
+	for (;;) {
+		bool adopting = false;
+		hsm_result r = hsm_store_claim_node_why(s->store, s->node_id, &adopting);
+		uint64_t waited_ms = (hsm_mono_ns() - start) / 1000000U;
+		if (r.err != HSM_ERR_CONFLICT || waited_ms >= (adopting ? NODE_ADOPT_WAIT_MS : wait_ms))
+			return r;
+		if (adopting && !said_adopting)
+			hsm_warn("%s; waiting up to %d s for the adoption to end", hsm_last_message(),
+			         NODE_ADOPT_WAIT_MS / 1000);
+		else if (!adopting && !said)
+			hsm_warn("%s; waiting up to %" PRIu32 " s for it to be freed (a node that vanished "
+			         "keeps it until the database ends its session)",
+			         hsm_last_message(), wait_ms / 1000);
+		said_adopting |= adopting;
+		said |= !adopting;
+		if (!running) {
+			struct timespec nap = {0, NODE_CLAIM_RETRY_MS * 1000000L};
+			nanosleep(&nap, NULL);
+			continue;
+		}
+		struct timespec until;
+		clock_gettime(CLOCK_MONOTONIC, &until);
+		until.tv_nsec += NODE_CLAIM_RETRY_MS * 1000000L;
+		if (until.tv_nsec >= 1000000000L) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000L;
+		}
+		pthread_mutex_lock(&s->stop_lock);
+		int rc = 0;
+		while (!s->stopping && rc != ETIMEDOUT)
+			rc = pthread_cond_timedwait(&s->stop_cond, &s->stop_lock, &until);
+		bool stopping = s->stopping;
+		pthread_mutex_unlock(&s->stop_lock);
+		if (stopping)
+			return r;
+	}
+}
 
 /*
  * Before anything is done under the node id against the store (the trail's
@@ -322,18 +379,7 @@ static void note_trail(hsm_server *s, bool say_failure)
  */
 static hsm_result claim_node_id(hsm_server *s)
 {
-	uint64_t deadline = hsm_mono_ns() + (uint64_t)NODE_CLAIM_WAIT_MS * 1000000U;
-	for (bool said = false;; said = true) {
-		hsm_result r = hsm_store_claim_node(s->store, s->node_id);
-		if (r.err != HSM_ERR_CONFLICT || hsm_mono_ns() >= deadline)
-			return r;
-		if (!said)
-			hsm_warn("%s; waiting up to %d s for it to be freed (a node that vanished keeps it "
-			         "until the database ends its session)",
-			         hsm_last_message(), NODE_CLAIM_WAIT_MS / 1000);
-		struct timespec nap = {0, NODE_CLAIM_RETRY_MS * 1000000L};
-		nanosleep(&nap, NULL);
-	}
+	return claim_node_waiting(s, NODE_CLAIM_WAIT_MS, false);
 }
 
 /*
@@ -757,11 +803,17 @@ static bool lead(hsm_server *s, bool can_work)
  * (the database ended it: a network cut, a restart, an administrator) means
  * two running nodes share it: this one stops, as for SIGTERM, and exits
  * non-zero, so that it does nothing more under an id that is not its own.
+ * An id held by another node adopting its old outbox rows (the leader saw
+ * it free while this node's session was lost) is waited for instead: the
+ * hold ends by itself.
  */
 static void check_node_id(hsm_server *s)
 {
-	hsm_result r = hsm_store_claim_node(s->store, s->node_id);
-	if (r.err != HSM_ERR_CONFLICT || atomic_exchange(&s->node_id_lost, true))
+	hsm_result r = claim_node_waiting(s, 0, true);
+	pthread_mutex_lock(&s->stop_lock);
+	bool stopping = s->stopping;
+	pthread_mutex_unlock(&s->stop_lock);
+	if (stopping || r.err != HSM_ERR_CONFLICT || atomic_exchange(&s->node_id_lost, true))
 		return;
 	hsm_log_failure("this node's id was taken while its session to the store was lost; stopping");
 	kill(getpid(), SIGTERM); /* main's sigwait: the orderly stop */

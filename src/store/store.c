@@ -418,7 +418,16 @@ hsm_result hsm_store_claim_node(hsm_store *s, const char *node_id)
 {
 	HSM_ASSERT(s != NULL && node_id != NULL);
 	HSM_ENSURE(node_id[0] != '\0', HSM_ERR_VALIDATION, "the node id is empty");
-	return s->ops->claim_node(s, node_id);
+	bool adopting = false;
+	return s->ops->claim_node(s, node_id, &adopting);
+}
+
+hsm_result hsm_store_claim_node_why(hsm_store *s, const char *node_id, bool *adopting)
+{
+	HSM_ASSERT(s != NULL && node_id != NULL && adopting != NULL);
+	*adopting = false;
+	HSM_ENSURE(node_id[0] != '\0', HSM_ERR_VALIDATION, "the node id is empty");
+	return s->ops->claim_node(s, node_id, adopting);
 }
 
 int hsm_store_migrated_from(hsm_store *s)

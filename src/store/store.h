@@ -531,6 +531,14 @@ hsm_result hsm_store_lead(hsm_store *s, bool want, uint32_t lease_ms,
  * application name); a database that cannot be reached is its own failure.
  */
 hsm_result hsm_store_claim_node(hsm_store *s, const char *node_id) HSM_MUST_CHECK;
+/*
+ * hsm_store_claim_node, and on HSM_ERR_CONFLICT *adopting says whether the
+ * holder is a hold (hsm_store_node_hold) of another node adopting the id's
+ * audit outbox rows: one that ends by itself soon, so worth waiting for,
+ * where a running node holding the id is not.
+ */
+hsm_result hsm_store_claim_node_why(hsm_store *s, const char *node_id,
+                                    bool *adopting) HSM_MUST_CHECK;
 
 /* ---- Backups ---------------------------------------------------------------- */
 
@@ -1107,9 +1115,10 @@ hsm_result hsm_store_outbox_nodes(hsm_store *s, int64_t before_ms, hsm_outbox_no
  * Takes node_id's claim (hsm_store_claim_node) on a session of its own,
  * without waiting: *out is the hold, or NULL when another session holds the
  * id (its node runs, or another node holds it to adopt its rows).  While
- * the hold lives, no node can claim the id: a node started with it waits,
- * as for any running holder, and refuses to start if the hold outlives its
- * wait.  PostgreSQL: the same session advisory lock the claim takes, on a
+ * the hold lives, no node can claim the id: a node wanting it (at its
+ * start, or running and its session lost meanwhile) learns the holder is
+ * a hold (hsm_store_claim_node_why) and waits for it.  A free id proves
+ * only that no session holds it now, not that its node is stopped.  PostgreSQL: the same session advisory lock the claim takes, on a
  * new connection named "hsmd adopting <id>" whose server ends it after
  * HSM_NODE_HOLD_IDLE_MS without a statement (a holder that hangs frees the
  * id).  SQLite: one process holds the store (its directory lock), so nobody

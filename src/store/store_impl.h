@@ -58,7 +58,7 @@ struct hsm_store_ops {
 	void (*close)(hsm_store *s);
 	int (*schema_version)(hsm_store *s);
 	int (*schema_latest)(void); /* the version this build writes */
-	hsm_result (*claim_node)(hsm_store *s, const char *node_id);
+	hsm_result (*claim_node)(hsm_store *s, const char *node_id, bool *adopting);
 	/* hsm_store_check; NULL for a backend whose server checks its own pages. */
 	hsm_result (*check)(hsm_store *s);
 

@@ -528,8 +528,15 @@ static void node_drop(pg_store *s)
 	s->node = NULL;
 }
 
-/* The conflict, naming the holder as far as this role may see it. */
-static hsm_result node_held_elsewhere(pg_conn *c, const char *node_id, const char *key)
+/* What an adoption hold (pg_node_hold) names its session, the held id following. */
+#define PG_NODE_HOLD_APP "hsmd adopting "
+
+/*
+ * The conflict, naming the holder as far as this role may see it;
+ * *adopting: the holder named itself an adoption hold.
+ */
+static hsm_result node_held_elsewhere(pg_conn *c, const char *node_id, const char *key,
+                                      bool *adopting)
 {
 	pg_params p;
 	pg_params_init(&p);
@@ -545,8 +552,14 @@ static hsm_result node_held_elsewhere(pg_conn *c, const char *node_id, const cha
 			snprintf(who, sizeof(who), " (PostgreSQL session %d%s%s%s%s%s)", (int)pid,
 			         addr[0] != '\0' ? " from " : "", addr, app[0] != '\0' ? ", \"" : "", app,
 			         app[0] != '\0' ? "\"" : "");
+		*adopting = strncmp(app, PG_NODE_HOLD_APP, sizeof(PG_NODE_HOLD_APP) - 1) == 0;
 	}
 	PQclear(res);
+	if (*adopting)
+		return HSM_FAIL(HSM_ERR_CONFLICT,
+		                "node_id '%.64s' is held for a moment by another node adopting its old "
+		                "audit outbox rows%s",
+		                node_id, who);
 	return HSM_FAIL(HSM_ERR_CONFLICT,
 	                "node_id '%.64s' is held by another running node on this store%s: each "
 	                "node sharing a store needs a node_id of its own",
@@ -586,7 +599,7 @@ static hsm_result node_session(pg_store *s, const char *node_id, const char *app
 }
 
 /* Opens the node's own session, names it, and tries the lock; the session is kept only when held. */
-static hsm_result node_try(pg_store *s, const char *node_id)
+static hsm_result node_try(pg_store *s, const char *node_id, bool *adopting)
 {
 	char key[16], app[64];
 	snprintf(key, sizeof(key), "%d", (int)pg_node_lock_key(node_id));
@@ -596,7 +609,7 @@ static hsm_result node_try(pg_store *s, const char *node_id)
 	bool held = false;
 	HSM_GUARD(node_session(s, node_id, app, &c, &held));
 	if (!held) {
-		hsm_result r = node_held_elsewhere(c, node_id, key);
+		hsm_result r = node_held_elsewhere(c, node_id, key, adopting);
 		conn_close(c);
 		return r;
 	}
@@ -604,7 +617,7 @@ static hsm_result node_try(pg_store *s, const char *node_id)
 	return HSM_SUCCESS;
 }
 
-static hsm_result pg_claim_node(hsm_store *base, const char *node_id)
+static hsm_result pg_claim_node(hsm_store *base, const char *node_id, bool *adopting)
 {
 	pg_store *s = pg_of(base);
 	HSM_ENSURE(strlen(node_id) <= HSM_PG_NODE_ID_MAX, HSM_ERR_VALIDATION,
@@ -617,7 +630,7 @@ static hsm_result pg_claim_node(hsm_store *base, const char *node_id)
 	if (s->node != NULL && hsm_failed(pg_run(s->node, SQL_NODE_ALIVE, NULL, NULL)))
 		node_drop(s);
 	if (s->node == NULL)
-		r = node_try(s, node_id);
+		r = node_try(s, node_id, adopting);
 	pthread_mutex_unlock(&s->node_lock);
 	return r;
 }
@@ -647,7 +660,7 @@ static hsm_result pg_node_hold(hsm_store *base, const char *node_id, void **sess
 {
 	pg_store *s = pg_of(base);
 	char app[64];
-	snprintf(app, sizeof(app), "hsmd adopting %.48s", node_id);
+	snprintf(app, sizeof(app), PG_NODE_HOLD_APP "%.48s", node_id);
 	pg_conn *c = NULL;
 	*held = false;
 	HSM_GUARD(node_session(s, node_id, app, &c, held));

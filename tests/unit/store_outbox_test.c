@@ -769,7 +769,12 @@ static void test_node_hold(void **state)
 	assert_non_null(h);
 	EXPECT_OK(hsm_node_hold_check(h));
 	EXPECT_ERR(hsm_store_node_hold(f->s, "", &h2), HSM_ERR_VALIDATION);
+	bool adopting = true;
+	EXPECT_ERR(hsm_store_claim_node_why(f->s, "", &adopting), HSM_ERR_VALIDATION);
+	assert_false(adopting);
 	if (!st_is_pg()) {
+		EXPECT_OK(hsm_store_claim_node_why(f->s, "node-gone", &adopting));
+		assert_false(adopting);
 		hsm_node_hold_release(h);
 		hsm_node_hold_release(NULL);
 		return;
@@ -778,14 +783,23 @@ static void test_node_hold(void **state)
 	EXPECT_OK(hsm_store_open(f->loc, &b));
 	EXPECT_ERR(hsm_store_claim_node(b, "node-gone"), HSM_ERR_CONFLICT);
 	assert_non_null(strstr(hsm_last_message(), "\"hsmd adopting node-gone\""));
+	/* The holder is a hold, which ends by itself: worth waiting for. */
+	EXPECT_ERR(hsm_store_claim_node_why(b, "node-gone", &adopting), HSM_ERR_CONFLICT);
+	assert_true(adopting);
+	assert_non_null(strstr(hsm_last_message(), "held for a moment by another node adopting"));
 	EXPECT_OK(hsm_store_node_hold(b, "node-gone", &h2));
 	assert_null(h2);
 	/* Released, the node starting again takes its id at once. */
 	hsm_node_hold_release(h);
 	EXPECT_OK(hsm_store_claim_node(b, "node-gone"));
-	/* A running node's id is never held. */
+	/* A running node's id is never held, and a running holder is no hold. */
 	EXPECT_OK(hsm_store_node_hold(f->s, "node-gone", &h));
 	assert_null(h);
+	hsm_store *c = NULL;
+	EXPECT_OK(hsm_store_open(f->loc, &c));
+	EXPECT_ERR(hsm_store_claim_node_why(c, "node-gone", &adopting), HSM_ERR_CONFLICT);
+	assert_false(adopting);
+	hsm_store_close(c);
 	hsm_store_close(b);
 	EXPECT_OK(hsm_store_node_hold(f->s, "node-gone", &h));
 	assert_non_null(h);
