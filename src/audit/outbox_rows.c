@@ -72,9 +72,8 @@ const char **hsm_outbox_rows_ids(const hsm_outbox_rows *r)
 	return ids;
 }
 
-/* Which rows have a record in one of the trails in dirs: found[i] for r->v[i]. */
-static hsm_result find_rows(const hsm_outbox_rows *r, const char *const *dirs, size_t n_dirs,
-                            bool *found)
+hsm_result hsm_outbox_rows_find(const hsm_outbox_rows *r, const char *const *dirs, size_t n_dirs,
+                                bool *found)
 {
 	for (size_t i = 0; i < r->n; i++)
 		found[i] = false;
@@ -152,7 +151,19 @@ hsm_result hsm_outbox_rows_record_missing(const hsm_outbox_rows *r, const char *
 		return HSM_SUCCESS;
 	bool *found = calloc(r->n, sizeof(*found));
 	HSM_ENSURE(found != NULL, HSM_ERR_NOMEM, "out of memory");
-	hsm_result res = find_rows(r, dirs, n_dirs, found);
+	hsm_result res = hsm_outbox_rows_find(r, dirs, n_dirs, found);
+	if (hsm_ok(res))
+		res = hsm_outbox_rows_record_unfound(r, found, a, by, why, arg, recorded);
+	free(found);
+	return res;
+}
+
+hsm_result hsm_outbox_rows_record_unfound(const hsm_outbox_rows *r, const bool *found,
+                                          hsm_audit *a, const char *by, hsm_outbox_why_fn why,
+                                          void *arg, size_t *recorded)
+{
+	*recorded = 0;
+	hsm_result res = HSM_SUCCESS;
 	for (size_t i = 0; hsm_ok(res) && i < r->n; i++) {
 		if (found[i])
 			continue;
@@ -160,6 +171,5 @@ hsm_result hsm_outbox_rows_record_missing(const hsm_outbox_rows *r, const char *
 		if (hsm_ok(res))
 			(*recorded)++;
 	}
-	free(found);
 	return res;
 }

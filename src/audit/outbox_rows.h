@@ -56,6 +56,13 @@ typedef const char *(*hsm_outbox_why_fn)(const hsm_outbox_row *w, void *arg);
  * its own record is missing.  *recorded counts those written, also when a
  * failure stops it (they are found in the trail next time).
  */
+/* Which of r's rows one of the trails in dirs holds a record of: found[i] for r->v[i]. */
+hsm_result hsm_outbox_rows_find(const hsm_outbox_rows *r, const char *const *dirs, size_t n_dirs,
+                                bool *found) HSM_MUST_CHECK;
+/* hsm_outbox_rows_record_missing's writing, for the rows not found[i]. */
+hsm_result hsm_outbox_rows_record_unfound(const hsm_outbox_rows *r, const bool *found,
+                                          hsm_audit *a, const char *by, hsm_outbox_why_fn why,
+                                          void *arg, size_t *recorded) HSM_MUST_CHECK;
 hsm_result hsm_outbox_rows_record_missing(const hsm_outbox_rows *r, const char *const *dirs,
                                           size_t n_dirs, hsm_audit *a, const char *by,
                                           hsm_outbox_why_fn why, void *arg,

@@ -345,14 +345,24 @@ void hsm_outbox_recover(hsm_server *s)
 /* ---- Rows of nodes that do not come back ---------------------------------------------- */
 
 #define ADOPT_EVERY_NS (60ULL * 1000 * 1000 * 1000)
-/* Rows settled per round trip proving the hold: records, fdatasync, delete. */
+/* Rows settled per hold of the node's id: records, fdatasync, delete. */
 #define ADOPT_BATCH 500
 /*
- * No batch begins after the hold is this old: the node, started meanwhile,
- * waits 20 s for its id (server.c) and must get it.  What is left waits for
- * the next scheduler round, which leaves the id free in between.
+ * No batch begins after a pass has spent this long on one node; what is
+ * left waits for the next scheduler round.
  */
-#define ADOPT_HOLD_NS (5ULL * 1000 * 1000 * 1000)
+#define ADOPT_PASS_NS (5ULL * 1000 * 1000 * 1000)
+/*
+ * A hold older than this deletes nothing: the rows stay for the next pass
+ * (whose search of this trail finds the records written), and the id goes
+ * back.  The trail is searched before the hold is taken, so what runs under
+ * it is bounded: a listing, a batch's records and their fdatasync (at most
+ * 10 s, wait_durable), the delete.  A node wanting its id meanwhile waits
+ * longer than that (server.c, NODE_ADOPT_WAIT_MS).
+ */
+#define ADOPT_HOLD_MAX_NS (20ULL * 1000 * 1000 * 1000)
+_Static_assert(ADOPT_HOLD_MAX_NS / 1000000U + 10000U <= HSM_OUTBOX_ADOPT_HOLD_WORST_MS,
+               "the hold's bound must be what nodes are told to outwait");
 #define OFFLINE_PREFIX "hsmctl-"
 
 typedef struct node_ids {
@@ -392,15 +402,42 @@ static hsm_result note_stale_node(const hsm_outbox_node *n, void *arg)
 typedef struct adopting {
 	const char *node;
 	uint32_t after_s;
+	int64_t before_ms; /* only rows committed before this are adopted */
 	char why[256];
 	size_t listed;
+	/* Under the hold: only the rows listed (and searched for) before it, sorted. */
+	const char **known;
+	size_t n_known;
 } adopting;
+
+static int cmp_id(const void *x, const void *y)
+{
+	return strcmp(*(const char *const *)x, *(const char *const *)y);
+}
 
 static bool first_batch(const char *request_id, void *arg)
 {
-	(void)request_id;
 	adopting *a = arg;
+	if (a->known != NULL &&
+	    bsearch(&request_id, a->known, a->n_known, sizeof(*a->known), cmp_id) == NULL)
+		return false;
 	return a->listed++ < ADOPT_BATCH;
+}
+
+/*
+ * The first batch of node's rows, oldest first, each older than
+ * a->before_ms: a node that runs may have young rows (and old ones) at any
+ * moment, and only what is old is given up for it.
+ */
+static hsm_result list_batch(hsm_server *s, adopting *a, hsm_outbox_rows *rows)
+{
+	a->listed = 0;
+	HSM_GUARD(hsm_outbox_rows_list(s->store, a->node, first_batch, a, rows));
+	size_t n = 0;
+	while (n < rows->n && rows->v[n].created_ms < a->before_ms)
+		n++;
+	rows->n = n;
+	return HSM_SUCCESS;
 }
 
 static const char *why_adopted(const hsm_outbox_row *row, void *arg)
@@ -409,78 +446,130 @@ static const char *why_adopted(const hsm_outbox_row *row, void *arg)
 	return ((const adopting *)arg)->why;
 }
 
-/*
- * One batch of node's rows (the hold proven first): a record in this
- * node's trail in place of each that this trail does not hold yet (an
- * earlier pass may have written it before failing), then, once those
- * records are durable, the rows go.  *settled: rows deleted; *recorded:
- * records written.
- */
-static hsm_result adopt_batch(hsm_server *s, hsm_node_hold *h, adopting *a, size_t *settled_n,
-                              size_t *recorded)
+/* found[] of the earlier listing, for each of rows' rows (a subset of it). */
+static void found_again(const hsm_outbox_rows *earlier, const bool *found_earlier,
+                        const hsm_outbox_rows *rows, bool *found)
 {
-	hsm_outbox_rows rows = {0};
+	for (size_t i = 0; i < rows->n; i++) {
+		found[i] = false;
+		for (size_t j = 0; j < earlier->n; j++)
+			if (strcmp(earlier->v[j].id, rows->v[i].id) == 0) {
+				found[i] = found_earlier[j];
+				break;
+			}
+	}
+}
+
+/*
+ * One batch of node's rows: listed, and this node's trail searched for the
+ * records an earlier pass wrote for them (which can take long: it runs
+ * before the hold).  Then, under a hold of the node's id (NULL: the node
+ * runs, nothing done), the rows listed again (any the node settled
+ * meanwhile are gone), a record in this node's trail in place of each not
+ * found, and once those are durable, the hold proven again, the rows go.
+ * *settled: rows deleted; *recorded: records written; *left: the batch was
+ * full, so more may be waiting.
+ */
+static hsm_result adopt_batch(hsm_server *s, adopting *a, size_t *settled_n, size_t *recorded,
+                              bool *left)
+{
+	hsm_outbox_rows first = {0}, rows = {0};
 	const char **ids = NULL;
+	bool *found_first = NULL, *found = NULL;
+	hsm_node_hold *h = NULL;
 	*settled_n = *recorded = 0;
-	a->listed = 0;
-	hsm_result r = hsm_node_hold_check(h);
+	*left = false;
+	a->known = NULL;
+	hsm_result r = list_batch(s, a, &first);
+	if (hsm_ok(r) && first.n == 0)
+		goto out;
+	*left = first.n == ADOPT_BATCH;
+	const char *dirs[] = {s->audit_dir};
+	found_first = calloc(first.n, sizeof(*found_first));
+	a->known = hsm_outbox_rows_ids(&first);
+	if (hsm_ok(r) && (found_first == NULL || a->known == NULL))
+		r = HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
 	if (hsm_ok(r))
-		r = hsm_outbox_rows_list(s->store, a->node, first_batch, a, &rows);
+		r = hsm_outbox_rows_find(&first, dirs, 1, found_first);
+	if (hsm_ok(r)) {
+		a->n_known = first.n;
+		qsort(a->known, a->n_known, sizeof(*a->known), cmp_id);
+		r = hsm_store_node_hold(s->store, a->node, &h);
+	}
+	if (hsm_ok(r) && h == NULL) {
+		hsm_debug("audit outbox: node %s has old rows but runs (its id is held): left to it",
+		          a->node);
+		*left = false;
+		goto out;
+	}
+	uint64_t held_at = hsm_mono_ns();
+	if (hsm_ok(r))
+		r = list_batch(s, a, &rows);
 	if (hsm_ok(r) && rows.n > 0) {
 		ids = hsm_outbox_rows_ids(&rows);
-		r = ids != NULL ? HSM_SUCCESS : HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
+		found = calloc(rows.n, sizeof(*found));
+		if (ids == NULL || found == NULL)
+			r = HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
 	}
-	rows.request_node = a->node;
-	const char *dirs[] = {s->audit_dir};
-	if (hsm_ok(r))
-		r = hsm_outbox_rows_record_missing(&rows, dirs, 1, s->audit, "hsmd", why_adopted, a,
+	if (hsm_ok(r) && rows.n > 0) {
+		found_again(&first, found_first, &rows, found);
+		rows.request_node = a->node;
+		r = hsm_outbox_rows_record_unfound(&rows, found, s->audit, "hsmd", why_adopted, a,
 		                                   recorded);
+	}
 	atomic_fetch_add(&s->outbox->recovered, *recorded);
 	atomic_fetch_add(&s->outbox->adopted, *recorded);
 	if (hsm_ok(r) && rows.n > 0 && !wait_durable(s, hsm_audit_next_seq(s->audit)))
 		r = HSM_FAIL(HSM_ERR_AUDIT_UNAVAILABLE,
 		             "the audit trail did not make the records durable in time");
+	/* The id must still be held when the rows go: a hold whose session was lost is not. */
+	if (hsm_ok(r) && rows.n > 0 && hsm_mono_ns() - held_at > ADOPT_HOLD_MAX_NS)
+		r = HSM_FAIL(HSM_ERR_DEPENDENCY_TIMEOUT,
+		             "the node id was held too long to delete its rows now");
+	if (hsm_ok(r) && rows.n > 0)
+		r = hsm_node_hold_check(h);
 	if (hsm_ok(r) && rows.n > 0)
 		r = hsm_store_outbox_delete(s->store, a->node, ids, rows.n);
 	if (hsm_ok(r))
 		*settled_n = rows.n;
+out:
+	hsm_node_hold_release(h);
+	free(found);
+	free(found_first);
 	free(ids);
+	free(a->known);
+	a->known = NULL;
+	hsm_outbox_rows_free(&first);
 	hsm_outbox_rows_free(&rows);
+	if (hsm_failed(r))
+		*left = false;
 	return r;
 }
 
 /*
- * node's rows, if node is not running: its id held throughout (it cannot
- * start meanwhile, nor another leader adopt them too), released at the end.
- * A failure leaves the rows not yet deleted for the next pass, whose search
- * of this trail finds the records already written.  *more: rows are left
- * because the hold reached ADOPT_HOLD_NS.
+ * node's rows older than outbox_adopt_after, a batch at a time, each under
+ * a hold of its id (so the node cannot start meanwhile, nor another leader
+ * adopt them too), released after each.  A failure leaves the rows not yet
+ * deleted for the next pass, whose search of this trail finds the records
+ * already written.  *more: rows are left because the pass reached
+ * ADOPT_PASS_NS.
  */
-static hsm_result adopt_node(hsm_server *s, const char *node, bool *more)
+static hsm_result adopt_node(hsm_server *s, const char *node, int64_t before_ms, bool *more)
 {
 	*more = false;
-	hsm_node_hold *h = NULL;
-	HSM_GUARD(hsm_store_node_hold(s->store, node, &h));
-	if (h == NULL) {
-		hsm_debug("audit outbox: node %s has old rows but runs (its id is held): left to it",
-		          node);
-		return HSM_SUCCESS;
-	}
-	adopting a = {.node = node, .after_s = s->opt.outbox_adopt_after};
+	adopting a = {.node = node, .after_s = s->opt.outbox_adopt_after, .before_ms = before_ms};
 	snprintf(a.why, sizeof(a.why),
 	         "node %.64s did not come back within outbox_adopt_after_seconds (%" PRIu32
 	         " s) to record it; its own trail, not searched here, may hold the record",
 	         node, a.after_s);
 	size_t settled_total = 0, recorded_total = 0, settled_n = 0, recorded = 0;
-	uint64_t until = hsm_mono_ns() + ADOPT_HOLD_NS;
+	uint64_t until = hsm_mono_ns() + ADOPT_PASS_NS;
 	hsm_result r = HSM_SUCCESS;
 	do {
-		r = adopt_batch(s, h, &a, &settled_n, &recorded);
+		r = adopt_batch(s, &a, &settled_n, &recorded, more);
 		settled_total += settled_n;
 		recorded_total += recorded;
-		*more = hsm_ok(r) && settled_n == ADOPT_BATCH;
 	} while (*more && hsm_mono_ns() < until);
-	hsm_node_hold_release(h);
 	if (settled_total > 0 || recorded_total > 0)
 		hsm_warn("audit outbox: adopted %zu row(s) of node %s, which did not come back within "
 		         "%" PRIu32 " s; %zu recorded now as " RECOVERED_EVENT " (request_node %s)",
@@ -498,13 +587,13 @@ void hsm_outbox_adopt(hsm_server *s)
 		return;
 	o->adopt_due_ns = now + ADOPT_EVERY_NS;
 	adopt_scan scan = {.s = s};
-	hsm_result r = hsm_store_outbox_nodes(s->store, hsm_now_ms() - (int64_t)after * 1000,
-	                                      note_stale_node, &scan);
+	int64_t before_ms = hsm_now_ms() - (int64_t)after * 1000;
+	hsm_result r = hsm_store_outbox_nodes(s->store, before_ms, note_stale_node, &scan);
 	bool more = false;
 	/* One node's failure (its rows stay for the next pass) does not hold the others up. */
 	for (size_t i = 0; i < scan.ids.n; i++) {
 		bool left = false;
-		hsm_result one = adopt_node(s, scan.ids.v[i], &left);
+		hsm_result one = adopt_node(s, scan.ids.v[i], before_ms, &left);
 		if (hsm_failed(one))
 			r = one;
 		more |= left;

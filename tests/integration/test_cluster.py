@@ -1387,3 +1387,72 @@ def test_the_leader_adopts_the_outbox_rows_of_a_node_that_never_comes_back(pg, t
     finally:
         for n in nodes:
             n.cleanup()
+
+
+OLD_MS = "(extract(epoch from now()) * 1000)::bigint - 7200000"
+
+
+def test_only_rows_older_than_the_threshold_are_adopted(pg, tmp_path):
+    """A node whose oldest row is old gives up that row, not its young ones: those may be
+    requests it is recording right now."""
+    store = pg.database("adoptyoung")
+    files, _ = ceremony(str(tmp_path), store)
+    nodes = []
+    try:
+        pg.sql(store, "INSERT INTO audit_outbox (node_id, request_id, created_ms, operation) "
+                      f"VALUES ('node-gone', 'old-1', {OLD_MS}, 'CreateKey'), "
+                      f"('node-gone', 'old-2', {OLD_MS} + 1, 'CreateKey'), "
+                      "('node-gone', 'young', (extract(epoch from now()) * 1000)::bigint, "
+                      "'CreateKey')")
+        a = node(store, "node-a", ROUNDS + ["--outbox-adopt-after-seconds", "60"])
+        nodes.append(a)
+        unseal(a, files)
+        assert eventually(lambda: ("old-1", "CreateKey") not in outbox_of(pg, store, "node-gone"),
+                          30), a.read_log()
+        assert eventually(lambda: "adopted 2 row(s) of node node-gone" in a.read_log(), 10), \
+            a.read_log()
+        assert outbox_of(pg, store, "node-gone") == [("young", "CreateKey")]
+        adopted = sorted(r["request_id"] for r in audit_records(a.data_dir)
+                         if r.get("op") == "RequestRecordRecovered")
+        assert adopted == ["old-1", "old-2"], adopted
+    finally:
+        for n in nodes:
+            n.cleanup()
+
+
+def test_a_running_node_that_lost_its_session_outwaits_an_adoption_of_its_id(pg, tmp_path):
+    """A running node whose store session dropped has no lock on its id until its next
+    round; a leader may adopt its old rows meanwhile.  The node, finding its id held by that
+    adoption, waits for the hold to end and keeps running (it used to stop itself)."""
+    store = pg.database("adoptrunning")
+    files, ops = ceremony(str(tmp_path), store)
+    nodes = []
+    try:
+        z = node(store, "node-0", ROUNDS)
+        nodes.append(z)
+        unseal(z, files)
+        pg.sql(store, "INSERT INTO audit_outbox (node_id, request_id, created_ms, operation) "
+                      f"SELECT 'node-0', 'r' || g, {OLD_MS}, 'CreateKey' "
+                      "FROM generate_series(1, 20000) g")
+        os.kill(z.proc.pid, signal.SIGSTOP)  # a pause, with its session cut meanwhile
+        try:
+            pg.sql(store, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE application_name = 'hsmd node node-0'")
+            a = node(store, "node-a", ROUNDS + ["--outbox-adopt-after-seconds", "60"])
+            nodes.append(a)
+            unseal(a, files)
+            count = lambda: int(pg.sql(store, "SELECT count(*) FROM audit_outbox "
+                                              "WHERE node_id = 'node-0'"))
+            assert eventually(lambda: count() < 20000, 60, step=0.02), a.read_log()
+        finally:
+            os.kill(z.proc.pid, signal.SIGCONT)
+        # Its scheduler's next rounds meet the adoption's holds and wait them out.
+        time.sleep(8)
+        assert z.proc.poll() is None, z.read_log()[-2000:]
+        assert "this node's id was taken" not in z.read_log(), z.read_log()[-2000:]
+        st, _, _ = z.get("/readyz")
+        assert st == 200
+        assert kms(z, ops).list_keys()["Keys"] is not None
+    finally:
+        for n in nodes:
+            n.cleanup()
