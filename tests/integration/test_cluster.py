@@ -1420,6 +1420,45 @@ def test_only_rows_older_than_the_threshold_are_adopted(pg, tmp_path):
             n.cleanup()
 
 
+@pytest.mark.skipif(not gdb_can_trace(), reason="ending the hold's session at a chosen moment "
+                                                "needs gdb, allowed to attach")
+def test_an_adoption_whose_hold_was_lost_deletes_nothing(pg, tmp_path):
+    """The hold's session ended after the adopted rows were recorded, before they go: the id
+    may be the node's again, so the rows stay (the next pass finds the records written)."""
+    store = pg.database("adoptlost")
+    files, _ = ceremony(str(tmp_path), store)
+    nodes = []
+    try:
+        pg.sql(store, "INSERT INTO audit_outbox (node_id, request_id, created_ms, operation) "
+                      f"VALUES ('node-gone', 'old-1', {OLD_MS}, 'CreateKey')")
+        script = tmp_path / "end-hold.gdb"
+        script.write_text(
+            "set pagination off\n"
+            "break hsm_audit_append if $_streq(rec->operation, \"RequestRecordRecovered\")\n"
+            "commands\n"
+            f"shell psql '{store}' -Atc \"SELECT pg_terminate_backend(pid) FROM "
+            "pg_stat_activity WHERE application_name = 'hsmd adopting node-gone'\"\n"
+            "delete 1\n"
+            "continue\n"
+            "end\n"
+            "run\n")
+        gdb = ["gdb", "-q", "-nx", "-batch", "-x", str(script), "--args"]
+        a = Hsmd(["--node-id", "node-a", "--store-cache-ms", str(CACHE_MS)] + JWT_FLAGS + ROUNDS
+                 + ["--outbox-adopt-after-seconds", "60"], env={"HSM_STORE": store},
+                 wrapper=gdb)
+        nodes.append(a)
+        unseal(a, files)
+        assert eventually(lambda: "audit outbox: adopting the rows of nodes that did not come "
+                                  "back" in a.read_log(), 30), a.read_log()
+        assert "Breakpoint 1, " in a.read_log(), a.read_log()
+        assert outbox_of(pg, store, "node-gone") == [("old-1", "CreateKey")]
+        assert [r["request_id"] for r in audit_records(a.data_dir)
+                if r.get("op") == "RequestRecordRecovered"] == ["old-1"]
+    finally:
+        for n in nodes:
+            n.cleanup()
+
+
 def test_a_running_node_that_lost_its_session_outwaits_an_adoption_of_its_id(pg, tmp_path):
     """A running node whose store session dropped has no lock on its id until its next
     round; a leader may adopt its old rows meanwhile.  The node, finding its id held by that
