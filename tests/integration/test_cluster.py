@@ -1459,6 +1459,43 @@ def test_an_adoption_whose_hold_was_lost_deletes_nothing(pg, tmp_path):
             n.cleanup()
 
 
+@pytest.mark.skipif(not gdb_can_trace(), reason="looking at the hold at a chosen moment "
+                                                "needs gdb, allowed to attach")
+def test_an_adoption_searches_its_trail_before_it_holds_the_id(pg, tmp_path):
+    """The search of the adopter's trail, which for a node gone for months can span the whole
+    trail, runs before the node's id is held: a node starting meanwhile does not wait for it."""
+    store = pg.database("adoptsearch")
+    files, _ = ceremony(str(tmp_path), store)
+    nodes = []
+    try:
+        pg.sql(store, "INSERT INTO audit_outbox (node_id, request_id, created_ms, operation) "
+                      f"VALUES ('node-gone', 'old-1', {OLD_MS}, 'CreateKey')")
+        seen = tmp_path / "holds-at-search"
+        script = tmp_path / "look.gdb"
+        script.write_text(
+            "set pagination off\n"
+            "break hsm_audit_find_requests\n"
+            "commands\n"
+            f"shell psql '{store}' -Atc \"SELECT count(*) FROM pg_stat_activity WHERE "
+            f"application_name = 'hsmd adopting node-gone'\" > {seen}\n"
+            "delete 1\n"
+            "continue\n"
+            "end\n"
+            "run\n")
+        gdb = ["gdb", "-q", "-nx", "-batch", "-x", str(script), "--args"]
+        a = Hsmd(["--node-id", "node-a", "--store-cache-ms", str(CACHE_MS)] + JWT_FLAGS + ROUNDS
+                 + ["--outbox-adopt-after-seconds", "60"], env={"HSM_STORE": store},
+                 wrapper=gdb)
+        nodes.append(a)
+        unseal(a, files)
+        assert eventually(lambda: outbox_of(pg, store, "node-gone") == [], 30), a.read_log()
+        assert "Breakpoint 1, " in a.read_log(), a.read_log()
+        assert seen.read_text().strip() == "0", a.read_log()
+    finally:
+        for n in nodes:
+            n.cleanup()
+
+
 def test_a_running_node_that_lost_its_session_outwaits_an_adoption_of_its_id(pg, tmp_path):
     """A running node whose store session dropped has no lock on its id until its next
     round; a leader may adopt its old rows meanwhile.  The node, finding its id held by that
