@@ -1496,6 +1496,51 @@ def test_an_adoption_searches_its_trail_before_it_holds_the_id(pg, tmp_path):
             n.cleanup()
 
 
+@pytest.mark.skipif(not gdb_can_trace(), reason="holding an adoption at a chosen moment "
+                                                "needs gdb, allowed to attach")
+def test_a_node_starting_outwaits_a_slow_adoption_of_its_id(pg, tmp_path):
+    """An adoption stalled for 22 s holding the node's id (longer than the 20 s a start waits
+    for a running holder): the node starting meanwhile waits for the hold and starts; the hold,
+    too old, deletes nothing, and the node settles its own row."""
+    store = pg.database("adoptslow")
+    files, _ = ceremony(str(tmp_path), store)
+    nodes = []
+    try:
+        pg.sql(store, "INSERT INTO audit_outbox (node_id, request_id, created_ms, operation) "
+                      f"VALUES ('node-b', 'old-1', {OLD_MS}, 'CreateKey')")
+        script = tmp_path / "stall.gdb"
+        script.write_text(
+            "set pagination off\n"
+            "break hsm_audit_append if $_streq(rec->operation, \"RequestRecordRecovered\")\n"
+            "commands\n"
+            "shell sleep 22\n"
+            "delete 1\n"
+            "continue\n"
+            "end\n"
+            "run\n")
+        gdb = ["gdb", "-q", "-nx", "-batch", "-x", str(script), "--args"]
+        a = Hsmd(["--node-id", "node-a", "--store-cache-ms", str(CACHE_MS)] + JWT_FLAGS + ROUNDS
+                 + ["--outbox-adopt-after-seconds", "60"], env={"HSM_STORE": store},
+                 wrapper=gdb)
+        nodes.append(a)
+        unseal(a, files)
+        assert eventually(lambda: "Breakpoint 1, " in a.read_log(), 30), a.read_log()
+        t0 = time.monotonic()
+        b = node(store, "node-b", ROUNDS)
+        nodes.append(b)
+        assert b.proc.poll() is None, b.read_log()
+        assert time.monotonic() - t0 > 15, b.read_log()
+        assert "for the adoption to end" in b.read_log(), b.read_log()
+        unseal(b, files)
+        assert eventually(lambda: outbox_of(pg, store, "node-b") == [], 30), b.read_log()
+        assert eventually(lambda: "held too long to delete its rows" in a.read_log(), 30), \
+            a.read_log()
+        assert b.proc.poll() is None and a.proc.poll() is None
+    finally:
+        for n in nodes:
+            n.cleanup()
+
+
 def test_a_running_node_that_lost_its_session_outwaits_an_adoption_of_its_id(pg, tmp_path):
     """A running node whose store session dropped has no lock on its id until its next
     round; a leader may adopt its old rows meanwhile.  The node, finding its id held by that
