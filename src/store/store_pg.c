@@ -533,17 +533,20 @@ static void node_drop(pg_store *s)
 
 /*
  * The conflict, naming the holder as far as this role may see it;
- * *adopting: the holder named itself an adoption hold.
+ * *adopting: the holder named itself an adoption hold; *seen: a holder was
+ * found at all (none: it let go between the try and this look).
  */
 static hsm_result node_held_elsewhere(pg_conn *c, const char *node_id, const char *key,
-                                      bool *adopting)
+                                      bool *adopting, bool *seen)
 {
 	pg_params p;
 	pg_params_init(&p);
 	pg_p_text(&p, key);
 	PGresult *res = NULL;
 	char who[256] = "";
+	*seen = false;
 	if (hsm_ok(pg_run(c, SQL_NODE_HOLDER, &p, &res)) && PQntuples(res) == 1) {
+		*seen = true;
 		int32_t pid = 0;
 		char addr[64] = "", app[96] = "";
 		if (hsm_ok(pg_col_i32(res, 0, 0, &pid)) &&
@@ -605,16 +608,24 @@ static hsm_result node_try(pg_store *s, const char *node_id, bool *adopting)
 	snprintf(key, sizeof(key), "%d", (int)pg_node_lock_key(node_id));
 	/* Where pg_stat_activity shows it, the holder names itself to a node refused its id. */
 	snprintf(app, sizeof(app), "hsmd node %.48s", node_id);
-	pg_conn *c = NULL;
-	bool held = false;
-	HSM_GUARD(node_session(s, node_id, app, &c, &held));
-	if (!held) {
-		hsm_result r = node_held_elsewhere(c, node_id, key, adopting);
+	/*
+	 * A holder gone between the try and the look (an adoption's hold let
+	 * go) is no conflict: tried again, a few times at most.
+	 */
+	for (int tries = 1;; tries++) {
+		pg_conn *c = NULL;
+		bool held = false, seen = false;
+		HSM_GUARD(node_session(s, node_id, app, &c, &held));
+		if (held) {
+			s->node = c;
+			return HSM_SUCCESS;
+		}
+		*adopting = false;
+		hsm_result r = node_held_elsewhere(c, node_id, key, adopting, &seen);
 		conn_close(c);
-		return r;
+		if (seen || tries == 3)
+			return r;
 	}
-	s->node = c;
-	return HSM_SUCCESS;
 }
 
 static hsm_result pg_claim_node(hsm_store *base, const char *node_id, bool *adopting)
