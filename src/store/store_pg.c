@@ -506,12 +506,17 @@ static const char SQL_NODE_TRY[] =
 static const char SQL_NODE_RELEASE[] =
     "SELECT pg_advisory_unlock(" PG_NODE_LOCK_CLASS ", $1::int4)";
 static const char SQL_NODE_ALIVE[] = "SELECT 1";
-/* Who holds it: pg_locks shows every session's locks; pg_stat_activity hides others' roles' details. */
+/*
+ * Who holds it: pg_locks shows every session's locks, those of the same
+ * lock in other databases (other stores) too; pg_stat_activity hides
+ * others' roles' details.
+ */
 static const char SQL_NODE_HOLDER[] =
     "SELECT l.pid, coalesce(host(a.client_addr), ''), coalesce(a.application_name, '') "
     "FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
     "WHERE l.locktype = 'advisory' AND l.classid = " PG_NODE_LOCK_CLASS "::int8::oid "
-    "AND l.objid = $1::int8::oid AND l.objsubid = 2 AND l.granted LIMIT 1";
+    "AND l.objid = $1::int8::oid AND l.objsubid = 2 AND l.granted "
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) LIMIT 1";
 
 /* FNV-1a (32 bits) of the id, its sign bit cleared.  Fixed for good: nodes of all builds meet on it. */
 int32_t pg_node_lock_key(const char *node_id)
