@@ -1338,6 +1338,8 @@ def test_the_leader_adopts_the_outbox_rows_of_a_node_that_never_comes_back(pg, t
         pg.sql(store, "INSERT INTO audit_outbox (node_id, request_id, created_ms, operation) "
                       f"VALUES ('node-0', 'runs', {old}, 'CreateKey'), "
                       f"('hsmctl-0123456789abcdef', 'offline', {old}, 'hsmctl user create')")
+        # B's own rows so far (its unseal's) settled first: the kill leaves one row only.
+        assert eventually(lambda: outbox_of(pg, store, "node-b") == [], 30), b.read_log()
         killed_before_its_record(
             b, lambda: kms(b, ops).create_key(Description="committed on b, then killed"))
         ((request_id, op),) = outbox_of(pg, store, "node-b")
