@@ -125,6 +125,39 @@ hsm_result kms_check_state(hsm_op op, const hsm_key_record *rec, int64_t now)
 	return HSM_FAIL(e, "%s is pending deletion.", rec->key_id);
 }
 
+typedef struct expiry_scan {
+	uint32_t upto; /* the current version: material pending rotation is not in use */
+	int64_t now;
+	int64_t expired; /* the earliest ValidTo passed; 0: none */
+} expiry_scan;
+
+static hsm_result note_expired(const hsm_version_record *v, void *arg)
+{
+	expiry_scan *e = arg;
+	if (v->version <= e->upto && v->wrapped.len > 0 && v->valid_to != 0 && v->valid_to <= e->now &&
+	    (e->expired == 0 || v->valid_to < e->expired))
+		e->expired = v->valid_to;
+	return HSM_SUCCESS;
+}
+
+hsm_result kms_check_material(hsm_kms *kms, const kms_key *k)
+{
+	/* The record's valid_to is the earliest of its materials': nothing has expired before it. */
+	if (k->rec.valid_to == 0)
+		return HSM_SUCCESS;
+	expiry_scan e = {k->rec.primary_version, kms_now(kms), 0};
+	if (k->rec.valid_to > e.now)
+		return HSM_SUCCESS;
+	HSM_GUARD(hsm_store_version_list(kms->store, k->rec.key_id, note_expired, &e));
+	if (e.expired == 0)
+		return HSM_SUCCESS;
+	char when[21];
+	hsm_format_time(e.expired, when);
+	return HSM_FAIL(HSM_ERR_INVALID_STATE,
+	                "%s is pending import: its imported key material expired at %s", k->arn,
+	                when);
+}
+
 /* ---- Service ---------------------------------------------------------------- */
 
 static void *key_ref(void *p)
@@ -682,8 +715,13 @@ hsm_result kms_lookup_as(hsm_kms *kms, const hsm_caller *caller, hsm_op op, hsm_
 	hsm_result r = k->rec.state == HSM_KEY_DESTROYED
 	                   ? HSM_FAIL(HSM_ERR_NOT_FOUND, "Key '%s' does not exist", k->arn)
 	                   : kms_authorize(kms, caller, op, k, extra);
-	if (hsm_ok(r))
-		r = kms_check_state(state_op, &k->rec, kms_now(kms));
+	if (hsm_ok(r)) {
+		int64_t now = kms_now(kms);
+		r = kms_check_state(state_op, &k->rec, now);
+		/* A key whose material in use expired is pending import, whatever its record says. */
+		if (hsm_ok(r) && hsm_op_get(state_op)->cls == HSM_OPC_CRYPTO)
+			r = kms_check_material(kms, k);
+	}
 	if (hsm_failed(r)) {
 		kms_key_release(k);
 		return r;

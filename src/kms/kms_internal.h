@@ -147,6 +147,14 @@ hsm_result kms_authorize(hsm_kms *kms, const hsm_caller *caller, hsm_op op, cons
 /* The key-state rule for op's class: DisabledException, KMSInvalidStateException, ... */
 /* now: the service's clock (a waiting period that has ended cannot be cancelled). */
 hsm_result kms_check_state(hsm_op op, const hsm_key_record *rec, int64_t now) HSM_MUST_CHECK;
+/*
+ * KMSInvalidStateException when imported material in use (any version up to
+ * the current one) is past its ValidTo, though the scheduler has not erased
+ * it yet: the key is pending import from that moment, as the erasure will
+ * make it.  Reads the clock only for a key whose material expires, and the
+ * store only once some of it is due.
+ */
+hsm_result kms_check_material(hsm_kms *kms, const kms_key *k) HSM_MUST_CHECK;
 
 /*
  * Resolves ref, loads the key, checks the state rule and authorizes the

@@ -149,6 +149,8 @@ static hsm_result token_lookup(hsm_kms *kms, const hsm_caller *caller, const cha
 	if (hsm_ok(r))
 		r = kms_check_state(HSM_OP_SignToken, &k->rec, kms_now(kms));
 	if (hsm_ok(r))
+		r = kms_check_material(kms, k);
+	if (hsm_ok(r))
 		r = hsm_jwt_key_alg(&k->rec, &key_alg);
 	if (hsm_ok(r) && requested != HSM_JWS_NONE && requested != key_alg)
 		r = HSM_FAIL(HSM_ERR_INVALID_KEY_USAGE,

@@ -17,7 +17,7 @@ import time
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from conftest import signed_request
+from conftest import client, signed_request, start_dev
 from helpers import audit_record, call_error, call_ok, key_arn, raises, request_id
 from test_import import external_key, run_hsmctl, wrap
 
@@ -315,3 +315,54 @@ def test_gauges_count_a_key_both_expiring_and_due_once(tmp_path):
         assert gauges() == (1, 1)
     finally:
         node.stop()
+
+
+def test_expired_material_unusable_before_the_scheduler_erases_it():
+    # A round a minute apart (the slowest allowed; a failover waits longer still): between
+    # ValidTo and the round that erases it, expired material must serve no request.
+    server = start_dev(["--scheduler-interval-seconds", "60", "--leader-lease-seconds", "180"])
+    try:
+        kms = client(server)
+        key, lone = external_key(kms), external_key(kms)
+        valid_to = int(time.time()) + 6
+        for k in (key, lone):
+            call_ok(server, "ImportKeyMaterial",
+                    import_body(kms, k, os.urandom(32), ExpirationModel="KEY_MATERIAL_EXPIRES",
+                                ValidTo=valid_to))
+        old = kms.encrypt(KeyId=key, Plaintext=b"first")["CiphertextBlob"]
+        lone_ct = kms.encrypt(KeyId=lone, Plaintext=b"lone")["CiphertextBlob"]
+        # key rotates to new material that does not expire; the first stays in use (its
+        # ciphertexts), so its expiry makes key pending import too, as its erasure would.
+        call_ok(server, "ImportKeyMaterial",
+                import_body(kms, key, os.urandom(32), ImportType="NEW_KEY_MATERIAL"))
+        call_ok(server, "RotateKeyOnDemand", {"KeyId": key})
+        new = kms.encrypt(KeyId=key, Plaintext=b"second")["CiphertextBlob"]
+        # Material pending rotation that expires is not in use: it changes nothing.
+        call_ok(server, "ImportKeyMaterial",
+                import_body(kms, key, os.urandom(32), ImportType="NEW_KEY_MATERIAL",
+                            ExpirationModel="KEY_MATERIAL_EXPIRES", ValidTo=valid_to))
+        steady = external_key(kms)
+        call_ok(server, "ImportKeyMaterial", import_body(kms, steady, os.urandom(32)))
+        call_ok(server, "ImportKeyMaterial",
+                import_body(kms, steady, os.urandom(32), ImportType="NEW_KEY_MATERIAL",
+                            ExpirationModel="KEY_MATERIAL_EXPIRES", ValidTo=valid_to))
+        assert kms.decrypt(CiphertextBlob=old)["Plaintext"] == b"first"
+        time.sleep(max(0.0, valid_to + 1.5 - time.time()))
+
+        for k, ct in ((key, old), (key, new), (lone, lone_ct)):
+            md = describe(server, k)
+            assert (md["KeyState"], md["Enabled"]) == ("PendingImport", False), md
+            raises("KMSInvalidStateException", kms.decrypt, CiphertextBlob=ct)
+            raises("KMSInvalidStateException", kms.encrypt, KeyId=k, Plaintext=b"x")
+            raises("KMSInvalidStateException", kms.generate_data_key, KeyId=k,
+                   KeySpec="AES_256")
+            raises("KMSInvalidStateException", kms.re_encrypt, CiphertextBlob=ct,
+                   DestinationKeyId=steady)
+        assert describe(server, steady)["KeyState"] == "Enabled"
+        assert kms.decrypt(CiphertextBlob=kms.encrypt(KeyId=steady, Plaintext=b"s")[
+            "CiphertextBlob"])["Plaintext"] == b"s"
+        # Nothing was erased yet: the scheduler's round has not come.
+        rows = materials(server, lone, "ALL_KEY_MATERIAL")
+        assert [m["ImportState"] for m in rows] == ["IMPORTED"], rows
+    finally:
+        server.cleanup()
