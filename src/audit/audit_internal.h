@@ -73,6 +73,7 @@ typedef struct audit_held {
 typedef struct audit_floor_ckpt {
 	bool set;            /* a floor above 1 from a checkpoint, not checked yet */
 	uint64_t seq, kept_from;
+	char node[HSM_AUDIT_NAME_MAX + 1]; /* the writer that signed it */
 	char time[32];
 	char reason[32];
 	char prev[AUDIT_HASH_HEX + 1];

@@ -248,8 +248,10 @@ static bool signed_ckpt(json_t *j, uint64_t seq, audit_floor_ckpt *fc)
 	const char *time = json_string_value(json_object_get(j, "time"));
 	const char *reason = json_string_value(json_object_get(c, "reason"));
 	const char *prev = json_string_value(json_object_get(j, "prev"));
+	const char *node = json_string_value(json_object_get(j, "node"));
 	if (!json_is_true(json_object_get(c, "signed")) || alg == NULL ||
-	    strcmp(alg, "Ed25519") != 0 || sig == NULL || time == NULL || reason == NULL)
+	    strcmp(alg, "Ed25519") != 0 || sig == NULL || time == NULL || reason == NULL ||
+	    node == NULL)
 		return false;
 	hsm_buf raw = {0};
 	bool ok = hsm_ok(hsm_b64_decode(&raw, sig, strlen(sig), HSM_ERR_VALIDATION)) &&
@@ -258,7 +260,8 @@ static bool signed_ckpt(json_t *j, uint64_t seq, audit_floor_ckpt *fc)
 		memset(fc, 0, sizeof(*fc));
 		ok = hsm_ok(hsm_strcpy(fc->time, sizeof(fc->time), time)) &&
 		     hsm_ok(hsm_strcpy(fc->reason, sizeof(fc->reason), reason)) &&
-		     hsm_ok(hsm_strcpy(fc->prev, sizeof(fc->prev), prev));
+		     hsm_ok(hsm_strcpy(fc->prev, sizeof(fc->prev), prev)) &&
+		     hsm_ok(hsm_strcpy(fc->node, sizeof(fc->node), node));
 		fc->seq = seq;
 		fc->kept_from = (uint64_t)json_integer_value(json_object_get(c, "kept_from"));
 		memcpy(fc->sig, raw.data, sizeof(fc->sig));

@@ -430,13 +430,26 @@ static bool sign_message(hsm_audit *a, const hsm_buf *msg, hsm_buf *sig, const c
 	return signed_ok;
 }
 
+/*
+ * Whether a checkpoint signed as `signer` belongs to the trail `writer`
+ * writes: its own, or one an offline hsmctl wrote into the node's trail (or,
+ * for hsmctl, the node's own), which carry the floor from one to the other.
+ */
+static bool same_trail(const char *writer, const char *signer)
+{
+	static const char offline[] = "hsmctl-";
+	return strcmp(writer, signer) == 0 || strncmp(writer, offline, strlen(offline)) == 0 ||
+	       strncmp(signer, offline, strlen(offline)) == 0;
+}
+
 bool audit_ckpt_ours(hsm_audit *a, const audit_floor_ckpt *fc, bool *no_signer)
 {
 	*no_signer = false;
 	hsm_buf msg = {0}, sig = {0};
 	const char *why = NULL;
 	bool ok = false;
-	if (hsm_ok(audit_checkpoint_message(&msg, a->node, fc->seq, fc->time, fc->reason,
+	if (same_trail(a->node, fc->node) &&
+	    hsm_ok(audit_checkpoint_message(&msg, fc->node, fc->seq, fc->time, fc->reason,
 	                                    fc->kept_from, fc->prev))) {
 		if (sign_message(a, &msg, &sig, &why))
 			ok = sig.len == sizeof(fc->sig) && hsm_ct_equal(sig.data, fc->sig, sizeof(fc->sig));

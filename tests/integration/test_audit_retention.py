@@ -355,3 +355,59 @@ def test_hsmctl_offline_commands_run_no_retention(clockshift, tmp_path):
         assert res.returncode == 0 and "deleted by retention" not in res.stdout, res.stdout
     finally:
         server.cleanup()
+
+
+def test_offline_hsmctl_keeps_the_floor_retention_left(clockshift, tmp_path):
+    """After retention deleted files, an offline hsmctl command (the backup before an
+    upgrade, rekey, unseal --data-dir) writes to the node's trail under its own node
+    id.  It must carry the floor of the node's signed retention checkpoint forward, and
+    the node must take the floor from hsmctl's signed checkpoint in turn: the trail
+    stays VALID through both, as "deleted by retention"."""
+    args = ["--audit-retention-days", "1", "--audit-rotate-seconds", "60"]
+    clock = Clock(str(tmp_path / "shift"))
+    clock.set(-3 * DAY)
+    server = start_shifted(clockshift, clock, args)
+    data = server.data_dir
+    try:
+        for i in range(3):
+            shifted_admin(server, -3 * DAY, "AuditHash", {"Value": f"a{i}"})
+        clock.set(-3 * DAY + 70)  # A ends, B begins
+        assert eventually(lambda: len(audit_files(data)) == 2, 10), audit_files(data)
+        server.stop()
+        a = audit_files(data)[0]
+
+        clock.set(0)  # A has expired
+        again = start_shifted(clockshift, clock, args, data_dir=data)
+        try:
+            pem = audit_pem(again, str(tmp_path))
+            assert eventually(lambda: gauge(again, "hsmd_audit_files_expired_total"), 15)
+        finally:
+            again.stop()
+        assert not os.path.exists(a)
+        res = verify(server, pubkey=pem)
+        assert res.returncode == 0 and "deleted by retention" in res.stdout, res.stdout
+
+        share = os.path.join(data, "dev-unseal.share")
+        out = subprocess.run([HSMCTL, "unseal", "--data-dir", data, share],
+                             capture_output=True, text=True, timeout=120,
+                             env=dict(os.environ, LD_PRELOAD=clockshift,
+                                      HSM_TEST_CLOCK_SHIFT_FILE=clock.path))
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "not signed by this node" not in out.stdout + out.stderr, out.stderr
+        res = verify(server, pubkey=pem)
+        assert res.returncode == 0 and "deleted by retention" in res.stdout, res.stdout
+
+        third = start_shifted(clockshift, clock, args, data_dir=data)
+        try:
+            admin(third, "AuditHash", {"Value": "after hsmctl"})
+            log = third.read_log()
+        finally:
+            third.stop()
+        assert "not signed by this node" not in log, log
+        floors = [r["checkpoint"].get("kept_from") for r in audit_records(data)
+                  if r["type"] == "checkpoint"]
+        assert 1 not in floors[-2:], floors
+        res = verify(server, pubkey=pem)
+        assert res.returncode == 0 and "deleted by retention" in res.stdout, res.stdout
+    finally:
+        server.cleanup()
