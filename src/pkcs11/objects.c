@@ -742,6 +742,17 @@ static CK_RV refresh_keys(void)
 }
 
 /*
+ * Whether o is an object of hsmd's key key_id: not a certificate (whose key_id
+ * is its certificate id) nor a session object (a derived secret or a session
+ * certificate, whose key_id is empty), which only a listing of certificates,
+ * or their session, adds or drops.
+ */
+static bool is_key_of(const p11_object *o, const char *key_id)
+{
+	return o->cls != CKO_CERTIFICATE && !o->derived && strcmp(o->key_id, key_id) == 0;
+}
+
+/*
  * Reads one key again: what a search naming a key (by CKA_ID, or by a label
  * that is an alias or a key id) needs, in three calls instead of a listing of
  * every key.  A key that is gone or no longer shown loses its objects.
@@ -749,7 +760,7 @@ static CK_RV refresh_keys(void)
 static CK_RV refresh_key(const char *key_id)
 {
 	for (size_t i = 0; i < p11.n_objects; i++)
-		if (strcmp(p11.objects[i].key_id, key_id) == 0)
+		if (is_key_of(&p11.objects[i], key_id))
 			p11.objects[i].seen = false;
 	json_t *aliases = json_array();
 	CK_RV rv = aliases != NULL ? list_aliases(aliases, key_id) : CKR_HOST_MEMORY;
@@ -860,17 +871,21 @@ static CK_RV refresh_keys_for(const CK_ATTRIBUTE *tmpl, CK_ULONG count)
 		return rv;
 	if (key_id[0] != '\0' && (rv = refresh_key(key_id)) != CKR_OK)
 		return rv;
-	/* Keys whose objects had this name before (the alias moved or went) are read again. */
+	/*
+	 * Keys whose objects had this name before (the alias moved or went) are
+	 * read again.  Only hsmd's keys: a certificate or a session object with
+	 * the name is no key to read (and reading it as one would drop it).
+	 */
 	size_t n = 0;
 	char (*others)[HSM_UUID_STRLEN + 1] = calloc(p11.n_objects + 1, sizeof(*others));
 	if (others == NULL)
 		return CKR_HOST_MEMORY;
 	for (size_t i = 0; i < p11.n_objects; i++) {
 		const p11_object *o = &p11.objects[i];
-		bool had = named == id ? o->cls != CKO_CERTIFICATE && !o->derived &&
-		                             o->id.len == id->ulValueLen &&
-		                             hsm_ct_equal(o->id.data, id->pValue, o->id.len)
-		                       : strcmp(o->label, name) == 0;
+		bool had = o->cls != CKO_CERTIFICATE && !o->derived &&
+		           (named == id ? o->id.len == id->ulValueLen &&
+		                              hsm_ct_equal(o->id.data, id->pValue, o->id.len)
+		                        : strcmp(o->label, name) == 0);
 		if (had && strcmp(o->key_id, key_id) != 0)
 			snprintf(others[n++], sizeof(others[0]), "%s", o->key_id);
 	}

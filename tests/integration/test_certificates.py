@@ -885,6 +885,39 @@ def test_pkcs11_refused_creations(server, officer, ca, keys, user, p11):
     assert listed(server) == before
 
 
+def test_pkcs11_searches_by_a_keys_label_leave_certificates_alone(server, officer, ca, user,
+                                                                  p11):
+    """A certificate labelled like its key (as `hsmctl cert import --key` labels it), and a
+    session certificate with that label: a search for the key by the label reads that key
+    again, and no certificate as if it were a key, so the certificates keep their handles
+    and every search by the label answers.  Nor does a search by a label spelling a
+    certificate's id drop that certificate."""
+    kid = officer.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")[
+        "KeyMetadata"]["KeyId"]
+    officer.create_alias(AliasName="alias/labelled-pair", TargetKeyId=kid)
+    cert = cert_of_key(officer, ca, kid, "labelled.example")
+    cid = import_cert(server, der(cert), KeyId=kid, Label="labelled-pair")["CertificateId"]
+    s = open_session(p11, user.pin)
+    try:
+        by_label = [(CKA_LABEL, "labelled-pair")]
+        (c,) = s.findObjects([(CKA_CLASS, CKO_CERTIFICATE)] + by_label)
+        (k,) = s.findObjects([(CKA_CLASS, CKO_PRIVATE_KEY)] + by_label)
+        assert value(s, c, CKA_VALUE) == der(cert)  # the same handle, still valid
+        assert handles(s, [(CKA_CLASS, CKO_CERTIFICATE)] + by_label) == [c.value()]
+        assert handles(s, [(CKA_LABEL, cid)]) == []
+        assert value(s, c, CKA_VALUE) == der(cert)
+        # A session certificate with the key's label: no search by it fails.
+        sc = s.createObject(cert_template(der(cert), token=False, label="labelled-pair"))
+        (pub,) = handles(s, [(CKA_CLASS, CKO_PUBLIC_KEY)] + by_label)
+        assert sorted(handles(s, by_label)) == sorted([k.value(), pub, c.value(), sc.value()])
+        assert handles(s, [(CKA_CLASS, CKO_PRIVATE_KEY)] + by_label) == [k.value()]
+        assert value(s, c, CKA_VALUE) == der(cert) and value(s, sc, CKA_VALUE) == der(cert)
+        s.destroyObject(sc)
+    finally:
+        close(s)
+        admin(server, "DeleteCertificate", {"CertificateId": cid})
+
+
 # ---- PKCS#11: pkcs11-tool ------------------------------------------------------------------------
 
 def tool(server, *args):

@@ -818,6 +818,28 @@ def test_ecdh_with_x963_kdf(p11, user, officer, keys):
                 s.destroyObject(k)
 
 
+def test_a_session_object_labelled_like_a_key(p11, user, keys):
+    """A derived secret labelled like a key (the key's alias): a search by that label reads
+    that key again, not the derived secret as if it were a key: every such search answers,
+    finding the key's objects and the secret."""
+    point = ec.generate_private_key(ec.SECP384R1()).public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    with session(p11, user.pin) as s:
+        (priv,) = find(s, CKO_PRIVATE_KEY, keys["ecdh"])
+        k = s.deriveKey(priv, SECRET_TEMPLATE + [(CKA_LABEL, "web-tls")], ecdh(point))
+        rsa = sorted(o.value() for o in find(s, None, keys["rsa"]))
+        assert len(rsa) == 2
+        label = [(CKA_LABEL, "web-tls")]
+        found = s.findObjects(label)  # (and any certificate stored with the label)
+        assert set(rsa + [k.value()]) <= {o.value() for o in found}
+        assert [o.value() for o in s.findObjects([(CKA_CLASS, CKO_SECRET_KEY)] + label)] == \
+            [k.value()]
+        (rsa_priv,) = find(s, CKO_PRIVATE_KEY, keys["rsa"])
+        assert [o.value() for o in s.findObjects([(CKA_CLASS, CKO_PRIVATE_KEY)] + label)] == \
+            [rsa_priv.value()]
+        s.destroyObject(k)
+
+
 def session_derive(p11, point):
     with session(p11) as s:
         s.deriveKey(PyKCS11.CK_OBJECT_HANDLE(s), SECRET_TEMPLATE, ecdh(point))
