@@ -83,7 +83,10 @@ static a_status derived_attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_va
 	case CKA_END_DATE: return bytes(v, "", 0);
 	case CKA_KEY_GEN_MECHANISM: return ulong_value(v, CK_UNAVAILABLE_INFORMATION);
 	case CKA_VALUE_LEN: return ulong_value(v, (CK_ULONG)o->value.len);
-	case CKA_VALUE: return o->sensitive ? A_SENSITIVE : bytes(v, o->value.data, o->value.len);
+	/* Not revealed when sensitive or not extractable (PKCS#11 v2.40 table 10, note 8). */
+	case CKA_VALUE:
+		return o->sensitive || !o->extractable ? A_SENSITIVE
+		                                       : bytes(v, o->value.data, o->value.len);
 	default: return A_INVALID;
 	}
 }

@@ -818,6 +818,36 @@ def test_ecdh_with_x963_kdf(p11, user, officer, keys):
                 s.destroyObject(k)
 
 
+def test_a_derived_secret_not_extractable_keeps_its_value(p11, user, officer, keys):
+    """A derived secret's CKA_VALUE is revealed only when it is neither sensitive nor
+    unextractable (PKCS#11 v2.40 table 10, note 8): otherwise CKR_ATTRIBUTE_SENSITIVE, and a
+    search naming the value does not find it."""
+    theirs = ec.generate_private_key(ec.SECP384R1())
+    expected = theirs.exchange(ec.ECDH(), public_key(officer, keys["ecdh"]))
+    point = theirs.public_key().public_bytes(serialization.Encoding.X962,
+                                             serialization.PublicFormat.UncompressedPoint)
+    with session(p11, user.pin) as s:
+        (priv,) = find(s, CKO_PRIVATE_KEY, keys["ecdh"])
+        for sensitive, extractable in ((False, False), (True, False), (True, True),
+                                       (False, True)):
+            k = s.deriveKey(priv, SECRET_TEMPLATE[:3] + [(CKA_SENSITIVE, sensitive),
+                                                         (CKA_EXTRACTABLE, extractable)],
+                            ecdh(point))
+            assert attrs(s, k, CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_VALUE_LEN) == [
+                sensitive, extractable, 48]
+            found = [o.value() for o in s.findObjects([(CKA_VALUE, expected)])]
+            if sensitive or not extractable:
+                tpl = LowLevel.ckattrlist(1)
+                tpl[0].SetType(CKA_VALUE)
+                assert s.lib.C_GetAttributeValue(s.session, k, tpl) == \
+                    PyKCS11.CKR_ATTRIBUTE_SENSITIVE, (sensitive, extractable)
+                assert found == []
+            else:
+                assert attrs(s, k, CKA_VALUE) == [expected]
+                assert found == [k.value()]
+            s.destroyObject(k)
+
+
 def test_a_session_object_labelled_like_a_key(p11, user, keys):
     """A derived secret labelled like a key (the key's alias): a search by that label reads
     that key again, not the derived secret as if it were a key: every such search answers,
