@@ -417,6 +417,14 @@ static CK_RV import(const CK_ATTRIBUTE *value, const char *label, const CK_ATTRI
 		goto out;
 	rv = p11_call("HsmdAdmin.ImportCertificate", body, &ans);
 	body = NULL; /* taken */
+	/*
+	 * The DER, label and CKA_ID were checked here as hsmd checks them, so its
+	 * ValidationException for a certificate with a CKA_ID is the refusal to
+	 * pair it with the key whose objects have that CKA_ID, which it does not
+	 * certify: the template's CKA_ID and CKA_VALUE disagree.
+	 */
+	if (rv == CKR_ARGUMENTS_BAD && id != NULL && id->ulValueLen > 0)
+		rv = CKR_TEMPLATE_INCONSISTENT;
 	const char *got = json_string_value(json_object_get(ans, "CertificateId"));
 	if (rv == CKR_OK && (got == NULL || !hsm_is_uuid(got)))
 		rv = CKR_DEVICE_ERROR;

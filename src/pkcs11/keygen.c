@@ -220,6 +220,36 @@ static CK_RV alias_free(const char *alias, bool *reclaim)
 	                                      : rv;
 }
 
+/*
+ * A CKA_ID a stored certificate has already: refused before a key is made
+ * (CKR_ATTRIBUTE_VALUE_INVALID), as a CKA_ID another key has.  Such a
+ * certificate would pair with the new key, which it does not certify, so
+ * hsmd refuses to give the key that id (its alias); asked only once the key
+ * was made, it would leave a key to delete for each attempt.  A node older
+ * than certificates (CKR_FUNCTION_NOT_SUPPORTED) has none.
+ */
+static CK_RV id_free_of_certificates(const CK_ATTRIBUTE *cka_id)
+{
+	if (cka_id == NULL)
+		return CKR_OK;
+	hsm_buf b64 = {0};
+	if (hsm_failed(hsm_b64_encode(&b64, cka_id->pValue, cka_id->ulValueLen)))
+		return CKR_HOST_MEMORY;
+	json_t *ans = NULL;
+	CK_RV rv = p11_call("HsmdAdmin.ListCertificates",
+	                    json_pack("{s:i,s:b,s:s%}", "Limit", 1, "IncludeCertificate", 0,
+	                              "ObjectId", (const char *)b64.data, b64.len),
+	                    &ans);
+	hsm_buf_free(&b64);
+	json_t *certs = json_object_get(ans, "Certificates");
+	if (rv == CKR_OK)
+		rv = !json_is_array(certs)            ? CKR_DEVICE_ERROR
+		     : json_array_size(certs) > 0 ? CKR_ATTRIBUTE_VALUE_INVALID
+		                                  : CKR_OK;
+	json_decref(ans);
+	return rv == CKR_FUNCTION_NOT_SUPPORTED ? CKR_OK : rv;
+}
+
 /* Gives key_id the alias (taken first from the key pending deletion that had it: reclaim). */
 static CK_RV create_alias(const char *alias, const char *key_id, bool reclaim)
 {
@@ -241,16 +271,18 @@ static CK_RV create_alias(const char *alias, const char *key_id, bool reclaim)
 
 /*
  * Makes a key in hsmd (CreateKey, then CreateAlias for a label and for a
- * CKA_ID), then reads the objects again.  A label or CKA_ID another key has
- * is refused before the key is made (one a key pending deletion has moves to
- * the new key); a key whose aliases or objects cannot be made (a name taken
- * meanwhile, memory running out) goes again, with the aliases made for it:
- * no half-made key stays usable, and no name it took.  (A CreateKey whose
- * answer was lost, the connection or memory failing as it came, leaves a key
- * the module never learnt of.)
+ * CKA_ID), then reads the objects again.  A label or CKA_ID another key has,
+ * or a CKA_ID a certificate has, is refused before the key is made (one a key
+ * pending deletion has moves to the new key); a key whose aliases or objects
+ * cannot be made (a name taken meanwhile, memory running out) goes again,
+ * with the aliases made for it: no half-made key stays usable, and no name
+ * it took.  (A CreateKey whose answer was lost, the connection or memory
+ * failing as it came, leaves a key the module never learnt of.)  id is the
+ * alias of cka_id, the template's CKA_ID ("" and NULL without one).
  */
 static CK_RV make_key(hsm_key_spec spec, hsm_key_usage usage, const char *label,
-                      const char *id, char key_id[HSM_UUID_STRLEN + 1])
+                      const char *id, const CK_ATTRIBUTE *cka_id,
+                      char key_id[HSM_UUID_STRLEN + 1])
 {
 	char alias[P11_LABEL_MAX + 8] = "";
 	if (label[0] != '\0')
@@ -260,6 +292,8 @@ static CK_RV make_key(hsm_key_spec spec, hsm_key_usage usage, const char *label,
 	CK_RV rv = alias_free(alias, &reclaim_label);
 	if (rv == CKR_OK)
 		rv = alias_free(id, &reclaim_id);
+	if (rv == CKR_OK)
+		rv = id_free_of_certificates(cka_id);
 	if (rv != CKR_OK)
 		return rv;
 	json_t *ans = NULL;
@@ -278,8 +312,14 @@ static CK_RV make_key(hsm_key_spec spec, hsm_key_usage usage, const char *label,
 	bool labelled = false, ided = false;
 	if (alias[0] != '\0')
 		labelled = (rv = create_alias(alias, key_id, reclaim_label)) == CKR_OK;
-	if (rv == CKR_OK && id[0] != '\0')
+	if (rv == CKR_OK && id[0] != '\0') {
 		ided = (rv = create_alias(id, key_id, reclaim_id)) == CKR_OK;
+		/* A ValidationException says the id cannot be the new key's: a certificate was
+		 * stored with it since the look above (or, as unlikely, another id was given to
+		 * the key meanwhile); the alias name itself was checked (id_alias). */
+		if (rv == CKR_ARGUMENTS_BAD)
+			rv = CKR_ATTRIBUTE_VALUE_INVALID;
+	}
 	/* Without its objects (memory ran out reading them, say) the call fails: the key goes too. */
 	if (rv == CKR_OK)
 		rv = p11_objects_add_made(key_id);
@@ -345,7 +385,7 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE
 	if (rv != CKR_OK)
 		LEAVE(rv);
 	char key_id[HSM_UUID_STRLEN + 1];
-	rv = make_key(spec, usage, label, id, key_id);
+	rv = make_key(spec, usage, label, id, i, key_id);
 	const p11_object *po = rv == CKR_OK ? p11_object_of(key_id, CKO_PUBLIC_KEY) : NULL;
 	const p11_object *ko = rv == CKR_OK ? p11_object_of(key_id, CKO_PRIVATE_KEY) : NULL;
 	if (rv == CKR_OK && (po == NULL || ko == NULL))
@@ -420,7 +460,7 @@ CK_RV C_GenerateKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR
 	if (rv != CKR_OK)
 		LEAVE(rv);
 	char key_id[HSM_UUID_STRLEN + 1];
-	rv = make_key(spec, usage, label, id, key_id);
+	rv = make_key(spec, usage, label, id, p11_attr_find(t, n, CKA_ID), key_id);
 	const p11_object *o = rv == CKR_OK ? p11_object_of(key_id, CKO_SECRET_KEY) : NULL;
 	if (rv == CKR_OK && o == NULL)
 		rv = CKR_DEVICE_ERROR;

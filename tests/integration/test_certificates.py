@@ -918,6 +918,130 @@ def test_pkcs11_searches_by_a_keys_label_leave_certificates_alone(server, office
         admin(server, "DeleteCertificate", {"CertificateId": cid})
 
 
+PAIR_WITH_ID = r"""
+import sys, PyKCS11
+from PyKCS11 import CKA_EC_PARAMS, CKA_ID, CKA_PRIVATE, CKA_SENSITIVE, CKA_SIGN, CKA_TOKEN, CKA_VERIFY
+lib = PyKCS11.PyKCS11Lib()
+lib.load(sys.argv[1])
+s = lib.openSession(0, PyKCS11.CKF_SERIAL_SESSION | PyKCS11.CKF_RW_SESSION)
+s.login(sys.argv[2])
+cka_id = bytes.fromhex(sys.argv[3])
+pub = [(CKA_TOKEN, True), (CKA_EC_PARAMS, bytes.fromhex("06082a8648ce3d030107")),
+       (CKA_VERIFY, True), (CKA_ID, cka_id)]
+priv = [(CKA_TOKEN, True), (CKA_PRIVATE, True), (CKA_SENSITIVE, True), (CKA_SIGN, True),
+        (CKA_ID, cka_id)]
+try:
+    s.generateKeyPair(pub, priv, PyKCS11.MechanismECGENERATEKEYPAIR)
+    print("CKR_OK")
+except PyKCS11.PyKCS11Error as e:
+    print(PyKCS11.CKR[e.value])
+"""
+
+
+def generate_with_id(endpoint, cka_id):
+    """C_GenerateKeyPair (P-256) with CKA_ID cka_id, by a module using endpoint: its CKR name."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HSM_PKCS11_")}
+    env["HSM_PKCS11_ENDPOINT"] = endpoint
+    p = subprocess.run(["/usr/bin/python3", "-c", PAIR_WITH_ID, MODULE,
+                        f"{DEV_AKID}:{DEV_SECRET}", cka_id.hex()],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return p.stdout.strip()
+
+
+def test_pkcs11_a_cka_id_a_certificate_has_makes_no_key(server, officer, ca, keys, p11):
+    """A CKA_ID a stored certificate has (one certifying no key): C_GenerateKeyPair and
+    C_GenerateKey with it are CKR_ATTRIBUTE_VALUE_INVALID before any key is made, as for an
+    id another key has (the certificate would pair with the new key, which it does not
+    certify).  And C_CreateObject of a certificate under the CKA_ID of a key it does not
+    certify is CKR_TEMPLATE_INCONSISTENT (its CKA_ID and CKA_VALUE disagree), storing none."""
+    pub = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    held = der(issue(ca, pub, "holds an id"))
+    cka_id = b"\xab\x12\xef"
+    s = open_session(p11, f"{DEV_AKID}:{DEV_SECRET}")
+    try:
+        c = s.createObject(cert_template(held, label="id-holder", cka_id=cka_id))
+        stored = listed(server)
+        made = {k["KeyId"] for k in officer.list_keys(Limit=1000)["Keys"]}
+        ckr(PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID, s.generateKeyPair,
+            [(CKA_TOKEN, True), (PyKCS11.CKA_EC_PARAMS, bytes.fromhex("06082a8648ce3d030107")),
+             (PyKCS11.CKA_VERIFY, True), (CKA_ID, cka_id)],
+            [(CKA_TOKEN, True), (CKA_PRIVATE, True), (PyKCS11.CKA_SENSITIVE, True),
+             (PyKCS11.CKA_SIGN, True), (CKA_ID, cka_id)],
+            PyKCS11.MechanismECGENERATEKEYPAIR)
+        ckr(PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID, s.generateKey,
+            [(CKA_TOKEN, True), (PyKCS11.CKA_VALUE_LEN, 32), (CKA_ID, cka_id)],
+            PyKCS11.Mechanism(PyKCS11.CKM_AES_KEY_GEN))
+        assert {k["KeyId"] for k in officer.list_keys(Limit=1000)["Keys"]} == made
+        # The certificate certifies the RSA key, and is given the EC key's CKA_ID.
+        wrong = cert_of_key(officer, ca, keys["rsa"], "not the ec key's")
+        ckr(PyKCS11.CKR_TEMPLATE_INCONSISTENT, s.createObject,
+            cert_template(der(wrong), cka_id=keys["ec"].encode()))
+        assert listed(server) == stored
+        s.destroyObject(c)
+    finally:
+        close(s)
+
+
+def test_pkcs11_a_certificate_stored_as_its_id_is_taken(server, officer, ca, tmp_path):
+    """The certificate stored after the module looked (here: a node that lists no
+    certificate to the module): hsmd refuses the new key that CKA_ID, and the module answers
+    CKR_ATTRIBUTE_VALUE_INVALID, as when it saw the certificate, with the key it made
+    scheduled for deletion and holding no id."""
+    import http.server
+    import threading
+    import urllib.request
+
+    class Late(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            target = self.headers["X-Amz-Target"]
+            targets.append(target)
+            if target == "HsmdAdmin.ListCertificates":
+                status, out = 200, json.dumps({"Certificates": [], "Truncated": False}).encode()
+            else:  # passed on as signed: hsmd checks the Host header the module signed
+                req = urllib.request.Request(server.endpoint + self.path, data=body,
+                                             headers=dict(self.headers), method="POST")
+                try:
+                    with urllib.request.urlopen(req, timeout=30) as r:
+                        status, out = r.status, r.read()
+                except urllib.error.HTTPError as e:
+                    status, out = e.code, e.read()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/x-amz-json-1.1")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args):
+            pass
+
+    pub = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    cka_id = b"\xab\x12\xf0"
+    cid = import_cert(server, der(issue(ca, pub, "stored meanwhile")),
+                      ObjectId=b64(cka_id))["CertificateId"]
+    made = {k["KeyId"] for k in officer.list_keys(Limit=1000)["Keys"]}
+    targets = []
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Late)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        assert generate_with_id(f"http://127.0.0.1:{proxy.server_port}", cka_id) == \
+            "CKR_ATTRIBUTE_VALUE_INVALID"
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert "HsmdAdmin.ListCertificates" in targets and "TrentService.CreateKey" in targets
+    (new,) = {k["KeyId"] for k in officer.list_keys(Limit=1000)["Keys"]} - made
+    assert officer.describe_key(KeyId=new)["KeyMetadata"]["KeyState"] == "PendingDeletion"
+    assert officer.list_aliases(KeyId=new)["Aliases"] == []
+    # Told of the certificate, the module makes no key at all.
+    assert generate_with_id(server.endpoint, cka_id) == "CKR_ATTRIBUTE_VALUE_INVALID"
+    assert {k["KeyId"] for k in officer.list_keys(Limit=1000)["Keys"]} - made == {new}
+    admin(server, "DeleteCertificate", {"CertificateId": cid})
+
+
 # ---- PKCS#11: pkcs11-tool ------------------------------------------------------------------------
 
 def tool(server, *args):
