@@ -62,7 +62,7 @@ static a_status derived_attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_va
 	switch (t) {
 	case CKA_CLASS: return ulong_value(v, CKO_SECRET_KEY);
 	case CKA_KEY_TYPE: return ulong_value(v, CKK_GENERIC_SECRET);
-	case CKA_PRIVATE: return boolean(v, o->is_private);
+	case CKA_PRIVATE: return boolean(v, true); /* derive.c refuses a public one */
 	case CKA_SENSITIVE: return boolean(v, o->sensitive);
 	case CKA_ALWAYS_SENSITIVE: return boolean(v, o->sensitive && !o->external);
 	case CKA_EXTRACTABLE: return boolean(v, o->extractable);

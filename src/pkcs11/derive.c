@@ -14,12 +14,13 @@
  * ANSI X9.63 KDF over it and the shared data (pSharedData) to CKA_VALUE_LEN
  * bytes, which the template must then give.
  *
- * The value becomes a session object (CKO_SECRET_KEY, CKK_GENERIC_SECRET)
- * in a buffer wiped when freed, readable through CKA_VALUE unless the
- * template made it sensitive (not sensitive and extractable by default: the
- * value is what the caller derives it for, and hsmd's API hands it out all
- * the same).  No mechanism of this module uses such an object; it is wiped
- * when destroyed, when its session closes and at logout.
+ * The value becomes a private session object (CKO_SECRET_KEY,
+ * CKK_GENERIC_SECRET) in a buffer wiped when freed, readable through
+ * CKA_VALUE unless the template made it sensitive or not extractable (not
+ * sensitive and extractable by default: the value is what the caller derives
+ * it for, and hsmd's API hands it out all the same).  No mechanism of this
+ * module uses such an object; it is wiped when destroyed, when its session
+ * closes and at logout (a template asking for a public one is refused).
  */
 #include <stdint.h>
 #include <string.h>
@@ -47,7 +48,7 @@ static const struct {
 
 /* What a derived secret's template asks for. */
 typedef struct derived_tmpl {
-	bool is_private, sensitive, extractable;
+	bool sensitive, extractable;
 	bool uses[P11_USES];
 	bool has_len;
 	CK_ULONG len;
@@ -65,7 +66,7 @@ static bool *use_slot(derived_tmpl *d, CK_ATTRIBUTE_TYPE t)
 /* The template of a session secret key; anything else is refused. */
 static CK_RV parse_template(const CK_ATTRIBUTE *t, CK_ULONG n, derived_tmpl *d)
 {
-	*d = (derived_tmpl){.is_private = true, .extractable = true};
+	*d = (derived_tmpl){.extractable = true};
 	for (CK_ULONG i = 0; i < n; i++) {
 		const CK_ATTRIBUTE *a = &t[i];
 		CK_ULONG u = 0;
@@ -93,13 +94,21 @@ static CK_RV parse_template(const CK_ATTRIBUTE *t, CK_ULONG n, derived_tmpl *d)
 				return CKR_TEMPLATE_INCONSISTENT;
 			break;
 		case CKA_PRIVATE:
+			/*
+			 * A secret is a private object: a public one would outlive the login
+			 * (PKCS#11 v2.40 5.6 ends only private session objects at logout) and
+			 * be readable without one, where no object shows before login.
+			 */
+			if (!p11_attr_bool(a, &b))
+				return CKR_ATTRIBUTE_VALUE_INVALID;
+			if (!b)
+				return CKR_TEMPLATE_INCONSISTENT;
+			break;
 		case CKA_SENSITIVE:
 		case CKA_EXTRACTABLE:
 			if (!p11_attr_bool(a, &b))
 				return CKR_ATTRIBUTE_VALUE_INVALID;
-			*(a->type == CKA_PRIVATE     ? &d->is_private
-			  : a->type == CKA_SENSITIVE ? &d->sensitive
-			                             : &d->extractable) = b;
+			*(a->type == CKA_SENSITIVE ? &d->sensitive : &d->extractable) = b;
 			break;
 		case CKA_VALUE_LEN:
 			if (!p11_attr_ulong(a, &d->len))
@@ -353,7 +362,6 @@ CK_RV C_DeriveKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE b
 	if (rv == CKR_OK && k == NULL)
 		rv = CKR_HOST_MEMORY;
 	if (k != NULL) {
-		k->is_private = d.is_private;
 		k->sensitive = d.sensitive;
 		k->extractable = d.extractable;
 		k->external = external; /* its base's: see attrs.c */

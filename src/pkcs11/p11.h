@@ -97,7 +97,7 @@ typedef struct p11_object {
 	/* An hsmd secret key's check value is read when first asked for after each
 	 * listing (p11_object_read_check), not at the listing. */
 	bool check_unread;
-	bool is_private, sensitive, extractable;
+	bool sensitive, extractable;
 	bool uses[P11_USES]; /* in the order of p11_use_attrs */
 } p11_object;
 

@@ -848,6 +848,25 @@ def test_a_derived_secret_not_extractable_keeps_its_value(p11, user, officer, ke
             s.destroyObject(k)
 
 
+def test_a_derived_secret_is_a_private_object(p11, user, keys):
+    """A derived secret holds a secret, so it is a private object: it ends at logout with the
+    other private objects (PKCS#11 v2.40 5.6) and nothing reads it without a login.  A
+    template asking for a public one (CKA_PRIVATE false) is CKR_TEMPLATE_INCONSISTENT and
+    makes none."""
+    point = ec.generate_private_key(ec.SECP384R1()).public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    with session(p11, user.pin) as s:
+        (priv,) = find(s, CKO_PRIVATE_KEY, keys["ecdh"])
+        ckr(PyKCS11.CKR_TEMPLATE_INCONSISTENT, s.deriveKey, priv,
+            SECRET_TEMPLATE + [(CKA_PRIVATE, False), (CKA_LABEL, "public secret")], ecdh(point))
+        assert s.findObjects([(CKA_LABEL, "public secret")]) == []
+        k = s.deriveKey(priv, SECRET_TEMPLATE + [(CKA_PRIVATE, True)], ecdh(point))
+        assert attrs(s, k, CKA_PRIVATE) == [True]
+        s.logout()
+        s.login(user.pin)
+        assert attr_rv(s, k, CKA_PRIVATE) == PyKCS11.CKR_OBJECT_HANDLE_INVALID
+
+
 def test_a_session_object_labelled_like_a_key(p11, user, keys):
     """A derived secret labelled like a key (the key's alias): a search by that label reads
     that key again, not the derived secret as if it were a key: every such search answers,
