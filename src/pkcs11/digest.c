@@ -9,8 +9,10 @@
  * holds no key material, and hsmd hashes none on request.
  *
  * As for signing, a length query (or a buffer too small) leaves the
- * operation active with its input, so the caller asks again with the same
- * data; any other failure ends it.
+ * operation active, so the caller asks again with the same data; C_Digest
+ * answers those before it reads the data (a digest's length does not depend
+ * on it), so the data of a length query is not hashed.  Any other failure
+ * ends the operation.
  */
 #include <string.h>
 
@@ -57,22 +59,32 @@ static CK_RV feed(p11_op *op, const CK_BYTE *data, CK_ULONG len)
 	return CKR_DEVICE_ERROR;
 }
 
+/*
+ * A length query (out NULL: CKR_OK) or a buffer too small (CKR_BUFFER_TOO_SMALL)
+ * sets *out_n to the digest's length and answers true: the operation goes on.
+ */
+static bool length_answer(const p11_op *op, CK_BYTE_PTR out, CK_ULONG_PTR out_n, CK_RV *rv)
+{
+	CK_ULONG need = (CK_ULONG)EVP_MD_CTX_get_size(op->md);
+	if (out != NULL && *out_n >= need)
+		return false;
+	*rv = out == NULL ? CKR_OK : CKR_BUFFER_TOO_SMALL;
+	*out_n = need;
+	return true;
+}
+
 /* The digest into out (length queries and short buffers keep the operation). */
 static CK_RV finish(p11_op *op, CK_BYTE_PTR out, CK_ULONG_PTR out_n)
 {
-	CK_ULONG need = (CK_ULONG)EVP_MD_CTX_get_size(op->md);
-	if (out == NULL) {
-		*out_n = need;
-		return CKR_OK;
-	}
-	if (*out_n < need) {
-		*out_n = need;
-		return CKR_BUFFER_TOO_SMALL;
-	}
+	CK_RV rv;
+	if (length_answer(op, out, out_n, &rv))
+		return rv;
 	unsigned n = 0;
-	CK_RV rv = EVP_DigestFinal_ex(op->md, out, &n) && n == need ? CKR_OK : CKR_DEVICE_ERROR;
+	rv = EVP_DigestFinal_ex(op->md, out, &n) && n == (unsigned)EVP_MD_CTX_get_size(op->md)
+	         ? CKR_OK
+	         : CKR_DEVICE_ERROR;
 	if (rv == CKR_OK)
-		*out_n = need;
+		*out_n = n;
 	p11_op_reset(op);
 	return rv;
 }
@@ -90,13 +102,12 @@ CK_RV C_Digest(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR 
 		p11_op_reset(&s->digest);
 		LEAVE(CKR_OPERATION_NOT_INITIALIZED);
 	}
-	/* After a length query or a short buffer the caller repeats C_Digest with the same data. */
-	if (!s->digest.fed) {
-		rv = feed(&s->digest, data, len);
-		if (rv != CKR_OK)
-			LEAVE(rv);
-		s->digest.fed = true;
-	}
+	/* Answered before the data is hashed: the caller repeats C_Digest with the same data. */
+	if (length_answer(&s->digest, out, out_n, &rv))
+		LEAVE(rv);
+	rv = feed(&s->digest, data, len);
+	if (rv != CKR_OK)
+		LEAVE(rv);
 	LEAVE(finish(&s->digest, out, out_n));
 }
 

@@ -130,7 +130,6 @@ typedef struct p11_mech {
 typedef struct p11_op {
 	bool active;
 	uint64_t serial;   /* given at its *Init (p11_serial): this operation and no other */
-	bool fed;   /* C_Digest gave the data (a length query came first) */
 	bool multi; /* an Update call gave data: no one-part call now */
 	const p11_mech *mech;
 	CK_OBJECT_HANDLE key;

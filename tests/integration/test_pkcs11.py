@@ -1879,6 +1879,17 @@ def test_digests_in_the_module(p11, server, user, keys):
         check(lib.C_Digest(h, ckbytelist(sig), out), "C_Digest (length)")
         check(lib.C_Digest(h, ckbytelist(sig), out), "C_Digest")
         assert bytes(out) == hashlib.sha256(sig).digest()
+        # C_Digest answers a length query, or a buffer too small, before it reads the data:
+        # an Update call after either begins the data (as SoftHSMv2 does).
+        for room in ([], [0] * 31):
+            check(lib.C_DigestInit(h, sha256), "C_DigestInit")
+            out = ckbytelist(room)
+            assert lib.C_Digest(h, ckbytelist(b"one"), out) == \
+                (CKR_OK if not room else PyKCS11.CKR_BUFFER_TOO_SMALL)
+            check(lib.C_DigestUpdate(h, ckbytelist(b"two")), "C_DigestUpdate")
+            out = ckbytelist([0] * 32)
+            check(lib.C_DigestFinal(h, out), "C_DigestFinal")
+            assert bytes(out) == hashlib.sha256(b"two").digest(), room
         # C_Digest does not end a multi-part digest: refused, and the operation ended.
         check(lib.C_DigestInit(h, sha256), "C_DigestInit")
         check(lib.C_DigestUpdate(h, ckbytelist(MSG)), "C_DigestUpdate")
