@@ -285,10 +285,12 @@ static CK_RV op_init(CK_SESSION_HANDLE hs, bool sign, CK_MECHANISM_PTR mech, CK_
 	/* Only PSS and EdDSA take parameters (an empty pointer-and-length pair is no parameter). */
 	if (m->family != P11_RSA_PSS && m->family != P11_EDDSA && mech->ulParameterLen != 0)
 		return CKR_MECHANISM_PARAM_INVALID;
-	/* Ed25519 as hsmd signs it (RFC 8032 PureEdDSA): no prehash, no context. */
-	if (m->family == P11_EDDSA && mech->pParameter != NULL) {
+	/* Ed25519 as hsmd signs it (RFC 8032 PureEdDSA): no prehash, no context.  A length
+	 * without its parameters (pParameter NULL) is malformed, not "no parameter". */
+	if (m->family == P11_EDDSA && (mech->pParameter != NULL || mech->ulParameterLen != 0)) {
 		const eddsa_params *p = mech->pParameter;
-		if (mech->ulParameterLen != sizeof(*p) || p->phFlag || p->ulContextDataLen != 0)
+		if (p == NULL || mech->ulParameterLen != sizeof(*p) || p->phFlag ||
+		    p->ulContextDataLen != 0)
 			return CKR_MECHANISM_PARAM_INVALID;
 	}
 	const hash_def *h = hash_by_md(m->md);

@@ -3166,6 +3166,12 @@ def test_ed25519(p11, user, officer):
         assert refused(s.sign, priv, b"x" * 4097, m) == PyKCS11.CKR_DATA_LEN_RANGE
         assert refused(s.sign, priv, b"x", Mechanism(PyKCS11.CKM_ECDSA_SHA256)) == \
             PyKCS11.CKR_KEY_TYPE_INCONSISTENT
+        # A parameter length without parameters (pParameter NULL) is no "no parameter".
+        lengthy = Mechanism(CKM["CKM_EDDSA"]).to_native()
+        lengthy.ulParameterLen = 24
+        assert s.lib.C_SignInit(s.session, lengthy, priv) == PyKCS11.CKR_MECHANISM_PARAM_INVALID
+        assert s.lib.C_VerifyInit(s.session, lengthy, pub) == PyKCS11.CKR_MECHANISM_PARAM_INVALID
+        assert len(sign(s, priv, m, b"no operation was left active")) == 64
 
     # Key generation: the OID, or the curve's name as PKCS#11 v3.0 also writes it.
     with session(p11, DEV_AKID + ":" + DEV_SECRET) as s:
