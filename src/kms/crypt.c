@@ -135,11 +135,14 @@ static hsm_result decrypt_blob(hsm_kms *kms, const kms_key *k, const hsm_blob *b
 	return r;
 }
 
-/* RSA ciphertexts do not name their version: newest first, one uniform failure. */
+/*
+ * RSA ciphertexts do not name their version: newest first, down to the one
+ * above `tried` (those were tried already), one uniform failure.
+ */
 static hsm_result decrypt_rsa(hsm_kms *kms, const kms_key *k, hsm_enc_alg alg, const uint8_t *ct,
-                              size_t n, hsm_buf *pt, hsm_used_key *used)
+                              size_t n, uint32_t tried, hsm_buf *pt, hsm_used_key *used)
 {
-	for (uint32_t v = k->rec.primary_version; v >= 1; v--) {
+	for (uint32_t v = k->rec.primary_version; v > tried; v--) {
 		hsm_ks_keyref ref = kms_keyref(k, v);
 		hsm_result r = hsm_ks_rsa_decrypt(kms->ks, &ref, alg, ct, n, pt);
 		if (hsm_ok(r)) {
@@ -154,10 +157,21 @@ static hsm_result decrypt_rsa(hsm_kms *kms, const kms_key *k, hsm_enc_alg alg, c
 }
 
 /*
- * Decrypt's core, shared with ReEncrypt (which authorizes as kms:ReEncryptFrom).
- * Under DryRun the ciphertext is still opened, as the check that it is valid,
- * unless the request said IGNORE_CIPHERTEXT: then pt stays empty.
+ * A ciphertext none of k's versions opens may come from a version another
+ * node sharing the store made since this node cached k (a rotation of a
+ * moment ago): the key is read again, once, and looked up as it was (ref,
+ * extra), so its state and policy are checked anew.  *k is the newer
+ * snapshot, or unchanged when the store has nothing newer; NULL on failure.
+ * Refused requests pay that store read, the others nothing.
  */
+static hsm_result lookup_newer(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
+                               const char *ref, const kms_authz_extra *extra, kms_key **k)
+{
+	bool moved = false;
+	HSM_GUARD(kms_key_moved(kms, k, &moved));
+	return moved ? kms_lookup(kms, caller, op, ref, extra, k) : HSM_SUCCESS;
+}
+
 /*
  * ReEncrypt's kms:ReEncryptOnSameKey for a lookup of the key ref names:
  * whether it is the destination key (dest_id; NULL: not a ReEncrypt, or
@@ -175,6 +189,11 @@ static void same_key(hsm_kms *kms, const char *dest_id, const char *ref, hsm_pol
 	extra->n_more = 1;
 }
 
+/*
+ * Decrypt's core, shared with ReEncrypt (which authorizes as kms:ReEncryptFrom).
+ * Under DryRun the ciphertext is still opened, as the check that it is valid,
+ * unless the request said IGNORE_CIPHERTEXT: then pt stays empty.
+ */
 static hsm_result decrypt_any(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
                               const char *action, const char *dest_id,
                               const hsm_decrypt_req *req, hsm_buf *pt, hsm_used_key *used,
@@ -243,12 +262,24 @@ static hsm_result decrypt_any(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
 	HSM_TRY(require_enc_alg(k, alg));
 	if (!symmetric)
 		HSM_TRY(require_no_ctx(&req->ctx));
-	if (skip)
+	if (skip) {
 		kms_used(k, k->rec.primary_version, used);
-	else if (symmetric)
+	} else if (symmetric) {
+		/* A version above the primary this node knows: perhaps just rotated in elsewhere. */
+		if (blob.key_version > k->rec.primary_version)
+			HSM_TRY(lookup_newer(kms, caller, op, blob.key_id, &extra, &k));
 		HSM_TRY(decrypt_blob(kms, k, &blob, &req->ctx, pt, used));
-	else
-		HSM_TRY(decrypt_rsa(kms, k, alg, req->ciphertext, req->ciphertext_len, pt, used));
+	} else {
+		uint32_t tried = k->rec.primary_version;
+		res = decrypt_rsa(kms, k, alg, req->ciphertext, req->ciphertext_len, 0, pt, used);
+		if (res.err == HSM_ERR_INVALID_CIPHERTEXT) {
+			HSM_TRY(lookup_newer(kms, caller, op, req->key, &extra, &k));
+			res = decrypt_rsa(kms, k, alg, req->ciphertext, req->ciphertext_len, tried, pt,
+			                  used);
+		}
+		if (hsm_failed(res))
+			goto out;
+	}
 	*alg_used = alg;
 out:
 	kms_key_release(k);

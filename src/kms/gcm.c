@@ -10,7 +10,9 @@
  * (BYOK) opens it anywhere.  Nothing in it names the key version: decryption
  * tries the versions the key uses, newest first, and only the one that made
  * it verifies the tag (a forgery that verifies under some version is as
- * hard as against one key).  Expect one attempt per rotation since.
+ * hard as against one key).  Expect one attempt per rotation since; when
+ * none verifies, the key is read again once (kms_key_moved), for a version
+ * another node sharing the store rotated in.
  *
  * The blobs of Encrypt and the GenerateDataKey family use the same material,
  * authenticated with their header and encryption context as AAD: additional
@@ -66,6 +68,47 @@ hsm_result hsm_kms_gcm_encrypt(hsm_kms *kms, const hsm_caller *caller, const cha
 	return r;
 }
 
+/* GcmDecrypt's key: looked up, authorized and checked; released on failure. */
+static hsm_result decrypt_lookup(hsm_kms *kms, const hsm_caller *caller, const char *key,
+                                 const uint8_t iv[12], const uint8_t *aad, size_t aad_len,
+                                 kms_key **out)
+{
+	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_GcmDecrypt, key, NULL, out));
+	hsm_result r = require_aes(*out);
+	if (hsm_ok(r))
+		r = hsm_blob_refuse_header_aad(aad, aad_len, (*out)->rec.key_id, iv);
+	if (hsm_ok(r))
+		r = kms_dry_run_stop(caller);
+	if (hsm_failed(r)) {
+		kms_key_release(*out);
+		*out = NULL;
+	}
+	return r;
+}
+
+/*
+ * Tries k's versions newest first, down to the one above `tried` (those
+ * were tried already); only the one that sealed the ciphertext verifies its
+ * tag.  One uniform failure when none does.
+ */
+static hsm_result open_above(hsm_kms *kms, const kms_key *k, uint32_t tried, const uint8_t iv[12],
+                             const uint8_t *aad, size_t aad_len, const uint8_t *ct,
+                             size_t ct_len, hsm_buf *pt, hsm_used_key *used)
+{
+	for (uint32_t v = k->rec.primary_version; v > tried; v--) {
+		hsm_ks_keyref ref = kms_keyref(k, v);
+		hsm_result r = hsm_ks_gcm_open(kms->ks, &ref, iv, aad, aad_len, ct, ct_len, pt);
+		if (hsm_ok(r))
+			kms_used(k, v, used);
+		else
+			hsm_buf_clear(pt);
+		if (r.err != HSM_ERR_INVALID_CIPHERTEXT)
+			return r;
+	}
+	return HSM_FAIL(HSM_ERR_INVALID_CIPHERTEXT,
+	                "The ciphertext, IV or additional data is not valid for this key");
+}
+
 hsm_result hsm_kms_gcm_decrypt(hsm_kms *kms, const hsm_caller *caller, const char *key,
                                const uint8_t iv[12], const uint8_t *aad, size_t aad_len,
                                const uint8_t *ct, size_t ct_len, hsm_buf *pt, hsm_used_key *used)
@@ -75,33 +118,19 @@ hsm_result hsm_kms_gcm_decrypt(hsm_kms *kms, const hsm_caller *caller, const cha
 	HSM_ENSURE(ct_len >= HSM_GCM_TAG_LEN && ct_len <= HSM_GCM_MAX_DATA + HSM_GCM_TAG_LEN,
 	           HSM_ERR_VALIDATION, "Ciphertext must be %d to %d bytes (the tag included)",
 	           HSM_GCM_TAG_LEN, HSM_GCM_MAX_DATA + HSM_GCM_TAG_LEN);
-	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_GcmDecrypt, key, NULL, &k));
-	hsm_result r = require_aes(k);
-	if (hsm_ok(r))
-		r = hsm_blob_refuse_header_aad(aad, aad_len, k->rec.key_id, iv);
-	if (hsm_ok(r))
-		r = kms_dry_run_stop(caller);
-	bool tried = false; /* every version, and none verified the tag */
-	if (hsm_ok(r)) {
-		tried = true;
-		for (uint32_t v = k->rec.primary_version; v >= 1; v--) {
-			hsm_ks_keyref ref = kms_keyref(k, v);
-			hsm_result one = hsm_ks_gcm_open(kms->ks, &ref, iv, aad, aad_len, ct, ct_len, pt);
-			if (hsm_ok(one))
-				kms_used(k, v, used);
-			else
-				hsm_buf_clear(pt);
-			if (one.err != HSM_ERR_INVALID_CIPHERTEXT) {
-				r = one;
-				tried = false;
-				break;
-			}
-		}
+	HSM_GUARD(decrypt_lookup(kms, caller, key, iv, aad, aad_len, &k));
+	uint32_t tried = k->rec.primary_version;
+	hsm_result r = open_above(kms, k, 0, iv, aad, aad_len, ct, ct_len, pt, used);
+	if (r.err == HSM_ERR_INVALID_CIPHERTEXT) {
+		/* Perhaps sealed with a version another node sharing the store rotated in since. */
+		bool moved = false;
+		r = kms_key_moved(kms, &k, &moved);
+		if (hsm_ok(r) && moved)
+			r = decrypt_lookup(kms, caller, key, iv, aad, aad_len, &k);
+		if (hsm_ok(r))
+			r = open_above(kms, k, tried, iv, aad, aad_len, ct, ct_len, pt, used);
 	}
 	kms_key_release(k);
-	if (tried)
-		return HSM_FAIL(HSM_ERR_INVALID_CIPHERTEXT,
-		                "The ciphertext, IV or additional data is not valid for this key");
 	return r;
 }
 

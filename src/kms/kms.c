@@ -598,6 +598,26 @@ void kms_key_invalidate(hsm_kms *kms, const char *key_id)
 	hsm_shmap_remove(kms->keys, key_id);
 }
 
+hsm_result kms_key_moved(hsm_kms *kms, kms_key **k, bool *moved)
+{
+	*moved = false;
+	if (kms->cfg.meta_cache_ttl_ms <= 0)
+		return HSM_SUCCESS;
+	hsm_key_record now;
+	memset(&now, 0, sizeof(now));
+	hsm_result r = hsm_store_key_get(kms->store, (*k)->rec.key_id, &now);
+	bool stale = hsm_ok(r) && now.primary_version != (*k)->rec.primary_version;
+	hsm_key_record_clear(&now);
+	if (stale)
+		kms_key_invalidate(kms, (*k)->rec.key_id);
+	if (hsm_failed(r) || stale) {
+		kms_key_release(*k);
+		*k = NULL;
+	}
+	*moved = stale;
+	return r;
+}
+
 void kms_forget(hsm_kms *kms, const char *key_id)
 {
 	atomic_fetch_add_explicit(forgets_of(kms, key_id), 1, memory_order_acq_rel);

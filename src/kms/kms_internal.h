@@ -67,9 +67,22 @@ void kms_key_release(kms_key *k);
 void kms_version_times_free(struct kms_version_times *t);
 /* Seconds a node's JWK Set document is served before it is rebuilt, at most (kms_jwks.c). */
 int64_t hsm_kms_jwks_ttl(const hsm_kms *kms);
-/* Drops the cached snapshot of a key after a change. */
+/*
+ * Whether another node sharing the store moved *k's primary version on
+ * since *k was read (a rotation of a moment ago, which this node's cache may
+ * not show for up to meta_cache_ttl_ms): one store read.  When it did, the
+ * cached snapshot is dropped and *k released (NULL), so that the caller
+ * looks the key up again and reads it afresh; so on failure too.  Always
+ * false without a cache lifetime (meta_cache_ttl_ms 0: a store of this
+ * node's own, whose every change the node made and saw).  Costs a store
+ * read: for where a request would otherwise fail or conflict (a value none
+ * of the cached versions accepts, a rotation to a version another node made
+ * already), not for the requests that succeed.
+ */
+hsm_result kms_key_moved(hsm_kms *kms, kms_key **k, bool *moved) HSM_MUST_CHECK;
 /* Zeroizes this node's cached material of a key (see kms_key.superseded). */
 void kms_forget(hsm_kms *kms, const char *key_id);
+/* Drops the cached snapshot of a key after a change. */
 void kms_key_invalidate(hsm_kms *kms, const char *key_id);
 /* Forgets every cached alias; called after each alias write, whatever its
  * outcome, and after a key's destruction (which deletes its aliases). */

@@ -177,23 +177,10 @@ hsm_result hsm_kms_rotate_now(hsm_kms *kms, const hsm_caller *caller, const char
 	 * to make again and be refused as a conflict.  The version is read as it
 	 * is; a stale record is looked up again.
 	 */
-	if (kms->cfg.meta_cache_ttl_ms > 0) {
-		hsm_key_record now;
-		memset(&now, 0, sizeof(now));
-		hsm_result got = hsm_store_key_get(kms->store, k->rec.key_id, &now);
-		bool stale = hsm_ok(got) && now.primary_version != k->rec.primary_version;
-		hsm_key_record_clear(&now);
-		if (hsm_failed(got)) {
-			kms_key_release(k);
-			return got;
-		}
-		if (stale) {
-			kms_key_invalidate(kms, k->rec.key_id);
-			kms_key_release(k);
-			k = NULL;
-			HSM_GUARD(kms_lookup(kms, caller, HSM_OP_RotateKeyOnDemand, ref, NULL, &k));
-		}
-	}
+	bool stale = false;
+	HSM_GUARD(kms_key_moved(kms, &k, &stale));
+	if (stale)
+		HSM_GUARD(kms_lookup(kms, caller, HSM_OP_RotateKeyOnDemand, ref, NULL, &k));
 	/* Counted at this primary version: a rotation that commits must still find it primary
 	 * (make_primary, kms_promote_pending), so two at once cannot pass the limit together. */
 	on_demand_count c = {k->rec.primary_version, 0};

@@ -3,7 +3,9 @@
  *
  * Signing and MAC generation use the primary version.  Signatures and MACs
  * carry no version, so Verify and VerifyMac try the versions newest first:
- * after a rotation, values made with an older version keep verifying.  A
+ * after a rotation, values made with an older version keep verifying.  When
+ * none verifies, the key is read again once (kms_key_moved): another node
+ * sharing the store may have rotated it and signed with the new version.  A
  * mismatch is an error (KMSInvalidSignatureException /
  * KMSInvalidMacException), never a "false" result, as in KMS.
  */
@@ -90,6 +92,25 @@ hsm_result hsm_kms_sign(hsm_kms *kms, const hsm_caller *caller, const char *key,
 	return r;
 }
 
+/*
+ * Tries k's versions newest first, down to the one above `tried` (those
+ * were tried already): KMSInvalidSignatureException when none verifies.
+ */
+static hsm_result verify_above(hsm_kms *kms, const kms_key *k, uint32_t tried, hsm_sign_alg alg,
+                               hsm_message_type type, const uint8_t *msg, size_t len,
+                               const uint8_t *sig, size_t sig_len, hsm_used_key *used)
+{
+	for (uint32_t v = k->rec.primary_version; v > tried; v--) {
+		hsm_ks_keyref ref = kms_keyref(k, v);
+		hsm_result r = hsm_ks_verify(kms->ks, &ref, alg, type, msg, len, sig, sig_len);
+		if (hsm_ok(r))
+			kms_used(k, v, used);
+		if (r.err != HSM_ERR_INVALID_SIGNATURE)
+			return r;
+	}
+	return HSM_FAIL(HSM_ERR_INVALID_SIGNATURE, "the signature is not valid");
+}
+
 hsm_result hsm_kms_verify(hsm_kms *kms, const hsm_caller *caller, const char *key,
                           hsm_sign_alg alg, hsm_message_type type, const uint8_t *msg,
                           size_t len, const uint8_t *sig, size_t sig_len, hsm_used_key *used)
@@ -99,16 +120,16 @@ hsm_result hsm_kms_verify(hsm_kms *kms, const hsm_caller *caller, const char *ke
 	HSM_ENSURE(sig_len >= 1 && sig_len <= MAX_SIGNATURE, HSM_ERR_VALIDATION,
 	           "Signature must be between 1 and %d bytes", MAX_SIGNATURE);
 	HSM_GUARD(sign_lookup(kms, caller, HSM_OP_Verify, key, alg, type, &k));
-	hsm_result r = HSM_FAIL(HSM_ERR_INVALID_SIGNATURE, "the signature is not valid");
-	for (uint32_t v = k->rec.primary_version; v >= 1; v--) {
-		hsm_ks_keyref ref = kms_keyref(k, v);
-		r = hsm_ks_verify(kms->ks, &ref, alg, type, msg, len, sig, sig_len);
-		if (hsm_ok(r)) {
-			kms_used(k, v, used);
-			break;
-		}
-		if (r.err != HSM_ERR_INVALID_SIGNATURE)
-			break;
+	uint32_t tried = k->rec.primary_version;
+	hsm_result r = verify_above(kms, k, 0, alg, type, msg, len, sig, sig_len, used);
+	if (r.err == HSM_ERR_INVALID_SIGNATURE) {
+		/* Perhaps made with a version another node sharing the store rotated in since. */
+		bool moved = false;
+		r = kms_key_moved(kms, &k, &moved);
+		if (hsm_ok(r) && moved)
+			r = sign_lookup(kms, caller, HSM_OP_Verify, key, alg, type, &k);
+		if (hsm_ok(r))
+			r = verify_above(kms, k, tried, alg, type, msg, len, sig, sig_len, used);
 	}
 	kms_key_release(k);
 	return r;
@@ -145,6 +166,22 @@ hsm_result hsm_kms_generate_mac(hsm_kms *kms, const hsm_caller *caller, const ch
 	return r;
 }
 
+/* verify_above's counterpart for MACs: KMSInvalidMacException when none verifies. */
+static hsm_result verify_mac_above(hsm_kms *kms, const kms_key *k, uint32_t tried,
+                                   hsm_mac_alg alg, const uint8_t *msg, size_t len,
+                                   const uint8_t *mac, size_t mac_len, hsm_used_key *used)
+{
+	for (uint32_t v = k->rec.primary_version; v > tried; v--) {
+		hsm_ks_keyref ref = kms_keyref(k, v);
+		hsm_result r = hsm_ks_verify_mac(kms->ks, &ref, alg, msg, len, mac, mac_len);
+		if (hsm_ok(r))
+			kms_used(k, v, used);
+		if (r.err != HSM_ERR_INVALID_MAC)
+			return r;
+	}
+	return HSM_FAIL(HSM_ERR_INVALID_MAC, "the MAC is not valid");
+}
+
 hsm_result hsm_kms_verify_mac(hsm_kms *kms, const hsm_caller *caller, const char *key,
                               hsm_mac_alg alg, const uint8_t *msg, size_t len, const uint8_t *mac,
                               size_t mac_len, hsm_used_key *used)
@@ -153,16 +190,16 @@ hsm_result hsm_kms_verify_mac(hsm_kms *kms, const hsm_caller *caller, const char
 	HSM_ENSURE(mac_len >= 1 && mac_len <= MAX_MAC, HSM_ERR_VALIDATION,
 	           "Mac must be between 1 and %d bytes", MAX_MAC);
 	HSM_GUARD(mac_lookup(kms, caller, HSM_OP_VerifyMac, key, alg, len, &k));
-	hsm_result r = HSM_FAIL(HSM_ERR_INVALID_MAC, "the MAC is not valid");
-	for (uint32_t v = k->rec.primary_version; v >= 1; v--) {
-		hsm_ks_keyref ref = kms_keyref(k, v);
-		r = hsm_ks_verify_mac(kms->ks, &ref, alg, msg, len, mac, mac_len);
-		if (hsm_ok(r)) {
-			kms_used(k, v, used);
-			break;
-		}
-		if (r.err != HSM_ERR_INVALID_MAC)
-			break;
+	uint32_t tried = k->rec.primary_version;
+	hsm_result r = verify_mac_above(kms, k, 0, alg, msg, len, mac, mac_len, used);
+	if (r.err == HSM_ERR_INVALID_MAC) {
+		/* Perhaps made with a version another node sharing the store rotated in since. */
+		bool moved = false;
+		r = kms_key_moved(kms, &k, &moved);
+		if (hsm_ok(r) && moved)
+			r = mac_lookup(kms, caller, HSM_OP_VerifyMac, key, alg, len, &k);
+		if (hsm_ok(r))
+			r = verify_mac_above(kms, k, tried, alg, msg, len, mac, mac_len, used);
 	}
 	kms_key_release(k);
 	return r;

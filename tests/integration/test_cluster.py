@@ -314,6 +314,87 @@ def test_grants_made_on_one_node_hold_on_the_other(cluster):
     assert stale_for(refused) < CACHE_MS / 1000 + 0.5, "node B honoured a revoked grant"
 
 
+def test_a_value_made_with_a_version_rotated_in_elsewhere_is_taken_at_once(cluster):
+    """A node that cached a key before another node rotated it trusts its cached record for
+    the cache lifetime (30 s here), but a value made with the new version is not refused
+    meanwhile as forged: a value none of the versions it knows accepts makes it read the key
+    again, once, and try the versions that read adds.  Forgeries are refused as before."""
+    slow = Hsmd(["--node-id", "node-slow", "--store-cache-ms", "30000"] + JWT_FLAGS,
+                env={"HSM_STORE": cluster.store})
+    try:
+        unseal(slow, cluster.files)
+        off_a, app_a, app_s = (kms(cluster.a, cluster.ops), kms(cluster.a, cluster.app),
+                               kms(slow, cluster.app))
+
+        def rotate(kid):
+            st, out = signed_call(cluster.a, "TrentService.RotateKeyOnDemand", {"KeyId": kid},
+                                  akid=cluster.ops[0], secret=cluster.ops[1])
+            assert st == 200, out
+
+        def gcm(server, op, body):
+            r = signed_request(server, "HsmdCipher." + op, body, akid=cluster.app[0],
+                               secret=cluster.app[1])
+            return r.status_code, r.json()
+
+        b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+        ecdsa = dict(SigningAlgorithm="ECDSA_SHA_256")
+        hmac = dict(MacAlgorithm="HMAC_SHA_256")
+        oaep = dict(EncryptionAlgorithm="RSAES_OAEP_SHA_256")
+        def new_key(spec="SYMMETRIC_DEFAULT", usage="ENCRYPT_DECRYPT"):
+            return off_a.create_key(KeySpec=spec, KeyUsage=usage)["KeyMetadata"]["KeyId"]
+        sym, gk = new_key(), new_key()
+        ec = new_key("ECC_NIST_P256", "SIGN_VERIFY")
+        mac = new_key("HMAC_256", "GENERATE_VERIFY_MAC")
+        rsa = new_key("RSA_2048")
+        # The slow node caches each key at version 1.
+        app_s.decrypt(CiphertextBlob=app_a.encrypt(KeyId=sym, Plaintext=b"1")["CiphertextBlob"])
+        app_s.verify(KeyId=ec, Message=b"m", Signature=app_a.sign(
+            KeyId=ec, Message=b"m", **ecdsa)["Signature"], **ecdsa)
+        app_s.verify_mac(KeyId=mac, Message=b"m", Mac=app_a.generate_mac(
+            KeyId=mac, Message=b"m", **hmac)["Mac"], **hmac)
+        app_s.decrypt(KeyId=rsa, CiphertextBlob=app_a.encrypt(
+            KeyId=rsa, Plaintext=b"1", **oaep)["CiphertextBlob"], **oaep)
+        st, out = gcm(slow, "GcmEncrypt", {"KeyId": gk, "Plaintext": b64(b"1")})
+        assert st == 200, out
+        for kid in (sym, ec, mac, rsa, gk):
+            rotate(kid)
+        # Values made on A with version 2 are taken on the slow node at once.
+        blob = app_a.encrypt(KeyId=sym, Plaintext=b"2")["CiphertextBlob"]
+        out = app_s.decrypt(CiphertextBlob=blob)
+        assert out["Plaintext"] == b"2" and out["KeyId"].endswith(sym)
+        sig = app_a.sign(KeyId=ec, Message=b"m", **ecdsa)["Signature"]
+        assert app_s.verify(KeyId=ec, Message=b"m", Signature=sig, **ecdsa)["SignatureValid"]
+        tag = app_a.generate_mac(KeyId=mac, Message=b"m", **hmac)["Mac"]
+        assert app_s.verify_mac(KeyId=mac, Message=b"m", Mac=tag, **hmac)["MacValid"]
+        ct = app_a.encrypt(KeyId=rsa, Plaintext=b"2", **oaep)["CiphertextBlob"]
+        assert app_s.decrypt(KeyId=rsa, CiphertextBlob=ct, **oaep)["Plaintext"] == b"2"
+        st, sealed = gcm(cluster.a, "GcmEncrypt", {"KeyId": gk, "Plaintext": b64(b"2")})
+        assert st == 200, sealed
+        st, out = gcm(slow, "GcmDecrypt", {"KeyId": gk, "Iv": sealed["Iv"],
+                                           "Ciphertext": sealed["Ciphertext"]})
+        assert st == 200 and base64.b64decode(out["Plaintext"]) == b"2", out
+        # ReEncrypt from a version the slow node has not seen yet, too.
+        rotate(sym)
+        blob = app_a.encrypt(KeyId=sym, Plaintext=b"3")["CiphertextBlob"]
+        again = app_s.re_encrypt(CiphertextBlob=blob, DestinationKeyId=sym)["CiphertextBlob"]
+        assert app_a.decrypt(CiphertextBlob=again)["Plaintext"] == b"3"
+        # What no version accepts is refused as it was, the read again notwithstanding.
+        forged = bytearray(blob)
+        forged[17:21] = (99).to_bytes(4, "big")  # a version the key never had
+        raises("InvalidCiphertextException", app_s.decrypt, CiphertextBlob=bytes(forged))
+        raises("KMSInvalidSignatureException", app_s.verify, KeyId=ec, Message=b"other",
+               Signature=sig, **ecdsa)
+        raises("KMSInvalidMacException", app_s.verify_mac, KeyId=mac, Message=b"other",
+               Mac=tag, **hmac)
+        raises("InvalidCiphertextException", app_s.decrypt, KeyId=rsa,
+               CiphertextBlob=bytes(len(ct)), **oaep)
+        st, out = gcm(slow, "GcmDecrypt", {"KeyId": gk, "Iv": sealed["Iv"],
+                                           "Ciphertext": b64(bytes(20))})
+        assert st == 400 and out["__type"] == "InvalidCiphertextException", out
+    finally:
+        slow.cleanup()
+
+
 def test_imported_material_across_nodes(cluster):
     """An import token from node A opens on node B (same master key, nothing kept between the
     calls); material deleted on A stops working on B within the cache lifetime, and a
