@@ -25,6 +25,15 @@ hsm_result kms_canonical_ctx(const hsm_enc_ctx *ctx, hsm_buf *out)
 	return hsm_enc_ctx_canonical(ctx->pairs, ctx->n, out);
 }
 
+/* kms_canonical_ctx's checks alone, for a request that stops before it would use the context. */
+static hsm_result check_ctx(const hsm_enc_ctx *ctx)
+{
+	hsm_buf canon = {0};
+	hsm_result r = kms_canonical_ctx(ctx, &canon);
+	hsm_buf_free(&canon);
+	return r;
+}
+
 static hsm_result require_usage(const kms_key *k, hsm_key_usage usage)
 {
 	HSM_ENSURE(k->rec.usage == usage, HSM_ERR_INVALID_KEY_USAGE,
@@ -61,8 +70,9 @@ static hsm_enc_alg alg_or_default(bool has, hsm_enc_alg alg)
 
 /*
  * Encrypts with the primary version of an already authorized key.  Under
- * DryRun it stops before encrypting, or at once after the key checks when
- * there is no plaintext (ReEncrypt whose ciphertext was not opened).
+ * DryRun it stops before encrypting, or, when there is no plaintext (ReEncrypt
+ * whose ciphertext was not opened), once every check that does not depend on
+ * the plaintext passed: the key's, the algorithm's and the context's.
  */
 static hsm_result encrypt_with(hsm_kms *kms, const hsm_caller *caller, const kms_key *k,
                                hsm_enc_alg alg, const hsm_enc_ctx *ctx, const uint8_t *pt,
@@ -71,22 +81,24 @@ static hsm_result encrypt_with(hsm_kms *kms, const hsm_caller *caller, const kms
 	hsm_result res = HSM_SUCCESS;
 	hsm_buf canon = {0};
 	HSM_GUARD(require_enc_alg(k, alg));
+	if (alg == HSM_ENC_SYMMETRIC_DEFAULT)
+		HSM_TRY(kms_canonical_ctx(ctx, &canon));
+	else
+		HSM_TRY(require_no_ctx(ctx));
 	if (n == 0)
-		HSM_GUARD(kms_dry_run_stop(caller));
+		HSM_TRY(kms_dry_run_stop(caller));
 	/* ReEncrypt's plaintext is the source ciphertext's, which the caller never sees: its
 	 * refusal names the destination's limit, not the plaintext's length. */
-	HSM_ENSURE(!reencrypt || (n >= 1 && n <= HSM_MAX_PLAINTEXT), HSM_ERR_VALIDATION,
-	           "the source ciphertext's plaintext is %s; DestinationKeyId takes 1 to %d bytes",
-	           n == 0 ? "empty" : "too long", HSM_MAX_PLAINTEXT);
-	HSM_ENSURE(n >= 1 && n <= HSM_MAX_PLAINTEXT, HSM_ERR_VALIDATION,
-	           "Plaintext must be between 1 and %d bytes", HSM_MAX_PLAINTEXT);
+	HSM_CHECK(!reencrypt || (n >= 1 && n <= HSM_MAX_PLAINTEXT), HSM_ERR_VALIDATION,
+	          "the source ciphertext's plaintext is %s; DestinationKeyId takes 1 to %d bytes",
+	          n == 0 ? "empty" : "too long", HSM_MAX_PLAINTEXT);
+	HSM_CHECK(n >= 1 && n <= HSM_MAX_PLAINTEXT, HSM_ERR_VALIDATION,
+	          "Plaintext must be between 1 and %d bytes", HSM_MAX_PLAINTEXT);
 	hsm_ks_keyref ref = kms_keyref(k, k->rec.primary_version);
 	if (alg == HSM_ENC_SYMMETRIC_DEFAULT) {
-		HSM_TRY(kms_canonical_ctx(ctx, &canon));
 		HSM_TRY(kms_dry_run_stop(caller));
 		HSM_TRY(hsm_ks_encrypt(kms->ks, &ref, &canon, pt, n, out));
 	} else {
-		HSM_TRY(require_no_ctx(ctx));
 		size_t max = hsm_rsa_oaep_max_plaintext(k->rec.spec, alg);
 		HSM_CHECK(!reencrypt || n <= max, HSM_ERR_VALIDATION,
 		          "the source ciphertext's plaintext is longer than %s with %s takes (at most "
@@ -263,6 +275,9 @@ static hsm_result decrypt_any(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
 	if (!symmetric)
 		HSM_TRY(require_no_ctx(&req->ctx));
 	if (skip) {
+		/* The context is checked as opening the ciphertext would check it. */
+		if (symmetric)
+			HSM_TRY(check_ctx(&req->ctx));
 		kms_used(k, k->rec.primary_version, used);
 	} else if (symmetric) {
 		/* A version above the primary this node knows: perhaps just rotated in elsewhere. */

@@ -173,6 +173,38 @@ def test_ignore_ciphertext_needs_no_ciphertext(hsmd, keys):
         assert "Value null at 'ciphertextBlob'" in str(r), r
 
 
+def test_ignore_ciphertext_still_checks_the_encryption_context(hsmd, keys):
+    """Only what depends on the ciphertext is left unchecked: a context the real call refuses
+    (too long, or given to an RSA destination, which binds none) is refused under
+    IGNORE_CIPHERTEXT with the real call's error, not answered as a dry run that would pass."""
+    sym, sym2, rsa = keys["sym"], keys["sym2"], keys["rsa"]
+    blob = call_ok(hsmd, "Encrypt", {"KeyId": sym, "Plaintext": b64(b"abc")})["CiphertextBlob"]
+    big = {"k": "v" * 9000}
+    to_rsa = {"SourceKeyId": sym, "DestinationKeyId": rsa,
+              "DestinationEncryptionAlgorithm": "RSAES_OAEP_SHA_256",
+              "DestinationEncryptionContext": {"a": "b"}}
+    cases = [
+        ("ReEncrypt", to_rsa, "not supported with asymmetric KMS keys"),
+        ("ReEncrypt", {"SourceKeyId": sym, "DestinationKeyId": sym2,
+                       "DestinationEncryptionContext": big}, "at most 8192 bytes"),
+        ("Decrypt", {"KeyId": sym, "EncryptionContext": big}, "at most 8192 bytes"),
+        ("Decrypt", {"KeyId": sym, "EncryptionContext": {"": "x"}}, "must not be empty"),
+    ]
+    for op, body, why in cases:
+        real = call_error(hsmd, op, dict(body, CiphertextBlob=blob), "ValidationException")
+        assert why in real["message"], real
+        ignored = call_error(hsmd, op, dict(body, DryRun=True,
+                                            DryRunModifiers=["IGNORE_CIPHERTEXT"]),
+                             "ValidationException")
+        assert ignored["message"] == real["message"], (op, ignored, real)
+    # A context that fits is still a dry run that would pass.
+    dry(hsmd, "ReEncrypt", {"SourceKeyId": sym, "DestinationKeyId": sym2,
+                            "DestinationEncryptionContext": {"a": "b"},
+                            "DryRunModifiers": ["IGNORE_CIPHERTEXT"]})
+    dry(hsmd, "Decrypt", {"KeyId": sym, "EncryptionContext": {"a": "b"},
+                          "DryRunModifiers": ["IGNORE_CIPHERTEXT"]})
+
+
 def test_grant_operations_under_dry_run_change_no_grant(hsmd, kms, keys):
     sym, me = keys["sym"], f"arn:aws:iam::{ACCOUNT}:user/dev"
 
