@@ -10,7 +10,8 @@
  * The peer's key arrives from outside, so it is checked before it is used
  * (an invalid-curve point would leak bits of d): one DER
  * SubjectPublicKeyInfo, id-ecPublicKey with a named curve (RFC 5480 section
- * 2.1.1), the KMS key's curve, and a point that passes SP 800-56A section
+ * 2.1.1), the KMS key's curve, a point uncompressed or compressed (RFC 5480
+ * section 2.2: not hybrid), and a point that passes SP 800-56A section
  * 5.6.2.3.4 (ECC partial public-key validation: not the point at infinity,
  * coordinates in range, on the curve).  Full validation (5.6.2.3.3) adds
  * n*Q = O, which every point of a cofactor-1 curve satisfies, so the
@@ -63,6 +64,26 @@ static hsm_result peer_curve(const X509_PUBKEY *xpk, const hsm_spec_info *want)
 	           "PublicKey is on the curve of %s, the KMS key on that of %s: ECDH needs both "
 	           "keys on the same curve",
 	           got != NULL ? got->name : "no key spec hsmd offers", want->name);
+	return HSM_SUCCESS;
+}
+
+/*
+ * RFC 5480 section 2.2: the point is uncompressed (first octet 0x04) or
+ * compressed (0x02, 0x03).  The hybrid form (0x06, 0x07: both y and its
+ * parity bit), which OpenSSL decodes, MUST NOT be used.
+ */
+static hsm_result peer_point_form(const X509_PUBKEY *xpk, const hsm_spec_info *s)
+{
+	const unsigned char *pt = NULL;
+	int n = 0;
+	HSM_OSSL_ENSURE(X509_PUBKEY_get0_param(NULL, &pt, &n, NULL, xpk) == 1, HSM_ERR_VALIDATION,
+	                "PublicKey is not a DER SubjectPublicKeyInfo");
+	uint8_t form = n >= 1 ? pt[0] : 0x00;
+	HSM_ENSURE(form != 0x06 && form != 0x07, HSM_ERR_VALIDATION,
+	           "PublicKey's point is in the hybrid form (first octet 06 or 07), which RFC 5480 "
+	           "section 2.2 forbids: send it uncompressed (04) or compressed (02 or 03)");
+	HSM_ENSURE(form == 0x04 || form == 0x02 || form == 0x03, HSM_ERR_VALIDATION,
+	           "PublicKey is not a valid point of curve %s", s->group);
 	return HSM_SUCCESS;
 }
 
@@ -152,6 +173,7 @@ static hsm_result decode_spki(const hsm_spec_info *s, const uint8_t *spki, size_
 	HSM_CHECK(der, HSM_ERR_VALIDATION,
 	          "PublicKey is not DER (a BER encoding of a SubjectPublicKeyInfo is not taken)");
 	HSM_TRY(peer_curve(xpk, s));
+	HSM_TRY(peer_point_form(xpk, s));
 	hsm_ossl_watch();
 	*peer = X509_PUBKEY_get(xpk);
 	HSM_CHECK(*peer != NULL || !hsm_ossl_ran_out(), HSM_ERR_NOMEM,

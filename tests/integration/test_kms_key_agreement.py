@@ -159,7 +159,10 @@ def test_peer_keys_that_are_refused(hsmd, keys):
     k1_spki = ec.generate_private_key(ec.SECP256K1()).public_key().public_bytes(DER, SPKI)
     off_curve = good[:-1] + bytes([good[-1] ^ 1])
     infinity = bytes.fromhex("3019301306072a8648ce3d020106082a8648ce3d03010703020000")
-    for spki, says in ((p384, "same curve"), (k1_spki, "same curve"),
+    # X9.62's hybrid form (06 or 07, the parity of y, then x and y): RFC 5480 2.2 forbids it.
+    at = len(good) - 65
+    hybrid = good[:at] + bytes([0x06 | (good[-1] & 1)]) + good[at + 1:]
+    for spki, says in ((p384, "same curve"), (k1_spki, "same curve"), (hybrid, "hybrid"),
                        (rsa_spki, "not an elliptic curve key"),
                        (ed_spki, "not an elliptic curve key"), (off_curve, "valid point"),
                        (infinity, "valid point"), (b"not a public key", "SubjectPublicKeyInfo"),

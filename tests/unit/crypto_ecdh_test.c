@@ -335,6 +335,40 @@ static void test_invalid_points(void **state)
 	hsm_buf_free(&comp);
 }
 
+/*
+ * RFC 5480 section 2.2: uncompressed (04) or compressed (02, 03); the hybrid
+ * form (06 or 07 with the parity of y, then x and y), though OpenSSL decodes
+ * it, MUST NOT be used: refused on every curve, with either parity octet.
+ */
+static void test_hybrid_points(void **state)
+{
+	(void)state;
+	static const hsm_key_spec specs[] = {HSM_SPEC_ECC_NIST_P256, HSM_SPEC_ECC_NIST_P384,
+	                                     HSM_SPEC_ECC_NIST_P521};
+	for (size_t n = 0; n < 3; n++) {
+		const hsm_material *a = fixture_key(specs[n]);
+		hsm_material *b = NULL;
+		hsm_buf spki = {0};
+		hsm_buf z;
+		hsm_buf_init_secure(&z);
+		assert_succeeds(hsm_material_generate(specs[n], &b));
+		assert_succeeds(hsm_material_public_der(b, &spki));
+		/* The point ends the SPKI: 04 || x || y. */
+		size_t at = spki.len - 1 - 2 * hsm_ec_field_len(specs[n]);
+		assert_int_equal(spki.data[at], 0x04);
+		assert_succeeds(hsm_ecdh_derive(a, spki.data, spki.len, &z));
+		uint8_t odd = spki.data[spki.len - 1] & 1;
+		spki.data[at] = (uint8_t)(0x06 | odd);
+		expect_refused_buf(a, &spki, "hybrid point");
+		assert_non_null(strstr(hsm_last_message(), "hybrid"));
+		spki.data[at] = (uint8_t)(0x06 | (odd ^ 1));
+		expect_refused_buf(a, &spki, "hybrid point, wrong parity");
+		hsm_material_free(b);
+		hsm_buf_free(&spki);
+		hsm_buf_free(&z);
+	}
+}
+
 static void test_malformed_spki(void **state)
 {
 	(void)state;
@@ -414,6 +448,7 @@ int main(void)
 	    cmocka_unit_test(test_peer_on_another_curve),
 	    cmocka_unit_test(test_peer_that_is_not_ec),
 	    cmocka_unit_test(test_invalid_points),
+	    cmocka_unit_test(test_hybrid_points),
 	    cmocka_unit_test(test_malformed_spki),
 	    cmocka_unit_test(test_keys_that_do_not_agree),
 	};
