@@ -433,6 +433,21 @@ static hsm_result check_key_pair(EVP_PKEY *pkey)
 	return HSM_SUCCESS;
 }
 
+hsm_result hsm_material_check_private(const hsm_material *m)
+{
+	if (m->pkey == NULL || !EVP_PKEY_is_a(m->pkey, "RSA"))
+		return HSM_SUCCESS;
+	EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, m->pkey, NULL);
+	HSM_OSSL_ENSURE(ctx != NULL, HSM_ERR_NOMEM, "out of memory");
+	hsm_ossl_watch();
+	int rc = EVP_PKEY_check(ctx);
+	EVP_PKEY_CTX_free(ctx);
+	HSM_OSSL_ENSURE(rc == 1, HSM_ERR_VALIDATION,
+	                "its private values do not fit together (p and q must be primes whose "
+	                "product is the modulus; d, dP, dQ and qInv must fit them and e)");
+	return HSM_SUCCESS;
+}
+
 static hsm_result import_pkey(hsm_key_spec spec, const uint8_t *p, size_t n, hsm_material **out)
 {
 	hsm_result res = HSM_SUCCESS;

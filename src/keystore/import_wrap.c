@@ -225,10 +225,20 @@ out:
 	return res;
 }
 
-/* The material must be key material of ref's spec, and asymmetric keys work for ref's usage. */
+/*
+ * The material must be key material of ref's spec, checked in full (here
+ * only: too costly for every load), and asymmetric keys work for ref's usage.
+ */
 static hsm_result check_material(const hsm_ks_keyref *ref, const hsm_buf *pt, hsm_material **out)
 {
 	hsm_result r = hsm_material_import(ref->spec, pt->data, pt->len, out);
+	if (hsm_ok(r)) {
+		r = hsm_material_check_private(*out);
+		if (hsm_failed(r)) {
+			hsm_material_free(*out);
+			*out = NULL;
+		}
+	}
 	if (r.err == HSM_ERR_VALIDATION) {
 		/* The reason names lengths, types and sizes, never the bytes. */
 		char why[HSM_ERRMSG_MAX];

@@ -184,6 +184,50 @@ def test_rsa_4096_signing_key(kms):
            alg="RSA_AES_KEY_WRAP_SHA_256")
 
 
+def rsa_pkcs8(n, e, d, p, q, dp, dq, qi):
+    """A PKCS#8 RSA private key with the values given, whether they fit together or not."""
+    def tlv(tag, value):
+        n = len(value)
+        size = bytes([n]) if n < 128 else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + \
+            n.to_bytes((n.bit_length() + 7) // 8, "big")
+        return bytes([tag]) + size + value
+
+    def integer(v):
+        return tlv(0x02, v.to_bytes(v.bit_length() // 8 + 1, "big"))
+    rsa_key = tlv(0x30, b"".join(integer(v) for v in (0, n, e, d, p, q, dp, dq, qi)))
+    rsa_encryption = bytes.fromhex("300d06092a864886f70d0101010500")
+    return tlv(0x30, integer(0) + rsa_encryption + tlv(0x04, rsa_key))
+
+
+def test_rsa_material_whose_values_do_not_fit_together(kms):
+    """Each value of an imported RSA key is checked once, at import: a wrong d, CRT value or
+    prime still passes a sign/verify test (OpenSSL redoes a CRT result that does not verify
+    with d, at twice the cost), so the test alone would let such a key in."""
+    priv = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    v = priv.private_numbers()
+    n, e = v.public_numbers.n, v.public_numbers.e
+    good = (n, e, v.d, v.p, v.q, v.dmp1, v.dmq1, v.iqmp)
+    assert rsa_pkcs8(*good) == priv.private_bytes(DER, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption())
+    bad = {"d": (n, e, v.d ^ 2, v.p, v.q, v.dmp1, v.dmq1, v.iqmp),
+           "dP": (n, e, v.d, v.p, v.q, v.dmp1 ^ 2, v.dmq1, v.iqmp),
+           "dQ": (n, e, v.d, v.p, v.q, v.dmp1, v.dmq1 ^ 2, v.iqmp),
+           "qInv": (n, e, v.d, v.p, v.q, v.dmp1, v.dmq1, v.iqmp ^ 2),
+           "q": (n, e, v.d, v.p, v.q + 2, v.dmp1, v.dmq1, v.iqmp)}
+    for what, values in bad.items():
+        for usage in ("SIGN_VERIFY", "ENCRYPT_DECRYPT"):
+            key = external_key(kms, KeySpec="RSA_2048", KeyUsage=usage)
+            r = raises("IncorrectKeyMaterialException", do_import, kms, key, rsa_pkcs8(*values),
+                       alg="RSA_AES_KEY_WRAP_SHA_256")
+            assert "do not fit together" in r["Error"]["Message"], (what, r)
+            assert state(kms, key)["KeyState"] == "PendingImport", what
+    key = external_key(kms, KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")
+    do_import(kms, key, rsa_pkcs8(*good), alg="RSA_AES_KEY_WRAP_SHA_256")
+    sig = kms.sign(KeyId=key, Message=b"m", SigningAlgorithm="RSASSA_PSS_SHA_256")["Signature"]
+    priv.public_key().verify(sig, b"m", padding.PSS(padding.MGF1(hashes.SHA256()), 32),
+                             hashes.SHA256())
+
+
 def test_expiry_deletes_the_material(hsmd, kms):
     key = external_key(kms)
     material = os.urandom(32)

@@ -7,9 +7,11 @@
 
 #include <pthread.h>
 
+#include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/encoder.h>
 #include <openssl/err.h>
+#include <openssl/param_build.h>
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
@@ -308,6 +310,60 @@ static void test_corrupt_rsa_key_refused(void **state)
 	hsm_buf_free(&der);
 }
 
+/*
+ * An RSA key with one private value that does not fit (here dP, add 2):
+ * hsm_material_import takes it, as its pairwise tests pass (OpenSSL redoes a
+ * bad CRT result with d); hsm_material_check_private, made at import, refuses it.
+ */
+static void test_inconsistent_rsa_values_refused_by_the_full_check(void **state)
+{
+	(void)state;
+	static const char *const names[] = {
+	    OSSL_PKEY_PARAM_RSA_N,         OSSL_PKEY_PARAM_RSA_E,
+	    OSSL_PKEY_PARAM_RSA_D,         OSSL_PKEY_PARAM_RSA_FACTOR1,
+	    OSSL_PKEY_PARAM_RSA_FACTOR2,   OSSL_PKEY_PARAM_RSA_EXPONENT1,
+	    OSSL_PKEY_PARAM_RSA_EXPONENT2, OSSL_PKEY_PARAM_RSA_COEFFICIENT1};
+	const hsm_material *good = fixture_key(HSM_SPEC_RSA_2048);
+	assert_succeeds(hsm_material_check_private(good));
+	assert_succeeds(hsm_material_check_private(fixture_key(HSM_SPEC_ECC_NIST_P256)));
+	assert_succeeds(hsm_material_check_private(fixture_key(HSM_SPEC_SYMMETRIC_DEFAULT)));
+	hsm_buf der;
+	hsm_buf_init_secure(&der);
+	assert_succeeds(hsm_material_export(good, &der));
+	const unsigned char *p = der.data;
+	EVP_PKEY *pk = d2i_AutoPrivateKey(NULL, &p, (long)der.len);
+	assert_non_null(pk);
+	BIGNUM *v[8] = {0};
+	OSSL_PARAM_BLD *b = OSSL_PARAM_BLD_new();
+	assert_non_null(b);
+	for (size_t i = 0; i < 8; i++) {
+		assert_int_equal(EVP_PKEY_get_bn_param(pk, names[i], &v[i]), 1);
+		if (strcmp(names[i], OSSL_PKEY_PARAM_RSA_EXPONENT1) == 0)
+			assert_int_equal(BN_add_word(v[i], 2), 1);
+		assert_int_equal(OSSL_PARAM_BLD_push_BN(b, names[i], v[i]), 1);
+	}
+	OSSL_PARAM *params = OSSL_PARAM_BLD_to_param(b);
+	EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+	EVP_PKEY *bad = NULL;
+	assert_int_equal(EVP_PKEY_fromdata_init(ctx), 1);
+	assert_int_equal(EVP_PKEY_fromdata(ctx, &bad, EVP_PKEY_KEYPAIR, params), 1);
+	hsm_buf_clear(&der);
+	pkcs8_of(bad, &der);
+	hsm_material *m = NULL;
+	assert_succeeds(hsm_material_import(HSM_SPEC_RSA_2048, der.data, der.len, &m));
+	assert_fails_with(hsm_material_check_private(m), HSM_ERR_VALIDATION);
+	assert_non_null(strstr(hsm_last_message(), "do not fit together"));
+	hsm_material_free(m);
+	EVP_PKEY_free(bad);
+	EVP_PKEY_CTX_free(ctx);
+	OSSL_PARAM_free(params);
+	OSSL_PARAM_BLD_free(b);
+	for (size_t i = 0; i < 8; i++)
+		BN_clear_free(v[i]);
+	EVP_PKEY_free(pk);
+	hsm_buf_free(&der);
+}
+
 static void test_spki_spec_refuses_junk(void **state)
 {
 	(void)state;
@@ -414,6 +470,7 @@ int main(void)
 	    cmocka_unit_test(test_small_rsa_exponent_refused),
 	    cmocka_unit_test(test_mismatched_key_pair_refused),
 	    cmocka_unit_test(test_corrupt_rsa_key_refused),
+	    cmocka_unit_test(test_inconsistent_rsa_values_refused_by_the_full_check),
 	    cmocka_unit_test(test_spki_spec_refuses_junk),
 	    cmocka_unit_test(test_check_values),
 	    cmocka_unit_test(test_refcount),
