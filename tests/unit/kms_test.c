@@ -780,6 +780,78 @@ static void test_alias_cache(void **state)
 	hsm_key_record_clear(&b);
 }
 
+/*
+ * A second node over the same store that trusts its cache for an hour: the
+ * values made with a version the first node rotated in after the second
+ * cached the key are taken at once (the second reads the key again before
+ * refusing), and forged ones are still refused.
+ */
+static void test_versions_rotated_in_by_another_node(void **state)
+{
+	fx *f = *state;
+	hsm_kms_config cfg = f->cfg;
+	cfg.meta_cache_ttl_ms = 3600000;
+	hsm_kms *other = NULL;
+	assert_true(hsm_ok(hsm_kms_new(f->store, f->ks, &cfg, &other)));
+	hsm_key_record k, s, m, r;
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, NULL, &k);
+	create(f, HSM_SPEC_ECC_NIST_P256, HSM_USAGE_SIGN_VERIFY, NULL, &s);
+	create(f, HSM_SPEC_HMAC_256, HSM_USAGE_GENERATE_VERIFY_MAC, NULL, &m);
+	const uint8_t *msg = (const uint8_t *)"m";
+	hsm_buf ct = {0}, sig = {0}, mac = {0}, pt;
+	hsm_buf_init_secure(&pt);
+	hsm_used_key used;
+	hsm_enc_alg alg;
+	for (uint32_t v = 1; v <= 2; v++) {
+		/* Made with version v on the first node, used on the second. */
+		assert_true(hsm_ok(encrypt(f, &user, k.key_id, &ct)));
+		hsm_decrypt_req req = {.ciphertext = ct.data, .ciphertext_len = ct.len};
+		hsm_buf_clear(&pt);
+		assert_true(hsm_ok(hsm_kms_decrypt(other, &user, &req, &pt, &used, &alg)));
+		assert_int_equal(used.version, v);
+		hsm_buf_clear(&sig);
+		assert_true(hsm_ok(hsm_kms_sign(f->kms, &user, s.key_id, HSM_SIGN_ECDSA_SHA_256,
+		                                HSM_MSG_RAW, msg, 1, &sig, &used)));
+		assert_true(hsm_ok(hsm_kms_verify(other, &user, s.key_id, HSM_SIGN_ECDSA_SHA_256,
+		                                  HSM_MSG_RAW, msg, 1, sig.data, sig.len, &used)));
+		assert_int_equal(used.version, v);
+		hsm_buf_clear(&mac);
+		assert_true(hsm_ok(hsm_kms_generate_mac(f->kms, &user, m.key_id, HSM_MAC_HMAC_SHA_256,
+		                                        msg, 1, &mac, &used)));
+		assert_true(hsm_ok(hsm_kms_verify_mac(other, &user, m.key_id, HSM_MAC_HMAC_SHA_256,
+		                                      msg, 1, mac.data, mac.len, &used)));
+		assert_int_equal(used.version, v);
+		if (v == 2)
+			break;
+		const char *ids[] = {k.key_id, s.key_id, m.key_id};
+		for (size_t i = 0; i < 3; i++) {
+			assert_true(hsm_ok(hsm_kms_rotate_now(f->kms, &officer, ids[i], &r)));
+			hsm_key_record_clear(&r);
+		}
+	}
+	/* What no version accepts is refused as before. */
+	ct.data[20] = 99; /* the blob's key version (offset 17, 4 bytes): one never made */
+	hsm_decrypt_req forged = {.ciphertext = ct.data, .ciphertext_len = ct.len};
+	assert_int_equal(hsm_kms_decrypt(other, &user, &forged, &pt, &used, &alg).err,
+	                 HSM_ERR_INVALID_CIPHERTEXT);
+	assert_int_equal(hsm_kms_verify(other, &user, s.key_id, HSM_SIGN_ECDSA_SHA_256, HSM_MSG_RAW,
+	                                (const uint8_t *)"n", 1, sig.data, sig.len, &used)
+	                     .err,
+	                 HSM_ERR_INVALID_SIGNATURE);
+	assert_int_equal(hsm_kms_verify_mac(other, &user, m.key_id, HSM_MAC_HMAC_SHA_256,
+	                                    (const uint8_t *)"n", 1, mac.data, mac.len, &used)
+	                     .err,
+	                 HSM_ERR_INVALID_MAC);
+	hsm_kms_free(other);
+	hsm_key_record_clear(&k);
+	hsm_key_record_clear(&s);
+	hsm_key_record_clear(&m);
+	hsm_buf_free(&ct);
+	hsm_buf_free(&sig);
+	hsm_buf_free(&mac);
+	hsm_buf_free(&pt);
+}
+
 /* olivia may do anything; ursula may only encrypt, with app=billing in the context. */
 static const char billing_only[] =
     "{\"Version\":\"2012-10-17\",\"Statement\":["
@@ -1027,6 +1099,8 @@ int main(void)
 	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_aliases, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_alias_cache, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_versions_rotated_in_by_another_node, setup,
+	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_policy_with_context_condition, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_keys_share_equal_policies, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_persistence_across_restart, setup, kms_fx_teardown),
