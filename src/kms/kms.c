@@ -799,7 +799,20 @@ hsm_result kms_modify_with(hsm_kms *kms, const hsm_caller *caller, hsm_op op, co
                            const hsm_version_record *add_version, hsm_key_record *after)
 {
 	kms_key *k = NULL;
-	HSM_GUARD(kms_lookup(kms, caller, op, ref, extra, &k));
+	hsm_result found = kms_lookup(kms, caller, op, ref, extra, &k);
+	/*
+	 * Refused for its state on the cached record, which may predate another
+	 * node's change of a moment ago (a CancelKeyDeletion right after the
+	 * ScheduleKeyDeletion it cancels): the store's record decides.  The
+	 * transaction checks the state again in any case.
+	 */
+	char id[HSM_UUID_STRLEN + 1];
+	if ((found.err == HSM_ERR_INVALID_STATE || found.err == HSM_ERR_DISABLED) &&
+	    kms->cfg.meta_cache_ttl_ms > 0 && hsm_ok(hsm_kms_resolve(kms, ref, id))) {
+		kms_key_invalidate(kms, id);
+		found = kms_lookup(kms, caller, op, ref, extra, &k);
+	}
+	HSM_GUARD(found);
 	modify_ctx m = {op, fn, arg, kms_now(kms)};
 	hsm_result r = rehearse(caller, &k->rec, &m);
 	if (hsm_ok(r))

@@ -194,6 +194,11 @@ hsm_result hsm_kms_rotate_now(hsm_kms *kms, const hsm_caller *caller, const char
 		r = k->rec.origin == HSM_ORIGIN_EXTERNAL
 		        ? kms_promote_pending(kms, caller, k, HSM_ROTATION_ON_DEMAND, out)
 		        : rotate(kms, caller, k, false, out);
+	/* The version it made was made meanwhile: another rotation (on this node or another
+	 * sharing the store) committed first. */
+	if (r.err == HSM_ERR_CONFLICT)
+		r = HSM_FAIL(HSM_ERR_CONFLICT,
+		             "%s: another rotation of this key was in progress; try again", k->arn);
 	kms_key_release(k);
 	return r;
 }

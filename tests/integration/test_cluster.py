@@ -624,6 +624,11 @@ def test_concurrent_writes_through_both_nodes(cluster):
         results = list(ex.map(rotate, range(6)))
     ok = sum(1 for st, _ in results if st == 200)
     assert ok >= 1 and all(st in (200, 400, 409) for st, _ in results), results
+    # One that lost the race is told so, as KMS says a rotation in progress.
+    for st, out in results:
+        if st != 200:
+            assert out.get("__type", "").endswith("ConflictException"), out
+            assert "another rotation of this key was in progress" in str(out), out
     st, out = signed_call(cluster.b, "TrentService.ListKeyRotations", {"KeyId": kid},
                           akid=cluster.ops[0], secret=cluster.ops[1])
     assert st == 200 and len(out["Rotations"]) == ok, (ok, out)
@@ -638,6 +643,26 @@ def test_concurrent_writes_through_both_nodes(cluster):
     st, out = signed_call(cluster.a, "TrentService.ListKeyRotations", {"KeyId": kid},
                           akid=cluster.ops[0], secret=cluster.ops[1])
     assert st == 200 and len(out["Rotations"]) == ok + 4, (ok, out)
+
+
+def test_a_state_change_made_elsewhere_a_moment_ago_is_seen(cluster):
+    """B has the key cached as Enabled; A schedules its deletion.  A CancelKeyDeletion
+    through B at once cancels it: the cached state must not refuse it."""
+    off_a, off_b = kms(cluster.a, cluster.ops), kms(cluster.b, cluster.ops)
+    for _ in range(3):
+        kid = off_a.create_key()["KeyMetadata"]["KeyId"]
+        off_b.describe_key(KeyId=kid)  # B caches it Enabled
+        off_a.schedule_key_deletion(KeyId=kid, PendingWindowInDays=7)
+        off_b.cancel_key_deletion(KeyId=kid)
+        assert off_a.describe_key(KeyId=kid)["KeyMetadata"]["KeyState"] == "Disabled"
+        # And the other way: B has it cached pending deletion; A cancels; B schedules again.
+        off_b.describe_key(KeyId=kid)
+        off_a.schedule_key_deletion(KeyId=kid, PendingWindowInDays=7)
+        off_b.describe_key(KeyId=kid)
+        off_a.cancel_key_deletion(KeyId=kid)
+        off_b.schedule_key_deletion(KeyId=kid, PendingWindowInDays=8)
+        md = off_a.describe_key(KeyId=kid)["KeyMetadata"]
+        assert md["KeyState"] == "PendingDeletion", md
 
 
 def test_a_node_of_another_account_is_refused(cluster):
