@@ -11,14 +11,20 @@
  * DMK in one store transaction (keystore/rekey.c).  Old shares then open
  * nothing the store holds; backups made before stay theirs.
  *
- * Order of writes: the new share files and the transcript are written and
- * fsynced first, then the store transaction commits.  A crash before the
- * commit leaves the store on the old key, the old shares working and new
- * share files of a split the store does not know (refused by name if
- * tried); a crash after it leaves the new files ready.  The reverse order
- * could leave a store on a key whose shares were never written.  A commit
- * that fails deletes the new files and says so; one whose outcome cannot be
- * learned keeps both sets and says how to tell which opens the store.
+ * Order of writes: the new share files and a pending transcript
+ * (rekey-<store>-<set>.txt.pending, which says the store may still be on the
+ * old key) are written and fsynced first, then the store transaction
+ * commits, then the transcript is written under its final name and the
+ * pending one deleted.  A crash before the commit leaves the store on the
+ * old key, the old shares working, new share files of a split the store
+ * does not know (refused by name if tried) and the pending transcript; a
+ * crash after it leaves the new files ready (and, until the final
+ * transcript is written, the pending one).  Only a committed rekey has a
+ * transcript without .pending, which says the old shares open nothing.  The
+ * reverse order could leave a store on a key whose shares were never
+ * written.  A commit that fails deletes the new files and says so; one
+ * whose outcome cannot be learned keeps both sets and the pending
+ * transcript, and says how to tell which opens the store.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -45,10 +51,14 @@ typedef struct rekey_opts {
 	unsigned n_custodians;
 } rekey_opts;
 
-/* The files a rekey writes: one share per custodian, then the transcript. */
+/*
+ * The files a rekey writes before its commit: one share per custodian, then
+ * the pending transcript; and the transcript it writes after the commit.
+ */
 typedef struct rekey_files {
 	char paths[HSM_MAX_SHARES + 1][PATH_MAX];
 	unsigned n, written;
+	char transcript[PATH_MAX];
 } rekey_files;
 
 static int parse_rekey(int argc, char **argv, rekey_opts *o)
@@ -142,12 +152,15 @@ static hsm_result plan_files(const rekey_opts *o, const char *store_id, const ch
 	for (unsigned i = 0; i < o->count; i++)
 		hsmctl_share_path(o->share_dir, o->n_custodians > 0 ? o->custodians[i] : NULL, i,
 		                  o->count, f->paths[i], PATH_MAX);
-	snprintf(f->paths[o->count], PATH_MAX, "%s/rekey-%s-%s.txt", o->share_dir, store_id, set_hex);
-	for (unsigned i = 0; i < f->n; i++) {
+	snprintf(f->transcript, PATH_MAX, "%s/rekey-%s-%s.txt", o->share_dir, store_id, set_hex);
+	int n = snprintf(f->paths[o->count], PATH_MAX, "%s.pending", f->transcript);
+	HSM_ENSURE(n > 0 && n < PATH_MAX, HSM_ERR_VALIDATION, "--share-dir is too long");
+	for (unsigned i = 0; i <= f->n; i++) {
+		const char *path = i < f->n ? f->paths[i] : f->transcript;
 		struct stat sb;
-		HSM_ENSURE(stat(f->paths[i], &sb) != 0 && errno == ENOENT, HSM_ERR_CONFLICT,
+		HSM_ENSURE(stat(path, &sb) != 0 && errno == ENOENT, HSM_ERR_CONFLICT,
 		           "%s already exists: give a --share-dir of its own to the new share files",
-		           f->paths[i]);
+		           path);
 	}
 	return HSM_SUCCESS;
 }
@@ -168,38 +181,86 @@ static bool remove_files(const rekey_opts *o, rekey_files *f)
 	return all;
 }
 
-static hsm_result write_transcript(const rekey_opts *o, hsmctl_local *l, const char *old_hex,
-                                   const char *new_hex, const hsm_ks_identity *old,
-                                   const hsm_buf shares[], rekey_files *f)
+/*
+ * The transcript's text.  The pending one, written before the commit, must
+ * be true whether or not the commit follows: it says how to tell.  The final
+ * one is written only once the store is on the new master key.
+ */
+static hsm_result transcript_text(const rekey_opts *o, hsmctl_local *l, const char *old_hex,
+                                  const char *new_hex, const hsm_ks_identity *old,
+                                  const hsm_buf shares[], const rekey_files *f, bool pending,
+                                  hsm_buf *t)
 {
 	hsm_result res = HSM_SUCCESS;
-	hsm_buf t = {0}, pem = {0};
+	hsm_buf pem = {0};
 	char when[21];
 	hsm_format_time(hsm_now(), when);
-	HSM_TRY(hsm_buf_printf(&t, "hsmd rekey transcript\ndate: %s\nstore: %s\n"
-	                           "old share set: %s (quorum %u of %u): no longer opens this store\n"
-	                           "new share set: %s\nquorum: %u of %u custodian shares\n",
-	                       when, hsm_keystore_store_id(l->ks), old_hex, old->threshold,
-	                       old->count, new_hex, o->threshold, o->count));
+	HSM_TRY(hsm_buf_printf(t, "hsmd rekey transcript%s\ndate: %s\nstore: %s\n",
+	                       pending ? " (PENDING: written before the store's commit)" : "", when,
+	                       hsm_keystore_store_id(l->ks)));
+	HSM_TRY(hsm_buf_printf(t, "old share set: %s (quorum %u of %u): %s\n", old_hex,
+	                       old->threshold, old->count,
+	                       pending ? "still opens this store unless this rekey committed"
+	                               : "no longer opens this store"));
+	HSM_TRY(hsm_buf_printf(t, "new share set: %s\nquorum: %u of %u custodian shares\n", new_hex,
+	                       o->threshold, o->count));
 	for (unsigned i = 0; i < o->count; i++) {
 		uint8_t fp[HSM_SHA256_LEN];
 		char hex[2 * HSM_SHA256_LEN + 1];
 		HSM_TRY(hsm_sha256(shares[i].data, shares[i].len, fp));
 		hsm_hex_encode_str(hex, fp, sizeof(fp));
-		HSM_TRY(hsm_buf_printf(&t, "share %u: %s sha256:%s\n", i + 1, f->paths[i], hex));
+		HSM_TRY(hsm_buf_printf(t, "share %u: %s sha256:%s\n", i + 1, f->paths[i], hex));
 	}
-	HSM_TRY(hsm_buf_printf(&t, "backups made before this rekey open only with the old share "
-	                           "set %s\n",
+	if (pending)
+		HSM_TRY(hsm_buf_printf(
+		    t,
+		    "PENDING: this rekey had not committed when this file was written.  Once it\n"
+		    "commits, hsmctl writes %s\n"
+		    "and deletes this file.  If this file is left, the rekey was interrupted:\n"
+		    "`hsmctl status --data-dir DIR` prints the store's split: %s means nothing\n"
+		    "changed (the old shares open the store; the new share files above open\n"
+		    "nothing: destroy them); %s means the rekey committed (the new shares\n"
+		    "open it).\n",
+		    f->transcript, old_hex, new_hex));
+	HSM_TRY(hsm_buf_printf(t, "backups made before this rekey open only with the old share "
+	                          "set %s\n",
 	                       old_hex));
 	HSM_TRY(hsm_ks_audit_public_pem(l->ks, &pem));
-	HSM_TRY(hsm_buf_put_str(&t, "audit public key (unchanged):\n"));
-	HSM_TRY(hsm_buf_put(&t, pem.data, pem.len));
-	HSM_TRY(hsmctl_write_new_file(f->paths[o->count], t.data, t.len));
-	f->written++;
+	HSM_TRY(hsm_buf_put_str(t, "audit public key (unchanged):\n"));
+	HSM_TRY(hsm_buf_put(t, pem.data, pem.len));
 out:
-	hsm_buf_free(&t);
 	hsm_buf_free(&pem);
 	return res;
+}
+
+/* The pending transcript (before the commit), or the final one (after it). */
+static hsm_result write_transcript(const rekey_opts *o, hsmctl_local *l, const char *old_hex,
+                                   const char *new_hex, const hsm_ks_identity *old,
+                                   const hsm_buf shares[], rekey_files *f, bool pending)
+{
+	hsm_result res = HSM_SUCCESS;
+	hsm_buf t = {0};
+	HSM_TRY(transcript_text(o, l, old_hex, new_hex, old, shares, f, pending, &t));
+	HSM_TRY(hsmctl_write_new_file(pending ? f->paths[o->count] : f->transcript, t.data, t.len));
+	if (pending)
+		f->written++;
+out:
+	hsm_buf_free(&t);
+	return res;
+}
+
+/*
+ * After the commit: the transcript under its final name, then the pending
+ * one goes.  Failing, the pending one stays, and says how to tell.
+ */
+static hsm_result finish_transcript(const rekey_opts *o, hsmctl_local *l, const char *old_hex,
+                                    const char *new_hex, const hsm_ks_identity *old,
+                                    const hsm_buf shares[], rekey_files *f)
+{
+	HSM_GUARD(write_transcript(o, l, old_hex, new_hex, old, shares, f, false));
+	HSM_ENSURE(unlink(f->paths[o->count]) == 0 || errno == ENOENT, HSM_ERR_IO,
+	           "cannot delete %s: %s", f->paths[o->count], strerror(errno));
+	return hsm_fsync_dir(o->share_dir);
 }
 
 /* Writes the share files and the transcript, durably, before the store changes. */
@@ -211,7 +272,7 @@ static hsm_result write_files(const rekey_opts *o, hsmctl_local *l, const char *
 		HSM_GUARD(hsmctl_write_new_file(f->paths[i], shares[i].data, shares[i].len));
 		f->written++;
 	}
-	HSM_GUARD(write_transcript(o, l, old_hex, new_hex, old, shares, f));
+	HSM_GUARD(write_transcript(o, l, old_hex, new_hex, old, shares, f, true));
 	return hsm_fsync_dir(o->share_dir);
 }
 
@@ -235,13 +296,14 @@ static hsm_result audit_rekey(hsmctl_local *l, hsm_result outcome, const char *o
 }
 
 static void print_done(const rekey_opts *o, hsmctl_local *l, const char *old_hex,
-                       const char *new_hex, const rekey_files *f, const hsm_store_rekey_counts *c)
+                       const char *new_hex, const rekey_files *f, const char *transcript,
+                       const hsm_store_rekey_counts *c)
 {
 	printf("store: %s\nold share set: %s\nshare set: %s\nquorum: %u of %u\n",
 	       hsm_keystore_store_id(l->ks), old_hex, new_hex, o->threshold, o->count);
 	for (unsigned i = 0; i < o->count; i++)
 		printf("share %u: %s\n", i + 1, f->paths[i]);
-	printf("transcript: %s\n", f->paths[o->count]);
+	printf("transcript: %s\n", transcript);
 	printf("re-wrapped: %llu key versions, %llu access keys, the audit signing key\n",
 	       (unsigned long long)c->versions, (unsigned long long)c->access_keys);
 	printf("The old share files no longer open this store; destroy them, except as needed\n"
@@ -307,7 +369,16 @@ static hsm_result run_rekey(rekey_opts *o, int *exit_code)
 		res = HSM_SUCCESS;
 		goto out;
 	}
-	print_done(o, &l, old_hex, new_hex, &files, &counts);
+	const char *transcript = files.transcript;
+	if (hsm_failed(finish_transcript(o, &l, old_hex, new_hex, &old, shares, &files))) {
+		transcript = files.paths[o->count];
+		snprintf(why, sizeof(why), "%s", hsm_last_message());
+		fprintf(stderr, "hsmctl: rekey: the store is on the new master key (share set %s), "
+		                "but its transcript could not be finished (%s): %s stands for it\n",
+		        new_hex, why, files.paths[o->count]);
+		*exit_code = 1;
+	}
+	print_done(o, &l, old_hex, new_hex, &files, transcript, &counts);
 	if (hsm_failed(audited)) {
 		snprintf(why, sizeof(why), "%s", hsm_last_message());
 		fprintf(stderr, "hsmctl: rekey: done, but auditing it failed: %s\n", why);

@@ -21,7 +21,7 @@ import types
 import pytest
 
 from conftest import HSMCTL, Hsmd, client, signed_call
-from helpers import Postgres, admin, audit_records, raises
+from helpers import Postgres, admin, audit_records, gdb_can_trace, raises
 from test_backup import fields, hsmctl
 from test_import import do_import, external_key
 from test_sealed import create_first_officer, init_store, unseal
@@ -178,6 +178,57 @@ def test_a_rekey_keeps_the_quorum_and_says_when_names_go(stopped):
               "--custodians", "xena,yann", "--threshold", "2")
     assert p.returncode == 0 and fields(p.stdout)["quorum"] == "2 of 2", p.stdout + p.stderr
     assert "warning" not in p.stderr, p.stderr
+
+
+@pytest.mark.skipif(not gdb_can_trace(), reason="a rekey killed just before its commit is "
+                    "made with gdb")
+def test_a_rekey_killed_before_its_commit_leaves_a_pending_transcript(stopped):
+    """hsmctl killed (SIGKILL) once its share files and transcript are written, just
+    before the store commits: the store is on the old key, so the transcript left says
+    it is pending and how to tell, never that the old shares no longer open the store.
+    A rekey that commits leaves only the final transcript."""
+    base, shares = stopped["base"], stopped["shares"]
+    copy = os.path.join(base, "killed-copy")
+    shutil.copytree(stopped["data"], copy)
+    new_dir = os.path.join(base, "killed-shares")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HSM_"))}
+    p = subprocess.run(["gdb", "-q", "-nx", "-batch", "-ex", "break hsm_ks_rekey_commit",
+                        "-ex", "run", "-ex", "kill", "--args", HSMCTL, "rekey", "--data-dir",
+                        copy, *share_args(shares, ["alice", "bob", "carol"]), "--share-dir",
+                        new_dir, "--custodians", "a,b,c,d,e"],
+                       capture_output=True, text=True, timeout=180, env=env)
+    assert "Breakpoint 1, " in p.stdout, p.stdout + p.stderr
+    names = sorted(os.listdir(new_dir))
+    pending = [n for n in names if n.endswith(".txt.pending")]
+    assert names == ["a.share", "b.share", "c.share", "d.share", "e.share"] + pending, names
+    assert len(pending) == 1 and pending[0].startswith("rekey-"), names
+    with open(os.path.join(new_dir, pending[0])) as f:
+        text = f.read()
+    old_set = re.search(r"^old share set: (\w+) ", text, re.M).group(1)
+    new_set = re.search(r"^new share set: (\w+)$", text, re.M).group(1)
+    assert "no longer opens this store" not in text, text
+    assert "PENDING" in text and "still opens this store unless this rekey committed" in text
+    assert f"split: {old_set} means nothing" in text and f"{new_set} means the rekey " \
+        "committed" in text, text
+    # What the pending transcript says is so: the store is on the old split.
+    p = hsmctl("status", "--data-dir", copy)
+    assert p.returncode == 0 and f"split: {old_set}\n" in p.stdout, p.stdout + p.stderr
+    p = hsmctl("unseal", "--data-dir", copy, *[os.path.join(new_dir, c + ".share")
+                                               for c in ("a", "b", "c")])
+    assert p.returncode == 1 and "different split" in p.stderr, p.stderr
+    p = hsmctl("unseal", "--data-dir", copy, shares["alice"], shares["bob"], shares["carol"])
+    assert p.returncode == 0, p.stderr
+    # A rekey that commits writes the final transcript and deletes the pending one.
+    done_dir = os.path.join(base, "committed-shares")
+    p = rekey(copy, shares, ["alice", "bob", "carol"], done_dir)
+    assert p.returncode == 0, p.stderr
+    out = fields(p.stdout)
+    assert out["transcript"].endswith(".txt") and os.path.dirname(out["transcript"]) == done_dir
+    assert not [n for n in os.listdir(done_dir) if n.endswith(".pending")], os.listdir(done_dir)
+    with open(out["transcript"]) as f:
+        text = f.read()
+    assert "PENDING" not in text and f"old share set: {out['old share set']} (quorum 3 of 5): " \
+        "no longer opens this store\n" in text, text
 
 
 def test_interrupted_rekey_leaves_the_old_shares_working(stopped):
