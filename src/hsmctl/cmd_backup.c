@@ -337,17 +337,25 @@ static const char *const store_logs[] = {HSM_STORE_DB_FILE "-wal", HSM_STORE_DB_
                                          HSM_STORE_DB_FILE "-journal"};
 #define N_STORE_LOGS (sizeof(store_logs) / sizeof(store_logs[0]))
 
-/* Removes the staging directory and what opening a store left in it. */
-static void remove_staging(const char *staging)
+/*
+ * Removes the staging directory and what opening a store left in it (a
+ * restore killed meanwhile leaves any of SQLite's logs).  A directory that
+ * stays is named, with why: a later restore could not make its own.
+ */
+static hsm_result remove_staging(const char *staging)
 {
-	static const char *const names[] = {HSM_STORE_DB_FILE, HSM_STORE_DB_FILE "-wal",
-	                                    HSM_STORE_DB_FILE "-shm", "hsmd.lock"};
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-		char p[4200];
-		if (hsm_ok(path_of(p, sizeof(p), staging, names[i])))
+	static const char *const names[] = {HSM_STORE_DB_FILE, "hsmd.lock"};
+	char p[4200];
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]) + N_STORE_LOGS; i++) {
+		const char *name = i < N_STORE_LOGS ? store_logs[i] : names[i - N_STORE_LOGS];
+		if (hsm_ok(path_of(p, sizeof(p), staging, name)))
 			unlink(p);
 	}
-	rmdir(staging);
+	HSM_ENSURE(rmdir(staging) == 0 || errno == ENOENT, HSM_ERR_IO,
+	           "cannot remove %s, left by an interrupted restore: %s; move it away and restore "
+	           "again",
+	           staging, strerror(errno));
+	return HSM_SUCCESS;
 }
 
 /*
@@ -557,7 +565,7 @@ static hsm_result restore(const backup_opts *o, hsm_backup_info *info,
 	HSM_TRY(hsmctl_early_change_init(change, o->data_dir));
 	HSM_TRY(path_of(staging, sizeof(staging), o->data_dir, ".restore"));
 	if (stat(staging, &sb) == 0)
-		remove_staging(staging); /* left by an interrupted restore */
+		HSM_TRY(remove_staging(staging)); /* left by an interrupted restore */
 	HSM_CHECK(mkdir(staging, 0700) == 0, HSM_ERR_IO, "cannot create %s: %s", staging,
 	          strerror(errno));
 	made_staging = true;
@@ -576,8 +584,14 @@ static hsm_result restore(const backup_opts *o, hsm_backup_info *info,
 			res = take_back(o->data_dir, target, staged, foreign_logs);
 	}
 out:
-	if (made_staging)
-		remove_staging(staging);
+	if (made_staging) {
+		char why[HSM_ERRMSG_MAX]; /* the failure's message, kept over the removal's */
+		snprintf(why, sizeof(why), "%s", hsm_last_message());
+		if (hsm_failed(remove_staging(staging)))
+			fprintf(stderr, "hsmctl: restore: %s\n", hsm_last_message());
+		if (hsm_failed(res))
+			res = HSM_FAIL(res.err, "%s", why);
+	}
 	if (hsm_failed(res) && made_dir)
 		(void)rmdir(o->data_dir); /* a failed restore leaves no directory it made (if empty) */
 	hsm_keystore_free(ks);

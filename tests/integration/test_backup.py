@@ -384,6 +384,36 @@ def test_restore_refuses_a_data_directory_with_sqlite_leftovers(node, stale_wal)
     assert p.returncode == 0 and fields(p.stdout)["store"] == made["StoreId"], p.stdout
 
 
+def test_a_staging_directory_left_by_an_interrupted_restore(node):
+    """A restore killed while SQLite had its staged copy open leaves .restore/ with
+    hsmd.db and any of its logs (hsmd.db-journal, -wal, -shm): the next restore removes
+    them and goes on.  A .restore/ that cannot be removed (holding a file no restore
+    makes) is named, with why, and the restore refused before anything is made."""
+    s, made = node["shares"], node["made"]
+    three = ["--share", s["carol"], "--share", s["dave"], "--share", s["erin"]]
+    target = os.path.join(node["base"], "journal-left")
+    staging = os.path.join(target, ".restore")
+    os.makedirs(staging)
+    for name in ("hsmd.db", "hsmd.db-journal", "hsmd.db-wal", "hsmd.db-shm"):
+        open(os.path.join(staging, name), "w").close()
+    p = hsmctl("restore", "--data-dir", target, *three, made["Path"])
+    assert p.returncode == 0, p.stderr
+    assert not os.path.exists(staging)
+    p = hsmctl("status", "--data-dir", target)
+    assert p.returncode == 0 and fields(p.stdout)["store"] == made["StoreId"], p.stdout
+
+    target = os.path.join(node["base"], "staging-kept")
+    staging = os.path.join(target, ".restore")
+    os.makedirs(staging)
+    open(os.path.join(staging, "notes.txt"), "w").close()
+    p = hsmctl("restore", "--data-dir", target, *three, made["Path"])
+    assert p.returncode == 1, p.stdout
+    assert f"cannot remove {staging}, left by an interrupted restore: Directory not empty; " \
+        "move it away" in p.stderr, p.stderr
+    assert os.listdir(staging) == ["notes.txt"]
+    assert not os.path.exists(os.path.join(target, "hsmd.db"))
+
+
 @pytest.mark.skipif(not gdb_can_trace(), reason="a log appearing beside the store just as "
                     "it is moved into place is made with gdb")
 def test_a_restored_store_is_checked_where_it_lands(node, stale_wal):
