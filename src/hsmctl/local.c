@@ -90,6 +90,7 @@ hsm_result hsmctl_unseal_files_noted(hsm_keystore *ks, size_t n, char *const fil
 	for (size_t i = 0; i < n; i++) {
 		hsm_buf text;
 		hsm_buf_init_secure(&text);
+		p.share[0] = '\0'; /* a file that cannot be read is named by the error alone */
 		hsm_result r = hsmctl_read_share(files[i], &text);
 		/* Shares beyond the quorum (every custodian came) are checked, not needed. */
 		if (hsm_ok(r) && p.unsealed)

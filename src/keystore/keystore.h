@@ -159,7 +159,8 @@ typedef struct hsm_unseal_progress {
 	/*
 	 * The share file given, for the audit trail (never its value): "share 2
 	 * of 5, custodian bob, sha256:<hex of the file>" as the ceremony's
-	 * transcript names it; "" when the file could not be read as a share.
+	 * transcript names it, refused or not; the header fields that do not
+	 * parse are left out ("sha256:<hex>" alone when none does).
 	 */
 	char share[200];
 } hsm_unseal_progress;

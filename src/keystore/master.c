@@ -640,19 +640,6 @@ static void note_given(hsm_keystore *ks, unsigned index)
 		ks->given[index / 8] |= (uint8_t)(1U << (index % 8));
 }
 
-/* Names a share as the ceremony's transcript does: index, custodian, the file's SHA-256. */
-static hsm_result describe_share(const hsm_share *s, const uint8_t *file, size_t len,
-                                 char *out, size_t cap)
-{
-	uint8_t fp[HSM_SHA256_LEN];
-	char hex[2 * HSM_SHA256_LEN + 1];
-	HSM_GUARD(hsm_sha256(file, len, fp));
-	hsm_hex_encode_str(hex, fp, sizeof(fp));
-	snprintf(out, cap, "share %u of %u%s%s, sha256:%s", s->index, s->count,
-	         s->custodian[0] != '\0' ? ", custodian " : "", s->custodian, hex);
-	return HSM_SUCCESS;
-}
-
 /* A partial unseal left pending_ttl_ns after its last share is forgotten (shares wiped). */
 static void expire_pending(hsm_keystore *ks)
 {
@@ -701,6 +688,8 @@ static hsm_result unseal_locked(hsm_keystore *ks, const uint8_t *file, size_t le
 	hsm_share share;
 	memset(&share, 0, sizeof(share));
 	progress->share[0] = '\0';
+	/* Named before anything can refuse it: a refused share is on the trail too. */
+	HSM_TRY(hsm_share_describe(file, len, progress->share, sizeof(progress->share)));
 	hsm_node_state st = (hsm_node_state)atomic_load(&ks->state);
 	HSM_CHECK(st != HSM_NODE_ERROR, HSM_ERR_NODE_ERROR, "node is in the error state: %s",
 	          ks->error_reason);
@@ -710,7 +699,6 @@ static hsm_result unseal_locked(hsm_keystore *ks, const uint8_t *file, size_t le
 	          "this store is not initialized: run 'hsmctl init' first");
 	HSM_CHECK(st != HSM_NODE_UNSEALED, HSM_ERR_CONFLICT, "the node is already unsealed");
 	HSM_TRY(hsm_share_decode(file, len, &share));
-	HSM_TRY(describe_share(&share, file, len, progress->share, sizeof(progress->share)));
 	expire_pending(ks);
 	/* The first share of an unseal reads the master key's identity again: on a shared
 	 * store, `hsmctl rekey` may have replaced it since this node started. */
@@ -753,8 +741,8 @@ hsm_result hsm_keystore_check_share(hsm_keystore *ks, const uint8_t *share_file,
 	memset(&share, 0, sizeof(share));
 	pthread_mutex_lock(&ks->lock);
 	progress->share[0] = '\0';
+	HSM_TRY(hsm_share_describe(share_file, len, progress->share, sizeof(progress->share)));
 	HSM_TRY(hsm_share_decode(share_file, len, &share));
-	HSM_TRY(describe_share(&share, share_file, len, progress->share, sizeof(progress->share)));
 	HSM_TRY(check_commitment(ks, &share));
 	HSM_TRY(hsm_share_set_new(ks->store_id, ks->set_id, ks->threshold, ks->count, &set));
 	/* With no commitments, only the kept quorum can tell a forged share: none, no check. */

@@ -289,6 +289,40 @@ out:
 	return res;
 }
 
+hsm_result hsm_share_describe(const uint8_t *p, size_t n, char *out, size_t cap)
+{
+	HSM_ASSERT(out != NULL && cap > 0 && (p != NULL || n == 0));
+	out[0] = '\0';
+	uint8_t fp[HSM_SHA256_LEN];
+	char hex[2 * HSM_SHA256_LEN + 1];
+	HSM_GUARD(hsm_sha256(p, n, fp));
+	hsm_hex_encode_str(hex, fp, sizeof(fp));
+	hsm_share s = {0}; /* the header's fields only: its value stays NULL */
+	line_reader r = {.line = 0};
+	hsm_cursor_init(&r.c, p, n);
+	/* What parsed before a fault is named all the same; the fault is the decoder's to tell. */
+	(void)parse_header(&r, &s);
+	hsm_sb b;
+	hsm_sb_init(&b, out, cap);
+	if (s.index != 0) {
+		hsm_sb_add(&b, "share ");
+		hsm_sb_u64(&b, s.index);
+		if (s.count != 0) {
+			hsm_sb_add(&b, " of ");
+			hsm_sb_u64(&b, s.count);
+		}
+		if (s.custodian[0] != '\0') {
+			hsm_sb_add(&b, ", custodian ");
+			hsm_sb_add(&b, s.custodian);
+		}
+		hsm_sb_add(&b, ", ");
+	}
+	hsm_sb_add(&b, "sha256:");
+	hsm_sb_add(&b, hex);
+	hsm_share_clear(&s);
+	return HSM_SUCCESS;
+}
+
 void hsm_share_clear(hsm_share *s)
 {
 	if (s == NULL)

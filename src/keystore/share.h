@@ -100,6 +100,18 @@ hsm_result hsm_share_encode(const hsm_share *s, hsm_buf *out) HSM_MUST_CHECK;
  */
 hsm_result hsm_share_decode(const uint8_t *p, size_t n, hsm_share *out) HSM_MUST_CHECK;
 
+/*
+ * Names a share file p[0..n) for the audit trail, as the ceremony's
+ * transcript does, whether or not it decodes: "share 2 of 5, custodian bob,
+ * sha256:<hex of the file>", with only the header fields that parse (a file
+ * whose header does not is named by "sha256:<hex>" alone).  Reads no value
+ * line: out never holds any part of the share's value.  Fails only when
+ * SHA-256 does (out of memory); out (cap bytes) is then "".  A header that
+ * does not parse may leave its message in hsm_last_message: call this before
+ * what reports the file's fault (hsm_share_decode).
+ */
+hsm_result hsm_share_describe(const uint8_t *p, size_t n, char *out, size_t cap) HSM_MUST_CHECK;
+
 /* Wipes s and frees its value.  NULL is a no-op; clearing twice is fine. */
 void hsm_share_clear(hsm_share *s);
 

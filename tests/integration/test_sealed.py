@@ -366,6 +366,59 @@ def test_unseal_share_by_share(prod):
             assert erin_value not in f.read()
 
 
+def test_a_share_refused_unparsed_is_named_on_the_trail(tmp_path):
+    """A share file that does not decode (a mistyped hex digit, a truncated file, no share
+    at all) is refused, and its Unseal record names what of it reads: the header's index,
+    count and custodian where they parse, and always the file's SHA-256; never the value.
+    Over the API and offline alike."""
+    import hashlib
+    data, shares = init_store(str(tmp_path))
+    with open(shares["dave"]) as f:
+        text = f.read()
+    value = re.search(r"^value ([0-9a-f]+)$", text, re.M)
+    i = value.start(1)
+    bodies = {
+        "typo": text[:i] + ("f" if text[i] != "f" else "e") + text[i + 1:],
+        "truncated": text[:value.start(1) + 10],
+        "header-cut": text[:text.index("threshold ") + 4],
+        "garbage": "not a share\n",
+    }
+    sha = {k: hashlib.sha256(b.encode()).hexdigest() for k, b in bodies.items()}
+    want = {"typo": f"share 4 of 5, custodian dave, sha256:{sha['typo']}",
+            "truncated": f"share 4 of 5, custodian dave, sha256:{sha['truncated']}",
+            "header-cut": f"share 4, sha256:{sha['header-cut']}",
+            "garbage": f"sha256:{sha['garbage']}"}
+    server = Hsmd([], data_dir=data)
+    try:
+        for n, (k, body) in enumerate(bodies.items(), 1):
+            st, out = unsigned_call(server, "HsmdAdmin.Unseal", {"Share": body})
+            assert (st, out["__type"]) == (400, "InvalidShareException"), (k, out)
+            recs = [r for r in audit_records(data) if r.get("op") == "Unseal"]
+            assert len(recs) == n, recs
+            rec = recs[-1]
+            assert rec["outcome"] != "success" and rec["error"] == "InvalidShareException"
+            assert rec.get("extra", {}).get("share") == want[k], (k, rec)
+        assert status(server)["Progress"] == 0
+    finally:
+        server.cleanup()
+    paths = {}
+    for k, body in bodies.items():
+        paths[k] = str(tmp_path / f"{k}.share")
+        with open(paths[k], "w") as f:
+            f.write(body)
+    for k in bodies:
+        p = hsmctl("unseal", "--data-dir", data, shares["alice"], paths[k], shares["bob"])
+        assert p.returncode == 1 and f"{k}.share" in p.stderr, p.stdout + p.stderr
+        rec = [r for r in audit_records(data) if r.get("op") == "Unseal"][-1]
+        assert rec["source"] == "hsmctl" and rec["outcome"] == "error", rec
+        given = rec["extra"]["shares"].split("; ")
+        assert len(given) == 2 and given[0].startswith("share 1 of 5, custodian alice, "), given
+        assert given[1] == want[k], (k, given)
+    trail = "".join(open(os.path.join(data, "audit", f), errors="replace").read()
+                    for f in os.listdir(os.path.join(data, "audit")))
+    assert value.group(1)[1:] not in trail and value.group(1)[:16] not in trail
+
+
 def test_unsealed_production_node_has_no_users(prod):
     server, _, _, _ = prod
     if status(server)["Sealed"]:

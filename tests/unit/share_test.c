@@ -12,6 +12,7 @@
 #include "common/buf.h"
 #include "common/encoding.h"
 #include "common/util.h"
+#include "crypto/crypto.h"
 #include "keystore/share.h"
 
 #define STORE_A "0b8e5d1c-7c7a-4f0e-9a51-3c2d7b1e9f40"
@@ -162,6 +163,75 @@ static void test_round_trip(void **state)
 }
 
 /* ---- Corruption ----------------------------------------------------------- */
+
+/* "sha256:<hex of p[0..n)>", what every description ends with. */
+static void sha_part(const uint8_t *p, size_t n, char out[8 + 2 * HSM_SHA256_LEN])
+{
+	uint8_t fp[HSM_SHA256_LEN];
+	char hex[2 * HSM_SHA256_LEN + 1];
+	assert_true(hsm_ok(hsm_sha256(p, n, fp)));
+	hsm_hex_encode_str(hex, fp, sizeof(fp));
+	snprintf(out, 8 + 2 * HSM_SHA256_LEN, "sha256:%s", hex);
+}
+
+/*
+ * A file that does not decode is still named for the audit trail: the header
+ * fields that parse and its SHA-256, never any part of the value.
+ */
+static void test_describe_names_what_parses(void **state)
+{
+	(void)state;
+	fixture f;
+	make_fixture(&f, NAMES);
+	const hsm_buf *file = &f.files[3]; /* share 4, custodian dave_1 */
+	char out[200], sha[8 + 2 * HSM_SHA256_LEN], want[300];
+	sha_part(file->data, file->len, sha);
+	assert_true(hsm_ok(hsm_share_describe(file->data, file->len, out, sizeof(out))));
+	snprintf(want, sizeof(want), "share 4 of 5, custodian dave_1, %s", sha);
+	assert_string_equal(out, want);
+	/* A mistyped value: the header is named as it reads. */
+	hsm_buf typo;
+	hsm_buf_init_secure(&typo);
+	assert_true(hsm_ok(hsm_buf_put(&typo, file->data, file->len)));
+	char *v = strstr((char *)typo.data, "\nvalue ") + 7;
+	*v = *v == 'f' ? 'e' : 'f';
+	hsm_share s;
+	assert_int_equal(hsm_share_decode(typo.data, typo.len, &s).err, HSM_ERR_SHARE_INVALID);
+	assert_true(hsm_ok(hsm_share_describe(typo.data, typo.len, out, sizeof(out))));
+	sha_part(typo.data, typo.len, sha);
+	snprintf(want, sizeof(want), "share 4 of 5, custodian dave_1, %s", sha);
+	assert_string_equal(out, want);
+	hsm_buf_free(&typo);
+	/* Every truncation: what is named grows with the header, and always ends in the hash. */
+	/* A field is read once the newline ending its line is there: the one before the next. */
+	const char *after_index = strstr((const char *)file->data, "\nthreshold ");
+	const char *after_count = strstr((const char *)file->data, "\ncustodian ");
+	const char *after_custodian = strstr((const char *)file->data, "\nvalue ");
+	for (size_t n = 0; n < file->len; n++) {
+		assert_true(hsm_ok(hsm_share_describe(file->data, n, out, sizeof(out))));
+		sha_part(file->data, n, sha);
+		const char *end = (const char *)file->data + n;
+		if (end <= after_index)
+			snprintf(want, sizeof(want), "%s", sha);
+		else if (end <= after_count)
+			snprintf(want, sizeof(want), "share 4, %s", sha);
+		else if (end <= after_custodian)
+			snprintf(want, sizeof(want), "share 4 of 5, %s", sha);
+		else
+			snprintf(want, sizeof(want), "share 4 of 5, custodian dave_1, %s", sha);
+		if (strcmp(out, want) != 0)
+			fail_msg("%zu bytes: \"%s\", not \"%s\"", n, out, want);
+		assert_no_value(out, f.value_hex[3]);
+	}
+	/* Not a share at all; and a capacity too small truncates, never overflows. */
+	assert_true(hsm_ok(hsm_share_describe((const uint8_t *)"x", 1, out, sizeof(out))));
+	assert_int_equal(strncmp(out, "sha256:", 7), 0);
+	assert_int_equal(strlen(out), 7 + 2 * HSM_SHA256_LEN);
+	char small[10];
+	assert_true(hsm_ok(hsm_share_describe(file->data, file->len, small, sizeof(small))));
+	assert_true(strlen(small) < sizeof(small));
+	free_fixture(&f);
+}
 
 static void check_refused(const uint8_t *p, size_t n, const char *value_hex)
 {
@@ -813,6 +883,7 @@ int main(void)
 	    cmocka_unit_test(test_every_single_byte_change_is_refused),
 	    cmocka_unit_test(test_every_adjacent_swap_is_refused),
 	    cmocka_unit_test(test_truncation_and_extension_are_refused),
+	    cmocka_unit_test(test_describe_names_what_parses),
 	    cmocka_unit_test(test_messages_name_the_fault),
 	    cmocka_unit_test(test_decode_checks_fields_together),
 	    cmocka_unit_test(test_encode_refuses_invalid_shares),
