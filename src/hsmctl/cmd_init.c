@@ -385,6 +385,7 @@ static hsm_result run_init(const init_opts *o)
 	bool opened = false, committed = false;
 	memset(shares, 0, sizeof(shares));
 	memset(&files, 0, sizeof(files));
+	HSM_TRY(hsmctl_share_dir_apart(o->share_dir, o->data_dir));
 	HSM_TRY(hsm_mkdir_p(o->share_dir));
 	HSM_TRY(check_outputs(o));
 	HSM_TRY(hsmctl_local_open(o->data_dir, 0, NULL, &l));

@@ -328,6 +328,7 @@ static hsm_result run_rekey(rekey_opts *o, int *exit_code)
 	memset(shares, 0, sizeof(shares));
 	memset(&files, 0, sizeof(files));
 	hsm_log_set_level(HSM_LOG_WARN); /* the command reports what it did */
+	HSM_TRY(hsmctl_share_dir_apart(o->share_dir, o->data_dir));
 	HSM_TRY(hsmctl_local_open(o->data_dir, o->n_shares, o->shares, &l));
 	opened = true; /* the master key was rebuilt: from here on, the rekey is on the trail */
 	hsm_keystore_identity(l.ks, &old);

@@ -68,6 +68,86 @@ hsm_result hsmctl_write_new_file(const char *path, const uint8_t *p, size_t n)
 	return r;
 }
 
+/*
+ * path made absolute, its longest existing part with symlinks resolved
+ * (realpath) and the rest, which does not exist yet, appended as written
+ * ("." and ".." read lexically: they cross no symlink).
+ */
+static hsm_result resolve_path(const char *path, char out[PATH_MAX])
+{
+	char head[PATH_MAX];
+	size_t n = strlen(path);
+	HSM_ENSURE(n > 0 && n < sizeof(head), HSM_ERR_VALIDATION, "%s: the path is empty or too long",
+	           path);
+	memcpy(head, path, n + 1);
+	for (;;) {
+		while (n > 1 && head[n - 1] == '/')
+			head[--n] = '\0';
+		if (realpath(head, out) != NULL)
+			break;
+		HSM_ENSURE(errno == ENOENT, HSM_ERR_IO, "cannot resolve %s: %s", path, strerror(errno));
+		char *slash = strrchr(head, '/');
+		if (slash == NULL || slash == head) { /* nothing of it exists but "." or "/" */
+			HSM_ENSURE(realpath(slash == NULL ? "." : "/", out) != NULL, HSM_ERR_IO,
+			           "cannot resolve %s: %s", path, strerror(errno));
+			n = 0;
+			break;
+		}
+		*slash = '\0';
+		n = (size_t)(slash - head);
+	}
+	size_t len = strlen(out);
+	for (const char *c = path + n; *c != '\0';) {
+		size_t k = strcspn(c, "/");
+		if (k == 2 && strncmp(c, "..", 2) == 0) {
+			char *last = strrchr(out, '/');
+			len = last == out ? 1 : (size_t)(last - out);
+			out[len] = '\0';
+		} else if (k > 0 && !(k == 1 && c[0] == '.')) {
+			bool root = len == 1;
+			HSM_ENSURE(len + k + 1 < PATH_MAX, HSM_ERR_VALIDATION, "%s: the path is too long",
+			           path);
+			if (!root)
+				out[len++] = '/';
+			memcpy(out + len, c, k);
+			len += k;
+			out[len] = '\0';
+		}
+		c += k + (c[k] == '/' ? 1 : 0);
+	}
+	return HSM_SUCCESS;
+}
+
+/* Whether the absolute path a is b or inside it. */
+static bool path_within(const char *a, const char *b)
+{
+	size_t n = strlen(b);
+	if (strcmp(b, "/") == 0)
+		return true;
+	return strncmp(a, b, n) == 0 && (a[n] == '\0' || a[n] == '/');
+}
+
+hsm_result hsmctl_share_dir_apart(const char *share_dir, const char *data_dir)
+{
+	char shares[PATH_MAX], data[PATH_MAX];
+	HSM_GUARD(resolve_path(share_dir, shares));
+	HSM_GUARD(resolve_path(data_dir, data));
+	/* Resolved paths only: the message has room for two long ones, not four. */
+	HSM_ENSURE(strcmp(shares, data) != 0, HSM_ERR_VALIDATION,
+	           "--share-dir is the data directory, %s: its holder would hold the quorum with "
+	           "the store; nothing was created",
+	           shares);
+	HSM_ENSURE(!path_within(shares, data), HSM_ERR_VALIDATION,
+	           "--share-dir %s is inside --data-dir %s: its holder would hold the quorum with "
+	           "the store; nothing was created",
+	           shares, data);
+	HSM_ENSURE(!path_within(data, shares), HSM_ERR_VALIDATION,
+	           "--data-dir %s is inside --share-dir %s: its holder would hold the store with "
+	           "its quorum; nothing was created",
+	           data, shares);
+	return HSM_SUCCESS;
+}
+
 void hsmctl_share_path(const char *dir, const char *custodian, unsigned i, unsigned n, char *out,
                        size_t cap)
 {

@@ -118,6 +118,13 @@ hsm_result hsmctl_local_explain(hsmctl_local *l, size_t n_shares, hsm_result r) 
  * directory.  A file it could not write whole and durably is deleted.
  */
 hsm_result hsmctl_write_new_file(const char *path, const uint8_t *p, size_t n) HSM_MUST_CHECK;
+/*
+ * Refuses a share directory that is the data directory, inside it, or holds
+ * it: whoever holds the data directory (or a copy of its disk) would hold the
+ * quorum with the store.  Compared after symlinks, for the part of each path
+ * that exists (the rest is read as written); changes nothing.
+ */
+hsm_result hsmctl_share_dir_apart(const char *share_dir, const char *data_dir) HSM_MUST_CHECK;
 /* A share file's path: DIR/<custodian>.share, or DIR/share-<i+1>-of-<n>.share without names. */
 void hsmctl_share_path(const char *dir, const char *custodian, unsigned i, unsigned n, char *out,
                        size_t cap);

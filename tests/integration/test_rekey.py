@@ -180,6 +180,27 @@ def test_a_rekey_keeps_the_quorum_and_says_when_names_go(stopped):
     assert "warning" not in p.stderr, p.stderr
 
 
+def test_a_rekey_keeps_the_new_shares_out_of_the_data_directory(stopped):
+    """New share files in the data directory would give whoever holds it the quorum with
+    the store: refused, named, before the store is opened or a file made."""
+    data, shares = stopped["data"], stopped["shares"]
+    before = wrapped_rows(data)
+    trail = len(audit_records(data))
+    real = os.path.realpath(data)
+    for new_dir, why in ((data, f"--share-dir is the data directory, {real}:"),
+                         (os.path.join(data, "new-shares"),
+                          f"--share-dir {real}/new-shares is inside --data-dir {real}:"),
+                         (os.path.join(data, "audit", ".."),
+                          f"--share-dir is the data directory, {real}:")):
+        listing = sorted(os.listdir(data))
+        p = rekey(data, shares, ["alice", "bob", "carol"], new_dir)
+        assert p.returncode == 1 and why in p.stderr, p.stderr
+        assert "its holder would hold the quorum with the store; nothing was created" in \
+            p.stderr, p.stderr
+        assert sorted(os.listdir(data)) == listing
+    assert wrapped_rows(data) == before and len(audit_records(data)) == trail
+
+
 @pytest.mark.skipif(not gdb_can_trace(), reason="a rekey killed just before its commit is "
                     "made with gdb")
 def test_a_rekey_killed_before_its_commit_leaves_a_pending_transcript(stopped):

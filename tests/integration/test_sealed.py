@@ -122,6 +122,37 @@ def test_init_writes_only_new_files_and_checks_them_before_the_store_commits(tmp
     assert p.returncode == 0 and "reconstruct the master key" in p.stdout, p.stdout + p.stderr
 
 
+def test_init_keeps_the_shares_out_of_the_data_directory(tmp_path):
+    """Shares in the data directory (or the data directory in the share directory) would
+    give whoever holds that directory the quorum with the store: refused, named, after
+    symlinks and dot-dot are resolved, before any file or directory is made."""
+    os.mkdir(tmp_path / "real")
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    cases = [
+        ("d", "d", "--share-dir is the data directory, {t}/d: its holder would hold the quorum"),
+        ("d", "d/", "--share-dir is the data directory, {t}/d: its holder would hold the quorum"),
+        ("d", "d/shares", "--share-dir {t}/d/shares is inside --data-dir {t}/d: its holder "
+                          "would hold the quorum"),
+        ("d/x/..", "d/s", "--share-dir {t}/d/s is inside --data-dir {t}/d: "),
+        ("real", "link/s", "--share-dir {t}/real/s is inside --data-dir {t}/real: "),
+        ("s/data", "s", "--data-dir {t}/s/data is inside --share-dir {t}/s: its holder would "
+                        "hold the store with its quorum"),
+    ]
+    t = os.path.realpath(tmp_path)
+    for d, s, why in cases:
+        data, shares = str(tmp_path / d), str(tmp_path / s)
+        before = sorted(os.listdir(tmp_path))
+        p = hsmctl("init", "--data-dir", data, "--share-dir", shares, "--shares", "3",
+                   "--threshold", "2")
+        assert p.returncode == 1, p.stdout
+        assert why.format(t=t) in p.stderr, p.stderr
+        assert "nothing was created" in p.stderr and "store:" not in p.stdout, p.stdout
+        assert sorted(os.listdir(tmp_path)) == before and os.listdir(tmp_path / "real") == []
+    p = hsmctl("init", "--data-dir", str(tmp_path / "d"), "--share-dir", str(tmp_path / "ds"),
+               "--shares", "3", "--threshold", "2")
+    assert p.returncode == 0, p.stderr
+
+
 GDB = gdb_can_trace()
 
 
