@@ -54,7 +54,7 @@ typedef struct hsm_audit_field {
 	const char *value; /* at most HSM_AUDIT_VALUE_MAX bytes are kept */
 } hsm_audit_field;
 
-#define HSM_AUDIT_MAX_EXTRA 8
+#define HSM_AUDIT_MAX_EXTRA 10 /* the Rekey record has the most */
 #define HSM_AUDIT_NAME_MAX 64
 #define HSM_AUDIT_VALUE_MAX 512
 /* Longer values are cut at a UTF-8 boundary and end with this marker. */

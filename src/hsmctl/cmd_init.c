@@ -303,22 +303,13 @@ static hsm_result audit_init(const init_opts *o, hsmctl_local *l, const hsm_buf 
 	hsm_hex_encode_str(set, id.set_id, sizeof(id.set_id));
 	snprintf(thr, sizeof(thr), "%u", o->threshold);
 	snprintf(cnt, sizeof(cnt), "%u", o->shares);
-	hsm_sb nb, pb;
+	hsm_sb nb;
 	hsm_sb_init(&nb, names, sizeof(names));
-	hsm_sb_init(&pb, prints, sizeof(prints));
-	for (unsigned i = 0; i < o->shares; i++) {
-		uint8_t fp[HSM_SHA256_LEN];
-		char hex[2 * HSM_SHA256_LEN + 1];
-		HSM_GUARD(hsm_sha256(shares[i].data, shares[i].len, fp));
-		hsm_hex_encode_str(hex, fp, sizeof(fp));
-		if (o->custodians[0] != NULL) {
-			hsm_sb_add(&nb, i > 0 ? "," : "");
-			hsm_sb_add(&nb, o->custodians[i]);
-		}
-		char one[40];
-		snprintf(one, sizeof(one), "%s%u:%.16s", i > 0 ? "," : "", i + 1, hex);
-		hsm_sb_add(&pb, one);
+	for (unsigned i = 0; o->custodians[0] != NULL && i < o->shares; i++) {
+		hsm_sb_add(&nb, i > 0 ? "," : "");
+		hsm_sb_add(&nb, o->custodians[i]);
 	}
+	HSM_GUARD(hsmctl_share_fingerprints(shares, o->shares, prints, sizeof(prints)));
 	hsm_audit_field f[] = {{"store", hsm_keystore_store_id(l->ks)},
 	                       {"share_set", set},
 	                       {"threshold", thr},

@@ -276,23 +276,41 @@ static hsm_result write_files(const rekey_opts *o, hsmctl_local *l, const char *
 	return hsm_fsync_dir(o->share_dir);
 }
 
+/*
+ * The Rekey record: both splits and quorums, and once done the counts
+ * re-wrapped and the new split's share files as Init names its own (each
+ * file's fingerprint and, when named, the custodians), never a share.
+ */
 static hsm_result audit_rekey(hsmctl_local *l, hsm_result outcome, const char *old_hex,
                               const char *new_hex, const hsm_ks_identity *old,
-                              const rekey_opts *o, const hsm_store_rekey_counts *c)
+                              const rekey_opts *o, const hsm_buf shares[],
+                              const hsm_store_rekey_counts *c)
 {
 	char thr[12], cnt[12], othr[12], ocnt[12], versions[24], aks[24];
+	char prints[HSM_AUDIT_VALUE_MAX] = "", names[HSM_AUDIT_VALUE_MAX] = "";
 	snprintf(thr, sizeof(thr), "%u", o->threshold);
 	snprintf(cnt, sizeof(cnt), "%u", o->count);
 	snprintf(othr, sizeof(othr), "%u", old->threshold);
 	snprintf(ocnt, sizeof(ocnt), "%u", old->count);
 	snprintf(versions, sizeof(versions), "%llu", (unsigned long long)c->versions);
 	snprintf(aks, sizeof(aks), "%llu", (unsigned long long)c->access_keys);
+	size_t n = 6;
+	if (hsm_ok(outcome)) {
+		HSM_GUARD(hsmctl_share_fingerprints(shares, o->count, prints, sizeof(prints)));
+		hsm_sb nb;
+		hsm_sb_init(&nb, names, sizeof(names));
+		for (unsigned i = 0; i < o->n_custodians; i++) {
+			hsm_sb_add(&nb, i > 0 ? "," : "");
+			hsm_sb_add(&nb, o->custodians[i]);
+		}
+		n = names[0] != '\0' ? 10 : 9;
+	}
 	hsm_audit_field f[] = {{"old_share_set", old_hex},  {"old_threshold", othr},
 	                       {"old_shares", ocnt},        {"share_set", new_hex},
 	                       {"threshold", thr},          {"shares", cnt},
-	                       {"key_versions", versions},  {"access_keys", aks}};
-	return hsmctl_local_audit_fields(l, "Rekey", NULL, 0, outcome, f,
-	                                 hsm_ok(outcome) ? 8 : 6);
+	                       {"key_versions", versions},  {"access_keys", aks},
+	                       {"share_sha256", prints},    {"custodians", names}};
+	return hsmctl_local_audit_fields(l, "Rekey", NULL, 0, outcome, f, n);
 }
 
 static void print_done(const rekey_opts *o, hsmctl_local *l, const char *old_hex,
@@ -350,7 +368,7 @@ static hsm_result run_rekey(rekey_opts *o, int *exit_code)
 	}
 	res = hsm_ks_rekey_commit(l.ks, rk, &counts, &outcome);
 	snprintf(why, sizeof(why), "%s", hsm_last_message());
-	hsm_result audited = audit_rekey(&l, res, old_hex, new_hex, &old, o, &counts);
+	hsm_result audited = audit_rekey(&l, res, old_hex, new_hex, &old, o, shares, &counts);
 	audited_once = true;
 	if (outcome != HSM_KS_REKEY_DONE) {
 		/* Printed here: the explanation does not fit one error message. */
@@ -390,7 +408,7 @@ out:
 	 * trail too: the master key was rebuilt for it. */
 	if (opened && !audited_once && hsm_failed(res)) {
 		snprintf(why, sizeof(why), "%s", hsm_last_message());
-		if (hsm_failed(audit_rekey(&l, res, old_hex, new_hex, &old, o, &counts)))
+		if (hsm_failed(audit_rekey(&l, res, old_hex, new_hex, &old, o, shares, &counts)))
 			fprintf(stderr, "hsmctl: rekey: auditing the failure failed: %s\n",
 			        hsm_last_message());
 		res = HSM_FAIL(res.err, "%s", why);

@@ -11,8 +11,10 @@
 #include <openssl/crypto.h>
 
 #include "audit/outbox_rows.h"
+#include "common/encoding.h"
 #include "common/secret.h"
 #include "common/util.h"
+#include "crypto/crypto.h"
 #include "hsmctl/hsmctl.h"
 
 const hsm_caller hsmctl_local_caller = {.user = "local-operator", .access_key_id = "", .local = true};
@@ -66,6 +68,21 @@ hsm_result hsmctl_write_new_file(const char *path, const uint8_t *p, size_t n)
 	if (hsm_failed(r))
 		unlink(path);
 	return r;
+}
+
+hsm_result hsmctl_share_fingerprints(const hsm_buf shares[], unsigned n, char *out, size_t cap)
+{
+	hsm_sb b;
+	hsm_sb_init(&b, out, cap);
+	for (unsigned i = 0; i < n; i++) {
+		uint8_t fp[HSM_SHA256_LEN];
+		char hex[2 * HSM_SHA256_LEN + 1], one[40];
+		HSM_GUARD(hsm_sha256(shares[i].data, shares[i].len, fp));
+		hsm_hex_encode_str(hex, fp, sizeof(fp));
+		snprintf(one, sizeof(one), "%s%u:%.16s", i > 0 ? "," : "", i + 1, hex);
+		hsm_sb_add(&b, one);
+	}
+	return HSM_SUCCESS;
 }
 
 /*

@@ -125,6 +125,13 @@ hsm_result hsmctl_write_new_file(const char *path, const uint8_t *p, size_t n) H
  * that exists (the rest is read as written); changes nothing.
  */
 hsm_result hsmctl_share_dir_apart(const char *share_dir, const char *data_dir) HSM_MUST_CHECK;
+/*
+ * The share files of a split as the trail's Init and Rekey records name them
+ * ("1:<first 16 hex digits of the file's SHA-256>,2:...", never a value),
+ * into out (cap bytes, HSM_AUDIT_VALUE_MAX fits 16 shares).
+ */
+hsm_result hsmctl_share_fingerprints(const hsm_buf shares[], unsigned n, char *out,
+                                     size_t cap) HSM_MUST_CHECK;
 /* A share file's path: DIR/<custodian>.share, or DIR/share-<i+1>-of-<n>.share without names. */
 void hsmctl_share_path(const char *dir, const char *custodian, unsigned i, unsigned n, char *out,
                        size_t cap);

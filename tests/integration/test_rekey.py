@@ -36,6 +36,14 @@ def rekey(data, shares, names, new_dir, *extra):
                   *extra)
 
 
+def fingerprints(paths):
+    """The share files as Init and Rekey records list them: "1:<16 hex of SHA-256>,2:..."."""
+    def sha(path):
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()[:16]
+    return ",".join(f"{i}:{sha(p)}" for i, p in enumerate(paths, 1))
+
+
 def store_bytes(data):
     with open(os.path.join(data, "hsmd.db"), "rb") as f:
         db = f.read()
@@ -250,6 +258,11 @@ def test_a_rekey_killed_before_its_commit_leaves_a_pending_transcript(stopped):
         text = f.read()
     assert "PENDING" not in text and f"old share set: {out['old share set']} (quorum 3 of 5): " \
         "no longer opens this store\n" in text, text
+    # Unnamed new shares: the Rekey record lists their fingerprints and no custodians.
+    done = [r for r in audit_records(copy) if r.get("op") == "Rekey"][-1]
+    assert done["outcome"] == "success" and "custodians" not in done["extra"], done
+    assert done["extra"]["share_sha256"] == fingerprints(
+        [os.path.join(done_dir, f"share-{i}-of-5.share") for i in range(1, 6)]), done
 
 
 def test_interrupted_rekey_leaves_the_old_shares_working(stopped):
@@ -303,13 +316,16 @@ def test_rekey_then_everything_works_with_the_new_shares_only(stopped):
         assert f"custodian {c}\n" in text and f"set {out['share set']}\n" in text
         with open(out["transcript"]) as f:
             assert hashlib.sha256(text.encode()).hexdigest() in f.read()
-    # Audited: the sets and quorums, never a share or a key.
+    # Audited: the sets and quorums, and the new share files as the Init record names a
+    # ceremony's (each file's fingerprint, the custodians), never a share or a key.
+    prints = fingerprints([new[c] for c in ("xena", "yann", "zoe")])
     ev = [r for r in audit_records(data) if r.get("op") == "Rekey" and r["outcome"] == "success"]
     assert len(ev) == 1, ev
     assert ev[0]["extra"] == {"old_share_set": out["old share set"], "old_threshold": "3",
                               "old_shares": "5", "share_set": out["share set"],
                               "threshold": "2", "shares": "3", "key_versions": "6",
-                              "access_keys": "2"}
+                              "access_keys": "2", "share_sha256": prints,
+                              "custodians": "xena,yann,zoe"}
     # Rekeying again over the same directory refuses to overwrite.
     p = rekey(data, {"x": new["xena"], "y": new["yann"]}, ["x", "y"], new_dir, "--shares", "3",
               "--threshold", "2", "--custodians", "xena,yann,zoe")
@@ -388,12 +404,16 @@ def test_the_audit_trail_reports_the_rekey_and_holds_no_share(stopped):
         new_set = next(l.split()[1] for l in f if l.startswith("set "))
     with open(shares["alice"]) as f:
         old_set = next(l.split()[1] for l in f if l.startswith("set "))
+    prints = fingerprints([os.path.join(base, "new-shares", c + ".share")
+                           for c in ("xena", "yann", "zoe")])
     assert done == {"old_share_set": old_set, "old_threshold": "3", "old_shares": "5",
                     "share_set": new_set, "threshold": "2", "shares": "3",
-                    "key_versions": "6", "access_keys": "2"}, done
-    # The failed one names the sets it was between, and no counts.
+                    "key_versions": "6", "access_keys": "2", "share_sha256": prints,
+                    "custodians": "xena,yann,zoe"}, done
+    # The failed one names the sets it was between, and no counts or share files.
     assert rekeys[0]["extra"]["old_share_set"] == old_set
     assert "key_versions" not in rekeys[0]["extra"], rekeys[0]
+    assert "share_sha256" not in rekeys[0]["extra"], rekeys[0]
     p = hsmctl("audit", "report", "--pubkey", stopped["pubkey"], *files)
     assert p.returncode == 0, p.stderr
     events = p.stdout.split("\nnode events (", 1)[1].splitlines()

@@ -1645,13 +1645,14 @@ static void t_wait_syslog_dropped(hsm_audit *a, uint64_t n)
 	assert_true(st.syslog_dropped >= n);
 }
 
-/* A record of 8 extra values of 512 control characters: each escaped as \u0001, 24 KiB. */
+/* A record of the most extra values, 512 control characters each: escaped as \u0001, 30 KiB. */
 static void append_big(hsm_audit *a)
 {
 	static char v[513];
 	memset(v, 1, 512);
 	hsm_audit_field f[HSM_AUDIT_MAX_EXTRA];
-	static const char *const names[] = {"a", "b", "c", "d", "e", "f", "g", "h"};
+	static const char *const names[] = {"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"};
+	_Static_assert(sizeof(names) / sizeof(names[0]) == HSM_AUDIT_MAX_EXTRA, "a name each");
 	for (size_t i = 0; i < HSM_AUDIT_MAX_EXTRA; i++)
 		f[i] = (hsm_audit_field){names[i], v};
 	hsm_audit_record r = t_record(999);
