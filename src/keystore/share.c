@@ -447,15 +447,17 @@ static hsm_result check_belongs(const hsm_share_set *set, const hsm_share *share
 	 * The current set id is not told: Unseal answers anyone, and a set id is
 	 * what a share made up by someone without one would lack (the check that
 	 * follows it is an unkeyed digest).  Operators read it with
-	 * `hsmctl status --data-dir`.
+	 * `hsmctl status --data-dir`.  Which split is the newer is not said
+	 * either: a current share given for a backup made before a rekey is as
+	 * refused as an old share given for the store.
 	 */
 	if (!hsm_ct_equal(share->set_id, set->set_id, HSM_SHARE_SET_ID_LEN)) {
 		char theirs[2 * HSM_SHARE_SET_ID_LEN + 1];
 		set_id_hex(share->set_id, theirs);
 		return HSM_FAIL(HSM_ERR_SHARE_MISMATCH,
-		                "share is from a different split of the master key (set %s): a rekey "
-		                "or a new ceremony replaced it; give the current split's shares "
-		                "(`hsmctl backup inspect` names a backup's)",
+		                "share is of split %s; this store or backup is of a different split: "
+		                "give its split's shares (`hsmctl status --data-dir` names a store's, "
+		                "`hsmctl backup inspect` a backup's)",
 		                theirs);
 	}
 	HSM_ENSURE(share->threshold == set->threshold && share->count == set->count,

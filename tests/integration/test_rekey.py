@@ -299,6 +299,11 @@ def test_interrupted_rekey_leaves_the_old_shares_working(stopped):
 
 def test_rekey_then_everything_works_with_the_new_shares_only(stopped):
     data, shares, base = stopped["data"], stopped["shares"], stopped["base"]
+    # A backup made before the rekey, offline, with the old shares.
+    p = hsmctl("backup", "create", "--data-dir", data, *share_args(shares, ["bob", "dave", "erin"]),
+               "--dir", os.path.join(base, "pre-rekey-backups"))
+    assert p.returncode == 0, p.stderr
+    backup = fields(p.stdout)["file"]
     new_dir = os.path.join(base, "new-shares")
     p = rekey(data, shares, ["alice", "carol", "erin"], new_dir, "--shares", "3",
               "--threshold", "2", "--custodians", "xena,yann,zoe")
@@ -334,8 +339,11 @@ def test_rekey_then_everything_works_with_the_new_shares_only(stopped):
     node = Hsmd(["--backup-interval-seconds", "0"], data_dir=data)
     try:
         p = unseal(node, shares["alice"])
-        assert p.returncode != 0 and "different split" in p.stderr, p.stderr
-        assert "names a backup's)" in p.stderr, p.stderr  # said whole, over the API too
+        # Said whole, over the API too, and neutrally: the share's split and no more.
+        assert p.returncode != 0 and f"share is of split {out['old share set']}; this store " \
+            "or backup is of a different split: give its split's shares (`hsmctl status " \
+            "--data-dir` names a store's, `hsmctl backup inspect` a backup's)" in p.stderr, \
+            p.stderr
         # Unseal answers anyone: it names the share's set, never the store's current one.
         assert out["old share set"] in p.stderr and out["share set"] not in p.stderr, p.stderr
         assert unseal(node, new["zoe"]).returncode == 0
@@ -363,8 +371,17 @@ def test_rekey_then_everything_works_with_the_new_shares_only(stopped):
         node.stop()
     # The old shares open nothing the store holds; the audit trail verifies across the rekey.
     p = hsmctl("unseal", "--data-dir", data, shares["bob"], shares["carol"], shares["dave"])
-    assert p.returncode == 1 and "different split" in p.stderr, p.stderr
-    assert "names a backup's)" in p.stderr, p.stderr
+    assert p.returncode == 1 and f"share is of split {out['old share set']}; this store or " \
+        "backup is of a different split" in p.stderr, p.stderr
+    assert "`hsmctl backup inspect` a backup's)" in p.stderr, p.stderr
+    # The backup made before the rekey: the new shares are the newer ones, and not its own.
+    new_args = share_args(new, ["xena", "yann"])
+    p = hsmctl("backup", "verify", *new_args, backup)
+    assert p.returncode == 1 and f"share is of split {out['share set']}; this store or " \
+        "backup is of a different split" in p.stderr, p.stderr
+    assert "replaced" not in p.stderr and "current" not in p.stderr, p.stderr
+    p = hsmctl("backup", "verify", *share_args(shares, ["alice", "bob", "carol"]), backup)
+    assert p.returncode == 0, p.stderr
     # The operator, on the data directory, reads which split is current.
     p = hsmctl("status", "--data-dir", data)
     assert p.returncode == 0 and f"split: {out['share set']}\n" in p.stdout, p.stdout + p.stderr

@@ -594,9 +594,9 @@ static void test_set_refuses_foreign_shares(void **state)
 	assert_true(hsm_ok(hsm_share_set_new(STORE_A, SET_B, 3, 5, &new_split)));
 	assert_int_equal(hsm_share_set_add(new_split, &s).err, HSM_ERR_SHARE_MISMATCH);
 	assert_string_equal(hsm_last_message(),
-	                    "share is from a different split of the master key (set "
-	                    "3f9a0c12d4e5b6a7): a rekey or a new ceremony replaced it; give the "
-	                    "current split's shares (`hsmctl backup inspect` names a backup's)");
+	                    "share is of split 3f9a0c12d4e5b6a7; this store or backup is of a "
+	                    "different split: give its split's shares (`hsmctl status --data-dir` "
+	                    "names a store's, `hsmctl backup inspect` a backup's)");
 	assert_no_values(&f, hsm_last_message());
 	hsm_share_set_free(new_split);
 
@@ -697,7 +697,7 @@ static void test_old_split_is_refused(void **state)
 	hsm_share old = {0};
 	decode_file(&f, 2, &old);
 	assert_int_equal(hsm_share_set_add(set, &old).err, HSM_ERR_SHARE_MISMATCH);
-	assert_non_null(strstr(hsm_last_message(), "different split of the master key"));
+	assert_non_null(strstr(hsm_last_message(), "is of a different split"));
 	assert_no_values(&f, hsm_last_message());
 	hsm_share_clear(&old);
 	hsm_share_set_free(set);
