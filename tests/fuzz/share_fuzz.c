@@ -18,7 +18,9 @@
  *     the same file offered twice is a duplicate; a set of another store
  *     refuses every share;
  *   - once enough have joined, combine succeeds, and a 1-of-1 share gives
- *     back its own value.
+ *     back its own value;
+ *   - every file, decoded or not, is described (hsm_share_describe) ending in
+ *     its SHA-256, and an accepted one by its own index, count and custodian.
  */
 #include "fuzz.h"
 
@@ -50,10 +52,25 @@ static void fix_checksum(uint8_t *p, size_t n)
 	}
 }
 
+/* The audit trail's name for the file f; s is what it decodes to, NULL if refused. */
+static void check_described(fuzz_in f, const hsm_share *s)
+{
+	char out[200], want[200];
+	FUZZ_ASSERT(hsm_ok(hsm_share_describe(f.p, f.n, out, sizeof(out))));
+	const char *sha = strstr(out, "sha256:");
+	FUZZ_ASSERT(sha != NULL && strlen(sha) == 7 + 2 * HSM_SHA256_LEN);
+	if (s == NULL)
+		return;
+	int n = snprintf(want, sizeof(want), "share %u of %u%s%s, ", s->index, s->count,
+	                 s->custodian[0] != '\0' ? ", custodian " : "", s->custodian);
+	FUZZ_ASSERT(n > 0 && sha == out + n && strncmp(out, want, (size_t)n) == 0);
+}
+
 /* Decodes one file; returns whether it was accepted. */
 static bool decode_one(fuzz_in f, hsm_share *s)
 {
 	hsm_result r = hsm_share_decode(f.p, f.n, s);
+	check_described(f, hsm_ok(r) ? s : NULL);
 	if (hsm_failed(r)) {
 		FUZZ_ASSERT(r.err == HSM_ERR_SHARE_INVALID);
 		return false;
