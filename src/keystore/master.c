@@ -709,8 +709,17 @@ static hsm_result unseal_locked(hsm_keystore *ks, const uint8_t *file, size_t le
 		HSM_TRY(hsm_share_set_new(ks->store_id, ks->set_id, ks->threshold, ks->count,
 		                          &ks->pending));
 		memset(ks->given, 0, sizeof(ks->given)); /* a new unseal begins */
+		ks->pending_since_ns = hsm_mono_ns();
 	}
-	HSM_TRY(hsm_share_set_add(ks->pending, &share));
+	res = hsm_share_set_add(ks->pending, &share);
+	if (hsm_failed(res)) {
+		/* A first share refused begins no unseal: nothing is left pending to expire. */
+		if (hsm_share_set_have(ks->pending) == 0) {
+			hsm_share_set_free(ks->pending);
+			ks->pending = NULL;
+		}
+		goto out;
+	}
 	note_given(ks, share.index);
 	ks->pending_since_ns = hsm_mono_ns();
 	if (hsm_share_set_have(ks->pending) >= ks->threshold)

@@ -397,6 +397,28 @@ def test_unseal_share_by_share(prod):
             assert erin_value not in f.read()
 
 
+def test_a_refused_first_share_begins_no_unseal(tmp_path):
+    """A share of another store, given first, is refused and leaves no unseal pending:
+    giving it again must not report an unfinished unseal abandoned, and the node's
+    progress stays 0 for the right shares that follow."""
+    data, shares = init_store(str(tmp_path))
+    other = init_store(str(tmp_path), "other")[1]["dave"]
+    server = Hsmd([], data_dir=data)
+    try:
+        for _ in range(2):
+            st, out = unsigned_call(server, "HsmdAdmin.Unseal", {"Share": open(other).read()})
+            assert (st, out["__type"]) == (400, "InvalidShareException"), out
+            assert status(server)["Progress"] == 0
+        assert "abandoned" not in server.read_log(), server.read_log()
+        for i, c in enumerate(("alice", "carol", "erin"), 1):
+            p = unseal(server, shares[c])
+            assert p.returncode == 0 and f"{i} of 3 shares" in p.stdout, p.stdout + p.stderr
+        assert not status(server)["Sealed"]
+        assert "abandoned" not in server.read_log(), server.read_log()
+    finally:
+        server.cleanup()
+
+
 def test_a_share_refused_unparsed_is_named_on_the_trail(tmp_path):
     """A share file that does not decode (a mistyped hex digit, a truncated file, no share
     at all) is refused, and its Unseal record names what of it reads: the header's index,
