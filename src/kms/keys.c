@@ -302,6 +302,13 @@ hsm_result hsm_kms_describe_keys(hsm_kms *kms, const hsm_caller *caller, const c
 	return r;
 }
 
+hsm_result hsm_kms_describe_keys_one(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                                     hsm_key_desc_cb cb, void *arg)
+{
+	HSM_GUARD(kms_authorize(kms, caller, HSM_OP_DescribeKeys, NULL, NULL));
+	return describe_one(kms, caller, ref, cb, arg);
+}
+
 static hsm_result set_enabled(hsm_key_record *rec, void *arg)
 {
 	rec->state = *(bool *)arg ? HSM_KEY_ENABLED : HSM_KEY_DISABLED;

@@ -316,6 +316,13 @@ typedef hsm_result (*hsm_key_desc_cb)(const hsm_key_record *key, const hsm_buf *
 hsm_result hsm_kms_describe_keys(hsm_kms *kms, const hsm_caller *caller, const char *marker,
                                  size_t limit, hsm_key_desc_cb cb, void *arg, bool *truncated,
                                  char last[HSM_UUID_STRLEN + 1]) HSM_MUST_CHECK;
+/*
+ * DescribeKeys of one key (its KeyId member): ref (a key id, key ARN, alias
+ * name or alias ARN) alone, authorized and left out as in a page (cb not
+ * called when the caller may not describe it or it does not exist).
+ */
+hsm_result hsm_kms_describe_keys_one(hsm_kms *kms, const hsm_caller *caller, const char *ref,
+                                     hsm_key_desc_cb cb, void *arg) HSM_MUST_CHECK;
 hsm_result hsm_kms_enable_key(hsm_kms *kms, const hsm_caller *caller, const char *ref) HSM_MUST_CHECK;
 hsm_result hsm_kms_disable_key(hsm_kms *kms, const hsm_caller *caller, const char *ref) HSM_MUST_CHECK;
 hsm_result hsm_kms_update_description(hsm_kms *kms, const hsm_caller *caller, const char *ref,

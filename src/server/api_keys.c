@@ -357,6 +357,9 @@ static hsm_result write_key_description(const hsm_key_record *r, const hsm_buf *
 	hsm_api_write_key_metadata(c, "KeyMetadata", r);
 	if (spki != NULL)
 		hsm_jw_b64(c->w, "PublicKey", spki->data, spki->len);
+	/* hsmd's own, beside the AWS-shaped metadata: a key marked for tokens refuses Sign
+	 * (kms/sign.c), which a PKCS#11 token must know to not offer it for signing. */
+	hsm_jw_bool(c->w, "JwtSigningEnabled", (r->flags & HSM_KEYFLAG_JWT) != 0);
 	hsm_jw_end(c->w);
 	return HSM_SUCCESS;
 }
@@ -364,15 +367,27 @@ static hsm_result write_key_description(const hsm_key_record *r, const hsm_buf *
 /*
  * HsmdToken.DescribeKeys: what a PKCS#11 token listing needs of every key
  * (DescribeKey and GetPublicKey), a page at a time, in one request and one
- * audit record instead of two per key.
+ * audit record instead of two per key.  With KeyId, the page of that key
+ * alone (what the token reads of a key a search names).
  */
 hsm_result hsm_api_describe_keys(hsm_api_ctx *c)
 {
 	size_t limit;
-	const char *marker;
+	const char *marker, *key = NULL;
 	bool truncated = false;
 	char last[HSM_UUID_STRLEN + 1] = "";
 	HSM_GUARD(hsm_api_paging(c, 1000, 100, &limit, &marker));
+	HSM_GUARD(hsm_json_str(c->req, "KeyId", false, 1, HSM_KEYID_MAX, &key));
+	if (key != NULL) {
+		/* One key is no page to go on from. */
+		HSM_ENSURE(marker == NULL, HSM_ERR_VALIDATION, "Specify KeyId or Marker, not both");
+		hsm_api_note_ref(c, key);
+		hsm_jw_key_begin_array(c->w, "Keys");
+		HSM_GUARD(hsm_kms_describe_keys_one(c->kms, c->caller, key, write_key_description, c));
+		hsm_jw_end_array(c->w);
+		hsm_jw_bool(c->w, "Truncated", false);
+		return HSM_SUCCESS;
+	}
 	hsm_jw_key_begin_array(c->w, "Keys");
 	HSM_GUARD(hsm_kms_describe_keys(c->kms, c->caller, marker, limit, write_key_description, c,
 	                                &truncated, last));

@@ -118,3 +118,44 @@ def test_roles_refusals_and_audit(hsmd, kms):
     assert st == 200
     recs = audit_records_until(hsmd.data_dir, lambda r: r.get("op") == "DescribeKeys", n=2)
     assert recs[-1]["outcome"] == "success" and "key_id" not in recs[-1], recs[-1]
+
+
+def test_jwt_mark_and_one_key(hsmd, kms):
+    """Each entry says, beside KeyMetadata (DescribeKey's, AWS's shape), whether the key is
+    marked for JWT signing (JwtSigningEnabled), whose Sign hsmd refuses: what a PKCS#11 token
+    needs to not offer it for signing.  With KeyId (a key id, ARN or alias) the page is that
+    key's entry alone, the same as in a listing; a key the caller may not describe, or none,
+    gives an empty page; KeyId with a Marker is refused.  Its audit record names the key."""
+    marked = kms.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    plain = kms.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    kms.create_alias(AliasName="alias/dk-jwt", TargetKeyId=marked)
+    st, out = signed_call(hsmd, "HsmdJwt.EnableJwtSigning", {"KeyId": marked})
+    assert st == 200, out
+    entries, _ = all_pages(hsmd, 1000)
+    by_id = {e["KeyMetadata"]["KeyId"]: e for e in entries}
+    assert by_id[marked]["JwtSigningEnabled"] is True
+    assert all(e["JwtSigningEnabled"] is False for k, e in by_id.items() if k != marked)
+    # DescribeKey keeps AWS's shape.
+    assert "JwtSigningEnabled" not in call_ok(hsmd, "DescribeKey", {"KeyId": marked})["KeyMetadata"]
+    arn = by_id[marked]["KeyMetadata"]["Arn"]
+    for ref in (marked, arn, "alias/dk-jwt"):
+        st, out = describe_keys(hsmd, {"KeyId": ref, "Limit": 1})
+        assert st == 200 and out == {"Keys": [by_id[marked]], "Truncated": False}, (ref, out)
+    st, out = describe_keys(hsmd, {"KeyId": plain})
+    assert st == 200 and out["Keys"] == [by_id[plain]], out
+    # Unmarked again: false, and Sign answers again.
+    st, out = signed_call(hsmd, "HsmdJwt.DisableJwtSigning", {"KeyId": marked})
+    assert st == 200, out
+    st, out = describe_keys(hsmd, {"KeyId": marked})
+    assert st == 200 and out["Keys"][0]["JwtSigningEnabled"] is False, out
+    hidden = key_denying(kms, "kms:DescribeKey", KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")
+    for ref in (hidden, "alias/dk-no-such-alias", "0" * 8 + "-0000-4000-8000-" + "0" * 12):
+        st, out = describe_keys(hsmd, {"KeyId": ref})
+        assert st == 200 and out == {"Keys": [], "Truncated": False}, (ref, out)
+    st, out = describe_keys(hsmd, {"KeyId": marked, "Marker": plain})
+    assert (st, out["__type"]) == (400, "ValidationException"), out
+    st, out = describe_keys(hsmd, {"KeyId": ""})
+    assert (st, out["__type"]) == (400, "ValidationException"), out
+    recs = audit_records_until(hsmd.data_dir, lambda r: r.get("op") == "DescribeKeys" and
+                               r.get("key_id") == hidden)
+    assert recs and recs[-1]["outcome"] == "success", recs
