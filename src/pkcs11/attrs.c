@@ -172,7 +172,9 @@ static a_status attribute(const p11_object *o, CK_ATTRIBUTE_TYPE t, a_value *v)
 	case CKA_START_DATE:
 	case CKA_END_DATE:
 	case CKA_SUBJECT: return bytes(v, "", 0);
-	case CKA_SIGN: return boolean(v, (priv && o->usage == HSM_USAGE_SIGN_VERIFY) || mac);
+	/* A key marked for JWT signing does not sign through the token: hsmd refuses its Sign. */
+	case CKA_SIGN:
+		return boolean(v, (priv && o->usage == HSM_USAGE_SIGN_VERIFY && !o->jwt) || mac);
 	case CKA_VERIFY: return boolean(v, (pub && o->usage == HSM_USAGE_SIGN_VERIFY) || mac);
 	case CKA_DECRYPT: return boolean(v, (priv && o->usage == HSM_USAGE_ENCRYPT_DECRYPT) || aes);
 	case CKA_ENCRYPT: return boolean(v, (pub && o->usage == HSM_USAGE_ENCRYPT_DECRYPT) || aes);

@@ -10,6 +10,7 @@
  * answer it at all):
  *   - SIGN_VERIFY RSA, NIST/secp256k1 EC and Ed25519 keys: a private key
  *     object (sign) and a public key object (verify, with the public values);
+ *     a key marked for JWT signing, whose Sign hsmd refuses, verifies only;
  *   - ENCRYPT_DECRYPT RSA keys: the same pair for decryption and encryption;
  *   - KEY_AGREEMENT EC keys: a private key object (CKA_DERIVE: ECDH with
  *     C_DeriveKey, derive.c) and a public key object, for its public values;
@@ -447,6 +448,7 @@ typedef struct key_desc {
 	hsm_key_spec spec;
 	hsm_key_usage usage;
 	bool external; /* Origin EXTERNAL: material imported, not made in hsmd */
+	bool jwt;      /* marked for JWT signing: no signing through the token */
 } key_desc;
 
 static CK_RV upsert(const char *key_id, CK_OBJECT_CLASS cls, const key_desc *kd, CK_KEY_TYPE kt,
@@ -459,6 +461,7 @@ static CK_RV upsert(const char *key_id, CK_OBJECT_CLASS cls, const key_desc *kd,
 		return CKR_HOST_MEMORY;
 	o->seen = true;
 	o->external = kd->external;
+	o->jwt = kd->jwt;
 	o->spec = spec;
 	o->usage = usage;
 	o->key_type = kt;
@@ -555,7 +558,10 @@ static CK_RV add_key(const char *key_id, json_t *md, json_t *aliases, json_t *en
 	    hsm_failed(hsm_usage_parse(usage_name, &usage)) || strcmp(state, "Enabled") != 0)
 		goto out; /* not an object of this token */
 	names_of(aliases, key_id, label, sizeof(label), &id);
-	key_desc kd = {spec, usage, origin != NULL && strcmp(origin, "EXTERNAL") == 0};
+	/* From an entry only: DescribeKey, AWS's, does not say (a node older than the
+	 * member neither: such a key's signatures then fail at C_Sign, as hsmd refuses them). */
+	key_desc kd = {spec, usage, origin != NULL && strcmp(origin, "EXTERNAL") == 0,
+	               json_is_true(json_object_get(entry, "JwtSigningEnabled"))};
 	if ((usage == HSM_USAGE_GENERATE_VERIFY_MAC && is_hmac(spec)) ||
 	    (usage == HSM_USAGE_ENCRYPT_DECRYPT && spec == HSM_SPEC_SYMMETRIC_DEFAULT)) {
 		CK_KEY_TYPE kt = is_hmac(spec) ? CKK_GENERIC_SECRET : CKK_AES;
@@ -597,8 +603,8 @@ out:
 	return rv;
 }
 
-/* One key, read with DescribeKey (and GetPublicKey). */
-static CK_RV load_key(const char *key_id, json_t *aliases)
+/* One key, read with DescribeKey (and GetPublicKey): from a node older than the module. */
+static CK_RV load_key_described(const char *key_id, json_t *aliases)
 {
 	json_t *ans = NULL;
 	CK_RV rv = p11_call("TrentService.DescribeKey", json_pack("{s:s}", "KeyId", key_id), &ans);
@@ -608,6 +614,36 @@ static CK_RV load_key(const char *key_id, json_t *aliases)
 		rv = CKR_OK;
 	json_decref(ans);
 	return rv;
+}
+
+/*
+ * One key, with HsmdToken.DescribeKeys of it alone (KeyId): its metadata,
+ * public key and JWT mark in one request.  A node older than that member
+ * ignores it and answers the first page of every key (Limit 1 keeps it
+ * short): an entry of another key, or an empty page with more to come, says
+ * so, and the key is read with DescribeKey as from a node without the
+ * operation.  An empty last page is a key this user does not see.
+ */
+static CK_RV load_key(const char *key_id, json_t *aliases)
+{
+	json_t *ans = NULL;
+	CK_RV rv = p11_call("HsmdToken.DescribeKeys",
+	                    json_pack("{s:s,s:i}", "KeyId", key_id, "Limit", 1), &ans);
+	bool older = rv == CKR_FUNCTION_NOT_SUPPORTED;
+	if (rv == CKR_OK) {
+		json_t *keys = json_object_get(ans, "Keys");
+		json_t *entry = json_array_get(keys, 0);
+		json_t *md = json_object_get(entry, "KeyMetadata");
+		const char *id = json_string_value(json_object_get(md, "KeyId"));
+		if (id != NULL && strcmp(id, key_id) == 0)
+			rv = add_key(key_id, md, aliases, entry);
+		else
+			older = json_array_size(keys) > 0 || json_is_true(json_object_get(ans, "Truncated"));
+	} else if (refused_key(rv)) {
+		rv = CKR_OK;
+	}
+	json_decref(ans);
+	return older ? load_key_described(key_id, aliases) : rv;
 }
 
 /*
@@ -682,7 +718,7 @@ static CK_RV load_pages(const char *target, CK_RV (*each)(json_t *entry, json_t 
 static CK_RV load_listed(json_t *entry, json_t *aliases)
 {
 	const char *id = json_string_value(json_object_get(entry, "KeyId"));
-	return id != NULL && hsm_is_uuid(id) ? load_key(id, aliases) : CKR_OK;
+	return id != NULL && hsm_is_uuid(id) ? load_key_described(id, aliases) : CKR_OK;
 }
 
 static CK_RV load_described(json_t *entry, json_t *aliases)

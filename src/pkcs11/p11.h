@@ -82,6 +82,9 @@ typedef struct p11_object {
 	bool seen;            /* in the last listing */
 	bool external;        /* an hsmd key whose material was imported (Origin EXTERNAL); a
 	                       * derived secret: derived from such a key */
+	bool jwt;             /* an hsmd key marked for JWT signing (DescribeKeys'
+	                       * JwtSigningEnabled): hsmd refuses its Sign, so its private
+	                       * key object does not sign (p11_key_permits) */
 	/* Public values (asymmetric keys), from the key's SubjectPublicKeyInfo;
 	 * parsed is true once they were read from spki as it now is. */
 	hsm_buf spki, modulus, exponent, ec_params, ec_point;
@@ -436,8 +439,9 @@ const p11_mech *p11_mech_find(CK_MECHANISM_TYPE type);
  * Whether key o may do fn (CKF_SIGN, CKF_VERIFY, CKF_ENCRYPT, CKF_DECRYPT or
  * CKF_DERIVE) with mechanism m: CKR_OK, or CKR_MECHANISM_INVALID (m does not
  * do fn), CKR_KEY_TYPE_INCONSISTENT, CKR_KEY_FUNCTION_NOT_PERMITTED (its
- * class or usage does not allow fn), CKR_KEY_SIZE_RANGE (an HMAC key and
- * another hash's mechanism), in that order.
+ * class or usage does not allow fn, or fn is CKF_SIGN and the key is marked
+ * for JWT signing), CKR_KEY_SIZE_RANGE (an HMAC key and another hash's
+ * mechanism), in that order.
  */
 CK_RV p11_key_permits(const p11_object *o, const p11_mech *m, CK_FLAGS fn);
 /* At most as many mechanisms as the module has (p11_mechs). */

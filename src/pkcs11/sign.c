@@ -213,6 +213,9 @@ CK_RV p11_key_permits(const p11_object *o, const p11_mech *m, CK_FLAGS fn)
 		return CKR_KEY_TYPE_INCONSISTENT;
 	if (o->cls != r->cls || o->usage != r->usage)
 		return CKR_KEY_FUNCTION_NOT_PERMITTED;
+	/* hsmd refuses Sign with a key marked for tokens (docs/jwt.md); Verify it allows. */
+	if (fn == CKF_SIGN && o->jwt)
+		return CKR_KEY_FUNCTION_NOT_PERMITTED;
 	/* An HMAC key with its own hash only: a generic secret of another size. */
 	if (m->family == P11_HMAC && hash_by_md(m->md) != key_hash(o->spec))
 		return CKR_KEY_SIZE_RANGE;

@@ -24,6 +24,7 @@ ssh-agent as a fourth, signing with `ssh-keygen -Y sign`; and GnuTLS's
 p11tool as a fifth.
 """
 import array
+import base64
 import contextlib
 import ctypes
 import datetime
@@ -55,7 +56,8 @@ from PyKCS11 import (CKA_ALWAYS_SENSITIVE, CKA_CLASS, CKA_DECRYPT, CKA_DERIVE, C
 
 from conftest import (ACCOUNT, BUILD, DEV_AKID, DEV_SECRET, REGION, Hsmd, client, free_port,
                       signed_call, start_dev)
-from helpers import admin, audit_records, key_denying, listed_key_ids, make_pki, new_user
+from helpers import (admin, audit_records, audit_records_until, key_denying, listed_key_ids,
+                     make_pki, new_user)
 
 MODULE = os.path.join(BUILD, "libhsm_pkcs11.so")
 CKR_ACTION_PROHIBITED = 0x1B  # PKCS#11 v2.40; not among PyKCS11 1.5's names
@@ -1260,6 +1262,86 @@ def test_other_rsa_and_hmac_sizes(p11, officer, user):
             assert sign(s, key, Mechanism(CKM[f"CKM_SHA{n}_HMAC"]), MSG) == expected, n
 
 
+# ---- 4b. keys marked for JWT signing ---------------------------------------------------------
+
+def jwt_mark(server, key_id, on):
+    """HsmdJwt.EnableJwtSigning or DisableJwtSigning, as the dev crypto-officer."""
+    op = "EnableJwtSigning" if on else "DisableJwtSigning"
+    st, out = signed_call(server, "HsmdJwt." + op, {"KeyId": key_id})
+    assert st == 200, out
+
+
+def b64url(text):
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def jwt_keys(server, officer, prefix):
+    """An RSA and an EC key, each with a label, marked for JWT signing: {name: (key id,
+    label, the mechanism of its token algorithm)}."""
+    made = {}
+    for name, spec, mech in (("rsa", "RSA_2048", PyKCS11.CKM_SHA256_RSA_PKCS),
+                             ("ec", "ECC_NIST_P256", PyKCS11.CKM_ECDSA_SHA256)):
+        kid = officer.create_key(KeySpec=spec, KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+        label = f"{prefix}-{name}-{kid[:8]}"
+        officer.create_alias(AliasName="alias/" + label, TargetKeyId=kid)
+        jwt_mark(server, kid, True)
+        made[name] = (kid, label, mech)
+    return made
+
+
+def test_a_key_marked_for_jwt_signing_does_not_sign(p11, server, officer, user):
+    """hsmd refuses Sign with a key marked for JWT signing (any signature it made would verify
+    as a token against the JWK Set) and allows Verify.  On the token its private key object
+    reads CKA_SIGN false and allows no mechanism, and C_SignInit refuses it with
+    CKR_KEY_FUNCTION_NOT_PERMITTED, asking hsmd nothing: the list and what C_SignInit takes
+    agree.  Its public key object verifies the key's tokens as before.  So it reads however
+    the token reads the key (a search by label, by CKA_ID, or of every object); with the mark
+    taken off, the key signs through the token again."""
+    made = jwt_keys(server, officer, "p11-jwt")
+    secret = user.pin.split(":", 1)[1]
+    peer = ec.generate_private_key(ec.SECP384R1()).public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    searches = {
+        "label": lambda s, kid, label, cls: s.findObjects([(CKA_LABEL, label), (CKA_CLASS, cls)]),
+        "id": lambda s, kid, label, cls: find(s, cls, kid),
+        "listing": lambda s, kid, label, cls: [
+            o for o in s.findObjects([(CKA_CLASS, cls)]) if attrs(s, o, CKA_ID)[0] == kid.encode()],
+    }
+    for name, (kid, label, mech) in made.items():
+        st, out = signed_call(server, "HsmdJwt.SignToken",
+                              {"KeyId": kid, "Claims": {"sub": "user-42"}},
+                              akid=user.akid, secret=secret)
+        assert st == 200, out
+        head, body, sig = out["Token"].split(".")
+        for how, search in searches.items():
+            with session(p11, user.pin) as s:  # a new login: its private key objects are new
+                (priv,) = search(s, kid, label, CKO_PRIVATE_KEY)
+                (pub,) = search(s, kid, label, CKO_PUBLIC_KEY)
+                assert attrs(s, priv, CKA_SIGN) == [False], (name, how)
+                signers = s.findObjects([(CKA_CLASS, CKO_PRIVATE_KEY), (CKA_SIGN, True)])
+                assert priv.value() not in [o.value() for o in signers], (name, how)
+                assert allowed_mechanisms(s, priv) == [], (name, how)
+                assert usable_mechanisms(p11, priv, peer) == set(), (name, how)
+                assert s.lib.C_SignInit(s.session, Mechanism(mech).to_native(), priv) == \
+                    PyKCS11.CKR_KEY_FUNCTION_NOT_PERMITTED, (name, how)
+                assert attrs(s, pub, CKA_VERIFY) == [True], (name, how)
+                assert set(allowed_mechanisms(s, pub)) == ALLOWED[name], (name, how)
+                assert s.verify(pub, f"{head}.{body}".encode(), b64url(sig), Mechanism(mech)), \
+                    (name, how)
+        # The mark taken off: the key signs through the token again.
+        jwt_mark(server, kid, False)
+        with session(p11, user.pin) as s:
+            (priv,) = s.findObjects([(CKA_LABEL, label), (CKA_CLASS, CKO_PRIVATE_KEY)])
+            (pub,) = s.findObjects([(CKA_LABEL, label), (CKA_CLASS, CKO_PUBLIC_KEY)])
+            assert attrs(s, priv, CKA_SIGN) == [True], name
+            assert set(allowed_mechanisms(s, priv)) == ALLOWED[name], name
+            assert s.verify(pub, MSG, sign(s, priv, Mechanism(mech), MSG), Mechanism(mech)), name
+        # That signature is the key's one Sign: none was tried while it was marked.
+        signs = audit_records_until(
+            server.data_dir, lambda r: r.get("op") == "Sign" and r.get("key_id") == kid)
+        assert [r["outcome"] for r in signs] == ["success"], (name, signs)
+
+
 # ---- 5. key generation -----------------------------------------------------------------------
 
 def generate(s, kind, label, label_in_public):
@@ -2294,14 +2376,16 @@ def test_search_by_id_or_label_reads_that_key_only(p11, server, user, officer, k
         (priv,) = find(s, CKO_PRIVATE_KEY, keys["rsa"])
         by_id = settled_calls(server, user, sum(full.values()))
         assert by_id["ListKeys"] == full["ListKeys"]
-        assert by_id["DescribeKeys"] == full["DescribeKeys"]
-        assert by_id["DescribeKey"] - full["DescribeKey"] == 1
-        assert by_id["GetPublicKey"] - full["GetPublicKey"] == 1
+        # That key alone: its metadata and public key in one DescribeKeys naming it.
+        assert by_id["DescribeKeys"] - full["DescribeKeys"] == 1
+        assert by_id["DescribeKey"] == full["DescribeKey"]
+        assert by_id["GetPublicKey"] == full["GetPublicKey"]
 
         assert len(s.findObjects([(CKA_LABEL, "web-tls")])) == 2
         by_label = settled_calls(server, user, sum(by_id.values()))
         assert by_label["ListKeys"] == by_id["ListKeys"]
-        assert by_label["DescribeKey"] - by_id["DescribeKey"] == 2  # the alias, then the key
+        assert by_label["DescribeKey"] - by_id["DescribeKey"] == 1  # the alias
+        assert by_label["DescribeKeys"] - by_id["DescribeKeys"] == 1  # then the key
 
         # The alias moves to another RSA key: the label now finds that key's objects.
         other = officer.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
@@ -2349,8 +2433,8 @@ def test_a_label_no_alias_can_be_is_searched_without_hsmd(p11, server, user, key
         assert len(s.findObjects([(CKA_LABEL, "ecdh-key"), (CKA_CLASS, CKO_PRIVATE_KEY)])) == 1
         after = settled_calls(server, user, sum(base.values()))
         assert {op: after[op] - base[op] for op in base} == {
-            "ListKeys": 0, "ListAliases": 1, "DescribeKey": 2, "GetPublicKey": 1,
-            "DescribeKeys": 0}
+            "ListKeys": 0, "ListAliases": 1, "DescribeKey": 1, "GetPublicKey": 0,
+            "DescribeKeys": 1}
 
 
 # ---- 12. RSA-OAEP ----------------------------------------------------------------------------
