@@ -13,14 +13,23 @@
 #include "common/encoding.h"
 #include "pkcs11/p11.h"
 
-/* A key is made in a logged-in read/write session, by a mechanism that makes one (kt known). */
-static CK_RV may_generate(CK_SESSION_HANDLE h, CK_KEY_TYPE kt)
+/*
+ * A key is made in a logged-in read/write session, by a mechanism that makes
+ * one (kt known), given without parameters: "it does not have a parameter",
+ * PKCS#11's mechanism specifications say of each generation mechanism here
+ * (RSA, EC, EC Edwards key pairs, AES and generic secret keys), so one given
+ * is CKR_MECHANISM_PARAM_INVALID, not ignored.  As in sign.c, an empty
+ * pointer-and-length pair is no parameter.
+ */
+static CK_RV may_generate(CK_SESSION_HANDLE h, const CK_MECHANISM *mech, CK_KEY_TYPE kt)
 {
 	CK_RV rv = p11_user_session(h);
 	if (rv == CKR_OK)
 		rv = p11_rw_session(h);
 	if (rv == CKR_OK && kt == CK_UNAVAILABLE_INFORMATION)
 		rv = CKR_MECHANISM_INVALID;
+	if (rv == CKR_OK && mech->ulParameterLen != 0)
+		rv = CKR_MECHANISM_PARAM_INVALID;
 	return rv;
 }
 
@@ -359,7 +368,7 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE
 	const CK_ATTRIBUTE *l = NULL, *i = NULL;
 	CK_KEY_TYPE kt = pair_key_type(mech->mechanism);
 	/* Every check before CreateKey: a template refused makes no key. */
-	CK_RV rv = may_generate(h, kt);
+	CK_RV rv = may_generate(h, mech, kt);
 	if (rv == CKR_OK)
 		rv = p11_template_check(pub, n_pub, CKO_PUBLIC_KEY, kt);
 	if (rv == CKR_OK)
@@ -446,7 +455,7 @@ CK_RV C_GenerateKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR
 	                 : mech->mechanism == CKM_GENERIC_SECRET_KEY_GEN ? CKK_GENERIC_SECRET
 	                                                                 : CK_UNAVAILABLE_INFORMATION;
 	/* Every check before CreateKey: a template refused makes no key. */
-	CK_RV rv = may_generate(h, kt);
+	CK_RV rv = may_generate(h, mech, kt);
 	if (rv == CKR_OK)
 		rv = p11_template_check(t, n, CKO_SECRET_KEY, kt);
 	if (rv == CKR_OK)

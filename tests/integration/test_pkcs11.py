@@ -1611,6 +1611,40 @@ def test_generate_applies_the_template_rules(p11, officer):
     assert len(officer.list_keys(Limit=1000)["Keys"]) == count + 1
 
 
+def test_generation_mechanisms_take_no_parameter(p11, officer):
+    """No key generation mechanism of the module has a parameter (PKCS#11's mechanism
+    specifications: "it does not have a parameter"): one given, as bytes or as a length
+    without them, is CKR_MECHANISM_PARAM_INVALID, as a template fault would be, and no key is
+    made.  (SoftHSMv2 ignores such a parameter.)"""
+    T = [(CKA_TOKEN, True)]
+    pairs = [(CKM["CKM_RSA_PKCS_KEY_PAIR_GEN"], T + [(CKA_MODULUS_BITS, 2048)]),
+             (CKM["CKM_EC_KEY_PAIR_GEN"], T + [(CKA_EC_PARAMS, P256_OID)]),
+             (CKM["CKM_EC_EDWARDS_KEY_PAIR_GEN"], T + [(CKA_EC_PARAMS, ED25519_OID)])]
+    secrets = [(CKM["CKM_AES_KEY_GEN"], T + [(CKA_CLASS, CKO_SECRET_KEY)]),
+               (CKM["CKM_GENERIC_SECRET_KEY_GEN"], T + [(CKA_VALUE_LEN, 32)])]
+    count = len(officer.list_keys(Limit=1000)["Keys"])
+
+    def given(m):
+        with_bytes = Mechanism(m, b"\x01\x02\x03\x04").to_native()
+        length_only = Mechanism(m).to_native()
+        length_only.ulParameterLen = 4
+        return {"bytes": with_bytes, "length only": length_only}
+
+    with session(p11, f"{DEV_AKID}:{DEV_SECRET}") as s:
+        for m, pub in pairs:
+            for how, native in given(m).items():
+                rv = s.lib.C_GenerateKeyPair(s.session, native, raw_template(s, pub),
+                                             raw_template(s, T), LowLevel.CK_OBJECT_HANDLE(),
+                                             LowLevel.CK_OBJECT_HANDLE())
+                assert rv == PyKCS11.CKR_MECHANISM_PARAM_INVALID, (CKM[m], how, CKR.get(rv, rv))
+        for m, t in secrets:
+            for how, native in given(m).items():
+                rv = s.lib.C_GenerateKey(s.session, native, raw_template(s, t),
+                                         LowLevel.CK_OBJECT_HANDLE())
+                assert rv == PyKCS11.CKR_MECHANISM_PARAM_INVALID, (CKM[m], how, CKR.get(rv, rv))
+    assert len(officer.list_keys(Limit=1000)["Keys"]) == count
+
+
 def mech_list(mechs):
     """A CKA_ALLOWED_MECHANISMS value: CK_MECHANISM_TYPEs in the host's byte order."""
     return Raw(array.array("L", mechs).tobytes())
