@@ -3549,3 +3549,86 @@ def test_a_node_without_check_values_still_serves_the_module(tmp_path, server, k
     finally:
         proxy.shutdown()
         proxy.server_close()
+
+
+NAMED_KEYS_CLIENT = r"""
+import sys, PyKCS11
+lib = PyKCS11.PyKCS11Lib()
+lib.load(sys.argv[1])
+s = lib.openSession(0, PyKCS11.CKF_SERIAL_SESSION | PyKCS11.CKF_RW_SESSION)
+s.login(sys.argv[2])
+# Each key as a search naming it reads it: its objects' class, label and public values.
+for kid in sys.argv[3:]:
+    vals = []
+    for o in s.findObjects([(PyKCS11.CKA_ID, kid.encode())]):
+        for t in (PyKCS11.CKA_CLASS, PyKCS11.CKA_LABEL, PyKCS11.CKA_SIGN, PyKCS11.CKA_MODULUS,
+                  PyKCS11.CKA_EC_POINT):
+            tpl = PyKCS11.LowLevel.ckattrlist(1)
+            tpl[0].SetType(t)
+            if s.lib.C_GetAttributeValue(s.session, o, tpl) == PyKCS11.CKR_OK:
+                vals.append(repr(s.getAttributeValue(o, [t])[0]))
+    print(kid, hash(tuple(sorted(vals))), len(vals))
+"""
+
+
+def test_a_node_ignoring_a_key_id_in_describe_keys_still_serves_the_module(tmp_path, server,
+                                                                           keys):
+    """A node that has HsmdToken.DescribeKeys but not its KeyId member ignores the member and
+    answers the first page of every key: the module sees an entry of another key, or none
+    where more are to come, and reads the key a search names with DescribeKey and
+    GetPublicKey, finding the same objects as on a current node."""
+    import http.server
+    import threading
+    import urllib.request
+
+    class OlderNode(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            target = self.headers["X-Amz-Target"]
+            targets.append(target)
+            asked = json.loads(body or b"{}")
+            if target == "HsmdToken.DescribeKeys" and "KeyId" in asked:
+                # What a node without the member answers: a page from the first key.
+                page = {k: v for k, v in asked.items() if k in ("Limit", "Marker")}
+                status, out = signed_call(server, target, page)
+                out = json.dumps(out).encode()
+            else:  # passed on as signed: hsmd checks the Host header the module signed
+                req = urllib.request.Request(server.endpoint + self.path, data=body,
+                                             headers=dict(self.headers), method="POST")
+                try:
+                    with urllib.request.urlopen(req, timeout=30) as r:
+                        status, out = r.status, r.read()
+                except urllib.error.HTTPError as e:
+                    status, out = e.code, e.read()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/x-amz-json-1.1")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args):
+            pass
+
+    targets = []
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OlderNode)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        script = tmp_path / "named_keys_client.py"
+        script.write_text(NAMED_KEYS_CLIENT)
+
+        def run(endpoint):
+            env = dict(os.environ, HSM_PKCS11_ENDPOINT=endpoint, PYTHONHASHSEED="0")
+            p = subprocess.run(["/usr/bin/python3", str(script), MODULE,
+                                f"{DEV_AKID}:{DEV_SECRET}", *keys.values()],
+                               env=env, capture_output=True, text=True, timeout=120)
+            assert p.returncode == 0, p.stderr
+            return p.stdout.splitlines()
+
+        older = run(f"http://127.0.0.1:{proxy.server_port}")
+        assert "TrentService.DescribeKey" in targets and "TrentService.GetPublicKey" in targets
+        current = run(server.endpoint)
+        assert all(int(line.split()[2]) >= 2 for line in current), current
+        assert older == current
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
