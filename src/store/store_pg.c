@@ -7,9 +7,11 @@
  * (https://www.postgresql.org/docs/15/libpq-connect.html#LIBPQ-CONNSTRING).
  * Defaults the URI may override: connect_timeout=5,
  * target_session_attrs=read-write (after a failover, only the new primary is
- * accepted), application_name=hsmd, and TCP keepalives and a user timeout
- * (store_pg.h, PG_KEEPALIVE_IDLE_S).  The URI may hold the password: it is
- * kept only to reconnect and appears in no message.
+ * accepted), and TCP keepalives and a user timeout (store_pg.h,
+ * PG_KEEPALIVE_IDLE_S).  application_name is imposed, "hsmd" (the node id's
+ * session renames itself "hsmd node <id>"): a rekey tells hsmd's sessions by
+ * it, so a URI's own is ignored.  The URI may hold the password: it is kept
+ * only to reconnect and appears in no message.
  */
 #include "store/store_pg.h"
 
@@ -89,15 +91,15 @@ static hsm_result conn_open(const pg_store *s, pg_conn **out)
 	 * Keywords before dbname are defaults the URI overrides (the URI is
 	 * expanded where dbname appears); those after it are imposed.
 	 */
-	const char *const keys[] = {"connect_timeout",  "target_session_attrs", "application_name",
-	                            "keepalives",       "keepalives_idle",      "keepalives_interval",
-	                            "keepalives_count", "tcp_user_timeout",     "dbname",
-	                            "client_encoding",  NULL};
-	const char *const values[] = {PG_CONNECT_TIMEOUT_S, "read-write",
-	                              "hsmd",               "1",
-	                              PG_KEEPALIVE_IDLE_S,  PG_KEEPALIVE_INTERVAL_S,
-	                              PG_KEEPALIVE_COUNT,   PG_TCP_USER_TIMEOUT_MS,
-	                              s->conninfo,          "UTF8",
+	const char *const keys[] = {"connect_timeout",  "target_session_attrs", "keepalives",
+	                            "keepalives_idle",  "keepalives_interval",  "keepalives_count",
+	                            "tcp_user_timeout", "dbname",               "client_encoding",
+	                            "application_name", NULL};
+	const char *const values[] = {PG_CONNECT_TIMEOUT_S,    "read-write",
+	                              "1",                     PG_KEEPALIVE_IDLE_S,
+	                              PG_KEEPALIVE_INTERVAL_S, PG_KEEPALIVE_COUNT,
+	                              PG_TCP_USER_TIMEOUT_MS,  s->conninfo,
+	                              "UTF8",                  PG_APP_NAME,
 	                              NULL};
 	c->db = PQconnectdbParams(keys, values, 1);
 	if (c->db == NULL || PQstatus(c->db) != CONNECTION_OK) {
@@ -391,8 +393,6 @@ size_t pg_own_sessions(pg_store *s, int *pids, size_t cap)
 
 /* ---- Leadership -------------------------------------------------------------------------------- */
 
-/* pg_try_advisory_lock key: "HSML" as a number (the schema lock is "HSMD"). */
-#define PG_LEAD_LOCK "1213418828"
 static const char SQL_LEAD_TRY[] = "SELECT pg_try_advisory_lock(" PG_LEAD_LOCK ")";
 static const char SQL_LEAD_RELEASE[] = "SELECT pg_advisory_unlock(" PG_LEAD_LOCK ")";
 
@@ -499,7 +499,6 @@ static hsm_result pg_lead(hsm_store *base, bool want, uint32_t lease_ms, bool *l
  * locks above and in the schema code; both keys stay non-negative, so
  * pg_locks shows them as the same numbers.
  */
-#define PG_NODE_LOCK_CLASS "1213418830"
 static const char SQL_NODE_NAME[] = "SELECT set_config('application_name', $1, false)";
 static const char SQL_NODE_TRY[] =
     "SELECT pg_try_advisory_lock(" PG_NODE_LOCK_CLASS ", $1::int4)";

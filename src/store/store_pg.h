@@ -256,6 +256,17 @@ hsm_result pg_read_snapshot(pg_store *s, pg_body body, void *arg) HSM_MUST_CHECK
  */
 size_t pg_own_sessions(pg_store *s, int *pids, size_t cap);
 
+/*
+ * Every session hsmd opens is named PG_APP_NAME, or a name starting with it
+ * ("hsmd node <id>", "hsmd adopting <id>"): a rekey refuses to run beside
+ * one.  The URI cannot override it (conn_open).
+ */
+#define PG_APP_NAME "hsmd"
+/* The leadership's pg_try_advisory_lock(int8) key: "HSML" as a number (the schema lock is "HSMD"). */
+#define PG_LEAD_LOCK "1213418828"
+/* A node id's pg_try_advisory_lock(int4, int4) first key: "HSMN" as a number. */
+#define PG_NODE_LOCK_CLASS "1213418830"
+
 /* The advisory lock key a node id is claimed under (pg_try_advisory_lock(int4, int4)'s second). */
 int32_t pg_node_lock_key(const char *node_id);
 

@@ -9,11 +9,12 @@
  * refused while another hsmd session is connected to the database: a node
  * that stays up would keep the old master key's wrapping keys and go on
  * using them after the commit.  Nodes are told apart by application_name,
- * which store_pg.c sets to "hsmd"; this handle's own sessions are left out
- * by their process ids.  A node that connects after that check reads the
- * metadata (the key check value and share set it unseals against) only
- * once the rekey has committed or rolled back, so it cannot unseal with the
- * old shares and then write under the old key.  Then the
+ * which store_pg.c sets to one starting with "hsmd" whatever the URI says,
+ * and by the node id and leadership advisory locks they hold; this handle's
+ * own sessions are left out by their process ids.  A node that connects
+ * after that check reads the metadata (the key check value and share set it
+ * unseals against) only once the rekey has committed or rolled back, so it
+ * cannot unseal with the old shares and then write under the old key.  Then the
  * metadata naming the old key is checked, the rows are rewritten a page at
  * a time in primary-key order, and the metadata is replaced.
  */
@@ -24,9 +25,19 @@
 
 static const char SQL_LOCK[] = "LOCK TABLE key_versions, access_keys IN SHARE ROW EXCLUSIVE MODE;"
                                "LOCK TABLE meta IN ACCESS EXCLUSIVE MODE";
+/*
+ * hsmd's sessions in this database but this handle's: named by hsmd (the
+ * pool's "hsmd", "hsmd node <id>", "hsmd adopting <id>", whatever the
+ * URI says: conn_open), or holding a node id's or the leadership's
+ * advisory lock, whatever their name (a session may rename itself).
+ */
 static const char SQL_OTHER_SESSIONS[] =
-	"SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-	"AND application_name = 'hsmd' AND NOT (pid = ANY ($1::int[]))";
+	"SELECT count(*) FROM pg_stat_activity a WHERE a.datname = current_database() "
+	"AND NOT (a.pid = ANY ($1::int[])) AND (a.application_name LIKE '" PG_APP_NAME "%' "
+	"OR EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'advisory' "
+	"AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+	"AND ((l.classid = " PG_NODE_LOCK_CLASS "::int8::oid AND l.objsubid = 2) "
+	"OR (l.classid = 0 AND l.objid = " PG_LEAD_LOCK "::int8::oid AND l.objsubid = 1))))";
 static const char SQL_META_GET[] = "SELECT value FROM meta WHERE name = $1";
 static const char SQL_META_SET[] = "INSERT INTO meta (name, value) VALUES ($1, $2) "
                                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value";

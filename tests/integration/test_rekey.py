@@ -640,3 +640,86 @@ def test_rekey_of_a_shared_postgresql_store(pg):
         for n in nodes:
             n.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_shared_store_rekey_sees_every_node_whatever_its_uri_names_it(pg):
+    """A node whose store URI sets its own application_name (any libpq option may go in the
+    query string) is an hsmd session all the same: the rekey is refused while it runs, and
+    changes nothing.  So is any session holding a node id's lock, whatever its name.  With
+    both gone the rekey goes through."""
+    base = tempfile.mkdtemp(prefix="hsmd-rekey-pgname-")
+    store = pg.database("rekeyname")
+    nodes = []
+    try:
+        old_dir = os.path.join(base, "shares")
+        p = store_hsmctl(store, "init", "--data-dir", os.path.join(base, "ceremony"),
+                         "--share-dir", old_dir, "--shares", "5", "--threshold", "3",
+                         "--custodians", ",".join(CUSTODIANS), "--admin", "ops")
+        assert p.returncode == 0, p.stdout + p.stderr
+        old = {c: os.path.join(old_dir, c + ".share") for c in CUSTODIANS}
+        named = store + "?application_name=hsm-prod"
+        a = Hsmd(["--node-id", "node-a", "--backup-interval-seconds", "0"],
+                 env={"HSM_STORE": named})
+        nodes.append(a)
+        ops = create_first_officer(a, None, old)
+        for c in ("alice", "bob", "carol"):
+            assert unseal(a, old[c]).returncode == 0
+        k = make_keys(a, ops)
+        before = pg_secrets(pg, store)
+        ctl = os.path.join(base, "rekey-data")
+
+        def rekey_pg(new_dir):
+            return store_hsmctl(store, "rekey", "--data-dir", ctl,
+                                *share_args(old, ["bob", "dave", "erin"]), "--share-dir",
+                                new_dir, "--shares", "3", "--threshold", "2",
+                                "--custodians", "xena,yann,zoe")
+
+        def refused(new_dir):
+            p = rekey_pg(new_dir)
+            assert p.returncode == 1, p.stdout + p.stderr
+            assert re.search(r"\d+ other hsmd sessions? (is|are) connected", p.stderr), p.stderr
+            assert os.listdir(new_dir) == []
+            assert pg_secrets(pg, store) == before
+
+        refused(os.path.join(base, "refused-named"))
+        check_keys(a, ops, k)
+        a.stop()
+
+        def hsm_sessions():
+            return int(pg.sql(store, "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                                     "current_database() AND (application_name LIKE 'hsm%')"))
+        deadline = time.monotonic() + 30
+        while hsm_sessions() > 0:
+            assert time.monotonic() < deadline, "hsmd sessions still connected"
+            time.sleep(0.05)
+
+        # A session under another name holding a node id's lock ("HSMN", any id's key).
+        holder = subprocess.Popen(["psql", store + "?application_name=renamed", "-Atq", "-c",
+                                   "SELECT pg_advisory_lock(1213418830, 12345)", "-c",
+                                   "SELECT pg_sleep(60)"], stdout=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while pg.sql(store, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                "AND classid = 1213418830 AND objid = 12345") != "1":
+                assert time.monotonic() < deadline, "the lock was never taken"
+                time.sleep(0.05)
+            refused(os.path.join(base, "refused-lock"))
+        finally:
+            pg.sql(store, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE application_name = 'renamed'")
+            holder.kill()
+            holder.wait()
+        deadline = time.monotonic() + 30
+        while pg.sql(store, "SELECT count(*) FROM pg_stat_activity WHERE "
+                            "application_name = 'renamed'") != "0":
+            assert time.monotonic() < deadline, "the holder's session stayed"
+            time.sleep(0.05)
+
+        new_dir = os.path.join(base, "new-shares")
+        p = rekey_pg(new_dir)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert pg_secrets(pg, store) != before
+    finally:
+        for n in nodes:
+            n.stop()
+        shutil.rmtree(base, ignore_errors=True)
