@@ -494,27 +494,36 @@ static hsm_result pg_lead(hsm_store *base, bool want, uint32_t lease_ms, bool *l
 /* ---- This node's id ----------------------------------------------------------------------------- */
 
 /*
- * pg_try_advisory_lock(int4, int4) keys: "HSMN" as a number, then the node
- * id's hash (pg_node_lock_key).  The two-key form never meets the one-key
- * locks above and in the schema code; both keys stay non-negative, so
- * pg_locks shows them as the same numbers.
+ * A node id is claimed under two session advisory locks on a session of
+ * its own:
+ *  - pg_try_advisory_lock(int8) on pg_node_lock_key64: 63 bits, so two ids
+ *    meet on it about once in 2^63;
+ *  - pg_try_advisory_lock(int4, int4) on "HSMN" and pg_node_lock_key (31
+ *    bits), the only one of earlier releases, so that a node of an earlier
+ *    release and one of this release never both run with one id.
+ * Two ids meet on the 31-bit key about once in 2^31 pairs: the second to
+ * start then holds only its 63-bit key, once the 31-bit one's holder has
+ * named itself with another id ("hsmd node <id>", "hsmd adopting <id>").
  */
 static const char SQL_NODE_NAME[] = "SELECT set_config('application_name', $1, false)";
-static const char SQL_NODE_TRY[] =
+static const char SQL_NODE_TRY[] = "SELECT pg_try_advisory_lock($1::int8)";
+static const char SQL_NODE_RELEASE[] = "SELECT pg_advisory_unlock($1::int8)";
+static const char SQL_NODE_TRY_OLD[] =
     "SELECT pg_try_advisory_lock(" PG_NODE_LOCK_CLASS ", $1::int4)";
-static const char SQL_NODE_RELEASE[] =
+static const char SQL_NODE_RELEASE_OLD[] =
     "SELECT pg_advisory_unlock(" PG_NODE_LOCK_CLASS ", $1::int4)";
 static const char SQL_NODE_ALIVE[] = "SELECT 1";
 /*
- * Who holds it: pg_locks shows every session's locks, those of the same
- * lock in other databases (other stores) too; pg_stat_activity hides
- * others' roles' details.
+ * Who holds a lock, as pg_locks shows it ($1 classid, $2 objid, $3
+ * objsubid): pg_locks shows every session's locks, those of the same lock
+ * in other databases (other stores) too; pg_stat_activity hides others'
+ * roles' details.
  */
 static const char SQL_NODE_HOLDER[] =
     "SELECT l.pid, coalesce(host(a.client_addr), ''), coalesce(a.application_name, '') "
     "FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
-    "WHERE l.locktype = 'advisory' AND l.classid = " PG_NODE_LOCK_CLASS "::int8::oid "
-    "AND l.objid = $1::int8::oid AND l.objsubid = 2 AND l.granted "
+    "WHERE l.locktype = 'advisory' AND l.classid = $1::int8::oid "
+    "AND l.objid = $2::int8::oid AND l.objsubid = $3::int2 AND l.granted "
     "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) LIMIT 1";
 
 /* FNV-1a (32 bits) of the id, its sign bit cleared.  Fixed for good: nodes of all builds meet on it. */
@@ -526,42 +535,111 @@ int32_t pg_node_lock_key(const char *node_id)
 	return (int32_t)(h & 0x7fffffffU);
 }
 
+/*
+ * FNV-1a (64 bits) of the id, its top bit set: pg_locks shows it with a
+ * classid (its upper half) of 2^31 or more, which the one-key leadership and
+ * schema locks (under 2^31) never have.  Fixed for good, like the above.
+ */
+int64_t pg_node_lock_key64(const char *node_id)
+{
+	uint64_t h = 14695981039346656037U;
+	for (const unsigned char *p = (const unsigned char *)node_id; *p != '\0'; p++)
+		h = (h ^ *p) * 1099511628211U;
+	return (int64_t)(h & (uint64_t)INT64_MAX) + INT64_MIN; /* the top bit set, as an int8 */
+}
+
+/* A node id's two keys as SQL parameters, and how pg_locks shows each. */
+typedef struct node_keys {
+	char key[24], key_hi[16], key_lo[16]; /* pg_node_lock_key64; its classid, objid */
+	char old[16];                         /* pg_node_lock_key; classid "HSMN" */
+} node_keys;
+
+static void node_keys_of(const char *node_id, node_keys *k)
+{
+	int64_t key = pg_node_lock_key64(node_id);
+	uint64_t u = (uint64_t)key;
+	snprintf(k->key, sizeof(k->key), "%" PRId64, key);
+	snprintf(k->key_hi, sizeof(k->key_hi), "%" PRIu64, u >> 32);
+	snprintf(k->key_lo, sizeof(k->key_lo), "%" PRIu64, u & 0xffffffffU);
+	snprintf(k->old, sizeof(k->old), "%d", (int)pg_node_lock_key(node_id));
+}
+
 static void node_drop(pg_store *s)
 {
 	conn_close(s->node); /* ending the session releases the lock */
 	s->node = NULL;
 }
 
-/* What an adoption hold (pg_node_hold) names its session, the held id following. */
-#define PG_NODE_HOLD_APP "hsmd adopting "
+/* What a node names its id's session, and an adoption hold (pg_node_hold) its own: the id follows. */
+#define PG_NODE_APP PG_APP_NAME " node "
+#define PG_NODE_HOLD_APP PG_APP_NAME " adopting "
+/* How much of the id the names hold (application_name keeps 63 bytes). */
+#define PG_NODE_APP_ID "%.48s"
+
+/* The session holding a lock, as far as this role may see it; seen false: none. */
+typedef struct node_holder {
+	bool seen;
+	int32_t pid;
+	char addr[64], app[96];
+} node_holder;
+
+static void node_holder_find(pg_conn *c, const char *classid, const char *objid,
+                             const char *objsubid, node_holder *h)
+{
+	*h = (node_holder){0};
+	pg_params p;
+	pg_params_init(&p);
+	pg_p_text(&p, classid);
+	pg_p_text(&p, objid);
+	pg_p_text(&p, objsubid);
+	PGresult *res = NULL;
+	if (hsm_ok(pg_run(c, SQL_NODE_HOLDER, &p, &res)) && PQntuples(res) == 1) {
+		h->seen = true;
+		if (hsm_failed(pg_col_i32(res, 0, 0, &h->pid)) ||
+		    hsm_failed(pg_col_text(res, 0, 1, h->addr, sizeof(h->addr))) ||
+		    hsm_failed(pg_col_text(res, 0, 2, h->app, sizeof(h->app))))
+			h->pid = 0;
+	}
+	PQclear(res);
+}
+
+/* The id a session's name says it holds, NULL when it names none. */
+static const char *node_id_named(const char *app)
+{
+	if (strncmp(app, PG_NODE_APP, sizeof(PG_NODE_APP) - 1) == 0)
+		return app + sizeof(PG_NODE_APP) - 1;
+	if (strncmp(app, PG_NODE_HOLD_APP, sizeof(PG_NODE_HOLD_APP) - 1) == 0)
+		return app + sizeof(PG_NODE_HOLD_APP) - 1;
+	return NULL;
+}
+
+/* Whether the holder names itself with an id other than node_id: the two ids share a key. */
+static bool holder_has_other_id(const node_holder *h, const char *node_id)
+{
+	char mine[64];
+	snprintf(mine, sizeof(mine), PG_NODE_APP_ID, node_id);
+	const char *theirs = node_id_named(h->app);
+	return h->pid != 0 && theirs != NULL && strcmp(theirs, mine) != 0;
+}
 
 /*
  * The conflict, naming the holder as far as this role may see it;
- * *adopting: the holder named itself an adoption hold; *seen: a holder was
- * found at all (none: it let go between the try and this look).
+ * *adopting: the holder named itself an adoption hold of this id.
  */
-static hsm_result node_held_elsewhere(pg_conn *c, const char *node_id, const char *key,
-                                      bool *adopting, bool *seen)
+static hsm_result node_held_elsewhere(const char *node_id, const node_holder *h, bool *adopting)
 {
-	pg_params p;
-	pg_params_init(&p);
-	pg_p_text(&p, key);
-	PGresult *res = NULL;
 	char who[256] = "";
-	*seen = false;
-	if (hsm_ok(pg_run(c, SQL_NODE_HOLDER, &p, &res)) && PQntuples(res) == 1) {
-		*seen = true;
-		int32_t pid = 0;
-		char addr[64] = "", app[96] = "";
-		if (hsm_ok(pg_col_i32(res, 0, 0, &pid)) &&
-		    hsm_ok(pg_col_text(res, 0, 1, addr, sizeof(addr))) &&
-		    hsm_ok(pg_col_text(res, 0, 2, app, sizeof(app))))
-			snprintf(who, sizeof(who), " (PostgreSQL session %d%s%s%s%s%s)", (int)pid,
-			         addr[0] != '\0' ? " from " : "", addr, app[0] != '\0' ? ", \"" : "", app,
-			         app[0] != '\0' ? "\"" : "");
-		*adopting = strncmp(app, PG_NODE_HOLD_APP, sizeof(PG_NODE_HOLD_APP) - 1) == 0;
-	}
-	PQclear(res);
+	if (h->pid != 0)
+		snprintf(who, sizeof(who), " (PostgreSQL session %d%s%s%s%s%s)", (int)h->pid,
+		         h->addr[0] != '\0' ? " from " : "", h->addr,
+		         h->app[0] != '\0' ? ", \"" : "", h->app, h->app[0] != '\0' ? "\"" : "");
+	if (holder_has_other_id(h, node_id))
+		return HSM_FAIL(HSM_ERR_CONFLICT,
+		                "node_id '%.64s' and the node_id '%.48s' of a running node on this "
+		                "store%s share one lock key: give this node another node_id",
+		                node_id, node_id_named(h->app), who);
+	*adopting = h->pid != 0 &&
+	            strncmp(h->app, PG_NODE_HOLD_APP, sizeof(PG_NODE_HOLD_APP) - 1) == 0;
 	if (*adopting)
 		return HSM_FAIL(HSM_ERR_CONFLICT,
 		                "node_id '%.64s' is held for a moment by another node adopting its old "
@@ -573,30 +651,72 @@ static hsm_result node_held_elsewhere(pg_conn *c, const char *node_id, const cha
 	                node_id, who);
 }
 
+static hsm_result node_lock_try(pg_conn *c, const char *sql, const char *key, bool *got)
+{
+	pg_params p;
+	pg_params_init(&p);
+	pg_p_text(&p, key);
+	PGresult *res = NULL;
+	hsm_result r = pg_run(c, sql, &p, &res);
+	if (hsm_ok(r))
+		r = pg_col_bool(res, 0, 0, got);
+	PQclear(res);
+	return r;
+}
+
 /*
- * Opens a session named app and tries node_id's lock on it: *out is the
- * session, *held whether it holds the lock (the caller closes it if not).
+ * Takes node_id's locks on c: *held both, or the 63-bit one where the
+ * 31-bit one is held under another id.  Not held: *h is the holder of the
+ * lock missed, and c holds neither.
+ */
+static hsm_result node_lock(pg_conn *c, const char *node_id, bool *held, node_holder *h)
+{
+	node_keys k;
+	node_keys_of(node_id, &k);
+	bool got = false, got_old = false;
+	*held = false;
+	HSM_GUARD(node_lock_try(c, SQL_NODE_TRY, k.key, &got));
+	if (!got) {
+		node_holder_find(c, k.key_hi, k.key_lo, "1", h);
+		return HSM_SUCCESS;
+	}
+	HSM_GUARD(node_lock_try(c, SQL_NODE_TRY_OLD, k.old, &got_old));
+	if (!got_old) {
+		node_holder_find(c, PG_NODE_LOCK_CLASS, k.old, "2", h);
+		if (holder_has_other_id(h, node_id)) {
+			hsm_warn("store: node_id '%.64s' shares the lock key of earlier hsmd releases "
+			         "with the running node_id '%.48s'; it is held under this release's key "
+			         "alone",
+			         node_id, node_id_named(h->app));
+			*held = true;
+			return HSM_SUCCESS;
+		}
+		pg_params p;
+		pg_params_init(&p);
+		pg_p_text(&p, k.key);
+		HSM_GUARD(pg_run(c, SQL_NODE_RELEASE, &p, NULL));
+		return HSM_SUCCESS;
+	}
+	*held = true;
+	return HSM_SUCCESS;
+}
+
+/*
+ * Opens a session named app and tries node_id's locks on it: *out is the
+ * session, *held whether it holds them (the caller closes it if not), *h
+ * the holder when not.
  */
 static hsm_result node_session(pg_store *s, const char *node_id, const char *app,
-                               pg_conn **out, bool *held)
+                               pg_conn **out, bool *held, node_holder *h)
 {
-	char key[16];
-	snprintf(key, sizeof(key), "%d", (int)pg_node_lock_key(node_id));
 	pg_conn *c = NULL;
 	HSM_GUARD(conn_open(s, &c));
 	pg_params p;
 	pg_params_init(&p);
 	pg_p_text(&p, app);
 	hsm_result r = pg_run(c, SQL_NODE_NAME, &p, NULL);
-	PGresult *res = NULL;
-	if (hsm_ok(r)) {
-		pg_params_init(&p);
-		pg_p_text(&p, key);
-		r = pg_run(c, SQL_NODE_TRY, &p, &res);
-	}
 	if (hsm_ok(r))
-		r = pg_col_bool(res, 0, 0, held);
-	PQclear(res);
+		r = node_lock(c, node_id, held, h);
 	if (hsm_failed(r)) {
 		conn_close(c);
 		return r;
@@ -605,29 +725,29 @@ static hsm_result node_session(pg_store *s, const char *node_id, const char *app
 	return HSM_SUCCESS;
 }
 
-/* Opens the node's own session, names it, and tries the lock; the session is kept only when held. */
+/* Opens the node's own session, names it, tries the locks; the session is kept only when held. */
 static hsm_result node_try(pg_store *s, const char *node_id, bool *adopting)
 {
-	char key[16], app[64];
-	snprintf(key, sizeof(key), "%d", (int)pg_node_lock_key(node_id));
+	char app[64];
 	/* Where pg_stat_activity shows it, the holder names itself to a node refused its id. */
-	snprintf(app, sizeof(app), "hsmd node %.48s", node_id);
+	snprintf(app, sizeof(app), PG_NODE_APP PG_NODE_APP_ID, node_id);
 	/*
 	 * A holder gone between the try and the look (an adoption's hold let
 	 * go) is no conflict: tried again, a few times at most.
 	 */
 	for (int tries = 1;; tries++) {
 		pg_conn *c = NULL;
-		bool held = false, seen = false;
-		HSM_GUARD(node_session(s, node_id, app, &c, &held));
+		bool held = false;
+		node_holder h;
+		HSM_GUARD(node_session(s, node_id, app, &c, &held, &h));
 		if (held) {
 			s->node = c;
 			return HSM_SUCCESS;
 		}
-		*adopting = false;
-		hsm_result r = node_held_elsewhere(c, node_id, key, adopting, &seen);
 		conn_close(c);
-		if (seen || tries == 3)
+		*adopting = false;
+		hsm_result r = node_held_elsewhere(node_id, &h, adopting);
+		if (h.seen || tries == 3)
 			return r;
 	}
 }
@@ -650,24 +770,31 @@ static hsm_result pg_claim_node(hsm_store *base, const char *node_id, bool *adop
 	return r;
 }
 
+/* Unlocks node_id's locks on c (one not held is a warning the session drops). */
+static hsm_result node_unlock(pg_conn *c, const char *node_id)
+{
+	node_keys k;
+	node_keys_of(node_id, &k);
+	pg_params p;
+	pg_params_init(&p);
+	pg_p_text(&p, k.key);
+	HSM_GUARD(pg_run(c, SQL_NODE_RELEASE, &p, NULL));
+	pg_params_init(&p);
+	pg_p_text(&p, k.old);
+	return pg_run(c, SQL_NODE_RELEASE_OLD, &p, NULL);
+}
+
 /* Unlocked before closing, so a node started next with the id takes it at once. */
 static void node_release(pg_store *s)
 {
-	if (s->node != NULL) {
-		char key[16];
-		snprintf(key, sizeof(key), "%d", (int)pg_node_lock_key(s->node_id));
-		pg_params p;
-		pg_params_init(&p);
-		pg_p_text(&p, key);
-		if (hsm_failed(pg_run(s->node, SQL_NODE_RELEASE, &p, NULL)))
-			hsm_log_failure("the node id is freed when the session ends instead");
-	}
+	if (s->node != NULL && hsm_failed(node_unlock(s->node, s->node_id)))
+		hsm_log_failure("the node id is freed when the session ends instead");
 	node_drop(s);
 }
 
 /*
  * Another node's id, held to adopt its audit outbox rows (store.h,
- * hsm_store_node_hold): the claim's own lock, on a session of its own
+ * hsm_store_node_hold): the claim's own locks, on a session of its own
  * that the server ends after HSM_NODE_HOLD_IDLE_MS without a statement, so
  * a holder that hangs does not keep the id from its node for ever.
  */
@@ -675,15 +802,16 @@ static hsm_result pg_node_hold(hsm_store *base, const char *node_id, void **sess
 {
 	pg_store *s = pg_of(base);
 	char app[64];
-	snprintf(app, sizeof(app), PG_NODE_HOLD_APP "%.48s", node_id);
+	snprintf(app, sizeof(app), PG_NODE_HOLD_APP PG_NODE_APP_ID, node_id);
 	pg_conn *c = NULL;
+	node_holder h;
 	*held = false;
-	HSM_GUARD(node_session(s, node_id, app, &c, held));
+	HSM_GUARD(node_session(s, node_id, app, &c, held, &h));
 	char sql[64];
 	snprintf(sql, sizeof(sql), "SET idle_session_timeout = %d", HSM_NODE_HOLD_IDLE_MS);
 	hsm_result r = *held ? pg_simple(c, sql, "limit the held node id's idle time") : HSM_SUCCESS;
 	if (hsm_failed(r) || !*held) {
-		conn_close(c); /* ending the session frees the lock it may hold */
+		conn_close(c); /* ending the session frees the locks it may hold */
 		*held = false;
 		return r;
 	}
@@ -702,12 +830,7 @@ static void pg_node_hold_release(hsm_store *base, void *session, const char *nod
 {
 	(void)base;
 	pg_conn *c = session;
-	char key[16];
-	snprintf(key, sizeof(key), "%d", (int)pg_node_lock_key(node_id));
-	pg_params p;
-	pg_params_init(&p);
-	pg_p_text(&p, key);
-	if (!c->broken && hsm_failed(pg_run(c, SQL_NODE_RELEASE, &p, NULL)))
+	if (!c->broken && hsm_failed(node_unlock(c, node_id)))
 		hsm_log_failure("the held node id is freed when the session ends instead");
 	conn_close(c);
 }

@@ -262,13 +262,20 @@ size_t pg_own_sessions(pg_store *s, int *pids, size_t cap);
  * one.  The URI cannot override it (conn_open).
  */
 #define PG_APP_NAME "hsmd"
-/* The leadership's pg_try_advisory_lock(int8) key: "HSML" as a number (the schema lock is "HSMD"). */
+/* The leadership's pg_try_advisory_lock(int8) key: "HSML" as a number (the schema's: "HSMD"). */
 #define PG_LEAD_LOCK "1213418828"
 /* A node id's pg_try_advisory_lock(int4, int4) first key: "HSMN" as a number. */
 #define PG_NODE_LOCK_CLASS "1213418830"
+/* The least classid pg_locks shows for a node id's int8 lock (pg_node_lock_key64). */
+#define PG_NODE_LOCK64_CLASSID_MIN "2147483648"
 
-/* The advisory lock key a node id is claimed under (pg_try_advisory_lock(int4, int4)'s second). */
+/*
+ * The advisory lock keys a node id is claimed under: earlier releases' 31
+ * bits (pg_try_advisory_lock(int4, int4)'s second), and 63 bits, the top
+ * bit set (pg_try_advisory_lock(int8)).  Fixed for good.
+ */
 int32_t pg_node_lock_key(const char *node_id);
+int64_t pg_node_lock_key64(const char *node_id);
 
 /* ---- Schema (store_pg_schema.c) ------------------------------------------------------------------- */
 

@@ -37,6 +37,7 @@ static const char SQL_OTHER_SESSIONS[] =
 	"OR EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'advisory' "
 	"AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
 	"AND ((l.classid = " PG_NODE_LOCK_CLASS "::int8::oid AND l.objsubid = 2) "
+	"OR (l.classid >= " PG_NODE_LOCK64_CLASSID_MIN "::int8::oid AND l.objsubid = 1) "
 	"OR (l.classid = 0 AND l.objid = " PG_LEAD_LOCK "::int8::oid AND l.objsubid = 1))))";
 static const char SQL_META_GET[] = "SELECT value FROM meta WHERE name = $1";
 static const char SQL_META_SET[] = "INSERT INTO meta (name, value) VALUES ($1, $2) "

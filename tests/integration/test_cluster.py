@@ -1410,6 +1410,67 @@ def test_a_node_id_is_held_by_one_running_node_at_a_time(pg, tmp_path):
             n.cleanup()
 
 
+def fnv31(node_id):
+    """The node id's lock key of earlier releases (store_pg.c, pg_node_lock_key)."""
+    h = 2166136261
+    for b in node_id.encode():
+        h = ((h ^ b) * 16777619) & 0xffffffff
+    return h & 0x7fffffff
+
+
+def test_two_node_ids_that_share_a_lock_key_both_run(pg, tmp_path):
+    """hsm-node-58538 and hsm-node-1019222 meet on the 31-bit key earlier releases lock: both
+    start, each under its own 63-bit key.  A node still holds the old key too, so a node of
+    an earlier release with its id is kept out, and it is kept out by one."""
+    store = pg.database("collide")
+    files, ops = ceremony(str(tmp_path), store)
+    first, second = "hsm-node-58538", "hsm-node-1019222"
+    assert fnv31(first) == fnv31(second)
+    nodes = [node(store, first)]
+    holder = None
+    try:
+        nodes.append(node(store, second))
+        for n in nodes:
+            unseal(n, files)
+            kms(n, ops).list_keys()
+        assert "shares the lock key of earlier hsmd releases with the running node_id " \
+            f"'{first}'" in nodes[1].read_log(), nodes[1].read_log()
+        locks = pg.sql(store, "SELECT a.application_name, l.classid, l.objid, l.objsubid "
+                              "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                              "WHERE l.locktype = 'advisory' AND a.datname = "
+                              "current_database() ORDER BY 1, 4").splitlines()
+        old = f"{1213418830}|{fnv31(first)}|2"
+        assert f"hsmd node {first}|" + old in locks, locks
+        mine = [l for l in locks if l.startswith(f"hsmd node {second}|")]
+        assert len(mine) == 1 and int(mine[0].split("|")[1]) >= 2 ** 31, locks
+        # A node of an earlier release holding the old key of an id (its session named as
+        # theirs are) keeps this release's node with that id out.
+        holder = subprocess.Popen(["psql", store + "?application_name=hsmd%20node%20node-z",
+                                   "-Atq", "-c",
+                                   f"SELECT pg_advisory_lock(1213418830, {fnv31('node-z')})",
+                                   "-c", "SELECT pg_sleep(120)"], stdout=subprocess.DEVNULL)
+        assert eventually(lambda: pg.sql(store, "SELECT count(*) FROM pg_locks WHERE "
+                                                f"objid = {fnv31('node-z')}") == "1", 10)
+        with pytest.raises(RuntimeError) as refused:
+            node(store, "node-z")
+        said = str(refused.value)
+        assert "node_id 'node-z' is held by another running node on this store" in said, said
+        assert "share one lock key" not in said, said
+        # No lock of node-z's stays behind with the refused node.
+        assert pg.sql(store, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                             "AND objsubid = 1 AND classid >= 2147483648 AND database = "
+                             "(SELECT oid FROM pg_database WHERE datname = current_database())"
+                      ) == "2"
+    finally:
+        if holder is not None:
+            pg.sql(store, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE application_name = 'hsmd node node-z'")
+            holder.kill()
+            holder.wait()
+        for n in nodes:
+            n.cleanup()
+
+
 def outbox_of(pg, store, node_id):
     out = pg.sql(store, "SELECT request_id, operation FROM audit_outbox "
                         f"WHERE node_id = '{node_id}' ORDER BY request_id")

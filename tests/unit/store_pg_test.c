@@ -559,6 +559,15 @@ static void test_node_lock_key_is_fixed(void **state)
 	assert_int_equal(pg_node_lock_key("a"), 0xe40c292cU & 0x7fffffffU);
 	assert_int_equal(pg_node_lock_key("foobar"), 0xbf9cf968U & 0x7fffffffU);
 	assert_true(pg_node_lock_key("node-a") != pg_node_lock_key("node-b"));
+	/* FNV-1a (64 bits), top bit set (these three have it already): an int8 below zero. */
+	const uint64_t top = 0x8000000000000000U;
+	assert_true(pg_node_lock_key64("") == (int64_t)(0xcbf29ce484222325U - top) + INT64_MIN);
+	assert_true(pg_node_lock_key64("a") == (int64_t)(0xaf63dc4c8601ec8cU - top) + INT64_MIN);
+	assert_true(pg_node_lock_key64("foobar") == (int64_t)(0x85944171f73967e8U - top) + INT64_MIN);
+	assert_true(pg_node_lock_key64("node-a") < 0);
+	/* Two ids that meet on the 31 bits part on the 63. */
+	assert_int_equal(pg_node_lock_key("hsm-node-58538"), pg_node_lock_key("hsm-node-1019222"));
+	assert_true(pg_node_lock_key64("hsm-node-58538") != pg_node_lock_key64("hsm-node-1019222"));
 }
 
 /* ---- Timeouts and messages -------------------------------------------------------------------- */
