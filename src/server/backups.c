@@ -397,13 +397,48 @@ static void copies_if_due(hsm_server *s, int64_t now)
 	pthread_mutex_unlock(&s->backup_lock);
 }
 
+/*
+ * Whether the last backup is older than every (or dated ahead of now: the
+ * clock stepped back since).
+ */
+static bool backup_due(const hsm_server *s, uint32_t every, int64_t now)
+{
+	int64_t since = now - atomic_load(&s->backup_last_success);
+	return since < 0 || since >= (int64_t)every;
+}
+
+/*
+ * Before a backup that looks due: backup_dir may hold a newer one that
+ * another node made (nodes sharing a PostgreSQL store and one backup_dir: the
+ * one that led until a moment ago), so the directory is read again, and its
+ * newest backup counts as this node's last.  Only then, not every round.
+ */
+static void newest_from_dir(hsm_server *s, int64_t now)
+{
+	const char *store_id = hsm_keystore_store_id(s->ks);
+	newest n = {0, 0, now};
+	if (*store_id == '\0')
+		return;
+	if (hsm_failed(hsm_backup_list(s->backup_dir, store_id, newest_of, &n))) {
+		hsm_log_failure("reading the backup directory");
+		return;
+	}
+	if (n.created <= atomic_load(&s->backup_last_success))
+		return;
+	atomic_store(&s->backup_last_success, n.created);
+	atomic_store(&s->backup_last_bytes, n.bytes);
+}
+
 void hsm_server_backup_if_due(hsm_server *s)
 {
 	uint32_t every = s->opt.backup_interval;
 	int64_t now = hsm_now();
-	int64_t since = now - atomic_load(&s->backup_last_success);
-	/* A last backup dated ahead of now (the clock stepped back since): one is due now. */
-	if (every == 0 || now < s->backup_next_try || (since >= 0 && since < (int64_t)every)) {
+	bool due = every != 0 && now >= s->backup_next_try && backup_due(s, every, now);
+	if (due) {
+		newest_from_dir(s, now);
+		due = backup_due(s, every, now);
+	}
+	if (!due) {
 		copies_if_due(s, now);
 		return;
 	}

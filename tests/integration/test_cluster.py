@@ -820,6 +820,42 @@ def test_one_node_at_a_time_runs_the_scheduled_work(pg, tmp_path):
             n.cleanup()
 
 
+def test_a_new_leader_counts_the_backup_the_old_one_left_in_a_shared_backup_dir(pg, tmp_path):
+    """Nodes sharing one backup_dir: the leader backs up at once, then dies; the node that
+    takes over finds that backup in the directory (made after it started) and makes none
+    until the interval has passed."""
+    store = pg.database("sharedbackups")
+    files, ops = ceremony(str(tmp_path), store)
+    shared = str(tmp_path / "backups")
+    args = ["--store-cache-ms", str(CACHE_MS), "--backup-interval-seconds", "3600",
+            "--backup-dir", shared] + ROUNDS
+    nodes = [Hsmd(["--node-id", f"node-{n}"] + args, env={"HSM_STORE": store}) for n in "fg"]
+
+    def made():
+        return sorted(f for f in os.listdir(shared) if f.endswith(".hsmbak"))
+    try:
+        for n in nodes:
+            unseal(n, files)
+        assert eventually(lambda: len(made()) == 1, 30), [n.read_log() for n in nodes]
+
+        def one_leader():
+            flags = [gauge(n, "hsmd_scheduler_leader") for n in nodes]
+            return sorted(flags) == [0, 1] and nodes[flags.index(1)]
+        leader = eventually(one_leader, 30)
+        assert leader
+        follower = nodes[1 - nodes.index(leader)]
+        first = gauge(leader, "hsmd_backup_last_success_time_seconds")
+        assert first > 0
+        leader.stop(signal.SIGKILL)
+        assert eventually(lambda: gauge(follower, "hsmd_scheduler_leader") == 1, 20)
+        time.sleep(3)  # three scheduler rounds as the leader
+        assert made() and len(made()) == 1, (made(), follower.read_log())
+        assert gauge(follower, "hsmd_backup_last_success_time_seconds") == first
+    finally:
+        for n in nodes:
+            n.cleanup()
+
+
 class Netns:
     """A network namespace joined to this one by a veth pair: a machine of its own on the
     network, which can be cut off without any connection being closed."""
