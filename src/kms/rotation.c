@@ -233,9 +233,15 @@ hsm_result hsm_kms_list_rotations(hsm_kms *kms, const hsm_caller *caller, const 
 	return r;
 }
 
-hsm_result kms_rotate_due(hsm_kms *kms, const hsm_key_record *rec)
+/*
+ * kms_rotate_due; *acted: this node rotated the key (false when the fresh
+ * look or the row lock found nothing to do: another node rotated it, or it
+ * changed meanwhile), so that the scheduler counts only its own changes.
+ */
+static hsm_result rotate_due(hsm_kms *kms, const hsm_key_record *rec, bool *acted)
 {
 	kms_key *k = NULL;
+	*acted = false;
 	/* Read the key afresh: another node sharing the store may have rotated it already. */
 	kms_key_invalidate(kms, rec->key_id);
 	HSM_GUARD(kms_key_load(kms, rec->key_id, &k));
@@ -259,11 +265,18 @@ hsm_result kms_rotate_due(hsm_kms *kms, const hsm_key_record *rec)
 			if (hsm_ok(r))
 				hsm_info("key %s rotated automatically to version %u", rec->key_id,
 				         after.primary_version);
+			*acted = hsm_ok(r);
 		}
 	}
 	hsm_key_record_clear(&after);
 	kms_key_release(k);
 	return r;
+}
+
+hsm_result kms_rotate_due(hsm_kms *kms, const hsm_key_record *rec)
+{
+	bool acted = false;
+	return rotate_due(kms, rec, &acted);
 }
 
 typedef struct due_list {
@@ -311,15 +324,16 @@ hsm_result hsm_kms_run_due(hsm_kms *kms, size_t *done)
 			hsm_key_record_clear(&l.recs[i]); /* due, counted, and nothing to do yet */
 			continue;
 		}
+		bool acted = true;
 		hsm_result one = rec->state == HSM_KEY_PENDING_DELETION && rec->deletion_date <= now
 		                     ? kms_destroy_due(kms, rec)
 		                 : rec->valid_to != 0 && rec->valid_to <= now
 		                     ? kms_expire_due(kms, rec)
-		                     : kms_rotate_due(kms, rec);
+		                     : rotate_due(kms, rec, &acted);
 		if (hsm_failed(one)) {
 			hsm_log_failure("scheduled key work"); /* one key must not stop the others */
 			first = failed++ == 0 ? one.err : first;
-		} else {
+		} else if (acted) {
 			(*done)++;
 		}
 		hsm_key_record_clear(&l.recs[i]);

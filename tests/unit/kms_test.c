@@ -493,6 +493,48 @@ static hsm_result cancel_in_store(hsm_key_record *rec, void *arg)
 	return HSM_SUCCESS;
 }
 
+static hsm_result rotated_elsewhere(hsm_key_record *rec, void *arg)
+{
+	(void)arg;
+	rec->next_rotation += 400 * 86400; /* the next period another node's rotation started */
+	return HSM_SUCCESS;
+}
+
+/*
+ * A rotation another node made after this node listed the key is not this
+ * node's change: hsm_kms_run_due counts only what this node did
+ * (hsmd_scheduler_actions_total).
+ */
+static void test_scheduled_work_counts_only_its_own_changes(void **state)
+{
+	fx *f = *state;
+	static racing_clock c; /* the service reads it until tear-down */
+	hsm_key_record k, got;
+	size_t done = 0;
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, NULL, &k);
+	assert_true(hsm_ok(hsm_kms_enable_rotation(f->kms, &officer, k.key_id, 1)));
+	f->now += 7 * 86400;
+	c = (racing_clock){f, 0, 2, k.key_id, rotated_elsewhere};
+	hsm_kms_set_clock(f->kms, racing_now, &c);
+	assert_true(hsm_ok(hsm_kms_run_due(f->kms, &done)));
+	assert_true(c.calls >= 2);
+	assert_int_equal(done, 0);
+	memset(&got, 0, sizeof(got));
+	assert_true(hsm_ok(hsm_store_key_get(f->store, k.key_id, &got)));
+	assert_int_equal(got.primary_version, 1);
+	hsm_key_record_clear(&got);
+	/* Due again, and no other node acts: this node's rotation counts. */
+	c.at = 0;
+	f->now += 401 * 86400;
+	assert_true(hsm_ok(hsm_kms_run_due(f->kms, &done)));
+	assert_int_equal(done, 1);
+	memset(&got, 0, sizeof(got));
+	assert_true(hsm_ok(hsm_store_key_get(f->store, k.key_id, &got)));
+	assert_int_equal(got.primary_version, 2);
+	hsm_key_record_clear(&got);
+	hsm_key_record_clear(&k);
+}
+
 static void test_scheduled_work_decides_under_the_row_lock(void **state)
 {
 	fx *f = *state;
@@ -1095,6 +1137,8 @@ int main(void)
 	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_rotation_keeps_old_versions, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_rotation_schedule, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_scheduled_work_counts_only_its_own_changes, setup,
+	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_scheduled_work_listed_stale_is_left_alone, setup,
 	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_aliases, setup, kms_fx_teardown),
