@@ -163,10 +163,15 @@ hsm_result hsm_metrics_render(const hsm_metrics *m, hsm_buf *out)
 	                      "# HELP hsmd_scheduler_failures_total Scheduler passes whose key work "
 	                      "failed.\n"
 	                      "# TYPE hsmd_scheduler_failures_total counter\n"
-	                      "hsmd_scheduler_failures_total %llu\n",
+	                      "hsmd_scheduler_failures_total %llu\n"
+	                      "# HELP hsmd_master_key_replaced_seals_total Times the node sealed "
+	                      "itself: the store's master key was replaced after it unsealed.\n"
+	                      "# TYPE hsmd_master_key_replaced_seals_total counter\n"
+	                      "hsmd_master_key_replaced_seals_total %llu\n",
 	                      (unsigned long long)load(&m->auth_failures),
 	                      (unsigned long long)load(&m->sealed_refusals),
 	                      (unsigned long long)load(&m->audit_refusals),
 	                      (unsigned long long)load(&m->scheduler_actions),
-	                      (unsigned long long)load(&m->scheduler_failures));
+	                      (unsigned long long)load(&m->scheduler_failures),
+	                      (unsigned long long)load(&m->master_key_seals));
 }

@@ -53,6 +53,7 @@ typedef struct hsm_metrics {
 	atomic_uint_fast64_t audit_refusals;
 	atomic_uint_fast64_t scheduler_actions;
 	atomic_uint_fast64_t scheduler_failures;
+	atomic_uint_fast64_t master_key_seals; /* hsm_server_check_master_key */
 } hsm_metrics;
 
 /*

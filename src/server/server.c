@@ -848,8 +848,10 @@ static void *scheduler_main(void *arg)
 		s->recount = false;
 		pthread_mutex_unlock(&s->stop_lock);
 		check_node_id(s);
-		if (!recount_only)
+		if (!recount_only) {
+			hsm_server_check_master_key(s);
 			hsm_server_tls_watch(s);
+		}
 		count_store_gauges(s);
 		if (hsm_keystore_state(s->ks) != HSM_NODE_UNINITIALIZED)
 			note_trail(s, false);

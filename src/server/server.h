@@ -382,6 +382,12 @@ hsm_result hsm_server_backup(hsm_server *s, const char *trigger, char *path, siz
 /* The scheduler's part: a backup when one is due, and the copies of earlier backups that
  * backup_copy_dir lacks (a copy that failed), tried again every 5 minutes until made. */
 void hsm_server_backup_if_due(hsm_server *s);
+/*
+ * Seals the node when the store's master key is no longer the one it
+ * unsealed with (a rekey it did not see: master_watch.c); the scheduler's,
+ * each round before the scheduled work.
+ */
+void hsm_server_check_master_key(hsm_server *s);
 
 /*
  * Loads tls_cert, tls_key and tls_client_ca again (tls_reload.c): new

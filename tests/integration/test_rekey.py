@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import tempfile
@@ -21,7 +22,7 @@ import types
 import pytest
 
 from conftest import HSMCTL, Hsmd, client, signed_call
-from helpers import Postgres, admin, audit_records, gdb_can_trace, raises
+from helpers import Postgres, admin, audit_records, eventually, gdb_can_trace, raises
 from test_backup import fields, hsmctl
 from test_import import do_import, external_key
 from test_sealed import create_first_officer, init_store, unseal
@@ -719,6 +720,64 @@ def test_a_shared_store_rekey_sees_every_node_whatever_its_uri_names_it(pg):
         p = rekey_pg(new_dir)
         assert p.returncode == 0, p.stdout + p.stderr
         assert pg_secrets(pg, store) != before
+    finally:
+        for n in nodes:
+            n.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_node_that_missed_a_shared_store_rekey_seals_itself(pg):
+    """A node whose sessions the database ended (a restart, an administrator) has none
+    until it next reaches the store: a rekey in that gap is not refused.  At its next
+    scheduler round the node finds the store's master key replaced and seals itself (a log
+    line, a metric) rather than wrap anything under the old one; the new shares unseal it
+    and it serves the keys as before."""
+    base = tempfile.mkdtemp(prefix="hsmd-rekey-pggap-")
+    store = pg.database("rekeygap")
+    nodes = []
+    try:
+        old_dir = os.path.join(base, "shares")
+        p = store_hsmctl(store, "init", "--data-dir", os.path.join(base, "ceremony"),
+                         "--share-dir", old_dir, "--shares", "5", "--threshold", "3",
+                         "--custodians", ",".join(CUSTODIANS), "--admin", "ops")
+        assert p.returncode == 0, p.stdout + p.stderr
+        old = {c: os.path.join(old_dir, c + ".share") for c in CUSTODIANS}
+        a = Hsmd(["--node-id", "node-a", "--backup-interval-seconds", "0",
+                  "--scheduler-interval-seconds", "1"], env={"HSM_STORE": store})
+        nodes.append(a)
+        ops = create_first_officer(a, None, old)
+        for c in ("alice", "bob", "carol"):
+            assert unseal(a, old[c]).returncode == 0
+        k = make_keys(a, ops)
+        new_dir = os.path.join(base, "new-shares")
+        os.kill(a.proc.pid, signal.SIGSTOP)
+        try:
+            pg.sql(store, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                          "WHERE datname = current_database() AND application_name LIKE 'hsmd%'")
+            wait_no_sessions(pg, store)
+            assert eventually(lambda: pg.sql(store, "SELECT count(*) FROM pg_stat_activity "
+                                                    "WHERE application_name LIKE 'hsmd%'") == "0",
+                              30)
+            p = store_hsmctl(store, "rekey", "--data-dir", os.path.join(base, "rekey-data"),
+                             *share_args(old, ["bob", "dave", "erin"]), "--share-dir", new_dir,
+                             "--shares", "3", "--threshold", "2", "--custodians", "xena,yann,zoe")
+            assert p.returncode == 0, p.stdout + p.stderr
+        finally:
+            os.kill(a.proc.pid, signal.SIGCONT)
+        assert eventually(lambda: a.get("/readyz")[0] == 503, 20), a.read_log()
+        assert "the store's master key was replaced (hsmctl rekey) after this node unsealed: " \
+            "sealed" in a.read_log(), a.read_log()
+        st, body, _ = a.get("/metrics")
+        assert re.search(r"^hsmd_master_key_replaced_seals_total 1$", body.decode(), re.M), body
+        assert re.search(r"^hsmd_sealed 1$", body.decode(), re.M), body
+        p = unseal(a, old["alice"])
+        assert p.returncode != 0 and "different split" in p.stderr, p.stderr
+        new = {c: os.path.join(new_dir, c + ".share") for c in ("xena", "yann", "zoe")}
+        for c in ("xena", "zoe"):
+            assert unseal(a, new[c]).returncode == 0
+        check_keys(a, ops, k)
+        time.sleep(2)  # rounds after the unseal leave it unsealed
+        assert a.get("/readyz")[0] == 200
     finally:
         for n in nodes:
             n.stop()
