@@ -97,7 +97,7 @@ typedef struct hsm_result {
 	hsm_err err;
 } hsm_result;
 
-#define HSM_ERRMSG_MAX 256
+#define HSM_ERRMSG_MAX 512
 
 /* Where and why the last failure of this thread happened. */
 typedef struct hsm_error_info {

@@ -900,7 +900,9 @@ hsm_result hsm_approval_state_parse(const char *name, hsm_approval_state *out) H
 #define HSM_APPROVAL_ID_LEN 32          /* lowercase hex */
 #define HSM_APPROVAL_FINGERPRINT_LEN 64 /* lowercase hex (a SHA-256) */
 #define HSM_APPROVAL_OP_MAX 64
-#define HSM_APPROVAL_REQUEST_MAX 65536  /* bytes of the request's text */
+/* Bytes of the request's text: its ASCII escapes take up to three times a member's UTF-8
+ * (a 32 KB policy, 50 tags, a description), so a request within the API's limits fits. */
+#define HSM_APPROVAL_REQUEST_MAX 262144
 #define HSM_APPROVERS_MAX 16
 typedef struct hsm_approval_record {
 	char id[HSM_APPROVAL_ID_LEN + 1];

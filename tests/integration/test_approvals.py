@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from conftest import DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, start_dev
-from helpers import AwsCli, admin, audit_records, new_user, raises
+from helpers import ACCOUNT, AwsCli, admin, audit_records, new_user, raises
 
 DEV_ENV = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
 ID = re.compile(r"approval request ([0-9a-f]{32})")
@@ -526,3 +526,21 @@ def test_user_changes_that_wait_name_their_target(node):
             for r in recs]
     assert seen == [("denied", "svc-approved", "crypto-user"),
                     ("success", "svc-approved", "crypto-user")], seen
+
+
+def test_a_policy_within_its_limit_can_wait_whatever_its_characters(node, kms):
+    """The text custodians approve escapes every character that is not ASCII (six bytes
+    for a two-byte é): a policy within PutKeyPolicy's 32 KB must still open a request."""
+    key = new_key(kms)
+    values = ["\u00e9" * 40 + str(i) for i in range(300)]
+    policy = json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+         "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/app"},
+         "Action": "kms:Decrypt", "Resource": "*",
+         "Condition": {"StringEquals": {"kms:EncryptionContext:dept": values}}}]},
+        ensure_ascii=False)
+    assert 24000 < len(policy.encode()) <= 32768
+    resp = raises("ApprovalRequiredException", kms.put_key_policy, KeyId=key,
+                  PolicyName="default", Policy=policy)
+    approval_of(resp)

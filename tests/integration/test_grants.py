@@ -850,3 +850,29 @@ def test_a_grantee_holds_at_most_500_grants_on_a_key(kms, users):
     raises("LimitExceededException", kms.create_grant, KeyId=key,
            GranteePrincipal=arn("app"), Operations=["Encrypt"])
     assert len(grant_ids(kms, key, GranteePrincipal=arn("app"))) == 500
+
+
+def test_refusals_keep_their_reason_with_the_longest_names(hsmd, kms):
+    """A user name of 64 characters and a key ARN still leave the whole AWS-style reason
+    in the message: an explicit deny told apart from an implicit one, and RetireGrant's."""
+    name = "u" * 64
+    lng = client(hsmd, *new_user(hsmd, name, ["crypto-user"]))
+    aud = client(hsmd, *new_user(hsmd, "a" * 64, ["auditor"]))
+    kid = kms.create_key()["KeyMetadata"]["KeyId"]
+    grant = kms.create_grant(KeyId=kid, GranteePrincipal=arn("dev"), Operations=["Encrypt"])
+    kms.put_key_policy(KeyId=kid, PolicyName="default", Policy=json.dumps({
+        "Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Principal": {"AWS": arn("dev")}, "Action": "kms:*",
+             "Resource": "*"},
+            {"Effect": "Deny", "Principal": {"AWS": "*"},
+             "Action": "kms:GenerateDataKeyPairWithoutPlaintext", "Resource": "*"}]}))
+    msg = raises("AccessDeniedException", lng.generate_data_key_pair_without_plaintext,
+                 KeyId=kid, KeyPairSpec="RSA_2048")["Error"]["Message"]
+    assert msg.endswith("with an explicit deny in a resource-based policy"), msg
+    assert name in msg, msg
+    msg = raises("AccessDeniedException", lng.encrypt, KeyId=kid,
+                 Plaintext=b"x")["Error"]["Message"]
+    assert msg.endswith("because no resource-based policy allows the action"), msg
+    msg = raises("AccessDeniedException", aud.retire_grant, KeyId=kid,
+                 GrantId=grant["GrantId"])["Error"]["Message"]
+    assert msg.endswith("nor as a grantee allowed RetireGrant"), msg
