@@ -3,6 +3,7 @@
  *
  *   hsmctl key create   --data-dir DIR --share FILE... [--spec S] [--usage U]
  *                       [--description TEXT] [--alias alias/NAME] [--origin EXTERNAL]
+ *                       [--region R --account-id ID]
  *   hsmctl key list     --data-dir DIR
  *   hsmctl key describe --data-dir DIR KEY
  *   hsmctl key enable|disable --data-dir DIR KEY
@@ -18,9 +19,16 @@
  * (online, ScheduleKeyDeletion may wait for custodians), and the unsealed
  * store signs the trail's checkpoint after the change.  list and describe
  * only read: they open the store as it is (no new store, no migration).
+ *
+ * Keys carry their store's account and region (ARNs, the default policy's
+ * root principal), which the store records at its first key and its nodes
+ * must be configured with.  key create uses the store's; on a store that
+ * records none yet, it needs them given (--region and --account-id, else
+ * HSM_REGION and HSM_ACCOUNT_ID, the variables hsmd reads them from).
  */
 #include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "hsmctl/hsmctl.h"
@@ -32,9 +40,26 @@ typedef struct key_opts {
 	char *shares[HSMCTL_MAX_SHARE_ARGS];
 	size_t n_shares;
 	const char *spec, *usage, *description, *alias, *key, *origin;
+	const char *region, *account; /* the store's identity, when it records none yet */
 	int64_t period, days;
 	bool enable, disable;
 } key_opts;
+
+/* The account and region given for a store that records none: checked as hsmd checks them. */
+static int parse_identity(key_opts *o)
+{
+	const char *region = o->region != NULL ? o->region : getenv("HSM_REGION");
+	const char *account = o->account != NULL ? o->account : getenv("HSM_ACCOUNT_ID");
+	const char *from_region = o->region != NULL ? "--region" : "HSM_REGION";
+	const char *from_account = o->account != NULL ? "--account-id" : "HSM_ACCOUNT_ID";
+	if (region != NULL && !hsm_region_name_valid(region))
+		return hsmctl_usage("key", "%s: expected a region name such as us-east-1", from_region);
+	if (account != NULL && (strlen(account) != 12 || strspn(account, "0123456789") != 12))
+		return hsmctl_usage("key", "%s: expected 12 digits", from_account);
+	hsmctl_globals.key_region = region;
+	hsmctl_globals.key_account = account;
+	return 0;
+}
 
 static int parse_key(int argc, char **argv, key_opts *o)
 {
@@ -44,7 +69,8 @@ static int parse_key(int argc, char **argv, key_opts *o)
 	    {"description", required_argument, NULL, 'D'}, {"alias", required_argument, NULL, 'a'},
 	    {"period", required_argument, NULL, 'p'},   {"days", required_argument, NULL, 'n'},
 	    {"enable", no_argument, NULL, 'E'},         {"disable", no_argument, NULL, 'X'},
-	    {"origin", required_argument, NULL, 'o'},   {NULL, 0, NULL, 0}};
+	    {"origin", required_argument, NULL, 'o'},   {"region", required_argument, NULL, 'r'},
+	    {"account-id", required_argument, NULL, 'A'}, {NULL, 0, NULL, 0}};
 	for (int c; (c = getopt_long(argc, argv, "", longopts, NULL)) != -1;) {
 		switch (c) {
 		case 'd': o->data_dir = optarg; break;
@@ -58,6 +84,8 @@ static int parse_key(int argc, char **argv, key_opts *o)
 		case 'D': o->description = optarg; break;
 		case 'a': o->alias = optarg; break;
 		case 'o': o->origin = optarg; break;
+		case 'r': o->region = optarg; break;
+		case 'A': o->account = optarg; break;
 		case 'E': o->enable = true; break;
 		case 'X': o->disable = true; break;
 		case 'p':
@@ -72,7 +100,7 @@ static int parse_key(int argc, char **argv, key_opts *o)
 		o->key = argv[optind++];
 	if (optind < argc)
 		return hsmctl_usage("key", "unexpected argument '%s'", argv[optind]);
-	return 0;
+	return parse_identity(o);
 }
 
 static void print_key(const hsm_key_record *r)
@@ -98,6 +126,33 @@ static void print_key(const hsm_key_record *r)
 	       r->rotation_period_days, rot, del, valid_to, r->description);
 }
 
+/*
+ * The store's account and region, which the key's ARN and default policy
+ * name: those it records, which any given must match; on a store that
+ * records none, the ones given (this key records them).
+ */
+static hsm_result check_identity(const hsmctl_local *l)
+{
+	const char *account = hsmctl_globals.key_account, *region = hsmctl_globals.key_region;
+	if (l->identity_recorded) {
+		HSM_ENSURE((account == NULL || strcmp(account, l->account) == 0) &&
+		               (region == NULL || strcmp(region, l->region) == 0),
+		           HSM_ERR_CONFLICT,
+		           "the store's keys belong to account %s in region %s, not the %s given "
+		           "(--account-id and --region, or HSM_ACCOUNT_ID and HSM_REGION): give the "
+		           "store's, or none; nothing was created",
+		           l->account, l->region,
+		           account != NULL && strcmp(account, l->account) != 0 ? "account" : "region");
+		return HSM_SUCCESS;
+	}
+	HSM_ENSURE(l->identity_known, HSM_ERR_VALIDATION,
+	           "this store records no account and region yet: its first key records them, and "
+	           "its nodes must run with the same account_id and region, so give them: "
+	           "--account-id ID --region R (or HSM_ACCOUNT_ID and HSM_REGION); nothing was "
+	           "created");
+	return HSM_SUCCESS;
+}
+
 static hsm_result do_create(hsmctl_local *l, const key_opts *o)
 {
 	hsm_create_key_req req = {.description = o->description,
@@ -116,7 +171,9 @@ static hsm_result do_create(hsmctl_local *l, const key_opts *o)
 		req.usage = HSM_USAGE_SIGN_VERIFY;
 	hsm_key_record rec;
 	memset(&rec, 0, sizeof(rec));
-	hsm_result r = hsm_kms_create_key(l->kms, &hsmctl_local_caller, &req, &rec);
+	hsm_result r = check_identity(l);
+	if (hsm_ok(r))
+		r = hsm_kms_create_key(l->kms, &hsmctl_local_caller, &req, &rec);
 	HSM_GUARD(hsmctl_local_audit(l, "CreateKey", hsm_ok(r) ? rec.key_id : NULL, 1, r));
 	HSM_GUARD(r);
 	if (o->alias != NULL) {

@@ -79,6 +79,14 @@ typedef struct hsmctl_globals_t {
 	 */
 	long approval_wait;
 	const char *command; /* the command running ("key create"), for the audit outbox */
+	/*
+	 * Offline commands on a store that records no account and region yet (no
+	 * key was made on it): the ones its first key is to record, which its
+	 * nodes' account_id and region must then be (key create's --account-id
+	 * and --region, else HSM_ACCOUNT_ID and HSM_REGION, as hsmd reads them).
+	 * NULL: not given.  A store that records them is always opened with its own.
+	 */
+	const char *key_account, *key_region;
 } hsmctl_globals_t;
 extern hsmctl_globals_t hsmctl_globals;
 /* True when --endpoint (or HSM_ENDPOINT) names a running hsmd. */

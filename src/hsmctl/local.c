@@ -470,6 +470,26 @@ const char *hsmctl_store_location(const char *data_dir)
 	return shared != NULL && shared[0] != '\0' ? shared : data_dir;
 }
 
+/*
+ * The account and region of the store's keys (their ARNs, the default key
+ * policy's root principal): the store's record of them, else those given.
+ * Without either, placeholders that no key may be made with (key create
+ * checks identity_known): a key made under an account the nodes do not have
+ * would stop them starting on the store.
+ */
+static hsm_result local_identity(hsmctl_local *l)
+{
+	HSM_GUARD(hsm_kms_account_recorded(l->store, l->account, l->region, &l->identity_recorded));
+	const char *account = hsmctl_globals.key_account, *region = hsmctl_globals.key_region;
+	l->identity_known = l->identity_recorded || (account != NULL && region != NULL);
+	if (!l->identity_recorded)
+		snprintf(l->account, sizeof(l->account), "%s",
+		         l->identity_known ? account : "000000000000");
+	if (!l->identity_recorded)
+		snprintf(l->region, sizeof(l->region), "%s", l->identity_known ? region : "unset");
+	return HSM_SUCCESS;
+}
+
 static hsm_result local_open(const char *data_dir, bool inspect, bool noting, size_t n_shares,
                              char *const shares[], const char *adopted, hsmctl_local *out)
 {
@@ -502,7 +522,8 @@ static hsm_result local_open(const char *data_dir, bool inspect, bool noting, si
 		HSM_TRY(audited);
 		hsm_audit_set_signer(l.audit, local_signer, l.ks);
 	}
-	hsm_kms_config cfg = {.region = "us-east-1", .account_id = "111122223333"};
+	HSM_TRY(local_identity(&l));
+	hsm_kms_config cfg = {.region = l.region, .account_id = l.account};
 	HSM_TRY(hsm_kms_new(l.store, l.ks, &cfg, &l.kms));
 	/* A read-only command's outbox needs the store's current schema: it is not migrated. */
 	if (!inspect || (noting && hsm_store_schema_version(l.store) ==

@@ -20,6 +20,14 @@ typedef struct hsmctl_local {
 	hsm_kms *kms;
 	hsm_audit *audit; /* <data dir>/audit: offline changes are audited like API calls */
 	struct hsmctl_outbox *outbox; /* each change's outbox row (local.c), when opened to change */
+	/*
+	 * The account and region kms works with: the store's record of them, else
+	 * hsmctl_globals.key_account/key_region.  identity_recorded: the store's;
+	 * identity_known: either (else kms has placeholders, and must make no key).
+	 */
+	char account[13];
+	char region[HSM_REGION_NAME_MAX + 1];
+	bool identity_recorded, identity_known;
 } hsmctl_local;
 
 #define HSMCTL_MAX_SHARE_ARGS 16

@@ -79,11 +79,13 @@ static const hsmctl_command commands[] = {
     {"audit pubkey", "(with --endpoint)", "print the audit signing public key (PEM)",
      hsmctl_cmd_audit_online},
     {"key", "create|list|describe|enable|disable|rotate|rotation|schedule-deletion|"
-            "cancel-deletion --data-dir DIR [--share FILE]... [KEY]",
+            "cancel-deletion --data-dir DIR [--share FILE]... [KEY] (create: [--region R] "
+            "[--account-id ID])",
      "manage keys on a data directory.  create: [--spec SPEC] [--usage USAGE] "
      "[--origin AWS_KMS|EXTERNAL] [--description TEXT] [--alias alias/NAME] (KMS names; "
      "default SYMMETRIC_DEFAULT and the usage the spec implies; EXTERNAL: no material until "
-     "imported); rotation KEY [--enable [--period DAYS] | --disable] (1-2560 days, default "
+     "imported); --region and --account-id (or HSM_REGION, HSM_ACCOUNT_ID): the nodes' "
+     "region and account_id, needed by the first key of a store, which records them; rotation KEY [--enable [--period DAYS] | --disable] (1-2560 days, default "
      "90); schedule-deletion KEY [--days N] (7-30, default 30); every command but list and "
      "describe needs a quorum of --share FILE",
      hsmctl_cmd_key},

@@ -138,6 +138,36 @@ hsm_result hsm_kms_account_check(hsm_store *store, const char *account_id, const
 	                theirs, space != NULL ? space + 1 : "?", account_id, region);
 }
 
+hsm_result hsm_kms_account_recorded(hsm_store *store, char account[13],
+                                    char region[HSM_REGION_NAME_MAX + 1], bool *recorded)
+{
+	account[0] = region[0] = '\0';
+	*recorded = false;
+	hsm_buf v;
+	hsm_buf_init(&v);
+	hsm_result r = hsm_store_meta_get(store, META_ACCOUNT, &v);
+	if (r.err == HSM_ERR_NOT_FOUND) {
+		hsm_buf_free(&v);
+		return HSM_SUCCESS;
+	}
+	/* "<account> <region>", as hsm_kms_account_check writes it. */
+	const char *p = v.data != NULL ? (const char *)v.data : "";
+	const char *space = hsm_ok(r) ? memchr(p, ' ', v.len) : NULL;
+	size_t n_account = space != NULL ? (size_t)(space - p) : 0;
+	size_t n_region = space != NULL ? v.len - n_account - 1 : 0;
+	if (hsm_ok(r) && (n_account != 12 || n_region == 0 || n_region > HSM_REGION_NAME_MAX))
+		r = HSM_FAIL(HSM_ERR_STORE, "the store's record of its account and region is malformed");
+	if (hsm_ok(r)) {
+		memcpy(account, p, 12);
+		account[12] = '\0';
+		memcpy(region, space + 1, n_region);
+		region[n_region] = '\0';
+		*recorded = true;
+	}
+	hsm_buf_free(&v);
+	return r;
+}
+
 hsm_result hsm_kms_create_key(hsm_kms *kms, const hsm_caller *caller,
                               const hsm_create_key_req *req, hsm_key_record *out)
 {

@@ -172,6 +172,16 @@ void hsm_kms_free(hsm_kms *kms);
  */
 hsm_result hsm_kms_account_check(hsm_store *store, const char *account_id, const char *region,
                                  bool record) HSM_MUST_CHECK;
+/*
+ * The account and region hsm_kms_account_check recorded in the store, into
+ * account (12 digits) and region (at most HSM_REGION_NAME_MAX characters);
+ * *recorded is false, and both are empty, when the store records none yet
+ * (no key was made on it).  For hsmctl, which makes keys on a store without
+ * a node's configuration.
+ */
+hsm_result hsm_kms_account_recorded(hsm_store *store, char account[13],
+                                    char region[HSM_REGION_NAME_MAX + 1],
+                                    bool *recorded) HSM_MUST_CHECK;
 void hsm_kms_set_event_sink(hsm_kms *kms, hsm_kms_event_fn fn, void *arg);
 /* Replaces the clock (tests): returns epoch seconds. */
 void hsm_kms_set_clock(hsm_kms *kms, int64_t (*now)(void *arg), void *arg);

@@ -39,6 +39,9 @@ AWS_CLI = "/usr/bin/aws"
 PG_SERVER = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                           "../support/pg-server.sh"))
 ACCOUNT = "111122223333"
+# What an offline key create gives a store that records no account and region yet: the
+# nodes' (hsmd's defaults, which the tests' nodes run with).
+IDENTITY = ["--region", REGION, "--account-id", ACCOUNT]
 
 
 def key_arn(key_id):

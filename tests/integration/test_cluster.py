@@ -27,7 +27,7 @@ import urllib.parse
 import pytest
 
 from conftest import BUILD, HSMCTL, Hsmd, client, signed_call, signed_request
-from helpers import (PG_SERVER, Clock, Postgres, admin, audit_records, eventually, gdb_can_trace,
+from helpers import (IDENTITY, PG_SERVER, Clock, Postgres, admin, audit_records, eventually, gdb_can_trace,
                      killed_before_its_record, raises, listed_key_ids, metric, self_signed)
 
 MODULE = os.path.join(BUILD, "libhsm_pkcs11.so")
@@ -558,7 +558,7 @@ def test_hsmctl_works_on_the_shared_store_beside_running_nodes(cluster, tmp_path
     quorum = [x for c in ("alice", "bob", "dave") for x in ("--share", cluster.files[c])]
     audit_dir = str(tmp_path / "operator")
     p = hsmctl("key", "create", "--data-dir", audit_dir, *quorum, "--description", "offline",
-               "--alias", "alias/made-offline", store=cluster.store)
+               "--alias", "alias/made-offline", *IDENTITY, store=cluster.store)
     kid = re.search(r"^key: (\S+)$", p.stdout, re.M).group(1)
     app = kms(cluster.b, cluster.app)
     blob = app.encrypt(KeyId="alias/made-offline", Plaintext=b"o")["CiphertextBlob"]

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
 from conftest import client, start_dev
-from helpers import (AwsCli, audit_record, audit_records, audit_records_until, key_arn, raises,
+from helpers import (IDENTITY, AwsCli, audit_record, audit_records, audit_records_until, key_arn, raises,
                      request_id, restart_dev, signed_request)
 
 DER = serialization.Encoding.DER
@@ -453,7 +453,7 @@ def test_hsmctl_imports_offline(tmp_path):
     quorum = ["--share", str(shares / "share-1-of-2.share"),
               "--share", str(shares / "share-2-of-2.share")]
     p = run_hsmctl("key", "create", "--data-dir", str(data), *quorum, "--origin", "EXTERNAL",
-                   "--spec", "ECC_NIST_P256", "--usage", "SIGN_VERIFY")
+                   "--spec", "ECC_NIST_P256", "--usage", "SIGN_VERIFY", *IDENTITY)
     assert p.returncode == 0, p.stderr
     assert "state: PendingImport" in p.stdout and "origin: EXTERNAL" in p.stdout, p.stdout
     key = next(line.split()[1] for line in p.stdout.splitlines() if line.startswith("key:"))

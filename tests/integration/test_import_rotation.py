@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from conftest import client, signed_request, start_dev
-from helpers import audit_record, call_error, call_ok, key_arn, raises, request_id
+from helpers import IDENTITY, audit_record, call_error, call_ok, key_arn, raises, request_id
 from test_import import external_key, run_hsmctl, wrap
 
 
@@ -221,7 +221,7 @@ def test_hsmctl_rotates_imported_material_offline(tmp_path):
     assert p.returncode == 0, p.stderr
     quorum = ["--data-dir", str(data), "--share", str(shares / "share-1-of-2.share"),
               "--share", str(shares / "share-2-of-2.share")]
-    p = run_hsmctl("key", "create", *quorum, "--origin", "EXTERNAL")
+    p = run_hsmctl("key", "create", *quorum, "--origin", "EXTERNAL", *IDENTITY)
     assert p.returncode == 0, p.stderr
     key = re.search(r"^key: (\S+)$", p.stdout, re.M).group(1)
     first, second = tmp_path / "m1.bin", tmp_path / "m2.bin"

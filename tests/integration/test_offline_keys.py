@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from conftest import HSMCTL, Hsmd, client
-from helpers import audit_records
+from helpers import IDENTITY, audit_records
 
 
 def run(*args):
@@ -33,6 +33,9 @@ def ceremony(tmp_path_factory):
     assert p.returncode == 0, p.stderr
     quorum = ["--share", str(shares / "share-1-of-2.share"),
               "--share", str(shares / "share-2-of-2.share")]
+    # The first key records the nodes' account and region; the others take the store's.
+    p = run("key", "create", "--data-dir", str(data), *quorum, *IDENTITY)
+    assert p.returncode == 0, p.stderr
     return str(data), quorum, str(shares / "ops.credentials")
 
 
@@ -216,3 +219,64 @@ def test_a_node_serves_what_the_ceremony_changed(ceremony):
         assert kms.get_key_rotation_status(KeyId=disabled)["KeyRotationEnabled"] is False
     finally:
         node.cleanup()
+
+
+def test_keys_made_offline_carry_the_nodes_account_and_region(tmp_path):
+    """An offline key create records the account and region given for a store that records
+    none (the nodes' own), takes the store's afterwards, and makes no key without them: a
+    key under an account the nodes do not have would stop them starting on the store."""
+    data, shares = tmp_path / "data", tmp_path / "shares"
+    p = run("init", "--data-dir", str(data), "--share-dir", str(shares), "--shares", "2",
+            "--threshold", "2", "--admin", "ops")
+    assert p.returncode == 0, p.stderr
+    quorum = ["--data-dir", str(data), "--share", str(shares / "share-1-of-2.share"),
+              "--share", str(shares / "share-2-of-2.share")]
+    ceremony = ["--origin", "EXTERNAL", "--spec", "RSA_4096", "--usage", "SIGN_VERIFY"]
+
+    def keys():
+        p = run("key", "list", "--data-dir", str(data))
+        assert p.returncode == 0, p.stderr
+        return p.stdout.splitlines()
+
+    for given in ([], ["--region", "eu-west-1"], ["--account-id", "444455556666"]):
+        p = run("key", "create", *quorum, *ceremony, *given)
+        assert p.returncode == 1, (given, p.stdout, p.stderr)
+        assert "records no account and region yet" in p.stderr and \
+            "--account-id ID --region R" in p.stderr, p.stderr
+    assert keys() == []
+    for bad in (["--region", "EU_WEST", "--account-id", "444455556666"],
+                ["--region", "eu-west-1", "--account-id", "4444"]):
+        p = run("key", "create", *quorum, *bad)
+        assert p.returncode == 2, (bad, p.stderr)
+    assert keys() == []
+    p = run("key", "create", *quorum, *ceremony, "--region", "eu-west-1",
+            "--account-id", "444455556666")
+    assert p.returncode == 0, p.stderr
+    # The store's, from then on: none needed, another refused.
+    p = run("key", "create", *quorum)
+    assert p.returncode == 0, p.stderr
+    p = run("key", "create", *quorum, "--region", "us-east-1")
+    assert p.returncode == 1 and "account 444455556666 in region eu-west-1" in p.stderr, p.stderr
+    assert len(keys()) == 2
+    # The nodes of that account and region start on the store; another's does not.
+    node = Hsmd(["--region", "eu-west-1", "--account-id", "444455556666"], data_dir=str(data))
+    node.cleanup()
+    with pytest.raises(RuntimeError, match="account 444455556666 in region eu-west-1"):
+        Hsmd([], data_dir=str(data))
+
+
+def test_hsm_region_and_account_id_as_hsmd_reads_them(tmp_path):
+    data, shares = tmp_path / "data", tmp_path / "shares"
+    p = run("init", "--data-dir", str(data), "--share-dir", str(shares), "--shares", "2",
+            "--threshold", "2")
+    assert p.returncode == 0, p.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HSM_"))}
+    env.update(HSM_REGION="ap-south-1", HSM_ACCOUNT_ID="123456789012")
+    p = subprocess.run([HSMCTL, "key", "create", "--data-dir", str(data),
+                        "--share", str(shares / "share-1-of-2.share"),
+                        "--share", str(shares / "share-2-of-2.share")],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stderr
+    node = Hsmd([], data_dir=str(data), env={"HSM_REGION": "ap-south-1",
+                                             "HSM_ACCOUNT_ID": "123456789012"})
+    node.cleanup()

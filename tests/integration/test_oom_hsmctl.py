@@ -27,7 +27,7 @@ import subprocess
 import pytest
 
 from conftest import HSMCTL
-from helpers import Faults, audit_records, points
+from helpers import IDENTITY, Faults, audit_records, points
 
 SPREAD = 30  # refusals spread over a command's allocations,
 TAIL = 20  # and each of its last TAIL (the command's own work comes after OpenSSL's set-up)
@@ -57,7 +57,7 @@ def store(tmp_path_factory):
     ctl("init", "--data-dir", d, "--share-dir", s, "--shares", "3", "--threshold", "2")
     shares = sorted(glob.glob(os.path.join(s, "*.share")))[:2]
     quorum = [a for sh in shares for a in ("--share", sh)]
-    ctl("key", "create", "--data-dir", d, *quorum)
+    ctl("key", "create", "--data-dir", d, *quorum, *IDENTITY)
     ctl("backup", "create", "--data-dir", d, *quorum, "--dir", str(base / "backups"))
     backup = glob.glob(str(base / "backups" / "*.hsmbak"))[0]
     altered_backup = str(base / "altered.hsmbak")
@@ -225,7 +225,7 @@ def test_restore_short_of_memory(store, refuse):
         if p.returncode == 0:
             assert os.path.exists(os.path.join(target, "hsmd.db"))
         elif "the backup is restored into" in p.stderr:
-            ctl("key", "create", "--data-dir", target, *store["quorum"])
+            ctl("key", "create", "--data-dir", target, *store["quorum"], *IDENTITY)
             ops = [(r.get("op"), r.get("extra", {}).get("request_op")) for r in audit_records(target)]
             assert ("Restore", None) in ops or ("RequestRecordRecovered", "hsmctl restore") in ops, \
                 ops

@@ -17,7 +17,7 @@ import botocore.exceptions
 import pytest
 
 from conftest import DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, start_dev
-from helpers import (KilledAt, audit_records, eventually, gdb_can_trace,
+from helpers import (IDENTITY, KilledAt, audit_records, eventually, gdb_can_trace,
                      killed_before_its_record, metric)
 
 DEV_ENV = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
@@ -641,7 +641,8 @@ def test_an_offline_change_killed_before_its_record_is_recorded_at_the_nodes_sta
 def test_the_next_offline_command_records_what_a_killed_one_left(offline_store):
     data, quorum = offline_store
     offline_killed_at('hsmctl_local_audit_fields if $_streq(operation, "CreateKey")',
-                      "key", "create", "--data-dir", data, *quorum, "--description", "killed")
+                      "key", "create", "--data-dir", data, *quorum, "--description", "killed",
+                      *IDENTITY)
     (row,) = offline_rows(data)
     request = row[1]
     p = offline_hsmctl("user", "create", "app", "--roles", "crypto-user", "--data-dir", data,

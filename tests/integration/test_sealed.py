@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import HSMCTL, Hsmd, client, signed_call, start_dev, unsigned_call
-from helpers import admin, audit_record, audit_records, gdb_can_trace, raises
+from helpers import IDENTITY, admin, audit_record, audit_records, gdb_can_trace, raises
 
 CUSTODIANS = ["alice", "bob", "carol", "dave", "erin"]
 
@@ -306,8 +306,8 @@ def test_hsmctl_share_files_help_and_missing_shares(tmp_path):
     assert p.returncode == 1, p.stdout
     assert "--share FILE for each of 3 shares" in p.stderr and "hsmd is sealed" not in p.stderr, \
         p.stderr
-    p = hsmctl("key", "create", "--data-dir", data, *[a for c in crlf.values()
-                                                       for a in ("--share", c)])
+    p = hsmctl("key", "create", "--data-dir", data, *IDENTITY, *[a for c in crlf.values()
+                                                                   for a in ("--share", c)])
     assert p.returncode == 0 and "state: Enabled" in p.stdout, p.stdout + p.stderr
     server = Hsmd([], data_dir=data)
     try:
