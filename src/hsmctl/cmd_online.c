@@ -274,6 +274,27 @@ int hsmctl_cmd_user(int argc, char **argv)
 	return simple(argv[1], target, true, body);
 }
 
+/* The answer holds the one copy of the new secret: one that is not written out is lost. */
+static int create_access_key(const char *user)
+{
+	json_t *out = NULL;
+	if (hsm_failed(call("HsmdAdmin.CreateAccessKey", true, json_pack("{s:s}", "UserName", user),
+	                    &out)))
+		return hsmctl_fail("access-key create");
+	hsmctl_print_fields(out);
+	int err = 0;
+	int rc = 0;
+	if (!hsmctl_stdout_written(&err)) {
+		const char *akid = json_string_value(json_object_get(out, "AccessKeyId"));
+		akid = akid != NULL ? akid : "(not in the answer)";
+		fprintf(stderr, "hsmctl: access-key create: " HSMCTL_SECRET_LOST "\n", strerror(err),
+		        akid, user, akid);
+		rc = 1;
+	}
+	json_decref(out);
+	return rc;
+}
+
 int hsmctl_cmd_access_key(int argc, char **argv)
 {
 	if (!hsmctl_online())
@@ -289,8 +310,7 @@ int hsmctl_cmd_access_key(int argc, char **argv)
 		int refused = hsmctl_require_private("access-key create", "the new secret access key");
 		if (refused != 0)
 			return refused;
-		return simple("access-key create", "HsmdAdmin.CreateAccessKey", true,
-		              json_pack("{s:s}", "UserName", argv[2]));
+		return create_access_key(argv[2]);
 	}
 	if (strcmp(argv[1], "revoke") == 0)
 		return simple("access-key revoke", "HsmdAdmin.RevokeAccessKey", true,

@@ -163,10 +163,14 @@ static hsm_result access_key_change(hsmctl_local *l, const users_opts *o)
 	hsm_audit_field f[] = {{"target_user", o->name}, {"target_access_key_id", akid}};
 	hsm_result a =
 	    hsmctl_local_audit_fields(l, "CreateAccessKey", NULL, 0, r, f, akid[0] != '\0' ? 2 : 1);
+	int err = 0;
 	if (hsm_ok(r) && hsm_ok(a)) {
 		printf("UserName: %s\nAccessKeyId: %s\nSecretAccessKey: %.*s\n", o->name, akid,
 		       (int)hsm_secret_len(secret), (const char *)hsm_secret_bytes(secret));
-		fflush(stdout);
+		if (!hsmctl_stdout_written(&err)) {
+			hsm_secret_free(secret);
+			return HSM_FAIL(HSM_ERR_IO, HSMCTL_SECRET_LOST, strerror(err), akid, o->name, akid);
+		}
 	}
 	hsm_secret_free(secret);
 	if (hsm_ok(r) && hsm_failed(a)) /* the key exists, but no one will ever hold its secret */

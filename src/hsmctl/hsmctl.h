@@ -34,6 +34,17 @@ void hsmctl_print_fields(json_t *o);
  */
 void hsmctl_format_json_time(const json_t *v, char out[21]);
 void hsmctl_format_json_time_ms(const json_t *v, char out[25]);
+/*
+ * Flushes stdout; false when what the command printed could not all be
+ * written (a full disk, a closed pipe), with why in errno_out.  main checks
+ * it after every command; a command whose output is the only copy of a
+ * secret checks it itself, to say what is left.
+ */
+bool hsmctl_stdout_written(int *errno_out);
+/* access-key create's failure when the new secret was not written out (why, AKID, user, AKID). */
+#define HSMCTL_SECRET_LOST                                                                     \
+	"the new secret could not be written to standard output (%s): access key %s of %s "      \
+	"exists, but nobody holds its secret: revoke it (hsmctl access-key revoke %s)"
 /* Prints a usage error for a command and returns 2. */
 int hsmctl_usage(const char *command, const char *fmt, ...) HSM_PRINTF(2, 3);
 

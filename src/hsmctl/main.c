@@ -147,6 +147,14 @@ int hsmctl_fail_msg(const char *context, const char *why)
 	return 1;
 }
 
+bool hsmctl_stdout_written(int *errno_out)
+{
+	errno = 0;
+	bool ok = fflush(stdout) == 0 && !ferror(stdout);
+	*errno_out = ok ? 0 : (errno != 0 ? errno : EIO);
+	return ok;
+}
+
 int hsmctl_fail(const char *context)
 {
 	fprintf(stderr, "hsmctl: %s: %s\n", context, hsm_last_message());
@@ -582,5 +590,11 @@ int main(int argc, char **argv)
 	/* The command sees argv[0] = its own name, then its arguments. */
 	int rc = cmd->fn(argc - words, argv + words);
 	hsm_client_close(&hsmctl_globals.client);
+	/* Output that never reached its file is no success: a script would go on without it. */
+	int err = 0;
+	if (!hsmctl_stdout_written(&err) && rc == 0) {
+		fprintf(stderr, "hsmctl %s: cannot write the output: %s\n", cmd->name, strerror(err));
+		rc = 1;
+	}
 	return rc;
 }
