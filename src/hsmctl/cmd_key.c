@@ -153,6 +153,51 @@ static hsm_result check_identity(const hsmctl_local *l)
 	return HSM_SUCCESS;
 }
 
+/*
+ * The alias key create is to give its key: a name CreateAlias takes and no
+ * alias holds, checked before the key is made, so that a refused alias
+ * leaves no key behind.
+ */
+static hsm_result check_alias_free(hsmctl_local *l, const char *alias)
+{
+	HSM_GUARD(hsm_kms_alias_name_check(alias));
+	char id[HSM_UUID_STRLEN + 1];
+	hsm_result r = hsm_kms_resolve(l->kms, alias, id);
+	if (r.err == HSM_ERR_NOT_FOUND)
+		return HSM_SUCCESS;
+	HSM_GUARD(r);
+	return HSM_FAIL(HSM_ERR_ALREADY_EXISTS,
+	                "An alias with the name %s already exists (key %s); nothing was created",
+	                alias, id);
+}
+
+/*
+ * The alias failed after the key was made (taken meanwhile, say): the key,
+ * which nothing names, goes as the PKCS#11 module's keys do when their
+ * objects cannot be made: scheduled for deletion, the shortest wait, which
+ * cancel-deletion undoes.  Returns the alias's failure, saying so.
+ */
+#define WITHDRAWN_KEY_DAYS 7 /* ScheduleKeyDeletion's shortest waiting period */
+
+static hsm_result withdraw_key(hsmctl_local *l, const char *key_id, hsm_err err)
+{
+	char why[HSM_ERRMSG_MAX];
+	snprintf(why, sizeof(why), "%s", hsm_last_message());
+	hsm_key_record rec;
+	memset(&rec, 0, sizeof(rec));
+	hsm_result d = hsm_kms_schedule_deletion(l->kms, &hsmctl_local_caller, key_id,
+	                                         WITHDRAWN_KEY_DAYS, &rec);
+	hsm_result a = hsmctl_local_audit(l, "ScheduleKeyDeletion", key_id, rec.primary_version, d);
+	hsm_key_record_clear(&rec);
+	if (hsm_ok(d) && hsm_ok(a))
+		return HSM_FAIL(err, "%.300s; key %s, made without it, is scheduled for deletion in %d "
+		                     "days (hsmctl key cancel-deletion %s keeps it)",
+		                why, key_id, WITHDRAWN_KEY_DAYS, key_id);
+	return HSM_FAIL(err, "%.300s; key %s was made without it, and could not be scheduled for "
+	                     "deletion: schedule it (hsmctl key schedule-deletion %s)",
+	                why, key_id, key_id);
+}
+
 static hsm_result do_create(hsmctl_local *l, const key_opts *o)
 {
 	hsm_create_key_req req = {.description = o->description,
@@ -172,6 +217,8 @@ static hsm_result do_create(hsmctl_local *l, const key_opts *o)
 	hsm_key_record rec;
 	memset(&rec, 0, sizeof(rec));
 	hsm_result r = check_identity(l);
+	if (hsm_ok(r) && o->alias != NULL)
+		r = check_alias_free(l, o->alias);
 	if (hsm_ok(r))
 		r = hsm_kms_create_key(l->kms, &hsmctl_local_caller, &req, &rec);
 	HSM_GUARD(hsmctl_local_audit(l, "CreateKey", hsm_ok(r) ? rec.key_id : NULL, 1, r));
@@ -179,10 +226,13 @@ static hsm_result do_create(hsmctl_local *l, const key_opts *o)
 	if (o->alias != NULL) {
 		r = hsm_kms_create_alias(l->kms, &hsmctl_local_caller, o->alias, rec.key_id);
 		hsm_result a = hsmctl_local_audit(l, "CreateAlias", rec.key_id, 0, r);
-		if (hsm_ok(r))
+		if (hsm_failed(r))
+			r = withdraw_key(l, rec.key_id, r.err);
+		else
 			r = a;
 	}
-	print_key(&rec);
+	if (hsm_ok(r))
+		print_key(&rec);
 	hsm_key_record_clear(&rec);
 	return r;
 }

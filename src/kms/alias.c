@@ -81,19 +81,37 @@ hsm_result kms_key_id_alias(hsm_kms *kms, const char *key_id, const char *except
  * what holds against concurrent CreateAlias and UpdateAlias calls; this
  * earlier look refuses the plain case before an approval is claimed.
  */
+/* The CKA_ID an alias/pkcs11-id/ name spells, into id (freed on failure). */
+static hsm_result pkcs11_id_spelled(const char *alias, hsm_err invalid, hsm_buf *id)
+{
+	bool ok = hsm_pkcs11_id_of_alias(alias, id);
+	if (!ok)
+		hsm_buf_free(id);
+	HSM_ENSURE(ok, invalid,
+	           "%s names a PKCS#11 CKA_ID: after alias/pkcs11-id/ come 1 to %d bytes in "
+	           "lowercase hex, not spelling a key id",
+	           alias, HSM_PKCS11_ID_MAX);
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_kms_alias_name_check(const char *alias)
+{
+	HSM_GUARD(check_alias_name(alias, true));
+	if (!hsm_str_has_prefix(alias, HSM_PKCS11_ID_ALIAS))
+		return HSM_SUCCESS;
+	hsm_buf id = {0};
+	HSM_GUARD(pkcs11_id_spelled(alias, HSM_ERR_INVALID_ALIAS_NAME, &id));
+	hsm_buf_free(&id);
+	return HSM_SUCCESS;
+}
+
 static hsm_result check_pkcs11_id(hsm_kms *kms, const char *alias, const char *key_id,
                                   hsm_err invalid)
 {
 	if (!hsm_str_has_prefix(alias, HSM_PKCS11_ID_ALIAS))
 		return HSM_SUCCESS;
 	hsm_buf id = {0};
-	bool ok = hsm_pkcs11_id_of_alias(alias, &id);
-	if (!ok)
-		hsm_buf_free(&id);
-	HSM_ENSURE(ok, invalid,
-	           "%s names a PKCS#11 CKA_ID: after alias/pkcs11-id/ come 1 to %d bytes in "
-	           "lowercase hex, not spelling a key id",
-	           alias, HSM_PKCS11_ID_MAX);
+	HSM_GUARD(pkcs11_id_spelled(alias, invalid, &id));
 	/* Certificates stored with that id beforehand would pair with the key from now on. */
 	hsm_result r = kms_certs_may_pair(kms, &id, key_id);
 	if (hsm_failed(r)) {

@@ -507,6 +507,12 @@ hsm_result hsm_kms_sweep_material(hsm_kms *kms, size_t max, size_t *forgotten) H
 
 /* ---- Aliases, tags, policies -------------------------------------------------- */
 
+/*
+ * CreateAlias's rules on the name alone (the alias/ prefix, its characters
+ * and length, reserved names, a PKCS#11 id's spelling), before anything is
+ * made that the alias is to name (hsmctl key create --alias).  Reads nothing.
+ */
+hsm_result hsm_kms_alias_name_check(const char *alias) HSM_MUST_CHECK;
 hsm_result hsm_kms_create_alias(hsm_kms *kms, const hsm_caller *caller, const char *alias,
                                 const char *target) HSM_MUST_CHECK;
 hsm_result hsm_kms_update_alias(hsm_kms *kms, const hsm_caller *caller, const char *alias,

@@ -280,3 +280,27 @@ def test_hsm_region_and_account_id_as_hsmd_reads_them(tmp_path):
     node = Hsmd([], data_dir=str(data), env={"HSM_REGION": "ap-south-1",
                                              "HSM_ACCOUNT_ID": "123456789012"})
     node.cleanup()
+
+
+def test_an_alias_refused_makes_no_key(ceremony):
+    """key create --alias checks the alias before it makes the key: a bad or taken name
+    leaves no key nobody names behind (one more with every retry)."""
+    data = ceremony[0]
+    taken = create(ceremony, "--alias", "alias/offline-taken")["key"]
+
+    def keys():
+        p = run("key", "list", "--data-dir", data)
+        assert p.returncode == 0, p.stderr
+        return p.stdout.splitlines()
+
+    before = keys()
+    for alias, why in (("app", 'prefix "alias/"'), ("alias/aws/kms", "reserved"),
+                       ("alias/a b", "only letters, digits"),
+                       ("alias/pkcs11-id/zz", "lowercase hex"),
+                       ("alias/offline-taken", f"already exists (key {taken})")):
+        p = key_cmd(ceremony, "create", "--alias", alias)
+        assert p.returncode == 1 and why in p.stderr, (alias, p.stderr)
+        assert "nothing was created" in p.stderr or alias != "alias/offline-taken", p.stderr
+        assert p.stdout == "", p.stdout
+    assert keys() == before
+    assert describe(ceremony, "alias/offline-taken")["key"] == taken
