@@ -280,6 +280,53 @@ static int create_offline(const char *cmd, const backup_opts *o)
 	return 0;
 }
 
+/*
+ * What each form takes (letters: d --data-dir, s --share, D --dir, F the
+ * FILE argument): anything else is refused, not ignored (an online backup
+ * create --dir OUT writes nothing to OUT: the node keeps its backups in its
+ * own backup_dir).
+ */
+static int refuse_others(const char *cmd, const backup_opts *o, const char *takes,
+                         const char *form)
+{
+	const char *extra = o->data_dir != NULL && strchr(takes, 'd') == NULL ? "--data-dir"
+	                    : o->n_shares > 0 && strchr(takes, 's') == NULL   ? "--share"
+	                    : o->dir != NULL && strchr(takes, 'D') == NULL    ? "--dir"
+	                                                                      : NULL;
+	if (extra != NULL)
+		return hsmctl_usage(cmd, "%s does not go with %s", extra, form);
+	if (o->file != NULL && strchr(takes, 'F') == NULL)
+		return hsmctl_usage(cmd, "unexpected argument '%s' (%s)", o->file, form);
+	return 0;
+}
+
+/* The form of the command given, and what it takes (refuse_others). */
+static const char *backup_form(const char *sub, const backup_opts *o, const char **takes)
+{
+	bool create = strcmp(sub, "create") == 0, list = strcmp(sub, "list") == 0;
+	if (create && o->data_dir != NULL) {
+		*takes = "dsD";
+		return "backup create --data-dir DIR --share FILE... [--dir OUT]";
+	}
+	if (create) {
+		*takes = "";
+		return "backup create: with --endpoint it takes nothing, as the node writes the "
+		       "backup to its backup_dir; a stopped node's is --data-dir DIR --share FILE... "
+		       "[--dir OUT]";
+	}
+	if (list && o->dir != NULL) {
+		*takes = "D";
+		return "backup list --dir DIR";
+	}
+	if (list) {
+		*takes = "";
+		return "backup list: with --endpoint it takes nothing; a directory's is --dir DIR";
+	}
+	*takes = strcmp(sub, "verify") == 0 ? "sF" : "F";
+	return strcmp(sub, "verify") == 0 ? "backup verify --share FILE... BACKUP"
+	                                  : "backup inspect FILE";
+}
+
 int hsmctl_cmd_backup(int argc, char **argv)
 {
 	backup_opts o;
@@ -287,6 +334,11 @@ int hsmctl_cmd_backup(int argc, char **argv)
 	char cmd[32];
 	snprintf(cmd, sizeof(cmd), "backup %s", sub);
 	int rc = parse(cmd, argc, argv, &o);
+	if (rc != 0)
+		return rc;
+	const char *takes = "";
+	const char *form = backup_form(sub, &o, &takes);
+	rc = refuse_others(cmd, &o, takes, form);
 	if (rc != 0)
 		return rc;
 	if (strcmp(sub, "create") == 0 && o.data_dir != NULL)

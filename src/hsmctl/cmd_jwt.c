@@ -31,6 +31,44 @@ typedef struct jwt_args {
 	int64_t lifetime, leeway;
 } jwt_args;
 
+enum { J_SIGN = 1, J_VERIFY = 2, J_ENABLE = 4, J_DISABLE = 8 };
+
+/*
+ * Which subcommands take each option: one given to another is refused, not
+ * ignored (jwt sign --issuer I would sign a token without the iss it names).
+ */
+static const struct jwt_option {
+	const char *name;
+	unsigned subs;
+} jwt_options[] = {
+    {"--claims", J_SIGN},       {"--lifetime", J_SIGN},
+    {"--typ", J_SIGN},          {"--cty", J_SIGN},
+    {"--alg", J_SIGN | J_ENABLE}, {"--endpoint", J_SIGN | J_ENABLE | J_DISABLE},
+    {"--jwks", J_VERIFY},       {"--issuer", J_VERIFY},
+    {"--audience", J_VERIFY},   {"--leeway", J_VERIFY},
+};
+
+static unsigned jwt_sub(const char *cmd)
+{
+	return strcmp(cmd, "jwt sign") == 0     ? J_SIGN
+	       : strcmp(cmd, "jwt verify") == 0 ? J_VERIFY
+	       : strcmp(cmd, "jwt enable") == 0 ? J_ENABLE
+	                                        : J_DISABLE;
+}
+
+/* 0 when option o (beginning "--") is one of cmd's, else the usage error. */
+static int check_option(const char *cmd, const char *o)
+{
+	for (size_t i = 0; i < sizeof(jwt_options) / sizeof(jwt_options[0]); i++) {
+		if (strcmp(o, jwt_options[i].name) != 0)
+			continue;
+		if ((jwt_options[i].subs & jwt_sub(cmd)) != 0)
+			return 0;
+		return hsmctl_usage(cmd, "%s is not an option of %s", o, cmd);
+	}
+	return hsmctl_usage(cmd, "unknown option %s", o);
+}
+
 /* Options may come in any order around the positional arguments. */
 static int parse_args(const char *cmd, int argc, char **argv, jwt_args *a)
 {
@@ -39,6 +77,9 @@ static int parse_args(const char *cmd, int argc, char **argv, jwt_args *a)
 	a->leeway = DEFAULT_LEEWAY;
 	for (int i = 1; i < argc; i++) {
 		const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+		int refused = o[0] == '-' && o[1] == '-' ? check_option(cmd, o) : 0;
+		if (refused != 0)
+			return refused;
 		const char **dst = strcmp(o, "--claims") == 0     ? &a->claims
 		                   : strcmp(o, "--alg") == 0      ? &a->alg
 		                   : strcmp(o, "--typ") == 0      ? &a->typ

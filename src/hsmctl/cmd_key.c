@@ -61,6 +61,34 @@ static int parse_identity(key_opts *o)
 	return 0;
 }
 
+/*
+ * Each subcommand and the options it takes beyond --data-dir and --share
+ * (getopt's letters below), and whether it names a KEY: an option of
+ * another subcommand is refused, not ignored (schedule-deletion --period 7
+ * would otherwise wait the default 30 days).
+ */
+static const struct key_sub {
+	const char *name;
+	const char *takes;
+	bool key;
+} key_subs[] = {
+    {"create", "kuDaorA", false},    {"list", "", false},
+    {"describe", "", true},          {"enable", "", true},
+    {"disable", "", true},           {"rotate", "", true},
+    {"rotation", "EXp", true},       {"schedule-deletion", "n", true},
+    {"cancel-deletion", "", true},
+};
+
+/* What to say of an option another subcommand takes: the one meant, where it is likely. */
+static const char *option_hint(const char *sub, int c)
+{
+	if (c == 'p' && strcmp(sub, "schedule-deletion") == 0)
+		return " (its waiting period is --days N)";
+	if (c == 'n' && strcmp(sub, "rotation") == 0)
+		return " (its period is --period DAYS)";
+	return "";
+}
+
 static int parse_key(int argc, char **argv, key_opts *o)
 {
 	static const struct option longopts[] = {
@@ -71,7 +99,17 @@ static int parse_key(int argc, char **argv, key_opts *o)
 	    {"enable", no_argument, NULL, 'E'},         {"disable", no_argument, NULL, 'X'},
 	    {"origin", required_argument, NULL, 'o'},   {"region", required_argument, NULL, 'r'},
 	    {"account-id", required_argument, NULL, 'A'}, {NULL, 0, NULL, 0}};
-	for (int c; (c = getopt_long(argc, argv, "", longopts, NULL)) != -1;) {
+	const struct key_sub *sub = NULL;
+	for (size_t i = 0; i < sizeof(key_subs) / sizeof(key_subs[0]); i++)
+		if (strcmp(o->sub, key_subs[i].name) == 0)
+			sub = &key_subs[i];
+	if (sub == NULL)
+		return hsmctl_usage("key", "unknown subcommand '%s'", o->sub);
+	int index = 0;
+	for (int c; (c = getopt_long(argc, argv, "", longopts, &index)) != -1;) {
+		if (c != '?' && c != 'd' && c != 's' && strchr(sub->takes, c) == NULL)
+			return hsmctl_usage("key", "--%s is not an option of key %s%s",
+			                    longopts[index].name, o->sub, option_hint(o->sub, c));
 		switch (c) {
 		case 'd': o->data_dir = optarg; break;
 		case 's':
@@ -96,11 +134,13 @@ static int parse_key(int argc, char **argv, key_opts *o)
 		default: return hsmctl_usage("key", "unknown option");
 		}
 	}
-	if (optind < argc)
+	if (optind < argc && sub->key)
 		o->key = argv[optind++];
 	if (optind < argc)
 		return hsmctl_usage("key", "unexpected argument '%s'", argv[optind]);
-	return parse_identity(o);
+	if (sub->key && o->key == NULL)
+		return hsmctl_usage("key", "%s needs a KEY argument", o->sub);
+	return strcmp(o->sub, "create") == 0 ? parse_identity(o) : 0;
 }
 
 static void print_key(const hsm_key_record *r)
@@ -333,9 +373,6 @@ int hsmctl_cmd_key(int argc, char **argv)
 	int rc = parse_key(argc - 1, argv + 1, &o);
 	if (rc != 0)
 		return rc;
-	bool needs_key = strcmp(o.sub, "create") != 0 && strcmp(o.sub, "list") != 0;
-	if (needs_key && o.key == NULL)
-		return hsmctl_usage("key", "%s needs a KEY argument", o.sub);
 	hsmctl_local l = {0};
 	bool reads = strcmp(o.sub, "list") == 0 || strcmp(o.sub, "describe") == 0;
 	hsm_result r = reads ? open_to_read(&o, &l)

@@ -99,7 +99,8 @@ static const hsmctl_command commands[] = {
      "each key's last successful cryptographic use (GetKeyLastUsage), all keys or those "
      "named; --unused-days N: only those with none recorded in N days",
      hsmctl_cmd_key_usage},
-    {"jwt sign", "[--endpoint URL] KEY --claims JSON|@FILE [--lifetime S] [--alg A] [--typ T]",
+    {"jwt sign", "[--endpoint URL] KEY --claims JSON|@FILE [--lifetime S] [--alg A] [--typ T] "
+                 "[--cty C]",
      "sign a JWT with a key marked for JWT signing (prints the token)", hsmctl_cmd_jwt},
     {"jwt verify", "--jwks FILE|URL TOKEN|- [--issuer I] [--audience A] [--leeway S]",
      "verify a JWT offline against a JWK Set", hsmctl_cmd_jwt},

@@ -79,3 +79,84 @@ def test_output_not_written_is_a_failure(dev, store):
             p = ctl(*args, endpoint=endpoint, out=full)
         assert p.returncode == 1 and "cannot write the output: No space left on device" in \
             p.stderr, (args, p.returncode, p.stderr)
+
+
+# ---- options of another command or mode -------------------------------------------------
+
+def test_online_backup_create_refuses_what_it_would_ignore(dev, store, tmp_path):
+    def backups():
+        p = ctl("backup", "list", endpoint=dev.endpoint)
+        assert p.returncode == 0, p.stderr
+        return p.stdout.count("backup-id:") + p.stdout.count("BackupId")
+
+    before = backups()
+    out = tmp_path / "out"
+    for args in (["--dir", str(out)], ["--share", store["quorum"][1]], ["extra"],
+                 ["--data-dir", store["data"], "--endpoint", dev.endpoint]):
+        p = ctl("backup", "create", *args, endpoint=dev.endpoint)
+        assert p.returncode == 2, (args, p.returncode, p.stderr)
+    assert not out.exists() and backups() == before
+    p = ctl("backup", "create", "--dir", str(out), endpoint=dev.endpoint)
+    assert "--dir does not go with backup create: with --endpoint it takes nothing" in p.stderr
+    # Offline and the other forms alike.
+    p = ctl("backup", "create", "--data-dir", store["data"], *store["quorum"], "--dir", str(out),
+            "stray")
+    assert p.returncode == 2 and "unexpected argument 'stray'" in p.stderr, p.stderr
+    assert not out.exists()
+    p = ctl("backup", "inspect", "--share", store["quorum"][1], "FILE")
+    assert p.returncode == 2 and "--share does not go with backup inspect FILE" in p.stderr
+    p = ctl("backup", "list", "--dir", str(tmp_path), "stray")
+    assert p.returncode == 2, p.stderr
+
+
+def test_jwt_subcommands_refuse_each_others_options(dev, tmp_path):
+    from conftest import client
+    kms = client(dev)
+    key = kms.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    assert ctl("jwt", "enable", key, endpoint=dev.endpoint).returncode == 0
+    p = ctl("jwt", "sign", key, "--claims", '{"sub":"u1"}', endpoint=dev.endpoint)
+    assert p.returncode == 0 and p.stdout.count(".") == 2, p.stderr
+    for opt in (["--issuer", "https://issuer.example"], ["--audience", "payments-api"],
+                ["--leeway", "5"], ["--jwks", "jwks.json"]):
+        p = ctl("jwt", "sign", key, "--claims", '{"sub":"u1"}', *opt, endpoint=dev.endpoint)
+        assert p.returncode == 2 and f"{opt[0]} is not an option of jwt sign" in p.stderr, \
+            (opt, p.returncode, p.stdout, p.stderr)
+        assert p.stdout == ""
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text('{"keys":[]}')
+    for opt in (["--claims", "{}"], ["--lifetime", "5"], ["--typ", "JWT"], ["--alg", "RS256"]):
+        p = ctl("jwt", "verify", "--jwks", str(jwks), "a.b.c", *opt)
+        assert p.returncode == 2 and f"{opt[0]} is not an option of jwt verify" in p.stderr, \
+            (opt, p.returncode, p.stderr)
+    p = ctl("jwt", "disable", key, "--alg", "RS256", endpoint=dev.endpoint)
+    assert p.returncode == 2, p.stderr
+    assert ctl("jwt", "disable", key, endpoint=dev.endpoint).returncode == 0
+
+
+def test_key_subcommands_refuse_each_others_options(store):
+    data, quorum = store["data"], store["quorum"]
+    p = ctl("key", "create", "--data-dir", data, *quorum, "--region", "us-east-1",
+            "--account-id", "111122223333")
+    assert p.returncode == 0, p.stderr
+    key = re.search(r"^key: (\S+)$", p.stdout, re.M).group(1)
+
+    def state():
+        p = ctl("key", "describe", "--data-dir", data, key)
+        assert p.returncode == 0, p.stderr
+        return re.search(r"^state: (\S+)$", p.stdout, re.M).group(1), \
+            re.search(r"^rotation: (\S+)", p.stdout, re.M).group(1)
+
+    for args, why in ((["schedule-deletion", key, "--period", "7"],
+                       "--period is not an option of key schedule-deletion (its waiting period "
+                       "is --days N)"),
+                      (["rotation", key, "--enable", "--days", "30"],
+                       "--days is not an option of key rotation (its period is --period DAYS)"),
+                      (["disable", key, "--spec", "HMAC_256"], "--spec is not an option"),
+                      (["enable", key, "--alias", "alias/x"], "--alias is not an option"),
+                      (["bogus", key], "unknown subcommand 'bogus'"),
+                      (["create", "stray"], "unexpected argument 'stray'")):
+        p = ctl("key", args[0], "--data-dir", data, *quorum, *args[1:])
+        assert p.returncode == 2 and why in p.stderr, (args, p.returncode, p.stderr)
+        assert state() == ("Enabled", "disabled")
+    p = ctl("key", "list", "--data-dir", data)
+    assert p.returncode == 0 and len(p.stdout.splitlines()) == 1, p.stdout
