@@ -28,6 +28,7 @@
 #include "kms/kms.h"
 #include "hsmctl/local.h"
 #include "keystore/keystore.h"
+#include "keystore/share.h"
 
 typedef struct init_opts {
 	const char *data_dir;
@@ -47,6 +48,15 @@ static int parse_custodians(init_opts *o)
 	     t = strtok_r(NULL, ",", &save)) {
 		if (n == HSM_MAX_SHARES)
 			return hsmctl_usage("init", "at most %d custodians", HSM_MAX_SHARES);
+		/* The split's own checks, made before the store is: a refused init leaves none. */
+		if (!hsm_share_custodian_valid(t))
+			return hsmctl_usage("init", "custodian %u, '%.80s': a name is 1 to %d of A-Z a-z "
+			                            "0-9 . _ @ -; nothing was created",
+			                    n + 1, t, HSM_SHARE_CUSTODIAN_MAX);
+		for (unsigned j = 0; j < n; j++)
+			if (strcmp(o->custodians[j], t) == 0)
+				return hsmctl_usage("init", "custodian %s is named twice; nothing was created",
+				                    t);
 		o->custodians[n++] = t;
 	}
 	if (n != o->shares)
@@ -379,7 +389,7 @@ static hsm_result run_init(const init_opts *o)
 	HSM_TRY(hsmctl_share_dir_apart(o->share_dir, o->data_dir));
 	HSM_TRY(hsm_mkdir_p(o->share_dir));
 	HSM_TRY(check_outputs(o));
-	HSM_TRY(hsmctl_local_open(o->data_dir, 0, NULL, &l));
+	HSM_TRY(hsmctl_local_create(o->data_dir, &l));
 	opened = true;
 	HSM_TRY(hsm_ks_init_prepare(l.ks, o->threshold, o->shares,
 	                            o->custodians[0] != NULL ? (const char *const *)o->custodians

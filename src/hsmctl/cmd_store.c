@@ -22,6 +22,7 @@ static hsm_result copy_store(const char *data_dir, const char *to, uint64_t *key
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_store *src = NULL, *dst = NULL;
+	HSM_TRY(hsmctl_store_must_exist(data_dir));
 	HSM_TRY(hsm_store_open(data_dir, &src));
 	HSM_TRY(hsm_store_open(to, &dst));
 	res = hsm_store_copy(src, dst);

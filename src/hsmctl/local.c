@@ -490,13 +490,33 @@ static hsm_result local_identity(hsmctl_local *l)
 	return HSM_SUCCESS;
 }
 
-static hsm_result local_open(const char *data_dir, bool inspect, bool noting, size_t n_shares,
-                             char *const shares[], const char *adopted, hsmctl_local *out)
+hsm_result hsmctl_store_must_exist(const char *location)
 {
+	hsm_store *probe = NULL;
+	HSM_GUARD(hsm_store_open_existing(location, &probe));
+	hsm_store_close(probe);
+	return HSM_SUCCESS;
+}
+
+/* How local_open opens the store. */
+enum open_mode {
+	OPEN_CHANGE,  /* an existing store, brought up to date */
+	OPEN_CREATE,  /* made when missing (init, restore) */
+	OPEN_INSPECT, /* an existing store, as it is */
+};
+
+static hsm_result local_open(const char *data_dir, enum open_mode mode, bool noting,
+                             size_t n_shares, char *const shares[], const char *adopted,
+                             hsmctl_local *out)
+{
+	bool inspect = mode == OPEN_INSPECT;
 	hsm_result res = HSM_SUCCESS;
 	hsmctl_local l = {0};
 	HSM_ENSURE(data_dir != NULL, HSM_ERR_VALIDATION, "--data-dir is required");
 	HSM_TRY(hsm_secure_process_init(HSM_SECURE_HEAP_DEFAULT));
+	/* Only init and restore make a store: a mistyped directory is named, not filled. */
+	if (mode == OPEN_CHANGE)
+		HSM_TRY(hsmctl_store_must_exist(hsmctl_store_location(data_dir)));
 	if (inspect)
 		HSM_TRY(hsm_store_open_existing(hsmctl_store_location(data_dir), &l.store));
 	else
@@ -539,25 +559,30 @@ out:
 hsm_result hsmctl_local_open(const char *data_dir, size_t n_shares, char *const shares[],
                              hsmctl_local *out)
 {
-	return local_open(data_dir, false, false, n_shares, shares, NULL, out);
+	return local_open(data_dir, OPEN_CHANGE, false, n_shares, shares, NULL, out);
+}
+
+hsm_result hsmctl_local_create(const char *data_dir, hsmctl_local *out)
+{
+	return local_open(data_dir, OPEN_CREATE, false, 0, NULL, NULL, out);
 }
 
 hsm_result hsmctl_local_open_adopting(const char *data_dir, size_t n_shares, char *const shares[],
                                       const char *request_id, hsmctl_local *out)
 {
-	return local_open(data_dir, false, false, n_shares, shares, request_id, out);
+	return local_open(data_dir, OPEN_CREATE, false, n_shares, shares, request_id, out);
 }
 
 hsm_result hsmctl_local_inspect(const char *data_dir, size_t n_shares, char *const shares[],
                                 hsmctl_local *out)
 {
-	return local_open(data_dir, true, false, n_shares, shares, NULL, out);
+	return local_open(data_dir, OPEN_INSPECT, false, n_shares, shares, NULL, out);
 }
 
 hsm_result hsmctl_local_inspect_noting(const char *data_dir, size_t n_shares,
                                        char *const shares[], hsmctl_local *out)
 {
-	return local_open(data_dir, true, true, n_shares, shares, NULL, out);
+	return local_open(data_dir, OPEN_INSPECT, true, n_shares, shares, NULL, out);
 }
 
 void hsmctl_local_close(hsmctl_local *l)

@@ -35,8 +35,10 @@ typedef struct hsmctl_local {
 /* The store offline commands open: --store when given, else data_dir's own. */
 const char *hsmctl_store_location(const char *data_dir);
 /*
- * Opens the store (hsmctl_store_location) and data_dir's audit trail; with
- * n_shares > 0 also unseals with those share files.  Each change made until
+ * Opens the store (hsmctl_store_location), which must exist (a missing one
+ * is "no hsmd store in ...", HSM_ERR_NOT_FOUND: a mistyped --data-dir is
+ * not made into a new store) and is brought up to date, and data_dir's
+ * audit trail; with n_shares > 0 also unseals with those share files.  Each change made until
  * the next record (hsmctl_local_audit*) commits an audit outbox row
  * (store.h) with that record's request id, deleted at close once the trail
  * is durable: hsmctl killed between a change and its record leaves the row,
@@ -86,6 +88,10 @@ typedef struct hsmctl_early_change {
 hsm_result hsmctl_early_change_init(hsmctl_early_change *c, const char *data_dir) HSM_MUST_CHECK;
 hsm_result hsmctl_local_open_adopting(const char *data_dir, size_t n_shares, char *const shares[],
                                       const char *request_id, hsmctl_local *out) HSM_MUST_CHECK;
+/* hsmctl_local_open for init, which makes the store when there is none. */
+hsm_result hsmctl_local_create(const char *data_dir, hsmctl_local *out) HSM_MUST_CHECK;
+/* Fails as hsm_store_open_existing does when location holds no store; changes nothing. */
+hsm_result hsmctl_store_must_exist(const char *location) HSM_MUST_CHECK;
 /*
  * Records an offline operation in the audit trail (blocking).  Fails closed:
  * the caller reports a failure to record as the command's failure.

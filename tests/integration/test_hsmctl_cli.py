@@ -160,3 +160,37 @@ def test_key_subcommands_refuse_each_others_options(store):
         assert state() == ("Enabled", "disabled")
     p = ctl("key", "list", "--data-dir", data)
     assert p.returncode == 0 and len(p.stdout.splitlines()) == 1, p.stdout
+
+
+# ---- a data directory that holds no store -----------------------------------------------
+
+def test_offline_changes_on_a_mistyped_data_dir_make_no_store(store, tmp_path):
+    typo = str(tmp_path / "typo")
+    quorum = store["quorum"]
+    for args in (["user", "unlock", "ops"], ["user", "create", "u2", "--roles", "auditor"],
+                 ["access-key", "create", "ops"], ["access-key", "revoke", "AKIAXXXXXXXXXXXXXXXX"],
+                 ["key", "create", "--region", "us-east-1", "--account-id", "111122223333"],
+                 ["key", "disable", "1234abcd-12ab-34cd-56ef-1234567890ab"],
+                 ["rekey", "--share-dir", str(tmp_path / "new-shares"), "--shares", "2",
+                  "--threshold", "2"]):
+        p = ctl(*args, "--data-dir", typo, *quorum)
+        assert p.returncode == 1 and f"no hsmd store in {typo}" in p.stderr, \
+            (args, p.returncode, p.stderr)
+        assert not os.path.exists(typo), args
+    p = ctl("store", "copy", "--data-dir", typo, "--to", "postgresql://hsmd@127.0.0.1:1/none")
+    assert p.returncode == 1 and f"no hsmd store in {typo}" in p.stderr, p.stderr
+    assert not os.path.exists(typo) and not os.path.exists(tmp_path / "new-shares")
+
+
+def test_init_refused_for_its_custodians_leaves_nothing(tmp_path):
+    data, shares = tmp_path / "data", tmp_path / "shares"
+    for names, why in (("a b,c", "custodian 1, 'a b': a name is 1 to 64 of"),
+                       ("carol,carol", "custodian carol is named twice"),
+                       ("alice,b/ob", "custodian 2, 'b/ob'")):
+        p = ctl("init", "--data-dir", str(data), "--share-dir", str(shares), "--shares", "2",
+                "--threshold", "2", "--custodians", names)
+        assert p.returncode == 2 and why in p.stderr, (names, p.returncode, p.stderr)
+        assert not data.exists() and not shares.exists(), names
+    p = ctl("init", "--data-dir", str(data), "--share-dir", str(shares), "--shares", "2",
+            "--threshold", "2", "--custodians", "alice,bob")
+    assert p.returncode == 0, p.stderr
