@@ -38,7 +38,6 @@ typedef struct init_opts {
 	char *custodian_list;
 	const char *admin;
 	bool custodian_users;
-	bool dev;
 } init_opts;
 
 static int parse_custodians(init_opts *o)
@@ -69,8 +68,8 @@ static int parse_init(int argc, char **argv, init_opts *o)
 	static const struct option longopts[] = {
 	    {"data-dir", required_argument, NULL, 'd'}, {"share-dir", required_argument, NULL, 's'},
 	    {"shares", required_argument, NULL, 'n'},   {"threshold", required_argument, NULL, 't'},
-	    {"custodians", required_argument, NULL, 'c'}, {"dev", no_argument, NULL, 'D'},
-	    {"admin", required_argument, NULL, 'a'}, {"custodian-users", no_argument, NULL, 'u'},
+	    {"custodians", required_argument, NULL, 'c'}, {"admin", required_argument, NULL, 'a'},
+	    {"custodian-users", no_argument, NULL, 'u'},
 	    {NULL, 0, NULL, 0}};
 	int64_t v;
 	o->shares = HSM_DEFAULT_SHARES;
@@ -80,7 +79,6 @@ static int parse_init(int argc, char **argv, init_opts *o)
 		case 'd': o->data_dir = optarg; break;
 		case 's': o->share_dir = optarg; break;
 		case 'c': o->custodian_list = optarg; break;
-		case 'D': o->dev = true; break;
 		case 'a': o->admin = optarg; break;
 		case 'u': o->custodian_users = true; break;
 		case 'n':
@@ -97,8 +95,11 @@ static int parse_init(int argc, char **argv, init_opts *o)
 		return hsmctl_usage("init", "--data-dir and --share-dir are required");
 	if (o->custodian_users && o->custodian_list == NULL)
 		return hsmctl_usage("init", "--custodian-users needs --custodians");
-	/* Checked before anything is made: a refused init leaves no store behind. */
-	if (hsm_failed(hsm_keystore_check_quorum(o->threshold, o->shares, o->dev)))
+	/*
+	 * Checked before anything is made: a refused init leaves no store behind.
+	 * A ceremony's store always has a quorum: 1-of-1 is hsmd --dev's alone.
+	 */
+	if (hsm_failed(hsm_keystore_check_quorum(o->threshold, o->shares, false)))
 		return hsmctl_usage("init", "%s", hsm_last_message());
 	if (o->custodian_list != NULL)
 		return parse_custodians(o);
@@ -217,9 +218,8 @@ static hsm_result write_transcript(const init_opts *o, const hsm_ks_init *in,
 	char when[21];
 	hsm_format_time(hsm_now(), when);
 	HSM_TRY(hsm_buf_printf(&t, "hsmd key ceremony transcript\ndate: %s\nstore: %s\n"
-	                           "quorum: %u of %u custodian shares\n%s",
-	                       when, id->store_id, o->threshold, o->shares,
-	                       o->dev ? "mode: development (not for production keys)\n" : ""));
+	                           "quorum: %u of %u custodian shares\n",
+	                       when, id->store_id, o->threshold, o->shares));
 	for (unsigned i = 0; i < o->shares; i++) {
 		uint8_t fp[HSM_SHA256_LEN];
 		HSM_TRY(hsm_sha256(shares[i].data, shares[i].len, fp));
@@ -394,7 +394,7 @@ static hsm_result run_init(const init_opts *o)
 	HSM_TRY(hsm_ks_init_prepare(l.ks, o->threshold, o->shares,
 	                            o->custodians[0] != NULL ? (const char *const *)o->custodians
 	                                                     : NULL,
-	                            o->dev, shares, &in));
+	                            false, shares, &in));
 	hsm_ks_init_identity(in, &id);
 	plan_files(o, &id, &files);
 	res = write_files(o, in, &id, shares, &files);

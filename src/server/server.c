@@ -438,6 +438,24 @@ static hsm_result check_account(hsm_server *s)
 	return r.err == HSM_ERR_CONFLICT ? r : HSM_SUCCESS;
 }
 
+/*
+ * A store split 1 of 1 (as hsmd --dev makes its own) unseals with a single
+ * share: no custodian quorum stands behind its keys.  Served without --dev,
+ * it is worth a word at every start.
+ */
+static void warn_single_share(hsm_server *s, hsm_node_state st)
+{
+	if (s->opt.dev || st != HSM_NODE_SEALED)
+		return;
+	hsm_ks_identity id;
+	hsm_keystore_identity(s->ks, &id);
+	if (id.count == 1)
+		hsm_warn("the store's master key is split 1 of 1, as hsmd --dev makes it: one share "
+		         "unseals it, with no custodian quorum behind it; for production keys give it "
+		         "custodians (hsmctl rekey --shares N --threshold M) or start from a key "
+		         "ceremony (hsmctl init)");
+}
+
 static hsm_result open_parts(hsm_server *s)
 {
 	bool shared = s->opt.store != NULL && s->opt.store[0] != '\0';
@@ -473,6 +491,7 @@ static hsm_result open_parts(hsm_server *s)
 	                 st == HSM_NODE_ERROR ? HSM_FAIL(HSM_ERR_NODE_ERROR, "self-test failed")
 	                                      : HSM_SUCCESS,
 	                 f, hsm_store_migrated_from(s->store) != 0 ? 5 : 4);
+	warn_single_share(s, st);
 	/*
 	 * An audit directory with no record, beside a store initialized before
 	 * this start and that has seen this node's trail: a node given a new

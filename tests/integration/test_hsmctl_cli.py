@@ -8,7 +8,7 @@ import tempfile
 
 import pytest
 
-from conftest import DEV_AKID, DEV_SECRET, HSMCTL, start_dev
+from conftest import DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, start_dev
 
 
 def ctl(*args, endpoint=None, out=None):
@@ -194,3 +194,42 @@ def test_init_refused_for_its_custodians_leaves_nothing(tmp_path):
     p = ctl("init", "--data-dir", str(data), "--share-dir", str(shares), "--shares", "2",
             "--threshold", "2", "--custodians", "alice,bob")
     assert p.returncode == 0, p.stderr
+
+
+# ---- 1-of-1 stores ----------------------------------------------------------------------
+
+SINGLE_SHARE = "the store's master key is split 1 of 1"
+
+
+def test_init_makes_no_single_share_store(tmp_path):
+    data, shares = tmp_path / "data", tmp_path / "shares"
+    for extra in (["--dev"], []):
+        p = ctl("init", "--data-dir", str(data), "--share-dir", str(shares), "--shares", "1",
+                "--threshold", "1", "--admin", "ops", *extra)
+        assert p.returncode == 2, (extra, p.returncode, p.stderr)
+        assert not data.exists(), extra
+    p = ctl("help")
+    assert p.returncode == 0 and "--dev" not in p.stdout
+
+
+def test_a_production_node_on_a_single_share_store_warns(store, tmp_path):
+    data = str(tmp_path / "dev-data")
+    dev = Hsmd(["--dev"], data_dir=data, env={"HSM_DEV_ACCESS_KEY_ID": DEV_AKID,
+                                               "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET})
+    dev.stop()
+    with open(dev.log_path) as f:
+        assert SINGLE_SHARE not in f.read()
+    node = Hsmd([], data_dir=data)
+    try:
+        log = node.read_log()
+        assert SINGLE_SHARE in log and "hsmctl rekey" in log, log
+        p = ctl("unseal", os.path.join(data, "dev-unseal.share"), endpoint=node.endpoint)
+        assert p.returncode == 0 and "unsealed" in p.stdout, p.stdout + p.stderr
+    finally:
+        node.cleanup()
+    # A ceremony's store (2 of 2) says nothing of the kind.
+    node = Hsmd([], data_dir=store["data"])
+    try:
+        assert SINGLE_SHARE not in node.read_log()
+    finally:
+        node.stop()
