@@ -208,11 +208,33 @@ static int unseal_online(int argc, char **argv)
 	return 0;
 }
 
+/*
+ * 0 when argv[first..argc) are exactly the n operands a command takes and
+ * none is an option; else the usage error (synopsis: what it takes).  A
+ * command given more than it takes is refused, not run: "seal now" is no
+ * seal with a confirmation, "user disable a b" disables no two users.
+ */
+static int exact_operands(const char *cmd, int argc, char **argv, int first, int n,
+                          const char *synopsis)
+{
+	for (int i = first; i < argc; i++)
+		if (strncmp(argv[i], "--", 2) == 0)
+			return hsmctl_usage(cmd, "unknown option %s (%s)", argv[i], synopsis);
+	if (argc - first > n)
+		return hsmctl_usage(cmd, "unexpected argument '%s' (%s)", argv[first + n], synopsis);
+	if (argc - first < n)
+		return hsmctl_usage(cmd, "%s", synopsis);
+	return 0;
+}
+
 int hsmctl_cmd_online(int argc, char **argv)
 {
 	const char *cmd = argv[0];
 	if (strcmp(cmd, "unseal") == 0)
 		return unseal_online(argc, argv);
+	int rc = exact_operands(cmd, argc, argv, 1, 0, "it takes no arguments");
+	if (rc != 0)
+		return rc;
 	if (strcmp(cmd, "status") == 0)
 		return simple("status", "HsmdAdmin.Status", false, json_object());
 	if (strcmp(cmd, "seal") == 0)
@@ -246,23 +268,47 @@ static int list_of(const char *target, json_t *body, const char *member)
 	return 0;
 }
 
+/* user create NAME --roles R[,R]: the option before or after the name, "--roles=R" too. */
+static int user_create(int argc, char **argv)
+{
+	static const char synopsis[] =
+	    "create NAME --roles crypto-officer,crypto-user,auditor,custodian";
+	const char *name = NULL, *roles = NULL;
+	for (int i = 2; i < argc; i++) {
+		if (strcmp(argv[i], "--roles") == 0 && i + 1 < argc && roles == NULL)
+			roles = argv[++i];
+		else if (strncmp(argv[i], "--roles=", 8) == 0 && roles == NULL)
+			roles = argv[i] + 8;
+		else if (strncmp(argv[i], "--", 2) == 0)
+			return hsmctl_usage("user", "unexpected option %s (%s)", argv[i], synopsis);
+		else if (name == NULL)
+			name = argv[i];
+		else
+			return hsmctl_usage("user", "unexpected argument '%s' (%s)", argv[i], synopsis);
+	}
+	if (name == NULL || roles == NULL)
+		return hsmctl_usage("user", "%s", synopsis);
+	json_t *body = json_pack("{s:s}", "UserName", name);
+	if (body != NULL)
+		json_object_set_new(body, "Roles", roles_array(roles));
+	return simple("user create", "HsmdAdmin.CreateUser", true, body);
+}
+
 int hsmctl_cmd_user(int argc, char **argv)
 {
 	if (!hsmctl_online())
 		return hsmctl_cmd_user_local(argc, argv);
-	if (argc >= 2 && strcmp(argv[1], "list") == 0)
-		return list_of("HsmdAdmin.ListUsers", json_object(), "Users");
-	if (argc < 3)
-		return hsmctl_usage("user", "create NAME --roles R,R | list | disable|enable|unlock NAME");
-	json_t *body = json_pack("{s:s}", "UserName", argv[2]);
-	if (strcmp(argv[1], "create") == 0) {
-		if (argc != 5 || strcmp(argv[3], "--roles") != 0) {
-			json_decref(body);
-			return hsmctl_usage("user", "create NAME --roles crypto-officer,crypto-user,auditor,custodian");
-		}
-		json_object_set_new(body, "Roles", roles_array(argv[4]));
-		return simple("user create", "HsmdAdmin.CreateUser", true, body);
+	if (argc >= 2 && strcmp(argv[1], "list") == 0) {
+		int rc = exact_operands("user list", argc, argv, 2, 0, "user list takes no arguments");
+		return rc != 0 ? rc : list_of("HsmdAdmin.ListUsers", json_object(), "Users");
 	}
+	if (argc >= 2 && strcmp(argv[1], "create") == 0)
+		return user_create(argc, argv);
+	int rc = exact_operands("user", argc, argv, 2, 1,
+	                        "create NAME --roles R,R | list | disable|enable|unlock NAME");
+	if (rc != 0)
+		return rc;
+	json_t *body = json_pack("{s:s}", "UserName", argv[2]);
 	const char *target = strcmp(argv[1], "disable") == 0  ? "HsmdAdmin.DisableUser"
 	                     : strcmp(argv[1], "enable") == 0 ? "HsmdAdmin.EnableUser"
 	                     : strcmp(argv[1], "unlock") == 0 ? "HsmdAdmin.UnlockUser"
@@ -300,11 +346,17 @@ int hsmctl_cmd_access_key(int argc, char **argv)
 	if (!hsmctl_online())
 		return hsmctl_cmd_access_key_local(argc, argv);
 	if (argc >= 2 && strcmp(argv[1], "list") == 0) {
+		int rc = exact_operands("access-key list", argc, argv, 2, argc > 3 ? 1 : argc - 2,
+		                        "access-key list [USER]");
+		if (rc != 0)
+			return rc;
 		json_t *body = argc >= 3 ? json_pack("{s:s}", "UserName", argv[2]) : json_object();
 		return list_of("HsmdAdmin.ListAccessKeys", body, "AccessKeys");
 	}
-	if (argc != 3)
-		return hsmctl_usage("access-key", "create USER | revoke AKID | list [USER]");
+	int rc = exact_operands("access-key", argc, argv, 2, 1,
+	                        "create USER | revoke AKID | list [USER]");
+	if (rc != 0)
+		return rc;
 	if (strcmp(argv[1], "create") == 0) {
 		/* The answer holds the new key's secret. */
 		int refused = hsmctl_require_private("access-key create", "the new secret access key");
@@ -323,6 +375,9 @@ int hsmctl_cmd_audit_online(int argc, char **argv)
 	if (!hsmctl_online())
 		return hsmctl_usage("audit", "hash and pubkey need --endpoint (a running hsmd)");
 	if (strcmp(argv[0], "pubkey") == 0) {
+		int rc = exact_operands("audit pubkey", argc, argv, 1, 0, "it takes no arguments");
+		if (rc != 0)
+			return rc;
 		json_t *out = NULL;
 		if (hsm_failed(call("HsmdAdmin.AuditPublicKey", true, json_object(), &out)))
 			return hsmctl_fail("audit pubkey");

@@ -233,3 +233,34 @@ def test_a_production_node_on_a_single_share_store_warns(store, tmp_path):
         assert SINGLE_SHARE not in node.read_log()
     finally:
         node.stop()
+
+
+# ---- stray arguments to online commands -------------------------------------------------
+
+def test_online_commands_with_stray_arguments_do_nothing(dev):
+    ep = dev.endpoint
+    assert ctl("user", "create", "stray-u", "--roles", "crypto-user", endpoint=ep).returncode == 0
+
+    def user_status():
+        p = ctl("user", "list", endpoint=ep)
+        assert p.returncode == 0, p.stderr
+        block = next(b for b in p.stdout.split("\n\n") if "UserName: stray-u" in b)
+        return re.search(r"^Disabled: (\S+)$", block, re.M).group(1)
+
+    enabled = user_status()
+    for args in (["seal", "now"], ["status", "--json"], ["audit", "pubkey", "extra"],
+                 ["user", "disable", "stray-u", "extra", "junk"], ["user", "list", "--bogus"],
+                 ["access-key", "list", "stray-u", "extra"],
+                 ["access-key", "create", "stray-u", "extra"],
+                 ["user", "create", "stray-v", "--roles", "auditor", "extra"]):
+        p = ctl(*args, endpoint=ep)
+        assert p.returncode == 2 and p.stdout == "", (args, p.returncode, p.stdout, p.stderr)
+    p = ctl("status", endpoint=ep)
+    assert p.returncode == 0 and "Sealed: false" in p.stdout, p.stdout
+    assert user_status() == enabled
+    assert access_keys(ep, user="stray-u") == []
+    assert "stray-v" not in ctl("user", "list", endpoint=ep).stdout
+    # The options in either place, as offline.
+    for args in (["stray-w", "--roles=auditor"], ["--roles", "auditor", "stray-x"]):
+        p = ctl("user", "create", *args, endpoint=ep)
+        assert p.returncode == 0, (args, p.stderr)
