@@ -716,6 +716,27 @@ static void test_rotation_schedule(void **state)
 	hsm_key_record_clear(&k);
 }
 
+/* The account and region the first key records, read back as hsmctl reads them. */
+static void test_account_recorded(void **state)
+{
+	fx *f = *state;
+	char account[13], region[HSM_REGION_NAME_MAX + 1];
+	bool recorded = true;
+	assert_true(hsm_ok(hsm_kms_account_recorded(f->store, account, region, &recorded)));
+	assert_false(recorded);
+	assert_string_equal(account, "");
+	assert_string_equal(region, "");
+	hsm_key_record k;
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, NULL, &k);
+	hsm_key_record_clear(&k);
+	assert_true(hsm_ok(hsm_kms_account_recorded(f->store, account, region, &recorded)));
+	assert_true(recorded);
+	assert_string_equal(account, "111122223333");
+	assert_string_equal(region, "us-east-1");
+	assert_int_equal(hsm_kms_account_check(f->store, account, "eu-west-1", false).err,
+	                 HSM_ERR_CONFLICT);
+}
+
 static void test_aliases(void **state)
 {
 	fx *f = *state;
@@ -729,6 +750,14 @@ static void test_aliases(void **state)
 	                 HSM_ERR_INVALID_ALIAS_NAME);
 	assert_int_equal(hsm_kms_create_alias(f->kms, &officer, "alias/bad name", a.key_id).err,
 	                 HSM_ERR_VALIDATION);
+	/* The name's rules alone, as CreateAlias applies them (hsmctl checks before a key). */
+	assert_int_equal(hsm_kms_alias_name_check("alias/aws/x").err, HSM_ERR_INVALID_ALIAS_NAME);
+	assert_int_equal(hsm_kms_alias_name_check("noprefix").err, HSM_ERR_INVALID_ALIAS_NAME);
+	assert_int_equal(hsm_kms_alias_name_check("alias/bad name").err, HSM_ERR_VALIDATION);
+	assert_int_equal(hsm_kms_alias_name_check("alias/pkcs11-id/zz").err,
+	                 HSM_ERR_INVALID_ALIAS_NAME);
+	assert_true(hsm_ok(hsm_kms_alias_name_check("alias/pkcs11-id/0a1b")));
+	assert_true(hsm_ok(hsm_kms_alias_name_check("alias/app")));
 	assert_true(hsm_ok(hsm_kms_create_alias(f->kms, &officer, "alias/app", a.key_id)));
 	assert_int_equal(hsm_kms_create_alias(f->kms, &officer, "alias/app", b.key_id).err,
 	                 HSM_ERR_ALREADY_EXISTS);
@@ -1143,6 +1172,7 @@ int main(void)
 	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_aliases, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_alias_cache, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_account_recorded, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_versions_rotated_in_by_another_node, setup,
 	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_policy_with_context_condition, setup, kms_fx_teardown),
