@@ -54,12 +54,19 @@ typedef struct pending {
 	bool outboxed; /* the request changed the store: its outbox row waits for the record */
 	/* Refused because the trail takes no records: nothing ran, and its answer says so. */
 	bool trail_refusal;
+	/*
+	 * Its caller's access key could not be looked up, the store being out of
+	 * reach: counted unavailable in /metrics, like a sealed node's refusal,
+	 * since no request of any caller not yet authenticated can be served (and
+	 * made-up credentials must not move the error ratio).
+	 */
+	bool store_refused;
 } pending;
 
 static void respond_now(hsm_server *s, hsm_http_req *req, unsigned slot, int status, hsm_err err,
-                        const char *type, const hsm_buf *body)
+                        bool store_refused, const char *type, const hsm_buf *body)
 {
-	hsm_metrics_observe(&s->metrics, slot, status, err,
+	hsm_metrics_observe(&s->metrics, slot, status, err, store_refused,
 	                    hsm_mono_ns() - hsm_http_req_start_ns(req));
 	hsm_http_respond(req, status, type, body->data, body->len, 0, NULL);
 }
@@ -117,12 +124,14 @@ static void audit_done(void *arg, hsm_result result)
 		 * a server error, for HsmdErrors to see.
 		 */
 		p->err = result.err;
+		p->store_refused = false;
 		p->status = error_body(
 		    HSM_ERR_AUDIT_UNAVAILABLE,
 		    "the request could not be audited, so its result is withheld; retry later",
 		    hsm_err_http_status(HSM_ERR_AUDIT_UNAVAILABLE), &p->body);
 	}
-	respond_now(p->s, p->req, p->slot, p->status, p->err, CONTENT_TYPE_JSON, &p->body);
+	respond_now(p->s, p->req, p->slot, p->status, p->err, p->store_refused, CONTENT_TYPE_JSON,
+	            &p->body);
 	hsm_buf_free(&p->body);
 	free(p);
 }
@@ -384,7 +393,8 @@ static void finish(pending *p, const outcome *o)
 	/* Counted in a summary or a low-space event instead of a record of its own: an
 	 * authentication's change (a failure counted) is settled by that, not recovered. */
 	settle_outbox(p, true);
-	respond_now(p->s, p->req, p->slot, p->status, p->err, CONTENT_TYPE_JSON, &p->body);
+	respond_now(p->s, p->req, p->slot, p->status, p->err, p->store_refused, CONTENT_TYPE_JSON,
+	            &p->body);
 	hsm_buf_free(&p->body);
 	free(p);
 }
@@ -462,7 +472,10 @@ static void fail_request(pending *p, outcome *o, hsm_result r)
 		 * request id the answer carries.
 		 */
 		char msg[160];
-		hsm_warn("request %s failed: %s", hsm_http_req_id(p->req), hsm_last_message());
+		/* Through the limiter too: any client, made-up credentials and all,
+		 * makes one of these while the store is out of reach. */
+		log_internal_failure(p, hsm_last_message());
+		p->store_refused = store_unreachable && (o->auth == NULL || o->auth->user[0] == '\0');
 		snprintf(msg, sizeof(msg),
 		         "the request failed inside hsmd; its log has the detail under request id %s",
 		         hsm_http_req_id(p->req));
@@ -1148,7 +1161,7 @@ static void handle_get(hsm_server *s, hsm_http_req *req, const char *path)
 	if (probe == HSM_PROBE_HEALTHZ)
 		hsm_metrics_probe(&s->metrics, probe);
 	if (probe == HSM_METRIC_PROBES)
-		respond_now(s, req, HSM_METRIC_NONE, status, HSM_ERR_NOT_FOUND, type, &body);
+		respond_now(s, req, HSM_METRIC_NONE, status, HSM_ERR_NOT_FOUND, false, type, &body);
 	else
 		hsm_http_respond(req, status, type, body.data, body.len, 0, NULL);
 	hsm_buf_free(&body);
@@ -1175,7 +1188,7 @@ void hsm_server_on_request(hsm_http_req *req, void *arg)
 	} else {
 		hsm_buf body = {0};
 		int status = error_body(HSM_ERR_NOT_FOUND, "no such resource", 404, &body);
-		respond_now(s, req, HSM_METRIC_NONE, status, HSM_ERR_NOT_FOUND, CONTENT_TYPE_JSON,
+		respond_now(s, req, HSM_METRIC_NONE, status, HSM_ERR_NOT_FOUND, false, CONTENT_TYPE_JSON,
 		            &body);
 		hsm_buf_free(&body);
 	}

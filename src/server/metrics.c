@@ -39,22 +39,29 @@ void hsm_metrics_probe(hsm_metrics *m, hsm_metric_probe probe)
  * while the trail stayed up (no memory for it, a full queue): answered 503
  * like an outage, but its err is the record's failure, not
  * HSM_ERR_AUDIT_UNAVAILABLE (dispatch.c's audit_done), as no gauge shows it.
+ * A caller whose access key could not be looked up, the store being out of
+ * reach (store_refused), is refused as by a sealed node: hsmd_store_up and
+ * HsmdStoreUnreachable report that, and anyone with made-up credentials can
+ * make such requests, which must not page as failures of a serving node.
  */
-static bool refused_unavailable(int http_status, hsm_err err)
+static bool refused_unavailable(int http_status, hsm_err err, bool store_refused)
 {
+	if (store_refused)
+		return true;
 	return http_status == 503 && (err == HSM_ERR_SEALED || err == HSM_ERR_NODE_ERROR ||
 	                              err == HSM_ERR_AUDIT_UNAVAILABLE);
 }
 
 void hsm_metrics_observe(hsm_metrics *m, unsigned slot, int http_status, hsm_err err,
-                         uint64_t latency_ns)
+                         bool store_refused, uint64_t latency_ns)
 {
 	if (slot >= HSM_METRIC_SLOTS)
 		slot = HSM_METRIC_NONE;
-	hsm_metric_outcome o = http_status < 400                      ? HSM_METRIC_OK
-	                       : http_status < 500                    ? HSM_METRIC_CLIENT_ERROR
-	                       : refused_unavailable(http_status, err) ? HSM_METRIC_UNAVAILABLE
-	                                                               : HSM_METRIC_SERVER_ERROR;
+	hsm_metric_outcome o = http_status < 400   ? HSM_METRIC_OK
+	                       : http_status < 500 ? HSM_METRIC_CLIENT_ERROR
+	                       : refused_unavailable(http_status, err, store_refused)
+	                           ? HSM_METRIC_UNAVAILABLE
+	                           : HSM_METRIC_SERVER_ERROR;
 	atomic_fetch_add_explicit(&m->requests[slot][o], 1, memory_order_relaxed);
 	/* Latency is the service's: a request refused as the client's error (no valid
 	 * credentials, bad input) or because the node serves nothing now is counted above

@@ -59,10 +59,12 @@ typedef struct hsm_metrics {
 /*
  * Counts a request answered with http_status; err is the error code its answer
  * carries (HSM_OK when none), which tells a node that serves nothing now from
- * one that failed a request.
+ * one that failed a request.  store_refused: a server error answered because
+ * the caller's access key could not be looked up in a store out of reach,
+ * counted unavailable.
  */
 void hsm_metrics_observe(hsm_metrics *m, unsigned slot, int http_status, hsm_err err,
-                         uint64_t latency_ns);
+                         bool store_refused, uint64_t latency_ns);
 void hsm_metrics_probe(hsm_metrics *m, hsm_metric_probe probe);
 /* The operation label of a slot; NULL for an admin slot no operation uses. */
 const char *hsm_metrics_slot_name(unsigned slot);

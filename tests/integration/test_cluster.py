@@ -1080,6 +1080,50 @@ def test_store_outage_and_postgres_restart(cluster, pg):
     assert kms(cluster.a, cluster.app).decrypt(CiphertextBlob=blob)["Plaintext"] == b"after"
 
 
+def _requests(server, operation, outcome):
+    st, body, _ = server.get("/metrics")
+    assert st == 200
+    m = re.search(rb'^hsmd_requests_total\{operation="%s",outcome="%s"\} (\S+)$'
+                  % (operation.encode(), outcome.encode()), body, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_store_outage_refusals_log_at_most_a_line_a_second(cluster, pg):
+    """While the store is out of reach, a client with made-up credentials (whose access key
+    cannot be looked up) makes a failure per request: the log gets at most a line a second,
+    with a count of those left out, and /metrics counts them unavailable (the store's own
+    gauge and alert say why), not as server errors that page HsmdErrors."""
+    n = cluster.a
+    errors0 = _requests(n, "ListKeys", "server_error")
+    unavailable0 = _requests(n, "ListKeys", "unavailable")
+    pg.ctl("halt")
+    try:
+        assert eventually(lambda: readyz(n)[0] == 503, 20), readyz(n)
+        start = len(n.read_log())
+        t0 = time.monotonic()
+        sent = 60
+        for i in range(sent):
+            r = signed_request(n, "TrentService.ListKeys", {},
+                               akid="AKIAUNKNOWN%09d" % i, secret="x" * 40)
+            assert r.status_code in (500, 503), r.text
+        time.sleep(1.1)
+        r = signed_request(n, "TrentService.ListKeys", {}, akid="AKIAUNKNOWNLAST00000",
+                           secret="x" * 40)
+        assert r.status_code in (500, 503), r.text
+        sent += 1
+        took = time.monotonic() - t0
+        lines = re.findall(r"request \S+ failed: [^\n]*", n.read_log()[start:])
+        assert 2 <= len(lines) <= took + 2, lines
+        left_out = sum(int(m) for m in re.findall(r"and (\d+) more internal failures",
+                                                  "\n".join(lines)))
+        assert len(lines) + left_out == sent, lines
+        assert _requests(n, "ListKeys", "server_error") == errors0
+        assert _requests(n, "ListKeys", "unavailable") - unavailable0 == sent
+    finally:
+        pg.ctl("resume")
+    assert eventually(lambda: readyz(n)[0] == 200, 20), readyz(n)
+
+
 def test_a_frozen_store_fails_requests_in_bounded_time(cluster, pg):
     """PostgreSQL stopped without its connections closing (SIGSTOP: a frozen VM, a hung
     disk) enforces none of its own timeouts: hsmd stops waiting by itself, answers
