@@ -66,6 +66,16 @@ unsigned hsm_kms_approval_valid(hsm_kms *kms, const hsm_approval_record *a)
 	return n;
 }
 
+static bool reaches_quorum(hsm_kms *kms, const hsm_approval_record *a, unsigned valid)
+{
+	return valid >= hsm_kms_approval_required(kms, a);
+}
+
+bool hsm_kms_approval_approved(hsm_kms *kms, const hsm_approval_record *a)
+{
+	return reaches_quorum(kms, a, hsm_kms_approval_valid(kms, a));
+}
+
 typedef struct count_arg {
 	unsigned n;
 } count_arg;
@@ -149,7 +159,7 @@ hsm_result hsm_kms_approval_gate(hsm_kms *kms, const hsm_caller *caller, const c
 	memcpy(g->id, a.id, sizeof(g->id));
 	/* Counted once: each approver is a store read. */
 	unsigned have = opened ? 0 : hsm_kms_approval_valid(kms, &a);
-	if (!opened && have >= hsm_kms_approval_required(kms, &a)) {
+	if (!opened && reaches_quorum(kms, &a, have)) {
 		r = hsm_store_approval_close(kms->store, a.id, HSM_APPROVAL_USED, "", now, NULL);
 		if (hsm_ok(r)) {
 			g->claimed = true;

@@ -886,6 +886,8 @@ hsm_result hsm_kms_approval_cancel(hsm_kms *kms, const hsm_caller *caller, const
 unsigned hsm_kms_approval_required(hsm_kms *kms, const hsm_approval_record *a);
 /* Approvals that count: approvers who still are enabled custodians. */
 unsigned hsm_kms_approval_valid(hsm_kms *kms, const hsm_approval_record *a);
+/* Its valid approvals reach what it requires: the gate lets its retry run. */
+bool hsm_kms_approval_approved(hsm_kms *kms, const hsm_approval_record *a);
 /* Enabled users holding the custodian role. */
 hsm_result hsm_kms_custodian_count(hsm_kms *kms, unsigned *out) HSM_MUST_CHECK;
 

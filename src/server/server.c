@@ -723,10 +723,19 @@ static void probe_store(hsm_server *s)
 		hsm_info("the store answers again");
 }
 
+typedef struct approval_counts {
+	hsm_kms *kms;
+	uint64_t open;     /* waiting for custodians: valid approvals short of the quorum */
+	uint64_t approved; /* approved, waiting for the requester to send the request again */
+} approval_counts;
+
 static hsm_result count_approval(const hsm_approval_record *a, void *arg)
 {
-	(void)a;
-	(*(uint64_t *)arg)++;
+	approval_counts *c = arg;
+	if (hsm_kms_approval_approved(c->kms, a))
+		c->approved++;
+	else
+		c->open++;
 	return HSM_SUCCESS;
 }
 
@@ -737,7 +746,8 @@ static void count_store_gauges(hsm_server *s)
 	probe_store(s);
 	if (!atomic_load(&s->store_up))
 		return;
-	uint64_t keys = 0, approvals = 0, certs = 0, certs_expiring = 0;
+	uint64_t keys = 0, certs = 0, certs_expiring = 0;
+	approval_counts approvals = {s->kms, 0, 0};
 	hsm_due_counts due = {0, 0, 0, 0, 0};
 	bool certs_counted = true;
 	if (hsm_keystore_state(s->ks) == HSM_NODE_UNSEALED) {
@@ -770,7 +780,8 @@ static void count_store_gauges(hsm_server *s)
 	atomic_store(&s->gauge_material_needed, due.material_needed);
 	atomic_store(&s->gauge_rotations_overdue, due.overdue);
 	atomic_store(&s->gauge_deletions_overdue, due.deletions_overdue);
-	atomic_store(&s->gauge_approvals_open, approvals);
+	atomic_store(&s->gauge_approvals_open, approvals.open);
+	atomic_store(&s->gauge_approvals_approved, approvals.approved);
 	if (certs_counted) {
 		atomic_store(&s->gauge_certs, certs);
 		atomic_store(&s->gauge_certs_expiring, certs_expiring);
@@ -1215,6 +1226,9 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "# TYPE hsmd_scheduler_interval_seconds gauge\nhsmd_scheduler_interval_seconds %u\n"
 	    "# HELP hsmd_approvals_open Approval requests waiting for custodians (approval_quorum).\n"
 	    "# TYPE hsmd_approvals_open gauge\nhsmd_approvals_open %llu\n"
+	    "# HELP hsmd_approvals_approved Approval requests custodians approved, waiting for the "
+	    "requester to send the request again.\n"
+	    "# TYPE hsmd_approvals_approved gauge\nhsmd_approvals_approved %llu\n"
 	    "# HELP hsmd_certificates Certificates kept beside the keys.\n"
 	    "# TYPE hsmd_certificates gauge\nhsmd_certificates %llu\n"
 	    "# HELP hsmd_certificates_expiring_30d Certificates whose notAfter is within 30 days, "
@@ -1279,6 +1293,7 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    (unsigned long long)atomic_load(&s->gauge_expirations_due),
 	    (long long)atomic_load(&s->gauges_counted_at), (unsigned)s->opt.scheduler_interval,
 	    (unsigned long long)atomic_load(&s->gauge_approvals_open),
+	    (unsigned long long)atomic_load(&s->gauge_approvals_approved),
 	    (unsigned long long)atomic_load(&s->gauge_certs),
 	    (unsigned long long)atomic_load(&s->gauge_certs_expiring), hsm_audit_healthy(s->audit),
 	    (int)atomic_load(&s->store_up), (int)atomic_load(&s->leading),

@@ -417,6 +417,44 @@ def test_metrics_count_open_requests(node, kms):
     assert gauge() == open_now + 1
 
 
+def test_metrics_count_approved_requests_apart_from_open_ones(node, kms):
+    """A request custodians fully approved waits only for its requester's retry: it is not
+    counted as waiting for custodians (HsmdApprovalWaiting), but as approved."""
+
+    def gauges():
+        _, body, _ = node.get("/metrics")
+        found = {}
+        for line in body.decode().splitlines():
+            name, _, value = line.partition(" ")
+            if name in ("hsmd_approvals_open", "hsmd_approvals_approved"):
+                found[name] = int(value)
+        return found
+
+    def expected():
+        listed = admin(node, "ListApprovals", {})["Approvals"]
+        approved = sum(1 for a in listed if a["Approvals"] >= a["Required"])
+        return {"hsmd_approvals_open": len(listed) - approved,
+                "hsmd_approvals_approved": approved}
+
+    key = new_key(kms)
+    approval = deletion_refused(kms, key, 13)
+    approve(node, "alice", approval, "bob")
+    want = expected()
+    assert want["hsmd_approvals_approved"] >= 1, want
+    deadline = time.time() + 30  # counted every 5 s, by the scheduler thread
+    while gauges() != want and time.time() < deadline:
+        time.sleep(0.2)
+    assert gauges() == want
+    # Its retry uses it: counted in neither.
+    kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=13)
+    want = {"hsmd_approvals_open": want["hsmd_approvals_open"],
+            "hsmd_approvals_approved": want["hsmd_approvals_approved"] - 1}
+    deadline = time.time() + 30
+    while gauges() != want and time.time() < deadline:
+        time.sleep(0.2)
+    assert gauges() == want
+
+
 def test_a_ceremony_names_the_custodians_who_approve(tmp_path):
     """hsmctl init --custodian-users: the custodians who hold the shares also
     get users and credentials, and a production node can start with approvals."""
