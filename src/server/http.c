@@ -312,8 +312,13 @@ hsm_result hsm_http_server_new(const hsm_http_config *cfg, hsm_http_handler hand
 	atomic_store(&srv->n_accepting, srv->n_workers);
 	if (cfg->proxy_protocol_from != NULL)
 		HSM_TRY(proxy_nets(srv, cfg->proxy_protocol_from));
-	if (cfg->tls_cert != NULL)
+	if (cfg->tls_cert != NULL) {
 		HSM_TRY(hsm_http_tls_load(cfg, &srv->tls));
+		/* Started all the same: the operator can then renew it and reload. */
+		if (hsm_failed(hsm_http_tls_check_dates(srv->tls, cfg->tls_cert)))
+			hsm_warn("%s; replace it and reload the TLS files (SIGHUP, or tls_watch)",
+			         hsm_last_message());
+	}
 	srv->tls_on = srv->tls != NULL;
 	srv->cfg.listen = srv->cfg.tls_cert = srv->cfg.tls_key = srv->cfg.tls_client_ca = NULL;
 	srv->cfg.proxy_protocol_from = NULL;

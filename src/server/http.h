@@ -258,6 +258,13 @@ typedef struct hsm_http_tls_info {
 	int64_t ca_expiry;   /* ... of tls_client_ca's certificates; 0 without one */
 } hsm_http_tls_info;
 hsm_result hsm_http_tls_describe(SSL_CTX *ctx, hsm_http_tls_info *out) HSM_MUST_CHECK;
+/*
+ * HSM_ERR_VALIDATION, naming tls_cert (cert_path) and the date, when the
+ * certificate a loaded context serves has expired or is not valid yet: every
+ * client would refuse it.  A reload refuses such a certificate; a start only
+ * warns of it, so that a node can be started and its certificate renewed.
+ */
+hsm_result hsm_http_tls_check_dates(SSL_CTX *ctx, const char *cert_path) HSM_MUST_CHECK;
 /* A fresh version-4 UUID naming this request; sent back as x-amzn-RequestId. */
 const char *hsm_http_req_id(const hsm_http_req *req);
 /* CLOCK_MONOTONIC nanoseconds (hsm_mono_ns) when the request had been fully read. */

@@ -170,6 +170,38 @@ static void fold_not_after(const X509 *x, int64_t *earliest)
 	}
 }
 
+/* t as seconds since the epoch; false when it cannot be read. */
+static bool asn1_seconds(const ASN1_TIME *t, int64_t *out)
+{
+	struct tm tm;
+	if (t == NULL || ASN1_TIME_to_tm(t, &tm) != 1)
+		return false;
+	*out = (int64_t)timegm(&tm);
+	return true;
+}
+
+hsm_result hsm_http_tls_check_dates(SSL_CTX *ctx, const char *cert_path)
+{
+	HSM_ASSERT(ctx != NULL && cert_path != NULL);
+	X509 *leaf = SSL_CTX_get0_certificate(ctx);
+	HSM_ENSURE(leaf != NULL, HSM_ERR_INTERNAL, "the TLS context has no certificate");
+	int64_t now = hsm_now(), not_before = 0, not_after = 0;
+	char when[21];
+	if (asn1_seconds(X509_get0_notAfter(leaf), &not_after) && not_after < now) {
+		hsm_format_time(not_after, when);
+		return HSM_FAIL(HSM_ERR_VALIDATION,
+		                "tls_cert %s: the certificate expired at %s; clients refuse it",
+		                cert_path, when);
+	}
+	if (asn1_seconds(X509_get0_notBefore(leaf), &not_before) && not_before > now) {
+		hsm_format_time(not_before, when);
+		return HSM_FAIL(HSM_ERR_VALIDATION,
+		                "tls_cert %s: the certificate is not valid until %s; clients refuse it",
+		                cert_path, when);
+	}
+	return HSM_SUCCESS;
+}
+
 /* A certificate's subject as RFC 2253 text (malloc'd), or NULL: none, or over SUBJECT_MAX. */
 static char *subject_text(X509 *cert)
 {

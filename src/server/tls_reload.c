@@ -85,6 +85,9 @@ static hsm_result reload_locked(hsm_server *s, const char *trigger)
 	hsm_result r = hsm_http_tls_load(&s->opt.http, &ctx);
 	if (hsm_ok(r))
 		r = hsm_http_tls_describe(ctx, &info);
+	/* Served, it would fail every new connection: the old one is kept instead. */
+	if (hsm_ok(r))
+		r = hsm_http_tls_check_dates(ctx, s->opt.http.tls_cert);
 	if (hsm_failed(r)) {
 		char reason[512];
 		snprintf(reason, sizeof(reason), "%s", hsm_last_message());

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import ssl
+import subprocess
 import tempfile
 import time
 
@@ -20,7 +21,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from conftest import DEV_AKID, DEV_SECRET, Hsmd, client, unsigned_call
+from conftest import DEV_AKID, DEV_SECRET, HSMD, Hsmd, client, free_port, unsigned_call
 from helpers import audit_records_until, eventually, gdb_can_trace, make_pki, metric, openssl
 
 EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
@@ -211,6 +212,97 @@ def test_a_failed_reload_changes_nothing(pki):
         assert [e["outcome"] for e in reload_events(server, 4)] == ["error"] * 3 + ["success"]
     finally:
         server.cleanup()
+
+
+def issue_dated(d, name, valid_from, valid_until):
+    """name.pem and name.key: a certificate for 127.0.0.1 signed by the test CA, valid from
+    valid_from until valid_until (datetimes; openssl x509 -req dates only from now)."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    with open(os.path.join(d, "ca.key"), "rb") as f:
+        ca_key = serialization.load_pem_private_key(f.read(), None)
+    ca = certificate(os.path.join(d, "ca.pem"))
+    key = ec.generate_private_key(ec.SECP256R1())
+    import ipaddress
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(valid_from).not_valid_after(valid_until)
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem, pkey = os.path.join(d, f"{name}.pem"), os.path.join(d, f"{name}.key")
+    with open(pem, "wb") as f:
+        f.write(cert.public_bytes(Encoding.PEM))
+    with open(pkey, "wb") as f:
+        f.write(key.private_bytes(Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    os.chmod(pkey, 0o600)
+    return pem, pkey
+
+
+def test_a_reload_refuses_a_certificate_out_of_its_dates(pki):
+    """An expired (or not yet valid) certificate would fail every new client: a reload
+    keeps the old one and counts a failure, as for a key that does not match."""
+    d = pki["dir"]
+    now = datetime.datetime.now(datetime.timezone.utc)
+    day = datetime.timedelta(days=1)
+    cert, key = os.path.join(d, "live.pem"), os.path.join(d, "live.key")
+    put(cert, pki["server.pem"])
+    put(key, pki["server.key"])
+    server = start(pki, cert, key, "--tls-watch=false")
+    try:
+        old = fingerprint_of(pki["server.pem"])
+        for n, (name, since, until, said) in enumerate([
+                ("expired", now - 3 * day, now - day, "the certificate expired at"),
+                ("early", now + day, now + 3 * day, "the certificate is not valid until")], 1):
+            new_cert, new_key = issue_dated(d, name, since, until)
+            put(cert, new_cert)
+            put(key, new_key)
+            server.proc.send_signal(signal.SIGHUP)
+            assert eventually(lambda: reloads(server)[0]["failure"] == n), server.read_log()
+            assert served(server, pki["ca.pem"]) == old
+            assert reloads(server) == ({"success": 0, "failure": n},
+                                       {"tls_cert": not_after(pki["server.pem"])})
+            assert last_ok(server) == 0
+            ev = reload_events(server, n)[-1]
+            assert ev["outcome"] == "error" and ev["error"] == "ValidationException", ev
+            assert said in ev["extra"]["reason"] and cert in ev["extra"]["reason"], ev
+            assert said in server.read_log()
+        assert server.proc.poll() is None
+    finally:
+        server.cleanup()
+
+
+def test_a_start_with_an_expired_certificate_warns(pki):
+    """A node starts with an expired certificate (so that it can be renewed and reloaded),
+    but says so in its log as a warning."""
+    d = pki["dir"]
+    now = datetime.datetime.now(datetime.timezone.utc)
+    day = datetime.timedelta(days=1)
+    cert, key = issue_dated(d, "expired", now - 3 * day, now - day)
+    env = dict(os.environ, HSM_DEV_ACCESS_KEY_ID=DEV_AKID, HSM_DEV_SECRET_ACCESS_KEY=DEV_SECRET)
+    log_path = os.path.join(d, "hsmd.log")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([HSMD, "--dev", "--listen", "127.0.0.1:%d" % free_port(),
+                                 "--data-dir", os.path.join(d, "data"), "--tls-cert", cert,
+                                 "--tls-key", key, "--tls-watch=false"],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def said():
+        with open(log_path, errors="replace") as f:
+            return f.read()
+
+    try:
+        assert eventually(lambda: "listening on" in said(), 30), said()
+        assert proc.poll() is None, said()
+        warned = [line for line in said().splitlines() if "the certificate expired at" in line]
+        assert len(warned) == 1 and " warn" in warned[0] and cert in warned[0], said()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.mark.skipif(not gdb_can_trace(), reason="an audit outage is made with gdb, allowed to "
