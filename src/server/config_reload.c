@@ -148,6 +148,9 @@ hsm_result hsm_server_reload_config(hsm_server *s, hsm_config *running, int argc
 		f[nf++] = (hsm_audit_field){"applied", applied};
 	if (!hsm_server_event_of(s, NULL, "ConfigReload", HSM_SUCCESS, f, nf)) {
 		atomic_fetch_add(&s->config_reload_failures, 1);
+		/* Nothing changed: what was read is not what the node runs, as after a
+		 * configuration that did not load. */
+		atomic_store(&s->config_reload_failing, true);
 		res = HSM_FAIL(HSM_ERR_AUDIT_UNAVAILABLE,
 		               "the configuration was read again, but that could not be recorded in "
 		               "the audit trail: nothing was changed");

@@ -132,7 +132,7 @@ def test_a_configuration_that_would_not_start_is_reported_and_changes_nothing(tm
                                               "attach")
 def test_a_reading_the_trail_cannot_record_changes_nothing(tmp_path):
     """In an audit outage the configuration loads but its ConfigReload event cannot be
-    written: log_level stays as it was."""
+    written: log_level stays as it was, and the reading counts as failed."""
     from test_audit_server import TrailOutage
     conf = str(tmp_path / "hsmd.conf")
     server = start(conf, "log_level = info\n")
@@ -150,13 +150,15 @@ def test_a_reading_the_trail_cannot_record_changes_nothing(tmp_path):
             assert "could not be recorded in the audit trail: nothing was changed" in \
                 server.read_log()
             assert reloads(server)["success"] == 0
-            # The configuration itself loads: this gauge is about the file, not the trail.
-            assert metric(server, "hsmd_config_last_reload_successful") == 1
+            # The file loads, but nothing of it took effect: the reading failed, as the
+            # TLS reload of the same SIGHUP did, until one is recorded.
+            assert metric(server, "hsmd_config_last_reload_successful") == 0
         finally:
             outage.end()
         assert eventually(lambda: metric(server, "hsmd_audit_healthy") == 1, 30)
         ev = hup(server, 1)[0]
         assert ev["extra"]["applied"] == "log_level: info -> warn"
+        assert eventually(lambda: metric(server, "hsmd_config_last_reload_successful") == 1)
     finally:
         server.cleanup()
 
