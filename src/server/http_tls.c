@@ -36,12 +36,24 @@
 #define TLS_KEY_FILE_MAX ((size_t)64 << 10)
 #define SUBJECT_MAX 1024
 
-/* The reason of OpenSSL's last error, for messages; clears the queue. */
+/*
+ * The reason of OpenSSL's last error, for messages; clears the queue.  A file
+ * that could not be opened (missing, unreadable) is queued as the OS error
+ * first and then only as "system lib" by each layer above it: that OS error
+ * is the reason given.
+ */
 static const char *ossl_reason(void)
 {
-	unsigned long e = ERR_peek_last_error();
-	const char *r = e ? ERR_reason_error_string(e) : NULL;
-	ERR_clear_error();
+	unsigned long e, last = 0;
+	int os_error = 0;
+	while ((e = ERR_get_error()) != 0) {
+		if (ERR_SYSTEM_ERROR(e) && os_error == 0)
+			os_error = ERR_GET_REASON(e);
+		last = e;
+	}
+	if (os_error != 0)
+		return strerror(os_error);
+	const char *r = last ? ERR_reason_error_string(last) : NULL;
 	return r ? r : "unknown error";
 }
 

@@ -214,6 +214,32 @@ def test_a_failed_reload_changes_nothing(pki):
         server.cleanup()
 
 
+def test_a_reload_names_the_os_error_of_a_missing_file(pki):
+    """A tls_cert or tls_client_ca gone at reload is reported with the OS error (what an
+    operator can act on), not OpenSSL's "system lib"."""
+    d = pki["dir"]
+    cert, key = os.path.join(d, "live.pem"), os.path.join(d, "live.key")
+    bundle = os.path.join(d, "clients.pem")
+    put(cert, pki["server.pem"])
+    put(key, pki["server.key"])
+    put(bundle, pki["ca.pem"])
+    server = start(pki, cert, key, "--tls-client-ca", bundle, "--tls-client-auth", "optional",
+                   "--tls-watch=false")
+    try:
+        for n, gone in enumerate([bundle, cert], 1):
+            os.remove(gone)
+            server.proc.send_signal(signal.SIGHUP)
+            assert eventually(lambda: reloads(server)[0]["failure"] == n), server.read_log()
+            reason = reload_events(server, n)[-1]["extra"]["reason"]
+            assert reason == f"{'tls_client_ca' if gone == bundle else 'tls_cert'} {gone}: " \
+                "No such file or directory", reason
+            assert reason in server.read_log()
+            put(gone, pki["ca.pem"] if gone == bundle else pki["server.pem"])
+        assert served(server, pki["ca.pem"]) == fingerprint_of(pki["server.pem"])
+    finally:
+        server.cleanup()
+
+
 def issue_dated(d, name, valid_from, valid_until):
     """name.pem and name.key: a certificate for 127.0.0.1 signed by the test CA, valid from
     valid_from until valid_until (datetimes; openssl x509 -req dates only from now)."""
