@@ -278,7 +278,8 @@ typedef struct hsm_http_header {
 /*
  * Answers req and gives it back: req must not be touched afterwards.  Callable
  * once per request, from any thread.  status is a final status (200..599);
- * content_type NULL means "application/octet-stream".  body, the content type
+ * content_type NULL means "application/octet-stream"; a 204 carries no
+ * Content-Type (nor Content-Length).  body, the content type
  * and the extra headers are copied before this returns (the copy is wiped once
  * sent: a body may hold plaintext).  Extra headers must not repeat the ones the
  * framework sets; a name or value that is not valid HTTP (CR, LF, ...) is

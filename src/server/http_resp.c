@@ -128,7 +128,9 @@ static hsm_result put_fixed(hsm_http_req *req, int status, const char *ctype, si
 	HSM_GUARD(hsm_buf_put_str(out, num));
 	HSM_GUARD(hsm_buf_put_str(out, reason(status)));
 	HSM_GUARD(hsm_buf_put(out, "\r\n", 2));
-	HSM_GUARD(put_field(out, "Content-Type", ctype));
+	/* A 204 has no content, so nothing for a Content-Type to describe. */
+	if (status != 204)
+		HSM_GUARD(put_field(out, "Content-Type", ctype));
 	if (status != 204 && status != 304) {
 		hsm_sb_init(&b, num, sizeof(num));
 		hsm_sb_u64(&b, len);

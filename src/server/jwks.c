@@ -50,12 +50,14 @@ static void respond(hsm_server *s, hsm_http_req *req, int status, const hsm_jwks
 	char cache[48];
 	snprintf(cache, sizeof(cache), "public, max-age=%lld",
 	         d != NULL ? (long long)hsm_jwks_doc_max_age(d) : 0LL);
-	/* A public document: browsers verifying tokens may read it from any origin (CORS). */
-	hsm_http_header h[3] = {{"Cache-Control", d != NULL ? cache : "no-store"},
+	/* A public document: browsers verifying tokens may read it from any origin (CORS),
+	 * and scripts its ETag too, to send it back in If-None-Match. */
+	hsm_http_header h[4] = {{"Cache-Control", d != NULL ? cache : "no-store"},
 	                        {"Access-Control-Allow-Origin", "*"},
+	                        {"Access-Control-Expose-Headers", "ETag"},
 	                        {"ETag", d != NULL ? hsm_jwks_doc_etag(d) : ""}};
 	hsm_metrics_probe(&s->metrics, HSM_PROBE_JWKS);
-	hsm_http_respond(req, status, JWKS_TYPE, body, len, d != NULL ? 3 : 2, h);
+	hsm_http_respond(req, status, JWKS_TYPE, body, len, d != NULL ? 4 : 3, h);
 }
 
 /*

@@ -303,6 +303,8 @@ def test_jwks_http_caching(hsmd, kms):
     assert headers["Content-Type"] == "application/json"
     assert headers["Cache-Control"] == "public, max-age=300"
     assert headers["Access-Control-Allow-Origin"] == "*"  # browsers may verify tokens too
+    # ... and a script may read the ETag, to send it back in If-None-Match.
+    assert headers["Access-Control-Expose-Headers"] == "ETag"
     etag = headers["ETag"]
     assert etag.startswith('"') and etag.endswith('"') and len(etag) == 24
     json.loads(body)
@@ -319,6 +321,7 @@ def test_jwks_http_caching(hsmd, kms):
         status, payload, h = get({"If-None-Match": inm})
         assert status == 304 and payload == b"" and h["ETag"] == etag, inm
         assert h["Cache-Control"] == "public, max-age=300"
+        assert h["Access-Control-Expose-Headers"] == "ETag"
     status, payload, _ = get({"If-None-Match": '"stale"'})
     assert status == 200 and payload == body
     # HEAD: headers without the body.
@@ -349,6 +352,8 @@ def test_jwks_answers_the_cors_preflight(hsmd):
         "Origin": "https://app.example", "Access-Control-Request-Method": "GET",
         "Access-Control-Request-Headers": "if-none-match"})
     assert status == 204 and body == b"", (status, body)
+    # No content, so no Content-Type (nor Content-Length) to describe it.
+    assert "Content-Type" not in h and "Content-Length" not in h, dict(h)
     assert h["Access-Control-Allow-Origin"] == "*"
     assert [m.strip() for m in h["Access-Control-Allow-Methods"].split(",")] == ["GET", "HEAD"]
     allowed = [x.strip().lower() for x in h["Access-Control-Allow-Headers"].split(",")]
