@@ -170,6 +170,7 @@ static hsm_result init_writer(hsm_audit *a, const audit_tail_info *t)
 	atomic_store(&a->durable_seq_pub, 0);
 	w->kept_from = t->kept_from;
 	w->floor_ckpt = t->floor_ckpt;
+	w->floor_origin = t->floor_origin;
 	atomic_store(&a->kept_from_pub, t->kept_from);
 	w->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
 	w->md_ctx = EVP_MD_CTX_new();

@@ -94,6 +94,14 @@ typedef struct audit_tail_info {
 	bool floor_seen;     /* the scan found the checkpoint it took kept_from from */
 	bool window_whole;   /* the newest file's scan window held all of it */
 	audit_floor_ckpt floor_ckpt;
+	/*
+	 * When floor_ckpt is an offline hsmctl's (it carries the floor it found
+	 * forward): the newest signed checkpoint before it that is not
+	 * hsmctl's, stating the same floor: where the floor came from.
+	 * origin_wanted: still looked for.
+	 */
+	audit_floor_ckpt floor_origin;
+	bool origin_wanted;
 	uint64_t torn_bytes; /* damaged bytes moved aside */
 	char torn_path[PATH_MAX];
 } audit_tail_info;
@@ -124,6 +132,7 @@ typedef struct audit_writer {
 	uint64_t pending_first_seq; /* seq of the first line in pending */
 	uint64_t kept_from;      /* checkpoints state it: every record from this seq on is kept */
 	audit_floor_ckpt floor_ckpt; /* where kept_from came from at open, until checked */
+	audit_floor_ckpt floor_origin; /* see audit_tail_info */
 	bool rotate_pending;     /* a rotation checkpoint ends the file: start a new one */
 	uint64_t reserved_to;    /* file offset up to which space is allocated (0: none yet) */
 	bool reserve_unsupported; /* the file system cannot allocate ahead: no reserve kept */
@@ -335,6 +344,8 @@ bool audit_has_signer(hsm_audit *a);
  * was set (or it failed), nothing was told.
  */
 bool audit_ckpt_ours(hsm_audit *a, const audit_floor_ckpt *fc, bool *no_signer);
+/* An offline hsmctl's node id ("hsmctl-<host>-<hash of its data directory>"). */
+bool audit_node_offline(const char *node);
 /*
  * The writer's, before it signs a checkpoint or retention deletes: checks (once,
  * with a signer) that the checkpoint the floor came from at open (w.floor_ckpt)

@@ -381,10 +381,16 @@ static void older_floor(const char *oldest, audit_tail_info *out)
  * floor is an older hsmd's: that hsmd's retention left the floor at the
  * oldest file.  Returns whether the floor was found (out->floor_seen).
  */
+/* Whether the floor, or where an offline hsmctl's floor came from, is still looked for. */
+static bool audit_floor_scanning(const audit_tail_info *out)
+{
+	return !out->floor_seen || out->origin_wanted;
+}
+
 static bool window_floor(const uint8_t *buf, size_t end, const char *oldest,
                          audit_tail_info *out)
 {
-	while (end > 0 && !out->floor_seen) {
+	while (end > 0 && audit_floor_scanning(out)) {
 		size_t start = end - 1;
 		while (start > 0 && buf[start - 1] != '\n')
 			start--;
@@ -393,7 +399,17 @@ static bool window_floor(const uint8_t *buf, size_t end, const char *oldest,
 		size_t n = end - 1 - start;
 		if (buf[end - 1] == '\n' && memmem(buf + start, n, "\"checkpoint\"", 12) != NULL &&
 		    parse_line_ckpt(buf + start, n, &li, &fc) && li.ckpt) {
-			if (li.kept_from == 0) {
+			if (out->floor_seen) {
+				/* Looking for where an offline hsmctl's floor came from: the newest
+				 * signed checkpoint of a node before it; it must state that floor. */
+				if (li.ckpt_signed && !audit_node_offline(fc.node)) {
+					if (li.kept_from == out->kept_from) {
+						out->floor_origin = fc;
+						out->floor_origin.set = true;
+					}
+					out->origin_wanted = false;
+				}
+			} else if (li.kept_from == 0) {
 				older_floor(oldest, out);
 			} else if (li.ckpt_signed) {
 				out->floor_seen = true;
@@ -401,6 +417,7 @@ static bool window_floor(const uint8_t *buf, size_t end, const char *oldest,
 				if (li.kept_from > 1) {
 					out->floor_ckpt = fc;
 					out->floor_ckpt.set = true;
+					out->origin_wanted = audit_node_offline(fc.node);
 				}
 			}
 		}
@@ -488,7 +505,7 @@ static void file_floor(const char *path, const char *oldest, audit_tail_info *ou
 		hsm_warn("audit: cannot read %s for the floor the trail states", path);
 		goto out;
 	}
-	for (uint64_t end = (uint64_t)st.st_size; end > 0 && !out->floor_seen;) {
+	for (uint64_t end = (uint64_t)st.st_size; end > 0 && audit_floor_scanning(out);) {
 		size_t win = end < AUDIT_TAIL_WINDOW ? (size_t)end : AUDIT_TAIL_WINDOW;
 		uint64_t base = end - win;
 		if (!pread_all(fd, buf, win, base)) {
@@ -525,7 +542,7 @@ out:
  */
 static void trail_floor(hsm_audit *a, char **names, size_t newest, audit_tail_info *out)
 {
-	for (size_t i = newest + (out->window_whole ? 0 : 1); !out->floor_seen && i-- > 0;) {
+	for (size_t i = newest + (out->window_whole ? 0 : 1); audit_floor_scanning(out) && i-- > 0;) {
 		char path[PATH_MAX];
 		if ((size_t)snprintf(path, sizeof(path), "%s/%s", a->dir, names[i]) < sizeof(path))
 			file_floor(path, names[0], out);

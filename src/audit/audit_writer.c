@@ -430,26 +430,19 @@ static bool sign_message(hsm_audit *a, const hsm_buf *msg, hsm_buf *sig, const c
 	return signed_ok;
 }
 
-/*
- * Whether a checkpoint signed as `signer` belongs to the trail `writer`
- * writes: its own, or one an offline hsmctl wrote into the node's trail (or,
- * for hsmctl, the node's own), which carry the floor from one to the other.
- */
-static bool same_trail(const char *writer, const char *signer)
+bool audit_node_offline(const char *node)
 {
-	static const char offline[] = "hsmctl-";
-	return strcmp(writer, signer) == 0 || strncmp(writer, offline, strlen(offline)) == 0 ||
-	       strncmp(signer, offline, strlen(offline)) == 0;
+	return strncmp(node, "hsmctl-", strlen("hsmctl-")) == 0;
 }
 
-bool audit_ckpt_ours(hsm_audit *a, const audit_floor_ckpt *fc, bool *no_signer)
+/* Whether the store's audit key signed fc, as the node it names (signed again, compared). */
+static bool ckpt_signed(hsm_audit *a, const audit_floor_ckpt *fc, bool *no_signer)
 {
 	*no_signer = false;
 	hsm_buf msg = {0}, sig = {0};
 	const char *why = NULL;
 	bool ok = false;
-	if (same_trail(a->node, fc->node) &&
-	    hsm_ok(audit_checkpoint_message(&msg, fc->node, fc->seq, fc->time, fc->reason,
+	if (hsm_ok(audit_checkpoint_message(&msg, fc->node, fc->seq, fc->time, fc->reason,
 	                                    fc->kept_from, fc->prev))) {
 		if (sign_message(a, &msg, &sig, &why))
 			ok = sig.len == sizeof(fc->sig) && hsm_ct_equal(sig.data, fc->sig, sizeof(fc->sig));
@@ -461,12 +454,40 @@ bool audit_ckpt_ours(hsm_audit *a, const audit_floor_ckpt *fc, bool *no_signer)
 	return ok;
 }
 
+bool audit_ckpt_ours(hsm_audit *a, const audit_floor_ckpt *fc, bool *no_signer)
+{
+	*no_signer = false;
+	return strcmp(fc->node, a->node) == 0 && ckpt_signed(a, fc, no_signer);
+}
+
+/*
+ * Whether the floor the trail states at open is this writer's to repeat:
+ * stated by a checkpoint it signed itself; or, for an offline hsmctl
+ * writing into a node's trail, by any the store's audit key signed (it
+ * deletes nothing, and carries the floor forward for the node); or, for a
+ * node, by an offline hsmctl's checkpoint that carried forward a floor the
+ * node itself stated (floor_origin: the newest node checkpoint before it).
+ * A checkpoint of another node, or an hsmctl's carrying another node's
+ * floor (another trail put in this one's place), is not.
+ */
+static bool floor_ours(hsm_audit *a, const audit_writer *w, bool *no_signer)
+{
+	const audit_floor_ckpt *fc = &w->floor_ckpt, *origin = &w->floor_origin;
+	*no_signer = false;
+	if (strcmp(fc->node, a->node) == 0 || audit_node_offline(a->node))
+		return ckpt_signed(a, fc, no_signer);
+	if (!audit_node_offline(fc->node) || !origin->set || strcmp(origin->node, a->node) != 0 ||
+	    origin->kept_from != fc->kept_from)
+		return false;
+	return ckpt_signed(a, fc, no_signer) && ckpt_signed(a, origin, no_signer);
+}
+
 bool audit_check_floor(hsm_audit *a, bool *no_signer)
 {
 	audit_writer *w = &a->w;
 	*no_signer = false;
 	if (w->floor_ckpt.set) {
-		if (audit_ckpt_ours(a, &w->floor_ckpt, no_signer) || *no_signer) {
+		if (floor_ours(a, w, no_signer) || *no_signer) {
 			w->floor_ckpt.set = *no_signer; /* checked once it could be */
 			return true;
 		}

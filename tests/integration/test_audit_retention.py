@@ -411,3 +411,53 @@ def test_offline_hsmctl_keeps_the_floor_retention_left(clockshift, tmp_path):
         assert res.returncode == 0 and "deleted by retention" in res.stdout, res.stdout
     finally:
         server.cleanup()
+
+
+def test_another_nodes_floor_is_not_taken_through_hsmctl(clockshift, tmp_path):
+    """Node A's trail, whose retention raised its floor, put in place of node C's: an
+    offline hsmctl command carries A's floor forward in its own signed checkpoint, but
+    C must not take it over through hsmctl's checkpoint (the floor came from A, not
+    from C): C states every record from seq 1 kept, and verify reports the records
+    before A's floor missing instead of deleted by retention."""
+    args = ["--audit-retention-days", "1", "--audit-rotate-seconds", "60"]
+    clock = Clock(str(tmp_path / "shift"))
+    clock.set(-3 * DAY)
+    server = start_shifted(clockshift, clock, args + ["--node-id", "node-a"])
+    data = server.data_dir
+    try:
+        for i in range(3):
+            shifted_admin(server, -3 * DAY, "AuditHash", {"Value": f"a{i}"})
+        clock.set(-3 * DAY + 70)
+        assert eventually(lambda: len(audit_files(data)) == 2, 10), audit_files(data)
+        server.stop()
+        clock.set(0)
+        again = start_shifted(clockshift, clock, args + ["--node-id", "node-a"], data_dir=data)
+        try:
+            pem = audit_pem(again, str(tmp_path))
+            assert eventually(lambda: gauge(again, "hsmd_audit_files_expired_total"), 15)
+        finally:
+            again.stop()
+        share = os.path.join(data, "dev-unseal.share")
+        out = subprocess.run([HSMCTL, "unseal", "--data-dir", data, share],
+                             capture_output=True, text=True, timeout=120,
+                             env=dict(os.environ, LD_PRELOAD=clockshift,
+                                      HSM_TEST_CLOCK_SHIFT_FILE=clock.path))
+        assert out.returncode == 0, out.stdout + out.stderr
+        res = verify(server, pubkey=pem)
+        assert res.returncode == 0 and "deleted by retention" in res.stdout, res.stdout
+
+        other = start_shifted(clockshift, clock, args + ["--node-id", "node-c"], data_dir=data)
+        try:
+            admin(other, "AuditHash", {"Value": "node c"})
+            log = other.read_log()
+        finally:
+            other.stop()
+        assert "not signed by this node" in log, log
+        floors = [r["checkpoint"].get("kept_from") for r in audit_records(data)
+                  if r["type"] == "checkpoint" and r["node"] == "node-c"]
+        assert floors and set(floors) == {1}, floors
+        res = verify(server, pubkey=pem)
+        assert res.returncode == 1 and "result: INVALID" in res.stdout, res.stdout
+        assert "deleted by retention" not in res.stdout, res.stdout
+    finally:
+        server.cleanup()
