@@ -480,3 +480,49 @@ def killed_before_its_record(server, call):
                         botocore.exceptions.ReadTimeoutError)):
         call()
     killer.wait()
+
+
+@contextlib.contextmanager
+def kms_front(server, answer):
+    """A loopback HTTP front for server, as a node of another release would answer:
+    answer(target, body) returns (status, bytes) for a request it answers itself, or None
+    to pass the request on as signed (hsmd checks the Host header the client signed).
+    Yields (url, targets): the front's address and the X-Amz-Target of every request."""
+    import http.server
+    import urllib.error
+    import urllib.request
+
+    targets = []
+
+    class Front(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            target = self.headers["X-Amz-Target"]
+            targets.append(target)
+            mine = answer(target, body)
+            if mine is not None:
+                status, out = mine
+            else:
+                req = urllib.request.Request(server.endpoint + self.path, data=body,
+                                             headers=dict(self.headers), method="POST")
+                try:
+                    with urllib.request.urlopen(req, timeout=30) as r:
+                        status, out = r.status, r.read()
+                except urllib.error.HTTPError as e:
+                    status, out = e.code, e.read()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/x-amz-json-1.1")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args):
+            pass
+
+    front = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Front)
+    threading.Thread(target=front.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{front.server_port}", targets
+    finally:
+        front.shutdown()
+        front.server_close()

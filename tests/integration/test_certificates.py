@@ -40,7 +40,8 @@ from PyKCS11 import (CKA_CLASS, CKA_ID, CKA_LABEL, CKA_PRIVATE, CKA_TOKEN, CKA_V
                      CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKR)
 
 from conftest import BUILD, DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, start_dev
-from helpers import ACCOUNT, admin, audit_records, b64, metric, new_user, restart_dev
+from helpers import (ACCOUNT, admin, audit_records, b64, kms_front, metric, new_user,
+                     restart_dev)
 
 MODULE = os.path.join(BUILD, "libhsm_pkcs11.so")
 JAVA = "/usr/lib/jvm/java-17-openjdk-amd64/bin/java"
@@ -989,33 +990,10 @@ def test_pkcs11_a_certificate_stored_as_its_id_is_taken(server, officer, ca, tmp
     certificate to the module): hsmd refuses the new key that CKA_ID, and the module answers
     CKR_ATTRIBUTE_VALUE_INVALID, as when it saw the certificate, with the key it made
     scheduled for deletion and holding no id."""
-    import http.server
-    import threading
-    import urllib.request
-
-    class Late(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            target = self.headers["X-Amz-Target"]
-            targets.append(target)
-            if target == "HsmdAdmin.ListCertificates":
-                status, out = 200, json.dumps({"Certificates": [], "Truncated": False}).encode()
-            else:  # passed on as signed: hsmd checks the Host header the module signed
-                req = urllib.request.Request(server.endpoint + self.path, data=body,
-                                             headers=dict(self.headers), method="POST")
-                try:
-                    with urllib.request.urlopen(req, timeout=30) as r:
-                        status, out = r.status, r.read()
-                except urllib.error.HTTPError as e:
-                    status, out = e.code, e.read()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/x-amz-json-1.1")
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
-
-        def log_message(self, *args):
-            pass
+    def answer(target, body):
+        if target == "HsmdAdmin.ListCertificates":
+            return 200, json.dumps({"Certificates": [], "Truncated": False}).encode()
+        return None
 
     pub = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -1023,15 +1001,8 @@ def test_pkcs11_a_certificate_stored_as_its_id_is_taken(server, officer, ca, tmp
     cid = import_cert(server, der(issue(ca, pub, "stored meanwhile")),
                       ObjectId=b64(cka_id))["CertificateId"]
     made = {k["KeyId"] for k in officer.list_keys(Limit=1000)["Keys"]}
-    targets = []
-    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Late)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    try:
-        assert generate_with_id(f"http://127.0.0.1:{proxy.server_port}", cka_id) == \
-            "CKR_ATTRIBUTE_VALUE_INVALID"
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
+    with kms_front(server, answer) as (front, targets):
+        assert generate_with_id(front, cka_id) == "CKR_ATTRIBUTE_VALUE_INVALID"
     assert "HsmdAdmin.ListCertificates" in targets and "TrentService.CreateKey" in targets
     (new,) = {k["KeyId"] for k in officer.list_keys(Limit=1000)["Keys"]} - made
     assert officer.describe_key(KeyId=new)["KeyMetadata"]["KeyState"] == "PendingDeletion"

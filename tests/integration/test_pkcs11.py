@@ -57,7 +57,7 @@ from PyKCS11 import (CKA_ALWAYS_SENSITIVE, CKA_CLASS, CKA_DECRYPT, CKA_DERIVE, C
 from conftest import (ACCOUNT, BUILD, DEV_AKID, DEV_SECRET, REGION, Hsmd, client, free_port,
                       signed_call, start_dev)
 from helpers import (admin, audit_records, audit_records_until, key_denying, listed_key_ids,
-                     make_pki, new_user)
+                     kms_front, make_pki, new_user)
 
 MODULE = os.path.join(BUILD, "libhsm_pkcs11.so")
 CKR_ACTION_PROHIBITED = 0x1B  # PKCS#11 v2.40; not among PyKCS11 1.5's names
@@ -3496,39 +3496,13 @@ def test_a_node_without_check_values_still_serves_the_module(tmp_path, server, k
     HsmdToken.DescribeKeys with UnknownOperationException, the login works, the token lists
     the same objects (ListKeys, DescribeKey and GetPublicKey key by key), and secret keys have
     no CKA_CHECK_VALUE."""
-    import http.server
-    import threading
-    import urllib.request
+    def answer(target, body):
+        if target in ("HsmdCipher.GetKeyCheckValue", "HsmdToken.DescribeKeys"):
+            return 400, json.dumps({"__type": "UnknownOperationException",
+                                    "message": "unknown"}).encode()
+        return None
 
-    class OlderNode(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            targets.append(self.headers["X-Amz-Target"])
-            if self.headers["X-Amz-Target"] in ("HsmdCipher.GetKeyCheckValue",
-                                                "HsmdToken.DescribeKeys"):
-                status, out = 400, json.dumps({"__type": "UnknownOperationException",
-                                               "message": "unknown"}).encode()
-            else:  # passed on as signed: hsmd checks the Host header the module signed
-                req = urllib.request.Request(server.endpoint + self.path, data=body,
-                                             headers=dict(self.headers), method="POST")
-                try:
-                    with urllib.request.urlopen(req, timeout=30) as r:
-                        status, out = r.status, r.read()
-                except urllib.error.HTTPError as e:
-                    status, out = e.code, e.read()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/x-amz-json-1.1")
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
-
-        def log_message(self, *args):
-            pass
-
-    targets = []
-    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OlderNode)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    try:
+    with kms_front(server, answer) as (front, targets):
         script = tmp_path / "older_node_client.py"
         script.write_text(OLDER_NODE_CLIENT)
 
@@ -3540,15 +3514,12 @@ def test_a_node_without_check_values_still_serves_the_module(tmp_path, server, k
             assert p.returncode == 0, p.stderr
             return p.stdout.split()
 
-        older = run(f"http://127.0.0.1:{proxy.server_port}")
+        older = run(front)
         assert older[:2] == ["CKR_ATTRIBUTE_TYPE_INVALID", "True"], older
         assert "HsmdToken.DescribeKeys" in targets and "TrentService.DescribeKey" in targets
         current = run(server.endpoint)
         assert current[0] == "CKR_OK" and int(current[2]) >= 10, current
         assert older[2:] == current[2:]  # the same objects, with the same values
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
 
 
 NAMED_KEYS_CLIENT = r"""
@@ -3577,42 +3548,16 @@ def test_a_node_ignoring_a_key_id_in_describe_keys_still_serves_the_module(tmp_p
     answers the first page of every key: the module sees an entry of another key, or none
     where more are to come, and reads the key a search names with DescribeKey and
     GetPublicKey, finding the same objects as on a current node."""
-    import http.server
-    import threading
-    import urllib.request
+    def answer(target, body):
+        asked = json.loads(body or b"{}")
+        if target == "HsmdToken.DescribeKeys" and "KeyId" in asked:
+            # What a node without the member answers: a page from the first key.
+            page = {k: v for k, v in asked.items() if k in ("Limit", "Marker")}
+            status, out = signed_call(server, target, page)
+            return status, json.dumps(out).encode()
+        return None
 
-    class OlderNode(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            target = self.headers["X-Amz-Target"]
-            targets.append(target)
-            asked = json.loads(body or b"{}")
-            if target == "HsmdToken.DescribeKeys" and "KeyId" in asked:
-                # What a node without the member answers: a page from the first key.
-                page = {k: v for k, v in asked.items() if k in ("Limit", "Marker")}
-                status, out = signed_call(server, target, page)
-                out = json.dumps(out).encode()
-            else:  # passed on as signed: hsmd checks the Host header the module signed
-                req = urllib.request.Request(server.endpoint + self.path, data=body,
-                                             headers=dict(self.headers), method="POST")
-                try:
-                    with urllib.request.urlopen(req, timeout=30) as r:
-                        status, out = r.status, r.read()
-                except urllib.error.HTTPError as e:
-                    status, out = e.code, e.read()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/x-amz-json-1.1")
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
-
-        def log_message(self, *args):
-            pass
-
-    targets = []
-    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OlderNode)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    try:
+    with kms_front(server, answer) as (front, targets):
         script = tmp_path / "named_keys_client.py"
         script.write_text(NAMED_KEYS_CLIENT)
 
@@ -3624,11 +3569,8 @@ def test_a_node_ignoring_a_key_id_in_describe_keys_still_serves_the_module(tmp_p
             assert p.returncode == 0, p.stderr
             return p.stdout.splitlines()
 
-        older = run(f"http://127.0.0.1:{proxy.server_port}")
+        older = run(front)
         assert "TrentService.DescribeKey" in targets and "TrentService.GetPublicKey" in targets
         current = run(server.endpoint)
         assert all(int(line.split()[2]) >= 2 for line in current), current
         assert older == current
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
