@@ -175,10 +175,28 @@ static int simple(const char *ctx, const char *target, bool sign, json_t *body)
 	return 0;
 }
 
+/*
+ * 0 when --endpoint names one node; else the usage error.  Unsealing and
+ * sealing act on the node that answers, and a list would hand a share (or
+ * the seal) to whichever of its nodes answered first, unnamed.
+ */
+static int one_node(const char *cmd)
+{
+	const char *list = hsmctl_globals.client.endpoints;
+	if (list == NULL || strchr(list, ',') == NULL)
+		return 0;
+	return hsmctl_usage(cmd, "%s acts on one node: give --endpoint that node's address alone, "
+	                         "not a list",
+	                    cmd);
+}
+
 static int unseal_online(int argc, char **argv)
 {
 	if (argc < 2)
 		return hsmctl_usage("unseal", "give a share file");
+	int one = one_node("unseal");
+	if (one != 0)
+		return one;
 	int refused = hsmctl_require_private("unseal", "a custodian share");
 	if (refused != 0)
 		return refused;
@@ -237,8 +255,10 @@ int hsmctl_cmd_online(int argc, char **argv)
 		return rc;
 	if (strcmp(cmd, "status") == 0)
 		return simple("status", "HsmdAdmin.Status", false, json_object());
-	if (strcmp(cmd, "seal") == 0)
-		return simple("seal", "HsmdAdmin.Seal", true, json_object());
+	if (strcmp(cmd, "seal") == 0) {
+		int one = one_node("seal");
+		return one != 0 ? one : simple("seal", "HsmdAdmin.Seal", true, json_object());
+	}
 	return hsmctl_usage(cmd, "not available with --endpoint");
 }
 

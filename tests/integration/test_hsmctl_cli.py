@@ -264,3 +264,18 @@ def test_online_commands_with_stray_arguments_do_nothing(dev):
     for args in (["stray-w", "--roles=auditor"], ["--roles", "auditor", "stray-x"]):
         p = ctl("user", "create", *args, endpoint=ep)
         assert p.returncode == 0, (args, p.stderr)
+
+
+def test_unseal_and_seal_refuse_a_list_of_nodes(dev, tmp_path):
+    """Unsealing and sealing act on the node that answers: given a list, hsmctl would hand
+    a custodian's share (or the seal) to whichever node answered first, without naming
+    it. They take one node's address, and act on nothing otherwise."""
+    share = os.path.join(dev.data_dir, "dev-unseal.share")
+    both = f"http://127.0.0.1:1,{dev.endpoint}"  # the first one down: B would answer
+    for args in (("unseal", share), ("seal",)):
+        p = ctl(*args, endpoint=both)
+        assert p.returncode == 2, p.stdout + p.stderr
+        assert "acts on one node: give --endpoint that node's address alone" in p.stderr, \
+            p.stderr
+    p = ctl("status", endpoint=dev.endpoint)
+    assert p.returncode == 0 and "Sealed: false" in p.stdout, p.stdout + p.stderr
