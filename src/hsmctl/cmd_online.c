@@ -194,10 +194,9 @@ static int unseal_online(int argc, char **argv)
 {
 	if (argc < 2)
 		return hsmctl_usage("unseal", "give a share file");
-	int one = one_node("unseal");
-	if (one != 0)
-		return one;
 	int refused = hsmctl_require_private("unseal", "a custodian share");
+	if (refused == 0)
+		refused = one_node("unseal");
 	if (refused != 0)
 		return refused;
 	for (int i = 1; i < argc; i++) {
