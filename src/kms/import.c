@@ -515,8 +515,9 @@ out:
 	return res;
 }
 
-hsm_result kms_expire_due(hsm_kms *kms, const hsm_key_record *rec)
+hsm_result kms_expire_due(hsm_kms *kms, const hsm_key_record *rec, bool *acted)
 {
+	*acted = false;
 	materials m = {0};
 	hsm_result r = HSM_SUCCESS;
 	int64_t now = kms_now(kms);
@@ -539,6 +540,7 @@ hsm_result kms_expire_due(hsm_kms *kms, const hsm_key_record *rec)
 		if (hsm_ok(one))
 			hsm_info("the imported key material of %s (version %u) expired and was deleted",
 			         rec->key_id, v->version);
+		*acted |= hsm_ok(one);
 		r = one;
 	}
 	materials_free(&m);

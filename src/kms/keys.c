@@ -453,8 +453,9 @@ hsm_result hsm_kms_set_flags(hsm_kms *kms, const hsm_caller *caller, const char 
 }
 
 /* Destroys a key whose waiting period ended (scheduler). */
-hsm_result kms_destroy_due(hsm_kms *kms, const hsm_key_record *rec)
+hsm_result kms_destroy_due(hsm_kms *kms, const hsm_key_record *rec, bool *acted)
 {
+	*acted = false;
 	/*
 	 * Look again just before: the deletion may have been cancelled since the
 	 * listing, here or by another node sharing the store, or that node may
@@ -477,5 +478,6 @@ hsm_result kms_destroy_due(hsm_kms *kms, const hsm_key_record *rec)
 	kms_emit(kms, "DeleteKey", rec->key_id, rec->primary_version, r);
 	if (hsm_ok(r))
 		hsm_info("key %s destroyed: its deletion waiting period ended", rec->key_id);
+	*acted = hsm_ok(r);
 	return r;
 }

@@ -241,11 +241,12 @@ hsm_result kms_grants_allow(hsm_kms *kms, const hsm_caller *caller, const char *
                             const kms_key *key, const kms_authz_extra *extra,
                             bool *allowed) HSM_MUST_CHECK;
 
-/* Scheduler actions (keys.c, rotation.c). */
-hsm_result kms_destroy_due(hsm_kms *kms, const hsm_key_record *rec) HSM_MUST_CHECK;
+/* Scheduler actions (keys.c, rotation.c, import.c); *acted: this node made the change (not
+ * found done or undone by another node sharing the store since the listing). */
+hsm_result kms_destroy_due(hsm_kms *kms, const hsm_key_record *rec, bool *acted) HSM_MUST_CHECK;
 hsm_result kms_rotate_due(hsm_kms *kms, const hsm_key_record *rec) HSM_MUST_CHECK;
 /* Deletes imported material whose ValidTo passed (scheduler); reported as DeleteExpiredKeyMaterial. */
-hsm_result kms_expire_due(hsm_kms *kms, const hsm_key_record *rec) HSM_MUST_CHECK;
+hsm_result kms_expire_due(hsm_kms *kms, const hsm_key_record *rec, bool *acted) HSM_MUST_CHECK;
 /* DescribeKey's ValidTo: the earliest expiry among the materials the key uses (import.c). */
 hsm_result kms_valid_to_in_use(hsm_kms *kms, hsm_key_record *rec) HSM_MUST_CHECK;
 /*

@@ -324,11 +324,11 @@ hsm_result hsm_kms_run_due(hsm_kms *kms, size_t *done)
 			hsm_key_record_clear(&l.recs[i]); /* due, counted, and nothing to do yet */
 			continue;
 		}
-		bool acted = true;
+		bool acted = false;
 		hsm_result one = rec->state == HSM_KEY_PENDING_DELETION && rec->deletion_date <= now
-		                     ? kms_destroy_due(kms, rec)
+		                     ? kms_destroy_due(kms, rec, &acted)
 		                 : rec->valid_to != 0 && rec->valid_to <= now
-		                     ? kms_expire_due(kms, rec)
+		                     ? kms_expire_due(kms, rec, &acted)
 		                     : rotate_due(kms, rec, &acted);
 		if (hsm_failed(one)) {
 			hsm_log_failure("scheduled key work"); /* one key must not stop the others */
