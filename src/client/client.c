@@ -306,6 +306,20 @@ static hsm_err conn_tls_err(const struct hsm_client_conn *k, hsm_err otherwise)
 	return k->ran_out ? HSM_ERR_NOMEM : e;
 }
 
+/*
+ * Why loading the CA certificates failed, from the first error OpenSSL
+ * queued (left there for tls_err): the system's reason for a file it could
+ * not open ("No such file or directory"), else OpenSSL's ("no certificate or
+ * crl found": not PEM certificates).
+ */
+static void ca_failure(char *why, size_t cap)
+{
+	unsigned long e = ERR_peek_error();
+	const char *reason = ERR_SYSTEM_ERROR(e) ? strerror(ERR_GET_REASON(e))
+	                                         : ERR_reason_error_string(e);
+	snprintf(why, cap, "%s", reason != NULL ? reason : "unreadable, or no PEM certificates");
+}
+
 static hsm_result make_ssl(const hsm_client *c, const endpoint *ep, SSL_CTX **ctx_out,
                            SSL **ssl_out)
 {
@@ -316,7 +330,14 @@ static hsm_result make_ssl(const hsm_client *c, const endpoint *ep, SSL_CTX **ct
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 	int ok = c->ca_file != NULL ? SSL_CTX_load_verify_locations(ctx, c->ca_file, NULL)
 	                            : SSL_CTX_set_default_verify_paths(ctx);
-	if (ok == 1 && c->cert_file != NULL && *c->cert_file != '\0') {
+	if (ok != 1) {
+		char why[128];
+		ca_failure(why, sizeof(why));
+		SSL_CTX_free(ctx);
+		return HSM_FAIL(tls_err(HSM_ERR_CRYPTO), "cannot set up TLS for %s (CA file %s): %s",
+		                ep->host, c->ca_file ? c->ca_file : "system default", why);
+	}
+	if (c->cert_file != NULL && *c->cert_file != '\0') {
 		const char *key = c->key_file != NULL && *c->key_file != '\0' ? c->key_file : c->cert_file;
 		if (SSL_CTX_use_certificate_chain_file(ctx, c->cert_file) != 1 ||
 		    SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
@@ -329,7 +350,7 @@ static hsm_result make_ssl(const hsm_client *c, const endpoint *ep, SSL_CTX **ct
 			                c->cert_file, key);
 		}
 	}
-	SSL *ssl = ok == 1 ? SSL_new(ctx) : NULL;
+	SSL *ssl = SSL_new(ctx);
 	char sni[sizeof(ep->host)]; /* the macro takes a char *: a copy, not a cast */
 	memcpy(sni, ep->host, sizeof(sni));
 	/* SSL_set1_host checks an address against the certificate's IP names, a name

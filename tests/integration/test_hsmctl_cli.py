@@ -3,6 +3,7 @@
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 
@@ -279,3 +280,19 @@ def test_unseal_and_seal_refuse_a_list_of_nodes(dev, tmp_path):
             p.stderr
     p = ctl("status", endpoint=dev.endpoint)
     assert p.returncode == 0 and "Sealed: false" in p.stdout, p.stdout + p.stderr
+
+
+# ---- what a failure says ----------------------------------------------------------------
+
+def test_a_ca_file_that_cannot_be_used_says_why(tmp_path):
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    with socket.socket() as listener:  # connections wait in its backlog: TLS setup comes first
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        node = f"https://127.0.0.1:{listener.getsockname()[1]}"
+        for ca, why in ((tmp_path / "missing.pem", "No such file or directory"),
+                        (junk, "no certificate or crl found")):
+            p = ctl("--ca-file", str(ca), "status", endpoint=node)
+            assert p.returncode == 1, (ca, p.returncode, p.stderr)
+            assert f"cannot set up TLS for 127.0.0.1 (CA file {ca}): {why}" in p.stderr, p.stderr
