@@ -136,6 +136,21 @@ static hsm_result parse_key(const char *arg, const char **key_id)
 	return HSM_SUCCESS;
 }
 
+/*
+ * True when both --since and --until are given and no record time t can have
+ * since <= t < until.  A date stands for its first millisecond.
+ */
+static bool empty_window(const report_opts *o)
+{
+	char since[sizeof(o->since) + 16], until[sizeof(o->until) + 16];
+	if (o->since[0] == '\0' || o->until[0] == '\0')
+		return false;
+	const char *midnight = "T00:00:00.000Z";
+	snprintf(since, sizeof(since), "%s%s", o->since, strlen(o->since) == 10 ? midnight : "");
+	snprintf(until, sizeof(until), "%s%s", o->until, strlen(o->until) == 10 ? midnight : "");
+	return strcmp(until, since) <= 0;
+}
+
 static int parse(int argc, char **argv, report_opts *o, hsm_buf *pem, int *first_file)
 {
 	int i = 1;
@@ -162,6 +177,9 @@ static int parse(int argc, char **argv, report_opts *o, hsm_buf *pem, int *first
 			return hsmctl_usage("audit report", "unknown option '%s'", a);
 		}
 	}
+	if (empty_window(o))
+		return hsmctl_usage("audit report", "--until %s is not after --since %s: no record "
+		                    "could fall between them", o->until, o->since);
 	if (i >= argc)
 		return hsmctl_usage("audit report", "name the audit files or their directories "
 		                    "(e.g. DATA_DIR/audit)");

@@ -296,3 +296,15 @@ def test_a_ca_file_that_cannot_be_used_says_why(tmp_path):
             p = ctl("--ca-file", str(ca), "status", endpoint=node)
             assert p.returncode == 1, (ca, p.returncode, p.stderr)
             assert f"cannot set up TLS for 127.0.0.1 (CA file {ca}): {why}" in p.stderr, p.stderr
+
+
+# ---- audit report's window --------------------------------------------------------------
+
+def test_audit_report_refuses_a_window_that_holds_nothing(store):
+    audit = os.path.join(store["data"], "audit")
+    for since, until in (("2027-01-01", "2026-01-01"), ("2026-01-01", "2026-01-01T00:00:00Z")):
+        p = ctl("audit", "report", "--since", since, "--until", until, audit)
+        assert p.returncode == 2 and p.stdout == "", (since, until, p.returncode, p.stdout)
+        assert "is not after --since" in p.stderr, p.stderr
+    p = ctl("audit", "report", "--since", "2026-01-01", "--until", "2026-01-01T00:00:01Z", audit)
+    assert p.returncode == 0, p.stderr
