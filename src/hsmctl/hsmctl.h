@@ -74,6 +74,7 @@ hsm_result hsmctl_read_share(const char *path, hsm_buf *text) HSM_MUST_CHECK;
  *   hsmctl [--endpoint URL] [--ca-file F] [--client-cert F [--client-key F]] [--region R]
  *          [--store URI]
  *          [--approval-wait SECONDS] COMMAND ...
+ * each at most once, as "--option VALUE" or "--option=VALUE".
  */
 typedef struct hsmctl_globals_t {
 	hsm_client client;

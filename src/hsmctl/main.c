@@ -237,6 +237,7 @@ static int cmd_help(int argc, char **argv)
 	printf("usage: hsmctl [--endpoint URL[,URL...]] [--ca-file FILE] [--client-cert FILE "
 	       "[--client-key FILE]] [--region R] [--store URI] [--approval-wait SECONDS] COMMAND "
 	       "[ARGS]\n\n"
+	       "Each global option at most once, as --option VALUE or --option=VALUE.\n"
 	       "  --endpoint       running hsmd nodes, tried in order (HSM_ENDPOINT)\n"
 	       "  --ca-file        the PEM certificates that verify the nodes' TLS certificates\n"
 	       "                   (HSM_CA_FILE; default: the system's)\n"
@@ -423,6 +424,10 @@ static bool read_shared_credentials(hsm_client *c)
 
 /* --endpoint was on the command line (not only HSM_ENDPOINT in the environment). */
 static bool endpoint_given;
+/* --approval-wait, else HSM_APPROVAL_WAIT. */
+static const char *approval_wait_text;
+/* The last global option and the value it took from the next argument (NULL: none). */
+static const char *last_option, *last_value;
 
 /* The options given before the command word (and named when given after it). */
 enum global_option {
@@ -442,68 +447,132 @@ static const char *const global_options[G_COUNT] = {
 	[G_APPROVAL_WAIT] = "--approval-wait",
 };
 
-/* The global option arg names, or G_COUNT. */
-static enum global_option global_option(const char *arg)
+/*
+ * The global option arg names, alone or as "--option=VALUE" (as the commands'
+ * own options may be given), or G_COUNT.  *value: what follows '=', else NULL.
+ */
+static enum global_option global_option(const char *arg, const char **value)
 {
-	int g = 0;
-	while (g < G_COUNT && strcmp(arg, global_options[g]) != 0)
-		g++;
-	return (enum global_option)g;
+	for (int g = 0; g < G_COUNT; g++) {
+		size_t n = strlen(global_options[g]);
+		if (strncmp(arg, global_options[g], n) != 0 || (arg[n] != '\0' && arg[n] != '='))
+			continue;
+		*value = arg[n] == '=' ? arg + n + 1 : NULL;
+		return (enum global_option)g;
+	}
+	*value = NULL;
+	return G_COUNT;
 }
 
 /*
  * Consumes leading global options; returns the index of the command word, or -1
- * after a malformed option value.
+ * after an option without a value or given twice (each takes one value: a second
+ * one would silently replace the first).
  */
 static int parse_globals(int argc, char **argv)
 {
-	const char *wait = getenv("HSM_APPROVAL_WAIT");
 	hsm_client *c = &hsmctl_globals.client;
+	const char **dst[G_COUNT] = {
+	    [G_ENDPOINT] = &c->endpoints,     [G_CA_FILE] = &c->ca_file,
+	    [G_CLIENT_CERT] = &c->cert_file,  [G_CLIENT_KEY] = &c->key_file,
+	    [G_REGION] = &c->region,          [G_STORE] = &hsmctl_globals.store,
+	    [G_APPROVAL_WAIT] = &approval_wait_text,
+	};
+	bool given[G_COUNT] = {false};
 	c->endpoints = getenv("HSM_ENDPOINT");
 	c->ca_file = getenv("HSM_CA_FILE");
 	c->cert_file = getenv("HSM_CLIENT_CERT");
 	c->key_file = getenv("HSM_CLIENT_KEY");
 	hsmctl_globals.store = getenv("HSM_STORE");
+	approval_wait_text = getenv("HSM_APPROVAL_WAIT");
 	int i = 1;
-	enum global_option g;
-	for (; i + 1 < argc && (g = global_option(argv[i])) != G_COUNT; i += 2) {
-		const char *value = argv[i + 1];
-		switch (g) {
-		case G_ENDPOINT:
-			c->endpoints = value;
-			endpoint_given = true;
+	for (; i < argc; i++) {
+		const char *value;
+		enum global_option g = global_option(argv[i], &value);
+		if (g == G_COUNT)
 			break;
-		case G_CA_FILE:
-			c->ca_file = value;
-			break;
-		case G_CLIENT_CERT:
-			c->cert_file = value;
-			break;
-		case G_CLIENT_KEY:
-			c->key_file = value;
-			break;
-		case G_REGION:
-			c->region = value;
-			break;
-		case G_STORE:
-			hsmctl_globals.store = value;
-			break;
-		case G_APPROVAL_WAIT:
-			wait = value;
-			break;
-		case G_COUNT:
-			break;
+		last_option = global_options[g];
+		last_value = NULL;
+		if (value == NULL && i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0)
+			value = last_value = argv[++i];
+		if (value == NULL || *value == '\0') {
+			fprintf(stderr, "hsmctl: %s needs a value (see 'hsmctl help')\n", global_options[g]);
+			return -1;
 		}
+		if (given[g]) {
+			fprintf(stderr, "hsmctl: %s is given twice: give it once\n", global_options[g]);
+			return -1;
+		}
+		given[g] = true;
+		*dst[g] = value;
 	}
+	endpoint_given = given[G_ENDPOINT];
 	if (!read_shared_credentials(c))
 		return -1;
-	hsmctl_globals.approval_wait = wait_seconds(wait);
+	hsmctl_globals.approval_wait = wait_seconds(approval_wait_text);
 	if (hsmctl_globals.approval_wait == -2) {
 		fprintf(stderr, "hsmctl: --approval-wait (HSM_APPROVAL_WAIT): give whole seconds, "
 		                "1 to 31622400\n");
 		return -1;
 	}
 	return i;
+}
+
+/*
+ * Notes the first global option given after the command word that the command
+ * does not take itself (named if its arguments are refused), and counts the
+ * --endpoint options it does take (jwt's).
+ */
+static void scan_command_options(const hsmctl_command *cmd, int first, int argc, char **argv,
+                                 int *own_endpoints)
+{
+	*own_endpoints = 0;
+	for (int i = first; i < argc; i++) {
+		const char *value;
+		enum global_option g = global_option(argv[i], &value);
+		char own[32]; /* "[--endpoint": one the command takes itself (jwt's) */
+		if (g == G_COUNT)
+			continue;
+		snprintf(own, sizeof(own), "[%s", global_options[g]);
+		if (strstr(cmd->args, own) == NULL) {
+			if (misplaced_global == NULL)
+				misplaced_global = global_options[g];
+		} else if (g == G_ENDPOINT) {
+			(*own_endpoints)++;
+		}
+	}
+}
+
+/*
+ * 0 when --data-dir is given at most once (and not beside --endpoint), where
+ * it makes the command work offline; else the usage error.
+ */
+static int check_data_dir(const char *name, int first, int argc, char **argv)
+{
+	int n = 0;
+	for (int i = first; i < argc; i++)
+		if (strcmp(argv[i], "--data-dir") == 0 || strncmp(argv[i], "--data-dir=", 11) == 0)
+			n++;
+	if (n == 0)
+		return 0;
+	if (n > 1) {
+		fprintf(stderr, "hsmctl %s: --data-dir is given twice: give one data directory\n",
+		        name);
+		return 2;
+	}
+	/*
+	 * --data-dir names a stopped node's directory: HSM_ENDPOINT, exported for the
+	 * running nodes, must not send the command to one of them instead (status
+	 * would report another node's state, user list list its users).  With
+	 * --endpoint too, the command would have to choose: it is refused.
+	 */
+	if (endpoint_given) {
+		fprintf(stderr, "hsmctl %s: --endpoint (a running node) and --data-dir (a stopped "
+		                "one) name two places: give one\n", name);
+		return 2;
+	}
+	hsmctl_globals.client.endpoints = NULL;
+	return 0;
 }
 
 int main(int argc, char **argv)
@@ -529,7 +598,20 @@ int main(int argc, char **argv)
 		return 2;
 	argc -= first - 1;
 	argv += first - 1;
-	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)
+	if (argc < 2) {
+		const hsmctl_command *taken = NULL;
+		int words = 0;
+		char word[64], *w = word;
+		if (last_value != NULL && snprintf(word, sizeof(word), "%s", last_value) > 0)
+			taken = lookup(1, &w, &words);
+		if (taken != NULL)
+			fprintf(stderr, "hsmctl: no command: '%s' was taken as the value of %s "
+			                "(see 'hsmctl help')\n", last_value, last_option);
+		else
+			fprintf(stderr, "hsmctl: no command given (see 'hsmctl help')\n");
+		return 2;
+	}
+	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)
 		return cmd_help(0, NULL);
 	int words = 0;
 	const hsmctl_command *cmd = lookup(argc - 1, argv + 1, &words);
@@ -559,37 +641,19 @@ int main(int argc, char **argv)
 		printf("(global options: 'hsmctl help')\n");
 		return 0;
 	}
-	/*
-	 * --data-dir names a stopped node's directory: HSM_ENDPOINT, exported for the
-	 * running nodes, must not send the command to one of them instead (status
-	 * would report another node's state, user list list its users).  With
-	 * --endpoint too, the command would have to choose: it is refused.
-	 */
-	for (int i = words + 1; i < argc; i++) {
-		if (strcmp(argv[i], "--data-dir") != 0 && strncmp(argv[i], "--data-dir=", 11) != 0)
-			continue;
-		if (endpoint_given) {
-			fprintf(stderr, "hsmctl %s: --endpoint (a running node) and --data-dir (a stopped "
-			                "one) name two places: give one\n", cmd->name);
-			return 2;
-		}
-		hsmctl_globals.client.endpoints = NULL;
-		break;
-	}
-	for (int i = words + 1; i < argc && misplaced_global == NULL; i++) {
-		enum global_option g = global_option(argv[i]);
-		char own[32]; /* "[--endpoint": one the command takes itself (jwt's) */
-		if (g == G_COUNT)
-			continue;
-		snprintf(own, sizeof(own), "[%s", global_options[g]);
-		if (strstr(cmd->args, own) == NULL)
-			misplaced_global = global_options[g];
-	}
 	char name[96];
 	name_command(cmd, argc - words - 1, argv + words + 1, name, sizeof(name));
+	int own_endpoints = 0, rc = check_data_dir(name, words + 1, argc, argv);
+	if (rc != 0)
+		return rc;
+	scan_command_options(cmd, words + 1, argc, argv, &own_endpoints);
+	if (own_endpoints + (endpoint_given ? 1 : 0) > 1) {
+		fprintf(stderr, "hsmctl %s: --endpoint is given twice: give it once\n", name);
+		return 2;
+	}
 	hsmctl_globals.command = name;
 	/* The command sees argv[0] = its own name, then its arguments. */
-	int rc = cmd->fn(argc - words, argv + words);
+	rc = cmd->fn(argc - words, argv + words);
 	hsm_client_close(&hsmctl_globals.client);
 	/* Output that never reached its file is no success: a script would go on without it. */
 	int err = 0;

@@ -282,6 +282,56 @@ def test_unseal_and_seal_refuse_a_list_of_nodes(dev, tmp_path):
     assert p.returncode == 0 and "Sealed: false" in p.stdout, p.stdout + p.stderr
 
 
+# ---- global options ---------------------------------------------------------------------
+
+def test_a_missing_command_is_a_usage_error():
+    for args in ((), ("--region", "us-east-1")):
+        p = ctl(*args)
+        assert p.returncode == 2 and p.stdout == "", (args, p.returncode, p.stdout)
+        assert "no command given (see 'hsmctl help')" in p.stderr, p.stderr
+    # The command word taken as an option's value is named as such.
+    p = ctl("--endpoint", "status")
+    assert p.returncode == 2 and p.stdout == "", (p.returncode, p.stdout)
+    assert "'status' was taken as the value of --endpoint" in p.stderr, p.stderr
+    for args in (("help",), ("--help",)):
+        p = ctl(*args)
+        assert p.returncode == 0 and "commands:" in p.stdout, (args, p.returncode, p.stderr)
+
+
+def test_global_options_need_a_value_and_take_the_equals_form(dev):
+    for args in (["--endpoint"], ["--endpoint="], ["--ca-file", "--endpoint", dev.endpoint,
+                                                   "status"], ["--approval-wait"]):
+        p = ctl(*args)
+        opt = args[0].rstrip("=")
+        assert p.returncode == 2 and f"hsmctl: {opt} needs a value" in p.stderr, \
+            (args, p.returncode, p.stderr)
+        assert "unknown command" not in p.stderr and p.stdout == "", p.stderr
+    p = ctl(f"--endpoint={dev.endpoint}", "status")
+    assert p.returncode == 0 and "Sealed: false" in p.stdout, p.stdout + p.stderr
+    p = ctl("--region=us-east-1", "--approval-wait=30", "user", "list", endpoint=dev.endpoint)
+    assert p.returncode == 0 and "UserName: dev" in p.stdout, p.stdout + p.stderr
+    # Given after the command, the = form is named as hsmctl's option.
+    p = ctl("user", "list", f"--endpoint={dev.endpoint}")
+    assert p.returncode == 2 and "--endpoint is a global option" in p.stderr, p.stderr
+
+
+def test_a_global_option_given_twice_is_refused(dev, store, tmp_path):
+    down = "http://127.0.0.1:1"
+    for args in (["--endpoint", down, "status"], [f"--endpoint={down}", "status"],
+                 ["--region", "us-east-1", "--region=eu-west-1", "status"],
+                 ["jwt", "disable", "k", "--endpoint", down]):
+        p = ctl(*args, endpoint=dev.endpoint)
+        twice = "--region" if "--region" in args else "--endpoint"
+        assert p.returncode == 2 and f"{twice} is given twice: give it once" in p.stderr, \
+            (args, p.returncode, p.stderr)
+        assert p.stdout == "", (args, p.stdout)
+    other = str(tmp_path / "other")
+    p = ctl("user", "list", "--data-dir", store["data"], f"--data-dir={other}")
+    assert p.returncode == 2 and p.stdout == "", (p.returncode, p.stdout)
+    assert "hsmctl user list: --data-dir is given twice" in p.stderr, p.stderr
+    assert not os.path.exists(other)
+
+
 # ---- what a failure says ----------------------------------------------------------------
 
 def test_a_ca_file_that_cannot_be_used_says_why(tmp_path):
