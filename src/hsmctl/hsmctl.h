@@ -15,11 +15,24 @@
 
 typedef int (*hsmctl_fn)(int argc, char **argv);
 
+/*
+ * What a command does with a running hsmd when it runs against one: only
+ * then are the client settings checked, and only a command that signs reads
+ * the credentials and the approval wait, so a broken AWS_PROFILE or
+ * HSM_APPROVAL_WAIT stops no command that never uses them.
+ */
+typedef enum hsmctl_net {
+	HSMCTL_NO_NODE,  /* never talks to one (init, version, audit verify, ...) */
+	HSMCTL_UNSIGNED, /* unsigned requests only (status, unseal) */
+	HSMCTL_SIGNED,   /* signed requests */
+} hsmctl_net;
+
 typedef struct hsmctl_command {
 	const char *name;    /* "init", "key create", ... */
 	const char *args;    /* argument synopsis for help */
 	const char *summary; /* one line */
 	hsmctl_fn fn;
+	hsmctl_net net;
 } hsmctl_command;
 
 /* Prints this thread's last failure as "hsmctl: <context>: <message>" and returns 1. */

@@ -53,31 +53,34 @@ static const hsmctl_command commands[] = {
     {"init", "--data-dir DIR --share-dir DIR [--shares N] [--threshold M] [--custodians a,b,..] "
              "[--admin NAME] [--custodian-users]",
      "key ceremony: create a store, its master key and the custodians' share files",
-     hsmctl_cmd_init},
+     hsmctl_cmd_init, HSMCTL_NO_NODE},
     {"status", "--data-dir DIR | (with --endpoint)",
-     "show a data directory's or a running hsmd's state", cmd_status},
+     "show a data directory's or a running hsmd's state", cmd_status, HSMCTL_UNSIGNED},
     {"unseal", "--data-dir DIR SHARE_FILE... | (with --endpoint) SHARE_FILE",
-     "give a custodian share to a running hsmd, or check shares offline", cmd_unseal},
+     "give a custodian share to a running hsmd, or check shares offline",
+     cmd_unseal, HSMCTL_UNSIGNED},
     {"seal", "(with --endpoint)", "seal a running hsmd: wipe its keys from memory",
-     hsmctl_cmd_online},
+     hsmctl_cmd_online, HSMCTL_SIGNED},
     {"user", "create NAME --roles R[,R] | list | disable|enable|unlock NAME (--endpoint, or "
              "offline: --data-dir DIR --share FILE...)",
-     "manage users (roles: crypto-officer, crypto-user, auditor, custodian)", hsmctl_cmd_user},
+     "manage users (roles: crypto-officer, crypto-user, auditor, custodian)",
+     hsmctl_cmd_user, HSMCTL_SIGNED},
     {"access-key", "create USER | revoke AKID | list [USER] (--endpoint, or offline: "
                    "--data-dir DIR --share FILE...)",
-     "manage SigV4 access keys", hsmctl_cmd_access_key},
+     "manage SigV4 access keys", hsmctl_cmd_access_key, HSMCTL_SIGNED},
     {"approval", "list [--all] | show|approve|deny|cancel ID (with --endpoint)",
      "requests waiting for custodians: read them, approve or deny them (custodians), or "
-     "withdraw your own", hsmctl_cmd_approval},
+     "withdraw your own", hsmctl_cmd_approval, HSMCTL_SIGNED},
     {"cert", "import FILE [--key KEY] [--label L] [--id HEX] | list [--id HEX | --key KEY] "
              "[--label L] | show ID [--pem] | delete ID (with --endpoint)",
      "certificates kept beside the keys, shown to PKCS#11 applications as certificate objects "
      "(--key: the key it certifies, which PKCS#11 pairs it with)",
-     hsmctl_cmd_cert},
+     hsmctl_cmd_cert, HSMCTL_SIGNED},
     {"audit hash", "VALUE (with --endpoint)",
-     "keyed hash of a value, to match the hashes in audit records", hsmctl_cmd_audit_online},
+     "keyed hash of a value, to match the hashes in audit records",
+     hsmctl_cmd_audit_online, HSMCTL_SIGNED},
     {"audit pubkey", "(with --endpoint)", "print the audit signing public key (PEM)",
-     hsmctl_cmd_audit_online},
+     hsmctl_cmd_audit_online, HSMCTL_SIGNED},
     {"key", "create|list|describe|enable|disable|rotate|rotation|schedule-deletion|"
             "cancel-deletion --data-dir DIR [--share FILE]... [KEY] (create: [--region R] "
             "[--account-id ID])",
@@ -88,56 +91,59 @@ static const hsmctl_command commands[] = {
      "region and account_id, needed by the first key of a store, which records them; rotation KEY [--enable [--period DAYS] | --disable] (1-2560 days, default "
      "90); schedule-deletion KEY [--days N] (7-30, default 30); every command but list and "
      "describe needs a quorum of --share FILE",
-     hsmctl_cmd_key},
+     hsmctl_cmd_key, HSMCTL_NO_NODE},
     {"key import", "KEY --material FILE [--wrapping-key-spec RSA_2048|RSA_3072|RSA_4096] "
                    "[--valid-days N] [--new] [--description TEXT] (with --endpoint, or "
                    "--data-dir DIR --share FILE...)",
      "import key material made elsewhere into an Origin EXTERNAL key, wrapped on the way "
      "(--new: the next material, made current by RotateKeyOnDemand)",
-     hsmctl_cmd_key_import},
+     hsmctl_cmd_key_import, HSMCTL_SIGNED},
     {"key usage", "[KEY...] [--unused-days N] [--json] (with --endpoint)",
      "each key's last successful cryptographic use (GetKeyLastUsage), all keys or those "
      "named; --unused-days N: only those with none recorded in N days",
-     hsmctl_cmd_key_usage},
+     hsmctl_cmd_key_usage, HSMCTL_SIGNED},
     {"jwt sign", "[--endpoint URL] KEY --claims JSON|@FILE [--lifetime S] [--alg A] [--typ T] "
                  "[--cty C]",
-     "sign a JWT with a key marked for JWT signing (prints the token)", hsmctl_cmd_jwt},
+     "sign a JWT with a key marked for JWT signing (prints the token)",
+     hsmctl_cmd_jwt, HSMCTL_SIGNED},
     {"jwt verify", "--jwks FILE|URL TOKEN|- [--issuer I] [--audience A] [--leeway S]",
-     "verify a JWT offline against a JWK Set", hsmctl_cmd_jwt},
+     "verify a JWT offline against a JWK Set", hsmctl_cmd_jwt, HSMCTL_NO_NODE},
     {"jwt enable", "[--endpoint URL] KEY [--alg A]",
-     "mark a key for JWT signing and publish it in the JWKS", hsmctl_cmd_jwt},
+     "mark a key for JWT signing and publish it in the JWKS", hsmctl_cmd_jwt, HSMCTL_SIGNED},
     {"jwt disable", "[--endpoint URL] KEY",
-     "stop a key signing tokens and remove it from the JWKS", hsmctl_cmd_jwt},
+     "stop a key signing tokens and remove it from the JWKS", hsmctl_cmd_jwt, HSMCTL_SIGNED},
     {"backup create", "(with --endpoint) | --data-dir DIR --share FILE... [--dir OUT]",
      "make an encrypted backup of the store now (of a running or a stopped node)",
-     hsmctl_cmd_backup},
+     hsmctl_cmd_backup, HSMCTL_SIGNED},
     {"backup list", "(with --endpoint) | --dir DIR", "list a node's or a directory's backups",
-     hsmctl_cmd_backup},
+     hsmctl_cmd_backup, HSMCTL_SIGNED},
     {"backup inspect", "FILE", "show a backup's header: store, time, quorum (no shares needed)",
-     hsmctl_cmd_backup},
+     hsmctl_cmd_backup, HSMCTL_NO_NODE},
     {"backup verify", "--share FILE... BACKUP",
-     "decrypt and authenticate a whole backup with a quorum of shares", hsmctl_cmd_backup},
+     "decrypt and authenticate a whole backup with a quorum of shares",
+     hsmctl_cmd_backup, HSMCTL_NO_NODE},
     {"restore", "--data-dir DIR --share FILE... BACKUP",
      "restore a backup into a new data directory, or with --store into an empty shared store "
      "(a quorum of shares)",
-     hsmctl_cmd_restore},
+     hsmctl_cmd_restore, HSMCTL_NO_NODE},
     {"rekey", "--data-dir DIR --share FILE... --share-dir DIR [--shares N] [--threshold M] "
               "[--custodians a,b,..]",
      "a new master key and new custodians' share files for a stopped store (a quorum of the "
      "current shares); every secret re-wrapped; the old shares and older backups stay together",
-     hsmctl_cmd_rekey},
+     hsmctl_cmd_rekey, HSMCTL_NO_NODE},
     {"store copy", "--data-dir DIR [--to URI]",
      "copy a stopped node's store into an empty shared store (--to, --store or HSM_STORE)",
-     hsmctl_cmd_store},
-    {"version", "", "print the version", cmd_version},
-    {"help", "", "list the commands", cmd_help},
+     hsmctl_cmd_store, HSMCTL_NO_NODE},
+    {"version", "", "print the version", cmd_version, HSMCTL_NO_NODE},
+    {"help", "", "list the commands", cmd_help, HSMCTL_NO_NODE},
     {"audit verify", "[--pubkey FILE] [--live] [--anchor SEQ:SHA256] FILES|DIRS...",
-     "verify audit log files offline (chain, sequence, signatures)", cmd_audit_verify},
+     "verify audit log files offline (chain, sequence, signatures)",
+     cmd_audit_verify, HSMCTL_NO_NODE},
     {"audit report",
      "[--pubkey FILE] [--live] [--since T] [--until T] [--key KEY_ID|ARN] [--json] FILES|DIRS...",
      "verify, then summarize a trail: operations, principals, failed authentications, every "
      "change and node event",
-     cmd_audit_report},
+     cmd_audit_report, HSMCTL_NO_NODE},
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -344,7 +350,7 @@ static long wait_seconds(const char *text)
 }
 
 /*
- * Without AWS_ACCESS_KEY_ID in the environment, the credentials of the AWS
+ * Without AWS_ACCESS_KEY_ID in the environment (or with it empty), the credentials of the AWS
  * shared credentials file (AWS_SHARED_CREDENTIALS_FILE, else
  * ~/.aws/credentials), profile AWS_PROFILE (else "default"), as aws-cli
  * reads them: the files `hsmctl init` writes are such files.  Returns false
@@ -366,7 +372,8 @@ static bool read_shared_credentials(hsm_client *c)
 	const char *named = getenv("AWS_SHARED_CREDENTIALS_FILE"), *home = getenv("HOME");
 	const char *profile = getenv("AWS_PROFILE");
 	char path[4096];
-	if (getenv("AWS_ACCESS_KEY_ID") != NULL)
+	const char *env_akid = getenv("AWS_ACCESS_KEY_ID");
+	if (env_akid != NULL && *env_akid != '\0') /* empty: unset, as botocore reads it */
 		return true;
 	if (named != NULL)
 		snprintf(path, sizeof(path), "%s", named);
@@ -424,7 +431,7 @@ static bool read_shared_credentials(hsm_client *c)
 
 /* --endpoint was on the command line (not only HSM_ENDPOINT in the environment). */
 static bool endpoint_given;
-/* --approval-wait, else HSM_APPROVAL_WAIT. */
+/* --approval-wait, else HSM_APPROVAL_WAIT: read only by commands that sign. */
 static const char *approval_wait_text;
 /* The last global option and the value it took from the next argument (NULL: none). */
 static const char *last_option, *last_value;
@@ -507,15 +514,24 @@ static int parse_globals(int argc, char **argv)
 		*dst[g] = value;
 	}
 	endpoint_given = given[G_ENDPOINT];
-	if (!read_shared_credentials(c))
-		return -1;
+	return i;
+}
+
+/*
+ * What a command that signs its requests reads besides the options: the
+ * credentials and how long to wait for custodians.  false after printing why.
+ */
+static bool read_signing_settings(void)
+{
+	if (!read_shared_credentials(&hsmctl_globals.client))
+		return false;
 	hsmctl_globals.approval_wait = wait_seconds(approval_wait_text);
 	if (hsmctl_globals.approval_wait == -2) {
 		fprintf(stderr, "hsmctl: --approval-wait (HSM_APPROVAL_WAIT): give whole seconds, "
 		                "1 to 31622400\n");
-		return -1;
+		return false;
 	}
-	return i;
+	return true;
 }
 
 /*
@@ -575,6 +591,27 @@ static int check_data_dir(const char *name, int first, int argc, char **argv)
 	return 0;
 }
 
+/*
+ * For a command about to talk to a node: 0, or 2 after printing why its
+ * settings cannot work.  A client key without its certificate would be
+ * ignored, and the node then refuse the connection for want of one.
+ */
+static int check_online_settings(const hsmctl_command *cmd, const char *name)
+{
+	const hsm_client *c = &hsmctl_globals.client;
+	bool key = c->key_file != NULL && *c->key_file != '\0';
+	bool cert = c->cert_file != NULL && *c->cert_file != '\0';
+	if (key && !cert) {
+		fprintf(stderr, "hsmctl %s: --client-key (HSM_CLIENT_KEY) is the key of a client "
+		                "certificate: give the certificate too (--client-cert, or "
+		                "HSM_CLIENT_CERT)\n", name);
+		return 2;
+	}
+	if (cmd->net == HSMCTL_SIGNED && !read_signing_settings())
+		return 2;
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	/* Before anything uses OpenSSL: what it frees is wiped (private keys' DER). */
@@ -593,6 +630,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "hsmctl: cannot initialize OpenSSL (out of memory?)\n");
 		return 1;
 	}
+	hsmctl_globals.approval_wait = -1;
 	int first = parse_globals(argc, argv);
 	if (first < 0)
 		return 2;
@@ -650,6 +688,11 @@ int main(int argc, char **argv)
 	if (own_endpoints + (endpoint_given ? 1 : 0) > 1) {
 		fprintf(stderr, "hsmctl %s: --endpoint is given twice: give it once\n", name);
 		return 2;
+	}
+	if (cmd->net != HSMCTL_NO_NODE && (hsmctl_online() || own_endpoints > 0)) {
+		rc = check_online_settings(cmd, name);
+		if (rc != 0)
+			return rc;
 	}
 	hsmctl_globals.command = name;
 	/* The command sees argv[0] = its own name, then its arguments. */

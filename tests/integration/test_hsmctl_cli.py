@@ -12,11 +12,17 @@ import pytest
 from conftest import DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, start_dev
 
 
-def ctl(*args, endpoint=None, out=None):
-    """hsmctl with the dev node's officer credentials; out: a file for its stdout."""
+def ctl(*args, endpoint=None, out=None, env_set=None):
+    """hsmctl with the dev node's officer credentials; out: a file for its stdout;
+    env_set: variables to set (None: to remove) after those."""
     cmd = [HSMCTL] + (["--endpoint", endpoint] if endpoint else []) + list(args)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HSM_"))}
     env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"] = DEV_AKID, DEV_SECRET
+    for k, v in (env_set or {}).items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
     if out is None:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     return subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, text=True, timeout=120,
@@ -330,6 +336,51 @@ def test_a_global_option_given_twice_is_refused(dev, store, tmp_path):
     assert p.returncode == 2 and p.stdout == "", (p.returncode, p.stdout)
     assert "hsmctl user list: --data-dir is given twice" in p.stderr, p.stderr
     assert not os.path.exists(other)
+
+
+def test_only_commands_that_sign_read_the_credentials(dev, store, tmp_path):
+    creds = tmp_path / "ops.credentials"
+    creds.write_text(f"[ops]\naws_access_key_id = {DEV_AKID}\n"
+                     f"aws_secret_access_key = {DEV_SECRET}\n")
+    audit = os.path.join(store["data"], "audit")
+    for broken in ({"AWS_PROFILE": "nope", "AWS_SHARED_CREDENTIALS_FILE": str(creds),
+                    "AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None},
+                   {"HSM_APPROVAL_WAIT": "abc"}):
+        for args, endpoint in ((["version"], None), (["help"], None),
+                               (["audit", "verify", audit], None),
+                               (["init", "--data-dir", str(tmp_path / "d"), "--share-dir",
+                                 str(tmp_path / "s"), "--shares", "2", "--threshold", "2"],
+                                None),
+                               (["status"], dev.endpoint)):
+            p = ctl(*args, endpoint=endpoint, env_set={**broken, "HSM_ENDPOINT": dev.endpoint}
+                    if args[0] == "version" else broken)
+            assert p.returncode == 0, (broken, args, p.returncode, p.stderr)
+            shutil.rmtree(tmp_path / "d", ignore_errors=True)
+            shutil.rmtree(tmp_path / "s", ignore_errors=True)
+        # A command that signs still says what is wrong.
+        p = ctl("user", "list", endpoint=dev.endpoint, env_set=broken)
+        assert p.returncode == 2 and p.stdout == "", (broken, p.returncode, p.stderr)
+        assert "profile 'nope'" in p.stderr or "HSM_APPROVAL_WAIT" in p.stderr, p.stderr
+
+
+def test_an_empty_access_key_id_is_unset(dev, tmp_path):
+    """As botocore: AWS_ACCESS_KEY_ID= leaves the credentials file in force."""
+    creds = tmp_path / "ops.credentials"
+    creds.write_text(f"[ops]\naws_access_key_id = {DEV_AKID}\n"
+                     f"aws_secret_access_key = {DEV_SECRET}\n")
+    p = ctl("user", "list", endpoint=dev.endpoint,
+            env_set={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": None,
+                     "AWS_SHARED_CREDENTIALS_FILE": str(creds), "AWS_PROFILE": "ops"})
+    assert p.returncode == 0 and "UserName: dev" in p.stdout, p.stdout + p.stderr
+
+
+def test_a_client_key_without_its_certificate_is_refused(dev):
+    for args, env in ((["--client-key", "/nonexistent/client.key"], None),
+                      ([], {"HSM_CLIENT_KEY": "/nonexistent/client.key"})):
+        p = ctl(*args, "status", endpoint=dev.endpoint, env_set=env)
+        assert p.returncode == 2 and p.stdout == "", (args, p.returncode, p.stdout)
+        assert "--client-key (HSM_CLIENT_KEY) is the key of a client certificate: give the " \
+            "certificate too" in p.stderr, p.stderr
 
 
 # ---- what a failure says ----------------------------------------------------------------
