@@ -95,6 +95,12 @@ hsm_node_state hsm_keystore_state(hsm_keystore *ks);
 const char *hsm_keystore_store_id(hsm_keystore *ks);
 /* The store's identity and quorum (zeroed fields before init). */
 void hsm_keystore_identity(hsm_keystore *ks, hsm_ks_identity *out);
+/*
+ * Whether the store now names another master key (share set or check value)
+ * than the one this keystore holds: `hsmctl rekey` replaced it.  False when
+ * the store cannot be read or its names do not parse (that decides nothing).
+ */
+bool hsm_keystore_master_replaced(hsm_keystore *ks);
 
 /* VALIDATION unless 2 <= threshold <= count <= HSM_MAX_SHARES (dev: 1-of-1 too). */
 hsm_result hsm_keystore_check_quorum(unsigned threshold, unsigned count, bool dev) HSM_MUST_CHECK;

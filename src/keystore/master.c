@@ -164,6 +164,20 @@ static hsm_result meta_hex(hsm_store *s, const char *name, uint8_t *out, size_t 
 	return HSM_SUCCESS;
 }
 
+bool hsm_keystore_master_replaced(hsm_keystore *ks)
+{
+	uint8_t set_id[sizeof(ks->set_id)], kcv[sizeof(ks->kcv)];
+	if (ks->store == NULL ||
+	    hsm_failed(meta_hex(ks->store, META_SHARE_SET, set_id, sizeof(set_id))) ||
+	    hsm_failed(meta_hex(ks->store, META_KCV, kcv, sizeof(kcv))))
+		return false;
+	pthread_mutex_lock(&ks->lock);
+	bool same = hsm_ct_equal(set_id, ks->set_id, sizeof(set_id)) &
+	            hsm_ct_equal(kcv, ks->kcv, sizeof(kcv));
+	pthread_mutex_unlock(&ks->lock);
+	return !same;
+}
+
 hsm_result ks_load_meta(hsm_keystore *ks)
 {
 	HSM_GUARD(meta_text(ks->store, META_STORE_ID, ks->store_id, sizeof(ks->store_id)));

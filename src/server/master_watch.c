@@ -17,34 +17,9 @@
  */
 #include <string.h>
 
-#include "common/encoding.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "server/server.h"
-#include "store/store.h"
-
-/* The metadata naming the store's master key (keystore_internal.h, META_SHARE_SET and META_KCV). */
-static const char META_SET_ID[] = "share_set";
-static const char META_CHECK_VALUE[] = "kcv";
-
-/*
- * Whether the store's value of name (hex) is want, n bytes; *read: it was
- * read and parsed (a store that does not answer decides nothing).
- */
-static bool meta_is(hsm_store *store, const char *name, const uint8_t *want, size_t n, bool *read)
-{
-	hsm_buf b = {0};
-	uint8_t got[HSM_KS_KCV_LEN];
-	bool same = false;
-	*read = false;
-	if (n <= sizeof(got) && hsm_ok(hsm_store_meta_get(store, name, &b)) &&
-	    hsm_ok(hsm_hex_decode_exact(got, n, (const char *)b.data, b.len, HSM_ERR_STORE))) {
-		*read = true;
-		same = hsm_ct_equal(got, want, n);
-	}
-	hsm_buf_free(&b);
-	return same;
-}
 
 void hsm_server_check_master_key(hsm_server *s)
 {
@@ -52,10 +27,7 @@ void hsm_server_check_master_key(hsm_server *s)
 		return;
 	hsm_ks_identity id, again;
 	hsm_keystore_identity(s->ks, &id);
-	bool read_set = false, read_kcv = false;
-	bool same_set = meta_is(s->store, META_SET_ID, id.set_id, sizeof(id.set_id), &read_set);
-	bool same_kcv = meta_is(s->store, META_CHECK_VALUE, id.kcv, sizeof(id.kcv), &read_kcv);
-	if (!read_set || !read_kcv || (same_set && same_kcv))
+	if (!hsm_keystore_master_replaced(s->ks))
 		return;
 	/* Unsealed again meanwhile (with the new shares, then): nothing to do. */
 	hsm_keystore_identity(s->ks, &again);
