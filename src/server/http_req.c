@@ -31,9 +31,12 @@
  * UnknownOperationException (what hsmd answers an unknown X-Amz-Target).
  */
 static const char not_allowed_body[] =
-    "{\"__type\":\"UnknownOperationException\",\"message\":\"Method Not Allowed\"}";
+    "{\"__type\":\"UnknownOperationException\",\"message\":\"this HTTP method is not "
+    "allowed here: the KMS API takes POST; health, metrics and the JWK Set take GET or "
+    "HEAD\"}";
 static const char not_implemented_body[] =
-    "{\"__type\":\"UnknownOperationException\",\"message\":\"Not Implemented\"}";
+    "{\"__type\":\"UnknownOperationException\",\"message\":\"unknown HTTP method: the "
+    "KMS API takes POST; health, metrics and the JWK Set take GET or HEAD\"}";
 
 /* ---- pool ---------------------------------------------------------------- */
 

@@ -270,6 +270,7 @@ static void test_methods(void **state)
 	tc_resp_clear(&r);
 	assert_true(tc_simple(port, "BREW / HTTP/1.1\r\nHost: t\r\n\r\n", 501, &r));
 	assert_non_null(strstr(r.body, unknown_op));
+	assert_non_null(strstr(r.body, "unknown HTTP method: the KMS API takes POST"));
 	tc_resp_clear(&r);
 	assert_int_equal(atomic_load(&calls), 0);
 	hsm_http_server_free(srv);
