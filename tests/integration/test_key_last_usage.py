@@ -7,12 +7,10 @@ which its audit record carries.  Failures, DryRun and reads do not count.  Track
 when the store began recording (or the key's creation, if later).  Requests go out signed by
 botocore's own SigV4 signer, as Debian's boto3 1.26 predates the operation.
 """
-import http.server
 import json
 import os
 import sqlite3
 import subprocess
-import threading
 import time
 import types
 
@@ -21,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from conftest import DEV_AKID, DEV_SECRET, HSMCTL, signed_call, signed_request, start_dev
-from helpers import (ACCOUNT, audit_record, b64, call_error, call_ok, key_arn, new_user,
-                     request_id, restart_dev)
+from helpers import (ACCOUNT, audit_record, b64, call_error, call_ok, key_arn, kms_front,
+                     new_user, request_id, restart_dev)
 
 
 def last_usage(server, key, **kw):
@@ -327,29 +325,13 @@ def test_hsmctl_key_usage_shows_impossible_dates_as_unknown():
                                     "KmsRequestId": "r-2"}},
     }
 
-    class Node(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            out = json.dumps(answers[body["KeyId"]]).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-amz-json-1.1")
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
+    def answer(target, body):  # every request: no hsmd behind it
+        return 200, json.dumps(answers[json.loads(body)["KeyId"]]).encode()
 
-        def log_message(self, *args):
-            pass
-
-    node = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Node)
-    threading.Thread(target=node.serve_forever, daemon=True).start()
-    try:
-        p = hsmctl(types.SimpleNamespace(endpoint=f"http://127.0.0.1:{node.server_port}"),
-                   "k-used", "k-idle", "k-fine")
+    with kms_front(None, answer) as (front, _):
+        p = hsmctl(types.SimpleNamespace(endpoint=front), "k-used", "k-idle", "k-fine")
         assert p.returncode == 0, p.stderr
         rows = {ln.split()[0]: ln.split() for ln in p.stdout.splitlines()[1:]}
         assert rows["k-used"][1:] == ["?", "Sign", "r-1"], rows
         assert rows["k-idle"][1:] == ["-", "-", "(none", "recorded", "since", "?)"], rows
         assert rows["k-fine"][1:] == ["2023-11-14T22:13:20.250Z", "Encrypt", "r-2"], rows
-    finally:
-        node.shutdown()
-        node.server_close()
