@@ -974,6 +974,23 @@ hsm_result hsm_store_approval_list(hsm_store *s, bool open_only, int64_t now, si
 /* Deletes every record whose expires is before `before`, whatever its state; *deleted (optional) counts them. */
 hsm_result hsm_store_approval_purge(hsm_store *s, int64_t before,
                                     uint64_t *deleted) HSM_MUST_CHECK;
+/*
+ * Rewrites what stored records show of their requests (the request text;
+ * nothing else changes): fn sees each record's text and sets *replacement
+ * to a malloc'ed text of at most HSM_APPROVAL_REQUEST_MAX bytes to take its
+ * place, or leaves it NULL to keep it.  For texts an older hsmd kept whole
+ * (kms/approvals.c).  In one write transaction, records in id order; fn
+ * runs inside it, so it must be short and must not call the store (that
+ * aborts).  A failure of fn, or a replacement too long (VALIDATION), rolls
+ * everything back.  The replaced texts are then overwritten on disk as
+ * hsm_store_key_destroy's erased material is (SQLite: secure_delete plus a
+ * truncating WAL checkpoint; PostgreSQL cannot promise it, see above).
+ * *rewritten (optional) counts the records whose text was replaced.
+ */
+typedef hsm_result (*hsm_approval_rewrite_fn)(const char *request, char **replacement,
+                                              void *arg);
+hsm_result hsm_store_approval_rewrite(hsm_store *s, hsm_approval_rewrite_fn fn, void *arg,
+                                      uint64_t *rewritten) HSM_MUST_CHECK;
 
 /* ---- Audit outbox -------------------------------------------------------------- */
 

@@ -279,11 +279,7 @@ static hsm_result check_approval_record(const hsm_approval_record *a)
 	           "an approval requires between 1 and %d approvers", HSM_APPROVERS_MAX);
 	HSM_ENSURE(a->expires > a->created, HSM_ERR_VALIDATION,
 	           "an approval must expire after it is created");
-	HSM_ENSURE(a->request != NULL, HSM_ERR_VALIDATION, "an approval needs its request");
-	HSM_ENSURE(strnlen(a->request, HSM_APPROVAL_REQUEST_MAX + 1) <= HSM_APPROVAL_REQUEST_MAX,
-	           HSM_ERR_VALIDATION, "an approval's request is longer than %d bytes",
-	           HSM_APPROVAL_REQUEST_MAX);
-	return HSM_SUCCESS;
+	return st_approval_check_request(a->request);
 }
 
 hsm_result hsm_store_approval_open(hsm_store *s, const hsm_approval_record *a,
@@ -356,6 +352,26 @@ hsm_result hsm_store_approval_purge(hsm_store *s, int64_t before, uint64_t *dele
 	HSM_GUARD(s->ops->approval_purge(s, before, &n));
 	if (deleted != NULL)
 		*deleted = n;
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_store_approval_rewrite(hsm_store *s, hsm_approval_rewrite_fn fn, void *arg,
+                                      uint64_t *rewritten)
+{
+	HSM_ASSERT(s != NULL && fn != NULL);
+	uint64_t n = 0;
+	HSM_GUARD(s->ops->approval_rewrite(s, fn, arg, &n));
+	if (rewritten != NULL)
+		*rewritten = n;
+	return HSM_SUCCESS;
+}
+
+hsm_result st_approval_check_request(const char *request)
+{
+	HSM_ENSURE(request != NULL, HSM_ERR_VALIDATION, "an approval needs its request");
+	HSM_ENSURE(strnlen(request, HSM_APPROVAL_REQUEST_MAX + 1) <= HSM_APPROVAL_REQUEST_MAX,
+	           HSM_ERR_VALIDATION, "an approval's request is longer than %d bytes",
+	           HSM_APPROVAL_REQUEST_MAX);
 	return HSM_SUCCESS;
 }
 

@@ -180,6 +180,9 @@ struct hsm_store_ops {
 	hsm_result (*approval_list)(hsm_store *s, bool open_only, int64_t now, size_t limit,
 	                            hsm_approval_cb cb, void *arg);
 	hsm_result (*approval_purge)(hsm_store *s, int64_t before, uint64_t *deleted);
+	/* rewrite: fn is set; rewritten is never NULL; each replacement is checked (VALIDATION). */
+	hsm_result (*approval_rewrite)(hsm_store *s, hsm_approval_rewrite_fn fn, void *arg,
+	                               uint64_t *rewritten);
 
 	/* hsm_store_rekey: req is checked (names valid, fn set); counts is never NULL. */
 	hsm_result (*rekey)(hsm_store *s, const hsm_store_rekey_req *req,
@@ -346,6 +349,10 @@ hsm_result st_approval_close(hsm_approval_record *a, hsm_approval_state to, cons
                              int64_t now) HSM_MUST_CHECK;
 /* Checks reopen's rule and makes the record Pending again (approvers kept). */
 hsm_result st_approval_reopen(hsm_approval_record *a) HSM_MUST_CHECK;
+/* A request text a record can hold: not NULL, at most HSM_APPROVAL_REQUEST_MAX bytes. */
+hsm_result st_approval_check_request(const char *request) HSM_MUST_CHECK;
+/* Records hsm_store_approval_rewrite reads at a time (in id order), bounding its memory. */
+#define ST_APPROVAL_REWRITE_PAGE 32
 /*
  * Lists read a page of records, then their approvers in the same order
  * (records without approvers have no rows): finds the record of id at or

@@ -927,6 +927,7 @@ static const hsm_store_ops pg_ops = {
 	.approval_reopen = pg_approval_reopen,
 	.approval_list = pg_approval_list,
 	.approval_purge = pg_approval_purge,
+	.approval_rewrite = pg_approval_rewrite,
 	.export_all = pg_export,
 	.import_all = pg_import,
 	.outbox_page = pg_outbox_page,

@@ -429,6 +429,8 @@ hsm_result pg_approval_reopen(hsm_store *s, const char *id);
 hsm_result pg_approval_list(hsm_store *s, bool open_only, int64_t now, size_t limit,
                             hsm_approval_cb cb, void *arg);
 hsm_result pg_approval_purge(hsm_store *s, int64_t before, uint64_t *deleted);
+hsm_result pg_approval_rewrite(hsm_store *s, hsm_approval_rewrite_fn fn, void *arg,
+                               uint64_t *rewritten);
 
 hsm_result pg_export(hsm_store *s, const hsm_store_sink *sink);
 hsm_result pg_import(hsm_store *s, hsm_store_producer produce, void *arg);

@@ -28,6 +28,8 @@
  */
 #include "store/store_pg.h"
 
+#include <stdlib.h>
+
 #define APPROVAL_COLS                                                                      \
 	"id, fingerprint, operation, requester, request, state, required, created, expires, " \
 	"closed, closed_by"
@@ -78,6 +80,10 @@ static const char SQL_PAGE_VOTES_OPEN[] =
 	"JOIN approval_votes AS v ON v.approval_id = p.id "
 	"ORDER BY p.created DESC, p.id, v.position";
 static const char SQL_PURGE[] = "DELETE FROM approvals WHERE expires < $1";
+/* A page of hsm_store_approval_rewrite's walk: the records after $1 in id order (the primary key). */
+static const char SQL_REWRITE_PAGE[] =
+	"SELECT id, request FROM approvals WHERE id > $1 ORDER BY id LIMIT $2";
+static const char SQL_SET_REQUEST[] = "UPDATE approvals SET request = $2 WHERE id = $1";
 
 typedef struct approval_op {
 	const hsm_approval_record *in; /* open */
@@ -332,6 +338,72 @@ hsm_result pg_approval_purge(hsm_store *base, int64_t before, uint64_t *deleted)
 	approval_op op = {.now = before};
 	HSM_GUARD(pg_write(pg_of(base), purge_body, &op));
 	*deleted = op.deleted;
+	return HSM_SUCCESS;
+}
+
+typedef struct rewrite_op {
+	hsm_approval_rewrite_fn fn;
+	void *arg;
+	uint64_t rewritten;
+} rewrite_op;
+
+/* Offers row `row` of page r to fn and writes the replacement it gives, if any. */
+static hsm_result rewrite_one(pg_conn *w, const PGresult *r, int row, rewrite_op *op,
+                              char after[HSM_APPROVAL_ID_LEN + 1])
+{
+	char *request = NULL, *replacement = NULL;
+	HSM_GUARD(pg_col_text(r, row, 0, after, HSM_APPROVAL_ID_LEN + 1));
+	HSM_GUARD(pg_col_strdup(r, row, 1, &request));
+	hsm_result res = op->fn(request, &replacement, op->arg);
+	if (hsm_ok(res) && replacement != NULL)
+		res = st_approval_check_request(replacement);
+	if (hsm_ok(res) && replacement != NULL) {
+		pg_params p;
+		pg_params_init(&p);
+		pg_p_text(&p, after);
+		pg_p_text(&p, replacement);
+		res = pg_run(w, SQL_SET_REQUEST, &p, NULL);
+		if (hsm_ok(res))
+			op->rewritten++;
+	}
+	free(replacement);
+	free(request);
+	return res;
+}
+
+static hsm_result rewrite_body(pg_conn *w, void *arg)
+{
+	rewrite_op *op = arg;
+	char after[HSM_APPROVAL_ID_LEN + 1] = "";
+	int got;
+	op->rewritten = 0; /* a retried transaction starts over */
+	do {
+		pg_params p;
+		PGresult *r = NULL;
+		pg_params_init(&p);
+		pg_p_text(&p, after);
+		pg_p_i64(&p, ST_APPROVAL_REWRITE_PAGE);
+		HSM_GUARD(pg_run(w, SQL_REWRITE_PAGE, &p, &r));
+		got = PQntuples(r);
+		hsm_result res = HSM_SUCCESS;
+		for (int row = 0; hsm_ok(res) && row < got; row++)
+			res = rewrite_one(w, r, row, op, after);
+		PQclear(r);
+		HSM_GUARD(res);
+	} while (got == ST_APPROVAL_REWRITE_PAGE);
+	return HSM_SUCCESS;
+}
+
+hsm_result pg_approval_rewrite(hsm_store *base, hsm_approval_rewrite_fn fn, void *arg,
+                               uint64_t *rewritten)
+{
+	/*
+	 * The replaced texts stay on disk as dead row versions until VACUUM, and
+	 * in the WAL, base backups and replicas (store_pg.h, "Erasure").
+	 */
+	rewrite_op op = {.fn = fn, .arg = arg};
+	HSM_GUARD(pg_write(pg_of(base), rewrite_body, &op));
+	*rewritten = op.rewritten;
 	return HSM_SUCCESS;
 }
 

@@ -552,6 +552,7 @@ static const hsm_store_ops sqlite_ops = {
 	.approval_reopen = sq_approval_reopen,
 	.approval_list = sq_approval_list,
 	.approval_purge = sq_approval_purge,
+	.approval_rewrite = sq_approval_rewrite,
 	.export_all = sq_export,
 	.import_all = sq_import,
 	.outbox_page = sq_outbox_page,

@@ -285,6 +285,8 @@ hsm_result sq_approval_reopen(hsm_store *s, const char *id);
 hsm_result sq_approval_list(hsm_store *s, bool open_only, int64_t now, size_t limit,
                             hsm_approval_cb cb, void *arg);
 hsm_result sq_approval_purge(hsm_store *s, int64_t before, uint64_t *deleted);
+hsm_result sq_approval_rewrite(hsm_store *s, hsm_approval_rewrite_fn fn, void *arg,
+                               uint64_t *rewritten);
 
 hsm_result sq_export(hsm_store *s, const hsm_store_sink *sink);
 hsm_result sq_import(hsm_store *s, hsm_store_producer produce, void *arg);

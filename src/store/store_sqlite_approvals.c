@@ -12,6 +12,7 @@
  */
 #include "store/store_sqlite.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #define APPROVAL_COLS                                                                      \
@@ -57,6 +58,10 @@ static const char SQL_EXPIRED_COUNT[] = "SELECT count(*) FROM approvals WHERE ex
 /* The foreign key's ON DELETE CASCADE deletes the approvers. */
 static const char SQL_PURGE[] = "DELETE FROM approvals WHERE expires < ?1";
 static const char SQL_READ_BEGIN[] = "BEGIN";
+/* A page of hsm_store_approval_rewrite's walk: the records after ?1 in id order (the primary key). */
+static const char SQL_REWRITE_PAGE[] =
+	"SELECT id, request FROM approvals WHERE id > ?1 ORDER BY id LIMIT ?2";
+static const char SQL_SET_REQUEST[] = "UPDATE approvals SET request = ?2 WHERE id = ?1";
 
 /* ---- Rows ------------------------------------------------------------------------------ */
 
@@ -334,6 +339,94 @@ hsm_result sq_approval_purge(hsm_store *base, int64_t before, uint64_t *deleted)
 	HSM_GUARD(sq_write_begin(s, &w));
 	HSM_GUARD(sq_write_end(s, w, purge_in(w, before, &n)));
 	*deleted = n;
+	return HSM_SUCCESS;
+}
+
+typedef struct rewrite_row {
+	char id[HSM_APPROVAL_ID_LEN + 1];
+	char *request;
+} rewrite_row;
+
+/* Reads the records after `after` (at most a page) into rows; *n says how many. */
+static hsm_result rewrite_page(sq_conn *w, const char *after, rewrite_row *rows, size_t *n)
+{
+	sqlite3_stmt *st;
+	bool row = false;
+	HSM_GUARD(sq_prepare(w, SQL_REWRITE_PAGE, &st));
+	sq_bind_text(w, st, 1, after);
+	sq_bind_i64(w, st, 2, ST_APPROVAL_REWRITE_PAGE);
+	hsm_result res;
+	while (hsm_ok(res = sq_step(w, st, &row)) && row && *n < ST_APPROVAL_REWRITE_PAGE) {
+		rewrite_row *r = &rows[*n];
+		res = sq_col_text(st, 0, r->id, sizeof(r->id));
+		if (hsm_ok(res))
+			res = sq_col_strdup(st, 1, &r->request);
+		if (hsm_failed(res))
+			break;
+		(*n)++;
+	}
+	sq_reset(st);
+	return res;
+}
+
+/* Offers one record's text to fn and writes the replacement it gives, if any. */
+static hsm_result rewrite_one(sq_conn *w, const rewrite_row *r, hsm_approval_rewrite_fn fn,
+                              void *arg, uint64_t *n)
+{
+	char *replacement = NULL;
+	sqlite3_stmt *st;
+	hsm_result res = fn(r->request, &replacement, arg);
+	if (hsm_ok(res) && replacement != NULL)
+		res = st_approval_check_request(replacement);
+	if (hsm_ok(res) && replacement != NULL)
+		res = sq_prepare(w, SQL_SET_REQUEST, &st);
+	if (hsm_ok(res) && replacement != NULL) {
+		sq_bind_text(w, st, 1, r->id);
+		sq_bind_text(w, st, 2, replacement);
+		res = sq_exec(w, st);
+		sq_reset(st);
+		if (hsm_ok(res))
+			(*n)++;
+	}
+	free(replacement);
+	return res;
+}
+
+static hsm_result rewrite_in(sq_conn *w, hsm_approval_rewrite_fn fn, void *arg, uint64_t *n)
+{
+	rewrite_row rows[ST_APPROVAL_REWRITE_PAGE];
+	char after[HSM_APPROVAL_ID_LEN + 1] = "";
+	size_t got;
+	hsm_result res;
+	do {
+		memset(rows, 0, sizeof(rows));
+		got = 0;
+		res = rewrite_page(w, after, rows, &got);
+		for (size_t i = 0; hsm_ok(res) && i < got; i++)
+			res = rewrite_one(w, &rows[i], fn, arg, n);
+		if (got > 0)
+			memcpy(after, rows[got - 1].id, sizeof(after));
+		for (size_t i = 0; i < got; i++)
+			free(rows[i].request);
+	} while (hsm_ok(res) && got == ST_APPROVAL_REWRITE_PAGE);
+	return res;
+}
+
+hsm_result sq_approval_rewrite(hsm_store *base, hsm_approval_rewrite_fn fn, void *arg,
+                               uint64_t *rewritten)
+{
+	sq_store *s = sq_of(base);
+	sq_conn *w;
+	uint64_t n = 0;
+	HSM_GUARD(sq_write_begin(s, &w));
+	hsm_result res = rewrite_in(w, fn, arg, &n);
+	/*
+	 * secure_delete zeroes the replaced texts inside the database pages; the
+	 * truncating checkpoint then writes those pages home and empties the WAL,
+	 * whose older frames still held them.
+	 */
+	HSM_GUARD(n > 0 ? sq_write_end_scrub(s, w, res) : sq_write_end(s, w, res));
+	*rewritten = n;
 	return HSM_SUCCESS;
 }
 

@@ -4,7 +4,8 @@
  * (one use), reopening, lists, purges, every malformed argument, the
  * request's text round trip, racing writers (threads; on PostgreSQL spread
  * over two nodes), the schema step that adds the tables, and copies and
- * snapshots that leave approvals out.  SQLite unless HSM_TEST_STORE=pg
+ * snapshots that leave approvals out, rewriting stored texts (and the old
+ * bytes leaving the file).  SQLite unless HSM_TEST_STORE=pg
  * (store_test_util.h).
  *
  * cmocka's assertions are not thread-safe, so worker threads count outcomes
@@ -18,6 +19,8 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/stat.h>
+
+#include <openssl/rand.h>
 
 #include "store/store.h"
 #include "store/store_impl.h"
@@ -808,6 +811,143 @@ static void test_purge(void **state)
 	open_new(f->s, 1, 1, 1);
 }
 
+/* ---- Rewriting stored texts ----------------------------------------------------------------- */
+
+#define SECRET_TEXT "{\"ImportToken\":\"%s\",\"KeyId\":\"k1\"}"
+#define SHOWN_TEXT "{\"ImportToken\":{\"bytes\":32},\"KeyId\":\"k1\"}"
+
+typedef struct rewriter {
+	unsigned calls;
+	unsigned fail_at; /* 0: never; else CONFLICT at that call */
+	size_t length;    /* 0: SHOWN_TEXT; else a text of that many bytes */
+} rewriter;
+
+/* Replaces the texts holding an ImportToken value, as kms/approvals.c does. */
+static hsm_result rewrite_secrets(const char *request, char **replacement, void *arg)
+{
+	rewriter *w = arg;
+	w->calls++;
+	if (w->fail_at != 0 && w->calls == w->fail_at)
+		return HSM_FAIL(HSM_ERR_CONFLICT, "stop");
+	if (strstr(request, "\"ImportToken\":\"") == NULL)
+		return HSM_SUCCESS;
+	if (w->length == 0) {
+		*replacement = strdup(SHOWN_TEXT);
+	} else {
+		*replacement = malloc(w->length + 1);
+		assert_non_null(*replacement);
+		memset(*replacement, 'x', w->length);
+		(*replacement)[w->length] = '\0';
+	}
+	assert_non_null(*replacement);
+	return HSM_SUCCESS;
+}
+
+/* Whether the text occurs anywhere in the store's files (a missing file holds nothing). */
+static bool files_hold(const char *dir, const char *text)
+{
+	static const char *const names[] = {"hsmd.db", "hsmd.db-wal"};
+	bool found = false;
+	for (size_t i = 0; i < 2 && !found; i++) {
+		char path[PATH_MAX];
+		st_path(path, dir, names[i]);
+		FILE *fp = fopen(path, "rb");
+		if (fp == NULL)
+			continue;
+		hsm_buf b = {0};
+		uint8_t chunk[65536];
+		size_t n;
+		while ((n = fread(chunk, 1, sizeof(chunk), fp)) > 0)
+			assert_true(hsm_ok(hsm_buf_put(&b, chunk, n)));
+		fclose(fp);
+		found = b.len > 0 && memmem(b.data, b.len, text, strlen(text)) != NULL;
+		hsm_buf_free(&b);
+	}
+	return found;
+}
+
+/* Requests 1..40 (more than a page of the walk); 3, 33 and 40 hold secrets[0..2]. */
+static void open_with_secrets(hsm_store *s, char secrets[3][65], char texts[3][256])
+{
+	static const unsigned holders[] = {3, 33, 40};
+	for (unsigned i = 0; i < 3; i++) {
+		uint8_t raw[32];
+		assert_int_equal(RAND_bytes(raw, sizeof(raw)), 1);
+		for (size_t j = 0; j < sizeof(raw); j++)
+			snprintf(secrets[i] + 2 * j, 3, "%02x", raw[j]);
+		snprintf(texts[i], sizeof(texts[i]), SECRET_TEXT, secrets[i]);
+	}
+	for (unsigned n = 1; n <= 40; n++) {
+		hsm_approval_record a, out = {0};
+		request(&a, n, n, 2);
+		for (unsigned i = 0; i < 3; i++)
+			if (holders[i] == n)
+				a.request = texts[i];
+		EXPECT_OK(hsm_store_approval_open(s, &a, &out));
+		hsm_approval_record_clear(&out);
+	}
+	approve(s, 33, "alice", T0 + 40);
+}
+
+static void expect_text(hsm_store *s, unsigned n, const char *text)
+{
+	hsm_approval_record got = {0};
+	get(s, n, &got);
+	assert_string_equal(got.request, text);
+	hsm_approval_record_clear(&got);
+}
+
+static void test_rewrite(void **state)
+{
+	st_fixture *f = *state;
+	char secrets[3][65], texts[3][256];
+	uint64_t rewritten = 99;
+	rewriter w = {0};
+	EXPECT_OK(hsm_store_approval_rewrite(f->s, rewrite_secrets, &w, &rewritten));
+	assert_int_equal(rewritten, 0);
+	assert_int_equal(w.calls, 0);
+	open_with_secrets(f->s, secrets, texts);
+
+	/* A failing fn, or a replacement too long, rolls everything back. */
+	w = (rewriter){.fail_at = 35};
+	EXPECT_ERR(hsm_store_approval_rewrite(f->s, rewrite_secrets, &w, &rewritten),
+	           HSM_ERR_CONFLICT);
+	w = (rewriter){.length = HSM_APPROVAL_REQUEST_MAX + 1};
+	EXPECT_ERR(hsm_store_approval_rewrite(f->s, rewrite_secrets, &w, &rewritten),
+	           HSM_ERR_VALIDATION);
+	expect_text(f->s, 3, texts[0]);
+	expect_text(f->s, 40, texts[2]);
+	if (!st_is_pg()) {
+		st_reopen(f); /* control: the scan sees the texts while they are stored */
+		for (unsigned i = 0; i < 3; i++)
+			assert_true(files_hold(f->dir, secrets[i]));
+	}
+
+	w = (rewriter){0};
+	EXPECT_OK(hsm_store_approval_rewrite(f->s, rewrite_secrets, &w, &rewritten));
+	assert_int_equal(w.calls, 40);
+	assert_int_equal(rewritten, 3);
+	expect_text(f->s, 3, SHOWN_TEXT);
+	expect_text(f->s, 33, SHOWN_TEXT);
+	expect_text(f->s, 40, SHOWN_TEXT);
+	expect_text(f->s, 4, "{\"KeyId\":\"k1\",\"PendingWindowInDays\":7}");
+	/* Nothing else of a record changes. */
+	hsm_approval_record got = {0};
+	get(f->s, 33, &got);
+	assert_int_equal(got.state, HSM_APPROVAL_PENDING);
+	assert_int_equal(got.created, T0 + 33);
+	expect_approvers(&got, (const char *const[]){"alice", NULL});
+	hsm_approval_record_clear(&got);
+	/* The old bytes left the file and its WAL (SQLite; PostgreSQL cannot promise it). */
+	if (!st_is_pg())
+		for (unsigned i = 0; i < 3; i++)
+			assert_false(files_hold(f->dir, secrets[i]));
+	/* rewritten is optional; what was rewritten is not rewritten again. */
+	EXPECT_OK(hsm_store_approval_rewrite(f->s, rewrite_secrets, &w, NULL));
+	EXPECT_OK(hsm_store_approval_rewrite(f->s, rewrite_secrets, &w, &rewritten));
+	assert_int_equal(rewritten, 0);
+}
+
 /* ---- Malformed arguments ------------------------------------------------------------------- */
 
 /* Ids and fingerprints not of their shape: empty, short, long, upper case, not hex. */
@@ -1452,6 +1592,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_list, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_list_full_records, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_purge, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_rewrite, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_malformed_open, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_malformed_lookups, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_request_round_trip, st_setup, st_teardown),
