@@ -7,15 +7,24 @@
  * along, is what lets unmodified AWS clients (aws-cli, boto3) live with
  * approvals: they send the same call again once custodians have approved.
  *
+ * What the store keeps of a request is what custodians read: its canonical
+ * text with every member that holds bytes described, not kept (see
+ * blob_members).  The fingerprint still covers the whole text, so the retry
+ * that uses an approval carries the very bytes the custodians were shown
+ * the size and digest of.
+ *
  * The store keeps the rules that must hold across nodes and threads (one
  * open request per fingerprint, each custodian once, one use); this file
  * keeps who may do what.  Approvals are re-checked when used: an approver
  * who has since been disabled or lost the custodian role no longer counts.
  */
+#include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/encoding.h"
+#include "common/json_read.h"
 #include "common/log.h"
 #include "crypto/crypto.h"
 #include "kms/kms_internal.h"
@@ -40,6 +49,133 @@ static void fingerprint(const char *operation, const char *user, const char *req
 		out[0] = '\0'; /* out of memory: the store refuses an empty fingerprint */
 	}
 	hsm_buf_free(&b);
+}
+
+/*
+ * The request members that hold bytes (base64): those the AWS KMS API
+ * reference types as Blob.  They are what a request can carry of secrets or
+ * key material (ImportKeyMaterial's EncryptedKeyMaterial and ImportToken,
+ * which together rebuild the imported material; a Plaintext; a wrapped data
+ * key), and requests are kept for KEEP_SECONDS after they expire, long after
+ * the material may have been deleted or its key destroyed.  A custodian
+ * cannot read such bytes anyway: the size and SHA-256 let them recognise
+ * the file they were given.  No digest of data the requester keeps secret,
+ * where a digest would confirm a guess.
+ */
+static const struct {
+	const char *name;
+	bool digest;
+} blob_members[] = {
+    {"AttestationDocument", true}, {"CiphertextBlob", true}, {"EncryptedKeyMaterial", true},
+    {"ImportToken", true},         {"Mac", true},            {"PublicKey", true},
+    {"Signature", true},           {"Message", false},       {"Plaintext", false},
+};
+#define REDACTED_MEMBER "hsmd:redacted"
+#define SHOWN_FLAGS (JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII)
+
+/* Whether a member of that name holds bytes; *digest: whether to show their SHA-256. */
+static bool is_blob_member(const char *name, bool *digest)
+{
+	for (size_t i = 0; i < sizeof(blob_members) / sizeof(blob_members[0]); i++)
+		if (strcmp(blob_members[i].name, name) == 0) {
+			*digest = blob_members[i].digest;
+			return true;
+		}
+	return false;
+}
+
+/*
+ * What a stored request shows instead of a value: {"hsmd:redacted": true,
+ * "bytes": N, "sha256": "<hex>"} over the decoded bytes ("characters" over
+ * the text as sent when it is not base64).  NULL when out of memory.
+ */
+static json_t *describe(const char *value, bool digest)
+{
+	hsm_buf raw;
+	hsm_buf_init_secure(&raw); /* a Plaintext's bytes */
+	const uint8_t *p = (const uint8_t *)value;
+	size_t n = strlen(value);
+	bool decoded = hsm_ok(hsm_b64_decode(&raw, value, n, HSM_ERR_VALIDATION));
+	if (decoded) {
+		p = raw.data;
+		n = raw.len;
+	}
+	uint8_t md[HSM_SHA256_LEN];
+	char hex[2 * HSM_SHA256_LEN + 1];
+	json_t *d = json_object();
+	bool ok = d != NULL &&
+	          json_object_set_new(d, REDACTED_MEMBER, json_true()) == 0 &&
+	          json_object_set_new(d, decoded ? "bytes" : "characters",
+	                              json_integer((json_int_t)n)) == 0;
+	if (ok && digest) {
+		ok = hsm_ok(hsm_sha256(p, n, md));
+		if (ok) {
+			hsm_hex_encode_str(hex, md, sizeof(md));
+			ok = json_object_set_new(d, "sha256", json_string(hex)) == 0;
+		}
+	}
+	hsm_buf_free(&raw);
+	if (!ok) {
+		json_decref(d);
+		return NULL;
+	}
+	return d;
+}
+
+/* Describes every blob member of v and what it contains; *changed when any was. */
+static hsm_result redact_value(json_t *v, bool *changed)
+{
+	size_t i;
+	json_t *item;
+	if (json_is_array(v)) {
+		json_array_foreach(v, i, item)
+		{
+			HSM_GUARD(redact_value(item, changed));
+		}
+		return HSM_SUCCESS;
+	}
+	if (!json_is_object(v))
+		return HSM_SUCCESS;
+	/* Nesting is bounded: the text was read by hsm_json_read. */
+	for (void *it = json_object_iter(v); it != NULL; it = json_object_iter_next(v, it)) {
+		bool digest = false;
+		item = json_object_iter_value(it);
+		if (!is_blob_member(json_object_iter_key(it), &digest) || !json_is_string(item)) {
+			HSM_GUARD(redact_value(item, changed));
+			continue;
+		}
+		json_t *d = describe(json_string_value(item), digest);
+		HSM_ENSURE(d != NULL, HSM_ERR_NOMEM, "out of memory");
+		HSM_ENSURE(json_object_iter_set_new(v, it, d) == 0, HSM_ERR_NOMEM, "out of memory");
+		*changed = true;
+	}
+	return HSM_SUCCESS;
+}
+
+/*
+ * The text the store keeps of request (malloc'ed in *shown), or NULL in
+ * *shown when it holds no blob member and is kept as it is.  A text that
+ * does not read as JSON (hsmd never wrote one) is described whole.
+ */
+static hsm_result shown_text(const char *request, char **shown)
+{
+	json_t *doc = NULL;
+	unsigned line, col;
+	bool changed = false;
+	*shown = NULL;
+	hsm_result r = hsm_json_read((const uint8_t *)request, strlen(request), &doc, &line, &col);
+	if (hsm_ok(r)) {
+		r = redact_value(doc, &changed);
+	} else {
+		doc = describe(request, true);
+		HSM_ENSURE(doc != NULL, HSM_ERR_NOMEM, "out of memory");
+		changed = true;
+		r = HSM_SUCCESS;
+	}
+	if (hsm_ok(r) && changed)
+		r = hsm_json_text(doc, SHOWN_FLAGS, shown);
+	json_decref(doc);
+	return r;
 }
 
 static bool has_role(const hsm_caller *caller, unsigned roles)
@@ -118,13 +254,16 @@ static hsm_result open_request(hsm_kms *kms, const hsm_caller *caller, const cha
 {
 	uint8_t raw[HSM_APPROVAL_ID_LEN / 2];
 	hsm_approval_record a;
+	char *shown = NULL;
 	memset(&a, 0, sizeof(a));
 	HSM_GUARD(hsm_random_bytes(raw, sizeof(raw)));
 	hsm_hex_encode_str(a.id, raw, sizeof(raw));
 	memcpy(a.fingerprint, fp, sizeof(a.fingerprint));
 	HSM_GUARD(hsm_strcpy(a.operation, sizeof(a.operation), operation));
 	HSM_GUARD(hsm_strcpy(a.requester, sizeof(a.requester), caller->user));
-	a.request = (char *)(uintptr_t)request; /* borrowed: the store copies it */
+	HSM_GUARD(shown_text(request, &shown));
+	/* Borrowed: the store copies it. */
+	a.request = shown != NULL ? shown : (char *)(uintptr_t)request;
 	a.state = HSM_APPROVAL_PENDING;
 	a.required = kms->cfg.approval_quorum;
 	a.created = now;
@@ -132,7 +271,20 @@ static hsm_result open_request(hsm_kms *kms, const hsm_caller *caller, const cha
 	hsm_result purged = hsm_store_approval_purge(kms->store, now - KEEP_SECONDS, NULL);
 	if (hsm_failed(purged))
 		hsm_log_failure("purging old approval requests");
-	return hsm_store_approval_open(kms->store, &a, out);
+	hsm_result r = hsm_store_approval_open(kms->store, &a, out);
+	free(shown);
+	return r;
+}
+
+static hsm_result redact_stored(const char *request, char **replacement, void *arg)
+{
+	(void)arg;
+	return shown_text(request, replacement);
+}
+
+hsm_result hsm_kms_approval_redact_stored(hsm_kms *kms, uint64_t *redacted)
+{
+	return hsm_store_approval_rewrite(kms->store, redact_stored, NULL, redacted);
 }
 
 hsm_result hsm_kms_approval_gate(hsm_kms *kms, const hsm_caller *caller, const char *operation,

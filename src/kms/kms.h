@@ -861,12 +861,21 @@ typedef struct hsm_approval_gate {
  * Checks the request (operation name, the request's canonical text) against
  * the approvals.  Success with g->claimed: approved and now used.  Otherwise
  * HSM_ERR_APPROVAL_REQUIRED, naming the approval request (opened now, or
- * already open) and its progress; g->id names it too.
+ * already open) and its progress; g->id names it too.  The request opened
+ * keeps request's text with each member that holds bytes (EncryptedKeyMaterial,
+ * ImportToken, Plaintext, ...) described by its size and digest, not its value.
  */
 hsm_result hsm_kms_approval_gate(hsm_kms *kms, const hsm_caller *caller, const char *operation,
                                  const char *request, hsm_approval_gate *g) HSM_MUST_CHECK;
 /* Gives a claimed approval back after the request failed (failures are logged). */
 void hsm_kms_approval_release(hsm_kms *kms, const hsm_approval_gate *g);
+/*
+ * Rewrites stored requests that still hold blob members whole (kept by an
+ * older hsmd) to what a request opened now keeps, and has the old texts
+ * overwritten where the store can (hsm_store_approval_rewrite); *redacted
+ * (optional) counts them.  Run at start, whatever approval_quorum is.
+ */
+hsm_result hsm_kms_approval_redact_stored(hsm_kms *kms, uint64_t *redacted) HSM_MUST_CHECK;
 
 /* Crypto-officers, auditors and custodians read approval requests; NOT_FOUND when absent. */
 hsm_result hsm_kms_approval_get(hsm_kms *kms, const hsm_caller *caller, const char *id,

@@ -149,6 +149,13 @@ void hsm_server_gate_init(hsm_server_gate *g, hsm_server *s, const char *operati
 
 hsm_result hsm_server_approvals_check(hsm_server *s)
 {
+	/* Whatever the quorum now: an older hsmd kept requests' blob members whole. */
+	uint64_t redacted = 0;
+	HSM_GUARD(hsm_kms_approval_redact_stored(s->kms, &redacted));
+	if (redacted > 0)
+		hsm_info("approvals: %llu stored request(s) kept whole by an older hsmd now show only "
+		         "the size and SHA-256 of their binary members",
+		         (unsigned long long)redacted);
 	if (s->opt.approval_quorum == 0)
 		return HSM_SUCCESS;
 	unsigned n = 0;

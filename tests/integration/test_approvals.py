@@ -1,12 +1,15 @@
 """Quorum approvals: sensitive requests run only once M custodians approved that
 identical request.  Driven with boto3, aws-cli, hsmctl and raw requests signed by
 botocore's SigV4 signer, against a node started with --approval-quorum 2."""
+import base64
 import concurrent.futures
 import datetime
 import glob
+import hashlib
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import time
 
@@ -15,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from conftest import DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, start_dev
-from helpers import ACCOUNT, AwsCli, admin, audit_records, new_user, raises
+from helpers import ACCOUNT, AwsCli, admin, audit_records, b64, new_user, raises
 
 DEV_ENV = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
 ID = re.compile(r"approval request ([0-9a-f]{32})")
@@ -582,3 +585,113 @@ def test_a_policy_within_its_limit_can_wait_whatever_its_characters(node, kms):
     resp = raises("ApprovalRequiredException", kms.put_key_policy, KeyId=key,
                   PolicyName="default", Policy=policy)
     approval_of(resp)
+
+
+def store_bytes(server):
+    """Every byte of a node's SQLite store on disk: the database and its WAL."""
+    out = b""
+    for path in sorted(glob.glob(os.path.join(server.data_dir, "hsmd.db*"))):
+        with open(path, "rb") as f:
+            out += f.read()
+    return out
+
+
+def held(haystack, *values):
+    """The values haystack holds any part of, as bytes or in base64 (parts, as a
+    long text may be split across database pages)."""
+    def parts(text):
+        return [text[i:i + 24] for i in range(0, max(len(text) - 24, 0) + 1, 24)]
+    return [v for v in values
+            if any(p in haystack for p in parts(v) + parts(base64.b64encode(v)))]
+
+
+def described(value):
+    """What a stored request shows of a blob member instead of its value."""
+    return {"hsmd:redacted": True, "bytes": len(value), "sha256": hashlib.sha256(value).hexdigest()}
+
+
+def test_a_stored_request_shows_its_blobs_size_and_digest_not_their_value(node, kms):
+    # An import kept whole would keep what rebuilds the material (the token holds the
+    # wrapping private key) for months after the material is deleted.
+    key = kms.create_key(Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
+    params = kms.get_parameters_for_import(KeyId=key, WrappingAlgorithm="RSAES_OAEP_SHA_256",
+                                           WrappingKeySpec="RSA_2048")
+    pub = serialization.load_der_public_key(params["PublicKey"])
+    h = hashes.SHA256()
+    material, token = os.urandom(32), params["ImportToken"]
+
+    def wrap():
+        return pub.encrypt(material, padding.OAEP(mgf=padding.MGF1(algorithm=h), algorithm=h,
+                                                  label=None))
+
+    wrapped = wrap()
+    valid_to = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=30)
+    call = dict(KeyId=key, ImportToken=token, EncryptedKeyMaterial=wrapped,
+                ExpirationModel="KEY_MATERIAL_EXPIRES", ValidTo=valid_to)
+    approval = approval_of(raises("ApprovalRequiredException", kms.import_key_material, **call))
+    shown = json.loads(get(node, approval)["Request"])
+    assert shown["EncryptedKeyMaterial"] == described(wrapped)
+    assert shown["ImportToken"] == described(token)
+    assert (shown["KeyId"], shown["ExpirationModel"]) == (key, "KEY_MATERIAL_EXPIRES")
+    out = hsmctl(node, "alice", "approval", "show", approval)
+    assert out.returncode == 0, out.stderr
+    assert '"hsmd:redacted": true' in out.stdout
+    assert hashlib.sha256(wrapped).hexdigest() in out.stdout and key in out.stdout
+    listed = [a for a in admin(node, "ListApprovals", {}, **as_user(node, "bob"))["Approvals"]
+              if a["ApprovalId"] == approval]
+    assert json.loads(listed[0]["Request"])["ImportToken"] == described(token)
+    # The fingerprint still covers the bytes: other wrapped bytes are another request.
+    other = approval_of(raises("ApprovalRequiredException", kms.import_key_material,
+                               **dict(call, EncryptedKeyMaterial=wrap())))
+    assert other != approval
+    admin(node, "CancelRequest", {"ApprovalId": other})
+    approve(node, "alice", approval, "bob")
+    kms.import_key_material(**call)
+    assert get(node, approval)["State"] == "Used"
+    assert kms.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "Enabled"
+    deletion = approval_of(raises("ApprovalRequiredException", kms.delete_imported_key_material,
+                                  KeyId=key))
+    approve(node, "carol", deletion, "dan")
+    kms.delete_imported_key_material(KeyId=key)
+    assert kms.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "PendingImport"
+    assert held(store_bytes(node), wrapped, token, material) == []
+
+
+def test_requests_an_older_hsmd_kept_whole_lose_their_blobs_at_start():
+    first = start_dev()
+    try:
+        first.stop()
+        wrapped, token = os.urandom(256), os.urandom(1400)
+        request = json.dumps({"EncryptedKeyMaterial": b64(wrapped), "ImportToken": b64(token),
+                              "KeyId": "1234abcd-12ab-34cd-56ef-1234567890ab"},
+                             sort_keys=True, separators=(",", ":"))
+        approval, now = os.urandom(16).hex(), int(time.time())
+        db = sqlite3.connect(os.path.join(first.data_dir, "hsmd.db"))
+        with db:
+            db.execute("INSERT INTO approvals (id, fingerprint, operation, requester, request, "
+                       "state, required, created, expires, closed, closed_by) VALUES "
+                       "(?, ?, 'ImportKeyMaterial', 'ops', ?, 'Used', 2, ?, ?, ?, '')",
+                       (approval, os.urandom(32).hex(), request, now, now + 3600, now))
+        db.close()
+        assert held(store_bytes(first), wrapped, token) == [wrapped, token]
+        again = Hsmd(["--dev"], env=DEV_ENV, data_dir=first.data_dir)
+        try:
+            assert held(store_bytes(again), wrapped, token) == []
+            assert "1 stored request(s) kept whole by an older hsmd" in again.read_log()
+            shown = json.loads(admin(again, "GetApproval", {"ApprovalId": approval})["Request"])
+            assert shown == {"EncryptedKeyMaterial": described(wrapped),
+                             "ImportToken": described(token),
+                             "KeyId": "1234abcd-12ab-34cd-56ef-1234567890ab"}
+            again.stop()
+        finally:
+            again.cleanup()
+        # Already described: the next start finds nothing to rewrite.
+        third = Hsmd(["--dev"], env=DEV_ENV, data_dir=first.data_dir)
+        try:
+            assert "kept whole by an older hsmd" not in third.read_log()
+            shown2 = json.loads(admin(third, "GetApproval", {"ApprovalId": approval})["Request"])
+            assert shown2 == shown
+        finally:
+            third.cleanup()
+    finally:
+        first.cleanup()

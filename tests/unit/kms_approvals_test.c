@@ -2,8 +2,9 @@
  * kms_approvals_test.c - quorum approvals in the KMS layer: the gate, who
  * may approve, deny and cancel, expiry on the fixture's clock, a raised
  * quorum, approvals of custodians who stopped being ones, giving a used
- * approval back, and where an operation meets its caller's gate
- * (hsm_caller_commit): once, after its checks, before its change.
+ * approval back, where an operation meets its caller's gate
+ * (hsm_caller_commit): once, after its checks, before its change, and what
+ * a stored request shows of the bytes it carries.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -142,6 +143,99 @@ static void test_requests_differ_by_operation_requester_and_text(void **state)
 	assert_int_equal(hsm_kms_approval_approve(f->kms, &alice, c.id, &rec).err,
 	                 HSM_ERR_ACCESS_DENIED);
 	assert_non_null(strstr(hsm_last_message(), "own request"));
+}
+
+/* A request carrying bytes (as ImportKeyMaterial does), and what the store keeps of it. */
+#define BLOB_REQ                                                                                \
+	"{\"EncryptedKeyMaterial\":\"AAECAw==\",\"ExpirationModel\":\"KEY_MATERIAL_EXPIRES\","     \
+	"\"ImportToken\":\"BAUG\",\"KeyId\":\"k\",\"List\":[{\"Plaintext\":\"c2VjcmV0\"},"          \
+	"{\"Message\":7}],\"Recipient\":{\"AttestationDocument\":\"AQ==\"},"                       \
+	"\"Signature\":\"not base64!\"}"
+#define BLOB_SHOWN                                                                              \
+	"{\"EncryptedKeyMaterial\":{\"bytes\":4,\"hsmd:redacted\":true,\"sha256\":"               \
+	"\"054edec1d0211f624fed0cbca9d4f9400b0e491c43742af2c5b0abebf0c990d8\"},"                   \
+	"\"ExpirationModel\":\"KEY_MATERIAL_EXPIRES\",\"ImportToken\":{\"bytes\":3,"              \
+	"\"hsmd:redacted\":true,\"sha256\":"                                                       \
+	"\"787c798e39a5bc1910355bae6d0cd87a36b2e10fd0202a83e3bb6b005da83472\"},\"KeyId\":\"k\","   \
+	"\"List\":[{\"Plaintext\":{\"bytes\":6,\"hsmd:redacted\":true}},{\"Message\":7}],"          \
+	"\"Recipient\":{\"AttestationDocument\":{\"bytes\":1,\"hsmd:redacted\":true,\"sha256\":"   \
+	"\"4bf5122f344554c53bde2ebb8cd2b7e3d1600ad631c385a5d7cce23c7785459a\"}},"                   \
+	"\"Signature\":{\"characters\":11,\"hsmd:redacted\":true,\"sha256\":"                      \
+	"\"f17f1486250c2a7f6afd2c2a889eab4e588961369aa67eab511cab9425df2818\"}}"
+
+static void expect_request(fx *f, const char *id, const char *text)
+{
+	hsm_approval_record a;
+	memset(&a, 0, sizeof(a));
+	assert_int_equal(hsm_kms_approval_get(f->kms, &officer, id, &a).err, HSM_OK);
+	assert_string_equal(a.request, text);
+	hsm_approval_record_clear(&a);
+}
+
+static void test_a_stored_request_shows_only_the_size_and_digest_of_its_bytes(void **state)
+{
+	fx *f = *state;
+	hsm_approval_gate g, g2;
+	assert_int_equal(gate(f, &officer, "ImportKeyMaterial", BLOB_REQ, &g),
+	                 HSM_ERR_APPROVAL_REQUIRED);
+	expect_request(f, g.id, BLOB_SHOWN);
+	/* A request without bytes is kept as sent. */
+	assert_int_equal(gate(f, &officer, "ScheduleKeyDeletion", REQ, &g2),
+	                 HSM_ERR_APPROVAL_REQUIRED);
+	expect_request(f, g2.id, REQ);
+	/* The fingerprint covers the bytes themselves: other bytes are another request. */
+	assert_int_equal(gate(f, &officer, "ImportKeyMaterial",
+	                      "{\"EncryptedKeyMaterial\":\"AAECBA==\",\"KeyId\":\"k\"}", &g2),
+	                 HSM_ERR_APPROVAL_REQUIRED);
+	assert_string_not_equal(g.id, g2.id);
+	assert_int_equal(gate(f, &officer, "ImportKeyMaterial", BLOB_REQ, &g2),
+	                 HSM_ERR_APPROVAL_REQUIRED);
+	assert_string_equal(g.id, g2.id);
+	approve_ok(f, &alice, g.id);
+	approve_ok(f, &bob, g.id);
+	assert_int_equal(gate(f, &officer, "ImportKeyMaterial", BLOB_REQ, &g2), HSM_OK);
+	assert_true(g2.claimed);
+	assert_string_equal(g.id, g2.id);
+}
+
+/* Opens a record straight in the store, as an older hsmd kept it. */
+static void store_whole(fx *f, unsigned n, const char *text)
+{
+	hsm_approval_record a, out;
+	memset(&a, 0, sizeof(a));
+	memset(&out, 0, sizeof(out));
+	snprintf(a.id, sizeof(a.id), "%032x", n);
+	snprintf(a.fingerprint, sizeof(a.fingerprint), "%064x", n);
+	snprintf(a.operation, sizeof(a.operation), "ImportKeyMaterial");
+	snprintf(a.requester, sizeof(a.requester), "olivia");
+	a.request = (char *)(uintptr_t)text;
+	a.required = 2;
+	a.created = T0;
+	a.expires = T0 + 3600;
+	assert_int_equal(hsm_store_approval_open(f->store, &a, &out).err, HSM_OK);
+	hsm_approval_record_clear(&out);
+}
+
+static void test_requests_stored_whole_are_described(void **state)
+{
+	fx *f = *state;
+	uint64_t n = 99;
+	assert_int_equal(hsm_kms_approval_redact_stored(f->kms, &n).err, HSM_OK);
+	assert_int_equal(n, 0);
+	store_whole(f, 1, BLOB_REQ);
+	store_whole(f, 2, REQ);
+	store_whole(f, 3, "not json: EncryptedKeyMaterial"); /* no hsmd wrote one: shown as bytes */
+	assert_int_equal(hsm_kms_approval_redact_stored(f->kms, &n).err, HSM_OK);
+	assert_int_equal(n, 2);
+	expect_request(f, "00000000000000000000000000000001", BLOB_SHOWN);
+	expect_request(f, "00000000000000000000000000000002", REQ);
+	expect_request(f, "00000000000000000000000000000003",
+	               "{\"characters\":30,\"hsmd:redacted\":true,\"sha256\":"
+	               "\"32180d1fe67689623171bf45769a68be90f6e7a0191626f7a10f5ed9dc5ff213\"}");
+	/* What is described already stays as it is. */
+	assert_int_equal(hsm_kms_approval_redact_stored(f->kms, &n).err, HSM_OK);
+	assert_int_equal(n, 0);
+	expect_request(f, "00000000000000000000000000000001", BLOB_SHOWN);
 }
 
 static void test_only_custodians_approve_and_deny(void **state)
@@ -340,6 +434,11 @@ int main(void)
 	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_requests_differ_by_operation_requester_and_text,
 	                                    setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(
+	        test_a_stored_request_shows_only_the_size_and_digest_of_its_bytes, setup,
+	        kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_requests_stored_whole_are_described, setup,
+	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_only_custodians_approve_and_deny, setup,
 	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_requests_expire, setup, kms_fx_teardown),
