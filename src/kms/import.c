@@ -298,10 +298,23 @@ static hsm_result set_material_state(hsm_key_record *rec, void *arg)
 			rec->next_rotation = a->now + (int64_t)rec->rotation_period_days * DAY;
 		break;
 	}
-	if (rec->state != HSM_KEY_PENDING_DELETION && (rec->flags & HSM_KEYFLAG_NO_MATERIAL) != 0)
+	bool gone = (rec->flags & HSM_KEYFLAG_NO_MATERIAL) != 0;
+	if (rec->state != HSM_KEY_PENDING_DELETION && rec->state != HSM_KEY_PENDING_IMPORT && gone) {
+		/*
+		 * Remembered, as PendingImport refuses DisableKey: the material's
+		 * return must not undo an administrator's DisableKey (that takes
+		 * kms:EnableKey, which an importer need not have).
+		 */
+		if (rec->state == HSM_KEY_DISABLED)
+			rec->flags |= HSM_KEYFLAG_STAYS_DISABLED;
+		else
+			rec->flags &= ~HSM_KEYFLAG_STAYS_DISABLED;
 		rec->state = HSM_KEY_PENDING_IMPORT;
-	else if (rec->state == HSM_KEY_PENDING_IMPORT && (rec->flags & HSM_KEYFLAG_NO_MATERIAL) == 0)
-		rec->state = HSM_KEY_ENABLED;
+	} else if (rec->state == HSM_KEY_PENDING_IMPORT && !gone) {
+		rec->state = (rec->flags & HSM_KEYFLAG_STAYS_DISABLED) != 0 ? HSM_KEY_DISABLED
+		                                                             : HSM_KEY_ENABLED;
+		rec->flags &= ~HSM_KEYFLAG_STAYS_DISABLED;
+	}
 	rec->updated = a->now;
 	return HSM_SUCCESS;
 }

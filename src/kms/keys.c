@@ -71,8 +71,9 @@ static hsm_result validate_create(const hsm_create_key_req *req)
 		HSM_GUARD(kms_check_tag(&req->tags[i]));
 	HSM_ENSURE((req->flags & HSM_KEYFLAG_JWT) == 0 || req->usage == HSM_USAGE_SIGN_VERIFY,
 	           HSM_ERR_VALIDATION, "only SIGN_VERIFY keys can sign tokens");
-	HSM_ENSURE((req->flags & ~HSM_KEYFLAG_NO_MATERIAL) == req->flags, HSM_ERR_VALIDATION,
-	           "flag %#x is the store's to set", HSM_KEYFLAG_NO_MATERIAL);
+	HSM_ENSURE((req->flags & (HSM_KEYFLAG_NO_MATERIAL | HSM_KEYFLAG_STAYS_DISABLED)) == 0,
+	           HSM_ERR_VALIDATION, "flags %#x are the store's to set",
+	           HSM_KEYFLAG_NO_MATERIAL | HSM_KEYFLAG_STAYS_DISABLED);
 	HSM_ENSURE(req->origin == HSM_ORIGIN_AWS_KMS || req->origin == HSM_ORIGIN_EXTERNAL,
 	           HSM_ERR_VALIDATION, "unknown key origin");
 	return HSM_SUCCESS;
@@ -416,9 +417,17 @@ hsm_result hsm_kms_schedule_deletion(hsm_kms *kms, const hsm_caller *caller, con
 static hsm_result clear_pending(hsm_key_record *rec, void *arg)
 {
 	(void)arg;
-	/* KMS leaves a key whose deletion was cancelled Disabled, or PendingImport without material. */
-	rec->state = (rec->flags & HSM_KEYFLAG_NO_MATERIAL) != 0 ? HSM_KEY_PENDING_IMPORT
-	                                                         : HSM_KEY_DISABLED;
+	/*
+	 * KMS leaves a key whose deletion was cancelled Disabled, or PendingImport
+	 * without material: then Disabled once the material is imported again.
+	 */
+	if ((rec->flags & HSM_KEYFLAG_NO_MATERIAL) != 0) {
+		rec->state = HSM_KEY_PENDING_IMPORT;
+		rec->flags |= HSM_KEYFLAG_STAYS_DISABLED;
+	} else {
+		rec->state = HSM_KEY_DISABLED;
+		rec->flags &= ~HSM_KEYFLAG_STAYS_DISABLED;
+	}
 	rec->deletion_date = 0;
 	rec->pending_window_days = 0;
 	return HSM_SUCCESS;

@@ -111,6 +111,12 @@ hsm_result hsm_rotation_type_parse(const char *name, hsm_rotation_type *out) HSM
 #define HSM_KEYFLAG_NO_MATERIAL 0x2U
 /* An EXTERNAL key's version primary+1 (material pending rotation) holds material. */
 #define HSM_KEYFLAG_PENDING_MATERIAL 0x4U
+/*
+ * A PendingImport key that was Disabled when its material went (deleted or
+ * expired), or whose deletion was cancelled without its material: importing
+ * the material again makes it Disabled, not Enabled (kms/import.c).
+ */
+#define HSM_KEYFLAG_STAYS_DISABLED 0x8U
 /* Bits 8-15 are taken: a JWT key's JWS algorithm (HSM_KEYFLAG_JWT_ALG_MASK, kms/jwt.h). */
 
 /* ---- Records -------------------------------------------------------------- */

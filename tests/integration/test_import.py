@@ -11,6 +11,7 @@ sends the newer ones (RSA_AES_KEY_WRAP_SHA_256, RSA_4096) as given.
 """
 import base64
 import datetime
+import json
 import os
 import time
 
@@ -19,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
 from conftest import client, start_dev
-from helpers import (IDENTITY, AwsCli, audit_record, audit_records, audit_records_until, key_arn, raises,
-                     request_id, restart_dev, signed_request)
+from helpers import (ACCOUNT, IDENTITY, AwsCli, audit_record, audit_records, audit_records_until,
+                     key_arn, new_user, raises, request_id, restart_dev, signed_request)
 
 DER = serialization.Encoding.DER
 
@@ -161,6 +162,52 @@ def test_delete_and_reimport(hsmd, kms):
     assert state(kms, key)["KeyState"] == "PendingDeletion"
     kms.cancel_key_deletion(KeyId=key)
     assert state(kms, key)["KeyState"] == "PendingImport"
+
+
+def test_reimport_leaves_a_disabled_key_disabled(hsmd, kms):
+    """DisableKey holds across the material's deletion and return: a principal allowed only
+    to import (no kms:EnableKey) must not get the key Enabled by importing it again."""
+    akid, secret = new_user(hsmd, "importer", ["crypto-officer"])
+    importer = client(hsmd, akid=akid, secret=secret)
+    arn = f"arn:aws:iam::{ACCOUNT}:user/"
+    policy = json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": arn + "dev"}, "Action": "kms:*",
+         "Resource": "*"},
+        {"Effect": "Allow", "Principal": {"AWS": arn + "importer"},
+         "Action": ["kms:GetParametersForImport", "kms:ImportKeyMaterial", "kms:DescribeKey"],
+         "Resource": "*"}]})
+    key = external_key(kms, Policy=policy)
+    material = os.urandom(32)
+    do_import(kms, key, material)
+    kms.disable_key(KeyId=key)
+    kms.delete_imported_key_material(KeyId=key)
+    assert state(kms, key)["KeyState"] == "PendingImport"
+    raises("KMSInvalidStateException", kms.disable_key, KeyId=key)
+    raises("AccessDeniedException", importer.enable_key, KeyId=key)
+    do_import(importer, key, material)
+    md = state(kms, key)
+    assert (md["KeyState"], md["Enabled"]) == ("Disabled", False), md
+    raises("DisabledException", kms.encrypt, KeyId=key, Plaintext=b"x")
+    # Enabled only by EnableKey; then deleting and importing again leaves it Enabled.
+    kms.enable_key(KeyId=key)
+    kms.delete_imported_key_material(KeyId=key)
+    do_import(importer, key, material)
+    assert state(kms, key)["KeyState"] == "Enabled"
+    # A cancelled deletion leaves a key Disabled: so too when its material comes back later.
+    kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
+    kms.delete_imported_key_material(KeyId=key)
+    kms.cancel_key_deletion(KeyId=key)
+    assert state(kms, key)["KeyState"] == "PendingImport"
+    do_import(importer, key, material)
+    assert state(kms, key)["KeyState"] == "Disabled"
+    # And so too for a key that was Enabled when its material went, then deleted and saved.
+    kms.enable_key(KeyId=key)
+    kms.delete_imported_key_material(KeyId=key)
+    kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
+    kms.cancel_key_deletion(KeyId=key)
+    assert state(kms, key)["KeyState"] == "PendingImport"
+    do_import(importer, key, material)
+    assert state(kms, key)["KeyState"] == "Disabled"
 
 
 def test_rsa_4096_signing_key(kms):

@@ -659,6 +659,48 @@ static void test_expiry(void **state)
 	hsm_key_record_clear(&k);
 }
 
+/*
+ * A key Disabled when its material expires comes back Disabled with the
+ * material: importing is not enabling.
+ */
+static void test_expiry_of_a_disabled_key(void **state)
+{
+	fx *f = *state;
+	hsm_key_record k, after, early, late;
+	memset(&early, 0, sizeof(early));
+	memset(&late, 0, sizeof(late));
+	uint8_t m[32];
+	assert_int_equal(RAND_bytes(m, 32), 1);
+	create(f, HSM_SPEC_SYMMETRIC_DEFAULT, HSM_USAGE_ENCRYPT_DECRYPT, HSM_ORIGIN_EXTERNAL, &k);
+	params p;
+	wrap_for(f, k.key_id, "RSAES_OAEP_SHA_256", "RSA_2048", m, 32, &p);
+	assert_true(hsm_ok(import(f, k.key_id, &p, NULL, NOW + 100, &after)));
+	hsm_key_record_clear(&after);
+	assert_true(hsm_ok(hsm_kms_disable_key(f->kms, &officer, k.key_id)));
+	f->now = NOW + 100;
+	assert_true(hsm_ok(hsm_kms_describe_key(f->kms, &officer, k.key_id, &early)));
+	size_t done = 0;
+	assert_true(hsm_ok(hsm_kms_run_due(f->kms, &done)));
+	assert_int_equal(done, 1);
+	assert_true(hsm_ok(hsm_kms_describe_key(f->kms, &officer, k.key_id, &late)));
+	assert_int_equal(late.state, HSM_KEY_PENDING_IMPORT);
+	assert_int_equal(early.state, late.state);
+	assert_int_not_equal(late.flags & HSM_KEYFLAG_NO_MATERIAL, 0);
+	/* PendingImport refuses DisableKey and EnableKey; the key remembers it was disabled. */
+	assert_int_equal(hsm_kms_disable_key(f->kms, &officer, k.key_id).err, HSM_ERR_INVALID_STATE);
+	assert_int_equal(hsm_kms_enable_key(f->kms, &officer, k.key_id).err, HSM_ERR_INVALID_STATE);
+	assert_true(hsm_ok(import(f, k.key_id, &p, "KEY_MATERIAL_DOES_NOT_EXPIRE", 0, &after)));
+	assert_int_equal(after.state, HSM_KEY_DISABLED);
+	assert_int_equal(after.flags & HSM_KEYFLAG_STAYS_DISABLED, 0);
+	hsm_key_record_clear(&after);
+	assert_int_equal(state_of(f, k.key_id), HSM_KEY_DISABLED);
+	f->now = NOW;
+	params_clear(&p);
+	hsm_key_record_clear(&early);
+	hsm_key_record_clear(&late);
+	hsm_key_record_clear(&k);
+}
+
 /* Deletion, its cancellation, rotation and DeleteImportedKeyMaterial in each state. */
 static void test_states(void **state)
 {
@@ -680,9 +722,12 @@ static void test_states(void **state)
 	assert_true(hsm_ok(hsm_kms_cancel_deletion(f->kms, &officer, k.key_id, &after)));
 	assert_int_equal(after.state, HSM_KEY_PENDING_IMPORT);
 	hsm_key_record_clear(&after);
-	/* Imported: rotation only to new imported material (on demand, or on a schedule below). */
+	/* Its material comes Disabled, as a cancelled deletion leaves a key; EnableKey enables it. */
 	assert_true(hsm_ok(import_with(f, k.key_id, "RSAES_OAEP_SHA_256", m, 32, &after)));
+	assert_int_equal(after.state, HSM_KEY_DISABLED);
 	hsm_key_record_clear(&after);
+	assert_true(hsm_ok(hsm_kms_enable_key(f->kms, &officer, k.key_id)));
+	/* Imported: rotation only to new imported material (on demand, or on a schedule below). */
 	assert_int_equal(hsm_kms_rotate_now(f->kms, &officer, k.key_id, &after).err,
 	                 HSM_ERR_INVALID_STATE);
 	assert_non_null(strstr(hsm_last_message(), "NEW_KEY_MATERIAL"));
@@ -692,7 +737,7 @@ static void test_states(void **state)
 	assert_int_equal(after.state, HSM_KEY_DISABLED);
 	hsm_key_record_clear(&after);
 	/* Deleting the material of a key pending deletion leaves it pending deletion, and
-	 * cancelling then leaves it PendingImport. */
+	 * cancelling then leaves it PendingImport, to be Disabled when the material is back. */
 	assert_true(hsm_ok(hsm_kms_schedule_deletion(f->kms, &officer, k.key_id, 7, &after)));
 	hsm_key_record_clear(&after);
 	assert_true(hsm_ok(hsm_kms_delete_material(f->kms, &officer, k.key_id, NULL, &after, &ver)));
@@ -701,10 +746,12 @@ static void test_states(void **state)
 	assert_true(hsm_ok(hsm_kms_cancel_deletion(f->kms, &officer, k.key_id, &after)));
 	assert_int_equal(after.state, HSM_KEY_PENDING_IMPORT);
 	hsm_key_record_clear(&after);
-	/* With material, a cancelled deletion leaves the key Disabled, as for any key. */
 	assert_true(hsm_ok(import_with(f, k.key_id, "RSAES_OAEP_SHA_256", m, 32, &after)));
-	assert_int_equal(after.state, HSM_KEY_ENABLED);
+	assert_int_equal(after.state, HSM_KEY_DISABLED);
+	assert_int_equal(after.flags & HSM_KEYFLAG_STAYS_DISABLED, 0);
 	hsm_key_record_clear(&after);
+	/* With material, a cancelled deletion leaves the key Disabled, as for any key. */
+	assert_true(hsm_ok(hsm_kms_enable_key(f->kms, &officer, k.key_id)));
 	assert_true(hsm_ok(hsm_kms_schedule_deletion(f->kms, &officer, k.key_id, 7, &after)));
 	hsm_key_record_clear(&after);
 	assert_true(hsm_ok(hsm_kms_cancel_deletion(f->kms, &officer, k.key_id, &after)));
@@ -1112,6 +1159,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_tokens_and_material, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_expiration_model, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_expiry, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_expiry_of_a_disabled_key, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_states, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_rotation_to_new_material, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_scheduled_rotation_to_new_material, setup,
