@@ -223,13 +223,19 @@ hsm_result hsm_kms_describe_key(hsm_kms *kms, const hsm_caller *caller, const ch
 	hsm_key_record rec;
 	memset(&rec, 0, sizeof(rec));
 	hsm_result r = hsm_key_record_copy(&rec, &k->rec);
-	/* Material in use past its ValidTo: pending import before the scheduler erases it. */
+	/*
+	 * Material in use past its ValidTo: pending import before the scheduler
+	 * erases it, and described as after (no ExpirationModel, ValidTo or, for
+	 * a first material, CurrentKeyMaterialId), as the store will flag it then.
+	 */
 	if (hsm_ok(r) && (rec.state == HSM_KEY_ENABLED || rec.state == HSM_KEY_DISABLED)) {
 		hsm_result gone = kms_check_material(kms, k);
-		if (gone.err == HSM_ERR_INVALID_STATE)
+		if (gone.err == HSM_ERR_INVALID_STATE) {
 			rec.state = HSM_KEY_PENDING_IMPORT;
-		else
+			rec.flags |= HSM_KEYFLAG_NO_MATERIAL;
+		} else {
 			r = gone;
+		}
 	}
 	kms_key_release(k);
 	if (hsm_ok(r))

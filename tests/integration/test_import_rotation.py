@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from conftest import client, signed_request, start_dev
-from helpers import IDENTITY, audit_record, call_error, call_ok, key_arn, raises, request_id
+from helpers import (IDENTITY, audit_record, audit_records_until, call_error, call_ok, key_arn,
+                     raises, request_id)
 from test_import import external_key, run_hsmctl, wrap
 
 
@@ -364,5 +365,43 @@ def test_expired_material_unusable_before_the_scheduler_erases_it():
         # Nothing was erased yet: the scheduler's round has not come.
         rows = materials(server, lone, "ALL_KEY_MATERIAL")
         assert [m["ImportState"] for m in rows] == ["IMPORTED"], rows
+    finally:
+        server.cleanup()
+
+
+def test_expired_material_described_as_after_its_erasure():
+    """From ValidTo on, DescribeKey answers as it will once the scheduler has erased the
+    material: the same members, so ExpirationModel, ValidTo and (for a first material)
+    CurrentKeyMaterialId do not show until the erasure only to vanish with it."""
+    server = start_dev(["--scheduler-interval-seconds", "60", "--leader-lease-seconds", "180"])
+    try:
+        kms = client(server)
+        first, rotated = external_key(kms), external_key(kms)
+        valid_to = int(time.time()) + 15  # the imports below, RSA wrapping keys made on a busy host
+        for k in (first, rotated):
+            call_ok(server, "ImportKeyMaterial",
+                    import_body(kms, k, os.urandom(32), ExpirationModel="KEY_MATERIAL_EXPIRES",
+                                ValidTo=valid_to))
+        # rotated uses its expiring first material still (its ciphertexts), beside a second.
+        call_ok(server, "ImportKeyMaterial",
+                import_body(kms, rotated, os.urandom(32), ImportType="NEW_KEY_MATERIAL"))
+        call_ok(server, "RotateKeyOnDemand", {"KeyId": rotated})
+        time.sleep(max(0.0, valid_to + 1.5 - time.time()))
+        before = {k: describe(server, k) for k in (first, rotated)}
+        # Nothing was erased yet: the scheduler's round after the node's first is a minute on.
+        for k in (first, rotated):
+            rows = materials(server, k, "ALL_KEY_MATERIAL")
+            assert {m["ImportState"] for m in rows} == {"IMPORTED"}, rows
+        erased = audit_records_until(
+            server.data_dir, lambda r: r.get("op") == "DeleteExpiredKeyMaterial"
+            and r.get("key_id") in (first, rotated), n=2, timeout=90)
+        assert len(erased) == 2, erased
+        for k in (first, rotated):
+            after = describe(server, k)
+            assert (after["KeyState"], after["Enabled"]) == ("PendingImport", False), after
+            assert before[k] == after, (before[k], after)
+            assert "ExpirationModel" not in after and "ValidTo" not in after, after
+        assert "CurrentKeyMaterialId" not in before[first], before[first]
+        assert "CurrentKeyMaterialId" in before[rotated], before[rotated]
     finally:
         server.cleanup()

@@ -661,7 +661,8 @@ static void test_expiry(void **state)
 
 /*
  * A key Disabled when its material expires comes back Disabled with the
- * material: importing is not enabling.
+ * material: importing is not enabling.  Between ValidTo and the erasure,
+ * DescribeKey already answers as it will after it, fields included.
  */
 static void test_expiry_of_a_disabled_key(void **state)
 {
@@ -686,6 +687,7 @@ static void test_expiry_of_a_disabled_key(void **state)
 	assert_int_equal(late.state, HSM_KEY_PENDING_IMPORT);
 	assert_int_equal(early.state, late.state);
 	assert_int_not_equal(late.flags & HSM_KEYFLAG_NO_MATERIAL, 0);
+	assert_int_equal(early.flags & HSM_KEYFLAG_NO_MATERIAL, late.flags & HSM_KEYFLAG_NO_MATERIAL);
 	/* PendingImport refuses DisableKey and EnableKey; the key remembers it was disabled. */
 	assert_int_equal(hsm_kms_disable_key(f->kms, &officer, k.key_id).err, HSM_ERR_INVALID_STATE);
 	assert_int_equal(hsm_kms_enable_key(f->kms, &officer, k.key_id).err, HSM_ERR_INVALID_STATE);
