@@ -17,6 +17,7 @@
 
 #include "kms/kms.h"
 #include "server/json.h"
+#include "server/marker.h"
 
 /* Room for every role name, comma-separated. */
 #define HSM_AUDIT_ROLES_MAX 96
@@ -134,6 +135,17 @@ hsm_result hsm_api_key_id(hsm_api_ctx *c, const char *member, const char **out) 
 /* Limit (1..max, default def) and Marker (1..1024 characters, optional). */
 hsm_result hsm_api_paging(hsm_api_ctx *c, int64_t max, int64_t def, size_t *limit,
                           const char **marker) HSM_MUST_CHECK;
+/*
+ * The position a listing's Marker holds (marker.h), for the listing kind
+ * limited to the key ref names (NULL: to none), into *position (emptied
+ * when marker is NULL; the caller frees it): InvalidMarkerException when
+ * another listing, or this one for another key, issued it, or hsmd did not.
+ */
+hsm_result hsm_api_marker_position(hsm_api_ctx *c, hsm_marker_kind kind, const char *ref,
+                                   const char *marker, hsm_buf *position) HSM_MUST_CHECK;
+/* Writes NextMarker: the marker of that listing going on after position. */
+hsm_result hsm_api_write_next_marker(hsm_api_ctx *c, hsm_marker_kind kind, const char *ref,
+                                     const char *position) HSM_MUST_CHECK;
 /*
  * Refuses Recipient (an AWS Nitro Enclaves or NitroTPM attestation document,
  * for the secret to come back encrypted to the enclave's key as

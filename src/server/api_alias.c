@@ -67,12 +67,16 @@ hsm_result hsm_api_list_aliases(hsm_api_ctx *c)
 	alias_list l = {c, ""};
 	HSM_GUARD(hsm_json_str(c->req, "KeyId", false, 1, HSM_KEYID_MAX, &key));
 	HSM_GUARD(hsm_api_paging(c, 100, 50, &limit, &marker));
+	hsm_buf after = {0};
+	HSM_GUARD(hsm_api_marker_position(c, HSM_MARKER_ALIASES, key, marker, &after));
 	hsm_jw_key_begin_array(c->w, "Aliases");
-	HSM_GUARD(hsm_kms_list_aliases(c->kms, c->caller, key, marker, limit, write_alias, &l,
-	                               &truncated));
+	hsm_result r = hsm_kms_list_aliases(c->kms, c->caller, key, hsm_marker_at(&after), limit,
+	                                    write_alias, &l, &truncated);
+	hsm_buf_free(&after);
+	HSM_GUARD(r);
 	hsm_jw_end_array(c->w);
 	if (truncated)
-		hsm_jw_str(c->w, "NextMarker", l.last);
+		HSM_GUARD(hsm_api_write_next_marker(c, HSM_MARKER_ALIASES, key, l.last));
 	hsm_jw_bool(c->w, "Truncated", truncated);
 	return HSM_SUCCESS;
 }

@@ -160,14 +160,6 @@ static hsm_result write_grant(const hsm_grant_record *g, void *arg)
 	return HSM_SUCCESS;
 }
 
-/* Markers are grant ids (what the previous page ended with). */
-static hsm_result grant_marker(const char *marker)
-{
-	HSM_ENSURE(marker == NULL || hsm_grant_id_valid(marker), HSM_ERR_INVALID_MARKER,
-	           "Marker is invalid");
-	return HSM_SUCCESS;
-}
-
 static void list_begin(hsm_api_ctx *c, grant_list *l)
 {
 	memset(l, 0, sizeof(*l));
@@ -177,12 +169,15 @@ static void list_begin(hsm_api_ctx *c, grant_list *l)
 	hsm_jw_key_begin_array(c->w, "Grants");
 }
 
-static void list_end(hsm_api_ctx *c, const grant_list *l, bool truncated)
+/* Markers hold grant ids (what the previous page ended with): marker.h. */
+static hsm_result list_end(hsm_api_ctx *c, const grant_list *l, hsm_result r,
+                           hsm_marker_kind kind, const char *key, bool truncated)
 {
 	hsm_jw_end_array(c->w);
-	if (truncated)
-		hsm_jw_str(c->w, "NextMarker", l->last);
+	if (hsm_ok(r) && truncated)
+		r = hsm_api_write_next_marker(c, kind, key, l->last);
 	hsm_jw_bool(c->w, "Truncated", truncated);
+	return r;
 }
 
 static hsm_result match_none(const hsm_grant_record *g, void *arg)
@@ -219,7 +214,6 @@ hsm_result hsm_api_list_grants(hsm_api_ctx *c)
 	grant_list l;
 	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
 	HSM_GUARD(hsm_api_paging(c, 100, 50, &limit, &marker));
-	HSM_GUARD(grant_marker(marker));
 	HSM_GUARD(hsm_json_str(c->req, "GrantId", false, 1, 128, &grant_id));
 	HSM_GUARD(
 	    hsm_json_str(c->req, "GranteePrincipal", false, 1, HSM_GRANT_PRINCIPAL_MAX, &grantee));
@@ -227,15 +221,17 @@ hsm_result hsm_api_list_grants(hsm_api_ctx *c)
 	 * still looked up and authorized, as for any other filter). */
 	const char *service = NULL;
 	HSM_GUARD(service_principal(c, "GranteeServicePrincipal", &service));
+	hsm_buf after = {0};
+	HSM_GUARD(hsm_api_marker_position(c, HSM_MARKER_GRANTS, key, marker, &after));
 	list_begin(c, &l);
-	hsm_result r = hsm_kms_list_grants(c->kms, c->caller, key, grant_id, grantee, marker,
-	                                   service != NULL ? 1 : limit,
+	hsm_result r = hsm_kms_list_grants(c->kms, c->caller, key, grant_id, grantee,
+	                                   hsm_marker_at(&after), service != NULL ? 1 : limit,
 	                                   service != NULL ? match_none : write_grant, &l, &truncated);
+	hsm_buf_free(&after);
 	if (service != NULL)
 		truncated = false;
 	hsm_api_note_ref(c, key);
-	list_end(c, &l, truncated);
-	return r;
+	return list_end(c, &l, r, HSM_MARKER_GRANTS, key, truncated);
 }
 
 hsm_result hsm_api_list_retirable_grants(hsm_api_ctx *c)
@@ -250,14 +246,16 @@ hsm_result hsm_api_list_retirable_grants(hsm_api_ctx *c)
 	HSM_ENSURE(retiring != NULL || service != NULL, HSM_ERR_VALIDATION,
 	           "RetiringPrincipal or RetiringServicePrincipal is required");
 	HSM_GUARD(hsm_api_paging(c, 100, 50, &limit, &marker));
-	HSM_GUARD(grant_marker(marker));
+	hsm_buf after = {0};
+	HSM_GUARD(hsm_api_marker_position(c, HSM_MARKER_RETIRABLE_GRANTS, NULL, marker, &after));
 	list_begin(c, &l);
 	/* No grant here has an AWS service principal: one named lists none (authorized all
 	 * the same). */
 	hsm_result r = hsm_kms_list_retirable_grants(c->kms, c->caller, service != NULL ? NULL : retiring,
-	                                             marker, limit, write_grant, &l, &truncated);
-	list_end(c, &l, truncated);
-	return r;
+	                                             hsm_marker_at(&after), limit, write_grant, &l,
+	                                             &truncated);
+	hsm_buf_free(&after);
+	return list_end(c, &l, r, HSM_MARKER_RETIRABLE_GRANTS, NULL, truncated);
 }
 
 hsm_result hsm_api_retire_grant(hsm_api_ctx *c)

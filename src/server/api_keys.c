@@ -317,13 +317,17 @@ hsm_result hsm_api_list_keys(hsm_api_ctx *c)
 	const char *marker;
 	bool truncated = false;
 	list_state s = {c, ""};
+	hsm_buf after = {0};
 	HSM_GUARD(hsm_api_paging(c, 1000, 100, &limit, &marker));
+	HSM_GUARD(hsm_api_marker_position(c, HSM_MARKER_KEYS, NULL, marker, &after));
 	hsm_jw_key_begin_array(c->w, "Keys");
-	HSM_GUARD(hsm_kms_list_keys(c->kms, c->caller, marker, limit, write_key_entry, &s,
-	                            &truncated));
+	hsm_result r = hsm_kms_list_keys(c->kms, c->caller, hsm_marker_at(&after), limit,
+	                                 write_key_entry, &s, &truncated);
+	hsm_buf_free(&after);
+	HSM_GUARD(r);
 	hsm_jw_end_array(c->w);
 	if (truncated)
-		hsm_jw_str(c->w, "NextMarker", s.last);
+		HSM_GUARD(hsm_api_write_next_marker(c, HSM_MARKER_KEYS, NULL, s.last));
 	hsm_jw_bool(c->w, "Truncated", truncated);
 	return HSM_SUCCESS;
 }
@@ -388,12 +392,16 @@ hsm_result hsm_api_describe_keys(hsm_api_ctx *c)
 		hsm_jw_bool(c->w, "Truncated", false);
 		return HSM_SUCCESS;
 	}
+	hsm_buf after = {0};
+	HSM_GUARD(hsm_api_marker_position(c, HSM_MARKER_DESCRIBE_KEYS, NULL, marker, &after));
 	hsm_jw_key_begin_array(c->w, "Keys");
-	HSM_GUARD(hsm_kms_describe_keys(c->kms, c->caller, marker, limit, write_key_description, c,
-	                                &truncated, last));
+	hsm_result r = hsm_kms_describe_keys(c->kms, c->caller, hsm_marker_at(&after), limit,
+	                                     write_key_description, c, &truncated, last);
+	hsm_buf_free(&after);
+	HSM_GUARD(r);
 	hsm_jw_end_array(c->w);
 	if (truncated)
-		hsm_jw_str(c->w, "NextMarker", last);
+		HSM_GUARD(hsm_api_write_next_marker(c, HSM_MARKER_DESCRIBE_KEYS, NULL, last));
 	hsm_jw_bool(c->w, "Truncated", truncated);
 	return HSM_SUCCESS;
 }

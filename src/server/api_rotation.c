@@ -128,10 +128,13 @@ hsm_result hsm_api_list_key_rotations(hsm_api_ctx *c)
 	               strcmp(include, "ROTATIONS_ONLY") == 0,
 	           HSM_ERR_VALIDATION,
 	           "IncludeKeyMaterial '%.64s' is not ALL_KEY_MATERIAL or ROTATIONS_ONLY", include);
+	hsm_buf after = {0};
+	HSM_GUARD(hsm_api_marker_position(c, HSM_MARKER_ROTATIONS, key, marker, &after));
 	if (marker != NULL) {
-		int64_t v;
-		hsm_result m = hsm_parse_i64(marker, 1, UINT32_MAX, &v);
-		HSM_ENSURE(hsm_ok(m), HSM_ERR_INVALID_MARKER, "Marker is invalid");
+		int64_t v; /* canonical decimal, 1-4294967295: marker.c */
+		hsm_result m = hsm_parse_i64((const char *)after.data, 1, UINT32_MAX, &v);
+		hsm_buf_free(&after);
+		HSM_GUARD(m);
 		r.after = (uint32_t)v;
 	}
 	hsm_api_note_ref(c, key);
@@ -144,7 +147,7 @@ hsm_result hsm_api_list_key_rotations(hsm_api_ctx *c)
 	if (r.truncated) {
 		char next[16];
 		snprintf(next, sizeof(next), "%u", r.last);
-		hsm_jw_str(c->w, "NextMarker", next);
+		HSM_GUARD(hsm_api_write_next_marker(c, HSM_MARKER_ROTATIONS, key, next));
 	}
 	hsm_jw_bool(c->w, "Truncated", r.truncated);
 	return HSM_SUCCESS;

@@ -62,33 +62,19 @@ hsm_result hsm_api_list_resource_tags(hsm_api_ctx *c)
 	size_t limit;
 	bool truncated = false;
 	tag_list l = {c, ""};
-	hsm_buf after = {0}, next = {0};
+	hsm_buf after = {0};
 	HSM_GUARD(hsm_api_key_id(c, "KeyId", &key));
 	HSM_GUARD(hsm_api_paging(c, 50, 50, &limit, &marker));
-	/* Markers are opaque to clients: the base64url of the last tag key returned. */
-	if (marker != NULL) {
-		hsm_result m = hsm_b64url_decode(&after, marker, strlen(marker), HSM_ERR_INVALID_MARKER);
-		if (hsm_ok(m))
-			m = hsm_buf_terminate(&after);
-		if (hsm_failed(m) || after.len == 0 || strlen((const char *)after.data) != after.len) {
-			hsm_buf_free(&after);
-			return HSM_FAIL(HSM_ERR_INVALID_MARKER, "Marker is invalid");
-		}
-	}
+	HSM_GUARD(hsm_api_marker_position(c, HSM_MARKER_TAGS, key, marker, &after));
 	hsm_api_note_ref(c, key);
 	hsm_jw_key_begin_array(c->w, "Tags");
-	hsm_result r = hsm_kms_list_tags(c->kms, c->caller, key,
-	                                 marker != NULL ? (const char *)after.data : NULL, limit,
+	hsm_result r = hsm_kms_list_tags(c->kms, c->caller, key, hsm_marker_at(&after), limit,
 	                                 write_tag, &l, &truncated);
-	hsm_jw_end_array(c->w);
-	if (hsm_ok(r) && truncated) {
-		r = hsm_b64url_encode(&next, (const uint8_t *)l.last, strlen(l.last));
-		if (hsm_ok(r))
-			hsm_jw_str_n(c->w, "NextMarker", (const char *)next.data, next.len);
-	}
-	hsm_jw_bool(c->w, "Truncated", truncated);
 	hsm_buf_free(&after);
-	hsm_buf_free(&next);
+	hsm_jw_end_array(c->w);
+	if (hsm_ok(r) && truncated)
+		r = hsm_api_write_next_marker(c, HSM_MARKER_TAGS, key, l.last);
+	hsm_jw_bool(c->w, "Truncated", truncated);
 	return r;
 }
 

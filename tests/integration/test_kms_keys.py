@@ -2,6 +2,7 @@
 EnableKey/DisableKey, UpdateKeyDescription, ScheduleKeyDeletion,
 CancelKeyDeletion and the key-state errors (AWS KMS Developer Guide, "Key
 states of AWS KMS keys")."""
+import base64
 import datetime
 import json
 import uuid
@@ -237,6 +238,91 @@ def test_list_keys_invalid_marker_and_limit(kms, hsmd):
         assert "marker" in out["message"], out
     # Within the pattern, yet no marker hsmd handed out.
     call_error(hsmd, "ListKeys", {"Marker": "\u00ff"}, "InvalidMarkerException")
+
+
+def b64url(text):
+    raw = text.encode() if isinstance(text, str) else text
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def test_markers_are_bound_to_their_listing(kms, hsmd):
+    """A marker goes on only with the listing, and the key, that issued it: one from another
+    operation or key, or one hsmd never issued, is InvalidMarkerException, not a page."""
+    a = kms.create_key(Tags=[{"TagKey": f"t{i}", "TagValue": "v"} for i in range(3)])[
+        "KeyMetadata"]["KeyId"]
+    b = kms.create_key()["KeyMetadata"]["KeyId"]
+    for k in (a, b):
+        call_ok(hsmd, "RotateKeyOnDemand", {"KeyId": k})  # not in Debian's boto3
+        call_ok(hsmd, "RotateKeyOnDemand", {"KeyId": k})
+        for _ in range(3):
+            kms.create_grant(KeyId=k, GranteePrincipal=f"arn:aws:iam::{ACCOUNT}:root",
+                             Operations=["Encrypt"])
+    names = [f"alias/marker-{uuid.uuid4()}" for _ in range(3)]
+    for name in names:
+        kms.create_alias(AliasName=name, TargetKeyId=a)
+    issued = {
+        "ListKeys": ({}, kms.list_keys(Limit=1)["NextMarker"]),
+        "ListAliases": ({}, kms.list_aliases(Limit=1)["NextMarker"]),
+        "ListResourceTags": ({"KeyId": a}, kms.list_resource_tags(KeyId=a, Limit=1)["NextMarker"]),
+        "ListKeyRotations": ({"KeyId": a}, call_ok(hsmd, "ListKeyRotations",
+                                                   {"KeyId": a, "Limit": 1})["NextMarker"]),
+        "ListGrants": ({"KeyId": a}, kms.list_grants(KeyId=a, Limit=1)["NextMarker"]),
+    }
+    for op, (body, marker) in issued.items():
+        call_ok(hsmd, op, dict(body, Marker=marker))  # its own listing goes on
+        for other, (other_body, _) in issued.items():
+            if other != op:
+                call_error(hsmd, other, dict(other_body, Marker=marker), "InvalidMarkerException")
+    # Another key's marker, or an alias listing's of one key on all.
+    for op in ("ListResourceTags", "ListKeyRotations", "ListGrants"):
+        call_error(hsmd, op, {"KeyId": b, "Marker": issued[op][1]}, "InvalidMarkerException")
+    by_key = kms.list_aliases(KeyId=a, Limit=1)["NextMarker"]
+    call_ok(hsmd, "ListAliases", {"KeyId": a, "Marker": by_key})
+    call_ok(hsmd, "ListAliases", {"KeyId": names[0], "Marker": by_key})  # the same key
+    call_error(hsmd, "ListAliases", {"Marker": by_key}, "InvalidMarkerException")
+    call_error(hsmd, "ListAliases", {"KeyId": b, "Marker": by_key}, "InvalidMarkerException")
+    # Markers hsmd never issued: the old bare positions, forged ones, non-canonical ones.
+    tags = issued["ListResourceTags"][1]
+    for op, body, marker in (
+            ("ListKeys", {}, "00000000-0000-0000-0000-000000000000"),
+            ("ListKeys", {}, b64url("keys:-:00000000-0000-0000-0000-00000000000")),
+            ("ListAliases", {}, "alias/zzzz"),
+            ("ListAliases", {}, b64url("aliases:-:alias/zz zz")),
+            ("ListResourceTags", {"KeyId": a}, "_w"),       # 0xFF: not UTF-8
+            ("ListResourceTags", {"KeyId": a}, "dA"),       # "t"
+            ("ListResourceTags", {"KeyId": a}, b64url(f"tags:{a}:".encode() + b"\xff")),
+            ("ListResourceTags", {"KeyId": a}, tags + "A"),
+            ("ListKeyRotations", {"KeyId": a}, " 1"),
+            ("ListKeyRotations", {"KeyId": a}, "01"),
+            ("ListKeyRotations", {"KeyId": a}, b64url(f"rotations:{a}:01")),
+            ("ListKeyRotations", {"KeyId": a}, b64url(f"rotations:{a}: 1")),
+            ("ListKeyRotations", {"KeyId": a}, b64url(f"rotations:{a}:4294967296")),
+            ("ListGrants", {"KeyId": a}, "not-a-marker")):
+        call_error(hsmd, op, dict(body, Marker=marker), "InvalidMarkerException")
+    # A marker stays good when the item it ends with goes: the walk goes on after its name.
+    page = kms.list_resource_tags(KeyId=a, Limit=1)
+    kms.untag_resource(KeyId=a, TagKeys=[page["Tags"][0]["TagKey"]])
+    rest = kms.list_resource_tags(KeyId=a, Marker=page["NextMarker"])["Tags"]
+    assert [t["TagKey"] for t in rest] == ["t1", "t2"], rest
+    page = kms.list_grants(KeyId=a, Limit=1)
+    kms.revoke_grant(KeyId=a, GrantId=page["Grants"][0]["GrantId"])
+    rest = kms.list_grants(KeyId=a, Marker=page["NextMarker"])["Grants"]
+    assert len(rest) == 2 and page["Grants"][0]["GrantId"] not in [g["GrantId"] for g in rest]
+    # Whole walks still list every item once.
+    for op, body, items, name in (("ListKeys", {}, "Keys", "KeyId"),
+                                  ("ListAliases", {}, "Aliases", "AliasName"),
+                                  ("ListResourceTags", {"KeyId": a}, "Tags", "TagKey"),
+                                  ("ListKeyRotations", {"KeyId": a}, "Rotations", "KeyMaterialId"),
+                                  ("ListGrants", {"KeyId": b}, "Grants", "GrantId")):
+        whole = [x[name] for x in call_ok(hsmd, op, body)[items]]
+        walked, marker = [], None
+        while True:
+            page = call_ok(hsmd, op, dict(body, Limit=1, **({"Marker": marker} if marker else {})))
+            walked += [x[name] for x in page[items]]
+            if not page["Truncated"]:
+                break
+            marker = page["NextMarker"]
+        assert walked == whole and len(set(walked)) == len(walked), op
 
 
 def test_members_an_operation_does_not_have_are_ignored(hsmd):
