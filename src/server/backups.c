@@ -92,10 +92,8 @@ hsm_result hsm_server_usable_dir(const char *setting, const char *dir, bool crea
 	return HSM_SUCCESS;
 }
 
-hsm_result hsm_server_backup_init(hsm_server *s)
+hsm_result hsm_server_backup_dirs_check(hsm_server *s)
 {
-	const char *store_id = hsm_keystore_store_id(s->ks);
-	newest n = {0, 0, hsm_now()};
 	HSM_GUARD(hsm_server_blame(s, "backup_dir",
 	                           hsm_server_usable_dir("backup_dir", s->backup_dir, true)));
 	if (s->backup_copy_dir[0] != '\0') {
@@ -106,6 +104,14 @@ hsm_result hsm_server_backup_init(hsm_server *s)
 		                                                        "backup_copy_dir",
 		                                                        s->backup_copy_dir)));
 	}
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_server_backup_init(hsm_server *s)
+{
+	const char *store_id = hsm_keystore_store_id(s->ks);
+	newest n = {0, 0, hsm_now()};
+	HSM_GUARD(hsm_server_backup_dirs_check(s));
 	hsm_backup_remove_leftovers(s->backup_dir, s->data_dir); /* the store is locked: ours */
 	if (*store_id == '\0')
 		return HSM_SUCCESS;

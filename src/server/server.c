@@ -199,13 +199,26 @@ static hsm_result copy_dir_of_node(const hsm_server *s, char *out, size_t cap)
 	return hsm_server_distinct_copy_dir(s->audit_dir, "audit directory", node_dir, out);
 }
 
-static hsm_result open_audit(hsm_server *s)
+/*
+ * The audit trail's directories (copy_dir: this node's copy directory, or
+ * "").  Checked with the backups' before the store is opened too: opening
+ * migrates an older store's schema, which a start refused for a mistyped
+ * directory must not leave behind (and on a shared store, the nodes not yet
+ * upgraded lose their leadership to it).
+ */
+static hsm_result check_audit_dirs(hsm_server *s, char *copy_dir, size_t cap)
 {
 	HSM_GUARD(hsm_server_blame(s, "audit_dir", hsm_mkdir_p(s->audit_dir)));
-	char copy_dir[sizeof(s->audit_copy_dir) + HSM_CONFIG_NAME_MAX + 1] = "";
+	copy_dir[0] = '\0';
 	if (s->audit_copy_dir[0] != '\0')
-		HSM_GUARD(hsm_server_blame(s, "audit_copy_dir",
-		                           copy_dir_of_node(s, copy_dir, sizeof(copy_dir))));
+		HSM_GUARD(hsm_server_blame(s, "audit_copy_dir", copy_dir_of_node(s, copy_dir, cap)));
+	return HSM_SUCCESS;
+}
+
+static hsm_result open_audit(hsm_server *s)
+{
+	char copy_dir[sizeof(s->audit_copy_dir) + HSM_CONFIG_NAME_MAX + 1];
+	HSM_GUARD(check_audit_dirs(s, copy_dir, sizeof(copy_dir)));
 	hsm_audit_config ac = {
 	    .dir = s->audit_dir,
 	    .node_id = s->node_id,
@@ -456,12 +469,46 @@ static void warn_single_share(hsm_server *s, hsm_node_state st)
 		         "ceremony (hsmctl init)");
 }
 
+/*
+ * The Startup record: which build runs, and the store's schema.  An upgrade
+ * is on the trail of the node that made it: the store keeps each migration
+ * until a Startup record said it, so one made by a start that then stopped
+ * (refused by a check that follows the opening, or killed) is said by the
+ * next start, whichever node makes it.
+ */
+static void report_startup(hsm_server *s, hsm_node_state st)
+{
+	int migrated = hsm_store_migration_unreported(s->store);
+	/* The quorum is the node's configuration, not the API's: the trail says what it was. */
+	char quorum[16], schema[16], from[16];
+	snprintf(quorum, sizeof(quorum), "%u", (unsigned)s->opt.approval_quorum);
+	snprintf(schema, sizeof(schema), "%d", hsm_store_schema_version(s->store));
+	snprintf(from, sizeof(from), "%d", migrated);
+	hsm_audit_field f[] = {
+	    {"self_test", st == HSM_NODE_ERROR ? hsm_keystore_error_reason(s->ks) : "passed"},
+	    {"approval_quorum", quorum},
+	    {"version", hsm_version()},
+	    {"store_schema", schema},
+	    {"schema_migrated_from", from}};
+	bool written = hsm_server_event_of(s, NULL, "Startup",
+	                                   st == HSM_NODE_ERROR
+	                                       ? HSM_FAIL(HSM_ERR_NODE_ERROR, "self-test failed")
+	                                       : HSM_SUCCESS,
+	                                   f, migrated != 0 ? 5 : 4);
+	if (written && migrated != 0 && hsm_failed(hsm_store_migration_reported(s->store, migrated)))
+		hsm_log_failure("could not record in the store that the schema upgrade was audited (the "
+		                "next start says it again)");
+}
+
 static hsm_result open_parts(hsm_server *s)
 {
 	bool shared = s->opt.store != NULL && s->opt.store[0] != '\0';
 	if (!s->opt.dev && !shared)
 		HSM_GUARD(hsm_server_blame(s, "data_dir", check_store_exists(s)));
 	HSM_GUARD(hsm_server_blame(s, "data_dir", hsm_mkdir_p(s->data_dir)));
+	char copy_dir[sizeof(s->audit_copy_dir) + HSM_CONFIG_NAME_MAX + 1];
+	HSM_GUARD(check_audit_dirs(s, copy_dir, sizeof(copy_dir)));
+	HSM_GUARD(hsm_server_backup_dirs_check(s));
 	HSM_GUARD(hsm_server_blame(s, shared ? "store" : "data_dir",
 	                           hsm_store_open(shared ? s->opt.store : s->data_dir, &s->store)));
 	atomic_store(&s->store_up, true);
@@ -475,22 +522,7 @@ static hsm_result open_parts(hsm_server *s)
 	HSM_GUARD(open_audit(s));
 	HSM_GUARD(hsm_keystore_new(s->store, 0, &s->ks));
 	hsm_node_state st = hsm_keystore_state(s->ks);
-	/* The quorum is the node's configuration, not the API's: the trail says what it was. */
-	char quorum[16], schema[16], from[16];
-	snprintf(quorum, sizeof(quorum), "%u", (unsigned)s->opt.approval_quorum);
-	snprintf(schema, sizeof(schema), "%d", hsm_store_schema_version(s->store));
-	snprintf(from, sizeof(from), "%d", hsm_store_migrated_from(s->store));
-	/* Which build runs, and the store's schema: an upgrade is on the trail where it happened. */
-	hsm_audit_field f[] = {
-	    {"self_test", st == HSM_NODE_ERROR ? hsm_keystore_error_reason(s->ks) : "passed"},
-	    {"approval_quorum", quorum},
-	    {"version", hsm_version()},
-	    {"store_schema", schema},
-	    {"schema_migrated_from", from}};
-	hsm_server_event(s, "Startup", NULL, 0,
-	                 st == HSM_NODE_ERROR ? HSM_FAIL(HSM_ERR_NODE_ERROR, "self-test failed")
-	                                      : HSM_SUCCESS,
-	                 f, hsm_store_migrated_from(s->store) != 0 ? 5 : 4);
+	report_startup(s, st);
 	warn_single_share(s, st);
 	/*
 	 * An audit directory with no record, beside a store initialized before

@@ -365,6 +365,8 @@ void hsm_server_jwks_preflight(hsm_http_req *req);
  * an interrupted backup left, reads the newest backup's time and size.
  */
 hsm_result hsm_server_backup_init(hsm_server *s) HSM_MUST_CHECK;
+/* hsm_server_backup_init's directory checks alone: run before the store is opened too. */
+hsm_result hsm_server_backup_dirs_check(hsm_server *s) HSM_MUST_CHECK;
 /* A directory (made if missing, when create) in which a file can be created (VALIDATION naming setting). */
 hsm_result hsm_server_usable_dir(const char *setting, const char *dir, bool create) HSM_MUST_CHECK;
 /*

@@ -436,9 +436,65 @@ int hsm_store_migrated_from(hsm_store *s)
 	return s->migrated_from;
 }
 
+#define META_NAME_CAP 256
+
+static void upgrade_meta_name(hsm_store *s, const char *prefix, char *out, size_t cap)
+{
+	snprintf(out, cap, "%s%s:%d", prefix, s->ops->name, s->ops->schema_latest());
+}
+
+/* Whether the metadata value is a schema version, 1..latest - 1; 0 if not. */
+static int upgrade_from_value(const hsm_buf *v, int latest)
+{
+	if (v->len == 0 || v->len > 9)
+		return 0;
+	int from = 0;
+	for (size_t i = 0; i < v->len; i++) {
+		if (v->data[i] < '0' || v->data[i] > '9')
+			return 0;
+		from = from * 10 + (v->data[i] - '0');
+	}
+	return from > 0 && from < latest ? from : 0;
+}
+
+int hsm_store_migration_unreported(hsm_store *s)
+{
+	HSM_ASSERT(s != NULL);
+	if (s->ops->schema_version(s) != s->ops->schema_latest())
+		return 0; /* opened as it is: nothing was migrated to this build's schema */
+	char name[META_NAME_CAP];
+	hsm_buf v;
+	hsm_buf_init(&v);
+	upgrade_meta_name(s, ST_UPGRADE_REPORTED_META, name, sizeof(name));
+	hsm_result r = s->ops->meta_get(s, name, &v);
+	int from = 0;
+	if (r.err == HSM_ERR_NOT_FOUND) {
+		upgrade_meta_name(s, ST_UPGRADE_META, name, sizeof(name));
+		r = s->ops->meta_get(s, name, &v);
+		if (hsm_ok(r))
+			from = upgrade_from_value(&v, s->ops->schema_latest());
+	}
+	hsm_buf_free(&v);
+	if (hsm_failed(r) && r.err != HSM_ERR_NOT_FOUND)
+		return s->migrated_from;
+	return from;
+}
+
+hsm_result hsm_store_migration_reported(hsm_store *s, int from)
+{
+	HSM_ASSERT(s != NULL && from > 0);
+	char name[META_NAME_CAP], value[16];
+	upgrade_meta_name(s, ST_UPGRADE_REPORTED_META, name, sizeof(name));
+	int n = snprintf(value, sizeof(value), "%d", from);
+	hsm_buf v = {.data = (uint8_t *)value, .len = (size_t)n};
+	const char *names[] = {name};
+	const hsm_buf *values[] = {&v};
+	hsm_result r = s->ops->meta_put(s, 1, names, values);
+	return r.err == HSM_ERR_ALREADY_EXISTS ? HSM_SUCCESS : r;
+}
+
 /* ---- Metadata -------------------------------------------------------------------- */
 
-#define META_NAME_CAP 256
 
 hsm_result hsm_store_meta_get(hsm_store *s, const char *name, hsm_buf *out)
 {

@@ -293,6 +293,20 @@ int hsm_store_schema_latest(hsm_store *s);
  * shared store brought it forward first).
  */
 int hsm_store_migrated_from(hsm_store *s);
+/*
+ * The schema version the store had before its last migration, while no
+ * audit trail has said that migration yet (hsm_store_migration_reported);
+ * 0 when there is none to say.  A migration's start that stopped before its
+ * Startup record (refused, killed) leaves it for the next start to say.
+ * When the store's record cannot be read: hsm_store_migrated_from.
+ */
+int hsm_store_migration_unreported(hsm_store *s);
+/*
+ * Records that a Startup record said the migration from `from` to this
+ * schema, so later starts do not say it again.  Two nodes saying it at once
+ * both succeed.
+ */
+hsm_result hsm_store_migration_reported(hsm_store *s, int from) HSM_MUST_CHECK;
 
 /* ---- Metadata: small named values (store id, KCV, quorum settings, ...) ---- */
 

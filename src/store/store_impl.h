@@ -501,6 +501,22 @@ void st_intent_restore(hsm_store_intent *in);
 /* The st_vec clear function of hsm_outbox_record items. */
 void st_outbox_record_clear(void *item);
 
+/* ---- Schema upgrades on the store's own record (store.c) ---- */
+
+/*
+ * The metadata names that keep an upgrade until a node's audit trail said
+ * it: ST_UPGRADE_META "<backend>:<latest>" holds the version the store had
+ * (as decimal text), written if absent in the transaction of each step a
+ * migration of a store that had a schema commits, so the earliest version
+ * stays when a migration is cut short and finished later;
+ * ST_UPGRADE_REPORTED_META "<backend>:<latest>" is written once a Startup
+ * record carried it (hsm_store_migration_reported).  The backend's name keeps
+ * a copy between backends (a backup, hsmctl store copy) from reading one
+ * backend's numbers as the other's.
+ */
+#define ST_UPGRADE_META "schema_upgrade:"
+#define ST_UPGRADE_REPORTED_META "schema_upgrade_reported:"
+
 /* ---- Argument checks (store.c), shared by the public functions' files ---- */
 
 /* A string that must be non-empty and fit a field of cap bytes (with the NUL). */

@@ -342,13 +342,34 @@ static const char SQL_VERSION_TABLE[] = "CREATE TABLE IF NOT EXISTS schema_versi
 static const char SQL_CURRENT[] = "SELECT coalesce(max(version), 0) FROM schema_version";
 static const char SQL_RECORD[] = "INSERT INTO schema_version (version, applied) "
                                  "VALUES ($1, extract(epoch FROM now())::bigint)";
+/* The store's record of an upgrade (ST_UPGRADE_META): the earliest version stays. */
+static const char SQL_UPGRADE[] = "INSERT INTO meta (name, value) VALUES ($1, $2) "
+                                  "ON CONFLICT (name) DO NOTHING";
 
 typedef struct step {
 	const migration *m; /* NULL: only create the version table and read the version */
 	int64_t current;
 	int64_t before;     /* the version read under the lock, before m */
+	int64_t start;      /* the version this opening found first: 0 for a new database */
 	bool applied;       /* m was applied by this attempt (not by another node first) */
 } step;
+
+/*
+ * Keeps, in the step's transaction, the version the store had before it, so
+ * that the upgrade reaches an audit trail even if this start goes no further.
+ */
+static hsm_result record_upgrade(pg_conn *c, int64_t before)
+{
+	char name[64], value[24];
+	snprintf(name, sizeof(name), ST_UPGRADE_META "postgresql:%d", pg_schema_latest());
+	int n = snprintf(value, sizeof(value), "%lld", (long long)before);
+	hsm_buf v = {.data = (uint8_t *)value, .len = (size_t)n};
+	pg_params p;
+	pg_params_init(&p);
+	pg_p_text(&p, name);
+	pg_p_bytea(&p, &v);
+	return pg_run(c, SQL_UPGRADE, &p, NULL);
+}
 
 /* Under the lock: reads the version and applies m if the database is still below it. */
 static hsm_result step_body(pg_conn *c, void *arg)
@@ -372,6 +393,8 @@ static hsm_result step_body(pg_conn *c, void *arg)
 	pg_params_init(&p);
 	pg_p_i64(&p, st->m->version);
 	HSM_GUARD(pg_run(c, SQL_RECORD, &p, NULL));
+	if (st->start > 0)
+		HSM_GUARD(record_upgrade(c, st->before));
 	st->current = st->m->version;
 	st->applied = true;
 	return HSM_SUCCESS;
@@ -443,8 +466,9 @@ hsm_result pg_schema_read(pg_store *s, int *version)
 
 hsm_result pg_schema_migrate(pg_store *s, int *version, int *migrated_from)
 {
-	step st = {NULL, 0, 0, false};
+	step st = {NULL, 0, 0, 0, false};
 	HSM_GUARD(pg_write(s, step_body, &st));
+	st.start = st.current;
 	int latest = pg_schema_latest();
 	HSM_GUARD(pg_schema_check(st.current));
 	int64_t from = -1; /* the version before the first step this node applied */

@@ -469,14 +469,22 @@ static hsm_result certificates_reshape(sq_conn *w)
 	}
 }
 
-/* Runs one step and records it, in one transaction. */
-static hsm_result apply(sq_conn *w, const migration *m)
+/*
+ * Runs one step and records it, in one transaction; from: the version the
+ * migration began at, kept on the store's record of the upgrade
+ * (ST_UPGRADE_META) unless it began from nothing (a new store).
+ */
+static hsm_result apply(sq_conn *w, const migration *m, int64_t from)
 {
-	char record[128];
+	char record[128], upgrade[192];
 	snprintf(record, sizeof(record),
 	         "INSERT INTO schema_version (version, applied)"
 	         " VALUES (%d, CAST(strftime('%%s', 'now') AS INTEGER))",
 	         m->version);
+	snprintf(upgrade, sizeof(upgrade),
+	         "INSERT OR IGNORE INTO meta (name, value)"
+	         " VALUES ('" ST_UPGRADE_META "sqlite:%d', CAST('%lld' AS BLOB))",
+	         hsm_store_sqlite_schema_latest(), (long long)from);
 	hsm_result res = exec_sql(w, "BEGIN IMMEDIATE", "begin a schema migration");
 	if (hsm_ok(res) && m->code != NULL)
 		res = m->code(w);
@@ -486,6 +494,8 @@ static hsm_result apply(sq_conn *w, const migration *m)
 		res = check_references(w);
 	if (hsm_ok(res))
 		res = exec_sql(w, record, "record a schema migration");
+	if (hsm_ok(res) && from > 0)
+		res = exec_sql(w, upgrade, "record the schema upgrade");
 	if (hsm_ok(res))
 		res = exec_sql(w, "COMMIT", "commit a schema migration");
 	return rollback(w, res);
@@ -501,11 +511,11 @@ static hsm_result apply(sq_conn *w, const migration *m)
  * the store as it was.  check_references stands in for the enforcement
  * before COMMIT.
  */
-static hsm_result apply_rebuild(sq_conn *w, const migration *m)
+static hsm_result apply_rebuild(sq_conn *w, const migration *m, int64_t from)
 {
 	int64_t on = 0;
 	HSM_GUARD(exec_sql(w, "PRAGMA foreign_keys=OFF", "suspend foreign key enforcement"));
-	hsm_result res = apply(w, m);
+	hsm_result res = apply(w, m, from);
 	/* The writer keeps this connection for the store's life: it must enforce again. */
 	hsm_result back = exec_sql(w, "PRAGMA foreign_keys=ON", "restore foreign key enforcement");
 	if (hsm_ok(back))
@@ -561,9 +571,9 @@ hsm_result sq_schema_migrate(sq_conn *w, int *version, int *migrated_from)
 		if (migrations[i].version <= current)
 			continue;
 		if (migrations[i].rebuilds)
-			HSM_GUARD(apply_rebuild(w, &migrations[i]));
+			HSM_GUARD(apply_rebuild(w, &migrations[i], current));
 		else
-			HSM_GUARD(apply(w, &migrations[i]));
+			HSM_GUARD(apply(w, &migrations[i], current));
 	}
 	/* An upgrade is said (a new store, from 0, is a creation). */
 	*migrated_from = 0;

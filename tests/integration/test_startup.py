@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from conftest import HSMD, free_port
+from conftest import DEV_AKID, DEV_SECRET, HSMD, free_port
 
 
 @pytest.fixture
@@ -194,6 +194,71 @@ def test_each_start_records_its_version_and_the_schema_it_brought_forward(tmp):
             node.read_log()
     finally:
         node.cleanup()
+
+
+DEV_ENV = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
+
+
+def older_schema(data):
+    """Makes the store at data as the build before the last schema step left it (the
+    step is idempotent); the version it then has."""
+    import sqlite3
+    db = sqlite3.connect(os.path.join(data, "hsmd.db"))
+    latest = db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+    db.execute("DELETE FROM schema_version WHERE version = ?", (latest,))
+    db.commit()
+    db.close()
+    return latest - 1
+
+
+def schema_of(data):
+    import sqlite3
+    db = sqlite3.connect(os.path.join(data, "hsmd.db"))
+    try:
+        return db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_a_start_refused_for_its_audit_dir_leaves_the_schema_as_it_was(tmp):
+    """The directories a start checks are checked before the store is opened: a start
+    refused for one does not bring the schema forward (on a shared store, that would take
+    the scheduled work from the nodes not yet upgraded)."""
+    from conftest import start_dev
+    data = os.path.join(tmp, "data")
+    start_dev(["--data-dir", data]).cleanup()
+    old = older_schema(data)
+    err = refused(["--dev", "--data-dir", data, "--listen", f"127.0.0.1:{free_port()}",
+                   "--audit-dir", blocker(tmp)],
+                  DEV_ENV)
+    assert "(audit_dir from --audit-dir)" in err, err
+    assert schema_of(data) == old
+
+
+def test_an_upgrade_by_a_start_that_stopped_is_said_by_the_next_one(tmp):
+    """A start refused after it brought the schema forward (here for another account than
+    the store's keys') cannot audit the upgrade: the store keeps it until a Startup record
+    says it, so the next start does, once."""
+    from conftest import start_dev, client
+    from helpers import audit_records
+    data = os.path.join(tmp, "data")
+    node = start_dev(["--data-dir", data])
+    try:
+        client(node).create_key()  # records the store's account
+    finally:
+        node.cleanup()
+    old = older_schema(data)
+    err = refused(["--dev", "--data-dir", data, "--listen", f"127.0.0.1:{free_port()}",
+                   "--account-id", "999988887777"],
+                  DEV_ENV)
+    assert "999988887777" in err, err
+    assert schema_of(data) == old + 1  # the refusal came after the opening
+    for _ in range(2):
+        start_dev(["--data-dir", data]).cleanup()
+    starts = [r["extra"] for r in audit_records(data) if r.get("op") == "Startup"]
+    assert len(starts) == 3, starts
+    assert starts[1]["schema_migrated_from"] == str(old), starts
+    assert "schema_migrated_from" not in starts[2], starts
 
 
 def test_the_version_names_the_commit_it_was_built_from():

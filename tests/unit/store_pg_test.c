@@ -366,6 +366,29 @@ static void test_refuses_newer_schema(void **state)
 	EXPECT_OK(hsm_store_open(f->loc, &f->s));
 }
 
+/* An upgrade stays on the store's record until a Startup record said it (store.h). */
+static void test_upgrade_kept_until_reported(void **state)
+{
+	st_fixture *f = *state;
+	int latest = hsm_store_pg_schema_latest();
+	assert_int_equal(hsm_store_migration_unreported(f->s), 0); /* a new store: no upgrade */
+	hsm_store_close(f->s);
+	f->s = NULL;
+	char sql[96];
+	snprintf(sql, sizeof(sql), "DELETE FROM schema_version WHERE version = %d", latest);
+	assert_int_equal(st_pg_exec(f->db, sql), 0); /* the last step is idempotent */
+	EXPECT_OK(hsm_store_open(f->loc, &f->s));
+	assert_int_equal(hsm_store_migrated_from(f->s), latest - 1);
+	hsm_store_close(f->s);
+	f->s = NULL;
+	EXPECT_OK(hsm_store_open(f->loc, &f->s));
+	assert_int_equal(hsm_store_migrated_from(f->s), 0);
+	assert_int_equal(hsm_store_migration_unreported(f->s), latest - 1);
+	EXPECT_OK(hsm_store_migration_reported(f->s, latest - 1));
+	EXPECT_OK(hsm_store_migration_reported(f->s, latest - 1));
+	assert_int_equal(hsm_store_migration_unreported(f->s), 0);
+}
+
 /* ---- Lost connections ------------------------------------------------------------------------ */
 
 /* Ends every server session of the test database but the caller's own, and waits (up to 5 s) until each has exited. */
@@ -781,6 +804,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_two_nodes_retried_grant, pg_setup, st_teardown),
 		cmocka_unit_test(test_concurrent_first_open),
 		cmocka_unit_test_setup_teardown(test_refuses_newer_schema, pg_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_upgrade_kept_until_reported, pg_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_connection_killed_under_the_store, pg_setup,
 		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_one_leader_at_a_time, pg_setup, st_teardown),

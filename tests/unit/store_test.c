@@ -122,6 +122,34 @@ static void test_migrates_version_zero_store(void **state)
 	st_rm_rf(dir);
 }
 
+/*
+ * An upgrade stays on the store's record until a Startup record said it: a
+ * start that stopped between the two leaves it for the next opening.
+ */
+static void test_upgrade_kept_until_reported(void **state)
+{
+	st_sqlite_only();
+	st_fixture *f = *state;
+	int latest = hsm_store_sqlite_schema_latest();
+	assert_int_equal(hsm_store_migration_unreported(f->s), 0); /* a new store: no upgrade */
+	hsm_store_close(f->s);
+	f->s = NULL;
+	char sql[96];
+	snprintf(sql, sizeof(sql), "DELETE FROM schema_version WHERE version = %d", latest);
+	assert_int_equal(st_raw_exec(f->dir, sql), SQLITE_OK); /* the last step is idempotent */
+	EXPECT_OK(hsm_store_open(f->dir, &f->s));
+	assert_int_equal(hsm_store_migrated_from(f->s), latest - 1);
+	hsm_store_close(f->s);
+	f->s = NULL;
+	/* Reopened, nothing migrates; the upgrade is still to be said. */
+	EXPECT_OK(hsm_store_open(f->dir, &f->s));
+	assert_int_equal(hsm_store_migrated_from(f->s), 0);
+	assert_int_equal(hsm_store_migration_unreported(f->s), latest - 1);
+	EXPECT_OK(hsm_store_migration_reported(f->s, latest - 1));
+	EXPECT_OK(hsm_store_migration_reported(f->s, latest - 1)); /* two nodes at once */
+	assert_int_equal(hsm_store_migration_unreported(f->s), 0);
+}
+
 static void test_failed_migration_changes_nothing(void **state)
 {
 	(void)state;
@@ -425,6 +453,7 @@ int main(void)
 		cmocka_unit_test(test_open_rejects_bad_locations),
 		cmocka_unit_test_setup_teardown(test_lock_conflict, st_setup, st_teardown),
 		cmocka_unit_test(test_migrates_version_zero_store),
+		cmocka_unit_test_setup_teardown(test_upgrade_kept_until_reported, st_setup, st_teardown),
 		cmocka_unit_test(test_failed_migration_changes_nothing),
 		cmocka_unit_test_setup_teardown(test_refuses_newer_schema_and_foreign_files, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_connection_settings, st_setup, st_teardown),
