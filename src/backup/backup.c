@@ -322,7 +322,9 @@ static hsm_result make_info(const hsm_backup_request *req, hsm_backup_info *in)
 	for (const char *p = in->node_id; *p != '\0'; p++)
 		HSM_ENSURE(*p >= 0x20 && *p < 0x7f, HSM_ERR_VALIDATION,
 		           "the node id must be printable ASCII to be written in a backup");
-	in->schema_version = (uint32_t)hsm_store_schema_version(req->store);
+	/* The copy's schema, which restoring needs, not the backend's number (a PostgreSQL
+	 * store's copy is a SQLite store). */
+	in->schema_version = (uint32_t)hsm_store_snapshot_schema(req->store);
 	in->chunk_size = req->chunk_size ? req->chunk_size : CHUNK_DEFAULT;
 	HSM_ENSURE(in->chunk_size >= CHUNK_MIN && in->chunk_size <= CHUNK_MAX, HSM_ERR_VALIDATION,
 	           "backup chunk size out of range");

@@ -676,6 +676,13 @@ hsm_result hsm_store_snapshot(hsm_store *s, const char *path)
 	return res;
 }
 
+int hsm_store_snapshot_schema(hsm_store *s)
+{
+	HSM_ASSERT(s != NULL);
+	return s->ops->snapshot_schema != NULL ? s->ops->snapshot_schema(s)
+	                                       : hsm_store_sqlite_schema_latest();
+}
+
 hsm_result hsm_store_rekey(hsm_store *s, const hsm_store_rekey_req *req,
                            hsm_store_rekey_counts *counts)
 {

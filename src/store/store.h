@@ -572,6 +572,13 @@ hsm_result hsm_store_claim_node_why(hsm_store *s, const char *node_id,
  * failure nothing is left at path.
  */
 hsm_result hsm_store_snapshot(hsm_store *s, const char *path) HSM_MUST_CHECK;
+/*
+ * The schema version of the SQLite store hsm_store_snapshot writes: a SQLite
+ * store's own (opened as it is, it may be older than this build's), this
+ * build's SQLite schema for any other backend, whose version numbers are
+ * its own and say nothing of the copy's.
+ */
+int hsm_store_snapshot_schema(hsm_store *s);
 
 /*
  * Copies everything src holds into dst, record for record and exactly:

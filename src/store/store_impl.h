@@ -91,6 +91,12 @@ struct hsm_store_ops {
 	                           void *arg, bool *truncated);
 	hsm_result (*key_count)(hsm_store *s, uint64_t *out);
 	hsm_result (*snapshot)(hsm_store *s, const char *path);
+	/*
+	 * The SQLite schema version of what snapshot writes; NULL for a backend
+	 * whose snapshot is a new SQLite store (hsm_store_snapshot_to_sqlite),
+	 * which has this build's.
+	 */
+	int (*snapshot_schema)(hsm_store *s);
 	hsm_result (*lead)(hsm_store *s, bool want, uint32_t lease_ms, bool *leading);
 	hsm_result (*keys_due)(hsm_store *s, int64_t now, size_t limit, hsm_key_cb cb, void *arg);
 	hsm_result (*keys_due_count)(hsm_store *s, int64_t horizon, int64_t overdue_before,

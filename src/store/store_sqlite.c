@@ -506,6 +506,7 @@ static const hsm_store_ops sqlite_ops = {
 	.jwt_key_list = sq_jwt_key_list,
 	.key_count = sq_key_count,
 	.snapshot = sq_snapshot,
+	.snapshot_schema = sq_schema_version_op, /* a copy of the file: its schema */
 	.lead = sq_lead,
 	.keys_due = sq_keys_due,
 	.keys_due_count = sq_keys_due_count,

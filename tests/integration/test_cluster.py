@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -1192,6 +1193,16 @@ def test_backup_of_the_shared_store(cluster, pg, tmp_path):
     # Into a single node's SQLite directory ...
     dest = tmp_path / "restored"
     hsmctl("restore", "--data-dir", str(dest), *share_args, path)
+    # The header states the schema of the copy inside, a SQLite store at this build's
+    # SQLite schema (which a restore leaves as it is), not the PostgreSQL schema's number.
+    info = dict(l.split(": ", 1) for l in
+                hsmctl("backup", "inspect", path).stdout.splitlines() if ": " in l)
+    db = sqlite3.connect(str(dest / "hsmd.db"))
+    try:
+        restored_schema = db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+    finally:
+        db.close()
+    assert info["schema"] == str(restored_schema), (info, restored_schema)
     single = Hsmd([], data_dir=str(dest))
     try:
         unseal(single, cluster.files, who=("bob", "dave", "erin"))
