@@ -169,28 +169,58 @@ static void print_key(const hsm_key_record *r)
 /*
  * The store's account and region, which the key's ARN and default policy
  * name: those it records, which any given must match; on a store that
- * records none, the ones given (this key records them).
+ * records none, the ones given (this key records them), which must be the
+ * account the policies of the keys already there name, if any (keys made
+ * before the store recorded its account: hsmd's start checks them alike),
+ * or the nodes of that account would refuse to start on the store.
  */
-static hsm_result check_identity(const hsmctl_local *l)
+static hsm_result check_identity(hsm_store *store)
 {
 	const char *account = hsmctl_globals.key_account, *region = hsmctl_globals.key_region;
-	if (l->identity_recorded) {
-		HSM_ENSURE((account == NULL || strcmp(account, l->account) == 0) &&
-		               (region == NULL || strcmp(region, l->region) == 0),
+	char theirs[13], their_region[HSM_REGION_NAME_MAX + 1];
+	bool recorded = false;
+	HSM_GUARD(hsm_kms_account_recorded(store, theirs, their_region, &recorded));
+	if (recorded) {
+		HSM_ENSURE((account == NULL || strcmp(account, theirs) == 0) &&
+		               (region == NULL || strcmp(region, their_region) == 0),
 		           HSM_ERR_CONFLICT,
 		           "the store's keys belong to account %s in region %s, not the %s given "
 		           "(--account-id and --region, or HSM_ACCOUNT_ID and HSM_REGION): give the "
 		           "store's, or none; nothing was created",
-		           l->account, l->region,
-		           account != NULL && strcmp(account, l->account) != 0 ? "account" : "region");
+		           theirs, their_region,
+		           account != NULL && strcmp(account, theirs) != 0 ? "account" : "region");
 		return HSM_SUCCESS;
 	}
-	HSM_ENSURE(l->identity_known, HSM_ERR_VALIDATION,
+	HSM_ENSURE(account != NULL && region != NULL, HSM_ERR_VALIDATION,
 	           "this store records no account and region yet: its first key records them, and "
 	           "its nodes must run with the same account_id and region, so give them: "
 	           "--account-id ID --region R (or HSM_ACCOUNT_ID and HSM_REGION); nothing was "
 	           "created");
+	bool has_keys = false;
+	/* Unread (a store older than this build, read as it is): checked again once migrated. */
+	if (hsm_failed(hsm_kms_account_of_keys(store, account, theirs, &has_keys)))
+		return HSM_SUCCESS;
+	HSM_ENSURE(theirs[0] == '\0', HSM_ERR_CONFLICT,
+	           "the store records no account yet, but the policies of its keys name account %s, "
+	           "not the %s given (--account-id, or HSM_ACCOUNT_ID): its nodes run with that "
+	           "account_id, and would refuse the store once this key recorded another; give "
+	           "--account-id %s and the region they run in; nothing was created",
+	           theirs, account, theirs);
 	return HSM_SUCCESS;
+}
+
+/*
+ * check_identity on the store as it is, before it is opened to be changed
+ * (which migrates an older schema): a refused key create leaves it as it was.
+ */
+static hsm_result check_identity_first(const key_opts *o)
+{
+	HSM_ENSURE(o->data_dir != NULL, HSM_ERR_VALIDATION, "--data-dir is required");
+	hsm_store *store = NULL;
+	HSM_GUARD(hsm_store_open_existing(hsmctl_store_location(o->data_dir), &store));
+	hsm_result r = check_identity(store);
+	hsm_store_close(store);
+	return r;
 }
 
 /*
@@ -256,7 +286,7 @@ static hsm_result do_create(hsmctl_local *l, const key_opts *o)
 		req.usage = HSM_USAGE_SIGN_VERIFY;
 	hsm_key_record rec;
 	memset(&rec, 0, sizeof(rec));
-	hsm_result r = check_identity(l);
+	hsm_result r = check_identity(l->store); /* again: the store may have changed since */
 	if (hsm_ok(r) && o->alias != NULL)
 		r = check_alias_free(l, o->alias);
 	if (hsm_ok(r))
@@ -375,8 +405,9 @@ int hsmctl_cmd_key(int argc, char **argv)
 		return rc;
 	hsmctl_local l = {0};
 	bool reads = strcmp(o.sub, "list") == 0 || strcmp(o.sub, "describe") == 0;
-	hsm_result r = reads ? open_to_read(&o, &l)
-	                     : hsmctl_local_open(o.data_dir, o.n_shares, o.shares, &l);
+	hsm_result r = strcmp(o.sub, "create") == 0 ? check_identity_first(&o) : HSM_SUCCESS;
+	if (hsm_ok(r))
+		r = reads ? open_to_read(&o, &l) : hsmctl_local_open(o.data_dir, o.n_shares, o.shares, &l);
 	if (hsm_ok(r) && !reads && o.n_shares == 0) {
 		hsm_unseal_progress p;
 		hsm_keystore_unseal_status(l.ks, &p);

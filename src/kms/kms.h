@@ -182,6 +182,16 @@ hsm_result hsm_kms_account_check(hsm_store *store, const char *account_id, const
 hsm_result hsm_kms_account_recorded(hsm_store *store, char account[13],
                                     char region[HSM_REGION_NAME_MAX + 1],
                                     bool *recorded) HSM_MUST_CHECK;
+/*
+ * For a store that records no account yet (its keys were made before
+ * hsm_kms_account_check recorded it): whether it has a key (*has_keys, of
+ * those not destroyed), and in other the account its first key's policy
+ * names (arn:aws:iam::<12 digits>:) when that policy never names account_id,
+ * else "".  A restored or copied store's keys are another account's when
+ * other is set: their principals match none of account_id's callers.
+ */
+hsm_result hsm_kms_account_of_keys(hsm_store *store, const char *account_id, char other[13],
+                                   bool *has_keys) HSM_MUST_CHECK;
 void hsm_kms_set_event_sink(hsm_kms *kms, hsm_kms_event_fn fn, void *arg);
 /* Replaces the clock (tests): returns epoch seconds. */
 void hsm_kms_set_clock(hsm_kms *kms, int64_t (*now)(void *arg), void *arg);

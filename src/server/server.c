@@ -396,34 +396,6 @@ static hsm_result claim_node_id(hsm_server *s)
 }
 
 /*
- * A store restored or copied into a node of another account_id matches none
- * of its key policies' principals (the default policy names the account's
- * root), so every key request would be refused with nothing at start to say
- * why.  The first key's policy tells: one that names an account
- * (arn:aws:iam::<id>:) and never this node's is worth a warning.
- */
-typedef struct account_probe {
-	const char *mine;
-	char other[13];
-	bool seen; /* a key was listed */
-} account_probe;
-
-static hsm_result probe_account(const hsm_key_record *k, void *arg)
-{
-	account_probe *p = arg;
-	p->seen = true;
-	static const char prefix[] = "arn:aws:iam::";
-	const char *at = k->policy != NULL ? strstr(k->policy, prefix) : NULL;
-	if (at == NULL || strstr(k->policy, p->mine) != NULL)
-		return HSM_SUCCESS;
-	at += sizeof(prefix) - 1;
-	size_t n = strspn(at, "0123456789");
-	if (n == 12 && at[n] == ':')
-		memcpy(p->other, at, 12);
-	return HSM_SUCCESS;
-}
-
-/*
  * The store records the account and region its keys belong to (CreateKey
  * does, and a start on a store with keys): a node of another refuses to
  * start.  A store with keys made before it did is recorded as this node's,
@@ -433,19 +405,20 @@ static hsm_result probe_account(const hsm_key_record *k, void *arg)
 static hsm_result check_account(hsm_server *s)
 {
 	HSM_GUARD(hsm_kms_account_check(s->store, s->account, s->region, false));
-	account_probe p = {.mine = s->account, .other = ""};
-	bool truncated = false;
-	if (hsm_failed(hsm_store_key_list(s->store, NULL, 1, false, probe_account, &p, &truncated)))
+	char other[13];
+	bool seen = false;
+	if (hsm_failed(hsm_kms_account_of_keys(s->store, s->account, other, &seen)))
 		return HSM_SUCCESS; /* unread: checked again at the next start and CreateKey */
-	if (p.other[0] != '\0') {
+	/* Nothing at start would say why every key request is refused: a warning does. */
+	if (other[0] != '\0') {
 		hsm_warn("the store's key policies name account %s, and this node's account_id is %s: "
 		         "their principals match none of its callers, so key requests will be refused "
 		         "(a store restored or copied from another node: give this one its account_id "
 		         "and region)",
-		         p.other, s->account);
+		         other, s->account);
 		return HSM_SUCCESS;
 	}
-	if (!p.seen)
+	if (!seen)
 		return HSM_SUCCESS;
 	hsm_result r = hsm_kms_account_check(s->store, s->account, s->region, true);
 	return r.err == HSM_ERR_CONFLICT ? r : HSM_SUCCESS;

@@ -265,6 +265,55 @@ def test_keys_made_offline_carry_the_nodes_account_and_region(tmp_path):
         Hsmd([], data_dir=str(data))
 
 
+def test_a_store_older_than_its_account_record_takes_its_keys_account(tmp_path):
+    """A store whose keys were made before stores recorded their account: an offline key
+    create under another account than the one their policies name is refused, as it
+    would stop that account's nodes starting on the store; refused, it leaves the store as
+    it was, its schema too (it is not brought forward for nothing)."""
+    import sqlite3
+    data, shares = tmp_path / "data", tmp_path / "shares"
+    p = run("init", "--data-dir", str(data), "--share-dir", str(shares), "--shares", "2",
+            "--threshold", "2", "--admin", "ops")
+    assert p.returncode == 0, p.stderr
+    quorum = ["--data-dir", str(data), "--share", str(shares / "share-1-of-2.share"),
+              "--share", str(shares / "share-2-of-2.share")]
+    p = run("key", "create", *quorum, "--region", "eu-west-1", "--account-id", "444455556666")
+    assert p.returncode == 0, p.stderr
+    # As an older hsmd left it: no account recorded, the schema before the last
+    # (idempotent) step.
+    db = sqlite3.connect(str(data / "hsmd.db"))
+    latest = db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+    db.execute("DELETE FROM schema_version WHERE version = ?", (latest,))
+    db.execute("DELETE FROM meta WHERE name = 'account'")
+    db.commit()
+    db.close()
+
+    def state():
+        db = sqlite3.connect(str(data / "hsmd.db"))
+        try:
+            return (db.execute("SELECT max(version) FROM schema_version").fetchone()[0],
+                    db.execute("SELECT count(*) FROM keys").fetchone()[0],
+                    db.execute("SELECT count(*) FROM meta WHERE name = 'account'").fetchone()[0])
+        finally:
+            db.close()
+
+    before = state()
+    assert before == (latest - 1, 1, 0), before
+    p = run("key", "create", *quorum, "--region", "eu-west-1", "--account-id", "999988887777")
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    assert "name account 444455556666, not the 999988887777 given" in p.stderr, p.stderr
+    assert "nothing was created" in p.stderr, p.stderr
+    assert state() == before
+    p = run("key", "create", *quorum)
+    assert p.returncode == 1 and "records no account and region yet" in p.stderr, p.stderr
+    assert state() == before
+    p = run("key", "create", *quorum, "--region", "eu-west-1", "--account-id", "444455556666")
+    assert p.returncode == 0, p.stderr
+    assert state() == (latest, 2, 1)
+    node = Hsmd(["--region", "eu-west-1", "--account-id", "444455556666"], data_dir=str(data))
+    node.cleanup()
+
+
 def test_hsm_region_and_account_id_as_hsmd_reads_them(tmp_path):
     data, shares = tmp_path / "data", tmp_path / "shares"
     p = run("init", "--data-dir", str(data), "--share-dir", str(shares), "--shares", "2",
