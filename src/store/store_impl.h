@@ -20,6 +20,8 @@
 #ifndef HSM_STORE_IMPL_H
 #define HSM_STORE_IMPL_H
 
+#include <string.h>
+
 #include "store/store.h"
 
 typedef struct hsm_store_ops hsm_store_ops;
@@ -522,6 +524,12 @@ void st_outbox_record_clear(void *item);
  */
 #define ST_UPGRADE_META "schema_upgrade:"
 #define ST_UPGRADE_REPORTED_META "schema_upgrade_reported:"
+
+/* Whether a metadata name is one of those records (both begin "schema_upgrade"). */
+static inline bool st_meta_is_upgrade(const char *name)
+{
+	return strncmp(name, "schema_upgrade", 14) == 0;
+}
 
 /* ---- Argument checks (store.c), shared by the public functions' files ---- */
 

@@ -288,9 +288,23 @@ hsm_result pg_export(hsm_store *base, const hsm_store_sink *sink)
 
 /* ---- Import ------------------------------------------------------------------------ */
 
+/*
+ * The records of schema upgrades (ST_UPGRADE_META) say what happened to a
+ * store, not what it holds: a destination that was itself upgraded before the
+ * import keeps its own.
+ */
+static const char SQL_UPGRADE_META_PUT[] =
+    "INSERT INTO meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
+
 static hsm_result sink_meta(void *arg, const char *name, const hsm_buf *value)
 {
-	return pg_put_meta(arg, name, value);
+	if (!st_meta_is_upgrade(name))
+		return pg_put_meta(arg, name, value);
+	pg_params p;
+	pg_params_init(&p);
+	pg_p_text(&p, name);
+	pg_p_bytea(&p, value);
+	return pg_run(arg, SQL_UPGRADE_META_PUT, &p, NULL);
 }
 static hsm_result sink_user(void *arg, const hsm_user_record *u)
 {
@@ -330,7 +344,9 @@ typedef struct import_op {
 	void *arg;
 } import_op;
 
-static const char SQL_EMPTY[] = "SELECT (SELECT count(*) FROM (SELECT 1 FROM meta LIMIT 1) m) + "
+/* Empty: no keys, no users, no metadata but the records of its own schema upgrades. */
+static const char SQL_EMPTY[] = "SELECT (SELECT count(*) FROM (SELECT 1 FROM meta WHERE "
+                                "substr(name, 1, 14) <> 'schema_upgrade' LIMIT 1) m) + "
                                 "(SELECT count(*) FROM (SELECT 1 FROM keys LIMIT 1) k) + "
                                 "(SELECT count(*) FROM (SELECT 1 FROM users LIMIT 1) u)";
 

@@ -184,9 +184,26 @@ hsm_result sq_export(hsm_store *base, const hsm_store_sink *sink)
 
 /* ---- Import ------------------------------------------------------------------------- */
 
+/*
+ * The records of schema upgrades (ST_UPGRADE_META) say what happened to a
+ * store, not what it holds: a destination that was itself upgraded before the
+ * import keeps its own.
+ */
+static const char SQL_UPGRADE_META_PUT[] =
+    "INSERT INTO meta (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING";
+
 static hsm_result sink_meta(void *arg, const char *name, const hsm_buf *value)
 {
-	return sq_put_meta(arg, name, value);
+	if (!st_meta_is_upgrade(name))
+		return sq_put_meta(arg, name, value);
+	sq_conn *w = arg;
+	sqlite3_stmt *st;
+	HSM_GUARD(sq_prepare(w, SQL_UPGRADE_META_PUT, &st));
+	sq_bind_text(w, st, 1, name);
+	sq_bind_blob(w, st, 2, value);
+	hsm_result res = sq_exec(w, st);
+	sq_reset(st);
+	return res;
 }
 static hsm_result sink_user(void *arg, const hsm_user_record *u)
 {
@@ -221,7 +238,9 @@ static hsm_result sink_certificate(void *arg, const hsm_cert_record *c)
 	return sq_insert_cert(arg, c);
 }
 
-static const char SQL_HOLDS_ANY[] = "SELECT 1 FROM meta UNION ALL SELECT 1 FROM keys "
+/* Empty: no keys, no users, no metadata but the records of its own schema upgrades. */
+static const char SQL_HOLDS_ANY[] = "SELECT 1 FROM meta WHERE substr(name, 1, 14) <> 'schema_upgrade' "
+                                    "UNION ALL SELECT 1 FROM keys "
                                     "UNION ALL SELECT 1 FROM users LIMIT 1";
 
 static hsm_result import_in(sq_conn *w, hsm_store_producer produce, void *arg)
