@@ -129,12 +129,14 @@ typedef struct hsm_sigv4_scope {
  * Date when there is no X-Amz-Date) is within cfg's skew of now (epoch
  * seconds), the scope date equals its date, region and service are the
  * configured ones and the terminator is "aws4_request"; host and the date
- * header are signed; every signed header is present; X-Amz-Content-SHA256,
- * when present, is the hash of the body.  On success *out holds the request
+ * header are signed; X-Amz-Target, when present, is signed and not
+ * repeated; every signed header is present; X-Amz-Content-SHA256, when
+ * present, is the hash of the body.  On success *out holds the request
  * time and the body's hash for hsm_sigv4_verify_scoped.
  * Errors: HSM_ERR_BAD_SIGNATURE (stale, wrong scope, unsigned host/date,
  * payload hash mismatch), HSM_ERR_INCOMPLETE_SIGNATURE (no usable date
- * header, a signed header absent from the request).
+ * header, a repeated date, target or payload hash header, an unsigned
+ * target, a signed header absent from the request).
  */
 hsm_result hsm_sigv4_check_scope(const hsm_sigv4_config *cfg, const hsm_sigv4_request *req,
                                  const hsm_sigv4_auth *auth, int64_t now,

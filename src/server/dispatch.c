@@ -15,6 +15,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "common/encoding.h"
 #include "common/log.h"
@@ -816,6 +817,21 @@ static void handle_kms(hsm_server *s, hsm_http_req *req, const char *name, const
 	finish_kms(s, name, info, p, &auth, doc, r);
 }
 
+/*
+ * Whether X-Amz-Target is repeated.  Only the first is run, while a proxy in
+ * front may judge by another; SigV4 refuses a repeated one in a signed
+ * request (sigv4.c), and this is for the operations that take no credentials.
+ */
+static bool target_repeated(const hsm_http_req *req)
+{
+	hsm_http_header_iter it = {0};
+	const char *name, *value;
+	size_t n = 0;
+	while (hsm_http_req_next_header(req, &it, &name, &value))
+		n += strcasecmp(name, "x-amz-target") == 0;
+	return n > 1;
+}
+
 static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 {
 	const hsm_admin_op *op = hsm_admin_find(name);
@@ -843,6 +859,8 @@ static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 		r = admit(s, p, &auth);
 	else if (!hsm_audit_accepting(s->audit))
 		r = HSM_FAIL(HSM_ERR_AUDIT_UNAVAILABLE, "the audit trail cannot be written; retry later");
+	else if (target_repeated(req))
+		r = HSM_FAIL(HSM_ERR_VALIDATION, "Only one X-Amz-Target header is allowed.");
 	if (hsm_ok(r) && op == NULL)
 		r = HSM_FAIL(HSM_ERR_UNKNOWN_OPERATION, "Operation %.64s is not supported", name);
 	size_t len = 0;

@@ -258,6 +258,61 @@ def test_header_count_limit(hsmd):
         400, "ValidationException", "too many headers")
 
 
+def send_targets(server, targets, body, sign=True):
+    """POSTs body with one X-Amz-Target line per entry of targets, signed (by botocore)
+    as SigV4 reads repeated lines: one value, joined with ','."""
+    data = json.dumps(body).encode()
+    req = botocore.awsrequest.AWSRequest(
+        method="POST", url=server.endpoint + "/", data=data,
+        headers={"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": ",".join(targets)})
+    if sign:
+        botocore.auth.SigV4Auth(botocore.credentials.Credentials(DEV_AKID, DEV_SECRET), "kms",
+                                REGION).add_auth(req)
+    headers = {k: v for k, v in req.prepare().headers.items()
+               if k.lower() not in ("content-length", "x-amz-target")}
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.putrequest("POST", "/", skip_host=True, skip_accept_encoding=True)
+    conn.putheader("Host", f"127.0.0.1:{server.port}")
+    for name, value in headers.items():
+        conn.putheader(name, value)
+    for target in targets:
+        conn.putheader("X-Amz-Target", target)
+    conn.putheader("Content-Length", str(len(data)))
+    conn.endheaders(data)
+    r = conn.getresponse()
+    answer = (r.status, json.loads(r.read() or b"{}"), request_id(r))
+    conn.close()
+    return answer
+
+
+def test_repeated_target_is_refused(hsmd, kms):
+    """Two X-Amz-Target lines are signed as one joined value while only one operation could
+    run, and a proxy in front may judge by the other: refused, even correctly signed, as a
+    repeated X-Amz-Date is, audited, and nothing is done."""
+    before = len(kms.list_keys(Limit=1000)["Keys"])
+    one = "Only one X-Amz-Target header is allowed."
+    for targets in (["TrentService.CreateKey", "TrentService.ListKeys"],
+                    ["TrentService.ListKeys", "TrentService.CreateKey"]):
+        status, body, rid = send_targets(hsmd, targets, {})
+        assert (status, body.get("__type"), body.get("message")) == (
+            400, "IncompleteSignatureException", one), (targets, body)
+        rec = audit_record(hsmd.data_dir, rid)
+        assert rec["op"] == targets[0].split(".", 1)[1], rec
+        assert rec["outcome"] == "denied" and rec["error"] == "IncompleteSignatureException", rec
+        assert rec["access_key"] == DEV_AKID and "principal" not in rec, rec
+    # The operations that take no credentials refuse it too.
+    status, body, rid = send_targets(hsmd, ["HsmdAdmin.Status", "HsmdAdmin.Unseal"], {},
+                                     sign=False)
+    assert (status, body.get("__type"), body.get("message")) == (
+        400, "ValidationException", one), body
+    rec = audit_record(hsmd.data_dir, rid)
+    assert rec["op"] == "Status" and rec["outcome"] != "success", rec
+    assert len(kms.list_keys(Limit=1000)["Keys"]) == before
+    # One target, signed the same way, is served.
+    status, body, _ = send_targets(hsmd, ["TrentService.ListKeys"], {})
+    assert status == 200 and "Keys" in body, body
+
+
 def test_unknown_access_key(hsmd):
     r = signed_request(hsmd, TARGET, BODY, akid="AKIAUNKNOWNUNKNOWN00", secret=DEV_SECRET)
     refused(hsmd, r, "UnrecognizedClientException", "AKIAUNKNOWNUNKNOWN00")

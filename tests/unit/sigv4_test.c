@@ -386,6 +386,30 @@ static void test_required_headers(void **state)
 	expect(&m, HSM_OK, NULL);
 }
 
+/*
+ * Repeated, X-Amz-Target is signed as one value joined with ',', while the
+ * server runs one operation and a proxy may judge by another: refused like
+ * the other repeated headers the signature depends on, even signed.
+ */
+static void test_repeated_target(void **state)
+{
+	(void)state;
+	sv_req req, m;
+	sv_copy(&m, &base);
+	m.h[m.r.n_headers].name = "x-amz-target";
+	m.h[m.r.n_headers].value = "TrentService.ListKeys";
+	m.r.n_headers++;
+	sv_sign(&req, &m.r, REGION, NULL, T0);
+	assert_non_null(strstr(req.sig.authorization, ";x-amz-target"));
+	expect(&req, HSM_ERR_INCOMPLETE_SIGNATURE, "Only one X-Amz-Target header is allowed.");
+	/* One target, however spelled, is still accepted. */
+	sv_copy(&m, &base);
+	sv_del(&m, "X-Amz-Target");
+	sv_set(&m, "x-amz-TARGET", "TrentService.Encrypt");
+	sv_sign(&req, &m.r, REGION, NULL, T0);
+	expect(&req, HSM_OK, NULL);
+}
+
 static void test_payload_hash_header(void **state)
 {
 	(void)state;
@@ -637,6 +661,7 @@ int main(void)
 	    cmocka_unit_test(test_malformed_authorization),
 	    cmocka_unit_test(test_authorization_presence),
 	    cmocka_unit_test(test_required_headers),
+	    cmocka_unit_test(test_repeated_target),
 	    cmocka_unit_test(test_payload_hash_header),
 	    cmocka_unit_test(test_bounds),
 	    cmocka_unit_test(test_signer_round_trips),
