@@ -5,6 +5,7 @@
  */
 #include "common/http_parse.h"
 
+#include <arpa/inet.h>
 #include <string.h>
 
 /* Content-Length and chunk sizes above this are TOO_LARGE. */
@@ -66,6 +67,106 @@ static bool ieq_n(const char *s, size_t n, const char *t)
 }
 
 static bool ieq(const char *s, const char *t) { return ieq_n(s, strlen(s), t); }
+
+static bool is_alnum(uint8_t b)
+{
+	return (b >= '0' && b <= '9') || (b >= 'a' && b <= 'z') || (b >= 'A' && b <= 'Z');
+}
+
+static bool is_hex(uint8_t b)
+{
+	return (b >= '0' && b <= '9') || (b >= 'a' && b <= 'f') || (b >= 'A' && b <= 'F');
+}
+
+/* ---- Host ---------------------------------------------------------------- */
+
+/* unreserved / sub-delims (RFC 3986 section 2.2, 2.3), and ':' where allowed. */
+static bool is_host_char(uint8_t b, bool colon)
+{
+	static const char special[] = "-._~!$&'()*+,;=";
+	return is_alnum(b) || memchr(special, b, sizeof(special) - 1) != NULL || (colon && b == ':');
+}
+
+/* reg-name = 1*( unreserved / pct-encoded / sub-delims ); an IPv4address is one too. */
+static bool reg_name(const uint8_t *s, size_t n)
+{
+	if (n == 0)
+		return false; /* RFC 9110 section 4.2.1: an http URI's host is never empty */
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] == '%') {
+			if (n - i < 3 || !is_hex(s[i + 1]) || !is_hex(s[i + 2]))
+				return false;
+			i += 2;
+		} else if (!is_host_char(s[i], false)) {
+			return false;
+		}
+	}
+	return true;
+}
+
+/*
+ * IP-literal without its brackets (RFC 3986 section 3.2.2): IPv6address, or
+ * IPvFuture = "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" ).  No zone
+ * identifier: RFC 9110's uri-host has none.
+ */
+static bool ip_literal(const uint8_t *s, size_t n)
+{
+	if (n > 0 && (s[0] == 'v' || s[0] == 'V')) {
+		size_t i = 1;
+		while (i < n && is_hex(s[i]))
+			i++;
+		if (i == 1 || i + 1 >= n || s[i] != '.')
+			return false;
+		for (i++; i < n; i++)
+			if (!is_host_char(s[i], true))
+				return false;
+		return true;
+	}
+	char text[INET6_ADDRSTRLEN];
+	struct in6_addr a;
+	if (n == 0 || n >= sizeof(text))
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!is_hex(s[i]) && s[i] != ':' && s[i] != '.')
+			return false; /* a NUL too, which would end the text early */
+	memcpy(text, s, n);
+	text[n] = '\0';
+	return inet_pton(AF_INET6, text, &a) == 1;
+}
+
+/*
+ * Host = uri-host [ ":" port ] (RFC 9110 section 7.2), uri-host a reg-name
+ * (IPv4 addresses included) or a bracketed IP-literal.  The port is 1 to 5
+ * digits, at most 65535: RFC 3986 would let it be empty or longer, which no
+ * client sends and which a proxy in front may read differently.
+ */
+static bool host_ok(const uint8_t *s, size_t n)
+{
+	size_t h = 0;
+	if (n > 0 && s[0] == '[') {
+		const uint8_t *close = memchr(s, ']', n);
+		if (close == NULL || !ip_literal(s + 1, (size_t)(close - s) - 1))
+			return false;
+		h = (size_t)(close - s) + 1;
+	} else {
+		while (h < n && s[h] != ':')
+			h++;
+		if (!reg_name(s, h))
+			return false;
+	}
+	if (h == n)
+		return true;
+	size_t digits = n - h - 1;
+	if (s[h] != ':' || digits == 0 || digits > 5)
+		return false;
+	uint32_t port = 0;
+	for (size_t i = h + 1; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+		port = port * 10 + (uint32_t)(s[i] - '0');
+	}
+	return port <= 65535;
+}
 
 /* ---- The end of the head ------------------------------------------------- */
 
@@ -185,14 +286,12 @@ static size_t scheme_len(const uint8_t *p, size_t n)
 static hsm_http_parse absolute_form(uint8_t *buf, size_t *t, size_t e, hsm_http_head *head)
 {
 	size_t a = *t + scheme_len(buf + *t, e - *t), p = a;
-	while (p < e && buf[p] != '/' && buf[p] != '?') {
-		/* userinfo ('@') is deprecated (RFC 9110 section 4.2.4) and a spoofing aid */
-		if (buf[p] < 0x21 || buf[p] > 0x7e || buf[p] == '@' || buf[p] == '#')
-			return HSM_HTTP_PARSE_BAD;
+	while (p < e && buf[p] != '/' && buf[p] != '?')
 		p++;
-	}
-	if (p == a)
-		return HSM_HTTP_PARSE_BAD;
+	/* host[:port] and nothing else: userinfo ('@') is deprecated (RFC 9110
+	 * section 4.2.4) and a spoofing aid. */
+	if (!host_ok(buf + a, p - a))
+		return HSM_HTTP_PARSE_HOST;
 	memmove(buf + a - 1, buf + a, p - a);
 	buf[p - 1] = '\0';
 	head->authority = (const char *)buf + a - 1;
@@ -321,7 +420,7 @@ static hsm_http_parse parse_length(const char *v, uint64_t *out)
 /* What the fields say about the message, gathered in one pass. */
 typedef struct seen {
 	unsigned host, cl, te;
-	const char *cl_value, *te_value;
+	const char *host_value, *cl_value, *te_value;
 	bool close, keep_alive, expect_continue;
 } seen;
 
@@ -354,6 +453,7 @@ static void gather(const hsm_http_head *head, seen *s)
 		size_t n = strlen(f->name);
 		if (ieq_n(f->name, n, "host")) {
 			s->host++;
+			s->host_value = f->value;
 		} else if (ieq_n(f->name, n, "content-length")) {
 			s->cl++;
 			s->cl_value = f->value;
@@ -396,9 +496,14 @@ static hsm_http_parse semantics(hsm_http_head *head)
 	seen s = {0};
 	gather(head, &s);
 	/* RFC 9112 section 3.2: 400 for HTTP/1.1 without Host, and for any
-	 * request with more than one. */
+	 * request with more than one or an invalid one.  An empty Host is what
+	 * a client sends for a target without authority; section 3.3 lets the
+	 * server supply its own. */
 	if (s.host > 1 || (head->minor == 1 && s.host == 0))
-		return HSM_HTTP_PARSE_BAD;
+		return HSM_HTTP_PARSE_HOST;
+	if (s.host == 1 && s.host_value[0] != '\0' &&
+	    !host_ok((const uint8_t *)s.host_value, strlen(s.host_value)))
+		return HSM_HTTP_PARSE_HOST;
 	/* Section 9.3: "close" ends the connection in either version. */
 	head->keep_alive = !s.close && (head->minor == 1 || s.keep_alive);
 	/* RFC 9110 section 10.1.1: a client of HTTP/1.0 cannot expect 100. */

@@ -33,6 +33,7 @@ typedef enum hsm_http_parse {
 	HSM_HTTP_PARSE_VERSION,   /* well-formed but not HTTP/1.0 or 1.1: 505 */
 	HSM_HTTP_PARSE_FRAMING,   /* ambiguous or unsupported framing: 400 and close */
 	HSM_HTTP_PARSE_LENGTH_TOO_LARGE, /* a Content-Length past any limit: 413 */
+	HSM_HTTP_PARSE_HOST,      /* no Host, several, or one not host[:port]: 400 and close */
 } hsm_http_parse;
 
 /* One header field, both strings NUL-terminated inside the parsed buffer. */
@@ -96,9 +97,10 @@ bool hsm_http_may_begin_request(uint8_t b);
  * - request line: method SP request-target SP HTTP-version, single spaces;
  *   method a token (RFC 9110 section 5.6.2); the target in origin-form
  *   ("/" then visible ASCII 0x21-0x7e, no '#'), "*", or absolute-form
- *   ("http://" or "https://", case-insensitive, a non-empty authority without
- *   '@', then an origin-form path or none, which is "/"; section 3.2.2: the
- *   authority then replaces the Host field's value); any other form is BAD;
+ *   ("http://" or "https://", case-insensitive, an authority that is a valid
+ *   Host value as below, else HOST, then an origin-form path or none, which
+ *   is "/"; section 3.2.2: the authority then replaces the Host field's
+ *   value); any other form is BAD;
  *   "HTTP/1.0" and "HTTP/1.1" are accepted, "HTTP/d.d" with other digits is
  *   VERSION, anything else BAD;
  * - fields: a token name immediately followed by ':' (whitespace before the
@@ -106,7 +108,11 @@ bool hsm_http_may_begin_request(uint8_t b);
  *   HTAB, SP, 0x21-0x7e and 0x80-0xff, anything else (NUL, CR, other control
  *   characters, DEL) is BAD; a line starting with SP or HTAB (obsolete line
  *   folding, section 5.2) is BAD; a bare CR anywhere is BAD;
- * - HTTP/1.1 without exactly one Host field is BAD (section 3.2);
+ * - HTTP/1.1 without exactly one Host field, or HTTP/1.0 with more than
+ *   one, is HOST (section 3.2); so is a Host value other than empty or
+ *   uri-host [":" port] (RFC 9110 section 7.2): a reg-name (unreserved,
+ *   sub-delims and %XX escapes, IPv4 addresses included) or a bracketed
+ *   IPv6 address or IPvFuture, and a port of 1 to 5 digits up to 65535;
  * - framing (section 6): Content-Length must be 1 to 19 decimal digits
  *   (anything else, e.g. "+3", "", "3,3", is FRAMING; a value over 2^63 is
  *   TOO_LARGE) and appear once (twice, even with equal values, is FRAMING);

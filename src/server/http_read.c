@@ -191,6 +191,10 @@ static bool refuse_parse(hsm_http_conn *c, hsm_http_parse r)
 		return refuse(c, 431, invalid, "Request Header Fields Too Large");
 	case HSM_HTTP_PARSE_LENGTH_TOO_LARGE:
 		return refuse(c, 413, invalid, "Request body too large");
+	case HSM_HTTP_PARSE_HOST:
+		return refuse(c, 400, invalid,
+		              "Bad Host: one host or host:port is needed, in the Host header or an "
+		              "absolute target");
 	default:
 		return refuse(c, 400, invalid, "Malformed request");
 	}

@@ -12,7 +12,8 @@
  * accepted head has a token method, a path "*" or starting with '/', minor
  * 0 or 1, token field names and values without CR, LF, NUL or surrounding
  * whitespace, framing and Host that agree with its fields (looked up with
- * hsm_http_head_field, which finds the first of each name); and the same
+ * hsm_http_head_field, which finds the first of each name), a Host value
+ * that is empty or host[:port]; and the same
  * head with bare LFs for CRLFs parses to the same thing.  hsm_http_head_start
  * answers the same fed all at once and in pieces, and never BAD for a head
  * that parses.
@@ -133,6 +134,30 @@ static size_t count(const hsm_http_head *h, const char *name)
 	return n;
 }
 
+/*
+ * An accepted Host (or absolute-form authority) is empty or host[:port]: no
+ * byte outside the URI's host characters, no userinfo, path or space, and a
+ * port of at most five digits after the last ':' unless that ':' is inside
+ * the brackets of an IPv6 address.
+ */
+static void check_host(const char *v)
+{
+	size_t n = strlen(v);
+	FUZZ_ASSERT(strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+	                      "-._~!$&'()*+,;=%:[]") == n);
+	const char *close = strrchr(v, ']');
+	const char *colon = strrchr(v, ':');
+	if (v[0] == '[')
+		FUZZ_ASSERT(close != NULL);
+	else
+		FUZZ_ASSERT(strpbrk(v, "[]") == NULL && colon == strchr(v, ':'));
+	if (colon != NULL && (close == NULL || colon > close)) {
+		size_t digits = strlen(colon + 1);
+		FUZZ_ASSERT(digits >= 1 && digits <= 5 && strspn(colon + 1, "0123456789") == digits);
+		FUZZ_ASSERT(strtoul(colon + 1, NULL, 10) <= 65535);
+	}
+}
+
 /* Framing, Host and persistence, as read back through hsm_http_head_field. */
 static void check_semantics(const hsm_http_head *h)
 {
@@ -141,6 +166,8 @@ static void check_semantics(const hsm_http_head *h)
 	size_t n_cl = count(h, "content-length"), n_te = count(h, "transfer-encoding");
 	size_t hosts = count(h, "host");
 	FUZZ_ASSERT(hosts == 1 || (hosts == 0 && h->minor == 0));
+	if (hosts == 1)
+		check_host(hsm_http_head_field(h, "host"));
 	switch (h->body) {
 	case HSM_HTTP_BODY_NONE:
 		FUZZ_ASSERT(n_cl == 0 && n_te == 0);
@@ -229,7 +256,8 @@ static void fuzz_head(const uint8_t *p, size_t n, uint32_t seed)
 	/* A whole head is parsed or refused with one of the answers the server gives. */
 	FUZZ_ASSERT(r == HSM_HTTP_PARSE_OK || r == HSM_HTTP_PARSE_BAD ||
 	            r == HSM_HTTP_PARSE_TOO_LARGE || r == HSM_HTTP_PARSE_VERSION ||
-	            r == HSM_HTTP_PARSE_FRAMING || r == HSM_HTTP_PARSE_LENGTH_TOO_LARGE);
+	            r == HSM_HTTP_PARSE_FRAMING || r == HSM_HTTP_PARSE_LENGTH_TOO_LARGE ||
+	            r == HSM_HTTP_PARSE_HOST);
 	if (r == HSM_HTTP_PARSE_OK) {
 		FUZZ_ASSERT(start == HSM_HTTP_PARSE_OK); /* what is served is never refused early */
 		check_head(h, buf, all);

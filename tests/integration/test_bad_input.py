@@ -1,10 +1,14 @@
 """Malformed requests, correctly signed by botocore: each gets a KMS-style
 error and changes nothing (DESIGN.md invariant 5)."""
 import json
+import socket
 
+import botocore.auth
+import botocore.awsrequest
+import botocore.credentials
 import pytest
 
-from conftest import DEV_AKID, signed_request, unsigned_call
+from conftest import DEV_AKID, DEV_SECRET, REGION, signed_request, unsigned_call
 from helpers import audit_record, parsed_body, request_id
 
 
@@ -235,6 +239,77 @@ def test_an_unknown_operation_is_authenticated_first(hsmd, service):
     assert (rec["outcome"], rec["error"], rec["access_key"]) == \
         ("error", "UnknownOperationException", DEV_AKID), rec
     assert rec["principal"].endswith(":user/dev"), rec
+
+
+def exchange(server, head, body=b""):
+    """Sends head (bytes, without its empty line) and body on a connection of its own;
+    returns the status and the answer's body (hsmd closes after a 400)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(head + b"Connection: close\r\n\r\n" + body)
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    return int(raw.split(b" ", 2)[1]), raw.split(b"\r\n\r\n", 1)[1]
+
+
+def error_of(answer):
+    """The KMS error an answer's body names, (type, message), or the body itself."""
+    if not answer.startswith(b"{"):
+        return answer
+    out = json.loads(answer)
+    return out.get("__type"), out.get("message")
+
+
+def signed_for_host(server, host, target="TrentService.CreateKey"):
+    """A request signed by botocore over the Host value given, as a client that sends it
+    would sign it: the signature holds, so only the value itself can be refused."""
+    data = b"{}"
+    req = botocore.awsrequest.AWSRequest(
+        method="POST", url=server.endpoint + "/", data=data,
+        headers={"Host": host, "Content-Type": "application/x-amz-json-1.1",
+                 "X-Amz-Target": target})
+    botocore.auth.SigV4Auth(botocore.credentials.Credentials(DEV_AKID, DEV_SECRET), "kms",
+                            REGION).add_auth(req)
+    head = b"POST / HTTP/1.1\r\n" + b"".join(
+        f"{k}: {v}\r\n".encode("latin-1") for k, v in req.prepare().headers.items()
+        if k.lower() != "content-length") + f"Content-Length: {len(data)}\r\n".encode()
+    return exchange(server, head, data)
+
+
+BAD_HOSTS = [b"a b", b"evil@127.0.0.1", b"127.0.0.1:18441/path", b"\xff\xfe", b"x:99999",
+             b"x:", b":80", b"::1", b"[::1", b"[::g]:1", b"127.0.0.1:80:80", b"a%zz",
+             b"user@evil.example:1/x y"]
+
+
+@pytest.mark.parametrize("host", BAD_HOSTS, ids=range(len(BAD_HOSTS)))
+def test_invalid_host_is_refused(hsmd, kms, host):
+    """RFC 9112 section 3.2: a Host that is not host[:port] is answered 400, on the probes
+    and on API calls correctly signed over that Host, which then do nothing."""
+    want = (400, ("ValidationException", "Bad Host: one host or host:port is needed, in the "
+                  "Host header or an absolute target"))
+    status, out = exchange(hsmd, b"GET /healthz HTTP/1.1\r\nHost: " + host + b"\r\n")
+    assert (status, error_of(out)) == want, host
+    if b" " not in host and b"/" not in host:
+        status, out = exchange(hsmd, b"GET http://" + host + b"/healthz HTTP/1.1\r\nHost: x\r\n")
+        assert (status, error_of(out)) == want, host
+    before = state(kms)
+    status, out = signed_for_host(hsmd, host.decode("latin-1"))
+    assert (status, error_of(out)) == want, host
+    assert state(kms) == before
+
+
+def test_host_forms_clients_send_are_accepted(hsmd, kms):
+    """Names, IPv4 and bracketed IPv6 addresses, with a port or without, and the empty
+    Host RFC 9112 lets a server fill in itself."""
+    port = str(hsmd.port).encode()
+    for host in (b"127.0.0.1:" + port, b"localhost:" + port, b"localhost", b"[::1]:" + port,
+                 b"[::1]", b"kms.example.com.", b"KMS-1.example:443", b""):
+        status, out = exchange(hsmd, b"GET /healthz HTTP/1.1\r\nHost: " + host + b"\r\n")
+        assert (status, out) == (200, b"ok\n"), (host, out)
+    before = state(kms)
+    status, out = signed_for_host(hsmd, f"[::1]:{hsmd.port}", "TrentService.ListKeys")
+    assert status == 200 and "Keys" in json.loads(out), out
+    assert state(kms) == before
 
 
 def test_oversized_body(hsmd, kms, key):

@@ -336,9 +336,9 @@ static void test_bad_request_line(void **state)
 	EXPECT("G(T / HTTP/1.1\r\n" HOST "\r\n", HSM_HTTP_PARSE_BAD);
 	EXPECT("GET /\r\n" HOST "\r\n", HSM_HTTP_PARSE_BAD);
 	EXPECT("GET\r\n" HOST "\r\n", HSM_HTTP_PARSE_BAD);
-	EXPECT("GET http:// HTTP/1.1\r\n" HOST "\r\n", HSM_HTTP_PARSE_BAD);
-	EXPECT("GET http:///x HTTP/1.1\r\n" HOST "\r\n", HSM_HTTP_PARSE_BAD);
-	EXPECT("GET http://user@kms/ HTTP/1.1\r\n" HOST "\r\n", HSM_HTTP_PARSE_BAD);
+	EXPECT("GET http:// HTTP/1.1\r\n" HOST "\r\n", HSM_HTTP_PARSE_HOST);
+	EXPECT("GET http:///x HTTP/1.1\r\n" HOST "\r\n", HSM_HTTP_PARSE_HOST);
+	EXPECT("GET http://user@kms/ HTTP/1.1\r\n" HOST "\r\n", HSM_HTTP_PARSE_HOST);
 	EXPECT("GET ftp://kms/ HTTP/1.1\r\n" HOST "\r\n", HSM_HTTP_PARSE_BAD);
 	EXPECT("GET http:/kms/ HTTP/1.1\r\n" HOST "\r\n", HSM_HTTP_PARSE_BAD);
 	EXPECT("CONNECT kms:443 HTTP/1.1\r\n" HOST "\r\n", HSM_HTTP_PARSE_BAD);
@@ -384,13 +384,59 @@ static void test_bad_fields(void **state)
 	EXPECT("GET / HTTP/1.1\r\n" HOST "\rX-A: a\r\n\r\n", HSM_HTTP_PARSE_BAD);
 	EXPECT("GET / HTTP/1.1\r\n" HOST "X-A: \t\x80\xff ~!\r\n\r\n", HSM_HTTP_PARSE_OK);
 	/* Host, RFC 9112 section 3.2: exactly one in HTTP/1.1, at most one in 1.0. */
-	EXPECT("GET / HTTP/1.1\r\n\r\n", HSM_HTTP_PARSE_BAD);
-	EXPECT("GET / HTTP/1.1\r\nX-Host: kms\r\n\r\n", HSM_HTTP_PARSE_BAD);
-	EXPECT("GET / HTTP/1.1\r\n" HOST "HOST: kms\r\n\r\n", HSM_HTTP_PARSE_BAD);
+	EXPECT("GET / HTTP/1.1\r\n\r\n", HSM_HTTP_PARSE_HOST);
+	EXPECT("GET / HTTP/1.1\r\nX-Host: kms\r\n\r\n", HSM_HTTP_PARSE_HOST);
+	EXPECT("GET / HTTP/1.1\r\n" HOST "HOST: kms\r\n\r\n", HSM_HTTP_PARSE_HOST);
 	EXPECT("GET / HTTP/1.1\r\nhost: kms\r\n\r\n", HSM_HTTP_PARSE_OK);
 	EXPECT("GET / HTTP/1.1\r\nHost:\r\n\r\n", HSM_HTTP_PARSE_OK);
 	EXPECT("GET / HTTP/1.0\r\n\r\n", HSM_HTTP_PARSE_OK);
-	EXPECT("GET / HTTP/1.0\r\n" HOST HOST "\r\n", HSM_HTTP_PARSE_BAD);
+	EXPECT("GET / HTTP/1.0\r\n" HOST HOST "\r\n", HSM_HTTP_PARSE_HOST);
+}
+
+/* RFC 9112 section 3.2: a Host value that is not uri-host [":" port] is a 400. */
+static void test_host_values(void **state)
+{
+	(void)state;
+	static const char *const good[] = {
+	    "kms", "KMS.Example.COM", "kms-1.eu_west.example.", "127.0.0.1", "127.0.0.1:18441",
+	    "localhost:1", "h:0", "h:65535", "h:00080", "999.1.1.1", "a%2Db", "x!$&'()*+,;=~",
+	    "[::1]", "[::1]:8443", "[2001:db8::ff00:42:8329]", "[::ffff:192.0.2.1]:443",
+	    "[v1.fe80::a+en1]", "[V7.x:y]:1"};
+	static const char *const bad[] = {
+	    "a b", "evil@127.0.0.1", "127.0.0.1:18441/path", "\xff\xfe", "x:99999", "x:65536",
+	    "x:", ":80", "x:123456", "x:8a", "x:+80", "x:-1", "x::80", "a:1:2", "a/b", "a?b", "a#b",
+	    "a\\b", "a\"b", "a%", "a%2", "a%zz", "a\tb", "::1", "[::1", "::1]", "[]", "[::1]x",
+	    "[::1]:", "[::1]:99999", "[::g]", "[1.2.3.4]", "[fe80::1%25eth0]", "[v.x]", "[v1.]",
+	    "[vz.x]", "[v1x]", "caf\xc3\xa9", "[::1] :80", "x :80"};
+	char text[256];
+	hsm_http_head h;
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		snprintf(text, sizeof(text), "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", good[i]);
+		if (parse(text, &h) != HSM_HTTP_PARSE_OK)
+			fail_msg("Host: %s refused", good[i]);
+		assert_string_equal(hsm_http_head_field(&h, "host"), good[i]);
+	}
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		snprintf(text, sizeof(text), "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", bad[i]);
+		if (parse(text, &h) != HSM_HTTP_PARSE_HOST)
+			fail_msg("Host: %s accepted", bad[i]);
+		/* HTTP/1.0 takes no Host at all, but not an invalid one. */
+		snprintf(text, sizeof(text), "GET / HTTP/1.0\r\nHost: %s\r\n\r\n", bad[i]);
+		if (parse(text, &h) != HSM_HTTP_PARSE_HOST)
+			fail_msg("HTTP/1.0 Host: %s accepted", bad[i]);
+		/* The authority of an absolute-form target is a Host too (where it ends
+		 * before a '/' or '?', the rest is the path or query). */
+		if (strpbrk(bad[i], "/?") != NULL)
+			continue;
+		snprintf(text, sizeof(text), "GET http://%s/ HTTP/1.1\r\n" HOST "\r\n", bad[i]);
+		hsm_http_parse r = parse(text, &h);
+		if (r != HSM_HTTP_PARSE_HOST && r != HSM_HTTP_PARSE_BAD)
+			fail_msg("GET http://%s/ accepted", bad[i]);
+	}
+	/* A NUL inside the brackets does not end the address early. */
+	EXPECT("GET http://[::1\0]/ HTTP/1.1\r\n" HOST "\r\n", HSM_HTTP_PARSE_HOST);
+	/* The Host field is checked even when an absolute-form target replaces it. */
+	EXPECT("GET http://kms/ HTTP/1.1\r\nHost: a b\r\n\r\n", HSM_HTTP_PARSE_HOST);
 }
 
 static void test_field_limit(void **state)
@@ -706,6 +752,7 @@ int main(void)
 	    cmocka_unit_test(test_head_start),
 	    cmocka_unit_test(test_bad_request_line),
 	    cmocka_unit_test(test_bad_fields),
+	    cmocka_unit_test(test_host_values),
 	    cmocka_unit_test(test_field_limit),
 	    cmocka_unit_test(test_values_trimmed_and_lookup),
 	    cmocka_unit_test(test_framing),
