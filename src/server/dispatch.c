@@ -1154,6 +1154,14 @@ static void handle_get(hsm_server *s, hsm_http_req *req, const char *path)
 	int status = 200;
 	const char *type = "text/plain; charset=utf-8";
 	hsm_metric_probe probe = HSM_METRIC_PROBES; /* none */
+	if (strcmp(path, "/") == 0) {
+		/* The API is there, and takes POST only: 405 with Allow: POST (RFC 9110
+		 * section 15.5.6), counted as the 404 of a path hsmd does not serve is. */
+		hsm_metrics_observe(&s->metrics, HSM_METRIC_NONE, 405, HSM_ERR_UNKNOWN_OPERATION, false,
+		                    hsm_mono_ns() - hsm_http_req_start_ns(req));
+		hsm_http_respond_not_allowed(req);
+		return;
+	}
 	if (strcmp(path, "/healthz") == 0) {
 		probe = HSM_PROBE_HEALTHZ;
 		if (hsm_failed(hsm_buf_put_str(&body, "ok\n")))
@@ -1185,6 +1193,7 @@ static void handle_get(hsm_server *s, hsm_http_req *req, const char *path)
 	hsm_buf_free(&body);
 }
 
+/* The paths routed here are those http_req.c names in the Allow of a 405: keep both alike. */
 void hsm_server_on_request(hsm_http_req *req, void *arg)
 {
 	hsm_server *s = arg;
@@ -1202,7 +1211,7 @@ void hsm_server_on_request(hsm_http_req *req, void *arg)
 	} else if (strcmp(method, "OPTIONS") == 0 && strcmp(path, JWKS_PATH) == 0) {
 		hsm_server_jwks_preflight(req); /* browsers verifying tokens from any origin */
 	} else if (strcmp(method, "OPTIONS") == 0) {
-		hsm_http_respond_not_allowed(req);
+		hsm_http_respond_not_allowed(req); /* 405 with the path's Allow, or 404 */
 	} else {
 		hsm_buf body = {0};
 		int status = error_body(HSM_ERR_NOT_FOUND, "no such resource", 404, &body);

@@ -18,9 +18,11 @@
  * on another thread is queued to the owning worker and written there: one
  * wakeup per batch, and a connection is never touched off its worker.
  *
- * What the framework answers by itself: methods other than GET, POST and HEAD
- * get 405 with an Allow header; unknown methods 501; a body over the limit 413
- * (as soon as the Content-Length says so, without reading the body); an
+ * What the framework answers by itself: methods other than GET, POST and
+ * HEAD get 405 with the Allow header of their path, or 404 at a path hsmd
+ * does not serve (hsm_http_respond_not_allowed); unknown methods 501; a
+ * body over the limit 413 (as soon as the Content-Length says so, without
+ * reading the body); an
  * oversized or malformed header block, or framing a proxy could read
  * differently (RFC 9112 section 11.2), 400; versions other than HTTP/1.0 and
  * 1.1, 505.  After each of these the connection is closed.  "Expect:
@@ -289,7 +291,12 @@ typedef struct hsm_http_header {
  */
 void hsm_http_respond(hsm_http_req *req, int status, const char *content_type, const void *body,
                       size_t len, size_t n_headers, const hsm_http_header *headers);
-/* 405 with the Allow header of the methods the server serves (RFC 9110 section 15.5.6). */
+/*
+ * Answers a method the request's path does not take: 405 with the methods
+ * that path takes in Allow (RFC 9110 sections 10.2.1 and 15.5.6; POST for
+ * "/", GET and HEAD for the health, readiness, metrics and JWKS paths), or
+ * 404 NotFoundException for a path hsmd serves nothing at.
+ */
 void hsm_http_respond_not_allowed(hsm_http_req *req);
 
 /*

@@ -34,6 +34,8 @@ static const char not_allowed_body[] =
     "{\"__type\":\"UnknownOperationException\",\"message\":\"this HTTP method is not "
     "allowed here: the KMS API takes POST; health, metrics and the JWK Set take GET or "
     "HEAD\"}";
+static const char not_found_body[] =
+    "{\"__type\":\"NotFoundException\",\"message\":\"no such resource\"}";
 static const char not_implemented_body[] =
     "{\"__type\":\"UnknownOperationException\",\"message\":\"unknown HTTP method: the "
     "KMS API takes POST; health, metrics and the JWK Set take GET or HEAD\"}";
@@ -118,11 +120,35 @@ static bool next_id(hsm_http_worker *w, char out[HSM_UUID_STRLEN + 1])
 
 /* ---- incoming ------------------------------------------------------------- */
 
+/*
+ * The methods each path hsmd serves takes (dispatch.c routes them), for the
+ * Allow header of a 405: RFC 9110 section 10.2.1 has it list the target
+ * resource's methods, not the server's.  "*" (OPTIONS *) is the server.
+ */
+static const struct resource {
+	const char *path, *allow;
+} resources[] = {
+    {"/", "POST"},
+    {"/healthz", "GET, HEAD"},
+    {"/readyz", "GET, HEAD"},
+    {"/metrics", "GET, HEAD"},
+    {"/.well-known/jwks.json", "GET, HEAD, OPTIONS"}, /* OPTIONS: the CORS preflight */
+    {"*", "GET, POST, HEAD"},
+};
+
 void hsm_http_respond_not_allowed(hsm_http_req *req)
 {
-	static const hsm_http_header allow = {"Allow", "GET, POST, HEAD"};
-	hsm_http_respond(req, 405, "application/json", not_allowed_body,
-	                 sizeof(not_allowed_body) - 1, 1, &allow);
+	for (size_t i = 0; i < sizeof(resources) / sizeof(resources[0]); i++) {
+		if (strcmp(req->head.path, resources[i].path) == 0) {
+			hsm_http_header allow = {"Allow", resources[i].allow};
+			hsm_http_respond(req, 405, "application/json", not_allowed_body,
+			                 sizeof(not_allowed_body) - 1, 1, &allow);
+			return;
+		}
+	}
+	/* No such resource, whatever the method (as a GET of it is answered). */
+	hsm_http_respond(req, 404, "application/json", not_found_body, sizeof(not_found_body) - 1,
+	                 0, NULL);
 }
 
 /* Methods the server knows but does not serve: 405 rather than 501 (RFC 9110 section 9). */

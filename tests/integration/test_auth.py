@@ -152,6 +152,32 @@ def test_changed_signed_part_is_refused(hsmd, creds, what, mutate):
     good_call(hsmd, akid, secret)  # and resets the failure counter
 
 
+ALLOW = [("/healthz", "GET, HEAD"), ("/readyz", "GET, HEAD"), ("/metrics", "GET, HEAD"),
+         ("/.well-known/jwks.json", "GET, HEAD, OPTIONS")]
+
+
+@pytest.mark.parametrize("path,allow", ALLOW, ids=[p for p, _ in ALLOW])
+def test_allow_names_the_methods_of_the_path(hsmd, path, allow):
+    """RFC 9110 section 10.2.1: Allow lists what the resource asked for takes, not what the
+    server takes somewhere; a method named there is served."""
+    for method in ("PUT", "DELETE", "PATCH"):
+        r = requests.request(method, hsmd.endpoint + path, timeout=10)
+        assert (r.status_code, r.headers.get("Allow")) == (405, allow), (method, path)
+        assert r.json()["__type"] == "UnknownOperationException", r.text
+    for method in ("GET", "HEAD"):
+        r = requests.request(method, hsmd.endpoint + path, timeout=10)
+        assert r.status_code in (200, 503), (method, path, r.status_code)  # readyz may be 503
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "DELETE", "OPTIONS"])
+def test_a_path_hsmd_does_not_serve_is_not_found(hsmd, method):
+    """A path with nothing behind it has no methods to list: 404, whatever the method."""
+    r = requests.request(method, hsmd.endpoint + "/no/such/path", timeout=10)
+    assert r.status_code == 404 and "Allow" not in r.headers, (r.status_code, dict(r.headers))
+    if method != "HEAD":
+        assert r.json()["__type"] == "NotFoundException", r.text
+
+
 def test_changed_query_string_is_refused(hsmd, creds):
     akid, secret = creds
     r = signed_request(hsmd, TARGET, BODY, akid=akid, secret=secret, send_path="/?Action=x")
@@ -168,27 +194,27 @@ def test_other_path_is_not_an_api_endpoint(hsmd, creds):
     good_call(hsmd, akid, secret)
 
 
-@pytest.mark.parametrize("method,status", [("PUT", 405), ("DELETE", 405), ("GET", 404)])
-def test_only_post_reaches_the_api(hsmd, kms, method, status):
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "GET", "HEAD"])
+def test_only_post_reaches_the_api(hsmd, kms, method):
     """KMS takes only POST /: the same signed request replayed with another method does
-    nothing."""
+    nothing, and is answered 405 naming the one method the API takes."""
     before = len(kms.list_keys(Limit=1000)["Keys"])
     signed = signed_request(hsmd, "TrentService.CreateKey", {})
     assert signed.status_code == 200
     r = requests.request(method, hsmd.endpoint + "/", data=signed.request.body,
                          headers=dict(signed.request.headers), timeout=10)
-    assert r.status_code == status
+    assert (r.status_code, r.headers.get("Allow")) == (405, "POST")
     assert len(kms.list_keys(Limit=1000)["Keys"]) == before + 1  # only the POST made a key
 
 
-@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "TRACE", "OPTIONS", "BREW"])
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "TRACE", "OPTIONS", "BREW", "GET"])
 def test_other_methods_get_a_kms_error(hsmd, method):
     """A method the API does not take is answered with a KMS-style error, so an SDK
     reports UnknownOperationException, not a bare status code."""
     r = requests.request(method, hsmd.endpoint + "/", timeout=10)
     assert r.status_code == (501 if method == "BREW" else 405)
     if r.status_code == 405:
-        assert r.headers["Allow"] == "GET, POST, HEAD"
+        assert r.headers["Allow"] == "POST"
     assert r.json()["__type"] == "UnknownOperationException", r.text
     parsed = botocore.parsers.create_parser("json").parse(
         {"status_code": r.status_code, "headers": dict(r.headers), "body": r.content}, None)

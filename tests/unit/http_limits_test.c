@@ -258,15 +258,31 @@ static void test_methods(void **state)
 	char v[64];
 	/* KMS-style bodies: SDKs report the type as the error's code, not "405". */
 	static const char unknown_op[] = "{\"__type\":\"UnknownOperationException\",";
-	assert_true(tc_simple(port, "DELETE /x HTTP/1.1\r\nHost: t\r\n\r\n", 405, &r));
-	assert_non_null(strstr(r.body, unknown_op));
-	assert_true(tc_header(&r, "Allow", v, sizeof(v)));
-	assert_string_equal(v, "GET, POST, HEAD");
-	assert_true(tc_header(&r, "x-amzn-RequestId", v, sizeof(v)));
+	/* Allow lists the methods of the path asked for (RFC 9110 section 10.2.1). */
+	static const struct {
+		const char *request, *allow;
+	} allows[] = {
+	    {"DELETE /healthz HTTP/1.1\r\nHost: t\r\n\r\n", "GET, HEAD"},
+	    {"PUT / HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nab", "POST"},
+	    {"PATCH /metrics HTTP/1.1\r\nHost: t\r\n\r\n", "GET, HEAD"},
+	    {"TRACE /readyz HTTP/1.1\r\nHost: t\r\n\r\n", "GET, HEAD"},
+	    {"PUT /.well-known/jwks.json HTTP/1.1\r\nHost: t\r\n\r\n", "GET, HEAD, OPTIONS"},
+	    {"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n", "GET, POST, HEAD"},
+	};
+	for (size_t i = 0; i < sizeof(allows) / sizeof(allows[0]); i++) {
+		assert_true(tc_simple(port, allows[i].request, 405, &r));
+		assert_non_null(strstr(r.body, unknown_op));
+		assert_true(tc_header(&r, "Allow", v, sizeof(v)));
+		assert_string_equal(v, allows[i].allow);
+		assert_true(tc_header(&r, "x-amzn-RequestId", v, sizeof(v)));
+		tc_resp_clear(&r);
+	}
+	/* A path hsmd does not serve has no methods to list: 404, as a GET of it. */
+	assert_true(tc_simple(port, "DELETE /x HTTP/1.1\r\nHost: t\r\n\r\n", 404, &r));
+	assert_non_null(strstr(r.body, "{\"__type\":\"NotFoundException\","));
+	assert_false(tc_header(&r, "Allow", v, sizeof(v)));
 	tc_resp_clear(&r);
-	assert_true(tc_simple(port, "PUT / HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nab", 405, &r));
-	tc_resp_clear(&r);
-	assert_true(tc_simple(port, "OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n", 405, &r));
+	assert_true(tc_simple(port, "PUT /healthz/x HTTP/1.1\r\nHost: t\r\n\r\n", 404, &r));
 	tc_resp_clear(&r);
 	assert_true(tc_simple(port, "BREW / HTTP/1.1\r\nHost: t\r\n\r\n", 501, &r));
 	assert_non_null(strstr(r.body, unknown_op));
