@@ -327,6 +327,10 @@ static hsm_result make_ssl(const hsm_client *c, const endpoint *ep, SSL_CTX **ct
 	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
 	HSM_ENSURE(ctx != NULL, tls_err(HSM_ERR_CRYPTO), "cannot create a TLS context");
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	/* CLEANSE_PLAINTEXT: a decrypted record (an answer: a plaintext, random
+	 * bytes, a derived secret) is wiped once read, not left in OpenSSL's read
+	 * buffer, nor in the application's heap once that buffer is freed. */
+	SSL_CTX_set_options(ctx, SSL_OP_CLEANSE_PLAINTEXT);
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 	int ok = c->ca_file != NULL ? SSL_CTX_load_verify_locations(ctx, c->ca_file, NULL)
 	                            : SSL_CTX_set_default_verify_paths(ctx);

@@ -6,8 +6,9 @@
  *   pkcs11_wipe MODULE PIN AES_KEY_ID
  *
  * Prints "plaintext <hex>" and "random <hex>", then "ready", and waits for a
- * line on stdin; then logs out, finalizes and exits 0.  Exits non-zero on
- * any PKCS#11 error.
+ * line on stdin; then logs out, finalizes, prints "finalized" and waits for
+ * another line (memory the module freed can be searched too); exits 0.
+ * Exits non-zero on any PKCS#11 error.
  */
 #include "pkcs11_client.h"
 
@@ -59,5 +60,9 @@ int main(int argc, char **argv)
 	f->C_Logout(s);
 	f->C_CloseSession(s);
 	f->C_Finalize(NULL);
+	printf("finalized\n");
+	fflush(stdout);
+	if (fgets(line, sizeof(line), stdin) == NULL)
+		fail("stdin", 0);
 	return 0;
 }
