@@ -16,6 +16,7 @@
 #include <openssl/rand.h>
 
 #include "common/buf.h"
+#include "common/encoding.h"
 
 #define COPY_CHUNK ((size_t)1 << 20)
 
@@ -348,13 +349,40 @@ hsm_result hsm_fsync_dir(const char *path)
 	return HSM_SUCCESS;
 }
 
+/* Tries at a fresh name before giving up: each one already taken means another
+ * process made it, or left it by crashing. */
+#define TEMP_TRIES 8
+
+/*
+ * Creates PATH.tmp.<16 random hex digits> for writing, only if nothing is
+ * there: O_EXCL and O_NOFOLLOW mean a file or symbolic link planted under
+ * that name (by another user, in a directory it may write) is never opened,
+ * and a random name means it cannot be planted in advance.
+ */
+static hsm_result create_temp(const char *path, unsigned mode, char *tmp, size_t cap, int *fd)
+{
+	for (int tries = 1;; tries++) {
+		uint8_t r[8];
+		HSM_ENSURE(RAND_bytes(r, sizeof(r)) == 1, hsm_nomem_or(HSM_ERR_CRYPTO),
+		           "cannot draw a temporary file name");
+		char hex[2 * sizeof(r) + 1];
+		hsm_hex_encode_str(hex, r, sizeof(r));
+		HSM_ENSURE((size_t)snprintf(tmp, cap, "%s.tmp.%s", path, hex) < cap,
+		           HSM_ERR_VALIDATION, "path too long");
+		*fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, (mode_t)mode);
+		if (*fd >= 0)
+			return HSM_SUCCESS;
+		HSM_ENSURE(errno == EEXIST && tries < TEMP_TRIES, HSM_ERR_IO, "cannot create %s: %s",
+		           tmp, errno == EEXIST ? "every name tried exists already" : strerror(errno));
+	}
+}
+
 hsm_result hsm_write_file_atomic(const char *path, const void *p, size_t n, unsigned mode)
 {
 	hsm_result res = HSM_SUCCESS;
 	char tmp[PATH_MAX], dir[PATH_MAX];
 	int fd = -1;
-	HSM_CHECK((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid()) < sizeof(tmp),
-	          HSM_ERR_VALIDATION, "path too long");
+	bool made = false; /* tmp exists and is ours: removed on failure */
 	HSM_TRY(hsm_strcpy(dir, sizeof(dir), path));
 	char *slash = strrchr(dir, '/');
 	if (slash == NULL)
@@ -363,21 +391,44 @@ hsm_result hsm_write_file_atomic(const char *path, const void *p, size_t n, unsi
 		slash[1] = '\0';
 	else
 		*slash = '\0';
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, (mode_t)mode);
-	HSM_CHECK(fd >= 0, HSM_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
+	HSM_TRY(create_temp(path, mode, tmp, sizeof(tmp), &fd));
+	made = true;
 	HSM_TRY(write_all(fd, p, n, tmp));
 	HSM_CHECK(fsync(fd) == 0, HSM_ERR_IO, "cannot sync %s: %s", tmp, strerror(errno));
-	HSM_CHECK(close(fd) == 0, HSM_ERR_IO, "cannot close %s: %s", tmp, strerror(errno));
+	int rc = close(fd);
 	fd = -1;
+	HSM_CHECK(rc == 0, HSM_ERR_IO, "cannot close %s: %s", tmp, strerror(errno));
 	HSM_CHECK(rename(tmp, path) == 0, HSM_ERR_IO, "cannot rename to %s: %s", path,
 	          strerror(errno));
+	made = false;
 	HSM_TRY(hsm_fsync_dir(dir));
 out:
-	if (fd >= 0) {
+	if (fd >= 0)
 		close(fd);
+	if (made)
 		unlink(tmp);
-	}
 	return res;
+}
+
+hsm_result hsm_dir_private(const char *dir)
+{
+	struct stat st;
+	HSM_ENSURE(stat(dir, &st) == 0, HSM_ERR_IO, "cannot read the permissions of %s: %s", dir,
+	           strerror(errno));
+	mode_t w = st.st_mode & (S_IWGRP | S_IWOTH);
+	HSM_ENSURE(w == 0, HSM_ERR_VALIDATION,
+	           "%s is writable by %s (mode %04o): another user could plant a file or a "
+	           "symbolic link where hsmd or hsmctl writes a secret or an audit file; make it "
+	           "private: chmod go-w %s (0700 is best)",
+	           dir, w == S_IWGRP ? "its group" : w == S_IWOTH ? "others" : "its group and others",
+	           (unsigned)(st.st_mode & 07777), dir);
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_mkdir_private(const char *path)
+{
+	HSM_GUARD(hsm_mkdir_p(path));
+	return hsm_dir_private(path);
 }
 
 const char *hsm_path_base(const char *path)

@@ -135,6 +135,8 @@ hsm_result hsm_read_file(const char *path, size_t max, struct hsm_buf *out) HSM_
 /*
  * Writes a file atomically and durably: temp file in the same directory,
  * fsync, rename, fsync of the directory.  mode is the permission of the new file.
+ * The temporary (PATH.tmp.<random hex>) is created only where nothing is, never
+ * through a symbolic link, and removed on failure.
  */
 hsm_result hsm_write_file_atomic(const char *path, const void *p, size_t n,
                                  unsigned mode) HSM_MUST_CHECK;
@@ -156,6 +158,14 @@ const char *hsm_path_base(const char *path);
 const char *hsm_env_region(void);
 /* Creates a directory (mode 0700) unless it already exists. */
 hsm_result hsm_mkdir_p(const char *path) HSM_MUST_CHECK;
+/*
+ * HSM_ERR_VALIDATION, saying how to fix it, when dir (which must exist) is
+ * writable by its group or others: secrets are written there (the dev unseal
+ * share, audit side files), and another user could plant what they go into.
+ */
+hsm_result hsm_dir_private(const char *dir) HSM_MUST_CHECK;
+/* hsm_mkdir_p, then hsm_dir_private. */
+hsm_result hsm_mkdir_private(const char *path) HSM_MUST_CHECK;
 /* fsyncs a directory so that a rename or a create inside it is durable. */
 hsm_result hsm_fsync_dir(const char *path) HSM_MUST_CHECK;
 

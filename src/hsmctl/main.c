@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <jansson.h>
 #include <openssl/crypto.h>
@@ -560,15 +561,47 @@ static void scan_command_options(const hsmctl_command *cmd, int first, int argc,
 }
 
 /*
+ * 0, or 2 after saying why, when dir, or its audit directory, exists and is
+ * writable by its group or others: hsmctl writes audit side files there, and
+ * another user could plant a link where they go.  A directory not made yet is
+ * made private.
+ */
+static int check_private_dirs(const char *name, const char *dir)
+{
+	char audit[4096];
+	const char *dirs[] = {dir, audit};
+	if ((size_t)snprintf(audit, sizeof(audit), "%s/audit", dir) >= sizeof(audit))
+		return 0; /* the command refuses the path itself */
+	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+		struct stat st;
+		if (stat(dirs[i], &st) != 0 || !S_ISDIR(st.st_mode))
+			continue;
+		if (hsm_failed(hsm_dir_private(dirs[i]))) {
+			fprintf(stderr, "hsmctl %s: %s\n", name, hsm_last_message());
+			return 2;
+		}
+	}
+	return 0;
+}
+
+/*
  * 0 when --data-dir is given at most once (and not beside --endpoint), where
- * it makes the command work offline; else the usage error.
+ * it makes the command work offline, and names no directory others may
+ * write to; else the usage error.
  */
 static int check_data_dir(const char *name, int first, int argc, char **argv)
 {
 	int n = 0;
-	for (int i = first; i < argc; i++)
-		if (strcmp(argv[i], "--data-dir") == 0 || strncmp(argv[i], "--data-dir=", 11) == 0)
+	const char *dir = NULL;
+	for (int i = first; i < argc; i++) {
+		if (strcmp(argv[i], "--data-dir") == 0) {
 			n++;
+			dir = i + 1 < argc ? argv[i + 1] : NULL;
+		} else if (strncmp(argv[i], "--data-dir=", 11) == 0) {
+			n++;
+			dir = argv[i] + 11;
+		}
+	}
 	if (n == 0)
 		return 0;
 	if (n > 1) {
@@ -588,7 +621,7 @@ static int check_data_dir(const char *name, int first, int argc, char **argv)
 		return 2;
 	}
 	hsmctl_globals.client.endpoints = NULL;
-	return 0;
+	return dir != NULL && *dir != '\0' ? check_private_dirs(name, dir) : 0;
 }
 
 /*

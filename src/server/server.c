@@ -208,7 +208,7 @@ static hsm_result copy_dir_of_node(const hsm_server *s, char *out, size_t cap)
  */
 static hsm_result check_audit_dirs(hsm_server *s, char *copy_dir, size_t cap)
 {
-	HSM_GUARD(hsm_server_blame(s, "audit_dir", hsm_mkdir_p(s->audit_dir)));
+	HSM_GUARD(hsm_server_blame(s, "audit_dir", hsm_mkdir_private(s->audit_dir)));
 	copy_dir[0] = '\0';
 	if (s->audit_copy_dir[0] != '\0')
 		HSM_GUARD(hsm_server_blame(s, "audit_copy_dir", copy_dir_of_node(s, copy_dir, cap)));
@@ -478,7 +478,7 @@ static hsm_result open_parts(hsm_server *s)
 	bool shared = s->opt.store != NULL && s->opt.store[0] != '\0';
 	if (!s->opt.dev && !shared)
 		HSM_GUARD(hsm_server_blame(s, "data_dir", check_store_exists(s)));
-	HSM_GUARD(hsm_server_blame(s, "data_dir", hsm_mkdir_p(s->data_dir)));
+	HSM_GUARD(hsm_server_blame(s, "data_dir", hsm_mkdir_private(s->data_dir)));
 	char copy_dir[sizeof(s->audit_copy_dir) + HSM_CONFIG_NAME_MAX + 1];
 	HSM_GUARD(check_audit_dirs(s, copy_dir, sizeof(copy_dir)));
 	HSM_GUARD(hsm_server_backup_dirs_check(s));

@@ -189,6 +189,28 @@ def test_offline_changes_on_a_mistyped_data_dir_make_no_store(store, tmp_path):
     assert not os.path.exists(typo) and not os.path.exists(tmp_path / "new-shares")
 
 
+def test_a_data_dir_others_may_write_to_is_refused(store):
+    """hsmctl writes audit files under --data-dir (its audit directory): one that its
+    group or others may write to could hold a link another user planted where they go.
+    Refused before anything is done, with the fix; the store is left as it was."""
+    data = store["data"]
+    audit = os.path.join(data, "audit")
+    for where, mode in ((data, 0o770), (audit, 0o777)):
+        before = os.stat(where).st_mode & 0o7777
+        os.chmod(where, mode)
+        try:
+            for args in (["status", "--data-dir", data], ["status", f"--data-dir={data}"],
+                         ["user", "unlock", "ops", "--data-dir", data, *store["quorum"]]):
+                p = ctl(*args)
+                assert p.returncode == 2, (args, p.returncode, p.stdout, p.stderr)
+                assert f"{where} is writable by" in p.stderr, p.stderr
+                assert f"chmod go-w {where}" in p.stderr, p.stderr
+        finally:
+            os.chmod(where, before)
+    p = ctl("status", "--data-dir", data)
+    assert p.returncode == 0, p.stderr
+
+
 def test_init_refused_for_its_custodians_leaves_nothing(tmp_path):
     data, shares = tmp_path / "data", tmp_path / "shares"
     for names, why in (("a b,c", "custodian 1, 'a b': a name is 1 to 64 of"),

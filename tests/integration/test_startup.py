@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from conftest import DEV_AKID, DEV_SECRET, HSMD, free_port
+from conftest import DEV_AKID, DEV_SECRET, HSMD, Hsmd, free_port
 
 
 @pytest.fixture
@@ -40,6 +40,52 @@ def test_a_data_dir_that_cannot_be_made(tmp):
     err = refused(["--dev", "--listen", f"127.0.0.1:{free_port()}",
                    "--data-dir", os.path.join(blocker(tmp), "data")])
     assert "(data_dir from --data-dir)" in err, err
+
+
+def test_a_data_dir_or_audit_dir_others_may_write_to(tmp):
+    """hsmd writes the dev unseal share in data_dir and audit files in audit_dir: in
+    a directory its group or others may write to, another user could plant a link
+    where they go.  Refused at start, saying how to fix it."""
+    data = os.path.join(tmp, "data")
+    os.mkdir(data, 0o700)
+    os.chmod(data, 0o775)
+    err = refused(["--dev", "--listen", f"127.0.0.1:{free_port()}", "--data-dir", data])
+    assert f"{data} is writable by its group (mode 0775)" in err, err
+    assert f"chmod go-w {data}" in err and "(data_dir from --data-dir)" in err, err
+    os.chmod(data, 0o700)
+    audit = os.path.join(tmp, "audit")
+    os.mkdir(audit, 0o700)
+    os.chmod(audit, 0o1777)
+    err = refused(["--dev", "--listen", f"127.0.0.1:{free_port()}", "--data-dir", data,
+                   "--audit-dir", audit])
+    assert f"{audit} is writable by its group and others (mode 1777)" in err, err
+    assert f"chmod go-w {audit}" in err and "(audit_dir from --audit-dir)" in err, err
+
+
+def test_the_dev_share_is_not_written_through_a_planted_link(tmp):
+    """The dev unseal share is written to a temporary file, then renamed: a symbolic
+    link planted under the temporary's name (once PATH.tmp.PID, known in advance)
+    must not receive the share."""
+    data = os.path.join(tmp, "data")
+    os.mkdir(data, 0o700)
+    victim = os.path.join(tmp, "victim")
+    with open(victim, "w") as f:
+        f.write("untouched")
+    share = os.path.join(data, "dev-unseal.share")
+    # The shell plants the link under its own pid, then becomes hsmd (same pid).
+    plant = f'ln -s {victim} {share}.tmp.$$ && exec "$0" "$@"'
+    server = Hsmd(["--dev"], env={"HSM_DEV_ACCESS_KEY_ID": DEV_AKID,
+                                  "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET},
+                  data_dir=data, wrapper=("sh", "-c", plant))
+    try:
+        with open(victim) as f:
+            assert f.read() == "untouched", "the share went to the planted link's file"
+        assert not os.path.islink(share) and os.path.isfile(share)
+        assert os.stat(share).st_mode & 0o777 == 0o600
+        # The link is still there, as it was planted: nothing opened or renamed it.
+        assert os.readlink(f"{share}.tmp.{server.proc.pid}") == victim
+    finally:
+        server.cleanup()
 
 
 def test_an_address_already_in_use(tmp):

@@ -1,6 +1,7 @@
 /*
  * The fixed-buffer string builder: what fits, what is cut, and that the
  * result is always terminated.  Put-off calls: each made once, in order.
+ * Atomic writes and the check on directories others may write to.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,10 +10,13 @@
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -287,6 +291,123 @@ static void test_format_time_out_of_range_is_a_terminated_number(void **state)
 	assert_string_equal(ms, "-62167219200001");
 }
 
+/* The names in dir, sorted and joined with spaces, into out. */
+static void dir_names(const char *dir, char *out, size_t cap)
+{
+	struct dirent **list;
+	int n = scandir(dir, &list, NULL, alphasort);
+	assert_true(n >= 0);
+	out[0] = '\0';
+	for (int i = 0; i < n; i++) {
+		if (list[i]->d_name[0] != '.') {
+			size_t len = strlen(out);
+			snprintf(out + len, cap - len, "%s%s", len > 0 ? " " : "", list[i]->d_name);
+		}
+		free(list[i]);
+	}
+	free(list);
+}
+
+static void read_small(const char *path, char *out, size_t cap)
+{
+	FILE *f = fopen(path, "r");
+	assert_non_null(f);
+	size_t n = fread(out, 1, cap - 1, f);
+	out[n] = '\0';
+	fclose(f);
+}
+
+/* The names a temporary could be guessed by, each a link planted by another user
+ * to a file of theirs: the write goes to the file it names, never through a link. */
+static void test_atomic_write_follows_no_planted_link(void **state)
+{
+	(void)state;
+	char dir[] = "/tmp/hsm-util-test-XXXXXX", path[128], victim[128], planted[256];
+	char got[64], names[512];
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/dev-unseal.share", dir);
+	snprintf(victim, sizeof(victim), "%s/victim", dir);
+	snprintf(planted, sizeof(planted), "%s.tmp.%d", path, (int)getpid());
+	FILE *f = fopen(victim, "w");
+	assert_non_null(f);
+	fputs("untouched", f);
+	fclose(f);
+	assert_int_equal(symlink(victim, planted), 0);
+	assert_true(hsm_ok(hsm_write_file_atomic(path, "secret", 6, 0600)));
+	read_small(victim, got, sizeof(got));
+	assert_string_equal(got, "untouched");
+	struct stat st;
+	assert_int_equal(lstat(path, &st), 0);
+	assert_true(S_ISREG(st.st_mode));
+	assert_int_equal(st.st_mode & 0777, 0600);
+	read_small(path, got, sizeof(got));
+	assert_string_equal(got, "secret");
+	/* No temporary left beside the file. */
+	char want[512];
+	snprintf(want, sizeof(want), "dev-unseal.share dev-unseal.share.tmp.%d victim", (int)getpid());
+	dir_names(dir, names, sizeof(names));
+	assert_string_equal(names, want);
+	unlink(planted);
+	unlink(path);
+	unlink(victim);
+	rmdir(dir);
+}
+
+/* A write that fails after its temporary was made (the rename, here onto a
+ * directory) removes the temporary and leaves what was there. */
+static void test_atomic_write_failing_leaves_no_temporary(void **state)
+{
+	(void)state;
+	char dir[] = "/tmp/hsm-util-test-XXXXXX", path[256], names[512];
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/taken", dir);
+	assert_int_equal(mkdir(path, 0700), 0);
+	hsm_result r = hsm_write_file_atomic(path, "secret", 6, 0600);
+	assert_true(hsm_failed(r));
+	assert_int_equal(r.err, HSM_ERR_IO);
+	dir_names(dir, names, sizeof(names));
+	assert_string_equal(names, "taken");
+	rmdir(path);
+	rmdir(dir);
+}
+
+static void test_dirs_others_may_write_to_are_refused(void **state)
+{
+	(void)state;
+	static const struct {
+		mode_t mode;
+		const char *who;
+	} cases[] = {{02770, "its group (mode 2770)"},
+	             {0703, "others (mode 0703)"},
+	             {01777, "its group and others (mode 1777)"}};
+	char dir[] = "/tmp/hsm-util-test-XXXXXX", sub[256];
+	assert_non_null(mkdtemp(dir));
+	assert_true(hsm_ok(hsm_dir_private(dir)));
+	assert_int_equal(chmod(dir, 0750), 0); /* readable by others is not the point */
+	assert_true(hsm_ok(hsm_dir_private(dir)));
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		assert_int_equal(chmod(dir, cases[i].mode), 0);
+		hsm_result r = hsm_dir_private(dir);
+		assert_true(hsm_failed(r));
+		assert_int_equal(r.err, HSM_ERR_VALIDATION);
+		const char *m = hsm_last_message();
+		assert_non_null(strstr(m, cases[i].who));
+		char fix[300];
+		snprintf(fix, sizeof(fix), "chmod go-w %s", dir);
+		assert_non_null(strstr(m, fix));
+	}
+	/* A directory it makes is private; one that exists keeps its mode and is refused. */
+	assert_int_equal(chmod(dir, 0700), 0);
+	snprintf(sub, sizeof(sub), "%s/made/here", dir);
+	assert_true(hsm_ok(hsm_mkdir_private(sub)));
+	assert_int_equal(chmod(sub, 0770), 0);
+	assert_true(hsm_failed(hsm_mkdir_private(sub)));
+	rmdir(sub);
+	snprintf(sub, sizeof(sub), "%s/made", dir);
+	rmdir(sub);
+	rmdir(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -299,6 +420,9 @@ int main(void)
 	    cmocka_unit_test(test_fnv1a),
 	    cmocka_unit_test(test_utf8_valid_as_rfc_3629),
 	    cmocka_unit_test(test_format_time_out_of_range_is_a_terminated_number),
+	    cmocka_unit_test(test_atomic_write_follows_no_planted_link),
+	    cmocka_unit_test(test_atomic_write_failing_leaves_no_temporary),
+	    cmocka_unit_test(test_dirs_others_may_write_to_are_refused),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
