@@ -288,6 +288,70 @@ void hsm_location_shown(const char *location, char *out, size_t cap)
 	snprintf(out, cap, "%.*s%.*s", (int)(host - location), location, (int)keep, rest);
 }
 
+/* Masks n bytes at p; true when n > 0. */
+static bool mask(char *p, size_t n)
+{
+	memset(p, '*', n);
+	return n > 0;
+}
+
+bool hsm_uri_mask_password(char *uri)
+{
+	char *sep = strstr(uri, "://");
+	if (sep == NULL)
+		return false;
+	char *host = sep + 3;
+	bool masked = false;
+	/* The userinfo ends at the last '@' before any query or fragment, as in
+	 * hsm_location_shown: a password may hold an '@' or a raw '/'. */
+	size_t upto = strcspn(host, "?#"), at = upto;
+	for (size_t i = 0; i < upto; i++)
+		if (host[i] == '@')
+			at = i;
+	if (at < upto) {
+		char *colon = memchr(host, ':', at);
+		if (colon != NULL)
+			masked |= mask(colon + 1, (size_t)(host + at - (colon + 1)));
+	}
+	/* libpq also takes the password as a parameter: ...?password=SECRET&... */
+	char *q = host[upto] == '?' ? host + upto + 1 : NULL;
+	while (q != NULL && *q != '\0' && *q != '#') {
+		size_t len = strcspn(q, "&#");
+		static const char key[] = "password=";
+		if (len >= sizeof(key) - 1 && strncmp(q, key, sizeof(key) - 1) == 0)
+			masked |= mask(q + sizeof(key) - 1, len - (sizeof(key) - 1));
+		q += len;
+		q = *q == '&' ? q + 1 : NULL;
+	}
+	return masked;
+}
+
+/* The copy hsm_args_hide_passwords made: the process's arguments from then on. */
+static char **args_kept;
+
+hsm_result hsm_args_hide_passwords(int argc, char **argv, char ***copy, bool *masked)
+{
+	char **c = calloc((size_t)argc + 1, sizeof(*c));
+	HSM_ENSURE(c != NULL, HSM_ERR_NOMEM, "out of memory");
+	for (int i = 0; i < argc; i++) {
+		c[i] = strdup(argv[i]);
+		if (c[i] == NULL) {
+			for (int j = 0; j < i; j++)
+				free(c[j]);
+			free(c);
+			return HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
+		}
+	}
+	*masked = false;
+	/* "--store=postgresql://...", "--to postgresql://...": the URI's own "://" is
+	 * the first in its argument. */
+	for (int i = 0; i < argc; i++)
+		*masked |= hsm_uri_mask_password(argv[i]);
+	args_kept = c;
+	*copy = c;
+	return HSM_SUCCESS;
+}
+
 hsm_result hsm_parse_i64(const char *s, int64_t min, int64_t max, int64_t *out)
 {
 	HSM_ENSURE(s != NULL && *s != '\0', HSM_ERR_VALIDATION, "a number is required");

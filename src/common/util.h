@@ -127,6 +127,27 @@ bool hsm_region_name_valid(const char *s);
  * Truncated to fit cap.
  */
 void hsm_location_shown(const char *location, char *out, size_t cap);
+/*
+ * Overwrites with '*', in place, every password uri holds (a postgresql:// URI
+ * or any other: the userinfo's after its ':', a "password" query parameter's
+ * value); true when there was one.  What else it says is left as it was.
+ */
+bool hsm_uri_mask_password(char *uri);
+/*
+ * For a program given a store URI on its command line: returns in *copy a copy
+ * of argv (argv[argc] NULL; the caller's until the process ends), then masks
+ * (hsm_uri_mask_password) each URI in the process's own argument strings,
+ * which every user may read in /proc/PID/cmdline.  *masked: whether a
+ * password was masked.  The program goes on with the copy.
+ */
+hsm_result hsm_args_hide_passwords(int argc, char **argv, char ***copy,
+                                   bool *masked) HSM_MUST_CHECK;
+/* What to tell the operator when hsm_args_hide_passwords masked one. */
+#define HSM_ARGS_PASSWORD_WARNING                                                               \
+	"the store URI on the command line holds a password: it is masked in the process's "     \
+	"arguments now, but until then any user could read it there (ps, /proc/PID/cmdline); "  \
+	"put it in ~/.pgpass or the file PGPASSFILE names (mode 0600) and leave it out of the " \
+	"URI, or give the URI in HSM_STORE or the configuration file instead"
 /* Parses a decimal integer in [min, max]; the whole string must be consumed. */
 hsm_result hsm_parse_i64(const char *s, int64_t min, int64_t max, int64_t *out) HSM_MUST_CHECK;
 

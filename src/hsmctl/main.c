@@ -663,6 +663,15 @@ int main(int argc, char **argv)
 		fprintf(stderr, "hsmctl: cannot initialize OpenSSL (out of memory?)\n");
 		return 1;
 	}
+	/* Every user may read /proc/PID/cmdline: a password in --store or --to is
+	 * masked there at once, and hsmctl goes on with a copy of its arguments. */
+	bool masked = false;
+	if (hsm_failed(hsm_args_hide_passwords(argc, argv, &argv, &masked))) {
+		fprintf(stderr, "hsmctl: %s\n", hsm_last_message());
+		return 1;
+	}
+	if (masked)
+		fprintf(stderr, "hsmctl: warning: %s\n", HSM_ARGS_PASSWORD_WARNING);
 	hsmctl_globals.approval_wait = -1;
 	int first = parse_globals(argc, argv);
 	if (first < 0)

@@ -148,9 +148,19 @@ int main(int argc, char **argv)
 		hsm_log_failure("start-up");
 		return 1;
 	}
+	/* Every user may read /proc/PID/cmdline: a password in --store is masked
+	 * there at once, and hsmd goes on with a copy of its arguments (which the
+	 * configuration is read from again on SIGHUP). */
+	bool masked = false;
+	if (hsm_failed(hsm_args_hide_passwords(argc, argv, &argv, &masked))) {
+		hsm_log_failure("start-up");
+		return 1;
+	}
 	int rc = load_config(argc, argv, &cfg);
 	if (rc >= 0)
 		return rc;
+	if (masked)
+		hsm_warn("%s", HSM_ARGS_PASSWORD_WARNING);
 	if (hsm_failed(hsm_secure_process_init(cfg.secure_heap_bytes))) {
 		hsm_log_failure("start-up");
 		return 1;

@@ -570,6 +570,40 @@ def test_hsmctl_works_on_the_shared_store_beside_running_nodes(cluster, tmp_path
     assert "CreateKey" in ops and "DisableKey" in ops, ops
 
 
+def test_a_password_in_store_on_the_command_line_is_masked(pg, tmp_path):
+    """Every user may read a process's arguments (ps, /proc/PID/cmdline): hsmd and
+    hsmctl mask a password given in --store there at once, connect with it all the
+    same, and say where it belongs instead."""
+    store = pg.database("masked")
+    password = urllib.parse.urlsplit(store).password
+    assert password and len(password) >= 8, store
+    hidden = store.replace(f":{password}@", ":" + "*" * len(password) + "@")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HSM_"))}
+    p = subprocess.run([HSMCTL, "--store", store, "init", "--data-dir", str(tmp_path / "ops"),
+                        "--share-dir", str(tmp_path / "shares"), "--shares", "2",
+                        "--threshold", "2", "--admin", "ops"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "holds a password" in p.stderr and "~/.pgpass" in p.stderr, p.stderr
+    assert password not in p.stdout + p.stderr
+    server = Hsmd(["--store", store, "--node-id", "masked"])
+    try:
+        with open(f"/proc/{server.proc.pid}/cmdline", "rb") as f:
+            args = f.read().decode().split("\0")
+        assert password not in " ".join(args), args
+        assert hidden in args, args
+        assert "holds a password" in server.read_log(), server.read_log()
+        # The node runs on the store it was given: sealed, as init left it.
+        st, body, _ = server.get("/readyz")
+        assert json.loads(body)["state"] == "sealed", body
+        # A reload reads the arguments again: the store did not change.
+        server.proc.send_signal(signal.SIGHUP)
+        assert eventually(lambda: "configuration read again" in server.read_log())
+        assert "store changed" not in server.read_log(), server.read_log()
+    finally:
+        server.cleanup()
+
+
 def test_hsmctl_reads_the_shared_store_as_it_is(cluster, pg, tmp_path):
     """The offline commands that only read (status, the unseal check, user list) open the
     shared store as it is, beside the running nodes: they report what the nodes serve, and

@@ -1,7 +1,8 @@
 /*
  * The fixed-buffer string builder: what fits, what is cut, and that the
  * result is always terminated.  Put-off calls: each made once, in order.
- * Atomic writes and the check on directories others may write to.
+ * Atomic writes and the check on directories others may write to.  Passwords
+ * masked in URIs and in the process's arguments.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -408,6 +409,57 @@ static void test_dirs_others_may_write_to_are_refused(void **state)
 	rmdir(dir);
 }
 
+static void test_uri_passwords_are_masked_in_place(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *in, *out;
+		bool masked;
+	} cases[] = {
+	    {"postgresql://hsmd:s3cret@db1,db2:5432/hsm?sslmode=verify-full",
+	     "postgresql://hsmd:******@db1,db2:5432/hsm?sslmode=verify-full", true},
+	    /* A password holding '@', ':' and '/' ends at the last '@'. */
+	    {"postgres://u:a@b:c/d@host/db", "postgres://u:*******@host/db", true},
+	    {"--store=postgresql://u:pw@h/db", "--store=postgresql://u:**@h/db", true},
+	    {"postgresql://u@h/db?sslmode=require&password=pw1&connect_timeout=5#x",
+	     "postgresql://u@h/db?sslmode=require&password=***&connect_timeout=5#x", true},
+	    {"postgresql://u:p@h/db?password=q", "postgresql://u:*@h/db?password=*", true},
+	    {"postgresql://hsmd@db/hsm", "postgresql://hsmd@db/hsm", false},
+	    {"postgresql://db/hsm?passwordx=1", "postgresql://db/hsm?passwordx=1", false},
+	    {"postgresql://u:@h/db", "postgresql://u:@h/db", false},
+	    {"/var/lib/hsmd", "/var/lib/hsmd", false},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char buf[128];
+		snprintf(buf, sizeof(buf), "%s", cases[i].in);
+		assert_int_equal(hsm_uri_mask_password(buf), cases[i].masked);
+		assert_string_equal(buf, cases[i].out);
+	}
+}
+
+static void test_args_keep_a_copy_and_hide_passwords(void **state)
+{
+	(void)state;
+	char a0[] = "hsmd", a1[] = "--store", a2[] = "postgresql://hsmd:pw@db/hsm", a3[] = "--dev",
+	     a4[] = "--store=postgresql://u:xyz@h/d";
+	char *argv[] = {a0, a1, a2, a3, a4, NULL};
+	char **copy = NULL;
+	bool masked = false;
+	assert_true(hsm_ok(hsm_args_hide_passwords(5, argv, &copy, &masked)));
+	assert_true(masked);
+	assert_string_equal(argv[2], "postgresql://hsmd:**@db/hsm");
+	assert_string_equal(argv[4], "--store=postgresql://u:***@h/d");
+	assert_string_equal(copy[0], "hsmd");
+	assert_string_equal(copy[2], "postgresql://hsmd:pw@db/hsm");
+	assert_string_equal(copy[3], "--dev");
+	assert_string_equal(copy[4], "--store=postgresql://u:xyz@h/d");
+	assert_null(copy[5]);
+	char *plain[] = {a0, a3, NULL};
+	assert_true(hsm_ok(hsm_args_hide_passwords(2, plain, &copy, &masked)));
+	assert_false(masked);
+	assert_string_equal(copy[1], "--dev");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -423,6 +475,8 @@ int main(void)
 	    cmocka_unit_test(test_atomic_write_follows_no_planted_link),
 	    cmocka_unit_test(test_atomic_write_failing_leaves_no_temporary),
 	    cmocka_unit_test(test_dirs_others_may_write_to_are_refused),
+	    cmocka_unit_test(test_uri_passwords_are_masked_in_place),
+	    cmocka_unit_test(test_args_keep_a_copy_and_hide_passwords),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
