@@ -329,6 +329,13 @@ bool hsm_uri_mask_password(char *uri)
 /* The copy hsm_args_hide_passwords made: the process's arguments from then on. */
 static char **args_kept;
 
+static void args_free(char **args)
+{
+	for (size_t i = 0; args != NULL && args[i] != NULL; i++)
+		free(args[i]);
+	free(args);
+}
+
 hsm_result hsm_args_hide_passwords(int argc, char **argv, char ***copy, bool *masked)
 {
 	char **c = calloc((size_t)argc + 1, sizeof(*c));
@@ -336,9 +343,7 @@ hsm_result hsm_args_hide_passwords(int argc, char **argv, char ***copy, bool *ma
 	for (int i = 0; i < argc; i++) {
 		c[i] = strdup(argv[i]);
 		if (c[i] == NULL) {
-			for (int j = 0; j < i; j++)
-				free(c[j]);
-			free(c);
+			args_free(c);
 			return HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
 		}
 	}
@@ -347,6 +352,7 @@ hsm_result hsm_args_hide_passwords(int argc, char **argv, char ***copy, bool *ma
 	 * the first in its argument. */
 	for (int i = 0; i < argc; i++)
 		*masked |= hsm_uri_mask_password(argv[i]);
+	args_free(args_kept);
 	args_kept = c;
 	*copy = c;
 	return HSM_SUCCESS;

@@ -138,7 +138,8 @@ bool hsm_uri_mask_password(char *uri);
  * of argv (argv[argc] NULL; the caller's until the process ends), then masks
  * (hsm_uri_mask_password) each URI in the process's own argument strings,
  * which every user may read in /proc/PID/cmdline.  *masked: whether a
- * password was masked.  The program goes on with the copy.
+ * password was masked.  The program goes on with the copy.  Called once: a
+ * second call frees the copy the first one made.
  */
 hsm_result hsm_args_hide_passwords(int argc, char **argv, char ***copy,
                                    bool *masked) HSM_MUST_CHECK;
