@@ -177,7 +177,7 @@ static hsm_result init_writer(hsm_audit *a, const audit_tail_info *t)
 	HSM_ENSURE(w->sha256 != NULL && w->md_ctx != NULL, HSM_ERR_CRYPTO, "SHA-256 unavailable");
 	w->next_checkpoint_ms = audit_now_ms(a) + a->cfg.checkpoint_interval_ms;
 	if (!t->needs_new_file) {
-		w->fd = open(t->path, O_WRONLY | O_APPEND | O_CLOEXEC);
+		w->fd = open(t->path, O_RDWR | O_CLOEXEC); /* read back after a cut */
 		HSM_ENSURE(w->fd >= 0, HSM_ERR_IO, "cannot open %s: %s", t->path, strerror(errno));
 		off_t end = lseek(w->fd, 0, SEEK_END);
 		HSM_ENSURE(end >= 0, HSM_ERR_IO, "cannot seek %s", t->path);

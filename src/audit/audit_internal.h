@@ -277,6 +277,22 @@ bool audit_line_time(const uint8_t *line, size_t n, int64_t *t_ms);
 bool audit_read_whole(const char *path, hsm_buf *out);
 /* Whether line[0..n) is a checkpoint stating a floor that says it is signed; fills *fc. */
 bool audit_line_signed_ckpt(const uint8_t *line, size_t n, audit_floor_ckpt *fc);
+/* The last record a damaged live file still holds, whole and chained. */
+typedef struct audit_kept_record {
+	bool found;
+	uint64_t seq;
+	uint64_t end; /* the byte after its newline */
+	uint8_t hash[AUDIT_HASH_LEN];
+} audit_kept_record;
+/*
+ * Looks back from byte limit of fd (over the last AUDIT_TAIL_WINDOW bytes)
+ * for the last complete, well-formed line with a seq from first_seq to
+ * last_seq whose predecessor is the line before it (seq one less, prev its
+ * hash), or which is the file's first (seq first_seq).  False when the file
+ * cannot be read; out->found false when no such line is there.
+ */
+bool audit_last_record_in(int fd, uint64_t limit, uint64_t first_seq, uint64_t last_seq,
+                          audit_kept_record *out);
 
 /* ---- audit_io.c: the file, under the watchdog ---------------------------- */
 
@@ -303,14 +319,15 @@ void audit_io_close(hsm_audit *a);
 /* fdatasync(fd) (through the test hook): 0 or an errno value.  Touches no writer state. */
 int audit_io_fdatasync(hsm_audit *a, int fd);
 /*
- * Whether fd is still the live file at path, holding at least len bytes: 0,
- * or ESTALE when it was deleted, renamed away or replaced, EIO when it was
- * cut shorter (and logs which).  A record acknowledged into a file nobody
- * can read any more would be a record lost, so syncs check this: the log
- * then fails, refuses requests, and goes on in a new file, where the gap
- * shows what went.  Touches no writer state.
+ * Whether fd is still the live file at path, holding at least len bytes
+ * (exact: exactly len): 0, or ESTALE when it was deleted, renamed away or
+ * replaced, EIO when it was cut shorter or grew (and logs which).  A record
+ * acknowledged into a file nobody can read any more would be a record lost,
+ * so every write batch (exact) and every sync checks this: the log then
+ * fails, refuses requests, and goes on in a new file, where the gap shows
+ * what went.  Touches no writer state.
  */
-int audit_io_check_file(int fd, const char *path, uint64_t len);
+int audit_io_check_file(int fd, const char *path, uint64_t len, bool exact);
 /* Copies closed files missing from copy_dir there (when set), then deletes
  * the oldest files whose newest record is older than the retention (and
  * their copies), never keep_file nor the newest file nor one not copied.

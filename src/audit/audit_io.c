@@ -17,6 +17,7 @@
 
 #include <jansson.h>
 
+#include "common/encoding.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -56,26 +57,12 @@ static hsm_result io_fail(hsm_audit *a, int err, const char *what)
 	return HSM_FAIL(HSM_ERR_AUDIT_UNAVAILABLE, "audit log %s failed: %s", what, strerror(err));
 }
 
-hsm_result audit_io_write(hsm_audit *a)
-{
-	audit_writer *w = &a->w;
-	if (w->fd < 0)
-		return io_fail(a, EBADF, "write");
-	while (w->written < w->pending.len) {
-		int e = hook(a, HSM_AUDIT_IO_WRITE);
-		if (e != 0)
-			return io_fail(a, e, "write");
-		ssize_t n = write(w->fd, w->pending.data + w->written, w->pending.len - w->written);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return io_fail(a, n < 0 ? errno : EIO, "write");
-		w->written += (size_t)n;
-	}
-	return HSM_SUCCESS;
-}
-
-int audit_io_check_file(int fd, const char *path, uint64_t len)
+/*
+ * Whether fd is still the live file: named by path (not deleted, renamed away
+ * or replaced) and len bytes long (exact) or at least that (!exact: a
+ * background sync, while the writer may write on).  0 or an errno.
+ */
+int audit_io_check_file(int fd, const char *path, uint64_t len, bool exact)
 {
 	struct stat st, named;
 	if (fstat(fd, &st) != 0)
@@ -90,7 +77,45 @@ int audit_io_check_file(int fd, const char *path, uint64_t len)
 		          (long long)st.st_size, (unsigned long long)len);
 		return EIO;
 	}
+	if (exact && (uint64_t)st.st_size > len) {
+		hsm_error("audit file %s grew to %lld bytes while hsmd wrote it (%llu written): "
+		          "something else wrote to it",
+		          path, (long long)st.st_size, (unsigned long long)len);
+		return EIO;
+	}
 	return 0;
+}
+
+/*
+ * Writes at the offset the writer knows (never O_APPEND: a file cut under it
+ * would take the next lines at its new end, and hide the cut), after checking
+ * that the file is still the live one and as long as what was written: no
+ * batch lands in a file that was cut, moved or replaced (one fstat and one
+ * stat per batch).
+ */
+hsm_result audit_io_write(hsm_audit *a)
+{
+	audit_writer *w = &a->w;
+	if (w->fd < 0)
+		return io_fail(a, EBADF, "write");
+	if (w->written < w->pending.len) {
+		int e = audit_io_check_file(w->fd, w->path, w->synced_off + w->written, true);
+		if (e != 0)
+			return io_fail(a, e, "write");
+	}
+	while (w->written < w->pending.len) {
+		int e = hook(a, HSM_AUDIT_IO_WRITE);
+		if (e != 0)
+			return io_fail(a, e, "write");
+		ssize_t n = pwrite(w->fd, w->pending.data + w->written, w->pending.len - w->written,
+		                   (off_t)(w->synced_off + w->written));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return io_fail(a, n < 0 ? errno : EIO, "write");
+		w->written += (size_t)n;
+	}
+	return HSM_SUCCESS;
 }
 
 hsm_result audit_io_sync(hsm_audit *a)
@@ -100,7 +125,7 @@ hsm_result audit_io_sync(hsm_audit *a)
 		return io_fail(a, EIO, "sync");
 	int e = audit_io_fdatasync(a, w->fd);
 	if (e == 0)
-		e = audit_io_check_file(w->fd, w->path, w->synced_off + w->pending.len);
+		e = audit_io_check_file(w->fd, w->path, w->synced_off + w->pending.len, false);
 	if (e != 0)
 		return io_fail(a, e, "sync");
 	w->synced_off += w->pending.len;
@@ -142,7 +167,7 @@ hsm_result audit_io_new_file(hsm_audit *a)
 	HSM_ENSURE((size_t)snprintf(path, sizeof(path), "%s/" AUDIT_FILE_PREFIX "%020llu" AUDIT_FILE_SUFFIX,
 	                            a->dir, (unsigned long long)first) < sizeof(path),
 	           HSM_ERR_VALIDATION, "audit directory path too long");
-	int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return io_fail(a, errno, "create");
 	struct stat st;
@@ -259,25 +284,73 @@ static hsm_result relock(hsm_audit *a)
 }
 
 /*
- * The records of the current file written before pending (all synced once)
- * are lost with it: notes their range, joined to one not yet recorded.
+ * The records from..(first in pending - 1) of the current file are lost with
+ * it (all synced once): notes their range, joined to one not yet recorded.
  */
-static void note_lost(audit_writer *w)
+static void note_lost(audit_writer *w, uint64_t from)
 {
 	uint64_t end = w->pending.len > 0 ? w->pending_first_seq : w->next_seq;
-	if (end <= w->file_first_seq)
+	if (end <= from)
 		return;
-	if (w->lost_last == 0 || w->file_first_seq < w->lost_first)
-		w->lost_first = w->file_first_seq;
+	if (w->lost_last == 0 || from < w->lost_first)
+		w->lost_first = from;
 	if (end - 1 > w->lost_last)
 		w->lost_last = end - 1;
+}
+
+/* The SHA-256 of the last synced line: the prev of pending's first, or the head. */
+static bool synced_head(const audit_writer *w, uint8_t out[AUDIT_HASH_LEN])
+{
+	if (w->pending.len == 0) {
+		memcpy(out, w->head, AUDIT_HASH_LEN);
+		return true;
+	}
+	/* audit_format_line ends every line with ,"prev":"<64 hex>"} */
+	const uint8_t *nl = memchr(w->pending.data, '\n', w->pending.len);
+	size_t n = nl != NULL ? (size_t)(nl - w->pending.data) : 0;
+	if (n < AUDIT_HASH_HEX + 2)
+		return false;
+	return hsm_ok(hsm_hex_decode_exact(out, AUDIT_HASH_LEN,
+	                                   (const char *)w->pending.data + n - 2 - AUDIT_HASH_HEX,
+	                                   AUDIT_HASH_HEX, HSM_ERR_VALIDATION));
+}
+
+/*
+ * The live file was cut (or cut and written to by someone else): which of
+ * its synced records are still there, whole and chained?  *kept: the last
+ * one (none: the file's first seq - 1, at offset 0).  True when every synced
+ * record is: the line that ends at synced_off is the last synced record,
+ * byte for byte, so only bytes not yet synced went (written again in place).
+ */
+static bool synced_intact(hsm_audit *a, uint64_t size, audit_kept_record *kept)
+{
+	audit_writer *w = &a->w;
+	uint64_t last = (w->pending.len > 0 ? w->pending_first_seq : w->next_seq) - 1;
+	uint8_t want[AUDIT_HASH_LEN];
+	if (w->synced_off == 0 || last < w->file_first_seq) {
+		memset(kept, 0, sizeof(*kept));
+		kept->seq = w->file_first_seq - 1;
+		return true; /* nothing synced in this file */
+	}
+	uint64_t limit = size < w->synced_off ? size : w->synced_off;
+	if (!audit_last_record_in(w->fd, limit, w->file_first_seq, last, kept))
+		kept->found = false;
+	if (!kept->found) {
+		kept->seq = w->file_first_seq - 1;
+		kept->end = 0;
+		return false;
+	}
+	return kept->seq == last && kept->end == w->synced_off && synced_head(w, want) &&
+	       hsm_ct_equal(kept->hash, want, AUDIT_HASH_LEN);
 }
 
 /*
  * After a failed write or fsync nothing past synced_off can be trusted (a
  * partial line, or pages the kernel dropped after a failed fsync).  Cut the
  * file back to synced_off and write pending again: the same bytes, so the
- * sequence and chain stay intact.
+ * sequence and chain stay intact.  A file that lost synced records (cut,
+ * deleted, moved or replaced) is not written over: the log goes on in a new
+ * file, and the records lost are noted for AuditRecordsLost.
  */
 hsm_result audit_io_recover(hsm_audit *a)
 {
@@ -289,14 +362,33 @@ hsm_result audit_io_recover(hsm_audit *a)
 		struct stat named;
 		bool moved = stat(w->path, &named) != 0 || named.st_dev != st.st_dev ||
 		             named.st_ino != st.st_ino;
-		if (st.st_nlink == 0 || moved || (uint64_t)st.st_size < w->synced_off) {
-			/* Records we had synced are gone: the verifier will show it, and the
-			 * writer records which (AuditRecordsLost).  Continue in a new file
-			 * rather than write over the damage. */
-			hsm_error("audit file %s lost synced records; continuing in a new file", w->path);
-			note_lost(w);
+		audit_kept_record kept;
+		if (st.st_nlink == 0 || moved) {
+			/* Gone from the trail, whatever it still holds: every record of it is lost
+			 * to the trail.  Bytes written and not synced are written again in the new
+			 * file: cut here, so a file put back does not hold them twice. */
+			hsm_error("audit file %s was deleted, renamed or replaced: its records are "
+			          "lost to the trail; continuing in a new file",
+			          w->path);
+			if ((uint64_t)st.st_size > w->synced_off && ftruncate(w->fd, (off_t)w->synced_off) != 0)
+				hsm_warn("audit: cannot cut %s back to its synced records: %s", w->path,
+				         strerror(errno));
+			note_lost(w, w->file_first_seq);
 			audit_io_close(a);
-		} else if ((uint64_t)st.st_size > w->synced_off) {
+		} else if (!synced_intact(a, (uint64_t)st.st_size, &kept)) {
+			/* Cut: the records after the last one left whole are lost, whatever the
+			 * size became since.  What follows it is none of the chain's. */
+			hsm_error("audit file %s lost synced records after seq %llu; continuing in a new "
+			          "file",
+			          w->path, (unsigned long long)kept.seq);
+			if ((uint64_t)st.st_size != kept.end && ftruncate(w->fd, (off_t)kept.end) != 0)
+				hsm_warn("audit: cannot cut %s back to its last whole record: %s", w->path,
+				         strerror(errno));
+			note_lost(w, kept.seq + 1);
+			w->synced_off = kept.end; /* the file's end, for the close below */
+			w->written = 0;
+			audit_io_close(a);
+		} else if ((uint64_t)st.st_size != w->synced_off) {
 			if (ftruncate(w->fd, (off_t)w->synced_off) != 0)
 				return io_fail(a, errno, "truncate");
 			w->reserved_to = 0; /* the cut gave back the space kept ahead too */

@@ -582,3 +582,67 @@ out:
 	audit_free_list(names, n);
 	return res;
 }
+
+/* The "prev" of a well-formed line, decoded; false when it has none. */
+static bool line_prev(const uint8_t *p, size_t n, uint8_t prev[AUDIT_HASH_LEN])
+{
+	json_t *j = json_loadb((const char *)p, n, JSON_REJECT_DUPLICATES, NULL);
+	const char *hex = json_string_value(json_object_get(j, "prev"));
+	bool ok = is_hex64(hex) && hsm_ok(hsm_hex_decode_exact(prev, AUDIT_HASH_LEN, hex,
+	                                                       AUDIT_HASH_HEX, HSM_ERR_VALIDATION));
+	json_decref(j);
+	return ok;
+}
+
+bool audit_last_record_in(int fd, uint64_t limit, uint64_t first_seq, uint64_t last_seq,
+                          audit_kept_record *out)
+{
+	memset(out, 0, sizeof(*out));
+	size_t win = limit < AUDIT_TAIL_WINDOW ? (size_t)limit : AUDIT_TAIL_WINDOW;
+	uint64_t base = limit - win;
+	uint8_t *buf = malloc(win ? win : 1);
+	if (buf == NULL || !pread_all(fd, buf, win, base)) {
+		free(buf);
+		return false;
+	}
+	/* From the end back: a complete line, well formed, of the file's seq range, chained
+	 * to the line before it (or the first of the file). */
+	size_t end = win;
+	while (end > 0 && !out->found) {
+		if (buf[end - 1] != '\n') {
+			end--;
+			continue;
+		}
+		size_t start = end - 1;
+		while (start > 0 && buf[start - 1] != '\n')
+			start--;
+		if (start == 0 && base > 0)
+			break; /* the window does not hold the whole line */
+		line_info li = {0};
+		size_t n = end - 1 - start;
+		bool ok = parse_line(buf + start, n, &li) && li.seq >= first_seq && li.seq <= last_seq;
+		if (ok && start > 0) {
+			/* The line before must be its predecessor, byte for byte. */
+			size_t ps = start - 1;
+			while (ps > 0 && buf[ps - 1] != '\n')
+				ps--;
+			uint8_t prev[AUDIT_HASH_LEN], h[AUDIT_HASH_LEN];
+			line_info pi = {0};
+			ok = (ps > 0 || base == 0) && parse_line(buf + ps, start - 1 - ps, &pi) &&
+			     pi.seq + 1 == li.seq && line_prev(buf + start, n, prev) &&
+			     EVP_Digest(buf + ps, start - 1 - ps, h, NULL, EVP_sha256(), NULL) == 1 &&
+			     hsm_ct_equal(prev, h, AUDIT_HASH_LEN);
+		} else if (ok) {
+			ok = li.seq == first_seq; /* the file's first line */
+		}
+		if (ok) {
+			out->found = true;
+			out->seq = li.seq;
+			out->end = base + end;
+			EVP_Digest(buf + start, n, out->hash, NULL, EVP_sha256(), NULL);
+		}
+		end = start;
+	}
+	free(buf);
+	return true;
+}

@@ -327,7 +327,7 @@ void *audit_syncer_main(void *arg)
 		int e = audit_io_fdatasync(a, fd);
 		/* The writer changes its path only while no sync runs. */
 		if (e == 0)
-			e = audit_io_check_file(fd, a->w.path, len);
+			e = audit_io_check_file(fd, a->w.path, len, false);
 		pthread_mutex_lock(&a->mu);
 		a->sync_start_ns = 0;
 		a->sync_err = e;

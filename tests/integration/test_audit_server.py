@@ -1287,7 +1287,7 @@ import gdb
 
 
 class FailTrailCalls(gdb.Breakpoint):
-    """A call (write(2), fdatasync(2)) on one of the trail's files fails (EBADF) until the
+    """A call (pwrite(2), fdatasync(2)) on one of the trail's files fails (EBADF) until the
     test's flag file exists; the first such call after that stops hsmd, so the test's gdb
     detaches."""
 
@@ -1310,10 +1310,10 @@ FailTrailCalls(os.environ["HSMD_TEST_OUTAGE_CALL"])
 
 
 class TrailOutage:
-    """An audit outage: every call (write(2), or fdatasync(2)) on the trail's files fails
+    """An audit outage: every call (pwrite(2), or fdatasync(2)) on the trail's files fails
     until end()."""
 
-    def __init__(self, server, tmp, call="write"):
+    def __init__(self, server, tmp, call="pwrite64"):
         self.server = server
         self.over = os.path.join(tmp, f"outage-over-{server.proc.pid}")
         script = os.path.join(tmp, "fail-trail.py")

@@ -207,7 +207,7 @@ def test_a_change_whose_record_an_outage_failed_is_on_the_trail_once_it_recovers
     server = start_dev()
     try:
         kms = client(server)
-        # The write(2) of the request's record writes nothing, once: an outage (EIO), which
+        # The pwrite(2) of the request's record writes nothing, once: an outage (EIO), which
         # fails the records it held (the client gets a 503); the trail recovers by itself.
         fd = [n for n in os.listdir(f"/proc/{server.proc.pid}/fd")
               if os.readlink(f"/proc/{server.proc.pid}/fd/{n}").endswith(".jsonl")]
@@ -218,7 +218,7 @@ def test_a_change_whose_record_an_outage_failed_is_on_the_trail_once_it_recovers
             # carrying its record, not one of hsmd's own events.
             f.write("set pagination off\nset confirm off\n"
                     "break hsm_audit_submit_lazy\n"
-                    f"break write if $rdi == {fd[0]}\n"
+                    f"break pwrite64 if $rdi == {fd[0]}\n"
                     "disable 2\n"
                     "commands 1\n  delete 1\n  enable 2\n  continue\nend\n"
                     "commands 2\n  return (long) 0\n  delete 2\n  detach\n"
