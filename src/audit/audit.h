@@ -409,6 +409,12 @@ typedef struct hsm_audit_verify_report {
 	 * AuditLogOpened and checkpoints declare no trail format: an older hsmd
 	 * wrote them (docs/audit.md, "Trails from older hsmd"); 0 = none. */
 	uint64_t older_format_through;
+	/* The first loss hsmd recorded itself (AuditRecordsLost, at lost_seq) of
+	 * records lost_first to lost_last with its live file, next to where they
+	 * are missing; lost_present: they are all there (the file was put back)
+	 * and chain to what follows.  0 = none. */
+	uint64_t lost_first, lost_last, lost_seq;
+	bool lost_present;
 	/* The first problem, when !valid. */
 	hsm_audit_problem problem;
 	char file[HSM_AUDIT_PATH_MAX];

@@ -138,6 +138,20 @@ static bool parse_previous_shutdown(json_t *j, ventry *e)
 	return true;
 }
 
+/* The records an AuditRecordsLost names ("extra":{"first_seq":...,"last_seq":...}). */
+static void parse_lost(json_t *j, ventry *e)
+{
+	json_t *x = json_object_get(j, "extra");
+	const char *f = json_string_value(json_object_get(x, "first_seq"));
+	const char *l = json_string_value(json_object_get(x, "last_seq"));
+	int64_t lo = 0, hi = 0;
+	if (f == NULL || l == NULL || hsm_failed(hsm_parse_i64(f, 1, INT64_MAX, &lo)) ||
+	    hsm_failed(hsm_parse_i64(l, lo, INT64_MAX, &hi)) || (uint64_t)hi >= e->seq)
+		return;
+	e->lost_first = (uint64_t)lo;
+	e->lost_last = (uint64_t)hi;
+}
+
 /*
  * A checkpoint's signature covers its node, seq, time, reason, kept_from and
  * prev, and a later record's chain covers its every byte; but the last record
@@ -229,6 +243,8 @@ static hsm_result parse_entry(const uint8_t *p, size_t n, ventry *e)
 			if (e->event && strcmp(e->op, "AuditLogOpened") == 0 &&
 			    (!parse_trail_format(j, e) || !parse_previous_shutdown(j, e)))
 				e->kind = VE_MALFORMED;
+			if (e->event && strcmp(e->op, "AuditRecordsLost") == 0)
+				parse_lost(j, e);
 		}
 		const char *source = json_string_value(json_object_get(j, "source"));
 		e->offline = source != NULL && strcmp(source, "hsmctl") == 0;
@@ -737,6 +753,59 @@ static bool check_signing(vreader *r, vstate *s, const ventry *e, sig_state sig,
 	return true;
 }
 
+/*
+ * The node's live file lost under it (cut, deleted, moved or replaced): hsmd
+ * went on in a new file whose first records are those not yet synced, then
+ * an AuditRecordsLost naming the records of the old file that went (docs/
+ * audit.md, "Files").  e, the first record of a new file, is such a
+ * continuation when that AuditRecordsLost, within the window, names exactly
+ * the records missing before e (the file's records, or those cut from it),
+ * or, when e chains to the last record p of a file that ends without its
+ * rotation checkpoint, the records up to p (the file was put back).  The
+ * first is noted, so the summary says it; a gap is still the verdict
+ * (records are missing) unless something else is wrong first, but the chain
+ * is followed past it, so the records after it are verified.  False: e is no
+ * such continuation, the usual rules judge it.
+ */
+static bool recorded_loss(vreader *r, vstate *s, const ventry *e, hsm_audit_verify_report *rep)
+{
+	const ventry *p = s->have_p ? vstate_back(s, 0) : NULL;
+	if (!e->first_in_file || e->kind != VE_RECORD || e->genesis)
+		return false;
+	bool rotated = p != NULL && p->ckpt && strcmp(p->reason, "rotate") == 0;
+	bool linked = p != NULL && e->seq == p->seq + 1 && hsm_ct_equal(e->prev, p->hash,
+	                                                                 AUDIT_HASH_LEN);
+	uint64_t from = p != NULL ? p->seq + 1 : 1;
+	if ((linked && rotated) || (!linked && e->seq <= from))
+		return false;
+	for (size_t i = 0; i < VERIFY_WINDOW; i++) {
+		const ventry *x = vreader_peek(r, i);
+		if (x == NULL || x->file != e->file || x->kind != VE_RECORD)
+			return false;
+		if (!x->event || strcmp(x->op, "AuditRecordsLost") != 0 || x->lost_last == 0)
+			continue;
+		if (strcmp(x->node, e->node) != 0)
+			return false;
+		bool names = linked ? x->lost_last == p->seq && x->lost_first <= p->seq
+		                    : x->lost_last == e->seq - 1 && (p == NULL || x->lost_first == from);
+		if (!names)
+			return false;
+		if (rep->lost_seq == 0) {
+			rep->lost_first = x->lost_first;
+			rep->lost_last = x->lost_last;
+			rep->lost_seq = x->seq;
+			rep->lost_present = linked;
+		}
+		/* A gap at the start of the log is the start's to judge (check_start). */
+		if (!linked && p != NULL && !s->loss_gap) {
+			s->loss_gap = true;
+			s->loss_at = *e;
+		}
+		return p != NULL;
+	}
+	return false;
+}
+
 static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, const hsm_audit_verify_options *o,
                         hsm_audit_verify_report *rep)
 {
@@ -767,7 +836,8 @@ static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, const hsm_audit_ve
 		verify_report_at(r, rep, HSM_AUDIT_MALFORMED, e, "modified: not a valid audit record");
 		return false;
 	}
-	if (!check_file_end(r, s, e, rep) || !verify_rules_check(r, s, rep) ||
+	bool lost = recorded_loss(r, s, e, rep);
+	if ((!lost && (!check_file_end(r, s, e, rep) || !verify_rules_check(r, s, rep))) ||
 	    !check_file_edges(r, e, rep))
 		return false;
 	if (e->ckpt && !e->canonical) {
@@ -960,6 +1030,22 @@ static hsm_result run(vreader *r, const hsm_audit_verify_options *opts,
 	HSM_TRY(r->io);
 	if (ok)
 		ok = check_end(r, s, o, rep);
+	if (ok && s->loss_gap)
+		verify_report_at(r, rep, HSM_AUDIT_DELETED, &s->loss_at,
+		                 "deleted: records %llu to %llu are missing: hsmd lost them with its "
+		                 "live file and recorded the loss (AuditRecordsLost, seq %llu); the "
+		                 "records before and after them verify",
+		                 (unsigned long long)rep->lost_first, (unsigned long long)rep->lost_last,
+		                 (unsigned long long)rep->lost_seq);
+	else if (!rep->valid && rep->problem == HSM_AUDIT_DELETED && rep->lost_seq != 0 &&
+	         !rep->lost_present && strstr(rep->detail, "AuditRecordsLost") == NULL) {
+		size_t n = strlen(rep->detail);
+		snprintf(rep->detail + n, sizeof(rep->detail) - n,
+		         " (hsmd recorded the loss of records %llu to %llu with its live file: "
+		         "AuditRecordsLost, seq %llu)",
+		         (unsigned long long)rep->lost_first, (unsigned long long)rep->lost_last,
+		         (unsigned long long)rep->lost_seq);
+	}
 	if (rep->valid)
 		rep->problem = HSM_AUDIT_VALID;
 	rep->uncovered = rep->last_verified_seq ? rep->last_seq - rep->last_verified_seq : rep->records;

@@ -36,6 +36,7 @@ typedef struct ventry {
 	unsigned trail_format;  /* AuditLogOpened, checkpoint: the format declared, 0 = none (older) */
 	bool offline;           /* written by hsmctl ("source":"hsmctl") */
 	char previous_shutdown[8]; /* AuditLogOpened: "none", "clean", "unclean"; "" unstated */
+	uint64_t lost_first, lost_last; /* AuditRecordsLost: the records it names (0: none) */
 	/* Checkpoints */
 	bool ckpt, ckpt_signed, ckpt_sig_ok_form;
 	bool canonical; /* checkpoint: the line is byte for byte what hsmd writes for its fields */
@@ -108,6 +109,11 @@ typedef struct vstate {
 	 * records are an older hsmd's (audit_format.h, AUDIT_TRAIL_FORMAT). */
 	unsigned trail_format;
 	uint64_t trail_format_seq; /* ...and the seq of the record that declared it */
+	/* Records missing where the node's live file was lost, which its AuditRecordsLost
+	 * names: the chain goes on past them, and unless something else is wrong first the
+	 * verdict is that they are missing, at loss_at (the first record after them). */
+	bool loss_gap;
+	ventry loss_at;
 } vstate;
 
 const ventry *vstate_back(const vstate *s, size_t i); /* 0 = last accepted */

@@ -43,6 +43,14 @@ static void print_summary(const hsm_audit_verify_report *r)
 		       "are not all signed (neither their AuditLogOpened events nor their checkpoints "
 		       "declare trail_format; docs/audit.md)\n",
 		       (unsigned long long)r->first_seq, (unsigned long long)r->older_format_through);
+	if (r->lost_seq != 0)
+		printf("note: hsmd recorded records %llu to %llu as lost with its live file "
+		       "(AuditRecordsLost, seq %llu)%s\n",
+		       (unsigned long long)r->lost_first, (unsigned long long)r->lost_last,
+		       (unsigned long long)r->lost_seq,
+		       r->lost_present ? ": they are all here (the file was put back) and the next "
+		                         "file chains to them"
+		                       : "");
 	/* Only a retention checkpoint states that records were deleted by retention (verify
 	 * holds any other start past seq 1 as deleted, but for an older hsmd's records). */
 	bool by_retention = r->retention_seq != 0 && r->retention_kept_from >= r->first_seq;

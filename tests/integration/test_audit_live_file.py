@@ -1,0 +1,138 @@
+"""The live audit file cut or moved away under a running node: the next write finds it
+before it writes (never into the damaged or moved file), the trail goes on in a new file
+that records exactly the records that went (AuditRecordsLost), and verify says so: the
+records missing, the loss recorded, nothing modified or inserted; and a file put back
+verifies."""
+import glob
+import os
+import shutil
+import time
+
+import pytest
+
+from conftest import start_dev
+from helpers import admin, audit_records, eventually
+from test_audit_server import audit_pem, verify
+
+
+def audit_files(data_dir):
+    return sorted(glob.glob(os.path.join(data_dir, "audit", "audit-*.jsonl")))
+
+
+def seqs_of(path):
+    with open(path, "rb") as f:
+        return [int(line.split(b",", 1)[0][len(b'{"seq":'):]) for line in f if line.strip()]
+
+
+def lost_events(data_dir):
+    return [r for r in audit_records(data_dir) if r.get("op") == "AuditRecordsLost"]
+
+
+def lost_checkpoint_after(data_dir, lost):
+    after = [r for r in audit_records(data_dir) if r["seq"] > lost["seq"]]
+    return [r for r in after if r["type"] == "checkpoint"][:1]
+
+
+def no_seq_twice(data_dir):
+    seqs = [s for path in audit_files(data_dir) for s in seqs_of(path)]
+    return len(seqs) == len(set(seqs))
+
+
+@pytest.mark.parametrize("next_write", ["request", "checkpoint"])
+def test_a_live_file_cut_records_exactly_the_records_cut(tmp_path, next_write):
+    """Three records are cut from the end of the live file; the next write (a request's
+    record, or an interval checkpoint with no request) finds the cut.  The cut file keeps
+    what was left, nothing more; the new file names exactly the three records lost."""
+    args = ["--backup-interval-seconds", "0"]
+    if next_write == "checkpoint":
+        args += ["--audit-checkpoint-seconds", "1"]
+    server = start_dev(args)
+    data = server.data_dir
+    try:
+        for i in range(6):
+            admin(server, "AuditHash", {"Value": f"r{i}"})
+        pem = audit_pem(server, str(tmp_path))
+        time.sleep(0.5)  # synced (10 ms): a cut of records not yet synced is written again
+        (live,) = audit_files(data)
+        with open(live, "rb") as f:
+            lines = f.read().splitlines(keepends=True)
+        kept = b"".join(lines[:-3])
+        with open(live, "r+b") as f:
+            f.truncate(len(kept))
+        if next_write == "request":
+            admin(server, "AuditHash", {"Value": "after"}, expect=503)
+        assert eventually(lambda: lost_events(data), 15), server.read_log()
+        assert eventually(lambda: len(audit_files(data)) == 2
+                          and lost_checkpoint_after(data, lost_events(data)[0]), 10)
+        admin(server, "AuditHash", {"Value": "later"})
+
+        cut, new = audit_files(data)
+        assert cut == live
+        with open(cut, "rb") as f:
+            assert f.read() == kept, "the cut file holds more than what was left in it"
+        last_kept = seqs_of(cut)[-1]
+        first_new = seqs_of(new)[0]
+        (lost,) = lost_events(data)
+        assert lost["extra"] == {"first_seq": str(last_kept + 1),
+                                 "last_seq": str(first_new - 1)}, lost
+        # What went is what was cut, and whatever was written after it that was synced.
+        assert last_kept + 1 == int(lines[-3].split(b",", 1)[0][len(b'{"seq":'):])
+        ck = lost_checkpoint_after(data, lost)
+        assert ck[0]["checkpoint"]["reason"] == "lost", ck
+        assert no_seq_twice(data)
+
+        res = verify(server, pubkey=pem, live=True)
+        assert res.returncode == 1 and "result: INVALID" in res.stdout, res.stdout
+        assert (f"deleted: records {last_kept + 1} to {first_new - 1} are missing"
+                in res.stdout), res.stdout
+        assert f"AuditRecordsLost, seq {lost['seq']}" in res.stdout, res.stdout
+        assert "modified" not in res.stdout and "inserted" not in res.stdout, res.stdout
+    finally:
+        server.cleanup()
+
+
+def test_a_live_file_moved_away_is_recorded_once_and_verifies_put_back(tmp_path):
+    """The live file is renamed away: the next request's record lands only in the new
+    file, which names every record of the moved one as lost.  Put back (renamed to its
+    own name again), the trail verifies, the loss noted."""
+    server = start_dev(["--backup-interval-seconds", "0"])
+    data = server.data_dir
+    try:
+        for i in range(5):
+            admin(server, "AuditHash", {"Value": f"r{i}"})
+        pem = audit_pem(server, str(tmp_path))
+        time.sleep(0.5)  # synced (10 ms): bytes not yet synced are not left in the moved file
+        (live,) = audit_files(data)
+        moved = os.path.join(str(tmp_path), "moved.jsonl")
+        shutil.move(live, moved)
+        with open(moved, "rb") as f:
+            before = f.read()
+        admin(server, "AuditHash", {"Value": "after"}, expect=503)
+        assert eventually(lambda: lost_events(data), 15), server.read_log()
+        (new,) = audit_files(data)
+        assert eventually(lambda: lost_checkpoint_after(data, lost_events(data)[0]), 10)
+        with open(moved, "rb") as f:
+            assert f.read() == before, "a record went into the moved file"
+        moved_seqs = seqs_of(moved)
+        (lost,) = lost_events(data)
+        assert lost["extra"] == {"first_seq": "1", "last_seq": str(moved_seqs[-1])}, lost
+        assert seqs_of(new)[0] == moved_seqs[-1] + 1
+
+        res = verify(server, pubkey=pem, live=True)
+        assert res.returncode == 1 and "result: INVALID" in res.stdout, res.stdout
+        assert f"records 1 to {moved_seqs[-1]}" in res.stdout, res.stdout
+        assert "AuditRecordsLost" in res.stdout, res.stdout
+        assert "modified" not in res.stdout and "inserted" not in res.stdout, res.stdout
+
+        shutil.move(moved, live)
+        assert no_seq_twice(data)
+        res = verify(server, pubkey=pem, live=True)
+        assert res.returncode == 0 and "result: VALID" in res.stdout, res.stdout
+        assert (f"hsmd recorded records 1 to {moved_seqs[-1]} as lost with its live file"
+                in res.stdout), res.stdout
+        assert "the file was put back" in res.stdout, res.stdout
+        server.stop()
+        res = verify(server, pubkey=pem)
+        assert res.returncode == 0 and "result: VALID" in res.stdout, res.stdout
+    finally:
+        server.cleanup()
