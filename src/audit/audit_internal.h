@@ -104,6 +104,13 @@ typedef struct audit_tail_info {
 	bool origin_wanted;
 	uint64_t torn_bytes; /* damaged bytes moved aside */
 	char torn_path[PATH_MAX];
+	/*
+	 * The records at the end of the trail no checkpoint that says it is
+	 * signed follows: unsigned_first to next_seq - 1 (0: none, the last
+	 * record is a signed checkpoint).  A run that crashed, or ran sealed,
+	 * left them; the new run's checkpoints cover them only as it found them.
+	 */
+	uint64_t unsigned_first;
 } audit_tail_info;
 
 /* The writer thread's own state. */

@@ -551,6 +551,69 @@ static void trail_floor(hsm_audit *a, char **names, size_t newest, audit_tail_in
 		out->kept_from = 1;
 }
 
+/*
+ * The seq of the last checkpoint in the file at path that says it is signed,
+ * read from the end back a window at a time; 0 when it holds none.
+ */
+static uint64_t last_signed_in(const char *path)
+{
+	static const char mark[] = "\"signed\":true";
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	uint8_t *buf = NULL;
+	uint64_t found = 0;
+	if (fd < 0 || fstat(fd, &st) != 0 || (buf = malloc(AUDIT_TAIL_WINDOW)) == NULL)
+		goto out;
+	for (uint64_t end = (uint64_t)st.st_size; end > 0 && found == 0;) {
+		size_t win = end < AUDIT_TAIL_WINDOW ? (size_t)end : AUDIT_TAIL_WINDOW;
+		uint64_t base = end - win;
+		if (!pread_all(fd, buf, win, base))
+			break;
+		size_t from = 0; /* the window's first whole line */
+		if (base > 0) {
+			const uint8_t *nl = memchr(buf, '\n', win);
+			from = nl != NULL ? (size_t)(nl - buf) + 1 : win;
+		}
+		size_t e = win;
+		while (e > from && found == 0) {
+			size_t stop = e > 0 && buf[e - 1] == '\n' ? e - 1 : e, start = stop;
+			while (start > from && buf[start - 1] != '\n')
+				start--;
+			line_info li = {0};
+			if (memmem(buf + start, stop - start, mark, sizeof(mark) - 1) != NULL &&
+			    parse_line(buf + start, stop - start, &li) && li.ckpt)
+				found = li.seq;
+			e = start;
+		}
+		end = base + from < end ? base + from : base;
+	}
+out:
+	free(buf);
+	if (fd >= 0)
+		close(fd);
+	return found;
+}
+
+/*
+ * Which records at the end of the trail no signed checkpoint follows: from
+ * the newest file back to the last checkpoint that says it is signed (in
+ * the normal case a minute's records back; a run that never unsealed, the
+ * whole trail).
+ */
+static void unsigned_tail(hsm_audit *a, char **names, size_t newest, audit_tail_info *out)
+{
+	uint64_t last = out->next_seq - 1, ck = 0;
+	for (size_t i = newest + 1; i-- > 0 && ck == 0;) {
+		char path[PATH_MAX];
+		if ((size_t)snprintf(path, sizeof(path), "%s/%s", a->dir, names[i]) < sizeof(path))
+			ck = last_signed_in(path);
+	}
+	uint64_t first = 1;
+	if (ck == 0 && !audit_parse_file_name(names[0], &first))
+		first = 1;
+	out->unsigned_first = ck >= last ? 0 : ck != 0 ? ck + 1 : first;
+}
+
 hsm_result audit_tail_scan(hsm_audit *a, audit_tail_info *out)
 {
 	memset(out, 0, sizeof(*out));
@@ -571,6 +634,7 @@ hsm_result audit_tail_scan(hsm_audit *a, audit_tail_info *out)
 			HSM_CHECK(audit_parse_file_name(names[i], &out->file_first_seq), HSM_ERR_INTERNAL,
 			          "bad file name");
 			trail_floor(a, names, i, out);
+			unsigned_tail(a, names, i, out);
 			goto out;
 		}
 		/* Empty (or emptied) newest file: the chain continues from the one before. */

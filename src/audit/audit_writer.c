@@ -852,10 +852,21 @@ static void write_open_events(hsm_audit *a)
 	/* "none": no earlier record, a log begun here (or one whose files were all taken away).
 	 * trail_format: which signing rules this run keeps (audit_format.h); the event is
 	 * chained, so later signed checkpoints cover the declaration. */
+	/* The records at the end that no signed checkpoint of the run that wrote them
+	 * covers (a crash, or a run that stayed sealed): named, with the head as found, so
+	 * that this run's signatures are seen to cover them only as it found them. */
+	char ufirst[24], ulast[24], uhead[AUDIT_HASH_HEX + 1];
+	snprintf(ufirst, sizeof(ufirst), "%llu", (unsigned long long)t->unsigned_first);
+	snprintf(ulast, sizeof(ulast), "%llu", (unsigned long long)(t->next_seq - 1));
+	audit_hex32(t->head, uhead);
 	hsm_audit_field f[] = {
 	    {"previous_shutdown", !t->found ? "none" : t->clean ? "clean" : "unclean"},
-	    {"trail_format", AUDIT_TRAIL_FORMAT_STR}};
-	if (hsm_ok(audit_write_event(a, "AuditLogOpened", HSM_AUDIT_SUCCESS, f, 2)))
+	    {"trail_format", AUDIT_TRAIL_FORMAT_STR},
+	    {"unsigned_first_seq", ufirst},
+	    {"unsigned_last_seq", ulast},
+	    {"unsigned_head", uhead}};
+	size_t nf = t->found && t->unsigned_first != 0 ? 5 : 2;
+	if (hsm_ok(audit_write_event(a, "AuditLogOpened", HSM_AUDIT_SUCCESS, f, nf)))
 		audit_request_retention(a);
 }
 
