@@ -415,6 +415,16 @@ typedef struct hsm_audit_verify_report {
 	 * and chain to what follows.  0 = none. */
 	uint64_t lost_first, lost_last, lost_seq;
 	bool lost_present;
+	/* Records no checkpoint of the run that wrote them signed: a run that
+	 * crashed (or stayed sealed) before its next signed checkpoint, and the
+	 * next run's AuditLogOpened (at opened_seq) that found them.  Later
+	 * signatures cover them only by the chain, as that run found them.  The
+	 * first HSM_AUDIT_UNSIGNED_RANGES of n_unsigned_at_write. */
+	struct {
+		uint64_t first, last, opened_seq;
+		bool stated; /* the AuditLogOpened names them, with their head */
+	} unsigned_at_write[4];
+	size_t n_unsigned_at_write;
 	/* The first problem, when !valid. */
 	hsm_audit_problem problem;
 	char file[HSM_AUDIT_PATH_MAX];

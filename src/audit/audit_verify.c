@@ -138,6 +138,28 @@ static bool parse_previous_shutdown(json_t *j, ventry *e)
 	return true;
 }
 
+/* What an AuditLogOpened says of the unsigned records it found at the end of the trail;
+ * false when it states them malformed. */
+static bool parse_unsigned_tail(json_t *j, ventry *e)
+{
+	json_t *x = json_object_get(j, "extra");
+	const char *f = json_string_value(json_object_get(x, "unsigned_first_seq"));
+	const char *l = json_string_value(json_object_get(x, "unsigned_last_seq"));
+	const char *h = json_string_value(json_object_get(x, "unsigned_head"));
+	if (f == NULL && l == NULL && h == NULL)
+		return true;
+	int64_t lo = 0, hi = 0;
+	if (f == NULL || l == NULL || !is_hex64(h) ||
+	    hsm_failed(hsm_parse_i64(f, 1, INT64_MAX, &lo)) ||
+	    hsm_failed(hsm_parse_i64(l, lo, INT64_MAX, &hi)) || (uint64_t)hi >= e->seq ||
+	    hsm_failed(hsm_hex_decode_exact(e->unsigned_head, AUDIT_HASH_LEN, h, AUDIT_HASH_HEX,
+	                                    HSM_ERR_VALIDATION)))
+		return false;
+	e->unsigned_first = (uint64_t)lo;
+	e->unsigned_last = (uint64_t)hi;
+	return true;
+}
+
 /* The records an AuditRecordsLost names ("extra":{"first_seq":...,"last_seq":...}). */
 static void parse_lost(json_t *j, ventry *e)
 {
@@ -241,7 +263,8 @@ static hsm_result parse_entry(const uint8_t *p, size_t n, ventry *e)
 			if (json_is_integer(lat) && json_integer_value(lat) >= 0)
 				e->latency_us = (uint64_t)json_integer_value(lat);
 			if (e->event && strcmp(e->op, "AuditLogOpened") == 0 &&
-			    (!parse_trail_format(j, e) || !parse_previous_shutdown(j, e)))
+			    (!parse_trail_format(j, e) || !parse_previous_shutdown(j, e) ||
+			     !parse_unsigned_tail(j, e)))
 				e->kind = VE_MALFORMED;
 			if (e->event && strcmp(e->op, "AuditRecordsLost") == 0)
 				parse_lost(j, e);
@@ -806,6 +829,48 @@ static bool recorded_loss(vreader *r, vstate *s, const ventry *e, hsm_audit_veri
 	return false;
 }
 
+/*
+ * A new run (its AuditLogOpened) after records no checkpoint of their run
+ * signed: a crash before its next checkpoint, or a run that stayed sealed.
+ * The next run's signatures cover them by the chain, as it found them: they
+ * were never signed by the run that wrote them, and the report lists them
+ * (the trail still verifies).  hsmd names them in the AuditLogOpened, with
+ * the head it found; that must be the record before it.
+ */
+static bool check_inherited(vreader *r, vstate *s, const ventry *e, hsm_audit_verify_report *rep)
+{
+	if (!is_opening(e) || !s->have_p)
+		return true;
+	const ventry *p = vstate_back(s, 0);
+	if (p->event && strcmp(p->op, "AuditTornTail") == 0 && s->hist_count > 1)
+		p = vstate_back(s, 1); /* the new run set a torn line aside first */
+	if (e->unsigned_last != 0 &&
+	    (e->unsigned_last != p->seq || !hsm_ct_equal(e->unsigned_head, p->hash, AUDIT_HASH_LEN))) {
+		verify_report_at(r, rep, HSM_AUDIT_MODIFIED, e,
+		                 "modified: this AuditLogOpened says the trail it found ended with "
+		                 "unsigned records up to seq %llu (with the SHA-256 it names), but seq "
+		                 "%llu before it is not that record",
+		                 (unsigned long long)e->unsigned_last, (unsigned long long)p->seq);
+		return false;
+	}
+	if (s->last_signed_seq == p->seq || s->unsigned_listed_to == p->seq)
+		return true;
+	/* From the last signed checkpoint, or from after the range an earlier restart listed
+	 * (a sealed run after a crash, hsmctl offline: each run's own records). */
+	uint64_t first = s->last_signed_seq != 0 ? s->last_signed_seq + 1 : rep->first_seq;
+	if (s->unsigned_listed_to >= first)
+		first = s->unsigned_listed_to + 1;
+	s->unsigned_listed_to = p->seq;
+	size_t i = rep->n_unsigned_at_write++;
+	if (i < sizeof(rep->unsigned_at_write) / sizeof(rep->unsigned_at_write[0])) {
+		rep->unsigned_at_write[i].first = first;
+		rep->unsigned_at_write[i].last = p->seq;
+		rep->unsigned_at_write[i].opened_seq = e->seq;
+		rep->unsigned_at_write[i].stated = e->unsigned_last != 0;
+	}
+	return true;
+}
+
 static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, const hsm_audit_verify_options *o,
                         hsm_audit_verify_report *rep)
 {
@@ -847,7 +912,7 @@ static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, const hsm_audit_ve
 		                 e->reason);
 		return false;
 	}
-	if (!check_opening(r, s, e, rep))
+	if (!check_opening(r, s, e, rep) || !check_inherited(r, s, e, rep))
 		return false;
 	/* A shutdown checkpoint is its run's last record: what follows opens a new run
 	 * (its AuditLogOpened, after the AuditTornTail of a torn line set aside).  Records
@@ -876,6 +941,8 @@ static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, const hsm_audit_ve
 		rep->older_format_through = e->seq;
 	if (e->ckpt)
 		count_checkpoint(e, sig, rep);
+	if (e->ckpt && sig != SIG_NONE)
+		s->last_signed_seq = e->seq;
 	if (rep->records == 0)
 		rep->first_seq = e->seq;
 	rep->records++;

@@ -37,6 +37,10 @@ typedef struct ventry {
 	bool offline;           /* written by hsmctl ("source":"hsmctl") */
 	char previous_shutdown[8]; /* AuditLogOpened: "none", "clean", "unclean"; "" unstated */
 	uint64_t lost_first, lost_last; /* AuditRecordsLost: the records it names (0: none) */
+	/* AuditLogOpened: the unsigned records it found at the end of the trail (0: none
+	 * stated), and the SHA-256 of the last */
+	uint64_t unsigned_first, unsigned_last;
+	uint8_t unsigned_head[AUDIT_HASH_LEN];
 	/* Checkpoints */
 	bool ckpt, ckpt_signed, ckpt_sig_ok_form;
 	bool canonical; /* checkpoint: the line is byte for byte what hsmd writes for its fields */
@@ -114,6 +118,10 @@ typedef struct vstate {
 	 * verdict is that they are missing, at loss_at (the first record after them). */
 	bool loss_gap;
 	ventry loss_at;
+	/* The last checkpoint that is signed (verified with a key; said so without): the
+	 * records after it are unsigned until the next one. 0: none yet. */
+	uint64_t last_signed_seq;
+	uint64_t unsigned_listed_to; /* the end of the last range listed as unsigned at write */
 } vstate;
 
 const ventry *vstate_back(const vstate *s, size_t i); /* 0 = last accepted */

@@ -43,6 +43,20 @@ static void print_summary(const hsm_audit_verify_report *r)
 		       "are not all signed (neither their AuditLogOpened events nor their checkpoints "
 		       "declare trail_format; docs/audit.md)\n",
 		       (unsigned long long)r->first_seq, (unsigned long long)r->older_format_through);
+	size_t shown = sizeof(r->unsigned_at_write) / sizeof(r->unsigned_at_write[0]);
+	for (size_t i = 0; i < r->n_unsigned_at_write && i < shown; i++)
+		printf("unsigned at write: records %llu to %llu were never signed by the run that "
+		       "wrote them (it crashed or stayed sealed before its next signed checkpoint); "
+		       "the run that opened at seq %llu found them%s, and its signatures cover them "
+		       "only as it found them\n",
+		       (unsigned long long)r->unsigned_at_write[i].first,
+		       (unsigned long long)r->unsigned_at_write[i].last,
+		       (unsigned long long)r->unsigned_at_write[i].opened_seq,
+		       r->unsigned_at_write[i].stated ? " (its AuditLogOpened names them, with their "
+		                                        "head)"
+		                                      : "");
+	if (r->n_unsigned_at_write > shown)
+		printf("unsigned at write: %zu more runs like these\n", r->n_unsigned_at_write - shown);
 	if (r->lost_seq != 0)
 		printf("note: hsmd recorded records %llu to %llu as lost with its live file "
 		       "(AuditRecordsLost, seq %llu)%s\n",

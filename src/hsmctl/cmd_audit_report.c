@@ -699,6 +699,13 @@ static void print_lines(const char *title, json_t *list)
 			printf("%s%s", j == 0 ? " approved_by=" : ",", json_string_value(x));
 		if (strcmp(str_of(s, "flag"), "unclean_shutdown") == 0)
 			printf("  ** UNCLEAN SHUTDOWN before this start (crash, kill -9 or power loss)");
+		json_t *ex = json_object_get(s, "extra");
+		const char *uf = json_string_value(json_object_get(ex, "unsigned_first_seq"));
+		const char *ul = json_string_value(json_object_get(ex, "unsigned_last_seq"));
+		if (uf != NULL && ul != NULL)
+			printf("  ** records %s to %s before it were never signed by the run that wrote "
+			       "them: later signatures cover them only as this start found them",
+			       uf, ul);
 		if (strcmp(str_of(s, "flag"), "trail_after_store") == 0)
 			printf("  ** THE TRAIL BEGINS AFTER THE STORE: a new audit_dir, or earlier "
 			       "records taken away");
@@ -721,6 +728,16 @@ static void print_text(const report *r, const hsm_audit_verify_report *v, const 
 		printf("retention: records before seq %llu were deleted by retention (stated by the "
 		       "retention checkpoint at seq %llu)\n",
 		       (unsigned long long)v->retention_kept_from, (unsigned long long)v->retention_seq);
+	size_t shown = sizeof(v->unsigned_at_write) / sizeof(v->unsigned_at_write[0]);
+	for (size_t i = 0; i < v->n_unsigned_at_write && i < shown; i++)
+		printf("unsigned at write: records %llu to %llu were never signed by the run that wrote "
+		       "them (it crashed or stayed sealed); the run opened at seq %llu signs over them "
+		       "as it found them\n",
+		       (unsigned long long)v->unsigned_at_write[i].first,
+		       (unsigned long long)v->unsigned_at_write[i].last,
+		       (unsigned long long)v->unsigned_at_write[i].opened_seq);
+	if (v->n_unsigned_at_write > shown)
+		printf("unsigned at write: %zu more runs like these\n", v->n_unsigned_at_write - shown);
 	printf("period: %s to %s", r->records ? r->first : "-", r->records ? r->last : "-");
 	if (o->since[0] != '\0' || o->until[0] != '\0')
 		printf(" (asked: from %s until %s)", o->since[0] ? o->since : "the start",
@@ -763,6 +780,19 @@ static hsm_result emit_json(const report *r, const hsm_audit_verify_report *v,
 	    "operations", r->ops, "principals", r->principals, "failed_authentications", r->auth,
 	    "changes", r->changes, "events", r->events);
 	HSM_ENSURE(out != NULL, HSM_ERR_NOMEM, "out of memory");
+	json_t *uw = json_array();
+	size_t shown = sizeof(v->unsigned_at_write) / sizeof(v->unsigned_at_write[0]);
+	for (size_t i = 0; uw != NULL && i < v->n_unsigned_at_write && i < shown; i++)
+		json_array_append_new(uw, json_pack("{s:I,s:I,s:I}", "first_seq",
+		                                    (json_int_t)v->unsigned_at_write[i].first,
+		                                    "last_seq", (json_int_t)v->unsigned_at_write[i].last,
+		                                    "opened_seq",
+		                                    (json_int_t)v->unsigned_at_write[i].opened_seq));
+	if (uw == NULL || json_object_set_new(json_object_get(out, "verified"), "unsigned_at_write",
+	                                      uw) != 0) {
+		json_decref(out);
+		return HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
+	}
 	if (o->key != NULL)
 		json_object_set_new(out, "key_id", json_string(o->key));
 	int rc = json_dumpf(out, stdout, JSON_INDENT(1) | JSON_SORT_KEYS);
