@@ -956,6 +956,111 @@ static void test_live_file_replaced(void **state)
 	live_file_taken(true);
 }
 
+/* Sets the prev of every line of s from line `from` on to the SHA-256 of the line before. */
+static void rechain_from(char *s, size_t from)
+{
+	char *line = s, *prev = NULL;
+	for (size_t i = 0; *line != '\0'; i++) {
+		char *nl = strchr(line, '\n');
+		assert_non_null(nl);
+		if (i >= from && prev != NULL) {
+			uint8_t h[32];
+			assert_int_equal(EVP_Digest(prev, (size_t)(line - 1 - prev), h, NULL, EVP_sha256(),
+			                            NULL),
+			                 1);
+			char *hex = nl - 2 - 64; /* ,"prev":"<64 hex>"} */
+			for (size_t k = 0; k < 32; k++) {
+				char two[3];
+				snprintf(two, sizeof(two), "%02x", h[k]);
+				memcpy(hex + 2 * k, two, 2);
+			}
+		}
+		prev = line;
+		line = nl + 1;
+	}
+}
+
+/*
+ * Records cut from the end of the live file under the running log: the next
+ * write finds the cut before it writes (never at the cut file's new end),
+ * the cut file keeps exactly what was left, and the new file names exactly
+ * the records cut (AuditRecordsLost), which verify reports as missing, the
+ * loss recorded.  An AuditRecordsLost naming another range (rewritten, the
+ * chain made again) is not taken for the node's: the cut file is truncated.
+ */
+static void test_live_file_cut(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-cut");
+	hsm_audit_config c = t_config(dir);
+	c.retry_interval_ms = 50;
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	for (unsigned i = 1; i <= 8; i++) {
+		hsm_audit_record r = t_record(i);
+		assert_true(hsm_ok(hsm_audit_append(a, &r)));
+	}
+	usleep(100000); /* synced */
+	static char paths[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES), 1);
+	size_t len = 0;
+	char *s = t_slurp(paths[0], &len);
+	size_t lines = t_count_lines(s), keep = lines - 3;
+	char *cut = s;
+	for (size_t i = 0; i < keep; i++)
+		cut = strchr(cut, '\n') + 1;
+	size_t kept_len = (size_t)(cut - s);
+	assert_int_equal(truncate(paths[0], (off_t)kept_len), 0);
+	uint64_t kept_last = keep; /* the log's first file starts at seq 1 */
+	bool failed = false;
+	uint64_t end = t_now_ms() + 3000;
+	for (unsigned i = 9; t_now_ms() < end; i++) {
+		hsm_audit_record r = t_record(i);
+		failed |= hsm_failed(hsm_audit_append(a, &r));
+		if (failed && hsm_audit_healthy(a))
+			break;
+		usleep(2000);
+	}
+	assert_true(failed);
+	assert_true(wait_healthy(a, 3000));
+	hsm_audit_close(a);
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES), 2);
+	size_t now_len = 0;
+	char *now = t_slurp(paths[0], &now_len);
+	assert_int_equal(now_len, kept_len);
+	assert_memory_equal(now, s, kept_len);
+	free(now);
+	free(s);
+	hsm_audit_verify_report rep = t_verify_dir(dir, NULL, false);
+	assert_false(rep.valid);
+	assert_int_equal(rep.problem, HSM_AUDIT_DELETED);
+	assert_int_equal(rep.lost_first, kept_last + 1);
+	const char *base = strrchr(paths[1], '/') + 1;
+	uint64_t next_first = strtoull(base + strlen("audit-"), NULL, 10);
+	assert_int_equal(rep.lost_last, next_first - 1);
+	assert_false(rep.lost_present);
+	assert_non_null(strstr(rep.detail, "recorded the loss"));
+
+	/* Another range named, the new file chained again: no loss of the node's. */
+	size_t n2 = 0;
+	char *s2 = t_slurp(paths[1], &n2);
+	char want[64];
+	snprintf(want, sizeof(want), "\"first_seq\":\"%llu\"", (unsigned long long)kept_last + 1);
+	char *f = strstr(s2, want);
+	assert_non_null(f);
+	char digit = f[strlen("\"first_seq\":\"")];
+	f[strlen("\"first_seq\":\"")] = digit == '1' ? '2' : '1';
+	rechain_from(s2, 1);
+	t_spit(paths[1], s2, n2);
+	free(s2);
+	rep = t_verify_dir(dir, NULL, false);
+	assert_false(rep.valid);
+	assert_int_equal(rep.problem, HSM_AUDIT_TRUNCATED);
+	assert_int_equal(rep.lost_seq, 0);
+	t_rm_rf(dir);
+}
+
 /*
  * The whole directory deleted and made again under the running log (an
  * operator's rm -rf and mkdir), where another process may then hold the new
@@ -1136,6 +1241,7 @@ int main(void)
 	    cmocka_unit_test(test_live_file_deleted),
 	    cmocka_unit_test(test_directory_made_again_under_the_log),
 	    cmocka_unit_test(test_live_file_replaced),
+	    cmocka_unit_test(test_live_file_cut),
 	    cmocka_unit_test(test_held_process_write_is_no_outage),
 	    cmocka_unit_test(test_held_process_fsync_is_no_outage),
 	};
