@@ -297,6 +297,53 @@ static hsm_result add_summarized(report *r, json_t *rec)
 	return HSM_SUCCESS;
 }
 
+/*
+ * Whom the principals table files a RefusalsSummarized event under: the
+ * access key ids its refusals claimed (the store's own first, as the event
+ * lists them; it does not say how many refusals named each), else nobody's
+ * credentials.
+ */
+static void summarized_who(json_t *rec, char *who, size_t cap)
+{
+	json_t *extra = json_object_get(rec, "extra");
+	const char *known = str_of(extra, "known_access_key_ids");
+	const char *other = str_of(extra, "access_key_ids");
+	if (*known == '\0' && *other == '\0')
+		snprintf(who, cap, "(no credentials, summarized)");
+	else
+		snprintf(who, cap, "(not authenticated, summarized) %s%s%s", known,
+		         *known != '\0' && *other != '\0' ? "," : "", other);
+}
+
+/*
+ * A RefusalsSummarized event counts as the refusals it summarizes
+ * (extra.kinds, "InvalidSignatureException=40,Status=3"), not as one: a
+ * Status call answered is a success, every other kind a refusal (denied, as
+ * the event itself says).  An event whose kinds say nothing counts once.
+ */
+static hsm_result count_summarized(json_t *counts, const char *who, json_t *rec)
+{
+	const char *kinds = str_of(json_object_get(rec, "extra"), "kinds");
+	bool counted = false;
+	while (*kinds != '\0') {
+		size_t len = strcspn(kinds, ",");
+		const char *eq = memchr(kinds, '=', len);
+		char digits[24];
+		int64_t n = 0;
+		if (eq != NULL && (size_t)(kinds + len - eq - 1) < sizeof(digits)) {
+			snprintf(digits, sizeof(digits), "%.*s", (int)(kinds + len - eq - 1), eq + 1);
+			bool status = (size_t)(eq - kinds) == strlen("Status") &&
+			              strncmp(kinds, "Status", strlen("Status")) == 0;
+			if (hsm_ok(hsm_parse_i64(digits, 0, INT64_MAX, &n)) && n > 0) {
+				HSM_GUARD(count_n(counts, who, status ? "success" : "denied", (json_int_t)n));
+				counted = true;
+			}
+		}
+		kinds += len + (kinds[len] == ',');
+	}
+	return counted ? HSM_SUCCESS : count(counts, who, str_of(rec, "outcome"));
+}
+
 /* The fields of a record a change or event line shows (no prev hash, no latency). */
 static json_t *summary_of(json_t *rec)
 {
@@ -499,12 +546,15 @@ static hsm_result add_one(report *r, const report_opts *o, json_t *rec)
 	else if (*str_of(rec, "access_key") != '\0')
 		snprintf(who, sizeof(who), "(not authenticated) %s", str_of(rec, "access_key"));
 	else if (strcmp(type, "event") == 0 && strcmp(op, "RefusalsSummarized") == 0)
-		snprintf(who, sizeof(who), "(no credentials, summarized)");
+		summarized_who(rec, who, sizeof(who));
 	else if (strcmp(type, "event") == 0)
 		snprintf(who, sizeof(who), "hsmd"); /* the node's own events */
 	else
 		snprintf(who, sizeof(who), "(no credentials)");
-	HSM_GUARD(count(r->principals, who, outcome));
+	if (strcmp(type, "event") == 0 && strcmp(op, "RefusalsSummarized") == 0)
+		HSM_GUARD(count_summarized(r->principals, who, rec));
+	else
+		HSM_GUARD(count(r->principals, who, outcome));
 	if (strcmp(type, "request") == 0 && strcmp(outcome, "denied") == 0 &&
 	    is_auth_failure(error)) {
 		/* By address: a client's every connection has another port. */
@@ -641,6 +691,41 @@ static hsm_result read_files(char **paths, size_t n, report *r, const report_opt
 	return HSM_SUCCESS;
 }
 
+/*
+ * Prints a string a record holds for a terminal: it may hold whatever a
+ * client sent (an access key id claimed, a source address), and the JSON
+ * escaping of the trail is undone by reading it, so a tab, a newline or a
+ * terminal escape would shift columns, forge lines of the report or
+ * redraw the screen.  Control characters (C0, DEL and C1) and the
+ * backslash are printed escaped.  Returns the bytes printed.
+ */
+static int put_shown(const char *s)
+{
+	const unsigned char *u = (const unsigned char *)(s != NULL ? s : "");
+	int n = 0;
+	for (size_t i = 0; u[i] != '\0'; i++) {
+		if (u[i] == '\\') {
+			n += printf("\\\\");
+		} else if (u[i] < 0x20 || u[i] == 0x7f) {
+			n += printf("\\x%02x", u[i]);
+		} else if (u[i] == 0xc2 && u[i + 1] >= 0x80 && u[i + 1] <= 0x9f) {
+			n += printf("\\u%04x", u[i + 1]); /* U+0080-U+009F: C1 controls */
+			i++;
+		} else {
+			putchar(u[i]);
+			n++;
+		}
+	}
+	return n;
+}
+
+/* put_shown, then spaces up to width. */
+static void put_padded(const char *s, int width)
+{
+	for (int n = put_shown(s); n < width; n++)
+		putchar(' ');
+}
+
 static void print_counts(const char *title, json_t *counts)
 {
 	printf("\n%-56s %8s %8s %8s %8s\n", title, "total", "success", "error", "denied");
@@ -648,12 +733,21 @@ static void print_counts(const char *title, json_t *counts)
 	json_t *c;
 	json_object_foreach(counts, name, c)
 	{
-		printf("  %-54s %8lld %8lld %8lld %8lld\n", name,
+		printf("  ");
+		put_padded(name, 54);
+		printf(" %8lld %8lld %8lld %8lld\n",
 		       (long long)json_integer_value(json_object_get(c, "total")),
 		       (long long)json_integer_value(json_object_get(c, "success")),
 		       (long long)json_integer_value(json_object_get(c, "error")),
 		       (long long)json_integer_value(json_object_get(c, "denied")));
 	}
+}
+
+/* " label" and the string shown. */
+static void put_field(const char *label, const char *s)
+{
+	fputs(label, stdout);
+	put_shown(s);
 }
 
 static void print_lines(const char *title, json_t *list)
@@ -668,35 +762,41 @@ static void print_lines(const char *title, json_t *list)
 		printf("\n%s (%zu)\n", title, json_array_size(list));
 	json_array_foreach(list, i, s)
 	{
-		printf("  %s %s %s", str_of(s, "time"), str_of(s, "node"), str_of(s, "op"));
+		put_field("  ", str_of(s, "time"));
+		put_field(" ", str_of(s, "node"));
+		put_field(" ", str_of(s, "op"));
 		if (*str_of(s, "key_id") != '\0')
-			printf(" key=%s", str_of(s, "key_id"));
+			put_field(" key=", str_of(s, "key_id"));
 		json_t *v = json_object_get(s, "key_version");
 		if (json_is_integer(v) && json_integer_value(v) > 0)
 			printf(" v%lld", (long long)json_integer_value(v));
 		if (*str_of(s, "principal") != '\0')
-			printf(" by=%s", str_of(s, "principal"));
-		if (strcmp(str_of(s, "outcome"), "success") != 0)
-			printf(" outcome=%s %s", str_of(s, "outcome"), str_of(s, "error"));
+			put_field(" by=", str_of(s, "principal"));
+		if (strcmp(str_of(s, "outcome"), "success") != 0) {
+			put_field(" outcome=", str_of(s, "outcome"));
+			put_field(" ", str_of(s, "error"));
+		}
 		if (*str_of(s, "user") != '\0')
-			printf(" user=%s", str_of(s, "user"));
+			put_field(" user=", str_of(s, "user"));
 		size_t j;
 		json_t *x;
 		json_array_foreach(json_object_get(s, "roles"), j, x)
-			printf("%s%s", j == 0 ? " roles=" : ",", json_string_value(x));
+			put_field(j == 0 ? " roles=" : ",", json_string_value(x));
 		if (*str_of(s, "access_key_id") != '\0')
-			printf(" access_key_id=%s", str_of(s, "access_key_id"));
+			put_field(" access_key_id=", str_of(s, "access_key_id"));
 		const char *k;
 		json_object_foreach(json_object_get(s, "extra"), k, x)
 		{
 			bool shown = is_target_field(k) && (json_object_get(s, "user") != NULL ||
 			                                    json_object_get(s, "roles") != NULL ||
 			                                    json_object_get(s, "access_key_id") != NULL);
-			if (json_is_string(x) && !shown) /* a change's target is printed above */
-				printf(" %s=%s", k, json_string_value(x));
+			if (json_is_string(x) && !shown) { /* a change's target is printed above */
+				put_field(" ", k);
+				put_field("=", json_string_value(x));
+			}
 		}
 		json_array_foreach(json_object_get(s, "approved_by"), j, x)
-			printf("%s%s", j == 0 ? " approved_by=" : ",", json_string_value(x));
+			put_field(j == 0 ? " approved_by=" : ",", json_string_value(x));
 		if (strcmp(str_of(s, "flag"), "unclean_shutdown") == 0)
 			printf("  ** UNCLEAN SHUTDOWN before this start (crash, kill -9 or power loss)");
 		json_t *ex = json_object_get(s, "extra");
@@ -750,7 +850,8 @@ static void print_text(const report *r, const hsm_audit_verify_report *v, const 
 	json_t *c;
 	json_object_foreach(r->nodes, name, c)
 	{
-		printf(" %s (%lld)", name, (long long)json_integer_value(c));
+		put_field(" ", name);
+		printf(" (%lld)", (long long)json_integer_value(c));
 	}
 	printf("\n");
 	print_counts("operations", r->ops);
@@ -758,7 +859,9 @@ static void print_text(const report *r, const hsm_audit_verify_report *v, const 
 	printf("\nfailed authentications (%zu sources)\n", json_object_size(r->auth));
 	json_object_foreach(r->auth, name, c)
 	{
-		printf("  %-54s %8lld\n", name, (long long)json_integer_value(json_object_get(c, "total")));
+		printf("  ");
+		put_padded(name, 54);
+		printf(" %8lld\n", (long long)json_integer_value(json_object_get(c, "total")));
 	}
 	print_lines("changes", r->changes);
 	print_lines("node events", r->events);

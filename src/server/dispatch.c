@@ -144,7 +144,38 @@ typedef struct outcome {
 	const hsm_api_audit *api;    /* may be NULL */
 	hsm_err err;
 	bool answer_lost; /* done (err HSM_OK), but its answer could not be written */
+	/* operation is UNKNOWN_OPERATION: the name claimed goes into extra, sanitized */
+	bool unknown_op;
 } outcome;
+
+/*
+ * The operation a request's record names when hsmd does not know the one it
+ * claims.  The claimed name is the client's to choose (tabs, any bytes,
+ * kilobytes of them): recorded as its own op, every new name would be a row
+ * of its own in `hsmctl audit report`, dressed as anything.  So the record
+ * says UnknownOperation, and extra.claimed_operation keeps the name cut to
+ * letters, digits and dots (any other byte a '?') and to CLAIMED_MAX of them.
+ */
+#define UNKNOWN_OPERATION "UnknownOperation"
+#define CLAIMED_MAX 64
+
+#define CLAIMED_CAP (CLAIMED_MAX + sizeof(HSM_AUDIT_TRUNCATED_MARK))
+
+static void claimed_operation(const char *target, char out[CLAIMED_CAP])
+{
+	size_t n = 0;
+	for (; target[n] != '\0' && n < CLAIMED_MAX; n++) {
+		char c = target[n];
+		bool plain = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		             c == '.';
+		out[n] = plain ? c : '?';
+	}
+	if (target[n] != '\0') {
+		memcpy(out + n, HSM_AUDIT_TRUNCATED_MARK, sizeof(HSM_AUDIT_TRUNCATED_MARK));
+		return;
+	}
+	out[n] = '\0';
+}
 
 static hsm_audit_outcome audit_outcome_of(hsm_err err)
 {
@@ -300,12 +331,18 @@ static void outbox_end(const outbox_intent *x)
 static void submit_audit(pending *p, const outcome *o)
 {
 	hsm_server *s = p->s;
-	hsm_audit_field extra[12];
+	hsm_audit_field extra[16];
 	size_t n_extra = 0;
 	char ctx[HSM_AUDIT_VALUE_MAX];
 	hsm_sender who;
+	char claimed[CLAIMED_CAP];
 	sender_of(s, p->req, o->auth, &who);
 	const char *source = who.source, *principal = who.principal;
+	const char *target = hsm_http_req_header(p->req, "X-Amz-Target");
+	if (o->unknown_op && target != NULL) {
+		claimed_operation(target, claimed);
+		extra[n_extra++] = (hsm_audit_field){"claimed_operation", claimed};
+	}
 	if (o->answer_lost)
 		extra[n_extra++] = (hsm_audit_field){"answer", "lost: out of memory"};
 	if (o->api != NULL && o->api->algorithm != NULL)
@@ -718,6 +755,8 @@ static void gate_done(hsm_server_gate *gate, const char *name, hsm_result r,
 	memcpy(audit->approval_id, gate->approval.id, sizeof(audit->approval_id));
 }
 
+static bool named_op(const char *name);
+
 /*
  * The rest of a KMS request once authenticated and parsed (r says whether
  * that went well): the handler, the audit record, the answer.  Takes doc.
@@ -729,9 +768,10 @@ static void finish_kms(hsm_server *s, const char *name, const hsm_op_info *info,
 	hsm_server_gate gate;
 	outbox_intent intent;
 	memset(&audit, 0, sizeof(audit));
-	outcome o = {name, auth, &audit, HSM_OK, false};
+	bool unknown = info == NULL && !named_op(name);
+	outcome o = {unknown ? UNKNOWN_OPERATION : name, auth, &audit, HSM_OK, false, unknown};
 	bool gated = hsm_ok(r) && hsm_server_kms_needs_approval(s, info, &auth->caller, doc);
-	outbox_begin(&intent, p, name, auth, NULL);
+	outbox_begin(&intent, p, o.operation, auth, NULL);
 	if (gated)
 		hsm_server_gate_init(&gate, s, info->name, &auth->caller, doc);
 	bool lost = false;
@@ -765,28 +805,54 @@ static bool defer_kms(hsm_server *s, const char *name, const hsm_op_info *info, 
  * cannot be made (CreateCustomKeyStore declares nothing that says so, so
  * ValidationException).
  */
+static const char *const custom_stores[] = {"DeleteCustomKeyStore", "UpdateCustomKeyStore",
+                                            "ConnectCustomKeyStore", "DisconnectCustomKeyStore"};
+static const char *const multi_region[] = {"ReplicateKey", "UpdatePrimaryRegion"};
+
+static bool among(const char *name, const char *const *names, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(name, names[i]) == 0)
+			return true;
+	return false;
+}
+
+/* One of the AWS KMS operations refuse_unknown answers with an error of its own. */
+static bool aws_op_not_offered(const char *name)
+{
+	return strcmp(name, "CreateCustomKeyStore") == 0 || strcmp(name, "Encapsulate") == 0 ||
+	       strcmp(name, "Decapsulate") == 0 ||
+	       among(name, custom_stores, sizeof(custom_stores) / sizeof(custom_stores[0])) ||
+	       among(name, multi_region, sizeof(multi_region) / sizeof(multi_region[0]));
+}
+
+/*
+ * Whether a request's record may name the operation as the request did: one
+ * of a fixed set of names (hsmd's, under whichever service, and the AWS ones
+ * it refuses by name), never a name the client made up (UNKNOWN_OPERATION).
+ */
+static bool named_op(const char *name)
+{
+	return hsm_op_find(name) != NULL || aws_op_not_offered(name);
+}
+
 static hsm_result refuse_unknown(const char *name)
 {
-	static const char *const custom_stores[] = {"DeleteCustomKeyStore", "UpdateCustomKeyStore",
-	                                            "ConnectCustomKeyStore",
-	                                            "DisconnectCustomKeyStore"};
 	HSM_ENSURE(strcmp(name, "CreateCustomKeyStore") != 0, HSM_ERR_VALIDATION,
 	           "CreateCustomKeyStore: custom key stores are not supported; hsmd holds its keys "
 	           "itself");
-	static const char *const multi_region[] = {"ReplicateKey", "UpdatePrimaryRegion"};
 	/* ML-KEM (KEY_ENCAPSULATION keys): Debian 12's OpenSSL 3.0 has no ML-KEM. */
 	HSM_ENSURE(strcmp(name, "Encapsulate") != 0 && strcmp(name, "Decapsulate") != 0,
 	           HSM_ERR_UNSUPPORTED_OPERATION,
 	           "%s: ML-KEM key encapsulation is not supported; hsmd's OpenSSL has no ML-KEM", name);
-	for (size_t i = 0; i < sizeof(custom_stores) / sizeof(custom_stores[0]); i++)
-		HSM_ENSURE(strcmp(name, custom_stores[i]) != 0, HSM_ERR_CUSTOM_KEY_STORE_NOT_FOUND,
-		           "%s: that custom key store does not exist: hsmd holds its keys itself and "
-		           "has no custom key stores",
-		           name);
-	for (size_t i = 0; i < sizeof(multi_region) / sizeof(multi_region[0]); i++)
-		HSM_ENSURE(strcmp(name, multi_region[i]) != 0, HSM_ERR_UNSUPPORTED_OPERATION,
-		           "%s: multi-Region keys are not supported; nodes share one store instead",
-		           name);
+	HSM_ENSURE(!among(name, custom_stores, sizeof(custom_stores) / sizeof(custom_stores[0])),
+	           HSM_ERR_CUSTOM_KEY_STORE_NOT_FOUND,
+	           "%s: that custom key store does not exist: hsmd holds its keys itself and "
+	           "has no custom key stores",
+	           name);
+	HSM_ENSURE(!among(name, multi_region, sizeof(multi_region) / sizeof(multi_region[0])),
+	           HSM_ERR_UNSUPPORTED_OPERATION,
+	           "%s: multi-Region keys are not supported; nodes share one store instead", name);
 	return HSM_FAIL(HSM_ERR_UNKNOWN_OPERATION, "Operation %.64s is not supported", name);
 }
 
@@ -844,7 +910,7 @@ static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 	hsm_auth_result auth;
 	json_t *doc = NULL;
 	memset(&auth, 0, sizeof(auth));
-	outcome o = {name, &auth, NULL, HSM_OK, false};
+	outcome o = {op != NULL ? name : UNKNOWN_OPERATION, &auth, NULL, HSM_OK, false, op == NULL};
 	char source[HSM_HTTP_ADDR_MAX + 8];
 	snprintf(source, sizeof(source), "%s:%u", hsm_http_req_remote_addr(req),
 	         hsm_http_req_remote_port(req));
@@ -878,7 +944,7 @@ static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 	memset(&audit, 0, sizeof(audit));
 	bool gated =
 	    hsm_ok(r) && op->needs_auth && hsm_server_admin_needs_approval(s, op, &auth.caller);
-	outbox_begin(&intent, p, name, signed_op ? &auth : NULL, audit.key_id);
+	outbox_begin(&intent, p, o.operation, signed_op ? &auth : NULL, audit.key_id);
 	if (gated) {
 		hsm_server_gate_init(&gate, s, op->name, &auth.caller, doc);
 		auth.caller.gate = &gate.commit; /* met by the handler (hsm_caller_commit) */
@@ -977,7 +1043,8 @@ static void refuse_stopping(hsm_server *s, hsm_http_req *req, route how, const c
 		hsm_http_respond(req, 500, NULL, NULL, 0, 0, NULL);
 		return;
 	}
-	outcome o = {name, NULL, NULL, HSM_OK, false};
+	bool unknown = how == ROUTE_ADMIN ? op == NULL : info == NULL && !named_op(name);
+	outcome o = {unknown ? UNKNOWN_OPERATION : name, NULL, NULL, HSM_OK, false, unknown};
 	fail_request(p, &o, HSM_FAIL(HSM_ERR_NODE_ERROR, STOPPING));
 }
 

@@ -1,6 +1,8 @@
 """Malformed requests, correctly signed by botocore: each gets a KMS-style
 error and changes nothing (DESIGN.md invariant 5)."""
 import json
+import os
+import re
 import socket
 
 import botocore.auth
@@ -345,3 +347,81 @@ def test_failures_are_audited(hsmd, kms, key):
     assert (rec["op"], rec["outcome"], rec["error"]) == ("Encrypt", "error",
                                                          "SerializationException")
     assert rec["principal"].endswith(":user/dev")
+
+
+# Names a client may claim: a tab, a quote and bytes past ASCII; kilobytes of
+# one letter; spaces and figures that look like a row of the report's tables.
+CLAIMED = ['TrentService.Evil"Op\t\u00e9\u00ff', "TrentService." + "A" * 9000,
+           "TrentService.Decrypt" + " " * 45 + "500      500        0        0\tX",
+           "HsmdAdmin.Status  spoof"]
+
+
+def report_json(hsmd):
+    import subprocess
+    from conftest import HSMCTL
+    p = subprocess.run([HSMCTL, "audit", "report", "--json", "--live",
+                        os.path.join(hsmd.data_dir, "audit")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def test_an_unknown_operation_name_is_recorded_sanitized_under_one_op(hsmd):
+    """The name of an operation hsmd does not know is the client's: signed or not, the
+    record says UnknownOperation and keeps the name only as letters, digits and dots
+    (anything else a '?'), cut to 64 and marked so, so that no claimed name becomes a
+    row of the report's operations table of its own."""
+    for target in CLAIMED:
+        for r in (signed_request(hsmd, target, {}), signed_request(hsmd, target, {},
+                                                                    secret="x" * 40)):
+            assert r.status_code == 400, r.text
+            rec = audit_record(hsmd.data_dir, request_id(r))
+            assert rec["op"] == "UnknownOperation", rec
+            claimed = rec["extra"]["claimed_operation"]
+            shown = "".join(c if c.isascii() and (c.isalnum() or c == ".") else "?"
+                            for c in target)
+            if len(shown) > 64:
+                assert claimed == shown[:64] + "...[truncated]", claimed
+            else:
+                assert claimed == shown, claimed
+    ops = report_json(hsmd)["operations"]
+    assert "UnknownOperation" in ops, ops
+    assert all(re.fullmatch(r"[A-Za-z0-9]+", op) for op in ops), sorted(ops)
+
+
+def test_report_text_escapes_control_characters(hsmd, tmp_path):
+    """A trail's strings may hold control characters (the JSON escapes them, reading
+    it undoes that): the text report prints them escaped, so none can shift its
+    columns, forge a line or drive the terminal."""
+    import glob
+    import hashlib
+    import subprocess
+    from conftest import HSMCTL
+    signed_request(hsmd, "TrentService.ListKeys", {})
+    lines = []
+    for path in sorted(glob.glob(os.path.join(hsmd.data_dir, "audit", "audit-*.jsonl"))):
+        with open(path, "rb") as f:
+            lines += [(os.path.basename(path), ln) for ln in f.read().split(b"\n")[:-1]]
+    # The last request: its op and principal made hostile, the chain made good again.
+    last = max(i for i, (_, ln) in enumerate(lines) if b'"type":"request"' in ln)
+    out, prev = {}, None
+    for i, (name, ln) in enumerate(lines):
+        rec = json.loads(ln)
+        if i == last:
+            rec["op"] = "List\tKeys\x1b[2J\n  Forged 1 1 0 0\u0085"
+            rec["principal"] = "arn:aws:iam::1:user/\x07me\\"
+        if prev is not None and (i == last or rec["prev"] != prev):
+            rec["prev"] = prev
+        if i >= last:
+            ln = json.dumps(rec, separators=(",", ":"), ensure_ascii=False).encode()
+        prev = hashlib.sha256(ln).hexdigest()
+        out.setdefault(name, []).append(ln)
+    for name, ls in out.items():
+        (tmp_path / name).write_bytes(b"\n".join(ls) + b"\n")
+    p = subprocess.run([HSMCTL, "audit", "report", "--live", str(tmp_path)],
+                       capture_output=True)
+    assert p.returncode == 0, p.stderr
+    text = p.stdout.decode()
+    assert not re.search("[\x00-\x09\x0b-\x1f\x7f\x80-\x9f]", text), repr(text)
+    assert "\n  Forged" not in text
+    assert "List\\x09Keys\\x1b[2J\\x0a  Forged 1 1 0 0\\u0085" in text, text
+    assert "user/\\x07me\\\\" in text, text

@@ -114,6 +114,16 @@ def test_a_flood_of_unsigned_requests_is_summarized_not_recorded_one_by_one():
     failed = json.loads(p.stdout)["failed_authentications"]
     assert sum(c["total"] for c in failed.values()) == 360, failed
     assert failed["(summarized) from 127.0.0.1"]["total"] == total
+    # The principals table counts the refusals a summary stands for, not one per event,
+    # under the access key ids they claimed when they claimed any.
+    principals = json.loads(p.stdout)["principals"]
+    summed = {k: v for k, v in principals.items() if "summarized" in k}
+    assert sum(v["total"] for v in summed.values()) == total, principals
+    assert sum(v["denied"] for v in summed.values()) == total, principals
+    claimed = [k for k in summed if k.startswith("(not authenticated, summarized) ")]
+    assert any(UNKNOWN_AKID in k for k in claimed), principals
+    assert sum(v["total"] for v in principals.values()) == \
+        len(recs) - len(sums) + total - sum(r["type"] == "checkpoint" for r in recs), principals
     shutil.rmtree(tmp, ignore_errors=True)
 
 
