@@ -196,26 +196,70 @@ static hsm_audit_outcome audit_outcome_of(hsm_err err)
 	}
 }
 
-/* "k1=<hash>,k2=<hash>" with 128-bit keyed-hash prefixes of the values. */
+/*
+ * The encryption context's record: "k1=<hash>,k2=<hash>", 128-bit keyed-hash
+ * prefixes of the values.  The keys are the client's: ',', '=' and '\' in
+ * them are escaped with a '\', so that no key can pose as pairs of its own
+ * ("a=<hex>,b").  A key is cut at CTX_KEY_MAX bytes (escaped, on a character
+ * boundary) and then ends with CTX_CUT, its value's hash kept; pairs beyond
+ * the field's room are left out, and the field then ends with ",\[truncated]".
+ * Escaping writes a '\' before ',', '=' and '\' only, so CTX_CUT cannot be
+ * part of a key.
+ */
+#define CTX_KEY_MAX 128
+#define CTX_CUT "\\[truncated]"
+#define CTX_HASH_HEX 32
+
+/* key escaped into out (room for CTX_KEY_MAX + sizeof(CTX_CUT)); returns its length. */
+static size_t context_key(const char *key, char *out)
+{
+	size_t o = 0, i = 0;
+	for (; key[i] != '\0'; i++) {
+		bool esc = key[i] == ',' || key[i] == '=' || key[i] == '\\';
+		if (o + 1 + esc > CTX_KEY_MAX)
+			break;
+		if (esc)
+			out[o++] = '\\';
+		out[o++] = key[i];
+	}
+	if (key[i] == '\0')
+		return o;
+	/* Not within a character: its bytes so far go too (they were copied unescaped). */
+	while (i > 0 && ((unsigned char)key[i] & 0xC0) == 0x80) {
+		i--;
+		o--;
+	}
+	memcpy(out + o, CTX_CUT, sizeof(CTX_CUT) - 1);
+	return o + sizeof(CTX_CUT) - 1;
+}
+
 static void context_field(hsm_server *s, const hsm_api_audit *a, char *out, size_t cap)
 {
 	hsm_sb b;
 	hsm_keyed_hmac *hasher = NULL;
 	bool keyed = hsm_ok(hsm_ks_audit_hasher(s->ks, &hasher));
+	/* Room kept for the mark that pairs were left out. */
+	size_t room = cap - 1 - (sizeof("," CTX_CUT) - 1);
 	hsm_sb_init(&b, out, cap);
-	for (size_t i = 0; i < a->n_ctx && !b.cut; i++) {
+	for (size_t i = 0; i < a->n_ctx; i++) {
 		const char *value = a->ctx[i].value;
 		uint8_t mac[HSM_SHA256_LEN];
-		char h[2 * HSM_SHA256_LEN + 1];
+		char h[2 * HSM_SHA256_LEN + 1], key[CTX_KEY_MAX + sizeof(CTX_CUT)];
+		size_t key_len = context_key(a->ctx[i].key, key);
+		key[key_len] = '\0';
+		if (b.len + (i > 0) + key_len + 1 + CTX_HASH_HEX > room) {
+			hsm_sb_add(&b, "," CTX_CUT);
+			break;
+		}
 		if (keyed && hsm_ok(hsm_keyed_hmac_of(hasher, value, strlen(value), mac)))
 			hsm_hex_encode_str(h, mac, sizeof(mac));
 		else
 			memcpy(h, "unavailable", sizeof("unavailable"));
 		if (i > 0)
 			hsm_sb_add(&b, ",");
-		hsm_sb_add(&b, a->ctx[i].key);
+		hsm_sb_add(&b, key);
 		hsm_sb_add(&b, "=");
-		hsm_sb_addn(&b, h, 32);
+		hsm_sb_addn(&b, h, CTX_HASH_HEX);
 	}
 	hsm_keyed_hmac_free(hasher);
 }

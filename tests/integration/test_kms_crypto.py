@@ -497,3 +497,56 @@ def test_recipient_is_refused_not_ignored(hsmd, sym):
             assert "Recipient" in out["message"] and not {
                 "Plaintext", "PrivateKeyPlaintext", "CiphertextBlob"} & set(out), out
         call_ok(hsmd, op, dict(body, Recipient=None))  # null: as if left out
+
+
+def context_pairs(field):
+    """The pairs of a record's encryption_context, its escapes ('\\,', '\\=', '\\\\')
+    undone; a key cut ends with '\\[truncated]', kept as such."""
+    pairs, key, cur, i = {}, None, "", 0
+    while i < len(field):
+        c = field[i]
+        if c == "\\" and field[i + 1] in ",=\\":
+            cur += field[i + 1]
+            i += 2
+            continue
+        if c == "\\":
+            cur += c
+        elif c == "=" and key is None:
+            key, cur = cur, ""
+        elif c == ",":
+            pairs[key] = cur
+            key, cur = None, ""
+        else:
+            cur += c
+        i += 1
+    pairs[key] = cur
+    return pairs
+
+
+def test_encryption_context_keys_cannot_pose_as_pairs(kms, hsmd, sym):
+    """A context key is the client's: ',', '=' and '\\' in it are escaped, so a key
+    cannot pass for pairs of its own; a key too long is cut with a mark and keeps its
+    value's hash; pairs past the field's room are left out with a mark."""
+    def h(v):
+        return admin(hsmd, "AuditHash", {"Value": v})["Hash"][:32]
+
+    fake = "a=" + h("x") + ",b"
+    ctx = {fake: "secret", "c\\d": "v", "plain": "w"}
+    r = kms.encrypt(KeyId=sym, Plaintext=b"x", EncryptionContext=ctx)
+    field = audit_record(hsmd.data_dir, r["ResponseMetadata"]["RequestId"])["extra"][
+        "encryption_context"]
+    assert "a\\=" + h("x") + "\\,b=" + h("secret") in field, field
+    assert context_pairs(field) == {k: h(v) for k, v in ctx.items()}, field
+    # 300 two-byte characters: cut at 128 bytes, on a character boundary, marked.
+    r = kms.encrypt(KeyId=sym, Plaintext=b"x", EncryptionContext={"\u00e9" * 300: "v"})
+    field = audit_record(hsmd.data_dir, r["ResponseMetadata"]["RequestId"])["extra"][
+        "encryption_context"]
+    assert field == "\u00e9" * 64 + "\\[truncated]=" + h("v"), field
+    # More pairs than the field holds: those left out are marked.
+    ctx = {"k%02d" % i + "x" * 60: "v%d" % i for i in range(12)}
+    r = kms.encrypt(KeyId=sym, Plaintext=b"x", EncryptionContext=ctx)
+    field = audit_record(hsmd.data_dir, r["ResponseMetadata"]["RequestId"])["extra"][
+        "encryption_context"]
+    assert field.endswith(",\\[truncated]") and len(field.encode()) <= 512, field
+    pairs = context_pairs(field[:-len(",\\[truncated]")])
+    assert 0 < len(pairs) < len(ctx) and all(h(ctx[k]) == v for k, v in pairs.items()), field
