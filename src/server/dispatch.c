@@ -53,6 +53,7 @@ typedef struct pending {
 	const char *use_op;
 	char use_key[HSM_UUID_STRLEN + 1], use_source[HSM_UUID_STRLEN + 1];
 	bool outboxed; /* the request changed the store: its outbox row waits for the record */
+	const char *op; /* what its record names (the request or a literal outlives it) */
 	/* Refused because the trail takes no records: nothing ran, and its answer says so. */
 	bool trail_refusal;
 	/*
@@ -126,6 +127,9 @@ static void audit_done(void *arg, hsm_result result)
 		 */
 		p->err = result.err;
 		p->store_refused = false;
+		/* Its record may still reach the trail, saying how the request ended: the
+		 * trail is told that its caller got none of that (withheld.c). */
+		hsm_server_note_withheld(p->s, hsm_http_req_id(p->req), p->op != NULL ? p->op : "");
 		p->status = error_body(
 		    HSM_ERR_AUDIT_UNAVAILABLE,
 		    "the request could not be audited, so its result is withheld; retry later",
@@ -436,6 +440,7 @@ static void submit_audit(pending *p, const outcome *o)
 	    .extra = extra,
 	    .n_extra = n_extra,
 	};
+	p->op = o->operation;
 	/*
 	 * The writer is woken once per loop pass of the worker, or per batch of
 	 * a lane thread, not per record.

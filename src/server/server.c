@@ -576,6 +576,7 @@ hsm_result hsm_server_new(const hsm_server_options *opt, hsm_server **out)
 	pthread_condattr_destroy(&ca);
 	pthread_mutex_init(&s->backup_lock, NULL);
 	pthread_mutex_init(&s->akids_lock, NULL);
+	pthread_mutex_init(&s->withheld.lock, NULL);
 	s->akid_lookups = HSM_BUCKET_NEW;
 	s->started = hsm_now();
 	atomic_store(&s->backup_copies_missing, -1);
@@ -978,6 +979,7 @@ static void *flusher_main(void *arg)
 		hsm_server_flush_refusals(s, false);
 		hsm_server_akids_refresh(s);
 		hsm_outbox_pass(s);
+		hsm_server_flush_withheld(s, false);
 		pthread_mutex_lock(&s->stop_lock);
 	}
 	pthread_mutex_unlock(&s->stop_lock);
@@ -1029,6 +1031,8 @@ void hsm_server_free(hsm_server *s)
 	/* Nothing is refused any more: what was counted but not yet written goes now. */
 	if (s->audit != NULL && s->refusals != NULL)
 		hsm_server_flush_refusals(s, true);
+	if (s->audit != NULL)
+		hsm_server_flush_withheld(s, true);
 	hsm_refusals_free(s->refusals);
 	s->refusals = NULL;
 	if (s->audit != NULL && s->ks != NULL)
@@ -1063,6 +1067,7 @@ void hsm_server_free(hsm_server *s)
 	pthread_mutex_destroy(&s->tls_reload_lock);
 	hsm_server_akids_free(s);
 	pthread_mutex_destroy(&s->akids_lock);
+	pthread_mutex_destroy(&s->withheld.lock);
 	free(s);
 }
 

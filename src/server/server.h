@@ -88,6 +88,22 @@ typedef struct hsm_file_stamp {
 	int64_t mtime_ns, ctime_ns;
 } hsm_file_stamp;
 
+/*
+ * Requests whose answer was withheld, waiting to be said so on the trail
+ * (withheld.c).  Past HSM_WITHHELD_MAX (an outage fails up to a full queue
+ * at once) they are only counted.
+ */
+#define HSM_WITHHELD_MAX 256
+typedef struct hsm_withheld_list {
+	pthread_mutex_t lock;
+	struct {
+		char id[HSM_UUID_STRLEN + 1];
+		char op[64];
+	} v[HSM_WITHHELD_MAX];
+	size_t n;
+	uint64_t more;
+} hsm_withheld_list;
+
 typedef struct hsm_server {
 	hsm_server_options opt;
 	char data_dir[4096];
@@ -106,6 +122,7 @@ typedef struct hsm_server {
 	hsm_lane *lane; /* long requests: key generation, store writes, administration */
 	hsm_shmap *creds; /* access key id -> authenticated credential (auth.c) */
 	hsm_refusals *refusals; /* unauthenticated refusals beyond their records' rate */
+	hsm_withheld_list withheld; /* answers withheld for want of a record (withheld.c) */
 	/* Failed authentications that lock a user: opt's, or a configuration reload's. */
 	atomic_uint lockout_threshold;
 	/* The store's active access key ids, sorted, and when they were read (auth_keys.c). */
@@ -263,6 +280,15 @@ bool hsm_server_own_record(hsm_server *s, hsm_http_req *req, const char *operati
                            const hsm_auth_result *auth, hsm_err err);
 /* Writes the summaries that are due (all of them when all is set) as RefusalsSummarized events. */
 void hsm_server_flush_refusals(hsm_server *s, bool all);
+
+/*
+ * Requests answered 503 because their record failed (withheld.c): noted
+ * from the audit writer's callback (never blocks for long), and said on the
+ * trail as RequestAnswerWithheld events once it takes records again (all:
+ * at the stop, whatever it takes).
+ */
+void hsm_server_note_withheld(hsm_server *s, const char *request_id, const char *operation);
+void hsm_server_flush_withheld(hsm_server *s, bool all);
 
 /* The handler registered with the HTTP layer (dispatch.c). */
 void hsm_server_on_request(hsm_http_req *req, void *arg);

@@ -1550,3 +1550,69 @@ def test_audit_report_leaves_out_no_verified_record():
     assert p.returncode == 1 and "longer than hsmd writes" in p.stdout + p.stderr, \
         p.stdout + p.stderr
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_an_answer_withheld_is_said_so_on_the_trail():
+    """The trail's disk fills with nothing kept ahead of the file (its reserve punched
+    out): records fail while being written, their requests are answered 503 "its result
+    is withheld", and the records the writer had numbered reach the trail on recovery
+    saying how the requests ended.  Each such request is named by a RequestAnswerWithheld
+    event (extra.answer withheld), so no record of a success stands for an answer the
+    caller never got."""
+    tmp = tempfile.mkdtemp(prefix="hsmd-audit-withheld-")
+    audit_dir = os.path.join(tmp, "audit")
+    mount_tmpfs(audit_dir, "16m")
+    server = None
+    try:
+        server = start_dev(["--audit-dir", audit_dir])
+        kms = client(server)
+        ok, withheld = set(), set()
+
+        def trail():
+            out = []
+            for path in sorted(glob.glob(os.path.join(audit_dir, "audit-*.jsonl"))):
+                with open(path) as f:
+                    out += [json.loads(ln) for ln in f if ln.endswith("\n") and ln.strip()]
+            return out
+
+        def create(n):
+            for _ in range(n):
+                try:
+                    ok.add(kms.create_key()["ResponseMetadata"]["RequestId"])
+                except botocore.exceptions.ClientError as e:
+                    assert e.response["Error"]["Code"] == "ServiceUnavailableException"
+                    if "withheld" in e.response["Error"]["Message"]:
+                        withheld.add(e.response["ResponseMetadata"]["RequestId"])
+                time.sleep(0.05)
+        create(3)
+        live = sorted(glob.glob(os.path.join(audit_dir, "audit-*.jsonl")))[-1]
+        subprocess.run(["fallocate", "-p", "-o", str(os.path.getsize(live)), "-l",
+                        str(8 << 20), live], check=True)
+        filler = os.path.join(audit_dir, "filler")
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k"], capture_output=True)
+        create(30)
+        os.remove(filler)
+        assert eventually(lambda: server.get("/readyz")[0] == 200, timeout=30)
+        create(3)
+        assert withheld, "no answer was withheld: the disk did not fill as it should"
+        said = lambda: {r["extra"].get("withheld_request_id") for r in trail()
+                        if r.get("op") == "RequestAnswerWithheld"}
+        assert eventually(lambda: withheld <= said(), timeout=10), (withheld, said())
+        server.stop()
+        recs = trail()
+        events = [r for r in recs if r.get("op") == "RequestAnswerWithheld"]
+        assert all(e["extra"]["answer"].startswith("withheld") and
+                   e["extra"]["request_op"] == "CreateKey" and "request_id" not in e
+                   for e in events), events
+        # Every record of a success the caller did not get is named by such an event.
+        unseen = {r["request_id"] for r in recs if r.get("op") == "CreateKey" and
+                  r["outcome"] == "success" and r["request_id"] not in ok}
+        assert unseen <= said(), (unseen, said())
+        files = sorted(glob.glob(os.path.join(audit_dir, "audit-*.jsonl")))
+        res = subprocess.run([HSMCTL, "audit", "verify"] + files, capture_output=True, text=True)
+        assert res.returncode == 0, res.stdout + res.stderr
+    finally:
+        if server is not None:
+            server.cleanup()
+        subprocess.run(["umount", "-l", audit_dir])
+        subprocess.run(["rm", "-rf", tmp])
