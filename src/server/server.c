@@ -505,14 +505,37 @@ static hsm_result open_parts(hsm_server *s)
 	 * is a node joining it, which its trail says too (not flagged).
 	 */
 	bool began = hsm_audit_began_here(s->audit) && st != HSM_NODE_UNINITIALIZED;
+	/*
+	 * A node id the store has not seen, beside the trails of others it has:
+	 * a node joining them only while one of them runs.  Otherwise (SQLite, or
+	 * every one stopped) it may be a stopped node's id changed after its
+	 * trail was taken away, flagged as such (trail_nodes.c).
+	 */
+	char known[HSM_AUDIT_VALUE_MAX] = "";
+	bool renamed = false;
 	if (began && !store_knows_trail(s)) {
-		hsm_audit_field g[] = {{"node_id", s->node_id}};
-		hsm_server_event(s, "AuditTrailJoinsStore", NULL, 0, HSM_SUCCESS, g, 1);
-		began = false;
+		bool live = false;
+		hsm_server_trail_nodes(s, known, sizeof(known), &live);
+		renamed = known[0] != '\0' && !live;
+		if (!renamed) {
+			hsm_audit_field g[] = {{"node_id", s->node_id}, {"known_nodes", known}};
+			hsm_server_event(s, "AuditTrailJoinsStore", NULL, 0, HSM_SUCCESS, g,
+			                 known[0] != '\0' ? 2 : 1);
+			began = false;
+		}
 	}
 	if (st != HSM_NODE_UNINITIALIZED)
 		note_trail(s, true);
-	if (began) {
+	if (renamed) {
+		hsm_warn("the audit trail in %s begins now under node id %s, new to the store, which "
+		         "has seen the trails of %s, none of them running: if this node ran under "
+		         "one of those ids, its trail is gone",
+		         s->audit_dir, s->node_id, known);
+		hsm_audit_field g[] = {{"store", "initialized before this trail began"},
+		                       {"node_id", s->node_id},
+		                       {"known_nodes", known}};
+		hsm_server_event(s, "AuditTrailBeginsAfterStore", NULL, 0, HSM_SUCCESS, g, 3);
+	} else if (began) {
 		hsm_warn("the audit trail in %s begins now, but the store was initialized before: if "
 		         "this node kept a trail there, it is gone",
 		         s->audit_dir);

@@ -290,6 +290,13 @@ void hsm_server_flush_refusals(hsm_server *s, bool all);
 void hsm_server_note_withheld(hsm_server *s, const char *request_id, const char *operation);
 void hsm_server_flush_withheld(hsm_server *s, bool all);
 
+/*
+ * The node ids other than this one whose audit trails the store has seen
+ * (trail_nodes.c), comma-separated into known ("" when none; a note in
+ * parentheses when they cannot be read), and whether any of them runs now.
+ */
+void hsm_server_trail_nodes(hsm_server *s, char *known, size_t cap, bool *live);
+
 /* The handler registered with the HTTP layer (dispatch.c). */
 void hsm_server_on_request(hsm_http_req *req, void *arg);
 

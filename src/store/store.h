@@ -599,6 +599,15 @@ hsm_result hsm_store_copy(hsm_store *src, hsm_store *dst) HSM_MUST_CHECK;
  * row is then in dst exactly when the copy is.
  */
 hsm_result hsm_store_copy_noted(hsm_store *src, hsm_store *dst) HSM_MUST_CHECK;
+/*
+ * Calls cb with the name of every metadata value whose name begins with
+ * prefix (the rest of the name after it), in name order.  cb runs inside the
+ * store's read transaction: it must not call the store.  Reads the metadata
+ * only (the export stops where the other records begin).
+ */
+typedef hsm_result (*hsm_store_meta_name_cb)(const char *rest, void *arg);
+hsm_result hsm_store_meta_names(hsm_store *s, const char *prefix, hsm_store_meta_name_cb cb,
+                                void *arg) HSM_MUST_CHECK;
 /* The file name a SQLite store keeps its database under, inside its directory. */
 #define HSM_STORE_DB_FILE "hsmd.db"
 

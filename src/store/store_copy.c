@@ -39,6 +39,93 @@ hsm_result hsm_store_copy_noted(hsm_store *src, hsm_store *dst)
 	return dst->ops->import_all(dst, export_from, src);
 }
 
+/* ---- Metadata names ------------------------------------------------------------------------ */
+
+/*
+ * The export passes the metadata first (store_impl.h), so the first record
+ * of any other kind ends the walk: META_DONE is returned from it and taken
+ * for success, and no more of the store is read.
+ */
+typedef struct meta_walk {
+	const char *prefix;
+	hsm_store_meta_name_cb cb;
+	void *arg;
+	bool done;
+} meta_walk;
+
+static hsm_result walk_meta(void *arg, const char *name, const hsm_buf *value)
+{
+	meta_walk *w = arg;
+	(void)value;
+	size_t n = strlen(w->prefix);
+	return strncmp(name, w->prefix, n) == 0 ? w->cb(name + n, w->arg) : HSM_SUCCESS;
+}
+
+static hsm_result meta_done(void *arg)
+{
+	((meta_walk *)arg)->done = true;
+	return HSM_FAIL(HSM_ERR_CONFLICT, "the metadata is read");
+}
+static hsm_result done_user(void *arg, const hsm_user_record *u)
+{
+	(void)u;
+	return meta_done(arg);
+}
+static hsm_result done_access_key(void *arg, const hsm_access_key_record *k)
+{
+	(void)k;
+	return meta_done(arg);
+}
+static hsm_result done_key(void *arg, const hsm_key_record *k)
+{
+	(void)k;
+	return meta_done(arg);
+}
+static hsm_result done_version(void *arg, const hsm_version_record *v)
+{
+	(void)v;
+	return meta_done(arg);
+}
+static hsm_result done_alias(void *arg, const hsm_alias_record *a)
+{
+	(void)a;
+	return meta_done(arg);
+}
+static hsm_result done_tag(void *arg, const char *key_id, const hsm_tag *t)
+{
+	(void)key_id, (void)t;
+	return meta_done(arg);
+}
+static hsm_result done_grant(void *arg, const hsm_grant_record *g)
+{
+	(void)g;
+	return meta_done(arg);
+}
+static hsm_result done_cert(void *arg, const hsm_cert_record *c)
+{
+	(void)c;
+	return meta_done(arg);
+}
+
+hsm_result hsm_store_meta_names(hsm_store *s, const char *prefix, hsm_store_meta_name_cb cb,
+                                void *arg)
+{
+	HSM_ASSERT(s != NULL && prefix != NULL && cb != NULL);
+	meta_walk w = {prefix, cb, arg, false};
+	hsm_store_sink sink = {.arg = &w,
+	                       .meta = walk_meta,
+	                       .user = done_user,
+	                       .access_key = done_access_key,
+	                       .key = done_key,
+	                       .version = done_version,
+	                       .alias = done_alias,
+	                       .tag = done_tag,
+	                       .grant = done_grant,
+	                       .certificate = done_cert};
+	hsm_result r = s->ops->export_all(s, &sink);
+	return w.done ? HSM_SUCCESS : r;
+}
+
 /* ---- Snapshots as SQLite files ------------------------------------------------------------ */
 
 /* Removes what a SQLite store leaves in its directory, then the directory. */

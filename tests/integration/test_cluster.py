@@ -1871,3 +1871,37 @@ def test_a_running_node_that_lost_its_session_outwaits_an_adoption_of_its_id(pg,
     finally:
         for n in nodes:
             n.cleanup()
+
+
+def test_a_new_node_id_is_flagged_unless_a_node_it_joins_runs(pg):
+    """A trail that begins under a node id new to a shared store is a node joining it
+    while a node whose trail the store has seen runs (unflagged, the known ids named);
+    with none of them running it may be a stopped node whose trail was deleted whole and
+    that was started again under another --node-id: flagged (AuditTrailBeginsAfterStore,
+    and a warning in the log)."""
+    base = tempfile.mkdtemp(prefix="hsmd-cluster-rename-")
+    store = pg.database("rename")
+    ceremony(base, store)
+    nodes = []
+
+    def head(n):
+        return [r for r in audit_records(n.data_dir)[:6]]
+    try:
+        x = node(store, "node-x")
+        nodes.append(x)
+        x.stop()
+        y = node(store, "node-y")  # node-x is stopped: flagged
+        nodes.append(y)
+        ev = [r for r in head(y) if r.get("op") == "AuditTrailBeginsAfterStore"]
+        assert len(ev) == 1 and ev[0]["extra"]["known_nodes"] == "node-x", head(y)
+        assert "none of them running" in y.read_log()
+        z = node(store, "node-z")  # node-y runs: a node joining
+        nodes.append(z)
+        ev = [r for r in head(z) if r.get("op") == "AuditTrailJoinsStore"]
+        assert len(ev) == 1, head(z)
+        assert ev[0]["extra"] == {"node_id": "node-z", "known_nodes": "node-x,node-y"}, ev
+        assert not [r for r in head(z) if r.get("op") == "AuditTrailBeginsAfterStore"]
+    finally:
+        for n in nodes:
+            n.cleanup()
+        shutil.rmtree(base, ignore_errors=True)

@@ -298,6 +298,44 @@ static void test_meta_batch_is_atomic(void **state)
 	hsm_buf_free(&out);
 }
 
+typedef struct names_seen {
+	char v[4][32];
+	size_t n;
+} names_seen;
+
+static hsm_result collect_name(const char *rest, void *arg)
+{
+	names_seen *s = arg;
+	assert_true(s->n < 4);
+	snprintf(s->v[s->n++], sizeof(s->v[0]), "%s", rest);
+	return HSM_SUCCESS;
+}
+
+/* The metadata's names under a prefix, read past the store's other records. */
+static void test_meta_names(void **state)
+{
+	st_fixture *f = *state;
+	names_seen seen = {0};
+	EXPECT_OK(hsm_store_meta_names(f->s, "audit_trail:", collect_name, &seen));
+	assert_int_equal(seen.n, 0);
+	hsm_buf v = {0};
+	assert_true(hsm_ok(hsm_buf_set(&v, "1", 1)));
+	const char *names[] = {"audit_trail:node-b", "kcv", "audit_trail:node-a", "audit_trailx"};
+	const hsm_buf *values[] = {&v, &v, &v, &v};
+	EXPECT_OK(hsm_store_meta_put(f->s, 4, names, values));
+	hsm_user_record u;
+	memset(&u, 0, sizeof(u));
+	snprintf(u.name, sizeof(u.name), "olivia");
+	u.roles = 1U << HSM_ROLE_AUDITOR;
+	u.created = 1700000000;
+	EXPECT_OK(hsm_store_user_create(f->s, &u));
+	EXPECT_OK(hsm_store_meta_names(f->s, "audit_trail:", collect_name, &seen));
+	assert_int_equal(seen.n, 2);
+	assert_string_equal(seen.v[0], "node-a");
+	assert_string_equal(seen.v[1], "node-b");
+	hsm_buf_free(&v);
+}
+
 /* ---- Names and errors --------------------------------------------------------------------------- */
 
 static void test_enum_names(void **state)
@@ -460,6 +498,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_check_finds_a_damaged_page, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_meta, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_meta_batch_is_atomic, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_meta_names, st_setup, st_teardown),
 		cmocka_unit_test(test_enum_names),
 		cmocka_unit_test(test_shipped_schema_steps_unchanged),
 		cmocka_unit_test_setup_teardown(test_a_lone_handle_leads, st_setup, st_teardown),
