@@ -86,6 +86,45 @@ int64_t audit_clock_ahead_ms(const hsm_audit *a)
 	return (audit_now_ms(a) - a->wall0_ms) - (elapsed - a->elapsed0_ms);
 }
 
+/*
+ * The time of the trail's newest record that can be read at open, 0 when
+ * there is none: the last time the trail vouches for (audit_retention_now_ms).
+ */
+static int64_t newest_record_ms(const hsm_audit *a)
+{
+	char **names = NULL;
+	size_t n = 0;
+	int64_t t = 0;
+	if (hsm_failed(audit_list_files(a->dir, &names, &n)))
+		return 0;
+	hsm_buf line = {0};
+	for (size_t i = n; i-- > 0;) {
+		char path[PATH_MAX];
+		line.len = 0;
+		if ((size_t)snprintf(path, sizeof(path), "%s/%s", a->dir, names[i]) < sizeof(path) &&
+		    audit_read_last_line(path, &line) && audit_line_time(line.data, line.len, &t))
+			break;
+		t = 0;
+	}
+	hsm_buf_free(&line);
+	audit_free_list(names, n);
+	return t;
+}
+
+int64_t audit_retention_now_ms(const hsm_audit *a, int64_t *start_ahead_ms)
+{
+	int64_t now = audit_now_ms(a), elapsed;
+	*start_ahead_ms = 0;
+	if (a->trail_newest0_ms == 0 ||
+	    a->wall0_ms - a->trail_newest0_ms <= HSM_AUDIT_START_AHEAD_MAX_MS || !a->has_elapsed ||
+	    !elapsed_ms(a, &elapsed))
+		return now;
+	*start_ahead_ms = a->wall0_ms - a->trail_newest0_ms;
+	int64_t vouched =
+	    a->trail_newest0_ms + HSM_AUDIT_START_AHEAD_MAX_MS + (elapsed - a->elapsed0_ms);
+	return vouched < now ? vouched : now;
+}
+
 static bool node_id_ok(const char *s)
 {
 	size_t n = strlen(s);
@@ -215,6 +254,7 @@ static hsm_result start(hsm_audit *a, const hsm_audit_config *cfg)
 	HSM_GUARD(lock_dir(a));
 	audit_tail_info tail;
 	HSM_GUARD(audit_tail_scan(a, &tail));
+	a->trail_newest0_ms = newest_record_ms(a);
 	HSM_GUARD(init_writer(a, &tail));
 	if (a->cfg.syslog)
 		HSM_GUARD(audit_syslog_start(a->cfg.syslog_path, &a->syslog));
@@ -596,7 +636,7 @@ void hsm_audit_get_stats(const hsm_audit *a, hsm_audit_stats *out)
 	out->files_copied = m->files_copied;
 	out->copy_failures = m->copy_failures;
 	out->retention_running = m->sweep_requested || m->sweep_running;
-	out->retention_held = m->retention_held;
+	out->retention_held = m->retention_held || m->retention_start_ahead;
 	out->retention_blocked = m->retention_blocked;
 	out->low_space = atomic_load(&m->low_space);
 	out->acks_held = m->acks_held;

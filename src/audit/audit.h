@@ -259,6 +259,14 @@ hsm_result hsm_audit_checkpoint(hsm_audit *a) HSM_MUST_CHECK;
 
 /* How far the wall clock may run ahead of the elapsed time before retention holds. */
 #define HSM_AUDIT_CLOCK_AHEAD_MS (3600LL * 1000)
+/*
+ * How much of the time between the trail's newest record and a start
+ * retention counts as having passed (audit_internal.h, audit_retention_now_ms):
+ * a clock set ahead before a start can make files go at most this early.
+ */
+#define HSM_AUDIT_START_AHEAD_MAX_MS (7LL * 24 * 3600 * 1000)
+/* How far back the records' times may go before verify warns (hsm_audit_verify_report). */
+#define HSM_AUDIT_TIME_BACK_MS (300LL * 1000)
 
 /* Counters for metrics. */
 #define HSM_AUDIT_SYNC_BUCKETS 10
@@ -425,6 +433,18 @@ typedef struct hsm_audit_verify_report {
 		bool stated; /* the AuditLogOpened names them, with their head */
 	} unsigned_at_write[4];
 	size_t n_unsigned_at_write;
+	/*
+	 * Not a verdict but a warning: the records' times went back by more than
+	 * HSM_AUDIT_TIME_BACK_MS (a wall clock stepped back, or one that ran
+	 * ahead for a while put right: retention may then have deleted records it
+	 * took for expired, under a checkpoint of its own).  time_backs counts
+	 * the records dated so before an earlier one; the first is seq
+	 * time_back_seq at time_back_to, after seq time_back_from_seq at
+	 * time_back_from, the latest time before it.
+	 */
+	uint64_t time_backs;
+	uint64_t time_back_seq, time_back_from_seq;
+	char time_back_from[32], time_back_to[32];
 	/* The first problem, when !valid. */
 	hsm_audit_problem problem;
 	char file[HSM_AUDIT_PATH_MAX];

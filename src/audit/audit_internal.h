@@ -228,6 +228,10 @@ struct hsm_audit {
 	 * last finding, under mu. */
 	int64_t wall0_ms, elapsed0_ms;
 	bool has_elapsed, retention_held;
+	/* The time of the trail's newest record at open (0: none), and whether the last pass
+	 * kept files the wall clock would have expired (audit_retention_now_ms). */
+	int64_t trail_newest0_ms;
+	bool retention_start_ahead;
 	bool retention_unsigned; /* the last pass deleted nothing: no signer to sign its checkpoint */
 	bool retention_blocked;  /* the last pass deleted nothing: the chain does not prove the floor */
 	bool floor_unsigned;     /* the checkpoint the floor came from is not this node's signed one */
@@ -342,6 +346,19 @@ int audit_io_check_file(int fd, const char *path, uint64_t len, bool exact);
  * writer state. */
 /* How far the wall clock has run ahead of the elapsed time since open; 0 when unknown. */
 int64_t audit_clock_ahead_ms(const hsm_audit *a);
+/*
+ * The time retention measures files against: the wall clock, unless at open
+ * it was already more than HSM_AUDIT_START_AHEAD_MAX_MS ahead of the trail's
+ * newest record (*start_ahead_ms: by how much; else 0).  A clock set wrong
+ * before the start cannot be told from time that passed while the node was
+ * stopped, and audit_clock_ahead_ms measures from the start, so it cannot see
+ * it: then no more of the stop than that bound counts, the newest record's
+ * time plus the bound plus the time elapsed since open.  A clock set ahead
+ * before a start can so make retention delete files at most that much early;
+ * files that expire only by the wall clock wait (for a later start, which
+ * measures from a newer record).
+ */
+int64_t audit_retention_now_ms(const hsm_audit *a, int64_t *start_ahead_ms);
 hsm_result audit_retention_apply(hsm_audit *a, const char *keep_file,
                                  hsm_buf *deleted) HSM_MUST_CHECK;
 

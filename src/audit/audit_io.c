@@ -752,6 +752,28 @@ static bool chain_proves(hsm_audit *a, char **names, size_t expired, uint64_t *k
 	return proven;
 }
 
+/*
+ * A pass kept files the wall clock would have expired, because the clock was
+ * already ahead of the trail's newest record at open (audit_retention_now_ms):
+ * said once a run, and shown as retention_held while it lasts.
+ */
+static void note_start_ahead(hsm_audit *a, bool spared, int64_t ahead)
+{
+	pthread_mutex_lock(&a->mu);
+	bool was = a->retention_start_ahead;
+	a->retention_start_ahead = spared;
+	pthread_mutex_unlock(&a->mu);
+	if (spared && !was)
+		hsm_warn("audit retention holds: at start the wall clock was %lld s ahead of the "
+		         "trail's newest record, more than the %lld days of a stop retention counts "
+		         "(a clock set ahead before the start would otherwise have current records "
+		         "deleted); files that expire only by the clock are kept until a later start "
+		         "measures from a newer record (if the node was not stopped that long, check "
+		         "the clock)",
+		         (long long)(ahead / 1000),
+		         (long long)(HSM_AUDIT_START_AHEAD_MAX_MS / (24 * 3600 * 1000)));
+}
+
 hsm_result audit_retention_apply(hsm_audit *a, const char *keep_file, hsm_buf *deleted)
 {
 	char **names = NULL;
@@ -760,7 +782,10 @@ hsm_result audit_retention_apply(hsm_audit *a, const char *keep_file, hsm_buf *d
 	HSM_ENSURE(e == 0, HSM_ERR_IO, "audit retention: %s", strerror(e));
 	HSM_GUARD(audit_list_files(a->dir, &names, &n));
 	hsm_result res = HSM_SUCCESS;
-	int64_t now = audit_now_ms(a), keep = (int64_t)a->cfg.retention_days * MS_PER_DAY;
+	int64_t start_ahead = 0, wall = audit_now_ms(a);
+	int64_t now = audit_retention_now_ms(a, &start_ahead);
+	int64_t keep = (int64_t)a->cfg.retention_days * MS_PER_DAY;
+	bool spared = false; /* a file kept that the wall clock would have expired */
 	hsm_buf line = {0};
 	size_t expired = 0, deleted_n = 0, n_losses = 0;
 	uint64_t kept_from = 0;
@@ -807,8 +832,10 @@ hsm_result audit_retention_apply(hsm_audit *a, const char *keep_file, hsm_buf *d
 			         "later file are kept", names[expired]);
 			break;
 		}
-		if (now - t <= keep)
+		if (now - t <= keep) {
+			spared = wall - t > keep;
 			break;
+		}
 		if (expired >= copied_n) {
 			hsm_warn("audit retention: %s has expired but is not in audit_copy_dir; it and "
 			         "every later file are kept until it is",
@@ -816,6 +843,7 @@ hsm_result audit_retention_apply(hsm_audit *a, const char *keep_file, hsm_buf *d
 			break;
 		}
 	}
+	note_start_ahead(a, spared, start_ahead);
 	if (expired == 0)
 		goto out;
 	/* The first file kept holds the first record kept; stated before anything goes. */

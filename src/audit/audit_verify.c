@@ -871,6 +871,31 @@ static bool check_inherited(vreader *r, vstate *s, const ventry *e, hsm_audit_ve
 	return true;
 }
 
+/*
+ * Times that go back: a record more than HSM_AUDIT_TIME_BACK_MS before the
+ * latest time so far.  Nothing a chain or a signature can refuse (a clock may
+ * be stepped back), but worth an auditor's look: a wall clock set ahead at a
+ * start and put right later makes retention take current records for
+ * expired and delete them under a signed retention checkpoint; what is left
+ * then verifies, and only the times show it.
+ */
+static void note_time(vstate *s, const ventry *e, hsm_audit_verify_report *rep)
+{
+	if (s->latest_seq != 0 && e->time_ms < s->latest_ms - HSM_AUDIT_TIME_BACK_MS) {
+		if (rep->time_backs++ == 0) {
+			rep->time_back_seq = e->seq;
+			rep->time_back_from_seq = s->latest_seq;
+			snprintf(rep->time_back_from, sizeof(rep->time_back_from), "%s", s->latest);
+			snprintf(rep->time_back_to, sizeof(rep->time_back_to), "%s", e->time);
+		}
+	}
+	if (s->latest_seq == 0 || e->time_ms > s->latest_ms) {
+		s->latest_ms = e->time_ms;
+		s->latest_seq = e->seq;
+		snprintf(s->latest, sizeof(s->latest), "%s", e->time);
+	}
+}
+
 static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, const hsm_audit_verify_options *o,
                         hsm_audit_verify_report *rep)
 {
@@ -943,6 +968,7 @@ static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, const hsm_audit_ve
 		count_checkpoint(e, sig, rep);
 	if (e->ckpt && sig != SIG_NONE)
 		s->last_signed_seq = e->seq;
+	note_time(s, e, rep);
 	if (rep->records == 0)
 		rep->first_seq = e->seq;
 	rep->records++;

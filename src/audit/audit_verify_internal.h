@@ -122,6 +122,10 @@ typedef struct vstate {
 	 * records after it are unsigned until the next one. 0: none yet. */
 	uint64_t last_signed_seq;
 	uint64_t unsigned_listed_to; /* the end of the last range listed as unsigned at write */
+	/* The latest time of the records accepted so far, and its record (0: none yet). */
+	int64_t latest_ms;
+	uint64_t latest_seq;
+	char latest[32];
 } vstate;
 
 const ventry *vstate_back(const vstate *s, size_t i); /* 0 = last accepted */

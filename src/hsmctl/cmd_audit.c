@@ -82,6 +82,22 @@ static void print_summary(const hsm_audit_verify_report *r)
 		printf("note: the log starts at seq %llu; earlier records were not given (or were "
 		       "removed by retention: no checkpoint given states what it kept)\n",
 		       (unsigned long long)r->first_seq);
+	hsmctl_audit_time_warning(r);
+}
+
+void hsmctl_audit_time_warning(const hsm_audit_verify_report *r)
+{
+	if (r->time_backs == 0)
+		return;
+	printf("WARNING: the records' times go back: %llu record(s) dated more than %lld s before "
+	       "an earlier one, the first seq %llu (%s) after seq %llu (%s).  The node's wall "
+	       "clock stepped back, or ran ahead "
+	       "before it was put right; while it ran ahead, retention may have deleted records "
+	       "it took for expired (a retention checkpoint before the step states what it "
+	       "kept): check the clock and the copies of the files\n",
+	       (unsigned long long)r->time_backs, (long long)(HSM_AUDIT_TIME_BACK_MS / 1000),
+	       (unsigned long long)r->time_back_seq, r->time_back_to,
+	       (unsigned long long)r->time_back_from_seq, r->time_back_from);
 }
 
 /* SEQ:SHA256, as the summary prints the head. */
@@ -151,7 +167,10 @@ int cmd_audit_verify(int argc, char **argv)
 	}
 	print_summary(&rep);
 	if (rep.valid) {
-		printf("result: VALID\n");
+		/* Still valid (exit status 0): the chain and signatures hold; the warning is for
+		 * a person to look into. */
+		printf(rep.time_backs != 0 ? "result: VALID, WITH A WARNING (above)\n"
+		                           : "result: VALID\n");
 		rc = 0;
 	} else {
 		if (rep.file[0] == '\0') /* no one file: the anchor is in none of the trails */

@@ -838,6 +838,7 @@ static void print_text(const report *r, const hsm_audit_verify_report *v, const 
 		       (unsigned long long)v->unsigned_at_write[i].opened_seq);
 	if (v->n_unsigned_at_write > shown)
 		printf("unsigned at write: %zu more runs like these\n", v->n_unsigned_at_write - shown);
+	hsmctl_audit_time_warning(v);
 	printf("period: %s to %s", r->records ? r->first : "-", r->records ? r->last : "-");
 	if (o->since[0] != '\0' || o->until[0] != '\0')
 		printf(" (asked: from %s until %s)", o->since[0] ? o->since : "the start",
@@ -898,6 +899,17 @@ static hsm_result emit_json(const report *r, const hsm_audit_verify_report *v,
 	}
 	if (o->key != NULL)
 		json_object_set_new(out, "key_id", json_string(o->key));
+	/* A warning, as verify prints it: the records' times go back (hsm_audit_verify_report). */
+	if (v->time_backs != 0 &&
+	    json_object_set_new(json_object_get(out, "verified"), "time_steps_back",
+	                        json_pack("{s:I,s:I,s:s,s:I,s:s}", "count", (json_int_t)v->time_backs,
+	                                  "seq", (json_int_t)v->time_back_seq, "time",
+	                                  v->time_back_to, "after_seq",
+	                                  (json_int_t)v->time_back_from_seq, "after_time",
+	                                  v->time_back_from)) != 0) {
+		json_decref(out);
+		return HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
+	}
 	int rc = json_dumpf(out, stdout, JSON_INDENT(1) | JSON_SORT_KEYS);
 	json_decref(out);
 	HSM_ENSURE(rc == 0, HSM_ERR_IO, "cannot write the report");

@@ -133,6 +133,9 @@ int hsmctl_cmd_access_key_local(int argc, char **argv);
 int hsmctl_cmd_approval(int argc, char **argv);
 int hsmctl_cmd_cert(int argc, char **argv);
 int hsmctl_cmd_audit_online(int argc, char **argv);
+/* audit verify's and report's warning that the records' times go back (cmd_audit.c). */
+struct hsm_audit_verify_report;
+void hsmctl_audit_time_warning(const struct hsm_audit_verify_report *r);
 int hsmctl_cmd_init(int argc, char **argv);
 int hsmctl_cmd_unseal_check(int argc, char **argv);
 int hsmctl_cmd_status_local(int argc, char **argv);

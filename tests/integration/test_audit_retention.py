@@ -461,3 +461,59 @@ def test_another_nodes_floor_is_not_taken_through_hsmctl(clockshift, tmp_path):
         assert "deleted by retention" not in res.stdout, res.stdout
     finally:
         server.cleanup()
+
+
+def test_a_clock_set_ahead_before_a_start_cannot_expire_the_trail(clockshift, tmp_path):
+    """hsmd started with its wall clock eight years ahead (past the default retention of
+    seven), then again with the clock right: retention must not take the current files
+    for expired (it counts at most a week of the time since the trail's newest record,
+    holds, says so in the log and in hsmd_audit_retention_held), and verify and report,
+    which the trail still satisfies, warn that the records' times went back."""
+    args = ["--audit-rotate-seconds", "60"]
+    clock = Clock(str(tmp_path / "shift"))
+    server = start_shifted(clockshift, clock, args)
+    data = server.data_dir
+    ahead = 8 * 366 * DAY
+    try:
+        admin(server, "AuditHash", {"Value": "a"})
+        clock.set(70)  # the first file is older than the rotation age: it ends
+        assert eventually(lambda: len(audit_files(data)) == 2, 10), audit_files(data)
+        shifted_admin(server, 70, "AuditHash", {"Value": "b"})
+        server.stop()
+        before = audit_files(data)
+        clock.set(ahead)
+        second = start_shifted(clockshift, clock, args, data_dir=data)
+        try:
+            assert eventually(lambda: gauge(second, "hsmd_audit_retention_held") == 1
+                              or gauge(second, "hsmd_audit_files_expired_total"), 15)
+            held = gauge(second, "hsmd_audit_retention_held")
+            log = second.read_log()
+        finally:
+            second.stop()
+        assert set(before) <= set(audit_files(data)), "retention deleted current files"
+        assert held == 1 and "audit retention holds: at start the wall clock" in log, log
+        assert not records_of_op(data, "AuditFilesExpired")
+        clock.set(0)
+        third = start_shifted(clockshift, clock, args, data_dir=data)
+        third.stop()
+        files = audit_files(data)
+        res = subprocess.run([HSMCTL, "audit", "verify"] + files, capture_output=True,
+                             text=True)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "result: VALID, WITH A WARNING" in res.stdout, res.stdout
+        # The first record of the third run, dated eight years before the second run's last.
+        m = re.search(r"^WARNING: the records' times go back: \d+ record\(s\) dated more than "
+                      r"300 s before an earlier one, the first seq (\d+) \((\S+)\) after seq "
+                      r"(\d+) \((\S+)\)", res.stdout, re.M)
+        assert m and int(m.group(1)) > int(m.group(3)), res.stdout
+        assert m.group(4) > m.group(2), res.stdout
+        rep = subprocess.run([HSMCTL, "audit", "report", "--json"] + files,
+                             capture_output=True, text=True)
+        assert rep.returncode == 0, rep.stderr
+        back = json.loads(rep.stdout)["verified"]["time_steps_back"]
+        assert back["count"] >= 1 and back["time"] < back["after_time"], back
+        rep = subprocess.run([HSMCTL, "audit", "report"] + files, capture_output=True,
+                             text=True)
+        assert "WARNING: the records' times go back" in rep.stdout, rep.stdout
+    finally:
+        server.cleanup()
