@@ -848,7 +848,7 @@ def test_closed_audit_files_are_copied_to_the_copy_dir():
 
 def mount_tmpfs(path, size):
     os.makedirs(path, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", path],
                        capture_output=True, text=True)
     assert r.returncode == 0, ("this test needs to mount a small tmpfs (run as root): "
                                + r.stderr)
