@@ -36,6 +36,7 @@ static hsm_result collect_row(const hsm_outbox_record *r, void *arg)
 		o->cap = cap;
 	}
 	hsm_outbox_row *w = &o->v[o->n++];
+	copy(w->node, sizeof(w->node), r->node_id);
 	copy(w->id, sizeof(w->id), r->request_id);
 	copy(w->op, sizeof(w->op), r->operation);
 	copy(w->principal, sizeof(w->principal), r->principal);
@@ -51,6 +52,48 @@ hsm_result hsm_outbox_rows_list(hsm_store *s, const char *node_id, hsm_outbox_ke
 {
 	collect c = {keep, arg, out};
 	return hsm_store_outbox_list(s, node_id, collect_row, &c);
+}
+
+#define OFFLINE_PREFIX "hsmctl-"
+
+typedef struct offline_scan {
+	hsm_store *s;
+	collect c;
+} offline_scan;
+
+static hsm_result list_offline(const hsm_outbox_node *n, void *arg)
+{
+	offline_scan *o = arg;
+	if (strncmp(n->node_id, OFFLINE_PREFIX, sizeof(OFFLINE_PREFIX) - 1) != 0)
+		return HSM_SUCCESS;
+	return hsm_store_outbox_list(o->s, n->node_id, collect_row, &o->c);
+}
+
+hsm_result hsm_outbox_rows_list_offline(hsm_store *s, const char *data_dir,
+                                        hsm_outbox_keep_fn keep, void *arg, hsm_outbox_rows *out)
+{
+	if (!hsm_store_one_holder(s)) {
+		char node[HSM_OUTBOX_NODE_ID_MAX + 1];
+		hsm_outbox_offline_node(data_dir, node);
+		return hsm_outbox_rows_list(s, node, keep, arg, out);
+	}
+	offline_scan o = {s, {keep, arg, out}};
+	return hsm_store_outbox_nodes(s, INT64_MAX, list_offline, &o);
+}
+
+hsm_result hsm_outbox_rows_delete(hsm_store *s, const hsm_outbox_rows *r)
+{
+	const char **ids = hsm_outbox_rows_ids(r);
+	HSM_ENSURE(ids != NULL, HSM_ERR_NOMEM, "out of memory");
+	hsm_result res = HSM_SUCCESS;
+	/* Listed node after node: one delete per run of a node's rows. */
+	for (size_t i = 0, j = 0; hsm_ok(res) && i < r->n; i = j) {
+		for (j = i + 1; j < r->n && strcmp(r->v[j].node, r->v[i].node) == 0; j++)
+			;
+		res = hsm_store_outbox_delete(s, r->v[i].node, ids + i, j - i);
+	}
+	free(ids);
+	return res;
 }
 
 void hsm_outbox_rows_free(hsm_outbox_rows *r)

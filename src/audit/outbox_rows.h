@@ -21,6 +21,7 @@
 
 /* One row, copied out of the store's listing. */
 typedef struct hsm_outbox_row {
+	char node[HSM_OUTBOX_NODE_ID_MAX + 1]; /* the node id it was written under */
 	char id[HSM_OUTBOX_REQUEST_ID_MAX + 1], op[HSM_OUTBOX_OPERATION_MAX + 1];
 	char principal[HSM_OUTBOX_PRINCIPAL_MAX + 1], akid[HSM_OUTBOX_ACCESS_KEY_ID_MAX + 1];
 	char source[HSM_OUTBOX_SOURCE_MAX + 1], key_id[HSM_OUTBOX_KEY_ID_MAX + 1];
@@ -40,6 +41,20 @@ typedef bool (*hsm_outbox_keep_fn)(const char *request_id, void *arg);
 /* node_id's rows (those keep keeps) appended to out, oldest first. */
 hsm_result hsm_outbox_rows_list(hsm_store *s, const char *node_id, hsm_outbox_keep_fn keep,
                                 void *arg, hsm_outbox_rows *out) HSM_MUST_CHECK;
+/*
+ * The rows hsmctl's offline changes left that whoever holds the store of
+ * data_dir settles (those keep keeps) appended to out, node after node:
+ * on a store one process holds at a time (hsm_store_one_holder), every
+ * "hsmctl-" node's, as the directory may have had another path or host
+ * name when hsmctl wrote them; on a shared store only
+ * hsm_outbox_offline_node(data_dir)'s, as another host's hsmctl may be
+ * running under its own.
+ */
+hsm_result hsm_outbox_rows_list_offline(hsm_store *s, const char *data_dir,
+                                        hsm_outbox_keep_fn keep, void *arg,
+                                        hsm_outbox_rows *out) HSM_MUST_CHECK;
+/* Deletes r's rows, each under its node id (hsm_store_outbox_delete). */
+hsm_result hsm_outbox_rows_delete(hsm_store *s, const hsm_outbox_rows *r) HSM_MUST_CHECK;
 void hsm_outbox_rows_free(hsm_outbox_rows *r);
 
 /* The rows' request ids in a new array (r->n of them, borrowed from r; the caller frees it). */

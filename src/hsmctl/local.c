@@ -251,8 +251,7 @@ typedef struct hsmctl_outbox {
 	char request[HSM_UUID_STRLEN + 1];     /* the next record's request id */
 	char operation[HSM_OUTBOX_OPERATION_MAX + 1];
 	char principal[32];
-	char **done; /* request ids whose records are written: their rows go at close */
-	size_t n_done, cap_done;
+	hsm_outbox_rows done; /* rows whose records are written: they go at close */
 	uint64_t below; /* every record of done has a number below this */
 } hsmctl_outbox;
 
@@ -297,29 +296,29 @@ static hsm_result outbox_arm(hsmctl_outbox *o)
 	return HSM_SUCCESS;
 }
 
-static bool outbox_note_done(hsmctl_outbox *o, const char *id)
+static bool outbox_note_done(hsmctl_outbox *o, const char *node, const char *id)
 {
-	if (o->n_done == o->cap_done) {
-		size_t cap = o->cap_done != 0 ? o->cap_done * 2 : 8;
-		char **nv = realloc(o->done, cap * sizeof(*nv));
+	hsm_outbox_rows *d = &o->done;
+	if (d->n == d->cap) {
+		size_t cap = d->cap != 0 ? d->cap * 2 : 8;
+		hsm_outbox_row *nv = realloc(d->v, cap * sizeof(*nv));
 		if (nv == NULL)
 			return false;
-		o->done = nv;
-		o->cap_done = cap;
+		d->v = nv;
+		d->cap = cap;
 	}
-	char *copy = strdup(id);
-	if (copy != NULL)
-		o->done[o->n_done++] = copy;
-	return copy != NULL;
+	hsm_outbox_row *w = &d->v[d->n++];
+	memset(w, 0, sizeof(*w));
+	snprintf(w->node, sizeof(w->node), "%s", node);
+	snprintf(w->id, sizeof(w->id), "%s", id);
+	return true;
 }
 
 static void outbox_free(hsmctl_outbox *o)
 {
 	if (o == NULL)
 		return;
-	for (size_t i = 0; i < o->n_done; i++)
-		free(o->done[i]);
-	free(o->done);
+	hsm_outbox_rows_free(&o->done);
 	free(o);
 }
 
@@ -337,9 +336,10 @@ static bool not_adopted(const char *request_id, void *adopted)
 }
 
 /*
- * The rows earlier offline commands on data_dir left (hsmctl stopped between
- * a change and its record): a record in place of each the trail does not
- * hold; all of them go at close, once those records are durable.  On a
+ * The rows earlier offline commands on data_dir's store left (hsmctl stopped
+ * between a change and its record; hsm_outbox_rows_list_offline: on SQLite,
+ * also those written while the directory had another path or host name): a
+ * record in place of each the trail does not hold; all of them go at close, once those records are durable.  On a
  * failure they stay for the next command or hsmd (warned): what was written
  * meanwhile is found then, and a trail that cannot be written fails this
  * command's own records anyway.
@@ -352,8 +352,9 @@ static void outbox_settle(hsmctl_local *l, hsmctl_outbox *o, const char *data_di
 	const char *dirs[] = {dir};
 	hsm_outbox_rows rows = {0};
 	size_t recorded = 0;
-	hsm_result r = hsm_outbox_rows_list(l->store, o->node, adopted != NULL ? not_adopted : NULL,
-	                                    (void *)(uintptr_t)adopted, &rows);
+	hsm_result r = hsm_outbox_rows_list_offline(l->store, data_dir,
+	                                            adopted != NULL ? not_adopted : NULL,
+	                                            (void *)(uintptr_t)adopted, &rows);
 	if (hsm_ok(r))
 		r = hsm_outbox_rows_record_missing(&rows, dirs, 1, l->audit, o->principal, why_lost, NULL,
 		                                   &recorded);
@@ -366,7 +367,7 @@ static void outbox_settle(hsmctl_local *l, hsmctl_outbox *o, const char *data_di
 		                "could not all be settled (%s); they stay for the next command or hsmd\n",
 		        hsm_last_message());
 	for (size_t i = 0; hsm_ok(r) && i < rows.n; i++)
-		if (!outbox_note_done(o, rows.v[i].id))
+		if (!outbox_note_done(o, rows.v[i].node, rows.v[i].id))
 			break; /* the rest stay: found next time */
 	o->below = hsm_audit_next_seq(l->audit);
 	hsm_outbox_rows_free(&rows);
@@ -399,9 +400,8 @@ static void outbox_close(hsmctl_local *l, bool whole, uint64_t durable)
 	if (o == NULL)
 		return;
 	hsm_store_intent_end();
-	if (o->n_done > 0 && whole && durable >= o->below && l->store != NULL &&
-	    hsm_failed(hsm_store_outbox_delete(l->store, o->node, (const char *const *)o->done,
-	                                       o->n_done)))
+	if (o->done.n > 0 && whole && durable >= o->below && l->store != NULL &&
+	    hsm_failed(hsm_outbox_rows_delete(l->store, &o->done)))
 		fprintf(stderr, "hsmctl: warning: the audit outbox rows of this command's recorded "
 		                "changes stay (%s); the next command or hsmd finds their records\n",
 		        hsm_last_message());
@@ -444,7 +444,7 @@ hsm_result hsmctl_local_audit_fields(hsmctl_local *l, const char *operation, con
 	if (o == NULL)
 		return r;
 	/* A change this record is for: its row goes at close (one not noted is found later). */
-	if (hsm_ok(r) && o->intent.written && outbox_note_done(o, o->request))
+	if (hsm_ok(r) && o->intent.written && outbox_note_done(o, o->node, o->request))
 		o->below = hsm_audit_next_seq(l->audit);
 	hsm_result armed = outbox_arm(o);
 	return hsm_ok(r) ? armed : r;

@@ -289,30 +289,25 @@ static bool wait_durable(hsm_server *s, uint64_t seq)
 }
 
 /*
- * The rows hsmctl's offline changes on this node's data directory left
- * (hsm_outbox_offline_node: hsmctl stopped between a change and its
- * record): a record in place of each request that none of the trails
- * holds (hsmctl's, <data_dir>/audit, and this node's), then the rows go
- * once those records are durable.  Kept for the next start (or hsmctl's next
- * offline command there) when anything fails: the search finds what was
- * written meanwhile, so nothing is recorded twice.
+ * The rows hsmctl's offline changes on this node's store left
+ * (hsm_outbox_rows_list_offline: hsmctl stopped between a change and its
+ * record; on a SQLite store every such row, under whatever path or host
+ * name the directory had then): a record in place of each request that
+ * none of the trails holds (hsmctl's, <data_dir>/audit, and this node's),
+ * then the rows go once those records are durable.  Kept for the next start
+ * (or hsmctl's next offline command there) when anything fails: the search
+ * finds what was written meanwhile, so nothing is recorded twice.
  */
 static void settle_offline(hsm_server *s)
 {
-	char node[HSM_OUTBOX_NODE_ID_MAX + 1], local[PATH_MAX];
+	char local[PATH_MAX];
 	if (strlen(s->data_dir) + sizeof("/audit") > sizeof(local))
 		return; /* no hsmctl trail can be there either */
 	snprintf(local, sizeof(local), "%.*s/audit", PATH_MAX - 8, s->data_dir);
-	hsm_outbox_offline_node(s->data_dir, node);
 	const char *dirs[] = {local, strcmp(local, s->audit_dir) != 0 ? s->audit_dir : NULL};
 	hsm_outbox_rows rows = {0};
-	const char **ids = NULL;
 	size_t recorded = 0;
-	hsm_result r = hsm_outbox_rows_list(s->store, node, NULL, NULL, &rows);
-	if (hsm_ok(r) && rows.n > 0) {
-		ids = hsm_outbox_rows_ids(&rows);
-		r = ids != NULL ? HSM_SUCCESS : HSM_FAIL(HSM_ERR_NOMEM, "out of memory");
-	}
+	hsm_result r = hsm_outbox_rows_list_offline(s->store, s->data_dir, NULL, NULL, &rows);
 	if (hsm_ok(r))
 		r = hsm_outbox_rows_record_missing(&rows, dirs, 2, s->audit, "hsmd", why_hsmctl, NULL,
 		                                   &recorded);
@@ -322,11 +317,10 @@ static void settle_offline(hsm_server *s)
 		         "the trail (hsmctl stopped first); each is recorded now as " RECOVERED_EVENT,
 		         recorded);
 	if (hsm_ok(r) && rows.n > 0 && wait_durable(s, hsm_audit_next_seq(s->audit)))
-		r = hsm_store_outbox_delete(s->store, node, ids, rows.n);
+		r = hsm_outbox_rows_delete(s->store, &rows);
 	if (hsm_failed(r))
 		hsm_log_failure("audit outbox: settling the offline changes hsmctl left; retried at the "
 		                "next start");
-	free(ids);
 	hsm_outbox_rows_free(&rows);
 }
 
@@ -379,7 +373,7 @@ typedef struct adopt_scan {
  * Another node's rows, old enough: this node's own are settled at its start
  * and by its flusher, hsmctl's by the node serving their data directory (or
  * the next offline command there), which alone can search the trail hsmctl
- * wrote.
+ * wrote (settle_offline).
  */
 static hsm_result note_stale_node(const hsm_outbox_node *n, void *arg)
 {

@@ -1145,6 +1145,14 @@ hsm_result hsm_store_outbox_delete(hsm_store *s, const char *node_id,
  * from the trail hsmctl wrote there, whatever node_id it is configured with.
  */
 void hsm_outbox_offline_node(const char *data_dir, char out[HSM_OUTBOX_NODE_ID_MAX + 1]);
+/*
+ * Whether one process at a time holds the store (SQLite: its directory lock,
+ * which hsmctl's offline commands take too): then no "hsmctl-" row in it can
+ * belong to a command still running, whatever host or path named it (the
+ * directory may have been moved or remounted since), and its holder settles
+ * them all.  False for a store that several nodes and hsmctl share.
+ */
+bool hsm_store_one_holder(const hsm_store *s);
 
 /*
  * Rows of a node that never comes back (its machine was replaced, the

@@ -241,6 +241,12 @@ void hsm_outbox_offline_node(const char *data_dir, char out[HSM_OUTBOX_NODE_ID_M
 	snprintf(out, HSM_OUTBOX_NODE_ID_MAX + 1, "hsmctl-%016llx", (unsigned long long)h);
 }
 
+bool hsm_store_one_holder(const hsm_store *s)
+{
+	HSM_ASSERT(s != NULL);
+	return strcmp(s->ops->name, "sqlite") == 0;
+}
+
 hsm_result hsm_store_outbox_note(hsm_store *s)
 {
 	HSM_ASSERT(s != NULL);

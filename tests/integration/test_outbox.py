@@ -747,6 +747,51 @@ def test_the_next_offline_command_records_a_restore_a_killed_one_left(backup_fil
     assert p.returncode == 0, p.stdout + p.stderr
 
 
+def killed_restore_moved(backup_file, tmp_path):
+    """A restore killed before its record, its directory then moved: served from another path."""
+    path, quorum = backup_file
+    staging, target = str(tmp_path / "staging"), str(tmp_path / "moved")
+    offline_killed_at('hsmctl_local_audit_fields if $_streq(operation, "Restore")',
+                      "restore", "--data-dir", staging, *quorum, path)
+    (row,) = offline_rows(staging)
+    shutil.move(staging, target)
+    return target, quorum, row
+
+
+@pytest.mark.skipif(not GDB, reason="killing hsmctl between a restore and its record needs gdb")
+def test_a_killed_restore_is_recorded_at_the_start_of_a_node_serving_it_elsewhere(backup_file,
+                                                                                  tmp_path):
+    target, _, row = killed_restore_moved(backup_file, tmp_path)
+    server = Hsmd([], data_dir=target)
+    try:
+        assert eventually(lambda: offline_rows(target) == [], 20), offline_rows(target)
+        (rec,) = recovered(target)
+        assert rec["request_id"] == row[1] and rec["extra"]["request_op"] == "hsmctl restore", rec
+    finally:
+        server.stop()
+    p = verify(target)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+@pytest.mark.skipif(not GDB, reason="killing hsmctl between a restore and its record needs gdb")
+def test_a_killed_restore_is_recorded_by_an_offline_command_on_the_moved_directory(backup_file,
+                                                                                   tmp_path):
+    target, quorum, row = killed_restore_moved(backup_file, tmp_path)
+    p = offline_hsmctl("user", "disable", "app", "--data-dir", target, *quorum)
+    assert p.returncode == 0, p.stderr
+    assert "1 offline change(s) an earlier hsmctl made without a record" in p.stderr, p.stderr
+    assert offline_rows(target) == []
+    (rec,) = recovered(target)
+    assert rec["request_id"] == row[1] and rec["extra"]["request_op"] == "hsmctl restore", rec
+    server = Hsmd([], data_dir=target)  # nothing left for the node to record again
+    try:
+        assert len(recovered(target)) == 1
+    finally:
+        server.stop()
+    p = verify(target)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
 # ---- Backups -------------------------------------------------------------------------------
 
 def backup_files(data_dir):
