@@ -262,8 +262,15 @@ static hsm_result check_store_exists(const hsm_server *s)
 	HSM_ENSURE((size_t)snprintf(path, sizeof(path), "%s/" HSM_STORE_DB_FILE, s->data_dir) <
 	               sizeof(path),
 	           HSM_ERR_VALIDATION, "data_dir is too long");
-	if (stat(path, &st) == 0)
+	if (stat(path, &st) == 0) {
+		/* An empty file (a copy or a restore cut short) would be made an empty store. */
+		HSM_ENSURE(st.st_size > 0, HSM_ERR_VALIDATION,
+		           "data_dir %s: %s is empty (0 bytes), so it holds no store: restore a "
+		           "backup (hsmctl restore) into a new data directory, or put the store's "
+		           "file back; hsmd does not make an empty store in its place",
+		           s->data_dir, path);
 		return HSM_SUCCESS;
+	}
 	HSM_ENSURE(errno == ENOENT, HSM_ERR_IO, "data_dir: cannot read %s: %s", path,
 	           strerror(errno));
 	return HSM_FAIL(HSM_ERR_VALIDATION,

@@ -181,6 +181,21 @@ def test_a_data_dir_without_a_store(tmp):
     assert os.listdir(data) == []
 
 
+def test_a_data_dir_whose_store_file_is_empty(tmp):
+    """A zero-length hsmd.db (a copy cut short) is no store either: the node refuses it
+    instead of writing an empty schema into it and starting uninitialized."""
+    data = os.path.join(tmp, "data")
+    os.mkdir(data)
+    db = os.path.join(data, "hsmd.db")
+    open(db, "w").close()
+    err = refused(["--data-dir", data, "--listen", f"127.0.0.1:{free_port()}",
+                   "--allow-plaintext-loopback"])
+    assert f"{db} is empty (0 bytes), so it holds no store" in err, err
+    assert "hsmctl restore" in err and "(data_dir from --data-dir)" in err, err
+    assert os.path.getsize(db) == 0
+    assert sorted(os.listdir(data)) == ["hsmd.db"]
+
+
 def test_a_low_open_file_limit_lowers_max_connections():
     """Under an open-file limit too low for max_connections, hsmd takes fewer connections
     instead of failing to accept them: when they are all held by clients that sent
