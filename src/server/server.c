@@ -2,6 +2,7 @@
  * server.c - hsmd's life cycle: open the store, keystore, audit trail and
  * KMS service, serve, run scheduled key work, stop.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
@@ -681,6 +682,47 @@ static hsm_result dev_share_path(hsm_server *s, char *out, size_t cap)
 	return HSM_SUCCESS;
 }
 
+/* Whether dir holds a backup file (a directory that cannot be read is said to, the caution). */
+static bool has_backups(const char *dir)
+{
+	DIR *d = opendir(dir);
+	if (d == NULL)
+		return errno != ENOENT;
+	bool found = false;
+	for (struct dirent *e; !found && (e = readdir(d)) != NULL;) {
+		size_t n = strlen(e->d_name), k = strlen(HSM_BACKUP_SUFFIX);
+		found = n > k && strcmp(e->d_name + n - k, HSM_BACKUP_SUFFIX) == 0;
+	}
+	closedir(d);
+	return found;
+}
+
+/*
+ * A dev store is made only where no earlier one left anything: beside its
+ * share, its trail or its backups, a missing or empty hsmd.db is a store
+ * lost, and a new one would overwrite the only share that opens those
+ * backups.
+ */
+static hsm_result dev_check_no_leftovers(hsm_server *s, const char *share_path)
+{
+	struct stat st;
+	const char *what = NULL, *where = NULL;
+	if (lstat(share_path, &st) == 0 || errno != ENOENT)
+		what = "the share", where = share_path;
+	else if (!hsm_audit_began_here(s->audit))
+		what = "the audit trail in", where = s->audit_dir;
+	else if (has_backups(s->backup_dir))
+		what = "the backups in", where = s->backup_dir;
+	HSM_ENSURE(what == NULL, HSM_ERR_CONFLICT,
+	           "data_dir %s has no store (" HSM_STORE_DB_FILE " missing or empty), yet an "
+	           "earlier store left %s %s: no new dev store is made, as its share would "
+	           "replace the one the old backups need. Restore a backup into a new data "
+	           "directory (hsmctl restore --data-dir NEW --share %s FILE), or move "
+	           DEV_SHARE_FILE ", the audit trail and the backups away",
+	           s->data_dir, what, where, share_path);
+	return HSM_SUCCESS;
+}
+
 static hsm_result dev_init_or_unseal(hsm_server *s)
 {
 	char path[4200];
@@ -690,7 +732,9 @@ static hsm_result dev_init_or_unseal(hsm_server *s)
 	hsm_buf_init_secure(&share);
 	hsm_result r = HSM_SUCCESS;
 	if (hsm_keystore_state(s->ks) == HSM_NODE_UNINITIALIZED) {
-		r = hsm_keystore_init(s->ks, 1, 1, NULL, true, &share);
+		r = dev_check_no_leftovers(s, path);
+		if (hsm_ok(r))
+			r = hsm_keystore_init(s->ks, 1, 1, NULL, true, &share);
 		if (hsm_ok(r))
 			r = hsm_write_file_atomic(path, share.data, share.len, 0600);
 		hsm_server_event(s, "Init", NULL, 0, r, NULL, 0);

@@ -196,6 +196,55 @@ def test_a_data_dir_whose_store_file_is_empty(tmp):
     assert sorted(os.listdir(data)) == ["hsmd.db"]
 
 
+def test_a_lost_dev_store_is_not_replaced_over_its_share_trail_or_backups():
+    """hsmd --dev whose hsmd.db is missing or empty beside what an earlier store left (its
+    share, its audit trail, its backups) refuses to make a new store: a new share would
+    overwrite the only one that opens the old backups."""
+    from conftest import HSMCTL, signed_call, start_dev
+    server = start_dev()
+    try:
+        st, out = signed_call(server, "HsmdAdmin.CreateBackup", {})
+        assert st == 200, out
+    finally:
+        server.stop()
+    data = server.data_dir
+    share = os.path.join(data, "dev-unseal.share")
+    with open(share, "rb") as f:
+        before = f.read()
+    (backup,) = [os.path.join(data, "backups", f) for f in os.listdir(os.path.join(data, "backups"))
+                 if f.endswith(".hsmbak")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HSM_")}
+    env.update({"HSM_DEV_ACCESS_KEY_ID": "AKIAHSMDDEVELOPMENT1",
+                "HSM_DEV_SECRET_ACCESS_KEY": "secretsecretsecretsecretsecretsecret12"})
+
+    def dev_refused(found):
+        for f in ("hsmd.db-wal", "hsmd.db-shm"):
+            if os.path.exists(os.path.join(data, f)):
+                os.unlink(os.path.join(data, f))
+        p = subprocess.run([HSMD, "--dev", "--data-dir", data, "--listen",
+                            f"127.0.0.1:{free_port()}"], capture_output=True, text=True,
+                           timeout=30, env=env)
+        assert p.returncode != 0, p.stderr
+        assert f"has no store (hsmd.db missing or empty), yet an earlier store left {found}" \
+            in p.stderr, p.stderr
+        assert "hsmctl restore" in p.stderr, p.stderr
+
+    open(os.path.join(data, "hsmd.db"), "w").close()  # empty
+    dev_refused(f"the share {share}")
+    with open(share, "rb") as f:
+        assert f.read() == before  # not overwritten
+    p = subprocess.run([HSMCTL, "backup", "verify", "--share", share, backup],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr  # the old backups still open
+    os.unlink(os.path.join(data, "hsmd.db"))  # missing
+    dev_refused(f"the share {share}")
+    os.rename(share, share + ".kept")
+    dev_refused(f"the audit trail in {os.path.join(data, 'audit')}")
+    shutil.rmtree(os.path.join(data, "audit"))
+    dev_refused(f"the backups in {os.path.join(data, 'backups')}")
+    assert not os.path.exists(share)
+
+
 def test_a_low_open_file_limit_lowers_max_connections():
     """Under an open-file limit too low for max_connections, hsmd takes fewer connections
     instead of failing to accept them: when they are all held by clients that sent
