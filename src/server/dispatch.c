@@ -1248,7 +1248,9 @@ static void handle_readyz(hsm_server *s, hsm_http_req *req)
 	hsm_node_state st = hsm_keystore_state(s->ks);
 	bool audit_ok = hsm_audit_healthy(s->audit) && !hsm_audit_low_space(s->audit);
 	bool store_ok = atomic_load(&s->store_up);
-	bool ready = st == HSM_NODE_UNSEALED && audit_ok && store_ok;
+	/* A damaged store file fails what reads it, until a sound one is served (server.c). */
+	bool damaged = hsm_store_corrupt_seen(s->store) > 0;
+	bool ready = st == HSM_NODE_UNSEALED && audit_ok && store_ok && !damaged;
 	hsm_jw w;
 	hsm_jw_init(&w, &body);
 	hsm_jw_begin(&w);
@@ -1256,6 +1258,11 @@ static void handle_readyz(hsm_server *s, hsm_http_req *req)
 	hsm_jw_str(&w, "state", hsm_node_state_name(st));
 	hsm_jw_bool(&w, "audit", audit_ok);
 	hsm_jw_bool(&w, "store", store_ok);
+	if (damaged) {
+		hsm_jw_bool(&w, "store_damaged", true);
+		hsm_jw_str(&w, "reason", "the store's database file is damaged (requests reading it "
+		                         "fail): restore a backup");
+	}
 	hsm_jw_end(&w);
 	if (hsm_failed(hsm_jw_finish(&w)))
 		hsm_buf_clear(&body);

@@ -785,6 +785,31 @@ hsm_result hsm_server_dev_bootstrap(hsm_server *s, const char *akid, const hsm_s
 
 /* ---- running ------------------------------------------------------------------- */
 
+/* How often, at most, a store still found damaged is logged again. */
+#define CORRUPT_LOG_EVERY_NS (60ULL * 1000 * 1000 * 1000)
+
+/*
+ * Requests that met a damaged store file (SQLITE_CORRUPT, SQLITE_NOTADB)
+ * failed with KMSInternalException, and the node is no longer ready
+ * (/readyz): logged when first seen, then at most once a minute while more
+ * fail.  No full check runs at start (it would cost seconds on a large
+ * store); the damage is found where a request reads it.
+ */
+static void note_corrupt_store(hsm_server *s)
+{
+	uint64_t seen = hsm_store_corrupt_seen(s->store), now = hsm_mono_ns();
+	if (seen == s->corrupt_logged ||
+	    (s->corrupt_logged != 0 && now - s->corrupt_logged_ns < CORRUPT_LOG_EVERY_NS))
+		return;
+	hsm_error("the store's database file is damaged: %llu operation(s) found it corrupt so "
+	          "far (%llu since the last report); this node is not ready (/readyz) and stays "
+	          "so: stop it, keep the damaged file for study and restore the latest backup "
+	          "(hsmctl restore) into a new data directory",
+	          (unsigned long long)seen, (unsigned long long)(seen - s->corrupt_logged));
+	s->corrupt_logged = seen;
+	s->corrupt_logged_ns = now;
+}
+
 /* Reads one small value: can this node reach its store?  Logs only changes. */
 static void probe_store(hsm_server *s)
 {
@@ -801,6 +826,7 @@ static void probe_store(hsm_server *s)
 		hsm_log_failure("the store does not answer; this node is not ready");
 	else if (!was && up)
 		hsm_info("the store answers again");
+	note_corrupt_store(s);
 }
 
 typedef struct approval_counts {
@@ -1322,6 +1348,9 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "# TYPE hsmd_audit_healthy gauge\nhsmd_audit_healthy %d\n"
 	    "# HELP hsmd_store_up Whether the store answered the last probe (every scheduler round).\n"
 	    "# TYPE hsmd_store_up gauge\nhsmd_store_up %d\n"
+	    "# HELP hsmd_store_corrupt_errors_total Store operations that found its database file "
+	    "damaged (SQLite: malformed, not a database); the node is not ready from the first.\n"
+	    "# TYPE hsmd_store_corrupt_errors_total counter\nhsmd_store_corrupt_errors_total %llu\n"
 	    "# HELP hsmd_scheduler_leader Whether this node runs the store's scheduled work "
 	    "(rotation, destruction, scheduled backups): one node of those sharing a store.\n"
 	    "# TYPE hsmd_scheduler_leader gauge\nhsmd_scheduler_leader %d\n"
@@ -1382,7 +1411,8 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    (unsigned long long)atomic_load(&s->gauge_approvals_approved),
 	    (unsigned long long)atomic_load(&s->gauge_certs),
 	    (unsigned long long)atomic_load(&s->gauge_certs_expiring), hsm_audit_healthy(s->audit),
-	    (int)atomic_load(&s->store_up), (int)atomic_load(&s->leading),
+	    (int)atomic_load(&s->store_up),
+	    (unsigned long long)hsm_store_corrupt_seen(s->store), (int)atomic_load(&s->leading),
 	    (unsigned long long)as.written, (unsigned long long)as.refused,
 	    (unsigned long long)as.outages, (unsigned long long)hsm_outbox_recovered(s->outbox),
 	    (unsigned long long)hsm_outbox_adopted(s->outbox),

@@ -161,6 +161,8 @@ typedef struct hsm_server {
 	 * sends its clients to a node that can.
 	 */
 	atomic_bool store_up;
+	/* hsm_store_corrupt_seen when the scheduler last logged it, and when (monotonic ns). */
+	uint64_t corrupt_logged, corrupt_logged_ns;
 	atomic_bool trail_noted; /* the store records this node's audit trail (server.c note_trail) */
 	/*
 	 * Whether this node holds the store's leadership (hsm_store_lead) and so

@@ -6,6 +6,7 @@
  */
 #include "store/store.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -400,6 +401,12 @@ hsm_result hsm_store_check(hsm_store *s)
 {
 	HSM_ASSERT(s != NULL);
 	return s->ops->check != NULL ? s->ops->check(s) : HSM_SUCCESS;
+}
+
+uint64_t hsm_store_corrupt_seen(const hsm_store *s)
+{
+	HSM_ASSERT(s != NULL);
+	return atomic_load(&s->corrupt_seen);
 }
 
 int hsm_store_schema_version(hsm_store *s)

@@ -279,6 +279,14 @@ void hsm_store_close(hsm_store *s);
  * restore, whose store file meets whatever SQLite finds beside it.
  */
 hsm_result hsm_store_check(hsm_store *s) HSM_MUST_CHECK;
+/*
+ * How many of the store's operations since it was opened found its file
+ * damaged (SQLite: SQLITE_CORRUPT, SQLITE_NOTADB; each such failure is
+ * HSM_ERR_STORE too).  Such damage does not heal by itself: a node that sees
+ * it is not ready until it serves a sound store.  Always 0 on PostgreSQL,
+ * which reports its own.  Safe from any thread.
+ */
+uint64_t hsm_store_corrupt_seen(const hsm_store *s);
 /* Schema version the store is at (for status output and tests). */
 int hsm_store_schema_version(hsm_store *s);
 /*

@@ -53,6 +53,7 @@ typedef hsm_result (*hsm_store_producer)(const hsm_store_sink *sink, void *arg);
 struct hsm_store {
 	const hsm_store_ops *ops;
 	int migrated_from; /* the schema version this opening brought forward; 0 when none */
+	_Atomic uint64_t corrupt_seen; /* hsm_store_corrupt_seen */
 };
 
 struct hsm_store_ops {

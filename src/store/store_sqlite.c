@@ -192,6 +192,7 @@ hsm_result sq_read_begin(sq_store *s, sq_conn **out)
 	if (c == NULL)
 		HSM_GUARD(conn_open(s->db_path, false, &c));
 	c->next = NULL;
+	c->corrupt_seen = &s->base.corrupt_seen;
 	*out = c;
 	return HSM_SUCCESS;
 }
@@ -231,6 +232,7 @@ hsm_result sq_write_begin(sq_store *s, sq_conn **out)
 	HSM_ASSERT(sq_writing != s); /* a key_update fn called back into the store */
 	pthread_mutex_lock(&s->write_lock);
 	sq_writing = s;
+	s->writer->corrupt_seen = &s->base.corrupt_seen;
 	hsm_result res = run_cached(s->writer, SQL_BEGIN);
 	if (hsm_failed(res)) {
 		sq_writing = NULL;

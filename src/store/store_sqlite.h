@@ -41,6 +41,8 @@ typedef struct sq_conn {
 	sqlite3 *db;
 	struct sq_conn *next; /* idle-pool link */
 	int bind_rc;          /* first failed bind since the last sq_prepare */
+	/* The store's hsm_store_corrupt_seen count, or NULL (a connection to another file). */
+	_Atomic uint64_t *corrupt_seen;
 	struct sq_slot {
 		const char *sql; /* the statement's text, identified by address */
 		sqlite3_stmt *st;

@@ -5,6 +5,7 @@
 #include "store/store_sqlite.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,6 +36,11 @@ hsm_result sq_fail(sq_conn *c, int rc, const char *what)
 		break;
 	case SQLITE_FULL:
 		return HSM_FAIL(HSM_ERR_STORE, "store failed to %s: its file system is full", what);
+	case SQLITE_CORRUPT:
+	case SQLITE_NOTADB:
+		if (c != NULL && c->corrupt_seen != NULL)
+			atomic_fetch_add(c->corrupt_seen, 1);
+		break;
 	case SQLITE_IOERR:
 		/* A write that met a full disk can come back as an I/O error (at start, say). */
 		if (c != NULL && c->db != NULL && sqlite3_system_errno(c->db) == ENOSPC)
