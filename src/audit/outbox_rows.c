@@ -159,9 +159,19 @@ static hsm_result record_in_stead(hsm_audit *a, const char *by, const hsm_outbox
 {
 	char committed[25];
 	hsm_format_time_ms(w->created_ms, committed);
-	hsm_audit_field f[7];
+	hsm_audit_field f[8];
 	size_t n = 0;
-	f[n++] = (hsm_audit_field){"request_op", w->op};
+	static const char backup_op[] = HSM_OUTBOX_BACKUP_OP " ";
+	char op[sizeof(w->op)];
+	snprintf(op, sizeof(op), "%s", w->op);
+	const char *backup_id = NULL;
+	if (strncmp(op, backup_op, sizeof(backup_op) - 1) == 0) {
+		op[sizeof(backup_op) - 2] = '\0';
+		backup_id = w->op + sizeof(backup_op) - 1;
+	}
+	f[n++] = (hsm_audit_field){"request_op", op};
+	if (backup_id != NULL)
+		f[n++] = (hsm_audit_field){"backup_id", backup_id};
 	if (node != NULL)
 		f[n++] = (hsm_audit_field){"request_node", node};
 	if (w->principal[0] != '\0')

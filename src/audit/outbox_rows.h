@@ -16,6 +16,13 @@
 #include "store/store.h"
 
 #define HSM_OUTBOX_RECOVERED_EVENT "RequestRecordRecovered"
+/*
+ * hsmctl backup create's row names the backup it makes before the file is
+ * there: its operation is HSM_OUTBOX_BACKUP_OP, a space and the backup's id,
+ * which the record in its stead gives as request_op HSM_OUTBOX_BACKUP_OP and
+ * backup_id (the id's first 8 digits end the file's name).
+ */
+#define HSM_OUTBOX_BACKUP_OP "hsmctl backup create"
 /* A request's record is looked for from this long before its commit (the clock may have moved). */
 #define HSM_OUTBOX_SEARCH_MARGIN_MS (10LL * 60 * 1000)
 

@@ -342,6 +342,10 @@ hsm_result hsm_backup_create(const hsm_backup_request *req, char *path, size_t c
 	int fd = -1;
 	struct stat st;
 	HSM_TRY(make_info(req, &in));
+	if (req->backup_id != NULL) {
+		HSM_CHECK(hsm_is_uuid(req->backup_id), HSM_ERR_VALIDATION, "a backup id is a UUID");
+		HSM_TRY(hsm_strcpy(in.backup_id, sizeof(in.backup_id), req->backup_id));
+	}
 	/* Sealed: fails here, before any copy of the store is made. */
 	HSM_TRY(hsm_ks_backup_cipher_new(req->ks, in.salt, &cipher));
 	HSM_TRY(hsm_mkdir_p(req->dir));
@@ -444,6 +448,8 @@ static void remove_snapshot_dirs(const char *work_dir)
 void hsm_backup_remove_leftovers(const char *dir, const char *work_dir)
 {
 	remove_matching(work_dir, ".backup-", ".db");
+	/* SQLite's rollback journal of a copy cut short: nothing opens that copy again. */
+	remove_matching(work_dir, ".backup-", ".db-journal");
 	remove_snapshot_dirs(work_dir);
 	remove_matching(dir, ".", HSM_BACKUP_SUFFIX ".part");
 }

@@ -57,6 +57,8 @@ typedef struct hsm_backup_request {
 	const char *node_id;
 	int64_t now;          /* the backup's time (Unix seconds) */
 	uint32_t chunk_size;  /* 0: 1 MiB */
+	/* NULL, or the backup's id (a UUID) chosen beforehand: named before its file is made */
+	const char *backup_id;
 } hsm_backup_request;
 
 /*

@@ -247,7 +247,11 @@ static int create_offline(const char *cmd, const backup_opts *o)
 	hsmctl_local l;
 	if (hsm_failed(hsmctl_local_inspect_noting(o->data_dir, o->n_shares, o->shares, &l)))
 		return hsmctl_fail(cmd);
-	if (l.outbox != NULL && hsm_failed(hsm_store_outbox_note(l.store))) {
+	/* The row names the backup (its id chosen now), as a record in its stead then does. */
+	char backup_id[HSM_UUID_STRLEN + 1];
+	if (hsm_failed(hsm_uuid_new(backup_id)) ||
+	    hsm_failed(hsmctl_local_name_change(&l, backup_id)) ||
+	    (l.outbox != NULL && hsm_failed(hsm_store_outbox_note(l.store)))) {
 		int failed = hsmctl_fail("backup create: committing its audit outbox row");
 		hsmctl_local_close(&l);
 		return failed;
@@ -257,7 +261,8 @@ static int create_offline(const char *cmd, const backup_opts *o)
 	                          .dir = o->dir != NULL ? o->dir : dir,
 	                          .work_dir = o->data_dir,
 	                          .node_id = host,
-	                          .now = hsm_now()};
+	                          .now = hsm_now(),
+	                          .backup_id = backup_id};
 	hsm_backup_info info;
 	hsm_result r = hsm_backup_create(&req, path, sizeof(path), &info);
 	char why[HSM_ERRMSG_MAX];

@@ -415,6 +415,19 @@ hsm_result hsmctl_local_audit(hsmctl_local *l, const char *operation, const char
 	return hsmctl_local_audit_fields(l, operation, key_id, version, outcome, NULL, 0);
 }
 
+hsm_result hsmctl_local_name_change(hsmctl_local *l, const char *detail)
+{
+	hsmctl_outbox *o = l->outbox;
+	if (o == NULL)
+		return HSM_SUCCESS;
+	char op[sizeof(o->operation)];
+	local_operation(op, sizeof(op));
+	HSM_ENSURE((size_t)snprintf(o->operation, sizeof(o->operation), "%s %s", op, detail) <
+	               sizeof(o->operation),
+	           HSM_ERR_INTERNAL, "the operation's detail does not fit its outbox row");
+	return HSM_SUCCESS;
+}
+
 bool hsmctl_local_noted(const hsmctl_local *l)
 {
 	return l->outbox != NULL && l->outbox->intent.written;

@@ -104,6 +104,13 @@ hsm_result hsmctl_local_audit(hsmctl_local *l, const char *operation, const char
  * fails, the next offline command or the node's start writes it.
  */
 bool hsmctl_local_noted(const hsmctl_local *l);
+/*
+ * The operation the next change's outbox row names becomes "hsmctl
+ * <command> <detail>" (hsmctl backup create: the backup's id), so that the
+ * record written in its stead can name what the change made.  Before the
+ * change commits; a no-op without an outbox.
+ */
+hsm_result hsmctl_local_name_change(hsmctl_local *l, const char *detail) HSM_MUST_CHECK;
 
 /* The same with extra fields. */
 hsm_result hsmctl_local_audit_fields(hsmctl_local *l, const char *operation, const char *key_id,

@@ -890,11 +890,15 @@ def test_an_offline_backup_killed_before_its_record_is_recorded_next_time(offlin
     backups = tmp_path / "backups"
     offline_killed_at('hsmctl_local_audit_fields if $_streq(operation, "Backup")',
                       "backup", "create", "--data-dir", data, *quorum, "--dir", str(backups))
-    # The file was written, its record not; the row says a backup was under way.
-    assert [f for f in os.listdir(backups) if f.endswith(".hsmbak")]
+    # The file was written, its record not; the row says a backup was under way, and which.
+    (killed,) = [f for f in os.listdir(backups) if f.endswith(".hsmbak")]
     assert not [r for r in audit_records(data) if r.get("op") == "Backup"]
     (row,) = offline_rows(data)
-    assert row[2:] == ("hsmctl backup create", f"local:uid={os.getuid()}", "hsmctl"), row
+    op, _, backup_id = row[2].rpartition(" ")
+    assert op == "hsmctl backup create" and killed.endswith(f"-{backup_id[:8]}.hsmbak"), row
+    assert row[3:] == (f"local:uid={os.getuid()}", "hsmctl"), row
+    p = offline_hsmctl("backup", "verify", *quorum, str(backups / killed))
+    assert p.returncode == 0 and f"backup-id: {backup_id}\n" in p.stdout, p.stdout + p.stderr
     p = offline_hsmctl("backup", "create", "--data-dir", data, *quorum, "--dir", str(backups))
     assert p.returncode == 0, p.stderr
     assert "1 offline change(s) an earlier hsmctl made without a record" in p.stderr, p.stderr
@@ -902,5 +906,6 @@ def test_an_offline_backup_killed_before_its_record_is_recorded_next_time(offlin
     (rec,) = recovered(data)
     assert rec["request_id"] == row[1], rec
     assert rec["extra"]["request_op"] == "hsmctl backup create", rec
+    assert rec["extra"]["backup_id"] == backup_id, rec  # the file it names survived
     p = verify(data)
     assert p.returncode == 0, p.stdout + p.stderr

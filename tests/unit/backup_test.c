@@ -121,7 +121,7 @@ static int teardown(void **state)
 static hsm_result make_backup(fx *f, node *n, int64_t now, char path[PATH_MAX],
                               hsm_backup_info *info)
 {
-	hsm_backup_request req = {n->s, n->ks, f->bak, n->dir, "node-1", now, CHUNK};
+	hsm_backup_request req = {n->s, n->ks, f->bak, n->dir, "node-1", now, CHUNK, NULL};
 	return hsm_backup_create(&req, path, PATH_MAX, info);
 }
 
@@ -510,7 +510,7 @@ static void test_unreadable_header_values_refused(void **state)
 	hsm_backup_info info;
 	EXPECT_ERR(make_backup(f, &f->a, 0, path, &info), HSM_ERR_VALIDATION);
 	EXPECT_ERR(make_backup(f, &f->a, -5, path, &info), HSM_ERR_VALIDATION);
-	hsm_backup_request req = {f->a.s, f->a.ks, f->bak, f->a.dir, "node\tx", NOW, CHUNK};
+	hsm_backup_request req = {f->a.s, f->a.ks, f->bak, f->a.dir, "node\tx", NOW, CHUNK, NULL};
 	EXPECT_ERR(hsm_backup_create(&req, path, PATH_MAX, &info), HSM_ERR_VALIDATION);
 	assert_int_equal(count_entries(f->bak, ""), 0);
 	assert_int_equal(count_entries(f->a.dir, ".backup-"), 0);
@@ -760,6 +760,44 @@ static void test_leftovers_spare_a_backup_being_written(void **state)
 	assert_false(exists(stale));
 }
 
+/* A backup id chosen beforehand (to name it before the file exists) is the backup's. */
+static void test_backup_id_chosen_beforehand(void **state)
+{
+	fx *f = *state;
+	char path[PATH_MAX];
+	hsm_backup_info info;
+	const char *id = "0a2fe434-5b6c-4d7e-8f90-123456789abc";
+	hsm_backup_request req = {f->a.s, f->a.ks, f->bak, f->a.dir, "node-1", NOW, CHUNK, id};
+	EXPECT_OK(hsm_backup_create(&req, path, PATH_MAX, &info));
+	assert_string_equal(info.backup_id, id);
+	assert_string_equal(path + strlen(path) - strlen("-0a2fe434" HSM_BACKUP_SUFFIX),
+	                    "-0a2fe434" HSM_BACKUP_SUFFIX);
+	hsm_backup_info read;
+	EXPECT_OK(hsm_backup_read_info(path, &read));
+	assert_string_equal(read.backup_id, id);
+	req.backup_id = "not-a-uuid";
+	EXPECT_ERR(hsm_backup_create(&req, path, PATH_MAX, &info), HSM_ERR_VALIDATION);
+	assert_int_equal(count_entries(f->bak, ""), 1);
+	assert_int_equal(count_entries(f->a.dir, ".backup-"), 0);
+}
+
+/* A store copy cut short leaves its rollback journal too: both go. */
+static void test_leftovers_include_the_copy_s_journal(void **state)
+{
+	fx *f = *state;
+	char copy[PATH_MAX], journal[PATH_MAX], other[PATH_MAX];
+	st_path(copy, f->a.dir, ".backup-0a2fe434-5b6c-4d7e-8f90-123456789abc.db");
+	st_path(journal, f->a.dir, ".backup-0a2fe434-5b6c-4d7e-8f90-123456789abc.db-journal");
+	st_path(other, f->a.dir, "hsmd.db-journal.keep");
+	spit(copy, "x", 1);
+	spit(journal, "x", 1);
+	spit(other, "x", 1);
+	hsm_backup_remove_leftovers(f->bak, f->a.dir);
+	assert_false(exists(copy));
+	assert_false(exists(journal));
+	assert_true(exists(other));
+}
+
 int main(void)
 {
 	hsm_log_set_level(HSM_LOG_ERROR);
@@ -776,6 +814,9 @@ int main(void)
 		                                teardown),
 		cmocka_unit_test_setup_teardown(test_copy, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_leftovers_spare_a_backup_being_written, setup,
+		                                teardown),
+		cmocka_unit_test_setup_teardown(test_backup_id_chosen_beforehand, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_leftovers_include_the_copy_s_journal, setup,
 		                                teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
