@@ -60,6 +60,12 @@
 /* Descriptors kept free for everything else the daemon opens. */
 #define FD_RESERVE 256U
 #define ACCEPT_PAUSE_MS 100U
+/*
+ * A spell of accept failures ends only after this long without one: each
+ * pause gives a descriptor back (evictable), so an accept succeeds after
+ * nearly every pause while the shortage lasts, and is not its end.
+ */
+#define ACCEPT_QUIET_MS 5000U
 #define ACCEPT_BATCH 64
 /* How long a refused client may go on sending before the connection is closed. */
 #define LINGER_MS 2000U
@@ -863,6 +869,37 @@ static void conn_open(hsm_http_worker *w, int fd, const struct sockaddr_storage 
 	hsm_http_balance(w, true);
 }
 
+/* Whether ACCEPT_QUIET_MS passed between the accept failure at last_ns and now_ns. */
+static bool quiet_since(uint64_t last_ns, uint64_t now_ns)
+{
+	return now_ns - last_ns >= (uint64_t)ACCEPT_QUIET_MS * 1000000ULL;
+}
+
+/* An accept worked: the spell of failures (every worker's) ends once it has been quiet. */
+static void accept_worked(hsm_http_server *srv)
+{
+	if (atomic_load_explicit(&srv->accept_failures, memory_order_relaxed) == 0 ||
+	    !quiet_since(atomic_load(&srv->accept_failed_ns), hsm_mono_ns()))
+		return;
+	uint64_t n = atomic_exchange(&srv->accept_failures, 0);
+	if (n > 0)
+		hsm_info("accepting connections again (%llu accept failures for want of descriptors "
+		         "or memory)",
+		         (unsigned long long)n);
+}
+
+/* An accept failed for want of descriptors or memory: said once a spell, by any worker. */
+static void accept_failed(hsm_http_server *srv, int err)
+{
+	uint64_t now = hsm_mono_ns(), last = atomic_exchange(&srv->accept_failed_ns, now);
+	if (last != 0 && quiet_since(last, now))
+		atomic_store(&srv->accept_failures, 0); /* no accept ended the last spell: a new one */
+	if (atomic_fetch_add(&srv->accept_failures, 1) == 0)
+		hsm_warn("accept: %s; pausing %u ms at a time and closing stalled or idle connections "
+		         "until it works (said once a spell, which ends %u s after its last failure)",
+		         strerror(err), ACCEPT_PAUSE_MS, ACCEPT_QUIET_MS / 1000);
+}
+
 void hsm_http_accept(hsm_http_worker *w)
 {
 	for (int i = 0; i < ACCEPT_BATCH && w->listening; i++) {
@@ -870,12 +907,7 @@ void hsm_http_accept(hsm_http_worker *w)
 		socklen_t len = sizeof(ss);
 		int fd = accept4(w->listen_fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd >= 0) {
-			if (w->accept_failures > 0) {
-				hsm_info("accepting connections again (%llu accept failures for want of "
-				         "descriptors or memory)",
-				         (unsigned long long)w->accept_failures);
-				w->accept_failures = 0;
-			}
+			accept_worked(w->srv);
 			conn_open(w, fd, &ss);
 			continue;
 		}
@@ -893,7 +925,7 @@ void hsm_http_accept(hsm_http_worker *w)
 			 * The socket stays readable: pause accepting instead of spinning, and
 			 * give a stalled or idle connection's descriptor back, as at
 			 * max_connections, so a new client waits 100 ms, not for a timeout.
-			 * Said once a spell, not every pause.
+			 * Said once a spell, not every pause (accept_failed).
 			 */
 			hsm_http_listen_on(w, false);
 			w->resume_ns = after_ms(ACCEPT_PAUSE_MS);
@@ -902,10 +934,7 @@ void hsm_http_accept(hsm_http_worker *w)
 				hsm_http_conn_close(old);
 				atomic_fetch_add_explicit(&w->srv->evicted, 1, memory_order_relaxed);
 			}
-			if (w->accept_failures++ == 0)
-				hsm_warn("accept: %s; pausing %u ms at a time and closing stalled or idle "
-				         "connections until it works (said once)",
-				         strerror(err), ACCEPT_PAUSE_MS);
+			accept_failed(w->srv, err);
 		} else {
 			hsm_warn("accept: %s", strerror(err));
 		}

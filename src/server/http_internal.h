@@ -122,7 +122,6 @@ struct hsm_http_worker {
 	bool listening;          /* listen_fd is in ep */
 	int wake_fd;             /* eventfd: completions queued or stop requested */
 	uint64_t resume_ns;      /* accept paused (EMFILE) until then; 0: not paused */
-	uint64_t accept_failures; /* accept failures for want of descriptors or memory, this spell */
 	uint64_t rearm_ns;       /* accepting yielded to the others until then (http_balance.c) */
 	uint64_t sweep_ns;       /* next deadline sweep */
 	uint64_t proxy_warn_ns;  /* no warning about missing PROXY headers before then */
@@ -177,6 +176,9 @@ struct hsm_http_server {
 	_Atomic uint32_t n_conns;
 	hsm_conn_limit *per_source; /* max_connections_per_source */
 	_Atomic uint64_t refused_full, refused_source, evicted;
+	/* Accept failures for want of descriptors or memory this spell, all workers' (http_conn.c). */
+	_Atomic uint64_t accept_failures;
+	_Atomic uint64_t accept_failed_ns; /* when the last of them happened (monotonic); 0: never */
 	_Atomic size_t buffered; /* bytes of input buffers larger than HSM_HTTP_IN_BUF */
 	_Atomic uint32_t n_accepting; /* workers not paused by the balance (shared socket) */
 	_Atomic bool stopping;

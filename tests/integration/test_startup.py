@@ -245,6 +245,42 @@ def test_a_lost_dev_store_is_not_replaced_over_its_share_trail_or_backups():
     assert not os.path.exists(share)
 
 
+def test_running_out_of_descriptors_is_said_once_a_spell():
+    """A node whose open-file limit drops below what its connections need once it runs
+    (max_connections was sized at start) fails accepts with EMFILE: it pauses and gives an
+    idle descriptor back each time, so an accept succeeds after nearly every pause.  That
+    is not the end of the shortage: the warning is said once, and the spell ends only after
+    a few seconds without a failure."""
+    import time
+    from conftest import start_dev
+    server = start_dev()
+    held = []
+    try:
+        subprocess.run(["prlimit", "--pid", str(server.proc.pid), "--nofile=40:40"], check=True)
+        for _ in range(200):
+            try:
+                held.append(socket.create_connection(("127.0.0.1", server.port), timeout=2))
+            except OSError:
+                break
+        time.sleep(4)  # dozens of pauses, each followed by an accept
+        log = server.read_log()
+        assert log.count("accept: Too many open files") == 1, log[-3000:]
+        assert "accepting connections again" not in log, log[-3000:]
+        for s in held:
+            s.close()
+        held = []
+        time.sleep(5.5)  # quiet: the next accept ends the spell, once
+        st, _, _ = server.get("/readyz")
+        assert st == 200
+        log = server.read_log()
+        assert log.count("accepting connections again") == 1, log[-3000:]
+        assert log.count("accept: Too many open files") == 1, log[-3000:]
+    finally:
+        for s in held:
+            s.close()
+        server.cleanup()
+
+
 def test_a_low_open_file_limit_lowers_max_connections():
     """Under an open-file limit too low for max_connections, hsmd takes fewer connections
     instead of failing to accept them: when they are all held by clients that sent
