@@ -302,7 +302,7 @@ def test_hsmctl_share_files_help_and_missing_shares(tmp_path):
     assert [g.split(", ")[1] for g in given] == \
         ["custodian alice", "custodian carol", "custodian erin"], given
     assert all(re.search(r", sha256:[0-9a-f]{64}$", g) for g in given), given
-    p = hsmctl("key", "create", "--data-dir", data, "--description", "no-shares")
+    p = hsmctl("key", "create", "--data-dir", data, *IDENTITY, "--description", "no-shares")
     assert p.returncode == 1, p.stdout
     assert "--share FILE for each of 3 shares" in p.stderr and "hsmd is sealed" not in p.stderr, \
         p.stderr
