@@ -281,6 +281,19 @@ static hsm_result check_store_exists(const hsm_server *s)
 	                s->data_dir, s->data_dir);
 }
 
+/* Whether data_dir holds a store file that is not empty (one that cannot be read is said to). */
+static bool store_file_found(const hsm_server *s)
+{
+	char path[PATH_MAX];
+	struct stat st;
+	if ((size_t)snprintf(path, sizeof(path), "%s/" HSM_STORE_DB_FILE, s->data_dir) >=
+	    sizeof(path))
+		return true;
+	if (stat(path, &st) != 0)
+		return errno != ENOENT;
+	return st.st_size > 0;
+}
+
 /*
  * The store keeps, for each node id, when that node's audit trail first
  * began on it ("audit_trail:<node_id>").  A trail that begins beside an
@@ -490,6 +503,8 @@ static hsm_result open_parts(hsm_server *s)
 	char copy_dir[sizeof(s->audit_copy_dir) + HSM_CONFIG_NAME_MAX + 1];
 	HSM_GUARD(check_audit_dirs(s, copy_dir, sizeof(copy_dir)));
 	HSM_GUARD(hsm_server_backup_dirs_check(s));
+	if (s->opt.dev)
+		s->dev_db_found = shared || store_file_found(s);
 	HSM_GUARD(hsm_server_blame(s, shared ? "store" : "data_dir",
 	                           hsm_store_open(shared ? s->opt.store : s->data_dir, &s->store)));
 	atomic_store(&s->store_up, true);
@@ -699,27 +714,35 @@ static bool has_backups(const char *dir)
 
 /*
  * A dev store is made only where no earlier one left anything: beside its
- * share, its trail or its backups, a missing or empty hsmd.db is a store
- * lost, and a new one would overwrite the only share that opens those
- * backups.
+ * share, its trail or its backups, a missing, empty or uninitialized
+ * hsmd.db is a store lost, and a new one would overwrite the only share
+ * that opens those backups.  A trail counts only when it shows a store
+ * (dev_trail.c): the one that starts which never initialized one left (a
+ * first start that could not listen) is no reason to refuse.
  */
 static hsm_result dev_check_no_leftovers(hsm_server *s, const char *share_path)
 {
 	struct stat st;
+	char why[128] = "", note[160] = "";
 	const char *what = NULL, *where = NULL;
 	if (lstat(share_path, &st) == 0 || errno != ENOENT)
 		what = "the share", where = share_path;
-	else if (!hsm_audit_began_here(s->audit))
+	else if (!hsm_audit_began_here(s->audit) &&
+	         hsm_server_trail_shows_store(s->audit_dir, why, sizeof(why))) {
 		what = "the audit trail in", where = s->audit_dir;
-	else if (has_backups(s->backup_dir))
+		snprintf(note, sizeof(note), " (%s)", why);
+	} else if (has_backups(s->backup_dir))
 		what = "the backups in", where = s->backup_dir;
 	HSM_ENSURE(what == NULL, HSM_ERR_CONFLICT,
-	           "data_dir %s has no store (" HSM_STORE_DB_FILE " missing or empty), yet an "
-	           "earlier store left %s %s: no new dev store is made, as its share would "
-	           "replace the one the old backups need. Restore a backup into a new data "
-	           "directory (hsmctl restore --data-dir NEW --share %s FILE), or move "
-	           DEV_SHARE_FILE ", the audit trail and the backups away",
-	           s->data_dir, what, where, share_path);
+	           "data_dir %s %s, yet an earlier store left %s %s%s: no new dev store is made, "
+	           "as its share would replace the one the old backups need. Restore a backup "
+	           "into a new data directory (hsmctl restore --data-dir NEW --share %s FILE), "
+	           "or move " DEV_SHARE_FILE ", the audit trail and the backups away",
+	           s->data_dir,
+	           s->dev_db_found ? "holds an uninitialized store (" HSM_STORE_DB_FILE
+	                             " was never initialized)"
+	                           : "has no store (" HSM_STORE_DB_FILE " missing or empty)",
+	           what, where, note, share_path);
 	return HSM_SUCCESS;
 }
 

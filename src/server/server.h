@@ -164,6 +164,8 @@ typedef struct hsm_server {
 	/* hsm_store_corrupt_seen when the scheduler last logged it, and when (monotonic ns). */
 	uint64_t corrupt_logged, corrupt_logged_ns;
 	atomic_bool trail_noted; /* the store records this node's audit trail (server.c note_trail) */
+	/* Development mode: hsmd.db was there, not empty, before this start opened it. */
+	bool dev_db_found;
 	/*
 	 * Whether this node holds the store's leadership (hsm_store_lead) and so
 	 * runs the scheduled work: rotation, destruction, scheduled backups.
@@ -298,6 +300,14 @@ void hsm_server_flush_withheld(hsm_server *s, bool all);
  * parentheses when they cannot be read), and whether any of them runs now.
  */
 void hsm_server_trail_nodes(hsm_server *s, char *known, size_t cap, bool *live);
+
+/*
+ * Whether the audit trail in dir shows a store that was initialized
+ * (dev_trail.c): a signed checkpoint, or the success of what only such a
+ * store does.  why gets the first record that shows it, or why the trail
+ * is taken to (a file that cannot be read).
+ */
+bool hsm_server_trail_shows_store(const char *dir, char *why, size_t cap);
 
 /* The handler registered with the HTTP layer (dispatch.c). */
 void hsm_server_on_request(hsm_http_req *req, void *arg);

@@ -217,7 +217,7 @@ def test_a_lost_dev_store_is_not_replaced_over_its_share_trail_or_backups():
     env.update({"HSM_DEV_ACCESS_KEY_ID": "AKIAHSMDDEVELOPMENT1",
                 "HSM_DEV_SECRET_ACCESS_KEY": "secretsecretsecretsecretsecretsecret12"})
 
-    def dev_refused(found):
+    def dev_refused(found, store="has no store (hsmd.db missing or empty)"):
         for f in ("hsmd.db-wal", "hsmd.db-shm"):
             if os.path.exists(os.path.join(data, f)):
                 os.unlink(os.path.join(data, f))
@@ -225,8 +225,7 @@ def test_a_lost_dev_store_is_not_replaced_over_its_share_trail_or_backups():
                             f"127.0.0.1:{free_port()}"], capture_output=True, text=True,
                            timeout=30, env=env)
         assert p.returncode != 0, p.stderr
-        assert f"has no store (hsmd.db missing or empty), yet an earlier store left {found}" \
-            in p.stderr, p.stderr
+        assert f"{store}, yet an earlier store left {found}" in p.stderr, p.stderr
         assert "hsmctl restore" in p.stderr, p.stderr
 
     open(os.path.join(data, "hsmd.db"), "w").close()  # empty
@@ -238,11 +237,39 @@ def test_a_lost_dev_store_is_not_replaced_over_its_share_trail_or_backups():
     assert p.returncode == 0, p.stdout + p.stderr  # the old backups still open
     os.unlink(os.path.join(data, "hsmd.db"))  # missing
     dev_refused(f"the share {share}")
+    # The refused start left the store it opened, never initialized: said as such.
+    uninitialized = "holds an uninitialized store (hsmd.db was never initialized)"
     os.rename(share, share + ".kept")
-    dev_refused(f"the audit trail in {os.path.join(data, 'audit')}")
+    dev_refused(f"the audit trail in {os.path.join(data, 'audit')} (a successful Init at seq",
+                uninitialized)
     shutil.rmtree(os.path.join(data, "audit"))
-    dev_refused(f"the backups in {os.path.join(data, 'backups')}")
+    dev_refused(f"the backups in {os.path.join(data, 'backups')}", uninitialized)
     assert not os.path.exists(share)
+
+
+def test_a_dev_start_that_never_initialized_leaves_no_reason_to_refuse(tmp):
+    """A first hsmd --dev start that fails before its store is initialized (its port taken)
+    leaves an uninitialized hsmd.db and a trail of its own start: neither is an earlier
+    store's, and the next start on a free port initializes the store."""
+    data = os.path.join(tmp, "data")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HSM_")}
+    env.update({"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET})
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        p = subprocess.run([HSMD, "--dev", "--data-dir", data, "--listen", f"127.0.0.1:{port}"],
+                           capture_output=True, text=True, timeout=30, env=env)
+    assert p.returncode != 0 and "Address already in use" in p.stderr, p.stderr
+    assert os.path.getsize(os.path.join(data, "hsmd.db")) > 0  # an uninitialized store
+    assert not os.path.exists(os.path.join(data, "dev-unseal.share"))
+    assert os.listdir(os.path.join(data, "audit"))
+    server = Hsmd(["--dev"], env={"HSM_DEV_ACCESS_KEY_ID": DEV_AKID,
+                                  "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}, data_dir=data)
+    try:
+        assert os.path.exists(os.path.join(data, "dev-unseal.share"))
+    finally:
+        server.stop()
 
 
 def test_running_out_of_descriptors_is_said_once_a_spell():
