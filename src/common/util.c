@@ -267,6 +267,27 @@ bool hsm_utf8_valid(const void *p, size_t n)
 	return true;
 }
 
+/*
+ * The '@' that ends a URI's userinfo, host being what follows "://"; NULL
+ * when it has none.  libpq takes the userinfo up to the first '@' before
+ * the first '/' (a '?' or '#' before that '@' is part of the password).
+ * Passwords written carelessly are covered too: one with a raw '@' ends at
+ * the last '@' before that '/', and one with a raw '/' (which libpq does not
+ * take as userinfo at all) at the last '@' before any query or fragment.
+ * The later of those hides too much of a path holding an '@' rather than
+ * show such a password.
+ */
+static const char *userinfo_end(const char *host)
+{
+	size_t authority = strcspn(host, "/"), plain = strcspn(host, "?#");
+	size_t upto = authority > plain ? authority : plain;
+	const char *at = NULL;
+	for (size_t i = 0; i < upto; i++)
+		if (host[i] == '@')
+			at = host + i;
+	return at;
+}
+
 void hsm_location_shown(const char *location, char *out, size_t cap)
 {
 	const char *sep = strstr(location, "://");
@@ -275,15 +296,8 @@ void hsm_location_shown(const char *location, char *out, size_t cap)
 			snprintf(out, cap, "%s", location);
 		return;
 	}
-	const char *host = sep + 3, *rest = host;
-	/* The last '@' before any query or fragment ends the userinfo.  A
-	 * password may hold an '@', and one written carelessly a raw '/' too,
-	 * which would end the authority early: hiding too much of a path that
-	 * has an '@' is better than showing such a password. */
-	size_t upto = strcspn(host, "?#");
-	for (size_t i = 0; i < upto; i++)
-		if (host[i] == '@')
-			rest = host + i + 1;
+	const char *host = sep + 3, *at = userinfo_end(host);
+	const char *rest = at != NULL ? at + 1 : host;
 	size_t keep = strcspn(rest, "?#");
 	snprintf(out, cap, "%.*s%.*s", (int)(host - location), location, (int)keep, rest);
 }
@@ -300,21 +314,18 @@ bool hsm_uri_mask_password(char *uri)
 	char *sep = strstr(uri, "://");
 	if (sep == NULL)
 		return false;
-	char *host = sep + 3;
+	char *host = sep + 3, *rest = host;
 	bool masked = false;
-	/* The userinfo ends at the last '@' before any query or fragment, as in
-	 * hsm_location_shown: a password may hold an '@' or a raw '/'. */
-	size_t upto = strcspn(host, "?#"), at = upto;
-	for (size_t i = 0; i < upto; i++)
-		if (host[i] == '@')
-			at = i;
-	if (at < upto) {
-		char *colon = memchr(host, ':', at);
+	const char *at = userinfo_end(host);
+	if (at != NULL) {
+		char *colon = memchr(host, ':', (size_t)(at - host));
 		if (colon != NULL)
-			masked |= mask(colon + 1, (size_t)(host + at - (colon + 1)));
+			masked |= mask(colon + 1, (size_t)(at - (colon + 1)));
+		rest = host + (at - host) + 1;
 	}
 	/* libpq also takes the password as a parameter: ...?password=SECRET&... */
-	char *q = host[upto] == '?' ? host + upto + 1 : NULL;
+	rest += strcspn(rest, "?#");
+	char *q = *rest == '?' ? rest + 1 : NULL;
 	while (q != NULL && *q != '\0' && *q != '#') {
 		size_t len = strcspn(q, "&#");
 		static const char key[] = "password=";

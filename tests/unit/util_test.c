@@ -96,6 +96,14 @@ static void test_location_shown_has_no_credentials(void **state)
 	    {"/var/lib/hsmd", "/var/lib/hsmd"},
 	    {"postgresql://hsmd:pa/ss@db.example/hsm", "postgresql://db.example/hsm"},
 	    {"postgresql://hsmd:a/b@c@db/hsm?password=x", "postgresql://db/hsm"},
+	    /* libpq reads the userinfo up to the '@' before the first '/': '?' and '#'
+	     * before it are the password's. */
+	    {"postgresql://u:s3cr?et@db.example/hsm", "postgresql://db.example/hsm"},
+	    {"postgresql://u:s3cr#et@db.example/hsm?sslmode=require", "postgresql://db.example/hsm"},
+	    {"postgresql://u:a?b@c#d@db/hsm", "postgresql://db/hsm"},
+	    {"postgresql://u:p%40ss?@db/hsm", "postgresql://db/hsm"},
+	    /* An '@' after the path is not the userinfo's. */
+	    {"postgresql://db/hsm?passfile=/x@y", "postgresql://db/hsm"},
 	};
 	char out[128];
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -428,6 +436,15 @@ static void test_uri_passwords_are_masked_in_place(void **state)
 	    {"postgresql://db/hsm?passwordx=1", "postgresql://db/hsm?passwordx=1", false},
 	    {"postgresql://u:@h/db", "postgresql://u:@h/db", false},
 	    {"/var/lib/hsmd", "/var/lib/hsmd", false},
+	    /* '?' and '#' before the '@' that precedes the host are the password's (libpq). */
+	    {"postgresql://u:s3cr?et@h/db", "postgresql://u:*******@h/db", true},
+	    {"postgresql://u:s3cr#et@h/db", "postgresql://u:*******@h/db", true},
+	    {"postgresql://u:a?b#c@d@h/db?password=q#f", "postgresql://u:*******@h/db?password=*#f",
+	     true},
+	    {"postgresql://u:p%40s?s@h/db", "postgresql://u:*******@h/db", true},
+	    /* An '@' after the path is not the userinfo's. */
+	    {"postgresql://h:5432/db?passfile=/a@b", "postgresql://h:5432/db?passfile=/a@b", false},
+	    {"postgresql://h/db?password=x@y", "postgresql://h/db?password=***", true},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		char buf[128];
