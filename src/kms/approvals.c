@@ -61,26 +61,47 @@ static void fingerprint(const char *operation, const char *user, const char *req
  * cannot read such bytes anyway: the size and SHA-256 let them recognise
  * the file they were given.  No digest of data the requester keeps secret,
  * where a digest would confirm a guess.
+ *
+ * Each is named by its place in the request: a top-level member, or one of
+ * a top-level structure (parent).  A member of the same name elsewhere (an
+ * EncryptionContext key "Message", a tag "Plaintext") is the requester's
+ * text, shown as it is: custodians read what they approve.
  */
 static const struct {
+	const char *parent; /* NULL: a top-level member */
 	const char *name;
 	bool digest;
 } blob_members[] = {
-    {"AttestationDocument", true}, {"CiphertextBlob", true}, {"EncryptedKeyMaterial", true},
-    {"ImportToken", true},         {"Mac", true},            {"PublicKey", true},
-    {"Signature", true},           {"Message", false},       {"Plaintext", false},
+    {NULL, "CiphertextBlob", true}, {NULL, "EncryptedKeyMaterial", true},
+    {NULL, "ImportToken", true},    {NULL, "Mac", true},
+    {NULL, "PublicKey", true},      {NULL, "Signature", true},
+    {NULL, "Message", false},       {NULL, "Plaintext", false},
+    {"Recipient", "AttestationDocument", true},
 };
 #define REDACTED_MEMBER "hsmd:redacted"
 #define SHOWN_FLAGS (JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII)
 
-/* Whether a member of that name holds bytes; *digest: whether to show their SHA-256. */
-static bool is_blob_member(const char *name, bool *digest)
+/* Whether member name of parent (NULL: the request) holds bytes; *digest: whether to show
+ * their SHA-256. */
+static bool is_blob_member(const char *parent, const char *name, bool *digest)
 {
-	for (size_t i = 0; i < sizeof(blob_members) / sizeof(blob_members[0]); i++)
-		if (strcmp(blob_members[i].name, name) == 0) {
+	for (size_t i = 0; i < sizeof(blob_members) / sizeof(blob_members[0]); i++) {
+		const char *p = blob_members[i].parent;
+		if ((p == NULL) == (parent == NULL) && (p == NULL || strcmp(p, parent) == 0) &&
+		    strcmp(blob_members[i].name, name) == 0) {
 			*digest = blob_members[i].digest;
 			return true;
 		}
+	}
+	return false;
+}
+
+/* Whether a top-level member of that name is a structure holding blob members. */
+static bool is_blob_parent(const char *name)
+{
+	for (size_t i = 0; i < sizeof(blob_members) / sizeof(blob_members[0]); i++)
+		if (blob_members[i].parent != NULL && strcmp(blob_members[i].parent, name) == 0)
+			return true;
 	return false;
 }
 
@@ -122,28 +143,22 @@ static json_t *describe(const char *value, bool digest)
 	return d;
 }
 
-/* Describes every blob member of v and what it contains; *changed when any was. */
-static hsm_result redact_value(json_t *v, bool *changed)
+/* Describes the blob members of object v (of parent; NULL: the request itself), and those
+ * of its structures that hold some; *changed when any was. */
+static hsm_result redact_object(json_t *v, const char *parent, bool *changed)
 {
-	size_t i;
-	json_t *item;
-	if (json_is_array(v)) {
-		json_array_foreach(v, i, item)
-		{
-			HSM_GUARD(redact_value(item, changed));
-		}
-		return HSM_SUCCESS;
-	}
 	if (!json_is_object(v))
 		return HSM_SUCCESS;
-	/* Nesting is bounded: the text was read by hsm_json_read. */
 	for (void *it = json_object_iter(v); it != NULL; it = json_object_iter_next(v, it)) {
 		bool digest = false;
-		item = json_object_iter_value(it);
-		if (!is_blob_member(json_object_iter_key(it), &digest) || !json_is_string(item)) {
-			HSM_GUARD(redact_value(item, changed));
+		const char *name = json_object_iter_key(it);
+		json_t *item = json_object_iter_value(it);
+		if (parent == NULL && is_blob_parent(name)) {
+			HSM_GUARD(redact_object(item, name, changed));
 			continue;
 		}
+		if (!is_blob_member(parent, name, &digest) || !json_is_string(item))
+			continue;
 		json_t *d = describe(json_string_value(item), digest);
 		HSM_ENSURE(d != NULL, HSM_ERR_NOMEM, "out of memory");
 		HSM_ENSURE(json_object_iter_set_new(v, it, d) == 0, HSM_ERR_NOMEM, "out of memory");
@@ -155,7 +170,8 @@ static hsm_result redact_value(json_t *v, bool *changed)
 /*
  * The text the store keeps of request (malloc'ed in *shown), or NULL in
  * *shown when it holds no blob member and is kept as it is.  A text that
- * does not read as JSON (hsmd never wrote one) is described whole.
+ * does not read as JSON (hsmd never wrote one) is described whole, by its
+ * size only: it may be anything, secrets included.
  */
 static hsm_result shown_text(const char *request, char **shown)
 {
@@ -165,9 +181,9 @@ static hsm_result shown_text(const char *request, char **shown)
 	*shown = NULL;
 	hsm_result r = hsm_json_read((const uint8_t *)request, strlen(request), &doc, &line, &col);
 	if (hsm_ok(r)) {
-		r = redact_value(doc, &changed);
+		r = redact_object(doc, NULL, &changed);
 	} else {
-		doc = describe(request, true);
+		doc = describe(request, false);
 		HSM_ENSURE(doc != NULL, HSM_ERR_NOMEM, "out of memory");
 		changed = true;
 		r = HSM_SUCCESS;
