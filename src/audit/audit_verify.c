@@ -780,53 +780,113 @@ static bool check_signing(vreader *r, vstate *s, const ventry *e, sig_state sig,
  * The node's live file lost under it (cut, deleted, moved or replaced): hsmd
  * went on in a new file whose first records are those not yet synced, then
  * an AuditRecordsLost naming the records of the old file that went (docs/
- * audit.md, "Files").  e, the first record of a new file, is such a
- * continuation when that AuditRecordsLost, within the window, names exactly
- * the records missing before e (the file's records, or those cut from it),
- * or, when e chains to the last record p of a file that ends without its
- * rotation checkpoint, the records up to p (the file was put back).  The
- * first is noted, so the summary says it; a gap is still the verdict
- * (records are missing) unless something else is wrong first, but the chain
- * is followed past it, so the records after it are verified.  False: e is no
- * such continuation, the usual rules judge it.
+ * audit.md, "Files").  However many records were not yet synced, they come
+ * first, and when they ended with a rotation checkpoint the AuditRecordsLost
+ * is the first record of the file after.  e, the first record of a file, may
+ * be such a continuation when a gap comes before it, or when it chains to the
+ * last record p of a file that ends without its rotation checkpoint (the file
+ * was put back).  *linked: the latter.
  */
-static bool recorded_loss(vreader *r, vstate *s, const ventry *e, hsm_audit_verify_report *rep)
+static bool loss_candidate(const vstate *s, const ventry *e, bool *linked)
 {
 	const ventry *p = s->have_p ? vstate_back(s, 0) : NULL;
 	if (!e->first_in_file || e->kind != VE_RECORD || e->genesis)
 		return false;
 	bool rotated = p != NULL && p->ckpt && strcmp(p->reason, "rotate") == 0;
-	bool linked = p != NULL && e->seq == p->seq + 1 && hsm_ct_equal(e->prev, p->hash,
-	                                                                 AUDIT_HASH_LEN);
+	bool chained = p != NULL && e->seq == p->seq + 1 && hsm_ct_equal(e->prev, p->hash,
+	                                                                  AUDIT_HASH_LEN);
 	uint64_t from = p != NULL ? p->seq + 1 : 1;
-	if ((linked && rotated) || (!linked && e->seq <= from))
+	if (linked != NULL)
+		*linked = chained;
+	return !((chained && rotated) || (!chained && e->seq <= from));
+}
+
+/*
+ * e may continue a lost live file (loss_candidate): the usual rules' verdict
+ * on it is kept aside (pend_verdict) while the chain is followed to the
+ * AuditRecordsLost that would name the loss (follow_pending).  A log that
+ * starts with such a file is judged at once (a gap at its start is
+ * check_start's), the loss noted if it comes.  False: e fails now (rep says
+ * why).
+ */
+static bool open_pending(vreader *r, vstate *s, const ventry *e, bool linked,
+                         hsm_audit_verify_report *rep)
+{
+	hsm_audit_verify_report *v = &s->pend_verdict;
+	*v = *rep;
+	bool pass = check_file_end(r, s, e, v) && verify_rules_check(r, s, v);
+	if (!s->have_p && !pass) {
+		*rep = *v;
 		return false;
-	for (size_t i = 0; i < VERIFY_WINDOW; i++) {
-		const ventry *x = vreader_peek(r, i);
-		if (x == NULL || x->file != e->file || x->kind != VE_RECORD)
-			return false;
-		if (!x->event || strcmp(x->op, "AuditRecordsLost") != 0 || x->lost_last == 0)
-			continue;
-		if (strcmp(x->node, e->node) != 0)
-			return false;
-		bool names = linked ? x->lost_last == p->seq && x->lost_first <= p->seq
-		                    : x->lost_last == e->seq - 1 && (p == NULL || x->lost_first == from);
-		if (!names)
-			return false;
-		if (rep->lost_seq == 0) {
-			rep->lost_first = x->lost_first;
-			rep->lost_last = x->lost_last;
-			rep->lost_seq = x->seq;
-			rep->lost_present = linked;
-		}
-		/* A gap at the start of the log is the start's to judge (check_start). */
-		if (!linked && p != NULL && !s->loss_gap) {
-			s->loss_gap = true;
-			s->loss_at = *e;
-		}
-		return p != NULL;
 	}
+	s->pend = true;
+	s->pend_fails = !pass;
+	s->pend_linked = linked;
+	s->pend_have_p = s->have_p;
+	s->pend_p_seq = s->have_p ? vstate_back(s, 0)->seq : 0;
+	s->pend_at = *e;
+	return true;
+}
+
+/* The pending file start is no recorded loss: the usual rules' verdict on it stands. */
+static bool drop_pending(vstate *s, hsm_audit_verify_report *rep)
+{
+	s->pend = false;
+	if (!s->pend_fails)
+		return true;
+	*rep = s->pend_verdict;
 	return false;
+}
+
+/* x, the node's AuditRecordsLost, names the pending file start's loss. */
+static void note_loss(vstate *s, const ventry *x, hsm_audit_verify_report *rep)
+{
+	s->pend = false;
+	if (rep->lost_seq == 0) {
+		rep->lost_first = x->lost_first;
+		rep->lost_last = x->lost_last;
+		rep->lost_seq = x->seq;
+		rep->lost_present = s->pend_linked;
+	}
+	/* Put back: nothing is missing.  A gap at the start of the log is the start's to
+	 * judge (check_start). */
+	if (s->pend_linked || !s->pend_have_p)
+		return;
+	if (!s->loss_gap) {
+		s->loss_gap = true;
+		s->loss_at = s->pend_at;
+	}
+}
+
+/*
+ * e, a record after a pending file start: the first AuditRecordsLost of
+ * that file (or of the next, after its rotation checkpoint) settles it.  It
+ * is the node's recorded loss when it is of the same node and names exactly
+ * the records missing before the file start (the file's records, or those
+ * cut from it), or, when that start chains to the last record of a file that
+ * ends without its rotation checkpoint, the records up to it.  Then a gap is
+ * still the verdict (records are missing) unless something else is wrong
+ * first, but the chain is followed past it, so the records after it are
+ * verified.  Any other AuditRecordsLost, a later file, or another break in
+ * the chain first, and the usual rules judge the file start: false, rep says
+ * why.
+ */
+static bool follow_pending(vstate *s, const ventry *e, hsm_audit_verify_report *rep)
+{
+	if (e->file > s->pend_at.file + 1 ||
+	    (e->file != s->pend_at.file && loss_candidate(s, e, NULL)))
+		return drop_pending(s, rep);
+	if (!e->event || strcmp(e->op, "AuditRecordsLost") != 0 || e->lost_last == 0)
+		return true;
+	const ventry *f = &s->pend_at;
+	bool names = s->pend_linked
+	                 ? e->lost_last == s->pend_p_seq && e->lost_first <= s->pend_p_seq
+	                 : e->lost_last == f->seq - 1 &&
+	                       (!s->pend_have_p || e->lost_first == s->pend_p_seq + 1);
+	if (strcmp(e->node, f->node) != 0 || !names)
+		return drop_pending(s, rep);
+	note_loss(s, e, rep);
+	return true;
 }
 
 /*
@@ -926,7 +986,11 @@ static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, const hsm_audit_ve
 		verify_report_at(r, rep, HSM_AUDIT_MALFORMED, e, "modified: not a valid audit record");
 		return false;
 	}
-	bool lost = recorded_loss(r, s, e, rep);
+	if (s->pend && !follow_pending(s, e, rep))
+		return false;
+	bool linked = false, lost = !s->pend && loss_candidate(s, e, &linked);
+	if (lost && !open_pending(r, s, e, linked, rep))
+		return false;
 	if ((!lost && (!check_file_end(r, s, e, rep) || !verify_rules_check(r, s, rep))) ||
 	    !check_file_edges(r, e, rep))
 		return false;
@@ -1121,6 +1185,10 @@ static hsm_result run(vreader *r, const hsm_audit_verify_options *opts,
 			vreader_pop(r);
 	}
 	HSM_TRY(r->io);
+	/* A file start no AuditRecordsLost settled is judged as the usual rules judged it:
+	 * it came before whatever stopped the walk, or the log ended first. */
+	if (s->pend)
+		ok = drop_pending(s, rep) && ok;
 	if (ok)
 		ok = check_end(r, s, o, rep);
 	if (ok && s->loss_gap)

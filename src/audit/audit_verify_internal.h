@@ -118,6 +118,21 @@ typedef struct vstate {
 	 * verdict is that they are missing, at loss_at (the first record after them). */
 	bool loss_gap;
 	ventry loss_at;
+	/*
+	 * A file that begins where the node's live file may have been lost: hsmd
+	 * rewrites the records not yet synced into the new file and only then
+	 * records the loss, so the AuditRecordsLost naming it may come any number
+	 * of records later (in that file, or in the next one when those records
+	 * ended with a rotation checkpoint).  The chain is followed meanwhile;
+	 * pend_verdict is the report as it would stand had the file been judged
+	 * by the usual rules at its first record (pend_at), which stands unless
+	 * the node's AuditRecordsLost naming exactly the records missing arrives
+	 * first (pend_fails false: the usual rules found nothing wrong there).
+	 */
+	bool pend, pend_fails, pend_linked, pend_crossed, pend_have_p;
+	ventry pend_at;
+	uint64_t pend_p_seq;  /* the last record before pend_at, when pend_have_p */
+	hsm_audit_verify_report pend_verdict;
 	/* The last checkpoint that is signed (verified with a key; said so without): the
 	 * records after it are unsigned until the next one. 0: none yet. */
 	uint64_t last_signed_seq;

@@ -136,3 +136,53 @@ def test_a_live_file_moved_away_is_recorded_once_and_verifies_put_back(tmp_path)
         assert res.returncode == 0 and "result: VALID" in res.stdout, res.stdout
     finally:
         server.cleanup()
+
+
+def test_a_cut_under_many_unsynced_records_is_still_the_loss_recorded(tmp_path):
+    """The live file is cut while more records wait for their fsync than verify looks
+    ahead of a record (64): hsmd writes them all into the new file before the
+    AuditRecordsLost that names the records cut, and verify still finds it there: the
+    records missing, the loss recorded, the records after the gap verified (not a file
+    truncated)."""
+    server = start_dev(["--backup-interval-seconds", "0", "--audit-fsync-ms", "3000",
+                        "--audit-fsync-max-lag-ms", "6000"])
+    data = server.data_dir
+    try:
+        for i in range(20):
+            admin(server, "AuditHash", {"Value": f"r{i}"})
+        pem = audit_pem(server, str(tmp_path))
+        time.sleep(3.5)  # synced
+        (live,) = audit_files(data)
+        with open(live, "rb") as f:
+            lines = f.read().splitlines(keepends=True)
+        kept = b"".join(lines[:len(lines) // 2])
+        started = time.monotonic()
+        for i in range(120):  # written, not yet synced
+            admin(server, "AuditHash", {"Value": f"b{i}"})
+        assert time.monotonic() - started < 2.5, "too slow to stay within one fsync wait"
+        with open(live, "r+b") as f:
+            f.truncate(len(kept))
+        assert eventually(lambda: lost_events(data), 15), server.read_log()
+        assert eventually(lambda: lost_checkpoint_after(data, lost_events(data)[0]), 10)
+        admin(server, "AuditHash", {"Value": "later"})
+
+        cut, new = audit_files(data)
+        last_kept, first_new = seqs_of(cut)[-1], seqs_of(new)[0]
+        (lost,) = lost_events(data)
+        assert lost["extra"] == {"first_seq": str(last_kept + 1),
+                                 "last_seq": str(first_new - 1)}, lost
+        assert lost["seq"] - first_new > 64, (lost["seq"], first_new)
+        assert no_seq_twice(data)
+
+        res = verify(server, pubkey=pem, live=True)
+        assert res.returncode == 1 and "result: INVALID" in res.stdout, res.stdout
+        assert (f"deleted: records {last_kept + 1} to {first_new - 1} are missing: hsmd "
+                f"lost them" in res.stdout), res.stdout
+        assert f"AuditRecordsLost, seq {lost['seq']}" in res.stdout, res.stdout
+        assert "truncated" not in res.stdout, res.stdout
+        server.stop()
+        res = verify(server, pubkey=pem)
+        assert (f"deleted: records {last_kept + 1} to {first_new - 1} are missing: hsmd "
+                f"lost them" in res.stdout), res.stdout
+    finally:
+        server.cleanup()

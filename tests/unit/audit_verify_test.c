@@ -1418,6 +1418,173 @@ static void test_trail_cut_by_retention_gets_no_older_leniency(void **state)
 	t_rm_rf(dir);
 }
 
+/* ---- Losses of the live file the node recorded ----------------------------- */
+
+/* This node's AuditRecordsLost naming lo..hi, made from one of fx's records, with seq. */
+static void put_lost(char *b, size_t *o, uint64_t seq, uint64_t lo, uint64_t hi)
+{
+	json_t *j = fx_json(record_line());
+	json_t *prev = json_incref(json_object_get(j, "prev"));
+	char f[24], l[24];
+	snprintf(f, sizeof(f), "%llu", (unsigned long long)lo);
+	snprintf(l, sizeof(l), "%llu", (unsigned long long)hi);
+	assert_int_equal(json_object_del(j, "prev"), 0);
+	json_object_set_new(j, "type", json_string("event"));
+	json_object_set_new(j, "op", json_string("AuditRecordsLost"));
+	json_object_set_new(j, "outcome", json_string("error"));
+	json_object_set_new(j, "extra", json_pack("{s:s,s:s}", "first_seq", f, "last_seq", l));
+	json_object_set_new(j, "prev", prev); /* last, as hsmd writes it (rechain) */
+	put_json(b, o, j, seq);
+}
+
+/*
+ * fx's lines from..to-1 (seq from+1 to to), the first chained to the record
+ * before it in fx (so to nothing here), as hsmd writes a new file after its
+ * live file was lost: the line at index from+lost (0: none) made this node's
+ * AuditRecordsLost naming lo..hi, and those at from+rot[0] and from+rot[1]
+ * (0: none) rotation checkpoints; chained on from the first line changed.
+ */
+static char *loss_stretch(size_t from, size_t to, size_t lost, uint64_t lo, uint64_t hi,
+                          const size_t rot[2], size_t *len)
+{
+	static const size_t none[2] = {0, 0};
+	rot = rot != NULL ? rot : none;
+	char *b = malloc(fx.len * 2 + 1);
+	assert_non_null(b);
+	size_t o = 0, first = 0;
+	for (size_t i = from; i < to; i++) {
+		size_t k = i - from;
+		if (k != 0 && (k == lost || k == rot[0] || k == rot[1]) && first == 0)
+			first = k;
+		if (lost != 0 && k == lost) {
+			put_lost(b, &o, i + 1, lo, hi);
+		} else if (k != 0 && (k == rot[0] || k == rot[1])) {
+			char *l = forged_line(nth_line_with("\"type\":\"checkpoint\"", 1), i + 1, "rotate",
+			                      1, false);
+			o += (size_t)sprintf(b + o, "%s\n", l);
+			free(l);
+		} else {
+			memcpy(b + o, fx.data + fx.off[i], fx.off[i + 1] - fx.off[i]);
+			o += fx.off[i + 1] - fx.off[i];
+		}
+	}
+	char *fixed = rechain(b, o, first != 0 ? first : to - from);
+	free(b);
+	*len = o;
+	return fixed;
+}
+
+/* The byte offset of line i (0-based) of s. */
+static size_t line_off(const char *s, size_t i)
+{
+	return (size_t)(line_at((char *)s, i) - s);
+}
+
+/* Verifies n files (names by their first seq), the log's end open (a live trail). */
+static hsm_audit_verify_report verify_files_open(const char *const *names, const char *const *p,
+                                                 const size_t *lens, size_t n)
+{
+	const uint8_t *data[4];
+	assert_true(n <= 4);
+	for (size_t i = 0; i < n; i++)
+		data[i] = (const uint8_t *)p[i];
+	hsm_audit_verify_options o = {.allow_open_tail = true};
+	hsm_audit_verify_report r;
+	assert_true(hsm_ok(hsm_audit_verify_memory(names, data, lens, n, &o, &r)));
+	return r;
+}
+
+static void expect_recorded_loss(hsm_audit_verify_report r, uint64_t lo, uint64_t hi,
+                                 uint64_t lost_seq, uint64_t records)
+{
+	char want[128];
+	snprintf(want, sizeof(want), "deleted: records %llu to %llu are missing: hsmd lost them",
+	         (unsigned long long)lo, (unsigned long long)hi);
+	if (r.valid || r.problem != HSM_AUDIT_DELETED || strstr(r.detail, want) == NULL)
+		print_message("expected the recorded loss of %llu to %llu, got %s: %s\n",
+		              (unsigned long long)lo, (unsigned long long)hi,
+		              hsm_audit_problem_name(r.problem), r.detail);
+	assert_false(r.valid);
+	assert_int_equal(r.problem, HSM_AUDIT_DELETED);
+	assert_non_null(strstr(r.detail, want));
+	assert_int_equal(r.lost_first, lo);
+	assert_int_equal(r.lost_last, hi);
+	assert_int_equal(r.lost_seq, lost_seq);
+	assert_false(r.lost_present);
+	assert_int_equal(r.records, records); /* every record after the gap verified too */
+	assert_int_equal(r.line, 1);          /* at the new file's first record */
+}
+
+/*
+ * The live file cut back to seq 100 while seq 151 to 250 were not yet
+ * synced: hsmd writes those 100 records into the new file first, and only
+ * then the AuditRecordsLost (seq 251) naming 101 to 150, far more records
+ * into the file than the rules look ahead.  It is still the node's recorded
+ * loss; named wrongly, or not at all, the cut file is truncated.
+ */
+static void test_loss_recorded_after_many_rewritten_records(void **state)
+{
+	(void)state;
+	const char *names[2] = {NAME, "audit-00000000000000000151.jsonl"};
+	size_t n2 = 0;
+	char *f2 = loss_stretch(150, 600, 100, 101, 150, NULL, &n2);
+	const char *p[2] = {fx.data, f2};
+	size_t lens[2] = {fx.off[100], n2};
+	expect_recorded_loss(verify_files_open(names, p, lens, 2), 101, 150, 251, 100 + 450);
+	free(f2);
+
+	/* Another range named, or none: the usual verdict at the cut file's end. */
+	for (int named = 0; named < 2; named++) {
+		f2 = loss_stretch(150, 600, named ? 100 : 0, 101, 149, NULL, &n2);
+		p[1] = f2;
+		lens[1] = n2;
+		hsm_audit_verify_report r = verify_files_open(names, p, lens, 2);
+		assert_false(r.valid);
+		assert_int_equal(r.problem, HSM_AUDIT_TRUNCATED);
+		assert_int_equal(r.seq, 100);
+		assert_int_equal(r.records, 100);
+		assert_int_equal(r.lost_seq, 0);
+		free(f2);
+	}
+}
+
+/*
+ * The records not yet synced ended with a rotation checkpoint: hsmd writes
+ * them into a new file (seq 151 to 250, the rotation checkpoint last), opens
+ * the next and records the loss there first (seq 251).  An AuditRecordsLost
+ * in a later file than that is no longer this gap's.
+ */
+static void test_loss_recorded_in_the_file_after_a_rotation(void **state)
+{
+	(void)state;
+	const char *names[3] = {NAME, "audit-00000000000000000151.jsonl",
+	                        "audit-00000000000000000251.jsonl"};
+	size_t n = 0;
+	static const size_t rot[2] = {99, 0};
+	char *s = loss_stretch(150, 600, 100, 101, 150, rot, &n);
+	size_t cut = line_off(s, 100);
+	const char *p[4] = {fx.data, s, s + cut, NULL};
+	size_t lens[4] = {fx.off[100], cut, n - cut, 0};
+	expect_recorded_loss(verify_files_open(names, p, lens, 3), 101, 150, 251, 100 + 450);
+	free(s);
+
+	/* Two files on (rotations at seq 200 and 250): the cut file is truncated. */
+	const char *names4[4] = {NAME, "audit-00000000000000000151.jsonl",
+	                         "audit-00000000000000000201.jsonl",
+	                         "audit-00000000000000000251.jsonl"};
+	static const size_t rot2[2] = {49, 99};
+	s = loss_stretch(150, 600, 100, 101, 150, rot2, &n);
+	size_t c1 = line_off(s, 50), c2 = line_off(s, 100);
+	p[1] = s, p[2] = s + c1, p[3] = s + c2;
+	lens[1] = c1, lens[2] = c2 - c1, lens[3] = n - c2;
+	hsm_audit_verify_report r = verify_files_open(names4, p, lens, 4);
+	assert_false(r.valid);
+	assert_int_equal(r.problem, HSM_AUDIT_TRUNCATED);
+	assert_int_equal(r.seq, 100);
+	assert_int_equal(r.lost_seq, 0);
+	free(s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1445,6 +1612,8 @@ int main(void)
 	    cmocka_unit_test(test_checkpoint_declaring_a_lower_format_is_refused),
 	    cmocka_unit_test(test_trail_cut_by_retention_is_not_taken_for_an_older_hsmds),
 	    cmocka_unit_test(test_trail_cut_by_retention_gets_no_older_leniency),
+	    cmocka_unit_test(test_loss_recorded_after_many_rewritten_records),
+	    cmocka_unit_test(test_loss_recorded_in_the_file_after_a_rotation),
 	};
 	return cmocka_run_group_tests(tests, build_log, free_log);
 }
