@@ -856,6 +856,12 @@ static void note_loss(vstate *s, const ventry *x, hsm_audit_verify_report *rep)
 		s->loss_gap = true;
 		s->loss_at = s->pend_at;
 	}
+	size_t i = s->n_losses++;
+	if (i < VERIFY_LOSSES_SHOWN) {
+		s->losses[i].first = x->lost_first;
+		s->losses[i].last = x->lost_last;
+		s->losses[i].seq = x->seq;
+	}
 }
 
 /*
@@ -1164,6 +1170,29 @@ static hsm_result load_pubkey(const char *pem, EVP_PKEY **out)
 	return HSM_SUCCESS;
 }
 
+/* The verdict on the records hsmd lost with its live file and recorded so: every range. */
+static void report_losses(vreader *r, const vstate *s, hsm_audit_verify_report *rep)
+{
+	char more[HSM_AUDIT_DETAIL_MAX] = "";
+	size_t n = 0, shown = s->n_losses < VERIFY_LOSSES_SHOWN ? s->n_losses : VERIFY_LOSSES_SHOWN;
+	for (size_t i = 1; i < shown && n < sizeof(more); i++)
+		n += (size_t)snprintf(more + n, sizeof(more) - n,
+		                      "; so are records %llu to %llu (AuditRecordsLost, seq %llu)",
+		                      (unsigned long long)s->losses[i].first,
+		                      (unsigned long long)s->losses[i].last,
+		                      (unsigned long long)s->losses[i].seq);
+	if (s->n_losses > shown && n < sizeof(more))
+		snprintf(more + n, sizeof(more) - n, "; and %zu more ranges recorded lost so",
+		         s->n_losses - shown);
+	verify_report_at(r, rep, HSM_AUDIT_DELETED, &s->loss_at,
+	                 "deleted: records %llu to %llu are missing: hsmd lost them with its live "
+	                 "file and recorded the loss (AuditRecordsLost, seq %llu)%s; the records "
+	                 "before and after them verify",
+	                 (unsigned long long)s->losses[0].first,
+	                 (unsigned long long)s->losses[0].last,
+	                 (unsigned long long)s->losses[0].seq, more);
+}
+
 static hsm_result run(vreader *r, const hsm_audit_verify_options *opts,
                       hsm_audit_verify_report *rep)
 {
@@ -1192,12 +1221,7 @@ static hsm_result run(vreader *r, const hsm_audit_verify_options *opts,
 	if (ok)
 		ok = check_end(r, s, o, rep);
 	if (ok && s->loss_gap)
-		verify_report_at(r, rep, HSM_AUDIT_DELETED, &s->loss_at,
-		                 "deleted: records %llu to %llu are missing: hsmd lost them with its "
-		                 "live file and recorded the loss (AuditRecordsLost, seq %llu); the "
-		                 "records before and after them verify",
-		                 (unsigned long long)rep->lost_first, (unsigned long long)rep->lost_last,
-		                 (unsigned long long)rep->lost_seq);
+		report_losses(r, s, rep);
 	else if (!rep->valid && rep->problem == HSM_AUDIT_DELETED && rep->lost_seq != 0 &&
 	         !rep->lost_present && strstr(rep->detail, "AuditRecordsLost") == NULL) {
 		size_t n = strlen(rep->detail);

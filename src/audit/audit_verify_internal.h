@@ -16,6 +16,8 @@
 
 /* How far ahead (and back) the rules look to tell a reorder or an insertion from a change. */
 #define VERIFY_WINDOW 64
+/* The recorded losses of the live file a verdict names (the rest are counted). */
+#define VERIFY_LOSSES_SHOWN 4
 
 typedef enum { VE_RECORD, VE_MALFORMED, VE_TORN } ventry_kind;
 
@@ -115,9 +117,15 @@ typedef struct vstate {
 	uint64_t trail_format_seq; /* ...and the seq of the record that declared it */
 	/* Records missing where the node's live file was lost, which its AuditRecordsLost
 	 * names: the chain goes on past them, and unless something else is wrong first the
-	 * verdict is that they are missing, at loss_at (the first record after them). */
+	 * verdict is that they are missing, at loss_at (the first record after the first
+	 * such gap).  The first VERIFY_LOSSES_SHOWN gaps (range, and the seq of the
+	 * AuditRecordsLost naming it) of n_losses. */
 	bool loss_gap;
 	ventry loss_at;
+	struct {
+		uint64_t first, last, seq;
+	} losses[VERIFY_LOSSES_SHOWN];
+	size_t n_losses;
 	/*
 	 * A file that begins where the node's live file may have been lost: hsmd
 	 * rewrites the records not yet synced into the new file and only then

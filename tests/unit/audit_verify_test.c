@@ -1585,6 +1585,24 @@ static void test_loss_recorded_in_the_file_after_a_rotation(void **state)
 	free(s);
 }
 
+/* Two losses the node recorded: the verdict names both ranges. */
+static void test_every_recorded_loss_is_named(void **state)
+{
+	(void)state;
+	const char *names[3] = {NAME, "audit-00000000000000000151.jsonl",
+	                        "audit-00000000000000000451.jsonl"};
+	size_t n2 = 0, n3 = 0;
+	char *f2 = loss_stretch(150, 400, 10, 101, 150, NULL, &n2);
+	char *f3 = loss_stretch(450, 700, 10, 401, 450, NULL, &n3);
+	const char *p[3] = {fx.data, f2, f3};
+	size_t lens[3] = {fx.off[100], n2, n3};
+	hsm_audit_verify_report r = verify_files_open(names, p, lens, 3);
+	expect_recorded_loss(r, 101, 150, 161, 100 + 250 + 250);
+	assert_non_null(strstr(r.detail, "records 401 to 450 (AuditRecordsLost, seq 461)"));
+	free(f2);
+	free(f3);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1614,6 +1632,7 @@ int main(void)
 	    cmocka_unit_test(test_trail_cut_by_retention_gets_no_older_leniency),
 	    cmocka_unit_test(test_loss_recorded_after_many_rewritten_records),
 	    cmocka_unit_test(test_loss_recorded_in_the_file_after_a_rotation),
+	    cmocka_unit_test(test_every_recorded_loss_is_named),
 	};
 	return cmocka_run_group_tests(tests, build_log, free_log);
 }
