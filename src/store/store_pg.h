@@ -326,7 +326,9 @@ hsm_result pg_insert_user(pg_conn *w, const hsm_user_record *u) HSM_MUST_CHECK;
 hsm_result pg_insert_access_key(pg_conn *w, const hsm_access_key_record *k) HSM_MUST_CHECK;
 hsm_result pg_insert_grant(pg_conn *w, const hsm_grant_record *g) HSM_MUST_CHECK;
 hsm_result pg_insert_cert(pg_conn *w, const hsm_cert_record *c) HSM_MUST_CHECK;
-hsm_result pg_put_meta(pg_conn *w, const char *name, const hsm_buf *value) HSM_MUST_CHECK;
+/* keep_existing: a name already there keeps its value (otherwise a conflict). */
+hsm_result pg_put_meta(pg_conn *w, const char *name, const hsm_buf *value,
+                       bool keep_existing) HSM_MUST_CHECK;
 /* NOT_FOUND unless the key exists; locks its row against key_update/destroy (FOR SHARE). */
 hsm_result pg_key_require_locked(pg_conn *w, const char *key_id) HSM_MUST_CHECK;
 hsm_result pg_key_require(pg_conn *c, const char *key_id) HSM_MUST_CHECK;

@@ -293,18 +293,9 @@ hsm_result pg_export(hsm_store *base, const hsm_store_sink *sink)
  * store, not what it holds: a destination that was itself upgraded before the
  * import keeps its own.
  */
-static const char SQL_UPGRADE_META_PUT[] =
-    "INSERT INTO meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
-
 static hsm_result sink_meta(void *arg, const char *name, const hsm_buf *value)
 {
-	if (!st_meta_is_upgrade(name))
-		return pg_put_meta(arg, name, value);
-	pg_params p;
-	pg_params_init(&p);
-	pg_p_text(&p, name);
-	pg_p_bytea(&p, value);
-	return pg_run(arg, SQL_UPGRADE_META_PUT, &p, NULL);
+	return pg_put_meta(arg, name, value, st_meta_is_upgrade(name));
 }
 static hsm_result sink_user(void *arg, const hsm_user_record *u)
 {

@@ -12,6 +12,8 @@
 static const char SQL_META_GET[] = "SELECT value FROM meta WHERE name = $1";
 /* Insert only: a node initializing a store another node initialized meanwhile must fail. */
 static const char SQL_META_PUT[] = "INSERT INTO meta (name, value) VALUES ($1, $2)";
+static const char SQL_META_PUT_IF_ABSENT[] =
+    "INSERT INTO meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
 
 typedef struct meta_op {
 	const char *name;
@@ -60,20 +62,20 @@ hsm_result pg_meta_get(hsm_store *base, const char *name, hsm_buf *out)
 	return res;
 }
 
-hsm_result pg_put_meta(pg_conn *w, const char *name, const hsm_buf *value)
+hsm_result pg_put_meta(pg_conn *w, const char *name, const hsm_buf *value, bool keep_existing)
 {
 	pg_params p;
 	pg_params_init(&p);
 	pg_p_text(&p, name);
 	pg_p_bytea(&p, value);
-	return pg_run(w, SQL_META_PUT, &p, NULL);
+	return pg_run(w, keep_existing ? SQL_META_PUT_IF_ABSENT : SQL_META_PUT, &p, NULL);
 }
 
 static hsm_result meta_put_body(pg_conn *w, void *arg)
 {
 	meta_op *op = arg;
 	for (size_t i = 0; i < op->n; i++)
-		HSM_GUARD(pg_put_meta(w, op->names[i], op->values[i]));
+		HSM_GUARD(pg_put_meta(w, op->names[i], op->values[i], false));
 	return HSM_SUCCESS;
 }
 

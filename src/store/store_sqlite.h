@@ -183,7 +183,9 @@ hsm_result sq_insert_user(sq_conn *w, const hsm_user_record *u) HSM_MUST_CHECK;
 hsm_result sq_insert_access_key(sq_conn *w, const hsm_access_key_record *k) HSM_MUST_CHECK;
 hsm_result sq_insert_grant(sq_conn *w, const hsm_grant_record *g) HSM_MUST_CHECK;
 hsm_result sq_insert_cert(sq_conn *w, const hsm_cert_record *c) HSM_MUST_CHECK;
-hsm_result sq_put_meta(sq_conn *w, const char *name, const hsm_buf *value) HSM_MUST_CHECK;
+/* keep_existing: a name already there keeps its value (otherwise a conflict). */
+hsm_result sq_put_meta(sq_conn *w, const char *name, const hsm_buf *value,
+                       bool keep_existing) HSM_MUST_CHECK;
 
 /* ---- Operations (the ops table in store_sqlite.c points at these) --------------------------- */
 

@@ -189,21 +189,9 @@ hsm_result sq_export(hsm_store *base, const hsm_store_sink *sink)
  * store, not what it holds: a destination that was itself upgraded before the
  * import keeps its own.
  */
-static const char SQL_UPGRADE_META_PUT[] =
-    "INSERT INTO meta (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING";
-
 static hsm_result sink_meta(void *arg, const char *name, const hsm_buf *value)
 {
-	if (!st_meta_is_upgrade(name))
-		return sq_put_meta(arg, name, value);
-	sq_conn *w = arg;
-	sqlite3_stmt *st;
-	HSM_GUARD(sq_prepare(w, SQL_UPGRADE_META_PUT, &st));
-	sq_bind_text(w, st, 1, name);
-	sq_bind_blob(w, st, 2, value);
-	hsm_result res = sq_exec(w, st);
-	sq_reset(st);
-	return res;
+	return sq_put_meta(arg, name, value, st_meta_is_upgrade(name));
 }
 static hsm_result sink_user(void *arg, const hsm_user_record *u)
 {

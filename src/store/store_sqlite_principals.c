@@ -10,6 +10,8 @@
 static const char SQL_META_GET[] = "SELECT value FROM meta WHERE name = ?1";
 /* Insert only: a node initializing a store another node initialized meanwhile must fail. */
 static const char SQL_META_PUT[] = "INSERT INTO meta (name, value) VALUES (?1, ?2)";
+static const char SQL_META_PUT_IF_ABSENT[] =
+    "INSERT INTO meta (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING";
 
 static hsm_result load_meta(sq_conn *c, const char *name, hsm_buf *value)
 {
@@ -48,10 +50,10 @@ hsm_result sq_meta_get(hsm_store *base, const char *name, hsm_buf *out)
 	return res;
 }
 
-hsm_result sq_put_meta(sq_conn *w, const char *name, const hsm_buf *value)
+hsm_result sq_put_meta(sq_conn *w, const char *name, const hsm_buf *value, bool keep_existing)
 {
 	sqlite3_stmt *st;
-	HSM_GUARD(sq_prepare(w, SQL_META_PUT, &st));
+	HSM_GUARD(sq_prepare(w, keep_existing ? SQL_META_PUT_IF_ABSENT : SQL_META_PUT, &st));
 	sq_bind_text(w, st, 1, name);
 	sq_bind_blob(w, st, 2, value);
 	hsm_result res = sq_exec(w, st);
@@ -63,7 +65,7 @@ static hsm_result meta_put_in(sq_conn *w, size_t n, const char *const names[],
                               const hsm_buf *const values[])
 {
 	for (size_t i = 0; i < n; i++)
-		HSM_GUARD(sq_put_meta(w, names[i], values[i]));
+		HSM_GUARD(sq_put_meta(w, names[i], values[i], false));
 	return HSM_SUCCESS;
 }
 
