@@ -1271,6 +1271,18 @@ static void handle_readyz(hsm_server *s, hsm_http_req *req)
 	hsm_buf_free(&body);
 }
 
+/*
+ * A path hsmd serves that does not take the request's method: 405 with the
+ * path's Allow (RFC 9110 section 15.5.6), counted as the 404 of a path hsmd
+ * does not serve is.
+ */
+static void respond_not_allowed(hsm_server *s, hsm_http_req *req)
+{
+	hsm_metrics_observe(&s->metrics, HSM_METRIC_NONE, 405, HSM_ERR_UNKNOWN_OPERATION, false,
+	                    hsm_mono_ns() - hsm_http_req_start_ns(req));
+	hsm_http_respond_not_allowed(req);
+}
+
 static void handle_get(hsm_server *s, hsm_http_req *req, const char *path)
 {
 	hsm_buf body = {0};
@@ -1278,11 +1290,7 @@ static void handle_get(hsm_server *s, hsm_http_req *req, const char *path)
 	const char *type = "text/plain; charset=utf-8";
 	hsm_metric_probe probe = HSM_METRIC_PROBES; /* none */
 	if (strcmp(path, "/") == 0) {
-		/* The API is there, and takes POST only: 405 with Allow: POST (RFC 9110
-		 * section 15.5.6), counted as the 404 of a path hsmd does not serve is. */
-		hsm_metrics_observe(&s->metrics, HSM_METRIC_NONE, 405, HSM_ERR_UNKNOWN_OPERATION, false,
-		                    hsm_mono_ns() - hsm_http_req_start_ns(req));
-		hsm_http_respond_not_allowed(req);
+		respond_not_allowed(s, req); /* the API is there, and takes POST only */
 		return;
 	}
 	if (strcmp(path, "/healthz") == 0) {
@@ -1323,8 +1331,13 @@ void hsm_server_on_request(hsm_http_req *req, void *arg)
 	const char *method = hsm_http_req_method(req), *path = hsm_http_req_path(req);
 	if (strcmp(method, "POST") == 0 && strcmp(path, "/") == 0) {
 		handle_post(s, req);
+	} else if (strcmp(method, "POST") == 0 && hsm_http_path_is_resource(path)) {
+		/* A health, metrics or JWKS path: it takes GET, and a POST there is no
+		 * API call to authenticate, as a GET of "/" is none. */
+		respond_not_allowed(s, req);
 	} else if (strcmp(method, "POST") == 0) {
-		/* Recorded under the operation it names, as a request to "/" would be. */
+		/* At a path hsmd does not serve (the path is signed): recorded under the
+		 * operation it names, as a request to "/" would be. */
 		const char *target = hsm_http_req_header(req, "X-Amz-Target");
 		const char *dot = target != NULL ? strchr(target, '.') : NULL;
 		refuse_post(s, req, dot != NULL ? dot + 1 : target != NULL ? target : "",

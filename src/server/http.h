@@ -298,6 +298,8 @@ void hsm_http_respond(hsm_http_req *req, int status, const char *content_type, c
  * 404 NotFoundException for a path hsmd serves nothing at.
  */
 void hsm_http_respond_not_allowed(hsm_http_req *req);
+/* Whether path is one hsmd serves something at (one with an Allow of its own above). */
+bool hsm_http_path_is_resource(const char *path);
 
 /*
  * Calls fn(arg) on this worker once the requests that arrived in the current

@@ -136,6 +136,16 @@ static const struct resource {
     {"*", "GET, POST, HEAD"},
 };
 
+bool hsm_http_path_is_resource(const char *path)
+{
+	if (path[0] != '/')
+		return false; /* "*" is the server, not a resource */
+	for (size_t i = 0; i < sizeof(resources) / sizeof(resources[0]); i++)
+		if (strcmp(path, resources[i].path) == 0)
+			return true;
+	return false;
+}
+
 void hsm_http_respond_not_allowed(hsm_http_req *req)
 {
 	for (size_t i = 0; i < sizeof(resources) / sizeof(resources[0]); i++) {
