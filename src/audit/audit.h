@@ -423,6 +423,13 @@ typedef struct hsm_audit_verify_report {
 	 * and chain to what follows.  0 = none. */
 	uint64_t lost_first, lost_last, lost_seq;
 	bool lost_present;
+	/* Every loss hsmd recorded so, in the trail's order (lost[0] is the one
+	 * above): the first four of n_lost. */
+	struct {
+		uint64_t first, last, seq;
+		bool present;
+	} lost[4];
+	size_t n_lost;
 	/* Records no checkpoint of the run that wrote them signed: a run that
 	 * crashed (or stayed sealed) before its next signed checkpoint, and the
 	 * next run's AuditLogOpened (at opened_seq) that found them.  Later

@@ -848,6 +848,13 @@ static void note_loss(vstate *s, const ventry *x, hsm_audit_verify_report *rep)
 		rep->lost_seq = x->seq;
 		rep->lost_present = s->pend_linked;
 	}
+	size_t k = rep->n_lost++;
+	if (k < sizeof(rep->lost) / sizeof(rep->lost[0])) {
+		rep->lost[k].first = x->lost_first;
+		rep->lost[k].last = x->lost_last;
+		rep->lost[k].seq = x->seq;
+		rep->lost[k].present = s->pend_linked;
+	}
 	/* Put back: nothing is missing.  A gap at the start of the log is the start's to
 	 * judge (check_start). */
 	if (s->pend_linked || !s->pend_have_p)

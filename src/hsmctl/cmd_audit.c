@@ -57,14 +57,18 @@ static void print_summary(const hsm_audit_verify_report *r)
 		                                      : "");
 	if (r->n_unsigned_at_write > shown)
 		printf("unsigned at write: %zu more runs like these\n", r->n_unsigned_at_write - shown);
-	if (r->lost_seq != 0)
+	/* Every loss recorded, as the verdict names every range still missing. */
+	size_t lost_shown = sizeof(r->lost) / sizeof(r->lost[0]);
+	for (size_t i = 0; i < r->n_lost && i < lost_shown; i++)
 		printf("note: hsmd recorded records %llu to %llu as lost with its live file "
 		       "(AuditRecordsLost, seq %llu)%s\n",
-		       (unsigned long long)r->lost_first, (unsigned long long)r->lost_last,
-		       (unsigned long long)r->lost_seq,
-		       r->lost_present ? ": they are all here (the file was put back) and the next "
-		                         "file chains to them"
-		                       : "");
+		       (unsigned long long)r->lost[i].first, (unsigned long long)r->lost[i].last,
+		       (unsigned long long)r->lost[i].seq,
+		       r->lost[i].present ? ": they are all here (the file was put back) and the "
+		                            "next file chains to them"
+		                          : "");
+	if (r->n_lost > lost_shown)
+		printf("note: hsmd recorded %zu more losses like these\n", r->n_lost - lost_shown);
 	/* Only a retention checkpoint states that records were deleted by retention (verify
 	 * holds any other start past seq 1 as deleted, but for an older hsmd's records). */
 	bool by_retention = r->retention_seq != 0 && r->retention_kept_from >= r->first_seq;

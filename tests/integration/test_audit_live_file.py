@@ -186,3 +186,48 @@ def test_a_cut_under_many_unsynced_records_is_still_the_loss_recorded(tmp_path):
                 f"lost them" in res.stdout), res.stdout
     finally:
         server.cleanup()
+
+
+def test_every_loss_recorded_is_noted(tmp_path):
+    """The live file is moved away twice, each time recorded lost: put back, the trail
+    verifies, and the summary notes both losses, not the first only, as the verdict names
+    every range still missing."""
+    server = start_dev(["--backup-interval-seconds", "0"])
+    data = server.data_dir
+    try:
+        pem = audit_pem(server, str(tmp_path))
+        moves = []
+        for n in (1, 2):
+            for i in range(3):
+                admin(server, "AuditHash", {"Value": f"r{n}.{i}"})
+            time.sleep(0.5)  # synced (10 ms): bytes not yet synced are not left behind
+            live = audit_files(data)[-1]
+            moved = os.path.join(str(tmp_path), f"moved{n}.jsonl")
+            shutil.move(live, moved)
+            moves.append((moved, live))
+            admin(server, "AuditHash", {"Value": f"after{n}"}, expect=503)
+            # The first loss's record went with the second file moved: look for this one's.
+            first = str(seqs_of(moved)[0])
+
+            def this_loss():
+                return [r for r in lost_events(data) if r["extra"]["first_seq"] == first]
+            assert eventually(this_loss, 25), server.read_log()
+            assert eventually(lambda: lost_checkpoint_after(data, this_loss()[0]), 10)
+            admin(server, "AuditHash", {"Value": f"later{n}"})
+        for moved, live in moves:
+            shutil.move(moved, live)
+        assert no_seq_twice(data)
+        losses = lost_events(data)
+        assert [r["extra"]["first_seq"] for r in losses] == \
+            [str(seqs_of(live)[0]) for _, live in moves], losses
+
+        res = verify(server, pubkey=pem, live=True)
+        assert res.returncode == 0 and "result: VALID" in res.stdout, res.stdout
+        for lost in losses:
+            note = (f"note: hsmd recorded records {lost['extra']['first_seq']} to "
+                    f"{lost['extra']['last_seq']} as lost with its live file "
+                    f"(AuditRecordsLost, seq {lost['seq']}): they are all here (the file "
+                    f"was put back)")
+            assert note in res.stdout, res.stdout
+    finally:
+        server.cleanup()

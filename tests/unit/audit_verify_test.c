@@ -1599,6 +1599,15 @@ static void test_every_recorded_loss_is_named(void **state)
 	hsm_audit_verify_report r = verify_files_open(names, p, lens, 3);
 	expect_recorded_loss(r, 101, 150, 161, 100 + 250 + 250);
 	assert_non_null(strstr(r.detail, "records 401 to 450 (AuditRecordsLost, seq 461)"));
+	/* The report holds both too, for the summary's notes. */
+	assert_int_equal(r.n_lost, 2);
+	assert_int_equal(r.lost[0].first, 101);
+	assert_int_equal(r.lost[0].last, 150);
+	assert_int_equal(r.lost[0].seq, 161);
+	assert_int_equal(r.lost[1].first, 401);
+	assert_int_equal(r.lost[1].last, 450);
+	assert_int_equal(r.lost[1].seq, 461);
+	assert_false(r.lost[0].present || r.lost[1].present);
 	free(f2);
 	free(f3);
 }
