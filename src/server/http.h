@@ -294,7 +294,8 @@ void hsm_http_respond(hsm_http_req *req, int status, const char *content_type, c
 /*
  * Answers a method the request's path does not take: 405 with the methods
  * that path takes in Allow (RFC 9110 sections 10.2.1 and 15.5.6; POST for
- * "/", GET and HEAD for the health, readiness, metrics and JWKS paths), or
+ * "/", GET and HEAD for the health, readiness and metrics paths, and
+ * OPTIONS as well for the JWK Set's, which answers CORS preflights), or
  * 404 NotFoundException for a path hsmd serves nothing at.
  */
 void hsm_http_respond_not_allowed(hsm_http_req *req);
