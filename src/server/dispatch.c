@@ -386,8 +386,8 @@ static void submit_audit(pending *p, const outcome *o)
 	char claimed[CLAIMED_CAP];
 	sender_of(s, p->req, o->auth, &who);
 	const char *source = who.source, *principal = who.principal;
-	const char *target = hsm_http_req_header(p->req, "X-Amz-Target");
-	if (o->unknown_op && target != NULL) {
+	const char *target = o->unknown_op ? hsm_http_req_header(p->req, "X-Amz-Target") : NULL;
+	if (target != NULL) {
 		claimed_operation(target, claimed);
 		extra[n_extra++] = (hsm_audit_field){"claimed_operation", claimed};
 	}
