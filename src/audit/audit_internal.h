@@ -282,6 +282,8 @@ bool audit_parse_file_name(const char *name, uint64_t *first_seq);
 bool audit_read_last_line(const char *path, hsm_buf *line);
 /* Reads the first line of a file (up to 64 KiB, without its newline); false when there is none. */
 bool audit_read_first_line(const char *path, hsm_buf *line);
+/* Whether s is a record hash as the trail writes it: AUDIT_HASH_HEX lowercase hex digits. */
+bool audit_is_hash_hex(const char *s);
 /* The "time" of a line, in ms; false when it has none. */
 bool audit_line_time(const uint8_t *line, size_t n, int64_t *t_ms);
 /* Reads the whole file at path into *out (replacing what it held); false on failure. */

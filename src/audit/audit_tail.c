@@ -225,7 +225,7 @@ typedef struct line_info {
 	bool ckpt_signed;   /* ...said signed, its signature well-formed (not checked) */
 } line_info;
 
-static bool is_hex64(const char *s)
+bool audit_is_hash_hex(const char *s)
 {
 	if (s == NULL || strlen(s) != AUDIT_HASH_HEX)
 		return false;
@@ -279,7 +279,7 @@ static bool parse_line_ckpt(const uint8_t *p, size_t n, line_info *li, audit_flo
 	const char *time = json_string_value(json_object_get(j, "time"));
 	bool ok = json_is_integer(seq) && json_integer_value(seq) > 0 && type != NULL &&
 	          time != NULL && audit_parse_time(time, &li->time_ms) &&
-	          is_hex64(json_string_value(json_object_get(j, "prev")));
+	          audit_is_hash_hex(json_string_value(json_object_get(j, "prev")));
 	if (ok) {
 		li->seq = (uint64_t)json_integer_value(seq);
 		const char *reason = json_string_value(
@@ -652,7 +652,7 @@ static bool line_prev(const uint8_t *p, size_t n, uint8_t prev[AUDIT_HASH_LEN])
 {
 	json_t *j = json_loadb((const char *)p, n, JSON_REJECT_DUPLICATES, NULL);
 	const char *hex = json_string_value(json_object_get(j, "prev"));
-	bool ok = is_hex64(hex) && hsm_ok(hsm_hex_decode_exact(prev, AUDIT_HASH_LEN, hex,
+	bool ok = audit_is_hash_hex(hex) && hsm_ok(hsm_hex_decode_exact(prev, AUDIT_HASH_LEN, hex,
 	                                                       AUDIT_HASH_HEX, HSM_ERR_VALIDATION));
 	json_decref(j);
 	return ok;

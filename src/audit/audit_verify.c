@@ -50,16 +50,6 @@ static bool open_next_file(vreader *r)
 	return false;
 }
 
-static bool is_hex64(const char *s)
-{
-	if (s == NULL || strlen(s) != AUDIT_HASH_HEX)
-		return false;
-	for (size_t i = 0; i < AUDIT_HASH_HEX; i++)
-		if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
-			return false;
-	return true;
-}
-
 /* Fails only for want of memory: anything else is a verdict in e. */
 static hsm_result parse_checkpoint(json_t *c, ventry *e)
 {
@@ -149,7 +139,7 @@ static bool parse_unsigned_tail(json_t *j, ventry *e)
 	if (f == NULL && l == NULL && h == NULL)
 		return true;
 	int64_t lo = 0, hi = 0;
-	if (f == NULL || l == NULL || !is_hex64(h) ||
+	if (f == NULL || l == NULL || !audit_is_hash_hex(h) ||
 	    hsm_failed(hsm_parse_i64(f, 1, INT64_MAX, &lo)) ||
 	    hsm_failed(hsm_parse_i64(l, lo, INT64_MAX, &hi)) || (uint64_t)hi >= e->seq ||
 	    hsm_failed(hsm_hex_decode_exact(e->unsigned_head, AUDIT_HASH_LEN, h, AUDIT_HASH_HEX,
@@ -235,7 +225,7 @@ static hsm_result parse_entry(const uint8_t *p, size_t n, ventry *e)
 	const char *node = json_string_value(json_object_get(j, "node"));
 	int64_t t;
 	bool ok = json_is_object(j) && json_is_integer(seq) && json_integer_value(seq) > 0 &&
-	          is_hex64(prev) && type != NULL && time != NULL && audit_parse_time(time, &t) &&
+	          audit_is_hash_hex(prev) && type != NULL && time != NULL && audit_parse_time(time, &t) &&
 	          node != NULL && hsm_ok(hsm_strcpy(e->node, sizeof(e->node), node)) &&
 	          hsm_ok(hsm_strcpy(e->time, sizeof(e->time), time)) &&
 	          (strcmp(type, "request") == 0 || strcmp(type, "event") == 0 ||
