@@ -487,6 +487,12 @@ hsm_result hsm_audit_verify_files(const char *const *paths, size_t n_paths,
 hsm_result hsm_audit_expand_paths(const char *const *args, size_t n, char ***out,
                                   size_t *n_out) HSM_MUST_CHECK;
 void hsm_audit_free_paths(char **paths, size_t n);
+/*
+ * The log files (audit-SEQ.jsonl) of one audit directory, oldest first, as
+ * *n_out malloc'd paths (none is no error, unlike hsm_audit_expand_paths),
+ * freed with hsm_audit_free_paths().  A directory that cannot be read fails.
+ */
+hsm_result hsm_audit_trail_files(const char *dir, char ***out, size_t *n_out) HSM_MUST_CHECK;
 
 /*
  * Same over contents already in memory (data[i] of lens[i] bytes, shown as

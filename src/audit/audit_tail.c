@@ -145,6 +145,26 @@ out:
 
 void hsm_audit_free_paths(char **paths, size_t n) { audit_free_list(paths, n); }
 
+hsm_result hsm_audit_trail_files(const char *dir, char ***out, size_t *n_out)
+{
+	hsm_result res = HSM_SUCCESS;
+	char **names = NULL, **v = NULL;
+	size_t n_names = 0, len = 0, cap = 0;
+	HSM_TRY(audit_list_files(dir, &names, &n_names));
+	for (size_t i = 0; i < n_names && hsm_ok(res); i++)
+		res = push_path(&v, &len, &cap, dir, names[i]);
+	if (hsm_ok(res)) {
+		*out = v;
+		*n_out = len;
+		v = NULL;
+		len = 0;
+	}
+out:
+	audit_free_list(names, n_names);
+	audit_free_list(v, len);
+	return res;
+}
+
 /* Reads n bytes at off. */
 static bool pread_all(int fd, uint8_t *p, size_t n, uint64_t off)
 {

@@ -11,10 +11,12 @@
  * was initialized or unsealed), or the success of something only an
  * initialized store does.
  */
+#include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "audit/audit.h"
 #include "server/server.h"
@@ -59,8 +61,13 @@ bool hsm_server_trail_shows_store(const char *dir, char *why, size_t cap)
 {
 	char **paths = NULL;
 	size_t n = 0;
+	struct stat st;
 	why[0] = '\0';
-	if (hsm_failed(hsm_audit_expand_paths(&dir, 1, &paths, &n))) {
+	/* Checked before the audit directory is made or vetted: one that is not there holds no
+	 * trail, and a path that is no directory is refused by that check, naming the setting. */
+	if (stat(dir, &st) != 0 && (errno == ENOENT || errno == ENOTDIR))
+		return false;
+	if (hsm_failed(hsm_audit_trail_files(dir, &paths, &n))) {
 		snprintf(why, cap, "files that could not be listed");
 		return true; /* the caution: what cannot be read may be a store's */
 	}

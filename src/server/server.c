@@ -494,17 +494,24 @@ static void report_startup(hsm_server *s, hsm_node_state st)
 		                "next start says it again)");
 }
 
+static hsm_result dev_check_no_leftovers(hsm_server *s, bool trail_began_here);
+
 static hsm_result open_parts(hsm_server *s)
 {
 	bool shared = s->opt.store != NULL && s->opt.store[0] != '\0';
 	if (!s->opt.dev && !shared)
 		HSM_GUARD(hsm_server_blame(s, "data_dir", check_store_exists(s)));
 	HSM_GUARD(hsm_server_blame(s, "data_dir", hsm_mkdir_private(s->data_dir)));
+	if (s->opt.dev)
+		s->dev_db_found = shared || store_file_found(s);
+	/* Before the store is opened (which makes hsmd.db) and the audit and backup directories
+	 * are made: a refused start leaves the data directory as it found it, and the next one
+	 * sees what this one saw. */
+	if (s->opt.dev && !s->dev_db_found)
+		HSM_GUARD(dev_check_no_leftovers(s, false));
 	char copy_dir[sizeof(s->audit_copy_dir) + HSM_CONFIG_NAME_MAX + 1];
 	HSM_GUARD(check_audit_dirs(s, copy_dir, sizeof(copy_dir)));
 	HSM_GUARD(hsm_server_backup_dirs_check(s));
-	if (s->opt.dev)
-		s->dev_db_found = shared || store_file_found(s);
 	HSM_GUARD(hsm_server_blame(s, shared ? "store" : "data_dir",
 	                           hsm_store_open(shared ? s->opt.store : s->data_dir, &s->store)));
 	atomic_store(&s->store_up, true);
@@ -718,16 +725,19 @@ static bool has_backups(const char *dir)
  * hsmd.db is a store lost, and a new one would overwrite the only share
  * that opens those backups.  A trail counts only when it shows a store
  * (dev_trail.c): the one that starts which never initialized one left (a
- * first start that could not listen) is no reason to refuse.
+ * first start that could not listen) is no reason to refuse, nor is the
+ * trail this start began (trail_began_here).  Where hsmd.db is missing or
+ * empty this runs before the store is opened, so a refusal creates nothing.
  */
-static hsm_result dev_check_no_leftovers(hsm_server *s, const char *share_path)
+static hsm_result dev_check_no_leftovers(hsm_server *s, bool trail_began_here)
 {
 	struct stat st;
-	char why[128] = "", note[160] = "";
+	char share_path[4200], why[128] = "", note[160] = "";
 	const char *what = NULL, *where = NULL;
+	HSM_GUARD(dev_share_path(s, share_path, sizeof(share_path)));
 	if (lstat(share_path, &st) == 0 || errno != ENOENT)
 		what = "the share", where = share_path;
-	else if (!hsm_audit_began_here(s->audit) &&
+	else if (!trail_began_here &&
 	         hsm_server_trail_shows_store(s->audit_dir, why, sizeof(why))) {
 		what = "the audit trail in", where = s->audit_dir;
 		snprintf(note, sizeof(note), " (%s)", why);
@@ -755,7 +765,9 @@ static hsm_result dev_init_or_unseal(hsm_server *s)
 	hsm_buf_init_secure(&share);
 	hsm_result r = HSM_SUCCESS;
 	if (hsm_keystore_state(s->ks) == HSM_NODE_UNINITIALIZED) {
-		r = dev_check_no_leftovers(s, path);
+		/* Where hsmd.db was missing or empty, checked before the store was opened. */
+		if (s->dev_db_found)
+			r = dev_check_no_leftovers(s, hsm_audit_began_here(s->audit));
 		if (hsm_ok(r))
 			r = hsm_keystore_init(s->ks, 1, 1, NULL, true, &share);
 		if (hsm_ok(r))

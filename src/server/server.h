@@ -305,7 +305,8 @@ void hsm_server_trail_nodes(hsm_server *s, char *known, size_t cap, bool *live);
  * Whether the audit trail in dir shows a store that was initialized
  * (dev_trail.c): a signed checkpoint, or the success of what only such a
  * store does.  why gets the first record that shows it, or why the trail
- * is taken to (a file that cannot be read).
+ * is taken to (a file that cannot be read).  A directory that is not there,
+ * or holds no log file, shows none.
  */
 bool hsm_server_trail_shows_store(const char *dir, char *why, size_t cap);
 

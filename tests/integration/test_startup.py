@@ -5,6 +5,7 @@ with exit status 2 as for any configuration error."""
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 
@@ -237,14 +238,72 @@ def test_a_lost_dev_store_is_not_replaced_over_its_share_trail_or_backups():
     assert p.returncode == 0, p.stdout + p.stderr  # the old backups still open
     os.unlink(os.path.join(data, "hsmd.db"))  # missing
     dev_refused(f"the share {share}")
-    # The refused start left the store it opened, never initialized: said as such.
-    uninitialized = "holds an uninitialized store (hsmd.db was never initialized)"
+    assert not os.path.exists(os.path.join(data, "hsmd.db"))  # the refusal made no store
     os.rename(share, share + ".kept")
-    dev_refused(f"the audit trail in {os.path.join(data, 'audit')} (a successful Init at seq",
-                uninitialized)
+    dev_refused(f"the audit trail in {os.path.join(data, 'audit')} (a successful Init at seq")
     shutil.rmtree(os.path.join(data, "audit"))
-    dev_refused(f"the backups in {os.path.join(data, 'backups')}", uninitialized)
+    dev_refused(f"the backups in {os.path.join(data, 'backups')}")
     assert not os.path.exists(share)
+    assert not os.path.exists(os.path.join(data, "audit"))
+    # A store file that was never initialized (a start that stopped before it) is said as such.
+    shutil.copy(uninitialized_store(), os.path.join(data, "hsmd.db"))
+    dev_refused(f"the backups in {os.path.join(data, 'backups')}",
+                "holds an uninitialized store (hsmd.db was never initialized)")
+
+
+def uninitialized_store():
+    """The hsmd.db of a first --dev start that stopped before initializing it (its port
+    taken), in a directory of its own that lives as long as the test run."""
+    data = os.path.join(tempfile.mkdtemp(prefix="hsmd-uninit-"), "data")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HSM_")}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        p = subprocess.run([HSMD, "--dev", "--data-dir", data, "--listen",
+                            f"127.0.0.1:{busy.getsockname()[1]}"], capture_output=True,
+                           text=True, timeout=30, env=env)
+    assert p.returncode != 0 and "Address already in use" in p.stderr, p.stderr
+    return os.path.join(data, "hsmd.db")
+
+
+def listing(root):
+    """Every name under root with its size (None for a directory, whose size the file
+    system chooses)."""
+    out = {}
+    for d, dirs, files in os.walk(root):
+        for n in dirs + files:
+            st = os.lstat(os.path.join(d, n))
+            out[os.path.relpath(os.path.join(d, n), root)] = (
+                None if stat.S_ISDIR(st.st_mode) else st.st_size)
+    return out
+
+
+def test_a_refused_dev_start_leaves_the_data_dir_as_it_found_it():
+    """hsmd --dev refused for what an earlier store left creates nothing (no hsmd.db, no
+    lock, no audit record): the next attempt sees the same directory and says the same."""
+    from conftest import start_dev
+    server = start_dev()
+    server.stop()
+    data = server.data_dir
+    for f in ("hsmd.db", "hsmd.db-wal", "hsmd.db-shm"):
+        if os.path.exists(os.path.join(data, f)):
+            os.unlink(os.path.join(data, f))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HSM_")}
+    for leftover in ("the share", "the audit trail"):
+        if leftover == "the audit trail":
+            os.unlink(os.path.join(data, "dev-unseal.share"))
+        before = listing(data)
+        messages = []
+        for _ in range(2):
+            p = subprocess.run([HSMD, "--dev", "--data-dir", data, "--listen",
+                                f"127.0.0.1:{free_port()}"], capture_output=True, text=True,
+                               timeout=30, env=env)
+            assert p.returncode != 0, p.stderr
+            assert "has no store (hsmd.db missing or empty), yet an earlier store left " \
+                f"{leftover}" in p.stderr, p.stderr
+            assert listing(data) == before
+            messages.append([line.split(" ", 1)[-1] for line in p.stderr.splitlines()])
+        assert messages[0] == messages[1]  # but for the times
 
 
 def test_a_dev_start_that_never_initialized_leaves_no_reason_to_refuse(tmp):
