@@ -190,8 +190,9 @@ static hsm_result lock_dir(hsm_audit *a)
 	char path[PATH_MAX];
 	HSM_ENSURE((size_t)snprintf(path, sizeof(path), "%s/.lock", a->dir) < sizeof(path),
 	           HSM_ERR_VALIDATION, "audit directory path too long");
-	a->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-	HSM_ENSURE(a->lock_fd >= 0, HSM_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+	a->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	HSM_ENSURE(a->lock_fd >= 0, HSM_ERR_IO, "cannot open the audit lock %s: %s", path,
+	           hsm_own_file_error(errno));
 	HSM_ENSURE(flock(a->lock_fd, LOCK_EX | LOCK_NB) == 0, HSM_ERR_IO,
 	           "audit directory %s is in use by another process", a->dir);
 	return HSM_SUCCESS;
@@ -216,8 +217,9 @@ static hsm_result init_writer(hsm_audit *a, const audit_tail_info *t)
 	HSM_ENSURE(w->sha256 != NULL && w->md_ctx != NULL, HSM_ERR_CRYPTO, "SHA-256 unavailable");
 	w->next_checkpoint_ms = audit_now_ms(a) + a->cfg.checkpoint_interval_ms;
 	if (!t->needs_new_file) {
-		w->fd = open(t->path, O_RDWR | O_CLOEXEC); /* read back after a cut */
-		HSM_ENSURE(w->fd >= 0, HSM_ERR_IO, "cannot open %s: %s", t->path, strerror(errno));
+		w->fd = open(t->path, O_RDWR | O_CLOEXEC | O_NOFOLLOW); /* read back after a cut */
+		HSM_ENSURE(w->fd >= 0, HSM_ERR_IO, "cannot open %s: %s", t->path,
+		           hsm_own_file_error(errno));
 		off_t end = lseek(w->fd, 0, SEEK_END);
 		HSM_ENSURE(end >= 0, HSM_ERR_IO, "cannot seek %s", t->path);
 		w->synced_off = (uint64_t)end;

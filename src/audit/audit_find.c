@@ -11,9 +11,11 @@
 #include "audit/audit_internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/util.h"
 
@@ -48,10 +50,14 @@ static hsm_result scan(const char *path, const char *const *ids, size_t n_ids, b
                        int64_t *first_ms)
 {
 	*first_ms = INT64_MIN;
-	FILE *f = fopen(path, "re");
-	if (f == NULL && errno == ENOENT)
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0 && errno == ENOENT)
 		return HSM_SUCCESS; /* deleted by retention meanwhile */
-	HSM_ENSURE(f != NULL, HSM_ERR_IO, "cannot read %s: %s", path, strerror(errno));
+	HSM_ENSURE(fd >= 0, HSM_ERR_IO, "cannot read %s: %s", path, hsm_own_file_error(errno));
+	FILE *f = fdopen(fd, "r");
+	if (f == NULL)
+		close(fd);
+	HSM_ENSURE(f != NULL, HSM_ERR_NOMEM, "out of memory");
 	char *line = NULL;
 	size_t cap = 0;
 	ssize_t n;

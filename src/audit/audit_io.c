@@ -57,6 +57,14 @@ static hsm_result io_fail(hsm_audit *a, int err, const char *what)
 	return HSM_FAIL(HSM_ERR_AUDIT_UNAVAILABLE, "audit log %s failed: %s", what, strerror(err));
 }
 
+/* io_fail for an open of the file at path (a symbolic link in its place said as such). */
+static hsm_result open_fail(hsm_audit *a, int err, const char *what, const char *path)
+{
+	a->w.last_errno = err;
+	return HSM_FAIL(HSM_ERR_AUDIT_UNAVAILABLE, "audit log %s failed: %s: %s", what, path,
+	                hsm_own_file_error(err));
+}
+
 /*
  * Whether fd is still the live file: named by path (not deleted, renamed away
  * or replaced) and len bytes long (exact) or at least that (!exact: a
@@ -67,7 +75,7 @@ int audit_io_check_file(int fd, const char *path, uint64_t len, bool exact)
 	struct stat st, named;
 	if (fstat(fd, &st) != 0)
 		return errno != 0 ? errno : EIO;
-	if (st.st_nlink == 0 || stat(path, &named) != 0 || named.st_dev != st.st_dev ||
+	if (st.st_nlink == 0 || lstat(path, &named) != 0 || named.st_dev != st.st_dev ||
 	    named.st_ino != st.st_ino) {
 		hsm_error("audit file %s was deleted, renamed or replaced while hsmd wrote it", path);
 		return ESTALE;
@@ -167,9 +175,9 @@ hsm_result audit_io_new_file(hsm_audit *a)
 	HSM_ENSURE((size_t)snprintf(path, sizeof(path), "%s/" AUDIT_FILE_PREFIX "%020llu" AUDIT_FILE_SUFFIX,
 	                            a->dir, (unsigned long long)first) < sizeof(path),
 	           HSM_ERR_VALIDATION, "audit directory path too long");
-	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0)
-		return io_fail(a, errno, "create");
+		return open_fail(a, errno, "create", path);
 	struct stat st;
 	if (fstat(fd, &st) != 0 || st.st_size != 0) {
 		close(fd);
@@ -264,12 +272,12 @@ static hsm_result relock(hsm_audit *a)
 	HSM_ENSURE((size_t)snprintf(path, sizeof(path), "%s/.lock", a->dir) < sizeof(path),
 	           HSM_ERR_VALIDATION, "audit directory path too long");
 	struct stat held, named;
-	if (a->lock_fd >= 0 && fstat(a->lock_fd, &held) == 0 && stat(path, &named) == 0 &&
+	if (a->lock_fd >= 0 && fstat(a->lock_fd, &held) == 0 && lstat(path, &named) == 0 &&
 	    held.st_dev == named.st_dev && held.st_ino == named.st_ino)
 		return HSM_SUCCESS;
-	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0)
-		return io_fail(a, errno, "lock");
+		return open_fail(a, errno, "lock", path);
 	if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
 		int e = errno;
 		close(fd);
@@ -360,7 +368,7 @@ hsm_result audit_io_recover(hsm_audit *a)
 		if (fstat(w->fd, &st) != 0)
 			return io_fail(a, errno, "stat");
 		struct stat named;
-		bool moved = stat(w->path, &named) != 0 || named.st_dev != st.st_dev ||
+		bool moved = lstat(w->path, &named) != 0 || named.st_dev != st.st_dev ||
 		             named.st_ino != st.st_ino;
 		audit_kept_record kept;
 		if (st.st_nlink == 0 || moved) {
@@ -446,14 +454,16 @@ static copy_outcome copy_closed(hsm_audit *a, const char *name, const char *path
 	char dst[PATH_MAX];
 	struct stat ss, ds;
 	if ((size_t)snprintf(dst, sizeof(dst), "%s/%s", a->copy_dir, name) >= sizeof(dst) ||
-	    stat(path, &ss) != 0) {
+	    lstat(path, &ss) != 0 || !S_ISREG(ss.st_mode)) {
 		hsm_warn("audit_copy_dir: cannot copy %s", name);
 		count_copy(a, false);
 		return COPY_FAILED;
 	}
-	if (stat(dst, &ds) == 0) {
+	/* lstat: a symbolic link of that name is no copy, whatever it points to. */
+	if (lstat(dst, &ds) == 0) {
 		bool checked = strcmp(name, a->copied_upto) <= 0;
-		if (ds.st_size == ss.st_size && (checked || same_end(path, dst))) {
+		if (S_ISREG(ds.st_mode) && ds.st_size == ss.st_size &&
+		    (checked || same_end(path, dst))) {
 			if (!checked)
 				snprintf(a->copied_upto, sizeof(a->copied_upto), "%s", name);
 			return COPY_PRESENT;

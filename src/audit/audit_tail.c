@@ -183,7 +183,7 @@ static bool pread_all(int fd, uint8_t *p, size_t n, uint64_t off)
 
 bool audit_read_last_line(const char *path, hsm_buf *line)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0)
 		return false;
 	struct stat st;
@@ -214,7 +214,7 @@ out:
 
 bool audit_read_first_line(const char *path, hsm_buf *line)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0)
 		return false;
 	uint8_t *buf = malloc(HEAD_READ);
@@ -454,7 +454,7 @@ bool audit_line_signed_ckpt(const uint8_t *line, size_t n, audit_floor_ckpt *fc)
 
 bool audit_read_whole(const char *path, hsm_buf *out)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0)
 		return false;
 	struct stat st;
@@ -477,8 +477,8 @@ static hsm_result scan_file(hsm_audit *a, const char *path, const char *oldest,
 {
 	hsm_result res = HSM_SUCCESS;
 	uint8_t *buf = NULL;
-	int fd = open(path, O_RDWR | O_CLOEXEC);
-	HSM_ENSURE(fd >= 0, HSM_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+	int fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+	HSM_ENSURE(fd >= 0, HSM_ERR_IO, "cannot open %s: %s", path, hsm_own_file_error(errno));
 	struct stat st;
 	HSM_CHECK(fstat(fd, &st) == 0, HSM_ERR_IO, "cannot stat %s", path);
 	uint64_t size = (uint64_t)st.st_size;
@@ -518,7 +518,7 @@ out:
  */
 static void file_floor(const char *path, const char *oldest, audit_tail_info *out)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	struct stat st;
 	uint8_t *buf = NULL;
 	if (fd < 0 || fstat(fd, &st) != 0 || (buf = malloc(AUDIT_TAIL_WINDOW)) == NULL) {
@@ -578,7 +578,7 @@ static void trail_floor(hsm_audit *a, char **names, size_t newest, audit_tail_in
 static uint64_t last_signed_in(const char *path)
 {
 	static const char mark[] = "\"signed\":true";
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	struct stat st;
 	uint8_t *buf = NULL;
 	uint64_t found = 0;

@@ -529,6 +529,13 @@ const char *hsm_env_region(void)
 	return "us-east-1";
 }
 
+const char *hsm_own_file_error(int err)
+{
+	return err == ELOOP ? "it is a symbolic link, which hsmd does not follow in place of its "
+	                      "own file (move it away)"
+	                    : strerror(err);
+}
+
 hsm_result hsm_copy_file_into(const char *path, const char *dir)
 {
 	hsm_result res = HSM_SUCCESS;
@@ -545,11 +552,11 @@ hsm_result hsm_copy_file_into(const char *path, const char *dir)
 	HSM_CHECK((size_t)snprintf(final, sizeof(final), "%s/%s", dir, name) < sizeof(final) &&
 	              (size_t)snprintf(tmp, sizeof(tmp), "%s/.%s.part", dir, name) < sizeof(tmp),
 	          HSM_ERR_VALIDATION, "path too long: %s/%s", dir, name);
-	src = open(path, O_RDONLY | O_CLOEXEC);
-	HSM_CHECK(src >= 0, HSM_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+	src = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW); /* hsmd's own file, never a link */
+	HSM_CHECK(src >= 0, HSM_ERR_IO, "cannot open %s: %s", path, hsm_own_file_error(errno));
 	unlink(tmp); /* a temporary left by a crash */
 	dst = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-	HSM_CHECK(dst >= 0, HSM_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
+	HSM_CHECK(dst >= 0, HSM_ERR_IO, "cannot create %s: %s", tmp, hsm_own_file_error(errno));
 	for (;;) {
 		ssize_t got = read(src, buf, COPY_CHUNK);
 		if (got < 0 && errno == EINTR)

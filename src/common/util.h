@@ -173,6 +173,13 @@ hsm_result hsm_copy_file_into(const char *path, const char *dir) HSM_MUST_CHECK;
 /* The file name of a path: what follows its last '/' (the whole path without one). */
 const char *hsm_path_base(const char *path);
 /*
+ * Why an open of one of hsmd's own files (a lock, an audit file, a copy of
+ * one) failed, for a message that names the path: strerror(err), except that
+ * ELOOP, which O_NOFOLLOW gives where a symbolic link stands in the file's
+ * place, is said as such.  Static text.
+ */
+const char *hsm_own_file_error(int err);
+/*
  * The region a client signs for when none is given: AWS_REGION (the AWS
  * SDKs'), else AWS_DEFAULT_REGION (aws-cli's and boto3's), else "us-east-1",
  * hsmd's default.  Empty values count as unset.

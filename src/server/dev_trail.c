@@ -12,11 +12,13 @@
  * initialized store does.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "audit/audit.h"
 #include "server/server.h"
@@ -74,8 +76,11 @@ bool hsm_server_trail_shows_store(const char *dir, char *why, size_t cap)
 	char *line = NULL;
 	size_t line_cap = 0;
 	for (size_t i = 0; i < n && why[0] == '\0'; i++) {
-		FILE *f = fopen(paths[i], "re");
+		int fd = open(paths[i], O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+		FILE *f = fd >= 0 ? fdopen(fd, "r") : NULL;
 		if (f == NULL) {
+			if (fd >= 0)
+				close(fd);
 			snprintf(why, cap, "a file that could not be read");
 			break;
 		}

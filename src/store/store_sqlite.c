@@ -67,7 +67,7 @@ static hsm_result lock_directory(const char *dir, int *out)
 	char path[PATH_MAX];
 	HSM_GUARD(join_path(path, sizeof(path), dir, "hsmd.lock"));
 	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-	HSM_ENSURE(fd >= 0, HSM_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+	HSM_ENSURE(fd >= 0, HSM_ERR_IO, "cannot open %s: %s", path, hsm_own_file_error(errno));
 	if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
 		int err = errno;
 		HSM_CHECK(err == EWOULDBLOCK, HSM_ERR_IO, "cannot lock %s: %s", path, strerror(err));
@@ -100,7 +100,7 @@ out:
 static hsm_result prepare_db_file(const char *path)
 {
 	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-	HSM_ENSURE(fd >= 0, HSM_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+	HSM_ENSURE(fd >= 0, HSM_ERR_IO, "cannot open %s: %s", path, hsm_own_file_error(errno));
 	int rc = fchmod(fd, 0600);
 	int err = errno;
 	close(fd);

@@ -6,6 +6,7 @@ verifies."""
 import glob
 import os
 import shutil
+import subprocess
 import time
 
 import pytest
@@ -229,5 +230,66 @@ def test_every_loss_recorded_is_noted(tmp_path):
                     f"(AuditRecordsLost, seq {lost['seq']}): they are all here (the file "
                     f"was put back)")
             assert note in res.stdout, res.stdout
+    finally:
+        server.cleanup()
+
+
+def dev_start(data):
+    """hsmd --dev on data, expected to be refused; its stderr."""
+    from conftest import DEV_AKID, DEV_SECRET, HSMD, free_port
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HSM_")}
+    env.update(HSM_DEV_ACCESS_KEY_ID=DEV_AKID, HSM_DEV_SECRET_ACCESS_KEY=DEV_SECRET)
+    p = subprocess.run([HSMD, "--dev", "--data-dir", data, "--listen",
+                        f"127.0.0.1:{free_port()}"], capture_output=True, text=True,
+                       timeout=30, env=env)
+    assert p.returncode != 0, p.stderr
+    return p.stderr
+
+
+@pytest.mark.parametrize("target_exists", [True, False])
+def test_a_link_planted_as_the_audit_lock_is_not_followed(tmp_path, target_exists):
+    """A symbolic link in place of the audit directory's .lock: hsmd refuses to start,
+    naming it, and neither makes nor opens what it points to."""
+    data = tmp_path / "data"
+    os.makedirs(data / "audit", mode=0o700)
+    target = tmp_path / "elsewhere"
+    if target_exists:
+        target.write_bytes(b"not hsmd's\n")
+        os.chmod(target, 0o644)
+    os.symlink(target, data / "audit" / ".lock")
+    err = dev_start(str(data))
+    lock = str(data / "audit" / ".lock")
+    assert f"cannot open the audit lock {lock}: it is a symbolic link" in err, err
+    assert os.path.islink(lock)
+    if target_exists:
+        assert target.read_bytes() == b"not hsmd's\n"
+        assert os.stat(target).st_mode & 0o777 == 0o644
+    else:
+        assert not os.path.lexists(target)
+
+
+def test_a_link_planted_as_the_live_file_is_not_followed(tmp_path):
+    """The live audit file of a stopped node replaced by a symbolic link to a copy of it:
+    neither hsmd nor an hsmctl command that writes the trail follows it, each names the
+    file, and the copy is left as it was."""
+    from conftest import HSMCTL
+    server = start_dev()
+    server.stop()
+    data = server.data_dir
+    try:
+        (live,) = audit_files(data)
+        target = tmp_path / "copy.jsonl"
+        shutil.copy(live, target)
+        before = target.read_bytes()
+        os.unlink(live)
+        os.symlink(target, live)
+        err = dev_start(data)
+        assert f"cannot open {live}: it is a symbolic link" in err, err
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HSM_"))}
+        p = subprocess.run([HSMCTL, "user", "list", "--data-dir", data], capture_output=True,
+                           text=True, timeout=60, env=env)
+        assert p.returncode != 0, p.stdout + p.stderr
+        assert f"{live}: it is a symbolic link" in p.stderr, p.stderr
+        assert os.path.islink(live) and target.read_bytes() == before
     finally:
         server.cleanup()

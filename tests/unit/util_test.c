@@ -380,6 +380,39 @@ static void test_atomic_write_failing_leaves_no_temporary(void **state)
 	rmdir(dir);
 }
 
+/* A link planted in the place of a file to copy (an audit file, a backup) is not
+ * followed: nothing of what it names reaches the copy directory. */
+static void test_copy_follows_no_planted_link(void **state)
+{
+	(void)state;
+	char dir[] = "/tmp/hsm-util-test-XXXXXX", from[256], to[256], victim[256], names[512];
+	assert_non_null(mkdtemp(dir));
+	snprintf(from, sizeof(from), "%s/from", dir);
+	snprintf(to, sizeof(to), "%s/to", dir);
+	snprintf(victim, sizeof(victim), "%s/victim", dir);
+	assert_int_equal(mkdir(from, 0700), 0);
+	assert_int_equal(mkdir(to, 0700), 0);
+	FILE *f = fopen(victim, "w");
+	assert_non_null(f);
+	fputs("not hsmd's", f);
+	fclose(f);
+	char link_path[300];
+	snprintf(link_path, sizeof(link_path), "%s/audit-00000000000000000001.jsonl", from);
+	assert_int_equal(symlink(victim, link_path), 0);
+	hsm_result r = hsm_copy_file_into(link_path, to);
+	assert_true(hsm_failed(r));
+	assert_int_equal(r.err, HSM_ERR_IO);
+	assert_non_null(strstr(hsm_last_message(), link_path));
+	assert_non_null(strstr(hsm_last_message(), "symbolic link"));
+	dir_names(to, names, sizeof(names));
+	assert_string_equal(names, "");
+	unlink(link_path);
+	unlink(victim);
+	rmdir(from);
+	rmdir(to);
+	rmdir(dir);
+}
+
 static void test_dirs_others_may_write_to_are_refused(void **state)
 {
 	(void)state;
@@ -491,6 +524,7 @@ int main(void)
 	    cmocka_unit_test(test_format_time_out_of_range_is_a_terminated_number),
 	    cmocka_unit_test(test_atomic_write_follows_no_planted_link),
 	    cmocka_unit_test(test_atomic_write_failing_leaves_no_temporary),
+	    cmocka_unit_test(test_copy_follows_no_planted_link),
 	    cmocka_unit_test(test_dirs_others_may_write_to_are_refused),
 	    cmocka_unit_test(test_uri_passwords_are_masked_in_place),
 	    cmocka_unit_test(test_args_keep_a_copy_and_hide_passwords),
