@@ -82,7 +82,7 @@ static hsm_result read_certs(const char *path, json_t *out)
 static hsm_result each_listed(json_t *object_id, const char *label,
                               bool (*each)(json_t *item, void *arg), void *arg)
 {
-	char marker[64] = "";
+	char marker[1024] = ""; /* opaque: as long as hsmd takes one (server/marker.h) */
 	for (;;) {
 		json_t *body = json_pack("{s:i}", "Limit", 1000), *out = NULL, *item;
 		if (marker[0] != '\0')

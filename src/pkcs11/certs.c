@@ -148,7 +148,7 @@ static CK_RV note_one(json_t *c, new_ids *fresh)
 static CK_RV list(json_t *object_id, json_t *label, new_ids *fresh)
 {
 	json_t *ans = NULL;
-	char marker[64] = "";
+	char marker[1024] = ""; /* opaque: as long as hsmd takes one (server/marker.h) */
 	CK_RV rv = CKR_OK;
 	for (;;) {
 		json_t *body = json_pack("{s:i,s:b}", "Limit", 1000, "IncludeCertificate", fresh == NULL);

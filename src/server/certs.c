@@ -126,12 +126,14 @@ hsm_result hsm_admin_list_certificates(hsm_admin_ctx *c)
 	int64_t limit = 100;
 	bool present, has_id = false, truncated = false, with_der = true;
 	const char *marker = NULL, *label = NULL;
-	hsm_buf object_id = {0};
+	hsm_buf object_id = {0}, after = {0}, next = {0};
 	hsm_result res = HSM_SUCCESS;
 	HSM_TRY(hsm_json_int(c->req, "Limit", false, 1, 1000, &limit, &present));
 	HSM_TRY(hsm_json_str(c->req, "Marker", false, 1, 1024, &marker));
-	HSM_CHECK(marker == NULL || hsm_is_uuid(marker), HSM_ERR_INVALID_MARKER,
-	          "Marker is not one this operation returned");
+	/* Bound to this listing (marker.h): a position alone, or another listing's marker,
+	 * is refused rather than taken for a place to go on from. */
+	if (marker != NULL)
+		HSM_TRY(hsm_marker_decode(HSM_MARKER_CERTIFICATES, NULL, true, marker, &after));
 	HSM_TRY(hsm_json_blob(c->req, "ObjectId", false, 0, HSM_CERT_OBJECT_ID_MAX, &object_id,
 	                      &has_id));
 	HSM_TRY(hsm_json_str(c->req, "Label", false, 0, HSM_CERT_LABEL_MAX, &label));
@@ -139,14 +141,18 @@ hsm_result hsm_admin_list_certificates(hsm_admin_ctx *c)
 	hsm_cert_match m = {has_id ? &object_id : NULL, label};
 	list_arg l = {c->w, with_der, ""};
 	hsm_jw_key_begin_array(c->w, "Certificates");
-	HSM_TRY(hsm_kms_cert_list(c->s->kms, &c->auth->caller, &m, marker, (size_t)limit, list_one,
-	                          &l, &truncated));
+	HSM_TRY(hsm_kms_cert_list(c->s->kms, &c->auth->caller, &m, hsm_marker_at(&after),
+	                          (size_t)limit, list_one, &l, &truncated));
 	hsm_jw_end_array(c->w);
 	hsm_jw_bool(c->w, "Truncated", truncated);
-	if (truncated)
-		hsm_jw_str(c->w, "NextMarker", l.last);
+	if (truncated) {
+		HSM_TRY(hsm_marker_encode(HSM_MARKER_CERTIFICATES, NULL, l.last, &next));
+		hsm_jw_str_n(c->w, "NextMarker", (const char *)next.data, next.len);
+	}
 out:
 	hsm_buf_free(&object_id);
+	hsm_buf_free(&after);
+	hsm_buf_free(&next);
 	return res;
 }
 

@@ -1,12 +1,14 @@
 /*
- * marker.h - pagination markers (NextMarker / Marker of the KMS listings).
+ * marker.h - pagination markers (NextMarker / Marker of the KMS listings,
+ * and of HsmdAdmin.ListCertificates).
  *
  * A marker is opaque to clients (AWS KMS API reference, "Marker": "use the
  * value of NextMarker from the truncated response you just received"):
  * the base64url, without padding, of "<listing>:<scope>:<position>", where
  * listing names the operation that issued it, scope is the key id the
  * listing was limited to ("-" for none) and position the name of the last
- * item returned (a key id, alias name, tag key, version number or grant id).
+ * item returned (a key id, alias name, tag key, version number, grant id or
+ * certificate id).
  * The next page starts after that name, whether or not the item still
  * exists, so a walk goes on past deletions and any node sharing the store,
  * before or after a restart, continues it.  A marker another listing, or
@@ -30,6 +32,7 @@ typedef enum hsm_marker_kind {
 	HSM_MARKER_ROTATIONS,        /* ListKeyRotations: version numbers */
 	HSM_MARKER_GRANTS,           /* ListGrants: grant ids */
 	HSM_MARKER_RETIRABLE_GRANTS, /* ListRetirableGrants: grant ids */
+	HSM_MARKER_CERTIFICATES,     /* HsmdAdmin.ListCertificates: certificate ids */
 	HSM_MARKER_KIND_COUNT
 } hsm_marker_kind;
 

@@ -39,7 +39,7 @@ from cryptography.x509.oid import NameOID
 from PyKCS11 import (CKA_CLASS, CKA_ID, CKA_LABEL, CKA_PRIVATE, CKA_TOKEN, CKA_VALUE,
                      CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKR)
 
-from conftest import BUILD, DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, start_dev
+from conftest import BUILD, DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, start_dev
 from helpers import (ACCOUNT, admin, audit_records, b64, kms_front, metric, new_user,
                      restart_dev)
 
@@ -271,6 +271,45 @@ def test_paging(server, ca):
     assert all(len(p) == 2 for p in pages[:-1]) and flat == sorted(flat)
     for cid in ids:
         admin(server, "DeleteCertificate", {"CertificateId": cid})
+
+
+def test_markers_are_bound_to_the_listing(server, ca, keys):
+    """ListCertificates' markers are opaque and its own (server/marker.h): a bare
+    certificate id, or another listing's marker, is refused with InvalidMarkerException
+    (400) and lists nothing; its own markers are refused by the other listings."""
+    pub = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    ids = [import_cert(server, der(issue(ca, pub, f"bound {i}")))["CertificateId"]
+           for i in range(3)]
+    try:
+        page = admin(server, "ListCertificates", {"Limit": 1})
+        assert page["Truncated"]
+        own = page["NextMarker"]
+        first = page["Certificates"][0]["CertificateId"]
+        assert first not in own and len(own) < 64  # opaque; fits a 64-byte client buffer
+        st, keys_page = signed_call(server, "TrentService.ListKeys", {"Limit": 1})
+        assert st == 200 and keys_page["Truncated"], keys_page
+        for foreign in (first, keys_page["NextMarker"], keys_page["Keys"][0]["KeyId"]):
+            admin_error(server, "ListCertificates", {"Marker": foreign},
+                        "InvalidMarkerException")
+        for op, body in (("ListKeys", {}), ("ListAliases", {}),
+                         ("ListResourceTags", {"KeyId": keys["aes"]})):
+            st, out = signed_call(server, "TrentService." + op, dict(body, Marker=own))
+            assert st == 400 and out["__type"] == "InvalidMarkerException", (op, st, out)
+        # Its own markers walk the listing: every certificate exactly once.
+        walked = [c["CertificateId"] for c in listed(server)]
+        paged, marker = [], None
+        while True:
+            page = admin(server, "ListCertificates",
+                         {"Limit": 1, **({"Marker": marker} if marker else {})})
+            paged += [c["CertificateId"] for c in page["Certificates"]]
+            if not page["Truncated"]:
+                break
+            marker = page["NextMarker"]
+        assert paged == walked and len(paged) == len(set(paged)) and set(ids) <= set(paged)
+    finally:
+        for cid in ids:
+            admin(server, "DeleteCertificate", {"CertificateId": cid})
 
 
 def test_list_filters(server, ca):

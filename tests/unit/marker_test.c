@@ -71,12 +71,15 @@ static void test_round_trip(void **state)
 	    {HSM_MARKER_ROTATIONS, KEY_A, "4294967295"},
 	    {HSM_MARKER_GRANTS, KEY_A, grant_id},
 	    {HSM_MARKER_RETIRABLE_GRANTS, NULL, grant_id},
+	    {HSM_MARKER_CERTIFICATES, NULL, KEY_A},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		char m[1100], p[600];
 		encode(cases[i].kind, cases[i].scope, cases[i].position, m, sizeof(m));
 		/* Opaque: base64url, within the API's Marker pattern and length. */
 		assert_true(strlen(m) <= 1024);
+		/* A certificates marker fits the 64-byte buffers of earlier clients. */
+		assert_true(cases[i].kind != HSM_MARKER_CERTIFICATES || strlen(m) < 64);
 		assert_null(strpbrk(m, "=+/:"));
 		assert_int_equal(decode(cases[i].kind, cases[i].scope, true, m, p, sizeof(p)), HSM_OK);
 		assert_string_equal(p, cases[i].position);
