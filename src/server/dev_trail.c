@@ -67,7 +67,7 @@ bool hsm_server_trail_shows_store(const char *dir, char *why, size_t cap)
 	why[0] = '\0';
 	/* Checked before the audit directory is made or vetted: one that is not there holds no
 	 * trail, and a path that is no directory is refused by that check, naming the setting. */
-	if (stat(dir, &st) != 0 && (errno == ENOENT || errno == ENOTDIR))
+	if (stat(dir, &st) != 0 ? errno == ENOENT || errno == ENOTDIR : !S_ISDIR(st.st_mode))
 		return false;
 	if (hsm_failed(hsm_audit_trail_files(dir, &paths, &n))) {
 		snprintf(why, cap, "files that could not be listed");

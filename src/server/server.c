@@ -704,12 +704,15 @@ static hsm_result dev_share_path(hsm_server *s, char *out, size_t cap)
 	return HSM_SUCCESS;
 }
 
-/* Whether dir holds a backup file (a directory that cannot be read is said to, the caution). */
+/*
+ * Whether dir holds a backup file (a directory that cannot be read is said to, the
+ * caution).  A path that is no directory holds none: the backup_dir check refuses it.
+ */
 static bool has_backups(const char *dir)
 {
 	DIR *d = opendir(dir);
 	if (d == NULL)
-		return errno != ENOENT;
+		return errno != ENOENT && errno != ENOTDIR;
 	bool found = false;
 	for (struct dirent *e; !found && (e = readdir(d)) != NULL;) {
 		size_t n = strlen(e->d_name), k = strlen(HSM_BACKUP_SUFFIX);

@@ -63,6 +63,15 @@ def test_a_data_dir_or_audit_dir_others_may_write_to(tmp):
     assert f"chmod go-w {audit}" in err and "(audit_dir from --audit-dir)" in err, err
 
 
+def test_an_audit_dir_that_is_a_file(tmp):
+    """Refused for the setting, not taken for an earlier store's unreadable trail."""
+    for bad in (blocker(tmp), os.path.join(blocker(tmp), "sub")):
+        err = refused(["--dev", "--listen", f"127.0.0.1:{free_port()}", "--data-dir",
+                       os.path.join(tmp, "data"), "--audit-dir", bad])
+        assert "(audit_dir from --audit-dir)" in err and bad in err, err
+        assert "earlier store" not in err, err
+
+
 def test_the_dev_share_is_not_written_through_a_planted_link(tmp):
     """The dev unseal share is written to a temporary file, then renamed: a symbolic
     link planted under the temporary's name (once PATH.tmp.PID, known in advance)
