@@ -383,11 +383,12 @@ hsm_result hsm_parse_i64(const char *s, int64_t min, int64_t max, int64_t *out)
 	return HSM_SUCCESS;
 }
 
-hsm_result hsm_read_file(const char *path, size_t max, hsm_buf *out)
+static hsm_result read_file(const char *path, int flags, size_t max, hsm_buf *out)
 {
 	hsm_result res = HSM_SUCCESS;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	HSM_ENSURE(fd >= 0, HSM_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+	int fd = open(path, O_RDONLY | O_CLOEXEC | flags);
+	HSM_ENSURE(fd >= 0, HSM_ERR_IO, "cannot open %s: %s", path,
+	           (flags & O_NOFOLLOW) != 0 ? hsm_own_file_error(errno) : strerror(errno));
 	for (;;) {
 		uint8_t chunk[4096];
 		ssize_t n = read(fd, chunk, sizeof(chunk));
@@ -404,6 +405,16 @@ hsm_result hsm_read_file(const char *path, size_t max, hsm_buf *out)
 out:
 	close(fd);
 	return res;
+}
+
+hsm_result hsm_read_file(const char *path, size_t max, hsm_buf *out)
+{
+	return read_file(path, 0, max, out);
+}
+
+hsm_result hsm_read_own_file(const char *path, size_t max, hsm_buf *out)
+{
+	return read_file(path, O_NOFOLLOW, max, out);
 }
 
 static hsm_result write_all(int fd, const uint8_t *p, size_t n, const char *path)

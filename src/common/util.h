@@ -154,6 +154,9 @@ hsm_result hsm_parse_i64(const char *s, int64_t min, int64_t max, int64_t *out) 
 
 /* Reads a whole file (at most max bytes) into out. */
 hsm_result hsm_read_file(const char *path, size_t max, struct hsm_buf *out) HSM_MUST_CHECK;
+/* The same for one of hsmd's own files (the dev unseal share): a symbolic link in its
+ * place is refused (HSM_ERR_IO naming path), not followed. */
+hsm_result hsm_read_own_file(const char *path, size_t max, struct hsm_buf *out) HSM_MUST_CHECK;
 /*
  * Writes a file atomically and durably: temp file in the same directory,
  * fsync, rename, fsync of the directory.  mode is the permission of the new file.

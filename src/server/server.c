@@ -779,7 +779,7 @@ static hsm_result dev_init_or_unseal(hsm_server *s)
 		if (hsm_ok(r))
 			note_trail(s, true);
 	} else if (hsm_keystore_state(s->ks) == HSM_NODE_SEALED) {
-		r = hsm_read_file(path, 4096, &share);
+		r = hsm_read_own_file(path, 4096, &share);
 		if (hsm_ok(r))
 			r = hsm_keystore_unseal(s->ks, share.data, share.len, &p);
 		hsm_server_event(s, "Unseal", NULL, 0, r, NULL, 0);

@@ -98,6 +98,29 @@ def test_the_dev_share_is_not_written_through_a_planted_link(tmp):
         server.cleanup()
 
 
+def test_the_dev_share_is_not_read_through_a_planted_link(tmp):
+    """A symbolic link in the place of the dev unseal share (to the share itself, moved
+    away) is refused by name, not followed."""
+    from conftest import start_dev
+    server = start_dev()
+    server.stop()
+    try:
+        share = os.path.join(server.data_dir, "dev-unseal.share")
+        moved = os.path.join(tmp, "moved.share")
+        shutil.move(share, moved)
+        os.symlink(moved, share)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HSM_")}
+        env.update({"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET})
+        p = subprocess.run([HSMD, "--dev", "--data-dir", server.data_dir, "--listen",
+                            f"127.0.0.1:{free_port()}"], capture_output=True, text=True,
+                           timeout=30, env=env)
+        assert p.returncode != 0, p.stderr
+        assert f"cannot open {share}: it is a symbolic link" in p.stderr, p.stderr
+        assert os.path.islink(share)
+    finally:
+        server.cleanup()
+
+
 def test_an_address_already_in_use(tmp):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
