@@ -257,7 +257,14 @@ static CK_RV check_mechanism(const CK_MECHANISM *mech, const p11_object *base, h
 	CK_RV rv = kdf_params(prm, md, shared);
 	if (rv != CKR_OK)
 		return rv;
+	/*
+	 * C_DeriveKey's list (PKCS#11 v2.40 5.13) has no CKR_KEY_FUNCTION_NOT_PERMITTED:
+	 * a key that does not derive (a signing key, a public key) is one whose
+	 * type does not go with ECDH, CKR_KEY_TYPE_INCONSISTENT.
+	 */
 	rv = p11_key_permits(base, p11_mech_find(mech->mechanism), CKF_DERIVE);
+	if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED)
+		rv = CKR_KEY_TYPE_INCONSISTENT;
 	if (rv != CKR_OK)
 		return rv;
 	const uint8_t *pt = NULL;

@@ -372,8 +372,9 @@ def test_init_codes_put_the_key_type_before_its_function(p11, user, keys):
     """A key of another type than the mechanism's is CKR_KEY_TYPE_INCONSISTENT even when its
     class or usage would not allow the function either: CKR_KEY_FUNCTION_NOT_PERMITTED "has
     lower priority than CKR_KEY_TYPE_INCONSISTENT" (PKCS#11 v2.40 5.1.6).  The same order
-    for signing, verification, encryption and derivation; a key of the mechanism's type
-    whose class or usage does not allow it is not permitted."""
+    for signing, verification and encryption; a key of the mechanism's type whose class or
+    usage does not allow it is not permitted.  C_DeriveKey, whose list has no
+    CKR_KEY_FUNCTION_NOT_PERMITTED, answers CKR_KEY_TYPE_INCONSISTENT for both."""
     TYPE, FUNCTION = PyKCS11.CKR_KEY_TYPE_INCONSISTENT, PyKCS11.CKR_KEY_FUNCTION_NOT_PERMITTED
     with session(p11, user.pin) as s:
         def obj(cls, name):
@@ -406,7 +407,9 @@ def test_init_codes_put_the_key_type_before_its_function(p11, user, keys):
         point = ec.generate_private_key(ec.SECP384R1()).public_key().public_bytes(
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
         ckr(TYPE, s.deriveKey, dec_priv, SECRET_TEMPLATE, ecdh(point))
-        ckr(FUNCTION, s.deriveKey, ec_priv, SECRET_TEMPLATE, ecdh(point))
+        # C_DeriveKey's list (5.13) has no CKR_KEY_FUNCTION_NOT_PERMITTED: a signing key of
+        # the right curve is still a key whose type does not go with ECDH.
+        ckr(TYPE, s.deriveKey, ec_priv, SECRET_TEMPLATE, ecdh(point))
         # None of them began an operation: the right keys still begin one.
         assert len(sign(s, ec_priv, ecdsa, MSG)) == 64
         assert s.deriveKey(agree_priv, SECRET_TEMPLATE, ecdh(point)).value() != 0
@@ -760,8 +763,9 @@ def test_ecdh_refusals(p11, user, officer, keys):
             (Mechanism(PyKCS11.CKM_ECMQV_DERIVE), PyKCS11.CKR_MECHANISM_INVALID),
         ]:
             ckr(code, s.deriveKey, priv, SECRET_TEMPLATE, mech)
-        ckr(PyKCS11.CKR_KEY_FUNCTION_NOT_PERMITTED, s.deriveKey, pub, SECRET_TEMPLATE, ecdh(point))
-        ckr(PyKCS11.CKR_KEY_FUNCTION_NOT_PERMITTED, s.deriveKey, signer, SECRET_TEMPLATE,
+        # Keys that do not derive (C_DeriveKey's list has no CKR_KEY_FUNCTION_NOT_PERMITTED).
+        ckr(PyKCS11.CKR_KEY_TYPE_INCONSISTENT, s.deriveKey, pub, SECRET_TEMPLATE, ecdh(point))
+        ckr(PyKCS11.CKR_KEY_TYPE_INCONSISTENT, s.deriveKey, signer, SECRET_TEMPLATE,
             ecdh(other_curve))
         for tmpl, code in [
             ([(CKA_TOKEN, True)], PyKCS11.CKR_TEMPLATE_INCONSISTENT),
