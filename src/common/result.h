@@ -31,7 +31,11 @@
 /*
  * X(code, KMS exception name, HTTP status, CKR value)
  * KMS names follow the AWS KMS API reference ("Errors" of each operation);
- * CKR values are from PKCS#11 v3.0 section 5.1 (pkcs11t.h).
+ * CKR values are from PKCS#11 v3.0 section 5.1 (pkcs11t.h).  A CKR value here
+ * is what the PKCS#11 module answers where the function's list of return
+ * values has it; elsewhere it answers the nearest one the list has
+ * (src/pkcs11/retval.c): CKR_ACTION_PROHIBITED, for one, only C_CopyObject,
+ * C_SetAttributeValue and C_DestroyObject may return.
  */
 #define HSM_ERROR_TABLE(X)                                                           \
 	X(HSM_OK, "", 200, 0x000UL /* CKR_OK */)                                          \

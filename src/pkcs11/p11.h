@@ -17,6 +17,8 @@
  *   crypt.c    RSA-OAEP and AES-GCM encryption and decryption
  *   digest.c   message digests, computed in the module
  *   derive.c   ECDH key derivation (hsmd's DeriveSharedSecret) into session objects
+ *   retval.c   the return values PKCS#11 lets each function give, which every
+ *              entry point's answer is held to (LEAVE)
  *
  * The module is a thin client: it holds no key material of hsmd's keys.
  * The one secret it keeps is a shared secret a user derived (C_DeriveKey),
@@ -50,6 +52,7 @@
 #include "common/util.h"
 #include "crypto/keyspec.h"
 #include "pkcs11/p11_interface.h"
+#include "pkcs11/retval.h"
 
 #define P11_SLOT 0
 #define P11_MAX_SESSIONS 256
@@ -225,12 +228,15 @@ extern pthread_mutex_t p11_lock;
 			LEAVE(CKR_SESSION_HANDLE_INVALID);    \
 	} while (0)
 /*
- * Wipes the stack the call used too (hsm_stack_wipe_guarded: the thread and
- * its stack are the application's), since the application's thread goes on.
+ * Returns rv as the entry point it is written in may (p11_rv_conform with
+ * __func__: LEAVE is used in the C_* functions themselves, never in a
+ * helper).  Wipes the stack the call used too (hsm_stack_wipe_guarded: the
+ * thread and its stack are the application's), since the application's
+ * thread goes on.
  */
 #define LEAVE(rv)                          \
 	do {                                   \
-		CK_RV leave_rv__ = (rv);           \
+		CK_RV leave_rv__ = p11_rv_conform(__func__, (rv)); \
 		p11_errq_restore();                \
 		pthread_mutex_unlock(&p11_lock);   \
 		hsm_stack_wipe_guarded();          \

@@ -596,6 +596,12 @@ static CK_RV sign_final(CK_SESSION_HANDLE h, p11_session *s, bool one_part, cons
 		if (rv == CKR_OK)
 			*sig_n = need;
 	}
+	/*
+	 * Any answer but a length query's ends the operation (PKCS#11 v2.40 5.11: "a
+	 * call to C_Sign always terminates the active signing operation unless it
+	 * returns CKR_BUFFER_TOO_SMALL" or answers a length query), hsmd's refusal
+	 * too, which C_Sign and C_SignFinal answer as CKR_FUNCTION_FAILED (retval.c).
+	 */
 	p11_op_end(&s->sign, &t);
 	return rv;
 }
@@ -620,24 +626,23 @@ static p11_session *active(CK_SESSION_HANDLE h, bool sign, bool args_ok, CK_RV *
 	                      args_ok, rv);
 }
 
-/* C_SignUpdate and C_VerifyUpdate: a failure ends the operation. */
-static CK_RV update_entry(CK_SESSION_HANDLE h, bool sign, const CK_BYTE *data, CK_ULONG len)
+/* C_SignUpdate and C_VerifyUpdate, with the module lock held: a failure ends the operation. */
+static CK_RV update(CK_SESSION_HANDLE h, bool sign, const CK_BYTE *data, CK_ULONG len)
 {
-	ENTER();
 	CK_RV rv;
 	p11_session *s = active(h, sign, data != NULL || len == 0, &rv);
 	if (s == NULL)
-		LEAVE(rv);
+		return rv;
 	p11_op *op = sign ? &s->sign : &s->verify;
 	rv = p11_op_in_parts(op);
 	if (rv != CKR_OK)
-		LEAVE(rv);
+		return rv;
 	rv = op_update(op, data, len);
 	if (rv != CKR_OK)
 		p11_op_reset(op);
 	else
 		op->multi = true;
-	LEAVE(rv);
+	return rv;
 }
 
 CK_RV C_Sign(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR sig,
@@ -658,7 +663,8 @@ CK_RV C_Sign(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR si
 
 CK_RV C_SignUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len)
 {
-	return update_entry(h, true, data, len);
+	ENTER();
+	LEAVE(update(h, true, data, len));
 }
 
 CK_RV C_SignFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG_PTR sig_n)
@@ -706,7 +712,8 @@ CK_RV C_Verify(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR 
 
 CK_RV C_VerifyUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len)
 {
-	return update_entry(h, false, data, len);
+	ENTER();
+	LEAVE(update(h, false, data, len));
 }
 
 CK_RV C_VerifyFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG sig_n)

@@ -415,6 +415,61 @@ def test_init_codes_put_the_key_type_before_its_function(p11, user, keys):
         assert s.deriveKey(agree_priv, SECRET_TEMPLATE, ecdh(point)).value() != 0
 
 
+def test_refusals_by_key_policy_answer_codes_each_function_may_return(p11, officer, user,
+                                                                      keys):
+    """hsmd refuses a use of a key its policy denies the user (AccessDeniedException).  The
+    policy is hsmd's, so C_SignInit, C_DecryptInit cannot know and begin the operation; the
+    refusal comes at C_Sign, C_SignFinal, C_Decrypt, C_DeriveKey, whose lists (PKCS#11 v2.40
+    5.9-5.13) have no code saying why: CKR_FUNCTION_FAILED, never CKR_ACTION_PROHIBITED,
+    which "can only be returned by C_CopyObject, C_SetAttributeValue and C_DestroyObject"
+    (5.1.6).  The refused call ends its operation, so the session goes on with another; and
+    C_DestroyObject, which may, still answers CKR_ACTION_PROHIBITED for a deletion refused."""
+    no_sign = key_denying(officer, "kms:Sign", KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")
+    no_decrypt = key_denying(officer, "kms:Decrypt", KeySpec="RSA_2048",
+                             KeyUsage="ENCRYPT_DECRYPT")
+    no_derive = key_denying(officer, "kms:DeriveSharedSecret", KeySpec="ECC_NIST_P384",
+                            KeyUsage="KEY_AGREEMENT")
+    ecdsa = Mechanism(PyKCS11.CKM_ECDSA_SHA256)
+    m = oaep(CKM["CKM_SHA256"], PyKCS11.CKG_MGF1_SHA256)
+    FAILED = PyKCS11.CKR_FUNCTION_FAILED
+    with session(p11, user.pin) as s:
+        (denied,) = find(s, CKO_PRIVATE_KEY, no_sign)
+        (signer,) = find(s, CKO_PRIVATE_KEY, keys["ec"])
+        # One part: C_SignInit begins, C_Sign is refused and ends the operation.
+        check(s.lib.C_SignInit(s.session, ecdsa.to_native(), denied), "C_SignInit")
+        out = ckbytelist()
+        check(s.lib.C_Sign(s.session, ckbytelist(MSG), out), "C_Sign (length)")
+        assert s.lib.C_Sign(s.session, ckbytelist(MSG), out) == FAILED
+        assert s.lib.C_Sign(s.session, ckbytelist(MSG), out) == \
+            PyKCS11.CKR_OPERATION_NOT_INITIALIZED
+        assert len(sign(s, signer, ecdsa, MSG)) == 64  # no operation left behind
+        # In parts: the refusal comes at C_SignFinal, which ends the operation too.
+        check(s.lib.C_SignInit(s.session, ecdsa.to_native(), denied), "C_SignInit")
+        check(s.lib.C_SignUpdate(s.session, ckbytelist(MSG)), "C_SignUpdate")
+        out = ckbytelist([0] * 64)
+        assert s.lib.C_SignFinal(s.session, out) == FAILED
+        assert sign_parts(s, signer, ecdsa, [MSG[:5], MSG[5:]])
+        # Decryption: the public key encrypts (hsmd's Encrypt is allowed), Decrypt is refused.
+        (enc,) = find(s, CKO_PUBLIC_KEY, no_decrypt)
+        (dec,) = find(s, CKO_PRIVATE_KEY, no_decrypt)
+        ct = bytes(s.encrypt(enc, b"for nobody", m))
+        assert refused(s.decrypt, dec, ct, m) == FAILED
+        (ok_enc,) = find(s, CKO_PUBLIC_KEY, keys["rsa_enc"])
+        (ok_dec,) = find(s, CKO_PRIVATE_KEY, keys["rsa_enc"])
+        assert bytes(s.decrypt(ok_dec, bytes(s.encrypt(ok_enc, b"next", m)), m)) == b"next"
+        # Derivation: refused by hsmd's DeriveSharedSecret, no object made.
+        (agree,) = find(s, CKO_PRIVATE_KEY, no_derive)
+        point = ec.generate_private_key(ec.SECP384R1()).public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        before = s.findObjects([(CKA_CLASS, CKO_SECRET_KEY)])
+        assert refused(s.deriveKey, agree, SECRET_TEMPLATE, ecdh(point)) == FAILED
+        assert len(s.findObjects([(CKA_CLASS, CKO_SECRET_KEY)])) == len(before)
+        # C_DestroyObject's list has CKR_ACTION_PROHIBITED: a crypto-user's deletion refused.
+        assert s.lib.C_DestroyObject(s.session, denied) == CKR_ACTION_PROHIBITED
+    for kid in (no_sign, no_decrypt, no_derive):
+        assert officer.describe_key(KeyId=kid)["KeyMetadata"]["KeyState"] == "Enabled"
+
+
 def test_logout_keeps_the_handles_of_public_objects(p11, user, officer, keys):
     """PKCS#11 v2.40 5.6: at logout only private objects' handles become invalid.  Public keys
     and certificates (token objects, and session certificates with CKA_PRIVATE false) keep
