@@ -297,7 +297,7 @@ CK_RV C_Encrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR
 	p11_ticket t = p11_ticket_of(h, &s->encrypt);
 	const p11_object *o = p11_object_get(s->encrypt.key);
 	if (o == NULL) {
-		rv = CKR_KEY_HANDLE_INVALID;
+		rv = P11_RV_KEY_GONE;
 	} else if (s->encrypt.mech->family == P11_AES_GCM) {
 		bool query = false;
 		rv = gcm_encrypt(&s->encrypt, &t, o, data, len, out, out_n, &query);
@@ -341,7 +341,7 @@ CK_RV C_Decrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR
 	p11_ticket t = p11_ticket_of(h, &s->decrypt);
 	const p11_object *o = p11_object_get(s->decrypt.key);
 	if (o == NULL) {
-		rv = CKR_KEY_HANDLE_INVALID;
+		rv = P11_RV_KEY_GONE;
 	} else if (s->decrypt.mech->family == P11_AES_GCM) {
 		bool query = false;
 		rv = gcm_decrypt(&s->decrypt, &t, o, data, len, out, out_n, &query);
@@ -431,7 +431,7 @@ static CK_RV finish(CK_SESSION_HANDLE h, bool encrypt, CK_BYTE_PTR out, CK_ULONG
 	p11_ticket t = p11_ticket_of(h, op);
 	const p11_object *o = p11_object_get(op->key);
 	bool query = false;
-	rv = o == NULL   ? CKR_KEY_HANDLE_INVALID
+	rv = o == NULL   ? P11_RV_KEY_GONE
 	     : encrypt ? gcm_encrypt(op, &t, o, op->input.data, op->input.len, out, out_n, &query)
 	               : gcm_decrypt(op, &t, o, op->input.data, op->input.len, out, out_n, &query);
 	if (!query)

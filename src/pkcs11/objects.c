@@ -953,6 +953,10 @@ CK_RV C_DestroyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj)
 {
 	ENTER();
 	CK_RV rv = p11_user_session(h);
+	/* C_DestroyObject's list (PKCS#11 v2.40 5.7) has no CKR_USER_NOT_LOGGED_IN; before
+	 * login no object shows (objects.c), so no handle names one. */
+	if (rv == CKR_USER_NOT_LOGGED_IN)
+		rv = CKR_OBJECT_HANDLE_INVALID;
 	if (rv != CKR_OK)
 		LEAVE(rv);
 	const p11_object *o = p11_object_get(obj);

@@ -132,6 +132,15 @@ typedef struct p11_mech {
 	bool one_part; /* single-part only: no Update or Final calls (sign.c's table says which) */
 } p11_mech;
 
+/*
+ * The answer of a call continuing an operation (C_Sign, C_Encrypt, their
+ * Final calls, ...) whose key object left the table after its *Init (a
+ * listing found the key deleted or disabled in hsmd): those calls' lists
+ * (PKCS#11 v2.40 5.8-5.11) have no code of a key's, so the function could
+ * not be performed, CKR_FUNCTION_FAILED.  The operation ends with it.
+ */
+#define P11_RV_KEY_GONE CKR_FUNCTION_FAILED
+
 /* A signing, verification, encryption, decryption or digest in progress. */
 typedef struct p11_op {
 	bool active;

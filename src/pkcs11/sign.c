@@ -579,7 +579,7 @@ static CK_RV sign_final(CK_SESSION_HANDLE h, p11_session *s, bool one_part, cons
 	const p11_object *o = p11_object_get(s->sign.key);
 	CK_RV rv;
 	if (o == NULL) {
-		rv = CKR_KEY_HANDLE_INVALID;
+		rv = P11_RV_KEY_GONE;
 	} else {
 		CK_ULONG need = sig_len(&s->sign, o);
 		if (sig == NULL) {
@@ -685,7 +685,7 @@ static CK_RV verify_final(CK_SESSION_HANDLE h, p11_session *s, const CK_BYTE *si
 {
 	p11_ticket t = p11_ticket_of(h, &s->verify);
 	const p11_object *o = p11_object_get(s->verify.key);
-	CK_RV rv = o == NULL ? CKR_KEY_HANDLE_INVALID : do_verify(&s->verify, o, sig, sig_n, &t);
+	CK_RV rv = o == NULL ? P11_RV_KEY_GONE : do_verify(&s->verify, o, sig, sig_n, &t);
 	p11_op_end(&s->verify, &t);
 	return rv;
 }

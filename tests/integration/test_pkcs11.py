@@ -310,6 +310,8 @@ def test_closing_the_last_session_ends_the_login(p11, user, keys):
             assert find(t, CKO_PRIVATE_KEY, keys["rsa"]) == []
             assert attr_rv(t, priv, CKA_ID) == PyKCS11.CKR_OBJECT_HANDLE_INVALID
             assert attr_rv(t, priv, CKA_CLASS) == PyKCS11.CKR_OBJECT_HANDLE_INVALID
+            # C_DestroyObject's list has no CKR_USER_NOT_LOGGED_IN: no handle names an object.
+            assert t.lib.C_DestroyObject(t.session, priv) == PyKCS11.CKR_OBJECT_HANDLE_INVALID
             ckr(PyKCS11.CKR_USER_NOT_LOGGED_IN, t.sign, priv, MSG,
                 Mechanism(PyKCS11.CKM_SHA256_RSA_PKCS))
             t.login(user.pin)  # and a new login reads them again
@@ -466,6 +468,18 @@ def test_refusals_by_key_policy_answer_codes_each_function_may_return(p11, offic
         assert len(s.findObjects([(CKA_CLASS, CKO_SECRET_KEY)])) == len(before)
         # C_DestroyObject's list has CKR_ACTION_PROHIBITED: a crypto-user's deletion refused.
         assert s.lib.C_DestroyObject(s.session, denied) == CKR_ACTION_PROHIBITED
+        # A key deleted in hsmd after C_SignInit, and gone from the table at a search in
+        # another session: C_Sign's list has no key code either (CKR_KEY_HANDLE_INVALID is
+        # C_SignInit's), CKR_FUNCTION_FAILED, and the operation ends.
+        gone = officer.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")[
+            "KeyMetadata"]["KeyId"]
+        (doomed,) = find(s, CKO_PRIVATE_KEY, gone)
+        check(s.lib.C_SignInit(s.session, ecdsa.to_native(), doomed), "C_SignInit")
+        officer.schedule_key_deletion(KeyId=gone, PendingWindowInDays=7)
+        with session(p11) as other:
+            assert find(other, CKO_PRIVATE_KEY, gone) == []
+        assert s.lib.C_Sign(s.session, ckbytelist(MSG), ckbytelist()) == FAILED
+        assert len(sign(s, signer, ecdsa, MSG)) == 64
     for kid in (no_sign, no_decrypt, no_derive):
         assert officer.describe_key(KeyId=kid)["KeyMetadata"]["KeyState"] == "Enabled"
 
