@@ -130,8 +130,16 @@ int cmd_audit_verify(int argc, char **argv)
 	hsm_buf pem = {0};
 	char **files = NULL;
 	size_t n_files = 0;
+	hsmctl_seen seen = {0};
+	const char *pubkey = NULL;
 	int i = 1, rc = 1;
 	for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
+		bool known = strcmp(argv[i], "--live") == 0 || strcmp(argv[i], "--anchor") == 0 ||
+		             strcmp(argv[i], "--pubkey") == 0;
+		if (known && hsmctl_once(&seen, "audit verify", argv[i] + 2) != 0) {
+			rc = 2;
+			goto out;
+		}
 		if (strcmp(argv[i], "--live") == 0) {
 			opts.allow_open_tail = true;
 		} else if (strcmp(argv[i], "--anchor") == 0 && i + 1 < argc) {
@@ -141,13 +149,7 @@ int cmd_audit_verify(int argc, char **argv)
 				goto out;
 			}
 		} else if (strcmp(argv[i], "--pubkey") == 0 && i + 1 < argc) {
-			pem.len = 0;
-			if (hsm_failed(hsm_read_file(argv[++i], PUBKEY_MAX, &pem)) ||
-			    hsm_failed(hsm_buf_terminate(&pem))) {
-				rc = hsmctl_fail("audit verify");
-				goto out;
-			}
-			opts.pubkey_pem = (const char *)pem.data;
+			pubkey = argv[++i];
 		} else {
 			rc = hsmctl_usage("audit verify", "unknown option '%s'", argv[i]);
 			goto out;
@@ -156,6 +158,15 @@ int cmd_audit_verify(int argc, char **argv)
 	if (i >= argc) {
 		rc = hsmctl_usage("audit verify", "give the audit files (or their directories) to verify");
 		goto out;
+	}
+	/* Read once every option is known good: a refused command reads nothing. */
+	if (pubkey != NULL) {
+		if (hsm_failed(hsm_read_file(pubkey, PUBKEY_MAX, &pem)) ||
+		    hsm_failed(hsm_buf_terminate(&pem))) {
+			rc = hsmctl_fail("audit verify");
+			goto out;
+		}
+		opts.pubkey_pem = (const char *)pem.data;
 	}
 	hsm_audit_verify_report rep;
 	if (hsm_failed(hsm_audit_expand_paths((const char *const *)(argv + i), (size_t)(argc - i),

@@ -153,20 +153,23 @@ static bool empty_window(const report_opts *o)
 
 static int parse(int argc, char **argv, report_opts *o, hsm_buf *pem, int *first_file)
 {
+	static const char *const known[] = {"--live", "--json", "--pubkey", "--since", "--until",
+	                                    "--key"};
+	hsmctl_seen seen = {0};
+	const char *pubkey = NULL;
 	int i = 1;
 	for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
 		const char *a = argv[i];
 		bool has_value = i + 1 < argc;
+		for (size_t k = 0; k < sizeof(known) / sizeof(known[0]); k++)
+			if (strcmp(a, known[k]) == 0 && hsmctl_once(&seen, "audit report", a + 2) != 0)
+				return 2;
 		if (strcmp(a, "--live") == 0) {
 			o->verify.allow_open_tail = true;
 		} else if (strcmp(a, "--json") == 0) {
 			o->json = true;
 		} else if (strcmp(a, "--pubkey") == 0 && has_value) {
-			pem->len = 0;
-			if (hsm_failed(hsm_read_file(argv[++i], PUBKEY_MAX, pem)) ||
-			    hsm_failed(hsm_buf_terminate(pem)))
-				return hsmctl_fail("audit report");
-			o->verify.pubkey_pem = (const char *)pem->data;
+			pubkey = argv[++i];
 		} else if ((strcmp(a, "--since") == 0 || strcmp(a, "--until") == 0) && has_value) {
 			if (hsm_failed(parse_time(a, argv[++i], a[2] == 's' ? o->since : o->until)))
 				return hsmctl_usage("audit report", "%s", hsm_last_message());
@@ -183,6 +186,13 @@ static int parse(int argc, char **argv, report_opts *o, hsm_buf *pem, int *first
 	if (i >= argc)
 		return hsmctl_usage("audit report", "name the audit files or their directories "
 		                    "(e.g. DATA_DIR/audit)");
+	/* Read once every option is known good: a refused command reads nothing. */
+	if (pubkey != NULL) {
+		if (hsm_failed(hsm_read_file(pubkey, PUBKEY_MAX, pem)) ||
+		    hsm_failed(hsm_buf_terminate(pem)))
+			return hsmctl_fail("audit report");
+		o->verify.pubkey_pem = (const char *)pem->data;
+	}
 	*first_file = i;
 	return 0;
 }

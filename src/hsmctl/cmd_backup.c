@@ -41,9 +41,12 @@ static int parse(const char *cmd, int argc, char **argv, backup_opts *o)
 	                                         {"share", required_argument, NULL, 's'},
 	                                         {"dir", required_argument, NULL, 'D'},
 	                                         {NULL, 0, NULL, 0}};
+	hsmctl_seen seen = {0};
 	memset(o, 0, sizeof(*o));
 	optind = 1;
-	for (int c; (c = getopt_long(argc, argv, "", longopts, NULL)) != -1;) {
+	for (int c, i = -1; (c = getopt_long(argc, argv, "", longopts, &i)) != -1; i = -1) {
+		if (c != 's' && hsmctl_getopt_once(&seen, cmd, longopts, i) != 0)
+			return 2;
 		switch (c) {
 		case 'd': o->data_dir = optarg; break;
 		case 'D': o->dir = optarg; break;

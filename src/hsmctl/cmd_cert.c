@@ -218,11 +218,14 @@ static int import(int argc, char **argv)
 {
 	static const char usage[] = "FILE [--key KEY] [--label L] [--id HEX]";
 	const char *file = NULL, *key = NULL, *label = NULL, *id = NULL;
+	hsmctl_seen seen = {0};
 	for (int i = 2; i < argc; i++) {
 		const char **opt = strcmp(argv[i], "--key") == 0     ? &key
 		                   : strcmp(argv[i], "--label") == 0 ? &label
 		                   : strcmp(argv[i], "--id") == 0    ? &id
 		                                                     : NULL;
+		if (opt != NULL && hsmctl_once(&seen, "cert import", argv[i] + 2) != 0)
+			return 2;
 		if (opt != NULL && i + 1 < argc)
 			*opt = argv[++i];
 		else if (opt == NULL && argv[i][0] != '-' && file == NULL)
@@ -305,6 +308,7 @@ static int list(int argc, char **argv)
 {
 	static const char usage[] = "list [--id HEX | --key KEY] [--label L]";
 	const char *hex = NULL, *key = NULL, *label = NULL;
+	hsmctl_seen seen = {0};
 	for (int i = 2; i < argc; i++) {
 		const char **opt = strcmp(argv[i], "--key") == 0     ? &key
 		                   : strcmp(argv[i], "--label") == 0 ? &label
@@ -312,6 +316,8 @@ static int list(int argc, char **argv)
 		                                                     : NULL;
 		if (opt == NULL || i + 1 >= argc)
 			return hsmctl_usage("cert", "%s", usage);
+		if (hsmctl_once(&seen, "cert list", argv[i] + 2) != 0)
+			return 2;
 		*opt = argv[++i];
 	}
 	if (hex != NULL && key != NULL)

@@ -70,8 +70,11 @@ static int parse(int argc, char **argv, import_opts *o)
 	    {"new", no_argument, NULL, 'n'},
 	    {"description", required_argument, NULL, 'D'},
 	    {NULL, 0, NULL, 0}};
+	hsmctl_seen seen = {0};
 	optind = 1;
-	for (int c; (c = getopt_long(argc, argv, "", longopts, NULL)) != -1;) {
+	for (int c, i = -1; (c = getopt_long(argc, argv, "", longopts, &i)) != -1; i = -1) {
+		if (c != 's' && hsmctl_getopt_once(&seen, "key import", longopts, i) != 0)
+			return 2;
 		switch (c) {
 		case 'd': o->data_dir = optarg; break;
 		case 's':

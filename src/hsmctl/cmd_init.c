@@ -74,7 +74,10 @@ static int parse_init(int argc, char **argv, init_opts *o)
 	int64_t v;
 	o->shares = HSM_DEFAULT_SHARES;
 	o->threshold = HSM_DEFAULT_THRESHOLD;
-	for (int c; (c = getopt_long(argc, argv, "", longopts, NULL)) != -1;) {
+	hsmctl_seen seen = {0};
+	for (int c, i = -1; (c = getopt_long(argc, argv, "", longopts, &i)) != -1; i = -1) {
+		if (hsmctl_getopt_once(&seen, "init", longopts, i) != 0)
+			return 2;
 		switch (c) {
 		case 'd': o->data_dir = optarg; break;
 		case 's': o->share_dir = optarg; break;

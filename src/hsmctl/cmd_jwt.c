@@ -74,10 +74,14 @@ static int parse_args(const char *cmd, int argc, char **argv, jwt_args *a)
 {
 	const char *positional[2] = {NULL, NULL};
 	int npos = 0;
+	hsmctl_seen seen = {0};
 	a->leeway = DEFAULT_LEEWAY;
 	for (int i = 1; i < argc; i++) {
 		const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-		int refused = o[0] == '-' && o[1] == '-' ? check_option(cmd, o) : 0;
+		bool option = o[0] == '-' && o[1] == '-';
+		int refused = option ? check_option(cmd, o) : 0;
+		if (refused == 0 && option)
+			refused = hsmctl_once(&seen, cmd, o + 2);
 		if (refused != 0)
 			return refused;
 		const char **dst = strcmp(o, "--claims") == 0     ? &a->claims

@@ -105,11 +105,14 @@ static int parse_key(int argc, char **argv, key_opts *o)
 			sub = &key_subs[i];
 	if (sub == NULL)
 		return hsmctl_usage("key", "unknown subcommand '%s'", o->sub);
-	int index = 0;
-	for (int c; (c = getopt_long(argc, argv, "", longopts, &index)) != -1;) {
+	hsmctl_seen seen = {0};
+	for (int c, index = -1; (c = getopt_long(argc, argv, "", longopts, &index)) != -1;
+	     index = -1) {
 		if (c != '?' && c != 'd' && c != 's' && strchr(sub->takes, c) == NULL)
 			return hsmctl_usage("key", "--%s is not an option of key %s%s",
 			                    longopts[index].name, o->sub, option_hint(o->sub, c));
+		if (c != 's' && hsmctl_getopt_once(&seen, "key", longopts, index) != 0)
+			return 2;
 		switch (c) {
 		case 'd': o->data_dir = optarg; break;
 		case 's':

@@ -294,9 +294,12 @@ static int user_create(int argc, char **argv)
 	    "create NAME --roles crypto-officer,crypto-user,auditor,custodian";
 	const char *name = NULL, *roles = NULL;
 	for (int i = 2; i < argc; i++) {
-		if (strcmp(argv[i], "--roles") == 0 && i + 1 < argc && roles == NULL)
+		bool given = strcmp(argv[i], "--roles") == 0 || strncmp(argv[i], "--roles=", 8) == 0;
+		if (given && roles != NULL)
+			return hsmctl_usage("user", "--roles is given twice: give it once");
+		if (strcmp(argv[i], "--roles") == 0 && i + 1 < argc)
 			roles = argv[++i];
-		else if (strncmp(argv[i], "--roles=", 8) == 0 && roles == NULL)
+		else if (strncmp(argv[i], "--roles=", 8) == 0)
 			roles = argv[i] + 8;
 		else if (strncmp(argv[i], "--", 2) == 0)
 			return hsmctl_usage("user", "unexpected option %s (%s)", argv[i], synopsis);

@@ -69,7 +69,10 @@ static int parse_rekey(int argc, char **argv, rekey_opts *o)
 	    {"threshold", required_argument, NULL, 't'}, {"custodians", required_argument, NULL, 'c'},
 	    {NULL, 0, NULL, 0}};
 	int64_t v;
-	for (int c; (c = getopt_long(argc, argv, "", longopts, NULL)) != -1;) {
+	hsmctl_seen seen = {0};
+	for (int c, i = -1; (c = getopt_long(argc, argv, "", longopts, &i)) != -1; i = -1) {
+		if (c != 'S' && hsmctl_getopt_once(&seen, "rekey", longopts, i) != 0)
+			return 2;
 		switch (c) {
 		case 'd': o->data_dir = optarg; break;
 		case 's': o->share_dir = optarg; break;

@@ -43,7 +43,10 @@ int hsmctl_cmd_store(int argc, char **argv)
 	                                         {"to", required_argument, NULL, 't'},
 	                                         {NULL, 0, NULL, 0}};
 	const char *data_dir = NULL, *to = hsmctl_globals.store;
-	for (int c; (c = getopt_long(argc, argv, "", longopts, NULL)) != -1;) {
+	hsmctl_seen seen = {0};
+	for (int c, i = -1; (c = getopt_long(argc, argv, "", longopts, &i)) != -1; i = -1) {
+		if (hsmctl_getopt_once(&seen, "store copy", longopts, i) != 0)
+			return 2;
 		switch (c) {
 		case 'd': data_dir = optarg; break;
 		case 't': to = optarg; break;

@@ -20,9 +20,12 @@ static int parse_data_dir(const char *cmd, int argc, char **argv, const char **d
 {
 	static const struct option longopts[] = {{"data-dir", required_argument, NULL, 'd'},
 	                                         {NULL, 0, NULL, 0}};
-	for (int c; (c = getopt_long(argc, argv, "", longopts, NULL)) != -1;) {
+	hsmctl_seen seen = {0};
+	for (int c, i = -1; (c = getopt_long(argc, argv, "", longopts, &i)) != -1; i = -1) {
 		if (c != 'd')
 			return hsmctl_usage(cmd, "unknown option");
+		if (hsmctl_getopt_once(&seen, cmd, longopts, i) != 0)
+			return 2;
 		*dir = optarg;
 	}
 	if (*dir == NULL)

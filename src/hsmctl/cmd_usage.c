@@ -129,8 +129,11 @@ int hsmctl_cmd_key_usage(int argc, char **argv)
 	usage_opts o = {0};
 	if (!hsmctl_online())
 		return hsmctl_usage("key usage", "needs --endpoint (a running hsmd)");
+	hsmctl_seen seen = {0};
 	optind = 1;
-	for (int c; (c = getopt_long(argc, argv, "", longopts, NULL)) != -1;) {
+	for (int c, i = -1; (c = getopt_long(argc, argv, "", longopts, &i)) != -1; i = -1) {
+		if (hsmctl_getopt_once(&seen, "key usage", longopts, i) != 0)
+			return 2;
 		if (c == 'j') {
 			o.json = true;
 		} else if (c == 'u') {

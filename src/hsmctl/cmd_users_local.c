@@ -44,8 +44,11 @@ static int parse(const char *cmd, int argc, char **argv, users_opts *o)
 	memset(o, 0, sizeof(*o));
 	o->cmd = cmd;
 	o->sub = argv[0];
+	hsmctl_seen seen = {0};
 	optind = 1;
-	for (int c; (c = getopt_long(argc, argv, "", longopts, NULL)) != -1;) {
+	for (int c, i = -1; (c = getopt_long(argc, argv, "", longopts, &i)) != -1; i = -1) {
+		if (c != 's' && hsmctl_getopt_once(&seen, cmd, longopts, i) != 0)
+			return 2;
 		switch (c) {
 		case 'd': o->data_dir = optarg; break;
 		case 'r': o->roles = optarg; break;

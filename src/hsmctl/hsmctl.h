@@ -62,6 +62,32 @@ bool hsmctl_stdout_written(int *errno_out);
 int hsmctl_usage(const char *command, const char *fmt, ...) HSM_PRINTF(2, 3);
 
 /*
+ * The options a command's parser has met so far (options.c), to refuse one
+ * given twice: a second value would silently replace the first.  Options
+ * that collect values (--share FILE) are not noted.  Zero-initialize.
+ */
+#define HSMCTL_SEEN_MAX 24
+typedef struct hsmctl_seen {
+	const char *names[HSMCTL_SEEN_MAX]; /* without "--"; borrowed: longopts' or argv's */
+	size_t n;
+} hsmctl_seen;
+/*
+ * 0 the first time option name ("threshold", without its "--") is met;
+ * else prints command's usage error "--NAME is given twice: give it once"
+ * and returns 2, before the command has done anything.
+ */
+int hsmctl_once(hsmctl_seen *seen, const char *command, const char *name);
+/*
+ * The same for the long option getopt_long just returned, by the index it
+ * set (abbreviations are the option they stand for); 0 for an index < 0
+ * (no option recognized: the caller's loop refuses it).  Reset the index to
+ * -1 before each getopt_long call, which sets it only on a match.
+ */
+struct option;
+int hsmctl_getopt_once(hsmctl_seen *seen, const char *command, const struct option *longopts,
+                       int index);
+
+/*
  * A signed call (body not consumed) that waits for custodians where target
  * is listed in the node's approval_operations: on ApprovalRequiredException
  * it names the approval request on stderr, reads it every few seconds and

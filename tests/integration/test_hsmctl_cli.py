@@ -1,5 +1,6 @@
 """hsmctl's command line: what it refuses before acting, and failures it must not hide
 (output that was never written, options of another command, stray arguments)."""
+import hashlib
 import os
 import re
 import shutil
@@ -431,3 +432,96 @@ def test_audit_report_refuses_a_window_that_holds_nothing(store):
         assert "is not after --since" in p.stderr, p.stderr
     p = ctl("audit", "report", "--since", "2026-01-01", "--until", "2026-01-01T00:00:01Z", audit)
     assert p.returncode == 0, p.stderr
+
+
+# ---- a command's options given twice ----------------------------------------------------
+
+def tree(base):
+    """Every file under base: its path, size and contents' hash (what a refusal must leave)."""
+    out = {}
+    for root, dirs, files in os.walk(base):
+        for d in dirs:
+            out[os.path.join(root, d)] = None
+        for f in files:
+            path = os.path.join(root, f)
+            with open(path, "rb") as fh:
+                out[path] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def test_an_option_given_twice_is_refused_by_every_command(store, tmp_path):
+    """A second value of an option would silently replace the first (a script appending
+    options, a pasted line): each command refuses it, naming the option, and does
+    nothing. Options that collect values (--share) still repeat: every offline change
+    below gives two."""
+    data, quorum, down = store["data"], store["quorum"], "http://127.0.0.1:1"
+    new, other = str(tmp_path / "new"), str(tmp_path / "other")
+    key = "1234abcd-12ab-34cd-56ef-1234567890ab"
+    region = ["--region", "us-east-1", "--account-id", "111122223333"]
+    offline = [
+        (["init", "--data-dir", new, "--share-dir", other, "--shares", "3", "--threshold",
+          "2", "--threshold", "3"], "threshold"),
+        (["init", "--data-dir", new, "--share-dir", other, "--shares", "2", "--threshold",
+          "2", "--custodians", "a,b", "--custodians=c,d"], "custodians"),
+        (["init", "--data-dir", new, "--share-dir", other, "--share-dir", new], "share-dir"),
+        # An abbreviation is the option it stands for.
+        (["status", "--data-dir", data, "--data", data], "data-dir"),
+        (["unseal", "--data-dir", data, "--data=" + data, quorum[1], quorum[3]], "data-dir"),
+        (["user", "create", "twice", "--roles", "auditor", "--roles", "crypto-officer",
+          "--data-dir", data, *quorum], "roles"),
+        (["access-key", "create", "ops", "--data-dir", data, "--data", other, *quorum],
+         "data-dir"),
+        (["key", "create", "--data-dir", data, *quorum, *region, "--spec", "HMAC_256",
+          "--spec", "SYMMETRIC_DEFAULT"], "spec"),
+        (["key", "create", "--data-dir", data, *quorum, *region, "--region", "eu-west-1"],
+         "region"),
+        (["key", "create", "--data-dir", data, *quorum, *region, "--description", "a",
+          "--descr=b"], "description"),
+        (["key", "rotation", key, "--data-dir", data, *quorum, "--enable", "--period", "30",
+          "--period", "90"], "period"),
+        (["key", "rotation", key, "--data-dir", data, *quorum, "--enable", "--enable"],
+         "enable"),
+        (["key", "schedule-deletion", key, "--data-dir", data, *quorum, "--days", "30",
+          "--days", "7"], "days"),
+        (["key", "import", key, "--data-dir", data, *quorum, "--material", new,
+          "--material", other], "material"),
+        (["backup", "create", "--data-dir", data, *quorum, "--dir", new, "--dir", other],
+         "dir"),
+        (["backup", "list", "--dir", data, "--dir", other], "dir"),
+        (["backup", "verify", *quorum, "--data-dir", data, "--data", data, new], "data-dir"),
+        (["restore", "--data-dir", new, *quorum, "--dir", other, "--dir", data, new], "dir"),
+        (["rekey", "--data-dir", data, *quorum, "--share-dir", new, "--shares", "2",
+          "--threshold", "2", "--threshold", "2"], "threshold"),
+        (["rekey", "--data-dir", data, *quorum, "--share-dir", new, "--shares", "2",
+          "--threshold", "2", "--custodians", "a,b", "--custodians", "c,d"], "custodians"),
+        (["store", "copy", "--data-dir", data, "--to", "postgresql://hsmd@127.0.0.1:1/a",
+          "--to", "postgresql://hsmd@127.0.0.1:1/b"], "to"),
+        (["audit", "verify", "--pubkey", new, "--pubkey", other, data + "/audit"], "pubkey"),
+        (["audit", "verify", "--live", "--live", data + "/audit"], "live"),
+        (["audit", "report", "--since", "2026-01-01", "--since", "2026-02-01",
+          data + "/audit"], "since"),
+        (["audit", "report", "--key", key, "--json", "--key", key, data + "/audit"], "key"),
+    ]
+    # Online commands, at a node that is down: refused before connecting (else exit 1).
+    online = [
+        (["user", "create", "twice", "--roles", "auditor", "--roles=custodian"], "roles"),
+        (["key", "usage", "--unused-days", "1", "--unused-days", "2"], "unused-days"),
+        (["key", "import", key, "--material", new, "--valid-days", "1", "--valid-days", "2"],
+         "valid-days"),
+        (["jwt", "sign", key, "--claims", "{}", "--lifetime", "60", "--lifetime", "600"],
+         "lifetime"),
+        (["jwt", "enable", key, "--alg", "RS256", "--alg", "PS256"], "alg"),
+        (["jwt", "verify", "--jwks", new, "--audience", "a", "--audience", "b", "tok"],
+         "audience"),
+        (["cert", "import", new, "--label", "a", "--label", "b"], "label"),
+        (["cert", "list", "--key", key, "--key", key], "key"),
+    ]
+    before = tree(store["base"])
+    for args, opt, endpoint in [(a, o, None) for a, o in offline] + \
+            [(a, o, down) for a, o in online]:
+        p = ctl(*args, endpoint=endpoint)
+        assert p.returncode == 2, (args, p.returncode, p.stdout, p.stderr)
+        assert f"--{opt} is given twice: give it once" in p.stderr, (args, p.stderr)
+        assert p.stdout == "", (args, p.stdout)
+        assert tree(store["base"]) == before, args
+        assert not os.path.exists(new) and not os.path.exists(other), args
