@@ -43,21 +43,9 @@ typedef struct init_opts {
 static int parse_custodians(init_opts *o)
 {
 	unsigned n = 0;
-	for (char *save = NULL, *t = strtok_r(o->custodian_list, ",", &save); t != NULL;
-	     t = strtok_r(NULL, ",", &save)) {
-		if (n == HSM_MAX_SHARES)
-			return hsmctl_usage("init", "at most %d custodians", HSM_MAX_SHARES);
-		/* The split's own checks, made before the store is: a refused init leaves none. */
-		if (!hsm_share_custodian_valid(t))
-			return hsmctl_usage("init", "custodian %u, '%.80s': a name is 1 to %d of A-Z a-z "
-			                            "0-9 . _ @ -; nothing was created",
-			                    n + 1, t, HSM_SHARE_CUSTODIAN_MAX);
-		for (unsigned j = 0; j < n; j++)
-			if (strcmp(o->custodians[j], t) == 0)
-				return hsmctl_usage("init", "custodian %s is named twice; nothing was created",
-				                    t);
-		o->custodians[n++] = t;
-	}
+	int rc = hsmctl_custodian_list("init", o->custodian_list, o->custodians, &n);
+	if (rc != 0)
+		return rc;
 	if (n != o->shares)
 		return hsmctl_usage("init", "%u custodian names given for %u shares", n, o->shares);
 	return 0;

@@ -99,14 +99,9 @@ static int parse_rekey(int argc, char **argv, rekey_opts *o)
 	if (o->n_shares == 0)
 		return hsmctl_usage("rekey", "give a quorum of the current share files, --share FILE "
 		                             "for each");
-	for (char *save = NULL, *t = o->custodian_list ? strtok_r(o->custodian_list, ",", &save)
-	                                               : NULL;
-	     t != NULL; t = strtok_r(NULL, ",", &save)) {
-		if (o->n_custodians == HSM_MAX_SHARES)
-			return hsmctl_usage("rekey", "at most %d custodians", HSM_MAX_SHARES);
-		o->custodians[o->n_custodians++] = t;
-	}
-	return 0;
+	if (o->custodian_list == NULL)
+		return 0;
+	return hsmctl_custodian_list("rekey", o->custodian_list, o->custodians, &o->n_custodians);
 }
 
 /*

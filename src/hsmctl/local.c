@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -16,6 +17,7 @@
 #include "common/util.h"
 #include "crypto/crypto.h"
 #include "hsmctl/hsmctl.h"
+#include "keystore/share.h"
 
 const hsm_caller hsmctl_local_caller = {.user = "local-operator", .access_key_id = "", .local = true};
 
@@ -163,6 +165,33 @@ hsm_result hsmctl_share_dir_apart(const char *share_dir, const char *data_dir)
 	           "its quorum; nothing was created",
 	           data, shares);
 	return HSM_SUCCESS;
+}
+
+int hsmctl_custodian_list(const char *cmd, char *list, char *out[], unsigned *n)
+{
+	*n = 0;
+	for (char *save = NULL, *t = strtok_r(list, ",", &save); t != NULL;
+	     t = strtok_r(NULL, ",", &save)) {
+		if (*n == HSM_MAX_SHARES)
+			return hsmctl_usage(cmd, "at most %d custodians", HSM_MAX_SHARES);
+		/* The split's own checks, made before anything is: a refused command leaves nothing. */
+		if (!hsm_share_custodian_valid(t))
+			return hsmctl_usage(cmd, "custodian %u, '%.80s': a name is 1 to %d of A-Z a-z "
+			                         "0-9 . _ @ -; nothing was created",
+			                    *n + 1, t, HSM_SHARE_CUSTODIAN_MAX);
+		for (unsigned j = 0; j < *n; j++) {
+			if (strcmp(out[j], t) == 0)
+				return hsmctl_usage(cmd, "custodian %s is named twice; nothing was created",
+				                    t);
+			if (strcasecmp(out[j], t) == 0)
+				return hsmctl_usage(cmd, "custodians %s and %s differ only by case: name "
+				                         "each custodian once (names are unique regardless "
+				                         "of case); nothing was created",
+				                    out[j], t);
+		}
+		out[(*n)++] = t;
+	}
+	return 0;
 }
 
 void hsmctl_share_path(const char *dir, const char *custodian, unsigned i, unsigned n, char *out,

@@ -153,6 +153,15 @@ hsm_result hsmctl_share_dir_apart(const char *share_dir, const char *data_dir) H
  */
 hsm_result hsmctl_share_fingerprints(const hsm_buf shares[], unsigned n, char *out,
                                      size_t cap) HSM_MUST_CHECK;
+/*
+ * Splits a --custodians list (cut in place; out points into it) into at
+ * most HSM_MAX_SHARES names, *n of them; 0, or cmd's usage error (2) for a
+ * name that is not 1 to 64 of A-Z a-z 0-9 . _ @ -, too many names, or a
+ * custodian named twice, in any case: "alice" and "Alice" would be one
+ * person holding two shares of the quorum (and, on a file system that folds
+ * case, one share file).
+ */
+int hsmctl_custodian_list(const char *cmd, char *list, char *out[], unsigned *n);
 /* A share file's path: DIR/<custodian>.share, or DIR/share-<i+1>-of-<n>.share without names. */
 void hsmctl_share_path(const char *dir, const char *custodian, unsigned i, unsigned n, char *out,
                        size_t cap);

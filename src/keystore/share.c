@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -344,9 +345,15 @@ static hsm_result check_custodians(const char *const names[], unsigned count)
 		HSM_ENSURE(hsm_share_custodian_valid(names[i]), HSM_ERR_VALIDATION,
 		           "custodian %u: a name is 1 to %d of A-Z a-z 0-9 . _ @ -", i + 1,
 		           HSM_SHARE_CUSTODIAN_MAX);
-		for (unsigned j = 0; j < i; j++)
+		/* Names are people: "alice" and "Alice" would be one person holding two shares. */
+		for (unsigned j = 0; j < i; j++) {
 			HSM_ENSURE(strcmp(names[i], names[j]) != 0, HSM_ERR_VALIDATION,
 			           "custodian %s is named twice", names[i]);
+			HSM_ENSURE(strcasecmp(names[i], names[j]) != 0, HSM_ERR_VALIDATION,
+			           "custodians %s and %s differ only by case: custodian names are unique "
+			           "regardless of case",
+			           names[j], names[i]);
+		}
 	}
 	return HSM_SUCCESS;
 }

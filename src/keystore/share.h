@@ -118,7 +118,8 @@ void hsm_share_clear(hsm_share *s);
 /*
  * Splits dmk (HSM_SHARE_VALUE_LEN bytes) into count shares for the store
  * store_id and the share set set_id.  custodians is NULL or holds count
- * distinct valid names (an empty string leaves that share unnamed).  A
+ * valid names, distinct regardless of ASCII case (an empty string leaves
+ * that share unnamed).  A
  * threshold of 1 is accepted only as 1-of-1 with dev true.  Before returning,
  * the shares are recombined (first and last `threshold` of them) and checked
  * against dmk.  On success out[0..count) are filled (out[i].index == i + 1)

@@ -216,6 +216,8 @@ def test_init_refused_for_its_custodians_leaves_nothing(tmp_path):
     data, shares = tmp_path / "data", tmp_path / "shares"
     for names, why in (("a b,c", "custodian 1, 'a b': a name is 1 to 64 of"),
                        ("carol,carol", "custodian carol is named twice"),
+                       # One person under two spellings would hold two shares.
+                       ("alice,Alice", "custodians alice and Alice differ only by case"),
                        ("alice,b/ob", "custodian 2, 'b/ob'")):
         p = ctl("init", "--data-dir", str(data), "--share-dir", str(shares), "--shares", "2",
                 "--threshold", "2", "--custodians", names)

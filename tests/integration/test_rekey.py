@@ -153,6 +153,13 @@ def test_refused_rekeys_change_nothing(stopped):
         p = rekey(data, shares, ["alice", "bob", "carol"], new_dir, *extra)
         assert p.returncode == 1 and "2 new shares cannot keep the current quorum of 3: " \
             "give --threshold to lower it, or more shares" in p.stderr, p.stderr
+    # One person under two spellings would hold two of the new shares: refused before
+    # the shares are read (so with no record), nothing written.
+    p = rekey(data, shares, ["alice", "bob", "carol"], new_dir, "--shares", "2",
+              "--threshold", "2", "--custodians", "xena,Xena")
+    assert p.returncode == 2 and "custodians xena and Xena differ only by case" in p.stderr, \
+        p.stderr
+    assert not os.path.exists(os.path.join(new_dir, "xena.share"))
     os.makedirs(new_dir, exist_ok=True)
     open(os.path.join(new_dir, "yann.share"), "w").close()
     p = rekey(data, shares, ["alice", "bob", "carol"], new_dir, "--shares", "2",

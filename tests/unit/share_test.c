@@ -515,6 +515,12 @@ static void test_create_validates(void **state)
 	assert_int_equal(hsm_shares_create(dmk, STORE_A, SET_A, 2, 3, twice, false, out).err,
 	                 HSM_ERR_VALIDATION);
 	assert_string_equal(hsm_last_message(), "custodian alice is named twice");
+	/* One person under two spellings would hold two shares of the quorum. */
+	const char *const by_case[] = {"alice", "bob", "Alice"};
+	assert_int_equal(hsm_shares_create(dmk, STORE_A, SET_A, 2, 3, by_case, false, out).err,
+	                 HSM_ERR_VALIDATION);
+	assert_string_equal(hsm_last_message(), "custodians alice and Alice differ only by case: "
+	                                        "custodian names are unique regardless of case");
 	assert_memory_equal(out, untouched, sizeof(out));
 
 	/* Dev mode: a 1-of-1 split whose only share is the key itself. */
