@@ -68,11 +68,10 @@ hsm_result hsm_kms_user_create(hsm_kms *kms, const hsm_caller *caller, const cha
 	           "user %s already exists (user names are unique regardless of case)", twin.found);
 	hsm_user_record had;
 	hsm_result r = kms_commit_unless_taken(hsm_store_user_get(kms->store, name, &had), caller);
-	if (hsm_ok(r))
-		r = hsm_store_user_create(kms->store, &u);
 	if (r.err == HSM_ERR_ALREADY_EXISTS)
 		return HSM_FAIL(HSM_ERR_ALREADY_EXISTS, "user %s already exists", name);
-	return r;
+	/* The store checks again, atomically: a twin made meanwhile (another node) is refused. */
+	return hsm_ok(r) ? hsm_store_user_create(kms->store, &u) : r;
 }
 
 hsm_result hsm_kms_user_list(hsm_kms *kms, const hsm_caller *caller, hsm_user_cb cb, void *arg)

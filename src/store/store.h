@@ -783,7 +783,13 @@ hsm_result hsm_store_grant_list_retiring(hsm_store *s, const char *retiring, con
 
 /* ---- Principals --------------------------------------------------------------- */
 
-/* ALREADY_EXISTS when the name is taken; VALIDATION for an empty name. */
+/*
+ * ALREADY_EXISTS when the name is taken, or a user's name equals it
+ * ignoring ASCII case ("Alice" beside "alice": one person, or a policy's
+ * aws:username sidestepped), checked in the creation's own transaction so
+ * that concurrent creations cannot both pass; VALIDATION for an empty name.
+ * Users already stored with such names stay.
+ */
 hsm_result hsm_store_user_create(hsm_store *s, const hsm_user_record *u) HSM_MUST_CHECK;
 /* NOT_FOUND when there is no such user. */
 hsm_result hsm_store_user_get(hsm_store *s, const char *name, hsm_user_record *out) HSM_MUST_CHECK;

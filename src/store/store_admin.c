@@ -559,6 +559,14 @@ hsm_result st_check_cert_limit(int64_t held)
 	return HSM_SUCCESS;
 }
 
+hsm_result st_user_taken(const char *name, const char *held)
+{
+	if (strcmp(name, held) == 0)
+		return HSM_FAIL(HSM_ERR_ALREADY_EXISTS, "user %s already exists", name);
+	return HSM_FAIL(HSM_ERR_ALREADY_EXISTS,
+	                "user %s already exists (user names are unique regardless of case)", held);
+}
+
 hsm_result st_fill_empty(char **s)
 {
 	if (*s == NULL) {

@@ -329,6 +329,11 @@ hsm_result st_check_grant_limits(const char *key_id, int64_t for_grantee,
  * the store holds, counted in the creation's write transaction.
  */
 hsm_result st_check_cert_limit(int64_t held) HSM_MUST_CHECK;
+/*
+ * hsm_store_user_create's refusal of name, the store holding the user
+ * `held`, equal to it ignoring case: ALREADY_EXISTS naming the user held.
+ */
+hsm_result st_user_taken(const char *name, const char *held) HSM_MUST_CHECK;
 /* A string an update fn left NULL becomes "": the records promise non-NULL strings. */
 hsm_result st_fill_empty(char **s) HSM_MUST_CHECK;
 /*

@@ -103,6 +103,16 @@ hsm_result pg_read_user(const PGresult *r, int row, void *item)
 }
 
 static const char SQL_USER_EXISTS[] = "SELECT 1 FROM users WHERE name = $1";
+/*
+ * A user whose name equals one ignoring ASCII case (names are ASCII: lower()
+ * folds just that).  Under pg_advisory_xact_lock class "HSMU" as a number,
+ * key 0, one lock for all creators: two nodes creating "alice" and "Alice"
+ * at once cannot both find no twin.  The two-number form is its own key
+ * space, as for certificates ("HSMC") and approvals ("HSMA").
+ */
+static const char SQL_LOCK_USER_CREATORS[] = "SELECT pg_advisory_xact_lock(1213418837, 0)";
+static const char SQL_USER_TWIN[] =
+	"SELECT " PG_USER_COLS " FROM users WHERE lower(name) = lower($1) ORDER BY name LIMIT 1";
 static const char SQL_USER_EXISTS_LOCKED[] = "SELECT 1 FROM users WHERE name = $1 FOR SHARE";
 static const char SQL_USER_INSERT[] = "INSERT INTO users (" PG_USER_COLS ") "
                                       "VALUES ($1, $2, $3, $4, $5, $6)";
@@ -166,9 +176,14 @@ typedef struct user_op {
 static hsm_result user_create_body(pg_conn *w, void *arg)
 {
 	user_op *op = arg;
-	bool found = false;
-	HSM_GUARD(pg_exists(w, SQL_USER_EXISTS, op->in->name, &found));
-	HSM_ENSURE(!found, HSM_ERR_ALREADY_EXISTS, "user %s already exists", op->in->name);
+	/* First: every statement after it sees what the creators before committed. */
+	HSM_GUARD(pg_run(w, SQL_LOCK_USER_CREATORS, NULL, NULL));
+	hsm_user_record twin;
+	hsm_result r = pg_get_one(w, SQL_USER_TWIN, op->in->name, "user", pg_read_user, &twin);
+	if (r.err != HSM_ERR_NOT_FOUND) {
+		HSM_GUARD(r);
+		return st_user_taken(op->in->name, twin.name);
+	}
 	return user_write(w, true, op->in);
 }
 

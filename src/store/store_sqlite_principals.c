@@ -98,6 +98,9 @@ hsm_result sq_read_user(sqlite3_stmt *st, void *item)
 }
 
 static const char SQL_USER_EXISTS[] = "SELECT 1 FROM users WHERE name = ?1";
+/* A user whose name equals one ignoring ASCII case (NOCASE folds just that). */
+static const char SQL_USER_TWIN[] =
+	"SELECT " USER_COLS " FROM users WHERE name = ?1 COLLATE NOCASE ORDER BY name LIMIT 1";
 static const char SQL_USER_INSERT[] = "INSERT INTO users (" USER_COLS ") "
                                       "VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 static const char SQL_USER_PUT[] = "UPDATE users SET role = ?2, disabled = ?3, locked = ?4, "
@@ -145,12 +148,23 @@ hsm_result sq_insert_user(sq_conn *w, const hsm_user_record *u)
 	return user_write(w, true, u);
 }
 
+/* In the write transaction: no other writer can add a twin between the look and the insert. */
 static hsm_result user_create_in(sq_conn *w, const hsm_user_record *u)
 {
-	bool found = false;
-	HSM_GUARD(sq_exists(w, SQL_USER_EXISTS, u->name, &found));
-	HSM_ENSURE(!found, HSM_ERR_ALREADY_EXISTS, "user %s already exists", u->name);
-	return user_write(w, true, u);
+	sqlite3_stmt *st = NULL;
+	hsm_user_record twin = {0};
+	bool row = false;
+	hsm_result res = HSM_SUCCESS;
+	HSM_TRY(sq_prepare(w, SQL_USER_TWIN, &st));
+	sq_bind_text(w, st, 1, u->name);
+	HSM_TRY(sq_step(w, st, &row));
+	if (row) {
+		HSM_TRY(sq_read_user(st, &twin));
+		res = st_user_taken(u->name, twin.name);
+	}
+out:
+	sq_reset(st);
+	return hsm_ok(res) ? user_write(w, true, u) : res;
 }
 
 hsm_result sq_user_create(hsm_store *base, const hsm_user_record *u)

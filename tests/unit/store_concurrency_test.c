@@ -2,8 +2,8 @@
  * store_concurrency_test.c - the store under several threads at once: no lost
  * updates through key_update, racing rotations resolved by CONFLICT (generated
  * material, and imported material through set_material and promote), atomic
- * authentication counters, and readers that keep working (and see whole
- * records) while writers commit.
+ * authentication counters, readers that keep working (and see whole
+ * records) while writers commit, and one user per name regardless of case.
  *
  * cmocka's assertions are not thread-safe, so worker threads count failures
  * and the main thread asserts on the counts.
@@ -423,12 +423,98 @@ static void test_one_pkcs11_id_alias_under_concurrency(void **state)
 	st_release_location(&f);
 }
 
+#define TWIN_THREADS 8
+#define TWIN_ROUNDS 10
+
+typedef struct twin_shared {
+	shared sh;
+	pthread_barrier_t start;
+	int round;
+	atomic_int won, taken;
+} twin_shared;
+
+typedef struct twin_worker_arg {
+	twin_shared *ts;
+	int n;
+} twin_worker_arg;
+
+/* Creates this round's user under the spelling of thread n: "user3", "User3", "uSer3", ... */
+static void *twin_worker(void *arg)
+{
+	twin_worker_arg *w = arg;
+	twin_shared *ts = w->ts;
+	hsm_user_record u = {0};
+	snprintf(u.name, sizeof(u.name), "user%d", ts->round);
+	for (int b = 0; b < 4; b++)
+		if ((w->n >> b) & 1)
+			u.name[b] = (char)(u.name[b] - 'a' + 'A');
+	u.roles = 1;
+	u.created = 1700000000;
+	pthread_barrier_wait(&ts->start);
+	hsm_result r = hsm_store_user_create(ts->sh.s, &u);
+	if (hsm_ok(r))
+		atomic_fetch_add(&ts->won, 1);
+	else if (r.err == HSM_ERR_ALREADY_EXISTS)
+		atomic_fetch_add(&ts->taken, 1);
+	else
+		note_failure(&ts->sh, "user_create");
+	return NULL;
+}
+
+static hsm_result count_user(const hsm_user_record *u, void *arg)
+{
+	(void)u;
+	(*(int *)arg)++;
+	return HSM_SUCCESS;
+}
+
+/*
+ * Threads creating one name under different spellings of its case at once
+ * ("user3", "User3", ...): exactly one is created, as when they come one
+ * after another; the check is made in the write that inserts the user.
+ */
+static void test_one_user_per_name_regardless_of_case(void **state)
+{
+	(void)state;
+	st_fixture f = {0};
+	st_fresh_location(&f);
+	twin_shared ts = {0};
+	pthread_mutex_init(&ts.sh.error_lock, NULL);
+	assert_true(hsm_ok(hsm_store_open(f.loc, &ts.sh.s)));
+	for (ts.round = 0; ts.round < TWIN_ROUNDS; ts.round++) {
+		pthread_t t[TWIN_THREADS];
+		twin_worker_arg w[TWIN_THREADS];
+		atomic_store(&ts.won, 0);
+		atomic_store(&ts.taken, 0);
+		pthread_barrier_init(&ts.start, NULL, TWIN_THREADS);
+		for (int i = 0; i < TWIN_THREADS; i++) {
+			w[i] = (twin_worker_arg){&ts, i};
+			assert_int_equal(pthread_create(&t[i], NULL, twin_worker, &w[i]), 0);
+		}
+		for (int i = 0; i < TWIN_THREADS; i++)
+			pthread_join(t[i], NULL);
+		pthread_barrier_destroy(&ts.start);
+		if (atomic_load(&ts.sh.failures) != 0)
+			fail_msg("%d failures; first: %s", atomic_load(&ts.sh.failures),
+			         ts.sh.first_error);
+		assert_int_equal(atomic_load(&ts.won), 1);
+		assert_int_equal(atomic_load(&ts.taken), TWIN_THREADS - 1);
+	}
+	int users = 0;
+	EXPECT_OK(hsm_store_user_list(ts.sh.s, count_user, &users));
+	assert_int_equal(users, TWIN_ROUNDS);
+	hsm_store_close(ts.sh.s);
+	pthread_mutex_destroy(&ts.sh.error_lock);
+	st_release_location(&f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_no_lost_updates),
 		cmocka_unit_test(test_imported_rotations_serialize),
 		cmocka_unit_test(test_one_pkcs11_id_alias_under_concurrency),
+		cmocka_unit_test(test_one_user_per_name_regardless_of_case),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

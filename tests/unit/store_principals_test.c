@@ -42,6 +42,17 @@ static void test_user_crud(void **state)
 	EXPECT_ERR(hsm_store_user_create(f->s, &u), HSM_ERR_ALREADY_EXISTS);
 	user(&u, "aaron", HSM_ROLE_AUDITOR);
 	EXPECT_OK(hsm_store_user_create(f->s, &u));
+	/* A name equal to one held ignoring case is taken too, and names the user held. */
+	for (size_t i = 0; i < 2; i++) {
+		user(&u, i == 0 ? "Olivia" : "AARON", HSM_ROLE_CUSTODIAN);
+		EXPECT_ERR(hsm_store_user_create(f->s, &u), HSM_ERR_ALREADY_EXISTS);
+		assert_string_equal(hsm_last_message(),
+		                    i == 0 ? "user olivia already exists (user names are unique "
+		                             "regardless of case)"
+		                           : "user aaron already exists (user names are unique "
+		                             "regardless of case)");
+		EXPECT_ERR(hsm_store_user_get(f->s, u.name, &got), HSM_ERR_NOT_FOUND);
+	}
 	user(&u, "", HSM_ROLE_AUDITOR);
 	EXPECT_ERR(hsm_store_user_create(f->s, &u), HSM_ERR_VALIDATION);
 
