@@ -925,6 +925,15 @@ hsm_result hsm_kms_user_admit(const hsm_user_record *user) HSM_MUST_CHECK;
 /* VALIDATION unless name is 1-64 letters, digits and _+=,.@- (IAM's user names). */
 hsm_result hsm_kms_user_name_check(const char *name) HSM_MUST_CHECK;
 /*
+ * The store's users whose names equal another's ignoring ASCII case (made
+ * before user names were unique so, which CreateUser now refuses), each
+ * such set as "alice/Alice", sets separated by ", ", into out (cap bytes;
+ * "" when there are none; what does not fit ends in "...").  *sets: how
+ * many sets there are.  Reads names only (works on a sealed store).
+ */
+hsm_result hsm_kms_user_case_twins(hsm_store *store, char *out, size_t cap,
+                                   size_t *sets) HSM_MUST_CHECK;
+/*
  * Records an authentication outcome; lock_after consecutive failures lock the
  * user.  *locked_now (may be NULL) says whether this failure locked it.
  */

@@ -6,6 +6,7 @@
  * copied onto another key id fails to unwrap.  Only crypto officers (and
  * the local operator) manage principals.
  */
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -47,6 +48,59 @@ static hsm_result find_twin(const hsm_user_record *u, void *arg)
 	if (t->found[0] == '\0' && strcasecmp(u->name, t->name) == 0 && strcmp(u->name, t->name) != 0)
 		return hsm_strcpy(t->found, sizeof(t->found), u->name);
 	return HSM_SUCCESS;
+}
+
+/* Every user name of the store, for hsm_kms_user_case_twins. */
+typedef struct name_list {
+	char (*names)[HSM_USER_NAME_MAX + 1];
+	size_t n, cap;
+} name_list;
+
+static hsm_result collect_name(const hsm_user_record *u, void *arg)
+{
+	name_list *l = arg;
+	if (l->n == l->cap) {
+		size_t cap = l->cap == 0 ? 64 : 2 * l->cap;
+		void *more = realloc(l->names, cap * sizeof(*l->names));
+		HSM_ENSURE(more != NULL, HSM_ERR_NOMEM, "out of memory");
+		l->names = more;
+		l->cap = cap;
+	}
+	return hsm_strcpy(l->names[l->n++], sizeof(l->names[0]), u->name);
+}
+
+static int by_folded_name(const void *a, const void *b)
+{
+	int c = strcasecmp(a, b);
+	return c != 0 ? c : strcmp(a, b);
+}
+
+hsm_result hsm_kms_user_case_twins(hsm_store *store, char *out, size_t cap, size_t *sets)
+{
+	name_list l = {NULL, 0, 0};
+	hsm_result res = hsm_store_user_list(store, collect_name, &l);
+	hsm_sb b;
+	hsm_sb_init(&b, out, cap);
+	*sets = 0;
+	if (hsm_ok(res) && l.n > 1)
+		qsort(l.names, l.n, sizeof(l.names[0]), by_folded_name);
+	/* Sorted so, the spellings of one name are neighbours. */
+	for (size_t i = 1; hsm_ok(res) && i < l.n; i++) {
+		if (strcasecmp(l.names[i - 1], l.names[i]) != 0)
+			continue;
+		bool first = i == 1 || strcasecmp(l.names[i - 2], l.names[i]) != 0;
+		if (first) {
+			hsm_sb_add(&b, *sets > 0 ? ", " : "");
+			hsm_sb_add(&b, l.names[i - 1]);
+			(*sets)++;
+		}
+		hsm_sb_add(&b, "/");
+		hsm_sb_add(&b, l.names[i]);
+	}
+	if (b.cut && cap >= 4)
+		memcpy(out + cap - 4, "...", 4);
+	free(l.names);
+	return res;
 }
 
 hsm_result hsm_kms_user_create(hsm_kms *kms, const hsm_caller *caller, const char *name,

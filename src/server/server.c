@@ -464,6 +464,28 @@ static void warn_single_share(hsm_server *s, hsm_node_state st)
 }
 
 /*
+ * Users whose names differ only by case, made before CreateUser refused
+ * such names: they keep working, but each pair may be one person holding
+ * two accounts (two custodians' approvals), and a key policy's aws:username
+ * condition names one spelling only.  Worth a word at every start.
+ */
+static void warn_user_case_twins(hsm_server *s)
+{
+	char twins[512];
+	size_t sets = 0;
+	if (hsm_failed(hsm_kms_user_case_twins(s->store, twins, sizeof(twins), &sets))) {
+		hsm_log_failure("reading the users' names");
+		return;
+	}
+	if (sets > 0)
+		hsm_warn("users whose names differ only by case: %s (made before user names were "
+		         "unique regardless of case): each may be one person holding two accounts, "
+		         "or two custodians' approvals; disable the one not meant (hsmctl user "
+		         "disable NAME)",
+		         twins);
+}
+
+/*
  * The Startup record: which build runs, and the store's schema.  An upgrade
  * is on the trail of the node that made it: the store keeps each migration
  * until a Startup record said it, so one made by a start that then stopped
@@ -527,6 +549,7 @@ static hsm_result open_parts(hsm_server *s)
 	hsm_node_state st = hsm_keystore_state(s->ks);
 	report_startup(s, st);
 	warn_single_share(s, st);
+	warn_user_case_twins(s);
 	/*
 	 * An audit directory with no record, beside a store initialized before
 	 * this start and that has seen this node's trail: a node given a new

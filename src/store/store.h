@@ -788,7 +788,7 @@ hsm_result hsm_store_grant_list_retiring(hsm_store *s, const char *retiring, con
  * ignoring ASCII case ("Alice" beside "alice": one person, or a policy's
  * aws:username sidestepped), checked in the creation's own transaction so
  * that concurrent creations cannot both pass; VALIDATION for an empty name.
- * Users already stored with such names stay.
+ * Users already stored with such names stay (hsmd warns of them at start).
  */
 hsm_result hsm_store_user_create(hsm_store *s, const hsm_user_record *u) HSM_MUST_CHECK;
 /* NOT_FOUND when there is no such user. */

@@ -4,6 +4,7 @@ stolen, or a ceremony that stopped before it wrote its officer)."""
 import glob
 import os
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 
@@ -203,3 +204,42 @@ def test_a_global_option_after_the_command_is_named_when_the_arguments_are_refus
     p = run("jwt", "sign", "--endpoint", "http://127.0.0.1:9", "k")
     assert p.returncode == 2 and "--claims" in p.stderr, p.stderr
     assert "global option" not in p.stderr, p.stderr
+
+
+def test_user_names_differing_only_by_case(store):
+    """A custodian is a person, and a key policy's aws:username names one spelling: a user
+    whose name equals another's ignoring case is refused, offline as through the API, and
+    nothing is made. A store that holds such a pair from before (planted here) still
+    starts and serves both, and hsmd names the pair at every start."""
+    data, shares = store
+    ops = create_first_officer(None, data, shares)
+    quorum = [a for c in ("alice", "dave", "erin") for a in ("--share", shares[c])]
+    before = users(data)
+    for name in ("OPS", "Ops"):
+        p = offline("user", "create", name, "--roles", "custodian", "--data-dir", data,
+                    *quorum)
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert "user ops already exists (user names are unique regardless of case)" \
+            in p.stderr, p.stderr
+    assert users(data) == before
+    # A pair made before names were unique so.
+    db = sqlite3.connect(os.path.join(data, "hsmd.db"))
+    with db:
+        db.execute("INSERT INTO users (name, role, disabled, locked, failed_auth, created) "
+                   "SELECT 'Ops', 'auditor', 0, 0, 0, created FROM users WHERE name = 'ops'")
+    db.close()
+    server = unsealed(data, shares)
+    try:
+        log = server.read_log()
+        assert "users whose names differ only by case: Ops/ops (made before" in log, log
+        p = hsmctl("user", "create", "oPS", "--roles", "custodian", endpoint=server.endpoint,
+                   creds=ops)
+        assert p.returncode == 1 and "AlreadyExistsException" in p.stderr, p.stderr
+        assert "(user names are unique regardless of case)" in p.stderr, p.stderr
+        p = hsmctl("user", "list", endpoint=server.endpoint, creds=ops)
+        assert p.returncode == 0, p.stderr
+        listed = {b.split(": ", 1)[1] for b in p.stdout.splitlines()
+                  if b.startswith("UserName: ")}
+        assert {"ops", "Ops"} <= listed and "oPS" not in listed, listed
+    finally:
+        server.stop()
