@@ -93,6 +93,7 @@ typedef enum hsm_audit_io_op {
 	HSM_AUDIT_IO_SYNC,
 	HSM_AUDIT_IO_RETENTION, /* a retention pass (on the sweeper thread) */
 	HSM_AUDIT_IO_RESERVE,   /* keeping the space ahead of the file (audit_io_keep_reserve) */
+	HSM_AUDIT_IO_FOREIGN,   /* copying aside bytes someone else wrote into the live file */
 } hsm_audit_io_op;
 
 typedef struct hsm_audit_config {
@@ -154,9 +155,10 @@ typedef struct hsm_audit_config {
 	void (*batch_hook)(bool begin);
 	/*
 	 * For tests only: called before each write and fsync (by the writer or
-	 * the syncer thread) and each retention pass (by the sweeper).  It may block (a stuck device) or return an errno
-	 * value to make that step fail as if the kernel had returned it; 0 lets
-	 * the step run.
+	 * the syncer thread), each retention pass (by the sweeper) and each copy
+	 * of foreign bytes set aside (hsm_audit_io_op).  It may block (a stuck
+	 * device) or return an errno value to make that step fail as if the
+	 * kernel had returned it; 0 lets the step run.
 	 */
 	int (*test_io_hook)(void *arg, hsm_audit_io_op op);
 	void *test_io_arg;

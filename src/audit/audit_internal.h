@@ -38,6 +38,14 @@
  * refused (low_space) while what was admitted is written into it.
  */
 #define AUDIT_RESERVE_BYTES ((uint64_t)4 << 20)
+/*
+ * Bytes someone else wrote into the live file are copied aside before the
+ * writer cuts them off (audit_io_recover): at most this many from where they
+ * begin, the whole length noted in the AuditForeignBytes that records them.
+ */
+#define AUDIT_FOREIGN_KEEP_MAX ((uint64_t)1 << 20)
+/* Such findings not yet recorded that the writer holds (more are logged only). */
+#define AUDIT_FOREIGN_NOTES 4
 
 typedef struct audit_slot {
 	hsm_buf body;
@@ -113,6 +121,20 @@ typedef struct audit_tail_info {
 	uint64_t unsigned_first;
 } audit_tail_info;
 
+/*
+ * Bytes found in the live file that hsmd did not write there (appended by
+ * another process, or left after the last whole record of a cut file),
+ * copied to saved_to in the audit directory and cut off; recorded by
+ * AuditForeignBytes.
+ */
+typedef struct audit_foreign_note {
+	char file[NAME_MAX + 1];     /* the live file's name */
+	char saved_to[NAME_MAX + 1]; /* the side file's name, in the audit directory */
+	uint64_t offset, length;     /* where they began in the file, and how many */
+	uint64_t saved;              /* how many were kept (at most AUDIT_FOREIGN_KEEP_MAX) */
+	uint8_t sha256[AUDIT_HASH_LEN]; /* of the bytes kept */
+} audit_foreign_note;
+
 /* The writer thread's own state. */
 typedef struct audit_writer {
 	int fd;                  /* -1: a new file named by next_seq is needed */
@@ -151,6 +173,9 @@ typedef struct audit_writer {
 	 * (AuditRecordsLost): lost_first..lost_last, lost_last 0 = none. */
 	uint64_t lost_first, lost_last;
 	bool lost_checkpoint;    /* recorded: the checkpoint after it is still to be written */
+	/* Foreign bytes kept aside, not yet recorded (AuditForeignBytes), oldest first. */
+	audit_foreign_note foreign[AUDIT_FOREIGN_NOTES];
+	size_t n_foreign;
 	hsm_buf scratch;
 	audit_slot batch[AUDIT_BATCH_MAX];
 	audit_cbent cbs[AUDIT_BATCH_MAX];

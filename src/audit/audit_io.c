@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -353,6 +354,160 @@ static bool synced_intact(hsm_audit *a, uint64_t size, audit_kept_record *kept)
 }
 
 /*
+ * Where the bytes hsmd did not write begin in its file of size bytes, which
+ * it is about to cut back to cut_to: at cut_to, unless that is synced_off,
+ * where hsmd's own writes not yet synced come first (the written part of
+ * pending, which it writes again) as far as the file still holds them byte
+ * for byte.  Not past them, even where the next bytes happen to equal what
+ * hsmd would write there next: it never wrote those.  *from = size: there
+ * are none.  An errno when the file cannot be read, else 0.
+ */
+static int foreign_from(audit_writer *w, uint64_t cut_to, uint64_t size, uint64_t *from)
+{
+	*from = cut_to < size ? cut_to : size;
+	if (cut_to != w->synced_off || size <= cut_to)
+		return 0;
+	uint64_t n = size - cut_to < w->written ? size - cut_to : w->written;
+	uint8_t buf[4096];
+	for (uint64_t done = 0; done < n;) {
+		size_t want = n - done < sizeof(buf) ? (size_t)(n - done) : sizeof(buf);
+		ssize_t r = pread(w->fd, buf, want, (off_t)(cut_to + done));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return r < 0 ? errno : EIO; /* shorter than fstat said: cut meanwhile */
+		for (size_t i = 0; i < (size_t)r; i++) {
+			if (buf[i] != w->pending.data[done + i]) {
+				*from = cut_to + done + i;
+				return 0;
+			}
+		}
+		done += (uint64_t)r;
+		*from = cut_to + done;
+	}
+	return 0;
+}
+
+/* Copies n bytes of fd from offset off to out (a new file), hashing them into md. */
+static int copy_range(int fd, uint64_t off, uint64_t n, int out, EVP_MD_CTX *md)
+{
+	size_t cap = 65536;
+	uint8_t *buf = malloc(cap);
+	int e = buf == NULL ? ENOMEM : 0;
+	for (uint64_t done = 0; e == 0 && done < n;) {
+		size_t want = n - done < cap ? (size_t)(n - done) : cap;
+		ssize_t r = pread(fd, buf, want, (off_t)(off + done));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			e = r < 0 ? errno : EIO;
+			break;
+		}
+		if (EVP_DigestUpdate(md, buf, (size_t)r) != 1) {
+			e = ENOMEM;
+			break;
+		}
+		for (ssize_t put = 0; e == 0 && put < r;) {
+			ssize_t k = write(out, buf + put, (size_t)(r - put));
+			if (k < 0 && errno == EINTR)
+				continue;
+			if (k <= 0)
+				e = k < 0 ? errno : EIO;
+			else
+				put += k;
+		}
+		done += (uint64_t)r;
+	}
+	free(buf);
+	return e;
+}
+
+/*
+ * Creates <live file>.foreign-<offset>-<ms> in the audit directory (never
+ * over anything there: O_EXCL, and O_NOFOLLOW against a link planted under
+ * that name), mode 0600.  Not audit-SEQ.jsonl: verify, retention and the
+ * copies to audit_copy_dir never take it for a file of the trail.  *fd, or
+ * an errno.
+ */
+static int create_side_file(hsm_audit *a, uint64_t offset, char path[PATH_MAX], int *fd)
+{
+	int e = EEXIST;
+	long long ms = (long long)audit_now_ms(a);
+	for (int tries = 0; e == EEXIST && tries < 16; tries++, ms++) {
+		if ((size_t)snprintf(path, PATH_MAX, "%s.foreign-%llu-%lld", a->w.path,
+		                     (unsigned long long)offset, ms) >= PATH_MAX)
+			return ENAMETOOLONG;
+		*fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+		e = *fd >= 0 ? 0 : errno;
+	}
+	return e;
+}
+
+/*
+ * Before the writer cuts its file (size bytes long) back to cut_to: the
+ * bytes past cut_to that are not its own (foreign_from) are evidence that
+ * something else wrote into the trail.  They are copied aside (the first
+ * AUDIT_FOREIGN_KEEP_MAX of them), synced, and noted for AuditForeignBytes.
+ * Nothing is cut before they are kept: on failure the log stays failed and
+ * tries again.
+ */
+static hsm_result keep_foreign(hsm_audit *a, uint64_t cut_to, uint64_t size)
+{
+	audit_writer *w = &a->w;
+	uint64_t from = size;
+	int e = foreign_from(w, cut_to, size, &from);
+	if (e != 0)
+		return io_fail(a, e, "read back");
+	if (from >= size)
+		return HSM_SUCCESS;
+	audit_foreign_note note = {.offset = from, .length = size - from};
+	note.saved = note.length < AUDIT_FOREIGN_KEEP_MAX ? note.length : AUDIT_FOREIGN_KEEP_MAX;
+	char side[PATH_MAX];
+	int fd = -1;
+	e = hook(a, HSM_AUDIT_IO_FOREIGN);
+	if (e == 0)
+		e = create_side_file(a, from, side, &fd);
+	if (e == 0 && (hsm_failed(hsm_strcpy(note.file, sizeof(note.file), hsm_path_base(w->path))) ||
+	               hsm_failed(hsm_strcpy(note.saved_to, sizeof(note.saved_to),
+	                                     hsm_path_base(side)))))
+		e = ENAMETOOLONG;
+	if (e == 0 && EVP_DigestInit_ex2(w->md_ctx, w->sha256, NULL) != 1)
+		e = ENOMEM;
+	if (e == 0)
+		e = copy_range(w->fd, from, note.saved, fd, w->md_ctx);
+	if (e == 0 && EVP_DigestFinal_ex(w->md_ctx, note.sha256, NULL) != 1)
+		e = ENOMEM;
+	if (e == 0 && fsync(fd) != 0)
+		e = errno;
+	if (fd >= 0 && close(fd) != 0 && e == 0)
+		e = errno;
+	if (e == 0 && hsm_failed(hsm_fsync_dir(a->dir)))
+		e = EIO;
+	if (e != 0) {
+		if (fd >= 0)
+			(void)unlink(side); /* half a copy: made again whole at the next try */
+		hsm_error("audit file %s holds %llu bytes from offset %llu that are not hsmd's records "
+		          "as it wrote them, and they cannot be kept aside (%s): nothing is cut, the "
+		          "log stays failed",
+		          w->path, (unsigned long long)note.length, (unsigned long long)from,
+		          strerror(e));
+		return io_fail(a, e, "keeping foreign bytes");
+	}
+	hsm_error("audit file %s held %llu bytes from offset %llu that are not hsmd's records as "
+	          "it wrote them (something else wrote into it): %llu of them kept in %s, then cut "
+	          "off the file",
+	          w->path, (unsigned long long)note.length, (unsigned long long)from,
+	          (unsigned long long)note.saved, side);
+	if (w->n_foreign < AUDIT_FOREIGN_NOTES)
+		w->foreign[w->n_foreign++] = note;
+	else
+		hsm_error("audit: too many findings of foreign bytes wait to be recorded; %s is not "
+		          "recorded in the trail",
+		          side);
+	return HSM_SUCCESS;
+}
+
+/*
  * After a failed write or fsync nothing past synced_off can be trusted (a
  * partial line, or pages the kernel dropped after a failed fsync).  Cut the
  * file back to synced_off and write pending again: the same bytes, so the
@@ -378,6 +533,7 @@ hsm_result audit_io_recover(hsm_audit *a)
 			hsm_error("audit file %s was deleted, renamed or replaced: its records are "
 			          "lost to the trail; continuing in a new file",
 			          w->path);
+			HSM_GUARD(keep_foreign(a, w->synced_off, (uint64_t)st.st_size));
 			if ((uint64_t)st.st_size > w->synced_off && ftruncate(w->fd, (off_t)w->synced_off) != 0)
 				hsm_warn("audit: cannot cut %s back to its synced records: %s", w->path,
 				         strerror(errno));
@@ -389,6 +545,7 @@ hsm_result audit_io_recover(hsm_audit *a)
 			hsm_error("audit file %s lost synced records after seq %llu; continuing in a new "
 			          "file",
 			          w->path, (unsigned long long)kept.seq);
+			HSM_GUARD(keep_foreign(a, kept.end, (uint64_t)st.st_size));
 			if ((uint64_t)st.st_size != kept.end && ftruncate(w->fd, (off_t)kept.end) != 0)
 				hsm_warn("audit: cannot cut %s back to its last whole record: %s", w->path,
 				         strerror(errno));
@@ -397,6 +554,7 @@ hsm_result audit_io_recover(hsm_audit *a)
 			w->written = 0;
 			audit_io_close(a);
 		} else if ((uint64_t)st.st_size != w->synced_off) {
+			HSM_GUARD(keep_foreign(a, w->synced_off, (uint64_t)st.st_size));
 			if (ftruncate(w->fd, (off_t)w->synced_off) != 0)
 				return io_fail(a, errno, "truncate");
 			w->reserved_to = 0; /* the cut gave back the space kept ahead too */

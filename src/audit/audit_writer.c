@@ -614,6 +614,33 @@ static hsm_result record_lost(hsm_audit *a)
 	return HSM_SUCCESS;
 }
 
+/*
+ * Bytes someone else wrote into the live file, kept aside and cut off by
+ * the recovery (audit_io_recover), go on the record before any request is
+ * answered again: which file, where they began, how many, where they were
+ * kept (how many of them) and the SHA-256 of what was kept.  The chain never
+ * held them, so it verifies; the event says they were there.
+ */
+static hsm_result record_foreign(hsm_audit *a)
+{
+	audit_writer *w = &a->w;
+	while (w->n_foreign > 0) {
+		const audit_foreign_note *n = &w->foreign[0];
+		char off[24], len[24], saved[24], sha[AUDIT_HASH_HEX + 1];
+		snprintf(off, sizeof(off), "%llu", (unsigned long long)n->offset);
+		snprintf(len, sizeof(len), "%llu", (unsigned long long)n->length);
+		snprintf(saved, sizeof(saved), "%llu", (unsigned long long)n->saved);
+		audit_hex32(n->sha256, sha);
+		hsm_audit_field f[] = {{"file", n->file},      {"offset", off},
+		                       {"length", len},        {"saved_to", n->saved_to},
+		                       {"saved_bytes", saved}, {"sha256", sha}};
+		HSM_GUARD(audit_write_event(a, "AuditForeignBytes", HSM_AUDIT_ERROR, f, 6));
+		w->n_foreign--;
+		memmove(w->foreign, w->foreign + 1, w->n_foreign * sizeof(w->foreign[0]));
+	}
+	return HSM_SUCCESS;
+}
+
 /* After an outage: rewrite what was not durable, then note the outage. */
 static void try_recover(hsm_audit *a)
 {
@@ -635,6 +662,8 @@ static void try_recover(hsm_audit *a)
 	if (w->rotate_pending && !next_file(a))
 		return;
 	if (w->lost_last != 0 && hsm_failed(record_lost(a)))
+		return;
+	if (w->n_foreign > 0 && hsm_failed(record_foreign(a)))
 		return;
 	pthread_mutex_lock(&a->mu);
 	uint64_t ms = (hsm_mono_ns() - a->outage_start_ns) / NS_PER_MS;

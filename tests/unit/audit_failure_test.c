@@ -1061,6 +1061,142 @@ static void test_live_file_cut(void **state)
 	t_rm_rf(dir);
 }
 
+/* The one side file of foreign bytes in dir (<live file>.foreign-<offset>-<ms>): its path. */
+static size_t foreign_files(const char *dir, char paths[][PATH_MAX])
+{
+	static char all[T_MAX_FILES][PATH_MAX];
+	size_t n = t_list(dir, "audit-", "", all, T_MAX_FILES), k = 0;
+	for (size_t i = 0; i < n; i++)
+		if (strstr(strrchr(all[i], '/'), ".jsonl.foreign-") != NULL)
+			memcpy(paths[k++], all[i], PATH_MAX);
+	return k;
+}
+
+/* Appends n bytes to the file at path, as another process would (O_APPEND). */
+static void append_bytes(const char *path, const char *p, size_t n)
+{
+	int fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, p, n), (ssize_t)n);
+	close(fd);
+}
+
+/* Whether the hook makes the copy of foreign bytes fail (ENOSPC) while armed. */
+static int foreign_hook(void *arg, hsm_audit_io_op op)
+{
+	return op == HSM_AUDIT_IO_FOREIGN && atomic_load((atomic_bool *)arg) ? ENOSPC : 0;
+}
+
+/*
+ * Bytes another process appends to the live file, after records written and
+ * not yet synced, are evidence of tampering: the next write finds the file
+ * longer than what was written and fails, and the recovery keeps exactly
+ * those bytes (not the log's own unsynced records, written again in place)
+ * in <file>.foreign-<offset>-<ms>, mode 0600, before it cuts them off, and
+ * records where they were (AuditForeignBytes: offset, length, how many kept,
+ * their SHA-256).  The trail loses nothing and verifies.  While they cannot
+ * be kept (the hook: no space), nothing is cut and the log stays failed.
+ */
+static void test_live_file_foreign_bytes(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-foreign");
+	atomic_bool fail_copy = true;
+	hsm_audit_config c = t_config(dir);
+	c.retry_interval_ms = 50;
+	c.fsync_interval_ms = 10000; /* the records after the checkpoint stay unsynced */
+	c.fsync_max_lag_ms = 10000;
+	c.test_io_hook = foreign_hook;
+	c.test_io_arg = &fail_copy;
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	unsigned i = 1;
+	for (; i <= 4; i++) {
+		hsm_audit_record r = t_record(i);
+		assert_true(hsm_ok(hsm_audit_append(a, &r)));
+	}
+	assert_true(hsm_ok(hsm_audit_checkpoint(a))); /* synced up to here */
+	for (; i <= 7; i++) {
+		hsm_audit_record r = t_record(i);
+		assert_true(hsm_ok(hsm_audit_append(a, &r)));
+	}
+	static char paths[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES), 1);
+	size_t before = 0;
+	free(t_slurp(paths[0], &before));
+	static const char foreign[] = "{\"seq\":999,\"op\":\"Forged\"}\nnot a record";
+	size_t flen = sizeof(foreign) - 1;
+	append_bytes(paths[0], foreign, flen);
+
+	hsm_audit_record r = t_record(i++);
+	assert_true(hsm_failed(hsm_audit_append(a, &r)));
+	usleep(300000); /* several tries, each unable to keep the bytes */
+	assert_false(hsm_audit_healthy(a));
+	size_t held = 0;
+	char *s = t_slurp(paths[0], &held);
+	assert_int_equal(held, before + flen); /* not cut */
+	assert_memory_equal(s + before, foreign, flen);
+	free(s);
+	static char side[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(foreign_files(dir, side), 0); /* no half copy left */
+
+	atomic_store(&fail_copy, false);
+	assert_true(wait_healthy(a, 3000));
+	r = t_record(i++);
+	assert_true(hsm_ok(hsm_audit_append(a, &r)));
+	hsm_audit_close(a);
+
+	assert_int_equal(foreign_files(dir, side), 1);
+	char want_name[PATH_MAX + 64];
+	snprintf(want_name, sizeof(want_name), "%s.foreign-%zu-", paths[0], before);
+	assert_true(strncmp(side[0], want_name, strlen(want_name)) == 0);
+	struct stat st;
+	assert_int_equal(stat(side[0], &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0600);
+	size_t kept_len = 0;
+	char *kept = t_slurp(side[0], &kept_len);
+	assert_int_equal(kept_len, flen);
+	assert_memory_equal(kept, foreign, flen);
+	free(kept);
+
+	uint8_t h[32];
+	char hex[65], off[64], len[64], saved_to[PATH_MAX + 32];
+	assert_int_equal(EVP_Digest(foreign, flen, h, NULL, EVP_sha256(), NULL), 1);
+	for (size_t k = 0; k < 32; k++)
+		snprintf(hex + 2 * k, 3, "%02x", h[k]);
+	snprintf(off, sizeof(off), "\"offset\":\"%zu\"", before);
+	snprintf(len, sizeof(len), "\"length\":\"%zu\"", flen);
+	snprintf(saved_to, sizeof(saved_to), "\"saved_to\":\"%s\"", strrchr(side[0], '/') + 1);
+	char sha[80], file[PATH_MAX + 16], saved[64];
+	snprintf(sha, sizeof(sha), "\"sha256\":\"%s\"", hex);
+	snprintf(file, sizeof(file), "\"file\":\"%s\"", strrchr(paths[0], '/') + 1);
+	snprintf(saved, sizeof(saved), "\"saved_bytes\":\"%zu\"", flen);
+	const char *texts[] = {file, off, len, saved_to, saved, sha};
+	assert_true(log_has_event(dir, "AuditForeignBytes", texts, 6));
+	assert_false(log_has_event(dir, "AuditRecordsLost", NULL, 0));
+
+	/* The live file holds the log's records only: every one, none twice, none foreign. */
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES), 1);
+	s = t_slurp(paths[0], NULL);
+	assert_null(strstr(s, "Forged"));
+	assert_null(strstr(s, "not a record"));
+	for (unsigned k = 1; k < i; k++) {
+		char rid[40];
+		snprintf(rid, sizeof(rid), "\"request_id\":\"req-%08u\"", k);
+		char *at = strstr(s, rid);
+		/* The record refused during the outage is in the log or not; none is twice. */
+		assert_true(at != NULL || k == 8);
+		assert_true(at == NULL || strstr(at + 1, rid) == NULL);
+	}
+	free(s);
+	hsm_audit_verify_report rep = t_verify_dir(dir, NULL, false);
+	assert_true(rep.valid);
+	assert_int_equal(rep.first_seq, 1);
+	assert_int_equal(rep.records, rep.last_seq);
+	t_rm_rf(dir);
+}
+
 /*
  * The whole directory deleted and made again under the running log (an
  * operator's rm -rf and mkdir), where another process may then hold the new
@@ -1242,6 +1378,7 @@ int main(void)
 	    cmocka_unit_test(test_directory_made_again_under_the_log),
 	    cmocka_unit_test(test_live_file_replaced),
 	    cmocka_unit_test(test_live_file_cut),
+	    cmocka_unit_test(test_live_file_foreign_bytes),
 	    cmocka_unit_test(test_held_process_write_is_no_outage),
 	    cmocka_unit_test(test_held_process_fsync_is_no_outage),
 	};
