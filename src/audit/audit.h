@@ -432,6 +432,15 @@ typedef struct hsm_audit_verify_report {
 		bool present;
 	} lost[4];
 	size_t n_lost;
+	/* Bytes hsmd found in its live file that it had not written, kept aside
+	 * and cut off (AuditForeignBytes, at seq): where they were, how many, and
+	 * how many it kept in saved_to (in the audit directory).  The chain never
+	 * held them.  The first four of n_foreign, in the trail's order. */
+	struct {
+		uint64_t seq, offset, length, saved;
+		char file[64], saved_to[128]; /* "" when the record does not say */
+	} foreign[4];
+	size_t n_foreign;
 	/* Records no checkpoint of the run that wrote them signed: a run that
 	 * crashed (or stayed sealed) before its next signed checkpoint, and the
 	 * next run's AuditLogOpened (at opened_seq) that found them.  Later

@@ -164,6 +164,32 @@ static void parse_lost(json_t *j, ventry *e)
 	e->lost_last = (uint64_t)hi;
 }
 
+/* What an AuditForeignBytes says (audit_writer.c, record_foreign); what it omits stays 0 or "". */
+static void parse_foreign(json_t *j, ventry *e)
+{
+	json_t *x = json_object_get(j, "extra");
+	static const char *const nums[] = {"offset", "length", "saved_bytes"};
+	uint64_t *to[] = {&e->foreign_offset, &e->foreign_length, &e->foreign_saved};
+	for (size_t i = 0; i < 3; i++) {
+		const char *v = json_string_value(json_object_get(x, nums[i]));
+		int64_t n = 0;
+		if (v != NULL && hsm_ok(hsm_parse_i64(v, 0, INT64_MAX, &n)))
+			*to[i] = (uint64_t)n;
+	}
+	const char *file = json_string_value(json_object_get(x, "file"));
+	const char *saved_to = json_string_value(json_object_get(x, "saved_to"));
+	if (file == NULL || hsm_failed(hsm_strcpy(e->foreign_file, sizeof(e->foreign_file), file)))
+		e->foreign_file[0] = '\0';
+	if (saved_to == NULL ||
+	    hsm_failed(hsm_strcpy(e->foreign_saved_to, sizeof(e->foreign_saved_to), saved_to)))
+		e->foreign_saved_to[0] = '\0';
+	/* Names a report prints: no control character from the trail reaches a terminal. */
+	for (char *c = e->foreign_file; *c != '\0'; c++)
+		*c = (unsigned char)*c < 0x20 || *c == 0x7f ? '?' : *c;
+	for (char *c = e->foreign_saved_to; *c != '\0'; c++)
+		*c = (unsigned char)*c < 0x20 || *c == 0x7f ? '?' : *c;
+}
+
 /*
  * A checkpoint's signature covers its node, seq, time, reason, kept_from and
  * prev, and a later record's chain covers its every byte; but the last record
@@ -258,6 +284,8 @@ static hsm_result parse_entry(const uint8_t *p, size_t n, ventry *e)
 				e->kind = VE_MALFORMED;
 			if (e->event && strcmp(e->op, "AuditRecordsLost") == 0)
 				parse_lost(j, e);
+			if (e->event && strcmp(e->op, "AuditForeignBytes") == 0)
+				parse_foreign(j, e);
 		}
 		const char *source = json_string_value(json_object_get(j, "source"));
 		e->offline = source != NULL && strcmp(source, "hsmctl") == 0;
@@ -959,6 +987,24 @@ static void note_time(vstate *s, const ventry *e, hsm_audit_verify_report *rep)
 	}
 }
 
+/*
+ * Bytes hsmd found in its live file that it had not written (AuditForeignBytes):
+ * no verdict (it cut them off, so the chain verifies without them), but a note
+ * for the auditor, who finds them where the record says they were kept.
+ */
+static void note_foreign(const ventry *e, hsm_audit_verify_report *rep)
+{
+	size_t k = rep->n_foreign++;
+	if (k >= sizeof(rep->foreign) / sizeof(rep->foreign[0]))
+		return;
+	rep->foreign[k].seq = e->seq;
+	rep->foreign[k].offset = e->foreign_offset;
+	rep->foreign[k].length = e->foreign_length;
+	rep->foreign[k].saved = e->foreign_saved;
+	memcpy(rep->foreign[k].file, e->foreign_file, sizeof(rep->foreign[k].file));
+	memcpy(rep->foreign[k].saved_to, e->foreign_saved_to, sizeof(rep->foreign[k].saved_to));
+}
+
 static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, const hsm_audit_verify_options *o,
                         hsm_audit_verify_report *rep)
 {
@@ -1036,6 +1082,8 @@ static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, const hsm_audit_ve
 	if (e->ckpt && sig != SIG_NONE)
 		s->last_signed_seq = e->seq;
 	note_time(s, e, rep);
+	if (e->event && strcmp(e->op, "AuditForeignBytes") == 0)
+		note_foreign(e, rep);
 	if (rep->records == 0)
 		rep->first_seq = e->seq;
 	rep->records++;

@@ -39,6 +39,9 @@ typedef struct ventry {
 	bool offline;           /* written by hsmctl ("source":"hsmctl") */
 	char previous_shutdown[8]; /* AuditLogOpened: "none", "clean", "unclean"; "" unstated */
 	uint64_t lost_first, lost_last; /* AuditRecordsLost: the records it names (0: none) */
+	/* AuditForeignBytes: where the bytes were, how many, how many were kept, and where */
+	uint64_t foreign_offset, foreign_length, foreign_saved;
+	char foreign_file[64], foreign_saved_to[128];
 	/* AuditLogOpened: the unsigned records it found at the end of the trail (0: none
 	 * stated), and the SHA-256 of the last */
 	uint64_t unsigned_first, unsigned_last;

@@ -69,6 +69,19 @@ static void print_summary(const hsm_audit_verify_report *r)
 		                          : "");
 	if (r->n_lost > lost_shown)
 		printf("note: hsmd recorded %zu more losses like these\n", r->n_lost - lost_shown);
+	/* Bytes cut from the live file are no part of the chain: a note, never the verdict. */
+	size_t foreign_shown = sizeof(r->foreign) / sizeof(r->foreign[0]);
+	for (size_t i = 0; i < r->n_foreign && i < foreign_shown; i++)
+		printf("note: hsmd found %llu bytes in its live file %s, from offset %llu, that were "
+		       "not its records as it wrote them, and cut them off (AuditForeignBytes, seq "
+		       "%llu): something else wrote into the trail; %llu of them are kept in %s\n",
+		       (unsigned long long)r->foreign[i].length,
+		       r->foreign[i].file[0] != '\0' ? r->foreign[i].file : "(not named)",
+		       (unsigned long long)r->foreign[i].offset, (unsigned long long)r->foreign[i].seq,
+		       (unsigned long long)r->foreign[i].saved,
+		       r->foreign[i].saved_to[0] != '\0' ? r->foreign[i].saved_to : "(not named)");
+	if (r->n_foreign > foreign_shown)
+		printf("note: hsmd found foreign bytes %zu more times\n", r->n_foreign - foreign_shown);
 	/* Only a retention checkpoint states that records were deleted by retention (verify
 	 * holds any other start past seq 1 as deleted, but for an older hsmd's records). */
 	bool by_retention = r->retention_seq != 0 && r->retention_kept_from >= r->first_seq;

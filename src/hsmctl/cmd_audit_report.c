@@ -17,7 +17,8 @@
  * approval names the custodians who approved it (approved_by), whatever the
  * window or key asked for; a user or access-key change names the user, roles
  * and access key its record carries; a request recorded after the fact
- * (RequestRecordRecovered) counts as itself, flagged.  Text for people, --json
+ * (RequestRecordRecovered) counts as itself, flagged, as are bytes something
+ * else wrote into the live file (AuditForeignBytes).  Text for people, --json
  * for programs.
  */
 #include <errno.h>
@@ -596,6 +597,7 @@ static hsm_result add_one(report *r, const report_opts *o, json_t *rec)
 		           "out of memory");
 		const char *flag = unclean ? "unclean_shutdown"
 		                   : strcmp(op, "AuditTrailBeginsAfterStore") == 0 ? "trail_after_store"
+		                   : strcmp(op, "AuditForeignBytes") == 0          ? "foreign_bytes"
 		                   : *str_of(rec, "flag") != '\0'                  ? str_of(rec, "flag")
 		                                                                   : NULL;
 		if (flag != NULL)
@@ -819,6 +821,9 @@ static void print_lines(const char *title, json_t *list)
 		if (strcmp(str_of(s, "flag"), "trail_after_store") == 0)
 			printf("  ** THE TRAIL BEGINS AFTER THE STORE: a new audit_dir, or earlier "
 			       "records taken away");
+		if (strcmp(str_of(s, "flag"), "foreign_bytes") == 0)
+			printf("  ** SOMETHING ELSE WROTE INTO THE LIVE FILE: hsmd cut those bytes off "
+			       "and kept them in the file saved_to names (in the audit directory)");
 		if (strcmp(str_of(s, "flag"), "recovered") == 0)
 			printf("  ** RECOVERED: its own record was lost (a stop or an audit outage); "
 			       "recorded in its stead");

@@ -1194,6 +1194,9 @@ static void test_live_file_foreign_bytes(void **state)
 	assert_true(rep.valid);
 	assert_int_equal(rep.first_seq, 1);
 	assert_int_equal(rep.records, rep.last_seq);
+	assert_int_equal(rep.n_foreign, 1);
+	assert_int_equal(rep.foreign[0].offset, before);
+	assert_int_equal(rep.foreign[0].length, flen);
 	t_rm_rf(dir);
 }
 
