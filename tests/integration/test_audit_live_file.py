@@ -2,16 +2,20 @@
 before it writes (never into the damaged or moved file), the trail goes on in a new file
 that records exactly the records that went (AuditRecordsLost), and verify says so: the
 records missing, the loss recorded, nothing modified or inserted; and a file put back
-verifies."""
+verifies.  Bytes another process appends to the live file are kept aside and recorded
+(AuditForeignBytes), not destroyed."""
 import glob
+import hashlib
+import json
 import os
 import shutil
+import stat
 import subprocess
 import time
 
 import pytest
 
-from conftest import start_dev
+from conftest import HSMCTL, start_dev
 from helpers import admin, audit_records, eventually
 from test_audit_server import audit_pem, verify
 
@@ -81,6 +85,9 @@ def test_a_live_file_cut_records_exactly_the_records_cut(tmp_path, next_write):
         ck = lost_checkpoint_after(data, lost)
         assert ck[0]["checkpoint"]["reason"] == "lost", ck
         assert no_seq_twice(data)
+        # Cut at a line's end: nothing past the last whole record, nothing foreign kept.
+        assert not glob.glob(os.path.join(data, "audit", "*.foreign-*"))
+        assert not foreign_events(data)
 
         res = verify(server, pubkey=pem, live=True)
         assert res.returncode == 1 and "result: INVALID" in res.stdout, res.stdout
@@ -114,6 +121,7 @@ def test_a_live_file_moved_away_is_recorded_once_and_verifies_put_back(tmp_path)
         assert eventually(lambda: lost_checkpoint_after(data, lost_events(data)[0]), 10)
         with open(moved, "rb") as f:
             assert f.read() == before, "a record went into the moved file"
+        assert not glob.glob(os.path.join(data, "audit", "*.foreign-*"))
         moved_seqs = seqs_of(moved)
         (lost,) = lost_events(data)
         assert lost["extra"] == {"first_seq": "1", "last_seq": str(moved_seqs[-1])}, lost
@@ -272,7 +280,6 @@ def test_a_link_planted_as_the_live_file_is_not_followed(tmp_path):
     """The live audit file of a stopped node replaced by a symbolic link to a copy of it:
     neither hsmd nor an hsmctl command that writes the trail follows it, each names the
     file, and the copy is left as it was."""
-    from conftest import HSMCTL
     server = start_dev()
     server.stop()
     data = server.data_dir
@@ -291,5 +298,81 @@ def test_a_link_planted_as_the_live_file_is_not_followed(tmp_path):
         assert p.returncode != 0, p.stdout + p.stderr
         assert f"{live}: it is a symbolic link" in p.stderr, p.stderr
         assert os.path.islink(live) and target.read_bytes() == before
+    finally:
+        server.cleanup()
+
+
+def foreign_events(data_dir):
+    return [r for r in audit_records(data_dir) if r.get("op") == "AuditForeignBytes"]
+
+
+def test_bytes_appended_to_the_live_file_are_kept_and_recorded(tmp_path):
+    """Another process appends bytes to the live file of a running node.  The next
+    request's write finds the file longer than hsmd wrote it and is refused; the recovery
+    copies exactly those bytes to a side file in the audit directory (mode 0600, not a
+    trail file), cuts them off, and records where they were (AuditForeignBytes: offset,
+    length, how many kept, their SHA-256).  The live file holds hsmd's records only, verify
+    says VALID with a note of the bytes, and report lists the event, flagged."""
+    server = start_dev(["--backup-interval-seconds", "0"])
+    data = server.data_dir
+    try:
+        for i in range(4):
+            admin(server, "AuditHash", {"Value": f"r{i}"})
+        pem = audit_pem(server, str(tmp_path))
+        time.sleep(0.5)  # synced (10 ms)
+        (live,) = audit_files(data)
+        size = os.path.getsize(live)
+        foreign = (b'{"seq":999999,"op":"CreateKey","outcome":"success"}\n'
+                   b"and a line without its end")
+        with open(live, "ab") as f:
+            f.write(foreign)
+        admin(server, "AuditHash", {"Value": "after"}, expect=503)
+        assert eventually(lambda: foreign_events(data), 25), server.read_log()
+        admin(server, "AuditHash", {"Value": "later"})
+
+        sides = glob.glob(os.path.join(data, "audit", "*foreign*"))
+        assert len(sides) == 1, sides
+        side = sides[0]
+        name = os.path.basename(side)
+        assert name.startswith(f"{os.path.basename(live)}.foreign-{size}-"), name
+        assert stat.S_IMODE(os.stat(side).st_mode) == 0o600
+        with open(side, "rb") as f:
+            assert f.read() == foreign, "the side file does not hold exactly the bytes appended"
+        (ev,) = foreign_events(data)
+        assert ev["type"] == "event" and ev["outcome"] == "error", ev
+        assert ev["extra"] == {"file": os.path.basename(live), "offset": str(size),
+                               "length": str(len(foreign)), "saved_to": name,
+                               "saved_bytes": str(len(foreign)),
+                               "sha256": hashlib.sha256(foreign).hexdigest()}, ev
+        assert not lost_events(data), "nothing of hsmd's was lost"
+
+        assert audit_files(data) == [live]
+        with open(live, "rb") as f:
+            lines = f.read().splitlines(keepends=True)
+        recs = [json.loads(line) for line in lines]
+        assert all(line.endswith(b"\n") for line in lines)
+        assert [r["seq"] for r in recs] == list(range(1, len(recs) + 1))
+        assert all(r["node"] == recs[0]["node"] for r in recs)
+        assert not any(b"999999" in line or b"without its end" in line for line in lines)
+
+        res = verify(server, pubkey=pem, live=True)
+        assert res.returncode == 0 and "result: VALID" in res.stdout, res.stdout
+        note = (f"note: hsmd found {len(foreign)} bytes in its live file "
+                f"{os.path.basename(live)}, from offset {size}, that were not its records as "
+                f"it wrote them, and cut them off (AuditForeignBytes, seq {ev['seq']}): "
+                f"something else wrote into the trail; {len(foreign)} of them are kept in "
+                f"{name}")
+        assert note in res.stdout, res.stdout
+        rep = subprocess.run([HSMCTL, "audit", "report", "--live", "--pubkey", pem,
+                              os.path.join(data, "audit")], capture_output=True, text=True)
+        assert rep.returncode == 0, rep.stdout + rep.stderr
+        events = rep.stdout.split("\nnode events", 1)[1].splitlines()
+        (line,) = [x for x in events if " AuditForeignBytes " in x]
+        assert f"offset={size}" in line and f"saved_to={name}" in line, line
+        assert "SOMETHING ELSE WROTE INTO THE LIVE FILE" in line, line
+        server.stop()
+        res = verify(server, pubkey=pem)
+        assert res.returncode == 0 and "result: VALID" in res.stdout, res.stdout
+        assert note in res.stdout, res.stdout
     finally:
         server.cleanup()
