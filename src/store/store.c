@@ -391,6 +391,26 @@ hsm_result hsm_store_open_existing(const char *location, hsm_store **out)
 	return open_mode(location, HSM_STORE_EXISTING, out);
 }
 
+hsm_result hsm_store_open_unmigrated(const char *location, hsm_store **out)
+{
+	hsm_result r = open_mode(location, HSM_STORE_EXISTING, out);
+	if (r.err != HSM_ERR_NOT_FOUND)
+		return r;
+	return open_mode(location, HSM_STORE_MIGRATE, out);
+}
+
+hsm_result hsm_store_migrate(hsm_store *s)
+{
+	HSM_ASSERT(s != NULL);
+	/* Run on a current store too, for what the opening would have done besides the steps
+	 * (SQLite: the file restricted to its owner, its directory entries made durable).  As
+	 * an opening's, the steps are no request's change, and carry no outbox row. */
+	hsm_store_intent *held = st_intent_hold();
+	hsm_result r = s->ops->migrate(s);
+	st_intent_restore(held);
+	return r;
+}
+
 void hsm_store_close(hsm_store *s)
 {
 	if (s != NULL)

@@ -269,6 +269,25 @@ hsm_result hsm_store_open(const char *location, hsm_store **out) HSM_MUST_CHECK;
  * store's own version, which may be older than this build's.
  */
 hsm_result hsm_store_open_existing(const char *location, hsm_store **out) HSM_MUST_CHECK;
+/*
+ * Opens the store at location for a server start that may still be refused
+ * by what it finds there (another account's keys, its node id held by a
+ * running node): an existing store is opened as it is
+ * (hsm_store_open_existing), its schema left for hsm_store_migrate once the
+ * start is sure to go on; a location holding no store yet gets a new one at
+ * once, as from hsm_store_open (creating a store upgrades nothing).  On a
+ * shared store, a start refused after migrating would leave the schema
+ * upgraded by a node that never served it, and the nodes not yet upgraded
+ * would give up the scheduled work to nobody.
+ */
+hsm_result hsm_store_open_unmigrated(const char *location, hsm_store **out) HSM_MUST_CHECK;
+/*
+ * Brings a store opened as it is up to this build's schema, as
+ * hsm_store_open does when opening it (the same log line, the same record
+ * of the upgrade for the next Startup event, hsm_store_migrated_from); a
+ * store already current is left as it is.  No other call on s may run.
+ */
+hsm_result hsm_store_migrate(hsm_store *s) HSM_MUST_CHECK;
 /* Releases the handle (SQLite: and its lock; PostgreSQL: its connections).  No call on s may be running.  NULL is a no-op. */
 void hsm_store_close(hsm_store *s);
 /*

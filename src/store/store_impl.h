@@ -62,6 +62,8 @@ struct hsm_store_ops {
 	int (*schema_version)(hsm_store *s);
 	int (*schema_latest)(void); /* the version this build writes */
 	hsm_result (*claim_node)(hsm_store *s, const char *node_id, bool *adopting);
+	/* hsm_store_migrate: the pending schema steps of a store opened as it is. */
+	hsm_result (*migrate)(hsm_store *s);
 	/* hsm_store_check; NULL for a backend whose server checks its own pages. */
 	hsm_result (*check)(hsm_store *s);
 

@@ -856,6 +856,13 @@ static void pg_close(hsm_store *base)
 	free(s);
 }
 
+/* hsm_store_migrate: the steps an opening in MIGRATE mode would have run. */
+static hsm_result pg_migrate(hsm_store *base)
+{
+	pg_store *s = pg_of(base);
+	return pg_schema_migrate(s, &s->schema_version, &s->base.migrated_from);
+}
+
 static int pg_schema_version_op(hsm_store *base)
 {
 	return pg_of(base)->schema_version;
@@ -867,6 +874,7 @@ static const hsm_store_ops pg_ops = {
 	.schema_version = pg_schema_version_op,
 	.schema_latest = hsm_store_pg_schema_latest,
 	.claim_node = pg_claim_node,
+	.migrate = pg_migrate,
 	.meta_get = pg_meta_get,
 	.meta_put = pg_meta_put,
 	.rekey = pg_rekey,

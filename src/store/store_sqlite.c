@@ -412,6 +412,22 @@ static void sq_close(hsm_store *base)
 	free(s);
 }
 
+/*
+ * hsm_store_migrate: the steps hsm_store_sqlite_open_mode's MIGRATE mode
+ * would have run, on the writer the handle opened as it is; the file is
+ * restricted to its owner as that mode does.
+ */
+static hsm_result sq_migrate(hsm_store *base)
+{
+	sq_store *s = sq_of(base);
+	HSM_GUARD(prepare_db_file(s->db_path));
+	pthread_mutex_lock(&s->write_lock);
+	hsm_result r = sq_schema_migrate(s->writer, &s->schema_version, &s->base.migrated_from);
+	pthread_mutex_unlock(&s->write_lock);
+	HSM_GUARD(r);
+	return hsm_fsync_dir(s->dir);
+}
+
 static int sq_schema_version_op(hsm_store *base)
 {
 	return sq_of(base)->schema_version;
@@ -493,6 +509,7 @@ static const hsm_store_ops sqlite_ops = {
 	.schema_version = sq_schema_version_op,
 	.schema_latest = hsm_store_sqlite_schema_latest,
 	.claim_node = sq_claim_node,
+	.migrate = sq_migrate,
 	.check = sq_check,
 	.meta_get = sq_meta_get,
 	.meta_put = sq_meta_put,

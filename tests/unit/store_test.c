@@ -150,6 +150,52 @@ static void test_upgrade_kept_until_reported(void **state)
 	assert_int_equal(hsm_store_migration_unreported(f->s), 0);
 }
 
+/*
+ * A start that may still be refused opens the store as it is: an older
+ * schema stays (its metadata readable) until hsm_store_migrate, which then
+ * brings it forward and keeps the upgrade for the Startup record as an
+ * opening does; a location without a store gets a new, current one at once.
+ */
+static void test_open_unmigrated_then_migrate(void **state)
+{
+	(void)state;
+	st_fixture f = {0};
+	st_fresh_location(&f);
+	EXPECT_OK(hsm_store_open_unmigrated(f.loc, &f.s)); /* nothing there: made now */
+	int latest = hsm_store_schema_latest(f.s);
+	assert_int_equal(hsm_store_schema_version(f.s), latest);
+	EXPECT_OK(hsm_store_migrate(f.s)); /* current: nothing to do */
+	assert_int_equal(hsm_store_migrated_from(f.s), 0);
+	const char *names[] = {"probe"};
+	hsm_buf v = {.data = (uint8_t *)"1", .len = 1};
+	const hsm_buf *values[] = {&v};
+	EXPECT_OK(hsm_store_meta_put(f.s, 1, names, values));
+	st_schema_before_usage(&f);
+	int old = st_is_pg() ? 6 : 7;
+	const char *count = "SELECT max(version) FROM schema_version";
+
+	EXPECT_OK(hsm_store_open_unmigrated(f.loc, &f.s));
+	assert_int_equal(hsm_store_schema_version(f.s), old);
+	assert_int_equal(st_is_pg() ? st_pg_int(f.db, count) : st_raw_int(f.dir, count), old);
+	hsm_buf got;
+	hsm_buf_init(&got);
+	EXPECT_OK(hsm_store_meta_get(f.s, "probe", &got));
+	assert_int_equal(got.len, 1);
+	hsm_buf_free(&got);
+	assert_int_equal(hsm_store_migration_unreported(f.s), 0);
+
+	EXPECT_OK(hsm_store_migrate(f.s));
+	assert_int_equal(hsm_store_schema_version(f.s), latest);
+	assert_int_equal(st_is_pg() ? st_pg_int(f.db, count) : st_raw_int(f.dir, count), latest);
+	assert_int_equal(hsm_store_migrated_from(f.s), old);
+	assert_int_equal(hsm_store_migration_unreported(f.s), old);
+	int64_t since = 0;
+	EXPECT_OK(hsm_store_usage_since(f.s, &since)); /* the steps the old schema lacked */
+	assert_true(since > 0);
+	hsm_store_close(f.s);
+	st_release_location(&f);
+}
+
 static void test_failed_migration_changes_nothing(void **state)
 {
 	(void)state;
@@ -492,6 +538,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_lock_conflict, st_setup, st_teardown),
 		cmocka_unit_test(test_migrates_version_zero_store),
 		cmocka_unit_test_setup_teardown(test_upgrade_kept_until_reported, st_setup, st_teardown),
+		cmocka_unit_test(test_open_unmigrated_then_migrate),
 		cmocka_unit_test(test_failed_migration_changes_nothing),
 		cmocka_unit_test_setup_teardown(test_refuses_newer_schema_and_foreign_files, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_connection_settings, st_setup, st_teardown),
