@@ -240,12 +240,17 @@ static hsm_result count_custodian(const hsm_user_record *u, void *arg)
 	return HSM_SUCCESS;
 }
 
-hsm_result hsm_kms_custodian_count(hsm_kms *kms, unsigned *out)
+hsm_result hsm_kms_custodians_in(hsm_store *store, unsigned *out)
 {
 	count_arg c = {0};
-	HSM_GUARD(hsm_store_user_list(kms->store, count_custodian, &c));
+	HSM_GUARD(hsm_store_user_list(store, count_custodian, &c));
 	*out = c.n;
 	return HSM_SUCCESS;
+}
+
+hsm_result hsm_kms_custodian_count(hsm_kms *kms, unsigned *out)
+{
+	return hsm_kms_custodians_in(kms->store, out);
 }
 
 /*

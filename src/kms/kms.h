@@ -909,6 +909,8 @@ unsigned hsm_kms_approval_valid(hsm_kms *kms, const hsm_approval_record *a);
 bool hsm_kms_approval_approved(hsm_kms *kms, const hsm_approval_record *a);
 /* Enabled users holding the custodian role. */
 hsm_result hsm_kms_custodian_count(hsm_kms *kms, unsigned *out) HSM_MUST_CHECK;
+/* The same, read from a store before any service runs on it (the users table of any schema). */
+hsm_result hsm_kms_custodians_in(hsm_store *store, unsigned *out) HSM_MUST_CHECK;
 
 /*
  * For SigV4: the user and unwrapped secret behind an access key id, whatever

@@ -156,10 +156,15 @@ hsm_result hsm_server_approvals_check(hsm_server *s)
 		hsm_info("approvals: %llu stored request(s) kept whole by an older hsmd now show only "
 		         "the size and SHA-256 of their binary members",
 		         (unsigned long long)redacted);
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_server_quorum_check(hsm_server *s)
+{
 	if (s->opt.approval_quorum == 0)
 		return HSM_SUCCESS;
 	unsigned n = 0;
-	HSM_GUARD(hsm_kms_custodian_count(s->kms, &n));
+	HSM_GUARD(hsm_kms_custodians_in(s->store, &n));
 	if (n >= s->opt.approval_quorum)
 		return HSM_SUCCESS;
 	return hsm_server_blame(

@@ -419,13 +419,23 @@ static hsm_result claim_node_id(hsm_server *s)
 /*
  * The store records the account and region its keys belong to (CreateKey
  * does, and a start on a store with keys): a node of another refuses to
- * start.  A store with keys made before it did is recorded as this node's,
- * unless the first key's policy says the keys are another account's: then
- * only a warning, as nothing tells which is right.
+ * start.  Read from the metadata, which every schema has, before the schema
+ * is brought forward (refuse_early).
+ */
+static hsm_result check_account_recorded(hsm_server *s)
+{
+	return hsm_kms_account_check(s->store, s->account, s->region, false);
+}
+
+/*
+ * Once the schema is current: a store with keys made before the account was
+ * recorded is recorded as this node's, unless the first key's policy says
+ * the keys are another account's: then only a warning, as nothing tells
+ * which is right.  Refused here only when another node recorded another
+ * account in the meantime.
  */
 static hsm_result check_account(hsm_server *s)
 {
-	HSM_GUARD(hsm_kms_account_check(s->store, s->account, s->region, false));
 	char other[13];
 	bool seen = false;
 	if (hsm_failed(hsm_kms_account_of_keys(s->store, s->account, other, &seen)))
@@ -489,7 +499,7 @@ static void warn_user_case_twins(hsm_server *s)
  * The Startup record: which build runs, and the store's schema.  An upgrade
  * is on the trail of the node that made it: the store keeps each migration
  * until a Startup record said it, so one made by a start that then stopped
- * (refused by a check that follows the opening, or killed) is said by the
+ * (killed, or its store failing it before the record) is said by the
  * next start, whichever node makes it.
  */
 static void report_startup(hsm_server *s, hsm_node_state st)
@@ -518,6 +528,24 @@ static void report_startup(hsm_server *s, hsm_node_state st)
 
 static hsm_result dev_check_no_leftovers(hsm_server *s, bool trail_began_here);
 
+/*
+ * Whatever may still refuse the start for its settings or its identity, on
+ * the store opened as it is: an older schema is brought forward only after
+ * these, so a refused start leaves it for the nodes still serving it (on a
+ * shared store they would give up the scheduled work to a node that never
+ * ran).  What they read is in every schema: the metadata, the users.  The
+ * audit trail opens, and the listening socket is bound (the address free,
+ * the TLS files loaded), here too: nothing is served before hsm_server_start.
+ */
+static hsm_result refuse_early(hsm_server *s)
+{
+	HSM_GUARD(hsm_server_blame(s, "account_id", check_account_recorded(s)));
+	HSM_GUARD(hsm_server_blame(s, "node_id", claim_node_id(s)));
+	HSM_GUARD(hsm_server_quorum_check(s));
+	HSM_GUARD(open_audit(s));
+	return blame_http(s, hsm_http_server_new(&s->opt.http, hsm_server_on_request, s, &s->http));
+}
+
 static hsm_result open_parts(hsm_server *s)
 {
 	bool shared = s->opt.store != NULL && s->opt.store[0] != '\0';
@@ -534,17 +562,19 @@ static hsm_result open_parts(hsm_server *s)
 	char copy_dir[sizeof(s->audit_copy_dir) + HSM_CONFIG_NAME_MAX + 1];
 	HSM_GUARD(check_audit_dirs(s, copy_dir, sizeof(copy_dir)));
 	HSM_GUARD(hsm_server_backup_dirs_check(s));
-	HSM_GUARD(hsm_server_blame(s, shared ? "store" : "data_dir",
-	                           hsm_store_open(shared ? s->opt.store : s->data_dir, &s->store)));
+	const char *where = shared ? "store" : "data_dir";
+	HSM_GUARD(hsm_server_blame(s, where,
+	                           hsm_store_open_unmigrated(shared ? s->opt.store : s->data_dir,
+	                                                     &s->store)));
 	atomic_store(&s->store_up, true);
 	if (shared && s->opt.store_cache_ms == 0)
 		hsm_warn("store_cache_ms is 0 with a shared store: this node trusts what it cached "
 		         "until it changes it itself, so a key disabled, scheduled for deletion or "
 		         "given a new policy through another node stays usable here; unless this is "
 		         "the only node, leave it at its default (1000) or set a few hundred ms");
+	HSM_GUARD(refuse_early(s));
+	HSM_GUARD(hsm_server_blame(s, where, hsm_store_migrate(s->store)));
 	HSM_GUARD(hsm_server_blame(s, "account_id", check_account(s)));
-	HSM_GUARD(hsm_server_blame(s, "node_id", claim_node_id(s)));
-	HSM_GUARD(open_audit(s));
 	HSM_GUARD(hsm_keystore_new(s->store, 0, &s->ks));
 	hsm_node_state st = hsm_keystore_state(s->ks);
 	report_startup(s, st);
@@ -614,8 +644,7 @@ static hsm_result open_parts(hsm_server *s)
 	hsm_refusals_config rc = {.per_source = s->opt.refusal_record_rate,
 	                          .total = s->opt.refusal_record_rate_total};
 	HSM_GUARD(hsm_refusals_new(&rc, &s->refusals));
-	HSM_GUARD(hsm_lane_new(lane_threads(), "hsmd-lane", &s->lane));
-	return blame_http(s, hsm_http_server_new(&s->opt.http, hsm_server_on_request, s, &s->http));
+	return hsm_lane_new(lane_threads(), "hsmd-lane", &s->lane);
 }
 
 /* Token lifetimes (kms/jwt.h): 15 minutes by default, at most a day, 60 s of skew. */

@@ -377,11 +377,16 @@ typedef struct hsm_server_gate {
 void hsm_server_gate_init(hsm_server_gate *g, hsm_server *s, const char *operation,
                           const hsm_caller *requester, json_t *doc);
 /*
- * At start: describes the blob members of requests an older hsmd stored
- * whole (hsm_kms_approval_redact_stored), then refuses an approval_quorum
- * that the store's custodians cannot meet.
+ * At start, once the store's schema is current: describes the blob members
+ * of requests an older hsmd stored whole (hsm_kms_approval_redact_stored).
  */
 hsm_result hsm_server_approvals_check(hsm_server *s) HSM_MUST_CHECK;
+/*
+ * At start, before the store's schema is brought forward (it reads only the
+ * users, in any schema): refuses an approval_quorum that the store's
+ * custodians cannot meet.
+ */
+hsm_result hsm_server_quorum_check(hsm_server *s) HSM_MUST_CHECK;
 /* HsmdAdmin.ListApprovals, GetApproval, ApproveRequest, DenyRequest, CancelRequest. */
 hsm_result hsm_admin_list_approvals(hsm_admin_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_admin_get_approval(hsm_admin_ctx *c) HSM_MUST_CHECK;

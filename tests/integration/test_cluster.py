@@ -781,6 +781,88 @@ def test_a_node_older_than_the_shared_schema_gives_up_the_scheduled_work(pg, tmp
         n.cleanup()
 
 
+def refused_start(store, node_id, args, env=None):
+    """Runs a node on store expecting its start to be refused as a setting's fault (exit
+    status 2); its stderr."""
+    from conftest import HSMD, free_port
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("HSM_")}
+    full_env.update({"HSM_STORE": store}, **(env or {}))
+    data = tempfile.mkdtemp(prefix="hsmd-refused-")
+    try:
+        p = subprocess.run([HSMD, "--data-dir", data, "--node-id", node_id,
+                            "--allow-plaintext-loopback",
+                            "--listen", f"127.0.0.1:{free_port()}"] + args,
+                           capture_output=True, text=True, timeout=90, env=full_env)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    return p.stderr
+
+
+def test_a_refused_start_leaves_the_shared_schema_to_the_nodes_serving_it(pg, tmp_path):
+    """A newer node whose start is refused for its settings or its identity (another
+    account than the store's keys, a node id a running node holds, an address in use, a
+    quorum the custodians cannot meet) is refused before it brings the shared schema
+    forward: the nodes still serving the older schema keep serving it and keep the
+    scheduled work, and no upgrade is left for a later Startup record to claim.  A start
+    that goes on then migrates as before, and its Startup record says so."""
+    store = pg.database("upgrade")
+    files, ops = ceremony(str(tmp_path), store)
+    old = node(store, "old", ROUNDS)
+    try:
+        unseal(old, files)
+        kms(old, ops).create_key()  # records the store's account
+        assert eventually(lambda: gauge(old, "hsmd_scheduler_leader") == 1, 20)
+        latest = int(pg.sql(store, "SELECT max(version) FROM schema_version"))
+        # The store as the build before the last schema step left it (the step is idempotent).
+        pg.sql(store, f"DELETE FROM schema_version WHERE version = {latest}")
+
+        def schema():
+            return int(pg.sql(store, "SELECT max(version) FROM schema_version"))
+
+        def upgrades():
+            return pg.sql(store, "SELECT count(*) FROM meta WHERE name LIKE 'schema_upgrade%'")
+
+        refusals = [
+            ("new", ["--account-id", "999988887777"], {},
+             "belong to account 111122223333", "(account_id from --account-id)"),
+            ("old", [], {}, "node_id 'old' is held by another running node",
+             "(node_id from --node-id)"),
+            ("new", ["--listen", f"127.0.0.1:{old.port}"], {},
+             f"cannot listen on 127.0.0.1:{old.port}", "(listen from --listen)"),
+            ("new", [], {"HSM_APPROVAL_QUORUM": "6"},
+             "approval_quorum = 6, but the store has 0 enabled custodians",
+             "(approval_quorum from HSM_APPROVAL_QUORUM)"),
+        ]
+        left = []
+        for node_id, args, env, said, setting in refusals:
+            err = refused_start(store, node_id, args, env)
+            assert said in err and setting in err, err
+            left.append((said, schema(), upgrades(), "schema migrated" in err))
+            # Each refusal on its own: an upgrade one of them made is undone for the next.
+            pg.sql(store, f"DELETE FROM schema_version WHERE version = {latest}")
+            pg.sql(store, "DELETE FROM meta WHERE name LIKE 'schema_upgrade%'")
+        assert left == [(r[3], latest - 1, "0", False) for r in refusals], left
+        # The old node kept its leadership all along, and serves.
+        assert gauge(old, "hsmd_scheduler_leader") == 1
+        assert "cannot take the store's leadership" not in old.read_log(), old.read_log()
+        st, out = signed_call(old, "TrentService.ListKeys", {}, akid=ops[0], secret=ops[1])
+        assert st == 200 and len(out["Keys"]) == 1, out
+    finally:
+        old.cleanup()
+    new = node(store, "new")
+    try:
+        assert schema() == latest
+        assert f"PostgreSQL schema migrated from version {latest - 1} to {latest}" in \
+            new.read_log(), new.read_log()
+        starts = [r["extra"] for r in audit_records(new.data_dir) if r.get("op") == "Startup"]
+        assert len(starts) == 1 and starts[0]["schema_migrated_from"] == str(latest - 1), \
+            starts
+        assert starts[0]["store_schema"] == str(latest), starts
+    finally:
+        new.cleanup()
+
+
 def gauge(server, name):
     st, body, _ = server.get("/metrics")
     assert st == 200

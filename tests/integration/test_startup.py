@@ -499,12 +499,13 @@ def test_a_start_refused_for_its_audit_dir_leaves_the_schema_as_it_was(tmp):
     assert schema_of(data) == old
 
 
-def test_an_upgrade_by_a_start_that_stopped_is_said_by_the_next_one(tmp):
-    """A start refused after it brought the schema forward (here for another account than
-    the store's keys') cannot audit the upgrade: the store keeps it until a Startup record
-    says it, so the next start does, once."""
+@pytest.mark.parametrize("why", ["account", "listen", "quorum"])
+def test_a_start_refused_after_opening_the_store_leaves_the_schema_as_it_was(tmp, why):
+    """What refuses a start on what the store holds (another account than its keys'), or
+    on a setting checked once it is open (an address in use, a quorum its custodians
+    cannot meet), refuses it before the schema is brought forward: the store stays one the
+    build before can open, and no upgrade is left on it for a later Startup record."""
     from conftest import start_dev, client
-    from helpers import audit_records
     data = os.path.join(tmp, "data")
     node = start_dev(["--data-dir", data])
     try:
@@ -512,11 +513,48 @@ def test_an_upgrade_by_a_start_that_stopped_is_said_by_the_next_one(tmp):
     finally:
         node.cleanup()
     old = older_schema(data)
-    err = refused(["--dev", "--data-dir", data, "--listen", f"127.0.0.1:{free_port()}",
-                   "--account-id", "999988887777"],
-                  DEV_ENV)
-    assert "999988887777" in err, err
-    assert schema_of(data) == old + 1  # the refusal came after the opening
+    args = ["--dev", "--data-dir", data]
+    env = dict(DEV_ENV)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1] if why == "listen" else free_port()
+        if why == "account":
+            args += ["--account-id", "999988887777"]
+        if why == "quorum":
+            env["HSM_APPROVAL_QUORUM"] = "2"
+        err = refused(args + ["--listen", f"127.0.0.1:{port}"], env)
+    said = {"account": "(account_id from --account-id)", "listen": "(listen from --listen)",
+            "quorum": "(approval_quorum from HSM_APPROVAL_QUORUM)"}[why]
+    assert said in err, err
+    assert "schema migrated" not in err, err
+    assert schema_of(data) == old
+    import sqlite3
+    db = sqlite3.connect(os.path.join(data, "hsmd.db"))
+    try:
+        assert db.execute("SELECT count(*) FROM meta WHERE name LIKE 'schema_upgrade%'") \
+            .fetchone()[0] == 0
+    finally:
+        db.close()
+    node = start_dev(["--data-dir", data])
+    node.cleanup()
+    assert schema_of(data) == old + 1
+
+
+def test_an_upgrade_no_start_said_is_said_by_the_next_one(tmp):
+    """An upgrade with no Startup record after it (made by an offline hsmctl command that
+    changes the store, or by a start killed before its record) cannot be on that trail:
+    the store keeps it until a Startup record says it, so the next start does, once."""
+    from conftest import start_dev, HSMCTL
+    from helpers import audit_records
+    data = os.path.join(tmp, "data")
+    start_dev(["--data-dir", data]).cleanup()
+    old = older_schema(data)
+    p = subprocess.run([HSMCTL, "store", "copy", "--data-dir", data,
+                        "--to", "sqlite:" + os.path.join(tmp, "copy")],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert schema_of(data) == old + 1
     for _ in range(2):
         start_dev(["--data-dir", data]).cleanup()
     starts = [r["extra"] for r in audit_records(data) if r.get("op") == "Startup"]
