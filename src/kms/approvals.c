@@ -17,11 +17,18 @@
  * open request per fingerprint, each custodian once, one use); this file
  * keeps who may do what.  Approvals are re-checked when used: an approver
  * who has since been disabled or lost the custodian role no longer counts.
+ *
+ * A custodian is a person, named by a user name regardless of ASCII case:
+ * a store an older hsmd made may hold "Ops" beside "ops" (hsmd warns of such
+ * pairs at start), which may be one person holding two accounts.  So the
+ * spellings of one name approve a request once, count once, and are the
+ * requester when either is (same_person).
  */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "common/encoding.h"
 #include "common/json_read.h"
@@ -204,16 +211,34 @@ unsigned hsm_kms_approval_required(hsm_kms *kms, const hsm_approval_record *a)
 	return a->required > kms->cfg.approval_quorum ? a->required : kms->cfg.approval_quorum;
 }
 
+/* Whether two user names are one person's: equal ignoring ASCII case (names are ASCII). */
+static bool same_person(const char *a, const char *b)
+{
+	return strcasecmp(a, b) == 0;
+}
+
+/* The approver of a (not i) that is the same person as approver i and counted before it. */
+static const char *counted_twin(const hsm_approval_record *a, uint32_t i, const bool counted[])
+{
+	for (uint32_t j = 0; j < i; j++)
+		if (counted[j] && same_person(a->approvers[j], a->approvers[i]))
+			return a->approvers[j];
+	return NULL;
+}
+
 unsigned hsm_kms_approval_valid(hsm_kms *kms, const hsm_approval_record *a)
 {
 	unsigned n = 0;
+	bool counted[HSM_APPROVERS_MAX] = {false};
 	for (uint32_t i = 0; i < a->n_approvers && i < HSM_APPROVERS_MAX; i++) {
 		hsm_user_record u;
-		if (strcmp(a->approvers[i], a->requester) == 0)
+		if (same_person(a->approvers[i], a->requester) || counted_twin(a, i, counted) != NULL)
 			continue;
 		if (hsm_ok(hsm_store_user_get(kms->store, a->approvers[i], &u)) && !u.disabled &&
-		    (u.roles & HSM_ROLES_CUSTODIAN) != 0)
+		    (u.roles & HSM_ROLES_CUSTODIAN) != 0) {
+			counted[i] = true;
 			n++;
+		}
 	}
 	return n;
 }
@@ -450,6 +475,11 @@ static hsm_result load_for_custodian(hsm_kms *kms, const hsm_caller *caller, con
 		r = HSM_FAIL(HSM_ERR_ACCESS_DENIED,
 		             "User %s may not %s their own request: other custodians must", caller->user,
 		             verb);
+	else if (same_person(a->requester, caller->user))
+		r = HSM_FAIL(HSM_ERR_ACCESS_DENIED,
+		             "User %s may not %s request %s of user %s: names that differ only by case "
+		             "are one custodian, and other custodians must",
+		             caller->user, verb, a->id, a->requester);
 	else if (a->state != HSM_APPROVAL_PENDING || a->expires <= now)
 		r = closed_error(a, now);
 	if (hsm_failed(r))
@@ -471,16 +501,37 @@ static hsm_result change_error(hsm_kms *kms, const char *id, hsm_result r)
 	return r;
 }
 
+/* The refusal of a second approval by one custodian, naming the spelling that approved. */
+static hsm_result already_approved(hsm_kms *kms, const hsm_caller *caller, const char *id)
+{
+	hsm_approval_record a;
+	memset(&a, 0, sizeof(a));
+	char twin[HSM_USER_NAME_MAX + 1] = "";
+	if (hsm_ok(load(kms, id, &a)))
+		for (uint32_t i = 0; i < a.n_approvers && i < HSM_APPROVERS_MAX && twin[0] == '\0'; i++)
+			if (same_person(a.approvers[i], caller->user) &&
+			    strcmp(a.approvers[i], caller->user) != 0)
+				memcpy(twin, a.approvers[i], sizeof(twin));
+	hsm_approval_record_clear(&a);
+	if (twin[0] == '\0')
+		return HSM_FAIL(HSM_ERR_ALREADY_EXISTS, "User %s already approved request %s",
+		                caller->user, id);
+	return HSM_FAIL(HSM_ERR_ALREADY_EXISTS,
+	                "User %s may not approve request %s: user %s approved it already, and names "
+	                "that differ only by case are one custodian, whose approval counts once",
+	                caller->user, id, twin);
+}
+
 hsm_result hsm_kms_approval_approve(hsm_kms *kms, const hsm_caller *caller, const char *id,
                                     hsm_approval_record *out)
 {
 	hsm_approval_record a;
 	HSM_GUARD(load_for_custodian(kms, caller, id, "approve", &a));
 	hsm_approval_record_clear(&a);
+	/* The store refuses, atomically, an approver who approved it under any spelling. */
 	hsm_result r = hsm_store_approval_approve(kms->store, id, caller->user, kms_now(kms), out);
 	if (r.err == HSM_ERR_ALREADY_EXISTS)
-		return HSM_FAIL(HSM_ERR_ALREADY_EXISTS, "User %s already approved request %s",
-		                caller->user, id);
+		return already_approved(kms, caller, id);
 	if (r.err == HSM_ERR_LIMIT_EXCEEDED)
 		return HSM_FAIL(HSM_ERR_LIMIT_EXCEEDED, "approval request %s holds %d approvals already",
 		                id, HSM_APPROVERS_MAX);

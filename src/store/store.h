@@ -1012,7 +1012,8 @@ hsm_result hsm_store_approval_find(hsm_store *s, const char *fingerprint, int64_
 /*
  * Adds approver to an open request, atomically.  NOT_FOUND when absent;
  * INVALID_STATE when it is not Pending or has expired (expires <= now);
- * ALREADY_EXISTS when approver already approved it; LIMIT_EXCEEDED when it
+ * ALREADY_EXISTS when approver already approved it, under this or any other
+ * ASCII case of the name (one custodian, kms/approvals.c); LIMIT_EXCEEDED when it
  * holds HSM_APPROVERS_MAX approvers.  *out (optional) receives the record after.
  */
 hsm_result hsm_store_approval_approve(hsm_store *s, const char *id, const char *approver,

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "common/encoding.h"
 #include "store/store_impl.h"
@@ -631,9 +632,10 @@ hsm_result st_approval_page_find(const st_vec *page, size_t *at, const char *id,
 hsm_result st_approval_approve(hsm_approval_record *a, const char *approver, int64_t now)
 {
 	HSM_GUARD(check_open(a, now));
+	/* One custodian under any spelling of the name (user names are ASCII). */
 	for (uint32_t i = 0; i < a->n_approvers; i++)
-		HSM_ENSURE(strcmp(a->approvers[i], approver) != 0, HSM_ERR_ALREADY_EXISTS,
-		           "%s already approved approval %s", approver, a->id);
+		HSM_ENSURE(strcasecmp(a->approvers[i], approver) != 0, HSM_ERR_ALREADY_EXISTS,
+		           "%s already approved approval %s", a->approvers[i], a->id);
 	HSM_ENSURE(a->n_approvers < HSM_APPROVERS_MAX, HSM_ERR_LIMIT_EXCEEDED,
 	           "approval %s already holds %d approvers, the most allowed", a->id,
 	           HSM_APPROVERS_MAX);

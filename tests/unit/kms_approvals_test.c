@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "kms/kms.h"
+#include "store_test_util.h"
 #include "support/kms_fixture.h"
 
 typedef kms_fx fx;
@@ -433,6 +434,83 @@ static void test_an_operation_meets_its_gate_after_its_checks(void **state)
 	hsm_key_record_clear(&out);
 }
 
+/* Plants user `twin`, a copy of user `of` with roles `role` under a name differing only by
+ * case, as an older hsmd could make it (hsm_kms_user_create and the store refuse one now). */
+static void plant_twin(fx *f, const char *twin, const char *of, const char *role)
+{
+	char sql[256];
+	snprintf(sql, sizeof(sql),
+	         "INSERT INTO users (name, role, disabled, locked, failed_auth, created) "
+	         "SELECT '%s', '%s', disabled, locked, failed_auth, created FROM users "
+	         "WHERE name = '%s'",
+	         twin, role, of);
+	assert_int_equal(st_raw_exec(f->dir, sql), 0);
+	hsm_user_record u;
+	assert_int_equal(hsm_store_user_get(f->store, twin, &u).err, HSM_OK);
+}
+
+static unsigned valid_of(fx *f, const char *id)
+{
+	hsm_approval_record a;
+	memset(&a, 0, sizeof(a));
+	assert_int_equal(hsm_kms_approval_get(f->kms, &officer, id, &a).err, HSM_OK);
+	unsigned n = hsm_kms_approval_valid(f->kms, &a);
+	hsm_approval_record_clear(&a);
+	return n;
+}
+
+static void test_names_differing_only_by_case_are_one_custodian(void **state)
+{
+	fx *f = *state;
+	static const hsm_caller alice_twin = {.user = "Alice", .access_key_id = "AKIAALICE10000000000",
+	                                      .roles = HSM_ROLE_BIT(HSM_ROLE_CUSTODIAN)};
+	static const hsm_caller olivia_twin = {.user = "OLIVIA",
+	                                       .access_key_id = "AKIAOLIVIA1000000000",
+	                                       .roles = HSM_ROLE_BIT(HSM_ROLE_CUSTODIAN)};
+	plant_twin(f, "Alice", "alice", "custodian");
+	plant_twin(f, "OLIVIA", "olivia", "custodian");
+	hsm_approval_gate g, g2;
+	hsm_approval_record a;
+	memset(&a, 0, sizeof(a));
+	assert_int_equal(gate(f, &officer, "ScheduleKeyDeletion", REQ, &g), HSM_ERR_APPROVAL_REQUIRED);
+	/* The requester under another spelling is still the requester. */
+	assert_int_equal(hsm_kms_approval_approve(f->kms, &olivia_twin, g.id, &a).err,
+	                 HSM_ERR_ACCESS_DENIED);
+	assert_non_null(strstr(hsm_last_message(), "of user olivia: names that differ only by case "
+	                                            "are one custodian"));
+	approve_ok(f, &alice, g.id);
+	/* alice's other spelling is refused as a repeat, naming the spelling that approved. */
+	assert_int_equal(hsm_kms_approval_approve(f->kms, &alice_twin, g.id, &a).err,
+	                 HSM_ERR_ALREADY_EXISTS);
+	assert_non_null(strstr(hsm_last_message(), "User Alice may not approve request "));
+	assert_non_null(strstr(hsm_last_message(), ": user alice approved it already, and names "
+	                                            "that differ only by case are one custodian, "
+	                                            "whose approval counts once"));
+	assert_int_equal(valid_of(f, g.id), 1);
+	assert_int_equal(gate(f, &officer, "ScheduleKeyDeletion", REQ, &g2), HSM_ERR_APPROVAL_REQUIRED);
+	assert_non_null(strstr(hsm_last_message(), "is open with 1"));
+	/* A request an older hsmd let both spellings approve still counts them once. */
+	char sql[512];
+	snprintf(sql, sizeof(sql),
+	         "INSERT INTO approval_votes (approval_id, approver, position, created) "
+	         "VALUES ('%s', 'Alice', 2, %d);"
+	         "INSERT INTO approval_votes (approval_id, approver, position, created) "
+	         "VALUES ('%s', 'OLIVIA', 3, %d)",
+	         g.id, T0, g.id, T0);
+	assert_int_equal(st_raw_exec(f->dir, sql), 0);
+	assert_int_equal(hsm_kms_approval_get(f->kms, &officer, g.id, &a).err, HSM_OK);
+	assert_int_equal(a.n_approvers, 3);
+	hsm_approval_record_clear(&a);
+	assert_int_equal(valid_of(f, g.id), 1);
+	assert_int_equal(gate(f, &officer, "ScheduleKeyDeletion", REQ, &g2), HSM_ERR_APPROVAL_REQUIRED);
+	assert_non_null(strstr(hsm_last_message(), "is open with 1"));
+	/* Another custodian makes the quorum. */
+	approve_ok(f, &bob, g.id);
+	assert_int_equal(valid_of(f, g.id), 2);
+	assert_int_equal(gate(f, &officer, "ScheduleKeyDeletion", REQ, &g2), HSM_OK);
+	assert_string_equal(g.id, g2.id);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -447,6 +525,8 @@ int main(void)
 	        kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_requests_stored_whole_are_described, setup,
 	                                    kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_names_differing_only_by_case_are_one_custodian,
+	                                    setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_only_custodians_approve_and_deny, setup,
 	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_requests_expire, setup, kms_fx_teardown),

@@ -371,10 +371,14 @@ static void test_approve(void **state)
 	expect_approvers(&out, (const char *const[]){"zed", "amy", longest, NULL});
 	hsm_approval_record_clear(&out);
 	/* Approvals beyond the required count are kept (the record "may already hold enough"). */
-	EXPECT_OK(hsm_store_approval_approve(f->s, id, "Amy", T0 + 3, NULL)); /* names are exact */
+	EXPECT_OK(hsm_store_approval_approve(f->s, id, "bo", T0 + 3, NULL));
+	/* A name differing only by ASCII case is the same custodian (an older store may hold
+	 * both users): refused as a second approval. */
+	EXPECT_ERR(hsm_store_approval_approve(f->s, id, "Amy", T0 + 3, NULL), HSM_ERR_ALREADY_EXISTS);
+	EXPECT_ERR(hsm_store_approval_approve(f->s, id, "ZED", T0 + 3, NULL), HSM_ERR_ALREADY_EXISTS);
 	st_reopen(f);
 	get(f->s, 1, &got);
-	expect_approvers(&got, (const char *const[]){"zed", "amy", longest, "Amy", NULL});
+	expect_approvers(&got, (const char *const[]){"zed", "amy", longest, "bo", NULL});
 	hsm_approval_record_clear(&got);
 
 	/* A second approval by the same custodian. */
