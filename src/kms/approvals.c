@@ -444,10 +444,12 @@ hsm_result hsm_kms_approval_get(hsm_kms *kms, const hsm_caller *caller, const ch
 }
 
 hsm_result hsm_kms_approval_list(hsm_kms *kms, const hsm_caller *caller, bool open_only,
-                                 size_t limit, hsm_approval_cb cb, void *arg)
+                                 const hsm_approval_cursor *after, size_t limit,
+                                 hsm_approval_cb cb, void *arg, bool *truncated)
 {
 	HSM_GUARD(require_reader(caller));
-	return hsm_store_approval_list(kms->store, open_only, kms_now(kms), limit, cb, arg);
+	return hsm_store_approval_list(kms->store, open_only, kms_now(kms), after, limit, cb, arg,
+	                               truncated);
 }
 
 /* Why an open request cannot change any more, for the caller. */

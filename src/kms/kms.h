@@ -890,9 +890,14 @@ hsm_result hsm_kms_approval_redact_stored(hsm_kms *kms, uint64_t *redacted) HSM_
 /* Crypto-officers, auditors and custodians read approval requests; NOT_FOUND when absent. */
 hsm_result hsm_kms_approval_get(hsm_kms *kms, const hsm_caller *caller, const char *id,
                                 hsm_approval_record *out) HSM_MUST_CHECK;
-/* Newest first, at most limit; open_only: those still waiting (Pending, not expired). */
+/*
+ * Newest first, after `after` (NULL: from the first), at most limit;
+ * open_only: those still waiting (Pending, not expired); *truncated: whether
+ * more follow (hsm_store_approval_list).
+ */
 hsm_result hsm_kms_approval_list(hsm_kms *kms, const hsm_caller *caller, bool open_only,
-                                 size_t limit, hsm_approval_cb cb, void *arg) HSM_MUST_CHECK;
+                                 const hsm_approval_cursor *after, size_t limit,
+                                 hsm_approval_cb cb, void *arg, bool *truncated) HSM_MUST_CHECK;
 /* A custodian (not the requester) approves or denies an open request; *out: the record after. */
 hsm_result hsm_kms_approval_approve(hsm_kms *kms, const hsm_caller *caller, const char *id,
                                     hsm_approval_record *out) HSM_MUST_CHECK;

@@ -250,6 +250,7 @@ hsm_result hsm_admin_get_approval(hsm_admin_ctx *c)
 typedef struct list_arg {
 	hsm_server *s;
 	hsm_jw *w;
+	hsm_approval_cursor last; /* the page's last request: where the next page goes on */
 } list_arg;
 
 static hsm_result list_one(const hsm_approval_record *a, void *arg)
@@ -258,20 +259,56 @@ static hsm_result list_one(const hsm_approval_record *a, void *arg)
 	hsm_jw_begin_object(l->w);
 	write_approval(l->s, l->w, a);
 	hsm_jw_end(l->w);
+	l->last.created = a->created;
+	memcpy(l->last.id, a->id, sizeof(l->last.id));
 	return HSM_SUCCESS;
 }
 
+/*
+ * ListApprovals {IncludeClosed?, Limit? (1-1000, default 100), Marker?}
+ * answers {Quorum, Approvals, Truncated, NextMarker?}, newest first.  The
+ * marker holds the place of the page's last request in that order (its
+ * creation time and id), so a walk sees each request once even while new
+ * ones are opened (they sort before it) or old ones closed or purged.  It
+ * is good only for the listing, open or IncludeClosed, that issued it.
+ */
 hsm_result hsm_admin_list_approvals(hsm_admin_ctx *c)
 {
-	bool all = false, present;
+	bool all = false, present, truncated = false;
 	int64_t limit = 100;
-	HSM_GUARD(hsm_json_bool(c->req, "IncludeClosed", &all, &present));
-	HSM_GUARD(hsm_json_int(c->req, "Limit", false, 1, 1000, &limit, &present));
-	list_arg l = {c->s, c->w};
+	const char *marker = NULL, *id = NULL;
+	hsm_buf at = {0}, next = {0};
+	hsm_approval_cursor after;
+	hsm_result res = HSM_SUCCESS;
+	memset(&after, 0, sizeof(after));
+	HSM_TRY(hsm_json_bool(c->req, "IncludeClosed", &all, &present));
+	HSM_TRY(hsm_json_int(c->req, "Limit", false, 1, 1000, &limit, &present));
+	HSM_TRY(hsm_json_str(c->req, "Marker", false, 1, 1024, &marker));
+	hsm_marker_kind kind = all ? HSM_MARKER_ALL_APPROVALS : HSM_MARKER_APPROVALS;
+	if (marker != NULL) {
+		HSM_TRY(hsm_marker_decode(kind, NULL, true, marker, &at));
+		HSM_TRY(hsm_marker_approval_at(hsm_marker_at(&at), &after.created, &id));
+		HSM_TRY(hsm_strcpy(after.id, sizeof(after.id), id));
+	}
+	list_arg l;
+	memset(&l, 0, sizeof(l));
+	l.s = c->s;
+	l.w = c->w;
 	hsm_jw_int(c->w, "Quorum", c->s->opt.approval_quorum);
 	hsm_jw_key_begin_array(c->w, "Approvals");
-	HSM_GUARD(hsm_kms_approval_list(c->s->kms, &c->auth->caller, !all, (size_t)limit, list_one,
-	                                &l));
+	HSM_TRY(hsm_kms_approval_list(c->s->kms, &c->auth->caller, !all,
+	                              marker != NULL ? &after : NULL, (size_t)limit, list_one, &l,
+	                              &truncated));
 	hsm_jw_end_array(c->w);
-	return HSM_SUCCESS;
+	hsm_jw_bool(c->w, "Truncated", truncated);
+	if (truncated) {
+		char position[HSM_MARKER_APPROVAL_POSITION_MAX];
+		HSM_TRY(hsm_marker_approval_position(l.last.created, l.last.id, position));
+		HSM_TRY(hsm_marker_encode(kind, NULL, position, &next));
+		hsm_jw_str_n(c->w, "NextMarker", (const char *)next.data, next.len);
+	}
+out:
+	hsm_buf_free(&at);
+	hsm_buf_free(&next);
+	return res;
 }

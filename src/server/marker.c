@@ -27,7 +27,11 @@ static const char *const listing[HSM_MARKER_KIND_COUNT] = {
     /* Short: its markers (59 characters) fit the 64-byte buffers of clients built when
      * they were bare certificate ids. */
     [HSM_MARKER_CERTIFICATES] = "certs",
+    [HSM_MARKER_APPROVALS] = "approvals",
+    [HSM_MARKER_ALL_APPROVALS] = "all-approvals",
 };
+
+#define APPROVAL_CREATED_DIGITS 19 /* INT64_MAX */
 
 /* A version number as hsmd writes it: 1-4294967295, decimal, no sign, space or leading 0. */
 static bool canonical_version(const char *s)
@@ -70,6 +74,31 @@ static bool tag_key(const char *s)
 	return chars <= HSM_TAG_KEY_MAX;
 }
 
+/*
+ * Splits an approval position "<created>.<id>": created canonical decimal
+ * (0-INT64_MAX, no sign, space or leading 0), id HSM_APPROVAL_ID_LEN
+ * lowercase hex digits.  False when p is not one.
+ */
+static bool approval_position(const char *p, int64_t *created, const char **id)
+{
+	const char *dot = strchr(p, '.');
+	size_t n = dot != NULL ? (size_t)(dot - p) : 0;
+	if (n == 0 || n > APPROVAL_CREATED_DIGITS || (p[0] == '0' && n > 1))
+		return false;
+	uint64_t v = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (p[i] < '0' || p[i] > '9')
+			return false;
+		v = v * 10 + (uint64_t)(p[i] - '0');
+	}
+	if (v > INT64_MAX || strlen(dot + 1) != HSM_APPROVAL_ID_LEN ||
+	    strspn(dot + 1, "0123456789abcdef") != HSM_APPROVAL_ID_LEN)
+		return false;
+	*created = (int64_t)v;
+	*id = dot + 1;
+	return true;
+}
+
 static bool position_valid(hsm_marker_kind kind, const char *p)
 {
 	switch (kind) {
@@ -86,6 +115,12 @@ static bool position_valid(hsm_marker_kind kind, const char *p)
 	case HSM_MARKER_GRANTS:
 	case HSM_MARKER_RETIRABLE_GRANTS:
 		return hsm_grant_id_valid(p);
+	case HSM_MARKER_APPROVALS:
+	case HSM_MARKER_ALL_APPROVALS: {
+		int64_t created;
+		const char *id;
+		return approval_position(p, &created, &id);
+	}
 	case HSM_MARKER_KIND_COUNT:
 		break;
 	}
@@ -154,6 +189,24 @@ out:
 	hsm_buf_free(&text);
 	hsm_buf_free(&again);
 	return res;
+}
+
+hsm_result hsm_marker_approval_position(int64_t created, const char *id,
+                                        char out[HSM_MARKER_APPROVAL_POSITION_MAX])
+{
+	int64_t c;
+	const char *at;
+	int n = snprintf(out, HSM_MARKER_APPROVAL_POSITION_MAX, "%lld.%s", (long long)created, id);
+	HSM_ENSURE(n > 0 && n < HSM_MARKER_APPROVAL_POSITION_MAX && approval_position(out, &c, &at),
+	           HSM_ERR_INTERNAL, "an approval listing cannot hold that position");
+	return HSM_SUCCESS;
+}
+
+hsm_result hsm_marker_approval_at(const char *position, int64_t *created, const char **id)
+{
+	return approval_position(position, created, id)
+	           ? HSM_SUCCESS
+	           : HSM_FAIL(HSM_ERR_INVALID_MARKER, "Marker is invalid");
 }
 
 /* ---- The API's side ------------------------------------------------------------------------ */

@@ -1,6 +1,6 @@
 /*
  * marker.h - pagination markers (NextMarker / Marker of the KMS listings,
- * and of HsmdAdmin.ListCertificates).
+ * and of HsmdAdmin.ListCertificates and ListApprovals).
  *
  * A marker is opaque to clients (AWS KMS API reference, "Marker": "use the
  * value of NextMarker from the truncated response you just received"):
@@ -8,7 +8,8 @@
  * listing names the operation that issued it, scope is the key id the
  * listing was limited to ("-" for none) and position the name of the last
  * item returned (a key id, alias name, tag key, version number, grant id or
- * certificate id).
+ * certificate id; for HsmdAdmin.ListApprovals, whose order is newest first,
+ * "<created>.<approval id>", the place of the request in that order).
  * The next page starts after that name, whether or not the item still
  * exists, so a walk goes on past deletions and any node sharing the store,
  * before or after a restart, continues it.  A marker another listing, or
@@ -20,6 +21,7 @@
 #define HSM_SERVER_MARKER_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "common/buf.h"
 #include "common/result.h"
@@ -33,6 +35,8 @@ typedef enum hsm_marker_kind {
 	HSM_MARKER_GRANTS,           /* ListGrants: grant ids */
 	HSM_MARKER_RETIRABLE_GRANTS, /* ListRetirableGrants: grant ids */
 	HSM_MARKER_CERTIFICATES,     /* HsmdAdmin.ListCertificates: certificate ids */
+	HSM_MARKER_APPROVALS,        /* HsmdAdmin.ListApprovals of the open requests */
+	HSM_MARKER_ALL_APPROVALS,    /* HsmdAdmin.ListApprovals with IncludeClosed */
 	HSM_MARKER_KIND_COUNT
 } hsm_marker_kind;
 
@@ -60,5 +64,17 @@ hsm_result hsm_marker_encode(hsm_marker_kind kind, const char *scope, const char
  */
 hsm_result hsm_marker_decode(hsm_marker_kind kind, const char *scope, bool check_scope,
                              const char *marker, hsm_buf *position) HSM_MUST_CHECK;
+
+/* An approval listing's position: "<created>.<id>", created in decimal (marker.h). */
+#define HSM_MARKER_APPROVAL_POSITION_MAX 64
+hsm_result hsm_marker_approval_position(int64_t created, const char *id,
+                                        char out[HSM_MARKER_APPROVAL_POSITION_MAX]) HSM_MUST_CHECK;
+/*
+ * The created and id a decoded approval position (hsm_marker_decode checked
+ * its form) holds; *id points into position.  HSM_ERR_INVALID_MARKER when
+ * it is not one.
+ */
+hsm_result hsm_marker_approval_at(const char *position, int64_t *created,
+                                  const char **id) HSM_MUST_CHECK;
 
 #endif

@@ -952,8 +952,8 @@ static void count_store_gauges(hsm_server *s)
 			r = hsm_store_keys_due_count(s->store, hsm_now() + 7 * 86400,
 			                             hsm_now() - HSM_ROTATION_OVERDUE_S, &due);
 		if (hsm_ok(r) && s->opt.approval_quorum > 0)
-			r = hsm_store_approval_list(s->store, true, hsm_now(), HSM_STORE_LIST_MAX,
-			                            count_approval, &approvals);
+			r = hsm_store_approval_list(s->store, true, hsm_now(), NULL, HSM_STORE_LIST_MAX,
+			                            count_approval, &approvals, NULL);
 		if (hsm_failed(r)) {
 			atomic_fetch_add(&s->metrics.scheduler_failures, 1);
 			hsm_log_failure("counting keys for /metrics");

@@ -1036,11 +1036,28 @@ hsm_result hsm_store_approval_close(hsm_store *s, const char *id, hsm_approval_s
  */
 hsm_result hsm_store_approval_reopen(hsm_store *s, const char *id) HSM_MUST_CHECK;
 /*
- * Newest first (created descending, then id), at most limit (1..HSM_STORE_LIST_MAX);
- * open_only keeps the open ones (Pending, expires > now).
+ * Where a listing of approvals goes on: after the record with this created
+ * and id in the listing's order, whether or not that record still exists.
  */
-hsm_result hsm_store_approval_list(hsm_store *s, bool open_only, int64_t now, size_t limit,
-                                   hsm_approval_cb cb, void *arg) HSM_MUST_CHECK;
+typedef struct hsm_approval_cursor {
+	int64_t created; /* 0..INT64_MAX */
+	char id[HSM_APPROVAL_ID_LEN + 1];
+} hsm_approval_cursor;
+/*
+ * Newest first (created descending, then id ascending: an order no write
+ * changes, as neither ever changes), from after `after` (NULL: from the
+ * first), at most limit (1..HSM_STORE_LIST_MAX); open_only keeps the open
+ * ones (Pending, expires > now).  *truncated (optional) tells whether more
+ * follow.  A walk page by page, each page going on after the last record
+ * of the one before, sees every record that stays listed throughout once;
+ * records opened meanwhile come before its position (newer) unless they
+ * share its second.  VALIDATION for an after with a negative created or a
+ * malformed id.
+ */
+hsm_result hsm_store_approval_list(hsm_store *s, bool open_only, int64_t now,
+                                   const hsm_approval_cursor *after, size_t limit,
+                                   hsm_approval_cb cb, void *arg,
+                                   bool *truncated) HSM_MUST_CHECK;
 /* Deletes every record whose expires is before `before`, whatever its state; *deleted (optional) counts them. */
 hsm_result hsm_store_approval_purge(hsm_store *s, int64_t before,
                                     uint64_t *deleted) HSM_MUST_CHECK;

@@ -338,12 +338,24 @@ hsm_result hsm_store_approval_reopen(hsm_store *s, const char *id)
 	return s->ops->approval_reopen(s, id);
 }
 
-hsm_result hsm_store_approval_list(hsm_store *s, bool open_only, int64_t now, size_t limit,
-                                   hsm_approval_cb cb, void *arg)
+hsm_result hsm_store_approval_list(hsm_store *s, bool open_only, int64_t now,
+                                   const hsm_approval_cursor *after, size_t limit,
+                                   hsm_approval_cb cb, void *arg, bool *truncated)
 {
 	HSM_ASSERT(s != NULL && cb != NULL);
 	HSM_GUARD(st_check_limit(limit));
-	return s->ops->approval_list(s, open_only, now, limit, cb, arg);
+	/* The start: before every record (created <= INT64_MAX, and any id sorts after ""). */
+	hsm_approval_cursor from = {INT64_MAX, ""};
+	if (after != NULL) {
+		HSM_ENSURE(after->created >= 0 && st_is_lower_hex(after->id, HSM_APPROVAL_ID_LEN),
+		           HSM_ERR_VALIDATION, "an approval listing's position is malformed");
+		from = *after;
+	}
+	bool more = false;
+	HSM_GUARD(s->ops->approval_list(s, open_only, now, &from, limit, cb, arg, &more));
+	if (truncated != NULL)
+		*truncated = more;
+	return HSM_SUCCESS;
 }
 
 hsm_result hsm_store_approval_purge(hsm_store *s, int64_t before, uint64_t *deleted)

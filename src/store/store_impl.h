@@ -188,8 +188,10 @@ struct hsm_store_ops {
 	hsm_result (*approval_close)(hsm_store *s, const char *id, hsm_approval_state to,
 	                             const char *by, int64_t now, hsm_approval_record *out);
 	hsm_result (*approval_reopen)(hsm_store *s, const char *id);
-	hsm_result (*approval_list)(hsm_store *s, bool open_only, int64_t now, size_t limit,
-	                            hsm_approval_cb cb, void *arg);
+	/* list: after is never NULL (the start is {INT64_MAX, ""}); *truncated always set. */
+	hsm_result (*approval_list)(hsm_store *s, bool open_only, int64_t now,
+	                            const hsm_approval_cursor *after, size_t limit,
+	                            hsm_approval_cb cb, void *arg, bool *truncated);
 	hsm_result (*approval_purge)(hsm_store *s, int64_t before, uint64_t *deleted);
 	/* rewrite: fn is set; rewritten is never NULL; each replacement is checked (VALIDATION). */
 	hsm_result (*approval_rewrite)(hsm_store *s, hsm_approval_rewrite_fn fn, void *arg,

@@ -60,23 +60,30 @@ static const char SQL_VOTE_INSERT[] = "INSERT INTO approval_votes "
                                       "(approval_id, approver, position, created) "
                                       "VALUES ($1, $2, $3, $4)";
 /*
- * A page walks approvals_newest; its approvers come in the page's order, so
- * they are matched to the records in one pass (st_approval_page_find).
+ * A page walks approvals_newest from after the cursor: the records of older
+ * seconds, and those of its second with a greater id.  $1 is the page's
+ * limit (one more for the records, to tell whether more follow); the open
+ * ones' then take $2 = now, $3 and $4 the cursor's created and id, all
+ * others' $2 and $3 (PostgreSQL types every parameter from the query, so
+ * none may go unused).  Its approvers come in the page's order, so they are
+ * matched to the records in one pass (st_approval_page_find).
  */
-static const char SQL_PAGE_ALL[] =
-	"SELECT " APPROVAL_COLS " FROM approvals ORDER BY created DESC, id LIMIT $1";
+#define AFTER_CURSOR(c, i) "created <= " c " AND (created < " c " OR id > " i ")"
+static const char SQL_PAGE_ALL[] = "SELECT " APPROVAL_COLS " FROM approvals WHERE "
+                                   AFTER_CURSOR("$2", "$3") " ORDER BY created DESC, id LIMIT $1";
 static const char SQL_PAGE_OPEN[] = "SELECT " APPROVAL_COLS " FROM approvals "
-                                    "WHERE state = 'Pending' AND expires > $2 "
-                                    "ORDER BY created DESC, id LIMIT $1";
+                                    "WHERE state = 'Pending' AND expires > $2 AND "
+                                    AFTER_CURSOR("$3", "$4") " ORDER BY created DESC, id LIMIT $1";
 static const char SQL_PAGE_VOTES_ALL[] =
 	"SELECT p.id, v.approver FROM "
-	"(SELECT id, created FROM approvals ORDER BY created DESC, id LIMIT $1) AS p "
+	"(SELECT id, created FROM approvals WHERE " AFTER_CURSOR("$2", "$3")
+	" ORDER BY created DESC, id LIMIT $1) AS p "
 	"JOIN approval_votes AS v ON v.approval_id = p.id "
 	"ORDER BY p.created DESC, p.id, v.position";
 static const char SQL_PAGE_VOTES_OPEN[] =
 	"SELECT p.id, v.approver FROM "
-	"(SELECT id, created FROM approvals WHERE state = 'Pending' AND expires > $2 "
-	"ORDER BY created DESC, id LIMIT $1) AS p "
+	"(SELECT id, created FROM approvals WHERE state = 'Pending' AND expires > $2 AND "
+	AFTER_CURSOR("$3", "$4") " ORDER BY created DESC, id LIMIT $1) AS p "
 	"JOIN approval_votes AS v ON v.approval_id = p.id "
 	"ORDER BY p.created DESC, p.id, v.position";
 static const char SQL_PURGE[] = "DELETE FROM approvals WHERE expires < $1";
@@ -95,7 +102,9 @@ typedef struct approval_op {
 	hsm_approval_record rec;
 	/* Lists. */
 	bool open_only;
+	const hsm_approval_cursor *after;
 	size_t limit;
+	bool more;
 	st_vec v;
 	/* Purge. */
 	uint64_t deleted;
@@ -449,14 +458,17 @@ hsm_result pg_approval_find(hsm_store *base, const char *fingerprint, int64_t no
 	return read_op(base, find_body, &op, out);
 }
 
-/* Runs sql, a page query of op's kind: $1 = limit, $2 = now for the open ones. */
-static hsm_result run_page(pg_conn *c, const char *sql, const approval_op *op, PGresult **r)
+/* Runs sql, a page query of op's kind: at most rows rows, after op's cursor. */
+static hsm_result run_page(pg_conn *c, const char *sql, const approval_op *op, size_t rows,
+                           PGresult **r)
 {
 	pg_params p;
 	pg_params_init(&p);
-	pg_p_i64(&p, (int64_t)op->limit);
+	pg_p_i64(&p, (int64_t)rows);
 	if (op->open_only)
 		pg_p_i64(&p, op->now);
+	pg_p_i64(&p, op->after->created);
+	pg_p_text(&p, op->after->id);
 	return pg_run(c, sql, &p, r);
 }
 
@@ -464,7 +476,8 @@ static hsm_result page_votes(pg_conn *c, approval_op *op)
 {
 	PGresult *r = NULL;
 	size_t at = 0;
-	HSM_GUARD(run_page(c, op->open_only ? SQL_PAGE_VOTES_OPEN : SQL_PAGE_VOTES_ALL, op, &r));
+	HSM_GUARD(run_page(c, op->open_only ? SQL_PAGE_VOTES_OPEN : SQL_PAGE_VOTES_ALL, op,
+	                   op->limit, &r));
 	hsm_result res = HSM_SUCCESS;
 	for (int row = 0; hsm_ok(res) && row < PQntuples(r); row++) {
 		char id[HSM_APPROVAL_ID_LEN + 1];
@@ -483,21 +496,25 @@ static hsm_result list_body(pg_conn *c, void *arg)
 {
 	approval_op *op = arg;
 	PGresult *r = NULL;
-	HSM_GUARD(run_page(c, op->open_only ? SQL_PAGE_OPEN : SQL_PAGE_ALL, op, &r));
-	hsm_result res = pg_collect(r, op->limit, read_approval, clear_approval, &op->v, NULL);
+	/* One more than the page: whether more follow. */
+	HSM_GUARD(run_page(c, op->open_only ? SQL_PAGE_OPEN : SQL_PAGE_ALL, op, op->limit + 1, &r));
+	hsm_result res = pg_collect(r, op->limit, read_approval, clear_approval, &op->v, &op->more);
 	PQclear(r);
 	HSM_GUARD(res);
 	return page_votes(c, op);
 }
 
-hsm_result pg_approval_list(hsm_store *base, bool open_only, int64_t now, size_t limit,
-                            hsm_approval_cb cb, void *arg)
+hsm_result pg_approval_list(hsm_store *base, bool open_only, int64_t now,
+                            const hsm_approval_cursor *after, size_t limit, hsm_approval_cb cb,
+                            void *arg, bool *truncated)
 {
-	approval_op op = {.open_only = open_only, .now = now, .limit = limit};
+	approval_op op = {.open_only = open_only, .now = now, .after = after, .limit = limit};
 	st_vec_init(&op.v, sizeof(hsm_approval_record));
 	hsm_result res = pg_read_snapshot(pg_of(base), list_body, &op);
 	for (size_t i = 0; hsm_ok(res) && i < op.v.n; i++)
 		res = cb(st_vec_at(&op.v, i), arg);
 	st_vec_free(&op.v, clear_approval);
+	if (hsm_ok(res))
+		*truncated = op.more;
 	return res;
 }

@@ -286,8 +286,9 @@ hsm_result sq_approval_approve(hsm_store *s, const char *id, const char *approve
 hsm_result sq_approval_close(hsm_store *s, const char *id, hsm_approval_state to, const char *by,
                              int64_t now, hsm_approval_record *out);
 hsm_result sq_approval_reopen(hsm_store *s, const char *id);
-hsm_result sq_approval_list(hsm_store *s, bool open_only, int64_t now, size_t limit,
-                            hsm_approval_cb cb, void *arg);
+hsm_result sq_approval_list(hsm_store *s, bool open_only, int64_t now,
+                            const hsm_approval_cursor *after, size_t limit, hsm_approval_cb cb,
+                            void *arg, bool *truncated);
 hsm_result sq_approval_purge(hsm_store *s, int64_t before, uint64_t *deleted);
 hsm_result sq_approval_rewrite(hsm_store *s, hsm_approval_rewrite_fn fn, void *arg,
                                uint64_t *rewritten);

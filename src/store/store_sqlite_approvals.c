@@ -35,23 +35,29 @@ static const char SQL_VOTE_INSERT[] = "INSERT INTO approval_votes "
                                       "(approval_id, approver, position, created) "
                                       "VALUES (?1, ?2, ?3, ?4)";
 /*
- * A page walks approvals_newest; its approvers come in the page's order, so
- * they are matched to the records in one pass (st_approval_page_find).
+ * A page walks approvals_newest from after the cursor (?3 = its created, ?4
+ * = its id): the records of older seconds, and those of its second with a
+ * greater id.  ?1 is the page's limit (one more for the records, to tell
+ * whether more follow), ?2 now for the open ones.  Its approvers come in
+ * the page's order, so they are matched to the records in one pass
+ * (st_approval_page_find).
  */
-static const char SQL_PAGE_ALL[] =
-	"SELECT " APPROVAL_COLS " FROM approvals ORDER BY created DESC, id LIMIT ?1";
+#define AFTER_CURSOR "created <= ?3 AND (created < ?3 OR id > ?4)"
+static const char SQL_PAGE_ALL[] = "SELECT " APPROVAL_COLS " FROM approvals WHERE " AFTER_CURSOR
+                                   " ORDER BY created DESC, id LIMIT ?1";
 static const char SQL_PAGE_OPEN[] = "SELECT " APPROVAL_COLS " FROM approvals "
-                                    "WHERE state = 'Pending' AND expires > ?2 "
-                                    "ORDER BY created DESC, id LIMIT ?1";
+                                    "WHERE state = 'Pending' AND expires > ?2 AND " AFTER_CURSOR
+                                    " ORDER BY created DESC, id LIMIT ?1";
 static const char SQL_PAGE_VOTES_ALL[] =
 	"SELECT p.id, v.approver FROM "
-	"(SELECT id, created FROM approvals ORDER BY created DESC, id LIMIT ?1) AS p "
+	"(SELECT id, created FROM approvals WHERE " AFTER_CURSOR
+	" ORDER BY created DESC, id LIMIT ?1) AS p "
 	"JOIN approval_votes AS v ON v.approval_id = p.id "
 	"ORDER BY p.created DESC, p.id, v.position";
 static const char SQL_PAGE_VOTES_OPEN[] =
 	"SELECT p.id, v.approver FROM "
-	"(SELECT id, created FROM approvals WHERE state = 'Pending' AND expires > ?2 "
-	"ORDER BY created DESC, id LIMIT ?1) AS p "
+	"(SELECT id, created FROM approvals WHERE state = 'Pending' AND expires > ?2 AND " AFTER_CURSOR
+	" ORDER BY created DESC, id LIMIT ?1) AS p "
 	"JOIN approval_votes AS v ON v.approval_id = p.id "
 	"ORDER BY p.created DESC, p.id, v.position";
 static const char SQL_EXPIRED_COUNT[] = "SELECT count(*) FROM approvals WHERE expires < ?1";
@@ -439,7 +445,9 @@ typedef struct approval_read {
 	hsm_approval_record rec;
 	/* Lists. */
 	bool open_only;
+	const hsm_approval_cursor *after;
 	size_t limit;
+	bool more;
 	st_vec v;
 } approval_read;
 
@@ -481,14 +489,17 @@ hsm_result sq_approval_find(hsm_store *base, const char *fingerprint, int64_t no
 	return res;
 }
 
-/* Prepares sql, a page query of q's kind: ?1 = limit, ?2 = now for the open ones. */
-static hsm_result prepare_page(sq_conn *c, const char *sql, const approval_read *q,
+/* Prepares sql, a page query of q's kind: at most rows rows (?1), ?2 = now for the open
+ * ones, after q's cursor (?3, ?4). */
+static hsm_result prepare_page(sq_conn *c, const char *sql, const approval_read *q, size_t rows,
                                sqlite3_stmt **st)
 {
 	HSM_GUARD(sq_prepare(c, sql, st));
-	sq_bind_i64(c, *st, 1, (int64_t)q->limit);
+	sq_bind_i64(c, *st, 1, (int64_t)rows);
 	if (q->open_only)
 		sq_bind_i64(c, *st, 2, q->now);
+	sq_bind_i64(c, *st, 3, q->after->created);
+	sq_bind_text(c, *st, 4, q->after->id);
 	return HSM_SUCCESS;
 }
 
@@ -497,7 +508,8 @@ static hsm_result page_votes(sq_conn *c, approval_read *q)
 	sqlite3_stmt *st;
 	bool row = false;
 	size_t at = 0;
-	HSM_GUARD(prepare_page(c, q->open_only ? SQL_PAGE_VOTES_OPEN : SQL_PAGE_VOTES_ALL, q, &st));
+	HSM_GUARD(prepare_page(c, q->open_only ? SQL_PAGE_VOTES_OPEN : SQL_PAGE_VOTES_ALL, q,
+	                       q->limit, &st));
 	hsm_result res;
 	while (hsm_ok(res = sq_step(c, st, &row)) && row) {
 		char id[HSM_APPROVAL_ID_LEN + 1];
@@ -518,21 +530,25 @@ static hsm_result list_body(sq_conn *c, void *arg)
 {
 	approval_read *q = arg;
 	sqlite3_stmt *st;
-	HSM_GUARD(prepare_page(c, q->open_only ? SQL_PAGE_OPEN : SQL_PAGE_ALL, q, &st));
-	hsm_result res = sq_collect(c, st, q->limit, read_approval, clear_approval, &q->v, NULL);
+	/* One more than the page: whether more follow. */
+	HSM_GUARD(prepare_page(c, q->open_only ? SQL_PAGE_OPEN : SQL_PAGE_ALL, q, q->limit + 1, &st));
+	hsm_result res = sq_collect(c, st, q->limit, read_approval, clear_approval, &q->v, &q->more);
 	sq_reset(st);
 	HSM_GUARD(res);
 	return page_votes(c, q);
 }
 
-hsm_result sq_approval_list(hsm_store *base, bool open_only, int64_t now, size_t limit,
-                            hsm_approval_cb cb, void *arg)
+hsm_result sq_approval_list(hsm_store *base, bool open_only, int64_t now,
+                            const hsm_approval_cursor *after, size_t limit, hsm_approval_cb cb,
+                            void *arg, bool *truncated)
 {
-	approval_read q = {.now = now, .open_only = open_only, .limit = limit};
+	approval_read q = {.now = now, .open_only = open_only, .after = after, .limit = limit};
 	st_vec_init(&q.v, sizeof(hsm_approval_record));
 	hsm_result res = read_snapshot(sq_of(base), list_body, &q);
 	for (size_t i = 0; hsm_ok(res) && i < q.v.n; i++)
 		res = cb(st_vec_at(&q.v, i), arg);
 	st_vec_free(&q.v, clear_approval);
+	if (hsm_ok(res))
+		*truncated = q.more;
 	return res;
 }

@@ -16,6 +16,7 @@
 
 #define KEY_A "1234abcd-12ab-34cd-56ef-1234567890ab"
 #define KEY_B "0000abcd-12ab-34cd-56ef-1234567890ab"
+#define APPROVAL "0123456789abcdef0123456789abcdef"
 
 static char grant_id[HSM_GRANT_ID_LEN + 1];
 
@@ -72,6 +73,9 @@ static void test_round_trip(void **state)
 	    {HSM_MARKER_GRANTS, KEY_A, grant_id},
 	    {HSM_MARKER_RETIRABLE_GRANTS, NULL, grant_id},
 	    {HSM_MARKER_CERTIFICATES, NULL, KEY_A},
+	    {HSM_MARKER_APPROVALS, NULL, "1800000000." APPROVAL},
+	    {HSM_MARKER_ALL_APPROVALS, NULL, "0." APPROVAL},
+	    {HSM_MARKER_ALL_APPROVALS, NULL, "9223372036854775807." APPROVAL},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		char m[1100], p[600];
@@ -131,6 +135,16 @@ static void test_forged(void **state)
 	    {HSM_MARKER_ALIASES, "aliases:-:alias/a b", 0},
 	    {HSM_MARKER_ALIASES, "aliases:-:zzzz", 0},
 	    {HSM_MARKER_GRANTS, "grants:" KEY_A ":not-a-grant", 0},
+	    {HSM_MARKER_APPROVALS, "approvals:-:" APPROVAL, 0},
+	    {HSM_MARKER_APPROVALS, "approvals:-:01." APPROVAL, 0},
+	    {HSM_MARKER_APPROVALS, "approvals:-:-1." APPROVAL, 0},
+	    {HSM_MARKER_APPROVALS, "approvals:-:+1." APPROVAL, 0},
+	    {HSM_MARKER_APPROVALS, "approvals:-:." APPROVAL, 0},
+	    {HSM_MARKER_APPROVALS, "approvals:-:9223372036854775808." APPROVAL, 0},
+	    {HSM_MARKER_APPROVALS, "approvals:-:1.0123456789ABCDEF0123456789abcdef", 0},
+	    {HSM_MARKER_APPROVALS, "approvals:-:1.0123456789abcdef0123456789abcde", 0},
+	    {HSM_MARKER_APPROVALS, "approvals:-:1." APPROVAL "0", 0},
+	    {HSM_MARKER_APPROVALS, "approvals:-:1." APPROVAL ".", 0},
 	};
 	for (size_t i = 0; i < sizeof(forged) / sizeof(forged[0]); i++) {
 		size_t n = forged[i].n != 0 ? forged[i].n : strlen(forged[i].text);
@@ -161,12 +175,43 @@ static void test_encode_refuses_what_decode_would(void **state)
 	hsm_buf_free(&b);
 }
 
+/* An approval listing's position: its request's creation time and id, and back. */
+static void test_approval_positions(void **state)
+{
+	(void)state;
+	char pos[HSM_MARKER_APPROVAL_POSITION_MAX];
+	int64_t created = 0;
+	const char *id = NULL;
+	assert_true(hsm_ok(hsm_marker_approval_position(1800000000, APPROVAL, pos)));
+	assert_string_equal(pos, "1800000000." APPROVAL);
+	assert_true(hsm_ok(hsm_marker_approval_at(pos, &created, &id)));
+	assert_int_equal(created, 1800000000);
+	assert_string_equal(id, APPROVAL);
+	assert_true(hsm_ok(hsm_marker_approval_position(INT64_MAX, APPROVAL, pos)));
+	assert_true(hsm_ok(hsm_marker_approval_at(pos, &created, &id)));
+	assert_true(created == INT64_MAX);
+	/* Nothing the listing could not have issued. */
+	assert_int_equal(hsm_marker_approval_position(-1, APPROVAL, pos).err, HSM_ERR_INTERNAL);
+	assert_int_equal(hsm_marker_approval_position(1, "0123", pos).err, HSM_ERR_INTERNAL);
+	assert_int_equal(hsm_marker_approval_at(APPROVAL, &created, &id).err,
+	                 HSM_ERR_INVALID_MARKER);
+	assert_int_equal(hsm_marker_approval_at("1." KEY_A, &created, &id).err,
+	                 HSM_ERR_INVALID_MARKER);
+	/* A marker one listing of approvals issued is not the other's. */
+	char m[200], p[200];
+	encode(HSM_MARKER_APPROVALS, NULL, "1." APPROVAL, m, sizeof(m));
+	assert_int_equal(decode(HSM_MARKER_ALL_APPROVALS, NULL, true, m, p, sizeof(p)),
+	                 HSM_ERR_INVALID_MARKER);
+	assert_int_equal(decode(HSM_MARKER_APPROVALS, NULL, true, m, p, sizeof(p)), HSM_OK);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_round_trip),
 	    cmocka_unit_test(test_forged),
 	    cmocka_unit_test(test_encode_refuses_what_decode_would),
+	    cmocka_unit_test(test_approval_positions),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

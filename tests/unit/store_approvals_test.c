@@ -104,6 +104,7 @@ static long long raw_count(st_fixture *f, const char *sql)
 
 typedef struct seen {
 	unsigned id[MAX_SEEN]; /* the n of each approval id */
+	int64_t created[MAX_SEEN];
 	uint32_t approvers[MAX_SEEN];
 	char first[MAX_SEEN][HSM_USER_NAME_MAX + 1]; /* the first approver, or "" */
 	size_t n;
@@ -117,6 +118,7 @@ static hsm_result collect(const hsm_approval_record *a, void *arg)
 	assert_true(s->n < MAX_SEEN);
 	assert_non_null(a->request);
 	s->id[s->n] = (unsigned)strtoul(a->id, NULL, 16);
+	s->created[s->n] = a->created;
 	s->approvers[s->n] = a->n_approvers;
 	snprintf(s->first[s->n], sizeof(s->first[0]), "%s", a->n_approvers ? a->approvers[0] : "");
 	s->n++;
@@ -131,7 +133,7 @@ static hsm_result collect(const hsm_approval_record *a, void *arg)
 static size_t count_all(hsm_store *s)
 {
 	seen all = {0};
-	EXPECT_OK(hsm_store_approval_list(s, false, 0, HSM_STORE_LIST_MAX, collect, &all));
+	EXPECT_OK(hsm_store_approval_list(s, false, 0, NULL, HSM_STORE_LIST_MAX, collect, &all, NULL));
 	return all.n;
 }
 
@@ -651,7 +653,7 @@ static void test_list(void **state)
 	st_fixture *f = *state;
 	hsm_approval_record a, out = {0};
 	seen all = {0};
-	EXPECT_OK(hsm_store_approval_list(f->s, false, T0, 10, collect, &all));
+	EXPECT_OK(hsm_store_approval_list(f->s, false, T0, NULL, 10, collect, &all, NULL));
 	assert_int_equal(all.n, 0);
 	/*
 	 * Seven requests made out of order; 4 and 5 were created at the same
@@ -682,7 +684,7 @@ static void test_list(void **state)
 	const uint32_t approvers[] = {0, 2, 1, 0, 0, 0, 1};
 	for (size_t limit = 1; limit <= 8; limit++) {
 		memset(&all, 0, sizeof(all));
-		EXPECT_OK(hsm_store_approval_list(f->s, false, T0, limit, collect, &all));
+		EXPECT_OK(hsm_store_approval_list(f->s, false, T0, NULL, limit, collect, &all, NULL));
 		assert_int_equal(all.n, limit < 7 ? limit : 7);
 		for (size_t i = 0; i < all.n; i++) {
 			assert_int_equal(all.id[i], newest[i]);
@@ -696,48 +698,171 @@ static void test_list(void **state)
 	/* The open ones: Pending and not expired at now (3 expires at T0 + 3 + TTL). */
 	const unsigned open_at_start[] = {7, 4, 5, 3, 1};
 	memset(&all, 0, sizeof(all));
-	EXPECT_OK(hsm_store_approval_list(f->s, true, T0 + 12, 100, collect, &all));
+	EXPECT_OK(hsm_store_approval_list(f->s, true, T0 + 12, NULL, 100, collect, &all, NULL));
 	assert_int_equal(all.n, 5);
 	for (size_t i = 0; i < 5; i++)
 		assert_int_equal(all.id[i], open_at_start[i]);
 	assert_string_equal(all.first[1], "carol");
 	assert_string_equal(all.first[4], "dave");
 	memset(&all, 0, sizeof(all));
-	EXPECT_OK(hsm_store_approval_list(f->s, true, T0 + 12, 2, collect, &all));
+	EXPECT_OK(hsm_store_approval_list(f->s, true, T0 + 12, NULL, 2, collect, &all, NULL));
 	assert_int_equal(all.n, 2);
 	assert_int_equal(all.id[1], 4);
 	memset(&all, 0, sizeof(all));
-	EXPECT_OK(hsm_store_approval_list(f->s, true, T0 + 3 + TTL, 100, collect, &all));
+	EXPECT_OK(
+	    hsm_store_approval_list(f->s, true, T0 + 3 + TTL, NULL, 100, collect, &all, NULL));
 	assert_int_equal(all.n, 3); /* 1, 2 and 3 have expired (2 was closed anyway) */
 	assert_int_equal(all.id[2], 5);
 	memset(&all, 0, sizeof(all));
-	EXPECT_OK(hsm_store_approval_list(f->s, true, INT64_MAX, 100, collect, &all));
+	EXPECT_OK(
+	    hsm_store_approval_list(f->s, true, INT64_MAX, NULL, 100, collect, &all, NULL));
 	assert_int_equal(all.n, 0);
 	/* now does not filter the full list. */
 	memset(&all, 0, sizeof(all));
-	EXPECT_OK(hsm_store_approval_list(f->s, false, INT64_MAX, 100, collect, &all));
+	EXPECT_OK(
+	    hsm_store_approval_list(f->s, false, INT64_MAX, NULL, 100, collect, &all, NULL));
 	assert_int_equal(all.n, 7);
 
 	/* A callback's failure stops the list and is returned. */
 	memset(&all, 0, sizeof(all));
 	all.stop_after = 2;
-	EXPECT_ERR(hsm_store_approval_list(f->s, false, T0, 100, collect, &all), HSM_ERR_CONFLICT);
+	EXPECT_ERR(hsm_store_approval_list(f->s, false, T0, NULL, 100, collect, &all, NULL),
+	           HSM_ERR_CONFLICT);
 	assert_int_equal(all.n, 2);
 	/* A callback may write to the store. */
 	memset(&all, 0, sizeof(all));
 	all.s = f->s;
-	EXPECT_OK(hsm_store_approval_list(f->s, true, T0 + 12, 100, collect, &all));
+	EXPECT_OK(hsm_store_approval_list(f->s, true, T0 + 12, NULL, 100, collect, &all, NULL));
 	assert_int_equal(all.n, 5);
 	memset(&all, 0, sizeof(all));
-	EXPECT_OK(hsm_store_approval_list(f->s, true, T0 + 12, 100, collect, &all));
+	EXPECT_OK(hsm_store_approval_list(f->s, true, T0 + 12, NULL, 100, collect, &all, NULL));
 	const uint32_t after[] = {1, 2, 1, 1, 2};
 	for (size_t i = 0; i < 5; i++)
 		assert_int_equal(all.approvers[i], after[i]);
 
 	/* Limits. */
-	EXPECT_ERR(hsm_store_approval_list(f->s, false, T0, 0, collect, &all), HSM_ERR_VALIDATION);
-	EXPECT_ERR(hsm_store_approval_list(f->s, true, T0, HSM_STORE_LIST_MAX + 1, collect, &all),
+	EXPECT_ERR(hsm_store_approval_list(f->s, false, T0, NULL, 0, collect, &all, NULL),
 	           HSM_ERR_VALIDATION);
+	EXPECT_ERR(hsm_store_approval_list(f->s, true, T0, NULL, HSM_STORE_LIST_MAX + 1, collect,
+	                                   &all, NULL),
+	           HSM_ERR_VALIDATION);
+}
+
+/* Opens request n created at `created` (open for TTL from then). */
+static void open_at(hsm_store *s, unsigned n, int64_t created)
+{
+	hsm_approval_record a, out = {0};
+	request(&a, n, n, 1);
+	a.created = created;
+	a.expires = created + TTL;
+	EXPECT_OK(hsm_store_approval_open(s, &a, &out));
+	hsm_approval_record_clear(&out);
+}
+
+/* One page after *cur (NULL: the first), appended to *walk; moves *cur to its last record.
+ * Whether more follow. */
+static bool next_page(hsm_store *s, bool open_only, int64_t now, size_t limit,
+                      hsm_approval_cursor *cur, bool first, seen *walk)
+{
+	seen page = {0};
+	bool truncated = true; /* the store must set it */
+	EXPECT_OK(hsm_store_approval_list(s, open_only, now, first ? NULL : cur, limit, collect,
+	                                  &page, &truncated));
+	assert_true(page.n <= limit);
+	for (size_t i = 0; i < page.n; i++) {
+		assert_true(walk->n < MAX_SEEN);
+		walk->id[walk->n++] = page.id[i];
+	}
+	if (page.n > 0) {
+		cur->created = page.created[page.n - 1];
+		approval_id(cur->id, page.id[page.n - 1]);
+	}
+	if (truncated)
+		assert_int_equal(page.n, limit);
+	return truncated;
+}
+
+/*
+ * Pages go on after their cursor: a walk lists every request once, in
+ * order, whatever opens meanwhile (newer ones sort before it, ones of its
+ * second after it only with a greater id), and after a cursor whose
+ * request is gone; Truncated says exactly whether more follow.
+ */
+static void test_list_pages(void **state)
+{
+	st_fixture *f = *state;
+	/* Created: 1 < 2 < 3 < 4 = 5 = 6 < 7 < 8 < 9. */
+	for (unsigned n = 1; n <= 9; n++)
+		open_at(f->s, n, n >= 4 && n <= 6 ? T0 + 4 : T0 + n);
+	const unsigned newest[] = {9, 8, 7, 4, 5, 6, 3, 2, 1};
+	for (size_t limit = 1; limit <= 10; limit++) {
+		seen walk = {0};
+		hsm_approval_cursor cur;
+		memset(&cur, 0, sizeof(cur));
+		size_t pages = 1;
+		for (bool more = next_page(f->s, false, T0, limit, &cur, true, &walk); more;
+		     more = next_page(f->s, false, T0, limit, &cur, false, &walk))
+			pages++;
+		assert_int_equal(walk.n, 9);
+		for (size_t i = 0; i < 9; i++)
+			assert_int_equal(walk.id[i], newest[i]);
+		/* A last page that is full says nothing follows: no empty page after it. */
+		assert_int_equal(pages, (9 + limit - 1) / limit);
+	}
+
+	/* Requests opened during a walk (limit 2: 9 8 | 7 4 | then on after 4). */
+	seen walk = {0};
+	hsm_approval_cursor cur;
+	memset(&cur, 0, sizeof(cur));
+	assert_true(next_page(f->s, false, T0, 2, &cur, true, &walk));
+	assert_true(next_page(f->s, false, T0, 2, &cur, false, &walk));
+	open_at(f->s, 0x20, T0 + 50); /* newer than the walk's place: before it */
+	open_at(f->s, 0x21, T0 + 4);  /* its second, a greater id: still ahead */
+	open_at(f->s, 0, T0 + 4);     /* its second, a smaller id: behind it */
+	while (next_page(f->s, false, T0, 2, &cur, false, &walk))
+		;
+	const unsigned seen_walk[] = {9, 8, 7, 4, 5, 6, 0x21, 3, 2, 1};
+	assert_int_equal(walk.n, 10);
+	for (size_t i = 0; i < 10; i++)
+		assert_int_equal(walk.id[i], seen_walk[i]);
+
+	/* After a request that no longer exists (purged): the place in the order still holds. */
+	memset(&walk, 0, sizeof(walk));
+	cur.created = T0 + 4;
+	approval_id(cur.id, 0x10);
+	while (next_page(f->s, false, T0, 3, &cur, false, &walk))
+		;
+	const unsigned after_gone[] = {0x21, 3, 2, 1};
+	assert_int_equal(walk.n, 4);
+	for (size_t i = 0; i < 4; i++)
+		assert_int_equal(walk.id[i], after_gone[i]);
+
+	/* The open ones page alike, skipping closed requests. */
+	char id[HSM_APPROVAL_ID_LEN + 1];
+	approval_id(id, 5);
+	EXPECT_OK(hsm_store_approval_close(f->s, id, HSM_APPROVAL_CANCELLED, "rita", T0 + 5, NULL));
+	memset(&walk, 0, sizeof(walk));
+	for (bool more = next_page(f->s, true, T0 + 5, 2, &cur, true, &walk); more;
+	     more = next_page(f->s, true, T0 + 5, 2, &cur, false, &walk))
+		;
+	const unsigned open_walk[] = {0x20, 9, 8, 7, 0, 4, 6, 0x21, 3, 2, 1};
+	assert_int_equal(walk.n, 11);
+	for (size_t i = 0; i < 11; i++)
+		assert_int_equal(walk.id[i], open_walk[i]);
+
+	/* A cursor the store could not have issued. */
+	seen none = {0};
+	cur.created = -1;
+	EXPECT_ERR(hsm_store_approval_list(f->s, false, T0, &cur, 10, collect, &none, NULL),
+	           HSM_ERR_VALIDATION);
+	cur.created = T0;
+	snprintf(cur.id, sizeof(cur.id), "%s", "0123456789ABCDEF0123456789abcdef");
+	EXPECT_ERR(hsm_store_approval_list(f->s, false, T0, &cur, 10, collect, &none, NULL),
+	           HSM_ERR_VALIDATION);
+	snprintf(cur.id, sizeof(cur.id), "%s", "0123");
+	EXPECT_ERR(hsm_store_approval_list(f->s, false, T0, &cur, 10, collect, &none, NULL),
+	           HSM_ERR_VALIDATION);
+	assert_int_equal(none.n, 0);
 }
 
 /* A full page of full records: every one with its 16 approvers, in order. */
@@ -754,7 +879,7 @@ static void test_list_full_records(void **state)
 		}
 	}
 	seen all = {0};
-	EXPECT_OK(hsm_store_approval_list(f->s, false, T0, 20, collect, &all));
+	EXPECT_OK(hsm_store_approval_list(f->s, false, T0, NULL, 20, collect, &all, NULL));
 	assert_int_equal(all.n, 20);
 	for (size_t i = 0; i < 20; i++) {
 		unsigned n = 20 - (unsigned)i;
@@ -1143,7 +1268,7 @@ static void test_request_round_trip(void **state)
 	hsm_approval_record_clear(&got);
 	/* Lists carry whole requests too. */
 	seen all = {0};
-	EXPECT_OK(hsm_store_approval_list(f->s, false, T0, 100, collect, &all));
+	EXPECT_OK(hsm_store_approval_list(f->s, false, T0, NULL, 100, collect, &all, NULL));
 	assert_int_equal(all.n, COUNT(sizes));
 	char id[HSM_APPROVAL_ID_LEN + 1];
 	approval_id(id, 1);
@@ -1493,11 +1618,13 @@ static void test_queries_walk_their_indexes(void **state)
 		{"SELECT * FROM approvals WHERE fingerprint = ?1 AND state = 'Pending' AND "
 		 "expires > ?2 ORDER BY created DESC, id LIMIT 1",
 		 "USING INDEX approvals_open (fingerprint=? AND state=? AND expires>?)", true},
-		{"SELECT * FROM approvals ORDER BY created DESC, id LIMIT ?1",
-		 "SCAN approvals USING INDEX approvals_newest", false},
-		{"SELECT * FROM approvals WHERE state = 'Pending' AND expires > ?2 "
+		/* A page seeks its place in approvals_newest (its cursor's second and older). */
+		{"SELECT * FROM approvals WHERE created <= ?3 AND (created < ?3 OR id > ?4) "
 		 "ORDER BY created DESC, id LIMIT ?1",
-		 "SCAN approvals USING INDEX approvals_newest", false},
+		 "SEARCH approvals USING INDEX approvals_newest (created<?)", false},
+		{"SELECT * FROM approvals WHERE state = 'Pending' AND expires > ?2 AND "
+		 "created <= ?3 AND (created < ?3 OR id > ?4) ORDER BY created DESC, id LIMIT ?1",
+		 "SEARCH approvals USING INDEX approvals_newest (created<?)", false},
 		{"SELECT count(*) FROM approvals WHERE expires < ?1",
 		 "COVERING INDEX approvals_expiry (expires<?)", false},
 		{"SELECT approver FROM approval_votes WHERE approval_id = ?1 ORDER BY position",
@@ -1512,7 +1639,8 @@ static void test_queries_walk_their_indexes(void **state)
 	}
 	/* A page's approvers: the page, then each one's by key (sorted: a page's worth). */
 	st_sqlite_plan(f->dir,
-	               "SELECT p.id, v.approver FROM (SELECT id, created FROM approvals ORDER BY "
+	               "SELECT p.id, v.approver FROM (SELECT id, created FROM approvals WHERE "
+	               "created <= ?3 AND (created < ?3 OR id > ?4) ORDER BY "
 	               "created DESC, id LIMIT ?1) AS p JOIN approval_votes AS v ON "
 	               "v.approval_id = p.id ORDER BY p.created DESC, p.id, v.position",
 	               plan, sizeof(plan));
@@ -1594,6 +1722,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_close_denied_cancelled, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_reopen, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_list, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_list_pages, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_list_full_records, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_purge, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_rewrite, st_setup, st_teardown),
