@@ -449,25 +449,77 @@ static void print_approval(json_t *a)
 	json_decref(req);
 }
 
+/*
+ * Every approval request the node lists (the open ones; all with --all),
+ * newest first, into all: ListApprovals page by page, each going on from
+ * the marker of the one before, so none is missed however many there are.
+ * *quorum: the node's approval_quorum.
+ */
+static hsm_result list_approvals(bool include_closed, json_t *all, json_t **quorum)
+{
+	char marker[1024] = ""; /* opaque: as long as hsmd takes one (server/marker.h) */
+	for (;;) {
+		json_t *body = json_pack("{s:b,s:i}", "IncludeClosed", include_closed, "Limit", 1000);
+		json_t *out = NULL;
+		if (marker[0] != '\0')
+			json_object_set_new(body, "Marker", json_string(marker));
+		HSM_GUARD(call("HsmdAdmin.ListApprovals", true, body, &out));
+		json_decref(*quorum);
+		*quorum = json_incref(json_object_get(out, "Quorum"));
+		json_array_extend(all, json_object_get(out, "Approvals"));
+		const char *next = json_string_value(json_object_get(out, "NextMarker"));
+		bool more = json_is_true(json_object_get(out, "Truncated")) && next != NULL;
+		hsm_result r = HSM_SUCCESS;
+		/* A marker that would not move the walk on (hsmd never sends one) ends it. */
+		if (more && (strlen(next) >= sizeof(marker) || strcmp(next, marker) == 0))
+			r = HSM_FAIL(HSM_ERR_INTERNAL, "ListApprovals answered a NextMarker that does not "
+			                               "go on from the page before");
+		else if (more)
+			memcpy(marker, next, strlen(next) + 1);
+		json_decref(out);
+		if (hsm_failed(r) || !more)
+			return r;
+	}
+}
+
 int hsmctl_cmd_approval(int argc, char **argv)
 {
 	if (!hsmctl_online())
 		return hsmctl_usage("approval", "needs --endpoint (a running hsmd)");
 	if (argc >= 2 && strcmp(argv[1], "list") == 0) {
-		bool all = argc == 3 && strcmp(argv[2], "--all") == 0;
-		if (argc > 3 || (argc == 3 && !all))
-			return hsmctl_usage("approval", "list [--all]");
-		json_t *out = NULL, *item;
-		if (hsm_failed(call("HsmdAdmin.ListApprovals", true,
-		                    json_pack("{s:b}", "IncludeClosed", all), &out)))
-			return hsmctl_fail("approval list");
-		size_t i;
-		json_array_foreach(json_object_get(out, "Approvals"), i, item)
-		{
-			print_approval(item);
-			printf("\n");
+		bool all = false, as_json = false;
+		for (int i = 2; i < argc; i++) {
+			if (strcmp(argv[i], "--all") == 0 && !all)
+				all = true;
+			else if (strcmp(argv[i], "--json") == 0 && !as_json)
+				as_json = true;
+			else
+				return hsmctl_usage("approval", "list [--all] [--json]");
 		}
-		json_decref(out);
+		json_t *listed = json_array(), *quorum = NULL, *item;
+		if (hsm_failed(list_approvals(all, listed, &quorum))) {
+			json_decref(listed);
+			json_decref(quorum);
+			return hsmctl_fail("approval list");
+		}
+		if (as_json) {
+			/* ListApprovals' answer, every page in one. */
+			json_t *doc = json_pack("{s:O*,s:O}", "Quorum", quorum, "Approvals", listed);
+			char *text = doc != NULL ? json_dumps(doc, JSON_INDENT(2)) : NULL;
+			if (text != NULL)
+				printf("%s\n", text);
+			free(text);
+			json_decref(doc);
+		} else {
+			size_t i;
+			json_array_foreach(listed, i, item)
+			{
+				print_approval(item);
+				printf("\n");
+			}
+		}
+		json_decref(listed);
+		json_decref(quorum);
 		return 0;
 	}
 	static const char *const subs[][2] = {{"show", "HsmdAdmin.GetApproval"},
@@ -484,5 +536,5 @@ int hsmctl_cmd_approval(int argc, char **argv)
 		json_decref(out);
 		return 0;
 	}
-	return hsmctl_usage("approval", "list [--all] | show|approve|deny|cancel ID");
+	return hsmctl_usage("approval", "list [--all] [--json] | show|approve|deny|cancel ID");
 }

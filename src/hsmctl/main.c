@@ -69,7 +69,7 @@ static const hsmctl_command commands[] = {
     {"access-key", "create USER | revoke AKID | list [USER] (--endpoint, or offline: "
                    "--data-dir DIR --share FILE...)",
      "manage SigV4 access keys", hsmctl_cmd_access_key, HSMCTL_SIGNED},
-    {"approval", "list [--all] | show|approve|deny|cancel ID (with --endpoint)",
+    {"approval", "list [--all] [--json] | show|approve|deny|cancel ID (with --endpoint)",
      "requests waiting for custodians: read them, approve or deny them (custodians), or "
      "withdraw your own", hsmctl_cmd_approval, HSMCTL_SIGNED},
     {"cert", "import FILE [--key KEY] [--label L] [--id HEX] | list [--id HEX | --key KEY] "
