@@ -695,3 +695,251 @@ def test_requests_an_older_hsmd_kept_whole_lose_their_blobs_at_start():
             third.cleanup()
     finally:
         first.cleanup()
+
+
+# ---- many requests: ListApprovals pages; custodians whose names differ only by case ----------
+
+
+def store_db(data_dir):
+    """The store of a stopped node (a running one keeps its WAL index to itself)."""
+    return sqlite3.connect(os.path.join(data_dir, "hsmd.db"), timeout=10)
+
+
+class Crowd:
+    """A node with approvals on, restarted to have rows written into its store as an older
+    hsmd (or many requests at once) could have left them."""
+
+    def __init__(self):
+        self.first = start_dev()
+        self.nodes = []
+        self.users = {}
+        for name, roles in {"alice": ["custodian"], "bob": ["custodian"],
+                            "ops": ["crypto-officer"]}.items():
+            self.users[name] = new_user(self.first, name, roles)
+        self.first.stop()
+        # "Alice" beside the custodian "alice": a pair hsmd no longer makes.
+        db = store_db(self.first.data_dir)
+        with db:
+            db.execute("INSERT INTO users (name, role, disabled, locked, failed_auth, created) "
+                       "SELECT 'Alice', role, disabled, locked, failed_auth, created FROM users "
+                       "WHERE name = 'alice'")
+        db.close()
+        plain = Hsmd(["--dev"], env=DEV_ENV, data_dir=self.first.data_dir)
+        self.nodes.append(plain)
+        k = admin(plain, "CreateAccessKey", {"UserName": "Alice"})
+        self.users["Alice"] = (k["AccessKeyId"], k["SecretAccessKey"])
+        self.node = plain
+        self.restart()
+
+    def restart(self, while_stopped=None):
+        """Stops the node, runs while_stopped(db) on its store, starts it again."""
+        self.node.stop()
+        if while_stopped is not None:
+            db = store_db(self.first.data_dir)
+            with db:
+                while_stopped(db)
+            db.close()
+        self.node = Hsmd(["--dev", "--approval-quorum", "2"], env=DEV_ENV,
+                         data_dir=self.first.data_dir)
+        self.node.users = self.users
+        self.nodes.append(self.node)
+
+    def cleanup(self):
+        for n in self.nodes:
+            n.cleanup()
+        self.first.cleanup()
+
+
+@pytest.fixture(scope="module")
+def crowd():
+    c = Crowd()
+    yield c
+    c.cleanup()
+
+
+def planted(n, created, state="Pending", ids=None):
+    """What plants n requests of ops created at created(i) (ids: theirs, else random); the
+    ids are in .ids."""
+    now = int(time.time())
+    ids = ids or [os.urandom(16).hex() for _ in range(n)]
+    rows = [(ids[i], os.urandom(32).hex(), json.dumps({"KeyId": f"k{i}"}), state,
+             created(i), now + 3600, now if state != "Pending" else 0) for i in range(n)]
+
+    def plant(db):
+        db.executemany("INSERT INTO approvals (id, fingerprint, operation, requester, request, "
+                       "state, required, created, expires, closed, closed_by) VALUES "
+                       "(?, ?, 'ScheduleKeyDeletion', 'ops', ?, ?, 2, ?, ?, ?, '')", rows)
+    plant.ids = ids
+    return plant
+
+
+def newest_first(crowd, include_closed):
+    """Every request the listing shows, in its order (newest first), from the store itself
+    (read only: a reader does not disturb the running node)."""
+    db = store_db(crowd.first.data_dir)
+    where = "" if include_closed else "WHERE state = 'Pending' AND expires > strftime('%s')"
+    ids = [r[0] for r in db.execute(f"SELECT id FROM approvals {where} "
+                                    "ORDER BY created DESC, id")]
+    db.close()
+    return ids
+
+
+def walk(crowd, limit, include_closed=False, between=None, **creds):
+    """ListApprovals page by page (on whichever node crowd runs); between(page_number) runs
+    after each page."""
+    ids, marker, pages = [], None, 0
+    while True:
+        body = {"Limit": limit, "IncludeClosed": include_closed}
+        if marker is not None:
+            body["Marker"] = marker
+        out = admin(crowd.node, "ListApprovals", body, **creds)
+        assert out["Quorum"] == 2
+        assert len(out["Approvals"]) <= limit
+        ids += [a["ApprovalId"] for a in out["Approvals"]]
+        pages += 1
+        if between is not None:
+            between(pages)
+        if not out["Truncated"]:
+            assert "NextMarker" not in out, out
+            return ids, pages
+        assert len(out["Approvals"]) == limit and out["NextMarker"] != marker
+        marker = out["NextMarker"]
+
+
+def test_list_approvals_pages_through_every_request(crowd):
+    """More open requests than a page holds, many opened in the same second: a walk by
+    Marker sees each once, newest first, while new requests are opened meanwhile (those
+    newer than its place come before it; of its second, those with a greater id after it)
+    and across a restart."""
+    now = int(time.time())
+
+    def plant(db):
+        planted(230, lambda i: now - 5000 + i // 7)(db)  # 7 a second
+        planted(40, lambda i: now - 4000 + i, state="Used")(db)
+
+    crowd.restart(plant)
+    expected = newest_first(crowd, False)
+    assert len(expected) == 230
+    ids, pages = walk(crowd, 50)
+    assert ids == expected and pages == 5
+    ids, pages = walk(crowd, 46)  # the last page full: no empty page after it
+    assert ids == expected and pages == 5
+
+    kms = client(crowd.node, *crowd.users["ops"])
+    opened = []
+
+    def open_more(page):
+        # After 2 pages of 7 the walk's place is expected[13], the first (smallest id) of
+        # second now - 4970: 6 requests are of second now - 4968, 7 of now - 4969.
+        if page == 2:
+            opened.append(approval_of(raises("ApprovalRequiredException",
+                                             kms.schedule_key_deletion,
+                                             KeyId=new_key(kms), PendingWindowInDays=7)))
+            crowd.restart(planted(2, lambda i: now - 4970, ids=["f" * 32, "0" * 32]))
+
+    ids, _ = walk(crowd, 7, between=open_more)
+    assert len(ids) == len(set(ids)), "a request listed twice"
+    assert opened[0] not in ids  # newer than the walk's place: before it
+    assert "f" * 32 in ids  # its second, a greater id: after it
+    assert "0" * 32 not in ids  # its second, a smaller id: before it
+    assert [i for i in ids if i != "f" * 32] == expected
+    assert newest_first(crowd, False)[0] == opened[0]
+
+    # With IncludeClosed: the closed requests too, in the same order.
+    everything = newest_first(crowd, True)
+    ids, _ = walk(crowd, 33, include_closed=True)
+    assert ids == everything and len(everything) == 230 + 40 + 3
+
+
+def test_list_approvals_refuses_markers_it_did_not_issue(crowd):
+    """A marker is good only for the listing that issued it: the open requests' listing,
+    or IncludeClosed's; a forged one, a bare approval id or another listing's marker is
+    InvalidMarkerException, and changes nothing."""
+    now = int(time.time())
+    crowd.restart(planted(3, lambda i: now - 100))
+    node = crowd.node
+    open_page = admin(node, "ListApprovals", {"Limit": 1})
+    all_page = admin(node, "ListApprovals", {"Limit": 1, "IncludeClosed": True})
+    assert open_page["Truncated"] and all_page["Truncated"]
+    kms = client(node)
+    kms.create_key()
+    kms.create_key()
+    keys_marker = kms.list_keys(Limit=1)["NextMarker"]
+
+    def forged(text):
+        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+    first = open_page["Approvals"][0]
+    at, approval = int(first["CreationDate"]), first["ApprovalId"]
+    bad = [
+        {"Marker": all_page["NextMarker"]},
+        {"Marker": open_page["NextMarker"], "IncludeClosed": True},
+        {"Marker": approval},
+        {"Marker": keys_marker},
+        {"Marker": forged(f"approvals:-:{at}.{approval.upper()}")},
+        {"Marker": forged(f"approvals:-:-1.{approval}")},
+        {"Marker": forged(f"approvals:-:0{at}.{approval}")},
+        {"Marker": forged(f"approvals:-:{at}")},
+        {"Marker": forged(f"certs:-:{approval}")},
+        {"Marker": open_page["NextMarker"] + "="},
+    ]
+    before = newest_first(crowd, True)
+    for body in bad:
+        st, out = signed_call(node, "HsmdAdmin.ListApprovals", body)
+        assert st == 400 and out["__type"] == "InvalidMarkerException", (body, st, out)
+    assert newest_first(crowd, True) == before
+    # A marker made as hsmd makes them (a place in the order) goes on from there.
+    mine = forged(f"approvals:-:{at}.{approval}")
+    out = admin(node, "ListApprovals", {"Marker": mine, "Limit": 1})
+    again = admin(node, "ListApprovals", {"Marker": open_page["NextMarker"], "Limit": 1})
+    assert out["Approvals"] == again["Approvals"] and out["Approvals"]
+
+
+def test_hsmctl_approval_list_follows_the_markers(crowd):
+    """hsmctl approval list shows every open request (more than its pages of 1000 hold),
+    and --json gives them as one document; --all the closed ones too."""
+    now = int(time.time())
+    crowd.restart(planted(1010, lambda i: now - 3000 + i // 50))
+    expected = newest_first(crowd, False)
+    assert len(expected) > 1000
+    p = hsmctl(crowd.node, "alice", "approval", "list")
+    assert p.returncode == 0, p.stderr
+    listed = [l.split(": ", 1)[1] for l in p.stdout.splitlines() if l.startswith("ApprovalId: ")]
+    assert listed == expected
+    p = hsmctl(crowd.node, "alice", "approval", "list", "--json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["Quorum"] == 2 and set(doc) == {"Quorum", "Approvals"}
+    assert [a["ApprovalId"] for a in doc["Approvals"]] == expected
+    assert doc["Approvals"][0]["State"] == "Pending" and "Request" in doc["Approvals"][0]
+    p = hsmctl(crowd.node, "alice", "approval", "list", "--all", "--json")
+    assert p.returncode == 0, p.stderr
+    assert [a["ApprovalId"] for a in json.loads(p.stdout)["Approvals"]] == \
+        newest_first(crowd, True)
+    p = hsmctl(crowd.node, "alice", "approval", "list", "--jsn")
+    assert p.returncode != 0 and "list [--all] [--json]" in p.stderr, p.stderr
+
+
+def test_custodian_names_differing_only_by_case_approve_once(crowd):
+    """"alice" and "Alice" (a pair an older hsmd could make) are one custodian: the second
+    spelling's approval is refused as a repeat, naming the one that approved, and does not
+    advance the count; another custodian's completes the quorum."""
+    node = crowd.node
+    kms = client(node, *crowd.users["ops"])
+    key = new_key(kms)
+    approval = deletion_refused(kms, key, 9)
+    assert approve(node, "alice", approval)["Approvals"] == 1
+    st, out = signed_call(node, "HsmdAdmin.ApproveRequest", {"ApprovalId": approval},
+                          **as_user(node, "Alice"))
+    assert st == 400 and out["__type"] == "AlreadyExistsException", (st, out)
+    assert out["message"] == (
+        f"User Alice may not approve request {approval}: user alice approved it already, and "
+        "names that differ only by case are one custodian, whose approval counts once"), out
+    shown = get(node, approval, who="bob")
+    assert shown["Approvals"] == 1 and shown["Approvers"] == ["alice"]
+    message = raises("ApprovalRequiredException", kms.schedule_key_deletion, KeyId=key,
+                     PendingWindowInDays=9)["Error"]["Message"]
+    assert f"approval request {approval} is open with 1," in message, message
+    approve(node, "bob", approval)
+    kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=9)
+    assert get(node, approval, who="bob")["State"] == "Used"
