@@ -908,11 +908,13 @@ hsm_result hsm_kms_approval_cancel(hsm_kms *kms, const hsm_caller *caller, const
                                    hsm_approval_record *out) HSM_MUST_CHECK;
 /* Approvals a request needs now: its own count, or the node's quorum if that is higher. */
 unsigned hsm_kms_approval_required(hsm_kms *kms, const hsm_approval_record *a);
-/* Approvals that count: approvers who still are enabled custodians. */
+/* Approvals that count: approvers who still are enabled custodians, other than the
+ * requester, each once (names that differ only by ASCII case are one custodian). */
 unsigned hsm_kms_approval_valid(hsm_kms *kms, const hsm_approval_record *a);
 /* Its valid approvals reach what it requires: the gate lets its retry run. */
 bool hsm_kms_approval_approved(hsm_kms *kms, const hsm_approval_record *a);
-/* Enabled users holding the custodian role. */
+/* Enabled users holding the custodian role, names that differ only by case counted once
+ * (they can give only one approval between them). */
 hsm_result hsm_kms_custodian_count(hsm_kms *kms, unsigned *out) HSM_MUST_CHECK;
 /* The same, read from a store before any service runs on it (the users table of any schema). */
 hsm_result hsm_kms_custodians_in(hsm_store *store, unsigned *out) HSM_MUST_CHECK;

@@ -467,8 +467,16 @@ static void test_names_differing_only_by_case_are_one_custodian(void **state)
 	static const hsm_caller olivia_twin = {.user = "OLIVIA",
 	                                       .access_key_id = "AKIAOLIVIA1000000000",
 	                                       .roles = HSM_ROLE_BIT(HSM_ROLE_CUSTODIAN)};
+	unsigned custodians = 0;
+	assert_int_equal(hsm_kms_custodian_count(f->kms, &custodians).err, HSM_OK);
+	assert_int_equal(custodians, 3);
 	plant_twin(f, "Alice", "alice", "custodian");
 	plant_twin(f, "OLIVIA", "olivia", "custodian");
+	/* One more person holds the role (olivia, as OLIVIA); alice is counted once. */
+	assert_int_equal(hsm_kms_custodian_count(f->kms, &custodians).err, HSM_OK);
+	assert_int_equal(custodians, 4);
+	assert_int_equal(hsm_kms_custodians_in(f->store, &custodians).err, HSM_OK);
+	assert_int_equal(custodians, 4);
 	hsm_approval_gate g, g2;
 	hsm_approval_record a;
 	memset(&a, 0, sizeof(a));
