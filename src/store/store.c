@@ -411,6 +411,12 @@ hsm_result hsm_store_migrate(hsm_store *s)
 	return r;
 }
 
+hsm_result hsm_store_holds_any(hsm_store *s, bool *any)
+{
+	HSM_ASSERT(s != NULL && any != NULL);
+	return s->ops->holds_any(s, any);
+}
+
 void hsm_store_close(hsm_store *s)
 {
 	if (s != NULL)

@@ -621,6 +621,13 @@ int hsm_store_snapshot_schema(hsm_store *s);
  */
 hsm_result hsm_store_copy(hsm_store *src, hsm_store *dst) HSM_MUST_CHECK;
 /*
+ * Whether s holds anything hsm_store_copy would refuse to copy into (metadata
+ * other than its own schema upgrades', keys or users), read from tables every
+ * schema has: a store opened as it is (hsm_store_open_unmigrated) is checked
+ * before its schema is brought forward.  The copy checks again, atomically.
+ */
+hsm_result hsm_store_holds_any(hsm_store *s, bool *any) HSM_MUST_CHECK;
+/*
  * hsm_store_copy whose write transaction carries the calling thread's audit
  * outbox row (store.h, "Audit outbox"): a restore into a shared store, whose
  * row is then in dst exactly when the copy is.

@@ -216,6 +216,8 @@ struct hsm_store_ops {
 	 * express), and commits only if produce succeeds.
 	 */
 	hsm_result (*import_all)(hsm_store *s, hsm_store_producer produce, void *arg);
+	/* hsm_store_holds_any: import_all's emptiness check alone, in a read transaction. */
+	hsm_result (*holds_any)(hsm_store *s, bool *any);
 
 	/*
 	 * Audit outbox (store.h); every string is already cut to its bound.

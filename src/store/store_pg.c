@@ -938,6 +938,7 @@ static const hsm_store_ops pg_ops = {
 	.approval_rewrite = pg_approval_rewrite,
 	.export_all = pg_export,
 	.import_all = pg_import,
+	.holds_any = pg_holds_any,
 	.outbox_page = pg_outbox_page,
 	.outbox_delete = pg_outbox_delete,
 	.outbox_note = pg_outbox_note,

@@ -437,6 +437,7 @@ hsm_result pg_approval_rewrite(hsm_store *s, hsm_approval_rewrite_fn fn, void *a
 
 hsm_result pg_export(hsm_store *s, const hsm_store_sink *sink);
 hsm_result pg_import(hsm_store *s, hsm_store_producer produce, void *arg);
+hsm_result pg_holds_any(hsm_store *s, bool *any);
 hsm_result pg_snapshot(hsm_store *s, const char *path);
 
 /* Inserts in's row (store.h, "Audit outbox") inside w's open write transaction. */

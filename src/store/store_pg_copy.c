@@ -372,6 +372,24 @@ hsm_result pg_import(hsm_store *base, hsm_store_producer produce, void *arg)
 	return pg_write(pg_of(base), import_body, &op);
 }
 
+static hsm_result holds_any_body(pg_conn *c, void *arg)
+{
+	PGresult *r = NULL;
+	int64_t held = 0;
+	HSM_GUARD(pg_run(c, SQL_EMPTY, NULL, &r));
+	hsm_result res = pg_col_i64(r, 0, 0, &held);
+	PQclear(r);
+	if (hsm_ok(res))
+		*(bool *)arg = held != 0;
+	return res;
+}
+
+/* Reads meta, keys and users alone, which every schema has: a store opened as it is answers. */
+hsm_result pg_holds_any(hsm_store *base, bool *any)
+{
+	return pg_read(pg_of(base), holds_any_body, any);
+}
+
 /* ---- Snapshot --------------------------------------------------------------------------- */
 
 /* Backups and restores handle SQLite store files: PostgreSQL's snapshot is one (store.h). */

@@ -575,6 +575,7 @@ static const hsm_store_ops sqlite_ops = {
 	.approval_rewrite = sq_approval_rewrite,
 	.export_all = sq_export,
 	.import_all = sq_import,
+	.holds_any = sq_holds_any,
 	.outbox_page = sq_outbox_page,
 	.outbox_delete = sq_outbox_delete,
 	.outbox_note = sq_outbox_note,

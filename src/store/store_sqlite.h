@@ -295,6 +295,7 @@ hsm_result sq_approval_rewrite(hsm_store *s, hsm_approval_rewrite_fn fn, void *a
 
 hsm_result sq_export(hsm_store *s, const hsm_store_sink *sink);
 hsm_result sq_import(hsm_store *s, hsm_store_producer produce, void *arg);
+hsm_result sq_holds_any(hsm_store *s, bool *any);
 
 /* Inserts in's row (store.h, "Audit outbox") inside w's open write transaction. */
 hsm_result sq_outbox_insert(sq_conn *w, hsm_store_intent *in) HSM_MUST_CHECK;

@@ -254,3 +254,22 @@ hsm_result sq_import(hsm_store *base, hsm_store_producer produce, void *arg)
 	HSM_GUARD(sq_write_begin(s, &w));
 	return sq_write_end(s, w, import_in(w, produce, arg));
 }
+
+/* Reads meta, keys and users alone, which every schema has: a store opened as it is answers. */
+hsm_result sq_holds_any(hsm_store *base, bool *any)
+{
+	sq_store *s = sq_of(base);
+	sq_conn *c;
+	sqlite3_stmt *st;
+	bool row = false;
+	HSM_GUARD(sq_read_begin(s, &c));
+	hsm_result res = sq_prepare(c, SQL_HOLDS_ANY, &st);
+	if (hsm_ok(res)) {
+		res = sq_step(c, st, &row);
+		sq_reset(st);
+	}
+	sq_read_end(s, c);
+	if (hsm_ok(res))
+		*any = row;
+	return res;
+}

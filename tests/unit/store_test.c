@@ -196,6 +196,39 @@ static void test_open_unmigrated_then_migrate(void **state)
 	st_release_location(&f);
 }
 
+/*
+ * hsm_store_holds_any answers on a store opened as it is, older schema and
+ * all (a copy's destination is checked before it is brought forward), and
+ * counts the records of its own upgrades as nothing.
+ */
+static void test_holds_any_as_it_is(void **state)
+{
+	(void)state;
+	st_fixture f = {0};
+	st_fresh_location(&f);
+	EXPECT_OK(hsm_store_open_unmigrated(f.loc, &f.s));
+	bool any = true;
+	EXPECT_OK(hsm_store_holds_any(f.s, &any));
+	assert_false(any);
+	st_schema_before_usage(&f);
+	EXPECT_OK(hsm_store_open_unmigrated(f.loc, &f.s));
+	EXPECT_OK(hsm_store_holds_any(f.s, &any));
+	assert_false(any);
+	EXPECT_OK(hsm_store_migrate(f.s)); /* records its upgrade: still empty */
+	EXPECT_OK(hsm_store_holds_any(f.s, &any));
+	assert_false(any);
+	const char *names[] = {"probe"};
+	hsm_buf v = {.data = (uint8_t *)"1", .len = 1};
+	const hsm_buf *values[] = {&v};
+	EXPECT_OK(hsm_store_meta_put(f.s, 1, names, values));
+	st_schema_before_usage(&f);
+	EXPECT_OK(hsm_store_open_unmigrated(f.loc, &f.s));
+	EXPECT_OK(hsm_store_holds_any(f.s, &any));
+	assert_true(any);
+	hsm_store_close(f.s);
+	st_release_location(&f);
+}
+
 static void test_failed_migration_changes_nothing(void **state)
 {
 	(void)state;
@@ -539,6 +572,7 @@ int main(void)
 		cmocka_unit_test(test_migrates_version_zero_store),
 		cmocka_unit_test_setup_teardown(test_upgrade_kept_until_reported, st_setup, st_teardown),
 		cmocka_unit_test(test_open_unmigrated_then_migrate),
+		cmocka_unit_test(test_holds_any_as_it_is),
 		cmocka_unit_test(test_failed_migration_changes_nothing),
 		cmocka_unit_test_setup_teardown(test_refuses_newer_schema_and_foreign_files, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_connection_settings, st_setup, st_teardown),
