@@ -547,8 +547,14 @@ static hsm_result copy_to_shared(const char *staging, hsmctl_early_change *chang
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_store *src = NULL, *dst = NULL;
+	bool held = false;
 	HSM_TRY(hsm_store_open(staging, &src));
-	HSM_TRY(hsm_store_open(hsmctl_globals.store, &dst));
+	/* Found empty before it is brought forward: a shared store in use keeps its schema. */
+	HSM_TRY(hsm_store_open_unmigrated(hsmctl_globals.store, &dst));
+	HSM_TRY(hsm_store_holds_any(dst, &held));
+	HSM_CHECK(!held, HSM_ERR_CONFLICT,
+	          "the store --store names is not empty; restore into a new, empty database");
+	HSM_TRY(hsm_store_migrate(dst));
 	hsm_store_intent_begin(&change->intent);
 	res = hsm_store_copy_noted(src, dst);
 	hsm_store_intent_end();

@@ -18,17 +18,28 @@
 #include "hsmctl/hsmctl.h"
 #include "hsmctl/local.h"
 
+#define NOT_EMPTY "the destination store is not empty; copy into a new, empty database"
+
+/*
+ * Both stores are opened as they are, and the destination found empty,
+ * before either schema is brought forward (the copy reads and writes this
+ * build's): a copy refused for its destination leaves an older source, or
+ * an older shared store it was wrongly pointed at, as it was.
+ */
 static hsm_result copy_store(const char *data_dir, const char *to, uint64_t *keys)
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_store *src = NULL, *dst = NULL;
-	HSM_TRY(hsmctl_store_must_exist(data_dir));
-	HSM_TRY(hsm_store_open(data_dir, &src));
-	HSM_TRY(hsm_store_open(to, &dst));
+	bool held = false;
+	HSM_TRY(hsm_store_open_existing(data_dir, &src));
+	HSM_TRY(hsm_store_open_unmigrated(to, &dst));
+	HSM_TRY(hsm_store_holds_any(dst, &held));
+	HSM_CHECK(!held, HSM_ERR_CONFLICT, NOT_EMPTY);
+	HSM_TRY(hsm_store_migrate(src));
+	HSM_TRY(hsm_store_migrate(dst));
 	res = hsm_store_copy(src, dst);
 	if (res.err == HSM_ERR_CONFLICT)
-		res = HSM_FAIL(HSM_ERR_CONFLICT,
-		               "the destination store is not empty; copy into a new, empty database");
+		res = HSM_FAIL(HSM_ERR_CONFLICT, NOT_EMPTY);
 	HSM_TRY(res);
 	HSM_TRY(hsm_store_key_count(dst, keys));
 out:
