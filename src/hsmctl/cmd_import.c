@@ -302,11 +302,11 @@ static hsm_result import_offline(const import_opts *o, const hsm_buf *material)
 	hsm_buf enc = {0};
 	memset(&p, 0, sizeof(p));
 	memset(&rec, 0, sizeof(rec));
-	hsm_result res = hsmctl_local_open(o->data_dir, o->n_shares, o->shares, &l);
+	hsm_result res = hsmctl_local_open_as_is(o->data_dir, o->n_shares, o->shares, &l);
 	if (hsm_failed(res))
 		goto out;
 	/* Each call is audited with its outcome; a failure to audit fails the command. */
-	hsm_result done = hsm_kms_get_import_params(l.kms, &hsmctl_local_caller, o->key, WRAP_ALG,
+	hsm_result done = hsm_kms_get_import_params(l.kms, &l.caller, o->key, WRAP_ALG,
 	                                            o->wrapping_spec, &p);
 	HSM_TRY(hsmctl_local_audit(&l, "GetParametersForImport", hsm_ok(done) ? p.key_id : NULL, 0,
 	                           done));
@@ -324,7 +324,7 @@ static hsm_result import_offline(const import_opts *o, const hsm_buf *material)
 	                      .type = o->new_material ? HSM_IMPORT_NEW : HSM_IMPORT_ANY,
 	                      .description = o->description};
 	uint32_t version = 0;
-	done = hsm_kms_import_material(l.kms, &hsmctl_local_caller, &req, &rec, &version);
+	done = hsm_kms_import_material(l.kms, &l.caller, &req, &rec, &version);
 	HSM_TRY(hsmctl_local_audit(&l, "ImportKeyMaterial", p.key_id, version, done));
 	HSM_TRY(done);
 	char id[HSM_MATERIAL_ID_LEN + 1];
@@ -340,7 +340,7 @@ static hsm_result import_offline(const import_opts *o, const hsm_buf *material)
 		uint8_t kcv[HSM_KCV_LEN];
 		hsm_kcv_alg alg;
 		hsm_used_key used;
-		done = hsm_kms_key_check_value(l.kms, &hsmctl_local_caller, rec.key_id, kcv, &alg, &used);
+		done = hsm_kms_key_check_value(l.kms, &l.caller, rec.key_id, kcv, &alg, &used);
 		HSM_TRY(hsmctl_local_audit(&l, "GetKeyCheckValue", rec.key_id, version, done));
 		HSM_TRY(done);
 		printf("check-value: %02X%02X%02X (%s)\n", kcv[0], kcv[1], kcv[2], hsm_kcv_alg_name(alg));

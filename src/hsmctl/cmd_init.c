@@ -380,12 +380,14 @@ static hsm_result run_init(const init_opts *o)
 	HSM_TRY(hsmctl_share_dir_apart(o->share_dir, o->data_dir));
 	HSM_TRY(hsm_mkdir_p(o->share_dir));
 	HSM_TRY(check_outputs(o));
-	HSM_TRY(hsmctl_local_create(o->data_dir, &l));
+	HSM_TRY(hsmctl_local_create_as_is(o->data_dir, &l));
 	opened = true;
+	/* Refused here (a store already initialized), an older store keeps its schema. */
 	HSM_TRY(hsm_ks_init_prepare(l.ks, o->threshold, o->shares,
 	                            o->custodians[0] != NULL ? (const char *const *)o->custodians
 	                                                     : NULL,
 	                            false, shares, &in));
+	HSM_TRY(hsmctl_local_migrate(&l));
 	hsm_ks_init_identity(in, &id);
 	plan_files(o, &id, &files);
 	res = write_files(o, in, &id, shares, &files);

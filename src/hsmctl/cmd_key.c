@@ -258,7 +258,7 @@ static hsm_result withdraw_key(hsmctl_local *l, const char *key_id, hsm_err err)
 	snprintf(why, sizeof(why), "%s", hsm_last_message());
 	hsm_key_record rec;
 	memset(&rec, 0, sizeof(rec));
-	hsm_result d = hsm_kms_schedule_deletion(l->kms, &hsmctl_local_caller, key_id,
+	hsm_result d = hsm_kms_schedule_deletion(l->kms, &l->caller, key_id,
 	                                         WITHDRAWN_KEY_DAYS, &rec);
 	hsm_result a = hsmctl_local_audit(l, "ScheduleKeyDeletion", key_id, rec.primary_version, d);
 	hsm_key_record_clear(&rec);
@@ -293,11 +293,11 @@ static hsm_result do_create(hsmctl_local *l, const key_opts *o)
 	if (hsm_ok(r) && o->alias != NULL)
 		r = check_alias_free(l, o->alias);
 	if (hsm_ok(r))
-		r = hsm_kms_create_key(l->kms, &hsmctl_local_caller, &req, &rec);
+		r = hsm_kms_create_key(l->kms, &l->caller, &req, &rec);
 	HSM_GUARD(hsmctl_local_audit(l, "CreateKey", hsm_ok(r) ? rec.key_id : NULL, 1, r));
 	HSM_GUARD(r);
 	if (o->alias != NULL) {
-		r = hsm_kms_create_alias(l->kms, &hsmctl_local_caller, o->alias, rec.key_id);
+		r = hsm_kms_create_alias(l->kms, &l->caller, o->alias, rec.key_id);
 		hsm_result a = hsmctl_local_audit(l, "CreateAlias", rec.key_id, 0, r);
 		if (hsm_failed(r))
 			r = withdraw_key(l, rec.key_id, r.err);
@@ -323,7 +323,7 @@ static hsm_result do_list(hsmctl_local *l)
 {
 	char marker[HSM_UUID_STRLEN + 1] = "", last[HSM_UUID_STRLEN + 1] = "";
 	for (bool more = true; more; memcpy(marker, last, sizeof(marker)))
-		HSM_GUARD(hsm_kms_list_keys(l->kms, &hsmctl_local_caller, marker, 1000, print_one, last,
+		HSM_GUARD(hsm_kms_list_keys(l->kms, &l->caller, marker, 1000, print_one, last,
 		                            &more));
 	return HSM_SUCCESS;
 }
@@ -332,7 +332,7 @@ static hsm_result show(hsmctl_local *l, const char *key)
 {
 	hsm_key_record rec;
 	memset(&rec, 0, sizeof(rec));
-	HSM_GUARD(hsm_kms_describe_key(l->kms, &hsmctl_local_caller, key, &rec));
+	HSM_GUARD(hsm_kms_describe_key(l->kms, &l->caller, key, &rec));
 	print_key(&rec);
 	hsm_key_record_clear(&rec);
 	return HSM_SUCCESS;
@@ -340,7 +340,7 @@ static hsm_result show(hsmctl_local *l, const char *key)
 
 static hsm_result do_sub(hsmctl_local *l, const key_opts *o)
 {
-	const hsm_caller *me = &hsmctl_local_caller;
+	const hsm_caller *me = &l->caller;
 	hsm_key_record rec;
 	memset(&rec, 0, sizeof(rec));
 	hsm_result r = HSM_SUCCESS;
@@ -410,7 +410,7 @@ int hsmctl_cmd_key(int argc, char **argv)
 	bool reads = strcmp(o.sub, "list") == 0 || strcmp(o.sub, "describe") == 0;
 	hsm_result r = strcmp(o.sub, "create") == 0 ? check_identity_first(&o) : HSM_SUCCESS;
 	if (hsm_ok(r))
-		r = reads ? open_to_read(&o, &l) : hsmctl_local_open(o.data_dir, o.n_shares, o.shares, &l);
+		r = reads ? open_to_read(&o, &l) : hsmctl_local_open_as_is(o.data_dir, o.n_shares, o.shares, &l);
 	if (hsm_ok(r) && !reads && o.n_shares == 0) {
 		hsm_unseal_progress p;
 		hsm_keystore_unseal_status(l.ks, &p);

@@ -345,7 +345,7 @@ static hsm_result run_rekey(rekey_opts *o, int *exit_code)
 	memset(&files, 0, sizeof(files));
 	hsm_log_set_level(HSM_LOG_WARN); /* the command reports what it did */
 	HSM_TRY(hsmctl_share_dir_apart(o->share_dir, o->data_dir));
-	HSM_TRY(hsmctl_local_open(o->data_dir, o->n_shares, o->shares, &l));
+	HSM_TRY(hsmctl_local_open_as_is(o->data_dir, o->n_shares, o->shares, &l));
 	opened = true; /* the master key was rebuilt: from here on, the rekey is on the trail */
 	hsm_keystore_identity(l.ks, &old);
 	hsm_hex_encode_str(old_hex, old.set_id, sizeof(old.set_id));
@@ -357,6 +357,8 @@ static hsm_result run_rekey(rekey_opts *o, int *exit_code)
 	hsm_ks_rekey_identity(rk, &neu);
 	hsm_hex_encode_str(new_hex, neu.set_id, sizeof(neu.set_id));
 	HSM_TRY(plan_files(o, hsm_keystore_store_id(l.ks), new_hex, &files));
+	/* Nothing above changed the store: refused there, an older one keeps its schema. */
+	HSM_TRY(hsmctl_local_migrate(&l));
 	res = write_files(o, &l, old_hex, new_hex, &old, shares, &files);
 	if (hsm_failed(res)) {
 		snprintf(why, sizeof(why), "%s", hsm_last_message());

@@ -78,7 +78,18 @@ int hsmctl_cmd_store(int argc, char **argv)
 	/* The source directory's audit trail records the copy, whatever its outcome. */
 	hsmctl_globals.store = NULL;
 	hsmctl_local l;
-	if (hsm_failed(hsmctl_local_open(data_dir, 0, NULL, &l)))
+	/*
+	 * Recording changes nothing in the source: a refused copy leaves its schema
+	 * as it was.  After a copy (which brought it forward), the outbox works as
+	 * for any change, settling what earlier commands left unrecorded.
+	 */
+	hsm_result opened = hsmctl_local_open_as_is(data_dir, 0, NULL, &l);
+	if (hsm_ok(opened) && hsm_ok(copied)) {
+		opened = hsmctl_local_migrate(&l);
+		if (hsm_failed(opened))
+			hsmctl_local_close(&l);
+	}
+	if (hsm_failed(opened))
 		return hsmctl_fail(hsm_failed(copied) ? "store copy" : "store copy: auditing the copy");
 	hsm_audit_field f[] = {{"to", shown}};
 	hsm_result r = hsmctl_local_audit_fields(&l, "StoreCopy", NULL, 0, copied, f, 1);

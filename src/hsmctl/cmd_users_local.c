@@ -111,8 +111,8 @@ static hsm_result list(hsmctl_local *l, const users_opts *o)
 	bool users = strcmp(o->cmd, "user") == 0;
 	HSM_ENSURE(!users || o->name == NULL, HSM_ERR_VALIDATION, "user list takes no NAME");
 	hsm_audit_field f[] = {{"target_user", o->name != NULL ? o->name : ""}};
-	hsm_result r = users ? hsm_kms_user_list(l->kms, &hsmctl_local_caller, print_user, NULL)
-	                     : hsm_kms_access_key_list(l->kms, &hsmctl_local_caller, o->name,
+	hsm_result r = users ? hsm_kms_user_list(l->kms, &l->caller, print_user, NULL)
+	                     : hsm_kms_access_key_list(l->kms, &l->caller, o->name,
 	                                               print_access_key, NULL);
 	HSM_GUARD(hsmctl_local_audit_fields(l, users ? "ListUsers" : "ListAccessKeys", NULL, 0, r, f,
 	                                    o->name != NULL ? 1 : 0));
@@ -121,7 +121,7 @@ static hsm_result list(hsmctl_local *l, const users_opts *o)
 
 static hsm_result user_change(hsmctl_local *l, const users_opts *o)
 {
-	const hsm_caller *me = &hsmctl_local_caller;
+	const hsm_caller *me = &l->caller;
 	hsm_result r = HSM_SUCCESS;
 	const char *op;
 	char role_names[128] = "";
@@ -151,7 +151,7 @@ static hsm_result user_change(hsmctl_local *l, const users_opts *o)
 static hsm_result access_key_change(hsmctl_local *l, const users_opts *o)
 {
 	if (strcmp(o->sub, "revoke") == 0) {
-		hsm_result r = hsm_kms_access_key_revoke(l->kms, &hsmctl_local_caller, o->name);
+		hsm_result r = hsm_kms_access_key_revoke(l->kms, &l->caller, o->name);
 		hsm_audit_field f[] = {{"target_access_key_id", o->name}};
 		HSM_GUARD(hsmctl_local_audit_fields(l, "RevokeAccessKey", NULL, 0, r, f, 1));
 		HSM_GUARD(r);
@@ -160,7 +160,7 @@ static hsm_result access_key_change(hsmctl_local *l, const users_opts *o)
 	}
 	char akid[HSM_ACCESS_KEY_ID_LEN + 1] = "";
 	hsm_secret *secret = NULL;
-	hsm_result r = hsm_kms_access_key_create(l->kms, &hsmctl_local_caller, o->name, akid, &secret);
+	hsm_result r = hsm_kms_access_key_create(l->kms, &l->caller, o->name, akid, &secret);
 	bool noted = hsmctl_local_noted(l);
 	/* The id only: the secret goes to the operator's terminal alone. */
 	hsm_audit_field f[] = {{"target_user", o->name}, {"target_access_key_id", akid}};
@@ -215,9 +215,10 @@ static int run(const char *cmd, int argc, char **argv)
 		                    cmd, o.sub);
 	hsmctl_local l = {0};
 	hsm_result r = listing ? hsmctl_local_inspect(o.data_dir, o.n_shares, o.shares, &l)
-	                       : hsmctl_local_open(o.data_dir, o.n_shares, o.shares, &l);
+	                       : hsmctl_local_open_as_is(o.data_dir, o.n_shares, o.shares, &l);
 	if (hsm_ok(r))
 		r = listing ? list(&l, &o) : users ? user_change(&l, &o) : access_key_change(&l, &o);
+	r = hsmctl_local_explain(&l, o.n_shares, r);
 	hsmctl_local_close(&l);
 	if (hsm_ok(r))
 		return 0;

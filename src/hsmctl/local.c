@@ -494,6 +494,18 @@ hsm_result hsmctl_local_audit_fields(hsmctl_local *l, const char *operation, con
 
 hsm_result hsmctl_local_explain(hsmctl_local *l, size_t n_shares, hsm_result r)
 {
+	int have = l->store != NULL ? hsm_store_schema_version(l->store) : 0;
+	if (r.err == HSM_ERR_STORE && l->unmigrated && have < hsm_store_schema_latest(l->store)) {
+		/* Read as it is before any change: a store older than these reads knows stays so. */
+		char why[HSM_ERRMSG_MAX];
+		snprintf(why, sizeof(why), "%s", hsm_last_message());
+		return HSM_FAIL(HSM_ERR_STORE,
+		                "%.300s; the store has schema version %d, older than this hsmctl's %d, "
+		                "and the command's checks could not read it as it is, so nothing was "
+		                "changed: start the upgraded hsmd on it once (it brings the store "
+		                "forward), then run this again",
+		                why, have, hsm_store_schema_latest(l->store));
+	}
 	if (r.err != HSM_ERR_SEALED || n_shares > 0 || l->ks == NULL ||
 	    hsm_keystore_state(l->ks) != HSM_NODE_SEALED)
 		return r;
@@ -532,20 +544,45 @@ static hsm_result local_identity(hsmctl_local *l)
 	return HSM_SUCCESS;
 }
 
-hsm_result hsmctl_store_must_exist(const char *location)
+hsm_result hsmctl_local_migrate(hsmctl_local *l)
 {
-	hsm_store *probe = NULL;
-	HSM_GUARD(hsm_store_open_existing(location, &probe));
-	hsm_store_close(probe);
-	return HSM_SUCCESS;
+	if (!l->unmigrated)
+		return HSM_SUCCESS;
+	HSM_GUARD(hsm_store_migrate(l->store));
+	l->unmigrated = false;
+	l->gate.passed = true;
+	return outbox_open(l, l->data_dir, l->adopted);
+}
+
+/* l->caller's commit gate: every operation calls it right before its first change. */
+static hsm_result migrate_at_commit(void *arg)
+{
+	return hsmctl_local_migrate(arg);
+}
+
+/* Set on l where it stays: the gate points back at it. */
+static void local_caller(hsmctl_local *l)
+{
+	l->caller = hsmctl_local_caller;
+	memset(&l->gate, 0, sizeof(l->gate));
+	l->gate.fn = migrate_at_commit;
+	l->gate.arg = l;
+	l->gate.passed = !l->unmigrated;
+	l->caller.gate = &l->gate;
 }
 
 /* How local_open opens the store. */
 enum open_mode {
-	OPEN_CHANGE,  /* an existing store, brought up to date */
-	OPEN_CREATE,  /* made when missing (init, restore) */
-	OPEN_INSPECT, /* an existing store, as it is */
+	OPEN_CHANGE,  /* an existing store, as it is until hsmctl_local_migrate */
+	OPEN_CREATE,  /* made when missing (init, restore); an existing one as it is */
+	OPEN_INSPECT, /* an existing store, as it is, for good */
 };
+
+static hsm_result local_kms(hsmctl_local *l)
+{
+	hsm_kms_config cfg = {.region = l->region, .account_id = l->account};
+	return hsm_kms_new(l->store, l->ks, &cfg, &l->kms);
+}
 
 static hsm_result local_open(const char *data_dir, enum open_mode mode, bool noting,
                              size_t n_shares, char *const shares[], const char *adopted,
@@ -556,14 +593,19 @@ static hsm_result local_open(const char *data_dir, enum open_mode mode, bool not
 	hsmctl_local l = {0};
 	HSM_ENSURE(data_dir != NULL, HSM_ERR_VALIDATION, "--data-dir is required");
 	HSM_TRY(hsm_secure_process_init(HSM_SECURE_HEAP_DEFAULT));
-	/* Only init and restore make a store: a mistyped directory is named, not filled. */
-	if (mode == OPEN_CHANGE)
-		HSM_TRY(hsmctl_store_must_exist(hsmctl_store_location(data_dir)));
-	if (inspect)
-		HSM_TRY(hsm_store_open_existing(hsmctl_store_location(data_dir), &l.store));
+	/*
+	 * Only init and restore make a store: a mistyped directory is named, not
+	 * filled.  An existing store is opened as it is: whatever may still
+	 * refuse the command (its shares, its arguments against what the store
+	 * holds) is checked first, and an older schema is brought forward only
+	 * by hsmctl_local_migrate, once the command is sure to change the store.
+	 */
+	if (mode == OPEN_CREATE)
+		HSM_TRY(hsm_store_open_unmigrated(hsmctl_store_location(data_dir), &l.store));
 	else
-		HSM_TRY(hsm_store_open(hsmctl_store_location(data_dir), &l.store));
+		HSM_TRY(hsm_store_open_existing(hsmctl_store_location(data_dir), &l.store));
 	HSM_TRY(open_audit(data_dir, &l.audit));
+	/* The keystore reads only the metadata, which every schema has. */
 	HSM_TRY(hsm_keystore_new(l.store, 0, &l.ks));
 	HSM_CHECK(hsm_keystore_state(l.ks) != HSM_NODE_ERROR, HSM_ERR_NODE_ERROR,
 	          "self-test failed: %s", hsm_keystore_error_reason(l.ks));
@@ -585,26 +627,45 @@ static hsm_result local_open(const char *data_dir, enum open_mode mode, bool not
 		hsm_audit_set_signer(l.audit, local_signer, l.ks);
 	}
 	HSM_TRY(local_identity(&l));
-	hsm_kms_config cfg = {.region = l.region, .account_id = l.account};
-	HSM_TRY(hsm_kms_new(l.store, l.ks, &cfg, &l.kms));
+	HSM_TRY(local_kms(&l));
 	/* A read-only command's outbox needs the store's current schema: it is not migrated. */
-	if (!inspect || (noting && hsm_store_schema_version(l.store) ==
-	                               hsm_store_schema_latest(l.store)))
-		HSM_TRY(outbox_open(&l, data_dir, adopted));
+	if (inspect && noting &&
+	    hsm_store_schema_version(l.store) == hsm_store_schema_latest(l.store))
+		HSM_TRY(outbox_open(&l, data_dir, NULL));
+	l.data_dir = data_dir;
+	l.adopted = adopted;
+	l.unmigrated = !inspect;
 	*out = l;
 	memset(&l, 0, sizeof(l));
+	local_caller(out);
 out:
 	hsmctl_local_close(&l);
 	return res;
 }
 
-hsm_result hsmctl_local_open(const char *data_dir, size_t n_shares, char *const shares[],
-                             hsmctl_local *out)
+/* Opened as it is, then migrated at once: for a command with nothing left to refuse. */
+static hsm_result open_migrated(hsm_result opened, hsmctl_local *out)
+{
+	HSM_GUARD(opened);
+	hsm_result r = hsmctl_local_migrate(out);
+	if (hsm_failed(r))
+		hsmctl_local_close(out);
+	return r;
+}
+
+hsm_result hsmctl_local_open_as_is(const char *data_dir, size_t n_shares, char *const shares[],
+                                   hsmctl_local *out)
 {
 	return local_open(data_dir, OPEN_CHANGE, false, n_shares, shares, NULL, out);
 }
 
-hsm_result hsmctl_local_create(const char *data_dir, hsmctl_local *out)
+hsm_result hsmctl_local_open(const char *data_dir, size_t n_shares, char *const shares[],
+                             hsmctl_local *out)
+{
+	return open_migrated(hsmctl_local_open_as_is(data_dir, n_shares, shares, out), out);
+}
+
+hsm_result hsmctl_local_create_as_is(const char *data_dir, hsmctl_local *out)
 {
 	return local_open(data_dir, OPEN_CREATE, false, 0, NULL, NULL, out);
 }
@@ -612,7 +673,8 @@ hsm_result hsmctl_local_create(const char *data_dir, hsmctl_local *out)
 hsm_result hsmctl_local_open_adopting(const char *data_dir, size_t n_shares, char *const shares[],
                                       const char *request_id, hsmctl_local *out)
 {
-	return local_open(data_dir, OPEN_CREATE, false, n_shares, shares, request_id, out);
+	return open_migrated(
+	    local_open(data_dir, OPEN_CREATE, false, n_shares, shares, request_id, out), out);
 }
 
 hsm_result hsmctl_local_inspect(const char *data_dir, size_t n_shares, char *const shares[],

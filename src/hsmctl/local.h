@@ -28,6 +28,21 @@ typedef struct hsmctl_local {
 	char account[13];
 	char region[HSM_REGION_NAME_MAX + 1];
 	bool identity_recorded, identity_known;
+	/*
+	 * Opened to change, its schema not yet brought forward (hsmctl_local_open_as_is):
+	 * the command may read and refuse, but changes nothing before hsmctl_local_migrate.
+	 */
+	bool unmigrated;
+	const char *data_dir; /* borrowed from the caller, for hsmctl_local_migrate */
+	const char *adopted;  /* hsmctl_local_open_adopting's request id, or NULL */
+	/*
+	 * The local operator (hsmctl_local_caller) whose operations on kms
+	 * migrate the store at their commit (hsm_caller_commit), once every
+	 * check of the request passed: pass &l->caller to kms.  Its gate points
+	 * at l, which must not be copied.
+	 */
+	hsm_caller caller;
+	hsm_commit_gate gate;
 } hsmctl_local;
 
 #define HSMCTL_MAX_SHARE_ARGS 16
@@ -43,10 +58,32 @@ const char *hsmctl_store_location(const char *data_dir);
  * (store.h) with that record's request id, deleted at close once the trail
  * is durable: hsmctl killed between a change and its record leaves the row,
  * which the next offline command on data_dir, or the hsmd serving it at its
- * start, settles with a RequestRecordRecovered record.
+ * start, settles with a RequestRecordRecovered record.  The same as
+ * hsmctl_local_open_as_is followed at once by hsmctl_local_migrate: for a
+ * command that has nothing left to refuse once its shares have opened the store.
  */
 hsm_result hsmctl_local_open(const char *data_dir, size_t n_shares, char *const shares[],
                              hsmctl_local *out) HSM_MUST_CHECK;
+/*
+ * hsmctl_local_open for a command that may still refuse on what the store
+ * holds (a user that exists, a key that does not): the store is opened as
+ * it is (hsm_store_open_existing) and unsealed with the shares, and an older
+ * schema is brought forward only by hsmctl_local_migrate, which an
+ * operation of l->kms called as l->caller runs at its commit, once every
+ * check of its request passed (hsm_caller_commit): a refused command leaves
+ * the store one the older hsmd still opens, with no upgrade on it, as a
+ * refused start of hsmd does.  Nothing else may change the store, and no
+ * outbox works, until hsmctl_local_migrate.
+ */
+hsm_result hsmctl_local_open_as_is(const char *data_dir, size_t n_shares, char *const shares[],
+                                   hsmctl_local *out) HSM_MUST_CHECK;
+/*
+ * Brings the store of hsmctl_local_open_as_is (or _create_as_is) up to this
+ * build's schema, as hsm_store_migrate (the log line, the upgrade record for
+ * the next Startup event), makes l->kms anew on it and opens the audit
+ * outbox: from here on the command may change the store.  Once per opening.
+ */
+hsm_result hsmctl_local_migrate(hsmctl_local *l) HSM_MUST_CHECK;
 /*
  * The same for commands that only read the store (status, unseal, backup
  * create): an existing store, opened as it is (hsm_store_open_existing), so
@@ -88,10 +125,12 @@ typedef struct hsmctl_early_change {
 hsm_result hsmctl_early_change_init(hsmctl_early_change *c, const char *data_dir) HSM_MUST_CHECK;
 hsm_result hsmctl_local_open_adopting(const char *data_dir, size_t n_shares, char *const shares[],
                                       const char *request_id, hsmctl_local *out) HSM_MUST_CHECK;
-/* hsmctl_local_open for init, which makes the store when there is none. */
-hsm_result hsmctl_local_create(const char *data_dir, hsmctl_local *out) HSM_MUST_CHECK;
-/* Fails as hsm_store_open_existing does when location holds no store; changes nothing. */
-hsm_result hsmctl_store_must_exist(const char *location) HSM_MUST_CHECK;
+/*
+ * hsmctl_local_open_as_is for init, which makes the store when there is none
+ * (a new store is this build's at once); an existing one is opened as it is,
+ * for init to refuse before hsmctl_local_migrate.
+ */
+hsm_result hsmctl_local_create_as_is(const char *data_dir, hsmctl_local *out) HSM_MUST_CHECK;
 /*
  * Records an offline operation in the audit trail (blocking).  Fails closed:
  * the caller reports a failure to record as the command's failure.
@@ -128,8 +167,10 @@ hsm_result hsmctl_unseal_files_noted(hsm_keystore *ks, size_t n, char *const fil
 
 /*
  * r, or, when r failed because l's store stayed sealed for want of shares
- * (n_shares is 0), the failure saying so: which option to give, and how many.
- * Call before hsmctl_local_close.
+ * (n_shares is 0), the failure saying so: which option to give, and how many;
+ * when a store opened as it is, older than this build, failed a read before
+ * any change (hsmctl_local_open_as_is), r saying that the upgraded hsmd
+ * must bring it forward first.  Call before hsmctl_local_close.
  */
 hsm_result hsmctl_local_explain(hsmctl_local *l, size_t n_shares, hsm_result r) HSM_MUST_CHECK;
 
