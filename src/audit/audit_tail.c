@@ -107,11 +107,27 @@ static hsm_result push_path(char ***v, size_t *len, size_t *cap, const char *dir
 	return HSM_SUCCESS;
 }
 
+/* Appends the path of each audit file in dir to v; *found: how many. */
+static hsm_result push_dir_files(const char *dir, char ***v, size_t *len, size_t *cap,
+                                 size_t *found)
+{
+	hsm_result res = HSM_SUCCESS;
+	char **names = NULL;
+	size_t n_names = 0;
+	HSM_TRY(audit_list_files(dir, &names, &n_names));
+	for (size_t j = 0; j < n_names && hsm_ok(res); j++)
+		res = push_path(v, len, cap, dir, names[j]);
+	*found = n_names;
+out:
+	audit_free_list(names, n_names);
+	return res;
+}
+
 hsm_result hsm_audit_expand_paths(const char *const *args, size_t n, char ***out, size_t *n_out)
 {
 	hsm_result res = HSM_SUCCESS;
-	char **v = NULL, **names = NULL;
-	size_t len = 0, cap = 0, n_names = 0;
+	char **v = NULL;
+	size_t len = 0, cap = 0, found = 0;
 	const char *empty = NULL;
 	for (size_t i = 0; i < n && hsm_ok(res); i++) {
 		struct stat st;
@@ -119,15 +135,10 @@ hsm_result hsm_audit_expand_paths(const char *const *args, size_t n, char ***out
 			res = push_path(&v, &len, &cap, args[i], NULL); /* a file: read (and reported) as given */
 			continue;
 		}
-		HSM_TRY(audit_list_files(args[i], &names, &n_names));
+		HSM_TRY(push_dir_files(args[i], &v, &len, &cap, &found));
 		/* A copy directory before the first rotation is empty: fine beside the trail itself. */
-		if (n_names == 0 && empty == NULL)
+		if (found == 0 && empty == NULL)
 			empty = args[i];
-		for (size_t j = 0; j < n_names && hsm_ok(res); j++)
-			res = push_path(&v, &len, &cap, args[i], names[j]);
-		audit_free_list(names, n_names);
-		names = NULL;
-		n_names = 0;
 	}
 	HSM_CHECK(len > 0 || empty == NULL, HSM_ERR_VALIDATION,
 	          "%.256s holds no audit file (audit-SEQ.jsonl)", empty);
@@ -138,7 +149,6 @@ hsm_result hsm_audit_expand_paths(const char *const *args, size_t n, char ***out
 		len = 0;
 	}
 out:
-	audit_free_list(names, n_names);
 	audit_free_list(v, len);
 	return res;
 }
@@ -147,22 +157,16 @@ void hsm_audit_free_paths(char **paths, size_t n) { audit_free_list(paths, n); }
 
 hsm_result hsm_audit_trail_files(const char *dir, char ***out, size_t *n_out)
 {
-	hsm_result res = HSM_SUCCESS;
-	char **names = NULL, **v = NULL;
-	size_t n_names = 0, len = 0, cap = 0;
-	HSM_TRY(audit_list_files(dir, &names, &n_names));
-	for (size_t i = 0; i < n_names && hsm_ok(res); i++)
-		res = push_path(&v, &len, &cap, dir, names[i]);
-	if (hsm_ok(res)) {
-		*out = v;
-		*n_out = len;
-		v = NULL;
-		len = 0;
+	char **v = NULL;
+	size_t len = 0, cap = 0, found = 0;
+	hsm_result res = push_dir_files(dir, &v, &len, &cap, &found);
+	if (hsm_failed(res)) {
+		audit_free_list(v, len);
+		return res;
 	}
-out:
-	audit_free_list(names, n_names);
-	audit_free_list(v, len);
-	return res;
+	*out = v;
+	*n_out = len;
+	return HSM_SUCCESS;
 }
 
 /* Reads n bytes at off. */
