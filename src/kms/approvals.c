@@ -253,33 +253,21 @@ bool hsm_kms_approval_approved(hsm_kms *kms, const hsm_approval_record *a)
 	return reaches_quorum(kms, a, hsm_kms_approval_valid(kms, a));
 }
 
-/* The enabled custodians' names, to count each person once (same_person). */
-typedef struct count_arg {
-	char (*names)[HSM_USER_NAME_MAX + 1];
-	size_t n, cap;
-} count_arg;
-
+/* The enabled custodians' names (a kms_name_list), to count each person once (same_person). */
 static hsm_result count_custodian(const hsm_user_record *u, void *arg)
 {
-	count_arg *c = arg;
+	kms_name_list *c = arg;
 	if (u->disabled || (u->roles & HSM_ROLES_CUSTODIAN) == 0)
 		return HSM_SUCCESS;
 	for (size_t i = 0; i < c->n; i++)
 		if (same_person(c->names[i], u->name))
 			return HSM_SUCCESS;
-	if (c->n == c->cap) {
-		size_t cap = c->cap == 0 ? 16 : 2 * c->cap;
-		void *more = realloc(c->names, cap * sizeof(*c->names));
-		HSM_ENSURE(more != NULL, HSM_ERR_NOMEM, "out of memory");
-		c->names = more;
-		c->cap = cap;
-	}
-	return hsm_strcpy(c->names[c->n++], sizeof(c->names[0]), u->name);
+	return kms_name_list_add(c, u->name);
 }
 
 hsm_result hsm_kms_custodians_in(hsm_store *store, unsigned *out)
 {
-	count_arg c = {NULL, 0, 0};
+	kms_name_list c = {NULL, 0, 0};
 	hsm_result r = hsm_store_user_list(store, count_custodian, &c);
 	free(c.names);
 	HSM_GUARD(r);

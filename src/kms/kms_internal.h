@@ -261,4 +261,13 @@ hsm_result kms_commit_unless_taken(hsm_result lookup, const hsm_caller *caller) 
 hsm_result kms_promote_pending(hsm_kms *kms, const hsm_caller *caller, const kms_key *k,
                                hsm_rotation_type type, hsm_key_record *out) HSM_MUST_CHECK;
 
+/* A growing list of user names (users.c, approvals.c); free names when done. */
+typedef struct kms_name_list {
+	char (*names)[HSM_USER_NAME_MAX + 1];
+	size_t n, cap;
+} kms_name_list;
+
+/* Appends name to l. */
+hsm_result kms_name_list_add(kms_name_list *l, const char *name) HSM_MUST_CHECK;
+
 #endif

@@ -50,23 +50,22 @@ static hsm_result find_twin(const hsm_user_record *u, void *arg)
 	return HSM_SUCCESS;
 }
 
-/* Every user name of the store, for hsm_kms_user_case_twins. */
-typedef struct name_list {
-	char (*names)[HSM_USER_NAME_MAX + 1];
-	size_t n, cap;
-} name_list;
-
-static hsm_result collect_name(const hsm_user_record *u, void *arg)
+hsm_result kms_name_list_add(kms_name_list *l, const char *name)
 {
-	name_list *l = arg;
 	if (l->n == l->cap) {
-		size_t cap = l->cap == 0 ? 64 : 2 * l->cap;
+		size_t cap = l->cap == 0 ? 16 : 2 * l->cap;
 		void *more = realloc(l->names, cap * sizeof(*l->names));
 		HSM_ENSURE(more != NULL, HSM_ERR_NOMEM, "out of memory");
 		l->names = more;
 		l->cap = cap;
 	}
-	return hsm_strcpy(l->names[l->n++], sizeof(l->names[0]), u->name);
+	return hsm_strcpy(l->names[l->n++], sizeof(l->names[0]), name);
+}
+
+/* Every user name of the store, for hsm_kms_user_case_twins. */
+static hsm_result collect_name(const hsm_user_record *u, void *arg)
+{
+	return kms_name_list_add(arg, u->name);
 }
 
 static int by_folded_name(const void *a, const void *b)
@@ -77,7 +76,7 @@ static int by_folded_name(const void *a, const void *b)
 
 hsm_result hsm_kms_user_case_twins(hsm_store *store, char *out, size_t cap, size_t *sets)
 {
-	name_list l = {NULL, 0, 0};
+	kms_name_list l = {NULL, 0, 0};
 	hsm_result res = hsm_store_user_list(store, collect_name, &l);
 	hsm_sb b;
 	hsm_sb_init(&b, out, cap);
