@@ -1314,6 +1314,7 @@ static void handle_get(hsm_server *s, hsm_http_req *req, const char *path)
 	} else {
 		type = CONTENT_TYPE_JSON;
 		status = error_body(HSM_ERR_NOT_FOUND, "no such resource", 404, &body);
+		hsm_server_http_refused(req, status, "NotFoundException", "no such resource", s);
 	}
 	if (probe == HSM_PROBE_HEALTHZ)
 		hsm_metrics_probe(&s->metrics, probe);
@@ -1351,6 +1352,7 @@ void hsm_server_on_request(hsm_http_req *req, void *arg)
 	} else {
 		hsm_buf body = {0};
 		int status = error_body(HSM_ERR_NOT_FOUND, "no such resource", 404, &body);
+		hsm_server_http_refused(req, status, "NotFoundException", "no such resource", s);
 		respond_now(s, req, HSM_METRIC_NONE, status, HSM_ERR_NOT_FOUND, false, CONTENT_TYPE_JSON,
 		            &body);
 		hsm_buf_free(&body);

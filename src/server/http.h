@@ -88,6 +88,9 @@ typedef enum hsm_http_client_auth {
  * Server settings.  Strings are borrowed only for the duration of
  * hsm_http_server_new().  Start from hsm_http_config_defaults().
  */
+typedef struct hsm_http_server hsm_http_server;
+typedef struct hsm_http_req hsm_http_req;
+
 typedef struct hsm_http_config {
 	const char *listen;          /* "127.0.0.1:8443", "[::1]:8443"; port 0 picks a free port */
 	unsigned workers;            /* 0: one per online CPU */
@@ -122,12 +125,20 @@ typedef struct hsm_http_config {
 	 * "": none.
 	 */
 	const char *proxy_protocol_from;
+	/*
+	 * Told, on the worker, of each request the framework answers by itself
+	 * (above: malformed or too large, a method or path nothing serves), just
+	 * before the answer goes: its status, the __type of the error, and a
+	 * constant reason.  The handler's arg is passed.  It must not answer or
+	 * keep req; the request's method and path may be "" (not parsed).
+	 * NULL: nobody is told.
+	 */
+	void (*refused)(hsm_http_req *req, int status, const char *type, const char *reason,
+	                void *arg);
 } hsm_http_config;
 
 void hsm_http_config_defaults(hsm_http_config *cfg);
 
-typedef struct hsm_http_server hsm_http_server;
-typedef struct hsm_http_req hsm_http_req;
 
 /*
  * Called on a worker thread for each GET, POST or HEAD request.  The handler

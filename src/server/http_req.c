@@ -146,17 +146,27 @@ bool hsm_http_path_is_resource(const char *path)
 	return false;
 }
 
+/* The server is told of a request it answers without its handler (hsm_http_config.refused). */
+static void tell_refused(hsm_http_req *req, int status, const char *type, const char *reason)
+{
+	const hsm_http_server *srv = req->w->srv;
+	if (srv->cfg.refused != NULL)
+		srv->cfg.refused(req, status, type, reason, srv->arg);
+}
+
 void hsm_http_respond_not_allowed(hsm_http_req *req)
 {
 	for (size_t i = 0; i < sizeof(resources) / sizeof(resources[0]); i++) {
 		if (strcmp(req->head.path, resources[i].path) == 0) {
 			hsm_http_header allow = {"Allow", resources[i].allow};
+			tell_refused(req, 405, "UnknownOperationException", "method not allowed here");
 			hsm_http_respond(req, 405, "application/json", not_allowed_body,
 			                 sizeof(not_allowed_body) - 1, 1, &allow);
 			return;
 		}
 	}
 	/* No such resource, whatever the method (as a GET of it is answered). */
+	tell_refused(req, 404, "NotFoundException", "no such resource");
 	hsm_http_respond(req, 404, "application/json", not_found_body, sizeof(not_found_body) - 1,
 	                 0, NULL);
 }
@@ -212,6 +222,7 @@ void hsm_http_req_refuse(hsm_http_conn *conn, hsm_http_req *req, int status, con
 	req->close = true;
 	req->state = REQ_HANDLER;
 	hsm_http_inflight_add(req->w, 1);
+	tell_refused(req, status, type, message);
 	hsm_http_respond(req, status, "application/json", body, strlen(body), 0, NULL);
 	hsm_http_flush_local(req->w);
 }
@@ -244,10 +255,12 @@ void hsm_http_req_dispatch(hsm_http_conn *conn, hsm_http_req *req)
 	bool served = strcmp(m, "GET") == 0 || strcmp(m, "POST") == 0 || req->is_head ||
 	              (strcmp(m, "OPTIONS") == 0 && req->head.path[0] == '/');
 	if (!ok) {
+		tell_refused(req, 500, "KMSInternalException", "no request id could be made");
 		hsm_http_respond(req, 500, NULL, NULL, 0, 0, NULL);
 	} else if (!served && is_known_method(m)) {
 		hsm_http_respond_not_allowed(req);
 	} else if (!served) {
+		tell_refused(req, 501, "UnknownOperationException", "unknown HTTP method");
 		hsm_http_respond(req, 501, "application/json", not_implemented_body,
 		                 sizeof(not_implemented_body) - 1, 0, NULL);
 	} else {

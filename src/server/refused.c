@@ -37,6 +37,81 @@ bool hsm_server_own_record(hsm_server *s, hsm_http_req *req, const char *operati
 	                         auth != NULL && auth->key_found, mono_ms(), hsm_now_ms());
 }
 
+/* ---- requests answered before they were read as an API call ------------------- */
+
+#define HTTP_OPERATION "HttpRequest"
+#define PLAIN_MAX 64 /* of a method or path in a record; then HSM_AUDIT_TRUNCATED_MARK */
+#define PLAIN_CAP (PLAIN_MAX + sizeof(HSM_AUDIT_TRUNCATED_MARK))
+
+/* A method or path as a record shows it: letters, digits and "/._~-", any other byte a '?'. */
+static void plain_text(const char *in, char out[PLAIN_CAP])
+{
+	size_t n = 0;
+	for (; in[n] != '\0' && n < PLAIN_MAX; n++) {
+		char c = in[n];
+		bool plain = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		             strchr("/._~-", c) != NULL;
+		out[n] = plain ? c : '?';
+	}
+	if (in[n] != '\0')
+		memcpy(out + n, HSM_AUDIT_TRUNCATED_MARK, sizeof(HSM_AUDIT_TRUNCATED_MARK));
+	else
+		out[n] = '\0';
+}
+
+static void record_written(void *arg, hsm_result r)
+{
+	(void)arg;
+	(void)r; /* the refusal was answered already; a trail that went down says so itself */
+}
+
+static void kick(void *audit)
+{
+	hsm_audit_kick(audit);
+}
+
+void hsm_server_http_refused(hsm_http_req *req, int status, const char *type, const char *reason,
+                             void *arg)
+{
+	hsm_server *s = arg;
+	if (hsm_audit_low_space(s->audit)) {
+		hsm_audit_note_refused(s->audit); /* counted in the event that ends the spell */
+		return;
+	}
+	if (!hsm_refusals_take(s->refusals, hsm_http_req_remote_addr(req), type, NULL, false,
+	                       mono_ms(), hsm_now_ms()))
+		return; /* counted in the source's summary */
+	hsm_sender who;
+	hsm_server_sender(s, req, NULL, &who);
+	char code[12], method[PLAIN_CAP], path[PLAIN_CAP];
+	snprintf(code, sizeof(code), "%d", status);
+	hsm_audit_field extra[4] = {{"http_status", code}, {"reason", reason}};
+	size_t n_extra = 2;
+	const char *m = hsm_http_req_method(req), *p = hsm_http_req_path(req);
+	if (m[0] != '\0') {
+		plain_text(m, method);
+		extra[n_extra++] = (hsm_audit_field){"method", method};
+	}
+	if (p[0] != '\0') {
+		plain_text(p, path);
+		extra[n_extra++] = (hsm_audit_field){"path", path};
+	}
+	hsm_audit_record rec = {
+	    .type = HSM_AUDIT_REQUEST,
+	    .source = who.source,
+	    .operation = HTTP_OPERATION,
+	    /* the client's doing, as a summary counts it; or hsmd's (no id, too busy) */
+	    .outcome = status == 500 || status == 503 ? HSM_AUDIT_ERROR : HSM_AUDIT_DENIED,
+	    .error = type,
+	    .request_id = hsm_http_req_id(req),
+	    .latency_us = (hsm_mono_ns() - hsm_http_req_start_ns(req)) / 1000,
+	    .extra = extra,
+	    .n_extra = n_extra,
+	};
+	if (hsm_ok(hsm_audit_submit_lazy(s->audit, &rec, record_written, NULL)))
+		hsm_http_at_pass_end(kick, s->audit);
+}
+
 /* The most frequent kind that is an error, or NULL when all were answered Status calls. */
 static const char *main_error(const hsm_refusal_summary *sum)
 {

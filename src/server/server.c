@@ -543,6 +543,7 @@ static hsm_result refuse_early(hsm_server *s)
 	HSM_GUARD(hsm_server_blame(s, "node_id", claim_node_id(s)));
 	HSM_GUARD(hsm_server_quorum_check(s));
 	HSM_GUARD(open_audit(s));
+	s->opt.http.refused = hsm_server_http_refused;
 	return blame_http(s, hsm_http_server_new(&s->opt.http, hsm_server_on_request, s, &s->http));
 }
 

@@ -282,6 +282,14 @@ bool hsm_server_akid_may_exist(hsm_server *s, const char *akid);
  */
 bool hsm_server_own_record(hsm_server *s, hsm_http_req *req, const char *operation,
                            const hsm_auth_result *auth, hsm_err err);
+/*
+ * hsm_http_config.refused: a request answered before it was read as an API
+ * call (malformed, too large, a method or path hsmd does not serve) gets an
+ * HttpRequest record, within the same bound as the refusals above.  The
+ * answer does not wait for it: the request was refused either way.
+ */
+void hsm_server_http_refused(hsm_http_req *req, int status, const char *type, const char *reason,
+                             void *arg);
 /* Writes the summaries that are due (all of them when all is set) as RefusalsSummarized events. */
 void hsm_server_flush_refusals(hsm_server *s, bool all);
 

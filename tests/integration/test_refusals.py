@@ -260,3 +260,131 @@ def test_refusals_of_a_sealed_node_name_the_access_key_claimed():
     assert principals[f"(not authenticated) {DEV_AKID}"]["total"] == 1, principals
     assert principals[f"(not authenticated) {UNKNOWN_AKID}"]["total"] >= 1, principals
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+SECRET_MARK = "hsmdsecretmarkQ7x"  # stands for what a client might put in a request
+
+
+def raw(port, data):
+    """Sends bytes on a connection of their own; returns (status, headers, body)."""
+    import socket
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            out += d
+    finally:
+        s.close()
+    head, _, body = out.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
+    return status, headers, body
+
+
+# Requests hsmd's HTTP server or router answers before reading any API call, and what
+# their records must say of method and path (None: not read).
+HTTP_REFUSALS = [
+    (b"GARBAGE " + SECRET_MARK.encode() + b"\r\n\r\n", 400, None, None),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", 431, None, None),
+    (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n", 413, None, None),
+    (b"GET / HTTP/2.5\r\nHost: x\r\n\r\n", 505, None, None),
+    (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}",
+     400, None, None),
+    (b"BREW /" + SECRET_MARK.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n", 501, "BREW",
+     "/" + SECRET_MARK),
+    (b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405, "PUT", "/"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 405, "GET", "/"),
+    (b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405, "POST", "/metrics"),
+    (b"GET /no%20such?token=" + SECRET_MARK.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n", 404,
+     "GET", "/no?20such"),
+    (b"OPTIONS /nope HTTP/1.1\r\nHost: x\r\n\r\n", 404, "OPTIONS", "/nope"),
+    (b"GET /" + b"p" * 200 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 404, "GET",
+     "/" + "p" * 63 + "...[truncated]"),
+]
+
+
+def test_requests_refused_before_they_are_read_get_records():
+    """Malformed, oversized and unserved requests are refused by the HTTP server or
+    the router before any authentication: each still gets a record (HttpRequest),
+    under the request id its answer carries, saying the status, the error and the
+    method and path it named, cut to plain characters, and nothing else the client
+    sent; the trail verifies and the report files them as refusals."""
+    tmp = tempfile.mkdtemp(prefix="hsmd-refusals-")
+    data = os.path.join(tmp, "data")
+    server = start_dev(["--data-dir", data])
+    answers = []
+    try:
+        for req, status, _, _ in HTTP_REFUSALS:
+            st, headers, body = raw(server.port, req)
+            assert st == status, (req[:40], st, body)
+            answers.append((headers["x-amzn-requestid"], json.loads(body)["__type"]))
+        # The health, readiness, metrics and JWK Set reads stay unrecorded.
+        for path in ("/healthz", "/readyz", "/metrics", "/.well-known/jwks.json"):
+            assert server.get(path)[0] == 200
+        want = {rid for rid, _ in answers}
+        got = audit_records_until(data, lambda r: r.get("request_id") in want, n=len(want))
+    finally:
+        server.stop()
+    by_id = {r["request_id"]: r for r in got}
+    assert set(by_id) == want
+    for (rid, typ), (_, status, method, path) in zip(answers, HTTP_REFUSALS):
+        r = by_id[rid]
+        assert r["type"] == "request" and r["op"] == "HttpRequest", r
+        assert r["outcome"] == "denied" and r["error"] == typ, r
+        assert r["source"].startswith("127.0.0.1:") and "principal" not in r, r
+        assert r["extra"]["http_status"] == str(status), r
+        assert r["extra"]["reason"], r
+        assert r["extra"].get("method") == method and r["extra"].get("path") == path, r
+    recs = audit_records(data)
+    http = [r for r in recs if r.get("op") == "HttpRequest"]
+    assert len(http) == len(HTTP_REFUSALS), http  # the reads above made none
+    trail = b"".join(open(f, "rb").read()
+                     for f in glob.glob(os.path.join(data, "audit", "*.jsonl")))
+    assert trail.count(SECRET_MARK.encode()) == 1  # the 501's path, which names it
+    files = sorted(glob.glob(os.path.join(data, "audit", "audit-*.jsonl")))
+    v = subprocess.run([HSMCTL, "audit", "verify"] + files, capture_output=True, text=True)
+    assert v.returncode == 0, v.stdout + v.stderr
+    p = subprocess.run([HSMCTL, "audit", "report", "--json"] + files, capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)
+    assert report["operations"]["HttpRequest"]["denied"] == len(HTTP_REFUSALS), report
+    assert report["failed_authentications"] == {}, report  # not authentications
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_flood_of_malformed_requests_is_summarized():
+    """Malformed requests share the bound of the other refusals nobody authenticated:
+    past the source's rate they are counted in its RefusalsSummarized event, by kind."""
+    tmp = tempfile.mkdtemp(prefix="hsmd-refusals-")
+    data = os.path.join(tmp, "data")
+    server = start_dev(["--data-dir", data, "--refusal-record-rate", "2"])
+    try:
+        start = time.time()
+        for _ in range(60):
+            assert raw(server.port, b"GARBAGE\r\n\r\n")[0] == 400
+        for _ in range(40):
+            assert raw(server.port, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 404
+        elapsed = time.time() - start
+        summarized = metric(server, "hsmd_refusals_summarized_total")
+    finally:
+        server.stop()
+    recs = audit_records(data)
+    own = [r for r in recs if r.get("op") == "HttpRequest"]
+    assert 20 <= len(own) <= 20 + 2 * (elapsed + 1), (len(own), elapsed)
+    sums = summaries(recs)
+    assert summarized == 100 - len(own) == sum(int(s["extra"]["count"]) for s in sums)
+    by_kind = {}
+    for s in sums:
+        for k, v in kinds(s).items():
+            by_kind[k] = by_kind.get(k, 0) + v
+    for r in own:
+        by_kind[r["error"]] = by_kind.get(r["error"], 0) + 1
+    assert by_kind == {"ValidationException": 60, "NotFoundException": 40}, by_kind
+    shutil.rmtree(tmp, ignore_errors=True)
