@@ -6,6 +6,7 @@
  */
 #include "audit/audit_internal.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
@@ -674,6 +675,61 @@ static size_t copy_closed_files(hsm_audit *a, char **names, size_t n, const char
 	return first_missing;
 }
 
+#define SIDE_MARK ".foreign-"
+
+/* Whether name is one create_side_file makes: an audit file's name, SIDE_MARK, offset-ms. */
+static bool is_side_file(const char *name)
+{
+	const char *mark = strstr(name, SIDE_MARK);
+	char prefix[NAME_MAX + 1];
+	uint64_t seq;
+	if (mark == NULL || (size_t)(mark - name) >= sizeof(prefix))
+		return false;
+	memcpy(prefix, name, (size_t)(mark - name));
+	prefix[mark - name] = '\0';
+	const char *rest = mark + strlen(SIDE_MARK);
+	size_t offset_digits = strspn(rest, "0123456789");
+	const char *ms = rest + offset_digits + 1;
+	return audit_parse_file_name(prefix, &seq) && offset_digits > 0 &&
+	       rest[offset_digits] == '-' && ms[0] != '\0' &&
+	       strspn(ms, "0123456789") == strlen(ms);
+}
+
+/*
+ * The bytes keep_foreign set aside go to copy_dir too, evidence kept off
+ * the node like the trail itself: each side file once (one of that name
+ * there is its copy, as a side file never changes once written).  A copy
+ * that fails is counted and tried again at the next pass.  Retention never
+ * deletes side files, here or there.
+ */
+static void copy_side_files(hsm_audit *a)
+{
+	DIR *d = opendir(a->dir);
+	if (d == NULL) {
+		hsm_warn("audit_copy_dir: cannot list %s: %s", a->dir, strerror(errno));
+		return;
+	}
+	for (struct dirent *e = readdir(d); e != NULL; e = readdir(d)) {
+		char src[PATH_MAX], dst[PATH_MAX];
+		struct stat st;
+		if (!is_side_file(e->d_name) ||
+		    (size_t)snprintf(src, sizeof(src), "%s/%s", a->dir, e->d_name) >= sizeof(src) ||
+		    (size_t)snprintf(dst, sizeof(dst), "%s/%s", a->copy_dir, e->d_name) >= sizeof(dst) ||
+		    lstat(src, &st) != 0 || !S_ISREG(st.st_mode) || lstat(dst, &st) == 0)
+			continue;
+		if (errno != ENOENT) {
+			hsm_warn("audit_copy_dir: cannot read %s: %s", dst, strerror(errno));
+			count_copy(a, false);
+		} else if (hsm_failed(hsm_copy_file_into(src, a->copy_dir))) {
+			hsm_log_failure("copying bytes kept aside from an audit file to audit_copy_dir");
+			count_copy(a, false);
+		} else {
+			count_copy(a, true);
+		}
+	}
+	closedir(d);
+}
+
 /* Deletes the copies of the files retention deleted. */
 static void delete_copies(hsm_audit *a, char **names, size_t n)
 {
@@ -960,6 +1016,8 @@ hsm_result audit_retention_apply(hsm_audit *a, const char *keep_file, hsm_buf *d
 	audit_floor_ckpt losses[AUDIT_LOSSES_MAX];
 	size_t copied_n = n > 0 && a->copy_dir[0] != '\0' ? copy_closed_files(a, names, n, keep_file)
 	                                                  : n;
+	if (a->copy_dir[0] != '\0')
+		copy_side_files(a);
 	/*
 	 * A wall clock stepped ahead (a bad time server, a reset real-time clock)
 	 * makes every file look expired: nothing is deleted while it runs ahead

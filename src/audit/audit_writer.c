@@ -624,6 +624,7 @@ static hsm_result record_lost(hsm_audit *a)
 static hsm_result record_foreign(hsm_audit *a)
 {
 	audit_writer *w = &a->w;
+	bool recorded = w->n_foreign > 0;
 	while (w->n_foreign > 0) {
 		const audit_foreign_note *n = &w->foreign[0];
 		char off[24], len[24], saved[24], sha[AUDIT_HASH_HEX + 1];
@@ -638,6 +639,8 @@ static hsm_result record_foreign(hsm_audit *a)
 		w->n_foreign--;
 		memmove(w->foreign, w->foreign + 1, w->n_foreign * sizeof(w->foreign[0]));
 	}
+	if (recorded && a->copy_dir[0] != '\0')
+		audit_request_retention(a); /* the pass copies the side files to copy_dir now */
 	return HSM_SUCCESS;
 }
 

@@ -376,3 +376,33 @@ def test_bytes_appended_to_the_live_file_are_kept_and_recorded(tmp_path):
         assert note in res.stdout, res.stdout
     finally:
         server.cleanup()
+
+
+def test_bytes_kept_aside_are_copied_to_the_audit_copy_dir(tmp_path):
+    """With audit_copy_dir (another disk, another region), the side file holding bytes
+    someone else wrote into the live file goes there too, as soon as the event saying so
+    is written: evidence kept off the node like the trail's own files."""
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    server = start_dev(["--backup-interval-seconds", "0", "--audit-copy-dir", str(copies)])
+    data = server.data_dir
+    try:
+        admin(server, "AuditHash", {"Value": "r"})
+        time.sleep(0.5)  # synced (10 ms)
+        (live,) = audit_files(data)
+        foreign = b'{"seq":0}\nwritten by something else'  # no end: audit_records skips it
+        with open(live, "ab") as f:
+            f.write(foreign)
+        admin(server, "AuditHash", {"Value": "after"}, expect=503)
+        assert eventually(lambda: foreign_events(data), 25), server.read_log()
+        (side,) = glob.glob(os.path.join(data, "audit", "*.foreign-*"))
+        name = os.path.basename(side)
+        copied = eventually(lambda: glob.glob(str(copies / "*" / name)), 25)
+        assert len(copied) == 1, (copied, server.read_log())
+        assert stat.S_IMODE(os.stat(copied[0]).st_mode) == 0o600
+        with open(copied[0], "rb") as f:
+            assert f.read() == foreign
+        # Once: a later pass finds it there and copies nothing again.
+        assert not glob.glob(str(copies / "*" / ".*.part"))
+    finally:
+        server.cleanup()
