@@ -172,8 +172,9 @@ bool hsm_keystore_master_replaced(hsm_keystore *ks)
 	    hsm_failed(meta_hex(ks->store, META_KCV, kcv, sizeof(kcv))))
 		return false;
 	pthread_mutex_lock(&ks->lock);
-	bool same = hsm_ct_equal(set_id, ks->set_id, sizeof(set_id)) &
-	            hsm_ct_equal(kcv, ks->kcv, sizeof(kcv));
+	bool same_set = hsm_ct_equal(set_id, ks->set_id, sizeof(set_id));
+	bool same_kcv = hsm_ct_equal(kcv, ks->kcv, sizeof(kcv)); /* both compared, whatever the first */
+	bool same = same_set && same_kcv;
 	pthread_mutex_unlock(&ks->lock);
 	return !same;
 }
