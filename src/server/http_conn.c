@@ -506,12 +506,14 @@ static bool response_done(hsm_http_conn *c)
 	c->req = NULL;
 	hsm_http_req_put(req);
 	hsm_http_in_consume(c, c->consumed);
-	if (c->close_after && c->linger && !c->peer_closed && !w->stopping) {
+	if (c->close_after && c->linger && !w->stopping) {
 		/*
 		 * A refused request (413 on its Content-Length, malformed input) may
 		 * still be arriving.  Closing with unread input would reset the
 		 * connection, and the reset can reach the client before the answer
 		 * does: stop sending, discard what comes until the client closes.
+		 * Even when it has shut its side (EPOLLRDHUP): what it sent before
+		 * may still be unread, and the drain then ends at once, at the EOF.
 		 */
 		(void)shutdown(c->fd, SHUT_WR);
 		hsm_http_in_release(c);

@@ -327,6 +327,32 @@ def test_oversized_body(hsmd, kms, key):
     assert hsmd.get("/healthz")[0] == 200
 
 
+@pytest.mark.parametrize("request_bytes", [
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n" + b"b" * 200000,
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n",
+], ids=["413", "431"])
+def test_a_refusal_reaches_a_client_that_sent_everything_and_shut_its_side(hsmd, request_bytes):
+    """A client sends a request too large to read, then shuts its side (as a client
+    that has nothing more to say does).  The refusal must reach it whole, never a
+    reset: hsmd drains what the client sent before it closes, even though the
+    client's end of the stream has already arrived."""
+    for _ in range(20):
+        s = socket.create_connection(("127.0.0.1", hsmd.port), timeout=10)
+        try:
+            s.sendall(request_bytes)
+            s.shutdown(socket.SHUT_WR)
+            out = b""
+            while True:
+                d = s.recv(65536)  # a reset raises ConnectionResetError
+                if not d:
+                    break
+                out += d
+        finally:
+            s.close()
+        assert out.split(b" ", 2)[1] in (b"413", b"431"), out[:80]
+        assert out.endswith(b"}"), out  # the whole body of the answer
+
+
 def test_empty_body_is_an_empty_request(hsmd, kms):
     st, out, _ = raw_call(hsmd, "ListKeys", b"")
     assert st == 200 and "Keys" in out
