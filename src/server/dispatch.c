@@ -1278,9 +1278,21 @@ static void handle_readyz(hsm_server *s, hsm_http_req *req)
  */
 static void respond_not_allowed(hsm_server *s, hsm_http_req *req)
 {
-	hsm_metrics_observe(&s->metrics, HSM_METRIC_NONE, 405, HSM_ERR_UNKNOWN_OPERATION, false,
-	                    hsm_mono_ns() - hsm_http_req_start_ns(req));
+	(void)s; /* counted and recorded by hsm_server_http_refused, which the HTTP server calls */
 	hsm_http_respond_not_allowed(req);
+}
+
+/* A path hsmd serves nothing at: counted and recorded as the HTTP server's own refusals are. */
+static void not_found(hsm_server *s, hsm_http_req *req)
+{
+	hsm_buf body = {0};
+	int status = error_body(HSM_ERR_NOT_FOUND, "no such resource", 404, &body);
+	if (status == 404)
+		hsm_server_http_refused(req, status, "NotFoundException", "no such resource", s);
+	else
+		hsm_server_http_refused(req, status, "KMSInternalException", "out of memory", s);
+	hsm_http_respond(req, status, CONTENT_TYPE_JSON, body.data, body.len, 0, NULL);
+	hsm_buf_free(&body);
 }
 
 static void handle_get(hsm_server *s, hsm_http_req *req, const char *path)
@@ -1312,16 +1324,12 @@ static void handle_get(hsm_server *s, hsm_http_req *req, const char *path)
 			hsm_buf_clear(&body);
 		}
 	} else {
-		type = CONTENT_TYPE_JSON;
-		status = error_body(HSM_ERR_NOT_FOUND, "no such resource", 404, &body);
-		hsm_server_http_refused(req, status, "NotFoundException", "no such resource", s);
+		not_found(s, req);
+		return;
 	}
 	if (probe == HSM_PROBE_HEALTHZ)
 		hsm_metrics_probe(&s->metrics, probe);
-	if (probe == HSM_METRIC_PROBES)
-		respond_now(s, req, HSM_METRIC_NONE, status, HSM_ERR_NOT_FOUND, false, type, &body);
-	else
-		hsm_http_respond(req, status, type, body.data, body.len, 0, NULL);
+	hsm_http_respond(req, status, type, body.data, body.len, 0, NULL);
 	hsm_buf_free(&body);
 }
 
@@ -1350,11 +1358,6 @@ void hsm_server_on_request(hsm_http_req *req, void *arg)
 	} else if (strcmp(method, "OPTIONS") == 0) {
 		hsm_http_respond_not_allowed(req); /* 405 with the path's Allow, or 404 */
 	} else {
-		hsm_buf body = {0};
-		int status = error_body(HSM_ERR_NOT_FOUND, "no such resource", 404, &body);
-		hsm_server_http_refused(req, status, "NotFoundException", "no such resource", s);
-		respond_now(s, req, HSM_METRIC_NONE, status, HSM_ERR_NOT_FOUND, false, CONTENT_TYPE_JSON,
-		            &body);
-		hsm_buf_free(&body);
+		not_found(s, req);
 	}
 }

@@ -74,6 +74,11 @@ void hsm_server_http_refused(hsm_http_req *req, int status, const char *type, co
                              void *arg)
 {
 	hsm_server *s = arg;
+	/* The client's doing (501 and 505 too), or hsmd's: no request id, too much data at once. */
+	bool servers = status == 500 || status == 503;
+	uint64_t latency_ns = hsm_mono_ns() - hsm_http_req_start_ns(req);
+	hsm_metrics_observe(&s->metrics, HSM_METRIC_NONE, servers || status < 500 ? status : 400,
+	                    servers ? HSM_ERR_INTERNAL : HSM_ERR_VALIDATION, false, latency_ns);
 	if (hsm_audit_low_space(s->audit)) {
 		hsm_audit_note_refused(s->audit); /* counted in the event that ends the spell */
 		return;
@@ -100,11 +105,10 @@ void hsm_server_http_refused(hsm_http_req *req, int status, const char *type, co
 	    .type = HSM_AUDIT_REQUEST,
 	    .source = who.source,
 	    .operation = HTTP_OPERATION,
-	    /* the client's doing, as a summary counts it; or hsmd's (no id, too busy) */
-	    .outcome = status == 500 || status == 503 ? HSM_AUDIT_ERROR : HSM_AUDIT_DENIED,
+	    .outcome = servers ? HSM_AUDIT_ERROR : HSM_AUDIT_DENIED, /* denied: as a summary counts it */
 	    .error = type,
 	    .request_id = hsm_http_req_id(req),
-	    .latency_us = (hsm_mono_ns() - hsm_http_req_start_ns(req)) / 1000,
+	    .latency_us = latency_ns / 1000,
 	    .extra = extra,
 	    .n_extra = n_extra,
 	};

@@ -319,11 +319,20 @@ def test_requests_refused_before_they_are_read_get_records():
     data = os.path.join(tmp, "data")
     server = start_dev(["--data-dir", data])
     answers = []
+    counted = 'hsmd_requests_total{operation="None",outcome="client_error"} '
     try:
+        before = [line for line in server.get("/metrics")[1].decode().splitlines()
+                  if line.startswith(counted)]
         for req, status, _, _ in HTTP_REFUSALS:
             st, headers, body = raw(server.port, req)
             assert st == status, (req[:40], st, body)
             answers.append((headers["x-amzn-requestid"], json.loads(body)["__type"]))
+        # Each counted once in /metrics, as a client's error of no operation.
+        after = [line for line in server.get("/metrics")[1].decode().splitlines()
+                 if line.startswith(counted)]
+        def n(lines):  # a series appears once it is above 0
+            return sum(int(x[len(counted):]) for x in lines)
+        assert (n(before), n(after)) == (0, len(HTTP_REFUSALS)), (before, after)
         # The health, readiness, metrics and JWK Set reads stay unrecorded.
         for path in ("/healthz", "/readyz", "/metrics", "/.well-known/jwks.json"):
             assert server.get(path)[0] == 200
