@@ -49,7 +49,7 @@ test-asan: deps
 		ctest --test-dir $(ASAN_BUILD) -L unit --output-on-failure -j $(JOBS)
 
 lint:
-	@scripts/lint.sh
+	@HSM_LINT_BUILD=$(BUILD) scripts/lint.sh
 
 # libFuzzer targets (tests/fuzz), built with clang under ASan and UBSan, each
 # run for FUZZ_SECONDS from its seed corpus; FUZZ_TARGETS picks some of them.

@@ -31,6 +31,12 @@ rule secret-log "secret bytes must not be formatted; log identifiers only" \
 rule unchecked-alloc "check every allocation: assign it and test for NULL on the next line" \
 	'^[[:space:]]*(malloc|calloc|realloc|strdup)[[:space:]]*\(' src
 
+# clang's warnings where gcc has none: they would break `make fuzz` (a clang build).
+if ! /usr/bin/python3 scripts/clang_check.py "${HSM_LINT_BUILD:-build}"; then
+	echo "lint [clang]: the files above do not compile with clang under the build's flags"
+	status=1
+fi
+
 # The Python tests and tools: an unused name is often a check that was meant and not made.
 if ! /usr/bin/python3 -m pyflakes tests/integration bench scripts; then
 	echo "lint [pyflakes]: the Python above has unused or undefined names"

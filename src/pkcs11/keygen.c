@@ -85,7 +85,7 @@ static CK_RV pair_label(const CK_ATTRIBUTE *a, char *out, size_t cap)
 		return CKR_ATTRIBUTE_VALUE_INVALID;
 	memcpy(out, a->pValue, a->ulValueLen);
 	out[a->ulValueLen] = '\0';
-	return hsm_str_has_prefix(out, "aws/") || hsm_str_has_prefix(out, HSM_PKCS11_ID_ALIAS + 6)
+	return hsm_str_has_prefix(out, "aws/") || hsm_str_has_prefix(out, &HSM_PKCS11_ID_ALIAS[6])
 	           ? CKR_ATTRIBUTE_VALUE_INVALID
 	           : CKR_OK;
 }

@@ -219,8 +219,8 @@ static void test_ambiguous_framing(void **state)
 	hsm_http_server *srv = start(&cfg);
 	uint16_t port = hsm_http_server_port(srv);
 	const char *bad[] = {
-	    "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
-	    "3\r\nabc\r\n0\r\n\r\n",
+	    ("POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+	     "3\r\nabc\r\n0\r\n\r\n"),
 	    "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc",
 	    "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
 	    "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: +3\r\n\r\nabc",
