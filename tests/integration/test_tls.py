@@ -4,6 +4,7 @@ with the openssl CLI, boto3 verifying against the CA, the protocol floor
 ClientHello on a plain port refused at once), and client certificates presented
 by hsmctl and the PKCS#11 module to a node that requires one."""
 import datetime
+import json
 import os
 import shutil
 import socket
@@ -19,7 +20,7 @@ import pytest
 import requests
 
 from conftest import DEV_AKID, DEV_SECRET, HSMCTL, HSMD, REGION, Hsmd, client, signed_call
-from helpers import make_pki, metric, openssl
+from helpers import audit_records_until, make_pki, metric, openssl
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +112,11 @@ def test_plain_http_to_the_tls_port_is_told_so(tls):
     assert r.json()["__type"] == "ValidationException" and "TLS" in r.json()["message"]
     assert r.headers["Connection"] == "close"
     assert marker not in r.text and marker not in str(r.headers)
+    # Refused before it was read, and recorded so: the status, nothing the client sent.
+    rid = r.headers["x-amzn-RequestId"]
+    (rec,) = audit_records_until(server.data_dir, lambda x: x.get("request_id") == rid)
+    assert rec["op"] == "HttpRequest" and rec["extra"]["http_status"] == "400", rec
+    assert "TLS" in rec["extra"]["reason"] and marker not in json.dumps(rec), rec
     # Any method, and the empty lines a client may send first, are recognised.
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
         s.sendall(b"\r\nBREW / HTTP/1.1\r\nHost: x\r\n\r\n")
