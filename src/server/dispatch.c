@@ -158,28 +158,9 @@ typedef struct outcome {
  * kilobytes of them): recorded as its own op, every new name would be a row
  * of its own in `hsmctl audit report`, dressed as anything.  So the record
  * says UnknownOperation, and extra.claimed_operation keeps the name cut to
- * letters, digits and dots (any other byte a '?') and to CLAIMED_MAX of them.
+ * letters, digits and dots (any other byte a '?') and to HSM_PLAIN_MAX of them.
  */
 #define UNKNOWN_OPERATION "UnknownOperation"
-#define CLAIMED_MAX 64
-
-#define CLAIMED_CAP (CLAIMED_MAX + sizeof(HSM_AUDIT_TRUNCATED_MARK))
-
-static void claimed_operation(const char *target, char out[CLAIMED_CAP])
-{
-	size_t n = 0;
-	for (; target[n] != '\0' && n < CLAIMED_MAX; n++) {
-		char c = target[n];
-		bool plain = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-		             c == '.';
-		out[n] = plain ? c : '?';
-	}
-	if (target[n] != '\0') {
-		memcpy(out + n, HSM_AUDIT_TRUNCATED_MARK, sizeof(HSM_AUDIT_TRUNCATED_MARK));
-		return;
-	}
-	out[n] = '\0';
-}
 
 static hsm_audit_outcome audit_outcome_of(hsm_err err)
 {
@@ -383,12 +364,12 @@ static void submit_audit(pending *p, const outcome *o)
 	size_t n_extra = 0;
 	char ctx[HSM_AUDIT_VALUE_MAX];
 	hsm_sender who;
-	char claimed[CLAIMED_CAP];
+	char claimed[HSM_PLAIN_CAP];
 	sender_of(s, p->req, o->auth, &who);
 	const char *source = who.source, *principal = who.principal;
 	const char *target = o->unknown_op ? hsm_http_req_header(p->req, "X-Amz-Target") : NULL;
 	if (target != NULL) {
-		claimed_operation(target, claimed);
+		hsm_server_plain_text(target, ".", claimed);
 		extra[n_extra++] = (hsm_audit_field){"claimed_operation", claimed};
 	}
 	if (o->answer_lost)

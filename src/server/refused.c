@@ -40,17 +40,14 @@ bool hsm_server_own_record(hsm_server *s, hsm_http_req *req, const char *operati
 /* ---- requests answered before they were read as an API call ------------------- */
 
 #define HTTP_OPERATION "HttpRequest"
-#define PLAIN_MAX 64 /* of a method or path in a record; then HSM_AUDIT_TRUNCATED_MARK */
-#define PLAIN_CAP (PLAIN_MAX + sizeof(HSM_AUDIT_TRUNCATED_MARK))
 
-/* A method or path as a record shows it: letters, digits and "/._~-", any other byte a '?'. */
-static void plain_text(const char *in, char out[PLAIN_CAP])
+void hsm_server_plain_text(const char *in, const char *extra, char out[HSM_PLAIN_CAP])
 {
 	size_t n = 0;
-	for (; in[n] != '\0' && n < PLAIN_MAX; n++) {
+	for (; in[n] != '\0' && n < HSM_PLAIN_MAX; n++) {
 		char c = in[n];
 		bool plain = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-		             strchr("/._~-", c) != NULL;
+		             strchr(extra, c) != NULL;
 		out[n] = plain ? c : '?';
 	}
 	if (in[n] != '\0')
@@ -88,17 +85,17 @@ void hsm_server_http_refused(hsm_http_req *req, int status, const char *type, co
 		return; /* counted in the source's summary */
 	hsm_sender who;
 	hsm_server_sender(s, req, NULL, &who);
-	char code[12], method[PLAIN_CAP], path[PLAIN_CAP];
+	char code[12], method[HSM_PLAIN_CAP], path[HSM_PLAIN_CAP];
 	snprintf(code, sizeof(code), "%d", status);
 	hsm_audit_field extra[4] = {{"http_status", code}, {"reason", reason}};
 	size_t n_extra = 2;
 	const char *m = hsm_http_req_method(req), *p = hsm_http_req_path(req);
 	if (m[0] != '\0') {
-		plain_text(m, method);
+		hsm_server_plain_text(m, "/._~-", method);
 		extra[n_extra++] = (hsm_audit_field){"method", method};
 	}
 	if (p[0] != '\0') {
-		plain_text(p, path);
+		hsm_server_plain_text(p, "/._~-", path);
 		extra[n_extra++] = (hsm_audit_field){"path", path};
 	}
 	hsm_audit_record rec = {

@@ -283,6 +283,16 @@ bool hsm_server_akid_may_exist(hsm_server *s, const char *akid);
 bool hsm_server_own_record(hsm_server *s, hsm_http_req *req, const char *operation,
                            const hsm_auth_result *auth, hsm_err err);
 /*
+ * Text a client chose, as a record shows it: letters, digits and the bytes
+ * of extra, any other byte a '?', cut at HSM_PLAIN_MAX bytes and then ending
+ * with HSM_AUDIT_TRUNCATED_MARK.  A record cannot then pose as anything, nor
+ * carry control bytes or kilobytes of a client's choosing.
+ */
+#define HSM_PLAIN_MAX 64
+#define HSM_PLAIN_CAP (HSM_PLAIN_MAX + sizeof(HSM_AUDIT_TRUNCATED_MARK))
+void hsm_server_plain_text(const char *in, const char *extra, char out[HSM_PLAIN_CAP]);
+
+/*
  * hsm_http_config.refused: a request answered before it was read as an API
  * call (malformed, too large, a method or path hsmd does not serve) gets an
  * HttpRequest record, within the same bound as the refusals above.  The

@@ -51,6 +51,17 @@ def kinds(summary):
     return {k: int(v) for k, v in (p.split("=") for p in summary["extra"]["kinds"].split(","))}
 
 
+def verified_report(data):
+    """`hsmctl audit report --json` of the node's trail, once `audit verify` passed it."""
+    files = sorted(glob.glob(os.path.join(data, "audit", "audit-*.jsonl")))
+    v = subprocess.run([HSMCTL, "audit", "verify"] + files, capture_output=True, text=True)
+    assert v.returncode == 0, v.stdout + v.stderr
+    p = subprocess.run([HSMCTL, "audit", "report", "--json"] + files, capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
 def test_a_flood_of_unsigned_requests_is_summarized_not_recorded_one_by_one():
     tmp = tempfile.mkdtemp(prefix="hsmd-refusals-")
     data = os.path.join(tmp, "data")
@@ -105,18 +116,13 @@ def test_a_flood_of_unsigned_requests_is_summarized_not_recorded_one_by_one():
     assert all(DEV_AKID not in s["extra"].get("access_key_ids", "") for s in sums)
     assert all(s["extra"]["first"] <= s["extra"]["last"] for s in sums)
     # The trail still verifies, and the report counts all 360 failed authentications.
-    files = sorted(glob.glob(os.path.join(data, "audit", "audit-*.jsonl")))
-    v = subprocess.run([HSMCTL, "audit", "verify"] + files, capture_output=True, text=True)
-    assert v.returncode == 0, v.stdout + v.stderr
-    p = subprocess.run([HSMCTL, "audit", "report", "--json"] + files, capture_output=True,
-                       text=True)
-    assert p.returncode == 0, p.stderr
-    failed = json.loads(p.stdout)["failed_authentications"]
+    report = verified_report(data)
+    failed = report["failed_authentications"]
     assert sum(c["total"] for c in failed.values()) == 360, failed
     assert failed["(summarized) from 127.0.0.1"]["total"] == total
     # The principals table counts the refusals a summary stands for, not one per event,
     # under the access key ids they claimed when they claimed any.
-    principals = json.loads(p.stdout)["principals"]
+    principals = report["principals"]
     summed = {k: v for k, v in principals.items() if "summarized" in k}
     assert sum(v["total"] for v in summed.values()) == total, principals
     assert sum(v["denied"] for v in summed.values()) == total, principals
@@ -356,13 +362,7 @@ def test_requests_refused_before_they_are_read_get_records():
     trail = b"".join(open(f, "rb").read()
                      for f in glob.glob(os.path.join(data, "audit", "*.jsonl")))
     assert trail.count(SECRET_MARK.encode()) == 1  # the 501's path, which names it
-    files = sorted(glob.glob(os.path.join(data, "audit", "audit-*.jsonl")))
-    v = subprocess.run([HSMCTL, "audit", "verify"] + files, capture_output=True, text=True)
-    assert v.returncode == 0, v.stdout + v.stderr
-    p = subprocess.run([HSMCTL, "audit", "report", "--json"] + files, capture_output=True,
-                       text=True)
-    assert p.returncode == 0, p.stderr
-    report = json.loads(p.stdout)
+    report = verified_report(data)
     assert report["operations"]["HttpRequest"]["denied"] == len(HTTP_REFUSALS), report
     assert report["failed_authentications"] == {}, report  # not authentications
     shutil.rmtree(tmp, ignore_errors=True)
