@@ -19,12 +19,10 @@
  *     jansson parses the writer's output to the same strings: the writer
  *     escapes whatever UTF-8 the reader lets in.
  */
-#include <float.h>
-#include <math.h>
-
 #include "fuzz.h"
 
 #include "server/json.h"
+#include "../support/json_tiny.h"
 
 static const char *const members[] = {"KeyId", "Plaintext", "EncryptionContext", "Tags",
                                       "TagKeys", "Limit", "GrantTokens"};
@@ -162,29 +160,6 @@ static size_t depth_of(json_t *v)
 	return d + 1;
 }
 
-/* A number jansson read as 0 or a subnormal double: what a tiny exponent underflows to. */
-static bool has_tiny_real(json_t *v)
-{
-	size_t i;
-	const char *k;
-	json_t *x;
-	if (json_is_real(v))
-		return fabs(json_real_value(v)) < DBL_MIN;
-	if (json_is_object(v))
-		json_object_foreach(v, k, x)
-		{
-			if (has_tiny_real(x))
-				return true;
-		}
-	if (json_is_array(v))
-		json_array_foreach(v, i, x)
-		{
-			if (has_tiny_real(x))
-				return true;
-		}
-	return false;
-}
-
 static void against_jansson(const uint8_t *data, size_t size)
 {
 	json_t *want = json_loadb((const char *)data, size, JSON_REJECT_DUPLICATES, NULL);
@@ -198,7 +173,7 @@ static void against_jansson(const uint8_t *data, size_t size)
 	if (hsm_ok(r)) {
 		FUZZ_ASSERT(json_equal(want, got));
 		json_decref(got);
-	} else if (has_tiny_real(want) &&
+	} else if (json_has_tiny_real(want) &&
 	           (memmem(data, size, "e-", 2) != NULL || memmem(data, size, "E-", 2) != NULL)) {
 		/* The one value refused on purpose: below a double's range (1e-400), which
 		 * jansson reads as 0. */

@@ -7,14 +7,13 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
-#include <float.h>
-#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "server/json.h"
 #include "support/simd_groups.h"
+#include "../support/json_tiny.h"
 
 #define DEPTH_LIMIT 64 /* hsm_json_read's; jansson's is 2048 */
 
@@ -98,29 +97,6 @@ static size_t depth_of(json_t *v)
 	return d + 1;
 }
 
-/* A number jansson read as 0 or a subnormal double: what a tiny exponent underflows to. */
-static bool has_tiny_real(json_t *v)
-{
-	if (json_is_real(v))
-		return fabs(json_real_value(v)) < DBL_MIN;
-	const char *k;
-	size_t i;
-	json_t *x;
-	if (json_is_object(v))
-		json_object_foreach(v, k, x)
-		{
-			if (has_tiny_real(x))
-				return true;
-		}
-	if (json_is_array(v))
-		json_array_foreach(v, i, x)
-		{
-			if (has_tiny_real(x))
-				return true;
-		}
-	return false;
-}
-
 static void report(const uint8_t *p, size_t n, const char *what)
 {
 	char hex[3 * 200 + 1] = "";
@@ -151,7 +127,7 @@ static void compare(const uint8_t *p, size_t n)
 		/* The one value refused on purpose: a number below a double's range (1e-400),
 		 * which jansson reads as 0. */
 		if (depth_of(want) > DEPTH_LIMIT ||
-		    (has_tiny_real(want) && (memmem(p, n, "e-", 2) || memmem(p, n, "E-", 2)))) {
+		    (json_has_tiny_real(want) && (memmem(p, n, "e-", 2) || memmem(p, n, "E-", 2)))) {
 			assert_int_equal(r.err, HSM_ERR_SERIALIZATION);
 			json_decref(want);
 			return;
