@@ -36,6 +36,7 @@ import time
 import types
 import uuid
 
+import botocore.exceptions
 import pytest
 import requests
 
@@ -223,8 +224,20 @@ def scenarios(node):
 
     def cold(spec, usage):
         """A new key for each run: its first use loads its material (unwrapped into
-        the secure heap, decoded, its signing templates made)."""
-        return lambda: kms.create_key(KeySpec=spec, KeyUsage=usage)["KeyMetadata"]["KeyId"]
+        the secure heap, decoded, its signing templates made).  Made with no
+        allocation refused, but on a machine busy with other tests a sync of the
+        trail can outlast its deadline and refuse the request for a moment (503):
+        the key is the setting, not the subject, so that is tried again."""
+        def make():
+            for attempt in range(5):
+                try:
+                    return kms.create_key(KeySpec=spec, KeyUsage=usage)["KeyMetadata"]["KeyId"]
+                except botocore.exceptions.ClientError as e:
+                    if e.response["Error"]["Code"] != "ServiceUnavailableException" or \
+                            attempt == 4:
+                        raise
+                    time.sleep(1)
+        return make
 
     cold_ec, cold_aes = cold("ECC_NIST_P256", "SIGN_VERIFY"), cold("SYMMETRIC_DEFAULT",
                                                                     "ENCRYPT_DECRYPT")
