@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import tempfile
@@ -411,6 +412,20 @@ class Faults:
     def close(self):
         self.m.close()
         self.f.close()
+
+
+def raw_exchange(port, data, shut=True):
+    """Sends bytes on a loopback connection of their own to port, shuts the sending
+    side unless shut is false, and returns every byte the server sent until it closed
+    (a reset raises ConnectionResetError)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        if shut:
+            s.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
 
 
 def points(n, spread, tail):

@@ -3,7 +3,6 @@ error and changes nothing (DESIGN.md invariant 5)."""
 import json
 import os
 import re
-import socket
 
 import botocore.auth
 import botocore.awsrequest
@@ -11,7 +10,7 @@ import botocore.credentials
 import pytest
 
 from conftest import DEV_AKID, DEV_SECRET, REGION, signed_request, unsigned_call
-from helpers import audit_record, parsed_body, request_id
+from helpers import audit_record, parsed_body, raw_exchange, request_id
 
 
 @pytest.fixture(scope="module")
@@ -246,11 +245,7 @@ def test_an_unknown_operation_is_authenticated_first(hsmd, service):
 def exchange(server, head, body=b""):
     """Sends head (bytes, without its empty line) and body on a connection of its own;
     returns the status and the answer's body (hsmd closes after a 400)."""
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-        s.sendall(head + b"Connection: close\r\n\r\n" + body)
-        raw = b""
-        while chunk := s.recv(65536):
-            raw += chunk
+    raw = raw_exchange(server.port, head + b"Connection: close\r\n\r\n" + body, shut=False)
     return int(raw.split(b" ", 2)[1]), raw.split(b"\r\n\r\n", 1)[1]
 
 
@@ -337,18 +332,7 @@ def test_a_refusal_reaches_a_client_that_sent_everything_and_shut_its_side(hsmd,
     reset: hsmd drains what the client sent before it closes, even though the
     client's end of the stream has already arrived."""
     for _ in range(20):
-        s = socket.create_connection(("127.0.0.1", hsmd.port), timeout=10)
-        try:
-            s.sendall(request_bytes)
-            s.shutdown(socket.SHUT_WR)
-            out = b""
-            while True:
-                d = s.recv(65536)  # a reset raises ConnectionResetError
-                if not d:
-                    break
-                out += d
-        finally:
-            s.close()
+        out = raw_exchange(hsmd.port, request_bytes)  # a reset raises ConnectionResetError
         assert out.split(b" ", 2)[1] in (b"413", b"431"), out[:80]
         assert out.endswith(b"}"), out  # the whole body of the answer
 

@@ -12,7 +12,7 @@ import tempfile
 import time
 
 from conftest import DEV_AKID, HSMCTL, signed_call, signed_request, start_dev
-from helpers import admin, audit_records, audit_records_until, metric, request_id
+from helpers import admin, audit_records, audit_records_until, metric, raw_exchange, request_id
 
 TARGET = "TrentService.ListKeys"
 UNKNOWN_AKID = "AKIDNOBODYHASTHIS01"
@@ -273,20 +273,7 @@ SECRET_MARK = "hsmdsecretmarkQ7x"  # stands for what a client might put in a req
 
 def raw(port, data):
     """Sends bytes on a connection of their own; returns (status, headers, body)."""
-    import socket
-    s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    try:
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        out = b""
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            out += d
-    finally:
-        s.close()
-    head, _, body = out.partition(b"\r\n\r\n")
+    head, _, body = raw_exchange(port, data).partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
     headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
