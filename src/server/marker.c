@@ -33,19 +33,29 @@ static const char *const listing[HSM_MARKER_KIND_COUNT] = {
 
 #define APPROVAL_CREATED_DIGITS 19 /* INT64_MAX */
 
-/* A version number as hsmd writes it: 1-4294967295, decimal, no sign, space or leading 0. */
-static bool canonical_version(const char *s)
+/*
+ * The n characters at s as hsmd writes a number: decimal digits, no sign or
+ * space, no leading 0 (but "0" itself), at most max_digits (19 at most, so
+ * *v cannot overflow).
+ */
+static bool canonical_decimal(const char *s, size_t n, size_t max_digits, uint64_t *v)
 {
-	size_t n = strlen(s);
-	if (n == 0 || n > 10 || s[0] == '0')
+	if (n == 0 || n > max_digits || (s[0] == '0' && n > 1))
 		return false;
-	uint64_t v = 0;
+	*v = 0;
 	for (size_t i = 0; i < n; i++) {
 		if (s[i] < '0' || s[i] > '9')
 			return false;
-		v = v * 10 + (uint64_t)(s[i] - '0');
+		*v = *v * 10 + (uint64_t)(s[i] - '0');
 	}
-	return v <= UINT32_MAX;
+	return true;
+}
+
+/* A version number as hsmd writes it: 1-4294967295. */
+static bool canonical_version(const char *s)
+{
+	uint64_t v;
+	return canonical_decimal(s, strlen(s), 10, &v) && v >= 1 && v <= UINT32_MAX;
 }
 
 /* An alias name ListAliases could list: alias/ and KMS's AliasName pattern [a-zA-Z0-9:/_-]. */
@@ -82,16 +92,9 @@ static bool tag_key(const char *s)
 static bool approval_position(const char *p, int64_t *created, const char **id)
 {
 	const char *dot = strchr(p, '.');
-	size_t n = dot != NULL ? (size_t)(dot - p) : 0;
-	if (n == 0 || n > APPROVAL_CREATED_DIGITS || (p[0] == '0' && n > 1))
-		return false;
-	uint64_t v = 0;
-	for (size_t i = 0; i < n; i++) {
-		if (p[i] < '0' || p[i] > '9')
-			return false;
-		v = v * 10 + (uint64_t)(p[i] - '0');
-	}
-	if (v > INT64_MAX || strlen(dot + 1) != HSM_APPROVAL_ID_LEN ||
+	uint64_t v;
+	if (dot == NULL || !canonical_decimal(p, (size_t)(dot - p), APPROVAL_CREATED_DIGITS, &v) ||
+	    v > INT64_MAX || strlen(dot + 1) != HSM_APPROVAL_ID_LEN ||
 	    strspn(dot + 1, "0123456789abcdef") != HSM_APPROVAL_ID_LEN)
 		return false;
 	*created = (int64_t)v;
