@@ -29,6 +29,16 @@ REGION = "us-east-1"
 ACCOUNT = "111122223333"
 DEV_AKID = "AKIAHSMDTESTDEVKEY01"
 DEV_SECRET = "hsmd-integration-test-secret-key-0123456789"
+# "address" when the programs under test are built with AddressSanitizer and
+# UndefinedBehaviorSanitizer (scripts/asan_integration.py).
+SANITIZER = os.environ.get("HSM_SANITIZER", "")
+
+
+def plain_build_only(why):
+    """Skips the calling test when the programs run under a sanitizer; `why` says what
+    the sanitizer's runtime takes away from the test."""
+    if SANITIZER:
+        pytest.skip(f"not under the {SANITIZER} sanitizer: {why}")
 
 
 # A program a test runs that dies of a crash signal fails that test, whatever the test
@@ -249,6 +259,7 @@ def build_preload(tmp_path_factory, name):
 @pytest.fixture(scope="module")
 def shim(tmp_path_factory):
     """oomfault.c built: the preload that refuses a process's allocations on command."""
+    plain_build_only("oomfault.c replaces the allocator, which the sanitizer's runtime owns")
     return build_preload(tmp_path_factory, "oomfault")
 
 

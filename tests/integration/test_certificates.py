@@ -39,7 +39,8 @@ from cryptography.x509.oid import NameOID
 from PyKCS11 import (CKA_CLASS, CKA_ID, CKA_LABEL, CKA_PRIVATE, CKA_TOKEN, CKA_VALUE,
                      CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKR)
 
-from conftest import BUILD, DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, start_dev
+from conftest import (BUILD, DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, plain_build_only,
+                      signed_call, start_dev)
 from helpers import (ACCOUNT, admin, audit_records, b64, kms_front, metric, new_user,
                      restart_dev)
 
@@ -1091,6 +1092,8 @@ def test_pkcs11_tool(server, officer, ca, keys, tmp_path):
 # ---- PKCS#11: Java's SunPKCS11 KeyStore -----------------------------------------------------------
 
 def test_java_keystore(server, officer, ca, keys, user, tmp_path):
+    plain_build_only("the JVM's mappings leave no room for the shadow memory of a module built "
+                     "with it")
     if not os.path.exists(JAVA):
         pytest.fail(f"{JAVA} is missing: scripts/install-deps.sh installs openjdk-17-jdk-headless")
     certs = {name: cert_of_key(officer, ca, keys[name], f"java-{name}.example")
