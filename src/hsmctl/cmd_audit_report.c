@@ -52,7 +52,8 @@ typedef struct report_opts {
 typedef struct report {
 	json_t *ops;        /* op -> {total, success, error, denied} */
 	json_t *principals; /* principal -> {total, success, error, denied} */
-	json_t *auth;       /* "access key from source" -> {count, errors: {name: n}} */
+	json_t *auth;       /* "access key from source" -> {total, error name: n, ...} */
+	json_t *refused;    /* the same, for the other refusals of requests nobody authenticated */
 	json_t *changes;    /* [record, ...] in order */
 	json_t *events;
 	json_t *nodes;      /* node -> records */
@@ -229,6 +230,25 @@ static hsm_result count(json_t *counts, const char *name, const char *outcome)
 	return count_n(counts, name, outcome, 1);
 }
 
+/* Adds n to counts[name][kind] and counts[name].total. */
+static hsm_result count_kind(json_t *counts, const char *name, const char *kind, json_int_t n)
+{
+	json_t *c = json_object_get(counts, name);
+	if (c == NULL) {
+		c = json_pack("{s:I}", "total", (json_int_t)0);
+		HSM_ENSURE(c != NULL && json_object_set_new(counts, name, c) == 0, HSM_ERR_NOMEM,
+		           "out of memory");
+	}
+	json_t *total = json_object_get(c, "total"), *k = json_object_get(c, kind);
+	json_integer_set(total, json_integer_value(total) + n);
+	if (k != NULL)
+		json_integer_set(k, json_integer_value(k) + n);
+	else
+		HSM_ENSURE(json_object_set_new(c, kind, json_integer(n)) == 0, HSM_ERR_NOMEM,
+		           "out of memory");
+	return HSM_SUCCESS;
+}
+
 /* Operations that read or use keys without changing anything. */
 static bool is_change(const char *op)
 {
@@ -283,7 +303,9 @@ static bool is_auth_failure(const char *error)
 /*
  * A RefusalsSummarized event: the failed authentications it counts
  * (extra.kinds, "InvalidSignatureException=120,Status=3") join those
- * recorded one by one, as "(summarized) from <source>".
+ * recorded one by one, as "(summarized) from <source>"; its other refusals
+ * (malformed or unserved HTTP requests, ...) join the refusals before
+ * authentication the same way.  Answered Status calls are no refusal.
  */
 static hsm_result add_summarized(report *r, json_t *rec)
 {
@@ -300,8 +322,10 @@ static hsm_result add_summarized(report *r, json_t *rec)
 			snprintf(name, sizeof(name), "%.*s", (int)(eq - kinds), kinds);
 			char digits[24];
 			snprintf(digits, sizeof(digits), "%.*s", (int)(kinds + len - eq - 1), eq + 1);
-			if (is_auth_failure(name) && hsm_ok(hsm_parse_i64(digits, 0, INT64_MAX, &n)))
-				HSM_GUARD(count_n(r->auth, from, name, (json_int_t)n));
+			if (strcmp(name, "Status") != 0 &&
+			    hsm_ok(hsm_parse_i64(digits, 0, INT64_MAX, &n)))
+				HSM_GUARD(count_kind(is_auth_failure(name) ? r->auth : r->refused, from,
+				                     name, (json_int_t)n));
 		}
 		kinds += len + (kinds[len] == ',');
 	}
@@ -566,8 +590,14 @@ static hsm_result add_one(report *r, const report_opts *o, json_t *rec)
 		HSM_GUARD(count_summarized(r->principals, who, rec));
 	else
 		HSM_GUARD(count(r->principals, who, outcome));
-	if (strcmp(type, "request") == 0 && strcmp(outcome, "denied") == 0 &&
-	    is_auth_failure(error)) {
+	/*
+	 * Refusals of requests nobody authenticated: failed authentications, and
+	 * the others (malformed, oversized or unserved HTTP requests, a sealed
+	 * node's answers, ...).
+	 */
+	bool auth_failure = strcmp(outcome, "denied") == 0 && is_auth_failure(error);
+	if (strcmp(type, "request") == 0 && *error != '\0' &&
+	    (auth_failure || *str_of(rec, "principal") == '\0')) {
 		/* By address: a client's every connection has another port. */
 		const char *source = str_of(rec, "source");
 		size_t addr_len = strlen(source);
@@ -579,7 +609,7 @@ static hsm_result add_one(report *r, const report_opts *o, json_t *rec)
 		         *str_of(rec, "access_key") ? str_of(rec, "access_key") : "(no access key)",
 		         (int)(addr_len > 0 ? addr_len : strlen("(unknown)")),
 		         addr_len > 0 ? source : "(unknown)");
-		HSM_GUARD(count(r->auth, from, error));
+		HSM_GUARD(count_kind(auth_failure ? r->auth : r->refused, from, error, 1));
 	}
 	if (strcmp(type, "event") == 0 && strcmp(op, "RefusalsSummarized") == 0)
 		HSM_GUARD(add_summarized(r, rec));
@@ -879,6 +909,26 @@ static void print_text(const report *r, const hsm_audit_verify_report *v, const 
 		put_padded(name, 54);
 		printf(" %8lld\n", (long long)json_integer_value(json_object_get(c, "total")));
 	}
+	printf("\nrefusals before authentication (%zu sources)\n", json_object_size(r->refused));
+	json_object_foreach(r->refused, name, c)
+	{
+		printf("  ");
+		put_padded(name, 54);
+		printf(" %8lld ", (long long)json_integer_value(json_object_get(c, "total")));
+		const char *kind;
+		json_t *k;
+		const char *sep = " ";
+		json_object_foreach(c, kind, k)
+		{
+			if (strcmp(kind, "total") == 0)
+				continue;
+			printf("%s", sep);
+			put_shown(kind);
+			printf(" %lld", (long long)json_integer_value(k));
+			sep = ", ";
+		}
+		printf("\n");
+	}
 	print_lines("changes", r->changes);
 	print_lines("node events", r->events);
 }
@@ -888,7 +938,7 @@ static hsm_result emit_json(const report *r, const hsm_audit_verify_report *v,
 {
 	json_t *out = json_pack(
 	    "{s:{s:b,s:I,s:I,s:I,s:I,s:I,s:I,s:b},s:{s:s?,s:s?,s:s?,s:s?},s:I,s:O,s:O,s:O,s:O,s:O,"
-	    "s:O}",
+	    "s:O,s:O}",
 	    "verified", "valid", 1, "files", (json_int_t)v->files, "records", (json_int_t)v->records,
 	    "first_seq", (json_int_t)v->first_seq, "last_seq", (json_int_t)v->last_seq, "kept_from",
 	    (json_int_t)v->kept_from,
@@ -897,7 +947,7 @@ static hsm_result emit_json(const report *r, const hsm_audit_verify_report *v,
 	    r->records ? r->last : NULL, "since", o->since[0] ? o->since : NULL, "until",
 	    o->until[0] ? o->until : NULL, "records", (json_int_t)r->records, "nodes", r->nodes,
 	    "operations", r->ops, "principals", r->principals, "failed_authentications", r->auth,
-	    "changes", r->changes, "events", r->events);
+	    "refusals_before_authentication", r->refused, "changes", r->changes, "events", r->events);
 	HSM_ENSURE(out != NULL, HSM_ERR_NOMEM, "out of memory");
 	json_t *uw = json_array();
 	size_t shown = sizeof(v->unsigned_at_write) / sizeof(v->unsigned_at_write[0]);
@@ -945,7 +995,7 @@ int cmd_audit_report(int argc, char **argv)
 	hsm_audit_verify_report v;
 	memset(&v, 0, sizeof(v));
 	report r = {.ops = json_object(), .principals = json_object(), .auth = json_object(),
-	            .changes = json_array(), .events = json_array(), .nodes = json_object(),
+	            .refused = json_object(), .changes = json_array(), .events = json_array(), .nodes = json_object(),
 	            .approvals = json_object()};
 	char **files = NULL;
 	size_t n = 0;
@@ -972,6 +1022,7 @@ int cmd_audit_report(int argc, char **argv)
 	json_decref(r.ops);
 	json_decref(r.principals);
 	json_decref(r.auth);
+	json_decref(r.refused);
 	json_decref(r.changes);
 	json_decref(r.events);
 	json_decref(r.nodes);

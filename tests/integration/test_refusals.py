@@ -6,6 +6,7 @@ import glob
 import http.client
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -60,6 +61,14 @@ def verified_report(data):
                        text=True)
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout)
+
+
+def report_text(data):
+    """`hsmctl audit report` of the node's trail, as text."""
+    files = sorted(glob.glob(os.path.join(data, "audit", "audit-*.jsonl")))
+    p = subprocess.run([HSMCTL, "audit", "report"] + files, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
 
 
 def test_a_flood_of_unsigned_requests_is_summarized_not_recorded_one_by_one():
@@ -120,6 +129,10 @@ def test_a_flood_of_unsigned_requests_is_summarized_not_recorded_one_by_one():
     failed = report["failed_authentications"]
     assert sum(c["total"] for c in failed.values()) == 360, failed
     assert failed["(summarized) from 127.0.0.1"]["total"] == total
+    assert {k: sum(c.get(k, 0) for c in failed.values())
+            for k in ("MissingAuthenticationTokenException", "UnrecognizedClientException")} \
+        == {"MissingAuthenticationTokenException": 300, "UnrecognizedClientException": 60}
+    assert report["refusals_before_authentication"] == {}, report  # all were authentications
     # The principals table counts the refusals a summary stands for, not one per event,
     # under the access key ids they claimed when they claimed any.
     principals = report["principals"]
@@ -262,8 +275,16 @@ def test_refusals_of_a_sealed_node_name_the_access_key_claimed():
     p = subprocess.run([HSMCTL, "audit", "report", "--json", os.path.join(data, "audit")],
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
-    principals = json.loads(p.stdout)["principals"]
+    report = json.loads(p.stdout)
+    principals = report["principals"]
     assert principals[f"(not authenticated) {DEV_AKID}"]["total"] == 1, principals
+    # No signature was checked, so none failed: all 23 are refusals before authentication.
+    assert report["failed_authentications"] == {}, report
+    refused = report["refusals_before_authentication"]
+    assert refused[f"{DEV_AKID} from 127.0.0.1"] == \
+        {"total": 1, "ServiceUnavailableException": 1}, refused
+    assert sum(c["total"] for c in refused.values()) == 23, refused
+    assert all(set(c) == {"total", "ServiceUnavailableException"} for c in refused.values())
     assert principals[f"(not authenticated) {UNKNOWN_AKID}"]["total"] >= 1, principals
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -352,6 +373,20 @@ def test_requests_refused_before_they_are_read_get_records():
     report = verified_report(data)
     assert report["operations"]["HttpRequest"]["denied"] == len(HTTP_REFUSALS), report
     assert report["failed_authentications"] == {}, report  # not authentications
+    # By source, with the errors they got.
+    by_error = {"total": len(answers)}
+    for _, typ in answers:
+        by_error[typ] = by_error.get(typ, 0) + 1
+    assert len(by_error) >= 3, by_error  # the table shows errors of several kinds
+    assert report["refusals_before_authentication"] == \
+        {"(no access key) from 127.0.0.1": by_error}, report
+    text = report_text(data)
+    section = text.split("\nrefusals before authentication (")[1].split("\nchanges (")[0]
+    assert section.startswith("1 sources)\n"), section
+    row = section.splitlines()[1]
+    assert re.match(rf"^  \(no access key\) from 127\.0\.0\.1 +{len(answers)}  ", row), row
+    assert sorted(row.split(f" {len(answers)}  ", 1)[1].split(", ")) == \
+        sorted(f"{k} {v}" for k, v in by_error.items() if k != "total"), row
     shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -383,4 +418,13 @@ def test_a_flood_of_malformed_requests_is_summarized():
     for r in own:
         by_kind[r["error"]] = by_kind.get(r["error"], 0) + 1
     assert by_kind == {"ValidationException": 60, "NotFoundException": 40}, by_kind
+    # The report counts each of them once, those recorded one by one and those summarized.
+    report = verified_report(data)
+    refused = report["refusals_before_authentication"]
+    assert set(refused) <= {"(no access key) from 127.0.0.1", "(summarized) from 127.0.0.1"}
+    assert refused["(no access key) from 127.0.0.1"]["total"] == len(own), refused
+    assert {k: sum(c.get(k, 0) for c in refused.values())
+            for k in ("total", "ValidationException", "NotFoundException")} == \
+        {"total": 100, "ValidationException": 60, "NotFoundException": 40}, refused
+    assert report["failed_authentications"] == {}, report
     shutil.rmtree(tmp, ignore_errors=True)
