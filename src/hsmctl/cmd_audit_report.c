@@ -786,6 +786,32 @@ static void print_counts(const char *title, json_t *counts)
 }
 
 /* " label" and the string shown. */
+/* One row a source: its total, then each error it got and how often. */
+static void print_sources(const char *title, json_t *sources)
+{
+	printf("\n%s (%zu sources)\n", title, json_object_size(sources));
+	const char *name;
+	json_t *c;
+	json_object_foreach(sources, name, c)
+	{
+		printf("  ");
+		put_padded(name, 54);
+		printf(" %8lld ", (long long)json_integer_value(json_object_get(c, "total")));
+		const char *kind, *sep = " ";
+		json_t *k;
+		json_object_foreach(c, kind, k)
+		{
+			if (strcmp(kind, "total") == 0)
+				continue;
+			printf("%s", sep);
+			put_shown(kind);
+			printf(" %lld", (long long)json_integer_value(k));
+			sep = ", ";
+		}
+		printf("\n");
+	}
+}
+
 static void put_field(const char *label, const char *s)
 {
 	fputs(label, stdout);
@@ -902,33 +928,8 @@ static void print_text(const report *r, const hsm_audit_verify_report *v, const 
 	printf("\n");
 	print_counts("operations", r->ops);
 	print_counts("principals", r->principals);
-	printf("\nfailed authentications (%zu sources)\n", json_object_size(r->auth));
-	json_object_foreach(r->auth, name, c)
-	{
-		printf("  ");
-		put_padded(name, 54);
-		printf(" %8lld\n", (long long)json_integer_value(json_object_get(c, "total")));
-	}
-	printf("\nrefusals before authentication (%zu sources)\n", json_object_size(r->refused));
-	json_object_foreach(r->refused, name, c)
-	{
-		printf("  ");
-		put_padded(name, 54);
-		printf(" %8lld ", (long long)json_integer_value(json_object_get(c, "total")));
-		const char *kind;
-		json_t *k;
-		const char *sep = " ";
-		json_object_foreach(c, kind, k)
-		{
-			if (strcmp(kind, "total") == 0)
-				continue;
-			printf("%s", sep);
-			put_shown(kind);
-			printf(" %lld", (long long)json_integer_value(k));
-			sep = ", ";
-		}
-		printf("\n");
-	}
+	print_sources("failed authentications", r->auth);
+	print_sources("refusals before authentication", r->refused);
 	print_lines("changes", r->changes);
 	print_lines("node events", r->events);
 }

@@ -1110,7 +1110,8 @@ def test_audit_report_summarizes_a_verified_trail():
             for m in re.finditer(r"^  (\S+)\s+((?:\d+\s+){3}\d+)$", out, re.M)}
     assert rows["CreateKey"] == (3, 3, 0, 0) and rows["Encrypt"] == (3, 2, 1, 0), rows
     assert rows["ListKeys"] == (1, 0, 0, 1) and rows["DisableKey"] == (1, 1, 0, 0), rows
-    assert re.search(rf"^  {DEV_AKID} from 127\.0\.0\.1\s+1$", out, re.M), out
+    assert re.search(rf"^  {DEV_AKID} from 127\.0\.0\.1\s+1  InvalidSignatureException 1$",
+                     out, re.M), out
     changes = out.split("\nchanges (")[1].split("\nnode events (")[0]
     assert changes.startswith("5)"), changes
     for op, k in (("CreateKey", key), ("CreateKey", other), ("DisableKey", key),
@@ -1204,9 +1205,12 @@ def test_audit_report_node_events_sources_and_arguments():
     p = report(files)
     assert p.returncode == 0, p.stderr
     out = p.stdout
-    auth = out.split("\nfailed authentications (")[1].split("\nchanges (")[0]
+    auth = out.split("\nfailed authentications (")[1].split("\nrefusals before authentication (")[0]
     assert auth.startswith("1 sources)"), auth
-    assert re.search(rf"^  {DEV_AKID} from 127\.0\.0\.1\s+3$", auth, re.M), auth
+    assert re.search(rf"^  {DEV_AKID} from 127\.0\.0\.1\s+3  InvalidSignatureException 3$",
+                     auth, re.M), auth
+    refused = out.split("\nrefusals before authentication (")[1].split("\nchanges (")[0]
+    assert refused == "0 sources)\n", refused  # the unsigned Unseal was answered
     changes = out.split("\nchanges (")[1].split("\nnode events (")[0]
     events = out.split("\nnode events (")[1]
     assert " Seal " not in changes and " Unseal " not in changes, changes
@@ -1221,8 +1225,9 @@ def test_audit_report_node_events_sources_and_arguments():
     ops = [e["op"] for e in j["events"]]
     assert ops[ops.index("Seal") + 1] == "Unseal", ops
     assert not {"Seal", "Unseal"} & {c["op"] for c in j["changes"]}
-    assert {a: c["total"] for a, c in j["failed_authentications"].items()} == \
-        {f"{DEV_AKID} from 127.0.0.1": 3}
+    assert j["failed_authentications"] == \
+        {f"{DEV_AKID} from 127.0.0.1": {"total": 3, "InvalidSignatureException": 3}}
+    assert j["refusals_before_authentication"] == {}
     # Dates and times that exist, keys the trail can name.
     for bad, why in (("2026-13-01", "no month 13"), ("2026-00-10", "no month 0"),
                      ("2026-02-29", "no day 29"), ("2026-04-31", "no day 31"),
