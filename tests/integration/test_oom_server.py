@@ -86,45 +86,51 @@ def node(request, shim, tmp_path_factory):
     ctl = str(tmp_path_factory.mktemp("oomctl") / "ctl")
     faults = Faults(ctl, threads)
     env = {"LD_PRELOAD": shim, "HSM_TEST_OOM_CTL": ctl}
-    pg = None
-    if scheme == "postgresql":
-        pg = Postgres()
-        store = pg.database("oom")
-        officer_akid, officer_secret, shares, ctl_env = ceremony(
-            str(tmp_path_factory.mktemp("oomceremony")), store)
-        env["HSM_STORE"] = store
-        server = Hsmd(["--node-id", "oom"], env=env)
-        for share in shares:
-            p = subprocess.run([HSMCTL, "--endpoint", server.endpoint, "unseal", share],
-                               capture_output=True, text=True, timeout=120, env=ctl_env)
-            assert p.returncode == 0, p.stdout + p.stderr
-        roles = ["crypto-officer", "crypto-user", "auditor"]
-        admin(server, "CreateUser", {"UserName": "oom", "Roles": roles},
-              akid=officer_akid, secret=officer_secret)
-        k = admin(server, "CreateAccessKey", {"UserName": "oom"}, akid=officer_akid,
-                  secret=officer_secret)
-        akid, secret = k["AccessKeyId"], k["SecretAccessKey"]
-    else:
-        env.update({"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET})
-        args, tls_ca = ["--dev"], None
-        if scheme == "https":
-            pki = make_pki(str(tmp_path_factory.mktemp("oompki")))
-            args += ["--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"]]
-            tls_ca = pki["ca.pem"]
-        server = Hsmd(args, env=env, tls_ca=tls_ca)
-        akid, secret = DEV_AKID, DEV_SECRET
-    # Over TLS every request begins with the same handshake, and the audit writer's work
-    # is one record whatever the request: the request threads' own paths are spread over
-    # in full on plain HTTP and PostgreSQL, and only sampled here.
-    sampled = scheme == "https" or threads != REQUEST_THREADS
-    # A key's first use is the same work on either store but for one read.
-    cold_cap = SAMPLED if sampled else 40 if scheme == "postgresql" else None
-    yield types.SimpleNamespace(server=server, faults=faults, akid=akid, secret=secret,
-                                sampled=sampled, cold_cap=cold_cap)
-    server.cleanup()
-    faults.close()
-    if pg is not None:
-        pg.close()
+    # Whatever fails on the way (a node that does not start, a ceremony refused), the
+    # PostgreSQL server and the node stop: no server outlives the test.
+    pg = server = None
+    try:
+        if scheme == "postgresql":
+            pg = Postgres()
+            store = pg.database("oom")
+            officer_akid, officer_secret, shares, ctl_env = ceremony(
+                str(tmp_path_factory.mktemp("oomceremony")), store)
+            env["HSM_STORE"] = store
+            server = Hsmd(["--node-id", "oom"], env=env)
+            for share in shares:
+                p = subprocess.run([HSMCTL, "--endpoint", server.endpoint, "unseal", share],
+                                   capture_output=True, text=True, timeout=120, env=ctl_env)
+                assert p.returncode == 0, p.stdout + p.stderr
+            roles = ["crypto-officer", "crypto-user", "auditor"]
+            admin(server, "CreateUser", {"UserName": "oom", "Roles": roles},
+                  akid=officer_akid, secret=officer_secret)
+            k = admin(server, "CreateAccessKey", {"UserName": "oom"}, akid=officer_akid,
+                      secret=officer_secret)
+            akid, secret = k["AccessKeyId"], k["SecretAccessKey"]
+        else:
+            env.update({"HSM_DEV_ACCESS_KEY_ID": DEV_AKID,
+                        "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET})
+            args, tls_ca = ["--dev"], None
+            if scheme == "https":
+                pki = make_pki(str(tmp_path_factory.mktemp("oompki")))
+                args += ["--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"]]
+                tls_ca = pki["ca.pem"]
+            server = Hsmd(args, env=env, tls_ca=tls_ca)
+            akid, secret = DEV_AKID, DEV_SECRET
+        # Over TLS every request begins with the same handshake, and the audit writer's work
+        # is one record whatever the request: the request threads' own paths are spread over
+        # in full on plain HTTP and PostgreSQL, and only sampled here.
+        sampled = scheme == "https" or threads != REQUEST_THREADS
+        # A key's first use is the same work on either store but for one read.
+        cold_cap = SAMPLED if sampled else 40 if scheme == "postgresql" else None
+        yield types.SimpleNamespace(server=server, faults=faults, akid=akid, secret=secret,
+                                    sampled=sampled, cold_cap=cold_cap)
+    finally:
+        if server is not None:
+            server.cleanup()
+        faults.close()
+        if pg is not None:
+            pg.close()
 
 
 UNKNOWN_AKID = "AKIAHSMDOOMUNKNOWN00"
