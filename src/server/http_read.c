@@ -89,6 +89,7 @@ typedef enum in_space {
 	IN_ROOM,  /* there is room to read into */
 	IN_LIMIT, /* the request cannot fit its limits */
 	IN_BUSY,  /* the server holds too much input already (max_buffered_bytes) */
+	IN_NOMEM, /* no memory for a buffer: the server's failing, not the request's */
 } in_space;
 
 /* Makes room to read into. */
@@ -98,7 +99,7 @@ static in_space in_room(hsm_http_conn *c)
 	if (c->in == NULL) {
 		c->in = w->n_bufs > 0 ? w->bufs[--w->n_bufs] : malloc(HSM_HTTP_IN_BUF);
 		c->in_cap = c->in != NULL ? HSM_HTTP_IN_BUF : 0;
-		return c->in != NULL ? IN_ROOM : IN_LIMIT;
+		return c->in != NULL ? IN_ROOM : IN_NOMEM;
 	}
 	if (c->in_len < c->in_cap)
 		return IN_ROOM;
@@ -123,7 +124,7 @@ static in_space in_room(hsm_http_conn *c)
 	uint8_t *p = malloc(cap);
 	if (p == NULL) {
 		atomic_fetch_sub_explicit(&w->srv->buffered, cap, memory_order_relaxed);
-		return IN_LIMIT;
+		return IN_NOMEM;
 	}
 	memcpy(p, c->in, c->in_len);
 	if (c->head_len > 0)
@@ -310,6 +311,8 @@ bool hsm_http_conn_input(hsm_http_conn *c)
 	if (room == IN_BUSY)
 		return refuse(c, 503, unavailable,
 		              "Too much request data is being received; retry later");
+	if (room == IN_NOMEM)
+		return refuse(c, 503, unavailable, "Out of memory; retry later");
 	if (room != IN_ROOM) {
 		if (c->head_len == 0)
 			return refuse(c, 431, invalid, "Request Header Fields Too Large");
