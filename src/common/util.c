@@ -597,6 +597,8 @@ out:
 hsm_result hsm_mkdir_p(const char *path)
 {
 	char tmp[PATH_MAX];
+	/* The loop below starts past the first byte: an empty path has none. */
+	HSM_ENSURE(path[0] != '\0', HSM_ERR_VALIDATION, "the directory path is empty");
 	HSM_GUARD(hsm_strcpy(tmp, sizeof(tmp), path));
 	for (char *p = tmp + 1; *p; p++) {
 		if (*p != '/')

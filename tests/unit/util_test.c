@@ -450,6 +450,17 @@ static void test_dirs_others_may_write_to_are_refused(void **state)
 	rmdir(dir);
 }
 
+/* An empty path names no directory: refused, not read past its terminator. */
+static void test_an_empty_directory_path_is_refused(void **state)
+{
+	(void)state;
+	hsm_result r = hsm_mkdir_p("");
+	assert_int_equal(r.err, HSM_ERR_VALIDATION);
+	assert_string_equal(hsm_last_message(), "the directory path is empty");
+	r = hsm_mkdir_private("");
+	assert_int_equal(r.err, HSM_ERR_VALIDATION);
+}
+
 static void test_uri_passwords_are_masked_in_place(void **state)
 {
 	(void)state;
@@ -526,6 +537,7 @@ int main(void)
 	    cmocka_unit_test(test_atomic_write_failing_leaves_no_temporary),
 	    cmocka_unit_test(test_copy_follows_no_planted_link),
 	    cmocka_unit_test(test_dirs_others_may_write_to_are_refused),
+	    cmocka_unit_test(test_an_empty_directory_path_is_refused),
 	    cmocka_unit_test(test_uri_passwords_are_masked_in_place),
 	    cmocka_unit_test(test_args_keep_a_copy_and_hide_passwords),
 	};
