@@ -54,8 +54,10 @@ static int build_log(void **state)
 	fx.data = t_slurp(paths[0], &fx.len);
 	fx.pem = t_signer_pem(&fx.signer);
 	for (size_t i = 0; i < fx.len; i++)
-		if (i == 0 || fx.data[i - 1] == '\n')
+		if (i == 0 || fx.data[i - 1] == '\n') {
+			assert_true(fx.n_lines < MAX_LINES);
 			fx.off[fx.n_lines++] = i;
+		}
 	fx.off[fx.n_lines] = fx.len;
 	assert_true(fx.n_lines > N_RECORDS && fx.n_lines < MAX_LINES);
 	t_rm_rf(dir);

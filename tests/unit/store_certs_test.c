@@ -258,8 +258,10 @@ static void list_all(hsm_store *s, size_t limit, seen *all, size_t *pages)
 		                              &truncated));
 		assert_true(p.n <= limit);
 		assert_true(!truncated || p.n == limit);
-		for (size_t i = 0; i < p.n; i++)
+		for (size_t i = 0; i < p.n; i++) {
+			assert_true(all->n < MAX_SEEN); /* a listing that never ends fails, not overflows */
 			all->id[all->n++] = p.id[i];
+		}
 		(*pages)++;
 		if (!truncated)
 			break;
@@ -775,8 +777,10 @@ static void find_all(hsm_store *s, const hsm_cert_match *m, size_t limit, seen *
 		EXPECT_OK(hsm_store_cert_find(s, m, pages == 0 ? NULL : after, limit, collect, &p,
 		                              &truncated));
 		assert_true(p.n <= limit && (!truncated || p.n == limit));
-		for (size_t i = 0; i < p.n; i++)
+		for (size_t i = 0; i < p.n; i++) {
+			assert_true(all->n < MAX_SEEN); /* a listing that never ends fails, not overflows */
 			all->id[all->n++] = p.id[i];
+		}
 		if (!truncated)
 			return;
 		assert_true(p.n > 0);

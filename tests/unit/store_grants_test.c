@@ -92,6 +92,7 @@ static void list_all(hsm_store *s, const char *key_id, const char *who, size_t l
 		assert_true(p.n <= limit);
 		assert_true(!truncated || p.n == limit);
 		for (size_t i = 0; i < p.n; i++) {
+			assert_true(all->n < MAX_SEEN); /* a listing that never ends fails, not overflows */
 			all->id[all->n] = p.id[i];
 			memcpy(all->key[all->n++], p.key[i], sizeof(p.key[i]));
 		}

@@ -560,6 +560,7 @@ static size_t jwt_keys(hsm_store *s, size_t limit, unsigned *out, size_t cap)
 		page p = {0};
 		EXPECT_OK(hsm_store_jwt_key_list(s, after, limit, collect_key, &p, &more));
 		assert_true(p.n <= limit);
+		assert_true(!more || p.n == limit); /* an empty page that asks for more would loop */
 		for (size_t i = 0; i < p.n; i++) {
 			assert_true(n < cap);
 			out[n++] = (unsigned)strtoul(p.ids[i], NULL, 16);

@@ -217,6 +217,8 @@ bool tc_read(tc_conn *c, tc_resp *r, bool head_only)
 	size_t body_len = 0;
 	if (!head_only && tc_header(r, "Content-Length", v, sizeof(v)))
 		body_len = strtoul(v, NULL, 10);
+	if (body_len > TC_BUF_MAX - head_len)
+		return false; /* more than the buffer holds (or a length that wraps the sum) */
 	while (c->len < head_len + body_len)
 		if (fill(c) <= 0)
 			return false;
@@ -262,11 +264,13 @@ bool tc_simple(uint16_t port, const char *request, int status, tc_resp *out)
 	tc_conn *c = tc_connect(port, false, 5000);
 	if (c == NULL)
 		return false;
-	tc_resp r;
+	tc_resp r = {0};
 	bool ok = tc_send(c, request, strlen(request)) && tc_read(c, &r, false) && r.status == status;
+	if (!ok && r.status != 0)
+		fprintf(stderr, "tc_simple: got HTTP status %d, wanted %d\n", r.status, status);
 	if (ok && out != NULL)
 		*out = r;
-	else if (ok)
+	else
 		tc_resp_clear(&r);
 	tc_close(c);
 	return ok;
