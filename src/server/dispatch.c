@@ -790,6 +790,7 @@ static bool named_op(const char *name);
 /*
  * The rest of a KMS request once authenticated and parsed (r says whether
  * that went well): the handler, the audit record, the answer.  Takes doc.
+ * info is NULL only with r failed (an operation hsmd does not know).
  */
 static void finish_kms(hsm_server *s, const char *name, const hsm_op_info *info, pending *p,
                        const hsm_auth_result *auth, json_t *doc, hsm_result r)
