@@ -1587,6 +1587,73 @@ static void test_loss_recorded_in_the_file_after_a_rotation(void **state)
 	free(s);
 }
 
+/*
+ * hsmd appends only to the newest file: an incomplete line at the end of an
+ * earlier one is a cut there, not a crash's torn write, even when the next
+ * file goes on with the whole record.
+ */
+static void test_a_torn_line_before_the_last_file_is_reported(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-torn-early");
+	hsm_audit_config c = t_config(dir);
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	for (unsigned i = 0; i < 60; i++) {
+		hsm_audit_record rec = t_record(i);
+		assert_true(hsm_ok(hsm_audit_append(a, &rec)));
+		if (i == 29)
+			assert_true(hsm_ok(hsm_audit_rotate(a)));
+	}
+	hsm_audit_close(a);
+	static char paths[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES), 2);
+	size_t lens[2];
+	char *text[2] = {t_slurp(paths[0], &lens[0]), t_slurp(paths[1], &lens[1])};
+	const char *names[2] = {hsm_path_base(paths[0]), hsm_path_base(paths[1])};
+	const uint8_t *data[2] = {(const uint8_t *)text[0], (const uint8_t *)text[1]};
+	hsm_audit_verify_options o = {0};
+	hsm_audit_verify_report r;
+	assert_true(hsm_ok(hsm_audit_verify_memory(names, data, lens, 2, &o, &r)));
+	if (!r.valid)
+		print_message("the rotated trail: %s\n", r.detail);
+	assert_true(r.valid);
+
+	/* The first file ends with the first ten bytes of the second's first line. */
+	size_t whole = lens[0];
+	char *cut = malloc(whole + 10);
+	assert_non_null(cut);
+	memcpy(cut, text[0], whole);
+	memcpy(cut + whole, text[1], 10);
+	data[0] = (const uint8_t *)cut;
+	lens[0] = whole + 10;
+	assert_true(hsm_ok(hsm_audit_verify_memory(names, data, lens, 2, &o, &r)));
+	assert_false(r.valid);
+	assert_int_equal(r.problem, HSM_AUDIT_TORN);
+	assert_string_equal(r.file, names[0]);
+	assert_non_null(strstr(r.detail, "later files follow it"));
+	/* The same ten bytes at the end of the last file are a crash's torn write. */
+	data[0] = (const uint8_t *)text[0];
+	lens[0] = whole;
+	char *last = malloc(lens[1] + 10);
+	assert_non_null(last);
+	memcpy(last, text[1], lens[1]);
+	memcpy(last + lens[1], text[1], 10);
+	data[1] = (const uint8_t *)last;
+	lens[1] += 10;
+	assert_true(hsm_ok(hsm_audit_verify_memory(names, data, lens, 2, &o, &r)));
+	assert_false(r.valid);
+	assert_int_equal(r.problem, HSM_AUDIT_TORN);
+	assert_string_equal(r.file, names[1]);
+	assert_null(strstr(r.detail, "later files follow it"));
+	free(last);
+	free(cut);
+	free(text[0]);
+	free(text[1]);
+	t_rm_rf(dir);
+}
+
 /* Two losses the node recorded: the verdict names both ranges. */
 static void test_every_recorded_loss_is_named(void **state)
 {
@@ -1644,6 +1711,7 @@ int main(void)
 	    cmocka_unit_test(test_loss_recorded_after_many_rewritten_records),
 	    cmocka_unit_test(test_loss_recorded_in_the_file_after_a_rotation),
 	    cmocka_unit_test(test_every_recorded_loss_is_named),
+	    cmocka_unit_test(test_a_torn_line_before_the_last_file_is_reported),
 	};
 	return cmocka_run_group_tests(tests, build_log, free_log);
 }
