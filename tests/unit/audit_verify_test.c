@@ -1193,6 +1193,76 @@ static void test_a_restart_says_how_the_run_before_it_ended(void **state)
 	free(log);
 }
 
+/* fx, then a restart stating the unsigned tail it found (up to seq `stated`, head hex),
+ * then an unsigned shutdown. */
+static char *restart_stating(uint64_t stated, const char *head, size_t *len)
+{
+	uint64_t seq = (uint64_t)fx.n_lines;
+	char *opening = forged_line(0, seq + 1, NULL, 0, false);
+	json_t *j = json_loads(opening, 0, NULL);
+	assert_non_null(j);
+	free(opening);
+	json_t *extra = json_object_get(j, "extra");
+	char text[24];
+	snprintf(text, sizeof(text), "%llu", (unsigned long long)stated);
+	assert_int_equal(json_object_set_new(extra, "unsigned_first_seq", json_string("1")), 0);
+	assert_int_equal(json_object_set_new(extra, "unsigned_last_seq", json_string(text)), 0);
+	assert_int_equal(json_object_set_new(extra, "unsigned_head", json_string(head)), 0);
+	char *tail[2] = {json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER),
+	                 forged_line(fx.n_lines - 1, seq + 2, "shutdown", 1, false)};
+	json_decref(j);
+	return with_tail(0, tail, 2, len);
+}
+
+/*
+ * A restart's AuditLogOpened names the unsigned records it found at the end
+ * of the trail, by the last one's seq and hash: a statement that does not
+ * match the record before it is a rewrite.
+ */
+static void test_a_restart_must_name_the_unsigned_tail_it_found(void **state)
+{
+	(void)state;
+	uint64_t seq = (uint64_t)fx.n_lines; /* fx's last record: its signed shutdown checkpoint */
+	/* The hash of that record, as the restart chains to it. */
+	size_t len;
+	char head[65];
+	memset(head, '0', 64);
+	head[64] = '\0';
+	char *log = restart_stating(seq, head, &len);
+	const char *at = line_at(log, fx.n_lines);
+	json_t *opening = json_loadb(at, len - (size_t)(at - log), JSON_DISABLE_EOF_CHECK, NULL);
+	assert_non_null(opening);
+	snprintf(head, sizeof(head), "%s", json_string_value(json_object_get(opening, "prev")));
+	assert_int_equal(strlen(head), 64);
+	json_decref(opening);
+	free(log);
+
+	log = restart_stating(seq, head, &len);
+	hsm_audit_verify_report r = verify_buf(log, len, NULL);
+	if (!r.valid)
+		print_message("the true statement: %s\n", r.detail);
+	assert_true(r.valid);
+	free(log);
+
+	static const struct {
+		bool earlier; /* another record, or the right seq with another hash */
+	} cases[] = {{true}, {false}};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		uint64_t stated = cases[i].earlier ? seq - 1 : seq;
+		char other[65];
+		snprintf(other, sizeof(other), "%s", head);
+		if (!cases[i].earlier)
+			other[0] = other[0] == 'a' ? 'b' : 'a';
+		log = restart_stating(stated, other, &len);
+		r = verify_buf(log, len, NULL);
+		expect_bad(r, HSM_AUDIT_MODIFIED, seq + 1);
+		char says[64];
+		snprintf(says, sizeof(says), "unsigned records up to seq %llu", (unsigned long long)stated);
+		assert_non_null(strstr(r.detail, says));
+		free(log);
+	}
+}
+
 /* fx with its last line (the signed shutdown checkpoint) replaced by `last`. */
 static char *with_last_line(const char *last, size_t *len)
 {
@@ -1712,6 +1782,7 @@ int main(void)
 	    cmocka_unit_test(test_loss_recorded_in_the_file_after_a_rotation),
 	    cmocka_unit_test(test_every_recorded_loss_is_named),
 	    cmocka_unit_test(test_a_torn_line_before_the_last_file_is_reported),
+	    cmocka_unit_test(test_a_restart_must_name_the_unsigned_tail_it_found),
 	};
 	return cmocka_run_group_tests(tests, build_log, free_log);
 }
