@@ -893,6 +893,33 @@ def test_ecdh_with_x963_kdf(p11, user, officer, keys):
                 s.destroyObject(k)
 
 
+@pytest.mark.parametrize("spec,curve", [("ECC_NIST_P256", ec.SECP256R1()),
+                                        ("ECC_NIST_P521", ec.SECP521R1())])
+def test_ecdh_on_the_other_curves(p11, user, officer, spec, curve):
+    """The shortest and the longest points: a P-521 point (133 bytes) in a DER OCTET
+    STRING takes a long-form length (0x81), and the peer's SubjectPublicKeyInfo that
+    the module builds for hsmd takes long-form lengths too."""
+    kid = officer.create_key(KeySpec=spec, KeyUsage="KEY_AGREEMENT")["KeyMetadata"]["KeyId"]
+    theirs = ec.generate_private_key(curve)
+    expected = theirs.exchange(ec.ECDH(), public_key(officer, kid))
+    point = theirs.public_key().public_bytes(serialization.Encoding.X962,
+                                             serialization.PublicFormat.UncompressedPoint)
+    compressed = theirs.public_key().public_bytes(serialization.Encoding.X962,
+                                                  serialization.PublicFormat.CompressedPoint)
+    length = bytes([len(point)]) if len(point) < 0x80 else bytes([0x81, len(point)])
+    wrapped = bytes([0x04]) + length + point
+    assert (len(point), wrapped[1]) == ((65, 65) if spec == "ECC_NIST_P256" else (133, 0x81))
+    with session(p11, user.pin) as s:
+        (priv,) = find(s, CKO_PRIVATE_KEY, kid)
+        for data in (point, compressed, wrapped):
+            k = s.deriveKey(priv, SECRET_TEMPLATE, ecdh(data))
+            assert attrs(s, k, CKA_VALUE, CKA_VALUE_LEN) == [expected, len(expected)]
+            s.destroyObject(k)
+        # A long-form length that does not match the point's is no point.
+        ckr(PyKCS11.CKR_MECHANISM_PARAM_INVALID, s.deriveKey, priv, SECRET_TEMPLATE,
+            ecdh(bytes([0x04, 0x81, len(point) + 1]) + point))
+
+
 def test_a_derived_secret_not_extractable_keeps_its_value(p11, user, officer, keys):
     """A derived secret's CKA_VALUE is revealed only when it is neither sensitive nor
     unextractable (PKCS#11 v2.40 table 10, note 8): otherwise CKR_ATTRIBUTE_SENSITIVE, and a
