@@ -852,9 +852,27 @@ def test_ecdh_refusals(p11, user, officer, keys):
             ([(CKA_LABEL, Raw(b"caf\xe9"))], PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID),
             ([(CKA_SENSITIVE, True), (CKA_SENSITIVE, False)], PyKCS11.CKR_TEMPLATE_INCONSISTENT),
             ([(CKA_LABEL, "one"), (CKA_LABEL, "two")], PyKCS11.CKR_TEMPLATE_INCONSISTENT),
+            # Values of the wrong size for their type (a CK_BBOOL is one byte, a CK_ULONG
+            # eight), whatever they would say.
+            ([(CKA_CLASS, Raw(b"\x04"))], PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID),
+            ([(CKA_KEY_TYPE, Raw(b"\x10"))], PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID),
+            ([(CKA_TOKEN, Raw(b"\x00\x00"))], PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID),
+            ([(CKA_PRIVATE, Raw(b""))], PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID),
+            ([(CKA_SENSITIVE, Raw(b"\x01\x01"))], PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID),
+            ([(CKA_VALUE_LEN, Raw(b"\x30"))], PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID),
+            ([(PyKCS11.CKA_DESTROYABLE, Raw(b"\x01\x00"))], PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID),
+            ([(PyKCS11.CKA_DERIVE, Raw(b"\x00\x00"))], PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID),
+            ([(CKA_ID, Raw(b"i" * 1025))], PyKCS11.CKR_ATTRIBUTE_VALUE_INVALID),
+            # No dates are kept: a date is a promise the secret cannot keep.
+            ([(PyKCS11.CKA_START_DATE, Raw(b"20261206"))], PyKCS11.CKR_TEMPLATE_INCONSISTENT),
+            ([(PyKCS11.CKA_END_DATE, Raw(b"20271206"))], PyKCS11.CKR_TEMPLATE_INCONSISTENT),
         ]:
             got = derive_rv(s, ecdh(point), priv, tmpl)
             assert got == code, (tmpl, CKR.get(got, hex(got)))
+        # Empty dates promise nothing: accepted.
+        k = s.deriveKey(priv, SECRET_TEMPLATE + [(PyKCS11.CKA_START_DATE, b""),
+                                                 (PyKCS11.CKA_END_DATE, b"")], ecdh(point))
+        s.destroyObject(k)
         # A valid attribute at its only possible value is no error, nor one given twice alike.
         # (PyKCS11 1.5 does not know CKA_DESTROYABLE is a CK_BBOOL: its bytes, then.)
         k = s.deriveKey(priv, SECRET_TEMPLATE + [(PyKCS11.CKA_DESTROYABLE, b"\x01"),
