@@ -600,6 +600,31 @@ def test_condition_resource_aliases(kms):
     kms.encrypt(KeyId=kid, Plaintext=b"x")
 
 
+def test_conditions_on_a_key_with_every_tag_and_alias_it_may_have(kms):
+    """A key at its 50 tags and 50 aliases, under a policy reading both: each of
+    them is a condition value, far past the few a request's values start with,
+    and the last tag and the last alias still decide."""
+    kid = new_key(kms)
+    kms.put_key_policy(KeyId=kid, PolicyName="default", Policy=policy(
+        ADMIN, deny("kms:Encrypt", "StringEquals", "aws:ResourceTag/t49", "secret"),
+        dict(deny("kms:Encrypt", "ForAnyValue:StringLike", "kms:ResourceAliases", "alias/zz-*"),
+             Sid="GuardAliases")))
+    tag = uuid.uuid4().hex[:8]
+    kms.tag_resource(KeyId=kid, Tags=[{"TagKey": f"t{i:02d}", "TagValue": "plain"}
+                                      for i in range(50)])
+    for i in range(49):
+        kms.create_alias(AliasName=f"alias/a-{tag}-{i:02d}", TargetKeyId=kid)
+    kms.encrypt(KeyId=kid, Plaintext=b"x")
+    kms.tag_resource(KeyId=kid, Tags=[{"TagKey": "t49", "TagValue": "secret"}])
+    denied(kms.encrypt, KeyId=kid, Plaintext=b"x")
+    kms.tag_resource(KeyId=kid, Tags=[{"TagKey": "t49", "TagValue": "plain"}])
+    kms.encrypt(KeyId=kid, Plaintext=b"x")
+    kms.create_alias(AliasName=f"alias/zz-{tag}", TargetKeyId=kid)  # the 50th, listed last
+    denied(kms.encrypt, KeyId=kid, Plaintext=b"x")
+    kms.delete_alias(AliasName=f"alias/zz-{tag}")
+    kms.encrypt(KeyId=kid, Plaintext=b"x")
+
+
 # A context may spell one key twice ({"tenant": ..., "Tenant": ...}), and
 # kms:EncryptionContext:tenant reads both; ForAnyValue on this single-valued key
 # means the plain operator.  An Allow needs every spelling, a Deny any one.
