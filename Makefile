@@ -7,6 +7,9 @@ FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?=
 JOBS       ?= $(shell nproc)
+# ctest runs three tests a core, of which one keeps the core busy and the
+# others mostly wait (the `cpus` resource of tests/CMakeLists.txt).
+TEST_JOBS  ?= $(shell echo $$((3 * $(JOBS))))
 CMAKE_ARGS ?=
 
 .PHONY: all deps build run install test test-unit test-integration asan-build test-asan \
@@ -34,14 +37,14 @@ install: build
 # Everything CI runs: lint, unit and integration tests, then the unit tests
 # again under AddressSanitizer and UndefinedBehaviorSanitizer.
 test: build lint
-	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
+	ctest --test-dir $(BUILD) --resource-spec-file $(abspath $(BUILD))/tests/cpus.json --output-on-failure -j $(TEST_JOBS)
 	$(MAKE) --no-print-directory test-asan
 
 test-unit: build
-	ctest --test-dir $(BUILD) -L unit --output-on-failure -j $(JOBS)
+	ctest --test-dir $(BUILD) --resource-spec-file $(abspath $(BUILD))/tests/cpus.json -L unit --output-on-failure -j $(TEST_JOBS)
 
 test-integration: build
-	ctest --test-dir $(BUILD) -L integration --output-on-failure -j $(JOBS)
+	ctest --test-dir $(BUILD) --resource-spec-file $(abspath $(BUILD))/tests/cpus.json -L integration --output-on-failure -j $(TEST_JOBS)
 
 asan-build: deps
 	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DHSM_SANITIZE=ON $(CMAKE_ARGS) >/dev/null
@@ -49,7 +52,7 @@ asan-build: deps
 
 test-asan: asan-build
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-		ctest --test-dir $(ASAN_BUILD) -L unit --output-on-failure -j $(JOBS)
+		ctest --test-dir $(ASAN_BUILD) --resource-spec-file $(abspath $(ASAN_BUILD))/tests/cpus.json -L unit --output-on-failure -j $(TEST_JOBS)
 
 # The integration suite again, against hsmd, hsmctl and the PKCS#11 module
 # built under AddressSanitizer and UndefinedBehaviorSanitizer: about 20
