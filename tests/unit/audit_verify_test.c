@@ -128,12 +128,21 @@ static void test_intact_log_verifies(void **state)
 static void test_every_single_byte_change_detected(void **state)
 {
 	(void)state;
+	/* Each change is verified from the first line: about 44,000 verifications.  Under
+	 * AddressSanitizer, ten times slower, every fifth byte, starting one byte further on
+	 * each line so that the lines together still reach every field; the other builds
+	 * try them all. */
+#if defined(__SANITIZE_ADDRESS__)
+	const size_t stride = 5;
+#else
+	const size_t stride = 1;
+#endif
 	char *buf = malloc(fx.len);
 	assert_non_null(buf);
 	memcpy(buf, fx.data, fx.len);
 	size_t tried = 0, detected = 0;
 	for (size_t line = 0; line < 50; line++) {
-		for (size_t i = fx.off[line]; i < fx.off[line + 1]; i++) {
+		for (size_t i = fx.off[line] + line % stride; i < fx.off[line + 1]; i += stride) {
 			char orig = buf[i];
 			const char variants[2] = {(char)(orig ^ 0x01), orig == '\n' ? 'x' : '\n'};
 			for (int v = 0; v < 2; v++) {
@@ -156,7 +165,7 @@ static void test_every_single_byte_change_detected(void **state)
 	}
 	print_message("single-byte changes: %zu tried, %zu detected at the right record\n", tried,
 	              detected);
-	assert_true(tried > 50 * 200);
+	assert_true(tried > 50 * 200 / stride);
 	assert_int_equal(detected, tried);
 	free(buf);
 }
