@@ -10,6 +10,9 @@ JOBS       ?= $(shell nproc)
 # ctest runs three tests a core, of which one keeps the core busy and the
 # others mostly wait (the `cpus` resource of tests/CMakeLists.txt).
 TEST_JOBS  ?= $(shell echo $$((3 * $(JOBS))))
+# ctest over the build directory $(1), with that build's resource spec.
+run_ctest = ctest --test-dir $(1) --resource-spec-file $(abspath $(1))/tests/cpus.json \
+	--output-on-failure -j $(TEST_JOBS)
 CMAKE_ARGS ?=
 
 .PHONY: all deps build run install test test-unit test-integration asan-build test-asan \
@@ -37,14 +40,14 @@ install: build
 # Everything CI runs: lint, unit and integration tests, then the unit tests
 # again under AddressSanitizer and UndefinedBehaviorSanitizer.
 test: build lint
-	ctest --test-dir $(BUILD) --resource-spec-file $(abspath $(BUILD))/tests/cpus.json --output-on-failure -j $(TEST_JOBS)
+	$(call run_ctest,$(BUILD))
 	$(MAKE) --no-print-directory test-asan
 
 test-unit: build
-	ctest --test-dir $(BUILD) --resource-spec-file $(abspath $(BUILD))/tests/cpus.json -L unit --output-on-failure -j $(TEST_JOBS)
+	$(call run_ctest,$(BUILD)) -L unit
 
 test-integration: build
-	ctest --test-dir $(BUILD) --resource-spec-file $(abspath $(BUILD))/tests/cpus.json -L integration --output-on-failure -j $(TEST_JOBS)
+	$(call run_ctest,$(BUILD)) -L integration
 
 asan-build: deps
 	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DHSM_SANITIZE=ON $(CMAKE_ARGS) >/dev/null
@@ -52,7 +55,7 @@ asan-build: deps
 
 test-asan: asan-build
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-		ctest --test-dir $(ASAN_BUILD) --resource-spec-file $(abspath $(ASAN_BUILD))/tests/cpus.json -L unit --output-on-failure -j $(TEST_JOBS)
+		$(call run_ctest,$(ASAN_BUILD)) -L unit
 
 # The integration suite again, against hsmd, hsmctl and the PKCS#11 module
 # built under AddressSanitizer and UndefinedBehaviorSanitizer: about 20
