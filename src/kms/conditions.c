@@ -88,13 +88,19 @@ static hsm_result read_aliases(hsm_kms *kms, const kms_key *key, kms_cond_values
 	return HSM_SUCCESS;
 }
 
-static hsm_result read_tags(hsm_kms *kms, const kms_key *key, kms_cond_values *v)
+/* The key's tags; those of new_key (CreateKey's, not stored yet) when it is not NULL. */
+static hsm_result read_tags(hsm_kms *kms, const kms_key *key, const kms_authz_extra *new_key,
+                            kms_cond_values *v)
 {
 	bool truncated = false;
 	v->tags = calloc(HSM_MAX_TAGS_PER_KEY, sizeof(*v->tags));
 	HSM_ENSURE(v->tags != NULL, HSM_ERR_NOMEM, "out of memory");
-	HSM_GUARD(hsm_store_tags_list(kms->store, key->rec.key_id, NULL, HSM_MAX_TAGS_PER_KEY,
-	                              keep_tag, v, &truncated));
+	if (new_key != NULL)
+		for (size_t i = 0; i < new_key->n_new_key_tags; i++)
+			HSM_GUARD(keep_tag(&new_key->new_key_tags[i], v));
+	else
+		HSM_GUARD(hsm_store_tags_list(kms->store, key->rec.key_id, NULL,
+		                              HSM_MAX_TAGS_PER_KEY, keep_tag, v, &truncated));
 	for (size_t i = 0; i < v->n_tags; i++)
 		HSM_GUARD(add(v, v->tags[i].name, v->tags[i].value));
 	return HSM_SUCCESS;
@@ -140,10 +146,12 @@ hsm_result kms_cond_values_fill(hsm_kms *kms, const hsm_caller *caller, const km
 		HSM_GUARD(add(v, "aws:SourceIp", caller->source_ip));
 	if (caller->user_agent != NULL && *caller->user_agent != '\0')
 		HSM_GUARD(add(v, "aws:UserAgent", caller->user_agent));
-	if (needs & HSM_POLICY_NEEDS_RESOURCE_ALIASES)
+	/* A key CreateKey has not stored yet has no aliases, and its tags are the request's. */
+	bool new_key = extra != NULL && extra->new_key;
+	if ((needs & HSM_POLICY_NEEDS_RESOURCE_ALIASES) && !new_key)
 		HSM_GUARD(read_aliases(kms, key, v));
 	if (needs & HSM_POLICY_NEEDS_RESOURCE_TAGS)
-		HSM_GUARD(read_tags(kms, key, v));
+		HSM_GUARD(read_tags(kms, key, new_key ? extra : NULL, v));
 	if (needs & HSM_POLICY_NEEDS_TIME)
 		HSM_GUARD(add_time(kms, v));
 	return HSM_SUCCESS;

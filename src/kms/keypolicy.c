@@ -48,7 +48,8 @@ static hsm_result set_policy(hsm_key_record *rec, void *arg)
 }
 
 hsm_result kms_lockout_check(hsm_kms *kms, const hsm_caller *caller, const hsm_key_record *rec,
-                             const char *key_arn, const hsm_policy *next)
+                             const char *key_arn, const hsm_policy *next, bool new_key,
+                             const hsm_tag *new_tags, size_t n_new_tags)
 {
 	if (caller->local)
 		return HSM_SUCCESS;
@@ -61,7 +62,11 @@ hsm_result kms_lockout_check(hsm_kms *kms, const hsm_caller *caller, const hsm_k
 	as_next.rec.policy = NULL;
 	as_next.policy = (hsm_policy *)(uintptr_t)next;
 	hsm_policy_pair bypass = {"kms:BypassPolicyLockoutSafetyCheck", "false"};
-	kms_authz_extra extra = {.more = &bypass, .n_more = 1};
+	kms_authz_extra extra = {.more = &bypass,
+	                         .n_more = 1,
+	                         .new_key = new_key,
+	                         .new_key_tags = new_tags,
+	                         .n_new_key_tags = n_new_tags};
 	kms_cond_values more;
 	hsm_result r = kms_cond_values_fill(kms, caller, &as_next, &extra, &more);
 	hsm_policy_request req = {
@@ -96,7 +101,7 @@ hsm_result hsm_kms_put_policy(hsm_kms *kms, const hsm_caller *caller, const char
 	HSM_TRY(kms_lookup(kms, caller, HSM_OP_PutKeyPolicy, ref, &extra, &k));
 	HSM_TRY(hsm_policy_parse(policy, strlen(policy), &parsed));
 	if (!bypass)
-		HSM_TRY(kms_lockout_check(kms, caller, &k->rec, k->arn, parsed));
+		HSM_TRY(kms_lockout_check(kms, caller, &k->rec, k->arn, parsed, false, NULL, 0));
 	HSM_TRY(kms_modify_with(kms, caller, HSM_OP_PutKeyPolicy, k->rec.key_id, &extra, set_policy,
 	                        (void *)(uintptr_t)policy, NULL, NULL));
 out:

@@ -81,8 +81,9 @@ static hsm_result validate_create(const hsm_create_key_req *req)
 
 /* A given policy must let the creator change it later, unless the check is bypassed. */
 static hsm_result check_lockout(hsm_kms *kms, const hsm_caller *caller,
-                                const hsm_key_record *rec, const char *policy)
+                                const hsm_key_record *rec, const hsm_create_key_req *req)
 {
+	const char *policy = req->policy;
 	hsm_policy *p = NULL;
 	hsm_buf arn = {0};
 	hsm_result r = hsm_policy_parse(policy, strlen(policy), &p);
@@ -91,7 +92,8 @@ static hsm_result check_lockout(hsm_kms *kms, const hsm_caller *caller,
 	if (hsm_ok(r))
 		r = hsm_buf_terminate(&arn);
 	if (hsm_ok(r))
-		r = kms_lockout_check(kms, caller, rec, (const char *)arn.data, p);
+		r = kms_lockout_check(kms, caller, rec, (const char *)arn.data, p, true, req->tags,
+		                      req->n_tags);
 	hsm_policy_free(p);
 	hsm_buf_free(&arn);
 	return r;
@@ -194,7 +196,7 @@ hsm_result hsm_kms_create_key(hsm_kms *kms, const hsm_caller *caller,
 	HSM_TRY(hsm_uuid_new(rec.key_id));
 	HSM_TRY(build_record(kms, req, &rec));
 	if (req->policy != NULL && !req->bypass_lockout_check)
-		HSM_TRY(check_lockout(kms, caller, &rec, req->policy));
+		HSM_TRY(check_lockout(kms, caller, &rec, req));
 	memcpy(v.key_id, rec.key_id, sizeof(v.key_id));
 	v.version = 1;
 	v.created = rec.created;

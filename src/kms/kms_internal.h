@@ -120,6 +120,13 @@ typedef struct kms_authz_extra {
 	const hsm_grant_constraints *new_grant_constraints;
 	/* The alias name the request named the key by (kms:RequestAlias); set by kms_lookup. */
 	const char *request_alias;
+	/*
+	 * A key CreateKey has not stored yet (its lockout check): it has no aliases
+	 * and will have new_key_tags, so neither is read from the store.
+	 */
+	bool new_key;
+	const hsm_tag *new_key_tags;
+	size_t n_new_key_tags;
 } kms_authz_extra;
 
 /* A tag as the condition key aws:ResourceTag/<key> and its value. */
@@ -215,9 +222,13 @@ hsm_ks_keyref kms_keyref(const kms_key *k, uint32_t version);
  * judged with every condition value this caller's PutKeyPolicy would carry
  * (its principal type and name, source address, transport, the time, the
  * key's facts, aliases and tags, and BypassPolicyLockoutSafetyCheck false).
+ * new_key: rec is CreateKey's key, not stored yet, with no aliases and the
+ * tags new_tags (n_new_tags) it is created with; otherwise both are read from
+ * the store.
  */
 hsm_result kms_lockout_check(hsm_kms *kms, const hsm_caller *caller, const hsm_key_record *rec,
-                             const char *key_arn, const hsm_policy *next) HSM_MUST_CHECK;
+                             const char *key_arn, const hsm_policy *next, bool new_key,
+                             const hsm_tag *new_tags, size_t n_new_tags) HSM_MUST_CHECK;
 /* Validates an encryption context and appends its canonical form to out. */
 hsm_result kms_canonical_ctx(const hsm_enc_ctx *ctx, hsm_buf *out) HSM_MUST_CHECK;
 

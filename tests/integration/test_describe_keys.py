@@ -95,11 +95,15 @@ def test_keys_refused_to_the_caller_are_left_out(hsmd, kms):
 
 
 def test_roles_refusals_and_audit(hsmd, kms):
-    # Every role may list, as every role may ListKeys, DescribeKey and GetPublicKey.
+    # The roles that may ListKeys, DescribeKey and GetPublicKey may list.
     for role in ("auditor", "crypto-user"):
         akid, secret = new_user(hsmd, "dk-" + role, [role])
         st, out = describe_keys(hsmd, {"Limit": 5}, akid=akid, secret=secret)
         assert st == 200 and out["Keys"], out
+    # A custodian, who holds no rights over keys, may not.
+    akid, secret = new_user(hsmd, "dk-custodian", ["custodian"])
+    st, out = describe_keys(hsmd, {"Limit": 5}, akid=akid, secret=secret)
+    assert (st, out["__type"]) == (400, "AccessDeniedException"), out
     # Unsigned: refused.
     st, out = describe_keys(hsmd, {}, secret="x" * 40)
     assert (st, out["__type"]) == (400, "InvalidSignatureException"), out

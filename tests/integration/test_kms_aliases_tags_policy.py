@@ -517,6 +517,36 @@ def test_create_key_policy_lockout_safety_check(kms):
     kms.create_key(Policy=policy(ADMIN))
 
 
+def test_create_key_lockout_check_sees_the_new_keys_tags_and_no_aliases(kms):
+    """CreateKey's check judges the key it is making: no alias names it yet, and its
+    tags are the request's.  A policy that reads either is judged, not refused
+    because the key is not in the store yet."""
+    n = len(kms.list_keys(Limit=1000)["Keys"])
+    tagged = [{"TagKey": "lock", "TagValue": "yes"}]
+    by_tag = policy(ADMIN, deny("kms:PutKeyPolicy", "StringEquals", "aws:ResourceTag/lock", "yes"))
+    raises("MalformedPolicyDocumentException", kms.create_key, Policy=by_tag, Tags=tagged,
+           status=400)
+    assert len(kms.list_keys(Limit=1000)["Keys"]) == n
+    kid = kms.create_key(Policy=by_tag)["KeyMetadata"]["KeyId"]
+    kid2 = kms.create_key(Policy=by_tag, Tags=[{"TagKey": "lock", "TagValue": "no"}])[
+        "KeyMetadata"]["KeyId"]
+    # The key as made: the tag the check was told of is the one the key has.
+    assert kms.list_resource_tags(KeyId=kid2)["Tags"] == [{"TagKey": "lock", "TagValue": "no"}]
+    by_alias = policy(ADMIN, deny("kms:PutKeyPolicy", "ForAnyValue:StringLike",
+                                  "kms:ResourceAliases", "alias/*"))
+    kid3 = kms.create_key(Policy=by_alias)["KeyMetadata"]["KeyId"]
+    # Once an alias names the key, the same policy locks PutKeyPolicy out, as it says.
+    kms.create_alias(AliasName=f"alias/lock-{uuid.uuid4().hex[:8]}", TargetKeyId=kid3)
+    denied(kms.put_key_policy, KeyId=kid3, PolicyName="default", Policy=policy(ADMIN))
+    # A statement about someone else that reads them passes as well.
+    other = {"Sid": "Bob", "Effect": "Allow",
+             "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/bob"}, "Action": "kms:Encrypt",
+             "Resource": "*", "Condition": {"StringEquals": {"aws:ResourceTag/team": "b"}}}
+    kms.create_key(Policy=policy(ADMIN, other), Tags=[{"TagKey": "team", "TagValue": "b"}])
+    assert len(kms.list_keys(Limit=1000)["Keys"]) == n + 4
+    kms.put_key_policy(KeyId=kid, PolicyName="default", Policy=policy(ADMIN))
+
+
 # ---- Condition keys a request has beyond its own fields --------------------------------------
 # Each Deny below must fire where its condition holds and only there: a condition key that
 # hsmd accepted but never supplied would leave the Deny silent (an absent key fails a
