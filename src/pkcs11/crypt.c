@@ -375,9 +375,14 @@ CK_RV C_Decrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR
 
 /* ---- AES-GCM in parts ------------------------------------------------------------------------ */
 
-/* Gathers a part of the input; RSA-OAEP comes in one part only (p11_op_in_parts). */
+/*
+ * Gathers a part of the input; RSA-OAEP comes in one part only (p11_op_in_parts).
+ * A call without an output buffer asks only how much output this part would
+ * give (none: it all comes with the Final call) and takes nothing, as PKCS#11's
+ * length convention has it (v2.40 5.2); the call with a buffer gives the part.
+ */
 static CK_RV gather(CK_SESSION_HANDLE h, bool encrypt, const CK_BYTE *part, CK_ULONG len,
-                    CK_ULONG_PTR out_n)
+                    const CK_BYTE *out, CK_ULONG_PTR out_n)
 {
 	CK_RV rv;
 	p11_session *s = crypting(h, encrypt, (part != NULL || len == 0) && out_n != NULL, &rv);
@@ -388,6 +393,10 @@ static CK_RV gather(CK_SESSION_HANDLE h, bool encrypt, const CK_BYTE *part, CK_U
 	rv = p11_op_in_parts(op);
 	if (rv != CKR_OK)
 		return rv;
+	if (out == NULL) {
+		*out_n = 0;
+		return CKR_OK;
+	}
 	if (len > max - op->input.len)
 		rv = encrypt ? CKR_DATA_LEN_RANGE : CKR_ENCRYPTED_DATA_LEN_RANGE;
 	else if (len > 0 && hsm_failed(hsm_buf_put(&op->input, part, len)))
@@ -404,17 +413,15 @@ static CK_RV gather(CK_SESSION_HANDLE h, bool encrypt, const CK_BYTE *part, CK_U
 CK_RV C_EncryptUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR part, CK_ULONG len, CK_BYTE_PTR out,
                       CK_ULONG_PTR out_n)
 {
-	(void)out;
 	ENTER();
-	LEAVE(gather(h, true, part, len, out_n));
+	LEAVE(gather(h, true, part, len, out, out_n));
 }
 
 CK_RV C_DecryptUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR part, CK_ULONG len, CK_BYTE_PTR out,
                       CK_ULONG_PTR out_n)
 {
-	(void)out;
 	ENTER();
-	LEAVE(gather(h, false, part, len, out_n));
+	LEAVE(gather(h, false, part, len, out, out_n));
 }
 
 /* The Final call: the gathered input, encrypted or decrypted in one request. */

@@ -1603,6 +1603,9 @@ def generate_key_rv(s, mech, template):
                                LowLevel.CK_OBJECT_HANDLE())
 
 
+WEB_DN = bytes.fromhex("300e310c300a06035504030c03776562")  # the DER of the name CN=web
+
+
 def test_generate_applies_the_template_rules(p11, officer):
     """PKCS#11 v2.40 4.1.1, before any key is made: an attribute unknown for the class is
     CKR_ATTRIBUTE_TYPE_INVALID, one the generation sets CKR_ATTRIBUTE_READ_ONLY, a value of
@@ -1666,6 +1669,9 @@ def test_generate_applies_the_template_rules(p11, officer):
         (INCONSISTENT, ec, ec_pub, T + [(PyKCS11.CKA_MODIFIABLE, True)]),
         # Public keys read CKA_PRIVATE false, private keys true: a template asking otherwise.
         (INCONSISTENT, ec, ec_pub + [(CKA_PRIVATE, True)], T),
+        # No subject is kept for a key (it reads empty): a name (CN=web) would be dropped.
+        (INCONSISTENT, ec, ec_pub + [(PyKCS11.CKA_SUBJECT, WEB_DN)], T),
+        (INCONSISTENT, rsa, rsa_pub, T + [(CKA_SIGN, True), (PyKCS11.CKA_SUBJECT, WEB_DN)]),
         (INCONSISTENT, ec, ec_pub, T + [(CKA_PRIVATE, False)]),
         (INCONSISTENT, rsa, rsa_pub, T + [(CKA_DECRYPT, True), (CKA_PRIVATE, False)]),
         (INCONSISTENT, ec, ec_pub, T + [(CKA_EC_PARAMS, P384_OID)]),
@@ -1722,6 +1728,7 @@ def test_generate_applies_the_template_rules(p11, officer):
                       (CKA_TOKEN, True)],
             ec)
         assert attrs(s, hpriv, CKA_ID) == attrs(s, hpub, CKA_ID) == [b"any"]
+        assert attrs(s, hpriv, PyKCS11.CKA_SUBJECT) == attrs(s, hpub, PyKCS11.CKA_SUBJECT) == [b""]
     # The CKA_ID is kept as the alias that gives it (alias/pkcs11-id/ and the id in hex).
     md = officer.describe_key(KeyId="alias/pkcs11-id/" + b"any".hex())["KeyMetadata"]
     assert (md["KeySpec"], md["KeyUsage"]) == ("ECC_NIST_P256", "SIGN_VERIFY")
@@ -2653,7 +2660,11 @@ def test_rsa_oaep_encrypt_and_decrypt(p11, user, officer, keys):
 # ---- 12b. AES-GCM ----------------------------------------------------------------------------
 
 def parts_rv(s, encrypt, key, mech, chunks, out=None):
-    """C_EncryptInit/C_DecryptInit, an Update call per chunk, then Final; the first error."""
+    """C_EncryptInit/C_DecryptInit, two Update calls per chunk, then Final; the first error.
+
+    Each chunk's first Update call passes no output buffer (PyKCS11 passes NULL for an
+    empty list): it asks how much output the chunk gives, and must take nothing.  The
+    second passes a buffer of that size (at least one byte, so that it is not NULL)."""
     init, update, final = (
         (s.lib.C_EncryptInit, s.lib.C_EncryptUpdate, s.lib.C_EncryptFinal) if encrypt else
         (s.lib.C_DecryptInit, s.lib.C_DecryptUpdate, s.lib.C_DecryptFinal))
@@ -2663,7 +2674,12 @@ def parts_rv(s, encrypt, key, mech, chunks, out=None):
     got = b""
     for chunk in chunks:
         piece = ckbytelist()
-        rv = update(s.session, ckbytelist(chunk), piece)
+        rv = update(s.session, ckbytelist(chunk), piece)  # the length
+        if rv != CKR_OK:
+            return rv
+        assert len(piece) == 0  # all the output comes with the Final call
+        piece = ckbytelist([0])
+        rv = update(s.session, ckbytelist(chunk), piece)  # the part
         if rv != CKR_OK:
             return rv
         got += bytes(piece)
