@@ -34,6 +34,12 @@
 #define JWKS_PATH "/.well-known/jwks.json"
 /* An answer's members besides what its request brought: key ARN, key material id, names. */
 #define SECRET_ANSWER_SLACK 512
+/*
+ * What a secret-bearing answer's room is sized by at most: the largest such
+ * answer (GcmDecrypt's 64 KiB of plaintext, in base64) fits; a larger request
+ * body, which no such answer needs, does not take more of the locked heap.
+ */
+#define SECRET_ANSWER_RESERVE_MAX (96 * 1024)
 
 /* A response waiting for its audit record. */
 typedef struct pending {
@@ -49,6 +55,8 @@ typedef struct pending {
 	 */
 	hsm_err err;
 	hsm_buf body;
+	/* The answer may carry a secret: body goes to the secure heap once admitted. */
+	bool secret_answer;
 	/* A successful use of keys, noted once the record is written (GetKeyLastUsage). */
 	const char *use_op;
 	char use_key[HSM_UUID_STRLEN + 1], use_source[HSM_UUID_STRLEN + 1];
@@ -467,7 +475,13 @@ static void finish(pending *p, const outcome *o)
 	free(p);
 }
 
-static pending *pending_new(hsm_server *s, hsm_http_req *req, unsigned slot, bool secure)
+/*
+ * secret_answer: the answer may carry a secret, so once the request is admitted
+ * (pending_admitted) it is written in the secure heap.  Until then its body is
+ * ordinary memory: a refusal carries no secret, and what a caller not yet
+ * authenticated sends must not decide how much of the locked heap is taken.
+ */
+static pending *pending_new(hsm_server *s, hsm_http_req *req, unsigned slot, bool secret_answer)
 {
 	pending *p = calloc(1, sizeof(*p));
 	if (p == NULL)
@@ -476,22 +490,32 @@ static pending *pending_new(hsm_server *s, hsm_http_req *req, unsigned slot, boo
 	p->req = req;
 	p->slot = slot;
 	p->status = 200;
-	if (secure) {
-		hsm_buf_init_secure(&p->body);
-		/*
-		 * Room for the whole answer at once: grown by doubling from 64 bytes,
-		 * a Decrypt's answer took four secure-heap allocations, each under
-		 * the heap's one lock and each wiping what it replaced.  The answers
-		 * that carry a secret are at most the request (a Decrypt's
-		 * plaintext is shorter than its ciphertext) plus their fixed
-		 * members, GenerateDataKeyPair's aside, which still grows.
-		 */
-		size_t len = 0;
-		(void)hsm_http_req_body(req, &len);
-		hsm_result r = hsm_buf_reserve(&p->body, len + SECRET_ANSWER_SLACK);
-		(void)r; /* short of secure heap: nothing changed, and writing the answer fails as before */
-	}
+	p->secret_answer = secret_answer;
+	hsm_buf_init(&p->body);
 	return p;
+}
+
+/* The request was admitted (authenticated, or takes no credentials and passed its checks). */
+static void pending_admitted(pending *p)
+{
+	if (!p->secret_answer || p->body.secure)
+		return;
+	hsm_buf_free(&p->body); /* nothing written yet */
+	hsm_buf_init_secure(&p->body);
+	/*
+	 * Room for the whole answer at once: grown by doubling from 64 bytes,
+	 * a Decrypt's answer took four secure-heap allocations, each under
+	 * the heap's one lock and each wiping what it replaced.  The answers
+	 * that carry a secret are at most the request (a Decrypt's
+	 * plaintext is shorter than its ciphertext) plus their fixed
+	 * members, GenerateDataKeyPair's aside, which still grows.
+	 */
+	size_t len = 0;
+	(void)hsm_http_req_body(p->req, &len);
+	if (len > SECRET_ANSWER_RESERVE_MAX)
+		len = SECRET_ANSWER_RESERVE_MAX;
+	hsm_result r = hsm_buf_reserve(&p->body, len + SECRET_ANSWER_SLACK);
+	(void)r; /* short of secure heap: nothing changed, and writing the answer fails as before */
 }
 
 /*
@@ -901,6 +925,8 @@ static void handle_kms(hsm_server *s, hsm_http_req *req, const char *name, const
 	bool brief = false;
 	memset(&auth, 0, sizeof(auth));
 	hsm_result r = admit(s, p, &auth);
+	if (hsm_ok(r))
+		pending_admitted(p);
 	if (hsm_ok(r) && info == NULL)
 		r = refuse_unknown(name);
 	if (hsm_ok(r)) {
@@ -967,8 +993,10 @@ static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 		r = HSM_FAIL(HSM_ERR_VALIDATION,
 		             "%s takes no credentials and at most %d bytes of request body", op->name,
 		             HSM_ADMIN_UNAUTH_BODY_MAX);
-	if (hsm_ok(r))
+	if (hsm_ok(r)) {
+		pending_admitted(p);
 		r = hsm_json_parse(raw, len, &doc);
+	}
 	hsm_server_gate gate;
 	hsm_api_audit audit;
 	outbox_intent intent;

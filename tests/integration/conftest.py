@@ -264,6 +264,13 @@ def shim(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def securewatch(tmp_path_factory):
+    """securewatch.c built: the preload that notes the largest secure-heap allocation
+    of hsmd's HTTP workers in the file HSM_TEST_SECURE_WATCH names."""
+    return build_preload(tmp_path_factory, "securewatch")
+
+
+@pytest.fixture(scope="module")
 def clockshift(tmp_path_factory):
     """clockshift.c built: the preload that moves a process's wall clock (only) by the
     seconds written in the file HSM_TEST_CLOCK_SHIFT_FILE names (helpers.Clock)."""

@@ -20,8 +20,8 @@ import botocore.parsers
 import pytest
 import requests
 
-from conftest import (BUILD, DEV_AKID, DEV_SECRET, HSMCTL, REGION, signed_request, start_dev,
-                      unsigned_call)
+from conftest import (BUILD, DEV_AKID, DEV_SECRET, HSMCTL, REGION, client, signed_call,
+                      signed_request, start_dev, unsigned_call)
 from helpers import admin, audit_record, new_user, parsed_body, request_id, restart_dev, signed_at
 
 TARGET = "TrentService.ListKeys"
@@ -563,3 +563,61 @@ def test_an_error_quoting_bytes_that_are_not_utf8_stays_readable_json(hsmd):
         answer = json.loads(body.decode("utf-8"))
         assert answer["__type"] == "IncompleteSignatureException", answer
         assert shown in answer["message"], answer
+
+
+def test_locked_memory_is_taken_for_an_answer_only_once_its_caller_is_known(securewatch,
+                                                                            tmp_path):
+    """An answer that may carry a secret (Decrypt's, GenerateRandom's, the admin
+    operations') is written in the secure heap, the locked memory that holds the keys,
+    with room for it made at once.  That room is made only once the request is
+    authenticated: a caller without credentials, whatever it sends, takes none of it
+    (as 1 MiB bodies, such callers could fill the heap and make a real caller's answer
+    fail).  An authenticated one gets at most what the largest such answer needs, not
+    room sized by any body it sends."""
+    import socket
+    import struct
+    watch = tmp_path / "watch"
+    watch.write_bytes(bytes(8))
+    server = start_dev(env={"LD_PRELOAD": securewatch, "HSM_TEST_SECURE_WATCH": str(watch)})
+
+    def largest():
+        return struct.unpack("<q", watch.read_bytes())[0]
+
+    def reset():
+        with open(watch, "r+b") as f:
+            f.write(bytes(8))
+
+    try:
+        big = json.dumps({"CiphertextBlob": "A" * 900_000}).encode()
+        port = int(server.endpoint.rsplit(":", 1)[1])
+        for target in ("TrentService.Decrypt", "TrentService.GenerateRandom",
+                       "HsmdAdmin.CreateAccessKey", "HsmdAdmin.NoSuchOperation"):
+            reset()
+            head = (f"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Amz-Target: {target}\r\n"
+                    "Content-Type: application/x-amz-json-1.1\r\nConnection: close\r\n"
+                    f"Content-Length: {len(big)}\r\n\r\n").encode()
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+                s.sendall(head + big)
+                raw = b""
+                while chunk := s.recv(65536):
+                    raw += chunk
+            assert raw.startswith(b"HTTP/1.1 400 "), raw[:200]
+            assert json.loads(raw.split(b"\r\n\r\n", 1)[1])["__type"] == \
+                "MissingAuthenticationTokenException", raw[:300]
+            # A worker's own small state aside (made at its first request), nothing.
+            assert largest() < 1024, (target, largest())
+        # Authenticated: room for the largest secret answer (GcmDecrypt's 64 KiB of
+        # plaintext in base64), not for 900 KB.
+        reset()
+        st, out = signed_call(server, "TrentService.Decrypt", {"CiphertextBlob": "A" * 900_000})
+        assert (st, out["__type"]) == (400, "ValidationException"), out
+        assert 96 * 1024 < largest() <= 128 * 1024, largest()
+        # An ordinary Decrypt still gets its room, and its answer.
+        kms = client(server)
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        blob = kms.encrypt(KeyId=key, Plaintext=b"p" * 4096)["CiphertextBlob"]
+        reset()
+        assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"p" * 4096
+        assert 4096 < largest() <= 16 * 1024, largest()
+    finally:
+        server.cleanup()
