@@ -316,6 +316,11 @@ bool hsm_http_conn_input(hsm_http_conn *c)
 	if (room != IN_ROOM) {
 		if (c->head_len == 0)
 			return refuse(c, 431, invalid, "Request Header Fields Too Large");
+		/* A chunked body read whole, framing and all: the framing may double it, no more. */
+		if (c->req->head.body == HSM_HTTP_BODY_CHUNKED)
+			return refuse(c, 413, invalid,
+			              "Chunked request too large: its chunks and their framing "
+			              "may take at most twice max_body_bytes, plus 64 KiB");
 		return refuse(c, 413, invalid, "Request body too large");
 	}
 	size_t n = 0;

@@ -140,6 +140,50 @@ static void test_body_limit(void **state)
  * A head that arrives before a body larger than the first input buffer: the
  * buffer grows under the parsed head, whose strings must follow it.
  */
+/* A chunked body of n one-byte chunks, answered: its status, and the body's length or
+ * the refusal's text in r. */
+static int one_byte_chunks(uint16_t port, size_t n, tc_resp *r)
+{
+	size_t len = n * 6 + 5;
+	char *wire = malloc(len + 1);
+	assert_non_null(wire);
+	for (size_t i = 0; i < n; i++)
+		memcpy(wire + i * 6, "1\r\nc\r\n", 6);
+	memcpy(wire + n * 6, "0\r\n\r\n", 5);
+	tc_conn *c = tc_connect(port, false, 5000);
+	assert_non_null(c);
+	assert_true(tc_sendf(c, "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"));
+	(void)tc_send(c, wire, len); /* a refusal may come before the last of it */
+	free(wire);
+	assert_true(tc_read(c, r, false));
+	tc_close(c);
+	return r->status;
+}
+
+/*
+ * A chunked body is read whole, framing and all, so its chunks and their
+ * framing may take twice max_body_bytes plus 64 KiB: one-byte chunks (six
+ * bytes each on the wire) within that are served; past it, the refusal says
+ * it is the framing, not the body, that is too large.
+ */
+static void test_chunked_framing_limit(void **state)
+{
+	(void)state;
+	hsm_http_config cfg = defaults(1);
+	cfg.max_body_bytes = 64 << 10;
+	hsm_http_server *srv = start(&cfg);
+	uint16_t port = hsm_http_server_port(srv);
+	tc_resp r;
+	assert_int_equal(one_byte_chunks(port, 20000, &r), 200); /* 120,005 bytes */
+	assert_non_null(strstr(r.body, "len=20000 "));
+	tc_resp_clear(&r);
+	assert_int_equal(one_byte_chunks(port, 40000, &r), 413); /* 240,005 bytes */
+	assert_non_null(strstr(r.body, "Chunked request too large"));
+	tc_resp_clear(&r);
+	assert_int_equal(atomic_load(&calls), 1);
+	hsm_http_server_free(srv);
+}
+
 static void test_body_after_head_grows_buffer(void **state)
 {
 	(void)state;
@@ -726,6 +770,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_body_limit),
+	    cmocka_unit_test(test_chunked_framing_limit),
 	    cmocka_unit_test(test_body_after_head_grows_buffer),
 	    cmocka_unit_test(test_header_limit_and_garbage),
 	    cmocka_unit_test(test_ambiguous_framing),
