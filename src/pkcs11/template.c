@@ -196,8 +196,9 @@ CK_RV p11_template_check(const CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_CLASS cls,
 	/* No subject kept either: a key's CKA_SUBJECT reads empty.  Empty, or the DER of an
 	 * empty name (an empty SEQUENCE), is that; any other name would be dropped. */
 	const CK_ATTRIBUTE *subject = p11_attr_find(t, n, CKA_SUBJECT);
+	const CK_BYTE *name = subject != NULL ? subject->pValue : NULL;
 	if (subject != NULL && subject->ulValueLen != 0 &&
-	    !(subject->ulValueLen == 2 && memcmp(subject->pValue, "\x30\x00", 2) == 0))
+	    !(subject->ulValueLen == 2 && name[0] == 0x30 && name[1] == 0x00))
 		return CKR_TEMPLATE_INCONSISTENT;
 	/* A public key goes with its key pair (CKA_DESTROYABLE false); the others are destroyed. */
 	if (given(t, n, CKA_DESTROYABLE, cls != CKO_PUBLIC_KEY ? false : true))
