@@ -441,6 +441,9 @@ typedef struct hsm_audit_verify_report {
 		char file[64], saved_to[128]; /* "" when the record does not say */
 	} foreign[4];
 	size_t n_foreign;
+	/* A live log (allow_open_tail): the bytes of an unfinished last line of the
+	 * newest file, a record hsmd is writing, left out of the verdict; 0 = none. */
+	uint64_t in_progress_bytes;
 	/* Records no checkpoint of the run that wrote them signed: a run that
 	 * crashed (or stayed sealed) before its next signed checkpoint, and the
 	 * next run's AuditLogOpened (at opened_seq) that found them.  Later

@@ -82,6 +82,11 @@ static void print_summary(const hsm_audit_verify_report *r)
 		       r->foreign[i].saved_to[0] != '\0' ? r->foreign[i].saved_to : "(not named)");
 	if (r->n_foreign > foreign_shown)
 		printf("note: hsmd found foreign bytes %zu more times\n", r->n_foreign - foreign_shown);
+	if (r->in_progress_bytes != 0)
+		printf("note: the newest file ends with %llu bytes of a line not yet complete, left "
+		       "out (--live: a record hsmd is writing; if hsmd is not running, it is a torn "
+		       "tail: verify without --live)\n",
+		       (unsigned long long)r->in_progress_bytes);
 	/* Only a retention checkpoint states that records were deleted by retention (verify
 	 * holds any other start past seq 1 as deleted, but for an older hsmd's records). */
 	bool by_retention = r->retention_seq != 0 && r->retention_kept_from >= r->first_seq;

@@ -332,6 +332,13 @@ static void test_truncations_detected(void **state)
 	hsm_audit_verify_report r;
 	assert_true(hsm_ok(hsm_audit_verify_memory(names, data, lens, 1, &o, &r)));
 	assert_true(r.valid);
+	assert_int_equal(r.in_progress_bytes, 0);
+	/* Or in the middle of a line hsmd is writing: that line is left out, and said so. */
+	lens[0] = fx.off[500] + 17;
+	assert_true(hsm_ok(hsm_audit_verify_memory(names, data, lens, 1, &o, &r)));
+	assert_true(r.valid);
+	assert_int_equal(r.records, 500);
+	assert_int_equal(r.in_progress_bytes, 17);
 }
 
 /* Replaces the "prev" of every line from index `from` so the chain is consistent again. */
@@ -1726,6 +1733,18 @@ static void test_a_torn_line_before_the_last_file_is_reported(void **state)
 	assert_int_equal(r.problem, HSM_AUDIT_TORN);
 	assert_string_equal(r.file, names[1]);
 	assert_null(strstr(r.detail, "later files follow it"));
+	/* Of a live trail (--live), a write in progress: left out, the rest valid. */
+	hsm_audit_verify_options live = {.allow_open_tail = true};
+	assert_true(hsm_ok(hsm_audit_verify_memory(names, data, lens, 2, &live, &r)));
+	assert_true(r.valid);
+	assert_int_equal(r.in_progress_bytes, 10);
+	/* But only at the end of the newest file: hsmd never writes into an older one. */
+	data[0] = (const uint8_t *)cut;
+	lens[0] = whole + 10;
+	assert_true(hsm_ok(hsm_audit_verify_memory(names, data, lens, 2, &live, &r)));
+	assert_false(r.valid);
+	assert_int_equal(r.problem, HSM_AUDIT_TORN);
+	assert_non_null(strstr(r.detail, "later files follow it"));
 	free(last);
 	free(cut);
 	free(text[0]);
