@@ -92,6 +92,42 @@ out:
 	return res;
 }
 
+/* path, where it is, readable and writable by its owner only. */
+static hsm_result restrict_file(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+	if (fd < 0 && errno == ENOENT)
+		return HSM_SUCCESS;
+	HSM_ENSURE(fd >= 0, HSM_ERR_IO, "cannot open %s: %s", path, hsm_own_file_error(errno));
+	struct stat st;
+	int rc = fstat(fd, &st);
+	if (rc == 0 && (st.st_mode & 07077) != 0)
+		rc = fchmod(fd, 0600);
+	int err = errno;
+	close(fd);
+	HSM_ENSURE(rc == 0, HSM_ERR_IO, "cannot restrict %s to its owner: %s", path, strerror(err));
+	return HSM_SUCCESS;
+}
+
+/*
+ * The files SQLite keeps beside the database (-wal, -shm, and a rollback
+ * -journal an older run left) restricted like the database, before SQLite
+ * opens them: it makes them with the database file's mode, and one made
+ * while the database was readable by others keeps that mode.
+ */
+static hsm_result restrict_side_files(const char *db_path)
+{
+	static const char *const sides[] = {"-wal", "-shm", "-journal"};
+	for (size_t i = 0; i < sizeof(sides) / sizeof(sides[0]); i++) {
+		char path[PATH_MAX];
+		int n = snprintf(path, sizeof(path), "%s%s", db_path, sides[i]);
+		HSM_ENSURE(n > 0 && (size_t)n < sizeof(path), HSM_ERR_VALIDATION,
+		           "the data directory's path is too long");
+		HSM_GUARD(restrict_file(path));
+	}
+	return HSM_SUCCESS;
+}
+
 /*
  * Creates the database file with mode 0600 before SQLite opens it: SQLite
  * creates files with 0644 (less the umask) and gives the -wal and -shm files
@@ -105,7 +141,7 @@ static hsm_result prepare_db_file(const char *path)
 	int err = errno;
 	close(fd);
 	HSM_ENSURE(rc == 0, HSM_ERR_IO, "cannot restrict %s to its owner: %s", path, strerror(err));
-	return HSM_SUCCESS;
+	return restrict_side_files(path);
 }
 
 /* ---- Connections ------------------------------------------------------------------------ */
@@ -611,6 +647,8 @@ static hsm_result open_existing(sq_store *s, const char *dir)
 	HSM_ENSURE(stat(s->db_path, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0,
 	           HSM_ERR_NOT_FOUND, "no hsmd store in %s (no " HSM_STORE_DB_FILE " there)", dir);
 	HSM_GUARD(lock_directory(dir, &s->lock_fd));
+	HSM_GUARD(restrict_file(s->db_path));
+	HSM_GUARD(restrict_side_files(s->db_path));
 	HSM_GUARD(conn_open(s->db_path, true, &s->writer));
 	return sq_schema_read(s->writer, dir, &s->schema_version);
 }

@@ -55,6 +55,32 @@ static void test_open_creates_private_files(void **state)
 	EXPECT_OK(hsm_store_open(loc, &s));
 	assert_int_equal(hsm_store_schema_version(s), hsm_store_sqlite_schema_latest());
 	hsm_store_close(s);
+
+	/* A database and side files left readable by others (copied in by hand, an older
+	 * tool): restricted at the next open, either way, before SQLite reads or makes any;
+	 * SQLite would make the -wal and -shm files with the database file's mode. */
+	static const char *const files[] = {"hsmd.db", "hsmd.db-wal", "hsmd.db-shm",
+	                                    "hsmd.db-journal"};
+	for (int existing = 0; existing < 2; existing++) {
+		for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+			st_path(path, dir, files[i]);
+			int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+			assert_true(fd >= 0);
+			assert_int_equal(fchmod(fd, 0644), 0);
+			close(fd);
+		}
+		EXPECT_OK(existing ? hsm_store_open_existing(dir, &s) : hsm_store_open(dir, &s));
+		for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+			st_path(path, dir, files[i]);
+			if (stat(path, &sb) == 0) /* SQLite may have removed the journal */
+				assert_int_equal(sb.st_mode & 0777, 0600);
+		}
+		st_path(path, dir, "hsmd.db-wal");
+		assert_int_equal(stat(path, &sb), 0);
+		assert_int_equal(sb.st_mode & 0777, 0600);
+		assert_int_equal(hsm_store_schema_version(s), hsm_store_sqlite_schema_latest());
+		hsm_store_close(s);
+	}
 	hsm_store_close(NULL);
 	st_rm_rf(base);
 }
