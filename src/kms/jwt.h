@@ -237,6 +237,20 @@ typedef struct hsm_jwt_limits {
 	 * again before the new version signs its first token.
 	 */
 	int64_t lead;
+	/*
+	 * How long after a rotation another node sharing the store may still
+	 * sign with the version before it: until its cached copy of the key's
+	 * metadata (meta_cache_ttl_ms, in whole seconds rounded up) is read
+	 * again; 0 on a node alone.  A version that stopped signing here at the
+	 * lead may sign there until then, so its grace counts from the later.
+	 */
+	int64_t stale;
+	/*
+	 * How long after created(v+1) the JWK Set keeps version v: the last second
+	 * any node may sign with it (max(lead, stale)), then the lifetime of its
+	 * last token and the verifiers' clock skew.
+	 */
+	int64_t grace;
 } hsm_jwt_limits;
 
 /* The effective limits of a service (configured values, or the defaults). */
@@ -307,10 +321,11 @@ hsm_result hsm_kms_disable_jwt(hsm_kms *kms, const hsm_caller *caller, const cha
 /*
  * Which public keys the JWK Set holds: for every Enabled key marked for JWT
  * signing, its primary version, and each older version v while
- *     now <= created(v + 1) + lead + max_lifetime + clock_skew,
+ *     now <= created(v + 1) + grace (hsm_jwt_limits),
  * i.e. while v signs tokens (through second created(v + 1) + lead, see
- * hsm_kms_sign_token) or one it signed may still be valid to a verifier
- * whose clock is clock_skew behind.  Versions newer than the one signing
+ * hsm_kms_sign_token, or, on another node sharing the store that has not
+ * read the rotation yet, through created(v + 1) + stale) or one it signed
+ * may still be valid to a verifier whose clock is clock_skew behind.  Versions newer than the one signing
  * are published from their creation, ahead of their first token.  Disabled
  * keys, keys pending deletion and keys no longer marked publish nothing.
  *

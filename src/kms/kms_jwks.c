@@ -131,8 +131,7 @@ hsm_result hsm_kms_jwks_render(hsm_kms *kms, int64_t now, hsm_buf *out, int64_t 
 	          HSM_ERR_NOMEM, "out of memory");
 	HSM_TRY(list_jwt_keys(kms->store, &l));
 	for (size_t i = 0; i < l.n; i++) {
-		version_walk w = {&l.items[i], now, lim.lead + 1 + lim.max_lifetime + lim.clock_skew,
-		                  keys, &until, 0, {0}};
+		version_walk w = {&l.items[i], now, lim.grace, keys, &until, 0, {0}};
 		res = hsm_store_version_list(kms->store, w.key->key_id, walk_version, &w);
 		hsm_buf_free(&w.prev_spki);
 		if (res.err == HSM_ERR_NOT_FOUND)

@@ -26,6 +26,9 @@ void hsm_kms_jwt_limits(hsm_kms *kms, hsm_jwt_limits *out)
 	int64_t age = (out->max_lifetime + out->clock_skew) / 4;
 	out->max_age = age < 1 ? 1 : age > HSM_JWKS_MAX_AGE ? HSM_JWKS_MAX_AGE : age;
 	out->lead = out->max_age + (cfg->meta_cache_ttl_ms > 0 ? hsm_kms_jwks_ttl(kms) : 0);
+	out->stale = cfg->meta_cache_ttl_ms > 0 ? (cfg->meta_cache_ttl_ms + 999) / 1000 : 0;
+	int64_t last_signed = out->lead > out->stale ? out->lead : out->stale;
+	out->grace = last_signed + 1 + out->max_lifetime + out->clock_skew;
 }
 
 /* ---- The token version ----------------------------------------------------------- */

@@ -406,7 +406,10 @@ static void test_rotation_dated_at_commit(void **state)
 }
 
 /* The lead is the JWK Set's max-age, plus a node's document lifetime when the store is
- * shared; a key with one version signs at once. */
+ * shared; a key with one version signs at once.  A retired version's grace counts from
+ * the last second any node may sign with it: the lead, or, when nodes share the store,
+ * the lifetime of another node's cached copy of the key if that is longer (a node that
+ * has not read the rotation yet signs with the version before it). */
 static void test_lead(void **state)
 {
 	fx *f = *state;
@@ -414,8 +417,11 @@ static void test_lead(void **state)
 	hsm_kms_jwt_limits(f->kms, &lim);
 	assert_int_equal(lim.max_age, GRACE / 4);
 	assert_int_equal(lim.lead, GRACE / 4);
-	const int64_t ttl_ms[] = {1, 1000, 1500, 29001, 60000};
-	const int64_t more[] = {1, 1, 2, 30, HSM_JWKS_CACHE_TTL};
+	assert_int_equal(lim.stale, 0);
+	assert_int_equal(lim.grace, LEAD + 1 + GRACE);
+	const int64_t ttl_ms[] = {1, 1000, 1500, 29001, 60000, 3600000};
+	const int64_t more[] = {1, 1, 2, 30, HSM_JWKS_CACHE_TTL, HSM_JWKS_CACHE_TTL};
+	const int64_t stale[] = {1, 1, 2, 30, 60, 3600};
 	for (size_t i = 0; i < sizeof(ttl_ms) / sizeof(ttl_ms[0]); i++) {
 		hsm_kms_config cfg = {.jwt_max_lifetime = MAX_LIFETIME, .jwt_clock_skew = SKEW,
 		                      .meta_cache_ttl_ms = ttl_ms[i]};
@@ -424,6 +430,10 @@ static void test_lead(void **state)
 		hsm_kms_jwt_limits(((fx *)other)->kms, &lim);
 		assert_int_equal(lim.max_age, GRACE / 4);
 		assert_int_equal(lim.lead, GRACE / 4 + more[i]);
+		assert_int_equal(lim.stale, stale[i]);
+		int64_t last = lim.lead > stale[i] ? lim.lead : stale[i];
+		assert_int_equal(lim.grace, last + 1 + GRACE);
+		assert_true(lim.grace >= stale[i] + 1 + GRACE); /* 3600 s: far past the lead */
 		assert_int_equal(kms_fx_teardown(&other), 0);
 	}
 	hsm_kms_config big = {.jwt_max_lifetime = 86400, .jwt_clock_skew = 60};
