@@ -72,8 +72,19 @@ static hsm_result dev_credentials(char *akid, size_t cap, hsm_secret **secret)
 	return hsm_secret_from(key, strlen(key), secret);
 }
 
+/* The address served, with the port bound (the one the system chose for a port of 0). */
+static void bound_address(hsm_server *s, char *out, size_t cap)
+{
+	const char *listen = s->opt.http.listen;
+	const char *colon = strrchr(listen, ':');
+	int host = colon != NULL ? (int)(colon - listen) : (int)strlen(listen);
+	snprintf(out, cap, "%.*s:%u", host, listen, (unsigned)hsm_server_port(s));
+}
+
 static void announce_dev(hsm_server *s, const char *akid, const hsm_secret *secret)
 {
+	char addr[320];
+	bound_address(s, addr, sizeof(addr));
 	int n = (int)hsm_secret_len(secret);
 	const char *k = (const char *)hsm_secret_bytes(secret);
 	bool tls = s->opt.http.tls_cert != NULL;
@@ -88,8 +99,8 @@ static void announce_dev(hsm_server *s, const char *akid, const hsm_secret *secr
 	        "region:            %s\n\n"
 	        "  export AWS_ACCESS_KEY_ID=%s AWS_SECRET_ACCESS_KEY=%.*s AWS_DEFAULT_REGION=%s\n"
 	        "  aws kms create-key --endpoint-url %s://%s\n\n",
-	        tls ? "TLS" : "plain HTTP", scheme, s->opt.http.listen, s->data_dir, akid, n, k,
-	        s->region, akid, n, k, s->region, scheme, s->opt.http.listen);
+	        tls ? "TLS" : "plain HTTP", scheme, addr, s->data_dir, akid, n, k, s->region, akid,
+	        n, k, s->region, scheme, addr);
 }
 
 /* Loads the configuration; returns -1 to continue, else the exit code. */
@@ -192,7 +203,9 @@ int main(int argc, char **argv)
 	}
 	char store[256];
 	hsm_location_shown(cfg.store[0] != '\0' ? cfg.store : cfg.data_dir, store, sizeof(store));
-	hsm_info("hsmd %s listening on %s (%s), store %s", hsm_version(), s->opt.http.listen,
+	char addr[320];
+	bound_address(s, addr, sizeof(addr));
+	hsm_info("hsmd %s listening on %s (%s), store %s", hsm_version(), addr,
 	         hsm_node_state_name(hsm_keystore_state(s->ks)), store);
 	hsm_stack_wipe(); /* the start's unseal (dev mode) and TLS key */
 	for (;;) {

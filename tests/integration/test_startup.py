@@ -131,6 +131,33 @@ def test_an_address_already_in_use(tmp):
     assert f"cannot listen on 127.0.0.1:{port}" in err and "(listen from --listen)" in err, err
 
 
+def test_port_0_is_told_as_the_port_the_system_chose(tmp):
+    """--listen with port 0 lets the system choose a free port; the dev banner and the
+    start's log line name that port, where a client can reach the node, not 0."""
+    import re
+    import urllib.request
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HSM_")}
+    p = subprocess.Popen([HSMD, "--dev", "--data-dir", os.path.join(tmp, "data"), "--listen",
+                          "127.0.0.1:0"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = []
+        while not any("listening on" in line for line in lines):
+            line = p.stderr.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        text = "".join(lines)
+        endpoint = re.search(r"endpoint: +(http://127\.0\.0\.1:(\d+))", text)
+        assert endpoint and endpoint.group(2) != "0", text
+        assert f"listening on 127.0.0.1:{endpoint.group(2)} " in text, text
+        assert f"--endpoint-url {endpoint.group(1)}" in text, text
+        with urllib.request.urlopen(endpoint.group(1) + "/healthz", timeout=10) as r:
+            assert r.status == 200
+    finally:
+        p.terminate()
+        p.wait(timeout=30)
+        p.stderr.close()
+
+
 def test_a_backup_copy_dir_from_the_config_file(tmp):
     conf = os.path.join(tmp, "hsmd.conf")
     with open(conf, "w") as f:
