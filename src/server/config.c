@@ -230,6 +230,9 @@ static hsm_result read_file(loader *L)
 	           HSM_ERR_VALIDATION, "config file %s holds a NUL byte", cfg->config_file);
 	HSM_GUARD(hsm_buf_terminate(&L->text));
 	char *p = (char *)L->text.data;
+	/* A UTF-8 byte-order mark, which some editors write first, is no part of the first key. */
+	if (L->text.len >= 3 && strncmp(p, "\xEF\xBB\xBF", 3) == 0)
+		p += 3;
 	for (unsigned no = 1; p != NULL; no++) {
 		char *nl = strchr(p, '\n');
 		if (nl != NULL)

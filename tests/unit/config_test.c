@@ -318,6 +318,14 @@ static void test_file_syntax(void **state)
 	assert_string_equal(cfg.node_id, "n-1");
 	write_text(conf, "");
 	assert_true(hsm_ok(LOAD(&cfg, NULL, flag, "--dev")));
+	/* A UTF-8 byte-order mark first (some editors write one) is not part of the first key;
+	 * line numbers still count from the first line. */
+	write_text(conf, "\xEF\xBB\xBFnode_id = bom-1\ndev = true\n");
+	assert_true(hsm_ok(LOAD(&cfg, NULL, flag)));
+	assert_string_equal(cfg.node_id, "bom-1");
+	write_text(conf, "\xEF\xBB\xBF" "dev = true\nfoo = 1\n");
+	snprintf(want, sizeof(want), "%s:2: unknown key 'foo'", conf);
+	EXPECT_ERROR(NULL, want, flag);
 }
 
 /*
