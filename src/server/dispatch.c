@@ -354,6 +354,7 @@ static void outbox_begin(outbox_intent *x, pending *p, const char *operation,
 	in->prepare = prepare_sender;
 	in->touched_key[0] = '\0';
 	in->written = false;
+	in->uncertain = false;
 	x->p = p;
 	x->auth = auth;
 	hsm_store_intent_begin(in);
@@ -800,9 +801,13 @@ static const hsm_op_info *find_op(const char *name, route how)
  * the request failed, and names the approval request in its record.
  */
 static void gate_done(hsm_server_gate *gate, const char *name, hsm_result r,
-                      hsm_api_audit *audit)
+                      const hsm_store_intent *in, hsm_api_audit *audit)
 {
-	if (hsm_failed(r))
+	/* Not when the change may stand: a retry would make it twice on one approval. */
+	if (hsm_failed(r) && in->uncertain)
+		hsm_warn("%s failed, but its change may have been made: its approval stays used",
+		         name);
+	else if (hsm_failed(r))
 		hsm_kms_approval_release(gate->s->kms, &gate->approval);
 	else if (!gate->commit.reached)
 		hsm_warn("%s succeeded without meeting its approval gate", name);
@@ -834,7 +839,7 @@ static void finish_kms(hsm_server *s, const char *name, const hsm_op_info *info,
 		r = run_kms(s, info->op, auth, p, &audit, doc, gated ? &gate.commit : NULL, &intent.in,
 		            &lost);
 	if (gated)
-		gate_done(&gate, name, r, &audit);
+		gate_done(&gate, name, r, &intent.in, &audit);
 	outbox_end(&intent);
 	if (hsm_failed(r))
 		fail_request(p, &o, r);
@@ -1021,7 +1026,7 @@ static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 		lost = hsm_ok(r) && hsm_failed(hsm_jw_finish(&w));
 	}
 	if (gated)
-		gate_done(&gate, name, r, &audit);
+		gate_done(&gate, name, r, &intent.in, &audit);
 	outbox_end(&intent);
 	if (audit.approval_id[0] != '\0' || audit.key_id[0] != '\0' || audit.cert_id[0] != '\0' ||
 	    audit.target_user[0] != '\0' || audit.target_access_key_id[0] != '\0' ||

@@ -1164,6 +1164,13 @@ typedef struct hsm_store_intent {
 	 */
 	char touched_key[HSM_OUTBOX_KEY_ID_MAX + 1];
 	bool written;       /* set true by the store once a commit carrying the row succeeded */
+	/*
+	 * Set true by the store when a commit carrying the row may or may not
+	 * have been applied (PostgreSQL: its answer was lost, and asking the
+	 * server afterwards did not settle it): a change of the request may
+	 * stand although the request failed.
+	 */
+	bool uncertain;
 } hsm_store_intent;
 
 /*

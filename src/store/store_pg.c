@@ -285,31 +285,68 @@ static hsm_result commit(pg_conn *c, bool *unanswered)
 	return res;
 }
 
+/* How long a lost COMMIT's transaction is waited for to end, and how often it is asked. */
+#define SETTLE_WAIT_MS PG_STATEMENT_TIMEOUT_MS
+#define SETTLE_POLL_MS 20
+
+static const char SQL_XACT_STATUS[] = "SELECT txid_status($1)";
+
+/*
+ * xid's outcome, asked on c: "committed", "aborted" or "in progress" (or ""
+ * when the server no longer knows: too old).
+ */
+static hsm_result xact_status(pg_conn *c, int64_t xid, char *out, size_t cap)
+{
+	pg_params p;
+	pg_params_init(&p);
+	pg_p_i64(&p, xid);
+	PGresult *r = NULL;
+	HSM_GUARD(pg_run(c, SQL_XACT_STATUS, &p, &r));
+	hsm_result res = HSM_SUCCESS;
+	if (PQntuples(r) != 1)
+		res = pg_corrupt("no row");
+	else if (PQgetisnull(r, 0, 0))
+		out[0] = '\0';
+	else
+		res = pg_col_text(r, 0, 0, out, cap);
+	PQclear(r);
+	return res;
+}
+
 /*
  * A COMMIT was sent and its answer never came (the connection broke, or the
  * answer could not be read for want of memory): the change may or may not
- * have been applied.  When the transaction carried the request's first
- * outbox row, that row says which (pg_outbox_probe, on another connection,
- * waits for the transaction to end), so the request is neither answered nor
- * recorded as failed when its change was made.  Unknown stays unknown when
- * the probe fails too.
+ * have been applied.  The transaction's own id (xid, from its outbox row's
+ * insert) says which once it has ended, asked on another connection, so the
+ * request is neither answered nor recorded as failed when its change was
+ * made, nor as made when it was not (an earlier transaction of the same
+ * request, its authentication's, may have committed the row it merged into).
+ * *settled: the outcome is known; unknown stays unknown when asking fails or
+ * the transaction has not ended within SETTLE_WAIT_MS.
  */
-static hsm_result resolve_commit(pg_store *s, hsm_store_intent *in, hsm_result failed)
+static hsm_result resolve_commit(pg_store *s, int64_t xid, hsm_result failed, bool *settled)
 {
 	char why[HSM_ERRMSG_MAX];
 	snprintf(why, sizeof(why), "%s", hsm_last_message());
+	*settled = false;
 	pg_conn *c;
 	if (hsm_failed(pool_get(s, &c)))
 		return HSM_FAIL(failed.err, "%s", why);
-	bool present = false;
-	hsm_result r = pg_simple(c, "BEGIN", "begin a transaction");
-	if (hsm_ok(r))
-		r = pg_outbox_probe(c, in, &present);
+	char status[32] = "";
+	hsm_result r = HSM_SUCCESS;
+	for (int waited = 0;; waited += SETTLE_POLL_MS) {
+		r = xact_status(c, xid, status, sizeof(status));
+		if (hsm_failed(r) || strcmp(status, "in progress") != 0 || waited >= SETTLE_WAIT_MS)
+			break;
+		struct timespec pause = {0, SETTLE_POLL_MS * 1000000L};
+		nanosleep(&pause, NULL);
+	}
 	rollback_if_open(c);
 	pool_put(s, c);
-	if (hsm_failed(r))
+	if (hsm_failed(r) || (strcmp(status, "committed") != 0 && strcmp(status, "aborted") != 0))
 		return HSM_FAIL(failed.err, "%s", why);
-	if (present) {
+	*settled = true;
+	if (strcmp(status, "committed") == 0) {
 		hsm_warn("store: the answer to a COMMIT was lost (%s); the change was applied", why);
 		return HSM_SUCCESS;
 	}
@@ -321,12 +358,27 @@ static hsm_result resolve_commit(pg_store *s, hsm_store_intent *in, hsm_result f
  * outbox row (store.h, "Audit outbox"), inserted just before COMMIT in the
  * same transaction: a failed insert rolls the change back.  written is set
  * only once the COMMIT succeeded, or was found to have (resolve_commit); a
- * COMMIT whose outcome is unknown leaves it false.
+ * COMMIT whose outcome stays unknown leaves it as it was and sets uncertain.
  */
+static const char SQL_XACT_ID[] = "SELECT txid_current()";
+
+/* The id of c's open transaction (a write's: it has one once it wrote). */
+static hsm_result xact_id(pg_conn *c, int64_t *xid)
+{
+	PGresult *r = NULL;
+	HSM_GUARD(pg_run(c, SQL_XACT_ID, NULL, &r));
+	hsm_result res = PQntuples(r) == 1 ? pg_col_i64(r, 0, 0, xid) : pg_corrupt("no row");
+	PQclear(r);
+	return res;
+}
+
 static hsm_result transaction(pg_store *s, const char *begin, bool outbox, pg_body body,
                               void *arg)
 {
+	/* in: the request's row, not yet committed; of, the request, written or not (the
+	 * second write of a request that waited for approval: its first closed the approval). */
 	hsm_store_intent *in = outbox ? st_intent_pending() : NULL;
+	hsm_store_intent *of = outbox ? hsm_store_intent_current() : NULL;
 	for (int attempt = 0;; attempt++) {
 		pg_conn *c;
 		HSM_GUARD(pool_get(s, &c));
@@ -339,20 +391,26 @@ static hsm_result transaction(pg_store *s, const char *begin, bool outbox, pg_bo
 			return res;
 		}
 		res = body(c, arg);
+		int64_t xid = 0;
 		if (hsm_ok(res) && in != NULL)
-			res = pg_outbox_insert(c, in);
+			res = pg_outbox_insert(c, in, &xid);
+		else if (hsm_ok(res) && of != NULL)
+			res = xact_id(c, &xid);
 		/* A COMMIT that failed with an answer (a serialization failure) did nothing. */
 		bool unanswered = false;
 		if (hsm_ok(res))
 			res = commit(c, &unanswered);
-		/* Not after a timeout: the probe would wait as long again on a frozen server. */
-		bool resolvable = unanswered && !c->late && in != NULL && !in->written;
+		/* Not after a timeout: asking would wait as long again on a frozen server. */
+		bool resolvable = unanswered && !c->late && of != NULL;
 		rollback_if_open(c);
 		pool_put(s, c);
+		bool settled = !unanswered;
 		if (hsm_failed(res) && resolvable)
-			res = resolve_commit(s, in, res);
+			res = resolve_commit(s, xid, res, &settled);
 		if (hsm_ok(res) && in != NULL)
 			in->written = true;
+		if (!settled && of != NULL)
+			of->uncertain = true;
 		return res;
 	}
 }

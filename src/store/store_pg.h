@@ -440,15 +440,12 @@ hsm_result pg_import(hsm_store *s, hsm_store_producer produce, void *arg);
 hsm_result pg_holds_any(hsm_store *s, bool *any);
 hsm_result pg_snapshot(hsm_store *s, const char *path);
 
-/* Inserts in's row (store.h, "Audit outbox") inside w's open write transaction. */
-hsm_result pg_outbox_insert(pg_conn *w, hsm_store_intent *in) HSM_MUST_CHECK;
 /*
- * Whether the request's outbox row is in the store, waiting first for any
- * transaction that is writing it to end: an insert of the same key on c
- * (in a transaction the caller rolls back) blocks on the unique index until
- * that transaction commits (*present) or aborts.
+ * Inserts in's row (store.h, "Audit outbox") inside w's open write
+ * transaction, or merges it into the row an earlier transaction of the
+ * request committed; *xid: the transaction's id (txid_current()).
  */
-hsm_result pg_outbox_probe(pg_conn *c, hsm_store_intent *in, bool *present) HSM_MUST_CHECK;
+hsm_result pg_outbox_insert(pg_conn *w, hsm_store_intent *in, int64_t *xid) HSM_MUST_CHECK;
 hsm_result pg_outbox_page(hsm_store *s, const char *node_id, int64_t after_ms,
                           const char *after_id, size_t limit, st_vec *out);
 hsm_result pg_outbox_delete(hsm_store *s, const char *node_id, const char *const *request_ids,

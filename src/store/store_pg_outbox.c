@@ -9,11 +9,15 @@
 
 #include <string.h>
 
-/* A later intent of the same request updates the row (ST_OUTBOX_MERGE). */
+/*
+ * A later intent of the same request updates the row (ST_OUTBOX_MERGE).  It
+ * answers the transaction's id, which says after a lost COMMIT answer
+ * whether this transaction, not an earlier one of the request, committed.
+ */
 static const char SQL_OUTBOX_INSERT[] =
 	"INSERT INTO audit_outbox (node_id, request_id, created_ms, operation, principal, "
 	"access_key_id, source, key_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
-	ST_OUTBOX_MERGE;
+	ST_OUTBOX_MERGE " RETURNING txid_current()";
 /* Keyset pagination over audit_outbox_order. */
 static const char SQL_OUTBOX_PAGE[] =
 	"SELECT node_id, request_id, created_ms, operation, principal, access_key_id, source, "
@@ -33,7 +37,7 @@ static void row_params(hsm_store_intent *in, st_outbox_row *row, pg_params *p)
 	pg_p_text(p, row->request_id);
 }
 
-hsm_result pg_outbox_insert(pg_conn *w, hsm_store_intent *in)
+hsm_result pg_outbox_insert(pg_conn *w, hsm_store_intent *in, int64_t *xid)
 {
 	st_outbox_row row;
 	pg_params p;
@@ -44,24 +48,11 @@ hsm_result pg_outbox_insert(pg_conn *w, hsm_store_intent *in)
 	pg_p_text(&p, row.access_key_id);
 	pg_p_text(&p, row.source);
 	pg_p_text(&p, row.key_id);
-	return pg_run(w, SQL_OUTBOX_INSERT, &p, NULL);
-}
-
-/* The probe's row is never kept: the caller rolls its transaction back. */
-static const char SQL_OUTBOX_PROBE[] =
-	"INSERT INTO audit_outbox (node_id, request_id, created_ms, operation) "
-	"VALUES ($1, $2, 0, 'probe') ON CONFLICT (node_id, request_id) DO NOTHING RETURNING 1";
-
-hsm_result pg_outbox_probe(pg_conn *c, hsm_store_intent *in, bool *present)
-{
-	st_outbox_row row;
-	pg_params p;
-	row_params(in, &row, &p);
 	PGresult *r = NULL;
-	HSM_GUARD(pg_run(c, SQL_OUTBOX_PROBE, &p, &r));
-	*present = PQntuples(r) == 0; /* nothing inserted: the row is there */
+	HSM_GUARD(pg_run(w, SQL_OUTBOX_INSERT, &p, &r));
+	hsm_result res = PQntuples(r) == 1 ? pg_col_i64(r, 0, 0, xid) : pg_corrupt("no row");
 	PQclear(r);
-	return HSM_SUCCESS;
+	return res;
 }
 
 typedef struct page_op {
