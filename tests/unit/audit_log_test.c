@@ -1499,7 +1499,7 @@ static void test_torn_tail_detected_preserved_continued(void **state)
 	memcpy(damaged + len, torn, sizeof(torn) - 1);
 	t_spit(paths[0], damaged, len + sizeof(torn) - 1);
 
-	hsm_audit_verify_report r = t_verify_dir(dir, NULL, true);
+	hsm_audit_verify_report r = t_verify_dir(dir, NULL, false);
 	assert_false(r.valid);
 	assert_int_equal(r.problem, HSM_AUDIT_TORN);
 	assert_int_equal(r.line, lines + 1);
@@ -1507,6 +1507,11 @@ static void test_torn_tail_detected_preserved_continued(void **state)
 	char want[48];
 	snprintf(want, sizeof(want), "%zu bytes", sizeof(torn) - 1);
 	assert_non_null(strstr(r.detail, want));
+	/* Read as a live trail (--live), the same bytes could be a record being written:
+	 * left out and counted, the records before them valid. */
+	r = t_verify_dir(dir, NULL, true);
+	assert_true(r.valid);
+	assert_int_equal(r.in_progress_bytes, sizeof(torn) - 1);
 
 	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
 	append_n(a, 20, 5);
