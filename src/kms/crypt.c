@@ -233,9 +233,17 @@ static hsm_result decrypt_any(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
 		same_key(kms, dest_id, req->key, &same, &extra);
 		HSM_GUARD(kms_lookup(kms, caller, op, req->key, &extra, &k));
 	} else if (symmetric) {
-		if (hsm_failed(hsm_blob_parse(req->ciphertext, req->ciphertext_len, &blob)) &&
-		    req->key != NULL && *req->key != '\0') {
-			/* Not an hsmd blob: if KeyId names an RSA key, the algorithm is what is wrong. */
+		bool has_key_id = req->key != NULL && *req->key != '\0';
+		bool parsed = hsm_ok(hsm_blob_parse(req->ciphertext, req->ciphertext_len, &blob));
+		if (parsed && has_key_id) {
+			/* The key it names must exist: an RSA ciphertext parses as one about once in
+			 * 256, and is then answered as any other RSA ciphertext is, below. */
+			kms_key *blob_key = NULL;
+			parsed = hsm_ok(kms_key_load(kms, blob.key_id, &blob_key));
+			kms_key_release(blob_key);
+		}
+		if (!parsed && has_key_id) {
+			/* No hsmd ciphertext: if KeyId names an RSA key, the algorithm is what is wrong. */
 			same_key(kms, dest_id, req->key, &same, &extra);
 			HSM_GUARD(kms_lookup(kms, caller, op, req->key, &extra, &k));
 			res = require_enc_alg(k, alg);

@@ -218,6 +218,13 @@ def test_rsa_decrypt_errors(kms, rsa2048, hsmd):
            message="SYMMETRIC_DEFAULT")
     raises("InvalidKeyUsageException", kms.decrypt, CiphertextBlob=ct, KeyId=rsa2048,
            EncryptionAlgorithm="SYMMETRIC_DEFAULT")
+    # About one RSA ciphertext in 256 begins as an hsmd ciphertext does (its first byte
+    # the format's version): one that so names a key that does not exist is answered as
+    # every other RSA ciphertext is, not as a damaged symmetric one.
+    looks_symmetric = b"\x01" + uuid.uuid4().bytes + ct[17:]  # the format's version 1
+    raises("InvalidKeyUsageException", kms.decrypt, CiphertextBlob=looks_symmetric,
+           KeyId=rsa2048, message="SYMMETRIC_DEFAULT")
+    raises("InvalidCiphertextException", kms.decrypt, CiphertextBlob=looks_symmetric)
     # Encryption context is for symmetric keys only: refused, not ignored, both ways.
     no_ctx = "EncryptionContext is not supported with asymmetric KMS keys"
     raises("ValidationException", kms.encrypt, KeyId=rsa2048, Plaintext=b"x",
