@@ -92,20 +92,26 @@ out:
 	return res;
 }
 
-/* path, where it is, readable and writable by its owner only. */
+/*
+ * path, where it is, readable and writable by its owner only.  By name, never
+ * through a descriptor of its own: closing any descriptor of a file drops every
+ * POSIX lock this process holds on it, and SQLite's connections keep theirs on
+ * the database and its -shm for as long as they are open (another process that
+ * then found the -shm unlocked would take the store for unused and reset it).
+ * The data directory is its owner's alone (0700), so the name cannot be swapped.
+ */
 static hsm_result restrict_file(const char *path)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-	if (fd < 0 && errno == ENOENT)
-		return HSM_SUCCESS;
-	HSM_ENSURE(fd >= 0, HSM_ERR_IO, "cannot open %s: %s", path, hsm_own_file_error(errno));
 	struct stat st;
-	int rc = fstat(fd, &st);
-	if (rc == 0 && (st.st_mode & 07077) != 0)
-		rc = fchmod(fd, 0600);
-	int err = errno;
-	close(fd);
-	HSM_ENSURE(rc == 0, HSM_ERR_IO, "cannot restrict %s to its owner: %s", path, strerror(err));
+	if (lstat(path, &st) != 0) {
+		HSM_ENSURE(errno == ENOENT, HSM_ERR_IO, "cannot read %s: %s", path,
+		           hsm_own_file_error(errno));
+		return HSM_SUCCESS;
+	}
+	HSM_ENSURE(S_ISREG(st.st_mode), HSM_ERR_IO, "%s is not a regular file", path);
+	if ((st.st_mode & 07077) != 0)
+		HSM_ENSURE(chmod(path, 0600) == 0, HSM_ERR_IO, "cannot restrict %s to its owner: %s",
+		           path, strerror(errno));
 	return HSM_SUCCESS;
 }
 
@@ -131,16 +137,22 @@ static hsm_result restrict_side_files(const char *db_path)
 /*
  * Creates the database file with mode 0600 before SQLite opens it: SQLite
  * creates files with 0644 (less the umask) and gives the -wal and -shm files
- * the database file's mode.
+ * the database file's mode.  An existing one (sq_migrate's, whose writer is
+ * open) is restricted by name, as its side files are (restrict_file).
  */
 static hsm_result prepare_db_file(const char *path)
 {
-	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-	HSM_ENSURE(fd >= 0, HSM_ERR_IO, "cannot open %s: %s", path, hsm_own_file_error(errno));
-	int rc = fchmod(fd, 0600);
-	int err = errno;
-	close(fd);
-	HSM_ENSURE(rc == 0, HSM_ERR_IO, "cannot restrict %s to its owner: %s", path, strerror(err));
+	int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0 && errno != EEXIST)
+		return HSM_FAIL(HSM_ERR_IO, "cannot open %s: %s", path, hsm_own_file_error(errno));
+	if (fd >= 0) { /* new: no connection can hold a lock on it yet */
+		int rc = fchmod(fd, 0600);
+		int err = errno;
+		close(fd);
+		HSM_ENSURE(rc == 0, HSM_ERR_IO, "cannot restrict %s to its owner: %s", path,
+		           strerror(err));
+	}
+	HSM_GUARD(restrict_file(path));
 	return restrict_side_files(path);
 }
 

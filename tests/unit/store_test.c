@@ -85,6 +85,59 @@ static void test_open_creates_private_files(void **state)
 	st_rm_rf(base);
 }
 
+/*
+ * What another process sees of the dead-man-switch byte of a -shm file (SQLite's unix
+ * VFS: byte 128, held shared by every process with a connection to the database):
+ * 1 when a lock is held on it, 0 when none is.
+ */
+static int dms_locked_seen_by_another_process(const char *shm)
+{
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		int fd = open(shm, O_RDWR | O_CLOEXEC);
+		struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 128, .l_len = 1};
+		if (fd < 0 || fcntl(fd, F_GETLK, &fl) != 0)
+			_exit(2);
+		_exit(fl.l_type == F_UNLCK ? 0 : 1);
+	}
+	int status = 0;
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	return WEXITSTATUS(status);
+}
+
+/*
+ * Restricting the store's files while its connections are open (hsm_store_migrate,
+ * after hsm_store_open_unmigrated) leaves SQLite's locks in place: closing a
+ * descriptor of the database or its -shm would drop every POSIX lock this process
+ * holds on it, and another process opening the store would then find the -shm
+ * unused and reset it under the running node's map of it.
+ */
+static void test_restricting_files_keeps_sqlite_locks(void **state)
+{
+	(void)state;
+	st_sqlite_only();
+	char dir[PATH_MAX], db[PATH_MAX], shm[PATH_MAX];
+	st_tmpdir(dir);
+	hsm_store *s = NULL;
+	EXPECT_OK(hsm_store_open(dir, &s));
+	hsm_store_close(s);
+	st_path(db, dir, "hsmd.db");
+	st_path(shm, dir, "hsmd.db-shm");
+	assert_int_equal(chmod(db, 0644), 0);
+	EXPECT_OK(hsm_store_open_unmigrated(dir, &s));
+	assert_int_equal(dms_locked_seen_by_another_process(shm), 1);
+	EXPECT_OK(hsm_store_migrate(s));
+	struct stat sb;
+	assert_int_equal(stat(db, &sb), 0);
+	assert_int_equal(sb.st_mode & 0777, 0600);
+	assert_int_equal(dms_locked_seen_by_another_process(shm), 1);
+	hsm_store_close(s);
+	assert_int_not_equal(dms_locked_seen_by_another_process(shm), 1); /* unlocked, or gone */
+	st_rm_rf(dir);
+}
+
 static void test_open_rejects_bad_locations(void **state)
 {
 	(void)state;
@@ -593,6 +646,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_open_creates_private_files),
+		cmocka_unit_test(test_restricting_files_keeps_sqlite_locks),
 		cmocka_unit_test(test_open_rejects_bad_locations),
 		cmocka_unit_test_setup_teardown(test_lock_conflict, st_setup, st_teardown),
 		cmocka_unit_test(test_migrates_version_zero_store),
