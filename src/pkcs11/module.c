@@ -764,10 +764,13 @@ static CK_RV call(const char *target, json_t *body, json_t **out, bool unlock,
 		 * The PIN's credentials stopped working after login (the access key was
 		 * revoked, the user disabled or locked): CKR_PIN_INCORRECT and
 		 * CKR_PIN_LOCKED are C_Login's answers, so the login ends here, and the
-		 * call, like any that needs one, is CKR_USER_NOT_LOGGED_IN.
+		 * call, like any that needs one, is CKR_USER_NOT_LOGGED_IN.  Only the
+		 * login the request was made under: another thread may have logged out
+		 * and in again with other credentials while the answer was on its way.
 		 */
 		if (p11.logged_in && (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED)) {
-			end_login();
+			if (p11.gen == gen)
+				end_login();
 			rv = CKR_USER_NOT_LOGGED_IN;
 		}
 		json_decref(j);

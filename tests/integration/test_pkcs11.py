@@ -3308,6 +3308,87 @@ def test_a_logout_ends_a_long_random_draw_in_another_thread(tmp_path, server, us
     assert p.stdout.strip() in ("random 0x101", "random 0x0"), p.stdout + p.stderr
 
 
+class HoldingProxy:
+    """A loopback TCP proxy to port that holds back, for `hold` seconds, each chunk a
+    client sends that carries `marker` (one request of the module's, on its own
+    connection), and forwards everything else at once."""
+
+    def __init__(self, port, marker, hold):
+        import socket
+        import threading
+        self.port, self.marker, self.hold = port, marker, hold
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.socks = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        import threading
+        while True:
+            try:
+                cli, _ = self.listener.accept()
+            except OSError:
+                return
+            srv = socket.create_connection(("127.0.0.1", self.port))
+            self.socks += [cli, srv]
+            threading.Thread(target=self._pump, args=(cli, srv, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(srv, cli, False), daemon=True).start()
+
+    def _pump(self, src, dst, holding):
+        try:
+            while chunk := src.recv(65536):
+                if holding and self.marker in chunk:
+                    time.sleep(self.hold)
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def close(self):
+        self.listener.close()
+        for sock in self.socks:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
+def test_a_late_refusal_ends_its_own_login_not_the_next(tmp_path, server):
+    """An answer refusing a login's credentials (its access key revoked) ends that login
+    (CKR_USER_NOT_LOGGED_IN, PKCS#11's C_Login answers being the refusal's). When it comes
+    back after another thread logged out and in again with other credentials, it ends only
+    the call it answers: the new login stays, and its calls are served."""
+    akid_a, secret_a = new_user(server, "p11-late", ["crypto-user"])
+    b = admin(server, "CreateAccessKey", {"UserName": "p11-late"})
+    exe = c_program(tmp_path, "pkcs11_late_refusal")
+    proxy = HoldingProxy(int(server.endpoint.rsplit(":", 1)[1]),
+                         b"TrentService.GenerateRandom", 1.5)
+    env = dict(os.environ, HSM_PKCS11_ENDPOINT=proxy.endpoint)
+    p = subprocess.Popen([str(exe), MODULE, f"{akid_a}:{secret_a}",
+                          f"{b['AccessKeyId']}:{b['SecretAccessKey']}"], env=env, text=True,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert p.stdout.readline() == "ready\n", p.stderr.read()
+        admin(server, "RevokeAccessKey", {"AccessKeyId": akid_a})
+        out, err = p.communicate("go\n", timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        proxy.close()
+    assert p.returncode == 0, (p.returncode, err)
+    # The held draw was refused (the key revoked), as a call whose login ended...
+    # ...but the login that ended was the revoked key's: the new one is still in.
+    assert out.split("\n")[:3] == ["random 0x101", "state 1", "after 0x0"], out + err
+
+
 def answers_left_in_the_application(exe, env, pin, key):
     """Runs pkcs11_wipe (a C_Decrypt and a C_GenerateRandom, the application's own copies
     wiped) and searches its writable memory for the plaintext and the random bytes, raw
