@@ -202,6 +202,23 @@ static void same_key(hsm_kms *kms, const char *dest_id, const char *ref, hsm_pol
 }
 
 /*
+ * For a ciphertext that is no hsmd ciphertext this node can open: the key
+ * KeyId (ref) names, authorized; if it is an RSA key, the algorithm
+ * (SYMMETRIC_DEFAULT) is what is wrong, and that is the answer.
+ */
+static hsm_result named_key_fits(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
+                                 const char *dest_id, const char *ref, hsm_enc_alg alg,
+                                 hsm_policy_pair *same, kms_authz_extra *extra)
+{
+	kms_key *k = NULL;
+	same_key(kms, dest_id, ref, same, extra);
+	HSM_GUARD(kms_lookup(kms, caller, op, ref, extra, &k));
+	hsm_result r = require_enc_alg(k, alg);
+	kms_key_release(k);
+	return r;
+}
+
+/*
  * Decrypt's core, shared with ReEncrypt (which authorizes as kms:ReEncryptFrom).
  * Under DryRun the ciphertext is still opened, as the check that it is valid,
  * unless the request said IGNORE_CIPHERTEXT: then pt stays empty.
@@ -234,34 +251,26 @@ static hsm_result decrypt_any(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
 		HSM_GUARD(kms_lookup(kms, caller, op, req->key, &extra, &k));
 	} else if (symmetric) {
 		bool has_key_id = req->key != NULL && *req->key != '\0';
-		bool parsed = hsm_ok(hsm_blob_parse(req->ciphertext, req->ciphertext_len, &blob));
-		if (parsed && has_key_id) {
-			/* The key it names must exist: an RSA ciphertext parses as one about once in
-			 * 256, and is then answered as any other RSA ciphertext is, below. */
-			kms_key *blob_key = NULL;
-			parsed = hsm_ok(kms_key_load(kms, blob.key_id, &blob_key));
-			kms_key_release(blob_key);
-		}
-		if (!parsed && has_key_id) {
-			/* No hsmd ciphertext: if KeyId names an RSA key, the algorithm is what is wrong. */
-			same_key(kms, dest_id, req->key, &same, &extra);
-			HSM_GUARD(kms_lookup(kms, caller, op, req->key, &extra, &k));
-			res = require_enc_alg(k, alg);
-			kms_key_release(k);
-			k = NULL;
-			HSM_GUARD(res);
-		}
-		HSM_GUARD(hsm_blob_parse(req->ciphertext, req->ciphertext_len, &blob));
+		hsm_result parsed = hsm_blob_parse(req->ciphertext, req->ciphertext_len, &blob);
+		if (hsm_failed(parsed) && has_key_id)
+			HSM_GUARD(named_key_fits(kms, caller, op, dest_id, req->key, alg, &same, &extra));
+		HSM_GUARD(parsed);
 		same_key(kms, dest_id, blob.key_id, &same, &extra);
 		/* KeyId named by an alias: kms:RequestAlias, as on every other operation.  A KeyId
 		 * naming another key than the blob's is refused below, before anything opens. */
-		if (req->key != NULL && *req->key != '\0')
+		if (has_key_id)
 			extra.request_alias = kms_ref_alias(kms, req->key);
 		res = kms_lookup(kms, caller, op, blob.key_id, &extra, &k);
-		if (res.err == HSM_ERR_NOT_FOUND) /* a made-up or altered key id in the blob */
+		if (res.err == HSM_ERR_NOT_FOUND) {
+			/* A made-up or altered key id in the blob, or an RSA ciphertext that parses as
+			 * a blob (about one in 256): answered as any other RSA ciphertext is. */
+			if (has_key_id)
+				HSM_GUARD(named_key_fits(kms, caller, op, dest_id, req->key, alg, &same,
+				                         &extra));
 			return HSM_FAIL(HSM_ERR_INVALID_CIPHERTEXT, "The ciphertext is not valid");
+		}
 		HSM_GUARD(res);
-		if (req->key != NULL && *req->key != '\0') {
+		if (has_key_id) {
 			char named[HSM_UUID_STRLEN + 1];
 			HSM_TRY(hsm_kms_resolve(kms, req->key, named));
 			if (strcmp(named, k->rec.key_id) != 0) {
