@@ -73,6 +73,7 @@ static hsm_result dev_credentials(char *akid, size_t cap, hsm_secret **secret)
 }
 
 /* The address served, with the port bound (the one the system chose for a port of 0). */
+#define BOUND_ADDRESS_MAX 320
 static void bound_address(hsm_server *s, char *out, size_t cap)
 {
 	const char *listen = s->opt.http.listen;
@@ -83,7 +84,7 @@ static void bound_address(hsm_server *s, char *out, size_t cap)
 
 static void announce_dev(hsm_server *s, const char *akid, const hsm_secret *secret)
 {
-	char addr[320];
+	char addr[BOUND_ADDRESS_MAX];
 	bound_address(s, addr, sizeof(addr));
 	int n = (int)hsm_secret_len(secret);
 	const char *k = (const char *)hsm_secret_bytes(secret);
@@ -203,7 +204,7 @@ int main(int argc, char **argv)
 	}
 	char store[256];
 	hsm_location_shown(cfg.store[0] != '\0' ? cfg.store : cfg.data_dir, store, sizeof(store));
-	char addr[320];
+	char addr[BOUND_ADDRESS_MAX];
 	bound_address(s, addr, sizeof(addr));
 	hsm_info("hsmd %s listening on %s (%s), store %s", hsm_version(), addr,
 	         hsm_node_state_name(hsm_keystore_state(s->ks)), store);

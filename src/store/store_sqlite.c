@@ -116,14 +116,14 @@ static hsm_result restrict_file(const char *path)
 }
 
 /*
- * The files SQLite keeps beside the database (-wal, -shm, and a rollback
- * -journal an older run left) restricted like the database, before SQLite
- * opens them: it makes them with the database file's mode, and one made
- * while the database was readable by others keeps that mode.
+ * The database and the files SQLite keeps beside it (-wal, -shm, and a
+ * rollback -journal an older run left), restricted before SQLite opens them:
+ * it makes the side files with the database file's mode, and one made while
+ * the database was readable by others keeps that mode.
  */
-static hsm_result restrict_side_files(const char *db_path)
+static hsm_result restrict_store_files(const char *db_path)
 {
-	static const char *const sides[] = {"-wal", "-shm", "-journal"};
+	static const char *const sides[] = {"", "-wal", "-shm", "-journal"};
 	for (size_t i = 0; i < sizeof(sides) / sizeof(sides[0]); i++) {
 		char path[PATH_MAX];
 		int n = snprintf(path, sizeof(path), "%s%s", db_path, sides[i]);
@@ -138,7 +138,7 @@ static hsm_result restrict_side_files(const char *db_path)
  * Creates the database file with mode 0600 before SQLite opens it: SQLite
  * creates files with 0644 (less the umask) and gives the -wal and -shm files
  * the database file's mode.  An existing one (sq_migrate's, whose writer is
- * open) is restricted by name, as its side files are (restrict_file).
+ * open) is restricted by name, as its side files are (restrict_store_files).
  */
 static hsm_result prepare_db_file(const char *path)
 {
@@ -152,8 +152,7 @@ static hsm_result prepare_db_file(const char *path)
 		HSM_ENSURE(rc == 0, HSM_ERR_IO, "cannot restrict %s to its owner: %s", path,
 		           strerror(err));
 	}
-	HSM_GUARD(restrict_file(path));
-	return restrict_side_files(path);
+	return restrict_store_files(path);
 }
 
 /* ---- Connections ------------------------------------------------------------------------ */
@@ -659,8 +658,7 @@ static hsm_result open_existing(sq_store *s, const char *dir)
 	HSM_ENSURE(stat(s->db_path, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0,
 	           HSM_ERR_NOT_FOUND, "no hsmd store in %s (no " HSM_STORE_DB_FILE " there)", dir);
 	HSM_GUARD(lock_directory(dir, &s->lock_fd));
-	HSM_GUARD(restrict_file(s->db_path));
-	HSM_GUARD(restrict_side_files(s->db_path));
+	HSM_GUARD(restrict_store_files(s->db_path));
 	HSM_GUARD(conn_open(s->db_path, true, &s->writer));
 	return sq_schema_read(s->writer, dir, &s->schema_version);
 }
