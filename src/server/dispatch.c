@@ -852,6 +852,7 @@ static void finish_kms(hsm_server *s, const char *name, const hsm_op_info *info,
 	json_decref(doc);
 }
 
+static bool takes_long(const hsm_server *s, const hsm_op_info *info);
 static bool rsa_private_op(hsm_server *s, const hsm_op_info *info, json_t *doc, bool *brief);
 static bool defer_kms(hsm_server *s, const char *name, const hsm_op_info *info, pending *p,
                       const hsm_auth_result *auth, json_t *doc, bool brief);
@@ -939,7 +940,7 @@ static void handle_kms(hsm_server *s, hsm_http_req *req, const char *name, const
 		const uint8_t *raw = hsm_http_req_body(req, &len);
 		r = hsm_json_parse(raw, len, &doc);
 	}
-	if (hsm_ok(r) && rsa_private_op(s, info, doc, &brief) &&
+	if (hsm_ok(r) && (takes_long(s, info) || rsa_private_op(s, info, doc, &brief)) &&
 	    defer_kms(s, name, info, p, &auth, doc, brief))
 		return;
 	finish_kms(s, name, info, p, &auth, doc, r);
@@ -960,6 +961,61 @@ static bool target_repeated(const hsm_http_req *req)
 	return n > 1;
 }
 
+static bool defer_admin(hsm_server *s, const char *name, const hsm_admin_op *op, pending *p,
+                        const hsm_auth_result *auth, json_t *doc);
+
+/*
+ * The rest of an administrative request once admitted and parsed (r says
+ * whether that went well): the approval gate, the handler, the audit
+ * record, the answer.  Takes doc.  op is NULL only with r failed.
+ */
+static void finish_admin(hsm_server *s, const char *name, const hsm_admin_op *op, pending *p,
+                         hsm_auth_result *auth, json_t *doc, hsm_result r)
+{
+	bool signed_op = op == NULL || op->needs_auth;
+	outcome o = {op != NULL ? name : UNKNOWN_OPERATION, auth, NULL, HSM_OK, false, op == NULL};
+	char source[HSM_HTTP_ADDR_MAX + 8];
+	snprintf(source, sizeof(source), "%s:%u", hsm_http_req_remote_addr(p->req),
+	         hsm_http_req_remote_port(p->req));
+	hsm_server_gate gate;
+	hsm_api_audit audit;
+	outbox_intent intent;
+	memset(&audit, 0, sizeof(audit));
+	bool gated =
+	    hsm_ok(r) && op->needs_auth && hsm_server_admin_needs_approval(s, op, &auth->caller);
+	outbox_begin(&intent, p, o.operation, signed_op ? auth : NULL, audit.key_id);
+	if (gated) {
+		hsm_server_gate_init(&gate, s, op->name, &auth->caller, doc);
+		auth->caller.gate = &gate.commit; /* met by the handler (hsm_caller_commit) */
+	}
+	bool lost = false;
+	if (hsm_ok(r)) {
+		hsm_jw w;
+		hsm_jw_init(&w, &p->body);
+		hsm_jw_begin(&w);
+		r = hsm_jw_finish(&w); /* no room for an answer: refused before anything is done */
+		hsm_admin_ctx c = {s, op->needs_auth ? auth : NULL, doc, &w, source, &audit};
+		if (hsm_ok(r))
+			r = op->fn(&c);
+		hsm_jw_end(&w);
+		lost = hsm_ok(r) && hsm_failed(hsm_jw_finish(&w));
+	}
+	if (gated)
+		gate_done(&gate, name, r, &intent.in, &audit);
+	outbox_end(&intent);
+	if (audit.approval_id[0] != '\0' || audit.key_id[0] != '\0' || audit.cert_id[0] != '\0' ||
+	    audit.target_user[0] != '\0' || audit.target_access_key_id[0] != '\0' ||
+	    audit.share[0] != '\0')
+		o.api = &audit;
+	if (hsm_failed(r))
+		fail_request(p, &o, r);
+	else if (lost)
+		lose_answer(p, &o);
+	else
+		finish(p, &o);
+	json_decref(doc);
+}
+
 static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 {
 	const hsm_admin_op *op = hsm_admin_find(name);
@@ -972,10 +1028,6 @@ static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 	hsm_auth_result auth;
 	json_t *doc = NULL;
 	memset(&auth, 0, sizeof(auth));
-	outcome o = {op != NULL ? name : UNKNOWN_OPERATION, &auth, NULL, HSM_OK, false, op == NULL};
-	char source[HSM_HTTP_ADDR_MAX + 8];
-	snprintf(source, sizeof(source), "%s:%u", hsm_http_req_remote_addr(req),
-	         hsm_http_req_remote_port(req));
 	/*
 	 * An unknown name is authenticated first, as handle_kms does: otherwise
 	 * anyone could learn which names hsmd administers without credentials,
@@ -1002,43 +1054,10 @@ static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 		pending_admitted(p);
 		r = hsm_json_parse(raw, len, &doc);
 	}
-	hsm_server_gate gate;
-	hsm_api_audit audit;
-	outbox_intent intent;
-	memset(&audit, 0, sizeof(audit));
-	bool gated =
-	    hsm_ok(r) && op->needs_auth && hsm_server_admin_needs_approval(s, op, &auth.caller);
-	outbox_begin(&intent, p, o.operation, signed_op ? &auth : NULL, audit.key_id);
-	if (gated) {
-		hsm_server_gate_init(&gate, s, op->name, &auth.caller, doc);
-		auth.caller.gate = &gate.commit; /* met by the handler (hsm_caller_commit) */
-	}
-	bool lost = false;
-	if (hsm_ok(r)) {
-		hsm_jw w;
-		hsm_jw_init(&w, &p->body);
-		hsm_jw_begin(&w);
-		r = hsm_jw_finish(&w); /* no room for an answer: refused before anything is done */
-		hsm_admin_ctx c = {s, op->needs_auth ? &auth : NULL, doc, &w, source, &audit};
-		if (hsm_ok(r))
-			r = op->fn(&c);
-		hsm_jw_end(&w);
-		lost = hsm_ok(r) && hsm_failed(hsm_jw_finish(&w));
-	}
-	if (gated)
-		gate_done(&gate, name, r, &intent.in, &audit);
-	outbox_end(&intent);
-	if (audit.approval_id[0] != '\0' || audit.key_id[0] != '\0' || audit.cert_id[0] != '\0' ||
-	    audit.target_user[0] != '\0' || audit.target_access_key_id[0] != '\0' ||
-	    audit.share[0] != '\0')
-		o.api = &audit;
-	if (hsm_failed(r))
-		fail_request(p, &o, r);
-	else if (lost)
-		lose_answer(p, &o);
-	else
-		finish(p, &o);
-	json_decref(doc);
+	/* Administration takes long (store writes, key derivation): on the lane, once admitted. */
+	if (hsm_ok(r) && op->needs_auth && defer_admin(s, name, op, p, &auth, doc))
+		return;
+	finish_admin(s, name, op, p, &auth, doc, r);
 }
 
 /* ---- the lane: requests that take long ------------------------------------ */
@@ -1056,33 +1075,36 @@ typedef struct lane_req {
 } lane_req;
 
 /*
- * What goes to the lane: whatever writes the store (each commit waits for an
- * fsync), generates an asymmetric key pair (RSA-4096: seconds; a wrapping key
- * for GetParametersForImport too) or administers
- * the node (unsealing derives keys).  Everything else is quick enough to run
- * where it arrived, and most of it is what clients call by the thousand.
+ * What goes to the lane once admitted and parsed: whatever writes the store
+ * (each commit waits for an fsync) and generates an asymmetric key pair
+ * (RSA-4096: seconds; a wrapping key for GetParametersForImport too);
+ * administration does too (finish_admin).  Everything else is quick enough
+ * to run where it arrived, and most of it is what clients call by the
+ * thousand.  Authentication stays on the worker, as for every request, so
+ * requests nobody signed cannot queue on the lane ahead of the signed ones.
  */
-static bool takes_long(route how, const hsm_op_info *info, const char *name,
-                       hsm_http_req *req)
+static bool takes_long(const hsm_server *s, const hsm_op_info *info)
 {
-	if (how == ROUTE_ADMIN) {
-		/*
-		 * Not what anyone may send without credentials, unchecked: an unknown
-		 * name or Status is answered here (Status reads counters), and only an
-		 * Unseal of a share's size waits in the lane, so requests nobody
-		 * signed cannot queue ahead of the store writes and signatures there.
-		 */
-		const hsm_admin_op *op = hsm_admin_find(name);
-		size_t len = 0;
-		(void)hsm_http_req_body(req, &len);
-		return op != NULL && strcmp(op->name, "Status") != 0 &&
-		       (op->needs_auth || len <= HSM_ADMIN_UNAUTH_BODY_MAX);
-	}
-	if (info == NULL)
+	return s->lane != NULL &&
+	       (info->mutating || info->op == HSM_OP_GenerateDataKeyPair ||
+	        info->op == HSM_OP_GenerateDataKeyPairWithoutPlaintext ||
+	        info->op == HSM_OP_GetParametersForImport);
+}
+
+/*
+ * The one request the lane takes unadmitted: an Unseal of a share's size,
+ * which takes no credentials (unsealing derives keys).  An unknown name or
+ * a Status is answered on the worker (Status reads counters).
+ */
+static bool unseal_on_lane(route how, const char *name, hsm_http_req *req)
+{
+	if (how != ROUTE_ADMIN)
 		return false;
-	return info->mutating || info->op == HSM_OP_GenerateDataKeyPair ||
-	       info->op == HSM_OP_GenerateDataKeyPairWithoutPlaintext ||
-	       info->op == HSM_OP_GetParametersForImport;
+	const hsm_admin_op *op = hsm_admin_find(name);
+	size_t len = 0;
+	(void)hsm_http_req_body(req, &len);
+	return op != NULL && !op->needs_auth && strcmp(op->name, "Status") != 0 &&
+	       len <= HSM_ADMIN_UNAUTH_BODY_MAX;
 }
 
 static void run_route(hsm_server *s, hsm_http_req *req, route how, const char *name,
@@ -1191,11 +1213,49 @@ static bool defer_kms(hsm_server *s, const char *name, const hsm_op_info *info, 
 	return false;
 }
 
+/* An administrative request between its admission and its execution, on the lane. */
+typedef struct admin_rest {
+	hsm_lane_job job;
+	hsm_server *s;
+	const char *name;
+	const hsm_admin_op *op;
+	pending *p;
+	hsm_auth_result auth;
+	json_t *doc;
+} admin_rest;
+
+static void admin_rest_run(void *arg, bool cancelled)
+{
+	admin_rest *k = arg;
+	hsm_result r = cancelled ? HSM_FAIL(HSM_ERR_NODE_ERROR, STOPPING) : HSM_SUCCESS;
+	finish_admin(k->s, k->name, k->op, k->p, &k->auth, k->doc, r);
+	free(k);
+}
+
+/* Hands the rest of an administrative request to the lane; false when it must run here. */
+static bool defer_admin(hsm_server *s, const char *name, const hsm_admin_op *op, pending *p,
+                        const hsm_auth_result *auth, json_t *doc)
+{
+	if (s->lane == NULL)
+		return false;
+	admin_rest *k = malloc(sizeof(*k));
+	if (k == NULL)
+		return false;
+	*k = (admin_rest){.job = {.fn = admin_rest_run}, .s = s, .name = name, .op = op, .p = p,
+	                  .doc = doc};
+	auth_copy(&k->auth, auth);
+	k->job.arg = k;
+	if (hsm_lane_submit(s->lane, &k->job))
+		return true;
+	free(k);
+	return false;
+}
+
 /* Runs the request here, or hands it to the lane when it takes long. */
 static void dispatch_route(hsm_server *s, hsm_http_req *req, route how, const char *name)
 {
 	const hsm_op_info *info = how == ROUTE_ADMIN ? NULL : find_op(name, how);
-	if (s->lane != NULL && takes_long(how, info, name, req)) {
+	if (s->lane != NULL && unseal_on_lane(how, name, req)) {
 		lane_req *j = malloc(sizeof(*j));
 		if (j != NULL) {
 			*j = (lane_req){.job = {.fn = lane_run}, .s = s, .req = req, .name = name, .how = how,

@@ -255,3 +255,43 @@ def test_stopping_with_long_requests_queued():
     finally:
         server.cleanup()
 
+
+
+def test_requests_nobody_signed_do_not_queue_on_the_lane():
+    """The lane's requests are authenticated on the worker first: a flood of
+    store writes and administration without valid credentials is refused
+    there, and never waits on the lane ahead of the signed requests."""
+    import requests
+    server = start_dev(["--workers=2"])
+    try:
+        sessions = threading.local()
+        it = iter(range(10**9))
+        targets = ("TrentService.CreateKey", "TrentService.ScheduleKeyDeletion",
+                   "HsmdAdmin.CreateUser", "TrentService.GenerateDataKeyPair")
+
+        def unsigned():
+            if not hasattr(sessions, "s"):
+                sessions.s = requests.Session()
+            n = next(it)
+            headers = {"Content-Type": "application/x-amz-json-1.1",
+                       "X-Amz-Target": targets[n % len(targets)]}
+            if n % 2:  # signed, but by an access key the store does not have
+                headers["X-Amz-Date"] = "20260101T000000Z"
+                headers["Authorization"] = (
+                    "AWS4-HMAC-SHA256 Credential=AKIANOSUCHKEY0000000/20260101/us-east-1/kms/"
+                    "aws4_request, SignedHeaders=host;x-amz-date, Signature=" + "0" * 64)
+            r = sessions.s.post(server.endpoint + "/", data=b'{"Description": "x"}',
+                                headers=headers, timeout=30)
+            assert r.status_code in (400, 403), (r.status_code, r.text)
+
+        _lane_drained(server)
+        assert max(_lane_depths_while(server, unsigned)) == 0
+        # Nothing was made, and every refusal has its record.
+        kms = client(server)
+        assert kms.list_keys()["Keys"] == []
+        records = [r for r in audit_records(server.data_dir) if r.get("op") == "CreateKey"]
+        assert records and all(r["outcome"] != "success" for r in records), records[:3]
+        # Signed, the same operations go to the lane.
+        assert max(_lane_depths_while(server, lambda: kms.create_key())) > 0
+    finally:
+        server.cleanup()
