@@ -54,6 +54,12 @@ _Noreturn void hsm_abort_at(const char *file, int line, const char *what)
 
 const hsm_error_info *hsm_last_error(void) { return &last_error; }
 const char *hsm_last_message(void) { return last_error.message; }
+
+void hsm_error_restore(const hsm_error_info *saved)
+{
+	if (saved != &last_error)
+		last_error = *saved;
+}
 const char *hsm_err_kms_name(hsm_err err) { return row(err)->kms; }
 int hsm_err_http_status(hsm_err err) { return row(err)->status; }
 unsigned long hsm_err_ckr(hsm_err err) { return row(err)->ckr; }

@@ -165,6 +165,12 @@ _Noreturn void hsm_abort_at(const char *file, int line, const char *what);
 /* This thread's last failure; valid until the next failure on this thread. */
 const hsm_error_info *hsm_last_error(void);
 const char *hsm_last_message(void);
+/*
+ * Makes saved (a copy of hsm_last_error() taken earlier) this thread's last
+ * failure again: after a lookup made only for a record failed, so that the
+ * request's own failure is what its answer says.
+ */
+void hsm_error_restore(const hsm_error_info *saved);
 
 /* Table lookups. */
 const char *hsm_err_kms_name(hsm_err err);

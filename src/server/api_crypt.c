@@ -118,7 +118,7 @@ static void note_ciphertext_key(const hsm_buf *ct, bool symmetric, char out[HSM_
 	if (hsm_ok(hsm_blob_parse(ct->data, ct->len, &blob)))
 		memcpy(out, blob.key_id, HSM_UUID_STRLEN + 1);
 	else /* the parse's own failure replaced the request's: put that back */
-		(void)hsm_fail_at(failure.err, failure.file, failure.line, "%s", failure.message);
+		hsm_error_restore(&failure);
 }
 
 hsm_result hsm_api_decrypt(hsm_api_ctx *c)

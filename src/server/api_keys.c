@@ -106,8 +106,14 @@ void hsm_api_note_ref(hsm_api_ctx *c, const char *ref)
 {
 	/* State changes return no key: resolve the reference once more for the record. */
 	char id[HSM_UUID_STRLEN + 1];
-	if (ref != NULL && hsm_ok(hsm_kms_resolve(c->kms, ref, id)))
+	if (ref == NULL)
+		return;
+	/* A reference that does not resolve must not replace the failure being answered. */
+	hsm_error_info failure = *hsm_last_error();
+	if (hsm_ok(hsm_kms_resolve(c->kms, ref, id)))
 		memcpy(c->audit.key_id, id, sizeof(id));
+	else
+		hsm_error_restore(&failure);
 }
 
 static void note_record(hsm_api_ctx *c, const hsm_key_record *r)

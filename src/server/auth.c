@@ -221,7 +221,7 @@ void hsm_server_claimed_akid(hsm_http_req *req, hsm_auth_result *out)
 	out->akid[0] = '\0';
 	if (hsm_failed(view_of(req, &v)) || hsm_failed(hsm_sigv4_parse(&v.r, &a))) {
 		/* The parse's own failure replaced the refusal's: put that back for its answer. */
-		(void)hsm_fail_at(refusal.err, refusal.file, refusal.line, "%s", refusal.message);
+		hsm_error_restore(&refusal);
 		return;
 	}
 	hsm_sb b;
