@@ -191,6 +191,7 @@ static hsm_result parse_key(pol_arena *a, const char *name, size_t stmt, pol_con
 		           stmt);
 		c->key = POL_KEY_ENCRYPTION_CONTEXT;
 		c->arg = name + strlen(EC_PREFIX);
+		c->per_spelling = true;
 		/* AWS KMS refuses this combination in PutKeyPolicy for the same reason. */
 		HSM_ENSURE(c->set != POL_SET_ALL, MALFORMED,
 		           "Statement %zu: OverlyPermissiveCondition: Using the ForAllValues set operator "
@@ -216,6 +217,9 @@ static hsm_result parse_key(pol_arena *a, const char *name, size_t stmt, pol_con
 			known = hsm_pol_eq_ic(name, other_keys[i]);
 		for (size_t i = 0; i < COUNT(other_prefixes) && !known; i++)
 			known = prefix_ic(name, other_prefixes[i]) && name[strlen(other_prefixes[i])] != '\0';
+		/* Tag keys are case-sensitive, names of condition keys are not: a key or a
+		 * request may hold "env" and "Env", each a value of aws:*Tag/env. */
+		c->per_spelling = prefix_ic(name, "aws:RequestTag/") || prefix_ic(name, "aws:ResourceTag/");
 		/* Another service's key never occurs in a KMS request; a kms:/aws: typo must not pass. */
 		HSM_ENSURE(known || !(prefix_ic(name, "kms:") || prefix_ic(name, "aws:")), MALFORMED,
 		           "Statement %zu: condition key '%.64s' is not supported.", stmt, name);

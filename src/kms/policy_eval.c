@@ -350,7 +350,7 @@ static bool condition_holds(const pol_condition *c, const hsm_policy_request *re
 	}
 	if (v == NULL && c->if_exists)
 		return true;
-	if (c->key == POL_KEY_ENCRYPTION_CONTEXT)
+	if (c->per_spelling)
 		return context_condition_holds(c, req, deny, &it, v);
 	switch (c->set) {
 	case POL_SET_ANY: /* some request value satisfies the operator; false when there is none */

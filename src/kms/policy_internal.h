@@ -104,6 +104,12 @@ typedef struct pol_condition {
 	const double *numbers; /* Numeric*, Date*: values[i] read as a number or an instant */
 	const pol_net *nets;   /* IpAddress: values[i] read as a network */
 	bool vars; /* a value holds policy variables (Version 2012-10-17): expanded per request */
+	/*
+	 * A single-valued key whose name the request matches without regard to case
+	 * (kms:EncryptionContext:<k>, aws:RequestTag/<k>, aws:ResourceTag/<k>), so a
+	 * request may give it one value per spelling: each must pass (policy_eval.c).
+	 */
+	bool per_spelling;
 } pol_condition;
 
 /*

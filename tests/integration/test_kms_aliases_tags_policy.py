@@ -702,6 +702,32 @@ def test_condition_context_key_spelt_twice_in_a_deny(kms, operator, value):
             raises("AccessDeniedException", context_call, kms, kid, op, ctx)
 
 
+def test_condition_tag_key_spelt_twice(kms):
+    """aws:RequestTag/<k> and aws:ResourceTag/<k> read every spelling of k (tag keys
+    are case-sensitive, condition key names are not), and a TagResource may name k
+    twice: as with the context, a Deny fires on any one value, an Allow needs all."""
+    kid = guarded_key(kms, deny("kms:TagResource", "StringNotEquals", "aws:RequestTag/env", "dev"))
+    kms.tag_resource(KeyId=kid, Tags=[{"TagKey": "env", "TagValue": "dev"}])
+    denied(kms.tag_resource, KeyId=kid, Tags=[{"TagKey": "env", "TagValue": "prod"}])
+    for tags in ([{"TagKey": "env", "TagValue": "dev"}, {"TagKey": "Env", "TagValue": "prod"}],
+                 [{"TagKey": "env", "TagValue": "dev"}, {"TagKey": "env", "TagValue": "prod"}],
+                 [{"TagKey": "ENV", "TagValue": "prod"}, {"TagKey": "env", "TagValue": "dev"}]):
+        denied(kms.tag_resource, KeyId=kid, Tags=tags)
+    assert tags_of(kms, kid) == {"env": "dev"}
+    # An Allow on a resource tag: a key tagged owner=alice and Owner=bob is neither's.
+    kid = new_key(kms, Tags=[{"TagKey": "owner", "TagValue": "dev"},
+                             {"TagKey": "Owner", "TagValue": "bob"}])
+    use = {"Sid": "UseIfOwner", "Effect": "Allow", "Principal": {"AWS": DEV_ARN},
+           "Action": "kms:Encrypt", "Resource": "*",
+           "Condition": {"StringEquals": {"aws:ResourceTag/owner": "${aws:username}"}}}
+    kms.put_key_policy(KeyId=kid, PolicyName="default", Policy=policy(
+        {"Sid": "AdminButEncrypt", "Effect": "Allow", "Principal": {"AWS": DEV_ARN},
+         "NotAction": "kms:Encrypt", "Resource": "*"}, use))
+    denied(kms.encrypt, KeyId=kid, Plaintext=b"x")
+    kms.untag_resource(KeyId=kid, TagKeys=["Owner"])
+    kms.encrypt(KeyId=kid, Plaintext=b"x")
+
+
 @pytest.mark.parametrize("effect", ["Allow", "Deny"])
 def test_condition_for_all_values_on_a_context_key_is_refused(kms, effect):
     kid = new_key(kms)
