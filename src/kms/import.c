@@ -293,8 +293,9 @@ static hsm_result set_material_state(hsm_key_record *rec, void *arg)
 		HSM_ENSURE((rec->flags & HSM_KEYFLAG_PENDING_MATERIAL) != 0, HSM_ERR_INVALID_STATE,
 		           "%s has no key material pending rotation", rec->key_id);
 		rec->flags &= ~HSM_KEYFLAG_PENDING_MATERIAL;
-		/* Both kinds of rotation restart the automatic rotation period (rotation.c). */
-		if (rec->rotation_enabled)
+		/* As in rotation.c (and KMS): an automatic rotation starts the next period; one
+		 * on demand leaves the automatic schedule as it was. */
+		if (rec->rotation_enabled && a->scheduled)
 			rec->next_rotation = a->now + (int64_t)rec->rotation_period_days * DAY;
 		break;
 	}

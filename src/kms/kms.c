@@ -738,8 +738,16 @@ hsm_result kms_lookup_as(hsm_kms *kms, const hsm_caller *caller, hsm_op op, hsm_
 	if (hsm_ok(r)) {
 		int64_t now = kms_now(kms);
 		r = kms_check_state(state_op, &k->rec, now);
-		/* A key whose material in use expired is pending import, whatever its record says. */
-		if (hsm_ok(r) && hsm_op_get(state_op)->cls == HSM_OPC_CRYPTO)
+		/*
+		 * An enabled or disabled key whose material in use expired is pending
+		 * import, whatever its record says: what PendingImport refuses (use,
+		 * grants, EnableKey, DisableKey, rotation) is refused before the
+		 * scheduler erases the material too.  (A key pending deletion stays
+		 * that: its cancellation is not refused for it.)
+		 */
+		bool live = k->rec.state == HSM_KEY_ENABLED || k->rec.state == HSM_KEY_DISABLED;
+		if (hsm_ok(r) && live &&
+		    state_rules[HSM_KEY_PENDING_IMPORT][hsm_op_get(state_op)->cls] != HSM_OK)
 			r = kms_check_material(kms, k);
 	}
 	if (hsm_failed(r)) {

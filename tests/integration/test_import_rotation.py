@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from conftest import client, signed_request, start_dev
-from helpers import (IDENTITY, audit_record, audit_records_until, call_error, call_ok, key_arn,
+from helpers import (ACCOUNT, IDENTITY, audit_record, audit_records_until, call_error, call_ok, key_arn,
                      raises, request_id)
 from test_import import external_key, run_hsmctl, wrap
 
@@ -280,6 +280,11 @@ def test_rotation_schedule_of_an_imported_key_warns_ahead(hsmd, kms):
     gauge_reaches(needed, "hsmd_keys_rotation_material_needed_7d")
     # The date is still coming, whether material waits or not; disabled, it stops.
     assert gauge() == before + 1
+    # A rotation on demand leaves the automatic schedule as it was, as for generated keys.
+    time.sleep(1.1)  # a restarted period would show as a later date
+    call_ok(hsmd, "RotateKeyOnDemand", {"KeyId": key})
+    assert call_ok(hsmd, "GetKeyRotationStatus", {"KeyId": key})["NextRotationDate"] == \
+        status["NextRotationDate"]
     call_ok(hsmd, "DisableKeyRotation", {"KeyId": key})
     gauge_reaches(before)
 
@@ -359,6 +364,20 @@ def test_expired_material_unusable_before_the_scheduler_erases_it():
                    KeySpec="AES_256")
             raises("KMSInvalidStateException", kms.re_encrypt, CiphertextBlob=ct,
                    DestinationKeyId=steady)
+        # Nor may it change as only an enabled or disabled key may: PendingImport refuses
+        # grants, enabling, disabling and rotation, as it will after the erasure.
+        grantee = f"arn:aws:iam::{ACCOUNT}:root"
+        for fn, kw in ((kms.create_grant, {"GranteePrincipal": grantee, "Operations": ["Encrypt"]}),
+                       (kms.enable_key, {}), (kms.disable_key, {}),
+                       (kms.enable_key_rotation, {})):
+            raises("KMSInvalidStateException", fn, KeyId=lone, **kw)
+        call_error(server, "RotateKeyOnDemand", {"KeyId": lone}, "KMSInvalidStateException")
+        assert kms.list_grants(KeyId=lone)["Grants"] == []
+        assert call_ok(server, "GetKeyRotationStatus", {"KeyId": lone})["KeyRotationEnabled"] is False
+        # A deletion may be scheduled, and cancelled.
+        kms.schedule_key_deletion(KeyId=lone, PendingWindowInDays=7)
+        kms.cancel_key_deletion(KeyId=lone)
+        assert describe(server, lone)["KeyState"] == "PendingImport"
         assert describe(server, steady)["KeyState"] == "Enabled"
         assert kms.decrypt(CiphertextBlob=kms.encrypt(KeyId=steady, Plaintext=b"s")[
             "CiphertextBlob"])["Plaintext"] == b"s"
