@@ -350,10 +350,11 @@ static hsm_result run_rekey(rekey_opts *o, int *exit_code)
 	hsm_keystore_identity(l.ks, &old);
 	hsm_hex_encode_str(old_hex, old.set_id, sizeof(old.set_id));
 	HSM_TRY(resolve_quorum(o, &old));
-	HSM_TRY(hsm_mkdir_p(o->share_dir));
+	/* The quorum is checked (prepare) before the share directory is made. */
 	HSM_TRY(hsm_ks_rekey_prepare(l.ks, o->threshold, o->count,
 	                             o->n_custodians > 0 ? (const char *const *)o->custodians : NULL,
 	                             shares, &rk));
+	HSM_TRY(hsm_mkdir_p(o->share_dir));
 	hsm_ks_rekey_identity(rk, &neu);
 	hsm_hex_encode_str(new_hex, neu.set_id, sizeof(neu.set_id));
 	HSM_TRY(plan_files(o, hsm_keystore_store_id(l.ks), new_hex, &files));

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -164,6 +165,11 @@ hsm_result hsmctl_share_dir_apart(const char *share_dir, const char *data_dir)
 	           "--data-dir %s is inside --share-dir %s: its holder would hold the store with "
 	           "its quorum; nothing was created",
 	           data, shares);
+	/* The share files and transcript go there: another user who may write to it could
+	 * delete or replace them (and with them the quorum) before the custodians take them. */
+	struct stat st;
+	if (stat(share_dir, &st) == 0 && S_ISDIR(st.st_mode))
+		HSM_GUARD(hsm_dir_private(share_dir));
 	return HSM_SUCCESS;
 }
 

@@ -228,6 +228,26 @@ def test_init_refused_for_its_custodians_leaves_nothing(tmp_path):
     assert p.returncode == 0, p.stderr
 
 
+def test_init_refuses_a_share_dir_others_may_write(tmp_path):
+    """The shares and the transcript are written there: another user who may write to
+    the directory could replace them, and with them the quorum, before the custodians
+    take them.  Refused as a data directory would be, before anything is made."""
+    data, shares = tmp_path / "data", tmp_path / "shares"
+    shares.mkdir()
+    for mode in (0o777, 0o770, 0o1777):
+        os.chmod(shares, mode)
+        p = ctl("init", "--data-dir", str(data), "--share-dir", str(shares), "--shares", "2",
+                "--threshold", "2", "--custodians", "alice,bob")
+        assert p.returncode != 0, (oct(mode), p.stdout, p.stderr)
+        assert f"{shares} is writable by" in p.stderr and f"chmod go-w {shares}" in p.stderr, \
+            p.stderr
+        assert not data.exists() and os.listdir(shares) == [], oct(mode)
+    os.chmod(shares, 0o750)  # others may read: the operator's choice, as for the data dir
+    p = ctl("init", "--data-dir", str(data), "--share-dir", str(shares), "--shares", "2",
+            "--threshold", "2", "--custodians", "alice,bob")
+    assert p.returncode == 0, p.stderr
+
+
 # ---- 1-of-1 stores ----------------------------------------------------------------------
 
 SINGLE_SHARE = "the store's master key is split 1 of 1"

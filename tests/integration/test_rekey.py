@@ -159,8 +159,18 @@ def test_refused_rekeys_change_nothing(stopped):
               "--threshold", "2", "--custodians", "xena,Xena")
     assert p.returncode == 2 and "custodians xena and Xena differ only by case" in p.stderr, \
         p.stderr
-    assert not os.path.exists(os.path.join(new_dir, "xena.share"))
-    os.makedirs(new_dir, exist_ok=True)
+    assert not os.path.exists(new_dir)  # a refused quorum makes no directory either
+    # A share directory others may write to: they could replace the new shares before
+    # the custodians take them.  Refused before the shares are read, nothing written.
+    os.makedirs(new_dir)
+    for mode in (0o777, 0o770):
+        os.chmod(new_dir, mode)
+        p = rekey(data, shares, ["alice", "bob", "carol"], new_dir, "--shares", "2",
+                  "--threshold", "2", "--custodians", "xena,yann")
+        assert p.returncode != 0 and f"{new_dir} is writable by" in p.stderr and \
+            f"chmod go-w {new_dir}" in p.stderr, p.stderr
+        assert os.listdir(new_dir) == []
+    os.chmod(new_dir, 0o700)
     open(os.path.join(new_dir, "yann.share"), "w").close()
     p = rekey(data, shares, ["alice", "bob", "carol"], new_dir, "--shares", "2",
               "--threshold", "2", "--custodians", "xena,yann")
