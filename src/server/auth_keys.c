@@ -59,6 +59,11 @@ static int by_id(const void *a, const void *b)
 void hsm_server_akids_refresh(hsm_server *s)
 {
 	collect c = {NULL, 0, 0};
+	/* A key made here while the store is read may be missing from what is read:
+	 * its hsm_server_akids_stale must not be undone by publishing that as fresh. */
+	pthread_mutex_lock(&s->akids_lock);
+	uint64_t staled = s->akids_staled;
+	pthread_mutex_unlock(&s->akids_lock);
 	hsm_result r = hsm_kms_access_keys_all(s->kms, collect_id, &c);
 	if (hsm_failed(r)) {
 		free(c.ids); /* the old list ages out (FRESH_MS): then every id is looked up */
@@ -70,7 +75,7 @@ void hsm_server_akids_refresh(hsm_server *s)
 	akid_t *old = s->akids;
 	s->akids = c.ids;
 	s->n_akids = c.n;
-	s->akids_loaded_ms = (int64_t)(hsm_mono_ns() / 1000000);
+	s->akids_loaded_ms = s->akids_staled == staled ? (int64_t)(hsm_mono_ns() / 1000000) : 0;
 	pthread_mutex_unlock(&s->akids_lock);
 	free(old);
 }
@@ -79,6 +84,7 @@ void hsm_server_akids_stale(hsm_server *s)
 {
 	pthread_mutex_lock(&s->akids_lock);
 	s->akids_loaded_ms = 0; /* every id is looked up until the next read */
+	s->akids_staled++;
 	pthread_mutex_unlock(&s->akids_lock);
 }
 

@@ -130,6 +130,7 @@ typedef struct hsm_server {
 	char (*akids)[HSM_ACCESS_KEY_ID_LEN + 1];
 	size_t n_akids;
 	int64_t akids_loaded_ms; /* monotonic; 0: never */
+	uint64_t akids_staled;   /* hsm_server_akids_stale calls, under akids_lock */
 	hsm_bucket akid_lookups; /* lookups of ids missing from the list */
 	atomic_uint_fast64_t akids_spared; /* requests refused as unknown without a lookup */
 	/* Credential cache flushes (auth.c): a credential read before one is not cached. */

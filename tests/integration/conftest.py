@@ -271,6 +271,13 @@ def securewatch(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def listhold(tmp_path_factory):
+    """listhold.c built: the preload that holds hsmd's periodic read of its access key
+    ids between the read and its use, once, on command (HSM_TEST_LIST_HOLD)."""
+    return build_preload(tmp_path_factory, "listhold")
+
+
+@pytest.fixture(scope="module")
 def clockshift(tmp_path_factory):
     """clockshift.c built: the preload that moves a process's wall clock (only) by the
     seconds written in the file HSM_TEST_CLOCK_SHIFT_FILE names (helpers.Clock)."""

@@ -621,3 +621,51 @@ def test_locked_memory_is_taken_for_an_answer_only_once_its_caller_is_known(secu
         assert 4096 < largest() <= 16 * 1024, largest()
     finally:
         server.cleanup()
+
+
+def test_an_access_key_made_while_the_id_list_is_read_works_at_once(listhold, tmp_path):
+    """Ids missing from the node's list of access key ids are looked up at a bounded
+    rate, so made-up ids cannot flood the store; a key made here marks the list stale,
+    so it works at once.  A CreateAccessKey that lands while the list is being read
+    must stay marked: the list read before it lacks the key, and published as fresh it
+    would have the new key refused while made-up ids spend the lookups."""
+    import threading
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    server = start_dev(env={"LD_PRELOAD": listhold, "HSM_TEST_LIST_HOLD": str(hold)})
+    stop = threading.Event()
+    threads = []
+    try:
+        admin(server, "CreateUser", {"UserName": "racer", "Roles": ["crypto-user"]})
+        fakes = [client(server, akid=f"AKIAMADEUP{i:010d}", secret="x" * 40) for i in range(4)]
+
+        def flood(c):
+            while not stop.is_set():
+                try:
+                    c.list_keys()
+                except botocore.exceptions.ClientError:
+                    pass
+
+        threads += [threading.Thread(target=flood, args=(c,)) for c in fakes]
+        for t in threads:
+            t.start()
+        time.sleep(1.5)  # the lookups' burst spent
+        for attempt in range(3):
+            (hold / "arm").touch()
+            deadline = time.monotonic() + 10
+            while not (hold / "held").exists():
+                assert time.monotonic() < deadline, "the node never read its access key ids"
+                time.sleep(0.01)
+            (hold / "held").unlink()
+            made = admin(server, "CreateAccessKey", {"UserName": "racer"})
+            (hold / "go").touch()
+            while (hold / "go").exists():
+                time.sleep(0.005)
+            # The list without the new key is in place now, until the next read.
+            fresh = client(server, akid=made["AccessKeyId"], secret=made["SecretAccessKey"])
+            fresh.list_keys()  # refused with UnrecognizedClientException before
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        server.cleanup()
