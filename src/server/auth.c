@@ -122,8 +122,16 @@ static hsm_result load_cred(hsm_server *s, const hsm_sigv4_auth *a, const char *
 	HSM_TRY(hsm_sigv4_signing_key(secret, a->date, a->region, a->service, &signing_key));
 	HSM_TRY(hsm_hmac_pool_new(hsm_secret_bytes(signing_key), hsm_secret_len(signing_key),
 	                          &c->signing_key));
-	if (atomic_load(&s->creds_flushed) == flushes)
+	if (atomic_load(&s->creds_flushed) == flushes) {
 		HSM_TRY(hsm_shmap_put(s->creds, key, c));
+		/*
+		 * A flush counts first and clears second: one counted by now may have
+		 * cleared before the put, so the entry goes again; one not counted yet
+		 * will clear it.  (Checking only before the put left a window.)
+		 */
+		if (atomic_load(&s->creds_flushed) != flushes)
+			hsm_shmap_remove(s->creds, key);
+	}
 	*out = c;
 	c = NULL;
 out:
