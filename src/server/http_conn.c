@@ -265,8 +265,10 @@ hsm_io hsm_http_conn_read(hsm_http_conn *c, uint8_t *p, size_t room, size_t *n)
 	for (;;) {
 		ssize_t r = read(c->fd, p, room);
 		if (r > 0) {
-			/* A short read of a stream socket emptied it: the next bytes bring a new edge. */
-			if ((size_t)r < room)
+			/* A short read of a stream socket emptied it: the next bytes bring a new edge.
+			 * Not when the client has shut its side: its FIN came with that same edge,
+			 * and no other will come, so the next read must see the EOF. */
+			if ((size_t)r < room && !c->peer_closed)
 				c->rd_ready = false;
 			*n = (size_t)r;
 			return HSM_IO_DONE;

@@ -435,3 +435,28 @@ def test_report_text_escapes_control_characters(hsmd, tmp_path):
     assert "\n  Forged" not in text
     assert "List\\x09Keys\\x1b[2J\\x0a  Forged 1 1 0 0\\u0085" in text, text
     assert "user/\\x07me\\\\" in text, text
+
+
+def test_a_request_cut_by_the_clients_fin_ends_the_connection_at_once(hsmd):
+    """A client that shuts its sending side in the middle of a request is done: the
+    connection ends at once, not at read_timeout, also when the FIN comes with the
+    request's last bytes (one edge of epoll for both)."""
+    import socket
+    import time
+    for partial in (b"POST / HTTP/1.1\r\nHost: x\r\n",
+                    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n{}"):
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", hsmd.port), timeout=30) as s:
+                s.sendall(partial)
+                s.shutdown(socket.SHUT_WR)  # the FIN follows the bytes at once
+                t = time.monotonic()
+                assert s.recv(100) == b""
+                assert time.monotonic() - t < 2, "kept open until read_timeout"
+    # A whole request followed at once by the FIN is still answered.
+    with socket.create_connection(("127.0.0.1", hsmd.port), timeout=30) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+        assert raw.startswith(b"HTTP/1.1 200 "), raw[:200]
