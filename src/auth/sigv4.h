@@ -45,9 +45,9 @@
 #include "common/secret.h"
 
 /* Bounds on what a request may carry; larger inputs are refused, never truncated. */
-#define HSM_SIGV4_MAX_HEADERS 128        /* header lines in a request */
+#define HSM_SIGV4_MAX_HEADERS 256        /* header lines in a request (hsmd's HTTP reader's) */
 #define HSM_SIGV4_MAX_HEADER_NAME 128    /* bytes in one header name */
-#define HSM_SIGV4_MAX_HEADER_VALUE 8192  /* bytes in one header value */
+#define HSM_SIGV4_MAX_HEADER_VALUE 8192  /* bytes in one signed header's value */
 #define HSM_SIGV4_MAX_PATH 4096          /* bytes in the raw path */
 #define HSM_SIGV4_MAX_QUERY 8192         /* bytes in the raw query string */
 #define HSM_SIGV4_MAX_QUERY_PARAMS 256   /* parameters in the query string */

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/http_parse.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "server/server.h"
@@ -77,6 +78,9 @@ typedef struct sig_view {
 	hsm_sigv4_header headers[HSM_SIGV4_MAX_HEADERS];
 	bool session_token; /* an X-Amz-Security-Token header, signed or not */
 } sig_view;
+
+/* Every header line the HTTP reader lets through is one SigV4 can read. */
+_Static_assert(HSM_SIGV4_MAX_HEADERS >= HSM_HTTP_MAX_FIELDS, "SigV4 reads fewer headers");
 
 static hsm_result view_of(hsm_http_req *req, sig_view *v)
 {

@@ -464,8 +464,12 @@ static void test_bounds(void **state)
 	memset(big, 'v', HSM_SIGV4_MAX_HEADER_VALUE + 1);
 	big[HSM_SIGV4_MAX_HEADER_VALUE + 1] = '\0';
 	sv_copy(&m, &req.r);
-	sv_set(&m, "X-Custom", big);
-	expect(&m, HSM_ERR_VALIDATION, NULL);
+	sv_set(&m, "X-Custom", big); /* signed */
+	expect(&m, HSM_ERR_VALIDATION,
+	       "The value of signed header 'x-custom' is longer than 8192 bytes.");
+	sv_copy(&m, &req.r);
+	sv_set(&m, "X-Unsigned", big); /* not read: the HTTP reader bounds the head */
+	expect(&m, HSM_OK, NULL);
 
 	/* More query parameters than allowed. */
 	size_t n = 0;
