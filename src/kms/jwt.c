@@ -150,6 +150,8 @@ hsm_result hsm_jwt_kid_parse(const char *kid, char key_id[HSM_UUID_STRLEN + 1],
 
 /* ---- Claims ------------------------------------------------------------------------ */
 
+static hsm_result put_compact_json(hsm_buf *text, const json_t *v);
+
 static bool is_string_array(const json_t *v)
 {
 	if (!json_is_array(v) || json_array_size(v) == 0)
@@ -165,9 +167,13 @@ hsm_result hsm_jwt_check_claims(const json_t *claims)
 	static const char *const owned[] = {"iat", "nbf", "exp"};
 	static const char *const strings[] = {"iss", "sub", "jti"};
 	HSM_ENSURE(json_is_object(claims), HSM_ERR_VALIDATION, "Claims must be a JSON object");
-	size_t size = json_dumpb(claims, NULL, 0, JSON_COMPACT);
-	/* An object is at least "{}": 0 is jansson out of memory. */
-	HSM_ENSURE(size > 0, HSM_ERR_NOMEM, "out of memory");
+	/* Measured as the token carries them (a real as short as reads back exactly), not
+	 * as jansson writes them at full precision: 0.1 is 3 bytes, not 19. */
+	hsm_buf text = {0};
+	hsm_result r = put_compact_json(&text, claims);
+	size_t size = text.len;
+	hsm_buf_free(&text);
+	HSM_GUARD(r);
 	HSM_ENSURE(size <= HSM_JWT_CLAIMS_MAX, HSM_ERR_VALIDATION,
 	           "Claims must be at most %d bytes of JSON (got %zu)", HSM_JWT_CLAIMS_MAX, size);
 	for (size_t i = 0; i < sizeof(owned) / sizeof(owned[0]); i++)
@@ -276,28 +282,27 @@ static void format_real(double x, char out[40])
 }
 
 /*
- * Appends BASE64URL(compact JSON of v).  Each number with a fraction is
- * written as short as reads back exactly, on its own: jansson writes every
- * real of a document with one precision, so the text (at full precision)
- * is rewritten number by number outside its strings.
+ * Appends the compact JSON of v as a token carries it.  Each number with a
+ * fraction is written as short as reads back exactly, on its own: jansson
+ * writes every real of a document with one precision, so the text (at full
+ * precision) is rewritten number by number outside its strings.
  */
-static hsm_result put_b64url_json(hsm_buf *out, const json_t *v)
+static hsm_result put_compact_json(hsm_buf *text, const json_t *v)
 {
 	hsm_result res = HSM_SUCCESS;
-	hsm_buf text = {0};
 	char *full = NULL;
 	HSM_GUARD(hsm_json_text(v, JSON_COMPACT | (size_t)JSON_REAL_PRECISION(17), &full));
 	bool in_string = false;
 	for (const char *p = full; *p != '\0';) {
 		if (in_string || (*p != '-' && (*p < '0' || *p > '9'))) {
 			if (in_string && *p == '\\' && p[1] != '\0') {
-				HSM_TRY(hsm_buf_put(&text, p, 2));
+				HSM_TRY(hsm_buf_put(text, p, 2));
 				p += 2;
 				continue;
 			}
 			if (*p == '"')
 				in_string = !in_string;
-			HSM_TRY(hsm_buf_put(&text, p, 1));
+			HSM_TRY(hsm_buf_put(text, p, 1));
 			p++;
 			continue;
 		}
@@ -306,15 +311,24 @@ static hsm_result put_b64url_json(hsm_buf *out, const json_t *v)
 		if (memchr(p, '.', len) != NULL || memchr(p, 'e', len) != NULL ||
 		    memchr(p, 'E', len) != NULL) {
 			format_real(strtod(p, NULL), real);
-			HSM_TRY(hsm_buf_put_str(&text, real));
+			HSM_TRY(hsm_buf_put_str(text, real));
 		} else {
-			HSM_TRY(hsm_buf_put(&text, p, len)); /* an integer: as written */
+			HSM_TRY(hsm_buf_put(text, p, len)); /* an integer: as written */
 		}
 		p += len;
 	}
-	HSM_TRY(hsm_b64url_encode(out, text.data, text.len));
 out:
 	free(full);
+	return res;
+}
+
+/* Appends BASE64URL(compact JSON of v), written as put_compact_json writes it. */
+static hsm_result put_b64url_json(hsm_buf *out, const json_t *v)
+{
+	hsm_buf text = {0};
+	hsm_result res = put_compact_json(&text, v);
+	if (hsm_ok(res))
+		res = hsm_b64url_encode(out, text.data, text.len);
 	hsm_buf_free(&text);
 	return res;
 }

@@ -321,7 +321,7 @@ hsm_result hsm_kms_disable_jwt(hsm_kms *kms, const hsm_caller *caller, const cha
 /*
  * Which public keys the JWK Set holds: for every Enabled key marked for JWT
  * signing, its primary version, and each older version v while
- *     now <= created(v + 1) + grace (hsm_jwt_limits),
+ *     now < created(v + 1) + grace (hsm_jwt_limits),
  * i.e. while v signs tokens (through second created(v + 1) + lead, see
  * hsm_kms_sign_token, or, on another node sharing the store that has not
  * read the rotation yet, through created(v + 1) + stale) or one it signed

@@ -171,6 +171,17 @@ static void test_claims_rules(void **state)
 	assert_non_null(strstr(hsm_last_message(), "16384"));
 	json_decref(c);
 	free(big);
+	/*
+	 * Measured as the token carries them: a real as short as reads back
+	 * exactly (0.1 is 3 bytes), not at jansson's full precision (19).
+	 */
+	c = json_object();
+	json_t *reals = json_array();
+	for (int i = 0; i < 2000; i++)
+		json_array_append_new(reals, json_real(0.1));
+	json_object_set_new(c, "scores", reals); /* {"scores":[0.1,...]}: 8,011 bytes */
+	assert_succeeds(hsm_jwt_check_claims(c));
+	json_decref(c);
 }
 
 static void test_header_rules(void **state)
