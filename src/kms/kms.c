@@ -393,7 +393,7 @@ static bool alias_cached(hsm_kms *kms, const char *name, char key_id[HSM_UUID_ST
 
 /* Caches what the store said an alias named; read under generation.  Best effort. */
 static void alias_remember(hsm_kms *kms, const char *name, const char *key_id,
-                           uint_fast64_t generation)
+                           uint_fast64_t generation, int64_t read_ms)
 {
 	if (strlen(name) > HSM_SHMAP_KEY_MAX)
 		return;
@@ -402,7 +402,7 @@ static void alias_remember(hsm_kms *kms, const char *name, const char *key_id,
 		return;
 	atomic_init(&a->refs, 1);
 	a->generation = generation;
-	a->loaded_ms = cache_clock_ms();
+	a->loaded_ms = read_ms; /* when the store was asked: an answer may come late */
 	memcpy(a->key_id, key_id, HSM_UUID_STRLEN + 1);
 	if (hsm_failed(hsm_shmap_put(kms->aliases, name, a))) /* costs a store read next time */
 		hsm_debug("alias cache: %s not stored", name);
@@ -458,12 +458,13 @@ hsm_result hsm_kms_resolve(hsm_kms *kms, const char *ref, char key_id[HSM_UUID_S
 		return HSM_SUCCESS;
 	/* The generation is read before the store: a write in between makes the entry stale. */
 	uint_fast64_t generation = atomic_load_explicit(&kms->alias_generation, memory_order_acquire);
+	int64_t read_ms = cache_clock_ms();
 	hsm_alias_record a;
 	hsm_result r = hsm_store_alias_get(kms->store, alias, &a);
 	if (r.err == HSM_ERR_NOT_FOUND)
 		return HSM_FAIL(HSM_ERR_NOT_FOUND, "Alias %s is not found.", ref);
 	HSM_GUARD(r);
-	alias_remember(kms, alias, a.key_id, generation);
+	alias_remember(kms, alias, a.key_id, generation, read_ms);
 	memcpy(key_id, a.key_id, HSM_UUID_STRLEN + 1);
 	return HSM_SUCCESS;
 }
@@ -551,6 +552,8 @@ hsm_result kms_key_load(hsm_kms *kms, const char *key_id, kms_key **out)
 	 */
 	uint_fast64_t generation = atomic_load_explicit(&kms->generation, memory_order_acquire);
 	uint_fast64_t forgets = atomic_load_explicit(forgets_of(kms, key_id), memory_order_acquire);
+	/* Fresh from when the store was asked, not from when its answer came (late, at times). */
+	int64_t read_ms = cache_clock_ms();
 	res = hsm_store_key_get(kms->store, key_id, &rec);
 	if (res.err == HSM_ERR_NOT_FOUND)
 		res = HSM_FAIL(HSM_ERR_NOT_FOUND, "Key '%s' does not exist", key_id);
@@ -562,6 +565,7 @@ hsm_result kms_key_load(hsm_kms *kms, const char *key_id, kms_key **out)
 		kms_forget(kms, key_id);
 	HSM_TRY(snapshot_new(kms, &rec, &k));
 	k->forgets_at_load = forgets;
+	k->loaded_ms = read_ms;
 	HSM_TRY(hsm_shmap_put(kms->keys, key_id, k));
 	if (atomic_load_explicit(&kms->generation, memory_order_acquire) != generation)
 		hsm_shmap_remove(kms->keys, key_id); /* this call still uses its snapshot */

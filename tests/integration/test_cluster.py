@@ -1244,11 +1244,29 @@ def test_store_outage_refusals_log_at_most_a_line_a_second(cluster, pg):
 def test_a_frozen_store_fails_requests_in_bounded_time(cluster, pg):
     """PostgreSQL stopped without its connections closing (SIGSTOP: a frozen VM, a hung
     disk) enforces none of its own timeouts: hsmd stops waiting by itself, answers
-    DependencyTimeoutException instead of hanging, and works again once the store does."""
+    DependencyTimeoutException instead of hanging, and works again once the store does.
+    Meanwhile each node turns unready after one wait for its store probe (a round, 5 s,
+    and the 20 s limit), not after other checks of the round have waited their own."""
+    import threading
     import botocore.exceptions
     off = client(cluster.a, cluster.ops[0], cluster.ops[1], read_timeout=120)
     kid = off.create_key()["KeyMetadata"]["KeyId"]
+    unready_after = {}
+    watching = threading.Event()
+
+    def watch():
+        t0 = time.monotonic()
+        while watching.is_set() and time.monotonic() - t0 < 60:
+            st, body = readyz(cluster.b)
+            if st == 503:
+                unready_after["s"], unready_after["body"] = time.monotonic() - t0, body
+                return
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=watch)
     pg.freeze()
+    watching.set()
+    watcher.start()
     try:
         t0 = time.monotonic()
         with pytest.raises(botocore.exceptions.ClientError) as e:
@@ -1270,12 +1288,122 @@ def test_a_frozen_store_fails_requests_in_bounded_time(cluster, pg):
             r.text
         assert "failed inside hsmd" in r.json()["message"], r.text
         assert "PostgreSQL" not in r.text and "127.0.0.1" not in r.text, r.text
+        watcher.join(60)
+        assert "s" in unready_after, "a node stayed ready with its store frozen"
+        # A round (5 s) and one wait (20 s), with room for a loaded machine: 40 s before.
+        assert unready_after["s"] < 33, unready_after
+        assert unready_after["body"]["store"] is False, unready_after
     finally:
+        watching.clear()
         pg.thaw()
     assert eventually(lambda: _try(lambda: off.tag_resource(
         KeyId=kid, Tags=[{"TagKey": "thawed", "TagValue": "yes"}])), 30)
     tags = {t["TagKey"] for t in off.list_resource_tags(KeyId=kid)["Tags"]}
     assert "thawed" in tags and "frozen" not in tags, tags
+
+
+class LateAnswers:
+    """A TCP proxy to PostgreSQL that holds back, `delay` seconds, each answer holding the
+    bytes `only`: a store answering one read late (a slow path, a busy server)."""
+
+    def __init__(self, host, port):
+        import socket
+        import threading
+        self.target, self.delay, self.only = (host, port), 0.0, None
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        import threading
+        while True:
+            try:
+                c, _ = self.listener.accept()
+            except OSError:
+                return
+            s = socket.create_connection(self.target)
+            threading.Thread(target=self._pipe, args=(c, s, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(s, c, True), daemon=True).start()
+
+    def _pipe(self, src, dst, answers):
+        try:
+            while data := src.recv(65536):
+                if answers and self.delay > 0 and self.only is not None and self.only in data:
+                    time.sleep(self.delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        for x in (src, dst):
+            try:
+                x.close()
+            except OSError:
+                pass
+
+    def close(self):
+        self.listener.close()
+
+
+def test_a_late_store_answer_counts_from_when_it_was_asked(cluster, pg):
+    """A node's cached copy of a key or an alias is as old as the store's reading of it,
+    not as its answer: read just before another node disables the key (or moves the
+    alias) and answered late, it must not keep the old state store_cache_ms after that
+    late answer, but only store_cache_ms after the read."""
+    import threading
+    u = urllib.parse.urlsplit(cluster.store)
+    proxy = LateAnswers(u.hostname, u.port)
+    query = "&".join(q for q in (u.query, "sslmode=disable&gssencmode=disable") if q)
+    via = urllib.parse.urlunsplit(u._replace(
+        netloc=u.netloc.replace(f":{u.port}", f":{proxy.port}"), query=query))
+    late = node(via, "node-late")
+    try:
+        unseal(late, cluster.files)
+        off = kms(cluster.a, cluster.ops)
+        app = client(late, cluster.app[0], cluster.app[1], read_timeout=60)
+        app.generate_random(NumberOfBytes=8)  # the caller's credential is read and cached
+        kid = off.create_key()["KeyMetadata"]["KeyId"]
+        other = off.create_key()["KeyMetadata"]["KeyId"]
+        off.create_alias(AliasName="alias/late", TargetKeyId=kid)
+        app.encrypt(KeyId=other, Plaintext=b"x")
+
+        def served_after_a_change_during_a_late_read(only, use, change, refused):
+            """How long after the change the node still served the old state."""
+            done = []
+            proxy.only, proxy.delay = only, 3.0
+            first = threading.Thread(target=lambda: done.append(use()))
+            first.start()
+            time.sleep(0.5)  # the node's read is in the store's hands, its answer held
+            change()
+            changed = time.monotonic()
+            proxy.delay = 0.0
+            first.join(60)
+            assert done, "the first use did not complete"
+            last_served = changed
+            while not refused():
+                last_served = time.monotonic()
+                assert last_served - changed < 30, "the change never reached the node"
+                time.sleep(0.05)
+            return last_served - changed
+
+        # A key disabled on another node while this one reads it: the answer comes 2.5 s
+        # after the change, and the copy read before the change is too old to use by then.
+        assert served_after_a_change_during_a_late_read(
+            kid.encode(), lambda: app.encrypt(KeyId=kid, Plaintext=b"x"),
+            lambda: off.disable_key(KeyId=kid),
+            lambda: disabled_on(app, kid)) < CACHE_MS / 1000 + 0.5
+        # An alias moved while this node reads it.
+        off.enable_key(KeyId=kid)
+        assert eventually(lambda: _try(lambda: app.encrypt(KeyId=kid, Plaintext=b"x")), 10)
+        assert served_after_a_change_during_a_late_read(
+            b"alias/late", lambda: app.encrypt(KeyId="alias/late", Plaintext=b"x"),
+            lambda: off.update_alias(AliasName="alias/late", TargetKeyId=other),
+            lambda: app.encrypt(KeyId="alias/late", Plaintext=b"x")["KeyId"].endswith(other)
+        ) < CACHE_MS / 1000 + 0.5
+    finally:
+        late.cleanup()
+        proxy.close()
 
 
 def _try(fn):
