@@ -1074,12 +1074,17 @@ static void *scheduler_main(void *arg)
 		bool recount_only = s->recount && rc != ETIMEDOUT;
 		s->recount = false;
 		pthread_mutex_unlock(&s->stop_lock);
-		check_node_id(s);
-		if (!recount_only) {
-			hsm_server_check_master_key(s);
-			hsm_server_tls_watch(s);
-		}
+		/* The probe first: a store that does not answer (frozen, cut off) makes the node
+		 * unready after one wait, not after the node id's and the master key's checks
+		 * have each waited their full limit on it as well. */
 		count_store_gauges(s);
+		if (atomic_load(&s->store_up)) {
+			check_node_id(s);
+			if (!recount_only)
+				hsm_server_check_master_key(s);
+		}
+		if (!recount_only)
+			hsm_server_tls_watch(s);
 		if (hsm_keystore_state(s->ks) != HSM_NODE_UNINITIALIZED)
 			note_trail(s, false);
 		bool can_work = hsm_keystore_state(s->ks) == HSM_NODE_UNSEALED &&
