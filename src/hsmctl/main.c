@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <openssl/crypto.h>
@@ -576,12 +577,36 @@ static int check_private_dirs(const char *name, const char *dir)
 		struct stat st;
 		if (stat(dirs[i], &st) != 0 || !S_ISDIR(st.st_mode))
 			continue;
+		/*
+		 * The node runs as the directory's owner (docs/hsmd.service: the user
+		 * hsmd): what hsmctl makes there (hsmd.lock, audit files, backups,
+		 * 0600) must stay that user's, or the node cannot open it at its next
+		 * start ("cannot open DIR/hsmd.lock: Permission denied", exit 2).
+		 */
+		if (st.st_uid != geteuid()) {
+			fprintf(stderr,
+			        "hsmctl %s: %s belongs to uid %ld, not to this user (uid %ld): run "
+			        "hsmctl as the node's user (sudo -u hsmd hsmctl ...), or the files it "
+			        "makes there would be ones the node cannot open\n",
+			        name, dirs[i], (long)st.st_uid, (long)geteuid());
+			return 2;
+		}
 		if (hsm_failed(hsm_dir_private(dirs[i]))) {
 			fprintf(stderr, "hsmctl %s: %s\n", name, hsm_last_message());
 			return 2;
 		}
 	}
 	return 0;
+}
+
+/* Whether argv[first..] holds option (as "--opt VALUE" or "--opt=VALUE"). */
+static bool has_option(int first, int argc, char **argv, const char *option)
+{
+	size_t n = strlen(option);
+	for (int i = first; i < argc; i++)
+		if (strncmp(argv[i], option, n) == 0 && (argv[i][n] == '\0' || argv[i][n] == '='))
+			return true;
+	return false;
 }
 
 /*
@@ -726,6 +751,12 @@ int main(int argc, char **argv)
 	int own_endpoints = 0, rc = check_data_dir(name, words + 1, argc, argv);
 	if (rc != 0)
 		return rc;
+	if (endpoint_given && strcmp(name, "backup list") == 0 &&
+	    has_option(words + 1, argc, argv, "--dir")) {
+		fprintf(stderr, "hsmctl %s: --endpoint (a node's backups) and --dir (a directory "
+		                "here) name two places: give one\n", name);
+		return 2;
+	}
 	scan_command_options(cmd, words + 1, argc, argv, &own_endpoints);
 	if (own_endpoints + (endpoint_given ? 1 : 0) > 1) {
 		fprintf(stderr, "hsmctl %s: --endpoint is given twice: give it once\n", name);

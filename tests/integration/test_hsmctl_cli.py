@@ -212,6 +212,47 @@ def test_a_data_dir_others_may_write_to_is_refused(store):
     assert p.returncode == 0, p.stderr
 
 
+def test_offline_commands_run_as_the_data_directorys_owner():
+    """The node runs as its data directory's owner (the unit's user hsmd).  hsmctl run
+    as another user there (root, as an operator would without sudo -u hsmd) would leave
+    files the node cannot open at its next start (hsmd.lock, audit files, backups, all
+    0600): refused, naming both users, before anything is made."""
+    base = tempfile.mkdtemp(prefix="hsmd-owner-")
+    try:
+        os.chmod(base, 0o711)  # the other user reaches the directory, as under /var/lib
+        data, shares = os.path.join(base, "data"), os.path.join(base, "shares")
+        p = ctl("init", "--data-dir", data, "--share-dir", shares, "--shares", "2",
+                "--threshold", "2", "--admin", "ops")
+        assert p.returncode == 0, p.stderr
+        nobody = 65534
+        for root, dirs, files in os.walk(data):
+            for name in [root] + [os.path.join(root, n) for n in dirs + files]:
+                os.chown(name, nobody, nobody)
+        quorum = ["--share", os.path.join(shares, "share-1-of-2.share"),
+                  "--share", os.path.join(shares, "share-2-of-2.share")]
+        for args in (["status", "--data-dir", data],
+                     ["user", "unlock", "ops", "--data-dir", data, *quorum]):
+            p = ctl(*args)
+            assert p.returncode == 2, (args, p.returncode, p.stdout, p.stderr)
+            assert f"{data} belongs to uid {nobody}, not to this user (uid 0)" in p.stderr, \
+                p.stderr
+            assert "sudo -u hsmd" in p.stderr, p.stderr
+        made_by_root = [os.path.join(r, n) for r, ds, fs in os.walk(data) for n in ds + fs
+                        if os.lstat(os.path.join(r, n)).st_uid != nobody]
+        assert made_by_root == [], made_by_root
+        # As the owner, the same command works (a copy of hsmctl it can reach: the build
+        # may lie under a directory only root enters).
+        own = os.path.join(base, "hsmctl")
+        shutil.copy(HSMCTL, own)
+        os.chmod(own, 0o755)
+        p = subprocess.run(["setpriv", f"--reuid={nobody}", f"--regid={nobody}",
+                            "--clear-groups", own, "status", "--data-dir", data],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0 and "quorum" in p.stdout, p.stdout + p.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def test_init_refused_for_its_custodians_leaves_nothing(tmp_path):
     data, shares = tmp_path / "data", tmp_path / "shares"
     for names, why in (("a b,c", "custodian 1, 'a b': a name is 1 to 64 of"),

@@ -184,6 +184,13 @@ def test_an_explicit_data_dir_is_not_sent_to_the_endpoint_the_environment_names(
         assert p.returncode == 2, p.stdout + p.stderr
         assert "--endpoint (a running node) and --data-dir (a stopped one) name two places" \
             in p.stderr, p.stderr
+        # So are a node's backups and a directory's: backup list --dir reads one here.
+        p = run("--endpoint", node.endpoint, "backup", "list", "--dir", data)
+        assert p.returncode == 2, p.stdout + p.stderr
+        assert "--endpoint (a node's backups) and --dir (a directory here) name two places" \
+            in p.stderr, p.stderr
+        p = run("backup", "list", "--dir", data)  # the environment's endpoint aside
+        assert p.returncode == 0, p.stdout + p.stderr
     finally:
         node.cleanup()
 
