@@ -240,7 +240,7 @@ static hsm_result decrypt_any(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
 	if (skip && req->ciphertext_len == 0) /* no ciphertext: the key is the one named */
 		HSM_ENSURE(has_key, HSM_ERR_VALIDATION,
 		           "A dry run that ignores the ciphertext and gives none needs %s",
-		           dest_id != NULL ? "SourceKeyId" : "KeyId");
+		           action != NULL ? "SourceKeyId" : "KeyId");
 	else
 		HSM_ENSURE(req->ciphertext_len >= 1 && req->ciphertext_len <= HSM_MAX_CIPHERTEXT_BLOB,
 		           HSM_ERR_VALIDATION, "CiphertextBlob must be between 1 and %d bytes",
@@ -255,6 +255,28 @@ static hsm_result decrypt_any(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
 		if (hsm_failed(parsed) && has_key_id)
 			HSM_GUARD(named_key_fits(kms, caller, op, dest_id, req->key, alg, &same, &extra));
 		HSM_GUARD(parsed);
+		if (has_key_id) {
+			/* KMS uses only the key KeyId names: a ciphertext of another (existing) key
+			 * is IncorrectKeyException, whatever that other key's state or policy,
+			 * once the named key passed its own checks (authorization, state). */
+			char named[HSM_UUID_STRLEN + 1];
+			HSM_GUARD(hsm_kms_resolve(kms, req->key, named));
+			if (strcmp(named, blob.key_id) != 0) {
+				kms_key *owner = NULL;
+				bool exists = hsm_ok(kms_key_load(kms, blob.key_id, &owner)) &&
+				              owner->rec.state != HSM_KEY_DESTROYED;
+				kms_key_release(owner);
+				if (exists) {
+					kms_key *nk = NULL;
+					same_key(kms, dest_id, req->key, &same, &extra);
+					HSM_GUARD(kms_lookup(kms, caller, op, req->key, &extra, &nk));
+					kms_key_release(nk);
+					return HSM_FAIL(HSM_ERR_INCORRECT_KEY,
+					                "The key ID in the request does not identify the key "
+					                "that encrypted the ciphertext");
+				}
+			}
+		}
 		same_key(kms, dest_id, blob.key_id, &same, &extra);
 		/* KeyId named by an alias: kms:RequestAlias, as on every other operation.  A KeyId
 		 * naming another key than the blob's is refused below, before anything opens. */
@@ -284,7 +306,8 @@ static hsm_result decrypt_any(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
 		}
 	} else {
 		HSM_ENSURE(req->key != NULL && *req->key != '\0', HSM_ERR_VALIDATION,
-		           "KeyId is required to decrypt with an asymmetric key");
+		           "%s is required to decrypt with an asymmetric key",
+		           action != NULL ? "SourceKeyId" : "KeyId");
 		same_key(kms, dest_id, req->key, &same, &extra);
 		HSM_GUARD(kms_lookup(kms, caller, op, req->key, &extra, &k));
 	}

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from conftest import signed_call
-from helpers import admin, audit_record, b64, call_error, call_ok, key_arn, raises
+from helpers import admin, audit_record, b64, call_error, call_ok, key_arn, key_denying, raises
 
 HEADER = 33     # version(1) key id(16) key version(4) IV(12)
 TAG = 16
@@ -557,3 +557,35 @@ def test_encryption_context_keys_cannot_pose_as_pairs(kms, hsmd, sym):
     assert field.endswith(",\\[truncated]") and len(field.encode()) <= 512, field
     pairs = context_pairs(field[:-len(",\\[truncated]")])
     assert 0 < len(pairs) < len(ctx) and all(h(ctx[k]) == v for k, v in pairs.items()), field
+
+
+def test_the_named_key_decides_not_the_ciphertexts(kms):
+    """Decrypt and ReEncrypt with a KeyId (SourceKeyId) naming another key than the
+    ciphertext's: KMS uses only the key named, so the answer is IncorrectKeyException
+    whatever the state or policy of the ciphertext's key, which it does not reveal."""
+    a = kms.create_key()["KeyMetadata"]["KeyId"]
+    b = kms.create_key()["KeyMetadata"]["KeyId"]
+    blob = kms.encrypt(KeyId=a, Plaintext=b"x")["CiphertextBlob"]
+    kms.disable_key(KeyId=a)
+    raises("IncorrectKeyException", kms.decrypt, CiphertextBlob=blob, KeyId=b, status=400)
+    raises("IncorrectKeyException", kms.re_encrypt, CiphertextBlob=blob, SourceKeyId=b,
+           DestinationKeyId=b)
+    kms.enable_key(KeyId=a)
+    kms.schedule_key_deletion(KeyId=a, PendingWindowInDays=7)
+    raises("IncorrectKeyException", kms.decrypt, CiphertextBlob=blob, KeyId=b)
+    # The ciphertext's key denies Decrypt: the caller named another key, which it may use.
+    denied = key_denying(kms, "kms:Decrypt")
+    blob = kms.encrypt(KeyId=denied, Plaintext=b"x")["CiphertextBlob"]
+    raises("IncorrectKeyException", kms.decrypt, CiphertextBlob=blob, KeyId=b)
+    # The named key's own refusals still come first.
+    kms.disable_key(KeyId=b)
+    good = kms.create_key()["KeyMetadata"]["KeyId"]
+    blob = kms.encrypt(KeyId=good, Plaintext=b"x")["CiphertextBlob"]
+    raises("DisabledException", kms.decrypt, CiphertextBlob=blob, KeyId=b)
+
+
+def test_reencrypt_refusals_name_source_key_id(kms):
+    sym = kms.create_key()["KeyMetadata"]["KeyId"]
+    raises("ValidationException", kms.re_encrypt, CiphertextBlob=os.urandom(256),
+           SourceEncryptionAlgorithm="RSAES_OAEP_SHA_256", DestinationKeyId=sym,
+           message="SourceKeyId is required")
