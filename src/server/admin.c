@@ -129,6 +129,16 @@ static hsm_result read_roles(hsm_admin_ctx *c, unsigned *roles)
 		if (hsm_ok(r))
 			*roles |= HSM_ROLE_BIT(role);
 	}
+	if (hsm_failed(r)) {
+		/* The record names what was asked for, as given (note_roles names what is set). */
+		hsm_sb b;
+		hsm_sb_init(&b, c->audit->target_roles, sizeof(c->audit->target_roles));
+		for (size_t i = 0; i < n; i++) {
+			if (i > 0)
+				hsm_sb_add(&b, ",");
+			hsm_sb_add(&b, names[i]);
+		}
+	}
 	free(names);
 	return r;
 }

@@ -259,6 +259,10 @@ def test_user_and_access_key_changes_name_their_target(hsmd, clients):
     _, rec = admin_record(hsmd, "CreateUser", {"UserName": "svc-a", "Roles": ["crypto-user"]},
                           expect=400)
     assert target(rec) == ("error", "svc-a", "crypto-user", None)
+    # Roles hsmd does not have: the record names what was asked for, as given.
+    _, rec = admin_record(hsmd, "CreateUser", {"UserName": "svc-b",
+                                               "Roles": ["crypto-user", "root"]}, expect=400)
+    assert target(rec) == ("error", "svc-b", "crypto-user,root", None)
     key, rec = admin_record(hsmd, "CreateAccessKey", {"UserName": "svc-a"})
     assert target(rec) == ("success", "svc-a", None, key["AccessKeyId"])
     assert key["SecretAccessKey"] not in json.dumps(rec)
