@@ -253,26 +253,42 @@ bool hsm_kms_approval_approved(hsm_kms *kms, const hsm_approval_record *a)
 	return reaches_quorum(kms, a, hsm_kms_approval_valid(kms, a));
 }
 
-/* The enabled custodians' names (a kms_name_list), to count each person once (same_person). */
-static hsm_result count_custodian(const hsm_user_record *u, void *arg)
+/* The enabled custodians' names (a kms_name_list), every spelling. */
+static hsm_result list_custodian(const hsm_user_record *u, void *arg)
 {
 	kms_name_list *c = arg;
 	if (u->disabled || (u->roles & HSM_ROLES_CUSTODIAN) == 0)
 		return HSM_SUCCESS;
-	for (size_t i = 0; i < c->n; i++)
-		if (same_person(c->names[i], u->name))
-			return HSM_SUCCESS;
 	return kms_name_list_add(c, u->name);
 }
 
+static hsm_result note_active(const hsm_access_key_record *k, void *arg)
+{
+	*(bool *)arg |= k->active;
+	return HSM_SUCCESS;
+}
+
+/*
+ * The custodians who could approve a request now: enabled, holding an active
+ * access key (one without could never sign an approval), each person once
+ * (same_person).
+ */
 hsm_result hsm_kms_custodians_in(hsm_store *store, unsigned *out)
 {
-	kms_name_list c = {NULL, 0, 0};
-	hsm_result r = hsm_store_user_list(store, count_custodian, &c);
+	kms_name_list c = {NULL, 0, 0}, able = {NULL, 0, 0};
+	hsm_result r = hsm_store_user_list(store, list_custodian, &c);
+	for (size_t i = 0; hsm_ok(r) && i < c.n; i++) {
+		bool active = false, counted = false;
+		r = hsm_store_access_key_list(store, c.names[i], note_active, &active);
+		for (size_t j = 0; hsm_ok(r) && active && j < able.n && !counted; j++)
+			counted = same_person(able.names[j], c.names[i]);
+		if (hsm_ok(r) && active && !counted)
+			r = kms_name_list_add(&able, c.names[i]);
+	}
+	*out = (unsigned)able.n;
 	free(c.names);
-	HSM_GUARD(r);
-	*out = (unsigned)c.n;
-	return HSM_SUCCESS;
+	free(able.names);
+	return r;
 }
 
 hsm_result hsm_kms_custodian_count(hsm_kms *kms, unsigned *out)

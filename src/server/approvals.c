@@ -74,12 +74,23 @@ static bool import_sets_expiry(const hsm_server *s, const hsm_op_info *info, con
 	return model == NULL || strcmp(model, "KEY_MATERIAL_DOES_NOT_EXPIRE") != 0;
 }
 
+/*
+ * Where UpdateAlias waits, so does DeleteAlias: deleting an alias and
+ * creating it again on another key (CreateAlias refuses only a name in use)
+ * is the same redirection, or one officer would make it without custodians.
+ */
+static bool alias_delete_redirects(const hsm_server *s, const hsm_op_info *info)
+{
+	return info->op == HSM_OP_DeleteAlias &&
+	       (s->approval_kms_ops >> (unsigned)HSM_OP_UpdateAlias & 1U) != 0;
+}
+
 bool hsm_server_kms_needs_approval(const hsm_server *s, const hsm_op_info *info,
                                    const hsm_caller *caller, const json_t *doc)
 {
 	return s->opt.approval_quorum > 0 &&
 	       ((s->approval_kms_ops >> (unsigned)info->op & 1U) != 0 ||
-	        import_sets_expiry(s, info, doc)) &&
+	        import_sets_expiry(s, info, doc) || alias_delete_redirects(s, info)) &&
 	       (caller->roles & info->roles) != 0;
 }
 
@@ -89,6 +100,24 @@ bool hsm_server_admin_needs_approval(const hsm_server *s, const hsm_admin_op *op
 	/* Every approvable admin operation is a crypto-officer's. */
 	return s->opt.approval_quorum > 0 && (s->approval_admin_ops >> hsm_admin_index(op) & 1U) != 0 &&
 	       (caller->roles & HSM_ROLES_OFFICER) != 0;
+}
+
+/*
+ * Whether a request member's name is one an operation could have: AWS KMS and
+ * hsmd name members with ASCII letters and digits only.  Any other name
+ * ("hsmd:KeyId", " hsmd:KeyId", "HSMD:KeyId", "hsmd\uFF1AKeyId", a Cyrillic
+ * look-alike) is ignored by the operation but shown to custodians, beside
+ * what hsmd adds (HSM_APPROVAL_KEY_MEMBER) or a member the operation reads.
+ */
+static bool plain_member(const char *member)
+{
+	const unsigned char *p = (const unsigned char *)member;
+	if (*p == '\0')
+		return false;
+	for (; *p != '\0'; p++)
+		if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9')))
+			return false;
+	return true;
 }
 
 static hsm_result meet_gate(void *arg)
@@ -107,9 +136,10 @@ static hsm_result meet_gate(void *arg)
 	json_t *value;
 	json_object_foreach(g->doc, member, value)
 	{
-		HSM_ENSURE(strncmp(member, "hsmd:", 5) != 0, HSM_ERR_VALIDATION,
-		           "request member %.64s: names beginning hsmd: are reserved for what hsmd "
-		           "adds to the text custodians approve",
+		HSM_ENSURE(plain_member(member), HSM_ERR_VALIDATION,
+		           "request member %.64s: a request that waits for custodians names its "
+		           "members with ASCII letters and digits (names beginning hsmd: are reserved "
+		           "for what hsmd adds to the text custodians approve)",
 		           member);
 	}
 	const char *named = json_string_value(json_object_get(g->doc, "KeyId"));
@@ -170,7 +200,8 @@ hsm_result hsm_server_quorum_check(hsm_server *s)
 	return hsm_server_blame(
 	    s, "approval_quorum",
 	    HSM_FAIL(HSM_ERR_VALIDATION,
-	             "approval_quorum = %u, but the store has %u enabled custodian%s: no request "
+	             "approval_quorum = %u, but the store has %u enabled custodian%s holding an "
+	             "active access key: no request "
 	             "could ever be approved. Create the custodians first (hsmctl user create NAME "
 	             "--roles custodian, then an access key each), then set approval_quorum",
 	             s->opt.approval_quorum, n, n == 1 ? "" : "s"));

@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from conftest import DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, start_dev
+from conftest import DEV_AKID, DEV_SECRET, HSMCTL, HSMD, Hsmd, client, signed_call, start_dev
 from helpers import ACCOUNT, admin, audit_records, b64, make_pki, new_user, self_signed
 
 DEV_ENV = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
@@ -621,3 +621,62 @@ def test_each_operation_waits_changes_nothing_then_runs_once_approved(node):
         assert probe() != before, f"{op} changed nothing once approved"
         a = approvals(node)[approval] if op != "Seal" else None
         assert op == "Seal" or (a["State"], a["Approvals"]) == ("Used", 2), (op, a)
+
+
+def test_delete_alias_waits_where_update_alias_does():
+    """Where UpdateAlias waits for custodians, deleting the alias and creating it again on
+    another key would redirect it all the same: DeleteAlias waits with it.  And a request
+    that waits shows custodians only members named as operations name theirs, so no
+    look-alike of hsmd's own hsmd:KeyId can stand beside the real KeyId."""
+    first = start_dev()
+    kms = client(first)
+    for name in ("alice", "bob"):
+        new_user(first, name, ["custodian"])
+    prod, evil = (kms.create_key()["KeyMetadata"]["KeyId"] for _ in range(2))
+    kms.create_alias(AliasName="alias/prod", TargetKeyId=prod)
+    first.stop()
+    server = Hsmd(["--dev", "--approval-quorum", "2", "--approval-operations", "UpdateAlias",
+                   "--backup-interval-seconds", "0"], env=DEV_ENV, data_dir=first.data_dir)
+    try:
+        for op, body, code in (
+                ("UpdateAlias", {"AliasName": "alias/prod", "TargetKeyId": evil},
+                 "ApprovalRequiredException"),
+                ("DeleteAlias", {"AliasName": "alias/prod"}, "ApprovalRequiredException"),
+                ("CreateAlias", {"AliasName": "alias/prod", "TargetKeyId": evil},
+                 "AlreadyExistsException")):
+            st, out = signed_call(server, "TrentService." + op, body)
+            assert (st, out.get("__type")) == (400, code), (op, out)
+        assert client(server).describe_key(KeyId="alias/prod")["KeyMetadata"]["KeyId"] == prod
+        opened = len(approvals(server))
+        for member in ("hsmd:KeyId", "HSMD:KeyId", " hsmd:KeyId", "hsmd\uff1aKeyId",
+                       "Target\u041aeyId"):
+            st, out = signed_call(server, "TrentService.UpdateAlias",
+                                  {"AliasName": "alias/prod", "TargetKeyId": evil, member: prod})
+            assert (st, out.get("__type")) == (400, "ValidationException"), (member, out)
+            assert "ASCII letters and digits" in out["message"], out
+        assert len(approvals(server)) == opened
+    finally:
+        server.cleanup()
+        first.cleanup()
+
+
+def test_custodians_without_access_keys_do_not_make_a_quorum():
+    """A custodian approves with an access key: the node refuses a quorum that only
+    custodians holding one could meet, rather than start where nothing can be approved."""
+    first = start_dev()
+    for name in ("alice", "bob"):
+        admin(first, "CreateUser", {"UserName": name, "Roles": ["custodian"]})
+    new_user(first, "carol", ["custodian"])
+    first.stop()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HSM_")}
+    env.update(DEV_ENV)
+    try:
+        p = subprocess.run([HSMD, "--dev",
+                            "--data-dir", first.data_dir, "--approval-quorum", "2",
+                            "--listen", "127.0.0.1:0"],
+                           capture_output=True, text=True, timeout=60, env=env)
+        assert p.returncode == 2, (p.returncode, p.stderr)
+        assert "approval_quorum = 2, but the store has 1 enabled custodian holding an active " \
+               "access key" in p.stderr, p.stderr
+    finally:
+        first.cleanup()
