@@ -36,6 +36,16 @@ static const hsm_caller user = {.user = "ursula", .access_key_id = "AKIAURSULA00
 #define REQ "{\"KeyId\":\"k\",\"PendingWindowInDays\":7}"
 #define T0 1800000000
 
+/* An access key for user name (custodians approve with one: only those holding one count). */
+static int give_access_key(fx *f, const char *name)
+{
+	char akid[HSM_ACCESS_KEY_ID_LEN + 1];
+	hsm_secret *secret = NULL;
+	hsm_result r = hsm_kms_access_key_create(f->kms, &local, name, akid, &secret);
+	hsm_secret_free(secret);
+	return hsm_ok(r) ? 0 : -1;
+}
+
 static int setup(void **state)
 {
 	hsm_kms_config cfg = {.approval_quorum = 2, .approval_ttl = 3600};
@@ -49,7 +59,8 @@ static int setup(void **state)
 	                                 HSM_ROLE_BIT(HSM_ROLE_CUSTODIAN),
 	                                 HSM_ROLE_BIT(HSM_ROLE_CUSTODIAN)};
 	for (size_t i = 0; i < 4; i++)
-		if (hsm_failed(hsm_kms_user_create(f->kms, &local, names[i], roles[i])))
+		if (hsm_failed(hsm_kms_user_create(f->kms, &local, names[i], roles[i])) ||
+		    give_access_key(f, names[i]) != 0)
 			return -1;
 	return 0;
 }
@@ -472,6 +483,8 @@ static void test_names_differing_only_by_case_are_one_custodian(void **state)
 	assert_int_equal(custodians, 3);
 	plant_twin(f, "Alice", "alice", "custodian");
 	plant_twin(f, "OLIVIA", "olivia", "custodian");
+	assert_int_equal(give_access_key(f, "Alice"), 0);
+	assert_int_equal(give_access_key(f, "OLIVIA"), 0);
 	/* One more person holds the role (olivia, as OLIVIA); alice is counted once. */
 	assert_int_equal(hsm_kms_custodian_count(f->kms, &custodians).err, HSM_OK);
 	assert_int_equal(custodians, 4);
