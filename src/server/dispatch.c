@@ -1167,22 +1167,29 @@ static bool rsa_private_op(hsm_server *s, const hsm_op_info *info, json_t *doc, 
 	return spec == HSM_SPEC_RSA_2048 || spec == HSM_SPEC_RSA_3072 || spec == HSM_SPEC_RSA_4096;
 }
 
-/* A KMS request between its parse and its execution, on its way through the lane. */
-typedef struct kms_rest {
+/*
+ * A KMS or administrative request between its admission and parse and its
+ * execution, on its way through the lane (op set: administrative).
+ */
+typedef struct lane_rest {
 	hsm_lane_job job;
 	hsm_server *s;
 	const char *name;
 	const hsm_op_info *info;
+	const hsm_admin_op *op;
 	pending *p;
 	hsm_auth_result auth;
 	json_t *doc;
-} kms_rest;
+} lane_rest;
 
-static void kms_rest_run(void *arg, bool cancelled)
+static void lane_rest_run(void *arg, bool cancelled)
 {
-	kms_rest *k = arg;
+	lane_rest *k = arg;
 	hsm_result r = cancelled ? HSM_FAIL(HSM_ERR_NODE_ERROR, STOPPING) : HSM_SUCCESS;
-	finish_kms(k->s, k->name, k->info, k->p, &k->auth, k->doc, r);
+	if (k->op != NULL)
+		finish_admin(k->s, k->name, k->op, k->p, &k->auth, k->doc, r);
+	else
+		finish_kms(k->s, k->name, k->info, k->p, &k->auth, k->doc, r);
 	free(k);
 }
 
@@ -1196,59 +1203,36 @@ static void auth_copy(hsm_auth_result *dst, const hsm_auth_result *src)
 		dst->caller.access_key_id = dst->akid;
 }
 
-/* Hands the rest of a KMS request to the lane; false when it must run here. */
+/* Hands the rest of a request to the lane (rest's job and auth are set here); false when
+ * it must run where it is. */
+static bool defer_rest(const lane_rest *rest, const hsm_auth_result *auth, bool brief)
+{
+	if (rest->s->lane == NULL)
+		return false;
+	lane_rest *k = malloc(sizeof(*k));
+	if (k == NULL)
+		return false;
+	*k = *rest;
+	k->job = (hsm_lane_job){.fn = lane_rest_run, .brief = brief, .arg = k};
+	auth_copy(&k->auth, auth);
+	if (hsm_lane_submit(k->s->lane, &k->job))
+		return true;
+	free(k);
+	return false;
+}
+
 static bool defer_kms(hsm_server *s, const char *name, const hsm_op_info *info, pending *p,
                       const hsm_auth_result *auth, json_t *doc, bool brief)
 {
-	kms_rest *k = malloc(sizeof(*k));
-	if (k == NULL)
-		return false;
-	*k = (kms_rest){.job = {.fn = kms_rest_run, .brief = brief}, .s = s, .name = name,
-	                .info = info, .p = p, .doc = doc};
-	auth_copy(&k->auth, auth);
-	k->job.arg = k;
-	if (hsm_lane_submit(s->lane, &k->job))
-		return true;
-	free(k);
-	return false;
+	lane_rest rest = {.s = s, .name = name, .info = info, .p = p, .doc = doc};
+	return defer_rest(&rest, auth, brief);
 }
 
-/* An administrative request between its admission and its execution, on the lane. */
-typedef struct admin_rest {
-	hsm_lane_job job;
-	hsm_server *s;
-	const char *name;
-	const hsm_admin_op *op;
-	pending *p;
-	hsm_auth_result auth;
-	json_t *doc;
-} admin_rest;
-
-static void admin_rest_run(void *arg, bool cancelled)
-{
-	admin_rest *k = arg;
-	hsm_result r = cancelled ? HSM_FAIL(HSM_ERR_NODE_ERROR, STOPPING) : HSM_SUCCESS;
-	finish_admin(k->s, k->name, k->op, k->p, &k->auth, k->doc, r);
-	free(k);
-}
-
-/* Hands the rest of an administrative request to the lane; false when it must run here. */
 static bool defer_admin(hsm_server *s, const char *name, const hsm_admin_op *op, pending *p,
                         const hsm_auth_result *auth, json_t *doc)
 {
-	if (s->lane == NULL)
-		return false;
-	admin_rest *k = malloc(sizeof(*k));
-	if (k == NULL)
-		return false;
-	*k = (admin_rest){.job = {.fn = admin_rest_run}, .s = s, .name = name, .op = op, .p = p,
-	                  .doc = doc};
-	auth_copy(&k->auth, auth);
-	k->job.arg = k;
-	if (hsm_lane_submit(s->lane, &k->job))
-		return true;
-	free(k);
-	return false;
+	lane_rest rest = {.s = s, .name = name, .op = op, .p = p, .doc = doc};
+	return defer_rest(&rest, auth, false);
 }
 
 /* Runs the request here, or hands it to the lane when it takes long. */
