@@ -279,7 +279,7 @@ static hsm_result decrypt_any(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
 		}
 		same_key(kms, dest_id, blob.key_id, &same, &extra);
 		/* KeyId named by an alias: kms:RequestAlias, as on every other operation.  A KeyId
-		 * naming another key than the blob's is refused below, before anything opens. */
+		 * naming another key than the blob's was refused above, before anything opens. */
 		if (has_key_id)
 			extra.request_alias = kms_ref_alias(kms, req->key);
 		res = kms_lookup(kms, caller, op, blob.key_id, &extra, &k);
@@ -292,18 +292,6 @@ static hsm_result decrypt_any(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
 			return HSM_FAIL(HSM_ERR_INVALID_CIPHERTEXT, "The ciphertext is not valid");
 		}
 		HSM_GUARD(res);
-		if (has_key_id) {
-			char named[HSM_UUID_STRLEN + 1];
-			HSM_TRY(hsm_kms_resolve(kms, req->key, named));
-			if (strcmp(named, k->rec.key_id) != 0) {
-				kms_key *other = NULL; /* a key that does not exist is NotFound */
-				HSM_TRY(kms_key_load(kms, named, &other));
-				kms_key_release(other);
-			}
-			HSM_CHECK(strcmp(named, k->rec.key_id) == 0, HSM_ERR_INCORRECT_KEY,
-			          "The key ID in the request does not identify the key that encrypted "
-			          "the ciphertext");
-		}
 	} else {
 		HSM_ENSURE(req->key != NULL && *req->key != '\0', HSM_ERR_VALIDATION,
 		           "%s is required to decrypt with an asymmetric key",
