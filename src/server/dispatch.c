@@ -816,6 +816,17 @@ static void gate_done(hsm_server_gate *gate, const char *name, hsm_result r,
 
 static bool named_op(const char *name);
 
+/* Answers a request that ran: its failure, an answer lost after it acted, or its answer. */
+static void conclude(pending *p, outcome *o, hsm_result r, bool lost)
+{
+	if (hsm_failed(r))
+		fail_request(p, o, r);
+	else if (lost)
+		lose_answer(p, o);
+	else
+		finish(p, o);
+}
+
 /*
  * The rest of a KMS request once authenticated and parsed (r says whether
  * that went well): the handler, the audit record, the answer.  Takes doc.
@@ -841,12 +852,7 @@ static void finish_kms(hsm_server *s, const char *name, const hsm_op_info *info,
 	if (gated)
 		gate_done(&gate, name, r, &intent.in, &audit);
 	outbox_end(&intent);
-	if (hsm_failed(r))
-		fail_request(p, &o, r);
-	else if (lost)
-		lose_answer(p, &o);
-	else
-		finish(p, &o);
+	conclude(p, &o, r, lost);
 	/* The record was copied by the submission: the document and context can go now. */
 	free(audit.ctx);
 	json_decref(doc);
@@ -1007,12 +1013,7 @@ static void finish_admin(hsm_server *s, const char *name, const hsm_admin_op *op
 	    audit.target_user[0] != '\0' || audit.target_access_key_id[0] != '\0' ||
 	    audit.share[0] != '\0')
 		o.api = &audit;
-	if (hsm_failed(r))
-		fail_request(p, &o, r);
-	else if (lost)
-		lose_answer(p, &o);
-	else
-		finish(p, &o);
+	conclude(p, &o, r, lost);
 	json_decref(doc);
 }
 
