@@ -17,8 +17,8 @@ import pytest
 from conftest import DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, start_dev
 
 DEV_ENV = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
-from helpers import (admin, audit_records, eventually, gdb_can_trace, metric, new_user, raises,
-                     self_signed)
+from helpers import (admin, audit_records, audit_records_until, eventually, gdb_can_trace,
+                     metric, new_user, raises, self_signed)
 from test_sealed import create_first_officer, init_store, unseal
 
 
@@ -619,7 +619,8 @@ def test_a_copy_that_failed_is_made_by_the_scheduler():
         while metric(server, "hsmd_backup_copies_missing") != 0:
             assert time.time() < deadline, "the gauge still counts the copy made"
             time.sleep(0.1)
-        late = [r for r in audit_records(data) if r.get("op") == "BackupCopy"]
+        # The event reaches the trail a moment after the copy it records.
+        late = audit_records_until(data, lambda r: r.get("op") == "BackupCopy")
         assert [(r["extra"]["file"], r["extra"]["copy"], r["outcome"]) for r in late] == \
             [(made["File"], "made", "success")], late
         p = hsmctl("backup", "list", "--dir", copy_dir)
