@@ -105,11 +105,13 @@ static const char *const other_prefixes[] = {
 
 bool hsm_pol_number(const char *s, double *out)
 {
+	/* Decimal only: strtod also reads "0x10" (16) and "0x1p4". */
+	if (*s == '\0' || strspn(s, "+-.0123456789eE") != strlen(s))
+		return false;
 	char *end = NULL;
 	errno = 0;
 	*out = strtod(s, &end);
-	return *s != '\0' && !isspace((unsigned char)*s) && end != NULL && *end == '\0' &&
-	       errno == 0 && isfinite(*out);
+	return end != NULL && *end == '\0' && errno == 0 && isfinite(*out);
 }
 
 bool hsm_pol_eq_ic_n(const char *a, const char *b, size_t n)

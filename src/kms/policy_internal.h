@@ -185,7 +185,8 @@ bool hsm_pol_eq_ic(const char *a, const char *b);
 bool hsm_pol_arn_like(const char *pattern, const char *arn);
 /* The same over the first n bytes at most (ASCII case folding). */
 bool hsm_pol_eq_ic_n(const char *a, const char *b, size_t n);
-/* A whole decimal number (as strtod reads one, finite, no blanks around it). */
+/* A decimal number, as strtod reads one but with no hexadecimal form, finite, and
+ * with no blanks around it. */
 bool hsm_pol_number(const char *s, double *out);
 /* An instant in seconds since the epoch: a number, or an ISO 8601 date (W3C profile). */
 bool hsm_pol_date(const char *s, double *out);

@@ -209,6 +209,8 @@ static const bad_case bad[] = {
      "Statement 1: Numeric conditions take numbers, not 'soon'."},
     {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"NumericEquals\": {\"kms:ValidTo\": \" 5\"}}}"),
      "Statement 1: Numeric conditions take numbers, not ' 5'."},
+    {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"NumericEquals\": {\"kms:ValidTo\": \"0x10\"}}}"),
+     "Statement 1: Numeric conditions take numbers, not '0x10'."},
     {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"StringEqualz\": {\"kms:CallerAccount\": \"1\"}}}"),
      "Statement 1: condition operator 'StringEqualz' is not supported."},
     {STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"ForAnyValue:Null\": {\"kms:CallerAccount\": true}}}"),
@@ -658,6 +660,7 @@ static void test_string_operators(void **state)
 	HOLDS(gt, WITH({"n", "11"}));
 	FAILS(gt, WITH({"n", "10"}));
 	FAILS(gt, WITH({"n", "9"}));
+	FAILS(gt, WITH({"n", "0x10"})); /* decimal only, not 16 */
 	const char *ge = "{\"NumericGreaterThanEquals\": {\"kms:EncryptionContext:n\": \"10\"}}";
 	HOLDS(ge, WITH({"n", "10"}));
 	FAILS(ge, WITH({"n", "9.99"}));
