@@ -184,8 +184,7 @@ static hsm_result open_for(const backup_opts *o, hsm_backup_info *info, hsm_keys
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_keystore *k = NULL;
-	HSM_ENSURE(o->n_shares > 0, HSM_ERR_QUORUM_REQUIRED,
-	           "give the custodians' share files with --share (a quorum of them)");
+	HSM_ASSERT(o->n_shares > 0); /* refused as a usage error before */
 	hsm_log_set_level(HSM_LOG_WARN); /* the command reports what it did; no "unsealed" lines */
 	HSM_GUARD(hsm_secure_process_init(HSM_SECURE_HEAP_DEFAULT));
 	HSM_GUARD(hsm_backup_read_info(o->file, info));
@@ -371,6 +370,8 @@ int hsmctl_cmd_backup(int argc, char **argv)
 		print_info(o.file, &info);
 		return 0;
 	}
+	if (o.n_shares == 0)
+		return hsmctl_usage(cmd, "needs the custodians' --share files (a quorum)");
 	hsm_keystore *ks = NULL;
 	if (hsm_failed(open_for(&o, &info, &ks)))
 		return hsmctl_fail(cmd);
@@ -687,6 +688,8 @@ int hsmctl_cmd_restore(int argc, char **argv)
 		return rc;
 	if (o.file == NULL)
 		return hsmctl_usage("restore", "name the backup FILE");
+	if (o.n_shares == 0)
+		return hsmctl_usage("restore", "needs the custodians' --share files (a quorum)");
 	hsm_backup_info info;
 	hsmctl_early_change change;
 	if (hsm_failed(restore(&o, &info, &change)))

@@ -138,6 +138,13 @@ def test_inspect_without_shares(node):
 
 def test_verify_needs_the_quorum_of_this_store(node):
     path, shares = node["made"]["Path"], node["shares"]
+    # No share at all is a usage error (exit 2), as for the offline commands that open a store.
+    p = hsmctl("backup", "verify", path)
+    assert p.returncode == 2 and "needs the custodians' --share files" in p.stderr, p.stderr
+    target = os.path.join(node["base"], "no-shares")
+    p = hsmctl("restore", "--data-dir", target, path)
+    assert p.returncode == 2 and "needs the custodians' --share files" in p.stderr, p.stderr
+    assert not os.path.exists(target)
     p = hsmctl("backup", "verify", "--share", shares["alice"], "--share", shares["erin"], path)
     assert p.returncode == 1 and "1 more needed" in p.stderr, p.stderr
     other, other_shares = init_store(node["base"], "other")
