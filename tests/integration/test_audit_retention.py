@@ -235,7 +235,11 @@ def test_a_trail_lost_under_the_node_never_verifies_as_retention(tmp_path):
             os.unlink(path)
         # The first request's record goes to the deleted file; its sync finds it gone.
         signed_call(server, "HsmdAdmin.AuditHash", {"Value": "after"})
-        assert eventually(lambda: records_of_op(data, "AuditOutageEnded"), 15), server.read_log()
+        # The writer notes the outage's end, then writes the "lost" checkpoint: the kill
+        # below must not come between the two (the trail's end is asserted after it).
+        assert eventually(lambda: [r for r in audit_records(data) if r["type"] == "checkpoint"
+                                   and r["checkpoint"]["reason"] == "lost"], 15), \
+            server.read_log()
         first = min(r["seq"] for r in audit_records(data))
         assert first > 1
         live = verify(server, pubkey=pem, live=True)

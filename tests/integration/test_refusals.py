@@ -4,6 +4,7 @@ counting the rest, so a flood of unsigned requests cannot fill the audit disk,
 while every signed request keeps its own record."""
 import glob
 import http.client
+import itertools
 import json
 import os
 import re
@@ -194,11 +195,18 @@ def test_made_up_access_key_ids_cost_no_store_lookup_past_a_rate():
         assert signed_call(server, TARGET, {})[0] == 200
         admin(server, "CreateUser", {"UserName": "late", "Roles": ["crypto-user"]})
         for attempt in range(3):
-            time.sleep(1.2)  # the list read again since CreateUser (which marks it stale)
-            before = metric(server, "hsmd_auth_unknown_keys_unlooked_total")
-            with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                list(pool.map(made_up, range(1000 + attempt * 100, 1000 + attempt * 100 + 80)))
-            assert metric(server, "hsmd_auth_unknown_keys_unlooked_total") > before
+            # The flusher reads the list again about a second after CreateUser (or the
+            # CreateAccessKey below) marked it stale; until then every id is looked up.
+            # Made-up ids are spared again once it has: wait for that, with a deadline.
+            deadline = time.monotonic() + 10
+            for n in itertools.count(1000 + attempt * 10000, 100):
+                before = metric(server, "hsmd_auth_unknown_keys_unlooked_total")
+                with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                    list(pool.map(made_up, range(n, n + 80)))
+                if metric(server, "hsmd_auth_unknown_keys_unlooked_total") > before:
+                    break
+                assert time.monotonic() < deadline, "the list of access key ids stayed stale"
+                time.sleep(0.2)
             k = admin(server, "CreateAccessKey", {"UserName": "late"})
             st, body = signed_call(server, TARGET, {}, akid=k["AccessKeyId"],
                                    secret=k["SecretAccessKey"])
