@@ -254,8 +254,10 @@ hsm_io hsm_http_conn_read(hsm_http_conn *c, uint8_t *p, size_t room, size_t *n)
 		if (r > 0) {
 			/* Nothing buffered in OpenSSL and the socket found empty by its
 			 * last read: the next bytes bring a new edge, so reading again
-			 * now could only come back with "want more". */
-			if (c->sock_drained && SSL_has_pending(c->ssl) == 0)
+			 * now could only come back with "want more".  Not once the
+			 * client has shut its side: no edge follows its FIN, and the
+			 * next read must see the end of input (as for plain HTTP). */
+			if (c->sock_drained && SSL_has_pending(c->ssl) == 0 && !c->peer_closed)
 				c->rd_ready = false;
 			*n = (size_t)r;
 			return HSM_IO_DONE;

@@ -356,3 +356,39 @@ def test_pkcs11_module_presents_a_client_certificate(mtls):
     assert login(env) == "CKR_DEVICE_ERROR"
     env.update(HSM_PKCS11_CLIENT_CERT=pki["client.pem"], HSM_PKCS11_CLIENT_KEY=pki["client.key"])
     assert login(env) == "CKR_OK"
+
+
+def test_a_tls_request_cut_by_the_clients_fin_ends_the_connection_at_once(tls):
+    """Over TLS as over plain HTTP (test_bad_input): a client that shuts its sending
+    side in the middle of a request is done, also when the FIN comes with the last
+    record, after a handshake that left the socket drained."""
+    server, pki = tls
+    ctx = ssl.create_default_context(cafile=pki["ca.pem"])
+    for partial in (b"POST / HTTP/1.1\r\nHost: x\r\n",
+                    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n{}"):
+        for _ in range(3):
+            raw = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                time.sleep(0.2)  # the handshake done, as a real client's is before it sends
+                s.sendall(partial)
+                socket.socket(fileno=os.dup(s.fileno())).shutdown(socket.SHUT_WR)
+                t = time.monotonic()
+                try:
+                    while s.recv(100):
+                        pass
+                except (ssl.SSLError, ConnectionError):
+                    pass  # an alert for the cut record, or a reset: ended either way
+                assert time.monotonic() - t < 2, "kept open until read_timeout"
+    # A whole request followed at once by the FIN is still answered.
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+        time.sleep(0.2)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        socket.socket(fileno=os.dup(s.fileno())).shutdown(socket.SHUT_WR)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except ssl.SSLError:
+            pass
+        assert out.startswith(b"HTTP/1.1 200 "), out[:200]
