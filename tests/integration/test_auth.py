@@ -255,9 +255,10 @@ def test_unsigned_request(hsmd):
     refused(hsmd, r, "MissingAuthenticationTokenException")
 
 
-def send_with_header_count(server, total, pad="x"):
+def send_with_header_count(server, total, pad="x", name="X-Pad-"):
     """A signed ListKeys sent with exactly `total` header lines (unsigned X-Pad-<i> fill),
-    or with one unsigned X-Pad-0 of value pad when total is None."""
+    or with one unsigned X-Pad-0 of value pad when total is None (name: the fill's
+    name before its number)."""
     data = json.dumps(BODY).encode()
     req = botocore.awsrequest.AWSRequest(
         method="POST", url=server.endpoint + "/", data=data,
@@ -272,7 +273,7 @@ def send_with_header_count(server, total, pad="x"):
     for name, value in headers.items():
         conn.putheader(name, value)
     for i in range(1 if total is None else total - 1 - len(headers)):
-        conn.putheader(f"X-Pad-{i}", pad)
+        conn.putheader(f"{name}{i}", pad)
     conn.endheaders(data)
     r = conn.getresponse()
     status, body = r.status, json.loads(r.read() or b"{}")
@@ -283,10 +284,13 @@ def send_with_header_count(server, total, pad="x"):
 def test_header_limits(hsmd):
     """The HTTP reader bounds a request's head (256 lines, max_header_bytes) and answers
     431 past that; SigV4 takes whatever it let through, and bounds only the values it
-    signs (8 KiB each), so an unsigned header a proxy added is no reason to refuse."""
+    signs (8 KiB each, names 128 bytes), so an unsigned header a proxy added is no
+    reason to refuse."""
     assert send_with_header_count(hsmd, 256)[0] == 200
     assert send_with_header_count(hsmd, 257)[0] == 431
     assert send_with_header_count(hsmd, None, pad="t" * 9000)[0] == 200
+    # Names likewise: a long one is bounded only when signed.
+    assert send_with_header_count(hsmd, None, name="X-" + "n" * 300)[0] == 200
 
 
 def send_targets(server, targets, body, sign=True):
