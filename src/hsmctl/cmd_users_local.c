@@ -130,9 +130,13 @@ static hsm_result user_change(hsmctl_local *l, const users_opts *o)
 		op = "CreateUser";
 		HSM_ENSURE(o->roles != NULL, HSM_ERR_VALIDATION,
 		           "user create needs --roles (crypto-officer, crypto-user, auditor, custodian)");
-		HSM_GUARD(parse_roles(o->roles, &roles));
-		HSM_GUARD(hsm_roles_format(roles, role_names, sizeof(role_names)));
-		r = hsm_kms_user_create(l->kms, me, o->name, roles);
+		r = parse_roles(o->roles, &roles);
+		if (hsm_ok(r))
+			r = hsm_roles_format(roles, role_names, sizeof(role_names));
+		if (hsm_ok(r))
+			r = hsm_kms_user_create(l->kms, me, o->name, roles);
+		else /* refused for its roles: the record names them as given, as hsmd's does */
+			snprintf(role_names, sizeof(role_names), "%s", o->roles);
 	} else if (strcmp(o->sub, "disable") == 0 || strcmp(o->sub, "enable") == 0) {
 		bool off = strcmp(o->sub, "disable") == 0;
 		op = off ? "DisableUser" : "EnableUser";
@@ -142,7 +146,7 @@ static hsm_result user_change(hsmctl_local *l, const users_opts *o)
 		r = hsm_kms_user_unlock(l->kms, me, o->name);
 	}
 	hsm_audit_field f[] = {{"target_user", o->name}, {"target_roles", role_names}};
-	HSM_GUARD(hsmctl_local_audit_fields(l, op, NULL, 0, r, f, roles != 0 ? 2 : 1));
+	HSM_GUARD(hsmctl_local_audit_fields(l, op, NULL, 0, r, f, role_names[0] != '\0' ? 2 : 1));
 	HSM_GUARD(r);
 	printf("UserName: %s\n", o->name);
 	return HSM_SUCCESS;

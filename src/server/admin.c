@@ -116,12 +116,30 @@ static void note_roles(hsm_admin_ctx *c, unsigned roles)
 	}
 }
 
+/* A refused Roles list goes on the record as given: its strings, in order, cut to the
+ * field (note_roles names the roles set). */
+static void note_roles_given(hsm_admin_ctx *c)
+{
+	json_t *list = json_object_get(c->req, "Roles");
+	hsm_sb b;
+	hsm_sb_init(&b, c->audit->target_roles, sizeof(c->audit->target_roles));
+	size_t i, n = 0;
+	json_t *v;
+	json_array_foreach(list, i, v)
+	{
+		if (!json_is_string(v))
+			continue;
+		if (n++ > 0)
+			hsm_sb_add(&b, ",");
+		hsm_sb_add(&b, json_string_value(v));
+	}
+}
+
 static hsm_result read_roles(hsm_admin_ctx *c, unsigned *roles)
 {
 	const char **names = NULL;
 	size_t n = 0;
-	HSM_GUARD(hsm_json_string_list(c->req, "Roles", true, HSM_ROLE_COUNT, &names, &n));
-	hsm_result r = HSM_SUCCESS;
+	hsm_result r = hsm_json_string_list(c->req, "Roles", true, HSM_ROLE_COUNT, &names, &n);
 	*roles = 0;
 	for (size_t i = 0; i < n && hsm_ok(r); i++) {
 		hsm_role role;
@@ -129,16 +147,8 @@ static hsm_result read_roles(hsm_admin_ctx *c, unsigned *roles)
 		if (hsm_ok(r))
 			*roles |= HSM_ROLE_BIT(role);
 	}
-	if (hsm_failed(r)) {
-		/* The record names what was asked for, as given (note_roles names what is set). */
-		hsm_sb b;
-		hsm_sb_init(&b, c->audit->target_roles, sizeof(c->audit->target_roles));
-		for (size_t i = 0; i < n; i++) {
-			if (i > 0)
-				hsm_sb_add(&b, ",");
-			hsm_sb_add(&b, names[i]);
-		}
-	}
+	if (hsm_failed(r) && r.err != HSM_ERR_NOMEM)
+		note_roles_given(c);
 	free(names);
 	return r;
 }

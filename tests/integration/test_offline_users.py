@@ -141,6 +141,10 @@ def test_offline_user_commands_need_a_store_and_name_what_they_need(store, tmp_p
     assert p.returncode == 1 and "user create needs --roles" in p.stderr, p.stderr
     p = offline("user", "create", "x", "--roles", "root", "--data-dir", data, *quorum)
     assert p.returncode == 1 and "root" in p.stderr, p.stderr
+    # Refused for its roles, and on the trail naming them as given, as hsmd's record does.
+    rec = [r for r in audit_records(data) if r.get("op") == "CreateUser"][-1]
+    assert (rec["outcome"], rec["extra"]) == ("error", {"target_user": "x",
+                                                        "target_roles": "root"}), rec
     p = offline("user", "disable", "ops", "--roles", "auditor", "--data-dir", data, *quorum)
     assert p.returncode == 2 and "--roles goes with create only" in p.stderr, p.stderr
     p = offline("user", "list")

@@ -263,6 +263,11 @@ def test_user_and_access_key_changes_name_their_target(hsmd, clients):
     _, rec = admin_record(hsmd, "CreateUser", {"UserName": "svc-b",
                                                "Roles": ["crypto-user", "root"]}, expect=400)
     assert target(rec) == ("error", "svc-b", "crypto-user,root", None)
+    # More roles than there are: as given too.
+    _, rec = admin_record(hsmd, "CreateUser", {"UserName": "svc-b",
+                                               "Roles": ["auditor"] * 4 + ["crypto-user"]},
+                          expect=400)
+    assert target(rec) == ("error", "svc-b", "auditor,auditor,auditor,auditor,crypto-user", None)
     key, rec = admin_record(hsmd, "CreateAccessKey", {"UserName": "svc-a"})
     assert target(rec) == ("success", "svc-a", None, key["AccessKeyId"])
     assert key["SecretAccessKey"] not in json.dumps(rec)
