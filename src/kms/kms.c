@@ -494,7 +494,7 @@ static hsm_result policy_of(hsm_kms *kms, const char *doc, hsm_policy **out)
 		hsm_policy_free(hit);
 	}
 	hsm_policy *p = NULL;
-	HSM_GUARD(hsm_policy_parse(doc, len, &p));
+	HSM_GUARD(hsm_policy_parse_stored(doc, len, &p));
 	hsm_result r = hsm_shmap_put(kms->policies, name, p);
 	if (hsm_failed(r)) {
 		hsm_policy_free(p);

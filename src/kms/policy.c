@@ -405,7 +405,19 @@ static unsigned needs_of(const hsm_policy *p)
 	return needs;
 }
 
+static hsm_result policy_parse(const char *doc, size_t len, bool stored, hsm_policy **out);
+
 hsm_result hsm_policy_parse(const char *doc, size_t len, hsm_policy **out)
+{
+	return policy_parse(doc, len, false, out);
+}
+
+hsm_result hsm_policy_parse_stored(const char *doc, size_t len, hsm_policy **out)
+{
+	return policy_parse(doc, len, true, out);
+}
+
+static hsm_result policy_parse(const char *doc, size_t len, bool stored, hsm_policy **out)
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_policy *p = NULL;
@@ -427,6 +439,7 @@ hsm_result hsm_policy_parse(const char *doc, size_t len, hsm_policy **out)
 	p = calloc(1, sizeof(*p));
 	HSM_CHECK(p != NULL, HSM_ERR_NOMEM, "out of memory");
 	atomic_init(&p->refs, 1);
+	p->arena.stored = stored;
 	HSM_TRY(parse_document(p, root));
 	p->needs = needs_of(p);
 	char *source = hsm_pol_alloc(&p->arena, len + 1);

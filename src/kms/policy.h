@@ -97,6 +97,9 @@ typedef struct hsm_policy hsm_policy;
  * statement and element at fault.  *out is set only on success.
  */
 hsm_result hsm_policy_parse(const char *doc, size_t len, hsm_policy **out) HSM_MUST_CHECK;
+/* The same for a document the store already holds: what an older hsmd accepted in one
+ * (a Numeric value strtod reads, such as "0x1E") is read as it was, not refused. */
+hsm_result hsm_policy_parse_stored(const char *doc, size_t len, hsm_policy **out) HSM_MUST_CHECK;
 /*
  * A parsed policy is immutable and reference-counted, so keys with the same
  * document can share one: hsm_policy_ref takes a reference, hsm_policy_free

@@ -261,16 +261,29 @@ static hsm_result value_text(pol_arena *a, json_t *v, const pol_condition *c, si
 	return HSM_SUCCESS;
 }
 
-/* Reads value i of a Numeric, Date or IpAddress condition into its typed form. */
-static hsm_result typed_value(pol_condition *c, size_t i, size_t stmt, double *numbers,
-                              pol_net *nets)
+/* A number as hsmd read policy values before they had to be decimal (strtod's forms). */
+static bool legacy_number(const char *s, double *out)
+{
+	char *end = NULL;
+	errno = 0;
+	*out = strtod(s, &end);
+	return *s != '\0' && !isspace((unsigned char)*s) && end != NULL && *end == '\0' &&
+	       errno == 0 && isfinite(*out);
+}
+
+/* Reads value i of a Numeric, Date or IpAddress condition into its typed form (a stored
+ * document's as an older hsmd read it: hsm_policy_parse_stored). */
+static hsm_result typed_value(const pol_arena *a, pol_condition *c, size_t i, size_t stmt,
+                              double *numbers, pol_net *nets)
 {
 	const char *s = c->values[i];
 	if (pol_op_numeric(c->base))
-		HSM_ENSURE(hsm_pol_number(s, &numbers[i]), MALFORMED,
+		HSM_ENSURE(hsm_pol_number(s, &numbers[i]) || (a->stored && legacy_number(s, &numbers[i])),
+		           MALFORMED,
 		           "Statement %zu: Numeric conditions take numbers, not '%.32s'.", stmt, s);
 	else if (pol_op_date(c->base))
-		HSM_ENSURE(hsm_pol_date(s, &numbers[i]), MALFORMED,
+		HSM_ENSURE(hsm_pol_date(s, &numbers[i]) || (a->stored && legacy_number(s, &numbers[i])),
+		           MALFORMED,
 		           "Statement %zu: Date conditions take ISO 8601 dates (such as "
 		           "2026-01-31T12:00:00Z) or seconds since the epoch, not '%.40s'.",
 		           stmt, s);
@@ -344,7 +357,7 @@ static hsm_result parse_values(pol_arena *a, json_t *v, size_t stmt, const char 
 	for (size_t i = 0; i < n; i++) {
 		HSM_GUARD(value_text(a, json_is_array(v) ? json_array_get(v, i) : v, c, stmt, key,
 		                     &c->values[i]));
-		HSM_GUARD(typed_value(c, i, stmt, numbers, nets));
+		HSM_GUARD(typed_value(a, c, i, stmt, numbers, nets));
 		/* IAM: variables are expanded in 2012-10-17 policies, text in 2008-10-17 ones. */
 		if (variables && (c->base == POL_OP_EQUALS || c->base == POL_OP_EQUALS_IC ||
 		                  c->base == POL_OP_LIKE || c->base == POL_OP_ARN))

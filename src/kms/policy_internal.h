@@ -22,6 +22,9 @@ typedef struct pol_chunk pol_chunk;
 
 typedef struct pol_arena {
 	pol_chunk *head;
+	/* The document is one the store holds (hsm_policy_parse_stored): what an older
+	 * hsmd accepted in it is read as that hsmd read it. */
+	bool stored;
 } pol_arena;
 
 /* Zeroed, suitably aligned storage that lives until the arena is freed; NULL when out of memory. */

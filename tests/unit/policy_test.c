@@ -601,6 +601,33 @@ static hsm_policy_request with_extra(const char *key, const char *value);
 #define HOLDS(c, r) expect_holds((c), (r), true, __LINE__)
 #define FAILS(c, r) expect_holds((c), (r), false, __LINE__)
 
+/*
+ * A stored document is read as the hsmd that accepted it read it: an older one took
+ * strtod's hexadecimal in Numeric values, and its keys stay usable with the same
+ * meaning; a new document (CreateKey, PutKeyPolicy) with one is refused.
+ */
+static void test_stored_policy_keeps_older_numbers(void **state)
+{
+	(void)state;
+	char doc[4096];
+	snprintf(doc, sizeof(doc),
+	         STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"NumericLessThan\": "
+	              "{\"kms:EncryptionContext:n\": \"0x1E\"}}}"));
+	hsm_policy *p = NULL;
+	assert_true(hsm_failed(hsm_policy_parse(doc, strlen(doc), &p)));
+	assert_null(p);
+	assert_true(hsm_ok(hsm_policy_parse_stored(doc, strlen(doc), &p)));
+	hsm_policy_request below = WITH({"n", "29"}), at = WITH({"n", "30"});
+	assert_int_equal(decide(p, &below), HSM_POLICY_ALLOW);
+	assert_int_not_equal(decide(p, &at), HSM_POLICY_ALLOW);
+	hsm_policy_free(p);
+	/* What no hsmd ever accepted stays refused in a stored document too. */
+	snprintf(doc, sizeof(doc),
+	         STMT("{" ALLOW_ALL_BODY ", \"Condition\": {\"NumericLessThan\": "
+	              "{\"kms:EncryptionContext:n\": \"thirty\"}}}"));
+	assert_true(hsm_failed(hsm_policy_parse_stored(doc, strlen(doc), &p)));
+}
+
 static void test_string_operators(void **state)
 {
 	(void)state;
@@ -1208,6 +1235,7 @@ int main(void)
 	    cmocka_unit_test(test_case_variant_context_keys_and_deny),
 	    cmocka_unit_test(test_case_variant_context_keys_and_set_operators),
 	    cmocka_unit_test(test_null_bool_if_exists),
+	    cmocka_unit_test(test_stored_policy_keeps_older_numbers),
 	    cmocka_unit_test(test_date_operators),
 	    cmocka_unit_test(test_ip_operators),
 	    cmocka_unit_test(test_set_operators),
