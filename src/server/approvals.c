@@ -10,6 +10,7 @@
  * request that would be refused anyway is refused as ever, without opening
  * a request custodians would have to look at.
  */
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -120,6 +121,23 @@ static bool plain_member(const char *member)
 	return true;
 }
 
+/*
+ * Whether two member names read alike to a person: equal once case is folded
+ * and the letters a font may not tell apart (I, l and 1; O and 0) are one.
+ */
+static bool members_alike(const char *a, const char *b)
+{
+	for (;; a++, b++) {
+		char x = (char)tolower((unsigned char)*a), y = (char)tolower((unsigned char)*b);
+		x = x == 'l' || x == '1' ? 'i' : x == '0' ? 'o' : x;
+		y = y == 'l' || y == '1' ? 'i' : y == '0' ? 'o' : y;
+		if (x != y)
+			return false;
+		if (x == '\0')
+			return true;
+	}
+}
+
 static hsm_result meet_gate(void *arg)
 {
 	hsm_server_gate *g = arg;
@@ -141,6 +159,17 @@ static hsm_result meet_gate(void *arg)
 		           "members with ASCII letters and digits (names beginning hsmd: are reserved "
 		           "for what hsmd adds to the text custodians approve)",
 		           member);
+		const char *other;
+		json_t *ov;
+		json_object_foreach(g->doc, other, ov)
+		{
+			HSM_ENSURE(other == member || strcmp(other, member) == 0 ||
+			               !members_alike(other, member),
+			           HSM_ERR_VALIDATION,
+			           "request members %.64s and %.64s read alike: a request that waits for "
+			           "custodians names each member once, as its operation spells it",
+			           member, other);
+		}
 	}
 	const char *named = json_string_value(json_object_get(g->doc, "KeyId"));
 	if (g->commit.key_id[0] != '\0' && (named == NULL || strcmp(named, g->commit.key_id) != 0)) {

@@ -627,7 +627,8 @@ def test_delete_alias_waits_where_update_alias_does():
     """Where UpdateAlias waits for custodians, deleting the alias and creating it again on
     another key would redirect it all the same: DeleteAlias waits with it.  And a request
     that waits shows custodians only members named as operations name theirs, so no
-    look-alike of hsmd's own hsmd:KeyId can stand beside the real KeyId."""
+    look-alike of hsmd's own hsmd:KeyId, or of a member beside it, can stand beside the
+    real one."""
     first = start_dev()
     kms = client(first)
     for name in ("alice", "bob"):
@@ -654,6 +655,12 @@ def test_delete_alias_waits_where_update_alias_does():
                                   {"AliasName": "alias/prod", "TargetKeyId": evil, member: prod})
             assert (st, out.get("__type")) == (400, "ValidationException"), (member, out)
             assert "ASCII letters and digits" in out["message"], out
+        # Nor a member that reads like another beside it: case, and I, l, 1 or O, 0.
+        for member in ("TargetKeyID", "TARGETKEYID", "TargetKeyld", "TargetKey1d", "AIiasName"):
+            st, out = signed_call(server, "TrentService.UpdateAlias",
+                                  {"AliasName": "alias/prod", "TargetKeyId": evil, member: prod})
+            assert (st, out.get("__type")) == (400, "ValidationException"), (member, out)
+            assert "read alike" in out["message"], out
         assert len(approvals(server)) == opened
     finally:
         server.cleanup()
