@@ -1020,6 +1020,16 @@ static bool lead(hsm_server *s, bool can_work)
 		hsm_info("this node runs the store's scheduled work (rotation, destruction, backups)");
 	else if (!leading && was)
 		hsm_info("this node no longer runs the store's scheduled work");
+	/*
+	 * The copies backup_copy_dir lacks are the leader's to count and make: what this
+	 * node counted when it last led is stale (another leader made backups, and copied
+	 * them or failed to), so a new leader looks again at its first round, and a node
+	 * that gave the lead up no longer reports its old count (unknown: shown as 0).
+	 */
+	if (leading != was) {
+		atomic_store(&s->backup_copies_missing, -1);
+		atomic_store(&s->backup_copy_next_try, 0);
+	}
 	return leading;
 }
 

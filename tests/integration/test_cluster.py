@@ -2124,3 +2124,95 @@ def test_a_new_node_id_is_flagged_unless_a_node_it_joins_runs(pg):
         for n in nodes:
             n.cleanup()
         shutil.rmtree(base, ignore_errors=True)
+
+
+# ---- The disaster-recovery copies of backups, across a change of leader ---------------
+# README ("Backups and disaster recovery"): the node that makes the backups (the leader)
+# copies whatever backup_copy_dir lacks, and hsmd_backup_copies_missing counts what is
+# still missing.  What a node counted when it last led is stale once another has led.
+
+
+def copy_nodes(tmp_path, store):
+    files, ops = ceremony(str(tmp_path), store)
+    shared, copies = str(tmp_path / "backups"), str(tmp_path / "dr")
+    os.makedirs(copies, mode=0o700)
+    args = ["--store-cache-ms", str(CACHE_MS), "--backup-interval-seconds", "3600",
+            "--backup-dir", shared, "--backup-copy-dir", copies] + ROUNDS
+    return files, ops, shared, copies, args
+
+
+def copy_backup(server, ops):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HSM_"))}
+    env.update(AWS_ACCESS_KEY_ID=ops[0], AWS_SECRET_ACCESS_KEY=ops[1])
+    p = subprocess.run([HSMCTL, "--endpoint", server.endpoint, "backup", "create"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p.stdout
+
+
+def copy_names(d):
+    return sorted(f for f in os.listdir(d) if f.endswith(".hsmbak"))
+
+
+def copy_leader(nodes):
+    flags = [gauge(n, "hsmd_scheduler_leader") for n in nodes]
+    return sorted(flags) == [0, 1] and nodes[flags.index(1)]
+
+
+def fail_a_copy(leader, ops, copies):
+    """The copy directory's mount goes away for one backup, then comes back."""
+    gone = copies + ".gone"
+    os.rename(copies, gone)
+    assert "Copied: false" in copy_backup(leader, ops)
+    os.makedirs(copies, mode=0o700)
+    for f in os.listdir(gone):
+        shutil.copy2(os.path.join(gone, f), copies)
+    shutil.rmtree(gone)
+
+
+def test_a_new_leader_makes_the_copies_the_dead_leader_left_missing(pg, tmp_path):
+    store = pg.database("copiesafterdeath")
+    files, ops, shared, copies, args = copy_nodes(tmp_path, store)
+    f = Hsmd(["--node-id", "node-f"] + args, env={"HSM_STORE": store})
+    g = Hsmd(["--node-id", "node-g"] + args, env={"HSM_STORE": store})
+    try:
+        unseal(f, files)                       # f leads first: it counts the copies (none missing)
+        assert eventually(lambda: gauge(f, "hsmd_scheduler_leader") == 1, 20)
+        assert eventually(lambda: len(copy_names(shared)) == 1 and copy_names(copies) == copy_names(shared), 20)
+        unseal(g, files)
+        os.kill(f.proc.pid, signal.SIGSTOP)                 # f hangs: g takes the lead
+        assert eventually(lambda: gauge(g, "hsmd_scheduler_leader") == 1, 30)
+        os.kill(f.proc.pid, signal.SIGCONT)
+        assert eventually(lambda: copy_leader([f, g]) is g, 30)
+        fail_a_copy(g, ops, copies)
+        assert gauge(g, "hsmd_backup_copies_missing") >= 1
+        g.stop(signal.SIGKILL)                 # the leader dies; f leads again
+        assert eventually(lambda: gauge(f, "hsmd_scheduler_leader") == 1, 30)
+        assert eventually(lambda: copy_names(copies) == copy_names(shared), 10), (copy_names(shared), copy_names(copies))
+        assert gauge(f, "hsmd_backup_copies_missing") == 0
+    finally:
+        for n in (f, g):
+            n.cleanup()
+
+
+def test_a_node_that_gave_the_lead_up_reports_no_stale_missing_copies(pg, tmp_path):
+    store = pg.database("copiesstale")
+    files, ops, shared, copies, args = copy_nodes(tmp_path, store)
+    f = Hsmd(["--node-id", "node-f"] + args, env={"HSM_STORE": store})
+    g = Hsmd(["--node-id", "node-g"] + args, env={"HSM_STORE": store})
+    try:
+        unseal(f, files)
+        assert eventually(lambda: gauge(f, "hsmd_scheduler_leader") == 1, 20)
+        unseal(g, files)
+        fail_a_copy(f, ops, copies)
+        assert gauge(f, "hsmd_backup_copies_missing") >= 1
+        os.kill(f.proc.pid, signal.SIGSTOP)                 # f hangs: g takes the lead and makes the copy
+        assert eventually(lambda: gauge(g, "hsmd_scheduler_leader") == 1, 30)
+        assert eventually(lambda: copy_names(copies) == copy_names(shared), 10)
+        os.kill(f.proc.pid, signal.SIGCONT)
+        assert eventually(lambda: gauge(f, "hsmd_scheduler_leader") == 0, 10)
+        # What f counted while it led is no longer so: max(hsmd_backup_copies_missing) is 0.
+        assert eventually(lambda: gauge(f, "hsmd_backup_copies_missing") == 0, 10)
+    finally:
+        for n in (f, g):
+            n.cleanup()
