@@ -2132,13 +2132,21 @@ def test_a_new_node_id_is_flagged_unless_a_node_it_joins_runs(pg):
 # still missing.  What a node counted when it last led is stale once another has led.
 
 
-def copy_nodes(tmp_path, store):
+def copy_nodes(pg, tmp_path, database):
+    """Two nodes, f and g, sharing a store, backup_dir and backup_copy_dir."""
+    store = pg.database(database)
     files, ops = ceremony(str(tmp_path), store)
     shared, copies = str(tmp_path / "backups"), str(tmp_path / "dr")
     os.makedirs(copies, mode=0o700)
     args = ["--store-cache-ms", str(CACHE_MS), "--backup-interval-seconds", "3600",
             "--backup-dir", shared, "--backup-copy-dir", copies] + ROUNDS
-    return files, ops, shared, copies, args
+    f = Hsmd(["--node-id", "node-f"] + args, env={"HSM_STORE": store})
+    try:
+        g = Hsmd(["--node-id", "node-g"] + args, env={"HSM_STORE": store})
+    except BaseException:
+        f.cleanup()
+        raise
+    return files, ops, shared, copies, f, g
 
 
 def copy_backup(server, ops):
@@ -2171,24 +2179,23 @@ def fail_a_copy(leader, ops, copies):
 
 
 def test_a_new_leader_makes_the_copies_the_dead_leader_left_missing(pg, tmp_path):
-    store = pg.database("copiesafterdeath")
-    files, ops, shared, copies, args = copy_nodes(tmp_path, store)
-    f = Hsmd(["--node-id", "node-f"] + args, env={"HSM_STORE": store})
-    g = Hsmd(["--node-id", "node-g"] + args, env={"HSM_STORE": store})
+    files, ops, shared, copies, f, g = copy_nodes(pg, tmp_path, "copiesafterdeath")
     try:
-        unseal(f, files)                       # f leads first: it counts the copies (none missing)
+        unseal(f, files)  # f leads first: it counts the copies (none missing)
         assert eventually(lambda: gauge(f, "hsmd_scheduler_leader") == 1, 20)
-        assert eventually(lambda: len(copy_names(shared)) == 1 and copy_names(copies) == copy_names(shared), 20)
+        assert eventually(lambda: len(copy_names(shared)) == 1 and
+                          copy_names(copies) == copy_names(shared), 20)
         unseal(g, files)
-        os.kill(f.proc.pid, signal.SIGSTOP)                 # f hangs: g takes the lead
+        os.kill(f.proc.pid, signal.SIGSTOP)  # f hangs: g takes the lead
         assert eventually(lambda: gauge(g, "hsmd_scheduler_leader") == 1, 30)
         os.kill(f.proc.pid, signal.SIGCONT)
         assert eventually(lambda: copy_leader([f, g]) is g, 30)
         fail_a_copy(g, ops, copies)
         assert gauge(g, "hsmd_backup_copies_missing") >= 1
-        g.stop(signal.SIGKILL)                 # the leader dies; f leads again
+        g.stop(signal.SIGKILL)  # the leader dies; f leads again, and looks again
         assert eventually(lambda: gauge(f, "hsmd_scheduler_leader") == 1, 30)
-        assert eventually(lambda: copy_names(copies) == copy_names(shared), 10), (copy_names(shared), copy_names(copies))
+        assert eventually(lambda: copy_names(copies) == copy_names(shared), 10), \
+            (copy_names(shared), copy_names(copies))
         assert gauge(f, "hsmd_backup_copies_missing") == 0
     finally:
         for n in (f, g):
@@ -2196,17 +2203,14 @@ def test_a_new_leader_makes_the_copies_the_dead_leader_left_missing(pg, tmp_path
 
 
 def test_a_node_that_gave_the_lead_up_reports_no_stale_missing_copies(pg, tmp_path):
-    store = pg.database("copiesstale")
-    files, ops, shared, copies, args = copy_nodes(tmp_path, store)
-    f = Hsmd(["--node-id", "node-f"] + args, env={"HSM_STORE": store})
-    g = Hsmd(["--node-id", "node-g"] + args, env={"HSM_STORE": store})
+    files, ops, shared, copies, f, g = copy_nodes(pg, tmp_path, "copiesstale")
     try:
         unseal(f, files)
         assert eventually(lambda: gauge(f, "hsmd_scheduler_leader") == 1, 20)
         unseal(g, files)
         fail_a_copy(f, ops, copies)
         assert gauge(f, "hsmd_backup_copies_missing") >= 1
-        os.kill(f.proc.pid, signal.SIGSTOP)                 # f hangs: g takes the lead and makes the copy
+        os.kill(f.proc.pid, signal.SIGSTOP)  # f hangs: g takes the lead and makes the copy
         assert eventually(lambda: gauge(g, "hsmd_scheduler_leader") == 1, 30)
         assert eventually(lambda: copy_names(copies) == copy_names(shared), 10)
         os.kill(f.proc.pid, signal.SIGCONT)
