@@ -14,12 +14,15 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -451,7 +454,11 @@ static int tcp_connect(const hsm_client *c, const endpoint *ep, int *err)
 		if (rc != 0 && errno == EINPROGRESS) {
 			struct pollfd p = {.fd = fd, .events = POLLOUT};
 			socklen_t len = sizeof(*err);
-			rc = poll(&p, 1, timeout_ms(c)) == 1 &&
+			int ready;
+			do /* a signal the application handles is no failure */
+				ready = poll(&p, 1, timeout_ms(c));
+			while (ready < 0 && errno == EINTR);
+			rc = ready == 1 &&
 			             getsockopt(fd, SOL_SOCKET, SO_ERROR, err, &len) == 0 && *err == 0
 			         ? 0
 			         : -1;
@@ -516,6 +523,31 @@ static bool watch_bio(struct hsm_client_conn *k)
 	return true;
 }
 
+/*
+ * The socket blocks, with SO_RCVTIMEO and SO_SNDTIMEO set: a signal the
+ * application handles interrupts a read or write in progress with EINTR
+ * even under SA_RESTART (signal(7)), which OpenSSL's socket BIO reports as
+ * SSL_ERROR_WANT_READ or _WRITE.  The TLS calls are then made again, as the
+ * plain-HTTP path does with recv and send; a timeout (EAGAIN) is not.
+ */
+static bool tls_interrupted(const SSL *ssl, int rc)
+{
+	int saved = errno;
+	int e = SSL_get_error(ssl, rc);
+	bool again = saved == EINTR && (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE);
+	errno = saved;
+	return again;
+}
+
+static int tls_connect(SSL *ssl)
+{
+	int rc;
+	do
+		errno = 0;
+	while ((rc = SSL_connect(ssl)) != 1 && tls_interrupted(ssl, rc));
+	return rc;
+}
+
 /* *refused: the handshake failed in TLS itself (SSL_ERROR_SSL: a certificate, a protocol). */
 static hsm_result conn_open_once(const hsm_client *c, const endpoint *ep,
                                  struct hsm_client_conn **out, bool *reached, bool *refused)
@@ -537,7 +569,7 @@ static hsm_result conn_open_once(const hsm_client *c, const endpoint *ep,
 		errno = 0;
 		int rc = 1; /* SSL_connect's, once made */
 		if (hsm_ok(r) && (SSL_set_fd(k->ssl, k->fd) != 1 || !watch_bio(k) ||
-		                  (rc = SSL_connect(k->ssl)) != 1)) {
+		                  (rc = tls_connect(k->ssl)) != 1)) {
 			long v = SSL_get_verify_result(k->ssl);
 			*refused = rc != 1 && SSL_get_error(k->ssl, rc) == SSL_ERROR_SSL;
 			hsm_err e = conn_tls_err(k, HSM_ERR_IO);
@@ -566,7 +598,10 @@ static hsm_result conn_write(struct hsm_client_conn *k, const void *p, size_t n)
 		hsm_err err = HSM_ERR_IO;
 		if (k->ssl != NULL) {
 			size_t done = 0;
-			w = SSL_write_ex(k->ssl, b, n, &done) == 1 ? (ssize_t)done : -1;
+			int rc = SSL_write_ex(k->ssl, b, n, &done);
+			if (rc != 1 && tls_interrupted(k->ssl, rc))
+				continue; /* the same bytes again, as OpenSSL requires */
+			w = rc == 1 ? (ssize_t)done : -1;
 			err = conn_tls_err(k, HSM_ERR_IO);
 		} else {
 			w = send(k->fd, b, n, MSG_NOSIGNAL);
@@ -593,7 +628,11 @@ static hsm_result conn_fill(struct hsm_client_conn *k, size_t *got)
 	k->ran_out = false;
 	if (k->ssl != NULL) {
 		size_t done = 0;
-		int rc = SSL_read_ex(k->ssl, k->buf, sizeof(k->buf), &done);
+		int rc;
+		do
+			errno = 0;
+		while ((rc = SSL_read_ex(k->ssl, k->buf, sizeof(k->buf), &done)) != 1 &&
+		       tls_interrupted(k->ssl, rc));
 		int e = rc == 1 ? SSL_ERROR_NONE : SSL_get_error(k->ssl, rc);
 		if (e == SSL_ERROR_SSL)
 			tls_why = ERR_reason_error_string(ERR_peek_last_error());
@@ -850,8 +889,61 @@ static hsm_result request(hsm_client *c, const endpoint *ep, const char *target,
 	}
 }
 
+/*
+ * OpenSSL sends on a TLS connection with write(), not send(MSG_NOSIGNAL): to a
+ * peer that is gone (a node restarted, or a kept connection it closed as idle,
+ * after which OpenSSL sends an alert as it reads the unexpected end) the kernel
+ * raises SIGPIPE, whose default action ends the process, and the PKCS#11 module
+ * runs inside applications that may not ignore it.  So the calling thread
+ * blocks SIGPIPE during an exchange and takes back one that arose meanwhile
+ * (a write's SIGPIPE is the writing thread's); EPIPE is then an I/O failure.
+ */
+typedef struct pipe_guard {
+	sigset_t old;
+	bool blocked, was_pending;
+} pipe_guard;
+
+static void pipe_block(pipe_guard *g)
+{
+	sigset_t pipe, pending;
+	sigemptyset(&pipe);
+	sigaddset(&pipe, SIGPIPE);
+	g->was_pending = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
+	g->blocked = pthread_sigmask(SIG_BLOCK, &pipe, &g->old) == 0;
+}
+
+static void pipe_unblock(pipe_guard *g)
+{
+	if (!g->blocked)
+		return;
+	int saved = errno;
+	sigset_t pipe, pending;
+	sigemptyset(&pipe);
+	sigaddset(&pipe, SIGPIPE);
+	if (!g->was_pending && sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1) {
+		const struct timespec now = {0, 0};
+		while (sigtimedwait(&pipe, NULL, &now) < 0 && errno == EINTR)
+			;
+	}
+	(void)pthread_sigmask(SIG_SETMASK, &g->old, NULL);
+	errno = saved;
+}
+
+static hsm_result call_unguarded(hsm_client *c, const char *target, const char *body, bool sign,
+                                 int *status, hsm_buf *resp);
+
 hsm_result hsm_client_call(hsm_client *c, const char *target, const char *body, bool sign,
                            int *status, hsm_buf *resp)
+{
+	pipe_guard g;
+	pipe_block(&g);
+	hsm_result r = call_unguarded(c, target, body, sign, status, resp);
+	pipe_unblock(&g);
+	return r;
+}
+
+static hsm_result call_unguarded(hsm_client *c, const char *target, const char *body, bool sign,
+                                 int *status, hsm_buf *resp)
 {
 	HSM_ENSURE(c->endpoints != NULL && *c->endpoints != '\0', HSM_ERR_VALIDATION,
 	           "--endpoint is required (or HSM_ENDPOINT)");
@@ -967,9 +1059,14 @@ hsm_result hsm_client_get(const hsm_client *c, const char *url, hsm_buf *resp)
 	struct hsm_client_conn *k = NULL;
 	bool reached;
 	answer a;
-	HSM_GUARD(conn_open(c, &ep, &k, &reached));
-	hsm_result r = exchange(k, c, path, NULL, NULL, false, &a, resp);
-	conn_free(k);
+	pipe_guard g;
+	pipe_block(&g);
+	hsm_result r = conn_open(c, &ep, &k, &reached);
+	if (hsm_ok(r)) {
+		r = exchange(k, c, path, NULL, NULL, false, &a, resp);
+		conn_free(k);
+	}
+	pipe_unblock(&g);
 	HSM_GUARD(r);
 	HSM_ENSURE(a.status == 200, HSM_ERR_IO, "%s answered HTTP %d", shown, a.status);
 	return HSM_SUCCESS;

@@ -94,6 +94,7 @@ WIPE_FN(hsm_stack_wipe_4k, HSM_STACK_WIPE_BYTES / 8)
 __attribute__((noinline)) size_t hsm_stack_room(void)
 {
 	static _Thread_local uintptr_t floor; /* the stack's lowest usable address; 0: unknown */
+	static _Thread_local uintptr_t top;   /* and the address just above it */
 	static _Thread_local bool looked;
 	if (!looked) {
 		looked = true;
@@ -101,13 +102,17 @@ __attribute__((noinline)) size_t hsm_stack_room(void)
 		void *addr = NULL;
 		size_t size = 0;
 		if (pthread_getattr_np(pthread_self(), &attr) == 0) {
-			if (pthread_attr_getstack(&attr, &addr, &size) == 0)
+			if (pthread_attr_getstack(&attr, &addr, &size) == 0) {
 				floor = (uintptr_t)addr;
+				top = floor + size;
+			}
 			pthread_attr_destroy(&attr);
 		}
 	}
 	uintptr_t here = (uintptr_t)__builtin_frame_address(0);
-	return floor != 0 && here > floor ? here - floor : 0;
+	/* Only on the thread's own stack: code running on another one (a coroutine's or a
+	 * fiber's, makecontext's, OpenSSL's async jobs') has no known room below it. */
+	return floor != 0 && here > floor && here < top ? here - floor : 0;
 }
 
 hsm_result hsm_harden_process(void)

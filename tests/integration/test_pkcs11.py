@@ -2355,10 +2355,11 @@ def test_pkcs11_tool_keeps_the_id_it_generates_with(server, user, officer, p11, 
         assert len(s.findObjects([(CKA_ID, other.encode())])) == 2
 
 
-def dev_over_https(tmp_path):
+def dev_over_https(tmp_path, extra=()):
     """A dev node serving HTTPS with a certificate of a CA of its own, and that PKI."""
     pki = make_pki(str(tmp_path))
-    server = Hsmd(["--dev", "--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"]],
+    server = Hsmd(["--dev", "--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"],
+                   *extra],
                   env={"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET},
                   tls_ca=pki["ca.pem"])
     return server, pki
@@ -2380,6 +2381,38 @@ def test_pkcs11_tool_over_https_and_region(tmp_path):
         assert login_fails(tool(server.endpoint, *args, ca_file=pki["ca.pem"], region="eu-west-1"))
     finally:
         server.cleanup()
+
+
+def tls_life(tmp_path, extra, *how):
+    """pkcs11_tls_life's exit, output and errors, signing over HTTPS as how says."""
+    server, pki = dev_over_https(tmp_path, extra)
+    try:
+        kms = client(server)
+        kid = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"][
+            "KeyId"]
+        kms.create_alias(AliasName="alias/tls-life", TargetKeyId=kid)
+        exe = c_program(tmp_path, "pkcs11_tls_life")
+        env = dict(os.environ, HSM_PKCS11_ENDPOINT=server.endpoint,
+                   HSM_PKCS11_CA_FILE=pki["ca.pem"])
+        p = subprocess.run([str(exe), MODULE, f"{DEV_AKID}:{DEV_SECRET}", "tls-life", *how],
+                           env=env, capture_output=True, text=True, timeout=180)
+        return p.returncode, p.stdout.strip(), p.stderr
+    finally:
+        server.cleanup()
+
+
+def test_a_kept_tls_connection_hsmd_closed_does_not_end_the_application(tmp_path):
+    """hsmd closes a kept connection it finds idle (or as it restarts) without a TLS
+    close_notify; the next call writes to it, and OpenSSL writes its alert to a socket
+    the peer closed: the application, whose SIGPIPE ends it, lives on, and the call is
+    made again on a new connection."""
+    assert tls_life(tmp_path, ["--idle-timeout-ms", "200"], "idle", "1000") == (0, "ok", "")
+
+
+def test_signals_the_application_handles_do_not_fail_calls_over_tls(tmp_path):
+    """A signal handled under SA_RESTART still interrupts a socket read or write that has a
+    timeout (signal(7)): over TLS as over HTTP, the module reads or writes again."""
+    assert tls_life(tmp_path, [], "signals", "2000") == (0, "ok", "")
 
 
 def test_the_applications_openssl_error_queue_is_left_as_it_was(tmp_path):

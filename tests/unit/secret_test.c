@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 #include "common/buf.h"
@@ -217,6 +218,51 @@ static void test_guarded_stack_wipe_fits_the_stack(void **state)
 	assert_int_equal(run_with_stack(guarded_on_a_tiny_stack, 24 * 1024), 1);
 }
 
+/*
+ * Code on a coroutine's stack (makecontext, OpenSSL's async jobs), mapped
+ * above the thread's own stack: the room below it is not the thread's, and
+ * the application's memory right below it stays as it was.
+ */
+#define CO_DATA (64 * 1024)
+#define CO_STACK (16 * 1024)
+static uint8_t *co_region;
+static ucontext_t co_caller, co_uc;
+
+static void on_the_coroutine(void)
+{
+	hsm_stack_wipe_guarded();
+}
+
+static void *run_coroutine(void *arg)
+{
+	(void)arg;
+	assert_int_equal(getcontext(&co_uc), 0);
+	co_uc.uc_stack.ss_sp = co_region + CO_DATA;
+	co_uc.uc_stack.ss_size = CO_STACK;
+	co_uc.uc_link = &co_caller;
+	makecontext(&co_uc, on_the_coroutine, 0);
+	assert_int_equal(swapcontext(&co_caller, &co_uc), 0);
+	return NULL;
+}
+
+static void test_guarded_stack_wipe_stays_on_a_coroutine_stack(void **state)
+{
+	(void)state;
+	/* Mapped before the thread is made, so above its stack (mappings go downwards). */
+	co_region = mmap(NULL, CO_DATA + CO_STACK, PROT_READ | PROT_WRITE,
+	                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	assert_true(co_region != MAP_FAILED);
+	memset(co_region, 0xA5, CO_DATA);
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, run_coroutine, NULL), 0);
+	assert_int_equal(pthread_join(t, NULL), 0);
+	size_t changed = 0;
+	for (size_t i = 0; i < CO_DATA; i++)
+		changed += co_region[i] != 0xA5;
+	munmap(co_region, CO_DATA + CO_STACK);
+	assert_int_equal(changed, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -225,6 +271,7 @@ int main(void)
 	    cmocka_unit_test(test_buf_wipes_what_it_grows_out_of_and_frees),
 	    cmocka_unit_test(test_stack_wipe_clears_dead_frames),
 	    cmocka_unit_test(test_guarded_stack_wipe_fits_the_stack),
+	    cmocka_unit_test(test_guarded_stack_wipe_stays_on_a_coroutine_stack),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
