@@ -40,6 +40,12 @@
 
 /* ---- the object table ---------------------------------------------------------------------- */
 
+/* The index of the table by key id and class (p11_object_of, below). */
+static size_t *obj_index;
+static size_t obj_index_cap; /* a power of 2, at least twice the objects indexed; 0: none */
+static bool obj_index_stale = true;
+static void obj_index_forget(void);
+
 static void object_free(p11_object *o)
 {
 	hsm_buf_free(&o->spki);
@@ -66,6 +72,7 @@ void p11_objects_logout(void)
 			object_free(o); /* private and secret keys, derived secrets (wiped) */
 	}
 	p11.n_objects = j;
+	obj_index_forget();
 }
 
 void p11_objects_clear(void)
@@ -75,6 +82,10 @@ void p11_objects_clear(void)
 	free(p11.objects);
 	p11.objects = NULL;
 	p11.n_objects = p11.cap_objects = 0;
+	free(obj_index);
+	obj_index = NULL;
+	obj_index_cap = 0;
+	obj_index_forget();
 	free(p11.made);
 	p11.made = NULL;
 	p11.n_made = 0;
@@ -83,12 +94,70 @@ void p11_objects_clear(void)
 const CK_ATTRIBUTE_TYPE p11_use_attrs[P11_USES] = {CKA_ENCRYPT, CKA_DECRYPT, CKA_SIGN, CKA_VERIFY,
                                                   CKA_WRAP,    CKA_UNWRAP,  CKA_DERIVE};
 
+/*
+ * The table is in handle order (p11_object_new appends the next handle, and
+ * every removal keeps the order), so a handle is found by bisection; and an
+ * index by key id and class (open addressing, positions + 1) finds a key's
+ * object without a walk of the table, which made a listing of n keys cost
+ * n^2/2 string compares.  Any removal marks the index stale: the next lookup
+ * builds it again.
+ */
+
+static size_t obj_hash(const char *key_id, CK_OBJECT_CLASS cls)
+{
+	uint64_t h = 1469598103934665603ULL ^ (uint64_t)cls;
+	for (const unsigned char *p = (const unsigned char *)key_id; *p != '\0'; p++)
+		h = (h ^ *p) * 1099511628211ULL;
+	return (size_t)h;
+}
+
+static void obj_index_put(size_t pos)
+{
+	const p11_object *o = &p11.objects[pos];
+	size_t m = obj_index_cap - 1;
+	for (size_t i = obj_hash(o->key_id, o->cls) & m;; i = (i + 1) & m)
+		if (obj_index[i] == 0) {
+			obj_index[i] = pos + 1;
+			return;
+		}
+}
+
+/* Builds the index for n objects; false (no index: lookups walk the table) without memory. */
+static bool obj_index_build(size_t n)
+{
+	size_t cap = 64;
+	while (cap < 2 * n + 2)
+		cap *= 2;
+	if (cap != obj_index_cap) {
+		size_t *v = realloc(obj_index, cap * sizeof(*v));
+		if (v == NULL)
+			return false;
+		obj_index = v;
+		obj_index_cap = cap;
+	}
+	memset(obj_index, 0, obj_index_cap * sizeof(*obj_index));
+	for (size_t i = 0; i < p11.n_objects; i++)
+		obj_index_put(i);
+	obj_index_stale = false;
+	return true;
+}
+
+static void obj_index_forget(void)
+{
+	obj_index_stale = true;
+}
+
 p11_object *p11_object_get(CK_OBJECT_HANDLE h)
 {
-	for (size_t i = 0; i < p11.n_objects; i++)
-		if (p11.objects[i].handle == h)
-			return &p11.objects[i];
-	return NULL;
+	size_t lo = 0, hi = p11.n_objects;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (p11.objects[mid].handle < h)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < p11.n_objects && p11.objects[lo].handle == h ? &p11.objects[lo] : NULL;
 }
 
 p11_object *p11_key_get(CK_OBJECT_HANDLE h)
@@ -99,9 +168,18 @@ p11_object *p11_key_get(CK_OBJECT_HANDLE h)
 
 p11_object *p11_object_of(const char *key_id, CK_OBJECT_CLASS cls)
 {
-	for (size_t i = 0; i < p11.n_objects; i++)
-		if (p11.objects[i].cls == cls && strcmp(p11.objects[i].key_id, key_id) == 0)
-			return &p11.objects[i];
+	if (obj_index_stale && !obj_index_build(p11.n_objects)) {
+		for (size_t i = 0; i < p11.n_objects; i++)
+			if (p11.objects[i].cls == cls && strcmp(p11.objects[i].key_id, key_id) == 0)
+				return &p11.objects[i];
+		return NULL;
+	}
+	size_t m = obj_index_cap - 1;
+	for (size_t i = obj_hash(key_id, cls) & m; obj_index[i] != 0; i = (i + 1) & m) {
+		p11_object *o = &p11.objects[obj_index[i] - 1];
+		if (o->cls == cls && strcmp(o->key_id, key_id) == 0)
+			return o;
+	}
 	return NULL;
 }
 
@@ -120,6 +198,12 @@ p11_object *p11_object_new(const char *key_id, CK_OBJECT_CLASS cls)
 	o->handle = p11.next_handle++;
 	o->cls = cls;
 	snprintf(o->key_id, sizeof(o->key_id), "%s", key_id);
+	if (!obj_index_stale) {
+		if (2 * p11.n_objects + 2 > obj_index_cap)
+			obj_index_forget(); /* built again, larger, at the next lookup */
+		else
+			obj_index_put(p11.n_objects - 1);
+	}
 	return o;
 }
 
@@ -148,6 +232,7 @@ static void objects_drop(CK_OBJECT_HANDLE handle, CK_SESSION_HANDLE owner)
 			p11.objects[j++] = *o;
 	}
 	p11.n_objects = j;
+	obj_index_forget();
 }
 
 void p11_object_drop(CK_OBJECT_HANDLE h)
@@ -178,6 +263,7 @@ static void objects_remove(const char *key_id)
 			p11.objects[j++] = *o;
 	}
 	p11.n_objects = j;
+	obj_index_forget();
 }
 
 void p11_objects_remove_unseen(void)
@@ -373,7 +459,7 @@ static CK_RV parse_public(p11_object *o)
 
 /* ---- listing --------------------------------------------------------------------------------- */
 
-/* The aliases (of one key, or of all with key_id NULL) into the array all. */
+/* The aliases (of one key, or of all with key_id NULL) into all, by the key they name. */
 static CK_RV list_aliases(json_t *all, const char *key_id)
 {
 	const char *marker = NULL;
@@ -391,10 +477,23 @@ static CK_RV list_aliases(json_t *all, const char *key_id)
 		CK_RV rv = p11_call("TrentService.ListAliases", body, &ans);
 		if (rv != CKR_OK)
 			return rv;
-		json_t *got = json_object_get(ans, "Aliases");
-		if (json_is_array(got) && json_array_extend(all, got) != 0) {
-			json_decref(ans);
-			return CKR_HOST_MEMORY;
+		/* Grouped by the key they name (all: key id -> its aliases, in listing order). */
+		size_t i;
+		json_t *a;
+		json_array_foreach(json_object_get(ans, "Aliases"), i, a) {
+			const char *target = json_string_value(json_object_get(a, "TargetKeyId"));
+			if (target == NULL)
+				continue;
+			json_t *mine = json_object_get(all, target);
+			if (mine == NULL && (json_object_set_new(all, target, mine = json_array()) != 0 ||
+			                     mine == NULL)) {
+				json_decref(ans);
+				return CKR_HOST_MEMORY;
+			}
+			if (json_array_append(mine, a) != 0) {
+				json_decref(ans);
+				return CKR_HOST_MEMORY;
+			}
 		}
 		marker = json_string_value(json_object_get(ans, "NextMarker"));
 		if (!json_is_true(json_object_get(ans, "Truncated")) || marker == NULL)
@@ -415,7 +514,7 @@ static void names_of(json_t *aliases, const char *key_id, char *label, size_t ca
 	json_t *a;
 	bool labelled = false, identified = false;
 	hsm_buf_clear(id);
-	json_array_foreach(aliases, i, a) {
+	json_array_foreach(json_object_get(aliases, key_id), i, a) {
 		const char *target = json_string_value(json_object_get(a, "TargetKeyId"));
 		const char *name = json_string_value(json_object_get(a, "AliasName"));
 		if (target == NULL || name == NULL || strcmp(target, key_id) != 0)
@@ -752,7 +851,7 @@ static CK_RV reload(bool with_certs)
 		return CKR_USER_NOT_LOGGED_IN;
 	for (size_t i = 0; i < p11.n_objects; i++)
 		p11.objects[i].seen = !with_certs && p11.objects[i].cls == CKO_CERTIFICATE;
-	json_t *aliases = json_array();
+	json_t *aliases = json_object();
 	CK_RV rv = aliases != NULL ? list_aliases(aliases, NULL) : CKR_HOST_MEMORY;
 	if (rv == CKR_OK)
 		rv = p11.keys[0] != '\0' ? load_view(aliases) : load_listing(aliases);
@@ -798,7 +897,7 @@ static CK_RV refresh_key(const char *key_id)
 	for (size_t i = 0; i < p11.n_objects; i++)
 		if (is_key_of(&p11.objects[i], key_id))
 			p11.objects[i].seen = false;
-	json_t *aliases = json_array();
+	json_t *aliases = json_object();
 	CK_RV rv = aliases != NULL ? list_aliases(aliases, key_id) : CKR_HOST_MEMORY;
 	if (rv == CKR_OK)
 		rv = load_key(key_id, aliases);
