@@ -55,28 +55,37 @@ typedef struct file_ids {
 	size_t group;                 /* union-find parent */
 } file_ids;
 
-/* One record's seq and the file it is in: what a collision is found from. */
-typedef struct seq_at {
-	uint64_t seq;
+/*
+ * Seqs of one file's records that follow one another (lo..hi): what a
+ * collision is found from.  A trail's file is one run however many records
+ * it holds, so memory follows the files, not the records.
+ */
+typedef struct seq_run {
+	uint64_t lo, hi;
 	size_t file;
-} seq_at;
+} seq_run;
 
 typedef struct seq_list {
-	seq_at *v;
+	seq_run *v;
 	size_t n, cap;
 } seq_list;
 
 static bool seq_add(seq_list *l, uint64_t seq, size_t file)
 {
+	if (l->n > 0 && l->v[l->n - 1].file == file && l->v[l->n - 1].hi != UINT64_MAX &&
+	    l->v[l->n - 1].hi + 1 == seq) {
+		l->v[l->n - 1].hi = seq;
+		return true;
+	}
 	if (l->n == l->cap) {
 		size_t cap = l->cap ? 2 * l->cap : 1024;
-		seq_at *v = cap > SIZE_MAX / sizeof(*v) ? NULL : realloc(l->v, cap * sizeof(*v));
+		seq_run *v = cap > SIZE_MAX / sizeof(*v) ? NULL : realloc(l->v, cap * sizeof(*v));
 		if (v == NULL)
 			return false;
 		l->v = v;
 		l->cap = cap;
 	}
-	l->v[l->n++] = (seq_at){seq, file};
+	l->v[l->n++] = (seq_run){seq, seq, file};
 	return true;
 }
 
@@ -179,18 +188,36 @@ static size_t group_trails(file_ids *f, const char *const *paths, size_t n, trai
 
 static int cmp_seq(const void *a, const void *b)
 {
-	uint64_t x = ((const seq_at *)a)->seq, y = ((const seq_at *)b)->seq;
+	uint64_t x = ((const seq_run *)a)->lo, y = ((const seq_run *)b)->lo;
 	return x < y ? -1 : x > y;
 }
 
-/* Whether a seq appears in two groups: two records, of no node in common, claim it. */
+/*
+ * Whether a seq appears in two groups: two records, of no node in common,
+ * claim it; i.e. runs of two groups overlap.  Runs in order of their first
+ * seq, against the run reaching furthest so far (top) and the one reaching
+ * furthest among the other groups' (other).
+ */
 static bool seq_in_two_groups(file_ids *f, seq_list *seqs)
 {
 	qsort(seqs->v, seqs->n, sizeof(*seqs->v), cmp_seq);
-	for (size_t i = 1; i < seqs->n; i++)
-		if (seqs->v[i].seq == seqs->v[i - 1].seq &&
-		    root_of(f, seqs->v[i].file) != root_of(f, seqs->v[i - 1].file))
+	const seq_run *top = NULL, *other = NULL;
+	size_t top_root = 0;
+	for (size_t i = 0; i < seqs->n; i++) {
+		const seq_run *x = &seqs->v[i];
+		size_t root = root_of(f, x->file);
+		const seq_run *rival = top != NULL && root != top_root ? top : other;
+		if (rival != NULL && rival->hi >= x->lo)
 			return true;
+		if (top == NULL || x->hi > top->hi) {
+			if (top != NULL && root != top_root)
+				other = top;
+			top = x;
+			top_root = root;
+		} else if (root != top_root && (other == NULL || x->hi > other->hi)) {
+			other = x;
+		}
+	}
 	return false;
 }
 
