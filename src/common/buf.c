@@ -42,14 +42,14 @@ void hsm_buf_clear(hsm_buf *b)
 	b->len = 0;
 }
 
-hsm_result hsm_buf_reserve(hsm_buf *b, size_t extra)
+static hsm_result reserve(hsm_buf *b, size_t extra, bool exact)
 {
 	HSM_ENSURE(extra <= HSM_BUF_MAX && b->len <= HSM_BUF_MAX - extra, HSM_ERR_LIMIT_EXCEEDED,
 	           "buffer would exceed %zu bytes", (size_t)HSM_BUF_MAX);
 	size_t need = b->len + extra + 1; /* +1 keeps room for hsm_buf_terminate */
 	if (need <= b->cap)
 		return HSM_SUCCESS;
-	size_t cap = b->cap ? b->cap : 64;
+	size_t cap = exact ? need : b->cap ? b->cap : 64;
 	while (cap < need)
 		cap *= 2;
 	uint8_t *p;
@@ -73,6 +73,16 @@ hsm_result hsm_buf_reserve(hsm_buf *b, size_t extra)
 	b->data = p;
 	b->cap = cap;
 	return HSM_SUCCESS;
+}
+
+hsm_result hsm_buf_reserve(hsm_buf *b, size_t extra)
+{
+	return reserve(b, extra, false);
+}
+
+hsm_result hsm_buf_reserve_exact(hsm_buf *b, size_t extra)
+{
+	return reserve(b, extra, true);
 }
 
 hsm_result hsm_buf_append_space(hsm_buf *b, size_t n, uint8_t **out)

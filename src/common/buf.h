@@ -43,6 +43,9 @@ void hsm_buf_free(hsm_buf *b);
 void hsm_buf_clear(hsm_buf *b);
 /* Makes room for `extra` more bytes. */
 hsm_result hsm_buf_reserve(hsm_buf *b, size_t extra) HSM_MUST_CHECK;
+/* The same, growing to exactly what is needed (a buffer filled once, such as a file's;
+ * hsm_buf_free wipes the whole capacity, so the room given beyond is touched then). */
+hsm_result hsm_buf_reserve_exact(hsm_buf *b, size_t extra) HSM_MUST_CHECK;
 hsm_result hsm_buf_put(hsm_buf *b, const void *p, size_t n) HSM_MUST_CHECK;
 hsm_result hsm_buf_put_u8(hsm_buf *b, uint8_t v) HSM_MUST_CHECK;
 hsm_result hsm_buf_put_u16(hsm_buf *b, uint16_t v) HSM_MUST_CHECK; /* big-endian */

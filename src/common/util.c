@@ -389,6 +389,12 @@ static hsm_result read_file(const char *path, int flags, size_t max, hsm_buf *ou
 	int fd = open(path, O_RDONLY | O_CLOEXEC | flags);
 	HSM_ENSURE(fd >= 0, HSM_ERR_IO, "cannot open %s: %s", path,
 	           (flags & O_NOFOLLOW) != 0 ? hsm_own_file_error(errno) : strerror(errno));
+	/* Room for the whole file at once: grown by doubling in 4 KiB reads, a buffer for a
+	 * file of n bytes held up to 2n, and hsm_buf_free wiped (touched) its whole capacity. */
+	struct stat st;
+	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0 &&
+	    (uint64_t)st.st_size <= max)
+		HSM_TRY(hsm_buf_reserve_exact(out, (size_t)st.st_size));
 	for (;;) {
 		uint8_t chunk[4096];
 		ssize_t n = read(fd, chunk, sizeof(chunk));

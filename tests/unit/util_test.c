@@ -21,6 +21,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "common/buf.h"
 #include "common/util.h"
 
 static void test_sb_builds_what_fits(void **state)
@@ -521,6 +522,37 @@ static void test_args_keep_a_copy_and_hide_passwords(void **state)
 	assert_string_equal(copy[1], "--dev");
 }
 
+/* A file is read into a buffer of its own size (+1 for a terminator): doubled from 4 KiB
+ * reads, a buffer for a 1 GiB audit file held up to 2 GiB, all of it wiped when freed. */
+static void test_read_file_takes_the_files_size(void **state)
+{
+	(void)state;
+	char dir[] = "/tmp/hsm-util-test-XXXXXX", path[256];
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/f", dir);
+	enum { SIZE = 300001 };
+	char *data = malloc(SIZE);
+	assert_non_null(data);
+	for (size_t i = 0; i < SIZE; i++)
+		data[i] = (char)('a' + i % 26);
+	FILE *f = fopen(path, "wb");
+	assert_non_null(f);
+	assert_int_equal(fwrite(data, 1, SIZE, f), SIZE);
+	assert_int_equal(fclose(f), 0);
+	hsm_buf b = {0};
+	assert_true(hsm_ok(hsm_read_file(path, SIZE, &b)));
+	assert_int_equal(b.len, SIZE);
+	assert_int_equal(b.cap, SIZE + 1);
+	assert_memory_equal(b.data, data, SIZE);
+	hsm_buf_free(&b);
+	/* Past max: refused, whatever the room taken. */
+	assert_true(hsm_failed(hsm_read_file(path, SIZE - 1, &b)));
+	hsm_buf_free(&b);
+	free(data);
+	assert_int_equal(unlink(path), 0);
+	assert_int_equal(rmdir(dir), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -540,6 +572,7 @@ int main(void)
 	    cmocka_unit_test(test_an_empty_directory_path_is_refused),
 	    cmocka_unit_test(test_uri_passwords_are_masked_in_place),
 	    cmocka_unit_test(test_args_keep_a_copy_and_hide_passwords),
+	    cmocka_unit_test(test_read_file_takes_the_files_size),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
