@@ -275,6 +275,9 @@ hsm_result hsm_client_require_private(const hsm_client *c, const char *what)
  * module), where memory running out must not read as a broken connection or
  * a bad server.
  */
+/* A write of this thread's TLS exchange met EPIPE: the SIGPIPE it raised is the module's. */
+static _Thread_local bool wrote_to_closed;
+
 static hsm_err tls_err(hsm_err otherwise)
 {
 	hsm_err err = hsm_nomem_or(otherwise);
@@ -299,6 +302,8 @@ static long watch_enomem(BIO *b, int oper, const char *argp, size_t len, int arg
 	(void)argp, (void)len, (void)argi, (void)argl, (void)processed;
 	if ((oper & BIO_CB_RETURN) == 0 && errno == ENOMEM)
 		((struct hsm_client_conn *)(void *)BIO_get_callback_arg(b))->ran_out = true;
+	if (oper == (BIO_CB_WRITE | BIO_CB_RETURN) && ret <= 0 && errno == EPIPE)
+		wrote_to_closed = true;
 	return ret;
 }
 
@@ -910,6 +915,7 @@ static void pipe_block(pipe_guard *g)
 	sigaddset(&pipe, SIGPIPE);
 	g->was_pending = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
 	g->blocked = pthread_sigmask(SIG_BLOCK, &pipe, &g->old) == 0;
+	wrote_to_closed = false;
 }
 
 static void pipe_unblock(pipe_guard *g)
@@ -920,7 +926,11 @@ static void pipe_unblock(pipe_guard *g)
 	sigset_t pipe, pending;
 	sigemptyset(&pipe);
 	sigaddset(&pipe, SIGPIPE);
-	if (!g->was_pending && sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1) {
+	/* Only the one a write of the module's raised (as libpq does): another SIGPIPE that
+	 * arrived meanwhile, sent to this thread or raised by a handler's write, is the
+	 * application's, and is delivered (or stays pending) as the mask is restored. */
+	if (wrote_to_closed && !g->was_pending && sigpending(&pending) == 0 &&
+	    sigismember(&pending, SIGPIPE) == 1) {
 		const struct timespec now = {0, 0};
 		while (sigtimedwait(&pipe, NULL, &now) < 0 && errno == EINTR)
 			;

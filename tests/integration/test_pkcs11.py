@@ -2415,6 +2415,51 @@ def test_signals_the_application_handles_do_not_fail_calls_over_tls(tmp_path):
     assert tls_life(tmp_path, [], "signals", "2000") == (0, "ok", "")
 
 
+def test_the_applications_own_sigpipe_is_left_to_it(tmp_path):
+    """The module takes back only a SIGPIPE its own write raised: one the application
+    sends to a thread of its own while that thread is inside the module reaches the
+    application's handler, or stays pending where the thread blocks it."""
+    import socket
+    import threading
+    exe = c_program(tmp_path, "pkcs11_sigpipe")
+    for mode, expect in (("handled", "handler=1 pending=0"), ("blocked", "handler=0 pending=1")):
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        got, go = threading.Event(), threading.Event()
+
+        def serve():
+            c, _ = listener.accept()
+            with c:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += c.recv(65536)
+                got.set()
+                go.wait(60)
+                body = b'{"__type":"ValidationException","message":"no"}'
+                c.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/"
+                          b"x-amz-json-1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        env = dict(os.environ, HSM_PKCS11_ENDPOINT=f"http://127.0.0.1:{listener.getsockname()[1]}")
+        p = subprocess.Popen([str(exe), MODULE, f"{DEV_AKID}:{DEV_SECRET}", mode], env=env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert got.wait(60), "the module sent no request"
+            p.stdin.write("in\n")
+            p.stdin.flush()
+            assert p.stdout.readline() == "sent\n"
+            go.set()
+            out, _ = p.communicate(timeout=60)
+        finally:
+            go.set()
+            if p.poll() is None:
+                p.kill()
+            listener.close()
+        assert (p.returncode, out.strip()) == (0, expect), mode
+
+
 def test_the_applications_openssl_error_queue_is_left_as_it_was(tmp_path):
     """The module runs inside applications that use OpenSSL themselves, on the same thread
     (an OpenSSL provider or engine calls it in the middle of OpenSSL's own work): every
