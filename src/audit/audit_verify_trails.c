@@ -209,13 +209,13 @@ static bool seq_in_two_groups(file_ids *f, seq_list *seqs)
 		const seq_run *rival = top != NULL && root != top_root ? top : other;
 		if (rival != NULL && rival->hi >= x->lo)
 			return true;
+		/* A run of another group that reaches no further than top overlaps it (it starts
+		 * at or after top's start): returned above.  So only a new top changes anything. */
 		if (top == NULL || x->hi > top->hi) {
 			if (top != NULL && root != top_root)
 				other = top;
 			top = x;
 			top_root = root;
-		} else if (root != top_root && (other == NULL || x->hi > other->hi)) {
-			other = x;
 		}
 	}
 	return false;
