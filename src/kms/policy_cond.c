@@ -103,15 +103,21 @@ static const char *const other_prefixes[] = {
 #define EC_PREFIX "kms:EncryptionContext:"
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
-bool hsm_pol_number(const char *s, double *out)
+/* A number as strtod reads one (hexadecimal too), finite, with no blanks around it: how
+ * hsmd read policy values before they had to be decimal. */
+static bool strtod_number(const char *s, double *out)
 {
-	/* Decimal only: strtod also reads "0x10" (16) and "0x1p4". */
-	if (*s == '\0' || strspn(s, "+-.0123456789eE") != strlen(s))
-		return false;
 	char *end = NULL;
 	errno = 0;
 	*out = strtod(s, &end);
-	return end != NULL && *end == '\0' && errno == 0 && isfinite(*out);
+	return *s != '\0' && !isspace((unsigned char)*s) && end != NULL && *end == '\0' &&
+	       errno == 0 && isfinite(*out);
+}
+
+bool hsm_pol_number(const char *s, double *out)
+{
+	/* Decimal only: strtod also reads "0x10" (16) and "0x1p4". */
+	return strspn(s, "+-.0123456789eE") == strlen(s) && strtod_number(s, out);
 }
 
 bool hsm_pol_eq_ic_n(const char *a, const char *b, size_t n)
@@ -261,16 +267,6 @@ static hsm_result value_text(pol_arena *a, json_t *v, const pol_condition *c, si
 	return HSM_SUCCESS;
 }
 
-/* A number as hsmd read policy values before they had to be decimal (strtod's forms). */
-static bool legacy_number(const char *s, double *out)
-{
-	char *end = NULL;
-	errno = 0;
-	*out = strtod(s, &end);
-	return *s != '\0' && !isspace((unsigned char)*s) && end != NULL && *end == '\0' &&
-	       errno == 0 && isfinite(*out);
-}
-
 /* Reads value i of a Numeric, Date or IpAddress condition into its typed form (a stored
  * document's as an older hsmd read it: hsm_policy_parse_stored). */
 static hsm_result typed_value(const pol_arena *a, pol_condition *c, size_t i, size_t stmt,
@@ -278,11 +274,11 @@ static hsm_result typed_value(const pol_arena *a, pol_condition *c, size_t i, si
 {
 	const char *s = c->values[i];
 	if (pol_op_numeric(c->base))
-		HSM_ENSURE(hsm_pol_number(s, &numbers[i]) || (a->stored && legacy_number(s, &numbers[i])),
+		HSM_ENSURE(hsm_pol_number(s, &numbers[i]) || (a->stored && strtod_number(s, &numbers[i])),
 		           MALFORMED,
 		           "Statement %zu: Numeric conditions take numbers, not '%.32s'.", stmt, s);
 	else if (pol_op_date(c->base))
-		HSM_ENSURE(hsm_pol_date(s, &numbers[i]) || (a->stored && legacy_number(s, &numbers[i])),
+		HSM_ENSURE(hsm_pol_date(s, &numbers[i]) || (a->stored && strtod_number(s, &numbers[i])),
 		           MALFORMED,
 		           "Statement %zu: Date conditions take ISO 8601 dates (such as "
 		           "2026-01-31T12:00:00Z) or seconds since the epoch, not '%.40s'.",
