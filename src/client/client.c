@@ -900,8 +900,9 @@ static hsm_result request(hsm_client *c, const endpoint *ep, const char *target,
  * after which OpenSSL sends an alert as it reads the unexpected end) the kernel
  * raises SIGPIPE, whose default action ends the process, and the PKCS#11 module
  * runs inside applications that may not ignore it.  So the calling thread
- * blocks SIGPIPE during an exchange and takes back one that arose meanwhile
- * (a write's SIGPIPE is the writing thread's); EPIPE is then an I/O failure.
+ * blocks SIGPIPE during an exchange and takes back the one its own write
+ * raised (a write's SIGPIPE is the writing thread's; watch_enomem notes the
+ * EPIPE), leaving any other to the application; EPIPE is then an I/O failure.
  */
 typedef struct pipe_guard {
 	sigset_t old;
