@@ -887,6 +887,24 @@ static bool is_key_of(const p11_object *o, const char *key_id)
 	return o->cls != CKO_CERTIFICATE && !o->derived && strcmp(o->key_id, key_id) == 0;
 }
 
+/* A key's own objects, found by the index: at most one of each class. */
+static const CK_OBJECT_CLASS key_classes[] = {CKO_SECRET_KEY, CKO_PRIVATE_KEY, CKO_PUBLIC_KEY};
+
+/* Marks a key's objects seen or not (mark), or tells whether one is not seen. */
+static bool key_objects(const char *key_id, bool mark, bool seen)
+{
+	bool unseen = false;
+	for (size_t c = 0; c < sizeof(key_classes) / sizeof(key_classes[0]); c++) {
+		p11_object *o = p11_object_of(key_id, key_classes[c]);
+		if (o == NULL || !is_key_of(o, key_id))
+			continue;
+		unseen |= !o->seen;
+		if (mark)
+			o->seen = seen;
+	}
+	return unseen;
+}
+
 /*
  * Reads one key again: what a search naming a key (by CKA_ID, or by a label
  * that is an alias or a key id) needs, in three calls instead of a listing of
@@ -894,9 +912,7 @@ static bool is_key_of(const p11_object *o, const char *key_id)
  */
 static CK_RV refresh_key(const char *key_id)
 {
-	for (size_t i = 0; i < p11.n_objects; i++)
-		if (is_key_of(&p11.objects[i], key_id))
-			p11.objects[i].seen = false;
+	key_objects(key_id, true, false);
 	json_t *aliases = json_object();
 	CK_RV rv = aliases != NULL ? list_aliases(aliases, key_id) : CKR_HOST_MEMORY;
 	if (rv == CKR_OK)
@@ -904,11 +920,15 @@ static CK_RV refresh_key(const char *key_id)
 	json_decref(aliases);
 	if (refused_key(rv)) /* no such key (any more), or not one this user may see */
 		rv = CKR_OK;
-	if (rv == CKR_OK)
-		objects_remove(NULL); /* outside a refresh every other object is marked seen */
-	else
-		for (size_t i = 0; i < p11.n_objects; i++)
-			p11.objects[i].seen = true;
+	/*
+	 * Outside a refresh every other object is marked seen: only this key's
+	 * can go, and the table is walked (and its index built again) only when
+	 * one does, not at every search that names a key.
+	 */
+	if (rv != CKR_OK)
+		key_objects(key_id, true, true);
+	else if (key_objects(key_id, false, false))
+		objects_remove(NULL);
 	return rv;
 }
 
@@ -1011,18 +1031,25 @@ static CK_RV refresh_keys_for(const CK_ATTRIBUTE *tmpl, CK_ULONG count)
 	 * read again.  Only hsmd's keys: a certificate or a session object with
 	 * the name is no key to read (and reading it as one would drop it).
 	 */
-	size_t n = 0;
-	char (*others)[HSM_UUID_STRLEN + 1] = calloc(p11.n_objects + 1, sizeof(*others));
-	if (others == NULL)
-		return CKR_HOST_MEMORY;
+	size_t n = 0, cap = 0;
+	char (*others)[HSM_UUID_STRLEN + 1] = NULL; /* few: not one a table entry */
 	for (size_t i = 0; i < p11.n_objects; i++) {
 		const p11_object *o = &p11.objects[i];
 		bool had = o->cls != CKO_CERTIFICATE && !o->derived &&
 		           (named == id ? o->id.len == id->ulValueLen &&
 		                              hsm_ct_equal(o->id.data, id->pValue, o->id.len)
 		                        : strcmp(o->label, name) == 0);
-		if (had && strcmp(o->key_id, key_id) != 0)
-			snprintf(others[n++], sizeof(others[0]), "%s", o->key_id);
+		if (!had || strcmp(o->key_id, key_id) == 0)
+			continue;
+		if (n == cap) {
+			void *more = realloc(others, (cap = cap ? 2 * cap : 4) * sizeof(*others));
+			if (more == NULL) {
+				free(others);
+				return CKR_HOST_MEMORY;
+			}
+			others = more;
+		}
+		snprintf(others[n++], sizeof(others[0]), "%s", o->key_id);
 	}
 	rv = CKR_OK;
 	for (size_t i = 0; i < n && rv == CKR_OK; i++)
