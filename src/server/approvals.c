@@ -218,22 +218,30 @@ hsm_result hsm_server_approvals_check(hsm_server *s)
 	return HSM_SUCCESS;
 }
 
+hsm_result hsm_server_quorum_met(hsm_server *s, unsigned quorum, unsigned *have)
+{
+	unsigned n = 0;
+	*have = 0;
+	if (quorum == 0)
+		return HSM_SUCCESS;
+	HSM_GUARD(hsm_kms_custodians_in(s->store, &n));
+	*have = n;
+	if (n >= quorum)
+		return HSM_SUCCESS;
+	return HSM_FAIL(HSM_ERR_VALIDATION,
+	                "approval_quorum = %u, but the store has %u enabled custodian%s holding an "
+	                "active access key: no request could ever be approved. Create the "
+	                "custodians first (hsmctl user create NAME --roles custodian, then an access "
+	                "key each), then set approval_quorum",
+	                quorum, n, n == 1 ? "" : "s");
+}
+
 hsm_result hsm_server_quorum_check(hsm_server *s)
 {
-	if (s->opt.approval_quorum == 0)
-		return HSM_SUCCESS;
-	unsigned n = 0;
-	HSM_GUARD(hsm_kms_custodians_in(s->store, &n));
-	if (n >= s->opt.approval_quorum)
-		return HSM_SUCCESS;
-	return hsm_server_blame(
-	    s, "approval_quorum",
-	    HSM_FAIL(HSM_ERR_VALIDATION,
-	             "approval_quorum = %u, but the store has %u enabled custodian%s holding an "
-	             "active access key: no request "
-	             "could ever be approved. Create the custodians first (hsmctl user create NAME "
-	             "--roles custodian, then an access key each), then set approval_quorum",
-	             s->opt.approval_quorum, n, n == 1 ? "" : "s"));
+	unsigned have = 0;
+	hsm_result r = hsm_server_quorum_met(s, s->opt.approval_quorum, &have);
+	atomic_store(&s->gauge_custodians, have); /* /metrics has it before the first count */
+	return hsm_server_blame(s, "approval_quorum", r);
 }
 
 /* ---- HsmdAdmin operations ------------------------------------------------------- */

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/buf.h"
@@ -226,6 +227,18 @@ static hsm_result read_file(loader *L)
 		snprintf(why, sizeof(why), "%s", hsm_last_message());
 		return HSM_FAIL(HSM_ERR_VALIDATION, "config file (from %s): %s", src, why);
 	}
+	/* Another user who may edit it chooses the store, the trail and the quorum. */
+	struct stat st;
+	if (stat(L->config_path, &st) == 0 && (st.st_mode & (S_IWGRP | S_IWOTH)) != 0)
+		warn(cfg,
+		     "config file %s may be written by its %s: whoever can edit it sets the "
+		     "store, the audit directory and approval_quorum of this node's next start "
+		     "(chmod go-w %s)",
+		     cfg->config_file,
+		     (st.st_mode & S_IWOTH) == 0   ? "group"
+		     : (st.st_mode & S_IWGRP) == 0 ? "others"
+		                                   : "group and others",
+		     cfg->config_file);
 	HSM_ENSURE(L->text.len == 0 || memchr(L->text.data, 0, L->text.len) == NULL,
 	           HSM_ERR_VALIDATION, "config file %s holds a NUL byte", cfg->config_file);
 	HSM_GUARD(hsm_buf_terminate(&L->text));

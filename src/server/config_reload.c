@@ -13,7 +13,8 @@
  * node's listeners, store, trail, keys and policies were built from the old
  * values, and changing them under requests in flight is not something hsmd
  * does).  A configuration that does not load, and so would not start
- * the node, is reported now rather than at the next start.  All of it goes
+ * the node, is reported now rather than at the next start; so is a waiting
+ * setting the start would refuse once it looks at the machine (would_start).  All of it goes
  * to the log, the audit trail ("ConfigReload") and /metrics; a store URI is
  * shown without its password.
  */
@@ -102,6 +103,51 @@ static hsm_result load_failed(hsm_server *s)
 	return HSM_FAIL(HSM_ERR_VALIDATION, "%s", reason);
 }
 
+static bool waits(const char *const *pending, size_t n, const char *name)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(pending[i], name) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * The checks the next start makes once it looks at the machine, for the
+ * settings that wait for it: a copy directory that is not there (or is the
+ * directory it copies), a quorum the store's custodians cannot meet.  A
+ * failure names its setting (*setting).  Directories the start would make
+ * are not made here, and the quorum of another store cannot be counted.
+ */
+static hsm_result would_start(hsm_server *s, const hsm_config *next, const char *const *pending,
+                              size_t n, const char **setting)
+{
+	static const struct {
+		const char *copy, *dir, *dir_name;
+		size_t copy_off, dir_off;
+	} copies[] = {
+	    {"backup_copy_dir", "backup_dir", "backup directory", offsetof(hsm_config, backup_copy_dir),
+	     offsetof(hsm_config, backup_dir)},
+	    {"audit_copy_dir", "audit_dir", "audit directory", offsetof(hsm_config, audit_copy_dir),
+	     offsetof(hsm_config, audit_dir)},
+	};
+	for (size_t i = 0; i < sizeof(copies) / sizeof(copies[0]); i++) {
+		const char *copy = (const char *)next + copies[i].copy_off;
+		const char *dir = (const char *)next + copies[i].dir_off;
+		if (copy[0] == '\0' ||
+		    (!waits(pending, n, copies[i].copy) && !waits(pending, n, copies[i].dir)))
+			continue;
+		*setting = copies[i].copy;
+		HSM_GUARD(hsm_server_usable_dir(copies[i].copy, copy, false));
+		HSM_GUARD(hsm_server_distinct_copy_dir(dir, copies[i].dir_name, copies[i].copy, copy));
+	}
+	*setting = "approval_quorum";
+	unsigned have = 0;
+	if (waits(pending, n, "approval_quorum") && !waits(pending, n, "store"))
+		HSM_GUARD(hsm_server_quorum_met(s, next->approval_quorum, &have));
+	*setting = NULL;
+	return HSM_SUCCESS;
+}
+
 hsm_result hsm_server_reload_config(hsm_server *s, hsm_config *running, int argc,
                                     char *const argv[])
 {
@@ -115,6 +161,8 @@ hsm_result hsm_server_reload_config(hsm_server *s, hsm_config *running, int argc
 		goto out;
 	}
 	HSM_ASSERT(action == HSM_CONFIG_RUN); /* the same arguments as at the start */
+	for (unsigned i = 0; i < next->n_warnings; i++)
+		hsm_warn("%s", next->warnings[i]);
 
 	const char *changed[HSM_CONFIG_KEYS_MAX], *pending[HSM_CONFIG_KEYS_MAX];
 	int now_live[N_LIVE];
@@ -136,6 +184,16 @@ hsm_result hsm_server_reload_config(hsm_server *s, hsm_config *running, int argc
 		size_t o = strlen(applied);
 		snprintf(applied + o, sizeof(applied) - o, "%s%s: %s -> %s", o > 0 ? ", " : "",
 		         changed[i], was, now);
+	}
+	const char *blamed = NULL;
+	if (hsm_failed(would_start(s, next, pending, n_pending, &blamed))) {
+		/* Told as the start would tell it: the reason, then the setting and its source. */
+		char why[HSM_ERRMSG_MAX];
+		snprintf(why, sizeof(why), "%s", hsm_last_message());
+		hsm_config_source(next, blamed, where, sizeof(where));
+		(void)HSM_FAIL(HSM_ERR_VALIDATION, "%s (%s from %s)", why, blamed, where);
+		res = load_failed(s);
+		goto out;
 	}
 	join_names(pending, n_pending, names, sizeof(names));
 	snprintf(count, sizeof(count), "%zu", n_pending);

@@ -983,6 +983,16 @@ static void count_store_gauges(hsm_server *s)
 		atomic_store(&s->gauge_certs, certs);
 		atomic_store(&s->gauge_certs_expiring, certs_expiring);
 	}
+	/* Sealed too: the users need no master key, and a start would count them so. */
+	unsigned custodians = 0;
+	if (s->opt.approval_quorum > 0) {
+		if (hsm_ok(hsm_kms_custodians_in(s->store, &custodians)))
+			atomic_store(&s->gauge_custodians, custodians);
+		else {
+			atomic_fetch_add(&s->metrics.scheduler_failures, 1);
+			hsm_log_failure("counting custodians for /metrics");
+		}
+	}
 	atomic_store(&s->gauges_counted_at, hsm_now());
 }
 
@@ -1445,6 +1455,12 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "# HELP hsmd_approvals_approved Approval requests custodians approved, waiting for the "
 	    "requester to send the request again.\n"
 	    "# TYPE hsmd_approvals_approved gauge\nhsmd_approvals_approved %llu\n"
+	    "# HELP hsmd_approval_quorum Custodians' approvals a sensitive request needs "
+	    "(approval_quorum; 0: none).\n"
+	    "# TYPE hsmd_approval_quorum gauge\nhsmd_approval_quorum %u\n"
+	    "# HELP hsmd_approval_custodians Custodians who could approve now: enabled, holding an "
+	    "active access key (counted while approval_quorum > 0).\n"
+	    "# TYPE hsmd_approval_custodians gauge\nhsmd_approval_custodians %llu\n"
 	    "# HELP hsmd_certificates Certificates kept beside the keys.\n"
 	    "# TYPE hsmd_certificates gauge\nhsmd_certificates %llu\n"
 	    "# HELP hsmd_certificates_expiring_30d Certificates whose notAfter is within 30 days, "
@@ -1515,6 +1531,7 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    (long long)atomic_load(&s->gauges_counted_at), (unsigned)s->opt.scheduler_interval,
 	    (unsigned long long)atomic_load(&s->gauge_approvals_open),
 	    (unsigned long long)atomic_load(&s->gauge_approvals_approved),
+	    (unsigned)s->opt.approval_quorum, (unsigned long long)atomic_load(&s->gauge_custodians),
 	    (unsigned long long)atomic_load(&s->gauge_certs),
 	    (unsigned long long)atomic_load(&s->gauge_certs_expiring), hsm_audit_healthy(s->audit),
 	    (int)atomic_load(&s->store_up),

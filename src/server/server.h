@@ -153,6 +153,7 @@ typedef struct hsm_server {
 	atomic_uint_fast64_t gauge_deletions_overdue; /* destruction dates an hour past */
 	atomic_uint_fast64_t gauge_approvals_open; /* approval requests waiting for custodians */
 	atomic_uint_fast64_t gauge_approvals_approved; /* approved ones waiting for their retry */
+	atomic_uint_fast64_t gauge_custodians; /* custodians who could approve (approval_quorum > 0) */
 	atomic_uint_fast64_t gauge_certs;          /* certificates kept beside the keys */
 	atomic_uint_fast64_t gauge_certs_expiring; /* of those, expiring within 30 days or expired */
 	atomic_int_fast64_t gauges_counted_at; /* Unix seconds; 0 = not yet */
@@ -406,6 +407,11 @@ hsm_result hsm_server_approvals_check(hsm_server *s) HSM_MUST_CHECK;
  * custodians cannot meet.
  */
 hsm_result hsm_server_quorum_check(hsm_server *s) HSM_MUST_CHECK;
+/*
+ * Refuses a quorum (0: none) the store's custodians cannot meet; names no
+ * setting.  *have: the custodians who could approve (0 for no quorum).
+ */
+hsm_result hsm_server_quorum_met(hsm_server *s, unsigned quorum, unsigned *have) HSM_MUST_CHECK;
 /* HsmdAdmin.ListApprovals, GetApproval, ApproveRequest, DenyRequest, CancelRequest. */
 hsm_result hsm_admin_list_approvals(hsm_admin_ctx *c) HSM_MUST_CHECK;
 hsm_result hsm_admin_get_approval(hsm_admin_ctx *c) HSM_MUST_CHECK;

@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from conftest import DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, start_dev
-from helpers import ACCOUNT, AwsCli, admin, audit_records, b64, new_user, raises
+from helpers import (ACCOUNT, AwsCli, admin, audit_records, b64, eventually, metric,
+                     new_user, raises)
 
 DEV_ENV = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
 ID = re.compile(r"approval request ([0-9a-f]{32})")
@@ -95,6 +96,32 @@ def test_a_quorum_its_custodians_cannot_meet_is_refused_at_start():
     assert "approval_quorum = 2, but the store has 0 enabled custodians" in str(e.value)
     assert "hsmd exited with 2" in str(e.value) and "(approval_quorum from --approval-quorum)" \
         in str(e.value) and "approvals.c" not in str(e.value)
+
+
+def test_metrics_show_custodians_falling_below_the_quorum():
+    """hsmd_approval_custodians counts the custodians who could approve; a custodian
+    disabled below hsmd_approval_quorum shows at the next round (approvals stop, and the
+    node would not start again: HsmdApprovalQuorumUnreachable)."""
+    first = start_dev()
+    server = None
+    try:
+        for name in ("alice", "bob"):
+            new_user(first, name, ["custodian"])
+        assert metric(first, "hsmd_approval_quorum") == 0
+        assert metric(first, "hsmd_approval_custodians") == 0  # not counted without a quorum
+        first.stop()
+        server = Hsmd(["--dev", "--approval-quorum", "2", "--scheduler-interval-seconds", "1"],
+                      env=DEV_ENV, data_dir=first.data_dir)
+        assert metric(server, "hsmd_approval_quorum") == 2
+        assert metric(server, "hsmd_approval_custodians") == 2  # from the start's own check
+        admin(server, "DisableUser", {"UserName": "bob"})
+        assert eventually(lambda: metric(server, "hsmd_approval_custodians") == 1)
+        admin(server, "EnableUser", {"UserName": "bob"}, expect=400)  # waits for approval
+        assert metric(server, "hsmd_approval_custodians") == 1
+    finally:
+        if server is not None:
+            server.cleanup()
+        first.cleanup()
 
 
 @pytest.mark.parametrize("ops,why", [("Encrypt", "Encrypt"), ("GetKeyPolicy", "GetKeyPolicy"),

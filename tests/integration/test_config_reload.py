@@ -262,3 +262,75 @@ def answered_new(server):
         return c
     c.close()
     return None
+
+
+def test_a_setting_the_next_start_would_refuse_is_reported_now(tmp_path):
+    """A waiting setting that loads but that the next start would refuse once it looks at the
+    machine (a copy directory that is not there, or is the directory it copies; a quorum the
+    store's custodians cannot meet) is reported at the SIGHUP as a configuration that does
+    not load: named with its source, nothing changed, and HsmdConfigInvalid's metric at 0."""
+    conf = str(tmp_path / "hsmd.conf")
+    server = start(conf, "log_level = info\n")
+    missing = str(tmp_path / "unmounted")
+    there = tmp_path / "dr"
+    there.mkdir()
+    try:
+        audit_dir = os.path.join(server.data_dir, "audit")
+        cases = [
+            (f"backup_copy_dir = {missing}\n",
+             f"backup_copy_dir = '{missing}' does not exist", "backup_copy_dir"),
+            (f"audit_copy_dir = {missing}\n",
+             f"audit_copy_dir = '{missing}' does not exist", "audit_copy_dir"),
+            (f"audit_copy_dir = {audit_dir}\n", "audit_copy_dir", "audit_copy_dir"),
+            ("approval_quorum = 2\n",
+             "approval_quorum = 2, but the store has 0 enabled custodians", "approval_quorum"),
+        ]
+        for i, (line, reason, setting) in enumerate(cases, start=1):
+            edit(conf, "log_level = warn\n" + line)
+            ev = hup(server, i)[i - 1]
+            assert ev["outcome"] == "error" and ev["error"] == "ValidationException", ev
+            why = ev["extra"]["reason"]
+            assert why.startswith(reason), why
+            assert why.endswith(f"({setting} from {conf}:2)"), why
+            assert eventually(lambda: reloads(server)["failure"] == i)
+            assert metric(server, "hsmd_config_last_reload_successful") == 0
+            assert metric(server, "hsmd_config_restart_pending") == 0
+        # log_level stayed info through all of them.
+        assert server.read_log().count(INFO_LINE) == len(cases)
+
+        # A copy directory that is there: it waits for the next start, as any other setting.
+        edit(conf, f"log_level = info\nbackup_copy_dir = {there}\n")
+        ev = hup(server, len(cases) + 1)[-1]
+        assert ev["outcome"] == "success", ev
+        assert ev["extra"] == {"restart_pending_count": "1", "restart_pending": "backup_copy_dir"}
+        assert eventually(lambda: metric(server, "hsmd_config_last_reload_successful") == 1)
+        assert metric(server, "hsmd_config_restart_pending") == 1
+        assert not [p for p in os.listdir(missing if os.path.exists(missing) else there)
+                    if p.startswith(".hsmd-probe")]
+        assert not os.path.exists(missing)  # not made by the check
+    finally:
+        server.cleanup()
+
+
+def test_a_config_file_others_may_write_is_warned_of(tmp_path):
+    """Whoever can edit the configuration file chooses the next start's store, trail and
+    quorum: a file its group or others may write is warned of at start and at each
+    SIGHUP, with the chmod that ends it."""
+    conf = str(tmp_path / "hsmd.conf")
+    with open(conf, "w") as f:
+        f.write("log_level = info\n")
+    os.chmod(conf, 0o666)
+    server = start(conf, "log_level = info\n")
+    try:
+        said = f"config file {conf} may be written by its group and others"
+        assert said in server.read_log() and f"(chmod go-w {conf})" in server.read_log()
+        assert server.read_log().count(said) == 1
+        os.chmod(conf, 0o620)
+        hup(server, 1)
+        assert eventually(lambda: f"config file {conf} may be written by its group:"
+                          in server.read_log()), server.read_log()
+        os.chmod(conf, 0o644)
+        hup(server, 2)  # returns once the reading is done
+        assert server.read_log().count("may be written by its") == 2  # start, first SIGHUP
+    finally:
+        server.cleanup()
