@@ -510,14 +510,18 @@ static bool response_done(hsm_http_conn *c)
 	c->req = NULL;
 	hsm_http_req_put(req);
 	hsm_http_in_consume(c, c->consumed);
-	if (c->close_after && c->linger && !w->stopping) {
+	if (c->close_after && !w->stopping) {
 		/*
 		 * A refused request (413 on its Content-Length, malformed input) may
-		 * still be arriving.  Closing with unread input would reset the
-		 * connection, and the reset can reach the client before the answer
-		 * does: stop sending, discard what comes until the client closes.
-		 * Even when it has shut its side (EPOLLRDHUP): what it sent before
-		 * may still be unread, and the drain then ends at once, at the EOF.
+		 * still be arriving, and a client may send more after a request that
+		 * ends the connection (Connection: close, HTTP/1.0) before it reads
+		 * the answer.  Closing with unread input would reset the connection:
+		 * the reset can reach the client before the answer does, and the
+		 * kernel drops the part of the answer still queued (RFC 9112 section
+		 * 9.6).  So stop sending, and discard what comes until the client
+		 * closes.  Even when it has shut its side (EPOLLRDHUP): what it sent
+		 * before may still be unread, and the drain then ends at once, at the
+		 * EOF.
 		 */
 		(void)shutdown(c->fd, SHUT_WR);
 		hsm_http_in_release(c);
@@ -812,6 +816,8 @@ static hsm_http_conn *evictable(hsm_http_worker *w)
 	for (hsm_http_conn *c = w->conns; c != NULL; c = c->next) {
 		if (c == w->running || (c->req != NULL && c->req->state != REQ_READING))
 			continue;
+		if (c->state == CONN_LINGER)
+			return c; /* answered and closing: only waiting for the client's EOF */
 		if (c->state == CONN_IDLE) {
 			if (c->in_len == 0 && (idle == NULL || c->deadline_ns < idle->deadline_ns))
 				idle = c;

@@ -42,7 +42,7 @@ typedef enum conn_state {
 	CONN_HANDLING,  /* a request is with the handler: no deadline */
 	CONN_WRITING,   /* its response is going out: write timeout since the last progress */
 	CONN_IDLE,      /* keep-alive, waiting for the next request: idle timeout */
-	CONN_LINGER,    /* refused and answered: input discarded until EOF, briefly */
+	CONN_LINGER,    /* answered, closing: input discarded until EOF, briefly */
 } conn_state;
 
 struct hsm_http_conn {
@@ -64,8 +64,7 @@ struct hsm_http_conn {
 	bool rd_ready;     /* may hold unread bytes without a new epoll edge */
 	bool sock_drained; /* TLS: OpenSSL's last read from the socket came back short */
 	bool peer_closed;  /* the client shut its side (EOF or EPOLLRDHUP) */
-	bool close_after;  /* close once the response is written */
-	bool linger;       /* ...after reading what the client still sends (a refusal) */
+	bool close_after;  /* close once the response is written (after a linger: http_conn.c) */
 	bool continue_sent;
 	bool closed;       /* closed: freed at the end of the pass, or when its request returns */
 	bool queued;       /* on the worker's run queue */

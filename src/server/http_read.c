@@ -169,7 +169,6 @@ bool hsm_http_conn_refuse(hsm_http_conn *c, int status, const char *type, const 
 		c->req->conn = c;
 	}
 	c->consumed = c->in_len; /* the rest of the input is not read as requests */
-	c->linger = true;
 	hsm_http_req_refuse(c, c->req, status, type, message);
 	return true;
 }

@@ -3,6 +3,8 @@ error and changes nothing (DESIGN.md invariant 5)."""
 import json
 import os
 import re
+import socket
+import time
 
 import botocore.auth
 import botocore.awsrequest
@@ -335,6 +337,71 @@ def test_a_refusal_reaches_a_client_that_sent_everything_and_shut_its_side(hsmd,
         out = raw_exchange(hsmd.port, request_bytes)  # a reset raises ConnectionResetError
         assert out.split(b" ", 2)[1] in (b"413", b"431"), out[:80]
         assert out.endswith(b"}"), out  # the whole body of the answer
+
+
+def signed_bytes(server, target, body, connection):
+    """A request signed by botocore's SigV4 signer, as the bytes sent on the wire."""
+    data = json.dumps(body).encode()
+    req = botocore.awsrequest.AWSRequest(
+        method="POST", url=server.endpoint + "/", data=data,
+        headers={"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": target})
+    botocore.auth.SigV4Auth(botocore.credentials.Credentials(DEV_AKID, DEV_SECRET), "kms",
+                            REGION).add_auth(req)
+    head = ["POST / HTTP/1.1", f"Host: 127.0.0.1:{server.port}", f"Connection: {connection}",
+            f"Content-Length: {len(data)}"]
+    head += [f"{k}: {v}" for k, v in req.prepare().headers.items()
+             if k.lower() not in ("host", "content-length")]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + data
+
+
+def answers_after_more_input(port, first, more):
+    """Sends first, then (before reading anything, through a small receive window) more,
+    and reads until the server closes: every byte it sent (a reset raises)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(10)
+        s.connect(("127.0.0.1", port))
+        s.sendall(first)
+        time.sleep(0.05)
+        s.sendall(more)
+        time.sleep(0.3)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+def bodies(out):
+    """The (status, body) of each answer in out, by Content-Length."""
+    found = []
+    while out:
+        head, rest = out.split(b"\r\n\r\n", 1)
+        n = int(re.search(rb"(?im)^content-length: (\d+)\r?$", head).group(1))
+        found.append((int(head.split(b" ", 2)[1]), rest[:n]))
+        assert len(rest) >= n, (len(rest), n)
+        out = rest[n:]
+    return found
+
+
+def test_an_answer_that_ends_the_connection_survives_input_sent_after_it(hsmd, kms):
+    """A request that ends the connection (Connection: close, HTTP/1.0), answered while
+    the client sends more before reading: hsmd stops sending and reads the rest until the
+    client closes, rather than closing with input unread, which resets the connection and
+    loses the part of the answer still queued (RFC 9112 section 9.6)."""
+    more = b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
+    for first in (b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                  b"GET /metrics HTTP/1.0\r\n\r\n"):
+        ((status, body),) = bodies(answers_after_more_input(hsmd.port, first, more))
+        assert status == 200 and len(body) > 8192 and body.endswith(b"\n"), first
+    # A change made: its answer reaches the client, which would otherwise send it again.
+    before = len(kms.list_keys(Limit=1000)["Keys"])
+    first = (b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n" +
+             signed_bytes(hsmd, "TrentService.CreateKey", {}, "close"))
+    got = bodies(answers_after_more_input(hsmd.port, first, b"\r\n"))
+    assert [st for st, _ in got] == [200, 200]
+    made = json.loads(got[1][1])["KeyMetadata"]["KeyId"]
+    assert len(kms.list_keys(Limit=1000)["Keys"]) == before + 1
+    assert kms.describe_key(KeyId=made)["KeyMetadata"]["KeyState"] == "Enabled"
 
 
 def test_empty_body_is_an_empty_request(hsmd, kms):
