@@ -685,6 +685,17 @@ hsm_result kms_authorize(hsm_kms *kms, const hsm_caller *caller, hsm_op op, cons
 	req.n_extra = more.n;
 	hsm_policy_decision d =
 	    hsm_ok(r) ? hsm_policy_evaluate(key->policy, &req, NULL) : HSM_POLICY_EXPLICIT_DENY;
+	/*
+	 * A grant allows SignToken through its Sign operation (grants.c): the
+	 * authority it uses is kms:Sign, so a Deny of kms:Sign stands against it
+	 * as it stands against Sign itself.
+	 */
+	if (d == HSM_POLICY_IMPLICIT_DENY && op == HSM_OP_SignToken) {
+		req.action = "kms:Sign";
+		if (hsm_policy_evaluate(key->policy, &req, NULL) == HSM_POLICY_EXPLICIT_DENY)
+			d = HSM_POLICY_EXPLICIT_DENY;
+		req.action = action;
+	}
 	kms_cond_values_free(&more);
 	if (ctx != ctx_small)
 		free(ctx);

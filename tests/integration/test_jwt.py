@@ -212,6 +212,39 @@ def test_a_token_key_refuses_kms_sign(hsmd, kms):
             (forged + b"." + base64.urlsafe_b64encode(sig).rstrip(b"=")).decode())
 
 
+def test_a_deny_of_kms_sign_stands_against_a_sign_grant_signing_tokens(hsmd, kms):
+    """A grant allows SignToken through its Sign operation: a key policy's explicit Deny
+    of kms:Sign to the grantee stands against it there as it does against Sign."""
+    from conftest import client
+    from helpers import ACCOUNT, audit_records_until, new_user
+    akid, secret = new_user(hsmd, "jwt-grantee", ["crypto-user"])
+    grantee = f"arn:aws:iam::{ACCOUNT}:user/jwt-grantee"
+    allow_dev = {"Effect": "Allow", "Action": "kms:*", "Resource": "*",
+                 "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/dev"}}
+    deny_sign = {"Effect": "Deny", "Action": "kms:Sign", "Resource": "*",
+                 "Principal": {"AWS": grantee}}
+    key = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY", Policy=json.dumps(
+        {"Version": "2012-10-17", "Statement": [allow_dev, deny_sign]}))["KeyMetadata"]["KeyId"]
+    ok(jwt_call(hsmd, "EnableJwtSigning", {"KeyId": key}))
+    kms.create_grant(KeyId=key, GranteePrincipal=grantee, Operations=["Sign"])
+    as_grantee = {"akid": akid, "secret": secret}
+    with pytest.raises(Exception) as e:
+        client(hsmd, akid, secret).sign(KeyId=key, Message=b"m",
+                                        SigningAlgorithm="ECDSA_SHA_256")
+    assert "explicit deny" in str(e.value)
+    typ, msg = error(jwt_call(hsmd, "SignToken", {"KeyId": key, "Claims": {"sub": "x"}},
+                              **as_grantee))
+    assert typ == "AccessDeniedException" and "explicit deny" in msg, msg
+    (rec,) = audit_records_until(hsmd.data_dir, lambda r: r.get("op") == "SignToken" and
+                                 r.get("outcome") == "denied" and r.get("key_id") == key)
+    assert rec["principal"] == grantee
+    # Without the Deny the grant allows it, as documented.
+    kms.put_key_policy(KeyId=key, PolicyName="default", Policy=json.dumps(
+        {"Version": "2012-10-17", "Statement": [allow_dev]}))
+    out = ok(jwt_call(hsmd, "SignToken", {"KeyId": key, "Claims": {"sub": "x"}}, **as_grantee))
+    assert out["KeyId"].endswith("key/" + key)
+
+
 def test_bad_input_gets_clear_errors(hsmd, kms):
     key, _ = jwt_key(hsmd, kms, "RSA_2048")
     cases = [
