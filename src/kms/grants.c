@@ -454,11 +454,16 @@ static const kms_grant *set_allows(const kms_grant_set *set, const char *arn, co
 	return NULL;
 }
 
-/* Says which grant allowed the request, for its audit record. */
-static void note_grant(const hsm_caller *caller, const kms_grant *g)
+/* Says which grant allowed the request, for its audit record: ReEncrypt's source key
+ * (kms:ReEncryptFrom) apart from its destination, each side under its own grant. */
+static void note_grant(const hsm_caller *caller, const kms_grant *g, const kms_authz_extra *extra)
 {
-	if (g != NULL && caller->note != NULL)
-		memcpy(caller->note->grant_id, g->grant_id, sizeof(caller->note->grant_id));
+	if (g == NULL || caller->note == NULL)
+		return;
+	bool source = extra != NULL && extra->action != NULL &&
+	              strcmp(extra->action, "kms:ReEncryptFrom") == 0;
+	memcpy(source ? caller->note->source_grant_id : caller->note->grant_id, g->grant_id,
+	       HSM_GRANT_ID_LEN + 1);
 }
 
 static void root_arn(hsm_kms *kms, char out[HSM_PRINCIPAL_ARN_MAX])
@@ -501,7 +506,7 @@ hsm_result kms_grants_allow(hsm_kms *kms, const hsm_caller *caller, const char *
 	}
 	if (set != NULL && set->complete) {
 		const kms_grant *g = set_allows(set, arn, root, want, &key->rec, extra);
-		note_grant(caller, g);
+		note_grant(caller, g, extra);
 		*allowed = g != NULL;
 		return HSM_SUCCESS;
 	}
@@ -513,7 +518,7 @@ hsm_result kms_grants_allow(hsm_kms *kms, const hsm_caller *caller, const char *
 		kms_grant_set *own = NULL;
 		HSM_GUARD(set_read(kms, key->rec.key_id, who[i], HSM_MAX_GRANTS_PER_GRANTEE, &own));
 		const kms_grant *g = set_allows(own, arn, root, want, &key->rec, extra);
-		note_grant(caller, g);
+		note_grant(caller, g, extra);
 		*allowed = g != NULL;
 		kms_grant_set_free(own);
 	}

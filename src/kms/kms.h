@@ -203,8 +203,11 @@ const hsm_kms_config *hsm_kms_config_get(hsm_kms *kms);
 
 /* What authorization found out, for the request's audit record. */
 typedef struct hsm_authz_note {
-	/* The grant that allowed the request (hex id); "" when the key policy did, or none did. */
+	/* The grant that allowed the request (hex id); "" when the key policy did, or none did.
+	 * ReEncrypt: the grant that allowed its destination key (kms:ReEncryptTo). */
 	char grant_id[HSM_GRANT_ID_LEN + 1];
+	/* ReEncrypt: the grant that allowed its source key (kms:ReEncryptFrom), "" as above. */
+	char source_grant_id[HSM_GRANT_ID_LEN + 1];
 } hsm_authz_note;
 
 /*

@@ -32,6 +32,7 @@ typedef struct hsm_api_audit {
 	size_t n_ctx;
 	char grant_id[HSM_GRANT_ID_LEN + 1]; /* the grant CreateGrant made, or Retire/RevokeGrant ended */
 	char via_grant[HSM_GRANT_ID_LEN + 1]; /* the grant that allowed the request ("": none) */
+	char source_via_grant[HSM_GRANT_ID_LEN + 1]; /* ReEncrypt: the one its source key's */
 	char approval_id[HSM_APPROVAL_ID_LEN + 1]; /* the approval request involved ("": none) */
 	char cert_id[HSM_UUID_STRLEN + 1]; /* the certificate imported, read or deleted ("": none) */
 	char source_key_id[HSM_UUID_STRLEN + 1]; /* ReEncrypt's source key ("": none) */

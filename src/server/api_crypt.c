@@ -178,10 +178,14 @@ hsm_result hsm_api_reencrypt(hsm_api_ctx *c)
 	hsm_api_write_material_id(c, "SourceKeyMaterialId", &src);
 	hsm_api_write_material_id(c, "DestinationKeyMaterialId", &dst);
 out:
-	if (hsm_failed(res))
+	if (hsm_failed(res)) {
 		note_ciphertext_key(&ct,
 		                    !req.source.has_alg || req.source.alg == HSM_ENC_SYMMETRIC_DEFAULT,
 		                    c->audit.source_key_id);
+		/* A request that fails still records the key it named: its destination. */
+		if (c->audit.key_id[0] == '\0')
+			hsm_api_note_ref(c, req.dest_key);
+	}
 	free_ctx(c, &req.dest_ctx);
 	hsm_buf_free(&ct);
 	hsm_buf_free(&out_ct);

@@ -391,6 +391,8 @@ static void submit_audit(pending *p, const outcome *o)
 		extra[n_extra++] = (hsm_audit_field){"grant_id", o->api->grant_id};
 	if (o->api != NULL && o->api->via_grant[0] != '\0')
 		extra[n_extra++] = (hsm_audit_field){"via_grant", o->api->via_grant};
+	if (o->api != NULL && o->api->source_via_grant[0] != '\0')
+		extra[n_extra++] = (hsm_audit_field){"source_via_grant", o->api->source_via_grant};
 	if (o->api != NULL && o->api->approval_id[0] != '\0')
 		extra[n_extra++] = (hsm_audit_field){"approval_id", o->api->approval_id};
 	if (o->api != NULL && o->api->cert_id[0] != '\0')
@@ -720,7 +722,7 @@ static hsm_result run_kms(hsm_server *s, hsm_op op, const hsm_auth_result *auth,
 	}
 	HSM_GUARD(tr);
 	caller.grant_tokens = n_tokens > 0;
-	hsm_authz_note note = {""};
+	hsm_authz_note note = {"", ""};
 	caller.note = &note;
 	hsm_jw w;
 	hsm_jw_init(&w, &p->body);
@@ -735,6 +737,7 @@ static hsm_result run_kms(hsm_server *s, hsm_op op, const hsm_auth_result *auth,
 	hsm_jw_end(&w);
 	*answer_lost = hsm_ok(r) && hsm_failed(hsm_jw_finish(&w));
 	memcpy(c.audit.via_grant, note.grant_id, sizeof(c.audit.via_grant));
+	memcpy(c.audit.source_via_grant, note.source_grant_id, sizeof(c.audit.source_via_grant));
 	*audit = c.audit;
 	intent->key_id = audit->key_id; /* for a commit after the handler (an approval given back) */
 	return r;

@@ -3,6 +3,7 @@ and requests a grant allows, through boto3 and botocore-signed requests.
 
 Keys here carry a key policy that allows only the dev user, so whatever other
 users may do with them comes from grants alone."""
+import base64
 import concurrent.futures
 import datetime
 import json
@@ -759,6 +760,39 @@ def test_grant_requests_are_audited(hsmd, kms, users):
     r = signed_request(hsmd, "TrentService.RevokeGrant", {"KeyId": key, "GrantId": gid})
     rec = audit_record(hsmd.data_dir, r.headers["x-amzn-RequestId"])
     assert (rec["op"], rec["outcome"], rec["extra"]["grant_id"]) == ("RevokeGrant", "success", gid)
+
+
+def test_a_reencrypt_record_names_the_grant_behind_each_key(hsmd, kms, users):
+    """ReEncrypt is allowed on two keys, each perhaps by a grant of its own: the record
+    names the destination's (via_grant) and the source's (source_via_grant); one refused
+    on its destination names that key, and no grant as having allowed it."""
+    src, dst, other = dev_key(kms), dev_key(kms), dev_key(kms)
+    g_from = kms.create_grant(KeyId=src, GranteePrincipal=arn("app"),
+                              Operations=["ReEncryptFrom"])["GrantId"]
+    g_to = kms.create_grant(KeyId=dst, GranteePrincipal=arn("app"),
+                            Operations=["ReEncryptTo"])["GrantId"]
+    ct = base64.b64encode(kms.encrypt(KeyId=src, Plaintext=b"s")["CiphertextBlob"]).decode()
+
+    def reencrypt(dest):
+        r = signed_request(hsmd, "TrentService.ReEncrypt",
+                           {"CiphertextBlob": ct, "DestinationKeyId": dest}, *users["app-creds"])
+        return r, audit_record(hsmd.data_dir, r.headers["x-amzn-RequestId"])
+
+    r, rec = reencrypt(dst)
+    assert r.status_code == 200, r.text
+    assert (rec["op"], rec["outcome"], rec["key_id"]) == ("ReEncrypt", "success", dst)
+    assert rec["extra"]["via_grant"] == g_to and rec["extra"]["source_via_grant"] == g_from
+    assert rec["extra"]["source_key_id"] == src
+    r, rec = reencrypt(other)
+    assert (r.status_code, r.json()["__type"]) == (400, "AccessDeniedException")
+    assert (rec["outcome"], rec["key_id"]) == ("denied", other)
+    assert "via_grant" not in rec["extra"] and rec["extra"]["source_via_grant"] == g_from
+    # Allowed by the key policies: no grant named.
+    r = signed_request(hsmd, "TrentService.ReEncrypt",
+                       {"CiphertextBlob": ct, "DestinationKeyId": dst})
+    rec = audit_record(hsmd.data_dir, r.headers["x-amzn-RequestId"])
+    assert rec["outcome"] == "success"
+    assert not {"via_grant", "source_via_grant"} & set(rec.get("extra", {}))
 
 
 def test_aws_cli_creates_lists_and_revokes_grants(hsmd, kms):
