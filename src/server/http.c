@@ -123,6 +123,7 @@ static void on_wake(hsm_http_worker *w)
 	ssize_t n = read(w->wake_fd, &v, sizeof(v));
 	(void)n; /* nothing to read only means another pass emptied it */
 	hsm_http_worker_drain(w, true);
+	hsm_http_conn_adopt_handed(w);
 	if (atomic_load(&w->srv->stopping) && !w->stopping)
 		begin_stop(w);
 	else
@@ -234,6 +235,7 @@ static hsm_result worker_init(hsm_http_server *srv, hsm_http_worker *w, int fd, 
 static void worker_free(hsm_http_worker *w)
 {
 	w->stopping = true;
+	hsm_http_conn_adopt_handed(w); /* turned away: closed, their slots given back */
 	hsm_http_conn_close_idle(w, true); /* workers that never ran */
 	hsm_http_conn_pass_end(w);
 	hsm_http_req_pool_free(w);

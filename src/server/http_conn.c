@@ -86,6 +86,7 @@ static void link_conn(hsm_http_worker *w, hsm_http_conn *c)
 		w->conns->prev = c;
 	w->conns = c;
 	w->n_conns++;
+	atomic_store_explicit(&w->n_open, (uint32_t)w->n_conns, memory_order_relaxed);
 }
 
 static void unlink_conn(hsm_http_worker *w, hsm_http_conn *c)
@@ -98,6 +99,7 @@ static void unlink_conn(hsm_http_worker *w, hsm_http_conn *c)
 		c->next->prev = c->prev;
 	c->prev = c->next = NULL;
 	w->n_conns--;
+	atomic_store_explicit(&w->n_open, (uint32_t)w->n_conns, memory_order_relaxed);
 	atomic_fetch_sub_explicit(&w->srv->n_conns, 1, memory_order_relaxed);
 }
 
@@ -831,6 +833,111 @@ static hsm_http_conn *evictable(hsm_http_worker *w)
 	return stalled != NULL ? stalled : idle;
 }
 
+/* Closes an accepted connection that gets no place, giving back the slots it took. */
+static void conn_turned_away(hsm_http_worker *w, int fd, const hsm_source *src, bool via_proxy)
+{
+	hsm_http_server *srv = w->srv;
+	if (!w->stopping)
+		limit_refused(w, src, false);
+	close(fd);
+	atomic_fetch_sub_explicit(&srv->n_conns, 1, memory_order_relaxed);
+	if (!via_proxy)
+		hsm_conn_limit_give(srv->per_source, src);
+}
+
+/* Makes an accepted connection, its slots taken, one of w's. */
+static void conn_register(hsm_http_worker *w, int fd, const struct sockaddr_storage *ss,
+                          const hsm_source *src, bool via_proxy)
+{
+	hsm_http_conn *c = !w->stopping ? conn_new(w, fd, ss) : NULL;
+	struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = c};
+	if (c == NULL || epoll_ctl(w->ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
+		if (c != NULL) { /* out of memory: closed at once */
+			SSL_free(c->ssl);
+			free(c);
+		}
+		conn_turned_away(w, fd, src, via_proxy);
+		return;
+	}
+	c->src = *src;
+	c->src_counted = !via_proxy;
+	int one = 1;
+	/* Each response is written whole; Nagle would only delay it. */
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	/* Bounded, so that responses to pipelined requests the client never reads stall in
+	 * the write timeout instead of growing the kernel's buffer to megabytes each. */
+	int sndbuf = HSM_HTTP_SNDBUF;
+	(void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+	link_conn(w, c);
+	hsm_http_balance(w, true);
+}
+
+/* At max_connections: closes w's connection that gives way; false when it has none. */
+static bool make_room(hsm_http_worker *w)
+{
+	hsm_http_conn *old = evictable(w);
+	if (old == NULL)
+		return false;
+	hsm_http_conn_close(old); /* gives its slot back */
+	atomic_fetch_add_explicit(&w->srv->evicted, 1, memory_order_relaxed);
+	return true;
+}
+
+/*
+ * At max_connections with nothing of its own to give way, a worker hands the
+ * new connection to the worker holding the most (its idle or stalled ones
+ * are as much the server's as this one's: the balance may have left this
+ * worker only busy ones), which makes room or turns it away.  False when
+ * there is no such worker (or no memory): the caller turns it away.
+ */
+static bool conn_hand_over(hsm_http_worker *w, int fd, const struct sockaddr_storage *ss,
+                           const hsm_source *src, bool via_proxy)
+{
+	hsm_http_server *srv = w->srv;
+	hsm_http_worker *to = NULL;
+	uint32_t most = 0;
+	for (unsigned i = 0; i < srv->n_workers; i++) {
+		hsm_http_worker *o = &srv->workers[i];
+		uint32_t n = atomic_load_explicit(&o->n_open, memory_order_relaxed);
+		if (o != w && n > most &&
+		    atomic_load_explicit(&o->thread_started, memory_order_acquire) && o->wake_fd >= 0) {
+			to = o;
+			most = n;
+		}
+	}
+	if (to == NULL || atomic_load(&srv->stopping))
+		return false;
+	hsm_http_handed *h = malloc(sizeof(*h));
+	if (h == NULL)
+		return false;
+	*h = (hsm_http_handed){.fd = fd, .via_proxy = via_proxy, .src = *src, .ss = *ss};
+	h->next = atomic_load_explicit(&to->handed, memory_order_relaxed);
+	while (!atomic_compare_exchange_weak_explicit(&to->handed, &h->next, h,
+	                                              memory_order_release, memory_order_relaxed))
+		;
+	uint64_t one = 1;
+	ssize_t r = write(to->wake_fd, &one, sizeof(one));
+	(void)r; /* a full counter means a wakeup is pending already */
+	return true;
+}
+
+void hsm_http_conn_adopt_handed(hsm_http_worker *w)
+{
+	hsm_http_handed *h = atomic_exchange_explicit(&w->handed, NULL, memory_order_acquire);
+	while (h != NULL) {
+		hsm_http_handed *next = h->next;
+		/* Another connection may have closed meanwhile: then no room is needed. */
+		bool over = atomic_load_explicit(&w->srv->n_conns, memory_order_relaxed) >
+		            w->srv->cfg.max_connections;
+		if (!w->stopping && (!over || make_room(w)))
+			conn_register(w, h->fd, &h->ss, &h->src, h->via_proxy);
+		else
+			conn_turned_away(w, h->fd, &h->src, h->via_proxy);
+		free(h);
+		h = next;
+	}
+}
+
 static void conn_open(hsm_http_worker *w, int fd, const struct sockaddr_storage *ss)
 {
 	hsm_http_server *srv = w->srv;
@@ -844,41 +951,12 @@ static void conn_open(hsm_http_worker *w, int fd, const struct sockaddr_storage 
 		return;
 	}
 	uint32_t n = atomic_fetch_add_explicit(&srv->n_conns, 1, memory_order_relaxed) + 1;
-	if (n > srv->cfg.max_connections && !w->stopping) {
-		hsm_http_conn *old = evictable(w);
-		if (old != NULL) {
-			hsm_http_conn_close(old); /* gives its slot back */
-			atomic_fetch_add_explicit(&srv->evicted, 1, memory_order_relaxed);
-			n = srv->cfg.max_connections;
-		}
-	}
-	hsm_http_conn *c = n <= srv->cfg.max_connections && !w->stopping ? conn_new(w, fd, ss) : NULL;
-	struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = c};
-	if (c == NULL || epoll_ctl(w->ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
-		/* Over the limit with nothing to give way (or out of memory): closed at once. */
-		if (c != NULL) {
-			SSL_free(c->ssl);
-			free(c);
-		} else if (!w->stopping) {
-			limit_refused(w, &src, false);
-		}
-		close(fd);
-		atomic_fetch_sub_explicit(&srv->n_conns, 1, memory_order_relaxed);
-		if (!via_proxy)
-			hsm_conn_limit_give(srv->per_source, &src);
+	if (n > srv->cfg.max_connections && !w->stopping && !make_room(w)) {
+		if (!conn_hand_over(w, fd, ss, &src, via_proxy))
+			conn_turned_away(w, fd, &src, via_proxy);
 		return;
 	}
-	c->src = src;
-	c->src_counted = !via_proxy;
-	int one = 1;
-	/* Each response is written whole; Nagle would only delay it. */
-	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	/* Bounded, so that responses to pipelined requests the client never reads stall in
-	 * the write timeout instead of growing the kernel's buffer to megabytes each. */
-	int sndbuf = HSM_HTTP_SNDBUF;
-	(void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
-	link_conn(w, c);
-	hsm_http_balance(w, true);
+	conn_register(w, fd, ss, &src, via_proxy);
 }
 
 /* Whether ACCEPT_QUIET_MS passed between the accept failure at last_ns and now_ns. */
@@ -941,11 +1019,7 @@ void hsm_http_accept(hsm_http_worker *w)
 			 */
 			hsm_http_listen_on(w, false);
 			w->resume_ns = after_ms(ACCEPT_PAUSE_MS);
-			hsm_http_conn *old = evictable(w);
-			if (old != NULL) {
-				hsm_http_conn_close(old);
-				atomic_fetch_add_explicit(&w->srv->evicted, 1, memory_order_relaxed);
-			}
+			(void)make_room(w);
 			accept_failed(w->srv, err);
 		} else {
 			hsm_warn("accept: %s", strerror(err));

@@ -110,6 +110,19 @@ struct hsm_http_req {
 #define HSM_HTTP_REQ_POOL_MAX 1024
 #define HSM_HTTP_BUF_POOL_MAX 256
 
+/*
+ * A connection accepted at max_connections by a worker with none of its own
+ * to give way, handed to another worker that may have one (http_conn.c).
+ * Its slots (the server's count, its source's) are taken already.
+ */
+typedef struct hsm_http_handed {
+	struct hsm_http_handed *next;
+	int fd;
+	bool via_proxy;
+	hsm_source src;
+	struct sockaddr_storage ss;
+} hsm_http_handed;
+
 struct hsm_http_worker {
 	hsm_http_server *srv;
 	unsigned index;
@@ -133,6 +146,8 @@ struct hsm_http_worker {
 	hsm_calls pass_end; /* hsm_http_at_pass_end */
 	hsm_http_conn *conns;  /* open connections */
 	size_t n_conns;
+	_Atomic uint32_t n_open; /* n_conns, for the other workers (conn_hand_over) */
+	_Atomic(hsm_http_handed *) handed; /* handed to this worker, pushed from any worker */
 	hsm_http_conn *runq;    /* connections to run again in this pass */
 	hsm_http_conn *later;   /* connections to run again in the next pass (a spent budget) */
 	hsm_http_conn *running; /* the connection being run (http_conn.c), or NULL */
@@ -237,6 +252,8 @@ void hsm_http_conn_pass_end(hsm_http_worker *w);
 void hsm_http_conn_sweep(hsm_http_worker *w, uint64_t now);
 /* Closes idle connections (start of a stop) or all (its end). */
 void hsm_http_conn_close_idle(hsm_http_worker *w, bool all);
+/* Takes the connections other workers handed to w: each makes room or is turned away. */
+void hsm_http_conn_adopt_handed(hsm_http_worker *w);
 /* Frees a connection closed while its request was with the handler. */
 void hsm_http_conn_free_closed(hsm_http_conn *conn);
 /* Raises the open-file limit for max_connections. */

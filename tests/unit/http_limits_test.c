@@ -8,6 +8,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,7 @@
 #include <unistd.h>
 
 #include "server/http.h"
+#include "server/http_internal.h"
 #include "support/http_client.h"
 
 static atomic_int calls;
@@ -35,8 +37,35 @@ static void big(hsm_http_req *req)
 	free(body);
 }
 
+/* Requests to /hold, kept unanswered (their connections busy) until release_held(). */
+static pthread_mutex_t held_mu = PTHREAD_MUTEX_INITIALIZER;
+static hsm_http_req *held_reqs[32];
+static size_t n_held;
+
+static void release_held(void)
+{
+	pthread_mutex_lock(&held_mu);
+	for (size_t i = 0; i < n_held; i++)
+		hsm_http_respond(held_reqs[i], 200, "text/plain", "released", 8, 0, NULL);
+	n_held = 0;
+	pthread_mutex_unlock(&held_mu);
+}
+
 static void handler(hsm_http_req *req, void *arg)
 {
+	if (strcmp(hsm_http_req_path(req), "/hold") == 0) {
+		pthread_mutex_lock(&held_mu);
+		assert_true(n_held < sizeof(held_reqs) / sizeof(held_reqs[0]));
+		held_reqs[n_held++] = req;
+		pthread_mutex_unlock(&held_mu);
+		return;
+	}
+	if (strcmp(hsm_http_req_path(req), "/worker") == 0) {
+		char out[32];
+		int n = snprintf(out, sizeof(out), "%u", hsm_http_current_worker()->index);
+		hsm_http_respond(req, 200, "text/plain", out, (size_t)n, 0, NULL);
+		return;
+	}
 	(void)arg;
 	atomic_fetch_add(&calls, 1);
 	if (strcmp(hsm_http_req_path(req), "/big") == 0) {
@@ -728,6 +757,79 @@ static void test_stalled_connections_give_way_first(void **state)
 	hsm_http_server_free(srv);
 }
 
+/* The worker serving c (the one it was accepted on, or handed to), or -1. */
+static int worker_of(tc_conn *c)
+{
+	tc_resp r;
+	if (c == NULL || !tc_sendf(c, "GET /worker HTTP/1.1\r\nHost: t\r\n\r\n") ||
+	    !tc_read(c, &r, false))
+		return -1;
+	int w = r.status == 200 ? atoi(r.body) : -1;
+	tc_resp_clear(&r);
+	return w;
+}
+
+static void hold(tc_conn *c)
+{
+	assert_true(tc_sendf(c, "GET /hold HTTP/1.1\r\nHost: t\r\n\r\n"));
+}
+
+/*
+ * At max_connections, a new client takes the place of an idle connection
+ * whichever worker holds it: a worker whose own connections are all busy
+ * (the one the balance leaves accepting, as it holds fewer) hands the new
+ * connection to the other, which makes room.  Once no connection anywhere
+ * can give way, the next one is refused.
+ */
+static void test_any_workers_idle_connection_gives_way(void **state)
+{
+	(void)state;
+	hsm_http_config cfg = defaults(2);
+	cfg.max_connections = 6;
+	cfg.max_connections_per_source = 0;
+	hsm_http_server *srv = start(&cfg);
+	uint16_t port = hsm_http_server_port(srv);
+	tc_conn *c[6], *fresh[6];
+	int wk[6], on[2] = {0, 0};
+	for (int i = 0; i < 6; i++) {
+		c[i] = tc_connect(port, false, 5000);
+		wk[i] = worker_of(c[i]);
+		assert_true(wk[i] == 0 || wk[i] == 1);
+		on[wk[i]]++;
+	}
+	/* The balance spreads them: a worker above its share (3) stops accepting. */
+	assert_true(on[0] > 0 && on[1] > 0);
+	int busy = on[0] <= on[1] ? 0 : 1, idle = on[1 - busy];
+	for (int i = 0; i < 6; i++)
+		if (wk[i] == busy)
+			hold(c[i]);
+	usleep(100 * 1000);
+	for (int k = 0; k < idle; k++) {
+		fresh[k] = tc_connect(port, false, 5000);
+		assert_true(worker_of(fresh[k]) >= 0);
+		hold(fresh[k]); /* busy too: it gives way to no one */
+	}
+	usleep(100 * 1000);
+	hsm_http_stats st;
+	hsm_http_server_stats(srv, &st);
+	assert_int_equal(st.evicted, (uint64_t)idle);
+	assert_int_equal(st.refused_full, 0);
+	assert_int_equal(st.open, 6);
+	for (int i = 0; i < 6; i++)
+		if (wk[i] != busy)
+			assert_true(tc_wait_closed(c[i], 2000) >= 0); /* each gave way */
+	/* Every connection is busy now: the next client is turned away. */
+	assert_true(refused(tc_connect(port, false, 5000)));
+	hsm_http_server_stats(srv, &st);
+	assert_int_equal(st.refused_full, 1);
+	release_held();
+	for (int i = 0; i < 6; i++)
+		tc_close(c[i]);
+	for (int k = 0; k < idle; k++)
+		tc_close(fresh[k]);
+	hsm_http_server_free(srv);
+}
+
 /*
  * A client that pipelines requests and reads none of the answers: the
  * server's socket buffer is bounded, so the answers stall and the write
@@ -782,6 +884,7 @@ int main(void)
 	    cmocka_unit_test(test_connections_per_source),
 	    cmocka_unit_test(test_connections_per_source_changed),
 	    cmocka_unit_test(test_stalled_connections_give_way_first),
+	    cmocka_unit_test(test_any_workers_idle_connection_gives_way),
 	    cmocka_unit_test(test_pipelining_without_reading_stalls),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
