@@ -117,6 +117,24 @@ def test_dry_run_reports_what_would_fail(hsmd, keys):
     blob[-1] ^= 1
     call_error(hsmd, "Decrypt", {"CiphertextBlob": b64(bytes(blob)), "DryRun": True},
                "InvalidCiphertextException")
+    # GcmDecrypt opens its ciphertext under DryRun too: a wrong tag, IV or additional
+    # data fails as it would without it, and only a genuine one gets the dry run's answer.
+    g = signed_call(hsmd, "HsmdCipher.GcmEncrypt", {"KeyId": sym, "Plaintext": msg,
+                                                    "AdditionalData": b64(b"aad")})[1]
+    ct = bytearray(base64.b64decode(g["Ciphertext"]))
+    ct[-1] ^= 1
+    iv = bytearray(base64.b64decode(g["Iv"]))
+    iv[0] ^= 1
+    good = {"KeyId": sym, "Ciphertext": g["Ciphertext"], "Iv": g["Iv"],
+            "AdditionalData": b64(b"aad"), "DryRun": True}
+    for bad in ({"Ciphertext": b64(bytes(ct))}, {"Iv": b64(bytes(iv))},
+                {"AdditionalData": b64(b"aae")}, {"Ciphertext": b64(bytes(32))}):
+        r = signed_request(hsmd, "HsmdCipher.GcmDecrypt", dict(good, **bad))
+        assert (r.status_code, r.json()["__type"]) == (400, "InvalidCiphertextException"), bad
+        rec = audit_record(hsmd.data_dir, request_id(r))
+        assert (rec["op"], rec["outcome"], rec["error"]) == \
+            ("GcmDecrypt", "error", "InvalidCiphertextException")
+    dry(hsmd, "GcmDecrypt", {k: v for k, v in good.items() if k != "DryRun"}, "HsmdCipher")
 
 
 def test_ignore_ciphertext_checks_permissions_and_key_only(hsmd, keys):
