@@ -20,6 +20,12 @@
 #include "crypto/x509.h"
 #include "kms/kms_internal.h"
 
+/* A key whose automatic rotation would replace the public key a certificate certifies. */
+#define ROTATES_FMT                                                                           \
+	"key %s rotates automatically, and a rotation would leave the certificate beside a "  \
+	"public key it does not certify: disable its rotation (DisableKeyRotation) to pair a "   \
+	"certificate with it"
+
 static hsm_result require_roles(const hsm_caller *caller, unsigned roles, const char *what)
 {
 	HSM_ENSURE(caller->local || (caller->roles & roles) != 0, HSM_ERR_ACCESS_DENIED,
@@ -67,9 +73,11 @@ static hsm_result check_certifies(hsm_kms *kms, const hsm_caller *caller, X509 *
 	OPENSSL_free(cert_spki);
 	hsm_buf_free(&spki);
 	memcpy(key_id, rec.key_id, HSM_UUID_STRLEN + 1);
+	bool rotates = rec.rotation_enabled;
 	hsm_key_record_clear(&rec);
 	HSM_ENSURE(same, HSM_ERR_VALIDATION,
 	           "the certificate does not certify the public key of key %s", key_id);
+	HSM_ENSURE(!rotates, HSM_ERR_VALIDATION, ROTATES_FMT, key_id);
 	return HSM_SUCCESS;
 }
 
@@ -181,6 +189,7 @@ out:
 typedef struct pairing {
 	const char *key_id;
 	const hsm_buf *spki; /* the key's primary public key; empty: a key without one */
+	bool rotates;        /* the key's automatic rotation is on */
 	char last[HSM_UUID_STRLEN + 1];
 } pairing;
 
@@ -199,6 +208,8 @@ static hsm_result check_pairs(const hsm_cert_record *c, void *arg)
 	           "certificate %s has that CKA_ID and does not certify key %s, so it would pair "
 	           "with the key's objects: delete it, or give the key another id",
 	           c->cert_id, p->key_id);
+	HSM_ENSURE(!p->rotates, HSM_ERR_VALIDATION, "certificate %s has that CKA_ID; " ROTATES_FMT,
+	           c->cert_id, p->key_id);
 	return HSM_SUCCESS;
 }
 
@@ -210,8 +221,8 @@ hsm_result kms_certs_may_pair(hsm_kms *kms, const hsm_buf *object_id, const char
 	hsm_result r = hsm_store_key_get(kms->store, key_id, &rec);
 	if (hsm_ok(r) && hsm_spec_is_asymmetric(rec.spec))
 		r = hsm_kms_version_public_key(kms, key_id, rec.primary_version, &spki);
+	pairing p = {.key_id = key_id, .spki = &spki, .rotates = rec.rotation_enabled};
 	hsm_key_record_clear(&rec);
-	pairing p = {.key_id = key_id, .spki = &spki};
 	hsm_cert_match m = {.object_id = object_id};
 	bool more = true;
 	while (hsm_ok(r) && more)
@@ -219,6 +230,31 @@ hsm_result kms_certs_may_pair(hsm_kms *kms, const hsm_buf *object_id, const char
 		                        check_pairs, &p, &more);
 	hsm_buf_free(&spki);
 	return r;
+}
+
+static hsm_result note_first(const hsm_cert_record *c, void *arg)
+{
+	memcpy(arg, c->cert_id, HSM_UUID_STRLEN + 1);
+	return HSM_SUCCESS;
+}
+
+hsm_result kms_certs_refuse_rotation(hsm_kms *kms, const char *key_id, const char *what)
+{
+	hsm_buf id = {0};
+	char cert_id[HSM_UUID_STRLEN + 1] = "";
+	bool more = false;
+	hsm_result r = key_object_id(kms, key_id, &id);
+	hsm_cert_match m = {.object_id = &id};
+	if (hsm_ok(r))
+		r = hsm_store_cert_find(kms->store, &m, NULL, 1, note_first, cert_id, &more);
+	hsm_buf_free(&id);
+	HSM_GUARD(r);
+	HSM_ENSURE(cert_id[0] == '\0', HSM_ERR_VALIDATION,
+	           "%s: certificate %s certifies key %s's public key, which a rotation replaces; "
+	           "delete the certificate (hsmctl cert delete), rotate, then import the new "
+	           "public key's certificate",
+	           what, cert_id, key_id);
+	return HSM_SUCCESS;
 }
 
 static hsm_result not_found(hsm_result r, const char *cert_id)

@@ -71,6 +71,13 @@ hsm_result hsm_kms_enable_rotation(hsm_kms *kms, const hsm_caller *caller, const
 	snprintf(period, sizeof(period), "%d", period_days);
 	hsm_policy_pair cond = {"kms:RotationPeriodInDays", period};
 	kms_authz_extra extra = {.more = &cond, .n_more = 1};
+	/* Looked at once the caller is known to be allowed, and before the key's row is
+	 * locked: the certificates are other rows. */
+	kms_key *k = NULL;
+	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_EnableKeyRotation, ref, &extra, &k));
+	hsm_result r = kms_certs_refuse_rotation(kms, k->rec.key_id, "EnableKeyRotation");
+	kms_key_release(k);
+	HSM_GUARD(r);
 	return kms_modify_with(kms, caller, HSM_OP_EnableKeyRotation, ref, &extra, set_rotation, &a,
 	                       NULL, NULL);
 }
@@ -191,6 +198,8 @@ hsm_result hsm_kms_rotate_now(hsm_kms *kms, const hsm_caller *caller, const char
 		             "automatic rotation is not limited",
 		             k->arn, c.n);
 	if (hsm_ok(r))
+		r = kms_certs_refuse_rotation(kms, k->rec.key_id, "RotateKeyOnDemand");
+	if (hsm_ok(r))
 		r = k->rec.origin == HSM_ORIGIN_EXTERNAL
 		        ? kms_promote_pending(kms, caller, k, HSM_ROTATION_ON_DEMAND, out)
 		        : rotate(kms, caller, k, false, out);
@@ -251,10 +260,14 @@ static hsm_result rotate_due(hsm_kms *kms, const hsm_key_record *rec, bool *acte
 	/* Re-check on the fresh snapshot: the key may have changed since it was listed. */
 	if (k->rec.state == HSM_KEY_ENABLED && k->rec.rotation_enabled &&
 	    k->rec.next_rotation <= kms_now(kms)) {
+		/* A certificate paired before hsmd refused that pairing: not rotated, and each
+		 * round says why (HsmdSchedulerFailing), until it is deleted or rotation is off. */
+		r = kms_certs_refuse_rotation(kms, k->rec.key_id, "scheduled rotation");
 		/* Imported keys move to the material imported for the purpose, when there is some. */
-		r = k->rec.origin == HSM_ORIGIN_EXTERNAL
-		        ? kms_promote_pending(kms, NULL, k, HSM_ROTATION_AUTOMATIC, &after)
-		        : rotate(kms, NULL, k, true, &after);
+		if (hsm_ok(r))
+			r = k->rec.origin == HSM_ORIGIN_EXTERNAL
+			        ? kms_promote_pending(kms, NULL, k, HSM_ROTATION_AUTOMATIC, &after)
+			        : rotate(kms, NULL, k, true, &after);
 		if (r.err == HSM_ERR_CONFLICT) {
 			/* Changed meanwhile (rotated by another node, disabled, taken off
 			 * rotation, scheduled for deletion): nothing was done. */

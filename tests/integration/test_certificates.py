@@ -196,6 +196,51 @@ def test_import_get_list_delete(server, officer, ca, keys):
     assert cid not in [c["CertificateId"] for c in listed(server)]
 
 
+def test_a_key_with_a_certificate_does_not_rotate(server, officer, ca):
+    """A rotation replaces a key's public key, and would leave its certificate beside a key
+    it no longer certifies: a key a certificate pairs with is not rotated on demand and
+    does not take automatic rotation, and a key that rotates automatically takes no
+    certificate, until the certificate is deleted (or the rotation turned off)."""
+    key = officer.create_key(KeySpec="ECC_NIST_P256",
+                             KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    cert = import_cert(server, der(cert_of_key(officer, ca, key, "rotating")),
+                       KeyId=key)["CertificateId"]
+    st, out = signed_call(server, "TrentService.RotateKeyOnDemand", {"KeyId": key})
+    assert (st, out["__type"]) == (400, "ValidationException"), out
+    assert f"certificate {cert} certifies key {key}" in out["message"], out
+    st, out = signed_call(server, "TrentService.EnableKeyRotation",
+                          {"KeyId": key, "RotationPeriodInDays": 90})
+    assert (st, out["__type"]) == (400, "ValidationException"), out
+    assert out["message"].startswith("EnableKeyRotation: certificate"), out
+    assert officer.get_key_rotation_status(KeyId=key)["KeyRotationEnabled"] is False
+    admin(server, "DeleteCertificate", {"CertificateId": cert})
+    st, out = signed_call(server, "TrentService.EnableKeyRotation",
+                          {"KeyId": key, "RotationPeriodInDays": 90})
+    assert st == 200, out
+    # Rotating automatically now: a certificate of its key is refused, and stores nothing.
+    out = admin_error(server, "ImportCertificate",
+                      {"Certificate": b64(der(cert_of_key(officer, ca, key, "again"))),
+                       "KeyId": key}, "ValidationException")
+    assert f"key {key} rotates automatically" in out["message"], out
+    assert [c for c in listed(server) if c.get("Label") == "again"] == []
+    # Nor can a certificate staged under a CKA_ID pair with it through its pkcs11-id alias.
+    staged = import_cert(server, der(cert_of_key(officer, ca, key, "staged")),
+                         ObjectId=b64(b"rotating-tls"))
+    with pytest.raises(officer.exceptions.ClientError) as e:
+        officer.create_alias(AliasName="alias/pkcs11-id/" + b"rotating-tls".hex(),
+                             TargetKeyId=key)
+    assert "ValidationException" in str(e.value) and "rotates automatically" in str(e.value)
+    assert officer.list_aliases(KeyId=key)["Aliases"] == []
+    admin(server, "DeleteCertificate", {"CertificateId": staged["CertificateId"]})
+    officer.disable_key_rotation(KeyId=key)
+    import_cert(server, der(cert_of_key(officer, ca, key, "again")), KeyId=key)
+    # A key without a certificate rotates as ever.
+    other = officer.create_key(KeySpec="ECC_NIST_P256",
+                               KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    st, out = signed_call(server, "TrentService.RotateKeyOnDemand", {"KeyId": other})
+    assert st == 200, out
+
+
 def test_import_without_a_key(server, ca):
     """A CA certificate, say: no key, no CKA_ID unless given, the label as given."""
     other = ec.generate_private_key(ec.SECP256R1())
