@@ -330,8 +330,25 @@ static hsm_result write_finish(sq_store *s, sq_conn *c, hsm_result res, bool scr
 	if (hsm_ok(res) && in != NULL)
 		in->written = true;
 	rollback_if_open(c);
-	if (hsm_ok(res) && scrub)
-		res = checkpoint_truncate(c);
+	/*
+	 * The change is committed: a checkpoint that fails now (a full disk: it grows the
+	 * database file) must not report it as failed, which the caller would answer and
+	 * audit as a change that did not happen.  The erasure of the old bytes is owed,
+	 * and tried again at the end of every later write transaction until it is done.
+	 */
+	if ((hsm_ok(res) && scrub) || s->scrub_owed) {
+		if (hsm_failed(checkpoint_truncate(c))) {
+			if (!s->scrub_owed)
+				hsm_warn("store: a change was committed, but the old bytes it replaced stay "
+				         "in the write-ahead log until a checkpoint succeeds: %s",
+				         hsm_last_message());
+			s->scrub_owed = true;
+		} else {
+			if (s->scrub_owed)
+				hsm_info("store: the write-ahead log is checkpointed and emptied again");
+			s->scrub_owed = false;
+		}
+	}
 	sq_writing = NULL;
 	pthread_mutex_unlock(&s->write_lock);
 	return res;

@@ -57,6 +57,9 @@ typedef struct sq_store {
 	int schema_version;
 	pthread_mutex_t write_lock;
 	sq_conn *writer;
+	/* A committed erasure whose truncating checkpoint failed (a full disk): the next
+	 * write transaction's end tries it again (write_lock). */
+	bool scrub_owed;
 	pthread_mutex_t pool_lock;
 	sq_conn *idle;
 	size_t idle_count;

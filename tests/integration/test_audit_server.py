@@ -990,6 +990,58 @@ def test_full_store_disk_refuses_writes_and_says_so():
         subprocess.run(["rm", "-rf", tmp])
 
 
+def test_an_erasure_committed_on_a_full_disk_is_answered_as_done():
+    """DeleteImportedKeyMaterial commits, then empties the write-ahead log of the old
+    material (a checkpoint, which grows the database file).  On a disk too full for that
+    checkpoint the change is done all the same: answered and audited as done, not as a
+    failure the client would retry; the emptying is owed, logged once, and done by a
+    later write once there is room."""
+    from conftest import signed_request
+    from helpers import audit_record
+    from test_import import do_import, external_key
+    tmp = tempfile.mkdtemp(prefix="hsmd-scrub-full-")
+    data_dir = os.path.join(tmp, "data")
+    mount_tmpfs(data_dir, "8m")
+    server = None
+    try:
+        server = Hsmd(["--dev", "--audit-dir", os.path.join(tmp, "audit"),
+                       "--backup-dir", os.path.join(tmp, "backup"),
+                       "--backup-interval-seconds", "0"],
+                      env={"HSM_DEV_ACCESS_KEY_ID": DEV_AKID,
+                           "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET},
+                      data_dir=data_dir)
+        kms = client(server)
+        key = external_key(kms)
+        do_import(kms, key, os.urandom(32))
+        for _ in range(150):  # pages in the WAL that the checkpoint must copy out
+            kms.create_key(Description="pad" * 300)
+        wal = os.path.join(data_dir, "hsmd.db-wal")
+        assert os.path.getsize(wal) > 2 << 20
+        filler = os.path.join(data_dir, "filler")
+        st = os.statvfs(data_dir)
+        with open(filler, "wb") as f:
+            f.write(bytes(st.f_bavail * st.f_frsize - (64 << 10)))
+        r = signed_request(server, "TrentService.DeleteImportedKeyMaterial", {"KeyId": key})
+        assert r.status_code == 200, r.text
+        rec = audit_record(tmp, r.headers["x-amzn-RequestId"])
+        assert (rec["op"], rec["outcome"]) == ("DeleteImportedKeyMaterial", "success"), rec
+        assert kms.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "PendingImport"
+        owed = "a change was committed, but the old bytes it replaced stay in the write-ahead log"
+        assert owed in server.read_log()
+        assert os.path.getsize(wal) > 0
+        os.remove(filler)
+        kms.create_key()  # a later write does what is owed
+        assert eventually(lambda: "the write-ahead log is checkpointed and emptied again"
+                          in server.read_log())
+        assert os.path.getsize(wal) == 0
+        assert server.read_log().count(owed) == 1
+    finally:
+        if server is not None:
+            server.cleanup()
+        subprocess.run(["umount", "-l", data_dir])
+        subprocess.run(["rm", "-rf", tmp])
+
+
 def test_threads_are_named_and_the_audit_writer_yields_to_the_workers():
     """Every thread carries its role's name (ps, top -H, perf), and the audit
     writer, alone, runs five nice levels below the rest, so it batches what the
