@@ -299,9 +299,11 @@ hsm_result hsm_kms_auth_outcome(hsm_kms *kms, const char *user, bool success, ui
 {
 	hsm_user_record after;
 	memset(&after, 0, sizeof(after));
-	HSM_GUARD(hsm_store_user_auth_result(kms->store, user, success, lock_after, &after));
-	/* The failure that reached the threshold locked the user (later ones are not counted). */
+	bool now = false;
+	/* The failure that locked the user, whatever its count (lock_after may have been
+	 * lowered below it since the last failure). */
+	HSM_GUARD(hsm_store_user_auth_result(kms->store, user, success, lock_after, &after, &now));
 	if (locked_now != NULL)
-		*locked_now = !success && after.locked && lock_after > 0 && after.failed_auth == lock_after;
+		*locked_now = !success && now;
 	return HSM_SUCCESS;
 }

@@ -837,10 +837,14 @@ hsm_result hsm_store_user_change(hsm_store *s, const char *name,
  * (it does not unlock a locked user: callers refuse locked users before
  * authenticating them); failure increments it and locks the user once it
  * reaches lock_after (0: never lock).  *out (if not NULL) receives the
- * updated record.  NOT_FOUND when there is no such user.
+ * updated record; *locked_now (if not NULL) whether this outcome locked a
+ * user that was not locked (one of concurrent failures, whatever the count:
+ * lock_after may have been lowered below it).  NOT_FOUND when there is no
+ * such user.
  */
 hsm_result hsm_store_user_auth_result(hsm_store *s, const char *name, bool success,
-                                      uint32_t lock_after, hsm_user_record *out) HSM_MUST_CHECK;
+                                      uint32_t lock_after, hsm_user_record *out,
+                                      bool *locked_now) HSM_MUST_CHECK;
 /* All users, ordered by name. */
 typedef hsm_result (*hsm_user_cb)(const hsm_user_record *u, void *arg);
 hsm_result hsm_store_user_list(hsm_store *s, hsm_user_cb cb, void *arg) HSM_MUST_CHECK;

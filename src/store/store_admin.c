@@ -59,11 +59,12 @@ hsm_result hsm_store_user_put(hsm_store *s, const hsm_user_record *u)
 }
 
 hsm_result hsm_store_user_auth_result(hsm_store *s, const char *name, bool success,
-                                      uint32_t lock_after, hsm_user_record *out)
+                                      uint32_t lock_after, hsm_user_record *out,
+                                      bool *locked_now)
 {
 	HSM_ASSERT(s != NULL);
 	HSM_GUARD(st_check_lookup(name, USER_CAP, "user"));
-	return s->ops->user_auth_result(s, name, success, lock_after, out);
+	return s->ops->user_auth_result(s, name, success, lock_after, out, locked_now);
 }
 
 hsm_result hsm_store_user_list(hsm_store *s, hsm_user_cb cb, void *arg)

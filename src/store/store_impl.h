@@ -160,7 +160,7 @@ struct hsm_store_ops {
 	hsm_result (*user_put)(hsm_store *s, const hsm_user_record *u);
 	hsm_result (*user_change)(hsm_store *s, const char *name, hsm_user_change change);
 	hsm_result (*user_auth_result)(hsm_store *s, const char *name, bool success,
-	                               uint32_t lock_after, hsm_user_record *out);
+	                               uint32_t lock_after, hsm_user_record *out, bool *locked_now);
 	hsm_result (*user_list)(hsm_store *s, hsm_user_cb cb, void *arg);
 
 	hsm_result (*access_key_create)(hsm_store *s, const hsm_access_key_record *k);

@@ -412,7 +412,7 @@ hsm_result pg_user_get(hsm_store *s, const char *name, hsm_user_record *out);
 hsm_result pg_user_put(hsm_store *s, const hsm_user_record *u);
 hsm_result pg_user_change(hsm_store *s, const char *name, hsm_user_change change);
 hsm_result pg_user_auth_result(hsm_store *s, const char *name, bool success, uint32_t lock_after,
-                               hsm_user_record *out);
+                               hsm_user_record *out, bool *locked_now);
 hsm_result pg_user_list(hsm_store *s, hsm_user_cb cb, void *arg);
 hsm_result pg_access_key_create(hsm_store *s, const hsm_access_key_record *k);
 hsm_result pg_access_key_get(hsm_store *s, const char *access_key_id, hsm_access_key_record *out);

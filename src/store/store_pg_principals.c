@@ -131,12 +131,14 @@ static const char SQL_USER_LIST[] = "SELECT " PG_USER_COLS " FROM users ORDER BY
  * COMMITTED), so concurrent failures on several nodes all count.  The counter
  * saturates at UINT32_MAX; lock_after 0 never locks.
  */
+/* The row locked first, so `was` is the value this update changes (a concurrent one waits). */
 static const char SQL_USER_AUTH[] =
 	"UPDATE users SET "
 	"failed_auth = CASE WHEN $2 THEN 0 ELSE least(failed_auth + 1, 4294967295) END, "
 	"locked = CASE WHEN NOT $2 AND $3::bigint > 0 AND least(failed_auth + 1, 4294967295) >= $3::bigint "
 	"THEN true ELSE locked END "
-	"WHERE name = $1 RETURNING " PG_USER_COLS;
+	"FROM (SELECT locked AS was FROM users WHERE name = $1 FOR UPDATE) AS before "
+	"WHERE name = $1 RETURNING " PG_USER_COLS ", before.was";
 
 /* Inserts the user as given, or replaces its mutable fields (created is set only on insert). */
 static hsm_result user_write(pg_conn *w, bool insert, const hsm_user_record *u)
@@ -171,6 +173,7 @@ typedef struct user_op {
 	bool active;
 	st_vec v;
 	hsm_user_change change;
+	bool was_locked; /* user_auth_body: the user was locked before the update */
 } user_op;
 
 static hsm_result user_create_body(pg_conn *w, void *arg)
@@ -270,17 +273,21 @@ static hsm_result user_auth_body(pg_conn *w, void *arg)
 		res = HSM_FAIL(HSM_ERR_NOT_FOUND, "user %s does not exist", op->name);
 	else
 		res = pg_read_user(r, 0, &op->rec);
+	if (hsm_ok(res))
+		res = pg_col_bool(r, 0, 6, &op->was_locked);
 	PQclear(r);
 	return res;
 }
 
 hsm_result pg_user_auth_result(hsm_store *base, const char *name, bool success,
-                               uint32_t lock_after, hsm_user_record *out)
+                               uint32_t lock_after, hsm_user_record *out, bool *locked_now)
 {
 	user_op op = {.name = name, .success = success, .lock_after = lock_after};
 	HSM_GUARD(pg_write(pg_of(base), user_auth_body, &op));
 	if (out != NULL)
 		*out = op.rec;
+	if (locked_now != NULL)
+		*locked_now = op.rec.locked && !op.was_locked;
 	return HSM_SUCCESS;
 }
 

@@ -117,6 +117,7 @@ static const char SQL_USER_LIST[] = "SELECT " USER_COLS " FROM users ORDER BY na
  * The right-hand sides see the row as it was; the counter saturates at
  * UINT32_MAX; lock_after 0 never locks.
  */
+static const char SQL_USER_LOCKED[] = "SELECT locked FROM users WHERE name = ?1";
 static const char SQL_USER_AUTH[] =
 	"UPDATE users SET "
 	"failed_auth = CASE WHEN ?2 THEN 0 ELSE min(failed_auth + 1, 4294967295) END, "
@@ -239,15 +240,22 @@ out:
 }
 
 static hsm_result user_auth_in(sq_conn *w, const char *name, bool success, uint32_t lock_after,
-                               hsm_user_record *rec)
+                               hsm_user_record *rec, bool *was_locked)
 {
 	sqlite3_stmt *st;
 	bool row = false;
+	/* Read in the same write transaction: no other write comes between. */
+	HSM_GUARD(sq_prepare(w, SQL_USER_LOCKED, &st));
+	sq_bind_text(w, st, 1, name);
+	hsm_result res = sq_step(w, st, &row);
+	*was_locked = hsm_ok(res) && row && sqlite3_column_int64(st, 0) != 0;
+	sq_reset(st);
+	HSM_GUARD(res);
 	HSM_GUARD(sq_prepare(w, SQL_USER_AUTH, &st));
 	sq_bind_text(w, st, 1, name);
 	sq_bind_i64(w, st, 2, success ? 1 : 0);
 	sq_bind_i64(w, st, 3, lock_after);
-	hsm_result res = sq_step(w, st, &row);
+	res = sq_step(w, st, &row);
 	if (hsm_ok(res) && !row)
 		res = HSM_FAIL(HSM_ERR_NOT_FOUND, "user %s does not exist", name);
 	if (hsm_ok(res))
@@ -259,15 +267,19 @@ static hsm_result user_auth_in(sq_conn *w, const char *name, bool success, uint3
 }
 
 hsm_result sq_user_auth_result(hsm_store *base, const char *name, bool success,
-                               uint32_t lock_after, hsm_user_record *out)
+                               uint32_t lock_after, hsm_user_record *out, bool *locked_now)
 {
 	sq_store *s = sq_of(base);
 	sq_conn *w;
 	hsm_user_record rec = {0};
+	bool was_locked = false;
 	HSM_GUARD(sq_write_begin(s, &w));
-	hsm_result res = sq_write_end(s, w, user_auth_in(w, name, success, lock_after, &rec));
+	hsm_result res =
+	    sq_write_end(s, w, user_auth_in(w, name, success, lock_after, &rec, &was_locked));
 	if (hsm_ok(res) && out != NULL)
 		*out = rec;
+	if (hsm_ok(res) && locked_now != NULL)
+		*locked_now = rec.locked && !was_locked;
 	return res;
 }
 

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from conftest import DEV_AKID, DEV_SECRET, Hsmd, unsigned_call
-from helpers import audit_records_until, eventually, gdb_can_trace, metric, new_user
+from helpers import (audit_records, audit_records_until, eventually, gdb_can_trace, metric,
+                     new_user)
 
 # An info line each SIGHUP writes on a node without TLS: it shows which level is in force.
 INFO_LINE = "there are no TLS files to load"
@@ -187,6 +188,31 @@ def test_the_incident_levers_apply_at_once(tmp_path):
         flood(server, 40)
         seconds = time.monotonic() - started
         assert metric(server, "hsmd_refusals_summarized_total") >= 30 - int(seconds) - 1
+    finally:
+        server.cleanup()
+
+
+def test_a_lockout_a_lowered_threshold_brings_is_on_the_trail(tmp_path):
+    """A user with more failures than a lowered lockout_threshold is locked by the next
+    one, and that failure is followed by its UserLocked event, once, as at the threshold."""
+    from test_auth import bad, users
+    conf = str(tmp_path / "hsmd.conf")
+    server = start(conf, "lockout_threshold = 5\n")
+    try:
+        akid, secret = new_user(server, "lowered", ["crypto-user"])
+        bad(server, akid, secret, 3)
+        assert users(server)["lowered"]["FailedAuthentications"] == 3
+        edit(conf, "lockout_threshold = 2\n")
+        hup(server, 1)
+        bad(server, akid, secret, 1)
+        u = users(server)["lowered"]
+        assert u["Locked"] is True and u["FailedAuthentications"] == 4
+        locked = audit_records_until(server.data_dir, lambda r: r.get("op") == "UserLocked")
+        assert len(locked) == 1 and locked[0]["extra"]["target_user"] == "lowered", locked
+        bad(server, akid, secret, 1)  # refused as locked: no second event
+        time.sleep(0.5)
+        assert len([r for r in audit_records(server.data_dir)
+                    if r.get("op") == "UserLocked"]) == 1
     finally:
         server.cleanup()
 

@@ -90,7 +90,7 @@ static void *auth_worker(void *arg)
 {
 	shared *sh = arg;
 	for (int i = 0; i < INCREMENTS; i++) {
-		if (hsm_failed(hsm_store_user_auth_result(sh->s, "eve", false, 0, NULL)))
+		if (hsm_failed(hsm_store_user_auth_result(sh->s, "eve", false, 0, NULL, NULL)))
 			note_failure(sh, "auth_result");
 	}
 	return NULL;

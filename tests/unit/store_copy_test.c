@@ -244,10 +244,10 @@ static void fill(hsm_store *s)
 	EXPECT_OK(hsm_store_user_create(s, &u1));
 	EXPECT_OK(hsm_store_user_create(s, &u2));
 	for (int i = 0; i < 3; i++)
-		EXPECT_OK(hsm_store_user_auth_result(s, "alice", false, 3, NULL));
+		EXPECT_OK(hsm_store_user_auth_result(s, "alice", false, 3, NULL, NULL));
 	u2.disabled = true;
 	EXPECT_OK(hsm_store_user_put(s, &u2));
-	EXPECT_OK(hsm_store_user_auth_result(s, "bob", false, 0, NULL));
+	EXPECT_OK(hsm_store_user_auth_result(s, "bob", false, 0, NULL, NULL));
 	hsm_access_key_record k1 = {.access_key_id = "AKIAAAAAAAAAAAAAAAA1", .user = "alice",
 	                            .active = true, .created = 1700000100};
 	hsm_access_key_record k2 = {.access_key_id = "AKIAAAAAAAAAAAAAAAA2", .user = "bob",

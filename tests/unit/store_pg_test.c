@@ -55,7 +55,7 @@ static void *node_worker(void *arg)
 	for (int i = 0; i < INCREMENTS; i++) {
 		if (hsm_failed(hsm_store_key_update(n->s, "shared", increment, NULL, NULL, NULL)))
 			atomic_fetch_add(n->failures, 1);
-		if (hsm_failed(hsm_store_user_auth_result(n->s, "eve", false, 0, NULL)))
+		if (hsm_failed(hsm_store_user_auth_result(n->s, "eve", false, 0, NULL, NULL)))
 			atomic_fetch_add(n->failures, 1);
 	}
 	return NULL;

@@ -95,42 +95,61 @@ static void test_auth_result_counts_and_locks(void **state)
 	hsm_user_record u, got;
 	user(&u, "carol", HSM_ROLE_CRYPTO_USER);
 	EXPECT_OK(hsm_store_user_create(f->s, &u));
-	EXPECT_OK(hsm_store_user_auth_result(f->s, "carol", false, 3, &got));
+	EXPECT_OK(hsm_store_user_auth_result(f->s, "carol", false, 3, &got, NULL));
 	assert_int_equal(got.failed_auth, 1);
 	assert_false(got.locked);
-	EXPECT_OK(hsm_store_user_auth_result(f->s, "carol", true, 3, &got));
+	EXPECT_OK(hsm_store_user_auth_result(f->s, "carol", true, 3, &got, NULL));
 	assert_int_equal(got.failed_auth, 0); /* success resets */
-	EXPECT_OK(hsm_store_user_auth_result(f->s, "carol", false, 3, NULL));
-	EXPECT_OK(hsm_store_user_auth_result(f->s, "carol", false, 3, &got));
+	EXPECT_OK(hsm_store_user_auth_result(f->s, "carol", false, 3, NULL, NULL));
+	EXPECT_OK(hsm_store_user_auth_result(f->s, "carol", false, 3, &got, NULL));
 	assert_int_equal(got.failed_auth, 2);
 	assert_false(got.locked);
 	st_reopen(f); /* the count survives a restart */
 	EXPECT_OK(hsm_store_user_get(f->s, "carol", &got));
 	assert_int_equal(got.failed_auth, 2);
-	EXPECT_OK(hsm_store_user_auth_result(f->s, "carol", false, 3, &got));
+	bool now = false;
+	EXPECT_OK(hsm_store_user_auth_result(f->s, "carol", false, 3, &got, &now));
 	assert_int_equal(got.failed_auth, 3);
 	assert_true(got.locked); /* at the threshold */
+	assert_true(now);
+	/* A failure counted on a locked user (one in flight as it locked) did not lock it. */
+	EXPECT_OK(hsm_store_user_auth_result(f->s, "carol", false, 3, &got, &now));
+	assert_true(got.locked);
+	assert_false(now);
 	st_reopen(f);
 	EXPECT_OK(hsm_store_user_get(f->s, "carol", &got));
 	assert_true(got.locked);
 	/* A success resets the counter but does not unlock. */
-	EXPECT_OK(hsm_store_user_auth_result(f->s, "carol", true, 3, &got));
+	EXPECT_OK(hsm_store_user_auth_result(f->s, "carol", true, 3, &got, NULL));
 	assert_int_equal(got.failed_auth, 0);
 	assert_true(got.locked);
+
+	/* A threshold lowered below the count: the next failure locks, and says so once. */
+	user(&u, "fred", HSM_ROLE_CRYPTO_USER);
+	EXPECT_OK(hsm_store_user_create(f->s, &u));
+	for (int i = 0; i < 3; i++) {
+		EXPECT_OK(hsm_store_user_auth_result(f->s, "fred", false, 5, &got, &now));
+		assert_false(now);
+	}
+	EXPECT_OK(hsm_store_user_auth_result(f->s, "fred", false, 2, &got, &now));
+	assert_int_equal(got.failed_auth, 4);
+	assert_true(got.locked && now);
+	EXPECT_OK(hsm_store_user_auth_result(f->s, "fred", false, 2, &got, &now));
+	assert_true(got.locked && !now);
 
 	/* lock_after 0 never locks. */
 	user(&u, "dave", HSM_ROLE_CRYPTO_USER);
 	EXPECT_OK(hsm_store_user_create(f->s, &u));
 	for (int i = 0; i < 10; i++)
-		EXPECT_OK(hsm_store_user_auth_result(f->s, "dave", false, 0, &got));
+		EXPECT_OK(hsm_store_user_auth_result(f->s, "dave", false, 0, &got, NULL));
 	assert_int_equal(got.failed_auth, 10);
 	assert_false(got.locked);
 	/* The counter saturates instead of wrapping. */
 	u.failed_auth = UINT32_MAX;
 	EXPECT_OK(hsm_store_user_put(f->s, &u));
-	EXPECT_OK(hsm_store_user_auth_result(f->s, "dave", false, 0, &got));
+	EXPECT_OK(hsm_store_user_auth_result(f->s, "dave", false, 0, &got, NULL));
 	assert_int_equal(got.failed_auth, UINT32_MAX);
-	EXPECT_ERR(hsm_store_user_auth_result(f->s, "nobody", false, 3, &got), HSM_ERR_NOT_FOUND);
+	EXPECT_ERR(hsm_store_user_auth_result(f->s, "nobody", false, 3, &got, NULL), HSM_ERR_NOT_FOUND);
 }
 
 /* Each change writes its own columns: a lockout and a DisableUser made meanwhile both stay. */
@@ -141,7 +160,7 @@ static void test_user_changes_touch_their_columns_only(void **state)
 	user(&u, "erin", HSM_ROLE_CRYPTO_USER);
 	EXPECT_OK(hsm_store_user_create(f->s, &u));
 	for (int i = 0; i < 3; i++)
-		EXPECT_OK(hsm_store_user_auth_result(f->s, "erin", false, 3, NULL));
+		EXPECT_OK(hsm_store_user_auth_result(f->s, "erin", false, 3, NULL, NULL));
 	/* Disabling (an officer who read the user before the lockout) keeps the lockout. */
 	EXPECT_OK(hsm_store_user_change(f->s, "erin", HSM_USER_DISABLE));
 	EXPECT_OK(hsm_store_user_get(f->s, "erin", &got));
@@ -153,7 +172,7 @@ static void test_user_changes_touch_their_columns_only(void **state)
 	assert_true(got.disabled);
 	assert_false(got.locked);
 	assert_int_equal(got.failed_auth, 0);
-	EXPECT_OK(hsm_store_user_auth_result(f->s, "erin", false, 3, NULL));
+	EXPECT_OK(hsm_store_user_auth_result(f->s, "erin", false, 3, NULL, NULL));
 	EXPECT_OK(hsm_store_user_change(f->s, "erin", HSM_USER_ENABLE));
 	st_reopen(f);
 	EXPECT_OK(hsm_store_user_get(f->s, "erin", &got));
