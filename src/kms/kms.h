@@ -504,6 +504,8 @@ hsm_result hsm_kms_list_rotations(hsm_kms *kms, const hsm_caller *caller, const 
  * event sink.  *done counts actions taken.  A key whose work fails is
  * logged and the others go on; the call then fails (with the first such
  * failure's code, after every key was tried), as when the listing fails.
+ * A key that failed is not tried again before a pause that doubles with
+ * each failure in a row, from 2 s up to KMS_RETRY_MAX_S (rotation.c).
  */
 hsm_result hsm_kms_run_due(hsm_kms *kms, size_t *done) HSM_MUST_CHECK;
 

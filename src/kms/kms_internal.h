@@ -38,6 +38,11 @@ typedef struct kms_key {
 	struct hsm_kms *kms;
 } kms_key;
 
+#define KMS_RETRY_MAX 256
+/* The longest pause before a failing key's scheduled work is tried again: under the 15 minutes
+ * over which HsmdSchedulerFailing looks, so the alert holds while the work keeps failing. */
+#define KMS_RETRY_MAX_S 600
+
 struct hsm_kms {
 	hsm_store *store;
 	hsm_keystore *ks;
@@ -60,6 +65,14 @@ struct hsm_kms {
 	hsm_shmap *policies;             /* document hash -> hsm_policy, shared by keys (kms.c) */
 	hsm_usage *usage;                /* last uses of keys (usage.c); NULL: not recorded */
 	atomic_size_t sweep_from;        /* where the next material sweep starts (rotation.c) */
+	/* Keys whose scheduled work failed, tried again after a pause that grows
+	 * (rotation.c); read and written by the scheduler's thread only. */
+	struct kms_retry {
+		char key_id[HSM_UUID_STRLEN + 1];
+		int64_t next;      /* not tried again before then */
+		unsigned failures; /* in a row */
+	} retry[KMS_RETRY_MAX];
+	size_t n_retry;
 };
 
 int64_t kms_now(hsm_kms *kms);

@@ -322,6 +322,50 @@ static bool waits_for_material(const hsm_key_record *rec, int64_t now)
 	       (rec->flags & HSM_KEYFLAG_PENDING_MATERIAL) == 0;
 }
 
+/*
+ * A key whose scheduled work fails (a full disk, a certificate in the way of
+ * its rotation) is not tried, logged and audited again every round: after
+ * its n-th failure in a row it waits 2^n seconds, at most KMS_RETRY_MAX_S.
+ */
+static struct kms_retry *retry_of(hsm_kms *kms, const char *key_id)
+{
+	for (size_t i = 0; i < kms->n_retry; i++)
+		if (strcmp(kms->retry[i].key_id, key_id) == 0)
+			return &kms->retry[i];
+	return NULL;
+}
+
+static bool held_back(hsm_kms *kms, const char *key_id, int64_t now)
+{
+	const struct kms_retry *r = retry_of(kms, key_id);
+	return r != NULL && now < r->next;
+}
+
+static void note_outcome(hsm_kms *kms, const char *key_id, bool failed, int64_t now)
+{
+	struct kms_retry *r = retry_of(kms, key_id);
+	if (!failed) {
+		if (r != NULL)
+			*r = kms->retry[--kms->n_retry];
+		return;
+	}
+	if (r == NULL) {
+		if (kms->n_retry < KMS_RETRY_MAX) {
+			r = &kms->retry[kms->n_retry++];
+		} else { /* full: the entry due soonest gives way */
+			r = &kms->retry[0];
+			for (size_t i = 1; i < kms->n_retry; i++)
+				if (kms->retry[i].next < r->next)
+					r = &kms->retry[i];
+		}
+		memcpy(r->key_id, key_id, sizeof(r->key_id));
+		r->failures = 0;
+	}
+	r->failures++;
+	int64_t pause = r->failures >= 10 ? KMS_RETRY_MAX_S : (int64_t)1 << r->failures;
+	r->next = now + (pause < KMS_RETRY_MAX_S ? pause : KMS_RETRY_MAX_S);
+}
+
 hsm_result hsm_kms_run_due(hsm_kms *kms, size_t *done)
 {
 	/* Collect first, act after: no store write happens while a listing is open. */
@@ -333,7 +377,7 @@ hsm_result hsm_kms_run_due(hsm_kms *kms, size_t *done)
 	*done = 0;
 	for (size_t i = 0; i < l.n; i++) {
 		const hsm_key_record *rec = &l.recs[i];
-		if (waits_for_material(rec, now)) {
+		if (waits_for_material(rec, now) || held_back(kms, rec->key_id, now)) {
 			hsm_key_record_clear(&l.recs[i]); /* due, counted, and nothing to do yet */
 			continue;
 		}
@@ -343,6 +387,7 @@ hsm_result hsm_kms_run_due(hsm_kms *kms, size_t *done)
 		                 : rec->valid_to != 0 && rec->valid_to <= now
 		                     ? kms_expire_due(kms, rec, &acted)
 		                     : rotate_due(kms, rec, &acted);
+		note_outcome(kms, rec->key_id, hsm_failed(one), now);
 		if (hsm_failed(one)) {
 			hsm_log_failure("scheduled key work"); /* one key must not stop the others */
 			first = failed++ == 0 ? one.err : first;

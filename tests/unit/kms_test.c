@@ -674,6 +674,58 @@ static void test_rotation_keeps_old_versions(void **state)
 	hsm_buf_free(&sig);
 }
 
+/*
+ * Scheduled work that keeps failing (here a certificate paired with the key
+ * before rotation refused it) is tried again after a pause that doubles,
+ * not every round: one RotateKey failure event per try.  Once the obstacle
+ * goes, the next try rotates the key and forgets the failures.
+ */
+static void test_failing_scheduled_work_backs_off(void **state)
+{
+	fx *f = *state;
+	hsm_key_record k, r;
+	int events = 0;
+	size_t done = 0;
+	create(f, HSM_SPEC_ECC_NIST_P256, HSM_USAGE_SIGN_VERIFY, NULL, &k);
+	assert_true(hsm_ok(hsm_kms_enable_rotation(f->kms, &officer, k.key_id, 1)));
+	hsm_cert_record c;
+	memset(&c, 0, sizeof(c));
+	assert_true(hsm_ok(hsm_uuid_new(c.cert_id)));
+	assert_true(hsm_ok(hsm_buf_set(&c.object_id, k.key_id, strlen(k.key_id))));
+	assert_true(hsm_ok(hsm_buf_set(&c.der, "\x30\x00", 2)));
+	c.created = f->now;
+	assert_true(hsm_ok(hsm_store_cert_create(f->store, &c)));
+	hsm_kms_set_event_sink(f->kms, count_event, &events);
+	f->now += 86400;
+	int64_t t0 = f->now;
+	assert_int_equal(hsm_kms_run_due(f->kms, &done).err, HSM_ERR_VALIDATION);
+	assert_int_equal(events, 1);
+	/* Within the pause (2 s after the first failure, 4 s after the second): not tried. */
+	f->now = t0 + 1;
+	assert_true(hsm_ok(hsm_kms_run_due(f->kms, &done)));
+	assert_int_equal(done, 0);
+	assert_int_equal(events, 1);
+	f->now = t0 + 2;
+	assert_int_equal(hsm_kms_run_due(f->kms, &done).err, HSM_ERR_VALIDATION);
+	assert_int_equal(events, 2);
+	f->now = t0 + 5;
+	assert_true(hsm_ok(hsm_kms_run_due(f->kms, &done)));
+	assert_int_equal(events, 2);
+	assert_true(hsm_ok(hsm_store_cert_delete(f->store, c.cert_id)));
+	f->now = t0 + 6;
+	assert_true(hsm_ok(hsm_kms_run_due(f->kms, &done)));
+	assert_int_equal(done, 1);
+	assert_int_equal(events, 3);
+	assert_int_equal(f->kms->n_retry, 0);
+	memset(&r, 0, sizeof(r));
+	assert_true(hsm_ok(hsm_kms_rotation_status(f->kms, &user, k.key_id, &r)));
+	assert_int_equal(r.primary_version, 2);
+	hsm_kms_set_event_sink(f->kms, NULL, NULL);
+	hsm_key_record_clear(&r);
+	hsm_cert_record_clear(&c);
+	hsm_key_record_clear(&k);
+}
+
 /* The automatic schedule, as in KMS: what moves its date and what does not. */
 static int64_t next_rotation(fx *f, const char *key_id)
 {
@@ -1167,6 +1219,7 @@ int main(void)
 	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_decrypt_sees_the_request_alias, setup,
 	                                    kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_failing_scheduled_work_backs_off, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_rotation_keeps_old_versions, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_rotation_schedule, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_scheduled_work_counts_only_its_own_changes, setup,
