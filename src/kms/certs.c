@@ -44,9 +44,14 @@ static hsm_result check_label(const char *label)
 	size_t n = strlen(label);
 	HSM_ENSURE(n <= HSM_CERT_LABEL_MAX, HSM_ERR_VALIDATION,
 	           "Label is at most %d bytes", HSM_CERT_LABEL_MAX);
-	for (size_t i = 0; i < n; i++)
-		HSM_ENSURE((unsigned char)label[i] >= 0x20 && label[i] != 0x7f, HSM_ERR_VALIDATION,
+	/* C0, DEL, and C1 (U+0080..U+009F: 0xC2 0x80..0x9F in UTF-8, which JSON text is). */
+	for (size_t i = 0; i < n; i++) {
+		unsigned char b = (unsigned char)label[i];
+		bool c1 = b == 0xC2 && i + 1 < n && (unsigned char)label[i + 1] >= 0x80 &&
+		          (unsigned char)label[i + 1] <= 0x9F;
+		HSM_ENSURE(b >= 0x20 && b != 0x7f && !c1, HSM_ERR_VALIDATION,
 		           "Label may not contain control characters");
+	}
 	return HSM_SUCCESS;
 }
 
@@ -126,8 +131,9 @@ static hsm_result key_of_object_id(hsm_kms *kms, const uint8_t *id, size_t n,
 }
 
 hsm_result hsm_kms_cert_import(hsm_kms *kms, const hsm_caller *caller,
-                               const hsm_cert_import_req *req, hsm_cert_record *out)
+                               hsm_cert_import_req *req, hsm_cert_record *out)
 {
+	req->paired_key_id[0] = '\0';
 	HSM_GUARD(require_roles(caller, HSM_ROLES_OFFICER, "import"));
 	HSM_ENSURE(req->der_len >= 1 && req->der_len <= HSM_CERT_DER_MAX, HSM_ERR_VALIDATION,
 	           "Certificate is 1 to %d bytes of DER", HSM_CERT_DER_MAX);
@@ -149,6 +155,7 @@ hsm_result hsm_kms_cert_import(hsm_kms *kms, const hsm_caller *caller,
 	char key_id[HSM_UUID_STRLEN + 1] = "", paired[HSM_UUID_STRLEN + 1] = "";
 	if (hsm_ok(res) && req->object_id != NULL)
 		res = key_of_object_id(kms, req->object_id, req->object_id_len, paired);
+	memcpy(req->paired_key_id, paired, sizeof(paired));
 	if (hsm_ok(res) && req->key != NULL)
 		res = check_certifies(kms, caller, x, req->key, key_id);
 	else if (hsm_ok(res) && paired[0] != '\0')

@@ -797,9 +797,12 @@ typedef struct hsm_cert_import_req {
 	size_t object_id_len;
 	/* NULL, or a key (id, ARN, alias) whose primary public key the certificate must certify. */
 	const char *key;
+	/* Out, success or not: the key the certificate was checked against ("" when none),
+	 * named by key or by an object_id that is a key's CKA_ID, for the audit record. */
+	char paired_key_id[HSM_UUID_STRLEN + 1];
 } hsm_cert_import_req;
 hsm_result hsm_kms_cert_import(hsm_kms *kms, const hsm_caller *caller,
-                               const hsm_cert_import_req *req, hsm_cert_record *out) HSM_MUST_CHECK;
+                               hsm_cert_import_req *req, hsm_cert_record *out) HSM_MUST_CHECK;
 hsm_result hsm_kms_cert_get(hsm_kms *kms, const hsm_caller *caller, const char *cert_id,
                             hsm_cert_record *out) HSM_MUST_CHECK;
 /* m: those it matches (store.h, hsm_cert_match; its members NULL: every certificate). */

@@ -71,7 +71,11 @@ hsm_result hsm_admin_import_certificate(hsm_admin_ctx *c)
 		if (hsm_ok(hsm_kms_resolve(c->s->kms, key, id)))
 			memcpy(c->audit->key_id, id, sizeof(id));
 	}
-	HSM_TRY(hsm_kms_cert_import(c->s->kms, &c->auth->caller, &req, &rec));
+	res = hsm_kms_cert_import(c->s->kms, &c->auth->caller, &req, &rec);
+	/* Named by its CKA_ID (ObjectId), the key is recorded too, whatever the outcome. */
+	if (c->audit->key_id[0] == '\0' && req.paired_key_id[0] != '\0')
+		memcpy(c->audit->key_id, req.paired_key_id, sizeof(req.paired_key_id));
+	HSM_TRY(res);
 	memcpy(c->audit->cert_id, rec.cert_id, sizeof(rec.cert_id));
 	hsm_server_recount(c->s); /* /metrics' certificate gauges */
 	write_cert(c->w, &rec, true);

@@ -41,8 +41,8 @@ from PyKCS11 import (CKA_CLASS, CKA_ID, CKA_LABEL, CKA_PRIVATE, CKA_TOKEN, CKA_V
 
 from conftest import (BUILD, DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, plain_build_only,
                       signed_call, start_dev)
-from helpers import (ACCOUNT, admin, audit_records, b64, kms_front, metric, new_user,
-                     restart_dev)
+from helpers import (ACCOUNT, admin, audit_records, b64, eventually, kms_front, metric,
+                     new_user, restart_dev)
 
 MODULE = os.path.join(BUILD, "libhsm_pkcs11.so")
 JAVA = "/usr/lib/jvm/java-17-openjdk-amd64/bin/java"
@@ -275,6 +275,9 @@ def test_refused_imports_change_nothing(server, officer, ca, keys):
          None),
         ({"Certificate": b64(rsa_cert), "Label": "x" * 257}, "ValidationException", "Label"),
         ({"Certificate": b64(rsa_cert), "Label": "tab\there"}, "ValidationException", "Label"),
+        ({"Certificate": b64(rsa_cert), "Label": "next\u0085line"}, "ValidationException",
+         "control"),
+        ({"Certificate": b64(rsa_cert), "Label": "c1\u009f"}, "ValidationException", "control"),
         ({"Certificate": b64(rsa_cert), "ObjectId": b64(b"i" * 257)}, "ValidationException",
          "ObjectId"),
     ]
@@ -506,6 +509,17 @@ def test_audit_records(server, officer, ca, keys):
         ("DeleteCertificate", "success"), ("DeleteCertificate", "error")], recs
     assert recs[0]["key_id"] == keys["rsa"]
     assert all(r["principal"].endswith(":user/dev") for r in recs)
+    # Refused for a key it names by its CKA_ID alone: the record names that key.
+    def refused_for_ec():
+        return [x for x in audit_records(server.data_dir)
+                if x.get("op") == "ImportCertificate" and x.get("outcome") == "error"
+                and x.get("key_id") == keys["ec"]]
+    before = len(refused_for_ec())
+    r = admin(server, "ImportCertificate",
+              {"Certificate": b64(der(cert_of_key(officer, ca, keys["rsa"], "wrong"))),
+               "ObjectId": b64(keys["ec"].encode())}, expect=400)
+    assert r["__type"] == "ValidationException", r
+    assert eventually(lambda: len(refused_for_ec()) == before + 1)
     # Nothing of the certificate itself is in the records, only its id.
     assert all("Certificate" not in str(r.get("extra", {})) for r in recs)
     # The audit report lists the import and the deletion among the changes, not the read.
