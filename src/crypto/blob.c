@@ -3,7 +3,10 @@
  * (layout and rules in blob.h).
  *
  * Every parse failure is HSM_ERR_INVALID_CIPHERTEXT with the same message as a
- * failed tag check, so a client learns nothing from which check failed.
+ * failed tag check, so a client learns nothing from which check failed.  The
+ * lookups after a parse (kms/crypt.c: a key id no key has, a version above the
+ * key's primary) answer in words of their own: they tell what the header,
+ * which is not secret, says already.
  */
 #include <stdlib.h>
 #include <string.h>
