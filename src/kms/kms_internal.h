@@ -69,6 +69,7 @@ struct hsm_kms {
 	 * (rotation.c); read and written by the scheduler's thread only. */
 	struct kms_retry {
 		char key_id[HSM_UUID_STRLEN + 1];
+		int64_t since;     /* the last failure */
 		int64_t next;      /* not tried again before then */
 		unsigned failures; /* in a row */
 	} retry[KMS_RETRY_MAX];

@@ -338,7 +338,9 @@ static struct kms_retry *retry_of(hsm_kms *kms, const char *key_id)
 static bool held_back(hsm_kms *kms, const char *key_id, int64_t now)
 {
 	const struct kms_retry *r = retry_of(kms, key_id);
-	return r != NULL && now < r->next;
+	/* A wall clock stepped back before the last failure ends the pause: the work is not
+	 * put off for as long as the step. */
+	return r != NULL && now >= r->since && now < r->next;
 }
 
 static void note_outcome(hsm_kms *kms, const char *key_id, bool failed, int64_t now)
@@ -362,6 +364,7 @@ static void note_outcome(hsm_kms *kms, const char *key_id, bool failed, int64_t 
 		r->failures = 0;
 	}
 	r->failures++;
+	r->since = now;
 	int64_t pause = r->failures >= 10 ? KMS_RETRY_MAX_S : (int64_t)1 << r->failures;
 	r->next = now + (pause < KMS_RETRY_MAX_S ? pause : KMS_RETRY_MAX_S);
 }

@@ -18,9 +18,11 @@
  * to the log, the audit trail ("ConfigReload") and /metrics; a store URI is
  * shown without its password.
  */
+#include <errno.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "common/log.h"
 #include "server/server.h"
@@ -138,6 +140,11 @@ static hsm_result would_start(hsm_server *s, const hsm_config *next, const char 
 			continue;
 		*setting = copies[i].copy;
 		HSM_GUARD(hsm_server_usable_dir(copies[i].copy, copy, false));
+		/* A directory the start would make (backup_dir, audit_dir) is not the copy
+		 * directory, which is there: nothing to compare yet. */
+		struct stat st;
+		if (stat(dir, &st) != 0 && errno == ENOENT)
+			continue;
 		HSM_GUARD(hsm_server_distinct_copy_dir(dir, copies[i].dir_name, copies[i].copy, copy));
 	}
 	*setting = "approval_quorum";

@@ -307,9 +307,15 @@ static void rollback_if_open(sq_conn *c)
  * the database, syncs it and truncates the WAL to zero bytes.  It waits (busy
  * handler) for readers still on older snapshots.
  */
-static hsm_result checkpoint_truncate(sq_conn *c)
+static hsm_result checkpoint_truncate(sq_conn *c, bool wait)
 {
+	/* An owed scrub tried again at the end of another change does not wait for readers
+	 * (a backup's VACUUM INTO, an outside reader): it would hold every write up. */
+	if (!wait)
+		sqlite3_busy_timeout(c->db, 0);
 	int rc = sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+	if (!wait)
+		sqlite3_busy_timeout(c->db, SQ_BUSY_TIMEOUT_MS);
 	if (rc != SQLITE_OK)
 		return sq_fail(c, rc, "checkpoint the write-ahead log");
 	return HSM_SUCCESS;
@@ -337,7 +343,7 @@ static hsm_result write_finish(sq_store *s, sq_conn *c, hsm_result res, bool scr
 	 * and tried again at the end of every later write transaction until it is done.
 	 */
 	if ((hsm_ok(res) && scrub) || s->scrub_owed) {
-		if (hsm_failed(checkpoint_truncate(c))) {
+		if (hsm_failed(checkpoint_truncate(c, hsm_ok(res) && scrub))) {
 			if (!s->scrub_owed)
 				hsm_warn("store: a change was committed, but the old bytes it replaced stay "
 				         "in the write-ahead log until a checkpoint succeeds: %s",

@@ -1042,6 +1042,39 @@ def test_an_erasure_committed_on_a_full_disk_is_answered_as_done():
         subprocess.run(["rm", "-rf", tmp])
 
 
+def test_an_owed_scrub_does_not_hold_other_writes_up():
+    """An erasure's WAL truncation waits for readers on older snapshots (an outside reader,
+    a backup's VACUUM INTO) for the store's busy timeout, 5 s, and is then owed.  Tried
+    again at the end of later writes, it does not wait: those writes are not held up while
+    the reader stays, and it is done once the reader has gone."""
+    import sqlite3
+    from conftest import signed_request
+    from test_import import do_import, external_key
+    server = start_dev(["--backup-interval-seconds", "0"])
+    try:
+        kms = client(server)
+        key = external_key(kms)
+        do_import(kms, key, os.urandom(32))
+        db = sqlite3.connect(os.path.join(server.data_dir, "hsmd.db"), isolation_level=None)
+        db.execute("BEGIN")
+        db.execute("SELECT count(*) FROM keys").fetchone()
+        r = signed_request(server, "TrentService.DeleteImportedKeyMaterial", {"KeyId": key})
+        assert r.status_code == 200, r.text
+        assert "the old bytes it replaced stay in the write-ahead log" in server.read_log()
+        for _ in range(3):  # each would wait the busy timeout again, were it to wait
+            started = time.monotonic()
+            kms.create_key()
+            assert time.monotonic() - started < 3.0
+        db.execute("COMMIT")
+        db.close()
+        kms.create_key()
+        assert eventually(lambda: "the write-ahead log is checkpointed and emptied again"
+                          in server.read_log())
+        assert os.path.getsize(os.path.join(server.data_dir, "hsmd.db-wal")) == 0
+    finally:
+        server.cleanup()
+
+
 def test_threads_are_named_and_the_audit_writer_yields_to_the_workers():
     """Every thread carries its role's name (ps, top -H, perf), and the audit
     writer, alone, runs five nice levels below the rest, so it batches what the

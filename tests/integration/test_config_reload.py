@@ -324,16 +324,19 @@ def test_a_setting_the_next_start_would_refuse_is_reported_now(tmp_path):
         # log_level stayed info through all of them.
         assert server.read_log().count(INFO_LINE) == len(cases)
 
-        # A copy directory that is there: it waits for the next start, as any other setting.
-        edit(conf, f"log_level = info\nbackup_copy_dir = {there}\n")
+        # A copy directory that is there: it waits for the next start, as any other setting;
+        # so do new backup and audit directories beside it, which the start makes.
+        edit(conf, f"log_level = info\nbackup_copy_dir = {there}\naudit_copy_dir = {there}\n"
+                   f"backup_dir = {tmp_path / 'new-backups'}\naudit_dir = {tmp_path / 'new-audit'}\n")
         ev = hup(server, len(cases) + 1)[-1]
         assert ev["outcome"] == "success", ev
-        assert ev["extra"] == {"restart_pending_count": "1", "restart_pending": "backup_copy_dir"}
+        assert sorted(ev["extra"]["restart_pending"].split(", ")) == [
+            "audit_copy_dir", "audit_dir", "backup_copy_dir", "backup_dir"], ev
         assert eventually(lambda: metric(server, "hsmd_config_last_reload_successful") == 1)
-        assert metric(server, "hsmd_config_restart_pending") == 1
-        assert not [p for p in os.listdir(missing if os.path.exists(missing) else there)
-                    if p.startswith(".hsmd-probe")]
-        assert not os.path.exists(missing)  # not made by the check
+        assert metric(server, "hsmd_config_restart_pending") == 4
+        assert not [p for p in os.listdir(there) if p.startswith(".hsmd-probe")]
+        for made_by_start in (missing, tmp_path / "new-backups", tmp_path / "new-audit"):
+            assert not os.path.exists(made_by_start)  # not made by the check
     finally:
         server.cleanup()
 

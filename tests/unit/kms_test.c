@@ -726,6 +726,37 @@ static void test_failing_scheduled_work_backs_off(void **state)
 	hsm_key_record_clear(&k);
 }
 
+/* A wall clock stepped back does not hold a failing key's work back for as long as the step. */
+static void test_backoff_ends_when_the_clock_steps_back(void **state)
+{
+	fx *f = *state;
+	hsm_key_record k, r;
+	size_t done = 0;
+	create(f, HSM_SPEC_ECC_NIST_P256, HSM_USAGE_SIGN_VERIFY, NULL, &k);
+	assert_true(hsm_ok(hsm_kms_enable_rotation(f->kms, &officer, k.key_id, 1)));
+	hsm_cert_record c;
+	memset(&c, 0, sizeof(c));
+	assert_true(hsm_ok(hsm_uuid_new(c.cert_id)));
+	assert_true(hsm_ok(hsm_buf_set(&c.object_id, k.key_id, strlen(k.key_id))));
+	assert_true(hsm_ok(hsm_buf_set(&c.der, "\x30\x00", 2)));
+	c.created = f->now;
+	assert_true(hsm_ok(hsm_store_cert_create(f->store, &c)));
+	f->now += 2 * 86400; /* a day past the rotation date */
+	int64_t t0 = f->now;
+	assert_int_equal(hsm_kms_run_due(f->kms, &done).err, HSM_ERR_VALIDATION);
+	assert_true(hsm_ok(hsm_store_cert_delete(f->store, c.cert_id)));
+	/* The wall clock steps back an hour (NTP); the key is still a day overdue. */
+	f->now = t0 - 3600 + 10;
+	assert_true(hsm_ok(hsm_kms_run_due(f->kms, &done)));
+	assert_int_equal(done, 1);
+	memset(&r, 0, sizeof(r));
+	assert_true(hsm_ok(hsm_kms_rotation_status(f->kms, &user, k.key_id, &r)));
+	assert_int_equal(r.primary_version, 2);
+	hsm_key_record_clear(&r);
+	hsm_cert_record_clear(&c);
+	hsm_key_record_clear(&k);
+}
+
 /* The automatic schedule, as in KMS: what moves its date and what does not. */
 static int64_t next_rotation(fx *f, const char *key_id)
 {
@@ -1220,6 +1251,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_decrypt_sees_the_request_alias, setup,
 	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_failing_scheduled_work_backs_off, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_backoff_ends_when_the_clock_steps_back, setup,
+	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_rotation_keeps_old_versions, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_rotation_schedule, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_scheduled_work_counts_only_its_own_changes, setup,

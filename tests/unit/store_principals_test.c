@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include <pthread.h>
+#include <stdatomic.h>
 
 #include "store/store.h"
 #include "store_test_util.h"
@@ -152,6 +154,75 @@ static void test_auth_result_counts_and_locks(void **state)
 	EXPECT_ERR(hsm_store_user_auth_result(f->s, "nobody", false, 3, &got, NULL), HSM_ERR_NOT_FOUND);
 }
 
+/*
+ * Concurrent failures across the threshold, through two handles on PostgreSQL
+ * (two nodes): exactly one reports that it locked the user (UserLocked once).
+ */
+#define LOCK_THREADS 8
+#define LOCK_ROUNDS 30
+typedef struct lock_run {
+	hsm_store *s;
+	const char *name;
+	pthread_barrier_t *start;
+	atomic_int *locked_now, *failures;
+} lock_run;
+
+static void *lock_worker(void *arg)
+{
+	lock_run *r = arg;
+	pthread_barrier_wait(r->start);
+	bool now = false;
+	if (hsm_failed(hsm_store_user_auth_result(r->s, r->name, false, 3, NULL, &now)))
+		atomic_fetch_add(r->failures, 1);
+	else if (now)
+		atomic_fetch_add(r->locked_now, 1);
+	return NULL;
+}
+
+static void test_concurrent_failures_lock_once(void **state)
+{
+	st_fixture *f = *state;
+	hsm_store *nodes[2] = {f->s, NULL};
+	bool second = st_is_pg() && hsm_ok(hsm_store_open(f->loc, &nodes[1]));
+	if (!second)
+		nodes[1] = f->s; /* SQLite: one handle, its writes serialized */
+	int bad = 0;
+	for (int round = 0; round < LOCK_ROUNDS; round++) {
+		char name[32];
+		snprintf(name, sizeof(name), "racer%d", round);
+		hsm_user_record u;
+		user(&u, name, HSM_ROLE_CRYPTO_USER);
+		EXPECT_OK(hsm_store_user_create(f->s, &u));
+		/* Two failures already: the next one locks. */
+		EXPECT_OK(hsm_store_user_auth_result(f->s, name, false, 3, NULL, NULL));
+		EXPECT_OK(hsm_store_user_auth_result(f->s, name, false, 3, NULL, NULL));
+		pthread_barrier_t start;
+		pthread_barrier_init(&start, NULL, LOCK_THREADS);
+		atomic_int locked_now = 0, failures = 0;
+		lock_run runs[LOCK_THREADS];
+		pthread_t th[LOCK_THREADS];
+		for (int i = 0; i < LOCK_THREADS; i++) {
+			runs[i] = (lock_run){nodes[i % 2], name, &start, &locked_now, &failures};
+			assert_int_equal(pthread_create(&th[i], NULL, lock_worker, &runs[i]), 0);
+		}
+		for (int i = 0; i < LOCK_THREADS; i++)
+			pthread_join(th[i], NULL);
+		pthread_barrier_destroy(&start);
+		hsm_user_record got;
+		EXPECT_OK(hsm_store_user_get(f->s, name, &got));
+		if (atomic_load(&locked_now) != 1 || atomic_load(&failures) != 0 || !got.locked ||
+		    got.failed_auth != 2 + LOCK_THREADS) {
+			print_message("round %d: locked_now=%d failures=%d locked=%d count=%u\n", round,
+			              atomic_load(&locked_now), atomic_load(&failures), got.locked,
+			              got.failed_auth);
+			bad++;
+		}
+	}
+	if (second)
+		hsm_store_close(nodes[1]);
+	assert_int_equal(bad, 0);
+}
+
 /* Each change writes its own columns: a lockout and a DisableUser made meanwhile both stay. */
 static void test_user_changes_touch_their_columns_only(void **state)
 {
@@ -270,6 +341,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_user_crud, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_auth_result_counts_and_locks, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_concurrent_failures_lock_once, st_setup,
+		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_user_changes_touch_their_columns_only, st_setup,
 		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_access_keys, st_setup, st_teardown),
