@@ -72,6 +72,7 @@ struct hsm_kms {
 		int64_t since;     /* the last failure */
 		int64_t next;      /* not tried again before then */
 		unsigned failures; /* in a row */
+		bool listed;       /* among the keys due in this round */
 	} retry[KMS_RETRY_MAX];
 	size_t n_retry;
 };

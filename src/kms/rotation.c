@@ -362,6 +362,7 @@ static void note_outcome(hsm_kms *kms, const char *key_id, bool failed, int64_t 
 		}
 		memcpy(r->key_id, key_id, sizeof(r->key_id));
 		r->failures = 0;
+		r->listed = true;
 	}
 	r->failures++;
 	r->since = now;
@@ -369,17 +370,24 @@ static void note_outcome(hsm_kms *kms, const char *key_id, bool failed, int64_t 
 	r->next = now + (pause < KMS_RETRY_MAX_S ? pause : KMS_RETRY_MAX_S);
 }
 
+#define DUE_PER_ROUND 1000 /* keys listed as due in one round; the rest in the next */
+
 hsm_result hsm_kms_run_due(hsm_kms *kms, size_t *done)
 {
 	/* Collect first, act after: no store write happens while a listing is open. */
 	due_list l = {0};
 	int64_t now = kms_now(kms);
-	hsm_result r = hsm_store_keys_due(kms->store, now, 1000, collect_due, &l);
+	hsm_result r = hsm_store_keys_due(kms->store, now, DUE_PER_ROUND, collect_due, &l);
 	hsm_err first = HSM_OK;
 	size_t failed = 0;
 	*done = 0;
+	for (size_t i = 0; i < kms->n_retry; i++)
+		kms->retry[i].listed = false;
 	for (size_t i = 0; i < l.n; i++) {
 		const hsm_key_record *rec = &l.recs[i];
+		struct kms_retry *was = retry_of(kms, rec->key_id);
+		if (was != NULL)
+			was->listed = true;
 		if (waits_for_material(rec, now) || held_back(kms, rec->key_id, now)) {
 			hsm_key_record_clear(&l.recs[i]); /* due, counted, and nothing to do yet */
 			continue;
@@ -400,6 +408,14 @@ hsm_result hsm_kms_run_due(hsm_kms *kms, size_t *done)
 		hsm_key_record_clear(&l.recs[i]);
 	}
 	free(l.recs);
+	/* A key no longer due (destroyed, its work done elsewhere, taken off rotation) is
+	 * forgotten, so its failures do not carry over to its next due date; unless the listing
+	 * was cut short, when an unlisted key may still be due. */
+	for (size_t i = 0; hsm_ok(r) && l.n < DUE_PER_ROUND && i < kms->n_retry;)
+		if (!kms->retry[i].listed)
+			kms->retry[i] = kms->retry[--kms->n_retry];
+		else
+			i++;
 	HSM_GUARD(r);
 	HSM_ENSURE(failed == 0, first, "%zu of the %zu keys due failed their scheduled work", failed,
 	           l.n);
