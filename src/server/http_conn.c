@@ -69,6 +69,8 @@
 #define ACCEPT_BATCH 64
 /* How long a refused client may go on sending before the connection is closed. */
 #define LINGER_MS 2000U
+/* Connections handed between workers at max_connections and not yet taken, at most. */
+#define HAND_INFLIGHT_MAX 8U
 /* At most one warning of each kind per worker this often (PROXY headers missing, limits). */
 #define WARN_EVERY_MS 60000U
 
@@ -907,9 +909,17 @@ static bool conn_hand_over(hsm_http_worker *w, int fd, const struct sockaddr_sto
 	}
 	if (to == NULL || atomic_load(&srv->stopping))
 		return false;
-	hsm_http_handed *h = malloc(sizeof(*h));
-	if (h == NULL)
+	/* A few at a time: each holds a descriptor until taken, and a flood with nothing to
+	 * give way anywhere must not run the process out of them (FD_RESERVE). */
+	if (atomic_fetch_add(&srv->n_handed, 1) >= HAND_INFLIGHT_MAX) {
+		atomic_fetch_sub(&srv->n_handed, 1);
 		return false;
+	}
+	hsm_http_handed *h = malloc(sizeof(*h));
+	if (h == NULL) {
+		atomic_fetch_sub(&srv->n_handed, 1);
+		return false;
+	}
 	*h = (hsm_http_handed){.fd = fd, .via_proxy = via_proxy, .src = *src, .ss = *ss};
 	h->next = atomic_load_explicit(&to->handed, memory_order_relaxed);
 	while (!atomic_compare_exchange_weak_explicit(&to->handed, &h->next, h,
@@ -934,6 +944,7 @@ void hsm_http_conn_adopt_handed(hsm_http_worker *w)
 		else
 			conn_turned_away(w, h->fd, &h->src, h->via_proxy);
 		free(h);
+		atomic_fetch_sub(&w->srv->n_handed, 1);
 		h = next;
 	}
 }

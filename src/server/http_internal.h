@@ -188,6 +188,7 @@ struct hsm_http_server {
 	int shared_fd;
 	uint16_t port;
 	_Atomic uint32_t n_conns;
+	_Atomic uint32_t n_handed; /* accepted connections handed to another worker, not yet taken */
 	hsm_conn_limit *per_source; /* max_connections_per_source */
 	_Atomic uint64_t refused_full, refused_source, evicted;
 	/* Accept failures for want of descriptors or memory this spell, all workers' (http_conn.c). */

@@ -233,7 +233,8 @@ def test_a_key_with_a_certificate_does_not_rotate(server, officer, ca):
     assert officer.list_aliases(KeyId=key)["Aliases"] == []
     admin(server, "DeleteCertificate", {"CertificateId": staged["CertificateId"]})
     officer.disable_key_rotation(KeyId=key)
-    import_cert(server, der(cert_of_key(officer, ca, key, "again")), KeyId=key)
+    again = import_cert(server, der(cert_of_key(officer, ca, key, "again")), KeyId=key)
+    admin(server, "DeleteCertificate", {"CertificateId": again["CertificateId"]})
     # A key without a certificate rotates as ever.
     other = officer.create_key(KeySpec="ECC_NIST_P256",
                                KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
