@@ -205,8 +205,13 @@ static void count_failure(hsm_server *s, hsm_http_req *req, const char *user, co
 {
 	bool locked_now = false;
 	hsm_result r = auth_outcome(s, req, user, akid, false, &locked_now, out);
-	if (hsm_failed(r))
-		hsm_log_failure("recording a failed authentication");
+	/* Said once a streak: a flood of wrong signatures on a full disk is not a log line each. */
+	bool was = atomic_exchange(&s->auth_record_failing, hsm_failed(r));
+	if (hsm_failed(r) && !was)
+		hsm_log_failure("recording a failed authentication; no failure is counted toward "
+		                "lockout_threshold until one can be (said once until then)");
+	else if (hsm_ok(r) && was)
+		hsm_info("failed authentications are counted toward lockout_threshold again");
 	hsm_server_auth_flush(s); /* the user may be locked now: no cached entry may outlive that */
 	if (locked_now) {
 		hsm_audit_field f[] = {{"target_user", user}, {"target_access_key_id", akid}};

@@ -205,6 +205,7 @@ typedef struct hsm_server {
 	 * last reading loaded, and how many settings it found changed that wait for a restart. */
 	atomic_uint_fast64_t config_reloads, config_reload_failures;
 	atomic_bool config_reload_failing;
+	atomic_bool auth_record_failing; /* failed authentications cannot be counted (auth.c) */
 	atomic_uint config_restart_pending;
 	/* approval_operations as bit sets: by hsm_op, and by hsm_admin_index. */
 	uint64_t approval_kms_ops;

@@ -990,6 +990,52 @@ def test_full_store_disk_refuses_writes_and_says_so():
         subprocess.run(["rm", "-rf", tmp])
 
 
+def test_failed_authentications_not_counted_on_a_full_disk_are_said_once():
+    """Wrong signatures on a full store disk cannot be counted toward lockout_threshold:
+    the log says so once, not once per request, and says when they are counted again."""
+    from conftest import signed_request
+    from helpers import new_user
+    from test_auth import BAD_SIG, BODY, TARGET
+
+    def bad(akid, secret, n):
+        for _ in range(n):
+            r = signed_request(server, TARGET, BODY, akid=akid, secret=secret, mutate=BAD_SIG)
+            assert (r.status_code, r.json()["__type"]) == (400, "InvalidSignatureException")
+    tmp = tempfile.mkdtemp(prefix="hsmd-auth-full-")
+    data_dir = os.path.join(tmp, "data")
+    mount_tmpfs(data_dir, "8m")
+    server = None
+    try:
+        server = Hsmd(["--dev", "--audit-dir", os.path.join(tmp, "audit"),
+                       "--backup-dir", os.path.join(tmp, "backup"),
+                       "--backup-interval-seconds", "0"],
+                      env={"HSM_DEV_ACCESS_KEY_ID": DEV_AKID,
+                           "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET},
+                      data_dir=data_dir)
+        akid, secret = new_user(server, "guessed", ["crypto-user"])
+        filler = os.path.join(data_dir, "filler")
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
+        kms = client(server)
+        for _ in range(200):  # the WAL's free pages take a few writes before the disk says no
+            try:
+                kms.create_key()
+            except botocore.exceptions.ClientError:
+                break
+        bad(akid, secret, 6)
+        said = "no failure is counted toward lockout_threshold until one can be"
+        assert server.read_log().count(said) == 1, server.read_log()
+        os.remove(filler)
+        bad(akid, secret, 1)
+        assert eventually(lambda: "failed authentications are counted toward lockout_threshold "
+                          "again" in server.read_log())
+        assert server.read_log().count(said) == 1
+    finally:
+        if server is not None:
+            server.cleanup()
+        subprocess.run(["umount", "-l", data_dir])
+        subprocess.run(["rm", "-rf", tmp])
+
+
 def test_an_erasure_committed_on_a_full_disk_is_answered_as_done():
     """DeleteImportedKeyMaterial commits, then empties the write-ahead log of the old
     material (a checkpoint, which grows the database file).  On a disk too full for that
