@@ -148,25 +148,46 @@ const char *hsm_agree_alg_name(hsm_agree_alg alg)
 	return agree_names[alg];
 }
 
+/* Names AWS KMS defines that hsmd does not offer: a feature missing, not a malformed request. */
+static bool aws_name(const char *name, const char *const *names, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(name, names[i]) == 0)
+			return true;
+	return false;
+}
+
 hsm_result hsm_spec_parse(const char *name, hsm_key_spec *out)
 {
+	static const char *const not_offered[] = {"SM2",       "ML_DSA_44",  "ML_DSA_65",
+	                                          "ML_DSA_87", "ML_KEM_512", "ML_KEM_768",
+	                                          "ML_KEM_1024"};
 	for (unsigned i = 0; i < HSM_SPEC_COUNT; i++) {
 		if (strcmp(name, specs[i].name) == 0) {
 			*out = (hsm_key_spec)i;
 			return HSM_SUCCESS;
 		}
 	}
+	HSM_ENSURE(!aws_name(name, not_offered, sizeof(not_offered) / sizeof(not_offered[0])),
+	           HSM_ERR_UNSUPPORTED_OPERATION,
+	           "KeySpec %s is not offered: this build's OpenSSL has no %s keys", name,
+	           name[0] == 'S' ? "SM2" : name[3] == 'D' ? "ML-DSA" : "ML-KEM");
 	return HSM_FAIL(HSM_ERR_VALIDATION, "KeySpec '%.64s' is not supported", name);
 }
 
 hsm_result hsm_usage_parse(const char *name, hsm_key_usage *out)
 {
+	static const char *const not_offered[] = {"KEY_ENCAPSULATION"};
 	for (unsigned i = 0; i < HSM_USAGE_COUNT; i++) {
 		if (strcmp(name, usage_names[i]) == 0) {
 			*out = (hsm_key_usage)i;
 			return HSM_SUCCESS;
 		}
 	}
+	HSM_ENSURE(!aws_name(name, not_offered, 1), HSM_ERR_UNSUPPORTED_OPERATION,
+	           "KeyUsage %s is not offered: it needs ML-KEM keys, which this build's OpenSSL "
+	           "does not have",
+	           name);
 	return HSM_FAIL(HSM_ERR_VALIDATION, "KeyUsage '%.64s' is not supported", name);
 }
 

@@ -97,7 +97,6 @@ def test_create_key_invalid_names_and_members(kms):
     # An HMAC key needs KeyUsage GENERATE_VERIFY_MAC: the default usage does not fit.
     raises("ValidationException", kms.create_key, KeySpec="HMAC_256")
     raises("ValidationException", kms.create_key, KeySpec="AES_256")
-    raises("ValidationException", kms.create_key, KeySpec="SM2")  # not offered by hsmd
     raises("ValidationException", kms.create_key, KeyUsage="WRAP_UNWRAP")
     raises("ValidationException", kms.create_key, KeySpec="RSA_2048",
            CustomerMasterKeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")
@@ -121,6 +120,30 @@ def test_create_key_unsupported_members(kms, member, value):
             else "UnsupportedOperationException")
     raises(code, kms.create_key, **{member: value}, status=400)
     assert key_count(kms) == n
+
+
+def test_aws_key_specs_hsmd_does_not_offer_are_unsupported_not_invalid(kms, hsmd):
+    """KeySpecs and a KeyUsage AWS KMS defines but hsmd does not offer (its OpenSSL has no
+    SM2, ML-DSA or ML-KEM) are a feature missing, UnsupportedOperationException, as the
+    operations declare; a name AWS does not define is a ValidationException.  Nothing
+    is made."""
+    n = key_count(kms)
+    for body in ({"KeySpec": "SM2", "KeyUsage": "SIGN_VERIFY"},
+                 {"KeySpec": "ML_DSA_65", "KeyUsage": "SIGN_VERIFY"},
+                 {"KeySpec": "ML_KEM_768", "KeyUsage": "KEY_ENCAPSULATION"},
+                 {"KeySpec": "ECC_NIST_P256", "KeyUsage": "KEY_ENCAPSULATION"}):
+        out = call_error(hsmd, "CreateKey", body, "UnsupportedOperationException")
+        assert "is not offered" in out["message"], out
+    for body in ({"KeySpec": "NOT_A_SPEC"}, {"KeySpec": "ml_dsa_65"},
+                 {"KeyUsage": "ENCAPSULATION"}):
+        call_error(hsmd, "CreateKey", body, "ValidationException")
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    call_error(hsmd, "GenerateDataKeyPair", {"KeyId": key, "KeyPairSpec": "SM2"},
+               "UnsupportedOperationException")
+    out = call_error(hsmd, "GenerateDataKeyPair", {"KeyId": key, "KeyPairSpec": "NOPE"},
+                     "ValidationException")
+    assert out["message"] == "KeyPairSpec 'NOPE' is not supported", out
+    assert key_count(kms) == n + 1
 
 
 def test_create_key_origin_outside_the_enum_is_a_validation_error(kms, hsmd):
