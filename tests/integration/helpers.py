@@ -428,6 +428,22 @@ def raw_exchange(port, data, shut=True):
     return out
 
 
+def sigv4_headers(server, target, body):
+    """The headers botocore's SigV4 signer gives a KMS JSON request (Host and
+    Content-Length left for the caller to write), and the body's bytes."""
+    import botocore.awsrequest
+    import botocore.credentials
+    data = json.dumps(body).encode()
+    req = botocore.awsrequest.AWSRequest(
+        method="POST", url=server.endpoint + "/", data=data,
+        headers={"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": target})
+    botocore.auth.SigV4Auth(botocore.credentials.Credentials(DEV_AKID, DEV_SECRET), "kms",
+                            REGION).add_auth(req)
+    headers = {k: v for k, v in req.prepare().headers.items()
+               if k.lower() not in ("host", "content-length")}
+    return headers, data
+
+
 def points(n, spread, tail):
     """Which of n allocations to refuse: every one, or `spread` spread over them all and
     every one of the last `tail` (over TLS the handshake comes first, with hundreds

@@ -3,6 +3,7 @@ fail closed with bounded refusals when the log cannot be written, automatic
 recovery, and a chain that verifies across restarts."""
 import base64
 import concurrent.futures
+import contextlib
 import glob
 import json
 import os
@@ -990,6 +991,29 @@ def test_full_store_disk_refuses_writes_and_says_so():
         subprocess.run(["rm", "-rf", tmp])
 
 
+@contextlib.contextmanager
+def node_on_a_small_data_disk():
+    """A dev node whose data_dir (the SQLite store) is an 8 MiB tmpfs of its own, its
+    trail and backups elsewhere: (server, tmp, data_dir)."""
+    tmp = tempfile.mkdtemp(prefix="hsmd-small-data-")
+    data_dir = os.path.join(tmp, "data")
+    mount_tmpfs(data_dir, "8m")
+    server = None
+    try:
+        server = Hsmd(["--dev", "--audit-dir", os.path.join(tmp, "audit"),
+                       "--backup-dir", os.path.join(tmp, "backup"),
+                       "--backup-interval-seconds", "0"],
+                      env={"HSM_DEV_ACCESS_KEY_ID": DEV_AKID,
+                           "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET},
+                      data_dir=data_dir)
+        yield server, tmp, data_dir
+    finally:
+        if server is not None:
+            server.cleanup()
+        subprocess.run(["umount", "-l", data_dir])
+        subprocess.run(["rm", "-rf", tmp])
+
+
 def test_failed_authentications_not_counted_on_a_full_disk_are_said_once():
     """Wrong signatures on a full store disk cannot be counted toward lockout_threshold:
     the log says so once, not once per request, and says when they are counted again."""
@@ -1001,17 +1025,8 @@ def test_failed_authentications_not_counted_on_a_full_disk_are_said_once():
         for _ in range(n):
             r = signed_request(server, TARGET, BODY, akid=akid, secret=secret, mutate=BAD_SIG)
             assert (r.status_code, r.json()["__type"]) == (400, "InvalidSignatureException")
-    tmp = tempfile.mkdtemp(prefix="hsmd-auth-full-")
-    data_dir = os.path.join(tmp, "data")
-    mount_tmpfs(data_dir, "8m")
-    server = None
-    try:
-        server = Hsmd(["--dev", "--audit-dir", os.path.join(tmp, "audit"),
-                       "--backup-dir", os.path.join(tmp, "backup"),
-                       "--backup-interval-seconds", "0"],
-                      env={"HSM_DEV_ACCESS_KEY_ID": DEV_AKID,
-                           "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET},
-                      data_dir=data_dir)
+
+    with node_on_a_small_data_disk() as (server, tmp, data_dir):
         akid, secret = new_user(server, "guessed", ["crypto-user"])
         filler = os.path.join(data_dir, "filler")
         subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
@@ -1029,11 +1044,6 @@ def test_failed_authentications_not_counted_on_a_full_disk_are_said_once():
         assert eventually(lambda: "failed authentications are counted toward lockout_threshold "
                           "again" in server.read_log())
         assert server.read_log().count(said) == 1
-    finally:
-        if server is not None:
-            server.cleanup()
-        subprocess.run(["umount", "-l", data_dir])
-        subprocess.run(["rm", "-rf", tmp])
 
 
 def test_an_erasure_committed_on_a_full_disk_is_answered_as_done():
@@ -1045,17 +1055,7 @@ def test_an_erasure_committed_on_a_full_disk_is_answered_as_done():
     from conftest import signed_request
     from helpers import audit_record
     from test_import import do_import, external_key
-    tmp = tempfile.mkdtemp(prefix="hsmd-scrub-full-")
-    data_dir = os.path.join(tmp, "data")
-    mount_tmpfs(data_dir, "8m")
-    server = None
-    try:
-        server = Hsmd(["--dev", "--audit-dir", os.path.join(tmp, "audit"),
-                       "--backup-dir", os.path.join(tmp, "backup"),
-                       "--backup-interval-seconds", "0"],
-                      env={"HSM_DEV_ACCESS_KEY_ID": DEV_AKID,
-                           "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET},
-                      data_dir=data_dir)
+    with node_on_a_small_data_disk() as (server, tmp, data_dir):
         kms = client(server)
         key = external_key(kms)
         do_import(kms, key, os.urandom(32))
@@ -1081,11 +1081,6 @@ def test_an_erasure_committed_on_a_full_disk_is_answered_as_done():
                           in server.read_log())
         assert os.path.getsize(wal) == 0
         assert server.read_log().count(owed) == 1
-    finally:
-        if server is not None:
-            server.cleanup()
-        subprocess.run(["umount", "-l", data_dir])
-        subprocess.run(["rm", "-rf", tmp])
 
 
 def test_an_owed_scrub_does_not_hold_other_writes_up():

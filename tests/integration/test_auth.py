@@ -22,7 +22,8 @@ import requests
 
 from conftest import (BUILD, DEV_AKID, DEV_SECRET, HSMCTL, REGION, client, signed_call,
                       signed_request, start_dev, unsigned_call)
-from helpers import admin, audit_record, new_user, parsed_body, request_id, restart_dev, signed_at
+from helpers import (admin, audit_record, new_user, parsed_body, request_id, restart_dev,
+                     signed_at, sigv4_headers)
 
 TARGET = "TrentService.ListKeys"
 BODY = {"Limit": 5}
@@ -259,13 +260,7 @@ def send_with_header_count(server, total, pad="x", name="X-Pad-"):
     """A signed ListKeys sent with exactly `total` header lines (unsigned X-Pad-<i> fill),
     or with one unsigned X-Pad-0 of value pad when total is None (name: the fill's
     name before its number)."""
-    data = json.dumps(BODY).encode()
-    req = botocore.awsrequest.AWSRequest(
-        method="POST", url=server.endpoint + "/", data=data,
-        headers={"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": TARGET})
-    botocore.auth.SigV4Auth(botocore.credentials.Credentials(DEV_AKID, DEV_SECRET), "kms",
-                            REGION).add_auth(req)
-    headers = {k: v for k, v in req.prepare().headers.items() if k.lower() != "content-length"}
+    headers, data = sigv4_headers(server, TARGET, BODY)
     headers["Content-Length"] = str(len(data))
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     conn.putrequest("POST", "/", skip_host=True, skip_accept_encoding=True)

@@ -12,7 +12,7 @@ import botocore.credentials
 import pytest
 
 from conftest import DEV_AKID, DEV_SECRET, REGION, signed_request, unsigned_call
-from helpers import audit_record, parsed_body, raw_exchange, request_id
+from helpers import audit_record, parsed_body, raw_exchange, request_id, sigv4_headers
 
 
 @pytest.fixture(scope="module")
@@ -341,16 +341,9 @@ def test_a_refusal_reaches_a_client_that_sent_everything_and_shut_its_side(hsmd,
 
 def signed_bytes(server, target, body, connection):
     """A request signed by botocore's SigV4 signer, as the bytes sent on the wire."""
-    data = json.dumps(body).encode()
-    req = botocore.awsrequest.AWSRequest(
-        method="POST", url=server.endpoint + "/", data=data,
-        headers={"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": target})
-    botocore.auth.SigV4Auth(botocore.credentials.Credentials(DEV_AKID, DEV_SECRET), "kms",
-                            REGION).add_auth(req)
+    headers, data = sigv4_headers(server, target, body)
     head = ["POST / HTTP/1.1", f"Host: 127.0.0.1:{server.port}", f"Connection: {connection}",
-            f"Content-Length: {len(data)}"]
-    head += [f"{k}: {v}" for k, v in req.prepare().headers.items()
-             if k.lower() not in ("host", "content-length")]
+            f"Content-Length: {len(data)}"] + [f"{k}: {v}" for k, v in headers.items()]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + data
 
 
