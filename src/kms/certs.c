@@ -245,8 +245,12 @@ static hsm_result note_first(const hsm_cert_record *c, void *arg)
 	return HSM_SUCCESS;
 }
 
-hsm_result kms_certs_refuse_rotation(hsm_kms *kms, const char *key_id, const char *what)
+hsm_result kms_certs_refuse_rotation(hsm_kms *kms, const hsm_key_record *key, const char *what)
 {
+	/* Only a key with a public key can have a certificate paired (check_certifies). */
+	if (!hsm_spec_is_asymmetric(key->spec))
+		return HSM_SUCCESS;
+	const char *key_id = key->key_id;
 	hsm_buf id = {0};
 	char cert_id[HSM_UUID_STRLEN + 1] = "";
 	bool more = false;

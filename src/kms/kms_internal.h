@@ -111,11 +111,12 @@ void kms_aliases_changed(hsm_kms *kms);
 hsm_result kms_certs_may_pair(hsm_kms *kms, const hsm_buf *object_id,
                               const char *key_id) HSM_MUST_CHECK;
 /*
- * Refuses (ValidationException) to rotate key_id while a certificate pairs
+ * Refuses (ValidationException) to rotate key while a certificate pairs
  * with its objects: a new primary public key would leave the certificate
- * beside a key it no longer certifies.  `what` begins the message.
+ * beside a key it no longer certifies.  `what` begins the message.  A
+ * symmetric key has no certificate: nothing is read for it.
  */
-hsm_result kms_certs_refuse_rotation(hsm_kms *kms, const char *key_id,
+hsm_result kms_certs_refuse_rotation(hsm_kms *kms, const hsm_key_record *key,
                                      const char *what) HSM_MUST_CHECK;
 /*
  * The first alias of a key other than `except` (may be NULL) that gives it a

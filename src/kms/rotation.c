@@ -75,7 +75,7 @@ hsm_result hsm_kms_enable_rotation(hsm_kms *kms, const hsm_caller *caller, const
 	 * locked: the certificates are other rows. */
 	kms_key *k = NULL;
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_EnableKeyRotation, ref, &extra, &k));
-	hsm_result r = kms_certs_refuse_rotation(kms, k->rec.key_id, "EnableKeyRotation");
+	hsm_result r = kms_certs_refuse_rotation(kms, &k->rec, "EnableKeyRotation");
 	kms_key_release(k);
 	HSM_GUARD(r);
 	return kms_modify_with(kms, caller, HSM_OP_EnableKeyRotation, ref, &extra, set_rotation, &a,
@@ -198,7 +198,7 @@ hsm_result hsm_kms_rotate_now(hsm_kms *kms, const hsm_caller *caller, const char
 		             "automatic rotation is not limited",
 		             k->arn, c.n);
 	if (hsm_ok(r))
-		r = kms_certs_refuse_rotation(kms, k->rec.key_id, "RotateKeyOnDemand");
+		r = kms_certs_refuse_rotation(kms, &k->rec, "RotateKeyOnDemand");
 	if (hsm_ok(r))
 		r = k->rec.origin == HSM_ORIGIN_EXTERNAL
 		        ? kms_promote_pending(kms, caller, k, HSM_ROTATION_ON_DEMAND, out)
@@ -262,7 +262,7 @@ static hsm_result rotate_due(hsm_kms *kms, const hsm_key_record *rec, bool *acte
 	    k->rec.next_rotation <= kms_now(kms)) {
 		/* A certificate paired before hsmd refused that pairing: not rotated, and each
 		 * round says why (HsmdSchedulerFailing), until it is deleted or rotation is off. */
-		r = kms_certs_refuse_rotation(kms, k->rec.key_id, "scheduled rotation");
+		r = kms_certs_refuse_rotation(kms, &k->rec, "scheduled rotation");
 		/* Imported keys move to the material imported for the purpose, when there is some. */
 		if (hsm_ok(r))
 			r = k->rec.origin == HSM_ORIGIN_EXTERNAL
