@@ -924,11 +924,14 @@ typedef struct approval_counts {
 	hsm_kms *kms;
 	uint64_t open;     /* waiting for custodians: valid approvals short of the quorum */
 	uint64_t approved; /* approved, waiting for the requester to send the request again */
+	hsm_approval_cursor last; /* where the next page goes on */
 } approval_counts;
 
 static hsm_result count_approval(const hsm_approval_record *a, void *arg)
 {
 	approval_counts *c = arg;
+	c->last.created = a->created;
+	memcpy(c->last.id, a->id, sizeof(c->last.id));
 	if (hsm_kms_approval_approved(c->kms, a))
 		c->approved++;
 	else
@@ -944,7 +947,7 @@ static void count_store_gauges(hsm_server *s)
 	if (!atomic_load(&s->store_up))
 		return;
 	uint64_t keys = 0, certs = 0, certs_expiring = 0;
-	approval_counts approvals = {s->kms, 0, 0};
+	approval_counts approvals = {s->kms, 0, 0, {0, ""}};
 	hsm_due_counts due = {0, 0, 0, 0, 0};
 	bool certs_counted = true;
 	if (hsm_keystore_state(s->ks) == HSM_NODE_UNSEALED) {
@@ -952,9 +955,12 @@ static void count_store_gauges(hsm_server *s)
 		if (hsm_ok(r))
 			r = hsm_store_keys_due_count(s->store, hsm_now() + 7 * 86400,
 			                             hsm_now() - HSM_ROTATION_OVERDUE_S, &due);
-		if (hsm_ok(r) && s->opt.approval_quorum > 0)
-			r = hsm_store_approval_list(s->store, true, hsm_now(), NULL, HSM_STORE_LIST_MAX,
-			                            count_approval, &approvals, NULL);
+		/* Every open request, page after page (a page ends at a few MiB of their texts). */
+		bool more = s->opt.approval_quorum > 0;
+		for (bool first = true; hsm_ok(r) && more; first = false)
+			r = hsm_store_approval_list(s->store, true, hsm_now(),
+			                            first ? NULL : &approvals.last, HSM_STORE_LIST_MAX,
+			                            count_approval, &approvals, &more);
 		if (hsm_failed(r)) {
 			atomic_fetch_add(&s->metrics.scheduler_failures, 1);
 			hsm_log_failure("counting keys for /metrics");

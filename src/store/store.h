@@ -984,6 +984,9 @@ hsm_result hsm_approval_state_parse(const char *name, hsm_approval_state *out) H
  * (a 32 KB policy, 50 tags, a description), so a request within the API's limits fits. */
 #define HSM_APPROVAL_REQUEST_MAX 262144
 #define HSM_APPROVERS_MAX 16
+/* Open requests (Pending, not expired) one requester may hold at once: each waits on the
+ * custodians, who read them all, and on the store, which keeps each up to 256 KiB. */
+#define HSM_APPROVALS_OPEN_PER_USER 100
 typedef struct hsm_approval_record {
 	char id[HSM_APPROVAL_ID_LEN + 1];
 	char fingerprint[HSM_APPROVAL_FINGERPRINT_LEN + 1];
@@ -1007,7 +1010,10 @@ typedef hsm_result (*hsm_approval_cb)(const hsm_approval_record *a, void *arg);
  * request.  In one write transaction: when a Pending record with
  * a->fingerprint and expires > a->created exists, *out receives it and
  * nothing is written; else a (state Pending, no approvers, closed 0,
- * closed_by "") is inserted and *out receives it.  ALREADY_EXISTS for a
+ * closed_by "") is inserted and *out receives it.  LIMIT_EXCEEDED when
+ * a->requester already holds HSM_APPROVALS_OPEN_PER_USER open requests (on
+ * PostgreSQL counted under a lock on the requester, so nodes opening at once
+ * cannot pass it together).  ALREADY_EXISTS for a
  * duplicate id; VALIDATION for a malformed id or fingerprint, an empty
  * operation or requester, required outside 1..HSM_APPROVERS_MAX, expires <=
  * created, or request NULL or longer than HSM_APPROVAL_REQUEST_MAX.

@@ -601,8 +601,13 @@ static hsm_result check_open(const hsm_approval_record *a, int64_t now)
 	return HSM_SUCCESS;
 }
 
-hsm_result st_approval_fresh(const hsm_approval_record *a, hsm_approval_record *out)
+hsm_result st_approval_fresh(const hsm_approval_record *a, int64_t held,
+                             hsm_approval_record *out)
 {
+	HSM_ENSURE(held < HSM_APPROVALS_OPEN_PER_USER, HSM_ERR_LIMIT_EXCEEDED,
+	           "%s already has %d approval requests open, the most one user may hold; cancel "
+	           "one (hsmctl approval cancel ID) or wait for one to be used or to expire",
+	           a->requester, HSM_APPROVALS_OPEN_PER_USER);
 	hsm_approval_record r = {0};
 	memcpy(r.id, a->id, sizeof(r.id));
 	memcpy(r.fingerprint, a->fingerprint, sizeof(r.fingerprint));

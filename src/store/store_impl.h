@@ -357,8 +357,10 @@ hsm_result st_edit_key(hsm_key_record *rec, const char *key_id, hsm_key_update_f
  * which fails as the contract says or changes the record as it must be
  * written, and then writes that change.
  */
-/* The record hsm_store_approval_open inserts for a (checked): Pending, no approvers, open. */
-hsm_result st_approval_fresh(const hsm_approval_record *a, hsm_approval_record *out) HSM_MUST_CHECK;
+/* The record hsm_store_approval_open inserts for a (checked): Pending, no approvers, open;
+ * LIMIT_EXCEEDED when its requester holds `held` open requests, HSM_APPROVALS_OPEN_PER_USER. */
+hsm_result st_approval_fresh(const hsm_approval_record *a, int64_t held,
+                             hsm_approval_record *out) HSM_MUST_CHECK;
 /* Appends an approver read back from the store (STORE when it cannot hold one more). */
 hsm_result st_approval_add(hsm_approval_record *a, const char *approver) HSM_MUST_CHECK;
 /* Checks approve's rules and appends approver (its position is a->n_approvers after). */
@@ -371,6 +373,9 @@ hsm_result st_approval_close(hsm_approval_record *a, hsm_approval_state to, cons
 hsm_result st_approval_reopen(hsm_approval_record *a) HSM_MUST_CHECK;
 /* A request text a record can hold: not NULL, at most HSM_APPROVAL_REQUEST_MAX bytes. */
 hsm_result st_approval_check_request(const char *request) HSM_MUST_CHECK;
+/* A listing page of approvals ends early, Truncated, once its request texts pass this many
+ * bytes (it holds one record at least): a page of 1000 texts of 256 KiB would take 256 MB. */
+#define ST_APPROVAL_PAGE_BYTES ((int64_t)4 << 20)
 /* Records hsm_store_approval_rewrite reads at a time (in id order), bounding its memory. */
 #define ST_APPROVAL_REWRITE_PAGE 32
 /*

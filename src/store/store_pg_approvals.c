@@ -42,6 +42,11 @@
  */
 static const char SQL_LOCK_FINGERPRINT[] =
 	"SELECT pg_advisory_xact_lock(1213418817, ('x' || substr($1, 1, 8))::bit(32)::int)";
+/* Openers for one requester queue here too ("HSMB"), after the fingerprint's lock, so that
+ * each counts what the one before opened. */
+static const char SQL_LOCK_REQUESTER[] = "SELECT pg_advisory_xact_lock(1213418818, hashtext($1))";
+static const char SQL_APPROVALS_HELD[] = "SELECT count(*) FROM approvals WHERE requester = $1 "
+                                         "AND state = 'Pending' AND expires > $2";
 static const char SQL_APPROVAL_GET[] = "SELECT " APPROVAL_COLS " FROM approvals WHERE id = $1";
 static const char SQL_APPROVAL_LOCK[] =
 	"SELECT " APPROVAL_COLS " FROM approvals WHERE id = $1 FOR UPDATE";
@@ -74,6 +79,14 @@ static const char SQL_PAGE_ALL[] = "SELECT " APPROVAL_COLS " FROM approvals WHER
 static const char SQL_PAGE_OPEN[] = "SELECT " APPROVAL_COLS " FROM approvals "
                                     "WHERE state = 'Pending' AND expires > $2 AND "
                                     AFTER_CURSOR("$3", "$4") " ORDER BY created DESC, id LIMIT $1";
+/* The sizes of the texts of the page's records, to end it at ST_APPROVAL_PAGE_BYTES. */
+static const char SQL_PAGE_SIZES_ALL[] = "SELECT octet_length(request) FROM approvals WHERE "
+                                         AFTER_CURSOR("$2", "$3")
+                                         " ORDER BY created DESC, id LIMIT $1";
+static const char SQL_PAGE_SIZES_OPEN[] = "SELECT octet_length(request) FROM approvals "
+                                          "WHERE state = 'Pending' AND expires > $2 AND "
+                                          AFTER_CURSOR("$3", "$4")
+                                          " ORDER BY created DESC, id LIMIT $1";
 static const char SQL_PAGE_VOTES_ALL[] =
 	"SELECT p.id, v.approver FROM "
 	"(SELECT id, created FROM approvals WHERE " AFTER_CURSOR("$2", "$3")
@@ -270,7 +283,17 @@ static hsm_result open_body(pg_conn *w, void *arg)
 	bool taken = false;
 	HSM_GUARD(pg_exists(w, SQL_APPROVAL_EXISTS, a->id, &taken));
 	HSM_ENSURE(!taken, HSM_ERR_ALREADY_EXISTS, "approval %s already exists", a->id);
-	HSM_GUARD(st_approval_fresh(a, &op->rec));
+	PGresult *r = NULL;
+	int64_t held = 0;
+	pg_params_init(&p);
+	pg_p_text(&p, a->requester);
+	HSM_GUARD(pg_run(w, SQL_LOCK_REQUESTER, &p, NULL));
+	pg_p_i64(&p, a->created);
+	HSM_GUARD(pg_run(w, SQL_APPROVALS_HELD, &p, &r));
+	hsm_result res = pg_col_i64(r, 0, 0, &held);
+	PQclear(r);
+	HSM_GUARD(res);
+	HSM_GUARD(st_approval_fresh(a, held, &op->rec));
 	/* The same id opened for another request meanwhile: the primary key says ALREADY_EXISTS. */
 	return insert_approval(w, &op->rec);
 }
@@ -492,10 +515,32 @@ static hsm_result page_votes(pg_conn *c, approval_op *op)
 	return res;
 }
 
+/* Shortens op's page to the records whose texts fit ST_APPROVAL_PAGE_BYTES (one at least). */
+static hsm_result page_fit(pg_conn *c, approval_op *op)
+{
+	PGresult *r = NULL;
+	int64_t bytes = 0;
+	HSM_GUARD(run_page(c, op->open_only ? SQL_PAGE_SIZES_OPEN : SQL_PAGE_SIZES_ALL, op,
+	                   op->limit, &r));
+	hsm_result res = HSM_SUCCESS;
+	for (int row = 0; hsm_ok(res) && row < PQntuples(r); row++) {
+		int64_t n = 0;
+		res = pg_col_i64(r, row, 0, &n);
+		bytes += n;
+		if (hsm_ok(res) && row > 0 && bytes > ST_APPROVAL_PAGE_BYTES) {
+			op->limit = (size_t)row; /* the next page goes on from the last record of this one */
+			break;
+		}
+	}
+	PQclear(r);
+	return res;
+}
+
 static hsm_result list_body(pg_conn *c, void *arg)
 {
 	approval_op *op = arg;
 	PGresult *r = NULL;
+	HSM_GUARD(page_fit(c, op));
 	/* One more than the page: whether more follow. */
 	HSM_GUARD(run_page(c, op->open_only ? SQL_PAGE_OPEN : SQL_PAGE_ALL, op, op->limit + 1, &r));
 	hsm_result res = pg_collect(r, op->limit, read_approval, clear_approval, &op->v, &op->more);

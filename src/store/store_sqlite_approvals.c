@@ -25,6 +25,8 @@ static const char SQL_APPROVAL_OPEN_FOR[] =
 	"SELECT " APPROVAL_COLS " FROM approvals WHERE fingerprint = ?1 AND state = 'Pending' "
 	"AND expires > ?2 ORDER BY created DESC, id LIMIT 1";
 static const char SQL_APPROVAL_EXISTS[] = "SELECT 1 FROM approvals WHERE id = ?1";
+static const char SQL_APPROVALS_HELD[] = "SELECT count(*) FROM approvals WHERE requester = ?1 "
+                                         "AND state = 'Pending' AND expires > ?2";
 static const char SQL_APPROVAL_INSERT[] = "INSERT INTO approvals (" APPROVAL_COLS ") "
                                           "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 static const char SQL_APPROVAL_SET_STATE[] =
@@ -48,6 +50,12 @@ static const char SQL_PAGE_ALL[] = "SELECT " APPROVAL_COLS " FROM approvals WHER
 static const char SQL_PAGE_OPEN[] = "SELECT " APPROVAL_COLS " FROM approvals "
                                     "WHERE state = 'Pending' AND expires > ?2 AND " AFTER_CURSOR
                                     " ORDER BY created DESC, id LIMIT ?1";
+/* The sizes of the texts of the page's records, to end it at ST_APPROVAL_PAGE_BYTES. */
+static const char SQL_PAGE_SIZES_ALL[] = "SELECT length(CAST(request AS BLOB)) FROM approvals "
+                                         "WHERE " AFTER_CURSOR " ORDER BY created DESC, id LIMIT ?1";
+static const char SQL_PAGE_SIZES_OPEN[] = "SELECT length(CAST(request AS BLOB)) FROM approvals "
+                                          "WHERE state = 'Pending' AND expires > ?2 AND "
+                                          AFTER_CURSOR " ORDER BY created DESC, id LIMIT ?1";
 static const char SQL_PAGE_VOTES_ALL[] =
 	"SELECT p.id, v.approver FROM "
 	"(SELECT id, created FROM approvals WHERE " AFTER_CURSOR
@@ -241,6 +249,23 @@ static hsm_result write_done(sq_store *s, sq_conn *w, hsm_result res, hsm_approv
 	return res;
 }
 
+/* The open requests of a's requester at a's creation. */
+static hsm_result held_by(sq_conn *w, const hsm_approval_record *a, int64_t *held)
+{
+	sqlite3_stmt *st;
+	bool row = false;
+	HSM_GUARD(sq_prepare(w, SQL_APPROVALS_HELD, &st));
+	sq_bind_text(w, st, 1, a->requester);
+	sq_bind_i64(w, st, 2, a->created);
+	hsm_result res = sq_step(w, st, &row);
+	if (hsm_ok(res) && row)
+		*held = sqlite3_column_int64(st, 0);
+	else if (hsm_ok(res))
+		res = HSM_FAIL(HSM_ERR_STORE, "store failed to count open approvals");
+	sq_reset(st);
+	return res;
+}
+
 static hsm_result open_in(sq_conn *w, const hsm_approval_record *a, hsm_approval_record *rec)
 {
 	bool found = false;
@@ -251,7 +276,9 @@ static hsm_result open_in(sq_conn *w, const hsm_approval_record *a, hsm_approval
 	bool taken = false;
 	HSM_GUARD(sq_exists(w, SQL_APPROVAL_EXISTS, a->id, &taken));
 	HSM_ENSURE(!taken, HSM_ERR_ALREADY_EXISTS, "approval %s already exists", a->id);
-	HSM_GUARD(st_approval_fresh(a, rec));
+	int64_t held = 0;
+	HSM_GUARD(held_by(w, a, &held));
+	HSM_GUARD(st_approval_fresh(a, held, rec));
 	return insert_approval(w, rec);
 }
 
@@ -526,10 +553,33 @@ static hsm_result page_votes(sq_conn *c, approval_read *q)
 	return res;
 }
 
+/* Shortens q's page to the records whose texts fit ST_APPROVAL_PAGE_BYTES (one at least). */
+static hsm_result page_fit(sq_conn *c, approval_read *q)
+{
+	sqlite3_stmt *st;
+	bool row = false;
+	size_t n = 0;
+	int64_t bytes = 0;
+	HSM_GUARD(prepare_page(c, q->open_only ? SQL_PAGE_SIZES_OPEN : SQL_PAGE_SIZES_ALL, q,
+	                       q->limit, &st));
+	hsm_result res;
+	while (hsm_ok(res = sq_step(c, st, &row)) && row) {
+		bytes += sqlite3_column_int64(st, 0);
+		if (n > 0 && bytes > ST_APPROVAL_PAGE_BYTES) {
+			q->limit = n; /* the next page goes on from the last record of this one */
+			break;
+		}
+		n++;
+	}
+	sq_reset(st);
+	return res;
+}
+
 static hsm_result list_body(sq_conn *c, void *arg)
 {
 	approval_read *q = arg;
 	sqlite3_stmt *st;
+	HSM_GUARD(page_fit(c, q));
 	/* One more than the page: whether more follow. */
 	HSM_GUARD(prepare_page(c, q->open_only ? SQL_PAGE_OPEN : SQL_PAGE_ALL, q, q->limit + 1, &st));
 	hsm_result res = sq_collect(c, st, q->limit, read_approval, clear_approval, &q->v, &q->more);

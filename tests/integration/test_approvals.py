@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from conftest import DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, start_dev
-from helpers import (ACCOUNT, AwsCli, admin, audit_records, b64, eventually, metric,
-                     new_user, raises)
+from helpers import (ACCOUNT, AwsCli, admin, audit_records, audit_records_until, b64,
+                     eventually, metric, new_user, raises)
 
 DEV_ENV = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
 ID = re.compile(r"approval request ([0-9a-f]{32})")
@@ -785,8 +785,8 @@ def crowd():
 
 
 def planted(n, created, state="Pending", ids=None):
-    """What plants n requests of ops created at created(i) (ids: theirs, else random); the
-    ids are in .ids."""
+    """What plants n requests of olga (an officer's, more than one may open) created at
+    created(i) (ids: theirs, else random); the ids are in .ids."""
     now = int(time.time())
     ids = ids or [os.urandom(16).hex() for _ in range(n)]
     rows = [(ids[i], os.urandom(32).hex(), json.dumps({"KeyId": f"k{i}"}), state,
@@ -795,7 +795,7 @@ def planted(n, created, state="Pending", ids=None):
     def plant(db):
         db.executemany("INSERT INTO approvals (id, fingerprint, operation, requester, request, "
                        "state, required, created, expires, closed, closed_by) VALUES "
-                       "(?, ?, 'ScheduleKeyDeletion', 'ops', ?, ?, 2, ?, ?, ?, '')", rows)
+                       "(?, ?, 'ScheduleKeyDeletion', 'olga', ?, ?, 2, ?, ?, ?, '')", rows)
     plant.ids = ids
     return plant
 
@@ -970,3 +970,71 @@ def test_custodian_names_differing_only_by_case_approve_once(crowd):
     approve(node, "bob", approval)
     kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=9)
     assert get(node, approval, who="bob")["State"] == "Used"
+
+
+def test_one_requester_holds_at_most_100_open_requests():
+    """Each open request waits on the custodians and takes room in the store: an officer's
+    101st is refused with LimitExceededException and opens nothing, one held is still found,
+    another officer's open, and a cancelled one makes room; a listing page ends at 4 MiB of
+    request text, and hsmctl follows it to every request."""
+    first = start_dev()
+    users = {name: new_user(first, name, roles) for name, roles in {
+        "alice": ["custodian"], "bob": ["custodian"], "ops": ["crypto-officer"],
+        "ops2": ["crypto-officer"]}.items()}
+    first.stop()
+    server = Hsmd(["--dev", "--approval-quorum", "2"], env=DEV_ENV, data_dir=first.data_dir)
+    server.users = users
+    try:
+        ops = client(server, *users["ops"])
+        keys = [new_key(ops) for _ in range(5)]
+        # 250,000 bytes of a member no operation defines: the request text kept for custodians.
+        pad = "x" * 250000
+        opened = []
+        for i in range(100):
+            body = {"KeyId": keys[i // 24], "PendingWindowInDays": 7 + i % 24}
+            if i < 20:
+                body["Padding"] = pad
+            st, out = signed_call(server, "TrentService.ScheduleKeyDeletion", body,
+                                  *users["ops"])
+            assert st == 400 and out["__type"] == "ApprovalRequiredException", out
+            opened.append(ID.search(out["message"]).group(1))
+        assert len(set(opened)) == 100
+        out = raises("LimitExceededException", ops.schedule_key_deletion, KeyId=keys[4],
+                     PendingWindowInDays=30)
+        assert out["ResponseMetadata"]["HTTPStatusCode"] == 400
+        assert "ops already has 100 approval requests open" in out["Error"]["Message"]
+        # A request already open is found, not refused.
+        assert deletion_refused(ops, keys[1], 8) == opened[25]
+
+        # Pages: 16 of the padded texts fill one (4,000,000 bytes), the rest follow.
+        walked, marker, sizes = [], None, []
+        while True:
+            body = {"Limit": 1000, **({"Marker": marker} if marker else {})}
+            page = admin(server, "ListApprovals", body, **as_user(server, "alice"))
+            walked += [a["ApprovalId"] for a in page["Approvals"]]
+            sizes.append(len(page["Approvals"]))
+            if not page["Truncated"]:
+                break
+            marker = page["NextMarker"]
+        assert sorted(walked) == sorted(opened) and len(walked) == 100
+        assert sizes[0] < 100 and len(sizes) > 1, sizes
+        p = hsmctl(server, "alice", "approval", "list")
+        assert p.returncode == 0, p.stderr
+        assert sum(l.startswith("ApprovalId: ") for l in p.stdout.splitlines()) == 100
+
+        # Another officer's requests are apart; a cancelled one makes room for one.
+        ops2 = client(server, *users["ops2"])
+        deletion_refused(ops2, keys[4], 30)
+        admin(server, "CancelRequest", {"ApprovalId": opened[0]}, **as_user(server, "ops"))
+        fresh = deletion_refused(ops, keys[4], 30)
+        assert fresh not in opened
+        raises("LimitExceededException", ops.schedule_key_deletion, KeyId=keys[4],
+               PendingWindowInDays=29)
+        refused = audit_records_until(server.data_dir, lambda r: r.get(
+            "error") == "LimitExceededException" and r.get("op") == "ScheduleKeyDeletion", n=2)
+        assert len(refused) == 2 and all(r["outcome"] == "error" for r in refused)
+        # 100 of ops's, one of ops2's: the gauge counts them page after page.
+        assert eventually(lambda: metric(server, "hsmd_approvals_open") == 101, timeout=30)
+    finally:
+        server.cleanup()
+        first.cleanup()

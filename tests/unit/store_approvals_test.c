@@ -892,6 +892,56 @@ static void test_list_full_records(void **state)
 	}
 }
 
+/*
+ * A page ends once its texts pass ST_APPROVAL_PAGE_BYTES, Truncated, and the walk goes on
+ * from its last record: 20 texts of 250,000 bytes come 16 (4,000,000 bytes) and then 4.
+ */
+static void test_list_pages_end_at_bytes(void **state)
+{
+	st_fixture *f = *state;
+	enum { TEXTS = 20, BYTES = 250000 };
+	char *text = malloc(BYTES + 1);
+	assert_non_null(text);
+	memset(text, 'x', BYTES);
+	memcpy(text, "{\"Junk\":\"", 9);
+	memcpy(text + BYTES - 2, "\"}", 2);
+	text[BYTES] = '\0';
+	for (unsigned n = 1; n <= TEXTS; n++) {
+		hsm_approval_record a, out = {0};
+		request(&a, n, n, 1);
+		snprintf(a.requester, sizeof(a.requester), "r%u", n % 3);
+		a.request = text;
+		EXPECT_OK(hsm_store_approval_open(f->s, &a, &out));
+		hsm_approval_record_clear(&out);
+	}
+	free(text);
+	for (int open_only = 0; open_only <= 1; open_only++) {
+		const size_t expect[] = {16, 4};
+		hsm_approval_cursor cur;
+		memset(&cur, 0, sizeof(cur));
+		unsigned next = TEXTS; /* newest first */
+		for (size_t page = 0; page < 2; page++) {
+			seen got = {0};
+			bool truncated = page == 1;
+			EXPECT_OK(hsm_store_approval_list(f->s, open_only, T0, page ? &cur : NULL, 1000,
+			                                  collect, &got, &truncated));
+			assert_int_equal(got.n, expect[page]);
+			assert_int_equal(truncated, page == 0);
+			for (size_t i = 0; i < got.n; i++)
+				assert_int_equal(got.id[i], next--);
+			cur.created = got.created[got.n - 1];
+			approval_id(cur.id, got.id[got.n - 1]);
+		}
+		assert_int_equal(next, 0);
+	}
+	/* A page that fits is whole. */
+	seen got = {0};
+	bool truncated = true;
+	EXPECT_OK(hsm_store_approval_list(f->s, false, T0, NULL, 16, collect, &got, &truncated));
+	assert_int_equal(got.n, 16);
+	assert_true(truncated);
+}
+
 static void test_purge(void **state)
 {
 	st_fixture *f = *state;
@@ -1501,6 +1551,79 @@ static void test_race_to_open(void **state)
 	close_nodes(nodes);
 }
 
+/*
+ * One requester holds at most HSM_APPROVALS_OPEN_PER_USER open requests: racers on two nodes
+ * (PostgreSQL) opening the last ones at once land that many, no more; the same request
+ * still finds its own; others open theirs; a closed or an expired one makes room.
+ */
+static void test_open_limit_per_requester(void **state)
+{
+	st_fixture *f = *state;
+	const unsigned held = HSM_APPROVALS_OPEN_PER_USER - 3;
+	for (unsigned n = 1; n <= held; n++)
+		open_new(f->s, n, n, 2);
+	hsm_store *nodes[2];
+	unsigned counts[HSM_ERR_COUNT_];
+	racer r[RACERS];
+	open_nodes(f, nodes);
+	memset(r, 0, sizeof(r));
+	for (size_t i = 0; i < RACERS; i++) {
+		r[i].s = nodes[i % 2];
+		r[i].fp = 1000 + (unsigned)i; /* all distinct: each would open its own */
+		r[i].n = 1000 + (unsigned)i;
+	}
+	race(r, RACERS, open_worker, counts);
+	close_nodes(nodes);
+	assert_int_equal(counts[HSM_OK], 3);
+	assert_int_equal(counts[HSM_ERR_LIMIT_EXCEEDED], RACERS - 3);
+	for (size_t i = 0; i < RACERS; i++)
+		if (r[i].err == HSM_ERR_LIMIT_EXCEEDED)
+			assert_non_null(strstr(r[i].message, "rita already has 100 approval requests"));
+	assert_int_equal(raw_count(f, "SELECT count(*) FROM approvals"), HSM_APPROVALS_OPEN_PER_USER);
+
+	/* The next request of rita's is refused and makes nothing; one she has open is found. */
+	hsm_approval_record a, out = {0};
+	request(&a, 2000, 2000, 2);
+	a.created = T0 + 10;
+	EXPECT_ERR(hsm_store_approval_open(f->s, &a, &out), HSM_ERR_LIMIT_EXCEEDED);
+	request(&a, 2001, 5, 2);
+	a.created = T0 + 10;
+	EXPECT_OK(hsm_store_approval_open(f->s, &a, &out));
+	char id5[HSM_APPROVAL_ID_LEN + 1];
+	approval_id(id5, 5);
+	assert_string_equal(out.id, id5);
+	hsm_approval_record_clear(&out);
+	assert_int_equal(raw_count(f, "SELECT count(*) FROM approvals"), HSM_APPROVALS_OPEN_PER_USER);
+
+	/* Another requester's are apart. */
+	request(&a, 2002, 2002, 2);
+	snprintf(a.requester, sizeof(a.requester), "ross");
+	a.created = T0 + 10;
+	EXPECT_OK(hsm_store_approval_open(f->s, &a, &out));
+	hsm_approval_record_clear(&out);
+
+	/* A cancelled request makes room for one. */
+	EXPECT_OK(hsm_store_approval_close(f->s, id5, HSM_APPROVAL_CANCELLED, "rita", T0 + 11, NULL));
+	request(&a, 2003, 2003, 2);
+	a.created = T0 + 11;
+	EXPECT_OK(hsm_store_approval_open(f->s, &a, &out));
+	hsm_approval_record_clear(&out);
+	request(&a, 2004, 2004, 2);
+	a.created = T0 + 11;
+	EXPECT_ERR(hsm_store_approval_open(f->s, &a, &out), HSM_ERR_LIMIT_EXCEEDED);
+
+	/* Once request 1 (created T0 + 1) expires, so does its hold. */
+	request(&a, 2005, 2005, 2);
+	a.created = T0 + 1 + TTL;
+	a.expires = a.created + TTL;
+	EXPECT_OK(hsm_store_approval_open(f->s, &a, &out));
+	hsm_approval_record_clear(&out);
+	request(&a, 2006, 2006, 2);
+	a.created = T0 + 1 + TTL;
+	a.expires = a.created + TTL;
+	EXPECT_ERR(hsm_store_approval_open(f->s, &a, &out), HSM_ERR_LIMIT_EXCEEDED);
+}
+
 /* ---- Schema, copies and snapshots ---------------------------------------------------------- */
 
 static long long table_count(st_fixture *f)
@@ -1724,6 +1847,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_list, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_list_pages, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_list_full_records, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_list_pages_end_at_bytes, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_purge, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_rewrite, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_malformed_open, st_setup, st_teardown),
@@ -1732,6 +1856,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_race_to_use, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_race_to_approve, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_race_to_open, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_open_limit_per_requester, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_added_to_an_older_store, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_schema_constraints, st_setup, st_teardown),
 		cmocka_unit_test_setup_teardown(test_queries_walk_their_indexes, st_setup,
