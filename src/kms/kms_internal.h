@@ -38,7 +38,9 @@ typedef struct kms_key {
 	struct hsm_kms *kms;
 } kms_key;
 
-#define KMS_RETRY_MAX 256
+/* Room for every key one round of the scheduler lists (DUE_PER_ROUND, rotation.c): a smaller
+ * table gives way to a key that fails each round, and past it no failing key backs off. */
+#define KMS_RETRY_MAX 1000
 /* The longest pause before a failing key's scheduled work is tried again: under the 15 minutes
  * over which HsmdSchedulerFailing looks, so the alert holds while the work keeps failing. */
 #define KMS_RETRY_MAX_S 600

@@ -354,10 +354,11 @@ static void note_outcome(hsm_kms *kms, const char *key_id, bool failed, int64_t 
 	if (r == NULL) {
 		if (kms->n_retry < KMS_RETRY_MAX) {
 			r = &kms->retry[kms->n_retry++];
-		} else { /* full: the entry due soonest gives way */
+		} else { /* full: a key this round did not list gives way, else the one due soonest */
 			r = &kms->retry[0];
 			for (size_t i = 1; i < kms->n_retry; i++)
-				if (kms->retry[i].next < r->next)
+				if ((r->listed && !kms->retry[i].listed) ||
+				    (r->listed == kms->retry[i].listed && kms->retry[i].next < r->next))
 					r = &kms->retry[i];
 		}
 		memcpy(r->key_id, key_id, sizeof(r->key_id));
@@ -371,6 +372,7 @@ static void note_outcome(hsm_kms *kms, const char *key_id, bool failed, int64_t 
 }
 
 #define DUE_PER_ROUND 1000 /* keys listed as due in one round; the rest in the next */
+_Static_assert(KMS_RETRY_MAX >= DUE_PER_ROUND, "every key a round lists has room to back off");
 
 hsm_result hsm_kms_run_due(hsm_kms *kms, size_t *done)
 {

@@ -736,6 +736,41 @@ static void test_failing_scheduled_work_backs_off(void **state)
 	hsm_key_record_clear(&k);
 }
 
+/*
+ * More failing keys than the old table of 256 held: each still waits its pause, none is
+ * pushed out of the table by another and tried every round.
+ */
+static void test_many_failing_keys_all_back_off(void **state)
+{
+	fx *f = *state;
+	enum { KEYS = 300 };
+	hsm_key_record k;
+	hsm_cert_record c;
+	int events = 0;
+	size_t done = 0;
+	for (int i = 0; i < KEYS; i++) {
+		paired_rotating_key(f, &k, &c);
+		hsm_cert_record_clear(&c);
+		hsm_key_record_clear(&k);
+	}
+	hsm_kms_set_event_sink(f->kms, count_event, &events);
+	f->now += 86400;
+	int64_t t0 = f->now;
+	const struct {
+		int64_t at;
+		int tried;
+	} rounds[] = {{0, KEYS}, {1, 0}, {2, KEYS}, {3, 0}, {5, 0}, {6, KEYS}, {7, 0}};
+	for (size_t i = 0; i < sizeof(rounds) / sizeof(rounds[0]); i++) {
+		events = 0;
+		f->now = t0 + rounds[i].at;
+		hsm_result r = hsm_kms_run_due(f->kms, &done);
+		assert_int_equal(r.err, rounds[i].tried ? HSM_ERR_VALIDATION : HSM_OK);
+		assert_int_equal(events, rounds[i].tried);
+		assert_int_equal(f->kms->n_retry, KEYS);
+	}
+	hsm_kms_set_event_sink(f->kms, NULL, NULL);
+}
+
 /* A wall clock stepped back does not hold a failing key's work back for as long as the step. */
 static void test_backoff_ends_when_the_clock_steps_back(void **state)
 {
@@ -1264,6 +1299,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_decrypt_sees_the_request_alias, setup,
 	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_failing_scheduled_work_backs_off, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_many_failing_keys_all_back_off, setup, kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_backoff_ends_when_the_clock_steps_back, setup,
 	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_rotation_keeps_old_versions, setup, kms_fx_teardown),
