@@ -126,6 +126,22 @@ static hsm_result check_pkcs11_id(hsm_kms *kms, const char *alias, const char *k
 	return HSM_SUCCESS;
 }
 
+/*
+ * A key that loses its pkcs11-id alias (deleted, or moved to another key) takes its key id
+ * back as its objects' CKA_ID: certificates stored under that id pair with it again, and
+ * must certify it as for any id a key takes (a rotation since may have replaced its key).
+ */
+static hsm_result check_id_given_back(hsm_kms *kms, const char *alias, const char *key_id)
+{
+	if (!hsm_str_has_prefix(alias, HSM_PKCS11_ID_ALIAS))
+		return HSM_SUCCESS;
+	hsm_buf id = {0};
+	HSM_GUARD(hsm_buf_set(&id, key_id, strlen(key_id)));
+	hsm_result r = kms_certs_may_pair(kms, &id, key_id);
+	hsm_buf_free(&id);
+	return r;
+}
+
 /* A target must be named by key id or key ARN, not by another alias. */
 static hsm_result check_target(const char *target)
 {
@@ -186,6 +202,8 @@ hsm_result hsm_kms_update_alias(hsm_kms *kms, const hsm_caller *caller, const ch
 	          "%s and %s are different key types or usages: an alias can only move to a key of "
 	          "the same type and usage", cur->rec.key_id, next->rec.key_id);
 	HSM_TRY(check_pkcs11_id(kms, alias, next->rec.key_id, HSM_ERR_VALIDATION));
+	if (strcmp(cur->rec.key_id, next->rec.key_id) != 0)
+		HSM_TRY(check_id_given_back(kms, alias, cur->rec.key_id));
 	HSM_TRY(hsm_caller_commit(caller));
 	res = hsm_store_alias_update(kms->store, alias, next->rec.key_id, kms_now(kms));
 	kms_aliases_changed(kms);
@@ -205,7 +223,9 @@ hsm_result hsm_kms_delete_alias(hsm_kms *kms, const hsm_caller *caller, const ch
 		return HSM_FAIL(HSM_ERR_NOT_FOUND, "Alias %s is not found.", alias);
 	HSM_GUARD(r);
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_DeleteAlias, a.key_id, NULL, &k));
-	r = hsm_caller_commit(caller);
+	r = check_id_given_back(kms, alias, k->rec.key_id);
+	if (hsm_ok(r))
+		r = hsm_caller_commit(caller);
 	if (hsm_ok(r)) {
 		r = hsm_store_alias_delete(kms->store, alias);
 		kms_aliases_changed(kms);

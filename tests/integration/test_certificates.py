@@ -242,6 +242,34 @@ def test_a_key_with_a_certificate_does_not_rotate(server, officer, ca):
     assert st == 200, out
 
 
+def test_a_key_losing_its_pkcs11_id_alias_takes_back_no_stale_certificate(server, officer, ca):
+    """A key that loses its pkcs11-id alias (deleted, or moved to another key) takes its key
+    id back as its objects' CKA_ID, and with it any certificate stored under that id: after
+    a rotation that certificate no longer certifies the key, and a key that rotates takes
+    none, so the alias stays until the certificate goes."""
+    key = officer.create_key(KeySpec="ECC_NIST_P256",
+                             KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    other = officer.create_key(KeySpec="ECC_NIST_P256",
+                               KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    cert = import_cert(server, der(cert_of_key(officer, ca, key, "by-key-id")),
+                       KeyId=key)["CertificateId"]
+    alias = "alias/pkcs11-id/0a1b2c"
+    officer.create_alias(AliasName=alias, TargetKeyId=key)
+    # Its objects' CKA_ID is now 0a1b2c, which no certificate has: it may rotate.
+    st, out = signed_call(server, "TrentService.RotateKeyOnDemand", {"KeyId": key})
+    assert st == 200, out
+    for call, body in (("DeleteAlias", {"AliasName": alias}),
+                       ("UpdateAlias", {"AliasName": alias, "TargetKeyId": other})):
+        st, out = signed_call(server, "TrentService." + call, body)
+        assert (st, out["__type"]) == (400, "ValidationException"), (call, out)
+        assert f"certificate {cert}" in out["message"], out
+        assert [a["TargetKeyId"] for a in officer.list_aliases(KeyId=key)["Aliases"]] == [key]
+    admin(server, "DeleteCertificate", {"CertificateId": cert})
+    officer.update_alias(AliasName=alias, TargetKeyId=other)
+    officer.delete_alias(AliasName=alias)
+    assert officer.list_aliases(KeyId=other)["Aliases"] == []
+
+
 def test_import_without_a_key(server, ca):
     """A CA certificate, say: no key, no CKA_ID unless given, the label as given."""
     other = ec.generate_private_key(ec.SECP256R1())
