@@ -151,8 +151,7 @@ static hsm_result check_target(const char *target)
 	return HSM_SUCCESS;
 }
 
-hsm_result hsm_kms_create_alias(hsm_kms *kms, const hsm_caller *caller, const char *alias,
-                                const char *target)
+static hsm_result create_alias(hsm_kms *kms, const hsm_caller *caller, const char *alias, const char *target)
 {
 	kms_key *k = NULL;
 	HSM_GUARD(check_alias_name(alias, true));
@@ -181,8 +180,7 @@ static bool same_kind(const hsm_key_record *a, const hsm_key_record *b)
 	       (sa->type == HSM_KT_HMAC) == (sb->type == HSM_KT_HMAC);
 }
 
-hsm_result hsm_kms_update_alias(hsm_kms *kms, const hsm_caller *caller, const char *alias,
-                                const char *target)
+static hsm_result update_alias(hsm_kms *kms, const hsm_caller *caller, const char *alias, const char *target)
 {
 	hsm_alias_record a;
 	kms_key *cur = NULL, *next = NULL;
@@ -213,7 +211,7 @@ out:
 	return res;
 }
 
-hsm_result hsm_kms_delete_alias(hsm_kms *kms, const hsm_caller *caller, const char *alias)
+static hsm_result delete_alias(hsm_kms *kms, const hsm_caller *caller, const char *alias)
 {
 	hsm_alias_record a;
 	kms_key *k = NULL;
@@ -231,6 +229,44 @@ hsm_result hsm_kms_delete_alias(hsm_kms *kms, const hsm_caller *caller, const ch
 		kms_aliases_changed(kms);
 	}
 	kms_key_release(k);
+	return r;
+}
+
+/* A pkcs11-id alias sets its key's CKA_ID: made, moved and deleted under kms->pairing. */
+static bool sets_an_id(const char *alias)
+{
+	return alias != NULL && hsm_str_has_prefix(alias, HSM_PKCS11_ID_ALIAS);
+}
+
+hsm_result hsm_kms_create_alias(hsm_kms *kms, const hsm_caller *caller, const char *alias,
+                                const char *target)
+{
+	if (!sets_an_id(alias))
+		return create_alias(kms, caller, alias, target);
+	pthread_mutex_lock(&kms->pairing);
+	hsm_result r = create_alias(kms, caller, alias, target);
+	pthread_mutex_unlock(&kms->pairing);
+	return r;
+}
+
+hsm_result hsm_kms_update_alias(hsm_kms *kms, const hsm_caller *caller, const char *alias,
+                                const char *target)
+{
+	if (!sets_an_id(alias))
+		return update_alias(kms, caller, alias, target);
+	pthread_mutex_lock(&kms->pairing);
+	hsm_result r = update_alias(kms, caller, alias, target);
+	pthread_mutex_unlock(&kms->pairing);
+	return r;
+}
+
+hsm_result hsm_kms_delete_alias(hsm_kms *kms, const hsm_caller *caller, const char *alias)
+{
+	if (!sets_an_id(alias))
+		return delete_alias(kms, caller, alias);
+	pthread_mutex_lock(&kms->pairing);
+	hsm_result r = delete_alias(kms, caller, alias);
+	pthread_mutex_unlock(&kms->pairing);
 	return r;
 }
 

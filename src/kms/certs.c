@@ -130,10 +130,9 @@ static hsm_result key_of_object_id(hsm_kms *kms, const uint8_t *id, size_t n,
 	return r.err == HSM_ERR_NOT_FOUND ? HSM_SUCCESS : r;
 }
 
-hsm_result hsm_kms_cert_import(hsm_kms *kms, const hsm_caller *caller,
-                               hsm_cert_import_req *req, hsm_cert_record *out)
+static hsm_result cert_import(hsm_kms *kms, const hsm_caller *caller, hsm_cert_import_req *req,
+                              hsm_cert_record *out)
 {
-	req->paired_key_id[0] = '\0';
 	HSM_GUARD(require_roles(caller, HSM_ROLES_OFFICER, "import"));
 	HSM_ENSURE(req->der_len >= 1 && req->der_len <= HSM_CERT_DER_MAX, HSM_ERR_VALIDATION,
 	           "Certificate is 1 to %d bytes of DER", HSM_CERT_DER_MAX);
@@ -191,6 +190,16 @@ hsm_result hsm_kms_cert_import(hsm_kms *kms, const hsm_caller *caller,
 out:
 	hsm_cert_record_clear(&c);
 	return res;
+}
+
+hsm_result hsm_kms_cert_import(hsm_kms *kms, const hsm_caller *caller,
+                               hsm_cert_import_req *req, hsm_cert_record *out)
+{
+	req->paired_key_id[0] = '\0';
+	pthread_mutex_lock(&kms->pairing);
+	hsm_result r = cert_import(kms, caller, req, out);
+	pthread_mutex_unlock(&kms->pairing);
+	return r;
 }
 
 typedef struct pairing {

@@ -262,6 +262,7 @@ hsm_result hsm_kms_new(hsm_store *store, hsm_keystore *ks, const hsm_kms_config 
 	if (kms->cfg.approval_ttl <= 0)
 		kms->cfg.approval_ttl = 86400;
 	kms->clock = system_clock;
+	pthread_mutex_init(&kms->pairing, NULL);
 	HSM_TRY(hsm_shmap_new(200000, key_ref, key_unref, &kms->keys));
 	HSM_TRY(hsm_shmap_new(200000, alias_ref, alias_unref, &kms->aliases));
 	HSM_TRY(hsm_shmap_new(POLICY_CACHE_CAPACITY, policy_ref, policy_unref, &kms->policies));
@@ -282,6 +283,7 @@ void hsm_kms_free(hsm_kms *kms)
 	hsm_shmap_free(kms->policies);
 	hsm_shmap_free(kms->aliases);
 	kms_jwks_free(kms->jwks);
+	pthread_mutex_destroy(&kms->pairing);
 	free(kms);
 }
 

@@ -4,6 +4,7 @@
 #ifndef HSM_KMS_INTERNAL_H
 #define HSM_KMS_INTERNAL_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 
 #include "common/shmap.h"
@@ -67,6 +68,11 @@ struct hsm_kms {
 	hsm_shmap *policies;             /* document hash -> hsm_policy, shared by keys (kms.c) */
 	hsm_usage *usage;                /* last uses of keys (usage.c); NULL: not recorded */
 	atomic_size_t sweep_from;        /* where the next material sweep starts (rotation.c) */
+	/* Held across each check and change of what pairs a key with a certificate: its public
+	 * key (rotations), its automatic rotation, its CKA_ID (pkcs11-id aliases) and the
+	 * certificates stored (certs.c), so that two such changes on this node, each fine
+	 * alone, cannot both pass their checks and leave a pairing neither allows. */
+	pthread_mutex_t pairing;
 	/* Keys whose scheduled work failed, tried again after a pause that grows
 	 * (rotation.c); read and written by the scheduler's thread only. */
 	struct kms_retry {

@@ -75,11 +75,14 @@ hsm_result hsm_kms_enable_rotation(hsm_kms *kms, const hsm_caller *caller, const
 	 * locked: the certificates are other rows. */
 	kms_key *k = NULL;
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_EnableKeyRotation, ref, &extra, &k));
+	pthread_mutex_lock(&kms->pairing);
 	hsm_result r = kms_certs_refuse_rotation(kms, &k->rec, "EnableKeyRotation");
 	kms_key_release(k);
-	HSM_GUARD(r);
-	return kms_modify_with(kms, caller, HSM_OP_EnableKeyRotation, ref, &extra, set_rotation, &a,
-	                       NULL, NULL);
+	if (hsm_ok(r))
+		r = kms_modify_with(kms, caller, HSM_OP_EnableKeyRotation, ref, &extra, set_rotation,
+		                    &a, NULL, NULL);
+	pthread_mutex_unlock(&kms->pairing);
+	return r;
 }
 
 hsm_result hsm_kms_disable_rotation(hsm_kms *kms, const hsm_caller *caller, const char *ref)
@@ -197,12 +200,14 @@ hsm_result hsm_kms_rotate_now(hsm_kms *kms, const hsm_caller *caller, const char
 		             "%s has been rotated on demand %u times, the most a key allows; "
 		             "automatic rotation is not limited",
 		             k->arn, c.n);
+	pthread_mutex_lock(&kms->pairing);
 	if (hsm_ok(r))
 		r = kms_certs_refuse_rotation(kms, &k->rec, "RotateKeyOnDemand");
 	if (hsm_ok(r))
 		r = k->rec.origin == HSM_ORIGIN_EXTERNAL
 		        ? kms_promote_pending(kms, caller, k, HSM_ROTATION_ON_DEMAND, out)
 		        : rotate(kms, caller, k, false, out);
+	pthread_mutex_unlock(&kms->pairing);
 	/* The version it made was made meanwhile: another rotation (on this node or another
 	 * sharing the store) committed first. */
 	if (r.err == HSM_ERR_CONFLICT)
@@ -262,12 +267,14 @@ static hsm_result rotate_due(hsm_kms *kms, const hsm_key_record *rec, bool *acte
 	    k->rec.next_rotation <= kms_now(kms)) {
 		/* A certificate paired before hsmd refused that pairing: not rotated, and each
 		 * round says why (HsmdSchedulerFailing), until it is deleted or rotation is off. */
+		pthread_mutex_lock(&kms->pairing);
 		r = kms_certs_refuse_rotation(kms, &k->rec, "scheduled rotation");
 		/* Imported keys move to the material imported for the purpose, when there is some. */
 		if (hsm_ok(r))
 			r = k->rec.origin == HSM_ORIGIN_EXTERNAL
 			        ? kms_promote_pending(kms, NULL, k, HSM_ROTATION_AUTOMATIC, &after)
 			        : rotate(kms, NULL, k, true, &after);
+		pthread_mutex_unlock(&kms->pairing);
 		if (r.err == HSM_ERR_CONFLICT) {
 			/* Changed meanwhile (rotated by another node, disabled, taken off
 			 * rotation, scheduled for deletion): nothing was done. */

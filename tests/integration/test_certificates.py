@@ -270,6 +270,42 @@ def test_a_key_losing_its_pkcs11_id_alias_takes_back_no_stale_certificate(server
     assert officer.list_aliases(KeyId=other)["Aliases"] == []
 
 
+def test_rotation_and_a_certificate_racing_for_one_key_do_not_both_land(server, officer, ca):
+    """EnableKeyRotation and ImportCertificate for one key at the same moment: each is fine
+    alone, and one of them must see the other, so the key never ends up both rotating and
+    paired with a certificate (its scheduled rotation would then fail every try)."""
+    import threading
+    for _ in range(12):
+        key = officer.create_key(KeySpec="ECC_NIST_P256",
+                                 KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+        cert = b64(der(cert_of_key(officer, ca, key, "racing")))
+        start = threading.Barrier(2)
+        got = {}
+
+        def rotation():
+            start.wait()
+            got["rotation"] = signed_call(server, "TrentService.EnableKeyRotation",
+                                          {"KeyId": key, "RotationPeriodInDays": 90})
+
+        def certificate():
+            start.wait()
+            got["cert"] = signed_call(server, "HsmdAdmin.ImportCertificate",
+                                      {"Certificate": cert, "KeyId": key})
+
+        threads = [threading.Thread(target=f) for f in (rotation, certificate)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        statuses = sorted(got[n][0] for n in ("rotation", "cert"))
+        assert statuses == [200, 400], got
+        rotates = officer.get_key_rotation_status(KeyId=key)["KeyRotationEnabled"]
+        paired = [c for c in listed(server) if base64.b64decode(c["ObjectId"]) == key.encode()]
+        assert rotates != bool(paired), (rotates, paired)
+        for c in paired:
+            admin(server, "DeleteCertificate", {"CertificateId": c["CertificateId"]})
+
+
 def test_import_without_a_key(server, ca):
     """A CA certificate, say: no key, no CKA_ID unless given, the label as given."""
     other = ec.generate_private_key(ec.SECP256R1())
