@@ -460,8 +460,14 @@ hsm_result hsm_backup_read_info(const char *path, hsm_backup_info *out)
 {
 	hsm_buf raw = {0};
 	struct stat st;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK: a FIFO named like a backup (in a directory others may write to) would
+	 * block this open for ever, and the lane thread with it; only a regular file is read. */
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 	HSM_ENSURE(fd >= 0, HSM_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return HSM_FAIL(HSM_ERR_IO, "%s is not a regular file", path);
+	}
 	hsm_result res = read_header(fd, path, &raw, out);
 	if (hsm_ok(res) && fstat(fd, &st) == 0)
 		out->file_bytes = (uint64_t)st.st_size;

@@ -14,6 +14,7 @@
 #include "common/secret.h"
 #include "server/config.h"
 #include "server/server.h"
+#include "store/store.h"
 
 #define DEV_DEFAULT_AKID "AKIAHSMDDEVELOPMENT1"
 #define DEV_DEFAULT_SECRET "hsmd-dev-secret-do-not-use-in-production"
@@ -200,6 +201,12 @@ int main(int argc, char **argv)
 		char where[HSM_CONFIG_PATH_MAX + 16];
 		hsm_config_source(&cfg, setting, where, sizeof(where));
 		fprintf(stderr, "hsmd: %s (%s from %s)\n", hsm_last_message(), setting, where);
+		/* A shared store out of reach (restarting, failing over, its host still booting)
+		 * is no setting refused: exit 1, which the unit restarts (2 it does not). */
+		if (strcmp(setting, "store") == 0 &&
+		    strncmp(hsm_last_message(), HSM_STORE_CONNECT_FAILED,
+		            strlen(HSM_STORE_CONNECT_FAILED)) == 0)
+			return 1;
 		return 2;
 	}
 	char store[256];

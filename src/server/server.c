@@ -201,6 +201,26 @@ static hsm_result copy_dir_of_node(const hsm_server *s, char *out, size_t cap)
 }
 
 /*
+ * dir, made private, belongs to the user hsmd runs as: what hsmd makes there
+ * (audit files, backups; 0600) must be files the node can open at its next
+ * start as that user, and a directory
+ * another user owns is one that user may fill with links hsmd would follow
+ * (an audit or backups directory pointing elsewhere), as hsmctl refuses too.
+ */
+static hsm_result own_private_dir(const char *dir)
+{
+	HSM_GUARD(hsm_mkdir_private(dir));
+	struct stat st;
+	HSM_ENSURE(stat(dir, &st) == 0, HSM_ERR_IO, "cannot read %s: %s", dir, strerror(errno));
+	HSM_ENSURE(st.st_uid == geteuid(), HSM_ERR_VALIDATION,
+	           "%s belongs to uid %ld, not to the user hsmd runs as (uid %ld): run hsmd as the "
+	           "directory's owner (the unit's user hsmd), or the files it makes there would be "
+	           "ones the node cannot open, and the owner could point them elsewhere",
+	           dir, (long)st.st_uid, (long)geteuid());
+	return HSM_SUCCESS;
+}
+
+/*
  * The audit trail's directories (copy_dir: this node's copy directory, or
  * "").  Checked with the backups' before the store is opened too: opening
  * migrates an older store's schema, which a start refused for a mistyped
@@ -209,7 +229,7 @@ static hsm_result copy_dir_of_node(const hsm_server *s, char *out, size_t cap)
  */
 static hsm_result check_audit_dirs(hsm_server *s, char *copy_dir, size_t cap)
 {
-	HSM_GUARD(hsm_server_blame(s, "audit_dir", hsm_mkdir_private(s->audit_dir)));
+	HSM_GUARD(hsm_server_blame(s, "audit_dir", own_private_dir(s->audit_dir)));
 	copy_dir[0] = '\0';
 	if (s->audit_copy_dir[0] != '\0')
 		HSM_GUARD(hsm_server_blame(s, "audit_copy_dir", copy_dir_of_node(s, copy_dir, cap)));
@@ -552,7 +572,7 @@ static hsm_result open_parts(hsm_server *s)
 	bool shared = s->opt.store != NULL && s->opt.store[0] != '\0';
 	if (!s->opt.dev && !shared)
 		HSM_GUARD(hsm_server_blame(s, "data_dir", check_store_exists(s)));
-	HSM_GUARD(hsm_server_blame(s, "data_dir", hsm_mkdir_private(s->data_dir)));
+	HSM_GUARD(hsm_server_blame(s, "data_dir", own_private_dir(s->data_dir)));
 	if (s->opt.dev)
 		s->dev_db_found = shared || store_file_found(s);
 	/* Before the store is opened (which makes hsmd.db) and the audit and backup directories

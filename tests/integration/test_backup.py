@@ -894,3 +894,30 @@ def test_every_custodian_may_bring_a_share():
         assert not os.path.exists(again)  # nor the directory it would have made
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_fifo_named_like_a_backup_blocks_nothing():
+    """A FIFO named like a backup, in a copy directory or backup directory others may write
+    to, is no backup: skipped with a warning, never opened for reading (which would block a
+    lane thread for ever, and with two such every store write, or a start)."""
+    name = "hsmd-00000000-0000-4000-8000-000000000000-20260101T000000Z-00000000.hsmbak"
+    drop = tempfile.mkdtemp(prefix="hsmd-drop-")
+    os.mkfifo(os.path.join(drop, name))
+    server = start_dev(["--backup-copy-dir", drop])
+    try:
+        for _ in range(3):  # more than the lane has threads on two cores
+            out = admin(server, "CreateBackup")
+            assert out["Copied"] is True, out
+        assert "is not a regular file" in server.read_log()
+        backups = os.path.join(server.data_dir, "backups")
+        server.stop()
+        os.mkfifo(os.path.join(backups, name))
+        again = Hsmd(["--dev"], env=DEV_ENV, data_dir=server.data_dir)
+        try:
+            listed = admin(again, "ListBackups")
+            assert len(listed["Backups"]) == 3, listed
+        finally:
+            again.cleanup()
+    finally:
+        server.cleanup()
+        shutil.rmtree(drop, ignore_errors=True)

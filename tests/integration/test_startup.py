@@ -205,14 +205,18 @@ def test_a_backup_copy_dir_that_is_the_backup_dir(tmp):
 
 
 def test_a_store_that_cannot_be_reached(tmp):
-    """A shared store hsmd cannot connect to is refused like a setting's other faults: the
-    message names the setting and where it came from, and the status is 2."""
+    """A shared store hsmd cannot connect to is named like a setting's other faults (the
+    setting and where it came from), but the status is 1, not 2: the database restarting or
+    failing over is no setting refused, and docs/hsmd.service restarts on 1, never on 2."""
     conf = os.path.join(tmp, "node.conf")
     with open(conf, "w") as f:
         f.write(f"data_dir = {os.path.join(tmp, 'data')}\n"
                 f"store = postgresql://hsmd@127.0.0.1:{free_port()}/hsm?connect_timeout=3\n")
-    err = refused(["--config", conf, "--listen", f"127.0.0.1:{free_port()}",
-                   "--allow-plaintext-loopback"])
+    p = subprocess.run([HSMD, "--config", conf, "--listen", f"127.0.0.1:{free_port()}",
+                        "--allow-plaintext-loopback"], capture_output=True, text=True, timeout=30,
+                       env={k: v for k, v in os.environ.items() if not k.startswith("HSM_")})
+    assert p.returncode == 1, (p.returncode, p.stderr)
+    err = p.stderr
     assert "cannot connect to PostgreSQL" in err and f"(store from {conf}:2)" in err, err
 
 
@@ -617,3 +621,22 @@ def test_the_version_names_the_commit_it_was_built_from():
         assert st == 200 and lines == [f'hsmd_build_info{{version="{release}"}} 1'], lines
     finally:
         node.cleanup()
+
+
+def test_a_data_dir_another_user_owns(tmp):
+    """hsmd, as hsmctl, runs only as its data directory's owner: root's hsmd on the node
+    user's directory would leave files that user's node cannot open, and would follow the
+    links that user may put there (an audit directory pointing elsewhere)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the directory to another user")
+    data = os.path.join(tmp, "data")
+    victim = os.path.join(tmp, "elsewhere")
+    os.mkdir(data, 0o700)
+    os.mkdir(victim, 0o755)
+    os.symlink(victim, os.path.join(data, "audit"))
+    os.lchown(os.path.join(data, "audit"), 65534, 65534)
+    os.chown(data, 65534, 65534)
+    err = refused(["--dev", "--data-dir", data, "--listen", f"127.0.0.1:{free_port()}"])
+    assert f"{data} belongs to uid 65534, not to the user hsmd runs as (uid 0)" in err, err
+    assert "(data_dir from --data-dir)" in err, err
+    assert os.listdir(victim) == [], os.listdir(victim)
