@@ -36,9 +36,10 @@ void hsm_metrics_probe(hsm_metrics *m, hsm_metric_probe probe)
  * would page a second time, as a failing service, for the same cause.  A store
  * that timed out (DependencyTimeoutException) stays a server error: the node
  * serves, and the request failed.  So does a request whose own record failed
- * while the trail stayed up (no memory for it, a full queue): answered 503
- * like an outage, but its err is the record's failure, not
- * HSM_ERR_AUDIT_UNAVAILABLE (dispatch.c's audit_done), as no gauge shows it.
+ * while the trail stayed up (no memory for it, a full queue): its result
+ * withheld (HSM_HTTP_WITHHELD), its err the record's failure, not
+ * HSM_ERR_AUDIT_UNAVAILABLE (dispatch.c's audit_done), as no gauge shows it;
+ * a result withheld in an outage counts with the outage's refusals.
  * A caller whose access key could not be looked up, the store being out of
  * reach (store_refused), is refused as by a sealed node: hsmd_store_up and
  * HsmdStoreUnreachable report that, and anyone with made-up credentials can
@@ -48,8 +49,16 @@ static bool refused_unavailable(int http_status, hsm_err err, bool store_refused
 {
 	if (store_refused)
 		return true;
+	if (http_status == HSM_HTTP_WITHHELD)
+		return err == HSM_ERR_AUDIT_UNAVAILABLE;
 	return http_status == 503 && (err == HSM_ERR_SEALED || err == HSM_ERR_NODE_ERROR ||
 	                              err == HSM_ERR_AUDIT_UNAVAILABLE);
+}
+
+/* A result withheld is no client's error, though its status is a 4xx. */
+static bool server_side(int http_status)
+{
+	return http_status >= 500 || http_status == HSM_HTTP_WITHHELD;
 }
 
 void hsm_metrics_observe(hsm_metrics *m, unsigned slot, int http_status, hsm_err err,
@@ -57,8 +66,8 @@ void hsm_metrics_observe(hsm_metrics *m, unsigned slot, int http_status, hsm_err
 {
 	if (slot >= HSM_METRIC_SLOTS)
 		slot = HSM_METRIC_NONE;
-	hsm_metric_outcome o = http_status < 400   ? HSM_METRIC_OK
-	                       : http_status < 500 ? HSM_METRIC_CLIENT_ERROR
+	hsm_metric_outcome o = http_status < 400           ? HSM_METRIC_OK
+	                       : !server_side(http_status) ? HSM_METRIC_CLIENT_ERROR
 	                       : refused_unavailable(http_status, err, store_refused)
 	                           ? HSM_METRIC_UNAVAILABLE
 	                           : HSM_METRIC_SERVER_ERROR;

@@ -57,6 +57,13 @@ typedef struct hsm_metrics {
 } hsm_metrics;
 
 /*
+ * The status of a request that ran but whose audit record failed, its result withheld
+ * (dispatch.c's audit_done): not a 5xx, which every AWS SDK sends again by itself, and
+ * this request, sent again, would run again (a second key, grant or rotation).
+ */
+#define HSM_HTTP_WITHHELD 409
+
+/*
  * Counts a request answered with http_status; err is the error code its answer
  * carries (HSM_OK when none), which tells a node that serves nothing now from
  * one that failed a request.  store_refused: a server error answered because

@@ -1513,7 +1513,8 @@ def test_requests_refused_in_an_outage_say_that_nothing_ran(tmp_path):
                 # The first record that fails starts the outage; its request ran, and
                 # its answer is withheld.
                 st, out = unsigned_call(server, "HsmdAdmin.Status", {})
-                assert st == 503 and "withheld" in out["message"], out
+                assert (st, out["__type"]) == (409, "KMSInternalException"), out
+                assert "withheld" in out["message"], out
                 assert eventually(lambda: metric(server, "hsmd_audit_healthy") == 0)
                 if server is sealed:
                     with open(shares["alice"]) as f:
@@ -1585,7 +1586,7 @@ FailOneRecord("*audit_format_line")
                                               "to attach")
 def test_a_record_that_fails_alone_counts_as_a_server_error(tmp_path):
     """A request whose own record cannot be written while the trail stays healthy (no
-    memory to format it, a full queue) is answered 503, its result withheld, and counted
+    memory to format it, a full queue) is answered 409, its result withheld, and counted
     as a server_error: no audit gauge or alert shows it (hsmd_audit_healthy stays 1, no
     outage is counted), so HsmdErrors must.  Only refusals because the trail is down count
     as unavailable (test_requests_refused_in_an_outage_say_that_nothing_ran)."""
@@ -1616,7 +1617,7 @@ def test_a_record_that_fails_alone_counts_as_a_server_error(tmp_path):
             pass
         st, body = signed_call(server, "TrentService.ListKeys", {})
         assert not os.path.exists(flag), "".join(out)  # the record did fail
-        assert (st, body["__type"]) == (503, "ServiceUnavailableException"), body
+        assert (st, body["__type"]) == (409, "KMSInternalException"), body
         assert "could not be audited, so its result is withheld" in body["message"], body
         assert metric(server, "hsmd_audit_healthy") == 1
         assert metric(server, "hsmd_audit_outages_total") == 0
@@ -1641,7 +1642,7 @@ def test_a_record_that_fails_alone_counts_as_a_server_error(tmp_path):
                                               "allowed to attach")
 def test_with_durable_acks_no_answer_comes_before_its_record_is_synced(tmp_path):
     """audit_ack_durable: a request whose record could not be made durable (its fdatasync
-    failed) is answered 503, its result withheld.  By default the same request is answered
+    failed) is answered 409, its result withheld.  By default the same request is answered
     once its record is written, before any sync: a power cut then could take the record."""
     normal = start_dev(["--backup-interval-seconds", "0"])
     durable = start_dev(["--backup-interval-seconds", "0", "--audit-ack-durable"])
@@ -1656,7 +1657,7 @@ def test_with_durable_acks_no_answer_comes_before_its_record_is_synced(tmp_path)
                 st, out = signed_call(server, "TrentService.Encrypt",
                                       {"KeyId": key, "Plaintext": "aGVsbG8="})
                 if server is durable:
-                    assert (st, out["__type"]) == (503, "ServiceUnavailableException"), out
+                    assert (st, out["__type"]) == (409, "KMSInternalException"), out
                     assert "withheld" in out["message"], out
                 else:
                     assert st == 200 and out["KeyId"].endswith(key), out
@@ -1708,8 +1709,9 @@ def test_audit_report_leaves_out_no_verified_record():
 
 def test_an_answer_withheld_is_said_so_on_the_trail():
     """The trail's disk fills with nothing kept ahead of the file (its reserve punched
-    out): records fail while being written, their requests are answered 503 "its result
-    is withheld", and the records the writer had numbered reach the trail on recovery
+    out): records fail while being written, their requests are answered "its result is
+    withheld" with a 409 no SDK sends again by itself (sent again, a CreateKey would make a
+    second key), and the records the writer had numbered reach the trail on recovery
     saying how the requests ended.  Each such request is named by a RequestAnswerWithheld
     event (extra.answer withheld), so no record of a success stands for an answer the
     caller never got."""
@@ -1719,7 +1721,7 @@ def test_an_answer_withheld_is_said_so_on_the_trail():
     server = None
     try:
         server = start_dev(["--audit-dir", audit_dir])
-        kms = client(server)
+        kms = client(server, retries=3)  # an SDK's default: refusals are sent again
         ok, withheld = set(), set()
 
         def trail():
@@ -1734,9 +1736,14 @@ def test_an_answer_withheld_is_said_so_on_the_trail():
                 try:
                     ok.add(kms.create_key()["ResponseMetadata"]["RequestId"])
                 except botocore.exceptions.ClientError as e:
-                    assert e.response["Error"]["Code"] == "ServiceUnavailableException"
-                    if "withheld" in e.response["Error"]["Message"]:
-                        withheld.add(e.response["ResponseMetadata"]["RequestId"])
+                    code, meta = e.response["Error"]["Code"], e.response["ResponseMetadata"]
+                    if code == "KMSInternalException":
+                        assert "withheld" in e.response["Error"]["Message"], e.response
+                        assert (meta["HTTPStatusCode"], meta["RetryAttempts"]) == (409, 0)
+                        withheld.add(meta["RequestId"])
+                    else:
+                        assert code == "ServiceUnavailableException", e.response
+                        assert "withheld" not in e.response["Error"]["Message"], e.response
                 time.sleep(0.05)
         create(3)
         live = sorted(glob.glob(os.path.join(audit_dir, "audit-*.jsonl")))[-1]
