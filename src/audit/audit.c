@@ -545,6 +545,11 @@ bool hsm_audit_healthy(const hsm_audit *a)
 	return atomic_load(&a->healthy);
 }
 
+int64_t hsm_audit_clock_ahead_ms(const hsm_audit *a)
+{
+	return audit_clock_ahead_ms(a);
+}
+
 bool hsm_audit_low_space(const hsm_audit *a)
 {
 	return atomic_load(&a->low_space);

@@ -242,6 +242,9 @@ bool hsm_audit_healthy(const hsm_audit *a);
 bool hsm_audit_accepting(const hsm_audit *a);
 /* True while the disk has no room for the space kept ahead of the trail. */
 bool hsm_audit_low_space(const hsm_audit *a);
+/* How far the wall clock has run ahead of the time elapsed since the trail was opened (ms;
+ * 0 when it cannot be told): above HSM_AUDIT_CLOCK_AHEAD_MS, a clock stepped ahead. */
+int64_t hsm_audit_clock_ahead_ms(const hsm_audit *a);
 /*
  * A request refused because the trail did not accept it (hsm_audit_accepting
  * false) and given no record of its own: while the disk is low on space its

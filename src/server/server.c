@@ -1104,7 +1104,7 @@ static void *scheduler_main(void *arg)
 {
 	hsm_server *s = arg;
 	hsm_thread_name("hsmd-sched");
-	bool sweep_failing = false;
+	bool sweep_failing = false, clock_held = false;
 	/* The next full round: a recount asked for between rounds does not put it off, or
 	 * recounts asked for more often than the interval would stop the scheduled work. */
 	struct timespec until;
@@ -1145,11 +1145,23 @@ static void *scheduler_main(void *arg)
 				hsm_log_failure("dropping the material of keys changed on other nodes");
 			sweep_failing = failed;
 		}
+		/* A wall clock run ahead of the time this node has been up (a bad time server)
+		 * would make every destruction, expiry and rotation due at once, and the first two
+		 * cannot be undone: held, as audit retention is, until the clock agrees again. */
+		bool ahead = hsm_audit_clock_ahead_ms(s->audit) > HSM_AUDIT_CLOCK_AHEAD_MS;
+		if (ahead && !clock_held)
+			hsm_warn("scheduled key work holds: the wall clock is %lld s ahead of the time "
+			         "hsmd has run; no key is destroyed, expired or rotated until it agrees "
+			         "again (check the clock)",
+			         (long long)(hsm_audit_clock_ahead_ms(s->audit) / 1000));
+		else if (!ahead && clock_held)
+			hsm_info("scheduled key work runs again: the wall clock agrees with the time elapsed");
+		clock_held = ahead;
 		if (lead(s, can_work) && !recount_only) {
 			size_t done = 0;
 			sched_action action = {.s = s};
 			action_begin(&action);
-			hsm_result r = hsm_kms_run_due(s->kms, &done);
+			hsm_result r = ahead ? HSM_SUCCESS : hsm_kms_run_due(s->kms, &done);
 			/* A commit no event followed has no record to wait for. */
 			action_end(&action, true);
 			atomic_fetch_add(&s->metrics.scheduler_actions, done);

@@ -8,7 +8,8 @@
  * boot-time clocks do not move.  A condition-variable wait with a
  * wall-clock deadline waits by the moved clock, as the kernel's would after a
  * real step; waits on condition variables made for CLOCK_MONOTONIC are left
- * alone.  Built by the tests that use it (test_clock_steps.py).
+ * alone.  With HSM_TEST_CLOCK_SHIFT_ELAPSED set, the boot-time clock moves too: time
+ * that passed rather than a step.  Built by the tests that use it (test_clock_steps.py).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -61,6 +62,10 @@ int clock_gettime(clockid_t id, struct timespec *ts)
 {
 	int r = real_clock(id, ts);
 	if (r == 0 && (id == CLOCK_REALTIME || id == CLOCK_REALTIME_COARSE))
+		ts->tv_sec += shift();
+	/* HSM_TEST_CLOCK_SHIFT_ELAPSED set: the shift is time that passed, not a step of the
+	 * wall clock, so the boot-time clock (hsmd's measure of elapsed time) moves too. */
+	else if (r == 0 && id == CLOCK_BOOTTIME && getenv("HSM_TEST_CLOCK_SHIFT_ELAPSED") != NULL)
 		ts->tv_sec += shift();
 	return r;
 }

@@ -35,10 +35,14 @@ from conftest import HSMCTL, client, signed_call, start_dev
 from helpers import Clock, admin, audit_records, eventually, signed_at
 
 
-def start_shifted(clockshift, tmp_path, args=()):
+def start_shifted(clockshift, tmp_path, args=(), elapsed=False):
+    """elapsed: the shifts are time that passes (the boot-time clock moves too), not steps
+    of the wall clock, which hold the scheduled key work and audit retention."""
     clock = Clock(str(tmp_path / "shift"))
-    server = start_dev(list(args), env={"LD_PRELOAD": clockshift,
-                                        "HSM_TEST_CLOCK_SHIFT_FILE": clock.path})
+    env = {"LD_PRELOAD": clockshift, "HSM_TEST_CLOCK_SHIFT_FILE": clock.path}
+    if elapsed:
+        env["HSM_TEST_CLOCK_SHIFT_ELAPSED"] = "1"
+    server = start_dev(list(args), env=env)
     return server, clock
 
 
@@ -152,7 +156,7 @@ def test_a_failing_key_is_counted_and_the_others_done(clockshift, tmp_path):
     """Two keys due for rotation, one of which the store refuses to change: the other
     rotates, and the failure is counted (hsmd_scheduler_failures_total, which the
     README's HsmdSchedulerFailing alert watches), logged and audited."""
-    server, clock = start_shifted(clockshift, tmp_path)
+    server, clock = start_shifted(clockshift, tmp_path, elapsed=True)
     try:
         kms = client(server)
         keys = [kms.create_key()["KeyMetadata"]["KeyId"] for _ in range(2)]
@@ -186,7 +190,7 @@ def test_a_deletion_that_does_not_happen_is_counted_overdue(clockshift, tmp_path
     exists (here its destruction keeps failing: the store refuses to change it) is
     counted in hsmd_keys_deletion_overdue, which the README's HsmdDeletionOverdue alert
     watches; once it is destroyed, it is not."""
-    server, clock = start_shifted(clockshift, tmp_path)
+    server, clock = start_shifted(clockshift, tmp_path, elapsed=True)
     try:
         kms = client(server)
         key = kms.create_key()["KeyMetadata"]["KeyId"]
@@ -224,7 +228,7 @@ def test_a_deletion_past_its_date_cannot_be_cancelled(clockshift, tmp_path):
     not destroyed it yet (here its destruction is held back by the store).  It used to
     succeed, leaving a key whose destruction was due (and perhaps approved) Disabled,
     ready to be enabled again.  Within the period, cancelling works as before."""
-    server, clock = start_shifted(clockshift, tmp_path)
+    server, clock = start_shifted(clockshift, tmp_path, elapsed=True)
     try:
         kms = client(server)
         kept, due = (kms.create_key()["KeyMetadata"]["KeyId"] for _ in range(2))
@@ -253,5 +257,34 @@ def test_a_deletion_past_its_date_cannot_be_cancelled(clockshift, tmp_path):
             r = signed_at(server, later, "TrentService.DescribeKey", {"KeyId": due})
             return r.status_code == 400 and r.json()["__type"] == "NotFoundException"
         assert eventually(destroyed, 30)
+    finally:
+        server.cleanup()
+
+
+def test_a_step_ahead_destroys_expires_and_rotates_nothing(clockshift, tmp_path):
+    """A wall clock stepped a year ahead for a moment (a bad time server) is not time that
+    passed: the node, which holds audit retention for it, holds its scheduled key work as
+    well (destructions, material expiries, rotations), until the clock agrees with the time
+    it has run again: here no key pending deletion is destroyed and no rotation schedule
+    moves.  It used to destroy and rotate in its next round."""
+    server, clock = start_shifted(clockshift, tmp_path, ["--scheduler-interval-seconds", "1"])
+    try:
+        kms = client(server)
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=30)
+        rot = kms.create_key()["KeyMetadata"]["KeyId"]
+        kms.enable_key_rotation(KeyId=rot)
+        nxt = signed_call(server, "TrentService.GetKeyRotationStatus", {"KeyId": rot})[1]
+        clock.set(365 * 86400)
+        assert eventually(lambda: gauge(server, "hsmd_audit_retention_held") == 1, 30)
+        time.sleep(3)  # three rounds
+        clock.set(0)
+        time.sleep(2)
+        assert kms.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "PendingDeletion"
+        st, rotations = signed_call(server, "TrentService.ListKeyRotations", {"KeyId": rot})
+        assert (st, rotations["Rotations"]) == (200, []), rotations
+        assert signed_call(server, "TrentService.GetKeyRotationStatus", {"KeyId": rot})[1] == nxt
+        assert not [r for r in audit_records(server.data_dir)
+                    if r.get("op") in ("DeleteKey", "RotateKey")]
     finally:
         server.cleanup()
