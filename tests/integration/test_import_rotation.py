@@ -323,6 +323,39 @@ def test_gauges_count_a_key_both_expiring_and_due_once(tmp_path):
         node.stop()
 
 
+def test_material_that_expires_before_the_rotation_date_is_counted_as_needed():
+    """Material imported for the next rotation that expires before the date is no material
+    for it: the key is counted in hsmd_keys_rotation_material_needed_7d (the alert says to
+    import the next material) from the week before the date, as without any, not only once
+    the material is gone."""
+    import datetime
+    node = start_dev()
+    try:
+        kms = client(node)
+        key = external_key(kms)
+        call_ok(node, "ImportKeyMaterial", import_body(kms, key, os.urandom(32)))
+        call_ok(node, "EnableKeyRotation", {"KeyId": key, "RotationPeriodInDays": 3})
+        valid_to = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)
+        call_ok(node, "ImportKeyMaterial",
+                import_body(kms, key, os.urandom(32), ImportType="NEW_KEY_MATERIAL",
+                            ExpirationModel="KEY_MATERIAL_EXPIRES",
+                            ValidTo=int(valid_to.timestamp())))
+
+        def needed():
+            status, body, _ = node.get("/metrics")
+            assert status == 200
+            return int(re.search(r"^hsmd_keys_rotation_material_needed_7d (\d+)$",
+                                 body.decode(), re.M).group(1))
+
+        # Counted by the scheduler every 5 s: wait for a count after the imports.
+        deadline = time.monotonic() + 30
+        while needed() != 1 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert needed() == 1
+    finally:
+        node.stop()
+
+
 def test_expired_material_unusable_before_the_scheduler_erases_it():
     # A round a minute apart (the slowest allowed; a failover waits longer still): between
     # ValidTo and the round that erases it, expired material must serve no request.
