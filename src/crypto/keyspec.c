@@ -159,20 +159,30 @@ static bool aws_name(const char *name, const char *const *names, size_t n)
 
 hsm_result hsm_spec_parse(const char *name, hsm_key_spec *out)
 {
-	static const char *const not_offered[] = {"SM2",       "ML_DSA_44",  "ML_DSA_65",
-	                                          "ML_DSA_87", "ML_KEM_512", "ML_KEM_768",
-	                                          "ML_KEM_1024"};
+	return hsm_spec_parse_member("KeySpec", name, out);
+}
+
+hsm_result hsm_spec_parse_member(const char *member, const char *name, hsm_key_spec *out)
+{
+	/* Each member's own list in AWS's model: KeySpec has them all, DataKeyPairSpec no
+	 * ML-DSA (a data key pair is for use outside KMS), the deprecated
+	 * CustomerMasterKeySpec only SM2 (it gained no spec since). */
+	static const char *const not_offered[] = {"SM2",         "ML_KEM_512", "ML_KEM_768",
+	                                          "ML_KEM_1024", "ML_DSA_44",  "ML_DSA_65",
+	                                          "ML_DSA_87"};
+	size_t n = strcmp(member, "KeyPairSpec") == 0             ? 4
+	           : strcmp(member, "CustomerMasterKeySpec") == 0 ? 1
+	                                                          : 7;
 	for (unsigned i = 0; i < HSM_SPEC_COUNT; i++) {
 		if (strcmp(name, specs[i].name) == 0) {
 			*out = (hsm_key_spec)i;
 			return HSM_SUCCESS;
 		}
 	}
-	HSM_ENSURE(!aws_name(name, not_offered, sizeof(not_offered) / sizeof(not_offered[0])),
-	           HSM_ERR_UNSUPPORTED_OPERATION,
-	           "KeySpec %s is not offered: this build's OpenSSL has no %s keys", name,
+	HSM_ENSURE(!aws_name(name, not_offered, n), HSM_ERR_UNSUPPORTED_OPERATION,
+	           "%s %s is not offered: this build's OpenSSL has no %s keys", member, name,
 	           name[0] == 'S' ? "SM2" : name[3] == 'D' ? "ML-DSA" : "ML-KEM");
-	return HSM_FAIL(HSM_ERR_VALIDATION, "KeySpec '%.64s' is not supported", name);
+	return HSM_FAIL(HSM_ERR_VALIDATION, "%s '%.64s' is not supported", member, name);
 }
 
 hsm_result hsm_usage_parse(const char *name, hsm_key_usage *out)

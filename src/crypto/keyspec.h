@@ -134,6 +134,11 @@ const hsm_mac_alg_info *hsm_mac_alg_get(hsm_mac_alg alg);
 
 /* Name <-> enum.  Lookups fail with HSM_ERR_VALIDATION naming the field. */
 hsm_result hsm_spec_parse(const char *name, hsm_key_spec *out) HSM_MUST_CHECK;
+/* A spec named by a request's member ("KeySpec", "KeyPairSpec", "CustomerMasterKeySpec"):
+ * a name AWS defines for that member that hsmd does not offer is UNSUPPORTED_OPERATION,
+ * any other VALIDATION; the messages name the member. */
+hsm_result hsm_spec_parse_member(const char *member, const char *name,
+                                 hsm_key_spec *out) HSM_MUST_CHECK;
 hsm_result hsm_usage_parse(const char *name, hsm_key_usage *out) HSM_MUST_CHECK;
 hsm_result hsm_enc_alg_parse(const char *name, hsm_enc_alg *out) HSM_MUST_CHECK;
 hsm_result hsm_sign_alg_parse(const char *name, hsm_sign_alg *out) HSM_MUST_CHECK;

@@ -268,10 +268,7 @@ static hsm_result data_key_pair(hsm_api_ctx *c, bool with_plaintext)
 	hsm_buf_init_secure(&priv);
 	HSM_TRY(hsm_api_key_id(c, "KeyId", &key));
 	HSM_TRY(hsm_json_str(c->req, "KeyPairSpec", true, 1, 64, &spec_name));
-	res = hsm_spec_parse(spec_name, &spec);
-	if (res.err == HSM_ERR_VALIDATION)
-		res = HSM_FAIL(HSM_ERR_VALIDATION, "KeyPairSpec '%.64s' is not supported", spec_name);
-	HSM_TRY(res);
+	HSM_TRY(hsm_spec_parse_member("KeyPairSpec", spec_name, &spec));
 	HSM_TRY(read_ctx(c, "EncryptionContext", &ctx, true));
 	if (with_plaintext)
 		HSM_TRY(hsm_api_refuse_recipient(c, "PrivateKeyPlaintext",

@@ -221,7 +221,8 @@ static hsm_result read_spec_usage(hsm_api_ctx *c, hsm_create_key_req *req)
 	req->spec = HSM_SPEC_SYMMETRIC_DEFAULT;
 	req->usage = HSM_USAGE_ENCRYPT_DECRYPT;
 	if (spec != NULL || cmk != NULL)
-		HSM_GUARD(hsm_spec_parse(spec != NULL ? spec : cmk, &req->spec));
+		HSM_GUARD(hsm_spec_parse_member(spec != NULL ? "KeySpec" : "CustomerMasterKeySpec",
+		                                spec != NULL ? spec : cmk, &req->spec));
 	if (usage != NULL)
 		HSM_GUARD(hsm_usage_parse(usage, &req->usage));
 	return HSM_SUCCESS;

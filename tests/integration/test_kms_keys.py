@@ -137,12 +137,24 @@ def test_aws_key_specs_hsmd_does_not_offer_are_unsupported_not_invalid(kms, hsmd
     for body in ({"KeySpec": "NOT_A_SPEC"}, {"KeySpec": "ml_dsa_65"},
                  {"KeyUsage": "ENCAPSULATION"}):
         call_error(hsmd, "CreateKey", body, "ValidationException")
+    # Each member by its own list: DataKeyPairSpec has ML-KEM but no ML-DSA, the deprecated
+    # CustomerMasterKeySpec neither; the messages name the member given.
+    out = call_error(hsmd, "CreateKey", {"CustomerMasterKeySpec": "SM2",
+                                         "KeyUsage": "SIGN_VERIFY"},
+                     "UnsupportedOperationException")
+    assert out["message"].startswith("CustomerMasterKeySpec SM2 is not offered"), out
+    out = call_error(hsmd, "CreateKey", {"CustomerMasterKeySpec": "ML_DSA_65",
+                                         "KeyUsage": "SIGN_VERIFY"}, "ValidationException")
+    assert out["message"] == "CustomerMasterKeySpec 'ML_DSA_65' is not supported", out
     key = kms.create_key()["KeyMetadata"]["KeyId"]
-    call_error(hsmd, "GenerateDataKeyPair", {"KeyId": key, "KeyPairSpec": "SM2"},
-               "UnsupportedOperationException")
-    out = call_error(hsmd, "GenerateDataKeyPair", {"KeyId": key, "KeyPairSpec": "NOPE"},
-                     "ValidationException")
-    assert out["message"] == "KeyPairSpec 'NOPE' is not supported", out
+    for spec in ("SM2", "ML_KEM_768"):
+        out = call_error(hsmd, "GenerateDataKeyPair", {"KeyId": key, "KeyPairSpec": spec},
+                         "UnsupportedOperationException")
+        assert out["message"].startswith(f"KeyPairSpec {spec} is not offered"), out
+    for spec in ("NOPE", "ML_DSA_44"):
+        out = call_error(hsmd, "GenerateDataKeyPair", {"KeyId": key, "KeyPairSpec": spec},
+                         "ValidationException")
+        assert out["message"] == f"KeyPairSpec '{spec}' is not supported", out
     assert key_count(kms) == n + 1
 
 
