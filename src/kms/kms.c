@@ -287,6 +287,11 @@ void hsm_kms_free(hsm_kms *kms)
 	free(kms);
 }
 
+void hsm_kms_set_clock_ahead(hsm_kms *kms, bool ahead)
+{
+	atomic_store(&kms->clock_ahead, ahead);
+}
+
 void hsm_kms_set_event_sink(hsm_kms *kms, hsm_kms_event_fn fn, void *arg)
 {
 	kms->event_fn = fn;

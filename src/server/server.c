@@ -1157,6 +1157,7 @@ static void *scheduler_main(void *arg)
 		else if (!ahead && clock_held)
 			hsm_info("scheduled key work runs again: the wall clock agrees with the time elapsed");
 		clock_held = ahead;
+		hsm_kms_set_clock_ahead(s->kms, ahead);
 		if (lead(s, can_work) && !recount_only) {
 			size_t done = 0;
 			sched_action action = {.s = s};

@@ -314,6 +314,23 @@ static void test_requests_expire(void **state)
 	assert_non_null(strstr(hsm_last_message(), "opened with 0"));
 }
 
+/* Requests are kept 90 days past their expiry, by the clock: not purged while it runs ahead. */
+static void test_a_clock_run_ahead_purges_nothing(void **state)
+{
+	fx *f = *state;
+	hsm_approval_gate g, g2;
+	hsm_approval_record a;
+	assert_int_equal(gate(f, &officer, "ScheduleKeyDeletion", REQ, &g), HSM_ERR_APPROVAL_REQUIRED);
+	f->now += 200 * 86400; /* past its hour and the 90 days kept after */
+	hsm_kms_set_clock_ahead(f->kms, true);
+	assert_int_equal(gate(f, &officer, "PutKeyPolicy", REQ, &g2), HSM_ERR_APPROVAL_REQUIRED);
+	assert_int_equal(state_of(f, g.id), HSM_APPROVAL_PENDING); /* expired, and kept */
+	hsm_kms_set_clock_ahead(f->kms, false);
+	assert_int_equal(gate(f, &officer, "DisableKey", REQ, &g2), HSM_ERR_APPROVAL_REQUIRED);
+	memset(&a, 0, sizeof(a));
+	assert_int_equal(hsm_kms_approval_get(f->kms, &officer, g.id, &a).err, HSM_ERR_NOT_FOUND);
+}
+
 static void test_approvers_must_still_be_custodians(void **state)
 {
 	fx *f = *state;
@@ -551,6 +568,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_only_custodians_approve_and_deny, setup,
 	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_requests_expire, setup, kms_fx_teardown),
+	    cmocka_unit_test_setup_teardown(test_a_clock_run_ahead_purges_nothing, setup,
+	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_approvers_must_still_be_custodians, setup,
 	                                    kms_fx_teardown),
 	    cmocka_unit_test_setup_teardown(test_a_raised_quorum_applies_to_open_requests, setup,
