@@ -849,7 +849,12 @@ hsm_result hsm_store_user_auth_result(hsm_store *s, const char *name, bool succe
 typedef hsm_result (*hsm_user_cb)(const hsm_user_record *u, void *arg);
 hsm_result hsm_store_user_list(hsm_store *s, hsm_user_cb cb, void *arg) HSM_MUST_CHECK;
 
-/* ALREADY_EXISTS on a duplicate id; NOT_FOUND when the user does not exist. */
+/* Active access keys one user may hold: two to change a key without a gap, and room for a
+ * few applications apart; each is looked up by every node every second (auth_keys.c). */
+#define HSM_ACCESS_KEYS_PER_USER 10
+/* ALREADY_EXISTS on a duplicate id; NOT_FOUND when the user does not exist;
+ * LIMIT_EXCEEDED when the user holds HSM_ACCESS_KEYS_PER_USER active keys (counted
+ * under the user's row lock on PostgreSQL). */
 hsm_result hsm_store_access_key_create(hsm_store *s, const hsm_access_key_record *k) HSM_MUST_CHECK;
 /* NOT_FOUND when absent. */
 hsm_result hsm_store_access_key_get(hsm_store *s, const char *access_key_id,

@@ -601,6 +601,15 @@ static hsm_result check_open(const hsm_approval_record *a, int64_t now)
 	return HSM_SUCCESS;
 }
 
+hsm_result st_access_key_room(const char *user, int64_t held)
+{
+	HSM_ENSURE(held < HSM_ACCESS_KEYS_PER_USER, HSM_ERR_LIMIT_EXCEEDED,
+	           "user %s already has %d active access keys, the most one user may hold; revoke "
+	           "one first (hsmctl access-key revoke ID)",
+	           user, HSM_ACCESS_KEYS_PER_USER);
+	return HSM_SUCCESS;
+}
+
 hsm_result st_approval_fresh(const hsm_approval_record *a, int64_t held,
                              hsm_approval_record *out)
 {

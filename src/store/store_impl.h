@@ -357,6 +357,8 @@ hsm_result st_edit_key(hsm_key_record *rec, const char *key_id, hsm_key_update_f
  * which fails as the contract says or changes the record as it must be
  * written, and then writes that change.
  */
+/* LIMIT_EXCEEDED when user holds `held` active access keys, HSM_ACCESS_KEYS_PER_USER. */
+hsm_result st_access_key_room(const char *user, int64_t held) HSM_MUST_CHECK;
 /* The record hsm_store_approval_open inserts for a (checked): Pending, no approvers, open;
  * LIMIT_EXCEEDED when its requester holds `held` open requests, HSM_APPROVALS_OPEN_PER_USER. */
 hsm_result st_approval_fresh(const hsm_approval_record *a, int64_t held,

@@ -113,7 +113,6 @@ static const char SQL_USER_EXISTS[] = "SELECT 1 FROM users WHERE name = $1";
 static const char SQL_LOCK_USER_CREATORS[] = "SELECT pg_advisory_xact_lock(1213418837, 0)";
 static const char SQL_USER_TWIN[] =
 	"SELECT " PG_USER_COLS " FROM users WHERE lower(name) = lower($1) ORDER BY name LIMIT 1";
-static const char SQL_USER_EXISTS_LOCKED[] = "SELECT 1 FROM users WHERE name = $1 FOR SHARE";
 static const char SQL_USER_INSERT[] = "INSERT INTO users (" PG_USER_COLS ") "
                                       "VALUES ($1, $2, $3, $4, $5, $6)";
 static const char SQL_USER_PUT[] = "UPDATE users SET roles = $2, disabled = $3, locked = $4, "
@@ -332,6 +331,9 @@ static void clear_access_key(void *item)
 static const char SQL_AK_EXISTS[] = "SELECT 1 FROM access_keys WHERE id = $1";
 static const char SQL_AK_INSERT[] = "INSERT INTO access_keys (" PG_ACCESS_KEY_COLS ") "
                                     "VALUES ($1, $2, $3, $4, $5)";
+static const char SQL_USER_LOCK_FOR_KEYS[] = "SELECT 1 FROM users WHERE name = $1 FOR UPDATE";
+static const char SQL_AK_COUNT_ACTIVE[] =
+	"SELECT count(*) FROM access_keys WHERE user_name = $1 AND active";
 static const char SQL_AK_GET[] = "SELECT " PG_ACCESS_KEY_COLS " FROM access_keys WHERE id = $1";
 static const char SQL_AK_SET_ACTIVE[] = "UPDATE access_keys SET active = $2 WHERE id = $1";
 static const char SQL_AK_LIST[] = "SELECT " PG_ACCESS_KEY_COLS " FROM access_keys ORDER BY id";
@@ -357,7 +359,11 @@ static hsm_result access_key_create_body(pg_conn *w, void *arg)
 	HSM_GUARD(pg_exists(w, SQL_AK_EXISTS, op->key->access_key_id, &found));
 	HSM_ENSURE(!found, HSM_ERR_ALREADY_EXISTS, "access key %s already exists",
 	           op->key->access_key_id);
-	HSM_GUARD(user_require(w, SQL_USER_EXISTS_LOCKED, op->key->user));
+	/* Locked to write: creators for one user count one after another. */
+	HSM_GUARD(user_require(w, SQL_USER_LOCK_FOR_KEYS, op->key->user));
+	int64_t held = 0;
+	HSM_GUARD(pg_count(w, SQL_AK_COUNT_ACTIVE, op->key->user, NULL, &held));
+	HSM_GUARD(st_access_key_room(op->key->user, held));
 	return pg_insert_access_key(w, op->key);
 }
 

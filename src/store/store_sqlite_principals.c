@@ -327,6 +327,8 @@ static const char SQL_AK_EXISTS[] = "SELECT 1 FROM access_keys WHERE id = ?1";
 static const char SQL_AK_INSERT[] = "INSERT INTO access_keys (" ACCESS_KEY_COLS ") "
                                     "VALUES (?1, ?2, ?3, ?4, ?5)";
 static const char SQL_AK_GET[] = "SELECT " ACCESS_KEY_COLS " FROM access_keys WHERE id = ?1";
+static const char SQL_AK_COUNT_ACTIVE[] =
+	"SELECT count(*) FROM access_keys WHERE user = ?1 AND active = 1";
 static const char SQL_AK_SET_ACTIVE[] = "UPDATE access_keys SET active = ?2 WHERE id = ?1";
 static const char SQL_AK_LIST[] = "SELECT " ACCESS_KEY_COLS " FROM access_keys ORDER BY id";
 static const char SQL_AK_LIST_USER[] =
@@ -338,6 +340,9 @@ static hsm_result access_key_create_in(sq_conn *w, const hsm_access_key_record *
 	HSM_GUARD(sq_exists(w, SQL_AK_EXISTS, k->access_key_id, &found));
 	HSM_ENSURE(!found, HSM_ERR_ALREADY_EXISTS, "access key %s already exists", k->access_key_id);
 	HSM_GUARD(user_require(w, k->user));
+	int64_t held = 0;
+	HSM_GUARD(sq_count(w, SQL_AK_COUNT_ACTIVE, k->user, NULL, &held));
+	HSM_GUARD(st_access_key_room(k->user, held));
 	return sq_insert_access_key(w, k);
 }
 

@@ -385,6 +385,21 @@ def test_revoked_access_key(hsmd):
     assert [(k["AccessKeyId"], k["Status"]) for k in keys] == [(akid, "Inactive")]
 
 
+def test_a_user_holds_at_most_ten_active_access_keys(hsmd):
+    """Each active key is looked up by every node every second: a user's eleventh is
+    refused with LimitExceededException and makes nothing, until one is revoked."""
+    first, _ = new_user(hsmd, "keyring-user", ["crypto-user"])
+    made = [first] + [admin(hsmd, "CreateAccessKey", {"UserName": "keyring-user"})[
+        "AccessKeyId"] for _ in range(9)]
+    out = admin(hsmd, "CreateAccessKey", {"UserName": "keyring-user"}, expect=400)
+    assert out["__type"] == "LimitExceededException", out
+    assert "already has 10 active access keys" in out["message"], out
+    keys = admin(hsmd, "ListAccessKeys", {"UserName": "keyring-user"})["AccessKeys"]
+    assert sorted(k["AccessKeyId"] for k in keys) == sorted(made)
+    admin(hsmd, "RevokeAccessKey", {"AccessKeyId": made[0]})
+    admin(hsmd, "CreateAccessKey", {"UserName": "keyring-user"})
+
+
 @pytest.mark.parametrize("minutes", [-6, -30, 6, 60 * 24])
 def test_stale_or_future_request_time(hsmd, creds, minutes):
     akid, secret = creds

@@ -336,6 +336,84 @@ static void test_access_keys(void **state)
 	EXPECT_ERR(hsm_store_access_key_list(f->s, "nobody", collect_ak, &mine), HSM_ERR_NOT_FOUND);
 }
 
+typedef struct key_run {
+	hsm_store *s;
+	int n;
+	pthread_barrier_t *start;
+	atomic_int *made, *refused;
+} key_run;
+
+static void *key_worker(void *arg)
+{
+	key_run *r = arg;
+	char id[32];
+	hsm_access_key_record k;
+	snprintf(id, sizeof(id), "AKIARACE%012d", r->n);
+	access_key(&k, id, "many");
+	pthread_barrier_wait(r->start);
+	hsm_err e = hsm_store_access_key_create(r->s, &k).err;
+	atomic_fetch_add(e == HSM_OK ? r->made : r->refused, e == HSM_OK || e == HSM_ERR_LIMIT_EXCEEDED);
+	hsm_access_key_record_clear(&k);
+	return NULL;
+}
+
+/*
+ * A user holds at most HSM_ACCESS_KEYS_PER_USER active keys: creators racing for the last
+ * places (on PostgreSQL from two nodes) land only as many; a revoked key frees its place.
+ */
+static void test_access_keys_per_user(void **state)
+{
+	st_fixture *f = *state;
+	enum { RACERS = 6 };
+	hsm_user_record u;
+	user(&u, "many", HSM_ROLE_CRYPTO_USER);
+	EXPECT_OK(hsm_store_user_create(f->s, &u));
+	user(&u, "other", HSM_ROLE_CRYPTO_USER);
+	EXPECT_OK(hsm_store_user_create(f->s, &u));
+	char id[32];
+	hsm_access_key_record k;
+	for (int i = 0; i < HSM_ACCESS_KEYS_PER_USER - 2; i++) {
+		snprintf(id, sizeof(id), "AKIAMANY%012d", i);
+		access_key(&k, id, "many");
+		EXPECT_OK(hsm_store_access_key_create(f->s, &k));
+		hsm_access_key_record_clear(&k);
+	}
+	hsm_store *nodes[2] = {f->s, NULL};
+	bool second = st_is_pg() && hsm_ok(hsm_store_open(f->loc, &nodes[1]));
+	if (!second)
+		nodes[1] = f->s;
+	pthread_barrier_t start;
+	pthread_barrier_init(&start, NULL, RACERS);
+	atomic_int made = 0, refused = 0;
+	key_run runs[RACERS];
+	pthread_t th[RACERS];
+	for (int i = 0; i < RACERS; i++) {
+		runs[i] = (key_run){nodes[i % 2], i, &start, &made, &refused};
+		assert_int_equal(pthread_create(&th[i], NULL, key_worker, &runs[i]), 0);
+	}
+	for (int i = 0; i < RACERS; i++)
+		pthread_join(th[i], NULL);
+	pthread_barrier_destroy(&start);
+	if (second)
+		hsm_store_close(nodes[1]);
+	assert_int_equal(atomic_load(&made), 2);
+	assert_int_equal(atomic_load(&refused), RACERS - 2);
+
+	access_key(&k, "AKIAMANYEXTRA0000001", "many");
+	EXPECT_ERR(hsm_store_access_key_create(f->s, &k), HSM_ERR_LIMIT_EXCEEDED);
+	hsm_access_key_record_clear(&k);
+	access_key(&k, "AKIAOTHER00000000001", "other"); /* another user's are apart */
+	EXPECT_OK(hsm_store_access_key_create(f->s, &k));
+	hsm_access_key_record_clear(&k);
+	EXPECT_OK(hsm_store_access_key_set_active(f->s, "AKIAMANY000000000000", false));
+	access_key(&k, "AKIAMANYEXTRA0000001", "many");
+	EXPECT_OK(hsm_store_access_key_create(f->s, &k));
+	hsm_access_key_record_clear(&k);
+	access_key(&k, "AKIAMANYEXTRA0000002", "many");
+	EXPECT_ERR(hsm_store_access_key_create(f->s, &k), HSM_ERR_LIMIT_EXCEEDED);
+	hsm_access_key_record_clear(&k);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -346,6 +424,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_user_changes_touch_their_columns_only, st_setup,
 		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_access_keys, st_setup, st_teardown),
+		cmocka_unit_test_setup_teardown(test_access_keys_per_user, st_setup, st_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
