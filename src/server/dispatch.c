@@ -139,8 +139,8 @@ static void audit_done(void *arg, hsm_result result)
 		 * trail is told that its caller got none of that (withheld.c). */
 		hsm_server_note_withheld(p->s, hsm_http_req_id(p->req), p->op != NULL ? p->op : "");
 		p->status = error_body(HSM_ERR_INTERNAL,
-		                       "the request was carried out but could not be audited, so its "
-		                       "result is withheld; sent again, it would run again",
+		                       "the request ran but could not be audited, so its result is "
+		                       "withheld; sent again, it would run again",
 		                       HSM_HTTP_WITHHELD, &p->body);
 	}
 	respond_now(p->s, p->req, p->slot, p->status, p->err, p->store_refused, CONTENT_TYPE_JSON,

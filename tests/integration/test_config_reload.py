@@ -141,7 +141,7 @@ def test_a_reading_the_trail_cannot_record_changes_nothing(tmp_path):
         outage = TrailOutage(server, str(tmp_path))
         try:
             st, _ = unsigned_call(server, "HsmdAdmin.Status", {})  # its record starts it
-            assert st == 503
+            assert st in (409, 503)  # it ran, its result withheld; or refused
             assert eventually(lambda: metric(server, "hsmd_audit_healthy") == 0)
             edit(conf, "log_level = warn\n")
             server.proc.send_signal(signal.SIGHUP)

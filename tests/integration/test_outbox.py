@@ -253,7 +253,7 @@ def test_a_change_whose_record_an_outage_failed_is_on_the_trail_once_it_recovers
         # One HTTP request, no client retry (a retry would make a second key).
         st, body = signed_call(server, "TrentService.CreateKey",
                                {"Description": "committed, record failed"})
-        assert st == 503 and body["__type"] == "ServiceUnavailableException", (st, body)
+        assert st == 409 and body["__type"] == "KMSInternalException", (st, body)
         gdb.wait(timeout=60)
         assert server.proc.poll() is None, "".join(out)
         # The change stands; once the trail takes records again, it is on it exactly once:

@@ -349,7 +349,7 @@ def test_a_reload_the_trail_cannot_record_is_not_made(pki, tmp_path):
         outage = TrailOutage(server, str(tmp_path))
         try:
             st, _ = unsigned_call(server, "HsmdAdmin.Status", {})  # its record starts it
-            assert st == 503
+            assert st in (409, 503)  # it ran, its result withheld; or refused
             assert eventually(lambda: metric(server, "hsmd_audit_healthy") == 0)
             put(cert, new_cert)
             put(key, new_key)
