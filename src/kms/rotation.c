@@ -135,9 +135,11 @@ static hsm_result make_primary(hsm_key_record *rec, void *arg)
 	return HSM_SUCCESS;
 }
 
-/* Generates version primary+1 of k and makes it primary in one transaction. */
+/* Generates version primary+1 of k and makes it primary in one transaction; the pairing
+ * check (what: the caller's name) and the commit run under kms->pairing, the generation
+ * (seconds for RSA-4096) before it, so that it holds up no other pairing change. */
 static hsm_result rotate(hsm_kms *kms, const hsm_caller *caller, const kms_key *k, bool automatic,
-                         hsm_key_record *after)
+                         const char *what, hsm_key_record *after)
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_version_record v;
@@ -152,15 +154,30 @@ static hsm_result rotate(hsm_kms *kms, const hsm_caller *caller, const kms_key *
 	if (caller != NULL)
 		HSM_TRY(hsm_caller_commit_key(caller, k->rec.key_id));
 	HSM_TRY(hsm_ks_generate(kms->ks, &ref, &v.wrapped, &v.public_der));
-	if (caller != NULL)
-		HSM_TRY(kms_modify(kms, caller, HSM_OP_RotateKeyOnDemand, k->rec.key_id, make_primary,
-		                   &a, &v, after));
-	else
-		HSM_TRY(hsm_store_key_update(kms->store, k->rec.key_id, make_primary, &a, &v, after));
+	pthread_mutex_lock(&kms->pairing);
+	res = kms_certs_refuse_rotation(kms, &k->rec, what);
+	if (hsm_ok(res) && caller != NULL)
+		res = kms_modify(kms, caller, HSM_OP_RotateKeyOnDemand, k->rec.key_id, make_primary, &a,
+		                 &v, after);
+	else if (hsm_ok(res))
+		res = hsm_store_key_update(kms->store, k->rec.key_id, make_primary, &a, &v, after);
+	pthread_mutex_unlock(&kms->pairing);
 out:
 	kms_key_invalidate(kms, k->rec.key_id);
 	hsm_version_record_clear(&v);
 	return res;
+}
+
+/* kms_promote_pending with the pairing check, both under kms->pairing (nothing is generated). */
+static hsm_result promote_locked(hsm_kms *kms, const hsm_caller *caller, const kms_key *k,
+                                 hsm_rotation_type type, const char *what, hsm_key_record *out)
+{
+	pthread_mutex_lock(&kms->pairing);
+	hsm_result r = kms_certs_refuse_rotation(kms, &k->rec, what);
+	if (hsm_ok(r))
+		r = kms_promote_pending(kms, caller, k, type, out);
+	pthread_mutex_unlock(&kms->pairing);
+	return r;
 }
 
 typedef struct on_demand_count {
@@ -200,14 +217,14 @@ hsm_result hsm_kms_rotate_now(hsm_kms *kms, const hsm_caller *caller, const char
 		             "%s has been rotated on demand %u times, the most a key allows; "
 		             "automatic rotation is not limited",
 		             k->arn, c.n);
-	pthread_mutex_lock(&kms->pairing);
+	/* Checked before the approval gate and the generation, and again under kms->pairing
+	 * with the change (rotate; promote_locked). */
 	if (hsm_ok(r))
 		r = kms_certs_refuse_rotation(kms, &k->rec, "RotateKeyOnDemand");
 	if (hsm_ok(r))
 		r = k->rec.origin == HSM_ORIGIN_EXTERNAL
-		        ? kms_promote_pending(kms, caller, k, HSM_ROTATION_ON_DEMAND, out)
-		        : rotate(kms, caller, k, false, out);
-	pthread_mutex_unlock(&kms->pairing);
+		        ? promote_locked(kms, caller, k, HSM_ROTATION_ON_DEMAND, "RotateKeyOnDemand", out)
+		        : rotate(kms, caller, k, false, "RotateKeyOnDemand", out);
 	/* The version it made was made meanwhile: another rotation (on this node or another
 	 * sharing the store) committed first. */
 	if (r.err == HSM_ERR_CONFLICT)
@@ -267,14 +284,13 @@ static hsm_result rotate_due(hsm_kms *kms, const hsm_key_record *rec, bool *acte
 	    k->rec.next_rotation <= kms_now(kms)) {
 		/* A certificate paired before hsmd refused that pairing: not rotated, and each
 		 * round says why (HsmdSchedulerFailing), until it is deleted or rotation is off. */
-		pthread_mutex_lock(&kms->pairing);
 		r = kms_certs_refuse_rotation(kms, &k->rec, "scheduled rotation");
 		/* Imported keys move to the material imported for the purpose, when there is some. */
 		if (hsm_ok(r))
 			r = k->rec.origin == HSM_ORIGIN_EXTERNAL
-			        ? kms_promote_pending(kms, NULL, k, HSM_ROTATION_AUTOMATIC, &after)
-			        : rotate(kms, NULL, k, true, &after);
-		pthread_mutex_unlock(&kms->pairing);
+			        ? promote_locked(kms, NULL, k, HSM_ROTATION_AUTOMATIC,
+			                         "scheduled rotation", &after)
+			        : rotate(kms, NULL, k, true, "scheduled rotation", &after);
 		if (r.err == HSM_ERR_CONFLICT) {
 			/* Changed meanwhile (rotated by another node, disabled, taken off
 			 * rotation, scheduled for deletion): nothing was done. */

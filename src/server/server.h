@@ -307,7 +307,7 @@ void hsm_server_http_refused(hsm_http_req *req, int status, const char *type, co
 void hsm_server_flush_refusals(hsm_server *s, bool all);
 
 /*
- * Requests answered 503 because their record failed (withheld.c): noted
+ * Requests answered 409 because their record failed (withheld.c): noted
  * from the audit writer's callback (never blocks for long), and said on the
  * trail as RequestAnswerWithheld events once it takes records again (all:
  * at the stop, whatever it takes).

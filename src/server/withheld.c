@@ -4,7 +4,7 @@
  *
  * A request's record is submitted once the request has run.  When the
  * record then fails (the trail went down, a sync failed or ran out of time,
- * no memory for it), the client is answered 503 "could not be audited, so
+ * no memory for it), the client is answered 409 "could not be audited, so
  * its result is withheld".  Yet the record itself may reach the trail
  * later: the records the writer had already numbered are written again, byte
  * for byte, when the trail recovers (docs/audit.md, "Fail closed"), and they
@@ -23,8 +23,8 @@
 
 #define EVENT "RequestAnswerWithheld"
 #define ANSWER                                                                                 \
-	"withheld: its record could not be written in time, so the caller was answered 503 "     \
-	"ServiceUnavailableException and got no result; the request's own record, where the "     \
+	"withheld: its record could not be written in time, so the caller was answered 409 "     \
+	"KMSInternalException and got no result; the request's own record, where the "            \
 	"trail holds it, says how it ended"
 
 void hsm_server_note_withheld(hsm_server *s, const char *request_id, const char *operation)
@@ -93,7 +93,7 @@ void hsm_server_flush_withheld(hsm_server *s, bool all)
 	uint64_t left_more = w->more;
 	pthread_mutex_unlock(&w->lock);
 	if (all && (left > 0 || left_more > 0))
-		hsm_error("%llu requests answered 503 with their result withheld could not be said so "
+		hsm_error("%llu requests answered 409 with their result withheld could not be said so "
 		          "on the audit trail at shutdown (" EVENT ")",
 		          (unsigned long long)(left + left_more));
 }

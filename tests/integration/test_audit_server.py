@@ -1763,6 +1763,7 @@ def test_an_answer_withheld_is_said_so_on_the_trail():
         recs = trail()
         events = [r for r in recs if r.get("op") == "RequestAnswerWithheld"]
         assert all(e["extra"]["answer"].startswith("withheld") and
+                   "answered 409 KMSInternalException" in e["extra"]["answer"] and
                    e["extra"]["request_op"] == "CreateKey" and "request_id" not in e
                    for e in events), events
         # Every record of a success the caller did not get is named by such an event.
