@@ -1157,6 +1157,7 @@ static void *scheduler_main(void *arg)
 		else if (!ahead && clock_held)
 			hsm_info("scheduled key work runs again: the wall clock agrees with the time elapsed");
 		clock_held = ahead;
+		atomic_store(&s->scheduler_clock_held, ahead);
 		hsm_kms_set_clock_ahead(s->kms, ahead);
 		if (lead(s, can_work) && !recount_only) {
 			size_t done = 0;
@@ -1592,8 +1593,12 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "# TYPE hsmd_audit_syslog_dropped_total counter\nhsmd_audit_syslog_dropped_total %llu\n"
 	    "# HELP hsmd_audit_syslog_cut_total Audit records forwarded to syslog cut to their "
 	    "first 8192 bytes.\n"
-	    "# TYPE hsmd_audit_syslog_cut_total counter\nhsmd_audit_syslog_cut_total %llu\n",
-	    (unsigned long long)as.syslog_dropped, (unsigned long long)as.syslog_cut));
+	    "# TYPE hsmd_audit_syslog_cut_total counter\nhsmd_audit_syslog_cut_total %llu\n"
+	    "# HELP hsmd_scheduler_clock_held 1 while the wall clock runs more than an hour ahead "
+	    "of the time hsmd has run: no key is destroyed, expired or rotated meanwhile.\n"
+	    "# TYPE hsmd_scheduler_clock_held gauge\nhsmd_scheduler_clock_held %d\n",
+	    (unsigned long long)as.syslog_dropped, (unsigned long long)as.syslog_cut,
+	    (int)atomic_load(&s->scheduler_clock_held)));
 	HSM_GUARD(hsm_buf_printf(
 	    out,
 	    "# HELP hsmd_refusals_summarized_total Requests refused before authentication (or "

@@ -154,6 +154,7 @@ typedef struct hsm_server {
 	atomic_uint_fast64_t gauge_approvals_open; /* approval requests waiting for custodians */
 	atomic_uint_fast64_t gauge_approvals_approved; /* approved ones waiting for their retry */
 	atomic_uint_fast64_t gauge_custodians; /* custodians who could approve (approval_quorum > 0) */
+	atomic_bool scheduler_clock_held;      /* key work held: the wall clock runs ahead */
 	atomic_uint_fast64_t gauge_certs;          /* certificates kept beside the keys */
 	atomic_uint_fast64_t gauge_certs_expiring; /* of those, expiring within 30 days or expired */
 	atomic_int_fast64_t gauges_counted_at; /* Unix seconds; 0 = not yet */

@@ -276,10 +276,10 @@ def test_a_step_ahead_destroys_expires_and_rotates_nothing(clockshift, tmp_path)
         kms.enable_key_rotation(KeyId=rot)
         nxt = signed_call(server, "TrentService.GetKeyRotationStatus", {"KeyId": rot})[1]
         clock.set(365 * 86400)
-        assert eventually(lambda: gauge(server, "hsmd_audit_retention_held") == 1, 30)
+        assert eventually(lambda: gauge(server, "hsmd_scheduler_clock_held") == 1, 30)
         time.sleep(3)  # three rounds
         clock.set(0)
-        time.sleep(2)
+        assert eventually(lambda: gauge(server, "hsmd_scheduler_clock_held") == 0, 30)
         assert kms.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "PendingDeletion"
         st, rotations = signed_call(server, "TrentService.ListKeyRotations", {"KeyId": rot})
         assert (st, rotations["Rotations"]) == (200, []), rotations
