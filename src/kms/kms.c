@@ -292,6 +292,12 @@ void hsm_kms_set_clock_ahead(hsm_kms *kms, bool ahead)
 	atomic_store(&kms->clock_ahead, ahead);
 }
 
+void hsm_kms_set_clock_ahead_probe(hsm_kms *kms, bool (*fn)(void *arg), void *arg)
+{
+	kms->clock_ahead_fn = fn;
+	kms->clock_ahead_arg = arg;
+}
+
 void hsm_kms_set_event_sink(hsm_kms *kms, hsm_kms_event_fn fn, void *arg)
 {
 	kms->event_fn = fn;

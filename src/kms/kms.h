@@ -198,6 +198,8 @@ hsm_result hsm_kms_account_of_keys(hsm_store *store, const char *account_id, cha
  * as a clock wrong by months would make every one look old.
  */
 void hsm_kms_set_clock_ahead(hsm_kms *kms, bool ahead);
+/* Asked at the moment of each purge as well: a step since the scheduler's last round counts. */
+void hsm_kms_set_clock_ahead_probe(hsm_kms *kms, bool (*fn)(void *arg), void *arg);
 void hsm_kms_set_event_sink(hsm_kms *kms, hsm_kms_event_fn fn, void *arg);
 /* Replaces the clock (tests): returns epoch seconds. */
 void hsm_kms_set_clock(hsm_kms *kms, int64_t (*now)(void *arg), void *arg);

@@ -567,6 +567,13 @@ static hsm_result refuse_early(hsm_server *s)
 	return blame_http(s, hsm_http_server_new(&s->opt.http, hsm_server_on_request, s, &s->http));
 }
 
+/* The purge of old approval requests asks this at its moment (hsm_kms_set_clock_ahead_probe). */
+static bool clock_ahead_now(void *arg)
+{
+	const hsm_server *s = arg;
+	return s->audit != NULL && hsm_audit_clock_ahead_ms(s->audit) > HSM_AUDIT_CLOCK_AHEAD_MS;
+}
+
 static hsm_result open_parts(hsm_server *s)
 {
 	bool shared = s->opt.store != NULL && s->opt.store[0] != '\0';
@@ -659,6 +666,7 @@ static hsm_result open_parts(hsm_server *s)
 	                     .approval_ttl = s->opt.approval_ttl};
 	HSM_GUARD(hsm_kms_new(s->store, s->ks, &kc, &s->kms));
 	hsm_kms_set_event_sink(s->kms, on_kms_event, s);
+	hsm_kms_set_clock_ahead_probe(s->kms, clock_ahead_now, s);
 	HSM_GUARD(hsm_usage_new(s->store, &s->usage));
 	hsm_kms_set_usage(s->kms, s->usage);
 	HSM_GUARD(hsm_server_auth_init(s));

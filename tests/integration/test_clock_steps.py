@@ -288,3 +288,39 @@ def test_a_step_ahead_destroys_expires_and_rotates_nothing(clockshift, tmp_path)
                     if r.get("op") in ("DeleteKey", "RotateKey")]
     finally:
         server.cleanup()
+
+
+def test_no_approval_request_is_purged_for_its_age_by_a_clock_stepped_ahead(clockshift,
+                                                                           tmp_path):
+    """Opening an approval request purges those expired over 90 days ago: with the wall
+    clock stepped 100 days ahead (a bad time server), not even in the moments before the
+    scheduler's next round has seen the step, the earlier requests stay."""
+    from conftest import DEV_AKID, DEV_SECRET, Hsmd
+    from helpers import new_user
+    from test_approvals import deletion_refused, new_key
+    first = start_dev()
+    users = {n: new_user(first, n, r) for n, r in {"alice": ["custodian"], "bob": ["custodian"],
+                                                    "ops": ["crypto-officer"]}.items()}
+    first.stop()
+    clock = Clock(str(tmp_path / "shift"))
+    server = Hsmd(["--dev", "--approval-quorum", "2", "--scheduler-interval-seconds", "10"],
+                  env={"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET,
+                       "LD_PRELOAD": clockshift, "HSM_TEST_CLOCK_SHIFT_FILE": clock.path},
+                  data_dir=first.data_dir)
+    try:
+        ops = client(server, *users["ops"])
+        earlier = deletion_refused(ops, new_key(ops), 7)
+        key = new_key(ops)
+        shift = 100 * 86400
+        clock.set(shift)
+        later = datetime.datetime.utcnow() + datetime.timedelta(seconds=shift)
+        r = signed_at(server, later, "TrentService.ScheduleKeyDeletion",
+                      {"KeyId": key, "PendingWindowInDays": 7},
+                      akid=users["ops"][0], secret=users["ops"][1])
+        assert r.json()["__type"] == "ApprovalRequiredException", r.text
+        got = signed_at(server, later, "HsmdAdmin.GetApproval", {"ApprovalId": earlier},
+                        akid=users["alice"][0], secret=users["alice"][1])
+        assert got.status_code == 200, got.text
+    finally:
+        server.cleanup()
+        first.cleanup()
