@@ -392,6 +392,33 @@ int hsmctl_cmd_access_key(int argc, char **argv)
 	return hsmctl_usage("access-key", "unknown subcommand '%s'", argv[1]);
 }
 
+/*
+ * audit hash's VALUE, or for "-" standard input less one final line end: a value (an
+ * encryption context's, which may name a person) given as an argument is one any local
+ * user reads in /proc while hsmctl runs.
+ */
+static hsm_result read_hash_value(const char *arg, hsm_buf *out)
+{
+	if (strcmp(arg, "-") != 0)
+		return hsm_buf_set(out, arg, strlen(arg));
+	char chunk[4096];
+	size_t n;
+	while ((n = fread(chunk, 1, sizeof(chunk), stdin)) > 0) {
+		HSM_ENSURE(out->len + n <= 8192 + 2, HSM_ERR_VALIDATION,
+		           "the value is longer than the 8192 bytes a record's value may be");
+		HSM_GUARD(hsm_buf_put(out, chunk, n));
+	}
+	HSM_ENSURE(!ferror(stdin), HSM_ERR_IO, "cannot read standard input");
+	if (out->len > 0 && out->data[out->len - 1] == '\n') {
+		out->len--;
+		if (out->len > 0 && out->data[out->len - 1] == '\r')
+			out->len--;
+	}
+	HSM_ENSURE(out->len == 0 || memchr(out->data, '\0', out->len) == NULL, HSM_ERR_VALIDATION,
+	           "the value holds a NUL byte");
+	return HSM_SUCCESS;
+}
+
 int hsmctl_cmd_audit_online(int argc, char **argv)
 {
 	if (!hsmctl_online())
@@ -410,9 +437,19 @@ int hsmctl_cmd_audit_online(int argc, char **argv)
 		return pem != NULL ? 0 : hsmctl_fail_msg("audit pubkey", "the answer has no PublicKey");
 	}
 	if (argc != 2)
-		return hsmctl_usage("audit hash", "give exactly one VALUE");
+		return hsmctl_usage("audit hash", "give exactly one VALUE (- reads it from standard input)");
+	hsm_buf value = {0};
+	if (hsm_failed(read_hash_value(argv[1], &value))) {
+		hsm_buf_free(&value);
+		return hsmctl_fail("audit hash");
+	}
 	json_t *out = NULL;
-	if (hsm_failed(call("HsmdAdmin.AuditHash", true, json_pack("{s:s}", "Value", argv[1]), &out)))
+	hsm_result r = call("HsmdAdmin.AuditHash", true,
+	                    json_pack("{s:s%}", "Value",
+	                              value.len > 0 ? (const char *)value.data : "", value.len),
+	                    &out);
+	hsm_buf_free(&value);
+	if (hsm_failed(r))
 		return hsmctl_fail("audit hash");
 	const char *hash = json_string_value(json_object_get(out, "Hash"));
 	if (hash != NULL)

@@ -78,8 +78,9 @@ static const hsmctl_command commands[] = {
      "certificates kept beside the keys, shown to PKCS#11 applications as certificate objects "
      "(--key: the key it certifies, which PKCS#11 pairs it with)",
      hsmctl_cmd_cert, HSMCTL_SIGNED},
-    {"audit hash", "VALUE (with --endpoint)",
-     "keyed hash of a value, to match the hashes in audit records",
+    {"audit hash", "VALUE|- (with --endpoint)",
+     "keyed hash of a value, to match the hashes in audit records (-: read it from standard "
+     "input, out of other users' sight)",
      hsmctl_cmd_audit_online, HSMCTL_SIGNED},
     {"audit pubkey", "(with --endpoint)", "print the audit signing public key (PEM)",
      hsmctl_cmd_audit_online, HSMCTL_SIGNED},

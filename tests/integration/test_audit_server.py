@@ -132,6 +132,13 @@ def test_encryption_context_values_are_keyed_hashes():
         other = subprocess.run([HSMCTL, "--endpoint", server.endpoint, "audit", "hash",
                                 "CANARY-TENANT-78"], capture_output=True, text=True, env=env)
         assert field != "tenant=" + other.stdout.strip()[:32]
+        # "-": the value from standard input (an argument shows in /proc to every user),
+        # less its line end.
+        piped = subprocess.run([HSMCTL, "--endpoint", server.endpoint, "audit", "hash", "-"],
+                               input="CANARY-TENANT-77\n", capture_output=True, text=True,
+                               env=env)
+        assert piped.returncode == 0, piped.stderr
+        assert piped.stdout == out.stdout
     finally:
         server.cleanup()
 
