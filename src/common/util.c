@@ -309,6 +309,37 @@ static bool mask(char *p, size_t n)
 	return n > 0;
 }
 
+static int hex_digit(char c)
+{
+	return c >= '0' && c <= '9'   ? c - '0'
+	       : c >= 'a' && c <= 'f' ? c - 'a' + 10
+	       : c >= 'A' && c <= 'F' ? c - 'A' + 10
+	                              : -1;
+}
+
+/* Whether the n bytes at p, percent-decoded as libpq decodes a URI's parameter names,
+ * spell name ("%70assword" is "password" to libpq). */
+static bool decoded_is(const char *p, size_t n, const char *name)
+{
+	size_t i = 0;
+	for (; *name != '\0'; name++) {
+		if (i >= n)
+			return false;
+		char c = p[i++];
+		if (c == '%') {
+			int hi = i < n ? hex_digit(p[i]) : -1;
+			int lo = i + 1 < n ? hex_digit(p[i + 1]) : -1;
+			if (hi < 0 || lo < 0)
+				return false;
+			c = (char)(hi * 16 + lo);
+			i += 2;
+		}
+		if (c != *name)
+			return false;
+	}
+	return i == n;
+}
+
 bool hsm_uri_mask_password(char *uri)
 {
 	char *sep = strstr(uri, "://");
@@ -328,9 +359,9 @@ bool hsm_uri_mask_password(char *uri)
 	char *q = *rest == '?' ? rest + 1 : NULL;
 	while (q != NULL && *q != '\0' && *q != '#') {
 		size_t len = strcspn(q, "&#");
-		static const char key[] = "password=";
-		if (len >= sizeof(key) - 1 && strncmp(q, key, sizeof(key) - 1) == 0)
-			masked |= mask(q + sizeof(key) - 1, len - (sizeof(key) - 1));
+		char *eq = memchr(q, '=', len);
+		if (eq != NULL && decoded_is(q, (size_t)(eq - q), "password"))
+			masked |= mask(eq + 1, len - (size_t)(eq + 1 - q));
 		q += len;
 		q = *q == '&' ? q + 1 : NULL;
 	}

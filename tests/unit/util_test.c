@@ -490,6 +490,14 @@ static void test_uri_passwords_are_masked_in_place(void **state)
 	    /* An '@' after the path is not the userinfo's. */
 	    {"postgresql://h:5432/db?passfile=/a@b", "postgresql://h:5432/db?passfile=/a@b", false},
 	    {"postgresql://h/db?password=x@y", "postgresql://h/db?password=***", true},
+	    /* libpq decodes a parameter's name: these are "password" too. */
+	    {"postgresql://h/hsm?%70assword=X", "postgresql://h/hsm?%70assword=*", true},
+	    {"postgresql://h/hsm?pass%77ord=XY&a=1", "postgresql://h/hsm?pass%77ord=**&a=1", true},
+	    {"postgresql://h/hsm?%70%61%73%73%77%6F%72%64=Z", "postgresql://h/hsm?%70%61%73%73%77%6F%72%64=*",
+	     true},
+	    {"postgresql://h/hsm?%70asswor=X", "postgresql://h/hsm?%70asswor=X", false},
+	    {"postgresql://h/hsm?%7gassword=X", "postgresql://h/hsm?%7gassword=X", false},
+	    {"postgresql://h/hsm?password%=X", "postgresql://h/hsm?password%=X", false},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		char buf[128];
