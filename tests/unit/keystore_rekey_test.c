@@ -213,7 +213,14 @@ static void test_rekey_crosses_pages(void **state)
 	char akid[21]; /* AKIA + 16 */
 	for (unsigned i = 0; i < MANY_ACCESS_KEYS; i++) {
 		snprintf(akid, sizeof(akid), "AKIAREKEYPAGE%07u", i % 10000000);
-		hsm_access_key_record ak = {.user = "app", .active = true};
+		/* Spread over users: one holds at most HSM_ACCESS_KEYS_PER_USER active keys. */
+		hsm_access_key_record ak = {.active = true};
+		snprintf(ak.user, sizeof(ak.user), "pager%u", i / 8);
+		if (i % 8 == 0) {
+			hsm_user_record pager = {.roles = 1U << HSM_ROLE_CRYPTO_USER, .created = 1};
+			memcpy(pager.name, ak.user, sizeof(pager.name));
+			EXPECT_OK(hsm_store_user_create(t->f.s, &pager));
+		}
 		memcpy(ak.access_key_id, akid, sizeof(akid));
 		hsm_secret *secret = NULL;
 		EXPECT_OK(hsm_secret_from((const uint8_t *)akid, strlen(akid), &secret));
