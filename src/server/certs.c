@@ -125,6 +125,14 @@ static hsm_result list_one(const hsm_cert_record *rec, void *arg)
 	return HSM_SUCCESS;
 }
 
+/*
+ * A page with the certificates' DER holds at most this many (4.3 MB of JSON
+ * at HSM_CERT_DER_MAX each, where 1000 would be 43 MB, read whole from the
+ * store first: store.h).  A shorter page is Truncated and its NextMarker goes
+ * on, as a listing may always return fewer than Limit.
+ */
+#define LIST_WITH_DER_MAX 100
+
 hsm_result hsm_admin_list_certificates(hsm_admin_ctx *c)
 {
 	int64_t limit = 100;
@@ -142,6 +150,8 @@ hsm_result hsm_admin_list_certificates(hsm_admin_ctx *c)
 	                      &has_id));
 	HSM_TRY(hsm_json_str(c->req, "Label", false, 0, HSM_CERT_LABEL_MAX, &label));
 	HSM_TRY(hsm_json_bool(c->req, "IncludeCertificate", &with_der, &present));
+	if (with_der && limit > LIST_WITH_DER_MAX)
+		limit = LIST_WITH_DER_MAX;
 	hsm_cert_match m = {has_id ? &object_id : NULL, label};
 	list_arg l = {c->w, with_der, ""};
 	hsm_jw_key_begin_array(c->w, "Certificates");

@@ -1024,7 +1024,10 @@ static void handle_admin(hsm_server *s, hsm_http_req *req, const char *name)
 {
 	const hsm_admin_op *op = hsm_admin_find(name);
 	unsigned slot = op != NULL ? HSM_METRIC_ADMIN(hsm_admin_index(op)) : HSM_METRIC_NONE;
-	pending *p = pending_new(s, req, slot, true);
+	/* Only a new access key's answer carries a secret: the rest (certificates, listings)
+	 * may be tens of MB, more than the secure heap's half that one buffer can take. */
+	bool secret = op != NULL && strcmp(op->name, "CreateAccessKey") == 0;
+	pending *p = pending_new(s, req, slot, secret);
 	if (p == NULL) {
 		hsm_http_respond(req, 500, NULL, NULL, 0, 0, NULL);
 		return;

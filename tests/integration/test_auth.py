@@ -583,8 +583,8 @@ def test_an_error_quoting_bytes_that_are_not_utf8_stays_readable_json(hsmd):
 
 def test_locked_memory_is_taken_for_an_answer_only_once_its_caller_is_known(securewatch,
                                                                             tmp_path):
-    """An answer that may carry a secret (Decrypt's, GenerateRandom's, the admin
-    operations') is written in the secure heap, the locked memory that holds the keys,
+    """An answer that may carry a secret (Decrypt's, GenerateRandom's, CreateAccessKey's)
+    is written in the secure heap, the locked memory that holds the keys,
     with room for it made at once.  That room is made only once the request is
     authenticated: a caller without credentials, whatever it sends, takes none of it
     (as 1 MiB bodies, such callers could fill the heap and make a real caller's answer

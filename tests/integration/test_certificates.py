@@ -1260,3 +1260,41 @@ def test_java_keystore(server, officer, ca, keys, user, tmp_path):
     signs = [r for r in audit_records(server.data_dir)
              if r.get("op") == "Sign" and r.get("principal", "").endswith(":user/cert-app")]
     assert {r["key_id"] for r in signs} >= {keys["rsa"], keys["ec"]}
+
+
+def test_large_certificate_listings_are_answered_outside_the_locked_memory(ca, tmp_path):
+    """Admin answers carry no secret (but CreateAccessKey's): a page of certificates, DER
+    and all, is written in ordinary memory, not in the secure heap, whose half is the
+    largest answer it can hold (a page of 32 KB certificates failed with 500, and with it
+    every PKCS#11 login, which reads them all).  A page with the DER holds at most 100."""
+    from cryptography.hazmat.primitives.asymmetric import ec as ecm
+    from cryptography.x509.oid import ObjectIdentifier
+    server = start_dev(["--secure-heap-bytes", "1M"])
+    try:
+        key = ecm.generate_private_key(ecm.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        imported = set()
+        for i in range(105):
+            pad = os.urandom(30000 if i < 20 else 16)  # 20 of about 30 KB: 800 KB in base64
+            cert = (x509.CertificateBuilder()
+                    .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"big{i}")]))
+                    .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "big")]))
+                    .public_key(key.public_key()).serial_number(i + 1)
+                    .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=30))
+                    .add_extension(x509.UnrecognizedExtension(
+                        ObjectIdentifier("1.3.6.1.4.1.55555.1"), pad), critical=False)
+                    .sign(key, hashes.SHA256()))
+            imported.add(import_cert(server, der(cert))["CertificateId"])
+        page = admin(server, "ListCertificates", {"IncludeCertificate": True, "Limit": 1000})
+        assert len(page["Certificates"]) == 100 and page["Truncated"] is True
+        rest = admin(server, "ListCertificates", {"IncludeCertificate": True, "Limit": 1000,
+                                                  "Marker": page["NextMarker"]})
+        assert rest["Truncated"] is False
+        assert {c["CertificateId"] for c in page["Certificates"] + rest["Certificates"]} == \
+            imported
+        p = tool(server, "--login", "--pin", f"{DEV_AKID}:{DEV_SECRET}", "--list-objects",
+                 "--type", "cert")
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.decode().count("Certificate Object; type = X.509 cert") == 105
+    finally:
+        server.cleanup()
