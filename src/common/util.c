@@ -354,13 +354,16 @@ bool hsm_uri_mask_password(char *uri)
 			masked |= mask(colon + 1, (size_t)(at - (colon + 1)));
 		rest = host + (at - host) + 1;
 	}
-	/* libpq also takes the password as a parameter: ...?password=SECRET&... */
-	rest += strcspn(rest, "?#");
+	/* libpq also takes the password as a parameter: ...?password=SECRET&...  It knows
+	 * no fragment: a '#' is a byte of the path or of a value like any other. */
+	rest += strcspn(rest, "?");
 	char *q = *rest == '?' ? rest + 1 : NULL;
-	while (q != NULL && *q != '\0' && *q != '#') {
-		size_t len = strcspn(q, "&#");
+	while (q != NULL && *q != '\0') {
+		size_t len = strcspn(q, "&");
 		char *eq = memchr(q, '=', len);
-		if (eq != NULL && decoded_is(q, (size_t)(eq - q), "password"))
+		/* sslpassword: the passphrase of the client's TLS key, a secret too. */
+		if (eq != NULL && (decoded_is(q, (size_t)(eq - q), "password") ||
+		                   decoded_is(q, (size_t)(eq - q), "sslpassword")))
 			masked |= mask(eq + 1, len - (size_t)(eq + 1 - q));
 		q += len;
 		q = *q == '&' ? q + 1 : NULL;

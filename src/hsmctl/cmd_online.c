@@ -399,8 +399,11 @@ int hsmctl_cmd_access_key(int argc, char **argv)
  */
 static hsm_result read_hash_value(const char *arg, hsm_buf *out)
 {
-	if (strcmp(arg, "-") != 0)
+	if (strcmp(arg, "-") != 0) {
+		HSM_ENSURE(hsm_utf8_valid((const uint8_t *)arg, strlen(arg)), HSM_ERR_VALIDATION,
+		           "the value is not UTF-8 text");
 		return hsm_buf_set(out, arg, strlen(arg));
+	}
 	char chunk[4096];
 	size_t n;
 	while ((n = fread(chunk, 1, sizeof(chunk), stdin)) > 0) {
@@ -416,6 +419,8 @@ static hsm_result read_hash_value(const char *arg, hsm_buf *out)
 	}
 	HSM_ENSURE(out->len == 0 || memchr(out->data, '\0', out->len) == NULL, HSM_ERR_VALIDATION,
 	           "the value holds a NUL byte");
+	HSM_ENSURE(hsm_utf8_valid(out->data, out->len), HSM_ERR_VALIDATION,
+	           "the value is not UTF-8 text");
 	return HSM_SUCCESS;
 }
 

@@ -139,6 +139,9 @@ def test_encryption_context_values_are_keyed_hashes():
                                env=env)
         assert piped.returncode == 0, piped.stderr
         assert piped.stdout == out.stdout
+        bad = subprocess.run([HSMCTL, "--endpoint", server.endpoint, "audit", "hash", "-"],
+                             input=b"caf\xe9\n", capture_output=True, env=env)
+        assert bad.returncode == 1 and b"not UTF-8" in bad.stderr, bad.stderr
     finally:
         server.cleanup()
 

@@ -484,7 +484,14 @@ static void test_uri_passwords_are_masked_in_place(void **state)
 	    /* '?' and '#' before the '@' that precedes the host are the password's (libpq). */
 	    {"postgresql://u:s3cr?et@h/db", "postgresql://u:*******@h/db", true},
 	    {"postgresql://u:s3cr#et@h/db", "postgresql://u:*******@h/db", true},
-	    {"postgresql://u:a?b#c@d@h/db?password=q#f", "postgresql://u:*******@h/db?password=*#f",
+	    {"postgresql://u:a?b#c@d@h/db?password=q#f", "postgresql://u:*******@h/db?password=***",
+	     true},
+	    /* libpq knows no fragment: a '#' is the value's or the path's, and what follows
+	     * it is read on (PQconninfoParse). */
+	    {"postgresql://h/db?application_name=a#b&password=pw", "postgresql://h/db?application_name=a#b&password=**",
+	     true},
+	    {"postgresql://h/db#x?password=pw", "postgresql://h/db#x?password=**", true},
+	    {"postgresql://h/db?sslkey=/k.pem&sslpassword=kp", "postgresql://h/db?sslkey=/k.pem&sslpassword=**",
 	     true},
 	    {"postgresql://u:p%40s?s@h/db", "postgresql://u:*******@h/db", true},
 	    /* An '@' after the path is not the userinfo's. */
