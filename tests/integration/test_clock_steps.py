@@ -313,11 +313,19 @@ def test_no_approval_request_is_purged_for_its_age_by_a_clock_stepped_ahead(cloc
         key = new_key(ops)
         shift = 100 * 86400
         clock.set(shift)
+
+        def opened():
+            # Signed at the node's new time, which its workers see a moment after the step
+            # (until then the signature is "not yet current", and nothing is opened).
+            later = datetime.datetime.utcnow() + datetime.timedelta(seconds=shift)
+            r = signed_at(server, later, "TrentService.ScheduleKeyDeletion",
+                          {"KeyId": key, "PendingWindowInDays": 7},
+                          akid=users["ops"][0], secret=users["ops"][1])
+            # (a tuple: a Response of a 4xx is false itself)
+            return (r,) if r.json()["__type"] != "InvalidSignatureException" else None
+        got = eventually(opened, 5)
+        assert got is not None and got[0].json()["__type"] == "ApprovalRequiredException", got
         later = datetime.datetime.utcnow() + datetime.timedelta(seconds=shift)
-        r = signed_at(server, later, "TrentService.ScheduleKeyDeletion",
-                      {"KeyId": key, "PendingWindowInDays": 7},
-                      akid=users["ops"][0], secret=users["ops"][1])
-        assert r.json()["__type"] == "ApprovalRequiredException", r.text
         got = signed_at(server, later, "HsmdAdmin.GetApproval", {"ApprovalId": earlier},
                         akid=users["alice"][0], secret=users["alice"][1])
         assert got.status_code == 200, got.text
