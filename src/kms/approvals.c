@@ -333,8 +333,7 @@ static hsm_result open_request(hsm_kms *kms, const hsm_caller *caller, const cha
 	a.created = now;
 	a.expires = now + kms->cfg.approval_ttl;
 	/* Not by a clock run ahead (the scheduler's measure): it would purge them all. */
-	bool ahead = atomic_load(&kms->clock_ahead) ||
-	             (kms->clock_ahead_fn != NULL && kms->clock_ahead_fn(kms->clock_ahead_arg));
+	bool ahead = kms->clock_ahead_fn != NULL && kms->clock_ahead_fn(kms->clock_ahead_arg);
 	hsm_result purged = ahead
 	                        ? HSM_SUCCESS
 	                        : hsm_store_approval_purge(kms->store, now - KEEP_SECONDS, NULL);

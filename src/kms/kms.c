@@ -287,11 +287,6 @@ void hsm_kms_free(hsm_kms *kms)
 	free(kms);
 }
 
-void hsm_kms_set_clock_ahead(hsm_kms *kms, bool ahead)
-{
-	atomic_store(&kms->clock_ahead, ahead);
-}
-
 void hsm_kms_set_clock_ahead_probe(hsm_kms *kms, bool (*fn)(void *arg), void *arg)
 {
 	kms->clock_ahead_fn = fn;

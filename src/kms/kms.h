@@ -193,12 +193,10 @@ hsm_result hsm_kms_account_recorded(hsm_store *store, char account[13],
 hsm_result hsm_kms_account_of_keys(hsm_store *store, const char *account_id, char other[13],
                                    bool *has_keys) HSM_MUST_CHECK;
 /*
- * Whether the wall clock runs ahead of the time this node has run (the scheduler measures
- * it each round): while it does, stored approval requests are not purged for their age,
- * as a clock wrong by months would make every one look old.
+ * Asked at each purge of stored approval requests whether the wall clock runs ahead of
+ * the time this node has run: while it does, none is purged for its age, as a clock wrong
+ * by months would make every one look old.  Without a probe the clock is trusted.
  */
-void hsm_kms_set_clock_ahead(hsm_kms *kms, bool ahead);
-/* Asked at the moment of each purge as well: a step since the scheduler's last round counts. */
 void hsm_kms_set_clock_ahead_probe(hsm_kms *kms, bool (*fn)(void *arg), void *arg);
 void hsm_kms_set_event_sink(hsm_kms *kms, hsm_kms_event_fn fn, void *arg);
 /* Replaces the clock (tests): returns epoch seconds. */

@@ -62,7 +62,6 @@ struct hsm_kms {
 	atomic_uint_fast64_t forgets[KMS_FORGET_STRIPES];
 	atomic_bool closing;             /* hsm_kms_free: snapshots let go forget nothing */
 	atomic_bool account_checked;     /* the store's account is this node's (CreateKey) */
-	atomic_bool clock_ahead;         /* hsm_kms_set_clock_ahead: nothing is purged by age */
 	bool (*clock_ahead_fn)(void *arg); /* hsm_kms_set_clock_ahead_probe */
 	void *clock_ahead_arg;
 	hsm_shmap *aliases;              /* alias name -> kms_alias (kms.c) */

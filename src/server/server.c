@@ -1156,17 +1156,17 @@ static void *scheduler_main(void *arg)
 		/* A wall clock run ahead of the time this node has been up (a bad time server)
 		 * would make every destruction, expiry and rotation due at once, and the first two
 		 * cannot be undone: held, as audit retention is, until the clock agrees again. */
-		bool ahead = hsm_audit_clock_ahead_ms(s->audit) > HSM_AUDIT_CLOCK_AHEAD_MS;
+		int64_t ahead_ms = hsm_audit_clock_ahead_ms(s->audit);
+		bool ahead = ahead_ms > HSM_AUDIT_CLOCK_AHEAD_MS;
 		if (ahead && !clock_held)
 			hsm_warn("scheduled key work holds: the wall clock is %lld s ahead of the time "
 			         "hsmd has run; no key is destroyed, expired or rotated until it agrees "
 			         "again (check the clock)",
-			         (long long)(hsm_audit_clock_ahead_ms(s->audit) / 1000));
+			         (long long)(ahead_ms / 1000));
 		else if (!ahead && clock_held)
 			hsm_info("scheduled key work runs again: the wall clock agrees with the time elapsed");
 		clock_held = ahead;
 		atomic_store(&s->scheduler_clock_held, ahead);
-		hsm_kms_set_clock_ahead(s->kms, ahead);
 		if (lead(s, can_work) && !recount_only) {
 			size_t done = 0;
 			sched_action action = {.s = s};
