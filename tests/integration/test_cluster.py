@@ -967,6 +967,11 @@ def test_a_new_leader_counts_the_backup_the_old_one_left_in_a_shared_backup_dir(
         first = gauge(leader, "hsmd_backup_last_success_time_seconds")
         leader.stop(signal.SIGKILL)
         assert eventually(lambda: gauge(follower, "hsmd_scheduler_leader") == 1, 20)
+        # Its flag is set at the start of its first round as the leader; the backup in the
+        # directory is counted later in that round (the key work and the lead asked again
+        # come between): polled, as for the old leader.
+        assert eventually(lambda: gauge(follower, "hsmd_backup_last_success_time_seconds")
+                          == first, 20), follower.read_log()
         time.sleep(3)  # three scheduler rounds as the leader
         assert made() and len(made()) == 1, (made(), follower.read_log())
         assert gauge(follower, "hsmd_backup_last_success_time_seconds") == first
@@ -1315,6 +1320,7 @@ class LateAnswers:
         import socket
         import threading
         self.target, self.delay, self.only = (host, port), 0.0, None
+        self.holding = threading.Event()  # set when an answer is being held back
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(64)
@@ -1337,6 +1343,7 @@ class LateAnswers:
         try:
             while data := src.recv(65536):
                 if answers and self.delay > 0 and self.only is not None and self.only in data:
+                    self.holding.set()
                     time.sleep(self.delay)
                 dst.sendall(data)
         except OSError:
@@ -1376,10 +1383,12 @@ def test_a_late_store_answer_counts_from_when_it_was_asked(cluster, pg):
         def served_after_a_change_during_a_late_read(only, use, change, refused):
             """How long after the change the node still served the old state."""
             done = []
+            proxy.holding.clear()
             proxy.only, proxy.delay = only, 3.0
             first = threading.Thread(target=lambda: done.append(use()))
             first.start()
-            time.sleep(0.5)  # the node's read is in the store's hands, its answer held
+            # The node's read is in the store's hands, its answer held.
+            assert proxy.holding.wait(20), "the node's read never reached the store"
             change()
             changed = time.monotonic()
             proxy.delay = 0.0
