@@ -32,7 +32,8 @@ def ctl(*args, endpoint=None, out=None, env_set=None):
 
 @pytest.fixture(scope="module")
 def dev():
-    server = start_dev()
+    # No scheduled backup: one landing mid-test would change the count a test reads.
+    server = start_dev(["--backup-interval-seconds", "0"])
     yield server
     server.cleanup()
 

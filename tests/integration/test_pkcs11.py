@@ -35,6 +35,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import types
 import uuid
@@ -54,7 +55,7 @@ from PyKCS11 import (CKA_ALWAYS_SENSITIVE, CKA_CLASS, CKA_DECRYPT, CKA_DERIVE, C
                      CKA_TOKEN, CKA_VALUE, CKA_VALUE_LEN, CKA_VERIFY, CKK_EC, CKK_GENERIC_SECRET, CKK_RSA,
                      CKM, CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKO_SECRET_KEY, CKR, CKR_OK)
 
-from conftest import (ACCOUNT, BUILD, DEV_AKID, DEV_SECRET, REGION, Hsmd, client, free_port,
+from conftest import (ACCOUNT, BUILD, DEV_AKID, DEV_SECRET, REGION, Hsmd, client,
                       signed_call, start_dev)
 from helpers import (admin, audit_records, audit_records_until, key_denying, listed_key_ids,
                      kms_front, make_pki, new_user)
@@ -2184,8 +2185,12 @@ def test_pkcs11_tool(server, user, officer, keys, tmp_path):
     assert p.returncode == 0 and "token label        : hsmd\n" in p.stdout, (p.stdout, p.stderr)
     assert login_fails(tool(None, "--login", "--pin", user.pin, "-O"))
     # The endpoints are tried in order: a dead one first.
-    dead = f"http://127.0.0.1:{free_port()}"
-    p = tool(f"{dead},{server.endpoint}", "--login", "--pin", user.pin, "-O")
+    # Bound and not listening, until the call is done: it refuses connections, and no other
+    # node (the dev user's credentials work on every test's node) can take its port meanwhile.
+    with socket.socket() as hold:
+        hold.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{hold.getsockname()[1]}"
+        p = tool(f"{dead},{server.endpoint}", "--login", "--pin", user.pin, "-O")
     assert p.returncode == 0, p.stderr
     assert "CKR_ATTRIBUTE_TYPE_INVALID" not in p.stderr, p.stderr  # each class its own only
     for kind, kid, label in (("RSA", keys["rsa"], "web-tls"), ("EC", keys["ec"], keys["ec"])):
@@ -3061,19 +3066,25 @@ def test_openssl_engine_certificates_and_tls(tmp_path, server, user, officer, ke
     handshakes = 0
     for name, versions in (("rsa", ("-tls1_3", "-tls1_2")), ("ec", ("-tls1_3",))):
         cert, uri = certs[name]
-        port = free_port()
+        # Port 0: s_server binds a free port itself and names it once it listens ("ACCEPT
+        # 127.0.0.1:PORT"); a port chosen before it starts may be taken before it binds it
+        # (it loads the engine and the key first), and the handshakes would go elsewhere.
         srv = subprocess.Popen(["openssl", "s_server", "-engine", "pkcs11", "-keyform", "engine",
-                                "-key", uri, "-cert", str(cert), "-accept", f"127.0.0.1:{port}",
-                                "-www"], env=env, stdout=subprocess.DEVNULL,
+                                "-key", uri, "-cert", str(cert), "-accept", "127.0.0.1:0",
+                                "-www"], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
         try:
-            deadline = time.time() + 30
-            while time.time() < deadline:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
+            stuck = threading.Timer(30, srv.kill)  # the bound the wait for it had
+            stuck.start()
+            port = None
+            try:
+                for line in srv.stdout:  # until it listens, or ends
+                    if line.startswith("ACCEPT "):
+                        port = int(line.rsplit(":", 1)[1])
+                        break
+            finally:
+                stuck.cancel()
+            assert port is not None, (name, srv.poll(), srv.stderr.read() if srv.poll() else "")
             for v in versions:
                 p = ossl(["s_client", "-connect", f"127.0.0.1:{port}", v, "-CAfile", str(cert),
                           "-verify_return_error", "-brief"], input="")

@@ -265,7 +265,7 @@ def test_a_lost_dev_store_is_not_replaced_over_its_share_trail_or_backups():
     share, its audit trail, its backups) refuses to make a new store: a new share would
     overwrite the only one that opens the old backups."""
     from conftest import HSMCTL, signed_call, start_dev
-    server = start_dev()
+    server = start_dev(["--backup-interval-seconds", "0"])  # one backup: the one asked for
     try:
         st, out = signed_call(server, "HsmdAdmin.CreateBackup", {})
         assert st == 200, out
@@ -446,6 +446,21 @@ def test_a_low_open_file_limit_lowers_max_connections():
                 held.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
             except OSError:
                 break
+
+        def sockets():  # hsmd's: the connections it took in, and its listening sockets
+            fds, n = f"/proc/{server.proc.pid}/fd", 0
+            for fd in os.listdir(fds):
+                try:
+                    n += os.readlink(os.path.join(fds, fd)).startswith("socket:")
+                except OSError:
+                    pass  # closed meanwhile (a connection turned away)
+            return n
+        # The kernel completes the connections; hsmd takes them in when its workers run,
+        # which on a loaded machine may be a while later: the second counts from then.
+        deadline = time.monotonic() + 30
+        while sockets() < 64 + 1:  # max_connections lowered to 64, and a listener
+            assert time.monotonic() < deadline, sockets()
+            time.sleep(0.05)
         time.sleep(1.5)  # a connection that sent nothing for a second has stalled
         t0 = time.monotonic()
         st, _, _ = server.get("/readyz")
