@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import HSMCTL, signed_call, start_dev
-from helpers import admin, audit_records, eventually
+from helpers import admin, audit_records, eventually, metric
 from test_audit_server import audit_pem, verify
 
 
@@ -176,7 +176,12 @@ def test_a_cut_under_many_unsynced_records_is_still_the_loss_recorded(tmp_path):
         for i in range(20):
             admin(server, "AuditHash", {"Value": f"r{i}"})
         pem = audit_pem(server, str(tmp_path))
-        time.sleep(8.5)  # synced
+        # Synced: the one fsync of these records (8 s after the first) has run, and the
+        # writer has taken its result (at its next write, before the cut below).
+        syncs = metric(server, "hsmd_audit_sync_duration_seconds_count")
+        assert eventually(lambda: metric(server, "hsmd_audit_sync_duration_seconds_count")
+                          > syncs, 30), server.read_log()
+        time.sleep(0.5)  # from its count to its result handed over: a few instructions
         (live,) = audit_files(data)
         with open(live, "rb") as f:
             lines = f.read().splitlines(keepends=True)

@@ -11,7 +11,7 @@ import botocore.exceptions
 import pytest
 
 from conftest import DEV_AKID, DEV_SECRET, Hsmd, client, start_dev
-from helpers import metric
+from helpers import eventually, metric
 
 DEV_ENV = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
 DAMAGED = "the store's database file is damaged"
@@ -62,7 +62,10 @@ def test_a_damaged_store_makes_the_node_not_ready():
         assert ready["store_damaged"] is True and "restore a backup" in ready["reason"], body
         assert ready["state"] == "unsealed" and ready["store"] is True, body
         assert metric(server, "hsmd_store_corrupt_errors_total") >= 5
-        time.sleep(3)  # several scheduler rounds: the log says it once, not once a round
+        # A scheduler round says it (each second); then several more rounds: once, not once
+        # a round.
+        assert eventually(lambda: DAMAGED in server.read_log(), 20), server.read_log()
+        time.sleep(3)
         for _ in range(5):
             with pytest.raises(botocore.exceptions.ClientError):
                 kms.list_keys(Limit=1000)
