@@ -118,16 +118,38 @@ class Hsmd:
                     raise
                 self.log.close()
 
+    def processes(self):
+        """This process and its descendants: a wrapper (gdb) may run hsmd as its child."""
+        parent = {}
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/stat") as f:
+                        parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    pass  # gone meanwhile
+        found, todo = set(), [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            found.add(pid)
+            todo += [c for c, pp in parent.items() if pp == pid and c not in found]
+        return found
+
     def listening(self):
         """Whether this process (not another that took the port first) listens on the port."""
         inodes = set()
-        for fd in os.listdir(f"/proc/{self.proc.pid}/fd"):
+        for pid in self.processes():
             try:
-                link = os.readlink(f"/proc/{self.proc.pid}/fd/{fd}")
+                fds = os.listdir(f"/proc/{pid}/fd")
             except OSError:
                 continue
-            if link.startswith("socket:["):
-                inodes.add(link[len("socket:["):-1])
+            for fd in fds:
+                try:
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if link.startswith("socket:["):
+                    inodes.add(link[len("socket:["):-1])
         for table in ("tcp", "tcp6"):  # as the process sees them (its network namespace)
             with open(f"/proc/{self.proc.pid}/net/{table}") as f:
                 for line in list(f)[1:]:

@@ -69,6 +69,19 @@ static bool wait_done(done_rec *d, size_t n, uint64_t ms)
 	}
 }
 
+/*
+ * Waits (3 s at most) until every record acknowledged so far is durable.  A
+ * record a sync has not covered yet is written again after an outage, so a
+ * test that takes the live file away must wait for the sync, not sleep.
+ */
+static void wait_synced(hsm_audit *a)
+{
+	uint64_t below = hsm_audit_next_seq(a), t0 = t_now_ms();
+	while (hsm_audit_durable_seq(a) < below && t_now_ms() - t0 < 3000)
+		usleep(1000);
+	assert_true(hsm_audit_durable_seq(a) >= below);
+}
+
 /* Whether some file of the log holds the event op, with each of the texts after it. */
 static bool log_has_event(const char *dir, const char *op, const char *const *texts, size_t n)
 {
@@ -651,9 +664,11 @@ static void test_slow_fsync_holds_acks_only_past_the_lag(void **state)
 
 	set_stuck(&s, true);
 	r = t_record(1);
-	uint64_t t0 = t_now_ms();
 	assert_true(hsm_ok(hsm_audit_append(a, &r))); /* A: written, its sync will hang */
 	assert_true(wait_stuck(&s, 2000)); /* the sync covering A is stuck now */
+	/* The stuck sync's time (and A's lag) began before this, however late the
+	 * writer and its sync thread were scheduled: the waits below count from here. */
+	uint64_t t0 = t_now_ms();
 
 	/* B, inside the lag: acknowledged although the sync has not finished. */
 	done_rec b = {.submit_ms = t_now_ms()};
@@ -670,17 +685,26 @@ static void test_slow_fsync_holds_acks_only_past_the_lag(void **state)
 	atomic_store(&d.err, -1);
 	r = t_record(3);
 	assert_true(hsm_ok(hsm_audit_submit(a, &r, on_done, &d)));
+	/* C's hold begins when the writer takes it up, which load may delay: its
+	 * 200 ms are counted from when the hold is seen to have begun. */
+	hsm_audit_stats st;
+	uint64_t h0 = t_now_ms();
+	do {
+		usleep(1000);
+		hsm_audit_get_stats(a, &st);
+	} while (st.acks_held == 0 && t_now_ms() - h0 < 2000);
+	assert_true(st.acks_held >= 1);
 	assert_false(wait_done(&d, 1, 200));
 	assert_true(hsm_audit_healthy(a));
 	set_stuck(&s, false);
 	assert_true(wait_done(&d, 1, 2000));
 	assert_int_equal(atomic_load(&d.err), HSM_OK);
 	assert_true(hsm_audit_healthy(a));
-	hsm_audit_stats st;
 	hsm_audit_get_stats(a, &st);
 	assert_int_equal(st.outages, 0);
 	/* Counted for /metrics: C's wait (at least 200 ms, in one hold), and the
-	 * stuck sync (at least 600 ms: from A until released) among the others. */
+	 * stuck sync (at least 600 ms: from when it was seen stuck until released)
+	 * among the others. */
 	assert_true(st.acks_held >= 1);
 	assert_true(st.acks_held_seconds >= 0.19);
 	uint64_t syncs = 0, over_250ms = 0;
@@ -877,7 +901,7 @@ static void live_file_taken(bool replace)
 		hsm_audit_record r = t_record(i);
 		assert_true(hsm_ok(hsm_audit_append(a, &r)));
 	}
-	usleep(50000);
+	wait_synced(a);
 	static char paths[T_MAX_FILES][PATH_MAX];
 	assert_int_equal(t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES), 1);
 	if (replace) { /* a copy put in its place, as sed -i or an editor would */
@@ -1001,7 +1025,7 @@ static void test_live_file_cut(void **state)
 		hsm_audit_record r = t_record(i);
 		assert_true(hsm_ok(hsm_audit_append(a, &r)));
 	}
-	usleep(100000); /* synced */
+	wait_synced(a);
 	static char paths[T_MAX_FILES][PATH_MAX];
 	assert_int_equal(t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES), 1);
 	size_t len = 0;

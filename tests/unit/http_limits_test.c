@@ -631,6 +631,19 @@ static bool answers(tc_conn *c)
 	return ok;
 }
 
+/*
+ * Waits (5 s at most) until addr holds want of the server's connections: a
+ * connection the client closed gives its place back only once its worker has
+ * seen the close, which a loaded machine can put off for any time.
+ */
+static void wait_source_holds(hsm_http_server *srv, const char *addr, uint32_t want)
+{
+	hsm_source src = hsm_source_of_text(addr);
+	for (int i = 0; i < 500 && hsm_conn_limit_held(srv->per_source, &src) != want; i++)
+		usleep(10 * 1000);
+	assert_int_equal(hsm_conn_limit_held(srv->per_source, &src), want);
+}
+
 /* One source holds at most max_connections_per_source; other sources are not held back. */
 static void test_connections_per_source(void **state)
 {
@@ -656,7 +669,7 @@ static void test_connections_per_source(void **state)
 	assert_int_equal(st.open, 4);
 	/* A closed connection gives its place back. */
 	tc_close(c[0]);
-	usleep(100 * 1000);
+	wait_source_holds(srv, "127.0.0.1", 2);
 	c[0] = tc_connect(port, false, 5000);
 	assert_true(answers(c[0]));
 	assert_true(refused(tc_connect(port, false, 5000)));
@@ -692,10 +705,10 @@ static void test_connections_per_source_changed(void **state)
 	tc_conn *other = tc_connect_from(port, "127.0.0.2", 5000);
 	assert_true(answers(other));
 	tc_close(c[0]);
-	usleep(100 * 1000);
+	wait_source_holds(srv, "127.0.0.1", 3);
 	assert_true(refused(tc_connect(port, false, 5000))); /* 3 held: at the bound */
 	tc_close(c[1]);
-	usleep(100 * 1000);
+	wait_source_holds(srv, "127.0.0.1", 2);
 	c[0] = tc_connect(port, false, 5000);
 	assert_true(answers(c[0]));
 	assert_true(refused(tc_connect(port, false, 5000)));
