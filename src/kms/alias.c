@@ -151,6 +151,31 @@ static hsm_result check_target(const char *target)
 	return HSM_SUCCESS;
 }
 
+typedef struct alias_count {
+	const char *name; /* the alias being made or moved: not one of the others */
+	int64_t others;
+} alias_count;
+
+static hsm_result count_other(const hsm_alias_record *a, void *arg)
+{
+	alias_count *c = arg;
+	c->others += strcmp(a->name, c->name) != 0;
+	return HSM_SUCCESS;
+}
+
+/* The store's limit on the aliases of key_id, checked ahead of an approval (hsm_caller_gated). */
+static hsm_result alias_room(hsm_kms *kms, const hsm_caller *caller, const char *key_id,
+                             const char *name)
+{
+	if (!hsm_caller_gated(caller))
+		return HSM_SUCCESS;
+	alias_count c = {name, 0};
+	bool truncated = false;
+	HSM_GUARD(hsm_store_alias_list(kms->store, key_id, NULL, HSM_MAX_ALIASES_PER_KEY + 1,
+	                               count_other, &c, &truncated));
+	return hsm_store_alias_room(key_id, c.others);
+}
+
 static hsm_result create_alias(hsm_kms *kms, const hsm_caller *caller, const char *alias, const char *target)
 {
 	kms_key *k = NULL;
@@ -159,6 +184,8 @@ static hsm_result create_alias(hsm_kms *kms, const hsm_caller *caller, const cha
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_CreateAlias, target, NULL, &k));
 	hsm_alias_record had;
 	hsm_result r = check_pkcs11_id(kms, alias, k->rec.key_id, HSM_ERR_INVALID_ALIAS_NAME);
+	if (hsm_ok(r))
+		r = alias_room(kms, caller, k->rec.key_id, alias);
 	if (hsm_ok(r))
 		r = kms_commit_unless_taken(hsm_store_alias_get(kms->store, alias, &had), caller);
 	if (hsm_ok(r)) {
@@ -202,6 +229,7 @@ static hsm_result update_alias(hsm_kms *kms, const hsm_caller *caller, const cha
 	HSM_TRY(check_pkcs11_id(kms, alias, next->rec.key_id, HSM_ERR_VALIDATION));
 	if (strcmp(cur->rec.key_id, next->rec.key_id) != 0)
 		HSM_TRY(check_id_given_back(kms, alias, cur->rec.key_id));
+	HSM_TRY(alias_room(kms, caller, next->rec.key_id, alias));
 	HSM_TRY(hsm_caller_commit(caller));
 	res = hsm_store_alias_update(kms->store, alias, next->rec.key_id, kms_now(kms));
 	kms_aliases_changed(kms);

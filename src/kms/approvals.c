@@ -413,6 +413,11 @@ hsm_result hsm_caller_commit(const hsm_caller *caller)
 	return HSM_SUCCESS;
 }
 
+bool hsm_caller_gated(const hsm_caller *caller)
+{
+	return caller->gate != NULL && !caller->gate->passed;
+}
+
 hsm_result hsm_caller_commit_key(const hsm_caller *caller, const char *key_id)
 {
 	hsm_commit_gate *g = caller->gate;

@@ -183,6 +183,11 @@ static hsm_result cert_import(hsm_kms *kms, const hsm_caller *caller, hsm_cert_i
 	HSM_TRY(hsm_strcpy(c.creator, sizeof(c.creator), caller->local ? "" : caller->user));
 	c.created = kms_now(kms);
 	c.not_after = not_after;
+	if (hsm_caller_gated(caller)) { /* the limit first: custodians approve no import it refuses */
+		uint64_t held = 0;
+		HSM_TRY(hsm_store_cert_count(kms->store, &held));
+		HSM_TRY(hsm_store_cert_room((int64_t)held));
+	}
 	HSM_TRY(hsm_caller_commit(caller));
 	HSM_TRY(hsm_store_cert_create(kms->store, &c)); /* its LIMIT_EXCEEDED names the limit */
 	*out = c;

@@ -681,6 +681,55 @@ static hsm_result resolve_key(hsm_kms *kms, const char *ref, char key_id[HSM_UUI
 static const hsm_policy_pair not_for_aws[] = {{"kms:GrantIsForAWSResource", "false"}};
 static const kms_authz_extra for_aws_resource = {.more = not_for_aws, .n_more = 1};
 
+static hsm_result too_many_grants(void)
+{
+	return HSM_FAIL(HSM_ERR_LIMIT_EXCEEDED,
+	                "A key can have at most %d grants, and at most %d for one grantee",
+	                HSM_MAX_GRANTS_PER_KEY, HSM_MAX_GRANTS_PER_GRANTEE);
+}
+
+typedef struct grant_count {
+	int64_t n;
+	char last[HSM_GRANT_ID_LEN + 1]; /* the page's last grant id: where the next starts */
+} grant_count;
+
+static hsm_result count_grant(const hsm_grant_record *g, void *arg)
+{
+	grant_count *c = arg;
+	c->n++;
+	memcpy(c->last, g->grant_id, sizeof(c->last));
+	return HSM_SUCCESS;
+}
+
+/* How many grants key_id holds (for grantee only, when not NULL), counted up to `upto`. */
+static hsm_result count_grants(hsm_kms *kms, const char *key_id, const char *grantee,
+                               int64_t upto, int64_t *out)
+{
+	grant_count c = {0, ""};
+	bool more = true;
+	while (more && c.n < upto)
+		HSM_GUARD(hsm_store_grant_list(kms->store, key_id, grantee, c.last, 1000, count_grant,
+		                               &c, &more));
+	*out = c.n;
+	return HSM_SUCCESS;
+}
+
+/*
+ * The store's grant limits, checked ahead of an approval (hsm_caller_gated).
+ * Not for a grant with a Name: the store answers a retry of it with the grant
+ * the first try made, whatever the counts.
+ */
+static hsm_result grant_room(hsm_kms *kms, const hsm_caller *caller, const hsm_grant_record *g)
+{
+	if (!hsm_caller_gated(caller) || g->name[0] != '\0')
+		return HSM_SUCCESS;
+	int64_t for_grantee = 0, for_key = 0;
+	HSM_GUARD(count_grants(kms, g->key_id, g->grantee, HSM_MAX_GRANTS_PER_GRANTEE, &for_grantee));
+	HSM_GUARD(count_grants(kms, g->key_id, NULL, HSM_MAX_GRANTS_PER_KEY, &for_key));
+	hsm_result r = hsm_store_grant_room(g->key_id, for_grantee, for_key);
+	return r.err == HSM_ERR_LIMIT_EXCEEDED ? too_many_grants() : r;
+}
+
 hsm_result hsm_kms_create_grant(hsm_kms *kms, const hsm_caller *caller,
                                 const hsm_create_grant_req *req,
                                 char grant_id[HSM_GRANT_ID_LEN + 1], hsm_buf *token,
@@ -769,15 +818,14 @@ hsm_result hsm_kms_create_grant(hsm_kms *kms, const hsm_caller *caller,
 	g.operations = ops;
 	g.created = kms_now(kms);
 	HSM_TRY(kms_dry_run_stop(caller));
+	HSM_TRY(grant_room(kms, caller, &g));
 	HSM_TRY(hsm_caller_commit_key(caller, k->rec.key_id));
 	/* The token first: once the grant is stored, nothing may fail. */
 	HSM_TRY(make_token(g.key_id, g.grant_id, token));
 	bool existed = false;
 	res = hsm_store_grant_create(kms->store, &g, &existed);
 	if (res.err == HSM_ERR_LIMIT_EXCEEDED)
-		res = HSM_FAIL(HSM_ERR_LIMIT_EXCEEDED,
-		               "A key can have at most %d grants, and at most %d for one grantee",
-		               HSM_MAX_GRANTS_PER_KEY, HSM_MAX_GRANTS_PER_GRANTEE);
+		res = too_many_grants();
 	kms_key_invalidate(kms, k->rec.key_id);
 	/*
 	 * A retry with the same Name answers the grant the first call made (g now

@@ -272,6 +272,13 @@ typedef struct hsm_caller {
 hsm_result hsm_caller_commit(const hsm_caller *caller) HSM_MUST_CHECK;
 /* The same, for an operation on the key key_id (resolved from the request's KeyId). */
 hsm_result hsm_caller_commit_key(const hsm_caller *caller, const char *key_id) HSM_MUST_CHECK;
+/*
+ * Whether the caller's gate is still ahead (the request waits for approval and
+ * has not passed it): an operation whose store write enforces a limit checks
+ * that limit first then, so custodians are not asked to approve a request the
+ * limit would refuse.  The write checks it again, as ever.
+ */
+bool hsm_caller_gated(const hsm_caller *caller);
 
 /* The principal's ARN: arn:aws:iam::<account>:user/<name> (the account root for local operators). */
 #define HSM_PRINCIPAL_ARN_MAX 128

@@ -102,6 +102,51 @@ static hsm_result tagging_lookup(hsm_kms *kms, const hsm_caller *caller, hsm_op 
 	return r;
 }
 
+static hsm_result too_many_tags(void)
+{
+	return HSM_FAIL(HSM_ERR_TAG, "a key can have at most %d tags", HSM_MAX_TAGS_PER_KEY);
+}
+
+typedef struct tag_count {
+	const hsm_tag *tags; /* the request's */
+	size_t n;
+	bool *held; /* per request tag: the key holds its tag key already */
+	size_t existing;
+} tag_count;
+
+static hsm_result count_tag(const hsm_tag *t, void *arg)
+{
+	tag_count *c = arg;
+	c->existing++;
+	for (size_t i = 0; i < c->n; i++)
+		c->held[i] |= strcmp(c->tags[i].key, t->key) == 0;
+	return HSM_SUCCESS;
+}
+
+/* The store's limit on a key's tags, checked ahead of an approval (hsm_caller_gated): the
+ * tags the key holds, and the request's tag keys it does not hold yet, each counted once. */
+static hsm_result tag_room(hsm_kms *kms, const hsm_caller *caller, const char *key_id, size_t n,
+                           const hsm_tag tags[])
+{
+	if (!hsm_caller_gated(caller))
+		return HSM_SUCCESS;
+	tag_count c = {tags, n, calloc(n, sizeof(bool)), 0};
+	HSM_ENSURE(c.held != NULL, HSM_ERR_NOMEM, "out of memory");
+	bool truncated = false;
+	hsm_result r = hsm_store_tags_list(kms->store, key_id, NULL, HSM_MAX_TAGS_PER_KEY + 1,
+	                                   count_tag, &c, &truncated);
+	size_t total = c.existing;
+	for (size_t i = 0; hsm_ok(r) && i < n; i++) {
+		bool again = c.held[i];
+		for (size_t j = 0; !again && j < i; j++)
+			again = strcmp(tags[j].key, tags[i].key) == 0;
+		total += !again;
+	}
+	free(c.held);
+	HSM_GUARD(r);
+	return total > HSM_MAX_TAGS_PER_KEY ? too_many_tags() : HSM_SUCCESS;
+}
+
 hsm_result hsm_kms_tag(hsm_kms *kms, const hsm_caller *caller, const char *ref, size_t n,
                        const hsm_tag tags[])
 {
@@ -110,11 +155,13 @@ hsm_result hsm_kms_tag(hsm_kms *kms, const hsm_caller *caller, const char *ref, 
 	for (size_t i = 0; i < n; i++)
 		HSM_GUARD(kms_check_tag(&tags[i]));
 	HSM_GUARD(tagging_lookup(kms, caller, HSM_OP_TagResource, ref, n, tags, NULL, &k));
-	hsm_result r = hsm_caller_commit_key(caller, k->rec.key_id);
+	hsm_result r = tag_room(kms, caller, k->rec.key_id, n, tags);
+	if (hsm_ok(r))
+		r = hsm_caller_commit_key(caller, k->rec.key_id);
 	if (hsm_ok(r))
 		r = hsm_store_tags_put(kms->store, k->rec.key_id, n, tags);
 	if (r.err == HSM_ERR_LIMIT_EXCEEDED)
-		r = HSM_FAIL(HSM_ERR_TAG, "a key can have at most %d tags", HSM_MAX_TAGS_PER_KEY);
+		r = too_many_tags();
 	kms_key_release(k);
 	return r;
 }

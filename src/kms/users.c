@@ -192,6 +192,22 @@ static hsm_result store_access_key(hsm_kms *kms, const char *user, const char *a
 	return r;
 }
 
+static hsm_result count_active(const hsm_access_key_record *k, void *arg)
+{
+	*(int64_t *)arg += k->active;
+	return HSM_SUCCESS;
+}
+
+/* The store's limit on a user's active keys, checked ahead of an approval (hsm_caller_gated). */
+static hsm_result access_key_room(hsm_kms *kms, const hsm_caller *caller, const char *user)
+{
+	if (!hsm_caller_gated(caller))
+		return HSM_SUCCESS;
+	int64_t held = 0;
+	HSM_GUARD(hsm_store_access_key_list(kms->store, user, count_active, &held));
+	return hsm_store_access_key_room(user, held);
+}
+
 hsm_result hsm_kms_access_key_create(hsm_kms *kms, const hsm_caller *caller, const char *user,
                                      char access_key_id[HSM_ACCESS_KEY_ID_LEN + 1],
                                      hsm_secret **secret)
@@ -203,6 +219,7 @@ hsm_result hsm_kms_access_key_create(hsm_kms *kms, const hsm_caller *caller, con
 	hsm_buf_init_secure(&b64);
 	HSM_GUARD(require_officer(caller));
 	HSM_GUARD(load_user(kms, user, &u));
+	HSM_GUARD(access_key_room(kms, caller, user));
 	HSM_GUARD(hsm_caller_commit(caller));
 	HSM_TRY(new_access_key_id(access_key_id));
 	/* 30 random bytes are 40 base64 characters, the length of an AWS secret key. */

@@ -736,6 +736,12 @@ hsm_result hsm_store_alias_create(hsm_store *s, const char *name, const char *ke
  */
 hsm_result hsm_store_alias_update(hsm_store *s, const char *name, const char *key_id,
                                   int64_t now) HSM_MUST_CHECK;
+/*
+ * The alias limit those two apply, given how many other aliases the key has
+ * (counted in their write transaction): LIMIT_EXCEEDED when reached.  Also
+ * for a caller that checks ahead of a change (kms, before an approval).
+ */
+hsm_result hsm_store_alias_room(const char *key_id, int64_t others) HSM_MUST_CHECK;
 /* NOT_FOUND when the alias does not exist. */
 hsm_result hsm_store_alias_delete(hsm_store *s, const char *name) HSM_MUST_CHECK;
 hsm_result hsm_store_alias_get(hsm_store *s, const char *name, hsm_alias_record *out) HSM_MUST_CHECK;
@@ -787,6 +793,9 @@ hsm_result hsm_store_tags_list(hsm_store *s, const char *key_id, const char *aft
  * transaction, so concurrent creators on a shared store cannot exceed a limit.
  */
 hsm_result hsm_store_grant_create(hsm_store *s, hsm_grant_record *g, bool *existed) HSM_MUST_CHECK;
+/* The grant limits it applies, given the key's counts: LIMIT_EXCEEDED when reached. */
+hsm_result hsm_store_grant_room(const char *key_id, int64_t for_grantee,
+                                int64_t for_key) HSM_MUST_CHECK;
 /* NOT_FOUND when the key holds no grant with that id. */
 hsm_result hsm_store_grant_get(hsm_store *s, const char *key_id, const char *grant_id,
                                hsm_grant_record *out) HSM_MUST_CHECK;
@@ -856,6 +865,8 @@ hsm_result hsm_store_user_list(hsm_store *s, hsm_user_cb cb, void *arg) HSM_MUST
  * LIMIT_EXCEEDED when the user holds HSM_ACCESS_KEYS_PER_USER active keys (counted
  * under the user's row lock on PostgreSQL). */
 hsm_result hsm_store_access_key_create(hsm_store *s, const hsm_access_key_record *k) HSM_MUST_CHECK;
+/* The limit it applies, user holding `held` active keys: LIMIT_EXCEEDED when reached. */
+hsm_result hsm_store_access_key_room(const char *user, int64_t held) HSM_MUST_CHECK;
 /* NOT_FOUND when absent. */
 hsm_result hsm_store_access_key_get(hsm_store *s, const char *access_key_id,
                                     hsm_access_key_record *out) HSM_MUST_CHECK;
@@ -897,6 +908,8 @@ void hsm_cert_record_clear(hsm_cert_record *r);
  * or oversized der, or an oversized label or object_id.
  */
 hsm_result hsm_store_cert_create(hsm_store *s, const hsm_cert_record *c) HSM_MUST_CHECK;
+/* The limit it applies, given how many certificates the store holds: LIMIT_EXCEEDED when reached. */
+hsm_result hsm_store_cert_room(int64_t held) HSM_MUST_CHECK;
 /* NOT_FOUND when absent (and for a cert_id that is not a lowercase UUID, which none holds). */
 hsm_result hsm_store_cert_get(hsm_store *s, const char *cert_id,
                               hsm_cert_record *out) HSM_MUST_CHECK;

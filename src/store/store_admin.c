@@ -531,7 +531,7 @@ hsm_result st_edit_key(hsm_key_record *rec, const char *key_id, hsm_key_update_f
 	return st_fill_empty(&rec->policy);
 }
 
-hsm_result st_check_alias_limit(const char *key_id, int64_t others)
+hsm_result hsm_store_alias_room(const char *key_id, int64_t others)
 {
 	HSM_ENSURE(others < HSM_MAX_ALIASES_PER_KEY, HSM_ERR_LIMIT_EXCEEDED,
 	           "key %s already has %d aliases, the most allowed", key_id, HSM_MAX_ALIASES_PER_KEY);
@@ -555,7 +555,7 @@ hsm_result st_check_pkcs11_id(const char *key_id, const char *name, const st_vec
 	return HSM_SUCCESS;
 }
 
-hsm_result st_check_grant_limits(const char *key_id, int64_t for_grantee, int64_t for_key)
+hsm_result hsm_store_grant_room(const char *key_id, int64_t for_grantee, int64_t for_key)
 {
 	HSM_ENSURE(for_grantee < HSM_MAX_GRANTS_PER_GRANTEE, HSM_ERR_LIMIT_EXCEEDED,
 	           "key %s already holds %d grants for this grantee, the most allowed", key_id,
@@ -565,7 +565,7 @@ hsm_result st_check_grant_limits(const char *key_id, int64_t for_grantee, int64_
 	return HSM_SUCCESS;
 }
 
-hsm_result st_check_cert_limit(int64_t held)
+hsm_result hsm_store_cert_room(int64_t held)
 {
 	HSM_ENSURE(held < HSM_MAX_CERTIFICATES, HSM_ERR_LIMIT_EXCEEDED,
 	           "the store already holds %d certificates, the most allowed",
@@ -601,7 +601,7 @@ static hsm_result check_open(const hsm_approval_record *a, int64_t now)
 	return HSM_SUCCESS;
 }
 
-hsm_result st_access_key_room(const char *user, int64_t held)
+hsm_result hsm_store_access_key_room(const char *user, int64_t held)
 {
 	HSM_ENSURE(held < HSM_ACCESS_KEYS_PER_USER, HSM_ERR_LIMIT_EXCEEDED,
 	           "user %s already has %d active access keys, the most one user may hold; revoke "

@@ -310,11 +310,6 @@ void st_set_material_fields(hsm_key_record *k, int64_t earliest_valid_to, bool i
 hsm_result st_check_promote(const hsm_key_record *k, uint32_t version, bool exists,
                             bool holds_material) HSM_MUST_CHECK;
 /*
- * The limit of hsm_store_alias_create and _update (store.h), given how many
- * other aliases the key has, counted in the write transaction.
- */
-hsm_result st_check_alias_limit(const char *key_id, int64_t others) HSM_MUST_CHECK;
-/*
  * The one-CKA_ID rule of hsm_store_alias_create and _update (store.h):
  * VALIDATION when `name` gives its key a PKCS#11 CKA_ID and one of `others`
  * (hsm_alias_record, the key's other aliases under HSM_PKCS11_ID_ALIAS, read
@@ -327,14 +322,6 @@ hsm_result st_check_pkcs11_id(const char *key_id, const char *name,
  * compared byte for byte (LIKE ignores case in SQLite).
  */
 #define ST_SQL_PKCS11_ID_NAME "substr(name, 1, 16) = '" HSM_PKCS11_ID_ALIAS "'"
-/* The grant limits of hsm_store_grant_create (store.h), given the key's counts: LIMIT_EXCEEDED when broken. */
-hsm_result st_check_grant_limits(const char *key_id, int64_t for_grantee,
-                                 int64_t for_key) HSM_MUST_CHECK;
-/*
- * The limit of hsm_store_cert_create (store.h), given how many certificates
- * the store holds, counted in the creation's write transaction.
- */
-hsm_result st_check_cert_limit(int64_t held) HSM_MUST_CHECK;
 /*
  * hsm_store_user_create's refusal of name, the store holding the user
  * `held`, equal to it ignoring case: ALREADY_EXISTS naming the user held.
@@ -357,8 +344,6 @@ hsm_result st_edit_key(hsm_key_record *rec, const char *key_id, hsm_key_update_f
  * which fails as the contract says or changes the record as it must be
  * written, and then writes that change.
  */
-/* LIMIT_EXCEEDED when user holds `held` active access keys, HSM_ACCESS_KEYS_PER_USER. */
-hsm_result st_access_key_room(const char *user, int64_t held) HSM_MUST_CHECK;
 /* The record hsm_store_approval_open inserts for a (checked): Pending, no approvers, open;
  * LIMIT_EXCEEDED when its requester holds `held` open requests, HSM_APPROVALS_OPEN_PER_USER. */
 hsm_result st_approval_fresh(const hsm_approval_record *a, int64_t held,

@@ -122,7 +122,7 @@ static hsm_result cert_create_body(pg_conn *w, void *arg)
 	HSM_ENSURE(!taken, HSM_ERR_ALREADY_EXISTS, "certificate %s already exists",
 	           op->in->cert_id);
 	HSM_GUARD(count_on(w, &held));
-	HSM_GUARD(st_check_cert_limit(held));
+	HSM_GUARD(hsm_store_cert_room(held));
 	return pg_insert_cert(w, op->in);
 }
 

@@ -103,7 +103,7 @@ static hsm_result alias_key_accepts(pg_conn *w, const char *key_id, const char *
 	HSM_GUARD(pg_exists(w, SQL_KEY_LOCK, key_id, &found));
 	HSM_ENSURE(found, HSM_ERR_NOT_FOUND, "key %s does not exist", key_id);
 	HSM_GUARD(pg_count(w, SQL_ALIAS_COUNT_OTHERS, key_id, name, &others));
-	HSM_GUARD(st_check_alias_limit(key_id, others));
+	HSM_GUARD(hsm_store_alias_room(key_id, others));
 	return alias_id_free(w, key_id, name);
 }
 

@@ -363,7 +363,7 @@ static hsm_result access_key_create_body(pg_conn *w, void *arg)
 	HSM_GUARD(user_require(w, SQL_USER_LOCK_FOR_KEYS, op->key->user));
 	int64_t held = 0;
 	HSM_GUARD(pg_count(w, SQL_AK_COUNT_ACTIVE, op->key->user, NULL, &held));
-	HSM_GUARD(st_access_key_room(op->key->user, held));
+	HSM_GUARD(hsm_store_access_key_room(op->key->user, held));
 	return pg_insert_access_key(w, op->key);
 }
 

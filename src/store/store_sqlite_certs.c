@@ -97,7 +97,7 @@ static hsm_result cert_create_in(sq_conn *w, const hsm_cert_record *c)
 	HSM_GUARD(sq_exists(w, SQL_CERT_EXISTS, c->cert_id, &taken));
 	HSM_ENSURE(!taken, HSM_ERR_ALREADY_EXISTS, "certificate %s already exists", c->cert_id);
 	HSM_GUARD(count_on(w, 0, &held));
-	HSM_GUARD(st_check_cert_limit(held));
+	HSM_GUARD(hsm_store_cert_room(held));
 	return sq_insert_cert(w, c);
 }
 

@@ -153,7 +153,7 @@ static hsm_result check_limits(sq_conn *w, const hsm_grant_record *g)
 	int64_t for_grantee = 0, for_key = 0;
 	HSM_GUARD(sq_count(w, SQL_GRANT_COUNT_GRANTEE, g->key_id, g->grantee, &for_grantee));
 	HSM_GUARD(sq_count(w, SQL_GRANT_COUNT_KEY, g->key_id, NULL, &for_key));
-	return st_check_grant_limits(g->key_id, for_grantee, for_key);
+	return hsm_store_grant_room(g->key_id, for_grantee, for_key);
 }
 
 static hsm_result grant_create_in(sq_conn *w, const hsm_grant_record *g, grant_twin *twin)

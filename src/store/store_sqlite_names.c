@@ -88,7 +88,7 @@ static hsm_result alias_key_accepts(sq_conn *w, const char *key_id, const char *
 	int64_t others = 0;
 	HSM_GUARD(sq_key_require(w, key_id));
 	HSM_GUARD(sq_count(w, SQL_ALIAS_COUNT_OTHERS, key_id, name, &others));
-	HSM_GUARD(st_check_alias_limit(key_id, others));
+	HSM_GUARD(hsm_store_alias_room(key_id, others));
 	return alias_id_free(w, key_id, name);
 }
 

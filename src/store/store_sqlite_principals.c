@@ -342,7 +342,7 @@ static hsm_result access_key_create_in(sq_conn *w, const hsm_access_key_record *
 	HSM_GUARD(user_require(w, k->user));
 	int64_t held = 0;
 	HSM_GUARD(sq_count(w, SQL_AK_COUNT_ACTIVE, k->user, NULL, &held));
-	HSM_GUARD(st_access_key_room(k->user, held));
+	HSM_GUARD(hsm_store_access_key_room(k->user, held));
 	return sq_insert_access_key(w, k);
 }
 

@@ -22,6 +22,7 @@ from helpers import ACCOUNT, admin, audit_records, b64, make_pki, new_user, self
 
 DEV_ENV = {"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET}
 DEV_ARN = f"arn:aws:iam::{ACCOUNT}:user/dev"
+MANY = f"arn:aws:iam::{ACCOUNT}:user/many-grants"  # the grantee of a key's 500 grants
 ID = re.compile(r"approval request ([0-9a-f]{32})")
 
 KMS_OPS = ["CreateKey", "EnableKey", "DisableKey", "UpdateKeyDescription", "ScheduleKeyDeletion",
@@ -80,6 +81,15 @@ def node():
     kms.create_alias(AliasName="alias/gate-retire", TargetKeyId=f["alias-a"])
     f["UntagResource"] = key(Tags=[{"TagKey": "t0", "TagValue": "v"}])
     f["full"] = key(Tags=[{"TagKey": f"k{i:02}", "TagValue": "v"} for i in range(50)])
+    # Keys and a user at the store's other limits: 50 aliases; 500 grants for one grantee;
+    # 10 active access keys.
+    f["room-for-one"] = key(Tags=[{"TagKey": f"k{i:02}", "TagValue": "v"} for i in range(49)])
+    f["aliases-full"] = key()
+    for i in range(50):
+        kms.create_alias(AliasName=f"alias/full-{i:02}", TargetKeyId=f["aliases-full"])
+    f["grants-full"] = key()
+    for _ in range(500):
+        kms.create_grant(KeyId=f["grants-full"], GranteePrincipal=MANY, Operations=["Encrypt"])
     f["grants"] = key()
     for op in ("RetireGrant", "RevokeGrant"):
         f[op] = kms.create_grant(KeyId=f["grants"], GranteePrincipal=DEV_ARN,
@@ -104,8 +114,10 @@ def node():
         "Condition": {"ForAnyValue:StringEquals": {"kms:GrantOperations": "Decrypt"}}}))
     f["sign"] = key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")
     for name, roles in (("u-disable", ["auditor"]), ("u-enable", ["auditor"]),
-                        ("u-unlock", ["auditor"]), ("u-keys", ["auditor"])):
+                        ("u-unlock", ["auditor"]), ("u-keys", ["auditor"]), ("u-full", ["auditor"])):
         admin(first, "CreateUser", {"UserName": name, "Roles": roles})
+    for _ in range(10):
+        admin(first, "CreateAccessKey", {"UserName": "u-full"})
     admin(first, "DisableUser", {"UserName": "u-enable"})
     akid = admin(first, "CreateAccessKey", {"UserName": "u-unlock"})["AccessKeyId"]
     for _ in range(5):  # wrong signatures lock the user
@@ -308,6 +320,19 @@ def refused_anyway(node):
         ("ImportCertificate", {"Certificate": b64(self_signed("gate-other")), "KeyId": f["sign"]},
          "ValidationException"),
         ("DeleteCertificate", {"CertificateId": missing}, "NotFoundException"),
+        # What the store's limits would refuse, with approvals as without.
+        ("TagResource", {"KeyId": f["full"], "Tags": [{"TagKey": "k50", "TagValue": "v"}]},
+         "TagException"),
+        ("TagResource", {"KeyId": f["room-for-one"], "Tags": [
+            {"TagKey": "k00", "TagValue": "w"}, {"TagKey": "new", "TagValue": "a"},
+            {"TagKey": "newer", "TagValue": "b"}]}, "TagException"),
+        ("CreateAlias", {"AliasName": "alias/gate-51st", "TargetKeyId": f["aliases-full"]},
+         "LimitExceededException"),
+        ("UpdateAlias", {"AliasName": "alias/gate-moves", "TargetKeyId": f["aliases-full"]},
+         "LimitExceededException"),
+        ("CreateGrant", {"KeyId": f["grants-full"], "GranteePrincipal": MANY,
+                         "Operations": ["Encrypt"]}, "LimitExceededException"),
+        ("CreateAccessKey", {"UserName": "u-full"}, "LimitExceededException"),
         # DryRun asks whether the request would pass, so it never waits for custodians.
         ("CreateGrant", {"KeyId": f["CreateGrant"], "GranteePrincipal": DEV_ARN,
                          "Operations": ["Encrypt"], "DryRun": True}, "DryRunOperationException"),
@@ -374,28 +399,46 @@ def test_a_condition_on_the_request_decides_before_the_gate(node):
 
 
 def test_a_change_that_fails_gives_its_approval_back(node):
-    """The key holds 50 tags, the most it may: the store refuses a 51st only when the
-    change is made, after the approval was used.  The approval is given back."""
-    body = {"KeyId": node.f["full"], "Tags": [{"TagKey": "k50", "TagValue": "v"}]}
-    approval = waits(node, "TagResource", body)
+    """The key holds 500 grants for one grantee, the most it may.  A grant with a Name is
+    not counted ahead (a retry of a named grant is answered with the grant it made, at any
+    count): the store refuses it only when the change is made, after the approval was
+    used.  The approval is given back."""
+    body = {"KeyId": node.f["grants-full"], "GranteePrincipal": MANY,
+            "Operations": ["Encrypt"], "Name": "one-too-many"}
+    approval = waits(node, "CreateGrant", body)
     approve(node, approval)
     for _ in range(2):
-        st, out = call(node, "TagResource", body)
-        assert (st, out.get("__type")) == (400, "TagException"), out
+        st, out = call(node, "CreateGrant", body)
+        assert (st, out.get("__type")) == (400, "LimitExceededException"), out
         a = approvals(node)[approval]
         assert (a["State"], a["Approvals"]) == ("Pending", 2), a
     # Both failed tries used the approval, as their records say.
     deadline = time.time() + 5
     while True:
         recs = [r for r in audit_records(node.data_dir)
-                if r.get("extra", {}).get("approval_id") == approval and r["op"] == "TagResource"]
+                if r.get("extra", {}).get("approval_id") == approval and r["op"] == "CreateGrant"]
         if len(recs) >= 3 or time.time() > deadline:
             break
         time.sleep(0.05)
     assert [(r["outcome"], r["error"]) for r in recs] == [
-        ("denied", "ApprovalRequiredException"), ("error", "TagException"),
-        ("error", "TagException")], recs
-    assert len(client(node).list_resource_tags(KeyId=node.f["full"])["Tags"]) == 50
+        ("denied", "ApprovalRequiredException"), ("error", "LimitExceededException"),
+        ("error", "LimitExceededException")], recs
+    pages = client(node).get_paginator("list_grants").paginate(KeyId=node.f["grants-full"])
+    grants = [g for page in pages for g in page["Grants"]]
+    assert len(grants) == 500 and not [g for g in grants if g.get("Name")], len(grants)
+
+
+def test_a_change_within_the_limits_of_a_full_key_waits(node):
+    """At a limit, what would not go past it still waits for custodians: a tag key the
+    key holds already (its value replaced), an alias moved among the key's own names."""
+    f = node.f
+    waits(node, "TagResource", {"KeyId": f["full"], "Tags": [
+        {"TagKey": "k00", "TagValue": "w"}, {"TagKey": "k01", "TagValue": "w"},
+        {"TagKey": "k00", "TagValue": "x"}]})
+    waits(node, "UpdateAlias", {"AliasName": "alias/full-00", "TargetKeyId": f["aliases-full"]})
+    # One new tag key, given twice, on a key with room for one: counted once.
+    waits(node, "TagResource", {"KeyId": f["room-for-one"], "Tags": [
+        {"TagKey": "new", "TagValue": "a"}, {"TagKey": "new", "TagValue": "b"}]})
 
 
 def hsmctl_bg(node, *args):
