@@ -184,10 +184,14 @@ static hsm_result create_alias(hsm_kms *kms, const hsm_caller *caller, const cha
 	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_CreateAlias, target, NULL, &k));
 	hsm_alias_record had;
 	hsm_result r = check_pkcs11_id(kms, alias, k->rec.key_id, HSM_ERR_INVALID_ALIAS_NAME);
-	if (hsm_ok(r))
-		r = alias_room(kms, caller, k->rec.key_id, alias);
-	if (hsm_ok(r))
-		r = kms_commit_unless_taken(hsm_store_alias_get(kms->store, alias, &had), caller);
+	if (hsm_ok(r)) {
+		/* A name in use is refused first, as the store refuses it (before its limit). */
+		hsm_result taken = hsm_store_alias_get(kms->store, alias, &had);
+		if (taken.err == HSM_ERR_NOT_FOUND)
+			r = alias_room(kms, caller, k->rec.key_id, alias);
+		if (hsm_ok(r))
+			r = kms_commit_unless_taken(taken, caller);
+	}
 	if (hsm_ok(r)) {
 		r = hsm_store_alias_create(kms->store, alias, k->rec.key_id, kms_now(kms));
 		kms_aliases_changed(kms);

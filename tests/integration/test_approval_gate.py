@@ -328,6 +328,9 @@ def refused_anyway(node):
             {"TagKey": "newer", "TagValue": "b"}]}, "TagException"),
         ("CreateAlias", {"AliasName": "alias/gate-51st", "TargetKeyId": f["aliases-full"]},
          "LimitExceededException"),
+        # A name in use is refused as such, as without approvals, even by a key at its limit.
+        ("CreateAlias", {"AliasName": "alias/gate-taken", "TargetKeyId": f["aliases-full"]},
+         "AlreadyExistsException"),
         ("UpdateAlias", {"AliasName": "alias/gate-moves", "TargetKeyId": f["aliases-full"]},
          "LimitExceededException"),
         ("CreateGrant", {"KeyId": f["grants-full"], "GranteePrincipal": MANY,
