@@ -118,6 +118,10 @@ def node():
         admin(first, "CreateUser", {"UserName": name, "Roles": roles})
     for _ in range(10):
         admin(first, "CreateAccessKey", {"UserName": "u-full"})
+    admin(first, "CreateUser", {"UserName": "u-nine", "Roles": ["auditor"]})
+    nine = [admin(first, "CreateAccessKey", {"UserName": "u-nine"})["AccessKeyId"]
+            for _ in range(10)]
+    admin(first, "RevokeAccessKey", {"AccessKeyId": nine[0]})  # 9 active, 1 revoked
     admin(first, "DisableUser", {"UserName": "u-enable"})
     akid = admin(first, "CreateAccessKey", {"UserName": "u-unlock"})["AccessKeyId"]
     for _ in range(5):  # wrong signatures lock the user
@@ -433,12 +437,17 @@ def test_a_change_that_fails_gives_its_approval_back(node):
 
 def test_a_change_within_the_limits_of_a_full_key_waits(node):
     """At a limit, what would not go past it still waits for custodians: a tag key the
-    key holds already (its value replaced), an alias moved among the key's own names."""
+    key holds already (its value replaced), an alias moved among the key's own names, an
+    access key beside a revoked one, a grant for another grantee."""
     f = node.f
     waits(node, "TagResource", {"KeyId": f["full"], "Tags": [
         {"TagKey": "k00", "TagValue": "w"}, {"TagKey": "k01", "TagValue": "w"},
         {"TagKey": "k00", "TagValue": "x"}]})
     waits(node, "UpdateAlias", {"AliasName": "alias/full-00", "TargetKeyId": f["aliases-full"]})
+    # A user with 9 active keys and a revoked one; another grantee on a key full for one.
+    waits(node, "CreateAccessKey", {"UserName": "u-nine"})
+    waits(node, "CreateGrant", {"KeyId": f["grants-full"], "GranteePrincipal": DEV_ARN,
+                                "Operations": ["Encrypt"]})
     # One new tag key, given twice, on a key with room for one: counted once.
     waits(node, "TagResource", {"KeyId": f["room-for-one"], "Tags": [
         {"TagKey": "new", "TagValue": "a"}, {"TagKey": "new", "TagValue": "b"}]})
