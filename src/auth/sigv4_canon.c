@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "auth/sigv4_internal.h"
+#include "common/encoding.h"
 
 /* RFC 3986 section 2.3. */
 static bool unreserved(uint8_t c)
@@ -40,17 +41,6 @@ static bool unreserved(uint8_t c)
 static bool is_space(char c)
 {
 	return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f';
-}
-
-static int hex_value(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1;
 }
 
 /* Appends p[0..n) with every byte but the unreserved ones (and '/' if keep_slash) as %XX. */
@@ -185,8 +175,8 @@ static hsm_result put_requoted(hsm_buf *out, const char *p, size_t n)
 		if (c == '%') {
 			HSM_ENSURE(i + 2 < n, HSM_ERR_VALIDATION,
 			           "Malformed percent-encoding in the query string.");
-			int hi = hex_value(p[i + 1]);
-			int lo = hex_value(p[i + 2]);
+			int hi = hsm_hex_digit_value((unsigned char)p[i + 1]);
+			int lo = hsm_hex_digit_value((unsigned char)p[i + 2]);
 			HSM_ENSURE(hi >= 0 && lo >= 0, HSM_ERR_VALIDATION,
 			           "Malformed percent-encoding in the query string.");
 			c = (char)(hi << 4 | lo);

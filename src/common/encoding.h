@@ -27,6 +27,18 @@ hsm_result hsm_hex_decode(hsm_buf *out, const char *s, size_t n, hsm_err err) HS
  * digit out is zeroed; on a wrong length it is not touched. */
 hsm_result hsm_hex_decode_exact(uint8_t *out, size_t n, const char *s, size_t slen,
                                 hsm_err err) HSM_MUST_CHECK;
+/*
+ * One hex digit of protocol text, in either case (percent-encoding, chunk
+ * sizes), as a value 0..15, or -1.  It branches on the byte: never for
+ * secrets, which the decoders above take.
+ */
+static inline int hsm_hex_digit_value(unsigned char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	c |= 0x20; /* ASCII lower case; no byte that is not a letter becomes a-f */
+	return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
 
 /* Standard base64 with padding. */
 hsm_result hsm_b64_encode(hsm_buf *out, const uint8_t *p, size_t n) HSM_MUST_CHECK;

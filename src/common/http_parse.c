@@ -8,6 +8,8 @@
 #include <arpa/inet.h>
 #include <string.h>
 
+#include "common/encoding.h"
+
 /* Content-Length and chunk sizes above this are TOO_LARGE. */
 #define SIZE_LIMIT (UINT64_C(1) << 63)
 /* RFC 9112 section 6.3 lets a server cap Content-Length; 19 digits hold 2^63. */
@@ -584,14 +586,6 @@ void hsm_http_chunked_init(hsm_http_chunked *c)
 	memset(c, 0, sizeof(*c));
 }
 
-static int hex_value(uint8_t b)
-{
-	if (b >= '0' && b <= '9')
-		return b - '0';
-	b = ascii_lower(b);
-	return b >= 'a' && b <= 'f' ? b - 'a' + 10 : -1;
-}
-
 /* A whole chunk-size line has been read: the size decides what follows. */
 static hsm_http_parse size_line_done(hsm_http_chunked *c, size_t max_body)
 {
@@ -621,7 +615,7 @@ static hsm_http_parse size_byte(hsm_http_chunked *c, uint8_t b, size_t max_body)
 	}
 	if (++c->line_ > HSM_HTTP_CHUNK_LINE_MAX)
 		return HSM_HTTP_PARSE_BAD;
-	int d = hex_value(b);
+	int d = hsm_hex_digit_value(b);
 	if (c->state_ == CH_SIZE && d >= 0) {
 		if (c->line_ > CHUNK_DIGITS_MAX) /* every byte so far was a digit */
 			return HSM_HTTP_PARSE_BAD;

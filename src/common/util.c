@@ -309,14 +309,6 @@ static bool mask(char *p, size_t n)
 	return n > 0;
 }
 
-static int hex_digit(char c)
-{
-	return c >= '0' && c <= '9'   ? c - '0'
-	       : c >= 'a' && c <= 'f' ? c - 'a' + 10
-	       : c >= 'A' && c <= 'F' ? c - 'A' + 10
-	                              : -1;
-}
-
 /* Whether the n bytes at p, percent-decoded as libpq decodes a URI's parameter names,
  * spell name ("%70assword" is "password" to libpq). */
 static bool decoded_is(const char *p, size_t n, const char *name)
@@ -327,8 +319,8 @@ static bool decoded_is(const char *p, size_t n, const char *name)
 			return false;
 		char c = p[i++];
 		if (c == '%') {
-			int hi = i < n ? hex_digit(p[i]) : -1;
-			int lo = i + 1 < n ? hex_digit(p[i + 1]) : -1;
+			int hi = i < n ? hsm_hex_digit_value((unsigned char)p[i]) : -1;
+			int lo = i + 1 < n ? hsm_hex_digit_value((unsigned char)p[i + 1]) : -1;
 			if (hi < 0 || lo < 0)
 				return false;
 			c = (char)(hi * 16 + lo);

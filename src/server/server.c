@@ -1112,7 +1112,7 @@ static void *scheduler_main(void *arg)
 {
 	hsm_server *s = arg;
 	hsm_thread_name("hsmd-sched");
-	bool sweep_failing = false, clock_held = false;
+	bool sweep_failing = false;
 	/* The next full round: a recount asked for between rounds does not put it off, or
 	 * recounts asked for more often than the interval would stop the scheduled work. */
 	struct timespec until;
@@ -1158,6 +1158,7 @@ static void *scheduler_main(void *arg)
 		 * cannot be undone: held, as audit retention is, until the clock agrees again. */
 		int64_t ahead_ms = hsm_audit_clock_ahead_ms(s->audit);
 		bool ahead = ahead_ms > HSM_AUDIT_CLOCK_AHEAD_MS;
+		bool clock_held = atomic_exchange(&s->scheduler_clock_held, ahead); /* until now */
 		if (ahead && !clock_held)
 			hsm_warn("scheduled key work holds: the wall clock is %lld s ahead of the time "
 			         "hsmd has run; no key is destroyed, expired or rotated until it agrees "
@@ -1165,8 +1166,6 @@ static void *scheduler_main(void *arg)
 			         (long long)(ahead_ms / 1000));
 		else if (!ahead && clock_held)
 			hsm_info("scheduled key work runs again: the wall clock agrees with the time elapsed");
-		clock_held = ahead;
-		atomic_store(&s->scheduler_clock_held, ahead);
 		if (lead(s, can_work) && !recount_only) {
 			size_t done = 0;
 			sched_action action = {.s = s};
