@@ -688,32 +688,6 @@ static hsm_result too_many_grants(void)
 	                HSM_MAX_GRANTS_PER_KEY, HSM_MAX_GRANTS_PER_GRANTEE);
 }
 
-typedef struct grant_count {
-	int64_t n;
-	char last[HSM_GRANT_ID_LEN + 1]; /* the page's last grant id: where the next starts */
-} grant_count;
-
-static hsm_result count_grant(const hsm_grant_record *g, void *arg)
-{
-	grant_count *c = arg;
-	c->n++;
-	memcpy(c->last, g->grant_id, sizeof(c->last));
-	return HSM_SUCCESS;
-}
-
-/* How many grants key_id holds (for grantee only, when not NULL), counted up to `upto`. */
-static hsm_result count_grants(hsm_kms *kms, const char *key_id, const char *grantee,
-                               int64_t upto, int64_t *out)
-{
-	grant_count c = {0, ""};
-	bool more = true;
-	while (more && c.n < upto)
-		HSM_GUARD(hsm_store_grant_list(kms->store, key_id, grantee, c.last, 1000, count_grant,
-		                               &c, &more));
-	*out = c.n;
-	return HSM_SUCCESS;
-}
-
 /*
  * The store's grant limits, checked ahead of an approval (hsm_caller_gated).
  * Not for a grant with a Name: the store answers a retry of it with the grant
@@ -723,10 +697,7 @@ static hsm_result grant_room(hsm_kms *kms, const hsm_caller *caller, const hsm_g
 {
 	if (!hsm_caller_gated(caller) || g->name[0] != '\0')
 		return HSM_SUCCESS;
-	int64_t for_grantee = 0, for_key = 0;
-	HSM_GUARD(count_grants(kms, g->key_id, g->grantee, HSM_MAX_GRANTS_PER_GRANTEE, &for_grantee));
-	HSM_GUARD(count_grants(kms, g->key_id, NULL, HSM_MAX_GRANTS_PER_KEY, &for_key));
-	hsm_result r = hsm_store_grant_room(g->key_id, for_grantee, for_key);
+	hsm_result r = hsm_store_grant_fits(kms->store, g);
 	return r.err == HSM_ERR_LIMIT_EXCEEDED ? too_many_grants() : r;
 }
 

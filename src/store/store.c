@@ -963,6 +963,14 @@ hsm_result hsm_store_grant_create(hsm_store *s, hsm_grant_record *g, bool *exist
 	return HSM_SUCCESS;
 }
 
+hsm_result hsm_store_grant_fits(hsm_store *s, const hsm_grant_record *g)
+{
+	HSM_ASSERT(s != NULL && g != NULL);
+	HSM_GUARD(st_check_lookup(g->key_id, KEY_ID_CAP, "key"));
+	HSM_GUARD(st_check_name(g->grantee, GRANT_PRINCIPAL_CAP, "grantee principal"));
+	return s->ops->grant_fits(s, g);
+}
+
 hsm_result hsm_store_grant_get(hsm_store *s, const char *key_id, const char *grant_id,
                                hsm_grant_record *out)
 {

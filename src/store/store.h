@@ -796,6 +796,12 @@ hsm_result hsm_store_grant_create(hsm_store *s, hsm_grant_record *g, bool *exist
 /* The grant limits it applies, given the key's counts: LIMIT_EXCEEDED when reached. */
 hsm_result hsm_store_grant_room(const char *key_id, int64_t for_grantee,
                                 int64_t for_key) HSM_MUST_CHECK;
+/*
+ * Whether g would fit under the limits hsm_store_grant_create applies, by
+ * the same counts, read only (LIMIT_EXCEEDED when it would not).  A check
+ * ahead of a write, which counts again in its own transaction.
+ */
+hsm_result hsm_store_grant_fits(hsm_store *s, const hsm_grant_record *g) HSM_MUST_CHECK;
 /* NOT_FOUND when the key holds no grant with that id. */
 hsm_result hsm_store_grant_get(hsm_store *s, const char *key_id, const char *grant_id,
                                hsm_grant_record *out) HSM_MUST_CHECK;

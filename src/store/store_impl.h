@@ -131,6 +131,8 @@ struct hsm_store_ops {
 	 * a retried creation the backend sets g->grant_id and g->created only.
 	 */
 	hsm_result (*grant_create)(hsm_store *s, hsm_grant_record *g, bool *existed);
+	/* grant_create's limit check alone, read only. */
+	hsm_result (*grant_fits)(hsm_store *s, const hsm_grant_record *g);
 	hsm_result (*grant_get)(hsm_store *s, const char *key_id, const char *grant_id,
 	                        hsm_grant_record *out);
 	hsm_result (*grant_delete)(hsm_store *s, const char *key_id, const char *grant_id);

@@ -964,6 +964,7 @@ static const hsm_store_ops pg_ops = {
 	.grant_create = pg_grant_create,
 	.grant_get = pg_grant_get,
 	.grant_delete = pg_grant_delete,
+	.grant_fits = pg_grant_fits,
 	.grant_list = pg_grant_list,
 	.grant_list_retiring = pg_grant_list_retiring,
 	.cert_create = pg_cert_create,

@@ -384,6 +384,7 @@ hsm_result pg_tags_list(hsm_store *s, const char *key_id, const char *after, siz
                         hsm_tag_cb cb, void *arg, bool *truncated);
 
 hsm_result pg_grant_create(hsm_store *s, hsm_grant_record *g, bool *existed);
+hsm_result pg_grant_fits(hsm_store *s, const hsm_grant_record *g);
 hsm_result pg_grant_get(hsm_store *s, const char *key_id, const char *grant_id,
                         hsm_grant_record *out);
 hsm_result pg_grant_delete(hsm_store *s, const char *key_id, const char *grant_id);

@@ -175,6 +175,22 @@ static hsm_result grant_create_body(pg_conn *w, void *arg)
 	return pg_insert_grant(w, g);
 }
 
+typedef struct grant_fit {
+	const hsm_grant_record *g;
+} grant_fit;
+
+static hsm_result grant_fits_body(pg_conn *c, void *arg)
+{
+	const grant_fit *f = arg;
+	return check_limits(c, f->g);
+}
+
+hsm_result pg_grant_fits(hsm_store *base, const hsm_grant_record *g)
+{
+	grant_fit f = {g};
+	return pg_read(pg_of(base), grant_fits_body, &f);
+}
+
 hsm_result pg_grant_create(hsm_store *base, hsm_grant_record *g, bool *existed)
 {
 	grant_op op = {.g = g};

@@ -613,6 +613,7 @@ static const hsm_store_ops sqlite_ops = {
 	.grant_create = sq_grant_create,
 	.grant_get = sq_grant_get,
 	.grant_delete = sq_grant_delete,
+	.grant_fits = sq_grant_fits,
 	.grant_list = sq_grant_list,
 	.grant_list_retiring = sq_grant_list_retiring,
 	.cert_create = sq_cert_create,

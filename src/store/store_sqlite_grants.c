@@ -172,6 +172,16 @@ static hsm_result grant_create_in(sq_conn *w, const hsm_grant_record *g, grant_t
 	return sq_insert_grant(w, g);
 }
 
+hsm_result sq_grant_fits(hsm_store *base, const hsm_grant_record *g)
+{
+	sq_store *s = sq_of(base);
+	sq_conn *c;
+	HSM_GUARD(sq_read_begin(s, &c));
+	hsm_result res = check_limits(c, g);
+	sq_read_end(s, c);
+	return res;
+}
+
 hsm_result sq_grant_create(hsm_store *base, hsm_grant_record *g, bool *existed)
 {
 	sq_store *s = sq_of(base);

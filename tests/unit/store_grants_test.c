@@ -475,6 +475,7 @@ static void test_grant_limit_per_grantee(void **state)
 	print_message("%d grant creations in %.2f s\n", HSM_MAX_GRANTS_PER_GRANTEE,
 	              (double)(hsm_mono_ns() - t0) / 1e9);
 	grant(&g, 5000, "k1", "busy");
+	EXPECT_ERR(hsm_store_grant_fits(f->s, &g), HSM_ERR_LIMIT_EXCEEDED);
 	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL), HSM_ERR_LIMIT_EXCEEDED);
 	char id[HSM_GRANT_ID_LEN + 1];
 	grant_id(id, 5000);
@@ -489,15 +490,19 @@ static void test_grant_limit_per_grantee(void **state)
 	assert_string_equal(g.grant_id, id);
 	/* The limit is per key and grantee. */
 	grant(&g, 5002, "k1", "quiet");
+	EXPECT_OK(hsm_store_grant_fits(f->s, &g));
 	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL));
 	grant(&g, 5003, "k2", "busy");
+	EXPECT_OK(hsm_store_grant_fits(f->s, &g));
 	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL));
 	/* One retired, one more fits. */
 	grant_id(id, 1100);
 	EXPECT_OK(hsm_store_grant_delete(f->s, "k1", id));
 	grant(&g, 5004, "k1", "busy");
+	EXPECT_OK(hsm_store_grant_fits(f->s, &g));
 	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL));
 	grant(&g, 5005, "k1", "busy");
+	EXPECT_ERR(hsm_store_grant_fits(f->s, &g), HSM_ERR_LIMIT_EXCEEDED);
 	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL), HSM_ERR_LIMIT_EXCEEDED);
 	seen all;
 	size_t pages;
@@ -541,13 +546,19 @@ static void test_grant_limit_per_key(void **state)
 	raw_fill(f, "k1", 0x100000, HSM_MAX_GRANTS_PER_KEY - 1);
 	grant(&g, 1, "k1", "fresh");
 	uint64_t t0 = hsm_mono_ns();
+	EXPECT_OK(hsm_store_grant_fits(f->s, &g));
+	print_message("a check beside %d grants of the key in %.1f ms\n",
+	              HSM_MAX_GRANTS_PER_KEY - 1, (double)(hsm_mono_ns() - t0) / 1e6);
+	t0 = hsm_mono_ns();
 	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL)); /* the 50,000th */
 	print_message("a creation beside %d grants of the key in %.1f ms\n",
 	              HSM_MAX_GRANTS_PER_KEY - 1, (double)(hsm_mono_ns() - t0) / 1e6);
 	grant(&g, 2, "k1", "fresh");
+	EXPECT_ERR(hsm_store_grant_fits(f->s, &g), HSM_ERR_LIMIT_EXCEEDED);
 	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL), HSM_ERR_LIMIT_EXCEEDED);
 	/* Another key is not affected. */
 	grant(&g, 3, "k2", "fresh");
+	EXPECT_OK(hsm_store_grant_fits(f->s, &g));
 	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL));
 	/* A page of the full key costs what it holds, not what the key holds. */
 	seen p = {0};
