@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import time
 
@@ -740,5 +741,54 @@ def test_custodians_without_access_keys_do_not_make_a_quorum():
         assert p.returncode == 2, (p.returncode, p.stderr)
         assert "approval_quorum = 2, but the store has 1 enabled custodian holding an active " \
                "access key" in p.stderr, p.stderr
+    finally:
+        first.cleanup()
+
+
+
+CERT_LIMIT = 100_000  # HSM_MAX_CERTIFICATES
+
+
+def fill_certificates(data_dir, first, n):
+    """n small certificate rows written straight into a stopped node's store (through
+    the API, 100,000 imports would take minutes)."""
+    der = self_signed("filler")
+    db = sqlite3.connect(os.path.join(data_dir, "hsmd.db"), timeout=10)
+    with db:
+        db.executemany("INSERT INTO certificates (cert_id, label, object_id, der, creator, "
+                       "created) VALUES (?, 'filler', X'', ?, 'ops', 1)",
+                       ((f"{i:08x}-0000-4000-8000-000000000000", der)
+                        for i in range(first, first + n)))
+    db.close()
+
+
+def test_an_import_past_the_certificate_limit_opens_no_approval_request():
+    """One below the store's certificate limit the import waits for approval; at the
+    limit it is refused at once, and no approval request is opened for it."""
+    first = start_dev()
+    try:
+        for name in ("alice", "bob"):
+            new_user(first, name, ["custodian"])
+        first.stop()
+        fill_certificates(first.data_dir, 0, CERT_LIMIT - 1)
+        args = ["--dev", "--approval-quorum", "2", "--approval-operations", "ImportCertificate",
+                "--backup-interval-seconds", "0"]
+        body = {"Certificate": b64(self_signed("one-more"))}
+        below = Hsmd(args, env=DEV_ENV, data_dir=first.data_dir)
+        try:
+            waits(below, "ImportCertificate", body)
+            below.stop()
+        finally:
+            below.cleanup()
+        fill_certificates(first.data_dir, CERT_LIMIT - 1, 1)
+        full = Hsmd(args, env=DEV_ENV, data_dir=first.data_dir)
+        try:
+            before = approvals(full)
+            st, out = call(full, "ImportCertificate", body)
+            assert (st, out.get("__type")) == (400, "LimitExceededException"), out
+            assert "100000" in out["message"], out
+            assert approvals(full) == before
+        finally:
+            full.cleanup()
     finally:
         first.cleanup()
