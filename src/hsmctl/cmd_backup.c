@@ -229,6 +229,31 @@ static int unrecorded_backup(const char *cmd, const char *path, const char *why,
 }
 
 /*
+ * --dir names where an operator wants the backup to be: removable media, a
+ * mount.  One that is not there is refused, not made: made, the path of a
+ * medium not mounted would take the backup onto this machine's own disk (and
+ * hide it under the mount once one is there), as hsmd never makes
+ * backup_copy_dir.  The default, DATA_DIR/backups, is the node's own: made.
+ */
+static int out_dir_there(const char *cmd, const char *dir)
+{
+	struct stat sb;
+	int found = stat(dir, &sb);
+	if (found == 0 && S_ISDIR(sb.st_mode))
+		return 0;
+	if (found != 0 && errno != ENOENT) {
+		fprintf(stderr, "hsmctl: %s: cannot use --dir %s: %s\n", cmd, dir, strerror(errno));
+		return 1;
+	}
+	fprintf(stderr,
+	        "hsmctl: %s: --dir %s %s: hsmctl does not make it, so that a backup meant for a "
+	        "medium or mount that is not there does not land on this machine's own disk; "
+	        "mount it (or make the directory), and run again\n",
+	        cmd, dir, found != 0 ? "does not exist" : "is not a directory");
+	return 1;
+}
+
+/*
  * A backup of a stopped node's data directory (right after the key ceremony,
  * before an upgrade): the shares unseal it here, as for `hsmctl key`; the
  * backup goes to --dir (default DATA_DIR/backups) and is audited there.  Its
@@ -241,6 +266,8 @@ static int create_offline(const char *cmd, const backup_opts *o)
 {
 	if (o->n_shares == 0)
 		return hsmctl_usage(cmd, "--data-dir needs the custodians' --share files (a quorum)");
+	if (o->dir != NULL && out_dir_there(cmd, o->dir) != 0)
+		return 1;
 	char dir[4200], path[4200], host[64] = "localhost";
 	snprintf(dir, sizeof(dir), "%s/backups", o->data_dir);
 	(void)gethostname(host, sizeof(host) - 1);

@@ -761,7 +761,8 @@ def test_offline_backup_of_a_stopped_node():
     """Right after the key ceremony (or before an upgrade) a stopped node's data
     directory is backed up with a quorum of shares; the backup is audited in that
     directory and restores a node the custodians can unseal.  A running node's
-    directory is locked, and two shares are not a quorum."""
+    directory is locked, and two shares are not a quorum.  A --dir that is not there
+    (a medium not mounted) is refused, not made on this machine's own disk."""
     base = tempfile.mkdtemp(prefix="hsmd-offline-backup-")
     try:
         data, shares = init_store(base)
@@ -770,6 +771,16 @@ def test_offline_backup_of_a_stopped_node():
         p = hsmctl("backup", "create", "--data-dir", data, "--share", shares["alice"],
                    "--share", shares["bob"])
         assert p.returncode == 1 and "1 more needed" in p.stderr, p.stderr
+        trail = audit_records(data)
+        p = hsmctl("backup", "create", "--data-dir", data, *quorum, "--dir", out)
+        assert p.returncode == 1 and f"--dir {out} does not exist: hsmctl does not make it" \
+            in p.stderr, p.stderr
+        assert not os.path.exists(out) and audit_records(data) == trail
+        open(out, "w").close()
+        p = hsmctl("backup", "create", "--data-dir", data, *quorum, "--dir", out)
+        assert p.returncode == 1 and f"--dir {out} is not a directory" in p.stderr, p.stderr
+        os.unlink(out)
+        os.mkdir(out)  # the medium, mounted
         p = hsmctl("backup", "create", "--data-dir", data, *quorum, "--dir", out)
         assert p.returncode == 0, p.stderr
         made = fields(p.stdout)

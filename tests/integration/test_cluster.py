@@ -1501,6 +1501,7 @@ def test_a_restore_into_the_shared_store_is_recorded_though_hsmctl_was_killed(pg
            "--threshold", "2", "--admin", "ops")
     quorum = ["--share", str(shares / "share-1-of-2.share"),
               "--share", str(shares / "share-2-of-2.share")]
+    (tmp_path / "backups").mkdir()
     p = hsmctl("backup", "create", "--data-dir", str(data), *quorum, "--dir",
                str(tmp_path / "backups"))
     path = dict(l.split(": ", 1) for l in p.stdout.splitlines() if ": " in l)["file"]

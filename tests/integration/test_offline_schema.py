@@ -138,6 +138,7 @@ def test_a_restore_refused_for_its_shared_store_leaves_its_schema(base):
     brought forward."""
     data, shares = init_store(base)
     out = os.path.join(base, "backups")
+    os.mkdir(out)
     p = hsmctl("backup", "create", "--data-dir", data, "--dir", out, *quorum(shares))
     assert p.returncode == 0, p.stderr
     backup = [os.path.join(out, f) for f in os.listdir(out) if f.endswith(".hsmbak")]

@@ -58,6 +58,7 @@ def store(tmp_path_factory):
     shares = sorted(glob.glob(os.path.join(s, "*.share")))[:2]
     quorum = [a for sh in shares for a in ("--share", sh)]
     ctl("key", "create", "--data-dir", d, *quorum, *IDENTITY)
+    (base / "backups").mkdir()
     ctl("backup", "create", "--data-dir", d, *quorum, "--dir", str(base / "backups"))
     backup = glob.glob(str(base / "backups" / "*.hsmbak"))[0]
     altered_backup = str(base / "altered.hsmbak")
@@ -186,6 +187,7 @@ def test_backup_short_of_memory(store, refuse):
     base, written = store["base"] / "backup", []
 
     def argv(at):
+        (base / str(at)).mkdir(parents=True, exist_ok=True)  # the medium, there
         return ["backup", "create", "--data-dir", store["data"], *store["quorum"], "--dir",
                 str(base / str(at))]
 
@@ -255,6 +257,7 @@ def test_backup_of_an_older_store_short_of_memory(store, refuse):
     kept = []
 
     def argv(at):
+        (base / str(at)).mkdir(parents=True, exist_ok=True)  # the medium, there
         return ["backup", "create", "--data-dir", older, *store["quorum"], "--dir",
                 str(base / str(at))]
 

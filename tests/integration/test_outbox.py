@@ -706,6 +706,7 @@ def backup_file(offline_store, tmp_path):
     p = offline_hsmctl("user", "create", "app", "--roles", "crypto-user", "--data-dir", data,
                        *quorum)
     assert p.returncode == 0, p.stderr
+    (tmp_path / "backups").mkdir()
     p = offline_hsmctl("backup", "create", "--data-dir", data, *quorum,
                        "--dir", str(tmp_path / "backups"))
     assert p.returncode == 0, p.stderr
@@ -893,6 +894,7 @@ def test_a_requested_backup_killed_before_its_event_is_recorded_as_its_request()
 
 def test_an_offline_backup_carries_its_request_id_and_leaves_no_row(offline_store, tmp_path):
     data, quorum = offline_store
+    (tmp_path / "backups").mkdir()
     p = offline_hsmctl("backup", "create", "--data-dir", data, *quorum,
                        "--dir", str(tmp_path / "backups"))
     assert p.returncode == 0, p.stderr
@@ -906,6 +908,7 @@ def test_an_offline_backup_killed_before_its_record_is_recorded_next_time(offlin
                                                                           tmp_path):
     data, quorum = offline_store
     backups = tmp_path / "backups"
+    backups.mkdir()
     offline_killed_at('hsmctl_local_audit_fields if $_streq(operation, "Backup")',
                       "backup", "create", "--data-dir", data, *quorum, "--dir", str(backups))
     # The file was written, its record not; the row says a backup was under way, and which.

@@ -318,6 +318,7 @@ def test_interrupted_rekey_leaves_the_old_shares_working(stopped):
 def test_rekey_then_everything_works_with_the_new_shares_only(stopped):
     data, shares, base = stopped["data"], stopped["shares"], stopped["base"]
     # A backup made before the rekey, offline, with the old shares.
+    os.mkdir(os.path.join(base, "pre-rekey-backups"))
     p = hsmctl("backup", "create", "--data-dir", data, *share_args(shares, ["bob", "dave", "erin"]),
                "--dir", os.path.join(base, "pre-rekey-backups"))
     assert p.returncode == 0, p.stderr
