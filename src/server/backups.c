@@ -2,7 +2,8 @@
  * backups.c - the node's backups (backup/backup.h): made by the scheduler
  * thread every backup_interval or on request (HsmdAdmin.CreateBackup), one
  * at a time; copied to backup_copy_dir when one is set; pruned after
- * backup_retention_days in both directories; counted for /metrics and
+ * backup_retention_days in both directories (but not while the wall clock
+ * runs ahead: retention_held); counted for /metrics and
  * audited as a "Backup" event.  A backup made but not copied is a copy
  * failure, not a failed backup: the alerts tell the two apart.  A copy
  * that failed is made later: after each backup, and every BACKUP_RETRY_S
@@ -174,9 +175,33 @@ static void run_end(backup_run *run, bool recorded)
 	run->own = false;
 }
 
+/*
+ * Whether the retention holds: the wall clock has run more than an hour ahead
+ * of the time this node has been up (a bad time server, a reset real-time
+ * clock).  Every backup but the seven newest would look expired, in both
+ * directories, and a deleted backup cannot be had back: nothing is deleted,
+ * as audit retention and the scheduled key work delete nothing, until the
+ * clock agrees again.  Said once when the hold starts and when it ends.
+ */
+static bool retention_held(hsm_server *s)
+{
+	int64_t ahead_ms = s->audit != NULL ? hsm_audit_clock_ahead_ms(s->audit) : 0;
+	bool held = ahead_ms > HSM_AUDIT_CLOCK_AHEAD_MS;
+	if (held && !s->backup_retention_held)
+		hsm_warn("backup retention holds: the wall clock is %lld s ahead of the time hsmd has "
+		         "run; no backup is deleted until it agrees again (check the clock)",
+		         (long long)(ahead_ms / 1000));
+	else if (!held && s->backup_retention_held)
+		hsm_info("backup retention runs again: the wall clock agrees with the time elapsed");
+	s->backup_retention_held = held;
+	return held;
+}
+
 /* Deletes expired backups in dir, naming them in names; false if some could not be. */
 static bool prune(hsm_server *s, const char *dir, const char *store_id, hsm_buf *names)
 {
+	if (retention_held(s))
+		return true; /* deleting nothing is no failure */
 	size_t removed = 0;
 	hsm_result r =
 	    hsm_backup_prune(dir, store_id, s->opt.backup_retention_days, hsm_now(),

@@ -1602,7 +1602,8 @@ hsm_result hsm_server_render_metrics(hsm_server *s, hsm_buf *out)
 	    "first 8192 bytes.\n"
 	    "# TYPE hsmd_audit_syslog_cut_total counter\nhsmd_audit_syslog_cut_total %llu\n"
 	    "# HELP hsmd_scheduler_clock_held 1 while the wall clock runs more than an hour ahead "
-	    "of the time hsmd has run: no key is destroyed, expired or rotated meanwhile.\n"
+	    "of the time hsmd has run: no key is destroyed, expired or rotated, and no backup "
+	    "deleted, meanwhile.\n"
 	    "# TYPE hsmd_scheduler_clock_held gauge\nhsmd_scheduler_clock_held %d\n",
 	    (unsigned long long)as.syslog_dropped, (unsigned long long)as.syslog_cut,
 	    (int)atomic_load(&s->scheduler_clock_held)));

@@ -92,8 +92,10 @@ def test_audit_retention_holds_when_the_clock_jumps_ahead(clockshift, tmp_path):
 
 
 def test_each_backup_the_retention_deletes_is_audited(clockshift, tmp_path):
+    # Time that passes (a wall clock stepped ahead holds the retention: below).
     server, clock = start_shifted(clockshift, tmp_path, ["--backup-retention-days", "1",
-                                                   "--backup-interval-seconds", "86400"])
+                                                   "--backup-interval-seconds", "86400"],
+                                  elapsed=True)
     try:
         for _ in range(16):  # more names than one audit field would hold
             admin(server, "CreateBackup", {})
@@ -116,6 +118,45 @@ def test_each_backup_the_retention_deletes_is_audited(clockshift, tmp_path):
         assert len(events) == len(names) == want, (events, before)
         assert all(r["extra"]["dir"] == "backup_dir" for r in events)
         assert names <= before and not names & backups(), (names, before)
+    finally:
+        server.cleanup()
+
+
+def test_a_clock_stepped_ahead_deletes_no_backup(clockshift, tmp_path):
+    """The wall clock stepped two days ahead of the time hsmd has run: every backup but the
+    seven newest would look expired, here and in backup_copy_dir, and a deleted backup
+    cannot be had back.  The retention holds, as audit retention and the key work do; the
+    backup that falls due is still made, and the log says why nothing was deleted."""
+    copy_dir = tmp_path / "dr"
+    copy_dir.mkdir()
+    server, clock = start_shifted(clockshift, tmp_path, ["--backup-retention-days", "1",
+                                                   "--backup-interval-seconds", "86400",
+                                                   "--backup-copy-dir", str(copy_dir)])
+    try:
+        for _ in range(9):
+            admin(server, "CreateBackup", {})
+        backup_dir = os.path.join(server.data_dir, "backups")
+
+        def backups(d):
+            return {os.path.basename(p) for p in glob.glob(os.path.join(str(d), "*.hsmbak"))}
+        before = backups(backup_dir)
+        assert len(before) >= 9 and backups(copy_dir) == before
+
+        def scheduled():
+            return [r for r in audit_records(server.data_dir)
+                    if r.get("op") == "Backup" and r["extra"].get("trigger") == "scheduled"]
+        runs = len(scheduled())  # the one made at start, if it was due
+        clock.set(2 * 86400)
+        # The daily backup is due by the stepped clock; its event comes after its retention.
+        assert eventually(lambda: len(scheduled()) > runs, 30), scheduled()
+        assert scheduled()[-1]["outcome"] == "success", scheduled()
+        assert not [r for r in audit_records(server.data_dir) if r.get("op") == "BackupExpired"]
+        assert backups(backup_dir) > before and backups(copy_dir) > before
+        assert gauge(server, "hsmd_scheduler_clock_held") == 1
+        assert "backup retention holds: the wall clock is" in server.read_log()
+        assert gauge(server, "hsmd_backups_expired_total") == 0
+        assert gauge(server, "hsmd_backup_failures_total") == 0
+        assert gauge(server, "hsmd_backup_copy_failures_total") == 0
     finally:
         server.cleanup()
 
