@@ -93,6 +93,36 @@ hsm_result hsm_server_usable_dir(const char *setting, const char *dir, bool crea
 	return HSM_SUCCESS;
 }
 
+/* Whether dir is a mount point: its file system is not its parent's. */
+static bool is_mount_point(const char *dir)
+{
+	char parent[4096 + 4];
+	struct stat st, up;
+	if ((size_t)snprintf(parent, sizeof(parent), "%s/..", dir) >= sizeof(parent))
+		return false;
+	return stat(dir, &st) == 0 && stat(parent, &up) == 0 && st.st_dev != up.st_dev;
+}
+
+/*
+ * A copy directory that was a mount point at start and is none now lost its
+ * mount (unmounted, or taken away with its network): what is left there is a
+ * directory of the file system below, this machine's own disk most likely,
+ * where a copy would read as made.  A copy directory missing at start stops
+ * the start (hsm_server_usable_dir), and one inside a mount goes with it
+ * (hsm_copy_file_into says so): only the mount point itself stays behind.
+ */
+static hsm_result copy_dir_mounted(const hsm_server *s)
+{
+	struct stat st;
+	if (!s->backup_copy_mounted || stat(s->backup_copy_dir, &st) != 0)
+		return HSM_SUCCESS; /* not one, or gone: the copy says what it finds */
+	HSM_ENSURE(is_mount_point(s->backup_copy_dir), HSM_ERR_IO,
+	           "backup_copy_dir %s was a mount point when hsmd started and is none now (its "
+	           "file system unmounted?): no copy is put on the disk below it",
+	           s->backup_copy_dir);
+	return HSM_SUCCESS;
+}
+
 hsm_result hsm_server_backup_dirs_check(hsm_server *s)
 {
 	HSM_GUARD(hsm_server_blame(s, "backup_dir",
@@ -104,6 +134,7 @@ hsm_result hsm_server_backup_dirs_check(hsm_server *s)
 		                           hsm_server_distinct_copy_dir(s->backup_dir, "backup directory",
 		                                                        "backup_copy_dir",
 		                                                        s->backup_copy_dir)));
+		s->backup_copy_mounted = is_mount_point(s->backup_copy_dir);
 	}
 	return HSM_SUCCESS;
 }
@@ -221,12 +252,14 @@ static bool copy_backup(hsm_server *s, const char *path, const char *store_id, c
                         size_t cap, hsm_buf *expired)
 {
 	bool ok = true;
-	if (hsm_failed(hsm_backup_copy(path, s->backup_copy_dir))) {
+	hsm_result there = copy_dir_mounted(s);
+	if (hsm_failed(hsm_ok(there) ? hsm_backup_copy(path, s->backup_copy_dir) : there)) {
 		snprintf(why, cap, "%s", hsm_last_message());
 		hsm_log_failure("copying a backup to backup_copy_dir");
 		ok = false;
 	}
-	if (!prune(s, s->backup_copy_dir, store_id, expired) && ok) {
+	/* Its mount gone, the directory below is not the one to prune. */
+	if (hsm_ok(there) && !prune(s, s->backup_copy_dir, store_id, expired) && ok) {
 		snprintf(why, cap, "expired backups in backup_copy_dir could not be deleted");
 		ok = false;
 	}
@@ -267,7 +300,9 @@ static hsm_result copy_if_missing(const char *path, const hsm_backup_info *info,
 		c->missing++;
 		return HSM_SUCCESS; /* no file touched: nothing to record */
 	}
-	r = hsm_backup_copy(path, s->backup_copy_dir);
+	r = copy_dir_mounted(s);
+	if (hsm_ok(r))
+		r = hsm_backup_copy(path, s->backup_copy_dir);
 	if (hsm_failed(r)) {
 		snprintf(why, sizeof(why), "%s", hsm_last_message());
 		hsm_log_failure("copying an earlier backup to backup_copy_dir");

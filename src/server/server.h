@@ -193,6 +193,7 @@ typedef struct hsm_server {
 	atomic_int_fast64_t backup_copies_missing;
 	atomic_int_fast64_t backup_copy_next_try; /* when missing copies are tried again */
 	bool backup_retention_held; /* under backup_lock: held for a clock run ahead (logged once) */
+	bool backup_copy_mounted;   /* backup_copy_dir was a mount point at start (backups.c) */
 	int64_t started;
 	/* Earliest notAfter of tls_cert's chain and of tls_client_ca's bundle as last loaded
 	 * (at start, or by a reload); 0: not set. */

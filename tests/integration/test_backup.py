@@ -599,6 +599,41 @@ def test_a_failed_copy_is_a_copy_failure_not_a_failed_backup():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def test_a_copy_dir_whose_mount_went_away_is_a_failed_copy():
+    """backup_copy_dir is the mount point of the disaster-recovery file system (here a
+    tmpfs).  Unmounted while the node runs, what is left is an empty directory on the
+    node's own disk, where a copy would read as made: it is a failed copy, counted and
+    audited, and nothing is written below the mount.  Mounted again, the copies that
+    failed are made there."""
+    from test_audit_server import mount_tmpfs
+    tmp = tempfile.mkdtemp(prefix="hsmd-drmount-")
+    mnt = os.path.join(tmp, "dr")
+    mount_tmpfs(mnt, "4m")
+    server = start_dev(["--backup-interval-seconds", "0", "--backup-copy-dir", mnt])
+    try:
+        first = admin(server, "CreateBackup")
+        assert first["Copied"] is True and os.listdir(mnt) == [first["File"]]
+        subprocess.run(["umount", mnt], check=True)
+        made = admin(server, "CreateBackup")
+        assert made["Copied"] is False and os.listdir(mnt) == []
+        assert metric(server, "hsmd_backup_copy_failures_total") == 1
+        assert metric(server, "hsmd_backups_created_total") == 2
+        assert metric(server, "hsmd_backup_failures_total") == 0
+        assert metric(server, "hsmd_backup_copies_missing") == 2
+        ev = backup_events(server, 2)
+        assert ev[1]["extra"]["copy"] == "failed", ev
+        assert f"backup_copy_dir {mnt} was a mount point when hsmd started and is none now" \
+            in ev[1]["extra"]["copy_error"], ev
+        mount_tmpfs(mnt, "4m")  # back: a file system again, though not the same one
+        again = admin(server, "CreateBackup")
+        assert again["Copied"] is True
+        assert set(os.listdir(mnt)) == {first["File"], made["File"], again["File"]}
+        assert metric(server, "hsmd_backup_copies_missing") == 0
+    finally:
+        server.cleanup()
+        subprocess.run(["umount", mnt], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
 def test_a_copy_that_failed_is_made_by_the_scheduler():
     """A copy that failed is not forgotten: the node looks for missing copies when it
     starts (and every 5 minutes while one is missing) and makes them, without waiting for
