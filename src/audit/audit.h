@@ -429,10 +429,14 @@ typedef struct hsm_audit_verify_report {
 	uint64_t lost_first, lost_last, lost_seq;
 	bool lost_present;
 	/* Every loss hsmd recorded so, in the trail's order (lost[0] is the one
-	 * above): the first four of n_lost. */
+	 * above): the first four of n_lost.  again_first to again_last (0: none):
+	 * records not yet synced when the file went, which are in it put back and,
+	 * the same bytes, at the start of the next file (hsmd wrote them again):
+	 * read once. */
 	struct {
 		uint64_t first, last, seq;
 		bool present;
+		uint64_t again_first, again_last;
 	} lost[4];
 	size_t n_lost;
 	/* Bytes hsmd found in its live file that it had not written, kept aside

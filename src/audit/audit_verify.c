@@ -843,6 +843,7 @@ static bool open_pending(vreader *r, vstate *s, const ventry *e, bool linked,
 	s->pend_have_p = s->have_p;
 	s->pend_p_seq = s->have_p ? vstate_back(s, 0)->seq : 0;
 	s->pend_at = *e;
+	s->pend_again_first = s->pend_again_last = 0;
 	return true;
 }
 
@@ -872,6 +873,8 @@ static void note_loss(vstate *s, const ventry *x, hsm_audit_verify_report *rep)
 		rep->lost[k].last = x->lost_last;
 		rep->lost[k].seq = x->seq;
 		rep->lost[k].present = s->pend_linked;
+		rep->lost[k].again_first = s->pend_again_first;
+		rep->lost[k].again_last = s->pend_again_last;
 	}
 	/* Put back: nothing is missing.  A gap at the start of the log is the start's to
 	 * judge (check_start). */
@@ -918,6 +921,89 @@ static bool follow_pending(vstate *s, const ventry *e, hsm_audit_verify_report *
 		return drop_pending(s, rep);
 	note_loss(s, e, rep);
 	return true;
+}
+
+/*
+ * e, the first record of a file, may begin records the node wrote again
+ * (vstate, again): its seq is one of the file before, after that file's
+ * first, and that file, whose last record p is no rotation checkpoint (a file
+ * hsmd closed is no live file it lost), was put back; the file's name says
+ * where it begins, and no other file start is pending.
+ */
+static bool again_candidate(vreader *r, const vstate *s, const ventry *e)
+{
+	if (s->pend || !s->have_p || !e->first_in_file || e->kind != VE_RECORD || e->genesis)
+		return false;
+	const ventry *p = vstate_back(s, 0);
+	hsm_audit_verify_report scratch = {0};
+	return !(p->ckpt && strcmp(p->reason, "rotate") == 0) && e->seq > s->file_first &&
+	       e->seq <= p->seq && check_file_edges(r, e, &scratch);
+}
+
+/* The records written again do not all repeat what was read: the usual verdict stands. */
+static bool again_fails(vstate *s, hsm_audit_verify_report *rep)
+{
+	s->again = false;
+	s->again_done = false;
+	*rep = s->again_verdict;
+	return false;
+}
+
+/*
+ * e, read again, chains from again_at.  Once it has the seq of p, the last
+ * record read, it must be p byte for byte; then they were all read already,
+ * and the file start is pending as a file put back (follow_pending): the
+ * node's AuditRecordsLost must name the records up to again_at's seq - 1,
+ * those it had synced into the file it lost.
+ */
+static bool again_step(vstate *s, const ventry *e, hsm_audit_verify_report *rep)
+{
+	const ventry *p = vstate_back(s, 0);
+	s->again_last = *e;
+	if (e->seq < p->seq)
+		return true;
+	if (e->seq != p->seq || !hsm_ct_equal(e->hash, p->hash, AUDIT_HASH_LEN))
+		return again_fails(s, rep);
+	s->again = false;
+	s->again_done = true;
+	s->pend = true;
+	s->pend_fails = true;
+	s->pend_verdict = s->again_verdict;
+	s->pend_linked = true;
+	s->pend_have_p = true;
+	s->pend_p_seq = s->again_at.seq - 1;
+	s->pend_at = s->again_at;
+	s->pend_again_first = s->again_at.seq;
+	s->pend_again_last = p->seq;
+	s->file_first = s->again_at.seq;
+	return true;
+}
+
+/* e starts records written again (again_candidate); the usual verdict on it is kept aside. */
+static bool open_again(vreader *r, vstate *s, const ventry *e, hsm_audit_verify_report *rep)
+{
+	s->again_verdict = *rep;
+	/* The file before ends without its rotation checkpoint: truncated, as the usual rules
+	 * find it here. */
+	(void)check_file_end(r, s, e, &s->again_verdict);
+	s->again = true;
+	s->again_at = *e;
+	return again_step(s, e, rep);
+}
+
+/* e follows records written again: the next of them, or (again_done) the first after. */
+static bool follow_again(vstate *s, const ventry *e, hsm_audit_verify_report *rep)
+{
+	const ventry *last = s->again_done ? vstate_back(s, 0) : &s->again_last;
+	bool chained = e->kind == VE_RECORD && e->file == s->again_at.file &&
+	               e->seq == last->seq + 1 && hsm_ct_equal(e->prev, last->hash, AUDIT_HASH_LEN);
+	if (!chained)
+		return again_fails(s, rep);
+	if (s->again_done) {
+		s->again_done = false;
+		return true;
+	}
+	return again_step(s, e, rep);
 }
 
 /*
@@ -1009,6 +1095,15 @@ static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, const hsm_audit_ve
                         hsm_audit_verify_report *rep)
 {
 	const ventry *e = vreader_peek(r, 0);
+	/* Records the node wrote again are read once (vstate, again), and the record after
+	 * them goes on from the last: if not, the verdict is the usual one at their start. */
+	bool resumed = s->again_done;
+	if (s->again || s->again_done) {
+		if (!follow_again(s, e, rep))
+			return false;
+		if (!resumed)
+			return true;
+	}
 	/*
 	 * A live log read while hsmd writes a batch: the newest file may end in the
 	 * first part of a line (its size grows a page at a time under the write).
@@ -1046,10 +1141,14 @@ static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, const hsm_audit_ve
 	}
 	if (s->pend && !follow_pending(s, e, rep))
 		return false;
-	bool linked = false, lost = !s->pend && loss_candidate(s, e, &linked);
+	if (!resumed && again_candidate(r, s, e))
+		return open_again(r, s, e, rep);
+	bool linked = false, lost = !s->pend && !resumed && loss_candidate(s, e, &linked);
 	if (lost && !open_pending(r, s, e, linked, rep))
 		return false;
-	if ((!lost && (!check_file_end(r, s, e, rep) || !verify_rules_check(r, s, rep))) ||
+	/* After records written again, the file's next record continues the one before. */
+	if ((!lost && ((!resumed && !check_file_end(r, s, e, rep)) ||
+	               !verify_rules_check(r, s, rep))) ||
 	    !check_file_edges(r, e, rep))
 		return false;
 	if (e->ckpt && !e->canonical) {
@@ -1098,6 +1197,8 @@ static bool check_entry(vreader *r, vstate *s, EVP_PKEY *pub, const hsm_audit_ve
 	rep->records++;
 	rep->last_seq = e->seq;
 	memcpy(rep->last_hash, e->hash, sizeof(rep->last_hash));
+	if (e->first_in_file)
+		s->file_first = e->seq;
 	vstate_push(s, e);
 	return true;
 }
@@ -1268,6 +1369,9 @@ static hsm_result run(vreader *r, const hsm_audit_verify_options *opts,
 			vreader_pop(r);
 	}
 	HSM_TRY(r->io);
+	/* Records written again that the log ends among are not read once: the usual verdict. */
+	if (ok && (s->again || s->again_done))
+		ok = again_fails(s, rep);
 	/* A file start no AuditRecordsLost settled is judged as the usual rules judged it:
 	 * it came before whatever stopped the walk, or the log ended first. */
 	if (s->pend)

@@ -144,6 +144,27 @@ typedef struct vstate {
 	ventry pend_at;
 	uint64_t pend_p_seq;  /* the last record before pend_at, when pend_have_p */
 	hsm_audit_verify_report pend_verdict;
+	/* Records hsmd wrote again into the pending file start (again_first to again_last,
+	 * below), or 0: none. */
+	uint64_t pend_again_first, pend_again_last;
+	/*
+	 * A file that begins with records the node wrote again: its live file was
+	 * replaced by a copy of itself (sed -i; cp, then mv) while records written
+	 * into it waited for their fsync, so the copy holds them too.  hsmd cannot
+	 * know that copy will stay: it goes on in a new file, writes them there
+	 * again first, then records the loss (docs/audit.md, "Files").  Put back,
+	 * the file before ends with them, without its rotation checkpoint.  From
+	 * again_at (the file's first record) each must chain to the one before it
+	 * (again_last) up to the last record read (the copy's last), and be that
+	 * record byte for byte (the same SHA-256): then by the chain each is the
+	 * record of its seq already read, and is not read twice.  Anything else,
+	 * and the usual rules' verdict at again_at (again_verdict) stands.
+	 * again_done: the record after them comes next; it must chain to the last.
+	 */
+	bool again, again_done;
+	ventry again_at, again_last;
+	hsm_audit_verify_report again_verdict;
+	uint64_t file_first; /* the first seq of the file of the last record accepted */
 	/* The last checkpoint that is signed (verified with a key; said so without): the
 	 * records after it are unsigned until the next one. 0: none yet. */
 	uint64_t last_signed_seq;

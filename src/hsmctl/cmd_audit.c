@@ -59,14 +59,22 @@ static void print_summary(const hsm_audit_verify_report *r)
 		printf("unsigned at write: %zu more runs like these\n", r->n_unsigned_at_write - shown);
 	/* Every loss recorded, as the verdict names every range still missing. */
 	size_t lost_shown = sizeof(r->lost) / sizeof(r->lost[0]);
-	for (size_t i = 0; i < r->n_lost && i < lost_shown; i++)
+	for (size_t i = 0; i < r->n_lost && i < lost_shown; i++) {
 		printf("note: hsmd recorded records %llu to %llu as lost with its live file "
-		       "(AuditRecordsLost, seq %llu)%s\n",
+		       "(AuditRecordsLost, seq %llu)",
 		       (unsigned long long)r->lost[i].first, (unsigned long long)r->lost[i].last,
-		       (unsigned long long)r->lost[i].seq,
-		       r->lost[i].present ? ": they are all here (the file was put back) and the "
-		                            "next file chains to them"
-		                          : "");
+		       (unsigned long long)r->lost[i].seq);
+		if (r->lost[i].present && r->lost[i].again_last != 0)
+			printf(": they are all here (the file was put back); records %llu to %llu, not "
+			       "yet synced when it went, are in it and again at the start of the next "
+			       "file, the same bytes: counted once, and the next file goes on from them",
+			       (unsigned long long)r->lost[i].again_first,
+			       (unsigned long long)r->lost[i].again_last);
+		else if (r->lost[i].present)
+			printf(": they are all here (the file was put back) and the next file chains to "
+			       "them");
+		printf("\n");
+	}
 	if (r->n_lost > lost_shown)
 		printf("note: hsmd recorded %zu more losses like these\n", r->n_lost - lost_shown);
 	/* Bytes cut from the live file are no part of the chain: a note, never the verdict. */

@@ -163,6 +163,73 @@ def test_a_live_file_moved_away_is_recorded_once_and_verifies_put_back(tmp_path)
         server.cleanup()
 
 
+def signer_checkpoint(data_dir):
+    return [r for r in audit_records(data_dir)
+            if r["type"] == "checkpoint" and r["checkpoint"]["reason"] == "signer"]
+
+
+def test_a_live_file_replaced_by_its_copy_under_unsynced_records_verifies(tmp_path):
+    """The live file is replaced by a copy of itself (as `sed -i`, or `cp` then `mv`, do)
+    while records written into it wait for their fsync.  The copy holds them, but hsmd
+    cannot know it will stay: it writes them again at the start of its new file, then
+    records the loss of the synced ones.  With the copy in place the trail verifies: the
+    loss noted as put back, the records in both files (the same bytes) counted once."""
+    # A long fsync wait: the records below stay unsynced until the file is replaced.
+    server = start_dev(["--backup-interval-seconds", "0", "--audit-fsync-ms", "10000",
+                        "--audit-fsync-max-lag-ms", "20000"])
+    data = server.data_dir
+    try:
+        # Written and synced at once, as every checkpoint: what came before it is durable.
+        assert eventually(lambda: signer_checkpoint(data), 25), server.read_log()
+        started = time.monotonic()
+        pem = audit_pem(server, str(tmp_path))
+        for i in range(5):
+            admin(server, "AuditHash", {"Value": f"r{i}"})
+        (live,) = audit_files(data)
+        with open(live, "rb") as f:
+            before = f.read()
+        copy = live + ".new"
+        with open(copy, "wb") as f:
+            f.write(before)
+        os.chmod(copy, 0o600)
+        os.replace(copy, live)
+        assert time.monotonic() - started < 8, "too slow to stay within one fsync wait"
+        not_answered(server, {"Value": "after"})
+        assert eventually(lambda: lost_events(data), 25), server.read_log()
+        assert eventually(lambda: lost_checkpoint_after(data, lost_events(data)[0]), 10)
+        serves_again(server)
+
+        put_back, new = audit_files(data)
+        assert put_back == live
+        with open(live, "rb") as f:
+            assert f.read() == before, "hsmd wrote into the copy put in its place"
+        first_new, last_copied = seqs_of(new)[0], seqs_of(live)[-1]
+        assert first_new <= last_copied, "no record waited for its fsync: none is in both files"
+        repeated = before.splitlines(keepends=True)[first_new - 1:]
+        with open(new, "rb") as f:
+            assert f.read().splitlines(keepends=True)[:len(repeated)] == repeated
+        (lost,) = lost_events(data)
+        assert lost["extra"] == {"first_seq": "1", "last_seq": str(first_new - 1)}, lost
+        seqs = sorted(set(s for path in audit_files(data) for s in seqs_of(path)))
+        assert seqs == list(range(1, seqs[-1] + 1))
+
+        note = (f"note: hsmd recorded records 1 to {first_new - 1} as lost with its live file "
+                f"(AuditRecordsLost, seq {lost['seq']}): they are all here (the file was put "
+                f"back)")
+        twice = (f"records {first_new} to {last_copied}, not yet synced when it went, are in "
+                 f"it and again at the start of the next file, the same bytes: counted once")
+        res = verify(server, pubkey=pem, live=True)
+        assert res.returncode == 0 and "result: VALID" in res.stdout, res.stdout
+        assert note in res.stdout and twice in res.stdout, res.stdout
+        assert f"records: {len(seqs)} (seq 1 to {seqs[-1]})" in res.stdout, res.stdout
+        server.stop()
+        res = verify(server, pubkey=pem)
+        assert res.returncode == 0 and "result: VALID" in res.stdout, res.stdout
+        assert note in res.stdout and twice in res.stdout, res.stdout
+    finally:
+        server.cleanup()
+
+
 def test_a_cut_under_many_unsynced_records_is_still_the_loss_recorded(tmp_path):
     """The live file is cut while more records wait for their fsync than verify looks
     ahead of a record (64): hsmd writes them all into the new file before the

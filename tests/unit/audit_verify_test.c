@@ -1779,6 +1779,182 @@ static void test_every_recorded_loss_is_named(void **state)
 	free(f3);
 }
 
+/* ---- A live file replaced by a copy of itself, put back --------------------- */
+
+static const char *const AGAIN_NAME = "audit-00000000000000000121.jsonl";
+
+/* The copy put back: fx's records 1 to `last`, ending without a rotation checkpoint. */
+static size_t put_back_len(uint64_t last)
+{
+	return fx.off[last];
+}
+
+/*
+ * The next file as hsmd writes it when its live file (records 1 to 150) was
+ * replaced by a copy of itself while records 121 to 150 waited for their
+ * fsync: those again, byte for byte, then its AuditRecordsLost (seq 151)
+ * naming lo..hi (lost 0: none), then the records after, rechained.
+ */
+static char *written_again(uint64_t lo, uint64_t hi, size_t lost, size_t *len)
+{
+	return loss_stretch(120, 600, lost, lo, hi, NULL, len);
+}
+
+static hsm_audit_verify_report verify_again(const char *a, size_t a_len, const char *name,
+                                            const char *b, size_t b_len)
+{
+	const char *names[2] = {NAME, name};
+	const char *p[2] = {a, b};
+	size_t lens[2] = {a_len, b_len};
+	return verify_files_open(names, p, lens, 2);
+}
+
+/* The verdict without records written again: the copy put back ends without its rotation
+ * checkpoint, at seq `last`, and nothing after it was read. */
+static void expect_copy_truncated(hsm_audit_verify_report r, uint64_t last)
+{
+	if (r.valid || r.problem != HSM_AUDIT_TRUNCATED || r.seq != last)
+		print_message("expected the copy truncated at %llu, got %s at seq %llu: %s\n",
+		              (unsigned long long)last, hsm_audit_problem_name(r.problem),
+		              (unsigned long long)r.seq, r.detail);
+	assert_false(r.valid);
+	assert_int_equal(r.problem, HSM_AUDIT_TRUNCATED);
+	assert_int_equal(r.seq, last);
+	assert_string_equal(r.file, NAME);
+	assert_int_equal(r.records, last);
+	assert_int_equal(r.lost_seq, 0);
+}
+
+/*
+ * The copy put back holds records 121 to 150, which the next file begins
+ * with too (hsmd wrote them again, not knowing the copy would stay): each is
+ * read once, the loss noted as put back, and the records after verified.
+ * However many (here also 21 to 150, more than the rules look ahead).
+ */
+static void test_records_written_again_after_a_copy_put_back_are_read_once(void **state)
+{
+	(void)state;
+	size_t n = 0;
+	char *b = written_again(1, 120, 30, &n);
+	hsm_audit_verify_report r = verify_again(fx.data, put_back_len(150), AGAIN_NAME, b, n);
+	if (!r.valid)
+		print_message("records written again: %s\n", r.detail);
+	assert_true(r.valid);
+	assert_int_equal(r.records, 600);
+	assert_int_equal(r.first_seq, 1);
+	assert_int_equal(r.last_seq, 600);
+	assert_int_equal(r.n_lost, 1);
+	assert_int_equal(r.lost[0].first, 1);
+	assert_int_equal(r.lost[0].last, 120);
+	assert_int_equal(r.lost[0].seq, 151);
+	assert_true(r.lost[0].present && r.lost_present);
+	assert_int_equal(r.lost[0].again_first, 121);
+	assert_int_equal(r.lost[0].again_last, 150);
+	free(b);
+
+	b = loss_stretch(20, 600, 130, 1, 20, NULL, &n);
+	r = verify_again(fx.data, put_back_len(150), "audit-00000000000000000021.jsonl", b, n);
+	assert_true(r.valid);
+	assert_int_equal(r.records, 600);
+	assert_int_equal(r.lost[0].again_first, 21);
+	assert_int_equal(r.lost[0].again_last, 150);
+	free(b);
+}
+
+/* Line i (0-based) of s removed; *len less its bytes. */
+static void drop_line(char *s, size_t *len, size_t i)
+{
+	size_t from = line_off(s, i), to = line_off(s, i + 1);
+	memmove(s + from, s + to, *len - to);
+	*len -= to - from;
+}
+
+/*
+ * Only records that repeat the copy's last ones byte for byte, up to its
+ * end, in a file that follows one ending without its rotation checkpoint,
+ * and followed by the node's record of the loss, are read once.  Whatever
+ * else comes is judged as before: the copy ends truncated (or the repeat is
+ * a second copy of a record), so nothing can be altered, dropped, reordered
+ * or hidden behind records written again.
+ */
+static void test_records_written_again_are_judged_as_before_otherwise(void **state)
+{
+	(void)state;
+	size_t n = 0, a_len = put_back_len(150);
+	char *b = written_again(1, 120, 30, &n);
+
+	/* A byte changed in a record written again (the rest rechained): it is no repeat. */
+	for (size_t i = 0; i < 2; i++) {
+		size_t at = i == 0 ? 14 : 29; /* seq 135; the last, seq 150 */
+		char *c = malloc(n + 1);
+		assert_non_null(c);
+		memcpy(c, b, n);
+		char *id = strstr(line_at(c, at), "req-");
+		assert_non_null(id);
+		id[3] = 'Q';
+		char *fixed = rechain(c, n, at + 1);
+		expect_copy_truncated(verify_again(fx.data, a_len, AGAIN_NAME, fixed, n), 150);
+		free(fixed);
+		free(c);
+	}
+	/* A record left out of them (seq 135): the rest no longer chain. */
+	char *c = malloc(n + 1);
+	assert_non_null(c);
+	memcpy(c, b, n);
+	size_t c_len = n;
+	drop_line(c, &c_len, 14);
+	expect_copy_truncated(verify_again(fx.data, a_len, AGAIN_NAME, c, c_len), 150);
+	free(c);
+
+	/* They stop short of the copy's end (its 151 to 160 are not the next file's). */
+	expect_copy_truncated(verify_again(fx.data, put_back_len(160), AGAIN_NAME, b, n), 160);
+	/* The next file ends among them (a live trail read while hsmd writes them). */
+	expect_copy_truncated(verify_again(fx.data, a_len, AGAIN_NAME, b, line_off(b, 20)), 150);
+	/* Its name says it begins elsewhere. */
+	expect_copy_truncated(verify_again(fx.data, a_len, "audit-00000000000000000151.jsonl", b, n),
+	                      150);
+
+	/* The record after them does not chain to the last. */
+	c = malloc(n + 1);
+	assert_non_null(c);
+	memcpy(c, b, n);
+	char *prev = strstr(line_at(c, 30), "\"prev\":\"");
+	assert_non_null(prev);
+	prev[8] = prev[8] == '0' ? '1' : '0';
+	expect_copy_truncated(verify_again(fx.data, a_len, AGAIN_NAME, c, n), 150);
+	free(c);
+
+	/* No AuditRecordsLost, or one naming another range than the records before them. */
+	free(b);
+	for (int named = 0; named < 3; named++) {
+		uint64_t hi = named == 2 ? 150 : 119;
+		b = written_again(1, hi, named ? 30 : 0, &n);
+		expect_copy_truncated(verify_again(fx.data, a_len, AGAIN_NAME, b, n), 150);
+		free(b);
+	}
+
+	/* The same records in one file: a second copy, as ever. */
+	b = written_again(1, 120, 30, &n);
+	char *one = malloc(a_len + n + 1);
+	assert_non_null(one);
+	memcpy(one, fx.data, a_len);
+	memcpy(one + a_len, b, n);
+	hsm_audit_verify_report r = verify_again(one, a_len + n, AGAIN_NAME, "", 0);
+	expect_bad(r, HSM_AUDIT_INSERTED, 151);
+	assert_string_equal(r.file, NAME);
+	free(one);
+	free(b);
+
+	/* After a rotation checkpoint: the file was closed, not lost (seq 150, rotate). */
+	static const size_t rot[2] = {149, 0};
+	char *s = loss_stretch(0, 600, 150, 1, 120, rot, &n);
+	size_t end = line_off(s, 150), start = line_off(s, 120);
+	r = verify_again(s, end, AGAIN_NAME, s + start, n - start);
+	expect_bad(r, HSM_AUDIT_INSERTED, 1);
+	assert_string_equal(r.file, AGAIN_NAME);
+	free(s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1811,6 +1987,8 @@ int main(void)
 	    cmocka_unit_test(test_every_recorded_loss_is_named),
 	    cmocka_unit_test(test_a_torn_line_before_the_last_file_is_reported),
 	    cmocka_unit_test(test_a_restart_must_name_the_unsigned_tail_it_found),
+	    cmocka_unit_test(test_records_written_again_after_a_copy_put_back_are_read_once),
+	    cmocka_unit_test(test_records_written_again_are_judged_as_before_otherwise),
 	};
 	return cmocka_run_group_tests(tests, build_log, free_log);
 }
