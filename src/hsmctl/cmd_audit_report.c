@@ -651,32 +651,64 @@ static int by_name(const void *a, const void *b)
  * what is counted is tied to what was verified: each line read must chain
  * to the one before it, and the last one counted (seq last_seq; later ones
  * were appended since) must hash to the head verify reported.  A file
- * changed between the two readings is refused, not counted.
+ * changed between the two readings is refused, not counted.  A file that
+ * begins with records its node wrote again (its live file, replaced by a copy
+ * of itself while they waited for their fsync, put back: docs/audit.md,
+ * "Files") holds records verify read once: they are passed over as it passed
+ * them, each chained to the one before and the last the last record counted,
+ * byte for byte.
  */
 typedef struct chain_walk {
 	uint8_t prev[32];
 	bool have_prev, done;
+	uint64_t seq; /* of the last record counted */
+	bool again;   /* passing over records written again; the last of them: */
+	uint8_t again_prev[32];
+	uint64_t again_seq;
 } chain_walk;
 
+#define CHANGED_AFTER_VERIFY                                                                  \
+	"%s changed after it was verified (a record no longer chains to the one before it): no " \
+	"report is made"
+
+/* *counted: the line is a record to count (not one written again). */
 static hsm_result chain_line(chain_walk *w, const char *path, const char *line, size_t len,
-                             json_t *rec, const hsm_audit_verify_report *v)
+                             bool starts_file, json_t *rec, const hsm_audit_verify_report *v,
+                             bool *counted)
 {
 	uint8_t h[32], named[32];
 	HSM_ENSURE(EVP_Digest(line, len, h, NULL, EVP_sha256(), NULL) == 1,
 	           hsm_nomem_or(HSM_ERR_CRYPTO), "SHA-256 failed");
 	const char *prev = json_string_value(json_object_get(rec, "prev"));
-	bool linked = !w->have_prev ||
-	              (prev != NULL && hsm_ok(hsm_hex_decode_exact(named, sizeof(named), prev, 64,
-	                                                           HSM_ERR_VALIDATION)) &&
-	               hsm_ct_equal(named, w->prev, sizeof(named)));
-	HSM_ENSURE(linked, HSM_ERR_VALIDATION,
-	           "%s changed after it was verified (a record no longer chains to the one "
-	           "before it): no report is made",
-	           path);
+	json_t *seq = json_object_get(rec, "seq");
+	uint64_t n = json_is_integer(seq) ? (uint64_t)json_integer_value(seq) : 0;
+	bool named_ok = prev != NULL && hsm_ok(hsm_hex_decode_exact(named, sizeof(named), prev, 64,
+	                                                              HSM_ERR_VALIDATION));
+	HSM_ENSURE(!(w->again && starts_file), HSM_ERR_VALIDATION, CHANGED_AFTER_VERIFY, path);
+	if (starts_file && w->have_prev && n != 0 && n <= w->seq) {
+		w->again = true;
+	} else if (w->again) {
+		HSM_ENSURE(named_ok && n == w->again_seq + 1 &&
+		               hsm_ct_equal(named, w->again_prev, sizeof(named)),
+		           HSM_ERR_VALIDATION, CHANGED_AFTER_VERIFY, path);
+	}
+	*counted = !w->again;
+	if (w->again) {
+		memcpy(w->again_prev, h, sizeof(h));
+		w->again_seq = n;
+		if (n == w->seq) {
+			HSM_ENSURE(hsm_ct_equal(h, w->prev, sizeof(h)), HSM_ERR_VALIDATION,
+			           CHANGED_AFTER_VERIFY, path);
+			w->again = false;
+		}
+		return HSM_SUCCESS;
+	}
+	bool linked = !w->have_prev || (named_ok && hsm_ct_equal(named, w->prev, sizeof(named)));
+	HSM_ENSURE(linked, HSM_ERR_VALIDATION, CHANGED_AFTER_VERIFY, path);
 	memcpy(w->prev, h, sizeof(h));
 	w->have_prev = true;
-	json_t *seq = json_object_get(rec, "seq");
-	if (json_is_integer(seq) && (uint64_t)json_integer_value(seq) == v->last_seq) {
+	w->seq = n;
+	if (n != 0 && n == v->last_seq) {
 		HSM_ENSURE(hsm_ct_equal(h, v->last_hash, sizeof(h)), HSM_ERR_VALIDATION,
 		           "%s changed after it was verified (its records no longer end at the head "
 		           "verify read): no report is made",
@@ -700,6 +732,7 @@ static hsm_result read_files(char **paths, size_t n, report *r, const report_opt
 		size_t cap = 0;
 		ssize_t len;
 		hsm_result res = HSM_SUCCESS;
+		bool starts_file = true, counted = false;
 		while (hsm_ok(res) && !w.done && (len = getline(&line, &cap, f)) > 0) {
 			if (line[len - 1] != '\n')
 				continue; /* appended since verify read it: the next report counts it */
@@ -717,8 +750,9 @@ static hsm_result read_files(char **paths, size_t n, report *r, const report_opt
 				res = HSM_FAIL(HSM_ERR_VALIDATION, "%s: a record is not JSON", paths[i]);
 				break;
 			}
-			res = chain_line(&w, paths[i], line, (size_t)len - 1, rec, v);
-			if (hsm_ok(res))
+			res = chain_line(&w, paths[i], line, (size_t)len - 1, starts_file, rec, v, &counted);
+			starts_file = false;
+			if (hsm_ok(res) && counted)
 				res = add_record(r, o, rec);
 			json_decref(rec);
 		}

@@ -222,6 +222,13 @@ def test_a_live_file_replaced_by_its_copy_under_unsynced_records_verifies(tmp_pa
         assert res.returncode == 0 and "result: VALID" in res.stdout, res.stdout
         assert note in res.stdout and twice in res.stdout, res.stdout
         assert f"records: {len(seqs)} (seq 1 to {seqs[-1]})" in res.stdout, res.stdout
+        # audit report counts them once too.
+        hashes = {r["seq"] for r in audit_records(data) if r.get("op") == "AuditHash"}
+        rep = subprocess.run([HSMCTL, "audit", "report", "--live", "--pubkey", pem,
+                              os.path.join(data, "audit")], capture_output=True, text=True)
+        assert rep.returncode == 0, rep.stdout + rep.stderr
+        (line,) = [x for x in rep.stdout.splitlines() if x.split()[:1] == ["AuditHash"]]
+        assert line.split()[1:3] == [str(len(hashes))] * 2, (line, len(hashes))
         server.stop()
         res = verify(server, pubkey=pem)
         assert res.returncode == 0 and "result: VALID" in res.stdout, res.stdout
