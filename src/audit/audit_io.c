@@ -839,6 +839,63 @@ static bool chains_to(const uint8_t *line, size_t n, const uint8_t hash[AUDIT_HA
 	return ok;
 }
 
+/* The seq of line[0..n) (0: none), and whether it is a rotation checkpoint. */
+static uint64_t seq_of(const uint8_t *line, size_t n, bool *rotate)
+{
+	json_t *j = json_loadb((const char *)line, n, 0, NULL);
+	json_t *seq = json_object_get(j, "seq");
+	const char *reason =
+	    json_string_value(json_object_get(json_object_get(j, "checkpoint"), "reason"));
+	uint64_t v = json_is_integer(seq) && json_integer_value(seq) > 0
+	                 ? (uint64_t)json_integer_value(seq)
+	                 : 0;
+	*rotate = reason != NULL && strcmp(reason, "rotate") == 0;
+	json_decref(j);
+	return v;
+}
+
+/*
+ * Whether the file at path begins with records its node wrote again: the
+ * file before it (whose last line is before) was its live file, replaced by
+ * a copy of itself while they waited for their fsync, and put back, so it
+ * holds them too (docs/audit.md, "Files").  From the first line each chains
+ * to the one before up to before's seq, that line is before byte for byte
+ * (its SHA-256: by the chain, so is each of them) and no rotation
+ * checkpoint, and the next line, if any, chains to it.  As verify reads
+ * them once, the file continues the one before: nothing is missing.
+ */
+static bool begins_again(const char *path, const line_edge *before)
+{
+	hsm_buf file = {0};
+	bool ok = audit_read_whole(path, &file), reached = false;
+	uint8_t hash[AUDIT_HASH_LEN];
+	uint64_t last = 0;
+	for (size_t start = 0, end; ok && start < file.len; start = end + 1) {
+		const uint8_t *nl = memchr(file.data + start, '\n', file.len - start);
+		if (nl == NULL)
+			break; /* a line the writer is still writing (the newest file) */
+		end = (size_t)(nl - file.data);
+		const uint8_t *line = file.data + start;
+		size_t n = end - start;
+		bool ckpt = false, rotate = false;
+		uint64_t seq = seq_of(line, n, &rotate);
+		ok = seq != 0 && seq <= before->seq + 1 &&
+		     (last == 0 || (seq == last + 1 && chains_to(line, n, hash, &ckpt)));
+		if (!ok || reached)
+			break; /* the line after them chains to the last: done */
+		EVP_Digest(line, n, hash, NULL, EVP_sha256(), NULL);
+		last = seq;
+		if (seq == before->seq) {
+			char hex[AUDIT_HASH_HEX + 1];
+			audit_hex32(hash, hex);
+			ok = !rotate && hsm_ct_equal(hex, before->hash, AUDIT_HASH_HEX);
+			reached = true;
+		}
+	}
+	hsm_buf_free(&file);
+	return ok && reached;
+}
+
 /*
  * Whether the records lo..hi, missing before names[from], are a loss the
  * node recorded: an AuditRecordsLost of this node naming exactly them, in
@@ -913,6 +970,7 @@ static bool chain_proves(hsm_audit *a, char **names, size_t expired, uint64_t *k
 		         "audit key did not sign (added to the trail, or another node's trail)");
 	for (size_t i = 0; i <= expired && why[0] == '\0'; i++) {
 		char path[PATH_MAX];
+		uint64_t before_first = first.seq; /* of the file before */
 		if ((size_t)snprintf(path, sizeof(path), "%s/%s", a->dir, names[i]) >= sizeof(path) ||
 		    !read_edge(path, true, &first)) {
 			snprintf(why, sizeof(why), "the first record of %s cannot be read", names[i]);
@@ -944,8 +1002,12 @@ static bool chain_proves(hsm_audit *a, char **names, size_t expired, uint64_t *k
 			         names[i - 1], names[i]);
 			break;
 		}
-		if (i > 0 && !recorded && (first.seq != before.seq + 1 ||
-		              !hsm_ct_equal(first.prev, before.hash, AUDIT_HASH_HEX))) {
+		/* Records written again after the file before was replaced by its copy: no gap. */
+		bool again = i > 0 && first.seq > before_first && first.seq <= before.seq &&
+		             begins_again(path, &before);
+		if (i > 0 && !recorded && !again &&
+		    (first.seq != before.seq + 1 ||
+		     !hsm_ct_equal(first.prev, before.hash, AUDIT_HASH_HEX))) {
 			snprintf(why, sizeof(why), "%s does not continue %s: its first record (seq %llu) "
 			         "does not chain to that file's last (seq %llu)",
 			         names[i], names[i - 1], (unsigned long long)first.seq,

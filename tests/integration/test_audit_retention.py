@@ -322,6 +322,93 @@ def test_retention_passes_a_loss_the_node_recorded(clockshift, tmp_path):
         server.cleanup()
 
 
+def rechained(lines):
+    """Lines (each ending with ,"prev":"<64 hex>"} and a newline), each made to chain to
+    the one before again: what someone who edits one of them does to the rest."""
+    out = lines[:1]
+    for line in lines[1:]:
+        prev = hashlib.sha256(out[-1][:-1]).hexdigest().encode()
+        out.append(line[:-67] + prev + line[-3:])
+    return out
+
+
+@pytest.mark.parametrize("changed", [False, True])
+def test_retention_passes_records_written_again_after_a_copy_put_back(clockshift, tmp_path,
+                                                                      changed):
+    """The live file A is replaced by a copy of itself while records written into it wait
+    for their fsync: the copy holds them, and the node writes them again at the start of
+    its new file B before it records the loss of the others.  Nothing is missing, so
+    once A and B have expired retention deletes them (B's first records, the same bytes
+    as A's last, do not break the chain it checks), and the trail verifies as starting
+    where retention left it.  Changed (a byte of one of them, the rest chained again),
+    they are no longer A's records: retention deletes nothing."""
+    args = ["--audit-retention-days", "1", "--audit-rotate-seconds", "60",
+            "--audit-fsync-ms", "10000", "--audit-fsync-max-lag-ms", "20000"]
+    clock = Clock(str(tmp_path / "shift"))
+    clock.set(-3 * DAY)
+    server = start_shifted(clockshift, clock, args)
+    data = server.data_dir
+    try:
+        # Synced as it is written (every checkpoint is): the records below are not yet.
+        assert eventually(lambda: [r for r in audit_records(data) if r["type"] == "checkpoint"
+                                   and r["checkpoint"]["reason"] == "signer"], 25)
+        for i in range(3):
+            shifted_admin(server, -3 * DAY, "AuditHash", {"Value": f"a{i}"})
+        (a,) = audit_files(data)
+        with open(a, "rb") as f:
+            copied = f.read()
+        with open(a + ".new", "wb") as f:
+            f.write(copied)
+        os.chmod(a + ".new", 0o600)
+        os.replace(a + ".new", a)
+        signed_at(server, datetime.datetime.utcnow() - datetime.timedelta(days=3),
+                  "HsmdAdmin.AuditHash", {"Value": "after"})
+        assert eventually(lambda: [r for r in audit_records(data) if r["type"] == "checkpoint"
+                                   and r["checkpoint"]["reason"] == "lost"], 15)
+        (lost,) = records_of_op(data, "AuditRecordsLost")
+        last_a = json.loads(copied.splitlines()[-1])["seq"]
+        assert int(lost["extra"]["last_seq"]) < last_a, "no record was written again"
+        clock.set(-3 * DAY + 70)  # B ends
+        shifted_admin(server, -3 * DAY + 70, "AuditHash", {"Value": "b"})
+        assert eventually(lambda: len(audit_files(data)) == 3, 10), audit_files(data)
+        server.stop()
+        _, b, _ = audit_files(data)
+        if changed:
+            with open(b, "rb") as f:
+                lines = f.read().splitlines(keepends=True)
+            lines[0] = lines[0].replace(b'"op":"', b'"op":"X', 1)
+            assert b'"op":"X' in lines[0], lines[0]
+            with open(b, "wb") as f:
+                f.write(b"".join(rechained(lines)))
+
+        clock.set(2 * DAY)  # A and B have expired
+        again = start_shifted(clockshift, clock, args, data_dir=data)
+        try:
+            r = signed_at(again, datetime.datetime.utcnow() + datetime.timedelta(days=2),
+                          "HsmdAdmin.AuditPublicKey", {})
+            assert r.status_code == 200, r.text
+            pem = os.path.join(str(tmp_path), "audit.pem")
+            with open(pem, "w") as f:
+                f.write(r.json()["PublicKey"])
+            assert eventually(lambda: gauge(again, "hsmd_audit_retention_blocked") == 1
+                              or gauge(again, "hsmd_audit_files_expired_total"), 15)
+            blocked = gauge(again, "hsmd_audit_retention_blocked")
+            log = again.read_log()
+        finally:
+            again.stop()
+        if changed:
+            assert blocked == 1, log
+            assert f"{os.path.basename(b)} does not continue {os.path.basename(a)}" in log, log
+            assert os.path.exists(a) and os.path.exists(b)
+            return
+        assert blocked == 0, log
+        assert not os.path.exists(a) and not os.path.exists(b), "retention kept them"
+        res = verify(server, pubkey=pem)
+        assert res.returncode == 0 and "deleted by retention" in res.stdout, res.stdout
+    finally:
+        server.cleanup()
+
+
 def test_hsmctl_offline_commands_run_no_retention(clockshift, tmp_path):
     """hsmctl's offline commands write to the node's trail without the node's
     configuration: they must not apply retention (with the default 2557 days and no
