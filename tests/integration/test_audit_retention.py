@@ -268,6 +268,24 @@ def test_a_trail_lost_under_the_node_never_verifies_as_retention(tmp_path):
         server.cleanup()
 
 
+def retention_pass_two_days_on(clockshift, clock, args, data, tmp_path):
+    """Starts the node again with the clock two days on and waits for its first retention
+    pass: whether it was blocked, the node's log, and the audit public key's PEM file."""
+    again = start_shifted(clockshift, clock, args, data_dir=data)
+    try:
+        r = signed_at(again, datetime.datetime.utcnow() + datetime.timedelta(days=2),
+                      "HsmdAdmin.AuditPublicKey", {})
+        assert r.status_code == 200, r.text
+        pem = os.path.join(str(tmp_path), "audit.pem")
+        with open(pem, "w") as f:
+            f.write(r.json()["PublicKey"])
+        assert eventually(lambda: gauge(again, "hsmd_audit_retention_blocked") == 1
+                          or gauge(again, "hsmd_audit_files_expired_total"), 15)
+        return gauge(again, "hsmd_audit_retention_blocked"), again.read_log(), pem
+    finally:
+        again.stop()
+
+
 def test_retention_passes_a_loss_the_node_recorded(clockshift, tmp_path):
     """The trail is deleted under a running node: the node records the loss
     (AuditRecordsLost naming the records, then a signed checkpoint) and goes on past
@@ -299,20 +317,7 @@ def test_retention_passes_a_loss_the_node_recorded(clockshift, tmp_path):
         b, _ = audit_files(data)
 
         clock.set(2 * DAY)  # B has expired
-        again = start_shifted(clockshift, clock, args, data_dir=data)
-        try:
-            r = signed_at(again, datetime.datetime.utcnow() + datetime.timedelta(days=2),
-                          "HsmdAdmin.AuditPublicKey", {})
-            assert r.status_code == 200, r.text
-            pem = os.path.join(str(tmp_path), "audit.pem")
-            with open(pem, "w") as f:
-                f.write(r.json()["PublicKey"])
-            assert eventually(lambda: gauge(again, "hsmd_audit_retention_blocked") == 1
-                              or gauge(again, "hsmd_audit_files_expired_total"), 15)
-            blocked = gauge(again, "hsmd_audit_retention_blocked")
-            log = again.read_log()
-        finally:
-            again.stop()
+        blocked, log, pem = retention_pass_two_days_on(clockshift, clock, args, data, tmp_path)
         assert blocked == 0, log
         assert not os.path.exists(b), "retention kept the expired file after the loss"
         assert "were lost and recorded so (AuditRecordsLost)" in log, log
@@ -382,20 +387,7 @@ def test_retention_passes_records_written_again_after_a_copy_put_back(clockshift
                 f.write(b"".join(rechained(lines)))
 
         clock.set(2 * DAY)  # A and B have expired
-        again = start_shifted(clockshift, clock, args, data_dir=data)
-        try:
-            r = signed_at(again, datetime.datetime.utcnow() + datetime.timedelta(days=2),
-                          "HsmdAdmin.AuditPublicKey", {})
-            assert r.status_code == 200, r.text
-            pem = os.path.join(str(tmp_path), "audit.pem")
-            with open(pem, "w") as f:
-                f.write(r.json()["PublicKey"])
-            assert eventually(lambda: gauge(again, "hsmd_audit_retention_blocked") == 1
-                              or gauge(again, "hsmd_audit_files_expired_total"), 15)
-            blocked = gauge(again, "hsmd_audit_retention_blocked")
-            log = again.read_log()
-        finally:
-            again.stop()
+        blocked, log, pem = retention_pass_two_days_on(clockshift, clock, args, data, tmp_path)
         if changed:
             assert blocked == 1, log
             assert f"{os.path.basename(b)} does not continue {os.path.basename(a)}" in log, log
