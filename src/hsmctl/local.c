@@ -168,8 +168,16 @@ hsm_result hsmctl_share_dir_apart(const char *share_dir, const char *data_dir)
 	/* The share files and transcript go there: another user who may write to it could
 	 * delete or replace them (and with them the quorum) before the custodians take them. */
 	struct stat st;
-	if (stat(share_dir, &st) == 0 && S_ISDIR(st.st_mode))
-		HSM_GUARD(hsm_dir_private(share_dir));
+	if (stat(share_dir, &st) != 0 || !S_ISDIR(st.st_mode))
+		return HSM_SUCCESS;
+	HSM_GUARD(hsm_dir_private(share_dir));
+	/* Its owner may write to it whatever its mode says: only this user, or root, who may
+	 * write anywhere already (a USB stick mounted for a desktop user is owned by that user). */
+	HSM_ENSURE(st.st_uid == geteuid() || st.st_uid == 0, HSM_ERR_VALIDATION,
+	           "%s belongs to uid %ld, who could replace the share files before the custodians "
+	           "take them: give a directory of this user's (uid %ld) or root's "
+	           "(chown %ld %s); nothing was created",
+	           share_dir, (long)st.st_uid, (long)geteuid(), (long)geteuid(), share_dir);
 	return HSM_SUCCESS;
 }
 

@@ -184,7 +184,9 @@ hsm_result hsmctl_write_new_file(const char *path, const uint8_t *p, size_t n) H
  * Refuses a share directory that is the data directory, inside it, or holds
  * it: whoever holds the data directory (or a copy of its disk) would hold the
  * quorum with the store.  Compared after symlinks, for the part of each path
- * that exists (the rest is read as written); changes nothing.
+ * that exists (the rest is read as written).  A share directory that exists
+ * must be one no other user may write to: not writable by its group or
+ * others, and owned by this user or root.  Changes nothing.
  */
 hsm_result hsmctl_share_dir_apart(const char *share_dir, const char *data_dir) HSM_MUST_CHECK;
 /*

@@ -154,6 +154,38 @@ def test_init_keeps_the_shares_out_of_the_data_directory(tmp_path):
     assert p.returncode == 0, p.stderr
 
 
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user needs root")
+def test_init_and_rekey_refuse_a_share_directory_another_user_owns(tmp_path):
+    """A share directory's owner may write to it whatever its mode (a USB stick mounted
+    for a desktop user is that user's, 0755): it could replace the share files and the
+    transcript before the custodians take them.  Refused, named, nothing made; one of
+    this user's (or root's) is taken."""
+    other = 65534  # nobody
+    data, files = init_store(str(tmp_path))
+    for cmd in ("init", "rekey"):
+        shares = tmp_path / f"{cmd}-stick"
+        shares.mkdir(mode=0o755)
+        os.chown(shares, other, other)
+        if cmd == "init":
+            args = ["init", "--data-dir", str(tmp_path / "new"), "--share-dir", str(shares),
+                    "--shares", "3", "--threshold", "2"]
+        else:
+            args = ["rekey", "--data-dir", data, "--share-dir", str(shares)]
+            for c in CUSTODIANS[:3]:
+                args += ["--share", files[c]]
+        p = hsmctl(*args)
+        assert p.returncode == 1, p.stdout
+        assert f"{shares} belongs to uid {other}, who could replace the share files" in \
+            p.stderr and "nothing was created" in p.stderr, p.stderr
+        assert os.listdir(shares) == []
+        assert cmd == "rekey" or not os.path.exists(tmp_path / "new")
+        os.chown(shares, os.geteuid(), os.getegid())
+        p = hsmctl(*args)
+        assert p.returncode == 0, p.stderr
+        assert any(f.endswith(".share") for f in os.listdir(shares))
+
+
 GDB = gdb_can_trace()
 
 
