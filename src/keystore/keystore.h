@@ -213,6 +213,13 @@ void hsm_keystore_unseal_reset(hsm_keystore *ks);
  */
 #define HSM_UNSEAL_PENDING_TTL_MS (15 * 60 * 1000)
 void hsm_keystore_set_unseal_ttl_ms(hsm_keystore *ks, uint64_t ms);
+/*
+ * Forgets an unfinished unseal whose time is up (its shares wiped) now,
+ * rather than at the next Unseal or Status: a sealed node nobody asks must
+ * not keep custodians' shares past that time.  A running node calls it
+ * every scheduler round.
+ */
+void hsm_keystore_unseal_expire(hsm_keystore *ks);
 /* Wipes the derived keys and every cached key: back to sealed. */
 void hsm_keystore_seal(hsm_keystore *ks);
 /* Puts the node in the error state (e.g. a later self-test failed). */

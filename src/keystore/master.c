@@ -813,6 +813,13 @@ void hsm_keystore_set_unseal_ttl_ms(hsm_keystore *ks, uint64_t ms)
 	pthread_mutex_unlock(&ks->lock);
 }
 
+void hsm_keystore_unseal_expire(hsm_keystore *ks)
+{
+	pthread_mutex_lock(&ks->lock);
+	expire_pending(ks);
+	pthread_mutex_unlock(&ks->lock);
+}
+
 void hsm_keystore_unseal_reset(hsm_keystore *ks)
 {
 	pthread_mutex_lock(&ks->lock);

@@ -115,6 +115,8 @@ typedef struct hsm_config {
 	uint32_t approval_quorum;
 	char approval_operations[HSM_APPROVAL_OPS_MAX];
 	uint32_t approval_ttl_seconds;
+	/* unseal */
+	uint32_t unseal_timeout_seconds; /* an unfinished unseal's shares are wiped after this */
 	/* process */
 	uint64_t secure_heap_bytes;
 	hsm_log_level log_level;

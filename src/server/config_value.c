@@ -139,6 +139,9 @@ const key_def hsm_config_keys[] = {
      "OPS", "the operations that wait for approval when approval_quorum is above 0"},
     {"approval_ttl_seconds", K_U32, FIELD(approval_ttl_seconds), 60, 30 * DAY, "86400", "S",
      "how long an approval request stays open for custodians and for the approved retry"},
+    {"unseal_timeout_seconds", K_U32, FIELD(unseal_timeout_seconds), 1, DAY, "900", "S",
+     "an unseal left without a new share for this long is abandoned and the shares given "
+     "wiped (within a scheduler round); the custodians start it again"},
     {"lockout_threshold", K_U32, FIELD(lockout_threshold), 1, 1000, "5", "N",
      "failed authentications before a principal is locked; a SIGHUP applies a change at once"},
     {"refusal_record_rate", K_U32, FIELD(refusal_record_rate), 0, 1000000, "10", "N",

@@ -62,6 +62,7 @@ static void options_from(const hsm_config *cfg, hsm_server_options *o)
 	o->approval_quorum = cfg->approval_quorum;
 	o->approval_ttl = cfg->approval_ttl_seconds;
 	o->approval_operations = cfg->approval_operations;
+	o->unseal_timeout = cfg->unseal_timeout_seconds;
 }
 
 static hsm_result dev_credentials(char *akid, size_t cap, hsm_secret **secret)

@@ -604,6 +604,8 @@ static hsm_result open_parts(hsm_server *s)
 	HSM_GUARD(hsm_server_blame(s, where, hsm_store_migrate(s->store)));
 	HSM_GUARD(hsm_server_blame(s, "account_id", check_account(s)));
 	HSM_GUARD(hsm_keystore_new(s->store, 0, &s->ks));
+	if (s->opt.unseal_timeout != 0)
+		hsm_keystore_set_unseal_ttl_ms(s->ks, (uint64_t)s->opt.unseal_timeout * 1000U);
 	hsm_node_state st = hsm_keystore_state(s->ks);
 	report_startup(s, st);
 	warn_single_share(s, st);
@@ -1128,6 +1130,8 @@ static void *scheduler_main(void *arg)
 		bool recount_only = s->recount && rc != ETIMEDOUT;
 		s->recount = false;
 		pthread_mutex_unlock(&s->stop_lock);
+		/* An unseal whose time is up is wiped now, not when someone next asks the node. */
+		hsm_keystore_unseal_expire(s->ks);
 		/* The probe first: a store that does not answer (frozen, cut off) makes the node
 		 * unready after one wait, not after the node id's and the master key's checks
 		 * have each waited their full limit on it as well. */

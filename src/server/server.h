@@ -72,6 +72,7 @@ typedef struct hsm_server_options {
 	uint32_t approval_quorum;
 	uint32_t approval_ttl;           /* seconds an approval request stays open; 0 = 86400 */
 	const char *approval_operations; /* comma-separated names; NULL: HSM_APPROVAL_OPS_DEFAULT */
+	uint32_t unseal_timeout; /* seconds an unfinished unseal waits for a share; 0: 900 */
 	/*
 	 * Out (may be NULL): when hsm_server_new or hsm_server_start fails because
 	 * of a setting's value, the setting's name ("backup_dir"), for the

@@ -452,6 +452,30 @@ def test_a_refused_first_share_begins_no_unseal(tmp_path):
         server.cleanup()
 
 
+
+def test_an_unseal_left_unfinished_is_wiped_when_its_time_is_up(tmp_path):
+    """An unseal left without a new share for unseal_timeout_seconds is abandoned, its
+    shares wiped, when its time is up: not kept in the node until someone next asks it.
+    The custodians then start again, the shares given before counting afresh."""
+    data, shares = init_store(str(tmp_path))
+    server = Hsmd(["--unseal-timeout-seconds", "2", "--scheduler-interval-seconds", "1"],
+                  data_dir=data)
+    try:
+        for i, c in enumerate(("alice", "bob"), 1):
+            p = unseal(server, shares[c])
+            assert p.returncode == 0 and f"{i} of 3 shares" in p.stdout, p.stdout + p.stderr
+        # Nothing is sent to the node now: the wipe must be its own doing.
+        line = "an unseal left unfinished for 2 s was abandoned: its 2 share(s) are forgotten"
+        assert eventually(lambda: line in server.read_log(), timeout=15), server.read_log()
+        assert status(server)["Progress"] == 0
+        for i, c in enumerate(("alice", "bob", "erin"), 1):
+            p = unseal(server, shares[c])
+            assert p.returncode == 0 and f"{i} of 3 shares" in p.stdout, p.stdout + p.stderr
+        assert not status(server)["Sealed"]
+    finally:
+        server.cleanup()
+
+
 def test_a_share_refused_unparsed_is_named_on_the_trail(tmp_path):
     """A share file that does not decode (a mistyped hex digit, a truncated file, no share
     at all) is refused, and its Unseal record names what of it reads: the header's index,
