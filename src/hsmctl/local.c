@@ -147,6 +147,39 @@ static bool path_within(const char *a, const char *b)
 	return strncmp(a, b, n) == 0 && (a[n] == '\0' || a[n] == '/');
 }
 
+/*
+ * Whoever may write to a directory above the share directory could move the
+ * share directory away and put one of their own in its place, files and
+ * all.  Each existing one, from the resolved path's parent up to /, must be
+ * this user's or root's, and writable by no one else unless sticky (as /tmp
+ * is: others cannot rename what is not theirs there).
+ */
+static hsm_result share_dir_ancestors_safe(const char *resolved)
+{
+	char dir[PATH_MAX];
+	HSM_GUARD(hsm_strcpy(dir, sizeof(dir), resolved));
+	for (char *slash = strrchr(dir, '/'); slash != NULL; slash = strrchr(dir, '/')) {
+		if (slash == dir && dir[1] == '\0')
+			break; /* "/" was the last one looked at */
+		slash[slash == dir ? 1 : 0] = '\0';
+		struct stat st;
+		if (stat(dir, &st) != 0)
+			continue; /* not made yet: hsmctl makes it, private */
+		bool others_write = (st.st_mode & (S_IWGRP | S_IWOTH)) != 0 &&
+		                    (st.st_mode & S_ISVTX) == 0;
+		const char *who = others_write ? "may be written by its group or others"
+		                               : "belongs to another user";
+		HSM_ENSURE((st.st_uid == geteuid() || st.st_uid == 0) && !others_write,
+		           HSM_ERR_VALIDATION,
+		           "%s, above the share directory, %s (uid %ld, mode %04o): they could put a "
+		           "directory of their own in place of the share directory; give one whose "
+		           "every parent only this user (uid %ld) or root may write to; nothing was "
+		           "created",
+		           dir, who, (long)st.st_uid, (unsigned)(st.st_mode & 07777), (long)geteuid());
+	}
+	return HSM_SUCCESS;
+}
+
 hsm_result hsmctl_share_dir_apart(const char *share_dir, const char *data_dir)
 {
 	char shares[PATH_MAX], data[PATH_MAX];
@@ -167,6 +200,7 @@ hsm_result hsmctl_share_dir_apart(const char *share_dir, const char *data_dir)
 	           data, shares);
 	/* The share files and transcript go there: another user who may write to it could
 	 * delete or replace them (and with them the quorum) before the custodians take them. */
+	HSM_GUARD(share_dir_ancestors_safe(shares));
 	struct stat st;
 	if (stat(share_dir, &st) != 0 || !S_ISDIR(st.st_mode))
 		return HSM_SUCCESS;

@@ -158,9 +158,9 @@ def test_init_keeps_the_shares_out_of_the_data_directory(tmp_path):
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user needs root")
 def test_init_and_rekey_refuse_a_share_directory_another_user_owns(tmp_path):
     """A share directory's owner may write to it whatever its mode (a USB stick mounted
-    for a desktop user is that user's, 0755): it could replace the share files and the
-    transcript before the custodians take them.  Refused, named, nothing made; one of
-    this user's (or root's) is taken."""
+    for a desktop user is that user's, 0755), and so may the owner of a directory above
+    it: either could replace the share files and the transcript before the custodians
+    take them.  Refused, named, nothing made; one of this user's (or root's) is taken."""
     other = 65534  # nobody
     data, files = init_store(str(tmp_path))
     for cmd in ("init", "rekey"):
@@ -181,6 +181,21 @@ def test_init_and_rekey_refuse_a_share_directory_another_user_owns(tmp_path):
         assert os.listdir(shares) == []
         assert cmd == "rekey" or not os.path.exists(tmp_path / "new")
         os.chown(shares, os.geteuid(), os.getegid())
+        # Nor may anyone else write to a directory above it: they could put a directory
+        # of their own, files and all, in its place.  One not made yet is checked so too.
+        parent = tmp_path / f"{cmd}-parent"
+        parent.mkdir(mode=0o755)
+        inner = parent / "ceremony"
+        for owner, mode, why in ((other, 0o755, "belongs to another user"),
+                                 (os.geteuid(), 0o777, "may be written by its group or others")):
+            os.chown(parent, owner, owner)
+            os.chmod(parent, mode)
+            i = args.index("--share-dir") + 1
+            p = hsmctl(*args[:i], str(inner), *args[i + 1:])
+            assert p.returncode == 1, p.stdout
+            assert f"{parent}, above the share directory, {why} (uid {owner}" in p.stderr and \
+                "nothing was created" in p.stderr, p.stderr
+            assert os.listdir(parent) == []
         p = hsmctl(*args)
         assert p.returncode == 0, p.stderr
         assert any(f.endswith(".share") for f in os.listdir(shares))
