@@ -304,12 +304,8 @@ static hsm_result audit_init(const init_opts *o, hsmctl_local *l, const hsm_buf 
 	hsm_hex_encode_str(set, id.set_id, sizeof(id.set_id));
 	snprintf(thr, sizeof(thr), "%u", o->threshold);
 	snprintf(cnt, sizeof(cnt), "%u", o->shares);
-	hsm_sb nb;
-	hsm_sb_init(&nb, names, sizeof(names));
-	for (unsigned i = 0; o->custodians[0] != NULL && i < o->shares; i++) {
-		hsm_sb_add(&nb, i > 0 ? "," : "");
-		hsm_sb_add(&nb, o->custodians[i]);
-	}
+	if (o->custodians[0] != NULL)
+		hsmctl_custodian_names(o->custodians, o->shares, names, sizeof(names));
 	HSM_GUARD(hsmctl_share_fingerprints(shares, o->shares, prints, sizeof(prints)));
 	hsm_audit_field f[] = {{"store", hsm_keystore_store_id(l->ks)},
 	                       {"share_set", set},

@@ -295,12 +295,7 @@ static hsm_result audit_rekey(hsmctl_local *l, hsm_result outcome, const char *o
 	size_t n = 6;
 	if (hsm_ok(outcome)) {
 		HSM_GUARD(hsmctl_share_fingerprints(shares, o->count, prints, sizeof(prints)));
-		hsm_sb nb;
-		hsm_sb_init(&nb, names, sizeof(names));
-		for (unsigned i = 0; i < o->n_custodians; i++) {
-			hsm_sb_add(&nb, i > 0 ? "," : "");
-			hsm_sb_add(&nb, o->custodians[i]);
-		}
+		hsmctl_custodian_names(o->custodians, o->n_custodians, names, sizeof(names));
 		n = names[0] != '\0' ? 10 : 9;
 	}
 	hsm_audit_field f[] = {{"old_share_set", old_hex},  {"old_threshold", othr},

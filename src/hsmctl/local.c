@@ -88,6 +88,28 @@ hsm_result hsmctl_share_fingerprints(const hsm_buf shares[], unsigned n, char *o
 	return HSM_SUCCESS;
 }
 
+void hsmctl_custodian_names(char *const names[], unsigned n, char *out, size_t cap)
+{
+	/* Room for the tail that says how many were left out: a name cut short would be
+	 * read as another custodian's. */
+	char more[48];
+	size_t len = 0;
+	HSM_ASSERT(cap > sizeof(more));
+	out[0] = '\0';
+	for (unsigned i = 0; i < n; i++) {
+		size_t add = (i > 0 ? 1 : 0) + strlen(names[i]);
+		bool last = i + 1 == n;
+		if (len + add >= (last ? cap : cap - sizeof(more))) {
+			snprintf(more, sizeof(more), "%s+%u more (named in the transcript)",
+			         i > 0 ? "," : "", n - i);
+			memcpy(out + len, more, strlen(more) + 1);
+			return;
+		}
+		snprintf(out + len, cap - len, "%s%s", i > 0 ? "," : "", names[i]);
+		len += add;
+	}
+}
+
 /*
  * path made absolute, its longest existing part with symlinks resolved
  * (realpath) and the rest, which does not exist yet, appended as written

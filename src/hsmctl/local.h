@@ -197,6 +197,13 @@ hsm_result hsmctl_share_dir_apart(const char *share_dir, const char *data_dir) H
 hsm_result hsmctl_share_fingerprints(const hsm_buf shares[], unsigned n, char *out,
                                      size_t cap) HSM_MUST_CHECK;
 /*
+ * The custodians of a split as the trail's Init and Rekey records name them,
+ * "alice,bob,...", into out (cap bytes).  Names are never cut: a list longer
+ * than out holds (16 long names do not fit an audit value) ends with the
+ * whole names that fit and ",+N more (named in the transcript)".
+ */
+void hsmctl_custodian_names(char *const names[], unsigned n, char *out, size_t cap);
+/*
  * Splits a --custodians list (cut in place; out points into it) into at
  * most HSM_MAX_SHARES names, *n of them; 0, or cmd's usage error (2) for a
  * name that is not 1 to 64 of A-Z a-z 0-9 . _ @ -, too many names, or a

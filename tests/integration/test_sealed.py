@@ -201,6 +201,42 @@ def test_init_and_rekey_refuse_a_share_directory_another_user_owns(tmp_path):
         assert any(f.endswith(".share") for f in os.listdir(shares))
 
 
+
+def test_init_and_rekey_records_never_cut_a_custodian_name(tmp_path):
+    """16 custodians named by address do not fit one audit value: the Init and Rekey
+    records name those that fit whole and say how many more there are, rather than
+    ending on a name cut short (which would read as another custodian's)."""
+    def long_names(tag):
+        return [f"custodian.{tag}{i:02d}@security.example.com" for i in range(1, 17)]
+
+    def named(data, op):
+        rec = [r for r in audit_records(data) if r.get("op") == op][-1]
+        listed = rec["extra"]["custodians"].split(",")
+        return listed[:-1], listed[-1]
+
+    data, shares = str(tmp_path / "data"), str(tmp_path / "shares")
+    p = hsmctl("init", "--data-dir", data, "--share-dir", shares, "--shares", "16",
+               "--threshold", "9", "--custodians", ",".join(long_names("a")))
+    assert p.returncode == 0, p.stderr
+    given = [os.path.join(shares, n + ".share") for n in long_names("a")[:9]]
+    args = ["rekey", "--data-dir", data, "--share-dir", str(tmp_path / "new"), "--shares",
+            "16", "--threshold", "9", "--custodians", ",".join(long_names("b"))]
+    for f in given:
+        args += ["--share", f]
+    p = hsmctl(*args)
+    assert p.returncode == 0, p.stderr
+    for op, tag in (("Init", "a"), ("Rekey", "b")):
+        whole, tail = named(data, op)
+        assert 0 < len(whole) < 16 and whole == long_names(tag)[:len(whole)], whole
+        assert tail == f"+{16 - len(whole)} more (named in the transcript)", tail
+    # A list that fits is named whole, as before.
+    small = str(tmp_path / "small")
+    p = hsmctl("init", "--data-dir", small, "--share-dir", small + "-shares", "--shares", "3",
+               "--threshold", "2", "--custodians", "alice,bob,carol")
+    assert p.returncode == 0, p.stderr
+    assert named(small, "Init") == (["alice", "bob"], "carol")
+
+
 GDB = gdb_can_trace()
 
 
