@@ -217,9 +217,11 @@ void hsm_keystore_set_unseal_ttl_ms(hsm_keystore *ks, uint64_t ms);
  * Forgets an unfinished unseal whose time is up (its shares wiped) now,
  * rather than at the next Unseal or Status: a sealed node nobody asks must
  * not keep custodians' shares past that time.  A running node calls it
- * every scheduler round.
+ * every scheduler round.  Returns how many shares abandoned unseals held
+ * since the last call (those Unseal or Status found expired first too), so
+ * the caller can record it; 0 when none.
  */
-void hsm_keystore_unseal_expire(hsm_keystore *ks);
+unsigned hsm_keystore_unseal_expire(hsm_keystore *ks);
 /* Wipes the derived keys and every cached key: back to sealed. */
 void hsm_keystore_seal(hsm_keystore *ks);
 /* Puts the node in the error state (e.g. a later self-test failed). */

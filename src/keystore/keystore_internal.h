@@ -90,6 +90,7 @@ struct hsm_keystore {
 	uint8_t given[(HSM_MAX_SHARES + 8) / 8];
 	uint64_t pending_since_ns; /* hsm_mono_ns() of the pending unseal's last share */
 	uint64_t pending_ttl_ns;   /* hsm_keystore_set_unseal_ttl_ms */
+	unsigned abandoned; /* shares of abandoned unseals hsm_keystore_unseal_expire has not told */
 	char error_reason[160];
 };
 

@@ -664,6 +664,7 @@ static void expire_pending(hsm_keystore *ks)
 		hsm_warn("an unseal left unfinished for %llu s was abandoned: its %u share(s) are "
 		         "forgotten",
 		         (unsigned long long)(ttl / 1000000000U), hsm_share_set_have(ks->pending));
+		ks->abandoned += hsm_share_set_have(ks->pending);
 		hsm_share_set_free(ks->pending);
 		ks->pending = NULL;
 	}
@@ -813,11 +814,14 @@ void hsm_keystore_set_unseal_ttl_ms(hsm_keystore *ks, uint64_t ms)
 	pthread_mutex_unlock(&ks->lock);
 }
 
-void hsm_keystore_unseal_expire(hsm_keystore *ks)
+unsigned hsm_keystore_unseal_expire(hsm_keystore *ks)
 {
 	pthread_mutex_lock(&ks->lock);
 	expire_pending(ks);
+	unsigned n = ks->abandoned;
+	ks->abandoned = 0;
 	pthread_mutex_unlock(&ks->lock);
+	return n;
 }
 
 void hsm_keystore_unseal_reset(hsm_keystore *ks)

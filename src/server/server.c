@@ -1107,6 +1107,22 @@ bool hsm_server_node_id_lost(const hsm_server *s)
 	return atomic_load(&s->node_id_lost);
 }
 
+/*
+ * An unseal whose time is up is wiped now, not when someone next asks the
+ * node, and recorded: custodians who find the progress back at 0 (and the
+ * auditors) see on the trail that the shares given were dropped, and how many.
+ */
+static void note_unseal_abandoned(hsm_server *s)
+{
+	unsigned n = hsm_keystore_unseal_expire(s->ks);
+	if (n == 0)
+		return;
+	char count[12];
+	snprintf(count, sizeof(count), "%u", n);
+	hsm_audit_field f[] = {{"shares_forgotten", count}};
+	hsm_server_event(s, "UnsealAbandoned", NULL, 0, HSM_SUCCESS, f, 1);
+}
+
 /* Keys whose records a scheduler pass reads again to drop unusable material (rotation.c). */
 #define MATERIAL_SWEEP_MAX 1000
 
@@ -1130,8 +1146,7 @@ static void *scheduler_main(void *arg)
 		bool recount_only = s->recount && rc != ETIMEDOUT;
 		s->recount = false;
 		pthread_mutex_unlock(&s->stop_lock);
-		/* An unseal whose time is up is wiped now, not when someone next asks the node. */
-		hsm_keystore_unseal_expire(s->ks);
+		note_unseal_abandoned(s);
 		/* The probe first: a store that does not answer (frozen, cut off) makes the node
 		 * unready after one wait, not after the node id's and the master key's checks
 		 * have each waited their full limit on it as well. */

@@ -506,8 +506,9 @@ def test_a_refused_first_share_begins_no_unseal(tmp_path):
 
 def test_an_unseal_left_unfinished_is_wiped_when_its_time_is_up(tmp_path):
     """An unseal left without a new share for unseal_timeout_seconds is abandoned, its
-    shares wiped, when its time is up: not kept in the node until someone next asks it.
-    The custodians then start again, the shares given before counting afresh."""
+    shares wiped, when its time is up: not kept in the node until someone next asks it,
+    and an UnsealAbandoned event on the trail says how many shares went.  The custodians
+    then start again, the shares given before counting afresh."""
     data, shares = init_store(str(tmp_path))
     server = Hsmd(["--unseal-timeout-seconds", "2", "--scheduler-interval-seconds", "1"],
                   data_dir=data)
@@ -518,6 +519,11 @@ def test_an_unseal_left_unfinished_is_wiped_when_its_time_is_up(tmp_path):
         # Nothing is sent to the node now: the wipe must be its own doing.
         line = "an unseal left unfinished for 2 s was abandoned: its 2 share(s) are forgotten"
         assert eventually(lambda: line in server.read_log(), timeout=15), server.read_log()
+        # On the trail too: custodians who find the progress back at 0 can see why.
+        def abandoned():
+            return [r for r in audit_records(data) if r.get("op") == "UnsealAbandoned"]
+        assert eventually(abandoned), audit_records(data)[-5:]
+        assert [r["extra"] for r in abandoned()] == [{"shares_forgotten": "2"}]
         assert status(server)["Progress"] == 0
         for i, c in enumerate(("alice", "bob", "erin"), 1):
             p = unseal(server, shares[c])
