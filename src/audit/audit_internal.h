@@ -342,7 +342,12 @@ bool audit_op_end(hsm_audit *a);
 hsm_result audit_io_write(hsm_audit *a) HSM_MUST_CHECK;
 /* fdatasync; on success every pending byte is durable and pending is emptied. */
 hsm_result audit_io_sync(hsm_audit *a) HSM_MUST_CHECK;
-/* Creates the file for next_seq (when fd < 0). */
+/*
+ * Creates the file for the first pending record, or next_seq (when fd < 0).
+ * A file already of that name is refused unless regular; one that holds the
+ * first bytes of pending and nothing else is taken as it is (written set to
+ * them); any other bytes in it are kept aside (AuditForeignBytes) and cut.
+ */
 hsm_result audit_io_new_file(hsm_audit *a) HSM_MUST_CHECK;
 /* Brings the file back to synced_off + pending after a failure. */
 hsm_result audit_io_recover(hsm_audit *a) HSM_MUST_CHECK;

@@ -169,38 +169,6 @@ int audit_io_fdatasync(hsm_audit *a, int fd)
 	return e;
 }
 
-hsm_result audit_io_new_file(hsm_audit *a)
-{
-	audit_writer *w = &a->w;
-	uint64_t first = w->pending.len > 0 ? w->pending_first_seq : w->next_seq;
-	char path[PATH_MAX];
-	HSM_ENSURE((size_t)snprintf(path, sizeof(path), "%s/" AUDIT_FILE_PREFIX "%020llu" AUDIT_FILE_SUFFIX,
-	                            a->dir, (unsigned long long)first) < sizeof(path),
-	           HSM_ERR_VALIDATION, "audit directory path too long");
-	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-	if (fd < 0)
-		return open_fail(a, errno, "create", path);
-	struct stat st;
-	if (fstat(fd, &st) != 0 || st.st_size != 0) {
-		close(fd);
-		hsm_error("audit file %s already exists and is not empty", path);
-		return io_fail(a, EEXIST, "create");
-	}
-	if (hsm_failed(hsm_fsync_dir(a->dir))) {
-		close(fd);
-		return io_fail(a, EIO, "directory sync");
-	}
-	w->fd = fd;
-	memcpy(w->path, path, sizeof(path));
-	w->synced_off = 0;
-	w->written = 0;
-	w->reserved_to = 0;
-	w->file_first_seq = first;
-	w->file_opened_ms = audit_now_ms(a);
-	audit_io_keep_reserve(a);
-	return HSM_SUCCESS;
-}
-
 void audit_io_keep_reserve(hsm_audit *a)
 {
 	audit_writer *w = &a->w;
@@ -355,6 +323,35 @@ static bool synced_intact(hsm_audit *a, uint64_t size, audit_kept_record *kept)
 }
 
 /*
+ * How far fd's bytes from offset off on are pending's first n bytes, byte
+ * for byte: *from, where they first differ (off + n: none does).  The file
+ * must hold them all (shorter than that: cut meanwhile, EIO).  An errno
+ * when the file cannot be read, else 0.
+ */
+static int pending_prefix(const audit_writer *w, int fd, uint64_t off, uint64_t n, uint64_t *from)
+{
+	uint8_t buf[4096];
+	*from = off;
+	for (uint64_t done = 0; done < n;) {
+		size_t want = n - done < sizeof(buf) ? (size_t)(n - done) : sizeof(buf);
+		ssize_t r = pread(fd, buf, want, (off_t)(off + done));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return r < 0 ? errno : EIO;
+		for (size_t i = 0; i < (size_t)r; i++) {
+			if (buf[i] != w->pending.data[done + i]) {
+				*from = off + done + i;
+				return 0;
+			}
+		}
+		done += (uint64_t)r;
+		*from = off + done;
+	}
+	return 0;
+}
+
+/*
  * Where the bytes hsmd did not write begin in its file of size bytes, which
  * it is about to cut back to cut_to: at cut_to, unless that is synced_off,
  * where hsmd's own writes not yet synced come first (the written part of
@@ -369,24 +366,7 @@ static int foreign_from(audit_writer *w, uint64_t cut_to, uint64_t size, uint64_
 	if (cut_to != w->synced_off || size <= cut_to)
 		return 0;
 	uint64_t n = size - cut_to < w->written ? size - cut_to : w->written;
-	uint8_t buf[4096];
-	for (uint64_t done = 0; done < n;) {
-		size_t want = n - done < sizeof(buf) ? (size_t)(n - done) : sizeof(buf);
-		ssize_t r = pread(w->fd, buf, want, (off_t)(cut_to + done));
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return r < 0 ? errno : EIO; /* shorter than fstat said: cut meanwhile */
-		for (size_t i = 0; i < (size_t)r; i++) {
-			if (buf[i] != w->pending.data[done + i]) {
-				*from = cut_to + done + i;
-				return 0;
-			}
-		}
-		done += (uint64_t)r;
-		*from = cut_to + done;
-	}
-	return 0;
+	return pending_prefix(w, w->fd, cut_to, n, from);
 }
 
 /* Copies n bytes of fd from offset off to out (a new file), hashing them into md. */
@@ -424,18 +404,19 @@ static int copy_range(int fd, uint64_t off, uint64_t n, int out, EVP_MD_CTX *md)
 }
 
 /*
- * Creates <live file>.foreign-<offset>-<ms> in the audit directory (never
+ * Creates <file>.foreign-<offset>-<ms> in the audit directory (never
  * over anything there: O_EXCL, and O_NOFOLLOW against a link planted under
  * that name), mode 0600.  Not audit-SEQ.jsonl: verify, retention and the
  * copies to audit_copy_dir never take it for a file of the trail.  *fd, or
  * an errno.
  */
-static int create_side_file(hsm_audit *a, uint64_t offset, char path[PATH_MAX], int *fd)
+static int create_side_file(hsm_audit *a, const char *file, uint64_t offset, char path[PATH_MAX],
+                            int *fd)
 {
 	int e = EEXIST;
 	long long ms = (long long)audit_now_ms(a);
 	for (int tries = 0; e == EEXIST && tries < 16; tries++, ms++) {
-		if ((size_t)snprintf(path, PATH_MAX, "%s.foreign-%llu-%lld", a->w.path,
+		if ((size_t)snprintf(path, PATH_MAX, "%s.foreign-%llu-%lld", file,
 		                     (unsigned long long)offset, ms) >= PATH_MAX)
 			return ENAMETOOLONG;
 		*fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -445,12 +426,65 @@ static int create_side_file(hsm_audit *a, uint64_t offset, char path[PATH_MAX], 
 }
 
 /*
- * Before the writer cuts its file (size bytes long) back to cut_to: the
- * bytes past cut_to that are not its own (foreign_from) are evidence that
- * something else wrote into the trail.  They are copied aside (the first
+ * Bytes from..size of the file at path (open as fd) that are not hsmd's
+ * records are evidence that something else wrote into the trail.  Before
+ * the writer cuts them off they are copied aside (the first
  * AUDIT_FOREIGN_KEEP_MAX of them), synced, and noted for AuditForeignBytes.
  * Nothing is cut before they are kept: on failure the log stays failed and
  * tries again.
+ */
+static hsm_result keep_aside(hsm_audit *a, int fd, const char *path, uint64_t from, uint64_t size)
+{
+	audit_writer *w = &a->w;
+	audit_foreign_note note = {.offset = from, .length = size - from};
+	note.saved = note.length < AUDIT_FOREIGN_KEEP_MAX ? note.length : AUDIT_FOREIGN_KEEP_MAX;
+	char side[PATH_MAX];
+	int out = -1;
+	int e = hook(a, HSM_AUDIT_IO_FOREIGN);
+	if (e == 0)
+		e = create_side_file(a, path, from, side, &out);
+	if (e == 0 && (hsm_failed(hsm_strcpy(note.file, sizeof(note.file), hsm_path_base(path))) ||
+	               hsm_failed(hsm_strcpy(note.saved_to, sizeof(note.saved_to),
+	                                     hsm_path_base(side)))))
+		e = ENAMETOOLONG;
+	if (e == 0 && EVP_DigestInit_ex2(w->md_ctx, w->sha256, NULL) != 1)
+		e = ENOMEM;
+	if (e == 0)
+		e = copy_range(fd, from, note.saved, out, w->md_ctx);
+	if (e == 0 && EVP_DigestFinal_ex(w->md_ctx, note.sha256, NULL) != 1)
+		e = ENOMEM;
+	if (e == 0 && fsync(out) != 0)
+		e = errno;
+	if (out >= 0 && close(out) != 0 && e == 0)
+		e = errno;
+	if (e == 0 && hsm_failed(hsm_fsync_dir(a->dir)))
+		e = EIO;
+	if (e != 0) {
+		if (out >= 0)
+			(void)unlink(side); /* half a copy: made again whole at the next try */
+		hsm_error("audit file %s holds %llu bytes from offset %llu that are not hsmd's records "
+		          "as it wrote them, and they cannot be kept aside (%s): nothing is cut, the "
+		          "log stays failed",
+		          path, (unsigned long long)note.length, (unsigned long long)from, strerror(e));
+		return io_fail(a, e, "keeping foreign bytes");
+	}
+	hsm_error("audit file %s held %llu bytes from offset %llu that are not hsmd's records as "
+	          "it wrote them (something else wrote into it): %llu of them kept in %s, then cut "
+	          "off the file",
+	          path, (unsigned long long)note.length, (unsigned long long)from,
+	          (unsigned long long)note.saved, side);
+	if (w->n_foreign < AUDIT_FOREIGN_NOTES)
+		w->foreign[w->n_foreign++] = note;
+	else
+		hsm_error("audit: too many findings of foreign bytes wait to be recorded; %s is not "
+		          "recorded in the trail",
+		          side);
+	return HSM_SUCCESS;
+}
+
+/*
+ * Before the writer cuts its file (size bytes long) back to cut_to: the
+ * bytes past cut_to that are not its own (foreign_from) are kept aside.
  */
 static hsm_result keep_foreign(hsm_audit *a, uint64_t cut_to, uint64_t size)
 {
@@ -461,50 +495,81 @@ static hsm_result keep_foreign(hsm_audit *a, uint64_t cut_to, uint64_t size)
 		return io_fail(a, e, "read back");
 	if (from >= size)
 		return HSM_SUCCESS;
-	audit_foreign_note note = {.offset = from, .length = size - from};
-	note.saved = note.length < AUDIT_FOREIGN_KEEP_MAX ? note.length : AUDIT_FOREIGN_KEEP_MAX;
-	char side[PATH_MAX];
-	int fd = -1;
-	e = hook(a, HSM_AUDIT_IO_FOREIGN);
-	if (e == 0)
-		e = create_side_file(a, from, side, &fd);
-	if (e == 0 && (hsm_failed(hsm_strcpy(note.file, sizeof(note.file), hsm_path_base(w->path))) ||
-	               hsm_failed(hsm_strcpy(note.saved_to, sizeof(note.saved_to),
-	                                     hsm_path_base(side)))))
-		e = ENAMETOOLONG;
-	if (e == 0 && EVP_DigestInit_ex2(w->md_ctx, w->sha256, NULL) != 1)
-		e = ENOMEM;
-	if (e == 0)
-		e = copy_range(w->fd, from, note.saved, fd, w->md_ctx);
-	if (e == 0 && EVP_DigestFinal_ex(w->md_ctx, note.sha256, NULL) != 1)
-		e = ENOMEM;
-	if (e == 0 && fsync(fd) != 0)
-		e = errno;
-	if (fd >= 0 && close(fd) != 0 && e == 0)
-		e = errno;
-	if (e == 0 && hsm_failed(hsm_fsync_dir(a->dir)))
-		e = EIO;
-	if (e != 0) {
-		if (fd >= 0)
-			(void)unlink(side); /* half a copy: made again whole at the next try */
-		hsm_error("audit file %s holds %llu bytes from offset %llu that are not hsmd's records "
-		          "as it wrote them, and they cannot be kept aside (%s): nothing is cut, the "
-		          "log stays failed",
-		          w->path, (unsigned long long)note.length, (unsigned long long)from,
-		          strerror(e));
-		return io_fail(a, e, "keeping foreign bytes");
+	return keep_aside(a, w->fd, w->path, from, size);
+}
+
+/*
+ * The new file's name (path, opened as fd) may already be taken by a file
+ * hsmd did not make there.  Anything but a regular file is refused.  A
+ * file that holds the first bytes hsmd is about to write there and nothing
+ * else is taken as it is (*held: how many): its live file replaced by a
+ * copy of itself (`sed -i`; `cp`, then `mv`) before any record in it was
+ * synced, so that the new file, which begins with those records, has its
+ * name.  Any other bytes are not hsmd's: kept aside, then cut off.
+ */
+static hsm_result claim_name(hsm_audit *a, int fd, const char *path, uint64_t *held)
+{
+	audit_writer *w = &a->w;
+	struct stat st;
+	*held = 0;
+	if (fstat(fd, &st) != 0)
+		return io_fail(a, errno, "stat");
+	if (!S_ISREG(st.st_mode)) {
+		hsm_error("audit file %s is not a regular file: hsmd does not write into it (move "
+		          "it away)",
+		          path);
+		return io_fail(a, EEXIST, "create");
 	}
-	hsm_error("audit file %s held %llu bytes from offset %llu that are not hsmd's records as "
-	          "it wrote them (something else wrote into it): %llu of them kept in %s, then cut "
-	          "off the file",
-	          w->path, (unsigned long long)note.length, (unsigned long long)from,
-	          (unsigned long long)note.saved, side);
-	if (w->n_foreign < AUDIT_FOREIGN_NOTES)
-		w->foreign[w->n_foreign++] = note;
-	else
-		hsm_error("audit: too many findings of foreign bytes wait to be recorded; %s is not "
-		          "recorded in the trail",
-		          side);
+	uint64_t size = (uint64_t)st.st_size, same = 0;
+	if (size == 0)
+		return HSM_SUCCESS;
+	int e = size <= w->pending.len ? pending_prefix(w, fd, 0, size, &same) : 0;
+	if (e != 0)
+		return io_fail(a, e, "read back");
+	if (size <= w->pending.len && same == size) {
+		hsm_warn("audit file %s already holds the first %llu bytes hsmd writes there, and "
+		         "nothing else (a copy of the live file put in its place before they were "
+		         "synced): it goes on in it",
+		         path, (unsigned long long)size);
+		*held = size;
+		return HSM_SUCCESS;
+	}
+	hsm_error("audit file %s, which hsmd is about to begin, already holds %llu bytes of "
+	          "another file",
+	          path, (unsigned long long)size);
+	HSM_GUARD(keep_aside(a, fd, path, 0, size));
+	if (ftruncate(fd, 0) != 0)
+		return io_fail(a, errno, "truncate");
+	return HSM_SUCCESS;
+}
+
+hsm_result audit_io_new_file(hsm_audit *a)
+{
+	audit_writer *w = &a->w;
+	uint64_t first = w->pending.len > 0 ? w->pending_first_seq : w->next_seq;
+	char path[PATH_MAX];
+	HSM_ENSURE((size_t)snprintf(path, sizeof(path), "%s/" AUDIT_FILE_PREFIX "%020llu" AUDIT_FILE_SUFFIX,
+	                            a->dir, (unsigned long long)first) < sizeof(path),
+	           HSM_ERR_VALIDATION, "audit directory path too long");
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		return open_fail(a, errno, "create", path);
+	uint64_t held = 0;
+	hsm_result r = claim_name(a, fd, path, &held);
+	if (hsm_ok(r) && hsm_failed(hsm_fsync_dir(a->dir)))
+		r = io_fail(a, EIO, "directory sync");
+	if (hsm_failed(r)) {
+		close(fd);
+		return r;
+	}
+	w->fd = fd;
+	memcpy(w->path, path, sizeof(path));
+	w->synced_off = 0;
+	w->written = (size_t)held; /* pending's first bytes, there already */
+	w->reserved_to = 0;
+	w->file_first_seq = first;
+	w->file_opened_ms = audit_now_ms(a);
+	audit_io_keep_reserve(a);
 	return HSM_SUCCESS;
 }
 
@@ -561,11 +626,11 @@ hsm_result audit_io_recover(hsm_audit *a)
 			w->reserved_to = 0; /* the cut gave back the space kept ahead too */
 		}
 	}
+	w->written = 0; /* pending is written again from synced_off */
 	if (w->fd < 0) {
 		HSM_GUARD(relock(a));
-		HSM_GUARD(audit_io_new_file(a));
+		HSM_GUARD(audit_io_new_file(a)); /* or from what the file holds of it already */
 	}
-	w->written = 0;
 	HSM_GUARD(audit_io_write(a));
 	return audit_io_sync(a);
 }

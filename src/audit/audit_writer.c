@@ -558,6 +558,37 @@ out:
 	return res;
 }
 
+/*
+ * Bytes someone else wrote into the live file, or put under the name of
+ * the next one, kept aside and cut off (audit_io_recover, audit_io_new_file),
+ * go on the record before any request is answered again: which file, where
+ * they began, how many, where they were kept (how many of them) and the
+ * SHA-256 of what was kept.  The chain never held them, so it verifies; the
+ * event says they were there.
+ */
+static hsm_result record_foreign(hsm_audit *a)
+{
+	audit_writer *w = &a->w;
+	bool recorded = w->n_foreign > 0;
+	while (w->n_foreign > 0) {
+		const audit_foreign_note *n = &w->foreign[0];
+		char off[24], len[24], saved[24], sha[AUDIT_HASH_HEX + 1];
+		snprintf(off, sizeof(off), "%llu", (unsigned long long)n->offset);
+		snprintf(len, sizeof(len), "%llu", (unsigned long long)n->length);
+		snprintf(saved, sizeof(saved), "%llu", (unsigned long long)n->saved);
+		audit_hex32(n->sha256, sha);
+		hsm_audit_field f[] = {{"file", n->file},      {"offset", off},
+		                       {"length", len},        {"saved_to", n->saved_to},
+		                       {"saved_bytes", saved}, {"sha256", sha}};
+		HSM_GUARD(audit_write_event(a, "AuditForeignBytes", HSM_AUDIT_ERROR, f, 6));
+		w->n_foreign--;
+		memmove(w->foreign, w->foreign + 1, w->n_foreign * sizeof(w->foreign[0]));
+	}
+	if (recorded && a->copy_dir[0] != '\0')
+		audit_request_retention(a); /* the pass copies the side files to copy_dir now */
+	return HSM_SUCCESS;
+}
+
 /* Ends the current file after the rotation checkpoint and opens the next. */
 static bool next_file(hsm_audit *a)
 {
@@ -578,6 +609,7 @@ static hsm_result rotate(hsm_audit *a)
 {
 	HSM_GUARD(audit_write_checkpoint(a, "rotate"));
 	HSM_ENSURE(next_file(a), HSM_ERR_AUDIT_UNAVAILABLE, "the audit log is unavailable");
+	HSM_GUARD(record_foreign(a)); /* found where the new file was to be */
 	audit_request_retention(a);
 	return HSM_SUCCESS;
 }
@@ -611,36 +643,6 @@ static hsm_result record_lost(hsm_audit *a)
 	          first, last);
 	w->lost_first = w->lost_last = 0;
 	w->lost_checkpoint = true; /* written once the log is healthy again (try_recover) */
-	return HSM_SUCCESS;
-}
-
-/*
- * Bytes someone else wrote into the live file, kept aside and cut off by
- * the recovery (audit_io_recover), go on the record before any request is
- * answered again: which file, where they began, how many, where they were
- * kept (how many of them) and the SHA-256 of what was kept.  The chain never
- * held them, so it verifies; the event says they were there.
- */
-static hsm_result record_foreign(hsm_audit *a)
-{
-	audit_writer *w = &a->w;
-	bool recorded = w->n_foreign > 0;
-	while (w->n_foreign > 0) {
-		const audit_foreign_note *n = &w->foreign[0];
-		char off[24], len[24], saved[24], sha[AUDIT_HASH_HEX + 1];
-		snprintf(off, sizeof(off), "%llu", (unsigned long long)n->offset);
-		snprintf(len, sizeof(len), "%llu", (unsigned long long)n->length);
-		snprintf(saved, sizeof(saved), "%llu", (unsigned long long)n->saved);
-		audit_hex32(n->sha256, sha);
-		hsm_audit_field f[] = {{"file", n->file},      {"offset", off},
-		                       {"length", len},        {"saved_to", n->saved_to},
-		                       {"saved_bytes", saved}, {"sha256", sha}};
-		HSM_GUARD(audit_write_event(a, "AuditForeignBytes", HSM_AUDIT_ERROR, f, 6));
-		w->n_foreign--;
-		memmove(w->foreign, w->foreign + 1, w->n_foreign * sizeof(w->foreign[0]));
-	}
-	if (recorded && a->copy_dir[0] != '\0')
-		audit_request_retention(a); /* the pass copies the side files to copy_dir now */
 	return HSM_SUCCESS;
 }
 
@@ -898,7 +900,9 @@ static void write_open_events(hsm_audit *a)
 	    {"unsigned_last_seq", ulast},
 	    {"unsigned_head", uhead}};
 	size_t nf = t->found && t->unsigned_first != 0 ? 5 : 2;
-	if (hsm_ok(audit_write_event(a, "AuditLogOpened", HSM_AUDIT_SUCCESS, f, nf)))
+	/* Bytes found where the first file was to be: recorded once the run is opened. */
+	if (hsm_ok(audit_write_event(a, "AuditLogOpened", HSM_AUDIT_SUCCESS, f, nf)) &&
+	    hsm_ok(record_foreign(a)))
 		audit_request_retention(a);
 }
 

@@ -16,7 +16,8 @@ import time
 import pytest
 
 from conftest import HSMCTL, signed_call, start_dev
-from helpers import admin, audit_records, eventually, metric
+from helpers import Clock, admin, audit_records, eventually, metric
+from test_audit_retention import start_shifted
 from test_audit_server import audit_pem, verify
 
 
@@ -233,6 +234,128 @@ def test_a_live_file_replaced_by_its_copy_under_unsynced_records_verifies(tmp_pa
         res = verify(server, pubkey=pem)
         assert res.returncode == 0 and "result: VALID" in res.stdout, res.stdout
         assert note in res.stdout and twice in res.stdout, res.stdout
+    finally:
+        server.cleanup()
+
+
+# Rotation by age, the node's wall clock moved past it (clockshift.c); no interval
+# checkpoint comes meanwhile, and records wait 10 s for their fsync.
+ROTATING = ["--audit-rotate-seconds", "60", "--audit-checkpoint-seconds", "3600",
+            "--audit-fsync-ms", "10000", "--audit-fsync-max-lag-ms", "20000"]
+
+
+def test_a_new_file_replaced_by_its_copy_before_its_first_sync_is_gone_on_in(clockshift,
+                                                                               tmp_path):
+    """A rotation begins a new file, and before any record in it is synced, `cp` then `mv`
+    replace it by a copy of itself.  The new file hsmd then wants begins with those same
+    records, so it has the copy's name: the copy holds them and nothing else, and hsmd
+    goes on in it as it would have in an empty file.  Requests are served again, nothing
+    is lost or kept aside, and the trail verifies."""
+    clock = Clock(str(tmp_path / "shift"))
+    server = start_shifted(clockshift, clock, ROTATING)
+    data = server.data_dir
+    try:
+        assert eventually(lambda: signer_checkpoint(data), 25), server.read_log()
+        clock.set(120)  # the file is older than the rotation age: the next write ends it
+        admin(server, "AuditHash", {"Value": "rotate"})
+        assert eventually(lambda: len(audit_files(data)) == 2, 10), audit_files(data)
+        started = time.monotonic()
+        for i in range(3):
+            admin(server, "AuditHash", {"Value": f"r{i}"})
+        old, new = audit_files(data)
+        subprocess.run(["cp", new, new + ".tmp"], check=True)
+        subprocess.run(["mv", new + ".tmp", new], check=True)
+        assert time.monotonic() - started < 8, "too slow to stay within one fsync wait"
+        ino = os.stat(new).st_ino
+        with open(new, "rb") as f:
+            copied = f.read()
+        not_answered(server, {"Value": "after"})
+        serves_again(server)
+
+        # One new file, the copy: a record synced before would have made another.
+        assert audit_files(data) == [old, new], audit_files(data)
+        assert os.stat(new).st_ino == ino, "hsmd did not go on in the copy"
+        with open(new, "rb") as f:
+            now = f.read()
+        assert now.startswith(copied) and len(now) > len(copied)
+        assert seqs_of(new)[0] == seqs_of(old)[-1] + 1
+        seqs = [s for path in audit_files(data) for s in seqs_of(path)]
+        assert seqs == list(range(1, len(seqs) + 1)), "a record is missing or twice"
+        assert not lost_events(data) and not foreign_events(data)
+        assert not glob.glob(os.path.join(data, "audit", "*.foreign-*"))
+        log = server.read_log()
+        assert f"the first {len(copied)} bytes hsmd writes there, and nothing else" in log, log
+
+        pem = audit_pem(server, str(tmp_path))
+        res = verify(server, pubkey=pem, live=True)
+        assert res.returncode == 0 and "result: VALID" in res.stdout, res.stdout
+        assert "modified" not in res.stdout and "inserted" not in res.stdout, res.stdout
+        server.stop()
+        res = verify(server, pubkey=pem)
+        assert res.returncode == 0 and "result: VALID" in res.stdout, res.stdout
+    finally:
+        server.cleanup()
+
+
+def test_a_file_planted_at_the_next_file_name_is_kept_aside(clockshift, tmp_path):
+    """Another process puts a file of its own at the name of the file hsmd's next rotation
+    begins.  hsmd neither writes over it nor stops at it: it copies its bytes to
+    <file>.foreign-0-<ms>, records them (AuditForeignBytes) before anything else in the
+    file, cuts them off and goes on there.  Requests are served throughout, and verify
+    says VALID with a note of the bytes."""
+    clock = Clock(str(tmp_path / "shift"))
+    server = start_shifted(clockshift, clock, ROTATING)
+    data = server.data_dir
+    try:
+        assert eventually(lambda: signer_checkpoint(data), 25), server.read_log()
+        (old,) = audit_files(data)
+        # Synced, as every checkpoint: no sync wakes the writer before the request below.
+        (last,) = signer_checkpoint(data)
+        assert audit_records(data)[-1] == last
+        # That request's record ends the file, then the rotate checkpoint; the new file
+        # begins after it.
+        first = last["seq"] + 3
+        name = os.path.join(data, "audit", f"audit-{first:020d}.jsonl")
+        planted = b'{"seq":%d,"op":"CreateKey","outcome":"success"}\nnot hsmd\'s' % first
+        with open(name + ".tmp", "wb") as f:
+            f.write(planted)
+        os.replace(name + ".tmp", name)
+        clock.set(120)
+        admin(server, "AuditHash", {"Value": "rotate"})
+        assert eventually(lambda: foreign_events(data), 10), server.read_log()
+        admin(server, "AuditHash", {"Value": "after"})
+
+        (side,) = glob.glob(os.path.join(data, "audit", "*.foreign-*"))
+        saved_to = os.path.basename(side)
+        assert saved_to.startswith(os.path.basename(name) + ".foreign-0-"), saved_to
+        assert stat.S_IMODE(os.stat(side).st_mode) == 0o600
+        with open(side, "rb") as f:
+            assert f.read() == planted
+        (ev,) = foreign_events(data)
+        assert ev["seq"] == first, ev
+        assert ev["extra"] == {"file": os.path.basename(name), "offset": "0",
+                               "length": str(len(planted)), "saved_to": saved_to,
+                               "saved_bytes": str(len(planted)),
+                               "sha256": hashlib.sha256(planted).hexdigest()}, ev
+        assert audit_files(data) == [old, name]
+        with open(name, "rb") as f:
+            held = f.read()
+        assert b"CreateKey" not in held and b"not hsmd" not in held, held
+        assert seqs_of(name)[0] == first
+        assert not lost_events(data)
+        assert metric(server, "hsmd_audit_outages_total") == 0, server.read_log()
+
+        pem = audit_pem(server, str(tmp_path))
+        note = (f"note: hsmd found {len(planted)} bytes in its live file "
+                f"{os.path.basename(name)}, from offset 0, that were not its records as it "
+                f"wrote them, and cut them off (AuditForeignBytes, seq {first})")
+        res = verify(server, pubkey=pem, live=True)
+        assert res.returncode == 0 and "result: VALID" in res.stdout, res.stdout
+        assert note in res.stdout, res.stdout
+        server.stop()
+        res = verify(server, pubkey=pem)
+        assert res.returncode == 0 and "result: VALID" in res.stdout, res.stdout
+        assert note in res.stdout, res.stdout
     finally:
         server.cleanup()
 

@@ -1224,6 +1224,198 @@ static void test_live_file_foreign_bytes(void **state)
 	t_rm_rf(dir);
 }
 
+/* Counts the copies of foreign bytes the hook makes fail (ENOSPC) while armed. */
+typedef struct foreign_fail {
+	atomic_bool armed;
+	atomic_uint tries;
+} foreign_fail;
+
+static int counting_foreign_hook(void *arg, hsm_audit_io_op op)
+{
+	foreign_fail *f = arg;
+	if (op != HSM_AUDIT_IO_FOREIGN || !atomic_load(&f->armed))
+		return 0;
+	atomic_fetch_add(&f->tries, 1);
+	return ENOSPC;
+}
+
+/* Puts a file holding p[0..n) at path in one step (rename), as `mv` would. */
+static void put_in_place(const char *path, const void *p, size_t n)
+{
+	char tmp[PATH_MAX + 8];
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	t_spit(tmp, p, n);
+	assert_int_equal(chmod(tmp, 0600), 0);
+	assert_int_equal(rename(tmp, path), 0);
+}
+
+/*
+ * The name of the file a rotation begins is taken.  A symbolic link there
+ * is not followed: the log stays failed.  A file of other bytes is not
+ * written over nor left to block the log: they are kept in
+ * <file>.foreign-0-<ms> (nothing is cut while that fails) and recorded
+ * (AuditForeignBytes), and the log goes on in that file, which then holds
+ * its records only.  The trail verifies, the bytes noted.
+ */
+static void test_next_file_name_taken(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-name-taken");
+	foreign_fail fail = {.armed = true};
+	hsm_audit_config c = t_config(dir);
+	c.retry_interval_ms = 50;
+	c.test_io_hook = counting_foreign_hook;
+	c.test_io_arg = &fail;
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	unsigned i = 1;
+	for (; i <= 3; i++) {
+		hsm_audit_record r = t_record(i);
+		assert_true(hsm_ok(hsm_audit_append(a, &r)));
+	}
+	/* The rotate checkpoint takes the next seq; the new file starts after it. */
+	uint64_t first = hsm_audit_next_seq(a) + 1;
+	char name[PATH_MAX + 40], target[PATH_MAX + 16];
+	snprintf(name, sizeof(name), "%s/audit-%020llu.jsonl", dir, (unsigned long long)first);
+	snprintf(target, sizeof(target), "%s/elsewhere", dir);
+	assert_int_equal(symlink(target, name), 0);
+	assert_true(hsm_failed(hsm_audit_rotate(a)));
+	assert_false(hsm_audit_healthy(a));
+	struct stat st;
+	assert_int_equal(lstat(target, &st), -1); /* the link was not followed */
+
+	static const char planted[] = "{\"seq\":4,\"op\":\"Planted\"}\nnot hsmd's";
+	size_t plen = sizeof(planted) - 1;
+	put_in_place(name, planted, plen);
+	uint64_t end = t_now_ms() + 3000;
+	while (atomic_load(&fail.tries) < 2 && t_now_ms() < end)
+		usleep(2000);
+	assert_true(atomic_load(&fail.tries) >= 2);
+	assert_false(hsm_audit_healthy(a));
+	size_t held = 0;
+	char *s = t_slurp(name, &held);
+	assert_int_equal(held, plen); /* nothing cut while the bytes cannot be kept */
+	assert_memory_equal(s, planted, plen);
+	free(s);
+	static char side[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(foreign_files(dir, side), 0);
+
+	atomic_store(&fail.armed, false);
+	assert_true(wait_healthy(a, 3000));
+	hsm_audit_record r = t_record(i++);
+	assert_true(hsm_ok(hsm_audit_append(a, &r)));
+	hsm_audit_close(a);
+
+	assert_int_equal(foreign_files(dir, side), 1);
+	char want_side[PATH_MAX + 64];
+	snprintf(want_side, sizeof(want_side), "%s.foreign-0-", name);
+	assert_true(strncmp(side[0], want_side, strlen(want_side)) == 0);
+	assert_int_equal(stat(side[0], &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0600);
+	size_t kept_len = 0;
+	char *kept = t_slurp(side[0], &kept_len);
+	assert_int_equal(kept_len, plen);
+	assert_memory_equal(kept, planted, plen);
+	free(kept);
+	char file[PATH_MAX + 16], len[64];
+	snprintf(file, sizeof(file), "\"file\":\"%s\"", strrchr(name, '/') + 1);
+	snprintf(len, sizeof(len), "\"length\":\"%zu\"", plen);
+	const char *texts[] = {file, "\"offset\":\"0\"", len};
+	assert_true(log_has_event(dir, "AuditForeignBytes", texts, 3));
+	assert_false(log_has_event(dir, "AuditRecordsLost", NULL, 0));
+
+	/* The file holds the log's records, from the one after the rotation on. */
+	static char paths[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES), 2);
+	assert_string_equal(paths[1], name);
+	s = t_slurp(name, NULL);
+	char want_first[48];
+	snprintf(want_first, sizeof(want_first), "{\"seq\":%llu,", (unsigned long long)first);
+	assert_true(strncmp(s, want_first, strlen(want_first)) == 0);
+	assert_null(strstr(s, "Planted"));
+	assert_null(strstr(s, "not hsmd's"));
+	free(s);
+	hsm_audit_verify_report rep = t_verify_dir(dir, NULL, false);
+	assert_true(rep.valid);
+	assert_int_equal(rep.first_seq, 1);
+	assert_int_equal(rep.records, rep.last_seq);
+	assert_int_equal(rep.n_foreign, 1);
+	assert_int_equal(rep.foreign[0].offset, 0);
+	assert_int_equal(rep.foreign[0].length, plen);
+	t_rm_rf(dir);
+}
+
+/*
+ * The file a rotation began is replaced by a copy of itself (`sed -i`;
+ * `cp`, then `mv`) while its first records wait for their fsync.  The new
+ * file the log wants begins with those same records, so it has the copy's
+ * name: the copy, which holds them and nothing else, is taken as that file
+ * and the log goes on in it, as it would have in an empty one.  Nothing is
+ * lost, nothing is foreign, and the trail verifies.
+ */
+static void test_next_file_replaced_by_its_copy_before_its_first_sync(void **state)
+{
+	(void)state;
+	char dir[PATH_MAX];
+	t_mkdtemp(dir, "audit-copy-unsynced");
+	hsm_audit_config c = t_config(dir);
+	c.retry_interval_ms = 50;
+	c.fsync_interval_ms = 10000; /* the records after the rotation stay unsynced */
+	c.fsync_max_lag_ms = 10000;
+	hsm_audit *a = NULL;
+	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
+	unsigned i = 1;
+	for (; i <= 2; i++) {
+		hsm_audit_record r = t_record(i);
+		assert_true(hsm_ok(hsm_audit_append(a, &r)));
+	}
+	assert_true(hsm_ok(hsm_audit_rotate(a)));
+	for (; i <= 5; i++) {
+		hsm_audit_record r = t_record(i);
+		assert_true(hsm_ok(hsm_audit_append(a, &r)));
+	}
+	static char paths[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES), 2);
+	size_t n = 0;
+	char *copy = t_slurp(paths[1], &n);
+	assert_true(n > 0);
+	assert_true(hsm_audit_durable_seq(a) < hsm_audit_next_seq(a)); /* none of them synced */
+	put_in_place(paths[1], copy, n);
+	struct stat st;
+	assert_int_equal(stat(paths[1], &st), 0);
+	ino_t copy_ino = st.st_ino;
+
+	hsm_audit_record r = t_record(i++);
+	assert_true(hsm_failed(hsm_audit_append(a, &r))); /* the replacement is found */
+	assert_true(wait_healthy(a, 3000));
+	r = t_record(i++);
+	assert_true(hsm_ok(hsm_audit_append(a, &r)));
+	hsm_audit_close(a);
+
+	/* The copy is the new file: begun with what it held, then the log's next records. */
+	assert_int_equal(t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES), 2);
+	assert_int_equal(stat(paths[1], &st), 0);
+	assert_int_equal(st.st_ino, copy_ino);
+	size_t now_len = 0;
+	char *s = t_slurp(paths[1], &now_len);
+	assert_true(now_len > n);
+	assert_memory_equal(s, copy, n);
+	free(s);
+	free(copy);
+	static char side[T_MAX_FILES][PATH_MAX];
+	assert_int_equal(foreign_files(dir, side), 0);
+	assert_false(log_has_event(dir, "AuditRecordsLost", NULL, 0));
+	assert_false(log_has_event(dir, "AuditForeignBytes", NULL, 0));
+	hsm_audit_verify_report rep = t_verify_dir(dir, NULL, false);
+	assert_true(rep.valid);
+	assert_int_equal(rep.first_seq, 1);
+	assert_int_equal(rep.records, rep.last_seq); /* none twice, none missing */
+	assert_int_equal(rep.n_foreign, 0);
+	check_recovered_log(dir, "Stale file handle");
+	t_rm_rf(dir);
+}
+
 /*
  * The whole directory deleted and made again under the running log (an
  * operator's rm -rf and mkdir), where another process may then hold the new
@@ -1406,6 +1598,8 @@ int main(void)
 	    cmocka_unit_test(test_live_file_replaced),
 	    cmocka_unit_test(test_live_file_cut),
 	    cmocka_unit_test(test_live_file_foreign_bytes),
+	    cmocka_unit_test(test_next_file_name_taken),
+	    cmocka_unit_test(test_next_file_replaced_by_its_copy_before_its_first_sync),
 	    cmocka_unit_test(test_held_process_write_is_no_outage),
 	    cmocka_unit_test(test_held_process_fsync_is_no_outage),
 	};
