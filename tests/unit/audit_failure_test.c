@@ -24,6 +24,16 @@
 /* The watchdog looks at least every 50 ms; the rest is scheduling slack. */
 #define BOUND_MS (DEADLINE_MS + 50 + 250)
 
+/* Appends records from..to, each acknowledged; the number after the last. */
+static unsigned append_records(hsm_audit *a, unsigned from, unsigned to)
+{
+	for (unsigned i = from; i <= to; i++) {
+		hsm_audit_record r = t_record(i);
+		assert_true(hsm_ok(hsm_audit_append(a, &r)));
+	}
+	return to + 1;
+}
+
 typedef struct done_rec {
 	uint64_t submit_ms;
 	atomic_ullong done_ms;
@@ -414,10 +424,7 @@ static void run_stall(hsm_audit_io_op op)
 	c.fsync_interval_ms = 5;
 	hsm_audit *a = NULL;
 	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
-	for (unsigned i = 0; i < 5; i++) {
-		hsm_audit_record r = t_record(i);
-		assert_true(hsm_ok(hsm_audit_append(a, &r)));
-	}
+	append_records(a, 0, 4);
 	usleep(20000); /* let the group fsync of those run */
 	set_stuck(&s, true);
 	enum { N = 50 };
@@ -897,10 +904,7 @@ static void live_file_taken(bool replace)
 	c.retry_interval_ms = 50;
 	hsm_audit *a = NULL;
 	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
-	for (unsigned i = 1; i <= 5; i++) {
-		hsm_audit_record r = t_record(i);
-		assert_true(hsm_ok(hsm_audit_append(a, &r)));
-	}
+	append_records(a, 1, 5);
 	wait_synced(a);
 	static char paths[T_MAX_FILES][PATH_MAX];
 	assert_int_equal(t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES), 1);
@@ -1021,10 +1025,7 @@ static void test_live_file_cut(void **state)
 	c.retry_interval_ms = 50;
 	hsm_audit *a = NULL;
 	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
-	for (unsigned i = 1; i <= 8; i++) {
-		hsm_audit_record r = t_record(i);
-		assert_true(hsm_ok(hsm_audit_append(a, &r)));
-	}
+	append_records(a, 1, 8);
 	wait_synced(a);
 	static char paths[T_MAX_FILES][PATH_MAX];
 	assert_int_equal(t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES), 1);
@@ -1135,16 +1136,9 @@ static void test_live_file_foreign_bytes(void **state)
 	c.test_io_arg = &fail_copy;
 	hsm_audit *a = NULL;
 	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
-	unsigned i = 1;
-	for (; i <= 4; i++) {
-		hsm_audit_record r = t_record(i);
-		assert_true(hsm_ok(hsm_audit_append(a, &r)));
-	}
+	unsigned i = append_records(a, 1, 4);
 	assert_true(hsm_ok(hsm_audit_checkpoint(a))); /* synced up to here */
-	for (; i <= 7; i++) {
-		hsm_audit_record r = t_record(i);
-		assert_true(hsm_ok(hsm_audit_append(a, &r)));
-	}
+	i = append_records(a, i, 7);
 	static char paths[T_MAX_FILES][PATH_MAX];
 	assert_int_equal(t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES), 1);
 	size_t before = 0;
@@ -1269,11 +1263,7 @@ static void test_next_file_name_taken(void **state)
 	c.test_io_arg = &fail;
 	hsm_audit *a = NULL;
 	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
-	unsigned i = 1;
-	for (; i <= 3; i++) {
-		hsm_audit_record r = t_record(i);
-		assert_true(hsm_ok(hsm_audit_append(a, &r)));
-	}
+	unsigned i = append_records(a, 1, 3);
 	/* The rotate checkpoint takes the next seq; the new file starts after it. */
 	uint64_t first = hsm_audit_next_seq(a) + 1;
 	char name[PATH_MAX + 40], target[PATH_MAX + 16];
@@ -1365,16 +1355,9 @@ static void test_next_file_replaced_by_its_copy_before_its_first_sync(void **sta
 	c.fsync_max_lag_ms = 10000;
 	hsm_audit *a = NULL;
 	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
-	unsigned i = 1;
-	for (; i <= 2; i++) {
-		hsm_audit_record r = t_record(i);
-		assert_true(hsm_ok(hsm_audit_append(a, &r)));
-	}
+	unsigned i = append_records(a, 1, 2);
 	assert_true(hsm_ok(hsm_audit_rotate(a)));
-	for (; i <= 5; i++) {
-		hsm_audit_record r = t_record(i);
-		assert_true(hsm_ok(hsm_audit_append(a, &r)));
-	}
+	i = append_records(a, i, 5);
 	static char paths[T_MAX_FILES][PATH_MAX];
 	assert_int_equal(t_list(dir, "audit-", ".jsonl", paths, T_MAX_FILES), 2);
 	size_t n = 0;
@@ -1433,10 +1416,7 @@ static void test_directory_made_again_under_the_log(void **state)
 	c.retry_interval_ms = 50;
 	hsm_audit *a = NULL;
 	assert_true(hsm_ok(hsm_audit_open(&c, &a)));
-	for (unsigned i = 1; i <= 5; i++) {
-		hsm_audit_record r = t_record(i);
-		assert_true(hsm_ok(hsm_audit_append(a, &r)));
-	}
+	append_records(a, 1, 5);
 	usleep(50000);
 	t_rm_rf(dir);
 	assert_int_equal(mkdir(dir, 0700), 0);
