@@ -1097,6 +1097,22 @@ static size_t foreign_files(const char *dir, char paths[][PATH_MAX])
 	return k;
 }
 
+/* The audit directory holds one side file, named from prefix on, 0600, holding bytes[0..n). */
+static void one_side_file(const char *dir, const char *prefix, const char *bytes, size_t n,
+                          char side[][PATH_MAX])
+{
+	assert_int_equal(foreign_files(dir, side), 1);
+	assert_true(strncmp(side[0], prefix, strlen(prefix)) == 0);
+	struct stat st;
+	assert_int_equal(stat(side[0], &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0600);
+	size_t kept_len = 0;
+	char *kept = t_slurp(side[0], &kept_len);
+	assert_int_equal(kept_len, n);
+	assert_memory_equal(kept, bytes, n);
+	free(kept);
+}
+
 /* Appends n bytes to the file at path, as another process would (O_APPEND). */
 static void append_bytes(const char *path, const char *p, size_t n)
 {
@@ -1165,18 +1181,9 @@ static void test_live_file_foreign_bytes(void **state)
 	assert_true(hsm_ok(hsm_audit_append(a, &r)));
 	hsm_audit_close(a);
 
-	assert_int_equal(foreign_files(dir, side), 1);
 	char want_name[PATH_MAX + 64];
 	snprintf(want_name, sizeof(want_name), "%s.foreign-%zu-", paths[0], before);
-	assert_true(strncmp(side[0], want_name, strlen(want_name)) == 0);
-	struct stat st;
-	assert_int_equal(stat(side[0], &st), 0);
-	assert_int_equal(st.st_mode & 0777, 0600);
-	size_t kept_len = 0;
-	char *kept = t_slurp(side[0], &kept_len);
-	assert_int_equal(kept_len, flen);
-	assert_memory_equal(kept, foreign, flen);
-	free(kept);
+	one_side_file(dir, want_name, foreign, flen, side);
 
 	uint8_t h[32];
 	char hex[65], off[64], len[64], saved_to[PATH_MAX + 32];
@@ -1297,17 +1304,9 @@ static void test_next_file_name_taken(void **state)
 	assert_true(hsm_ok(hsm_audit_append(a, &r)));
 	hsm_audit_close(a);
 
-	assert_int_equal(foreign_files(dir, side), 1);
 	char want_side[PATH_MAX + 64];
 	snprintf(want_side, sizeof(want_side), "%s.foreign-0-", name);
-	assert_true(strncmp(side[0], want_side, strlen(want_side)) == 0);
-	assert_int_equal(stat(side[0], &st), 0);
-	assert_int_equal(st.st_mode & 0777, 0600);
-	size_t kept_len = 0;
-	char *kept = t_slurp(side[0], &kept_len);
-	assert_int_equal(kept_len, plen);
-	assert_memory_equal(kept, planted, plen);
-	free(kept);
+	one_side_file(dir, want_side, planted, plen, side);
 	char file[PATH_MAX + 16], len[64];
 	snprintf(file, sizeof(file), "\"file\":\"%s\"", strrchr(name, '/') + 1);
 	snprintf(len, sizeof(len), "\"length\":\"%zu\"", plen);
