@@ -40,12 +40,15 @@ typedef struct init_opts {
 	bool custodian_users;
 } init_opts;
 
-static int parse_custodians(init_opts *o)
+/* One name a share: without --shares, as many shares as names (as rekey takes them). */
+static int parse_custodians(init_opts *o, bool shares_given)
 {
 	unsigned n = 0;
 	int rc = hsmctl_custodian_list("init", o->custodian_list, o->custodians, &n);
 	if (rc != 0)
 		return rc;
+	if (!shares_given)
+		o->shares = n;
 	if (n != o->shares)
 		return hsmctl_usage("init", "%u custodian names given for %u shares", n, o->shares);
 	return 0;
@@ -60,6 +63,7 @@ static int parse_init(int argc, char **argv, init_opts *o)
 	    {"custodian-users", no_argument, NULL, 'u'},
 	    {NULL, 0, NULL, 0}};
 	int64_t v;
+	bool shares_given = false;
 	o->shares = HSM_DEFAULT_SHARES;
 	o->threshold = HSM_DEFAULT_THRESHOLD;
 	hsmctl_seen seen = {0};
@@ -78,6 +82,7 @@ static int parse_init(int argc, char **argv, init_opts *o)
 				return hsmctl_usage("init", "--%s must be 1..%d",
 				                    c == 'n' ? "shares" : "threshold", HSM_MAX_SHARES);
 			*(c == 'n' ? &o->shares : &o->threshold) = (unsigned)v;
+			shares_given |= c == 'n';
 			break;
 		default: return hsmctl_usage("init", "unknown option");
 		}
@@ -86,14 +91,17 @@ static int parse_init(int argc, char **argv, init_opts *o)
 		return hsmctl_usage("init", "--data-dir and --share-dir are required");
 	if (o->custodian_users && o->custodian_list == NULL)
 		return hsmctl_usage("init", "--custodian-users needs --custodians");
+	if (o->custodian_list != NULL) {
+		int rc = parse_custodians(o, shares_given);
+		if (rc != 0)
+			return rc;
+	}
 	/*
 	 * Checked before anything is made: a refused init leaves no store behind.
 	 * A ceremony's store always has a quorum: 1-of-1 is hsmd --dev's alone.
 	 */
 	if (hsm_failed(hsm_keystore_check_quorum(o->threshold, o->shares, false)))
 		return hsmctl_usage("init", "%s", hsm_last_message());
-	if (o->custodian_list != NULL)
-		return parse_custodians(o);
 	return 0;
 }
 
@@ -206,11 +214,13 @@ static hsm_result write_transcript(const init_opts *o, const hsm_ks_init *in,
 {
 	hsm_result res = HSM_SUCCESS;
 	hsm_buf t = {0}, hex = {0};
-	char when[21];
+	char when[21], set[2 * HSM_KS_SET_ID_LEN + 1];
 	hsm_format_time(hsm_now(), when);
+	hsm_hex_encode_str(set, id->set_id, sizeof(id->set_id));
+	/* The share set (`hsmctl status` says split), named as a rekey's transcript names it. */
 	HSM_TRY(hsm_buf_printf(&t, "hsmd key ceremony transcript\ndate: %s\nstore: %s\n"
-	                           "quorum: %u of %u custodian shares\n",
-	                       when, id->store_id, o->threshold, o->shares));
+	                           "share set: %s\nquorum: %u of %u custodian shares\n",
+	                       when, id->store_id, set, o->threshold, o->shares));
 	for (unsigned i = 0; i < o->shares; i++) {
 		uint8_t fp[HSM_SHA256_LEN];
 		HSM_TRY(hsm_sha256(shares[i].data, shares[i].len, fp));

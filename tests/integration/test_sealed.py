@@ -237,6 +237,38 @@ def test_init_and_rekey_records_never_cut_a_custodian_name(tmp_path):
     assert named(small, "Init") == (["alice", "bob"], "carol")
 
 
+def test_init_takes_the_share_count_from_the_custodians_and_names_the_split(tmp_path):
+    """--custodians without --shares makes one share a name, as rekey does; the transcript
+    names the split, as `hsmctl status` and the Init record do.  Given both, they must
+    agree, and the quorum is checked on the count the names give."""
+    data, shares = str(tmp_path / "data"), str(tmp_path / "shares")
+    p = hsmctl("init", "--data-dir", data, "--share-dir", shares, "--threshold", "2",
+               "--custodians", "alice,bob,carol")
+    assert p.returncode == 0, p.stderr
+    assert "quorum: 2 of 3" in p.stdout, p.stdout
+    assert sorted(f for f in os.listdir(shares) if f.endswith(".share")) == [
+        "alice.share", "bob.share", "carol.share"]
+    (transcript,) = [os.path.join(shares, f) for f in os.listdir(shares)
+                     if f.startswith("ceremony-")]
+    with open(transcript) as f:
+        text = f.read()
+    assert "quorum: 2 of 3 custodian shares" in text, text
+    (named,) = re.findall(r"^share set: ([0-9a-f]+)$", text, re.M)
+    st = hsmctl("status", "--data-dir", data)
+    assert st.returncode == 0, st.stderr
+    assert f"split: {named}\n" in st.stdout, (named, st.stdout)
+    (init,) = [r for r in audit_records(data) if r.get("op") == "Init"]
+    assert init["extra"]["share_set"] == named and init["extra"]["shares"] == "3", init
+
+    for extra, why in ((["--shares", "4"], "3 custodian names given for 4 shares"),
+                       (["--threshold", "4"], "threshold")):
+        other = str(tmp_path / ("other" + extra[1]))
+        p = hsmctl("init", "--data-dir", other, "--share-dir", other + "-shares",
+                   "--custodians", "alice,bob,carol", *extra)
+        assert p.returncode == 2 and why in p.stderr, (extra, p.stderr)
+        assert not os.path.exists(other) and not os.path.exists(other + "-shares")
+
+
 GDB = gdb_can_trace()
 
 
