@@ -104,7 +104,8 @@ hsm_result hsmctl_call_approved(const char *target, const json_t *body,
  * Reads a custodian share file into text (a secure buffer the caller owns),
  * with "\r\n" line endings turned into "\n": a share that went through a
  * Windows editor or mail client is the same share.  Any other byte is left
- * for the share parser to judge.
+ * for the share parser to judge.  A file its group or others may read is
+ * read too, with a warning on standard error (once a file).
  */
 hsm_result hsmctl_read_share(const char *path, hsm_buf *text) HSM_MUST_CHECK;
 

@@ -22,9 +22,38 @@
 
 const hsm_caller hsmctl_local_caller = {.user = "local-operator", .access_key_id = "", .local = true};
 
+/*
+ * A share file others may read is a secret others may have: said once a file
+ * (init writes them 0400), and read all the same, since an unseal in an
+ * emergency must not wait on a chmod.
+ */
+typedef struct told_file {
+	dev_t dev;
+	ino_t ino;
+} told_file;
+
+static void warn_if_readable(const char *path)
+{
+	static told_file told[2 * HSM_MAX_SHARES];
+	static size_t n_told;
+	struct stat st;
+	if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) || (st.st_mode & (S_IRGRP | S_IROTH)) == 0)
+		return;
+	for (size_t i = 0; i < n_told; i++)
+		if (told[i].dev == st.st_dev && told[i].ino == st.st_ino)
+			return;
+	if (n_told < sizeof(told) / sizeof(told[0]))
+		told[n_told++] = (told_file){st.st_dev, st.st_ino};
+	fprintf(stderr,
+	        "hsmctl: warning: share file %s may be read by its group or others (mode %04o): a "
+	        "share is a custodian's secret; keep it private (chmod 400 %s)\n",
+	        path, (unsigned)(st.st_mode & 07777), path);
+}
+
 hsm_result hsmctl_read_share(const char *path, hsm_buf *text)
 {
 	HSM_GUARD(hsm_read_file(path, 4096, text));
+	warn_if_readable(path);
 	size_t w = 0;
 	for (size_t r = 0; r < text->len; r++) {
 		if (text->data[r] == '\r' && r + 1 < text->len && text->data[r + 1] == '\n')

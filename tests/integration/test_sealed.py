@@ -269,6 +269,26 @@ def test_init_takes_the_share_count_from_the_custodians_and_names_the_split(tmp_
         assert not os.path.exists(other) and not os.path.exists(other + "-shares")
 
 
+def test_a_share_file_others_may_read_is_warned_of(tmp_path):
+    """Share files are written 0400.  One copied so that others may read it (a USB stick,
+    a careless cp) still unseals, and hsmctl warns, once a file, naming it."""
+    data, shares = str(tmp_path / "data"), str(tmp_path / "shares")
+    p = hsmctl("init", "--data-dir", data, "--share-dir", shares, "--threshold", "2",
+               "--custodians", "alice,bob,carol")
+    assert p.returncode == 0, p.stderr
+    alice, bob = os.path.join(shares, "alice.share"), os.path.join(shares, "bob.share")
+    p = hsmctl("unseal", "--data-dir", data, alice, bob)
+    assert p.returncode == 0 and "warning" not in p.stderr, p.stderr
+    os.chmod(alice, 0o644)
+    p = hsmctl("unseal", "--data-dir", data, alice, bob)
+    assert p.returncode == 0, p.stderr
+    warnings = [l for l in p.stderr.splitlines() if "may be read by its group or others" in l]
+    assert len(warnings) == 1 and alice in warnings[0] and "0644" in warnings[0], p.stderr
+    with open(alice) as f:
+        (value,) = [l.split()[1] for l in f.read().splitlines() if l.startswith("value ")]
+    assert value not in p.stderr
+
+
 GDB = gdb_can_trace()
 
 
