@@ -294,8 +294,10 @@ static hsm_result set_material_state(hsm_key_record *rec, void *arg)
 		           "%s has no key material pending rotation", rec->key_id);
 		rec->flags &= ~HSM_KEYFLAG_PENDING_MATERIAL;
 		/* As in rotation.c (and KMS): an automatic rotation starts the next period; one
-		 * on demand leaves the automatic schedule as it was. */
-		if (rec->rotation_enabled && a->scheduled)
+		 * on demand leaves the automatic schedule as it was, unless its date has passed
+		 * (no material was there for it): it is then the rotation that was due, and the
+		 * next material, imported for the next date, must not be rotated to at once. */
+		if (rec->rotation_enabled && (a->scheduled || rec->next_rotation <= a->now))
 			rec->next_rotation = a->now + (int64_t)rec->rotation_period_days * DAY;
 		break;
 	}

@@ -129,8 +129,9 @@ static hsm_result make_primary(hsm_key_record *rec, void *arg)
 	 * from this time (kms_jwt.c), which must count from when the JWK Set can show it. */
 	a->version->created = kms_now(a->kms);
 	/* An automatic rotation starts the next period; as in KMS, one on demand leaves the
-	 * automatic schedule as it was. */
-	if (rec->rotation_enabled && a->automatic)
+	 * automatic schedule as it was, unless its date has passed (a node down over it): the
+	 * rotation on demand is then the one that was due, which must not follow it at once. */
+	if (rec->rotation_enabled && (a->automatic || rec->next_rotation <= a->now))
 		rec->next_rotation = a->now + (int64_t)rec->rotation_period_days * DAY;
 	return HSM_SUCCESS;
 }

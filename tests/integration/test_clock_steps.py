@@ -14,6 +14,8 @@ stepping the clock would; the monotonic and boot-time clocks go on.
   counted in hsmd_scheduler_failures_total, the others done.
 - A key whose deletion date passed over an hour ago and that still exists is
   counted in hsmd_keys_deletion_overdue, until it is destroyed.
+- A key rotated on demand (offline) after its date passed while its node was down is
+  not rotated again when the node starts, and its next date counts from that rotation.
 Requests to hsmd's API are signed with the real time, so a test that moves
 the clock more than SigV4's five minutes reads only /metrics and the files.
 """
@@ -31,8 +33,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import HSMCTL, client, signed_call, start_dev
-from helpers import Clock, admin, audit_records, eventually, signed_at
+from conftest import DEV_AKID, DEV_SECRET, HSMCTL, Hsmd, client, signed_call, start_dev
+from helpers import Clock, admin, audit_records, call_ok, eventually, signed_at
 
 
 def start_shifted(clockshift, tmp_path, args=(), elapsed=False):
@@ -373,3 +375,87 @@ def test_no_approval_request_is_purged_for_its_age_by_a_clock_stepped_ahead(cloc
     finally:
         server.cleanup()
         first.cleanup()
+
+
+
+def rotated_offline_past_the_date(clockshift, tmp_path, imported):
+    """A key rotating every 10 days, whose node is down over the date: in a ceremony (an
+    imported key's gets its next material first) it is rotated offline, and the node starts
+    again.  Returns the node that ran before (cleaned up by the caller), the one running,
+    the key, the shift of the clocks and when the rotation was made."""
+    from test_import import external_key, run_hsmctl
+    from test_import_rotation import import_body
+    server, clock = start_shifted(clockshift, tmp_path, elapsed=True)
+    kms = client(server)
+    if imported:
+        key = external_key(kms)
+        call_ok(server, "ImportKeyMaterial", import_body(kms, key, os.urandom(32)))
+    else:
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+    call_ok(server, "EnableKeyRotation", {"KeyId": key, "RotationPeriodInDays": 10})
+    server.stop()
+    shift = 11 * 86400
+    clock.set(shift)
+    env = {"LD_PRELOAD": clockshift, "HSM_TEST_CLOCK_SHIFT_FILE": clock.path,
+           "HSM_TEST_CLOCK_SHIFT_ELAPSED": "1"}
+    quorum = ["--data-dir", server.data_dir,
+              "--share", os.path.join(server.data_dir, "dev-unseal.share")]
+    if imported:
+        material = tmp_path / "next.bin"
+        material.write_bytes(os.urandom(32))
+        p = run_hsmctl("key", "import", *quorum, key, "--material", str(material), "--new",
+                       "--wrapping-key-spec", "RSA_2048", env=env)
+        assert p.returncode == 0, p.stderr
+    p = run_hsmctl("key", "rotate", *quorum, key, env=env)
+    assert p.returncode == 0, p.stderr
+    rotated = time.time() + shift
+    env.update({"HSM_DEV_ACCESS_KEY_ID": DEV_AKID, "HSM_DEV_SECRET_ACCESS_KEY": DEV_SECRET})
+    return server, Hsmd(["--dev"], env=env, data_dir=server.data_dir), key, shift, rotated
+
+
+def shifted_call(server, shift, op, body):
+    now = datetime.datetime.utcnow() + datetime.timedelta(seconds=shift)
+    r = signed_at(server, now, "TrentService." + op, body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_an_overdue_rotation_done_on_demand_moves_the_schedule_on(clockshift, tmp_path):
+    """An imported key whose rotation date passed with no new material: the rotation the
+    ceremony makes to the material it imports (hsmctl key rotate, as RotateKeyOnDemand) is
+    the one that was due.  The next date counts from it, so the alerts' gauges clear and
+    the next material, imported for the next date, is not rotated to at once.  It used to
+    leave the date in the past: the key stayed counted as needing material and overdue."""
+    server, again, key, shift, rotated = rotated_offline_past_the_date(clockshift, tmp_path,
+                                                                       True)
+    try:
+        started = time.time() + shift
+        assert eventually(lambda: gauge(again, "hsmd_keys_counted_time_seconds") > started, 30)
+        for name in ("hsmd_keys_rotation_due_7d", "hsmd_keys_rotation_material_needed_7d",
+                     "hsmd_keys_rotation_overdue"):
+            assert gauge(again, name) == 0, name
+        status = shifted_call(again, shift, "GetKeyRotationStatus", {"KeyId": key})
+        assert abs(status["NextRotationDate"] - (rotated + 10 * 86400)) < 120, status
+    finally:
+        again.stop()
+        server.cleanup()
+
+
+def test_an_overdue_rotation_done_on_demand_is_not_done_again(clockshift, tmp_path):
+    """A generated key rotated on demand after its date passed with no scheduler running:
+    the node that starts again does not rotate it a second time.  It used to, at once."""
+    server, again, key, shift, rotated = rotated_offline_past_the_date(clockshift, tmp_path,
+                                                                       False)
+    try:
+        started = time.time() + shift
+        assert eventually(lambda: gauge(again, "hsmd_keys_counted_time_seconds") > started, 30)
+        first = gauge(again, "hsmd_keys_counted_time_seconds")
+        # Each round counts, then does the work due: a later count follows a round's work.
+        assert eventually(lambda: gauge(again, "hsmd_keys_counted_time_seconds") > first, 30)
+        rotations = shifted_call(again, shift, "ListKeyRotations", {"KeyId": key})["Rotations"]
+        assert [r["RotationType"] for r in rotations] == ["ON_DEMAND"], rotations
+        status = shifted_call(again, shift, "GetKeyRotationStatus", {"KeyId": key})
+        assert abs(status["NextRotationDate"] - (rotated + 10 * 86400)) < 120, status
+    finally:
+        again.stop()
+        server.cleanup()
