@@ -36,7 +36,10 @@ typedef struct rotation_arg {
  * Enabling it again keeps the date (a script that applies "rotation on"
  * every day must not put rotation off for ever); a new period counts from
  * the start of the current one (the last automatic rotation, or the
- * enabling), and a date that has passed with it is due at once.
+ * enabling), and a date that has passed with it is due at once.  That date
+ * is kept as it is, not moved to now: the start is always next_rotation
+ * less the period, so a second change before the rotation (an imported key
+ * waits for its material) must still count from it.
  */
 static hsm_result set_rotation(hsm_key_record *rec, void *arg)
 {
@@ -50,8 +53,7 @@ static hsm_result set_rotation(hsm_key_record *rec, void *arg)
 		rec->next_rotation = a->now + (int64_t)a->period * DAY;
 	} else if (rec->rotation_period_days != a->period) {
 		int64_t start = rec->next_rotation - (int64_t)rec->rotation_period_days * DAY;
-		int64_t next = start + (int64_t)a->period * DAY;
-		rec->next_rotation = next > a->now ? next : a->now;
+		rec->next_rotation = start + (int64_t)a->period * DAY;
 	}
 	rec->rotation_enabled = true;
 	rec->rotation_period_days = a->period;

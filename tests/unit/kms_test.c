@@ -835,13 +835,16 @@ static void test_rotation_schedule(void **state)
 	/* A new period counts from the start of the current one: 100 days from t0... */
 	assert_true(hsm_ok(hsm_kms_enable_rotation(f->kms, &officer, k.key_id, 100)));
 	assert_true(next_rotation(f, k.key_id) == t0 + 100 * day);
-	/* ...and one whose date has passed is due now, and rotates at the next pass. */
+	/* ...and one whose date has passed is due since that date, and rotates at the next
+	 * pass; changed again before it, the period still counts from t0. */
 	assert_true(hsm_ok(hsm_kms_enable_rotation(f->kms, &officer, k.key_id, 30)));
-	assert_true(next_rotation(f, k.key_id) == f->now);
+	assert_true(next_rotation(f, k.key_id) == t0 + 30 * day);
+	assert_true(hsm_ok(hsm_kms_enable_rotation(f->kms, &officer, k.key_id, 60)));
+	assert_true(next_rotation(f, k.key_id) == t0 + 60 * day);
 	size_t done = 0;
 	assert_true(hsm_ok(hsm_kms_run_due(f->kms, &done)));
 	assert_int_equal(done, 1);
-	assert_true(next_rotation(f, k.key_id) == f->now + 30 * day);
+	assert_true(next_rotation(f, k.key_id) == f->now + 60 * day);
 	/* Off and on again: a whole period from now. */
 	f->now += day;
 	assert_true(hsm_ok(hsm_kms_disable_rotation(f->kms, &officer, k.key_id)));
