@@ -341,8 +341,12 @@ hsm_result hsm_kms_jwks_render(hsm_kms *kms, int64_t now, hsm_buf *out,
  * (any change: the cache does not guess which ones matter), when an old
  * version's grace ends, and at the latest every HSM_JWKS_CACHE_TTL seconds,
  * or every meta_cache_ttl_ms (rounded up to a second) when that is shorter
- * (changes made by other nodes sharing the store).  Documents are immutable
- * and reference-counted: release each with hsm_jwks_doc_release.
+ * (changes made by other nodes sharing the store).  When a rebuild fails
+ * (the store out of reach), the last document is served instead, while no
+ * key changed through this service since it was built and for at most its
+ * max-age past its expiry, and the store is asked again at most once a
+ * second.  Documents are immutable and reference-counted: release each with
+ * hsm_jwks_doc_release.
  */
 #define HSM_JWKS_CACHE_TTL 30
 /* Cache-Control max-age: min(300, (max_lifetime + clock_skew) / 4), at least 1. */

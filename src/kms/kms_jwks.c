@@ -173,6 +173,7 @@ struct hsm_jwks_doc {
 struct kms_jwks {
 	pthread_mutex_t lock;
 	hsm_jwks_doc *doc;
+	int64_t retry_at; /* kms clock: after a failed rebuild, the next try is not before */
 };
 
 hsm_result kms_jwks_new(struct kms_jwks **out)
@@ -254,6 +255,20 @@ static hsm_result build(hsm_kms *kms, uint64_t generation, int64_t now, hsm_jwks
 	return HSM_SUCCESS;
 }
 
+/*
+ * Whether d may still be served when its rebuild fails (the store out of
+ * reach: a restart, a failover to the standby): no key changed through this
+ * node since it was built, so it misses no revocation made here, and it is at
+ * most its max-age past its expiry.  Verifiers then keep verifying through a
+ * short store outage, during which no node can change a key, instead of
+ * failing every token as soon as their cached copy expires.
+ */
+static bool may_serve_stale(const hsm_jwks_doc *d, uint64_t generation, int64_t now)
+{
+	return d != NULL && d->generation == generation && now >= d->built &&
+	       now - d->max_age < d->expires;
+}
+
 hsm_result hsm_kms_jwks(hsm_kms *kms, hsm_jwks_doc **out)
 {
 	struct kms_jwks *j = kms->jwks;
@@ -265,11 +280,19 @@ hsm_result hsm_kms_jwks(hsm_kms *kms, hsm_jwks_doc **out)
 	hsm_jwks_doc *d = j->doc;
 	/* A clock stepped back (now before the build) would keep the document for the step. */
 	if (d == NULL || d->generation != gen || now >= d->expires || now < d->built) {
-		hsm_jwks_doc *fresh = NULL;
-		r = build(kms, gen, now, &fresh);
-		if (hsm_ok(r)) {
-			hsm_jwks_doc_release(j->doc);
-			j->doc = d = fresh;
+		bool stale_ok = may_serve_stale(d, gen, now);
+		/* Serving the last document, the store is asked again once a second, not per request. */
+		if (!stale_ok || now >= j->retry_at) {
+			hsm_jwks_doc *fresh = NULL;
+			r = build(kms, gen, now, &fresh);
+			if (hsm_ok(r)) {
+				hsm_jwks_doc_release(j->doc);
+				j->doc = d = fresh;
+			} else if (stale_ok) {
+				hsm_log_failure("JWKS: rebuild failed, the last document is served");
+				j->retry_at = now + 1;
+				r = HSM_SUCCESS;
+			}
 		}
 	}
 	if (hsm_ok(r)) {

@@ -553,6 +553,49 @@ def test_a_token_signed_on_one_node_verifies_through_the_other_nodes_jwks(cluste
     assert before + JWT_LEAD + 1 <= new["IssuedAt"]
 
 
+JWT_MAX_AGE = (10 + 2) // 4  # the JWK Set's max-age under JWT_FLAGS
+
+
+def test_the_jwks_outlives_a_short_store_outage(cluster, pg):
+    """With the store out of reach a node serves the last JWK Set it built, so a verifier
+    whose cached copy expired still verifies the tokens out there (no key can change
+    meanwhile), asking the store again at most once a second, and for at most max-age
+    past the document's due rebuild; then it answers 500, and 200 again once the store
+    is back."""
+    import jwt as pyjwt
+    off = kms(cluster.a, cluster.ops)
+    kid = off.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    st, out = signed_call(cluster.a, "HsmdJwt.EnableJwtSigning", {"KeyId": kid},
+                          akid=cluster.ops[0], secret=cluster.ops[1])
+    assert st == 200, out
+    st, out = signed_call(cluster.a, "HsmdJwt.SignToken", {"KeyId": kid, "Claims": {"sub": "s"}},
+                          akid=cluster.app[0], secret=cluster.app[1])
+    assert st == 200, out
+    token, url = out["Token"], cluster.a.endpoint + "/.well-known/jwks.json"
+    st, served, _ = cluster.a.get("/.well-known/jwks.json")
+    assert st == 200 and kid.encode() in served
+    said = cluster.a.read_log().count("the last document is served")
+    pg.ctl("halt")
+    try:
+        halted = time.time()
+        # The document fetched just now is due again within a second (the store cache's
+        # lifetime, rounded up): up to max-age past that, it is still served.
+        while time.time() < halted + JWT_MAX_AGE:
+            st, body, _ = cluster.a.get("/.well-known/jwks.json")
+            assert (st, body) == (200, served), (round(time.time() - halted, 1), st, body)
+            client = pyjwt.PyJWKClient(url, cache_jwk_set=False)
+            key = client.get_signing_key_from_jwt(token).key
+            assert pyjwt.decode(token, key, algorithms=["ES256"])["sub"] == "s"
+            time.sleep(0.2)
+        assert eventually(lambda: cluster.a.get("/.well-known/jwks.json")[0] == 500,
+                          JWT_MAX_AGE + 3)
+        retries = cluster.a.read_log().count("the last document is served") - said
+        assert 1 <= retries <= time.time() - halted + 1, retries
+    finally:
+        pg.ctl("resume")
+    assert eventually(lambda: cluster.a.get("/.well-known/jwks.json")[0] == 200, 20)
+
+
 def test_hsmctl_works_on_the_shared_store_beside_running_nodes(cluster, tmp_path):
     """`hsmctl --store` key commands write to the store the nodes serve; the nodes see
     the new key at once and a disabled one within the cache lifetime."""
