@@ -45,6 +45,7 @@ typedef struct reader {
 	unsigned depth;
 	bool nomem;
 	bool nul; /* stopped at a \u0000: valid JSON, but not a string hsmd takes */
+	bool deep; /* stopped at a value nested deeper than MAX_DEPTH: maybe valid JSON */
 } reader;
 
 static json_t *read_value(reader *r);
@@ -469,8 +470,12 @@ fail:
 static json_t *read_value(reader *r)
 {
 	skip_ws(r);
-	if (r->p >= r->end || r->depth == MAX_DEPTH)
+	if (r->p >= r->end)
 		return NULL;
+	if (r->depth == MAX_DEPTH) {
+		r->deep = true;
+		return NULL;
+	}
 	r->depth++;
 	json_t *v = NULL;
 	switch (*r->p) {
@@ -529,6 +534,10 @@ hsm_result hsm_json_read(const uint8_t *body, size_t n, json_t **out, unsigned *
 	           "The request has a string with the character U+0000 (line %u, column %u), which "
 	           "hsmd does not accept in any member",
 	           *line, *col);
+	HSM_ENSURE(!r.deep, HSM_ERR_SERIALIZATION,
+	           "The request body nests values more than %d deep (line %u, column %u), more "
+	           "than hsmd reads",
+	           MAX_DEPTH, *line, *col);
 	return HSM_FAIL(HSM_ERR_SERIALIZATION, "The request body is not valid JSON (line %u, column %u)",
 	                *line, *col);
 }

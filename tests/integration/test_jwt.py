@@ -245,6 +245,13 @@ def test_a_deny_of_kms_sign_stands_against_a_sign_grant_signing_tokens(hsmd, kms
     assert out["KeyId"].endswith("key/" + key)
 
 
+def nested(depth):
+    v = "bottom"
+    for _ in range(depth):
+        v = {"n": v}
+    return v
+
+
 def test_bad_input_gets_clear_errors(hsmd, kms):
     key, _ = jwt_key(hsmd, kms, "RSA_2048")
     cases = [
@@ -259,6 +266,8 @@ def test_bad_input_gets_clear_errors(hsmd, kms):
         ({"Claims": {"aud": []}}, "ValidationException", '"aud"'),
         ({"Claims": {"aud": ["a", 1]}}, "ValidationException", '"aud"'),
         ({"Claims": {"pad": "x" * 17000}}, "ValidationException", "16384"),
+        # Valid JSON nested past what hsmd reads: said so, not called invalid JSON.
+        ({"Claims": nested(70)}, "SerializationException", "more than 64 deep"),
         ({"Claims": {}, "Header": {"alg": "none"}}, "ValidationException", '"alg"'),
         ({"Claims": {}, "Header": {"kid": "other"}}, "ValidationException", '"kid"'),
         ({"Claims": {}, "Header": {"cty": "JWT"}}, "ValidationException", "nested JWT"),

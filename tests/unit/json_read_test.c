@@ -249,14 +249,22 @@ static void test_depth_limit(void **state)
 			json_decref(got);
 		} else {
 			assert_int_equal(r.err, HSM_ERR_SERIALIZATION);
+			/* Valid JSON, only too deep: said so, where the value past the limit begins. */
+			assert_non_null(strstr(hsm_last_error()->message, "nests values more than 64 deep"));
+			assert_int_equal(line, 1);
+			assert_int_equal(col, DEPTH_LIMIT + 1);
 		}
 	}
+	json_t *got = NULL;
+	unsigned line, col;
+	/* Broken JSON within the limit is still called that. */
+	assert_int_equal(hsm_json_read((const uint8_t *)"[[1,]]", 6, &got, &line, &col).err,
+	                 HSM_ERR_SERIALIZATION);
+	assert_non_null(strstr(hsm_last_error()->message, "is not valid JSON"));
 	/* Far past it: refused without exhausting the stack. */
 	size_t o = 0;
 	for (size_t i = 0; i < 3000; i++)
 		doc[o++] = '[';
-	json_t *got = NULL;
-	unsigned line, col;
 	assert_int_equal(hsm_json_read((const uint8_t *)doc, o, &got, &line, &col).err,
 	                 HSM_ERR_SERIALIZATION);
 	assert_null(got);
