@@ -174,6 +174,8 @@ struct kms_jwks {
 	pthread_mutex_t lock;
 	hsm_jwks_doc *doc;
 	int64_t retry_at; /* kms clock: after a failed rebuild, the next try is not before */
+	bool building;    /* a request is rebuilding the document, outside the lock */
+	pthread_cond_t built; /* signalled when it is done */
 };
 
 hsm_result kms_jwks_new(struct kms_jwks **out)
@@ -181,6 +183,7 @@ hsm_result kms_jwks_new(struct kms_jwks **out)
 	struct kms_jwks *j = calloc(1, sizeof(*j));
 	HSM_ENSURE(j != NULL, HSM_ERR_NOMEM, "out of memory");
 	pthread_mutex_init(&j->lock, NULL);
+	pthread_cond_init(&j->built, NULL);
 	*out = j;
 	return HSM_SUCCESS;
 }
@@ -190,6 +193,7 @@ void kms_jwks_free(struct kms_jwks *j)
 	if (j == NULL)
 		return;
 	hsm_jwks_doc_release(j->doc);
+	pthread_cond_destroy(&j->built);
 	pthread_mutex_destroy(&j->lock);
 	free(j);
 }
@@ -269,31 +273,65 @@ static bool may_serve_stale(const hsm_jwks_doc *d, uint64_t generation, int64_t 
 	       now - d->max_age < d->expires;
 }
 
+/* Whether d is the document to serve now, as it is: a change here or its expiry says no. */
+static bool current(const hsm_jwks_doc *d, uint64_t generation, int64_t now)
+{
+	/* A clock stepped back (now before the build) would keep the document for the step. */
+	return d != NULL && d->generation == generation && now < d->expires && now >= d->built;
+}
+
+/*
+ * Builds a document outside the lock, so that requests meanwhile are served
+ * the last one where it may be (a store that answers late holds up one
+ * request, not all of them), and installs it.  Called and returns with
+ * j->lock held; *d is the document to serve on success.
+ */
+static hsm_result rebuild(hsm_kms *kms, struct kms_jwks *j, uint64_t gen, int64_t now,
+                          hsm_jwks_doc **d)
+{
+	hsm_jwks_doc *fresh = NULL;
+	j->building = true;
+	pthread_mutex_unlock(&j->lock);
+	hsm_result r = build(kms, gen, now, &fresh);
+	pthread_mutex_lock(&j->lock);
+	j->building = false;
+	pthread_cond_broadcast(&j->built);
+	if (hsm_ok(r)) {
+		hsm_jwks_doc_release(j->doc);
+		j->doc = *d = fresh;
+		return HSM_SUCCESS;
+	}
+	/* Serving the last document, the store is asked again once a second, not per request. */
+	if (may_serve_stale(j->doc, gen, now)) {
+		hsm_log_failure("JWKS: rebuild failed, the last document is served");
+		j->retry_at = now + 1;
+		*d = j->doc;
+		return HSM_SUCCESS;
+	}
+	return r;
+}
+
 hsm_result hsm_kms_jwks(hsm_kms *kms, hsm_jwks_doc **out)
 {
 	struct kms_jwks *j = kms->jwks;
 	hsm_result r = HSM_SUCCESS;
+	hsm_jwks_doc *d;
 	pthread_mutex_lock(&j->lock);
-	/* Read before rendering: a change racing with the render forces the next rebuild. */
-	uint64_t gen = atomic_load_explicit(&kms->generation, memory_order_acquire);
-	int64_t now = kms_now(kms);
-	hsm_jwks_doc *d = j->doc;
-	/* A clock stepped back (now before the build) would keep the document for the step. */
-	if (d == NULL || d->generation != gen || now >= d->expires || now < d->built) {
-		bool stale_ok = may_serve_stale(d, gen, now);
-		/* Serving the last document, the store is asked again once a second, not per request. */
-		if (!stale_ok || now >= j->retry_at) {
-			hsm_jwks_doc *fresh = NULL;
-			r = build(kms, gen, now, &fresh);
-			if (hsm_ok(r)) {
-				hsm_jwks_doc_release(j->doc);
-				j->doc = d = fresh;
-			} else if (stale_ok) {
-				hsm_log_failure("JWKS: rebuild failed, the last document is served");
-				j->retry_at = now + 1;
-				r = HSM_SUCCESS;
-			}
+	for (;;) {
+		/* Read before rendering: a change racing with the render forces the next rebuild. */
+		uint64_t gen = atomic_load_explicit(&kms->generation, memory_order_acquire);
+		int64_t now = kms_now(kms);
+		d = j->doc;
+		if (current(d, gen, now))
+			break;
+		if (may_serve_stale(d, gen, now) && (j->building || now < j->retry_at))
+			break; /* being rebuilt, or the store failed a moment ago */
+		if (!j->building) {
+			r = rebuild(kms, j, gen, now, &d);
+			break;
 		}
+		/* No document this request may have: wait for the one being built, then look again. */
+		pthread_cond_wait(&j->built, &j->lock);
 	}
 	if (hsm_ok(r)) {
 		atomic_fetch_add_explicit(&d->refs, 1, memory_order_relaxed);

@@ -596,6 +596,44 @@ def test_the_jwks_outlives_a_short_store_outage(cluster, pg):
     assert eventually(lambda: cluster.a.get("/.well-known/jwks.json")[0] == 200, 20)
 
 
+def test_a_hanging_store_holds_up_one_jwks_request_not_all(cluster, pg):
+    """A store that stops answering (frozen: hsmd waits out its own limit, 20 s) holds up
+    the request that rebuilds the JWK Set, not the others: while it waits they are served
+    the last document at once, within its max-age past its due rebuild."""
+    import urllib.request
+    off = kms(cluster.a, cluster.ops)
+    kid = off.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    st, out = signed_call(cluster.a, "HsmdJwt.EnableJwtSigning", {"KeyId": kid},
+                          akid=cluster.ops[0], secret=cluster.ops[1])
+    assert st == 200, out
+    url = cluster.a.endpoint + "/.well-known/jwks.json"
+    fetched = time.time()
+    st, served, _ = cluster.a.get("/.well-known/jwks.json")
+    assert st == 200 and kid.encode() in served
+
+    def get():
+        try:
+            with urllib.request.urlopen(url, timeout=1.5) as r:
+                return r.status, r.read()
+        except OSError as e:
+            return None, str(e)
+
+    pg.freeze()
+    try:
+        # The document is due again within a second, and served up to max-age past that.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+            answers = []
+            while time.time() < fetched + JWT_MAX_AGE - 0.3:
+                answers.append(pool.submit(get))
+                time.sleep(0.2)
+            answers = [a.result() for a in answers]
+    finally:
+        pg.thaw()
+    late = [a for a in answers if a != (200, served)]
+    assert len(answers) >= 10 and len(late) <= 1, late
+    assert eventually(lambda: cluster.a.get("/.well-known/jwks.json")[0] == 200, 30)
+
+
 def test_hsmctl_works_on_the_shared_store_beside_running_nodes(cluster, tmp_path):
     """`hsmctl --store` key commands write to the store the nodes serve; the nodes see
     the new key at once and a disabled one within the cache lifetime."""
