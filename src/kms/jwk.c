@@ -254,10 +254,9 @@ out:
 static hsm_result okp_from_jwk(const json_t *jwk, EVP_PKEY **out)
 {
 	hsm_buf x = {0};
-	HSM_GUARD(get_b64url(jwk, "x", &x));
-	hsm_result r = x.len == ED25519_LEN
-	                   ? HSM_SUCCESS
-	                   : HSM_FAIL(HSM_ERR_VALIDATION, "the JWK's \"x\" must be 32 bytes");
+	hsm_result r = get_b64url(jwk, "x", &x); /* x is freed below, refused or not */
+	if (hsm_ok(r) && x.len != ED25519_LEN)
+		r = HSM_FAIL(HSM_ERR_VALIDATION, "the JWK's \"x\" must be 32 bytes");
 	if (hsm_ok(r)) {
 		*out = EVP_PKEY_new_raw_public_key_ex(NULL, "ED25519", NULL, x.data, x.len);
 		if (*out == NULL)

@@ -50,8 +50,10 @@ static hsm_result decode_object(const char *s, size_t n, const char *what, json_
 	hsm_buf raw = {0};
 	json_error_t e;
 	hsm_result r = hsm_b64url_decode(&raw, s, n, HSM_ERR_VALIDATION);
-	if (hsm_failed(r))
+	if (hsm_failed(r)) {
+		hsm_buf_free(&raw); /* a refused decode may have reserved its room */
 		return HSM_FAIL(HSM_ERR_VALIDATION, "the token's %s is not base64url", what);
+	}
 	json_t *o = json_loadb((const char *)raw.data, raw.len, JSON_REJECT_DUPLICATES, &e);
 	hsm_buf_free(&raw);
 	HSM_ENSURE(o != NULL, HSM_ERR_VALIDATION, "the token's %s is not JSON", what);
