@@ -347,8 +347,8 @@ hsm_result hsm_kms_jwks_render(hsm_kms *kms, int64_t now, hsm_buf *out,
  * max-age past its expiry, and the store is asked again at most once a
  * second.  One request at a time rebuilds, outside the lock: while it waits
  * for the store, the others are served the last document where it may be,
- * and wait for the new one otherwise.  Documents are immutable and reference-counted: release each with
- * hsm_jwks_doc_release.
+ * and wait for the new one otherwise.  Documents are immutable and
+ * reference-counted: release each with hsm_jwks_doc_release.
  */
 #define HSM_JWKS_CACHE_TTL 30
 /* Cache-Control max-age: min(300, (max_lifetime + clock_skew) / 4), at least 1. */
