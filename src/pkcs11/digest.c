@@ -129,7 +129,10 @@ CK_RV C_DigestKey(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE key)
 	p11_session *s = digesting(h, true, &rv);
 	if (s == NULL)
 		LEAVE(rv);
-	rv = p11_object_get(key) == NULL ? CKR_KEY_HANDLE_INVALID : CKR_KEY_INDIGESTIBLE;
+	/* A key, as the *Init functions take one (a certificate is none), and one that shows:
+	 * before login no object does, a public key's kept handle included (objects.c). */
+	const p11_object *o = p11.logged_in ? p11_key_get(key) : NULL;
+	rv = o == NULL ? CKR_KEY_HANDLE_INVALID : CKR_KEY_INDIGESTIBLE;
 	p11_op_reset(&s->digest);
 	LEAVE(rv);
 }

@@ -2107,6 +2107,13 @@ def test_digests_in_the_module(p11, server, user, keys):
         nothing = LowLevel.CK_OBJECT_HANDLE()
         nothing.assign(0xDEAD)
         assert lib.C_DigestKey(h, nothing) == PyKCS11.CKR_KEY_HANDLE_INVALID
+        # After a logout a public key keeps its handle, hidden until the next login: no
+        # object shows, so its handle names none here either, as a bogus one does.
+        (pub,) = find(s, CKO_PUBLIC_KEY, keys["ec"])
+        s.logout()
+        check(lib.C_DigestInit(h, sha256), "C_DigestInit")
+        assert lib.C_DigestKey(h, pub) == PyKCS11.CKR_KEY_HANDLE_INVALID
+        s.login(user.pin)
         # Mechanisms that are not digests, and a digest mechanism with a parameter.
         for m in (Mechanism(CKM["CKM_SHA256_RSA_PKCS"]), Mechanism(CKM["CKM_SHA256_HMAC"])):
             assert lib.C_DigestInit(h, m.to_native()) == PyKCS11.CKR_MECHANISM_INVALID
@@ -3214,6 +3221,9 @@ def test_a_certificate_is_no_key_handle(p11, user, keys):
             assert init(s.session, mech.to_native(), cert) == PyKCS11.CKR_KEY_HANDLE_INVALID, init
         ckr(PyKCS11.CKR_KEY_HANDLE_INVALID, s.deriveKey, cert, SECRET_TEMPLATE,
             ecdh(bytes.fromhex("04") + bytes(96)))
+        check(s.lib.C_DigestInit(s.session, Mechanism(CKM["CKM_SHA256"]).to_native()),
+              "C_DigestInit")
+        assert s.lib.C_DigestKey(s.session, cert) == PyKCS11.CKR_KEY_HANDLE_INVALID
 
 
 def test_token_counts_rw_sessions_and_mechanisms_say_hw(p11):
