@@ -1003,8 +1003,17 @@ static CK_RV refresh_keys_for(const CK_ATTRIBUTE *tmpl, CK_ULONG count)
 		return refresh_keys();
 	memcpy(name, named->pValue, named->ulValueLen);
 	name[named->ulValueLen] = '\0';
-	if (hsm_is_uuid(name))
-		return refresh_key(name);
+	/*
+	 * A key id names that key (a key without an alias has it as its label).  A
+	 * label spelling one may as well be an alias's name ("alias/<a key id>" is a
+	 * valid alias name, and the label of the key it names): that key is read too.
+	 */
+	bool as_key_id = hsm_is_uuid(name);
+	if (as_key_id) {
+		CK_RV rv = refresh_key(name);
+		if (rv != CKR_OK || named == id)
+			return rv;
+	}
 	/*
 	 * A label is an alias name without "alias/", a CKA_ID of a key's own
 	 * an alias too (HSM_PKCS11_ID_ALIAS): ask hsmd which key it names now.
@@ -1039,8 +1048,8 @@ static CK_RV refresh_keys_for(const CK_ATTRIBUTE *tmpl, CK_ULONG count)
 		           (named == id ? o->id.len == id->ulValueLen &&
 		                              hsm_ct_equal(o->id.data, id->pValue, o->id.len)
 		                        : strcmp(o->label, name) == 0);
-		if (!had || strcmp(o->key_id, key_id) == 0)
-			continue;
+		if (!had || strcmp(o->key_id, key_id) == 0 || (as_key_id && strcmp(o->key_id, name) == 0))
+			continue; /* read already */
 		if (n == cap) {
 			void *more = realloc(others, (cap = cap ? 2 * cap : 4) * sizeof(*others));
 			if (more == NULL) {

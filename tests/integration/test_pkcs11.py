@@ -2651,6 +2651,28 @@ def test_search_by_id_or_label_reads_that_key_only(p11, server, user, officer, k
         assert find(s, None, other) == []
 
 
+def test_a_label_spelling_a_key_id_finds_the_key_it_is_the_alias_of(p11, user, officer):
+    """A label that spells a key id names that key (a key without an alias has its id as its
+    label) but may as well be an alias's name ("alias/<a key id>" is one): a search by it
+    finds the key that alias names, made after the login, not only after a listing."""
+    with session(p11, user.pin) as s:
+        bare = officer.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")
+        bare = bare["KeyMetadata"]["KeyId"]
+        named = officer.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")
+        named = named["KeyMetadata"]["KeyId"]
+        label = str(uuid.uuid4())
+        officer.create_alias(AliasName=f"alias/{label}", TargetKeyId=named)
+        try:
+            found = s.findObjects([(CKA_LABEL, label)])
+            assert sorted(attrs(s, o, CKA_ID)[0] for o in found) == [named.encode()] * 2
+            found = s.findObjects([(CKA_LABEL, bare)])
+            assert sorted(attrs(s, o, CKA_ID)[0] for o in found) == [bare.encode()] * 2
+        finally:
+            officer.delete_alias(AliasName=f"alias/{label}")
+            for k in (bare, named):
+                officer.schedule_key_deletion(KeyId=k, PendingWindowInDays=7)
+
+
 def find_raw(s, template):
     """C_FindObjectsInit with a raw template: its code, and the handles C_FindObjects gives."""
     rv = s.lib.C_FindObjectsInit(s.session, raw_template(s, template))
