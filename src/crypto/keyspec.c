@@ -203,23 +203,33 @@ hsm_result hsm_usage_parse(const char *name, hsm_key_usage *out)
 
 hsm_result hsm_enc_alg_parse(const char *name, hsm_enc_alg *out)
 {
+	/* EncryptionAlgorithmSpec names no key here takes (SM2 keys are not offered). */
+	static const char *const not_offered[] = {"SM2PKE"};
 	for (unsigned i = 0; i < HSM_ENC_COUNT; i++) {
 		if (strcmp(name, enc_names[i]) == 0) {
 			*out = (hsm_enc_alg)i;
 			return HSM_SUCCESS;
 		}
 	}
+	HSM_ENSURE(!aws_name(name, not_offered, 1), HSM_ERR_UNSUPPORTED_OPERATION,
+	           "EncryptionAlgorithm %s is not offered: it needs SM2 keys", name);
 	return HSM_FAIL(HSM_ERR_VALIDATION, "EncryptionAlgorithm '%.64s' is not supported", name);
 }
 
 hsm_result hsm_sign_alg_parse(const char *name, hsm_sign_alg *out)
 {
+	/* SigningAlgorithmSpec names no key here takes: SM2 and ML-DSA keys are not offered,
+	 * and Debian 12's OpenSSL has no Ed25519ph. */
+	static const char *const not_offered[] = {"SM2DSA", "ML_DSA_SHAKE_256",
+	                                          "ED25519_PH_SHA_512"};
 	for (unsigned i = 0; i < HSM_SIGN_COUNT; i++) {
 		if (strcmp(name, sign_algs[i].name) == 0) {
 			*out = (hsm_sign_alg)i;
 			return HSM_SUCCESS;
 		}
 	}
+	HSM_ENSURE(!aws_name(name, not_offered, 3), HSM_ERR_UNSUPPORTED_OPERATION,
+	           "SigningAlgorithm %s is not offered by any key here", name);
 	return HSM_FAIL(HSM_ERR_VALIDATION, "SigningAlgorithm '%.64s' is not supported", name);
 }
 

@@ -140,6 +140,9 @@ hsm_result hsm_spec_parse(const char *name, hsm_key_spec *out) HSM_MUST_CHECK;
 hsm_result hsm_spec_parse_member(const char *member, const char *name,
                                  hsm_key_spec *out) HSM_MUST_CHECK;
 hsm_result hsm_usage_parse(const char *name, hsm_key_usage *out) HSM_MUST_CHECK;
+/* An algorithm AWS defines for the member that no key here takes (SM2PKE; SM2DSA,
+ * ML_DSA_SHAKE_256, ED25519_PH_SHA_512) is UNSUPPORTED_OPERATION, which the caller turns
+ * into the key's InvalidKeyUsageException (hsm_kms_refuse_algorithm); any other VALIDATION. */
 hsm_result hsm_enc_alg_parse(const char *name, hsm_enc_alg *out) HSM_MUST_CHECK;
 hsm_result hsm_sign_alg_parse(const char *name, hsm_sign_alg *out) HSM_MUST_CHECK;
 hsm_result hsm_mac_alg_parse(const char *name, hsm_mac_alg *out) HSM_MUST_CHECK;

@@ -62,6 +62,24 @@ static hsm_result require_no_ctx(const hsm_enc_ctx *ctx)
 	return HSM_SUCCESS;
 }
 
+hsm_result hsm_kms_refuse_algorithm(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
+                                    const char *action, const char *ref, const char *member,
+                                    const char *name, const char *message_type)
+{
+	kms_key *k = NULL;
+	hsm_policy_pair cond = {"kms:MessageType", message_type};
+	kms_authz_extra extra = {.action = action, .more = &cond, .n_more = message_type != NULL};
+	if (strcmp(member, "SigningAlgorithm") == 0)
+		extra.signing_algorithm = name;
+	else
+		extra.encryption_algorithm = name;
+	HSM_GUARD(kms_lookup(kms, caller, op, ref, &extra, &k));
+	hsm_result r = HSM_FAIL(HSM_ERR_INVALID_KEY_USAGE, "%s %s is not valid for %s (KeySpec %s)",
+	                        member, name, k->arn, hsm_spec_name(k->rec.spec));
+	kms_key_release(k);
+	return r;
+}
+
 /* The default algorithm is SYMMETRIC_DEFAULT, which asymmetric keys refuse. */
 static hsm_enc_alg alg_or_default(bool has, hsm_enc_alg alg)
 {

@@ -786,6 +786,20 @@ hsm_result hsm_kms_derive_shared_secret(hsm_kms *kms, const hsm_caller *caller, 
                                         hsm_agree_alg alg, const uint8_t *peer_spki,
                                         size_t peer_len, hsm_buf *secret,
                                         hsm_used_key *used) HSM_MUST_CHECK;
+/*
+ * A request naming an algorithm AWS defines that no key here takes (the parse said
+ * HSM_ERR_UNSUPPORTED_OPERATION): the key ref names is looked up for op as the operation
+ * would look it up (authorization, with the algorithm as its condition value; key state),
+ * then refused with InvalidKeyUsageException, AWS's answer to an algorithm the key's spec
+ * does not take (API reference, "InvalidKeyUsageException").  action: kms:ReEncryptFrom or
+ * kms:ReEncryptTo for ReEncrypt, else NULL; member names the request's member
+ * ("SigningAlgorithm", "EncryptionAlgorithm", "SourceEncryptionAlgorithm", ...);
+ * message_type: Sign's and Verify's kms:MessageType ("RAW", "DIGEST"), else NULL.  Never
+ * succeeds.
+ */
+hsm_result hsm_kms_refuse_algorithm(hsm_kms *kms, const hsm_caller *caller, hsm_op op,
+                                    const char *action, const char *ref, const char *member,
+                                    const char *name, const char *message_type) HSM_MUST_CHECK;
 /* Public key (SPKI DER) of the primary version, and the key's record. */
 hsm_result hsm_kms_get_public_key(hsm_kms *kms, const hsm_caller *caller, const char *key,
                                   hsm_buf *spki, hsm_key_record *out) HSM_MUST_CHECK;

@@ -36,18 +36,43 @@ static void free_ctx(hsm_api_ctx *c, hsm_enc_ctx *ctx)
 	ctx->pairs = NULL;
 }
 
-static hsm_result read_enc_alg(hsm_api_ctx *c, const char *member, bool *has, hsm_enc_alg *alg)
+/*
+ * An encryption algorithm member.  *not_offered is set to an algorithm AWS defines
+ * that no key here takes (SM2PKE), for the handler to refuse once it has the key
+ * (hsm_kms_refuse_algorithm); *has stays false then.
+ */
+static hsm_result read_enc_alg(hsm_api_ctx *c, const char *member, bool *has, hsm_enc_alg *alg,
+                               const char **not_offered)
 {
 	const char *name = NULL;
 	HSM_GUARD(hsm_json_str(c->req, member, false, 1, 64, &name));
-	*has = name != NULL;
-	if (*has) {
-		/* Refused under the member's own name (ReEncrypt has two). */
-		HSM_ENSURE(hsm_ok(hsm_enc_alg_parse(name, alg)), HSM_ERR_VALIDATION,
-		           "%s '%.64s' is not supported", member, name);
-		c->audit.algorithm = hsm_enc_alg_name(*alg);
+	*has = false;
+	*not_offered = NULL;
+	if (name == NULL)
+		return HSM_SUCCESS;
+	hsm_result parsed = hsm_enc_alg_parse(name, alg);
+	if (parsed.err == HSM_ERR_UNSUPPORTED_OPERATION) {
+		*not_offered = name;
+		return HSM_SUCCESS;
 	}
+	/* Refused under the member's own name (ReEncrypt has two). */
+	HSM_ENSURE(hsm_ok(parsed), HSM_ERR_VALIDATION, "%s '%.64s' is not supported", member, name);
+	*has = true;
+	c->audit.algorithm = hsm_enc_alg_name(*alg);
 	return HSM_SUCCESS;
+}
+
+/*
+ * A not offered algorithm is an asymmetric one: its ciphertexts name no key, so the
+ * request must (key_member), and that key refuses it.
+ */
+static hsm_result refuse_enc_alg(hsm_api_ctx *c, hsm_op op, const char *action,
+                                 const char *key_member, const char *key, const char *member,
+                                 const char *name)
+{
+	HSM_ENSURE(key != NULL, HSM_ERR_VALIDATION, "%s is required to decrypt with an asymmetric key",
+	           key_member);
+	return hsm_kms_refuse_algorithm(c->kms, c->caller, op, action, key, member, name, NULL);
 }
 
 /*
@@ -83,11 +108,15 @@ hsm_result hsm_api_encrypt(hsm_api_ctx *c)
 	hsm_buf pt, ct = {0};
 	hsm_used_key used;
 	bool present;
+	const char *not_offered;
 	hsm_buf_init_secure(&pt);
 	HSM_TRY(hsm_api_key_id(c, "KeyId", &req.key));
 	HSM_TRY(hsm_json_blob(c->req, "Plaintext", true, 1, HSM_MAX_PLAINTEXT, &pt, &present));
 	HSM_TRY(read_ctx(c, "EncryptionContext", &req.ctx, true));
-	HSM_TRY(read_enc_alg(c, "EncryptionAlgorithm", &req.has_alg, &req.alg));
+	HSM_TRY(read_enc_alg(c, "EncryptionAlgorithm", &req.has_alg, &req.alg, &not_offered));
+	if (not_offered != NULL)
+		HSM_TRY(hsm_kms_refuse_algorithm(c->kms, c->caller, HSM_OP_Encrypt, NULL, req.key,
+		                                 "EncryptionAlgorithm", not_offered, NULL));
 	req.plaintext = pt.data;
 	req.plaintext_len = pt.len;
 	HSM_TRY(hsm_kms_encrypt(c->kms, c->caller, &req, &ct, &used));
@@ -128,12 +157,16 @@ hsm_result hsm_api_decrypt(hsm_api_ctx *c)
 	hsm_buf ct = {0}, pt;
 	hsm_used_key used;
 	hsm_enc_alg alg;
+	const char *not_offered = NULL;
 	hsm_buf_init_secure(&pt);
 	HSM_TRY(read_ciphertext(c, &ct, &req.ignore_ciphertext));
 	HSM_TRY(hsm_json_str(c->req, "KeyId", false, 1, HSM_KEYID_MAX, &req.key));
 	HSM_TRY(hsm_api_refuse_recipient(c, "Plaintext", HSM_ERR_VALIDATION));
 	HSM_TRY(read_ctx(c, "EncryptionContext", &req.ctx, true));
-	HSM_TRY(read_enc_alg(c, "EncryptionAlgorithm", &req.has_alg, &req.alg));
+	HSM_TRY(read_enc_alg(c, "EncryptionAlgorithm", &req.has_alg, &req.alg, &not_offered));
+	if (not_offered != NULL)
+		HSM_TRY(refuse_enc_alg(c, HSM_OP_Decrypt, NULL, "KeyId", req.key, "EncryptionAlgorithm",
+		                       not_offered));
 	req.ciphertext = ct.data;
 	req.ciphertext_len = ct.len;
 	HSM_TRY(hsm_kms_decrypt(c->kms, c->caller, &req, &pt, &used, &alg));
@@ -143,6 +176,8 @@ hsm_result hsm_api_decrypt(hsm_api_ctx *c)
 	hsm_jw_str(c->w, "EncryptionAlgorithm", hsm_enc_alg_name(alg));
 	hsm_api_write_material_id(c, "KeyMaterialId", &used);
 out:
+	if (hsm_failed(res) && not_offered != NULL)
+		hsm_api_note_ref(c, req.key); /* the key that refused, not the ciphertext's */
 	if (hsm_failed(res))
 		note_ciphertext_key(&ct, !req.has_alg || req.alg == HSM_ENC_SYMMETRIC_DEFAULT,
 		                    c->audit.key_id);
@@ -158,13 +193,23 @@ hsm_result hsm_api_reencrypt(hsm_api_ctx *c)
 	hsm_buf ct = {0}, out_ct = {0};
 	hsm_used_key src, dst;
 	hsm_enc_alg src_alg, dst_alg;
+	const char *src_not_offered, *dst_not_offered;
 	HSM_TRY(read_ciphertext(c, &ct, &req.source.ignore_ciphertext));
 	HSM_TRY(hsm_json_str(c->req, "SourceKeyId", false, 1, HSM_KEYID_MAX, &req.source.key));
 	HSM_TRY(hsm_api_key_id(c, "DestinationKeyId", &req.dest_key));
 	HSM_TRY(read_ctx(c, "SourceEncryptionContext", &req.source.ctx, true));
 	HSM_TRY(read_ctx(c, "DestinationEncryptionContext", &req.dest_ctx, false));
-	HSM_TRY(read_enc_alg(c, "SourceEncryptionAlgorithm", &req.source.has_alg, &req.source.alg));
-	HSM_TRY(read_enc_alg(c, "DestinationEncryptionAlgorithm", &req.has_dest_alg, &req.dest_alg));
+	HSM_TRY(read_enc_alg(c, "SourceEncryptionAlgorithm", &req.source.has_alg, &req.source.alg,
+	                     &src_not_offered));
+	HSM_TRY(read_enc_alg(c, "DestinationEncryptionAlgorithm", &req.has_dest_alg, &req.dest_alg,
+	                     &dst_not_offered));
+	if (src_not_offered != NULL)
+		HSM_TRY(refuse_enc_alg(c, HSM_OP_ReEncrypt, "kms:ReEncryptFrom", "SourceKeyId",
+		                       req.source.key, "SourceEncryptionAlgorithm", src_not_offered));
+	if (dst_not_offered != NULL)
+		HSM_TRY(hsm_kms_refuse_algorithm(c->kms, c->caller, HSM_OP_ReEncrypt, "kms:ReEncryptTo",
+		                                 req.dest_key, "DestinationEncryptionAlgorithm",
+		                                 dst_not_offered, NULL));
 	req.source.ciphertext = ct.data;
 	req.source.ciphertext_len = ct.len;
 	HSM_TRY(hsm_kms_reencrypt(c->kms, c->caller, &req, &out_ct, &src, &src_alg, &dst, &dst_alg));

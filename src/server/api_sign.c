@@ -5,17 +5,28 @@
 
 #include "server/api.h"
 
-static hsm_result read_sign_alg(hsm_api_ctx *c, hsm_sign_alg *alg, hsm_message_type *type)
+/*
+ * SigningAlgorithm and MessageType.  An algorithm AWS defines that no key here takes is,
+ * once the key (key, for op) is found and the caller may use it, the key's
+ * InvalidKeyUsageException, as AWS answers an algorithm the key's spec does not take.
+ */
+static hsm_result read_sign_alg(hsm_api_ctx *c, hsm_op op, const char *key, hsm_sign_alg *alg,
+                                hsm_message_type *type)
 {
 	const char *name, *mt = NULL;
 	HSM_GUARD(hsm_json_str(c->req, "SigningAlgorithm", true, 1, 64, &name));
-	HSM_GUARD(hsm_sign_alg_parse(name, alg));
+	hsm_result parsed = hsm_sign_alg_parse(name, alg);
+	if (parsed.err != HSM_ERR_UNSUPPORTED_OPERATION)
+		HSM_GUARD(parsed);
 	HSM_GUARD(hsm_json_str(c->req, "MessageType", false, 1, 16, &mt));
 	*type = HSM_MSG_RAW;
 	if (mt != NULL && strcmp(mt, "DIGEST") == 0)
 		*type = HSM_MSG_DIGEST;
 	else if (mt != NULL && strcmp(mt, "RAW") != 0)
 		return HSM_FAIL(HSM_ERR_VALIDATION, "MessageType must be RAW or DIGEST");
+	if (hsm_failed(parsed))
+		return hsm_kms_refuse_algorithm(c->kms, c->caller, op, NULL, key, "SigningAlgorithm",
+		                                name, *type == HSM_MSG_DIGEST ? "DIGEST" : "RAW");
 	c->audit.algorithm = hsm_sign_alg_name(*alg);
 	c->audit.message_type = *type == HSM_MSG_RAW ? "RAW" : "DIGEST";
 	return HSM_SUCCESS;
@@ -37,7 +48,7 @@ hsm_result hsm_api_sign(hsm_api_ctx *c)
 	hsm_used_key used;
 	HSM_TRY(hsm_api_key_id(c, "KeyId", &key));
 	HSM_TRY(read_message(c, &msg));
-	HSM_TRY(read_sign_alg(c, &alg, &type));
+	HSM_TRY(read_sign_alg(c, HSM_OP_Sign, key, &alg, &type));
 	HSM_TRY(hsm_kms_sign(c->kms, c->caller, key, alg, type, msg.data, msg.len, &sig, &used));
 	hsm_api_note_key(c, &used);
 	hsm_api_write_key_arn(c, "KeyId", used.key_id);
@@ -61,7 +72,7 @@ hsm_result hsm_api_verify(hsm_api_ctx *c)
 	HSM_TRY(hsm_api_key_id(c, "KeyId", &key));
 	HSM_TRY(read_message(c, &msg));
 	HSM_TRY(hsm_json_blob(c->req, "Signature", true, 1, 6144, &sig, &present));
-	HSM_TRY(read_sign_alg(c, &alg, &type));
+	HSM_TRY(read_sign_alg(c, HSM_OP_Verify, key, &alg, &type));
 	HSM_TRY(hsm_kms_verify(c->kms, c->caller, key, alg, type, msg.data, msg.len, sig.data,
 	                       sig.len, &used));
 	hsm_api_note_key(c, &used);

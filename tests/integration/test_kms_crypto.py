@@ -235,6 +235,36 @@ def test_rsa_decrypt_errors(kms, rsa2048, hsmd):
            message=no_ctx)
 
 
+
+def test_sm2pke_is_refused_by_the_key(kms, hsmd, sym, sym2, rsa2048):
+    """SM2PKE is AWS's name for the encryption of SM2 keys, which hsmd does not offer:
+    the key named refuses it (InvalidKeyUsageException) once found and usable, as AWS
+    refuses an algorithm the key's spec does not take; like every asymmetric algorithm
+    it needs the key named."""
+    ct = kms.encrypt(KeyId=sym, Plaintext=b"sm2")["CiphertextBlob"]
+    for kid, spec in ((sym, "SYMMETRIC_DEFAULT"), (rsa2048, "RSA_2048")):
+        why = f"EncryptionAlgorithm SM2PKE is not valid for {key_arn(kid)} (KeySpec {spec})"
+        raises("InvalidKeyUsageException", kms.encrypt, KeyId=kid, Plaintext=b"x",
+               EncryptionAlgorithm="SM2PKE", message=why, status=400)
+        raises("InvalidKeyUsageException", kms.decrypt, CiphertextBlob=ct, KeyId=kid,
+               EncryptionAlgorithm="SM2PKE", message=why)
+    raises("ValidationException", kms.decrypt, CiphertextBlob=ct, EncryptionAlgorithm="SM2PKE",
+           message="KeyId is required")
+    raises("NotFoundException", kms.encrypt, KeyId="alias/no-such-key", Plaintext=b"x",
+           EncryptionAlgorithm="SM2PKE")
+    raises("AccessDeniedException", kms.encrypt, KeyId=key_denying(kms, "kms:Encrypt"),
+           Plaintext=b"x", EncryptionAlgorithm="SM2PKE")
+    raises("InvalidKeyUsageException", kms.re_encrypt, CiphertextBlob=ct, SourceKeyId=sym,
+           SourceEncryptionAlgorithm="SM2PKE", DestinationKeyId=sym2,
+           message="SourceEncryptionAlgorithm SM2PKE is not valid for " + key_arn(sym))
+    raises("ValidationException", kms.re_encrypt, CiphertextBlob=ct, DestinationKeyId=sym2,
+           SourceEncryptionAlgorithm="SM2PKE", message="SourceKeyId is required")
+    raises("InvalidKeyUsageException", kms.re_encrypt, CiphertextBlob=ct, DestinationKeyId=sym2,
+           DestinationEncryptionAlgorithm="SM2PKE",
+           message="DestinationEncryptionAlgorithm SM2PKE is not valid for " + key_arn(sym2))
+    raises("ValidationException", kms.encrypt, KeyId=sym, Plaintext=b"x",
+           EncryptionAlgorithm="SM2_PKE")
+
 # ---- ReEncrypt ----------------------------------------------------------------------------
 
 def test_reencrypt_symmetric(kms, sym, sym2):

@@ -3,6 +3,7 @@ signature is also checked independently with the `cryptography` package
 against the public key from GetPublicKey (ECDSA signatures are DER, RSA-PSS
 uses a salt as long as the digest, as in KMS)."""
 import hashlib
+import json
 import os
 
 import pytest
@@ -10,7 +11,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
 
-from helpers import call_error, key_arn, raises
+from helpers import ACCOUNT, call_error, key_arn, key_denying, raises
 
 HASHES = {"SHA_256": hashes.SHA256, "SHA_384": hashes.SHA384, "SHA_512": hashes.SHA512}
 RSA_ALGS = ["RSASSA_PSS_SHA_256", "RSASSA_PSS_SHA_384", "RSASSA_PSS_SHA_512",
@@ -168,6 +169,43 @@ def test_wrong_key_usage_or_algorithm(kms, keys, mac_keys):
     raises("InvalidKeyUsageException", kms.generate_mac, KeyId=keys["RSA_2048"], Message=b"x",
            MacAlgorithm="HMAC_SHA_256")
 
+
+
+def test_aws_signing_algorithms_no_key_here_takes(kms, keys, hsmd):
+    """SM2DSA, ML_DSA_SHAKE_256 and ED25519_PH_SHA_512 are AWS's names for algorithms of
+    keys hsmd does not offer: the key named refuses them as AWS refuses an algorithm its
+    spec does not take, InvalidKeyUsageException, once it is found and the caller may use
+    it; a name AWS does not define stays a ValidationException."""
+    denied = key_denying(kms, "kms:Sign", KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")
+    for alg in ("SM2DSA", "ML_DSA_SHAKE_256", "ED25519_PH_SHA_512"):
+        for spec in ("ECC_NIST_P256", "ECC_NIST_EDWARDS25519", "RSA_2048"):
+            kid = keys[spec]
+            why = f"SigningAlgorithm {alg} is not valid for {key_arn(kid)} (KeySpec {spec})"
+            raises("InvalidKeyUsageException", kms.sign, KeyId=kid, Message=b"m",
+                   SigningAlgorithm=alg, message=why, status=400)
+            raises("InvalidKeyUsageException", kms.verify, KeyId=kid, Message=b"m",
+                   Signature=b"s" * 64, SigningAlgorithm=alg, message=why)
+        raises("NotFoundException", kms.sign, KeyId="alias/no-such-key", Message=b"m",
+               SigningAlgorithm=alg)
+        raises("AccessDeniedException", kms.sign, KeyId=denied, Message=b"m",
+               SigningAlgorithm=alg)
+        call_error(hsmd, "Sign", {"KeyId": keys["ECC_NIST_P256"], "Message": "bQ==",
+                                  "SigningAlgorithm": alg, "MessageType": "HASHED"},
+                   "ValidationException")
+    raises("ValidationException", kms.sign, KeyId=keys["ECC_NIST_P256"], Message=b"m",
+           SigningAlgorithm="SM2DSA_SHA_256")
+    # The key is authorized as Sign authorizes it: kms:MessageType included.
+    digests_only = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY", Policy=json.dumps(
+        {"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+             "Action": "kms:*", "Resource": "*"},
+            {"Effect": "Deny", "Principal": "*", "Action": "kms:Sign", "Resource": "*",
+             "Condition": {"StringNotEquals": {"kms:MessageType": "DIGEST"}}}]}),
+        BypassPolicyLockoutSafetyCheck=True)["KeyMetadata"]["KeyId"]
+    raises("InvalidKeyUsageException", kms.sign, KeyId=digests_only, Message=b"d" * 32,
+           MessageType="DIGEST", SigningAlgorithm="SM2DSA")
+    raises("AccessDeniedException", kms.sign, KeyId=digests_only, Message=b"m",
+           SigningAlgorithm="SM2DSA")
 
 def test_signature_of_another_key(kms, keys):
     a = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
