@@ -59,6 +59,15 @@ def no_seq_twice(data_dir):
     return len(seqs) == len(set(seqs))
 
 
+def stopped_and_valid(server, pem, *notes):
+    """Stops the node; its trail then verifies, with each of notes in the summary."""
+    server.stop()
+    res = verify(server, pubkey=pem)
+    assert res.returncode == 0 and "result: VALID" in res.stdout, res.stdout
+    for note in notes:
+        assert note in res.stdout, res.stdout
+
+
 @pytest.mark.parametrize("next_write", ["request", "checkpoint"])
 def test_a_live_file_cut_records_exactly_the_records_cut(tmp_path, next_write):
     """Three records are cut from the end of the live file; the next write (a request's
@@ -157,9 +166,7 @@ def test_a_live_file_moved_away_is_recorded_once_and_verifies_put_back(tmp_path)
         assert (f"hsmd recorded records 1 to {moved_seqs[-1]} as lost with its live file"
                 in res.stdout), res.stdout
         assert "the file was put back" in res.stdout, res.stdout
-        server.stop()
-        res = verify(server, pubkey=pem)
-        assert res.returncode == 0 and "result: VALID" in res.stdout, res.stdout
+        stopped_and_valid(server, pem)
     finally:
         server.cleanup()
 
@@ -290,9 +297,7 @@ def test_a_new_file_replaced_by_its_copy_before_its_first_sync_is_gone_on_in(clo
         res = verify(server, pubkey=pem, live=True)
         assert res.returncode == 0 and "result: VALID" in res.stdout, res.stdout
         assert "modified" not in res.stdout and "inserted" not in res.stdout, res.stdout
-        server.stop()
-        res = verify(server, pubkey=pem)
-        assert res.returncode == 0 and "result: VALID" in res.stdout, res.stdout
+        stopped_and_valid(server, pem)
     finally:
         server.cleanup()
 
@@ -352,10 +357,7 @@ def test_a_file_planted_at_the_next_file_name_is_kept_aside(clockshift, tmp_path
         res = verify(server, pubkey=pem, live=True)
         assert res.returncode == 0 and "result: VALID" in res.stdout, res.stdout
         assert note in res.stdout, res.stdout
-        server.stop()
-        res = verify(server, pubkey=pem)
-        assert res.returncode == 0 and "result: VALID" in res.stdout, res.stdout
-        assert note in res.stdout, res.stdout
+        stopped_and_valid(server, pem, note)
     finally:
         server.cleanup()
 
@@ -588,10 +590,7 @@ def test_bytes_appended_to_the_live_file_are_kept_and_recorded(tmp_path):
         (line,) = [x for x in events if " AuditForeignBytes " in x]
         assert f"offset={size}" in line and f"saved_to={name}" in line, line
         assert "SOMETHING ELSE WROTE INTO THE LIVE FILE" in line, line
-        server.stop()
-        res = verify(server, pubkey=pem)
-        assert res.returncode == 0 and "result: VALID" in res.stdout, res.stdout
-        assert note in res.stdout, res.stdout
+        stopped_and_valid(server, pem, note)
     finally:
         server.cleanup()
 
