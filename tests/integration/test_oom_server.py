@@ -56,6 +56,7 @@ SAMPLED = 10  # the spread over TLS and the audit writer, after the first reques
 SAMPLED_TAIL = 50  # and the tail
 COLD_SPREAD = int(os.environ.get("HSM_TEST_OOM_COLD_SPREAD", "150"))
 RECOVERED = "RequestRecordRecovered"
+ROUNDS = 3  # times the points are tried when no refusal showed
 
 def ceremony(base, store):
     """A 2-of-2 key ceremony on a shared store: the officer's credentials and the shares."""
@@ -394,47 +395,53 @@ def test_refused_allocations(node, scenarios):
 
         outcomes = {"usual": 0, "409": 0, "500": 0, "503": 0, "closed": 0, "done, answer lost": 0,
                     "made, answer lost": 0}
-        for at in points(n, spread, tail):
-            where = f"{sc.name}, allocation {at} of {n}"
-            body = sc.body()
-            before = made
-            status, doc, rid, fired = run(body, where, mode=2, at=at)
-            if status is None:
-                assert fired, f"{where}: connection closed with nothing refused"
-                outcomes["closed"] += 1
-            elif usual(status, doc):
-                outcomes["usual"] += 1
-            else:
-                assert fired, f"{where}: {status} {doc} with nothing refused"
-                # 409: ran, its record failed, its result withheld (no SDK resends it).
-                assert status in (409, 500, 503), (
-                    f"{where}: a refused allocation answered {status} {doc}; "
-                    f"unrefused: {status0} {doc0}\n{last_refusal(server)}")
-                assert doc == {} or doc.get("__type") in (
-                    "KMSInternalException", "ServiceUnavailableException"), f"{where}: {doc}"
-                outcomes[str(status)] += 1
-                if "was carried out" in doc.get("message", ""):
-                    # Done, but its answer could not be written: the record says both.
-                    rec = record_of(server, rid)
-                    assert rec is not None and rec["outcome"] == "success" and rec.get(
-                        "extra", {}).get("answer") == "lost: out of memory", f"{where}: {rec}"
-                    outcomes["done, answer lost"] += 1
-            if made > before and not usual(status, doc):
-                # Made, though the answer said otherwise: the answer was lost after the
-                # commit, and the trail must say the change was made.
-                outcomes["made, answer lost"] += 1
-                if rid is not None:
-                    rec = record_of(server, rid)
-                    assert rec is not None and rec["outcome"] == "success", (
-                        f"{where}: answered {status} but the change was made, and the trail "
-                        f"does not say so: {rec}\n{last_refusal(server)}")
-            again, doc_again, _, _ = run(sc.body(), where)
-            assert usual(again, doc_again), (
-                f"{where}: unrefused afterwards {again} {doc_again}; before {status0} {doc0}")
+        # Beside the request, the audit writer may be busy with something of its own (the
+        # minute's checkpoint): on a busy machine that can take the only refusal a short
+        # request offers.  When none showed, the same points are tried again.
+        tries, rounds = points(n, spread, tail), 0
+        while rounds < ROUNDS and outcomes["usual"] == rounds * len(tries):
+            rounds += 1
+            for at in tries:
+                where = f"{sc.name}, allocation {at} of {n}"
+                body = sc.body()
+                before = made
+                status, doc, rid, fired = run(body, where, mode=2, at=at)
+                if status is None:
+                    assert fired, f"{where}: connection closed with nothing refused"
+                    outcomes["closed"] += 1
+                elif usual(status, doc):
+                    outcomes["usual"] += 1
+                else:
+                    assert fired, f"{where}: {status} {doc} with nothing refused"
+                    # 409: ran, its record failed, its result withheld (no SDK resends it).
+                    assert status in (409, 500, 503), (
+                        f"{where}: a refused allocation answered {status} {doc}; "
+                        f"unrefused: {status0} {doc0}\n{last_refusal(server)}")
+                    assert doc == {} or doc.get("__type") in (
+                        "KMSInternalException", "ServiceUnavailableException"), f"{where}: {doc}"
+                    outcomes[str(status)] += 1
+                    if "was carried out" in doc.get("message", ""):
+                        # Done, but its answer could not be written: the record says both.
+                        rec = record_of(server, rid)
+                        assert rec is not None and rec["outcome"] == "success" and rec.get(
+                            "extra", {}).get("answer") == "lost: out of memory", f"{where}: {rec}"
+                        outcomes["done, answer lost"] += 1
+                if made > before and not usual(status, doc):
+                    # Made, though the answer said otherwise: the answer was lost after the
+                    # commit, and the trail must say the change was made.
+                    outcomes["made, answer lost"] += 1
+                    if rid is not None:
+                        rec = record_of(server, rid)
+                        assert rec is not None and rec["outcome"] == "success", (
+                            f"{where}: answered {status} but the change was made, and the trail "
+                            f"does not say so: {rec}\n{last_refusal(server)}")
+                again, doc_again, _, _ = run(sc.body(), where)
+                assert usual(again, doc_again), (
+                    f"{where}: unrefused afterwards {again} {doc_again}; before {status0} {doc0}")
         summary[sc.name] = (n, outcomes)
         # The test must reach the code it means to: refusals that showed.
-        assert outcomes["usual"] < len(points(n, spread, tail)), (
-            f"{sc.name}: no refusal ever showed {outcomes}")
+        assert outcomes["usual"] < rounds * len(tries), (
+            f"{sc.name}: no refusal ever showed in {rounds} rounds {outcomes}")
         if sc.made is not None:
             # Every change made has its record, also those whose connection closed
             # before the answer (the trail is searched by count: no request id then).
