@@ -340,6 +340,41 @@ def test_readme_alert_rules_load_and_name_only_exported_metrics(server):
     assert not missing, f"alert rules read series hsmd does not export: {missing}"
 
 
+def readme_rule(alert):
+    rules = readme_yaml("alert: HsmdDown")["groups"][0]["rules"]
+    return [r["expr"] for r in rules if r["alert"] == alert][0]
+
+
+def selected(samples, selector):
+    """The sum of the samples a PromQL series selector (name{l="v",l=~"re"}) picks."""
+    m = re.fullmatch(r'([a-z_]+)(?:\{(.*)\})?', selector)
+    name, matchers = m.group(1), re.findall(r'([a-z_]+)(=~|=)"([^"]*)"', m.group(2) or "")
+    picks = lambda labels: all((re.fullmatch(v, labels.get(k, "")) if op == "=~"
+                                else labels.get(k, "") == v) for k, op, v in matchers)
+    return sum(v for (n, labels), v in samples.items() if n == name and picks(dict(labels)))
+
+
+def test_readme_error_ratio_is_of_served_requests(server):
+    """HsmdErrors divides the server errors by the requests a serving node answered: a
+    flood of requests without credentials (anyone's to send) neither dilutes the ratio
+    below its threshold, hiding the node's failures, nor makes up the volume its guard
+    asks for, as the probes and the latency histogram are kept apart for the same reason."""
+    expr = readme_rule("HsmdErrors")
+    selectors = re.findall(r'hsmd_requests_total(?:\{[^}]*\})?', expr)
+    assert len(selectors) == 3 and "server_error" in selectors[0], expr
+    key = client(server).create_key()["KeyMetadata"]["KeyId"]
+    before = scrape(server)
+    for _ in range(20):
+        assert unsigned_call(server, "TrentService.Encrypt", {"KeyId": key})[0] == 400
+    flooded = scrape(server)
+    client(server).encrypt(KeyId=key, Plaintext=b"x")
+    served = scrape(server)
+    for sel in selectors:
+        assert selected(flooded, sel) == selected(before, sel), (sel, expr)
+    for sel in selectors[1:]:
+        assert selected(served, sel) - selected(flooded, sel) == 1, (sel, expr)
+
+
 def test_audit_records_syslog_does_not_take_are_counted_and_said_once():
     """audit_syslog on with no syslog to reach (no /dev/log, or one masked): the log says
     so once, at start, and each record not forwarded is counted; none was cut."""
