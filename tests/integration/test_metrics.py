@@ -394,6 +394,7 @@ def test_readme_slow_alert_leaves_key_generation_out(server):
                "Sign", "Verify", "GenerateMac", "SignToken", "GcmDecrypt"):
         assert re.fullmatch(ops, op), (op, ops)
 
+
 def test_audit_records_syslog_does_not_take_are_counted_and_said_once():
     """audit_syslog on with no syslog to reach (no /dev/log, or one masked): the log says
     so once, at start, and each record not forwarded is counted; none was cut."""
