@@ -76,6 +76,13 @@ hsm_result hsm_material_public_der(const hsm_material *m, hsm_buf *out) HSM_MUST
  */
 hsm_result hsm_spki_spec(const uint8_t *spki, size_t spki_len, hsm_key_spec *out) HSM_MUST_CHECK;
 /*
+ * An EC SubjectPublicKeyInfo again with its point in form (an
+ * OSSL_PKEY_EC_POINT_CONVERSION_FORMAT_* name), appended to out; anything
+ * but an EC key is HSM_ERR_VALIDATION.
+ */
+hsm_result hsm_spki_ec_form(const uint8_t *spki, size_t spki_len, const char *form,
+                            hsm_buf *out) HSM_MUST_CHECK;
+/*
  * The full check of an RSA private key, made once where material enters
  * from outside (ImportKeyMaterial), not on every load (a key-cache miss):
  * OpenSSL's key validation, which tests p and q for primality and that n =

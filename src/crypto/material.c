@@ -413,6 +413,22 @@ static hsm_result check_rsa_exponent(const EVP_PKEY *pkey)
 }
 
 /*
+ * The decoder keeps the point form of the PKCS#8's public key (compressed or
+ * hybrid, X9.62 4.3.6); hsmd encodes EC public keys uncompressed, as KMS's
+ * GetPublicKey does (RFC 5480 2.2: the form implementations must support),
+ * whatever form an importer's tool wrote.  The public key also identifies
+ * imported material: one key must have one encoding.
+ */
+static hsm_result ec_uncompressed(EVP_PKEY *pkey)
+{
+	HSM_OSSL_ENSURE(EVP_PKEY_set_utf8_string_param(
+	                    pkey, OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT,
+	                    OSSL_PKEY_EC_POINT_CONVERSION_FORMAT_UNCOMPRESSED) == 1,
+	                HSM_ERR_CRYPTO, "cannot set the EC key's point form");
+	return HSM_SUCCESS;
+}
+
+/*
  * EC keys: the encoded public point must be the private scalar times G
  * (OpenSSL's pairwise check, one point multiplication).  RSA keys skip it:
  * OpenSSL 3.0 runs the full SP 800-56B key-pair validation there, primality
@@ -462,6 +478,8 @@ static hsm_result import_pkey(hsm_key_spec spec, const uint8_t *p, size_t n, hsm
 	          hsm_spec_name(actual), hsm_spec_name(spec));
 	if (hsm_spec_get(spec)->type == HSM_KT_RSA)
 		HSM_TRY(check_rsa_exponent(pkey));
+	if (hsm_spec_get(spec)->type == HSM_KT_EC)
+		HSM_TRY(ec_uncompressed(pkey));
 	HSM_TRY(check_key_pair(pkey));
 	res = material_new(spec, NULL, pkey, &m);
 	pkey = NULL; /* owned by m, or already freed by material_new's failure */

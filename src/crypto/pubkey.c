@@ -99,3 +99,26 @@ hsm_result hsm_spki_spec(const uint8_t *spki, size_t spki_len, hsm_key_spec *out
 	EVP_PKEY_free(pkey);
 	return res;
 }
+
+hsm_result hsm_spki_ec_form(const uint8_t *spki, size_t spki_len, const char *form, hsm_buf *out)
+{
+	hsm_result res = HSM_SUCCESS;
+	EVP_PKEY *pkey = NULL;
+	uint8_t *p;
+	size_t old = out->len;
+	HSM_GUARD(hsm_spki_parse(spki, spki_len, &pkey));
+	HSM_CHECK(EVP_PKEY_is_a(pkey, "EC"), HSM_ERR_VALIDATION, "the public key is not an EC key");
+	HSM_OSSL_CHECK(EVP_PKEY_set_utf8_string_param(
+	                   pkey, OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT, form) == 1,
+	               HSM_ERR_CRYPTO, "cannot set the EC key's point form");
+	int len = i2d_PUBKEY(pkey, NULL);
+	HSM_OSSL_CHECK(len > 0, HSM_ERR_CRYPTO, "cannot encode the public key");
+	HSM_TRY(hsm_buf_append_space(out, (size_t)len, &p));
+	if (i2d_PUBKEY(pkey, &p) != len) {
+		out->len = old;
+		res = HSM_OSSL_FAIL(HSM_ERR_CRYPTO, "cannot encode the public key");
+	}
+out:
+	EVP_PKEY_free(pkey);
+	return res;
+}

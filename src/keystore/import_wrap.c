@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 
 #include "common/util.h"
@@ -226,6 +227,41 @@ out:
 }
 
 /*
+ * Whether known is the digest of the material id identifies, for `to`; *d is
+ * the digest that matched (else that of id).  EC material imported before
+ * hsmd encoded every EC public key uncompressed (hsm_material_import) was
+ * identified by its public key in the point form it came in: that digest
+ * matches too, or such material could never be imported again.
+ */
+static hsm_result same_material(hsm_keystore *ks, const hsm_ks_keyref *to, const hsm_buf *id,
+                                const hsm_buf *known, hsm_buf *d, bool *same)
+{
+	static const char *const older[] = {OSSL_PKEY_EC_POINT_CONVERSION_FORMAT_COMPRESSED,
+	                                    OSSL_PKEY_EC_POINT_CONVERSION_FORMAT_HYBRID};
+	hsm_result res = HSM_SUCCESS;
+	hsm_buf alt = {0};
+	bool ec = hsm_spec_get(to->spec)->type == HSM_KT_EC;
+	HSM_TRY(material_digest(ks, to, id->data, id->len, d));
+	*same = d->len == known->len && hsm_ct_equal(d->data, known->data, d->len);
+	for (size_t f = 0; ec && !*same && f < sizeof(older) / sizeof(older[0]); f++) {
+		hsm_buf alt_d = {0};
+		hsm_buf_clear(&alt);
+		HSM_TRY(hsm_spki_ec_form(id->data, id->len, older[f], &alt));
+		res = material_digest(ks, to, alt.data, alt.len, &alt_d);
+		*same = hsm_ok(res) && alt_d.len == known->len &&
+		        hsm_ct_equal(alt_d.data, known->data, alt_d.len);
+		if (*same)
+			res = hsm_buf_set(d, alt_d.data, alt_d.len);
+		hsm_buf_free(&alt_d);
+		if (hsm_failed(res))
+			goto out;
+	}
+out:
+	hsm_buf_free(&alt);
+	return res;
+}
+
+/*
  * The material must be key material of ref's spec, checked in full (here
  * only: too costly for every load), and asymmetric keys work for ref's usage.
  */
@@ -292,9 +328,10 @@ hsm_result hsm_ks_import_material(hsm_keystore *ks, const hsm_ks_keyref *ref,
 	const hsm_buf *id = asym ? &pub : &canonical; /* what identifies the material */
 	size_t i = 0;
 	for (; i < n_known; i++) {
+		bool same = false;
 		to.version = known[i].version;
-		HSM_TRY(material_digest(ks, &to, id->data, id->len, &d));
-		if (d.len == known[i].digest->len && hsm_ct_equal(d.data, known[i].digest->data, d.len))
+		HSM_TRY(same_material(ks, &to, id, known[i].digest, &d, &same));
+		if (same)
 			break;
 	}
 	if (i == n_known) {

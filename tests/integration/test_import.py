@@ -16,7 +16,7 @@ import os
 import time
 
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
 from conftest import client, start_dev
@@ -273,6 +273,43 @@ def test_rsa_material_whose_values_do_not_fit_together(kms):
     sig = kms.sign(KeyId=key, Message=b"m", SigningAlgorithm="RSASSA_PSS_SHA_256")["Signature"]
     priv.public_key().verify(sig, b"m", padding.PSS(padding.MGF1(hashes.SHA256()), 32),
                              hashes.SHA256())
+
+
+def p256_pkcs8(priv, point_format):
+    """A PKCS#8 P-256 private key whose public key is in the X9.62 point form given, as
+    `openssl ec -conv_form compressed` and some HSMs' export tools write it."""
+    def tlv(tag, value):
+        n = len(value)
+        return bytes([tag]) + (bytes([n]) if n < 128 else bytes([0x81, n])) + value
+    point = priv.public_key().public_bytes(serialization.Encoding.X962, point_format)
+    ec_key = tlv(0x30, tlv(0x02, b"\x01") +
+                 tlv(0x04, priv.private_numbers().private_value.to_bytes(32, "big")) +
+                 tlv(0xa1, tlv(0x03, b"\x00" + point)))
+    p256 = bytes.fromhex("301306072a8648ce3d020106082a8648ce3d030107")
+    return tlv(0x30, tlv(0x02, b"\x00") + p256 + tlv(0x04, ec_key))
+
+
+def test_ec_material_in_either_point_form_is_one_material(kms):
+    """The public key of an imported EC key is encoded uncompressed, as hsmd's own and KMS's
+    are, whatever form the PKCS#8 carried it in; and the same private key, written with the
+    other form, is the same material: it can be imported again."""
+    priv = ec.generate_private_key(ec.SECP256R1())
+    spki = priv.public_key().public_bytes(DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    compressed = p256_pkcs8(priv, serialization.PublicFormat.CompressedPoint)
+    uncompressed = p256_pkcs8(priv, serialization.PublicFormat.UncompressedPoint)
+    assert uncompressed == priv.private_bytes(DER, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption())
+    key = external_key(kms, KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")
+    do_import(kms, key, compressed, alg="RSA_AES_KEY_WRAP_SHA_256")
+    assert kms.get_public_key(KeyId=key)["PublicKey"] == spki
+    sig = kms.sign(KeyId=key, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")["Signature"]
+    priv.public_key().verify(sig, b"m", ec.ECDSA(hashes.SHA256()))
+    kms.delete_imported_key_material(KeyId=key)
+    do_import(kms, key, uncompressed, alg="RSA_AES_KEY_WRAP_SHA_256")
+    kms.delete_imported_key_material(KeyId=key)
+    do_import(kms, key, compressed, alg="RSA_AES_KEY_WRAP_SHA_256")
+    assert state(kms, key)["KeyState"] == "Enabled"
+    assert kms.get_public_key(KeyId=key)["PublicKey"] == spki
 
 
 def test_expiry_deletes_the_material(hsmd, kms):

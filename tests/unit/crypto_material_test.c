@@ -293,6 +293,65 @@ static void test_mismatched_key_pair_refused(void **state)
 	hsm_buf_free(&pub);
 }
 
+static void spki_of(EVP_PKEY *pk, hsm_buf *out)
+{
+	int n = i2d_PUBKEY(pk, NULL);
+	assert_true(n > 0);
+	uint8_t *p;
+	assert_succeeds(hsm_buf_append_space(out, (size_t)n, &p));
+	assert_int_equal(i2d_PUBKEY(pk, &p), n);
+}
+
+/* A PKCS#8 whose public key is compressed (or hybrid) is imported with it uncompressed. */
+static void test_ec_public_key_uncompressed_whatever_form_came_in(void **state)
+{
+	(void)state;
+	EVP_PKEY *pk = EVP_EC_gen("P-256");
+	assert_non_null(pk);
+	hsm_buf compressed = {0}, uncompressed = {0}, pub = {0}, again = {0}, der;
+	hsm_buf_init_secure(&der);
+	spki_of(pk, &uncompressed);
+	assert_int_equal(EVP_PKEY_set_utf8_string_param(
+	                     pk, OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT,
+	                     OSSL_PKEY_EC_POINT_CONVERSION_FORMAT_COMPRESSED),
+	                 1);
+	spki_of(pk, &compressed);
+	assert_int_equal(compressed.len + 32, uncompressed.len);
+	OSSL_ENCODER_CTX *e =
+	    OSSL_ENCODER_CTX_new_for_pkey(pk, EVP_PKEY_KEYPAIR, "DER", "PrivateKeyInfo", NULL);
+	unsigned char *p8 = NULL;
+	size_t p8_len = 0;
+	assert_int_equal(OSSL_ENCODER_to_data(e, &p8, &p8_len), 1);
+	OSSL_ENCODER_CTX_free(e);
+	hsm_material *m = NULL;
+	assert_succeeds(hsm_material_import(HSM_SPEC_ECC_NIST_P256, p8, p8_len, &m));
+	assert_succeeds(hsm_material_public_der(m, &pub));
+	assert_int_equal(pub.len, uncompressed.len);
+	assert_memory_equal(pub.data, uncompressed.data, pub.len);
+	assert_succeeds(hsm_material_export(m, &der));
+	assert_true(der.len > p8_len); /* the stored PKCS#8 carries the uncompressed point too */
+	/* And back to the form the importer used, to recognise material identified by it. */
+	assert_succeeds(hsm_spki_ec_form(pub.data, pub.len,
+	                                 OSSL_PKEY_EC_POINT_CONVERSION_FORMAT_COMPRESSED, &again));
+	assert_int_equal(again.len, compressed.len);
+	assert_memory_equal(again.data, compressed.data, again.len);
+	hsm_buf_clear(&again);
+	hsm_buf_clear(&pub);
+	assert_succeeds(hsm_material_public_der(fixture_key(HSM_SPEC_RSA_2048), &pub));
+	assert_fails_with(hsm_spki_ec_form(pub.data, pub.len,
+	                                   OSSL_PKEY_EC_POINT_CONVERSION_FORMAT_COMPRESSED, &again),
+	                  HSM_ERR_VALIDATION);
+	assert_int_equal(again.len, 0);
+	OPENSSL_clear_free(p8, p8_len);
+	hsm_material_free(m);
+	EVP_PKEY_free(pk);
+	hsm_buf_free(&compressed);
+	hsm_buf_free(&uncompressed);
+	hsm_buf_free(&pub);
+	hsm_buf_free(&again);
+	hsm_buf_free(&der);
+}
+
 /* An RSA key whose modulus was altered no longer signs verifiably: refused. */
 static void test_corrupt_rsa_key_refused(void **state)
 {
@@ -469,6 +528,7 @@ int main(void)
 	    cmocka_unit_test(test_type_specific_encodings_refused),
 	    cmocka_unit_test(test_small_rsa_exponent_refused),
 	    cmocka_unit_test(test_mismatched_key_pair_refused),
+	    cmocka_unit_test(test_ec_public_key_uncompressed_whatever_form_came_in),
 	    cmocka_unit_test(test_corrupt_rsa_key_refused),
 	    cmocka_unit_test(test_inconsistent_rsa_values_refused_by_the_full_check),
 	    cmocka_unit_test(test_spki_spec_refuses_junk),
