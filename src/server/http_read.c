@@ -274,6 +274,25 @@ static int read_body(hsm_http_conn *c, bool *changed)
 	return 1;
 }
 
+/*
+ * How much to read now: what the request is known to need still, else one
+ * ordinary buffer's worth.  A buffer grown for a large request keeps its size
+ * for the requests after it, and each answered request moves the bytes
+ * behind it to the front (hsm_http_in_consume): read far ahead into such a
+ * buffer, a stream of small pipelined requests would cost a move of up to
+ * megabytes each, quadratic in what one client sends.
+ */
+static size_t read_room(const hsm_http_conn *c)
+{
+	size_t room = c->in_cap - c->in_len, want = HSM_HTTP_IN_BUF;
+	if (c->head_len > 0 && c->req->head.body == HSM_HTTP_BODY_LENGTH) {
+		size_t end = c->head_len + (size_t)c->req->head.content_length;
+		if (end > c->in_len && end - c->in_len > want)
+			want = end - c->in_len;
+	}
+	return room < want ? room : want;
+}
+
 /* What is buffered, as far as it goes.  True: a request was dispatched or refused. */
 static bool try_request(hsm_http_conn *c, bool *stop)
 {
@@ -323,7 +342,7 @@ bool hsm_http_conn_input(hsm_http_conn *c)
 		return refuse(c, 413, invalid, "Request body too large");
 	}
 	size_t n = 0;
-	hsm_io io = hsm_http_conn_read(c, c->in + c->in_len, c->in_cap - c->in_len, &n);
+	hsm_io io = hsm_http_conn_read(c, c->in + c->in_len, read_room(c), &n);
 	if (io == HSM_IO_WAIT) {
 		if (c->in_len == 0 && c->state == CONN_IDLE)
 			hsm_http_in_release(c);

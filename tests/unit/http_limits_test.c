@@ -22,6 +22,8 @@
 #include "support/http_client.h"
 
 static atomic_int calls;
+/* The most input a connection held when a request to /ahead was handled. */
+static atomic_size_t most_held;
 
 /* /big answers 32 MiB: more than the socket buffers hold. */
 static void big(hsm_http_req *req)
@@ -64,6 +66,14 @@ static void handler(hsm_http_req *req, void *arg)
 		char out[32];
 		int n = snprintf(out, sizeof(out), "%u", hsm_http_current_worker()->index);
 		hsm_http_respond(req, 200, "text/plain", out, (size_t)n, 0, NULL);
+		return;
+	}
+	if (strcmp(hsm_http_req_path(req), "/ahead") == 0) {
+		/* The input its connection holds, this request's own bytes included. */
+		size_t held = req->conn->in_len, seen = atomic_load(&most_held);
+		while (held > seen && !atomic_compare_exchange_weak(&most_held, &seen, held))
+			;
+		hsm_http_respond(req, 200, "text/plain", "ok", 2, 0, NULL);
 		return;
 	}
 	(void)arg;
@@ -243,6 +253,65 @@ static void test_body_after_head_grows_buffer(void **state)
 		tc_close(c);
 	}
 	free(body);
+	hsm_http_server_free(srv);
+}
+
+typedef struct sender {
+	tc_conn *c;
+	const char *wire;
+	size_t len;
+} sender;
+
+static void *send_all(void *arg)
+{
+	sender *s = arg;
+	(void)tc_send(s->c, s->wire, s->len);
+	return NULL;
+}
+
+/*
+ * The buffer a large chunked body grew is not filled far ahead with the small
+ * requests pipelined behind it: each answered request moves the input behind
+ * it to the front, so what is read ahead is moved once per request.
+ */
+static void test_no_reading_far_ahead(void **state)
+{
+	(void)state;
+	hsm_http_config cfg = defaults(1);
+	hsm_http_server *srv = start(&cfg);
+	enum { BODY = 512 << 10, N = 20000 };
+	static const char head[] = "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+	                           "80000\r\n";
+	static const char tail[] = "\r\n0\r\n\r\n";
+	static const char get[] = "GET /ahead HTTP/1.1\r\nHost: t\r\n\r\n";
+	size_t len = sizeof(head) - 1 + BODY + sizeof(tail) - 1 + N * (sizeof(get) - 1);
+	char *wire = malloc(len), *p = wire;
+	assert_non_null(wire);
+	memcpy(p, head, sizeof(head) - 1);
+	p += sizeof(head) - 1;
+	memset(p, 'a', BODY);
+	p += BODY;
+	memcpy(p, tail, sizeof(tail) - 1);
+	p += sizeof(tail) - 1;
+	for (int i = 0; i < N; i++, p += sizeof(get) - 1)
+		memcpy(p, get, sizeof(get) - 1);
+	atomic_store(&most_held, 0);
+	tc_conn *c = tc_connect(hsm_http_server_port(srv), false, 5000);
+	assert_non_null(c);
+	sender s = {c, wire, len};
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, send_all, &s), 0);
+	tc_resp r;
+	for (int i = 0; i <= N; i++) {
+		assert_true(tc_read(c, &r, false));
+		assert_int_equal(r.status, 200);
+		tc_resp_clear(&r);
+	}
+	pthread_join(t, NULL);
+	/* One ordinary buffer ahead at most, beyond a request head. */
+	assert_true(atomic_load(&most_held) <= 2 * HSM_HTTP_IN_BUF);
+	tc_close(c);
+	free(wire);
 	hsm_http_server_free(srv);
 }
 
@@ -895,6 +964,7 @@ int main(void)
 	    cmocka_unit_test(test_body_limit),
 	    cmocka_unit_test(test_chunked_framing_limit),
 	    cmocka_unit_test(test_body_after_head_grows_buffer),
+	    cmocka_unit_test(test_no_reading_far_ahead),
 	    cmocka_unit_test(test_header_limit_and_garbage),
 	    cmocka_unit_test(test_ambiguous_framing),
 	    cmocka_unit_test(test_methods),
