@@ -516,6 +516,18 @@ hsm_result hsm_kms_delete_material(hsm_kms *kms, const hsm_caller *caller, const
 	const hsm_version_record *v = materials_find(&m, k->rec.primary_version);
 	if (material_id != NULL)
 		HSM_TRY(materials_by_id(&m, k, material_id, &v));
+	if (material_id == NULL && (v == NULL || v->wrapped.len == 0)) {
+		/*
+		 * The key state table (AWS KMS Developer Guide, "Key states of AWS
+		 * KMS keys"): on a key without its current material, PendingImport
+		 * or pending deletion, the operation succeeds and has no effect.
+		 * *version 0: no material was erased.
+		 */
+		HSM_TRY(hsm_caller_commit_key(caller, k->rec.key_id));
+		HSM_TRY(hsm_key_record_copy(out, &k->rec));
+		*version = 0;
+		goto out;
+	}
 	HSM_CHECK(v != NULL && v->wrapped.len > 0, HSM_ERR_INVALID_STATE,
 	          "%s: the key material %s is not imported", k->arn,
 	          material_id != NULL ? "KeyMaterialId names" : "in use");

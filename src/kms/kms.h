@@ -444,7 +444,9 @@ hsm_result hsm_kms_import_material(hsm_kms *kms, const hsm_caller *caller,
  * current one).  The digest that lets the same material be imported again
  * stays.  Erasing a material the key uses makes it PendingImport (or leaves
  * it PendingDeletion); erasing the material pending rotation changes no
- * state.  *out receives the key after, *version the version erased.
+ * state.  Without material_id, a key whose current material is already
+ * gone is left as it is (success, *version 0).  *out receives the key
+ * after, *version the version erased.
  */
 hsm_result hsm_kms_delete_material(hsm_kms *kms, const hsm_caller *caller, const char *ref,
                                    const char *material_id, hsm_key_record *out,

@@ -72,12 +72,13 @@ static hsm_result read_import_type(hsm_api_ctx *c, hsm_import_type *out)
 	return HSM_SUCCESS;
 }
 
-/* KeyId and KeyMaterialId, the members both operations answer with. */
+/* KeyId and KeyMaterialId, the members both operations answer with (version 0: no material). */
 static void write_material(hsm_api_ctx *c, const char *key_id, uint32_t version)
 {
 	c->audit.key_version = version;
 	hsm_api_write_key_arn(c, "KeyId", key_id);
-	hsm_api_write_material_member(c, "KeyMaterialId", key_id, version);
+	if (version != 0)
+		hsm_api_write_material_member(c, "KeyMaterialId", key_id, version);
 }
 
 hsm_result hsm_api_import_key_material(hsm_api_ctx *c)
