@@ -118,10 +118,11 @@ hsm_result kms_check_state(hsm_op op, const hsm_key_record *rec, int64_t now)
 		return HSM_FAIL(e, "Key '%s' does not exist", rec->key_id);
 	if (e == HSM_ERR_DISABLED)
 		return HSM_FAIL(e, "%s is disabled.", rec->key_id);
-	if (rec->state == HSM_KEY_PENDING_IMPORT)
-		return HSM_FAIL(e, "%s is pending import.", rec->key_id);
+	/* The table's note for CancelKeyDeletion in every state but PendingDeletion. */
 	if (hsm_op_get(op)->cls == HSM_OPC_CANCEL_DELETION)
 		return HSM_FAIL(e, "%s is not pending deletion.", rec->key_id);
+	if (rec->state == HSM_KEY_PENDING_IMPORT)
+		return HSM_FAIL(e, "%s is pending import.", rec->key_id);
 	return HSM_FAIL(e, "%s is pending deletion.", rec->key_id);
 }
 

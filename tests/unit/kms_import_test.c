@@ -190,6 +190,10 @@ static void test_external_key_waits_for_material(void **state)
 	assert_non_null(strstr(hsm_last_message(), "pending import"));
 	assert_int_equal(hsm_kms_enable_key(f->kms, &officer, k.key_id).err, HSM_ERR_INVALID_STATE);
 	assert_int_equal(hsm_kms_disable_key(f->kms, &officer, k.key_id).err, HSM_ERR_INVALID_STATE);
+	/* What KMS's key state table says for CancelKeyDeletion outside PendingDeletion. */
+	assert_int_equal(hsm_kms_cancel_deletion(f->kms, &officer, k.key_id, &after).err,
+	                 HSM_ERR_INVALID_STATE);
+	assert_non_null(strstr(hsm_last_message(), "is not pending deletion"));
 	/* No material to delete: success without effect, as in KMS's key state table. */
 	ver = 99;
 	assert_true(hsm_ok(hsm_kms_delete_material(f->kms, &officer, k.key_id, NULL, &after, &ver)));
