@@ -157,6 +157,9 @@ static bool aws_name(const char *name, const char *const *names, size_t n)
 	return false;
 }
 
+/* aws_name over a whole array. */
+#define NAMED_IN(name, names) aws_name(name, names, sizeof(names) / sizeof(names[0]))
+
 hsm_result hsm_spec_parse(const char *name, hsm_key_spec *out)
 {
 	return hsm_spec_parse_member("KeySpec", name, out);
@@ -194,7 +197,7 @@ hsm_result hsm_usage_parse(const char *name, hsm_key_usage *out)
 			return HSM_SUCCESS;
 		}
 	}
-	HSM_ENSURE(!aws_name(name, not_offered, 1), HSM_ERR_UNSUPPORTED_OPERATION,
+	HSM_ENSURE(!NAMED_IN(name, not_offered), HSM_ERR_UNSUPPORTED_OPERATION,
 	           "KeyUsage %s is not offered: it needs ML-KEM keys, which this build's OpenSSL "
 	           "does not have",
 	           name);
@@ -211,7 +214,7 @@ hsm_result hsm_enc_alg_parse(const char *name, hsm_enc_alg *out)
 			return HSM_SUCCESS;
 		}
 	}
-	HSM_ENSURE(!aws_name(name, not_offered, 1), HSM_ERR_UNSUPPORTED_OPERATION,
+	HSM_ENSURE(!NAMED_IN(name, not_offered), HSM_ERR_UNSUPPORTED_OPERATION,
 	           "EncryptionAlgorithm %s is not offered: it needs SM2 keys", name);
 	return HSM_FAIL(HSM_ERR_VALIDATION, "EncryptionAlgorithm '%.64s' is not supported", name);
 }
@@ -228,7 +231,7 @@ hsm_result hsm_sign_alg_parse(const char *name, hsm_sign_alg *out)
 			return HSM_SUCCESS;
 		}
 	}
-	HSM_ENSURE(!aws_name(name, not_offered, 3), HSM_ERR_UNSUPPORTED_OPERATION,
+	HSM_ENSURE(!NAMED_IN(name, not_offered), HSM_ERR_UNSUPPORTED_OPERATION,
 	           "SigningAlgorithm %s is not offered by any key here", name);
 	return HSM_FAIL(HSM_ERR_VALIDATION, "SigningAlgorithm '%.64s' is not supported", name);
 }
