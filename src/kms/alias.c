@@ -181,7 +181,7 @@ static hsm_result create_alias(hsm_kms *kms, const hsm_caller *caller, const cha
 	kms_key *k = NULL;
 	HSM_GUARD(check_alias_name(alias, true));
 	HSM_GUARD(check_target(target));
-	HSM_GUARD(kms_lookup(kms, caller, HSM_OP_CreateAlias, target, NULL, &k));
+	HSM_GUARD(kms_lookup_write(kms, caller, HSM_OP_CreateAlias, target, NULL, &k));
 	hsm_alias_record had;
 	hsm_result r = check_pkcs11_id(kms, alias, k->rec.key_id, HSM_ERR_INVALID_ALIAS_NAME);
 	if (hsm_ok(r)) {
@@ -193,7 +193,8 @@ static hsm_result create_alias(hsm_kms *kms, const hsm_caller *caller, const cha
 			r = kms_commit_unless_taken(taken, caller);
 	}
 	if (hsm_ok(r)) {
-		r = hsm_store_alias_create(kms->store, alias, k->rec.key_id, kms_now(kms));
+		hsm_key_state_check still = kms_state_check(HSM_OP_CreateAlias);
+		r = hsm_store_alias_create(kms->store, alias, k->rec.key_id, kms_now(kms), &still);
 		kms_aliases_changed(kms);
 	}
 	if (r.err == HSM_ERR_ALREADY_EXISTS)
@@ -211,7 +212,9 @@ static bool same_kind(const hsm_key_record *a, const hsm_key_record *b)
 	       (sa->type == HSM_KT_HMAC) == (sb->type == HSM_KT_HMAC);
 }
 
-static hsm_result update_alias(hsm_kms *kms, const hsm_caller *caller, const char *alias, const char *target)
+/* One attempt; CONFLICT when the alias moved between its read and the write. */
+static hsm_result update_alias_once(hsm_kms *kms, const hsm_caller *caller, const char *alias,
+                                    const char *target)
 {
 	hsm_alias_record a;
 	kms_key *cur = NULL, *next = NULL;
@@ -226,7 +229,7 @@ static hsm_result update_alias(hsm_kms *kms, const hsm_caller *caller, const cha
 	 * point); the one it goes to may not (key state table, note 10). */
 	HSM_TRY(kms_lookup_as(kms, caller, HSM_OP_UpdateAlias, HSM_OP_DeleteAlias, a.key_id, NULL,
 	                      &cur));
-	HSM_TRY(kms_lookup(kms, caller, HSM_OP_UpdateAlias, target, NULL, &next));
+	HSM_TRY(kms_lookup_write(kms, caller, HSM_OP_UpdateAlias, target, NULL, &next));
 	HSM_CHECK(same_kind(&cur->rec, &next->rec), HSM_ERR_VALIDATION,
 	          "%s and %s are different key types or usages: an alias can only move to a key of "
 	          "the same type and usage", cur->rec.key_id, next->rec.key_id);
@@ -235,12 +238,39 @@ static hsm_result update_alias(hsm_kms *kms, const hsm_caller *caller, const cha
 		HSM_TRY(check_id_given_back(kms, alias, cur->rec.key_id));
 	HSM_TRY(alias_room(kms, caller, next->rec.key_id, alias));
 	HSM_TRY(hsm_caller_commit(caller));
-	res = hsm_store_alias_update(kms->store, alias, next->rec.key_id, kms_now(kms));
+	/*
+	 * The write holds if the alias still points at the key the caller was
+	 * authorized on here, and the key it goes to is still in a state to take
+	 * it.
+	 */
+	hsm_key_state_check still = kms_state_check(HSM_OP_UpdateAlias);
+	res = hsm_store_alias_update(kms->store, alias, cur->rec.key_id, next->rec.key_id,
+	                             kms_now(kms), &still);
 	kms_aliases_changed(kms);
 out:
 	kms_key_release(cur);
 	kms_key_release(next);
 	return res;
+}
+
+/*
+ * Moved meanwhile by another request: the decision is made again on where it
+ * now points.  Each lost attempt is another request's committed move, so
+ * with fewer than this many moving one alias at once none is refused.
+ */
+#define UPDATE_ALIAS_ATTEMPTS 10
+
+static hsm_result update_alias(hsm_kms *kms, const hsm_caller *caller, const char *alias,
+                               const char *target)
+{
+	hsm_result r = update_alias_once(kms, caller, alias, target);
+	for (int i = 1; i < UPDATE_ALIAS_ATTEMPTS && r.err == HSM_ERR_CONFLICT; i++)
+		r = update_alias_once(kms, caller, alias, target);
+	if (r.err == HSM_ERR_CONFLICT)
+		r = HSM_FAIL(HSM_ERR_CONFLICT,
+		             "Alias %s kept moving to other keys while it was being updated; try again",
+		             alias);
+	return r;
 }
 
 static hsm_result delete_alias(hsm_kms *kms, const hsm_caller *caller, const char *alias)

@@ -763,7 +763,7 @@ hsm_result hsm_kms_create_grant(hsm_kms *kms, const hsm_caller *caller,
 	                         .ctx = c->equals.present || c->subset.present ? &grant_ctx : NULL};
 
 	HSM_TRY(resolve_key(kms, req->key, key_id));
-	HSM_TRY(kms_lookup(kms, caller, HSM_OP_CreateGrant, key_id, &extra, &k));
+	HSM_TRY(kms_lookup_write(kms, caller, HSM_OP_CreateGrant, key_id, &extra, &k));
 	uint32_t bad = ops & ~ops_for_key(&k->rec);
 	if (bad != 0) {
 		unsigned i = 0;
@@ -794,7 +794,8 @@ hsm_result hsm_kms_create_grant(hsm_kms *kms, const hsm_caller *caller,
 	/* The token first: once the grant is stored, nothing may fail. */
 	HSM_TRY(make_token(g.key_id, g.grant_id, token));
 	bool existed = false;
-	res = hsm_store_grant_create(kms->store, &g, &existed);
+	hsm_key_state_check still = kms_state_check(HSM_OP_CreateGrant);
+	res = hsm_store_grant_create(kms->store, &g, &existed, &still);
 	if (res.err == HSM_ERR_LIMIT_EXCEEDED)
 		res = too_many_grants();
 	kms_key_invalidate(kms, k->rec.key_id);

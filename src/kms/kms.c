@@ -737,6 +737,36 @@ hsm_result kms_lookup(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const c
 	return kms_lookup_as(kms, caller, op, op, ref, extra, out);
 }
 
+hsm_result kms_lookup_write(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const char *ref,
+                            const kms_authz_extra *extra, kms_key **out)
+{
+	hsm_result found = kms_lookup(kms, caller, op, ref, extra, out);
+	char id[HSM_UUID_STRLEN + 1];
+	if ((found.err == HSM_ERR_INVALID_STATE || found.err == HSM_ERR_DISABLED) &&
+	    kms->cfg.meta_cache_ttl_ms > 0 && hsm_ok(hsm_kms_resolve(kms, ref, id))) {
+		kms_key_invalidate(kms, id);
+		found = kms_lookup(kms, caller, op, ref, extra, out);
+	}
+	return found;
+}
+
+static hsm_result state_still_allows(const char *key_id, hsm_key_state state, const void *arg)
+{
+	const hsm_op_info *op = arg;
+	hsm_key_record rec;
+	memset(&rec, 0, sizeof(rec));
+	HSM_GUARD(hsm_strcpy(rec.key_id, sizeof(rec.key_id), key_id));
+	rec.state = state;
+	/* No clock: it matters only to CancelKeyDeletion, which changes the key itself. */
+	HSM_ASSERT(op->cls != HSM_OPC_CANCEL_DELETION);
+	return kms_check_state(op->op, &rec, 0);
+}
+
+hsm_key_state_check kms_state_check(hsm_op op)
+{
+	return (hsm_key_state_check){state_still_allows, hsm_op_get(op)};
+}
+
 hsm_result kms_lookup_as(hsm_kms *kms, const hsm_caller *caller, hsm_op op, hsm_op state_op,
                          const char *ref, const kms_authz_extra *extra, kms_key **out)
 {
@@ -831,20 +861,8 @@ hsm_result kms_modify_with(hsm_kms *kms, const hsm_caller *caller, hsm_op op, co
                            const hsm_version_record *add_version, hsm_key_record *after)
 {
 	kms_key *k = NULL;
-	hsm_result found = kms_lookup(kms, caller, op, ref, extra, &k);
-	/*
-	 * Refused for its state on the cached record, which may predate another
-	 * node's change of a moment ago (a CancelKeyDeletion right after the
-	 * ScheduleKeyDeletion it cancels): the store's record decides.  The
-	 * transaction checks the state again in any case.
-	 */
-	char id[HSM_UUID_STRLEN + 1];
-	if ((found.err == HSM_ERR_INVALID_STATE || found.err == HSM_ERR_DISABLED) &&
-	    kms->cfg.meta_cache_ttl_ms > 0 && hsm_ok(hsm_kms_resolve(kms, ref, id))) {
-		kms_key_invalidate(kms, id);
-		found = kms_lookup(kms, caller, op, ref, extra, &k);
-	}
-	HSM_GUARD(found);
+	/* A CancelKeyDeletion right after another node's ScheduleKeyDeletion is so not refused. */
+	HSM_GUARD(kms_lookup_write(kms, caller, op, ref, extra, &k));
 	modify_ctx m = {op, fn, arg, kms_now(kms)};
 	hsm_result r = rehearse(caller, &k->rec, &m);
 	if (hsm_ok(r))

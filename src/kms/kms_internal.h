@@ -220,6 +220,22 @@ hsm_result kms_lookup_as(hsm_kms *kms, const hsm_caller *caller, hsm_op op, hsm_
                          const char *ref, const kms_authz_extra *extra,
                          kms_key **out) HSM_MUST_CHECK;
 /*
+ * kms_lookup for a request that changes the key or what hangs on it.  A
+ * refusal for the key's state, made on a cached record, is made again on the
+ * store's record: another node may have changed the state a moment ago (a
+ * CancelKeyDeletion, then a TagResource on the key it brought back).  The
+ * write checks the state again in its own transaction (kms_state_check).
+ */
+hsm_result kms_lookup_write(hsm_kms *kms, const hsm_caller *caller, hsm_op op, const char *ref,
+                            const kms_authz_extra *extra, kms_key **out) HSM_MUST_CHECK;
+/*
+ * The state rule of op's class as a condition the store asks under the
+ * key's row lock (hsm_key_state_check), so a key whose state changed since
+ * its lookup, on this node or another, is refused as the lookup would now
+ * refuse it.
+ */
+hsm_key_state_check kms_state_check(hsm_op op);
+/*
  * DryRun: every check a request makes before it would act has passed; it
  * stops here with DryRunOperationException.  Success when DryRun is not set.
  */

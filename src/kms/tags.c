@@ -96,7 +96,7 @@ static hsm_result tagging_lookup(hsm_kms *kms, const hsm_caller *caller, hsm_op 
 	kms_authz_extra extra = {0};
 	hsm_result r = request_tags_new(n, tags, keys, &rt, &extra);
 	if (hsm_ok(r))
-		r = kms_lookup(kms, caller, op, ref, &extra, k);
+		r = kms_lookup_write(kms, caller, op, ref, &extra, k);
 	free(rt.pairs);
 	free(rt.names);
 	return r;
@@ -158,8 +158,9 @@ hsm_result hsm_kms_tag(hsm_kms *kms, const hsm_caller *caller, const char *ref, 
 	hsm_result r = tag_room(kms, caller, k->rec.key_id, n, tags);
 	if (hsm_ok(r))
 		r = hsm_caller_commit_key(caller, k->rec.key_id);
+	hsm_key_state_check still = kms_state_check(HSM_OP_TagResource);
 	if (hsm_ok(r))
-		r = hsm_store_tags_put(kms->store, k->rec.key_id, n, tags);
+		r = hsm_store_tags_put(kms->store, k->rec.key_id, n, tags, &still);
 	if (r.err == HSM_ERR_LIMIT_EXCEEDED)
 		r = too_many_tags();
 	kms_key_release(k);
@@ -179,9 +180,10 @@ hsm_result hsm_kms_untag(hsm_kms *kms, const hsm_caller *caller, const char *ref
 		           "Tag keys that begin with aws: (in any case) are reserved");
 	}
 	HSM_GUARD(tagging_lookup(kms, caller, HSM_OP_UntagResource, ref, n, NULL, keys, &k));
+	hsm_key_state_check still = kms_state_check(HSM_OP_UntagResource);
 	hsm_result r = hsm_caller_commit_key(caller, k->rec.key_id);
 	if (hsm_ok(r))
-		r = hsm_store_tags_remove(kms->store, k->rec.key_id, n, keys);
+		r = hsm_store_tags_remove(kms->store, k->rec.key_id, n, keys, &still);
 	kms_key_release(k);
 	return r;
 }

@@ -838,22 +838,27 @@ hsm_result hsm_store_version_list(hsm_store *s, const char *key_id, hsm_version_
 
 #define ALIAS_CAP (HSM_ALIAS_MAX + 1)
 
-hsm_result hsm_store_alias_create(hsm_store *s, const char *name, const char *key_id, int64_t now)
+hsm_result hsm_store_alias_create(hsm_store *s, const char *name, const char *key_id, int64_t now,
+                                  const hsm_key_state_check *check)
 {
 	HSM_ASSERT(s != NULL);
 	HSM_GUARD(st_check_name(name, ALIAS_CAP, "alias name"));
 	HSM_GUARD(st_check_lookup(key_id, KEY_ID_CAP, "key"));
 	st_intent_note_key(key_id);
-	return s->ops->alias_create(s, name, key_id, now);
+	return s->ops->alias_create(s, name, key_id, now, check);
 }
 
-hsm_result hsm_store_alias_update(hsm_store *s, const char *name, const char *key_id, int64_t now)
+hsm_result hsm_store_alias_update(hsm_store *s, const char *name, const char *from,
+                                  const char *key_id, int64_t now,
+                                  const hsm_key_state_check *check)
 {
 	HSM_ASSERT(s != NULL);
 	HSM_GUARD(st_check_lookup(name, ALIAS_CAP, "alias"));
+	if (from != NULL)
+		HSM_GUARD(st_check_lookup(from, KEY_ID_CAP, "key"));
 	HSM_GUARD(st_check_lookup(key_id, KEY_ID_CAP, "key"));
 	st_intent_note_key(key_id);
-	return s->ops->alias_update(s, name, key_id, now);
+	return s->ops->alias_update(s, name, from, key_id, now, check);
 }
 
 hsm_result hsm_store_alias_delete(hsm_store *s, const char *name)
@@ -889,7 +894,8 @@ hsm_result hsm_store_alias_delete_for_key(hsm_store *s, const char *key_id)
 
 /* ---- Tags ---------------------------------------------------------------------------------- */
 
-hsm_result hsm_store_tags_put(hsm_store *s, const char *key_id, size_t n, const hsm_tag tags[])
+hsm_result hsm_store_tags_put(hsm_store *s, const char *key_id, size_t n, const hsm_tag tags[],
+                              const hsm_key_state_check *check)
 {
 	HSM_ASSERT(s != NULL);
 	HSM_GUARD(st_check_lookup(key_id, KEY_ID_CAP, "key"));
@@ -897,11 +903,11 @@ hsm_result hsm_store_tags_put(hsm_store *s, const char *key_id, size_t n, const 
 		return HSM_SUCCESS;
 	HSM_GUARD(check_tags(n, tags));
 	st_intent_note_key(key_id);
-	return s->ops->tags_put(s, key_id, n, tags);
+	return s->ops->tags_put(s, key_id, n, tags, check);
 }
 
 hsm_result hsm_store_tags_remove(hsm_store *s, const char *key_id, size_t n,
-                                 const char *const keys[])
+                                 const char *const keys[], const hsm_key_state_check *check)
 {
 	HSM_ASSERT(s != NULL);
 	HSM_GUARD(st_check_lookup(key_id, KEY_ID_CAP, "key"));
@@ -911,7 +917,7 @@ hsm_result hsm_store_tags_remove(hsm_store *s, const char *key_id, size_t n,
 	for (size_t i = 0; i < n; i++)
 		HSM_ASSERT(keys[i] != NULL);
 	st_intent_note_key(key_id);
-	return s->ops->tags_remove(s, key_id, n, keys);
+	return s->ops->tags_remove(s, key_id, n, keys, check);
 }
 
 hsm_result hsm_store_tags_list(hsm_store *s, const char *key_id, const char *after, size_t limit,
@@ -951,13 +957,14 @@ static hsm_result check_grant_record(const hsm_grant_record *g)
 	return HSM_SUCCESS;
 }
 
-hsm_result hsm_store_grant_create(hsm_store *s, hsm_grant_record *g, bool *existed)
+hsm_result hsm_store_grant_create(hsm_store *s, hsm_grant_record *g, bool *existed,
+                                  const hsm_key_state_check *check)
 {
 	HSM_ASSERT(s != NULL);
 	HSM_GUARD(check_grant_record(g));
 	bool found = false;
 	st_intent_note_key(g->key_id);
-	HSM_GUARD(s->ops->grant_create(s, g, &found));
+	HSM_GUARD(s->ops->grant_create(s, g, &found, check));
 	if (existed != NULL)
 		*existed = found;
 	return HSM_SUCCESS;

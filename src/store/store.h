@@ -717,6 +717,24 @@ typedef hsm_result (*hsm_version_cb)(const hsm_version_record *v, void *arg);
 hsm_result hsm_store_version_list(hsm_store *s, const char *key_id, hsm_version_cb cb,
                                   void *arg) HSM_MUST_CHECK;
 
+/* ---- Key state conditions of writes ------------------------------------------ */
+
+/*
+ * The key state a write on a key's aliases, tags or grants depends on (KMS:
+ * CreateGrant needs a key that is enabled, CreateAlias and TagResource one
+ * that is not pending deletion).  The write reads the state under the lock
+ * it takes on the key's row and calls fn with it before it changes anything;
+ * fn's failure aborts the write and is returned.  A state another node, or
+ * another request, changed a moment before is so seen, which a check of a
+ * cached record cannot promise.  A NULL condition, or a NULL fn, asks nothing.
+ * fn runs inside the write transaction: it must be short and must not call
+ * the store.
+ */
+typedef struct hsm_key_state_check {
+	hsm_result (*fn)(const char *key_id, hsm_key_state state, const void *arg);
+	const void *arg;
+} hsm_key_state_check;
+
 /* ---- Aliases ---------------------------------------------------------------- */
 
 /*
@@ -724,18 +742,22 @@ hsm_result hsm_store_version_list(hsm_store *s, const char *key_id, hsm_version_
  * exist; LIMIT_EXCEEDED when the key has HSM_MAX_ALIASES_PER_KEY aliases
  * already; VALIDATION when the name gives its key a PKCS#11 CKA_ID
  * (HSM_PKCS11_ID_ALIAS, common/encoding.h) and another alias of the key
- * gives it one already.  Both are read in the write transaction, so
- * concurrent writers, on one node or on nodes sharing a store, cannot pass
- * them together.
+ * gives it one already; what `check` (may be NULL) returns for the key's
+ * state.  All are read in the write transaction, so concurrent writers, on
+ * one node or on nodes sharing a store, cannot pass them together.
  */
-hsm_result hsm_store_alias_create(hsm_store *s, const char *name, const char *key_id,
-                                  int64_t now) HSM_MUST_CHECK;
+hsm_result hsm_store_alias_create(hsm_store *s, const char *name, const char *key_id, int64_t now,
+                                  const hsm_key_state_check *check) HSM_MUST_CHECK;
 /*
  * Points an existing alias at another key; NOT_FOUND when the alias or the
- * key does not exist; LIMIT_EXCEEDED and VALIDATION as hsm_store_alias_create.
+ * key does not exist; CONFLICT when `from` is not NULL and the alias no
+ * longer points at that key (it was moved since the caller read it, and the
+ * caller's decision was about the key it left); LIMIT_EXCEEDED, VALIDATION
+ * and `check` (on the key it goes to) as hsm_store_alias_create.
  */
-hsm_result hsm_store_alias_update(hsm_store *s, const char *name, const char *key_id,
-                                  int64_t now) HSM_MUST_CHECK;
+hsm_result hsm_store_alias_update(hsm_store *s, const char *name, const char *from,
+                                  const char *key_id, int64_t now,
+                                  const hsm_key_state_check *check) HSM_MUST_CHECK;
 /*
  * The alias limit those two apply, given how many other aliases the key has
  * (counted in their write transaction): LIMIT_EXCEEDED when reached.  Also
@@ -763,11 +785,16 @@ hsm_result hsm_store_alias_delete_for_key(hsm_store *s, const char *key_id) HSM_
  * LIMIT_EXCEEDED when the key would hold more than HSM_MAX_TAGS_PER_KEY,
  * NOT_FOUND when the key does not exist, VALIDATION for an empty tag key.
  */
-hsm_result hsm_store_tags_put(hsm_store *s, const char *key_id, size_t n,
-                              const hsm_tag tags[]) HSM_MUST_CHECK;
-/* Removes the named tag keys (absent ones are ignored); NOT_FOUND when the key does not exist. */
+hsm_result hsm_store_tags_put(hsm_store *s, const char *key_id, size_t n, const hsm_tag tags[],
+                              const hsm_key_state_check *check) HSM_MUST_CHECK;
+/*
+ * Removes the named tag keys (absent ones are ignored); NOT_FOUND when the
+ * key does not exist.  Both answer what `check` (may be NULL) returns for
+ * the key's state, read under its row lock.
+ */
 hsm_result hsm_store_tags_remove(hsm_store *s, const char *key_id, size_t n,
-                                 const char *const keys[]) HSM_MUST_CHECK;
+                                 const char *const keys[],
+                                 const hsm_key_state_check *check) HSM_MUST_CHECK;
 typedef hsm_result (*hsm_tag_cb)(const hsm_tag *t, void *arg);
 /* Ordered by tag key, after `after` (NULL or ""), at most limit; NOT_FOUND for a missing key. */
 hsm_result hsm_store_tags_list(hsm_store *s, const char *key_id, const char *after, size_t limit,
@@ -789,10 +816,13 @@ hsm_result hsm_store_tags_list(hsm_store *s, const char *key_id, const char *aft
  * ALREADY_EXISTS for a duplicate grant_id, LIMIT_EXCEEDED when the key would
  * hold more than HSM_MAX_GRANTS_PER_KEY grants, or more than
  * HSM_MAX_GRANTS_PER_GRANTEE for that grantee; VALIDATION for an empty
- * grant_id or grantee or an operations set of 0.  All checked in one write
- * transaction, so concurrent creators on a shared store cannot exceed a limit.
+ * grant_id or grantee or an operations set of 0; what `check` (may be NULL)
+ * returns for the key's state, asked before a retried creation is looked
+ * for.  All checked in one write transaction, so concurrent creators on a
+ * shared store cannot exceed a limit.
  */
-hsm_result hsm_store_grant_create(hsm_store *s, hsm_grant_record *g, bool *existed) HSM_MUST_CHECK;
+hsm_result hsm_store_grant_create(hsm_store *s, hsm_grant_record *g, bool *existed,
+                                  const hsm_key_state_check *check) HSM_MUST_CHECK;
 /* The grant limits it applies, given the key's counts: LIMIT_EXCEEDED when reached. */
 hsm_result hsm_store_grant_room(const char *key_id, int64_t for_grantee,
                                 int64_t for_key) HSM_MUST_CHECK;

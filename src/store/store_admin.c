@@ -555,6 +555,24 @@ hsm_result st_check_pkcs11_id(const char *key_id, const char *name, const st_vec
 	return HSM_SUCCESS;
 }
 
+hsm_result st_check_alias_target(const char *name, const char *target, const char *from)
+{
+	HSM_ENSURE(target != NULL, HSM_ERR_NOT_FOUND, "alias %s does not exist", name);
+	HSM_ENSURE(from == NULL || strcmp(target, from) == 0, HSM_ERR_CONFLICT,
+	           "alias %s was moved to another key meanwhile", name);
+	return HSM_SUCCESS;
+}
+
+hsm_result st_ask_key_state(const hsm_key_state_check *check, const char *key_id,
+                            const char *state_name, hsm_key_state *state)
+{
+	/* A state name the store does not know is a damaged row, not a state to judge. */
+	HSM_GUARD(hsm_key_state_parse(state_name, state));
+	if (check == NULL || check->fn == NULL)
+		return HSM_SUCCESS;
+	return check->fn(key_id, *state, check->arg);
+}
+
 hsm_result hsm_store_grant_room(const char *key_id, int64_t for_grantee, int64_t for_key)
 {
 	HSM_ENSURE(for_grantee < HSM_MAX_GRANTS_PER_GRANTEE, HSM_ERR_LIMIT_EXCEEDED,

@@ -111,8 +111,11 @@ struct hsm_store_ops {
 	                          hsm_version_record *out);
 	hsm_result (*version_list)(hsm_store *s, const char *key_id, hsm_version_cb cb, void *arg);
 
-	hsm_result (*alias_create)(hsm_store *s, const char *name, const char *key_id, int64_t now);
-	hsm_result (*alias_update)(hsm_store *s, const char *name, const char *key_id, int64_t now);
+	hsm_result (*alias_create)(hsm_store *s, const char *name, const char *key_id, int64_t now,
+	                           const hsm_key_state_check *check);
+	/* from is NULL when any current key will do. */
+	hsm_result (*alias_update)(hsm_store *s, const char *name, const char *from,
+	                           const char *key_id, int64_t now, const hsm_key_state_check *check);
 	hsm_result (*alias_delete)(hsm_store *s, const char *name);
 	hsm_result (*alias_get)(hsm_store *s, const char *name, hsm_alias_record *out);
 	/* key_id is NULL for all keys. */
@@ -120,9 +123,10 @@ struct hsm_store_ops {
 	                         hsm_alias_cb cb, void *arg, bool *truncated);
 	hsm_result (*alias_delete_for_key)(hsm_store *s, const char *key_id);
 
-	hsm_result (*tags_put)(hsm_store *s, const char *key_id, size_t n, const hsm_tag tags[]);
+	hsm_result (*tags_put)(hsm_store *s, const char *key_id, size_t n, const hsm_tag tags[],
+	                       const hsm_key_state_check *check);
 	hsm_result (*tags_remove)(hsm_store *s, const char *key_id, size_t n,
-	                          const char *const keys[]);
+	                          const char *const keys[], const hsm_key_state_check *check);
 	hsm_result (*tags_list)(hsm_store *s, const char *key_id, const char *after, size_t limit,
 	                        hsm_tag_cb cb, void *arg, bool *truncated);
 
@@ -130,7 +134,8 @@ struct hsm_store_ops {
 	 * g->constraints may be NULL (stored as ""); existed is never NULL.  On
 	 * a retried creation the backend sets g->grant_id and g->created only.
 	 */
-	hsm_result (*grant_create)(hsm_store *s, hsm_grant_record *g, bool *existed);
+	hsm_result (*grant_create)(hsm_store *s, hsm_grant_record *g, bool *existed,
+	                           const hsm_key_state_check *check);
 	/* grant_create's limit check alone, read only. */
 	hsm_result (*grant_fits)(hsm_store *s, const hsm_grant_record *g);
 	hsm_result (*grant_get)(hsm_store *s, const char *key_id, const char *grant_id,
@@ -319,6 +324,21 @@ hsm_result st_check_promote(const hsm_key_record *k, uint32_t version, bool exis
  */
 hsm_result st_check_pkcs11_id(const char *key_id, const char *name,
                               const st_vec *others) HSM_MUST_CHECK;
+/*
+ * hsm_store_alias_update's rule on the alias as the write reads it (target:
+ * the key it points at, NULL when there is no such alias): NOT_FOUND, or
+ * CONFLICT when from is not NULL and differs from target.
+ */
+hsm_result st_check_alias_target(const char *name, const char *target,
+                                 const char *from) HSM_MUST_CHECK;
+/*
+ * The condition a write depends on (hsm_key_state_check, store.h), asked of
+ * the key's state as its row holds it (state_name, read under the write's
+ * lock on the row), which *state receives; a name that is no state is
+ * refused as damaged data.
+ */
+hsm_result st_ask_key_state(const hsm_key_state_check *check, const char *key_id,
+                            const char *state_name, hsm_key_state *state) HSM_MUST_CHECK;
 /*
  * SQL condition: column `name` starts with HSM_PKCS11_ID_ALIAS (common/encoding.h),
  * compared byte for byte (LIKE ignores case in SQLite).

@@ -183,6 +183,9 @@ PGresult *pg_exec_raw(pg_conn *c, const char *sql);
 hsm_result pg_array_put_text(hsm_buf *a, const char *text) HSM_MUST_CHECK;
 /* Whether sql with $1 = text returns a row. */
 hsm_result pg_exists(pg_conn *c, const char *sql, const char *text, bool *found) HSM_MUST_CHECK;
+/* The same, with the first column of the first row (text that fits cap) copied to out. */
+hsm_result pg_text_of(pg_conn *c, const char *sql, const char *text, char *out, size_t cap,
+                      bool *found) HSM_MUST_CHECK;
 /* The count(*) that sql returns with $1 = a and $2 = b (unless NULL). */
 hsm_result pg_count(pg_conn *c, const char *sql, const char *a, const char *b,
                     int64_t *out) HSM_MUST_CHECK;
@@ -332,6 +335,15 @@ hsm_result pg_put_meta(pg_conn *w, const char *name, const hsm_buf *value,
 /* NOT_FOUND unless the key exists; locks its row against key_update/destroy (FOR SHARE). */
 hsm_result pg_key_require_locked(pg_conn *w, const char *key_id) HSM_MUST_CHECK;
 hsm_result pg_key_require(pg_conn *c, const char *key_id) HSM_MUST_CHECK;
+/*
+ * NOT_FOUND unless the key exists; locks its row, FOR NO KEY UPDATE when
+ * one_writer (writers of one key's aliases, tags or grants then run one
+ * after another on every node) or else FOR SHARE, and asks `check` (may be
+ * NULL) of the state the row holds, which *state (may be NULL) receives.
+ */
+hsm_result pg_key_lock_state(pg_conn *w, const char *key_id, bool one_writer,
+                             const hsm_key_state_check *check,
+                             hsm_key_state *state) HSM_MUST_CHECK;
 
 /* ---- Operations (the ops table in store_pg.c points at these) ------------------------------------- */
 
@@ -365,8 +377,10 @@ hsm_result pg_version_get(hsm_store *s, const char *key_id, uint32_t version,
                           hsm_version_record *out);
 hsm_result pg_version_list(hsm_store *s, const char *key_id, hsm_version_cb cb, void *arg);
 
-hsm_result pg_alias_create(hsm_store *s, const char *name, const char *key_id, int64_t now);
-hsm_result pg_alias_update(hsm_store *s, const char *name, const char *key_id, int64_t now);
+hsm_result pg_alias_create(hsm_store *s, const char *name, const char *key_id, int64_t now,
+                           const hsm_key_state_check *check);
+hsm_result pg_alias_update(hsm_store *s, const char *name, const char *from, const char *key_id,
+                           int64_t now, const hsm_key_state_check *check);
 hsm_result pg_alias_delete(hsm_store *s, const char *name);
 hsm_result pg_alias_get(hsm_store *s, const char *name, hsm_alias_record *out);
 hsm_result pg_alias_list(hsm_store *s, const char *key_id, const char *after, size_t limit,
@@ -375,15 +389,18 @@ hsm_result pg_alias_delete_for_key(hsm_store *s, const char *key_id);
 /* Deletes a key's aliases inside the caller's write transaction. */
 hsm_result pg_alias_delete_for_key_in(pg_conn *w, const char *key_id) HSM_MUST_CHECK;
 
-hsm_result pg_tags_put(hsm_store *s, const char *key_id, size_t n, const hsm_tag tags[]);
+hsm_result pg_tags_put(hsm_store *s, const char *key_id, size_t n, const hsm_tag tags[],
+                       const hsm_key_state_check *check);
 /* The tag writes and count of pg_tags_put inside w's open transaction (the key row locked). */
 hsm_result pg_tags_put_in(pg_conn *w, const char *key_id, size_t n,
                           const hsm_tag tags[]) HSM_MUST_CHECK;
-hsm_result pg_tags_remove(hsm_store *s, const char *key_id, size_t n, const char *const keys[]);
+hsm_result pg_tags_remove(hsm_store *s, const char *key_id, size_t n, const char *const keys[],
+                          const hsm_key_state_check *check);
 hsm_result pg_tags_list(hsm_store *s, const char *key_id, const char *after, size_t limit,
                         hsm_tag_cb cb, void *arg, bool *truncated);
 
-hsm_result pg_grant_create(hsm_store *s, hsm_grant_record *g, bool *existed);
+hsm_result pg_grant_create(hsm_store *s, hsm_grant_record *g, bool *existed,
+                           const hsm_key_state_check *check);
 hsm_result pg_grant_fits(hsm_store *s, const hsm_grant_record *g);
 hsm_result pg_grant_get(hsm_store *s, const char *key_id, const char *grant_id,
                         hsm_grant_record *out);

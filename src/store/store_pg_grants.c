@@ -4,7 +4,8 @@
  * Same semantics as store_sqlite_grants.c.  What differs is that other nodes
  * create grants on the same key at the same moment, so grant_create locks the
  * key's row first (FOR NO KEY UPDATE, as tags_put does: it conflicts with
- * itself and with key_update and key_destroy's FOR UPDATE).  Creators on one
+ * itself and with key_update and key_destroy's FOR UPDATE), and the key
+ * state it is asked about is the one the locked row holds.  Creators on one
  * key then run one after another, each counting what the previous one
  * committed, so no limit is passed and a retried creation finds the grant its
  * first attempt made.
@@ -40,8 +41,6 @@ static const char SQL_GRANT_GET[] =
 	"SELECT " PG_GRANT_COLS " FROM grants WHERE grant_id = $1 AND key_id = $2";
 static const char SQL_GRANT_DELETE[] = "DELETE FROM grants WHERE grant_id = $1 AND key_id = $2";
 static const char SQL_GRANT_DELETE_FOR_KEY[] = "DELETE FROM grants WHERE key_id = $1";
-static const char SQL_KEY_STATE_LOCKED[] =
-	"SELECT state FROM keys WHERE id = $1 FOR NO KEY UPDATE";
 /* The retried-creation lookup walks grants_by_grantee: at most a grantee's few hundred rows. */
 static const char SQL_GRANT_SAME[] =
 	"SELECT grant_id, created FROM grants WHERE key_id = $1 AND grantee = $2 AND name = $3 "
@@ -85,6 +84,7 @@ hsm_result pg_grant_delete_for_key_in(pg_conn *w, const char *key_id)
 
 typedef struct grant_op {
 	hsm_grant_record *g; /* create */
+	const hsm_key_state_check *check; /* create */
 	const char *key_id;
 	const char *grant_id;
 	bool found; /* create: a retried creation's grant exists */
@@ -103,22 +103,15 @@ typedef struct grant_op {
 
 /* ---- Create ------------------------------------------------------------------------- */
 
-/* Locks the key's row; NOT_FOUND for a missing key, INVALID_STATE for a Destroyed one. */
-static hsm_result lock_live_key(pg_conn *w, const char *key_id)
+/*
+ * Locks the key's row and asks the caller's condition of its state;
+ * NOT_FOUND for a missing key, INVALID_STATE for a Destroyed one.
+ */
+static hsm_result lock_live_key(pg_conn *w, const char *key_id, const hsm_key_state_check *check)
 {
-	pg_params p;
-	PGresult *r = NULL;
-	char state[32] = "";
-	pg_params_init(&p);
-	pg_p_text(&p, key_id);
-	HSM_GUARD(pg_run(w, SQL_KEY_STATE_LOCKED, &p, &r));
-	bool row = PQntuples(r) > 0;
-	hsm_result res = row ? pg_col_text(r, 0, 0, state, sizeof(state)) : HSM_SUCCESS;
-	PQclear(r);
-	HSM_GUARD(res);
-	HSM_ENSURE(row, HSM_ERR_NOT_FOUND, "key %s does not exist", key_id);
-	HSM_ENSURE(strcmp(state, hsm_key_state_name(HSM_KEY_DESTROYED)) != 0, HSM_ERR_INVALID_STATE,
-	           "key %s is destroyed", key_id);
+	hsm_key_state state;
+	HSM_GUARD(pg_key_lock_state(w, key_id, true, check, &state));
+	HSM_ENSURE(state != HSM_KEY_DESTROYED, HSM_ERR_INVALID_STATE, "key %s is destroyed", key_id);
 	return HSM_SUCCESS;
 }
 
@@ -160,7 +153,7 @@ static hsm_result grant_create_body(pg_conn *w, void *arg)
 	grant_op *op = arg;
 	const hsm_grant_record *g = op->g;
 	/* The key row lock serializes grant creators of this key on every node. */
-	HSM_GUARD(lock_live_key(w, g->key_id));
+	HSM_GUARD(lock_live_key(w, g->key_id, op->check));
 	/* Checked before the limits: a retry at the limit gets the grant it made. */
 	if (g->name[0] != '\0') {
 		HSM_GUARD(find_twin(w, op));
@@ -191,9 +184,10 @@ hsm_result pg_grant_fits(hsm_store *base, const hsm_grant_record *g)
 	return pg_read(pg_of(base), grant_fits_body, &f);
 }
 
-hsm_result pg_grant_create(hsm_store *base, hsm_grant_record *g, bool *existed)
+hsm_result pg_grant_create(hsm_store *base, hsm_grant_record *g, bool *existed,
+                           const hsm_key_state_check *check)
 {
-	grant_op op = {.g = g};
+	grant_op op = {.g = g, .check = check};
 	HSM_GUARD(pg_write(pg_of(base), grant_create_body, &op));
 	if (op.found) {
 		memcpy(g->grant_id, op.twin_id, sizeof(g->grant_id));

@@ -171,6 +171,27 @@ hsm_result pg_key_require_locked(pg_conn *w, const char *key_id)
 	return HSM_SUCCESS;
 }
 
+/*
+ * A row lock waits for the writer holding the row, then reads the version
+ * that writer committed (READ COMMITTED re-reads a locked row), so the state
+ * read here is the latest one.
+ */
+static const char SQL_KEY_STATE_SHARE[] = "SELECT state FROM keys WHERE id = $1 FOR SHARE";
+static const char SQL_KEY_STATE_WRITERS[] =
+	"SELECT state FROM keys WHERE id = $1 FOR NO KEY UPDATE";
+
+hsm_result pg_key_lock_state(pg_conn *w, const char *key_id, bool one_writer,
+                             const hsm_key_state_check *check, hsm_key_state *state)
+{
+	bool row = false;
+	char name[32] = "";
+	HSM_GUARD(pg_text_of(w, one_writer ? SQL_KEY_STATE_WRITERS : SQL_KEY_STATE_SHARE, key_id,
+	                     name, sizeof(name), &row));
+	HSM_ENSURE(row, HSM_ERR_NOT_FOUND, "key %s does not exist", key_id);
+	hsm_key_state held;
+	return st_ask_key_state(check, key_id, name, state != NULL ? state : &held);
+}
+
 static const char SQL_KEY_GET[] = "SELECT " PG_KEY_COLS " FROM keys WHERE id = $1";
 static const char SQL_KEY_GET_FOR_UPDATE[] =
 	"SELECT " PG_KEY_COLS " FROM keys WHERE id = $1 FOR UPDATE";

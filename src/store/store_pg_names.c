@@ -2,17 +2,16 @@
  * store_pg_names.c - aliases and tags in PostgreSQL.
  *
  * Writes lock the key row they depend on, so an alias cannot be attached to
- * a key another node is destroying at that moment; alias and tag writers
- * lock it FOR NO KEY UPDATE, so two nodes cannot together pass the limit of
- * aliases or tags a key may have.
+ * a key another node is destroying at that moment, and the key state they
+ * ask for (hsm_key_state_check) is the state the row holds; alias and tag
+ * writers lock it FOR NO KEY UPDATE, so two nodes cannot together pass the
+ * limit of aliases or tags a key may have.
  */
 #include "store/store_pg.h"
 
 #include <string.h>
 
 #include "common/encoding.h"
-
-static const char SQL_KEY_LOCK[] = "SELECT 1 FROM keys WHERE id = $1 FOR NO KEY UPDATE";
 
 /* ---- Aliases ---------------------------------------------------------------------- */
 
@@ -27,6 +26,8 @@ hsm_result pg_read_alias(const PGresult *r, int row, void *item)
 
 static const char SQL_ALIAS_EXISTS[] = "SELECT 1 FROM aliases WHERE name = $1";
 static const char SQL_ALIAS_EXISTS_LOCKED[] = "SELECT 1 FROM aliases WHERE name = $1 FOR UPDATE";
+static const char SQL_ALIAS_TARGET_LOCKED[] =
+	"SELECT key_id FROM aliases WHERE name = $1 FOR UPDATE";
 static const char SQL_ALIAS_INSERT[] =
 	"INSERT INTO aliases (" PG_ALIAS_COLS ") VALUES ($1, $2, $3, $4)";
 static const char SQL_ALIAS_UPDATE[] =
@@ -58,7 +59,9 @@ hsm_result pg_insert_alias(pg_conn *w, const hsm_alias_record *a)
 
 typedef struct alias_op {
 	const char *name;
+	const char *from;
 	const char *key_id;
+	const hsm_key_state_check *check;
 	int64_t now;
 	const char *after;
 	size_t limit;
@@ -96,12 +99,11 @@ static hsm_result alias_id_free(pg_conn *w, const char *key_id, const char *name
  * (writes run at READ COMMITTED: each statement sees what the previous
  * holder of the lock committed).
  */
-static hsm_result alias_key_accepts(pg_conn *w, const char *key_id, const char *name)
+static hsm_result alias_key_accepts(pg_conn *w, const char *key_id, const char *name,
+                                    const hsm_key_state_check *check)
 {
-	bool found = false;
 	int64_t others = 0;
-	HSM_GUARD(pg_exists(w, SQL_KEY_LOCK, key_id, &found));
-	HSM_ENSURE(found, HSM_ERR_NOT_FOUND, "key %s does not exist", key_id);
+	HSM_GUARD(pg_key_lock_state(w, key_id, true, check, NULL));
 	HSM_GUARD(pg_count(w, SQL_ALIAS_COUNT_OTHERS, key_id, name, &others));
 	HSM_GUARD(hsm_store_alias_room(key_id, others));
 	return alias_id_free(w, key_id, name);
@@ -113,7 +115,7 @@ static hsm_result alias_create_body(pg_conn *w, void *arg)
 	bool taken = false;
 	HSM_GUARD(pg_exists(w, SQL_ALIAS_EXISTS, op->name, &taken));
 	HSM_ENSURE(!taken, HSM_ERR_ALREADY_EXISTS, "alias %s already exists", op->name);
-	HSM_GUARD(alias_key_accepts(w, op->key_id, op->name));
+	HSM_GUARD(alias_key_accepts(w, op->key_id, op->name, op->check));
 	/* A concurrent create of the same name ends in the primary key: ALREADY_EXISTS. */
 	hsm_alias_record a = {.created = op->now, .updated = op->now};
 	HSM_GUARD(hsm_strcpy(a.name, sizeof(a.name), op->name));
@@ -121,9 +123,10 @@ static hsm_result alias_create_body(pg_conn *w, void *arg)
 	return pg_insert_alias(w, &a);
 }
 
-hsm_result pg_alias_create(hsm_store *base, const char *name, const char *key_id, int64_t now)
+hsm_result pg_alias_create(hsm_store *base, const char *name, const char *key_id, int64_t now,
+                           const hsm_key_state_check *check)
 {
-	alias_op op = {.name = name, .key_id = key_id, .now = now};
+	alias_op op = {.name = name, .key_id = key_id, .now = now, .check = check};
 	return pg_write(pg_of(base), alias_create_body, &op);
 }
 
@@ -135,12 +138,21 @@ static hsm_result alias_require_locked(pg_conn *w, const char *name)
 	return HSM_SUCCESS;
 }
 
+/* The alias exists and, when `from` is given, still points at that key; its row stays locked. */
+static hsm_result alias_lock_target(pg_conn *w, const char *name, const char *from)
+{
+	bool row = false;
+	char target[HSM_UUID_STRLEN + 1] = "";
+	HSM_GUARD(pg_text_of(w, SQL_ALIAS_TARGET_LOCKED, name, target, sizeof(target), &row));
+	return st_check_alias_target(name, row ? target : NULL, from);
+}
+
 static hsm_result alias_update_body(pg_conn *w, void *arg)
 {
 	alias_op *op = arg;
 	pg_params p;
-	HSM_GUARD(alias_require_locked(w, op->name));
-	HSM_GUARD(alias_key_accepts(w, op->key_id, op->name));
+	HSM_GUARD(alias_lock_target(w, op->name, op->from));
+	HSM_GUARD(alias_key_accepts(w, op->key_id, op->name, op->check));
 	pg_params_init(&p);
 	pg_p_text(&p, op->name);
 	pg_p_text(&p, op->key_id);
@@ -148,9 +160,10 @@ static hsm_result alias_update_body(pg_conn *w, void *arg)
 	return pg_run(w, SQL_ALIAS_UPDATE, &p, NULL);
 }
 
-hsm_result pg_alias_update(hsm_store *base, const char *name, const char *key_id, int64_t now)
+hsm_result pg_alias_update(hsm_store *base, const char *name, const char *from, const char *key_id,
+                           int64_t now, const hsm_key_state_check *check)
 {
-	alias_op op = {.name = name, .key_id = key_id, .now = now};
+	alias_op op = {.name = name, .from = from, .key_id = key_id, .now = now, .check = check};
 	return pg_write(pg_of(base), alias_update_body, &op);
 }
 
@@ -272,6 +285,7 @@ hsm_result pg_insert_tag(pg_conn *w, const char *key_id, const hsm_tag *t)
 
 typedef struct tag_op {
 	const char *key_id;
+	const hsm_key_state_check *check;
 	size_t n;
 	const hsm_tag *tags;
 	const char *const *keys;
@@ -297,31 +311,31 @@ hsm_result pg_tags_put_in(pg_conn *w, const char *key_id, size_t n, const hsm_ta
 static hsm_result tags_put_body(pg_conn *w, void *arg)
 {
 	tag_op *op = arg;
-	bool found = false;
 	/* The key row lock serializes tag writers of this key on every node. */
-	HSM_GUARD(pg_exists(w, SQL_KEY_LOCK, op->key_id, &found));
-	HSM_ENSURE(found, HSM_ERR_NOT_FOUND, "key %s does not exist", op->key_id);
+	HSM_GUARD(pg_key_lock_state(w, op->key_id, true, op->check, NULL));
 	return pg_tags_put_in(w, op->key_id, op->n, op->tags);
 }
 
-hsm_result pg_tags_put(hsm_store *base, const char *key_id, size_t n, const hsm_tag tags[])
+hsm_result pg_tags_put(hsm_store *base, const char *key_id, size_t n, const hsm_tag tags[],
+                       const hsm_key_state_check *check)
 {
-	tag_op op = {.key_id = key_id, .n = n, .tags = tags};
+	tag_op op = {.key_id = key_id, .check = check, .n = n, .tags = tags};
 	return pg_write(pg_of(base), tags_put_body, &op);
 }
 
 static hsm_result tags_remove_body(pg_conn *w, void *arg)
 {
 	tag_op *op = arg;
-	HSM_GUARD(pg_key_require_locked(w, op->key_id));
+	HSM_GUARD(pg_key_lock_state(w, op->key_id, false, op->check, NULL));
 	for (size_t i = 0; i < op->n; i++)
 		HSM_GUARD(tag_write(w, SQL_TAG_DELETE, op->key_id, op->keys[i], NULL));
 	return HSM_SUCCESS;
 }
 
-hsm_result pg_tags_remove(hsm_store *base, const char *key_id, size_t n, const char *const keys[])
+hsm_result pg_tags_remove(hsm_store *base, const char *key_id, size_t n, const char *const keys[],
+                          const hsm_key_state_check *check)
 {
-	tag_op op = {.key_id = key_id, .n = n, .keys = keys};
+	tag_op op = {.key_id = key_id, .check = check, .n = n, .keys = keys};
 	return pg_write(pg_of(base), tags_remove_body, &op);
 }
 

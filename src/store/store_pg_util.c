@@ -307,6 +307,20 @@ hsm_result pg_exists(pg_conn *c, const char *sql, const char *text, bool *found)
 	return HSM_SUCCESS;
 }
 
+hsm_result pg_text_of(pg_conn *c, const char *sql, const char *text, char *out, size_t cap,
+                      bool *found)
+{
+	pg_params p;
+	PGresult *r = NULL;
+	pg_params_init(&p);
+	pg_p_text(&p, text);
+	HSM_GUARD(pg_run(c, sql, &p, &r));
+	*found = PQntuples(r) > 0;
+	hsm_result res = *found ? pg_col_text(r, 0, 0, out, cap) : HSM_SUCCESS;
+	PQclear(r);
+	return res;
+}
+
 hsm_result pg_count(pg_conn *c, const char *sql, const char *a, const char *b, int64_t *out)
 {
 	pg_params p;

@@ -95,6 +95,9 @@ hsm_result sq_step(sq_conn *c, sqlite3_stmt *st, bool *row) HSM_MUST_CHECK;
 hsm_result sq_exec(sq_conn *c, sqlite3_stmt *st) HSM_MUST_CHECK;
 /* Prepares (cached), runs a statement binding ?1 = text, and tells whether it returned a row. */
 hsm_result sq_exists(sq_conn *c, const char *sql, const char *text, bool *found) HSM_MUST_CHECK;
+/* The same, with the first column of the row (text that fits cap) copied to out. */
+hsm_result sq_text_of(sq_conn *c, const char *sql, const char *text, char *out, size_t cap,
+                      bool *found) HSM_MUST_CHECK;
 /* The count(*) that sql returns with ?1 = a and ?2 = b (unless NULL). */
 hsm_result sq_count(sq_conn *c, const char *sql, const char *a, const char *b,
                     int64_t *out) HSM_MUST_CHECK;
@@ -225,9 +228,18 @@ hsm_result sq_version_list(hsm_store *s, const char *key_id, hsm_version_cb cb, 
 hsm_result sq_key_exists(sq_conn *c, const char *key_id, bool *found) HSM_MUST_CHECK;
 /* NOT_FOUND unless the key exists, on connection c. */
 hsm_result sq_key_require(sq_conn *c, const char *key_id) HSM_MUST_CHECK;
+/*
+ * NOT_FOUND unless the key exists; asks `check` (may be NULL) of its state,
+ * which *state (may be NULL) receives.  On the write connection, inside the
+ * write (sq_write_begin), the state holds until the write ends.
+ */
+hsm_result sq_key_state(sq_conn *c, const char *key_id, const hsm_key_state_check *check,
+                        hsm_key_state *state) HSM_MUST_CHECK;
 
-hsm_result sq_alias_create(hsm_store *s, const char *name, const char *key_id, int64_t now);
-hsm_result sq_alias_update(hsm_store *s, const char *name, const char *key_id, int64_t now);
+hsm_result sq_alias_create(hsm_store *s, const char *name, const char *key_id, int64_t now,
+                           const hsm_key_state_check *check);
+hsm_result sq_alias_update(hsm_store *s, const char *name, const char *from, const char *key_id,
+                           int64_t now, const hsm_key_state_check *check);
 hsm_result sq_alias_delete(hsm_store *s, const char *name);
 hsm_result sq_alias_get(hsm_store *s, const char *name, hsm_alias_record *out);
 hsm_result sq_alias_list(hsm_store *s, const char *key_id, const char *after, size_t limit,
@@ -236,15 +248,18 @@ hsm_result sq_alias_delete_for_key(hsm_store *s, const char *key_id);
 /* Deletes a key's aliases inside the caller's write transaction. */
 hsm_result sq_alias_delete_for_key_in(sq_conn *w, const char *key_id) HSM_MUST_CHECK;
 
-hsm_result sq_tags_put(hsm_store *s, const char *key_id, size_t n, const hsm_tag tags[]);
-/* The same inside w's open write transaction. */
+hsm_result sq_tags_put(hsm_store *s, const char *key_id, size_t n, const hsm_tag tags[],
+                       const hsm_key_state_check *check);
+/* The tag writes and count of sq_tags_put inside w's open write transaction (the key exists). */
 hsm_result sq_tags_put_in(sq_conn *w, const char *key_id, size_t n,
                           const hsm_tag tags[]) HSM_MUST_CHECK;
-hsm_result sq_tags_remove(hsm_store *s, const char *key_id, size_t n, const char *const keys[]);
+hsm_result sq_tags_remove(hsm_store *s, const char *key_id, size_t n, const char *const keys[],
+                          const hsm_key_state_check *check);
 hsm_result sq_tags_list(hsm_store *s, const char *key_id, const char *after, size_t limit,
                         hsm_tag_cb cb, void *arg, bool *truncated);
 
-hsm_result sq_grant_create(hsm_store *s, hsm_grant_record *g, bool *existed);
+hsm_result sq_grant_create(hsm_store *s, hsm_grant_record *g, bool *existed,
+                           const hsm_key_state_check *check);
 hsm_result sq_grant_fits(hsm_store *s, const hsm_grant_record *g);
 hsm_result sq_grant_get(hsm_store *s, const char *key_id, const char *grant_id,
                         hsm_grant_record *out);

@@ -40,7 +40,6 @@ static const char SQL_GRANT_GET[] =
 	"SELECT " GRANT_COLS " FROM grants WHERE grant_id = ?1 AND key_id = ?2";
 static const char SQL_GRANT_DELETE[] = "DELETE FROM grants WHERE grant_id = ?1 AND key_id = ?2";
 static const char SQL_GRANT_DELETE_FOR_KEY[] = "DELETE FROM grants WHERE key_id = ?1";
-static const char SQL_KEY_STATE[] = "SELECT state FROM keys WHERE id = ?1";
 /* The retried-creation lookup walks grants_by_grantee: at most a grantee's few hundred rows. */
 static const char SQL_GRANT_SAME[] =
 	"SELECT grant_id, created FROM grants WHERE key_id = ?1 AND grantee = ?2 AND name = ?3 "
@@ -102,22 +101,16 @@ hsm_result sq_grant_delete_for_key_in(sq_conn *w, const char *key_id)
 
 /* ---- Create ------------------------------------------------------------------------- */
 
-/* NOT_FOUND for a missing key, INVALID_STATE for a Destroyed one: grants need a usable key. */
-static hsm_result require_live_key(sq_conn *w, const char *key_id)
+/*
+ * NOT_FOUND for a missing key, INVALID_STATE for a Destroyed one (grants need
+ * a usable key), and the caller's condition on its state.
+ */
+static hsm_result require_live_key(sq_conn *w, const char *key_id,
+                                   const hsm_key_state_check *check)
 {
-	sqlite3_stmt *st;
-	bool row = false;
-	char state[32] = "";
-	HSM_GUARD(sq_prepare(w, SQL_KEY_STATE, &st));
-	sq_bind_text(w, st, 1, key_id);
-	hsm_result res = sq_step(w, st, &row);
-	if (hsm_ok(res) && row)
-		res = sq_col_text(st, 0, state, sizeof(state));
-	sq_reset(st);
-	HSM_GUARD(res);
-	HSM_ENSURE(row, HSM_ERR_NOT_FOUND, "key %s does not exist", key_id);
-	HSM_ENSURE(strcmp(state, hsm_key_state_name(HSM_KEY_DESTROYED)) != 0, HSM_ERR_INVALID_STATE,
-	           "key %s is destroyed", key_id);
+	hsm_key_state state;
+	HSM_GUARD(sq_key_state(w, key_id, check, &state));
+	HSM_ENSURE(state != HSM_KEY_DESTROYED, HSM_ERR_INVALID_STATE, "key %s is destroyed", key_id);
 	return HSM_SUCCESS;
 }
 
@@ -156,9 +149,10 @@ static hsm_result check_limits(sq_conn *w, const hsm_grant_record *g)
 	return hsm_store_grant_room(g->key_id, for_grantee, for_key);
 }
 
-static hsm_result grant_create_in(sq_conn *w, const hsm_grant_record *g, grant_twin *twin)
+static hsm_result grant_create_in(sq_conn *w, const hsm_grant_record *g, grant_twin *twin,
+                                  const hsm_key_state_check *check)
 {
-	HSM_GUARD(require_live_key(w, g->key_id));
+	HSM_GUARD(require_live_key(w, g->key_id, check));
 	/* Checked before the limits: a retry at the limit gets the grant it made. */
 	if (g->name[0] != '\0') {
 		HSM_GUARD(find_twin(w, g, twin));
@@ -182,13 +176,14 @@ hsm_result sq_grant_fits(hsm_store *base, const hsm_grant_record *g)
 	return res;
 }
 
-hsm_result sq_grant_create(hsm_store *base, hsm_grant_record *g, bool *existed)
+hsm_result sq_grant_create(hsm_store *base, hsm_grant_record *g, bool *existed,
+                           const hsm_key_state_check *check)
 {
 	sq_store *s = sq_of(base);
 	sq_conn *w;
 	grant_twin twin = {0};
 	HSM_GUARD(sq_write_begin(s, &w));
-	HSM_GUARD(sq_write_end(s, w, grant_create_in(w, g, &twin)));
+	HSM_GUARD(sq_write_end(s, w, grant_create_in(w, g, &twin, check)));
 	if (twin.found) {
 		memcpy(g->grant_id, twin.grant_id, sizeof(g->grant_id));
 		g->created = twin.created;

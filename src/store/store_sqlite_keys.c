@@ -125,6 +125,19 @@ hsm_result sq_key_require(sq_conn *c, const char *key_id)
 	return HSM_SUCCESS;
 }
 
+static const char SQL_KEY_STATE[] = "SELECT state FROM keys WHERE id = ?1";
+
+hsm_result sq_key_state(sq_conn *c, const char *key_id, const hsm_key_state_check *check,
+                        hsm_key_state *state)
+{
+	bool row = false;
+	char name[32] = "";
+	HSM_GUARD(sq_text_of(c, SQL_KEY_STATE, key_id, name, sizeof(name), &row));
+	HSM_ENSURE(row, HSM_ERR_NOT_FOUND, "key %s does not exist", key_id);
+	hsm_key_state held;
+	return st_ask_key_state(check, key_id, name, state != NULL ? state : &held);
+}
+
 static const char SQL_KEY_GET[] = "SELECT " KEY_COLS " FROM keys WHERE id = ?1";
 
 static hsm_result load_key(sq_conn *c, const char *key_id, hsm_key_record *rec)

@@ -22,6 +22,7 @@ hsm_result sq_read_alias(sqlite3_stmt *st, void *item)
 }
 
 static const char SQL_ALIAS_EXISTS[] = "SELECT 1 FROM aliases WHERE name = ?1";
+static const char SQL_ALIAS_TARGET[] = "SELECT key_id FROM aliases WHERE name = ?1";
 static const char SQL_ALIAS_INSERT[] =
 	"INSERT INTO aliases (" ALIAS_COLS ") VALUES (?1, ?2, ?3, ?3)";
 static const char SQL_ALIAS_IMPORT[] =
@@ -83,30 +84,33 @@ static hsm_result alias_id_free(sq_conn *w, const char *key_id, const char *name
  * none).  Writes are serialized (sq_write_begin), so what this reads holds
  * until the write ends.
  */
-static hsm_result alias_key_accepts(sq_conn *w, const char *key_id, const char *name)
+static hsm_result alias_key_accepts(sq_conn *w, const char *key_id, const char *name,
+                                    const hsm_key_state_check *check)
 {
 	int64_t others = 0;
-	HSM_GUARD(sq_key_require(w, key_id));
+	HSM_GUARD(sq_key_state(w, key_id, check, NULL));
 	HSM_GUARD(sq_count(w, SQL_ALIAS_COUNT_OTHERS, key_id, name, &others));
 	HSM_GUARD(hsm_store_alias_room(key_id, others));
 	return alias_id_free(w, key_id, name);
 }
 
-static hsm_result alias_create_in(sq_conn *w, const char *name, const char *key_id, int64_t now)
+static hsm_result alias_create_in(sq_conn *w, const char *name, const char *key_id, int64_t now,
+                                  const hsm_key_state_check *check)
 {
 	bool taken = false;
 	HSM_GUARD(sq_exists(w, SQL_ALIAS_EXISTS, name, &taken));
 	HSM_ENSURE(!taken, HSM_ERR_ALREADY_EXISTS, "alias %s already exists", name);
-	HSM_GUARD(alias_key_accepts(w, key_id, name));
+	HSM_GUARD(alias_key_accepts(w, key_id, name, check));
 	return alias_write(w, SQL_ALIAS_INSERT, name, key_id, now);
 }
 
-hsm_result sq_alias_create(hsm_store *base, const char *name, const char *key_id, int64_t now)
+hsm_result sq_alias_create(hsm_store *base, const char *name, const char *key_id, int64_t now,
+                           const hsm_key_state_check *check)
 {
 	sq_store *s = sq_of(base);
 	sq_conn *w;
 	HSM_GUARD(sq_write_begin(s, &w));
-	return sq_write_end(s, w, alias_create_in(w, name, key_id, now));
+	return sq_write_end(s, w, alias_create_in(w, name, key_id, now, check));
 }
 
 static hsm_result alias_require(sq_conn *c, const char *name)
@@ -117,19 +121,31 @@ static hsm_result alias_require(sq_conn *c, const char *name)
 	return HSM_SUCCESS;
 }
 
-static hsm_result alias_update_in(sq_conn *w, const char *name, const char *key_id, int64_t now)
+/* The alias exists and, when `from` is given, still points at that key. */
+static hsm_result alias_require_target(sq_conn *w, const char *name, const char *from)
 {
-	HSM_GUARD(alias_require(w, name));
-	HSM_GUARD(alias_key_accepts(w, key_id, name));
+	bool row = false;
+	char target[HSM_UUID_STRLEN + 1] = "";
+	HSM_GUARD(sq_text_of(w, SQL_ALIAS_TARGET, name, target, sizeof(target), &row));
+	return st_check_alias_target(name, row ? target : NULL, from);
+}
+
+static hsm_result alias_update_in(sq_conn *w, const char *name, const char *from,
+                                  const char *key_id, int64_t now,
+                                  const hsm_key_state_check *check)
+{
+	HSM_GUARD(alias_require_target(w, name, from));
+	HSM_GUARD(alias_key_accepts(w, key_id, name, check));
 	return alias_write(w, SQL_ALIAS_UPDATE, name, key_id, now);
 }
 
-hsm_result sq_alias_update(hsm_store *base, const char *name, const char *key_id, int64_t now)
+hsm_result sq_alias_update(hsm_store *base, const char *name, const char *from, const char *key_id,
+                           int64_t now, const hsm_key_state_check *check)
 {
 	sq_store *s = sq_of(base);
 	sq_conn *w;
 	HSM_GUARD(sq_write_begin(s, &w));
-	return sq_write_end(s, w, alias_update_in(w, name, key_id, now));
+	return sq_write_end(s, w, alias_update_in(w, name, from, key_id, now, check));
 }
 
 static hsm_result alias_delete_in(sq_conn *w, const char *name)
@@ -271,7 +287,6 @@ hsm_result sq_insert_tag(sq_conn *w, const char *key_id, const hsm_tag *t)
 
 hsm_result sq_tags_put_in(sq_conn *w, const char *key_id, size_t n, const hsm_tag tags[])
 {
-	HSM_GUARD(sq_key_require(w, key_id));
 	for (size_t i = 0; i < n; i++)
 		HSM_GUARD(tag_write(w, SQL_TAG_UPSERT, key_id, tags[i].key, tags[i].value));
 	/* Counted after the writes so replaced values do not count twice. */
@@ -283,29 +298,38 @@ hsm_result sq_tags_put_in(sq_conn *w, const char *key_id, size_t n, const hsm_ta
 	return HSM_SUCCESS;
 }
 
-hsm_result sq_tags_put(hsm_store *base, const char *key_id, size_t n, const hsm_tag tags[])
+static hsm_result tags_put_in(sq_conn *w, const char *key_id, size_t n, const hsm_tag tags[],
+                              const hsm_key_state_check *check)
+{
+	HSM_GUARD(sq_key_state(w, key_id, check, NULL));
+	return sq_tags_put_in(w, key_id, n, tags);
+}
+
+hsm_result sq_tags_put(hsm_store *base, const char *key_id, size_t n, const hsm_tag tags[],
+                       const hsm_key_state_check *check)
 {
 	sq_store *s = sq_of(base);
 	sq_conn *w;
 	HSM_GUARD(sq_write_begin(s, &w));
-	return sq_write_end(s, w, sq_tags_put_in(w, key_id, n, tags));
+	return sq_write_end(s, w, tags_put_in(w, key_id, n, tags, check));
 }
 
 static hsm_result tags_remove_in(sq_conn *w, const char *key_id, size_t n,
-                                 const char *const keys[])
+                                 const char *const keys[], const hsm_key_state_check *check)
 {
-	HSM_GUARD(sq_key_require(w, key_id));
+	HSM_GUARD(sq_key_state(w, key_id, check, NULL));
 	for (size_t i = 0; i < n; i++)
 		HSM_GUARD(tag_write(w, SQL_TAG_DELETE, key_id, keys[i], NULL));
 	return HSM_SUCCESS;
 }
 
-hsm_result sq_tags_remove(hsm_store *base, const char *key_id, size_t n, const char *const keys[])
+hsm_result sq_tags_remove(hsm_store *base, const char *key_id, size_t n, const char *const keys[],
+                          const hsm_key_state_check *check)
 {
 	sq_store *s = sq_of(base);
 	sq_conn *w;
 	HSM_GUARD(sq_write_begin(s, &w));
-	return sq_write_end(s, w, tags_remove_in(w, key_id, n, keys));
+	return sq_write_end(s, w, tags_remove_in(w, key_id, n, keys, check));
 }
 
 static hsm_result read_tag(sqlite3_stmt *st, void *item)

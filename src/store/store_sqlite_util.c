@@ -164,6 +164,19 @@ hsm_result sq_exists(sq_conn *c, const char *sql, const char *text, bool *found)
 	return res;
 }
 
+hsm_result sq_text_of(sq_conn *c, const char *sql, const char *text, char *out, size_t cap,
+                      bool *found)
+{
+	sqlite3_stmt *st;
+	HSM_GUARD(sq_prepare(c, sql, &st));
+	sq_bind_text(c, st, 1, text);
+	hsm_result res = sq_step(c, st, found);
+	if (hsm_ok(res) && *found)
+		res = sq_col_text(st, 0, out, cap);
+	sq_reset(st);
+	return res;
+}
+
 hsm_result sq_count(sq_conn *c, const char *sql, const char *a, const char *b, int64_t *out)
 {
 	sqlite3_stmt *st;

@@ -781,6 +781,59 @@ def test_a_state_change_made_elsewhere_a_moment_ago_is_seen(cluster):
         assert md["KeyState"] == "PendingDeletion", md
 
 
+def test_writes_on_a_key_whose_state_changed_elsewhere_a_moment_ago(cluster):
+    """B has the key cached as Enabled; A schedules its deletion, or disables it.  B refuses
+    at once what the key's new state refuses (KMS key state table), although its cached
+    record still says Enabled: the write asks the state under the key's row lock.  Nothing
+    is written.  And a refusal B would make on a stale cached record is not made."""
+    off_a, off_b = kms(cluster.a, cluster.ops), kms(cluster.b, cluster.ops)
+    grantee = "arn:aws:iam::111122223333:user/app"
+    spare = off_a.create_key()["KeyMetadata"]["KeyId"]
+    off_a.create_alias(AliasName="alias/moving-elsewhere", TargetKeyId=spare)
+    for i in range(3):
+        kid = off_a.create_key()["KeyMetadata"]["KeyId"]
+        off_a.tag_resource(KeyId=kid, Tags=[{"TagKey": "kept", "TagValue": "1"}])
+        off_b.describe_key(KeyId=kid)  # B caches it Enabled
+        off_a.schedule_key_deletion(KeyId=kid, PendingWindowInDays=7)
+        refused = {
+            "CreateGrant": lambda: off_b.create_grant(KeyId=kid, GranteePrincipal=grantee,
+                                                      Operations=["Encrypt"]),
+            "CreateAlias": lambda: off_b.create_alias(AliasName=f"alias/late-{i}",
+                                                      TargetKeyId=kid),
+            "UpdateAlias": lambda: off_b.update_alias(AliasName="alias/moving-elsewhere",
+                                                      TargetKeyId=kid),
+            "TagResource": lambda: off_b.tag_resource(
+                KeyId=kid, Tags=[{"TagKey": "late", "TagValue": "1"}]),
+            "UntagResource": lambda: off_b.untag_resource(KeyId=kid, TagKeys=["kept"]),
+        }
+        for op, call in refused.items():
+            with pytest.raises(off_b.exceptions.KMSInvalidStateException,
+                               match="is pending deletion") as e:
+                call()
+            assert kid in str(e.value), (op, e.value)
+        assert off_a.list_grants(KeyId=kid)["Grants"] == []
+        aliases = off_a.list_aliases()["Aliases"]
+        assert not any(a["AliasName"] == f"alias/late-{i}" for a in aliases), aliases
+        assert [a.get("TargetKeyId") for a in aliases
+                if a["AliasName"] == "alias/moving-elsewhere"] == [spare], aliases
+        assert off_a.list_resource_tags(KeyId=kid)["Tags"] == [
+            {"TagKey": "kept", "TagValue": "1"}]
+        # B now has it cached pending deletion; A cancels (the key is Disabled): B tags it at
+        # once, and refuses a grant on it as disabled.
+        off_b.describe_key(KeyId=kid)
+        off_a.cancel_key_deletion(KeyId=kid)
+        off_b.tag_resource(KeyId=kid, Tags=[{"TagKey": "back", "TagValue": "1"}])
+        with pytest.raises(off_b.exceptions.DisabledException):
+            off_b.create_grant(KeyId=kid, GranteePrincipal=grantee, Operations=["Encrypt"])
+        # A grant on a key B has cached Enabled that A has just disabled: DisabledException.
+        off_a.enable_key(KeyId=kid)
+        off_b.describe_key(KeyId=kid)
+        off_a.disable_key(KeyId=kid)
+        with pytest.raises(off_b.exceptions.DisabledException):
+            off_b.create_grant(KeyId=kid, GranteePrincipal=grantee, Operations=["Encrypt"])
+        assert off_a.list_grants(KeyId=kid)["Grants"] == []
+
+
 def test_a_node_of_another_account_is_refused(cluster):
     """The keys on the shared store are the account's (their ARNs, the policies' root
     principal): a node of another account_id would refuse every key request and make keys

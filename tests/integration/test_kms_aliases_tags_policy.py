@@ -244,6 +244,21 @@ def test_one_pkcs11_id_alias_under_concurrency(hsmd, kms):
             kms.delete_alias(AliasName=n)  # so listings of every alias stay within one page
 
 
+def test_one_alias_moved_by_many_at_once(hsmd, kms):
+    """UpdateAlias writes only if the alias still points at the key it was authorized on;
+    one moved meanwhile is decided again on where it now points.  Eight callers moving one
+    alias at the same moment all succeed, and it ends on one of their targets."""
+    from conftest import client
+    clients = [client(hsmd) for _ in range(8)]
+    targets = [new_key(kms) for _ in range(8)]
+    kms.create_alias(AliasName="alias/crowded", TargetKeyId=new_key(kms))
+    for _ in range(5):
+        out = at_once([(c.update_alias, {"AliasName": "alias/crowded", "TargetKeyId": t})
+                       for c, t in zip(clients, targets)])
+        assert out == [None] * 8, out
+        assert aliases_of(kms)["alias/crowded"]["TargetKeyId"] in targets
+
+
 def test_delete_alias(kms):
     kid = new_key(kms)
     kms.create_alias(AliasName="alias/short-lived", TargetKeyId=kid)

@@ -78,11 +78,11 @@ static void populate(fx *f)
 	st_version(&v, KEY_ID, 1, wrapped.data, wrapped.len);
 	EXPECT_OK(hsm_store_key_create(f->a.s, &k, &v));
 	hsm_version_record_clear(&v);
-	EXPECT_OK(hsm_store_alias_create(f->a.s, ALIAS, KEY_ID, NOW));
+	EXPECT_OK(hsm_store_alias_create(f->a.s, ALIAS, KEY_ID, NOW, NULL));
 	memset(&tag, 0, sizeof(tag));
 	snprintf(tag.key, sizeof(tag.key), "Project");
 	snprintf(tag.value, sizeof(tag.value), "backup-test-tag");
-	EXPECT_OK(hsm_store_tags_put(f->a.s, KEY_ID, 1, &tag));
+	EXPECT_OK(hsm_store_tags_put(f->a.s, KEY_ID, 1, &tag, NULL));
 	const char *names[] = {META_NAME};
 	const hsm_buf *vals[] = {&val};
 	EXPECT_OK(hsm_buf_put_str(&val, META_VALUE));

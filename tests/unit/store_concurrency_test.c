@@ -333,8 +333,8 @@ static void *id_worker(void *arg)
 	char name[64];
 	id_alias_name(name, sizeof(name), is->round, w->n);
 	pthread_barrier_wait(&is->start);
-	hsm_result r = is->update ? hsm_store_alias_update(is->sh.s, name, "target", 2)
-	                          : hsm_store_alias_create(is->sh.s, name, "target", 2);
+	hsm_result r = is->update ? hsm_store_alias_update(is->sh.s, name, NULL, "target", 2, NULL)
+	                          : hsm_store_alias_create(is->sh.s, name, "target", 2, NULL);
 	if (hsm_ok(r))
 		atomic_fetch_add(&is->won, 1);
 	else if (r.err == HSM_ERR_VALIDATION)
@@ -409,7 +409,7 @@ static void test_one_pkcs11_id_alias_under_concurrency(void **state)
 		for (int i = 0; i < ID_THREADS; i++) {
 			id_alias_name(name, sizeof(name), is.round, i);
 			snprintf(src, sizeof(src), "src-%d", i);
-			EXPECT_OK(hsm_store_alias_create(is.sh.s, name, src, 1));
+			EXPECT_OK(hsm_store_alias_create(is.sh.s, name, src, 1, NULL));
 		}
 		id_round(&is, winner);
 		EXPECT_OK(hsm_store_alias_delete_for_key(is.sh.s, "target"));

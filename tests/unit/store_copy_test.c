@@ -90,7 +90,7 @@ static void add_grant(hsm_store *s, char c, const char *key_id, const char *name
 	snprintf(g.grantee, sizeof(g.grantee), "%s", grantee);
 	snprintf(g.retiring, sizeof(g.retiring), "%s", retiring);
 	g.constraints = (char *)constraints;
-	EXPECT_OK(hsm_store_grant_create(s, &g, &existed));
+	EXPECT_OK(hsm_store_grant_create(s, &g, &existed, NULL));
 	assert_false(existed);
 }
 
@@ -194,7 +194,7 @@ static void fill(hsm_store *s)
 	st_create_key(s, "k-destroyed", "X1", 2);
 	add_version(s, "k-destroyed", 2, "X2");
 	edit(s, "k-destroyed", "gone", HSM_KEY_PENDING_DELETION, 1760000000, false, 0);
-	EXPECT_OK(hsm_store_alias_create(s, "alias/destroyed", "k-destroyed", 5));
+	EXPECT_OK(hsm_store_alias_create(s, "alias/destroyed", "k-destroyed", 5, NULL));
 	add_grant(s, 'f', "k-destroyed", "", "app", "ops", 1, ""); /* destroyed with its key */
 	EXPECT_OK(hsm_store_key_destroy(s, "k-destroyed", 1770000000));
 	/* Imported material: held with an expiry, and deleted (its digest kept). */
@@ -202,10 +202,10 @@ static void fill(hsm_store *s)
 	add_imported(s, "k-material-deleted", false);
 
 	/* Aliases (one moved, so created != updated) and tags (one replaced). */
-	EXPECT_OK(hsm_store_alias_create(s, "alias/a", "k-enabled", 100));
-	EXPECT_OK(hsm_store_alias_create(s, "alias/b", "k-disabled", 101));
-	EXPECT_OK(hsm_store_alias_update(s, "alias/b", "k-enabled", 202));
-	EXPECT_OK(hsm_store_alias_create(s, "alias/\xc3\xa9t\xc3\xa9", "k-pending", 103));
+	EXPECT_OK(hsm_store_alias_create(s, "alias/a", "k-enabled", 100, NULL));
+	EXPECT_OK(hsm_store_alias_create(s, "alias/b", "k-disabled", 101, NULL));
+	EXPECT_OK(hsm_store_alias_update(s, "alias/b", NULL, "k-enabled", 202, NULL));
+	EXPECT_OK(hsm_store_alias_create(s, "alias/\xc3\xa9t\xc3\xa9", "k-pending", 103, NULL));
 	hsm_tag tags[3];
 	memset(tags, 0, sizeof(tags));
 	snprintf(tags[0].key, sizeof(tags[0].key), "team");
@@ -214,8 +214,8 @@ static void fill(hsm_store *s)
 	tags[1].value[0] = '\0'; /* an empty value */
 	snprintf(tags[2].key, sizeof(tags[2].key), "team");
 	snprintf(tags[2].value, sizeof(tags[2].value), "platform");
-	EXPECT_OK(hsm_store_tags_put(s, "k-enabled", 3, tags));
-	EXPECT_OK(hsm_store_tags_put(s, "k-pending", 1, tags));
+	EXPECT_OK(hsm_store_tags_put(s, "k-enabled", 3, tags, NULL));
+	EXPECT_OK(hsm_store_tags_put(s, "k-pending", 1, tags, NULL));
 
 	/* Grants: named with a retiring principal and constraints; bare; on another key. */
 	add_grant(s, 'b', "k-enabled", "nightly-\xc3\xa9", "arn:aws:iam::111122223333:role/app",
@@ -531,7 +531,7 @@ static void copy_between(bool src_pg, bool dst_pg)
 	assert_same(src.f.s, dst.f.s);
 	EXPECT_OK(hsm_store_copy(dst.f.s, back.f.s));
 	assert_same(src.f.s, back.f.s);
-	EXPECT_OK(hsm_store_alias_create(dst.f.s, "alias/new", "k-enabled", 7));
+	EXPECT_OK(hsm_store_alias_create(dst.f.s, "alias/new", "k-enabled", 7, NULL));
 	add_version(dst.f.s, "k-enabled", 4, "W4");
 	hsm_version_record v = {0};
 	EXPECT_OK(hsm_store_version_get(dst.f.s, "k-destroyed", 2, &v));

@@ -48,7 +48,7 @@ static void create(hsm_store *s, unsigned n, const char *key_id, const char *gra
 	bool existed = true;
 	grant(&g, n, key_id, grantee);
 	snprintf(g.retiring, sizeof(g.retiring), "%s", retiring);
-	EXPECT_OK(hsm_store_grant_create(s, &g, &existed));
+	EXPECT_OK(hsm_store_grant_create(s, &g, &existed, NULL));
 	assert_false(existed);
 }
 
@@ -124,7 +124,7 @@ static void test_grant_create_get_delete(void **state)
 	snprintf(g.retiring, sizeof(g.retiring), "arn:aws:iam::111122223333:role/ops");
 	g.operations = 0x80000001U; /* the highest bit survives the round trip */
 	g.constraints = (char *)"{\"EncryptionContextSubset\":{\"app\":\"x\"}}";
-	EXPECT_OK(hsm_store_grant_create(f->s, &g, &existed));
+	EXPECT_OK(hsm_store_grant_create(f->s, &g, &existed, NULL));
 	assert_false(existed);
 	grant_id(id, 7); /* a new grant keeps the id it was given */
 	assert_string_equal(g.grant_id, id);
@@ -145,7 +145,7 @@ static void test_grant_create_get_delete(void **state)
 
 	/* NULL constraints and existed are fine; constraints read back as "". */
 	grant(&g, 8, "k1", "p");
-	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL));
+	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL, NULL));
 	EXPECT_OK(hsm_store_grant_get(f->s, "k1", g.grant_id, &got));
 	assert_string_equal(got.constraints, "");
 	assert_string_equal(got.name, "");
@@ -163,7 +163,7 @@ static void test_grant_create_get_delete(void **state)
 	assert_null(got.constraints); /* failures leave the output alone */
 	assert_int_equal(count_grants(f->s, "k1"), 1);
 	/* The id is free again. */
-	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL));
+	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL, NULL));
 	assert_int_equal(count_grants(f->s, "k1"), 2);
 }
 
@@ -178,17 +178,17 @@ static void test_grant_errors(void **state)
 
 	/* The key: missing, or destroyed. */
 	grant(&g, 2, "k9", "p");
-	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL), HSM_ERR_NOT_FOUND);
+	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL, NULL), HSM_ERR_NOT_FOUND);
 	st_create_key(f->s, "gone", "w", 1);
 	EXPECT_OK(hsm_store_key_destroy(f->s, "gone", 1));
 	grant(&g, 2, "gone", "p");
-	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL), HSM_ERR_INVALID_STATE);
+	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL, NULL), HSM_ERR_INVALID_STATE);
 
 	/* Grant ids are unique in the whole store, whatever the key. */
 	grant(&g, 1, "k1", "q");
-	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL), HSM_ERR_ALREADY_EXISTS);
+	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL, NULL), HSM_ERR_ALREADY_EXISTS);
 	grant(&g, 1, "k2", "p");
-	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL), HSM_ERR_ALREADY_EXISTS);
+	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL, NULL), HSM_ERR_ALREADY_EXISTS);
 
 	/* Malformed grant ids: empty, short, long, upper case, not hex. */
 	const char *bad_ids[] = {
@@ -202,33 +202,33 @@ static void test_grant_errors(void **state)
 			memset(g.grant_id, '0', sizeof(g.grant_id)); /* no room for the NUL */
 		else
 			snprintf(g.grant_id, sizeof(g.grant_id), "%s", bad_ids[i]);
-		EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL), HSM_ERR_VALIDATION);
+		EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL, NULL), HSM_ERR_VALIDATION);
 		EXPECT_ERR(hsm_store_grant_get(f->s, "k1", bad_ids[i], &got), HSM_ERR_VALIDATION);
 		EXPECT_ERR(hsm_store_grant_delete(f->s, "k1", bad_ids[i]), HSM_ERR_VALIDATION);
 	}
 	/* Fields: no grantee, no operation, an empty key id, strings that overflow their fields. */
 	grant(&g, 3, "k1", "");
-	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL), HSM_ERR_VALIDATION);
+	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL, NULL), HSM_ERR_VALIDATION);
 	grant(&g, 3, "k1", "p");
 	g.operations = 0;
-	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL), HSM_ERR_VALIDATION);
+	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL, NULL), HSM_ERR_VALIDATION);
 	grant(&g, 3, "", "p");
-	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL), HSM_ERR_VALIDATION);
+	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL, NULL), HSM_ERR_VALIDATION);
 	grant(&g, 3, "k1", "p");
 	memset(g.name, 'n', sizeof(g.name));
-	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL), HSM_ERR_VALIDATION);
+	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL, NULL), HSM_ERR_VALIDATION);
 	grant(&g, 3, "k1", "p");
 	memset(g.grantee, 'p', sizeof(g.grantee));
-	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL), HSM_ERR_VALIDATION);
+	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL, NULL), HSM_ERR_VALIDATION);
 	grant(&g, 3, "k1", "p");
 	memset(g.retiring, 'r', sizeof(g.retiring));
-	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL), HSM_ERR_VALIDATION);
+	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL, NULL), HSM_ERR_VALIDATION);
 	/* Exactly full fields fit. */
 	grant(&g, 3, "k1", "p");
 	memset(g.name, 'n', HSM_GRANT_NAME_MAX);
 	memset(g.grantee, 'p', HSM_GRANT_PRINCIPAL_MAX);
 	memset(g.retiring, 'r', HSM_GRANT_PRINCIPAL_MAX);
-	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL));
+	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL, NULL));
 	EXPECT_OK(hsm_store_grant_get(f->s, "k1", g.grant_id, &got));
 	assert_int_equal(strlen(got.name), HSM_GRANT_NAME_MAX);
 	assert_int_equal(strlen(got.grantee), HSM_GRANT_PRINCIPAL_MAX);
@@ -380,14 +380,14 @@ static void test_grant_retried_creation(void **state)
 	bool existed = true;
 	char first[HSM_GRANT_ID_LEN + 1];
 	named(&g, 1, "k1");
-	EXPECT_OK(hsm_store_grant_create(f->s, &g, &existed));
+	EXPECT_OK(hsm_store_grant_create(f->s, &g, &existed, NULL));
 	assert_false(existed);
 	grant_id(first, 1);
 
 	/* The same request again under a new id: the first grant's id and time come back. */
 	named(&g, 2, "k1");
 	char *constraints = g.constraints;
-	EXPECT_OK(hsm_store_grant_create(f->s, &g, &existed));
+	EXPECT_OK(hsm_store_grant_create(f->s, &g, &existed, NULL));
 	assert_true(existed);
 	assert_string_equal(g.grant_id, first);
 	assert_int_equal(g.created, 1700000001);
@@ -398,11 +398,11 @@ static void test_grant_retried_creation(void **state)
 	EXPECT_ERR(hsm_store_grant_get(f->s, "k1", second, &got), HSM_ERR_NOT_FOUND);
 	/* existed is optional. */
 	named(&g, 2, "k1");
-	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL));
+	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL, NULL));
 	assert_string_equal(g.grant_id, first);
 	/* Even the id of the first grant is no conflict then: the request is the same. */
 	named(&g, 1, "k1");
-	EXPECT_OK(hsm_store_grant_create(f->s, &g, &existed));
+	EXPECT_OK(hsm_store_grant_create(f->s, &g, &existed, NULL));
 	assert_true(existed);
 
 	/* The same name with any field different is a new grant. */
@@ -430,7 +430,7 @@ static void test_grant_retried_creation(void **state)
 			break;
 		}
 		existed = true;
-		EXPECT_OK(hsm_store_grant_create(f->s, &g, &existed));
+		EXPECT_OK(hsm_store_grant_create(f->s, &g, &existed, NULL));
 		assert_false(existed);
 		grant_id(second, n);
 		assert_string_equal(g.grant_id, second);
@@ -440,19 +440,19 @@ static void test_grant_retried_creation(void **state)
 	for (int i = 0; i < 2; i++, n++) {
 		named(&g, n, "k1");
 		g.name[0] = '\0';
-		EXPECT_OK(hsm_store_grant_create(f->s, &g, &existed));
+		EXPECT_OK(hsm_store_grant_create(f->s, &g, &existed, NULL));
 		assert_false(existed);
 	}
 	assert_int_equal(count_grants(f->s, "k1"), 9);
 	/* The name is per key: the same request on k2 is a new grant there. */
 	named(&g, n, "k2");
-	EXPECT_OK(hsm_store_grant_create(f->s, &g, &existed));
+	EXPECT_OK(hsm_store_grant_create(f->s, &g, &existed, NULL));
 	assert_false(existed);
 	assert_int_equal(count_grants(f->s, "k2"), 1);
 	/* Once the first grant is gone, a retry makes a new one. */
 	EXPECT_OK(hsm_store_grant_delete(f->s, "k1", first));
 	named(&g, ++n, "k1");
-	EXPECT_OK(hsm_store_grant_create(f->s, &g, &existed));
+	EXPECT_OK(hsm_store_grant_create(f->s, &g, &existed, NULL));
 	assert_false(existed);
 	grant_id(second, n);
 	assert_string_equal(g.grant_id, second);
@@ -470,13 +470,13 @@ static void test_grant_limit_per_grantee(void **state)
 		grant(&g, 1000 + i, "k1", "busy");
 		if (i == 0)
 			snprintf(g.name, sizeof(g.name), "first");
-		EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL));
+		EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL, NULL));
 	}
 	print_message("%d grant creations in %.2f s\n", HSM_MAX_GRANTS_PER_GRANTEE,
 	              (double)(hsm_mono_ns() - t0) / 1e9);
 	grant(&g, 5000, "k1", "busy");
 	EXPECT_ERR(hsm_store_grant_fits(f->s, &g), HSM_ERR_LIMIT_EXCEEDED);
-	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL), HSM_ERR_LIMIT_EXCEEDED);
+	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL, NULL), HSM_ERR_LIMIT_EXCEEDED);
 	char id[HSM_GRANT_ID_LEN + 1];
 	grant_id(id, 5000);
 	hsm_grant_record got = {0};
@@ -484,26 +484,26 @@ static void test_grant_limit_per_grantee(void **state)
 	/* A retry of a grant the grantee holds is no new grant: it passes at the limit. */
 	grant(&g, 5001, "k1", "busy");
 	snprintf(g.name, sizeof(g.name), "first");
-	EXPECT_OK(hsm_store_grant_create(f->s, &g, &existed));
+	EXPECT_OK(hsm_store_grant_create(f->s, &g, &existed, NULL));
 	assert_true(existed);
 	grant_id(id, 1000);
 	assert_string_equal(g.grant_id, id);
 	/* The limit is per key and grantee. */
 	grant(&g, 5002, "k1", "quiet");
 	EXPECT_OK(hsm_store_grant_fits(f->s, &g));
-	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL));
+	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL, NULL));
 	grant(&g, 5003, "k2", "busy");
 	EXPECT_OK(hsm_store_grant_fits(f->s, &g));
-	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL));
+	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL, NULL));
 	/* One retired, one more fits. */
 	grant_id(id, 1100);
 	EXPECT_OK(hsm_store_grant_delete(f->s, "k1", id));
 	grant(&g, 5004, "k1", "busy");
 	EXPECT_OK(hsm_store_grant_fits(f->s, &g));
-	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL));
+	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL, NULL));
 	grant(&g, 5005, "k1", "busy");
 	EXPECT_ERR(hsm_store_grant_fits(f->s, &g), HSM_ERR_LIMIT_EXCEEDED);
-	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL), HSM_ERR_LIMIT_EXCEEDED);
+	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL, NULL), HSM_ERR_LIMIT_EXCEEDED);
 	seen all;
 	size_t pages;
 	list_all(f->s, "k1", "quiet", 10, &all, &pages);
@@ -550,16 +550,16 @@ static void test_grant_limit_per_key(void **state)
 	print_message("a check beside %d grants of the key in %.1f ms\n",
 	              HSM_MAX_GRANTS_PER_KEY - 1, (double)(hsm_mono_ns() - t0) / 1e6);
 	t0 = hsm_mono_ns();
-	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL)); /* the 50,000th */
+	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL, NULL)); /* the 50,000th */
 	print_message("a creation beside %d grants of the key in %.1f ms\n",
 	              HSM_MAX_GRANTS_PER_KEY - 1, (double)(hsm_mono_ns() - t0) / 1e6);
 	grant(&g, 2, "k1", "fresh");
 	EXPECT_ERR(hsm_store_grant_fits(f->s, &g), HSM_ERR_LIMIT_EXCEEDED);
-	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL), HSM_ERR_LIMIT_EXCEEDED);
+	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL, NULL), HSM_ERR_LIMIT_EXCEEDED);
 	/* Another key is not affected. */
 	grant(&g, 3, "k2", "fresh");
 	EXPECT_OK(hsm_store_grant_fits(f->s, &g));
-	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL));
+	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL, NULL));
 	/* A page of the full key costs what it holds, not what the key holds. */
 	seen p = {0};
 	bool truncated = false;
@@ -574,7 +574,7 @@ static void test_grant_limit_per_key(void **state)
 	grant_id(id, 0x100000 + 7);
 	EXPECT_OK(hsm_store_grant_delete(f->s, "k1", id));
 	grant(&g, 2, "k1", "fresh");
-	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL));
+	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL, NULL));
 }
 
 /* ---- Key destruction ------------------------------------------------------------------------ */
@@ -607,7 +607,7 @@ static void test_key_destroy_deletes_grants(void **state)
 	/* No new grants on it; destroying it again is harmless. */
 	hsm_grant_record g;
 	grant(&g, 4, "k1", "a");
-	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL), HSM_ERR_INVALID_STATE);
+	EXPECT_ERR(hsm_store_grant_create(f->s, &g, NULL, NULL), HSM_ERR_INVALID_STATE);
 	EXPECT_OK(hsm_store_key_destroy(f->s, "k1", 1900000001));
 	assert_int_equal(count_grants(f->s, "k2"), 1);
 }
@@ -649,7 +649,7 @@ static void test_grant_queries_walk_their_indexes(void **state)
 static void test_grants_added_to_an_older_store(void **state)
 {
 	st_fixture *f = *state;
-	EXPECT_OK(hsm_store_alias_create(f->s, "alias/kept", "k1", 1));
+	EXPECT_OK(hsm_store_alias_create(f->s, "alias/kept", "k1", 1, NULL));
 	st_schema_before_import(f);
 	if (st_is_pg()) {
 		assert_int_equal(st_pg_exec(f->db, "DROP TABLE grants; "
@@ -683,6 +683,49 @@ static void test_grants_added_to_an_older_store(void **state)
 	assert_int_equal(count_grants(f->s, "k1"), 1);
 }
 
+/* KMS CreateGrant: only of an enabled key.  arg counts the calls. */
+static hsm_result only_enabled(const char *key_id, hsm_key_state state, const void *arg)
+{
+	int *calls = (int *)arg;
+	(*calls)++;
+	HSM_ENSURE(state == HSM_KEY_ENABLED, HSM_ERR_DISABLED, "%s is not enabled", key_id);
+	return HSM_SUCCESS;
+}
+
+static hsm_result to_disabled(hsm_key_record *k, void *arg)
+{
+	(void)arg;
+	k->state = HSM_KEY_DISABLED;
+	return HSM_SUCCESS;
+}
+
+/* The key state the creator asks for is the stored one, asked before a retry's twin is found. */
+static void test_grant_create_asks_the_stored_key_state(void **state)
+{
+	st_fixture *f = *state;
+	int calls = 0;
+	hsm_key_state_check check = {only_enabled, &calls};
+	hsm_grant_record g;
+	bool existed = true;
+	grant(&g, 1, "k1", "app");
+	snprintf(g.name, sizeof(g.name), "retried");
+	EXPECT_OK(hsm_store_grant_create(f->s, &g, &existed, &check));
+	assert_false(existed);
+	assert_int_equal(calls, 1);
+	EXPECT_OK(hsm_store_key_update(f->s, "k1", to_disabled, NULL, NULL, NULL));
+	/* Neither a new grant nor the retried one's answer. */
+	grant(&g, 2, "k1", "app");
+	snprintf(g.name, sizeof(g.name), "retried");
+	EXPECT_ERR(hsm_store_grant_create(f->s, &g, &existed, &check), HSM_ERR_DISABLED);
+	grant(&g, 3, "k1", "other");
+	EXPECT_ERR(hsm_store_grant_create(f->s, &g, &existed, &check), HSM_ERR_DISABLED);
+	assert_int_equal(calls, 3);
+	assert_int_equal(count_grants(f->s, "k1"), 1);
+	/* Without a condition the store refuses only a destroyed key. */
+	EXPECT_OK(hsm_store_grant_create(f->s, &g, &existed, NULL));
+	assert_int_equal(count_grants(f->s, "k1"), 2);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -698,6 +741,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_grant_queries_walk_their_indexes, setup,
 		                                st_teardown),
 		cmocka_unit_test_setup_teardown(test_grants_added_to_an_older_store, setup,
+		                                st_teardown),
+		cmocka_unit_test_setup_teardown(test_grant_create_asks_the_stored_key_state, setup,
 		                                st_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

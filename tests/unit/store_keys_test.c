@@ -344,7 +344,7 @@ static void test_key_state_rules(void **state)
 static hsm_result reenter(hsm_key_record *k, void *arg)
 {
 	(void)k;
-	return hsm_store_alias_create(arg, "alias/x", "k", 0);
+	return hsm_store_alias_create(arg, "alias/x", "k", 0, NULL);
 }
 
 static void test_key_update_reentry_aborts(void **state)
@@ -418,8 +418,8 @@ static void test_destroy_erases_material(void **state)
 	edit e = {.description = "test key", .state = HSM_KEY_PENDING_DELETION,
 	          .deletion_date = 1890000000};
 	EXPECT_OK(hsm_store_key_update(f->s, "victim", apply_edit, &e, &v2, NULL));
-	EXPECT_OK(hsm_store_alias_create(f->s, "alias/victim", "victim", 1));
-	EXPECT_OK(hsm_store_alias_create(f->s, "alias/bystander", "bystander", 1));
+	EXPECT_OK(hsm_store_alias_create(f->s, "alias/victim", "victim", 1, NULL));
+	EXPECT_OK(hsm_store_alias_create(f->s, "alias/bystander", "bystander", 1, NULL));
 	/* Control: the scan sees the material while it is stored. */
 	st_reopen(f);
 	assert_true(files_contain(f->dir, p1));

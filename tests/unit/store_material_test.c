@@ -1339,7 +1339,7 @@ static void add_grant(hsm_store *s, char c, const char *key_id)
 	snprintf(g.name, sizeof(g.name), "nightly");
 	snprintf(g.grantee, sizeof(g.grantee), "arn:aws:iam::111122223333:role/app");
 	g.constraints = (char *)"{}";
-	EXPECT_OK(hsm_store_grant_create(s, &g, NULL));
+	EXPECT_OK(hsm_store_grant_create(s, &g, NULL, NULL));
 }
 
 /* What an older hsmd could have written: keys in its four states with all they hold. */
@@ -1365,11 +1365,11 @@ static void fill_old(hsm_store *s)
 	st_create_key(s, "k-destroyed", "X1", 2);
 	EXPECT_OK(hsm_store_key_destroy(s, "k-destroyed", 1700000200));
 
-	EXPECT_OK(hsm_store_alias_create(s, "alias/a", "k-enabled", 100));
-	EXPECT_OK(hsm_store_alias_create(s, "alias/b", "k-pending", 101));
+	EXPECT_OK(hsm_store_alias_create(s, "alias/a", "k-enabled", 100, NULL));
+	EXPECT_OK(hsm_store_alias_create(s, "alias/b", "k-pending", 101, NULL));
 	hsm_tag t = {.key = "team", .value = "crypto"};
-	EXPECT_OK(hsm_store_tags_put(s, "k-enabled", 1, &t));
-	EXPECT_OK(hsm_store_tags_put(s, "k-disabled", 1, &t));
+	EXPECT_OK(hsm_store_tags_put(s, "k-enabled", 1, &t, NULL));
+	EXPECT_OK(hsm_store_tags_put(s, "k-disabled", 1, &t, NULL));
 	add_grant(s, 'a', "k-enabled");
 	add_grant(s, 'b', "k-pending");
 }

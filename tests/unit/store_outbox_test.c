@@ -125,7 +125,7 @@ static void test_write_carries_one_row(void **state)
 	create_key(f, 1);
 	assert_true(in.written);
 	/* A second write of the same request: no second row, no failure. */
-	EXPECT_OK(hsm_store_alias_create(f->s, "alias/one", key_id, 1700000000));
+	EXPECT_OK(hsm_store_alias_create(f->s, "alias/one", key_id, 1700000000, NULL));
 	hsm_store_intent_end();
 	int64_t after = hsm_now_ms();
 	assert_int_equal(rows(f), 1);
@@ -277,16 +277,16 @@ static void test_rollback_leaves_no_row(void **state)
 	char key_id[HSM_UUID_STRLEN + 1];
 	st_key_id(key_id, 1);
 	create_key(f, 1);
-	EXPECT_OK(hsm_store_alias_create(f->s, "alias/taken", key_id, 1700000000));
+	EXPECT_OK(hsm_store_alias_create(f->s, "alias/taken", key_id, 1700000000, NULL));
 	hsm_store_intent in = intent("req-3");
 	hsm_store_intent_begin(&in);
-	EXPECT_ERR(hsm_store_alias_create(f->s, "alias/taken", key_id, 1700000001),
+	EXPECT_ERR(hsm_store_alias_create(f->s, "alias/taken", key_id, 1700000001, NULL),
 	           HSM_ERR_ALREADY_EXISTS);
 	EXPECT_ERR(hsm_store_alias_delete(f->s, "alias/absent"), HSM_ERR_NOT_FOUND);
 	assert_false(in.written);
 	assert_int_equal(rows(f), 0);
 	/* The request's next write that commits carries the row. */
-	EXPECT_OK(hsm_store_alias_create(f->s, "alias/free", key_id, 1700000001));
+	EXPECT_OK(hsm_store_alias_create(f->s, "alias/free", key_id, 1700000001, NULL));
 	assert_true(in.written);
 	hsm_store_intent_end();
 	assert_int_equal(rows(f), 1);

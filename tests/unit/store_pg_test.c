@@ -112,7 +112,7 @@ static void *alias_worker(void *arg)
 {
 	aliaser *w = arg;
 	pthread_barrier_wait(w->start);
-	hsm_result r = hsm_store_alias_create(w->s, w->name, "shared", 1);
+	hsm_result r = hsm_store_alias_create(w->s, w->name, "shared", 1, NULL);
 	if (hsm_ok(r))
 		atomic_fetch_add(w->created, 1);
 	else
@@ -134,7 +134,7 @@ static void test_two_nodes_alias_limit(void **state)
 	st_create_key(f->s, "shared", "w", 1);
 	for (int i = 0; i < HSM_MAX_ALIASES_PER_KEY - 1; i++) {
 		snprintf(name, sizeof(name), "alias/base-%02d", i);
-		EXPECT_OK(hsm_store_alias_create(f->s, name, "shared", 1));
+		EXPECT_OK(hsm_store_alias_create(f->s, name, "shared", 1, NULL));
 	}
 	for (int round = 0; round < ALIAS_ROUNDS; round++) {
 		atomic_int created = 0, refused = 0, failed = 0;
@@ -223,7 +223,7 @@ static void *grant_worker(void *arg)
 		snprintf(g.key_id, sizeof(g.key_id), "shared");
 		snprintf(g.grantee, sizeof(g.grantee), "app");
 		snprintf(g.name, sizeof(g.name), "%s", w->name);
-		hsm_result r = hsm_store_grant_create(w->s, &g, &existed);
+		hsm_result r = hsm_store_grant_create(w->s, &g, &existed, NULL);
 		if (hsm_ok(r)) {
 			atomic_fetch_add(existed ? w->existed : w->created, 1);
 			memcpy(w->id, g.grant_id, sizeof(w->id));
@@ -735,10 +735,10 @@ static void test_destroy_leaves_no_live_material(void **state)
 	st_fixture *f = *state;
 	st_create_key(f->s, "victim", "MATERIAL", 8);
 	st_create_key(f->s, "bystander", "KEEP", 4);
-	EXPECT_OK(hsm_store_alias_create(f->s, "alias/victim", "victim", 1));
+	EXPECT_OK(hsm_store_alias_create(f->s, "alias/victim", "victim", 1, NULL));
 	hsm_grant_record g = {.key_id = "victim", .grantee = "app", .operations = 1};
 	memset(g.grant_id, 'a', HSM_GRANT_ID_LEN);
-	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL));
+	EXPECT_OK(hsm_store_grant_create(f->s, &g, NULL, NULL));
 	EXPECT_OK(hsm_store_key_destroy(f->s, "victim", 1900000000));
 	assert_int_equal(st_pg_int(f->db, "SELECT count(*) FROM key_versions "
 	                                  "WHERE position('MATERIAL'::bytea IN wrapped) > 0"),
