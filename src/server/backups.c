@@ -38,6 +38,17 @@
 /* A failed scheduled backup is tried again after this long (or the interval, if shorter). */
 #define BACKUP_RETRY_S 300
 
+/*
+ * The clock the retries are timed by: time that passes.  On the wall clock, a
+ * step back (a time server correcting a clock that ran ahead) would put a
+ * retry off by the whole step, and with it every scheduled backup, and the
+ * copies that backup_copy_dir lacks.
+ */
+static int64_t retry_clock_s(void)
+{
+	return (int64_t)(hsm_mono_ns() / 1000000000ULL);
+}
+
 /* The newest backup of this store: when it was made and its size. */
 typedef struct newest {
 	int64_t created;
@@ -338,7 +349,7 @@ static void catch_up_copies(hsm_server *s, const char *store_id, bool trying)
 	}
 	atomic_store(&s->backup_copies_missing, (int64_t)c.missing);
 	if (c.missing > 0)
-		atomic_store(&s->backup_copy_next_try, hsm_now() + BACKUP_RETRY_S);
+		atomic_store(&s->backup_copy_next_try, retry_clock_s() + BACKUP_RETRY_S);
 }
 
 /* What a backup run deleted by the retention: file names, comma-separated. */
@@ -450,10 +461,10 @@ hsm_result hsm_server_backup(hsm_server *s, const char *trigger, char *path, siz
 }
 
 /* Copies missing from backup_copy_dir, when they are to be looked for (module comment). */
-static void copies_if_due(hsm_server *s, int64_t now)
+static void copies_if_due(hsm_server *s)
 {
 	if (s->backup_copy_dir[0] == '\0' || atomic_load(&s->backup_copies_missing) == 0 ||
-	    now < atomic_load(&s->backup_copy_next_try))
+	    retry_clock_s() < atomic_load(&s->backup_copy_next_try))
 		return;
 	const char *store_id = hsm_keystore_store_id(s->ks);
 	if (*store_id == '\0')
@@ -499,20 +510,21 @@ void hsm_server_backup_if_due(hsm_server *s)
 {
 	uint32_t every = s->opt.backup_interval;
 	int64_t now = hsm_now();
-	bool due = every != 0 && now >= s->backup_next_try && backup_due(s, every, now);
+	bool due = every != 0 && retry_clock_s() >= s->backup_next_try && backup_due(s, every, now);
 	if (due) {
 		newest_from_dir(s, now);
 		due = backup_due(s, every, now);
 	}
 	if (!due) {
-		copies_if_due(s, now);
+		copies_if_due(s);
 		return;
 	}
 	char path[4096];
 	hsm_backup_info info;
 	bool copied;
 	if (hsm_failed(hsm_server_backup(s, "scheduled", path, sizeof(path), &info, &copied))) {
-		s->backup_next_try = now + (every < BACKUP_RETRY_S ? every : BACKUP_RETRY_S);
-		copies_if_due(s, now);
+		s->backup_next_try =
+		    retry_clock_s() + (every < BACKUP_RETRY_S ? every : BACKUP_RETRY_S);
+		copies_if_due(s);
 	}
 }

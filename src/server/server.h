@@ -185,14 +185,15 @@ typedef struct hsm_server {
 	bool recount; /* the scheduler is to count the gauges now (seal, unseal) */
 	/* Backups (backups.c): one at a time; the figures /metrics reports. */
 	pthread_mutex_t backup_lock;
-	int64_t backup_next_try; /* scheduler thread only: when a failed backup is tried again */
+	/* scheduler thread only: when a failed backup is tried again (monotonic seconds) */
+	int64_t backup_next_try;
 	atomic_int_fast64_t backup_last_success; /* Unix seconds of the newest backup; 0 = none */
 	atomic_uint_fast64_t backup_last_bytes, backup_last_ms;
 	atomic_uint_fast64_t backups_made, backup_failures, backup_copy_failures, backups_expired;
 	/* This store's backups in backup_dir not (or not whole) in backup_copy_dir at the last
 	 * look; -1 until the first look (at the scheduler's first pass as leader). */
 	atomic_int_fast64_t backup_copies_missing;
-	atomic_int_fast64_t backup_copy_next_try; /* when missing copies are tried again */
+	atomic_int_fast64_t backup_copy_next_try; /* when missing copies are tried again (ditto) */
 	bool backup_retention_held; /* under backup_lock: held for a clock run ahead (logged once) */
 	bool backup_copy_mounted;   /* backup_copy_dir was a mount point at start (backups.c) */
 	int64_t started;

@@ -24,6 +24,7 @@ import datetime
 import glob
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import time
@@ -159,6 +160,30 @@ def test_a_clock_stepped_ahead_deletes_no_backup(clockshift, tmp_path):
         assert gauge(server, "hsmd_backups_expired_total") == 0
         assert gauge(server, "hsmd_backup_failures_total") == 0
         assert gauge(server, "hsmd_backup_copy_failures_total") == 0
+    finally:
+        server.cleanup()
+
+
+def test_a_failed_backup_is_tried_again_after_the_clock_steps_back(clockshift, tmp_path):
+    """A scheduled backup that failed is tried again once the interval (at most 5 minutes)
+    has passed.  A wall clock stepped back meanwhile (a time server correcting a clock that
+    ran ahead) must not put that retry, and every scheduled backup with it, off by the
+    whole step: here an hour."""
+    backups = tmp_path / "backups"
+    server, clock = start_shifted(clockshift, tmp_path, ["--backup-interval-seconds", "1",
+                                                   "--backup-dir", str(backups)])
+    try:
+        # Usable at start (it is checked then), a file in its place by the next backup.
+        shutil.rmtree(backups)
+        backups.write_text("")
+        assert eventually(lambda: gauge(server, "hsmd_backup_failures_total") >= 1, 30)
+        clock.set(-3600)
+        backups.unlink()
+        backups.mkdir()
+        made = gauge(server, "hsmd_backups_created_total")
+        assert eventually(lambda: gauge(server, "hsmd_backups_created_total") > made, 30), \
+            "no scheduled backup in the 30 s after the clock stepped back an hour"
+        assert glob.glob(str(backups / "*.hsmbak"))
     finally:
         server.cleanup()
 
