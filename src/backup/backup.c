@@ -365,7 +365,8 @@ hsm_result hsm_backup_create(const hsm_backup_request *req, char *path, size_t c
 	HSM_TRY(encode_header(&in, &header));
 	HSM_TRY(open_new_locked(tmp, &fd));
 	HSM_TRY(encrypt_into(fd, tmp, plain, req->ks, cipher, &header, &in));
-	in.file_bytes = header.len + in.store_bytes + chunk_count(&in) * HSM_GCM_TAG_LEN;
+	in.whole_bytes = header.len + in.store_bytes + chunk_count(&in) * HSM_GCM_TAG_LEN;
+	in.file_bytes = in.whole_bytes;
 	res = publish(fd, tmp, final, req->dir);
 	fd = -1;
 	if (hsm_failed(res))
@@ -469,8 +470,11 @@ hsm_result hsm_backup_read_info(const char *path, hsm_backup_info *out)
 		return HSM_FAIL(HSM_ERR_IO, "%s is not a regular file", path);
 	}
 	hsm_result res = read_header(fd, path, &raw, out);
-	if (hsm_ok(res) && fstat(fd, &st) == 0)
-		out->file_bytes = (uint64_t)st.st_size;
+	if (hsm_ok(res)) {
+		out->whole_bytes = raw.len + out->store_bytes + chunk_count(out) * HSM_GCM_TAG_LEN;
+		if (fstat(fd, &st) == 0)
+			out->file_bytes = (uint64_t)st.st_size;
+	}
 	close(fd);
 	hsm_buf_free(&raw);
 	return res;
@@ -540,6 +544,7 @@ hsm_result hsm_backup_decrypt(const char *path, hsm_keystore *ks, const char *ou
 	struct stat st;
 	if (fstat(fd, &st) == 0)
 		in.file_bytes = (uint64_t)st.st_size;
+	in.whole_bytes = header.len + in.store_bytes + chunk_count(&in) * HSM_GCM_TAG_LEN;
 	*info = in;
 	made = false;
 out:
@@ -627,6 +632,14 @@ static hsm_result collect(const char *dir, const char *store_id, entries *out)
 		}
 		if (store_id != NULL && strcmp(info.identity.store_id, store_id) != 0)
 			continue;
+		if (info.file_bytes != info.whole_bytes) {
+			hsm_warn("backup directory: %s is not a whole backup: %llu bytes, where its "
+			         "header says %llu (cut short, or damaged); it is neither listed nor "
+			         "deleted",
+			         path, (unsigned long long)info.file_bytes,
+			         (unsigned long long)info.whole_bytes);
+			continue;
+		}
 		HSM_TRY(add_entry(out, path, &info));
 	}
 	if (out->n > 1)

@@ -45,7 +45,8 @@ typedef struct hsm_backup_info {
 	uint32_t schema_version;
 	uint32_t chunk_size;
 	uint64_t store_bytes; /* size of the store copy inside */
-	uint64_t file_bytes;
+	uint64_t file_bytes;  /* the file's size as found */
+	uint64_t whole_bytes; /* the size of the whole file the header describes */
 	uint8_t salt[HSM_KS_BACKUP_SALT_LEN];
 } hsm_backup_info;
 
@@ -91,7 +92,11 @@ hsm_result hsm_backup_decrypt(const char *path, hsm_keystore *ks, const char *ou
 /*
  * Calls cb for each backup in dir, oldest first (by creation time, then
  * name); store_id NULL lists every store's.  Files that are not backups,
- * and hidden files (temporaries), are skipped.  A missing dir lists nothing.
+ * hidden files (temporaries), and files shorter or longer than their header
+ * says (a copy cut short by hand, a damaged disk) are skipped, each of the
+ * last named in a warning: such a file is never listed, taken for the newest
+ * backup, counted among those the retention keeps, nor deleted by it.  A
+ * missing dir lists nothing.
  */
 typedef hsm_result (*hsm_backup_cb)(const char *path, const hsm_backup_info *info, void *arg);
 hsm_result hsm_backup_list(const char *dir, const char *store_id, hsm_backup_cb cb,

@@ -792,6 +792,46 @@ def test_leftovers_of_an_interrupted_backup_are_removed_at_start():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def test_a_backup_cut_short_is_not_taken_for_one():
+    """A file whose header is whole but whose body is cut short (a copy interrupted by
+    hand, a damaged disk) is no backup: `backup list` does not offer it, naming it in a
+    warning instead; the node does not take it for its newest backup, nor count it among
+    those the retention keeps, nor delete it."""
+    server = start_dev(["--backup-interval-seconds", "0"])
+    try:
+        made = admin(server, "CreateBackup")
+        backups = os.path.dirname(made["Path"])
+        with open(made["Path"], "rb") as f:
+            raw = bytearray(f.read())
+        # Dated a day later than the whole one: the newest, were it believed.
+        stamp = made["CreationDate"].to_bytes(8, "big")
+        at = raw.index(stamp, 0, 512)
+        raw[at:at + 8] = (made["CreationDate"] + 86400 - 60).to_bytes(8, "big")
+        cut = os.path.join(backups, "hsmd-cut-short.hsmbak")
+        with open(cut, "wb") as f:
+            f.write(raw[:len(raw) // 2])
+        p = hsmctl("backup", "list", "--dir", backups)
+        assert p.returncode == 0 and made["Path"] in p.stdout, p
+        assert cut not in p.stdout, p.stdout
+        assert f"{cut} is not a whole backup: {len(raw) // 2} bytes, where its header says " \
+            f"{len(raw)}" in p.stderr, p.stderr
+        listed = admin(server, "ListBackups")
+        assert [b["Path"] for b in listed["Backups"]] == [made["Path"]], listed
+        data = server.data_dir
+        server.stop()
+        again = Hsmd(["--dev", "--backup-interval-seconds", "0"], env=DEV_ENV, data_dir=data)
+        try:
+            assert metric(again, "hsmd_backup_last_success_time_seconds") == \
+                made["CreationDate"]
+            assert metric(again, "hsmd_backup_last_size_bytes") == made["SizeBytes"]
+            admin(again, "CreateBackup")
+            assert os.path.exists(cut)
+        finally:
+            again.stop()
+    finally:
+        server.cleanup()
+
+
 def test_offline_backup_of_a_stopped_node():
     """Right after the key ceremony (or before an upgrade) a stopped node's data
     directory is backed up with a quorum of shares; the backup is audited in that
